@@ -1,0 +1,28 @@
+"""The `cent` command line: subcommands are registered by their modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cent", description="cent-serve: LLM serving on emulated CENT devices")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from cent_serve.model import cli as model_cli
+    model_cli.register(sub)
+    try:
+        from cent_serve.timing import cli as timing_cli
+    except ImportError:  # the timing model is being written
+        timing_cli = None
+    if timing_cli is not None:
+        timing_cli.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"cent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Arguments shared by the `cent` subcommands: which model, which config, which mapping."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cent_serve.config import (MODEL_PRESETS, CentConfig, ModelConfig, ParallelConfig,
+                               apply_overrides, load_config, model_preset)
+
+
+def resolve_model(name_or_path: str) -> ModelConfig:
+    """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory."""
+    if name_or_path in MODEL_PRESETS:
+        return model_preset(name_or_path)
+    if Path(name_or_path).exists():
+        from cent_serve.model.weights import model_config_from_hf
+        return model_config_from_hf(name_or_path)
+    raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
+                     "nor an existing checkpoint directory")
+
+
+def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> None:
+    """--config, --model, --set (and the mapping flags) on a subcommand."""
+    p.add_argument("--config", help="YAML config file (fields of cent_serve.config.CentConfig)")
+    p.add_argument("--model", help="preset name or Hugging Face checkpoint directory (default: tiny)")
+    p.add_argument("--seed", type=int, help="seed of the random weights of a preset")
+    p.add_argument("--numerics", choices=["full", "off", "auto"], help="real math or timing only")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
+    if with_parallel:
+        p.add_argument("--devices", type=int, help="emulated CENT devices")
+        p.add_argument("--pp", type=int, help="pipeline stages (0 = one per block)")
+        p.add_argument("--tp", type=int, help="devices per stage (tensor parallel)")
+
+
+def config_from_args(args: argparse.Namespace) -> CentConfig:
+    """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides."""
+    cfg = load_config(args.config) if getattr(args, "config", None) else CentConfig()
+    if getattr(args, "model", None):
+        cfg.model = resolve_model(args.model)
+    if getattr(args, "seed", None) is not None:
+        cfg.model.seed = args.seed
+    if getattr(args, "numerics", None):
+        cfg.numerics = args.numerics
+    devices = getattr(args, "devices", None)
+    pp = getattr(args, "pp", None)
+    tp = getattr(args, "tp", None)
+    if devices is not None or pp is not None or tp is not None:
+        p = cfg.parallel
+        cfg.parallel = ParallelConfig(num_devices=p.num_devices if devices is None else devices,
+                                      pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
+    return apply_overrides(cfg, list(getattr(args, "set", []) or []))

@@ -1,0 +1,525 @@
+"""One config tree for cent-serve (STYLE.md: nested dataclasses, one docstring per field).
+
+`CentConfig` holds everything: the model, the CENT device, the CXL fabric, the
+parallel mapping, the scheduler and the server. Every field has the paper's
+value (or a sensible default) and every cross-field check raises `ValueError`
+naming the field, the offending value and the fix.
+
+Hardware constants cite CENT_MODEL.md (the restatement of the CENT paper,
+ASPLOS 2025, and its artifact) by section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+__all__ = [
+    "ModelConfig", "DeviceConfig", "EnergyConfig", "FabricConfig", "ParallelConfig",
+    "SchedulerConfig", "ServerConfig", "CentConfig", "MODEL_PRESETS", "model_preset",
+    "load_config", "apply_overrides", "config_to_dict",
+]
+
+
+def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
+    """Raise a ValueError that names the field, the value and the fix."""
+    if not cond:
+        raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-family decoder. Presets: `tiny`, `llama2-7b`, `llama2-13b`, `llama2-70b`."""
+
+    name: str = "tiny"
+    """Preset name, or the checkpoint directory's name when loaded from disk."""
+    hidden_size: int = 256
+    """D: model width."""
+    intermediate_size: int = 688
+    """F: SwiGLU MLP width."""
+    num_layers: int = 8
+    """N: transformer blocks."""
+    num_heads: int = 8
+    """H: attention (query) heads."""
+    num_kv_heads: int = 2
+    """Hkv: key/value heads (GQA when < num_heads)."""
+    head_dim: int = 0
+    """Per-head width; 0 means hidden_size // num_heads."""
+    vocab_size: int = 259
+    """Vocabulary size (the byte-level tokenizer uses 259: 3 specials + 256 bytes)."""
+    max_seq_len: int = 512
+    """Longest context (prompt + generated tokens) the model accepts."""
+    rope_theta: float = 10000.0
+    """Rotary embedding base (Hugging Face `rope_theta`)."""
+    rms_norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    tie_word_embeddings: bool = False
+    """Whether the LM head reuses the embedding matrix."""
+    bos_token_id: int = 1
+    """Beginning-of-sequence token id."""
+    eos_token_id: int = 2
+    """End-of-sequence token id."""
+    weight_dtype: str = "bfloat16"
+    """Storage dtype of weights: `bfloat16` (CENT's data type) or `float32`. Math is float32."""
+    seed: int = 0
+    """Seed of the random weights of a preset (same seed, same weights, on any machine)."""
+    checkpoint: str | None = None
+    """Hugging Face Llama checkpoint directory; None means seeded random weights."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"model.{name}", value,
+                   "use a positive integer")
+        if self.head_dim == 0:
+            _check(self.hidden_size % self.num_heads == 0, "model.hidden_size", self.hidden_size,
+                   f"make it a multiple of model.num_heads={self.num_heads}, or set model.head_dim")
+            self.head_dim = self.hidden_size // self.num_heads
+        _check(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", self.head_dim,
+               "use a positive even number (rotary embeddings rotate pairs)")
+        _check(self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads", self.num_kv_heads,
+               f"it must divide model.num_heads={self.num_heads}")
+        _check(self.weight_dtype in ("bfloat16", "float32"), "model.weight_dtype", self.weight_dtype,
+               "use 'bfloat16' or 'float32'")
+        _check(self.rope_theta > 0, "model.rope_theta", self.rope_theta, "use a positive number")
+        _check(self.rms_norm_eps > 0, "model.rms_norm_eps", self.rms_norm_eps, "use a positive number")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            _check(0 <= value < self.vocab_size, f"model.{name}", value,
+                   f"use an id in [0, {self.vocab_size})")
+
+    @property
+    def num_rep(self) -> int:
+        """nrep = H / Hkv: query heads per KV head (the GQA group)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def block_param_count(self) -> int:
+        """Parameters of one transformer block (attention, MLP, two norms)."""
+        d, f = self.hidden_size, self.intermediate_size
+        attn = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
+        return attn + 3 * d * f + 2 * d
+
+    def param_count(self) -> int:
+        """All parameters: blocks, final norm, embedding and (untied) LM head."""
+        emb = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else emb
+        return self.num_layers * self.block_param_count() + self.hidden_size + emb + head
+
+    def weight_bytes(self) -> int:
+        return self.param_count() * (2 if self.weight_dtype == "bfloat16" else 4)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes per token over all layers (bf16, CENT's data type)."""
+        return 2 * self.num_layers * self.kv_size * 2
+
+
+# CENT_MODEL.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
+                 vocab_size=259, max_seq_len=512),
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                      num_kv_heads=32, vocab_size=32000, max_seq_len=4096),
+    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
+                       num_kv_heads=40, vocab_size=32000, max_seq_len=4096),
+    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
+                       num_kv_heads=8, vocab_size=32000, max_seq_len=4096),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset (like gpt-fast's `ModelArgs.from_name`), with field overrides."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"model.name={name!r} is not a preset: use one of "
+                         f"{sorted(MODEL_PRESETS)} or a Hugging Face checkpoint directory")
+    return ModelConfig(name=name, **{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass
+class EnergyConfig:
+    """Energy constants of one CENT device (CENT_MODEL.md section 8)."""
+
+    act_standby_mw: float = 263.75
+    """Per-channel active standby power, mW."""
+    pre_standby_mw: float = 183.15
+    """Per-channel precharged standby power, mW."""
+    bank_activation_nj: float = 2.95
+    """One bank row activation, nJ (all 16 banks: 47.2 nJ)."""
+    rd_burst_nj: float = 0.548
+    """One 32 B read burst, nJ."""
+    wr_burst_nj: float = 0.691
+    """One 32 B write burst, nJ."""
+    mac16_nj: float = 1.314
+    """One all-bank MAC command (16 banks x 16 MACs), nJ."""
+    external_pj_per_bit: float = 5.5
+    """Off-chip transfer energy, pJ/bit."""
+    controller_instruction_pj: float = 67.0
+    """Controller energy per host instruction, pJ."""
+    dram_command_pj: float = 95.0
+    """Energy per DRAM command, pJ."""
+    pcie_pj_per_bit: float = 4.4
+    """PCIe/CXL link energy, pJ/bit."""
+    riscv_core_mw: float = 3.96
+    """One RISC-V core of the accelerator, mW."""
+    sram_static_mw: tuple[float, float, float] = (0.067, 0.69, 18.8)
+    """SRAM static power: global buffer, shared buffer, instruction buffer, mW."""
+
+
+@dataclass
+class DeviceConfig:
+    """One CENT device: 32 GDDR6-AiM channels with near-bank PIM (CENT_MODEL.md section 1)."""
+
+    num_channels: int = 32
+    """GDDR6-AiM channels per device (16 controllers x 2)."""
+    banks_per_channel: int = 16
+    """Banks per channel (4 bank groups x 4)."""
+    rows_per_bank: int = 16384
+    """DRAM rows per bank."""
+    row_elements: int = 1024
+    """bf16 elements per DRAM row (1024 columns x 2 B... per row of a bank)."""
+    burst_elements: int = 16
+    """Elements per burst / per column command (32 B of bf16)."""
+    bytes_per_element: int = 2
+    """bf16."""
+    clock_hz: float = 2e9
+    """PIM command clock: one cycle is 0.5 ns."""
+    capacity_bytes: int = 16 * 2**30
+    """DRAM per device: 32 channels x 16 banks x 32 MB = 16 GB."""
+    accumulator_registers: int = 32
+    """Per-bank accumulator registers: GEMV outputs per mode-switch group (reuse size)."""
+    # GEMV cost terms (CENT_MODEL.md section 4).
+    gemv_row_cycles: float = 103.0
+    """Per output and input row: row switch plus register traffic."""
+    gemv_group_cycles: float = 54.5
+    """Per group of outputs and input row: two mode switches."""
+    gemv_af_cycles: float = 72.4
+    """Per output of the gate projection: activation-function lookup."""
+    gemv_af_group_size: int = 16
+    """Outputs per group in the activation ('AF') GEMV variant."""
+    full_row_column_ops: int = 64
+    """Column commands that stream one full row (1024 / 16)."""
+    # Other per-op constants (CENT_MODEL.md section 4).
+    norm_fixed_cycles: float = 850.0
+    """RMSNorm fixed cost (reduction + rsqrt round trip)."""
+    rotary_fixed_cycles: float = 98.0
+    """Rotary fixed cost per vector."""
+    kv_row_cycles: float = 64.0
+    """KV append: cycles per row of a K or V vector."""
+    kv_head_cycles: float = 1008.0
+    """KV append: cycles per KV head per channel group."""
+    score_row_cycles: float = 904.0
+    """q.K^T: cycles per key row per bank-slot."""
+    score_rep_cycles: float = 816.0
+    """q.K^T: extra cycles per additional query head of a GQA group."""
+    softmax_dma_passes: int = 6
+    """Times a score vector crosses the DMA in softmax."""
+    softmax_fixed_cycles: float = 98.0
+    """Softmax fixed cost per head-group and row."""
+    sv_row_cycles: float = 158.0
+    """score x V: per-row switch cost."""
+    sv_parallel_rows: int = 8
+    """score x V: row-switch multiplier."""
+    silu_cycles_per_burst: float = 4.0
+    """SiLU x up: cycles per burst."""
+    silu_fixed_cycles: float = 400.0
+    """SiLU x up: fixed cost."""
+    # Near-memory accelerator (CENT_MODEL.md section 5), ms numerator terms in cycles.
+    acc_norm_base: float = 29.0
+    acc_norm_per_8k: float = 66.0
+    acc_softmax_per_512: float = 110.0
+    acc_head: float = 18.25
+    acc_rotary: float = 0.375
+    host_sample_s: float = 0.15e-3
+    """Host CPU sampling cost per generated token (0.15 ms)."""
+    dma_bytes_per_cycle: float = 32.0
+    """DMA engine: one 32 B line per cycle, serialized device-wide."""
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    """Energy constants."""
+    unit_cost_usd: float = 2.69 + 1.10 + 24.38
+    """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_channels", "banks_per_channel", "rows_per_bank", "row_elements",
+                     "burst_elements", "capacity_bytes", "accumulator_registers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"device.{name}", value,
+                   "use a positive integer")
+        _check(self.clock_hz > 0, "device.clock_hz", self.clock_hz, "use a positive frequency")
+        _check(self.row_elements % self.burst_elements == 0, "device.row_elements",
+               self.row_elements, f"make it a multiple of device.burst_elements={self.burst_elements}")
+        if isinstance(self.energy, dict):
+            self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
+
+
+@dataclass
+class FabricConfig:
+    """The CXL switch (CENT_MODEL.md section 6)."""
+
+    cxl_port_latency_ns: float = 25.0
+    """One CXL port crossing."""
+    num_cxl_ports: int = 4
+    """CXL ports crossed on a one-hop round trip."""
+    pcie_latency_ns: float = 30.0
+    """One PCIe PHY crossing."""
+    num_pcie_crossings: int = 2
+    """PCIe crossings on a one-hop round trip."""
+    switch_latency_ns: float = 20.0
+    """Switch traversal."""
+    switch_lanes: int = 144
+    """Lanes of the switch, shared equally by the devices."""
+    lane_gbps: float = 8.0
+    """GB/s (GB = 2^30 bytes) per lane."""
+    multicast: bool = True
+    """CENT always multicasts, which halves the per-lane bandwidth."""
+    flit_bytes: int = 256
+    """PBR flit size on the wire."""
+    flit_payload_bytes: int = 192
+    """Payload per flit: 3 x 64 B messages."""
+    charge_local_hops: bool = True
+    """Charge a hop even when the next block sits on the same device (as the artifact does)."""
+
+    def __post_init__(self) -> None:
+        _check(self.switch_lanes >= 1, "fabric.switch_lanes", self.switch_lanes,
+               "use a positive lane count")
+        _check(self.lane_gbps > 0, "fabric.lane_gbps", self.lane_gbps, "use a positive bandwidth")
+        _check(0 < self.flit_payload_bytes <= self.flit_bytes, "fabric.flit_payload_bytes",
+               self.flit_payload_bytes, f"use a value in (0, fabric.flit_bytes={self.flit_bytes}]")
+
+    @property
+    def hop_latency_s(self) -> float:
+        """One-hop round trip: 4 x 25 + 2 x 30 + 20 = 180 ns."""
+        ns = (self.num_cxl_ports * self.cxl_port_latency_ns
+              + self.num_pcie_crossings * self.pcie_latency_ns + self.switch_latency_ns)
+        return ns * 1e-9
+
+
+@dataclass
+class ParallelConfig:
+    """How the model maps onto devices (CENT_MODEL.md section 3).
+
+    `pp` is the number of pipeline stages and `tp` the devices per stage.
+    `pp == model.num_layers` with `tp == 1` is CENT's pure pipeline (several
+    blocks per device, each on its own channel group); otherwise each stage
+    spans all channels of `tp` devices and `pp * tp` must not exceed
+    `num_devices`. `pp = 0` picks the pure pipeline.
+    """
+
+    num_devices: int = 8
+    """Emulated CENT devices."""
+    pp: int = 0
+    """Pipeline stages; 0 = one stage per block (pure pipeline)."""
+    tp: int = 1
+    """Devices per stage (tensor parallel)."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.num_devices, int) and 1 <= self.num_devices <= 1024,
+               "parallel.num_devices", self.num_devices, "use an integer from 1 to 1024")
+        _check(isinstance(self.tp, int) and 1 <= self.tp <= self.num_devices, "parallel.tp",
+               self.tp, f"use an integer from 1 to parallel.num_devices={self.num_devices}")
+        _check(isinstance(self.pp, int) and self.pp >= 0, "parallel.pp", self.pp,
+               "use a non-negative integer (0 = one stage per block)")
+
+
+@dataclass
+class SchedulerConfig:
+    """Continuous batching in simulated time."""
+
+    max_seqs_per_stage: int = 1
+    """Sequences per pipeline micro-batch (the paper uses 1)."""
+    max_waiting: int = 1024
+    """Waiting-queue bound; past it requests get 429."""
+    prefill_chunk_tokens: int = 1
+    """Prompt tokens per step: 1 = token by token like the paper; larger = chunked prefill."""
+    seed: int = 0
+    """Seed of the stand-in sampler and of sampling without an explicit seed."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_seqs_per_stage >= 1, "scheduler.max_seqs_per_stage",
+               self.max_seqs_per_stage, "use a positive integer")
+        _check(self.max_waiting >= 1, "scheduler.max_waiting", self.max_waiting,
+               "use a positive integer")
+        _check(self.prefill_chunk_tokens >= 1, "scheduler.prefill_chunk_tokens",
+               self.prefill_chunk_tokens, "use a positive integer")
+
+
+@dataclass
+class ServerConfig:
+    """The HTTP front end and where Ray runs."""
+
+    host: str = "127.0.0.1"
+    """Bind address (loopback by default)."""
+    port: int = 8000
+    """Listen port."""
+    clock: str = "virtual"
+    """`virtual`: run as fast as possible; `paced`: release tokens at their simulated time."""
+    pace_factor: float = 1.0
+    """In paced mode, wall seconds per simulated second."""
+    ray_address: str | None = None
+    """Existing Ray cluster to join (None = start a local Ray)."""
+    api_key: str | None = None
+    """Require `Authorization: Bearer <key>` when set."""
+
+    def __post_init__(self) -> None:
+        _check(self.clock in ("virtual", "paced"), "server.clock", self.clock,
+               "use 'virtual' or 'paced'")
+        _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
+        _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
+               "use a positive factor")
+
+
+@dataclass
+class CentConfig:
+    """The whole resolved configuration; written next to every result."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    """The CENT device."""
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+    """The CXL switch."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """The mapping."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Batching."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """HTTP and Ray."""
+    numerics: str = "auto"
+    """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params)."""
+
+    def __post_init__(self) -> None:
+        _check(self.numerics in ("full", "off", "auto"), "numerics", self.numerics,
+               "use 'full', 'off' or 'auto'")
+        n = self.model.num_layers
+        p = self.parallel
+        _check(p.pp <= n, "parallel.pp", p.pp,
+               f"use at most model.num_layers={n} stages (0 = one stage per block)")
+        if p.pp != 0 and p.pp != n:
+            _check(p.pp * p.tp <= p.num_devices, "parallel.pp", p.pp,
+                   f"pp x tp = {p.pp * p.tp} exceeds parallel.num_devices={p.num_devices}; "
+                   f"use pp <= {p.num_devices // p.tp}")
+        if p.tp > 1:
+            _check(p.pp != 0, "parallel.pp", p.pp,
+                   "with tp > 1 set pp explicitly (devices / tp stages, CENT's hybrid mapping)")
+
+    @property
+    def resolved_numerics(self) -> str:
+        """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
+        if self.numerics != "auto":
+            return self.numerics
+        return "full" if self.model.param_count() <= 1_000_000_000 else "off"
+
+
+# ---------------------------------------------------------------- dict / YAML / overrides
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}={data!r} is invalid: expected a mapping of fields")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"{_join(where, key)} is not a field: known fields are {sorted(known)}")
+        hint = hints[key]
+        if is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value, _join(where, key))
+        else:
+            value = _typed(value, hint, _join(where, key))
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string)."""
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is invalid: expected a number") from None
+    if hint is int and not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer")
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: expected true or false")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{name}={value!r} is invalid: expected a string")
+    if isinstance(value, list) and getattr(hint, "__origin__", None) is tuple:
+        return tuple(value)
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(text: str, current: Any, name: str) -> Any:
+    """Parse a CLI override string into the type of the current value."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}={text!r} is invalid: use true or false")
+    if current is None:
+        return None if text.lower() in ("none", "null", "") else text
+    try:
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        kind = "an integer" if isinstance(current, int) else "a number"
+        raise ValueError(f"{name}={text!r} is invalid: expected {kind}") from None
+    return text
+
+
+def apply_overrides(cfg: CentConfig, overrides: list[str]) -> CentConfig:
+    """Apply `section.field=value` strings (e.g. `device.clock_hz=1e9`) and re-validate."""
+    data = dataclasses.asdict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is invalid: write section.field=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node: Any = data
+        for key in keys[:-1]:
+            if not isinstance(node, dict) or key not in node:
+                raise ValueError(f"override {path!r}: no config section {key!r}")
+            node = node[key]
+        if not isinstance(node, dict) or keys[-1] not in node:
+            raise ValueError(f"override {path!r}: no field {keys[-1]!r} there")
+        node[keys[-1]] = _coerce(text, node[keys[-1]], path)
+    return _from_dict(CentConfig, data, "")
+
+
+def load_config(path: str | Path) -> CentConfig:
+    """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
+    import yaml
+
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping at the top level")
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("name") in MODEL_PRESETS:
+        data["model"] = {**MODEL_PRESETS[model["name"]], **model}
+    return _from_dict(CentConfig, data, "")

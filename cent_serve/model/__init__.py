@@ -1,0 +1,10 @@
+"""The reference Llama model: weights, layers, tokenizer, sampling (no devices here)."""
+from cent_serve.model.reference import KVCache, LlamaModel
+from cent_serve.model.sampling import SamplingParams, make_generator, sample
+from cent_serve.model.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from cent_serve.model.weights import (LlamaWeights, load_weights, model_config_from_hf,
+                                      random_weights, save_hf_checkpoint)
+
+__all__ = ["KVCache", "LlamaModel", "SamplingParams", "make_generator", "sample", "ByteTokenizer",
+           "HFTokenizer", "load_tokenizer", "LlamaWeights", "load_weights", "model_config_from_hf",
+           "random_weights", "save_hf_checkpoint"]

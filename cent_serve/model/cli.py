@@ -1,0 +1,85 @@
+"""`cent info` and `cent generate`: the resolved config and the reference model."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.config import config_to_dict
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print the resolved config, parameter count and weight bytes")
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_info)
+
+    g = sub.add_parser("generate", help="generate with the single-process reference model")
+    add_config_args(g, with_parallel=False)
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
+    src.add_argument("--prompt-ids", help="prompt token ids, comma separated: 1,2,3")
+    g.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (default 16)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=-1)
+    g.add_argument("--sample-seed", type=int, default=None, help="sampling seed (default: 0)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating past </s>")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.set_defaults(func=run_generate)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    m = cfg.model
+    out = {
+        "config": config_to_dict(cfg),
+        "param_count": m.param_count(),
+        "weight_bytes": m.weight_bytes(),
+        "kv_bytes_per_token": m.kv_bytes_per_token(),
+        "numerics": cfg.resolved_numerics,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"model        {m.name}: D={m.hidden_size} F={m.intermediate_size} N={m.num_layers} "
+          f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
+    print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype})")
+    print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
+    print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
+          f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"--prompt-ids {text!r} is invalid: write comma-separated integers, e.g. 1,2,3") from None
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from cent_serve.model import LlamaModel, SamplingParams, load_tokenizer
+    from cent_serve.model.generate import generate
+
+    cfg = config_from_args(args)
+    tok = load_tokenizer(cfg.model)
+    if args.prompt_ids is not None:
+        prompt_ids = _parse_ids(args.prompt_ids)
+    else:
+        prompt_ids = tok.encode(args.prompt if args.prompt is not None else "Hello")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            seed=args.sample_seed)
+    model = LlamaModel(cfg.model)
+    gen = generate(model, prompt_ids, args.max_tokens, params, ignore_eos=args.ignore_eos)
+    text = tok.decode(gen.token_ids)
+    if args.json:
+        print(json.dumps({"model": cfg.model.name, "prompt_ids": prompt_ids, "token_ids": gen.token_ids,
+                          "text": text, "finish_reason": gen.finish_reason}))
+    else:
+        prompt_text = args.prompt if args.prompt is not None else tok.decode(prompt_ids)
+        sys.stdout.write(f"[{cfg.model.name}, {len(gen.token_ids)} tokens, {gen.finish_reason}]\n")
+        sys.stdout.write(f"{prompt_text}{text!r}\n")
+    return 0

@@ -1,0 +1,284 @@
+"""Llama weights: seeded random presets and Hugging Face safetensors checkpoints.
+
+Weights live in `LlamaWeights` under Hugging Face's tensor names' structure,
+as float32 compute arrays whose values are exactly representable in the
+storage dtype (bf16 by default, CENT's data type). A checkpoint is read one
+tensor at a time through safetensors' memory map, so loading never holds the
+raw file and the parsed model at once.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import ml_dtypes
+import numpy as np
+
+from cent_serve.config import ModelConfig
+
+F32 = np.float32
+BF16 = ml_dtypes.bfloat16
+
+
+@dataclass
+class LayerWeights:
+    """One transformer block; matrices in (out, in) layout like torch.nn.Linear."""
+
+    input_norm: np.ndarray  # (D,)
+    wq: np.ndarray  # (H*hd, D)
+    wk: np.ndarray  # (Hkv*hd, D)
+    wv: np.ndarray  # (Hkv*hd, D)
+    wo: np.ndarray  # (D, H*hd)
+    post_norm: np.ndarray  # (D,)
+    w_gate: np.ndarray  # (F, D)
+    w_up: np.ndarray  # (F, D)
+    w_down: np.ndarray  # (D, F)
+
+
+@dataclass
+class LlamaWeights:
+    """All weights of a Llama model (float32 compute copies)."""
+
+    embed: np.ndarray  # (vocab, D)
+    layers: list[LayerWeights]
+    final_norm: np.ndarray  # (D,)
+    lm_head: np.ndarray  # (vocab, D); the embedding itself when tied
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round to the storage dtype and back to float32 compute values."""
+    if dtype == "bfloat16":
+        return x.astype(BF16).astype(F32)
+    return x.astype(F32)
+
+
+def random_weights(cfg: ModelConfig) -> LlamaWeights:
+    """Seeded random weights: same cfg.seed, same weights, on any machine.
+
+    Uses numpy's PCG64 generator (platform-independent stream); matrices are
+    N(0, 1/fan_in) so activations stay O(1) through many layers, norms are 1.
+    """
+    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+
+    def mat(out_dim: int, in_dim: int) -> np.ndarray:
+        w = rng.standard_normal((out_dim, in_dim), dtype=F32) * F32(1.0 / np.sqrt(in_dim))
+        return _to_storage(w, cfg.weight_dtype)
+
+    def norm() -> np.ndarray:
+        return _to_storage(1.0 + 0.1 * rng.standard_normal(d, dtype=F32), cfg.weight_dtype)
+
+    embed = _to_storage(rng.standard_normal((cfg.vocab_size, d), dtype=F32), cfg.weight_dtype)
+    layers = []
+    for _ in range(cfg.num_layers):
+        layers.append(LayerWeights(
+            input_norm=norm(), wq=mat(cfg.num_heads * hd, d), wk=mat(cfg.num_kv_heads * hd, d),
+            wv=mat(cfg.num_kv_heads * hd, d), wo=mat(d, cfg.num_heads * hd), post_norm=norm(),
+            w_gate=mat(f, d), w_up=mat(f, d), w_down=mat(d, f)))
+    final_norm = norm()
+    lm_head = embed if cfg.tie_word_embeddings else mat(cfg.vocab_size, d)
+    return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
+
+
+# ------------------------------------------------------------------ Hugging Face layout
+
+_LAYER_NAMES = {
+    "input_norm": "input_layernorm.weight",
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "wo": "self_attn.o_proj.weight",
+    "post_norm": "post_attention_layernorm.weight",
+    "w_gate": "mlp.gate_proj.weight",
+    "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
+
+
+def hf_tensor_names(cfg: ModelConfig) -> list[str]:
+    """The tensor names a Hugging Face Llama checkpoint holds for this config."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(cfg.num_layers):
+        names += [f"model.layers.{i}.{n}" for n in _LAYER_NAMES.values()]
+    return names
+
+
+def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
+    """A ModelConfig from a Hugging Face Llama `config.json` (file or its directory)."""
+    path = Path(path)
+    cfg_file = path / "config.json" if path.is_dir() else path
+    if not cfg_file.is_file():
+        raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
+                         "Hugging Face Llama checkpoint directory")
+    hf = json.loads(cfg_file.read_text())
+    arch = hf.get("model_type", "llama")
+    if arch not in ("llama", "mistral"):
+        raise ValueError(f"model.checkpoint: model_type={arch!r} is not supported: "
+                         "use a Llama-family checkpoint (model_type 'llama')")
+    if hf.get("rope_scaling"):
+        raise ValueError(f"model.checkpoint: rope_scaling={hf['rope_scaling']!r} is not supported: "
+                         "use a checkpoint with plain rotary embeddings")
+    heads = hf["num_attention_heads"]
+    rope = hf.get("rope_theta")
+    if rope is None:
+        rope = (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+
+    def _id(key: str, default: int) -> int:
+        value = hf.get(key, default)
+        return int(value[0] if isinstance(value, list) else (default if value is None else value))
+
+    torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
+    fields = dict(
+        name=cfg_file.parent.name,
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        vocab_size=hf["vocab_size"],
+        max_seq_len=hf.get("max_position_embeddings", 4096),
+        rope_theta=float(rope),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_token_id=_id("bos_token_id", 1),
+        eos_token_id=_id("eos_token_id", 2),
+        weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
+        checkpoint=str(cfg_file.parent),
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _checkpoint_files(ckpt: Path) -> list[Path]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [ckpt / name for name in sorted(set(weight_map.values()))]
+    single = ckpt / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ValueError(f"model.checkpoint={str(ckpt)!r} has neither model.safetensors nor "
+                     "model.safetensors.index.json: save the checkpoint in safetensors format")
+
+
+def iter_checkpoint_tensors(ckpt: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, float32 array) one tensor at a time from a safetensors checkpoint."""
+    from safetensors import safe_open
+
+    for file in _checkpoint_files(Path(ckpt)):
+        with safe_open(str(file), framework="numpy") as f:
+            for name in f.keys():
+                yield name, np.asarray(f.get_tensor(name)).astype(F32)
+
+
+def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
+    """Load the weights of `cfg.checkpoint`, checking every expected tensor and shape."""
+    assert cfg.checkpoint, "load_hf_weights needs cfg.checkpoint"
+    d, hd = cfg.hidden_size, cfg.head_dim
+    shapes = {
+        "input_norm": (d,), "post_norm": (d,), "wq": (cfg.num_heads * hd, d),
+        "wk": (cfg.num_kv_heads * hd, d), "wv": (cfg.num_kv_heads * hd, d),
+        "wo": (d, cfg.num_heads * hd), "w_gate": (cfg.intermediate_size, d),
+        "w_up": (cfg.intermediate_size, d), "w_down": (d, cfg.intermediate_size),
+    }
+    by_suffix = {v: k for k, v in _LAYER_NAMES.items()}
+    layer_parts: list[dict[str, np.ndarray]] = [{} for _ in range(cfg.num_layers)]
+    top: dict[str, np.ndarray] = {}
+    extra: dict[str, np.ndarray] = {}
+    for name, arr in iter_checkpoint_tensors(cfg.checkpoint):
+        if name.startswith("model.layers."):
+            _, _, idx, rest = name.split(".", 3)
+            key = by_suffix.get(rest)
+            if key is None or int(idx) >= cfg.num_layers:
+                extra[name] = arr
+                continue
+            if arr.shape != shapes[key]:
+                raise ValueError(f"checkpoint tensor {name} has shape {arr.shape}, expected "
+                                 f"{shapes[key]} from config.json: the checkpoint and its config disagree")
+            layer_parts[int(idx)][key] = arr
+        else:
+            top[name] = arr
+    missing = [n for n in hf_tensor_names(cfg) if not _has(n, top, layer_parts, by_suffix)]
+    if missing:
+        raise ValueError(f"model.checkpoint={cfg.checkpoint!r} lacks tensors {missing[:4]}"
+                         f"{' ...' if len(missing) > 4 else ''}: is it a complete Llama checkpoint?")
+    embed = top["model.embed_tokens.weight"]
+    lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
+    layers = [LayerWeights(**parts) for parts in layer_parts]
+    return LlamaWeights(embed=embed, layers=layers, final_norm=top["model.norm.weight"],
+                        lm_head=lm_head, extra=extra)
+
+
+def _has(name: str, top: dict, layer_parts: list[dict], by_suffix: dict) -> bool:
+    if not name.startswith("model.layers."):
+        return name in top
+    _, _, idx, rest = name.split(".", 3)
+    return by_suffix[rest] in layer_parts[int(idx)]
+
+
+def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | Path,
+                       max_shard_bytes: int | None = None) -> Path:
+    """Write weights as a Hugging Face Llama checkpoint (config.json + safetensors).
+
+    With `max_shard_bytes`, tensors are split over several files with a
+    `model.safetensors.index.json`, as `save_pretrained` does for big models.
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = BF16 if cfg.weight_dtype == "bfloat16" else F32
+    tensors = {"model.embed_tokens.weight": weights.embed, "model.norm.weight": weights.final_norm}
+    if not cfg.tie_word_embeddings:
+        tensors["lm_head.weight"] = weights.lm_head
+    for i, layer in enumerate(weights.layers):
+        for key, suffix in _LAYER_NAMES.items():
+            tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)
+    tensors = {k: np.ascontiguousarray(v.astype(store)) for k, v in tensors.items()}
+    (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+    if max_shard_bytes is None:
+        save_file(tensors, str(out / "model.safetensors"))
+        return out
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, arr in tensors.items():
+        if shards[-1] and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = arr
+        size += arr.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname))
+        weight_map.update({name: fname for name in shard})
+    total = sum(a.nbytes for a in tensors.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return out
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """The Hugging Face `config.json` content of a ModelConfig."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len,
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "torch_dtype": cfg.weight_dtype,
+    }
+
+
+def load_weights(cfg: ModelConfig) -> LlamaWeights:
+    """The model's weights: the checkpoint when one is set, else seeded random ones."""
+    return load_hf_weights(cfg) if cfg.checkpoint else random_weights(cfg)

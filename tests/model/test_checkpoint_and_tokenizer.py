@@ -1,0 +1,109 @@
+"""Checkpoints in Hugging Face layout, tokenizers, sampling and generation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cent_serve.model import (ByteTokenizer, LlamaModel, SamplingParams, load_tokenizer,
+                              load_weights, make_generator, model_config_from_hf, random_weights,
+                              sample, save_hf_checkpoint)
+from cent_serve.model.generate import generate
+from cent_serve.model.weights import hf_tensor_names
+from tests.factories import tiny_model_config
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("shard", [None, 40_000])
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, dtype, shard):
+    cfg = tiny_model_config(weight_dtype=dtype)
+    weights = random_weights(cfg)
+    out = save_hf_checkpoint(cfg, weights, tmp_path / "ckpt", max_shard_bytes=shard)
+    if shard:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) >= 2
+        assert set(index["weight_map"]) == set(hf_tensor_names(cfg))
+    from safetensors import safe_open
+    files = sorted(out.glob("*.safetensors"))
+    with safe_open(str(files[0]), "numpy") as f:  # tensors carry Hugging Face names
+        assert all(k.startswith(("model.", "lm_head")) for k in f.keys())
+    loaded_cfg = model_config_from_hf(out)
+    assert (loaded_cfg.num_kv_heads, loaded_cfg.rope_theta, loaded_cfg.weight_dtype) == (2, 10000.0, dtype)
+    ids = [1, 4, 9, 16, 25]
+    a = LlamaModel(cfg, weights).forward(ids, LlamaModel(cfg, weights).new_cache())
+    m = LlamaModel(loaded_cfg, load_weights(loaded_cfg))
+    assert np.array_equal(a, m.forward(ids, m.new_cache()))
+
+
+def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
+    cfg = tiny_model_config()
+    out = save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "ok")
+    conf = json.loads((out / "config.json").read_text())
+    conf["num_hidden_layers"] = 3
+    (out / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match="model.layers.2"):
+        load_weights(model_config_from_hf(out))
+    conf["num_hidden_layers"], conf["intermediate_size"] = 2, 128
+    (out / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=r"mlp\.(gate|up|down)_proj\.weight has shape"):
+        load_weights(model_config_from_hf(out))
+    with pytest.raises(ValueError, match="no config.json"):
+        model_config_from_hf(tmp_path / "nowhere")
+
+
+def test_byte_tokenizer_round_trips_unicode():
+    tok = ByteTokenizer()
+    text = "CENT: PIM 近存计算 ✓ — ok"
+    ids = tok.encode(text)
+    assert ids[0] == tok.bos_token_id and all(3 <= i < 259 for i in ids[1:])
+    assert tok.decode(ids) == text
+    assert tok.decode([tok.eos_token_id, 300]) == ""
+
+
+def test_hf_tokenizer_json_round_trips(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    corpus = ["the cent device computes in dram banks", "pim is all you need", "cxl switch"] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    cfg = tiny_model_config(vocab_size=tok.get_vocab_size())
+    ckpt = save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "c")
+    tok.save(str(ckpt / "tokenizer.json"))
+    loaded = load_tokenizer(model_config_from_hf(ckpt))
+    ids = loaded.encode("the cent device is all you need")
+    assert ids[0] == 1 and len(ids) < 20  # merges were learnt, so fewer ids than bytes
+    assert loaded.decode(ids) == "the cent device is all you need"
+
+
+def test_sampling_greedy_topk_topp_and_seeds():
+    logits = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
+    assert sample(logits, SamplingParams(temperature=0.0), make_generator(0)) == 1
+    draws = lambda p, seed: [sample(logits, p, make_generator(seed * 1000 + i)) for i in range(300)]
+    top2 = draws(SamplingParams(temperature=1.0, top_k=2), 1)
+    assert set(top2) == {1, 2}
+    # softmax: p(1) = 0.474, p(2) = 0.429; nucleus 0.4 keeps {1}, 0.5 needs {1, 2}
+    assert set(draws(SamplingParams(temperature=1.0, top_p=0.4), 2)) == {1}
+    assert set(draws(SamplingParams(temperature=1.0, top_p=0.5), 3)) == {1, 2}
+    free = draws(SamplingParams(temperature=1.0), 4)
+    assert abs(free.count(1) / 300 - 0.474) < 0.08 and {0, 4} <= set(free)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=3.0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+
+
+def test_generation_is_reproducible_for_a_seed():
+    cfg = tiny_model_config()
+    model = LlamaModel(cfg)
+    p = SamplingParams(temperature=0.9, top_p=0.95, seed=123)
+    a = generate(model, [1, 5, 6], 12, p, ignore_eos=True)
+    b = generate(model, [1, 5, 6], 12, p, ignore_eos=True)
+    c = generate(model, [1, 5, 6], 12, SamplingParams(temperature=0.9, top_p=0.95, seed=124), ignore_eos=True)
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 12
+    assert a.token_ids != c.token_ids
+    greedy = generate(model, [1, 5, 6], 6)
+    full = model.forward([1, 5, 6] + greedy.token_ids[:-1], model.new_cache())
+    assert greedy.token_ids == [int(t) for t in np.argmax(full[2:], axis=-1)]
