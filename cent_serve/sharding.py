@@ -1,0 +1,174 @@
+"""Sharding: pure functions from the reference model's weights to device shards.
+
+Like gpt-fast's `apply_tp` and nano-vllm's per-rank loader, this module only
+slices weights; the math of a shard is the reference math in
+`cent_serve.model.layers`. CENT's tensor parallelism splits every GEMV by its
+outputs over the tp devices of a stage (each device streams its slice of the
+matrix from its own banks), then gathers the slices and broadcasts the whole
+vector over the CXL switch. Attention heads are split the same way, so
+score x V stays inside one device (CENT_MODEL.md section 3).
+
+A tensor-parallel block therefore has four exchange points, each an
+all-gather of output slices:
+
+    attn heads (H*hd) -> o_proj slice (D) -> silu(gate)*up slice (F) -> down slice (D)
+
+`tp_block_forward` runs the block for one rank given an `all_gather`
+callable; the tests pass a local concatenation, the device actors pass the
+fabric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from cent_serve.config import ModelConfig
+from cent_serve.model.layers import apply_rope, rms_norm, rope_cos_sin, silu, softmax
+from cent_serve.model.weights import LayerWeights
+
+F32 = np.float32
+
+AllGather = Callable[[str, np.ndarray], np.ndarray]
+"""all_gather(tag, local_slice (seq, n)) -> the concatenation over ranks (seq, sum n)."""
+
+
+def split_bounds(total: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous near-equal ranges (numpy.array_split's rule): the first ones one longer."""
+    base, extra = divmod(total, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+@dataclass
+class LayerShard:
+    """One rank's slice of a block. Matrices in (out, in) layout."""
+
+    rank: int
+    tp: int
+    q_heads: tuple[int, int]  # query heads [a, b)
+    kv_heads: tuple[int, int]  # the KV heads those query heads read [a, b)
+    input_norm: np.ndarray  # (D,)
+    wq: np.ndarray  # (nq*hd, D)
+    wk: np.ndarray  # (nkv*hd, D)
+    wv: np.ndarray  # (nkv*hd, D)
+    wo: np.ndarray  # (D_r, H*hd): this rank's output rows of o_proj
+    post_norm: np.ndarray  # (D,)
+    w_gate: np.ndarray  # (F_r, D)
+    w_up: np.ndarray  # (F_r, D)
+    w_down: np.ndarray  # (D_r, F)
+
+    @property
+    def num_q_heads(self) -> int:
+        return self.q_heads[1] - self.q_heads[0]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.kv_heads[1] - self.kv_heads[0]
+
+    def nbytes(self, bytes_per_element: int = 2) -> int:
+        """Weight bytes this rank stores (bf16 on a CENT device)."""
+        mats = (self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
+                self.w_gate, self.w_up, self.w_down)
+        return sum(m.size for m in mats) * bytes_per_element
+
+
+def check_tp(cfg: ModelConfig, tp: int) -> None:
+    """Tensor parallelism needs whole query heads per device."""
+    if cfg.num_heads % tp:
+        raise ValueError(f"parallel.tp={tp} does not divide model.num_heads={cfg.num_heads}: "
+                         f"use a divisor of {cfg.num_heads} for tp")
+
+
+def head_ranges(cfg: ModelConfig, rank: int, tp: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(query heads, KV heads) of `rank`: query heads split evenly; the KV heads they read.
+
+    With more ranks than KV heads (70B: 8 KV heads on tp 32) a KV head is
+    replicated on every rank whose query heads use it.
+    """
+    check_tp(cfg, tp)
+    per = cfg.num_heads // tp
+    qa, qb = rank * per, (rank + 1) * per
+    rep = cfg.num_rep
+    return (qa, qb), (qa // rep, (qb - 1) // rep + 1)
+
+
+def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerShard:
+    """Slice one block's weights for `rank` of `tp` (pure: views of w, no copies)."""
+    hd = cfg.head_dim
+    (qa, qb), (ka, kb) = head_ranges(cfg, rank, tp)
+    da, db = split_bounds(cfg.hidden_size, tp)[rank]
+    fa, fb = split_bounds(cfg.intermediate_size, tp)[rank]
+    return LayerShard(
+        rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), input_norm=w.input_norm,
+        wq=w.wq[qa * hd:qb * hd], wk=w.wk[ka * hd:kb * hd], wv=w.wv[ka * hd:kb * hd],
+        wo=w.wo[da:db], post_norm=w.post_norm, w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb],
+        w_down=w.w_down[da:db])
+
+
+def shard_vocab(table: np.ndarray, rank: int, tp: int) -> np.ndarray:
+    """Rows of an embedding / LM head table for `rank` (the LM head is split by outputs too)."""
+    a, b = split_bounds(table.shape[0], tp)[rank]
+    return table[a:b]
+
+
+class ShardKV:
+    """The K/V of one sequence for the KV heads a shard holds, one entry per resident layer.
+
+    The paged accounting (block tables, capacity) lives in the device worker;
+    this holds the values, grown by doubling.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int) -> None:
+        shape = (num_kv_heads, 16, head_dim)
+        self.keys = [np.zeros(shape, F32) for _ in range(num_layers)]
+        self.values = [np.zeros(shape, F32) for _ in range(num_layers)]
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Store k, v (kv, seq, hd) at start..; return all keys/values up to the end."""
+        end = start + k.shape[1]
+        cap = self.keys[layer].shape[1]
+        if end > cap:
+            new_cap = max(end, 2 * cap)
+            for store in (self.keys, self.values):
+                grown = np.zeros((store[layer].shape[0], new_cap, store[layer].shape[2]), F32)
+                grown[:, :cap] = store[layer]
+                store[layer] = grown
+        self.keys[layer][:, start:end] = k
+        self.values[layer][:, start:end] = v
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
+
+
+def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, kv: ShardKV,
+                    layer: int) -> np.ndarray:
+    """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd)."""
+    seq, hd = h.shape[0], cfg.head_dim
+    q = (h @ s.wq.T).reshape(seq, s.num_q_heads, hd).transpose(1, 0, 2)  # (nq, seq, hd)
+    k = (h @ s.wk.T).reshape(seq, s.num_kv_heads, hd).transpose(1, 0, 2)  # (nkv, seq, hd)
+    v = (h @ s.wv.T).reshape(seq, s.num_kv_heads, hd).transpose(1, 0, 2)
+    cos, sin = rope_cos_sin(np.arange(start, start + seq), hd, cfg.rope_theta)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
+    kv_of_q = np.arange(s.q_heads[0], s.q_heads[1]) // cfg.num_rep - s.kv_heads[0]  # (nq,)
+    scores = q @ keys[kv_of_q].transpose(0, 2, 1) * F32(1.0 / np.sqrt(hd))  # (nq, seq, L)
+    future = np.arange(keys.shape[1])[None, :] > (start + np.arange(seq))[:, None]  # (seq, L)
+    scores = np.where(future, F32(-np.inf), scores)
+    out = softmax(scores, axis=-1).astype(F32) @ values[kv_of_q]  # (nq, seq, hd)
+    return out.transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
+
+
+def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int, kv: ShardKV,
+                     layer: int, all_gather: AllGather) -> np.ndarray:
+    """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result."""
+    h = rms_norm(x, s.input_norm, cfg.rms_norm_eps)
+    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer))  # (seq, H*hd)
+    x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
+    h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
+    act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
+    act = all_gather("act", act)  # (seq, F)
+    return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
