@@ -10,12 +10,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     from cent_serve.model import cli as model_cli
     model_cli.register(sub)
-    try:
-        from cent_serve.timing import cli as timing_cli
-    except ImportError:  # the timing model is being written
-        timing_cli = None
-    if timing_cli is not None:
-        timing_cli.register(sub)
+    from cent_serve.timing import cli as timing_cli
+    timing_cli.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,14 @@
+"""The CENT timing, energy and cost model: the only source of simulated seconds.
+
+- `pim`: PIM cycles per operation of a block (CENT_MODEL.md section 4)
+- `accelerator`: near-memory accelerator and host time (sections 1, 5)
+- `fabric`: CXL switch latency, flits, lanes, collectives (section 6)
+- `mapping`: stages, channels per block, devices, capacity (section 3)
+- `token`: closed-form token latency and the paper's phases (section 7)
+- `energy`: energy, power, cost and GPU comparison (sections 8, 9)
+"""
+from cent_serve.timing.mapping import Mapping, Stage, check_capacity, resolve_mapping
+from cent_serve.timing.token import SystemTimer, TokenFigures, phase_figures, token_figures
+
+__all__ = ["Mapping", "Stage", "check_capacity", "resolve_mapping", "SystemTimer", "TokenFigures",
+           "phase_figures", "token_figures"]

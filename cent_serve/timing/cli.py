@@ -1,0 +1,138 @@
+"""`cent simulate`: the closed-form CENT model from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.config import CentConfig, ParallelConfig
+from cent_serve.timing.energy import cost_figures
+from cent_serve.timing.mapping import check_capacity, resolve_mapping
+from cent_serve.timing.token import PHASES, SystemTimer, phase_figures, token_figures
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="CENT token latency, throughput, energy (closed form)",
+                       description="Closed-form CENT model (CENT_MODEL.md): one context length with "
+                                   "--seqlen, the paper's phases with --prompt/--decode, or every "
+                                   "mapping with --sweep.")
+    add_config_args(p)
+    p.add_argument("--seqlen", type=int, help="context length of one token (default 4096)")
+    p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
+    p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
+    p.add_argument("--seqlen-gap", type=int, default=128, help="spacing of the context lengths averaged")
+    p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _paper_defaults(args: argparse.Namespace) -> None:
+    """`cent simulate --model llama2-7b` alone: 8 devices, pure pipeline, like the paper."""
+    if args.devices is None and args.config is None:
+        args.devices = {"llama2-7b": 8, "llama2-13b": 20, "llama2-70b": 32}.get(args.model or "", None)
+
+
+def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
+    """(pp, tp) of every mapping the paper evaluates: pure pipeline and tp | devices."""
+    out = [(num_layers, 1)]
+    for tp in range(num_devices, 0, -1):
+        if num_devices % tp == 0 and num_devices // tp <= num_layers:
+            out.append((num_devices // tp, tp))
+    return out
+
+
+def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
+    cfg2 = CentConfig(model=cfg.model, device=cfg.device, fabric=cfg.fabric,
+                      parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp),
+                      scheduler=cfg.scheduler, server=cfg.server, numerics=cfg.numerics)
+    return cfg2
+
+
+def run(args: argparse.Namespace) -> int:
+    _paper_defaults(args)
+    cfg = config_from_args(args)
+    if args.sweep:
+        return _run_sweep(cfg, args)
+    if (args.prompt is None) != (args.decode is None):
+        raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
+    timer = SystemTimer.from_config(cfg)
+    mp = timer.mapping
+    if args.prompt is not None:
+        if args.seqlen is not None:
+            raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+        check_capacity(cfg.model, mp, cfg.device, args.prompt + args.decode)
+        phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap)
+        for phase, row in phases.items():
+            row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
+                                    row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
+        if args.json:
+            print(json.dumps(phases, indent=2))
+        else:
+            print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
+                  f"prompt {args.prompt}, decode {args.decode}")
+            print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
+            for phase in PHASES:
+                r = phases.get(phase)
+                if r:
+                    ratio = r.get("throughput_ratio")
+                    print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}"
+                          f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}"
+                          f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
+        return 0
+    seqlen = 4096 if args.seqlen is None else args.seqlen
+    if not 1 <= seqlen <= cfg.model.max_seq_len:
+        raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
+    check_capacity(cfg.model, mp, cfg.device, seqlen)
+    fig = token_figures(timer, seqlen).as_dict()
+    if args.json:
+        print(json.dumps(fig, indent=2))
+        return 0
+    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}")
+    for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
+                "embedding_ms", "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
+        print(f"  {key:<20}{fig[key]:>14.6g}")
+    total = sum(fig["breakdown_cycles"].values())
+    print("  block PIM cycles by operation:")
+    for op, cyc in fig["breakdown_cycles"].items():
+        print(f"    {op:<9}{cyc:>12.0f}  {100 * cyc / total:5.1f}%")
+    return 0
+
+
+def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
+    prompt = 512 if args.prompt is None else args.prompt
+    decode = 3584 if args.decode is None else args.decode
+    rows = []
+    for pp, tp in sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers):
+        c = _with_mapping(cfg, pp, tp)
+        mp = resolve_mapping(c.model, c.parallel, c.device)
+        try:
+            check_capacity(c.model, mp, c.device, prompt + decode)
+        except ValueError as exc:
+            rows.append(dict(pp=pp, tp=tp, error=str(exc)))
+            continue
+        e2e = phase_figures(SystemTimer.from_config(c), prompt, decode, args.seqlen_gap)["end2end"]
+        e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
+                                "end2end", e2e["energy_per_token_mj"], c.device))
+        rows.append(dict(pp=pp, tp=tp, mode=mp.mode, channels_per_block=mp.channels_per_block,
+                         devices_used=mp.devices_used, **e2e))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
+          f"(end-to-end averages)")
+    print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
+          f"{'vs GPU':>8}{'tok/$ vs GPU':>14}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['pp']:>4}{r['tp']:>4}  does not fit: {r['error']}")
+            continue
+        ratio = r.get("throughput_ratio")
+        tpd = r.get("tokens_per_dollar_ratio")
+        print(f"{r['pp']:>4}{r['tp']:>4}{r['channels_per_block']:>5}{r['devices_used']:>6}"
+              f"{r['throughput_tok_s']:>10.1f}{r['token_latency_ms']:>9.3f}{r['energy_per_token_mj']:>9.2f}"
+              f"{r['tokens_per_joule']:>8.2f}{'' if ratio is None else f'{ratio:>7.2f}x'}"
+              f"{'' if tpd is None else f'{tpd:>13.2f}x'}")
+    base = rows and rows[0].get("gpu_throughput_tok_s")
+    if base:
+        print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (CENT_MODEL.md section 9)")
+    return 0

@@ -1,0 +1,156 @@
+"""From (model, devices, pp, tp) to stages, channels and devices (CENT_MODEL.md section 3).
+
+Two kinds of mapping:
+
+- **pipeline** (pp == N blocks, tp == 1): every block is its own stage;
+  blocks_per_device = cdiv(N, devices) blocks share a device, each on its
+  own group of cpb = 32 // blocks_per_device channels, running in lockstep.
+- **tensor / hybrid** (pp stages of tp devices): a stage is a run of
+  consecutive blocks on all 32 channels of its tp devices. When N is not a
+  multiple of pp, the first N mod pp stages get one block more (the
+  imbalance then shows in the emulated pipeline, not in the closed form).
+
+Batch = pp queries in flight, one per stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig
+from cent_serve.timing.pim import BlockGeometry, cdiv
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of consecutive blocks on a set of devices."""
+
+    index: int
+    blocks: tuple[int, ...]
+    device_ids: tuple[int, ...]
+    """The tp devices the stage spans (one device in pure pipeline)."""
+    channel_group: int
+    """Which channel group of its device(s) the stage occupies (pure pipeline), else 0."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """The resolved placement of a model on CENT devices."""
+
+    mode: str
+    """'pipeline' (one block per stage, several stages per device) or 'tensor'."""
+    num_devices: int
+    pp: int
+    tp: int
+    stages: tuple[Stage, ...]
+    blocks_per_device: int
+    channels_per_block: int
+    num_layers: int
+
+    @property
+    def tb(self) -> int:
+        """Blocks sharing a device's DMA and accelerator (1 outside pure pipeline)."""
+        return self.blocks_per_device if self.mode == "pipeline" else 1
+
+    @property
+    def devices_used(self) -> int:
+        return len({d for s in self.stages for d in s.device_ids})
+
+    @property
+    def batch(self) -> int:
+        """Queries in flight: one per stage."""
+        return self.pp
+
+    @property
+    def geometry(self) -> BlockGeometry:
+        return BlockGeometry(cpb=self.channels_per_block, tb=self.tb, tp=self.tp)
+
+    def stages_on_device(self, device_id: int) -> list[Stage]:
+        return [s for s in self.stages if device_id in s.device_ids]
+
+    def describe(self) -> str:
+        if self.mode == "pipeline":
+            return (f"pipeline: {self.pp} stages of 1 block, {self.blocks_per_device} blocks/device "
+                    f"on {self.channels_per_block} channels each, {self.devices_used} devices used")
+        return (f"tensor: {self.pp} stages x tp {self.tp}, {cdiv(self.num_layers, self.pp)} blocks/stage, "
+                f"{self.devices_used} devices used")
+
+
+def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Mapping:
+    """Place model `m` on `p.num_devices` devices as `p.pp` stages of `p.tp` devices."""
+    n = m.num_layers
+    pp = p.pp or n
+    if pp == n and p.tp == 1:
+        bpd = cdiv(n, p.num_devices)
+        if bpd > dev.num_channels:
+            raise ValueError(f"parallel.num_devices={p.num_devices} is too few for {n} blocks in pure "
+                             f"pipeline: a device has {dev.num_channels} channels, so use at least "
+                             f"{cdiv(n, dev.num_channels)} devices")
+        cpb = dev.num_channels // bpd
+        stages = tuple(Stage(index=i, blocks=(i,), device_ids=(i // bpd,), channel_group=i % bpd)
+                       for i in range(n))
+        return Mapping("pipeline", p.num_devices, n, 1, stages, bpd, cpb, n)
+    if pp > n:
+        raise ValueError(f"parallel.pp={pp} exceeds model.num_layers={n}: use at most {n} stages")
+    if pp * p.tp > p.num_devices:
+        raise ValueError(f"parallel.pp x parallel.tp = {pp * p.tp} exceeds parallel.num_devices="
+                         f"{p.num_devices}: use pp <= {p.num_devices // p.tp}")
+    base, extra = divmod(n, pp)
+    stages, first = [], 0
+    for i in range(pp):
+        count = base + (1 if i < extra else 0)
+        devices = tuple(range(i * p.tp, (i + 1) * p.tp))
+        stages.append(Stage(index=i, blocks=tuple(range(first, first + count)), device_ids=devices,
+                            channel_group=0))
+        first += count
+    return Mapping("tensor", p.num_devices, pp, p.tp, tuple(stages), cdiv(n, pp), dev.num_channels, n)
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int) -> int:
+    """bf16 weight bytes a device stores: its blocks' slices plus embedding / LM head shares."""
+    stages = mp.stages_on_device(device_id)
+    blocks = sum(len(s.blocks) for s in stages)
+    per_block = m.block_param_count() * 2 / mp.tp
+    table = m.vocab_size * m.hidden_size * 2 / mp.tp
+    extra = 0.0
+    if any(s.index == 0 for s in stages):
+        extra += table  # embedding on the first stage
+    if any(s.index == mp.pp - 1 for s in stages):
+        extra += table if not m.tie_word_embeddings or mp.pp > 1 else 0.0  # LM head on the last
+    return int(blocks * per_block + extra)
+
+
+def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int) -> int:
+    """KV bytes per token of context on a device (K and V, bf16, the KV heads it holds)."""
+    blocks = sum(len(s.blocks) for s in mp.stages_on_device(device_id))
+    kv_heads = max(1, -(-m.num_kv_heads // mp.tp))  # replicated when tp exceeds the KV heads
+    return 2 * kv_heads * m.head_dim * 2 * blocks
+
+
+def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
+                   batch: int | None = None) -> None:
+    """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device.
+
+    Raises ValueError naming the device, what does not fit and the largest
+    context (at this batch) and batch (at this context) that would.
+    """
+    batch = mp.batch if batch is None else batch
+    for d in sorted({d for s in mp.stages for d in s.device_ids}):
+        w = device_weight_bytes(m, mp, d)
+        kv_tok = device_kv_bytes_per_token(m, mp, d)
+        need = w + kv_tok * context * batch
+        if need <= dev.capacity_bytes:
+            continue
+        gib = 2**30
+        if w > dev.capacity_bytes:
+            raise ValueError(f"device {d}: its weight shard alone needs {w / gib:.2f} GiB of "
+                             f"{dev.capacity_bytes / gib:.0f} GiB: use more devices or a larger tp")
+        room = dev.capacity_bytes - w
+        max_ctx = room // (kv_tok * batch)
+        max_batch = room // (kv_tok * context)
+        raise ValueError(f"device {d}: weights {w / gib:.2f} GiB + KV cache of {batch} queries x "
+                         f"{context} tokens ({kv_tok * context * batch / gib:.2f} GiB) exceed "
+                         f"{dev.capacity_bytes / gib:.0f} GiB: the largest context at batch {batch} "
+                         f"is {max_ctx}, the largest batch at context {context} is {max_batch}")

@@ -1,0 +1,208 @@
+"""PIM cycles of one CENT device's operations (CENT_MODEL.md section 4).
+
+Every function returns cycles of the PIM command clock (0.5 ns at 2 GHz,
+`DeviceConfig.clock_hz`). Inputs are model dimensions, the context length
+`L`, the banks sharing a matrix `B`, the channels per block `cpb` and the
+blocks sharing a device `tb` (their DMA-bound steps serialize, hence the
+`tb` factors). Constants come from `DeviceConfig`; the formulas restate the
+CENT artifact's AiM cycle model in closed form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from cent_serve.config import DeviceConfig, ModelConfig
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative integers."""
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Where one block's matrices live: banks and channels (CENT_MODEL.md section 3)."""
+
+    cpb: int
+    """Channels per block on one device."""
+    tb: int
+    """Blocks sharing a device (pure pipeline), else 1."""
+    tp: int
+    """Devices a block spans."""
+    banks_per_channel: int = 16
+
+    @property
+    def banks_per_device(self) -> int:
+        """TB: banks of one block on one device."""
+        return self.banks_per_channel * self.cpb
+
+    @property
+    def banks(self) -> int:
+        """B: banks that share a matrix (all tp devices)."""
+        return self.banks_per_device * self.tp
+
+
+def gemv_cycles(din: int, dout: int, banks: int, dev: DeviceConfig, af: bool = False) -> float:
+    """A Dout x Din GEMV over `banks` banks.
+
+    c outputs per bank; the input is streamed one DRAM row (1024 elements) at
+    a time: 2 cycles per column command (MAC_ABK every 2 cycles), a row
+    switch plus register traffic per output and row (103), two mode switches
+    per group of outputs that fit the accumulator registers (54.5). The
+    activation ('AF') variant of the gate projection halves the group size
+    and adds the lookup per output (72.4).
+    """
+    c = cdiv(dout, banks)
+    rows = cdiv(din, dev.row_elements)
+    group = dev.gemv_af_group_size if af else dev.accumulator_registers
+    ng = cdiv(c, group)
+    total = 0.0
+    for r in range(rows):
+        op = (dev.full_row_column_ops if r < rows - 1
+              else cdiv(din - dev.row_elements * (rows - 1), dev.burst_elements))
+        total += 2 * op + dev.gemv_group_cycles * ng + c * (dev.gemv_row_cycles + 2 * op)
+    if af:
+        total += dev.gemv_af_cycles * c
+    return total
+
+
+def _elementwise_split(n: int, lanes: int) -> tuple[int, int]:
+    """(elements per lane, lanes used) when n elements spread over `lanes` units."""
+    per = cdiv(n, lanes)
+    return per, cdiv(n, per)
+
+
+def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """Two RMSNorms: square-and-reduce then scale, over TB/2 and TB/4 lanes."""
+    nb, nbb = _elementwise_split(m.hidden_size, g.banks_per_device // 2)
+    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    bl = dev.burst_elements
+    one = 2 * cdiv(nb, bl) * nbb * g.tb + 3 * cdiv(ew, bl) * ewb * g.tb + dev.norm_fixed_cycles
+    return 2 * one
+
+
+def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """Rotary embedding of q and k (k smaller by nrep under GQA)."""
+    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    bl, d, rep = dev.burst_elements, m.hidden_size, m.num_rep
+    return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb
+            + (dev.rotary_fixed_cycles + 2 * d / bl) + (dev.rotary_fixed_cycles + 2 * d / (bl * rep)))
+
+
+def _rows_per_vector(m: ModelConfig, dev: DeviceConfig) -> int:
+    """rpv: DRAM rows one token's K (or V) vector occupies."""
+    return cdiv(m.head_dim * m.num_kv_heads, dev.row_elements)
+
+
+def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """Write this token's K and V into the cache banks."""
+    return (dev.kv_row_cycles * _rows_per_vector(m, dev) * g.tb
+            + dev.kv_head_cycles * cdiv(m.num_kv_heads, g.cpb))
+
+
+def score_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
+    """q.K^T: one key per bank, so a step function of the context every B tokens."""
+    return (_rows_per_vector(m, dev) * cdiv(context, g.banks)
+            * (dev.score_row_cycles + dev.score_rep_cycles * (m.num_rep - 1)))
+
+
+def _context_rows(context: int, row: int) -> list[int]:
+    """Tokens in each 1024-token row of a score vector."""
+    full, last = divmod(context, row)
+    return [row] * full + ([last] if last else [])
+
+
+def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
+    """Score vectors cross the DMA six times (to the accelerator and back)."""
+    bl = dev.burst_elements
+    nhpb = cdiv(m.num_heads, 4 * g.cpb)
+    return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb
+               + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
+               for size in _context_rows(context, dev.row_elements))
+
+
+def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
+    """score x V inside one device: per KV head group, per query head of the group."""
+    per_row = 0.0
+    for size in _context_rows(context, dev.row_elements):
+        op = dev.full_row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
+        per_row += 2 * op + dev.sv_parallel_rows * (dev.sv_row_cycles + 2 * op)
+    return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
+
+
+def silu_mul_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """SiLU(gate) x up, elementwise over TB/4 lanes."""
+    fl, flb = _elementwise_split(m.intermediate_size, g.banks_per_device // 4)
+    return dev.silu_cycles_per_burst * cdiv(fl, dev.burst_elements) * flb * g.tb + dev.silu_fixed_cycles
+
+
+def qkvo_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    d, b = m.hidden_size, g.banks
+    return (gemv_cycles(d, m.q_size, b, dev) + 2 * gemv_cycles(d, m.kv_size, b, dev)
+            + gemv_cycles(m.q_size, d, b, dev))
+
+
+def ffn_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    d, f, b = m.hidden_size, m.intermediate_size, g.banks
+    return gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
+
+
+def embedding_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """Embedding and LM head, once per token, on a block's channels."""
+    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    return (gemv_cycles(m.vocab_size, m.hidden_size, g.banks, dev)
+            + gemv_cycles(m.hidden_size, m.vocab_size, g.banks, dev)
+            + 2 * cdiv(ew, dev.burst_elements) * ewb * g.tb + dev.norm_fixed_cycles)
+
+
+@dataclass(frozen=True)
+class BlockBreakdown:
+    """PIM cycles of one block's decode step for one token, per operation."""
+
+    norm: float
+    qkvo: float
+    rotary: float
+    kv: float
+    score: float
+    softmax: float
+    sv: float
+    ffn: float
+    act: float
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class BlockTimer:
+    """PIM cycles of one block on one geometry; static ops precomputed, context ops memoised.
+
+    Built once per (model, geometry) by the mapping and the device workers;
+    `breakdown(L)` is then a dictionary lookup on the hot path.
+    """
+
+    def __init__(self, m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> None:
+        self.model, self.geometry, self.device = m, g, dev
+        self._static = dict(norm=norm_cycles(m, g, dev), qkvo=qkvo_cycles(m, g, dev),
+                            rotary=rotary_cycles(m, g, dev), kv=kv_append_cycles(m, g, dev),
+                            ffn=ffn_cycles(m, g, dev), act=silu_mul_cycles(m, g, dev))
+        self.embedding_cycles = embedding_cycles(m, g, dev)
+        self._by_context: dict[int, BlockBreakdown] = {}
+
+    def breakdown(self, context: int) -> BlockBreakdown:
+        """All PIM operations of one block for one token whose context is `context` tokens."""
+        hit = self._by_context.get(context)
+        if hit is None:
+            assert context >= 1, context
+            m, g, dev = self.model, self.geometry, self.device
+            hit = BlockBreakdown(score=score_cycles(m, g, dev, context),
+                                 softmax=softmax_cycles(m, g, dev, context),
+                                 sv=score_v_cycles(m, g, dev, context), **self._static)
+            self._by_context[context] = hit
+        return hit
+
+    def cycles(self, context: int) -> float:
+        return self.breakdown(context).total

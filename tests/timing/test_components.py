@@ -1,0 +1,136 @@
+"""Component check values of CENT_MODEL.md, mapping rules, capacity errors and the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import DeviceConfig, FabricConfig, ModelConfig, ParallelConfig, model_preset
+from cent_serve.timing import check_capacity, resolve_mapping
+from cent_serve.timing.accelerator import accelerator_cycles
+from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_block_s
+from cent_serve.timing.pim import gemv_cycles
+
+DEV, FAB = DeviceConfig(), FabricConfig()
+
+
+def test_gemv_check_values():
+    assert gemv_cycles(4096, 4096, 128, DEV) == 30298
+    # CENT_MODEL.md quotes 82,267; its formula by hand gives 82,263.5 (10 full rows of 7,574.5
+    # plus a 768-element row of 6,518.5). The 3.5 cycles (0.004%) are within any tolerance we use.
+    assert gemv_cycles(11008, 4096, 128, DEV) == 10 * 7574.5 + 6518.5
+    assert abs(gemv_cycles(11008, 4096, 128, DEV) / 82267 - 1) < 1e-4
+
+
+def test_gemv_by_hand_for_a_partial_row():
+    # Din = 1040: rows of 1024 and 16 elements (op 64 and 1); Dout 64 over 32 banks: c = 2, ng = 1
+    expected = (2 * 64 + 54.5 + 2 * (103 + 128)) + (2 * 1 + 54.5 + 2 * (103 + 2))
+    assert gemv_cycles(1040, 64, 32, DEV) == expected
+    assert gemv_cycles(1040, 64, 32, DEV, af=True) == expected - 0 + 72.4 * 2  # ng = cdiv(2, 16) = 1 too
+
+
+@pytest.mark.parametrize("model, devices, mode, tp, us", [
+    ("llama2-7b", 8, "pipeline", 1, 0.322), ("llama2-70b", 32, "pipeline", 1, 1.461),
+    ("llama2-7b", 8, "tensor", 8, 4.296), ("llama2-13b", 20, "tensor", 20, 9.406),
+    ("llama2-70b", 32, "tensor", 32, 24.571)])
+def test_cxl_per_block_figures(model, devices, mode, tp, us):
+    m = model_preset(model)
+    port = port_model(FAB, devices)
+    s = (pipeline_block_s(m.hidden_size, port, FAB) if mode == "pipeline"
+         else tensor_block_s(m.hidden_size, m.intermediate_size, tp, port, FAB))
+    assert abs(s * 1e6 - us) / us < 0.002
+
+
+def test_lanes_per_device():
+    assert [port_model(FAB, n).lanes for n in (8, 20, 32)] == [18, 7, 4]
+    with pytest.raises(ValueError, match="fabric.switch_lanes"):
+        port_model(FAB, 145)
+
+
+def test_accelerator_by_hand():
+    m = model_preset("llama2-13b")  # 2 (66 D/8192 + 29) + 110 L H / 512 + 18.25 H + 0.375 D (1 + Hkv/H)
+    assert accelerator_cycles(m, DEV, 128) == pytest.approx(2 * (41.25 + 29) + 1100 + 730 + 3840)
+
+
+def test_pipeline_mapping_70b_on_32():
+    mp = resolve_mapping(model_preset("llama2-70b"), ParallelConfig(32, 80, 1), DEV)
+    assert (mp.mode, mp.blocks_per_device, mp.channels_per_block, mp.devices_used, mp.batch) == \
+        ("pipeline", 3, 10, 27, 80)
+    assert [s.device_ids[0] for s in mp.stages[:7]] == [0, 0, 0, 1, 1, 1, 2]
+    assert [s.channel_group for s in mp.stages[:4]] == [0, 1, 2, 0]
+
+
+def test_hybrid_mapping_spreads_uneven_blocks():
+    mp = resolve_mapping(model_preset("llama2-13b"), ParallelConfig(20, 3, 4), DEV)
+    assert [len(s.blocks) for s in mp.stages] == [14, 13, 13]
+    assert mp.stages[1].device_ids == (4, 5, 6, 7) and mp.devices_used == 12 and mp.channels_per_block == 32
+
+
+def test_mapping_for_any_llama_and_1_to_128_devices():
+    m = ModelConfig(name="odd", hidden_size=3072, intermediate_size=8192, num_layers=26, num_heads=24,
+                    num_kv_heads=8, vocab_size=50000, max_seq_len=8192)
+    for n in (1, 2, 3, 7, 26, 64, 128):
+        mp = resolve_mapping(m, ParallelConfig(n, 26, 1), DEV)
+        assert mp.devices_used == min(n, 26) or mp.blocks_per_device > 1
+        assert mp.channels_per_block * mp.blocks_per_device <= 32
+
+
+def test_capacity_error_names_what_does_not_fit():
+    m = model_preset("llama2-70b")
+    mp = resolve_mapping(m, ParallelConfig(32, 80, 1), DEV)
+    check_capacity(m, mp, DEV, 4096)  # the paper's workload fits
+    with pytest.raises(ValueError) as err:
+        check_capacity(m, mp, DEV, 4096, batch=2000)
+    msg = str(err.value)
+    assert "device 0" in msg and "largest context at batch 2000 is" in msg and "largest batch at context 4096" in msg
+    # the reported largest batch really is the boundary
+    largest = int(msg.rsplit("is ", 1)[1])
+    check_capacity(m, mp, DEV, 4096, batch=largest)
+    with pytest.raises(ValueError):
+        check_capacity(m, mp, DEV, 4096, batch=largest + 1)
+
+
+def test_cli_seqlen_json(capsys):
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--pp", "80", "--tp", "1",
+                 "--seqlen", "4096", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
+                "embedding_ms", "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
+        assert isinstance(out[key], (int, float))
+    assert set(out["breakdown_cycles"]) == {"norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act"}
+    assert (out["devices_used"], out["channels_per_block"]) == (27, 10)
+    assert abs(out["block_cxl_ms"] - 1.461e-3) < 1e-5
+    # token = N (PIM + CXL + ACC) + embedding + 0.15 ms, recomputed from the printed parts
+    assert out["token_latency_ms"] == pytest.approx(
+        80 * (out["block_pim_ms"] + out["block_cxl_ms"] + out["block_acc_ms"]) + out["embedding_ms"] + 0.15)
+
+
+def test_cli_phases_and_sweep(capsys):
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--pp", "32", "--prompt", "512",
+                 "--decode", "3584", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"prefill", "decoding", "end2end"}
+    # published: llama2-7b pp32 end2end 3006 tok/s (cent_phases_7b_13b.csv)
+    assert abs(out["end2end"]["throughput_tok_s"] / 3006.2 - 1) < 0.02
+    assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["pp"], r["tp"]) for r in rows] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
+    assert all(r["throughput_ratio"] > 0 for r in rows)
+    assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8"]) == 0
+    assert "GPU baseline" in capsys.readouterr().out
+    assert main(["simulate", "--model", "llama2-7b", "--prompt", "512"]) == 2
+    assert "--prompt and --decode go together" in capsys.readouterr().err
+
+
+def test_simulate_a_hugging_face_config(tmp_path, capsys):
+    from cent_serve.model.weights import hf_config_dict
+    m = ModelConfig(name="hf", hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+                    num_kv_heads=4, vocab_size=32000, max_seq_len=2048)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(m)))
+    assert main(["simulate", "--model", str(tmp_path), "--devices", "4", "--seqlen", "1024", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # 22 blocks on 4 devices: 6 per device (cpb 5), 4 devices used
+    assert (out["pp"], out["blocks_per_device"], out["channels_per_block"], out["devices_used"]) == (22, 6, 5, 4)
+    assert main(["simulate", "--model", str(tmp_path), "--devices", "4", "--seqlen", "4096"]) == 2
+    assert "max_seq_len=2048" in capsys.readouterr().err
