@@ -28,11 +28,6 @@ from cent_serve.config import DeviceConfig, ModelConfig
 from cent_serve.timing.pim import (BlockGeometry, cdiv, kv_append_cycles, norm_cycles,
                                    rotary_cycles, silu_mul_cycles)
 
-# CENT_MODEL.md section 8: "A first-order estimate: E = 1.314 nJ x MAC16 + 47.2 nJ x ACT16, plus ~15%".
-OVERHEAD_FRACTION = 0.15
-# CENT_MODEL.md section 8: per-channel WR power while bursts stream into a channel.
-WR_POWER_W = 553.15e-3
-
 # CENT_MODEL.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
 GPU_BASELINES = {
@@ -100,13 +95,13 @@ def elementwise_energy_j(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) ->
     g1 = BlockGeometry(cpb=g.cpb, tb=1, tp=g.tp, banks_per_channel=g.banks_per_channel)
     cycles = (norm_cycles(m, g1, dev) + rotary_cycles(m, g1, dev) + kv_append_cycles(m, g1, dev)
               + silu_mul_cycles(m, g1, dev))
-    return cycles / dev.clock_hz * WR_POWER_W * g.cpb * g.tp
+    return cycles / dev.clock_hz * dev.energy.wr_mw * 1e-3 * g.cpb * g.tp
 
 
 def commands_energy_j(c: CommandCounts, dev: DeviceConfig) -> float:
     e = dev.energy
     return (c.mac16 * e.mac16_nj + c.act16 * e.bank_activation_nj * dev.banks_per_channel) * 1e-9 \
-        * (1 + OVERHEAD_FRACTION)
+        * (1 + e.overhead_fraction)
 
 
 def token_energy_j(timer, context: int) -> float:
