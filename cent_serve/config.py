@@ -157,8 +157,6 @@ class EnergyConfig:
     """Per-channel power while read bursts stream, mW."""
     wr_mw: float = 553.15
     """Per-channel power while write bursts stream, mW (elementwise steps write every channel)."""
-    overhead_fraction: float = 0.15
-    """Controller, DRAM command and transfer energy on top of MAC + ACT (the paper's ~15%)."""
     bank_activation_nj: float = 2.95
     """One bank row activation, nJ (all 16 banks: 47.2 nJ)."""
     rd_burst_nj: float = 0.548

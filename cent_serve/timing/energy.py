@@ -1,32 +1,38 @@
 """Energy, power and cost (CENT_MODEL.md sections 8 and 9).
 
-Energy is counted from the DRAM commands the device actually issues, not
-from useful bytes:
+Energy is counted, not fitted. Every operation of a block reports the
+commands it issues (`OpCounts`) and each command costs its section-8 energy:
 
-- **MAC_ABK** (1.314 nJ each): an all-bank MAC runs on all 16 banks of a
-  channel, so a GEMV costs (channels of the block) x (outputs per bank) x
-  (column commands per output), counting banks that hold padding when the
-  outputs do not fill B banks (tensor parallelism over many devices).
-- **ACT16** (47.2 nJ): one row opened in all 16 banks, per output and input
-  row of a GEMV, per key row of the score.
-- Those two plus ~15% for the controller, DRAM commands and transfers, the
-  paper's first-order estimate.
-- **Elementwise steps** (RMSNorm, rotary, KV append, SiLU x up) stream
-  vectors through the global buffers of every channel of the block, on
-  every one of the tp devices: the block's channels draw their write power
-  (553.15 mW each) for those cycles. This is why tensor parallelism costs
-  energy that grows with tp.
+- `mac16`: an all-bank MAC (16 banks x 16 bf16 MACs), 1.314 nJ.
+- `act16`: one row opened and closed in all 16 banks of a channel, 16 x 2.95 nJ.
+- `gb_bursts`: 32 B written into a channel's global buffer: the GEMV input
+  vector (on every channel of the block) and the score rows of score x V.
+  The buffer is SRAM, so only the DRAM interface is charged: 32 x 8 x 5.5 pJ.
+- `rd_bursts`: accumulator reads (one per output and input row of a GEMV on
+  every channel; per key row and head for q.K^T): RD burst 0.548 nJ + interface.
+- `dma_lines`: single-bank 32 B lines through the DMA engine (RMSNorm,
+  rotary, KV append, SiLU x up, softmax's six passes), one per DMA cycle of
+  the PIM formulas: the mean of an RD and a WR burst + interface.
+- every command above: a host instruction (67 pJ) and a DRAM command (95 pJ).
 
-Power = token energy / one pipeline step (N/pp blocks x block PIM time), as the artifact
-reports it.
+All-bank commands run on every channel of a block, so banks that hold only
+padding (Dout < B under wide tensor parallelism) still spend energy, and the
+GEMV input reaches every channel: that is what makes wide tp cost energy.
+
+Not charged: DRAM background power (the artifact's breakdown puts standby
+near 1%, so its per-command energies already carry it), the accelerator's
+RISC-V cores and SRAM static power (about 0.05 W per device), and CXL link
+energy (`fabric_energy_j`, for callers that want it).
+
+Power = token energy / one pipeline step (N/pp blocks x block PIM time), as
+the artifact reports it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from cent_serve.config import DeviceConfig, ModelConfig
-from cent_serve.timing.pim import (BlockGeometry, cdiv, kv_append_cycles, norm_cycles,
-                                   rotary_cycles, silu_mul_cycles)
+from cent_serve.config import DeviceConfig, EnergyConfig, ModelConfig
+from cent_serve.timing.pim import BlockGeometry, cdiv, context_rows, elementwise_split
 
 # CENT_MODEL.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -38,83 +44,173 @@ GPU_BASELINES = {
 # CENT_MODEL.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)).
 TCO_GPU_PER_4 = 1.76
 TCO_CENT_PER_32 = 0.73
+OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act")
 
 
 @dataclass(frozen=True)
-class CommandCounts:
-    """All-bank MAC commands and 16-bank row activations of one token."""
+class OpCounts:
+    """Commands and transfers one operation issues for one token (all channels, all tp devices)."""
 
-    mac16: float
-    act16: float
+    mac16: float = 0.0
+    act16: float = 0.0
+    gb_bursts: float = 0.0
+    rd_bursts: float = 0.0
+    dma_lines: float = 0.0
 
-    def __add__(self, other: "CommandCounts") -> "CommandCounts":
-        return CommandCounts(self.mac16 + other.mac16, self.act16 + other.act16)
+    def __add__(self, other: "OpCounts") -> "OpCounts":
+        return OpCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
-    def scaled(self, k: float) -> "CommandCounts":
-        return CommandCounts(self.mac16 * k, self.act16 * k)
+    @property
+    def commands(self) -> float:
+        return self.mac16 + self.act16 + self.gb_bursts + self.rd_bursts + self.dma_lines
+
+    def energy_parts_j(self, dev: DeviceConfig) -> dict[str, float]:
+        """Joules by component: MAC, activation, transfers (interface + bursts), controller."""
+        e = dev.energy
+        io_nj = _io_nj(e, dev)
+        transfer_nj = (self.gb_bursts * io_nj + self.rd_bursts * (e.rd_burst_nj + io_nj)
+                       + self.dma_lines * ((e.rd_burst_nj + e.wr_burst_nj) / 2 + io_nj))
+        return dict(mac=self.mac16 * e.mac16_nj * 1e-9,
+                    act=self.act16 * e.bank_activation_nj * dev.banks_per_channel * 1e-9,
+                    transfer=transfer_nj * 1e-9,
+                    controller=self.commands * (e.controller_instruction_pj + e.dram_command_pj) * 1e-12)
+
+    def energy_j(self, dev: DeviceConfig) -> float:
+        return sum(self.energy_parts_j(dev).values())
 
 
-def gemv_commands(din: int, dout: int, g: BlockGeometry, dev: DeviceConfig) -> CommandCounts:
-    """Commands a GEMV issues over the block's channels (idle banks of a channel still MAC)."""
+def _io_nj(e: EnergyConfig, dev: DeviceConfig) -> float:
+    """One 32 B burst across the DRAM interface (5.5 pJ/bit)."""
+    return dev.burst_elements * dev.bytes_per_element * 8 * e.external_pj_per_bit * 1e-3
+
+
+# ----------------------------------------------------------------------------- per operation
+
+
+def gemv_counts(din: int, dout: int, g: BlockGeometry, dev: DeviceConfig) -> OpCounts:
+    """A GEMV over B banks: every channel of the block streams the whole input through its
+    global buffer and steps c outputs per bank through every input row (padding included)."""
     channels = g.banks // dev.banks_per_channel
     c = cdiv(dout, g.banks)
     rows = cdiv(din, dev.row_elements)
-    ops = sum(dev.full_row_column_ops if r < rows - 1
-              else cdiv(din - dev.row_elements * (rows - 1), dev.burst_elements) for r in range(rows))
-    return CommandCounts(channels * c * ops, channels * c * rows)
+    ops = cdiv(din, dev.burst_elements)  # column commands over all input rows
+    return OpCounts(mac16=channels * c * ops, act16=channels * c * rows, gb_bursts=channels * ops,
+                    rd_bursts=channels * c * rows)
 
 
-def block_gemv_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> CommandCounts:
-    d, f = m.hidden_size, m.intermediate_size
-    shapes = [(d, m.q_size), (d, m.kv_size), (d, m.kv_size), (m.q_size, d), (d, f), (d, f), (f, d)]
-    total = CommandCounts(0.0, 0.0)
-    for din, dout in shapes:
-        total = total + gemv_commands(din, dout, g, dev)
-    return total
+def _norm_lines(d: int, g: BlockGeometry, dev: DeviceConfig) -> int:
+    """DMA lines of one RMSNorm: the DMA cycles of the PIM formula without the tb lockstep."""
+    nb, nbb = elementwise_split(d, g.banks_per_device // 2)
+    ew, ewb = elementwise_split(d, g.banks_per_device // 4)
+    return 2 * cdiv(nb, dev.burst_elements) * nbb + 3 * cdiv(ew, dev.burst_elements) * ewb
 
 
-def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> CommandCounts:
-    """Score: one key per bank, every channel of the block steps through cdiv(L, B) key slots
-    of rpv rows for each query head of a GQA group. Score x V: 8 rows of 16 dims per head,
-    op column commands per 1024-token row."""
+def static_op_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> dict[str, OpCounts]:
+    """The operations whose work does not depend on the context length."""
+    d, f, bl = m.hidden_size, m.intermediate_size, dev.burst_elements
+    ew, ewb = elementwise_split(d, g.banks_per_device // 4)
+    fl, flb = elementwise_split(f, g.banks_per_device // 4)
+    qkvo = (gemv_counts(d, m.q_size, g, dev) + gemv_counts(d, m.kv_size, g, dev)
+            + gemv_counts(d, m.kv_size, g, dev) + gemv_counts(m.q_size, d, g, dev))
+    ffn = gemv_counts(d, f, g, dev) + gemv_counts(d, f, g, dev) + gemv_counts(f, d, g, dev)
+    rotary = OpCounts(mac16=cdiv(m.q_size, bl) + cdiv(m.kv_size, bl),  # in-bank elementwise products
+                      dma_lines=2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // m.num_rep), bl)) * ewb)
+    return dict(norm=OpCounts(dma_lines=2 * _norm_lines(d, g, dev)), qkvo=qkvo, rotary=rotary,
+                kv=OpCounts(dma_lines=2 * cdiv(m.kv_size, bl)),  # this token's K and V
+                ffn=ffn, act=OpCounts(dma_lines=dev.silu_cycles_per_burst * cdiv(fl, bl) * flb))
+
+
+def attention_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
+                     context: int) -> dict[str, OpCounts]:
+    """score (q.K^T), softmax and score x V for one token at `context`."""
     channels = g.banks // dev.banks_per_channel
-    rpv = cdiv(m.head_dim * m.num_kv_heads, dev.row_elements)
-    slots = cdiv(context, g.banks)
-    score = CommandCounts(channels * slots * rpv * dev.full_row_column_ops * m.num_rep,
-                          channels * slots * rpv)
-    rows_per_head = m.head_dim // dev.burst_elements
-    full, last = divmod(context, dev.row_elements)
-    ops = full * dev.full_row_column_ops + cdiv(last, dev.burst_elements)
-    nrows = full + (1 if last else 0)
-    sv = CommandCounts(m.num_heads * rows_per_head * ops, m.num_heads * rows_per_head * nrows)
-    return score + sv
+    bl, row = dev.burst_elements, dev.row_elements
+    rpv = cdiv(m.kv_size, row)
+    slots = cdiv(context, g.banks)  # one key per bank: every channel steps through the slots
+    heads_per_row = max(1, row // m.head_dim)
+    score = OpCounts(mac16=channels * slots * rpv * dev.full_row_column_ops * m.num_rep,
+                     act16=channels * slots * rpv,
+                     rd_bursts=channels * slots * rpv * heads_per_row * m.num_rep)
+    sizes = context_rows(context, row)
+    ops = sum(cdiv(s, bl) for s in sizes)
+    softmax = OpCounts(dma_lines=dev.softmax_dma_passes * m.num_heads * ops)
+    rows_per_head = cdiv(m.head_dim, bl)  # V^T: one bank row per 16 dims of a head
+    sv = OpCounts(mac16=m.num_heads * rows_per_head * ops, act16=m.num_heads * rows_per_head * len(sizes),
+                  gb_bursts=m.num_heads * ops)
+    return dict(score=score, softmax=softmax, sv=sv)
 
 
-def elementwise_energy_j(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Write power of the block's channels on each of its tp devices during elementwise steps."""
-    g1 = BlockGeometry(cpb=g.cpb, tb=1, tp=g.tp, banks_per_channel=g.banks_per_channel)
-    cycles = (norm_cycles(m, g1, dev) + rotary_cycles(m, g1, dev) + kv_append_cycles(m, g1, dev)
-              + silu_mul_cycles(m, g1, dev))
-    return cycles / dev.clock_hz * dev.energy.wr_mw * 1e-3 * g.cpb * g.tp
+def block_op_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
+                    context: int) -> dict[str, OpCounts]:
+    """Every operation of one block for one token, keyed like the PIM breakdown."""
+    counts = {**static_op_counts(m, g, dev), **attention_counts(m, g, dev, context)}
+    return {op: counts[op] for op in OPS}
 
 
-def commands_energy_j(c: CommandCounts, dev: DeviceConfig) -> float:
-    e = dev.energy
-    return (c.mac16 * e.mac16_nj + c.act16 * e.bank_activation_nj * dev.banks_per_channel) * 1e-9 \
-        * (1 + e.overhead_fraction)
+def head_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> OpCounts:
+    """Embedding and LM head (with the final RMSNorm's scale pass), once per token."""
+    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    return (gemv_counts(m.vocab_size, m.hidden_size, g, dev) + gemv_counts(m.hidden_size, m.vocab_size, g, dev)
+            + OpCounts(dma_lines=2 * cdiv(ew, dev.burst_elements) * ewb))
+
+
+# ----------------------------------------------------------------------------- per block and token
+
+
+def _static(timer) -> dict:
+    """Per-timer cache of the context-independent energies."""
+    cache = timer.__dict__.get("_energy_static")
+    if cache is None:
+        m, dev, g = timer.model, timer.device, timer.mapping.geometry
+        ops = {op: c.energy_j(dev) for op, c in static_op_counts(m, g, dev).items()}
+        cache = timer.__dict__["_energy_static"] = dict(
+            ops=ops, total=sum(ops.values()), head=head_counts(m, g, dev).energy_j(dev), by_context={})
+    return cache
+
+
+def block_energy_by_op_j(timer, context: int) -> dict[str, float]:
+    """Joules of each operation of one block for one token at `context` (all tp devices)."""
+    m, dev, g = timer.model, timer.device, timer.mapping.geometry
+    attn = {op: c.energy_j(dev) for op, c in attention_counts(m, g, dev, context).items()}
+    ops = {**_static(timer)["ops"], **attn}
+    return {op: ops[op] for op in OPS}
+
+
+def block_energy_j(timer, context: int) -> float:
+    """One block's energy for one token at `context`, over all tp devices of its stage."""
+    cache = _static(timer)
+    hit = cache["by_context"].get(context)
+    if hit is None:
+        m, dev, g = timer.model, timer.device, timer.mapping.geometry
+        hit = cache["total"] + sum(c.energy_j(dev) for c in attention_counts(m, g, dev, context).values())
+        cache["by_context"][context] = hit
+    return hit
+
+
+def head_energy_j(timer) -> float:
+    """Embedding and LM head of one token."""
+    return _static(timer)["head"]
 
 
 def token_energy_j(timer, context: int) -> float:
     """Energy of one token over the whole model (all blocks, embedding and LM head)."""
-    m, dev = timer.model, timer.device
-    g = timer.mapping.geometry
-    cache = timer.__dict__.setdefault("_energy_static", {})
-    if "block" not in cache:
-        head = gemv_commands(m.vocab_size, m.hidden_size, g, dev) + gemv_commands(m.hidden_size, m.vocab_size, g, dev)
-        cache["block"] = commands_energy_j(block_gemv_commands(m, g, dev), dev) + elementwise_energy_j(m, g, dev)
-        cache["head"] = commands_energy_j(head, dev)
-    attn = commands_energy_j(attention_commands(m, g, dev, context), dev)
-    return m.num_layers * (cache["block"] + attn) + cache["head"]
+    return timer.model.num_layers * block_energy_j(timer, context) + head_energy_j(timer)
+
+
+def token_energy_parts_j(timer, context: int) -> dict[str, float]:
+    """One token's energy split into MAC, activation, transfer and controller joules."""
+    m, dev, g = timer.model, timer.device, timer.mapping.geometry
+    total = OpCounts()
+    for c in block_op_counts(m, g, dev, context).values():
+        total = total + c
+    parts = total.energy_parts_j(dev)
+    head = head_counts(m, g, dev).energy_parts_j(dev)
+    return {k: m.num_layers * v + head[k] for k, v in parts.items()}
+
+
+def fabric_energy_j(nbytes: int, dev: DeviceConfig) -> float:
+    """CXL link energy of moving `nbytes` over PCIe lanes (4.4 pJ/bit); not in token energy."""
+    return nbytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
 
 
 def cost_figures(model_name: str, devices_used: int, num_devices: int, throughput_tok_s: float,

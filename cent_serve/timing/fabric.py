@@ -59,15 +59,47 @@ def gather_flits(n_values: int, tp: int, fab: FabricConfig) -> int:
     return -(-BF16_BYTES * n_values // (tp * fab.flit_payload_bytes)) * (tp - 1)
 
 
-def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig) -> float:
-    """Pipeline: one t(flits(D)) per block (charged even between blocks on one device)."""
-    return port.transfer_s(flits_for_values(hidden, fab))
+def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
+    """Pipeline: one t(flits(D)) per block (charged even between blocks on one device).
+
+    This is also the hop every block ends with in the emulation: its output
+    vector (tokens x D) moving to the next block.
+    """
+    return port.transfer_s(flits_for_values(hidden * tokens, fab))
+
+
+def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig,
+                         tokens: int = 1) -> float:
+    """The in-block exchanges of a tensor-parallel block besides its output hop:
+    4 Eb + 5 Eg + Fb + Fg for `tokens` token vectors (CENT's lockstep broadcast and gather)."""
+    eb = port.transfer_s(flits_for_values(hidden * tokens, fab))
+    eg = port.transfer_s(gather_flits(hidden * tokens, tp, fab))
+    fb = port.transfer_s(flits_for_values(ffn * tokens, fab))
+    fg = port.transfer_s(gather_flits(ffn * tokens, tp, fab))
+    return 4 * eb + 5 * eg + fb + fg
 
 
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:
     """Tensor/hybrid: per block 5 Eb + 5 Eg + Fb + Fg (broadcasts and gathers of D and F)."""
-    eb = port.transfer_s(flits_for_values(hidden, fab))
-    eg = port.transfer_s(gather_flits(hidden, tp, fab))
-    fb = port.transfer_s(flits_for_values(ffn, fab))
-    fg = port.transfer_s(gather_flits(ffn, tp, fab))
-    return 5 * eb + 5 * eg + fb + fg
+    return tensor_collectives_s(hidden, ffn, tp, port, fab) + pipeline_block_s(hidden, port, fab)
+
+
+# ----------------------------------------------------------------------------- any payload, in bytes
+
+
+def point_to_point_s(nbytes: int, port: PortModel, fab: FabricConfig) -> float:
+    """One device to another: t(ceil(nbytes / 192)) seconds."""
+    return port.transfer_s(flits_for_bytes(nbytes, fab))
+
+
+def broadcast_s(nbytes: int, port: PortModel, fab: FabricConfig) -> float:
+    """One device to many: CENT multicasts, so one transfer reaches every receiver
+    (the halved lane bandwidth is already in `port`)."""
+    return port.transfer_s(flits_for_bytes(nbytes, fab))
+
+
+def gather_s(nbytes: int, tp: int, port: PortModel, fab: FabricConfig) -> float:
+    """`nbytes` split evenly over `tp` devices, collected at one of them: the other tp - 1
+    slices of ceil(nbytes / tp / 192) flits each cross the receiver's port."""
+    assert tp >= 1, tp
+    return port.transfer_s(-(-nbytes // (tp * fab.flit_payload_bytes)) * (tp - 1))

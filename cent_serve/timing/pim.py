@@ -66,7 +66,7 @@ def gemv_cycles(din: int, dout: int, banks: int, dev: DeviceConfig, af: bool = F
     return total
 
 
-def _elementwise_split(n: int, lanes: int) -> tuple[int, int]:
+def elementwise_split(n: int, lanes: int) -> tuple[int, int]:
     """(elements per lane, lanes used) when n elements spread over `lanes` units."""
     per = cdiv(n, lanes)
     return per, cdiv(n, per)
@@ -74,8 +74,8 @@ def _elementwise_split(n: int, lanes: int) -> tuple[int, int]:
 
 def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Two RMSNorms: square-and-reduce then scale, over TB/2 and TB/4 lanes."""
-    nb, nbb = _elementwise_split(m.hidden_size, g.banks_per_device // 2)
-    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    nb, nbb = elementwise_split(m.hidden_size, g.banks_per_device // 2)
+    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     bl = dev.burst_elements
     one = 2 * cdiv(nb, bl) * nbb * g.tb + 3 * cdiv(ew, bl) * ewb * g.tb + dev.norm_fixed_cycles
     return 2 * one
@@ -83,7 +83,7 @@ def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Rotary embedding of q and k (k smaller by nrep under GQA)."""
-    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     bl, d, rep = dev.burst_elements, m.hidden_size, m.num_rep
     return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb
             + (dev.rotary_fixed_cycles + 2 * d / bl) + (dev.rotary_fixed_cycles + 2 * d / (bl * rep)))
@@ -106,7 +106,7 @@ def score_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: i
             * (dev.score_row_cycles + dev.score_rep_cycles * (m.num_rep - 1)))
 
 
-def _context_rows(context: int, row: int) -> list[int]:
+def context_rows(context: int, row: int) -> list[int]:
     """Tokens in each 1024-token row of a score vector."""
     full, last = divmod(context, row)
     return [row] * full + ([last] if last else [])
@@ -118,13 +118,13 @@ def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     nhpb = cdiv(m.num_heads, 4 * g.cpb)
     return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb
                + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
-               for size in _context_rows(context, dev.row_elements))
+               for size in context_rows(context, dev.row_elements))
 
 
 def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
     """score x V inside one device: per KV head group, per query head of the group."""
     per_row = 0.0
-    for size in _context_rows(context, dev.row_elements):
+    for size in context_rows(context, dev.row_elements):
         op = dev.full_row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
         per_row += 2 * op + dev.sv_parallel_rows * (dev.sv_row_cycles + 2 * op)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
@@ -132,7 +132,7 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
 
 def silu_mul_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """SiLU(gate) x up, elementwise over TB/4 lanes."""
-    fl, flb = _elementwise_split(m.intermediate_size, g.banks_per_device // 4)
+    fl, flb = elementwise_split(m.intermediate_size, g.banks_per_device // 4)
     return dev.silu_cycles_per_burst * cdiv(fl, dev.burst_elements) * flb * g.tb + dev.silu_fixed_cycles
 
 
@@ -149,7 +149,7 @@ def ffn_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 def embedding_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Embedding and LM head, once per token, on a block's channels."""
-    ew, ewb = _elementwise_split(m.hidden_size, g.banks_per_device // 4)
+    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     return (gemv_cycles(m.vocab_size, m.hidden_size, g.banks, dev)
             + gemv_cycles(m.hidden_size, m.vocab_size, g.banks, dev)
             + 2 * cdiv(ew, dev.burst_elements) * ewb * g.tb + dev.norm_fixed_cycles)
@@ -206,3 +206,9 @@ class BlockTimer:
 
     def cycles(self, context: int) -> float:
         return self.breakdown(context).total
+
+
+def block_pim_breakdown(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> BlockBreakdown:
+    """PIM cycles of each operation of one block's decode step at `context` (no caching;
+    device code should hold a `BlockTimer`, which memoises this per context)."""
+    return BlockTimer(m, g, dev).breakdown(context)

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
-from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_block_s
+from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_block_s, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
-from cent_serve.timing.pim import BlockTimer
+from cent_serve.timing.pim import BlockTimer, gemv_cycles
 
 
 class SystemTimer:
@@ -35,8 +35,15 @@ class SystemTimer:
             self.block_cxl_s = tensor_block_s(model.hidden_size, model.intermediate_size, mapping.tp,
                                               self.port, fabric)
         self.embedding_s = self.pim.embedding_cycles / device.clock_hz
+        # The emulation runs the embedding lookup on the first stage and the LM head (with the
+        # final norm) on the last; together they are embedding_s.
+        self.embed_lookup_s = gemv_cycles(model.vocab_size, model.hidden_size, mapping.geometry.banks,
+                                          device) / device.clock_hz
+        self.lm_head_s = self.embedding_s - self.embed_lookup_s
         self.host_s = device.host_sample_s
         self._acc: dict[int, float] = {}
+        self._hop: dict[int, float] = {}
+        self._coll: dict[int, float] = {}
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
@@ -50,6 +57,24 @@ class SystemTimer:
         hit = self._acc.get(context)
         if hit is None:
             hit = self._acc[context] = accelerator_cycles(self.model, self.device, context) / self.device.clock_hz
+        return hit
+
+    def hop_s(self, tokens: int) -> float:
+        """A block's output (tokens x D) moving to the next block: t(flits(tokens D))."""
+        hit = self._hop.get(tokens)
+        if hit is None:
+            hit = self._hop[tokens] = pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens)
+        return hit
+
+    def collectives_s(self, tokens: int) -> float:
+        """In-block tensor-parallel exchanges for `tokens` tokens (0 in pure pipeline)."""
+        if self.mapping.mode == "pipeline":
+            return 0.0
+        hit = self._coll.get(tokens)
+        if hit is None:
+            m = self.model
+            hit = self._coll[tokens] = tensor_collectives_s(m.hidden_size, m.intermediate_size,
+                                                            self.mapping.tp, self.port, self.fabric, tokens)
         return hit
 
     def block_s(self, context: int) -> float:

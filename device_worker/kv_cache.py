@@ -1,0 +1,70 @@
+"""A device's paged KV cache: fixed-size blocks, a block table per sequence.
+
+Capacity is what the device's DRAM holds after its weight shard (CENT keeps
+the KV cache in the same banks as the weights). Accounting is exact in both
+numerics modes; with full numerics the values themselves live in
+`cent_serve.sharding.ShardKV` arrays keyed by sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class KVCacheFull(RuntimeError):
+    """Raised when a sequence needs a block and the device has none free."""
+
+
+@dataclass
+class PagedKVCache:
+    """Block allocator for one device.
+
+    `bytes_per_token` covers every layer resident on the device (K and V,
+    bf16, the KV heads this device holds). `num_blocks` = capacity //
+    (block_tokens x bytes_per_token).
+    """
+
+    capacity_bytes: int
+    bytes_per_token: int
+    block_tokens: int = 16
+    block_tables: dict[int, list[int]] = field(default_factory=dict)
+    seq_tokens: dict[int, int] = field(default_factory=dict)
+    _free: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        assert self.bytes_per_token > 0 and self.block_tokens > 0, (self.bytes_per_token, self.block_tokens)
+        self.num_blocks = max(0, self.capacity_bytes) // (self.block_tokens * self.bytes_per_token)
+        self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks in use (vLLM's kv_cache_usage_perc, as a fraction)."""
+        return 0.0 if self.num_blocks == 0 else 1.0 - len(self._free) / self.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_tokens)
+
+    def can_grow(self, seq_id: int, new_total_tokens: int) -> bool:
+        have = len(self.block_tables.get(seq_id, ()))
+        return self.blocks_needed(new_total_tokens) - have <= len(self._free)
+
+    def grow(self, seq_id: int, new_total_tokens: int) -> None:
+        """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
+        table = self.block_tables.setdefault(seq_id, [])
+        need = self.blocks_needed(new_total_tokens) - len(table)
+        if need > len(self._free):
+            raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {len(self._free)} free "
+                              f"of {self.num_blocks}")
+        for _ in range(max(0, need)):
+            table.append(self._free.pop())
+        self.seq_tokens[seq_id] = max(self.seq_tokens.get(seq_id, 0), new_total_tokens)
+
+    def free(self, seq_id: int) -> int:
+        """Release every block of `seq_id`; returns how many were freed."""
+        table = self.block_tables.pop(seq_id, [])
+        self.seq_tokens.pop(seq_id, None)
+        self._free.extend(reversed(table))
+        return len(table)

@@ -1,0 +1,150 @@
+"""The CXL switch: point-to-point, multicast, gather, all-gather and all-reduce.
+
+Plain Python (the Ray actor in `actor.py` only wraps it). Every device port
+has two busy-until clocks (egress and ingress, full duplex): a transfer
+starts when its payload exists and both ends are free, occupies them for its
+flits' serialization time, and arrives one hop latency later
+(CENT_MODEL.md section 6, through `cent_serve.timing.fabric`). So contention
+on a port shows as later arrivals. Counters per port: bytes, flits, messages.
+
+Payloads are framed with msgpack (dtype, shape, raw bytes) as they would be
+on the wire. Activations travel as float32 so sharded results equal the
+reference model; time is charged for CENT's bf16 wire format of the same
+number of values.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from cent_serve.config import CentConfig
+from cent_serve.messages import MicroBatch
+from cent_serve.timing.fabric import BF16_BYTES, flits_for_values, gather_flits, port_model
+
+HOST = -1
+"""Port id of the host CPU."""
+
+
+def frame(array: np.ndarray) -> bytes:
+    """msgpack frame of an array: dtype, shape, raw bytes."""
+    a = np.ascontiguousarray(array)
+    return msgpack.packb({"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()})
+
+
+def unframe(blob: bytes) -> np.ndarray:
+    d = msgpack.unpackb(blob)
+    return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+
+
+@dataclass
+class PortCounters:
+    bytes_out: int = 0
+    bytes_in: int = 0
+    flits_out: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    busy_out_s: float = 0.0
+
+
+@dataclass
+class Fabric:
+    """The switch of one CENT system (`cfg.parallel.num_devices` ports plus the host)."""
+
+    cfg: CentConfig
+    egress_free_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    ingress_free_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    ports: dict[int, PortCounters] = field(default_factory=lambda: defaultdict(PortCounters))
+    wire_bytes: int = 0
+    framed_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = port_model(self.cfg.fabric, self.cfg.parallel.num_devices)
+
+    # ------------------------------------------------------------ timed primitives
+
+    def _move(self, src: int, dsts: tuple[int, ...], flits: int, ready_s: float) -> float:
+        """One multicast transfer of `flits` from src to dsts; returns the arrival time."""
+        ser = self.port.serialize_s(flits)
+        start = max([ready_s, self.egress_free_s[src], *(self.ingress_free_s[d] for d in dsts)])
+        self.egress_free_s[src] = start + ser
+        for d in dsts:
+            self.ingress_free_s[d] = start + ser
+        pc = self.ports[src]
+        nbytes = flits * self.cfg.fabric.flit_bytes
+        pc.bytes_out += nbytes
+        pc.flits_out += flits
+        pc.messages_out += 1
+        pc.busy_out_s += ser
+        for d in dsts:
+            self.ports[d].bytes_in += nbytes
+            self.ports[d].messages_in += 1
+        self.wire_bytes += nbytes
+        return start + ser + self.port.latency_s
+
+    def send(self, src: int, dst: int, num_values: int, ready_s: float) -> float:
+        """Point-to-point: `num_values` bf16 values; returns the arrival time."""
+        return self._move(src, (dst,), flits_for_values(num_values, self.cfg.fabric), ready_s)
+
+    def multicast(self, src: int, dsts: tuple[int, ...], num_values: int, ready_s: float) -> float:
+        """Broadcast to a group: one serialization at the source, every destination receives."""
+        return self._move(src, tuple(dsts), flits_for_values(num_values, self.cfg.fabric), ready_s)
+
+    def gather(self, srcs: tuple[int, ...], dst: int, num_values: int, ready_s: list[float]) -> float:
+        """An n-vector split over srcs collected at dst: ceil(2 n / tp / 192) (tp - 1) flits,
+        the slices arriving back to back through dst's port."""
+        tp = len(srcs)
+        flits_each = gather_flits(num_values, tp, self.cfg.fabric) // max(1, tp - 1)
+        arrive = max(ready_s)
+        for s, r in zip(srcs, ready_s):
+            if s != dst:
+                arrive = max(arrive, self._move(s, (dst,), flits_each, r))
+        return arrive
+
+    def all_gather(self, group: tuple[int, ...], num_values: int, ready_s: list[float]) -> float:
+        """Gather at the group's first device, then multicast the whole vector to the group."""
+        t = self.gather(group, group[0], num_values, ready_s)
+        others = tuple(d for d in group if d != group[0])
+        return self.multicast(group[0], others, num_values, t) if others else t
+
+    def all_reduce(self, group: tuple[int, ...], num_values: int, ready_s: list[float]) -> float:
+        """Reduce at the first device (full vectors in), then multicast the sum back."""
+        root = group[0]
+        t = max(ready_s)
+        for s, r in zip(group, ready_s):
+            if s != root:
+                t = max(t, self.send(s, root, num_values, r))
+        others = tuple(d for d in group if d != root)
+        return self.multicast(root, others, num_values, t) if others else t
+
+    # ------------------------------------------------------------ what the executors call
+
+    def transfer(self, srcs: tuple[int, ...], dsts: tuple[int, ...], mbs: list[MicroBatch]) -> list[MicroBatch]:
+        """Stage to stage: each micro-batch's activations from the sending stage (its first
+        device sends, the others hold the same replica) to every device of the next stage."""
+        d = self.cfg.model.hidden_size
+        out = []
+        for mb in sorted(mbs, key=lambda b: (b.ready_s, b.mb_id)):
+            hidden = mb.hidden
+            if hidden is not None:
+                blob = frame(hidden)
+                self.framed_bytes += len(blob)
+                hidden = unframe(blob)
+            arrival = self.multicast(srcs[0], dsts, mb.payload_elements(d), mb.ready_s)
+            out.append(MicroBatch(mb_id=mb.mb_id, seqs=mb.seqs, ready_s=arrival, hidden=hidden))
+        out.sort(key=lambda b: b.mb_id)
+        return out
+
+    def exchange(self, slices: list[np.ndarray]) -> np.ndarray:
+        """Numerics of an in-block all-gather: concatenate the ranks' slices (framed on the
+        wire). Its time is charged by the devices (CENT's lockstep collectives)."""
+        blobs = [frame(s) for s in slices]
+        self.framed_bytes += sum(len(b) for b in blobs)
+        self.wire_bytes += sum(s.size for s in slices) * BF16_BYTES * max(0, len(slices) - 1)
+        return np.concatenate([unframe(b) for b in blobs], axis=-1)
+
+    def stats(self) -> dict:
+        return dict(wire_bytes=self.wire_bytes, framed_bytes=self.framed_bytes,
+                    ports={p: vars(c).copy() for p, c in sorted(self.ports.items())})
