@@ -239,10 +239,15 @@ class DeviceConfig:
     """SiLU x up: fixed cost."""
     # Near-memory accelerator (CENT_MODEL.md section 5), ms numerator terms in cycles.
     acc_norm_base: float = 29.0
+    """PNM cycles per RMSNorm reduction + rsqrt, fixed part."""
     acc_norm_per_8k: float = 66.0
+    """PNM cycles per RMSNorm per 8192 elements of D."""
     acc_softmax_per_512: float = 110.0
+    """PNM softmax cycles per 512 (context token x head) pairs."""
     acc_head: float = 18.25
+    """PNM cycles per attention head (per-head bookkeeping)."""
     acc_rotary: float = 0.375
+    """PNM cycles per rotated element of q and k (rotary tables)."""
     host_sample_s: float = 0.15e-3
     """Host CPU sampling cost per generated token (0.15 ms)."""
     dma_bytes_per_cycle: float = 32.0

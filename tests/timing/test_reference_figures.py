@@ -43,9 +43,10 @@ def test_every_reference_row_within_2_percent(mapping):
         for col in ("token_latency_ms", "block_pim_ms", "block_cxl_ms", "block_acc_ms", "embedding_ms",
                     "throughput_tok_s"):
             assert rel(getattr(f, col), float(r[col])) < 0.02, (col, r["seqlen"], getattr(f, col), r[col])
-        # per-row energy is looser than the phase figures the issue grades (10%): 11%
+        # per-row energy is not graded by the issue (phases are, below); it holds 10% too
+        # (worst: 13B pp20 at L = 4096, -9.6%, where the artifact's energy steps up per 1024-token row)
         for col in ("token_energy_mj", "power_w"):
-            assert rel(getattr(f, col), float(r[col])) < 0.11, (col, r["seqlen"], getattr(f, col), r[col])
+            assert rel(getattr(f, col), float(r[col])) < 0.10, (col, r["seqlen"], getattr(f, col), r[col])
 
 
 @pytest.mark.parametrize("row", PHASE_ROWS, ids=lambda r: f"{r['model']}-pp{r['pp']}-tp{r['tp']}-{r['phase']}")
