@@ -120,13 +120,18 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if arch not in ("llama", "mistral"):
         raise ValueError(f"model.checkpoint: model_type={arch!r} is not supported: "
                          "use a Llama-family checkpoint (model_type 'llama')")
-    if hf.get("rope_scaling"):
-        raise ValueError(f"model.checkpoint: rope_scaling={hf['rope_scaling']!r} is not supported: "
-                         "use a checkpoint with plain rotary embeddings")
+    # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
+    # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
+    rope_params = hf.get("rope_parameters") or {}
+    for key, value, kind in (("rope_scaling", hf.get("rope_scaling"), None),
+                             ("rope_parameters", rope_params, "default")):
+        if value and value.get("rope_type", value.get("type", kind)) != "default":
+            raise ValueError(f"model.checkpoint: {key}={value!r} is not supported: "
+                             "use a checkpoint with plain rotary embeddings (rope_type 'default')")
     heads = hf["num_attention_heads"]
     rope = hf.get("rope_theta")
     if rope is None:
-        rope = (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        rope = rope_params.get("rope_theta", 10000.0)
 
     def _id(key: str, default: int) -> int:
         value = hf.get(key, default)

@@ -1,84 +1,127 @@
 """A checkpoint saved by Hugging Face transformers loads and reproduces transformers' output.
 
-tests/data/hf_tiny_llama/ was written by tests/data/make_hf_fixture.py with real
-transformers (versions in expected.json): its greedy tokens and logits are
-transformers' own, not ours. The live test re-runs the comparison when torch
-and transformers are installed.
+tests/data/hf_tiny_llama/ (and its sharded twin) were written by
+tests/data/make_hf_fixture.py with real transformers (versions and the exact
+method in expected.json): the greedy tokens, logits and tokenizer encodings in
+it are transformers' own, not ours. CI has no torch, so it checks against those
+files; the `hf` test re-runs the whole comparison live where torch and
+transformers are installed.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cent_serve.cli import main
-from cent_serve.model import LlamaModel, load_tokenizer, load_weights, model_config_from_hf, save_hf_checkpoint
+from cent_serve.model import LlamaModel, load_tokenizer, load_weights, model_config_from_hf
 from cent_serve.model.generate import generate
 
-FIXTURE = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
+DATA = Path(__file__).resolve().parent.parent / "data"
+FIXTURE = DATA / "hf_tiny_llama"
+SHARDED = DATA / "hf_tiny_llama_sharded"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
+CASES = EXPECTED["cases"]
 
 
 def rel(a, b) -> float:
+    """Largest absolute difference relative to the largest reference magnitude."""
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(b)))
 
 
-def check_against(ckpt: Path, expected: dict) -> None:
+def load(ckpt: Path) -> LlamaModel:
     cfg = model_config_from_hf(ckpt)
-    model = LlamaModel(cfg, load_weights(cfg))
+    return LlamaModel(cfg, load_weights(cfg))
+
+
+def check_against(ckpt: Path, expected: dict) -> None:
+    """Our last-position logits and greedy tokens equal transformers' for every recorded prompt."""
+    model = load(ckpt)
     for case in expected["cases"]:
         logits = model.forward(case["prompt_ids"], model.new_cache())[-1]
-        assert rel(logits, case["last_logits"]) < 1e-4
+        assert rel(logits, case["last_logits"]) < 1e-4, case["prompt_ids"]
         gen = generate(model, case["prompt_ids"], len(case["greedy_ids"]), ignore_eos=True)
-        assert gen.token_ids == case["greedy_ids"]
+        assert gen.token_ids == case["greedy_ids"], case["prompt_ids"]
 
 
-def test_config_fields_from_transformers_5():
+def test_fixture_is_what_the_acceptance_asks_for():
+    raw = json.loads((FIXTURE / "config.json").read_text())
     cfg = model_config_from_hf(FIXTURE)
-    assert (cfg.num_kv_heads, cfg.num_heads, cfg.rope_theta, cfg.tie_word_embeddings, cfg.weight_dtype) == \
-        (2, 4, 500000.0, False, "bfloat16")
+    assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size) == (4, 2, 16, 512)
+    assert (cfg.rope_theta, cfg.rms_norm_eps, cfg.tie_word_embeddings, cfg.weight_dtype) == \
+        (500000.0, 1e-5, False, "bfloat16")
+    if int(EXPECTED["generated_by"]["transformers"].split(".")[0]) >= 5:
+        # transformers 5 moved rope_theta into rope_parameters and renamed torch_dtype to dtype
+        assert "rope_theta" not in raw and raw["rope_parameters"]["rope_theta"] == 500000.0
+        assert raw["dtype"] == "bfloat16"
+    assert "lm_head.weight" in json.dumps(sorted(json.loads(
+        (SHARDED / "model.safetensors.index.json").read_text())["weight_map"]))
 
 
 def test_greedy_tokens_and_logits_equal_transformers():
     check_against(FIXTURE, EXPECTED)
 
 
-def test_cli_generate_gives_transformers_tokens(capsys):
-    case = EXPECTED["cases"][0]
+@pytest.mark.parametrize("case", CASES, ids=[f"prompt{i}" for i in range(len(CASES))])
+def test_cli_generate_gives_transformers_tokens(case, capsys):
     ids = ",".join(map(str, case["prompt_ids"]))
     assert main(["generate", "--model", str(FIXTURE), "--prompt-ids", ids, "--max-tokens",
                  str(len(case["greedy_ids"])), "--temperature", "0", "--ignore-eos", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["token_ids"] == case["greedy_ids"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["token_ids"] == case["greedy_ids"]
+    assert out["text"] == case["decoded"]  # transformers' decode(..., skip_special_tokens=True)
 
 
-def test_resharded_checkpoint_gives_identical_logits(tmp_path):
-    cfg = model_config_from_hf(FIXTURE)
-    weights = load_weights(cfg)
-    out = save_hf_checkpoint(cfg, weights, tmp_path / "sharded", max_shard_bytes=64 * 1024)
-    assert (out / "model.safetensors.index.json").is_file()
-    cfg2 = model_config_from_hf(out)
-    ids = EXPECTED["cases"][1]["prompt_ids"]
-    a = LlamaModel(cfg, weights).forward(ids, LlamaModel(cfg, weights).new_cache())
-    m2 = LlamaModel(cfg2, load_weights(cfg2))
-    assert np.array_equal(a, m2.forward(ids, m2.new_cache()))
+def test_checkpoint_sharded_by_transformers_gives_identical_logits():
+    index = json.loads((SHARDED / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 2
+    assert not (SHARDED / "model.safetensors").exists()
+    single, sharded = load(FIXTURE), load(SHARDED)
+    for case in CASES:
+        a = single.forward(case["prompt_ids"], single.new_cache())
+        b = sharded.forward(case["prompt_ids"], sharded.new_cache())
+        assert np.array_equal(a, b)
+    check_against(SHARDED, EXPECTED)
 
 
-def test_tokenizer_json_matches_transformers_encoding():
+def test_tokenizer_json_matches_transformers_encoding_and_decoding():
     tok = load_tokenizer(model_config_from_hf(FIXTURE))
+    assert tok.vocab_size == 512 and (tok.bos_token_id, tok.eos_token_id) == (1, 2)
     for text, ids in zip(EXPECTED["texts"], EXPECTED["encodings"]):
-        assert tok.encode(text) == [1, *ids]
+        assert ids[0] == 1 and tok.encode(text) == ids  # transformers' tokenizer(text).input_ids
+        assert tok.encode(text, add_bos=False) == ids[1:]
         assert tok.decode(tok.encode(text)) == text
+    for case in CASES:
+        assert tok.decode(case["greedy_ids"]) == case["decoded"]
+
+
+def test_scaled_rope_from_transformers_5_config_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw.pop("rope_theta", None)
+    raw["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192}
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="rope_parameters=.*llama3.*not supported"):
+        model_config_from_hf(ckpt)
 
 
 @pytest.mark.hf
 def test_live_against_transformers(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    spec = importlib.util.spec_from_file_location("make_hf_fixture", FIXTURE.parent / "make_hf_fixture.py")
+    spec = importlib.util.spec_from_file_location("make_hf_fixture", DATA / "make_hf_fixture.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    expected = mod.write_fixture(tmp_path / "live", seed=7)
+    expected = mod.write_fixture(tmp_path / "live", seed=7, sharded_dir=tmp_path / "live_sharded")
+    assert expected["cases"][0]["greedy_ids"] != CASES[0]["greedy_ids"]  # a fresh model, not the fixture
     check_against(tmp_path / "live", expected)
+    check_against(tmp_path / "live_sharded", expected)
+    tok = load_tokenizer(model_config_from_hf(tmp_path / "live"))
+    assert [tok.encode(t) for t in expected["texts"]] == expected["encodings"]
