@@ -13,7 +13,8 @@ Two passes, kept apart so timing-only and full numerics charge identical time:
    over the switch) follows it. Blocks resident on one device run in
    lockstep in CENT, sharing the DMA (the tb factors of the PIM formulas)
    and the near-memory accelerator (ACC x tb), as the artifact accounts
-   for it. The accelerator and DMA clocks record that shared work.
+   for it. The accelerator clock records that shared work; the DMA clock
+   serializes the on-device hops from one block to the next.
 2. **Numerics** (`numerics="full"`): the reference math on this device's
    shard of the weights (`cent_serve.sharding`). With tp > 1 the block
    yields at its four exchange points: `run` is a generator that yields
@@ -50,9 +51,6 @@ class DeviceCounters:
     hop_bytes_local: int = 0
     calls: int = 0
 
-    def add_busy(self, resource: str, seconds: float) -> None:
-        self.busy_s[resource] = self.busy_s.get(resource, 0.0) + seconds
-
 
 class DeviceWorker:
     """One emulated CENT device (see the module docstring for the contract of `run`)."""
@@ -78,6 +76,12 @@ class DeviceWorker:
         self.acc_free_s = 0.0
         self.dma_free_s = 0.0
         self.counters = DeviceCounters()
+        self.busy = self.counters.busy_s  # resource -> busy simulated seconds
+        for name in ("embedding", "lm_head", "accelerator", "dma", *(f"group{g}" for g in self.group_free_s)):
+            self.busy[name] = 0.0
+        self._group_names = {g: f"group{g}" for g in self.group_free_s}
+        self._cost_cache: dict[int, tuple[float, float, float]] = {}
+        self._head_energy_j = head_energy_j(self.timer) / self.tp
         m = cfg.model
         self.weight_bytes = device_weight_bytes(m, mp, device_id)
         self.kv = PagedKVCache(capacity_bytes=cfg.device.capacity_bytes - self.weight_bytes,
@@ -130,43 +134,59 @@ class DeviceWorker:
 
     # ------------------------------------------------------------------ time
 
+    def _token_cost(self, context: int) -> tuple[float, float, float]:
+        """(PIM s, own accelerator s, energy J on this device) of one block for one token."""
+        hit = self._cost_cache.get(context)
+        if hit is None:
+            t = self.timer
+            hit = self._cost_cache[context] = (t.block_pim_s(context), t.block_acc_s(context),
+                                               block_energy_j(t, context) / self.tp)
+        return hit
+
     def _charge_time(self, mb: MicroBatch) -> MicroBatch:
-        timer, tb = self.timer, self.timer.mapping.tb
-        n_tok = mb.num_tokens
-        contexts = [s.start + i + 1 for s in mb.seqs for i in range(s.num_tokens)]
+        timer, tb, c = self.timer, self.timer.mapping.tb, self.counters
+        n_tok = sum(s.num_tokens for s in mb.seqs)
+        pim = acc = energy = 0.0
+        for s in mb.seqs:
+            for L in range(s.start + 1, s.end + 1):
+                p, a, e = self._token_cost(L)
+                pim, acc, energy = pim + p, acc + a, energy + e
+        cost = pim + acc * tb + timer.collectives_s(n_tok)
+        hop = timer.hop_s(n_tok)
         t = mb.ready_s
         if self.has_embedding:
             start = max(self.embed_free_s, t)
             t = self.embed_free_s = start + timer.embed_lookup_s * n_tok
-            self.counters.add_busy("embedding", t - start)
-        pim = sum(timer.block_pim_s(L) for L in contexts)
-        acc = sum(timer.block_acc_s(L) for L in contexts)
-        cost = pim + acc * tb + timer.collectives_s(n_tok)
-        energy = sum(block_energy_j(timer, L) for L in contexts) / self.tp
-        hop = timer.hop_s(n_tok)
+            self.busy["embedding"] += t - start
+        blocks = 0
         for stage in self.stages:
             g = stage.channel_group
+            free = self.group_free_s[g]
             for b in stage.blocks:
-                start = max(self.group_free_s[g], t)
-                end = self.group_free_s[g] = start + cost
-                self.counters.add_busy(f"group{g}", cost)
-                # shared units: their own work, serialized (CENT's lockstep folds the waiting into cost)
+                start = free if free > t else t
+                free = start + cost
+                # shared accelerator: its own work, serialized (lockstep folds the waiting into cost)
                 self.acc_free_s = max(self.acc_free_s, start + pim) + acc
-                self.counters.add_busy("accelerator", acc)
-                self.counters.energy_j += energy
-                self.counters.block_steps += 1
                 if b == self.last_block and not self.has_lm_head:
-                    t = end  # the fabric carries this hop to the next device
-                else:
-                    t = end + hop  # next block (or the LM head) on this device
-                    self.counters.hop_bytes_local += 2 * n_tok * self.cfg.model.hidden_size
+                    t = free  # the fabric carries this hop to the next device
+                else:  # next block (or the LM head) on this device: the DMA engine moves it
+                    start = free if free > self.dma_free_s else self.dma_free_s
+                    t = self.dma_free_s = start + hop
+                    self.busy["dma"] += hop
+                    c.hop_bytes_local += 2 * n_tok * self.cfg.model.hidden_size
+            self.group_free_s[g] = free
+            self.busy[self._group_names[g]] += cost * len(stage.blocks)
+            blocks += len(stage.blocks)
+        self.busy["accelerator"] += acc * blocks
+        c.energy_j += energy * blocks
+        c.block_steps += blocks
         if self.has_lm_head:
             n_heads = len(mb.seqs)
             start = max(self.head_free_s, t)
             t = self.head_free_s = start + timer.lm_head_s * n_heads
-            self.counters.add_busy("lm_head", t - start)
-            self.counters.energy_j += head_energy_j(timer) * n_heads / self.tp
-        self.counters.tokens += n_tok
+            self.busy["lm_head"] += t - start
+            c.energy_j += self._head_energy_j * n_heads
+        c.tokens += n_tok
         return MicroBatch(mb_id=mb.mb_id, seqs=mb.seqs, ready_s=t, hidden=mb.hidden)
 
     # ------------------------------------------------------------------ numerics

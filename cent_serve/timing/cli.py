@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
     p.add_argument("--seqlen-gap", type=int, default=128, help="spacing of the context lengths averaged")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
+    p.add_argument("--emulate", action="store_true",
+                   help="run the workload through the device and fabric actors (Ray) instead of the formulas")
+    p.add_argument("--local", action="store_true", help="with --emulate: all devices in this process, no Ray")
+    p.add_argument("--ray-address", help="with --emulate: join this Ray cluster (default: RAY_ADDRESS or local)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -55,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
         raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
+    if args.emulate:
+        return _run_emulated(cfg, args)
+    if args.local:
+        raise ValueError("--local goes with --emulate (the closed form needs no executor)")
     timer = SystemTimer.from_config(cfg)
     mp = timer.mapping
     if args.prompt is not None:
@@ -135,4 +143,50 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     base = rows and rows[0].get("gpu_throughput_tok_s")
     if base:
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (CENT_MODEL.md section 9)")
+    return 0
+
+
+def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
+    """Paper mode through the actors: the same JSON as the closed form, plus wall figures."""
+    import logging
+
+    from cent_serve.emulate import emulate_phases, emulate_seqlen
+    from cent_serve.executor import make_executor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.ray_address:
+        cfg.server.ray_address = args.ray_address
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    if args.prompt is not None and args.seqlen is not None:
+        raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+    context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
+    check_capacity(cfg.model, mp, cfg.device, context)
+    executor = make_executor(cfg, "local" if args.local else "ray")
+    try:
+        if args.prompt is not None:
+            out = emulate_phases(cfg, executor, args.prompt, args.decode, args.seqlen_gap)
+            for phase in PHASES:
+                if phase in out:
+                    row = out[phase]
+                    row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
+                                            row["throughput_tok_s"], phase, row["energy_per_token_mj"],
+                                            cfg.device))
+        else:
+            out = emulate_seqlen(cfg, executor, context)
+    finally:
+        executor.shutdown()
+    out["executor"] = "local" if args.local else "ray"
+    out["numerics"] = cfg.resolved_numerics
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"emulated {cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
+          f"{out['executor']} executor, numerics {cfg.resolved_numerics}")
+    rows = [(p, out[p]) for p in PHASES if p in out] if args.prompt is not None else [("token", out)]
+    print(f"{'':<10}{'tok/s':>11}{'closed form':>13}{'ms/token':>10}{'closed form':>13}")
+    for name, r in rows:
+        c = r["closed_form"]
+        print(f"{name:<10}{r['throughput_tok_s']:>11.1f}{c['throughput_tok_s']:>13.1f}"
+              f"{r['token_latency_ms']:>10.3f}{c['token_latency_ms']:>13.3f}")
+    print(f"wall {out['wall_s']:.2f} s, {out['sim_tokens_per_wall_s']:.0f} simulated tokens per wall second")
     return 0

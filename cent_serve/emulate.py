@@ -1,0 +1,148 @@
+"""Paper mode through the device and fabric actors (`cent simulate --emulate`).
+
+The paper's workload: batch = pp queries, one per stage, each processing its
+prompt token by token and then decoding; every token goes round the whole
+loop (embedding, N blocks, LM head, host sampling). Nothing here computes a
+latency: every figure is read off the timestamps the devices and the fabric
+put on the data, then averaged the way the paper averages
+(`cent_serve.timing.token.phase_figures`), so the two can be compared.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cent_serve.config import CentConfig
+from cent_serve.messages import MicroBatch, SeqStep
+from cent_serve.timing.token import PHASES, token_figures
+
+log = logging.getLogger("cent.emulate")
+PROGRESS_EVERY_S = 5.0
+"""Seconds of wall time between progress log lines."""
+
+
+@dataclass
+class Trace:
+    """Per query and step: the simulated time its token was sampled."""
+
+    done_s: np.ndarray  # (steps, queries)
+    energy_j_at: dict[int, float]  # cumulative device energy after step k
+    wall_s: float
+    tokens: int
+
+
+def _total_energy(executor) -> float:
+    return sum(d["energy_j"] for d in executor.stats()["devices"])
+
+
+def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks: tuple[int, ...] = (),
+                 prompt: int = 0) -> Trace:
+    """Every one of the pp queries processes `steps` tokens one at a time from position `start`.
+
+    With full numerics the first `prompt` tokens are a fixed pseudo-random stream and
+    decoding feeds back the greedy token; timing-only messages carry no ids.
+    """
+    mp = executor.timer.mapping
+    host_s = executor.timer.host_s
+    full = cfg.resolved_numerics == "full"
+    rng = np.random.Generator(np.random.PCG64(cfg.scheduler.seed))
+    queries = mp.batch
+    ready = [0.0] * queries
+    next_ids = [int(t) for t in rng.integers(3, cfg.model.vocab_size, size=queries)]
+    done = np.zeros((steps, queries))
+    marks: dict[int, float] = {}
+    t0 = last_log = time.perf_counter()
+    if full and start > 0:  # build the context the measured steps attend to
+        prefix = [[int(t) for t in rng.integers(3, cfg.model.vocab_size, size=start)] for _ in range(queries)]
+        executor.execute([MicroBatch(q, [SeqStep(q, 0, start, prefix[q])], 0.0) for q in range(queries)])
+    marks[0] = _total_energy(executor)
+    for k in range(steps):
+        pos = start + k
+        mbs = [MicroBatch(q, [SeqStep(q, pos, 1, [next_ids[q]] if full else None)], ready[q])
+               for q in range(queries)]
+        for mb in executor.execute(mbs):
+            q = mb.mb_id
+            ready[q] = done[k, q] = mb.ready_s + host_s
+            if full:
+                next_ids[q] = (int(rng.integers(3, cfg.model.vocab_size)) if pos + 1 < prompt
+                               else int(np.argmax(mb.logits[0])))
+        if k + 1 in energy_marks:
+            marks[k + 1] = _total_energy(executor)
+        now = time.perf_counter()
+        if now - last_log > PROGRESS_EVERY_S:
+            log.info("step %d/%d (context %d), simulated %.3f s, %.0f sim tokens per wall s", k + 1, steps,
+                     pos + 1, done[k].max(), (k + 1) * queries / (now - t0))
+            last_log = now
+    marks[steps] = _total_energy(executor)
+    return Trace(done, marks, time.perf_counter() - t0, steps * queries)
+
+
+def _step_figures(trace: Trace, k: int, queries: int) -> tuple[float, float]:
+    """(token latency s, throughput tok/s) of step k from the timestamps."""
+    prev = trace.done_s[k - 1] if k > 0 else np.zeros(queries)
+    latency = float(np.mean(trace.done_s[k] - prev))
+    window = float(trace.done_s[k].max() - (prev.max() if k > 0 else 0.0))
+    return latency, queries / window
+
+
+def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> dict:
+    """Steady-state figures of the token at context exactly `seqlen`, after `warmup` rounds.
+
+    The PIM cost is a step function of the context (tiles of the attention
+    rows), so the measured round is the one whose context equals the closed
+    form's; the warm-up rounds stagger the queries over the pipeline first.
+    """
+    queries = executor.timer.mapping.batch
+    steps = min(warmup + 1, seqlen)
+    start = seqlen - steps  # the last round's token sits at position seqlen - 1: context seqlen
+    trace = run_workload(cfg, executor, start, steps, energy_marks=(steps - 1,))
+    lat, thr = _step_figures(trace, steps - 1, queries)
+    energy = (trace.energy_j_at[steps] - trace.energy_j_at[steps - 1]) / queries
+    out = token_figures(executor.timer, seqlen).as_dict()
+    closed = {k: out[k] for k in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "power_w")}
+    out.update(token_latency_ms=1e3 * lat, throughput_tok_s=thr, token_energy_mj=1e3 * energy,
+               power_w=energy * thr, emulated=True, closed_form=closed, wall_s=trace.wall_s,
+               sim_tokens_per_wall_s=trace.tokens / trace.wall_s)
+    return out
+
+
+def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int = 128) -> dict:
+    """The whole paper workload; phases averaged over L = gap, 2 gap, ... like the closed form.
+
+    power_w is measured system power (phase energy / phase simulated time); the artifact's
+    closed-form "power" divides by PIM time only, so it reads higher by the non-PIM share.
+    """
+    from cent_serve.timing.token import phase_figures
+
+    queries = executor.timer.mapping.batch
+    total = prompt + decode
+    trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
+    per_l = {L: _step_figures(trace, L - 1, queries) for L in range(gap, total + 1, gap)}
+    groups = {"prefill": [L for L in per_l if L <= prompt], "decoding": [L for L in per_l if L > prompt],
+              "end2end": list(per_l)}
+    counts = {"prefill": prompt, "decoding": decode, "end2end": total}
+    spans = {"prefill": (0, prompt), "decoding": (prompt, total), "end2end": (0, total)}
+    closed = phase_figures(executor.timer, prompt, decode, gap)
+    energy_at = trace.energy_j_at
+    out: dict = {}
+    for phase in PHASES:
+        if not groups[phase]:
+            continue
+        lat = float(np.mean([per_l[L][0] for L in groups[phase]]))
+        thr = float(np.mean([per_l[L][1] for L in groups[phase]]))
+        a, b = spans[phase]
+        energy_j = energy_at[b] - energy_at[a]
+        sim_s = float(trace.done_s[b - 1].max() - (trace.done_s[a - 1].max() if a > 0 else 0.0))
+        out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=thr,
+                          energy_per_token_mj=1e3 * energy_j / ((b - a) * queries),
+                          power_w=energy_j / sim_s, token_latency_ms=1e3 * lat,
+                          num_seqlens=len(groups[phase]),
+                          closed_form={k: closed[phase][k] for k in ("latency_s", "throughput_tok_s",
+                                       "energy_per_token_mj", "power_w", "token_latency_ms")})
+    out["wall_s"] = trace.wall_s
+    out["sim_tokens_per_wall_s"] = trace.tokens / trace.wall_s
+    out["simulated_s"] = float(trace.done_s[-1].max())
+    return out

@@ -1,0 +1,100 @@
+"""Paper mode through the device and fabric workers (`cent simulate --emulate`).
+
+The emulated figures are read off the timestamps the workers put on the data;
+the closed form (`cent_serve.timing.token`) computes them from formulas. The
+two are separate code paths, so agreement here is a cross-check of both.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.emulate import emulate_phases, emulate_seqlen, run_workload
+from cent_serve.executor import LocalExecutor
+from cent_serve.timing.token import token_figures
+
+TOL = 0.01
+"""Relative agreement held here (the issue asks 3%; measured: within 0.01%)."""
+
+
+def _cfg(model: str, devices: int, pp: int, tp: int, numerics: str = "off") -> CentConfig:
+    return CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a / b - 1)
+
+
+@pytest.mark.parametrize("model, devices, pp, tp, numerics", [
+    ("llama2-7b", 32, 32, 1, "off"),    # pure pipeline, one block per channel group
+    ("llama2-7b", 8, 2, 4, "off"),      # hybrid
+    ("llama2-70b", 32, 4, 8, "off"),    # hybrid, 10 blocks per device
+    ("tiny", 8, 2, 4, "full"),          # real weights through the fabric
+])
+def test_seqlen_figures_match_closed_form(model, devices, pp, tp, numerics):
+    cfg = _cfg(model, devices, pp, tp, numerics)
+    out = emulate_seqlen(cfg, LocalExecutor(cfg), 300)
+    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj"):
+        assert _rel(out[key], out["closed_form"][key]) < TOL, key
+    assert out["seqlen"] == 300 and out["sim_tokens_per_wall_s"] > 0
+
+
+def test_context_is_exactly_the_closed_forms():
+    """4096 sits on a tile boundary: one context more costs a visibly different amount."""
+    cfg = _cfg("llama2-7b", 32, 32, 1)
+    ex = LocalExecutor(cfg)
+    assert _rel(token_figures(ex.timer, 4097).token_latency_ms,
+                token_figures(ex.timer, 4096).token_latency_ms) > TOL
+    out = emulate_seqlen(cfg, ex, 4096)
+    assert _rel(out["token_latency_ms"], out["closed_form"]["token_latency_ms"]) < 1e-3
+
+
+def test_phases_match_closed_form():
+    cfg = _cfg("llama2-13b", 32, 40, 1)
+    out = emulate_phases(cfg, LocalExecutor(cfg), prompt=64, decode=64, gap=32)
+    for phase in ("prefill", "decoding", "end2end"):
+        for key in ("latency_s", "throughput_tok_s", "energy_per_token_mj"):
+            assert _rel(out[phase][key], out[phase]["closed_form"][key]) < TOL, (phase, key)
+    assert out["simulated_s"] > out["end2end"]["latency_s"] * 0.99
+
+
+def test_two_runs_are_bit_identical():
+    cfg = _cfg("tiny", 8, 2, 4, "full")
+    a = run_workload(cfg, LocalExecutor(cfg), 0, 12, energy_marks=(4,), prompt=6)
+    b = run_workload(cfg, LocalExecutor(cfg), 0, 12, energy_marks=(4,), prompt=6)
+    assert np.array_equal(a.done_s, b.done_s)
+    assert a.energy_j_at == b.energy_j_at
+
+
+@pytest.mark.parametrize("devices, pp, tp", [(32, 80, 1), (128, 0, 1), (128, 16, 8)])
+def test_llama2_70b_timing_only_scales_to_128_devices(devices, pp, tp):
+    cfg = _cfg("llama2-70b", devices, pp, tp)
+    ex = LocalExecutor(cfg)
+    assert len(ex.workers) == devices or ex.timer.mapping.devices_used <= devices
+    out = emulate_seqlen(cfg, ex, 2048)
+    assert _rel(out["throughput_tok_s"], out["closed_form"]["throughput_tok_s"]) < TOL
+    assert ex.timer.mapping.devices_used == out["devices_used"]
+
+
+def test_cli_emulate_prints_the_closed_form_json_plus_wall_figures(capsys):
+    args = ["simulate", "--model", "llama2-7b", "--devices", "8", "--pp", "2", "--tp", "4", "--json"]
+    assert main(args + ["--prompt", "16", "--decode", "16", "--seqlen-gap", "8"]) == 0
+    closed = json.loads(capsys.readouterr().out)
+    assert main(args + ["--prompt", "16", "--decode", "16", "--seqlen-gap", "8", "--emulate", "--local"]) == 0
+    emulated = json.loads(capsys.readouterr().out)
+    assert set(closed) <= set(emulated) and emulated["wall_s"] > 0 and emulated["sim_tokens_per_wall_s"] > 0
+    for phase in ("prefill", "decoding", "end2end"):
+        assert set(closed[phase]) <= set(emulated[phase]), phase
+        assert _rel(emulated[phase]["throughput_tok_s"], closed[phase]["throughput_tok_s"]) < TOL
+    assert main(args + ["--seqlen", "64", "--emulate", "--local"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["seqlen"] == 64 and one["executor"] == "local"
+
+
+def test_cli_local_without_emulate_is_an_error(capsys):
+    assert main(["simulate", "--local"]) == 2
+    assert "--local goes with --emulate" in capsys.readouterr().err
