@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cent generate --prompt "The CENT device computes in its DRAM banks" --max-tokens 24 --seed 0
+	$(BIN)/cent serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     model_cli.register(sub)
     from cent_serve.timing import cli as timing_cli
     timing_cli.register(sub)
+    from cent_serve import serve_cli
+    serve_cli.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -29,37 +29,47 @@ class PagedKVCache:
     block_tables: dict[int, list[int]] = field(default_factory=dict)
     seq_tokens: dict[int, int] = field(default_factory=dict)
     _free: list[int] = field(default_factory=list)
+    """Blocks handed back; never-used blocks come from `_next_unused` (millions of them on a
+    16 GiB device, so they are not listed up front)."""
 
     def __post_init__(self) -> None:
         assert self.bytes_per_token > 0 and self.block_tokens > 0, (self.bytes_per_token, self.block_tokens)
         self.num_blocks = max(0, self.capacity_bytes) // (self.block_tokens * self.bytes_per_token)
-        self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
+        self._next_unused = 0
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        return len(self._free) + self.num_blocks - self._next_unused
 
     @property
     def usage(self) -> float:
         """Fraction of blocks in use (vLLM's kv_cache_usage_perc, as a fraction)."""
-        return 0.0 if self.num_blocks == 0 else 1.0 - len(self._free) / self.num_blocks
+        return 0.0 if self.num_blocks == 0 else 1.0 - self.num_free_blocks / self.num_blocks
+
+    def _take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        self._next_unused += 1
+        return self._next_unused - 1
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_tokens)
 
     def can_grow(self, seq_id: int, new_total_tokens: int) -> bool:
         have = len(self.block_tables.get(seq_id, ()))
-        return self.blocks_needed(new_total_tokens) - have <= len(self._free)
+        return self.blocks_needed(new_total_tokens) - have <= self.num_free_blocks
 
     def grow(self, seq_id: int, new_total_tokens: int) -> None:
         """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
         table = self.block_tables.setdefault(seq_id, [])
         need = self.blocks_needed(new_total_tokens) - len(table)
-        if need > len(self._free):
-            raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {len(self._free)} free "
-                              f"of {self.num_blocks}")
-        for _ in range(max(0, need)):
-            table.append(self._free.pop())
+        if need > 0:
+            free = self.num_free_blocks
+            if need > free:
+                raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {free} free "
+                                  f"of {self.num_blocks}")
+            for _ in range(need):
+                table.append(self._take())
         self.seq_tokens[seq_id] = max(self.seq_tokens.get(seq_id, 0), new_total_tokens)
 
     def free(self, seq_id: int) -> int:

@@ -1,0 +1,85 @@
+"""Prometheus metrics: vLLM's names (SERVING.md) plus `cent:` ones. Latencies are simulated seconds.
+
+Each app has its own registry, so several servers (tests) can live in one process.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cent_serve.request import Request
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                     7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+"""Histogram buckets (seconds), vLLM's range stretched down for PIM's millisecond tokens."""
+ITL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+                 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, model_name: str) -> None:
+        self.registry = r = CollectorRegistry()
+        lab = ["model_name"]
+        self.model_name = model_name
+
+        def hist(name, doc, buckets=LATENCY_BUCKETS_S):
+            return Histogram(name, doc, lab, buckets=buckets, registry=r)
+
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token (simulated).")
+        self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency (simulated).", ITL_BUCKETS_S)
+        self.e2e = hist("vllm:e2e_request_latency_seconds", "End-to-end request latency (simulated).")
+        self.queue = hist("vllm:request_queue_time_seconds", "Time in the waiting queue (simulated).")
+        self.prefill = hist("vllm:request_prefill_time_seconds", "Prefill time (simulated).")
+        self.decode = hist("vllm:request_decode_time_seconds", "Decode time (simulated).")
+        self.running = Gauge("vllm:num_requests_running", "Requests on the devices.", lab, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", lab, registry=r)
+        self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = 100%).", lab, registry=r)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", lab, registry=r)
+        self.gen_tokens = Counter("vllm:generation_tokens", "Tokens generated.", lab, registry=r)
+        self.success = Counter("vllm:request_success", "Finished requests.", lab + ["finished_reason"],
+                               registry=r)
+        self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
+        self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / simulated clock.",
+                          lab + ["device", "replica"], registry=r)
+        self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes moved by the CXL switch.", lab + ["replica"],
+                                  registry=r)
+        self.energy = Gauge("cent:energy_joules", "Energy spent by the devices (simulated).", lab, registry=r)
+        self.preemptions = Gauge("cent:preemptions", "Sequences preempted for KV space.", lab, registry=r)
+        self.rounds = Gauge("cent:rounds", "Engine rounds run.", lab, registry=r)
+
+    def observe_finished(self, req: Request) -> None:
+        """Called once per finished request (engine thread)."""
+        m = self.model_name
+        t = req.timing()
+        self.prompt_tokens.labels(m).inc(len(req.prompt_ids))
+        self.gen_tokens.labels(m).inc(len(req.output_ids))
+        self.success.labels(m, req.finish_reason or "unknown").inc()
+        if req.scheduled_s is not None:
+            self.queue.labels(m).observe(max(0.0, req.scheduled_s - req.arrival_s))
+        if t["ttft_s"] is not None:
+            self.ttft.labels(m).observe(t["ttft_s"])
+            self.prefill.labels(m).observe(max(0.0, req.first_token_s - (req.scheduled_s or req.arrival_s)))
+        if t["e2e_s"] is not None:
+            self.e2e.labels(m).observe(t["e2e_s"])
+        if req.first_token_s is not None and req.finish_s is not None:
+            self.decode.labels(m).observe(max(0.0, req.finish_s - req.first_token_s))
+        times = req.token_times_s
+        for a, b in zip(times, times[1:]):
+            self.itl.labels(m).observe(b - a)
+
+    def render(self, status: dict, devices: list[dict], fabrics: list[dict]) -> bytes:
+        """Refresh the gauges from an engine snapshot and render the text format."""
+        m = self.model_name
+        self.running.labels(m).set(status["num_running"])
+        self.waiting.labels(m).set(status["num_waiting"])
+        self.kv_usage.labels(m).set(status["kv_usage"])
+        self.clock.labels(m).set(status["clock_s"])
+        self.preemptions.labels(m).set(status["num_preemptions"])
+        self.rounds.labels(m).set(status["num_rounds"])
+        clock = status["clock_s"]
+        for d in devices:
+            frac = max(d["busy_s"].values(), default=0.0) / clock if clock > 0 else 0.0
+            self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(frac)
+        self.energy.labels(m).set(sum(d["energy_j"] for d in devices))
+        for f in fabrics:
+            self.fabric_bytes.labels(m, str(f["replica"])).set(f.get("wire_bytes", 0))
+        return generate_latest(self.registry)

@@ -1,0 +1,108 @@
+"""Assemble and run a server: engine (and its devices) + engine thread + FastAPI app + uvicorn.
+
+`run_server` is what `cent serve` calls (blocks until Ctrl-C / SIGTERM, then
+stops the engine thread and the device actors). `Server` runs the same in a
+background thread for tests and notebooks, on a free loopback port.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+
+import uvicorn
+
+from api.app import create_app
+from api.metrics import Metrics
+from cent_serve.config import CentConfig
+from cent_serve.engine import Engine
+from cent_serve.serving import EngineLoop
+
+log = logging.getLogger("cent.server")
+STARTUP_TIMEOUT_S = 60.0
+"""Longest wait for uvicorn to bind in `Server.start`."""
+
+
+def build(cfg: CentConfig, executor_kind: str = "ray", engine: Engine | None = None):
+    """(app, engine loop) for a config; the loop is started."""
+    if executor_kind == "ray":
+        from cent_serve.executor.ray_executor import ensure_ray
+        ensure_ray(cfg.server.ray_address)
+    engine = engine or Engine(cfg, executor_kind)
+    metrics = Metrics(cfg.model.name)
+    loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)
+    loop.start()
+    return create_app(loop, metrics, cfg.server.api_key), loop
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
+    """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down."""
+    t0 = time.perf_counter()
+    app, loop = build(cfg, executor_kind)
+    mp = loop.engine.timer.mapping
+    log.info("%s on %d emulated CENT devices (%s), numerics %s, clock %s; ready in %.1f s",
+             cfg.model.name, mp.num_devices, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
+             time.perf_counter() - t0)
+    log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
+             cfg.server.host, cfg.server.port)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+    # handler found before it; this one lets the teardown below run and the process exit 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda num, _frame: log.info("signal %d: shutting down", num))
+    try:
+        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level="warning")
+    finally:
+        loop.stop()
+        loop.engine.shutdown()
+        if executor_kind == "ray":
+            import ray
+            ray.shutdown()
+        log.info("stopped: engine thread and device actors are gone")
+
+
+class Server:
+    """A server on a background thread: `with Server(cfg, "local") as s: s.url ...`."""
+
+    def __init__(self, cfg: CentConfig, executor_kind: str = "local", engine: Engine | None = None) -> None:
+        self.cfg = cfg
+        self.executor_kind = executor_kind
+        self.port = cfg.server.port or free_port(cfg.server.host)
+        self.app, self.loop = build(cfg, executor_kind, engine)
+        config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
+                                timeout_keep_alive=5)
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # not the main thread
+        self.thread = threading.Thread(target=self.server.run, name="cent-uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.server.host}:{self.port}"
+
+    def start(self) -> "Server":
+        self.thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.loop.stop()
+        self.loop.engine.shutdown()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

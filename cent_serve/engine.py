@@ -1,0 +1,274 @@
+"""The serving engine: continuous batching over the emulated CENT devices, in simulated time.
+
+`Engine.step()` is three calls (STYLE.md): schedule, execute, update.
+
+The engine clock `now_s` is a round boundary: the latest simulated time at
+which any micro-batch of the last round became ready. A request that arrives
+while a round is in flight joins at the next boundary, as in any round-based
+scheduler (vLLM admits at step boundaries); so a device never receives a
+micro-batch that is ready earlier than one it has already served.
+
+Sampling happens on the host after the LM head (`timer.host_s`). With full
+numerics tokens come from the logits; timing-only runs use a seeded stand-in
+sampler (uniform over the non-special ids), so lengths are honoured with
+`ignore_eos` and a run is reproducible.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+from cent_serve.config import CentConfig
+from cent_serve.messages import MicroBatch, SeqStep
+from cent_serve.model.sampling import make_generator, sample
+from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
+from cent_serve.request import Request, RequestParams, Status
+from cent_serve.scheduler import LaneBatch, Scheduler, blocks_for, kv_blocks_per_replica
+from cent_serve.timing import SystemTimer
+from cent_serve.timing.energy import block_energy_j, head_energy_j
+
+log = logging.getLogger("cent.engine")
+FIRST_SPECIAL_FREE_ID = 3
+"""The stand-in sampler draws ids from here up (0..2 are unk/bos/eos in the byte tokenizer)."""
+
+
+@dataclass
+class EngineStats:
+    """Totals since start (simulated seconds and tokens)."""
+
+    num_rounds: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_failed: int = 0
+
+
+class Engine:
+    """Owns the executors (one per data-parallel replica), the scheduler and the tokenizer."""
+
+    def __init__(self, cfg: CentConfig, executor_kind: str = "local", executors: list | None = None,
+                 tokenizer: Tokenizer | None = None, weights=None) -> None:
+        from cent_serve.executor import make_executor
+
+        self.cfg = cfg
+        self.timer = SystemTimer.from_config(cfg)
+        mp = self.timer.mapping
+        self.full = cfg.resolved_numerics == "full"
+        self.num_replicas = max(1, mp.num_devices // mp.devices_used)
+        if executors is None:
+            if self.full and weights is None:
+                from cent_serve.model.weights import load_weights
+                weights = load_weights(cfg.model)
+            kwargs = {"weights": weights} if executor_kind == "local" else {}
+            executors = [make_executor(cfg, executor_kind, **kwargs) for _ in range(self.num_replicas)]
+        self.executors = executors
+        self.num_replicas = len(executors)
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model)
+        sc = cfg.scheduler
+        self.scheduler = Scheduler(self.num_replicas, mp.batch, sc.max_seqs_per_stage,
+                                   kv_blocks_per_replica(cfg, mp), sc.prefill_chunk_tokens, sc.max_waiting)
+        self.requests: dict[str, Request] = {}
+        self.now_s = 0.0
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._num_added = 0
+        self._pending_free: list[list[int]] = [[] for _ in range(self.num_replicas)]
+        self._head_j = head_energy_j(self.timer)
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(self, prompt_ids: list[int], params: RequestParams = RequestParams(),
+                    request_id: str | None = None, arrival_s: float | None = None) -> Request:
+        """Queue a request. Raises ValueError (bad input: nothing changed) or QueueFull."""
+        m = self.cfg.model
+        if not prompt_ids:
+            raise ValueError("prompt is empty: give at least one token")
+        bad = [t for t in prompt_ids if not 0 <= t < m.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {m.vocab_size})")
+        if len(prompt_ids) + 1 > m.max_seq_len:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
+                             f"{m.max_seq_len} (model.max_seq_len): shorten the prompt")
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise ValueError(f"request_id {rid!r} is already in use: pick another")
+        seed = params.sampling.seed
+        if seed is None:
+            seed = self.cfg.scheduler.seed * 1_000_003 + self._num_added
+        self._num_added += 1
+        req = Request(rid, list(prompt_ids), params, self.now_s if arrival_s is None else arrival_s,
+                      rng=make_generator(seed))
+        req.ready_s = req.arrival_s
+        self.scheduler.add(req)
+        self.requests[rid] = req
+        return req
+
+    def abort(self, request_id: str) -> Request | None:
+        """Finish a request at once (client gone): its KV blocks are free for the next round."""
+        req = self.requests.get(request_id)
+        if req is None or req.is_finished:
+            return None
+        self._finish(req, "abort", max(self.now_s, req.ready_s))
+        self.stats.num_aborted += 1
+        return req
+
+    def has_work(self) -> bool:
+        return self.scheduler.num_waiting + self.scheduler.num_running > 0
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> list[Request]:
+        """One round: schedule, execute, update. Returns the requests that advanced."""
+        if not self.scheduler.num_running:
+            nxt = self.scheduler.next_arrival_s()
+            if nxt is not None and nxt > self.now_s:
+                self.now_s = nxt  # idle until the next arrival
+        batches, dropped = self.scheduler.schedule(self.now_s)
+        for replica, seq_id in dropped:
+            self._pending_free[replica].append(seq_id)
+        if not batches:
+            self._flush_frees()
+            return []
+        outputs = self._execute(batches)
+        return self._update(batches, outputs)
+
+    def _execute(self, batches: list[LaneBatch]) -> dict[tuple[int, int], MicroBatch]:
+        per_replica: dict[int, list[MicroBatch]] = {}
+        for b in batches:
+            seqs, ready = [], 0.0
+            for s in b.seqs:
+                req = s.request
+                if req.scheduled_s is None:
+                    req.scheduled_s = max(req.ready_s, self.now_s)
+                ready = max(ready, req.ready_s, self.now_s if req.num_computed == 0 else 0.0)
+                ids = req.all_ids[req.num_computed:req.num_computed + s.num_tokens] if self.full else None
+                done = req.num_computed + s.num_tokens == req.num_tokens
+                seqs.append(SeqStep(req.seq_id, req.num_computed, s.num_tokens, ids, wants_logits=done))
+            per_replica.setdefault(b.replica, []).append(MicroBatch(b.lane, seqs, ready))
+        self.now_s = max([self.now_s] + [mb.ready_s for mbs in per_replica.values() for mb in mbs])
+        out: dict[tuple[int, int], MicroBatch] = {}
+        for r, mbs in per_replica.items():  # replicas are independent devices: one call each
+            frees, self._pending_free[r] = tuple(self._pending_free[r]), []
+            for mb in self.executors[r].execute(mbs, frees):
+                out[(r, mb.mb_id)] = mb
+        self.stats.num_rounds += 1
+        return out
+
+    def _flush_frees(self) -> None:
+        """No round to carry them: tell the devices now which sequences are gone."""
+        for r, ex in enumerate(self.executors):
+            if self._pending_free[r]:
+                frees, self._pending_free[r] = tuple(self._pending_free[r]), []
+                ex.free(frees)
+
+    def _update(self, batches: list[LaneBatch], outputs: dict[tuple[int, int], MicroBatch]) -> list[Request]:
+        advanced = []
+        for b in batches:
+            mb = outputs[(b.replica, b.lane)]
+            t = mb.ready_s + self.timer.host_s
+            for i, s in enumerate(b.seqs):
+                req = s.request
+                if req.is_finished:  # aborted while the round ran
+                    continue
+                req.energy_j += self._energy_j(req.num_computed, s.num_tokens)
+                req.num_computed += s.num_tokens
+                req.ready_s = t
+                if req.num_computed < req.num_tokens:
+                    continue  # more prompt to go
+                row = mb.logits[i] if mb.logits is not None else None
+                self._append_token(req, self._sample(req, row), t)
+                advanced.append(req)
+        return advanced
+
+    # ------------------------------------------------------------------ helpers
+
+    def _energy_j(self, start: int, n: int) -> float:
+        """Energy of n tokens at contexts start+1..start+n (all blocks) and one LM head."""
+        layers = self.cfg.model.num_layers
+        return layers * sum(block_energy_j(self.timer, L) for L in range(start + 1, start + n + 1)) + self._head_j
+
+    def _sample(self, req: Request, row) -> int:
+        if row is None:
+            return int(req.rng.integers(FIRST_SPECIAL_FREE_ID, self.cfg.model.vocab_size))
+        return sample(row, req.params.sampling, req.rng)
+
+    def _append_token(self, req: Request, token: int, t: float) -> None:
+        p = req.params
+        req.output_ids.append(token)
+        req.token_times_s.append(t)
+        self.stats.generation_tokens += 1
+        if len(req.output_ids) == 1:
+            self.stats.prompt_tokens += len(req.prompt_ids)
+        n = len(req.output_ids)
+        can_stop = n >= p.min_tokens
+        if can_stop and ((token == self.tokenizer.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids):
+            req.output_ids.pop()  # eos and stop ids are not part of the text (OpenAI, vLLM)
+            req.text = self._detok(req)
+            req.output_ids.append(token)
+            self._finish(req, "stop", t)
+            return
+        req.text = self._detok(req)
+        if can_stop and p.stop:
+            cut = min((i for i in (req.text.find(s) for s in p.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                req.text = req.text[:cut]
+                self._finish(req, "stop", t)
+                return
+        if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
+                or blocks_for(req.num_tokens + 1) > self.scheduler.kv_blocks):  # no room even alone
+            self._finish(req, "length", t)
+
+    def _detok(self, req: Request) -> str:
+        return self.tokenizer.decode(req.output_ids)
+
+    def _finish(self, req: Request, reason: str, t: float) -> None:
+        was_running = req.status is Status.RUNNING
+        self.scheduler.finish(req)
+        if was_running:
+            self._pending_free[req.replica].append(req.seq_id)
+        req.status, req.finish_reason, req.finish_s = Status.FINISHED, reason, t
+        if reason in ("stop", "length"):
+            self.stats.num_finished += 1
+
+    def fail_running(self, message: str) -> list[Request]:
+        """A fault in a round: fail the requests that were in it, keep the rest of the engine."""
+        failed = list(self.scheduler.running)
+        for req in failed:
+            req.error = message
+            self._finish(req, "error", max(self.now_s, req.ready_s))
+            self.stats.num_failed += 1
+        return failed
+
+    def forget(self, request_id: str) -> None:
+        """Drop a finished request's record (the API calls this once the client has it)."""
+        req = self.requests.get(request_id)
+        if req is not None and req.is_finished:
+            del self.requests[request_id]
+
+    def status(self) -> dict:
+        mp = self.timer.mapping
+        return dict(model=self.cfg.model.name, mapping=dict(mode=mp.mode, devices=mp.num_devices, pp=mp.pp,
+                    tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
+                    lanes=mp.batch * self.num_replicas, max_seqs_per_stage=self.cfg.scheduler.max_seqs_per_stage,
+                    describe=mp.describe()),
+                    numerics=self.cfg.resolved_numerics, clock_s=self.now_s,
+                    num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
+                    kv_usage=self.scheduler.kv_usage(), kv_blocks_per_replica=self.scheduler.kv_blocks,
+                    num_preemptions=self.scheduler.num_preemptions, **vars(self.stats))
+
+    def device_stats(self) -> list[dict]:
+        out = []
+        for r, ex in enumerate(self.executors):
+            st = ex.stats()
+            for d in st["devices"]:
+                out.append(dict(d, replica=r))
+        return out
+
+    def fabric_stats(self) -> list[dict]:
+        return [dict(ex.stats()["fabric"], replica=r) for r, ex in enumerate(self.executors)]
+
+    def shutdown(self) -> None:
+        for ex in self.executors:
+            ex.shutdown()

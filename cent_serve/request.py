@@ -1,0 +1,102 @@
+"""A request as the engine sees it: its prompt, sampling options, progress and simulated times.
+
+Every time here is simulated seconds (DESIGN.md); wall-clock time never
+enters a `Request`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cent_serve.model.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """What a client asks of one completion (one choice; the API fans out n)."""
+
+    max_tokens: int = 16
+    """Generated tokens at most."""
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends at the first; the string itself is not returned."""
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    """Keep going past the end-of-sequence token (vLLM's extension; benchmarks use it)."""
+    min_tokens: int = 0
+    """No eos or stop before this many tokens."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens={self.max_tokens!r} is invalid: use a positive integer")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens={self.min_tokens!r} is invalid: use 0..max_tokens ({self.max_tokens})")
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence through the engine."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: RequestParams
+    arrival_s: float
+    rng: np.random.Generator
+    status: Status = Status.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    token_times_s: list[float] = field(default_factory=list)
+    """Simulated time each generated token was sampled."""
+    seq_id: int = -1
+    """Id of this sequence's KV on the devices (a new one after a preemption)."""
+    replica: int = -1
+    lane: int = -1
+    num_computed: int = 0
+    """Tokens whose KV is on the devices."""
+    ready_s: float = 0.0
+    """Simulated time the next step's input exists (last token sampled, or arrival)."""
+    scheduled_s: float | None = None
+    """First time it was given to the devices (end of queueing)."""
+    finish_s: float | None = None
+    finish_reason: str | None = None
+    """'stop', 'length' or 'abort'; 'error' when a fault failed it."""
+    error: str | None = None
+    energy_j: float = 0.0
+    num_preemptions: int = 0
+    text: str = ""
+    """Detokenized output (stop strings cut)."""
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self.token_times_s[0] if self.token_times_s else None
+
+    def timing(self) -> dict:
+        """The `cent` field of a completion: simulated times and energy of this request."""
+        first, finish, n = self.first_token_s, self.finish_s, len(self.output_ids)
+        return dict(arrival_s=self.arrival_s, scheduled_s=self.scheduled_s, first_token_s=first,
+                    finish_s=finish,
+                    queue_s=None if self.scheduled_s is None else self.scheduled_s - self.arrival_s,
+                    ttft_s=None if first is None else first - self.arrival_s,
+                    tpot_s=(finish - first) / (n - 1) if first is not None and finish is not None and n > 1
+                    else None,
+                    e2e_s=None if finish is None else finish - self.arrival_s,
+                    energy_mj=self.energy_j * 1e3, preemptions=self.num_preemptions)

@@ -1,0 +1,204 @@
+"""Continuous batching in simulated time: who runs in the next round, and with how many tokens.
+
+The devices are split into lanes: with pipeline parallelism a replica has
+`mapping.batch` (= pp) lanes, micro-batches that circulate through the
+stages at the same time, each of up to `max_seqs_per_stage` sequences (the
+paper's choice is one); with tensor parallelism the lanes are the pp
+micro-batches of the tp groups. Data-parallel replicas multiply the lanes.
+
+Policy (vLLM's, in rounds): running sequences first, each with one decode
+token or its next prefill chunk; KV blocks are reserved before a round; when
+the pool runs dry the most recently admitted sequence is preempted (its KV
+freed, recomputed later from its prompt and output so far). Then waiting
+requests, first come first served, that have arrived by the round's clock
+and whose whole prompt fits in the free KV blocks.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from cent_serve.config import CentConfig
+from cent_serve.request import Request, Status
+from cent_serve.timing.mapping import Mapping, device_kv_bytes_per_token, device_weight_bytes
+
+KV_BLOCK_TOKENS = 16
+"""Tokens per KV block, as `device_worker.kv_cache.PagedKVCache` allocates them."""
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at `scheduler.max_waiting` (the API answers 429)."""
+
+
+def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
+    """Blocks every device of a replica can hold: the smallest device's count (each
+    sequence takes the same number of blocks on every device that holds its layers)."""
+    counts = []
+    for d in sorted({d for s in mp.stages for d in s.device_ids}):
+        per_token = device_kv_bytes_per_token(cfg.model, mp, d)
+        free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d)
+        counts.append(max(0, free) // (KV_BLOCK_TOKENS * per_token))
+    return min(counts)
+
+
+def blocks_for(num_tokens: int) -> int:
+    return -(-num_tokens // KV_BLOCK_TOKENS)
+
+
+@dataclass
+class ScheduledSeq:
+    request: Request
+    num_tokens: int
+    """Tokens computed this round (1 when decoding)."""
+
+
+@dataclass
+class LaneBatch:
+    """One micro-batch of the next round."""
+
+    replica: int
+    lane: int
+    seqs: list[ScheduledSeq]
+
+
+class Scheduler:
+    """Waiting and running queues over `num_replicas` x `lanes_per_replica` lanes."""
+
+    def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
+                 kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int) -> None:
+        self.num_replicas, self.lanes_per_replica = num_replicas, lanes_per_replica
+        self.seqs_per_lane = seqs_per_lane
+        self.kv_blocks = kv_blocks
+        self.free_blocks = [kv_blocks] * num_replicas
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.max_waiting = max_waiting
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order (the last is preempted first)
+        self.lanes: list[list[list[Request]]] = [[[] for _ in range(lanes_per_replica)]
+                                                 for _ in range(num_replicas)]
+        self._held: dict[Request, int] = {}  # KV blocks held per running request
+        self._next_seq_id = 0
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------------ queues
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
+        need = blocks_for(num_prompt_tokens + 1)
+        if need > self.kv_blocks:
+            raise ValueError(f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of "
+                             f"{KV_BLOCK_TOKENS} tokens; a replica holds {self.kv_blocks}: shorten the prompt "
+                             "or use more devices")
+
+    def add(self, req: Request) -> None:
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting (scheduler.max_waiting="
+                            f"{self.max_waiting}): retry later")
+        self.check_fits(len(req.prompt_ids), req.params.max_tokens)
+        self.waiting.append(req)
+
+    def finish(self, req: Request) -> None:
+        """Drop a finished or aborted request from the queues and release its KV blocks."""
+        if req in self._held:
+            self._release(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def kv_usage(self) -> float:
+        total = self.kv_blocks * self.num_replicas
+        return 0.0 if total == 0 else 1.0 - sum(self.free_blocks) / total
+
+    def next_arrival_s(self) -> float | None:
+        return min((r.arrival_s for r in self.waiting), default=None)
+
+    # ------------------------------------------------------------------ a round
+
+    def schedule(self, now_s: float) -> tuple[list[LaneBatch], list[tuple[int, int]]]:
+        """The next round's micro-batches, and the (replica, seq id)s whose KV the devices drop
+        (preempted sequences). Requests arriving after `now_s` wait for a later round."""
+        dropped: list[tuple[int, int]] = []
+        plan: dict[Request, int] = {}
+        for req in list(self.running):
+            if req not in self._held:  # preempted earlier in this loop
+                continue
+            n = self._tokens_for(req)
+            while not self._reserve(req, req.num_computed + n):
+                victim = self.running[-1]
+                dropped.append((victim.replica, victim.seq_id))
+                self._preempt(victim)
+                plan.pop(victim, None)
+                if victim is req:
+                    break
+            else:
+                plan[req] = n
+        for req in list(self.waiting):
+            if req.arrival_s > now_s:
+                continue  # FCFS among arrived requests; later ones may still be ahead in the deque
+            slot = self._free_lane()
+            if slot is None:
+                break
+            need = blocks_for(len(req.all_ids) + 1)
+            if need > self.free_blocks[slot[0]]:
+                break  # the oldest arrived request does not fit yet: keep order
+            self.waiting.remove(req)
+            self._admit(req, slot)
+            n = self._tokens_for(req)
+            self._reserve(req, req.num_computed + n)
+            plan[req] = n
+        batches: dict[tuple[int, int], LaneBatch] = {}
+        for req, n in plan.items():
+            key = (req.replica, req.lane)
+            batches.setdefault(key, LaneBatch(req.replica, req.lane, [])).seqs.append(ScheduledSeq(req, n))
+        return [batches[k] for k in sorted(batches)], dropped
+
+    def _tokens_for(self, req: Request) -> int:
+        left = req.num_tokens - req.num_computed
+        return left if left <= 1 else min(left, self.prefill_chunk_tokens)
+
+    def _free_lane(self) -> tuple[int, int] | None:
+        best = None
+        for r in range(self.num_replicas):
+            for l_id, members in enumerate(self.lanes[r]):
+                if len(members) < self.seqs_per_lane and (best is None or len(members) < best[0]):
+                    best = (len(members), r, l_id)
+        return None if best is None else (best[1], best[2])
+
+    def _admit(self, req: Request, slot: tuple[int, int]) -> None:
+        req.replica, req.lane = slot
+        req.seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        req.status = Status.RUNNING
+        self.lanes[req.replica][req.lane].append(req)
+        self.running.append(req)
+        self._held[req] = 0
+
+    def _reserve(self, req: Request, num_tokens: int) -> bool:
+        extra = blocks_for(num_tokens) - self._held[req]
+        if extra > self.free_blocks[req.replica]:
+            return False
+        if extra > 0:
+            self.free_blocks[req.replica] -= extra
+            self._held[req] += extra
+        return True
+
+    def _release(self, req: Request) -> None:
+        self.free_blocks[req.replica] += self._held.pop(req)
+        self.running.remove(req)
+        self.lanes[req.replica][req.lane].remove(req)
+
+    def _preempt(self, req: Request) -> None:
+        """Recompute later: KV gone, back to the front of the queue with its output kept."""
+        self._release(req)
+        req.status = Status.WAITING
+        req.num_computed = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)

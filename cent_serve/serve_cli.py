@@ -1,0 +1,38 @@
+"""`cent serve`: the OpenAI-compatible server on emulated CENT devices."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cent_serve.cli_common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API on emulated CENT devices",
+                       description="Start the server. With no arguments: a local Ray, the tiny model with full "
+                                   "numerics on 8 devices (pipeline), http://127.0.0.1:8000/v1.")
+    add_config_args(p)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--clock", choices=["virtual", "paced"], help="simulated clock mode (default virtual)")
+    p.add_argument("--pace-factor", type=float, help="paced mode: wall seconds per simulated second")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--local", action="store_true", help="devices in this process, no Ray")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from api.server import run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    s = cfg.server
+    for flag, field in (("host", "host"), ("port", "port"), ("clock", "clock"), ("pace_factor", "pace_factor"),
+                        ("ray_address", "ray_address"), ("api_key", "api_key")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(s, field, value)
+    s.__post_init__()
+    run_server(cfg, "local" if args.local else "ray")
+    return 0

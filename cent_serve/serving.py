@@ -1,0 +1,176 @@
+"""The engine on its own thread, for the asyncio front end.
+
+Only the engine thread touches the `Engine` (and so the executors and
+actors). The API talks to it through an inbox of commands whose results come
+back as futures, and receives each request's progress as `Delta`s on an
+asyncio queue. Clock modes (DESIGN.md):
+
+- `virtual`: the engine runs rounds as fast as it can; a request arriving
+  over HTTP gets the engine's simulated clock as its arrival time.
+- `paced`: simulated time is tied to the wall clock (`pace_factor` wall
+  seconds per simulated second): arrivals get the wall-derived simulated
+  time, the engine does not run ahead of it, and the API releases each token
+  when the wall clock reaches its simulated time.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cent_serve.engine import Engine
+from cent_serve.request import Request, RequestParams
+
+log = logging.getLogger("cent.serving")
+IDLE_POLL_S = 0.05
+"""Wall seconds the idle engine thread waits for a command before looking again."""
+PACE_SLICE_S = 0.005
+"""Longest wall sleep in paced mode before the inbox is looked at again."""
+
+
+@dataclass
+class Delta:
+    """New output of one request since the last delta."""
+
+    token_ids: list[int]
+    times_s: list[float]
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None
+    error: str | None = None
+    timing: dict = field(default_factory=dict)
+
+
+class EngineLoop:
+    """Runs `engine.step()` on a thread; `submit`/`abort`/`call` are safe from any thread."""
+
+    def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
+                 on_finish: Callable[[Request], None] | None = None) -> None:
+        self.engine = engine
+        self.clock, self.pace_factor = clock, pace_factor
+        self.on_finish = on_finish
+        self.inbox: queue.Queue = queue.Queue()
+        self.streams: dict[str, tuple] = {}  # request id -> (event loop, queue, tag, [tokens, chars] sent)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cent-engine", daemon=True)
+        self.wall_origin = time.monotonic()
+        self.fault: str | None = None
+
+    # ------------------------------------------------------------------ from the API
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self.inbox.put(None)
+        self._thread.join(timeout_s)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def sim_now_s(self) -> float:
+        """Paced mode: the simulated time the wall clock stands at."""
+        return (time.monotonic() - self.wall_origin) / self.pace_factor
+
+    def wall_delay_s(self, sim_s: float) -> float:
+        """Paced mode: wall seconds until `sim_s` is reached (0 in virtual mode)."""
+        if self.clock != "paced":
+            return 0.0
+        return self.wall_origin + sim_s * self.pace_factor - time.monotonic()
+
+    async def submit(self, prompt_ids: list[int], params: RequestParams, q: asyncio.Queue, tag=None) -> Request:
+        """Queue a request whose progress arrives on `q` as (tag, Delta) items; raises what
+        `Engine.add_request` raises (ValueError, QueueFull) and then nothing was queued."""
+        loop = asyncio.get_running_loop()
+        return await self.call(lambda eng: self._add(eng, prompt_ids, params, loop, q, tag))
+
+    def abort(self, request_id: str) -> None:
+        self.inbox.put(("abort", request_id, None))
+
+    async def call(self, fn: Callable[[Engine], object]):
+        """Run `fn(engine)` on the engine thread between rounds and return its result."""
+        fut: cf.Future = cf.Future()
+        self.inbox.put(("call", fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _add(self, eng: Engine, prompt_ids, params, loop, q, tag) -> Request:
+        arrival = max(eng.now_s, self.sim_now_s()) if self.clock == "paced" else None
+        req = eng.add_request(prompt_ids, params, arrival_s=arrival)
+        self.streams[req.request_id] = (loop, q, tag, [0, 0])
+        return req
+
+    def _handle(self, cmd) -> None:
+        if cmd is None:
+            return
+        kind, arg, fut = cmd
+        if kind == "abort":
+            req = self.engine.abort(arg)
+            if req is not None:
+                self._deliver(req)
+            return
+        try:
+            fut.set_result(arg(self.engine))
+        except BaseException as exc:  # the caller gets it; the engine goes on
+            fut.set_exception(exc)
+
+    def _drain(self, block: bool) -> None:
+        try:
+            cmd = self.inbox.get(timeout=IDLE_POLL_S) if block else self.inbox.get_nowait()
+            self._handle(cmd)
+            while True:
+                self._handle(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _run(self) -> None:
+        eng = self.engine
+        while not self._stop.is_set():
+            self._drain(block=not eng.has_work())
+            if not eng.has_work():
+                continue
+            if self.clock == "paced":
+                wait = self.wall_delay_s(eng.now_s)
+                if wait > 0:
+                    self._stop.wait(min(wait, PACE_SLICE_S))
+                    continue
+            try:
+                advanced = eng.step()
+            except Exception as exc:  # a fault fails the requests of the round, not the server
+                log.exception("round failed")
+                self.fault = f"{type(exc).__name__}: {exc}"
+                advanced = eng.fail_running(f"the emulated devices failed this round: {self.fault}")
+            for req in advanced:
+                self._deliver(req)
+        for rid in list(self.streams):  # shutting down: nobody is left waiting forever
+            req = eng.requests.get(rid)
+            if req is not None and not req.is_finished:
+                eng.abort(rid)
+                self._deliver(req)
+
+    def _deliver(self, req: Request) -> None:
+        entry = self.streams.get(req.request_id)
+        if entry is None:
+            return
+        loop, q, tag, sent = entry
+        n_tok, n_chr = sent
+        text = req.text
+        if not req.is_finished:  # hold back an incomplete UTF-8 character
+            text = text.rstrip("\ufffd")
+        delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
+                      finished=req.is_finished, finish_reason=req.finish_reason, error=req.error)
+        sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
+        if req.is_finished:
+            delta.timing = req.timing()
+            del self.streams[req.request_id]
+            self.engine.forget(req.request_id)
+            if self.on_finish is not None:
+                self.on_finish(req)
+        loop.call_soon_threadsafe(q.put_nowait, (tag, delta))

@@ -1,0 +1,219 @@
+"""The HTTP API through the official `openai` client and raw httpx, against a real uvicorn
+server on a free loopback port (local executor; the Ray one is in test_ray_server.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from api.server import Server
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.model import LlamaModel, load_weights
+from cent_serve.model.generate import generate
+from cent_serve.model.tokenizer import ByteTokenizer
+
+TINY = model_preset("tiny")
+
+
+def _cfg(**server) -> CentConfig:
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="full")
+    cfg.server.port = 0
+    for k, v in server.items():
+        setattr(cfg.server, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def server():
+    with Server(_cfg(), "local") as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_and_health(server, client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert models.data[0].model_extra["root"] == "tiny"
+    assert models.data[0].model_extra["max_model_len"] == TINY.max_seq_len
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+
+
+def test_completion_tokens_equal_the_reference_model(client):
+    prompt = [1, 72, 101, 108, 108, 111]
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
+                                  extra_body={"ignore_eos": True, "return_token_ids": True})
+    ref = generate(LlamaModel(TINY, load_weights(TINY)), prompt, 12, ignore_eos=True)
+    choice = r.choices[0]
+    assert choice.model_extra["token_ids"] == ref.token_ids
+    assert choice.text == ByteTokenizer().decode(ref.token_ids)
+    assert choice.finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 12, 18)
+    cent = r.model_extra["cent"]
+    assert cent["ttft_s"] > 0 and cent["tpot_s"] > 0 and cent["e2e_s"] > cent["ttft_s"] and cent["energy_mj"] > 0
+
+
+def test_chat_completion_and_n_choices(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                       max_tokens=5, n=3, seed=7, extra_body={"ignore_eos": True})
+    assert r.object == "chat.completion" and len(r.choices) == 3
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    assert all(c.message.role == "assistant" for c in r.choices)
+    assert r.usage.completion_tokens == 15
+    again = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=5, n=3, seed=7, extra_body={"ignore_eos": True})
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streaming_with_usage(client, chat):
+    kw = dict(model="tiny", max_tokens=7, stream=True, stream_options={"include_usage": True},
+              extra_body={"ignore_eos": True, "return_token_ids": True})
+    if chat:
+        stream = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], **kw)
+    else:
+        stream = client.completions.create(prompt="Hello", **kw)
+    pieces, ids, usage, finish, times = [], [], None, None, []
+    for chunk in stream:
+        if not chunk.choices:
+            usage = chunk.usage
+            continue
+        c = chunk.choices[0]
+        pieces.append((c.delta.content or "") if chat else c.text)
+        ids += c.model_extra.get("token_ids", [])
+        times += c.model_extra.get("cent", {}).get("times_s", [])
+        finish = c.finish_reason or finish
+    assert usage is not None and usage.completion_tokens == 7 == len(ids)
+    assert finish == "length"
+    assert times == sorted(times) and len(times) == 7
+    assert "".join(pieces) == ByteTokenizer().decode(ids)
+
+
+def test_sixty_four_concurrent_streams(server):
+    async def one(client, i):
+        stream = await client.completions.create(model="tiny", prompt=f"client {i}", max_tokens=6 + i % 5,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"ignore_eos": True})
+        usage, n_text = None, 0
+        async for chunk in stream:
+            if chunk.usage:
+                usage = chunk.usage
+            n_text += sum(1 for c in chunk.choices if c.text)
+        return i, usage, n_text
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
+                                    http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=100)))
+        return await asyncio.gather(*[one(client, i) for i in range(64)])
+
+    results = asyncio.run(main())
+    assert len(results) == 64
+    for i, usage, n_text in results:
+        assert usage.completion_tokens == 6 + i % 5, i
+        assert usage.prompt_tokens == len(f"client {i}") + 1  # bytes + bos
+        assert n_text >= 1
+
+
+BAD = [
+    ("{not json", 400, None),
+    (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": -1}), 400, "max_tokens"),
+    (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 10 ** 9}), 400, "max_tokens"),
+    (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": "many"}), 422, "max_tokens"),
+    (json.dumps({"model": "tiny", "prompt": "x", "temperature": 5}), 400, "temperature"),
+    (json.dumps({"model": "tiny", "prompt": "x", "n": 0}), 400, "n"),
+    (json.dumps({"model": "gpt-4", "prompt": "x"}), 404, "model"),
+    (json.dumps({"model": "tiny", "prompt": ""}), 400, "prompt"),
+    (json.dumps({"model": "tiny", "prompt": []}), 400, "prompt"),
+    (json.dumps({"model": "tiny", "prompt": [1, 99999]}), 400, "prompt"),
+    (json.dumps({"model": "tiny", "prompt": "x" * 600}), 400, "prompt"),
+    (json.dumps({"prompt": "x"}), 422, "model"),
+    (json.dumps({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), 400, "stop"),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, body, status, param):
+    r = httpx.post(server.url + "/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"] and err["param"] == param
+    ok = client.completions.create(model="tiny", prompt="still there?", max_tokens=2)
+    assert ok.usage.completion_tokens == 2
+
+
+def test_chat_errors(server):
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "x"}]})
+    assert r.status_code == 422
+    r = httpx.get(server.url + "/v1/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_metrics_and_status(server, client):
+    client.completions.create(model="tiny", prompt="metrics", max_tokens=3)
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_count",
+                 "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:generation_tokens_total",
+                 'vllm:request_success_total{finished_reason="length"', "cent:simulated_clock_seconds",
+                 "cent:device_busy_fraction", "cent:fabric_bytes", "cent:energy_joules"):
+        assert name in text, name
+    st = httpx.get(server.url + "/v1/cent/status").json()
+    assert st["mapping"]["devices"] == 8 and st["mapping"]["pp"] == 8 and len(st["devices"]) == 8
+    assert st["clock_s"] > 0 and st["clock_mode"] == "virtual" and st["num_running"] == 0
+
+
+def test_paced_mode_releases_tokens_at_their_simulated_time_and_bounds_the_queue():
+    cfg = _cfg(clock="paced", pace_factor=100.0)  # 1 simulated ms = 0.1 wall s
+    cfg.parallel = ParallelConfig(1, 1, 1)  # one lane: a second request waits
+    cfg.scheduler.max_waiting = 1
+    with Server(cfg, "local") as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        t0 = time.monotonic()
+        r = client.completions.create(model="tiny", prompt="paced", max_tokens=3, extra_body={"ignore_eos": True})
+        wall = time.monotonic() - t0
+        e2e = r.model_extra["cent"]["e2e_s"]
+        assert wall >= 0.9 * e2e * 100.0
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=s.url, timeout=60) as h:
+                body = {"model": "tiny", "prompt": "x", "max_tokens": 400, "ignore_eos": True}
+                first = asyncio.create_task(h.post("/v1/completions", json=body))
+                await asyncio.sleep(0.3)
+                second = asyncio.create_task(h.post("/v1/completions", json=body))
+                await asyncio.sleep(0.3)
+                third = await h.post("/v1/completions", json=body)
+                first.cancel(), second.cancel()
+                return third
+        third = asyncio.run(burst())
+        assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
+        _wait_idle(s)  # both clients went away: their requests were aborted, KV freed
+        with httpx.stream("POST", s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True,
+                          "max_tokens": 400, "ignore_eos": True}) as r:
+            next(r.iter_lines())  # one chunk, then hang up mid-stream
+        _wait_idle(s)
+
+
+def _wait_idle(s: Server, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = httpx.get(s.url + "/v1/cent/status").json()
+        if st["num_running"] == st["num_waiting"] == 0:
+            assert st["kv_usage"] == 0.0 and st["num_aborted"] >= 1
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"requests of departed clients still run: {st}")
+
+
+def test_api_key(server):
+    with Server(_cfg(api_key="sekrit"), "local") as s:
+        assert httpx.get(s.url + "/v1/models").status_code == 401
+        ok = httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer sekrit"})
+        assert ok.status_code == 200

@@ -1,0 +1,169 @@
+"""The engine: continuous batching in simulated time over the device workers (local executor)."""
+from __future__ import annotations
+
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.engine import Engine
+from cent_serve.model import LlamaModel, load_weights
+from cent_serve.model.generate import generate
+from cent_serve.model.sampling import SamplingParams
+from cent_serve.request import RequestParams
+from cent_serve.scheduler import KV_BLOCK_TOKENS, QueueFull, kv_blocks_per_replica
+
+TINY = model_preset("tiny")
+WEIGHTS = load_weights(TINY)
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def _engine(devices=8, pp=0, tp=1, numerics="full", **sched) -> Engine:
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
+    for k, v in sched.items():
+        setattr(cfg.scheduler, k, v)
+    return Engine(cfg, "local", weights=WEIGHTS if numerics == "full" else None)
+
+
+def _run(eng: Engine) -> None:
+    while eng.has_work():
+        eng.step()
+
+
+@pytest.mark.parametrize("numerics", ["full", "off"])
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (8, 2, 4)])
+def test_single_request_ttft_tpot_equal_the_timing_model(numerics, devices, pp, tp):
+    eng = _engine(devices, pp, tp, numerics)
+    P, n = 17, 9
+    req = eng.add_request(list(range(3, 3 + P)), RequestParams(max_tokens=n, ignore_eos=True, sampling=GREEDY))
+    _run(eng)
+    t = req.timing()
+    prefill = sum(eng.timer.token_s(L) for L in range(1, P + 1))  # token by token, as the paper
+    decode = sum(eng.timer.token_s(L) for L in range(P + 1, P + n)) / (n - 1)
+    assert t["ttft_s"] == pytest.approx(prefill, rel=1e-9)
+    assert t["tpot_s"] == pytest.approx(decode, rel=1e-9)
+    assert len(req.output_ids) == n and req.finish_reason == "length"
+    assert t["energy_mj"] > 0
+
+
+def test_chunked_prefill_is_faster_and_gives_the_same_tokens():
+    prompt = [1] + list(range(40, 70))
+    ref = generate(LlamaModel(TINY, WEIGHTS), prompt, 6, ignore_eos=True).token_ids
+    out = {}
+    for chunk in (1, 8):
+        eng = _engine(prefill_chunk_tokens=chunk)
+        req = eng.add_request(prompt, RequestParams(max_tokens=6, ignore_eos=True, sampling=GREEDY))
+        _run(eng)
+        out[chunk] = req
+    assert out[1].output_ids == out[8].output_ids == ref
+    assert out[8].timing()["ttft_s"] < out[1].timing()["ttft_s"]
+
+
+def test_concurrent_requests_equal_the_reference_model():
+    ref_model = LlamaModel(TINY, WEIGHTS)
+    eng = _engine(devices=8, pp=2, tp=4, max_seqs_per_stage=3)
+    prompts = [[1] + [10 + i, 20 + 2 * i, 30] * (1 + i % 3) for i in range(10)]
+    reqs = [eng.add_request(p, RequestParams(max_tokens=8, ignore_eos=True, sampling=GREEDY)) for p in prompts]
+    _run(eng)
+    for p, r in zip(prompts, reqs):
+        assert r.output_ids == generate(ref_model, p, 8, ignore_eos=True).token_ids
+    # 2 lanes x 3 sequences: at most 6 ran together, the rest queued
+    assert max(r.timing()["queue_s"] for r in reqs) > 0
+    assert eng.scheduler.kv_usage() == 0.0
+
+
+def test_preemption_by_recomputation_keeps_the_tokens():
+    ref_model = LlamaModel(TINY, WEIGHTS)
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="full")
+    cfg.scheduler.max_seqs_per_stage = 4
+    big = _engine(max_seqs_per_stage=4)
+    per_block = cfg.device.capacity_bytes // big.scheduler.kv_blocks  # bytes one KV block takes (+ slack)
+    weights = cfg.device.capacity_bytes - per_block * big.scheduler.kv_blocks
+    cfg.device.capacity_bytes = weights + 12 * per_block + 1  # 12 blocks of 16 tokens per replica
+    eng = Engine(cfg, "local", weights=WEIGHTS)
+    assert kv_blocks_per_replica(cfg, eng.timer.mapping) == eng.scheduler.kv_blocks == 12
+    prompts = [[1] + [50 + i] * 20 for i in range(6)]  # 6 x (21 prompt + 30 out) tokens >> 12 x 16
+    reqs = [eng.add_request(p, RequestParams(max_tokens=30, ignore_eos=True, sampling=GREEDY)) for p in prompts]
+    _run(eng)
+    assert eng.scheduler.num_preemptions > 0
+    for p, r in zip(prompts, reqs):
+        assert r.output_ids == generate(ref_model, p, 30, ignore_eos=True).token_ids
+    assert eng.scheduler.kv_usage() == 0.0
+    eng.step()  # the devices drop the last finished sequences at the next call
+    assert all(w.kv.num_free_blocks == w.kv.num_blocks for ex in eng.executors for w in ex.workers.values())
+
+
+def test_a_prompt_that_can_never_fit_is_refused_and_nothing_changes():
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="off")
+    eng0 = Engine(cfg, "local")
+    per_block = cfg.device.capacity_bytes // eng0.scheduler.kv_blocks
+    cfg.device.capacity_bytes -= per_block * (eng0.scheduler.kv_blocks - 2)  # 2 blocks left
+    eng = Engine(cfg, "local")
+    assert eng.scheduler.kv_blocks == 2
+    with pytest.raises(ValueError, match="KV blocks"):
+        eng.add_request([5] * (2 * KV_BLOCK_TOKENS), RequestParams(max_tokens=4))
+    assert not eng.has_work() and not eng.requests
+
+
+def test_abort_frees_kv_at_once():
+    eng = _engine(numerics="off")
+    a = eng.add_request([1, 2, 3] * 30, RequestParams(max_tokens=50, ignore_eos=True))
+    b = eng.add_request([1, 5], RequestParams(max_tokens=50, ignore_eos=True))
+    for _ in range(5):
+        eng.step()
+    used = eng.scheduler.kv_usage()
+    assert used > 0
+    eng.abort(a.request_id)
+    assert a.finish_reason == "abort" and eng.scheduler.kv_usage() < used
+    _run(eng)
+    assert b.finish_reason == "length" and len(b.output_ids) == 50
+
+
+def test_queue_bound_and_bad_prompts():
+    eng = _engine(numerics="off", max_waiting=2)
+    eng.add_request([1, 2], RequestParams())
+    eng.add_request([1, 2], RequestParams())
+    with pytest.raises(QueueFull, match="max_waiting"):
+        eng.add_request([1, 2], RequestParams())
+    with pytest.raises(ValueError, match="empty"):
+        eng.add_request([], RequestParams())
+    with pytest.raises(ValueError, match="vocabulary"):
+        eng.add_request([1, 10_000], RequestParams())
+    with pytest.raises(ValueError, match="context"):
+        eng.add_request([1] * TINY.max_seq_len, RequestParams())
+
+
+def test_arrivals_from_a_trace_are_respected_in_simulated_time():
+    eng = _engine(numerics="off")
+    late = eng.add_request([1, 2, 3], RequestParams(max_tokens=4, ignore_eos=True), arrival_s=5.0)
+    early = eng.add_request([1, 2, 3], RequestParams(max_tokens=4, ignore_eos=True), arrival_s=1.0)
+    _run(eng)
+    assert early.scheduled_s == 1.0 and late.scheduled_s == 5.0
+    assert early.timing()["ttft_s"] == pytest.approx(late.timing()["ttft_s"], rel=1e-12)
+
+
+def test_stop_strings_and_eos():
+    eng = _engine()
+    free = eng.add_request([1, 72, 105], RequestParams(max_tokens=20, ignore_eos=True, sampling=GREEDY))
+    _run(eng)
+    text = free.text
+    assert len(text) > 3
+    stop = text[2:4]
+    eng2 = _engine()
+    cut = eng2.add_request([1, 72, 105], RequestParams(max_tokens=20, ignore_eos=True, sampling=GREEDY,
+                                                       stop=(stop,)))
+    _run(eng2)
+    assert cut.finish_reason == "stop" and cut.text == text[:text.find(stop)]
+    eng3 = _engine()
+    first = free.output_ids[0]
+    eos = eng3.add_request([1, 72, 105], RequestParams(max_tokens=20, sampling=GREEDY, stop_token_ids=(first,)))
+    _run(eng3)
+    assert eos.finish_reason == "stop" and eos.output_ids == [first] and eos.text == ""
+
+
+def test_two_runs_are_bit_identical():
+    def run():
+        eng = _engine(numerics="off", max_seqs_per_stage=2)
+        reqs = [eng.add_request([1] * (3 + i), RequestParams(max_tokens=5 + i, ignore_eos=True),
+                                arrival_s=0.001 * i) for i in range(12)]
+        _run(eng)
+        return [(r.output_ids, r.token_times_s, r.energy_j) for r in reqs]
+    assert run() == run()

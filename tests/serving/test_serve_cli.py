@@ -1,0 +1,77 @@
+"""`cent serve` as a user runs it: a subprocess on a free port, a request, SIGTERM, a clean exit."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from api.server import free_port
+
+STARTUP_TIMEOUT_S = 180.0
+
+
+def _serve(args: list[str]):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url, port
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"cent serve did not come up:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+
+
+def _stop(proc, port) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, out
+    with socket.socket() as s:  # the port is free again (for a server: TIME_WAIT is allowed)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    return out
+
+
+def _complete(url: str) -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    r = client.completions.create(model=client.models.list().data[0].id, prompt="CENT", max_tokens=5,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 5
+
+
+def test_serve_local_starts_answers_and_stops_on_sigterm():
+    proc, url, port = _serve(["--local"])
+    _complete(url)
+    out = _stop(proc, port)
+    assert "listening on" in out and "stopped" in out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_serve_default_on_a_local_ray():
+    """What `make run` starts: a local Ray, tiny with full numerics, 8 device actors."""
+    proc, url, port = _serve([])
+    status = httpx.get(url + "/v1/cent/status").json()
+    assert status["mapping"]["devices"] == 8 and status["numerics"] == "full"
+    _complete(url)
+    out = _stop(proc, port)
+    assert "stopped" in out
