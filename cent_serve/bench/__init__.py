@@ -1,0 +1,34 @@
+"""Load-test inputs for `cent bench`: request traces, synthetic arrivals, prompts.
+
+`load_trace(path)` streams the requests of a Vidur, Azure, BurstGPT, Mooncake or ShareGPT file;
+`synthetic_trace(n, rate, ...)` makes one; `synthetic_prompt(n, seed)` builds prompt text of an
+exact token length. `sample_trace_path()` is a small trace shipped with the package.
+"""
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from cent_serve.bench.prompts import SyntheticPrompt, synthetic_prompt
+from cent_serve.bench.request import Request
+from cent_serve.bench.synthetic import (FixedLengths, LengthSampler, TraceLengths,
+                                        UniformLengths, arrival_times_s, iter_arrival_times_s,
+                                        synthetic_trace)
+from cent_serve.bench.traces import FORMATS, TraceOptions, apply_options, detect_format, load_trace
+
+__all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", "apply_options",
+           "arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
+           "UniformLengths", "TraceLengths", "synthetic_trace", "SyntheticPrompt",
+           "synthetic_prompt", "sample_trace_path", "SAMPLE_TRACE_NUM_REQUESTS"]
+
+SAMPLE_TRACE_NUM_REQUESTS = 200
+"""Rows of the shipped sample trace."""
+
+
+def sample_trace_path() -> Path:
+    """Path of the shipped sample: the first 200 requests of the Azure LLM inference 2023
+    conversation trace (Microsoft's Azure Public Dataset, under that repository's license),
+    in Vidur's CSV form
+    (`arrived_at, num_prefill_tokens, num_decode_tokens`). Installed as package data.
+    """
+    return Path(str(files("cent_serve.bench") / "data" / "sample_conv.csv"))

@@ -1,0 +1,264 @@
+"""Per-format trace readers: stream `Request`s from a file, arrivals measured from its first row.
+
+Called by `cent_serve.bench.traces.load_trace`, which applies the replay options; a reader keeps
+the file's own values (lengths may be 0) and only refuses what it cannot read. Every refusal is
+a ValueError naming the file, the line (ShareGPT: the entry), the column, the value and the fix.
+Arrivals must not decrease down the file: inter-arrival scaling and start offsets assume order.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cent_serve.bench.request import Request
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _seconds(text: str) -> tuple[float, float]:
+    """A time in seconds -> (seconds, 0.0)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value, 0.0
+
+
+class _DatetimeParser:
+    """`2023-11-16 18:15:46.6805900` -> (whole seconds since 1970, fraction).
+
+    Kept apart so 7 fractional digits (Azure's) survive: one float of seconds since 1970 would
+    keep only ~7 significant digits below the second. Rows of one second share the parse.
+    """
+
+    def __init__(self) -> None:
+        self._last_base = ""
+        self._last_whole = 0
+
+    def __call__(self, text: str) -> tuple[int, float]:
+        base, _, frac = text.strip().partition(".")
+        if frac and not frac.isdigit():
+            raise ValueError(text)
+        if base != self._last_base:
+            whole = datetime.fromisoformat(base)
+            if whole.tzinfo is not None:
+                raise ValueError(text)
+            self._last_whole = (whole - _EPOCH) // timedelta(seconds=1)
+            self._last_base = base
+        return self._last_whole, (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where a CSV trace format keeps the three values a request needs."""
+
+    time_col: str
+    prompt_col: str
+    output_col: str
+    make_time_parser: Callable[[], Callable[[str], tuple[float, float]]]
+    time_example: str
+    """What a good time value looks like, for error messages."""
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        return self.time_col, self.prompt_col, self.output_col
+
+
+CSV_LAYOUTS: dict[str, CsvLayout] = {
+    "vidur": CsvLayout("arrived_at", "num_prefill_tokens", "num_decode_tokens",
+                       lambda: _seconds, "seconds from the trace start, e.g. 4.314579"),
+    "azure": CsvLayout("TIMESTAMP", "ContextTokens", "GeneratedTokens",
+                       _DatetimeParser, "a datetime, e.g. 2023-11-16 18:15:46.6805900"),
+    "burstgpt": CsvLayout("Timestamp", "Request tokens", "Response tokens",
+                          lambda: _seconds, "seconds, e.g. 5.0"),
+}
+"""The CSV formats by name; their column sets are disjoint, so a header names its format."""
+
+
+def _count(value: object) -> int:
+    """A token count: a non-negative integer (`12`, `"12"`, `"12.0"`); ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise
+            number = int(as_float)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+def _bad(where: str, column: str, value: object, fix: str) -> ValueError:
+    return ValueError(f"{where}: column {column!r} = {value!r} is invalid: {fix}")
+
+
+_COUNT_FIX = "use a whole number of tokens >= 0"
+
+
+def sniff_csv_format(path: Path) -> str:
+    """The CSV format whose columns the header of `path` holds; ValueError when none does."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    names = {name.strip() for name in header}
+    for fmt, layout in CSV_LAYOUTS.items():
+        if set(layout.columns) <= names:
+            return fmt
+    known = "; ".join(f"{fmt}: {', '.join(l.columns)}" for fmt, l in CSV_LAYOUTS.items())
+    raise ValueError(f"{path}:1: header {header!r} matches no trace format: expected the "
+                     f"columns of one of ({known}), or name the format with fmt=")
+
+
+def read_csv(path: Path, fmt: str) -> Iterator[Request]:
+    """Requests of a `vidur`, `azure` or `burstgpt` CSV, in file order (blank lines skipped)."""
+    layout = CSV_LAYOUTS[fmt]
+    parse_time = layout.make_time_parser()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        names = [name.strip() for name in next(reader, [])]
+        missing = [c for c in layout.columns if c not in names]
+        if missing:
+            raise ValueError(f"{path}:1: header {names!r} lacks the {fmt} column(s) {missing}: "
+                             "rename the columns or give the right fmt=")
+        cols = [(names.index(c), c) for c in layout.columns]
+        first: tuple[float, float] | None = None
+        previous_s = 0.0
+        row = 0
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(fields) < len(names):
+                raise ValueError(f"{where}: the row has {len(fields)} fields, the header "
+                                 f"{len(names)}: write one value per column")
+            (i_time, c_time), (i_prompt, c_prompt), (i_output, c_output) = cols
+            try:
+                whole, frac = parse_time(fields[i_time])
+            except ValueError:
+                raise _bad(where, c_time, fields[i_time], f"use {layout.time_example}") from None
+            try:
+                num_prompt = _count(fields[i_prompt])
+            except ValueError:
+                raise _bad(where, c_prompt, fields[i_prompt], _COUNT_FIX) from None
+            try:
+                num_output = _count(fields[i_output])
+            except ValueError:
+                raise _bad(where, c_output, fields[i_output], _COUNT_FIX) from None
+            first = first or (whole, frac)
+            arrival_s = (whole - first[0]) + (frac - first[1])
+            if arrival_s < previous_s:
+                raise _bad(where, c_time, fields[i_time], f"arrivals must not decrease (the row "
+                           f"before is {previous_s} s later than the first); sort the file by "
+                           f"{c_time!r}")
+            previous_s = arrival_s
+            yield Request(str(row), arrival_s, num_prompt, num_output)
+            row += 1
+
+
+def _parse_json(text: str, path: Path, first_line: int, kind: type, fix: str):
+    """`text` (starting at line `first_line` of `path`) parsed as a JSON `kind`, else ValueError."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{first_line + e.lineno - 1}: not JSON ({e.msg}): {fix}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}:{first_line}: a JSON {type(value).__name__}, not a "
+                         f"{kind.__name__}: {fix}")
+    return value
+
+
+def read_mooncake(path: Path) -> Iterator[Request]:
+    """Requests of a Mooncake JSONL trace (`timestamp` in ms), in file order."""
+    first_ms: float | None = None
+    previous_s = 0.0
+    row = 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            obj = _parse_json(line, path, line_no, dict, 'write one {"timestamp", '
+                              '"input_length", "output_length"} object per line')
+            for key in ("timestamp", "input_length", "output_length"):
+                if key not in obj:
+                    raise ValueError(f"{where}: no {key!r} key: every line needs timestamp "
+                                     "(ms), input_length and output_length")
+            stamp = obj["timestamp"]
+            if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) \
+                    or not math.isfinite(stamp):
+                raise _bad(where, "timestamp", stamp, "use a number of milliseconds")
+            counts = []
+            for key in ("input_length", "output_length"):
+                try:
+                    counts.append(_count(obj[key]))
+                except ValueError:
+                    raise _bad(where, key, obj[key], _COUNT_FIX) from None
+            if not isinstance(obj.get("hash_ids", []), list):
+                raise _bad(where, "hash_ids", obj["hash_ids"], "use a list of block hashes")
+            first_ms = stamp if first_ms is None else first_ms
+            arrival_s = (stamp - first_ms) / 1000.0
+            if arrival_s < previous_s:
+                raise _bad(where, "timestamp", stamp, "arrivals must not decrease; sort the "
+                           "lines by timestamp")
+            previous_s = arrival_s
+            yield Request(str(row), arrival_s, counts[0], counts[1])
+            row += 1
+
+
+def _first_exchange(turns: list, where: str) -> tuple[str, str] | None:
+    """(prompt, answer): the first human turn followed by a gpt turn, or None."""
+    for turn in turns:
+        if not isinstance(turn, dict) or "from" not in turn:
+            raise ValueError(f"{where}: turn {turn!r:.80} is not a {{'from', 'value'}} object: "
+                             "fix the conversation")
+    for ask, answer in zip(turns, turns[1:]):
+        if ask["from"] == "human" and answer["from"] == "gpt":
+            for turn in (ask, answer):
+                if not isinstance(turn.get("value"), str):
+                    raise _bad(where, "value", turn.get("value"), "a turn's value is its text")
+            return ask["value"], answer["value"]
+    return None
+
+
+def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
+                  arrivals_s: Iterable[float]) -> Iterator[Request]:
+    """Requests of a ShareGPT JSON file, arrival times taken in order from `arrivals_s`.
+
+    Prompt: the first human turn followed by a gpt turn; output length: that gpt turn's length.
+    Both are counted with `count_tokens`. Entries with no such pair are skipped (as vLLM's
+    benchmark skips short conversations); they take no arrival time. The JSON is parsed whole
+    (the stdlib has no streaming JSON reader), the requests are still yielded one by one.
+    """
+    entries = _parse_json(path.read_text(encoding="utf-8"), path, 1, list,
+                          "a ShareGPT file is one JSON list of conversations")
+    arrivals = iter(arrivals_s)
+    first_s: float | None = None
+    for index, entry in enumerate(entries):
+        where = f"{path}: entry {index}"
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(turns, list):
+            raise _bad(where, "conversations", turns, "each entry needs a list of turns")
+        exchange = _first_exchange(turns, where)
+        if exchange is None:
+            continue
+        arrival = next(arrivals, None)
+        if arrival is None:
+            raise ValueError(f"{path}: arrivals_s ran out at entry {index}: pass an unbounded "
+                             "arrival process such as iter_arrival_times_s(rate, seed=...)")
+        first_s = arrival if first_s is None else first_s
+        prompt, answer = exchange
+        yield Request(str(entry.get("id", index)), float(arrival - first_s),
+                      count_tokens(prompt), count_tokens(answer), prompt)

@@ -1,0 +1,176 @@
+"""Request traces for `cent bench`: one `Request` record, readers for the common formats, options.
+
+Formats, in the column layout their publishers ship (reference/SERVING.md):
+
+- `vidur`: CSV `arrived_at, num_prefill_tokens, num_decode_tokens`, seconds.
+- `azure`: CSV `TIMESTAMP, ContextTokens, GeneratedTokens`, datetimes such as
+  `2023-11-16 18:15:46.6805900` (any number of fractional digits).
+- `burstgpt`: CSV `Timestamp, Model, Request tokens, Response tokens, Total tokens, Log Type`,
+  seconds.
+- `mooncake`: JSONL `{"timestamp": ms, "input_length", "output_length", "hash_ids"?}`.
+- `sharegpt`: JSON list of `{"id", "conversations": [{"from", "value"}, ...]}`; no timestamps,
+  so arrivals come from a synthetic process (`cent_serve.bench.synthetic`).
+
+The readers (`cent_serve.bench.readers`) stream requests in file order, each `arrival_s` seconds
+after the first row, with the file's own lengths (0 allowed). `load_trace` then applies
+`TraceOptions` in this order, the only order there is:
+
+1. start offset: drop the first `skip_requests` rows and every request that arrives before
+   `start_s` (seconds from the trace start); the first request kept arrives at 0.
+2. `num_requests`: keep at most that many.
+3. `time_scale`: multiply every inter-arrival time.
+4. `request_rate`: rescale the arrivals so the mean inter-arrival time is 1 / rate. This needs the
+   span of the selection, found by a first pass over the source; nothing is held in memory.
+5. clipping: prompt and output lengths into [1, `max_prompt_tokens`] and [1, `max_output_tokens`].
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cent_serve.bench.readers import (CSV_LAYOUTS, read_csv, read_mooncake, read_sharegpt,
+                                      sniff_csv_format)
+from cent_serve.bench.request import Request
+
+__all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", "apply_options"]
+
+FORMATS = ("vidur", "azure", "burstgpt", "mooncake", "sharegpt")
+"""Trace formats `load_trace` reads (the `fmt` argument)."""
+
+
+def _check(ok: bool, name: str, value: object, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: {fix}")
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """What part of a trace to replay and how; applied in the order of the module docstring."""
+
+    start_s: float = 0.0
+    """Drop requests that arrive before this many seconds from the trace start."""
+    skip_requests: int = 0
+    """Drop the first this many rows of the trace."""
+    num_requests: int | None = None
+    """Keep at most this many requests after the start offset (None: all)."""
+    time_scale: float = 1.0
+    """Multiply every inter-arrival time by this (2.0 replays at half the rate)."""
+    request_rate: float | None = None
+    """Rescale arrivals so the mean rate is this many requests per second (None: keep)."""
+    max_prompt_tokens: int | None = None
+    """Clip prompt lengths to at most this many tokens (None: no cap; always at least 1)."""
+    max_output_tokens: int | None = None
+    """Clip output lengths to at most this many tokens (None: no cap; always at least 1)."""
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.start_s) and self.start_s >= 0, "start_s", self.start_s,
+               "use a number of seconds >= 0")
+        _check(self.skip_requests >= 0, "skip_requests", self.skip_requests, "use a count >= 0")
+        _check(self.num_requests is None or self.num_requests >= 1, "num_requests",
+               self.num_requests, "use a count >= 1, or None for the whole trace")
+        _check(math.isfinite(self.time_scale) and self.time_scale > 0, "time_scale",
+               self.time_scale, "use a finite factor > 0")
+        _check(self.request_rate is None or (math.isfinite(self.request_rate)
+                                             and self.request_rate > 0),
+               "request_rate", self.request_rate, "use a finite rate > 0 in requests/s, or None")
+        # A rate override fixes the span whatever the time scale was; taking both would
+        # silently drop one of them.
+        _check(self.request_rate is None or self.time_scale == 1.0, "time_scale",
+               self.time_scale, "give either time_scale or request_rate, not both")
+        for name in ("max_prompt_tokens", "max_output_tokens"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, value, "use a cap >= 1, or None")
+
+
+def detect_format(path: str | Path) -> str:
+    """The trace format of `path`: `.jsonl` is mooncake, `.json` sharegpt, else the CSV header.
+
+    Raises ValueError when the header matches no known layout.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return "mooncake"
+    if suffix == ".json":
+        return "sharegpt"
+    return sniff_csv_format(path)
+
+
+def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | None = None, *,
+               count_tokens: Callable[[str], int] | None = None,
+               arrivals_s: Callable[[], Iterable[float]] | None = None) -> Iterator[Request]:
+    """Stream the requests of a trace file with `options` applied.
+
+    `fmt` is one of FORMATS (None: `detect_format`). ShareGPT needs `count_tokens` (text ->
+    token count, e.g. `lambda s: len(tok.encode(s, add_bos=False))`) and `arrivals_s`, a factory
+    of arrival times in seconds (e.g. `lambda: iter_arrival_times_s(rate=4.0, seed=0)`); a
+    factory because a rate override reads the source twice. The format and the path are checked
+    here; bad rows raise ValueError when iteration reaches them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"trace {str(path)!r} is not a file: give the path of a trace file")
+    fmt = fmt or detect_format(path)
+    _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}")
+    if fmt in CSV_LAYOUTS:
+        def make() -> Iterator[Request]:
+            return read_csv(path, fmt)
+    elif fmt == "mooncake":
+        def make() -> Iterator[Request]:
+            return read_mooncake(path)
+    else:
+        if count_tokens is None or arrivals_s is None:
+            raise ValueError(f"fmt='sharegpt' ({path}) has no token counts or timestamps: pass "
+                             "count_tokens=<text -> int> and arrivals_s=<factory of arrival times>")
+
+        def make() -> Iterator[Request]:
+            return read_sharegpt(path, count_tokens, arrivals_s())
+    return apply_options(make, options or TraceOptions())
+
+
+def apply_options(make_requests: Callable[[], Iterable[Request]],
+                  options: TraceOptions) -> Iterator[Request]:
+    """Apply `options` to the requests `make_requests()` yields (file order, arrivals sorted).
+
+    `make_requests` is called once, or twice with a rate override (span first, then requests).
+    """
+    factor = options.time_scale
+    if options.request_rate is not None:
+        num_kept, span_s = 0, 0.0
+        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options), start=1):
+            span_s = arrival_s
+        if num_kept < 2 or span_s <= 0:
+            raise ValueError(f"request_rate={options.request_rate!r} cannot be applied: the "
+                             f"selection has {num_kept} request(s) over {span_s} s; select at "
+                             "least two requests at different times")
+        factor = (num_kept - 1) / (span_s * options.request_rate)
+    return _transform(make_requests(), options, factor)
+
+
+def _select(requests: Iterable[Request], options: TraceOptions) -> Iterator[tuple[float, Request]]:
+    """Steps 1-2: (arrival from the first kept request, request) for the rows kept."""
+    start_s: float | None = None
+    num_kept = 0
+    for row, req in enumerate(requests):
+        if row < options.skip_requests or req.arrival_s < options.start_s:
+            continue
+        if options.num_requests is not None and num_kept >= options.num_requests:
+            return
+        if start_s is None:
+            start_s = req.arrival_s
+        num_kept += 1
+        yield req.arrival_s - start_s, req
+
+
+def _transform(requests: Iterable[Request], options: TraceOptions,
+               factor: float) -> Iterator[Request]:
+    """Steps 3-5: arrivals times `factor`, lengths clipped."""
+    max_prompt = options.max_prompt_tokens or math.inf
+    max_output = options.max_output_tokens or math.inf
+    for arrival_s, req in _select(requests, options):
+        yield Request(request_id=req.request_id, arrival_s=arrival_s * factor,
+                      num_prompt_tokens=int(min(max(req.num_prompt_tokens, 1), max_prompt)),
+                      num_output_tokens=int(min(max(req.num_output_tokens, 1), max_output)),
+                      prompt=req.prompt)

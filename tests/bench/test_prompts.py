@@ -1,0 +1,38 @@
+"""Synthetic prompts: exact token counts for the byte tokenizer, seeded."""
+from __future__ import annotations
+
+import pytest
+
+from cent_serve.bench import synthetic_prompt
+from cent_serve.bench.prompts import PRINTABLE_FIRST, PRINTABLE_LAST
+from cent_serve.model.tokenizer import ByteTokenizer
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2, 17, 1000])
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_exact_length_and_text_encodes_to_the_ids(num_tokens, add_bos):
+    tok = ByteTokenizer()
+    prompt = synthetic_prompt(num_tokens, seed=3, add_bos=add_bos)
+    assert len(prompt.token_ids) == num_tokens
+    assert tok.encode(prompt.text, add_bos=add_bos) == prompt.token_ids
+    assert tok.decode(prompt.token_ids) == prompt.text
+    body = prompt.token_ids[1:] if add_bos else prompt.token_ids
+    assert all(PRINTABLE_FIRST + 3 <= i <= PRINTABLE_LAST + 3 for i in body)
+    assert prompt.text.isprintable()
+
+
+def test_seeded():
+    a = synthetic_prompt(64, seed=(0, 5))
+    assert a == synthetic_prompt(64, seed=(0, 5))
+    assert a.token_ids != synthetic_prompt(64, seed=(0, 6)).token_ids
+    assert a.token_ids != synthetic_prompt(64, seed=0).token_ids
+    # All 95 printable bytes are drawn, not a narrower range.
+    assert len(set(synthetic_prompt(5000, seed=1, add_bos=False).text)) == 95
+
+
+def test_bos_only_and_refusals():
+    assert synthetic_prompt(1, seed=0) == synthetic_prompt(1, seed=9)
+    assert synthetic_prompt(1, seed=0).token_ids == [1] and synthetic_prompt(1, seed=0).text == ""
+    assert synthetic_prompt(0, seed=0, add_bos=False).token_ids == []
+    with pytest.raises(ValueError, match="num_tokens=0"):
+        synthetic_prompt(0, seed=0)
