@@ -167,3 +167,20 @@ def test_two_runs_are_bit_identical():
         _run(eng)
         return [(r.output_ids, r.token_times_s, r.energy_j) for r in reqs]
     assert run() == run()
+
+
+def test_data_parallel_replicas_when_devices_exceed_the_mapping():
+    ref_model = LlamaModel(TINY, WEIGHTS)
+    one, two = _engine(devices=8, pp=8), _engine(devices=16, pp=8)
+    assert (one.num_replicas, two.num_replicas) == (1, 2)
+    prompts = [[1, 30 + i, 40] for i in range(16)]
+    runs = {}
+    for name, eng in (("one", one), ("two", two)):
+        runs[name] = [eng.add_request(p, RequestParams(max_tokens=4, ignore_eos=True, sampling=GREEDY))
+                      for p in prompts]
+        _run(eng)
+    assert max(r.timing()["queue_s"] for r in runs["two"]) == 0.0  # 16 lanes: nobody waits
+    assert max(r.timing()["queue_s"] for r in runs["one"]) > 0.0  # 8 lanes: half of them wait
+    for p, r in zip(prompts, runs["two"]):
+        assert r.output_ids == generate(ref_model, p, 4, ignore_eos=True).token_ids
+    assert {d["replica"] for d in two.device_stats()} == {0, 1}
