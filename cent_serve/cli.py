@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     timing_cli.register(sub)
     from cent_serve import serve_cli
     serve_cli.register(sub)
+    from cent_serve.bench import cli as bench_cli
+    bench_cli.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

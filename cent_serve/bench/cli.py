@@ -1,0 +1,83 @@
+"""`cent bench run`: replay a trace (or a synthetic load) on emulated CENT devices.
+
+In-process only for now: the engine in virtual time, as fast as it can.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cent_serve.cli_common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="load-test with request traces", description=__doc__)
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    r = bsub.add_parser("run", help="replay one trace in-process and write results",
+                        description="Replay a trace through the engine in virtual time; write summary.json, "
+                                    "requests.csv, config.json and plots to --out.")
+    add_config_args(r)
+    src = r.add_argument_group("requests")
+    src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON); "
+                                     "default: the shipped sample (200 Azure conversation requests)")
+    src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
+    src.add_argument("--synthetic", choices=["poisson", "gamma"], help="synthetic arrivals instead of a file")
+    src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
+    src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
+    src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
+    src.add_argument("--num-requests", type=int, help="requests at most")
+    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
+    src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
+    src.add_argument("--rate", type=float, help="override the mean request rate (req/s)")
+    src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
+    src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
+    r.add_argument("--in-process", action="store_true", default=True,
+                   help="run the engine in this process in virtual time (the only mode so far)")
+    r.add_argument("--ray", action="store_true", help="device actors on Ray instead of in this process")
+    r.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS",
+                   help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
+    r.add_argument("--out", default="bench-results", help="results directory")
+    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.set_defaults(func=run_bench)
+
+
+def _requests(args: argparse.Namespace):
+    from cent_serve.bench import (FixedLengths, TraceOptions, load_trace, sample_trace_path,
+                                  synthetic_trace)
+
+    options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
+                           request_rate=args.rate if not args.synthetic else None,
+                           max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    if args.synthetic:
+        if args.rate is None or args.num_requests is None:
+            raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
+        burst = 1.0 if args.synthetic == "poisson" else args.burstiness
+        return list(synthetic_trace(args.num_requests, args.rate, burstiness=burst,
+                                    lengths=FixedLengths(args.prompt_len, args.output_len),
+                                    seed=args.seed or 0, options=options)), "synthetic"
+    path = Path(args.trace) if args.trace else sample_trace_path()
+    return list(load_trace(path, args.trace_format, options)), str(path)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from cent_serve.bench.report import parse_goodput, print_table, summarize, write_results
+    from cent_serve.bench.runner import run_in_process
+    from cent_serve.config import config_to_dict
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    slos = parse_goodput(args.goodput)
+    requests, source = _requests(args)
+    if not requests:
+        raise ValueError("the trace selection is empty: check --start-s / --num-requests")
+    kind = "ray" if args.ray else "local"
+    result = run_in_process(cfg, requests, kind, total=len(requests))
+    summary = summarize(result, slos)
+    summary.update(source=source, model=cfg.model.name, devices=cfg.parallel.num_devices)
+    out = Path(args.out)
+    write_results(out, result, summary, dict(config_to_dict(cfg), trace=source, executor=kind),
+                  plots=not args.no_plots)
+    print_table(summary)
+    print(f"results in {out}/")
+    return 0

@@ -1,0 +1,117 @@
+"""Results of a bench run: summary.json (vLLM's benchmark field names), requests.csv,
+config.json and PNG plots; and the terminal table."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cent_serve.bench.runner import BenchResult, RequestRecord
+
+PERCENTILES = (50, 90, 99)
+"""Reported besides mean and std (p50 is vLLM's 'median')."""
+SLO_METRICS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(specs: list[str]) -> dict[str, float]:
+    """`["ttft:200", "tpot:50"]` -> {"ttft": 200.0, "tpot": 50.0} (milliseconds)."""
+    out = {}
+    for spec in specs:
+        name, _, value = spec.partition(":")
+        if name not in SLO_METRICS:
+            raise ValueError(f"--goodput {spec!r} is invalid: use NAME:MS with NAME in {', '.join(SLO_METRICS)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--goodput {spec!r} is invalid: the value must be milliseconds, e.g. ttft:200") from None
+    return out
+
+
+def _stats(prefix: str, values_ms: list[float]) -> dict:
+    a = np.asarray(values_ms, dtype=float)
+    if a.size == 0:
+        return {f"mean_{prefix}_ms": None, f"median_{prefix}_ms": None, f"std_{prefix}_ms": None,
+                **{f"p{p}_{prefix}_ms": None for p in PERCENTILES if p != 50}}
+    out = {f"mean_{prefix}_ms": float(a.mean()), f"median_{prefix}_ms": float(np.median(a)),
+           f"std_{prefix}_ms": float(a.std())}
+    out.update({f"p{p}_{prefix}_ms": float(np.percentile(a, p)) for p in PERCENTILES if p != 50})
+    return out
+
+
+def meets(r: RequestRecord, slos: dict[str, float]) -> bool:
+    got = {"ttft": r.ttft_s, "tpot": r.tpot_s, "e2el": r.e2e_s}
+    return r.ok and all(got[k] is None or got[k] * 1e3 <= v for k, v in slos.items())
+
+
+def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict:
+    """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish)."""
+    ok = [r for r in result.records if r.ok]
+    failed = [r for r in result.records if not r.ok]
+    start = min((r.arrival_s for r in result.records), default=0.0)
+    end = max((r.finish_s for r in ok if r.finish_s is not None), default=start)
+    duration = max(end - start, 1e-12)
+    n_in = sum(r.num_prompt_tokens for r in ok)
+    n_out = sum(r.num_output_tokens for r in ok)
+    energy_mj = sum(r.energy_mj for r in result.records)
+    out = dict(duration=duration, completed=len(ok), failed=len(failed), total_input_tokens=n_in,
+               total_output_tokens=n_out, request_throughput=len(ok) / duration,
+               output_throughput=n_out / duration, total_token_throughput=(n_in + n_out) / duration)
+    out.update(_stats("ttft", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None]))
+    out.update(_stats("tpot", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None]))
+    out.update(_stats("itl", [x * 1e3 for r in ok for x in r.itls_s]))
+    out.update(_stats("e2el", [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None]))
+    if slos:
+        good = sum(1 for r in ok if meets(r, slos))
+        out.update(request_goodput=good / duration, goodput_slos_ms=slos, slo_attainment=good / max(1, len(ok)))
+    clock = result.clock_s
+    out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,
+               device_busy_fraction={_dev(d): (max(d["busy_s"].values(), default=0.0) / clock if clock else 0.0)
+                                     for d in result.devices},
+               preemptions=sum(r.preemptions for r in result.records),
+               failure_reasons=sorted({r.finish_reason for r in failed}),
+               time_unit="simulated seconds", wall_s=result.wall_s)
+    return out
+
+
+def _dev(d: dict) -> str:
+    return f"r{d.get('replica', 0)}d{d['device_id']}"
+
+
+CSV_FIELDS = ("request_id", "arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
+              "tpot_s", "e2e_s", "num_prompt_tokens", "num_output_tokens", "finish_reason", "energy_mj",
+              "preemptions", "error")
+
+
+def write_results(out_dir: Path, result: BenchResult, summary: dict, config: dict, plots: bool = True) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    with open(out_dir / "requests.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_FIELDS)
+        for r in sorted(result.records, key=lambda r: (r.arrival_s, r.request_id)):
+            queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
+            w.writerow([r.request_id, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
+                        r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
+                        r.energy_mj, r.preemptions, r.error])
+    if plots:
+        from cent_serve.bench.plots import plot_all
+        plot_all(out_dir, result)
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
+    print(f"{'duration (sim s)':<24}{summary['duration']:>12.3f}   wall {summary['wall_s']:.1f} s")
+    print(f"{'request throughput':<24}{summary['request_throughput']:>12.3f} req/s")
+    print(f"{'output throughput':<24}{summary['output_throughput']:>12.1f} tok/s")
+    print(f"{'total token throughput':<24}{summary['total_token_throughput']:>12.1f} tok/s")
+    if "request_goodput" in summary:
+        print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
+              f"({100 * summary['slo_attainment']:.1f}% meet {summary['goodput_slos_ms']})")
+    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ")
+    print(f"{'':<10}{'mean':>11}{'median':>11}{'p90':>11}{'p99':>11}  (ms, simulated)")
+    for m in ("ttft", "tpot", "itl", "e2el"):
+        vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]
+        print(f"{m:<10}" + "".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in vals))

@@ -1,0 +1,79 @@
+"""`cent bench run` in-process: figures against the timing model, determinism, saturation, outputs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cent_serve.bench import FixedLengths, Request, synthetic_trace
+from cent_serve.bench.report import summarize
+from cent_serve.bench.runner import run_in_process
+from cent_serve.cli import main
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.engine import Engine
+
+
+def _cfg(model="tiny", devices=8, pp=0, tp=1) -> CentConfig:
+    return CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp), numerics="off")
+
+
+def test_one_request_trace_gives_the_timing_models_prefill_and_decode():
+    cfg = _cfg("llama2-7b", 32, 32)
+    P, n = 128, 33
+    result = run_in_process(cfg, [Request("0", 2.5, P, n)], progress=False)
+    s = summarize(result)
+    timer = Engine(cfg, "local").timer
+    assert s["completed"] == 1 and s["failed"] == 0
+    assert s["mean_ttft_ms"] == pytest.approx(1e3 * sum(timer.token_s(L) for L in range(1, P + 1)), rel=1e-9)
+    assert s["mean_tpot_ms"] == pytest.approx(1e3 * sum(timer.token_s(L) for L in range(P + 1, P + n)) / (n - 1),
+                                              rel=1e-9)
+    assert s["total_output_tokens"] == n
+
+
+def test_results_are_deterministic():
+    def once():
+        reqs = synthetic_trace(40, rate=200.0, burstiness=0.5, lengths=FixedLengths(24, 12), seed=3)
+        s = summarize(run_in_process(_cfg(), reqs, progress=False), {"ttft": 5.0})
+        s.pop("wall_s")
+        return s
+    assert once() == once()
+
+
+def test_saturation_queues_in_ttft_while_tpot_stays_bounded_by_the_pipeline():
+    cfg = _cfg()
+    timer = Engine(cfg, "local").timer
+    light = summarize(run_in_process(cfg, synthetic_trace(30, rate=2.0, lengths=FixedLengths(32, 16), seed=1),
+                                     progress=False))
+    heavy = summarize(run_in_process(cfg, synthetic_trace(120, rate=1e5, lengths=FixedLengths(32, 16), seed=1),
+                                     progress=False))
+    single_ttft_ms = 1e3 * sum(timer.token_s(L) for L in range(1, 33))
+    assert light["p99_ttft_ms"] == pytest.approx(single_ttft_ms, rel=1e-6)  # nobody waited
+    assert heavy["p99_ttft_ms"] > 5 * single_ttft_ms  # 120 requests on 8 lanes: queueing
+    bound_ms = 1e3 * timer.token_s(48)
+    assert heavy["p99_tpot_ms"] <= bound_ms * 1.01 and light["p99_tpot_ms"] <= bound_ms * 1.01
+
+
+def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["bench", "run", "--numerics", "off", "--num-requests", "20", "--max-prompt-tokens", "64",
+                 "--max-output-tokens", "16", "--goodput", "ttft:50", "tpot:1", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("completed", "failed", "request_throughput", "output_throughput", "total_token_throughput",
+                "mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_itl_ms",
+                "mean_e2el_ms", "request_goodput", "energy_per_token_mj", "device_busy_fraction"):
+        assert key in s, key
+    assert s["completed"] == 20 and len(s["device_busy_fraction"]) == 8
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and all(r["finish_reason"] == "length" for r in rows)
+    assert all(int(r["num_prompt_tokens"]) <= 64 and int(r["num_output_tokens"]) <= 16 for r in rows)
+    assert json.loads((out / "config.json").read_text())["model"]["name"] == "tiny"
+    for png in ("latency_cdf.png", "timeline.png", "utilization.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ttft" in capsys.readouterr().out
+
+
+def test_bad_goodput_spec_is_a_clear_error(capsys):
+    assert main(["bench", "run", "--goodput", "latency:5"]) == 2
+    assert "--goodput 'latency:5' is invalid" in capsys.readouterr().err
