@@ -111,13 +111,15 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                 if params.sampling.seed is not None and body.n > 1:  # distinct but reproducible choices
                     from dataclasses import replace
                     params = replace(params, sampling=replace(params.sampling, seed=params.sampling.seed + index))
-                reqs.append(await loop.submit(ids, params, q, tag=index))
+                last = index == len(plans) - 1
+                reqs.append(await loop.submit(ids, params, q, tag=index, arrival_s=body.arrival_s,
+                                              hold_until_s=body.hold_until_s if last else None))
         except QueueFull as exc:
             abort_all(reqs)
             raise ApiError(str(exc), None, 429, "rate_limit_error", "queue_full") from None
         except ValueError as exc:
             abort_all(reqs)
-            raise ApiError(str(exc), "prompt") from None
+            raise ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else "prompt") from None
         return reqs, q
 
     def abort_all(reqs) -> None:
@@ -286,7 +288,8 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
     @app.get("/v1/cent/status")
     async def status():
         st, devices, fabrics = await loop.call(lambda e: (e.status(), e.device_stats(), e.fabric_stats()))
-        return dict(st, devices=devices, fabric=fabrics, clock_mode=loop.clock, last_fault=loop.fault)
+        return dict(st, devices=devices, fabric=fabrics, clock_mode=loop.clock, pace_factor=loop.pace_factor,
+                    last_fault=loop.fault)
 
     @app.get("/metrics")
     async def prometheus():

@@ -53,6 +53,11 @@ class _Common(BaseModel):
     frequency_penalty: float = 0.0
     logprobs: Union[bool, int, None] = None
     user: str | None = None
+    arrival_s: float | None = None
+    """cent-serve replay extension (virtual clock): the request's arrival in simulated seconds."""
+    hold_until_s: float | None = None
+    """cent-serve replay extension (virtual clock): start no round at or past this simulated
+    time until the next request arrives (the replayer's next arrival; null releases)."""
 
     def to_params(self, default_max_tokens: int, room: int) -> RequestParams:
         """Checked options of one choice. `room` = context left after the prompt."""

@@ -7,6 +7,9 @@ asyncio queue. Clock modes (DESIGN.md):
 
 - `virtual`: the engine runs rounds as fast as it can; a request arriving
   over HTTP gets the engine's simulated clock as its arrival time.
+  A trace replayer can send each request's trace arrival (`arrival_s`) and
+  hold the clock (`hold_until_s`: no round starts at or past it until the
+  next request comes), so an HTTP replay equals the in-process one.
 - `paced`: simulated time is tied to the wall clock (`pace_factor` wall
   seconds per simulated second): arrivals get the wall-derived simulated
   time, the engine does not run ahead of it, and the API releases each token
@@ -31,6 +34,9 @@ IDLE_POLL_S = 0.05
 """Wall seconds the idle engine thread waits for a command before looking again."""
 PACE_SLICE_S = 0.005
 """Longest wall sleep in paced mode before the inbox is looked at again."""
+HOLD_EXPIRY_S = 30.0
+"""Wall seconds a replay hold lasts without news from its client (a vanished client must
+not stop the clock forever)."""
 
 
 @dataclass
@@ -60,6 +66,8 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, name="cent-engine", daemon=True)
         self.wall_origin = time.monotonic()
         self.fault: str | None = None
+        self.hold_until_s: float | None = None
+        self._hold_expires = 0.0
 
     # ------------------------------------------------------------------ from the API
 
@@ -84,11 +92,18 @@ class EngineLoop:
             return 0.0
         return self.wall_origin + sim_s * self.pace_factor - time.monotonic()
 
-    async def submit(self, prompt_ids: list[int], params: RequestParams, q: asyncio.Queue, tag=None) -> Request:
+    async def submit(self, prompt_ids: list[int], params: RequestParams, q: asyncio.Queue, tag=None,
+                     arrival_s: float | None = None, hold_until_s: float | None = None) -> Request:
         """Queue a request whose progress arrives on `q` as (tag, Delta) items; raises what
-        `Engine.add_request` raises (ValueError, QueueFull) and then nothing was queued."""
+        `Engine.add_request` raises (ValueError, QueueFull) and then nothing was queued.
+        `arrival_s` and `hold_until_s` (virtual clock only) are a replayer's trace arrival
+        and clock hold (module docstring)."""
+        if self.clock == "paced" and (arrival_s is not None or hold_until_s is not None):
+            raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
+                             "arrivals from the wall clock")
         loop = asyncio.get_running_loop()
-        return await self.call(lambda eng: self._add(eng, prompt_ids, params, loop, q, tag))
+        return await self.call(lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, arrival_s,
+                                                     hold_until_s))
 
     def abort(self, request_id: str) -> None:
         self.inbox.put(("abort", request_id, None))
@@ -101,11 +116,28 @@ class EngineLoop:
 
     # ------------------------------------------------------------------ the thread
 
-    def _add(self, eng: Engine, prompt_ids, params, loop, q, tag) -> Request:
-        arrival = max(eng.now_s, self.sim_now_s()) if self.clock == "paced" else None
+    def _add(self, eng: Engine, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s) -> Request:
+        arrival = max(eng.now_s, self.sim_now_s()) if self.clock == "paced" else arrival_s
         req = eng.add_request(prompt_ids, params, arrival_s=arrival)
         self.streams[req.request_id] = (loop, q, tag, [0, 0])
+        if hold_until_s is not None:  # the replayer sends one request at a time, in arrival order
+            self.hold_until_s = hold_until_s
+            self._hold_expires = time.monotonic() + HOLD_EXPIRY_S
         return req
+
+    def _held(self, eng: Engine) -> bool:
+        """Whether the next round would start at or past a replayer's hold."""
+        if self.hold_until_s is None:
+            return False
+        if time.monotonic() > self._hold_expires:
+            log.warning("replay hold at %.6f s expired: no request for %.0f s", self.hold_until_s, HOLD_EXPIRY_S)
+            self.hold_until_s = None
+            return False
+        start = eng.now_s
+        if not eng.scheduler.num_running:
+            nxt = eng.scheduler.next_arrival_s()
+            start = max(start, nxt) if nxt is not None else start
+        return start >= self.hold_until_s
 
     def _handle(self, cmd) -> None:
         if cmd is None:
@@ -133,8 +165,9 @@ class EngineLoop:
     def _run(self) -> None:
         eng = self.engine
         while not self._stop.is_set():
-            self._drain(block=not eng.has_work())
-            if not eng.has_work():
+            held = self._held(eng)
+            self._drain(block=held or not eng.has_work())
+            if held or not eng.has_work():
                 continue
             if self.clock == "paced":
                 wait = self.wall_delay_s(eng.now_s)

@@ -1,7 +1,5 @@
-"""`cent bench run`: replay a trace (or a synthetic load) on emulated CENT devices.
-
-In-process only for now: the engine in virtual time, as fast as it can.
-"""
+"""`cent bench run`: replay a trace (or a synthetic load) on emulated CENT devices, in-process
+(the engine in virtual time, as fast as it can) or against a running server (`--url`)."""
 from __future__ import annotations
 
 import argparse
@@ -32,9 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--rate", type=float, help="override the mean request rate (req/s)")
     src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
     src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
-    r.add_argument("--in-process", action="store_true", default=True,
-                   help="run the engine in this process in virtual time (the only mode so far)")
-    r.add_argument("--ray", action="store_true", help="device actors on Ray instead of in this process")
+    r.add_argument("--url", help="replay against this running server (e.g. http://127.0.0.1:8000) instead "
+                                 "of in-process")
+    r.add_argument("--in-process", action="store_true",
+                   help="run the engine in this process in virtual time (the default without --url)")
+    r.add_argument("--ray", action="store_true", help="in-process: device actors on Ray")
+    r.add_argument("--concurrency", type=int, default=256, help="--url: requests in flight at most "
+                                                                "(paced or non-cent servers)")
+    r.add_argument("--api-key", help="--url: bearer key")
     r.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS",
                    help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
     r.add_argument("--out", default="bench-results", help="results directory")
@@ -61,7 +64,8 @@ def _requests(args: argparse.Namespace):
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cent_serve.bench.report import parse_goodput, print_table, summarize, write_results
+    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, summarize,
+                                         write_results)
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict
 
@@ -71,13 +75,27 @@ def run_bench(args: argparse.Namespace) -> int:
     requests, source = _requests(args)
     if not requests:
         raise ValueError("the trace selection is empty: check --start-s / --num-requests")
-    kind = "ray" if args.ray else "local"
-    result = run_in_process(cfg, requests, kind, total=len(requests))
+    if args.url and args.in_process:
+        raise ValueError("--url and --in-process are two ways to run: give one of them")
+    if args.url:
+        import asyncio
+
+        from cent_serve.bench.http_client import replay_http
+        kind = f"http {args.url}"
+        result, client = asyncio.run(replay_http(args.url, requests, args.concurrency, cfg.scheduler.seed,
+                                                 args.api_key))
+    else:
+        kind = "ray" if args.ray else "local"
+        result, client = run_in_process(cfg, requests, kind, total=len(requests)), None
     summary = summarize(result, slos)
+    if client is not None:
+        summary.update(client_wall_stats(client), server_clock=client["server_clock"])
     summary.update(source=source, model=cfg.model.name, devices=cfg.parallel.num_devices)
     out = Path(args.out)
-    write_results(out, result, summary, dict(config_to_dict(cfg), trace=source, executor=kind),
-                  plots=not args.no_plots)
+    config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
+                   trace=source, url=args.url) if args.url
+              else dict(config_to_dict(cfg), trace=source, executor=kind))
+    write_results(out, result, summary, config, plots=not args.no_plots)
     print_table(summary)
     print(f"results in {out}/")
     return 0

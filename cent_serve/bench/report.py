@@ -47,14 +47,15 @@ def meets(r: RequestRecord, slos: dict[str, float]) -> bool:
 
 def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict:
     """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish)."""
-    ok = [r for r in result.records if r.ok]
-    failed = [r for r in result.records if not r.ok]
-    start = min((r.arrival_s for r in result.records), default=0.0)
+    records = sorted(result.records, key=lambda r: (r.arrival_s, r.request_id))  # sums in one order
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    start = min((r.arrival_s for r in records), default=0.0)
     end = max((r.finish_s for r in ok if r.finish_s is not None), default=start)
     duration = max(end - start, 1e-12)
     n_in = sum(r.num_prompt_tokens for r in ok)
     n_out = sum(r.num_output_tokens for r in ok)
-    energy_mj = sum(r.energy_mj for r in result.records)
+    energy_mj = sum(r.energy_mj for r in records)
     out = dict(duration=duration, completed=len(ok), failed=len(failed), total_input_tokens=n_in,
                total_output_tokens=n_out, request_throughput=len(ok) / duration,
                output_throughput=n_out / duration, total_token_throughput=(n_in + n_out) / duration)
@@ -69,7 +70,7 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
     out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,
                device_busy_fraction={_dev(d): (max(d["busy_s"].values(), default=0.0) / clock if clock else 0.0)
                                      for d in result.devices},
-               preemptions=sum(r.preemptions for r in result.records),
+               preemptions=sum(r.preemptions for r in records),
                failure_reasons=sorted({r.finish_reason for r in failed}),
                time_unit="simulated seconds", wall_s=result.wall_s)
     return out
@@ -77,6 +78,15 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
 
 def _dev(d: dict) -> str:
     return f"r{d.get('replica', 0)}d{d['device_id']}"
+
+
+def client_wall_stats(client: dict) -> dict:
+    """The HTTP client's own wall-clock TTFT and E2E (what an unmodified benchmark would see)."""
+    per = client["per_request"].values()
+    out = {}
+    out.update(_stats("client_wall_ttft", [1e3 * w["ttft_s"] for w in per if w["ttft_s"] is not None]))
+    out.update(_stats("client_wall_e2el", [1e3 * w["e2e_s"] for w in per if w["e2e_s"] is not None]))
+    return out
 
 
 CSV_FIELDS = ("request_id", "arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
