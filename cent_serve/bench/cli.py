@@ -1,5 +1,10 @@
-"""`cent bench run`: replay a trace (or a synthetic load) on emulated CENT devices, in-process
-(the engine in virtual time, as fast as it can) or against a running server (`--url`)."""
+"""`cent bench`: load tests on emulated CENT devices.
+
+- `run`: replay a trace (or a synthetic load) in-process (the engine in virtual time, as fast
+  as it can) or against a running server (`--url`).
+- `sweep`: the same trace at several request rates.
+- `paper`: the paper's mappings on one trace, beside the GPU baseline.
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,20 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Replay a trace through the engine in virtual time; write summary.json, "
                                     "requests.csv, config.json and plots to --out.")
     add_config_args(r)
-    src = r.add_argument_group("requests")
-    src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON); "
-                                     "default: the shipped sample (200 Azure conversation requests)")
-    src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
-    src.add_argument("--synthetic", choices=["poisson", "gamma"], help="synthetic arrivals instead of a file")
-    src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
-    src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
-    src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
-    src.add_argument("--num-requests", type=int, help="requests at most")
-    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
-    src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
-    src.add_argument("--rate", type=float, help="override the mean request rate (req/s)")
-    src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
-    src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
+    _add_request_args(r)
     r.add_argument("--url", help="replay against this running server (e.g. http://127.0.0.1:8000) instead "
                                  "of in-process")
     r.add_argument("--in-process", action="store_true",
@@ -43,6 +35,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default="bench-results", help="results directory")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.set_defaults(func=run_bench)
+
+    sw = bsub.add_parser("sweep", help="one trace at several request rates: latency vs throughput, goodput",
+                         description="Replay the trace at each --rates value (in-process); write sweep.json "
+                                     "and sweep.png with DistServe's goodput (highest rate at which 90%% of "
+                                     "requests meet the --goodput SLOs).")
+    add_config_args(sw)
+    _add_request_args(sw)
+    sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
+    sw.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
+    sw.add_argument("--out", default="bench-sweep", help="results directory")
+    sw.set_defaults(func=run_sweep_cmd)
+
+    pa = bsub.add_parser("paper", help="the paper's mappings on one trace, beside the GPU baseline",
+                         description="Replay one trace on every mapping the paper evaluates for --devices "
+                                     "(pure pipeline, hybrids, full tensor parallel); write paper.json/.csv and "
+                                     "paper.png. Throughput is what the trace's arrivals allow: add --rate to "
+                                     "saturate the devices for a peak-throughput comparison with the GPUs.")
+    add_config_args(pa)
+    _add_request_args(pa)
+    pa.add_argument("--out", default="bench-paper", help="results directory")
+    pa.set_defaults(func=run_paper_cmd)
+
+
+def _add_request_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("requests")
+    src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON); "
+                                     "default: the shipped sample (200 Azure conversation requests)")
+    src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
+    src.add_argument("--synthetic", choices=["poisson", "gamma"], help="synthetic arrivals instead of a file")
+    src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
+    src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
+    src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
+    src.add_argument("--num-requests", type=int, help="requests at most")
+    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
+    src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
+    src.add_argument("--rate", type=float, help="override the mean request rate (req/s)")
+    src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
+    src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
 
 def _requests(args: argparse.Namespace):
@@ -98,4 +128,37 @@ def run_bench(args: argparse.Namespace) -> int:
     write_results(out, result, summary, config, plots=not args.no_plots)
     print_table(summary)
     print(f"results in {out}/")
+    return 0
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from cent_serve.bench.report import parse_goodput
+    from cent_serve.bench.sweep import run_sweep
+
+    cfg = config_from_args(args)
+    slos = parse_goodput(args.goodput)
+    try:
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--rates {args.rates!r} is invalid: give numbers separated by commas, e.g. 0.5,1,2") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise ValueError(f"--rates {args.rates!r} is invalid: give positive request rates")
+
+    def requests_at(rate: float) -> list:
+        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}))[0]
+
+    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out))
+    g = sweep["distserve_goodput_rate"]
+    print(f"DistServe goodput: {g if g is not None else 'no rate'} req/s; results in {args.out}/")
+    return 0
+
+
+def run_paper_cmd(args: argparse.Namespace) -> int:
+    from cent_serve.bench.sweep import run_paper
+    from cent_serve.timing.cli import sweep_mappings
+
+    cfg = config_from_args(args)
+    requests, _ = _requests(args)
+    run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
+    print(f"results in {args.out}/")
     return 0

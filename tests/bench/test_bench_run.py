@@ -77,3 +77,30 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
 def test_bad_goodput_spec_is_a_clear_error(capsys):
     assert main(["bench", "run", "--goodput", "latency:5"]) == 2
     assert "--goodput 'latency:5' is invalid" in capsys.readouterr().err
+
+
+def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    # TTFT SLO of 1.2x a lone request's prefill: met at a low rate, missed once requests queue
+    timer = Engine(_cfg(), "local").timer
+    slo_ms = 1.2e3 * sum(timer.token_s(L) for L in range(1, 33))
+    assert main(["bench", "sweep", "--numerics", "off", "--synthetic", "poisson", "--num-requests", "80",
+                 "--prompt-len", "32", "--output-len", "8", "--rates", "5,5000",
+                 "--goodput", f"ttft:{slo_ms}", "tpot:1", "--out", str(out)]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    low, high = sweep["rows"]
+    assert low["slo_attainment"] >= 0.9 > high["slo_attainment"]
+    assert sweep["distserve_goodput_rate"] == 5.0
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
+    out = tmp_path / "paper"
+    assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off",
+                 "--num-requests", "12", "--max-prompt-tokens", "16", "--max-output-tokens", "4", "--rate", "100",
+                 "--out", str(out)]) == 0
+    paper = json.loads((out / "paper.json").read_text())
+    assert [(r["pp"], r["tp"]) for r in paper["rows"]] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
+    assert all(r["completed"] == 12 and r["throughput_ratio"] > 0 for r in paper["rows"])
+    assert paper["gpu_baseline"]["gpus"] == 1
+    assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
