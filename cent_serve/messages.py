@@ -3,7 +3,8 @@
 They carry only what changed (STYLE.md, vLLM's CachedRequestData): sequence
 ids, positions, token ids for the first stage, activations, and `ready_s`,
 the simulated time at which the payload exists (DESIGN.md: simulated time
-travels with the data).
+travels with the data). `Wave` is the same round in columns, the form the
+workers compute on and the links between actors carry.
 """
 from __future__ import annotations
 

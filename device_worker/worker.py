@@ -1,8 +1,9 @@
 """A CENT device: its stages' weight shard, a paged KV cache, busy-until clocks, counters.
 
 Plain Python (the Ray actor in `actor.py` only wraps it). One call,
-`run(micro_batches)`, pushes every micro-batch of a round through all the
-stages resident on this device and returns them stamped with `ready_s`.
+`run_wave(wave)` (or `run(micro_batches)`), pushes every micro-batch of a round
+through all the stages resident on this device and returns them stamped with
+`ready_s`.
 
 Two passes, kept apart so timing-only and full numerics charge identical time:
 

@@ -8,6 +8,8 @@ Activations go device -> fabric -> device, never through the driver.
 """
 from __future__ import annotations
 
+import threading
+
 import ray
 
 from cent_serve.config import CentConfig
@@ -71,19 +73,25 @@ class RayExecutor:
         self.link = Link.connect(tuple(switch), ("host",))
         self._sent = self._received = 0
         self._replies: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # one host link: submits and waits from several threads take turns
 
     def submit(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> RoundHandle:
         """Send a whole round without waiting; rounds run in the order they are sent."""
-        self.link.send(("round", Wave.from_micro_batches(mbs), tuple(free_seq_ids)))
-        self._sent += 1
-        return RoundHandle(self, self._sent - 1, {mb.mb_id: mb.seqs for mb in mbs})
+        wave = Wave.from_micro_batches(mbs)
+        with self._lock:
+            self.link.send(("round", wave, tuple(free_seq_ids)))
+            self._sent += 1
+            return RoundHandle(self, self._sent - 1, {mb.mb_id: mb.seqs for mb in mbs})
 
     def _wait(self, number: int, timeout_s: float) -> Wave:
-        while number not in self._replies:
-            assert self._received < self._sent, f"round {number} was never sent"
-            self._replies[self._received] = self.link.recv(timeout_s)
-            self._received += 1
-        kind, payload = self._replies.pop(number)
+        """Read replies (they come in the order rounds were sent) until round `number`'s.
+        After a timeout the link may be mid-message: the executor is then unusable."""
+        with self._lock:
+            while number not in self._replies:
+                assert self._received < self._sent, f"round {number} was never sent"
+                self._replies[self._received] = self.link.recv(timeout_s)
+                self._received += 1
+            kind, payload = self._replies.pop(number)
         if kind == "error":
             raise payload
         return payload
