@@ -61,6 +61,11 @@ class PagedKVCache:
 
     def grow(self, seq_id: int, new_total_tokens: int) -> None:
         """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
+        table = self.block_tables.get(seq_id)
+        if table is not None and new_total_tokens <= len(table) * self.block_tokens:  # fits: no block
+            if new_total_tokens > self.seq_tokens[seq_id]:
+                self.seq_tokens[seq_id] = new_total_tokens
+            return
         table = self.block_tables.setdefault(seq_id, [])
         need = self.blocks_needed(new_total_tokens) - len(table)
         if need > 0:

@@ -1,8 +1,9 @@
 """A CENT device: its stages' weight shard, a paged KV cache, busy-until clocks, counters.
 
 Plain Python (the Ray actor in `actor.py` only wraps it). One call,
-`run(micro_batches)`, pushes every micro-batch of a round through all the
-stages resident on this device and returns them stamped with `ready_s`.
+`run_wave(wave)` (or `run(micro_batches)`), pushes every micro-batch of a round
+through all the stages resident on this device and returns them stamped with
+`ready_s`.
 
 Two passes, kept apart so timing-only and full numerics charge identical time:
 
@@ -29,7 +30,7 @@ from typing import Generator
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.messages import MicroBatch
+from cent_serve.messages import MicroBatch, Wave
 from cent_serve.model.layers import rms_norm
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
@@ -81,6 +82,12 @@ class DeviceWorker:
             self.busy[name] = 0.0
         self._group_names = {g: f"group{g}" for g in self.group_free_s}
         self._cost_cache: dict[int, tuple[float, float, float]] = {}
+        assert len(self.group_free_s) == len(self.stages), f"stages share a channel group: {self.stages}"
+        # per stage: its channel group and, per block, whether the block's output leaves the device
+        self._block_plan = [(s.channel_group, tuple(b == self.last_block and not self.has_lm_head
+                                                    for b in s.blocks)) for s in self.stages]
+        self._blocks_per_call = sum(len(s.blocks) for s in self.stages)
+        self._local_hops = sum(not x for _, flags in self._block_plan for x in flags)
         self._head_energy_j = head_energy_j(self.timer) / self.tp
         m = cfg.model
         self.weight_bytes = device_weight_bytes(m, mp, device_id)
@@ -114,18 +121,27 @@ class DeviceWorker:
 
     def run(self, micro_batches: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()
             ) -> Generator[Exchange, np.ndarray, list[MicroBatch]]:
-        """Run every micro-batch through this device's stages; see the module docstring."""
+        """`run_wave` on MicroBatches (returned with the caller's own SeqStep lists)."""
+        out = yield from self.run_wave(Wave.from_micro_batches(micro_batches), free_seq_ids)
+        return out.to_micro_batches({mb.mb_id: mb.seqs for mb in micro_batches})
+
+    def run_wave(self, wave: Wave, free_seq_ids: tuple[int, ...] = ()
+                 ) -> Generator[Exchange, np.ndarray, Wave]:
+        """Run every micro-batch through this device's stages; see the module docstring.
+        Returns the wave in mb_id order, stamped with the time each left this device."""
         self.counters.calls += 1
         for sid in free_seq_ids:
             self.free(sid)
-        for mb in micro_batches:
-            for s in mb.seqs:
-                self.kv.grow(s.seq_id, s.end)
-        outs = [self._charge_time(mb) for mb in sorted(micro_batches, key=lambda b: (b.ready_s, b.mb_id))]
-        outs.sort(key=lambda b: b.mb_id)
+        grow = self.kv.grow
+        for seqs in wave.seqs:
+            for s in seqs:
+                grow(s[0], s[1] + s[2])
+        done_s = self._charge_time(wave)
+        order = wave.id_order()
+        out = wave.take(order, done_s, hidden=None if wave.hidden is None else [wave.hidden[i] for i in order])
         if self.numerics:
-            yield from self._compute(outs)
-        return outs
+            yield from self._compute(out)
+        return out
 
     def free(self, seq_id: int) -> None:
         """Forget a finished or aborted sequence: KV blocks and values, at once."""
@@ -143,51 +159,75 @@ class DeviceWorker:
                                                block_energy_j(t, context) / self.tp)
         return hit
 
-    def _charge_time(self, mb: MicroBatch) -> MicroBatch:
-        timer, tb, c = self.timer, self.timer.mapping.tb, self.counters
-        n_tok = sum(s.num_tokens for s in mb.seqs)
-        pim = acc = energy = 0.0
-        for s in mb.seqs:
-            for L in range(s.start + 1, s.end + 1):
-                p, a, e = self._token_cost(L)
-                pim, acc, energy = pim + p, acc + a, energy + e
-        cost = pim + acc * tb + timer.collectives_s(n_tok)
-        hop = timer.hop_s(n_tok)
-        t = mb.ready_s
-        if self.has_embedding:
-            start = max(self.embed_free_s, t)
-            t = self.embed_free_s = start + timer.embed_lookup_s * n_tok
-            self.busy["embedding"] += t - start
-        blocks = 0
-        for stage in self.stages:
-            g = stage.channel_group
-            free = self.group_free_s[g]
-            for b in stage.blocks:
-                start = free if free > t else t
-                free = start + cost
-                # shared accelerator: its own work, serialized (lockstep folds the waiting into cost)
-                self.acc_free_s = max(self.acc_free_s, start + pim) + acc
-                if b == self.last_block and not self.has_lm_head:
-                    t = free  # the fabric carries this hop to the next device
-                else:  # next block (or the LM head) on this device: the DMA engine moves it
-                    start = free if free > self.dma_free_s else self.dma_free_s
-                    t = self.dma_free_s = start + hop
-                    self.busy["dma"] += hop
-                    c.hop_bytes_local += 2 * n_tok * self.cfg.model.hidden_size
+    def _charge_time(self, w: Wave) -> list[float]:
+        """Push the wave's columns, in arrival order, through this device's busy-until clocks;
+        returns the time each column's output exists (its last block's end, or the LM head's).
+
+        One pass with the clocks in locals: every float operation is the one a per-micro-batch
+        version would do, in the same order, so the results are bit for bit the same."""
+        timer, tb, c, busy = self.timer, self.timer.mapping.tb, self.counters, self.busy
+        token_cost, coll_s, hop_of = self._token_cost, timer.collectives_s, timer.hop_s
+        embed_s, head_s, head_e = timer.embed_lookup_s, timer.lm_head_s, self._head_energy_j
+        has_embedding, has_head, blocks = self.has_embedding, self.has_lm_head, self._blocks_per_call
+        plan = self._block_plan
+        gfree = [self.group_free_s[g] for g, _ in plan]
+        gbusy = [busy[self._group_names[g]] for g, _ in plan]
+        embed_free, head_free, acc_free, dma_free = self.embed_free_s, self.head_free_s, self.acc_free_s, self.dma_free_s
+        b_embed, b_head, b_acc, b_dma = busy["embedding"], busy["lm_head"], busy["accelerator"], busy["dma"]
+        energy_j, tokens = c.energy_j, 0
+        ready, all_seqs, all_tokens = w.ready_s, w.seqs, w.tokens
+        done = [0.0] * len(ready)
+        cache = self._cost_cache
+        for i in w.arrival_order():
+            seqs, n_tok = all_seqs[i], all_tokens[i]
+            pim = acc = energy = 0.0
+            for s in seqs:
+                for L in range(s[1] + 1, s[1] + s[2] + 1):
+                    p, a, e = cache.get(L) or token_cost(L)
+                    pim, acc, energy = pim + p, acc + a, energy + e
+            cost = pim + acc * tb + coll_s(n_tok)
+            hop = hop_of(n_tok)
+            t = ready[i]
+            if has_embedding:
+                start = t if t > embed_free else embed_free
+                t = embed_free = start + embed_s * n_tok
+                b_embed += t - start
+            for j, (_, to_fabric) in enumerate(plan):
+                free = gfree[j]
+                for is_last in to_fabric:
+                    start = free if free > t else t
+                    free = start + cost
+                    # shared accelerator: its own work, serialized (lockstep folds the waiting into cost)
+                    x = start + pim
+                    acc_free = (x if x > acc_free else acc_free) + acc
+                    if is_last:
+                        t = free  # the fabric carries this hop to the next device
+                    else:  # next block (or the LM head) on this device: the DMA engine moves it
+                        start = free if free > dma_free else dma_free
+                        t = dma_free = start + hop
+                        b_dma += hop
+                gfree[j] = free
+                gbusy[j] += cost * len(to_fabric)
+            b_acc += acc * blocks
+            energy_j += energy * blocks
+            if has_head:
+                n_heads = len(seqs)
+                start = t if t > head_free else head_free
+                t = head_free = start + head_s * n_heads
+                b_head += t - start
+                energy_j += head_e * n_heads
+            done[i] = t
+            tokens += n_tok
+        for (g, _), free, b in zip(plan, gfree, gbusy):
             self.group_free_s[g] = free
-            self.busy[self._group_names[g]] += cost * len(stage.blocks)
-            blocks += len(stage.blocks)
-        self.busy["accelerator"] += acc * blocks
-        c.energy_j += energy * blocks
-        c.block_steps += blocks
-        if self.has_lm_head:
-            n_heads = len(mb.seqs)
-            start = max(self.head_free_s, t)
-            t = self.head_free_s = start + timer.lm_head_s * n_heads
-            self.busy["lm_head"] += t - start
-            c.energy_j += self._head_energy_j * n_heads
-        c.tokens += n_tok
-        return MicroBatch(mb_id=mb.mb_id, seqs=mb.seqs, ready_s=t, hidden=mb.hidden)
+            busy[self._group_names[g]] = b
+        self.embed_free_s, self.head_free_s, self.acc_free_s, self.dma_free_s = embed_free, head_free, acc_free, dma_free
+        busy["embedding"], busy["lm_head"], busy["accelerator"], busy["dma"] = b_embed, b_head, b_acc, b_dma
+        c.energy_j = energy_j
+        c.tokens += tokens
+        c.block_steps += blocks * len(ready)
+        c.hop_bytes_local += self._local_hops * 2 * tokens * self.cfg.model.hidden_size
+        return done
 
     # ------------------------------------------------------------------ numerics
 
@@ -197,22 +237,23 @@ class DeviceWorker:
         full = yield ("all_gather", tag, local)
         return full
 
-    def _compute(self, mbs: list[MicroBatch]) -> Generator[Exchange, np.ndarray, None]:
-        """Numerics of all micro-batches together, block by block (one exchange per point)."""
+    def _compute(self, w: Wave) -> Generator[Exchange, np.ndarray, None]:
+        """Numerics of all micro-batches together, block by block (one exchange per point);
+        sets the wave's hidden (or, after the LM head, logits)."""
         m = self.cfg.model
-        seqs = [s for mb in mbs for s in mb.seqs]
+        seqs = [s for ss in w.seqs for s in ss]  # (seq_id, start, num_tokens, token_ids, _)
         if self.has_embedding:
-            ids = np.concatenate([np.asarray(s.token_ids, dtype=np.int64) for s in seqs])
+            ids = np.concatenate([np.asarray(s[3], dtype=np.int64) for s in seqs])
             if ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
                 raise ValueError(f"token id outside the vocabulary [0, {m.vocab_size})")
             x = self.embed[ids].astype(np.float32)  # (tokens, D)
         else:
-            x = np.concatenate([mb.hidden for mb in mbs])  # (tokens, D)
-        for sid in {s.seq_id for s in seqs}:
+            x = np.concatenate(w.hidden)  # (tokens, D)
+        for sid in {s[0] for s in seqs}:
             if sid not in self.seq_kv:
                 any_shard = next(iter(self.shards.values()))
                 self.seq_kv[sid] = ShardKV(len(self.shards), any_shard.num_kv_heads, m.head_dim)
-        bounds = np.cumsum([0] + [s.num_tokens for s in seqs])
+        bounds = np.cumsum([0] + [s[2] for s in seqs])
         for stage in self.stages:
             for b in stage.blocks:
                 x = yield from self._block(b, x, seqs, bounds)
@@ -220,14 +261,17 @@ class DeviceWorker:
             last = [bounds[i + 1] - 1 for i, s in enumerate(seqs)]
             h = rms_norm(x[last], self.final_norm, m.rms_norm_eps)
             logits = yield from self._gather("logits", h @ self.lm_head.T)  # (seqs, vocab)
-        for mb in mbs:
-            n = len(mb.seqs)
-            if self.has_lm_head:
-                mb.logits, logits = logits[:n], logits[n:]
-                mb.hidden = None
-            else:
-                k = mb.num_tokens
-                mb.hidden, x = x[:k], x[k:]
+            w.hidden, w.logits = None, []
+            for ss in w.seqs:
+                n = len(ss)
+                part, logits = logits[:n], logits[n:]
+                w.logits.append(part)
+        else:
+            w.hidden = []
+            for i in range(len(w)):
+                k = w.tokens[i]
+                part, x = x[:k], x[k:]
+                w.hidden.append(part)
 
     def _block(self, b: int, x: np.ndarray, seqs, bounds) -> Generator[Exchange, np.ndarray, np.ndarray]:
         """One block for all sequences: shared projections, per-sequence attention."""
@@ -236,7 +280,7 @@ class DeviceWorker:
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
-        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s.start, self.seq_kv[s.seq_id], layer)
+        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer)
                  for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
         o = yield from self._gather("o_proj", attn @ sh.wo.T)

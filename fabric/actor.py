@@ -1,49 +1,53 @@
-"""The Ray actor of the CXL switch: a thin async wrapper of `Fabric`.
+"""The Ray actor of the CXL switch: a thin wrapper of `Fabric` and its `Router`.
 
-Async so that the tp ranks of a stage can wait in it together for an
-all-gather; every other method is quick and runs on its event loop.
+It listens on one socket; each device actor and the host open a link to it (their
+switch ports) and say who they are. The host's rounds run on the host link's thread;
+Ray calls are for control: the address, readiness, stats.
 """
 from __future__ import annotations
 
-import asyncio
+import socket
+import threading
 
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.messages import MicroBatch
+from fabric.link import Link, LinkClosed
+from fabric.router import Router
 from fabric.switch import Fabric
 
-GATHER_TIMEOUT_S = 120.0
-"""Longest wait inside the switch for the last rank of an all-gather."""
+HELLO_TIMEOUT_S = 30.0
+"""Longest wait for a new link to say which port it is."""
 
 
 @ray.remote(num_cpus=0)
 class FabricActor:
-    def __init__(self, cfg: CentConfig) -> None:
-        self.fabric = Fabric(cfg)
-        self.pending: dict[tuple, dict] = {}
+    def __init__(self, cfg: CentConfig, units: list[tuple[int, ...]], host: str | None = None) -> None:
+        self.router = Router(Fabric(cfg), units)
+        self.server = socket.create_server((host or ray.util.get_node_ip_address(), 0))
+        threading.Thread(target=self._accept, daemon=True, name="switch-accept").start()
 
-    async def ready(self) -> bool:
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.server.accept()
+            link = Link(conn)
+            try:
+                hello = link.recv(HELLO_TIMEOUT_S)
+            except (LinkClosed, TimeoutError):
+                link.close()
+                continue
+            if hello[0] == "device":
+                self.router.attach(hello[1], link)
+            elif hello[0] == "host":
+                threading.Thread(target=self.router.serve_host, args=(link,), daemon=True,
+                                 name="switch-host").start()
+
+    def address(self) -> tuple[str, int]:
+        return self.server.getsockname()[:2]
+
+    def ready(self) -> bool:
         return True
 
-    async def transfer(self, srcs: tuple[int, ...], dsts: tuple[int, ...], mbs: list[MicroBatch]) -> list[MicroBatch]:
-        return self.fabric.transfer(srcs, dsts, mbs)
-
-    async def all_gather(self, group: tuple[int, ...], seq_no: int, rank: int, local):
-        key = (group, seq_no)
-        entry = self.pending.setdefault(key, {"slices": [None] * len(group), "n": 0, "taken": 0,
-                                              "event": asyncio.Event()})
-        entry["slices"][rank] = local
-        entry["n"] += 1
-        if entry["n"] == len(group):
-            entry["result"] = self.fabric.exchange(entry["slices"])
-            entry["event"].set()
-        else:
-            await asyncio.wait_for(entry["event"].wait(), timeout=GATHER_TIMEOUT_S)
-        entry["taken"] += 1
-        if entry["taken"] == len(group):
-            del self.pending[key]
-        return entry["result"]
-
-    async def stats(self) -> dict:
-        return self.fabric.stats()
+    def stats(self) -> dict:
+        with self.router.lock:
+            return self.router.fabric.stats()

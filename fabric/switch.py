@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.messages import MicroBatch
+from cent_serve.messages import MicroBatch, Wave
 from cent_serve.timing.fabric import BF16_BYTES, flits_for_values, gather_flits, port_model
 
 HOST = -1
@@ -122,20 +122,60 @@ class Fabric:
     # ------------------------------------------------------------ what the executors call
 
     def transfer(self, srcs: tuple[int, ...], dsts: tuple[int, ...], mbs: list[MicroBatch]) -> list[MicroBatch]:
+        """`transfer_wave` on MicroBatches (returned with the caller's own SeqStep lists)."""
+        out = self.transfer_wave(srcs, dsts, Wave.from_micro_batches(mbs))
+        return out.to_micro_batches({mb.mb_id: mb.seqs for mb in mbs})
+
+    def transfer_wave(self, srcs: tuple[int, ...], dsts: tuple[int, ...], w: Wave) -> Wave:
         """Stage to stage: each micro-batch's activations from the sending stage (its first
-        device sends, the others hold the same replica) to every device of the next stage."""
-        d = self.cfg.model.hidden_size
-        out = []
-        for mb in sorted(mbs, key=lambda b: (b.ready_s, b.mb_id)):
-            hidden = mb.hidden
-            if hidden is not None:
-                blob = frame(hidden)
+        device sends, the others hold the same replica) to every device of the next stage,
+        in arrival order; returns the wave in mb_id order stamped with the arrivals.
+
+        Each transfer is `multicast`'s, with the port clocks in locals: the same float
+        operations in the same order, so the times are bit for bit `multicast`'s."""
+        src, dsts = srcs[0], tuple(dsts)
+        d, fab, port = self.cfg.model.hidden_size, self.cfg.fabric, self.port
+        egress, ingress = self.egress_free_s, self.ingress_free_s
+        hidden = None if w.hidden is None else list(w.hidden)
+        arrival = [0.0] * len(w)
+        ser_of: dict[int, tuple[float, int]] = {}
+        pc, pcs_in = self.ports[src], [self.ports[x] for x in dsts]
+        out_free, in_free = egress[src], [ingress[x] for x in dsts]
+        for i in w.arrival_order():
+            if hidden is not None and hidden[i] is not None:
+                blob = frame(hidden[i])
                 self.framed_bytes += len(blob)
-                hidden = unframe(blob)
-            arrival = self.multicast(srcs[0], dsts, mb.payload_elements(d), mb.ready_s)
-            out.append(MicroBatch(mb_id=mb.mb_id, seqs=mb.seqs, ready_s=arrival, hidden=hidden))
-        out.sort(key=lambda b: b.mb_id)
-        return out
+                hidden[i] = unframe(blob)
+            n = w.tokens[i] * d
+            hit = ser_of.get(n)
+            if hit is None:
+                flits = flits_for_values(n, fab)
+                hit = ser_of[n] = (port.serialize_s(flits), flits)
+            ser, flits = hit
+            start = w.ready_s[i]
+            if out_free > start:
+                start = out_free
+            for f in in_free:
+                if f > start:
+                    start = f
+            out_free = start + ser
+            in_free = [out_free] * len(dsts)
+            nbytes = flits * fab.flit_bytes
+            pc.bytes_out += nbytes
+            pc.flits_out += flits
+            pc.messages_out += 1
+            pc.busy_out_s += ser
+            for x in pcs_in:
+                x.bytes_in += nbytes
+                x.messages_in += 1
+            self.wire_bytes += nbytes
+            arrival[i] = start + ser + port.latency_s
+        if len(w):
+            egress[src] = out_free
+            for x in dsts:
+                ingress[x] = out_free
+        order = w.id_order()
+        return w.take(order, arrival, hidden=None if hidden is None else [hidden[i] for i in order])
 
     def exchange(self, slices: list[np.ndarray]) -> np.ndarray:
         """Numerics of an in-block all-gather: concatenate the ranks' slices (framed on the

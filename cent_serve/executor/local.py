@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from cent_serve.config import CentConfig
 from cent_serve.executor.plan import drive_lockstep, execution_units
-from cent_serve.messages import MicroBatch
+from cent_serve.messages import MicroBatch, Wave
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
 from fabric.switch import Fabric
@@ -25,15 +25,19 @@ class LocalExecutor:
 
     def execute(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> list[MicroBatch]:
         """One round: every micro-batch through every stage; returns the last stage's outputs."""
-        x = mbs
+        out = self.execute_wave(Wave.from_micro_batches(mbs), free_seq_ids)
+        return out.to_micro_batches({mb.mb_id: mb.seqs for mb in mbs})
+
+    def execute_wave(self, wave: Wave, free_seq_ids: tuple[int, ...] = ()) -> Wave:
+        """`execute` on the columnar form (what the devices and the fabric compute on)."""
+        x = wave
         for k, unit in enumerate(self.units):
-            gens = [self.workers[d].run(x, free_seq_ids) for d in unit.device_ids]
+            gens = [self.workers[d].run_wave(x, free_seq_ids) for d in unit.device_ids]
             outs = drive_lockstep(gens, self.fabric.exchange)
-            assert all([b.ready_s for b in o] == [b.ready_s for b in outs[0]] for o in outs), \
-                "tensor-parallel ranks disagree on time"
+            assert all(o.ready_s == outs[0].ready_s for o in outs), "tensor-parallel ranks disagree on time"
             x = outs[0]
             if k + 1 < len(self.units):
-                x = self.fabric.transfer(unit.device_ids, self.units[k + 1].device_ids, x)
+                x = self.fabric.transfer_wave(unit.device_ids, self.units[k + 1].device_ids, x)
         return x
 
     def free(self, seq_ids: tuple[int, ...]) -> None:

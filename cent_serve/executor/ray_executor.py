@@ -1,18 +1,22 @@
 """Devices as Ray actors, the switch as a fabric actor.
 
-A round is sent as one chain of calls: each unit's devices get the previous
-hop's ObjectRef, the fabric actor moves activations to the next unit, and
-the driver waits once, on the last unit's output. Activations go device ->
-fabric -> device through Ray's object store, never through the driver.
+Ray starts, places, queries and kills the actors. The rounds travel on links
+(`fabric.link`): the host sends a round to the switch, the switch sends it to
+the first unit's devices, takes their output, moves it to the next unit
+(`fabric.router`), and so on; the host waits once, for the last unit's output.
+Activations go device -> fabric -> device, never through the driver.
 """
 from __future__ import annotations
+
+import threading
 
 import ray
 
 from cent_serve.config import CentConfig
 from cent_serve.executor.plan import execution_units
-from cent_serve.messages import MicroBatch
+from cent_serve.messages import MicroBatch, Wave
 from cent_serve.timing import SystemTimer
+from fabric.link import Link
 
 ROUND_TIMEOUT_S = 300.0
 """Longest wait for one round's last output."""
@@ -31,6 +35,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+def _single_node() -> bool:
+    return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+
+
+class RoundHandle:
+    """A round sent with `RayExecutor.submit`; `result()` waits for it."""
+
+    def __init__(self, executor: "RayExecutor", number: int, seqs_by_id: dict) -> None:
+        self.executor, self.number, self.seqs_by_id = executor, number, seqs_by_id
+
+    def result(self, timeout_s: float = ROUND_TIMEOUT_S) -> list[MicroBatch]:
+        return self.executor._wait(self.number, timeout_s).to_micro_batches(self.seqs_by_id)
+
+
 class RayExecutor:
     """Same contract as `LocalExecutor`; one Ray actor per device used."""
 
@@ -42,26 +60,44 @@ class RayExecutor:
         self.cfg = cfg
         self.timer = SystemTimer.from_config(cfg)
         self.units = execution_units(self.timer.mapping)
-        self.fabric = FabricActor.remote(cfg)
+        # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
+        self.fabric = FabricActor.remote(cfg, [u.device_ids for u in self.units],
+                                         "127.0.0.1" if _single_node() else None)
+        switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
         self.actors = {}
         for unit in self.units:
             for d in unit.device_ids:
-                self.actors[d] = DeviceActor.options(name=None).remote(cfg, d, self.fabric, unit.device_ids)
+                self.actors[d] = DeviceActor.remote(cfg, d, switch)
         ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
                 timeout=STARTUP_TIMEOUT_S)
+        self.link = Link.connect(tuple(switch), ("host",))
+        self._sent = self._received = 0
+        self._replies: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # one host link: submits and waits from several threads take turns
 
-    def submit(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()):
-        """Send a whole round without waiting; returns the ref of the last unit's output."""
-        x = mbs
-        for k, unit in enumerate(self.units):
-            refs = [self.actors[d].run.remote(x, free_seq_ids) for d in unit.device_ids]
-            x = refs[0]
-            if k + 1 < len(self.units):
-                x = self.fabric.transfer.remote(unit.device_ids, self.units[k + 1].device_ids, x)
-        return x
+    def submit(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> RoundHandle:
+        """Send a whole round without waiting; rounds run in the order they are sent."""
+        wave = Wave.from_micro_batches(mbs)
+        with self._lock:
+            self.link.send(("round", wave, tuple(free_seq_ids)))
+            self._sent += 1
+            return RoundHandle(self, self._sent - 1, {mb.mb_id: mb.seqs for mb in mbs})
+
+    def _wait(self, number: int, timeout_s: float) -> Wave:
+        """Read replies (they come in the order rounds were sent) until round `number`'s.
+        After a timeout the link may be mid-message: the executor is then unusable."""
+        with self._lock:
+            while number not in self._replies:
+                assert self._received < self._sent, f"round {number} was never sent"
+                self._replies[self._received] = self.link.recv(timeout_s)
+                self._received += 1
+            kind, payload = self._replies.pop(number)
+        if kind == "error":
+            raise payload
+        return payload
 
     def execute(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> list[MicroBatch]:
-        return ray.get(self.submit(mbs, free_seq_ids), timeout=ROUND_TIMEOUT_S)
+        return self.submit(mbs, free_seq_ids).result()
 
     def free(self, seq_ids: tuple[int, ...]) -> None:
         ray.get([a.free.remote(seq_ids) for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
@@ -71,6 +107,8 @@ class RayExecutor:
         return dict(devices=devices, fabric=ray.get(self.fabric.stats.remote(), timeout=ROUND_TIMEOUT_S))
 
     def shutdown(self) -> None:
+        if self.actors:
+            self.link.close()
         for a in [*self.actors.values(), self.fabric]:
             ray.kill(a)
         self.actors = {}

@@ -1,0 +1,73 @@
+"""Write sim_golden.json: simulated times, energy and stats of a few emulated runs, as exact
+float hex strings, pinned by tests/executor/test_sim_golden.py.
+
+The committed file was written by the code at 6855da8 (per-micro-batch timing, before the
+columnar Wave rewrite), so the test holds later speed-ups to the same results bit for bit.
+
+    PYTHONPATH=<checkout> python tests/data/make_sim_golden.py tests/data/sim_golden.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.emulate import run_workload
+from cent_serve.executor import LocalExecutor
+from cent_serve.messages import MicroBatch, SeqStep
+
+WORKLOADS = {  # name: (model, devices, pp, tp, numerics, start, steps)
+    "llama2-70b-pp80": ("llama2-70b", 32, 80, 1, "off", 500, 6),
+    "llama2-7b-pp2tp4": ("llama2-7b", 8, 2, 4, "off", 300, 6),
+    "tiny-pp2tp4-full": ("tiny", 8, 2, 4, "full", 0, 6),
+}
+
+
+def _cfg(model, devices, pp, tp, numerics="off") -> CentConfig:
+    return CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
+
+
+def mixed_rounds(ex) -> list[list[float]]:
+    """Serving-engine shapes: several sequences per micro-batch, chunked prefill, then decode,
+    frees and new sequences; inputs not in mb_id order and not all ready at once."""
+    out, pos = [], {}
+    for r in range(5):
+        mbs = []
+        for m in (2, 0, 1):
+            seqs = []
+            for j in range(2):
+                sid = 10 * m + j + (100 if r >= 3 else 0)
+                n = (3 + m + j) if r < 2 else 1
+                seqs.append(SeqStep(sid, pos.get(sid, 0), n))
+                pos[sid] = pos.get(sid, 0) + n
+            mbs.append(MicroBatch(m, seqs, ready_s=1e-4 * r * (3 - m)))
+        free = tuple(s for s in pos if s < 100) if r == 3 else ()
+        out.append([b.ready_s for b in ex.execute(mbs, free)])
+    return out
+
+
+def _hex(x):
+    if isinstance(x, float):
+        return x.hex()
+    if isinstance(x, dict):
+        return {str(k): _hex(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_hex(v) for v in x]
+    return x
+
+
+def golden() -> dict:
+    res = {}
+    for name, (model, d, pp, tp, num, start, steps) in WORKLOADS.items():
+        cfg = _cfg(model, d, pp, tp, num)
+        ex = LocalExecutor(cfg)
+        tr = run_workload(cfg, ex, start, steps, energy_marks=(steps // 2,), prompt=steps // 2)
+        res[name] = dict(done_s=tr.done_s.tolist(), energy_j_at=tr.energy_j_at, stats=ex.stats())
+    ex = LocalExecutor(_cfg("llama2-7b", 32, 32, 1))
+    res["llama2-7b-pp32-mixed"] = dict(ready_s=mixed_rounds(ex), stats=ex.stats())
+    return _hex(res)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "w") as f:
+        json.dump(golden(), f, indent=0, sort_keys=True)
