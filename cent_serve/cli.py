@@ -5,7 +5,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `cent` parser with every subcommand registered; `main` and the deploy tests use it."""
     parser = argparse.ArgumentParser(prog="cent", description="cent-serve: LLM serving on emulated CENT devices")
     sub = parser.add_subparsers(dest="command", required=True)
     from cent_serve.model import cli as model_cli
@@ -16,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_cli.register(sub)
     from cent_serve.bench import cli as bench_cli
     bench_cli.register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:
