@@ -377,10 +377,20 @@ class ServerConfig:
     """Existing Ray cluster to join (None = start a local Ray)."""
     api_key: str | None = None
     """Require `Authorization: Bearer <key>` when set."""
+    device_resource: str = "cent_device"
+    """Ray resource a node advertises per emulated device it may host (deploy/README.md)."""
+    placement: str = "spread"
+    """On a cluster advertising `device_resource`: `spread` devices over the nodes or `pack` them."""
+    placement_timeout_s: float = 30.0
+    """Longest wait for the cluster to grant the devices before a clear error."""
 
     def __post_init__(self) -> None:
         _check(self.clock in ("virtual", "paced"), "server.clock", self.clock,
                "use 'virtual' or 'paced'")
+        _check(self.placement in ("spread", "pack"), "server.placement", self.placement,
+               "use 'spread' or 'pack'")
+        _check(self.placement_timeout_s > 0, "server.placement_timeout_s", self.placement_timeout_s,
+               "use a positive number of seconds")
         _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
         _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
                "use a positive factor")

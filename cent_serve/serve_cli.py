@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=["virtual", "paced"], help="simulated clock mode (default virtual)")
     p.add_argument("--pace-factor", type=float, help="paced mode: wall seconds per simulated second")
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--placement", choices=["spread", "pack"],
+                   help="on a cluster advertising cent_device: spread devices over nodes or pack them")
     p.add_argument("--local", action="store_true", help="devices in this process, no Ray")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.set_defaults(func=run_serve)
@@ -29,7 +31,7 @@ def run_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     s = cfg.server
     for flag, field in (("host", "host"), ("port", "port"), ("clock", "clock"), ("pace_factor", "pace_factor"),
-                        ("ray_address", "ray_address"), ("api_key", "api_key")):
+                        ("ray_address", "ray_address"), ("api_key", "api_key"), ("placement", "placement")):
         value = getattr(args, flag)
         if value is not None:
             setattr(s, field, value)

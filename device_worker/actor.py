@@ -27,6 +27,9 @@ class DeviceActor:
     def ready(self) -> int:
         return self.worker.device_id
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def free(self, seq_ids: tuple[int, ...]) -> None:
         with self.lock:
             for sid in seq_ids:

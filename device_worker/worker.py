@@ -14,8 +14,10 @@ Two passes, kept apart so timing-only and full numerics charge identical time:
    over the switch) follows it. Blocks resident on one device run in
    lockstep in CENT, sharing the DMA (the tb factors of the PIM formulas)
    and the near-memory accelerator (ACC x tb), as the artifact accounts
-   for it. The accelerator clock records that shared work; the DMA clock
-   serializes the on-device hops from one block to the next.
+   for it. The accelerator and DMA clocks record that shared work (the DMA
+   engine moves each block's output to the next block on the device); they
+   do not delay the data, because the lockstep cost already includes it and
+   micro-batches are charged one after the other through all blocks.
 2. **Numerics** (`numerics="full"`): the reference math on this device's
    shard of the weights (`cent_serve.sharding`). With tp > 1 the block
    yields at its four exchange points: `run` is a generator that yields
@@ -203,8 +205,11 @@ class DeviceWorker:
                     if is_last:
                         t = free  # the fabric carries this hop to the next device
                     else:  # next block (or the LM head) on this device: the DMA engine moves it
-                        start = free if free > dma_free else dma_free
-                        t = dma_free = start + hop
+                        t = free + hop
+                        # recorded like the accelerator, not a constraint: micro-batches are charged
+                        # one after the other through all blocks, so a shared clock would make a later
+                        # one wait for an earlier one's last block (lockstep folds DMA waits into cost)
+                        dma_free = (free if free > dma_free else dma_free) + hop
                         b_dma += hop
                 gfree[j] = free
                 gbusy[j] += cost * len(to_fabric)

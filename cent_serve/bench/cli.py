@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--in-process", action="store_true",
                    help="run the engine in this process in virtual time (the default without --url)")
     r.add_argument("--ray", action="store_true", help="in-process: device actors on Ray")
+    r.add_argument("--ray-address", help="in-process on Ray: join this cluster (implies --ray; default: "
+                                         "RAY_ADDRESS or a local Ray)")
+    r.add_argument("--placement", choices=["spread", "pack"], help="--ray on a cluster: spread or pack devices")
     r.add_argument("--concurrency", type=int, default=256, help="--url: requests in flight at most "
                                                                 "(paced or non-cent servers)")
     r.add_argument("--api-key", help="--url: bearer key")
@@ -115,7 +118,11 @@ def run_bench(args: argparse.Namespace) -> int:
         result, client = asyncio.run(replay_http(args.url, requests, args.concurrency, cfg.scheduler.seed,
                                                  args.api_key))
     else:
-        kind = "ray" if args.ray else "local"
+        if args.ray_address:
+            cfg.server.ray_address = args.ray_address
+        if args.placement:
+            cfg.server.placement = args.placement
+        kind = "ray" if args.ray or args.ray_address else "local"
         result, client = run_in_process(cfg, requests, kind, total=len(requests)), None
     summary = summarize(result, slos)
     if client is not None:

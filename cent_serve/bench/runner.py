@@ -107,6 +107,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
                    progress: bool = True, total: int | None = None, engine: Engine | None = None) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
     its output length with ignore_eos, as vLLM's benchmark sends trace requests."""
+    own = engine is None
     engine = engine or Engine(cfg, executor_kind)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
@@ -138,11 +139,13 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
             if (last is None or steps % SAMPLE_EVERY_ROUNDS == 0 or last.num_waiting != st.num_waiting
                     or last.num_running != st.num_running):
                 samples.append(Sample(engine.now_s, st.num_waiting, st.num_running, st.kv_usage()))
+        wall = time.perf_counter() - t0
+        out = BenchResult(list(records.values()), samples, engine.device_stats(), engine.now_s, wall,
+                          engine.status())
     finally:
         bar.close()
-    wall = time.perf_counter() - t0
-    out = BenchResult(list(records.values()), samples, engine.device_stats(), engine.now_s, wall,
-                      engine.status())
+        if own:
+            engine.shutdown()
     return out
 
 

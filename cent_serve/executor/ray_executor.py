@@ -39,6 +39,40 @@ def _single_node() -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
 
 
+class PlacementError(ValueError):
+    """The cluster cannot host the devices (says what is missing)."""
+
+
+def place_devices(cfg: CentConfig, num_devices: int):
+    """A placement group of one `device_resource` bundle per device when the cluster advertises
+    that resource (None when it does not: a plain local Ray places actors anywhere).
+    Raises PlacementError within `server.placement_timeout_s` if it cannot be granted."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    s = cfg.server
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    have = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": int(n.get("Resources", {}).get(s.device_resource, 0))
+            for n in nodes}
+    total = sum(have.values())
+    if total == 0:
+        return None
+    summary = ", ".join(f"{node}: {k}" for node, k in sorted(have.items()))
+    if total < num_devices:
+        raise PlacementError(f"the mapping needs {num_devices} {s.device_resource} units; the cluster has "
+                             f"{total} ({summary}): add nodes started with ray start --resources="
+                             f"'{{\"{s.device_resource}\": N}}' or use --devices {total}")
+    pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=s.placement.upper(),
+                         name=f"cent-devices-{id(cfg):x}")
+    try:
+        ray.get(pg.ready(), timeout=s.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
+                             f"({s.placement}) within {s.placement_timeout_s:g} s; free units per node: "
+                             f"{summary}. Another job may hold them (ray status), or use --placement pack") from None
+    return pg
+
+
 class RoundHandle:
     """A round sent with `RayExecutor.submit`; `result()` waits for it."""
 
@@ -61,13 +95,23 @@ class RayExecutor:
         self.timer = SystemTimer.from_config(cfg)
         self.units = execution_units(self.timer.mapping)
         # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
-        self.fabric = FabricActor.remote(cfg, [u.device_ids for u in self.units],
-                                         "127.0.0.1" if _single_node() else None)
+        from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                                    PlacementGroupSchedulingStrategy)
+
+        device_ids = [d for u in self.units for d in u.device_ids]
+        self.pg = place_devices(cfg, len(device_ids))
+        # the switch next to the driver (the head node when the engine runs there)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.fabric = FabricActor.options(scheduling_strategy=here).remote(
+            cfg, [u.device_ids for u in self.units], "127.0.0.1" if _single_node() else None)
         switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
         self.actors = {}
-        for unit in self.units:
-            for d in unit.device_ids:
-                self.actors[d] = DeviceActor.remote(cfg, d, switch)
+        for i, d in enumerate(device_ids):
+            opts = {}
+            if self.pg is not None:
+                opts = dict(resources={cfg.server.device_resource: 1},
+                            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+            self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch)
         ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
                 timeout=STARTUP_TIMEOUT_S)
         self.link = Link.connect(tuple(switch), ("host",))
@@ -112,3 +156,12 @@ class RayExecutor:
         for a in [*self.actors.values(), self.fabric]:
             ray.kill(a)
         self.actors = {}
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+            remove_placement_group(self.pg)
+            self.pg = None
+
+    def placement(self) -> dict[int, str]:
+        """Device id -> Ray node id of its actor."""
+        ids = ray.get([a.node_id.remote() for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
+        return dict(zip(self.actors, ids))

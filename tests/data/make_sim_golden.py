@@ -1,8 +1,11 @@
 """Write sim_golden.json: simulated times, energy and stats of a few emulated runs, as exact
 float hex strings, pinned by tests/executor/test_sim_golden.py.
 
-The committed file was written by the code at 6855da8 (per-micro-batch timing, before the
-columnar Wave rewrite), so the test holds later speed-ups to the same results bit for bit.
+The file was first written by the code at 6855da8 (per-micro-batch timing, before the
+columnar Wave rewrite), so the test held that speed-up to the same results bit for bit. It
+was rewritten once, on purpose, when the DMA clock stopped delaying on-device hops (a model
+fix: it had made a micro-batch wait for the previous one's last block on devices holding
+several blocks). Rewrite it only for a deliberate change of the model, and say so.
 
     PYTHONPATH=<checkout> python tests/data/make_sim_golden.py tests/data/sim_golden.json
 """

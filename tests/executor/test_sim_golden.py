@@ -1,8 +1,8 @@
 """Speed-ups of the device and fabric workers must not move a simulated timestamp.
 
 `tests/data/sim_golden.json` holds the simulated times, energy and device/fabric stats
-of a few emulated runs as written by the per-micro-batch code before the columnar
-rewrite (see `tests/data/make_sim_golden.py`); the current code must reproduce them
+of a few emulated runs (history in `tests/data/make_sim_golden.py`); the current code
+must reproduce them
 bit for bit (the closed-form agreement is checked in test_emulate.py).
 """
 from __future__ import annotations

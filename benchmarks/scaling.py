@@ -1,0 +1,110 @@
+"""Scaling study: Llama2-70B timing-only on 8..128 emulated devices, pipeline and hybrid.
+
+For each device count and mapping, the paper workload runs through the device and fabric
+workers (`cent_serve.emulate.emulate_seqlen`: pp queries, one token each per round, at a
+context of --seqlen). Two figures per row:
+
+- simulated throughput (tok/s), beside the closed-form model's: they should agree;
+- wall-clock cost per simulated token (ms): the emulator's own scaling. Baseline for the
+  ratio column: the smallest system that fits, in the same process.
+
+Writes scaling.json and scaling.png to --out.
+
+    .venv/bin/python benchmarks/scaling.py [--ray] [--seqlen 1024] [--out bench-scaling]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.emulate import emulate_seqlen
+from cent_serve.executor import make_executor
+from cent_serve.timing.mapping import check_capacity, resolve_mapping
+
+DEVICES = (8, 16, 32, 64, 128)
+HYBRID_TP = 8
+"""Hybrid mappings: tp 8 (one Llama2-70B KV-head group per device), pp = devices / 8."""
+
+
+def mappings(devices: int) -> list[tuple[str, int, int]]:
+    return [("pipeline", 0, 1), (f"hybrid tp{HYBRID_TP}", devices // HYBRID_TP, HYBRID_TP)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ray", action="store_true", help="device actors on a local Ray (default: in-process)")
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--warmup", type=int, default=3, help="rounds before the measured one")
+    ap.add_argument("--out", default="bench-scaling")
+    args = ap.parse_args()
+    model = model_preset("llama2-70b")
+    rows = []
+    for devices in DEVICES:
+        for name, pp, tp in mappings(devices):
+            cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, tp), numerics="off")
+            mp = resolve_mapping(model, cfg.parallel, cfg.device)
+            try:
+                check_capacity(model, mp, cfg.device, args.seqlen)
+            except ValueError as exc:
+                print(f"{devices:>4} devices {name:<12} does not fit: {exc}")
+                rows.append(dict(devices=devices, mapping=name, fits=False, reason=str(exc)))
+                continue
+            t0 = time.perf_counter()
+            ex = make_executor(cfg, "ray" if args.ray else "local")
+            startup = time.perf_counter() - t0
+            try:
+                out = emulate_seqlen(cfg, ex, args.seqlen, warmup=args.warmup)
+            finally:
+                ex.shutdown()
+            sim_tokens = (args.warmup + 1) * mp.batch
+            row = dict(devices=devices, mapping=name, pp=mp.pp, tp=mp.tp, fits=True,
+                       sim_tok_s=out["throughput_tok_s"], closed_form_tok_s=out["closed_form"]["throughput_tok_s"],
+                       wall_ms_per_sim_token=1e3 * out["wall_s"] / sim_tokens, startup_s=startup)
+            rows.append(row)
+            print(f"{devices:>4} devices {name:<12} pp {mp.pp:>3} tp {mp.tp}: {row['sim_tok_s']:>9.1f} sim tok/s "
+                  f"(closed form {row['closed_form_tok_s']:>9.1f}), {row['wall_ms_per_sim_token']:.3f} wall ms "
+                  f"per sim token, start-up {startup:.1f} s")
+    fitted = [r for r in rows if r["fits"]]
+    base = fitted[0]["wall_ms_per_sim_token"] if fitted else 1.0
+    for r in fitted:
+        r["wall_cost_ratio_vs_smallest"] = r["wall_ms_per_sim_token"] / base
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scaling.json").write_text(json.dumps(dict(seqlen=args.seqlen, executor="ray" if args.ray else "local",
+                                                          rows=rows), indent=2) + "\n")
+    _plot(out_dir / "scaling.png", fitted)
+    print(f"results in {out_dir}/")
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in sorted({r["mapping"] for r in rows}):
+        rs = [r for r in rows if r["mapping"] == name]
+        d = [r["devices"] for r in rs]
+        axes[0].plot(d, [r["sim_tok_s"] for r in rs], "o-", label=f"{name} (emulated)")
+        axes[0].plot(d, [r["closed_form_tok_s"] for r in rs], "x:", label=f"{name} (closed form)")
+        axes[1].plot(d, [r["wall_ms_per_sim_token"] for r in rs], "o-", label=name)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("emulated CENT devices")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("simulated tokens/s")
+    axes[0].set_title("Llama2-70B throughput (simulated)")
+    axes[1].set_ylabel("wall ms per simulated token")
+    axes[1].set_title("emulator cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

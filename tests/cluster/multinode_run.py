@@ -1,0 +1,61 @@
+"""Driver for test_multinode.py, run in its own process: a two-node Ray cluster on this machine
+(`ray.cluster_utils.Cluster`), each node advertising `cent_device`; prints JSON results."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import ray
+from ray.cluster_utils import Cluster
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.executor.generate import generate_batch
+from cent_serve.executor.ray_executor import PlacementError, RayExecutor
+
+PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
+
+
+def main() -> None:
+    devices, pp, tp = (int(x) for x in sys.argv[1:4])
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"cent_device": 4}))
+    cluster.add_node(num_cpus=1, resources={"cent_device": 4})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    out = {}
+    try:
+        cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
+        ex = RayExecutor(cfg)
+        try:
+            gen = generate_batch(ex, PROMPTS, 8)
+            out.update(tokens=gen.token_ids, times=gen.token_times_s,
+                       nodes=sorted(set(ex.placement().values())))
+        finally:
+            ex.shutdown()
+        too_many = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 2, 8), numerics="off")
+        t0 = time.monotonic()
+        try:
+            RayExecutor(too_many)
+        except PlacementError as exc:
+            out["too_many_error"], out["too_many_s"] = str(exc), time.monotonic() - t0
+        hog = ray.util.placement_group([{"cent_device": 1}] * 6)  # another job holds 6 of the 8 units
+        ray.get(hog.ready(), timeout=60)
+        held = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+        held.server.placement_timeout_s = 3.0
+        t0 = time.monotonic()
+        try:
+            RayExecutor(held)
+        except PlacementError as exc:
+            out["held_error"], out["held_s"] = str(exc), time.monotonic() - t0
+        ray.util.remove_placement_group(hog)
+        time.sleep(0.5)
+        out["alive_actors"] = sum(1 for a in ray._private.state.actors().values() if a["State"] == "ALIVE")
+        out["live_pgs"] = sum(1 for p in ray.util.placement_group_table().values() if p["state"] != "REMOVED")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
