@@ -121,7 +121,7 @@ def print_table(summary: dict) -> None:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
               f"({100 * summary['slo_attainment']:.1f}% meet {summary['goodput_slos_ms']})")
     print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ")
-    print(f"{'':<10}{'mean':>11}{'median':>11}{'p90':>11}{'p99':>11}  (ms, simulated)")
+    print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]
-        print(f"{m:<10}" + "".join(f"{v:>11.3f}" if v is not None else f"{'-':>11}" for v in vals))
+        print(f"{m:<10}" + "".join(f"{'-':>13}" if v is None else f" {v:>12.6g}" for v in vals))
