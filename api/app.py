@@ -283,6 +283,8 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
     async def health():
         if not loop.is_alive():
             return JSONResponse({"status": "engine stopped"}, status_code=503)
+        if eng.recovering:
+            return JSONResponse({"status": "degraded", "reason": "re-creating failed devices"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/cent/status")

@@ -43,6 +43,7 @@ class EngineStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_failed: int = 0
+    num_recoveries: int = 0
 
 
 class Engine:
@@ -57,13 +58,17 @@ class Engine:
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
         self.num_replicas = max(1, mp.num_devices // mp.devices_used)
+        if executors is None and executor_kind == "local" and self.full and weights is None:
+            from cent_serve.model.weights import load_weights
+            weights = load_weights(cfg.model)  # once, shared by the replicas' workers
+        self._make_executor = lambda: make_executor(cfg, executor_kind,
+                                                    **({"weights": weights} if executor_kind == "local" else {}))
         if executors is None:
-            if self.full and weights is None:
-                from cent_serve.model.weights import load_weights
-                weights = load_weights(cfg.model)
-            kwargs = {"weights": weights} if executor_kind == "local" else {}
-            executors = [make_executor(cfg, executor_kind, **kwargs) for _ in range(self.num_replicas)]
+            executors = [self._make_executor() for _ in range(self.num_replicas)]
         self.executors = executors
+        self._failed: list[Request] = []  # failed by a fault since the last step returned
+        self.recovering = False
+        """True while a replica's devices are being re-created after a fault (health: degraded)."""
         self.num_replicas = len(executors)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         sc = cfg.scheduler
@@ -132,7 +137,9 @@ class Engine:
             self._flush_frees()
             return []
         outputs = self._execute(batches)
-        return self._update(batches, outputs)
+        advanced = self._update(batches, outputs)
+        failed, self._failed = self._failed, []
+        return advanced + failed
 
     def _execute(self, batches: list[LaneBatch]) -> dict[tuple[int, int], MicroBatch]:
         per_replica: dict[int, list[MicroBatch]] = {}
@@ -149,12 +156,63 @@ class Engine:
             per_replica.setdefault(b.replica, []).append(MicroBatch(b.lane, seqs, ready))
         self.now_s = max([self.now_s] + [mb.ready_s for mbs in per_replica.values() for mb in mbs])
         out: dict[tuple[int, int], MicroBatch] = {}
-        for r, mbs in per_replica.items():  # replicas are independent devices: one call each
+        sent, failed = [], {}
+        for r, mbs in per_replica.items():  # replicas are independent devices: all rounds go out first
             frees, self._pending_free[r] = tuple(self._pending_free[r]), []
-            for mb in self.executors[r].execute(mbs, frees):
+            ex = self.executors[r]
+            try:
+                sent.append((r, ex.submit(mbs, frees) if hasattr(ex, "submit") else ex.execute(mbs, frees)))
+            except Exception as exc:  # noqa: BLE001 - a device fault costs its replica's round only
+                failed[r] = exc
+        for r, handle in sent:
+            try:
+                result = handle.result() if hasattr(handle, "result") else handle
+            except Exception as exc:  # noqa: BLE001
+                failed[r] = exc
+                continue
+            for mb in result:
                 out[(r, mb.mb_id)] = mb
+        for r, exc in failed.items():
+            self._recover(r, exc)
         self.stats.num_rounds += 1
         return out
+
+    def _recover(self, replica: int, exc: Exception) -> None:
+        """A replica's round failed (a device or the switch died, or raised): fail the requests
+        on it with the cause, re-create its devices (weights reloaded), keep serving."""
+        message = (f"the emulated devices of replica {replica} failed: {type(exc).__name__}: {exc}; "
+                   "the request was stopped, retry it")
+        log.error("%s; re-creating the replica's devices", message)
+        for req in [q for q in self.scheduler.running if q.replica == replica]:
+            req.error = message
+            self._finish(req, "error", max(self.now_s, req.ready_s))
+            self.stats.num_failed += 1
+            self._failed.append(req)
+        self._pending_free[replica] = []
+        self.recovering = True
+        try:
+            try:
+                self.executors[replica].shutdown()
+            except Exception:  # noqa: BLE001 - it is broken already; its actors are killed anyway
+                log.exception("shutting down the failed replica")
+            self.executors[replica] = self._make_executor()
+            self.stats.num_recoveries += 1
+        finally:
+            self.recovering = False
+
+    def check_devices(self) -> list[Request]:
+        """Look for dead devices between rounds (executors that can tell) and recover them;
+        returns the requests that failed with them."""
+        for r, ex in enumerate(self.executors):
+            check = getattr(ex, "check", None)
+            if check is None:
+                continue
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001
+                self._recover(r, exc)
+        failed, self._failed = self._failed, []
+        return failed
 
     def _flush_frees(self) -> None:
         """No round to carry them: tell the devices now which sequences are gone."""
@@ -166,7 +224,9 @@ class Engine:
     def _update(self, batches: list[LaneBatch], outputs: dict[tuple[int, int], MicroBatch]) -> list[Request]:
         advanced = []
         for b in batches:
-            mb = outputs[(b.replica, b.lane)]
+            mb = outputs.get((b.replica, b.lane))
+            if mb is None:  # its replica failed this round: its requests are finished already
+                continue
             t = mb.ready_s + self.timer.host_s
             for i, s in enumerate(b.seqs):
                 req = s.request

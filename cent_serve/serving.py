@@ -34,6 +34,8 @@ IDLE_POLL_S = 0.05
 """Wall seconds the idle engine thread waits for a command before looking again."""
 PACE_SLICE_S = 0.005
 """Longest wall sleep in paced mode before the inbox is looked at again."""
+HEALTH_CHECK_S = 5.0
+"""Wall seconds between checks for dead devices while the engine is idle (rounds notice at once)."""
 HOLD_EXPIRY_S = 30.0
 """Wall seconds a replay hold lasts without news from its client (a vanished client must
 not stop the clock forever)."""
@@ -67,6 +69,7 @@ class EngineLoop:
         self.wall_origin = time.monotonic()
         self.fault: str | None = None
         self.hold_until_s: float | None = None
+        self._next_check = time.monotonic() + HEALTH_CHECK_S
         self._hold_expires = 0.0
 
     # ------------------------------------------------------------------ from the API
@@ -168,6 +171,10 @@ class EngineLoop:
             held = self._held(eng)
             self._drain(block=held or not eng.has_work())
             if held or not eng.has_work():
+                if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
+                    self._next_check = time.monotonic() + HEALTH_CHECK_S
+                    for req in eng.check_devices():
+                        self._deliver(req)
                 continue
             if self.clock == "paced":
                 wait = self.wall_delay_s(eng.now_s)

@@ -22,6 +22,8 @@ ROUND_TIMEOUT_S = 300.0
 """Longest wait for one round's last output."""
 STARTUP_TIMEOUT_S = 300.0
 """Longest wait for every actor to come up (weights loaded)."""
+CHECK_TIMEOUT_S = 10.0
+"""Longest wait for the actors to answer a health check."""
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -139,6 +141,11 @@ class RayExecutor:
         if kind == "error":
             raise payload
         return payload
+
+    def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""
+        ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
+                timeout=timeout_s)
 
     def execute(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> list[MicroBatch]:
         return self.submit(mbs, free_seq_ids).result()
