@@ -1,6 +1,15 @@
 """The OpenAI-compatible HTTP front end (SERVING.md): completions, chat, models, health,
 metrics and `/v1/cent/status`. Handlers validate and tokenize, hand requests to the
-`EngineLoop`, and turn its `Delta`s into responses or SSE chunks."""
+`EngineLoop`, and turn its `Delta`s into responses or SSE chunks.
+
+Every error is OpenAI's error JSON. With an API key every path but `/health` needs it,
+`/metrics` included (Prometheus sends it with `authorization: {credentials: ...}`): the
+`Guard` middleware checks it before any body is read. Each generation request is counted
+once, when it ends, in `cent:requests_total{outcome, reason}` (api/metrics.py).
+
+The engine thread never waits for a client: it hands each `Delta` to the request's
+unbounded asyncio queue with `call_soon_threadsafe`; a client that reads slowly only
+slows its own response (uvicorn's flow control pauses that handler)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,68 +18,49 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
+from api.errors import EventStream, install_error_handlers, record, record_finished
+from api.guard import Guard
 from api.metrics import Metrics
-from api.protocol import ApiError, ChatCompletionRequest, CompletionRequest, chat_prompt
+from api.protocol import ApiError, ChatCompletionRequest, CompletionRequest, chat_prompt, short
 from cent_serve.scheduler import QueueFull
 from cent_serve.serving import Delta, EngineLoop
 
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming handler checks whether its client is still there."""
+MAX_CHARS_PER_TOKEN = 32
+"""A text prompt longer than this many characters per context token cannot fit (Llama's longest
+vocabulary entries have 16), so it is refused before the tokenizer runs on the event loop."""
+RETRY_AFTER_S = 1
+"""`Retry-After` of a 429 (seconds): a small constant, not an estimate. The queue drains at
+engine speed, which in virtual mode is far faster than a client's retry loop; clients that
+honour the header (the `openai` client does) back off this long."""
 
 
-def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -> FastAPI:
+def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
+               max_body_bytes: int = 1 << 20) -> FastAPI:
     eng = loop.engine
     cfg, tok = eng.cfg, eng.tokenizer
     model_name = cfg.model.name
     created = int(time.time())
 
-    async def check_key(request: Request) -> None:
-        """A dependency, not an HTTP middleware: BaseHTTPMiddleware hides client disconnects."""
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                raise ApiError("missing or wrong API key: send 'Authorization: Bearer <key>'", None, 401,
-                               "authentication_error")
-
-    app = FastAPI(title="cent-serve", version="0.1.0", dependencies=[Depends(check_key)])
+    app = FastAPI(title="cent-serve", version="0.1.0")
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
+                       on_reject=lambda reason: metrics.count_request("rejected", reason))
     app.state.loop, app.state.metrics = loop, metrics
 
-    # ------------------------------------------------------------------ errors
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _schema_error(_: Request, exc: RequestValidationError):
-        errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        if first.get("type") == "json_invalid":
-            err = ApiError(f"the body is not valid JSON: {first.get('msg')}", None, 400)
-        else:
-            param = ".".join(loc) or None
-            err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {first.get('input')!r})", param, 422)
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException):
-        err = ApiError(str(exc.detail), None, exc.status_code, "not_found_error" if exc.status_code == 404
-                       else "invalid_request_error")
-        return JSONResponse(err.body(), status_code=exc.status_code)
+    install_error_handlers(app)
 
     # ------------------------------------------------------------------ helpers
 
     def check_model(name: str) -> None:
         if name != model_name:
-            raise ApiError(f"model {name!r} does not exist: this server serves {model_name!r}", "model", 404,
+            raise ApiError(f"model {short(name)} does not exist: this server serves {model_name!r}", "model", 404,
                            "not_found_error", "model_not_found")
 
-    def to_ids(prompt) -> list[list[int]]:
+    def to_ids(prompt, param: str = "prompt") -> list[list[int]]:
         if isinstance(prompt, str):
             prompts = [prompt]
         elif prompt and all(isinstance(p, int) for p in prompt):
@@ -78,32 +68,48 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
         else:
             prompts = list(prompt)
         if not prompts:
-            raise ApiError("prompt is empty: give text or token ids", "prompt")
+            raise ApiError("prompt is empty: give text or token ids", param)
         out = []
         for p in prompts:
             if isinstance(p, str):
                 if not p:
-                    raise ApiError("prompt is empty: give text or token ids", "prompt")
+                    raise ApiError("prompt is empty: give text or token ids", param)
+                if len(p) > MAX_CHARS_PER_TOKEN * cfg.model.max_seq_len:  # refuse without tokenizing it all
+                    raise ApiError(f"the prompt has {len(p)} characters; the model's context is "
+                                   f"{cfg.model.max_seq_len} tokens: shorten the prompt", param,
+                                   code="context_length_exceeded")
                 out.append(tok.encode(p))
             else:
                 if not p:
-                    raise ApiError("prompt is empty: give text or token ids", "prompt")
+                    raise ApiError("prompt is empty: give text or token ids", param)
                 bad = [t for t in p if not 0 <= t < cfg.model.vocab_size]
                 if bad:
-                    raise ApiError(f"prompt token id {bad[0]} is outside the vocabulary [0, {cfg.model.vocab_size})",
-                                   "prompt")
+                    raise ApiError(f"prompt token id {short(bad[0])} is outside the vocabulary "
+                                   f"[0, {cfg.model.vocab_size})", param)
                 out.append(list(p))
         for ids in out:
             if len(ids) >= cfg.model.max_seq_len:
                 raise ApiError(f"the prompt has {len(ids)} tokens; the model's context is {cfg.model.max_seq_len}: "
-                               "shorten the prompt", "prompt", code="context_length_exceeded")
+                               "shorten the prompt", param, code="context_length_exceeded")
         return out
 
-    async def start(body, prompts: list[list[int]], max_tokens: int | None) -> tuple[list, asyncio.Queue]:
+    def queue_full() -> ApiError:
+        return ApiError(f"the server is overloaded ({eng.scheduler.num_waiting} requests waiting, "
+                        f"scheduler.max_waiting={cfg.scheduler.max_waiting}): retry after {RETRY_AFTER_S} s",
+                        None, 429, "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def start(body, prompts: list[list[int]], max_tokens: int | None,
+                    max_tokens_param: str = "max_tokens") -> tuple[list, asyncio.Queue]:
         """Submit n choices per prompt; all or none are queued."""
         body.max_tokens = max_tokens
-        per_prompt = [body.to_params(16, cfg.model.max_seq_len - len(p)) for p in prompts]  # checks n too
+        per_prompt = [body.to_params(16, cfg.model.max_seq_len - len(p), max_tokens_param)  # checks n too
+                      for p in prompts]
         plans = [(i * body.n + j, p, per_prompt[i]) for i, p in enumerate(prompts) for j in range(body.n)]
+        if len(plans) > cfg.scheduler.max_waiting:
+            raise ApiError(f"{len(plans)} choices (prompts x n) can never be queued at once: this server queues "
+                           f"at most {cfg.scheduler.max_waiting}; send fewer prompts or a smaller n", "prompt")
+        if eng.scheduler.num_waiting >= cfg.scheduler.max_waiting:  # a racy read: fast 429 mid-round
+            raise queue_full()
         q: asyncio.Queue = asyncio.Queue()
         reqs = []
         try:
@@ -114,9 +120,9 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                 last = index == len(plans) - 1
                 reqs.append(await loop.submit(ids, params, q, tag=index, arrival_s=body.arrival_s,
                                               hold_until_s=body.hold_until_s if last else None))
-        except QueueFull as exc:
+        except QueueFull:
             abort_all(reqs)
-            raise ApiError(str(exc), None, 429, "rate_limit_error", "queue_full") from None
+            raise queue_full() from None
         except ValueError as exc:
             abort_all(reqs)
             raise ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else "prompt") from None
@@ -158,10 +164,12 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                     o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing)
         except asyncio.CancelledError:
             abort_all(reqs)
+            record(raw, "aborted", "client_disconnect")
             raise
         failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
         if failed:
             raise ApiError(failed[0], None, 500, "server_error")
+        record_finished(raw, [o["finish_reason"] for o in out.values()])
         return out
 
     def usage(prompts, outs) -> dict:
@@ -183,15 +191,18 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
     def sse(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
-    async def stream(raw: Request, reqs, q, prompts, chunk) -> AsyncIterator[str]:
-        """SSE: one chunk per delta, the finish per choice, usage if asked, then [DONE]."""
-        outs = {i: {"token_ids": []} for i in range(len(reqs))}
-        left = len(reqs)
-        try:
+    def event_stream(raw: Request, reqs, q, prompts, chunk) -> EventStream:
+        """SSE: one chunk per delta, the finish per choice, usage if asked, then [DONE]. If the
+        client leaves first, its choices are aborted and the request counts as aborted."""
+        left = [len(reqs)]
+
+        async def body() -> AsyncIterator[str]:
+            outs = {i: {"token_ids": []} for i in range(len(reqs))}
+            reasons = []
             if chunk.get("chat"):
                 for i in range(len(reqs)):
                     yield sse(chunk["make"](i, {"role": "assistant", "content": ""}, None, None))
-            while left:
+            while left[0]:
                 index, d = await q.get()
                 await pace(d)
                 outs[index]["token_ids"] += d.token_ids
@@ -203,21 +214,28 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                 if d.text or d.token_ids:
                     yield sse(chunk["make"](index, d.text, None, extra))
                 if d.finished:
-                    left -= 1
+                    left[0] -= 1
+                    reasons.append(d.finish_reason)
                     yield sse(chunk["make"](index, "" if not chunk.get("chat") else {}, d.finish_reason,
                                             {"cent": d.timing}))
+            record_finished(raw, reasons)
             if chunk["include_usage"]:
                 yield sse(dict(chunk["base"], choices=[], usage=usage(prompts, outs)))
             yield "data: [DONE]\n\n"
-        finally:
-            if left:  # the client went away mid-stream
+
+        def on_close() -> None:
+            if left[0]:  # the client went away mid-stream
                 abort_all(reqs)
+                record(raw, "aborted", "client_disconnect")
+
+        return EventStream(body(), on_close)
 
     # ------------------------------------------------------------------ endpoints
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, raw: Request):
         check_model(body.model)
+        body.check_fields(cfg.model.vocab_size)
         prompts = to_ids(body.prompt)
         reqs, q = await start(body, prompts, body.max_tokens)
         rid = f"cmpl-{uuid.uuid4().hex}"
@@ -228,7 +246,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                 return dict(base, choices=[choice])
             spec = dict(base=base, make=make, include_usage=body.include_usage,
                         return_token_ids=body.return_token_ids)
-            return StreamingResponse(stream(raw, reqs, q, prompts, spec), media_type="text/event-stream")
+            return event_stream(raw, reqs, q, prompts, spec)
         outs = await collect(raw, reqs, q)
         choices = []
         for index in range(len(reqs)):
@@ -246,10 +264,14 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, raw: Request):
         check_model(body.model)
+        body.check_fields(cfg.model.vocab_size)
         if not body.messages:
             raise ApiError("messages is empty: give at least one message", "messages")
-        prompts = to_ids(chat_prompt(body.messages))
-        reqs, q = await start(body, prompts, body.max_completion_tokens or body.max_tokens)
+        prompts = to_ids(chat_prompt(body.messages), "messages")
+        if body.max_completion_tokens is not None:  # OpenAI's newer name wins
+            reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens")
+        else:
+            reqs, q = await start(body, prompts, body.max_tokens)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         base = dict(id=rid, object="chat.completion.chunk", created=int(time.time()), model=model_name)
         if body.stream:
@@ -260,7 +282,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None) -
                 return dict(base, choices=[choice])
             spec = dict(base=base, make=make, include_usage=body.include_usage,
                         return_token_ids=body.return_token_ids, chat=True)
-            return StreamingResponse(stream(raw, reqs, q, prompts, spec), media_type="text/event-stream")
+            return event_stream(raw, reqs, q, prompts, spec)
         outs = await collect(raw, reqs, q)
         choices = []
         for index in range(len(reqs)):

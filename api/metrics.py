@@ -1,6 +1,11 @@
 """Prometheus metrics: vLLM's names (SERVING.md) plus `cent:` ones. Latencies are simulated seconds.
 
 Each app has its own registry, so several servers (tests) can live in one process.
+
+Loss accounting: every generation request (POST /v1/completions or /v1/chat/completions)
+is counted once in `cent:requests_total{outcome, reason}` when it ends (`OUTCOMES`), so
+the counts add up to the requests received. `vllm:request_success_total{finished_reason}`
+counts the engine's sequences (one per choice) instead, aborted and failed ones included.
 """
 from __future__ import annotations
 
@@ -11,6 +16,13 @@ from cent_serve.request import Request
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                      7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 """Histogram buckets (seconds), vLLM's range stretched down for PIM's millisecond tokens."""
+OUTCOMES = {
+    "completed": ("stop", "length"),  # every choice finished; `length` if any hit its limit
+    "failed": ("engine_error", "internal_error"),  # 5xx: the devices failed a round, or a bug
+    "aborted": ("client_disconnect", "server_abort"),  # the client left, or the engine stopped
+    "rejected": ("queue_full", "invalid_request", "unauthorized", "too_large"),  # 429, 400/404/422, 401, 413
+}
+"""`cent:requests_total` outcomes and the reasons each can carry."""
 ITL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                  1.0, 2.5, 5.0)
 
@@ -45,6 +57,13 @@ class Metrics:
         self.energy = Gauge("cent:energy_joules", "Energy spent by the devices (simulated).", lab, registry=r)
         self.preemptions = Gauge("cent:preemptions", "Sequences preempted for KV space.", lab, registry=r)
         self.rounds = Gauge("cent:rounds", "Engine rounds run.", lab, registry=r)
+        self.requests = Counter("cent:requests", "Generation requests by how they ended (one count each).",
+                                lab + ["outcome", "reason"], registry=r)
+
+    def count_request(self, outcome: str, reason: str) -> None:
+        """Record how one generation request ended (any thread)."""
+        assert reason in OUTCOMES.get(outcome, ()), (outcome, reason)
+        self.requests.labels(self.model_name, outcome, reason).inc()
 
     def observe_finished(self, req: Request) -> None:
         """Called once per finished request (engine thread)."""

@@ -1,11 +1,19 @@
 """Request bodies of the OpenAI-compatible API (SERVING.md), and their translation to
 `RequestParams`. Schema errors (wrong types, missing fields) come from pydantic and are
-answered 422; values out of range raise `ApiError` with 400 naming the parameter."""
+answered 422; values out of range raise `ApiError` with 400 naming the parameter.
+
+Types are strict: `"5"` is not an integer, `1` is not a boolean and `5.0` is not a token
+count (an integer is accepted where a number is expected). Unknown fields are accepted and
+ignored, as vLLM does (clients send vendor extensions), except OpenAI parameters whose
+silent loss would change the answer (`UNSUPPORTED`): those are rejected with 400 unless
+they hold their neutral value. Strings must be valid Unicode (a lone surrogate escape such
+as `"\\ud800"` is rejected with 400)."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
@@ -14,26 +22,64 @@ MAX_N = 16
 """Choices per request at most."""
 MAX_STOP_STRINGS = 4
 """OpenAI's limit on `stop`."""
+MAX_STOP_CHARS = 1024
+"""Characters per stop string at most."""
+MAX_STOP_TOKEN_IDS = 256
+"""Entries of `stop_token_ids` at most."""
+SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
+"""`seed` is an int64 (OpenAI, vLLM); negative seeds are taken modulo 2**64."""
+MAX_ARRIVAL_S = 1e9
+"""Largest `arrival_s` (simulated seconds, ~32 years): a replay arrival, not a clock jump to 1e300."""
+UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
+               "tool_choice": ("none",), "response_format": ({"type": "text"},), "top_logprobs": (0,)}
+"""OpenAI parameters this server cannot honour, with the values that mean "off" (null is off too)."""
 
 
 class ApiError(Exception):
     """A client mistake: becomes `{"error": {...}}` with `status`."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 type_: str = "invalid_request_error", code: str | None = None) -> None:
+                 type_: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message, self.param, self.status, self.type, self.code = message, param, status, type_, code
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def short(value, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages that quote client input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_unicode(value, path: str) -> None:
+    """Raise ApiError (400) at the first string that cannot be encoded (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(f"{path} is not valid Unicode (a lone surrogate escape?): send UTF-8 text",
+                           path.split(".")[0] or None) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k, path or "body")
+            _check_unicode(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_unicode(v, f"{path}.{i}")
+
+
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored, as vLLM does
+    model_config = ConfigDict(extra="allow", strict=True)  # unknown fields: module docstring
 
     model: str
     max_tokens: int | None = None
@@ -59,32 +105,66 @@ class _Common(BaseModel):
     """cent-serve replay extension (virtual clock): start no round at or past this simulated
     time until the next request arrives (the replayer's next arrival; null releases)."""
 
-    def to_params(self, default_max_tokens: int, room: int) -> RequestParams:
-        """Checked options of one choice. `room` = context left after the prompt."""
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        if isinstance(data, dict):  # unknown fields are ignored, their text too
+            _check_unicode({k: v for k, v in data.items() if k in cls.model_fields}, "")
+        return data
+
+    def check_fields(self, vocab_size: int) -> None:
+        """Per-field checks that need no prompt (raise ApiError 400 naming the field)."""
+        for name, neutral in UNSUPPORTED.items():
+            value = (self.model_extra or {}).get(name)
+            if value is not None and value not in neutral:
+                raise ApiError(f"{name} is not supported by this server: leave it unset", name)
         if not 1 <= self.n <= MAX_N:
-            raise ApiError(f"n={self.n} is invalid: use 1..{MAX_N}", "n")
+            raise ApiError(f"n={short(self.n)} is invalid: use 1..{MAX_N}", "n")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ApiError(f"seed={short(self.seed)} is invalid: use a 64-bit signed integer", "seed")
+        ids = self.stop_token_ids or []
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if len(ids) > MAX_STOP_TOKEN_IDS or bad:
+            raise ApiError(f"stop_token_ids is invalid: give up to {MAX_STOP_TOKEN_IDS} ids in [0, {vocab_size})"
+                           + (f" (got {short(bad[0])})" if bad else ""), "stop_token_ids")
+        for name, most in (("arrival_s", MAX_ARRIVAL_S), ("hold_until_s", math.inf)):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value <= most):
+                raise ApiError(f"{name}={value!r} is invalid: use a finite number of simulated seconds >= 0"
+                               + (f" and <= {most:g}" if math.isfinite(most) else ""), name)
+        if self.hold_until_s is not None and (self.arrival_s is None or self.hold_until_s < self.arrival_s):
+            raise ApiError(f"hold_until_s={self.hold_until_s!r} is invalid: a hold is the next trace arrival, so it "
+                           "needs arrival_s and cannot come before it", "hold_until_s")
+
+    def to_params(self, default_max_tokens: int, room: int, max_tokens_param: str = "max_tokens") -> RequestParams:
+        """Checked options of one choice. `room` = context left after the prompt; errors about
+        `self.max_tokens` name `max_tokens_param` (chat's `max_completion_tokens` lands there)."""
+        if not 1 <= self.n <= MAX_N:
+            raise ApiError(f"n={short(self.n)} is invalid: use 1..{MAX_N}", "n")
         if self.presence_penalty or self.frequency_penalty:
             raise ApiError("presence_penalty and frequency_penalty are not supported: leave them at 0",
                            "presence_penalty" if self.presence_penalty else "frequency_penalty")
         if self.logprobs not in (None, False, 0):
             raise ApiError("logprobs are not supported: leave logprobs unset", "logprobs")
         max_tokens = default_max_tokens if self.max_tokens is None else self.max_tokens
+        name = max_tokens_param
         if max_tokens < 1:
-            raise ApiError(f"max_tokens={max_tokens} is invalid: use a positive integer", "max_tokens")
+            raise ApiError(f"{name}={short(max_tokens)} is invalid: use a positive integer", name)
         if max_tokens > room:
-            raise ApiError(f"max_tokens={max_tokens} does not fit: the prompt leaves {room} tokens of the "
-                           "model's context; lower max_tokens or shorten the prompt", "max_tokens")
+            raise ApiError(f"{name}={short(max_tokens)} does not fit: the prompt leaves {room} tokens of the "
+                           f"model's context; lower {name} or shorten the prompt", name)
         if not 0 <= self.min_tokens <= max_tokens:
-            raise ApiError(f"min_tokens={self.min_tokens} is invalid: use 0..max_tokens ({max_tokens})",
+            raise ApiError(f"min_tokens={short(self.min_tokens)} is invalid: use 0..max_tokens ({max_tokens})",
                            "min_tokens")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
-            raise ApiError(f"stop={self.stop!r} is invalid: give up to {MAX_STOP_STRINGS} non-empty strings",
-                           "stop")
+        if len(stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+            raise ApiError(f"stop={short(self.stop)} is invalid: give up to {MAX_STOP_STRINGS} non-empty strings "
+                           f"of at most {MAX_STOP_CHARS} characters", "stop")
+        seed = None if self.seed is None else self.seed % 2 ** 64  # numpy seeds are non-negative
         try:
             sampling = SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
                                       top_p=1.0 if self.top_p is None else self.top_p,
-                                      top_k=-1 if self.top_k is None else self.top_k, seed=self.seed)
+                                      top_k=-1 if self.top_k is None else self.top_k, seed=seed)
         except ValueError as exc:
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),
@@ -101,15 +181,24 @@ class CompletionRequest(_Common):
     echo: bool = False
 
 
+class ContentPart(BaseModel):
+    """An OpenAI message content part; only `text` parts can be served (a text-only model)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Union[str, list[dict], None] = None
+    content: Union[str, list[ContentPart], None] = None
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
         return self.content or ""
 
 
@@ -123,3 +212,14 @@ def chat_prompt(messages: list[ChatMessage]) -> str:
     have no template of their own; a checkpoint's Jinja template is not applied (yet)."""
     lines = [f"<|{m.role}|>\n{m.text()}" for m in messages]
     return "\n".join(lines) + "\n<|assistant|>\n"
+
+
+FIELD_NAMES = frozenset(name for m in (CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart,
+                                        StreamOptions) for name in m.model_fields)
+
+
+def schema_param(loc) -> str | None:
+    """The `param` of a pydantic error location: field names and list indices, without the
+    `body` prefix and the union-branch tags pydantic inserts (`prompt.list[int].0` -> `prompt.0`)."""
+    parts = [str(x) for x in loc[1:] if isinstance(x, int) or x in FIELD_NAMES]
+    return ".".join(parts) or None

@@ -34,7 +34,7 @@ def build(cfg: CentConfig, executor_kind: str = "ray", engine: Engine | None = N
     metrics = Metrics(cfg.model.name)
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)
     loop.start()
-    return create_app(loop, metrics, cfg.server.api_key), loop
+    return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes), loop
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,6 +53,8 @@ def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
              time.perf_counter() - t0)
     log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
              cfg.server.host, cfg.server.port)
+    if cfg.server.api_key:
+        log.info("an API key is required on every path but /health")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
     # handler found before it; this one lets the teardown below run and the process exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -375,8 +375,12 @@ class ServerConfig:
     """In paced mode, wall seconds per simulated second."""
     ray_address: str | None = None
     """Existing Ray cluster to join (None = start a local Ray)."""
-    api_key: str | None = None
-    """Require `Authorization: Bearer <key>` when set."""
+    api_key: str | None = field(default=None, repr=False)
+    """Require `Authorization: Bearer <key>` on every path but `/health` when set (`cent serve`
+    reads `--api-key` or `CENT_API_KEY`); never printed, redacted by `config_to_dict`."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (bytes); larger ones get 413. 1 MiB holds a 4096-token
+    prompt as text ~60 times over."""
     device_resource: str = "cent_device"
     """Ray resource a node advertises per emulated device it may host (deploy/README.md)."""
     placement: str = "spread"
@@ -391,6 +395,8 @@ class ServerConfig:
                "use 'spread' or 'pack'")
         _check(self.placement_timeout_s > 0, "server.placement_timeout_s", self.placement_timeout_s,
                "use a positive number of seconds")
+        _check(self.max_body_bytes >= 1024, "server.max_body_bytes", self.max_body_bytes,
+               "use at least 1024 bytes")
         _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
         _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
                "use a positive factor")
@@ -485,8 +491,12 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain JSON-able data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config as plain JSON-able data (tuples become lists; an API key is redacted)."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    server = data.get("server") if isinstance(data, dict) else None
+    if isinstance(server, dict) and server.get("api_key"):
+        server["api_key"] = "<redacted>"
+    return data
 
 
 def _coerce(text: str, current: Any, name: str) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from cent_serve.cli_common import add_config_args, config_from_args
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--placement", choices=["spread", "pack"],
                    help="on a cluster advertising cent_device: spread devices over nodes or pack them")
     p.add_argument("--local", action="store_true", help="devices in this process, no Ray")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health "
+                                     "(default: the CENT_API_KEY environment variable, which unlike the flag "
+                                     "is not visible to other users in the process list)")
     p.set_defaults(func=run_serve)
 
 
@@ -30,6 +33,8 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = config_from_args(args)
     s = cfg.server
+    if args.api_key is None and os.environ.get("CENT_API_KEY"):
+        args.api_key = os.environ["CENT_API_KEY"]
     for flag, field in (("host", "host"), ("port", "port"), ("clock", "clock"), ("pace_factor", "pace_factor"),
                         ("ray_address", "ray_address"), ("api_key", "api_key"), ("placement", "placement")):
         value = getattr(args, flag)

@@ -213,4 +213,7 @@ class EngineLoop:
             self.engine.forget(req.request_id)
             if self.on_finish is not None:
                 self.on_finish(req)
-        loop.call_soon_threadsafe(q.put_nowait, (tag, delta))
+        try:  # never blocks: the queue is unbounded and a slow client only delays its own handler
+            loop.call_soon_threadsafe(q.put_nowait, (tag, delta))
+        except RuntimeError:  # the server's event loop is closed (shutdown): nobody is listening
+            log.debug("request %s: event loop closed, delta dropped", req.request_id)

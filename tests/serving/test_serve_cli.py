@@ -17,9 +17,9 @@ from api.server import free_port
 STARTUP_TIMEOUT_S = 180.0
 
 
-def _serve(args: list[str]):
+def _serve(args: list[str], **env_vars: str):
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
     proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -63,6 +63,19 @@ def test_serve_local_starts_answers_and_stops_on_sigterm():
     _complete(url)
     out = _stop(proc, port)
     assert "listening on" in out and "stopped" in out
+
+
+def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
+    key = "sk-from-env-5b1d2e8f9a"
+    proc, url, port = _serve(["--local"], CENT_API_KEY=key)
+    assert httpx.get(url + "/v1/models").status_code == 401
+    assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}-not"}).status_code == 401
+    ok = httpx.post(url + "/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "tiny", "prompt": "CENT", "max_tokens": 2})
+    assert ok.status_code == 200
+    out = _stop(proc, port)
+    assert "listening on http://127.0.0.1:" in out and "API key is required" in out
+    assert key not in out
 
 
 @pytest.mark.ray

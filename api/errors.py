@@ -1,0 +1,94 @@
+"""Errors as OpenAI's error JSON, and the one count per generation request of how it ended
+(`cent:requests_total{outcome, reason}`, api/metrics.py).
+
+A request's outcome is recorded by the first of: its handler (completed, or aborted when the
+engine stopped under it), the error handlers below (rejected, aborted by a disconnect,
+failed), or `EventStream`'s close (aborted: the client left mid-stream). The `Guard`
+middleware counts the requests it refuses before the app sees them."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.guard import GENERATION_PATHS
+from api.protocol import ApiError, schema_param, short
+
+
+def record(raw: Request, outcome: str, reason: str) -> None:
+    """Count how a generation request ended; only the first call per request counts."""
+    if raw.url.path in GENERATION_PATHS and not raw.scope.get("cent.counted"):
+        raw.scope["cent.counted"] = True
+        raw.app.state.metrics.count_request(outcome, reason)
+
+
+def record_finished(raw: Request, finish_reasons: list[str | None]) -> None:
+    """Count a request whose choices all came back from the engine."""
+    if "error" in finish_reasons:
+        record(raw, "failed", "engine_error")
+    elif "abort" in finish_reasons:  # the engine stopped under a connected client
+        record(raw, "aborted", "server_abort")
+    else:
+        record(raw, "completed", "length" if "length" in finish_reasons else "stop")
+
+
+def error_response(raw: Request, err: ApiError) -> JSONResponse:
+    """`err` as OpenAI's error JSON (its headers too, e.g. `Retry-After`), counted."""
+    if err.status == 429:
+        record(raw, "rejected", "queue_full")
+    elif err.status == 499:
+        record(raw, "aborted", "client_disconnect")
+    elif err.status >= 500:
+        record(raw, "failed", "engine_error")
+    else:
+        record(raw, "rejected", "invalid_request")
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+class EventStream(StreamingResponse):
+    """SSE that runs `on_close()` however the response ends. The body generator's own
+    `finally` is not enough: it never runs if the client leaves before the first chunk."""
+
+    def __init__(self, body, on_close) -> None:
+        super().__init__(body, media_type="text/event-stream")
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app raises becomes OpenAI's error JSON: 4xx for the client's mistakes
+    (the param named where there is one), 500 only for the server's own faults."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(raw: Request, exc: ApiError):
+        return error_response(raw, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _schema_error(raw: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            err = ApiError(f"the body is not valid JSON: {first.get('msg')}", None, 400)
+        else:
+            param = schema_param(first.get("loc", ()))
+            err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 422)
+        return error_response(raw, err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(raw: Request, exc: StarletteHTTPException):
+        err = ApiError(str(exc.detail), None, exc.status_code, "not_found_error" if exc.status_code == 404
+                       else "invalid_request_error")
+        return error_response(raw, err)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(raw: Request, exc: Exception):
+        """A bug: still OpenAI's error JSON (Starlette logs the traceback)."""
+        record(raw, "failed", "internal_error")
+        return JSONResponse(ApiError(f"internal error: {type(exc).__name__}", None, 500, "server_error").body(),
+                            status_code=500)

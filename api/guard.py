@@ -1,0 +1,99 @@
+"""A pure ASGI middleware in front of the app: the API key, then the body's size and encoding.
+
+Pure ASGI rather than Starlette's `BaseHTTPMiddleware`, which hides client disconnects
+from the handlers (they abort a departed client's requests). The body is read here, at most
+`max_body_bytes` of it, and replayed to the app once; later `receive()` calls go straight to
+the server, so the app still sees `http.disconnect`.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Callable
+
+from api.protocol import ApiError
+
+OPEN_PATHS = frozenset({"/health"})
+"""Paths served without the API key (liveness probes)."""
+GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+"""Paths whose rejections count as refused generation requests (`on_reject`)."""
+
+
+def bearer_ok(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
+    """Whether `Authorization: Bearer <key>` is present; the key is compared in constant time."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key)
+    return False
+
+
+async def send_error(send, err: ApiError) -> None:
+    """Send `err` as OpenAI's error JSON (ASCII-escaped, so any client text in it is safe)."""
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Guard:
+    """401 without the key (all paths but `OPEN_PATHS`), 413 past `max_body_bytes` (by
+    Content-Length or by the bytes actually streamed), 400 for a body that is not UTF-8.
+    `on_reject(reason)` is called for each refused request to a generation path."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.on_reject = on_reject
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.key is not None and scope["path"] not in OPEN_PATHS and not bearer_ok(scope["headers"], self.key):
+            await self._refuse(scope, send, "unauthorized", ApiError(
+                "missing or wrong API key: send 'Authorization: Bearer <key>'", None, 401, "authentication_error",
+                "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(scope, send, "too_large", self._too_large(int(declared)))
+            return
+        chunks, size, last = [], 0, None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before the body was complete
+                last = message
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await self._refuse(scope, send, "too_large", self._too_large(size))
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await self._refuse(scope, send, "invalid_request", ApiError(
+                f"the body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8", None, 400))
+            return
+        replay = [last or {"type": "http.request", "body": body, "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    def _too_large(self, size: int) -> ApiError:
+        return ApiError(f"the request body has {size} bytes or more; this server takes at most "
+                        f"{self.max_body_bytes} (server.max_body_bytes)", None, 413, code="request_too_large")
+
+    async def _refuse(self, scope, send, reason: str, err: ApiError) -> None:
+        if self.on_reject is not None and scope["path"] in GENERATION_PATHS:
+            self.on_reject(reason)
+        await send_error(send, err)

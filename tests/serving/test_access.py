@@ -1,0 +1,77 @@
+"""Access: the API key guards every path but /health, never shows up in logs or saved configs,
+and the server binds to loopback unless told otherwise."""
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from api.guard import bearer_ok
+from api.server import Server
+from cent_serve.config import ServerConfig, config_to_dict
+from tests.serving.utils import body, outcomes, server_cfg
+
+KEY = "sk-cent-test-7f3a9c1e55d0"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    with Server(server_cfg(api_key=KEY), "local") as s:
+        yield s
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/v1/cent/status"),
+                                          ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
+                                          ("GET", "/docs"), ("GET", "/no-such-path")])
+def test_every_path_but_health_needs_the_key(keyed, method, path):
+    for headers in ({}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"},
+                    {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
+        r = httpx.request(method, keyed.url + path, headers=headers, json=body())
+        assert r.status_code == 401, (headers, r.text)
+        assert r.json()["error"]["type"] == "authentication_error" and r.headers["www-authenticate"] == "Bearer"
+        assert KEY not in r.text
+    r = httpx.request(method, keyed.url + path, headers=AUTH, json=body())
+    assert r.status_code != 401 and r.status_code < 500, r.text
+
+
+def test_health_is_open_and_the_right_key_is_served(keyed):
+    assert httpx.get(keyed.url + "/health").json() == {"status": "ok"}
+    r = httpx.post(keyed.url + "/v1/completions", json=body(), headers={"authorization": f"bearer {KEY}"})
+    assert r.status_code == 200  # the scheme is case-insensitive, as HTTP auth schemes are
+    assert "cent:requests_total" in httpx.get(keyed.url + "/metrics", headers=AUTH).text
+
+
+def test_refused_generation_requests_are_counted(keyed):
+    before = outcomes(keyed.url, AUTH).get(("rejected", "unauthorized"), 0)
+    httpx.post(keyed.url + "/v1/completions", json=body())
+    httpx.get(keyed.url + "/v1/models")  # not a generation request: not counted
+    assert outcomes(keyed.url, AUTH)[("rejected", "unauthorized")] == before + 1
+
+
+def test_bearer_check():
+    key = KEY.encode()
+    assert bearer_ok([(b"authorization", b"Bearer " + key)], key)
+    assert bearer_ok([(b"host", b"x"), (b"Authorization", b"BEARER " + key)], key)
+    assert not bearer_ok([], key)
+    assert not bearer_ok([(b"authorization", b"Bearer " + key[:-1])], key)
+    assert not bearer_ok([(b"authorization", b"Bearer")], key)
+
+
+def test_the_key_never_reaches_the_logs_or_saved_configs(caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    cfg = server_cfg(api_key=KEY)
+    with Server(cfg, "local") as s:
+        httpx.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}-wrong"})
+        httpx.post(s.url + "/v1/completions", json=body(), headers=AUTH)
+    assert caplog.records and KEY not in caplog.text
+    assert KEY not in repr(cfg) and KEY not in repr(cfg.server)
+    assert config_to_dict(cfg)["server"]["api_key"] == "<redacted>"
+
+
+def test_the_server_binds_to_loopback_by_default():
+    assert ServerConfig().host == "127.0.0.1"
+    with Server(server_cfg(), "local") as s:
+        bound = {sock.getsockname()[0] for srv in s.server.servers for sock in srv.sockets}
+    assert bound == {"127.0.0.1"}

@@ -1,0 +1,70 @@
+"""Factories and probes for tests against a real server (local executor, free loopback port)."""
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+
+IDLE_TIMEOUT_S = 20.0
+"""Longest wait for a server to finish (or abort) every request."""
+METRICS_TIMEOUT_S = 10.0
+"""Longest wait for /metrics to reach an expected count."""
+
+
+def server_cfg(numerics: str = "off", devices: int = 8, pp: int = 0, max_waiting: int = 1024,
+               **server) -> CentConfig:
+    """The tiny model on `devices` devices in a pipeline of `pp` stages (0 = one per block: 8
+    lanes; `devices=1, pp=1` = a single lane), port 0 = a free port. `numerics="off"` uses the
+    stand-in sampler: the fastest engine, for tests of the HTTP layer."""
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, 1), numerics=numerics)
+    cfg.scheduler.max_waiting = max_waiting
+    cfg.server.port = 0
+    for k, v in server.items():
+        setattr(cfg.server, k, v)
+    return cfg
+
+
+def body(**fields) -> dict:
+    """A valid completion request (a short one unless overridden)."""
+    return dict({"model": "tiny", "prompt": "hello", "max_tokens": 4, "ignore_eos": True}, **fields)
+
+
+def status(url: str, headers: dict | None = None) -> dict:
+    return httpx.get(url + "/v1/cent/status", headers=headers, timeout=10).json()
+
+
+def wait_idle(url: str, headers: dict | None = None, timeout_s: float = IDLE_TIMEOUT_S) -> dict:
+    """Wait until nothing runs or waits; returns the status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = status(url, headers)
+        if st["num_running"] == st["num_waiting"] == 0:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server is still busy after {timeout_s} s: {st}")
+        time.sleep(0.05)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([^{\s]+)(?:\{(.*)\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def outcomes(url: str, headers: dict | None = None) -> dict[tuple[str, str], float]:
+    """`cent:requests_total` as {(outcome, reason): count}."""
+    text = httpx.get(url + "/metrics", headers=headers, timeout=10).text
+    out = {}
+    for outcome, reason in re.findall(r'^cent:requests_total\{[^}]*outcome="(\w+)",reason="(\w+)"', text, re.M):
+        out[(outcome, reason)] = metric(text, "cent:requests_total", outcome=outcome, reason=reason)
+    return out
