@@ -26,8 +26,12 @@ from api.guard import Guard
 from api.metrics import Metrics
 from api.protocol import ApiError, ChatCompletionRequest, CompletionRequest, chat_prompt, short
 from cent_serve.scheduler import QueueFull
-from cent_serve.serving import Delta, EngineLoop
+from cent_serve.serving import Delta, EngineLoop, EngineStopped
 
+DEFAULT_MAX_TOKENS = 16
+"""Requests without max_tokens get this many (OpenAI's completions default), at most the context
+the prompt leaves. vLLM gives chat the rest of the context instead; with random-weight models that
+mostly means hundreds of tokens of noise, so chat keeps 16 here too."""
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming handler checks whether its client is still there."""
 MAX_CHARS_PER_TOKEN = 32
@@ -98,17 +102,26 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                         f"scheduler.max_waiting={cfg.scheduler.max_waiting}): retry after {RETRY_AFTER_S} s",
                         None, 429, "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
 
+    async def release_hold(body) -> None:
+        """A refused replay request still moves the replayer's clock hold on (or the engine
+        would wait for it until the hold expires)."""
+        if getattr(body, "hold_until_s", None) is not None and loop.clock == "virtual":
+            await loop.call(lambda e: loop.set_hold(body.hold_until_s))
+
     async def start(body, prompts: list[list[int]], max_tokens: int | None,
-                    max_tokens_param: str = "max_tokens") -> tuple[list, asyncio.Queue]:
-        """Submit n choices per prompt; all or none are queued."""
+                    max_tokens_param: str = "max_tokens",
+                    default_max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[list, asyncio.Queue]:
+        """Submit n choices per prompt; all or none are queued. Without max_tokens a choice gets
+        `default_max_tokens`, clamped to the context the prompt leaves."""
         body.max_tokens = max_tokens
-        per_prompt = [body.to_params(16, cfg.model.max_seq_len - len(p), max_tokens_param)  # checks n too
+        per_prompt = [body.to_params(min(default_max_tokens, cfg.model.max_seq_len - len(p)),
+                                     cfg.model.max_seq_len - len(p), max_tokens_param)  # checks n too
                       for p in prompts]
         plans = [(i * body.n + j, p, per_prompt[i]) for i, p in enumerate(prompts) for j in range(body.n)]
         if len(plans) > cfg.scheduler.max_waiting:
             raise ApiError(f"{len(plans)} choices (prompts x n) can never be queued at once: this server queues "
                            f"at most {cfg.scheduler.max_waiting}; send fewer prompts or a smaller n", "prompt")
-        if eng.scheduler.num_waiting >= cfg.scheduler.max_waiting:  # a racy read: fast 429 mid-round
+        if body.arrival_s is None and eng.scheduler.num_waiting >= cfg.scheduler.max_waiting:  # racy: fast 429
             raise queue_full()
         q: asyncio.Queue = asyncio.Queue()
         reqs = []
@@ -126,6 +139,9 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
         except ValueError as exc:
             abort_all(reqs)
             raise ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else "prompt") from None
+        except EngineStopped as exc:
+            abort_all(reqs)
+            raise ApiError(str(exc), None, 503, "server_error", "engine_stopped") from None
         return reqs, q
 
     def abort_all(reqs) -> None:
@@ -234,10 +250,14 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, raw: Request):
-        check_model(body.model)
-        body.check_fields(cfg.model.vocab_size)
-        prompts = to_ids(body.prompt)
-        reqs, q = await start(body, prompts, body.max_tokens)
+        try:
+            check_model(body.model)
+            body.check_fields(cfg.model.vocab_size)
+            prompts = to_ids(body.prompt)
+            reqs, q = await start(body, prompts, body.max_tokens)
+        except ApiError:
+            await release_hold(body)
+            raise
         rid = f"cmpl-{uuid.uuid4().hex}"
         base = dict(id=rid, object="text_completion", created=int(time.time()), model=model_name)
         if body.stream:
@@ -263,15 +283,19 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, raw: Request):
-        check_model(body.model)
-        body.check_fields(cfg.model.vocab_size)
-        if not body.messages:
-            raise ApiError("messages is empty: give at least one message", "messages")
-        prompts = to_ids(chat_prompt(body.messages), "messages")
-        if body.max_completion_tokens is not None:  # OpenAI's newer name wins
-            reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens")
-        else:
-            reqs, q = await start(body, prompts, body.max_tokens)
+        try:
+            check_model(body.model)
+            body.check_fields(cfg.model.vocab_size)
+            if not body.messages:
+                raise ApiError("messages is empty: give at least one message", "messages")
+            prompts = to_ids(chat_prompt(body.messages), "messages")
+            if body.max_completion_tokens is not None:  # OpenAI's newer name wins
+                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens")
+            else:
+                reqs, q = await start(body, prompts, body.max_tokens)
+        except ApiError:
+            await release_hold(body)
+            raise
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         base = dict(id=rid, object="chat.completion.chunk", created=int(time.time()), model=model_name)
         if body.stream:
@@ -305,8 +329,9 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     async def health():
         if not loop.is_alive():
             return JSONResponse({"status": "engine stopped"}, status_code=503)
-        if eng.recovering:
-            return JSONResponse({"status": "degraded", "reason": "re-creating failed devices"}, status_code=503)
+        if eng.recovering or eng.degraded:
+            reason = eng.degraded or "re-creating failed devices"
+            return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/cent/status")

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.guard import GENERATION_PATHS
 from api.protocol import ApiError, schema_param, short
+from cent_serve.serving import EngineStopped
 
 
 def record(raw: Request, outcome: str, reason: str) -> None:
@@ -85,6 +86,10 @@ def install_error_handlers(app: FastAPI) -> None:
         err = ApiError(str(exc.detail), None, exc.status_code, "not_found_error" if exc.status_code == 404
                        else "invalid_request_error")
         return error_response(raw, err)
+
+    @app.exception_handler(EngineStopped)
+    async def _engine_stopped(raw: Request, exc: EngineStopped):
+        return error_response(raw, ApiError(str(exc), None, 503, "server_error", "engine_stopped"))
 
     @app.exception_handler(Exception)
     async def _internal_error(raw: Request, exc: Exception):

@@ -67,6 +67,8 @@ class Engine:
             executors = [self._make_executor() for _ in range(self.num_replicas)]
         self.executors = executors
         self._failed: list[Request] = []  # failed by a fault since the last step returned
+        self.degraded: str | None = None
+        """Why the engine runs short of devices (a replica that could not be re-created), or None."""
         self.recovering = False
         """True while a replica's devices are being re-created after a fault (health: degraded)."""
         self.num_replicas = len(executors)
@@ -183,11 +185,7 @@ class Engine:
         message = (f"the emulated devices of replica {replica} failed: {type(exc).__name__}: {exc}; "
                    "the request was stopped, retry it")
         log.error("%s; re-creating the replica's devices", message)
-        for req in [q for q in self.scheduler.running if q.replica == replica]:
-            req.error = message
-            self._finish(req, "error", max(self.now_s, req.ready_s))
-            self.stats.num_failed += 1
-            self._failed.append(req)
+        self._failed += self._fail([q for q in self.scheduler.running if q.replica == replica], message)
         self._pending_free[replica] = []
         self.recovering = True
         try:
@@ -197,6 +195,10 @@ class Engine:
                 log.exception("shutting down the failed replica")
             self.executors[replica] = self._make_executor()
             self.stats.num_recoveries += 1
+            self.degraded = None
+        except Exception as rebuild:  # noqa: BLE001 - keep serving the other replicas; retried next round
+            self.degraded = f"replica {replica} could not be re-created: {type(rebuild).__name__}: {rebuild}"
+            log.error("%s", self.degraded)
         finally:
             self.recovering = False
 
@@ -264,24 +266,32 @@ class Engine:
         n = len(req.output_ids)
         can_stop = n >= p.min_tokens
         if can_stop and ((token == self.tokenizer.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids):
-            req.output_ids.pop()  # eos and stop ids are not part of the text (OpenAI, vLLM)
-            req.text = self._detok(req)
-            req.output_ids.append(token)
+            req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM)
+            if p.stop:
+                req.text = self.tokenizer.decode(req.output_ids[:-1])
             self._finish(req, "stop", t)
             return
-        req.text = self._detok(req)
-        if can_stop and p.stop:
-            cut = min((i for i in (req.text.find(s) for s in p.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                req.text = req.text[:cut]
-                self._finish(req, "stop", t)
-                return
+        if p.stop:  # text only when stop strings need it (decoding every token is O(n^2))
+            before = len(req.text)
+            req.text = self.tokenizer.decode(req.output_ids)
+            if can_stop:
+                longest = max(len(x) for x in p.stop)
+                lo = max(0, before - longest + 1)  # a stop string ending in the new text
+                cut = min((i for i in (req.text.find(x, lo) for x in p.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    req.text = req.text[:cut]
+                    self._finish(req, "stop", t)
+                    return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
                 or blocks_for(req.num_tokens + 1) > self.scheduler.kv_blocks):  # no room even alone
             self._finish(req, "length", t)
 
-    def _detok(self, req: Request) -> str:
-        return self.tokenizer.decode(req.output_ids)
+    def text(self, req: Request) -> str:
+        """The request's output text so far (stop strings and stop tokens excluded)."""
+        if req.params.stop:
+            return req.text
+        ids = req.output_ids[:-1] if req.ends_with_stop_token else req.output_ids
+        return self.tokenizer.decode(ids)
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
         was_running = req.status is Status.RUNNING
@@ -294,12 +304,14 @@ class Engine:
 
     def fail_running(self, message: str) -> list[Request]:
         """A fault in a round: fail the requests that were in it, keep the rest of the engine."""
-        failed = list(self.scheduler.running)
-        for req in failed:
+        return self._fail(list(self.scheduler.running), message)
+
+    def _fail(self, reqs: list[Request], message: str) -> list[Request]:
+        for req in reqs:
             req.error = message
             self._finish(req, "error", max(self.now_s, req.ready_s))
             self.stats.num_failed += 1
-        return failed
+        return reqs
 
     def forget(self, request_id: str) -> None:
         """Drop a finished request's record (the API calls this once the client has it)."""

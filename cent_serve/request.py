@@ -71,7 +71,10 @@ class Request:
     energy_j: float = 0.0
     num_preemptions: int = 0
     text: str = ""
-    """Detokenized output (stop strings cut)."""
+    """Detokenized output with the stop string cut, kept only when stop strings are given
+    (read the text through `Engine.text`)."""
+    ends_with_stop_token: bool = False
+    """The last output id is the eos or a stop id (counted, but not part of the text)."""
 
     @property
     def all_ids(self) -> list[int]:

@@ -8,10 +8,11 @@ micro-batches of the tp groups. Data-parallel replicas multiply the lanes.
 
 Policy (vLLM's, in rounds): running sequences first, each with one decode
 token or its next prefill chunk; KV blocks are reserved before a round; when
-the pool runs dry the most recently admitted sequence is preempted (its KV
-freed, recomputed later from its prompt and output so far). Then waiting
-requests, first come first served, that have arrived by the round's clock
-and whose whole prompt fits in the free KV blocks.
+the pool runs dry the most recently admitted sequence of the same replica is
+preempted (its KV freed, recomputed later from its prompt and output so far).
+Then waiting requests, first come first served, that have arrived by the
+round's clock, each on the emptiest lane of a replica where its whole prompt
+fits; the whole prompt's blocks are reserved at admission.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ class Scheduler:
                 continue
             n = self._tokens_for(req)
             while not self._reserve(req, req.num_computed + n):
-                victim = self.running[-1]
+                # the latest admitted on the same replica: only its blocks help
+                victim = next(q for q in reversed(self.running) if q.replica == req.replica)
                 dropped.append((victim.replica, victim.seq_id))
                 self._preempt(victim)
                 plan.pop(victim, None)
@@ -139,20 +141,20 @@ class Scheduler:
                     break
             else:
                 plan[req] = n
-        for req in list(self.waiting):
+        admitted = []
+        for req in self.waiting:
             if req.arrival_s > now_s:
                 continue  # FCFS among arrived requests; later ones may still be ahead in the deque
-            slot = self._free_lane()
-            if slot is None:
-                break
             need = blocks_for(len(req.all_ids) + 1)
-            if need > self.free_blocks[slot[0]]:
-                break  # the oldest arrived request does not fit yet: keep order
-            self.waiting.remove(req)
+            slot = self._free_lane(need)
+            if slot is None:
+                break  # no lane, or the oldest arrived request does not fit yet: keep order
+            admitted.append(req)
             self._admit(req, slot)
-            n = self._tokens_for(req)
-            self._reserve(req, req.num_computed + n)
-            plan[req] = n
+            self._reserve(req, len(req.all_ids) + 1)  # the whole prompt: admitted prompts never collide
+            plan[req] = self._tokens_for(req)
+        for req in admitted:
+            self.waiting.remove(req)
         batches: dict[tuple[int, int], LaneBatch] = {}
         for req, n in plan.items():
             key = (req.replica, req.lane)
@@ -163,13 +165,18 @@ class Scheduler:
         left = req.num_tokens - req.num_computed
         return left if left <= 1 else min(left, self.prefill_chunk_tokens)
 
-    def _free_lane(self) -> tuple[int, int] | None:
+    def _free_lane(self, need_blocks: int) -> tuple[int, int] | None:
+        """The emptiest lane with room on a replica that has `need_blocks` free KV blocks
+        (ties: the replica with the most free blocks, then the lowest ids)."""
         best = None
         for r in range(self.num_replicas):
+            if self.free_blocks[r] < need_blocks:
+                continue
             for l_id, members in enumerate(self.lanes[r]):
-                if len(members) < self.seqs_per_lane and (best is None or len(members) < best[0]):
-                    best = (len(members), r, l_id)
-        return None if best is None else (best[1], best[2])
+                key = (len(members), -self.free_blocks[r], r, l_id)
+                if len(members) < self.seqs_per_lane and (best is None or key < best):
+                    best = key
+        return None if best is None else (best[2], best[3])
 
     def _admit(self, req: Request, slot: tuple[int, int]) -> None:
         req.replica, req.lane = slot

@@ -41,6 +41,20 @@ HOLD_EXPIRY_S = 30.0
 not stop the clock forever)."""
 
 
+class EngineStopped(RuntimeError):
+    """The engine thread is gone; the API answers 503."""
+
+
+def _stable(text: str, stops: tuple[str, ...]) -> str:
+    """The part of an unfinished output that is final: no incomplete UTF-8 character at the
+    end, and no tail that may turn out to be the start of a stop string."""
+    text = text.rstrip("\ufffd")
+    for k in range(min(len(text), max((len(x) for x in stops), default=0)), 0, -1):
+        if any(x.startswith(text[-k:]) for x in stops):
+            return text[:-k]
+    return text
+
+
 @dataclass
 class Delta:
     """New output of one request since the last delta."""
@@ -113,6 +127,8 @@ class EngineLoop:
 
     async def call(self, fn: Callable[[Engine], object]):
         """Run `fn(engine)` on the engine thread between rounds and return its result."""
+        if not self.is_alive():
+            raise EngineStopped("the engine thread is not running: the server is stopping or failed")
         fut: cf.Future = cf.Future()
         self.inbox.put(("call", fn, fut))
         return await asyncio.wrap_future(fut)
@@ -121,12 +137,18 @@ class EngineLoop:
 
     def _add(self, eng: Engine, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s) -> Request:
         arrival = max(eng.now_s, self.sim_now_s()) if self.clock == "paced" else arrival_s
-        req = eng.add_request(prompt_ids, params, arrival_s=arrival)
+        try:
+            req = eng.add_request(prompt_ids, params, arrival_s=arrival)
+        finally:  # the hold moves on even when the request is refused (the replayer sends the next)
+            self.set_hold(hold_until_s)
         self.streams[req.request_id] = (loop, q, tag, [0, 0])
-        if hold_until_s is not None:  # the replayer sends one request at a time, in arrival order
+        return req
+
+    def set_hold(self, hold_until_s: float | None) -> None:
+        """Engine thread only. The replayer sends one request at a time, in arrival order."""
+        if hold_until_s is not None:
             self.hold_until_s = hold_until_s
             self._hold_expires = time.monotonic() + HOLD_EXPIRY_S
-        return req
 
     def _held(self, eng: Engine) -> bool:
         """Whether the next round would start at or past a replayer's hold."""
@@ -151,6 +173,8 @@ class EngineLoop:
             if req is not None:
                 self._deliver(req)
             return
+        if not fut.set_running_or_notify_cancel():
+            return  # the caller gave up (its task was cancelled): do not act for it
         try:
             fut.set_result(arg(self.engine))
         except BaseException as exc:  # the caller gets it; the engine goes on
@@ -166,6 +190,16 @@ class EngineLoop:
             pass
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug: say so, and leave nobody waiting
+            log.exception("the engine thread failed")
+            self.fault = "the engine thread failed"
+            raise
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
         eng = self.engine
         while not self._stop.is_set():
             held = self._held(eng)
@@ -173,8 +207,11 @@ class EngineLoop:
             if held or not eng.has_work():
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S
-                    for req in eng.check_devices():
-                        self._deliver(req)
+                    try:
+                        for req in eng.check_devices():
+                            self._deliver(req)
+                    except Exception:  # noqa: BLE001 - re-creating failed; retried at the next check
+                        log.exception("device check failed")
                 continue
             if self.clock == "paced":
                 wait = self.wall_delay_s(eng.now_s)
@@ -186,14 +223,29 @@ class EngineLoop:
             except Exception as exc:  # a fault fails the requests of the round, not the server
                 log.exception("round failed")
                 self.fault = f"{type(exc).__name__}: {exc}"
-                advanced = eng.fail_running(f"the emulated devices failed this round: {self.fault}")
+                eng.fail_running(f"the emulated devices failed this round: {self.fault}")
+                # everything that finished in this round, failed or not, still owes its client an end
+                advanced = [r for r in (eng.requests.get(rid) for rid in list(self.streams)) if r and r.is_finished]
             for req in advanced:
                 self._deliver(req)
-        for rid in list(self.streams):  # shutting down: nobody is left waiting forever
+
+    def _close(self) -> None:
+        """Stopping: end every stream and every pending command, so nobody waits forever."""
+        eng = self.engine
+        for rid in list(self.streams):
             req = eng.requests.get(rid)
-            if req is not None and not req.is_finished:
+            if req is None:
+                continue
+            if not req.is_finished:
                 eng.abort(rid)
-                self._deliver(req)
+            self._deliver(req)
+        while True:
+            try:
+                cmd = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if cmd is not None and cmd[0] == "call" and cmd[2].set_running_or_notify_cancel():
+                cmd[2].set_exception(EngineStopped("the engine stopped before it could take this"))
 
     def _deliver(self, req: Request) -> None:
         entry = self.streams.get(req.request_id)
@@ -201,9 +253,9 @@ class EngineLoop:
             return
         loop, q, tag, sent = entry
         n_tok, n_chr = sent
-        text = req.text
-        if not req.is_finished:  # hold back an incomplete UTF-8 character
-            text = text.rstrip("\ufffd")
+        text = self.engine.text(req)
+        if not req.is_finished:
+            text = _stable(text, req.params.stop)
         delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error)
         sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))

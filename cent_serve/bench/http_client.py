@@ -52,7 +52,11 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
         async with client.stream("POST", "/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S) as r:
             submitted.set()
             if r.status_code != 200:
-                err = json.loads(await r.aread()).get("error", {})
+                raw = await r.aread()
+                try:
+                    err = json.loads(raw).get("error", {})
+                except (ValueError, AttributeError):  # not OpenAI's error JSON (a proxy, another server)
+                    err = {"message": raw[:200].decode(errors="replace")}
                 rec.finish_reason = "rejected" if r.status_code == 429 else "invalid"
                 rec.error = f"{r.status_code}: {err.get('message', '')}"
                 return
@@ -89,7 +93,9 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     """Replay over HTTP; returns the result (simulated times when the server gives them) and the
     client's wall-clock measurements per request id."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=max(concurrency, 16), max_keepalive_connections=64)
+    # exact replay keeps every request's stream open while the next is sent: no connection cap there
+    # (a cap would hold back the request the engine's clock is waiting for)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=30) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         st = await client.get("/v1/cent/status")

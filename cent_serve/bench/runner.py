@@ -126,13 +126,11 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
                 _add(engine, pending, index, seed, records)
                 index += 1
                 pending = next(it, None)
-            for req in engine.step():
+            for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
                 if req.is_finished:
                     records[req.request_id] = RequestRecord.from_request(req)
                     engine.forget(req.request_id)
                     bar.update(1)
-            for rid in [rid for rid, r in engine.requests.items() if r.is_finished]:  # aborted or failed
-                records[rid] = RequestRecord.from_request(engine.requests.pop(rid))
             st = engine.scheduler
             last = samples[-1] if samples else None
             steps += 1

@@ -27,7 +27,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         s = summarize(run_in_process(cfg, requests_at(rate), executor_kind, progress=False), slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)}))
         print(f"rate {rate:>8.3f} req/s: {s['completed']} done, output {s['output_throughput']:.1f} tok/s, "
-              f"p99 TTFT {s['p99_ttft_ms']:.1f} ms, p99 TPOT {s['p99_tpot_ms'] or 0:.3f} ms"
+              f"p99 TTFT {s['p99_ttft_ms'] or 0:.1f} ms, p99 TPOT {s['p99_tpot_ms'] or 0:.3f} ms"
               + (f", SLO attainment {100 * s['slo_attainment']:.1f}%" if slos else ""))
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows,
@@ -96,7 +96,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                     if k in cost})
         rows.append(row)
         print(f"pp {pp:>3} tp {tp:>2}: {s['total_token_throughput']:>9.1f} tok/s, TTFT p50 "
-              f"{s['median_ttft_ms']:.1f} ms, TPOT p50 {s['median_tpot_ms'] or 0:.3f} ms"
+              f"{s['median_ttft_ms'] or 0:.1f} ms, TPOT p50 {s['median_tpot_ms'] or 0:.3f} ms"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,

@@ -30,7 +30,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join `address` (or RAY_ADDRESS), or start a quiet local Ray if none is running."""
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # workers' logs stay in Ray's log files: forwarded, raylet warnings would land in our stdout
+    # (and in `--json` output); device errors still come back as exceptions
+    kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -96,27 +98,32 @@ class RayExecutor:
         self.cfg = cfg
         self.timer = SystemTimer.from_config(cfg)
         self.units = execution_units(self.timer.mapping)
-        # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
         from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                                     PlacementGroupSchedulingStrategy)
 
-        device_ids = [d for u in self.units for d in u.device_ids]
-        self.pg = place_devices(cfg, len(device_ids))
-        # the switch next to the driver (the head node when the engine runs there)
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.fabric = FabricActor.options(scheduling_strategy=here).remote(
-            cfg, [u.device_ids for u in self.units], "127.0.0.1" if _single_node() else None)
-        switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
-        self.actors = {}
-        for i, d in enumerate(device_ids):
-            opts = {}
-            if self.pg is not None:
-                opts = dict(resources={cfg.server.device_resource: 1},
-                            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-            self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch)
-        ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
-                timeout=STARTUP_TIMEOUT_S)
-        self.link = Link.connect(tuple(switch), ("host",))
+        self.actors, self.pg, self.fabric, self.link = {}, None, None, None
+        try:
+            device_ids = [d for u in self.units for d in u.device_ids]
+            self.pg = place_devices(cfg, len(device_ids))
+            # the switch next to the driver (the head node when the engine runs there)
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
+            self.fabric = FabricActor.options(scheduling_strategy=here).remote(
+                cfg, [u.device_ids for u in self.units], "127.0.0.1" if _single_node() else None)
+            switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
+            self.actors = {}
+            for i, d in enumerate(device_ids):
+                opts = {}
+                if self.pg is not None:
+                    opts = dict(resources={cfg.server.device_resource: 1},
+                                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch)
+            ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
+                    timeout=STARTUP_TIMEOUT_S)
+            self.link = Link.connect(tuple(switch), ("host",))
+        except BaseException:  # a half-built executor must not keep actors or reserved devices
+            self.shutdown()
+            raise
         self._sent = self._received = 0
         self._replies: dict[int, tuple] = {}
         self._lock = threading.Lock()  # one host link: submits and waits from several threads take turns
@@ -158,11 +165,14 @@ class RayExecutor:
         return dict(devices=devices, fabric=ray.get(self.fabric.stats.remote(), timeout=ROUND_TIMEOUT_S))
 
     def shutdown(self) -> None:
-        if self.actors:
-            self.link.close()
-        for a in [*self.actors.values(), self.fabric]:
+        """Kill the actors and give the devices back; safe to call twice or half-built."""
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.close()
+            self.link = None
+        for a in [*self.actors.values(), *([self.fabric] if self.fabric is not None else [])]:
             ray.kill(a)
-        self.actors = {}
+        self.actors, self.fabric = {}, None
         if self.pg is not None:
             from ray.util.placement_group import remove_placement_group
             remove_placement_group(self.pg)

@@ -44,3 +44,22 @@ def test_cli_url_against_a_paced_server(tmp_path):
     assert summary["completed"] == 12 and summary["server_clock"] == "paced"
     assert summary["mean_client_wall_ttft_ms"] > 0 and summary["mean_ttft_ms"] > 0
     assert json.loads((out / "config.json").read_text())["server_status"]["model"] == "tiny"
+
+
+def test_refused_replay_requests_do_not_stall_the_clock():
+    """Rejected requests (429) still move the replay hold on: the replay finishes promptly."""
+    import time
+
+    from cent_serve.bench import Request
+
+    cfg = _cfg()
+    cfg.parallel = ParallelConfig(1, 1, 1)  # one lane
+    cfg.scheduler.max_waiting = 3
+    reqs = [Request(str(i), 0.0001 * i, 8, 16) for i in range(14)]
+    with Server(cfg, "local") as s:
+        t0 = time.monotonic()
+        result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+        wall = time.monotonic() - t0
+    outcomes = [r.finish_reason for r in result.records]
+    assert outcomes.count("rejected") > 0 and outcomes.count("length") > 0
+    assert len(outcomes) == 14 and wall < 20  # a stuck hold would wait 30 s per refusal

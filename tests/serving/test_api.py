@@ -217,3 +217,25 @@ def test_api_key(server):
         assert httpx.get(s.url + "/v1/models").status_code == 401
         ok = httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer sekrit"})
         assert ok.status_code == 200
+
+
+def test_streamed_text_never_shows_the_start_of_a_stop_string(client):
+    kw = dict(model="tiny", prompt="Hello", max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw).choices[0].text
+    stop = full[6:9]
+    assert len(stop) == 3 and full.find(stop) == 6
+    pieces = [c.choices[0].text for c in client.completions.create(stream=True, stop=[stop], **kw) if c.choices]
+    assert "".join(pieces) == full[:6]
+    seen = ""
+    for p in pieces:  # no chunk ever carried text that the stop string later took back
+        seen += p
+        assert full[:6].startswith(seen)
+
+
+def test_stable_text_holds_back_a_possible_stop_prefix():
+    from cent_serve.serving import _stable
+
+    assert _stable("abcEN", ("END",)) == "abc"
+    assert _stable("abcE", ("END", "xyz")) == "abc"
+    assert _stable("abcX", ("END",)) == "abcX"
+    assert _stable("ab\ufffd", ()) == "ab"
