@@ -83,7 +83,7 @@ class DeviceWorker:
         for name in ("embedding", "lm_head", "accelerator", "dma", *(f"group{g}" for g in self.group_free_s)):
             self.busy[name] = 0.0
         self._group_names = {g: f"group{g}" for g in self.group_free_s}
-        self._cost_cache: dict[int, tuple[float, float, float]] = {}
+        self._cost_cache = self.timer.block_costs  # shared: every device of a mapping costs a context alike
         assert len(self.group_free_s) == len(self.stages), f"stages share a channel group: {self.stages}"
         # per stage: its channel group and, per block, whether the block's output leaves the device
         self._block_plan = [(s.channel_group, tuple(b == self.last_block and not self.has_lm_head

@@ -44,6 +44,9 @@ class SystemTimer:
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
+        self.block_costs: dict[int, tuple[float, float, float]] = {}
+        """Context -> (PIM s, accelerator s, energy J per tp device) of one block for one token;
+        filled by the device workers, shared by all that use this timer (one per executor)."""
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
