@@ -25,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/timing_tables.py
+	$(BIN)/python benchmarks/actors_speed.py
+	$(BIN)/python benchmarks/scaling.py --out bench-scaling
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
