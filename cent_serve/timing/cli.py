@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import CentConfig, ParallelConfig
@@ -150,9 +152,6 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
     """Paper mode through the actors: the same JSON as the closed form, plus wall figures."""
     import logging
 
-    from cent_serve.emulate import emulate_phases, emulate_seqlen
-    from cent_serve.executor import make_executor
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.ray_address:
         cfg.server.ray_address = args.ray_address
@@ -161,20 +160,10 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
     context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
     check_capacity(cfg.model, mp, cfg.device, context)
-    executor = make_executor(cfg, "local" if args.local else "ray")
-    try:
-        if args.prompt is not None:
-            out = emulate_phases(cfg, executor, args.prompt, args.decode, args.seqlen_gap)
-            for phase in PHASES:
-                if phase in out:
-                    row = out[phase]
-                    row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
-                                            row["throughput_tok_s"], phase, row["energy_per_token_mj"],
-                                            cfg.device))
-        else:
-            out = emulate_seqlen(cfg, executor, context)
-    finally:
-        executor.shutdown()
+    # Ray prints its own warnings to stdout from background threads: keep them off the JSON
+    noise = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with noise:
+        out = _emulate(cfg, args, mp, context)
     out["executor"] = "local" if args.local else "ray"
     out["numerics"] = cfg.resolved_numerics
     if args.json:
@@ -190,3 +179,24 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
               f"{r['token_latency_ms']:>10.3f}{c['token_latency_ms']:>13.3f}")
     print(f"wall {out['wall_s']:.2f} s, {out['sim_tokens_per_wall_s']:.0f} simulated tokens per wall second")
     return 0
+
+
+def _emulate(cfg: CentConfig, args: argparse.Namespace, mp, context: int) -> dict:
+    from cent_serve.emulate import emulate_phases, emulate_seqlen
+    from cent_serve.executor import make_executor
+
+    executor = make_executor(cfg, "local" if args.local else "ray")
+    try:
+        if args.prompt is not None:
+            out = emulate_phases(cfg, executor, args.prompt, args.decode, args.seqlen_gap)
+            for phase in PHASES:
+                if phase in out:
+                    row = out[phase]
+                    row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
+                                            row["throughput_tok_s"], phase, row["energy_per_token_mj"],
+                                            cfg.device))
+        else:
+            out = emulate_seqlen(cfg, executor, context)
+    finally:
+        executor.shutdown()
+    return out
