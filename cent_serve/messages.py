@@ -85,17 +85,29 @@ class Wave:
     """Per micro-batch (seqs wanting logits, vocab) after the LM head; None before it."""
     tokens: tuple[int, ...] = ()
     """Per micro-batch, its tokens in this step (filled from `seqs` when not given)."""
+    costs: tuple | None = field(default=None, compare=False, repr=False)
+    """(owner, per-column list): what charging each column costs on a device, computed by the
+    first device of a mapping and reused by the others in the same process (`owner` is the
+    cost table they share). Never sent over a link: a device in another process recomputes it."""
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.mb_ids):
             self.tokens = tuple(sum(s[2] for s in ss) for ss in self.seqs)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["costs"] = None
+        return state
 
     def __len__(self) -> int:
         return len(self.mb_ids)
 
     def arrival_order(self) -> list[int]:
         """Columns in the order a resource serves them: by ready_s, ties by mb_id."""
-        return [i for _, _, i in sorted(zip(self.ready_s, self.mb_ids, range(len(self.mb_ids))))]
+        ids, ready = self.mb_ids, self.ready_s
+        if list(ids) == sorted(ids):  # the usual case: then a stable sort by time breaks ties by mb_id
+            return sorted(range(len(ids)), key=ready.__getitem__)
+        return [i for _, _, i in sorted(zip(ready, ids, range(len(ids))))]
 
     def id_order(self) -> list[int]:
         ids = self.mb_ids
@@ -106,9 +118,10 @@ class Wave:
         """The columns in `order` with new ready_s (given per column of self) and payloads
         (given per position of `order`)."""
         if order == list(range(len(order))):  # the usual case: already in mb_id order
-            return Wave(self.mb_ids, self.seqs, list(ready_s), hidden, logits, self.tokens)
+            return Wave(self.mb_ids, self.seqs, list(ready_s), hidden, logits, self.tokens, self.costs)
+        costs = None if self.costs is None else (self.costs[0], [self.costs[1][i] for i in order])
         return Wave(tuple([self.mb_ids[i] for i in order]), tuple([self.seqs[i] for i in order]),
-                    [ready_s[i] for i in order], hidden, logits, tuple([self.tokens[i] for i in order]))
+                    [ready_s[i] for i in order], hidden, logits, tuple([self.tokens[i] for i in order]), costs)
 
     @classmethod
     def from_micro_batches(cls, mbs: list[MicroBatch]) -> "Wave":

@@ -27,7 +27,9 @@ class PagedKVCache:
     bytes_per_token: int
     block_tokens: int = 16
     block_tables: dict[int, list[int]] = field(default_factory=dict)
-    seq_tokens: dict[int, int] = field(default_factory=dict)
+    capacity: dict[int, int] = field(default_factory=dict)
+    """Tokens each sequence's blocks hold (len(block table) x block_tokens): the fast check
+    callers make before `grow`."""
     _free: list[int] = field(default_factory=list)
     """Blocks handed back; never-used blocks come from `_next_unused` (millions of them on a
     16 GiB device, so they are not listed up front)."""
@@ -61,25 +63,22 @@ class PagedKVCache:
 
     def grow(self, seq_id: int, new_total_tokens: int) -> None:
         """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
-        table = self.block_tables.get(seq_id)
-        if table is not None and new_total_tokens <= len(table) * self.block_tokens:  # fits: no block
-            if new_total_tokens > self.seq_tokens[seq_id]:
-                self.seq_tokens[seq_id] = new_total_tokens
+        if new_total_tokens <= self.capacity.get(seq_id, 0):
             return
-        table = self.block_tables.setdefault(seq_id, [])
+        table = self.block_tables.get(seq_id, [])
         need = self.blocks_needed(new_total_tokens) - len(table)
-        if need > 0:
-            free = self.num_free_blocks
-            if need > free:
-                raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {free} free "
-                                  f"of {self.num_blocks}")
-            for _ in range(need):
-                table.append(self._take())
-        self.seq_tokens[seq_id] = max(self.seq_tokens.get(seq_id, 0), new_total_tokens)
+        free = self.num_free_blocks
+        if need > free:
+            raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {free} free "
+                              f"of {self.num_blocks}")
+        self.block_tables[seq_id] = table
+        for _ in range(need):
+            table.append(self._take())
+        self.capacity[seq_id] = len(table) * self.block_tokens
 
     def free(self, seq_id: int) -> int:
         """Release every block of `seq_id`; returns how many were freed."""
         table = self.block_tables.pop(seq_id, [])
-        self.seq_tokens.pop(seq_id, None)
+        self.capacity.pop(seq_id, None)
         self._free.extend(reversed(table))
         return len(table)

@@ -84,10 +84,12 @@ class DeviceWorker:
             self.busy[name] = 0.0
         self._group_names = {g: f"group{g}" for g in self.group_free_s}
         self._cost_cache = self.timer.block_costs  # shared: every device of a mapping costs a context alike
+        self._per_tok: dict[int, tuple[float, float]] = {}  # tokens -> (collectives s, block-to-block hop s)
         assert len(self.group_free_s) == len(self.stages), f"stages share a channel group: {self.stages}"
         # per stage: its channel group and, per block, whether the block's output leaves the device
         self._block_plan = [(s.channel_group, tuple(b == self.last_block and not self.has_lm_head
                                                     for b in s.blocks)) for s in self.stages]
+        self._groups = [(j, flags, len(flags)) for j, (_, flags) in enumerate(self._block_plan)]
         self._blocks_per_call = sum(len(s.blocks) for s in self.stages)
         self._local_hops = sum(not x for _, flags in self._block_plan for x in flags)
         self._head_energy_j = head_energy_j(self.timer) / self.tp
@@ -134,10 +136,11 @@ class DeviceWorker:
         self.counters.calls += 1
         for sid in free_seq_ids:
             self.free(sid)
-        grow = self.kv.grow
+        grow, held = self.kv.grow, self.kv.capacity
         for seqs in wave.seqs:
             for s in seqs:
-                grow(s[0], s[1] + s[2])
+                if s[1] + s[2] > held.get(s[0], 0):  # crosses into a new block (or a new sequence)
+                    grow(s[0], s[1] + s[2])
         done_s = self._charge_time(wave)
         order = wave.id_order()
         out = wave.take(order, done_s, hidden=None if wave.hidden is None else [wave.hidden[i] for i in order])
@@ -161,40 +164,62 @@ class DeviceWorker:
                                                block_energy_j(t, context) / self.tp)
         return hit
 
+    def _per_token(self, tokens: int) -> tuple[float, float]:
+        """(in-block collectives s, block-to-block hop s) of a step of `tokens` tokens."""
+        hit = self._per_tok.get(tokens)
+        if hit is None:
+            hit = self._per_tok[tokens] = (self.timer.collectives_s(tokens), self.timer.hop_s(tokens))
+        return hit
+
+    def _column_costs(self, w: Wave) -> list[tuple]:
+        """Per column: (PIM s, own accelerator s, energy J of one block, the block's step s,
+        block-to-block hop s, tokens, sequences), the same for every device of the mapping."""
+        cache, token_cost, tb = self._cost_cache, self._token_cost, self.timer.mapping.tb
+        coll1, hop1 = self._per_token(1)
+        out = []
+        for seqs, n_tok in zip(w.seqs, w.tokens):
+            if n_tok == 1 and len(seqs) == 1:  # one sequence, one token: the usual column
+                L = seqs[0][1] + 1
+                pim, acc, energy = cache.get(L) or token_cost(L)  # == 0.0 + each, bit for bit
+                out.append((pim, acc, energy, pim + acc * tb + coll1, hop1, 1, 1))
+                continue
+            pim = acc = energy = 0.0
+            for s in seqs:
+                for L in range(s[1] + 1, s[1] + s[2] + 1):
+                    p, a, e = cache.get(L) or token_cost(L)
+                    pim, acc, energy = pim + p, acc + a, energy + e
+            coll, hop = self._per_token(n_tok)
+            out.append((pim, acc, energy, pim + acc * tb + coll, hop, n_tok, len(seqs)))
+        return out
+
     def _charge_time(self, w: Wave) -> list[float]:
         """Push the wave's columns, in arrival order, through this device's busy-until clocks;
         returns the time each column's output exists (its last block's end, or the LM head's).
 
         One pass with the clocks in locals: every float operation is the one a per-micro-batch
         version would do, in the same order, so the results are bit for bit the same."""
-        timer, tb, c, busy = self.timer, self.timer.mapping.tb, self.counters, self.busy
-        token_cost, coll_s, hop_of = self._token_cost, timer.collectives_s, timer.hop_s
-        embed_s, head_s, head_e = timer.embed_lookup_s, timer.lm_head_s, self._head_energy_j
+        c, busy = self.counters, self.busy
+        embed_s, head_s, head_e = self.timer.embed_lookup_s, self.timer.lm_head_s, self._head_energy_j
         has_embedding, has_head, blocks = self.has_embedding, self.has_lm_head, self._blocks_per_call
         plan = self._block_plan
+        groups = self._groups
         gfree = [self.group_free_s[g] for g, _ in plan]
         gbusy = [busy[self._group_names[g]] for g, _ in plan]
         embed_free, head_free, acc_free, dma_free = self.embed_free_s, self.head_free_s, self.acc_free_s, self.dma_free_s
         b_embed, b_head, b_acc, b_dma = busy["embedding"], busy["lm_head"], busy["accelerator"], busy["dma"]
-        energy_j, tokens = c.energy_j, 0
-        ready, all_seqs, all_tokens = w.ready_s, w.seqs, w.tokens
+        energy_j, ready = c.energy_j, w.ready_s
         done = [0.0] * len(ready)
-        cache = self._cost_cache
+        if w.costs is None or w.costs[0] is not self._cost_cache:
+            w.costs = (self._cost_cache, self._column_costs(w))
+        costs = w.costs[1]
         for i in w.arrival_order():
-            seqs, n_tok = all_seqs[i], all_tokens[i]
-            pim = acc = energy = 0.0
-            for s in seqs:
-                for L in range(s[1] + 1, s[1] + s[2] + 1):
-                    p, a, e = cache.get(L) or token_cost(L)
-                    pim, acc, energy = pim + p, acc + a, energy + e
-            cost = pim + acc * tb + coll_s(n_tok)
-            hop = hop_of(n_tok)
+            pim, acc, energy, cost, hop, n_tok, n_heads = costs[i]
             t = ready[i]
             if has_embedding:
                 start = t if t > embed_free else embed_free
                 t = embed_free = start + embed_s * n_tok
                 b_embed += t - start
-            for j, (_, to_fabric) in enumerate(plan):
+            for j, to_fabric, n_blocks in groups:
                 free = gfree[j]
                 for is_last in to_fabric:
                     start = free if free > t else t
@@ -212,23 +237,22 @@ class DeviceWorker:
                         dma_free = (free if free > dma_free else dma_free) + hop
                         b_dma += hop
                 gfree[j] = free
-                gbusy[j] += cost * len(to_fabric)
+                gbusy[j] += cost * n_blocks
             b_acc += acc * blocks
             energy_j += energy * blocks
             if has_head:
-                n_heads = len(seqs)
                 start = t if t > head_free else head_free
                 t = head_free = start + head_s * n_heads
                 b_head += t - start
                 energy_j += head_e * n_heads
             done[i] = t
-            tokens += n_tok
         for (g, _), free, b in zip(plan, gfree, gbusy):
             self.group_free_s[g] = free
             busy[self._group_names[g]] = b
         self.embed_free_s, self.head_free_s, self.acc_free_s, self.dma_free_s = embed_free, head_free, acc_free, dma_free
         busy["embedding"], busy["lm_head"], busy["accelerator"], busy["dma"] = b_embed, b_head, b_acc, b_dma
         c.energy_j = energy_j
+        tokens = sum(w.tokens)
         c.tokens += tokens
         c.block_steps += blocks * len(ready)
         c.hop_bytes_local += self._local_hops * 2 * tokens * self.cfg.model.hidden_size

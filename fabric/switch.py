@@ -62,6 +62,7 @@ class Fabric:
 
     def __post_init__(self) -> None:
         self.port = port_model(self.cfg.fabric, self.cfg.parallel.num_devices)
+        self._ser_of: dict[int, tuple[float, int]] = {}  # tokens of a stage output -> (serialize s, flits)
 
     # ------------------------------------------------------------ timed primitives
 
@@ -138,42 +139,50 @@ class Fabric:
         egress, ingress = self.egress_free_s, self.ingress_free_s
         hidden = None if w.hidden is None else list(w.hidden)
         arrival = [0.0] * len(w)
-        ser_of: dict[int, tuple[float, int]] = {}
+        ser_of = self._ser_of
         pc, pcs_in = self.ports[src], [self.ports[x] for x in dsts]
-        out_free, in_free = egress[src], [ingress[x] for x in dsts]
+        # every destination's ingress is busy exactly as long as the source's egress after the
+        # first transfer, so one clock (the latest of them) decides each start, exactly as the max
+        # over all of them would
+        free = egress[src]
+        for x in dsts:
+            if ingress[x] > free:
+                free = ingress[x]
+        latency, flit_bytes = port.latency_s, fab.flit_bytes
+        ready, tokens = w.ready_s, w.tokens
+        busy_out, n_flits = pc.busy_out_s, 0
         for i in w.arrival_order():
             if hidden is not None and hidden[i] is not None:
                 blob = frame(hidden[i])
                 self.framed_bytes += len(blob)
                 hidden[i] = unframe(blob)
-            n = w.tokens[i] * d
+            n = tokens[i]
             hit = ser_of.get(n)
             if hit is None:
-                flits = flits_for_values(n, fab)
+                flits = flits_for_values(n * d, fab)
                 hit = ser_of[n] = (port.serialize_s(flits), flits)
             ser, flits = hit
-            start = w.ready_s[i]
-            if out_free > start:
-                start = out_free
-            for f in in_free:
-                if f > start:
-                    start = f
-            out_free = start + ser
-            in_free = [out_free] * len(dsts)
-            nbytes = flits * fab.flit_bytes
-            pc.bytes_out += nbytes
-            pc.flits_out += flits
-            pc.messages_out += 1
-            pc.busy_out_s += ser
-            for x in pcs_in:
-                x.bytes_in += nbytes
-                x.messages_in += 1
-            self.wire_bytes += nbytes
-            arrival[i] = start + ser + port.latency_s
-        if len(w):
-            egress[src] = out_free
+            start = ready[i]
+            if free > start:
+                start = free
+            free = start + ser
+            busy_out += ser
+            n_flits += flits
+            arrival[i] = start + ser + latency
+        n_msgs = len(arrival)
+        n_bytes = n_flits * flit_bytes
+        if n_msgs:
+            egress[src] = free
             for x in dsts:
-                ingress[x] = out_free
+                ingress[x] = free
+            pc.busy_out_s = busy_out
+            pc.bytes_out += n_bytes
+            pc.flits_out += n_flits
+            pc.messages_out += n_msgs
+            for x in pcs_in:
+                x.bytes_in += n_bytes
+                x.messages_in += n_msgs
+            self.wire_bytes += n_bytes
         order = w.id_order()
         return w.take(order, arrival, hidden=None if hidden is None else [hidden[i] for i in order])
 
