@@ -98,6 +98,10 @@ class Engine:
         if len(prompt_ids) + 1 > m.max_seq_len:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                              f"{m.max_seq_len} (model.max_seq_len): shorten the prompt")
+        room = m.max_seq_len - len(prompt_ids)
+        if params.max_tokens > room:  # as the API (and vLLM's server) refuse it, not cut short later
+            raise ValueError(f"max_tokens={params.max_tokens} does not fit: the prompt leaves {room} tokens of "
+                             "the model's context; lower max_tokens or shorten the prompt")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise ValueError(f"request_id {rid!r} is already in use: pick another")

@@ -22,15 +22,19 @@ def _cfg(clock: str = "virtual") -> CentConfig:
 
 
 def test_http_replay_on_the_virtual_clock_equals_in_process():
+    from cent_serve.bench import Request
+
     reqs = list(load_trace(sample_trace_path(), options=OPTIONS))
+    # prompt + output past the context: refused alike (vLLM's server answers 400 too)
+    reqs.insert(10, Request("too-long", reqs[10].arrival_s, 500, 20))
     local = summarize(run_in_process(_cfg(), reqs, progress=False), {"ttft": 20.0})
     with Server(_cfg(), "local") as s:
         result, client = asyncio.run(replay_http(s.url, reqs, progress=False))
     remote = summarize(result, {"ttft": 20.0})
     assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
     assert remote == local  # bit for bit: queueing included (the sample has bursts)
-    assert local["completed"] == 50 and local["p99_ttft_ms"] > local["median_ttft_ms"]
-    assert client["server_clock"] == "virtual" and len(client["per_request"]) == 50
+    assert local["completed"] == 50 and local["failed"] == 1 and local["p99_ttft_ms"] > local["median_ttft_ms"]
+    assert client["server_clock"] == "virtual" and len(client["per_request"]) == 51
 
 
 def test_cli_url_against_a_paced_server(tmp_path):

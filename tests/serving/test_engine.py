@@ -129,6 +129,9 @@ def test_queue_bound_and_bad_prompts():
         eng.add_request([1, 10_000], RequestParams())
     with pytest.raises(ValueError, match="context"):
         eng.add_request([1] * TINY.max_seq_len, RequestParams())
+    with pytest.raises(ValueError, match="max_tokens=5 does not fit: the prompt leaves 4 tokens"):
+        eng.add_request([1] * (TINY.max_seq_len - 4), RequestParams(max_tokens=5))  # as the API refuses it
+    assert eng.scheduler.num_waiting == 2 and len(eng.requests) == 2
 
 
 def test_arrivals_from_a_trace_are_respected_in_simulated_time():
