@@ -127,7 +127,11 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = summarize(result, slos)
     if client is not None:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
-    summary.update(source=source, model=cfg.model.name, devices=cfg.parallel.num_devices)
+    if args.url:  # the server's own, not this command's defaults
+        summary.update(source=source, model=result.status.get("model", client["model"]),
+                       devices=result.status.get("mapping", {}).get("devices"))
+    else:
+        summary.update(source=source, model=cfg.model.name, devices=cfg.parallel.num_devices)
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
                    trace=source, url=args.url) if args.url

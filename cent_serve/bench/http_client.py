@@ -182,4 +182,4 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
                             e2e_s=None if w.last is None else w.last - w.sent) for rid, w in walls.items()}
     return result, dict(per_request=wall_stats, clock="simulated" if cent else "wall",
-                        server_clock=status.get("clock_mode"))
+                        server_clock=status.get("clock_mode"), model=model)

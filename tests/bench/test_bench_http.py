@@ -39,6 +39,7 @@ def test_http_replay_on_the_virtual_clock_equals_in_process():
 
 def test_cli_url_against_a_paced_server(tmp_path):
     cfg = _cfg("paced")
+    cfg.parallel = ParallelConfig(4, 0, 1)
     cfg.server.pace_factor = 0.2  # faster than real time: the test stays short
     with Server(cfg, "local") as s:
         out = tmp_path / "paced"
@@ -48,6 +49,7 @@ def test_cli_url_against_a_paced_server(tmp_path):
     assert summary["completed"] == 12 and summary["server_clock"] == "paced"
     assert summary["mean_client_wall_ttft_ms"] > 0 and summary["mean_ttft_ms"] > 0
     assert json.loads((out / "config.json").read_text())["server_status"]["model"] == "tiny"
+    assert summary["model"] == "tiny" and summary["devices"] == 4  # the server's, not the command's defaults
 
 
 def test_refused_replay_requests_do_not_stall_the_clock():
