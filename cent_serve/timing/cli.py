@@ -182,10 +182,23 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
 
 
 def _emulate(cfg: CentConfig, args: argparse.Namespace, mp, context: int) -> dict:
-    from cent_serve.emulate import emulate_phases, emulate_seqlen
     from cent_serve.executor import make_executor
 
-    executor = make_executor(cfg, "local" if args.local else "ray")
+    if args.local:
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "local"))
+    import ray
+
+    if ray.is_initialized():  # somebody else's Ray: leave it running
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "ray"))
+    try:
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "ray"))
+    finally:
+        ray.shutdown()  # ours: stopped before the output is printed, so no late Ray line follows it
+
+
+def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, executor) -> dict:
+    from cent_serve.emulate import emulate_phases, emulate_seqlen
+
     try:
         if args.prompt is not None:
             out = emulate_phases(cfg, executor, args.prompt, args.decode, args.seqlen_gap)
