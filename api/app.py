@@ -289,10 +289,12 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
             if not body.messages:
                 raise ApiError("messages is empty: give at least one message", "messages")
             prompts = to_ids(chat_prompt(body.messages), "messages")
+            # no limit given: the rest of the context, as vLLM's chat endpoint (completions: 16, OpenAI's)
+            room = cfg.model.max_seq_len
             if body.max_completion_tokens is not None:  # OpenAI's newer name wins
-                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens")
+                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens", room)
             else:
-                reqs, q = await start(body, prompts, body.max_tokens)
+                reqs, q = await start(body, prompts, body.max_tokens, default_max_tokens=room)
         except ApiError:
             await release_hold(body)
             raise

@@ -1,13 +1,16 @@
 """Sharded execution through device workers and the fabric equals the reference model."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.executor import LocalExecutor
 from cent_serve.executor.generate import generate_batch
-from cent_serve.model import LlamaModel, load_weights
+from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
 from cent_serve.model.generate import generate
 
 TINY = model_preset("tiny")
@@ -39,3 +42,26 @@ def test_chunked_prefill_matches_too(reference):
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 2, 4), numerics="full")
     got = generate_batch(LocalExecutor(cfg, weights=WEIGHTS), PROMPTS, 8, prefill_chunk=2)
     assert [t for t in got.token_ids] == [r.token_ids[:8] for r in reference]
+
+
+HF = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
+HF_CASES = json.loads((HF / "expected.json").read_text())["cases"]
+"""Prompts with transformers' own greedy tokens (32 each) and last-prompt-position logits."""
+
+
+@pytest.mark.parametrize("devices, pp, tp", [  # 4 heads, 2 layers: tp up to 4, pp up to 2
+    (1, 0, 1), (2, 0, 1), (2, 1, 2), (4, 1, 4), (4, 2, 2), (8, 2, 4)])
+def test_hugging_face_checkpoint_sharded_gives_transformers_tokens(devices, pp, tp):
+    model = model_config_from_hf(HF)
+    weights = load_weights(model)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, tp), numerics="full")
+    prompts = [c["prompt_ids"] for c in HF_CASES]
+    got = generate_batch(LocalExecutor(cfg, weights=weights), prompts, 32)
+    ref = LlamaModel(model, weights)
+    for q, case in enumerate(HF_CASES):
+        assert got.token_ids[q] == case["greedy_ids"]
+        first = np.asarray(case["last_logits"])  # the logits that chose the first token
+        assert np.max(np.abs(got.logits[q][0] - first)) / np.max(np.abs(first)) < 1e-4
+        want = generate(ref, case["prompt_ids"], 32, ignore_eos=True)
+        for a, b in zip(got.logits[q], want.logits):
+            assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-4

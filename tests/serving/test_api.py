@@ -72,6 +72,16 @@ def test_chat_completion_and_n_choices(client):
     assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
 
 
+def test_default_lengths_are_vllms(client):
+    """No max_tokens: completions stop at 16 (OpenAI's default), chat at the end of the context."""
+    r = client.completions.create(model="tiny", prompt="hi", extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 16
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens + r.usage.completion_tokens == TINY.max_seq_len
+    assert r.choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_streaming_with_usage(client, chat):
     kw = dict(model="tiny", max_tokens=7, stream=True, stream_options={"include_usage": True},

@@ -1,5 +1,6 @@
-"""A device actor dies under load: the requests on its replica end with an error, the rest
-complete, the devices are re-created and the server goes on with correct numerics."""
+"""A device actor or the switch (fabric actor) dies under load: the requests on its replica end
+with an error, the rest complete, the replica is re-created and the server goes on with correct
+numerics."""
 from __future__ import annotations
 
 import asyncio
@@ -39,12 +40,14 @@ async def _stream(client: httpx.AsyncClient, i: int, progress: list) -> dict:
     return out
 
 
-def test_killing_a_device_fails_its_requests_only_and_the_server_recovers(ray_cluster):
+@pytest.mark.parametrize("victim", ["device", "fabric"])
+def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cluster, victim):
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="full")
     cfg.server.port = 0
     with Server(cfg, "ray") as s:
         engine = s.loop.engine
-        victim = engine.executors[0].actors[3]
+        ex = engine.executors[0]
+        victim = ex.actors[3] if victim == "device" else ex.fabric
 
         async def main():
             progress: list = []
