@@ -254,7 +254,8 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
             check_model(body.model)
             body.check_fields(cfg.model.vocab_size)
             prompts = to_ids(body.prompt)
-            reqs, q = await start(body, prompts, body.max_tokens)
+            reqs, q = await start(body, prompts, body.max_tokens,
+                                  default_max_tokens=cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS)
         except ApiError:
             await release_hold(body)
             raise
@@ -290,11 +291,11 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                 raise ApiError("messages is empty: give at least one message", "messages")
             prompts = to_ids(chat_prompt(body.messages), "messages")
             # no limit given: the rest of the context, as vLLM's chat endpoint (completions: 16, OpenAI's)
-            room = cfg.model.max_seq_len
+            default = cfg.server.max_tokens_default or cfg.model.max_seq_len
             if body.max_completion_tokens is not None:  # OpenAI's newer name wins
-                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens", room)
+                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens", default)
             else:
-                reqs, q = await start(body, prompts, body.max_tokens, default_max_tokens=room)
+                reqs, q = await start(body, prompts, body.max_tokens, default_max_tokens=default)
         except ApiError:
             await release_hold(body)
             raise

@@ -387,10 +387,16 @@ class ServerConfig:
     """On a cluster advertising `device_resource`: `spread` devices over the nodes or `pack` them."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
+    max_tokens_default: int | None = None
+    """Tokens a request gets when it names no limit (clamped to the context the prompt leaves).
+    None: OpenAI's defaults, 16 for completions and the rest of the context for chat (vLLM's
+    `--override-generation-config '{"max_new_tokens": N}'` plays this role)."""
 
     def __post_init__(self) -> None:
         _check(self.clock in ("virtual", "paced"), "server.clock", self.clock,
                "use 'virtual' or 'paced'")
+        _check(self.max_tokens_default is None or self.max_tokens_default >= 1, "server.max_tokens_default",
+               self.max_tokens_default, "use a positive number of tokens, or leave it unset")
         _check(self.placement in ("spread", "pack"), "server.placement", self.placement,
                "use 'spread' or 'pack'")
         _check(self.placement_timeout_s > 0, "server.placement_timeout_s", self.placement_timeout_s,

@@ -82,6 +82,18 @@ def test_default_lengths_are_vllms(client):
     assert r.choices[0].finish_reason == "length"
 
 
+def test_a_server_default_length_replaces_openais():
+    with Server(_cfg(max_tokens_default=3), "local") as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        assert c.completions.create(model="tiny", prompt="hi", extra_body={"ignore_eos": True}
+                                    ).usage.completion_tokens == 3
+        r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                      extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 3
+        assert c.completions.create(model="tiny", prompt="hi", max_tokens=5,  # a request's own limit wins
+                                    extra_body={"ignore_eos": True}).usage.completion_tokens == 5
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_streaming_with_usage(client, chat):
     kw = dict(model="tiny", max_tokens=7, stream=True, stream_options={"include_usage": True},

@@ -31,6 +31,7 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_EXAM
 def server():
     cfg = server_cfg(numerics="full")  # the real sampler sees the fuzzed sampling options
     cfg.scheduler.prefill_chunk_tokens = 64  # long fuzzed prompts prefill in a few rounds
+    cfg.server.max_tokens_default = 4  # a fuzzed chat without max_tokens must not run to the context's end
     with Server(cfg, "local") as s:
         yield s
 
