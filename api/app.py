@@ -292,10 +292,9 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
             prompts = to_ids(chat_prompt(body.messages), "messages")
             # no limit given: the rest of the context, as vLLM's chat endpoint (completions: 16, OpenAI's)
             default = cfg.server.max_tokens_default or cfg.model.max_seq_len
-            if body.max_completion_tokens is not None:  # OpenAI's newer name wins
-                reqs, q = await start(body, prompts, body.max_completion_tokens, "max_completion_tokens", default)
-            else:
-                reqs, q = await start(body, prompts, body.max_tokens, default_max_tokens=default)
+            newer = body.max_completion_tokens is not None  # OpenAI's newer name wins
+            reqs, q = await start(body, prompts, body.max_completion_tokens if newer else body.max_tokens,
+                                  "max_completion_tokens" if newer else "max_tokens", default)
         except ApiError:
             await release_hold(body)
             raise

@@ -84,7 +84,6 @@ class DeviceWorker:
             self.busy[name] = 0.0
         self._group_names = {g: f"group{g}" for g in self.group_free_s}
         self._cost_cache = self.timer.block_costs  # shared: every device of a mapping costs a context alike
-        self._per_tok: dict[int, tuple[float, float]] = {}  # tokens -> (collectives s, block-to-block hop s)
         assert len(self.group_free_s) == len(self.stages), f"stages share a channel group: {self.stages}"
         # per stage: its channel group and, per block, whether the block's output leaves the device
         self._block_plan = [(s.channel_group, tuple(b == self.last_block and not self.has_lm_head
@@ -164,18 +163,11 @@ class DeviceWorker:
                                                block_energy_j(t, context) / self.tp)
         return hit
 
-    def _per_token(self, tokens: int) -> tuple[float, float]:
-        """(in-block collectives s, block-to-block hop s) of a step of `tokens` tokens."""
-        hit = self._per_tok.get(tokens)
-        if hit is None:
-            hit = self._per_tok[tokens] = (self.timer.collectives_s(tokens), self.timer.hop_s(tokens))
-        return hit
-
     def _column_costs(self, w: Wave) -> list[tuple]:
         """Per column: (PIM s, own accelerator s, energy J of one block, the block's step s,
         block-to-block hop s, tokens, sequences), the same for every device of the mapping."""
-        cache, token_cost, tb = self._cost_cache, self._token_cost, self.timer.mapping.tb
-        coll1, hop1 = self._per_token(1)
+        timer, cache, token_cost = self.timer, self._cost_cache, self._token_cost
+        tb, coll1, hop1 = timer.mapping.tb, timer.collectives_s(1), timer.hop_s(1)  # cached by the timer
         out = []
         for seqs, n_tok in zip(w.seqs, w.tokens):
             if n_tok == 1 and len(seqs) == 1:  # one sequence, one token: the usual column
@@ -188,8 +180,8 @@ class DeviceWorker:
                 for L in range(s[1] + 1, s[1] + s[2] + 1):
                     p, a, e = cache.get(L) or token_cost(L)
                     pim, acc, energy = pim + p, acc + a, energy + e
-            coll, hop = self._per_token(n_tok)
-            out.append((pim, acc, energy, pim + acc * tb + coll, hop, n_tok, len(seqs)))
+            out.append((pim, acc, energy, pim + acc * tb + timer.collectives_s(n_tok), timer.hop_s(n_tok), n_tok,
+                        len(seqs)))
         return out
 
     def _charge_time(self, w: Wave) -> list[float]:
@@ -197,7 +189,8 @@ class DeviceWorker:
         returns the time each column's output exists (its last block's end, or the LM head's).
 
         One pass with the clocks in locals: every float operation is the one a per-micro-batch
-        version would do, in the same order, so the results are bit for bit the same."""
+        version would do, in the same order, so the results are bit for bit the same. The
+        columns' costs come with the wave when another device of this process computed them."""
         c, busy = self.counters, self.busy
         embed_s, head_s, head_e = self.timer.embed_lookup_s, self.timer.lm_head_s, self._head_energy_j
         has_embedding, has_head, blocks = self.has_embedding, self.has_lm_head, self._blocks_per_call
