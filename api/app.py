@@ -121,7 +121,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
         if len(plans) > cfg.scheduler.max_waiting:
             raise ApiError(f"{len(plans)} choices (prompts x n) can never be queued at once: this server queues "
                            f"at most {cfg.scheduler.max_waiting}; send fewer prompts or a smaller n", "prompt")
-        if body.arrival_s is None and eng.scheduler.num_waiting >= cfg.scheduler.max_waiting:  # racy: fast 429
+        if body.arrival_s is None and eng.scheduler.is_full():  # a fast 429 (racy; the engine decides)
             raise queue_full()
         q: asyncio.Queue = asyncio.Queue()
         reqs = []
@@ -340,7 +340,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     async def status():
         st, devices, fabrics = await loop.call(lambda e: (e.status(), e.device_stats(), e.fabric_stats()))
         return dict(st, devices=devices, fabric=fabrics, clock_mode=loop.clock, pace_factor=loop.pace_factor,
-                    last_fault=loop.fault)
+                    last_fault=loop.fault, num_hold_expiries=loop.num_hold_expiries)
 
     @app.get("/metrics")
     async def prometheus():

@@ -49,7 +49,7 @@ class ModelConfig:
     """Per-head width; 0 means hidden_size // num_heads."""
     vocab_size: int = 259
     """Vocabulary size (the byte-level tokenizer uses 259: 3 specials + 256 bytes)."""
-    max_seq_len: int = 512
+    max_seq_len: int = 8192
     """Longest context (prompt + generated tokens) the model accepts."""
     rope_theta: float = 10000.0
     """Rotary embedding base (Hugging Face `rope_theta`)."""
@@ -127,7 +127,7 @@ class ModelConfig:
 # CENT_MODEL.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
-                 vocab_size=259, max_seq_len=512),
+                 vocab_size=259, max_seq_len=8192),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
                       num_kv_heads=32, vocab_size=32000, max_seq_len=4096),
     "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
@@ -346,7 +346,8 @@ class SchedulerConfig:
     max_seqs_per_stage: int = 1
     """Sequences per pipeline micro-batch (the paper uses 1)."""
     max_waiting: int = 1024
-    """Waiting-queue bound; past it requests get 429."""
+    """Requests left waiting once every free lane place is taken, at most; past it requests are
+    refused (the API answers 429)."""
     prefill_chunk_tokens: int = 1
     """Prompt tokens per step: 1 = token by token like the paper; larger = chunked prefill."""
     seed: int = 0

@@ -23,7 +23,7 @@ from cent_serve.config import CentConfig
 from cent_serve.messages import MicroBatch, SeqStep
 from cent_serve.model.sampling import make_generator, sample
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
-from cent_serve.request import Request, RequestParams, Status
+from cent_serve.request import Request, RequestParams, RequestRefused, Status
 from cent_serve.scheduler import LaneBatch, Scheduler, blocks_for, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.energy import block_energy_j, head_energy_j
@@ -91,20 +91,20 @@ class Engine:
         """Queue a request. Raises ValueError (bad input: nothing changed) or QueueFull."""
         m = self.cfg.model
         if not prompt_ids:
-            raise ValueError("prompt is empty: give at least one token")
+            raise RequestRefused("invalid_prompt", "prompt is empty: give at least one token")
         bad = [t for t in prompt_ids if not 0 <= t < m.vocab_size]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {m.vocab_size})")
+            raise RequestRefused("invalid_prompt", f"prompt token id {bad[0]} is outside the vocabulary [0, {m.vocab_size})")
         if len(prompt_ids) + 1 > m.max_seq_len:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
+            raise RequestRefused("context_exceeded", f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                              f"{m.max_seq_len} (model.max_seq_len): shorten the prompt")
         room = m.max_seq_len - len(prompt_ids)
         if params.max_tokens > room:  # as the API (and vLLM's server) refuse it, not cut short later
-            raise ValueError(f"max_tokens={params.max_tokens} does not fit: the prompt leaves {room} tokens of "
+            raise RequestRefused("context_exceeded", f"max_tokens={params.max_tokens} does not fit: the prompt leaves {room} tokens of "
                              "the model's context; lower max_tokens or shorten the prompt")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
-            raise ValueError(f"request_id {rid!r} is already in use: pick another")
+            raise RequestRefused("duplicate_id", f"request_id {rid!r} is already in use: pick another")
         seed = params.sampling.seed
         if seed is None:
             seed = self.cfg.scheduler.seed * 1_000_003 + self._num_added

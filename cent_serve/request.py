@@ -13,6 +13,22 @@ import numpy as np
 from cent_serve.model.sampling import SamplingParams
 
 
+class RequestRefused(ValueError):
+    """A request the engine will not take; nothing changed. `reason` is a short code the API,
+    the bench summary and the metrics group refusals by (`REFUSAL_REASONS`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        assert reason in REFUSAL_REASONS, reason
+        super().__init__(message)
+        self.reason = reason
+
+
+REFUSAL_REASONS = ("context_exceeded", "kv_capacity", "invalid_prompt", "duplicate_id", "queue_full")
+"""Why a request is refused: prompt + max_tokens past the model's context; its KV can never fit a
+replica; an empty prompt or an id outside the vocabulary; a request id in use; the waiting queue
+is full (the API answers 429 for that one, 400 for the others)."""
+
+
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

@@ -20,15 +20,18 @@ from collections import deque
 from dataclasses import dataclass
 
 from cent_serve.config import CentConfig
-from cent_serve.request import Request, Status
+from cent_serve.request import Request, RequestRefused, Status
 from cent_serve.timing.mapping import Mapping, device_kv_bytes_per_token, device_weight_bytes
 
 KV_BLOCK_TOKENS = 16
 """Tokens per KV block, as `device_worker.kv_cache.PagedKVCache` allocates them."""
 
 
-class QueueFull(RuntimeError):
+class QueueFull(RequestRefused):
     """The waiting queue is at `scheduler.max_waiting` (the API answers 429)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("queue_full", message)
 
 
 def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
@@ -87,14 +90,26 @@ class Scheduler:
         """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
         need = blocks_for(num_prompt_tokens + 1)
         if need > self.kv_blocks:
-            raise ValueError(f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of "
+            raise RequestRefused("kv_capacity", f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of "
                              f"{KV_BLOCK_TOKENS} tokens; a replica holds {self.kv_blocks}: shorten the prompt "
                              "or use more devices")
 
+    @property
+    def free_seats(self) -> int:
+        """Lane places no running sequence holds: that many waiting requests take a lane at the
+        next round (KV permitting), so they do not count against `max_waiting`."""
+        return self.num_replicas * self.lanes_per_replica * self.seqs_per_lane - len(self.running)
+
+    def is_full(self) -> bool:
+        """Whether a new request would exceed the waiting bound: more than `max_waiting` requests
+        would be left waiting once the free lane places are taken. The one admission rule; the
+        API's fast 429 asks it too."""
+        return len(self.waiting) >= self.max_waiting + self.free_seats
+
     def add(self, req: Request) -> None:
-        if len(self.waiting) >= self.max_waiting:
-            raise QueueFull(f"{len(self.waiting)} requests are waiting (scheduler.max_waiting="
-                            f"{self.max_waiting}): retry later")
+        if self.is_full():
+            raise QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places "
+                            f"(scheduler.max_waiting={self.max_waiting}): retry later")
         self.check_fits(len(req.prompt_ids), req.params.max_tokens)
         self.waiting.append(req)
 

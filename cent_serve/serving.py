@@ -85,6 +85,8 @@ class EngineLoop:
         self.hold_until_s: float | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_S
         self._hold_expires = 0.0
+        self.num_hold_expiries = 0
+        """Replay holds that expired (a replayer stopped sending): 0 in a healthy replay."""
 
     # ------------------------------------------------------------------ from the API
 
@@ -157,6 +159,7 @@ class EngineLoop:
         if time.monotonic() > self._hold_expires:
             log.warning("replay hold at %.6f s expired: no request for %.0f s", self.hold_until_s, HOLD_EXPIRY_S)
             self.hold_until_s = None
+            self.num_hold_expiries += 1
             return False
         start = eng.now_s
         if not eng.scheduler.num_running:

@@ -15,6 +15,7 @@ from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.generate import generate
 from cent_serve.model.tokenizer import ByteTokenizer
+from tests.serving.utils import HANG_GUARD_S, wait_idle
 
 TINY = model_preset("tiny")
 
@@ -72,8 +73,16 @@ def test_chat_completion_and_n_choices(client):
     assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
 
 
-def test_default_lengths_are_vllms(client):
-    """No max_tokens: completions stop at 16 (OpenAI's default), chat at the end of the context."""
+def test_default_lengths_are_vllms():
+    """No max_tokens: completions stop at 16 (OpenAI's default), chat at the end of the context
+    (timing-only: the lengths are the API's, the whole context of full numerics would be slow)."""
+    cfg = _cfg()
+    cfg.numerics = "off"
+    with Server(cfg, "local") as s:
+        _check_default_lengths(openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0))
+
+
+def _check_default_lengths(client) -> None:
     r = client.completions.create(model="tiny", prompt="hi", extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 16
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
@@ -154,7 +163,7 @@ BAD = [
     (json.dumps({"model": "tiny", "prompt": ""}), 400, "prompt"),
     (json.dumps({"model": "tiny", "prompt": []}), 400, "prompt"),
     (json.dumps({"model": "tiny", "prompt": [1, 99999]}), 400, "prompt"),
-    (json.dumps({"model": "tiny", "prompt": "x" * 600}), 400, "prompt"),
+    (json.dumps({"model": "tiny", "prompt": "x" * (TINY.max_seq_len + 88)}), 400, "prompt"),
     (json.dumps({"prompt": "x"}), 422, "model"),
     (json.dumps({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), 400, "stop"),
 ]
@@ -208,9 +217,9 @@ def test_paced_mode_releases_tokens_at_their_simulated_time_and_bounds_the_queue
             async with httpx.AsyncClient(base_url=s.url, timeout=60) as h:
                 body = {"model": "tiny", "prompt": "x", "max_tokens": 400, "ignore_eos": True}
                 first = asyncio.create_task(h.post("/v1/completions", json=body))
-                await asyncio.sleep(0.3)
+                await _until(s, lambda st: st["num_running"] + st["num_waiting"] == 1)
                 second = asyncio.create_task(h.post("/v1/completions", json=body))
-                await asyncio.sleep(0.3)
+                await _until(s, lambda st: st["num_running"] + st["num_waiting"] == 2)
                 third = await h.post("/v1/completions", json=body)
                 first.cancel(), second.cancel()
                 return third
@@ -223,15 +232,18 @@ def test_paced_mode_releases_tokens_at_their_simulated_time_and_bounds_the_queue
         _wait_idle(s)
 
 
-def _wait_idle(s: Server, timeout_s: float = 10.0) -> None:
+async def _until(s: Server, done, timeout_s: float = HANG_GUARD_S) -> None:
+    """Wait (without blocking the client's event loop) until `done(status)`."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        if st["num_running"] == st["num_waiting"] == 0:
-            assert st["kv_usage"] == 0.0 and st["num_aborted"] >= 1
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"requests of departed clients still run: {st}")
+    async with httpx.AsyncClient(base_url=s.url, timeout=timeout_s) as h:
+        while not done((await h.get("/v1/cent/status")).json()):
+            assert time.monotonic() < deadline, "the server never reached the expected state"
+            await asyncio.sleep(0.02)
+
+
+def _wait_idle(s: Server) -> None:
+    st = wait_idle(s.url)  # requests of departed clients are aborted and their KV freed
+    assert st["kv_usage"] == 0.0 and st["num_aborted"] >= 1
 
 
 def test_api_key(server):

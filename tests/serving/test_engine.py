@@ -118,9 +118,9 @@ def test_abort_frees_kv_at_once():
 
 
 def test_queue_bound_and_bad_prompts():
-    eng = _engine(numerics="off", max_waiting=2)
-    eng.add_request([1, 2], RequestParams())
-    eng.add_request([1, 2], RequestParams())
+    eng = _engine(numerics="off", max_waiting=2)  # 8 lanes: 8 requests take one at the next round, 2 wait
+    for _ in range(8 + 2):
+        eng.add_request([1, 2], RequestParams())
     with pytest.raises(QueueFull, match="max_waiting"):
         eng.add_request([1, 2], RequestParams())
     with pytest.raises(ValueError, match="empty"):
@@ -131,7 +131,11 @@ def test_queue_bound_and_bad_prompts():
         eng.add_request([1] * TINY.max_seq_len, RequestParams())
     with pytest.raises(ValueError, match="max_tokens=5 does not fit: the prompt leaves 4 tokens"):
         eng.add_request([1] * (TINY.max_seq_len - 4), RequestParams(max_tokens=5))  # as the API refuses it
-    assert eng.scheduler.num_waiting == 2 and len(eng.requests) == 2
+    assert eng.scheduler.num_waiting == 10 and len(eng.requests) == 10
+    eng.step()  # 8 take a lane: 2 wait, the bound again
+    assert (eng.scheduler.num_running, eng.scheduler.num_waiting) == (8, 2)
+    with pytest.raises(QueueFull, match="max_waiting"):
+        eng.add_request([1, 2], RequestParams())
 
 
 def test_arrivals_from_a_trace_are_respected_in_simulated_time():

@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 
 from api.protocol import MAX_N, MAX_STOP_CHARS, UNSUPPORTED
 from api.server import Server
+from cent_serve.config import model_preset
 from tests.serving.utils import body, server_cfg
 
 REQUEST_TIMEOUT_S = 30.0
 """A response (streamed ones read to the end) must come within this: no hangs."""
 VOCAB = 259
 MAX_SEQ_LEN = 512
+"""The fuzzed server's context (shorter than the preset's, so fuzzed prompts cross it)."""
 FUZZ_EXAMPLES = int(os.environ.get("CENT_FUZZ_EXAMPLES", "60"))
 """Examples per property; raise it for a long local hunt (`CENT_FUZZ_EXAMPLES=2000`)."""
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_EXAMPLES <= 60, database=None,
@@ -30,6 +32,7 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_EXAM
 @pytest.fixture(scope="module")
 def server():
     cfg = server_cfg(numerics="full")  # the real sampler sees the fuzzed sampling options
+    cfg.model = model_preset("tiny", max_seq_len=MAX_SEQ_LEN)
     cfg.scheduler.prefill_chunk_tokens = 64  # long fuzzed prompts prefill in a few rounds
     cfg.server.max_tokens_default = 4  # a fuzzed chat without max_tokens must not run to the context's end
     with Server(cfg, "local") as s:

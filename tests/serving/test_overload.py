@@ -11,7 +11,7 @@ import httpx
 
 from api.app import RETRY_AFTER_S
 from api.server import Server
-from tests.serving.utils import body, metric, outcomes, server_cfg, status, wait_idle
+from tests.serving.utils import body, metric, outcomes, server_cfg, status, wait_for, wait_idle
 
 REQUEST_TIMEOUT_S = 60.0
 """Client timeout of one request: a hang fails the test instead of stalling it."""
@@ -32,35 +32,71 @@ def _post_all(url: str, bodies: list[dict]) -> list[tuple[httpx.Response, float]
     return asyncio.run(main())
 
 
-def test_a_ten_times_overload_burst_gets_fast_429s_and_admitted_requests_finish_in_bounded_time():
+def test_a_full_server_refuses_a_ten_times_burst_without_waiting_for_a_slot():
+    """Lanes and queue are held by requests that run for minutes of wall time (pace x 1e4), so no
+    slot frees while the burst is answered: every burst request gets 429 at once, and the proof is
+    the order of events (the holders still run afterwards), not a wall-clock bound."""
+    lanes, max_waiting = 8, 4
+    capacity = lanes + max_waiting
+    cfg = server_cfg(max_waiting=max_waiting, clock="paced", pace_factor=1e4)
+    with Server(cfg, "local") as s:
+        async def main():
+            limits = httpx.Limits(max_connections=capacity + 10 * capacity)
+            async with httpx.AsyncClient(base_url=s.url, timeout=REQUEST_TIMEOUT_S, limits=limits) as h:
+                holders = [h.stream("POST", "/v1/completions", json=body(max_tokens=400, stream=True))
+                           for _ in range(capacity)]
+                streams = await asyncio.gather(*[x.__aenter__() for x in holders])  # all admitted together
+                assert [r.status_code for r in streams] == [200] * capacity
+                held = wait_for(lambda: (st := status(s.url))["num_running"] == lanes and st, "the lanes filled")
+                burst = await asyncio.gather(*[h.post("/v1/completions", json=body()) for _ in range(10 * capacity)])
+                after = status(s.url)
+                for x in holders:
+                    await x.__aexit__(None, None, None)  # hang up: the holders are aborted
+                return held, burst, after
+
+        held, burst, after = asyncio.run(main())
+        assert (held["num_running"], held["num_waiting"]) == (lanes, max_waiting)
+        assert [r.status_code for r in burst] == [429] * (10 * capacity)
+        for r in burst:
+            assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+            assert r.json()["error"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
+        # no slot freed while the burst was answered: nothing waited for one
+        assert (after["num_running"], after["num_waiting"]) == (lanes, max_waiting)
+        st = wait_idle(s.url)
+        assert st["kv_usage"] == 0.0
+        counts = wait_for(lambda: (c := outcomes(s.url)).get(("aborted", "client_disconnect")) == capacity and c,
+                          "the holders counted as aborted")
+        assert counts == {("rejected", "queue_full"): 10 * capacity, ("aborted", "client_disconnect"): capacity}
+
+
+def test_under_a_ten_times_burst_admitted_requests_wait_at_most_one_turn():
+    """Every request the server admits is served (none lost, none starved): its simulated queueing
+    time is at most one turn of the lanes, the e2e latency of a request alone. A request that
+    arrives while lane places are free is admitted, so at least lanes + max_waiting are."""
     lanes, max_waiting = 8, 4
     capacity = lanes + max_waiting
     cfg = server_cfg(max_waiting=max_waiting, clock="paced", pace_factor=200.0)  # ~1 wall s per request
     with Server(cfg, "local") as s:
-        t0 = time.monotonic()
-        assert httpx.post(s.url + "/v1/completions", json=body(max_tokens=20), timeout=REQUEST_TIMEOUT_S).is_success
-        alone_s = time.monotonic() - t0
+        alone = httpx.post(s.url + "/v1/completions", json=body(max_tokens=20), timeout=REQUEST_TIMEOUT_S)
+        turn_s = alone.json()["cent"]["e2e_s"]
 
         results = _post_all(s.url, [body(max_tokens=20)] * (10 * capacity))
 
         codes = [r.status_code for r, _ in results]
         assert set(codes) <= {200, 429}, codes
-        admitted = [wall for r, wall in results if r.status_code == 200]
-        rejected = [(r, wall) for r, wall in results if r.status_code == 429]
-        assert len(admitted) >= capacity and len(rejected) >= 5 * capacity, (len(admitted), len(rejected))
-        for r, wall in rejected:
-            assert r.headers["retry-after"] == str(RETRY_AFTER_S)
-            assert r.json()["error"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
-            assert wall < 2.0, wall  # refused at once, not after waiting for a slot
-        # an admitted request waits for at most one turn of the queue, then runs
-        assert max(admitted) < 2 * alone_s + 2.0, (max(admitted), alone_s)
+        admitted = [r.json()["cent"] for r, _ in results if r.status_code == 200]
+        rejected = [r for r, _ in results if r.status_code == 429]
+        assert len(admitted) >= capacity, (len(admitted), len(rejected))
+        queued = [c["queue_s"] for c in admitted]
+        assert max(queued) <= 2 * turn_s, (max(queued), turn_s)  # one turn, with room for arrival skew
+        assert all(c["e2e_s"] <= c["queue_s"] + 2 * turn_s for c in admitted)
 
         st = wait_idle(s.url)
         assert st["kv_usage"] == 0.0
         r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=3), timeout=REQUEST_TIMEOUT_S)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
         counts = outcomes(s.url)
-        assert counts[("rejected", "queue_full")] == len(rejected)
+        assert counts.get(("rejected", "queue_full"), 0) == len(rejected)
         assert counts[("completed", "length")] == len(admitted) + 2
 
 
@@ -100,14 +136,12 @@ def test_a_client_that_does_not_read_its_stream_stalls_only_itself():
         slow = _raw_stream_request(s.port, body(prompt="x", n=n, max_tokens=max_tokens, stream=True,
                                                 return_token_ids=True), small)
         try:
-            deadline = time.monotonic() + 10
-            while status(s.url)["num_running"] < n:
-                assert time.monotonic() < deadline, "the slow request never started"
-                time.sleep(0.02)
+            wait_for(lambda: status(s.url)["num_running"] >= n, "the slow request started")
 
+            # if the engine waited for the stalled client these could not finish before it reads
+            # (they would time out), so their completing here is the proof, not their wall time
             quick = _post_all(s.url, [body(prompt=f"quick {i}", max_tokens=8) for i in range(16)])
             assert all(r.status_code == 200 for r, _ in quick)
-            assert max(wall for _, wall in quick) < 5.0, [wall for _, wall in quick]
 
             st = wait_idle(s.url)  # the engine finished the stalled request's tokens too
             assert st["generation_tokens"] >= n * max_tokens + 16 * 8
@@ -140,10 +174,7 @@ def test_every_request_is_counted_once_as_completed_aborted_or_rejected():
             submitted += 2
             lines = running.iter_lines()  # kept: a discarded line iterator closes the response
             next(lines)  # the first runs ...
-            deadline = time.monotonic() + 10
-            while status(s.url)["num_waiting"] < 1:  # ... and the second waits
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_for(lambda: status(s.url)["num_waiting"] >= 1, "the second request waiting")  # ... and the second waits
             for _ in range(3):
                 assert httpx.post(s.url + "/v1/completions", json=body()).status_code == 429
             assert httpx.post(s.url + "/v1/completions", json=body(max_tokens=-1)).status_code == 400
@@ -167,10 +198,7 @@ def test_every_request_is_counted_once_as_completed_aborted_or_rejected():
 
         expected = {("aborted", "client_disconnect"): 3, ("rejected", "queue_full"): 3,
                     ("rejected", "invalid_request"): 2, ("completed", "length"): 3}
-        deadline = time.monotonic() + 10
-        while (counts := outcomes(s.url)) != expected:
-            assert time.monotonic() < deadline, counts
-            time.sleep(0.05)
+        counts = wait_for(lambda: (c := outcomes(s.url)) == expected and c, "the expected outcome counts")
         assert sum(counts.values()) == submitted
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "vllm:request_success_total", finished_reason="abort") == 3
