@@ -66,34 +66,71 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON); "
                                      "default: the shipped sample (200 Azure conversation requests)")
     src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
-    src.add_argument("--synthetic", choices=["poisson", "gamma"], help="synthetic arrivals instead of a file")
+    src.add_argument("--synthetic", choices=["poisson", "gamma"],
+                     help="synthetic arrivals at --rate: a synthetic trace (no --trace), or the arrivals of a "
+                          "ShareGPT --trace (which has no timestamps)")
     src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
     src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
     src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
     src.add_argument("--num-requests", type=int, help="requests at most")
     src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
     src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
-    src.add_argument("--rate", type=float, help="override the mean request rate (req/s)")
+    src.add_argument("--rate", type=float, help="mean request rate (req/s): rescales a trace's arrivals; "
+                                                "Poisson arrivals for ShareGPT (gamma with --synthetic gamma)")
     src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
     src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
 
-def _requests(args: argparse.Namespace):
-    from cent_serve.bench import (FixedLengths, TraceOptions, load_trace, sample_trace_path,
-                                  synthetic_trace)
+def _requests(args: argparse.Namespace, cfg) -> tuple[list, str]:
+    """The requests to replay and a name of their source. ValueError (one line, naming the flag
+    and the fix) for a selection that cannot be made."""
+    from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
+                                  sample_trace_path, synthetic_trace)
 
+    if args.trace_format is not None and args.trace_format not in FORMATS:
+        raise ValueError(f"--format {args.trace_format!r} is unknown: use one of {', '.join(FORMATS)} "
+                         "(or leave it out to detect the format)")
+    path = Path(args.trace) if args.trace else None
+    if path is not None and not path.is_file():
+        raise ValueError(f"--trace {str(path)!r} is not a file: give the path of a trace file")
+    fmt = None if path is None else (args.trace_format or detect_format(path))
+    if args.synthetic and fmt not in (None, "sharegpt"):
+        raise ValueError(f"--synthetic makes arrivals for traces without timestamps (ShareGPT); --trace {path} "
+                         f"({fmt}) has its own: drop --synthetic (use --rate to rescale it) or drop --trace")
+    rescale = not args.synthetic and fmt != "sharegpt"  # else --rate is the arrival process's own rate
     options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
-                           request_rate=args.rate if not args.synthetic else None,
+                           request_rate=args.rate if rescale else None,
                            max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    if fmt == "sharegpt":
+        return _sharegpt(path, args, cfg, options), str(path)
     if args.synthetic:
         if args.rate is None or args.num_requests is None:
             raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
-        burst = 1.0 if args.synthetic == "poisson" else args.burstiness
-        return list(synthetic_trace(args.num_requests, args.rate, burstiness=burst,
+        return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args),
                                     lengths=FixedLengths(args.prompt_len, args.output_len),
                                     seed=args.seed or 0, options=options)), "synthetic"
-    path = Path(args.trace) if args.trace else sample_trace_path()
-    return list(load_trace(path, args.trace_format, options)), str(path)
+    path = path or sample_trace_path()
+    return list(load_trace(path, fmt, options)), str(path)
+
+
+def _burstiness(args: argparse.Namespace) -> float:
+    return 1.0 if args.synthetic != "gamma" else args.burstiness
+
+
+def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
+    """ShareGPT has no timestamps or token counts: arrivals from --rate (Poisson, or --synthetic
+    gamma --burstiness B), counts from the model's own tokenizer."""
+    from cent_serve.bench import iter_arrival_times_s, load_trace
+    from cent_serve.model.tokenizer import load_tokenizer
+
+    if args.rate is None:
+        raise ValueError(f"--trace {path} is ShareGPT, which has no arrival times: add --rate REQ_PER_S "
+                         "(Poisson arrivals; --synthetic gamma --burstiness B for burstier ones)")
+    tok = load_tokenizer(cfg.model)
+    rate, burstiness, seed = args.rate, _burstiness(args), args.seed or 0
+    # both counts with BOS, as vLLM's benchmark counts ShareGPT (the prompt is sent with it)
+    return list(load_trace(path, "sharegpt", options, count_tokens=lambda text: len(tok.encode(text)),
+                           arrivals_s=lambda: iter_arrival_times_s(rate, burstiness, seed)))
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -105,7 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
-    requests, source = _requests(args)
+    requests, source = _requests(args, cfg)
     if not requests:
         raise ValueError("the trace selection is empty: check --start-s / --num-requests")
     if args.url and args.in_process:
@@ -156,7 +193,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--rates {args.rates!r} is invalid: give positive request rates")
 
     def requests_at(rate: float) -> list:
-        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}))[0]
+        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg)[0]
 
     sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out))
     g = sweep["distserve_goodput_rate"]
@@ -169,7 +206,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.timing.cli import sweep_mappings
 
     cfg = config_from_args(args)
-    requests, _ = _requests(args)
+    requests, _ = _requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
     print(f"results in {args.out}/")
     return 0

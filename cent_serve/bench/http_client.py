@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from tqdm import tqdm
 
 from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
-from cent_serve.bench.runner import BenchResult, RequestRecord, Sample
+from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample
+from cent_serve.request import REFUSAL_REASONS
 
 RELEASE_HOLD_S = 1e18
 """`hold_until_s` of the last request: no hold."""
@@ -33,6 +33,41 @@ REQUEST_TIMEOUT_S = 600.0
 """Longest wait for one request's stream."""
 STATUS_POLL_S = 0.25
 """Wall seconds between samples of the server's queues."""
+
+
+ERROR_CODES = {"context_length_exceeded": "context_exceeded"}
+"""OpenAI error codes (`error.code`) that name a refusal reason differently; the reason codes
+themselves (`REFUSAL_REASONS`) map to themselves."""
+SERVER_ERROR = "server_error"
+"""The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
+CONNECTION_ERROR = "connection_error"
+"""The reason of a request whose connection failed (timeout, reset)."""
+BAD_REQUEST = "bad_request"
+"""The reason of a 4xx answer that names none of the refusal reasons."""
+
+
+def failure_reason(status: int, err: dict) -> str:
+    """The bench failure reason of an HTTP error answer (`err` is OpenAI's `error` object),
+    in the engine's refusal names so HTTP and in-process runs group failures alike.
+
+    The error code decides; without one (servers that do not set it, vLLM's context error),
+    the status, then the message and param, which is the best such servers give.
+    """
+    code = err.get("code")
+    if status == 429 or code == "queue_full":
+        return "queue_full"
+    if code in REFUSAL_REASONS:
+        return code
+    if code in ERROR_CODES:
+        return ERROR_CODES[code]
+    if status >= 500:
+        return SERVER_ERROR
+    message = str(err.get("message", "")).lower()
+    if "context" in message:  # "... the model's context is 4096", vLLM's "maximum context length"
+        return "context_exceeded"
+    if "kv blocks" in message:
+        return "kv_capacity"
+    return "invalid_prompt" if err.get("param") == "prompt" else BAD_REQUEST
 
 
 @dataclass
@@ -46,7 +81,8 @@ class WallTimes:
 
 
 async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: WallTimes,
-               submitted: asyncio.Event) -> None:
+               submitted: asyncio.Event) -> RequestRecord:
+    """Send one request and fill `rec` and `wall` from its stream; returns `rec`."""
     wall.sent = time.perf_counter()
     try:
         async with client.stream("POST", "/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S) as r:
@@ -57,14 +93,18 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
                     err = json.loads(raw).get("error", {})
                 except (ValueError, AttributeError):  # not OpenAI's error JSON (a proxy, another server)
                     err = {"message": raw[:200].decode(errors="replace")}
+                if not isinstance(err, dict):
+                    err = {"message": str(err)}
                 rec.finish_reason = "rejected" if r.status_code == 429 else "invalid"
-                rec.error = f"{r.status_code}: {err.get('message', '')}"
-                return
+                rec.failure_reason = failure_reason(r.status_code, err)
+                rec.error = str(err.get("message", "")) or f"HTTP {r.status_code}"  # as in-process: the reason
+                return rec
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if "error" in chunk:
+                if "error" in chunk:  # cent-serve ends a stream this way when the devices failed
+                    rec.finish_reason, rec.failure_reason = "error", DEVICE_FAULT
                     rec.error = chunk["error"].get("message", "error")
                     continue
                 now = time.perf_counter()
@@ -84,8 +124,27 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
                             rec.first_token_s, rec.finish_s = cent["first_token_s"], cent["finish_s"]
                             rec.energy_mj, rec.preemptions = cent["energy_mj"], cent["preemptions"]
     except httpx.HTTPError as exc:
-        submitted.set()
-        rec.finish_reason, rec.error = "error", f"{type(exc).__name__}: {exc}"
+        rec.finish_reason, rec.failure_reason = "error", CONNECTION_ERROR
+        rec.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        submitted.set()  # whatever happened, the replay moves on to the next request
+    return rec
+
+
+async def _probe(client: httpx.AsyncClient, url: str) -> str:
+    """The served model's id; ValueError naming `url` and the fix when nothing answers there."""
+    try:
+        r = await client.get("/v1/models")
+    except httpx.UnsupportedProtocol:
+        raise ValueError(f"--url {url!r} is invalid: give http://HOST:PORT, e.g. http://127.0.0.1:8000") from None
+    except httpx.HTTPError as exc:
+        raise ValueError(f"--url {url}: cannot connect ({type(exc).__name__}: {exc}): start `cent serve` "
+                         "there or fix --url") from None
+    try:
+        return r.json()["data"][0]["id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ValueError(f"--url {url}: GET /v1/models answered {r.status_code} without a model list: "
+                         "point --url at an OpenAI-compatible server (e.g. `cent serve`), without /v1") from None
 
 
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,
@@ -96,8 +155,12 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     # exact replay keeps every request's stream open while the next is sent: no connection cap there
     # (a cap would hold back the request the engine's clock is waiting for)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=30) as client:
-        model = (await client.get("/v1/models")).json()["data"][0]["id"]
+    try:
+        client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=30)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"--url {url!r} is invalid ({exc}): use e.g. http://127.0.0.1:8000") from None
+    async with client:
+        model = await _probe(client, url)
         st = await client.get("/v1/cent/status")
         cent = st.status_code == 200
         status = st.json() if cent else {}
@@ -107,7 +170,7 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
         bos = 1
         records, walls, tasks = {}, {}, []
         sem = asyncio.Semaphore(concurrency)
-        bar = tqdm(total=len(requests), unit="req", desc="replay (http)", disable=not progress, mininterval=1.0)
+        bar = Progress(len(requests), "replay (http)", progress)
         t0 = time.perf_counter()
 
         async def run(i: int, tr: TraceRequest) -> None:
@@ -130,7 +193,7 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
                 await asyncio.sleep(delay)
             async with sem:
                 await _one(client, body, rec, wall, submitted)
-            bar.update(1)
+            bar.done(rec)
 
         samples: list[Sample] = []
         done = asyncio.Event()
@@ -152,8 +215,7 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
             for i, tr in enumerate(requests):
                 await run(i, tr)
             for t in asyncio.as_completed(tasks):
-                await t
-                bar.update(1)
+                bar.done(await t)
         else:
             await asyncio.gather(*[run(i, tr) for i, tr in enumerate(requests)])
         bar.close()

@@ -1,7 +1,13 @@
 """PNG plots of a bench run (matplotlib, headless): latency CDFs, the engine over time,
-per-device utilization."""
+per-device utilization; and the axis helpers `cent bench sweep` and `paper` share.
+
+Every figure's title names the model, the devices and the mapping, and how many requests
+completed and failed. Axes are plain numbers (never an offset such as `1e-10+2.377e-1`), with few
+enough ticks not to overlap; latencies are in ms or s, whichever reads better for the data.
+"""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -9,69 +15,246 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter  # noqa: E402
 
 from cent_serve.bench.runner import BenchResult  # noqa: E402
 
+SECONDS_FROM_MS = 5000.0
+"""Latency axes switch from ms to s when the largest value shown reaches this many ms."""
+MAX_TICKS = 6
+"""Tick labels per axis at most: wide numbers on narrow panels must not overlap."""
+DPI = 110
+SLO_OFF_AXIS = 2.0
+"""An SLO beyond this multiple of the largest value is named in the legend, not drawn (it would
+squash the data into the left edge)."""
 
-def _cdf(ax, values_ms: list[float], title: str) -> None:
-    if values_ms:
-        x = np.sort(np.asarray(values_ms))
-        ax.plot(x, np.arange(1, x.size + 1) / x.size)
-    ax.set_title(title)
-    ax.set_xlabel("ms (simulated)")
-    ax.set_ylabel("fraction of requests")
-    ax.grid(alpha=0.3)
+
+# ------------------------------------------------------------------ shared helpers
+
+def latency_unit(values_ms: list[float]) -> tuple[float, str]:
+    """(divisor from ms, unit name) for an axis showing `values_ms`: s for long latencies."""
+    top = max((abs(v) for v in values_ms), default=0.0)
+    return (1e3, "s") if top >= SECONDS_FROM_MS else (1.0, "ms")
 
 
-def plot_latency_cdfs(path: Path, result: BenchResult) -> None:
-    ok = [r for r in result.records if r.ok]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    _cdf(axes[0], [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None], "TTFT")
-    _cdf(axes[1], [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None], "TPOT")
-    _cdf(axes[2], [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None], "E2E latency")
-    fig.suptitle(f"{len(ok)} requests")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def fmt_ms(value_ms: float | None) -> str:
+    """A latency for a label: `255 ms`, `0.317 ms`, `1.82 s`, `175 s`."""
+    if value_ms is None:
+        return "-"
+    if abs(value_ms) >= 1e3:
+        return f"{value_ms / 1e3:.3g} s"
+    return f"{value_ms:.3g} ms"
+
+
+def fmt_in(value_ms: float | None, div: float, unit: str) -> str:
+    """A latency in an axis's unit (`latency_unit`), so labels read like the axis: `1,822 ms`."""
+    if value_ms is None:
+        return "-"
+    v = value_ms / div
+    return f"{v:,.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
+
+
+def plain_axis(axis, integer: bool = False) -> None:
+    """Plain tick labels (no offset, no scientific notation) and at most MAX_TICKS of them."""
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+    axis.set_major_locator(MaxNLocator(nbins=MAX_TICKS, integer=integer, min_n_ticks=2))
+
+
+def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
+    """Give an axis a visible span when the data are (nearly) one value: matplotlib would zoom
+    into a span of ~1e-10 and label it with an offset."""
+    if hi - lo > 1e-6 * max(abs(hi), abs(lo), 1e-12):
+        return
+    pad = 0.1 * abs(hi) if hi else 1.0
+    (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, hi + pad)
+
+
+def mapping_text(status: dict) -> str:
+    """`pipeline pp 80 x tp 1, 27 devices used` (and the replicas when there are several)."""
+    mp = status.get("mapping") or {}
+    if not mp:
+        return "mapping unknown (not a cent-serve server)"
+    text = f"{mp.get('mode', '?')} pp {mp.get('pp')} x tp {mp.get('tp')}, {mp.get('devices_used')} devices used"
+    if mp.get("replicas", 1) > 1:
+        text += f" x {mp['replicas']} replicas"
+    return text
+
+
+def run_title(status: dict, summary: dict) -> str:
+    """Two lines: model, devices and mapping; completed and failed requests by reason."""
+    mp = status.get("mapping") or {}
+    model = status.get("model") or summary.get("model", "?")
+    devices = mp.get("devices", summary.get("devices", "?"))
+    failed = summary.get("failed", 0)
+    counts = ", ".join(f"{k} {v['count']}" for k, v in summary.get("failure_reasons", {}).items())
+    outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
+    return f"{model} on {devices} CENT devices: {mapping_text(status)}\n{outcome}"
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def plot_timeline(path: Path, result: BenchResult) -> None:
+def _clock(result: BenchResult) -> str:
+    """What the times are: simulated, unless the server gave none (a non-cent server)."""
+    return "simulated" if result.status else "wall clock"
+
+
+# ------------------------------------------------------------------ latency CDFs
+
+def _cdf(ax, name: str, short: str, values_ms: list[float], slo_ms: float | None, clock: str) -> None:
+    """One CDF panel: the curve, p50 and p99 lines, the SLO line and the share within it."""
+    ax.set_title(name)
+    ax.set_ylabel("share of completed requests")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if not values_ms:
+        ax.text(0.5, 0.5, "no completed requests", ha="center", va="center", transform=ax.transAxes)
+        return
+    x = np.sort(np.asarray(values_ms, dtype=float))  # (n,)
+    draw_slo = slo_ms is not None and slo_ms <= SLO_OFF_AXIS * x[-1]
+    div, unit = latency_unit([x[-1]] + ([slo_ms] if draw_slo else []))
+    # a step per request from (first, 0): one request still draws a visible line
+    ax.step(np.r_[x[0], x] / div, np.r_[0.0, np.arange(1, x.size + 1) / x.size], where="post",
+            color="tab:blue", lw=1.8)
+    p50, p99 = np.percentile(x, 50), np.percentile(x, 99)
+    ax.axvline(p50 / div, color="tab:gray", ls="--", lw=1, label=f"p50 {fmt_in(p50, div, unit)}")
+    ax.axvline(p99 / div, color="tab:orange", ls="--", lw=1, label=f"p99 {fmt_in(p99, div, unit)}")
+    if slo_ms is not None:
+        within = float(np.mean(x <= slo_ms))
+        label = f"SLO {fmt_in(slo_ms, div, unit)}: {100 * within:.0f}% within"
+        if draw_slo:
+            ax.axvline(slo_ms / div, color="tab:red", lw=1.5, label=label)
+        else:
+            ax.plot([], [], " ", label=label + " (right of the axis)")
+    hi = max(x[-1], slo_ms if draw_slo else x[-1]) / div
+    ax.set_xlim(min(0.0, x[0] / div), 1.05 * hi if hi > 0 else 1.0)  # from 0: latencies read against 0
+    plain_axis(ax.xaxis)
+    ax.set_xlabel(f"{short} ({unit}, {clock})")
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+
+
+def plot_latency_cdfs(path: Path, result: BenchResult, summary: dict) -> None:
+    """TTFT, TPOT and E2E latency CDFs of the completed requests."""
+    ok = [r for r in result.records if r.ok]
+    slos = summary.get("goodput_slos_ms") or {}
+    clock = _clock(result)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    _cdf(axes[0], "time to first token", "TTFT", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None],
+         slos.get("ttft"), clock)
+    _cdf(axes[1], "time per output token", "TPOT", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None],
+         slos.get("tpot"), clock)
+    _cdf(axes[2], "end-to-end latency", "E2E latency", [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None],
+         slos.get("e2el"), clock)
+    fig.suptitle(run_title(result.status, summary), fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------ the engine over time
+
+def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
+    """Waiting requests (with failed requests marked at their arrival), running sequences and KV
+    usage over the run."""
     s = result.samples
     t = [x.time_s for x in s]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    axes[0].step(t, [x.num_waiting for x in s], where="post")
-    axes[0].set_ylabel("waiting")
-    axes[1].step(t, [x.num_running for x in s], where="post")
-    axes[1].set_ylabel("running batch")
-    axes[2].step(t, [100 * x.kv_usage for x in s], where="post")
-    axes[2].set_ylabel("KV usage %")
-    axes[2].set_xlabel("simulated time (s)")
-    for ax in axes:
+    failed_at = sorted(r.arrival_s for r in result.records if not r.ok)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    waiting = [x.num_waiting for x in s]
+    axes[0].step(t, waiting, where="post", color="tab:blue", label="waiting")
+    if failed_at:
+        axes[0].plot(failed_at, [0] * len(failed_at), "|", color="tab:red", ms=14, mew=1.5,
+                     label=f"failed request, at its arrival ({len(failed_at)})")
+    if not any(waiting):
+        axes[0].text(0.5, 0.55, "no request waited: the queue was empty after every round",
+                     ha="center", va="center", transform=axes[0].transAxes, fontsize=9, color="tab:gray")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("waiting requests")
+    axes[0].set_ylim(-0.05 * max(1, max(waiting, default=0)), 1.1 * max(1, max(waiting, default=0)))
+    running = [x.num_running for x in s]
+    axes[1].step(t, running, where="post", color="tab:green")
+    axes[1].set_ylabel("running sequences")
+    axes[1].set_ylim(0, 1.1 * max(1, max(running, default=0)))
+    kv = [x.kv_usage for x in s]
+    peak = max(kv, default=0.0)
+    axes[2].step(t, kv, where="post", color="tab:purple")
+    axes[2].set_ylabel("KV cache in use")
+    axes[2].set_ylim(0, max(peak * 1.15, 1e-6))
+    axes[2].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=_percent_decimals(peak)))
+    axes[2].yaxis.set_major_locator(MaxNLocator(nbins=5))
+    axes[2].set_title(f"peak {100 * peak:.{_percent_decimals(peak)}f}% of the KV blocks", fontsize=9, loc="right")
+    axes[2].set_xlabel(f"time from the first arrival (s, {_clock(result)})")
+    for ax, integer in zip(axes, (True, True, False)):
         ax.grid(alpha=0.3)
-    fig.suptitle("queue depth, running batch and KV usage")
+        if integer:
+            plain_axis(ax.yaxis, integer=True)
+    plain_axis(axes[2].xaxis)
+    fig.suptitle(run_title(result.status, summary), fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_utilization(path: Path, result: BenchResult) -> None:
+def _percent_decimals(peak: float) -> int:
+    """Decimals that show a peak of `peak` (a fraction) with two significant digits."""
+    pct = 100 * peak
+    if pct <= 0 or pct >= 10:
+        return 0
+    return min(4, int(np.ceil(-np.log10(pct))) + 1)
+
+
+# ------------------------------------------------------------------ utilization
+
+def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
+    """Each device's busiest resource (PIM channel group, accelerator, DMA, ...) as a share of the
+    run, one labelled bar per device."""
     clock = result.clock_s or 1.0
     devs = result.devices
-    names = [f"{d.get('replica', 0)}:{d['device_id']}" for d in devs]
-    busy = [max(d["busy_s"].values(), default=0.0) / clock for d in devs]
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(devs) + 2), 3.5))
-    ax.bar(range(len(devs)), [100 * b for b in busy])
-    ax.set_xticks(range(len(devs)), names, rotation=90 if len(devs) > 16 else 0, fontsize=7)
-    ax.set_ylabel("busiest resource, % of time")
-    ax.set_xlabel("replica:device")
+    replicas = len({d.get("replica", 0) for d in devs})
+    names = [f"{d.get('replica', 0)}:{d['device_id']}" if replicas > 1 else str(d["device_id"]) for d in devs]
+    busy = [100 * max(d["busy_s"].values(), default=0.0) / clock for d in devs]
+    fig, ax = plt.subplots(figsize=(min(22, max(7, 0.32 * len(devs) + 2)), 4.4))
+    bars = ax.bar(range(len(devs)), busy, color="tab:blue")
+    many = len(devs) > 12
+    ax.bar_label(bars, labels=[f"{b:.1f}%" for b in busy], fontsize=7 if many else 8,
+                 rotation=90 if many else 0, padding=2)
+    step = max(1, int(np.ceil(len(devs) / 40)))  # at most ~40 tick labels
+    ax.set_xticks(range(0, len(devs), step), names[::step], fontsize=8)
+    ax.set_xlim(-0.7, len(devs) - 0.3)
+    ax.set_xlabel("replica:device" if replicas > 1 else "device")
+    ax.set_ylabel("busiest resource, % of the run")
     ax.set_ylim(0, 100)
-    ax.set_title("per-device utilization (simulated)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}%"))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{run_title(result.status, summary)}\n{_utilization_note(result, devs, clock)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_all(out_dir: Path, result: BenchResult) -> None:
-    plot_latency_cdfs(out_dir / "latency_cdf.png", result)
-    plot_timeline(out_dir / "timeline.png", result)
-    plot_utilization(out_dir / "utilization.png", result)
+def _utilization_note(result: BenchResult, devs: list[dict], clock: float) -> str:
+    """Which resource was busiest on most devices, over how long, and the devices not shown."""
+    kinds = Counter(_resource_kind(max(d["busy_s"], key=d["busy_s"].get)) for d in devs if d["busy_s"])
+    busiest = ", ".join(f"{k} on {n}" for k, n in kinds.most_common())
+    note = f"utilization over {clock:.4g} s ({_clock(result)}); busiest resource: {busiest or 'none'}"
+    mp = result.status.get("mapping") or {}
+    idle = mp.get("devices", 0) - mp.get("devices_used", 0) * mp.get("replicas", 1)
+    if idle > 0:
+        note += f"; {idle} device(s) hold no stage (not shown)"
+    return note
+
+
+def _resource_kind(name: str) -> str:
+    """`group3` -> `PIM channels`: a device keeps one busy clock per channel group."""
+    return "PIM channels" if name.startswith("group") else name
+
+
+def plot_all(out_dir: Path, result: BenchResult, summary: dict) -> list[Path]:
+    """latency_cdf.png, timeline.png and utilization.png in `out_dir`. `summary` is `summarize`'s
+    (with the run's `model` and `devices`): titles and SLO lines come from it."""
+    paths = [out_dir / "latency_cdf.png", out_dir / "timeline.png", out_dir / "utilization.png"]
+    for fn, path in zip((plot_latency_cdfs, plot_timeline, plot_utilization), paths):
+        fn(path, result, summary)
+    return paths

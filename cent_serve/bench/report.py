@@ -45,8 +45,23 @@ def meets(r: RequestRecord, slos: dict[str, float]) -> bool:
     return r.ok and all(got[k] is None or got[k] * 1e3 <= v for k, v in slos.items())
 
 
+def failure_reasons(records: list[RequestRecord]) -> dict[str, dict]:
+    """{reason: {"count": n, "example": the first such request's error message}} over the failed
+    `records` (in the order given), most frequent reason first."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if not r.ok:
+            entry = out.setdefault(r.reason, {"count": 0, "example": r.error})
+            entry["count"] += 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["count"], kv[0])))
+
+
 def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict:
-    """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish)."""
+    """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish).
+
+    Besides vLLM's: `failure_reasons` (see `failure_reasons`) and, with `slos`, `slo_attainment`:
+    the share of *all* requests that completed and met every SLO (a failed request meets none).
+    """
     records = sorted(result.records, key=lambda r: (r.arrival_s, r.request_id))  # sums in one order
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
@@ -65,13 +80,14 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
     out.update(_stats("e2el", [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None]))
     if slos:
         good = sum(1 for r in ok if meets(r, slos))
-        out.update(request_goodput=good / duration, goodput_slos_ms=slos, slo_attainment=good / max(1, len(ok)))
+        out.update(request_goodput=good / duration, goodput_slos_ms=slos,
+                   slo_attainment=good / max(1, len(records)))
     clock = result.clock_s
     out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,
                device_busy_fraction={_dev(d): (max(d["busy_s"].values(), default=0.0) / clock if clock else 0.0)
                                      for d in result.devices},
                preemptions=sum(r.preemptions for r in records),
-               failure_reasons=sorted({r.finish_reason for r in failed}),
+               failure_reasons=failure_reasons(records),
                time_unit="simulated seconds", wall_s=result.wall_s)
     return out
 
@@ -91,7 +107,7 @@ def client_wall_stats(client: dict) -> dict:
 
 CSV_FIELDS = ("request_id", "arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
               "tpot_s", "e2e_s", "num_prompt_tokens", "num_output_tokens", "finish_reason", "energy_mj",
-              "preemptions", "error")
+              "preemptions", "failure_reason", "error")
 
 
 def write_results(out_dir: Path, result: BenchResult, summary: dict, config: dict, plots: bool = True) -> None:
@@ -105,21 +121,28 @@ def write_results(out_dir: Path, result: BenchResult, summary: dict, config: dic
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
             w.writerow([r.request_id, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
                         r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
-                        r.energy_mj, r.preemptions, r.error])
+                        r.energy_mj, r.preemptions, r.reason, r.error])
     if plots:
         from cent_serve.bench.plots import plot_all
-        plot_all(out_dir, result)
+        plot_all(out_dir, result, summary)
+
+
+EXAMPLE_CHARS = 110
+"""The terminal table cuts example failure messages to this many characters (summary.json has them whole)."""
 
 
 def print_table(summary: dict) -> None:
     print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
+    for reason, f in summary.get("failure_reasons", {}).items():
+        example = f["example"] if len(f["example"]) <= EXAMPLE_CHARS else f["example"][:EXAMPLE_CHARS - 3] + "..."
+        print(f"  {reason:<22}{f['count']:>12}   e.g. {example}")
     print(f"{'duration (sim s)':<24}{summary['duration']:>12.3f}   wall {summary['wall_s']:.1f} s")
     print(f"{'request throughput':<24}{summary['request_throughput']:>12.3f} req/s")
     print(f"{'output throughput':<24}{summary['output_throughput']:>12.1f} tok/s")
     print(f"{'total token throughput':<24}{summary['total_token_throughput']:>12.1f} tok/s")
     if "request_goodput" in summary:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
-              f"({100 * summary['slo_attainment']:.1f}% meet {summary['goodput_slos_ms']})")
+              f"({100 * summary['slo_attainment']:.1f}% of all requests meet {summary['goodput_slos_ms']})")
     print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):

@@ -18,12 +18,15 @@ from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
-from cent_serve.request import Request, RequestParams
+from cent_serve.request import Request, RequestParams, RequestRefused
 from cent_serve.scheduler import QueueFull
 
 log = logging.getLogger("cent.bench")
 SAMPLE_EVERY_ROUNDS = 64
 """Time-series samples: on every change of the queues, else once per this many rounds."""
+DEVICE_FAULT = "device_fault"
+"""`failure_reason` of a request that ended with finish_reason "error": an emulated device or the
+switch failed under it. The other reasons are the engine's refusals (`REFUSAL_REASONS`)."""
 
 
 @dataclass
@@ -42,10 +45,23 @@ class RequestRecord:
     preemptions: int = 0
     error: str = ""
     token_times_s: list[float] = field(default_factory=list, repr=False)
+    failure_reason: str = ""
+    """Why the request failed, "" when it did not: a `cent_serve.request.REFUSAL_REASONS` code,
+    DEVICE_FAULT, or for HTTP runs what `http_client.failure_reason` maps the answer to."""
 
     @property
     def ok(self) -> bool:
         return self.finish_reason in ("stop", "length")
+
+    @property
+    def reason(self) -> str:
+        """`failure_reason`, else one derived from `finish_reason` (records built by hand or by
+        older code): "error" is a device fault; "" for a request that did not fail."""
+        if self.ok:
+            return ""
+        if self.failure_reason:
+            return self.failure_reason
+        return DEVICE_FAULT if self.finish_reason == "error" else (self.finish_reason or "unknown")
 
     @property
     def ttft_s(self) -> float | None:
@@ -71,7 +87,16 @@ class RequestRecord:
     def from_request(cls, req: Request) -> "RequestRecord":
         return cls(req.request_id, req.arrival_s, len(req.prompt_ids), len(req.output_ids), req.scheduled_s,
                    req.first_token_s, req.finish_s, req.finish_reason or "", req.energy_j * 1e3,
-                   req.num_preemptions, req.error or "", list(req.token_times_s))
+                   req.num_preemptions, req.error or "", list(req.token_times_s),
+                   DEVICE_FAULT if req.finish_reason == "error" else "")
+
+    @classmethod
+    def refused(cls, request_id: str, tr: TraceRequest, exc: RequestRefused) -> "RequestRecord":
+        """A request the engine would not take: finish_reason "rejected" (queue full, the API's
+        429) or "invalid" (the API's 400), the refusal's reason code and message."""
+        return cls(request_id, tr.arrival_s, tr.num_prompt_tokens,
+                   finish_reason="rejected" if isinstance(exc, QueueFull) else "invalid", error=str(exc),
+                   failure_reason=exc.reason)
 
 
 @dataclass
@@ -95,6 +120,24 @@ class BenchResult:
     status: dict
 
 
+class Progress:
+    """A replay's tqdm bar: one tick per request that ended, failed ones counted as `failed=N`."""
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True) -> None:
+        self.failed = 0
+        self.bar = tqdm(total=total, unit="req", desc=desc, disable=not enabled, mininterval=1.0)
+        self.bar.set_postfix(failed=0, refresh=False)
+
+    def done(self, rec: RequestRecord) -> None:
+        if not rec.ok:
+            self.failed += 1
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list[int]:
     """Token ids of the trace's length: the trace's text when it has some, else seeded bytes."""
     if tr.prompt is not None:
@@ -115,7 +158,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
     it = iter(requests)
     pending = next(it, None)
     index = steps = 0
-    bar = tqdm(total=total, unit="req", desc="replay", disable=not progress, mininterval=1.0)
+    bar = Progress(total, "replay", progress)
     t0 = time.perf_counter()
     try:
         while pending is not None or engine.has_work():
@@ -123,14 +166,17 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
             if not engine.scheduler.num_running and pending is not None:
                 horizon = max(horizon, pending.arrival_s)  # idle: the engine jumps to the next arrival
             while pending is not None and pending.arrival_s <= horizon:
-                _add(engine, pending, index, seed, records)
+                refused = _add(engine, pending, index, seed)
+                if refused is not None:
+                    records[refused.request_id] = refused
+                    bar.done(refused)
                 index += 1
                 pending = next(it, None)
             for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
                 if req.is_finished:
-                    records[req.request_id] = RequestRecord.from_request(req)
+                    rec = records[req.request_id] = RequestRecord.from_request(req)
                     engine.forget(req.request_id)
-                    bar.update(1)
+                    bar.done(rec)
             st = engine.scheduler
             last = samples[-1] if samples else None
             steps += 1
@@ -147,14 +193,12 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_k
     return out
 
 
-def _add(engine: Engine, tr: TraceRequest, index: int, seed: int, records: dict) -> None:
+def _add(engine: Engine, tr: TraceRequest, index: int, seed: int) -> RequestRecord | None:
+    """Queue one trace request; the record of its refusal when the engine will not take it."""
     rid = f"trace-{tr.request_id}"
     params = RequestParams(max_tokens=max(1, tr.num_output_tokens), ignore_eos=True)
     try:
         engine.add_request(_prompt_ids(tr, engine, index, seed), params, request_id=rid, arrival_s=tr.arrival_s)
-    except QueueFull as exc:
-        records[rid] = RequestRecord(rid, tr.arrival_s, tr.num_prompt_tokens, finish_reason="rejected",
-                                     error=str(exc))
-    except ValueError as exc:
-        records[rid] = RequestRecord(rid, tr.arrival_s, tr.num_prompt_tokens, finish_reason="invalid",
-                                     error=str(exc))
+    except RequestRefused as exc:
+        return RequestRecord.refused(rid, tr, exc)
+    return None

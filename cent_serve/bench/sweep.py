@@ -10,7 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, mapping_text,  # noqa: E402
+                                    plain_axis, widen_if_flat)
 from cent_serve.bench.report import summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
@@ -21,16 +25,22 @@ DISTSERVE_ATTAINMENT = 0.9
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
               out_dir: Path, executor_kind: str = "local") -> dict:
-    """One in-process replay per rate; writes sweep.json and two plots; returns the sweep."""
-    rows = []
+    """One in-process replay per rate; writes sweep.json and sweep.png; returns the sweep.
+
+    A row's `slo_attainment` is the share of all its requests that completed within every SLO,
+    so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
+    """
+    rows, status = [], {}
     for rate in rates:
-        s = summarize(run_in_process(cfg, requests_at(rate), executor_kind, progress=False), slos)
-        rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)}))
-        print(f"rate {rate:>8.3f} req/s: {s['completed']} done, output {s['output_throughput']:.1f} tok/s, "
-              f"p99 TTFT {s['p99_ttft_ms'] or 0:.1f} ms, p99 TPOT {s['p99_tpot_ms'] or 0:.3f} ms"
-              + (f", SLO attainment {100 * s['slo_attainment']:.1f}%" if slos else ""))
+        result = run_in_process(cfg, requests_at(rate), executor_kind, progress=False)
+        status = result.status
+        s = summarize(result, slos)
+        rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
+                         failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()}))
+        print(_sweep_line(rate, s, slos))
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
-    sweep = dict(rates=rates, slos_ms=slos, rows=rows,
+    sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
+                 mapping=status.get("mapping", {}),
                  distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
@@ -38,37 +48,117 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     return sweep
 
 
+def _sweep_line(rate: float, s: dict, slos: dict) -> str:
+    """The terminal line of one rate: done and failed (by reason), throughput, p99s, attainment."""
+    reasons = ", ".join(f"{k} {v['count']}" for k, v in s["failure_reasons"].items())
+    line = (f"rate {rate:>8.3f} req/s: {s['completed']} done, {s['failed']} failed"
+            + (f" ({reasons})" if reasons else "")
+            + f", output {s['output_throughput']:.1f} tok/s, p99 TTFT {fmt_ms(s['p99_ttft_ms'])}, "
+              f"p99 TPOT {fmt_ms(s['p99_tpot_ms'])}")
+    if slos:
+        line += f", SLO attainment {100 * s['slo_attainment']:.1f}% of all requests"
+    return line
+
+
 def _plot_sweep(out_dir: Path, sweep: dict) -> None:
+    """2 x 2: TTFT and TPOT against throughput (each point labelled with its rate), SLO attainment
+    against rate, and completed/failed requests per rate."""
     rows = sweep["rows"]
+    slos = sweep["slos_ms"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     thr = [r["output_throughput"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("median_ttft_ms", "TTFT p50"), ("p99_ttft_ms", "TTFT p99")):
-        axes[0].plot(thr, [r[key] for r in rows], "o-", label=label)
-    axes[0].set_xlabel("output throughput (tok/s, simulated)")
-    axes[0].set_ylabel("TTFT (ms)")
-    ax2 = axes[0].twinx()
-    ax2.plot(thr, [r["p99_tpot_ms"] or 0 for r in rows], "s--", color="tab:red", label="TPOT p99")
-    ax2.set_ylabel("TPOT (ms)", color="tab:red")
-    axes[0].legend(loc="upper left")
-    axes[0].set_title("latency vs throughput")
-    axes[0].grid(alpha=0.3)
-    if sweep["slos_ms"]:
-        axes[1].plot(sweep["rates"], [100 * r["slo_attainment"] for r in rows], "o-")
-        axes[1].axhline(100 * sweep["attainment_threshold"], ls=":", color="gray")
-        g = sweep["distserve_goodput_rate"]
-        if g is not None:
-            axes[1].axvline(g, ls="--", color="tab:green", label=f"goodput {g:g} req/s")
-            axes[1].legend()
-        axes[1].set_ylim(0, 105)
-        axes[1].set_title(f"SLO attainment ({sweep['slos_ms']})")
-    else:
-        axes[1].set_title("SLO attainment: give --goodput ttft:MS tpot:MS")
-    axes[1].set_xlabel("request rate (req/s)")
-    axes[1].set_ylabel("% of requests meeting the SLOs")
-    axes[1].grid(alpha=0.3)
+    for ax, metric, name in ((axes[0, 0], "ttft", "TTFT"), (axes[0, 1], "tpot", "TPOT")):
+        _latency_vs_throughput(ax, rows, thr, metric, name, slos.get(metric))
+    _attainment(axes[1, 0], sweep)
+    _outcomes(axes[1, 1], rows)
+    slo_text = ", ".join(f"{k} {fmt_ms(v)}" for k, v in slos.items()) or "none (give --goodput)"
+    n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
+    status = dict(model=sweep["model"], mapping=sweep["mapping"])
+    fig.suptitle(f"{sweep['model']} on {sweep['mapping'].get('devices', '?')} CENT devices: {mapping_text(status)}"
+                 f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out_dir / "sweep.png", dpi=110)
+    fig.savefig(out_dir / "sweep.png", dpi=DPI)
     plt.close(fig)
+
+
+def _latency_vs_throughput(ax, rows: list[dict], thr: list[float], metric: str, name: str,
+                           slo_ms: float | None) -> None:
+    vals = {p: [r[f"{p}_{metric}_ms"] for r in rows] for p in ("median", "p99")}
+    shown = [v for vs in vals.values() for v in vs if v is not None]
+    div, unit = latency_unit(shown + ([slo_ms] if slo_ms is not None and shown
+                                      and slo_ms <= SLO_OFF_AXIS * max(shown) else []))
+    for p, style, label in (("median", "o-", "p50"), ("p99", "s--", "p99")):
+        ax.plot(thr, [np.nan if v is None else v / div for v in vals[p]], style, label=f"{name} {label}")
+    for x, y, r in zip(thr, vals["p99"], rows):
+        if y is not None:
+            ax.annotate(f"{r['rate']:g} req/s", (x, y / div), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    drawn = slo_ms is not None and shown and slo_ms <= SLO_OFF_AXIS * max(shown)
+    if drawn:
+        ax.axhline(slo_ms / div, color="tab:red", lw=1.2, label=f"SLO {fmt_in(slo_ms, div, unit)}")
+    elif slo_ms is not None:
+        ax.plot([], [], " ", label=f"SLO {fmt_in(slo_ms, div, unit)} (above the axis)")
+    top = max(shown + ([slo_ms] if drawn else []), default=1.0) / div
+    ax.set_ylim(0, 1.35 * top if top > 0 else 1.0)  # headroom: the legend and rate labels sit above the points
+    ax.margins(x=0.12)  # room for the rate label of the rightmost point
+    if thr:
+        widen_if_flat(ax, min(thr), max(thr))  # a saturated sweep: every rate at one throughput
+    ax.set_xlabel("output throughput (tok/s, simulated)")
+    ax.set_ylabel(f"{name} ({unit}, simulated)")
+    ax.set_title(f"{name} vs throughput (completed requests)")
+    plain_axis(ax.xaxis)
+    plain_axis(ax.yaxis)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
+
+
+def _rate_axis(ax, rates: list[float]) -> None:
+    """Ticks at the swept rates; a log axis when they span a factor of 8 or more."""
+    if min(rates) > 0 and max(rates) / min(rates) >= 8:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+
+
+def _attainment(ax, sweep: dict) -> None:
+    rows = sweep["rows"]
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("requests within every SLO (% of all)")
+    ax.grid(alpha=0.3)
+    if not sweep["slos_ms"]:
+        ax.set_title("SLO attainment: give --goodput ttft:MS tpot:MS")
+        return
+    att = [100 * r["slo_attainment"] for r in rows]
+    ax.plot(sweep["rates"], att, "o-", label="attainment (failed requests miss)")
+    for x, y in zip(sweep["rates"], att):
+        ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.axhline(100 * sweep["attainment_threshold"], ls=":", color="gray",
+               label=f"DistServe threshold {100 * sweep['attainment_threshold']:.0f}%")
+    g = sweep["distserve_goodput_rate"]
+    ax.axvline(g if g is not None else np.nan, ls="--", color="tab:green",
+               label=f"goodput {g:g} req/s" if g is not None else "goodput: no rate meets the threshold")
+    ax.set_ylim(0, 110)
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+    _rate_axis(ax, sweep["rates"])
+    ax.set_title("SLO attainment vs rate")
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def _outcomes(ax, rows: list[dict]) -> None:
+    x = np.arange(len(rows))
+    done = [r["completed"] for r in rows]
+    failed = [r["failed"] for r in rows]
+    b1 = ax.bar(x, done, color="tab:blue", label="completed")
+    b2 = ax.bar(x, failed, bottom=done, color="tab:red", label="failed")
+    ax.bar_label(b1, label_type="center", fontsize=8, color="white")
+    ax.bar_label(b2, labels=[str(f) if f else "" for f in failed], label_type="center", fontsize=8, color="white")
+    ax.set_xticks(x, [f"{r['rate']:g}" for r in rows])
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("requests")
+    plain_axis(ax.yaxis, integer=True)
+    ax.set_ylim(0, 1.2 * max([d + f for d, f in zip(done, failed)], default=1))
+    ax.set_title("completed and failed requests per rate")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    ax.grid(axis="y", alpha=0.3)
 
 
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
@@ -86,7 +176,9 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         s = summarize(res)
         mp = res.status["mapping"]
         row = dict(pp=pp, tp=tp, mode=mp["mode"], replicas=mp["replicas"], devices_used=mp["devices_used"],
-                   completed=s["completed"], output_throughput=s["output_throughput"],
+                   completed=s["completed"], failed=s["failed"],
+                   failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
+                   output_throughput=s["output_throughput"],
                    total_token_throughput=s["total_token_throughput"], median_ttft_ms=s["median_ttft_ms"],
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
                    energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"])
@@ -95,14 +187,15 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
                     if k in cost})
         rows.append(row)
-        print(f"pp {pp:>3} tp {tp:>2}: {s['total_token_throughput']:>9.1f} tok/s, TTFT p50 "
-              f"{s['median_ttft_ms'] or 0:.1f} ms, TPOT p50 {s['median_tpot_ms'] or 0:.3f} ms"
+        print(f"pp {pp:>3} tp {tp:>2}: {s['completed']} done, {s['failed']} failed, "
+              f"{s['total_token_throughput']:>9.1f} tok/s, TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
+              f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
                                                         gpu_baseline=GPU_BASELINES.get(cfg.model.name),
                                                         rows=rows), indent=2) + "\n")
-    keys = list(rows[0])
+    keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")
     _plot_paper(out_dir, cfg, rows, GPU_BASELINES.get(cfg.model.name))
@@ -110,22 +203,56 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
 
 
 def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | None) -> None:
-    labels = [f"pp{r['pp']}\ntp{r['tp']}" for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 4), 4))
-    axes[0].bar(labels, [r["total_token_throughput"] for r in rows], label="CENT (emulated, this trace)")
+    """Throughput per mapping beside the GPU baseline, then TTFT and TPOT p50/p99 per mapping;
+    every bar labelled with its value."""
+    labels = [f"pp {r['pp']} x tp {r['tp']}\n{r['mode']}, {r['devices_used']} used"
+              + (f" x {r['replicas']}" if r["replicas"] > 1 else "") for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(max(14, 2.4 * len(rows) + 5), 5))
+    bars = axes[0].bar(x, [r["total_token_throughput"] for r in rows], color="tab:blue",
+                       label="CENT (emulated, this trace)")
+    axes[0].bar_label(bars, labels=[f"{r['total_token_throughput']:,.0f}" + (f"\n{r['throughput_ratio']:.2f}x GPU"
+                                    if "throughput_ratio" in r else "") for r in rows], fontsize=8, padding=2)
     if gpu:
-        axes[0].axhline(gpu["end2end"], color="tab:red", ls="--", label=f"{gpu['gpus']} GPU baseline (paper)")
+        axes[0].axhline(gpu["end2end"], color="tab:red", ls="--", label=f"{gpu['gpus']} GPU baseline "
+                                                                          f"(paper): {gpu['end2end']:,.0f}")
     axes[0].set_ylabel("tokens/s (prompt + output, simulated)")
-    axes[0].set_title(f"{cfg.model.name} on {cfg.parallel.num_devices} devices")
-    axes[0].legend(fontsize=8)
-    x = range(len(rows))
-    axes[1].bar([i - 0.2 for i in x], [r["median_ttft_ms"] for r in rows], width=0.4, label="TTFT p50")
-    axes[1].bar([i + 0.2 for i in x], [r["median_tpot_ms"] or 0 for r in rows], width=0.4, label="TPOT p50")
-    axes[1].set_xticks(list(x), labels)
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("ms (simulated)")
-    axes[1].legend(fontsize=8)
-    axes[1].set_title("latency")
+    axes[0].set_title("throughput at this trace's arrivals")
+    axes[0].legend(fontsize=8, loc="upper left")
+    axes[0].set_ylim(0, 1.25 * max([r["total_token_throughput"] for r in rows] + [gpu["end2end"] if gpu else 0]))
+    for ax, metric, name in ((axes[1], "ttft", "TTFT"), (axes[2], "tpot", "TPOT")):
+        _latency_bars(ax, rows, x, metric, name)
+    for ax in axes:
+        ax.set_xticks(x, labels, fontsize=8)
+        plain_axis(ax.yaxis)
+        ax.grid(axis="y", alpha=0.3)
+    n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
+    fig.suptitle(f"{cfg.model.name} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
+                 f"{n} requests each\n{_paper_failures(rows)}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out_dir / "paper.png", dpi=110)
+    fig.savefig(out_dir / "paper.png", dpi=DPI)
     plt.close(fig)
+
+
+def _paper_failures(rows: list[dict]) -> str:
+    """`1 failed on every mapping (context_exceeded 1)`, or the failures mapping by mapping."""
+    def text(r: dict) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in r["failure_counts"].items())
+        return f"{r['failed']} failed" + (f" ({reasons})" if reasons else "")
+    if all(text(r) == text(rows[0]) for r in rows):
+        return f"{text(rows[0])} on every mapping" if rows and rows[0]["failed"] else "no request failed"
+    return "; ".join(f"pp {r['pp']} x tp {r['tp']}: {text(r)}" for r in rows)
+
+
+def _latency_bars(ax, rows: list[dict], x: np.ndarray, metric: str, name: str) -> None:
+    vals = {p: [r.get(f"{p}_{metric}_ms") for r in rows] for p in ("median", "p99")}
+    div, unit = latency_unit([v for vs in vals.values() for v in vs if v is not None])
+    for off, (p, label, color) in zip((-0.2, 0.2), (("median", "p50", "tab:blue"), ("p99", "p99", "tab:orange"))):
+        heights = [0.0 if v is None else v / div for v in vals[p]]
+        bars = ax.bar(x + off, heights, width=0.4, label=label, color=color)
+        ax.bar_label(bars, labels=[fmt_in(v, div, unit) for v in vals[p]], fontsize=7, rotation=90, padding=2)
+    top = max([v / div for vs in vals.values() for v in vs if v is not None], default=1.0)
+    ax.set_ylim(0, 1.3 * top)
+    ax.set_ylabel(f"{name} ({unit}, simulated)")
+    ax.set_title(f"{name} of the completed requests")
+    ax.legend(fontsize=8, loc="upper left")

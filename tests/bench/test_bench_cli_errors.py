@@ -1,0 +1,110 @@
+"""`cent bench run` through the real entry point: user mistakes end with one line on stderr naming
+what is wrong and the fix (no traceback), and a ShareGPT trace replays from the command line."""
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SUBPROCESS_TIMEOUT_S = 300
+"""A hang guard only (the runs take seconds): a stuck replay fails the test instead of blocking."""
+
+
+def bench_run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`python -m cent_serve.cli bench run ARGS --out tmp_path/out` from the repository root."""
+    cmd = [sys.executable, "-m", "cent_serve.cli", "bench", "run", *args, "--out", str(tmp_path / "out")]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single non-empty stderr line of a failed run (asserting there is exactly one)."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cent bench: error: "), lines[0]
+    return lines[0]
+
+
+def write_sharegpt(tmp_path: Path) -> Path:
+    """Three conversations with a human -> gpt exchange and one without (skipped by the reader)."""
+    entries = [
+        {"id": "a", "conversations": [{"from": "human", "value": "Hello CENT, how fast are you?"},
+                                      {"from": "gpt", "value": "Fast enough for Llama."}]},
+        {"id": "b", "conversations": [{"from": "system", "value": "be brief"},
+                                      {"from": "human", "value": "héllo wörld"},
+                                      {"from": "gpt", "value": "hi"}]},
+        {"id": "skipped", "conversations": [{"from": "human", "value": "no answer"}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "x" * 40},
+                                      {"from": "gpt", "value": "y" * 12}]},
+    ]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(entries, ensure_ascii=False))
+    return path
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound once by the OS, then released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unknown_format_names_the_known_formats(tmp_path):
+    line = one_error_line(bench_run("--numerics", "off", "--format", "parquet", tmp_path=tmp_path))
+    assert "--format 'parquet'" in line
+    for fmt in ("vidur", "azure", "burstgpt", "mooncake", "sharegpt"):
+        assert fmt in line
+
+
+def test_sharegpt_without_a_rate_says_to_add_rate(tmp_path):
+    path = write_sharegpt(tmp_path)
+    line = one_error_line(bench_run("--numerics", "off", "--trace", str(path), tmp_path=tmp_path))
+    assert str(path) in line and "--rate" in line
+    assert "count_tokens" not in line  # no Python-API advice on the command line
+
+
+def test_missing_trace_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.csv"
+    line = one_error_line(bench_run("--numerics", "off", "--trace", str(missing), tmp_path=tmp_path))
+    assert "--trace" in line and str(missing) in line
+
+
+def test_synthetic_arrivals_for_a_timestamped_trace_are_refused(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,8,4\n0.5,8,4\n")
+    line = one_error_line(bench_run("--numerics", "off", "--trace", str(trace), "--synthetic", "poisson",
+                                    "--rate", "2", tmp_path=tmp_path))
+    assert "--synthetic" in line and "drop" in line
+
+
+def test_dead_server_names_the_url_and_says_to_start_cent_serve(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    line = one_error_line(bench_run("--url", url, "--num-requests", "2", "--no-plots", tmp_path=tmp_path))
+    assert url in line and "cent serve" in line
+
+
+def test_url_without_a_scheme_is_a_clear_error(tmp_path):
+    line = one_error_line(bench_run("--url", "127.0.0.1:8000", "--num-requests", "2", tmp_path=tmp_path))
+    assert "127.0.0.1:8000" in line and "http://" in line
+
+
+def test_sharegpt_replays_with_a_rate_and_the_models_tokenizer(tmp_path):
+    path = write_sharegpt(tmp_path)
+    proc = bench_run("--numerics", "off", "--trace", str(path), "--rate", "5", "--no-plots", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] == 3 and summary["failed"] == 0 and summary["failure_reasons"] == {}
+    with open(out / "requests.csv") as f:
+        rows = {r["request_id"]: r for r in csv.DictReader(f)}
+    # the tiny model's byte tokenizer: one token per UTF-8 byte, the prompt with its BOS (as vLLM counts)
+    assert int(rows["trace-b"]["num_prompt_tokens"]) == len("héllo wörld".encode()) + 1
+    assert int(rows["trace-c"]["num_prompt_tokens"]) == 41
+    assert all(r["finish_reason"] == "length" for r in rows.values())
+    arrivals = sorted(float(r["arrival_s"]) for r in rows.values())
+    assert arrivals[0] == 0.0 and arrivals[-1] > 0.0  # Poisson arrivals, not all at once

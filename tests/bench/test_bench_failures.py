@@ -1,0 +1,186 @@
+"""Failed requests where the user looks: reasons with counts and an example in summary.json, the
+terminal table and the progress bar; SLO attainment over all requests (a failed one misses)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cent_serve.bench import Request as TraceRequest
+from cent_serve.bench import sweep as sweep_mod
+from cent_serve.bench.http_client import failure_reason
+from cent_serve.bench.plots import fmt_in, latency_unit, mapping_text, plot_all, run_title
+from cent_serve.bench.report import print_table, summarize
+from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, run_in_process
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.request import Request, RequestParams, RequestRefused
+from cent_serve.scheduler import QueueFull
+
+STATUS = dict(model="llama2-70b", mapping=dict(mode="pipeline", devices=32, pp=80, tp=1, devices_used=27,
+                                                replicas=1))
+
+
+def done(rid: str, arrival_s: float, ttft_s: float, tokens: int = 11, tpot_s: float = 0.01) -> RequestRecord:
+    """A completed record: first token `ttft_s` after arrival, then `tokens - 1` at `tpot_s`."""
+    first = arrival_s + ttft_s
+    times = [first + i * tpot_s for i in range(tokens)]
+    return RequestRecord(rid, arrival_s, 32, tokens, arrival_s, first, times[-1], "length", token_times_s=times)
+
+
+def refused(rid: str, arrival_s: float, exc: RequestRefused) -> RequestRecord:
+    return RequestRecord.refused(rid, TraceRequest(rid, arrival_s, 32, 8), exc)
+
+
+def mixed_records() -> list[RequestRecord]:
+    """3 completed (TTFT 0.1, 0.2, 3 s), 2 context_exceeded, 1 queue_full, 1 device fault."""
+    return [
+        done("ok-0", 0.0, 0.1), done("ok-1", 1.0, 0.2), done("ok-2", 2.0, 3.0),
+        refused("long-1", 1.5, RequestRefused("context_exceeded", "the prompt has 9000 tokens; first")),
+        refused("long-0", 0.5, RequestRefused("context_exceeded", "the prompt has 8500 tokens; earliest")),
+        refused("busy", 2.5, QueueFull("6 requests are waiting")),
+        RequestRecord("fault", 3.0, 32, 2, 3.0, 3.1, 3.2, "error", error="device 3 died"),
+    ]
+
+
+def result_of(records: list[RequestRecord], status: dict | None = None) -> BenchResult:
+    samples = [Sample(0.0, 0, 1, 0.01), Sample(2.0, 3, 4, 0.25), Sample(6.0, 0, 0, 0.0)]
+    devices = [dict(device_id=i, replica=0, busy_s={"group0": 1.0 + i, "dma": 0.5}) for i in range(3)]
+    return BenchResult(records, samples, devices, 6.0, 0.1, STATUS if status is None else status)
+
+
+def test_summary_gives_each_failure_reason_a_count_and_the_first_example():
+    s = summarize(result_of(mixed_records()))
+    assert s["completed"] == 3 and s["failed"] == 4
+    assert s["failure_reasons"] == {
+        "context_exceeded": {"count": 2, "example": "the prompt has 8500 tokens; earliest"},  # first to arrive
+        DEVICE_FAULT: {"count": 1, "example": "device 3 died"},
+        "queue_full": {"count": 1, "example": "6 requests are waiting"},
+    }
+    assert list(s["failure_reasons"])[0] == "context_exceeded"  # most frequent first
+    json.dumps(s)  # summary.json stays plain JSON
+
+
+def test_slo_attainment_counts_failed_requests_as_missing():
+    s = summarize(result_of(mixed_records()), {"ttft": 500.0})
+    assert s["slo_attainment"] == pytest.approx(2 / 7)  # 2 of 3 completed meet it; 4 failed miss it
+    assert s["request_goodput"] == pytest.approx(2 / s["duration"])
+
+
+def test_refusals_keep_their_reason_codes():
+    assert refused("x", 0.0, QueueFull("full")).finish_reason == "rejected"
+    rec = refused("y", 0.0, RequestRefused("kv_capacity", "needs 9 KV blocks"))
+    assert (rec.finish_reason, rec.failure_reason, rec.reason, rec.ok) == ("invalid", "kv_capacity", "kv_capacity",
+                                                                            False)
+    assert done("z", 0.0, 0.1).reason == ""
+
+
+def test_a_device_fault_in_the_engine_is_reason_device_fault():
+    req = Request("r", [1, 2, 3], RequestParams(max_tokens=4), 0.0, rng=np.random.default_rng(0),
+                  finish_reason="error", error="the switch died")
+    rec = RequestRecord.from_request(req)
+    assert rec.failure_reason == DEVICE_FAULT and rec.error == "the switch died"
+
+
+def test_in_process_refusals_are_grouped_by_the_engines_reason():
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    room = cfg.model.max_seq_len
+    reqs = [TraceRequest("0", 0.0, 16, 4), TraceRequest("1", 0.001, room - 10, 20), TraceRequest("2", 0.002, 16, 4)]
+    s = summarize(run_in_process(cfg, reqs, progress=False))
+    assert s["completed"] == 2 and s["failed"] == 1
+    assert s["failure_reasons"]["context_exceeded"]["count"] == 1
+    assert "max_tokens=20 does not fit" in s["failure_reasons"]["context_exceeded"]["example"]
+
+
+def test_the_table_prints_each_reason_with_its_count_and_example(capsys):
+    print_table(summarize(result_of(mixed_records()), {"ttft": 500.0}))
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "context_exceeded" in x)
+    assert " 2 " in line and "earliest" in line
+    assert "device_fault" in out and "28.6% of all requests" in out
+
+
+def test_the_progress_bar_counts_failures(capsys):
+    bar = Progress(3, "replay")
+    for rec in mixed_records()[2:5]:  # one completed, two refused
+        bar.done(rec)
+    bar.close()
+    final = capsys.readouterr().err.strip().split("\r")[-1]  # the bar's last redraw
+    assert bar.failed == 2 and "3/3" in final and "failed=2" in final, final
+
+
+@pytest.mark.parametrize("status, err, reason", [
+    (400, {"code": "context_length_exceeded", "message": "the prompt has 9000 tokens"}, "context_exceeded"),
+    (429, {"code": None, "message": "the server is overloaded"}, "queue_full"),
+    (400, {"code": "kv_capacity", "message": "x"}, "kv_capacity"),
+    (400, {"code": None, "param": "max_tokens",
+           "message": "max_tokens=20 does not fit: the prompt leaves 4 tokens of the model's context"},
+     "context_exceeded"),
+    (400, {"code": None, "param": "prompt", "message": "prompt token id 999 is outside the vocabulary"},
+     "invalid_prompt"),
+    (500, {"code": None, "message": "internal error"}, "server_error"),
+])
+def test_http_errors_map_to_the_engines_reason_names(status, err, reason):
+    assert failure_reason(status, err) == reason
+
+
+def test_sweep_attainment_counts_failed_requests(tmp_path, monkeypatch, capsys):
+    """The defect: 119 of 200 failed and the sweep printed 100% (good / completed)."""
+    def fake_run(cfg, requests, executor_kind="local", progress=True):
+        return result_of(requests)  # the "requests" are the records themselves
+
+    def records_at(rate: float) -> list[RequestRecord]:
+        ok = [done(f"ok-{i}", 0.1 * i, 0.1) for i in range(81)]
+        if rate < 10:
+            return ok
+        return ok + [refused(f"busy-{i}", 9.0 + 0.01 * i, QueueFull("queue full")) for i in range(119)]
+
+    monkeypatch.setattr(sweep_mod, "run_in_process", fake_run)
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    sweep = sweep_mod.run_sweep(cfg, records_at, [1.0, 20.0], {"ttft": 500.0}, tmp_path)
+    low, high = sweep["rows"]
+    assert low["slo_attainment"] == 1.0 and low["failed"] == 0
+    assert high["slo_attainment"] == pytest.approx(81 / 200) and high["failed"] == 119
+    assert high["failure_counts"] == {"queue_full": 119}
+    assert sweep["distserve_goodput_rate"] == 1.0
+    printed = capsys.readouterr().out
+    assert "119 failed (queue_full 119)" in printed and "40.5% of all requests" in printed
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latencies_pick_ms_or_s_and_labels_read_like_the_axis():
+    assert latency_unit([175_000.0]) == (1e3, "s")
+    assert latency_unit([0.3, 1821.5]) == (1.0, "ms")
+    assert fmt_in(1821.5, 1.0, "ms") == "1,822 ms" and fmt_in(165_385.0, 1e3, "s") == "165 s"
+
+
+def test_titles_name_model_devices_mapping_and_outcomes():
+    assert mapping_text(STATUS) == "pipeline pp 80 x tp 1, 27 devices used"
+    title = run_title(STATUS, summarize(result_of(mixed_records())))
+    assert title.startswith("llama2-70b on 32 CENT devices: pipeline pp 80 x tp 1, 27 devices used")
+    assert "3 completed, 4 failed (context_exceeded 2, device_fault 1, queue_full 1)" in title
+
+
+def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch):
+    """TPOTs equal to 1e-10 gave axes labelled `1e-10+2.377e-1`; every axis must read plainly."""
+    import matplotlib.pyplot as plt
+
+    from cent_serve.bench import plots
+
+    records = [done(f"r{i}", float(i), 0.2377 + 1e-13 * i, tpot_s=0.0002377 + 1e-16 * i) for i in range(5)]
+    records.append(refused("long", 0.5, RequestRefused("context_exceeded", "too long")))
+    offsets = []
+    real_save = plots._save
+
+    def save(fig, path):  # look at every axis of every figure before it is written
+        fig.canvas.draw()
+        offsets.extend(axis.get_offset_text().get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis))
+        real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    summary = summarize(result_of(records), {"ttft": 300.0, "tpot": 100.0})
+    paths = plot_all(tmp_path, result_of(records), summary)
+    assert [p.name for p in paths] == ["latency_cdf.png", "timeline.png", "utilization.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert len(offsets) >= 10 and all(text == "" for text in offsets), offsets
+    plt.close("all")
