@@ -1,6 +1,6 @@
 """The serving engine: continuous batching over the emulated CENT devices, in simulated time.
 
-`Engine.step()` is three calls (STYLE.md): schedule, execute, update.
+`Engine.step()` is three calls, as vLLM and nano-vllm write it: schedule, execute, update.
 
 The engine clock `now_s` is a round boundary: the latest simulated time at
 which any micro-batch of the last round became ready. A request that arrives
@@ -23,6 +23,7 @@ from cent_serve.config import CentConfig
 from cent_serve.messages import MicroBatch, SeqStep
 from cent_serve.model.sampling import make_generator, sample
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
+from cent_serve.replicas import Replicas
 from cent_serve.request import Request, RequestParams, RequestRefused, Status
 from cent_serve.scheduler import LaneBatch, Scheduler, blocks_for, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
@@ -43,7 +44,6 @@ class EngineStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_failed: int = 0
-    num_recoveries: int = 0
 
 
 class Engine:
@@ -61,17 +61,15 @@ class Engine:
         if executors is None and executor_kind == "local" and self.full and weights is None:
             from cent_serve.model.weights import load_weights
             weights = load_weights(cfg.model)  # once, shared by the replicas' workers
-        self._make_executor = lambda: make_executor(cfg, executor_kind,
-                                                    **({"weights": weights} if executor_kind == "local" else {}))
-        if executors is None:
-            executors = [self._make_executor() for _ in range(self.num_replicas)]
-        self.executors = executors
+        make = lambda: make_executor(cfg, executor_kind,  # noqa: E731
+                                     **({"weights": weights} if executor_kind == "local" else {}))
+        if executors is not None:
+            given = iter(executors)
+            self.replicas = Replicas(lambda: next(given, None) or make(), len(executors))
+        else:
+            self.replicas = Replicas(make, self.num_replicas)
         self._failed: list[Request] = []  # failed by a fault since the last step returned
-        self.degraded: str | None = None
-        """Why the engine runs short of devices (a replica that could not be re-created), or None."""
-        self.recovering = False
-        """True while a replica's devices are being re-created after a fault (health: degraded)."""
-        self.num_replicas = len(executors)
+        self.num_replicas = len(self.replicas)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         sc = cfg.scheduler
         self.scheduler = Scheduler(self.num_replicas, mp.batch, sc.max_seqs_per_stage,
@@ -130,8 +128,33 @@ class Engine:
 
     # ------------------------------------------------------------------ the step
 
+    @property
+    def executors(self) -> list:
+        """Each replica's executor (None while a replica is being re-created)."""
+        return self.replicas.executors
+
+    @property
+    def recovering(self) -> bool:
+        """True while a replica's devices are being re-created after a fault (health: degraded)."""
+        return self.replicas.recovering
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the engine runs short of devices, or None."""
+        return self.replicas.degraded
+
+    def can_step(self) -> bool:
+        """Whether a round could run now: something is running, or waits with a replica up."""
+        self._poll_replicas()
+        return self.scheduler.num_running > 0 or (self.scheduler.num_waiting > 0 and self.scheduler.any_up())
+
+    def _poll_replicas(self) -> None:
+        for r in self.replicas.poll():
+            self.scheduler.set_up(r, True)
+
     def step(self) -> list[Request]:
         """One round: schedule, execute, update. Returns the requests that advanced."""
+        self._poll_replicas()
         if not self.scheduler.num_running:
             nxt = self.scheduler.next_arrival_s()
             if nxt is not None and nxt > self.now_s:
@@ -185,30 +208,20 @@ class Engine:
 
     def _recover(self, replica: int, exc: Exception) -> None:
         """A replica's round failed (a device or the switch died, or raised): fail the requests
-        on it with the cause, re-create its devices (weights reloaded), keep serving."""
+        on it with the cause, take it out and re-create its devices in the background (weights
+        reloaded); the other replicas keep serving."""
         message = (f"the emulated devices of replica {replica} failed: {type(exc).__name__}: {exc}; "
                    "the request was stopped, retry it")
         log.error("%s; re-creating the replica's devices", message)
         self._failed += self._fail([q for q in self.scheduler.running if q.replica == replica], message)
         self._pending_free[replica] = []
-        self.recovering = True
-        try:
-            try:
-                self.executors[replica].shutdown()
-            except Exception:  # noqa: BLE001 - it is broken already; its actors are killed anyway
-                log.exception("shutting down the failed replica")
-            self.executors[replica] = self._make_executor()
-            self.stats.num_recoveries += 1
-            self.degraded = None
-        except Exception as rebuild:  # noqa: BLE001 - keep serving the other replicas; retried next round
-            self.degraded = f"replica {replica} could not be re-created: {type(rebuild).__name__}: {rebuild}"
-            log.error("%s", self.degraded)
-        finally:
-            self.recovering = False
+        self.scheduler.set_up(replica, False)
+        self.replicas.fail(replica, exc)
 
     def check_devices(self) -> list[Request]:
         """Look for dead devices between rounds (executors that can tell) and recover them;
         returns the requests that failed with them."""
+        self._poll_replicas()
         for r, ex in enumerate(self.executors):
             check = getattr(ex, "check", None)
             if check is None:
@@ -223,7 +236,7 @@ class Engine:
     def _flush_frees(self) -> None:
         """No round to carry them: tell the devices now which sequences are gone."""
         for r, ex in enumerate(self.executors):
-            if self._pending_free[r]:
+            if self._pending_free[r] and ex is not None:
                 frees, self._pending_free[r] = tuple(self._pending_free[r]), []
                 ex.free(frees)
 
@@ -332,19 +345,28 @@ class Engine:
                     numerics=self.cfg.resolved_numerics, clock_s=self.now_s,
                     num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
                     kv_usage=self.scheduler.kv_usage(), kv_blocks_per_replica=self.scheduler.kv_blocks,
-                    num_preemptions=self.scheduler.num_preemptions, **vars(self.stats))
+                    num_preemptions=self.scheduler.num_preemptions, replicas_up=sum(map(self.replicas.is_up,
+                                                                                         range(self.num_replicas))),
+                    **dict(vars(self.stats), num_recoveries=self.replicas.num_recoveries))
 
-    def device_stats(self) -> list[dict]:
+    def _replica_stats(self) -> list[tuple[int, dict]]:
+        """(replica, executor stats) of the replicas that are up. A replica that cannot answer
+        (an actor died since its last round) is recovered here, not reported as an error."""
         out = []
         for r, ex in enumerate(self.executors):
-            st = ex.stats()
-            for d in st["devices"]:
-                out.append(dict(d, replica=r))
+            if ex is None:
+                continue
+            try:
+                out.append((r, ex.stats()))
+            except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
+                self._recover(r, exc)
         return out
 
+    def device_stats(self) -> list[dict]:
+        return [dict(d, replica=r) for r, st in self._replica_stats() for d in st["devices"]]
+
     def fabric_stats(self) -> list[dict]:
-        return [dict(ex.stats()["fabric"], replica=r) for r, ex in enumerate(self.executors)]
+        return [dict(st["fabric"], replica=r) for r, st in self._replica_stats()]
 
     def shutdown(self) -> None:
-        for ex in self.executors:
-            ex.shutdown()
+        self.replicas.shutdown()

@@ -83,6 +83,8 @@ class Scheduler:
         self._held: dict[Request, int] = {}  # KV blocks held per running request
         self._next_seq_id = 0
         self.num_preemptions = 0
+        self.up = [True] * num_replicas
+        """Replicas whose devices can run; a down one (being re-created) takes no new requests."""
 
     # ------------------------------------------------------------------ queues
 
@@ -94,11 +96,21 @@ class Scheduler:
                              f"{KV_BLOCK_TOKENS} tokens; a replica holds {self.kv_blocks}: shorten the prompt "
                              "or use more devices")
 
+    def set_up(self, replica: int, up: bool) -> None:
+        """Mark a replica up or down (its running sequences must be finished before it goes down)."""
+        assert up or not any(q.replica == replica for q in self.running), f"replica {replica} still runs"
+        self.up[replica] = up
+
+    def any_up(self) -> bool:
+        return any(self.up)
+
     @property
     def free_seats(self) -> int:
-        """Lane places no running sequence holds: that many waiting requests take a lane at the
-        next round (KV permitting), so they do not count against `max_waiting`."""
-        return self.num_replicas * self.lanes_per_replica * self.seqs_per_lane - len(self.running)
+        """Lane places no running sequence holds on the replicas that are up: that many waiting
+        requests take a lane at the next round (KV permitting), so they do not count against
+        `max_waiting`."""
+        places = sum(self.up) * self.lanes_per_replica * self.seqs_per_lane
+        return max(0, places - len(self.running))
 
     def is_full(self) -> bool:
         """Whether a new request would exceed the waiting bound: more than `max_waiting` requests
@@ -185,7 +197,7 @@ class Scheduler:
         (ties: the replica with the most free blocks, then the lowest ids)."""
         best = None
         for r in range(self.num_replicas):
-            if self.free_blocks[r] < need_blocks:
+            if not self.up[r] or self.free_blocks[r] < need_blocks:
                 continue
             for l_id, members in enumerate(self.lanes[r]):
                 key = (len(members), -self.free_blocks[r], r, l_id)

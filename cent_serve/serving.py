@@ -3,7 +3,7 @@
 Only the engine thread touches the `Engine` (and so the executors and
 actors). The API talks to it through an inbox of commands whose results come
 back as futures, and receives each request's progress as `Delta`s on an
-asyncio queue. Clock modes (DESIGN.md):
+asyncio queue. Clock modes (docs/architecture.md):
 
 - `virtual`: the engine runs rounds as fast as it can; a request arriving
   over HTTP gets the engine's simulated clock as its arrival time.
@@ -206,8 +206,8 @@ class EngineLoop:
         eng = self.engine
         while not self._stop.is_set():
             held = self._held(eng)
-            self._drain(block=held or not eng.has_work())
-            if held or not eng.has_work():
+            self._drain(block=held or not eng.can_step())
+            if held or not eng.can_step():  # idle, or waiting for a replica to come back
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S
                     try:

@@ -8,6 +8,8 @@ Activations go device -> fabric -> device, never through the driver.
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 
 import ray
@@ -24,23 +26,68 @@ STARTUP_TIMEOUT_S = 300.0
 """Longest wait for every actor to come up (weights loaded)."""
 CHECK_TIMEOUT_S = 10.0
 """Longest wait for the actors to answer a health check."""
+JOIN_PROBE_TIMEOUT_S = 5.0
+"""Longest wait for a TCP answer from a cluster's address before `ray.init` (which would retry a
+dead address for minutes)."""
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS), or start a quiet local Ray if none is running."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Join `address` (or RAY_ADDRESS), or start a fresh local Ray; returns a line saying which.
+
+    Without an address a new local Ray is started (`address="local"`), never a cluster an
+    earlier `ray start` recorded on this machine: that one may be gone, and joining it by
+    accident would put the devices on somebody else's cluster. A cluster that cannot be
+    joined is a ValueError naming the address and the fix."""
     if ray.is_initialized():
-        return
+        return "using the Ray already running in this process"
     # workers' logs stay in Ray's log files: forwarded, raylet warnings would land in our stdout
     # (and in `--json` output); device errors still come back as exceptions
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        return "started a local Ray"
+    def refuse(reason: str) -> ValueError:
+        return ValueError(f"server.ray_address={address!r}: no Ray cluster could be joined ({reason}); start one "
+                          "with `ray start --head`, or drop --ray-address and unset RAY_ADDRESS to start a fresh "
+                          "local Ray")
+
+    if not address.startswith(("ray://", "local")):  # ray.init retries a dead address for minutes
+        gcs = _gcs_address(address)
+        if gcs is None:
+            raise refuse("no running cluster is recorded on this machine")
+        host, _, port = gcs.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:
+            raise refuse(f"nothing answers at {gcs}: {exc}") from None
+    try:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise refuse(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return f"joined the Ray cluster at {address} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+
+
+def _gcs_address(address: str) -> str | None:
+    """`host:port` of the cluster's GCS for an address as `ray.init` takes it (`auto` reads the
+    cluster an earlier `ray start` recorded on this machine), or None when none is recorded."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError):
+        return None
 
 
 def _single_node() -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+
+
+class DevicesGone(RuntimeError):
+    """The executor was shut down (its replica is being re-created): nothing can run on it."""
 
 
 class PlacementError(ValueError):
@@ -132,6 +179,7 @@ class RayExecutor:
         """Send a whole round without waiting; rounds run in the order they are sent."""
         wave = Wave.from_micro_batches(mbs)
         with self._lock:
+            self._check_open()
             self.link.send(("round", wave, tuple(free_seq_ids)))
             self._sent += 1
             return RoundHandle(self, self._sent - 1, {mb.mb_id: mb.seqs for mb in mbs})
@@ -149,8 +197,13 @@ class RayExecutor:
             raise payload
         return payload
 
+    def _check_open(self) -> None:
+        if self.link is None or self.fabric is None:
+            raise DevicesGone("this replica's device actors were shut down")
+
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""
+        self._check_open()
         ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
                 timeout=timeout_s)
 
@@ -161,6 +214,7 @@ class RayExecutor:
         ray.get([a.free.remote(seq_ids) for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
 
     def stats(self) -> dict:
+        self._check_open()
         devices = ray.get([a.stats.remote() for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
         return dict(devices=devices, fabric=ray.get(self.fabric.stats.remote(), timeout=ROUND_TIMEOUT_S))
 

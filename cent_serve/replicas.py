@@ -1,0 +1,126 @@
+"""The data-parallel replicas' executors, and their re-creation after a device fault.
+
+A replica whose round failed (a device actor or the switch died, or raised) is taken out at once
+and re-created on a background thread, so the engine goes on serving the other replicas and
+answering status calls while new actors start and load their weights (tens of seconds on Ray).
+The engine swaps the new executor in between rounds (`poll`). A re-creation that fails is retried
+every `RETRY_S`; meanwhile `degraded` says why the system runs short.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger("cent.replicas")
+RETRY_S = 10.0
+"""Wall seconds between attempts to re-create a replica whose re-creation failed."""
+SHUTDOWN_JOIN_S = 60.0
+"""Longest wait, at shutdown, for a re-creation in flight (its actors are then stopped too)."""
+
+
+class Replicas:
+    """`executors[r]` is replica r's executor, or None while it is being re-created.
+
+    Only the engine thread calls `fail`, `poll` and `shutdown`; `recovering` and `degraded` may be
+    read from any thread (the health endpoint)."""
+
+    def __init__(self, make: Callable[[], object], num_replicas: int, retry_s: float = RETRY_S) -> None:
+        self._make, self.retry_s = make, retry_s
+        self.executors: list = []
+        try:
+            for _ in range(num_replicas):
+                self.executors.append(make())
+        except BaseException:  # a half-built system keeps no actors
+            self.shutdown()
+            raise
+        self._lock = threading.Lock()
+        self._built: dict[int, object] = {}  # replica -> new executor, waiting to be swapped in
+        self._errors: dict[int, str] = {}  # replica -> why its last re-creation failed
+        self._threads: dict[int, threading.Thread] = {}
+        self._retry_at: dict[int, float] = {}
+        self._stopping = False
+        self.num_recoveries = 0
+
+    def __len__(self) -> int:
+        return len(self.executors)
+
+    def is_up(self, replica: int) -> bool:
+        return self.executors[replica] is not None
+
+    @property
+    def recovering(self) -> bool:
+        """Whether a replica is down (being re-created, or waiting to retry)."""
+        return any(ex is None for ex in self.executors)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the system runs short of a replica, or None."""
+        down = [r for r, ex in enumerate(self.executors) if ex is None]
+        if not down:
+            return None
+        with self._lock:
+            errors = [f"replica {r}: {self._errors[r]}" for r in down if r in self._errors]
+        return "; ".join(errors) if errors else f"re-creating the devices of replica(s) {down}"
+
+    def fail(self, replica: int, exc: BaseException) -> None:
+        """Take replica `replica` out (its executor is shut down) and start re-creating it."""
+        old, self.executors[replica] = self.executors[replica], None
+        if old is not None:
+            try:
+                old.shutdown()
+            except Exception:  # noqa: BLE001 - it is broken already; its actors are killed anyway
+                log.exception("shutting down the failed replica %d", replica)
+        self._start(replica)
+
+    def _start(self, replica: int) -> None:
+        if replica in self._threads or self._stopping:
+            return
+
+        def build() -> None:
+            try:
+                ex = self._make()
+            except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
+                log.error("replica %d could not be re-created: %s: %s", replica, type(exc).__name__, exc)
+                with self._lock:
+                    self._errors[replica] = f"could not be re-created: {type(exc).__name__}: {exc}"
+                    self._retry_at[replica] = time.monotonic() + self.retry_s
+                return
+            with self._lock:
+                if self._stopping:
+                    ex.shutdown()
+                    return
+                self._built[replica] = ex
+                self._errors.pop(replica, None)
+
+        t = threading.Thread(target=build, name=f"cent-rebuild-{replica}", daemon=True)
+        self._threads[replica] = t
+        t.start()
+
+    def poll(self) -> list[int]:
+        """Swap in the replicas re-created since the last call (returned); retry failed ones."""
+        now = time.monotonic()
+        with self._lock:
+            built, self._built = self._built, {}
+            retry = [r for r, at in self._retry_at.items() if at <= now]
+            for r in retry:
+                del self._retry_at[r]
+        for r, ex in built.items():
+            self.executors[r] = ex
+            self._threads.pop(r, None)
+            self.num_recoveries += 1
+            log.info("replica %d is back", r)
+        for r in retry:
+            self._threads.pop(r, None)
+            self._start(r)
+        return sorted(built)
+
+    def shutdown(self) -> None:
+        """Stop every executor, those being re-created included."""
+        self._stopping = True
+        for t in list(getattr(self, "_threads", {}).values()):
+            t.join(SHUTDOWN_JOIN_S)
+        for ex in self.executors + list(getattr(self, "_built", {}).values()):
+            if ex is not None:
+                ex.shutdown()
