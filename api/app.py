@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP front end (SERVING.md): completions, chat, models, health,
+"""The OpenAI-compatible HTTP front end (docs/serving.md): completions, chat, models, health,
 metrics and `/v1/cent/status`. Handlers validate and tokenize, hand requests to the
 `EngineLoop`, and turn its `Delta`s into responses or SSE chunks.
 

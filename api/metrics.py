@@ -1,4 +1,4 @@
-"""Prometheus metrics: vLLM's names (SERVING.md) plus `cent:` ones. Latencies are simulated seconds.
+"""Prometheus metrics: vLLM's names (docs/serving.md) plus `cent:` ones. Latencies are simulated seconds.
 
 Each app has its own registry, so several servers (tests) can live in one process.
 

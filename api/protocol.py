@@ -1,4 +1,4 @@
-"""Request bodies of the OpenAI-compatible API (SERVING.md), and their translation to
+"""Request bodies of the OpenAI-compatible API (docs/serving.md), and their translation to
 `RequestParams`. Schema errors (wrong types, missing fields) come from pydantic and are
 answered 422; values out of range raise `ApiError` with 400 naming the parameter.
 

@@ -29,7 +29,7 @@ def build(cfg: CentConfig, executor_kind: str = "ray", engine: Engine | None = N
     """(app, engine loop) for a config; the loop is started."""
     if executor_kind == "ray":
         from cent_serve.executor.ray_executor import ensure_ray
-        ensure_ray(cfg.server.ray_address)
+        log.info("%s", ensure_ray(cfg.server.ray_address))
     engine = engine or Engine(cfg, executor_kind)
     metrics = Metrics(cfg.model.name)
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)

@@ -13,7 +13,7 @@ import time
 
 from cent_serve.config import DeviceConfig, FabricConfig, ParallelConfig, model_preset
 from cent_serve.timing import SystemTimer, resolve_mapping, token_figures
-from cent_serve.timing.cli import sweep_mappings
+from cent_serve.simulate_cli import sweep_mappings
 
 SYSTEMS = {"llama2-7b": 8, "llama2-13b": 20, "llama2-70b": 32}
 CONTEXTS = range(128, 4097, 128)

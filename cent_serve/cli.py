@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from cent_serve import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `cent` parser with every subcommand registered; `main` and the deploy tests use it."""
     parser = argparse.ArgumentParser(prog="cent", description="cent-serve: LLM serving on emulated CENT devices")
+    parser.add_argument("--version", action="version", version=f"cent-serve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from cent_serve.model import cli as model_cli
     model_cli.register(sub)
-    from cent_serve.timing import cli as timing_cli
-    timing_cli.register(sub)
+    from cent_serve import simulate_cli
+    simulate_cli.register(sub)
     from cent_serve import serve_cli
     serve_cli.register(sub)
     from cent_serve.bench import cli as bench_cli
@@ -20,13 +24,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(command: str, message: str) -> None:
+    """One line on stderr: a user's mistake gets no traceback."""
+    print(f"cent {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
+    run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+        return code
     except ValueError as exc:
-        print(f"cent {args.command}: error: {exc}", file=sys.stderr)
+        _error(args.command, str(exc))
         return 2
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # `cent simulate ... | head`: the reader left early
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            _error(args.command, "the output pipe was closed before everything was written (e.g. by `| head`); "
+                                 "the run itself is fine: write to a file to keep all of it")
+            return 141  # what a shell reports for SIGPIPE
+        where = f" {exc.filename!r}" if exc.filename else ""
+        _error(args.command, f"{exc.strerror or exc}{where}: check the path or address and that you may use it")
+        return 2
+    except KeyboardInterrupt:
+        _error(args.command, "interrupted")
+        return 130
 
 
 if __name__ == "__main__":

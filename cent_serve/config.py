@@ -1,11 +1,11 @@
-"""One config tree for cent-serve (STYLE.md: nested dataclasses, one docstring per field).
+"""One config tree for cent-serve (nested dataclasses, one docstring per field).
 
 `CentConfig` holds everything: the model, the CENT device, the CXL fabric, the
 parallel mapping, the scheduler and the server. Every field has the paper's
 value (or a sensible default) and every cross-field check raises `ValueError`
 naming the field, the offending value and the fix.
 
-Hardware constants cite CENT_MODEL.md (the restatement of the CENT paper,
+Hardware constants cite docs/hardware_model.md (the restatement of the CENT paper,
 ASPLOS 2025, and its artifact) by section.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ class ModelConfig:
         return 2 * self.num_layers * self.kv_size * 2
 
 
-# CENT_MODEL.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
+# docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
                  vocab_size=259, max_seq_len=8192),
@@ -147,7 +147,7 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 
 @dataclass
 class EnergyConfig:
-    """Energy constants of one CENT device (CENT_MODEL.md section 8)."""
+    """Energy constants of one CENT device (docs/hardware_model.md section 8)."""
 
     act_standby_mw: float = 263.75
     """Per-channel active standby power, mW."""
@@ -181,7 +181,7 @@ class EnergyConfig:
 
 @dataclass
 class DeviceConfig:
-    """One CENT device: 32 GDDR6-AiM channels with near-bank PIM (CENT_MODEL.md section 1)."""
+    """One CENT device: 32 GDDR6-AiM channels with near-bank PIM (docs/hardware_model.md section 1)."""
 
     num_channels: int = 32
     """GDDR6-AiM channels per device (16 controllers x 2)."""
@@ -201,7 +201,7 @@ class DeviceConfig:
     """DRAM per device: 32 channels x 16 banks x 32 MB = 16 GB."""
     accumulator_registers: int = 32
     """Per-bank accumulator registers: GEMV outputs per mode-switch group (reuse size)."""
-    # GEMV cost terms (CENT_MODEL.md section 4).
+    # GEMV cost terms (docs/hardware_model.md section 4).
     gemv_row_cycles: float = 103.0
     """Per output and input row: row switch plus register traffic."""
     gemv_group_cycles: float = 54.5
@@ -212,7 +212,7 @@ class DeviceConfig:
     """Outputs per group in the activation ('AF') GEMV variant."""
     full_row_column_ops: int = 64
     """Column commands that stream one full row (1024 / 16)."""
-    # Other per-op constants (CENT_MODEL.md section 4).
+    # Other per-op constants (docs/hardware_model.md section 4).
     norm_fixed_cycles: float = 850.0
     """RMSNorm fixed cost (reduction + rsqrt round trip)."""
     rotary_fixed_cycles: float = 98.0
@@ -237,7 +237,7 @@ class DeviceConfig:
     """SiLU x up: cycles per burst."""
     silu_fixed_cycles: float = 400.0
     """SiLU x up: fixed cost."""
-    # Near-memory accelerator (CENT_MODEL.md section 5), ms numerator terms in cycles.
+    # Near-memory accelerator (docs/hardware_model.md section 5), ms numerator terms in cycles.
     acc_norm_base: float = 29.0
     """PNM cycles per RMSNorm reduction + rsqrt, fixed part."""
     acc_norm_per_8k: float = 66.0
@@ -272,7 +272,7 @@ class DeviceConfig:
 
 @dataclass
 class FabricConfig:
-    """The CXL switch (CENT_MODEL.md section 6)."""
+    """The CXL switch (docs/hardware_model.md section 6)."""
 
     cxl_port_latency_ns: float = 25.0
     """One CXL port crossing."""
@@ -314,7 +314,7 @@ class FabricConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the model maps onto devices (CENT_MODEL.md section 3).
+    """How the model maps onto devices (docs/hardware_model.md section 3).
 
     `pp` is the number of pipeline stages and `tp` the devices per stage.
     `pp == model.num_layers` with `tp == 1` is CENT's pure pipeline (several
@@ -551,10 +551,28 @@ def load_config(path: str | Path) -> CentConfig:
     """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
     import yaml
 
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"--config {str(path)!r} cannot be read ({exc.strerror}): give the path of a YAML "
+                         "config file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"config file {path}: not valid YAML{where} ({problem}): fix the file "
+                         "(indentation, a missing colon or quote)") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a mapping at the top level")
+        raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
+                         "at the top level")
+    for section in ("model", "device", "fabric", "parallel", "scheduler", "server"):
+        value = data.get(section)
+        if value is not None and not isinstance(value, dict):
+            example = f"{{name: {value}}}" if section == "model" else "{field: value, ...}"
+            raise ValueError(f"config file {path}: {section}={value!r} is invalid: {section} is a section of "
+                             f"fields, write `{section}: {example}`")
     model = data.get("model")
     if isinstance(model, dict) and model.get("name") in MODEL_PRESETS:
         data["model"] = {**MODEL_PRESETS[model["name"]], **model}

@@ -1,8 +1,8 @@
 """Boundary messages between the executor, the device actors and the fabric.
 
-They carry only what changed (STYLE.md, vLLM's CachedRequestData): sequence
+They carry only what changed (as vLLM's CachedRequestData): sequence
 ids, positions, token ids for the first stage, activations, and `ready_s`,
-the simulated time at which the payload exists (DESIGN.md: simulated time
+the simulated time at which the payload exists (docs/architecture.md: simulated time
 travels with the data). `Wave` is the same round in columns, the form the
 workers compute on and the links between actors carry.
 """

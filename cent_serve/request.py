@@ -1,6 +1,6 @@
 """A request as the engine sees it: its prompt, sampling options, progress and simulated times.
 
-Every time here is simulated seconds (DESIGN.md); wall-clock time never
+Every time here is simulated seconds (docs/architecture.md); wall-clock time never
 enters a `Request`.
 """
 from __future__ import annotations

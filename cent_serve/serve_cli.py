@@ -6,6 +6,7 @@ import logging
 import os
 
 from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.preflight import check_port_free, check_runnable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,5 +42,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(s, field, value)
     s.__post_init__()
-    run_server(cfg, "local" if args.local else "ray")
+    kind = "local" if args.local else "ray"
+    check_port_free(s.host, s.port)  # before Ray or the model start
+    check_runnable(cfg, kind)
+    run_server(cfg, kind)
     return 0

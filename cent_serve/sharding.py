@@ -6,7 +6,7 @@ slices weights; the math of a shard is the reference math in
 outputs over the tp devices of a stage (each device streams its slice of the
 matrix from its own banks), then gathers the slices and broadcasts the whole
 vector over the CXL switch. Attention heads are split the same way, so
-score x V stays inside one device (CENT_MODEL.md section 3).
+score x V stays inside one device (docs/hardware_model.md section 3).
 
 A tensor-parallel block therefore has four exchange points, each an
 all-gather of output slices:

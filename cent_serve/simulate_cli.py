@@ -9,13 +9,14 @@ import sys
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import CentConfig, ParallelConfig
 from cent_serve.timing.energy import cost_figures
-from cent_serve.timing.mapping import check_capacity, resolve_mapping
+from cent_serve.preflight import check_devices_hold, check_runnable
+from cent_serve.timing.mapping import resolve_mapping
 from cent_serve.timing.token import PHASES, SystemTimer, phase_figures, token_figures
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="CENT token latency, throughput, energy (closed form)",
-                       description="Closed-form CENT model (CENT_MODEL.md): one context length with "
+                       description="Closed-form CENT model (docs/hardware_model.md): one context length with "
                                    "--seqlen, the paper's phases with --prompt/--decode, or every "
                                    "mapping with --sweep.")
     add_config_args(p)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if args.seqlen is not None:
             raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
-        check_capacity(cfg.model, mp, cfg.device, args.prompt + args.decode)
+        check_devices_hold(cfg, args.prompt + args.decode, mp.batch)
         phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap)
         for phase, row in phases.items():
             row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     seqlen = 4096 if args.seqlen is None else args.seqlen
     if not 1 <= seqlen <= cfg.model.max_seq_len:
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
-    check_capacity(cfg.model, mp, cfg.device, seqlen)
+    check_devices_hold(cfg, seqlen, mp.batch)
     fig = token_figures(timer, seqlen).as_dict()
     if args.json:
         print(json.dumps(fig, indent=2))
@@ -114,9 +115,8 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     rows = []
     for pp, tp in sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers):
         c = _with_mapping(cfg, pp, tp)
-        mp = resolve_mapping(c.model, c.parallel, c.device)
         try:
-            check_capacity(c.model, mp, c.device, prompt + decode)
+            mp = check_devices_hold(c, prompt + decode, c.parallel.pp or c.model.num_layers)
         except ValueError as exc:
             rows.append(dict(pp=pp, tp=tp, error=str(exc)))
             continue
@@ -144,7 +144,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
               f"{'' if tpd is None else f'{tpd:>13.2f}x'}")
     base = rows and rows[0].get("gpu_throughput_tok_s")
     if base:
-        print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (CENT_MODEL.md section 9)")
+        print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
     return 0
 
 
@@ -155,11 +155,11 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.ray_address:
         cfg.server.ray_address = args.ray_address
-    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     if args.prompt is not None and args.seqlen is not None:
         raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
     context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
-    check_capacity(cfg.model, mp, cfg.device, context)
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    mp = check_runnable(cfg, "local" if args.local else "ray", context, mp.batch)
     # Ray prints its own warnings to stdout from background threads: keep them off the JSON
     noise = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with noise:

@@ -4,7 +4,7 @@ Plain Python (the Ray actor in `actor.py` only wraps it). Every device port
 has two busy-until clocks (egress and ingress, full duplex): a transfer
 starts when its payload exists and both ends are free, occupies them for its
 flits' serialization time, and arrives one hop latency later
-(CENT_MODEL.md section 6, through `cent_serve.timing.fabric`). So contention
+(docs/hardware_model.md section 6, through `cent_serve.timing.fabric`). So contention
 on a port shows as later arrivals. Counters per port: bytes, flits, messages.
 
 Payloads are framed with msgpack (dtype, shape, raw bytes) as they would be

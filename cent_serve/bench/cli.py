@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.preflight import check_runnable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -160,6 +161,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.placement:
             cfg.server.placement = args.placement
         kind = "ray" if args.ray or args.ray_address else "local"
+        check_runnable(cfg, kind)  # before the devices are built
         result, client = run_in_process(cfg, requests, kind, total=len(requests)), None
     summary = summarize(result, slos)
     if client is not None:
@@ -184,6 +186,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_sweep
 
     cfg = config_from_args(args)
+    check_runnable(cfg, "local")
     slos = parse_goodput(args.goodput)
     try:
         rates = [float(x) for x in args.rates.split(",") if x.strip()]
@@ -203,7 +206,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_paper
-    from cent_serve.timing.cli import sweep_mappings
+    from cent_serve.simulate_cli import sweep_mappings
 
     cfg = config_from_args(args)
     requests, _ = _requests(args, cfg)

@@ -18,6 +18,7 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_u
 from cent_serve.bench.report import summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
+from cent_serve.preflight import check_runnable  # noqa: E402
 
 DISTSERVE_ATTAINMENT = 0.9
 """DistServe's goodput: the highest rate at which this share of requests meets every SLO."""
@@ -164,14 +165,20 @@ def _outcomes(ax, rows: list[dict]) -> None:
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
               executor_kind: str = "local") -> list[dict]:
     """The same trace on every mapping; a table (paper.json, paper.csv) and a plot, with the
-    GPU baseline of CENT_MODEL.md section 9 beside the emulated throughput."""
+    GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput."""
     from cent_serve.timing.energy import GPU_BASELINES, cost_figures
 
-    rows = []
+    rows, skipped = [], []
     for pp, tp in mappings:
         c = CentConfig(model=cfg.model, device=cfg.device, fabric=cfg.fabric,
                        parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp), scheduler=cfg.scheduler,
                        server=cfg.server, numerics=cfg.numerics)
+        try:
+            check_runnable(c, executor_kind)
+        except ValueError as exc:  # this mapping cannot hold the model: say so, go on with the others
+            skipped.append(dict(pp=pp, tp=tp, reason=str(exc)))
+            print(f"pp {pp:>3} tp {tp:>2}: skipped: {exc}")
+            continue
         res = run_in_process(c, requests, executor_kind, progress=False)
         s = summarize(res)
         mp = res.status["mapping"]
@@ -191,10 +198,13 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
               f"{s['total_token_throughput']:>9.1f} tok/s, TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
               f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))
+    if not rows:
+        raise ValueError(f"no mapping of {cfg.model.name} on {cfg.parallel.num_devices} devices holds the model: "
+                         f"{skipped[0]['reason']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
                                                         gpu_baseline=GPU_BASELINES.get(cfg.model.name),
-                                                        rows=rows), indent=2) + "\n")
+                                                        rows=rows, skipped=skipped), indent=2) + "\n")
     keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
 """Request traces for `cent bench`: one `Request` record, readers for the common formats, options.
 
-Formats, in the column layout their publishers ship (reference/SERVING.md):
+Formats, in the column layout their publishers ship (docs/serving.md):
 
 - `vidur`: CSV `arrived_at, num_prefill_tokens, num_decode_tokens`, seconds.
 - `azure`: CSV `TIMESTAMP, ContextTokens, GeneratedTokens`, datetimes such as

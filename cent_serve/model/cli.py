@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print the resolved config, parameter count and weight bytes")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--describe", action="store_true",
+                   help="print the configuration reference (every field, its type, default and meaning, "
+                        "and the model presets) as Markdown: docs/config.md is this output")
     p.set_defaults(func=run_info)
 
     g = sub.add_parser("generate", help="generate with the single-process reference model")
@@ -31,26 +34,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    if args.describe:
+        from cent_serve.config_doc import describe_config
+        sys.stdout.write(describe_config())
+        return 0
+    from cent_serve.preflight import check_runnable
+
     cfg = config_from_args(args)
     m = cfg.model
+    try:  # the check `cent serve` makes before it starts (Ray, its default executor)
+        check_runnable(cfg, "ray")
+        refusal = None
+    except ValueError as exc:
+        refusal = str(exc)
     out = {
         "config": config_to_dict(cfg),
         "param_count": m.param_count(),
         "weight_bytes": m.weight_bytes(),
         "kv_bytes_per_token": m.kv_bytes_per_token(),
         "numerics": cfg.resolved_numerics,
+        "runnable": refusal is None,
+        "refusal": refusal,
     }
     if args.json:
         print(json.dumps(out, indent=2))
-        return 0
+    else:
+        _print_info(cfg, out)
+    if refusal is not None:  # the same message `cent serve` would refuse with, and its exit code
+        raise ValueError(refusal)
+    return 0
+
+
+def _print_info(cfg, out: dict) -> None:
+    m = cfg.model
     print(f"model        {m.name}: D={m.hidden_size} F={m.intermediate_size} N={m.num_layers} "
           f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
     print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype})")
     print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
     print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
           f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
-    print(json.dumps(config_to_dict(cfg), indent=2))
-    return 0
+    print(f"runs         {'yes' if out['runnable'] else 'no (see below)'}")
+    print(json.dumps(out["config"], indent=2))
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -1,6 +1,6 @@
 """The CENT timing, energy and cost model: the only source of simulated seconds.
 
-- `pim`: PIM cycles per operation of a block (CENT_MODEL.md section 4)
+- `pim`: PIM cycles per operation of a block (docs/hardware_model.md section 4)
 - `accelerator`: near-memory accelerator and host time (sections 1, 5)
 - `fabric`: CXL switch latency, flits, lanes, collectives (section 6)
 - `mapping`: stages, channels per block, devices, capacity (section 3)

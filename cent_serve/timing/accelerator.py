@@ -1,4 +1,4 @@
-"""Near-memory accelerator (PNM) and host time (CENT_MODEL.md sections 1 and 5)."""
+"""Near-memory accelerator (PNM) and host time (docs/hardware_model.md sections 1 and 5)."""
 from __future__ import annotations
 
 from cent_serve.config import DeviceConfig, ModelConfig
@@ -20,5 +20,5 @@ def accelerator_s(m: ModelConfig, dev: DeviceConfig, context: int) -> float:
 
 
 def host_sample_s(dev: DeviceConfig) -> float:
-    """Host CPU cost of sampling one token (0.15 ms, CENT_MODEL.md section 1)."""
+    """Host CPU cost of sampling one token (0.15 ms, docs/hardware_model.md section 1)."""
     return dev.host_sample_s

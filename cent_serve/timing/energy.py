@@ -1,4 +1,4 @@
-"""Energy, power and cost (CENT_MODEL.md sections 8 and 9).
+"""Energy, power and cost (docs/hardware_model.md sections 8 and 9).
 
 Energy is counted, not fitted. Every operation of a block reports the
 commands it issues (`OpCounts`) and each command costs its section-8 energy:
@@ -34,14 +34,14 @@ from dataclasses import dataclass, fields
 from cent_serve.config import DeviceConfig, EnergyConfig, ModelConfig
 from cent_serve.timing.pim import BlockGeometry, cdiv, context_rows, elementwise_split
 
-# CENT_MODEL.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
+# docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
 GPU_BASELINES = {
     "llama2-7b": dict(gpus=1, prefill=12497.0, decoding=960.0, end2end=1085.0),
     "llama2-13b": dict(gpus=2, prefill=12913.0, decoding=953.0, end2end=1077.0),
     "llama2-70b": dict(gpus=4, prefill=3110.0, decoding=917.0, end2end=1006.0),
 }
-# CENT_MODEL.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)).
+# docs/hardware_model.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)).
 TCO_GPU_PER_4 = 1.76
 TCO_CENT_PER_32 = 0.73
 OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act")

@@ -1,4 +1,4 @@
-"""CXL switch timing (CENT_MODEL.md section 6).
+"""CXL switch timing (docs/hardware_model.md section 6).
 
 Payloads travel in 256-byte PBR flits carrying 192 bytes; a transfer costs the
 one-hop round trip (180 ns) plus its flits at the port's bandwidth. The
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cent_serve.config import FabricConfig
 
-GIB = 2**30  # CENT_MODEL.md section 6: "GB here is 2^30 bytes"
+GIB = 2**30  # docs/hardware_model.md section 6: "GB here is 2^30 bytes"
 BF16_BYTES = 2
 
 

@@ -1,4 +1,4 @@
-"""From (model, devices, pp, tp) to stages, channels and devices (CENT_MODEL.md section 3).
+"""From (model, devices, pp, tp) to stages, channels and devices (docs/hardware_model.md section 3).
 
 Two kinds of mapping:
 

@@ -1,4 +1,4 @@
-"""PIM cycles of one CENT device's operations (CENT_MODEL.md section 4).
+"""PIM cycles of one CENT device's operations (docs/hardware_model.md section 4).
 
 Every function returns cycles of the PIM command clock (0.5 ns at 2 GHz,
 `DeviceConfig.clock_hz`). Inputs are model dimensions, the context length
@@ -21,7 +21,7 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class BlockGeometry:
-    """Where one block's matrices live: banks and channels (CENT_MODEL.md section 3)."""
+    """Where one block's matrices live: banks and channels (docs/hardware_model.md section 3)."""
 
     cpb: int
     """Channels per block on one device."""

@@ -1,4 +1,4 @@
-"""Closed-form token latency, throughput and the paper's phase averages (CENT_MODEL.md section 7).
+"""Closed-form token latency, throughput and the paper's phase averages (docs/hardware_model.md section 7).
 
 This is "paper mode": the same per-op functions the device actors charge,
 added up the way the CENT artifact does with a perfect pipeline. The

@@ -237,7 +237,7 @@ def test_real_traces_read_fully(name, num_requests):
     assert sum(r.num_prompt_tokens for r in reqs) / len(reqs) == pytest.approx(mean_prompt)
     assert sum(r.num_output_tokens for r in reqs) / len(reqs) == pytest.approx(mean_output)
     assert reqs[-1].arrival_s == pytest.approx(float(rows[-1]["arrived_at"]))
-    assert 3_300 < reqs[-1].arrival_s < 3_700  # "~3,500 s" (reference/SERVING.md)
+    assert 3_300 < reqs[-1].arrival_s < 3_700  # "~3,500 s" (docs/serving.md)
     assert 100 < mean_prompt < 5_000 and 10 < mean_output < 1_000
     rescaled = list(load_trace(path, options=TraceOptions(num_requests=1000, request_rate=10.0)))
     assert 999 / rescaled[-1].arrival_s == pytest.approx(10.0, rel=1e-12)

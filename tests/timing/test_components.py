@@ -1,4 +1,4 @@
-"""Component check values of CENT_MODEL.md, mapping rules, capacity errors and the CLI."""
+"""Component check values of docs/hardware_model.md, mapping rules, capacity errors and the CLI."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ DEV, FAB = DeviceConfig(), FabricConfig()
 
 def test_gemv_check_values():
     assert gemv_cycles(4096, 4096, 128, DEV) == 30298
-    # CENT_MODEL.md quotes 82,267; its formula by hand gives 82,263.5 (10 full rows of 7,574.5
+    # docs/hardware_model.md quotes 82,267; its formula by hand gives 82,263.5 (10 full rows of 7,574.5
     # plus a 768-element row of 6,518.5). The 3.5 cycles (0.004%) are within any tolerance we use.
     assert gemv_cycles(11008, 4096, 128, DEV) == 10 * 7574.5 + 6518.5
     assert abs(gemv_cycles(11008, 4096, 128, DEV) / 82267 - 1) < 1e-4

@@ -1,4 +1,4 @@
-"""Cost and the GPU comparison (CENT_MODEL.md section 9) against the paper's headlines."""
+"""Cost and the GPU comparison (docs/hardware_model.md section 9) against the paper's headlines."""
 from __future__ import annotations
 
 import math

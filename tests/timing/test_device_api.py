@@ -1,5 +1,5 @@
 """The per-op API the device and fabric actors charge time with, checked by hand and
-against the published per-block figures (CENT_MODEL.md sections 4 and 6)."""
+against the published per-block figures (docs/hardware_model.md sections 4 and 6)."""
 from __future__ import annotations
 
 import csv

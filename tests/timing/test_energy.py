@@ -1,4 +1,4 @@
-"""Energy counted from commands (CENT_MODEL.md section 8), checked by hand and against the
+"""Energy counted from commands (docs/hardware_model.md section 8), checked by hand and against the
 artifact's published breakdown and tables; the phase figures are in test_reference_figures."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_energy_parts_of_a_gemv_by_hand():
 
 
 def test_pipeline_breakdown_lands_in_the_published_shares():
-    """CENT_MODEL.md section 8: MAC 49-54%, activation 28-32%, controller ~7.5%, transfers 4-11%,
+    """docs/hardware_model.md section 8: MAC 49-54%, activation 28-32%, controller ~7.5%, transfers 4-11%,
     standby ~1%. Background power is not modelled, so MAC takes the missing points (<= 58%)."""
     for model, devices in (("llama2-7b", 8), ("llama2-13b", 20)):
         t = make_timer(model, devices, model_preset(model).num_layers, 1)

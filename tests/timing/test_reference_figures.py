@@ -1,5 +1,5 @@
 """The timing model against the CENT artifact's published figures (tests/data/*.csv,
-copied from shared/reference) and the check values of CENT_MODEL.md."""
+copied from shared/reference) and the check values of docs/hardware_model.md."""
 from __future__ import annotations
 
 import csv

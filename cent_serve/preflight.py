@@ -1,0 +1,109 @@
+"""Checks that refuse what cannot run before anything starts (no Ray, no weights, no server).
+
+Every command that would build devices (`cent serve`, `cent bench run`, `cent simulate`,
+`cent info`) calls these, so a mapping that cannot hold the model, full numerics that cannot
+fit the machine's memory, or a port another process holds are refused with one message, the
+same everywhere, naming the size, what is available and the fix. Each raises ValueError.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+from cent_serve.config import CentConfig
+from cent_serve.timing.mapping import Mapping, check_capacity, resolve_mapping
+
+GIB = 2**30
+F32_BYTES = 4
+"""Full numerics computes on float32 copies of the weights (`cent_serve.model.weights`)."""
+
+
+def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
+    """The mapping, after checking that every device holds its weight shard plus the KV cache
+    of `batch` sequences of `context` tokens (default: one sequence of the whole context, so
+    that every request the API accepts can run). Raises ValueError naming the device, the sizes
+    and the fix."""
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    context = cfg.model.max_seq_len if context is None else context
+    try:
+        check_capacity(cfg.model, mp, cfg.device, context, batch)
+    except ValueError as exc:
+        fix = "" if "weight shard alone" in str(exc) else (
+            "; or use more devices, or a shorter context with --set model.max_seq_len=N")
+        raise ValueError(f"{cfg.model.name} on {cfg.parallel.num_devices} devices ({mp.describe()}) does not "
+                         f"fit: {exc}{fix}") from None
+    return mp
+
+
+def full_numerics_host_bytes(cfg: CentConfig, mp: Mapping, executor_kind: str) -> int:
+    """Host memory full numerics needs at its peak: the in-process executor keeps the model
+    (to re-create a failed replica) and the devices' shards, two float32 copies; on Ray every
+    device actor reads the whole model while it slices its shard, all at once at start-up."""
+    model_bytes = cfg.model.param_count() * F32_BYTES
+    if executor_kind == "local":
+        return 2 * model_bytes
+    return (mp.devices_used + 1) * model_bytes
+
+
+def available_memory_bytes() -> int | None:
+    """What this machine (or its container's memory limit) can still give, or None if unknown."""
+    have = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # cgroup v2: a container's limit may be far below the machine's memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = int(limit) - used
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def check_host_memory(cfg: CentConfig, mp: Mapping, executor_kind: str,
+                      available_bytes: int | None = None) -> None:
+    """Refuse full numerics whose weights cannot fit the machine's available memory (the kernel
+    would kill the process minutes later, silently). Nothing to check with numerics off, or
+    when the devices run on a cluster's other machines (`server.ray_address`)."""
+    if cfg.resolved_numerics != "full" or (executor_kind == "ray" and cfg.server.ray_address):
+        return
+    have = available_memory_bytes() if available_bytes is None else available_bytes
+    need = full_numerics_host_bytes(cfg, mp, executor_kind)
+    if have is not None and need > have:
+        raise ValueError(f"full numerics of {cfg.model.name} ({cfg.model.param_count() / 1e9:.2f} B parameters) "
+                         f"needs about {need / GIB:.1f} GiB of memory here ({executor_kind} executor); this "
+                         f"machine has {have / GIB:.1f} GiB available: use --numerics off (timing only, the same "
+                         "simulated times)")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a listen address another process holds (before Ray or the model start)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        if os.name != "nt":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"server.port={port} is in use on {host}: stop the other server or pick another "
+                                 "port with --port N") from None
+            raise ValueError(f"server.host={host!r}, server.port={port} cannot be bound ({exc.strerror}): use an "
+                             "address of this machine (default 127.0.0.1) and a port you may open") from None
+
+
+def check_runnable(cfg: CentConfig, executor_kind: str, context: int | None = None, batch: int = 1) -> Mapping:
+    """Everything that can be known before starting: the devices hold the model and the KV of
+    `batch` sequences of `context` tokens, and full numerics fits this machine. Returns the
+    mapping."""
+    mp = check_devices_hold(cfg, context, batch)
+    check_host_memory(cfg, mp, executor_kind)
+    return mp

@@ -1,0 +1,168 @@
+"""The docs stay true: docs/config.md is what `cent info --describe` prints from the config's own
+docstrings, every config field has one, every example config loads, maps and fits its devices,
+every `cent` command line in docs/ parses, and docs/ cites only files that are in the repo."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from cent_serve.cli import build_parser, main
+from cent_serve.config import CentConfig, load_config
+from cent_serve.config_doc import UNDOCUMENTED, describe_config, field_docs, sections, undocumented_fields
+from cent_serve.timing import check_capacity, resolve_mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+REGENERATE = "cent info --describe > docs/config.md"
+
+
+def test_config_md_is_up_to_date():
+    text = (DOCS / "config.md").read_text()
+    assert text == describe_config(), (
+        f"docs/config.md is out of date with cent_serve/config.py: regenerate it with `{REGENERATE}` "
+        "(from the repo root) and commit the result")
+
+
+def test_every_config_field_has_a_docstring():
+    missing = undocumented_fields()
+    assert not missing, (f"config fields without a docstring: {missing}; give each a one-line string literal "
+                         f"right below the field in cent_serve/config.py, then run `{REGENERATE}`")
+
+
+def test_cent_info_describe_prints_the_reference(capsys):
+    assert main(["info", "--describe"]) == 0
+    assert capsys.readouterr().out == describe_config()
+
+
+def test_the_reference_lists_every_field_once_with_its_default():
+    text = describe_config()
+    assert UNDOCUMENTED not in text
+    for prefix, cls, plain in sections():
+        for f in plain:
+            rows = [line for line in text.splitlines() if line.startswith(f"| `{prefix}{f.name}` |")]
+            assert len(rows) == 1, (prefix + f.name, rows)
+    assert "| `device.clock_hz` | `float` | `2000000000.0` |" in text
+    assert "| `numerics` | `str` | `auto` |" in text
+    assert "| `device.energy.mac16_nj` | `float` | `1.314` |" in text
+    for preset in ("tiny", "llama2-7b", "llama2-13b", "llama2-70b"):
+        assert f"| `{preset}` |" in text
+    assert "| 68.98 B (68,976,648,192) | 128.48 GiB |" in text  # llama2-70b
+
+
+@dataclasses.dataclass
+class _Sample:
+    documented: int = 1
+    """A field with a docstring
+    spread over two lines."""
+    bare: int = 2
+    also: str = "x"
+    """Another one."""
+
+
+def test_field_docs_reads_the_literal_below_each_field_and_spots_a_missing_one():
+    assert field_docs(_Sample) == {"documented": "A field with a docstring spread over two lines.",
+                                   "also": "Another one."}
+
+
+# ----------------------------------------------------------------------------- example configs
+
+EXAMPLES = {
+    # file: (context the example is meant for, what else it must say)
+    "paper-70b.yaml": (512 + 3584, dict(mode="pipeline", devices_used=27, clock="virtual")),
+    "serve-70b.yaml": (4096, dict(mode="pipeline", devices_used=27, clock="paced")),
+    "cluster.yaml": (4096, dict(mode="pipeline", devices_used=27, clock="virtual")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_config_loads_maps_and_fits(name):
+    context, want = EXAMPLES[name]
+    cfg = load_config(DOCS / "examples" / name)
+    assert isinstance(cfg, CentConfig)
+    assert cfg.model.name == "llama2-70b" and cfg.model.num_layers == 80  # the preset was pulled in
+    assert cfg.resolved_numerics == "off" and cfg.server.clock == want["clock"]
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    assert (mp.mode, mp.devices_used) == (want["mode"], want["devices_used"])
+    assert context <= cfg.model.max_seq_len
+    # every lane place holds a sequence of the whole context at once
+    check_capacity(cfg.model, mp, cfg.device, context, batch=mp.batch * cfg.scheduler.max_seqs_per_stage)
+
+
+def test_every_example_is_indexed_and_the_cluster_example_names_its_cluster():
+    index = (DOCS / "README.md").read_text()
+    found = sorted(p.name for p in (DOCS / "examples").glob("*.yaml"))
+    assert found == sorted(EXAMPLES)
+    for name in found:
+        assert f"examples/{name}" in index, name
+    s = load_config(DOCS / "examples" / "cluster.yaml").server
+    assert (s.ray_address, s.placement, s.device_resource) == ("auto", "spread", "cent_device")
+
+
+# ----------------------------------------------------------------------------- commands and citations
+
+def _doc_files() -> list[Path]:
+    return sorted(DOCS.rglob("*.md")) + sorted((DOCS / "examples").glob("*.yaml"))
+
+
+def _commands(path: Path) -> list[str]:
+    """`cent ...` command lines: backticked in Markdown, comment lines in YAML."""
+    text = path.read_text()
+    if path.suffix == ".md":
+        found = [" ".join(m.split()) for m in re.findall(r"`(cent [^`]+)`", text)]
+    else:
+        found = [m.strip() for m in re.findall(r"^#\s+(?:[A-Z_]+=\S+\s+)?(cent \S.*)$", text, re.M)]
+    return [re.split(r"\s[>|]\s", c)[0] for c in found]  # the command, not where its output goes
+
+
+def test_docs_contain_commands():
+    assert len([c for p in _doc_files() for c in _commands(p)]) >= 15
+
+
+def _command_names(parser: argparse.ArgumentParser, prefix: str = "cent") -> set[str]:
+    """`cent`, `cent bench`, `cent bench run`, ...: every (sub)command's name."""
+    names = {prefix}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                names |= _command_names(sub, f"{prefix} {name}")
+    return names
+
+
+@pytest.mark.parametrize("path", _doc_files(), ids=lambda p: str(p.relative_to(DOCS)))
+def test_every_cent_command_in_the_docs_parses(path):
+    """A span with flags is an invocation and must parse; one without names a (sub)command."""
+    parser = build_parser()
+    names = _command_names(parser)
+    for command in _commands(path):
+        argv = shlex.split(command, comments=True)[1:]
+        if not any(a.startswith("-") for a in argv):
+            assert " ".join(["cent", *argv]) in names, f"{path.relative_to(ROOT)}: `{command}` names no command"
+            continue
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{path.relative_to(ROOT)}: `{command}` does not parse")
+        config = getattr(args, "config", None)
+        if config:
+            assert (ROOT / config).is_file(), f"{path.relative_to(ROOT)}: `{command}`: no file {config}"
+
+
+REPO_PATH = re.compile(r"(?<![\w/.])((?:cent_serve|tests|docs|api|device_worker|fabric|deploy|benchmarks)/[\w./-]*)")
+OUTSIDE = ("CENT_MODEL.md", "SERVING.md", "DESIGN.md", "STYLE.md", "../shared", "/work/")
+
+
+@pytest.mark.parametrize("path", [p for p in _doc_files() if p.name != "config.md"],
+                         ids=lambda p: str(p.relative_to(DOCS)))
+def test_docs_cite_only_files_in_the_repo(path):
+    """(docs/config.md is generated from cent_serve/config.py: its citations are the code's.)"""
+    text = path.read_text()
+    for name in OUTSIDE:
+        assert name not in text, f"{path.relative_to(ROOT)} cites {name}, which is not in the repo"
+    for cited in REPO_PATH.findall(text):
+        cited = cited.rstrip(".,;:)")
+        assert (ROOT / cited).exists(), f"{path.relative_to(ROOT)} cites {cited}, which does not exist"
