@@ -26,6 +26,7 @@ from api.guard import Guard
 from api.metrics import Metrics
 from api.protocol import ApiError, ChatCompletionRequest, CompletionRequest, chat_prompt, short
 from cent_serve.scheduler import QueueFull
+from cent_serve import __version__
 from cent_serve.serving import Delta, EngineLoop, EngineStopped
 
 DEFAULT_MAX_TOKENS = 16
@@ -43,6 +44,23 @@ engine speed, which in virtual mode is far faster than a client's retry loop; cl
 honour the header (the `openai` client does) back off this long."""
 
 
+def _serve_docs_offline(app: FastAPI) -> None:
+    """`/docs`: Swagger UI from the `swagger-ui-bundle` package, not a CDN (the server may run with
+    no network). The schema itself is `/openapi.json`."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="cent-serve API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png")
+
+
 def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     eng = loop.engine
@@ -50,7 +68,8 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     model_name = cfg.model.name
     created = int(time.time())
 
-    app = FastAPI(title="cent-serve", version="0.1.0")
+    app = FastAPI(title="cent-serve", version=__version__, docs_url=None, redoc_url=None)
+    _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
                        on_reject=lambda reason: metrics.count_request("rejected", reason))
     app.state.loop, app.state.metrics = loop, metrics
@@ -97,10 +116,10 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                                "shorten the prompt", param, code="context_length_exceeded")
         return out
 
-    def queue_full() -> ApiError:
-        return ApiError(f"the server is overloaded ({eng.scheduler.num_waiting} requests waiting, "
-                        f"scheduler.max_waiting={cfg.scheduler.max_waiting}): retry after {RETRY_AFTER_S} s",
-                        None, 429, "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+    def queue_full(exc: QueueFull) -> ApiError:
+        """429 with the scheduler's own words (the same as an in-process replay records)."""
+        return ApiError(str(exc), None, 429, "rate_limit_error", "queue_full",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
 
     async def release_hold(body) -> None:
         """A refused replay request still moves the replayer's clock hold on (or the engine
@@ -122,7 +141,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
             raise ApiError(f"{len(plans)} choices (prompts x n) can never be queued at once: this server queues "
                            f"at most {cfg.scheduler.max_waiting}; send fewer prompts or a smaller n", "prompt")
         if body.arrival_s is None and eng.scheduler.is_full():  # a fast 429 (racy; the engine decides)
-            raise queue_full()
+            raise queue_full(eng.scheduler.queue_full())
         q: asyncio.Queue = asyncio.Queue()
         reqs = []
         try:
@@ -133,12 +152,14 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                 last = index == len(plans) - 1
                 reqs.append(await loop.submit(ids, params, q, tag=index, arrival_s=body.arrival_s,
                                               hold_until_s=body.hold_until_s if last else None))
-        except QueueFull:
+        except QueueFull as exc:
             abort_all(reqs)
-            raise queue_full() from None
+            raise queue_full(exc) from None
         except ValueError as exc:
             abort_all(reqs)
-            raise ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else "prompt") from None
+            reason = getattr(exc, "reason", None)  # RequestRefused: OpenAI's code for the context, else ours
+            code = "context_length_exceeded" if reason == "context_exceeded" else reason
+            raise ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else "prompt", code=code) from None
         except EngineStopped as exc:
             abort_all(reqs)
             raise ApiError(str(exc), None, 503, "server_error", "engine_stopped") from None
@@ -338,13 +359,12 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
 
     @app.get("/v1/cent/status")
     async def status():
-        st, devices, fabrics = await loop.call(lambda e: (e.status(), e.device_stats(), e.fabric_stats()))
-        return dict(st, devices=devices, fabric=fabrics, clock_mode=loop.clock, pace_factor=loop.pace_factor,
-                    last_fault=loop.fault, num_hold_expiries=loop.num_hold_expiries)
+        st, devices, fabrics = await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
+        return dict(st, devices=devices, fabric=fabrics)
 
     @app.get("/metrics")
     async def prometheus():
-        st, devices, fabrics = await loop.call(lambda e: (e.status(), e.device_stats(), e.fabric_stats()))
+        st, devices, fabrics = await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
         return Response(metrics.render(st, devices, fabrics), media_type="text/plain; version=0.0.4")
 
     return app

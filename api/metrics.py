@@ -10,6 +10,7 @@ counts the engine's sequences (one per choice) instead, aborted and failed ones 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from cent_serve.request import Request
 
@@ -25,6 +26,29 @@ OUTCOMES = {
 """`cent:requests_total` outcomes and the reasons each can carry."""
 ITL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                  1.0, 2.5, 5.0)
+
+
+class _Totals:
+    """The engine's monotone totals as Prometheus counters, read from the latest status snapshot
+    (counters of prometheus_client can only be incremented; these are kept by the engine)."""
+
+    COUNTERS = (("cent:energy_joules", "energy_j", "Energy charged to requests' steps on the devices (simulated)."),
+                ("cent:preemptions", "num_preemptions", "Sequences preempted for KV space."),
+                ("cent:rounds", "num_rounds", "Engine rounds run."),
+                ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."))
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.status: dict = {}
+
+    def describe(self):
+        return [CounterMetricFamily(name, doc, labels=["model_name"]) for name, _, doc in self.COUNTERS]
+
+    def collect(self):
+        for name, key, doc in self.COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model_name], float(self.status.get(key, 0)))
+            yield family
 
 
 class Metrics:
@@ -54,9 +78,10 @@ class Metrics:
                           lab + ["device", "replica"], registry=r)
         self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes moved by the CXL switch.", lab + ["replica"],
                                   registry=r)
-        self.energy = Gauge("cent:energy_joules", "Energy spent by the devices (simulated).", lab, registry=r)
-        self.preemptions = Gauge("cent:preemptions", "Sequences preempted for KV space.", lab, registry=r)
-        self.rounds = Gauge("cent:rounds", "Engine rounds run.", lab, registry=r)
+        self.totals = _Totals(model_name)
+        r.register(self.totals)
+        self.pace_lag = Gauge("cent:pace_lag_seconds", "Paced clock: wall seconds the engine runs behind its "
+                              "schedule (how late tokens reach clients; 0 on schedule).", lab, registry=r)
         self.requests = Counter("cent:requests", "Generation requests by how they ended (one count each).",
                                 lab + ["outcome", "reason"], registry=r)
 
@@ -92,13 +117,12 @@ class Metrics:
         self.waiting.labels(m).set(status["num_waiting"])
         self.kv_usage.labels(m).set(status["kv_usage"])
         self.clock.labels(m).set(status["clock_s"])
-        self.preemptions.labels(m).set(status["num_preemptions"])
-        self.rounds.labels(m).set(status["num_rounds"])
+        self.totals.status = status
+        self.pace_lag.labels(m).set(status.get("pace_lag_s", 0.0))
         clock = status["clock_s"]
         for d in devices:
             frac = max(d["busy_s"].values(), default=0.0) / clock if clock > 0 else 0.0
             self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(frac)
-        self.energy.labels(m).set(sum(d["energy_j"] for d in devices))
         for f in fabrics:
             self.fabric_bytes.labels(m, str(f["replica"])).set(f.get("wire_bytes", 0))
         return generate_latest(self.registry)

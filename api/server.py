@@ -47,9 +47,10 @@ def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down."""
     t0 = time.perf_counter()
     app, loop = build(cfg, executor_kind)
-    mp = loop.engine.timer.mapping
-    log.info("%s on %d emulated CENT devices (%s), numerics %s, clock %s; ready in %.1f s",
-             cfg.model.name, mp.num_devices, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
+    mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
+    log.info("%s on %d emulated CENT devices: %d replica%s x %d devices used = %d in use (each %s); numerics %s, "
+             "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, replicas, "s" if replicas > 1 else "",
+             mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
     log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
              cfg.server.host, cfg.server.port)

@@ -44,6 +44,8 @@ class EngineStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_failed: int = 0
+    energy_j: float = 0.0
+    """Energy charged to the requests' steps (the sum of their `energy_j`; monotone)."""
 
 
 class Engine:
@@ -251,7 +253,9 @@ class Engine:
                 req = s.request
                 if req.is_finished:  # aborted while the round ran
                     continue
-                req.energy_j += self._energy_j(req.num_computed, s.num_tokens)
+                e = self._energy_j(req.num_computed, s.num_tokens)
+                req.energy_j += e
+                self.stats.energy_j += e
                 req.num_computed += s.num_tokens
                 req.ready_s = t
                 if req.num_computed < req.num_tokens:

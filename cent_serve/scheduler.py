@@ -118,10 +118,14 @@ class Scheduler:
         API's fast 429 asks it too."""
         return len(self.waiting) >= self.max_waiting + self.free_seats
 
+    def queue_full(self) -> QueueFull:
+        """The refusal `add` raises when `is_full()`."""
+        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places "
+                         f"(scheduler.max_waiting={self.max_waiting}): retry later")
+
     def add(self, req: Request) -> None:
         if self.is_full():
-            raise QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places "
-                            f"(scheduler.max_waiting={self.max_waiting}): retry later")
+            raise self.queue_full()
         self.check_fits(len(req.prompt_ids), req.params.max_tokens)
         self.waiting.append(req)
 

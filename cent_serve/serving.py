@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -39,6 +41,58 @@ HEALTH_CHECK_S = 5.0
 HOLD_EXPIRY_S = 30.0
 """Wall seconds a replay hold lasts without news from its client (a vanished client must
 not stop the clock forever)."""
+
+
+PACE_LAG_WARN_S = 0.5
+"""Paced mode: wall seconds the engine may fall behind its schedule before the log warns (once per
+episode of lag; `cent:pace_lag_seconds` shows the lag at any time)."""
+
+
+class PaceMonitor:
+    """How far the paced engine runs behind the wall clock, and the pace factor it could keep.
+
+    `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
+    episode of lag starts when it passes PACE_LAG_WARN_S and ends when the engine is on schedule
+    again; the warning names the smallest pace factor at which the rounds of the episode would
+    have kept up (wall seconds spent per simulated second, with 20% headroom)."""
+
+    HEADROOM = 1.2
+
+    def __init__(self, pace_factor: float) -> None:
+        self.pace_factor = pace_factor
+        self.lag_s = 0.0
+        self.num_episodes = 0
+        self._in_episode = self._warn_pending = False
+        self._wall_s = self._sim_s = 0.0
+
+    def on_schedule(self) -> None:
+        """The engine waits for the wall clock (or is idle): no lag."""
+        self.lag_s, self._in_episode = 0.0, False
+
+    def behind(self, lag_s: float) -> None:
+        self.lag_s = lag_s
+        if lag_s > PACE_LAG_WARN_S and not self._in_episode:
+            self._in_episode, self._wall_s, self._sim_s = True, 0.0, 0.0
+            self.num_episodes += 1
+            self._warn_pending = True
+
+    def stepped(self, wall_s: float, sim_s: float) -> None:
+        """One round took `wall_s` of wall time and advanced the clock by `sim_s`."""
+        if not self._in_episode:
+            return
+        self._wall_s += wall_s
+        self._sim_s += sim_s
+        if self._warn_pending and self._sim_s > 0:
+            self._warn_pending = False
+            log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (pace factor %g); the rounds "
+                        "run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
+                        self.lag_s, self.pace_factor, self._wall_s / self._sim_s, self.needed_factor())
+
+    def needed_factor(self) -> float | None:
+        """The smallest pace factor that kept up with this episode's rounds (None before one)."""
+        if self._sim_s <= 0:
+            return None
+        return self.HEADROOM * self._wall_s / self._sim_s
 
 
 class EngineStopped(RuntimeError):
@@ -85,6 +139,9 @@ class EngineLoop:
         self.hold_until_s: float | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_S
         self._hold_expires = 0.0
+        self.pace = PaceMonitor(pace_factor)
+        self._arrivals: list = []  # heap of (arrival_s, seq, add, future): replay arrivals not yet due
+        self._arrival_seq = itertools.count()
         self.num_hold_expiries = 0
         """Replay holds that expired (a replayer stopped sending): 0 in a healthy replay."""
 
@@ -100,6 +157,12 @@ class EngineLoop:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def status(self) -> dict:
+        """The engine's status with the loop's own (engine thread: through `call`)."""
+        return dict(self.engine.status(), clock_mode=self.clock, pace_factor=self.pace_factor, last_fault=self.fault,
+                    num_hold_expiries=self.num_hold_expiries, pace_lag_s=self.pace.lag_s,
+                    pace_lag_episodes=self.pace.num_episodes, pace_factor_needed=self.pace.needed_factor())
 
     def sim_now_s(self) -> float:
         """Paced mode: the simulated time the wall clock stands at."""
@@ -121,8 +184,14 @@ class EngineLoop:
             raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
                              "arrivals from the wall clock")
         loop = asyncio.get_running_loop()
-        return await self.call(lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, arrival_s,
-                                                     hold_until_s))
+        add = lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s)  # noqa: E731
+        if arrival_s is None:
+            return await self.call(add)
+        if not self.is_alive():
+            raise EngineStopped("the engine thread is not running: the server is stopping or failed")
+        fut: cf.Future = cf.Future()  # answered when the engine's clock reaches the arrival
+        self.inbox.put(("arrive", (arrival_s, hold_until_s, add), fut))
+        return await asyncio.wrap_future(fut)
 
     def abort(self, request_id: str) -> None:
         self.inbox.put(("abort", request_id, None))
@@ -167,6 +236,29 @@ class EngineLoop:
             start = max(start, nxt) if nxt is not None else start
         return start >= self.hold_until_s
 
+    def _admit_due(self) -> None:
+        """Replay arrivals enter the engine when its clock reaches them, exactly as the in-process
+        replayer adds trace requests (`cent_serve.bench.runner`): at a round boundary at or past
+        the arrival, or at once when nothing runs (the idle engine jumps to the arrival). So the
+        queue bound sees the same waiting queue in both, and an HTTP replay equals an in-process one."""
+        if not self._arrivals:
+            return
+        eng = self.engine
+        horizon = eng.now_s
+        if not eng.scheduler.num_running:
+            horizon = max(horizon, self._arrivals[0][0])
+        while self._arrivals and self._arrivals[0][0] <= horizon:
+            _, _, add, fut = heapq.heappop(self._arrivals)
+            self._run_call(add, fut)
+
+    def _run_call(self, fn, fut: cf.Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return  # the caller gave up (its task was cancelled): do not act for it
+        try:
+            fut.set_result(fn(self.engine))
+        except BaseException as exc:  # the caller gets it; the engine goes on
+            fut.set_exception(exc)
+
     def _handle(self, cmd) -> None:
         if cmd is None:
             return
@@ -176,12 +268,13 @@ class EngineLoop:
             if req is not None:
                 self._deliver(req)
             return
-        if not fut.set_running_or_notify_cancel():
-            return  # the caller gave up (its task was cancelled): do not act for it
-        try:
-            fut.set_result(arg(self.engine))
-        except BaseException as exc:  # the caller gets it; the engine goes on
-            fut.set_exception(exc)
+        if kind == "arrive":
+            arrival_s, hold_until_s, add = arg
+            self.set_hold(hold_until_s)  # the hold moves on now: the replayer waits for this answer
+            heapq.heappush(self._arrivals, (arrival_s, next(self._arrival_seq), add, fut))
+            self._admit_due()
+            return
+        self._run_call(arg, fut)
 
     def _drain(self, block: bool) -> None:
         try:
@@ -205,9 +298,11 @@ class EngineLoop:
     def _loop(self) -> None:
         eng = self.engine
         while not self._stop.is_set():
+            self._admit_due()
             held = self._held(eng)
             self._drain(block=held or not eng.can_step())
             if held or not eng.can_step():  # idle, or waiting for a replica to come back
+                self.pace.on_schedule()
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S
                     try:
@@ -219,10 +314,14 @@ class EngineLoop:
             if self.clock == "paced":
                 wait = self.wall_delay_s(eng.now_s)
                 if wait > 0:
+                    self.pace.on_schedule()
                     self._stop.wait(min(wait, PACE_SLICE_S))
                     continue
+                self.pace.behind(-wait)
             try:
+                t0, sim0 = time.monotonic(), eng.now_s
                 advanced = eng.step()
+                self.pace.stepped(time.monotonic() - t0, eng.now_s - sim0)
             except Exception as exc:  # a fault fails the requests of the round, not the server
                 log.exception("round failed")
                 self.fault = f"{type(exc).__name__}: {exc}"
@@ -242,13 +341,17 @@ class EngineLoop:
             if not req.is_finished:
                 eng.abort(rid)
             self._deliver(req)
+        pending = [fut for *_, fut in self._arrivals]
         while True:
             try:
                 cmd = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if cmd is not None and cmd[0] == "call" and cmd[2].set_running_or_notify_cancel():
-                cmd[2].set_exception(EngineStopped("the engine stopped before it could take this"))
+            if cmd is not None and cmd[0] in ("call", "arrive"):
+                pending.append(cmd[2])
+        for fut in pending:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(EngineStopped("the engine stopped before it could take this"))
 
     def _deliver(self, req: Request) -> None:
         entry = self.streams.get(req.request_id)

@@ -68,3 +68,19 @@ def test_refused_replay_requests_do_not_stall_the_clock():
     outcomes = [r.finish_reason for r in result.records]
     assert outcomes.count("rejected") > 0 and outcomes.count("length") > 0
     assert len(outcomes) == 14 and expiries == 0  # a stuck hold would have to expire (30 s each)
+
+
+def test_http_replay_equals_in_process_when_the_queue_overflows():
+    """Replay arrivals enter the server's engine when its clock reaches them, so the queue bound
+    refuses the same requests over HTTP as in-process (the refusals move later requests' times)."""
+    cfg = _cfg()
+    cfg.scheduler.max_waiting = 6
+    reqs = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=60, request_rate=400.0,
+                                                                     max_prompt_tokens=1024)))
+    local = summarize(run_in_process(cfg, reqs, progress=False))
+    with Server(cfg, "local") as s:
+        result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+    remote = summarize(result)
+    assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
+    assert local["failure_reasons"]["queue_full"]["count"] > 5  # the bound was reached, often
+    assert remote == local

@@ -273,3 +273,16 @@ def test_stable_text_holds_back_a_possible_stop_prefix():
     assert _stable("abcE", ("END", "xyz")) == "abc"
     assert _stable("abcX", ("END",)) == "abcX"
     assert _stable("ab\ufffd", ()) == "ab"
+
+
+def test_docs_load_with_no_network(server):
+    """/docs references only this server's own files (Swagger UI from a package, not a CDN)."""
+    import re
+
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200
+    urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls and all(u.startswith("/") for u in urls), urls
+    for u in urls:
+        assert httpx.get(server.url + u).status_code == 200, u
+    assert httpx.get(server.url + "/openapi.json").json()["info"]["title"] == "cent-serve"

@@ -203,3 +203,27 @@ def test_every_request_is_counted_once_as_completed_aborted_or_rejected():
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "vllm:request_success_total", finished_reason="abort") == 3
         assert metric(text, "vllm:request_success_total", finished_reason="length") == 3
+
+
+def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
+    """At pace factor 1e-4 no engine keeps up: the lag shows in /metrics and the status while the
+    request runs, the log warns once with a pace factor that would keep up, and the lag is 0 again
+    once the engine is idle."""
+    import logging
+
+    from cent_serve.serving import PACE_LAG_WARN_S
+
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    with Server(server_cfg(numerics="full", clock="paced", pace_factor=1e-4), "local") as s:
+        with httpx.stream("POST", s.url + "/v1/completions", json=body(max_tokens=300, n=4, stream=True),
+                          timeout=REQUEST_TIMEOUT_S) as r:  # several seconds of rounds
+            lines = r.iter_lines()
+            st = wait_for(lambda: (x := status(s.url))["pace_lag_s"] > PACE_LAG_WARN_S and x, "a lag")
+            assert metric(httpx.get(s.url + "/metrics").text, "cent:pace_lag_seconds") > 0
+            for _ in lines:  # to the end
+                pass
+        assert st["pace_lag_episodes"] == 1 and st["pace_factor_needed"] > 1e-4
+        idle = wait_for(lambda: (x := status(s.url))["pace_lag_s"] == 0.0 and x, "no lag when idle")
+        assert idle["pace_lag_episodes"] == 1
+    warnings = [rec.getMessage() for rec in caplog.records if "cannot keep up" in rec.getMessage()]
+    assert len(warnings) == 1 and "--pace-factor" in warnings[0], warnings
