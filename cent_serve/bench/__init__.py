@@ -19,7 +19,8 @@ from cent_serve.bench.traces import FORMATS, TraceOptions, apply_options, detect
 __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", "apply_options",
            "arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
            "UniformLengths", "TraceLengths", "synthetic_trace", "SyntheticPrompt",
-           "synthetic_prompt", "sample_trace_path", "SAMPLE_TRACE_NUM_REQUESTS"]
+           "synthetic_prompt", "sample_trace_path", "SAMPLE_TRACE_NUM_REQUESTS", "SHIPPED_TRACES",
+           "resolve_trace"]
 
 SAMPLE_TRACE_NUM_REQUESTS = 200
 """Rows of the shipped sample trace."""
@@ -32,3 +33,25 @@ def sample_trace_path() -> Path:
     (`arrived_at, num_prefill_tokens, num_decode_tokens`). Installed as package data.
     """
     return Path(str(files("cent_serve.bench") / "data" / "sample_conv.csv"))
+
+
+SHIPPED_TRACES = {
+    "sample_conv": "the first 200 requests of azure_conv_2023",
+    "azure_conv_2023": "Azure LLM inference 2023, conversation: 19,366 requests over ~1 hour",
+    "azure_code_2023": "Azure LLM inference 2023, code: 8,819 requests over ~1 hour",
+}
+"""Traces shipped with the package (Vidur's CSV form of Microsoft's Azure Public Dataset traces,
+under that dataset's license), by the name `--trace` takes."""
+
+
+def resolve_trace(name_or_path: str) -> Path:
+    """A shipped trace's name (`SHIPPED_TRACES`, with or without `.csv`) or a file path.
+    ValueError naming the value and the choices when it is neither."""
+    stem = name_or_path[:-4] if name_or_path.endswith(".csv") else name_or_path
+    path = Path(name_or_path)
+    if stem in SHIPPED_TRACES and not path.is_file():
+        return Path(str(files("cent_serve.bench") / "data" / f"{stem}.csv"))
+    if not path.is_file():
+        raise ValueError(f"--trace {name_or_path!r} is neither a file nor a shipped trace: give a path or one of "
+                         f"{', '.join(SHIPPED_TRACES)}")
+    return path

@@ -64,8 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_request_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("requests")
-    src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON); "
-                                     "default: the shipped sample (200 Azure conversation requests)")
+    src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON) or a "
+                                     "shipped trace: sample_conv (the default, 200 requests), azure_conv_2023, "
+                                     "azure_code_2023")
     src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
     src.add_argument("--synthetic", choices=["poisson", "gamma"],
                      help="synthetic arrivals at --rate: a synthetic trace (no --trace), or the arrivals of a "
@@ -86,14 +87,12 @@ def _requests(args: argparse.Namespace, cfg) -> tuple[list, str]:
     """The requests to replay and a name of their source. ValueError (one line, naming the flag
     and the fix) for a selection that cannot be made."""
     from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
-                                  sample_trace_path, synthetic_trace)
+                                  resolve_trace, sample_trace_path, synthetic_trace)
 
     if args.trace_format is not None and args.trace_format not in FORMATS:
         raise ValueError(f"--format {args.trace_format!r} is unknown: use one of {', '.join(FORMATS)} "
                          "(or leave it out to detect the format)")
-    path = Path(args.trace) if args.trace else None
-    if path is not None and not path.is_file():
-        raise ValueError(f"--trace {str(path)!r} is not a file: give the path of a trace file")
+    path = resolve_trace(args.trace) if args.trace else None
     fmt = None if path is None else (args.trace_format or detect_format(path))
     if args.synthetic and fmt not in (None, "sharegpt"):
         raise ValueError(f"--synthetic makes arrivals for traces without timestamps (ShareGPT); --trace {path} "
