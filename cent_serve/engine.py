@@ -86,22 +86,29 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    def add_request(self, prompt_ids: list[int], params: RequestParams = RequestParams(),
-                    request_id: str | None = None, arrival_s: float | None = None) -> Request:
-        """Queue a request. Raises ValueError (bad input: nothing changed) or QueueFull."""
+    def check_request(self, prompt_ids: list[int], max_tokens: int) -> None:
+        """The one validator of a request's prompt and length: raises RequestRefused (reason and
+        param set) for what can never be served. Reads only the config: safe from any thread (the
+        API checks every choice before it queues any)."""
         m = self.cfg.model
         if not prompt_ids:
             raise RequestRefused("invalid_prompt", "prompt is empty: give at least one token")
-        bad = [t for t in prompt_ids if not 0 <= t < m.vocab_size]
-        if bad:
-            raise RequestRefused("invalid_prompt", f"prompt token id {bad[0]} is outside the vocabulary [0, {m.vocab_size})")
+        bad = next((t for t in prompt_ids if not 0 <= t < m.vocab_size), None)
+        if bad is not None:
+            raise RequestRefused("invalid_prompt", f"prompt token id {bad} is outside the vocabulary [0, {m.vocab_size})")
         if len(prompt_ids) + 1 > m.max_seq_len:
-            raise RequestRefused("context_exceeded", f"the prompt has {len(prompt_ids)} tokens; the model's context is "
-                             f"{m.max_seq_len} (model.max_seq_len): shorten the prompt")
+            raise RequestRefused("context_exceeded", f"the prompt has {len(prompt_ids)} tokens; the model's context "
+                                 f"is {m.max_seq_len} (model.max_seq_len): shorten the prompt")
         room = m.max_seq_len - len(prompt_ids)
-        if params.max_tokens > room:  # as the API (and vLLM's server) refuse it, not cut short later
-            raise RequestRefused("context_exceeded", f"max_tokens={params.max_tokens} does not fit: the prompt leaves {room} tokens of "
-                             "the model's context; lower max_tokens or shorten the prompt")
+        if max_tokens > room:  # refused, as vLLM's server refuses it, not cut short later
+            raise RequestRefused("context_exceeded", f"max_tokens={max_tokens} does not fit: the prompt leaves {room} "
+                                 "tokens of the model's context; lower max_tokens or shorten the prompt", "max_tokens")
+        self.scheduler.check_fits(len(prompt_ids))
+
+    def add_request(self, prompt_ids: list[int], params: RequestParams = RequestParams(),
+                    request_id: str | None = None, arrival_s: float | None = None) -> Request:
+        """Queue a request. Raises ValueError (bad input: nothing changed) or QueueFull."""
+        self.check_request(prompt_ids, params.max_tokens)
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise RequestRefused("duplicate_id", f"request_id {rid!r} is already in use: pick another")

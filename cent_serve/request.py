@@ -17,10 +17,12 @@ class RequestRefused(ValueError):
     """A request the engine will not take; nothing changed. `reason` is a short code the API,
     the bench summary and the metrics group refusals by (`REFUSAL_REASONS`)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, param: str | None = "prompt") -> None:
         assert reason in REFUSAL_REASONS, reason
         super().__init__(message)
         self.reason = reason
+        self.param = param
+        """The request field at fault (the API's error `param`): `prompt`, `max_tokens`, ..."""
 
 
 REFUSAL_REASONS = ("context_exceeded", "kv_capacity", "invalid_prompt", "duplicate_id", "queue_full")

@@ -88,7 +88,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queues
 
-    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+    def check_fits(self, num_prompt_tokens: int) -> None:
         """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
         need = blocks_for(num_prompt_tokens + 1)
         if need > self.kv_blocks:
@@ -126,7 +126,6 @@ class Scheduler:
     def add(self, req: Request) -> None:
         if self.is_full():
             raise self.queue_full()
-        self.check_fits(len(req.prompt_ids), req.params.max_tokens)
         self.waiting.append(req)
 
     def finish(self, req: Request) -> None:
