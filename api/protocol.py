@@ -136,23 +136,19 @@ class _Common(BaseModel):
             raise ApiError(f"hold_until_s={self.hold_until_s!r} is invalid: a hold is the next trace arrival, so it "
                            "needs arrival_s and cannot come before it", "hold_until_s")
 
-    def to_params(self, default_max_tokens: int, room: int, max_tokens_param: str = "max_tokens") -> RequestParams:
-        """Checked options of one choice. `room` = context left after the prompt; errors about
-        `self.max_tokens` name `max_tokens_param` (chat's `max_completion_tokens` lands there)."""
-        if not 1 <= self.n <= MAX_N:
-            raise ApiError(f"n={short(self.n)} is invalid: use 1..{MAX_N}", "n")
+    def to_params(self, max_tokens: int, max_tokens_param: str = "max_tokens") -> RequestParams:
+        """Checked options of one choice that generates at most `max_tokens` (the client's limit or
+        the endpoint's default, resolved by the caller). Whether the limit fits the context the
+        prompt leaves is `Engine.check_request`'s to say; `n` is `check_fields`'. Errors about the
+        limit name `max_tokens_param` (chat's `max_completion_tokens` lands there)."""
         if self.presence_penalty or self.frequency_penalty:
             raise ApiError("presence_penalty and frequency_penalty are not supported: leave them at 0",
                            "presence_penalty" if self.presence_penalty else "frequency_penalty")
         if self.logprobs not in (None, False, 0):
             raise ApiError("logprobs are not supported: leave logprobs unset", "logprobs")
-        max_tokens = default_max_tokens if self.max_tokens is None else self.max_tokens
         name = max_tokens_param
         if max_tokens < 1:
             raise ApiError(f"{name}={short(max_tokens)} is invalid: use a positive integer", name)
-        if max_tokens > room:
-            raise ApiError(f"{name}={short(max_tokens)} does not fit: the prompt leaves {room} tokens of the "
-                           f"model's context; lower {name} or shorten the prompt", name)
         if not 0 <= self.min_tokens <= max_tokens:
             raise ApiError(f"min_tokens={short(self.min_tokens)} is invalid: use 0..max_tokens ({max_tokens})",
                            "min_tokens")

@@ -25,12 +25,12 @@ STARTUP_TIMEOUT_S = 60.0
 """Longest wait for uvicorn to bind in `Server.start`."""
 
 
-def build(cfg: CentConfig, executor_kind: str = "ray", engine: Engine | None = None):
-    """(app, engine loop) for a config; the loop is started."""
-    if executor_kind == "ray":
+def build(cfg: CentConfig, engine: Engine | None = None):
+    """(app, engine loop) for a config (`cfg.executor` says where the devices run); the loop is started."""
+    if cfg.executor == "ray":
         from cent_serve.executor.ray_executor import ensure_ray
         log.info("%s", ensure_ray(cfg.server.ray_address))
-    engine = engine or Engine(cfg, executor_kind)
+    engine = engine or Engine(cfg)
     metrics = Metrics(cfg.model.name)
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)
     loop.start()
@@ -43,10 +43,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
+def run_server(cfg: CentConfig) -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down."""
     t0 = time.perf_counter()
-    app, loop = build(cfg, executor_kind)
+    app, loop = build(cfg)
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
     log.info("%s on %d emulated CENT devices: %d replica%s x %d devices used = %d in use (each %s); numerics %s, "
              "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, replicas, "s" if replicas > 1 else "",
@@ -65,7 +65,7 @@ def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
     finally:
         loop.stop()
         loop.engine.shutdown()
-        if executor_kind == "ray":
+        if cfg.executor == "ray":
             import ray
             ray.shutdown()
         log.info("stopped: engine thread and device actors are gone")
@@ -74,11 +74,12 @@ def run_server(cfg: CentConfig, executor_kind: str = "ray") -> None:
 class Server:
     """A server on a background thread: `with Server(cfg, "local") as s: s.url ...`."""
 
-    def __init__(self, cfg: CentConfig, executor_kind: str = "local", engine: Engine | None = None) -> None:
+    def __init__(self, cfg: CentConfig, executor: str | None = None, engine: Engine | None = None) -> None:
+        if executor is not None:  # a caller's shorthand for cfg.executor
+            cfg.executor = executor
         self.cfg = cfg
-        self.executor_kind = executor_kind
         self.port = cfg.server.port or free_port(cfg.server.host)
-        self.app, self.loop = build(cfg, executor_kind, engine)
+        self.app, self.loop = build(cfg, engine)
         config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
                                 timeout_keep_alive=5)
         self.server = uvicorn.Server(config)

@@ -59,7 +59,7 @@ def main() -> None:
                 out = emulate_seqlen(cfg, ex, args.seqlen, warmup=args.warmup)
             finally:
                 ex.shutdown()
-            sim_tokens = (args.warmup + 1) * mp.batch
+            sim_tokens = (args.warmup + 1) * mp.lanes
             row = dict(devices=devices, mapping=name, pp=mp.pp, tp=mp.tp, fits=True,
                        sim_tok_s=out["throughput_tok_s"], closed_form_tok_s=out["closed_form"]["throughput_tok_s"],
                        wall_ms_per_sim_token=1e3 * out["wall_s"] / sim_tokens, startup_s=startup)

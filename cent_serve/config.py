@@ -352,8 +352,13 @@ class SchedulerConfig:
     """Prompt tokens per step: 1 = token by token like the paper; larger = chunked prefill."""
     seed: int = 0
     """Seed of the stand-in sampler and of sampling without an explicit seed."""
+    kv_block_tokens: int = 16
+    """Tokens per KV-cache block: the paging unit of the devices' caches and of the scheduler's
+    admission (vLLM's block_size)."""
 
     def __post_init__(self) -> None:
+        _check(self.kv_block_tokens >= 1, "scheduler.kv_block_tokens", self.kv_block_tokens,
+               "use a positive number of tokens")
         _check(self.max_seqs_per_stage >= 1, "scheduler.max_seqs_per_stage",
                self.max_seqs_per_stage, "use a positive integer")
         _check(self.max_waiting >= 1, "scheduler.max_waiting", self.max_waiting,
@@ -427,10 +432,14 @@ class CentConfig:
     """HTTP and Ray."""
     numerics: str = "auto"
     """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params)."""
+    executor: str = "local"
+    """Where the devices run: `local` (all in this process) or `ray` (each device a Ray actor, the
+    switch a fabric actor). `cent serve` picks `ray` unless given --local."""
 
     def __post_init__(self) -> None:
         _check(self.numerics in ("full", "off", "auto"), "numerics", self.numerics,
                "use 'full', 'off' or 'auto'")
+        _check(self.executor in ("local", "ray"), "executor", self.executor, "use 'local' or 'ray'")
         n = self.model.num_layers
         p = self.parallel
         _check(p.pp <= n, "parallel.pp", p.pp,

@@ -9,6 +9,7 @@ put on the data, then averaged the way the paper averages
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.messages import MicroBatch, SeqStep
+from cent_serve.messages import Layout, RoundPlan
 from cent_serve.timing.token import PHASES, token_figures
 
 log = logging.getLogger("cent.emulate")
@@ -43,32 +44,39 @@ def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks
     """Every one of the pp queries processes `steps` tokens one at a time from position `start`.
 
     With full numerics the first `prompt` tokens are a fixed pseudo-random stream and
-    decoding feeds back the greedy token; timing-only messages carry no ids.
+    decoding feeds back the greedy token; timing-only plans carry no ids.
     """
     mp = executor.timer.mapping
-    host_s = executor.timer.host_s
     full = cfg.resolved_numerics == "full"
     rng = np.random.Generator(np.random.PCG64(cfg.scheduler.seed))
-    queries = mp.batch
-    ready = [0.0] * queries
+    queries = mp.lanes
+    layout = Layout(tuple(range(queries)), tuple(((q, 1),) for q in range(queries)))  # constant: sent once
+    ready = np.zeros(queries)
     next_ids = [int(t) for t in rng.integers(3, cfg.model.vocab_size, size=queries)]
     done = np.zeros((steps, queries))
     marks: dict[int, float] = {}
+    rounds = itertools.count()
+    new = {q: start for q in range(queries)}
     t0 = last_log = time.perf_counter()
     if full and start > 0:  # build the context the measured steps attend to
         prefix = [[int(t) for t in rng.integers(3, cfg.model.vocab_size, size=start)] for _ in range(queries)]
-        executor.execute([MicroBatch(q, [SeqStep(q, 0, start, prefix[q])], 0.0) for q in range(queries)])
+        executor.run(RoundPlan(Layout(layout.lanes, tuple(((q, start),) for q in range(queries))), ready,
+                               next(rounds), {q: 0 for q in range(queries)}, (),
+                               np.array([t for p in prefix for t in p], dtype=np.int64), np.ones(queries, bool)))
+        new = {}
     marks[0] = _total_energy(executor)
     for k in range(steps):
         pos = start + k
-        mbs = [MicroBatch(q, [SeqStep(q, pos, 1, [next_ids[q]] if full else None)], ready[q])
-               for q in range(queries)]
-        for mb in executor.execute(mbs):
-            q = mb.mb_id
-            ready[q] = done[k, q] = mb.ready_s + host_s
-            if full:
+        plan = RoundPlan(layout, ready, next(rounds), new)
+        if full:
+            plan.token_ids, plan.wants_logits = np.array(next_ids, dtype=np.int64), np.ones(queries, bool)
+        new = {}
+        out = executor.run(plan)
+        ready = done[k] = out.sampled_s
+        if full:
+            for q in range(queries):
                 next_ids[q] = (int(rng.integers(3, cfg.model.vocab_size)) if pos + 1 < prompt
-                               else int(np.argmax(mb.logits[0])))
+                               else int(np.argmax(out.logits[q])))
         if k + 1 in energy_marks:
             marks[k + 1] = _total_energy(executor)
         now = time.perf_counter()
@@ -95,7 +103,7 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
     rows), so the measured round is the one whose context equals the closed
     form's; the warm-up rounds stagger the queries over the pipeline first.
     """
-    queries = executor.timer.mapping.batch
+    queries = executor.timer.mapping.lanes
     steps = min(warmup + 1, seqlen)
     start = seqlen - steps  # the last round's token sits at position seqlen - 1: context seqlen
     trace = run_workload(cfg, executor, start, steps, energy_marks=(steps - 1,))
@@ -117,7 +125,7 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
     """
     from cent_serve.timing.token import phase_figures
 
-    queries = executor.timer.mapping.batch
+    queries = executor.timer.mapping.lanes
     total = prompt + decode
     trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
     per_l = {L: _step_figures(trace, L - 1, queries) for L in range(gap, total + 1, gap)}

@@ -1,6 +1,8 @@
 """The serving engine: continuous batching over the emulated CENT devices, in simulated time.
 
-`Engine.step()` is three calls, as vLLM and nano-vllm write it: schedule, execute, update.
+`Engine.step()` is three calls, as vLLM and nano-vllm write it: schedule (one `RoundPlan` per
+replica), run (the executors, all plans sent before any is awaited), update (from one
+`RoundOutput` per replica: times, logits, the energy each sequence's step cost).
 
 The engine clock `now_s` is a round boundary: the latest simulated time at
 which any micro-batch of the last round became ready. A request that arrives
@@ -8,7 +10,7 @@ while a round is in flight joins at the next boundary, as in any round-based
 scheduler (vLLM admits at step boundaries); so a device never receives a
 micro-batch that is ready earlier than one it has already served.
 
-Sampling happens on the host after the LM head (`timer.host_s`). With full
+Sampling happens on the host after the LM head (`RoundOutput.sampled_s`). With full
 numerics tokens come from the logits; timing-only runs use a seeded stand-in
 sampler (uniform over the non-special ids), so lengths are honoured with
 `ignore_eos` and a run is reproducible.
@@ -20,14 +22,13 @@ import logging
 from dataclasses import dataclass
 
 from cent_serve.config import CentConfig
-from cent_serve.messages import MicroBatch, SeqStep
+from cent_serve.messages import RoundOutput
 from cent_serve.model.sampling import make_generator, sample
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import Replicas
 from cent_serve.request import Request, RequestParams, RequestRefused, Status
-from cent_serve.scheduler import LaneBatch, Scheduler, blocks_for, kv_blocks_per_replica
+from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
-from cent_serve.timing.energy import block_energy_j, head_energy_j
 
 log = logging.getLogger("cent.engine")
 FIRST_SPECIAL_FREE_ID = 3
@@ -51,38 +52,29 @@ class EngineStats:
 class Engine:
     """Owns the executors (one per data-parallel replica), the scheduler and the tokenizer."""
 
-    def __init__(self, cfg: CentConfig, executor_kind: str = "local", executors: list | None = None,
-                 tokenizer: Tokenizer | None = None, weights=None) -> None:
-        from cent_serve.executor import make_executor
+    def __init__(self, cfg: CentConfig, executors: list | None = None, tokenizer: Tokenizer | None = None,
+                 weights=None) -> None:
+        from cent_serve.executor import executor_factory
 
         self.cfg = cfg
         self.timer = SystemTimer.from_config(cfg)
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
-        self.num_replicas = max(1, mp.num_devices // mp.devices_used)
-        if executors is None and executor_kind == "local" and self.full and weights is None:
-            from cent_serve.model.weights import load_weights
-            weights = load_weights(cfg.model)  # once, shared by the replicas' workers
-        make = lambda: make_executor(cfg, executor_kind,  # noqa: E731
-                                     **({"weights": weights} if executor_kind == "local" else {}))
-        if executors is not None:
-            given = iter(executors)
-            self.replicas = Replicas(lambda: next(given, None) or make(), len(executors))
-        else:
-            self.replicas = Replicas(make, self.num_replicas)
+        num_replicas = len(executors) if executors is not None else max(1, mp.num_devices // mp.devices_used)
+        make = executor_factory(cfg, weights) if executors is None else None
+        given = iter(executors or ())
+        self.replicas = Replicas(lambda: next(given, None) or make(), num_replicas)
+        self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
-        self.num_replicas = len(self.replicas)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         sc = cfg.scheduler
-        self.scheduler = Scheduler(self.num_replicas, mp.batch, sc.max_seqs_per_stage,
-                                   kv_blocks_per_replica(cfg, mp), sc.prefill_chunk_tokens, sc.max_waiting)
+        self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
+                                   sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._num_added = 0
-        self._pending_free: list[list[int]] = [[] for _ in range(self.num_replicas)]
-        self._head_j = head_energy_j(self.timer)
 
     # ------------------------------------------------------------------ requests
 
@@ -162,57 +154,33 @@ class Engine:
             self.scheduler.set_up(r, True)
 
     def step(self) -> list[Request]:
-        """One round: schedule, execute, update. Returns the requests that advanced."""
-        self._poll_replicas()
-        if not self.scheduler.num_running:
-            nxt = self.scheduler.next_arrival_s()
-            if nxt is not None and nxt > self.now_s:
-                self.now_s = nxt  # idle until the next arrival
-        batches, dropped = self.scheduler.schedule(self.now_s)
-        for replica, seq_id in dropped:
-            self._pending_free[replica].append(seq_id)
-        if not batches:
-            self._flush_frees()
-            return []
-        outputs = self._execute(batches)
-        advanced = self._update(batches, outputs)
-        failed, self._failed = self._failed, []
-        return advanced + failed
+        """One round: schedule, run, update. Returns the requests that advanced (or failed)."""
+        scheduled = self.scheduler.schedule(self.now_s)
+        outputs = self._run(scheduled)
+        return self._update(scheduled, outputs)
 
-    def _execute(self, batches: list[LaneBatch]) -> dict[tuple[int, int], MicroBatch]:
-        per_replica: dict[int, list[MicroBatch]] = {}
-        for b in batches:
-            seqs, ready = [], 0.0
-            for s in b.seqs:
-                req = s.request
-                if req.scheduled_s is None:
-                    req.scheduled_s = max(req.ready_s, self.now_s)
-                ready = max(ready, req.ready_s, self.now_s if req.num_computed == 0 else 0.0)
-                ids = req.all_ids[req.num_computed:req.num_computed + s.num_tokens] if self.full else None
-                done = req.num_computed + s.num_tokens == req.num_tokens
-                seqs.append(SeqStep(req.seq_id, req.num_computed, s.num_tokens, ids, wants_logits=done))
-            per_replica.setdefault(b.replica, []).append(MicroBatch(b.lane, seqs, ready))
-        self.now_s = max([self.now_s] + [mb.ready_s for mbs in per_replica.values() for mb in mbs])
-        out: dict[tuple[int, int], MicroBatch] = {}
+    def _run(self, scheduled: SchedulerOutput) -> dict[int, RoundOutput]:
+        """Every replica's plan to its executor (all sent before any is awaited); a replica whose
+        devices fail is recovered, its output missing from the result."""
+        self._poll_replicas()
+        self.now_s = max([scheduled.start_s, self.now_s] + [float(r.plan.ready_s.max()) for r in scheduled.rounds
+                                                             if not r.plan.is_empty])
         sent, failed = [], {}
-        for r, mbs in per_replica.items():  # replicas are independent devices: all rounds go out first
-            frees, self._pending_free[r] = tuple(self._pending_free[r]), []
-            ex = self.executors[r]
+        for rr in scheduled.rounds:  # replicas are independent devices
             try:
-                sent.append((r, ex.submit(mbs, frees) if hasattr(ex, "submit") else ex.execute(mbs, frees)))
+                sent.append((rr.replica, self.executors[rr.replica].submit(rr.plan)))
             except Exception as exc:  # noqa: BLE001 - a device fault costs its replica's round only
-                failed[r] = exc
-        for r, handle in sent:
+                failed[rr.replica] = exc
+        out = {}
+        for r, future in sent:
             try:
-                result = handle.result() if hasattr(handle, "result") else handle
+                out[r] = future.result()
             except Exception as exc:  # noqa: BLE001
                 failed[r] = exc
-                continue
-            for mb in result:
-                out[(r, mb.mb_id)] = mb
         for r, exc in failed.items():
             self._recover(r, exc)
-        self.stats.num_rounds += 1
+        if any(not rr.plan.is_empty for rr in scheduled.rounds):
+            self.stats.num_rounds += 1
         return out
 
     def _recover(self, replica: int, exc: Exception) -> None:
@@ -223,7 +191,6 @@ class Engine:
                    "the request was stopped, retry it")
         log.error("%s; re-creating the replica's devices", message)
         self._failed += self._fail([q for q in self.scheduler.running if q.replica == replica], message)
-        self._pending_free[replica] = []
         self.scheduler.set_up(replica, False)
         self.replicas.fail(replica, exc)
 
@@ -242,42 +209,34 @@ class Engine:
         failed, self._failed = self._failed, []
         return failed
 
-    def _flush_frees(self) -> None:
-        """No round to carry them: tell the devices now which sequences are gone."""
-        for r, ex in enumerate(self.executors):
-            if self._pending_free[r] and ex is not None:
-                frees, self._pending_free[r] = tuple(self._pending_free[r]), []
-                ex.free(frees)
-
-    def _update(self, batches: list[LaneBatch], outputs: dict[tuple[int, int], MicroBatch]) -> list[Request]:
+    def _update(self, scheduled: SchedulerOutput, outputs: dict[int, RoundOutput]) -> list[Request]:
         advanced = []
-        for b in batches:
-            mb = outputs.get((b.replica, b.lane))
-            if mb is None:  # its replica failed this round: its requests are finished already
+        for rr in scheduled.rounds:
+            out = outputs.get(rr.replica)
+            if out is None:  # its replica failed this round: its requests are finished already
                 continue
-            t = mb.ready_s + self.timer.host_s
-            for i, s in enumerate(b.seqs):
-                req = s.request
+            lane_of = [i for i, lane in enumerate(rr.plan.layout.seqs) for _ in lane]
+            row = 0
+            for k, (req, n) in enumerate(rr.steps):
+                wants = req.num_computed + n == req.num_tokens
+                logits = None
+                if wants and out.logits is not None:
+                    logits, row = out.logits[row], row + 1
                 if req.is_finished:  # aborted while the round ran
                     continue
-                e = self._energy_j(req.num_computed, s.num_tokens)
+                e = float(out.energy_j[k])
                 req.energy_j += e
                 self.stats.energy_j += e
-                req.num_computed += s.num_tokens
-                req.ready_s = t
+                req.num_computed += n
+                req.ready_s = t = float(out.sampled_s[lane_of[k]])
                 if req.num_computed < req.num_tokens:
                     continue  # more prompt to go
-                row = mb.logits[i] if mb.logits is not None else None
-                self._append_token(req, self._sample(req, row), t)
+                self._append_token(req, self._sample(req, logits), t)
                 advanced.append(req)
-        return advanced
+        failed, self._failed = self._failed, []
+        return advanced + failed
 
     # ------------------------------------------------------------------ helpers
-
-    def _energy_j(self, start: int, n: int) -> float:
-        """Energy of n tokens at contexts start+1..start+n (all blocks) and one LM head."""
-        layers = self.cfg.model.num_layers
-        return layers * sum(block_energy_j(self.timer, L) for L in range(start + 1, start + n + 1)) + self._head_j
 
     def _sample(self, req: Request, row) -> int:
         if row is None:
@@ -286,8 +245,7 @@ class Engine:
 
     def _append_token(self, req: Request, token: int, t: float) -> None:
         p = req.params
-        req.output_ids.append(token)
-        req.token_times_s.append(t)
+        req.append_token(token, t)
         self.stats.generation_tokens += 1
         if len(req.output_ids) == 1:
             self.stats.prompt_tokens += len(req.prompt_ids)
@@ -311,7 +269,7 @@ class Engine:
                     self._finish(req, "stop", t)
                     return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
-                or blocks_for(req.num_tokens + 1) > self.scheduler.kv_blocks):  # no room even alone
+                or self.scheduler.blocks_for(req.num_tokens + 1) > self.scheduler.kv_blocks):  # no room even alone
             self._finish(req, "length", t)
 
     def text(self, req: Request) -> str:
@@ -322,10 +280,7 @@ class Engine:
         return self.tokenizer.decode(ids)
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
-        was_running = req.status is Status.RUNNING
-        self.scheduler.finish(req)
-        if was_running:
-            self._pending_free[req.replica].append(req.seq_id)
+        self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan
         req.status, req.finish_reason, req.finish_s = Status.FINISHED, reason, t
         if reason in ("stop", "length"):
             self.stats.num_finished += 1
@@ -351,7 +306,7 @@ class Engine:
         mp = self.timer.mapping
         return dict(model=self.cfg.model.name, mapping=dict(mode=mp.mode, devices=mp.num_devices, pp=mp.pp,
                     tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
-                    lanes=mp.batch * self.num_replicas, max_seqs_per_stage=self.cfg.scheduler.max_seqs_per_stage,
+                    lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.cfg.scheduler.max_seqs_per_stage,
                     describe=mp.describe()),
                     numerics=self.cfg.resolved_numerics, clock_s=self.now_s,
                     num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,

@@ -1,145 +1,151 @@
-"""Boundary messages between the executor, the device actors and the fabric.
+"""The round: one message from the scheduler to the devices, one answer back (as vLLM's
+`SchedulerOutput` / `ModelRunnerOutput`).
 
-They carry only what changed (as vLLM's CachedRequestData): sequence
-ids, positions, token ids for the first stage, activations, and `ready_s`,
-the simulated time at which the payload exists (docs/architecture.md: simulated time
-travels with the data). `Wave` is the same round in columns, the form the
-workers compute on and the links between actors carry.
+- `Layout`: which sequences run in which lane and with how many tokens. It holds while the
+  batch's composition holds, so the links send it only when it changes.
+- `RoundPlan`: one replica's round: the layout, when each lane's input exists (`ready_s`), the
+  sequences new to the devices (with their first position, once), the ids that finished, and
+  with full numerics the input token ids and which sequences want logits. Devices and the switch
+  keep each sequence's position across rounds, so a plan never repeats what they know.
+- `RoundOutput`: what a unit of devices hands on, and finally back: when each lane's output
+  exists, the activations (or, after the LM head, the logits of the sequences that want them),
+  and the energy each sequence's step has cost so far. Simulated time and energy travel with the
+  data (docs/architecture.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-
-@dataclass
-class SeqStep:
-    """One sequence's share of a micro-batch in one round."""
-
-    seq_id: int
-    start: int
-    """Position of the first token of this step (= tokens already in the KV cache)."""
-    num_tokens: int
-    """Tokens processed in this step: 1 when decoding, a chunk when prefilling."""
-    token_ids: list[int] | None = None
-    """Input ids (needed by the embedding stage; None with numerics off)."""
-    wants_logits: bool = True
-    """Whether the last position's logits are needed (False for a non-final prefill chunk)."""
-
-    @property
-    def end(self) -> int:
-        return self.start + self.num_tokens
+LaneSeqs = tuple[tuple[int, int], ...]
+"""A lane's sequences this round: ((seq id, tokens), ...)."""
 
 
-@dataclass
-class MicroBatch:
-    """What flows from stage to stage: the sequences, their activations and a timestamp."""
+@dataclass(frozen=True)
+class Layout:
+    """The lanes of a round and their sequences; compared by value (the links send it when it
+    differs from the last one)."""
 
-    mb_id: int
-    seqs: list[SeqStep]
-    ready_s: float
-    """Simulated time at which this payload exists at its current holder."""
-    hidden: np.ndarray | None = None
-    """(total_tokens, D) float32 activations; None with numerics off."""
-    logits: np.ndarray | None = None
-    """(num_seqs_wanting_logits, vocab) after the LM head; None before it or with numerics off."""
-    trace: list[tuple[str, float, float]] = field(default_factory=list)
-    """Optional (resource, start_s, end_s) records for debugging and plots."""
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.seqs)
-
-    def payload_elements(self, hidden_size: int) -> int:
-        """Activation elements on the wire (same count whether or not numerics run)."""
-        return self.num_tokens * hidden_size
-
-
-@dataclass
-class RoundResult:
-    """What the executor hands back after one round: per micro-batch outputs."""
-
-    micro_batches: list[MicroBatch]
-    """Outputs of the last stage (logits when numerics run), stamped with ready_s."""
-
-
-SeqRow = tuple[int, int, int, "list[int] | None", bool]
-"""A SeqStep on the wire: (seq_id, start, num_tokens, token_ids, wants_logits)."""
-
-
-@dataclass
-class Wave:
-    """A round's micro-batches in columns: the compact form the device and fabric workers
-    compute on and the links between actors carry (a few tuples pickle ~10x faster than
-    80 MicroBatch/SeqStep dataclasses). Column i is one micro-batch."""
-
-    mb_ids: tuple[int, ...]
-    seqs: tuple[tuple[SeqRow, ...], ...]
-    """Per micro-batch, its sequences' steps (constant through a round)."""
-    ready_s: list[float]
-    """Simulated time each payload exists at its current holder."""
-    hidden: list | None = None
-    """Per micro-batch (tokens, D) float32 activations; None with numerics off."""
-    logits: list | None = None
-    """Per micro-batch (seqs wanting logits, vocab) after the LM head; None before it."""
-    tokens: tuple[int, ...] = ()
-    """Per micro-batch, its tokens in this step (filled from `seqs` when not given)."""
-    costs: tuple | None = field(default=None, compare=False, repr=False)
-    """(owner, per-column list): what charging each column costs on a device, computed by the
-    first device of a mapping and reused by the others in the same process (`owner` is the
-    cost table they share). Never sent over a link: a device in another process recomputes it."""
+    lanes: tuple[int, ...]
+    """Lane ids, ascending."""
+    seqs: tuple[LaneSeqs, ...]
+    """Per lane, its sequences and their tokens this round."""
 
     def __post_init__(self) -> None:
-        if len(self.tokens) != len(self.mb_ids):
-            self.tokens = tuple(sum(s[2] for s in ss) for ss in self.seqs)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["costs"] = None
-        return state
+        assert len(self.lanes) == len(self.seqs), (self.lanes, self.seqs)
+        assert list(self.lanes) == sorted(set(self.lanes)), f"lanes must be distinct and ascending: {self.lanes}"
 
     def __len__(self) -> int:
-        return len(self.mb_ids)
+        return len(self.lanes)
 
-    def arrival_order(self) -> list[int]:
-        """Columns in the order a resource serves them: by ready_s, ties by mb_id."""
-        ids, ready = self.mb_ids, self.ready_s
-        if list(ids) == sorted(ids):  # the usual case: then a stable sort by time breaks ties by mb_id
-            return sorted(range(len(ids)), key=ready.__getitem__)
-        return [i for _, _, i in sorted(zip(ready, ids, range(len(ids))))]
+    @cached_property
+    def seq_ids(self) -> list[int]:
+        """Every sequence, lane by lane (the order of `RoundOutput.energy_j` and token ids)."""
+        return [sid for lane in self.seqs for sid, _ in lane]
 
-    def id_order(self) -> list[int]:
-        ids = self.mb_ids
-        return sorted(range(len(ids)), key=ids.__getitem__)
+    @cached_property
+    def lane_tokens(self) -> list[int]:
+        return [sum(n for _, n in lane) for lane in self.seqs]
 
-    def take(self, order: list[int], ready_s: list[float], hidden: list | None = None,
-             logits: list | None = None) -> "Wave":
-        """The columns in `order` with new ready_s (given per column of self) and payloads
-        (given per position of `order`)."""
-        if order == list(range(len(order))):  # the usual case: already in mb_id order
-            return Wave(self.mb_ids, self.seqs, list(ready_s), hidden, logits, self.tokens, self.costs)
-        costs = None if self.costs is None else (self.costs[0], [self.costs[1][i] for i in order])
-        return Wave(tuple([self.mb_ids[i] for i in order]), tuple([self.seqs[i] for i in order]),
-                    [ready_s[i] for i in order], hidden, logits, tuple([self.tokens[i] for i in order]), costs)
+    @cached_property
+    def seq_tokens(self) -> list[int]:
+        return [n for lane in self.seqs for _, n in lane]
+
+    def to_wire(self) -> dict:
+        return {"lanes": list(self.lanes), "seqs": [[list(s) for s in lane] for lane in self.seqs]}
 
     @classmethod
-    def from_micro_batches(cls, mbs: list[MicroBatch]) -> "Wave":
-        ids = tuple(mb.mb_id for mb in mbs)
-        assert len(set(ids)) == len(ids), f"micro-batch ids repeat in a round: {ids}"
-        has_hidden = any(mb.hidden is not None for mb in mbs)
-        has_logits = any(mb.logits is not None for mb in mbs)
-        return cls(ids, tuple(tuple((s.seq_id, s.start, s.num_tokens, s.token_ids, s.wants_logits)
-                                    for s in mb.seqs) for mb in mbs),
-                   [mb.ready_s for mb in mbs], [mb.hidden for mb in mbs] if has_hidden else None,
-                   [mb.logits for mb in mbs] if has_logits else None)
+    def from_wire(cls, d: dict) -> "Layout":
+        return cls(tuple(d["lanes"]), tuple(tuple((int(a), int(b)) for a, b in lane) for lane in d["seqs"]))
 
-    def to_micro_batches(self, seqs_by_id: dict[int, list[SeqStep]] | None = None) -> list[MicroBatch]:
-        """MicroBatches again; `seqs_by_id` hands back the caller's own SeqStep lists."""
-        out = []
-        for i, mb_id in enumerate(self.mb_ids):
-            seqs = seqs_by_id[mb_id] if seqs_by_id is not None else [SeqStep(*s) for s in self.seqs[i]]
-            out.append(MicroBatch(mb_id, seqs, self.ready_s[i],
-                                  self.hidden[i] if self.hidden is not None else None,
-                                  self.logits[i] if self.logits is not None else None))
-        return out
+
+EMPTY_LAYOUT = Layout((), ())
+
+
+@dataclass
+class RoundPlan:
+    """One replica's round, scheduler -> executor -> devices (see the module docstring)."""
+
+    layout: Layout
+    ready_s: np.ndarray
+    """(lanes,) float64: simulated time each lane's input exists."""
+    round_id: int = 0
+    """Distinct per round of an executor: names the round's shared cost table (`SystemTimer.lane_costs`)."""
+    new_seqs: dict[int, int] = field(default_factory=dict)
+    """Sequences the devices have not seen: seq id -> position of its first token this round."""
+    finished: tuple[int, ...] = ()
+    """Sequences to forget (finished, aborted, preempted) before the round runs."""
+    token_ids: np.ndarray | None = None
+    """Full numerics: every sequence's input ids this round, concatenated in layout order (int64)."""
+    wants_logits: np.ndarray | None = None
+    """Full numerics: (sequences,) bool, whose last position's logits the host samples from."""
+
+    def __post_init__(self) -> None:
+        self.ready_s = np.asarray(self.ready_s, dtype=np.float64)
+        assert self.ready_s.shape == (len(self.layout),), (self.ready_s.shape, len(self.layout))
+
+    @property
+    def is_empty(self) -> bool:
+        """No lane runs: the plan only carries finished ids."""
+        return len(self.layout) == 0
+
+    def to_wire(self, last_layout: Layout | None) -> dict:
+        """As a link message; the layout only if it differs from `last_layout`."""
+        msg = {"round": self.round_id, "ready": self.ready_s}
+        if self.layout != last_layout:
+            msg["layout"] = self.layout.to_wire()
+        if self.new_seqs:
+            msg["new"] = [[k, v] for k, v in self.new_seqs.items()]
+        if self.finished:
+            msg["free"] = list(self.finished)
+        if self.token_ids is not None:
+            msg["tokens"] = self.token_ids
+            msg["logits"] = self.wants_logits
+        return msg
+
+    @classmethod
+    def from_wire(cls, msg: dict, last_layout: Layout | None) -> "RoundPlan":
+        layout = Layout.from_wire(msg["layout"]) if "layout" in msg else last_layout
+        assert layout is not None, "the first plan on a link must carry its layout"
+        return cls(layout, np.asarray(msg["ready"], dtype=np.float64), int(msg["round"]),
+                   {int(k): int(v) for k, v in msg.get("new", ())}, tuple(msg.get("free", ())),
+                   None if "tokens" in msg and msg["tokens"] is None else msg.get("tokens"),
+                   msg.get("logits"))
+
+
+@dataclass
+class RoundOutput:
+    """What a unit of devices hands on (see the module docstring)."""
+
+    ready_s: np.ndarray
+    """(lanes,) float64: simulated time each lane's output exists at its holder."""
+    energy_j: np.ndarray
+    """(sequences,) float64: joules charged to each sequence's step so far this round."""
+    hidden: list[np.ndarray] | None = None
+    """Full numerics, before the LM head: per lane its tokens' (tokens, D) float32 activations."""
+    logits: np.ndarray | None = None
+    """Full numerics, after the LM head: (sequences wanting logits, vocab) float32, layout order."""
+    sampled_s: np.ndarray | None = None
+    """After the last unit: (lanes,) when the host has sampled each lane's tokens."""
+
+    @classmethod
+    def start(cls, plan: RoundPlan) -> "RoundOutput":
+        """The input of a round's first unit."""
+        return cls(plan.ready_s.copy(), np.zeros(len(plan.layout.seq_ids)))
+
+    def to_wire(self) -> dict:
+        msg = {"ready": self.ready_s, "energy": self.energy_j}
+        if self.hidden is not None:
+            msg["hidden"] = self.hidden
+        if self.logits is not None:
+            msg["logits"] = self.logits
+        if self.sampled_s is not None:
+            msg["sampled"] = self.sampled_s
+        return msg
+
+    @classmethod
+    def from_wire(cls, msg: dict) -> "RoundOutput":
+        return cls(np.asarray(msg["ready"], dtype=np.float64), np.asarray(msg["energy"], dtype=np.float64),
+                   msg.get("hidden"), msg.get("logits"), msg.get("sampled"))

@@ -37,12 +37,12 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     return mp
 
 
-def full_numerics_host_bytes(cfg: CentConfig, mp: Mapping, executor_kind: str) -> int:
+def full_numerics_host_bytes(cfg: CentConfig, mp: Mapping) -> int:
     """Host memory full numerics needs at its peak: the in-process executor keeps the model
     (to re-create a failed replica) and the devices' shards, two float32 copies; on Ray every
     device actor reads the whole model while it slices its shard, all at once at start-up."""
     model_bytes = cfg.model.param_count() * F32_BYTES
-    if executor_kind == "local":
+    if cfg.executor == "local":
         return 2 * model_bytes
     return (mp.devices_used + 1) * model_bytes
 
@@ -67,18 +67,17 @@ def available_memory_bytes() -> int | None:
     return have
 
 
-def check_host_memory(cfg: CentConfig, mp: Mapping, executor_kind: str,
-                      available_bytes: int | None = None) -> None:
+def check_host_memory(cfg: CentConfig, mp: Mapping, available_bytes: int | None = None) -> None:
     """Refuse full numerics whose weights cannot fit the machine's available memory (the kernel
     would kill the process minutes later, silently). Nothing to check with numerics off, or
     when the devices run on a cluster's other machines (`server.ray_address`)."""
-    if cfg.resolved_numerics != "full" or (executor_kind == "ray" and cfg.server.ray_address):
+    if cfg.resolved_numerics != "full" or (cfg.executor == "ray" and cfg.server.ray_address):
         return
     have = available_memory_bytes() if available_bytes is None else available_bytes
-    need = full_numerics_host_bytes(cfg, mp, executor_kind)
+    need = full_numerics_host_bytes(cfg, mp)
     if have is not None and need > have:
         raise ValueError(f"full numerics of {cfg.model.name} ({cfg.model.param_count() / 1e9:.2f} B parameters) "
-                         f"needs about {need / GIB:.1f} GiB of memory here ({executor_kind} executor); this "
+                         f"needs about {need / GIB:.1f} GiB of memory here ({cfg.executor} executor); this "
                          f"machine has {have / GIB:.1f} GiB available: use --numerics off (timing only, the same "
                          "simulated times)")
 
@@ -100,10 +99,10 @@ def check_port_free(host: str, port: int) -> None:
                              "address of this machine (default 127.0.0.1) and a port you may open") from None
 
 
-def check_runnable(cfg: CentConfig, executor_kind: str, context: int | None = None, batch: int = 1) -> Mapping:
+def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens, and full numerics fits this machine. Returns the
     mapping."""
     mp = check_devices_hold(cfg, context, batch)
-    check_host_memory(cfg, mp, executor_kind)
+    check_host_memory(cfg, mp)
     return mp

@@ -94,13 +94,19 @@ class Request:
     ends_with_stop_token: bool = False
     """The last output id is the eos or a stop id (counted, but not part of the text)."""
 
+    def __post_init__(self) -> None:
+        self.num_tokens = len(self.prompt_ids) + len(self.output_ids)
+        """Prompt and output tokens (kept as tokens are appended: read on every round)."""
+
+    def append_token(self, token: int, t: float) -> None:
+        """A token sampled at simulated time `t`."""
+        self.output_ids.append(token)
+        self.token_times_s.append(t)
+        self.num_tokens += 1
+
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
 
     @property
     def is_finished(self) -> bool:

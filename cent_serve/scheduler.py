@@ -1,7 +1,7 @@
 """Continuous batching in simulated time: who runs in the next round, and with how many tokens.
 
 The devices are split into lanes: with pipeline parallelism a replica has
-`mapping.batch` (= pp) lanes, micro-batches that circulate through the
+`mapping.lanes` (= pp) lanes, groups of sequences that circulate through the
 stages at the same time, each of up to `max_seqs_per_stage` sequences (the
 paper's choice is one); with tensor parallelism the lanes are the pp
 micro-batches of the tp groups. Data-parallel replicas multiply the lanes.
@@ -13,18 +13,24 @@ preempted (its KV freed, recomputed later from its prompt and output so far).
 Then waiting requests, first come first served, that have arrived by the
 round's clock, each on the emptiest lane of a replica where its whole prompt
 fits; the whole prompt's blocks are reserved at admission.
+
+`schedule` returns the round as one `RoundPlan` per replica (`cent_serve.messages`), with the
+sequences new to the devices and the ids the devices may forget (finished, aborted, preempted),
+each sent once: the one route freed sequences take. A replica with nothing to run but ids to
+free still gets a plan (empty lanes), so its devices' caches empty at once.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from cent_serve.config import CentConfig
+from cent_serve.messages import Layout, RoundPlan
 from cent_serve.request import Request, RequestRefused, Status
 from cent_serve.timing.mapping import Mapping, device_kv_bytes_per_token, device_weight_bytes
-
-KV_BLOCK_TOKENS = 16
-"""Tokens per KV block, as `device_worker.kv_cache.PagedKVCache` allocates them."""
 
 
 class QueueFull(RequestRefused):
@@ -38,38 +44,42 @@ def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
     """Blocks every device of a replica can hold: the smallest device's count (each
     sequence takes the same number of blocks on every device that holds its layers)."""
     counts = []
+    block = cfg.scheduler.kv_block_tokens
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         per_token = device_kv_bytes_per_token(cfg.model, mp, d)
         free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d)
-        counts.append(max(0, free) // (KV_BLOCK_TOKENS * per_token))
+        counts.append(max(0, free) // (block * per_token))
     return min(counts)
 
 
-def blocks_for(num_tokens: int) -> int:
-    return -(-num_tokens // KV_BLOCK_TOKENS)
-
-
 @dataclass
-class ScheduledSeq:
-    request: Request
-    num_tokens: int
-    """Tokens computed this round (1 when decoding)."""
-
-
-@dataclass
-class LaneBatch:
-    """One micro-batch of the next round."""
+class ReplicaRound:
+    """One replica's part of a round: the plan for its devices, and the engine's side of it."""
 
     replica: int
-    lane: int
-    seqs: list[ScheduledSeq]
+    plan: RoundPlan
+    steps: list[tuple[Request, int]] = field(default_factory=list)
+    """(request, tokens this round), in the layout's sequence order."""
+
+
+@dataclass
+class SchedulerOutput:
+    rounds: list[ReplicaRound]
+    start_s: float
+    """The round's boundary: the engine's clock, moved to the next arrival if nothing ran."""
 
 
 class Scheduler:
     """Waiting and running queues over `num_replicas` x `lanes_per_replica` lanes."""
 
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
-                 kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int) -> None:
+                 kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int, block_tokens: int = 16,
+                 with_token_ids: bool = False) -> None:
+        self.block_tokens = block_tokens
+        self.with_token_ids = with_token_ids
+        """Full numerics: plans carry the input ids and which sequences want logits."""
+        self._freed: list[list[int]] = [[] for _ in range(num_replicas)]  # seq ids the devices may forget
+        self._round_ids = itertools.count()
         self.num_replicas, self.lanes_per_replica = num_replicas, lanes_per_replica
         self.seqs_per_lane = seqs_per_lane
         self.kv_blocks = kv_blocks
@@ -90,16 +100,21 @@ class Scheduler:
 
     def check_fits(self, num_prompt_tokens: int) -> None:
         """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
-        need = blocks_for(num_prompt_tokens + 1)
+        need = self.blocks_for(num_prompt_tokens + 1)
         if need > self.kv_blocks:
             raise RequestRefused("kv_capacity", f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of "
-                             f"{KV_BLOCK_TOKENS} tokens; a replica holds {self.kv_blocks}: shorten the prompt "
+                             f"{self.block_tokens} tokens (scheduler.kv_block_tokens); a replica holds {self.kv_blocks}: shorten the prompt "
                              "or use more devices")
 
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_tokens)
+
     def set_up(self, replica: int, up: bool) -> None:
-        """Mark a replica up or down (its running sequences must be finished before it goes down)."""
+        """Mark a replica up or down (its running sequences must be finished before it goes down;
+        a replica that comes back has new devices, which know no sequence)."""
         assert up or not any(q.replica == replica for q in self.running), f"replica {replica} still runs"
         self.up[replica] = up
+        self._freed[replica] = []
 
     def any_up(self) -> bool:
         return any(self.up)
@@ -152,10 +167,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ a round
 
-    def schedule(self, now_s: float) -> tuple[list[LaneBatch], list[tuple[int, int]]]:
-        """The next round's micro-batches, and the (replica, seq id)s whose KV the devices drop
-        (preempted sequences). Requests arriving after `now_s` wait for a later round."""
-        dropped: list[tuple[int, int]] = []
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        """The next round. Requests arriving after its boundary wait for a later round."""
+        if not self.running:
+            nxt = self.next_arrival_s()
+            if nxt is not None and nxt > now_s:
+                now_s = nxt  # idle until the next arrival
         plan: dict[Request, int] = {}
         for req in list(self.running):
             if req not in self._held:  # preempted earlier in this loop
@@ -164,7 +181,6 @@ class Scheduler:
             while not self._reserve(req, req.num_computed + n):
                 # the latest admitted on the same replica: only its blocks help
                 victim = next(q for q in reversed(self.running) if q.replica == req.replica)
-                dropped.append((victim.replica, victim.seq_id))
                 self._preempt(victim)
                 plan.pop(victim, None)
                 if victim is req:
@@ -175,8 +191,7 @@ class Scheduler:
         for req in self.waiting:
             if req.arrival_s > now_s:
                 continue  # FCFS among arrived requests; later ones may still be ahead in the deque
-            need = blocks_for(len(req.all_ids) + 1)
-            slot = self._free_lane(need)
+            slot = self._free_lane(self.blocks_for(len(req.all_ids) + 1))
             if slot is None:
                 break  # no lane, or the oldest arrived request does not fit yet: keep order
             admitted.append(req)
@@ -185,11 +200,42 @@ class Scheduler:
             plan[req] = self._tokens_for(req)
         for req in admitted:
             self.waiting.remove(req)
-        batches: dict[tuple[int, int], LaneBatch] = {}
-        for req, n in plan.items():
-            key = (req.replica, req.lane)
-            batches.setdefault(key, LaneBatch(req.replica, req.lane, [])).seqs.append(ScheduledSeq(req, n))
-        return [batches[k] for k in sorted(batches)], dropped
+        return SchedulerOutput(self._plans(plan, now_s), now_s)
+
+    def _plans(self, steps: dict[Request, int], now_s: float) -> list[ReplicaRound]:
+        """One plan per replica with lanes to run or sequences to free."""
+        lanes: dict[int, dict[int, list[tuple[Request, int]]]] = {}
+        for req, n in steps.items():  # running first, then admitted: each lane's order
+            lanes.setdefault(req.replica, {}).setdefault(req.lane, []).append((req, n))
+        out = []
+        for r in range(self.num_replicas):
+            by_lane = lanes.get(r, {})
+            if not by_lane and not self._freed[r]:
+                continue
+            out.append(self._plan(r, by_lane, now_s))
+        return out
+
+    def _plan(self, replica: int, by_lane: dict[int, list[tuple[Request, int]]], now_s: float) -> ReplicaRound:
+        ready, seqs, steps, new = [], [], [], {}
+        for lane in sorted(by_lane):
+            t = 0.0
+            for req, n in by_lane[lane]:
+                if req.scheduled_s is None:
+                    req.scheduled_s = max(req.ready_s, now_s)
+                t = max(t, req.ready_s, now_s if req.num_computed == 0 else 0.0)
+                if req.num_computed == 0:
+                    new[req.seq_id] = 0
+                steps.append((req, n))
+            ready.append(t)
+            seqs.append(tuple((req.seq_id, n) for req, n in by_lane[lane]))
+        freed, self._freed[replica] = tuple(self._freed[replica]), []
+        plan = RoundPlan(Layout(tuple(sorted(by_lane)), tuple(seqs)), np.array(ready, dtype=np.float64),
+                         next(self._round_ids), new, freed)
+        if self.with_token_ids:
+            ids = [t for req, n in steps for t in req.all_ids[req.num_computed:req.num_computed + n]]
+            plan.token_ids = np.array(ids, dtype=np.int64)
+            plan.wants_logits = np.array([req.num_computed + n == req.num_tokens for req, n in steps])
+        return ReplicaRound(replica, plan, steps)
 
     def _tokens_for(self, req: Request) -> int:
         left = req.num_tokens - req.num_computed
@@ -218,7 +264,7 @@ class Scheduler:
         self._held[req] = 0
 
     def _reserve(self, req: Request, num_tokens: int) -> bool:
-        extra = blocks_for(num_tokens) - self._held[req]
+        extra = self.blocks_for(num_tokens) - self._held[req]
         if extra > self.free_blocks[req.replica]:
             return False
         if extra > 0:
@@ -228,6 +274,7 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         self.free_blocks[req.replica] += self._held.pop(req)
+        self._freed[req.replica].append(req.seq_id)  # the devices forget it with the next plan
         self.running.remove(req)
         self.lanes[req.replica][req.lane].remove(req)
 

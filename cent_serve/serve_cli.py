@@ -42,8 +42,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(s, field, value)
     s.__post_init__()
-    kind = "local" if args.local else "ray"
+    cfg.executor = "local" if args.local else "ray"
     check_port_free(s.host, s.port)  # before Ray or the model start
-    check_runnable(cfg, kind)
-    run_server(cfg, kind)
+    check_runnable(cfg)
+    run_server(cfg)
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 
@@ -49,10 +50,7 @@ def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
 
 
 def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
-    cfg2 = CentConfig(model=cfg.model, device=cfg.device, fabric=cfg.fabric,
-                      parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp),
-                      scheduler=cfg.scheduler, server=cfg.server, numerics=cfg.numerics)
-    return cfg2
+    return dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if args.seqlen is not None:
             raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
-        check_devices_hold(cfg, args.prompt + args.decode, mp.batch)
+        check_devices_hold(cfg, args.prompt + args.decode, mp.lanes)
         phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap)
         for phase, row in phases.items():
             row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
@@ -93,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     seqlen = 4096 if args.seqlen is None else args.seqlen
     if not 1 <= seqlen <= cfg.model.max_seq_len:
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
-    check_devices_hold(cfg, seqlen, mp.batch)
+    check_devices_hold(cfg, seqlen, mp.lanes)
     fig = token_figures(timer, seqlen).as_dict()
     if args.json:
         print(json.dumps(fig, indent=2))
@@ -159,12 +157,13 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
     context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-    mp = check_runnable(cfg, "local" if args.local else "ray", context, mp.batch)
+    cfg.executor = "local" if args.local else "ray"
+    mp = check_runnable(cfg, context, mp.lanes)
     # Ray prints its own warnings to stdout from background threads: keep them off the JSON
     noise = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with noise:
         out = _emulate(cfg, args, mp, context)
-    out["executor"] = "local" if args.local else "ray"
+    out["executor"] = cfg.executor
     out["numerics"] = cfg.resolved_numerics
     if args.json:
         print(json.dumps(out, indent=2))
@@ -185,13 +184,13 @@ def _emulate(cfg: CentConfig, args: argparse.Namespace, mp, context: int) -> dic
     from cent_serve.executor import make_executor
 
     if args.local:
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "local"))
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
     import ray
 
     if ray.is_initialized():  # somebody else's Ray: leave it running
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "ray"))
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
     try:
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg, "ray"))
+        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
     finally:
         ray.shutdown()  # ours: stopped before the output is printed, so no late Ray line follows it
 

@@ -1,7 +1,7 @@
 """The Ray actor of a CENT device: a thin wrapper of `DeviceWorker`.
 
-Rounds arrive on the device's link to the switch (`device_worker.port`, on a thread);
-Ray calls are for control: readiness, freeing sequences, stats.
+Rounds arrive on the device's authenticated link to the switch (`device_worker.port`, on a
+thread); Ray calls are for control: readiness, stats.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from fabric.link import Link
 
 @ray.remote(num_cpus=0)
 class DeviceActor:
-    def __init__(self, cfg: CentConfig, device_id: int, switch_address: tuple[str, int]) -> None:
+    def __init__(self, cfg: CentConfig, device_id: int, switch_address: tuple[str, int], secret: bytes) -> None:
         self.worker = DeviceWorker(cfg, device_id)
         self.lock = threading.Lock()  # the link's rounds and the Ray calls share the worker
-        self.link = Link.connect(tuple(switch_address), ("device", device_id))
+        self.link = Link.connect(tuple(switch_address), {"role": "device", "device_id": device_id}, secret)
         threading.Thread(target=serve, args=(self.worker, self.link, self.lock), daemon=True,
                          name=f"device{device_id}-port").start()
 
@@ -29,11 +29,6 @@ class DeviceActor:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
-
-    def free(self, seq_ids: tuple[int, ...]) -> None:
-        with self.lock:
-            for sid in seq_ids:
-                self.worker.free(sid)
 
     def stats(self) -> dict:
         with self.lock:

@@ -48,33 +48,43 @@ class PagedKVCache:
         """Fraction of blocks in use (vLLM's kv_cache_usage_perc, as a fraction)."""
         return 0.0 if self.num_blocks == 0 else 1.0 - self.num_free_blocks / self.num_blocks
 
-    def _take(self) -> int:
-        if self._free:
-            return self._free.pop()
-        self._next_unused += 1
-        return self._next_unused - 1
-
-    def blocks_needed(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_tokens)
-
-    def can_grow(self, seq_id: int, new_total_tokens: int) -> bool:
-        have = len(self.block_tables.get(seq_id, ()))
-        return self.blocks_needed(new_total_tokens) - have <= self.num_free_blocks
-
     def grow(self, seq_id: int, new_total_tokens: int) -> None:
         """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
         if new_total_tokens <= self.capacity.get(seq_id, 0):
             return
         table = self.block_tables.get(seq_id, [])
-        need = self.blocks_needed(new_total_tokens) - len(table)
-        free = self.num_free_blocks
-        if need > free:
-            raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {free} free "
+        need = -(-new_total_tokens // self.block_tokens) - len(table)
+        reused = min(need, len(self._free))
+        if need - reused > self.num_blocks - self._next_unused:
+            raise KVCacheFull(f"sequence {seq_id} needs {need} more KV blocks, {self.num_free_blocks} free "
                               f"of {self.num_blocks}")
         self.block_tables[seq_id] = table
-        for _ in range(need):
-            table.append(self._take())
+        if reused:
+            table.extend(self._free[-reused:][::-1])  # the most recently freed first, as a stack
+            del self._free[-reused:]
+        fresh = need - reused
+        if fresh:
+            table.extend(range(self._next_unused, self._next_unused + fresh))
+            self._next_unused += fresh
         self.capacity[seq_id] = len(table) * self.block_tokens
+
+    def grow_all(self, wanted: list[tuple[int, int]]) -> None:
+        """`grow` for each (sequence, tokens) in turn; the common case (one more block, from the
+        never-used ones) inline, as a round calls this for every sequence crossing a block."""
+        bt, tables, capacity, free = self.block_tokens, self.block_tables, self.capacity, self._free
+        for seq_id, tokens in wanted:
+            table = tables.get(seq_id)
+            if table is None or -(-tokens // bt) != len(table) + 1:
+                self.grow(seq_id, tokens)
+            elif free:
+                table.append(free.pop())
+                capacity[seq_id] = len(table) * bt
+            elif self._next_unused < self.num_blocks:
+                table.append(self._next_unused)
+                self._next_unused += 1
+                capacity[seq_id] = len(table) * bt
+            else:
+                self.grow(seq_id, tokens)  # raises KVCacheFull
 
     def free(self, seq_id: int) -> int:
         """Release every block of `seq_id`; returns how many were freed."""

@@ -1,97 +1,113 @@
-"""The switch driving rounds over its ports: the Ray counterpart of `LocalExecutor.execute_wave`.
+"""The switch driving rounds over its ports: the fabric actor's side of `fabric.rounds`.
 
-Plain Python over `Link`s (the fabric actor in `actor.py` only wraps it). For each unit
-of the plan the switch multicasts the wave to the unit's devices, relays their
-tensor-parallel exchanges in lockstep (`Fabric.exchange`, the same code the local
-executor calls), takes the first rank's output and moves it to the next unit with
-`Fabric.transfer_wave`. So activations go device -> switch -> device and never through
-the host, and the simulated times are those of the local executor, bit for bit.
+Plain Python over `Link`s (the fabric actor in `actor.py` only wraps it). Each device's port is a
+`RemotePort`; the host's rounds run through `fabric.rounds.run_round`, the same unit loop the
+in-process executor runs, so activations go device -> switch -> device, never through the host,
+and the simulated times are the local executor's, bit for bit.
 """
 from __future__ import annotations
 
+import logging
 import threading
 
-from cent_serve.messages import Wave
-from fabric.link import Link, LinkClosed, dumps, sendable_error
+import numpy as np
+
+from cent_serve.messages import Layout, RoundOutput, RoundPlan
+from cent_serve.timing import SystemTimer
+from fabric.link import Link, LinkClosed, encode, error_message, remote_error
+from fabric.rounds import Unit, run_round
 from fabric.switch import Fabric
 
+log = logging.getLogger("cent.switch")
 DEVICE_TIMEOUT_S = 300.0
 """Longest wait for one device's reply (its whole stage, or up to its next exchange)."""
 PORT_TIMEOUT_S = 60.0
 """Longest wait for a device's link to come up after the round that needs it arrived."""
 
 
+class RemotePort:
+    """A device actor at the other end of a link (the switch's side of `device_worker.port`)."""
+
+    def __init__(self, link: Link, shared: dict) -> None:
+        self.link = link
+        self.last_layout: Layout | None = None
+        self._shared = shared  # the ranks of a unit get the same bytes: encoded once
+
+    def start(self, plan: RoundPlan, x: RoundOutput, index: int, last: bool) -> None:
+        key = (plan.round_id, index)
+        if self._shared.get("key") != key or self._shared.get("layout") is not self.last_layout:
+            msg = plan.to_wire(self.last_layout)
+            msg.update(kind="run", ready=x.ready_s)
+            if index:  # only the first unit embeds the token ids
+                msg.pop("tokens", None)
+            if not last:  # only the last unit's LM head reads which sequences want logits
+                msg.pop("logits", None)
+            if x.hidden is not None:
+                msg["hidden"] = x.hidden
+            self._shared.update(key=key, layout=self.last_layout, blob=encode(msg))
+        self.link.send_bytes(self._shared["blob"])
+        self.last_layout = plan.layout
+
+    def next(self, reply: np.ndarray | None = None) -> tuple:
+        if reply is not None:
+            self.link.send({"kind": "full", "data": reply})
+        msg = self.link.recv(DEVICE_TIMEOUT_S)
+        kind = msg["kind"]
+        if kind == "exchange":
+            return ("exchange", msg["tag"], msg["data"])
+        if kind == "done":
+            return ("done", RoundOutput.from_wire(msg))
+        raise remote_error(msg["error"])
+
+    def abort(self) -> None:
+        self.link.send({"kind": "abort"})
+        self.link.recv(DEVICE_TIMEOUT_S)  # its answer: the round aborted there
+
+
 class Router:
     """Runs rounds through `units` (the device ids of each unit, in stage order)."""
 
-    def __init__(self, fabric: Fabric, units: list[tuple[int, ...]]) -> None:
-        self.fabric = fabric
-        self.units = [tuple(u) for u in units]
-        self.ports: dict[int, Link] = {}
+    def __init__(self, fabric: Fabric, units: list[tuple[int, ...]], timer: SystemTimer) -> None:
+        self.fabric, self.timer = fabric, timer
+        self.units = [Unit(tuple(u)) for u in units]
+        self.ports: dict[int, RemotePort] = {}
+        self._shared: dict = {}
         self.lock = threading.Lock()
         """Held for a whole round; readers of the fabric's clocks and counters take it too."""
         self._attached = threading.Condition()
 
     def attach(self, device_id: int, link: Link) -> None:
         with self._attached:
-            self.ports[device_id] = link
+            self.ports[device_id] = RemotePort(link, self._shared)
             self._attached.notify_all()
 
-    def _port(self, device_id: int) -> Link:
+    def _wait_for_ports(self) -> None:
+        needed = [d for u in self.units for d in u.device_ids]
         with self._attached:
-            if not self._attached.wait_for(lambda: device_id in self.ports, timeout=PORT_TIMEOUT_S):
-                raise TimeoutError(f"device {device_id} did not connect to the switch in {PORT_TIMEOUT_S} s")
-            return self.ports[device_id]
+            if not self._attached.wait_for(lambda: all(d in self.ports for d in needed), timeout=PORT_TIMEOUT_S):
+                missing = [d for d in needed if d not in self.ports]
+                raise TimeoutError(f"devices {missing} did not connect to the switch in {PORT_TIMEOUT_S} s")
 
-    def run_round(self, wave: Wave, free_seq_ids: tuple[int, ...] = ()) -> Wave:
+    def run_round(self, plan: RoundPlan) -> RoundOutput:
         with self.lock:
-            x = wave
-            for k, unit in enumerate(self.units):
-                links = [self._port(d) for d in unit]
-                blob = dumps(("run", x, free_seq_ids))
-                for link in links:  # multicast: every rank starts before any is awaited
-                    link.send_bytes(blob)
-                x = self._lockstep(links)[0]
-                if k + 1 < len(self.units):
-                    x = self.fabric.transfer_wave(unit, self.units[k + 1], x)
-            return x
-
-    def _lockstep(self, links: list[Link]) -> list[Wave]:
-        """Relay a unit's exchanges until every rank is done; returns the ranks' outputs."""
-        while True:
-            msgs = [link.recv(DEVICE_TIMEOUT_S) for link in links]
-            kinds = {m[0] for m in msgs}
-            if kinds == {"done"}:
-                outs = [m[1] for m in msgs]
-                assert all(o.ready_s == outs[0].ready_s for o in outs), "tensor-parallel ranks disagree on time"
-                return outs
-            if kinds == {"exchange"} and len({m[1] for m in msgs}) == 1:
-                blob = dumps(("full", self.fabric.exchange([m[2] for m in msgs])))
-                for link in links:
-                    link.send_bytes(blob)
-                continue
-            # a rank failed, or the ranks left lockstep: release the ones waiting in an exchange
-            for link, m in zip(links, msgs):
-                if m[0] == "exchange":
-                    link.send(("abort",))
-                    link.recv(DEVICE_TIMEOUT_S)
-            errors = [m[1] for m in msgs if m[0] == "error"]
-            if errors:
-                raise errors[0]
-            raise AssertionError(f"ranks left lockstep: {[m[:2] if m[0] == 'exchange' else m[0] for m in msgs]}")
+            self._wait_for_ports()
+            return run_round(plan, self.units, self.ports, self.fabric, self.timer)
 
     def serve_host(self, link: Link) -> None:
         """Answer the host's rounds, in order, until it hangs up."""
+        last_layout = None
         while True:
             try:
-                kind, wave, free_seq_ids = link.recv()
+                msg = link.recv()
             except LinkClosed:
                 return
-            assert kind == "round", kind
             try:
-                reply = ("done", self.run_round(wave, free_seq_ids))
+                plan = RoundPlan.from_wire(msg, last_layout)
+                last_layout = plan.layout
+                reply = {"kind": "done", **self.run_round(plan).to_wire()}
             except Exception as e:  # noqa: BLE001 - every failure goes back to the host
-                reply = ("error", sendable_error(e))
+                log.warning("round failed: %s: %s", type(e).__name__, e)
+                reply = {"kind": "error", "error": error_message(e)}
             try:
                 link.send(reply)
             except LinkClosed:

@@ -90,7 +90,7 @@ def test_example_config_loads_maps_and_fits(name):
     assert (mp.mode, mp.devices_used) == (want["mode"], want["devices_used"])
     assert context <= cfg.model.max_seq_len
     # every lane place holds a sequence of the whole context at once
-    check_capacity(cfg.model, mp, cfg.device, context, batch=mp.batch * cfg.scheduler.max_seqs_per_stage)
+    check_capacity(cfg.model, mp, cfg.device, context, batch=mp.lanes * cfg.scheduler.max_seqs_per_stage)
 
 
 def test_every_example_is_indexed_and_the_cluster_example_names_its_cluster():

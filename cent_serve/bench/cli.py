@@ -159,9 +159,9 @@ def run_bench(args: argparse.Namespace) -> int:
             cfg.server.ray_address = args.ray_address
         if args.placement:
             cfg.server.placement = args.placement
-        kind = "ray" if args.ray or args.ray_address else "local"
-        check_runnable(cfg, kind)  # before the devices are built
-        result, client = run_in_process(cfg, requests, kind, total=len(requests)), None
+        kind = cfg.executor = "ray" if args.ray or args.ray_address else "local"
+        check_runnable(cfg)  # before the devices are built
+        result, client = run_in_process(cfg, requests, total=len(requests)), None
     summary = summarize(result, slos)
     if client is not None:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
@@ -185,7 +185,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_sweep
 
     cfg = config_from_args(args)
-    check_runnable(cfg, "local")
+    check_runnable(cfg)
     slos = parse_goodput(args.goodput)
     try:
         rates = [float(x) for x in args.rates.split(",") if x.strip()]

@@ -146,12 +146,12 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
                             bos_token_id=engine.tokenizer.bos_token_id).token_ids
 
 
-def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest], executor_kind: str = "local",
+def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
     its output length with ignore_eos, as vLLM's benchmark sends trace requests."""
     own = engine is None
-    engine = engine or Engine(cfg, executor_kind)
+    engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
     samples: list[Sample] = []

@@ -2,6 +2,7 @@
 mappings on one trace, beside the GPU baselines). Both run in-process in virtual time."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,7 @@ DISTSERVE_ATTAINMENT = 0.9
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
-              out_dir: Path, executor_kind: str = "local") -> dict:
+              out_dir: Path) -> dict:
     """One in-process replay per rate; writes sweep.json and sweep.png; returns the sweep.
 
     A row's `slo_attainment` is the share of all its requests that completed within every SLO,
@@ -33,7 +34,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     """
     rows, status = [], {}
     for rate in rates:
-        result = run_in_process(cfg, requests_at(rate), executor_kind, progress=False)
+        result = run_in_process(cfg, requests_at(rate), progress=False)
         status = result.status
         s = summarize(result, slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
@@ -163,23 +164,21 @@ def _outcomes(ax, rows: list[dict]) -> None:
 
 
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
-              executor_kind: str = "local") -> list[dict]:
+              ) -> list[dict]:
     """The same trace on every mapping; a table (paper.json, paper.csv) and a plot, with the
     GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput."""
     from cent_serve.timing.energy import GPU_BASELINES, cost_figures
 
     rows, skipped = [], []
     for pp, tp in mappings:
-        c = CentConfig(model=cfg.model, device=cfg.device, fabric=cfg.fabric,
-                       parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp), scheduler=cfg.scheduler,
-                       server=cfg.server, numerics=cfg.numerics)
+        c = dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
         try:
-            check_runnable(c, executor_kind)
+            check_runnable(c)
         except ValueError as exc:  # this mapping cannot hold the model: say so, go on with the others
             skipped.append(dict(pp=pp, tp=tp, reason=str(exc)))
             print(f"pp {pp:>3} tp {tp:>2}: skipped: {exc}")
             continue
-        res = run_in_process(c, requests, executor_kind, progress=False)
+        res = run_in_process(c, requests, progress=False)
         s = summarize(res)
         mp = res.status["mapping"]
         row = dict(pp=pp, tp=tp, mode=mp["mode"], replicas=mp["replicas"], devices_used=mp["devices_used"],

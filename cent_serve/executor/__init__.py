@@ -1,21 +1,29 @@
-"""Executors: run one round of micro-batches through the device and fabric actors.
+"""Executors: run one round of a replica through its device and fabric workers.
 
-`LocalExecutor` keeps every device and the fabric in this process (tests,
-paper mode); `RayExecutor` puts each device in a Ray actor and the switch in
-a fabric actor. Both run the same `DeviceWorker` and `Fabric` code, so their
+`LocalExecutor` keeps every device and the switch in this process (tests, paper mode);
+`RayExecutor` puts each device in a Ray actor and the switch in a fabric actor. Both run the
+same `DeviceWorker` and `Fabric` code and the same unit loop (`fabric.rounds`), so their
 simulated times are identical.
 """
+from cent_serve.executor.base import Executor
 from cent_serve.executor.local import LocalExecutor
-from cent_serve.executor.plan import Unit, execution_units
 
-__all__ = ["LocalExecutor", "Unit", "execution_units", "make_executor"]
+__all__ = ["Executor", "LocalExecutor", "make_executor", "executor_factory"]
 
 
-def make_executor(cfg, kind: str = "local", **kwargs):
-    """`local` or `ray` executor for a resolved config."""
-    if kind == "local":
-        return LocalExecutor(cfg, **kwargs)
-    if kind == "ray":
+def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
+    """The executor `cfg.executor` names (or `kind`, a caller's override), for a resolved config."""
+    if (kind or cfg.executor) == "ray":
         from cent_serve.executor.ray_executor import RayExecutor
+        kwargs.pop("weights", None)  # each device actor loads its own shard
         return RayExecutor(cfg, **kwargs)
-    raise ValueError(f"executor={kind!r} is invalid: use 'local' or 'ray'")
+    return LocalExecutor(cfg, **kwargs)
+
+
+def executor_factory(cfg, weights=None):
+    """A maker of `cfg`'s executor, called once per replica and again to re-create one: in-process
+    replicas with full numerics share one load of the weights (`weights`, or loaded here)."""
+    if cfg.executor == "local" and cfg.resolved_numerics == "full" and weights is None:
+        from cent_serve.model.weights import load_weights
+        weights = load_weights(cfg.model)
+    return lambda: make_executor(cfg, weights=weights)

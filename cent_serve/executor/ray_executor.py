@@ -9,16 +9,18 @@ Activations go device -> fabric -> device, never through the driver.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.plan import execution_units
-from cent_serve.messages import MicroBatch, Wave
+from cent_serve.executor.base import Executor
+from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
-from fabric.link import Link
+from fabric.link import Link, remote_error
+from fabric.rounds import execution_units
 
 ROUND_TIMEOUT_S = 300.0
 """Longest wait for one round's last output."""
@@ -124,18 +126,21 @@ def place_devices(cfg: CentConfig, num_devices: int):
     return pg
 
 
-class RoundHandle:
-    """A round sent with `RayExecutor.submit`; `result()` waits for it."""
+class RoundFuture:
+    """A round sent with `RayExecutor.submit`; `result()` waits for it (replies come in the order
+    rounds were sent)."""
 
-    def __init__(self, executor: "RayExecutor", number: int, seqs_by_id: dict) -> None:
-        self.executor, self.number, self.seqs_by_id = executor, number, seqs_by_id
+    def __init__(self, executor: "RayExecutor", number: int) -> None:
+        self.executor, self.number = executor, number
 
-    def result(self, timeout_s: float = ROUND_TIMEOUT_S) -> list[MicroBatch]:
-        return self.executor._wait(self.number, timeout_s).to_micro_batches(self.seqs_by_id)
+    def result(self, timeout: float = ROUND_TIMEOUT_S) -> RoundOutput:
+        return self.executor._wait(self.number, timeout)
 
 
-class RayExecutor:
-    """Same contract as `LocalExecutor`; one Ray actor per device used."""
+class RayExecutor(Executor):
+    """One Ray actor per device used and a fabric actor for the switch. Ray places, starts,
+    queries and kills them; the rounds travel on authenticated links (`fabric.link`): host ->
+    switch, switch -> devices, and back, carrying msgpack, never code."""
 
     def __init__(self, cfg: CentConfig, address: str | None = None) -> None:
         from device_worker.actor import DeviceActor
@@ -148,54 +153,56 @@ class RayExecutor:
         from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                                     PlacementGroupSchedulingStrategy)
 
+        secret = secrets.token_bytes(32)  # this executor's links prove they know it
         self.actors, self.pg, self.fabric, self.link = {}, None, None, None
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
             self.pg = place_devices(cfg, len(device_ids))
             # the switch next to the driver (the head node when the engine runs there)
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
             self.fabric = FabricActor.options(scheduling_strategy=here).remote(
-                cfg, [u.device_ids for u in self.units], "127.0.0.1" if _single_node() else None)
+                cfg, [u.device_ids for u in self.units], secret, "127.0.0.1" if _single_node() else None)
             switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
-            self.actors = {}
             for i, d in enumerate(device_ids):
                 opts = {}
                 if self.pg is not None:
                     opts = dict(resources={cfg.server.device_resource: 1},
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch)
+                self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch, secret)
             ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
                     timeout=STARTUP_TIMEOUT_S)
-            self.link = Link.connect(tuple(switch), ("host",))
+            self.link = Link.connect(tuple(switch), {"role": "host"}, secret)
         except BaseException:  # a half-built executor must not keep actors or reserved devices
             self.shutdown()
             raise
         self._sent = self._received = 0
-        self._replies: dict[int, tuple] = {}
+        self._replies: dict[int, dict] = {}
+        self._last_layout = None
         self._lock = threading.Lock()  # one host link: submits and waits from several threads take turns
 
-    def submit(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> RoundHandle:
+    def submit(self, plan: RoundPlan) -> RoundFuture:
         """Send a whole round without waiting; rounds run in the order they are sent."""
-        wave = Wave.from_micro_batches(mbs)
         with self._lock:
             self._check_open()
-            self.link.send(("round", wave, tuple(free_seq_ids)))
+            self.link.send(plan.to_wire(self._last_layout))
+            self._last_layout = plan.layout
             self._sent += 1
-            return RoundHandle(self, self._sent - 1, {mb.mb_id: mb.seqs for mb in mbs})
+            return RoundFuture(self, self._sent - 1)
 
-    def _wait(self, number: int, timeout_s: float) -> Wave:
-        """Read replies (they come in the order rounds were sent) until round `number`'s.
-        After a timeout the link may be mid-message: the executor is then unusable."""
+    def _wait(self, number: int, timeout_s: float) -> RoundOutput:
+        """Read replies until round `number`'s. After a timeout the link may be mid-message: the
+        executor is then unusable (the engine re-creates it)."""
         with self._lock:
             while number not in self._replies:
                 assert self._received < self._sent, f"round {number} was never sent"
+                self._check_open()
                 self._replies[self._received] = self.link.recv(timeout_s)
                 self._received += 1
-            kind, payload = self._replies.pop(number)
-        if kind == "error":
-            raise payload
-        return payload
+            msg = self._replies.pop(number)
+        if msg["kind"] == "error":
+            raise remote_error(msg["error"])
+        return RoundOutput.from_wire(msg)
 
     def _check_open(self) -> None:
         if self.link is None or self.fabric is None:
@@ -206,12 +213,6 @@ class RayExecutor:
         self._check_open()
         ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
                 timeout=timeout_s)
-
-    def execute(self, mbs: list[MicroBatch], free_seq_ids: tuple[int, ...] = ()) -> list[MicroBatch]:
-        return self.submit(mbs, free_seq_ids).result()
-
-    def free(self, seq_ids: tuple[int, ...]) -> None:
-        ray.get([a.free.remote(seq_ids) for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
 
     def stats(self) -> dict:
         self._check_open()

@@ -43,7 +43,8 @@ def run_info(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     m = cfg.model
     try:  # the check `cent serve` makes before it starts (Ray, its default executor)
-        check_runnable(cfg, "ray")
+        cfg.executor = "ray"
+        check_runnable(cfg)
         refusal = None
     except ValueError as exc:
         refusal = str(exc)

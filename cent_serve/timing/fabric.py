@@ -68,15 +68,37 @@ def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: in
     return port.transfer_s(flits_for_values(hidden * tokens, fab))
 
 
+TP_BLOCK_EXCHANGES = (
+    ("norm_in", "all_gather", "D"),  # RMSNorm's partial sums of squares, gathered and re-broadcast
+    ("attn", "all_gather", "D"),  # the heads' outputs (data: `attn` in the numerics)
+    ("o_proj", "all_gather", "D"),  # o_proj's output slices (data: `o_proj`)
+    ("norm_post", "all_gather", "D"),  # the second RMSNorm's sums
+    ("act", "all_gather", "F"),  # silu(gate) x up slices (data: `act`)
+    ("down", "gather", "D"),  # down's slices at the stage's first device; the block's hop broadcasts them
+)
+"""A tensor-parallel block's exchanges in order, as switch primitives over its tp devices: CENT's
+lockstep broadcasts (Eb, Fb) and gathers (Eg, Fg) of D- and F-vectors, 5 Eg + 4 Eb + Fg + Fb, plus
+the output hop (one more Eb, `pipeline_block_s`). The numerics move data at `attn`, `o_proj`, `act`
+and `down` (the last as an all-gather: the gather plus the hop's broadcast); the norms' exchanges
+are charged without data, their payload being a few scalars CENT still moves as vectors."""
+
+
 def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig,
                          tokens: int = 1) -> float:
-    """The in-block exchanges of a tensor-parallel block besides its output hop:
-    4 Eb + 5 Eg + Fb + Fg for `tokens` token vectors (CENT's lockstep broadcast and gather)."""
-    eb = port.transfer_s(flits_for_values(hidden * tokens, fab))
-    eg = port.transfer_s(gather_flits(hidden * tokens, tp, fab))
-    fb = port.transfer_s(flits_for_values(ffn * tokens, fab))
-    fg = port.transfer_s(gather_flits(ffn * tokens, tp, fab))
-    return 4 * eb + 5 * eg + fb + fg
+    """The in-block exchanges of a tensor-parallel block besides its output hop, for `tokens`
+    token vectors: `TP_BLOCK_EXCHANGES` evaluated without data with the primitives below
+    (all-gather = gather + broadcast), which adds up to 4 Eb + 5 Eg + Fb + Fg."""
+    dims = {"D": hidden * tokens, "F": ffn * tokens}
+    count = {(kind, dim): 0 for kind in ("broadcast", "gather") for dim in dims}
+    for _, primitive, dim in TP_BLOCK_EXCHANGES:
+        count[("gather", dim)] += 1
+        count[("broadcast", dim)] += primitive == "all_gather"
+    nbytes = {dim: BF16_BYTES * n for dim, n in dims.items()}
+    eb, fb = broadcast_s(nbytes["D"], port, fab), broadcast_s(nbytes["F"], port, fab)
+    eg, fg = gather_s(nbytes["D"], tp, port, fab), gather_s(nbytes["F"], tp, port, fab)
+    # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
+    return (count[("broadcast", "D")] * eb + count[("gather", "D")] * eg
+            + count[("broadcast", "F")] * fb + count[("gather", "F")] * fg)
 
 
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:

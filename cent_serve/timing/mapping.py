@@ -10,7 +10,7 @@ Two kinds of mapping:
   multiple of pp, the first N mod pp stages get one block more (the
   imbalance then shows in the emulated pipeline, not in the closed form).
 
-Batch = pp queries in flight, one per stage.
+Lanes = pp queries in flight, one per stage (the paper's batch).
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ class Mapping:
         return len({d for s in self.stages for d in s.device_ids})
 
     @property
-    def batch(self) -> int:
-        """Queries in flight: one per stage."""
+    def lanes(self) -> int:
+        """Lanes of a replica: the queries in flight in the pipeline, one per stage (the paper's
+        batch; each lane holds up to `scheduler.max_seqs_per_stage` sequences)."""
         return self.pp
 
     @property
@@ -136,7 +137,7 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
     Raises ValueError naming the device, what does not fit and the largest
     context (at this batch) and batch (at this context) that would.
     """
-    batch = mp.batch if batch is None else batch
+    batch = mp.lanes if batch is None else batch
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         w = device_weight_bytes(m, mp, d)
         kv_tok = device_kv_bytes_per_token(m, mp, d)

@@ -8,20 +8,75 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
-from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_block_s, tensor_collectives_s
+from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
 from cent_serve.timing.pim import BlockTimer, gemv_cycles
 
 
-class SystemTimer:
-    """Every per-token time of one (model, mapping, device, fabric); built once, queried often.
+@dataclass(frozen=True)
+class StepCost:
+    """What one step costs, by named part (simulated seconds, joules): the closed form's token,
+    and the pieces a device charges. `total_s` is the parts' sum: nothing else adds time."""
 
-    Seconds per block for one token at context L: `block_pim_s(L)`,
-    `block_acc_s(L)` (one block's own PNM time; multiply by the blocks that
-    share the PNM), `block_cxl_s` (per-block communication), plus
-    `embedding_s` and `host_s` once per token.
+    pim_s: float = 0.0
+    """Near-bank PIM work of the blocks (GEMVs, attention, norms, ...)."""
+    accelerator_s: float = 0.0
+    """The near-memory accelerator's share (softmax, rsqrt, rotary tables), x the blocks that share it."""
+    collectives_s: float = 0.0
+    """Tensor-parallel exchanges inside the blocks (0 in pure pipeline)."""
+    hops_s: float = 0.0
+    """Block outputs moving to the next block over the switch."""
+    embedding_s: float = 0.0
+    """The embedding lookup (first stage)."""
+    lm_head_s: float = 0.0
+    """Final norm and LM head (last stage)."""
+    host_s: float = 0.0
+    """Host CPU sampling."""
+    energy_j: float = 0.0
+    """Energy of the step over every device it uses."""
+
+    @property
+    def total_s(self) -> float:
+        return (self.pim_s + self.accelerator_s + self.collectives_s + self.hops_s + self.embedding_s
+                + self.lm_head_s + self.host_s)
+
+    def as_dict(self) -> dict:
+        return dict(asdict(self), total_s=self.total_s)
+
+
+@dataclass(frozen=True)
+class LaneCosts:
+    """What each lane of a round costs one device of the mapping: one entry per lane (float64 or
+    int64 arrays), in the layout's lane order. The same for every device of a mapping."""
+
+    pim_s: np.ndarray
+    """One block's PIM seconds for all the lane's tokens."""
+    acc_s: np.ndarray
+    """One block's own accelerator seconds (the device multiplies by the blocks sharing it)."""
+    energy_j: np.ndarray
+    """One block's joules on one tp device, all the lane's tokens."""
+    block_s: np.ndarray
+    """One block's step on its channel group: PIM + accelerator x tb + collectives."""
+    hop_s: np.ndarray
+    """The block's output (the lane's tokens x D) to the next block."""
+    tokens: np.ndarray
+    seqs: np.ndarray
+    """Sequences in the lane (the LM head runs once per sequence)."""
+    seq_energy_j: np.ndarray
+    """Per sequence (layout order): one block's joules on one tp device."""
+
+
+class SystemTimer:
+    """Every time of one (model, mapping, device, fabric): built once per executor, queried often,
+    and the owner of every cache of costs (devices and the switch ask it; nobody else adds up time).
+
+    Per block for one token at context L: `block_cost(L)` = (PIM s, own accelerator s, joules on
+    one tp device); `collectives_s(tokens)`, `hop_s(tokens)`; per token `embed_lookup_s`,
+    `lm_head_s` (together `embedding_s`) and `host_s`; `token_cost(L)` is the closed form's token.
     """
 
     def __init__(self, model: ModelConfig, mapping: Mapping, device: DeviceConfig,
@@ -29,11 +84,6 @@ class SystemTimer:
         self.model, self.mapping, self.device, self.fabric = model, mapping, device, fabric
         self.pim = BlockTimer(model, mapping.geometry, device)
         self.port = port_model(fabric, mapping.num_devices)
-        if mapping.mode == "pipeline":
-            self.block_cxl_s = pipeline_block_s(model.hidden_size, self.port, fabric)
-        else:
-            self.block_cxl_s = tensor_block_s(model.hidden_size, model.intermediate_size, mapping.tp,
-                                              self.port, fabric)
         self.embedding_s = self.pim.embedding_cycles / device.clock_hz
         # The emulation runs the embedding lookup on the first stage and the LM head (with the
         # final norm) on the last; together they are embedding_s.
@@ -44,14 +94,15 @@ class SystemTimer:
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
-        self.block_costs: dict[int, tuple[float, float, float]] = {}
-        """Context -> (PIM s, accelerator s, energy J per tp device) of one block for one token;
-        filled by the device workers, shared by all that use this timer (one per executor)."""
+        self._block: dict[int, tuple[float, float, float]] = {}
+        self._lanes: tuple[object, LaneCosts] | None = None
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
         return cls(cfg.model, resolve_mapping(cfg.model, cfg.parallel, cfg.device), cfg.device,
                    cfg.fabric)
+
+    # ------------------------------------------------------------------ per block
 
     def block_pim_s(self, context: int) -> float:
         return self.pim.cycles(context) / self.device.clock_hz
@@ -60,6 +111,15 @@ class SystemTimer:
         hit = self._acc.get(context)
         if hit is None:
             hit = self._acc[context] = accelerator_cycles(self.model, self.device, context) / self.device.clock_hz
+        return hit
+
+    def block_cost(self, context: int) -> tuple[float, float, float]:
+        """(PIM s, own accelerator s, joules on one tp device) of one block for one token."""
+        hit = self._block.get(context)
+        if hit is None:
+            from cent_serve.timing.energy import block_energy_j
+            hit = self._block[context] = (self.block_pim_s(context), self.block_acc_s(context),
+                                          block_energy_j(self, context) / self.mapping.tp)
         return hit
 
     def hop_s(self, tokens: int) -> float:
@@ -80,13 +140,75 @@ class SystemTimer:
                                                             self.mapping.tp, self.port, self.fabric, tokens)
         return hit
 
+    def lane_costs(self, key: object, lanes: tuple, starts: list[int]) -> LaneCosts:
+        """Every lane's costs for one round; `lanes` is the layout's per-lane ((seq id, tokens), ...)
+        and `starts` each sequence's first position (layout order). `key` names the round: the
+        devices of one executor share the result (they hold the same positions)."""
+        if self._lanes is not None and self._lanes[0] == key:
+            return self._lanes[1]
+        starts = list(starts) if not isinstance(starts, np.ndarray) else starts.tolist()
+        block, tb = self.block_cost, self.mapping.tb
+        coll1, hop1 = self.collectives_s(1), self.hop_s(1)
+        n = len(lanes)
+        pim, acc, energy, step, hop = (np.empty(n) for _ in range(5))
+        tokens, seqs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        seq_energy = np.empty(len(starts))
+        k = 0
+        for i, lane in enumerate(lanes):
+            if len(lane) == 1 and lane[0][1] == 1:  # one sequence, one token: the usual lane
+                p, a, e = block(starts[k] + 1)
+                pim[i], acc[i], energy[i], step[i], hop[i] = p, a, e, p + a * tb + coll1, hop1
+                tokens[i] = seqs[i] = 1
+                seq_energy[k] = e
+                k += 1
+                continue
+            p_sum = a_sum = e_sum = 0.0
+            n_tok = 0
+            for _, num in lane:
+                s_e = 0.0
+                for L in range(starts[k] + 1, starts[k] + num + 1):
+                    p, a, e = block(L)
+                    p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
+                seq_energy[k] = s_e
+                n_tok += num
+                k += 1
+            pim[i], acc[i], energy[i] = p_sum, a_sum, e_sum
+            step[i] = p_sum + a_sum * tb + self.collectives_s(n_tok)
+            hop[i] = self.hop_s(n_tok)
+            tokens[i], seqs[i] = n_tok, len(lane)
+        out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy)
+        self._lanes = (key, out)
+        return out
+
+    # ------------------------------------------------------------------ per token (closed form)
+
+    def token_cost(self, context: int) -> StepCost:
+        """One token through the whole model at `context`, as the paper's perfect pipeline adds it."""
+        from cent_serve.timing.energy import token_energy_j
+
+        n = self.model.num_layers
+        pim, acc, _ = self.block_cost(context)
+        return StepCost(pim_s=n * pim, accelerator_s=n * acc * self.mapping.tb,
+                        collectives_s=n * self.collectives_s(1), hops_s=n * self.hop_s(1),
+                        embedding_s=self.embed_lookup_s, lm_head_s=self.lm_head_s, host_s=self.host_s,
+                        energy_j=token_energy_j(self, context))
+
+    @property
+    def block_cxl_s(self) -> float:
+        """Per-block communication of one token: its collectives and its output hop."""
+        return self.collectives_s(1) + self.hop_s(1)
+
     def block_s(self, context: int) -> float:
         """One block's step for one token in the closed form: PIM + CXL + ACC x tb."""
         return self.block_pim_s(context) + self.block_cxl_s + self.block_acc_s(context) * self.mapping.tb
 
     def token_s(self, context: int) -> float:
-        """token = N blocks + embedding + host sampling."""
-        return self.model.num_layers * self.block_s(context) + self.embedding_s + self.host_s
+        """The closed form's token latency: `token_cost(context).total_s`."""
+        return self.token_cost(context).total_s
+
+    def sampled_s(self, ready_s: np.ndarray) -> np.ndarray:
+        """When the host has sampled the tokens whose logits exist at `ready_s`."""
+        return ready_s + self.host_s
 
 
 @dataclass
@@ -131,13 +253,13 @@ def token_figures(timer: SystemTimer, context: int) -> TokenFigures:
     step_s = -(-m.num_layers // mp.pp) * timer.block_pim_s(context)
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
-        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.batch / token_s,
+        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.lanes / token_s,
         block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
         embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
         token_energy_mj=energy_j * 1e3, power_w=energy_j / step_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
-        blocks_per_device=mp.blocks_per_device, batch=mp.batch,
+        blocks_per_device=mp.blocks_per_device, batch=mp.lanes,
         breakdown_cycles=timer.pim.breakdown(context).as_dict())
 
 

@@ -23,7 +23,7 @@ def test_one_request_trace_gives_the_timing_models_prefill_and_decode():
     P, n = 128, 33
     result = run_in_process(cfg, [Request("0", 2.5, P, n)], progress=False)
     s = summarize(result)
-    timer = Engine(cfg, "local").timer
+    timer = Engine(cfg).timer
     assert s["completed"] == 1 and s["failed"] == 0
     assert s["mean_ttft_ms"] == pytest.approx(1e3 * sum(timer.token_s(L) for L in range(1, P + 1)), rel=1e-9)
     assert s["mean_tpot_ms"] == pytest.approx(1e3 * sum(timer.token_s(L) for L in range(P + 1, P + n)) / (n - 1),
@@ -42,7 +42,7 @@ def test_results_are_deterministic():
 
 def test_saturation_queues_in_ttft_while_tpot_stays_bounded_by_the_pipeline():
     cfg = _cfg()
-    timer = Engine(cfg, "local").timer
+    timer = Engine(cfg).timer
     light = summarize(run_in_process(cfg, synthetic_trace(30, rate=2.0, lengths=FixedLengths(32, 16), seed=1),
                                      progress=False))
     heavy = summarize(run_in_process(cfg, synthetic_trace(120, rate=1e5, lengths=FixedLengths(32, 16), seed=1),
@@ -82,7 +82,7 @@ def test_bad_goodput_spec_is_a_clear_error(capsys):
 def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     out = tmp_path / "sweep"
     # TTFT SLO of 1.2x a lone request's prefill: met at a low rate, missed once requests queue
-    timer = Engine(_cfg(), "local").timer
+    timer = Engine(_cfg()).timer
     slo_ms = 1.2e3 * sum(timer.token_s(L) for L in range(1, 33))
     assert main(["bench", "sweep", "--numerics", "off", "--synthetic", "poisson", "--num-requests", "80",
                  "--prompt-len", "32", "--output-len", "8", "--rates", "5,5000",

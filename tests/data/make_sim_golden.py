@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
+
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.emulate import run_workload
 from cent_serve.executor import LocalExecutor
-from cent_serve.messages import MicroBatch, SeqStep
+from cent_serve.messages import Layout, RoundPlan
 
 WORKLOADS = {  # name: (model, devices, pp, tp, numerics, start, steps)
     "llama2-70b-pp80": ("llama2-70b", 32, 80, 1, "off", 500, 6),
@@ -31,21 +33,26 @@ def _cfg(model, devices, pp, tp, numerics="off") -> CentConfig:
 
 
 def mixed_rounds(ex) -> list[list[float]]:
-    """Serving-engine shapes: several sequences per micro-batch, chunked prefill, then decode,
-    frees and new sequences; inputs not in mb_id order and not all ready at once."""
+    """Serving-engine shapes: several sequences per lane, chunked prefill, then decode, frees and
+    new sequences; inputs not all ready at once. Each round's output times, by lane."""
     out, pos = [], {}
     for r in range(5):
-        mbs = []
+        seqs, ready, new = {}, {}, {}
         for m in (2, 0, 1):
-            seqs = []
+            lane = []
             for j in range(2):
                 sid = 10 * m + j + (100 if r >= 3 else 0)
                 n = (3 + m + j) if r < 2 else 1
-                seqs.append(SeqStep(sid, pos.get(sid, 0), n))
+                if sid not in pos:
+                    new[sid] = 0
+                lane.append((sid, n))
                 pos[sid] = pos.get(sid, 0) + n
-            mbs.append(MicroBatch(m, seqs, ready_s=1e-4 * r * (3 - m)))
+            seqs[m], ready[m] = tuple(lane), 1e-4 * r * (3 - m)
         free = tuple(s for s in pos if s < 100) if r == 3 else ()
-        out.append([b.ready_s for b in ex.execute(mbs, free)])
+        lanes = tuple(sorted(seqs))
+        plan = RoundPlan(Layout(lanes, tuple(seqs[m] for m in lanes)), np.array([ready[m] for m in lanes]), r,
+                         new, free)
+        out.append(ex.run(plan).ready_s.tolist())
     return out
 
 

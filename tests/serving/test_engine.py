@@ -9,7 +9,7 @@ from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.generate import generate
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
-from cent_serve.scheduler import KV_BLOCK_TOKENS, QueueFull, kv_blocks_per_replica
+from cent_serve.scheduler import QueueFull, kv_blocks_per_replica
 
 TINY = model_preset("tiny")
 WEIGHTS = load_weights(TINY)
@@ -20,7 +20,7 @@ def _engine(devices=8, pp=0, tp=1, numerics="full", **sched) -> Engine:
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
     for k, v in sched.items():
         setattr(cfg.scheduler, k, v)
-    return Engine(cfg, "local", weights=WEIGHTS if numerics == "full" else None)
+    return Engine(cfg, weights=WEIGHTS if numerics == "full" else None)
 
 
 def _run(eng: Engine) -> None:
@@ -78,7 +78,7 @@ def test_preemption_by_recomputation_keeps_the_tokens():
     per_block = cfg.device.capacity_bytes // big.scheduler.kv_blocks  # bytes one KV block takes (+ slack)
     weights = cfg.device.capacity_bytes - per_block * big.scheduler.kv_blocks
     cfg.device.capacity_bytes = weights + 12 * per_block + 1  # 12 blocks of 16 tokens per replica
-    eng = Engine(cfg, "local", weights=WEIGHTS)
+    eng = Engine(cfg, weights=WEIGHTS)
     assert kv_blocks_per_replica(cfg, eng.timer.mapping) == eng.scheduler.kv_blocks == 12
     prompts = [[1] + [50 + i] * 20 for i in range(6)]  # 6 x (21 prompt + 30 out) tokens >> 12 x 16
     reqs = [eng.add_request(p, RequestParams(max_tokens=30, ignore_eos=True, sampling=GREEDY)) for p in prompts]
@@ -93,13 +93,13 @@ def test_preemption_by_recomputation_keeps_the_tokens():
 
 def test_a_prompt_that_can_never_fit_is_refused_and_nothing_changes():
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="off")
-    eng0 = Engine(cfg, "local")
+    eng0 = Engine(cfg)
     per_block = cfg.device.capacity_bytes // eng0.scheduler.kv_blocks
     cfg.device.capacity_bytes -= per_block * (eng0.scheduler.kv_blocks - 2)  # 2 blocks left
-    eng = Engine(cfg, "local")
+    eng = Engine(cfg)
     assert eng.scheduler.kv_blocks == 2
     with pytest.raises(ValueError, match="KV blocks"):
-        eng.add_request([5] * (2 * KV_BLOCK_TOKENS), RequestParams(max_tokens=4))
+        eng.add_request([5] * (2 * cfg.scheduler.kv_block_tokens), RequestParams(max_tokens=4))
     assert not eng.has_work() and not eng.requests
 
 

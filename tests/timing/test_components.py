@@ -55,7 +55,7 @@ def test_accelerator_by_hand():
 
 def test_pipeline_mapping_70b_on_32():
     mp = resolve_mapping(model_preset("llama2-70b"), ParallelConfig(32, 80, 1), DEV)
-    assert (mp.mode, mp.blocks_per_device, mp.channels_per_block, mp.devices_used, mp.batch) == \
+    assert (mp.mode, mp.blocks_per_device, mp.channels_per_block, mp.devices_used, mp.lanes) == \
         ("pipeline", 3, 10, 27, 80)
     assert [s.device_ids[0] for s in mp.stages[:7]] == [0, 0, 0, 1, 1, 1, 2]
     assert [s.channel_group for s in mp.stages[:4]] == [0, 1, 2, 0]

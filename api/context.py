@@ -1,0 +1,164 @@
+"""What every handler shares: one `ApiContext` per app (the engine loop, the metrics, the config,
+the tokenizer), built once by `create_app` and handed to handlers as the FastAPI dependency
+`api_context`, and the helpers both generation endpoints use (the model check, prompts to token
+ids, the engine's validation as API errors, SSE framing, usage and the `cent` summary).
+
+Validation has one owner per kind: pydantic the schema, api/protocol.py each field's range,
+`Engine.check_request` the prompt's ids and length against the context and KV (reached through
+`ApiContext.check_request`). This module refuses only what must be refused before the engine
+can look: no prompt at all, empty text, and text too long to be worth tokenizing."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.metrics import Metrics
+from api.protocol import ApiError, short
+from cent_serve.config import CentConfig
+from cent_serve.engine import Engine
+from cent_serve.model.tokenizer import Tokenizer
+from cent_serve.request import RequestRefused
+from cent_serve.serving import Delta, EngineLoop
+
+MAX_CHARS_PER_TOKEN = 32
+"""A text prompt longer than this many characters per context token cannot fit (Llama's longest
+vocabulary entries have 16), so it is refused before the tokenizer runs on the event loop."""
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    """The request fields an error names. The engine speaks of `prompt` and `max_tokens`; chat's
+    prompt is its `messages`, and its limit may come from `max_completion_tokens`."""
+
+    prompt: str = "prompt"
+    max_tokens: str = "max_tokens"
+
+    def name(self, engine_param: str | None) -> str | None:
+        """The client's field for a `RequestRefused.param` (other params pass through)."""
+        return {"prompt": self.prompt, "max_tokens": self.max_tokens}.get(engine_param, engine_param)
+
+
+def refusal(exc: RequestRefused, fields: FieldNames) -> ApiError:
+    """An engine refusal as a 400 naming the client's field: OpenAI's `context_length_exceeded`
+    for a prompt or limit past the context, the engine's reason as the code otherwise."""
+    code = "context_length_exceeded" if exc.reason == "context_exceeded" else exc.reason
+    message = str(exc)
+    if exc.param == "max_tokens" and fields.max_tokens != "max_tokens":
+        # the engine knows one limit; the client set it as max_completion_tokens: say so in the text too
+        message = message.replace("max_tokens", fields.max_tokens)
+    return ApiError(message, fields.name(exc.param), code=code)
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """The app's shared state; immutable, so handlers on the event loop share it without locks.
+    Everything that changes lives behind `loop` (the engine thread) or in `metrics`."""
+
+    loop: EngineLoop
+    metrics: Metrics
+    cfg: CentConfig
+    tokenizer: Tokenizer
+    model_name: str
+    created: int
+    """When the server started (unix seconds): `/v1/models`' `created`."""
+
+    @classmethod
+    def build(cls, loop: EngineLoop, metrics: Metrics) -> ApiContext:
+        eng = loop.engine
+        return cls(loop, metrics, eng.cfg, eng.tokenizer, eng.cfg.model.name, int(time.time()))
+
+    @property
+    def engine(self) -> Engine:
+        return self.loop.engine
+
+    def check_model(self, name: str) -> None:
+        """Raise ApiError 404 unless `name` is the model this server serves."""
+        if name != self.model_name:
+            raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
+                           404, "not_found_error", "model_not_found")
+
+    def to_ids(self, prompt, param: str = "prompt") -> list[list[int]]:
+        """A `prompt` (text, token ids, or a list of either) as one id list per prompt. Refuses
+        (ApiError 400 naming `param`) no prompt at all, empty text (it would tokenize to a lone
+        BOS and pass the engine's check) and text longer than the context could hold; token ids
+        and lengths are the engine's to check (`check_request`)."""
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif prompt and all(isinstance(p, int) for p in prompt):
+            prompts = [list(prompt)]
+        else:
+            prompts = list(prompt)
+        if not prompts:
+            raise ApiError("prompt is empty: give text or token ids", param)
+        return [self._encode(p, param) if isinstance(p, str) else list(p) for p in prompts]
+
+    def _encode(self, text: str, param: str) -> list[int]:
+        if not text:
+            raise ApiError("prompt is empty: give text or token ids", param)
+        context = self.cfg.model.max_seq_len
+        if len(text) > MAX_CHARS_PER_TOKEN * context:  # a DoS guard: refuse without tokenizing it all
+            raise ApiError(f"the prompt has {len(text)} characters; the model's context is {context} tokens: "
+                           "shorten the prompt", param, code="context_length_exceeded")
+        return self.tokenizer.encode(text)
+
+    def check_request(self, prompt_ids: list[int], max_tokens: int, fields: FieldNames) -> None:
+        """`Engine.check_request` (the one validator of a prompt and its length), its refusal as
+        ApiError 400 naming `fields`. Pure (reads the config), so it runs on the event loop; the
+        engine checks again when it queues the request, and then finds nothing."""
+        try:
+            self.engine.check_request(prompt_ids, max_tokens)
+        except RequestRefused as exc:
+            raise refusal(exc, fields) from None
+
+    def abort_all(self, reqs) -> None:
+        """Abort every request in `reqs` (a request's choices live and die together)."""
+        for r in reqs:
+            self.loop.abort(r.request_id)
+
+    async def pace(self, delta: Delta) -> None:
+        """Paced clock: hold `delta` back until the wall clock reaches its last token's simulated
+        time (a no-op on the virtual clock)."""
+        if delta.times_s:
+            wait = self.loop.wall_delay_s(delta.times_s[-1])
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def release_hold(self, body) -> None:
+        """A refused replay request still moves the replayer's clock hold on (or the engine
+        would wait for it until the hold expires)."""
+        if getattr(body, "hold_until_s", None) is not None and self.loop.clock == "virtual":
+            await self.loop.call(lambda e: self.loop.set_hold(body.hold_until_s))
+
+
+def api_context(raw: Request) -> ApiContext:
+    """The FastAPI dependency handlers get their context from (set by `create_app`)."""
+    return raw.app.state.ctx
+
+
+def sse(obj) -> str:
+    """One server-sent event carrying `obj` as JSON."""
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def usage(prompts: list[list[int]], outs: dict[int, dict]) -> dict:
+    """OpenAI's `usage`: each prompt's tokens once (however many choices it has), completion
+    tokens over every choice."""
+    p = sum(len(x) for x in prompts)
+    c = sum(len(o["token_ids"]) for o in outs.values())
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def summary(timings: list[dict]) -> dict:
+    """The response-level `cent` field: one choice's timing, or the span of all of them."""
+    if len(timings) == 1:
+        return timings[0]
+    firsts = [t["first_token_s"] for t in timings if t.get("first_token_s") is not None]
+    arrival = min(t["arrival_s"] for t in timings)
+    finish = max(t["finish_s"] for t in timings if t.get("finish_s") is not None)
+    return dict(arrival_s=arrival, first_token_s=min(firsts) if firsts else None, finish_s=finish,
+                ttft_s=min(firsts) - arrival if firsts else None, e2e_s=finish - arrival,
+                energy_mj=sum(t["energy_mj"] for t in timings), choices=len(timings))

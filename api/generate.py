@@ -1,0 +1,285 @@
+"""The one generation path behind `/v1/completions` and `/v1/chat/completions`: check the body,
+build its prompts, plan and check every choice, queue them all (or none), then stream them as
+SSE or collect them into one response. The two endpoints differ only in what an `Endpoint`
+decides: how a body becomes prompts, and how a choice and a chunk look (api/routes.py).
+
+The engine thread never waits for a client: it hands each `Delta` to the request's unbounded
+asyncio queue with `call_soon_threadsafe`; a client that reads slowly only slows its own
+response (uvicorn's flow control pauses that handler)."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator
+
+from fastapi import Request
+
+from api.context import ApiContext, FieldNames, refusal, sse, summary, usage
+from api.errors import EventStream, record, record_finished
+from api.protocol import ApiError
+from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
+from cent_serve.scheduler import QueueFull
+from cent_serve.serving import EngineStopped
+
+DISCONNECT_POLL_S = 0.25
+"""How often a non-streaming handler checks whether its client is still there."""
+RETRY_AFTER_S = 1
+"""`Retry-After` of a 429 (seconds): a small constant, not an estimate. The queue drains at
+engine speed, which in virtual mode is far faster than a client's retry loop; clients that
+honour the header (the `openai` client does) back off this long."""
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A body's prompts as token ids, the limit its choices ask for, and the fields errors name."""
+
+    ids: list[list[int]]
+    max_tokens: int | None
+    """The client's limit; None: `default_max_tokens`, clamped to the context each prompt leaves."""
+    default_max_tokens: int
+    fields: FieldNames = field(default_factory=FieldNames)
+
+
+class Endpoint(ABC):
+    """What a generation endpoint decides; `generate` does everything else. Each method returns
+    the endpoint's own fields of a choice, which `Reply` wraps in index, logprobs and finish."""
+
+    id_prefix: str
+    object: str
+    """The response's `object`."""
+    chunk_object: str
+    """Each SSE chunk's `object`."""
+
+    @abstractmethod
+    def prompts(self, ctx: ApiContext, body) -> Prompts:
+        """The body's prompts; raises ApiError naming the field at fault."""
+        ...
+
+    def opening(self) -> dict | None:
+        """A streamed choice's first chunk, before any token (None: there is none)."""
+        return None
+
+    @abstractmethod
+    def piece(self, text: str) -> dict:
+        """A streamed choice's chunk of new text."""
+        ...
+
+    @abstractmethod
+    def end(self) -> dict:
+        """A streamed choice's last chunk (the one with its finish_reason)."""
+        ...
+
+    @abstractmethod
+    def whole(self, ctx: ApiContext, body, prompt_ids: list[int], text: str) -> dict:
+        """A collected choice whose output is `text`, generated after `prompt_ids`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One completion to generate: the engine request of choice `index`."""
+
+    index: int
+    prompt_ids: list[int]
+    params: RequestParams
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How the answer to one request looks: the fields every chunk and the response share
+    (`base`), the endpoint's shapes, the body's options, and the prompts for usage and echo."""
+
+    base: dict
+    endpoint: Endpoint
+    body: object
+    prompts: list[list[int]]
+
+    def chunk(self, index: int, fields: dict, finish: str | None, extra: dict | None = None) -> dict:
+        choice = dict(index=index, **fields, logprobs=None, finish_reason=finish, **(extra or {}))
+        return dict(self.base, choices=[choice])
+
+
+async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
+    """Serve one generation request: a dict (the JSON response) or an `EventStream` (SSE).
+    Raises ApiError before anything is queued if any check fails, or when no choice could be
+    queued; every choice is queued or none is."""
+    try:
+        ctx.check_model(body.model)
+        body.check_fields(ctx.cfg.model.vocab_size)
+        prompts = endpoint.prompts(ctx, body)
+        choices = plan(ctx, body, prompts)
+        reqs, q = await submit(ctx, body, choices, prompts.fields)
+    except ApiError:
+        await ctx.release_hold(body)
+        raise
+    base = dict(id=f"{endpoint.id_prefix}-{uuid.uuid4().hex}", object=endpoint.chunk_object,
+                created=int(time.time()), model=ctx.model_name)
+    reply = Reply(base, endpoint, body, prompts.ids)
+    if body.stream:
+        return event_stream(ctx, raw, reqs, q, reply)
+    outs = await collect(ctx, raw, reqs, q)
+    return respond(ctx, reply, outs)
+
+
+def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
+    """`body.n` choices per prompt, each checked; raises ApiError 400 naming the field at fault.
+    The engine's check (ids, context, KV) runs first for every prompt, so prompt faults are
+    named before option faults; a prompt's n choices share its ids and limit, so one check per
+    prompt covers all of them. Nothing is queued here."""
+    context = ctx.cfg.model.max_seq_len
+    limits = [prompts.max_tokens if prompts.max_tokens is not None
+              else min(prompts.default_max_tokens, context - len(ids)) for ids in prompts.ids]
+    for ids, limit in zip(prompts.ids, limits):
+        ctx.check_request(ids, limit, prompts.fields)
+    params = [body.to_params(limit, prompts.fields.max_tokens) for limit in limits]
+    n, most = body.n, ctx.cfg.scheduler.max_waiting
+    if len(prompts.ids) * n > most:  # counted before building: a request may hold thousands of prompts
+        raise ApiError(f"{len(prompts.ids) * n} choices (prompts x n) can never be queued at once: this server "
+                       f"queues at most {most}; send fewer prompts or a smaller n", prompts.fields.prompt)
+    return [Choice(i * n + j, ids, _seeded(params[i], i * n + j, n))
+            for i, ids in enumerate(prompts.ids) for j in range(n)]
+
+
+def _seeded(params: RequestParams, index: int, n: int) -> RequestParams:
+    """With a seed and n > 1, choice `index` samples with seed + index: distinct choices, yet
+    the same request gives the same choices."""
+    if params.sampling.seed is None or n == 1:
+        return params
+    return replace(params, sampling=replace(params.sampling, seed=params.sampling.seed + index))
+
+
+async def submit(ctx: ApiContext, body, choices: list[Choice],
+                 fields: FieldNames) -> tuple[list[EngineRequest], asyncio.Queue]:
+    """Queue every choice; their progress arrives on the returned queue as (choice index, Delta).
+    All or none: a refusal part-way aborts the choices already queued. Raises ApiError: 429
+    (queue full, with Retry-After), 400 (a refusal), 503 (engine stopped)."""
+    scheduler = ctx.engine.scheduler
+    if body.arrival_s is None and scheduler.is_full():  # a fast 429 (racy; the engine decides)
+        raise queue_full(scheduler.queue_full())
+    q: asyncio.Queue = asyncio.Queue()
+    reqs = []
+    try:
+        for c in choices:
+            # the hold (the replayer's next arrival) moves on once, with the last choice: it follows the whole request
+            hold = body.hold_until_s if c.index == len(choices) - 1 else None
+            reqs.append(await ctx.loop.submit(c.prompt_ids, c.params, q, tag=c.index, arrival_s=body.arrival_s,
+                                              hold_until_s=hold))
+    except (ValueError, EngineStopped) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
+        ctx.abort_all(reqs)
+        raise _submit_error(exc, fields) from None
+    return reqs, q
+
+
+def _submit_error(exc: Exception, fields: FieldNames) -> ApiError:
+    """What `EngineLoop.submit` raised, as the client's error."""
+    if isinstance(exc, QueueFull):
+        return queue_full(exc)
+    if isinstance(exc, RequestRefused):
+        return refusal(exc, fields)
+    if isinstance(exc, EngineStopped):
+        return ApiError(str(exc), None, 503, "server_error", "engine_stopped")
+    # the loop's own ValueError: replay fields on the paced clock
+    return ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else fields.prompt)
+
+
+def queue_full(exc: QueueFull) -> ApiError:
+    """429 with the scheduler's own words (the same as an in-process replay records)."""
+    return ApiError(str(exc), None, 429, "rate_limit_error", "queue_full",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict[int, dict]:
+    """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
+    once all have finished. Aborts them all if the client goes away (checked every
+    DISCONNECT_POLL_S: a non-streaming handler sends nothing that would notice); raises ApiError
+    500 if a choice failed in the engine."""
+    out = {index: {"token_ids": [], "text": "", "times": []} for index in range(len(reqs))}
+    left = len(reqs)
+    next_check = time.monotonic() + DISCONNECT_POLL_S
+    try:
+        while left:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + DISCONNECT_POLL_S
+                if await raw.is_disconnected():
+                    ctx.abort_all(reqs)
+                    raise ApiError("client disconnected", None, 499)
+            try:
+                index, d = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                continue
+            await ctx.pace(d)
+            o = out[index]
+            o["token_ids"] += d.token_ids
+            o["text"] += d.text
+            o["times"] += d.times_s
+            if d.finished:
+                left -= 1
+                o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing)
+    except asyncio.CancelledError:  # cancelled under us: nobody will read these choices
+        ctx.abort_all(reqs)
+        record(raw, "aborted", "client_disconnect")
+        raise
+    failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
+    if failed:
+        raise ApiError(failed[0], None, 500, "server_error")
+    record_finished(raw, [o["finish_reason"] for o in out.values()])
+    return out
+
+
+def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
+    """The non-streaming response: every choice in the endpoint's shape, usage and `cent`."""
+    body, n = reply.body, reply.body.n
+    choices = []
+    for index, o in outs.items():  # built in choice order by `collect`
+        c = dict(index=index, **reply.endpoint.whole(ctx, body, reply.prompts[index // n], o["text"]),
+                 logprobs=None, finish_reason=o["finish_reason"], cent=o["timing"])
+        if body.return_token_ids:
+            c["token_ids"] = o["token_ids"]
+        choices.append(c)
+    return dict(reply.base, object=reply.endpoint.object, choices=choices, usage=usage(reply.prompts, outs),
+                cent=summary([c["cent"] for c in choices]))
+
+
+def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: Reply) -> EventStream:
+    """SSE: the endpoint's opening chunk per choice, one chunk per delta, the finish per choice,
+    usage if asked, then [DONE]. If the client leaves first, its choices are aborted and the
+    request counts as aborted."""
+    left = [len(reqs)]  # a cell: the body decrements it, on_close reads it
+    body, endpoint = reply.body, reply.endpoint
+
+    async def chunks() -> AsyncIterator[str]:
+        outs = {i: {"token_ids": []} for i in range(len(reqs))}
+        reasons = []
+        opening = endpoint.opening()
+        if opening is not None:
+            for i in range(len(reqs)):
+                yield sse(reply.chunk(i, opening, None))
+        while left[0]:
+            index, d = await q.get()
+            await ctx.pace(d)
+            outs[index]["token_ids"] += d.token_ids
+            if d.error:
+                yield sse(ApiError(d.error, None, 500, "server_error").body())
+            extra = {"cent": {"times_s": d.times_s}}
+            if body.return_token_ids:
+                extra["token_ids"] = d.token_ids
+            if d.text or d.token_ids:
+                yield sse(reply.chunk(index, endpoint.piece(d.text), None, extra))
+            if d.finished:
+                left[0] -= 1
+                reasons.append(d.finish_reason)
+                yield sse(reply.chunk(index, endpoint.end(), d.finish_reason, {"cent": d.timing}))
+        record_finished(raw, reasons)
+        if body.include_usage:
+            yield sse(dict(reply.base, choices=[], usage=usage(reply.prompts, outs)))
+        yield "data: [DONE]\n\n"
+
+    def on_close() -> None:
+        if left[0]:  # the client went away mid-stream
+            ctx.abort_all(reqs)
+            record(raw, "aborted", "client_disconnect")
+
+    return EventStream(chunks(), on_close)

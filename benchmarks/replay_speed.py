@@ -1,0 +1,75 @@
+"""How fast an in-process trace replay runs: this checkout, and an older commit in the same run.
+
+The workload is `cent bench run`'s in-process replay of the shipped Azure conversation trace
+(its first `--num-requests`, default 1,000, or the whole trace with `--num-requests 0`) on
+Llama2-70B timing-only, 32 devices, pp 80. With `--against REF` the same command runs in a
+temporary git worktree of REF first, and the script prints the wall-time ratio and whether the
+simulated results (every requests.csv column but the wall ones) are the same bit for bit.
+
+    .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--against COMMIT]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND = ["bench", "run", "--model", "llama2-70b", "--devices", "32", "--pp", "80", "--numerics", "off",
+           "--no-plots"]
+TRACE = "cent_serve/bench/data/azure_conv_2023.csv"
+
+
+def replay(tree: Path, num_requests: int, out: Path) -> float:
+    """Wall seconds of the replay run by the code in `tree` (results in `out`)."""
+    args = [*COMMAND, "--trace", str(REPO / TRACE), "--out", str(out)]
+    if num_requests:
+        args += ["--num-requests", str(num_requests)]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cent_serve.cli", *args], cwd=tree, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def simulated_rows(out: Path) -> list[list[str]]:
+    with open(out / "requests.csv") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, name in enumerate(rows[0]) if name not in ("error",)]
+    return [[r[i] for i in keep] for r in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-requests", type=int, default=1000, help="0: the whole trace")
+    ap.add_argument("--against", help="a git commit to time in the same run (e.g. the pre-redesign one)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results = {}
+        if args.against:
+            old = tmp / "old"
+            subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=REPO, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                results["old"] = (replay(old, args.num_requests, tmp / "out-old"), tmp / "out-old")
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=True)
+        results["new"] = (replay(REPO, args.num_requests, tmp / "out-new"), tmp / "out-new")
+        n = args.num_requests or "all"
+        print(f"in-process replay, Llama2-70B timing-only on 32 devices (pp 80), {n} requests of azure_conv_2023")
+        for name, (wall, _) in results.items():
+            print(f"  {name:<4} {wall:8.1f} s wall")
+        if "old" in results:
+            same = simulated_rows(results["old"][1]) == simulated_rows(results["new"][1])
+            print(f"  old / new = {results['old'][0] / results['new'][0]:.2f}x faster; simulated results "
+                  f"{'identical' if same else 'DIFFERENT'}")
+
+
+if __name__ == "__main__":
+    main()

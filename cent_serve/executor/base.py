@@ -1,0 +1,42 @@
+"""The executor interface: what runs a replica's rounds on its devices (vLLM's `Executor`).
+
+`submit(plan)` sends a round and returns a future of its `RoundOutput`; rounds run in the order
+they are submitted, so several may be in flight. `check()` raises if a device is gone, `stats()`
+reports the devices' and the switch's counters, `shutdown()` stops everything (safe twice). The
+config chooses the implementation (`cfg.executor`, `make_executor`); nothing else names it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from concurrent.futures import Future
+
+from cent_serve.messages import RoundOutput, RoundPlan
+from cent_serve.timing import SystemTimer
+
+
+class Executor(ABC):
+    timer: SystemTimer
+
+    @abstractmethod
+    def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
+        """Send one round without waiting for it."""
+
+    def run(self, plan: RoundPlan) -> RoundOutput:
+        """Submit one round and wait for it."""
+        return self.submit(plan).result()
+
+    def check(self) -> None:
+        """Raise if a device or the switch is gone (executors that can tell)."""
+
+    @abstractmethod
+    def stats(self) -> dict:
+        """{"devices": [per-device counters], "fabric": the switch's counters}."""
+
+    def shutdown(self) -> None:
+        """Stop the devices and give back what they hold; safe to call twice."""
+
+
+def done(result: RoundOutput) -> "Future[RoundOutput]":
+    fut: Future = Future()
+    fut.set_result(result)
+    return fut

@@ -1,0 +1,85 @@
+"""The API's validation of prompts and lengths is the engine's (`Engine.check_request`): every
+choice is checked before any is queued, and a refusal becomes a 400 naming the client's own field
+(chat: `messages`, `max_completion_tokens`) with OpenAI's code for the context."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from api.context import FieldNames, refusal
+from api.server import Server
+from cent_serve.request import RequestRefused
+from tests.serving.utils import body, server_cfg, status
+
+CONTEXT = server_cfg().model.max_seq_len
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with Server(server_cfg(), "local") as s:
+        yield s
+
+
+def _error(server, path: str, sent: dict) -> tuple[int, dict]:
+    r = httpx.post(server.url + path, json=sent, timeout=60)
+    return r.status_code, r.json().get("error")
+
+
+def test_refusals_name_the_clients_field():
+    refused = RequestRefused("context_exceeded", "max_tokens=9 does not fit: lower max_tokens", "max_tokens")
+    err = refusal(refused, FieldNames("messages", "max_completion_tokens"))
+    assert (err.status, err.param, err.code) == (400, "max_completion_tokens", "context_length_exceeded")
+    assert err.message == "max_completion_tokens=9 does not fit: lower max_completion_tokens"
+    err = refusal(RequestRefused("invalid_prompt", "prompt token id 999 is outside"), FieldNames("messages"))
+    assert (err.param, err.code, err.message) == ("messages", "invalid_prompt", "prompt token id 999 is outside")
+    assert refusal(refused, FieldNames()).message == str(refused)
+
+
+@pytest.mark.parametrize("path, sent, param, code", [
+    ("/v1/completions", body(max_tokens=CONTEXT), "max_tokens", "context_length_exceeded"),
+    ("/v1/completions", body(prompt=[1] * CONTEXT), "prompt", "context_length_exceeded"),
+    ("/v1/completions", body(prompt=[1, 10 ** 6]), "prompt", "invalid_prompt"),
+    ("/v1/completions", body(prompt=[[1, 5], []]), "prompt", "invalid_prompt"),
+    ("/v1/chat/completions", dict(CHAT, max_tokens=CONTEXT), "max_tokens", "context_length_exceeded"),
+    ("/v1/chat/completions", dict(CHAT, max_tokens=None, max_completion_tokens=CONTEXT), "max_completion_tokens",
+     "context_length_exceeded"),
+    ("/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "x" * CONTEXT}]), "messages",
+     "context_length_exceeded"),
+])
+def test_engine_refusals_are_400s_naming_the_field(server, path, sent, param, code):
+    got, err = _error(server, path, {k: v for k, v in sent.items() if v is not None})
+    assert (got, err["param"], err["code"]) == (400, param, code), err
+    assert param in err["message"] or param in ("prompt", "messages"), err
+
+
+def test_a_refused_choice_queues_none_of_its_siblings(server):
+    before = status(server.url)
+    got, err = _error(server, "/v1/completions", body(prompt=[[1, 5, 6], [1, 10 ** 6]], n=2))
+    assert (got, err["param"]) == (400, "prompt"), err
+    after = status(server.url)
+    for key in ("num_finished", "num_aborted", "num_failed", "num_waiting", "num_running"):
+        assert after[key] == before[key], key  # the good prompt's choices never reached the engine
+
+
+def test_the_engines_validator_decides(server, monkeypatch):
+    engine = server.loop.engine
+    real = engine.check_request
+
+    def check(prompt_ids, max_tokens):
+        if prompt_ids[:3] == [1, 200, 201]:
+            raise RequestRefused("kv_capacity", "the prompt needs more KV blocks than a replica holds")
+        real(prompt_ids, max_tokens)
+
+    monkeypatch.setattr(engine, "check_request", check)
+    got, err = _error(server, "/v1/completions", body(prompt=[1, 200, 201]))
+    assert (got, err["param"], err["code"]) == (400, "prompt", "kv_capacity"), err
+    got, err = _error(server, "/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "hi"}]))
+    assert got == 200, err  # the real validator still passes what fits
+
+
+def test_a_prompt_that_leaves_one_token_gets_it_by_default(server):
+    r = httpx.post(server.url + "/v1/completions", json=body(prompt=[1] * (CONTEXT - 1), max_tokens=None),
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 1
