@@ -96,6 +96,8 @@ class SystemTimer:
         self._coll: dict[int, float] = {}
         self._block: dict[int, tuple[float, float, float]] = {}
         self._lanes: tuple[object, LaneCosts] | None = None
+        self._tab = np.zeros((3, 0))  # (PIM s, accelerator s, joules) by context, see _context_table
+        self._tab_filled = np.zeros(0, dtype=bool)
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
@@ -140,45 +142,69 @@ class SystemTimer:
                                                             self.mapping.tp, self.port, self.fabric, tokens)
         return hit
 
-    def lane_costs(self, key: object, lanes: tuple, starts: list[int]) -> LaneCosts:
+    def _context_table(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(PIM s, accelerator s, joules per tp device) of one block at each context, from tables
+        indexed by context and filled as contexts appear (values are `block_cost`'s)."""
+        need = int(contexts.max()) + 1
+        if need > self._tab_filled.shape[0]:
+            grow = max(need, 2 * self._tab_filled.shape[0])
+            self._tab = np.concatenate([self._tab, np.zeros((3, grow - self._tab.shape[1]))], axis=1)
+            self._tab_filled = np.concatenate([self._tab_filled, np.zeros(grow - self._tab_filled.shape[0], bool)])
+        missing = contexts[~self._tab_filled[contexts]]
+        for L in np.unique(missing).tolist():
+            self._tab[:, L] = self.block_cost(L)
+            self._tab_filled[L] = True
+        return self._tab[0, contexts], self._tab[1, contexts], self._tab[2, contexts]
+
+    def lane_costs(self, key: object, lanes: tuple, starts) -> LaneCosts:
         """Every lane's costs for one round; `lanes` is the layout's per-lane ((seq id, tokens), ...)
         and `starts` each sequence's first position (layout order). `key` names the round: the
-        devices of one executor share the result (they hold the same positions)."""
+        devices of one executor share the result (they hold the same positions).
+
+        Lanes of one sequence and one token (decode, token-by-token prefill) take their costs
+        from the context tables in one vector pass; the others add theirs token by token. Either
+        way the floats are those of adding `block_cost`s in order."""
         if self._lanes is not None and self._lanes[0] == key:
             return self._lanes[1]
-        starts = list(starts) if not isinstance(starts, np.ndarray) else starts.tolist()
-        block, tb = self.block_cost, self.mapping.tb
-        coll1, hop1 = self.collectives_s(1), self.hop_s(1)
+        starts = np.asarray(starts, dtype=np.int64)
+        tb, coll1, hop1 = self.mapping.tb, self.collectives_s(1), self.hop_s(1)
         n = len(lanes)
-        pim, acc, energy, step, hop = (np.empty(n) for _ in range(5))
-        tokens, seqs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        seq_energy = np.empty(len(starts))
-        k = 0
-        for i, lane in enumerate(lanes):
-            if len(lane) == 1 and lane[0][1] == 1:  # one sequence, one token: the usual lane
-                p, a, e = block(starts[k] + 1)
-                pim[i], acc[i], energy[i], step[i], hop[i] = p, a, e, p + a * tb + coll1, hop1
-                tokens[i] = seqs[i] = 1
-                seq_energy[k] = e
-                k += 1
-                continue
-            p_sum = a_sum = e_sum = 0.0
-            n_tok = 0
-            for _, num in lane:
-                s_e = 0.0
-                for L in range(starts[k] + 1, starts[k] + num + 1):
-                    p, a, e = block(L)
-                    p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
-                seq_energy[k] = s_e
-                n_tok += num
-                k += 1
-            pim[i], acc[i], energy[i] = p_sum, a_sum, e_sum
-            step[i] = p_sum + a_sum * tb + self.collectives_s(n_tok)
-            hop[i] = self.hop_s(n_tok)
-            tokens[i], seqs[i] = n_tok, len(lane)
+        single = np.array([len(lane) == 1 and lane[0][1] == 1 for lane in lanes], dtype=bool)
+        first = np.cumsum([0] + [len(lane) for lane in lanes[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+        pim, acc, energy = (np.empty(n) for _ in range(3))
+        step, hop = np.empty(n), np.full(n, hop1)
+        tokens, seqs = np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+        seq_energy = np.empty(starts.shape[0])
+        if single.any():
+            idx = first[single]
+            p, a, e = self._context_table(starts[idx] + 1)
+            pim[single], acc[single], energy[single] = p, a, e
+            step[single] = p + a * tb + coll1
+            seq_energy[idx] = e
+        for i in np.flatnonzero(~single).tolist():
+            self._add_lane(i, lanes[i], starts, int(first[i]), (pim, acc, energy, step, hop, tokens, seqs, seq_energy))
         out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy)
         self._lanes = (key, out)
         return out
+
+    def _add_lane(self, i: int, lane, starts: np.ndarray, k: int, arrays) -> None:
+        """Lane i of several sequences or tokens: its costs added token by token."""
+        pim, acc, energy, step, hop, tokens, seqs, seq_energy = arrays
+        p_sum = a_sum = e_sum = 0.0
+        n_tok = 0
+        for _, num in lane:
+            s_e = 0.0
+            start = int(starts[k])
+            for L in range(start + 1, start + num + 1):
+                p, a, e = self.block_cost(L)
+                p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
+            seq_energy[k] = s_e
+            n_tok += num
+            k += 1
+        pim[i], acc[i], energy[i] = p_sum, a_sum, e_sum
+        step[i] = p_sum + a_sum * self.mapping.tb + self.collectives_s(n_tok)
+        hop[i] = self.hop_s(n_tok)
+        tokens[i], seqs[i] = n_tok, len(lane)
 
     # ------------------------------------------------------------------ per token (closed form)
 
