@@ -10,6 +10,7 @@ import threading
 import ray
 
 from cent_serve.config import CentConfig
+from cent_serve.timing.clock import warm
 from device_worker.port import serve
 from device_worker.worker import DeviceWorker
 from fabric.link import Link
@@ -18,6 +19,7 @@ from fabric.link import Link
 @ray.remote(num_cpus=0)
 class DeviceActor:
     def __init__(self, cfg: CentConfig, device_id: int, switch_address: tuple[str, int], secret: bytes) -> None:
+        warm()  # compile or load the clock kernels now, not in the first round
         self.worker = DeviceWorker(cfg, device_id)
         self.lock = threading.Lock()  # the link's rounds and the Ray calls share the worker
         self.link = Link.connect(tuple(switch_address), {"role": "device", "device_id": device_id}, secret)

@@ -16,6 +16,7 @@ import ray
 
 from cent_serve.config import CentConfig
 from cent_serve.timing import SystemTimer
+from cent_serve.timing.clock import warm
 from fabric.link import Link, LinkRefused
 from fabric.router import Router
 from fabric.switch import Fabric
@@ -26,6 +27,7 @@ log = logging.getLogger("cent.switch")
 @ray.remote(num_cpus=0)
 class FabricActor:
     def __init__(self, cfg: CentConfig, units: list[tuple[int, ...]], secret: bytes, host: str | None = None) -> None:
+        warm()  # compile or load the clock kernels now, not in the first round
         self.router = Router(Fabric(cfg), units, SystemTimer.from_config(cfg))
         self.secret = secret
         self.num_refused = 0

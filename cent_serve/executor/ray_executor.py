@@ -19,6 +19,7 @@ from cent_serve.config import CentConfig
 from cent_serve.executor.base import Executor
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
+from cent_serve.timing.clock import warm
 from fabric.link import Link, remote_error
 from fabric.rounds import execution_units
 
@@ -153,6 +154,7 @@ class RayExecutor(Executor):
         from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                                     PlacementGroupSchedulingStrategy)
 
+        warm()  # compile the clock kernels once here: the actors load numba's on-disk cache
         secret = secrets.token_bytes(32)  # this executor's links prove they know it
         self.actors, self.pg, self.fabric, self.link = {}, None, None, None
         try:

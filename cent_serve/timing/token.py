@@ -17,6 +17,9 @@ from cent_serve.timing.mapping import Mapping, resolve_mapping
 from cent_serve.timing.pim import BlockTimer, gemv_cycles
 
 
+TABLE_AHEAD = 32
+"""Contexts past a missing one that `SystemTimer._context_table` fills in the same pass."""
+
 @dataclass(frozen=True)
 class StepCost:
     """What one step costs, by named part (simulated seconds, joules): the closed form's token,
@@ -98,6 +101,7 @@ class SystemTimer:
         self._lanes: tuple[object, LaneCosts] | None = None
         self._tab = np.zeros((3, 0))  # (PIM s, accelerator s, joules) by context, see _context_table
         self._tab_filled = np.zeros(0, dtype=bool)
+        self._shape: tuple[tuple, tuple] | None = None  # the last layout's lane shape, see _lane_shape
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
@@ -144,17 +148,26 @@ class SystemTimer:
 
     def _context_table(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(PIM s, accelerator s, joules per tp device) of one block at each context, from tables
-        indexed by context and filled as contexts appear (values are `block_cost`'s)."""
+        indexed by context (values are `block_cost`'s). A missing context fills the table up to
+        `TABLE_AHEAD` contexts past it in one pass: decoding asks for one new context a round, and
+        one pass through the cost model at a time is what a device process, woken for a round on
+        a shared core, does fastest."""
         need = int(contexts.max()) + 1
-        if need > self._tab_filled.shape[0]:
-            grow = max(need, 2 * self._tab_filled.shape[0])
+        if need > self._tab_filled.shape[0] or not self._tab_filled[contexts].all():
+            self._fill_table(contexts, need)
+        return self._tab[0, contexts], self._tab[1, contexts], self._tab[2, contexts]
+
+    def _fill_table(self, contexts: np.ndarray, need: int) -> None:
+        upto = max(need, min(need + TABLE_AHEAD, self.model.max_seq_len + 1))
+        if upto > self._tab_filled.shape[0]:
+            grow = max(upto, 2 * self._tab_filled.shape[0])
             self._tab = np.concatenate([self._tab, np.zeros((3, grow - self._tab.shape[1]))], axis=1)
             self._tab_filled = np.concatenate([self._tab_filled, np.zeros(grow - self._tab_filled.shape[0], bool)])
-        missing = contexts[~self._tab_filled[contexts]]
-        for L in np.unique(missing).tolist():
+        missing = np.unique(contexts[~self._tab_filled[contexts]])
+        ahead = np.arange(int(missing.max()) + 1, upto) if missing.size else np.zeros(0, np.int64)
+        for L in np.concatenate([missing, ahead[~self._tab_filled[ahead]]]).tolist():
             self._tab[:, L] = self.block_cost(L)
             self._tab_filled[L] = True
-        return self._tab[0, contexts], self._tab[1, contexts], self._tab[2, contexts]
 
     def lane_costs(self, key: object, lanes: tuple, starts) -> LaneCosts:
         """Every lane's costs for one round; `lanes` is the layout's per-lane ((seq id, tokens), ...)
@@ -169,23 +182,34 @@ class SystemTimer:
         starts = np.asarray(starts, dtype=np.int64)
         tb, coll1, hop1 = self.mapping.tb, self.collectives_s(1), self.hop_s(1)
         n = len(lanes)
-        single = np.array([len(lane) == 1 and lane[0][1] == 1 for lane in lanes], dtype=bool)
-        first = np.cumsum([0] + [len(lane) for lane in lanes[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+        single, first, idx, multi = self._lane_shape(lanes)
         pim, acc, energy = (np.empty(n) for _ in range(3))
         step, hop = np.empty(n), np.full(n, hop1)
         tokens, seqs = np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64)
         seq_energy = np.empty(starts.shape[0])
-        if single.any():
-            idx = first[single]
+        if idx.size:
             p, a, e = self._context_table(starts[idx] + 1)
             pim[single], acc[single], energy[single] = p, a, e
             step[single] = p + a * tb + coll1
             seq_energy[idx] = e
-        for i in np.flatnonzero(~single).tolist():
+        for i in multi:
             self._add_lane(i, lanes[i], starts, int(first[i]), (pim, acc, energy, step, hop, tokens, seqs, seq_energy))
         out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy)
         self._lanes = (key, out)
         return out
+
+    def _lane_shape(self, lanes: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """Of a layout's lanes: which hold one sequence of one token, each lane's first sequence
+        (layout order), those first sequences of the single lanes, the other lanes. Kept while
+        the layout holds (a decode batch keeps its layout for many rounds)."""
+        if self._shape is not None and (self._shape[0] is lanes or self._shape[0] == lanes):
+            return self._shape[1]
+        single = np.array([len(lane) == 1 and lane[0][1] == 1 for lane in lanes], dtype=bool)
+        first = (np.cumsum([0] + [len(lane) for lane in lanes[:-1]]).astype(np.int64) if lanes
+                 else np.zeros(0, np.int64))
+        shape = (single, first, first[single], np.flatnonzero(~single).tolist())
+        self._shape = (lanes, shape)
+        return shape
 
     def _add_lane(self, i: int, lane, starts: np.ndarray, k: int, arrays) -> None:
         """Lane i of several sequences or tokens: its costs added token by token."""
