@@ -30,8 +30,9 @@ from cent_serve.model.generate import generate
 from cent_serve.model.reference import LlamaModel
 from cent_serve.model.weights import load_weights
 
-TARGET_70B_SIM_TOK_S = 2000.0
-"""Issue target for (a) on a 2-core machine."""
+TARGET_70B_SIM_TOK_S = 20000.0
+"""The round-message issue's target for (a) on a 2-core machine (not reached: docs/architecture.md,
+"Where the emulation's time goes")."""
 TARGET_TINY_TOK_S = 200.0
 """Issue target for (b), pipeline, on a 2-core machine."""
 
