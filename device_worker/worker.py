@@ -162,7 +162,7 @@ class DeviceWorker:
             ready, costs.block_s, costs.hop_s, costs.acc_s, costs.energy_j, costs.tokens, costs.seqs, self._clocks,
             self._group_blocks, self._block_last, self._embed, self._head, self._busy, self._blocks_per_call,
             c.energy_j)
-        n_tokens = int(costs.tokens.sum())
+        n_tokens = costs.num_tokens
         c.tokens += n_tokens
         c.block_steps += self._blocks_per_call * len(ready)
         c.hop_bytes_local += self._local_hops * 2 * n_tokens * self.cfg.model.hidden_size

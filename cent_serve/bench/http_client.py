@@ -147,6 +147,126 @@ async def _probe(client: httpx.AsyncClient, url: str) -> str:
                          "point --url at an OpenAI-compatible server (e.g. `cent serve`), without /v1") from None
 
 
+@dataclass
+class _Server:
+    """What the replay needs to know of the server before it starts."""
+
+    model: str
+    status: dict
+    """`/v1/cent/status` at the start ({} when the server is not cent-serve)."""
+
+    @property
+    def cent(self) -> bool:
+        return bool(self.status)
+
+    @property
+    def virtual(self) -> bool:
+        return self.status.get("clock_mode") == "virtual"
+
+    @property
+    def offset(self) -> float:
+        """Simulated seconds the server's clock stands at: trace time 0 (virtual clock)."""
+        return self.status.get("clock_s", 0.0) if self.virtual else 0.0
+
+    @property
+    def pace(self) -> float:
+        return self.status.get("pace_factor", 1.0)
+
+
+async def _server(client: httpx.AsyncClient, url: str) -> _Server:
+    model = await _probe(client, url)
+    st = await client.get("/v1/cent/status")
+    return _Server(model, st.json() if st.status_code == 200 else {})
+
+
+class _Replay:
+    """One HTTP replay: the requests in flight, their records, the status samples."""
+
+    def __init__(self, client: httpx.AsyncClient, srv: _Server, requests: list[TraceRequest], concurrency: int,
+                 seed: int, progress: bool) -> None:
+        self.client, self.srv, self.requests, self.seed = client, srv, requests, seed
+        self.records: dict[str, RequestRecord] = {}
+        self.walls: dict[str, WallTimes] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.samples: list[Sample] = []
+        self.sem = asyncio.Semaphore(concurrency)
+        self.bar = Progress(len(requests), "replay (http)", progress)
+        self.done = asyncio.Event()
+        self.t0 = time.perf_counter()
+
+    async def run(self) -> float:
+        """Send every request (see the module docstring for how); returns the wall seconds."""
+        poller = asyncio.create_task(self.poll())
+        if self.srv.virtual:
+            for i, tr in enumerate(self.requests):
+                await self.send(i, tr)
+            for t in asyncio.as_completed(self.tasks):
+                self.bar.done(await t)
+        else:
+            await asyncio.gather(*[self.send(i, tr) for i, tr in enumerate(self.requests)])
+        self.bar.close()
+        self.done.set()
+        await poller
+        return time.perf_counter() - self.t0
+
+    async def send(self, i: int, tr: TraceRequest) -> None:
+        srv = self.srv
+        rid = f"trace-{tr.request_id}"
+        rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens))
+        wall = self.walls[rid] = WallTimes()
+        ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), bos_token_id=1).token_ids
+        body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
+                    stream=True, stream_options={"include_usage": True})
+        submitted = asyncio.Event()
+        if srv.virtual:
+            nxt = self.requests[i + 1].arrival_s + srv.offset if i + 1 < len(self.requests) else RELEASE_HOLD_S
+            body.update(arrival_s=tr.arrival_s + srv.offset, hold_until_s=nxt)
+            task = asyncio.create_task(_one(self.client, body, rec, wall, submitted))
+            await submitted.wait()  # in order: the engine must see request i before i + 1
+            self.tasks.append(task)
+            return
+        delay = self.t0 + tr.arrival_s * srv.pace - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with self.sem:
+            await _one(self.client, body, rec, wall, submitted)
+        self.bar.done(rec)
+
+    async def poll(self) -> None:
+        """The engine's queues over time, for the timeline plot."""
+        while self.srv.cent and not self.done.is_set():
+            try:
+                x = (await self.client.get("/v1/cent/status")).json()
+                self.samples.append(Sample(x["clock_s"] - self.srv.offset, x["num_waiting"], x["num_running"],
+                                           x["kv_usage"]))
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            try:
+                await asyncio.wait_for(self.done.wait(), STATUS_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def records_in_trace_time(self) -> list[RequestRecord]:
+        """The records with the server's simulated times shifted back to trace time, or, from a
+        server without simulated times, the wall clock's."""
+        recs, srv, t0 = list(self.records.values()), self.srv, self.t0
+        if srv.virtual:
+            for r in recs:
+                for name in ("arrival_s", "scheduled_s", "first_token_s", "finish_s"):
+                    v = getattr(r, name)
+                    if v is not None:
+                        setattr(r, name, v - srv.offset)
+                r.token_times_s = [t - srv.offset for t in r.token_times_s]
+        elif not srv.cent:
+            for r in recs:  # no simulated times: the wall clock is the only clock
+                w = self.walls[r.request_id]
+                r.arrival_s, r.scheduled_s = w.sent - t0, w.sent - t0
+                r.first_token_s = None if w.first is None else w.first - t0
+                r.finish_s = None if w.last is None else w.last - t0
+                r.token_times_s = [c - t0 for c in w.chunks]
+        return recs
+
+
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,
                       api_key: str | None = None, progress: bool = True) -> tuple[BenchResult, dict]:
     """Replay over HTTP; returns the result (simulated times when the server gives them) and the
@@ -160,88 +280,14 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     except httpx.InvalidURL as exc:
         raise ValueError(f"--url {url!r} is invalid ({exc}): use e.g. http://127.0.0.1:8000") from None
     async with client:
-        model = await _probe(client, url)
-        st = await client.get("/v1/cent/status")
-        cent = st.status_code == 200
-        status = st.json() if cent else {}
-        virtual = cent and status.get("clock_mode") == "virtual"
-        offset = status.get("clock_s", 0.0) if virtual else 0.0
-        pace = status.get("pace_factor", 1.0) if cent else 1.0
-        bos = 1
-        records, walls, tasks = {}, {}, []
-        sem = asyncio.Semaphore(concurrency)
-        bar = Progress(len(requests), "replay (http)", progress)
-        t0 = time.perf_counter()
-
-        async def run(i: int, tr: TraceRequest) -> None:
-            rid = f"trace-{tr.request_id}"
-            rec = records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens))
-            wall = walls[rid] = WallTimes()
-            ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (seed, i), bos_token_id=bos).token_ids
-            body = dict(model=model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
-                        stream=True, stream_options={"include_usage": True})
-            submitted = asyncio.Event()
-            if virtual:
-                nxt = requests[i + 1].arrival_s + offset if i + 1 < len(requests) else RELEASE_HOLD_S
-                body.update(arrival_s=tr.arrival_s + offset, hold_until_s=nxt)
-                task = asyncio.create_task(_one(client, body, rec, wall, submitted))
-                await submitted.wait()  # in order: the engine must see request i before i + 1
-                tasks.append(task)
-                return
-            delay = t0 + tr.arrival_s * pace - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with sem:
-                await _one(client, body, rec, wall, submitted)
-            bar.done(rec)
-
-        samples: list[Sample] = []
-        done = asyncio.Event()
-
-        async def poll() -> None:  # the engine's queues over time, for the timeline plot
-            while cent and not done.is_set():
-                try:
-                    x = (await client.get("/v1/cent/status")).json()
-                    samples.append(Sample(x["clock_s"] - offset, x["num_waiting"], x["num_running"], x["kv_usage"]))
-                except (httpx.HTTPError, KeyError, ValueError):
-                    pass
-                try:
-                    await asyncio.wait_for(done.wait(), STATUS_POLL_S)
-                except asyncio.TimeoutError:
-                    pass
-
-        poller = asyncio.create_task(poll())
-        if virtual:
-            for i, tr in enumerate(requests):
-                await run(i, tr)
-            for t in asyncio.as_completed(tasks):
-                bar.done(await t)
-        else:
-            await asyncio.gather(*[run(i, tr) for i, tr in enumerate(requests)])
-        bar.close()
-        done.set()
-        await poller
-        wall_s = time.perf_counter() - t0
-        end = (await client.get("/v1/cent/status")).json() if cent else {}
-    recs = list(records.values())
-    if virtual:  # back to trace time
-        for r in recs:
-            for name in ("arrival_s", "scheduled_s", "first_token_s", "finish_s"):
-                v = getattr(r, name)
-                if v is not None:
-                    setattr(r, name, v - offset)
-            r.token_times_s = [t - offset for t in r.token_times_s]
-    elif not cent:
-        for r in recs:  # no simulated times: the wall clock is the only clock
-            w = walls[r.request_id]
-            r.arrival_s, r.scheduled_s = w.sent - t0, w.sent - t0
-            r.first_token_s = None if w.first is None else w.first - t0
-            r.finish_s = None if w.last is None else w.last - t0
-            r.token_times_s = [c - t0 for c in w.chunks]
-    devices = end.get("devices", [])
-    clock = end.get("clock_s", 0.0) - offset if cent else wall_s
-    result = BenchResult(recs, samples, devices, clock, wall_s, end)
+        srv = await _server(client, url)
+        replay = _Replay(client, srv, requests, concurrency, seed, progress)
+        wall_s = await replay.run()
+        end = (await client.get("/v1/cent/status")).json() if srv.cent else {}
+    recs = replay.records_in_trace_time()
+    clock = end.get("clock_s", 0.0) - srv.offset if srv.cent else wall_s
+    result = BenchResult(recs, replay.samples, end.get("devices", []), clock, wall_s, end)
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
-                            e2e_s=None if w.last is None else w.last - w.sent) for rid, w in walls.items()}
-    return result, dict(per_request=wall_stats, clock="simulated" if cent else "wall",
-                        server_clock=status.get("clock_mode"), model=model)
+                            e2e_s=None if w.last is None else w.last - w.sent) for rid, w in replay.walls.items()}
+    return result, dict(per_request=wall_stats, clock="simulated" if srv.cent else "wall",
+                        server_clock=srv.status.get("clock_mode"), model=srv.model)

@@ -71,6 +71,8 @@ class LaneCosts:
     """Sequences in the lane (the LM head runs once per sequence)."""
     seq_energy_j: np.ndarray
     """Per sequence (layout order): one block's joules on one tp device."""
+    num_tokens: int = 0
+    """The round's tokens (the sum of `tokens`, once for every device that reads it)."""
 
 
 class SystemTimer:
@@ -194,7 +196,7 @@ class SystemTimer:
             seq_energy[idx] = e
         for i in multi:
             self._add_lane(i, lanes[i], starts, int(first[i]), (pim, acc, energy, step, hop, tokens, seqs, seq_energy))
-        out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy)
+        out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy, int(tokens.sum()))
         self._lanes = (key, out)
         return out
 
