@@ -103,7 +103,8 @@ class _Common(BaseModel):
     """cent-serve replay extension (virtual clock): the request's arrival in simulated seconds."""
     hold_until_s: float | None = None
     """cent-serve replay extension (virtual clock): start no round at or past this simulated
-    time until the next request arrives (the replayer's next arrival; null releases)."""
+    time until the next request arrives (the replayer's next arrival). Null leaves the hold as it
+    is; 1e18 or more (`cent_serve.serving.RELEASE_HOLD_S`, the last request's) releases it."""
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,8 @@ HEALTH_CHECK_S = 5.0
 HOLD_EXPIRY_S = 30.0
 """Wall seconds a replay hold lasts without news from its client (a vanished client must
 not stop the clock forever)."""
+RELEASE_HOLD_S = 1e18
+"""A hold at or past this releases the clock: the replayer's last request has no next arrival."""
 
 
 PACE_LAG_WARN_S = 0.5
@@ -218,7 +220,7 @@ class EngineLoop:
     def set_hold(self, hold_until_s: float | None) -> None:
         """Engine thread only. The replayer sends one request at a time, in arrival order."""
         if hold_until_s is not None:
-            self.hold_until_s = hold_until_s
+            self.hold_until_s = hold_until_s if hold_until_s < RELEASE_HOLD_S else None
             self._hold_expires = time.monotonic() + HOLD_EXPIRY_S
 
     def _held(self, eng: Engine) -> bool:

@@ -140,6 +140,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from cent_serve.config import config_to_dict
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request under the progress bar
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
     requests, source = _requests(args, cfg)

@@ -26,9 +26,8 @@ from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample
 from cent_serve.request import REFUSAL_REASONS
+from cent_serve.serving import RELEASE_HOLD_S  # `hold_until_s` of the last request: the clock is released
 
-RELEASE_HOLD_S = 1e18
-"""`hold_until_s` of the last request: no hold."""
 REQUEST_TIMEOUT_S = 600.0
 """Longest wait for one request's stream."""
 STATUS_POLL_S = 0.25

@@ -84,3 +84,22 @@ def test_http_replay_equals_in_process_when_the_queue_overflows():
     assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
     assert local["failure_reasons"]["queue_full"]["count"] > 5  # the bound was reached, often
     assert remote == local
+
+
+def test_the_last_replay_request_releases_the_hold(monkeypatch):
+    """The last request's hold (`RELEASE_HOLD_S`: no next arrival) releases the clock at once, so a
+    finished replay leaves no hold to expire later (an expiry warns and counts: 0 when healthy)."""
+    import time
+
+    import cent_serve.serving as serving
+    from cent_serve.bench import Request
+
+    monkeypatch.setattr(serving, "HOLD_EXPIRY_S", 0.2)  # a hold left behind would expire during the wait below
+    reqs = [Request(str(i), 0.01 * i, 8, 4) for i in range(3)]
+    with Server(_cfg(), "local") as s:
+        result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+        time.sleep(0.5)
+        httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).raise_for_status()
+        status = httpx.get(s.url + "/v1/cent/status").json()
+    assert [r.finish_reason for r in result.records] == ["length"] * 3
+    assert status["num_hold_expiries"] == 0
