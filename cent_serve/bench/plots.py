@@ -185,7 +185,7 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
     axes[2].set_ylabel("KV cache in use")
     axes[2].set_ylim(0, max(peak * 1.15, 1e-6))
     axes[2].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=_percent_decimals(peak)))
-    axes[2].yaxis.set_major_locator(MaxNLocator(nbins=5))
+    axes[2].yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))  # ticks the decimals can show
     axes[2].set_title(f"peak {100 * peak:.{_percent_decimals(peak)}f}% of the KV blocks", fontsize=9, loc="right")
     axes[2].set_xlabel(f"time from the first arrival (s, {_clock(result)})")
     for ax, integer in zip(axes, (True, True, False)):
@@ -237,7 +237,7 @@ def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
 def _utilization_note(result: BenchResult, devs: list[dict], clock: float) -> str:
     """Which resource was busiest on most devices, over how long, and the devices not shown."""
     kinds = Counter(_resource_kind(max(d["busy_s"], key=d["busy_s"].get)) for d in devs if d["busy_s"])
-    busiest = ", ".join(f"{k} on {n}" for k, n in kinds.most_common())
+    busiest = ", ".join(f"{k} on {n} device{'s' if n != 1 else ''}" for k, n in kinds.most_common())
     note = f"utilization over {clock:.4g} s ({_clock(result)}); busiest resource: {busiest or 'none'}"
     mp = result.status.get("mapping") or {}
     idle = mp.get("devices", 0) - mp.get("devices_used", 0) * mp.get("replicas", 1)
