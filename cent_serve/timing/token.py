@@ -20,6 +20,7 @@ from cent_serve.timing.pim import BlockTimer, gemv_cycles
 TABLE_AHEAD = 32
 """Contexts past a missing one that `SystemTimer._context_table` fills in the same pass."""
 
+
 @dataclass(frozen=True)
 class StepCost:
     """What one step costs, by named part (simulated seconds, joules): the closed form's token,
