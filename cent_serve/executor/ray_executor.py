@@ -34,6 +34,11 @@ JOIN_PROBE_TIMEOUT_S = 5.0
 dead address for minutes)."""
 
 
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+"""Ray's setting of its workers' niceness, read by the raylet a local Ray starts (set it to keep
+Ray's default of 15)."""
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     """Join `address` (or RAY_ADDRESS), or start a fresh local Ray; returns a line saying which.
 
@@ -48,6 +53,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
+        # Ray runs its workers at nice 15 by default; here the workers are the emulated devices,
+        # the whole job, and at nice 15 any other busy process on the machine starves them
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
         return "started a local Ray"
     def refuse(reason: str) -> ValueError:

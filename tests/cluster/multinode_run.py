@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -11,13 +12,14 @@ from ray.cluster_utils import Cluster
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.executor.generate import generate_batch
-from cent_serve.executor.ray_executor import PlacementError, RayExecutor
+from cent_serve.executor.ray_executor import WORKER_NICENESS_ENV, PlacementError, RayExecutor
 
 PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
 
 
 def main() -> None:
     devices, pp, tp = (int(x) for x in sys.argv[1:4])
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as ensure_ray's local Ray: devices not starved
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"cent_device": 4}))
     cluster.add_node(num_cpus=1, resources={"cent_device": 4})
     cluster.wait_for_nodes()

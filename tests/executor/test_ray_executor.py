@@ -107,3 +107,15 @@ def test_the_switch_trusts_no_link_without_the_runs_secret(ray_cluster, tmp_path
         assert out.ready_s[0] > 0  # the round still runs on the authenticated links
     finally:
         ex.shutdown()
+
+
+def test_the_local_ray_runs_its_workers_at_normal_priority(ray_cluster):
+    """Ray's default niceness of 15 would let any busy process on the machine starve the emulated
+    devices (seen: a test took minutes beside two CPU-bound loops); the local Ray runs them at 0."""
+    import os
+
+    @ray_cluster.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray_cluster.get(niceness.remote(), timeout=60) == os.nice(0)
