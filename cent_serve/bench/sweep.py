@@ -217,11 +217,13 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
     labels = [f"pp {r['pp']} x tp {r['tp']}\n{r['mode']}, {r['devices_used']} used"
               + (f" x {r['replicas']}" if r["replicas"] > 1 else "") for r in rows]
     x = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 3, figsize=(max(14, 2.4 * len(rows) + 5), 5))
+    # one panel above the other: every mapping's two-line label gets the panel's full width
+    fig, axes = plt.subplots(3, 1, figsize=(max(9, 1.7 * len(rows) + 3), 12), sharex=True)
     bars = axes[0].bar(x, [r["total_token_throughput"] for r in rows], color="tab:blue",
                        label="CENT (emulated, this trace)")
     axes[0].bar_label(bars, labels=[f"{r['total_token_throughput']:,.0f}" + (f"\n{r['throughput_ratio']:.2f}x GPU"
-                                    if "throughput_ratio" in r else "") for r in rows], fontsize=8, padding=2)
+                                    if "throughput_ratio" in r else "") for r in rows], fontsize=8, padding=2,
+                       bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1))  # readable over the line
     if gpu:
         axes[0].axhline(gpu["end2end"], color="tab:red", ls="--", label=f"{gpu['gpus']} GPU baseline "
                                                                           f"(paper): {gpu['end2end']:,.0f}")
@@ -231,8 +233,8 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
     axes[0].set_ylim(0, 1.25 * max([r["total_token_throughput"] for r in rows] + [gpu["end2end"] if gpu else 0]))
     for ax, metric, name in ((axes[1], "ttft", "TTFT"), (axes[2], "tpot", "TPOT")):
         _latency_bars(ax, rows, x, metric, name)
+    axes[-1].set_xticks(x, labels, fontsize=8)
     for ax in axes:
-        ax.set_xticks(x, labels, fontsize=8)
         plain_axis(ax.yaxis)
         ax.grid(axis="y", alpha=0.3)
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
