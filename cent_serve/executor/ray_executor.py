@@ -38,6 +38,10 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"
 """Ray's setting of its workers' niceness, read by the raylet a local Ray starts (set it to keep
 Ray's default of 15)."""
 
+STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
+STARTUP_CONCURRENCY = 256
+"""Worker processes a local Ray expects to start at once (Ray's default: its CPU count)."""
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     """Join `address` (or RAY_ADDRESS), or start a fresh local Ray; returns a line saying which.
@@ -56,6 +60,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         # Ray runs its workers at nice 15 by default; here the workers are the emulated devices,
         # the whole job, and at nice 15 any other busy process on the machine starves them
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+        # Ray warns when more workers start at once than it expects (its CPUs): a replica's devices
+        # all start together, and the warning comes on the driver's stdout (into `--json` output)
+        os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
         return "started a local Ray"
     def refuse(reason: str) -> ValueError:
