@@ -23,6 +23,18 @@ EMBEDDING, LM_HEAD, ACCELERATOR, DMA, GROUPS = 0, 1, 2, 3, 4
 
 
 @njit(cache=True)
+def _unit(unit, t, count, busy, slot):  # pragma: no cover - compiled; tested through device_lanes
+    """One lane through a once-per-token or once-per-sequence unit: unit = [has it, seconds per
+    item, clock] (clock updated), `count` items, arriving at `t`; returns when it leaves."""
+    free = unit[2]
+    start = t if t > free else free
+    t = start + unit[1] * count
+    unit[2] = t
+    busy[slot] += t - start
+    return t
+
+
+@njit(cache=True)
 def device_lanes(ready, step, hop, acc, energy, tokens, seqs, group_free, group_blocks, block_last,
                  embed, head, busy, blocks, joules):  # pragma: no cover - compiled; its .py_func is tested
     """Push the lanes through one device, in arrival order; returns each lane's output time.
@@ -41,11 +53,7 @@ def device_lanes(ready, step, hop, acc, energy, tokens, seqs, group_free, group_
     for i in order:
         t = ready[i]
         if embed[0]:
-            free = embed[2]
-            start = t if t > free else free
-            t = start + embed[1] * tokens[i]
-            embed[2] = t
-            busy[EMBEDDING] += t - start
+            t = _unit(embed, t, tokens[i], busy, EMBEDDING)
         b = 0
         for j in range(group_free.shape[0]):
             free = group_free[j]
@@ -63,11 +71,7 @@ def device_lanes(ready, step, hop, acc, energy, tokens, seqs, group_free, group_
         busy[ACCELERATOR] += acc[i] * blocks
         joules += energy[i] * blocks
         if head[0]:
-            free = head[2]
-            start = t if t > free else free
-            t = start + head[1] * seqs[i]
-            head[2] = t
-            busy[LM_HEAD] += t - start
+            t = _unit(head, t, seqs[i], busy, LM_HEAD)
             joules += head[3] * seqs[i]
         done[i] = t
     return done, joules
