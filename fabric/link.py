@@ -398,11 +398,10 @@ class Link:
                 raise LinkRefused("the server's proof is wrong: it does not know the secret")
             link._send_frame(hello_blob)
         except (LinkRefused, LinkClosed, TimeoutError, WireError) as e:
-            link.close()
-            log.warning("refused the link to %s: %s", link.peer, e)
-            if isinstance(e, LinkRefused):
+            err = link._refused("to", e)
+            if err is e:
                 raise
-            raise LinkRefused(f"handshake with {link.peer} failed: {e}") from e
+            raise err from e
         return link
 
     @classmethod
@@ -427,12 +426,17 @@ class Link:
             link._send_frame(encode({"mac": _mac(secret, SERVER_LABEL, client_nonce, server_nonce)}))
             hello = link._recv(deadline, HANDSHAKE_MAX_FRAME_BYTES)
         except (LinkRefused, LinkClosed, TimeoutError, WireError) as e:
-            link.close()
-            log.warning("refused a link from %s: %s", link.peer, e)
-            if isinstance(e, LinkRefused):
+            err = link._refused("from", e)
+            if err is e:
                 raise
-            raise LinkRefused(f"handshake from {link.peer} failed: {e}") from e
+            raise err from e
         return link, hello
+
+    def _refused(self, direction: str, e: BaseException) -> LinkRefused:
+        """A failed handshake: the link closed, a warning naming the peer, the error to raise."""
+        self.close()
+        log.warning("refused a link %s %s: %s", direction, self.peer, e)
+        return e if isinstance(e, LinkRefused) else LinkRefused(f"handshake {direction} {self.peer} failed: {e}")
 
     def _handshake_field(self, deadline: float, field: str, proto: bool = False) -> bytes:
         """The one bytes field of the next handshake frame (and its protocol name if `proto`)."""
