@@ -20,7 +20,7 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
-from cent_serve.model.tokenizer import Tokenizer
+from cent_serve.model.tokenizer import Tokenizer, encode_chat
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
 
@@ -96,14 +96,29 @@ class ApiContext:
             raise ApiError("prompt is empty: give text or token ids", param)
         return [self._encode(p, param) if isinstance(p, str) else list(p) for p in prompts]
 
-    def _encode(self, text: str, param: str) -> list[int]:
+    def _encode(self, text: str, param: str, add_bos: bool = True) -> list[int]:
         if not text:
             raise ApiError("prompt is empty: give text or token ids", param)
+        self.check_chars(len(text), param)
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """A DoS guard: refuse text the context cannot hold without tokenizing it all."""
         context = self.cfg.model.max_seq_len
-        if len(text) > MAX_CHARS_PER_TOKEN * context:  # a DoS guard: refuse without tokenizing it all
-            raise ApiError(f"the prompt has {len(text)} characters; the model's context is {context} tokens: "
+        if chars > MAX_CHARS_PER_TOKEN * context:
+            raise ApiError(f"the prompt has {chars} characters; the model's context is {context} tokens: "
                            "shorten the prompt", param, code="context_length_exceeded")
-        return self.tokenizer.encode(text)
+
+    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages") -> list[int]:
+        """A chat's token ids: the model's chat template rendered (the template writes the BOS),
+        then encoded (tokenizer.py). A template that refuses the messages is a 400 naming `param`."""
+        if not messages:
+            raise ApiError(f"{param} is empty: give at least one message", param)
+        self.check_chars(sum(len(m["content"]) for m in messages), param)
+        try:
+            return encode_chat(self.tokenizer, messages, add_generation_prompt)
+        except ValueError as exc:
+            raise ApiError(f"{exc}: change the messages", param) from None
 
     def check_request(self, prompt_ids: list[int], max_tokens: int, fields: FieldNames) -> None:
         """`Engine.check_request` (the one validator of a prompt and its length), its refusal as

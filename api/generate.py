@@ -18,6 +18,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from api.context import ApiContext, FieldNames, refusal, sse, summary, usage
+from api.logprobs import prompt_logprobs as format_prompt_logprobs
 from api.errors import EventStream, record, record_finished
 from api.protocol import ApiError
 from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
@@ -52,6 +53,9 @@ class Endpoint(ABC):
     """The response's `object`."""
     chunk_object: str
     """Each SSE chunk's `object`."""
+    prompt_on_choice: bool
+    """Where vLLM puts `prompt_token_ids` and `prompt_logprobs`: on each choice (completions) or
+    once on the response (chat)."""
 
     @abstractmethod
     def prompts(self, ctx: ApiContext, body) -> Prompts:
@@ -73,8 +77,15 @@ class Endpoint(ABC):
         ...
 
     @abstractmethod
-    def whole(self, ctx: ApiContext, body, prompt_ids: list[int], text: str) -> dict:
-        """A collected choice whose output is `text`, generated after `prompt_ids`."""
+    def logprobs(self, ctx: ApiContext, entries: list, token_ids: list[int], offset: int) -> dict:
+        """The `logprobs` of `token_ids` (their `TokenLogprob` entries), whose text starts at
+        character `offset` of the output."""
+        ...
+
+    @abstractmethod
+    def whole(self, ctx: ApiContext, body, prompt_ids: list[int], out: dict) -> dict:
+        """A collected choice whose output `out` (text, token_ids, logprobs, prompt_logprobs)
+        came after `prompt_ids`."""
         ...
 
 
@@ -100,6 +111,16 @@ class Reply:
     def chunk(self, index: int, fields: dict, finish: str | None, extra: dict | None = None) -> dict:
         choice = dict(index=index, **fields, logprobs=None, finish_reason=finish, **(extra or {}))
         return dict(self.base, choices=[choice])
+
+    def prompt_fields(self, ctx: ApiContext, index: int, prompt_logprobs: list | None) -> dict:
+        """`prompt_token_ids` (with return_token_ids) and `prompt_logprobs` (when asked for) of
+        choice `index`'s prompt."""
+        body, fields = self.body, {}
+        if body.return_token_ids:
+            fields["prompt_token_ids"] = self.prompts[index // body.n]
+        if body.prompt_logprobs is not None:
+            fields["prompt_logprobs"] = format_prompt_logprobs(ctx.tokenizer, prompt_logprobs)
+        return fields
 
 
 async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
@@ -196,7 +217,9 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
     once all have finished. Aborts them all if the client goes away (checked every
     DISCONNECT_POLL_S: a non-streaming handler sends nothing that would notice); raises ApiError
     500 if a choice failed in the engine."""
-    out = {index: {"token_ids": [], "text": "", "times": []} for index in range(len(reqs))}
+    wants_logprobs = reqs[0].params.logprobs is not None
+    out = {index: {"token_ids": [], "text": "", "times": [], "logprobs": [] if wants_logprobs else None}
+           for index in range(len(reqs))}
     left = len(reqs)
     next_check = time.monotonic() + DISCONNECT_POLL_S
     try:
@@ -215,9 +238,13 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
             o["token_ids"] += d.token_ids
             o["text"] += d.text
             o["times"] += d.times_s
+            if wants_logprobs:
+                o["logprobs"] += d.logprobs
+            if d.prompt_logprobs is not None:
+                o["prompt_logprobs"] = d.prompt_logprobs
             if d.finished:
                 left -= 1
-                o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing)
+                o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing, stop_reason=d.stop_reason)
     except asyncio.CancelledError:  # cancelled under us: nobody will read these choices
         ctx.abort_all(reqs)
         record(raw, "aborted", "client_disconnect")
@@ -231,47 +258,109 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
 
 def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
     """The non-streaming response: every choice in the endpoint's shape, usage and `cent`."""
-    body, n = reply.body, reply.body.n
+    body, n, endpoint = reply.body, reply.body.n, reply.endpoint
     choices = []
     for index, o in outs.items():  # built in choice order by `collect`
-        c = dict(index=index, **reply.endpoint.whole(ctx, body, reply.prompts[index // n], o["text"]),
-                 logprobs=None, finish_reason=o["finish_reason"], cent=o["timing"])
+        c = dict(dict(index=index, logprobs=None), **endpoint.whole(ctx, body, reply.prompts[index // n], o),
+                 finish_reason=o["finish_reason"], stop_reason=o["stop_reason"], cent=o["timing"])
         if body.return_token_ids:
             c["token_ids"] = o["token_ids"]
+        if endpoint.prompt_on_choice:
+            c.update(reply.prompt_fields(ctx, index, o.get("prompt_logprobs")))
         choices.append(c)
-    return dict(reply.base, object=reply.endpoint.object, choices=choices, usage=usage(reply.prompts, outs),
-                cent=summary([c["cent"] for c in choices]))
+    response = dict(reply.base, object=endpoint.object, choices=choices, usage=usage(reply.prompts, outs),
+                    cent=summary([c["cent"] for c in choices]))
+    if not endpoint.prompt_on_choice:
+        response.update(reply.prompt_fields(ctx, 0, outs[0].get("prompt_logprobs")))
+    return response
+
+
+@dataclass
+class _Pending:
+    """A streamed choice's output not yet sent: tokens whose text is held back (an incomplete
+    character, a possible stop string) go out with the next chunk that has text, so no content
+    chunk is empty and the last token's chunk carries the finish_reason."""
+
+    token_ids: list[int] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
+    text: str = ""
+    sent_tokens: int = 0
+    sent_chars: int = 0
+    prompt_logprobs: list | None = None
+    started: bool = False
+
+    def add(self, d) -> None:
+        self.token_ids += d.token_ids
+        self.times_s += d.times_s
+        self.logprobs += d.logprobs
+        self.text += d.text
+        if d.prompt_logprobs is not None:
+            self.prompt_logprobs = d.prompt_logprobs
+
+    def flush(self) -> None:
+        self.sent_tokens += len(self.token_ids)
+        self.sent_chars += len(self.text)
+        self.token_ids, self.times_s, self.logprobs, self.text = [], [], [], ""
+        self.started = True
 
 
 def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: Reply) -> EventStream:
-    """SSE: the endpoint's opening chunk per choice, one chunk per delta, the finish per choice,
-    usage if asked, then [DONE]. If the client leaves first, its choices are aborted and the
-    request counts as aborted."""
+    """SSE: the endpoint's opening chunk per choice, one chunk per token with text (tokens whose
+    text is held back join the next), the last token's chunk with the finish_reason, usage if
+    asked, then [DONE]. If the client leaves first, its choices are aborted and the request
+    counts as aborted."""
     left = [len(reqs)]  # a cell: the body decrements it, on_close reads it
     body, endpoint = reply.body, reply.endpoint
+    prompt_tokens = [len(p) for p in reply.prompts]
+    continuous = body.include_usage and body.stream_options.continuous_usage_stats
+    wants_logprobs = reqs[0].params.logprobs is not None
+
+    def chunk(index: int, p: _Pending, d) -> dict:
+        timing = dict(d.timing, times_s=p.times_s) if d.finished else {"times_s": p.times_s}
+        extra = {"stop_reason": d.stop_reason if d.finished else None, "cent": timing}
+        if body.return_token_ids:
+            extra["token_ids"] = p.token_ids
+        if not p.started and endpoint.prompt_on_choice:
+            extra.update(reply.prompt_fields(ctx, index, p.prompt_logprobs))
+        fields = endpoint.piece(p.text) if p.text or not d.finished else endpoint.end()
+        c = reply.chunk(index, fields, d.finish_reason if d.finished else None, extra)
+        if p.logprobs and wants_logprobs:
+            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, p.logprobs, p.token_ids, p.sent_chars)
+        if not p.started and not endpoint.prompt_on_choice and index == 0:
+            c.update(reply.prompt_fields(ctx, 0, p.prompt_logprobs))
+        if continuous:
+            n = prompt_tokens[index // body.n]
+            done = p.sent_tokens + len(p.token_ids)
+            c["usage"] = {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
+        return c
 
     async def chunks() -> AsyncIterator[str]:
         outs = {i: {"token_ids": []} for i in range(len(reqs))}
+        pending = {i: _Pending() for i in range(len(reqs))}
         reasons = []
         opening = endpoint.opening()
         if opening is not None:
             for i in range(len(reqs)):
-                yield sse(reply.chunk(i, opening, None))
+                c = reply.chunk(i, opening, None)
+                if continuous:
+                    n = prompt_tokens[i // body.n]
+                    c["usage"] = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
+                yield sse(c)
         while left[0]:
             index, d = await q.get()
             await ctx.pace(d)
             outs[index]["token_ids"] += d.token_ids
             if d.error:
                 yield sse(ApiError(d.error, None, 500, "server_error").body())
-            extra = {"cent": {"times_s": d.times_s}}
-            if body.return_token_ids:
-                extra["token_ids"] = d.token_ids
-            if d.text or d.token_ids:
-                yield sse(reply.chunk(index, endpoint.piece(d.text), None, extra))
+            p = pending[index]
+            p.add(d)
             if d.finished:
                 left[0] -= 1
                 reasons.append(d.finish_reason)
-                yield sse(reply.chunk(index, endpoint.end(), d.finish_reason, {"cent": d.timing}))
+            if d.finished or p.text:
+                yield sse(chunk(index, p, d))
+                p.flush()
         record_finished(raw, reasons)
         if body.include_usage:
             yield sse(dict(reply.base, choices=[], usage=usage(reply.prompts, outs)))

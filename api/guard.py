@@ -13,7 +13,7 @@ from typing import Callable
 
 from api.protocol import ApiError
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ping"})
 """Paths served without the API key (liveness probes)."""
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 """Paths whose rejections count as refused generation requests (`on_reject`)."""

@@ -66,6 +66,8 @@ class Metrics:
         self.queue = hist("vllm:request_queue_time_seconds", "Time in the waiting queue (simulated).")
         self.prefill = hist("vllm:request_prefill_time_seconds", "Prefill time (simulated).")
         self.decode = hist("vllm:request_decode_time_seconds", "Decode time (simulated).")
+        self.tpot = hist("vllm:request_time_per_output_token_seconds",
+                         "Per request, (last token - first token) / (tokens - 1) (simulated).", ITL_BUCKETS_S)
         self.running = Gauge("vllm:num_requests_running", "Requests on the devices.", lab, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", lab, registry=r)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = 100%).", lab, registry=r)
@@ -106,6 +108,8 @@ class Metrics:
             self.e2e.labels(m).observe(t["e2e_s"])
         if req.first_token_s is not None and req.finish_s is not None:
             self.decode.labels(m).observe(max(0.0, req.finish_s - req.first_token_s))
+        if t["tpot_s"] is not None:
+            self.tpot.labels(m).observe(t["tpot_s"])
         times = req.token_times_s
         for a, b in zip(times, times[1:]):
             self.itl.labels(m).observe(b - a)

@@ -26,12 +26,15 @@ MAX_STOP_CHARS = 1024
 """Characters per stop string at most."""
 MAX_STOP_TOKEN_IDS = 256
 """Entries of `stop_token_ids` at most."""
+MAX_LOGPROBS = 20
+"""Most likely alternatives per token at most (`logprobs`, `top_logprobs`, `prompt_logprobs`): OpenAI's
+chat limit and vLLM's default `max_logprobs`."""
 SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 """`seed` is an int64 (OpenAI, vLLM); negative seeds are taken modulo 2**64."""
 MAX_ARRIVAL_S = 1e9
 """Largest `arrival_s` (simulated seconds, ~32 years): a replay arrival, not a clock jump to 1e300."""
 UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
-               "tool_choice": ("none",), "response_format": ({"type": "text"},), "top_logprobs": (0,)}
+               "tool_choice": ("none",), "response_format": ({"type": "text"},)}
 """OpenAI parameters this server cannot honour, with the values that mean "off" (null is off too)."""
 
 
@@ -76,6 +79,8 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+    """vLLM's: with include_usage, every chunk carries its choice's usage so far."""
 
 
 class _Common(BaseModel):
@@ -98,6 +103,9 @@ class _Common(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: Union[bool, int, None] = None
+    """Completions: how many alternatives per token (an integer); chat: whether to return them."""
+    prompt_logprobs: int | None = None
+    """vLLM's: log-probabilities of the prompt tokens, with this many alternatives."""
     user: str | None = None
     arrival_s: float | None = None
     """cent-serve replay extension (virtual clock): the request's arrival in simulated seconds."""
@@ -145,8 +153,7 @@ class _Common(BaseModel):
         if self.presence_penalty or self.frequency_penalty:
             raise ApiError("presence_penalty and frequency_penalty are not supported: leave them at 0",
                            "presence_penalty" if self.presence_penalty else "frequency_penalty")
-        if self.logprobs not in (None, False, 0):
-            raise ApiError("logprobs are not supported: leave logprobs unset", "logprobs")
+        logprobs, prompt_logprobs = self.logprob_counts()
         name = max_tokens_param
         if max_tokens < 1:
             raise ApiError(f"{name}={short(max_tokens)} is invalid: use a positive integer", name)
@@ -166,16 +173,44 @@ class _Common(BaseModel):
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),
                              stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
-                             min_tokens=self.min_tokens)
+                             min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        """(alternatives per generated token, per prompt token), None where none are asked for;
+        raises ApiError 400 naming the field out of range."""
+        return self._logprobs(), _count(self.prompt_logprobs, "prompt_logprobs")
+
+    def _logprobs(self) -> int | None:
+        if self.logprobs is False:  # OpenAI's "off"
+            return None
+        if isinstance(self.logprobs, bool):
+            raise ApiError(f"logprobs={self.logprobs!r} is invalid here: completions take a number of alternatives, "
+                           f"0..{MAX_LOGPROBS}", "logprobs")
+        return _count(self.logprobs, "logprobs")
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+def _count(value: int | None, name: str) -> int | None:
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise ApiError(f"{name}={short(value)} is invalid: use 0..{MAX_LOGPROBS}", name)
+    return value
+
+
 class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        """With `echo`, the prompt's log-probabilities come with the output's (OpenAI, vLLM)."""
+        if (self.model_extra or {}).get("top_logprobs") not in (None, 0):
+            raise ApiError("top_logprobs is chat's: completions take logprobs=N (0..20) alternatives", "top_logprobs")
+        logprobs, prompt = super().logprob_counts()
+        if self.echo and not self.stream and logprobs is not None and prompt is None:
+            prompt = logprobs  # a streamed echo sends no prompt text, so no prompt logprobs either
+        return logprobs, prompt
 
 
 class ContentPart(BaseModel):
@@ -202,17 +237,27 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True
+    """vLLM's: end the prompt with the assistant's cue (the template's `add_generation_prompt`)."""
+
+    def _logprobs(self) -> int | None:
+        if self.logprobs is not None and not isinstance(self.logprobs, bool):
+            raise ApiError(f"logprobs={short(self.logprobs)} is invalid for chat: use true, with top_logprobs "
+                           f"0..{MAX_LOGPROBS} for alternatives", "logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise ApiError("top_logprobs needs logprobs: set logprobs to true", "top_logprobs")
+        top = _count(self.top_logprobs, "top_logprobs")
+        return (top or 0) if self.logprobs else None
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The chat template: one line per turn, then the assistant's cue. Random-weight presets
-    have no template of their own; a checkpoint's Jinja template is not applied (yet)."""
-    lines = [f"<|{m.role}|>\n{m.text()}" for m in messages]
-    return "\n".join(lines) + "\n<|assistant|>\n"
+def chat_messages(messages: list[ChatMessage]) -> list[dict]:
+    """The messages as a chat template reads them: role and content text (text parts joined)."""
+    return [{"role": m.role, "content": m.text()} for m in messages]
 
 
 FIELD_NAMES = frozenset(name for m in (CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart,
-                                        StreamOptions) for name in m.model_fields)
+                                        StreamOptions) for name in m.model_fields) | {"tokens"}
 
 
 def schema_param(loc) -> str | None:
@@ -220,3 +265,46 @@ def schema_param(loc) -> str | None:
     `body` prefix and the union-branch tags pydantic inserts (`prompt.list[int].0` -> `prompt.0`)."""
     parts = [str(x) for x in loc[1:] if isinstance(x, int) or x in FIELD_NAMES]
     return ".".join(parts) or None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, as every error of this server is written (for the OpenAPI schema)."""
+
+    error: ErrorDetail
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `/tokenize`: a `prompt`, or chat `messages` rendered with the chat template."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    """Prompt: put the BOS first (default true); messages: the template writes it (default false)."""
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        if isinstance(data, dict):
+            _check_unicode({k: v for k, v in data.items() if k in cls.model_fields}, "")
+        return data
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's `/detokenize`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None
+    tokens: list[int]

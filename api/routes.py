@@ -11,7 +11,10 @@ from fastapi.responses import JSONResponse, Response
 
 from api.context import ApiContext, FieldNames, api_context
 from api.generate import Endpoint, Prompts, generate
-from api.protocol import ApiError, ChatCompletionRequest, CompletionRequest, chat_prompt
+from api.logprobs import chat_logprobs, completion_logprobs, piece
+from api.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse,
+                          TokenizeRequest, chat_messages)
+from cent_serve import __version__
 
 DEFAULT_MAX_TOKENS = 16
 """Completions without max_tokens get this many (OpenAI's completions default), at most the
@@ -26,6 +29,7 @@ class Completions(Endpoint):
     """`/v1/completions`: the prompt is given (text or ids); a choice is `text`."""
 
     id_prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
+    prompt_on_choice = True
 
     def prompts(self, ctx: ApiContext, body: CompletionRequest) -> Prompts:
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
@@ -37,11 +41,21 @@ class Completions(Endpoint):
     def end(self) -> dict:
         return {"text": ""}
 
-    def whole(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int], text: str) -> dict:
+    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int) -> dict:
+        return completion_logprobs(ctx.tokenizer, entries, token_ids, offset)
+
+    def whole(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int], out: dict) -> dict:
+        text, tok = out["text"], ctx.tokenizer
+        prompt_text = ""
         if body.echo:  # the prompt as text, without the BOS the tokenizer added
-            tok = ctx.tokenizer
-            text = tok.decode([t for t in prompt_ids if t != tok.bos_token_id]) + text
-        return {"text": text}
+            prompt_text = tok.decode([t for t in prompt_ids if t != tok.bos_token_id])
+        fields = {"text": prompt_text + text}
+        if out.get("logprobs") is not None:
+            ids, entries = out["token_ids"], out["logprobs"]
+            if body.echo:  # the prompt's tokens first, as OpenAI's echo with logprobs gives them
+                ids, entries = prompt_ids + ids, (out.get("prompt_logprobs") or [None] * len(prompt_ids)) + entries
+            fields["logprobs"] = completion_logprobs(tok, entries, ids)
+        return fields
 
 
 class Chat(Endpoint):
@@ -49,15 +63,14 @@ class Chat(Endpoint):
     assistant `message`, a chunk a `delta`."""
 
     id_prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
+    prompt_on_choice = False
 
     def prompts(self, ctx: ApiContext, body: ChatCompletionRequest) -> Prompts:
-        if not body.messages:
-            raise ApiError("messages is empty: give at least one message", "messages")
         newer = body.max_completion_tokens is not None  # OpenAI's newer name wins
         fields = FieldNames("messages", "max_completion_tokens" if newer else "max_tokens")
         # no limit given: the rest of the context, as vLLM's chat endpoint (DEFAULT_MAX_TOKENS)
         default = ctx.cfg.server.max_tokens_default or ctx.cfg.model.max_seq_len
-        return Prompts(ctx.to_ids(chat_prompt(body.messages), "messages"),
+        return Prompts([ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt)],
                        body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
     def opening(self) -> dict:
@@ -69,31 +82,113 @@ class Chat(Endpoint):
     def end(self) -> dict:
         return {"delta": {}}
 
-    def whole(self, ctx: ApiContext, body: ChatCompletionRequest, prompt_ids: list[int], text: str) -> dict:
-        return {"message": {"role": "assistant", "content": text}}
+    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int) -> dict:
+        return chat_logprobs(ctx.tokenizer, entries)
+
+    def whole(self, ctx: ApiContext, body: ChatCompletionRequest, prompt_ids: list[int], out: dict) -> dict:
+        fields = {"message": {"role": "assistant", "content": out["text"]}}
+        if out.get("logprobs") is not None:
+            fields["logprobs"] = chat_logprobs(ctx.tokenizer, out["logprobs"])
+        return fields
 
 
 COMPLETIONS, CHAT = Completions(), Chat()  # stateless: one of each serves every request
 
 
-@router.post("/v1/completions")
+def errors(*codes: int) -> dict:
+    """The OpenAPI `responses` of an endpoint: each error code with OpenAI's error body."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+
+
+ERROR_TEXT = {400: "invalid request (the message names the field)", 401: "missing or wrong API key",
+              404: "no such model", 413: "body too large", 422: "body does not match the schema",
+              429: "queue full (Retry-After)", 500: "the emulated devices failed", 503: "engine stopped"}
+GENERATION_ERRORS = errors(400, 401, 404, 413, 422, 429, 500, 503)
+
+
+def read(path: str, **kw):
+    """A GET route that HEAD serves too (load balancers and health probes send HEAD), both in
+    the OpenAPI schema under their own operation ids."""
+    def register(fn):
+        router.head(path, operation_id=f"{fn.__name__}_head", **kw)(fn)
+        return router.get(path, operation_id=fn.__name__, **kw)(fn)
+    return register
+
+
+@router.post("/v1/completions", responses=GENERATION_ERRORS)
 async def completions(body: CompletionRequest, raw: Request, ctx: Ctx):
     return await generate(ctx, raw, body, COMPLETIONS)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=GENERATION_ERRORS)
 async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx):
     return await generate(ctx, raw, body, CHAT)
 
 
-@router.get("/v1/models")
+def model_card(ctx: ApiContext) -> dict:
+    """The served model as `/v1/models` lists it. `root` is where its tokenizer is: the checkpoint
+    directory, or for a preset the model name, with `cent.tokenizer` the command that writes one
+    a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's `--processor`)."""
+    m = ctx.cfg.model
+    hint = m.checkpoint or f"cent tokenizer export DIR --model {m.name}"
+    return dict(id=ctx.model_name, object="model", created=ctx.created, owned_by="cent-serve",
+                root=m.checkpoint or ctx.model_name, parent=None, max_model_len=m.max_seq_len,
+                permission=[], cent={"tokenizer": hint, "vocab_size": m.vocab_size})
+
+
+@read("/v1/models", responses=errors(401))
 async def models(ctx: Ctx):
-    name = ctx.model_name
-    return {"object": "list", "data": [dict(id=name, object="model", created=ctx.created, owned_by="cent-serve",
-                                            root=name, max_model_len=ctx.cfg.model.max_seq_len)]}
+    return {"object": "list", "data": [model_card(ctx)]}
 
 
-@router.get("/health")
+@read("/v1/models/{model:path}", responses=errors(401, 404))
+async def model(model: str, ctx: Ctx):
+    ctx.check_model(model)
+    return model_card(ctx)
+
+
+@router.post("/tokenize", responses=errors(400, 401, 404, 413, 422))
+async def tokenize(body: TokenizeRequest, ctx: Ctx):
+    # vLLM's: a prompt (BOS first unless add_special_tokens is false) or messages (the chat template)
+    if body.model is not None:
+        ctx.check_model(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError("give either prompt or messages", "prompt")
+    if body.messages is not None:
+        ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt)
+        if body.add_special_tokens:
+            ids = [ctx.tokenizer.bos_token_id, *ids]
+    else:
+        ctx.check_chars(len(body.prompt), "prompt")
+        ids = ctx.tokenizer.encode(body.prompt, add_bos=body.add_special_tokens is not False)
+    strs = [piece(ctx.tokenizer, t) for t in ids] if body.return_token_strs else None
+    return {"count": len(ids), "max_model_len": ctx.cfg.model.max_seq_len, "tokens": ids, "token_strs": strs}
+
+
+@router.post("/detokenize", responses=errors(400, 401, 404, 413, 422))
+async def detokenize(body: DetokenizeRequest, ctx: Ctx):
+    if body.model is not None:
+        ctx.check_model(body.model)
+    vocab = ctx.cfg.model.vocab_size
+    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise ApiError(f"token id {bad} is outside the vocabulary [0, {vocab}): give ids the model knows", "tokens")
+    return {"prompt": ctx.tokenizer.decode(body.tokens)}
+
+
+@read("/version", responses=errors(401))
+async def version():
+    return {"version": __version__}
+
+
+@read("/ping", responses={503: {"description": "engine stopped or devices down"}})
+@router.post("/ping", operation_id="ping_post", responses={503: {"description": "engine stopped or devices down"}})
+async def ping(ctx: Ctx):
+    # liveness without a key, as /health (SageMaker's and vLLM's /ping)
+    return await health(ctx)
+
+
+@read("/health", responses={503: {"description": "engine stopped or devices down"}})
 async def health(ctx: Ctx):
     # 503, with why, while the engine cannot serve in full (stopped, devices down or re-created)
     eng = ctx.engine
@@ -112,13 +207,13 @@ async def _snapshot(ctx: ApiContext):
     return await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
 
 
-@router.get("/v1/cent/status")
+@read("/v1/cent/status", responses=errors(401))
 async def status(ctx: Ctx):
     st, devices, fabrics = await _snapshot(ctx)
     return dict(st, devices=devices, fabric=fabrics)
 
 
-@router.get("/metrics")
+@read("/metrics", responses=errors(401))
 async def prometheus(ctx: Ctx):
     st, devices, fabrics = await _snapshot(ctx)
     return Response(ctx.metrics.render(st, devices, fabrics), media_type="text/plain; version=0.0.4")

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.register(sub)
     from cent_serve.bench import cli as bench_cli
     bench_cli.register(sub)
+    from cent_serve.model import tokenizer_export
+    tokenizer_export.register(sub)
     return parser
 
 

@@ -339,6 +339,12 @@ class ParallelConfig:
                "use a non-negative integer (0 = one stage per block)")
 
 
+LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+"""What log-probabilities report (vLLM's `--logprobs-mode` names): the distribution the sampler
+draws from (after temperature, top-k and top-p; the default here), or the model's own
+(log-softmax of the logits; vLLM's default)."""
+
+
 @dataclass
 class SchedulerConfig:
     """Continuous batching in simulated time."""
@@ -355,8 +361,14 @@ class SchedulerConfig:
     kv_block_tokens: int = 16
     """Tokens per KV-cache block: the paging unit of the devices' caches and of the scheduler's
     admission (vLLM's block_size)."""
+    logprobs_mode: str = "processed_logprobs"
+    """What `logprobs` report: `processed_logprobs`, the distribution tokens are drawn from
+    (after temperature, top-k and top-p), or `raw_logprobs`, the model's own (log-softmax of the
+    logits; vLLM's default). Timing-only runs report the stand-in sampler's uniform one."""
 
     def __post_init__(self) -> None:
+        _check(self.logprobs_mode in LOGPROBS_MODES, "scheduler.logprobs_mode", self.logprobs_mode,
+               "use " + " or ".join(map(repr, LOGPROBS_MODES)))
         _check(self.kv_block_tokens >= 1, "scheduler.kv_block_tokens", self.kv_block_tokens,
                "use a positive number of tokens")
         _check(self.max_seqs_per_stage >= 1, "scheduler.max_seqs_per_stage",

@@ -12,8 +12,9 @@ micro-batch that is ready earlier than one it has already served.
 
 Sampling happens on the host after the LM head (`RoundOutput.sampled_s`). With full
 numerics tokens come from the logits; timing-only runs use a seeded stand-in
-sampler (uniform over the non-special ids), so lengths are honoured with
-`ignore_eos` and a run is reproducible.
+sampler, uniform over the tokenizer's `stand_in_ids` (ids that decode alone to visible
+text: one printable character each for the byte tokenizer), so every streamed token is
+visible text, lengths are honoured with `ignore_eos` and a run is reproducible.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput
-from cent_serve.model.sampling import make_generator, sample
+from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import Replicas
 from cent_serve.request import Request, RequestParams, RequestRefused, Status
@@ -31,8 +32,6 @@ from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_repli
 from cent_serve.timing import SystemTimer
 
 log = logging.getLogger("cent.engine")
-FIRST_SPECIAL_FREE_ID = 3
-"""The stand-in sampler draws ids from here up (0..2 are unk/bos/eos in the byte tokenizer)."""
 
 
 @dataclass
@@ -67,6 +66,9 @@ class Engine:
         self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
+        self.stand_in_ids = None if self.full else self.tokenizer.stand_in_ids()
+        """Timing-only: the ids the stand-in sampler draws from, uniformly."""
+        self._uniform = None if self.full else UniformLogprobs(self.stand_in_ids)
         sc = cfg.scheduler
         self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
                                    sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full)
@@ -123,6 +125,10 @@ class Engine:
         self._finish(req, "abort", max(self.now_s, req.ready_s))
         self.stats.num_aborted += 1
         return req
+
+    def next_start_s(self) -> float:
+        """When the next round starts (`Scheduler.next_start_s` at the engine's clock)."""
+        return self.scheduler.next_start_s(self.now_s)
 
     def has_work(self) -> bool:
         return self.scheduler.num_waiting + self.scheduler.num_running > 0
@@ -216,22 +222,23 @@ class Engine:
             if out is None:  # its replica failed this round: its requests are finished already
                 continue
             lane_of = [i for i, lane in enumerate(rr.plan.layout.seqs) for _ in lane]
-            row = 0
+            counts, row = rr.plan.wants_logits, 0
             for k, (req, n) in enumerate(rr.steps):
-                wants = req.num_computed + n == req.num_tokens
-                logits = None
-                if wants and out.logits is not None:
-                    logits, row = out.logits[row], row + 1
+                block = None  # logits of the step's last positions (scheduler.logit_rows)
+                if counts is not None and out.logits is not None:
+                    block, row = out.logits[row:row + counts[k]], row + counts[k]
                 if req.is_finished:  # aborted while the round ran
                     continue
                 e = float(out.energy_j[k])
                 req.energy_j += e
                 self.stats.energy_j += e
+                if block is not None and len(block) and req.params.prompt_logprobs is not None:
+                    self._prompt_logprobs(req, block, req.num_computed + n - len(block))
                 req.num_computed += n
                 req.ready_s = t = float(out.sampled_s[lane_of[k]])
                 if req.num_computed < req.num_tokens:
                     continue  # more prompt to go
-                self._append_token(req, self._sample(req, logits), t)
+                self._append_token(req, self._sample(req, block[-1] if block is not None else None), t)
                 advanced.append(req)
         failed, self._failed = self._failed, []
         return advanced + failed
@@ -239,9 +246,33 @@ class Engine:
     # ------------------------------------------------------------------ helpers
 
     def _sample(self, req: Request, row) -> int:
+        """The next token, from the logits `row` (None: the stand-in sampler), its log-probabilities
+        recorded when the request asks for them."""
+        p = req.params
         if row is None:
-            return int(req.rng.integers(FIRST_SPECIAL_FREE_ID, self.cfg.model.vocab_size))
-        return sample(row, req.params.sampling, req.rng)
+            token = int(self.stand_in_ids[req.rng.integers(len(self.stand_in_ids))])
+            if p.logprobs is not None:
+                req.logprobs.append(self._uniform.entry(token, p.logprobs))
+            if p.prompt_logprobs is not None and req.prompt_logprobs is None:
+                req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
+            return token
+        token = sample(row, p.sampling, req.rng)
+        if p.logprobs is not None:
+            mode = self.cfg.scheduler.logprobs_mode
+            req.logprobs.append(token_logprob(logprobs_of(row, p.sampling, mode), token, p.logprobs))
+        return token
+
+    def _prompt_logprobs(self, req: Request, block, first: int) -> None:
+        """Log-probabilities of the prompt tokens that the logits `block` (positions `first`, ...)
+        predict: position i's logits give prompt token i + 1's."""
+        p, prompt = req.params, req.prompt_ids
+        if req.prompt_logprobs is None:
+            req.prompt_logprobs = [None] * len(prompt)
+        mode = self.cfg.scheduler.logprobs_mode
+        for i, logits in enumerate(block, start=first):
+            if i + 1 < len(prompt):
+                req.prompt_logprobs[i + 1] = token_logprob(logprobs_of(logits, p.sampling, mode), prompt[i + 1],
+                                                           p.prompt_logprobs)
 
     def _append_token(self, req: Request, token: int, t: float) -> None:
         p = req.params
@@ -253,6 +284,8 @@ class Engine:
         can_stop = n >= p.min_tokens
         if can_stop and ((token == self.tokenizer.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids):
             req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM)
+            if token in p.stop_token_ids:  # vLLM's stop_reason: the stop id, None for the eos
+                req.stop_reason = token
             if p.stop:
                 req.text = self.tokenizer.decode(req.output_ids[:-1])
             self._finish(req, "stop", t)
@@ -265,6 +298,7 @@ class Engine:
                 lo = max(0, before - longest + 1)  # a stop string ending in the new text
                 cut = min((i for i in (req.text.find(x, lo) for x in p.stop) if i >= 0), default=-1)
                 if cut >= 0:
+                    req.stop_reason = next(x for x in p.stop if req.text.find(x, lo) == cut)
                     req.text = req.text[:cut]
                     self._finish(req, "stop", t)
                     return

@@ -80,7 +80,9 @@ class RoundPlan:
     token_ids: np.ndarray | None = None
     """Full numerics: every sequence's input ids this round, concatenated in layout order (int64)."""
     wants_logits: np.ndarray | None = None
-    """Full numerics: (sequences,) bool, whose last position's logits the host samples from."""
+    """Full numerics: (sequences,) int, how many of each sequence's last positions this round the
+    LM head's logits are wanted for: 1 for the position the host samples from, all of the step's
+    for prompt log-probabilities, 0 mid-prompt (`scheduler.logit_rows`)."""
 
     def __post_init__(self) -> None:
         self.ready_s = np.asarray(self.ready_s, dtype=np.float64)
@@ -126,7 +128,7 @@ class RoundOutput:
     hidden: list[np.ndarray] | None = None
     """Full numerics, before the LM head: per lane its tokens' (tokens, D) float32 activations."""
     logits: np.ndarray | None = None
-    """Full numerics, after the LM head: (sequences wanting logits, vocab) float32, layout order."""
+    """Full numerics, after the LM head: (wanted positions, vocab) float32, layout order."""
     sampled_s: np.ndarray | None = None
     """After the last unit: (lanes,) when the host has sampled each lane's tokens."""
 

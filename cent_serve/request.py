@@ -51,6 +51,11 @@ class RequestParams:
     """Keep going past the end-of-sequence token (vLLM's extension; benchmarks use it)."""
     min_tokens: int = 0
     """No eos or stop before this many tokens."""
+    logprobs: int | None = None
+    """Log-probabilities of each generated token with this many most likely alternatives (0:
+    the token's own only); None: none."""
+    prompt_logprobs: int | None = None
+    """The same for every prompt token after the first (vLLM's `prompt_logprobs`); None: none."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -93,6 +98,14 @@ class Request:
     (read the text through `Engine.text`)."""
     ends_with_stop_token: bool = False
     """The last output id is the eos or a stop id (counted, but not part of the text)."""
+    stop_reason: str | int | None = None
+    """vLLM's `stop_reason`: the stop string or stop token id that ended it (None for the eos,
+    a length limit, or still running)."""
+    logprobs: list = field(default_factory=list)
+    """With `params.logprobs`: one `TokenLogprob` per output token."""
+    prompt_logprobs: list | None = None
+    """With `params.prompt_logprobs`: None for the first prompt token, then one `TokenLogprob`
+    per prompt token, filled as the prompt's chunks are computed."""
 
     def __post_init__(self) -> None:
         self.num_tokens = len(self.prompt_ids) + len(self.output_ids)

@@ -165,14 +165,17 @@ class Scheduler:
     def next_arrival_s(self) -> float | None:
         return min((r.arrival_s for r in self.waiting), default=None)
 
+    def next_start_s(self, now_s: float) -> float:
+        """When a round scheduled at `now_s` starts: then, or, with nothing running, at the first
+        arrival waiting if that is later (idle devices wait for it)."""
+        nxt = None if self.running else self.next_arrival_s()
+        return now_s if nxt is None else max(now_s, nxt)
+
     # ------------------------------------------------------------------ a round
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         """The next round. Requests arriving after its boundary wait for a later round."""
-        if not self.running:
-            nxt = self.next_arrival_s()
-            if nxt is not None and nxt > now_s:
-                now_s = nxt  # idle until the next arrival
+        now_s = self.next_start_s(now_s)
         plan: dict[Request, int] = {}
         for req in list(self.running):
             if req not in self._held:  # preempted earlier in this loop
@@ -234,7 +237,7 @@ class Scheduler:
         if self.with_token_ids:
             ids = [t for req, n in steps for t in req.all_ids[req.num_computed:req.num_computed + n]]
             plan.token_ids = np.array(ids, dtype=np.int64)
-            plan.wants_logits = np.array([req.num_computed + n == req.num_tokens for req, n in steps])
+            plan.wants_logits = np.array([logit_rows(req, n) for req, n in steps], dtype=np.int64)
         return ReplicaRound(replica, plan, steps)
 
     def _tokens_for(self, req: Request) -> int:
@@ -286,3 +289,12 @@ class Scheduler:
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
+
+
+def logit_rows(req: Request, n: int) -> int:
+    """How many of the last positions of `req`'s step of `n` tokens need logits: all of them while
+    prompt tokens after the first still lack their log-probabilities (`prompt_logprobs`), else
+    the last one if the step ends the known tokens (the host samples the next), else none."""
+    if req.params.prompt_logprobs is not None and req.num_computed < len(req.prompt_ids) - 1:
+        return n
+    return int(req.num_computed + n == req.num_tokens)

@@ -86,6 +86,11 @@ class PaceMonitor:
         self._sim_s += sim_s
         if self._warn_pending and self._sim_s > 0:
             self._warn_pending = False
+            if self.needed_factor() <= self.pace_factor:  # the rounds keep up: something stalled them once
+                log.warning("paced mode fell behind: tokens reach clients %.2f s late after a stall (a first round, "
+                            "a busy machine); the rounds themselves keep up (%.3g wall s per simulated s, pace "
+                            "factor %g)", self.lag_s, self._wall_s / self._sim_s, self.pace_factor)
+                return
             log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (pace factor %g); the rounds "
                         "run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
                         self.lag_s, self.pace_factor, self._wall_s / self._sim_s, self.needed_factor())
@@ -101,10 +106,12 @@ class EngineStopped(RuntimeError):
     """The engine thread is gone; the API answers 503."""
 
 
-def _stable(text: str, stops: tuple[str, ...]) -> str:
+def _stable(text: str, stops: tuple[str, ...], partial: bool) -> str:
     """The part of an unfinished output that is final: no incomplete UTF-8 character at the
-    end, and no tail that may turn out to be the start of a stop string."""
-    text = text.rstrip("\ufffd")
+    end (`partial`: the tokenizer says the last U+FFFD may still be completed), and no tail that
+    may turn out to be the start of a stop string."""
+    if partial:  # a byte-fallback tokenizer writes one U+FFFD per byte of the unfinished character
+        text = text.rstrip("\ufffd")
     for k in range(min(len(text), max((len(x) for x in stops), default=0)), 0, -1):
         if any(x.startswith(text[-k:]) for x in stops):
             return text[:-k]
@@ -122,6 +129,11 @@ class Delta:
     finish_reason: str | None = None
     error: str | None = None
     timing: dict = field(default_factory=dict)
+    logprobs: list = field(default_factory=list)
+    """`TokenLogprob`s of `token_ids`, when the request asks for them."""
+    prompt_logprobs: list | None = None
+    """The prompt's log-probabilities, on the first delta with tokens (when asked for)."""
+    stop_reason: str | int | None = None
 
 
 class EngineLoop:
@@ -186,7 +198,10 @@ class EngineLoop:
             raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
                              "arrivals from the wall clock")
         loop = asyncio.get_running_loop()
-        add = lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s)  # noqa: E731
+        # paced: the request arrives now, on the wall clock, not when the engine thread (maybe busy with a
+        # round) takes it; it then waits for the round boundary, and its TTFT counts the wait, as a client's does
+        when = self.sim_now_s() if self.clock == "paced" else arrival_s
+        add = lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, when, hold_until_s)  # noqa: E731
         if arrival_s is None:
             return await self.call(add)
         if not self.is_alive():
@@ -209,9 +224,8 @@ class EngineLoop:
     # ------------------------------------------------------------------ the thread
 
     def _add(self, eng: Engine, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s) -> Request:
-        arrival = max(eng.now_s, self.sim_now_s()) if self.clock == "paced" else arrival_s
         try:
-            req = eng.add_request(prompt_ids, params, arrival_s=arrival)
+            req = eng.add_request(prompt_ids, params, arrival_s=arrival_s)
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
         self.streams[req.request_id] = (loop, q, tag, [0, 0])
@@ -232,11 +246,7 @@ class EngineLoop:
             self.hold_until_s = None
             self.num_hold_expiries += 1
             return False
-        start = eng.now_s
-        if not eng.scheduler.num_running:
-            nxt = eng.scheduler.next_arrival_s()
-            start = max(start, nxt) if nxt is not None else start
-        return start >= self.hold_until_s
+        return eng.next_start_s() >= self.hold_until_s
 
     def _admit_due(self) -> None:
         """Replay arrivals enter the engine when its clock reaches them, exactly as the in-process
@@ -314,7 +324,7 @@ class EngineLoop:
                         log.exception("device check failed")
                 continue
             if self.clock == "paced":
-                wait = self.wall_delay_s(eng.now_s)
+                wait = self.wall_delay_s(eng.next_start_s())
                 if wait > 0:
                     self.pace.on_schedule()
                     self._stop.wait(min(wait, PACE_SLICE_S))
@@ -363,9 +373,11 @@ class EngineLoop:
         n_tok, n_chr = sent
         text = self.engine.text(req)
         if not req.is_finished:
-            text = _stable(text, req.params.stop)
+            text = _stable(text, req.params.stop, self.engine.tokenizer.partial_tail(req.output_ids))
         delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
-                      finished=req.is_finished, finish_reason=req.finish_reason, error=req.error)
+                      finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
+                      logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason,
+                      prompt_logprobs=req.prompt_logprobs if n_tok == 0 and req.output_ids else None)
         sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
         if req.is_finished:
             delta.timing = req.timing()

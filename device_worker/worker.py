@@ -198,8 +198,10 @@ class DeviceWorker:
             for b in stage.blocks:
                 h = yield from self._block(b, h, seqs, bounds)
         if self.has_lm_head:
-            wanted = np.flatnonzero(np.asarray(plan.wants_logits, dtype=bool))
-            last = bounds[1:][wanted] - 1
+            # each sequence's last `wants_logits` positions (counts; a bool array counts 1 or 0)
+            rows = np.asarray(plan.wants_logits, dtype=np.int64)
+            last = np.concatenate([np.arange(end - k, end) for end, k in zip(bounds[1:], rows) if k]
+                                  or [np.zeros(0, np.int64)])
             if last.size:
                 normed = rms_norm(h[last], self.final_norm, m.rms_norm_eps)
                 out.logits = yield from self._gather("logits", normed @ self.lm_head.T)  # (wanted, vocab)

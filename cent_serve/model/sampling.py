@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cent_serve.config import LOGPROBS_MODES
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -46,8 +48,17 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     if params.is_greedy:
         return int(np.argmax(logits))
+    _, order, probs = _candidates(logits, params)
+    u = rng.random()
+    idx = int(np.searchsorted(np.cumsum(probs), u, side="right"))
+    return int(order[min(idx, len(order) - 1)])
+
+
+def _candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the logits over the temperature, the ids the sampler may draw (most likely first, ties by
+    id: top-k, then the smallest set reaching top-p), their probabilities)."""
     scaled = logits / params.temperature
-    order = np.argsort(-scaled, kind="stable")  # most likely first; ties by id
+    order = np.argsort(-scaled, kind="stable")
     if params.top_k > 0:
         order = order[: params.top_k]
     kept = scaled[order]
@@ -57,6 +68,63 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         cum = np.cumsum(probs)
         cut = int(np.searchsorted(cum, params.top_p, side="left")) + 1
         order, probs = order[:cut], probs[:cut] / probs[:cut].sum()
-    u = rng.random()
-    idx = int(np.searchsorted(np.cumsum(probs), u, side="right"))
-    return int(order[min(idx, len(order) - 1)])
+    return scaled, order, probs
+
+
+MIN_LOGPROB = -9999.0
+"""A log-probability of zero probability, as vLLM writes it (JSON has no -inf)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probabilities: the token's own, its rank (1 = most likely), and the
+    `n` most likely (id, logprob) pairs, most likely first, ties by id."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: tuple[tuple[int, float], ...]
+
+
+def logprobs_of(logits: np.ndarray, params: SamplingParams, mode: str = LOGPROBS_MODES[0]) -> np.ndarray:
+    """(vocab,) float64 log-probabilities of one logits row: the model's (`raw_logprobs`, or
+    greedy sampling) or the sampler's (`processed_logprobs`: the same scaling and cuts as
+    `sample`); a token the sampler cannot draw has -inf."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if mode == "raw_logprobs" or params.temperature == 0.0:
+        return _log_softmax(x)
+    scaled, order, _ = _candidates(x, params)
+    out = np.full(x.shape, -np.inf)
+    out[order] = _log_softmax(scaled[order])
+    return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def token_logprob(logprobs: np.ndarray, token_id: int, n: int) -> TokenLogprob:
+    """`token_id`'s entry of a (vocab,) log-probability vector, with the `n` most likely."""
+    lp = float(logprobs[token_id])
+    rank = 1 + int(np.count_nonzero(logprobs > lp))
+    top = ()
+    if n > 0:
+        best = np.lexsort((np.arange(logprobs.size), -logprobs))[:n]  # by logprob, then id
+        top = tuple((int(i), float(logprobs[i])) for i in best)
+    return TokenLogprob(int(token_id), lp, rank, top)
+
+
+class UniformLogprobs:
+    """Entries under the uniform distribution over `ids` (the stand-in sampler's), prepared once:
+    an entry costs a set lookup, not a pass over the vocabulary."""
+
+    def __init__(self, ids: np.ndarray, most: int = 20) -> None:
+        self.logprob = -float(np.log(len(ids)))
+        self.ids = frozenset(int(i) for i in ids)
+        self.top = tuple((int(i), self.logprob) for i in np.sort(ids)[:most])
+
+    def entry(self, token_id: int, n: int) -> TokenLogprob:
+        if token_id in self.ids:
+            return TokenLogprob(int(token_id), self.logprob, 1, self.top[:n])
+        return TokenLogprob(int(token_id), -np.inf, len(self.ids) + 1, self.top[:n])

@@ -1,54 +1,196 @@
-"""Tokenizers: byte-level for random-weight presets, `tokenizer.json` for checkpoints."""
+"""Tokenizers: byte-level for random-weight presets, `tokenizer.json` for checkpoints, and the
+chat template both render with.
+
+Both behave as a Hugging Face fast tokenizer does, so a client that loads the same files counts
+tokens exactly as the server does (`cent tokenizer export`, cent_serve/model/tokenizer_export.py):
+special tokens written in text (`<s>`) are the special ids, `encode(text)` puts the BOS id first,
+and chat prompts are the chat template rendered with Jinja the way `transformers`'
+`apply_chat_template` renders it (a sandbox, `trim_blocks`, `lstrip_blocks`), then encoded
+without another BOS (the template writes `bos_token` itself), as vLLM's chat endpoint does.
+"""
 from __future__ import annotations
 
+import json
+import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from cent_serve.config import ModelConfig
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+"""The chat template of models without their own: one `<|role|>` line and the text per turn, then
+the assistant's cue. Exported with the tokenizer, so a client renders the same prompt."""
 
 
 class Tokenizer(Protocol):
     bos_token_id: int
     eos_token_id: int
     vocab_size: int
+    bos_token: str
+    eos_token: str
+    chat_template: str
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a special token: its own text, `<s>`)."""
+        ...
+
+    def stand_in_ids(self) -> np.ndarray:
+        """The ids timing-only runs draw from (uniformly): each decodes alone to visible text."""
+        ...
+
+    def partial_tail(self, ids: list[int]) -> bool:
+        """Whether `ids` end inside a character that more tokens may complete (a stream holds its
+        last U+FFFD back then, and only then)."""
+        ...
+
+
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable stand-in character for every byte (what a `ByteLevel` pre-tokenizer maps
+    bytes to, and its decoder maps back)."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    out, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+_FROM_ALPHABET = {ch: b for b, ch in byte_alphabet().items()}
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def ends_inside_a_character(data: bytes) -> bool:
+    """Whether UTF-8 `data` ends with a lead byte still waiting for its continuation bytes."""
+    for back, b in enumerate(reversed(data[-4:]), start=1):
+        if 0x80 <= b < 0xC0:
+            continue  # a continuation byte: its lead is further back
+        need = 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+        return need > back
+    return False
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: 0 <unk>, 1 <s>, 2 </s>, then byte b is id b + 3.
 
-    Ids past the byte range (a preset with a larger vocabulary) decode to nothing.
+    Ids past the byte range (a preset with a larger vocabulary, 32000 for Llama 2) are pieces no
+    text encodes to: each decodes to `<extra_ID>`. The stand-in sampler never draws them
+    (`stand_in_ids`). The special tokens' text in a prompt encodes to their ids, as in a Hugging
+    Face tokenizer.
     """
 
     OFFSET = 3
+    SPECIALS = ("<unk>", "<s>", "</s>")
+    """Ids 0, 1, 2 (the model config's `bos_token_id` and `eos_token_id` say which ids `<s>` and
+    `</s>` are, 1 and 2 for every preset)."""
+    VISIBLE_BYTES = (0x21, 0x7E)
+    """The stand-in sampler's bytes: printable ASCII without space, so every generated token is
+    one visible character (`!` .. `~`)."""
 
     def __init__(self, vocab_size: int = 259, bos_token_id: int = 1, eos_token_id: int = 2) -> None:
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
+        self.bos_token, self.eos_token = self.SPECIALS[1], self.SPECIALS[2]
+        self.chat_template = DEFAULT_CHAT_TEMPLATE
+        self.special_ids = {"<unk>": 0, "<s>": bos_token_id, "</s>": eos_token_id}
+        self._names = {i: name for name, i in self.special_ids.items()}
+        self._special_re = re.compile("|".join(map(re.escape, self.SPECIALS)))
+
+    def _is_byte(self, i: int) -> bool:
+        return self.OFFSET <= i < self.OFFSET + 256 and i not in self._names
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = [b + self.OFFSET for b in text.encode("utf-8")]
-        return [self.bos_token_id, *ids] if add_bos else ids
+        ids = [self.bos_token_id] if add_bos else []
+        pos = 0
+        for m in self._special_re.finditer(text):
+            ids += [b + self.OFFSET for b in text[pos:m.start()].encode("utf-8")]
+            ids.append(self.special_ids[m.group()])
+            pos = m.end()
+        ids += [b + self.OFFSET for b in text[pos:].encode("utf-8")]
+        return ids
 
     def decode(self, ids: list[int]) -> str:
-        raw = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < self.OFFSET + 256)
-        return raw.decode("utf-8", errors="replace")
+        out, run = [], bytearray()
+        for i in ids:
+            if self._is_byte(i):
+                run.append(i - self.OFFSET)
+            elif self.OFFSET + 256 <= i < self.vocab_size and i not in self._names:
+                out += [run.decode("utf-8", errors="replace"), f"<extra_{i}>"]
+                run = bytearray()
+        out.append(run.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._names:
+            return self._names[token_id].encode()
+        if self._is_byte(token_id):
+            return bytes([token_id - self.OFFSET])
+        if self.OFFSET + 256 <= token_id < self.vocab_size:
+            return f"<extra_{token_id}>".encode()
+        return b""
+
+    def partial_tail(self, ids: list[int]) -> bool:
+        tail = bytearray()  # the trailing byte tokens (a special or extra id ends any character)
+        for i in reversed(ids[-4:]):
+            if not self._is_byte(i):
+                break
+            tail.insert(0, i - self.OFFSET)
+        return ends_inside_a_character(bytes(tail))
+
+    def stand_in_ids(self) -> np.ndarray:
+        """The ids the stand-in sampler draws from: `VISIBLE_BYTES` (every byte id, if the
+        vocabulary is too small to hold them)."""
+        lo, hi = (b + self.OFFSET for b in self.VISIBLE_BYTES)
+        if self.vocab_size <= hi:
+            return np.array([i for i in range(self.OFFSET, self.vocab_size) if self._is_byte(i)])
+        return np.arange(lo, hi + 1)
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizer.json` through the `tokenizers` library."""
+    """A Hugging Face `tokenizer.json` through the `tokenizers` library, with the checkpoint's
+    `tokenizer_config.json` (its chat template) when there is one."""
 
     def __init__(self, path: str | Path, bos_token_id: int, eos_token_id: int) -> None:
         from tokenizers import Tokenizer as _Tok
 
+        path = Path(path)
         self._tok = _Tok.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
+        self.bos_token = self._tok.id_to_token(bos_token_id) or ""
+        self.eos_token = self._tok.id_to_token(eos_token_id) or ""
+        self._specials = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        decoder = json.dumps(json.loads(path.read_text()).get("decoder"), ensure_ascii=False)
+        self._byte_level = '"ByteLevel"' in decoder  # token strings are GPT-2 byte characters
+        self._metaspace = '"Metaspace"' in decoder or "\u2581" in decoder  # SentencePiece's word marker
+        self.chat_template = DEFAULT_CHAT_TEMPLATE
+        self.has_own_chat_template = False
+        config = path.parent / "tokenizer_config.json"
+        if config.is_file():
+            template = json.loads(config.read_text()).get("chat_template")
+            if isinstance(template, list):  # several named templates: the default one
+                template = next((t["template"] for t in template if t.get("name") == "default"), None)
+            if isinstance(template, str):
+                self.chat_template, self.has_own_chat_template = template, True
+        jinja = path.parent / "chat_template.jinja"  # transformers' newer home for it
+        if not self.has_own_chat_template and jinja.is_file():
+            self.chat_template, self.has_own_chat_template = jinja.read_text(), True
+        check_chat_template(self.chat_template, path.parent)
+        self._stand_in: np.ndarray | None = None
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids
@@ -56,6 +198,88 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's own bytes: a byte-fallback token `<0xNN>` is byte NN, a byte-level token's
+        characters map back to their bytes, so a fragment of a character is its real bytes."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._specials:
+            return piece.encode()
+        if m := _BYTE_FALLBACK.fullmatch(piece):
+            return bytes([int(m.group(1), 16)])
+        if self._byte_level and all(ch in _FROM_ALPHABET for ch in piece):
+            return bytes(_FROM_ALPHABET[ch] for ch in piece)
+        if self._metaspace:
+            return piece.replace("\u2581", " ").encode()
+        return self._tok.decode([token_id], skip_special_tokens=False).encode()
+
+    def partial_tail(self, ids: list[int]) -> bool:
+        return ends_inside_a_character(b"".join(self.token_bytes(i) for i in ids[-4:]))
+
+    def stand_in_ids(self) -> np.ndarray:
+        """Every id that decodes alone to text with a visible character and no U+FFFD (a
+        fragment of a character), special and added tokens excluded."""
+        if self._stand_in is None:
+            added = set(self._tok.get_added_tokens_decoder())
+            pieces = self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
+            self._stand_in = np.array([i for i, p in enumerate(pieces) if p.strip() and "\ufffd" not in p
+                                       and i not in added], dtype=np.int64)
+        return self._stand_in
+
+
+@lru_cache(maxsize=8)
+def _compiled(template: str):
+    """A chat template compiled as `transformers` compiles it: a sandbox, `trim_blocks` and
+    `lstrip_blocks`, the `loopcontrols` extension, its `tojson` (no ASCII escaping), and the
+    globals `raise_exception` and `strftime_now`. Raises jinja2's TemplateSyntaxError."""
+    from datetime import datetime
+
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    return env.from_string(template)
+
+
+def check_chat_template(template: str, where) -> None:
+    """Raise ValueError, naming the file, if a chat template does not compile (checked when the
+    tokenizer loads, so a broken template stops the server before it starts, not a request)."""
+    from jinja2.exceptions import TemplateSyntaxError
+
+    try:
+        _compiled(template)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"the chat template in {where} does not compile (line {exc.lineno}: {exc.message}): "
+                         "fix tokenizer_config.json's chat_template") from None
+
+
+def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
+    variables `transformers` passes (no tools, no documents). Raises ValueError with the
+    template's own message if it refuses them (`raise_exception`, a missing field)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return _compiled(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                   tools=None, documents=None, bos_token=tok.bos_token,
+                                                   eos_token=tok.eos_token)
+    except (TemplateError, TypeError) as exc:
+        raise ValueError(f"the chat template refused these messages: {exc}") from None
+
+
+def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """The token ids of a chat: the rendered template, no BOS added (the template writes it)."""
+    return tok.encode(render_chat(tok, messages, add_generation_prompt), add_bos=False)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:

@@ -269,10 +269,21 @@ def test_streamed_text_never_shows_the_start_of_a_stop_string(client):
 def test_stable_text_holds_back_a_possible_stop_prefix():
     from cent_serve.serving import _stable
 
-    assert _stable("abcEN", ("END",)) == "abc"
-    assert _stable("abcE", ("END", "xyz")) == "abc"
-    assert _stable("abcX", ("END",)) == "abcX"
-    assert _stable("ab\ufffd", ()) == "ab"
+    assert _stable("abcEN", ("END",), False) == "abc"
+    assert _stable("abcE", ("END", "xyz"), False) == "abc"
+    assert _stable("abcX", ("END",), False) == "abcX"
+    assert _stable("ab\ufffd", (), True) == "ab"  # an incomplete character: held back
+    assert _stable("ab\ufffd", (), False) == "ab\ufffd"  # an invalid byte: final
+
+
+def test_byte_tokenizer_knows_an_incomplete_character_from_an_invalid_byte():
+    tok = ByteTokenizer()
+    ids = tok.encode("é€😀", add_bos=False)  # 2, 3 and 4 bytes
+    assert [tok.partial_tail(ids[:k]) for k in range(len(ids) + 1)] == [
+        False, True, False, True, True, False, True, True, True, False]
+    assert not tok.partial_tail(tok.encode("a", add_bos=False) + [0x80 + 3])  # a lone continuation byte
+    assert not tok.partial_tail([0xC3 + 3, 0x41 + 3])  # a lead byte followed by ASCII: the lead is invalid
+    assert not tok.partial_tail([0xC3 + 3, 2])  # the eos ends the character
 
 
 def test_docs_load_with_no_network(server):

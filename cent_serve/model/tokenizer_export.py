@@ -1,0 +1,99 @@
+"""`cent tokenizer export DIR --model M`: the server's tokenizer as files a client loads.
+
+A benchmark client counts prompt tokens with its own tokenizer (vLLM's `vllm bench serve
+--tokenizer DIR`, guidellm's `--processor DIR`, `transformers.AutoTokenizer.from_pretrained(DIR)`),
+so it must count exactly as the server does. For a preset that is the byte-level tokenizer
+(cent_serve/model/tokenizer.py), written as a Hugging Face `tokenizer.json`:
+
+- a BPE model without merges over GPT-2's byte alphabet (the `ByteLevel` pre-tokenizer, no regex
+  split, no prefix space), so each UTF-8 byte b is one token, id b + 3, as `ByteTokenizer` counts;
+- `<unk>`, `<s>`, `</s>` as ids 0..2 and special tokens (text that spells them is them, as the
+  server parses it); ids from 259 up as `<extra_ID>` pieces no text encodes to;
+- a post-processor that puts `<s>` first, as `ByteTokenizer.encode` does;
+- a `tokenizer_config.json` naming the special tokens and carrying the server's chat template.
+
+For a checkpoint the files are its own (copied), with the chat template the server uses added
+when the checkpoint has none.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cent_serve.config import ModelConfig
+from cent_serve.model.tokenizer import ByteTokenizer, byte_alphabet, load_tokenizer
+
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def byte_tokenizer_json(tok: ByteTokenizer) -> str:
+    """`tok` as a Hugging Face `tokenizer.json` (see the module docstring)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if (tok.bos_token_id, tok.eos_token_id) != (1, 2):
+        raise ValueError(f"model.bos_token_id={tok.bos_token_id} and model.eos_token_id={tok.eos_token_id}: the "
+                         "byte-level tokenizer writes <s> as 1 and </s> as 2; give the checkpoint its tokenizer.json")
+    vocab = {name: i for i, name in enumerate(ByteTokenizer.SPECIALS)}
+    vocab.update({ch: b + ByteTokenizer.OFFSET for b, ch in byte_alphabet().items()})
+    vocab.update({f"<extra_{i}>": i for i in range(ByteTokenizer.OFFSET + 256, tok.vocab_size)})
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ByteTokenizer.SPECIALS])
+    bos = tok.bos_token
+    hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1",
+                                                      special_tokens=[(bos, tok.bos_token_id)])
+    return hf.to_str(pretty=True)
+
+
+def tokenizer_config(tok, max_len: int) -> dict:
+    """What `transformers` reads beside `tokenizer.json`."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
+            "unk_token": "<unk>", "pad_token": None, "add_bos_token": True, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False, "model_max_length": max_len,
+            "chat_template": tok.chat_template}
+
+
+def export_tokenizer(cfg: ModelConfig, out: str | Path) -> list[Path]:
+    """Write the tokenizer of `cfg` into `out` (created); returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(cfg)
+    if isinstance(tok, ByteTokenizer):
+        (out / "tokenizer.json").write_text(byte_tokenizer_json(tok))
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, cfg.max_seq_len), indent=2))
+        return [out / "tokenizer.json", out / "tokenizer_config.json"]
+    src, written = Path(cfg.checkpoint), []
+    for name in FILES:
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            shutil.copyfile(src / name, out / name)
+        if (out / name).is_file():
+            written.append(out / name)
+    if not tok.has_own_chat_template:  # the server's default template, so a client renders chats as it does
+        path = out / "tokenizer_config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        config["chat_template"] = tok.chat_template
+        path.write_text(json.dumps(config, indent=2))
+        written = sorted(set(written) | {path})
+    return written
+
+
+def register(sub) -> None:
+    from cent_serve.cli_common import resolve_model
+
+    p = sub.add_parser("tokenizer", help="the server's tokenizer as files a client can load")
+    what = p.add_subparsers(dest="action", required=True)
+    e = what.add_parser("export", help="write tokenizer.json and tokenizer_config.json for --model",
+                        description="Write the tokenizer the server uses for --model into DIR, as Hugging Face "
+                                    "files that `tokenizers`/`transformers` load and that count tokens exactly as "
+                                    "the server does (vLLM's bench: --tokenizer DIR; guidellm: --processor DIR).")
+    e.add_argument("dir", help="directory to write into (created if missing)")
+    e.add_argument("--model", default="tiny", help="preset name or Hugging Face checkpoint directory (default: tiny)")
+
+    def run(args) -> int:
+        for path in export_tokenizer(resolve_model(args.model), args.dir):
+            print(path)
+        return 0
+
+    e.set_defaults(func=run)

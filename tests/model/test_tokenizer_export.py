@@ -1,0 +1,98 @@
+"""`cent tokenizer export`: the files a client loads count and decode exactly as the server's
+tokenizer does (through the `tokenizers` library; through `transformers` too when installed), and
+carry the chat template the server renders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from cent_serve.cli import main
+from cent_serve.config import model_preset
+from cent_serve.model.tokenizer import ByteTokenizer, encode_chat, load_tokenizer
+from cent_serve.model.tokenizer_export import export_tokenizer
+from cent_serve.model.weights import model_config_from_hf
+
+HF_TINY = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
+CHATS = [[{"role": "user", "content": "hi"}],
+         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "héllo <s>"},
+          {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again\n"}]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok70")
+    export_tokenizer(model_preset("llama2-70b"), out)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=40) | st.sampled_from(["<s>", "a</s>b", "<unk><s>", "<extra_300>", "é😀"]))
+def test_exported_tokenizer_counts_and_decodes_as_the_server(exported, text):
+    server = ByteTokenizer(32000)
+    hf = Tokenizer.from_file(str(exported / "tokenizer.json"))
+    assert hf.encode(text).ids == server.encode(text)  # the BOS first, as the server counts prompts
+    assert hf.encode(text, add_special_tokens=False).ids == server.encode(text, add_bos=False)
+    ids = server.encode(text)
+    assert hf.decode(ids, skip_special_tokens=True) == server.decode(ids)
+
+
+def test_exported_vocabulary_and_extra_ids(exported):
+    hf = Tokenizer.from_file(str(exported / "tokenizer.json"))
+    assert hf.get_vocab_size() == 32000
+    assert hf.decode([300, 31999]) == ByteTokenizer(32000).decode([300, 31999]) == "<extra_300><extra_31999>"
+
+
+def test_exported_chat_template_renders_the_server_s_prompt(exported):
+    """Rendered as `transformers` renders templates, then encoded without another BOS."""
+    config = json.loads((exported / "tokenizer_config.json").read_text())
+    hf = Tokenizer.from_file(str(exported / "tokenizer.json"))
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(config["chat_template"])
+    server = ByteTokenizer(32000)
+    for chat in CHATS:
+        text = template.render(messages=chat, add_generation_prompt=True, bos_token=config["bos_token"])
+        assert hf.encode(text, add_special_tokens=False).ids == encode_chat(server, chat)
+    assert encode_chat(server, CHATS[0]) == server.encode("<|user|>\nhi\n<|assistant|>\n")
+
+
+def test_transformers_loads_it_and_agrees(exported):
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(exported))
+    server = ByteTokenizer(32000)
+    for text in ("hello", "héllo wörld 😀 <s> x</s>", "  two  spaces\n\ttab"):
+        assert tok(text).input_ids == server.encode(text)
+    for chat in CHATS:
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        assert list(ids) == encode_chat(server, chat)
+
+
+def test_a_checkpoint_exports_its_own_files_with_the_server_s_template(tmp_path):
+    cfg = model_config_from_hf(HF_TINY)
+    written = export_tokenizer(cfg, tmp_path)
+    assert {p.name for p in written} == {"tokenizer.json", "tokenizer_config.json"}
+    assert (tmp_path / "tokenizer.json").read_bytes() == (HF_TINY / "tokenizer.json").read_bytes()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == load_tokenizer(cfg).chat_template and config["bos_token"] == "<s>"
+
+
+def test_a_checkpoint_s_own_chat_template_is_the_one_served(tmp_path):
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "generation_config.json"):
+        (tmp_path / name).write_bytes((HF_TINY / name).read_bytes())
+    config = json.loads((HF_TINY / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(model_config_from_hf(tmp_path))
+    assert tok.has_own_chat_template
+    assert encode_chat(tok, CHATS[0]) == [1] + tok.encode("[user] hi", add_bos=False)
+
+
+def test_cli_writes_the_files(tmp_path, capsys):
+    assert main(["tokenizer", "export", str(tmp_path / "t"), "--model", "tiny"]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert str(tmp_path / "t" / "tokenizer.json") in capsys.readouterr().out

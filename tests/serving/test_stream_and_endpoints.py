@@ -1,0 +1,130 @@
+"""What benchmark clients read: the stream's shape as vLLM's (one chunk per token with text, the
+finish_reason on the last token's chunk, no empty content chunks, per-chunk usage), the endpoints
+they call (/tokenize, /detokenize, /version, /ping, /v1/models/{id}, HEAD), and the schema."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from api.server import Server
+from tests.serving.utils import server_cfg
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def off():
+    with Server(server_cfg("off"), "local") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def full():
+    with Server(server_cfg("full"), "local") as s:
+        yield s
+
+
+def events(url: str, path: str, **body) -> list[dict]:
+    with httpx.stream("POST", url + path, json=dict(model="tiny", stream=True, **body), timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def test_timing_only_streams_one_visible_token_per_chunk_with_the_finish_on_the_last(off):
+    chunks = events(off.url, "/v1/completions", prompt="hello", max_tokens=12, ignore_eos=True,
+                    return_token_ids=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
+    choice_chunks = [c for c in chunks if c["choices"]]
+    assert len(choice_chunks) == 12  # one per token: the finish_reason rides on the last
+    for k, c in enumerate(choice_chunks, start=1):
+        ch = c["choices"][0]
+        assert len(ch["token_ids"]) == 1 and len(ch["text"]) == 1 and not ch["text"].isspace()
+        assert ch["finish_reason"] == ("length" if k == 12 else None)
+        assert c["usage"]["completion_tokens"] == k and c["usage"]["prompt_tokens"] == 6
+    assert choice_chunks[0]["choices"][0]["prompt_token_ids"] == [1, 107, 104, 111, 111, 114]
+    assert "ttft_s" in choice_chunks[-1]["choices"][0]["cent"]  # the timing rides on the last chunk too
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
+
+
+def test_random_weights_never_stream_an_empty_content_chunk(full):
+    """Full numerics over random bytes: incomplete characters are held back and merged into the
+    next chunk; every chunk but the opening role chunk has content; tokens add up."""
+    merged = 0
+    for seed in range(4):
+        chunks = events(full.url, "/v1/chat/completions", messages=CHAT, max_tokens=24, ignore_eos=True,
+                        seed=seed, return_token_ids=True)
+        deltas = [c["choices"][0] for c in chunks]
+        assert deltas[0]["delta"] == {"role": "assistant", "content": ""}
+        body = deltas[1:]
+        assert all(d["delta"].get("content") for d in body[:-1])
+        assert sum(len(d["token_ids"]) for d in body) == 24
+        assert body[-1]["finish_reason"] == "length" and all(d["finish_reason"] is None for d in body[:-1])
+        merged += 24 - len(body)
+    assert merged > 0  # some character was incomplete: the case this test is about did occur
+
+
+def test_stop_reason_names_the_stop_string_or_id(off):
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", max_tokens=3, ignore_eos=True,
+                                                          seed=1, return_token_ids=True)).json()
+    first = r["choices"][0]["token_ids"][0]
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", max_tokens=3, ignore_eos=True,
+                                                          seed=1, stop_token_ids=[first])).json()
+    assert r["choices"][0]["stop_reason"] == first and r["choices"][0]["finish_reason"] == "stop"
+    text = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", max_tokens=3,
+                                                             ignore_eos=True, seed=1)).json()["choices"][0]["text"]
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", max_tokens=3, ignore_eos=True,
+                                                          seed=1, stop=[text[1]])).json()
+    assert r["choices"][0]["stop_reason"] == text[1] and r["choices"][0]["text"] == text[:text.index(text[1])]
+
+
+def test_tokenize_and_detokenize_as_vllm(off):
+    r = httpx.post(off.url + "/tokenize", json={"model": "tiny", "prompt": "hé <s>", "return_token_strs": True})
+    assert r.json() == {"count": 6, "max_model_len": 8192, "tokens": [1, 107, 198, 172, 35, 1],
+                        "token_strs": ["<s>", "h", "\ufffd", "\ufffd", " ", "<s>"]}
+    r = httpx.post(off.url + "/tokenize", json={"prompt": "hi", "add_special_tokens": False}).json()
+    assert r["tokens"] == [107, 108] and r["token_strs"] is None
+    chat = httpx.post(off.url + "/tokenize", json={"model": "tiny", "messages": CHAT}).json()
+    usage = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", messages=CHAT, max_tokens=1)).json()
+    assert chat["count"] == usage["usage"]["prompt_tokens"] and chat["tokens"][0] == 1
+    assert httpx.post(off.url + "/detokenize", json={"model": "tiny", "tokens": [1, 107, 198, 172]}).json() == {
+        "prompt": "hé"}
+    bad = httpx.post(off.url + "/detokenize", json={"tokens": [259]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert httpx.post(off.url + "/tokenize", json={"model": "other", "prompt": "x"}).status_code == 404
+    assert httpx.post(off.url + "/tokenize", json={}).status_code == 400
+
+
+def test_version_ping_model_card_and_head(off):
+    assert httpx.get(off.url + "/version").json()["version"]
+    for method in ("GET", "POST", "HEAD"):
+        assert httpx.request(method, off.url + "/ping").status_code == 200
+    card = httpx.get(off.url + "/v1/models/tiny").json()
+    assert card["id"] == "tiny" and card["root"] == "tiny" and "cent tokenizer export" in card["cent"]["tokenizer"]
+    assert httpx.get(off.url + "/v1/models/nope").status_code == 404
+    for path in ("/v1/models", "/v1/models/tiny", "/health", "/metrics", "/version", "/v1/cent/status"):
+        head = httpx.head(off.url + path)
+        assert head.status_code == 200 and head.content == b"", path
+
+
+def test_new_endpoints_need_the_key_but_ping():
+    with Server(server_cfg("off", api_key="k"), "local") as s:
+        for method, path in (("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/version"),
+                             ("GET", "/v1/models/tiny"), ("HEAD", "/metrics")):
+            assert httpx.request(method, s.url + path, json={}).status_code == 401, path
+        assert httpx.get(s.url + "/ping").status_code == 200
+        ok = httpx.post(s.url + "/tokenize", json={"prompt": "a"}, headers={"Authorization": "Bearer k"})
+        assert ok.json()["count"] == 2
+
+
+def test_openapi_declares_the_real_error_codes(off):
+    spec = httpx.get(off.url + "/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        assert {"200", "400", "401", "404", "413", "422", "429"} <= set(paths[path]["post"]["responses"]), path
+    assert {"/tokenize", "/detokenize", "/version", "/ping", "/v1/models/{model}"} <= set(paths)
+    assert "head" in paths["/metrics"] and "head" in paths["/v1/models"]
+    error = paths["/v1/completions"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
+    assert error["$ref"].endswith("/ErrorResponse")
