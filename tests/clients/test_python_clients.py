@@ -59,7 +59,7 @@ def test_langchain_chat_openai_streams_every_token():
 
         def one(i: int):
             t0 = time.perf_counter()
-            timing, texts = stream_timing(t0, llm.stream(f"request {i}"), lambda c: bool(c.content))
+            timing, texts = stream_timing(t0, llm.stream(f"hi {i}"), lambda c: bool(c.content))
             assert len(texts) == TOKENS
             return timing
 
@@ -75,7 +75,7 @@ def test_litellm_streams_every_token():
         def one(i: int):
             t0 = time.perf_counter()
             stream = litellm.completion(model="openai/tiny", api_base=s.url + "/v1", api_key="unused",
-                                        messages=[{"role": "user", "content": f"request {i}"}], max_tokens=TOKENS,
+                                        messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=TOKENS,
                                         stream=True, extra_body={"ignore_eos": True})
             timing, texts = stream_timing(t0, stream, lambda c: c.choices and c.choices[0].delta.content)
             assert len(texts) == TOKENS

@@ -96,3 +96,55 @@ def test_cli_writes_the_files(tmp_path, capsys):
     assert main(["tokenizer", "export", str(tmp_path / "t"), "--model", "tiny"]) == 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert str(tmp_path / "t" / "tokenizer.json") in capsys.readouterr().out
+
+
+def _byte_fallback_checkpoint(tmp_path, chat_template: str | None = None) -> Path:
+    """A SentencePiece-style checkpoint: a few pieces, every byte as <0xNN>, byte fallback."""
+    from tokenizers import AddedToken, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁a": 3, "▁b": 4, "a": 5, "b": 6, "▁": 7}
+    vocab.update({f"<0x{b:02X}>": 8 + b for b in range(256)})
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "a"), ("▁", "b")], unk_token="<unk>", byte_fallback=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        (tmp_path / name).write_bytes((HF_TINY / name).read_bytes())
+    hf.save(str(tmp_path / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>"}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_byte_fallback_pieces_have_their_real_bytes_and_hold_back_whole_characters(tmp_path):
+    from cent_serve.serving import _stable
+
+    tok = load_tokenizer(model_config_from_hf(_byte_fallback_checkpoint(tmp_path)))
+    ids = tok.encode("a €", add_bos=False)
+    assert b"".join(tok.token_bytes(i) for i in ids) == " a €".encode()  # the SentencePiece space marker too
+    euro = ids[-3:]
+    assert [tok.token_bytes(i) for i in euro] == [b"\xe2", b"\x82", b"\xac"]
+    assert [tok.partial_tail(ids[:k]) for k in range(len(ids) - 2, len(ids) + 1)] == [True, True, False]
+    # two of the euro's three bytes decode to two U+FFFD: both are held back, so no "\ufffd" is ever sent
+    text = tok.decode(ids[:-1])
+    assert text.endswith("\ufffd\ufffd") and _stable(text, (), tok.partial_tail(ids[:-1])) == tok.decode(ids[:-3])
+
+
+def test_chat_templates_render_as_transformers_renders_them(tmp_path):
+    template = ("{{ bos_token }}{% if tools is not none %}TOOLS{% endif %}{% for m in messages %}"
+                "{% if loop.index > 2 %}{% break %}{% endif %}{{ m['content'] | tojson }}{% endfor %}"
+                "{% if add_generation_prompt %}>{% endif %}")
+    tok = load_tokenizer(model_config_from_hf(_byte_fallback_checkpoint(tmp_path, template)))
+    from cent_serve.model.tokenizer import render_chat
+    chat = [{"role": "user", "content": "é"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "never"}]
+    assert render_chat(tok, chat) == '<s>"é""b">'  # no tools, loop controls, tojson without ASCII escapes
+
+
+def test_a_chat_template_that_does_not_compile_stops_the_load(tmp_path):
+    path = _byte_fallback_checkpoint(tmp_path, "{% for m in messages %}")
+    with pytest.raises(ValueError, match="does not compile.*chat_template"):
+        load_tokenizer(model_config_from_hf(path))

@@ -128,3 +128,10 @@ def test_openapi_declares_the_real_error_codes(off):
     assert "head" in paths["/metrics"] and "head" in paths["/v1/models"]
     error = paths["/v1/completions"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
     assert error["$ref"].endswith("/ErrorResponse")
+
+
+def test_chat_s_top_logprobs_on_completions_and_empty_messages_are_400(off):
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", max_tokens=1, top_logprobs=2))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+    r = httpx.post(off.url + "/tokenize", json={"messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
