@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
     p.add_argument("--seqlen-gap", type=int, default=128, help="spacing of the context lengths averaged")
+    p.add_argument("--batch", type=int, help="queries in flight, at most one per pipeline stage (default: one per "
+                                             "stage, the paper's); the KV capacity is checked at this batch")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
     p.add_argument("--emulate", action="store_true",
                    help="run the workload through the device and fabric actors (Ray) instead of the formulas")
@@ -56,6 +58,9 @@ def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
 def run(args: argparse.Namespace) -> int:
     _paper_defaults(args)
     cfg = config_from_args(args)
+    if args.batch is not None and (args.sweep or args.emulate):
+        raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
+                         "batch (one query per pipeline stage)")
     if args.sweep:
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
@@ -69,8 +74,15 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if args.seqlen is not None:
             raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
-        check_devices_hold(cfg, args.prompt + args.decode, mp.lanes)
-        phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap)
+        total = args.prompt + args.decode
+        if total > cfg.model.max_seq_len:
+            raise ValueError(f"--prompt {args.prompt} + --decode {args.decode} = {total} tokens exceed the model's "
+                             f"context, model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
+                             f"--set model.max_seq_len={total}")
+        batch = mp.lanes if args.batch is None else args.batch
+        token_figures(timer, args.prompt, batch)  # a --batch out of range is refused before the capacity check
+        check_devices_hold(cfg, total, batch)
+        phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
         for phase, row in phases.items():
             row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
                                     row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
@@ -78,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(phases, indent=2))
         else:
             print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
-                  f"prompt {args.prompt}, decode {args.decode}")
+                  f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight")
             print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
             for phase in PHASES:
                 r = phases.get(phase)
@@ -91,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
     seqlen = 4096 if args.seqlen is None else args.seqlen
     if not 1 <= seqlen <= cfg.model.max_seq_len:
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
-    check_devices_hold(cfg, seqlen, mp.lanes)
-    fig = token_figures(timer, seqlen).as_dict()
+    batch = mp.lanes if args.batch is None else args.batch
+    token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
+    check_devices_hold(cfg, seqlen, batch)
+    fig = token_figures(timer, seqlen, batch).as_dict()
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0
-    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}")
+    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {batch} queries in flight")
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embedding_ms", "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
         print(f"  {key:<20}{fig[key]:>14.6g}")

@@ -294,40 +294,50 @@ class TokenFigures:
         return asdict(self)
 
 
-def token_figures(timer: SystemTimer, context: int) -> TokenFigures:
-    """Latency, throughput, energy and power of one token at `context` (section 7 and 8)."""
+def token_figures(timer: SystemTimer, context: int, batch: int | None = None) -> TokenFigures:
+    """Latency, throughput, energy and power of one token at `context` (section 7 and 8), with
+    `batch` queries in flight (default: the paper's, one per pipeline stage). A query's token
+    takes the same time whatever the batch (a stage serves one query at a time); throughput and
+    power scale with the stages that have a query."""
     from cent_serve.timing.energy import token_energy_j
 
     mp, m = timer.mapping, timer.model
+    batch = mp.lanes if batch is None else batch
+    if not 1 <= batch <= mp.lanes:
+        raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
+                         f"as the paper runs them; this mapping has {mp.lanes} stages)")
     token_s = timer.token_s(context)
     energy_j = token_energy_j(timer, context)
     # Power as the artifact reports it: a token's energy over one pipeline step, the PIM time
-    # of one stage's blocks (pp tokens are in flight, one per stage).
-    step_s = -(-m.num_layers // mp.pp) * timer.block_pim_s(context)
+    # of one stage's blocks (pp tokens are in flight, one per stage), times the share of the
+    # stages busy with a query.
+    step_s = -(-m.num_layers // mp.pp) * timer.block_pim_s(context) * mp.lanes / batch
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
-        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.lanes / token_s,
+        token_latency_ms=token_s * 1e3, throughput_tok_s=batch / token_s,
         block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
         embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
         token_energy_mj=energy_j * 1e3, power_w=energy_j / step_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
-        blocks_per_device=mp.blocks_per_device, batch=mp.lanes,
+        blocks_per_device=mp.blocks_per_device, batch=batch,
         breakdown_cycles=timer.pim.breakdown(context).as_dict())
 
 
 PHASES = ("prefill", "decoding", "end2end")
 
 
-def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128) -> dict[str, dict]:
+def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
+                  batch: int | None = None) -> dict[str, dict]:
     """The paper's averaging: L = gap, 2 gap, ..., prompt + decode; prefill is L <= prompt,
     decoding prompt < L, end2end all. Throughput, energy and power are plain means over
-    the L in a phase; latency = mean token time x the phase's token count."""
+    the L in a phase; latency = mean token time x the phase's token count. `batch`: as in
+    `token_figures`."""
     if prompt < 1 or decode < 0 or gap < 1:
         raise ValueError(f"--prompt {prompt} --decode {decode} --seqlen-gap {gap}: use prompt >= 1, "
                          "decode >= 0, gap >= 1")
     total = prompt + decode
-    rows = [token_figures(timer, L) for L in range(gap, total + 1, gap)]
+    rows = [token_figures(timer, L, batch) for L in range(gap, total + 1, gap)]
     groups = {"prefill": [r for r in rows if r.seqlen <= prompt],
               "decoding": [r for r in rows if r.seqlen > prompt],
               "end2end": rows}

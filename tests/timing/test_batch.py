@@ -1,0 +1,55 @@
+"""`cent simulate --batch B`: fewer queries in flight than pipeline stages. A query's token takes
+the same time (a stage serves one query at a time), the devices hold B queries' KV cache, and
+throughput and power scale with the stages that have a query."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.timing import SystemTimer
+from cent_serve.timing.token import phase_figures, token_figures
+
+
+def _timer(model: str = "llama2-70b", devices: int = 32) -> SystemTimer:
+    return SystemTimer.from_config(CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, 0, 1)))
+
+
+def test_batch_scales_throughput_and_power_not_latency_or_energy():
+    t = _timer()
+    full, eight = token_figures(t, 4096), token_figures(t, 4096, 8)
+    assert full.batch == t.mapping.lanes == 80 and eight.batch == 8
+    assert eight.token_latency_ms == full.token_latency_ms and eight.token_energy_mj == full.token_energy_mj
+    assert eight.throughput_tok_s == pytest.approx(full.throughput_tok_s * 8 / 80, rel=1e-12)
+    assert eight.power_w == pytest.approx(full.power_w * 8 / 80, rel=1e-12)
+    phases = phase_figures(t, 512, 512, batch=8)
+    assert phases["end2end"]["throughput_tok_s"] == pytest.approx(
+        phase_figures(t, 512, 512)["end2end"]["throughput_tok_s"] / 10, rel=1e-12)
+    with pytest.raises(ValueError, match="--batch 81 is invalid: use 1..80"):
+        token_figures(t, 4096, 81)
+
+
+def test_long_context_runs_at_a_batch_that_fits(capsys):
+    """70B at 30,976 tokens: 80 queries' KV exceed a 16 GB device (refused, naming the largest batch
+    that fits); at --batch 8 it runs and reports the latency."""
+    args = ["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "30976",
+            "--set", "model.max_seq_len=32768", "--json"]
+    assert main(args) == 2
+    assert "the largest batch at context 30976 is 30" in capsys.readouterr().err
+    assert main(args + ["--batch", "8"]) == 0
+    fig = json.loads(capsys.readouterr().out)
+    assert fig["batch"] == 8 and fig["seqlen"] == 30976
+    assert fig["token_latency_ms"] > token_figures(_timer(), 4096).token_latency_ms  # longer context, slower token
+
+
+def test_phase_mode_checks_the_context(capsys):
+    assert main(["simulate", "--model", "llama2-7b", "--prompt", "512", "--decode", "4000"]) == 2
+    err = capsys.readouterr().err
+    assert "4512 tokens exceed the model's context, model.max_seq_len=4096" in err and "--set model.max_seq_len" in err
+
+
+def test_batch_is_refused_where_it_cannot_apply(capsys):
+    assert main(["simulate", "--model", "llama2-7b", "--sweep", "--batch", "4"]) == 2
+    assert "--batch goes with the closed form" in capsys.readouterr().err
