@@ -59,7 +59,7 @@ class Engine:
         self.timer = SystemTimer.from_config(cfg)
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
-        num_replicas = len(executors) if executors is not None else max(1, mp.num_devices // mp.devices_used)
+        num_replicas = len(executors) if executors is not None else mp.replicas
         make = executor_factory(cfg, weights) if executors is None else None
         given = iter(executors or ())
         self.replicas = Replicas(lambda: next(given, None) or make(), num_replicas)

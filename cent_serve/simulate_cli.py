@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(phases, indent=2))
         else:
             print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
-                  f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight")
+                  f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
+                  + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
             print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
             for phase in PHASES:
                 r = phases.get(phase)
@@ -110,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0
-    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {batch} queries in flight")
+    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {batch} queries in flight"
+          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embedding_ms", "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
         print(f"  {key:<20}{fig[key]:>14.6g}")

@@ -56,6 +56,12 @@ class Mapping:
         return len({d for s in self.stages for d in s.device_ids})
 
     @property
+    def replicas(self) -> int:
+        """Data-parallel copies of the mapping the devices hold (the serving engine runs one per
+        copy; the spare devices, fewer than a copy needs, stay idle)."""
+        return max(1, self.num_devices // self.devices_used)
+
+    @property
     def lanes(self) -> int:
         """Lanes of a replica: the queries in flight in the pipeline, one per stage (the paper's
         batch; each lane holds up to `scheduler.max_seqs_per_stage` sequences)."""

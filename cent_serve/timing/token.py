@@ -288,6 +288,9 @@ class TokenFigures:
     channels_per_block: int
     blocks_per_device: int
     batch: int
+    """Queries in flight per replica."""
+    replicas: int
+    """Copies of the mapping on the devices: throughput and power are the whole system's."""
     breakdown_cycles: dict[str, float]
 
     def as_dict(self) -> dict:
@@ -296,9 +299,10 @@ class TokenFigures:
 
 def token_figures(timer: SystemTimer, context: int, batch: int | None = None) -> TokenFigures:
     """Latency, throughput, energy and power of one token at `context` (section 7 and 8), with
-    `batch` queries in flight (default: the paper's, one per pipeline stage). A query's token
-    takes the same time whatever the batch (a stage serves one query at a time); throughput and
-    power scale with the stages that have a query."""
+    `batch` queries in flight per replica (default: the paper's, one per pipeline stage). A
+    query's token takes the same time whatever the batch (a stage serves one query at a time);
+    throughput and power scale with the stages that have a query, and with the replicas (devices
+    holding more than one copy of the mapping run one per copy, as the serving engine does)."""
     from cent_serve.timing.energy import token_energy_j
 
     mp, m = timer.mapping, timer.model
@@ -314,13 +318,13 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     step_s = -(-m.num_layers // mp.pp) * timer.block_pim_s(context) * mp.lanes / batch
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
-        token_latency_ms=token_s * 1e3, throughput_tok_s=batch / token_s,
+        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.replicas * batch / token_s,
         block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
         embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
-        token_energy_mj=energy_j * 1e3, power_w=energy_j / step_s,
+        token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
-        blocks_per_device=mp.blocks_per_device, batch=batch,
+        blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
         breakdown_cycles=timer.pim.breakdown(context).as_dict())
 
 

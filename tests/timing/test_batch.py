@@ -53,3 +53,14 @@ def test_phase_mode_checks_the_context(capsys):
 def test_batch_is_refused_where_it_cannot_apply(capsys):
     assert main(["simulate", "--model", "llama2-7b", "--sweep", "--batch", "4"]) == 2
     assert "--batch goes with the closed form" in capsys.readouterr().err
+
+
+def test_replicas_multiply_the_system_s_throughput_and_power():
+    """7B as 8 stages on 16 devices: two copies of the mapping, as the serving engine runs them."""
+    one, two = (SystemTimer.from_config(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(n, 8, 1)))
+                for n in (8, 16))
+    assert (one.mapping.replicas, two.mapping.replicas) == (1, 2)
+    a, b = token_figures(one, 4096), token_figures(two, 4096)
+    assert b.replicas == 2 and b.token_latency_ms == pytest.approx(a.token_latency_ms, rel=0.05)
+    assert b.throughput_tok_s == pytest.approx(2 * 8 / (b.token_latency_ms / 1e3), rel=1e-12)
+    assert b.power_w / b.throughput_tok_s == pytest.approx(a.power_w / a.throughput_tok_s, rel=0.05)
