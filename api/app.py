@@ -7,7 +7,7 @@ engine loop and the metrics. The parts live by concern:
 - api/routes.py: the endpoints, completions and chat as two shapes of that path;
 - api/errors.py: OpenAI's error JSON, and the one count per request in `cent:requests_total`.
 
-Every error is OpenAI's error JSON. With an API key every path but `/health` needs it,
+Every error is OpenAI's error JSON. With an API key every path but `/health` and `/ping` needs it,
 `/metrics` included (Prometheus sends it with `authorization: {credentials: ...}`)."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _serve_docs_offline(app: FastAPI) -> None:
 def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     """The app serving `loop`'s engine, counting into `metrics`. `api_key`: required as a bearer
-    token on every path but /health (None: open); bodies over `max_body_bytes` get 413."""
+    token on every path but /health and /ping (None: open); bodies over `max_body_bytes` get 413."""
     app = FastAPI(title="cent-serve", version=__version__, docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,

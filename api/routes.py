@@ -1,5 +1,6 @@
 """The HTTP endpoints (docs/serving.md): completions and chat (two `Endpoint`s over the one
-generation path, api/generate.py), models, health, `/v1/cent/status` and `/metrics`. Handlers
+generation path, api/generate.py), models, vLLM's `/tokenize` and `/detokenize`, `/version`, `/ping`,
+health, `/v1/cent/status` and `/metrics` (HEAD wherever GET: `read`). Handlers
 take the app's `ApiContext` as a dependency; `create_app` includes `router`. Handlers carry comments,
 not docstrings: FastAPI would publish a docstring as the operation's description in /openapi.json."""
 from __future__ import annotations
