@@ -258,9 +258,13 @@ class Engine:
             return token
         token = sample(row, p.sampling, req.rng)
         if p.logprobs is not None:
-            mode = self.cfg.scheduler.logprobs_mode
-            req.logprobs.append(token_logprob(logprobs_of(row, p.sampling, mode), token, p.logprobs))
+            req.logprobs.append(self._logprob(row, p, token, p.logprobs))
         return token
+
+    def _logprob(self, logits, p: RequestParams, token: int, n: int):
+        """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
+        `scheduler.logprobs_mode` says."""
+        return token_logprob(logprobs_of(logits, p.sampling, self.cfg.scheduler.logprobs_mode), token, n)
 
     def _prompt_logprobs(self, req: Request, block, first: int) -> None:
         """Log-probabilities of the prompt tokens that the logits `block` (positions `first`, ...)
@@ -268,11 +272,9 @@ class Engine:
         p, prompt = req.params, req.prompt_ids
         if req.prompt_logprobs is None:
             req.prompt_logprobs = [None] * len(prompt)
-        mode = self.cfg.scheduler.logprobs_mode
         for i, logits in enumerate(block, start=first):
             if i + 1 < len(prompt):
-                req.prompt_logprobs[i + 1] = token_logprob(logprobs_of(logits, p.sampling, mode), prompt[i + 1],
-                                                           p.prompt_logprobs)
+                req.prompt_logprobs[i + 1] = self._logprob(logits, p, prompt[i + 1], p.prompt_logprobs)
 
     def _append_token(self, req: Request, token: int, t: float) -> None:
         p = req.params

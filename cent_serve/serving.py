@@ -373,7 +373,8 @@ class EngineLoop:
         n_tok, n_chr = sent
         text = self.engine.text(req)
         if not req.is_finished:
-            text = _stable(text, req.params.stop, self.engine.tokenizer.partial_tail(req.output_ids))
+            partial = text.endswith("\ufffd") and self.engine.tokenizer.partial_tail(req.output_ids)
+            text = _stable(text, req.params.stop, partial)
         delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
                       logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason,

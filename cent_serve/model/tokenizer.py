@@ -167,14 +167,15 @@ class HFTokenizer:
         from tokenizers import Tokenizer as _Tok
 
         path = Path(path)
-        self._tok = _Tok.from_file(str(path))
+        text = path.read_text()  # read once: the library parses it, and its decoder's kind is read below
+        self._tok = _Tok.from_str(text)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.bos_token = self._tok.id_to_token(bos_token_id) or ""
         self.eos_token = self._tok.id_to_token(eos_token_id) or ""
         self._specials = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
-        decoder = json.dumps(json.loads(path.read_text()).get("decoder"), ensure_ascii=False)
+        decoder = json.dumps(json.loads(text).get("decoder"), ensure_ascii=False)
         self._byte_level = '"ByteLevel"' in decoder  # token strings are GPT-2 byte characters
         self._metaspace = '"Metaspace"' in decoder or "\u2581" in decoder  # SentencePiece's word marker
         self.chat_template = DEFAULT_CHAT_TEMPLATE
