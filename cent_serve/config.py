@@ -405,6 +405,11 @@ class ServerConfig:
     """On a cluster advertising `device_resource`: `spread` devices over the nodes or `pack` them."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
+    pin_replica_cpu: bool = True
+    """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
+    A round visits the devices one after the other, and on one CPU handing it on wakes no other
+    processor (measured on a 2-core VM: about 20 us a hop instead of 50). Not applied where
+    tensor-parallel ranks compute full numerics: those run at the same time."""
     max_tokens_default: int | None = None
     """Tokens a request gets when it names no limit (clamped to the context the prompt leaves).
     None: OpenAI's defaults, 16 for completions and the rest of the context for chat (vLLM's

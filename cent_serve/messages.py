@@ -72,7 +72,8 @@ class RoundPlan:
     ready_s: np.ndarray
     """(lanes,) float64: simulated time each lane's input exists."""
     round_id: int = 0
-    """Distinct per round of an executor: names the round's shared cost table (`SystemTimer.lane_costs`)."""
+    """Names the round on the links (a non-negative int): the replies of rounds in flight and the
+    tensor-parallel exchanges of a unit are matched by it."""
     new_seqs: dict[int, int] = field(default_factory=dict)
     """Sequences the devices have not seen: seq id -> position of its first token this round."""
     finished: tuple[int, ...] = ()
@@ -104,6 +105,7 @@ class RoundPlan:
             msg["free"] = list(self.finished)
         if self.token_ids is not None:
             msg["tokens"] = self.token_ids
+        if self.wants_logits is not None:
             msg["logits"] = self.wants_logits
         return msg
 
@@ -113,8 +115,7 @@ class RoundPlan:
         assert layout is not None, "the first plan on a link must carry its layout"
         return cls(layout, np.asarray(msg["ready"], dtype=np.float64), int(msg["round"]),
                    {int(k): int(v) for k, v in msg.get("new", ())}, tuple(msg.get("free", ())),
-                   None if "tokens" in msg and msg["tokens"] is None else msg.get("tokens"),
-                   msg.get("logits"))
+                   msg.get("tokens"), msg.get("logits"))
 
 
 @dataclass

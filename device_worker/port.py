@@ -1,71 +1,237 @@
-"""A device's end of its switch port: runs the rounds that arrive on the link.
+"""A device's ends of the round chain: the links its rounds arrive on and leave by.
 
-Plain Python over a `fabric.link.Link` (the actor in `actor.py` starts it on a thread). The link
-carries msgpack maps (`fabric.link`), the device's end of `fabric.rounds`' protocol:
+Plain Python over `fabric.link.Link`s (the actor in `actor.py` makes the links and runs `serve`
+on a thread). A round reaches a device as one message on its input link: from the host for the
+first unit, else from the previous unit's leader. The device runs it on its `DeviceWorker` (with
+tp > 1 and full numerics its exchanges go through the switch, whose `Rendezvous` keeps the
+unit's ranks in lockstep). A rank that is not its unit's leader sends its output to the leader;
+the leader combines the unit's outputs and hands the round on (`fabric.rounds.hand_on`): over
+its own switch port (`Fabric.hop`, clocked here, at the sending end: each port receives from one
+sender) to the next unit's devices, or after the last unit to the host. A failure travels the
+same way, as an "error" message, so the host hears of it whichever device failed; a device
+whose input link breaks says so downstream, then stops.
 
-  switch -> device: {"kind": "run", plan fields (`RoundPlan.to_wire`), "ready": input times, "hidden"?}
-  device -> switch: {"kind": "done", `RoundOutput.to_wire`} | {"kind": "error", "error": {...}}
-  device -> switch: {"kind": "exchange", "tag", "data"}   switch -> device: {"kind": "full", "data"} | {"kind": "abort"}
+A round that brings a device nothing but times (the same layout as the link's last round, no
+new or finished sequences, no token ids, logits or activations: steady timing-only decoding) is
+a "tick": [ready times | the round's joules so far] as raw float64 bytes. A one-device unit
+answers ticks in compiled code (`device_worker.steady`: its time pass, its joules and its
+port's hop, `cent_serve.timing.clock.tick`) and sends ticks on; the same floats as the "run"
+path, which every other round takes.
 
-The layout travels only when it changes; the device keeps the last one it was sent.
+  host or previous leader -> device: {"kind": "run", plan fields, "ready", "energy"?, "hidden"?}
+                                     | {"kind": "tick", "round", "x"} | {"kind": "error", "error"}
+  rank -> its leader, last leader -> host: {"kind": "done", `RoundOutput.to_wire`} | {"kind": "tick",
+                                     "round", "x": [ready | joules | sampled]} | {"kind": "error", "error"}
+  device <-> switch: {"kind": "exchange", "round", "tag", "data"} -> {"kind": "full", "data"}
+                     | {"kind": "abort", "reason"};  {"kind": "failed", "round"}: this rank failed
+
+The layout travels only when it changes; each end of a link keeps the last one it carried.
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
 
-from cent_serve.messages import RoundOutput, RoundPlan
+from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from device_worker.kv_cache import KVCacheFull
+from device_worker.steady import CROSSED, NEED, SEND_FAILED, buffers, steady_loop
 from device_worker.worker import DeviceWorker
-from fabric.link import Link, LinkClosed, error_message, register_error
-from fabric.rounds import RoundAborted
+from fabric.link import (HEADER, RECV_CHUNK_BYTES, Link, LinkClosed, WireError, encode, error_message, register_error,
+                        remote_error)
+from fabric.listener import LinkBook
+from fabric.rounds import Place, RoundAborted, chain_message, combine, hand_on
+from fabric.switch import Fabric
+
+log = logging.getLogger("cent.device")
 
 EXCHANGE_TIMEOUT_S = 120.0
 """Longest wait for the other ranks of a tensor-parallel exchange."""
+RANK_TIMEOUT_S = 300.0
+"""Longest a unit's leader waits for another rank's output (its whole stage)."""
+PORT_TIMEOUT_S = 60.0
+"""Longest wait for a link this device needs to come up."""
 
 register_error(KVCacheFull)
 register_error(RoundAborted)
+register_error(LinkClosed)
 
 
-def serve(worker: DeviceWorker, link: Link, lock: threading.Lock) -> None:
-    """Answer "run" messages until the switch hangs up."""
-    last_layout = None
-    while True:
+class DevicePort:
+    """Runs the rounds that reach one device (see the module docstring)."""
+
+    def __init__(self, worker: DeviceWorker, place: Place, links: LinkBook, switch: Link,
+                 lock: threading.Lock) -> None:
+        self.worker, self.place, self.links, self.switch, self.lock = worker, place, links, switch, lock
+        self.fabric = Fabric(worker.cfg)
+        """This device's switch ports: the hops it sends (merged with the others' for stats)."""
+        self.exchanges = worker.numerics and worker.tp > 1
+        """Whether this device's rounds meet its unit's other ranks at the switch."""
+        self.sent = np.zeros(2, dtype=np.int64)
+        """Messages and bytes (frames with their headers) this device sent on its links."""
+        self.fast = not worker.numerics and len(place.peers) == 1
+        """Whether ticks run in one compiled call here (timing-only, a one-device unit)."""
+        if self.fast and not place.is_last:
+            worker.clock.set_route(place.device_id, place.next_ids, self.fabric.port.latency_s,
+                                   self.fabric.port.flit_bytes)
+
+    def serve(self, outputs: list[Link]) -> None:
+        """Answer rounds until the input link closes. `outputs`: where this device's results go
+        (the next unit's devices, its unit's leader, or the host)."""
+        p = self.place
         try:
-            msg = link.recv()
-        except LinkClosed:
+            inp = self.links.wait(("host",) if p.is_first else ("hop", p.prev_leader), PORT_TIMEOUT_S)
+            ranks = [self.links.wait(("rank", d), PORT_TIMEOUT_S) for d in p.peers[1:]] if p.is_leader else []
+            if p.is_leader and p.is_last:
+                outputs = [self.links.wait(("host",), PORT_TIMEOUT_S)]
+        except TimeoutError as exc:
+            log.error("device %d cannot serve rounds: %s", p.device_id, exc)
             return
-        assert msg.get("kind") == "run", msg.get("kind")
-        with lock:
-            try:
-                plan = RoundPlan.from_wire(msg, last_layout)
-                last_layout = plan.layout
-                x = RoundOutput(plan.ready_s, np.zeros(0), msg.get("hidden"))
-                reply = run_one(worker, link, plan, x)
-            except Exception as e:  # noqa: BLE001 - a malformed plan fails the round, not the device
-                reply = {"kind": "error", "error": error_message(e)}
-        try:
-            link.send(reply)
-        except LinkClosed:
-            return
-
-
-def run_one(worker: DeviceWorker, link: Link, plan: RoundPlan, x: RoundOutput) -> dict:
-    """One call of the worker, its exchanges relayed through the switch; the reply to send."""
-    gen = worker.run(plan, x)
-    try:
-        msg = next(gen)
+        self._last_in: Layout | None = None
+        self._last_out: Layout | None = None
+        self._tick_args: tuple | None = None
+        self._out_fds = np.array([link.fileno() for link in outputs], dtype=np.int64)
         while True:
-            _, tag, local = msg
-            link.send({"kind": "exchange", "tag": tag, "data": local})
-            reply = link.recv(EXCHANGE_TIMEOUT_S)
-            if reply["kind"] == "abort":
-                gen.close()
-                return {"kind": "error", "error": error_message(
-                    RoundAborted(f"device {worker.device_id}: a peer failed at {tag!r}"))}
-            msg = gen.send(reply["data"])
-    except StopIteration as stop:
-        return {"kind": "done", **stop.value.to_wire()}
-    except Exception as e:  # noqa: BLE001 - every failure goes back to the switch
-        return {"kind": "error", "error": error_message(e)}
+            if self._tick_args is not None and not inp.buffered() and not self._steady(inp, outputs):
+                return
+            try:
+                msg = inp.recv()
+            except LinkClosed as exc:
+                self._send(outputs, encode(_error(LinkClosed(f"device {p.device_id}'s input link closed: {exc}"))))
+                return
+            except WireError as exc:
+                msg = _error(exc)
+            kind = msg.get("kind")
+            if kind in ("run", "tick"):
+                try:
+                    out = self._round(msg, ranks)
+                except Exception as exc:  # noqa: BLE001 - an output that cannot be sent fails the round
+                    out = encode(_error(exc))
+            elif p.is_leader:  # a failure upstream: pass it on, run nothing
+                out = encode(msg if kind == "error" else _error(
+                    WireError(f"device {p.device_id} got a {kind!r} message on its input link")))
+            else:
+                continue
+            if not self._send(outputs, out):
+                return
+
+    def _steady(self, inp: Link, outputs: list[Link]) -> bool:
+        """Ticks in compiled code (`device_worker.steady`) until a message that is not one, which
+        is left for the link to read; False when this device must stop (an output is gone)."""
+        w = self.worker
+        have, inbuf, outbuf = 0, self._inbuf, self._outbuf
+        while True:
+            status, have, length, crossed, n_crossed = steady_loop(
+                inp.fileno(), self._out_fds, self.sent, inbuf, have, outbuf, *w.timer.context_table(),
+                *self._tick_args)
+            if status == NEED:
+                w.fill_table(self._lanes)
+            elif status == CROSSED:
+                try:
+                    w.grow_kv(crossed[:n_crossed])
+                    blob = outbuf[8:length].tobytes()
+                except Exception as exc:  # noqa: BLE001 - KVCacheFull fails the round
+                    blob = encode(_error(exc))
+                if not self._send(outputs, blob):
+                    return False
+            elif status == SEND_FAILED:
+                log.warning("device %d stops: an output link is gone", self.place.device_id)
+                return False
+            else:  # OTHER, CLOSED, FAILED: the link reads on (and says what happened)
+                inp.unread(inbuf[:have].tobytes())
+                return True
+
+    def _round(self, msg: dict, ranks: list[Link]) -> bytes:
+        """A round on the general path (any unit, numerics, a changed layout); the message to
+        send on (a rank that is not its unit's leader sends it to the leader)."""
+        p = self.place
+        self._tick_args = None  # no tick runs on the fast path until this round has laid its state out
+        try:
+            if msg["kind"] == "tick":
+                n = len(self._last_in)
+                x = np.frombuffer(msg["x"])
+                plan = RoundPlan(self._last_in, x[:n], int(msg["round"]))
+                x = RoundOutput(plan.ready_s, x[n:])
+            else:
+                plan = RoundPlan.from_wire(msg, self._last_in)
+                energy = msg["energy"] if "energy" in msg else np.zeros(len(plan.layout.seq_ids))
+                x = RoundOutput(plan.ready_s, energy, msg.get("hidden"))
+            self._last_in = plan.layout
+        except Exception as exc:  # noqa: BLE001 - a malformed plan fails the round, not the device
+            result = exc
+        else:
+            result = self._run(plan, x)
+            if self.fast and not isinstance(result, BaseException):
+                w = self.worker  # what the next ticks take: this layout's, and the positions it laid out
+                self._lanes = lp = w.timer.lane_plan(plan.layout)
+                self._tick_args = (w.seqs.state, lp.ints, lp.floats, w.clock.f, w.clock.i, self.fabric.ports,
+                                   self.fabric.counts)
+                self._inbuf, self._outbuf = buffers(len(plan.layout), w.seqs.state.shape[1], RECV_CHUNK_BYTES)
+        if not p.is_leader:
+            reply = _error(result) if isinstance(result, BaseException) else {"kind": "done", **result.to_wire()}
+            return encode(reply)
+        results = [result] + [_from_rank(link) for link in ranks]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            real = [e for e in failed if not isinstance(e, RoundAborted)]
+            return encode(_error((real or failed)[0]))
+        with self.lock:
+            z = hand_on(x.energy_j, combine(results), self.fabric, self.worker.timer, plan.layout, p.peers, p.next_ids)
+        if p.is_last:
+            return encode({"kind": "done", **z.to_wire()})
+        out = chain_message(plan, z, self._last_out)
+        self._last_out = plan.layout
+        return encode(out)
+
+    def _run(self, plan: RoundPlan, x: RoundOutput) -> RoundOutput | BaseException:
+        """This rank's output of the round, or its error (exchanges relayed by the switch)."""
+        with self.lock:
+            gen = self.worker.run(plan, x)
+            value, throw = None, None
+            try:
+                while True:
+                    msg = gen.throw(throw) if throw is not None else gen.send(value)
+                    kind, payload = self._exchange(plan.round_id, msg[1], msg[2])
+                    value, throw = (payload, None) if kind == "full" else (None, RoundAborted(
+                        f"device {self.place.device_id}: {payload}"))
+            except StopIteration as stop:
+                return stop.value
+            except Exception as exc:  # noqa: BLE001 - every failure goes down the chain
+                if self.exchanges and not isinstance(exc, RoundAborted):
+                    try:  # release the unit's other ranks waiting at the switch
+                        self.switch.send({"kind": "failed", "round": plan.round_id})
+                    except LinkClosed:
+                        pass
+                return exc
+
+    def _exchange(self, round_id: int, tag: str, data: np.ndarray) -> tuple[str, object]:
+        self.switch.send({"kind": "exchange", "round": round_id, "tag": tag, "data": data})
+        reply = self.switch.recv(EXCHANGE_TIMEOUT_S)
+        return ("full", reply["data"]) if reply.get("kind") == "full" else ("abort", reply.get("reason"))
+
+    def _send(self, outputs: list[Link], blob: bytes) -> bool:
+        """One message to every output; False once an output is gone (this device stops)."""
+        try:
+            for link in outputs:
+                link.send_bytes(blob)
+                self.sent += (1, HEADER.size + len(blob))
+        except LinkClosed as exc:
+            log.warning("device %d stops: %s", self.place.device_id, exc)
+            return False
+        return True
+
+
+def _error(exc: BaseException) -> dict:
+    return {"kind": "error", "error": error_message(exc)}
+
+
+def _from_rank(link: Link) -> RoundOutput | BaseException:
+    """Another rank's output for the leader, or its error."""
+    try:
+        msg = link.recv(RANK_TIMEOUT_S)
+    except (LinkClosed, TimeoutError, WireError) as exc:
+        return exc
+    if msg.get("kind") == "done":
+        return RoundOutput.from_wire(msg)
+    return remote_error(msg.get("error"))

@@ -1,10 +1,11 @@
-"""Where each sequence stands on the devices: its next position, kept across rounds.
+"""Where each sequence stands on a device: its next position, kept across rounds.
 
 A plan names a sequence's first position once, when it is new (`RoundPlan.new_seqs`); after that
-its position moves on by the tokens each round gives it, until the plan that finishes it. Every
-device of a replica holds the same positions, so the devices of one process share one table (a
-Ray device actor has its own) and its work is done once per round: while the layout holds, the
-positions are one vector add a round; the dict is brought up to date when the layout changes.
+its position moves on by the tokens each round gives it, until the plan that finishes it. The
+positions of the current layout's sequences are two arrays the device's compiled round updates
+in place (`cent_serve.timing.clock.device_round`): `starts` (the next token's position) and `held`
+(the tokens the sequence's KV blocks hold). The others wait in a dict; `update` moves them in
+and out when the layout changes, so while it holds a round costs no Python here.
 """
 from __future__ import annotations
 
@@ -18,39 +19,26 @@ class SeqTable:
         self.block_tokens = block_tokens
         self.pos: dict[int, int] = {}
         """Position of each sequence's next token (tokens its KV cache holds), but for those of the
-        current layout, whose positions are in `_starts`."""
-        self._layout = EMPTY_LAYOUT
-        self._starts = self._tokens = self._held = np.zeros(0, dtype=np.int64)
-        self._round: object = None
-        self._result: tuple[np.ndarray, list[tuple[int, int]]] = (self._starts, [])
+        current layout, whose positions are in `starts`."""
+        self.layout = EMPTY_LAYOUT
+        self.state = np.zeros((2, 0), dtype=np.int64)
+        """(2, sequences of the layout) int64: each one's next position (the round moves it on) and
+        the tokens its KV blocks hold (0 for a new sequence)."""
 
-    def advance(self, plan: RoundPlan) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """For `plan` (once per round, whichever device asks first): each of its sequences' first
-        position (layout order), and the (sequence, tokens to hold) that cross into a new KV
-        block this round; positions move on by the round's tokens."""
-        if plan.round_id == self._round:
-            return self._result
+    def update(self, plan: RoundPlan) -> None:
+        """Before `plan` runs: forget the finished, take in the new, and lay the positions out in
+        the order of the plan's layout when it changed."""
         layout = plan.layout
-        changed = bool(plan.new_seqs) or (layout is not self._layout and layout != self._layout)
-        if changed:
-            self.pos.update(zip(self._layout.seq_ids, self._starts.tolist()))
+        if not (plan.new_seqs or plan.finished) and (layout is self.layout or layout == self.layout):
+            self.layout = layout  # an equal layout is compared by identity next time
+            return
+        self.pos.update(zip(self.layout.seq_ids, self.state[0].tolist()))
         for sid in plan.finished:
             self.pos.pop(sid, None)
         self.pos.update(plan.new_seqs)
-        if changed:
-            ids, bt = layout.seq_ids, self.block_tokens
-            self._starts = np.array([self.pos.pop(sid) for sid in ids], dtype=np.int64)
-            self._tokens = np.array(layout.seq_tokens, dtype=np.int64)
-            self._held = -(-self._starts // bt) * bt  # the blocks a sequence holds so far ...
-            if plan.new_seqs:  # ... but a new one holds none yet
-                self._held[[i for i, sid in enumerate(ids) if sid in plan.new_seqs]] = 0
-        self._layout = layout  # an equal layout is compared by identity next time
-        starts, ends = self._starts, self._starts + self._tokens
-        crossing = []
-        for i in np.flatnonzero(ends > self._held).tolist():
-            end = int(ends[i])
-            crossing.append((layout.seq_ids[i], end))
-            self._held[i] = -(-end // self.block_tokens) * self.block_tokens
-        self._starts = ends
-        self._round, self._result = plan.round_id, (starts, crossing)
-        return self._result
+        ids, bt = layout.seq_ids, self.block_tokens
+        starts = np.array([self.pos.pop(sid) for sid in ids], dtype=np.int64)
+        self.state = np.stack([starts, -(-starts // bt) * bt])  # the blocks a sequence holds so far ...
+        if plan.new_seqs:  # ... but a new one holds none yet
+            self.state[1, [i for i, sid in enumerate(ids) if sid in plan.new_seqs]] = 0
+        self.layout = layout

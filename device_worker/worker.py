@@ -8,14 +8,15 @@ start once, when it is new).
 
 Two passes, kept apart so timing-only and full numerics charge identical time:
 
-1. **Time** (always): lanes in order of `ready_s`; each block of each stage starts
-   at max(its channel group's busy-until clock, the input's ready time) and lasts
-   the timer's block step for the lane's tokens (PIM + accelerator x tb + the
-   in-block tensor-parallel exchanges, `SystemTimer.lane_costs`); a block's output
-   moves to the next block on the device through the DMA engine (one hop), or
-   leaves the device for the switch. Blocks resident on one device run in lockstep
-   in CENT, sharing the DMA and the near-memory accelerator, as the artifact
-   accounts for it (the tb factors): their busy time is counted, not queued.
+1. **Time** (always): one compiled call (`cent_serve.timing.clock.device_round`). Each
+   lane's block step is the timer's block costs for its tokens (PIM + accelerator x tb + the
+   in-block tensor-parallel exchanges); lanes go in order of `ready_s`; each block of each stage
+   starts at max(its channel group's busy-until clock, the input's ready time); a block's output
+   moves to the next block on the device through the DMA engine (one hop), or leaves the device
+   for the switch. Blocks resident on one device run in lockstep in CENT, sharing the DMA and the
+   near-memory accelerator, as the artifact accounts for it (the tb factors): their busy time is
+   counted, not queued. The same call moves the sequences' positions on and says which need a
+   new KV block.
 2. **Numerics** (`numerics="full"`): the reference math on this device's shard of
    the weights (`cent_serve.sharding`). With tp > 1 the block yields at its
    exchange points: `run` is a generator that yields `("all_gather", tag, local_slice)`
@@ -23,7 +24,7 @@ Two passes, kept apart so timing-only and full numerics charge identical time:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Generator
 
 import numpy as np
@@ -33,9 +34,8 @@ from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.model.layers import rms_norm
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
-from cent_serve.timing.clock import device_lanes
+from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
 from cent_serve.timing.energy import head_energy_j
-from cent_serve.timing.token import LaneCosts
 from cent_serve.timing.mapping import Stage, device_kv_bytes_per_token, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import SeqTable
@@ -43,22 +43,11 @@ from device_worker.seqs import SeqTable
 Exchange = tuple[str, str, np.ndarray]
 
 
-@dataclass
-class DeviceCounters:
-    """What a device reports besides its busy seconds: energy, traffic, work done."""
-
-    energy_j: float = 0.0
-    block_steps: int = 0
-    tokens: int = 0
-    hop_bytes_local: int = 0
-    calls: int = 0
-
-
 class DeviceWorker:
     """One emulated CENT device (see the module docstring for the contract of `run`)."""
 
     def __init__(self, cfg: CentConfig, device_id: int, timer: SystemTimer | None = None,
-                 weights=None, seqs: SeqTable | None = None) -> None:
+                 weights=None) -> None:
         self.cfg = cfg
         self.device_id = device_id
         self.timer = timer or SystemTimer.from_config(cfg)
@@ -71,24 +60,20 @@ class DeviceWorker:
         self.has_lm_head = self.stages[-1].index == mp.pp - 1
         self.last_block = self.stages[-1].blocks[-1]
         self.numerics = cfg.resolved_numerics == "full"
-        # busy-until clocks in simulated seconds, and busy seconds, as `device_lanes` keeps them
-        self._group_order = [s.channel_group for s in self.stages]
-        assert len(set(self._group_order)) == len(self.stages), f"stages share a channel group: {self.stages}"
-        self._clocks = np.zeros(len(self._group_order))
-        self._embed = np.array([self.has_embedding, self.timer.embed_lookup_s, 0.0])
-        self._head = np.array([self.has_lm_head, self.timer.lm_head_s, 0.0, head_energy_j(self.timer) / self.tp])
-        self._busy_names = ["embedding", "lm_head", "accelerator", "dma", *(f"group{g}" for g in self._group_order)]
-        self._busy = np.zeros(len(self._busy_names))
-        self.seqs = seqs or SeqTable(cfg.scheduler.kv_block_tokens)
-        """Each sequence's position (shared by the devices of one executor in this process)."""
-        self.counters = DeviceCounters()
-        # per stage: its channel group and, per block, whether the block's output leaves the device
-        self._block_plan = [(s.channel_group, tuple(b == self.last_block and not self.has_lm_head
-                                                    for b in s.blocks)) for s in self.stages]
-        self._blocks_per_call = sum(len(s.blocks) for s in self.stages)
-        self._group_blocks = np.array([len(flags) for _, flags in self._block_plan], dtype=np.int64)
-        self._block_last = np.array([x for _, flags in self._block_plan for x in flags], dtype=np.bool_)
-        self._local_hops = sum(not x for _, flags in self._block_plan for x in flags)
+        group_order = [s.channel_group for s in self.stages]
+        assert len(set(group_order)) == len(self.stages), f"stages share a channel group: {self.stages}"
+        self._busy_names = ["embedding", "lm_head", "accelerator", "dma", *(f"group{g}" for g in group_order)]
+        # per stage (channel group), per block: whether the block's output leaves the device
+        leaves = [[b == self.last_block and not self.has_lm_head for b in s.blocks] for s in self.stages]
+        self._local_hops = sum(not x for flags in leaves for x in flags)
+        """Block outputs the DMA engine moves per token (each of hidden_size bf16 values)."""
+        self.clock = DeviceClock([len(flags) for flags in leaves], [x for flags in leaves for x in flags],
+                                 mp.tb, cfg.scheduler.kv_block_tokens, (self.has_embedding, self.timer.embed_lookup_s),
+                                 (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp),
+                                 self.timer.host_s)
+        """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
+        self.seqs = SeqTable(cfg.scheduler.kv_block_tokens)
+        """Each sequence's position."""
         m = cfg.model
         self.weight_bytes = device_weight_bytes(m, mp, device_id)
         self.kv = PagedKVCache(capacity_bytes=cfg.device.capacity_bytes - self.weight_bytes,
@@ -125,48 +110,56 @@ class DeviceWorker:
         unit's output, or `RoundOutput.start(plan)`). Returns this device's output: when each
         lane leaves it, the energy it charged each sequence, and with numerics the activations
         or logits. A generator: with tp > 1 and numerics it yields at exchange points."""
-        self.counters.calls += 1
-        layout = plan.layout
-        starts = self._advance(plan)
-        out = RoundOutput(x.ready_s, np.zeros(len(starts)))
-        if len(layout):
-            costs = self.timer.lane_costs(plan.round_id, layout.seqs, starts)
-            out.ready_s = self._charge_time(x.ready_s, costs)
-            out.energy_j = costs.seq_energy_j * self._blocks_per_call + (self._head[3] if self.has_lm_head else 0.0)
-            if self.numerics:
-                yield from self._compute(plan, x, starts, out)
-        return out
-
-    def _advance(self, plan: RoundPlan) -> np.ndarray:
-        """Forget the finished sequences, grow the KV caches that cross into a new block, and
-        return each of the round's sequences' first position (`SeqTable.advance`)."""
         for sid in plan.finished:
             self.free(sid)
-        starts, crossing = self.seqs.advance(plan)
-        self.kv.grow_all(crossing)
-        return starts
+        self.seqs.update(plan)
+        layout = plan.layout
+        if not len(layout):
+            self.clock.i[I_CALLS] += 1
+            return RoundOutput(x.ready_s, np.zeros(0))
+        starts = self.seqs.state[0].tolist() if self.numerics else None  # the round moves them on
+        done, own = self._charge_time(x.ready_s, layout)
+        out = RoundOutput(done, own)
+        if self.numerics:
+            yield from self._compute(plan, x, starts, out)
+        return out
 
     def free(self, seq_id: int) -> None:
-        """Forget a finished or aborted sequence: KV blocks, values and position, at once."""
+        """Forget a finished or aborted sequence: KV blocks and values, at once."""
         self.kv.free(seq_id)
         self.seq_kv.pop(seq_id, None)
 
     # ------------------------------------------------------------------ time
 
-    def _charge_time(self, ready: np.ndarray, costs: LaneCosts) -> np.ndarray:
-        """Push the lanes, in arrival order (ties: the lower lane), through this device's busy-until
-        clocks (`cent_serve.timing.clock.device_lanes`); returns the time each lane's output
-        exists (its last block's end, or the LM head's)."""
-        c = self.counters
-        done, c.energy_j = device_lanes(
-            ready, costs.block_s, costs.hop_s, costs.acc_s, costs.energy_j, costs.tokens, costs.seqs, self._clocks,
-            self._group_blocks, self._block_last, self._embed, self._head, self._busy, self._blocks_per_call,
-            c.energy_j)
-        n_tokens = costs.num_tokens
-        c.tokens += n_tokens
-        c.block_steps += self._blocks_per_call * len(ready)
-        c.hop_bytes_local += self._local_hops * 2 * n_tokens * self.cfg.model.hidden_size
-        return done
+    def _charge_time(self, ready: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray]:
+        """The round's time pass (`cent_serve.timing.clock.device_round`): when each lane's output
+        exists (its last block's end, or the LM head's) and the joules charged to each sequence;
+        the sequences that cross into a new KV block get it (KVCacheFull fails the round)."""
+        timer, seqs, clock = self.timer, self.seqs, self.clock
+        lp = timer.lane_plan(layout)
+        while True:
+            table, filled = timer.context_table()
+            done, own, crossed, n_crossed, need = device_round(ready, table, filled, seqs.state, lp.ints, lp.floats,
+                                                               clock.f, clock.i)
+            if not need:
+                break
+            self.fill_table(lp)
+        if n_crossed:
+            self.grow_kv(crossed[:n_crossed])
+        return done, own
+
+    def fill_table(self, lp) -> None:
+        """Fill the timer's context table for every context the current layout's round reaches."""
+        seqs, n = self.seqs, len(self.seqs.layout)
+        tokens = lp.ints[n + 1:n + 1 + self.seqs.state.shape[1]].tolist()
+        self.timer.fill_contexts(np.concatenate([np.arange(a + 1, a + t + 1) for a, t in
+                                                 zip(seqs.state[0].tolist(), tokens)]))
+
+    def grow_kv(self, crossed: np.ndarray) -> None:
+        """A new KV block for each sequence that crossed into one (`crossed`: their indexes in
+        layout order); KVCacheFull fails the round."""
+        ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0]
+        self.kv.grow_all([(ids[k], int(starts[k])) for k in crossed.tolist()])
 
     # ------------------------------------------------------------------ numerics
 
@@ -231,9 +224,11 @@ class DeviceWorker:
     # ------------------------------------------------------------------ reporting
 
     def stats(self) -> dict:
-        c = self.counters
+        c = self.clock.counters()
         return dict(device_id=self.device_id, stages=[s.index for s in self.stages], rank=self.rank,
-                    busy_s=dict(zip(self._busy_names, self._busy.tolist())), energy_j=c.energy_j, block_steps=c.block_steps, tokens=c.tokens,
-                    calls=c.calls, hop_bytes_local=c.hop_bytes_local, kv_usage=self.kv.usage,
+                    busy_s=dict(zip(self._busy_names, self.clock.busy.tolist())), energy_j=self.clock.joules,
+                    block_steps=c["block_steps"], tokens=c["tokens"], calls=c["calls"],
+                    hop_bytes_local=self._local_hops * 2 * self.cfg.model.hidden_size * c["tokens"],
+                    kv_usage=self.kv.usage,
                     kv_blocks=self.kv.num_blocks, weight_bytes=self.weight_bytes,
-                    clock_s=max([*self._clocks.tolist(), float(self._embed[2]), float(self._head[2])]))
+                    clock_s=self.clock.clock_s)

@@ -1,24 +1,23 @@
-"""The Ray actor of the CXL switch: a thin wrapper of `Fabric` and its `Router`.
+"""The Ray actor of the CXL switch: a thin wrapper of its `Relay` (the units' exchanges).
 
 It listens on one socket (127.0.0.1 on a single node, the node's address on a cluster); each
-device actor and the host open a link to it, prove they know the run's secret (`Link.accept`:
-an HMAC challenge, both ways) and say who they are. A connection that fails the proof is closed
-and logged; nothing it sent is interpreted. The host's rounds run on the host link's thread;
+device actor opens a link to it for its unit's exchanges, and the host one that it keeps open
+while the switch lives (a round submitted after the switch is gone fails at once). Every link
+proves the run's secret first (`fabric.listener`): a connection that fails is closed, logged and
+counted; nothing it sent is interpreted. The rounds' hops do not pass through this process: each
+unit's leader clocks its own switch port and sends to the next unit directly (`device_worker.port`).
 Ray calls are for control: the address, readiness, stats.
 """
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.timing import SystemTimer
-from cent_serve.timing.clock import warm
-from fabric.link import Link, LinkRefused
-from fabric.router import Router
+from fabric.link import Link
+from fabric.listener import Address, Listener
+from fabric.router import Relay
 from fabric.switch import Fabric
 
 log = logging.getLogger("cent.switch")
@@ -27,45 +26,31 @@ log = logging.getLogger("cent.switch")
 @ray.remote(num_cpus=0)
 class FabricActor:
     def __init__(self, cfg: CentConfig, units: list[tuple[int, ...]], secret: bytes, host: str | None = None) -> None:
-        warm()  # compile or load the clock kernels now, not in the first round
-        self.router = Router(Fabric(cfg), units, SystemTimer.from_config(cfg))
-        self.secret = secret
-        self.num_refused = 0
-        self.server = socket.create_server((host or ray.util.get_node_ip_address(), 0))
-        threading.Thread(target=self._accept, daemon=True, name="switch-accept").start()
+        self.relay = Relay(Fabric(cfg), units)
+        self._hosts: list[Link] = []  # kept open: the host watches them close when this process ends
+        self.listener = Listener(host or ray.util.get_node_ip_address(), secret, self._admit, "switch",
+                                 ray.get_runtime_context().get_node_id())
 
-    def _accept(self) -> None:
-        while True:
-            conn, _ = self.server.accept()
-            threading.Thread(target=self._admit, args=(conn,), daemon=True, name="switch-hello").start()
-
-    def _admit(self, conn: socket.socket) -> None:
-        """One new connection: trusted only once it proves the secret (its own thread, so a peer
-        that says nothing cannot hold up the devices' links)."""
-        try:
-            link, hello = Link.accept(conn, self.secret)
-        except LinkRefused:
-            self.num_refused += 1
-            return
+    def _admit(self, link: Link, hello: dict) -> None:
         role = hello.get("role")
-        if role == "device":
-            self.router.attach(int(hello["device_id"]), link)
+        if role == "device" and isinstance(hello.get("device_id"), int):
+            self.relay.attach(hello["device_id"], link)
         elif role == "host":
-            self.router.serve_host(link)
+            self._hosts.append(link)
         else:
-            log.warning("a link introduced itself as %r: closed", role)
+            log.warning("a link introduced itself as %r: closed", hello)
             link.close()
 
-    def address(self) -> tuple[str, int]:
-        return self.server.getsockname()[:2]
+    def address(self) -> Address:
+        return self.listener.address
 
     def ready(self) -> bool:
         return True
 
     def refused(self) -> int:
         """Connections closed because they did not prove the run's secret."""
-        return self.num_refused
+        return self.listener.num_refused
 
     def stats(self) -> dict:
-        with self.router.lock:
-            return self.router.fabric.stats()
+        with self.relay.lock:
+            return self.relay.fabric.stats()

@@ -362,15 +362,25 @@ class Link:
     # -- handshake --
 
     @classmethod
-    def connect(cls, address: tuple[str, int], hello: dict, secret: bytes,
+    def connect(cls, address: tuple[str, int] | str, hello: dict, secret: bytes,
                 timeout_s: float = CONNECT_TIMEOUT_S) -> "Link":
-        """Open a link to the server at `address`, prove this end knows `secret`, check the server
-        does too, then introduce this end with `hello`. Raises `LinkRefused` if the handshake
-        fails, OSError if nothing accepts the connection, within `timeout_s` in all."""
+        """Open a link to the server at `address` ((host, port) over TCP, or a str: a Unix socket's
+        address), prove this end knows `secret`, check the server does too, then introduce this
+        end with `hello`. Raises `LinkRefused` if the handshake fails, OSError if nothing accepts
+        the connection, within `timeout_s` in all."""
         _check_secret(secret)
         _hello_frame(hello)  # a hello that cannot travel fails here, before any connection
         deadline = time.monotonic() + timeout_s
-        sock = socket.create_connection(tuple(address), timeout=timeout_s)
+        if isinstance(address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout_s)
+            try:
+                sock.connect(address)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(tuple(address), timeout=timeout_s)
         return cls.connect_socket(sock, hello, secret, max(0.0, deadline - time.monotonic()))
 
     @classmethod
@@ -493,6 +503,13 @@ class Link:
         return self._recv(deadline, self.max_frame_bytes)
 
     def _recv(self, deadline: float | None, limit: int) -> dict:
+        if self._body is None and not self._buf and deadline is None and not self._closed:
+            # the common case, kept short (it runs once per round in every device process, with
+            # cold caches): nothing buffered, and the whole frame comes in one read
+            data = self._recv_chunk()
+            if len(data) >= HEADER.size and HEADER.unpack_from(data)[0] == len(data) - HEADER.size <= limit:
+                return decode(memoryview(data)[HEADER.size:])
+            self._buf += data  # a part of a frame, or several: the general way
         if self._body is None:
             while len(self._buf) < HEADER.size:
                 self._read_some(deadline)
@@ -534,6 +551,10 @@ class Link:
 
     def _read_some(self, deadline: float | None) -> None:
         self._wait(deadline)
+        self._buf += self._recv_chunk()
+
+    def _recv_chunk(self) -> bytes:
+        """What one read of the socket gives (at least a byte; LinkClosed at its end or failure)."""
         try:
             data = self.sock.recv(RECV_CHUNK_BYTES)
         except OSError as e:
@@ -541,7 +562,7 @@ class Link:
             raise LinkClosed(f"link to {self.peer} closed while receiving: {e}") from e
         if not data:
             self._eof()
-        self._buf += data
+        return data
 
     def _read_into(self, view: memoryview, deadline: float | None) -> int:
         self._wait(deadline)
@@ -558,6 +579,33 @@ class Link:
         partial = self._body is not None or bool(self._buf)
         self.close()
         raise LinkClosed(f"link closed by {self.peer}" + (" mid-frame" if partial else ""))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as messages."""
+        return len(self._buf) + (self._have if self._body is not None else 0)
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes read from this link's socket by someone else (a compiled reader,
+        `device_worker.steady`), to be read first; only when nothing is buffered."""
+        assert not self.buffered(), "unread with bytes already buffered"
+        self._buf += data
+
+    def peer_closed(self) -> bool:
+        """Whether the other end has closed the link (or this end did), without waiting or
+        reading a message: for a link that carries nothing and is kept open to watch its peer."""
+        if self._closed:
+            return True
+        if not self._poll.poll(0):
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def close(self) -> None:
         """Close the connection (idempotent; wakes a thread blocked receiving on it); later sends

@@ -1,32 +1,43 @@
-"""A round through the units of a mapping: the one unit loop and the one lockstep relay, whatever
-carries the calls (in-process generators, or links to device actors).
+"""A round through the units of a mapping: the chain of units, the one lockstep relay, and the
+steps every driver of a round shares.
 
 A unit is the devices that take one call each per round, in lockstep: one device holding
 consecutive pipeline stages, or the tp devices of a tensor-parallel stage (`execution_units`).
-For each unit the switch starts every rank on the round, relays their exchanges in lockstep
-(`Fabric.all_gather_data`), takes the first rank's output (the ranks agree on time) and the sum
-of the ranks' energy, and hops it to the next unit (`Fabric.hop`). After the last unit the host
-samples: `sampled_s` is the only place host time is added.
+A round runs the units in stage order. For each unit:
 
-A `Port` is one rank's end of this protocol: `start(plan, x)` sends it the round and its input,
-`next(reply)` returns its next message, `("exchange", tag, slice)` or `("done", RoundOutput)`,
-or raises the device's error; `abort()` releases a rank waiting in an exchange.
+1. every rank runs the round on its device (`DeviceWorker.run`); with tp > 1 and full numerics
+   the ranks meet at exchange points, where the one lockstep relay (`Rendezvous`) hands each the
+   concatenation of their slices (`Fabric.all_gather_data`), or releases them when a rank fails;
+2. the unit's output is its first rank's (the ranks agree on time) with every rank's energy
+   (`combine`);
+3. `hand_on` adds the unit's energy to the round's and moves the output to the next unit over
+   the switch (`Fabric.hop`: a multicast per lane from the unit's first device), or, after the
+   last unit, adds the host's sampling time (`sampled_s`: the only place host time is added).
+
+Two drivers run these steps. In one process `run_round` loops over the units (`run_unit` drives
+the ranks' generators through a `Rendezvous`). Through Ray the round is a chain of links
+(`device_worker.port`): each unit's first device (its leader) receives the round, gathers its
+ranks' outputs, combines, hops and sends the round on to the next unit's devices; the fabric
+actor runs the units' `Rendezvous` for the exchanges. `chain_places` says where each device sits.
+Both give the same floats: the same functions in the same order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generator, Protocol
+from typing import Generator
 
+import msgpack
 import numpy as np
 
-from cent_serve.messages import RoundOutput, RoundPlan
+from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.mapping import Mapping
+from fabric.link import encode, remote_error
 from fabric.switch import Fabric
 
 
 class RoundAborted(RuntimeError):
-    """Another rank of this device's stage failed mid-round."""
+    """Another rank of this device's stage failed mid-round (or the ranks left lockstep)."""
 
 
 @dataclass(frozen=True)
@@ -43,79 +54,161 @@ def execution_units(mp: Mapping) -> list[Unit]:
         if units and units[-1].device_ids == stage.device_ids:
             continue
         units.append(Unit(stage.device_ids))
+    seen = [d for u in units for d in u.device_ids]
+    assert len(seen) == len(set(seen)), f"a device in two units: {[u.device_ids for u in units]}"
     return units
 
 
-class Port(Protocol):
-    def start(self, plan: RoundPlan, x: RoundOutput, index: int, last: bool) -> None: ...
+@dataclass(frozen=True)
+class Place:
+    """Where a device sits in its replica's chain of units."""
 
-    def next(self, reply: np.ndarray | None = None) -> tuple: ...
+    device_id: int
+    unit: int
+    """Index of its unit, in stage order."""
+    peers: tuple[int, ...]
+    """Its unit's devices, rank order (the first is the unit's leader)."""
+    next_ids: tuple[int, ...]
+    """The next unit's devices; () for the last unit (its leader answers the host)."""
+    prev_leader: int | None
+    """The previous unit's leader, which sends this device its rounds (None: the host does)."""
 
-    def abort(self) -> None: ...
+    @property
+    def rank(self) -> int:
+        return self.peers.index(self.device_id)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.peers[0] == self.device_id
+
+    @property
+    def leader(self) -> int:
+        return self.peers[0]
+
+    @property
+    def is_first(self) -> bool:
+        return self.unit == 0
+
+    @property
+    def is_last(self) -> bool:
+        return not self.next_ids
 
 
-class LocalPort:
-    """A device in this process: its `run` generator, driven directly."""
+def chain_places(units: list[Unit]) -> dict[int, Place]:
+    """Every device's place. Each device port receives from one sender per round (the host, or
+    the previous unit's leader), so a hop's switch ports can be clocked at the sending end."""
+    places = {}
+    for k, u in enumerate(units):
+        nxt = units[k + 1].device_ids if k + 1 < len(units) else ()
+        prev = units[k - 1].device_ids[0] if k else None
+        for d in u.device_ids:
+            places[d] = Place(d, k, u.device_ids, nxt, prev)
+    return places
 
-    def __init__(self, worker) -> None:
-        self.worker = worker
-        self._gen: Generator | None = None
 
-    def start(self, plan: RoundPlan, x: RoundOutput, index: int = 0, last: bool = False) -> None:
-        self._gen = self.worker.run(plan, x)
-        self._first = True
+Reply = tuple[str, object]
+"""What the relay answers a rank at an exchange: ("full", the concatenation) or ("abort", reason)."""
 
-    def next(self, reply: np.ndarray | None = None) -> tuple:
+
+class Rendezvous:
+    """The lockstep relay of one unit's exchanges (the one copy: `run_unit` and the fabric actor
+    use it). Each rank offers its slice at an exchange point; once all `tp` ranks offered the
+    same tag, every one gets the concatenation. A rank that fails, finishes while others wait, or
+    offers another tag breaks the round: the ranks waiting are released with ("abort", reason), and
+    later offers in that round are answered the same at once. Not thread-safe: callers serialize."""
+
+    def __init__(self, fabric: Fabric, tp: int) -> None:
+        self.fabric, self.tp = fabric, tp
+        self._round: object = None
+        self._tag: str | None = None
+        self._slices: dict[int, np.ndarray] = {}
+        self._broken: dict[object, str] = {}  # round id -> why (the last few rounds)
+        self._closed: str | None = None
+
+    def close(self, reason: str) -> dict[int, Reply]:
+        """A rank is gone for good (its device died): release the ranks waiting, and answer every
+        later offer with abort (the replica is re-created)."""
+        self._closed = reason
+        return self.break_round(None, reason)
+
+    def offer(self, rank: int, round_id, tag: str, data: np.ndarray) -> dict[int, Reply]:
+        """Rank `rank` reached exchange `tag` of round `round_id`: the replies to deliver now."""
+        if self._closed is not None:
+            return {rank: ("abort", self._closed)}
+        if round_id in self._broken:
+            return {rank: ("abort", self._broken[round_id])}
+        if self._slices and (round_id != self._round or tag != self._tag):
+            reason = (f"ranks left lockstep: rank {rank} at {tag!r} of round {round_id}, others at {self._tag!r} of "
+                      f"round {self._round}")
+            self._broken[round_id] = reason
+            return self.break_round(self._round, reason, also=rank)
+        assert rank not in self._slices, f"rank {rank} offered twice at {tag!r}"
+        self._round, self._tag = round_id, tag
+        self._slices[rank] = data
+        if len(self._slices) < self.tp:
+            return {}
+        full = self.fabric.all_gather_data([self._slices[r] for r in range(self.tp)])
+        replies = {r: ("full", full) for r in self._slices}
+        self._slices = {}
+        return replies
+
+    def done(self, rank: int, round_id) -> dict[int, Reply]:
+        """Rank `rank` finished round `round_id`: ranks still waiting in it can never complete."""
+        if self._slices and self._round == round_id and rank not in self._slices:
+            return self.break_round(round_id, f"ranks left lockstep: rank {rank} finished while others "
+                                              f"wait at {self._tag!r}")
+        return {}
+
+    def break_round(self, round_id, reason: str, also: int | None = None) -> dict[int, Reply]:
+        """The round failed (a rank raised, or left lockstep; `round_id` None: whatever round is
+        waiting): release the ranks waiting, remember it for the ranks still to come."""
+        if round_id is None:
+            if not self._slices:
+                return {}
+            round_id = self._round
+        self._broken[round_id] = reason
+        while len(self._broken) > 8:
+            del self._broken[next(iter(self._broken))]
+        waiting = {}
+        if round_id == self._round:  # a late report of an earlier round leaves a later one alone
+            waiting = {r: ("abort", reason) for r in self._slices}
+            self._slices = {}
+        if also is not None:
+            waiting[also] = ("abort", reason)
+        return waiting
+
+
+def run_unit(workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous) -> RoundOutput:
+    """One unit in this process: every rank's generator driven through `relay`, in rank order;
+    the unit's output (`combine`), or the first failing rank's error."""
+    gens: dict[int, Generator] = {r: w.run(plan, x) for r, w in enumerate(workers)}
+    todo: dict[int, Reply] = {r: ("full", None) for r in gens}
+    outs: dict[int, RoundOutput] = {}
+    errors: dict[int, BaseException] = {}
+    while todo:
+        r = min(todo)
+        kind, value = todo.pop(r)
         try:
-            msg = next(self._gen) if self._first else self._gen.send(reply)
+            msg = gens[r].send(value) if kind == "full" else gens[r].throw(RoundAborted(value))
         except StopIteration as stop:
-            return ("done", stop.value)
-        self._first = False
-        return ("exchange", msg[1], msg[2])
-
-    def abort(self) -> None:
-        self._gen.close()
-
-
-def run_unit(ports: list, plan: RoundPlan, x: RoundOutput, fabric: Fabric, index: int = 0,
-             last: bool = False) -> RoundOutput:
-    """One unit's call: every rank started before any is awaited, exchanges relayed in lockstep."""
-    for p in ports:
-        p.start(plan, x, index, last)
-    reply = None
-    while True:
-        msgs, error = [], None
-        for p in ports:
-            try:
-                msgs.append(p.next(reply))
-            except Exception as exc:  # noqa: BLE001 - the others are released below, then it is raised
-                msgs.append(("failed", exc))
-                error = error or exc
-        if error is None and len(msgs) > 1 and any(m[0] != msgs[0][0] or m[1] != msgs[0][1]
-                                                   for m in msgs if m[0] == "exchange"):
-            error = AssertionError(f"ranks left lockstep: {[m[:2] for m in msgs]}")
-        if error is not None:
-            _release(ports, msgs)
-            raise error
-        if all(m[0] == "done" for m in msgs):
-            return _combine([m[1] for m in msgs])
-        assert all(m[0] == "exchange" for m in msgs), f"ranks left lockstep: {[m[0] for m in msgs]}"
-        reply = fabric.all_gather_data([m[2] for m in msgs])
+            outs[r] = stop.value
+            todo.update(relay.done(r, plan.round_id))
+            continue
+        except Exception as exc:  # noqa: BLE001 - the others are released, then the first error raised
+            errors[r] = exc
+            todo.update(relay.break_round(plan.round_id, f"rank {r} failed: {type(exc).__name__}: {exc}"))
+            continue
+        todo.update(relay.offer(r, plan.round_id, msg[1], msg[2]))
+    if errors:
+        real = [e for e in errors.values() if not isinstance(e, RoundAborted)]
+        raise (real or list(errors.values()))[0]
+    assert len(outs) == len(gens), f"ranks left lockstep: {sorted(outs)} finished of {sorted(gens)}"
+    return combine([outs[r] for r in range(len(gens))])
 
 
-def _release(ports: list, msgs: list) -> None:
-    """After a rank failed: the ranks waiting in an exchange are aborted (they answer and stay usable)."""
-    for p, m in zip(ports, msgs):
-        if m is not None and m[0] == "exchange":
-            try:
-                p.abort()
-            except Exception:  # noqa: BLE001 - the first error is the one that is raised
-                pass
-
-
-def _combine(outs: list[RoundOutput]) -> RoundOutput:
+def combine(outs: list[RoundOutput]) -> RoundOutput:
     """The unit's output: the first rank's (every rank has the same times and data), with every
-    rank's energy (each charged its share)."""
+    rank's energy (each charged its share), added in rank order."""
     first = outs[0]
     if len(outs) == 1:
         return first
@@ -125,17 +218,80 @@ def _combine(outs: list[RoundOutput]) -> RoundOutput:
     return first
 
 
-def run_round(plan: RoundPlan, units: list[Unit], ports: dict[int, object], fabric: Fabric,
-              timer: SystemTimer) -> RoundOutput:
-    """Every lane of `plan` through every unit; returns the last unit's output with the energy of
-    all units and the host's sampling time (`sampled_s`)."""
+def hand_on(energy_j: np.ndarray, y: RoundOutput, fabric: Fabric, timer: SystemTimer, layout: Layout,
+            unit: tuple[int, ...], next_unit: tuple[int, ...]) -> RoundOutput:
+    """After a unit: the round's energy so far (`energy_j`) plus the unit's (`y.energy_j`); then
+    the hop to the next unit's devices, or after the last unit (`next_unit` empty) the host's
+    sampling. Returns the next unit's input (or the round's output), carrying the energy so far."""
+    energy_j = energy_j + y.energy_j
+    if not next_unit:
+        y.energy_j = energy_j
+        y.sampled_s = timer.sampled_s(y.ready_s)
+        return y
+    z = fabric.hop(unit, next_unit, layout, y)
+    z.energy_j = energy_j
+    return z
+
+
+def run_round(plan: RoundPlan, units: list[Unit], workers: dict[int, object], fabric: Fabric,
+              timer: SystemTimer, relays: list[Rendezvous]) -> RoundOutput:
+    """Every lane of `plan` through every unit, in this process; returns the last unit's output
+    with the energy of all units and the host's sampling time (`sampled_s`)."""
     x = RoundOutput.start(plan)
-    energy = x.energy_j
     for k, unit in enumerate(units):
-        last = k + 1 == len(units)
-        y = run_unit([ports[d] for d in unit.device_ids], plan, x, fabric, k, last)
-        energy = energy + y.energy_j
-        x = y if last else fabric.hop(unit.device_ids, units[k + 1].device_ids, plan.layout, y)
-    x.energy_j = energy
-    x.sampled_s = timer.sampled_s(x.ready_s)
+        y = run_unit([workers[d] for d in unit.device_ids], plan, x, relays[k])
+        nxt = units[k + 1].device_ids if k + 1 < len(units) else ()
+        x = hand_on(x.energy_j, y, fabric, timer, plan.layout, unit.device_ids, nxt)
     return x
+
+
+def chain_message(plan: RoundPlan, x: RoundOutput | None, last_layout: Layout | None) -> dict:
+    """The "run" message a unit's devices receive: the plan's fields (the layout only if it
+    differs from `last_layout`) and the unit's input `x` (ready times, energy so far, activations;
+    None for the first unit, which the host sends the plan itself, with its token ids)."""
+    msg = plan.to_wire(last_layout)
+    msg["kind"] = "run"
+    if x is None:
+        return msg
+    msg.pop("tokens", None)  # only the first unit embeds them
+    msg["ready"] = x.ready_s
+    msg["energy"] = x.energy_j
+    if x.hidden is not None:
+        msg["hidden"] = x.hidden
+    return msg
+
+
+def tick_message(round_id: int, x: np.ndarray) -> bytes:
+    """A tick on a link (`device_worker.port`): the round and its float64 times and joules, raw.
+    `encode`'s bytes (str keys, an int and bytes need none of its checks), packed directly."""
+    return msgpack.packb({"kind": "tick", "round": round_id, "x": x.tobytes()})
+
+
+class HostEnd:
+    """The host's end of a replica's chain: the message the first unit's devices get for a plan
+    (a tick when the plan brings them nothing but times), and the round's output from the last
+    unit's answer. One per chain: it keeps the last layout it sent."""
+
+    def __init__(self) -> None:
+        self._last_layout: Layout | None = None
+
+    def message(self, plan: RoundPlan) -> bytes:
+        layout, last = plan.layout, self._last_layout
+        self._last_layout = layout
+        if (len(layout) and not plan.new_seqs and not plan.finished and plan.token_ids is None
+                and plan.wants_logits is None and (layout is last or layout == last)):
+            return tick_message(plan.round_id, np.concatenate([plan.ready_s, np.zeros(len(layout.seq_ids))]))
+        return encode(chain_message(plan, None, last))
+
+    @staticmethod
+    def output(msg: dict, layout: Layout) -> RoundOutput:
+        """The round's output from the last unit's answer to a plan of `layout` (raises its error)."""
+        kind = msg.get("kind")
+        if kind == "tick":
+            n, k = len(layout), len(layout.seq_ids)
+            x = np.frombuffer(msg["x"])
+            return RoundOutput(x[:n], x[n:n + k], sampled_s=x[n + k:])
+        if kind == "done":
+            return RoundOutput.from_wire(msg)
+        raise remote_error(msg.get("error"))
+

@@ -1,16 +1,21 @@
 """The CXL switch: point-to-point, multicast, gather, all-gather and all-reduce.
 
-Plain Python (the Ray actor in `actor.py` only wraps it). Every device port has two busy-until
-clocks (egress and ingress, full duplex): a transfer starts when its payload exists and both
-ends are free, occupies them for its flits' serialization time, and arrives one hop latency
+Plain Python over arrays (the Ray actor in `actor.py` only wraps it). Every port has two
+busy-until clocks (egress and ingress, full duplex): a transfer starts when its payload exists and
+both ends are free, occupies them for its flits' serialization time, and arrives one hop latency
 later (docs/hardware_model.md section 6, `cent_serve.timing.fabric`). So contention on a port
 shows as later arrivals. Counters per port: bytes, flits, messages, busy time.
 
-`transfer` is the one transfer function: every primitive, and a round's stage-to-stage `hop`
-(a multicast per lane, in arrival order), is made of it. The tensor-parallel exchanges inside a
-block move their data through `all_gather_data`; their time is the same primitives evaluated
-without data (`TP_BLOCK_EXCHANGES`), charged by the devices as part of a block's step, lockstep
-and free of port contention as in CENT's collectives.
+`transfer` is the one transfer function (compiled: `cent_serve.timing.clock.transfer`): every
+primitive, and a round's stage-to-stage `hop` (a multicast per lane, in arrival order), is made
+of it. The tensor-parallel exchanges inside a block move their data through `all_gather_data`;
+their time is the same primitives evaluated without data (`TP_BLOCK_EXCHANGES`), charged by the
+devices as part of a block's step, lockstep and free of port contention as in CENT's collectives.
+
+In one process one `Fabric` clocks every port. Through Ray each unit's leader clocks its own
+port's hops with a `Fabric` of its own (each port receives from one sender in a round, so the
+sender's view of its destinations' ingress is the whole switch's) and the fabric actor's counts
+the exchanges; `merge_stats` adds the views up.
 
 Activations are framed with msgpack (dtype, shape, raw bytes) as they would be on the wire and
 travel as float32 so sharded results equal the reference model; time is charged for CENT's bf16
@@ -18,16 +23,13 @@ wire format of the same number of values.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-
 import msgpack
 import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import Layout, RoundOutput
-from cent_serve.timing.clock import port_lanes
-from cent_serve.timing.fabric import BF16_BYTES, flits_for_values, gather_flits, port_model
+from cent_serve.timing.clock import BYTES_IN, BYTES_OUT, FLITS_OUT, MESSAGES_IN, MESSAGES_OUT, transfer
+from cent_serve.timing.fabric import BF16_BYTES, flits_for_values, gather_flits, hop_size, port_model
 
 HOST = -1
 """Port id of the host CPU."""
@@ -44,30 +46,23 @@ def unframe(blob: bytes) -> np.ndarray:
     return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
 
 
-@dataclass
-class PortCounters:
-    bytes_out: int = 0
-    bytes_in: int = 0
-    flits_out: int = 0
-    messages_out: int = 0
-    messages_in: int = 0
-    busy_out_s: float = 0.0
-
-
-@dataclass
 class Fabric:
-    """The switch of one CENT system (`cfg.parallel.num_devices` ports plus the host)."""
+    """The switch of one CENT system: `cfg.parallel.num_devices` ports plus the host's."""
 
-    cfg: CentConfig
-    egress_free_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
-    ingress_free_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
-    ports: dict[int, PortCounters] = field(default_factory=lambda: defaultdict(PortCounters))
-    wire_bytes: int = 0
-    framed_bytes: int = 0
-
-    def __post_init__(self) -> None:
-        self.port = port_model(self.cfg.fabric, self.cfg.parallel.num_devices)
-        self._ser_of: dict[int, tuple[float, int]] = {}  # tokens of a lane -> (serialize s, flits)
+    def __init__(self, cfg: CentConfig) -> None:
+        self.cfg = cfg
+        self.port = port_model(cfg.fabric, cfg.parallel.num_devices)
+        n = cfg.parallel.num_devices + 1  # the host's port is the last (HOST = -1)
+        self.ports = np.zeros((3, n))
+        """Per port: egress free time, ingress free time, egress busy seconds (rows)."""
+        self.egress_free_s, self.ingress_free_s, self.busy_out_s = self.ports
+        self.counts = np.zeros((n, 5), dtype=np.int64)
+        """Per port: bytes out, bytes in, flits out, messages out, messages in (`clock` slots)."""
+        self.exchange_wire_bytes = 0
+        """Bytes the in-block exchanges put on the wire (their data, `all_gather_data`)."""
+        self.framed_bytes = 0
+        self._groups: dict[tuple, np.ndarray] = {}  # destination tuples as arrays
+        self._ser_of: dict[int, tuple[int, float]] = {}  # tokens of a lane -> (flits, serialize s)
         self._sizes: tuple | None = None  # (layout, per-lane serialize s, per-lane flits)
 
     # ------------------------------------------------------------ the one transfer function
@@ -76,38 +71,18 @@ class Fabric:
                  ready_s: np.ndarray) -> np.ndarray:
         """Transfers from `src` to every port of `dsts` (one serialization at the source), in
         arrival order (ties: the lower index): each starts when its payload exists and the ports
-        are free, holds them for `ser_s`, and arrives one hop latency later (`port_lanes`).
-        Returns the arrival times (float64), in the order given.
-
-        After a transfer every destination's ingress is busy exactly as long as the source's
-        egress, so one clock (the latest of them) decides each start, as the max over all would."""
-        dsts = tuple(dsts)
-        free = self.egress_free_s[src]
-        for d in dsts:
-            if self.ingress_free_s[d] > free:
-                free = self.ingress_free_s[d]
-        n = ready_s.shape[0]
-        if n == 0:
-            return np.empty(0)
-        pc = self.ports[src]
-        arrival, free, pc.busy_out_s = port_lanes(free, ready_s, ser_s, self.port.latency_s, pc.busy_out_s)
-        self.egress_free_s[src] = free
-        for d in dsts:
-            self.ingress_free_s[d] = free
-        n_flits = int(flits.sum())
-        n_bytes = n_flits * self.cfg.fabric.flit_bytes
-        pc.bytes_out += n_bytes
-        pc.flits_out += n_flits
-        pc.messages_out += n
-        for d in dsts:
-            self.ports[d].bytes_in += n_bytes
-            self.ports[d].messages_in += n
-        self.wire_bytes += n_bytes
-        return arrival
+        are free, holds them for `ser_s`, and arrives one hop latency later
+        (`cent_serve.timing.clock.transfer`). Returns the arrival times, in the order given."""
+        group = self._groups.get(dsts)
+        if group is None:
+            group = self._groups[dsts] = np.array(dsts, dtype=np.int64)
+        return transfer(src, group, flits, ser_s, ready_s, self.port.latency_s, self.port.flit_bytes, self.ports,
+                        self.counts)
 
     def _one(self, src: int, dsts: tuple[int, ...], flits: int, ready_s: float) -> float:
         ser = self.port.serialize_s(flits)
-        return float(self.transfer(src, dsts, np.array([flits]), np.array([ser]), np.array([ready_s]))[0])
+        return float(self.transfer(src, dsts, np.array([flits], dtype=np.int64), np.array([ser]),
+                                   np.array([float(ready_s)]))[0])
 
     # ------------------------------------------------------------ timed primitives
 
@@ -170,13 +145,12 @@ class Fabric:
         if self._sizes is not None and (self._sizes[0] is layout or self._sizes[0] == layout):
             self._sizes = (layout, *self._sizes[1:])  # compared by identity next time
             return self._sizes[1], self._sizes[2]
-        ser_of, fab, port = self._ser_of, self.cfg.fabric, self.port
+        ser_of = self._ser_of
         for n in set(layout.lane_tokens):
             if n not in ser_of:
-                flits = flits_for_values(n * self.cfg.model.hidden_size, fab)
-                ser_of[n] = (port.serialize_s(flits), flits)
-        ser = np.array([ser_of[n][0] for n in layout.lane_tokens])
-        flits = np.array([ser_of[n][1] for n in layout.lane_tokens], dtype=np.int64)
+                ser_of[n] = hop_size(self.cfg.model.hidden_size, n, self.port, self.cfg.fabric)
+        ser = np.array([ser_of[n][1] for n in layout.lane_tokens])
+        flits = np.array([ser_of[n][0] for n in layout.lane_tokens], dtype=np.int64)
         self._sizes = (layout, ser, flits)
         return ser, flits
 
@@ -185,9 +159,32 @@ class Fabric:
         Its time is charged by the devices (`TP_BLOCK_EXCHANGES`, the primitives without data)."""
         blobs = [frame(s) for s in slices]
         self.framed_bytes += sum(len(b) for b in blobs)
-        self.wire_bytes += sum(s.size for s in slices) * BF16_BYTES * max(0, len(slices) - 1)
+        self.exchange_wire_bytes += sum(s.size for s in slices) * BF16_BYTES * max(0, len(slices) - 1)
         return np.concatenate([unframe(b) for b in blobs], axis=-1)
 
     def stats(self) -> dict:
-        return dict(wire_bytes=self.wire_bytes, framed_bytes=self.framed_bytes,
-                    ports={p: vars(c).copy() for p, c in sorted(self.ports.items())})
+        """Bytes on the wire, framed bytes, and the counters of every port that moved a message."""
+        n = self.counts.shape[0]
+        ports = {}
+        for p in np.flatnonzero(self.counts[:, MESSAGES_OUT] + self.counts[:, MESSAGES_IN]).tolist():
+            c = self.counts[p].tolist()
+            ports[HOST if p == n - 1 else p] = dict(
+                bytes_out=c[BYTES_OUT], bytes_in=c[BYTES_IN], flits_out=c[FLITS_OUT], messages_out=c[MESSAGES_OUT],
+                messages_in=c[MESSAGES_IN], busy_out_s=float(self.busy_out_s[p]))
+        return dict(wire_bytes=int(self.counts[:, BYTES_OUT].sum()) + self.exchange_wire_bytes,
+                    framed_bytes=self.framed_bytes, ports=dict(sorted(ports.items())))
+
+
+def merge_stats(views: list[dict]) -> dict:
+    """One switch's stats from the `Fabric.stats` of the processes that clock its ports (through
+    Ray each unit's leader clocks its own port's hops and the fabric actor the exchanges): the
+    counters added. Each port's egress counters come from one process and its ingress counters
+    from the one that sends to it, so the sums equal one `Fabric`'s in one process, bit for bit."""
+    ports: dict[int, dict] = {}
+    for view in views:
+        for p, c in view["ports"].items():
+            mine = ports.setdefault(int(p), dict.fromkeys(c, 0))
+            for k, v in c.items():
+                mine[k] = mine[k] + v
+    return dict(wire_bytes=sum(v["wire_bytes"] for v in views), framed_bytes=sum(v["framed_bytes"] for v in views),
+                ports=dict(sorted(ports.items())))

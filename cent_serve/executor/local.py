@@ -7,9 +7,8 @@ from cent_serve.config import CentConfig
 from cent_serve.executor.base import Executor, done
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
-from device_worker.seqs import SeqTable
 from device_worker.worker import DeviceWorker
-from fabric.rounds import LocalPort, execution_units, run_round
+from fabric.rounds import Rendezvous, execution_units, run_round
 from fabric.switch import Fabric
 
 
@@ -24,13 +23,12 @@ class LocalExecutor(Executor):
         if cfg.resolved_numerics == "full" and weights is None:
             from cent_serve.model.weights import load_weights
             weights = load_weights(cfg.model)
-        seqs = SeqTable(cfg.scheduler.kv_block_tokens)  # the devices hold the same positions: kept once
-        self.workers = {d: DeviceWorker(cfg, d, self.timer, weights, seqs) for u in self.units for d in u.device_ids}
-        self.ports = {d: LocalPort(w) for d, w in self.workers.items()}
+        self.workers = {d: DeviceWorker(cfg, d, self.timer, weights) for u in self.units for d in u.device_ids}
         self.fabric = Fabric(cfg)
+        self.relays = [Rendezvous(self.fabric, len(u.device_ids)) for u in self.units]
 
     def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
-        return done(run_round(plan, self.units, self.ports, self.fabric, self.timer))
+        return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays))
 
     def stats(self) -> dict:
         return dict(devices=[w.stats() for w in self.workers.values()], fabric=self.fabric.stats())

@@ -1,27 +1,33 @@
 """Devices as Ray actors, the switch as a fabric actor.
 
 Ray starts, places, queries and kills the actors. The rounds travel on links
-(`fabric.link`): the host sends a round to the switch, the switch sends it to
-the first unit's devices, takes their output, moves it to the next unit
-(`fabric.router`), and so on; the host waits once, for the last unit's output.
-Activations go device -> fabric -> device, never through the driver.
+(`fabric.link`) as a chain: the host sends a round to the first unit's devices,
+each unit's leader hands it on to the next unit over its own switch port, and the
+last unit's leader sends the round's output back; the host waits once, for that.
+Activations go device -> device over the switch ports, never through the driver;
+the fabric actor relays the tensor-parallel exchanges (`fabric.router`).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import socket
 import threading
 
+import numpy as np
 import ray
 
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import Executor
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
+from cent_serve.timing.token import PRELOAD_CONTEXTS
 from cent_serve.timing.clock import warm
-from fabric.link import Link, remote_error
-from fabric.rounds import execution_units
+from device_worker.steady import warm as warm_steady
+from fabric.link import HEADER, Link
+from fabric.rounds import HostEnd, chain_places, execution_units
+from fabric.switch import merge_stats
 
 ROUND_TIMEOUT_S = 300.0
 """Longest wait for one round's last output."""
@@ -153,10 +159,20 @@ class RoundFuture:
         return self.executor._wait(self.number, timeout)
 
 
+_cpu_slots = itertools.count()
+"""Each new replica's CPU slot (`server.pin_replica_cpu`): replicas take a node's CPUs in turn."""
+
+
+class SwitchGone(RuntimeError):
+    """The fabric actor (the CXL switch) is gone: no round can run on this replica."""
+
+
 class RayExecutor(Executor):
     """One Ray actor per device used and a fabric actor for the switch. Ray places, starts,
-    queries and kills them; the rounds travel on authenticated links (`fabric.link`): host ->
-    switch, switch -> devices, and back, carrying msgpack, never code."""
+    queries and kills them; the rounds travel on authenticated links (`fabric.link`) as a chain:
+    host -> the first unit's devices -> ... -> the last unit's leader -> host, each unit's leader
+    clocking its own switch port (`device_worker.port`); the switch relays the tensor-parallel
+    exchanges. The links carry msgpack, never code."""
 
     def __init__(self, cfg: CentConfig, address: str | None = None) -> None:
         from device_worker.actor import DeviceActor
@@ -170,59 +186,84 @@ class RayExecutor(Executor):
                                                     PlacementGroupSchedulingStrategy)
 
         warm()  # compile the clock kernels once here: the actors load numba's on-disk cache
+        warm_steady()
         secret = secrets.token_bytes(32)  # this executor's links prove they know it
-        self.actors, self.pg, self.fabric, self.link = {}, None, None, None
+        self.actors, self.pg, self.fabric = {}, None, None
+        self.inputs: list[Link] = []
+        self.output = self.switch_link = None
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
             self.pg = place_devices(cfg, len(device_ids))
+            # one node: every link stays on 127.0.0.1; a cluster: each actor listens on its node's IP
+            listen = "127.0.0.1" if _single_node() else None
             # the switch next to the driver (the head node when the engine runs there)
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            # one node: the links stay on 127.0.0.1; a cluster: the switch listens on its node's IP
             self.fabric = FabricActor.options(scheduling_strategy=here).remote(
-                cfg, [u.device_ids for u in self.units], secret, "127.0.0.1" if _single_node() else None)
+                cfg, [u.device_ids for u in self.units], secret, listen)
             switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
+            places = chain_places(self.units)
+            # the cost model's table by context, filled once here for every device
+            self.timer.fill_contexts(np.arange(1, min(cfg.model.max_seq_len, PRELOAD_CONTEXTS) + 1))
+            table = ray.put(self.timer.context_table())
+            slot = next(_cpu_slots) if cfg.server.pin_replica_cpu and not (
+                cfg.resolved_numerics == "full" and self.timer.mapping.tp > 1) else None
             for i, d in enumerate(device_ids):
                 opts = {}
                 if self.pg is not None:
                     opts = dict(resources={cfg.server.device_resource: 1},
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                self.actors[d] = DeviceActor.options(**opts).remote(cfg, d, switch, secret)
-            ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
-                    timeout=STARTUP_TIMEOUT_S)
-            self.link = Link.connect(tuple(switch), {"role": "host"}, secret)
+                self.actors[d] = DeviceActor.options(**opts).remote(cfg, places[d], switch, secret, listen, table,
+                                                                    slot)
+            addresses = dict(zip(device_ids, ray.get([self.actors[d].address.remote() for d in device_ids],
+                                                     timeout=STARTUP_TIMEOUT_S)))
+            ray.get([a.wire.remote(addresses) for a in self.actors.values()], timeout=STARTUP_TIMEOUT_S)
+            first, last = self.units[0].device_ids, self.units[-1].device_ids[0]
+            node = ray.get_runtime_context().get_node_id()
+            self.inputs = [addresses[d].connect({"role": "host"}, secret, node) for d in first]
+            self.output = (self.inputs[first.index(last)] if last in first
+                           else addresses[last].connect({"role": "host"}, secret, node))
+            self.switch_link = switch.connect({"role": "host"}, secret, node)
         except BaseException:  # a half-built executor must not keep actors or reserved devices
             self.shutdown()
             raise
         self._sent = self._received = 0
         self._replies: dict[int, dict] = {}
-        self._last_layout = None
+        self._layouts: dict[int, object] = {}  # each round in flight's layout, to read its answer
+        self.sent = np.zeros(2, dtype=np.int64)
+        """Messages and bytes the host sent the devices."""
+        self.host = HostEnd()
         self._lock = threading.Lock()  # one host link: submits and waits from several threads take turns
 
     def submit(self, plan: RoundPlan) -> RoundFuture:
-        """Send a whole round without waiting; rounds run in the order they are sent."""
+        """Send a whole round to the first unit's devices without waiting; rounds run in the order
+        they are sent."""
         with self._lock:
             self._check_open()
-            self.link.send(plan.to_wire(self._last_layout))
-            self._last_layout = plan.layout
+            if self.switch_link.peer_closed():
+                raise SwitchGone("the switch (fabric actor) of this replica is gone")
+            blob = self.host.message(plan)
+            for link in self.inputs:
+                link.send_bytes(blob)
+            self.sent += (len(self.inputs), len(self.inputs) * (HEADER.size + len(blob)))
+            self._layouts[self._sent] = plan.layout
             self._sent += 1
             return RoundFuture(self, self._sent - 1)
 
     def _wait(self, number: int, timeout_s: float) -> RoundOutput:
-        """Read replies until round `number`'s. After a timeout the link may be mid-message: the
-        executor is then unusable (the engine re-creates it)."""
+        """Read the last unit's replies until round `number`'s. After a timeout the link may be
+        mid-message: the executor is then unusable (the engine re-creates it)."""
         with self._lock:
             while number not in self._replies:
                 assert self._received < self._sent, f"round {number} was never sent"
                 self._check_open()
-                self._replies[self._received] = self.link.recv(timeout_s)
+                self._replies[self._received] = self.output.recv(timeout_s)
                 self._received += 1
             msg = self._replies.pop(number)
-        if msg["kind"] == "error":
-            raise remote_error(msg["error"])
-        return RoundOutput.from_wire(msg)
+            layout = self._layouts.pop(number)
+        return self.host.output(msg, layout)
 
     def _check_open(self) -> None:
-        if self.link is None or self.fabric is None:
+        if self.output is None or self.fabric is None:
             raise DevicesGone("this replica's device actors were shut down")
 
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
@@ -232,16 +273,23 @@ class RayExecutor(Executor):
                 timeout=timeout_s)
 
     def stats(self) -> dict:
+        """The devices' counters, and the switch's: its ports as the devices clock them merged with
+        the exchanges it relayed (`fabric.switch.merge_stats`); and "links": the messages and bytes
+        the host and the devices sent each other (the rounds' real traffic)."""
         self._check_open()
-        devices = ray.get([a.stats.remote() for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
-        return dict(devices=devices, fabric=ray.get(self.fabric.stats.remote(), timeout=ROUND_TIMEOUT_S))
+        got = ray.get([a.stats.remote() for a in self.actors.values()] + [self.fabric.stats.remote()],
+                      timeout=ROUND_TIMEOUT_S)
+        views = [g["fabric"] for g in got[:-1]] + [got[-1]]
+        sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
+        return dict(devices=[g["device"] for g in got[:-1]], fabric=merge_stats(views),
+                    links=dict(messages=int(sent[0]), bytes=int(sent[1])))
 
     def shutdown(self) -> None:
         """Kill the actors and give the devices back; safe to call twice or half-built."""
-        link = getattr(self, "link", None)
-        if link is not None:
-            link.close()
-            self.link = None
+        for link in [*getattr(self, "inputs", []), getattr(self, "output", None), getattr(self, "switch_link", None)]:
+            if link is not None:
+                link.close()
+        self.inputs, self.output, self.switch_link = [], None, None
         for a in [*self.actors.values(), *([self.fabric] if self.fabric is not None else [])]:
             ray.kill(a)
         self.actors, self.fabric = {}, None

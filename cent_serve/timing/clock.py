@@ -3,12 +3,30 @@
 A resource (a channel group, the embedding unit, the LM head, a switch port) serves the lanes of
 a round in arrival order: a lane starts at max(the resource's free time, its input's ready time)
 and ends `cost` later (docs/architecture.md: an op starts at max(resource.free_at_s,
-inputs.ready_s)). These loops run once per device and per switch hop for every round, so they
-are compiled with numba (`njit`): the same IEEE double operations in the same order as the
-plain Python they are written in (no fast-math), hence the same floats bit for bit as the
-Python (`.py_func`, checked in tests/timing/test_clock.py) and as the recorded golden results
-(tests/executor/test_sim_golden.py). Lanes are taken in arrival order, ties to the lower lane
-(a stable sort by ready time).
+inputs.ready_s)). Lanes are taken in arrival order, ties to the lower lane (a stable sort by
+ready time).
+
+The kernels, each one call per round:
+
+- `device_round`: a device's whole time pass. Each lane's block costs are read from the timer's
+  context table (`SystemTimer.context_table`: PIM s, own accelerator s, joules of one block for
+  one token at context L) and added token by token; a lane's block step is PIM + accelerator x tb
+  + the in-block collectives; the lanes then go through the device's clocks; its sequences'
+  positions move on, and the sequences whose KV cache crosses into a new block are reported.
+- `transfer`: a switch transfer from one port to a group of ports (`fabric.switch.Fabric`), the
+  one transfer function of the fabric: every primitive and a round's hops are made of it.
+- `tick`: a steady round of a one-device unit in one call (`device_worker.port`): `device_round`,
+  the round's energy so far plus this device's, then `transfer` to the next unit (or the host's
+  sampling time after the last).
+
+They run once per device and per hop for every round, in every device process, so they are
+compiled with numba (`njit`): the same IEEE double operations in the same order as the plain
+Python they are written in (no fast-math), hence the same floats bit for bit as the Python
+(`.py_func`, checked in tests/timing/test_clock.py) and as the recorded golden results
+(tests/executor/test_sim_golden.py). With dozens of device processes taking turns on a core,
+every call starts with cold caches, where each Python statement and each argument of a compiled
+call costs microseconds: so a device's state is two packed arrays (`DeviceClock`), a layout's
+what `SystemTimer.lane_plan` packs, and a round is one call.
 
 `warm()` compiles them (numba caches the machine code on disk, so later processes, such as the
 device actors, load it instead of compiling).
@@ -18,86 +36,288 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# busy slots of a device, in its `busy` array: then one per channel group
+# busy slots of a device, in its busy array: then one per channel group
 EMBEDDING, LM_HEAD, ACCELERATOR, DMA, GROUPS = 0, 1, 2, 3, 4
+# a switch port's counters, in the columns of `Fabric.counts`
+BYTES_OUT, BYTES_IN, FLITS_OUT, MESSAGES_OUT, MESSAGES_IN = 0, 1, 2, 3, 4
+# a device's float state (`DeviceClock.f`): scalars, then the embedding and LM-head units, then the
+# busy seconds (4 + groups) and the channel groups' clocks (groups)
+F_TB, F_JOULES, F_HOST_S, F_LATENCY, F_EMBED, F_HEAD, F_BUSY = 0, 1, 2, 3, 4, 7, 11
+# a device's int state (`DeviceClock.i`): counters, sizes, then blocks per group (groups), whether
+# each block's output leaves the device (blocks), and the next unit's devices (its route)
+I_CALLS, I_TOKENS, I_BLOCK_STEPS, I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_REST = range(10)
 
 
 @njit(cache=True)
-def _unit(unit, t, count, busy, slot):  # pragma: no cover - compiled; tested through device_lanes
-    """One lane through a once-per-token or once-per-sequence unit: unit = [has it, seconds per
-    item, clock] (clock updated), `count` items, arriving at `t`; returns when it leaves."""
-    free = unit[2]
+def _unit(f, at, t, count, busy, slot):  # pragma: no cover - compiled; tested through device_round
+    """One lane through a once-per-token or once-per-sequence unit: f[at:at + 3] = [has it,
+    seconds per item, clock] (clock updated), `count` items, arriving at `t`; returns when it leaves."""
+    free = f[at + 2]
     start = t if t > free else free
-    t = start + unit[1] * count
-    unit[2] = t
+    t = start + f[at + 1] * count
+    f[at + 2] = t
     busy[slot] += t - start
     return t
 
 
 @njit(cache=True)
-def device_lanes(ready, step, hop, acc, energy, tokens, seqs, group_free, group_blocks, block_last,
-                 embed, head, busy, blocks, joules):  # pragma: no cover - compiled; its .py_func is tested
-    """Push the lanes through one device, in arrival order; returns each lane's output time.
-
-    ready, step, hop, acc, energy: (lanes,) float64 (block step, hop to the next block, own
-    accelerator s and joules of one block, from `SystemTimer.lane_costs`); tokens, seqs: (lanes,)
-    int64. group_free (groups,) float64, the channel groups' clocks (updated); group_blocks
-    (groups,) int64 blocks per group; block_last (blocks,) bool, whether a block's output leaves
-    the device (else the DMA engine moves it to the next block: one hop). embed = [has it,
-    seconds per token, clock], head = [has it, seconds per sequence, clock, joules per sequence]
-    (clocks updated). busy: (4 + groups,) busy seconds (updated, slots above); blocks: blocks on
-    the device; joules: the device's energy so far. Returns (done times (lanes,), the energy with
-    this round's lane by lane)."""
-    order = np.argsort(ready, kind="mergesort")
-    done = np.empty_like(ready)
-    for i in order:
-        t = ready[i]
-        if embed[0]:
-            t = _unit(embed, t, tokens[i], busy, EMBEDDING)
-        b = 0
-        for j in range(group_free.shape[0]):
-            free = group_free[j]
-            for _ in range(group_blocks[j]):
-                start = free if free > t else t
-                free = start + step[i]
-                if block_last[b]:
-                    t = free
-                else:
-                    t = free + hop[i]
-                    busy[DMA] += hop[i]
-                b += 1
-            group_free[j] = free
-            busy[GROUPS + j] += step[i] * group_blocks[j]
-        busy[ACCELERATOR] += acc[i] * blocks
-        joules += energy[i] * blocks
-        if head[0]:
-            t = _unit(head, t, seqs[i], busy, LM_HEAD)
-            joules += head[3] * seqs[i]
-        done[i] = t
-    return done, joules
+def _missing_context(starts, seq_tokens, filled):  # pragma: no cover - compiled; tested through device_round
+    """The largest context a round needs if the table lacks any it needs, else 0."""
+    need = 0
+    for k in range(starts.shape[0]):
+        for L in range(starts[k] + 1, starts[k] + seq_tokens[k] + 1):
+            if L >= filled.shape[0] or not filled[L]:
+                need = max(need, starts[k] + seq_tokens[k])
+                break
+    return need
 
 
 @njit(cache=True)
-def port_lanes(free, ready, ser, latency, busy):  # pragma: no cover - compiled; its .py_func is tested
-    """Transfers through a port (or ports held together), in arrival order: each starts when its
-    payload exists and the port is free, holds it `ser` seconds, arrives `latency` later.
-    Returns (arrival times (lanes,), the port's new free time, its busy seconds `busy` plus this
-    round's, added lane by lane)."""
-    order = np.argsort(ready, kind="mergesort")
-    arrival = np.empty_like(ready)
-    for i in order:
-        start = ready[i]
+def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, blocks, head_j):  # pragma: no cover
+    """Each lane's block step, own accelerator s and joules of one block, and tokens; each
+    sequence's joules on the device (its blocks, and its share of the LM head): the sequences'
+    tokens added in order (a lane of one token: its table row)."""
+    n_lanes = lanes_f.shape[1]
+    step, acc, energy = np.empty(n_lanes), np.empty(n_lanes), np.empty(n_lanes)
+    tokens = np.empty(n_lanes, dtype=np.int64)
+    own = np.empty(starts.shape[0])
+    for a in range(n_lanes):
+        p_sum = 0.0
+        a_sum = 0.0
+        e_sum = 0.0
+        n_tok = 0
+        for k in range(lanes_i[a], lanes_i[a + 1]):
+            s_e = 0.0
+            for L in range(starts[k] + 1, starts[k] + seq_tokens[k] + 1):
+                p_sum = p_sum + table[0, L]
+                a_sum = a_sum + table[1, L]
+                e_sum = e_sum + table[2, L]
+                s_e = s_e + table[2, L]
+            own[k] = s_e * blocks + head_j
+            n_tok += seq_tokens[k]
+        step[a] = p_sum + a_sum * tb + lanes_f[0, a]
+        acc[a] = a_sum
+        energy[a] = e_sum
+        tokens[a] = n_tok
+    return step, acc, energy, tokens, own
+
+
+@njit(cache=True)
+def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  # pragma: no cover
+    """The lanes through the device's clocks, in arrival order; returns when each leaves."""
+    groups, blocks = i[I_GROUPS], i[I_BLOCKS]
+    group_blocks = i[I_REST:I_REST + groups]
+    block_last = i[I_REST + groups:I_REST + groups + blocks]
+    busy = f[F_BUSY:F_BUSY + 4 + groups]
+    group_free = f[F_BUSY + 4 + groups:F_BUSY + 4 + 2 * groups]
+    done = np.empty(ready.shape[0])
+    joules = f[F_JOULES]
+    for a in np.argsort(ready, kind="mergesort"):
+        t = ready[a]
+        hop = lanes_f[1, a]
+        if f[F_EMBED]:
+            t = _unit(f, F_EMBED, t, tokens[a], busy, EMBEDDING)
+        b = 0
+        for j in range(groups):
+            free = group_free[j]
+            for _ in range(group_blocks[j]):
+                start = free if free > t else t
+                free = start + step[a]
+                if block_last[b]:
+                    t = free
+                else:
+                    t = free + hop
+                    busy[DMA] += hop
+                b += 1
+            group_free[j] = free
+            busy[GROUPS + j] += step[a] * group_blocks[j]
+        busy[ACCELERATOR] += acc[a] * blocks
+        joules += energy[a] * blocks
+        if f[F_HEAD]:
+            n_lane_seqs = lanes_i[a + 1] - lanes_i[a]
+            t = _unit(f, F_HEAD, t, n_lane_seqs, busy, LM_HEAD)
+            joules += f[F_HEAD + 3] * n_lane_seqs
+        done[a] = t
+        i[I_TOKENS] += tokens[a]
+        i[I_BLOCK_STEPS] += blocks
+    f[F_JOULES] = joules
+    return done
+
+
+@njit(cache=True)
+def _advance(starts, held, seq_tokens, block_tokens):  # pragma: no cover - compiled; tested through device_round
+    """Positions move on; a sequence past the tokens its KV blocks hold needs a new block: returns
+    (their indexes, how many)."""
+    crossed = np.empty(starts.shape[0], dtype=np.int64)
+    n_crossed = 0
+    for k in range(starts.shape[0]):
+        end = starts[k] + seq_tokens[k]
+        if end > held[k]:
+            crossed[n_crossed] = k
+            n_crossed += 1
+            held[k] = -(-end // block_tokens) * block_tokens
+        starts[k] = end
+    return crossed, n_crossed
+
+
+@njit(cache=True)
+def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: no cover - its .py_func is tested
+    """One device's time pass for a round; returns (done (lanes,), own joules (seqs,), crossed
+    (seqs,) int64, the number crossed, the context needed).
+
+    ready: (lanes,) float64, when each lane's input exists. table: (3, n) float64, one block at
+    context L for one token: PIM s, own accelerator s, joules on one tp device; filled: (n,) bool,
+    which contexts the table holds. seq: (2, seqs) int64, each sequence's position and the tokens
+    its KV blocks hold (both updated). lanes_i: [offsets (lanes + 1) | tokens per sequence], lane
+    k's sequences being offsets[k]:offsets[k + 1] in layout order; lanes_f: (3, lanes) float64, rows
+    the in-block collectives and the block-to-block hop for the lane's tokens (`LanePlan`). f, i:
+    the device's state (`DeviceClock`; clocks, busy seconds, joules and counters updated).
+
+    If the table lacks a context the round needs, nothing is changed and the last value returned
+    is that context (else 0): fill the table and call again."""
+    n_lanes, n_seqs = ready.shape[0], seq.shape[1]
+    seq_tokens = lanes_i[n_lanes + 1:n_lanes + 1 + n_seqs]
+    need = _missing_context(seq[0], seq_tokens, filled)
+    if need:
+        return np.empty(n_lanes), np.empty(n_seqs), np.empty(n_seqs, dtype=np.int64), 0, need
+    head_j = f[F_HEAD + 3] if f[F_HEAD] else 0.0
+    step, acc, energy, tokens, own = _lane_costs(table, seq[0], seq_tokens, lanes_i, lanes_f, f[F_TB],
+                                                 i[I_BLOCKS], head_j)
+    done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i)
+    crossed, n_crossed = _advance(seq[0], seq[1], seq_tokens, i[I_BLOCK_TOKENS])
+    i[I_CALLS] += 1
+    return done, own, crossed, n_crossed, 0
+
+
+@njit(cache=True)
+def transfer(src, dsts, flits, ser, ready, latency, flit_bytes, ports, counts):  # pragma: no cover - its .py_func is tested
+    """Transfers of each lane's payload from port `src` to every port of `dsts` (one
+    serialization at the source), in arrival order: each starts when its payload exists and the
+    ports are free, holds them `ser[i]` seconds, and arrives `latency` later. Returns the arrival
+    times (in the order given).
+
+    flits (lanes,) int64, ser (lanes,) float64, ready (lanes,) float64. Port state: ports (3, n)
+    float64, rows egress free time, ingress free time, egress busy seconds (updated; busy added
+    lane by lane); counts (n, 5) int64 (`BYTES_OUT` ... `MESSAGES_IN`; updated).
+
+    After a transfer every destination's ingress is busy exactly as long as the source's egress,
+    so one clock (the latest of them) decides each start, as the max over all would."""
+    n = ready.shape[0]
+    arrival = np.empty(n)
+    if n == 0:
+        return arrival
+    free = ports[0, src]
+    for d in dsts:
+        if ports[1, d] > free:
+            free = ports[1, d]
+    b = ports[2, src]
+    for a in np.argsort(ready, kind="mergesort"):
+        start = ready[a]
         if free > start:
             start = free
-        free = start + ser[i]
-        busy += ser[i]
-        arrival[i] = start + ser[i] + latency
-    return arrival, free, busy
+        free = start + ser[a]
+        b += ser[a]
+        arrival[a] = start + ser[a] + latency
+    ports[2, src] = b
+    ports[0, src] = free
+    n_flits = 0
+    for a in range(n):
+        n_flits += flits[a]
+    n_bytes = n_flits * flit_bytes
+    counts[src, BYTES_OUT] += n_bytes
+    counts[src, FLITS_OUT] += n_flits
+    counts[src, MESSAGES_OUT] += n
+    for d in dsts:
+        ports[1, d] = free
+        counts[d, BYTES_IN] += n_bytes
+        counts[d, MESSAGES_IN] += n
+    return arrival
+
+
+@njit(cache=True)
+def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - its .py_func is tested
+    """A steady round of a one-device unit: x = [ready (lanes) | the round's joules so far
+    (seqs)]. Runs `device_round`, adds this device's joules, then hands on: `transfer` from this
+    device's port to the next unit's (its route in `i`; per-lane flits and serialization seconds
+    from the lane plan: lanes_i's last `lanes` entries, lanes_f's third row), or after the last
+    unit (no route) adds the host's sampling time. Returns (out, crossed, the number crossed, the
+    context needed): out = [the next unit's ready | joules so far] (or [ready | joules | sampled]);
+    with a context needed nothing is changed (`device_round`)."""
+    n_lanes = lanes_f.shape[1]
+    n_seqs = seq.shape[1]
+    done, own, crossed, n_crossed, need = device_round(x[:n_lanes], table, filled, seq, lanes_i, lanes_f, f, i)
+    n_dsts = i[I_DSTS]
+    out = np.empty(n_lanes + n_seqs + (0 if n_dsts else n_lanes))
+    if need:
+        return out, crossed, n_crossed, need
+    for k in range(n_seqs):
+        out[n_lanes + k] = x[n_lanes + k] + own[k]
+    if n_dsts:
+        groups, blocks = i[I_GROUPS], i[I_BLOCKS]
+        dsts = i[I_REST + groups + blocks:I_REST + groups + blocks + n_dsts]
+        flits = lanes_i[lanes_i.shape[0] - n_lanes:]
+        out[:n_lanes] = transfer(i[I_SRC], dsts, flits, lanes_f[2], done, f[F_LATENCY], i[I_FLIT_BYTES], ports,
+                                 counts)
+    else:
+        for a in range(n_lanes):
+            out[a] = done[a]
+            out[n_lanes + n_seqs + a] = done[a] + f[F_HOST_S]
+    return out, crossed, n_crossed, 0
+
+
+class DeviceClock:
+    """A device's clocks and counters in two packed arrays (what the kernels take), with views
+    that name the parts. `route`: the device's port and the next unit's devices for `tick`'s hop
+    (none for the last unit: its output goes to the host)."""
+
+    def __init__(self, group_blocks: list[int], block_last: list[bool], tb: int, block_tokens: int,
+                 embed: tuple[bool, float], head: tuple[bool, float, float], host_s: float = 0.0,
+                 route: tuple[int, tuple[int, ...], float, int] | None = None) -> None:
+        groups, blocks = len(group_blocks), len(block_last)
+        src, dsts, latency, flit_bytes = route or (0, (), 0.0, 0)
+        self.f = np.zeros(F_BUSY + 4 + 2 * groups)
+        self.f[[F_TB, F_HOST_S, F_LATENCY]] = tb, host_s, latency
+        self.f[F_EMBED:F_EMBED + 2] = embed
+        self.f[F_HEAD:F_HEAD + 2] = head[:2]
+        self.f[F_HEAD + 3] = head[2]
+        self.i = np.zeros(I_REST + groups + blocks + len(dsts), dtype=np.int64)
+        self.i[[I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES]] = (
+            block_tokens, groups, blocks, src, len(dsts), flit_bytes)
+        self.i[I_REST:] = [*group_blocks, *block_last, *dsts]
+        self.busy = self.f[F_BUSY:F_BUSY + 4 + groups]
+        """Busy seconds: embedding, LM head, accelerator, DMA, then each channel group."""
+        self.group_free = self.f[F_BUSY + 4 + groups:]
+        """Each channel group's busy-until clock."""
+
+    def set_route(self, src: int, dsts: tuple[int, ...], latency_s: float, flit_bytes: int) -> None:
+        """Where `tick` hands a round on: from port `src` to the ports `dsts` (the next unit)."""
+        rest = self.i[:I_REST + self.i[I_GROUPS] + self.i[I_BLOCKS]]
+        self.i = np.concatenate([rest, np.array(dsts, dtype=np.int64)])
+        self.i[[I_SRC, I_DSTS, I_FLIT_BYTES]] = src, len(dsts), flit_bytes
+        self.f[F_LATENCY] = latency_s
+
+    @property
+    def joules(self) -> float:
+        return float(self.f[F_JOULES])
+
+    @property
+    def clock_s(self) -> float:
+        """The device's latest busy-until time."""
+        return max([*self.group_free.tolist(), float(self.f[F_EMBED + 2]), float(self.f[F_HEAD + 2])])
+
+    def counters(self) -> dict[str, int]:
+        c = self.i[:3].tolist()
+        return dict(calls=c[I_CALLS], tokens=c[I_TOKENS], block_steps=c[I_BLOCK_STEPS])
 
 
 def warm() -> None:
-    """Compile (or load from numba's on-disk cache) every kernel here."""
-    z, i = np.zeros(1), np.ones(1, dtype=np.int64)
-    device_lanes(z, z, z, z, z, i, i, np.zeros(1), i, np.ones(1, dtype=np.bool_), np.zeros(3), np.zeros(4),
-                 np.zeros(5), 1, 0.0)
-    port_lanes(0.0, z, z, 0.0, 0.0)
+    """Compile (or load from numba's on-disk cache) every kernel here, for arrays as they come
+    from a link too (read-only)."""
+    clock = DeviceClock([1], [True], 1, 16, (False, 0.0), (False, 0.0, 0.0), route=(0, (1,), 1e-7, 256))
+    lanes_i, lanes_f = np.array([0, 1, 1, 1], dtype=np.int64), np.zeros((3, 1))
+    table, filled = np.zeros((3, 3)), np.ones(3, dtype=np.bool_)
+    ports, counts = np.zeros((3, 2)), np.zeros((2, 5), dtype=np.int64)
+    for x in (np.zeros(2), np.frombuffer(np.zeros(2).tobytes())):
+        device_round(x[:1], table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i)
+        tick(x, table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i, ports, counts)
+        transfer(0, lanes_i[1:2], lanes_i[1:2], lanes_f[2], x[:1], 0.0, 256, ports, counts)

@@ -68,6 +68,13 @@ def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: in
     return port.transfer_s(flits_for_values(hidden * tokens, fab))
 
 
+def hop_size(hidden: int, tokens: int, port: PortModel, fab: FabricConfig) -> tuple[int, float]:
+    """(flits, serialization s) of a lane's activations (tokens x D bf16 values) crossing a port:
+    the payload of a stage-to-stage hop (`fabric.switch.Fabric.hop`)."""
+    flits = flits_for_values(hidden * tokens, fab)
+    return flits, port.serialize_s(flits)
+
+
 TP_BLOCK_EXCHANGES = (
     ("norm_in", "all_gather", "D"),  # RMSNorm's partial sums of squares, gathered and re-broadcast
     ("attn", "all_gather", "D"),  # the heads' outputs (data: `attn` in the numerics)

@@ -12,13 +12,16 @@ import numpy as np
 
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
-from cent_serve.timing.fabric import pipeline_block_s, port_model, tensor_collectives_s
+from cent_serve.timing.fabric import hop_size, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
 from cent_serve.timing.pim import BlockTimer, gemv_cycles
 
 
 TABLE_AHEAD = 32
-"""Contexts past a missing one that `SystemTimer._context_table` fills in the same pass."""
+"""Contexts past a missing one that `SystemTimer.fill_contexts` fills in the same pass."""
+PRELOAD_CONTEXTS = 8192
+"""Contexts a driver fills before handing the table to its device processes (`load_table`);
+longer ones are filled where they are first needed."""
 
 
 @dataclass(frozen=True)
@@ -53,27 +56,18 @@ class StepCost:
 
 
 @dataclass(frozen=True)
-class LaneCosts:
-    """What each lane of a round costs one device of the mapping: one entry per lane (float64 or
-    int64 arrays), in the layout's lane order. The same for every device of a mapping."""
+class LanePlan:
+    """What a round's layout fixes for every device of a mapping, packed as the kernels read it
+    (`SystemTimer.lane_plan`; `cent_serve.timing.clock.device_round` and `tick`)."""
 
-    pim_s: np.ndarray
-    """One block's PIM seconds for all the lane's tokens."""
-    acc_s: np.ndarray
-    """One block's own accelerator seconds (the device multiplies by the blocks sharing it)."""
-    energy_j: np.ndarray
-    """One block's joules on one tp device, all the lane's tokens."""
-    block_s: np.ndarray
-    """One block's step on its channel group: PIM + accelerator x tb + collectives."""
-    hop_s: np.ndarray
-    """The block's output (the lane's tokens x D) to the next block."""
-    tokens: np.ndarray
-    seqs: np.ndarray
-    """Sequences in the lane (the LM head runs once per sequence)."""
-    seq_energy_j: np.ndarray
-    """Per sequence (layout order): one block's joules on one tp device."""
-    num_tokens: int = 0
-    """The round's tokens (the sum of `tokens`, once for every device that reads it)."""
+    ints: np.ndarray
+    """int64: [offsets (lanes + 1) | tokens per sequence | flits per lane]: lane k's sequences are
+    offsets[k]:offsets[k + 1] in layout order; flits of its activations crossing a switch port."""
+    floats: np.ndarray
+    """(3, lanes) float64: per lane its in-block collectives, its block-to-block hop, and the
+    serialization seconds of its activations on a switch port, for its tokens."""
+    num_tokens: int
+    """The round's tokens."""
 
 
 class SystemTimer:
@@ -101,10 +95,9 @@ class SystemTimer:
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
         self._block: dict[int, tuple[float, float, float]] = {}
-        self._lanes: tuple[object, LaneCosts] | None = None
-        self._tab = np.zeros((3, 0))  # (PIM s, accelerator s, joules) by context, see _context_table
+        self._tab = np.zeros((3, 0))  # (PIM s, accelerator s, joules) by context, see context_table
         self._tab_filled = np.zeros(0, dtype=bool)
-        self._shape: tuple[tuple, tuple] | None = None  # the last layout's lane shape, see _lane_shape
+        self._plan: tuple[object, LanePlan] | None = None  # the last layout's, see lane_plan
 
     @classmethod
     def from_config(cls, cfg: CentConfig) -> "SystemTimer":
@@ -149,18 +142,21 @@ class SystemTimer:
                                                             self.mapping.tp, self.port, self.fabric, tokens)
         return hit
 
-    def _context_table(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(PIM s, accelerator s, joules per tp device) of one block at each context, from tables
-        indexed by context (values are `block_cost`'s). A missing context fills the table up to
-        `TABLE_AHEAD` contexts past it in one pass: decoding asks for one new context a round, and
-        one pass through the cost model at a time is what a device process, woken for a round on
-        a shared core, does fastest."""
-        need = int(contexts.max()) + 1
-        if need > self._tab_filled.shape[0] or not self._tab_filled[contexts].all():
-            self._fill_table(contexts, need)
-        return self._tab[0, contexts], self._tab[1, contexts], self._tab[2, contexts]
+    def context_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(table, filled): table (3, n) float64 holds `block_cost(L)` (PIM s, own accelerator s,
+        joules on one tp device) at column L for the contexts `filled` (n,) marks. Devices read it
+        in `device_round`; `fill_contexts` adds what a round lacks."""
+        return self._tab, self._tab_filled
 
-    def _fill_table(self, contexts: np.ndarray, need: int) -> None:
+    def fill_contexts(self, contexts: np.ndarray) -> None:
+        """Fill the context table for `contexts`, and `TABLE_AHEAD` contexts past the largest
+        missing one in the same pass: decoding asks for one new context a round, and one pass
+        through the cost model at a time is what a device process, woken for a round on a shared
+        core, does fastest."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        if contexts.size == 0:
+            return
+        need = int(contexts.max()) + 1
         upto = max(need, min(need + TABLE_AHEAD, self.model.max_seq_len + 1))
         if upto > self._tab_filled.shape[0]:
             grow = max(upto, 2 * self._tab_filled.shape[0])
@@ -172,66 +168,28 @@ class SystemTimer:
             self._tab[:, L] = self.block_cost(L)
             self._tab_filled[L] = True
 
-    def lane_costs(self, key: object, lanes: tuple, starts) -> LaneCosts:
-        """Every lane's costs for one round; `lanes` is the layout's per-lane ((seq id, tokens), ...)
-        and `starts` each sequence's first position (layout order). `key` names the round: the
-        devices of one executor share the result (they hold the same positions).
+    def load_table(self, table: np.ndarray, filled: np.ndarray) -> None:
+        """Take a context table another timer of the same mapping filled (`context_table`): the
+        driver fills it once and hands it to every device process, which would otherwise each
+        evaluate the cost model for every context."""
+        assert table.shape == (3, filled.shape[0]), (table.shape, filled.shape)
+        self._tab, self._tab_filled = np.array(table), np.array(filled)
 
-        Lanes of one sequence and one token (decode, token-by-token prefill) take their costs
-        from the context tables in one vector pass; the others add theirs token by token. Either
-        way the floats are those of adding `block_cost`s in order."""
-        if self._lanes is not None and self._lanes[0] == key:
-            return self._lanes[1]
-        starts = np.asarray(starts, dtype=np.int64)
-        tb, coll1, hop1 = self.mapping.tb, self.collectives_s(1), self.hop_s(1)
-        n = len(lanes)
-        single, first, idx, multi = self._lane_shape(lanes)
-        pim, acc, energy = (np.empty(n) for _ in range(3))
-        step, hop = np.empty(n), np.full(n, hop1)
-        tokens, seqs = np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64)
-        seq_energy = np.empty(starts.shape[0])
-        if idx.size:
-            p, a, e = self._context_table(starts[idx] + 1)
-            pim[single], acc[single], energy[single] = p, a, e
-            step[single] = p + a * tb + coll1
-            seq_energy[idx] = e
-        for i in multi:
-            self._add_lane(i, lanes[i], starts, int(first[i]), (pim, acc, energy, step, hop, tokens, seqs, seq_energy))
-        out = LaneCosts(pim, acc, energy, step, hop, tokens, seqs, seq_energy, int(tokens.sum()))
-        self._lanes = (key, out)
-        return out
-
-    def _lane_shape(self, lanes: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """Of a layout's lanes: which hold one sequence of one token, each lane's first sequence
-        (layout order), those first sequences of the single lanes, the other lanes. Kept while
-        the layout holds (a decode batch keeps its layout for many rounds)."""
-        if self._shape is not None and (self._shape[0] is lanes or self._shape[0] == lanes):
-            return self._shape[1]
-        single = np.array([len(lane) == 1 and lane[0][1] == 1 for lane in lanes], dtype=bool)
-        first = (np.cumsum([0] + [len(lane) for lane in lanes[:-1]]).astype(np.int64) if lanes
-                 else np.zeros(0, np.int64))
-        shape = (single, first, first[single], np.flatnonzero(~single).tolist())
-        self._shape = (lanes, shape)
-        return shape
-
-    def _add_lane(self, i: int, lane, starts: np.ndarray, k: int, arrays) -> None:
-        """Lane i of several sequences or tokens: its costs added token by token."""
-        pim, acc, energy, step, hop, tokens, seqs, seq_energy = arrays
-        p_sum = a_sum = e_sum = 0.0
-        n_tok = 0
-        for _, num in lane:
-            s_e = 0.0
-            start = int(starts[k])
-            for L in range(start + 1, start + num + 1):
-                p, a, e = self.block_cost(L)
-                p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
-            seq_energy[k] = s_e
-            n_tok += num
-            k += 1
-        pim[i], acc[i], energy[i] = p_sum, a_sum, e_sum
-        step[i] = p_sum + a_sum * self.mapping.tb + self.collectives_s(n_tok)
-        hop[i] = self.hop_s(n_tok)
-        tokens[i], seqs[i] = n_tok, len(lane)
+    def lane_plan(self, layout) -> LanePlan:
+        """The layout's `LanePlan`; kept while the layout holds (a decode batch keeps its layout
+        for many rounds; the devices of one process share it)."""
+        if self._plan is not None and (self._plan[0] is layout or self._plan[0] == layout):
+            self._plan = (layout, self._plan[1])  # compared by identity next time
+            return self._plan[1]
+        lane_tokens = layout.lane_tokens
+        sizes = [hop_size(self.model.hidden_size, n, self.port, self.fabric) for n in lane_tokens]
+        ints = np.array([0, *np.cumsum([len(lane) for lane in layout.seqs]).tolist(), *layout.seq_tokens,
+                         *(f for f, _ in sizes)], dtype=np.int64)
+        floats = np.array([[self.collectives_s(n) for n in lane_tokens], [self.hop_s(n) for n in lane_tokens],
+                           [s for _, s in sizes]], dtype=np.float64).reshape(3, len(lane_tokens))
+        plan = LanePlan(ints, floats, int(sum(lane_tokens)))
+        self._plan = (layout, plan)
+        return plan
 
     # ------------------------------------------------------------------ per token (closed form)
 

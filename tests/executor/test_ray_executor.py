@@ -62,6 +62,59 @@ def test_ray_rounds_in_flight_and_errors(ray_cluster):
     assert after.logits.shape == (1, cfg.model.vocab_size)
 
 
+def test_steady_rounds_move_only_times_one_tick_per_unit(ray_cluster):
+    """Once a decode batch's layout holds, a round is one tick per unit plus the answer to the host
+    (`fabric.rounds.tick_message`): the lanes' times and the sequences' joules, nothing else; the
+    simulated results equal the in-process executor's bit for bit."""
+    from fabric.link import HEADER
+    from fabric.rounds import tick_message
+
+    cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    lanes, units = 32, 8  # 32 blocks on 8 devices: one query per stage, 4 stages per device
+    layout = Layout(tuple(range(lanes)), tuple(((q, 1),) for q in range(lanes)))
+
+    def rounds(ex, n: int):
+        ready, outs, counted = np.zeros(lanes), [], None
+        for r in range(n):
+            if r == 2:
+                counted = ex.stats().get("links")
+            out = ex.run(RoundPlan(layout, ready, r, {q: 100 for q in range(lanes)} if r == 0 else {}))
+            ready = out.sampled_s
+            outs.append((out.sampled_s.tolist(), out.energy_j.tolist()))
+        return outs, counted
+
+    want, _ = rounds(LocalExecutor(cfg), 22)
+    ex = make_executor(cfg, "ray")
+    try:
+        got, before = rounds(ex, 22)
+        after = ex.stats()["links"]
+    finally:
+        ex.shutdown()
+    assert got == want
+    tick = HEADER.size + len(tick_message(20, np.zeros(2 * lanes)))  # times and joules, 8 bytes each
+    answer = HEADER.size + len(tick_message(20, np.zeros(3 * lanes)))  # and the host's sampling times
+    assert after["messages"] - before["messages"] == 20 * (units + 1)
+    assert after["bytes"] - before["bytes"] == 20 * (units * tick + answer)
+
+
+def test_a_replicas_devices_share_one_cpu_unless_tensor_ranks_compute_together(ray_cluster):
+    import os
+
+    import ray
+
+    for numerics, pp, tp, pinned in (("off", 2, 1, True), ("off", 1, 2, True), ("full", 1, 2, False)):
+        cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, pp, tp), numerics=numerics)
+        ex = make_executor(cfg, "ray")
+        try:
+            cpus = ray.get([a.cpus.remote() for a in ex.actors.values()])
+        finally:
+            ex.shutdown()
+        if pinned:
+            assert len(cpus[0]) == 1 and all(c == cpus[0] for c in cpus), (numerics, pp, tp, cpus)
+        else:
+            assert all(set(c) == os.sched_getaffinity(0) for c in cpus), (numerics, pp, tp, cpus)
+
+
 class _Plant:
     """Unpickling this runs code: it creates a file (what an attacker's payload would do)."""
 
@@ -72,9 +125,10 @@ class _Plant:
         return (open, (self.path, "w"))
 
 
-def test_the_switch_trusts_no_link_without_the_runs_secret(ray_cluster, tmp_path):
-    """A connection to the switch's port without the secret, sending a payload whose unpickling
-    would create a file: nothing runs, the connection is refused and counted, rounds go on."""
+def test_no_listener_trusts_a_link_without_the_runs_secret(ray_cluster, tmp_path):
+    """Connections to the switch's and a device's listeners (TCP and Unix socket) without the
+    secret, sending a payload whose unpickling would create a file: nothing runs, each
+    connection is refused and counted, rounds go on."""
     import pickle
     import socket
     import struct
@@ -85,23 +139,29 @@ def test_the_switch_trusts_no_link_without_the_runs_secret(ray_cluster, tmp_path
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="off")
     ex = make_executor(cfg, "ray")
     try:
-        host, port = ray.get(ex.fabric.address.remote())
-        assert host == "127.0.0.1"  # one node: the switch listens on loopback only
+        device = ex.actors[1]
+        targets = {"switch": ex.fabric, "device": device}
         planted = tmp_path / "pwned"
         blob = pickle.dumps(("device", 0, _Plant(str(planted))))
-        for payload in (struct.pack("<Q", len(blob)) + blob, blob, b"\x00" * 64):
-            with socket.create_connection((host, port), timeout=10) as s:
-                s.sendall(payload)
-                s.settimeout(10)
-                try:
-                    while s.recv(4096):  # the switch closes the connection
-                        pass
-                except (ConnectionError, socket.timeout):
-                    pass
-        deadline = time.monotonic() + 60
-        while ray.get(ex.fabric.refused.remote()) < 3:
-            assert time.monotonic() < deadline, "the switch did not refuse the connections"
-            time.sleep(0.1)
+        for name, actor in targets.items():
+            addr = ray.get(actor.address.remote())
+            assert addr.host == "127.0.0.1"  # one node: TCP on loopback only
+            ends = [(socket.AF_INET, addr.tcp)] + ([(socket.AF_UNIX, addr.unix)] if addr.unix else [])
+            for family, where in ends:
+                for payload in (struct.pack("<Q", len(blob)) + blob, blob, b"\x00" * 64):
+                    with socket.socket(family, socket.SOCK_STREAM) as s:
+                        s.settimeout(10)
+                        s.connect(where)
+                        s.sendall(payload)
+                        try:
+                            while s.recv(4096):  # the listener closes the connection
+                                pass
+                        except (ConnectionError, socket.timeout):
+                            pass
+            deadline = time.monotonic() + 60
+            while ray.get(actor.refused.remote()) < 3 * len(ends):
+                assert time.monotonic() < deadline, f"the {name} did not refuse the connections"
+                time.sleep(0.1)
         assert not planted.exists()
         out = ex.run(RoundPlan(Layout((0,), (((1, 3),),)), np.zeros(1), 0, {1: 0}))
         assert out.ready_s[0] > 0  # the round still runs on the authenticated links

@@ -1,49 +1,45 @@
-"""`SystemTimer.lane_costs` (vector pass over context tables, filled ahead) equals adding
-`block_cost`s one token at a time, bit for bit, whatever the lanes and the order contexts come in."""
+"""What a device's compiled round charges a lane (`device_round` reading the timer's context table
+and lane plan) equals adding `block_cost`s one token at a time, bit for bit: its block step, its
+accelerator share and energy, each sequence's energy, whatever the lanes and the order contexts
+come in (the table grows, fills ahead, and is reused)."""
 from __future__ import annotations
 
 import numpy as np
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.messages import Layout
 from cent_serve.timing import SystemTimer
+from cent_serve.timing.clock import ACCELERATOR, DeviceClock, device_round
 
 
-def _by_hand(timer: SystemTimer, lanes, starts) -> dict[str, list]:
-    """The definition: per lane, the block costs of each of its tokens added in order."""
-    out = {k: [] for k in ("pim", "acc", "energy", "step", "hop", "tokens", "seqs", "seq_energy")}
-    k = 0
-    for lane in lanes:
-        p_sum = a_sum = e_sum = 0.0
-        n_tok = 0
-        for _, num in lane:
-            s_e = 0.0
-            for L in range(starts[k] + 1, starts[k] + num + 1):
-                p, a, e = timer.block_cost(L)
-                p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
-            out["seq_energy"].append(s_e)
-            n_tok += num
-            k += 1
-        out["pim"].append(p_sum)
-        out["acc"].append(a_sum)
-        out["energy"].append(e_sum)
-        out["step"].append(p_sum + a_sum * timer.mapping.tb + timer.collectives_s(n_tok))
-        out["hop"].append(timer.hop_s(n_tok))
-        out["tokens"].append(n_tok)
-        out["seqs"].append(len(lane))
-    return out
+def _by_hand(timer: SystemTimer, lane, starts) -> dict:
+    """The definition: a lane's block costs of each of its tokens added in order."""
+    p_sum = a_sum = e_sum = 0.0
+    n_tok, seq_energy = 0, []
+    for (_, num), start in zip(lane, starts):
+        s_e = 0.0
+        for L in range(start + 1, start + num + 1):
+            p, a, e = timer.block_cost(L)
+            p_sum, a_sum, e_sum, s_e = p_sum + p, a_sum + a, e_sum + e, s_e + e
+        seq_energy.append(s_e)
+        n_tok += num
+    return dict(step=p_sum + a_sum * timer.mapping.tb + timer.collectives_s(n_tok), acc=a_sum, energy=e_sum,
+                seq_energy=seq_energy)
 
 
-def _random_round(rng, max_context: int):
-    lanes, starts, sid = [], [], 0
-    for _ in range(int(rng.integers(1, 12))):
-        lane = []
-        for _ in range(int(rng.integers(1, 4)) if rng.random() < 0.3 else 1):
-            num = int(rng.integers(1, 40)) if rng.random() < 0.3 else 1
-            starts.append(int(rng.integers(0, max_context - num)))
-            lane.append((sid, num))
-            sid += 1
-        lanes.append(tuple(lane))
-    return tuple(lanes), starts
+def _charged(timer: SystemTimer, lane, starts) -> dict:
+    """One lane through a device of one block with fresh clocks, input ready at 0: its output
+    time is its block step, the accelerator's busy time its share, the device's joules its energy."""
+    lp = timer.lane_plan(Layout((0,), (lane,)))
+    st = np.array(starts, dtype=np.int64)
+    while True:
+        clock = DeviceClock([1], [True], timer.mapping.tb, 16, (False, 0.0), (False, 0.0, 0.0))
+        done, own, _, _, need = device_round(np.zeros(1), *timer.context_table(), np.stack([st, st]), lp.ints,
+                                             lp.floats, clock.f, clock.i)
+        if not need:
+            return dict(step=float(done[0]), acc=float(clock.busy[ACCELERATOR]), energy=clock.joules,
+                        seq_energy=own.tolist())
+        timer.fill_contexts(np.concatenate([np.arange(a + 1, a + n + 1) for a, (_, n) in zip(starts, lane)]))
 
 
 def test_lane_costs_equal_block_costs_added_token_by_token():
@@ -51,22 +47,18 @@ def test_lane_costs_equal_block_costs_added_token_by_token():
         cfg = CentConfig(model=model_preset("llama2-70b"), parallel=parallel, numerics="off")
         timer, fresh = SystemTimer.from_config(cfg), SystemTimer.from_config(cfg)
         rng = np.random.default_rng(7)
-        for round_id in range(60):  # contexts jump around: the table grows, fills ahead, and is reused
-            lanes, starts = _random_round(rng, 3000)
-            got = timer.lane_costs(round_id, lanes, np.array(starts))
-            want = _by_hand(fresh, lanes, starts)
-            for name, arr in (("pim", got.pim_s), ("acc", got.acc_s), ("energy", got.energy_j),
-                              ("step", got.block_s), ("hop", got.hop_s), ("tokens", got.tokens),
-                              ("seqs", got.seqs), ("seq_energy", got.seq_energy_j)):
-                assert arr.tolist() == want[name], (parallel, round_id, name)
-            assert got.num_tokens == sum(want["tokens"])
+        for _ in range(60):  # contexts jump around
+            k = int(rng.integers(1, 4)) if rng.random() < 0.3 else 1
+            lane = tuple((sid, int(rng.integers(1, 40)) if rng.random() < 0.3 else 1) for sid in range(k))
+            starts = [int(rng.integers(0, 3000 - n)) for _, n in lane]
+            assert _charged(timer, lane, starts) == _by_hand(fresh, lane, starts), (parallel, lane, starts)
 
 
-def test_one_round_is_computed_once_and_a_new_layout_is_not_mistaken_for_the_last():
+def test_a_lane_plan_is_kept_while_the_layout_holds_and_a_new_one_is_not_mistaken_for_it():
     cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1), numerics="off")
     timer = SystemTimer.from_config(cfg)
-    a = timer.lane_costs(1, (((0, 1),), ((1, 1),)), np.array([10, 20]))
-    assert timer.lane_costs(1, (((0, 1),), ((1, 1),)), np.array([10, 20])) is a  # same round: shared
-    b = timer.lane_costs(2, (((0, 3),), ((1, 1),)), np.array([11, 21]))  # lane 0 now prefills 3 tokens
-    assert b.tokens.tolist() == [3, 1] and b.num_tokens == 4
-    assert b.pim_s[0] == sum((timer.block_cost(L)[0] for L in (12, 13, 14)), 0.0)
+    a = timer.lane_plan(Layout((0, 1), (((0, 1),), ((1, 1),))))
+    assert timer.lane_plan(Layout((0, 1), (((0, 1),), ((1, 1),)))) is a  # an equal layout: the same plan
+    b = timer.lane_plan(Layout((0, 1), (((0, 3),), ((1, 1),))))  # lane 0 now prefills 3 tokens
+    assert b.ints[:3].tolist() == [0, 1, 2] and b.ints[3:5].tolist() == [3, 1] and b.num_tokens == 4
+    assert b.floats[1].tolist() == [timer.hop_s(3), timer.hop_s(1)]

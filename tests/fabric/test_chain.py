@@ -1,0 +1,171 @@
+"""The round chain over real authenticated links, with the devices on threads instead of Ray
+actors (`device_worker.port`, the switch's `fabric.router.Relay`): the same tokens, simulated
+times and switch counters as the local executor; errors reach the host whichever device raised
+them, and the links stay in step."""
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.emulate import run_workload
+from cent_serve.executor import LocalExecutor
+from cent_serve.executor.base import Executor, done
+from cent_serve.executor.generate import generate_batch
+from cent_serve.messages import Layout, RoundPlan
+from cent_serve.timing import SystemTimer
+from device_worker.port import DevicePort
+from device_worker.worker import DeviceWorker
+from fabric.link import Link, LinkClosed
+from fabric.listener import LinkBook
+from fabric.rounds import HostEnd, chain_places, execution_units
+from fabric.router import Relay
+from fabric.switch import Fabric, merge_stats
+
+SECRET = b"s" * 32
+_made: list = []
+
+
+@pytest.fixture(autouse=True)
+def _shut_down_the_chains():
+    yield
+    while _made:
+        _made.pop().shutdown()
+
+
+def _pair() -> tuple[Link, Link]:
+    """Two authenticated ends of a socket pair (the handshake of a real link)."""
+    a, b = socket.socketpair()
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("server", Link.accept(b, SECRET)))
+    t.start()
+    client = Link.connect_socket(a, {"role": "test"}, SECRET)
+    t.join()
+    return client, box["server"][0]
+
+
+class ThreadedChain(Executor):
+    """An executor whose devices serve their chain links on threads of this process, wired as
+    `RayExecutor` wires its actors."""
+
+    def __init__(self, cfg: CentConfig) -> None:
+        local = LocalExecutor(cfg)  # for one load of the weights
+        self.timer = SystemTimer.from_config(cfg)
+        units = execution_units(self.timer.mapping)
+        places = chain_places(units)
+        self.relay = Relay(Fabric(cfg), [u.device_ids for u in units])
+        books = {d: LinkBook() for d in places}
+        self.ports = {}
+        for d, p in places.items():
+            worker = DeviceWorker(cfg, d, weights=None) if cfg.resolved_numerics == "off" else local.workers[d]
+            to_switch, at_switch = _pair()
+            self.relay.attach(d, at_switch)
+            self.ports[d] = DevicePort(worker, p, books[d], to_switch, threading.Lock())
+        outputs = {d: [] for d in places}
+        for d, p in places.items():
+            for peer, key in ([(n, ("hop", d)) for n in p.next_ids] if p.is_leader else [(p.leader, ("rank", d))]):
+                mine, theirs = _pair()
+                books[peer].add(key, theirs)
+                outputs[d].append(mine)
+        first, last = units[0].device_ids, units[-1].device_ids[0]
+        self.inputs = []
+        for d in first:
+            mine, theirs = _pair()
+            books[d].add(("host",), theirs)
+            self.inputs.append(mine)
+        if last in first:
+            self.output = self.inputs[first.index(last)]
+        else:
+            self.output, theirs = _pair()
+            books[last].add(("host",), theirs)
+        self.outputs = outputs
+        for d in places:
+            threading.Thread(target=self.ports[d].serve, args=(outputs[d],), daemon=True).start()
+        self.host = HostEnd()
+        _made.append(self)
+
+    def submit(self, plan: RoundPlan):
+        blob = self.host.message(plan)
+        for link in self.inputs:
+            link.send_bytes(blob)
+        return done(self.host.output(self.output.recv(60.0), plan.layout))
+
+    def shutdown(self) -> None:
+        """Close every link: the devices' threads see their inputs close and end."""
+        for link in [*self.inputs, self.output, *(x for outs in self.outputs.values() for x in outs)]:
+            link.close()
+        for port in self.ports.values():
+            port.links.close()
+            port.switch.close()
+
+    def stats(self) -> dict:
+        return dict(devices=[p.worker.stats() for p in self.ports.values()],
+                    fabric=merge_stats([p.fabric.stats() for p in self.ports.values()] + [self.relay.fabric.stats()]))
+
+
+def _cfg(devices: int, pp: int, tp: int, numerics: str = "full", model: str = "tiny") -> CentConfig:
+    return CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
+
+
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (8, 2, 4), (4, 2, 2)])
+def test_the_chain_equals_the_local_executor(devices, pp, tp):
+    cfg = _cfg(devices, pp, tp)
+    prompts = [[1, 9, 8, 7], [1, 50], [3, 4, 5]]
+    local, chain = LocalExecutor(cfg), ThreadedChain(cfg)
+    want = generate_batch(local, prompts, 6, prefill_chunk=2)
+    got = generate_batch(chain, prompts, 6, prefill_chunk=2)
+    assert got.token_ids == want.token_ids
+    assert got.token_times_s == want.token_times_s  # bit-identical simulated time
+    assert chain.stats() == local.stats()  # the devices' and the switch's counters, merged over the ports
+
+
+def test_the_paper_workload_on_the_chain_is_the_local_one_bit_for_bit():
+    cfg = _cfg(32, 80, 1, "off", "llama2-70b")
+    local, chain = LocalExecutor(cfg), ThreadedChain(cfg)
+    a = run_workload(cfg, local, 500, 6, energy_marks=(3,), prompt=3)
+    b = run_workload(cfg, chain, 500, 6, energy_marks=(3,), prompt=3)
+    assert b.done_s.tolist() == a.done_s.tolist() and b.energy_j_at == a.energy_j_at
+    assert chain.stats() == local.stats()
+
+
+def _plan(lane: int, seq: int, ids: list[int], round_id: int) -> RoundPlan:
+    return RoundPlan(Layout((lane,), (((seq, len(ids)),),)), np.zeros(1), round_id, {seq: 0}, (),
+                     np.array(ids, dtype=np.int64), np.array([True]))
+
+
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (8, 2, 4)])
+def test_a_device_error_reaches_the_host_and_the_links_stay_in_step(devices, pp, tp):
+    chain = ThreadedChain(_cfg(devices, pp, tp))
+    rounds = itertools.count()
+    with pytest.raises(ValueError, match="vocabulary"):
+        chain.run(_plan(0, 0, [1, 10_000], next(rounds)))  # id outside the vocabulary: the first unit raises
+    out = chain.run(_plan(1, 1, [1, 5], next(rounds)))
+    assert out.logits.shape == (1, 259) and out.ready_s[0] > 0
+
+
+def test_a_rank_that_fails_mid_round_releases_the_others_and_the_next_round_runs():
+    cfg = _cfg(8, 2, 4)
+    chain = ThreadedChain(cfg)
+    rounds = itertools.count()
+    chain.run(_plan(0, 0, [1, 5], next(rounds)))
+    victim = chain.ports[6].worker  # a rank of the second unit, not its leader
+    victim.kv.num_blocks = victim.kv._next_unused  # full: its next new block fails, after the first unit ran
+    from device_worker.kv_cache import KVCacheFull
+
+    with pytest.raises(KVCacheFull):
+        chain.run(_plan(1, 1, [1, 6], next(rounds)))
+    victim.kv.num_blocks += 100
+    assert chain.run(_plan(2, 2, [1, 7], next(rounds))).logits.shape == (1, 259)
+
+
+def test_a_device_whose_input_link_breaks_says_so_down_the_chain():
+    cfg = _cfg(8, 0, 1, "off")
+    chain = ThreadedChain(cfg)
+    chain.run(_plan(0, 0, [1, 5], 0))
+    chain.outputs[3][0].close()  # device 3's link to device 4 breaks (device 3 is gone)
+    with pytest.raises(LinkClosed, match="device 4.s input link closed"):
+        chain.run(_plan(1, 1, [1, 6], 1))
