@@ -18,7 +18,7 @@ import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import Layout, RoundPlan
-from cent_serve.timing.token import PHASES, token_figures
+from cent_serve.timing.pipeline import PHASES, token_figures
 
 log = logging.getLogger("cent.emulate")
 PROGRESS_EVERY_S = 5.0
@@ -123,7 +123,7 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
     power_w is measured system power (phase energy / phase simulated time); the artifact's
     closed-form "power" divides by PIM time only, so it reads higher by the non-PIM share.
     """
-    from cent_serve.timing.token import phase_figures
+    from cent_serve.timing.pipeline import phase_figures
 
     queries = executor.timer.mapping.lanes
     total = prompt + decode

@@ -12,7 +12,8 @@ from cent_serve.config import CentConfig, ParallelConfig
 from cent_serve.timing.energy import cost_figures
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
-from cent_serve.timing.token import PHASES, SystemTimer, phase_figures, token_figures
+from cent_serve.timing.pipeline import PHASES, phase_figures, token_figures
+from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the workload through the device and fabric actors (Ray) instead of the formulas")
     p.add_argument("--local", action="store_true", help="with --emulate: all devices in this process, no Ray")
     p.add_argument("--ray-address", help="with --emulate: join this Ray cluster (default: RAY_ADDRESS or local)")
+    p.add_argument("--convention", choices=CONVENTIONS, default="cent",
+                   help="cent: the pipeline the devices run (an uneven split's slowest stage sets the pace); "
+                        "artifact: the CENT artifact's perfect pipeline. Both are printed when they differ")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -69,38 +73,67 @@ def run(args: argparse.Namespace) -> int:
         return _run_emulated(cfg, args)
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
-    timer = SystemTimer.from_config(cfg)
-    mp = timer.mapping
+    timer = SystemTimer.from_config(cfg, args.convention)
     if args.prompt is not None:
         if args.seqlen is not None:
             raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
-        total = args.prompt + args.decode
-        if total > cfg.model.max_seq_len:
-            raise ValueError(f"--prompt {args.prompt} + --decode {args.decode} = {total} tokens exceed the model's "
-                             f"context, model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
-                             f"--set model.max_seq_len={total}")
-        batch = mp.lanes if args.batch is None else args.batch
-        token_figures(timer, args.prompt, batch)  # a --batch out of range is refused before the capacity check
-        check_devices_hold(cfg, total, batch)
-        phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
-        for phase, row in phases.items():
-            row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
-                                    row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
-        if args.json:
-            print(json.dumps(phases, indent=2))
-        else:
-            print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
-                  f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
-                  + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
-            print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
-            for phase in PHASES:
-                r = phases.get(phase)
-                if r:
-                    ratio = r.get("throughput_ratio")
-                    print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}"
-                          f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}"
-                          f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
+        return _run_phases(cfg, args, timer)
+    return _run_seqlen(cfg, args, timer)
+
+
+def _other(cfg: CentConfig, args: argparse.Namespace) -> tuple[SystemTimer, str | None]:
+    """The timer of the other convention, and why its figures differ (None: they do not)."""
+    other = SystemTimer.from_config(cfg, "artifact" if args.convention == "cent" else "cent")
+    mp, n = other.mapping, cfg.model.num_layers
+    why = []
+    if mp.mode == "tensor" and n % mp.pp:
+        why.append(f"{n % mp.pp} of the {mp.pp} stages hold {-(-n // mp.pp)} blocks, where a perfect pipeline "
+                   f"assumes {n / mp.pp:g}: under the cent convention the slowest stage sets the pace")
+    if mp.mode == "tensor" and mp.tp == 1:
+        why.append("the artifact charges tensor-parallel exchanges with tp = 1, where a block has no partner")
+    return other, "; ".join(why) or None
+
+
+def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
+    mp = timer.mapping
+    total = args.prompt + args.decode
+    if total > cfg.model.max_seq_len:
+        raise ValueError(f"--prompt {args.prompt} + --decode {args.decode} = {total} tokens exceed the model's "
+                         f"context, model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
+                         f"--set model.max_seq_len={total}")
+    batch = mp.lanes if args.batch is None else args.batch
+    token_figures(timer, args.prompt, batch)  # a --batch out of range is refused before the capacity check
+    check_devices_hold(cfg, total, batch)
+    phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
+    for phase, row in phases.items():
+        row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
+                                row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
+    other, why = _other(cfg, args)
+    alt = phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"] if why else None
+    if args.json:
+        print(json.dumps(dict(phases, convention=args.convention,
+                              **({"other_convention": dict(alt, convention=other.convention, why=why)} if why else {})),
+                         indent=2))
         return 0
+    print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
+          f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
+          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
+    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
+    for phase in PHASES:
+        r = phases.get(phase)
+        if r:
+            ratio = r.get("throughput_ratio")
+            print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}"
+                  f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}"
+                  f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
+    if why:
+        print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
+              f"{alt['throughput_tok_s']:.1f} tok/s. Why they differ: {why}")
+    return 0
+
+
+def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
+    mp = timer.mapping
     seqlen = 4096 if args.seqlen is None else args.seqlen
     if not 1 <= seqlen <= cfg.model.max_seq_len:
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
@@ -108,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
     token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
     check_devices_hold(cfg, seqlen, batch)
     fig = token_figures(timer, seqlen, batch).as_dict()
+    other, why = _other(cfg, args)
+    if why:
+        alt = token_figures(other, seqlen, batch)
+        fig["other_convention"] = dict(convention=other.convention, token_latency_ms=alt.token_latency_ms,
+                                       throughput_tok_s=alt.throughput_tok_s, why=why)
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0
@@ -120,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
     print("  block PIM cycles by operation:")
     for op, cyc in fig["breakdown_cycles"].items():
         print(f"    {op:<9}{cyc:>12.0f}  {100 * cyc / total:5.1f}%")
+    if why:
+        alt = fig["other_convention"]
+        print(f"the {alt['convention']} convention (--convention {alt['convention']}): {alt['token_latency_ms']:.4f} "
+              f"ms per token, {alt['throughput_tok_s']:.1f} tok/s. Why they differ: {why}")
     return 0
 
 
@@ -134,7 +176,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         except ValueError as exc:
             rows.append(dict(pp=pp, tp=tp, error=str(exc)))
             continue
-        e2e = phase_figures(SystemTimer.from_config(c), prompt, decode, args.seqlen_gap)["end2end"]
+        e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
         e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
                                 "end2end", e2e["energy_per_token_mj"], c.device))
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, channels_per_block=mp.channels_per_block,
@@ -143,7 +185,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
-          f"(end-to-end averages)")
+          f"(end-to-end averages, {args.convention} convention)")
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
           f"{'vs GPU':>8}{'tok/$ vs GPU':>14}")
     for r in rows:
@@ -171,6 +213,9 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         cfg.server.ray_address = args.ray_address
     if args.prompt is not None and args.seqlen is not None:
         raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+    if args.convention != "cent":
+        raise ValueError("--convention artifact goes with the closed form: the emulated devices run the pipeline "
+                         "as it is (the cent convention); drop --emulate to see the artifact's figures")
     context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     cfg.executor = "local" if args.local else "ray"
@@ -181,6 +226,7 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         out = _emulate(cfg, args, mp, context)
     out["executor"] = cfg.executor
     out["numerics"] = cfg.resolved_numerics
+    out["convention"] = "cent"
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

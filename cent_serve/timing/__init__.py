@@ -8,7 +8,8 @@
 - `energy`: energy, power, cost and GPU comparison (sections 8, 9)
 """
 from cent_serve.timing.mapping import Mapping, Stage, check_capacity, resolve_mapping
-from cent_serve.timing.token import SystemTimer, TokenFigures, phase_figures, token_figures
+from cent_serve.timing.pipeline import TokenFigures, phase_figures, token_figures
+from cent_serve.timing.token import SystemTimer
 
 __all__ = ["Mapping", "Stage", "check_capacity", "resolve_mapping", "SystemTimer", "TokenFigures",
            "phase_figures", "token_figures"]

@@ -17,6 +17,8 @@ from cent_serve.timing.mapping import Mapping, resolve_mapping
 from cent_serve.timing.pim import BlockTimer, gemv_cycles
 
 
+CONVENTIONS = ("cent", "artifact")
+"""How a closed form accounts a mapping (`cent_serve.timing.pipeline`)."""
 TABLE_AHEAD = 32
 """Contexts past a missing one that `SystemTimer.fill_contexts` fills in the same pass."""
 PRELOAD_CONTEXTS = 8192
@@ -80,8 +82,13 @@ class SystemTimer:
     """
 
     def __init__(self, model: ModelConfig, mapping: Mapping, device: DeviceConfig,
-                 fabric: FabricConfig) -> None:
+                 fabric: FabricConfig, convention: str = "cent") -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"--convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
         self.model, self.mapping, self.device, self.fabric = model, mapping, device, fabric
+        self.convention = convention
+        """`cent` (the pipeline the devices run) or `artifact` (the CENT artifact's accounting:
+        `cent_serve.timing.pipeline`)."""
         self.pim = BlockTimer(model, mapping.geometry, device)
         self.port = port_model(fabric, mapping.num_devices)
         self.embedding_s = self.pim.embedding_cycles / device.clock_hz
@@ -100,9 +107,9 @@ class SystemTimer:
         self._plan: tuple[object, LanePlan] | None = None  # the last layout's, see lane_plan
 
     @classmethod
-    def from_config(cls, cfg: CentConfig) -> "SystemTimer":
+    def from_config(cls, cfg: CentConfig, convention: str = "cent") -> "SystemTimer":
         return cls(cfg.model, resolve_mapping(cfg.model, cfg.parallel, cfg.device), cfg.device,
-                   cfg.fabric)
+                   cfg.fabric, convention)
 
     # ------------------------------------------------------------------ per block
 
@@ -132,8 +139,10 @@ class SystemTimer:
         return hit
 
     def collectives_s(self, tokens: int) -> float:
-        """In-block tensor-parallel exchanges for `tokens` tokens (0 in pure pipeline)."""
-        if self.mapping.mode == "pipeline":
+        """In-block tensor-parallel exchanges for `tokens` tokens: none in pure pipeline, none
+        with tp = 1 (a block on one device has no partner; the artifact still charges them, and
+        so does the `artifact` convention)."""
+        if self.mapping.mode == "pipeline" or (self.mapping.tp == 1 and self.convention == "cent"):
             return 0.0
         hit = self._coll.get(tokens)
         if hit is None:
@@ -204,6 +213,16 @@ class SystemTimer:
                         embedding_s=self.embed_lookup_s, lm_head_s=self.lm_head_s, host_s=self.host_s,
                         energy_j=token_energy_j(self, context))
 
+    def stations_s(self, context: int) -> list[float]:
+        """What each resource of the pipeline is busy for with one query's token at `context`:
+        every stage's channel group (its blocks' steps, and the DMA hops between them on one
+        device), the embedding and LM-head units and a switch port (its serialization); the
+        pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
+        pim, acc, _ = self.block_cost(context)
+        step, hop = pim + acc * self.mapping.tb + self.collectives_s(1), self.hop_s(1)
+        stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
+        return [*stages, self.embed_lookup_s, self.lm_head_s, hop - self.port.latency_s]
+
     @property
     def block_cxl_s(self) -> float:
         """Per-block communication of one token: its collectives and its output hop."""
@@ -220,98 +239,3 @@ class SystemTimer:
     def sampled_s(self, ready_s: np.ndarray) -> np.ndarray:
         """When the host has sampled the tokens whose logits exist at `ready_s`."""
         return ready_s + self.host_s
-
-
-@dataclass
-class TokenFigures:
-    """One context length's figures, as `cent simulate --seqlen` prints them."""
-
-    model: str
-    devices: int
-    pp: int
-    tp: int
-    seqlen: int
-    mode: str
-    token_latency_ms: float
-    throughput_tok_s: float
-    block_pim_ms: float
-    block_cxl_ms: float
-    block_acc_ms: float
-    block_ms: float
-    embedding_ms: float
-    host_ms: float
-    token_energy_mj: float
-    power_w: float
-    devices_used: int
-    channels_per_block: int
-    blocks_per_device: int
-    batch: int
-    """Queries in flight per replica."""
-    replicas: int
-    """Copies of the mapping on the devices: throughput and power are the whole system's."""
-    breakdown_cycles: dict[str, float]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def token_figures(timer: SystemTimer, context: int, batch: int | None = None) -> TokenFigures:
-    """Latency, throughput, energy and power of one token at `context` (section 7 and 8), with
-    `batch` queries in flight per replica (default: the paper's, one per pipeline stage). A
-    query's token takes the same time whatever the batch (a stage serves one query at a time);
-    throughput and power scale with the stages that have a query, and with the replicas (devices
-    holding more than one copy of the mapping run one per copy, as the serving engine does)."""
-    from cent_serve.timing.energy import token_energy_j
-
-    mp, m = timer.mapping, timer.model
-    batch = mp.lanes if batch is None else batch
-    if not 1 <= batch <= mp.lanes:
-        raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
-                         f"as the paper runs them; this mapping has {mp.lanes} stages)")
-    token_s = timer.token_s(context)
-    energy_j = token_energy_j(timer, context)
-    # Power as the artifact reports it: a token's energy over one pipeline step, the PIM time
-    # of one stage's blocks (pp tokens are in flight, one per stage), times the share of the
-    # stages busy with a query.
-    step_s = -(-m.num_layers // mp.pp) * timer.block_pim_s(context) * mp.lanes / batch
-    return TokenFigures(
-        model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
-        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.replicas * batch / token_s,
-        block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
-        block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
-        embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
-        token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
-        devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
-        blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
-        breakdown_cycles=timer.pim.breakdown(context).as_dict())
-
-
-PHASES = ("prefill", "decoding", "end2end")
-
-
-def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
-                  batch: int | None = None) -> dict[str, dict]:
-    """The paper's averaging: L = gap, 2 gap, ..., prompt + decode; prefill is L <= prompt,
-    decoding prompt < L, end2end all. Throughput, energy and power are plain means over
-    the L in a phase; latency = mean token time x the phase's token count. `batch`: as in
-    `token_figures`."""
-    if prompt < 1 or decode < 0 or gap < 1:
-        raise ValueError(f"--prompt {prompt} --decode {decode} --seqlen-gap {gap}: use prompt >= 1, "
-                         "decode >= 0, gap >= 1")
-    total = prompt + decode
-    rows = [token_figures(timer, L, batch) for L in range(gap, total + 1, gap)]
-    groups = {"prefill": [r for r in rows if r.seqlen <= prompt],
-              "decoding": [r for r in rows if r.seqlen > prompt],
-              "end2end": rows}
-    counts = {"prefill": prompt, "decoding": decode, "end2end": total}
-    out: dict[str, dict] = {}
-    for phase in PHASES:
-        group = groups[phase]
-        if not group:
-            continue
-        mean = lambda key: sum(getattr(r, key) for r in group) / len(group)  # noqa: E731
-        out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
-                          throughput_tok_s=mean("throughput_tok_s"),
-                          energy_per_token_mj=mean("token_energy_mj"), power_w=mean("power_w"),
-                          token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group))
-    return out

@@ -10,7 +10,7 @@ import pytest
 from cent_serve.cli import main
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.timing import SystemTimer
-from cent_serve.timing.token import phase_figures, token_figures
+from cent_serve.timing.pipeline import phase_figures, token_figures
 
 
 def _timer(model: str = "llama2-70b", devices: int = 32) -> SystemTimer:

@@ -110,7 +110,7 @@ def test_cli_phases_and_sweep(capsys):
     assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--pp", "32", "--prompt", "512",
                  "--decode", "3584", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"prefill", "decoding", "end2end"}
+    assert set(out) == {"prefill", "decoding", "end2end", "convention"} and out["convention"] == "cent"
     # published: llama2-7b pp32 end2end 3006 tok/s (cent_phases_7b_13b.csv)
     assert abs(out["end2end"]["throughput_tok_s"] / 3006.2 - 1) < 0.02
     assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
@@ -119,6 +119,13 @@ def test_cli_phases_and_sweep(capsys):
     assert all(r["throughput_ratio"] > 0 for r in rows)
     assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8"]) == 0
     assert "GPU baseline" in capsys.readouterr().out
+    # an uneven split (32 blocks over 12 stages): both conventions, and why they differ
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "12", "--pp", "12", "--prompt", "512",
+                 "--decode", "512", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    other = out["other_convention"]
+    assert other["convention"] == "artifact" and "8 of the 12 stages hold 3 blocks" in other["why"]
+    assert abs(other["throughput_tok_s"] / out["end2end"]["throughput_tok_s"] - 1) > 0.01  # either way: see why
     assert main(["simulate", "--model", "llama2-7b", "--prompt", "512"]) == 2
     assert "--prompt and --decode go together" in capsys.readouterr().err
 

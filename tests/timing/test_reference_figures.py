@@ -1,5 +1,6 @@
 """The timing model against the CENT artifact's published figures (tests/data/*.csv,
-copied from shared/reference) and the check values of docs/hardware_model.md."""
+copied from shared/reference) and the check values of docs/hardware_model.md, under the
+artifact's convention (`cent_serve.timing.pipeline`)."""
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,10 @@ PHASE_ROWS = list(csv.DictReader(open(DATA / "cent_phases_7b_13b.csv")))
 
 @lru_cache(maxsize=None)
 def timer(model: str, devices: int, pp: int, tp: int) -> SystemTimer:
+    """The artifact's accounting (`--convention artifact`): its perfect pipeline, and exchanges
+    charged with tp = 1, as its published rows are."""
     m, dev = model_preset(model), DeviceConfig()
-    return SystemTimer(m, resolve_mapping(m, ParallelConfig(devices, pp, tp), dev), dev, FabricConfig())
+    return SystemTimer(m, resolve_mapping(m, ParallelConfig(devices, pp, tp), dev), dev, FabricConfig(), "artifact")
 
 
 def rel(a: float, b: float) -> float:

@@ -1,0 +1,129 @@
+"""A token's figures under a pipeline, and the paper's phase averages (docs/hardware_model.md
+sections 7 and 8).
+
+Two conventions (`SystemTimer.convention`, `cent simulate --convention`):
+
+- `cent` (the default): the pipeline the devices run. `batch` queries circulate through the
+  stations of a replica (each stage's channel group, the embedding and LM-head units, a switch
+  port), with hops and the host's sampling in between. A query's time between tokens is the ring
+  it goes round (every station and delay once, `SystemTimer.token_s`) or, when the slowest
+  station is busy longer with the others' tokens, `batch` times that station: the cycle time of a
+  closed ring of deterministic stations (for a timed event graph, the largest ratio of a circuit's
+  time to the tokens on it). A stage holding ceil(N/pp) blocks is the bottleneck of an uneven
+  split. The emulator's timestamps give the same (tests/executor/test_emulate.py, within 0.01%).
+- `artifact`: the CENT artifact's accounting: a perfect pipeline (a token takes the ring's time
+  whatever the split) and the tensor-parallel exchanges charged even with tp = 1. It reproduces
+  the artifact's published latencies (tests/timing/test_reference_figures.py).
+
+Power is reported as the artifact reports it, under both: a token's energy over one pipeline
+step, the PIM time of N/pp blocks (N/pp as a real number), times the share of the stages busy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cent_serve.timing.token import SystemTimer
+
+@dataclass
+class TokenFigures:
+    """One context length's figures, as `cent simulate --seqlen` prints them."""
+
+    model: str
+    devices: int
+    pp: int
+    tp: int
+    seqlen: int
+    mode: str
+    token_latency_ms: float
+    throughput_tok_s: float
+    block_pim_ms: float
+    block_cxl_ms: float
+    block_acc_ms: float
+    block_ms: float
+    embedding_ms: float
+    host_ms: float
+    token_energy_mj: float
+    power_w: float
+    devices_used: int
+    channels_per_block: int
+    blocks_per_device: int
+    batch: int
+    """Queries in flight per replica."""
+    replicas: int
+    """Copies of the mapping on the devices: throughput and power are the whole system's."""
+    convention: str
+    """`cent` or `artifact` (the module docstring)."""
+    bottleneck: bool
+    """Whether the slowest station, not the ring, sets the pace (`cent` only)."""
+    breakdown_cycles: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def period_s(timer: SystemTimer, context: int, batch: int) -> tuple[float, bool]:
+    """(a query's time between tokens at `context` with `batch` queries in flight, whether the
+    slowest station sets it) under the timer's convention (the module docstring)."""
+    ring = timer.token_s(context)
+    if timer.convention == "artifact":
+        return ring, False
+    slowest = batch * max(timer.stations_s(context))
+    return (slowest, True) if slowest > ring else (ring, False)
+
+
+def token_figures(timer: SystemTimer, context: int, batch: int | None = None) -> TokenFigures:
+    """Latency, throughput, energy and power of one token at `context` (section 7 and 8), with
+    `batch` queries in flight per replica (default: the paper's, one per pipeline stage);
+    throughput and power scale with the replicas (devices holding more than one copy of the
+    mapping run one per copy, as the serving engine does)."""
+    from cent_serve.timing.energy import token_energy_j
+
+    mp, m = timer.mapping, timer.model
+    batch = mp.lanes if batch is None else batch
+    if not 1 <= batch <= mp.lanes:
+        raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
+                         f"as the paper runs them; this mapping has {mp.lanes} stages)")
+    token_s, bottleneck = period_s(timer, context, batch)
+    energy_j = token_energy_j(timer, context)
+    step_s = m.num_layers / mp.pp * timer.block_pim_s(context) * mp.lanes / batch  # the module docstring
+    return TokenFigures(
+        model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
+        token_latency_ms=token_s * 1e3, throughput_tok_s=mp.replicas * batch / token_s,
+        block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
+        block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
+        embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
+        token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
+        devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
+        blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
+        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=timer.pim.breakdown(context).as_dict())
+
+
+PHASES = ("prefill", "decoding", "end2end")
+
+
+def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
+                  batch: int | None = None) -> dict[str, dict]:
+    """The paper's averaging: L = gap, 2 gap, ..., prompt + decode; prefill is L <= prompt,
+    decoding prompt < L, end2end all. Throughput, energy and power are plain means over
+    the L in a phase; latency = mean token time x the phase's token count. `batch`: as in
+    `token_figures`."""
+    if prompt < 1 or decode < 0 or gap < 1:
+        raise ValueError(f"--prompt {prompt} --decode {decode} --seqlen-gap {gap}: use prompt >= 1, "
+                         "decode >= 0, gap >= 1")
+    total = prompt + decode
+    rows = [token_figures(timer, L, batch) for L in range(gap, total + 1, gap)]
+    groups = {"prefill": [r for r in rows if r.seqlen <= prompt],
+              "decoding": [r for r in rows if r.seqlen > prompt],
+              "end2end": rows}
+    counts = {"prefill": prompt, "decoding": decode, "end2end": total}
+    out: dict[str, dict] = {}
+    for phase in PHASES:
+        group = groups[phase]
+        if not group:
+            continue
+        mean = lambda key: sum(getattr(r, key) for r in group) / len(group)  # noqa: E731
+        out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
+                          throughput_tok_s=mean("throughput_tok_s"),
+                          energy_per_token_mj=mean("token_energy_mj"), power_w=mean("power_w"),
+                          token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group))
+    return out
