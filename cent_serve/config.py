@@ -188,17 +188,15 @@ class DeviceConfig:
     banks_per_channel: int = 16
     """Banks per channel (4 bank groups x 4)."""
     rows_per_bank: int = 16384
-    """DRAM rows per bank."""
+    """DRAM rows per bank (with the row size and the channels and banks: the capacity)."""
     row_elements: int = 1024
-    """bf16 elements per DRAM row (1024 columns x 2 B... per row of a bank)."""
+    """bf16 elements per DRAM row of a bank (1024 columns x 2 B)."""
     burst_elements: int = 16
-    """Elements per burst / per column command (32 B of bf16)."""
+    """Elements per burst, and the bf16 MACs a bank's unit does per column command (32 B)."""
     bytes_per_element: int = 2
     """bf16."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns."""
-    capacity_bytes: int = 16 * 2**30
-    """DRAM per device: 32 channels x 16 banks x 32 MB = 16 GB."""
     accumulator_registers: int = 32
     """Per-bank accumulator registers: GEMV outputs per mode-switch group (reuse size)."""
     # GEMV cost terms (docs/hardware_model.md section 4).
@@ -210,15 +208,11 @@ class DeviceConfig:
     """Per output of the gate projection: activation-function lookup."""
     gemv_af_group_size: int = 16
     """Outputs per group in the activation ('AF') GEMV variant."""
-    full_row_column_ops: int = 64
-    """Column commands that stream one full row (1024 / 16)."""
     # Other per-op constants (docs/hardware_model.md section 4).
     norm_fixed_cycles: float = 850.0
     """RMSNorm fixed cost (reduction + rsqrt round trip)."""
     rotary_fixed_cycles: float = 98.0
     """Rotary fixed cost per vector."""
-    kv_row_cycles: float = 64.0
-    """KV append: cycles per row of a K or V vector."""
     kv_head_cycles: float = 1008.0
     """KV append: cycles per KV head per channel group."""
     score_row_cycles: float = 904.0
@@ -237,33 +231,65 @@ class DeviceConfig:
     """SiLU x up: cycles per burst."""
     silu_fixed_cycles: float = 400.0
     """SiLU x up: fixed cost."""
-    # Near-memory accelerator (docs/hardware_model.md section 5), ms numerator terms in cycles.
-    acc_norm_base: float = 29.0
-    """PNM cycles per RMSNorm reduction + rsqrt, fixed part."""
-    acc_norm_per_8k: float = 66.0
-    """PNM cycles per RMSNorm per 8192 elements of D."""
-    acc_softmax_per_512: float = 110.0
-    """PNM softmax cycles per 512 (context token x head) pairs."""
-    acc_head: float = 18.25
-    """PNM cycles per attention head (per-head bookkeeping)."""
-    acc_rotary: float = 0.375
-    """PNM cycles per rotated element of q and k (rotary tables)."""
+    # Near-memory accelerator (docs/hardware_model.md section 5): one unit per channel, pipelined.
+    acc_clock_hz: float = 2e9
+    """Accelerator clock (the artifact runs it at the PIM clock)."""
+    acc_simd_lanes: int = 16
+    """SIMD lanes of one accelerator unit (exp units, vector adders, reduction trees)."""
+    acc_exp_cycles: float = 11.0
+    """Cycles of one exp through a SIMD lane."""
+    acc_buffer_cycles: float = 1.0
+    """Cycles of one read or write of the shared buffer."""
+    acc_riscv_cores: int = 8
+    """RISC-V cores beside the units (rsqrt, softmax's division, rotary tables)."""
+    acc_norm_riscv_cycles: float = 26.0
+    """RISC-V cycles of one RMSNorm's rsqrt."""
+    acc_rotary_riscv_cycles: float = 3.0
+    """RISC-V cycles per rotated element of q and k (spread over the cores)."""
+    acc_softmax_riscv_cycles: float = 2.0
+    """RISC-V cycles per attention head of softmax's division (spread over the cores)."""
+    acc_softmax_writes: int = 16
+    """Shared-buffer writes per head of softmax's result."""
     host_sample_s: float = 0.15e-3
     """Host CPU sampling cost per generated token (0.15 ms)."""
     dma_bytes_per_cycle: float = 32.0
-    """DMA engine: one 32 B line per cycle, serialized device-wide."""
+    """DMA engine width: one 32 B line per cycle, serialized device-wide (the RMSNorm, rotary,
+    KV-append, softmax and SiLU passes move their data through it)."""
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     """Energy constants."""
     unit_cost_usd: float = 2.69 + 1.10 + 24.38
     """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9)."""
 
+    @property
+    def capacity_bytes(self) -> int:
+        """DRAM per device: channels x banks x rows x row size (32 x 16 x 16384 x 2 KB = 16 GiB)."""
+        return (self.num_channels * self.banks_per_channel * self.rows_per_bank * self.row_elements
+                * self.bytes_per_element)
+
+    @property
+    def row_column_ops(self) -> int:
+        """Column commands that stream one full row: row_elements / burst_elements (1024 / 16)."""
+        return self.row_elements // self.burst_elements
+
+    @property
+    def peak_pim_bytes_per_s(self) -> float:
+        """Weights streamed per second by all banks: each bank reads a burst per all-bank MAC,
+        one every 2 cycles (512 GB/s a channel, 16.4 TB/s a device)."""
+        return self.num_channels * self.banks_per_channel * self.burst_elements * self.bytes_per_element * self.clock_hz / 2
+
+    @property
+    def dma_line_cycles(self) -> float:
+        """Cycles the DMA engine takes per 32 B line (a burst): burst bytes / its width."""
+        return self.burst_elements * self.bytes_per_element / self.dma_bytes_per_cycle
+
     def __post_init__(self) -> None:
         for name in ("num_channels", "banks_per_channel", "rows_per_bank", "row_elements",
-                     "burst_elements", "capacity_bytes", "accumulator_registers"):
+                     "burst_elements", "accumulator_registers", "acc_simd_lanes", "acc_riscv_cores"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"device.{name}", value,
                    "use a positive integer")
-        _check(self.clock_hz > 0, "device.clock_hz", self.clock_hz, "use a positive frequency")
+        for name in ("clock_hz", "acc_clock_hz", "dma_bytes_per_cycle"):
+            _check(getattr(self, name) > 0, f"device.{name}", getattr(self, name), "use a positive number")
         _check(self.row_elements % self.burst_elements == 0, "device.row_elements",
                self.row_elements, f"make it a multiple of device.burst_elements={self.burst_elements}")
         if isinstance(self.energy, dict):
@@ -295,7 +321,9 @@ class FabricConfig:
     flit_payload_bytes: int = 192
     """Payload per flit: 3 x 64 B messages."""
     charge_local_hops: bool = True
-    """Charge a hop even when the next block sits on the same device (as the artifact does)."""
+    """Charge a block's output a switch hop even when the next block sits on the same device (as
+    the artifact does); false: the device's DMA engine moves it (tokens x D values at
+    `device.dma_bytes_per_cycle`)."""
 
     def __post_init__(self) -> None:
         _check(self.switch_lanes >= 1, "fabric.switch_lanes", self.switch_lanes,
@@ -361,6 +389,9 @@ class SchedulerConfig:
     kv_block_tokens: int = 16
     """Tokens per KV-cache block: the paging unit of the devices' caches and of the scheduler's
     admission (vLLM's block_size)."""
+    num_kv_blocks_override: int | None = None
+    """Admit at most this many KV blocks per replica, fewer than the devices hold (vLLM's
+    num_gpu_blocks_override: for tests of preemption and admission)."""
     logprobs_mode: str = "processed_logprobs"
     """What `logprobs` report: `processed_logprobs`, the distribution tokens are drawn from
     (after temperature, top-k and top-p), or `raw_logprobs`, the model's own (log-softmax of the
@@ -371,6 +402,8 @@ class SchedulerConfig:
                "use " + " or ".join(map(repr, LOGPROBS_MODES)))
         _check(self.kv_block_tokens >= 1, "scheduler.kv_block_tokens", self.kv_block_tokens,
                "use a positive number of tokens")
+        _check(self.num_kv_blocks_override is None or self.num_kv_blocks_override >= 0,
+               "scheduler.num_kv_blocks_override", self.num_kv_blocks_override, "use a number of blocks, or leave it unset")
         _check(self.max_seqs_per_stage >= 1, "scheduler.max_seqs_per_stage",
                self.max_seqs_per_stage, "use a positive integer")
         _check(self.max_waiting >= 1, "scheduler.max_waiting", self.max_waiting,
@@ -480,6 +513,21 @@ class CentConfig:
 # ---------------------------------------------------------------- dict / YAML / overrides
 
 
+DERIVED_FIELDS = {
+    "device.capacity_bytes": "it is derived (num_channels x banks_per_channel x rows_per_bank x row_elements x "
+                             "bytes_per_element): set those, e.g. device.rows_per_bank",
+    "device.full_row_column_ops": "it is derived (row_elements / burst_elements): set those",
+    "device.kv_row_cycles": "it is derived (a row's bursts through the DMA: row_elements / burst_elements lines "
+                            "at device.dma_bytes_per_cycle)",
+    "device.acc_norm_base": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
+    "device.acc_norm_per_8k": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
+    "device.acc_softmax_per_512": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
+    "device.acc_head": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
+    "device.acc_rotary": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
+}
+"""Fields that were removed because they are derived from others: what to set instead."""
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -493,6 +541,9 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
+            gone = DERIVED_FIELDS.get(_join(where, key))
+            if gone:
+                raise ValueError(f"{_join(where, key)} is not a field any more: {gone}")
             raise ValueError(f"{_join(where, key)} is not a field: known fields are {sorted(known)}")
         hint = hints[key]
         if is_dataclass(hint) and isinstance(value, dict):
@@ -504,7 +555,19 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def _typed(value: Any, hint: Any, name: str) -> Any:
-    """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string)."""
+    """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string; `--set`
+    gives strings); `X | None` takes None or an X."""
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    if type(None) in getattr(hint, "__args__", ()) and len(args) == 1:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        hint = args[0]
+        if hint in (int, float) and isinstance(value, str):
+            try:
+                value = float(value) if hint is float else int(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is invalid: expected {'a number' if hint is float else 'an integer'}"
+                                 " or none") from None
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)
@@ -568,7 +631,9 @@ def apply_overrides(cfg: CentConfig, overrides: list[str]) -> CentConfig:
                 raise ValueError(f"override {path!r}: no config section {key!r}")
             node = node[key]
         if not isinstance(node, dict) or keys[-1] not in node:
-            raise ValueError(f"override {path!r}: no field {keys[-1]!r} there")
+            gone = DERIVED_FIELDS.get(path.strip())
+            raise ValueError(f"override {path!r}: " + (f"not a field any more: {gone}" if gone else
+                                                       f"no field {keys[-1]!r} there"))
         node[keys[-1]] = _coerce(text, node[keys[-1]], path)
     return _from_dict(CentConfig, data, "")
 

@@ -42,14 +42,16 @@ class QueueFull(RequestRefused):
 
 def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
     """Blocks every device of a replica can hold: the smallest device's count (each
-    sequence takes the same number of blocks on every device that holds its layers)."""
+    sequence takes the same number of blocks on every device that holds its layers), or
+    `scheduler.num_kv_blocks_override` when that is fewer."""
     counts = []
     block = cfg.scheduler.kv_block_tokens
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         per_token = device_kv_bytes_per_token(cfg.model, mp, d)
         free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d)
         counts.append(max(0, free) // (block * per_token))
-    return min(counts)
+    override = cfg.scheduler.num_kv_blocks_override
+    return min(counts) if override is None else min(min(counts), override)
 
 
 @dataclass

@@ -1,22 +1,39 @@
-"""Near-memory accelerator (PNM) and host time (docs/hardware_model.md sections 1 and 5)."""
+"""Near-memory accelerator (PNM) and host time (docs/hardware_model.md sections 1 and 5).
+
+One accelerator unit per channel, each of `acc_simd_lanes` SIMD lanes (exp units, vector adders,
+reduction trees), pipelined across the channels through the shared buffer, and a few RISC-V cores
+beside them. A pass of a vector over the units costs a buffer read per unit (two for an add of
+two vectors), the operation, and a write; the RISC-V cores take the rsqrt of RMSNorm, softmax's
+division and the rotary tables. Source: the artifact's power calculator, which states the same
+latencies (its `ACCEL_CYCLE`, `RMSNorm_latency`, `Softmax_latency`, `RotEmbed_latency`), here in
+the device's own fields so a different channel count or SIMD width changes them.
+"""
 from __future__ import annotations
 
 from cent_serve.config import DeviceConfig, ModelConfig
 
 
 def accelerator_cycles(m: ModelConfig, dev: DeviceConfig, context: int) -> float:
-    """PNM cycles of one block for one token: norm reductions and rsqrt, softmax exp/sum
-    over the context, per-head work and rotary tables. The PNM is shared by every block
-    resident on the device, so callers multiply by the blocks that share it."""
-    d, h = m.hidden_size, m.num_heads
-    return (2 * (dev.acc_norm_per_8k * d / 8192 + dev.acc_norm_base)
-            + dev.acc_softmax_per_512 * context * h / 512
-            + dev.acc_head * h
-            + dev.acc_rotary * d * (1 + m.num_kv_heads / h))
+    """Accelerator cycles of one block for one token: two RMSNorms (sum of squares over the SIMD
+    lanes, a reduction, the rsqrt on a RISC-V core), softmax over the context (exp and sum per
+    head, a reduction and the division per head) and the rotary tables of q and k. The
+    accelerator is shared by every block resident on the device, so callers multiply by the
+    blocks that share it."""
+    units, lanes, buf = dev.num_channels, dev.acc_simd_lanes, dev.acc_buffer_cycles
+    cores, d, h = dev.acc_riscv_cores, m.hidden_size, m.num_heads
+    exp_pass = units * buf + dev.acc_exp_cycles + buf  # read, exp, write, pipelined over the units
+    add_pass = units * 2 * buf + 1 + buf  # two reads, add, write
+    # RMSNorm: D values / the lanes / the banks' 16-to-1 products, over the units; a reduction; rsqrt
+    norm = d / lanes / dev.burst_elements / units * add_pass + buf + buf + 1 + dev.acc_norm_riscv_cycles
+    passes = context * h / lanes / units  # softmax's vectors: the context of every head, over the units
+    softmax = (passes * exp_pass + passes * add_pass + h * buf
+               + h * (dev.acc_softmax_writes * buf + dev.acc_softmax_riscv_cycles / cores + buf))
+    rotary = (1 + m.num_kv_heads / h) * d * dev.acc_rotary_riscv_cycles / cores
+    return 2 * norm + softmax + rotary
 
 
 def accelerator_s(m: ModelConfig, dev: DeviceConfig, context: int) -> float:
-    return accelerator_cycles(m, dev, context) / dev.clock_hz
+    return accelerator_cycles(m, dev, context) / dev.acc_clock_hz
 
 
 def host_sample_s(dev: DeviceConfig) -> float:

@@ -128,7 +128,7 @@ def attention_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     rpv = cdiv(m.kv_size, row)
     slots = cdiv(context, g.banks)  # one key per bank: every channel steps through the slots
     heads_per_row = max(1, row // m.head_dim)
-    score = OpCounts(mac16=channels * slots * rpv * dev.full_row_column_ops * m.num_rep,
+    score = OpCounts(mac16=channels * slots * rpv * dev.row_column_ops * m.num_rep,
                      act16=channels * slots * rpv,
                      rd_bursts=channels * slots * rpv * heads_per_row * m.num_rep)
     sizes = context_rows(context, row)

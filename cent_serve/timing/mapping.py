@@ -45,6 +45,8 @@ class Mapping:
     blocks_per_device: int
     channels_per_block: int
     num_layers: int
+    banks_per_channel: int = 16
+    """The device's banks per channel (`device.banks_per_channel`)."""
 
     @property
     def tb(self) -> int:
@@ -69,7 +71,13 @@ class Mapping:
 
     @property
     def geometry(self) -> BlockGeometry:
-        return BlockGeometry(cpb=self.channels_per_block, tb=self.tb, tp=self.tp)
+        return BlockGeometry(cpb=self.channels_per_block, tb=self.tb, tp=self.tp, banks_per_channel=self.banks_per_channel)
+
+    @property
+    def num_units(self) -> int:
+        """Groups of devices a token visits in turn (consecutive stages on the same devices are
+        one): a token crosses the switch between units, num_units - 1 times."""
+        return 1 + sum(a.device_ids != b.device_ids for a, b in zip(self.stages, self.stages[1:]))
 
     def stages_on_device(self, device_id: int) -> list[Stage]:
         return [s for s in self.stages if device_id in s.device_ids]
@@ -95,7 +103,7 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
         cpb = dev.num_channels // bpd
         stages = tuple(Stage(index=i, blocks=(i,), device_ids=(i // bpd,), channel_group=i % bpd)
                        for i in range(n))
-        return Mapping("pipeline", p.num_devices, n, 1, stages, bpd, cpb, n)
+        return Mapping("pipeline", p.num_devices, n, 1, stages, bpd, cpb, n, dev.banks_per_channel)
     if pp > n:
         raise ValueError(f"parallel.pp={pp} exceeds model.num_layers={n}: use at most {n} stages")
     if pp * p.tp > p.num_devices:
@@ -109,7 +117,8 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
         stages.append(Stage(index=i, blocks=tuple(range(first, first + count)), device_ids=devices,
                             channel_group=0))
         first += count
-    return Mapping("tensor", p.num_devices, pp, p.tp, tuple(stages), cdiv(n, pp), dev.num_channels, n)
+    return Mapping("tensor", p.num_devices, pp, p.tp, tuple(stages), cdiv(n, pp), dev.num_channels, n,
+                   dev.banks_per_channel)
 
 
 # ----------------------------------------------------------------------------- capacity

@@ -58,7 +58,7 @@ def gemv_cycles(din: int, dout: int, banks: int, dev: DeviceConfig, af: bool = F
     ng = cdiv(c, group)
     total = 0.0
     for r in range(rows):
-        op = (dev.full_row_column_ops if r < rows - 1
+        op = (dev.row_column_ops if r < rows - 1
               else cdiv(din - dev.row_elements * (rows - 1), dev.burst_elements))
         total += 2 * op + dev.gemv_group_cycles * ng + c * (dev.gemv_row_cycles + 2 * op)
     if af:
@@ -77,7 +77,7 @@ def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     nb, nbb = elementwise_split(m.hidden_size, g.banks_per_device // 2)
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     bl = dev.burst_elements
-    one = 2 * cdiv(nb, bl) * nbb * g.tb + 3 * cdiv(ew, bl) * ewb * g.tb + dev.norm_fixed_cycles
+    one = (2 * cdiv(nb, bl) * nbb * g.tb + 3 * cdiv(ew, bl) * ewb * g.tb) * dev.dma_line_cycles + dev.norm_fixed_cycles
     return 2 * one
 
 
@@ -85,7 +85,7 @@ def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Rotary embedding of q and k (k smaller by nrep under GQA)."""
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     bl, d, rep = dev.burst_elements, m.hidden_size, m.num_rep
-    return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb
+    return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb * dev.dma_line_cycles
             + (dev.rotary_fixed_cycles + 2 * d / bl) + (dev.rotary_fixed_cycles + 2 * d / (bl * rep)))
 
 
@@ -95,8 +95,9 @@ def _rows_per_vector(m: ModelConfig, dev: DeviceConfig) -> int:
 
 
 def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Write this token's K and V into the cache banks."""
-    return (dev.kv_row_cycles * _rows_per_vector(m, dev) * g.tb
+    """Write this token's K and V into the cache banks: each row of the vectors through the DMA
+    (a row's bursts, one line each), and a fixed cost per KV head and channel group."""
+    return (dev.row_column_ops * dev.dma_line_cycles * _rows_per_vector(m, dev) * g.tb
             + dev.kv_head_cycles * cdiv(m.num_kv_heads, g.cpb))
 
 
@@ -116,7 +117,7 @@ def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     """Score vectors cross the DMA six times (to the accelerator and back)."""
     bl = dev.burst_elements
     nhpb = cdiv(m.num_heads, 4 * g.cpb)
-    return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb
+    return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb * dev.dma_line_cycles
                + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
                for size in context_rows(context, dev.row_elements))
 
@@ -125,7 +126,7 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     """score x V inside one device: per KV head group, per query head of the group."""
     per_row = 0.0
     for size in context_rows(context, dev.row_elements):
-        op = dev.full_row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
+        op = dev.row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
         per_row += 2 * op + dev.sv_parallel_rows * (dev.sv_row_cycles + 2 * op)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
 
@@ -133,7 +134,8 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
 def silu_mul_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """SiLU(gate) x up, elementwise over TB/4 lanes."""
     fl, flb = elementwise_split(m.intermediate_size, g.banks_per_device // 4)
-    return dev.silu_cycles_per_burst * cdiv(fl, dev.burst_elements) * flb * g.tb + dev.silu_fixed_cycles
+    return (dev.silu_cycles_per_burst * cdiv(fl, dev.burst_elements) * flb * g.tb * dev.dma_line_cycles
+            + dev.silu_fixed_cycles)
 
 
 def qkvo_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:

@@ -119,7 +119,7 @@ class SystemTimer:
     def block_acc_s(self, context: int) -> float:
         hit = self._acc.get(context)
         if hit is None:
-            hit = self._acc[context] = accelerator_cycles(self.model, self.device, context) / self.device.clock_hz
+            hit = self._acc[context] = accelerator_cycles(self.model, self.device, context) / self.device.acc_clock_hz
         return hit
 
     def block_cost(self, context: int) -> tuple[float, float, float]:
@@ -137,6 +137,15 @@ class SystemTimer:
         if hit is None:
             hit = self._hop[tokens] = pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens)
         return hit
+
+    def local_hop_s(self, tokens: int) -> float:
+        """A block's output moving to the next block on the same device: a switch hop as the
+        artifact charges it (`fabric.charge_local_hops`), or else the DMA engine moving its
+        tokens x D values (`device.dma_bytes_per_cycle`)."""
+        if self.fabric.charge_local_hops:
+            return self.hop_s(tokens)
+        d = self.device
+        return tokens * self.model.hidden_size * d.bytes_per_element / d.dma_bytes_per_cycle / d.clock_hz
 
     def collectives_s(self, tokens: int) -> float:
         """In-block tensor-parallel exchanges for `tokens` tokens: none in pure pipeline, none
@@ -194,7 +203,7 @@ class SystemTimer:
         sizes = [hop_size(self.model.hidden_size, n, self.port, self.fabric) for n in lane_tokens]
         ints = np.array([0, *np.cumsum([len(lane) for lane in layout.seqs]).tolist(), *layout.seq_tokens,
                          *(f for f, _ in sizes)], dtype=np.int64)
-        floats = np.array([[self.collectives_s(n) for n in lane_tokens], [self.hop_s(n) for n in lane_tokens],
+        floats = np.array([[self.collectives_s(n) for n in lane_tokens], [self.local_hop_s(n) for n in lane_tokens],
                            [s for _, s in sizes]], dtype=np.float64).reshape(3, len(lane_tokens))
         plan = LanePlan(ints, floats, int(sum(lane_tokens)))
         self._plan = (layout, plan)
@@ -209,7 +218,7 @@ class SystemTimer:
         n = self.model.num_layers
         pim, acc, _ = self.block_cost(context)
         return StepCost(pim_s=n * pim, accelerator_s=n * acc * self.mapping.tb,
-                        collectives_s=n * self.collectives_s(1), hops_s=n * self.hop_s(1),
+                        collectives_s=n * self.collectives_s(1), hops_s=self._hops_s(),
                         embedding_s=self.embed_lookup_s, lm_head_s=self.lm_head_s, host_s=self.host_s,
                         energy_j=token_energy_j(self, context))
 
@@ -219,9 +228,18 @@ class SystemTimer:
         device), the embedding and LM-head units and a switch port (its serialization); the
         pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
         pim, acc, _ = self.block_cost(context)
-        step, hop = pim + acc * self.mapping.tb + self.collectives_s(1), self.hop_s(1)
+        step, hop = pim + acc * self.mapping.tb + self.collectives_s(1), self.local_hop_s(1)
         stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
-        return [*stages, self.embed_lookup_s, self.lm_head_s, hop - self.port.latency_s]
+        return [*stages, self.embed_lookup_s, self.lm_head_s, self.hop_s(1) - self.port.latency_s]
+
+    def _hops_s(self) -> float:
+        """A token's hops: every block's output moves on, over the switch between devices (the
+        units of the mapping less one) and on a device otherwise (`local_hop_s`)."""
+        n = self.model.num_layers
+        if self.fabric.charge_local_hops:
+            return n * self.hop_s(1)
+        cross = self.mapping.num_units - 1
+        return cross * self.hop_s(1) + (n - cross) * self.local_hop_s(1)
 
     @property
     def block_cxl_s(self) -> float:

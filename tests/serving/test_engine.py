@@ -74,10 +74,7 @@ def test_preemption_by_recomputation_keeps_the_tokens():
     ref_model = LlamaModel(TINY, WEIGHTS)
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="full")
     cfg.scheduler.max_seqs_per_stage = 4
-    big = _engine(max_seqs_per_stage=4)
-    per_block = cfg.device.capacity_bytes // big.scheduler.kv_blocks  # bytes one KV block takes (+ slack)
-    weights = cfg.device.capacity_bytes - per_block * big.scheduler.kv_blocks
-    cfg.device.capacity_bytes = weights + 12 * per_block + 1  # 12 blocks of 16 tokens per replica
+    cfg.scheduler.num_kv_blocks_override = 12  # 12 blocks of 16 tokens per replica
     eng = Engine(cfg, weights=WEIGHTS)
     assert kv_blocks_per_replica(cfg, eng.timer.mapping) == eng.scheduler.kv_blocks == 12
     prompts = [[1] + [50 + i] * 20 for i in range(6)]  # 6 x (21 prompt + 30 out) tokens >> 12 x 16
@@ -93,9 +90,7 @@ def test_preemption_by_recomputation_keeps_the_tokens():
 
 def test_a_prompt_that_can_never_fit_is_refused_and_nothing_changes():
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="off")
-    eng0 = Engine(cfg)
-    per_block = cfg.device.capacity_bytes // eng0.scheduler.kv_blocks
-    cfg.device.capacity_bytes -= per_block * (eng0.scheduler.kv_blocks - 2)  # 2 blocks left
+    cfg.scheduler.num_kv_blocks_override = 2
     eng = Engine(cfg)
     assert eng.scheduler.kv_blocks == 2
     with pytest.raises(ValueError, match="KV blocks"):

@@ -1,0 +1,115 @@
+"""Every hardware field drives the model, in the direction and by the amount a hand derivation
+says (docs/hardware_model.md sections 1, 4, 5, 6); derived quantities come from the fields."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ParallelConfig, apply_overrides, model_preset
+from cent_serve.timing import SystemTimer
+from cent_serve.timing.accelerator import accelerator_cycles
+from cent_serve.timing.pim import BlockGeometry, gemv_cycles, norm_cycles
+
+L = 2048
+
+
+def _timer(model="llama2-7b", devices=8, pp=0, tp=1, **overrides) -> SystemTimer:
+    cfg = apply_overrides(CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp),
+                                     numerics="off"), [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+    return SystemTimer.from_config(cfg)
+
+
+def test_derived_quantities_come_from_the_geometry():
+    dev = DeviceConfig()
+    assert dev.capacity_bytes == 32 * 16 * 16384 * 1024 * 2 == 16 * 2**30
+    assert dev.row_column_ops == 64 and dev.dma_line_cycles == 1.0
+    assert dev.peak_pim_bytes_per_s == 32 * 16 * 32 * 2e9 / 2  # 16.4 TB/s: 512 GB/s a channel
+    bigger = dataclasses.replace(dev, rows_per_bank=32768, banks_per_channel=32)
+    assert bigger.capacity_bytes == 4 * dev.capacity_bytes
+    assert dataclasses.replace(dev, row_elements=2048).row_column_ops == 128
+
+
+def test_the_clocks_scale_their_own_work_only():
+    base, fast_pim, fast_acc = _timer(), _timer(device__clock_hz=4e9), _timer(device__acc_clock_hz=4e9)
+    assert fast_pim.block_pim_s(L) == base.block_pim_s(L) / 2  # PIM time halves ...
+    assert fast_pim.hop_s(1) == base.hop_s(1) and fast_pim.block_acc_s(L) == base.block_acc_s(L)  # ... not CXL
+    assert fast_acc.block_acc_s(L) == base.block_acc_s(L) / 2 and fast_acc.block_pim_s(L) == base.block_pim_s(L)
+
+
+def test_banks_per_channel_split_a_matrix_over_more_banks():
+    """gemv(4096 -> 4096) over 8 channels: 128 banks give c = 32 outputs per bank and input row,
+    30,298 cycles (published); 256 banks give c = 16: 4 rows x (2 x 64 + 54.5 + 16 (103 + 128))."""
+    dev = DeviceConfig()
+    assert gemv_cycles(4096, 4096, 128, dev) == 30298
+    assert gemv_cycles(4096, 4096, 256, dataclasses.replace(dev, banks_per_channel=32)) == 4 * (128 + 54.5 + 16 * 231)
+    base, more = _timer(), _timer(device__banks_per_channel=32)
+    assert more.mapping.geometry.banks == 2 * base.mapping.geometry.banks == 2 * 16 * 8
+    assert 0.4 < more.pim.breakdown(L).qkvo / base.pim.breakdown(L).qkvo < 0.6  # outputs per bank halve
+
+
+def test_a_longer_row_streams_more_columns_per_row_switch():
+    """row 2048: gemv(4096 -> 4096, B = 128) is 2 rows x (2 x 128 + 54.5 + 32 (103 + 256))."""
+    dev = dataclasses.replace(DeviceConfig(), row_elements=2048)
+    assert gemv_cycles(4096, 4096, 128, dev) == 2 * (256 + 54.5 + 32 * 359)
+
+
+def test_a_wider_burst_halves_the_column_commands():
+    """burst 32: gemv(4096 -> 4096, B = 128) is 4 rows x (2 x 32 + 54.5 + 32 (103 + 64))."""
+    dev = dataclasses.replace(DeviceConfig(), burst_elements=32)
+    assert gemv_cycles(4096, 4096, 128, dev) == 4 * (64 + 54.5 + 32 * 167)
+
+
+def test_fewer_accumulator_registers_mean_more_mode_switch_groups():
+    """16 registers: c = 32 outputs take 2 groups: 4 rows x (128 + 2 x 54.5 + 32 x 231)."""
+    dev = dataclasses.replace(DeviceConfig(), accumulator_registers=16)
+    assert gemv_cycles(4096, 4096, 128, dev) == 4 * (128 + 109 + 32 * 231)
+
+
+def test_a_wider_dma_engine_halves_the_dma_bound_terms():
+    """RMSNorm at 64 B per cycle: its DMA lines cost half a cycle each, its fixed 850 does not."""
+    m, g = model_preset("llama2-7b"), BlockGeometry(cpb=8, tb=4, tp=1)
+    dev, wide = DeviceConfig(), DeviceConfig(dma_bytes_per_cycle=64.0)
+    assert norm_cycles(m, g, wide) - 2 * 850 == (norm_cycles(m, g, dev) - 2 * 850) / 2
+    assert _timer(device__dma_bytes_per_cycle=64.0).block_pim_s(L) < _timer().block_pim_s(L)
+
+
+def test_the_accelerator_units_are_the_channels_and_their_lanes():
+    """Softmax's passes over the context: L H / (lanes x units) of (44 + 66) cycles at 32 units;
+    64 channels: half the passes, each (64 + 11 + 1) + (128 + 1 + 1) = 206 cycles."""
+    m = model_preset("llama2-7b")
+    dev = DeviceConfig()
+    base = accelerator_cycles(m, dev, L)
+    assert base - accelerator_cycles(m, dev, L - 1) == 32 / (16 * 32) * 110  # one more token of 32 heads
+    wide = dataclasses.replace(dev, num_channels=64)
+    assert accelerator_cycles(m, wide, L) - accelerator_cycles(m, wide, L - 1) == 32 / (16 * 64) * 206
+    lanes = dataclasses.replace(dev, acc_simd_lanes=32)
+    assert accelerator_cycles(m, lanes, L) - accelerator_cycles(m, lanes, L - 1) == 32 / (32 * 32) * 110
+
+
+def test_more_channels_give_a_pipeline_block_more_channels():
+    base, more = _timer(), _timer(device__num_channels=64)
+    assert (base.mapping.channels_per_block, more.mapping.channels_per_block) == (8, 16)
+    assert more.block_pim_s(L) < base.block_pim_s(L)
+
+
+@pytest.mark.parametrize("field, value, factor", [("switch_lanes", 72, 2.0), ("lane_gbps", 16.0, 0.5),
+                                                 ("multicast", False, 0.5)])
+def test_the_switch_lanes_and_their_rate_set_the_serialization_not_the_latency(field, value, factor):
+    base, other = _timer(), _timer(**{f"fabric__{field}": value})
+    latency = FabricConfig().hop_latency_s
+    assert other.hop_s(1) - latency == pytest.approx(factor * (base.hop_s(1) - latency), rel=1e-12)
+
+
+def test_local_hops_cost_the_dma_engine_when_not_charged_as_switch_hops():
+    """70B on 32 devices: 27 units, so 26 hops cross the switch and 54 stay on a device, each
+    8192 x 2 B / 32 B per cycle = 512 cycles (0.256 us) instead of a 1.461 us hop."""
+    base, local = _timer("llama2-70b", 32), _timer("llama2-70b", 32, fabric__charge_local_hops="false")
+    assert local.local_hop_s(1) == 512 / 2e9 and base.local_hop_s(1) == base.hop_s(1)
+    assert local.token_cost(L).hops_s == pytest.approx(26 * base.hop_s(1) + 54 * 512 / 2e9, rel=1e-12)
+    assert base.token_cost(L).hops_s == 80 * base.hop_s(1)
+
+
+def test_a_removed_field_says_what_to_set_instead():
+    with pytest.raises(ValueError, match="derived .*rows_per_bank"):
+        apply_overrides(CentConfig(), ["device.capacity_bytes=1"])
