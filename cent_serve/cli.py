@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.register(sub)
     from cent_serve import simulate_cli
     simulate_cli.register(sub)
+    from cent_serve import sweep
+    sweep.register(sub)
     from cent_serve import serve_cli
     serve_cli.register(sub)
     from cent_serve.bench import cli as bench_cli

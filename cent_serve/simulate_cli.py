@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _paper_defaults(args: argparse.Namespace) -> None:
+def paper_defaults(args: argparse.Namespace) -> None:
     """`cent simulate --model llama2-7b` alone: 8 devices, pure pipeline, like the paper."""
     if args.devices is None and args.config is None:
         args.devices = {"llama2-7b": 8, "llama2-13b": 20, "llama2-70b": 32}.get(args.model or "", None)
@@ -60,7 +60,7 @@ def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    _paper_defaults(args)
+    paper_defaults(args)
     cfg = config_from_args(args)
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "

@@ -1,0 +1,153 @@
+"""`cent sweep`: the CENT model over a grid of configurations, for "what if the device had X?".
+
+Every combination of the `--vary` values is a point: the config from the usual flags with those
+fields set. A point is evaluated by the closed form (the paper's workload, `--prompt/--decode`,
+the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
+timing-only replay of the trace (`cent_serve.bench`). A point that cannot run (the model does not
+fit, an invalid mapping) is a row with its error; the sweep goes on. Written to `--out`:
+
+- `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
+  full resolved config as JSON (so any row can be rerun);
+- `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
+  faster and cheaper in energy) drawn and labelled;
+- `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline where the model
+  has one, else tokens per second per device dollar) against the device count.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cent_serve.cli_common import add_config_args, config_from_args, resolve_model
+from cent_serve.config import CentConfig, apply_overrides, config_to_dict
+
+SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
+"""Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
+FIGURES = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s", "token_latency_ms",
+           "energy_per_token_mj", "tokens_per_joule", "power_w", "system_device_cost_usd", "tok_s_per_usd",
+           "throughput_ratio", "tokens_per_dollar_ratio", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
+           "completed", "failed", "error")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="the model over a grid of config values: CSV and plots",
+                       description="Evaluate every combination of --vary values with the closed form (the paper's "
+                                   "workload) or a trace replay; write sweep.csv with each point's config, and plots.")
+    add_config_args(p)
+    p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="a config field (e.g. device.num_channels) or devices, pp, tp, model, and its values "
+                        "(repeatable: every combination is a point)")
+    p.add_argument("--prompt", type=int, default=512, help="closed form: prompt tokens of the paper's workload")
+    p.add_argument("--decode", type=int, default=3584, help="closed form: generated tokens of the paper's workload")
+    p.add_argument("--trace", help="replay this trace (a shipped name or a file) at every point instead")
+    p.add_argument("--num-requests", type=int, default=200, help="with --trace: its first N requests")
+    p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")
+    p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    p.set_defaults(func=run)
+
+
+def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
+    """[(field path or 'model', [values as given])]; ValueError naming a malformed one."""
+    out = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or not vals:
+            raise ValueError(f"--vary {item!r} is invalid: write FIELD=V1,V2,... (e.g. --vary devices=16,32,64)")
+        name = name.strip()
+        out.append((SHORT.get(name, name), vals))
+    if not out:
+        raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
+    return out
+
+
+def point_config(base: CentConfig, point: dict[str, str]) -> CentConfig:
+    """`base` with the point's values set (a model first: the other fields apply to it)."""
+    cfg = CentConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    if "model" in point:
+        cfg.model = resolve_model(point["model"])
+    return apply_overrides(cfg, [f"{k}={v}" for k, v in point.items() if k != "model"])
+
+
+def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
+    """The paper's workload end to end, as `cent simulate --prompt --decode` computes it."""
+    from cent_serve.preflight import check_devices_hold
+    from cent_serve.timing.energy import cost_figures
+    from cent_serve.timing.pipeline import phase_figures
+    from cent_serve.timing.token import SystemTimer
+
+    mp = check_devices_hold(cfg, prompt + decode, cfg.parallel.pp or cfg.model.num_layers)
+    e2e = phase_figures(SystemTimer.from_config(cfg), prompt, decode)["end2end"]
+    e2e.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
+                            e2e["energy_per_token_mj"], cfg.device))
+    return dict(e2e, mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
+
+
+def replay_figures(cfg: CentConfig, trace: str, num_requests: int) -> dict:
+    """An in-process timing-only replay of the trace's first requests at this point."""
+    from cent_serve.bench import resolve_trace
+    from cent_serve.bench.report import summarize
+    from cent_serve.bench.runner import run_in_process
+    from cent_serve.bench.traces import TraceOptions, load_trace
+    from cent_serve.timing.energy import cost_figures
+    from cent_serve.timing.mapping import resolve_mapping
+
+    cfg.numerics, cfg.executor = "off", "local"
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    requests = load_trace(resolve_trace(trace), options=TraceOptions(num_requests=num_requests))
+    s = summarize(run_in_process(cfg, requests, progress=False))
+    out = dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
+               throughput_tok_s=s["output_throughput"], energy_per_token_mj=s["energy_per_token_mj"],
+               ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
+               tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
+               completed=s["completed"], failed=s["failed"])
+    cost = cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
+                        out["energy_per_token_mj"], cfg.device)
+    # the paper's GPU figures are for its own workload, not this trace: no ratio against them
+    out.update({k: v for k, v in cost.items() if k not in ("throughput_ratio", "tokens_per_dollar_ratio",
+                                                            "gpu_throughput_tok_s", "gpus")})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cent_serve.simulate_cli import paper_defaults
+
+    vary = parse_vary(args.vary)
+    paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
+    base = config_from_args(args)
+    grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
+    rows = []
+    for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
+        row: dict = dict(point)
+        try:
+            cfg = point_config(base, point)
+            figs = (replay_figures(cfg, args.trace, args.num_requests) if args.trace
+                    else closed_form_figures(cfg, args.prompt, args.decode))
+            row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,
+                       config=json.dumps(config_to_dict(cfg), sort_keys=True))
+            cost = figs.get("system_device_cost_usd")
+            row["tok_s_per_usd"] = figs["throughput_tok_s"] / cost if cost else None
+        except ValueError as exc:  # this point cannot run: say why, go on
+            row["error"] = " ".join(str(exc).split())
+        rows.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [n for n, _ in vary] + [f for f in FIGURES if any(f in r and f not in dict(vary) for r in rows)]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, columns + ["config"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    ok = [r for r in rows if "error" not in r]
+    print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
+    if not args.no_plots and ok:
+        from cent_serve.sweep_plots import plot_pareto, plot_tokens_per_dollar
+
+        labels = [n for n, _ in vary]
+        print(f"plots: {plot_pareto(ok, labels, out / 'pareto.png')}, "
+              f"{plot_tokens_per_dollar(ok, labels, out / 'tokens_per_dollar.png')}")
+    return 0

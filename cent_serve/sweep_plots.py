@@ -1,0 +1,75 @@
+"""The plots of `cent sweep` (matplotlib, written to files)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _label(row: dict, fields: list[str]) -> str:
+    return ", ".join(f"{f.split('.')[-1]}={row[f]}" for f in fields)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The points no other point beats on both: higher throughput and lower energy per token
+    (ties kept), by throughput."""
+    front = [r for r in rows if not any(
+        o["throughput_tok_s"] >= r["throughput_tok_s"] and o["energy_per_token_mj"] <= r["energy_per_token_mj"]
+        and (o["throughput_tok_s"] > r["throughput_tok_s"] or o["energy_per_token_mj"] < r["energy_per_token_mj"])
+        for o in rows)]
+    return sorted(front, key=lambda r: r["throughput_tok_s"])
+
+
+def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """Throughput against energy per token; a Pareto front per model (models are not compared)."""
+    fig, ax = plt.subplots(figsize=(9, 6))
+    models: dict[str, list[dict]] = {}
+    for r in rows:
+        models.setdefault(r["model_name"], []).append(r)
+    for i, (model, group) in enumerate(models.items()):
+        color = f"C{i % 10}"
+        ax.scatter([r["energy_per_token_mj"] for r in group], [r["throughput_tok_s"] for r in group], s=22,
+                   color=color, alpha=0.35)
+        front = pareto_front(group)
+        ax.plot([r["energy_per_token_mj"] for r in front], [r["throughput_tok_s"] for r in front], "o-", color=color,
+                label=f"{model}: {len(group)} points, Pareto front of {len(front)}")
+        for r in front:
+            ax.annotate(_label(r, [f for f in fields if f != "model"]), (r["energy_per_token_mj"], r["throughput_tok_s"]),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("energy per token (mJ)")
+    ax.set_ylabel("throughput (tokens/s)")
+    ax.set_title(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster and "
+                 "cheaper in energy)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """Tokens per dollar against the devices, one line per combination of the other varied fields."""
+    ratio = all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
+    key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
+    others = [f for f in fields if f != "parallel.num_devices"]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_label(r, others) or "all points", []).append(r)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for name, group in groups.items():
+        group = sorted(group, key=lambda r: r["devices"])
+        ax.plot([r["devices"] for r in group], [r[key] for r in group], "o-", label=name)
+    ax.set_xlabel("CENT devices in the system (every replica's)")
+    ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
+                  else "tokens/s per device dollar")
+    ax.set_title("tokens per dollar against the device count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,55 @@
+"""`cent sweep`: every combination of --vary values is a point; each row has its full config (a
+rerun of it gives the same figures), a point that cannot run is a row with its error, the
+Pareto front is the points nothing beats on both axes, and the plots are written."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import _from_dict, CentConfig
+from cent_serve.sweep import closed_form_figures, parse_vary
+from cent_serve.sweep_plots import pareto_front
+
+
+def test_vary_takes_config_paths_and_short_names_and_refuses_the_malformed():
+    assert parse_vary(["devices=8,16", "device.clock_hz=1e9"]) == [("parallel.num_devices", ["8", "16"]),
+                                                                   ("device.clock_hz", ["1e9"])]
+    for bad in (["devices"], ["=1,2"], ["devices="], []):
+        with pytest.raises(ValueError, match="--vary"):
+            parse_vary(bad)
+
+
+def test_a_closed_form_sweep_writes_every_point_with_its_config(tmp_path, capsys):
+    assert main(["sweep", "--model", "llama2-70b", "--set", "device.num_channels=16", "--vary", "devices=16,64",
+                 "--vary", "device.clock_hz=2e9,4e9", "--out", str(tmp_path)]) == 0
+    assert "4 points, 2 evaluated, 2 could not run" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["parallel.num_devices"], r["device.clock_hz"]) for r in rows] == [
+        ("16", "2e9"), ("16", "4e9"), ("64", "2e9"), ("64", "4e9")]
+    assert all("does not fit" in r["error"] for r in rows[:2])  # 70B on 16 devices of 8 GiB: weights over 8 GiB
+    ok = rows[2:]
+    assert float(ok[1]["throughput_tok_s"]) > float(ok[0]["throughput_tok_s"])  # a faster clock
+    cfg = _from_dict(CentConfig, json.loads(ok[1]["config"]), "")  # the row's config reruns to the same figures
+    assert cfg.device.clock_hz == 4e9 and cfg.parallel.num_devices == 64 and cfg.device.num_channels == 16
+    assert closed_form_figures(cfg, 512, 3584)["throughput_tok_s"] == pytest.approx(float(ok[1]["throughput_tok_s"]),
+                                                                                    rel=1e-12)
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "tokens_per_dollar.png").stat().st_size
+
+
+def test_a_trace_sweep_replays_the_trace_at_every_point(tmp_path):
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=16,32", "--trace", "sample_conv",
+                 "--num-requests", "20", "--out", str(tmp_path), "--no-plots"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [int(r["completed"]) + int(r["failed"]) for r in rows] == [20, 20]
+    assert float(rows[1]["throughput_tok_s"]) > float(rows[0]["throughput_tok_s"])  # more channels per block
+    assert "tokens_per_dollar_ratio" not in rows[0]  # not against the paper's GPU workload
+    assert not (tmp_path / "pareto.png").exists()
+
+
+def test_the_pareto_front_is_what_nothing_beats_on_both():
+    pts = [dict(throughput_tok_s=t, energy_per_token_mj=e, n=n) for n, (t, e) in enumerate(
+        [(10, 5), (20, 6), (15, 7), (20, 6.5), (5, 4), (30, 9)])]
+    assert [p["n"] for p in pareto_front(pts)] == [4, 0, 1, 5]  # (15, 7) and (20, 6.5) are beaten by (20, 6)
