@@ -13,6 +13,15 @@ def _label(row: dict, fields: list[str]) -> str:
     return ", ".join(f"{f.split('.')[-1]}={row[f]}" for f in fields)
 
 
+def _save(fig, ax, path: Path, legend_size: int) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def pareto_front(rows: list[dict]) -> list[dict]:
     """The points no other point beats on both: higher throughput and lower energy per token
     (ties kept), by throughput."""
@@ -43,12 +52,7 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
     ax.set_ylabel("throughput (tokens/s)")
     ax.set_title(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster and "
                  "cheaper in energy)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, 8)
 
 
 def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:
@@ -67,9 +71,4 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> P
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
                   else "tokens/s per device dollar")
     ax.set_title("tokens per dollar against the device count")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, 7)
