@@ -39,7 +39,9 @@ class DeviceActor:
         if table is not None:  # the cost model by context, as the driver filled it
             self.worker.timer.load_table(*table)
         self.place, self.secret = place, secret
-        self.lock = threading.Lock()  # the rounds and the Ray calls share the worker
+        # the general path's rounds and the Ray calls share the worker; the compiled steady loop
+        # does not take the lock, so a stats call during a tick may see it half done
+        self.lock = threading.Lock()
         self.links = LinkBook()
         self.node = ray.get_runtime_context().get_node_id()
         self.listener = Listener(listen_host or ray.util.get_node_ip_address(), secret, self._admit,

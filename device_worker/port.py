@@ -20,8 +20,11 @@ path, which every other round takes.
 
   host or previous leader -> device: {"kind": "run", plan fields, "ready", "energy"?, "hidden"?}
                                      | {"kind": "tick", "round", "x"} | {"kind": "error", "error"}
-  rank -> its leader, last leader -> host: {"kind": "done", `RoundOutput.to_wire`} | {"kind": "tick",
-                                     "round", "x": [ready | joules | sampled]} | {"kind": "error", "error"}
+  rank -> its leader: {"kind": "done", `RoundOutput.to_wire`} | {"kind": "error", "error"}
+  last leader -> host: the same, or {"kind": "tick", "round", "x": [ready | joules | sampled]}
+
+Only a one-device unit sends ticks on; a unit of several devices (tp > 1) takes a tick in on the
+general path and sends "run" messages.
   device <-> switch: {"kind": "exchange", "round", "tag", "data"} -> {"kind": "full", "data"}
                      | {"kind": "abort", "reason"};  {"kind": "failed", "round"}: this rank failed
 
@@ -36,12 +39,13 @@ import numpy as np
 
 from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from device_worker.kv_cache import KVCacheFull
+from cent_serve.timing.clock import hand_on_tick
 from device_worker.steady import CROSSED, NEED, SEND_FAILED, buffers, steady_loop
 from device_worker.worker import DeviceWorker
 from fabric.link import (HEADER, RECV_CHUNK_BYTES, Link, LinkClosed, WireError, encode, error_message, register_error,
                         remote_error)
 from fabric.listener import LinkBook
-from fabric.rounds import Place, RoundAborted, chain_message, combine, hand_on
+from fabric.rounds import Place, RoundAborted, chain_message, combine, hand_on, tick_message
 from fabric.switch import Fabric
 
 log = logging.getLogger("cent.device")
@@ -119,28 +123,54 @@ class DevicePort:
     def _steady(self, inp: Link, outputs: list[Link]) -> bool:
         """Ticks in compiled code (`device_worker.steady`) until a message that is not one, which
         is left for the link to read; False when this device must stop (an output is gone)."""
-        w = self.worker
-        have, inbuf, outbuf = 0, self._inbuf, self._outbuf
+        w, have = self.worker, 0
         while True:
-            status, have, length, crossed, n_crossed = steady_loop(
-                inp.fileno(), self._out_fds, self.sent, inbuf, have, outbuf, *w.timer.context_table(),
-                *self._tick_args)
-            if status == NEED:
-                w.fill_table(self._lanes)
-            elif status == CROSSED:
-                try:
-                    w.grow_kv(crossed[:n_crossed])
-                    blob = outbuf[8:length].tobytes()
-                except Exception as exc:  # noqa: BLE001 - KVCacheFull fails the round
-                    blob = encode(_error(exc))
-                if not self._send(outputs, blob):
-                    return False
-            elif status == SEND_FAILED:
-                log.warning("device %d stops: an output link is gone", self.place.device_id)
-                return False
-            else:  # OTHER, CLOSED, FAILED: the link reads on (and says what happened)
-                inp.unread(inbuf[:have].tobytes())
-                return True
+            try:
+                status, have, rid, x, done, own, crossed, n_crossed = steady_loop(
+                    inp.fileno(), self._out_fds, self.sent, self._inbuf, have, self._outbuf, *w.timer.context_table(),
+                    *self._tick_args)
+                if status == NEED:
+                    w.fill_table(self._lanes)
+                    continue
+                if status == CROSSED:
+                    blob = self._after_crossing(rid, x, done, own, crossed[:n_crossed])
+                    if not self._send(outputs, blob):
+                        return False
+                    continue
+                if status == SEND_FAILED:
+                    return self._finish_send(outputs, *crossed[:3].tolist())
+            except Exception as exc:  # noqa: BLE001 - a failure here goes down the chain like any other
+                self._tick_args = None  # the general path from now on
+                return self._send(outputs, encode(_error(exc)))
+            # OTHER, CLOSED, FAILED: the link reads on (and says what happened)
+            inp.unread(self._inbuf[:have].tobytes())
+            return True
+
+    def _after_crossing(self, rid: int, x: np.ndarray, done: np.ndarray, own: np.ndarray,
+                        crossed: np.ndarray) -> bytes:
+        """A tick whose sequences crossed into new KV blocks: the blocks first (KVCacheFull fails the
+        round before it is handed on, as on the general path), then the hand-on (`hand_on_tick`); the message to send."""
+        try:
+            self.worker.grow_kv(crossed)
+        except Exception as exc:  # noqa: BLE001
+            return encode(_error(exc))
+        w, lp = self.worker, self._lanes
+        return tick_message(rid, hand_on_tick(x, done, own, lp.ints, lp.floats, w.clock.f, w.clock.i, self.fabric.ports,
+                                              self.fabric.counts))
+
+    def _finish_send(self, outputs: list[Link], index: int, done_bytes: int, length: int) -> bool:
+        """A send from compiled code failed (an interrupt, or the peer is gone): send the rest of the
+        frame to that output, and the whole frame to the ones after it, the Python way."""
+        frame = self._outbuf[:length].tobytes()
+        try:
+            outputs[index].sock.sendall(frame[done_bytes:])
+            for k, link in enumerate(outputs[index + 1:], start=index + 1):
+                self.sent += (1, length)
+                link.sock.sendall(frame)
+        except OSError as exc:
+            log.warning("device %d stops: an output link is gone (%s)", self.place.device_id, exc)
+            return False
+        return True
 
     def _round(self, msg: dict, ranks: list[Link]) -> bytes:
         """A round on the general path (any unit, numerics, a changed layout); the message to
@@ -151,6 +181,9 @@ class DevicePort:
             if msg["kind"] == "tick":
                 n = len(self._last_in)
                 x = np.frombuffer(msg["x"])
+                if x.shape != (n + len(self._last_in.seq_ids),):
+                    raise WireError(f"a tick of {x.shape[0]} values for {n} lanes and {len(self._last_in.seq_ids)} "
+                                    "sequences")
                 plan = RoundPlan(self._last_in, x[:n], int(msg["round"]))
                 x = RoundOutput(plan.ready_s, x[n:])
             else:
@@ -214,8 +247,8 @@ class DevicePort:
         """One message to every output; False once an output is gone (this device stops)."""
         try:
             for link in outputs:
+                self.sent += (1, HEADER.size + len(blob))  # counted first: a reader of stats after the round sees it
                 link.send_bytes(blob)
-                self.sent += (1, HEADER.size + len(blob))
         except LinkClosed as exc:
             log.warning("device %d stops: %s", self.place.device_id, exc)
             return False

@@ -31,7 +31,8 @@ MSG_NOSIGNAL = 0x4000
 OTHER, NEED, CROSSED, CLOSED, FAILED, SEND_FAILED = range(6)
 """Why `steady_loop` returned: the next frame is not a tick (or too large for its buffer); the cost
 table lacks a context (that frame is kept, nothing changed); sequences crossed into new KV blocks
-(the answer is in the output buffer, not sent); the input closed; receiving failed; sending failed."""
+(the round ran, not handed on); the input closed; receiving failed (e.g. interrupted: the link
+reads on); sending failed (e.g. interrupted: the rest is sent from Python)."""
 
 _HEAD = np.frombuffer(b"\x83\xa4kind\xa4tick\xa5round", dtype=np.uint8)
 """A tick's msgpack up to its round: a map of 3, "kind": "tick", "round"."""
@@ -53,7 +54,7 @@ def _put_big(buf, at, v, n):  # pragma: no cover - compiled; tested through enco
 
 
 @njit(cache=True)
-def parse_tick(buf, start, end, head, x_key):  # pragma: no cover - compiled; its .py_func is tested
+def parse_tick(buf, start, end, head, x_key):  # pragma: no cover - compiled; tested against msgpack's bytes
     """(round, offset of x, bytes of x) of the tick in buf[start:end], or round -1 if the bytes
     are not exactly a tick."""
     at = start
@@ -93,7 +94,7 @@ def parse_tick(buf, start, end, head, x_key):  # pragma: no cover - compiled; it
 
 
 @njit(cache=True)
-def encode_tick(out, round_id, x, head, x_key):  # pragma: no cover - compiled; its .py_func is tested
+def encode_tick(out, round_id, x, head, x_key):  # pragma: no cover - compiled; tested against msgpack's bytes
     """Write the frame of a tick (length header and msgpack) of `round_id` and the float64 `x`
     into `out`; returns its length."""
     at = 8
@@ -127,13 +128,17 @@ def encode_tick(out, round_id, x, head, x_key):  # pragma: no cover - compiled; 
 def steady_loop(fd_in, fds_out, sent, inbuf, have, outbuf, table, filled, seq, lanes_i, lanes_f, f, i, ports,
                 counts):  # pragma: no cover - compiled; tested over socket pairs (tests/fabric/test_steady.py)
     """Ticks from socket `fd_in` (`inbuf[:have]` already read) answered to every socket of `fds_out`
-    until one of the reasons above; returns (reason, bytes left in inbuf, the answer's length in
-    outbuf (CROSSED), the crossed sequences' indexes, how many). `sent`: (2,) int64, messages and
-    bytes sent (added to). The round's arguments are `tick`'s."""
+    until one of the reasons above. Returns (reason, bytes left in inbuf, the tick's round, its
+    input x, done, own, crossed, the number crossed):
+    CROSSED: the round ran to `tick`'s stop (done, own) and its frame is consumed: grow the KV
+    caches, then `hand_on_tick` and send; SEND_FAILED: crossed = [the output that failed, bytes of the
+    frame in outbuf sent to it, the frame's length]. `sent`: (2,) int64, messages and bytes sent
+    (added to as each message starts). The round's other arguments are `tick`'s."""
     cap = inbuf.shape[0]
     n_lanes, n_seqs = lanes_f.shape[1], seq.shape[1]
     x = np.empty(n_lanes + n_seqs)
     none = np.empty(0, dtype=np.int64)
+    nothing = np.empty(0)
     head, x_key = _HEAD, _X_KEY
     n = 0
     while True:
@@ -142,38 +147,39 @@ def steady_loop(fd_in, fds_out, sent, inbuf, have, outbuf, table, filled, seq, l
                 n = 0
                 for k in range(8):
                     n |= np.int64(inbuf[k]) << (8 * k)
-                if n < 0 or 8 + n > cap:
-                    return OTHER, have, 0, none, 0
+                if n < 0 or n > cap - 8:
+                    return OTHER, have, 0, x, nothing, nothing, none, 0
                 if have >= 8 + n:
                     break
             got = _recv(fd_in, inbuf.ctypes.data + have, cap - have, 0)
             if got == 0:
-                return CLOSED, have, 0, none, 0
+                return CLOSED, have, 0, x, nothing, nothing, none, 0
             if got < 0:
-                return FAILED, have, 0, none, 0
+                return FAILED, have, 0, x, nothing, nothing, none, 0
             have += got
         end = 8 + n
         rid, at, size = parse_tick(inbuf, 8, end, head, x_key)
         if rid < 0 or size != 8 * (n_lanes + n_seqs):
-            return OTHER, have, 0, none, 0
+            return OTHER, have, 0, x, nothing, nothing, none, 0
         x.view(np.uint8)[:] = inbuf[at:at + size]
-        out, crossed, n_crossed, need = tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts)
+        out, done, own, crossed, n_crossed, need = tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts)
         if need:
-            return NEED, have, 0, none, 0
+            return NEED, have, rid, x, nothing, nothing, none, 0
         inbuf[:have - end] = inbuf[end:have].copy()
         have -= end
-        length = encode_tick(outbuf, rid, out, head, x_key)
         if n_crossed:
-            return CROSSED, have, length, crossed, n_crossed
-        for fd in fds_out:
-            done = 0
-            while done < length:
-                k = _send(fd, outbuf.ctypes.data + done, length - done, MSG_NOSIGNAL)
-                if k <= 0:
-                    return SEND_FAILED, have, 0, none, 0
-                done += k
+            return CROSSED, have, rid, x, done, own, crossed, n_crossed
+        length = encode_tick(outbuf, rid, out, head, x_key)
+        for o in range(fds_out.shape[0]):
             sent[0] += 1
             sent[1] += length
+            done_bytes = 0
+            while done_bytes < length:
+                k = _send(fds_out[o], outbuf.ctypes.data + done_bytes, length - done_bytes, MSG_NOSIGNAL)
+                if k <= 0:
+                    where = np.array([o, done_bytes, length], dtype=np.int64)
+                    return SEND_FAILED, have, rid, x, nothing, nothing, where, 3
+                done_bytes += k
 
 
 def buffers(n_lanes: int, n_seqs: int, inbuf_bytes: int) -> tuple[np.ndarray, np.ndarray]:

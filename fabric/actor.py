@@ -1,7 +1,8 @@
 """The Ray actor of the CXL switch: a thin wrapper of its `Relay` (the units' exchanges).
 
-It listens on one socket (127.0.0.1 on a single node, the node's address on a cluster); each
-device actor opens a link to it for its unit's exchanges, and the host one that it keeps open
+It listens (`fabric.listener`: TCP on 127.0.0.1 on a single node or on the node's address on a
+cluster, and a Unix socket for peers on its node); each device actor opens a link to it for its
+unit's exchanges, and the host one that it keeps open
 while the switch lives (a round submitted after the switch is gone fails at once). Every link
 proves the run's secret first (`fabric.listener`): a connection that fails is closed, logged and
 counted; nothing it sent is interpreted. The rounds' hops do not pass through this process: each

@@ -1,5 +1,6 @@
-"""A switch port's wire: one TCP connection between the fabric actor and a device actor (or the
-host), carrying data, never code.
+"""The wire of the round chain and the switch: one connection (TCP, or a Unix socket between
+processes on one node) between two of the host, the device actors and the fabric actor, carrying
+data, never code.
 
 Why not Ray calls for the data path: on the 2-core machine this was built on, a Ray actor call
 costs 2-3 ms and a compiled-graph hop about 1 ms, while a message on an open socket costs tens of

@@ -14,6 +14,7 @@ introduced itself with.
 """
 from __future__ import annotations
 
+import logging
 import secrets as _secrets
 import socket
 import sys
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fabric.link import Link, LinkRefused
+
+log = logging.getLogger("cent.link")
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,21 @@ class LinkBook:
         self._links: dict[tuple, Link] = {}
         self._cond = threading.Condition()
 
-    def add(self, key: tuple, link: Link) -> None:
+    def add(self, key: tuple, link: Link) -> bool:
+        """Keep `link` as `key`; a second link claiming a key already held is closed instead (a
+        link in use is never replaced: compiled code may be reading its socket). Returns whether
+        it was kept."""
         with self._cond:
-            old = self._links.get(key)
-            self._links[key] = link
-            self._cond.notify_all()
-        if old is not None:
-            old.close()
+            if key in self._links:
+                taken = True
+            else:
+                taken = False
+                self._links[key] = link
+                self._cond.notify_all()
+        if taken:
+            log.warning("a second link introduced itself as %s: closed (the first stays)", key)
+            link.close()
+        return not taken
 
     def wait(self, key: tuple, timeout_s: float) -> Link:
         with self._cond:

@@ -242,9 +242,9 @@ class RayExecutor(Executor):
             if self.switch_link.peer_closed():
                 raise SwitchGone("the switch (fabric actor) of this replica is gone")
             blob = self.host.message(plan)
+            self.sent += (len(self.inputs), len(self.inputs) * (HEADER.size + len(blob)))
             for link in self.inputs:
                 link.send_bytes(blob)
-            self.sent += (len(self.inputs), len(self.inputs) * (HEADER.size + len(blob)))
             self._layouts[self._sent] = plan.layout
             self._sent += 1
             return RoundFuture(self, self._sent - 1)

@@ -15,14 +15,14 @@ The kernels, each one call per round:
   positions move on, and the sequences whose KV cache crosses into a new block are reported.
 - `transfer`: a switch transfer from one port to a group of ports (`fabric.switch.Fabric`), the
   one transfer function of the fabric: every primitive and a round's hops are made of it.
-- `tick`: a steady round of a one-device unit in one call (`device_worker.port`): `device_round`,
-  the round's energy so far plus this device's, then `transfer` to the next unit (or the host's
-  sampling time after the last).
+- `tick`: a steady round of a one-device unit in one call (`device_worker.steady`):
+  `device_round`, then `hand_on_tick`: the round's energy so far plus this device's, and `transfer` to
+  the next unit (or the host's sampling time after the last).
 
 They run once per device and per hop for every round, in every device process, so they are
 compiled with numba (`njit`): the same IEEE double operations in the same order as the plain
 Python they are written in (no fast-math), hence the same floats bit for bit as the Python
-(`.py_func`, checked in tests/timing/test_clock.py) and as the recorded golden results
+(checked in tests/timing/test_clock.py against a run with numba's compiler off) and as the recorded golden results
 (tests/executor/test_sim_golden.py). With dozens of device processes taking turns on a core,
 every call starts with cold caches, where each Python statement and each argument of a compiled
 call costs microseconds: so a device's state is two packed arrays (`DeviceClock`), a layout's
@@ -161,7 +161,7 @@ def _advance(starts, held, seq_tokens, block_tokens):  # pragma: no cover - comp
 
 
 @njit(cache=True)
-def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: no cover - its .py_func is tested
+def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: no cover - compiled; tested
     """One device's time pass for a round; returns (done (lanes,), own joules (seqs,), crossed
     (seqs,) int64, the number crossed, the context needed).
 
@@ -190,7 +190,7 @@ def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: 
 
 
 @njit(cache=True)
-def transfer(src, dsts, flits, ser, ready, latency, flit_bytes, ports, counts):  # pragma: no cover - its .py_func is tested
+def transfer(src, dsts, flits, ser, ready, latency, flit_bytes, ports, counts):  # pragma: no cover - compiled; tested
     """Transfers of each lane's payload from port `src` to every port of `dsts` (one
     serialization at the source), in arrival order: each starts when its payload exists and the
     ports are free, holds them `ser[i]` seconds, and arrives `latency` later. Returns the arrival
@@ -235,21 +235,15 @@ def transfer(src, dsts, flits, ser, ready, latency, flit_bytes, ports, counts): 
 
 
 @njit(cache=True)
-def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - its .py_func is tested
-    """A steady round of a one-device unit: x = [ready (lanes) | the round's joules so far
-    (seqs)]. Runs `device_round`, adds this device's joules, then hands on: `transfer` from this
-    device's port to the next unit's (its route in `i`; per-lane flits and serialization seconds
-    from the lane plan: lanes_i's last `lanes` entries, lanes_f's third row), or after the last
-    unit (no route) adds the host's sampling time. Returns (out, crossed, the number crossed, the
-    context needed): out = [the next unit's ready | joules so far] (or [ready | joules | sampled]);
-    with a context needed nothing is changed (`device_round`)."""
-    n_lanes = lanes_f.shape[1]
-    n_seqs = seq.shape[1]
-    done, own, crossed, n_crossed, need = device_round(x[:n_lanes], table, filled, seq, lanes_i, lanes_f, f, i)
+def hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - compiled; tested
+    """The end of a one-device unit's round: the round's joules so far (x's last `seqs` entries) plus
+    this device's (`own`), then `transfer` from its port to the next unit's (its route in `i`;
+    per-lane flits and serialization seconds from the lane plan: lanes_i's last `lanes` entries,
+    lanes_f's third row), or after the last unit (no route) the host's sampling time. Returns
+    [the next unit's ready | joules so far] (or [ready | joules | sampled])."""
+    n_lanes, n_seqs = done.shape[0], own.shape[0]
     n_dsts = i[I_DSTS]
     out = np.empty(n_lanes + n_seqs + (0 if n_dsts else n_lanes))
-    if need:
-        return out, crossed, n_crossed, need
     for k in range(n_seqs):
         out[n_lanes + k] = x[n_lanes + k] + own[k]
     if n_dsts:
@@ -262,7 +256,22 @@ def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragm
         for a in range(n_lanes):
             out[a] = done[a]
             out[n_lanes + n_seqs + a] = done[a] + f[F_HOST_S]
-    return out, crossed, n_crossed, 0
+    return out
+
+
+@njit(cache=True)
+def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - compiled; tested
+    """A steady round of a one-device unit: x = [ready (lanes) | the round's joules so far
+    (seqs)]: `device_round`, then `hand_on_tick`. Returns (out, done, own, crossed, the number crossed,
+    the context needed). When sequences cross into new KV blocks it stops before handing on (out
+    empty): the device grows their KV cache first (which may fail the round, as in the general
+    path, where a failing device hands nothing on), then calls `hand_on_tick` with done and own. With
+    a context needed nothing is changed (`device_round`)."""
+    n_lanes = lanes_f.shape[1]
+    done, own, crossed, n_crossed, need = device_round(x[:n_lanes], table, filled, seq, lanes_i, lanes_f, f, i)
+    if need or n_crossed:
+        return np.empty(0), done, own, crossed, n_crossed, need
+    return hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts), done, own, crossed, 0, 0
 
 
 class DeviceClock:

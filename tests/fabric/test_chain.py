@@ -123,11 +123,14 @@ def test_the_chain_equals_the_local_executor(devices, pp, tp):
     assert chain.stats() == local.stats()  # the devices' and the switch's counters, merged over the ports
 
 
-def test_the_paper_workload_on_the_chain_is_the_local_one_bit_for_bit():
-    cfg = _cfg(32, 80, 1, "off", "llama2-70b")
+@pytest.mark.parametrize("devices, pp, tp", [(32, 80, 1), (8, 2, 4)])
+def test_the_paper_workload_on_the_chain_is_the_local_one_bit_for_bit(devices, pp, tp):
+    """45 rounds: KV blocks crossed every 16 tokens, the cost table filled in the compiled loop
+    (each device's own, 32 contexts at a time); pp 2 x tp 4 takes ticks on the general path."""
+    cfg = _cfg(devices, pp, tp, "off", "llama2-70b" if tp == 1 else "llama2-7b")
     local, chain = LocalExecutor(cfg), ThreadedChain(cfg)
-    a = run_workload(cfg, local, 500, 6, energy_marks=(3,), prompt=3)
-    b = run_workload(cfg, chain, 500, 6, energy_marks=(3,), prompt=3)
+    a = run_workload(cfg, local, 500, 45, energy_marks=(3,), prompt=3)
+    b = run_workload(cfg, chain, 500, 45, energy_marks=(3,), prompt=3)
     assert b.done_s.tolist() == a.done_s.tolist() and b.energy_j_at == a.energy_j_at
     assert chain.stats() == local.stats()
 
@@ -145,6 +148,62 @@ def test_a_device_error_reaches_the_host_and_the_links_stay_in_step(devices, pp,
         chain.run(_plan(0, 0, [1, 10_000], next(rounds)))  # id outside the vocabulary: the first unit raises
     out = chain.run(_plan(1, 1, [1, 5], next(rounds)))
     assert out.logits.shape == (1, 259) and out.ready_s[0] > 0
+
+
+def test_an_error_then_the_same_layout_keeps_every_link_in_step():
+    """After a failed round the layout is not sent again where it did not change: every end of
+    every link must still agree on it."""
+    chain, local = ThreadedChain(_cfg(8, 0, 1)), LocalExecutor(_cfg(8, 0, 1))
+    layout = Layout((0, 1), (((0, 1),), ((1, 1),)))  # the same in every round
+
+    def plan(r: int, ids: list[int]) -> RoundPlan:
+        return RoundPlan(layout, np.zeros(2), r, {0: 0, 1: 0} if r == 0 else {}, (), np.array(ids), np.ones(2, bool))
+
+    for ex in (chain, local):
+        ex.run(plan(0, [1, 5]))
+        with pytest.raises(ValueError, match="vocabulary"):
+            ex.run(plan(1, [1, 10_000]))  # the first unit fails; the others never see this round
+    for r in (2, 3):
+        got, want = chain.run(plan(r, [7, 8])), local.run(plan(r, [7, 8]))
+        assert got.ready_s.tolist() == want.ready_s.tolist()
+        assert (got.logits.argmax(-1) == want.logits.argmax(-1)).all()
+
+
+def test_a_kv_pool_that_runs_full_in_a_steady_round_charges_no_hop():
+    """On the compiled path a sequence crossing into a new KV block stops the round before its
+    hop; a device whose pool is full fails the round there, as in one process: the same
+    counters and clocks after it (ticks: the layout holds, nothing new)."""
+    from device_worker.kv_cache import KVCacheFull
+
+    cfg = _cfg(8, 0, 1, "off", "llama2-7b")
+    chain, local = ThreadedChain(cfg), LocalExecutor(cfg)
+    lanes = 32
+    layout = Layout(tuple(range(lanes)), tuple(((q, 1),) for q in range(lanes)))
+    for ex in (chain, local):
+        ready = np.zeros(lanes)
+        for r in range(40):  # positions 100..139: blocks crossed at 112 and 128
+            if r == 5:
+                w = ex.ports[3].worker if ex is chain else ex.workers[3]
+                w.kv.num_blocks = w.kv._next_unused  # device 3's pool is full from now on
+            plan = RoundPlan(layout, ready, r, {q: 100 for q in range(lanes)} if r == 0 else {})
+            try:
+                ready = ex.run(plan).sampled_s
+            except KVCacheFull:
+                break
+        else:
+            raise AssertionError("device 3 never ran out of KV blocks")
+        assert r == 12  # the round that crosses into the block of positions 112..127
+    assert chain.stats() == local.stats()
+    assert chain.ports[3].sent[0] > 0  # device 3 did answer ticks on the compiled path before
+
+
+def test_a_second_link_claiming_a_taken_place_is_closed_not_the_first():
+    book = LinkBook()
+    first, first_far = _pair()
+    second, second_far = _pair()
+    assert book.add(("host",), first) and not book.add(("host",), second)
+    assert book.wait(("host",), 1) is first and not first.peer_closed()
+    assert second_far.peer_closed() or second._closed
 
 
 def test_a_rank_that_fails_mid_round_releases_the_others_and_the_next_round_runs():

@@ -14,13 +14,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cent_serve.timing.clock import DeviceClock, tick
+from cent_serve.timing.clock import DeviceClock, hand_on_tick, tick
 from device_worker.steady import (_HEAD, _X_KEY, CLOSED, CROSSED, NEED, OTHER, buffers, encode_tick, parse_tick,
                                   steady_loop)
 from fabric.link import HEADER, Link, encode
 from fabric.rounds import tick_message
 
 ROUNDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1]
+RECV_TIMEOUT_S = 10
+"""The compiled loop blocks in recv: every socket it reads gets this receive timeout, so a
+regression fails the test (the loop returns FAILED) instead of hanging it."""
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", RECV_TIMEOUT_S, 0))
+    return a, b
 
 
 @settings(max_examples=60, deadline=None)
@@ -78,9 +88,10 @@ def test_the_loop_answers_ticks_as_the_kernel_and_leaves_the_next_frame_whole():
     want = []
     for r, x in frames:
         out, *_ = tick(x, *ref)
+        assert out.size  # nothing crosses into a new KV block here
         want.append(tick_message(r, out))
-    a_in, b_in = socket.socketpair()
-    a_out, b_out = socket.socketpair()
+    a_in, b_in = _pair()
+    a_out, b_out = _pair()
     other = encode({"kind": "run", "round": 9, "ready": np.zeros(3)})
     stream = b"".join(HEADER.pack(len(b)) + b for b in [tick_message(r, x) for r, x in frames] + [other])
 
@@ -108,7 +119,7 @@ def test_the_loop_answers_ticks_as_the_kernel_and_leaves_the_next_frame_whole():
 def test_a_context_the_table_lacks_leaves_the_frame_and_the_state_alone():
     n = 3
     (r, x), = _frames(n, 1)
-    a_in, b_in = socket.socketpair()
+    a_in, b_in = _pair()
     a_in.sendall(HEADER.pack(len(tick_message(r, x))) + tick_message(r, x))
     inbuf, outbuf = buffers(n, n, 1 << 16)
     state = _device(n, table_upto=100)  # context 101 missing
@@ -119,29 +130,38 @@ def test_a_context_the_table_lacks_leaves_the_frame_and_the_state_alone():
     assert all(np.array_equal(a, b) for a, b in zip(state, before))
 
 
-def test_a_new_kv_block_returns_the_answer_unsent_then_a_closed_peer_is_said():
+def test_a_new_kv_block_stops_the_round_before_its_hop_then_a_closed_peer_is_said():
+    """Every sequence crosses into a new block: the loop hands the round back (its time charged,
+    the frame consumed) before any port moves or anything is sent: the device grows its KV cache
+    first, and a failure there fails the round as on the general path."""
     n = 3
     (r, x), = _frames(n, 1)
-    a_in, b_in = socket.socketpair()
-    a_out, b_out = socket.socketpair()
+    a_in, b_in = _pair()
+    a_out, b_out = _pair()
     a_in.sendall(HEADER.pack(len(tick_message(r, x))) + tick_message(r, x))
     inbuf, outbuf = buffers(n, n, 1 << 16)
-    state = _device(n, held=100)  # every sequence crosses into a new block
-    status, have, length, crossed, n_crossed = steady_loop(b_in.fileno(), np.array([a_out.fileno()]),
-                                                           np.zeros(2, dtype=np.int64), inbuf, 0, outbuf, *state)
-    out, *_ = tick(x, *_device(n, held=100))
-    assert status == CROSSED and n_crossed == n and crossed[:n].tolist() == [0, 1, 2] and have == 0
-    assert outbuf[8:length].tobytes() == tick_message(r, out)
+    state = _device(n, held=100)
+    ports = state[7].copy()
+    status, have, rid, got_x, done, own, crossed, n_crossed = steady_loop(
+        b_in.fileno(), np.array([a_out.fileno()]), np.zeros(2, dtype=np.int64), inbuf, 0, outbuf, *state)
+    assert status == CROSSED and rid == r and n_crossed == n and crossed[:n].tolist() == [0, 1, 2] and have == 0
+    assert state[7].tolist() == ports.tolist()  # no hop charged yet
+    ref = _device(n, held=100)
+    want, *_ = tick(x, *ref)
+    assert want.size == 0  # the kernel stops there too
+    ref_done, ref_own, *_ = tick(x, *_device(n, held=100))[1:]
+    assert hand_on_tick(got_x, done, own, *state[3:]).tolist() == \
+        hand_on_tick(x, ref_done, ref_own, *_device(n, held=100)[3:]).tolist()
     b_out.settimeout(0.2)
     with pytest.raises(socket.timeout):
-        b_out.recv(1)  # not sent: the device grows its KV cache first
+        b_out.recv(1)  # nothing sent
     a_in.close()
     assert steady_loop(b_in.fileno(), np.array([a_out.fileno()]), np.zeros(2, dtype=np.int64), inbuf, 0, outbuf,
                        *state)[0] == CLOSED
 
 
 def test_a_frame_too_large_for_the_buffer_is_left_to_the_link():
-    a_in, b_in = socket.socketpair()
+    a_in, b_in = _pair()
     big = encode({"kind": "run", "hidden": [np.zeros(5000)]})
     a_in.sendall(HEADER.pack(len(big)) + big[:1000])
     inbuf, outbuf = buffers(3, 3, 4096)
