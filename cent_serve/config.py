@@ -147,36 +147,93 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 
 @dataclass
 class EnergyConfig:
-    """Energy constants of one CENT device (docs/hardware_model.md section 8)."""
+    """Energy constants of one CENT device (docs/hardware_model.md section 8). Source: the CENT
+    artifact's power calculator (`cent_power_calculator.py`); the per-command energies are
+    derived from these powers and times (`cent_serve.timing.energy.command_energies_j`)."""
 
-    act_standby_mw: float = 263.75
-    """Per-channel active standby power, mW."""
-    pre_standby_mw: float = 183.15
-    """Per-channel precharged standby power, mW."""
+    # DRAM (the calculator's GDDR6 powers, which it halves from the data sheet's)
+    act_mw: float = 66.3
+    """Power of one bank's activate-precharge cycle, mW (x t_rc_ns: 2.95 nJ a row opened)."""
     rd_mw: float = 438.15
-    """Per-channel power while read bursts stream, mW."""
+    """Power while a read burst streams, mW (x t_burst_ns: 0.548 nJ a burst)."""
     wr_mw: float = 553.15
-    """Per-channel power while write bursts stream, mW (elementwise steps write every channel)."""
-    bank_activation_nj: float = 2.95
-    """One bank row activation, nJ (all 16 banks: 47.2 nJ)."""
-    rd_burst_nj: float = 0.548
-    """One 32 B read burst, nJ."""
-    wr_burst_nj: float = 0.691
-    """One 32 B write burst, nJ."""
-    mac16_nj: float = 1.314
-    """One all-bank MAC command (16 banks x 16 MACs), nJ."""
+    """Power while a write burst streams, mW (x t_burst_ns: 0.691 nJ a burst)."""
+    act_standby_mw: float = 263.75
+    """Active standby power, mW: charged per device for the share of channel-cycles that have a
+    row open (the artifact's accounting; per channel it would be `num_channels` times more)."""
+    pre_standby_mw: float = 183.15
+    """Precharged standby power, mW, for the share of channel-cycles with every bank closed."""
+    t_rc_ns: float = 44.5
+    """Row cycle time tRC, ns: how long an activation draws act_mw."""
+    t_burst_ns: float = 1.25
+    """Burst time tBL, ns: how long a read or write draws rd_mw / wr_mw."""
+    t_ccd_ns: float = 1.0
+    """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step draws its power."""
+    mac_bank_read_share: float = 0.1875
+    """Power of one bank's MAC unit during a MAC step, as a share of rd_mw (the artifact charges
+    an all-bank MAC of 16 banks 3 x rd_mw: 1.314 nJ)."""
+    ewmul_mac_share: float = 0.25
+    """Energy of an all-bank elementwise product as a share of an all-bank MAC step."""
+    precharge_cycles: int = 32
+    """Cycles a channel stays precharged after closing all its banks (tRP), for standby."""
+    write_precharge_cycles: int = 73
+    """Cycles a channel stays precharged after an all-bank write with auto-precharge (tCWL +
+    tBL + tWR + tRP), for standby."""
+    # interfaces
     external_pj_per_bit: float = 5.5
-    """Off-chip transfer energy, pJ/bit."""
-    controller_instruction_pj: float = 67.0
-    """Controller energy per host instruction, pJ."""
-    dram_command_pj: float = 95.0
-    """Energy per DRAM command, pJ."""
+    """DRAM data pins (DQ) energy, pJ/bit: a burst across the interface (1.408 nJ for 32 B)."""
+    controller_trx_mw: float = 267.7082056
+    """Memory controller's transaction engine, mW: one cycle of it per data command."""
+    controller_phy_mw: float = 381.0445262
+    """Memory controller's PHY, mW: one cycle of it per DRAM command of any kind."""
+    channels_per_controller: int = 2
+    """Channels one memory controller serves (the controller's power is shared by them)."""
     pcie_pj_per_bit: float = 4.4
-    """PCIe/CXL link energy, pJ/bit."""
+    """PCIe / CXL link energy, pJ/bit."""
+    # SRAM buffers: global buffer (one per channel), shared buffer and instruction buffer (one a device)
+    global_buffer_static_mw: float = 0.06702101898
+    """Global buffer leakage, mW per channel."""
+    global_buffer_read_mw: float = 0.2785010052
+    """Global buffer read power, mW (one cycle of it per bank <- buffer copy)."""
+    global_buffer_write_mw: float = 0.3254884575
+    """Global buffer write power, mW (one cycle of it per burst written to the buffer)."""
+    shared_buffer_static_mw: float = 0.6917736525
+    """Shared buffer (accelerator side) leakage, mW."""
+    shared_buffer_read_mw: float = 3.207188769
+    """Shared buffer read power, mW (one cycle of it per access)."""
+    shared_buffer_write_mw: float = 3.754155771
+    """Shared buffer write power, mW (one cycle of it per access)."""
+    instruction_buffer_static_mw: float = 18.81731768
+    """Instruction buffer leakage, mW."""
+    instruction_buffer_read_mw: float = 70.13266856
+    """Instruction buffer read power, mW (one cycle of it per instruction)."""
+    # near-memory accelerator, one unit per channel, and its control logic
+    reduction_mw: float = 0.2882
+    """Reduction tree dynamic power (switching + internal), mW, one cycle a reduction."""
+    exp_mw: float = 0.5939
+    """Exponent unit dynamic power, mW, one cycle a SIMD pass."""
+    vector_mw: float = 0.381
+    """Vector adder dynamic power, mW, one cycle a SIMD pass."""
+    reduction_leak_mw: float = 0.00562
+    """Reduction tree leakage, mW per channel (5.62 uW)."""
+    exp_leak_mw: float = 0.0128
+    """Exponent unit leakage, mW per channel (12.8 uW)."""
+    vector_leak_mw: float = 0.00654
+    """Vector adder leakage, mW per channel (6.54 uW)."""
     riscv_core_mw: float = 3.96
-    """One RISC-V core of the accelerator, mW."""
-    sram_static_mw: tuple[float, float, float] = (0.067, 0.69, 18.8)
-    """SRAM static power: global buffer, shared buffer, instruction buffer, mW."""
+    """One RISC-V core of the accelerator, mW, for the cycles it works."""
+    device_controller_mw: float = 3.014
+    """PIM dispatcher, CXL controller, decoder, load/store unit and accelerator controller, mW
+    while the device steps: half their 5.98 mW dynamic plus 0.046 mW leakage, as the artifact
+    charges them."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check(isinstance(value, (int, float)) and value >= 0, f"device.energy.{f.name}", value,
+                   "use a number >= 0")
+        _check(self.channels_per_controller >= 1, "device.energy.channels_per_controller",
+               self.channels_per_controller, "use a positive integer")
 
 
 @dataclass
@@ -519,6 +576,17 @@ DERIVED_FIELDS = {
     "device.full_row_column_ops": "it is derived (row_elements / burst_elements): set those",
     "device.kv_row_cycles": "it is derived (a row's bursts through the DMA: row_elements / burst_elements lines "
                             "at device.dma_bytes_per_cycle)",
+    "device.energy.bank_activation_nj": "it is derived (act_mw x t_rc_ns): set those",
+    "device.energy.rd_burst_nj": "it is derived (rd_mw x t_burst_ns): set those",
+    "device.energy.wr_burst_nj": "it is derived (wr_mw x t_burst_ns): set those",
+    "device.energy.mac16_nj": "it is derived (banks_per_channel x mac_bank_read_share x rd_mw x t_ccd_ns): "
+                              "set those, e.g. device.energy.mac_bank_read_share",
+    "device.energy.controller_instruction_pj": "it is derived (controller_trx_mw / channels_per_controller, "
+                                               "one cycle a data command): set those",
+    "device.energy.dram_command_pj": "it is derived (controller_phy_mw / channels_per_controller, one cycle a "
+                                     "command): set those",
+    "device.energy.sram_static_mw": "it is three fields now: device.energy.global_buffer_static_mw, "
+                                    "shared_buffer_static_mw, instruction_buffer_static_mw",
     "device.acc_norm_base": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
     "device.acc_norm_per_8k": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
     "device.acc_softmax_per_512": "the accelerator is described by its parts: device.acc_* (cent info --describe)",

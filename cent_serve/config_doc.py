@@ -117,7 +117,7 @@ def describe_config() -> str:
              "A config is one tree of dataclasses. In a YAML file (`--config FILE.yaml`) each section is a "
              "mapping (`parallel: {num_devices: 32, pp: 80}`); on the command line any field can be "
              "overridden with `--set section.field=value`, using the dotted names below "
-             "(e.g. `--set device.clock_hz=1e9`, `--set device.energy.mac16_nj=1.5`). Unknown names are "
+             "(e.g. `--set device.clock_hz=1e9`, `--set device.energy.rd_mw=500`). Unknown names are "
              "refused. `model: {name: PRESET}` fills the other model fields from the preset; fields given "
              "beside `name` override it. Quote `'off'` in YAML: unquoted, YAML reads it as false.", "",
              "Order of precedence: the `--config` file, then the flags `--model` (which replaces the "

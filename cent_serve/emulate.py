@@ -149,7 +149,8 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
                           power_w=energy_j / sim_s, token_latency_ms=1e3 * lat,
                           num_seqlens=len(groups[phase]),
                           closed_form={k: closed[phase][k] for k in ("latency_s", "throughput_tok_s",
-                                       "energy_per_token_mj", "power_w", "token_latency_ms")})
+                                       "energy_per_token_mj", "power_w", "token_latency_ms",
+                                                                 "energy_breakdown_mj")})
     out["wall_s"] = trace.wall_s
     out["sim_tokens_per_wall_s"] = trace.tokens / trace.wall_s
     out["simulated_s"] = float(trace.done_s[-1].max())

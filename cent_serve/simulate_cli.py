@@ -91,7 +91,13 @@ def _other(cfg: CentConfig, args: argparse.Namespace) -> tuple[SystemTimer, str 
                    f"assumes {n / mp.pp:g}: under the cent convention the slowest stage sets the pace")
     if mp.mode == "tensor" and mp.tp == 1:
         why.append("the artifact charges tensor-parallel exchanges with tp = 1, where a block has no partner")
-    return other, "; ".join(why) or None
+    why.append("energy: the artifact leaves the embedding and LM head out")
+    if mp.mode == "pipeline" and mp.tb > 1:
+        steps = -(-n // mp.tb)
+        if steps * mp.tb != n:
+            why.append(f"counts {steps} device steps of {mp.tb} blocks ({steps * mp.tb} blocks for {n})")
+        why.append("writes one block's V cache per device step, not each block's")
+    return other, "; ".join(why)
 
 
 def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
@@ -128,7 +134,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
     if why:
         print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
-              f"{alt['throughput_tok_s']:.1f} tok/s. Why they differ: {why}")
+              f"{alt['throughput_tok_s']:.1f} tok/s, {alt['energy_per_token_mj']:.2f} mJ/token, {alt['power_w']:.1f} W. "
+              f"Why they differ: {why}")
     return 0
 
 
@@ -145,7 +152,8 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     if why:
         alt = token_figures(other, seqlen, batch)
         fig["other_convention"] = dict(convention=other.convention, token_latency_ms=alt.token_latency_ms,
-                                       throughput_tok_s=alt.throughput_tok_s, why=why)
+                                       throughput_tok_s=alt.throughput_tok_s, token_energy_mj=alt.token_energy_mj,
+                                       power_w=alt.power_w, why=why)
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0
@@ -158,10 +166,14 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     print("  block PIM cycles by operation:")
     for op, cyc in fig["breakdown_cycles"].items():
         print(f"    {op:<9}{cyc:>12.0f}  {100 * cyc / total:5.1f}%")
+    print("  token energy by term (mJ; --json for all):")
+    for term, mj in sorted(fig["energy_breakdown_mj"].items(), key=lambda kv: -kv[1])[:8]:
+        print(f"    {term:<18}{mj:>10.3f}  {100 * mj / fig['token_energy_mj']:5.1f}%")
     if why:
         alt = fig["other_convention"]
         print(f"the {alt['convention']} convention (--convention {alt['convention']}): {alt['token_latency_ms']:.4f} "
-              f"ms per token, {alt['throughput_tok_s']:.1f} tok/s. Why they differ: {why}")
+              f"ms per token, {alt['throughput_tok_s']:.1f} tok/s, {alt['token_energy_mj']:.2f} mJ per token, "
+              f"{alt['power_w']:.1f} W. Why they differ: {why}")
     return 0
 
 

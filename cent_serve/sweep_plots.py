@@ -13,9 +13,10 @@ def _label(row: dict, fields: list[str]) -> str:
     return ", ".join(f"{f.split('.')[-1]}={row[f]}" for f in fields)
 
 
-def _save(fig, ax, path: Path, legend_size: int) -> Path:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+def _save(fig, axes, path: Path, legend_size: int) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -33,26 +34,30 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
-    """Throughput against energy per token; a Pareto front per model (models are not compared)."""
-    fig, ax = plt.subplots(figsize=(9, 6))
+    """Throughput against energy per token, one panel per model (each on its own scales: models are
+    not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled."""
     models: dict[str, list[dict]] = {}
     for r in rows:
         models.setdefault(r["model_name"], []).append(r)
-    for i, (model, group) in enumerate(models.items()):
+    fig, axes = plt.subplots(1, len(models), figsize=(min(6.5 * len(models), 19), 6), squeeze=False)
+    others = [f for f in fields if f != "model"]
+    for i, ((model, group), ax) in enumerate(zip(models.items(), axes[0])):
         color = f"C{i % 10}"
         ax.scatter([r["energy_per_token_mj"] for r in group], [r["throughput_tok_s"] for r in group], s=22,
-                   color=color, alpha=0.35)
+                   color=color, alpha=0.35, label="a point off the front")
         front = pareto_front(group)
         ax.plot([r["energy_per_token_mj"] for r in front], [r["throughput_tok_s"] for r in front], "o-", color=color,
-                label=f"{model}: {len(group)} points, Pareto front of {len(front)}")
-        for r in front:
-            ax.annotate(_label(r, [f for f in fields if f != "model"]), (r["energy_per_token_mj"], r["throughput_tok_s"]),
-                        fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("energy per token (mJ)")
-    ax.set_ylabel("throughput (tokens/s)")
-    ax.set_title(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster and "
-                 "cheaper in energy)", fontsize=10)
-    return _save(fig, ax, path, 8)
+                label=f"Pareto front: {len(front)} of {len(group)} points")
+        for k, r in enumerate(front, 1):  # numbered on the plot, named in the legend: close points stay legible
+            ax.annotate(str(k), (r["energy_per_token_mj"], r["throughput_tok_s"]), fontsize=8, fontweight="bold",
+                        xytext=(5, -3) if k % 2 else (-11, 3), textcoords="offset points")
+            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}")
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("energy per token (mJ)")
+        ax.set_ylabel("throughput (tokens/s)")
+    fig.suptitle(f"CENT design space over {', '.join(fields)} (front: no point of the model is both faster "
+                 "and cheaper in energy)", fontsize=10)
+    return _save(fig, axes[0], path, 8)
 
 
 def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:
@@ -71,4 +76,4 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> P
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
                   else "tokens/s per device dollar")
     ax.set_title("tokens per dollar against the device count")
-    return _save(fig, ax, path, 7)
+    return _save(fig, [ax], path, 7)

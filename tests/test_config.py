@@ -49,9 +49,9 @@ def test_cross_field_mapping_errors():
 def test_yaml_config_with_preset_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: llama2-7b}\nparallel: {num_devices: 8, pp: 2, tp: 4}\n"
-                    "device: {clock_hz: 1.0e9, energy: {mac16_nj: 2.0}}\nnumerics: 'off'\n")
+                    "device: {clock_hz: 1.0e9, energy: {rd_mw: 500.0}}\nnumerics: 'off'\n")
     cfg = load_config(path)
-    assert cfg.model.hidden_size == 4096 and cfg.parallel.tp == 4 and cfg.device.energy.mac16_nj == 2.0
+    assert cfg.model.hidden_size == 4096 and cfg.parallel.tp == 4 and cfg.device.energy.rd_mw == 500.0
     cfg = apply_overrides(cfg, ["scheduler.max_seqs_per_stage=4", "fabric.multicast=false"])
     assert cfg.scheduler.max_seqs_per_stage == 4 and cfg.fabric.multicast is False
     json.dumps(config_to_dict(cfg))

@@ -48,7 +48,7 @@ def test_the_reference_lists_every_field_once_with_its_default():
             assert len(rows) == 1, (prefix + f.name, rows)
     assert "| `device.clock_hz` | `float` | `2000000000.0` |" in text
     assert "| `numerics` | `str` | `auto` |" in text
-    assert "| `device.energy.mac16_nj` | `float` | `1.314` |" in text
+    assert "| `device.energy.rd_mw` | `float` | `438.15` |" in text
     for preset in ("tiny", "llama2-7b", "llama2-13b", "llama2-70b"):
         assert f"| `{preset}` |" in text
     assert "| 68.98 B (68,976,648,192) | 128.48 GiB |" in text  # llama2-70b

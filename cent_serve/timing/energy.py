@@ -1,38 +1,45 @@
 """Energy, power and cost (docs/hardware_model.md sections 8 and 9).
 
-Energy is counted, not fitted. Every operation of a block reports the
-commands it issues (`OpCounts`) and each command costs its section-8 energy:
+Energy is counted, not fitted: the DRAM commands a device issues for a block's step
+(`cent_serve.timing.commands`), each charged from the device's powers and times
+(`device.energy`), plus what draws power for the step's duration. The terms, named as the
+breakdown shows them (`TERMS`), are those of the CENT artifact's power calculator:
 
-- `mac16`: an all-bank MAC (16 banks x 16 bf16 MACs), 1.314 nJ.
-- `act16`: one row opened and closed in all 16 banks of a channel, 16 x 2.95 nJ.
-- `gb_bursts`: 32 B written into a channel's global buffer: the GEMV input
-  vector (on every channel of the block) and the score rows of score x V.
-  The buffer is SRAM, so only the DRAM interface is charged: 32 x 8 x 5.5 pJ.
-- `rd_bursts`: accumulator reads (one per output and input row of a GEMV on
-  every channel; per key row and head for q.K^T): RD burst 0.548 nJ + interface.
-- `dma_lines`: single-bank 32 B lines through the DMA engine (RMSNorm,
-  rotary, KV append, SiLU x up, softmax's six passes), one per DMA cycle of
-  the PIM formulas: the mean of an RD and a WR burst + interface.
-- every command above: a host instruction (67 pJ) and a DRAM command (95 pJ).
+- `activate`: rows opened (act_mw x tRC a bank); `read` / `write`: bursts in and out of the
+  banks (rd_mw / wr_mw x tBL; an activation-function lookup reads every bank, a V^T append
+  writes every bank); `pim`: the banks' MAC units (all-bank MAC and elementwise steps);
+- `dq`: bursts across the DRAM interface pins; `controller`: the memory controllers, a
+  transaction-engine cycle per data command and a PHY cycle per command;
+- `active_standby` / `precharge_standby`: DRAM background power over the step, split by the
+  share of channel-cycles with a row open (a channel is precharged `precharge_cycles` after
+  closing all its banks and `write_precharge_cycles` after an all-bank write);
+- `sram_static`, `accelerator_static`, `device_controller`: leakage and control logic over the
+  step; `sram_dynamic`: global-buffer accesses, the instruction buffer's reads (one per
+  instruction) and the accelerator's shared-buffer traffic; `accelerator_dynamic`, `riscv`:
+  the accelerator's passes (RMSNorm, softmax, rotary); `pcie`: the step's CXL transfers.
 
-All-bank commands run on every channel of a block, so banks that hold only
-padding (Dout < B under wide tensor parallelism) still spend energy, and the
-GEMV input reaches every channel: that is what makes wide tp cost energy.
+How steps make a token (the timer's convention, `cent_serve.timing.pipeline`):
 
-Not charged: DRAM background power (the artifact's breakdown puts standby
-near 1%, so its per-command energies already carry it), the accelerator's
-RISC-V cores and SRAM static power (about 0.05 W per device), and CXL link
-energy (`fabric_energy_j`, for callers that want it).
+- pure pipeline: a device steps its tb blocks together (one trace, the block's PIM time T);
+  a block's energy is the trace's / tb. `artifact`: a token costs ceil(N / tb) device steps
+  (81 block steps for Llama2-70B's 80 blocks on 27 devices) with the V^T append of one block
+  per trace, as the artifact counts; `cent`: N blocks, every block's V^T append, and the
+  embedding and LM head.
+- tensor / hybrid: a block's first device runs the whole block with its 1/tp share of the
+  weights; its tp - 1 partners run their shares of the seven weight GEMVs only, each charged
+  over its own busy time.
 
-Power = token energy / one pipeline step (N/pp blocks x block PIM time), as
-the artifact reports it.
+Power = a token's energy over one pipeline step (`pipeline.token_figures`), as the artifact
+reports it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import numpy as np
 
-from cent_serve.config import DeviceConfig, EnergyConfig, ModelConfig
-from cent_serve.timing.pim import BlockGeometry, cdiv, context_rows, elementwise_split
+from cent_serve.config import DeviceConfig
+from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
+                                        partner_commands, static_commands)
+from cent_serve.timing.pim import cdiv, ffn_cycles, qkvo_cycles
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -44,172 +51,219 @@ GPU_BASELINES = {
 # docs/hardware_model.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)).
 TCO_GPU_PER_4 = 1.76
 TCO_CENT_PER_32 = 0.73
-OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act")
+
+TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby", "precharge_standby",
+         "sram_static", "sram_dynamic", "accelerator_static", "accelerator_dynamic", "riscv",
+         "device_controller", "pcie")
+"""The named parts of a token's energy (`cent simulate --json`: energy_breakdown_mj)."""
+T = {name: i for i, name in enumerate(TERMS)}
+OPS = (*BLOCK_OPS, "background")
+"""`block_energy_by_op_j`'s keys: the commands of each operation, and what the step draws for
+its duration or per step (standby, leakage, accelerator, instruction buffer, links)."""
+
+DATA_COMMANDS = ("rd", "wr", "mac16", "af16", "ewmul16", "rdcp", "wrcp", "wrgb", "rdmac16", "rdaf16",
+                 "wrmac16", "wra16")
+"""Commands that carry data through a controller's transaction engine (the others, row and
+mode commands, only through its PHY)."""
+PIN_COMMANDS = ("rd", "wr", "wrgb", "rdmac16", "rdaf16", "wrmac16", "wra16")
+"""Commands whose burst crosses the DRAM interface pins."""
 
 
-@dataclass(frozen=True)
-class OpCounts:
-    """Commands and transfers one operation issues for one token (all channels, all tp devices)."""
+def command_energies_j(dev: DeviceConfig) -> np.ndarray:
+    """(len(TERMS), len(FIELDS)): joules of each term per command (per instruction line for
+    `lines`, the instruction buffer's read)."""
+    e, b = dev.energy, dev.banks_per_channel
+    cycle_ns = 1e9 / dev.clock_hz
+    act = e.act_mw * e.t_rc_ns * 1e-12
+    rd, wr = e.rd_mw * e.t_burst_ns * 1e-12, e.wr_mw * e.t_burst_ns * 1e-12
+    mac = b * e.mac_bank_read_share * e.rd_mw * e.t_ccd_ns * 1e-12
+    pins = dev.burst_elements * dev.bytes_per_element * 8 * e.external_pj_per_bit * 1e-12
+    trx = e.controller_trx_mw / e.channels_per_controller * cycle_ns * 1e-12
+    phy = e.controller_phy_mw / e.channels_per_controller * cycle_ns * 1e-12
+    m = np.zeros((len(TERMS), len(FIELDS)))
 
-    mac16: float = 0.0
-    act16: float = 0.0
-    gb_bursts: float = 0.0
-    rd_bursts: float = 0.0
-    dma_lines: float = 0.0
+    def put(term: str, commands, joules: float) -> None:
+        for c in commands:
+            m[T[term], IDX[c]] += joules
 
-    def __add__(self, other: "OpCounts") -> "OpCounts":
-        return OpCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    @property
-    def commands(self) -> float:
-        return self.mac16 + self.act16 + self.gb_bursts + self.rd_bursts + self.dma_lines
-
-    def energy_parts_j(self, dev: DeviceConfig) -> dict[str, float]:
-        """Joules by component: MAC, activation, transfers (interface + bursts), controller."""
-        e = dev.energy
-        io_nj = _io_nj(e, dev)
-        transfer_nj = (self.gb_bursts * io_nj + self.rd_bursts * (e.rd_burst_nj + io_nj)
-                       + self.dma_lines * ((e.rd_burst_nj + e.wr_burst_nj) / 2 + io_nj))
-        return dict(mac=self.mac16 * e.mac16_nj * 1e-9,
-                    act=self.act16 * e.bank_activation_nj * dev.banks_per_channel * 1e-9,
-                    transfer=transfer_nj * 1e-9,
-                    controller=self.commands * (e.controller_instruction_pj + e.dram_command_pj) * 1e-12)
-
-    def energy_j(self, dev: DeviceConfig) -> float:
-        return sum(self.energy_parts_j(dev).values())
-
-
-def _io_nj(e: EnergyConfig, dev: DeviceConfig) -> float:
-    """One 32 B burst across the DRAM interface (5.5 pJ/bit)."""
-    return dev.burst_elements * dev.bytes_per_element * 8 * e.external_pj_per_bit * 1e-3
+    put("activate", ("act",), act)
+    put("activate", ("act16",), b * act)
+    put("read", ("rd", "rdcp", "rdmac16", "rdaf16"), rd)
+    put("read", ("af16",), b * rd)
+    put("write", ("wr", "wrcp", "wrmac16"), wr)
+    put("write", ("wra16",), b * wr)
+    put("pim", ("mac16",), mac)
+    put("pim", ("ewmul16",), e.ewmul_mac_share * mac)
+    put("dq", PIN_COMMANDS, pins)
+    put("controller", DATA_COMMANDS, trx)
+    put("controller", FIELDS[:-1], phy)
+    put("sram_dynamic", ("wrcp",), e.global_buffer_read_mw * cycle_ns * 1e-12)
+    put("sram_dynamic", ("wrgb", "rdcp"), e.global_buffer_write_mw * cycle_ns * 1e-12)
+    put("sram_dynamic", ("lines",), e.instruction_buffer_read_mw / dev.acc_clock_hz * 1e-3)
+    return m
 
 
-# ----------------------------------------------------------------------------- per operation
+class EnergyModel:
+    """The energy of one timer's mapping: per block, per token, by term (joules). Built once per
+    timer (`energy_model`); the context-independent counts are kept."""
 
-
-def gemv_counts(din: int, dout: int, g: BlockGeometry, dev: DeviceConfig) -> OpCounts:
-    """A GEMV over B banks: every channel of the block streams the whole input through its
-    global buffer and steps c outputs per bank through every input row (padding included)."""
-    channels = g.banks // dev.banks_per_channel
-    c = cdiv(dout, g.banks)
-    rows = cdiv(din, dev.row_elements)
-    ops = cdiv(din, dev.burst_elements)  # column commands over all input rows
-    return OpCounts(mac16=channels * c * ops, act16=channels * c * rows, gb_bursts=channels * ops,
-                    rd_bursts=channels * c * rows)
-
-
-def _norm_lines(d: int, g: BlockGeometry, dev: DeviceConfig) -> int:
-    """DMA lines of one RMSNorm: the DMA cycles of the PIM formula without the tb lockstep."""
-    nb, nbb = elementwise_split(d, g.banks_per_device // 2)
-    ew, ewb = elementwise_split(d, g.banks_per_device // 4)
-    return 2 * cdiv(nb, dev.burst_elements) * nbb + 3 * cdiv(ew, dev.burst_elements) * ewb
-
-
-def static_op_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> dict[str, OpCounts]:
-    """The operations whose work does not depend on the context length."""
-    d, f, bl = m.hidden_size, m.intermediate_size, dev.burst_elements
-    ew, ewb = elementwise_split(d, g.banks_per_device // 4)
-    fl, flb = elementwise_split(f, g.banks_per_device // 4)
-    qkvo = (gemv_counts(d, m.q_size, g, dev) + gemv_counts(d, m.kv_size, g, dev)
-            + gemv_counts(d, m.kv_size, g, dev) + gemv_counts(m.q_size, d, g, dev))
-    ffn = gemv_counts(d, f, g, dev) + gemv_counts(d, f, g, dev) + gemv_counts(f, d, g, dev)
-    rotary = OpCounts(mac16=cdiv(m.q_size, bl) + cdiv(m.kv_size, bl),  # in-bank elementwise products
-                      dma_lines=2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // m.num_rep), bl)) * ewb)
-    return dict(norm=OpCounts(dma_lines=2 * _norm_lines(d, g, dev)), qkvo=qkvo, rotary=rotary,
-                kv=OpCounts(dma_lines=2 * cdiv(m.kv_size, bl)),  # this token's K and V
-                ffn=ffn, act=OpCounts(dma_lines=dev.silu_cycles_per_burst * cdiv(fl, bl) * flb))
-
-
-def attention_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
-                     context: int) -> dict[str, OpCounts]:
-    """score (q.K^T), softmax and score x V for one token at `context`."""
-    channels = g.banks // dev.banks_per_channel
-    bl, row = dev.burst_elements, dev.row_elements
-    rpv = cdiv(m.kv_size, row)
-    slots = cdiv(context, g.banks)  # one key per bank: every channel steps through the slots
-    heads_per_row = max(1, row // m.head_dim)
-    score = OpCounts(mac16=channels * slots * rpv * dev.row_column_ops * m.num_rep,
-                     act16=channels * slots * rpv,
-                     rd_bursts=channels * slots * rpv * heads_per_row * m.num_rep)
-    sizes = context_rows(context, row)
-    ops = sum(cdiv(s, bl) for s in sizes)
-    softmax = OpCounts(dma_lines=dev.softmax_dma_passes * m.num_heads * ops)
-    rows_per_head = cdiv(m.head_dim, bl)  # V^T: one bank row per 16 dims of a head
-    sv = OpCounts(mac16=m.num_heads * rows_per_head * ops, act16=m.num_heads * rows_per_head * len(sizes),
-                  gb_bursts=m.num_heads * ops)
-    return dict(score=score, softmax=softmax, sv=sv)
-
-
-def block_op_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
-                    context: int) -> dict[str, OpCounts]:
-    """Every operation of one block for one token, keyed like the PIM breakdown."""
-    counts = {**static_op_counts(m, g, dev), **attention_counts(m, g, dev, context)}
-    return {op: counts[op] for op in OPS}
-
-
-def head_counts(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> OpCounts:
-    """Embedding and LM head (with the final RMSNorm's scale pass), once per token."""
-    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
-    return (gemv_counts(m.vocab_size, m.hidden_size, g, dev) + gemv_counts(m.hidden_size, m.vocab_size, g, dev)
-            + OpCounts(dma_lines=2 * cdiv(ew, dev.burst_elements) * ewb))
-
-
-# ----------------------------------------------------------------------------- per block and token
-
-
-def _static(timer) -> dict:
-    """Per-timer cache of the context-independent energies."""
-    cache = timer.__dict__.get("_energy_static")
-    if cache is None:
+    def __init__(self, timer) -> None:
+        self.timer = timer
         m, dev, g = timer.model, timer.device, timer.mapping.geometry
-        ops = {op: c.energy_j(dev) for op, c in static_op_counts(m, g, dev).items()}
-        cache = timer.__dict__["_energy_static"] = dict(
-            ops=ops, total=sum(ops.values()), head=head_counts(m, g, dev).energy_j(dev), by_context={})
-    return cache
+        self.model, self.dev, self.geometry = m, dev, g
+        self.pipeline = timer.mapping.mode == "pipeline"
+        self.matrix = command_energies_j(dev)
+        kv_copies = g.tb if timer.convention == "cent" else 1
+        self.static_ops = static_commands(m, g, dev, kv_copies)
+        self.static = sum(self.static_ops.values())
+        if self.pipeline:
+            self.partner = None
+        else:
+            self.partner = partner_commands(m, g, dev)
+            self.partner_cycles = qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev)  # its busy time
+        # the CXL transfers of a step: the artifact counts D values a pipeline step, 10 D + 2 F a
+        # tensor-parallel one (and charges the count as bits); `cent` charges each block's D
+        # values (tb a pipeline step) as bf16 bits
+        d, f = m.hidden_size, m.intermediate_size
+        values = d if self.pipeline else 10 * d + 2 * f
+        if timer.convention == "cent":
+            values *= g.tb if self.pipeline else 1
+            values *= dev.bytes_per_element * 8
+        self.pcie_bits = values
+        self.head = None
+        self._blocks: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ one trace
+
+    def _over_time(self, counts: np.ndarray, cycles: float) -> np.ndarray:
+        """Standby, leakage and control logic of a step of `cycles` PIM cycles."""
+        dev, e = self.dev, self.dev.energy
+        nch, seconds = dev.num_channels, cycles / dev.clock_hz
+        out = np.zeros(len(TERMS))
+        closed = min(nch * cycles, e.precharge_cycles * counts[IDX["prea"]]
+                     + e.write_precharge_cycles * counts[IDX["wra16"]])
+        out[T["active_standby"]] = e.act_standby_mw * 1e-3 * (nch * cycles - closed) / nch / dev.clock_hz
+        out[T["precharge_standby"]] = e.pre_standby_mw * 1e-3 * closed / nch / dev.clock_hz
+        out[T["sram_static"]] = (e.global_buffer_static_mw * nch + e.shared_buffer_static_mw
+                                 + e.instruction_buffer_static_mw) * 1e-3 * seconds
+        out[T["accelerator_static"]] = (e.reduction_leak_mw + e.exp_leak_mw + e.vector_leak_mw) * nch * 1e-3 * seconds
+        out[T["device_controller"]] = e.device_controller_mw * 1e-3 * seconds
+        return out
+
+    def _per_step(self, context: int) -> np.ndarray:
+        """The accelerator's work of a step and its buffers' traffic (the artifact's counts of
+        accesses and cycles per step, with the model's dimensions), and the step's links."""
+        m, dev, e = self.model, self.dev, self.dev.energy
+        d, h, lanes = m.hidden_size, m.num_heads, dev.acc_simd_lanes
+        sb_rd, sb_wr = e.shared_buffer_read_mw, e.shared_buffer_write_mw
+        norm = d / (lanes * dev.burst_elements) + 2  # one RMSNorm's shared-buffer passes
+        exps = context * h / lanes  # softmax's SIMD passes over every head's scores
+        rotated = (1 + 1 / m.num_rep) * d  # q and k elements
+        out = np.zeros(len(TERMS))
+        ib_reads = 2 * norm + 2 * exps + 2 * h + rotated
+        sb = (2 * norm * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
+              + rotated / lanes * (sb_rd + 2 * sb_wr))
+        out[T["sram_dynamic"]] = (ib_reads * e.instruction_buffer_read_mw + sb) * 1e-3 / dev.acc_clock_hz
+        riscv_cycles = (2 * dev.acc_norm_riscv_cycles
+                        + h * (dev.acc_softmax_writes * dev.acc_buffer_cycles + dev.acc_softmax_riscv_cycles
+                               + dev.acc_buffer_cycles)
+                        + rotated * dev.acc_rotary_riscv_cycles / dev.acc_riscv_cores)
+        out[T["riscv"]] = e.riscv_core_mw * 1e-3 * riscv_cycles / dev.acc_clock_hz
+        out[T["accelerator_dynamic"]] = (e.reduction_mw * (2 + h) + e.exp_mw * exps
+                                         + e.vector_mw * (2 * d / (lanes * dev.burst_elements) + exps)
+                                         ) * 1e-3 / dev.acc_clock_hz
+        out[T["pcie"]] = self.pcie_bits * e.pcie_pj_per_bit * 1e-12
+        return out
+
+    def trace(self, counts: np.ndarray, cycles: float, context: int) -> np.ndarray:
+        """Terms (joules) of one device step: its commands, `cycles` of standby and leakage, and
+        its per-step work."""
+        return self.matrix @ counts + self._over_time(counts, cycles) + self._per_step(context)
+
+    # ------------------------------------------------------------------ blocks and tokens
+
+    def block(self, context: int) -> np.ndarray:
+        """Terms of one block's step for one token at `context`, over all tp devices."""
+        hit = self._blocks.get(context)
+        if hit is None:
+            counts = self.static + sum(attention_commands(self.model, self.geometry, self.dev, context).values())
+            hit = self.trace(counts, self.timer.pim.cycles(context), context)
+            if self.pipeline:
+                hit = hit / self.geometry.tb
+            else:
+                hit = hit + (self.geometry.tp - 1) * self.trace(self.partner, self.partner_cycles, context)
+            self._blocks[context] = hit
+        return hit
+
+    def head_terms(self) -> np.ndarray:
+        """Embedding and LM head of one token (charged under the `cent` convention only)."""
+        if self.head is None:
+            counts = head_commands(self.model, self.geometry, self.dev)
+            cycles = self.timer.pim.embedding_cycles
+            self.head = self.matrix @ counts + self._over_time(counts, cycles)
+        return self.head
+
+    def token(self, context: int) -> np.ndarray:
+        """Terms of one token at `context` over the whole model, by the timer's convention."""
+        n = self.model.num_layers
+        if self.timer.convention == "artifact":
+            tb = self.geometry.tb
+            return cdiv(n, tb) * tb * self.block(context)
+        return n * self.block(context) + self.head_terms()
+
+    def block_by_op(self, context: int) -> dict[str, float]:
+        """One block's joules by operation (`OPS`), over all tp devices."""
+        m, dev, g = self.model, self.dev, self.geometry
+        per_op = {**self.static_ops, **attention_commands(m, g, dev, context)}
+        scale = 1 / g.tb if self.pipeline else 1.0
+        out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in BLOCK_OPS}
+        if not self.pipeline:
+            partner = self.matrix @ self.partner * (g.tp - 1)
+            qkvo, ffn = self.static_ops["qkvo"], self.static_ops["ffn"]
+            share = float((self.matrix @ qkvo).sum()) / float((self.matrix @ (qkvo + ffn)).sum())
+            out["qkvo"] += float(partner.sum()) * share
+            out["ffn"] += float(partner.sum()) * (1 - share)
+        out["background"] = float(self.block(context).sum()) - sum(out.values())
+        return out
 
 
-def block_energy_by_op_j(timer, context: int) -> dict[str, float]:
-    """Joules of each operation of one block for one token at `context` (all tp devices)."""
-    m, dev, g = timer.model, timer.device, timer.mapping.geometry
-    attn = {op: c.energy_j(dev) for op, c in attention_counts(m, g, dev, context).items()}
-    ops = {**_static(timer)["ops"], **attn}
-    return {op: ops[op] for op in OPS}
+def energy_model(timer) -> EnergyModel:
+    """The timer's `EnergyModel` (one per timer)."""
+    hit = timer.__dict__.get("_energy")
+    if hit is None:
+        hit = timer.__dict__["_energy"] = EnergyModel(timer)
+    return hit
 
 
 def block_energy_j(timer, context: int) -> float:
     """One block's energy for one token at `context`, over all tp devices of its stage."""
-    cache = _static(timer)
-    hit = cache["by_context"].get(context)
-    if hit is None:
-        m, dev, g = timer.model, timer.device, timer.mapping.geometry
-        hit = cache["total"] + sum(c.energy_j(dev) for c in attention_counts(m, g, dev, context).values())
-        cache["by_context"][context] = hit
-    return hit
+    return float(energy_model(timer).block(context).sum())
+
+
+def block_energy_by_op_j(timer, context: int) -> dict[str, float]:
+    """One block's energy for one token at `context` by operation (`OPS`)."""
+    return energy_model(timer).block_by_op(context)
 
 
 def head_energy_j(timer) -> float:
-    """Embedding and LM head of one token."""
-    return _static(timer)["head"]
+    """Embedding and LM head of one token (0 under the `artifact` convention, which leaves them out)."""
+    if timer.convention == "artifact":
+        return 0.0
+    return float(energy_model(timer).head_terms().sum())
+
+
+def token_energy_terms_j(timer, context: int) -> dict[str, float]:
+    """One token's energy at `context` by term (`TERMS`), joules."""
+    return dict(zip(TERMS, energy_model(timer).token(context).tolist()))
 
 
 def token_energy_j(timer, context: int) -> float:
-    """Energy of one token over the whole model (all blocks, embedding and LM head)."""
-    return timer.model.num_layers * block_energy_j(timer, context) + head_energy_j(timer)
-
-
-def token_energy_parts_j(timer, context: int) -> dict[str, float]:
-    """One token's energy split into MAC, activation, transfer and controller joules."""
-    m, dev, g = timer.model, timer.device, timer.mapping.geometry
-    total = OpCounts()
-    for c in block_op_counts(m, g, dev, context).values():
-        total = total + c
-    parts = total.energy_parts_j(dev)
-    head = head_counts(m, g, dev).energy_parts_j(dev)
-    return {k: m.num_layers * v + head[k] for k, v in parts.items()}
+    """Energy of one token over the whole model at `context` (the timer's convention)."""
+    return float(energy_model(timer).token(context).sum())
 
 
 def fabric_energy_j(nbytes: int, dev: DeviceConfig) -> float:
-    """CXL link energy of moving `nbytes` over PCIe lanes (4.4 pJ/bit); not in token energy."""
+    """CXL link energy of moving `nbytes` (pcie_pj_per_bit)."""
     return nbytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
 
 

@@ -56,6 +56,8 @@ class TokenFigures:
     bottleneck: bool
     """Whether the slowest station, not the ring, sets the pace (`cent` only)."""
     breakdown_cycles: dict[str, float]
+    energy_breakdown_mj: dict[str, float]
+    """token_energy_mj by named term (`cent_serve.timing.energy.TERMS`)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +78,7 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     `batch` queries in flight per replica (default: the paper's, one per pipeline stage);
     throughput and power scale with the replicas (devices holding more than one copy of the
     mapping run one per copy, as the serving engine does)."""
-    from cent_serve.timing.energy import token_energy_j
+    from cent_serve.timing.energy import token_energy_terms_j
 
     mp, m = timer.mapping, timer.model
     batch = mp.lanes if batch is None else batch
@@ -84,7 +86,8 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
                          f"as the paper runs them; this mapping has {mp.lanes} stages)")
     token_s, bottleneck = period_s(timer, context, batch)
-    energy_j = token_energy_j(timer, context)
+    terms = token_energy_terms_j(timer, context)
+    energy_j = sum(terms.values())
     step_s = m.num_layers / mp.pp * timer.block_pim_s(context) * mp.lanes / batch  # the module docstring
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
@@ -95,7 +98,8 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
-        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=timer.pim.breakdown(context).as_dict())
+        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=timer.pim.breakdown(context).as_dict(),
+        energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()})
 
 
 PHASES = ("prefill", "decoding", "end2end")
@@ -125,5 +129,7 @@ def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
         out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
                           throughput_tok_s=mean("throughput_tok_s"),
                           energy_per_token_mj=mean("token_energy_mj"), power_w=mean("power_w"),
-                          token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group))
+                          token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group),
+                          energy_breakdown_mj={k: sum(r.energy_breakdown_mj[k] for r in group) / len(group)
+                                               for k in group[0].energy_breakdown_mj})
     return out

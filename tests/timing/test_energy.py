@@ -1,5 +1,6 @@
-"""Energy counted from commands (docs/hardware_model.md section 8), checked by hand and against the
-artifact's published breakdown and tables; the phase figures are in test_reference_figures."""
+"""Energy counted from commands (docs/hardware_model.md section 8), checked against counts the CENT
+artifact's own DRAM simulator reported, per-command energies by hand, and the artifact's published
+rows (every 7B/13B row and phase is also held in test_reference_figures)."""
 from __future__ import annotations
 
 import csv
@@ -7,57 +8,112 @@ from pathlib import Path
 
 import pytest
 
-from cent_serve.config import DeviceConfig, FabricConfig, ParallelConfig, model_preset
-from cent_serve.timing import SystemTimer, resolve_mapping
-from cent_serve.timing.energy import (OPS, block_energy_by_op_j, block_energy_j, fabric_energy_j,
-                                      gemv_counts, head_energy_j, token_energy_j, token_energy_parts_j)
+from cent_serve.config import DeviceConfig, EnergyConfig, FabricConfig, ParallelConfig, model_preset
+from cent_serve.timing import SystemTimer, resolve_mapping, token_figures
+from cent_serve.timing.commands import (CMDS, FIELDS, IDX, attention_commands, gemv, partner_commands,
+                                        static_commands)
+from cent_serve.timing.energy import (OPS, TERMS, block_energy_by_op_j, block_energy_j, command_energies_j,
+                                      fabric_energy_j, head_energy_j, token_energy_j, token_energy_terms_j)
 from cent_serve.timing.pim import BlockGeometry
 
 DEV = DeviceConfig()
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-def make_timer(model: str, devices: int, pp: int, tp: int) -> SystemTimer:
+def make_timer(model: str, devices: int, pp: int, tp: int, convention: str = "cent") -> SystemTimer:
     m = model_preset(model)
-    return SystemTimer(m, resolve_mapping(m, ParallelConfig(devices, pp, tp), DEV), DEV, FabricConfig())
+    return SystemTimer(m, resolve_mapping(m, ParallelConfig(devices, pp, tp), DEV), DEV, FabricConfig(), convention)
 
 
-def test_gemv_counts_match_the_first_order_estimate_when_outputs_fill_the_banks():
-    # 4096 x 4096 over 128 banks (8 channels): MAC16 = weight bytes / 512, ACT16 = rows opened
-    c = gemv_counts(4096, 4096, BlockGeometry(cpb=8, tb=4, tp=1), DEV)
-    assert c.mac16 == 4096 * 4096 * 2 / 512
-    assert c.act16 == 4096 * 4096 / 1024 / 16
-    assert c.gb_bursts == 8 * 4096 / 16          # the input vector into each channel's buffer
-    assert c.rd_bursts == 8 * 32 * 4             # one accumulator read per output and input row
+def trace_counts(model: str, g: BlockGeometry, context: int) -> dict[str, float]:
+    m = model_preset(model)
+    v = sum(static_commands(m, g, DEV).values()) + sum(attention_commands(m, g, DEV, context).values())
+    return dict(zip(FIELDS, v.tolist()))
 
 
-def test_all_bank_commands_charge_padding_banks():
-    # 13B TP20: 5120 outputs over 10240 banks; every all-bank MAC also runs on the idle half
-    c = gemv_counts(5120, 5120, BlockGeometry(cpb=32, tb=1, tp=20), DEV)
-    assert c.mac16 == 2 * 5120 * 5120 * 2 / 512
+# The command counters of the artifact's DRAM simulator (Ramulator with the AiM controller, at the
+# commit the CENT artifact pins) on the device trace the artifact generates for Llama2-7B, pure
+# pipeline on 8 devices (4 blocks a device on 8 channels each), context 128; and its count of AiM
+# instruction lines. Recorded from a run of the simulator, not from this code.
+SIMULATED_7B_PP_L128 = dict(tmod=13792, prea=51232, act16=51488, pre=2064, act=2576, mac16=3178752, ewmul16=19328,
+                            af16=2752, wra16=256, wrgb=80384, wrmac16=51776, rdmac16=51776, rdaf16=2752, rdcp=4864,
+                            wrcp=4864, wr=29952, rd=6912, lines=5367)
 
 
-def test_energy_parts_of_a_gemv_by_hand():
-    c = gemv_counts(4096, 4096, BlockGeometry(cpb=8, tb=4, tp=1), DEV)
-    parts = c.energy_parts_j(DEV)
-    assert parts["mac"] == pytest.approx(65536 * 1.314e-9)
-    assert parts["act"] == pytest.approx(1024 * 16 * 2.95e-9)
-    io = 32 * 8 * 5.5e-12  # one 32 B burst across the DRAM interface
-    assert parts["transfer"] == pytest.approx(2048 * io + 1024 * (0.548e-9 + io))
-    assert parts["controller"] == pytest.approx((65536 + 1024 + 2048 + 1024) * (67 + 95) * 1e-12)
+def test_a_device_step_issues_the_commands_the_artifacts_simulator_counted():
+    assert trace_counts("llama2-7b", BlockGeometry(cpb=8, tb=4, tp=1), 128) == SIMULATED_7B_PP_L128
+
+
+def test_gemv_commands_by_hand():
+    # 4096 x 4096 over 128 banks (8 channels, one block; the trace's 4 blocks each run it): c = 32
+    # outputs a bank, 4 input rows of 64 bursts. Every output opens its weight row in all banks of
+    # the 32 channels (closing the last), MACs the row's 64 bursts, writes a bias and reads its sum.
+    v = gemv(4096, 4096, 128, DEV)
+    got = dict(zip(FIELDS, v.tolist()))
+    assert got["mac16"] == 32 * 256 * 32 == 4 * 4096 * 4096 * 2 / 512  # weight bytes / 512 B a step, x 4 blocks
+    assert got["act16"] == got["prea"] == got["wrmac16"] == got["rdmac16"] == 32 * 4 * 32
+    assert got["wrgb"] == 256 * 32                    # the input into every channel's buffer
+    assert got["tmod"] == 2 * 1 * 4 * 32              # one group of 32 outputs: two switches a row
+    assert got["lines"] == 4 + 3 * 32 * 4
+    # the gate projection's activation lookups: groups of 16, one lookup row per group
+    af = dict(zip(FIELDS, gemv(4096, 11008, 128, DEV, af=True).tolist()))
+    c = -(-11008 // 128)
+    assert af["af16"] == af["rdaf16"] == c * 32 and af["act16"] == (c * 4 + -(-c // 16)) * 32
+
+
+def test_doubling_banks_per_channel_halves_a_gemvs_outputs_per_bank():
+    wide = DeviceConfig(banks_per_channel=32)
+    one = dict(zip(FIELDS, gemv(4096, 4096, 128, DEV).tolist()))
+    two = dict(zip(FIELDS, gemv(4096, 4096, 256, wide).tolist()))
+    assert two["wrmac16"] == one["wrmac16"] / 2 and two["mac16"] == one["mac16"] / 2
+
+
+def test_tensor_partner_runs_the_weight_gemvs_only():
+    m, g = model_preset("llama2-13b"), BlockGeometry(cpb=32, tb=1, tp=20)
+    partner = dict(zip(FIELDS, partner_commands(m, g, DEV).tolist()))
+    assert partner["ewmul16"] == partner["wra16"] == partner["wr"] == partner["rd"] == 0
+    assert partner["mac16"] == sum(static_commands(m, g, DEV)[op][IDX["mac16"]] for op in ("qkvo", "ffn"))
+
+
+def test_per_command_energies_by_hand():
+    """Each command's joules, from the constants: act 66.3 mW x tRC 44.5 ns a bank; bursts rd 438.15 /
+    wr 553.15 mW x tBL 1.25 ns; all-bank MAC 16 x 0.1875 x 438.15 mW x tCCD 1 ns; pins 256 bit x 5.5 pJ;
+    controller 267.7 (data) and 381.0 mW (any command) / 2 channels, one 0.5 ns cycle."""
+    per = command_energies_j(DEV).sum(axis=0)
+    e = dict(zip(FIELDS, (per * 1e9).tolist()))  # nJ
+    trx, phy, pins = 267.7082056 / 2 * 0.5e-3, 381.0445262 / 2 * 0.5e-3, 256 * 5.5e-3
+    rd, wr = 438.15 * 1.25e-3, 553.15 * 1.25e-3
+    assert e["act16"] == pytest.approx(16 * 66.3 * 44.5e-3 + phy)
+    assert e["prea"] == e["pre"] == e["tmod"] == pytest.approx(phy)
+    assert e["mac16"] == pytest.approx(3 * 438.15e-3 + trx + phy)
+    assert e["ewmul16"] == pytest.approx(3 * 438.15e-3 / 4 + trx + phy)
+    assert e["af16"] == pytest.approx(16 * rd + trx + phy)
+    assert e["wra16"] == pytest.approx(16 * wr + pins + trx + phy)
+    assert e["rdmac16"] == e["rd"] == pytest.approx(rd + pins + trx + phy)
+    assert e["wrgb"] == pytest.approx(pins + trx + phy + 0.3254884575 * 0.5e-3)  # + a global-buffer write
+    assert set(CMDS) <= set(e)
+
+
+def test_breakdown_names_every_term_and_adds_up():
+    for args in (("llama2-7b", 8, 32, 1), ("llama2-13b", 20, 1, 20), ("llama2-70b", 32, 4, 8)):
+        t = make_timer(*args)
+        f = token_figures(t, 2048)
+        assert tuple(f.energy_breakdown_mj) == TERMS and all(v > 0 for v in f.energy_breakdown_mj.values())
+        assert sum(f.energy_breakdown_mj.values()) == pytest.approx(f.token_energy_mj)
+        assert sum(token_energy_terms_j(t, 2048).values()) == pytest.approx(token_energy_j(t, 2048))
 
 
 def test_pipeline_breakdown_lands_in_the_published_shares():
-    """docs/hardware_model.md section 8: MAC 49-54%, activation 28-32%, controller ~7.5%, transfers 4-11%,
-    standby ~1%. Background power is not modelled, so MAC takes the missing points (<= 58%)."""
+    """CENT's published energy breakdown (docs/hardware_model.md section 8): MAC 49-54%, activation
+    28-32%, controller about 7.5%, transfers 4-11%, standby about 1%."""
     for model, devices in (("llama2-7b", 8), ("llama2-13b", 20)):
-        t = make_timer(model, devices, model_preset(model).num_layers, 1)
-        parts = token_energy_parts_j(t, 2048)
+        parts = token_energy_terms_j(make_timer(model, devices, model_preset(model).num_layers, 1, "artifact"), 2048)
         share = {k: v / sum(parts.values()) for k, v in parts.items()}
-        assert 0.49 <= share["mac"] <= 0.58, share
-        assert 0.28 <= share["act"] <= 0.33, share
-        assert 0.065 <= share["controller"] <= 0.085, share
-        assert 0.04 <= share["transfer"] <= 0.11, share
+        assert 0.49 <= share["pim"] <= 0.54, share
+        assert 0.28 <= share["activate"] <= 0.32, share
+        assert 0.07 <= share["controller"] <= 0.08, share
+        assert 0.04 <= share["dq"] + share["read"] + share["write"] <= 0.11, share
+        assert 0.005 <= share["active_standby"] + share["precharge_standby"] <= 0.015, share
 
 
 def test_mappings_rank_by_energy_as_published():
@@ -71,15 +127,60 @@ def test_mappings_rank_by_energy_as_published():
         assert [(r["pp"], r["tp"]) for r in ours] == [(r["pp"], r["tp"]) for r in published]
 
 
-def test_per_op_energy_adds_up_to_the_block_and_the_token():
-    t = make_timer("llama2-70b", 32, 80, 1)
-    by_op = block_energy_by_op_j(t, 3000)
-    assert tuple(by_op) == OPS and all(v >= 0 for v in by_op.values())
-    assert sum(by_op.values()) == pytest.approx(block_energy_j(t, 3000))
-    assert token_energy_j(t, 3000) == pytest.approx(80 * block_energy_j(t, 3000) + head_energy_j(t))
-    # attention grows with the context, the weights' GEMVs do not
-    assert block_energy_by_op_j(t, 4000)["sv"] > by_op["sv"]
-    assert block_energy_by_op_j(t, 4000)["ffn"] == by_op["ffn"]
+def test_every_reference_row_to_a_tenth_of_a_percent():
+    """The commands are the artifact's, so its energies are met far inside the 5% the issue asks
+    (test_reference_figures): 0.1% on every 7B/13B row; power follows the PIM latency's error."""
+    rows = list(csv.DictReader(open(DATA / "cent_reference_7b_13b.csv")))
+    timers: dict = {}
+    for r in rows:
+        key = (r["model"], int(r["devices"]), int(r["pp"]), int(r["tp"]))
+        t = timers.get(key) or timers.setdefault(key, make_timer(*key, "artifact"))
+        got = token_energy_j(t, int(r["seqlen"])) * 1e3
+        assert got == pytest.approx(float(r["token_energy_mj"]), rel=1e-3), (key, r["seqlen"])
+
+
+def test_conventions_differ_by_the_blocks_counted_and_the_head():
+    """70B on 32 devices: the artifact counts 27 device steps of 3 blocks (81 block steps) and no
+    embedding or LM head; `cent` counts the 80 blocks, each block's V^T append, and the head."""
+    art, cent = make_timer("llama2-70b", 32, 80, 1, "artifact"), make_timer("llama2-70b", 32, 80, 1)
+    assert token_energy_j(art, 1024) == pytest.approx(81 * block_energy_j(art, 1024))
+    assert head_energy_j(art) == 0 and head_energy_j(cent) > 0
+    assert token_energy_j(cent, 1024) == pytest.approx(80 * block_energy_j(cent, 1024) + head_energy_j(cent))
+    by_op_art, by_op_cent = block_energy_by_op_j(art, 1024), block_energy_by_op_j(cent, 1024)
+    assert by_op_cent["kv"] > by_op_art["kv"] and by_op_cent["ffn"] == by_op_art["ffn"]
+
+
+def test_per_op_energy_adds_up_to_the_block():
+    for args in (("llama2-70b", 32, 80, 1), ("llama2-13b", 20, 1, 20)):
+        t = make_timer(*args)
+        by_op = block_energy_by_op_j(t, 3000)
+        assert tuple(by_op) == OPS and all(v > 0 for v in by_op.values())
+        assert sum(by_op.values()) == pytest.approx(block_energy_j(t, 3000))
+        # attention grows with the context, the weights' GEMVs do not
+        assert block_energy_by_op_j(t, 4000)["sv"] > by_op["sv"]
+        assert block_energy_by_op_j(t, 4000)["ffn"] == by_op["ffn"]
+
+
+def test_standby_and_leakage_scale_with_the_steps_time():
+    """Halving the clock doubles every cycle's time: standby and leakage per token double, while the
+    per-command DRAM energies (act, bursts, MACs) stay."""
+    m = model_preset("llama2-7b")
+    slow_dev = DeviceConfig(clock_hz=1e9)
+    fast = SystemTimer(m, resolve_mapping(m, ParallelConfig(8, 32, 1), DEV), DEV, FabricConfig())
+    slow = SystemTimer(m, resolve_mapping(m, ParallelConfig(8, 32, 1), slow_dev), slow_dev, FabricConfig())
+    a, b = token_energy_terms_j(fast, 1024), token_energy_terms_j(slow, 1024)
+    for term in ("active_standby", "precharge_standby", "sram_static", "device_controller"):
+        assert b[term] == pytest.approx(2 * a[term]), term
+    for term in ("activate", "read", "write", "pim", "dq"):
+        assert b[term] == pytest.approx(a[term]), term
+
+
+def test_removed_energy_fields_say_what_to_set():
+    from cent_serve.config import CentConfig, apply_overrides
+    with pytest.raises(ValueError, match="device.energy.mac16_nj.*not a field any more.*mac_bank_read_share"):
+        apply_overrides(CentConfig(), ["device.energy.mac16_nj=1.5"])
+    with pytest.raises(ValueError, match="device.energy.rd_mw"):
+        EnergyConfig(rd_mw=-1.0)
 
 
 def test_fabric_energy_by_hand():

@@ -46,18 +46,18 @@ def test_every_reference_row_within_2_percent(mapping):
         for col in ("token_latency_ms", "block_pim_ms", "block_cxl_ms", "block_acc_ms", "embedding_ms",
                     "throughput_tok_s"):
             assert rel(getattr(f, col), float(r[col])) < 0.02, (col, r["seqlen"], getattr(f, col), r[col])
-        # per-row energy is not graded by the issue (phases are, below); it holds 10% too
-        # (worst: 13B pp20 at L = 4096, -9.6%, where the artifact's energy steps up per 1024-token row)
+        # energy and power: the 5% the design-space issue asks on every row (measured: energy 0.003%,
+        # power 1.6% at worst, 7B tp 8, where the PIM latency is off by as much)
         for col in ("token_energy_mj", "power_w"):
-            assert rel(getattr(f, col), float(r[col])) < 0.10, (col, r["seqlen"], getattr(f, col), r[col])
+            assert rel(getattr(f, col), float(r[col])) < 0.05, (col, r["seqlen"], getattr(f, col), r[col])
 
 
 @pytest.mark.parametrize("row", PHASE_ROWS, ids=lambda r: f"{r['model']}-pp{r['pp']}-tp{r['tp']}-{r['phase']}")
 def test_every_phase_row(row):
-    """latency and throughput within 2%; energy per token and power within 10%."""
+    """latency and throughput within 2%; energy per token and power within 5%."""
     t = timer(row["model"], int(row["devices"]), int(row["pp"]), int(row["tp"]))
     got = phase_figures(t, prompt=512, decode=int(row["seqlen"]) - 512)[row["phase"]]
     assert rel(got["latency_s"], float(row["latency_s"])) < 0.02
     assert rel(got["throughput_tok_s"], float(row["throughput_tok_s"])) < 0.02
-    assert rel(got["energy_per_token_mj"], float(row["energy_per_token_mj"])) < 0.10
-    assert rel(got["power_w"], float(row["power_w"])) < 0.10
+    assert rel(got["energy_per_token_mj"], float(row["energy_per_token_mj"])) < 0.05
+    assert rel(got["power_w"], float(row["power_w"])) < 0.05
