@@ -29,6 +29,12 @@ def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
         raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
 
 
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+"""Families the reference model runs (Hugging Face `model_type`)."""
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+"""Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
+
+
 @dataclass
 class ModelConfig:
     """A Llama-family decoder. Presets: `tiny`, `llama2-7b`, `llama2-13b`, `llama2-70b`."""
@@ -57,6 +63,38 @@ class ModelConfig:
     """RMSNorm epsilon."""
     tie_word_embeddings: bool = False
     """Whether the LM head reuses the embedding matrix."""
+    model_type: str = "llama"
+    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2` or `qwen3`. The families
+    differ only by the named variations below, which a checkpoint's config.json sets."""
+    attention_bias: bool = False
+    """Biases on the q, k and v projections (Qwen 2.5)."""
+    qk_norm: bool = False
+    """An RMSNorm over each head of q and k before the rotary embedding (Qwen 3)."""
+    sliding_window: int = 0
+    """Attend to the last `sliding_window` positions only (Mistral); 0: the whole context."""
+    rope_type: str = "default"
+    """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn` or `llama3`."""
+    rope_factor: float = 1.0
+    """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings."""
+    rope_original_max_position: int = 0
+    """The context the model was pretrained for (`original_max_position_embeddings`; for dynamic, the
+    checkpoint's `max_position_embeddings`); 0: model.max_seq_len."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling: wavelengths over original / low_freq_factor are divided by the factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling: wavelengths under original / high_freq_factor are kept."""
+    rope_beta_fast: float = 32.0
+    """yarn: rotations that bound extrapolation."""
+    rope_beta_slow: float = 1.0
+    """yarn: rotations that bound interpolation."""
+    rope_mscale: float = 0.0
+    """yarn: with rope_mscale_all_dim, sets the attention factor (0: from the factor alone)."""
+    rope_mscale_all_dim: float = 0.0
+    """yarn: see rope_mscale."""
+    rope_attention_factor: float = 0.0
+    """yarn: the cos / sin scale; 0: derived from the factor (and mscales)."""
+    rope_truncate: bool = True
+    """yarn: round the correction range to whole dimensions."""
     bos_token_id: int = 1
     """Beginning-of-sequence token id."""
     eos_token_id: int = 2
@@ -86,6 +124,16 @@ class ModelConfig:
                "use 'bfloat16' or 'float32'")
         _check(self.rope_theta > 0, "model.rope_theta", self.rope_theta, "use a positive number")
         _check(self.rms_norm_eps > 0, "model.rms_norm_eps", self.rms_norm_eps, "use a positive number")
+        _check(self.model_type in MODEL_TYPES, "model.model_type", self.model_type,
+               f"use one of {', '.join(MODEL_TYPES)} (other families are not supported)")
+        _check(self.rope_type in ROPE_TYPES, "model.rope_type", self.rope_type,
+               f"use one of {', '.join(ROPE_TYPES)}")
+        if self.rope_type != "default":
+            _check(self.rope_factor > 0, "model.rope_factor", self.rope_factor, "use a positive number")
+        _check(self.sliding_window >= 0, "model.sliding_window", self.sliding_window,
+               "use a positive window, or 0 for the whole context")
+        _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
+               self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             _check(0 <= value < self.vocab_size, f"model.{name}", value,

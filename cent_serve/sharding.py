@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import apply_rope, rms_norm, rope_cos_sin, silu, softmax
+from cent_serve.model.layers import hidden_keys, project_qkv, rms_norm, silu, softmax
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -62,6 +62,8 @@ class LayerShard:
     w_gate: np.ndarray  # (F_r, D)
     w_up: np.ndarray  # (F_r, D)
     w_down: np.ndarray  # (D_r, F)
+    qkv_bias: tuple | None = None  # this rank's slices of the q, k, v biases (Qwen 2.5)
+    qk_norms: tuple | None = None  # the per-head q and k norm weights, on every rank (Qwen 3)
 
     @property
     def num_q_heads(self) -> int:
@@ -74,7 +76,7 @@ class LayerShard:
     def nbytes(self, bytes_per_element: int = 2) -> int:
         """Weight bytes this rank stores (bf16 on a CENT device)."""
         mats = (self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
-                self.w_gate, self.w_up, self.w_down)
+                self.w_gate, self.w_up, self.w_down, *(self.qkv_bias or ()), *(self.qk_norms or ()))
         return sum(m.size for m in mats) * bytes_per_element
 
 
@@ -104,11 +106,14 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
     (qa, qb), (ka, kb) = head_ranges(cfg, rank, tp)
     da, db = split_bounds(cfg.hidden_size, tp)[rank]
     fa, fb = split_bounds(cfg.intermediate_size, tp)[rank]
+    q_rows, kv_rows = slice(qa * hd, qb * hd), slice(ka * hd, kb * hd)
+    bias = w.qkv_bias
     return LayerShard(
         rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), input_norm=w.input_norm,
-        wq=w.wq[qa * hd:qb * hd], wk=w.wk[ka * hd:kb * hd], wv=w.wv[ka * hd:kb * hd],
+        wq=w.wq[q_rows], wk=w.wk[kv_rows], wv=w.wv[kv_rows],
         wo=w.wo[da:db], post_norm=w.post_norm, w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb],
-        w_down=w.w_down[da:db])
+        w_down=w.w_down[da:db], qk_norms=w.qk_norms,
+        qkv_bias=None if bias is None else (bias[0][q_rows], bias[1][kv_rows], bias[2][kv_rows]))
 
 
 def shard_vocab(table: np.ndarray, rank: int, tp: int) -> np.ndarray:
@@ -148,16 +153,11 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
                     layer: int) -> np.ndarray:
     """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd)."""
     seq, hd = h.shape[0], cfg.head_dim
-    q = (h @ s.wq.T).reshape(seq, s.num_q_heads, hd).transpose(1, 0, 2)  # (nq, seq, hd)
-    k = (h @ s.wk.T).reshape(seq, s.num_kv_heads, hd).transpose(1, 0, 2)  # (nkv, seq, hd)
-    v = (h @ s.wv.T).reshape(seq, s.num_kv_heads, hd).transpose(1, 0, 2)
-    cos, sin = rope_cos_sin(np.arange(start, start + seq), hd, cfg.rope_theta)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)  # (nq | nkv, seq, hd)
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
     kv_of_q = np.arange(s.q_heads[0], s.q_heads[1]) // cfg.num_rep - s.kv_heads[0]  # (nq,)
     scores = q @ keys[kv_of_q].transpose(0, 2, 1) * F32(1.0 / np.sqrt(hd))  # (nq, seq, L)
-    future = np.arange(keys.shape[1])[None, :] > (start + np.arange(seq))[:, None]  # (seq, L)
-    scores = np.where(future, F32(-np.inf), scores)
+    scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
     out = softmax(scores, axis=-1).astype(F32) @ values[kv_of_q]  # (nq, seq, hd)
     return out.transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
 

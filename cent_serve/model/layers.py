@@ -6,7 +6,11 @@ its slice of the weights, which is why sharded and reference results agree.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from cent_serve.config import ModelConfig
 
 F32 = np.float32
 
@@ -17,17 +21,75 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(var + F32(eps))).astype(F32) * weight
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables as Hugging Face's LlamaRotaryEmbedding builds them.
-
-    inv_freq = 1 / theta^(2i / head_dim); emb = concat(freqs, freqs), so the two
-    halves of a head share frequencies (the rotate-half layout).
-    Returns two (seq, head_dim) float32 arrays.
-    """
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(F32) / head_dim))
-    freqs = positions.astype(F32)[:, None] * inv_freq[None, :].astype(F32)  # (seq, head_dim/2)
+def _tables(positions: np.ndarray, inv_freq: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin as Hugging Face's rotary embedding builds them: freqs = positions x inv_freq,
+    emb = concat(freqs, freqs) (the two halves of a head share frequencies: the rotate-half
+    layout), both scaled by the attention factor. Returns two (seq, head_dim) float32 arrays."""
+    freqs = positions.astype(F32)[:, None] * inv_freq[None, :]  # (seq, head_dim/2)
     emb = np.concatenate([freqs, freqs], axis=-1)  # (seq, head_dim)
-    return np.cos(emb).astype(F32), np.sin(emb).astype(F32)
+    cos, sin = np.cos(emb).astype(F32), np.sin(emb).astype(F32)
+    if scale != 1.0:
+        cos, sin = cos * F32(scale), sin * F32(scale)
+    return cos, sin
+
+
+def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
+    """(inverse frequencies (head_dim/2,) float32, attention factor) of the model's rotary
+    embedding for a forward pass reaching `seq_len` positions. The scalings, as transformers
+    defines them (`modeling_rope_utils`): `linear` divides every frequency by the factor;
+    `dynamic` (NTK) raises the base once the context passes the original one; `yarn` blends
+    interpolated and original frequencies over a ramp of dimensions and scales cos / sin;
+    `llama3` divides the low frequencies by the factor, keeps the high ones and blends between."""
+    dim, base, kind, factor = cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor
+    original = cfg.rope_original_max_position or cfg.max_seq_len
+    if kind == "dynamic":
+        seq_len = max(seq_len, original)
+        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
+    powers = (base ** exponents).astype(F32)  # (dim/2,)
+    inv_freq = (F32(1.0) / powers).astype(F32)
+    if kind in ("default", "dynamic"):
+        return inv_freq, 1.0
+    if kind == "linear":
+        return (inv_freq / F32(factor)).astype(F32), 1.0
+    if kind == "llama3":
+        low_wavelen = original / cfg.rope_low_freq_factor
+        high_wavelen = original / cfg.rope_high_freq_factor
+        wavelen = (F32(2 * math.pi) / inv_freq).astype(F32)
+        scaled = np.where(wavelen > low_wavelen, inv_freq / F32(factor), inv_freq).astype(F32)
+        smooth = ((F32(original) / wavelen - F32(cfg.rope_low_freq_factor))
+                  / F32(cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)).astype(F32)
+        smoothed = ((F32(1) - smooth) * scaled / F32(factor) + smooth * scaled).astype(F32)
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(F32), 1.0
+    # yarn
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = cfg.rope_attention_factor or (
+        mscale(factor, cfg.rope_mscale) / mscale(factor, cfg.rope_mscale_all_dim)
+        if cfg.rope_mscale and cfg.rope_mscale_all_dim else mscale(factor))
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(cfg.rope_beta_fast), correction_dim(cfg.rope_beta_slow)
+    if cfg.rope_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=F32) - F32(low)) / F32(high - low), 0, 1).astype(F32)
+    keep = (F32(1) - ramp).astype(F32)  # the share of the original (extrapolated) frequency
+    interpolated = (F32(1.0) / (F32(factor) * powers)).astype(F32)
+    return (interpolated * (F32(1) - keep) + inv_freq * keep).astype(F32), float(attention)
+
+
+def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (seq, head_dim) of the model's rotary embedding at `positions` (one forward pass:
+    a dynamic scaling sees the pass's last position, as transformers' does)."""
+    inv_freq, scale = rope_inv_freq(cfg, int(positions.max()) + 1 if positions.size else 0)
+    return _tables(positions, inv_freq, scale)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -46,14 +108,15 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention for one sequence.
 
     q: (heads, seq_q, head_dim) at positions q_start .. q_start + seq_q - 1;
     k, v: (kv_heads, seq_k, head_dim) for positions 0 .. seq_k - 1, where
     heads is a multiple of kv_heads (each KV head serves heads/kv_heads
-    consecutive query heads, as Hugging Face's repeat_kv does).
-    Returns (heads, seq_q, head_dim).
+    consecutive query heads, as Hugging Face's repeat_kv does). With `window`,
+    a query sees only keys less than `window` positions behind it (Mistral's
+    sliding window). Returns (heads, seq_q, head_dim).
     """
     heads, seq_q, head_dim = q.shape
     kv_heads, seq_k, _ = k.shape
@@ -61,12 +124,40 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int) -> np.n
     qg = q.reshape(kv_heads, rep * seq_q, head_dim)  # (kv_heads, rep*seq_q, head_dim)
     scores = qg @ k.transpose(0, 2, 1) * F32(1.0 / np.sqrt(head_dim))  # (kv_heads, rep*seq_q, seq_k)
     scores = scores.reshape(kv_heads, rep, seq_q, seq_k)
-    q_pos = q_start + np.arange(seq_q)[:, None]
-    mask = np.arange(seq_k)[None, :] > q_pos  # (seq_q, seq_k): future keys
-    scores = np.where(mask, F32(-np.inf), scores)
+    scores = np.where(hidden_keys(q_start, seq_q, seq_k, window), F32(-np.inf), scores)
     probs = softmax(scores, axis=-1).astype(F32).reshape(kv_heads, rep * seq_q, seq_k)
     out = probs @ v  # (kv_heads, rep*seq_q, head_dim)
     return out.reshape(heads, seq_q, head_dim)
+
+
+def hidden_keys(q_start: int, seq_q: int, seq_k: int, window: int = 0) -> np.ndarray:
+    """(seq_q, seq_k) bool: the keys a query may not see: future ones, and with `window` those
+    `window` or more positions behind it."""
+    q_pos = q_start + np.arange(seq_q)[:, None]
+    k_pos = np.arange(seq_k)[None, :]
+    hidden = k_pos > q_pos
+    if window:
+        hidden |= q_pos - k_pos >= window
+    return hidden
+
+
+def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, start: int,
+                bias: tuple | None = None, qk_norm: tuple | None = None) -> tuple[np.ndarray, ...]:
+    """q (heads, seq, hd), k and v (kv_heads, seq, hd) of normed input h (seq, D) for whatever heads
+    the weights hold, at positions start..: the projections (+ biases, Qwen 2.5), a per-head RMSNorm
+    of q and k (Qwen 3), then the rotary embedding of q and k. The reference model and every
+    tensor-parallel shard call this."""
+    seq, hd = h.shape[0], cfg.head_dim
+    q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
+    if bias is not None:
+        q, k, v = q + bias[0], k + bias[1], v + bias[2]
+    q = q.reshape(seq, -1, hd).transpose(1, 0, 2)
+    k = k.reshape(seq, -1, hd).transpose(1, 0, 2)
+    v = v.reshape(seq, -1, hd).transpose(1, 0, 2)
+    if qk_norm is not None:
+        q, k = rms_norm(q, qk_norm[0], cfg.rms_norm_eps), rms_norm(k, qk_norm[1], cfg.rms_norm_eps)
+    cos, sin = rope_tables(cfg, np.arange(start, start + seq))
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 def silu(x: np.ndarray) -> np.ndarray:

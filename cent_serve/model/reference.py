@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import apply_rope, attention, rms_norm, rope_cos_sin, swiglu
+from cent_serve.model.layers import attention, project_qkv, rms_norm, swiglu
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -84,19 +84,11 @@ def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
                    cache: KVCache, layer: int) -> np.ndarray:
     """Attention of normed input h (seq, D) using the heads present in w; returns h @ Wo^T."""
     seq = h.shape[0]
-    hd = cfg.head_dim
-    n_q = w.wq.shape[0] // hd
-    n_kv = w.wk.shape[0] // hd
-    q = (h @ w.wq.T).reshape(seq, n_q, hd).transpose(1, 0, 2)  # (heads, seq, hd)
-    k = (h @ w.wk.T).reshape(seq, n_kv, hd).transpose(1, 0, 2)  # (kv_heads, seq, hd)
-    v = (h @ w.wv.T).reshape(seq, n_kv, hd).transpose(1, 0, 2)  # (kv_heads, seq, hd)
-    cos, sin = rope_cos_sin(np.arange(start, start + seq), hd, cfg.rope_theta)
-    q = apply_rope(q, cos, sin)
-    k = apply_rope(k, cos, sin)
+    q, k, v = project_qkv(cfg, h, w.wq, w.wk, w.wv, start, w.qkv_bias, w.qk_norms)  # (heads | kv_heads, seq, hd)
     cache.append(layer, k, v, start)
     keys, values = cache.view(layer, start + seq)
-    out = attention(q, keys, values, start)  # (heads, seq, hd)
-    return out.transpose(1, 0, 2).reshape(seq, n_q * hd) @ w.wo.T
+    out = attention(q, keys, values, start, cfg.sliding_window)  # (heads, seq, hd)
+    return out.transpose(1, 0, 2).reshape(seq, -1) @ w.wo.T
 
 
 class LlamaModel:

@@ -16,7 +16,7 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-from cent_serve.config import ModelConfig
+from cent_serve.config import ROPE_TYPES, ModelConfig
 
 F32 = np.float32
 BF16 = ml_dtypes.bfloat16
@@ -35,6 +35,19 @@ class LayerWeights:
     w_gate: np.ndarray  # (F, D)
     w_up: np.ndarray  # (F, D)
     w_down: np.ndarray  # (D, F)
+    bq: np.ndarray | None = None  # (H*hd,) q/k/v biases (model.attention_bias)
+    bk: np.ndarray | None = None  # (Hkv*hd,)
+    bv: np.ndarray | None = None  # (Hkv*hd,)
+    q_norm: np.ndarray | None = None  # (hd,) per-head RMSNorm weights of q and k (model.qk_norm)
+    k_norm: np.ndarray | None = None  # (hd,)
+
+    @property
+    def qkv_bias(self) -> tuple | None:
+        return None if self.bq is None else (self.bq, self.bk, self.bv)
+
+    @property
+    def qk_norms(self) -> tuple | None:
+        return None if self.q_norm is None else (self.q_norm, self.k_norm)
 
 
 @dataclass
@@ -68,8 +81,11 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
         w = rng.standard_normal((out_dim, in_dim), dtype=F32) * F32(1.0 / np.sqrt(in_dim))
         return _to_storage(w, cfg.weight_dtype)
 
-    def norm() -> np.ndarray:
-        return _to_storage(1.0 + 0.1 * rng.standard_normal(d, dtype=F32), cfg.weight_dtype)
+    def norm(n: int = d) -> np.ndarray:
+        return _to_storage(1.0 + 0.1 * rng.standard_normal(n, dtype=F32), cfg.weight_dtype)
+
+    def bias(n: int) -> np.ndarray:
+        return _to_storage(0.1 * rng.standard_normal(n, dtype=F32), cfg.weight_dtype)
 
     embed = _to_storage(rng.standard_normal((cfg.vocab_size, d), dtype=F32), cfg.weight_dtype)
     layers = []
@@ -78,6 +94,10 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
             input_norm=norm(), wq=mat(cfg.num_heads * hd, d), wk=mat(cfg.num_kv_heads * hd, d),
             wv=mat(cfg.num_kv_heads * hd, d), wo=mat(d, cfg.num_heads * hd), post_norm=norm(),
             w_gate=mat(f, d), w_up=mat(f, d), w_down=mat(d, f)))
+        if cfg.attention_bias:
+            layers[-1].bq, layers[-1].bk, layers[-1].bv = (bias(cfg.q_size), bias(cfg.kv_size), bias(cfg.kv_size))
+        if cfg.qk_norm:
+            layers[-1].q_norm, layers[-1].k_norm = norm(hd), norm(hd)
     final_norm = norm()
     lm_head = embed if cfg.tie_word_embeddings else mat(cfg.vocab_size, d)
     return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
@@ -96,6 +116,14 @@ _LAYER_NAMES = {
     "w_up": "mlp.up_proj.weight",
     "w_down": "mlp.down_proj.weight",
 }
+_BIAS_NAMES = {"bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias", "bv": "self_attn.v_proj.bias"}
+_QK_NORM_NAMES = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
+
+
+def _layer_names(cfg: ModelConfig) -> dict[str, str]:
+    """LayerWeights field -> Hugging Face tensor name suffix, for the model's variations."""
+    return {**_LAYER_NAMES, **(_BIAS_NAMES if cfg.attention_bias else {}),
+            **(_QK_NORM_NAMES if cfg.qk_norm else {})}
 
 
 def hf_tensor_names(cfg: ModelConfig) -> list[str]:
@@ -104,34 +132,64 @@ def hf_tensor_names(cfg: ModelConfig) -> list[str]:
     if not cfg.tie_word_embeddings:
         names.append("lm_head.weight")
     for i in range(cfg.num_layers):
-        names += [f"model.layers.{i}.{n}" for n in _LAYER_NAMES.values()]
+        names += [f"model.layers.{i}.{n}" for n in _layer_names(cfg).values()]
     return names
 
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM"}
+_ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
+                  high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
+                  mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
+                  truncate="rope_truncate", original_max_position_embeddings="rope_original_max_position")
+
+
+def _refuse(field: str, value, why: str) -> None:
+    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
+
+
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
-    """A ModelConfig from a Hugging Face Llama `config.json` (file or its directory)."""
+    """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
+    Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases) and Qwen 3
+    (q/k norms). What the reference model cannot run is refused by name."""
     path = Path(path)
     cfg_file = path / "config.json" if path.is_dir() else path
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
-                         "Hugging Face Llama checkpoint directory")
+                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5 or Qwen 3)")
     hf = json.loads(cfg_file.read_text())
     arch = hf.get("model_type", "llama")
-    if arch not in ("llama", "mistral"):
-        raise ValueError(f"model.checkpoint: model_type={arch!r} is not supported: "
-                         "use a Llama-family checkpoint (model_type 'llama')")
+    if arch not in ARCHITECTURES:
+        moe = "mixtral" in arch or "moe" in arch or hf.get("num_experts") or hf.get("num_local_experts")
+        _refuse("model_type", arch, ("mixture-of-experts models are not supported yet; " if moe else "")
+                + f"supported families: {', '.join(ARCHITECTURES)}")
+    if hf.get("quantization_config"):
+        _refuse("quantization_config", hf["quantization_config"].get("quant_method", "?"),
+                "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
+    if hf.get("hidden_act", "silu") != "silu":
+        _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
+    if hf.get("mlp_bias"):
+        _refuse("mlp_bias", True, "MLP biases are not modelled")
+    if hf.get("use_sliding_window"):
+        _refuse("use_sliding_window", True, "Qwen's per-layer sliding window is not modelled (Mistral's is)")
+    if arch != "qwen2" and hf.get("attention_bias"):
+        _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
     # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
-    rope_params = hf.get("rope_parameters") or {}
-    for key, value, kind in (("rope_scaling", hf.get("rope_scaling"), None),
-                             ("rope_parameters", rope_params, "default")):
-        if value and value.get("rope_type", value.get("type", kind)) != "default":
-            raise ValueError(f"model.checkpoint: {key}={value!r} is not supported: "
-                             "use a checkpoint with plain rotary embeddings (rope_type 'default')")
+    rope = dict(hf.get("rope_scaling") or {})
+    rope.update(hf.get("rope_parameters") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        _refuse("rope_parameters.rope_type", rope_type, f"supported: {', '.join(ROPE_TYPES)}")
+    scaling = {}
+    if rope_type != "default":
+        scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
+        scaling["rope_type"] = rope_type
+        if rope_type == "dynamic":  # dynamic NTK scales past the checkpoint's own context, factor times
+            scaling["rope_original_max_position"] = hf.get("max_position_embeddings", 4096)
+            overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
     heads = hf["num_attention_heads"]
-    rope = hf.get("rope_theta")
-    if rope is None:
-        rope = rope_params.get("rope_theta", 10000.0)
+    theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
 
     def _id(key: str, default: int) -> int:
         value = hf.get(key, default)
@@ -140,6 +198,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
         name=cfg_file.parent.name,
+        model_type=arch,
         hidden_size=hf["hidden_size"],
         intermediate_size=hf["intermediate_size"],
         num_layers=hf["num_hidden_layers"],
@@ -148,13 +207,17 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 4096),
-        rope_theta=float(rope),
+        rope_theta=float(theta),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3",
+        sliding_window=int(hf.get("sliding_window") or 0) if arch == "mistral" else 0,
         bos_token_id=_id("bos_token_id", 1),
         eos_token_id=_id("eos_token_id", 2),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
         checkpoint=str(cfg_file.parent),
+        **scaling,
     )
     fields.update(overrides)
     return ModelConfig(**fields)
@@ -192,7 +255,8 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
         "wo": (d, cfg.num_heads * hd), "w_gate": (cfg.intermediate_size, d),
         "w_up": (cfg.intermediate_size, d), "w_down": (d, cfg.intermediate_size),
     }
-    by_suffix = {v: k for k, v in _LAYER_NAMES.items()}
+    shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), q_norm=(hd,), k_norm=(hd,))
+    by_suffix = {v: k for k, v in _layer_names(cfg).items()}
     layer_parts: list[dict[str, np.ndarray]] = [{} for _ in range(cfg.num_layers)]
     top: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
@@ -243,7 +307,7 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
     if not cfg.tie_word_embeddings:
         tensors["lm_head.weight"] = weights.lm_head
     for i, layer in enumerate(weights.layers):
-        for key, suffix in _LAYER_NAMES.items():
+        for key, suffix in _layer_names(cfg).items():
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)
     tensors = {k: np.ascontiguousarray(v.astype(store)) for k, v in tensors.items()}
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
@@ -271,17 +335,28 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
     """The Hugging Face `config.json` content of a ModelConfig."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    out = {
+        "architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len,
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id, "hidden_act": "silu", "attention_bias": False,
-        "mlp_bias": False, "torch_dtype": cfg.weight_dtype,
+        "eos_token_id": cfg.eos_token_id, "hidden_act": "silu", "mlp_bias": False,
+        "torch_dtype": cfg.weight_dtype,
     }
+    if cfg.model_type != "qwen2":
+        out["attention_bias"] = False
+    if cfg.model_type == "mistral":
+        out["sliding_window"] = cfg.sliding_window or None
+    if cfg.rope_type != "default":
+        out["rope_scaling"] = {"rope_type": cfg.rope_type, **{
+            theirs: getattr(cfg, ours) for theirs, ours in _ROPE_KEYS.items()
+            if getattr(cfg, ours) and not (cfg.rope_type == "dynamic" and ours == "rope_original_max_position")}}
+        if cfg.rope_type == "dynamic" and cfg.rope_original_max_position:
+            out["max_position_embeddings"] = cfg.rope_original_max_position
+    return out
 
 
 def load_weights(cfg: ModelConfig) -> LlamaWeights:

@@ -99,7 +99,7 @@ def test_tokenizer_json_matches_transformers_encoding_and_decoding():
         assert tok.decode(case["greedy_ids"]) == case["decoded"]
 
 
-def test_scaled_rope_from_transformers_5_config_is_refused(tmp_path):
+def test_scaled_rope_from_transformers_5_config_is_read_and_unknown_kinds_refused(tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, ckpt)
     raw = json.loads((ckpt / "config.json").read_text())
@@ -108,7 +108,12 @@ def test_scaled_rope_from_transformers_5_config_is_refused(tmp_path):
                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                               "original_max_position_embeddings": 8192}
     (ckpt / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="rope_parameters=.*llama3.*not supported"):
+    cfg = model_config_from_hf(ckpt)
+    assert (cfg.rope_type, cfg.rope_theta, cfg.rope_factor, cfg.rope_original_max_position) == \
+        ("llama3", 500000.0, 8.0, 8192)
+    raw["rope_parameters"]["rope_type"] = "longrope"
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="rope_parameters.rope_type='longrope' is not supported: supported: default"):
         model_config_from_hf(ckpt)
 
 

@@ -1,0 +1,114 @@
+"""Build the model-family fixtures with real transformers (torch is NOT a project dependency).
+
+For each family cent-serve runs, a small random checkpoint written by transformers' own
+`save_pretrained` with the family's special features switched on, and `expected.json` with
+transformers' greedy tokens and last-position logits (method as in make_hf_fixture.py: bf16
+weights loaded back as float32; `generate` with eos_token_id None, so it never stops early):
+
+- llama3: Llama 3.x: `llama3` rope scaling (original context 32, so the prompts pass it), GQA,
+  tied embeddings (as Llama 3.2 1B/3B);
+- llama_linear, llama_dynamic, llama_yarn: the other rope types transformers' Llama accepts;
+- mistral: a sliding window of 8, shorter than every prompt;
+- qwen2: Qwen 2.5 (q/k/v biases), tied embeddings;
+- qwen3: Qwen 3 (per-head q/k RMSNorm, head_dim 32 with hidden 64 and 4 heads).
+
+Every model: hidden 64, 2 layers, 4 query / 2 KV heads, vocabulary 512, random norms and biases.
+Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
+make_hf_fixture.py). Regenerate (CI never does; the suite reads the committed files):
+
+    python3 -m venv /tmp/hf-venv && /tmp/hf-venv/bin/pip install torch transformers pytest
+    /tmp/hf-venv/bin/pip install -e . && /tmp/hf-venv/bin/python tests/data/make_hf_family_fixtures.py
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = [[1, 5, 9, 200, 7, 431, 88, 300, 12, 511, 64, 3, 250, 17, 99, 150, 42, 480, 8, 61, 222],
+           [1, 77, 301, 45, 128, 9, 9, 260, 33, 401, 12, 5, 88, 17]]
+NUM_NEW_TOKENS = 24
+COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1,
+              eos_token_id=2, pad_token_id=0)
+FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMON)
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", dict(
+        tie_word_embeddings=True, rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                                                       low_freq_factor=1.0, high_freq_factor=4.0,
+                                                       original_max_position_embeddings=32))),
+    "llama_linear": ("LlamaConfig", "LlamaForCausalLM", dict(
+        rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0))),
+    "llama_dynamic": ("LlamaConfig", "LlamaForCausalLM", dict(
+        max_position_embeddings=16, rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=4.0))),
+    "llama_yarn": ("LlamaConfig", "LlamaForCausalLM", dict(
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16))),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=8, rope_theta=10000.0)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True, rope_theta=1000000.0)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, rope_theta=1000000.0)),
+}
+
+
+def _base():
+    spec = importlib.util.spec_from_file_location("make_hf_fixture", HERE / "make_hf_fixture.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(name: str, seed: int = 0):
+    import torch
+    import transformers
+
+    config_cls, model_cls, extra = FAMILIES[name]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    model = getattr(transformers, model_cls)(config)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):  # random norms (q/k norms too), so they are on the checked path
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif pname.endswith("bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+            elif p.dim() == 2:
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+    return model.to(torch.bfloat16).eval(), model_cls
+
+
+def reference(ckpt: Path, model_cls: str) -> list[dict]:
+    import torch
+    import transformers
+
+    model = getattr(transformers, model_cls).from_pretrained(ckpt, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    out = []
+    for ids in PROMPTS:
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logits = model(x).logits[0, -1]
+            gen = model.generate(x, max_new_tokens=NUM_NEW_TOKENS, do_sample=False, pad_token_id=0)
+        new = gen[0, len(ids):].tolist()
+        assert len(new) == NUM_NEW_TOKENS
+        out.append(dict(prompt_ids=ids, greedy_ids=new, last_logits=logits.tolist()))
+    return out
+
+
+def write(name: str, out_dir: Path, seed: int = 0) -> dict:
+    import torch
+    import transformers
+
+    base = _base()
+    model, model_cls = build(name, seed)
+    base.save_checkpoint(model, base.build_tokenizer(), out_dir)
+    expected = dict(generated_by=dict(torch=torch.__version__, transformers=transformers.__version__, seed=seed),
+                    family=name, cases=reference(out_dir, model_cls))
+    (out_dir / "expected.json").write_text(json.dumps(expected))
+    return expected
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "hf_families"
+    for family in FAMILIES:
+        exp = write(family, root / family)
+        print(f"{family}: {len(exp['cases'])} cases, transformers {exp['generated_by']['transformers']}")

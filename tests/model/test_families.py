@@ -1,0 +1,145 @@
+"""The model families people serve now, against Hugging Face transformers' own output.
+
+tests/data/hf_families/<family>/ were written by tests/data/make_hf_family_fixtures.py with real
+transformers: each a small random checkpoint saved by `save_pretrained` with the family's special
+features on (Llama 3 rope scaling and tied embeddings, linear / dynamic / yarn rope, Mistral's
+sliding window shorter than the prompts, Qwen 2.5's q/k/v biases, Qwen 3's q/k norms and a head
+size that is not hidden / heads), and transformers' greedy tokens and logits for two prompts.
+CI has no torch, so these files are the reference; the `hf` test rebuilds them live.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import CentConfig, ParallelConfig
+from cent_serve.executor import LocalExecutor
+from cent_serve.executor.generate import generate_batch
+from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
+from cent_serve.model.generate import generate
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+ROOT = DATA / "hf_families"
+FAMILIES = sorted(p.name for p in ROOT.iterdir())
+FEATURES = {  # family: (what its config.json must turn on, the same feature switched off)
+    "llama3": (dict(model_type="llama", rope_type="llama3", rope_factor=8.0, rope_original_max_position=32,
+                    tie_word_embeddings=True), dict(rope_type="default")),
+    "llama_linear": (dict(rope_type="linear", rope_factor=4.0), dict(rope_type="default")),
+    "llama_dynamic": (dict(rope_type="dynamic", rope_factor=4.0, rope_original_max_position=16, max_seq_len=64),
+                      dict(rope_type="default")),
+    "llama_yarn": (dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=16), dict(rope_type="default")),
+    "mistral": (dict(model_type="mistral", sliding_window=8), dict(sliding_window=0)),
+    "qwen2": (dict(model_type="qwen2", attention_bias=True, tie_word_embeddings=True), None),
+    "qwen3": (dict(model_type="qwen3", qk_norm=True, head_dim=32, hidden_size=64, num_heads=4), None),
+}
+
+
+def expected(family: str) -> list[dict]:
+    return json.loads((ROOT / family / "expected.json").read_text())["cases"]
+
+
+def rel(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(b)))
+
+
+def test_every_family_has_a_fixture_and_its_features():
+    assert FAMILIES == sorted(FEATURES)
+    for family, (on, _) in FEATURES.items():
+        cfg = model_config_from_hf(ROOT / family)
+        assert {k: getattr(cfg, k) for k in on} == on, family
+        assert cfg.num_kv_heads < cfg.num_heads  # GQA everywhere
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_model_gives_transformers_tokens_and_logits(family):
+    cfg = model_config_from_hf(ROOT / family)
+    model = LlamaModel(cfg, load_weights(cfg))
+    for case in expected(family):
+        assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) < 1e-4
+        assert generate(model, case["prompt_ids"], len(case["greedy_ids"]), ignore_eos=True).token_ids == \
+            case["greedy_ids"]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FEATURES[f][1]])
+def test_the_feature_is_what_makes_the_tokens_right(family):
+    """Switched off, the family's feature changes the logits: the fixture exercises it."""
+    cfg = model_config_from_hf(ROOT / family)
+    off = dataclasses.replace(cfg, **FEATURES[family][1])
+    weights = load_weights(cfg)
+    case = expected(family)[0]
+    logits = LlamaModel(off, weights).forward(case["prompt_ids"], LlamaModel(off, weights).new_cache())[-1]
+    assert rel(logits, case["last_logits"]) > 1e-3
+
+
+def test_qwen_features_change_the_tokens_too():
+    """Biases and q/k norms dropped from the weights change the logits."""
+    for family, fields in (("qwen2", ("bq", "bk", "bv")), ("qwen3", ("q_norm", "k_norm"))):
+        cfg = model_config_from_hf(ROOT / family)
+        weights = load_weights(cfg)
+        for layer in weights.layers:
+            for f in fields:
+                setattr(layer, f, None)
+        flat = dataclasses.replace(cfg, attention_bias=False, qk_norm=False)
+        case = expected(family)[0]
+        model = LlamaModel(flat, weights)
+        assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3, family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("devices, pp, tp", [(4, 2, 2), (2, 0, 1), (2, 1, 2)])
+def test_sharded_over_devices_gives_transformers_tokens(family, devices, pp, tp):
+    """Pipeline, tensor and hybrid (pp 2 x tp 2 on 4 devices) through the device workers and the switch."""
+    model = model_config_from_hf(ROOT / family)
+    cases = expected(family)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, tp), numerics="full")
+    got = generate_batch(LocalExecutor(cfg, weights=load_weights(model)), [c["prompt_ids"] for c in cases],
+                         len(cases[0]["greedy_ids"]))
+    for q, case in enumerate(cases):
+        assert got.token_ids[q] == case["greedy_ids"]
+        assert rel(got.logits[q][0], case["last_logits"]) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen3"])
+def test_cli_generate_gives_transformers_tokens(family, capsys):
+    case = expected(family)[1]
+    assert main(["generate", "--model", str(ROOT / family), "--prompt-ids", ",".join(map(str, case["prompt_ids"])),
+                 "--max-tokens", str(len(case["greedy_ids"])), "--temperature", "0", "--ignore-eos", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == case["greedy_ids"]
+
+
+def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
+    base = json.loads((ROOT / "qwen3" / "config.json").read_text())
+    for change, message in (
+            (dict(model_type="mixtral", num_local_experts=8), "model_type='mixtral' is not supported: mixture-of-experts"),
+            (dict(model_type="qwen3_moe", num_experts=64), "model_type='qwen3_moe' is not supported: mixture-of-experts"),
+            (dict(model_type="gemma"), "model_type='gemma' is not supported: supported families: llama, mistral"),
+            (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
+            (dict(use_sliding_window=True), "use_sliding_window=True is not supported"),
+            (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
+            (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+        with pytest.raises(ValueError, match=message):
+            model_config_from_hf(tmp_path)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn"])
+def test_live_against_transformers(family, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("fam", DATA / "make_hf_family_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cases = mod.write(family, tmp_path / family, seed=11)["cases"]
+    assert cases[0]["greedy_ids"] != expected(family)[0]["greedy_ids"]  # a fresh model, not the fixture
+    cfg = model_config_from_hf(tmp_path / family)
+    model = LlamaModel(cfg, load_weights(cfg))
+    for case in cases:
+        assert generate(model, case["prompt_ids"], len(case["greedy_ids"]), ignore_eos=True).token_ids == \
+            case["greedy_ids"]
