@@ -37,7 +37,8 @@ ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 @dataclass
 class ModelConfig:
-    """A Llama-family decoder. Presets: `tiny`, `llama2-7b`, `llama2-13b`, `llama2-70b`."""
+    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3). Presets: `MODEL_PRESETS`
+    (`cent info --presets`)."""
 
     name: str = "tiny"
     """Preset name, or the checkpoint directory's name when loaded from disk."""
@@ -153,9 +154,10 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     def block_param_count(self) -> int:
-        """Parameters of one transformer block (attention, MLP, two norms)."""
+        """Parameters of one transformer block (attention with its biases and q/k norms, MLP, two norms)."""
         d, f = self.hidden_size, self.intermediate_size
         attn = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
+        attn += (self.q_size + 2 * self.kv_size if self.attention_bias else 0) + (2 * self.head_dim if self.qk_norm else 0)
         return attn + 3 * d * f + 2 * d
 
     def param_count(self) -> int:
@@ -172,6 +174,9 @@ class ModelConfig:
         return 2 * self.num_layers * self.kv_size * 2
 
 
+_LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                     rope_original_max_position=8192)
+"""Llama 3.1's rotary scaling (its config.json `rope_scaling`)."""
 # docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
@@ -182,6 +187,27 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                        num_kv_heads=40, vocab_size=32000, max_seq_len=4096),
     "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
                        num_kv_heads=8, vocab_size=32000, max_seq_len=4096),
+    # the families people serve now: dimensions, rope and context from each model's published
+    # config.json (Hugging Face hub: meta-llama/Llama-3.1-8B, Llama-3.1-70B, Llama-3.2-1B,
+    # mistralai/Mistral-7B-v0.1, Qwen/Qwen2.5-7B, Qwen/Qwen3-8B)
+    "llama3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+                        vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, **_LLAMA31_ROPE,
+                        bos_token_id=128000, eos_token_id=128001),
+    "llama3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8,
+                         vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, **_LLAMA31_ROPE,
+                         bos_token_id=128000, eos_token_id=128001),
+    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+                        head_dim=64, vocab_size=128256, max_seq_len=131072, rope_theta=500000.0,
+                        **{**_LLAMA31_ROPE, "rope_factor": 32.0}, tie_word_embeddings=True,
+                        bos_token_id=128000, eos_token_id=128001),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                       num_kv_heads=8, vocab_size=32000, max_seq_len=32768, sliding_window=4096),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+                       num_kv_heads=4, vocab_size=152064, max_seq_len=32768, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, attention_bias=True, bos_token_id=151643, eos_token_id=151643),
+    "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
+                     num_kv_heads=8, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
+                     rms_norm_eps=1e-6, qk_norm=True, bos_token_id=151643, eos_token_id=151645),
 }
 
 
@@ -214,19 +240,24 @@ class EnergyConfig:
     t_rc_ns: float = 44.5
     """Row cycle time tRC, ns: how long an activation draws act_mw."""
     t_burst_ns: float = 1.25
-    """Burst time tBL, ns: how long a read or write draws rd_mw / wr_mw."""
+    """Burst time tBL of a 32 B burst, ns: how long a read or write draws rd_mw / wr_mw (a burst of
+    device.burst_elements x bytes_per_element bytes costs its share of 32 B)."""
     t_ccd_ns: float = 1.0
-    """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step draws its power."""
+    """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step of 32 B a bank draws its power."""
     mac_bank_read_share: float = 0.1875
     """Power of one bank's MAC unit during a MAC step, as a share of rd_mw (the artifact charges
     an all-bank MAC of 16 banks 3 x rd_mw: 1.314 nJ)."""
     ewmul_mac_share: float = 0.25
     """Energy of an all-bank elementwise product as a share of an all-bank MAC step."""
-    precharge_cycles: int = 32
-    """Cycles a channel stays precharged after closing all its banks (tRP), for standby."""
-    write_precharge_cycles: int = 73
-    """Cycles a channel stays precharged after an all-bank write with auto-precharge (tCWL +
-    tBL + tWR + tRP), for standby."""
+    precharge_ns: float = 16.0
+    """Time a channel stays precharged after closing all its banks (tRP; 32 cycles at 2 GHz), for standby."""
+    write_precharge_ns: float = 36.5
+    """Time a channel stays precharged after an all-bank write with auto-precharge (tCWL + tBL +
+    tWR + tRP; 73 cycles at 2 GHz), for standby."""
+    access_clock_hz: float = 2e9
+    """The clock the per-access powers below are quoted at (controller, buffers, accelerator units):
+    an access costs its power for one cycle of it, whatever device.clock_hz is (a faster device
+    clock does not make an access cheaper)."""
     # interfaces
     external_pj_per_bit: float = 5.5
     """DRAM data pins (DQ) energy, pJ/bit: a burst across the interface (1.408 nJ for 32 B)."""
@@ -282,6 +313,8 @@ class EnergyConfig:
                    "use a number >= 0")
         _check(self.channels_per_controller >= 1, "device.energy.channels_per_controller",
                self.channels_per_controller, "use a positive integer")
+        _check(self.access_clock_hz > 0, "device.energy.access_clock_hz", self.access_clock_hz,
+               "use a positive clock")
 
 
 @dataclass
@@ -320,18 +353,18 @@ class DeviceConfig:
     """Rotary fixed cost per vector."""
     kv_head_cycles: float = 1008.0
     """KV append: cycles per KV head per channel group."""
-    score_row_cycles: float = 904.0
-    """q.K^T: cycles per key row per bank-slot."""
-    score_rep_cycles: float = 816.0
-    """q.K^T: extra cycles per additional query head of a GQA group."""
+    score_head_cycles: float = 81.0
+    """q.K^T: per key row, bank-slot and head in the row, beyond its MAC columns: the bias write,
+    the result read and two mode switches (first query head of a GQA group; 904 cycles a
+    1024-element row of 128-wide heads)."""
+    score_rep_head_cycles: float = 70.0
+    """q.K^T: the same for each further query head of the group (816 cycles a row)."""
     softmax_dma_passes: int = 6
     """Times a score vector crosses the DMA in softmax."""
     softmax_fixed_cycles: float = 98.0
     """Softmax fixed cost per head-group and row."""
     sv_row_cycles: float = 158.0
     """score x V: per-row switch cost."""
-    sv_parallel_rows: int = 8
-    """score x V: row-switch multiplier."""
     silu_cycles_per_burst: float = 4.0
     """SiLU x up: cycles per burst."""
     silu_fixed_cycles: float = 400.0
@@ -633,8 +666,13 @@ DERIVED_FIELDS = {
                                                "one cycle a data command): set those",
     "device.energy.dram_command_pj": "it is derived (controller_phy_mw / channels_per_controller, one cycle a "
                                      "command): set those",
+    "device.energy.precharge_cycles": "it is a time now: device.energy.precharge_ns (16 ns: 32 cycles at 2 GHz)",
+    "device.energy.write_precharge_cycles": "it is a time now: device.energy.write_precharge_ns (36.5 ns)",
     "device.energy.sram_static_mw": "it is three fields now: device.energy.global_buffer_static_mw, "
                                     "shared_buffer_static_mw, instruction_buffer_static_mw",
+    "device.score_row_cycles": "it is derived per head in a row: device.score_head_cycles (+ its MAC columns)",
+    "device.score_rep_cycles": "it is derived per head in a row: device.score_rep_head_cycles",
+    "device.sv_parallel_rows": "it is derived (a head's V^T rows in a bank: head_dim / banks_per_channel)",
     "device.acc_norm_base": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
     "device.acc_norm_per_8k": "the accelerator is described by its parts: device.acc_* (cent info --describe)",
     "device.acc_softmax_per_512": "the accelerator is described by its parts: device.acc_* (cent info --describe)",

@@ -92,19 +92,36 @@ def _bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def preset_rows() -> list[dict]:
+    """Every preset: family, size, context, and the fewest devices that hold it (`fewest_devices`)."""
+    from cent_serve.config import DeviceConfig
+    from cent_serve.preflight import fewest_devices
+
+    dev, rows = DeviceConfig(), []
+    for name in MODEL_PRESETS:
+        m = model_preset(name)
+        rows.append(dict(preset=name, model_type=m.model_type, params_b=m.param_count() / 1e9,
+                         context=m.max_seq_len, weights_gib=m.weight_bytes() / 2**30,
+                         kv_kib_per_token=m.kv_bytes_per_token() / 1024,
+                         devices_4k=fewest_devices(m, dev, min(4096, m.max_seq_len)),
+                         devices_context=fewest_devices(m, dev, m.max_seq_len, batch=1)))
+    return rows
+
+
 def _presets() -> list[str]:
     lines = ["## Model presets", "",
              "`--model NAME`, or `model: {name: NAME}` in a YAML file. Weights are seeded random "
              "(`model.seed`). Parameters include the embedding and the (untied) LM head; the KV cache "
              "is bf16 over all layers; context is `model.max_seq_len`.", "",
-             "| preset | D | F | N | H | Hkv | vocab | context | parameters | weights (bf16) | KV per token |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| preset | family | D | F | N | H | Hkv | head | vocab | context | parameters | weights (bf16) | KV per token |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in MODEL_PRESETS:
         m = model_preset(name)
         params = m.param_count()
         size = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
-        lines.append(f"| `{name}` | {m.hidden_size} | {m.intermediate_size} | {m.num_layers} | {m.num_heads} "
-                     f"| {m.num_kv_heads} | {m.vocab_size} | {m.max_seq_len} | {size} ({params:,}) "
+        lines.append(f"| `{name}` | {m.model_type} | {m.hidden_size} | {m.intermediate_size} | {m.num_layers} "
+                     f"| {m.num_heads} | {m.num_kv_heads} | {m.head_dim} | {m.vocab_size} | {m.max_seq_len} "
+                     f"| {size} ({params:,}) "
                      f"| {_bytes(params * 2)} | {m.kv_bytes_per_token() / 1024:g} KiB |")
     return lines
 

@@ -106,3 +106,20 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
     mp = check_devices_hold(cfg, context, batch)
     check_host_memory(cfg, mp)
     return mp
+
+
+def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1024) -> int | None:
+    """The fewest devices on which `m` runs in pure pipeline (the paper's mapping: one block a stage)
+    holding the weights and the KV cache of `batch` queries of `context` tokens (default: one per
+    stage, the paper's batch); None when more than `most` would be needed."""
+    from cent_serve.config import ParallelConfig
+
+    n = -(-m.num_layers // dev.num_channels)  # fewer cannot place the blocks
+    while n <= most:
+        try:
+            mp = resolve_mapping(m, ParallelConfig(n, m.num_layers, 1), dev)
+            check_capacity(m, mp, dev, context, batch)
+            return n
+        except ValueError:
+            n += 1 if n < 64 else n // 16  # coarser steps beyond 64 devices
+    return None

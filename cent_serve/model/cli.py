@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print the resolved config, parameter count and weight bytes")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--presets", action="store_true",
+                   help="list every model preset: family, size, context, and the fewest devices that hold it")
     p.add_argument("--describe", action="store_true",
                    help="print the configuration reference (every field, its type, default and meaning, "
                         "and the model presets) as Markdown: docs/config.md is this output")
@@ -37,6 +39,22 @@ def run_info(args: argparse.Namespace) -> int:
     if args.describe:
         from cent_serve.config_doc import describe_config
         sys.stdout.write(describe_config())
+        return 0
+    if args.presets:
+        from cent_serve.config_doc import preset_rows
+        rows = preset_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'preset':<14}{'family':<9}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
+              f"{'devices @4k':>13}{'@context':>10}")
+        for r in rows:
+            print(f"{r['preset']:<14}{r['model_type']:<9}{r['params_b']:>8.2f}B{r['context']:>9}"
+                  f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>13}"
+                  f"{r['devices_context'] or '>1024':>10}")
+        print("devices @4k: the fewest CENT devices (16 GiB) holding the weights and one 4,096-token query per "
+              "pipeline stage; @context: one query of the whole context. Timing-only (numerics off) above 1e9 "
+              "parameters by default.")
         return 0
     from cent_serve.preflight import check_runnable
 

@@ -11,25 +11,35 @@ the device's own fields so a different channel count or SIMD width changes them.
 from __future__ import annotations
 
 from cent_serve.config import DeviceConfig, ModelConfig
+from cent_serve.timing.pim import attended
 
 
-def accelerator_cycles(m: ModelConfig, dev: DeviceConfig, context: int) -> float:
-    """Accelerator cycles of one block for one token: two RMSNorms (sum of squares over the SIMD
-    lanes, a reduction, the rsqrt on a RISC-V core), softmax over the context (exp and sum per
-    head, a reduction and the division per head) and the rotary tables of q and k. The
-    accelerator is shared by every block resident on the device, so callers multiply by the
-    blocks that share it."""
+def accelerator_parts(m: ModelConfig, dev: DeviceConfig, context: int) -> dict[str, float]:
+    """Accelerator cycles of one block for one token, by part: two RMSNorms (sum of squares over
+    the SIMD lanes, a reduction, the rsqrt on a RISC-V core), softmax over the attended keys (exp
+    and sum per head, a reduction and the division per head), the rotary tables of q and k, and
+    with per-head q/k norms (Qwen 3) one more RMSNorm of every q and k head (their sums of squares
+    over the units, an rsqrt each on the cores). The accelerator is shared by every block resident
+    on the device, so callers multiply by the blocks that share it."""
     units, lanes, buf = dev.num_channels, dev.acc_simd_lanes, dev.acc_buffer_cycles
     cores, d, h = dev.acc_riscv_cores, m.hidden_size, m.num_heads
     exp_pass = units * buf + dev.acc_exp_cycles + buf  # read, exp, write, pipelined over the units
     add_pass = units * 2 * buf + 1 + buf  # two reads, add, write
     # RMSNorm: D values / the lanes / the banks' 16-to-1 products, over the units; a reduction; rsqrt
     norm = d / lanes / dev.burst_elements / units * add_pass + buf + buf + 1 + dev.acc_norm_riscv_cycles
-    passes = context * h / lanes / units  # softmax's vectors: the context of every head, over the units
+    passes = attended(m, context) * h / lanes / units  # softmax's vectors: every head's keys, over the units
     softmax = (passes * exp_pass + passes * add_pass + h * buf
                + h * (dev.acc_softmax_writes * buf + dev.acc_softmax_riscv_cycles / cores + buf))
     rotary = (1 + m.num_kv_heads / h) * d * dev.acc_rotary_riscv_cycles / cores
-    return 2 * norm + softmax + rotary
+    qk_heads = (h + m.num_kv_heads) if m.qk_norm else 0
+    qk_norm = (qk_heads * m.head_dim / lanes / dev.burst_elements / units * add_pass
+               + qk_heads * dev.acc_norm_riscv_cycles / cores) if qk_heads else 0.0
+    return dict(norm=2 * norm, softmax=softmax, rotary=rotary, qk_norm=qk_norm)
+
+
+def accelerator_cycles(m: ModelConfig, dev: DeviceConfig, context: int) -> float:
+    """Accelerator cycles of one block for one token (`accelerator_parts` added up)."""
+    return sum(accelerator_parts(m, dev, context).values())
 
 
 def accelerator_s(m: ModelConfig, dev: DeviceConfig, context: int) -> float:

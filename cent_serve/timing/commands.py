@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig
-from cent_serve.timing.pim import BlockGeometry, cdiv, context_rows, elementwise_split
+from cent_serve.timing.pim import BlockGeometry, attended, cdiv, context_rows, elementwise_split, v_rows
 
 CMDS = ("act", "act16", "pre", "prea", "tmod", "mac16", "ewmul16", "af16", "wra16", "wrgb", "wrmac16",
         "rdmac16", "rdaf16", "rdcp", "wrcp", "wr", "rd")
@@ -175,27 +175,31 @@ def partner_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> np.
 
 
 def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> dict[str, np.ndarray]:
-    """q.K^T, softmax and score x V of one device trace at `context` tokens."""
+    """q.K^T, softmax and score x V of one device trace at `context` tokens (of which a sliding
+    window attends to the last `sliding_window`)."""
+    context = attended(m, context)
     s = TraceShape(m, g, dev)
     cb, tb, nrep, hd = s.broadcast, g.tb, m.num_rep, m.head_dim
     nch, banks = dev.num_channels, g.banks
     # q.K^T: keys one per bank, in slots of B banks; a slot's instructions reach whole groups of the
-    # channels its keys occupy. Per key row and slot and query head of the group: the query row
-    # into the buffer, then per head in the row (row / hd) a bias, an hd-wide MAC, a read.
+    # channels its keys occupy. Per key row and slot and query head of the group: the query's values
+    # into the buffer, then per KV head in the row a bias, an hd-wide MAC, a read.
     k_rows = cdiv(m.kv_size, dev.row_elements)
     slots = cdiv(context, banks)
-    per_head = max(1, dev.row_elements // hd)
+    bursts, heads = _bursts(m.kv_size, dev), m.num_kv_heads  # over all k_rows rows
 
     def reach(need: int) -> int:
         return nch if g.cpb * g.tp > nch else nch // need * need
 
     full, last = reach(g.cpb * g.tp), reach(cdiv(context - banks * (slots - 1), dev.banks_per_channel))
     csum, cmax = (slots - 1) * full + last, max(full, last) if slots > 1 else last
-    rep = nrep * k_rows * csum
-    score = vec(wrgb=dev.row_column_ops * rep, mac16=dev.row_column_ops * rep, wrmac16=per_head * rep,
-                rdmac16=per_head * rep, act16=k_rows * csum,
-                prea=k_rows * csum - s.kv_channels - max(0, cmax - cb), tmod=2 * per_head * rep + cmax,
-                lines=(1 + 3 * per_head) * k_rows * slots * nrep)
+    rep = nrep * csum
+    score = vec(wrgb=bursts * rep, mac16=heads * _bursts(hd, dev) * rep, wrmac16=heads * rep,
+                rdmac16=heads * rep, act16=k_rows * csum,
+                # a channel the V append closed (auto-precharge), or that nothing opened yet, needs no
+                # precharge before its next all-bank row: here, or in softmax for KV channels q.K^T skips
+                prea=k_rows * csum - min(s.kv_channels, cmax) - max(0, cmax - cb), tmod=2 * heads * rep + cmax,
+                lines=(k_rows + 3 * heads) * slots * nrep)
     # softmax: the scores of every head cross the DMA (4 writes, 2 reads a burst) around two
     # elementwise passes per head group and row; the single-bank row moves reopen rows.
     sizes = context_rows(context, dev.row_elements)
@@ -204,12 +208,13 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
     same = 1 if groups == 1 and rl == 1 else 0
     moves = tb * (6 * m.num_heads * rl - 4 * same * cdiv(m.num_heads, groups))
     softmax = vec(wr=4 * tb * m.num_heads * s16, rd=2 * tb * m.num_heads * s16, ewmul16=2 * groups * s16 * cb,
-                  pre=moves, act=moves, prea=cb * (2 * groups * rl - same), act16=cb * (2 * groups * rl - same),
+                  pre=moves, act=moves, prea=cb * (2 * groups * rl - same) - max(0, s.kv_channels - cmax),
+                  act16=cb * (2 * groups * rl - same),
                   tmod=min(cmax, cb), lines=2 * groups * rl + 2)
     # score x V: per KV-head slot of a channel, query head of the group and score row: the row into
-    # the buffer, then `sv_parallel_rows` V^T rows each with bias, MAC over the row, read.
+    # the buffer, then the head's V^T rows in a bank (`v_rows`) each with bias, MAC over the row, read.
     heads = s.kv_heads_per_channel * nrep
-    rows = dev.sv_parallel_rows
+    rows = v_rows(m, dev)
     sv = vec(wrgb=heads * s16 * cb, mac16=rows * heads * s16 * cb, wrmac16=rows * heads * rl * cb,
              rdmac16=rows * heads * rl * cb, act16=rows * heads * rl * cb, prea=rows * heads * rl * cb,
              tmod=(2 * rows * heads * rl + 1) * cb, lines=(1 + 3 * rows) * heads * rl)
@@ -217,10 +222,10 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
 
 
 def head_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> np.ndarray:
-    """The embedding and LM head (two GEMVs over a block's banks, on each of its tp devices) with
-    the final norm's scale pass, once per token: the work `pim.embedding_cycles` times. Unlike a
-    pure-pipeline block step, nothing runs in lockstep copies: the GEMVs reach a block's channels."""
+    """The embedding lookup (the token's row: one bank row opened, its bursts read by the DMA) and
+    the LM head (a GEMV over a block's banks on each of its tp devices) with the final norm's scale
+    pass, once per token: the work `pim.embed_lookup_cycles` and `lm_head_cycles` time. Unlike a
+    pure-pipeline block step, nothing runs in lockstep copies: the GEMV reaches a block's channels."""
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
-    return (g.tp * (gemv(m.vocab_size, m.hidden_size, g.banks, dev, from_normal_mode=True, span=g.cpb)
-                    + gemv(m.hidden_size, m.vocab_size, g.banks, dev, span=g.cpb))
-            + vec(wr=2 * _bursts(ew, dev) * ewb * g.tb, lines=1))
+    return (g.tp * gemv(m.hidden_size, m.vocab_size, g.banks, dev, from_normal_mode=True, span=g.cpb)
+            + vec(rd=_bursts(m.hidden_size, dev), act=1, pre=1, wr=2 * _bursts(ew, dev) * ewb * g.tb, lines=2))

@@ -39,7 +39,7 @@ import numpy as np
 from cent_serve.config import DeviceConfig
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
-from cent_serve.timing.pim import cdiv, ffn_cycles, qkvo_cycles
+from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -71,12 +71,15 @@ PIN_COMMANDS = ("rd", "wr", "wrgb", "rdmac16", "rdaf16", "wrmac16", "wra16")
 
 def command_energies_j(dev: DeviceConfig) -> np.ndarray:
     """(len(TERMS), len(FIELDS)): joules of each term per command (per instruction line for
-    `lines`, the instruction buffer's read)."""
+    `lines`, the instruction buffer's read). Bursts and MAC steps are quoted for 32 B a bank and
+    scale with the device's burst; controller and buffer accesses cost one cycle of their power
+    at `access_clock_hz`."""
     e, b = dev.energy, dev.banks_per_channel
-    cycle_ns = 1e9 / dev.clock_hz
+    cycle_ns = 1e9 / e.access_clock_hz
+    share = dev.burst_elements * dev.bytes_per_element / 32  # of the 32 B burst the times are quoted for
     act = e.act_mw * e.t_rc_ns * 1e-12
-    rd, wr = e.rd_mw * e.t_burst_ns * 1e-12, e.wr_mw * e.t_burst_ns * 1e-12
-    mac = b * e.mac_bank_read_share * e.rd_mw * e.t_ccd_ns * 1e-12
+    rd, wr = e.rd_mw * e.t_burst_ns * share * 1e-12, e.wr_mw * e.t_burst_ns * share * 1e-12
+    mac = b * e.mac_bank_read_share * e.rd_mw * e.t_ccd_ns * share * 1e-12
     pins = dev.burst_elements * dev.bytes_per_element * 8 * e.external_pj_per_bit * 1e-12
     trx = e.controller_trx_mw / e.channels_per_controller * cycle_ns * 1e-12
     phy = e.controller_phy_mw / e.channels_per_controller * cycle_ns * 1e-12
@@ -99,7 +102,7 @@ def command_energies_j(dev: DeviceConfig) -> np.ndarray:
     put("controller", FIELDS[:-1], phy)
     put("sram_dynamic", ("wrcp",), e.global_buffer_read_mw * cycle_ns * 1e-12)
     put("sram_dynamic", ("wrgb", "rdcp"), e.global_buffer_write_mw * cycle_ns * 1e-12)
-    put("sram_dynamic", ("lines",), e.instruction_buffer_read_mw / dev.acc_clock_hz * 1e-3)
+    put("sram_dynamic", ("lines",), e.instruction_buffer_read_mw / e.access_clock_hz * 1e-3)
     return m
 
 
@@ -113,35 +116,36 @@ class EnergyModel:
         self.model, self.dev, self.geometry = m, dev, g
         self.pipeline = timer.mapping.mode == "pipeline"
         self.matrix = command_energies_j(dev)
-        kv_copies = g.tb if timer.convention == "cent" else 1
-        self.static_ops = static_commands(m, g, dev, kv_copies)
+        self.artifact = timer.convention == "artifact"
+        self.static_ops = static_commands(m, g, dev, 1 if self.artifact else g.tb)
         self.static = sum(self.static_ops.values())
-        if self.pipeline:
-            self.partner = None
-        else:
-            self.partner = partner_commands(m, g, dev)
-            self.partner_cycles = qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev)  # its busy time
-        # the CXL transfers of a step: the artifact counts D values a pipeline step, 10 D + 2 F a
-        # tensor-parallel one (and charges the count as bits); `cent` charges each block's D
-        # values (tb a pipeline step) as bf16 bits
+        self.partner = self.partner_counts = None  # a tensor-parallel partner's step: its GEMVs over their busy time
+        if not self.pipeline:
+            self.partner_counts = counts = partner_commands(m, g, dev)
+            self.partner = self.matrix @ counts + self._over_time(counts, qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev))
         d, f = m.hidden_size, m.intermediate_size
-        values = d if self.pipeline else 10 * d + 2 * f
-        if timer.convention == "cent":
-            values *= g.tb if self.pipeline else 1
-            values *= dev.bytes_per_element * 8
-        self.pcie_bits = values
-        self.head = None
+        self.pcie = np.zeros(len(TERMS))
+        if self.artifact:
+            # the artifact counts D values a pipeline step, 10 D + 2 F a tensor-parallel one (on
+            # every device's step), and charges the count as bits
+            self.pcie[T["pcie"]] = (d if self.pipeline else 10 * d + 2 * f) * dev.energy.pcie_pj_per_bit * 1e-12
+        else:
+            # a block's output moving on (D values), and with tp > 1 the four exchanges of its
+            # slices (attention heads, o, SiLU x up, down: every device receives the others')
+            values = d + (g.tp - 1) * (m.q_size + 2 * d + f)
+            self.pcie[T["pcie"]] = values * dev.bytes_per_element * 8 * dev.energy.pcie_pj_per_bit * 1e-12
+        self.head: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
-
-    # ------------------------------------------------------------------ one trace
+    # ------------------------------------------------------------------ one step
 
     def _over_time(self, counts: np.ndarray, cycles: float) -> np.ndarray:
         """Standby, leakage and control logic of a step of `cycles` PIM cycles."""
         dev, e = self.dev, self.dev.energy
         nch, seconds = dev.num_channels, cycles / dev.clock_hz
         out = np.zeros(len(TERMS))
-        closed = min(nch * cycles, e.precharge_cycles * counts[IDX["prea"]]
-                     + e.write_precharge_cycles * counts[IDX["wra16"]])
+        per_ns = dev.clock_hz * 1e-9  # cycles a ns
+        closed = min(nch * cycles, e.precharge_ns * per_ns * counts[IDX["prea"]]
+                     + e.write_precharge_ns * per_ns * counts[IDX["wra16"]])
         out[T["active_standby"]] = e.act_standby_mw * 1e-3 * (nch * cycles - closed) / nch / dev.clock_hz
         out[T["precharge_standby"]] = e.pre_standby_mw * 1e-3 * closed / nch / dev.clock_hz
         out[T["sram_static"]] = (e.global_buffer_static_mw * nch + e.shared_buffer_static_mw
@@ -150,35 +154,30 @@ class EnergyModel:
         out[T["device_controller"]] = e.device_controller_mw * 1e-3 * seconds
         return out
 
-    def _per_step(self, context: int) -> np.ndarray:
-        """The accelerator's work of a step and its buffers' traffic (the artifact's counts of
-        accesses and cycles per step, with the model's dimensions), and the step's links."""
+    def _accelerator(self, context: int) -> np.ndarray:
+        """The accelerator's work for one block (two RMSNorms, softmax over every head's scores, the
+        rotary of q and k) and its buffers' traffic, by the artifact's counts of accesses and
+        cycles, each access one cycle of its unit's power at `access_clock_hz`."""
         m, dev, e = self.model, self.dev, self.dev.energy
         d, h, lanes = m.hidden_size, m.num_heads, dev.acc_simd_lanes
         sb_rd, sb_wr = e.shared_buffer_read_mw, e.shared_buffer_write_mw
         norm = d / (lanes * dev.burst_elements) + 2  # one RMSNorm's shared-buffer passes
-        exps = context * h / lanes  # softmax's SIMD passes over every head's scores
+        exps = attended(m, context) * h / lanes  # softmax's SIMD passes over every head's scores
         rotated = (1 + 1 / m.num_rep) * d  # q and k elements
         out = np.zeros(len(TERMS))
         ib_reads = 2 * norm + 2 * exps + 2 * h + rotated
         sb = (2 * norm * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
               + rotated / lanes * (sb_rd + 2 * sb_wr))
-        out[T["sram_dynamic"]] = (ib_reads * e.instruction_buffer_read_mw + sb) * 1e-3 / dev.acc_clock_hz
+        out[T["sram_dynamic"]] = (ib_reads * e.instruction_buffer_read_mw + sb) * 1e-3 / e.access_clock_hz
         riscv_cycles = (2 * dev.acc_norm_riscv_cycles
                         + h * (dev.acc_softmax_writes * dev.acc_buffer_cycles + dev.acc_softmax_riscv_cycles
                                + dev.acc_buffer_cycles)
                         + rotated * dev.acc_rotary_riscv_cycles / dev.acc_riscv_cores)
-        out[T["riscv"]] = e.riscv_core_mw * 1e-3 * riscv_cycles / dev.acc_clock_hz
+        out[T["riscv"]] = e.riscv_core_mw * 1e-3 * riscv_cycles / e.access_clock_hz
         out[T["accelerator_dynamic"]] = (e.reduction_mw * (2 + h) + e.exp_mw * exps
                                          + e.vector_mw * (2 * d / (lanes * dev.burst_elements) + exps)
-                                         ) * 1e-3 / dev.acc_clock_hz
-        out[T["pcie"]] = self.pcie_bits * e.pcie_pj_per_bit * 1e-12
+                                         ) * 1e-3 / e.access_clock_hz
         return out
-
-    def trace(self, counts: np.ndarray, cycles: float, context: int) -> np.ndarray:
-        """Terms (joules) of one device step: its commands, `cycles` of standby and leakage, and
-        its per-step work."""
-        return self.matrix @ counts + self._over_time(counts, cycles) + self._per_step(context)
 
     # ------------------------------------------------------------------ blocks and tokens
 
@@ -186,12 +185,16 @@ class EnergyModel:
         """Terms of one block's step for one token at `context`, over all tp devices."""
         hit = self._blocks.get(context)
         if hit is None:
-            counts = self.static + sum(attention_commands(self.model, self.geometry, self.dev, context).values())
-            hit = self.trace(counts, self.timer.pim.cycles(context), context)
-            if self.pipeline:
-                hit = hit / self.geometry.tb
-            else:
-                hit = hit + (self.geometry.tp - 1) * self.trace(self.partner, self.partner_cycles, context)
+            g = self.geometry
+            counts = self.static + sum(attention_commands(self.model, g, self.dev, context).values())
+            step = self.matrix @ counts + self._over_time(counts, self.timer.pim.cycles(context))
+            acc = self._accelerator(context)
+            if self.artifact:  # its accounting: a device step's accelerator work and links once per
+                # step, the partners' steps too
+                step = step + acc + self.pcie
+                hit = step / g.tb if self.pipeline else step + (g.tp - 1) * (self.partner + acc + self.pcie)
+            else:  # each block's own accelerator work, on its first device; the partners' GEMVs
+                hit = (step / g.tb if self.pipeline else step + (g.tp - 1) * self.partner) + acc + self.pcie
             self._blocks[context] = hit
         return hit
 
@@ -199,14 +202,14 @@ class EnergyModel:
         """Embedding and LM head of one token (charged under the `cent` convention only)."""
         if self.head is None:
             counts = head_commands(self.model, self.geometry, self.dev)
-            cycles = self.timer.pim.embedding_cycles
+            cycles = (self.timer.embed_lookup_s + self.timer.lm_head_s) * self.dev.clock_hz
             self.head = self.matrix @ counts + self._over_time(counts, cycles)
         return self.head
 
     def token(self, context: int) -> np.ndarray:
         """Terms of one token at `context` over the whole model, by the timer's convention."""
         n = self.model.num_layers
-        if self.timer.convention == "artifact":
+        if self.artifact:
             tb = self.geometry.tb
             return cdiv(n, tb) * tb * self.block(context)
         return n * self.block(context) + self.head_terms()
@@ -218,7 +221,7 @@ class EnergyModel:
         scale = 1 / g.tb if self.pipeline else 1.0
         out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in BLOCK_OPS}
         if not self.pipeline:
-            partner = self.matrix @ self.partner * (g.tp - 1)
+            partner = self.matrix @ self.partner_counts * (g.tp - 1)
             qkvo, ffn = self.static_ops["qkvo"], self.static_ops["ffn"]
             share = float((self.matrix @ qkvo).sum()) / float((self.matrix @ (qkvo + ffn)).sum())
             out["qkvo"] += float(partner.sum()) * share

@@ -101,10 +101,25 @@ def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> flo
             + dev.kv_head_cycles * cdiv(m.num_kv_heads, g.cpb))
 
 
+def attended(m: ModelConfig, context: int) -> int:
+    """The keys a query attends to at `context`: all of them, or the last `sliding_window`."""
+    return min(context, m.sliding_window) if m.sliding_window else context
+
+
+def score_slot_cycles(m: ModelConfig, dev: DeviceConfig, first: bool) -> float:
+    """q.K^T for one bank-slot of keys and one query head of a GQA group: each row of a key
+    (head_dim x KV heads values) with the matching query values into the global buffer (2 cycles
+    a burst), then per KV head its MAC columns (2 cycles a burst) and its bias, result read and
+    mode switches (1024-element rows of 128-wide heads: 904 cycles a row, 816 for further heads)."""
+    per_head = dev.score_head_cycles if first else dev.score_rep_head_cycles
+    bl = dev.burst_elements
+    return 2 * cdiv(m.kv_size, bl) + m.num_kv_heads * (2 * cdiv(m.head_dim, bl) + per_head)
+
+
 def score_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
-    """q.K^T: one key per bank, so a step function of the context every B tokens."""
-    return (_rows_per_vector(m, dev) * cdiv(context, g.banks)
-            * (dev.score_row_cycles + dev.score_rep_cycles * (m.num_rep - 1)))
+    """q.K^T: one key per bank, so a step function of the attended keys every B tokens."""
+    return (cdiv(attended(m, context), g.banks)
+            * (score_slot_cycles(m, dev, True) + score_slot_cycles(m, dev, False) * (m.num_rep - 1)))
 
 
 def context_rows(context: int, row: int) -> list[int]:
@@ -119,15 +134,21 @@ def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     nhpb = cdiv(m.num_heads, 4 * g.cpb)
     return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb * dev.dma_line_cycles
                + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
-               for size in context_rows(context, dev.row_elements))
+               for size in context_rows(attended(m, context), dev.row_elements))
+
+
+def v_rows(m: ModelConfig, dev: DeviceConfig) -> int:
+    """A head's V^T rows in one bank: its head_dim dimensions spread over the channel's banks."""
+    return cdiv(m.head_dim, dev.banks_per_channel)
 
 
 def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
-    """score x V inside one device: per KV head group, per query head of the group."""
+    """score x V inside one device: per KV head group, per query head of the group, per score
+    row: the scores into the buffer, then each of the head's V^T rows in a bank MACed."""
     per_row = 0.0
-    for size in context_rows(context, dev.row_elements):
+    for size in context_rows(attended(m, context), dev.row_elements):
         op = dev.row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
-        per_row += 2 * op + dev.sv_parallel_rows * (dev.sv_row_cycles + 2 * op)
+        per_row += 2 * op + v_rows(m, dev) * (dev.sv_row_cycles + 2 * op)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
 
 
@@ -149,12 +170,17 @@ def ffn_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     return gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
 
 
-def embedding_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Embedding and LM head, once per token, on a block's channels."""
+def lm_head_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """The final RMSNorm's scale pass and the LM head, a D -> vocab GEMV, once per token."""
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
-    return (gemv_cycles(m.vocab_size, m.hidden_size, g.banks, dev)
-            + gemv_cycles(m.hidden_size, m.vocab_size, g.banks, dev)
+    return (gemv_cycles(m.hidden_size, m.vocab_size, g.banks, dev)
             + 2 * cdiv(ew, dev.burst_elements) * ewb * g.tb + dev.norm_fixed_cycles)
+
+
+def embed_lookup_cycles(m: ModelConfig, dev: DeviceConfig) -> float:
+    """The embedding of one token: its row of the table (D values) read by the DMA engine, a line
+    a burst; whatever the vocabulary."""
+    return cdiv(m.hidden_size, dev.burst_elements) * dev.dma_line_cycles
 
 
 @dataclass(frozen=True)
@@ -191,7 +217,6 @@ class BlockTimer:
         self._static = dict(norm=norm_cycles(m, g, dev), qkvo=qkvo_cycles(m, g, dev),
                             rotary=rotary_cycles(m, g, dev), kv=kv_append_cycles(m, g, dev),
                             ffn=ffn_cycles(m, g, dev), act=silu_mul_cycles(m, g, dev))
-        self.embedding_cycles = embedding_cycles(m, g, dev)
         self._by_context: dict[int, BlockBreakdown] = {}
 
     def breakdown(self, context: int) -> BlockBreakdown:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cent_serve.timing.accelerator import accelerator_parts
 from cent_serve.timing.token import SystemTimer
 
 @dataclass
@@ -56,6 +57,13 @@ class TokenFigures:
     bottleneck: bool
     """Whether the slowest station, not the ring, sets the pace (`cent` only)."""
     breakdown_cycles: dict[str, float]
+    """One block's PIM cycles by operation."""
+    accelerator_breakdown_cycles: dict[str, float]
+    """One block's accelerator cycles by part (`accelerator_parts`)."""
+    embed_lookup_ms: float
+    """The embedding of a token (part of embedding_ms)."""
+    lm_head_ms: float
+    """The final norm and LM head (the rest of embedding_ms)."""
     energy_breakdown_mj: dict[str, float]
     """token_energy_mj by named term (`cent_serve.timing.energy.TERMS`)."""
 
@@ -99,6 +107,8 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
         convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=timer.pim.breakdown(context).as_dict(),
+        accelerator_breakdown_cycles=accelerator_parts(m, timer.device, context),
+        embed_lookup_ms=timer.embed_lookup_s * 1e3, lm_head_ms=timer.lm_head_s * 1e3,
         energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()})
 
 

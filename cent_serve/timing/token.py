@@ -14,7 +14,7 @@ from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfi
 from cent_serve.timing.accelerator import accelerator_cycles
 from cent_serve.timing.fabric import hop_size, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
-from cent_serve.timing.pim import BlockTimer, gemv_cycles
+from cent_serve.timing.pim import BlockTimer, embed_lookup_cycles, gemv_cycles, lm_head_cycles
 
 
 CONVENTIONS = ("cent", "artifact")
@@ -91,12 +91,15 @@ class SystemTimer:
         `cent_serve.timing.pipeline`)."""
         self.pim = BlockTimer(model, mapping.geometry, device)
         self.port = port_model(fabric, mapping.num_devices)
-        self.embedding_s = self.pim.embedding_cycles / device.clock_hz
         # The emulation runs the embedding lookup on the first stage and the LM head (with the
-        # final norm) on the last; together they are embedding_s.
-        self.embed_lookup_s = gemv_cycles(model.vocab_size, model.hidden_size, mapping.geometry.banks,
-                                          device) / device.clock_hz
-        self.lm_head_s = self.embedding_s - self.embed_lookup_s
+        # final norm) on the last; together they are embedding_s. The embedding is a row read;
+        # the artifact charges it as a vocab x D GEMV, and so does its convention.
+        g = mapping.geometry
+        self.lm_head_s = lm_head_cycles(model, g, device) / device.clock_hz
+        lookup = (gemv_cycles(model.vocab_size, model.hidden_size, g.banks, device) if convention == "artifact"
+                  else embed_lookup_cycles(model, device))
+        self.embed_lookup_s = lookup / device.clock_hz
+        self.embedding_s = self.embed_lookup_s + self.lm_head_s
         self.host_s = device.host_sample_s
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
