@@ -143,3 +143,24 @@ def test_live_against_transformers(family, tmp_path):
     for case in cases:
         assert generate(model, case["prompt_ids"], len(case["greedy_ids"]), ignore_eos=True).token_ids == \
             case["greedy_ids"]
+
+
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3"])
+def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
+    """The checkpoint behind the OpenAI API (`cent serve --model PATH --devices 4 --pp 2 --tp 2`,
+    in-process), both prompts at once: the greedy tokens are transformers'."""
+    import httpx
+
+    from api.server import Server
+
+    model = model_config_from_hf(ROOT / family)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(4, 2, 2), numerics="full")
+    cfg.server.port = 0
+    with Server(cfg, "local") as s:
+        with httpx.Client(base_url=s.url, timeout=60) as client:
+            for case in expected(family):
+                r = client.post("/v1/completions", json=dict(
+                    model=model.name, prompt=case["prompt_ids"], max_tokens=len(case["greedy_ids"]), temperature=0,
+                    ignore_eos=True, return_token_ids=True))
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["token_ids"] == case["greedy_ids"]
