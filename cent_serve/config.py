@@ -641,6 +641,19 @@ class CentConfig:
                    "with tp > 1 set pp explicitly (devices / tp stages, CENT's hybrid mapping)")
 
     @property
+    def kv_tokens_cap(self) -> int | None:
+        """The KV a sequence of a sliding-window model keeps (None: all of it): the window, a
+        step's tokens (`scheduler.prefill_chunk_tokens`) and one block for the alignment; the
+        blocks of older positions are reused as it moves on."""
+        m, sc = self.model, self.scheduler
+        return m.sliding_window + sc.prefill_chunk_tokens + sc.kv_block_tokens if m.sliding_window else None
+
+    def kv_tokens(self, tokens: int) -> int:
+        """The tokens of a sequence's KV that take room: all, or the cap of a sliding window."""
+        cap = self.kv_tokens_cap
+        return tokens if cap is None else min(tokens, cap)
+
+    @property
     def resolved_numerics(self) -> str:
         """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
         if self.numerics != "auto":

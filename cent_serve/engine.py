@@ -71,7 +71,8 @@ class Engine:
         self._uniform = None if self.full else UniformLogprobs(self.stand_in_ids)
         sc = cfg.scheduler
         self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
-                                   sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full)
+                                   sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full,
+                                   cfg.kv_tokens_cap)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.stats = EngineStats()

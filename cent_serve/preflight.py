@@ -28,7 +28,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     context = cfg.model.max_seq_len if context is None else context
     try:
-        check_capacity(cfg.model, mp, cfg.device, context, batch)
+        check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
     except ValueError as exc:
         fix = "" if "weight shard alone" in str(exc) else (
             "; or use more devices, or a shorter context with --set model.max_seq_len=N")
@@ -115,6 +115,8 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
     from cent_serve.config import ParallelConfig
 
     n = -(-m.num_layers // dev.num_channels)  # fewer cannot place the blocks
+    if m.sliding_window:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
+        context = min(context, m.sliding_window + 1 + 16)
     while n <= most:
         try:
             mp = resolve_mapping(m, ParallelConfig(n, m.num_layers, 1), dev)

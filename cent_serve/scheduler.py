@@ -76,8 +76,10 @@ class Scheduler:
 
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
                  kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int, block_tokens: int = 16,
-                 with_token_ids: bool = False) -> None:
+                 with_token_ids: bool = False, kv_tokens_cap: int | None = None) -> None:
         self.block_tokens = block_tokens
+        self.kv_tokens_cap = kv_tokens_cap
+        """A sliding-window model's KV per sequence (`CentConfig.kv_tokens_cap`), else None."""
         self.with_token_ids = with_token_ids
         """Full numerics: plans carry the input ids and which sequences want logits."""
         self._freed: list[list[int]] = [[] for _ in range(num_replicas)]  # seq ids the devices may forget
@@ -109,6 +111,8 @@ class Scheduler:
                              "or use more devices")
 
     def blocks_for(self, num_tokens: int) -> int:
+        if self.kv_tokens_cap is not None:
+            num_tokens = min(num_tokens, self.kv_tokens_cap)
         return -(-num_tokens // self.block_tokens)
 
     def set_up(self, replica: int, up: bool) -> None:

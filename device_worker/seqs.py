@@ -14,9 +14,15 @@ import numpy as np
 from cent_serve.messages import EMPTY_LAYOUT, RoundPlan
 
 
+FOREVER = 2**62
+"""`held` of a sequence whose KV blocks never need to grow again (a sliding window's ring)."""
+
+
 class SeqTable:
-    def __init__(self, block_tokens: int) -> None:
+    def __init__(self, block_tokens: int, kv_tokens_cap: int | None = None) -> None:
         self.block_tokens = block_tokens
+        self.kv_tokens_cap = kv_tokens_cap
+        """A sliding-window model's KV per sequence: past it, blocks are reused, never added."""
         self.pos: dict[int, int] = {}
         """Position of each sequence's next token (tokens its KV cache holds), but for those of the
         current layout, whose positions are in `starts`."""
@@ -41,4 +47,6 @@ class SeqTable:
         self.state = np.stack([starts, -(-starts // bt) * bt])  # the blocks a sequence holds so far ...
         if plan.new_seqs:  # ... but a new one holds none yet
             self.state[1, [i for i, sid in enumerate(ids) if sid in plan.new_seqs]] = 0
+        if self.kv_tokens_cap is not None:  # ... and one past its window's cap needs no more
+            self.state[1, starts >= self.kv_tokens_cap] = FOREVER
         self.layout = layout

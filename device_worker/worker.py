@@ -38,7 +38,7 @@ from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
 from cent_serve.timing.energy import head_energy_j
 from cent_serve.timing.mapping import Stage, device_kv_bytes_per_token, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
-from device_worker.seqs import SeqTable
+from device_worker.seqs import FOREVER, SeqTable
 
 Exchange = tuple[str, str, np.ndarray]
 
@@ -72,7 +72,7 @@ class DeviceWorker:
                                  (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp),
                                  self.timer.host_s)
         """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
-        self.seqs = SeqTable(cfg.scheduler.kv_block_tokens)
+        self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)
         """Each sequence's position."""
         m = cfg.model
         self.weight_bytes = device_weight_bytes(m, mp, device_id)
@@ -159,7 +159,14 @@ class DeviceWorker:
         """A new KV block for each sequence that crossed into one (`crossed`: their indexes in
         layout order); KVCacheFull fails the round."""
         ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0]
-        self.kv.grow_all([(ids[k], int(starts[k])) for k in crossed.tolist()])
+        cap = self.seqs.kv_tokens_cap
+        if cap is None:
+            self.kv.grow_all([(ids[k], int(starts[k])) for k in crossed.tolist()])
+            return
+        self.kv.grow_all([(ids[k], min(int(starts[k]), cap)) for k in crossed.tolist()])
+        for k in crossed.tolist():  # a sliding window's ring is complete: its blocks are reused from here on
+            if starts[k] >= cap:
+                self.seqs.state[1, k] = FOREVER
 
     # ------------------------------------------------------------------ numerics
 
