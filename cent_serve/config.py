@@ -203,7 +203,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
                        num_kv_heads=8, vocab_size=32000, max_seq_len=32768, sliding_window=4096),
     "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
-                       num_kv_heads=4, vocab_size=152064, max_seq_len=32768, rope_theta=1000000.0,
+                       num_kv_heads=4, vocab_size=152064, max_seq_len=131072, rope_theta=1000000.0,
                        rms_norm_eps=1e-6, attention_bias=True, bos_token_id=151643, eos_token_id=151643),
     "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
                      num_kv_heads=8, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,

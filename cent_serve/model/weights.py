@@ -142,6 +142,13 @@ _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
                   truncate="rope_truncate", original_max_position_embeddings="rope_original_max_position")
+_ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
+                   "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                   "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                            "truncate", "original_max_position_embeddings")}
+"""The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
+_FAMILY_FEATURES = dict(attention_bias="qwen2", qk_norm="qwen3", sliding_window="mistral")
+"""The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 
 
 def _refuse(field: str, value, why: str) -> None:
@@ -204,7 +211,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        head_dim=hf.get("head_dim") or (128 if arch == "qwen3" else hf["hidden_size"] // heads),  # Qwen3Config's default
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 4096),
         rope_theta=float(theta),
@@ -257,6 +264,7 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     }
     shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), q_norm=(hd,), k_norm=(hd,))
     by_suffix = {v: k for k, v in _layer_names(cfg).items()}
+    known = set(_LAYER_NAMES.values()) | set(_BIAS_NAMES.values()) | set(_QK_NORM_NAMES.values())
     layer_parts: list[dict[str, np.ndarray]] = [{} for _ in range(cfg.num_layers)]
     top: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
@@ -264,6 +272,9 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
         if name.startswith("model.layers."):
             _, _, idx, rest = name.split(".", 3)
             key = by_suffix.get(rest)
+            if key is None and rest in known:  # a bias or norm the family's config does not announce
+                raise ValueError(f"checkpoint tensor {name} is not part of a model_type={cfg.model_type!r} config: the "
+                                 "checkpoint and its config.json disagree (biases: qwen2; q/k norms: qwen3)")
             if key is None or int(idx) >= cfg.num_layers:
                 extra[name] = arr
                 continue
@@ -334,7 +345,16 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
-    """The Hugging Face `config.json` content of a ModelConfig."""
+    """The Hugging Face `config.json` content of a ModelConfig (of a variation its family's config
+    can say: ValueError otherwise)."""
+    for feature, family in _FAMILY_FEATURES.items():
+        if getattr(cfg, feature) and cfg.model_type != family:
+            raise ValueError(f"model.{feature}={getattr(cfg, feature)!r} cannot be saved as a model_type="
+                             f"{cfg.model_type!r} checkpoint: only {family!r} configs have it (set model.model_type)")
+    if cfg.model_type == "qwen2" and not cfg.attention_bias:
+        raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
+    if cfg.model_type == "qwen3" and not cfg.qk_norm:
+        raise ValueError("model.model_type='qwen3' has q/k norms: set model.qk_norm=true to save it")
     out = {
         "architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -351,11 +371,14 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     if cfg.model_type == "mistral":
         out["sliding_window"] = cfg.sliding_window or None
     if cfg.rope_type != "default":
-        out["rope_scaling"] = {"rope_type": cfg.rope_type, **{
-            theirs: getattr(cfg, ours) for theirs, ours in _ROPE_KEYS.items()
-            if getattr(cfg, ours) and not (cfg.rope_type == "dynamic" and ours == "rope_original_max_position")}}
-        if cfg.rope_type == "dynamic" and cfg.rope_original_max_position:
-            out["max_position_embeddings"] = cfg.rope_original_max_position
+        values = {theirs: getattr(cfg, _ROPE_KEYS[theirs]) for theirs in _ROPE_TYPE_KEYS[cfg.rope_type]}
+        if cfg.rope_type == "yarn":  # 0 means "derive it" for these: leave them out, as transformers does
+            values = {k: v for k, v in values.items() if v or k == "truncate"}
+        if "original_max_position_embeddings" in values:
+            values["original_max_position_embeddings"] = cfg.rope_original_max_position or cfg.max_seq_len
+        out["rope_scaling"] = {"rope_type": cfg.rope_type, **values}
+        if cfg.rope_type == "dynamic":  # its original context is the checkpoint's max_position_embeddings
+            out["max_position_embeddings"] = cfg.rope_original_max_position or cfg.max_seq_len
     return out
 
 

@@ -152,12 +152,12 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     rotary = vec(wr=2 * (_bursts(2 * ew, dev) + _bursts(2 * (ew // m.num_rep), dev)) * ewb * tb,
                  ewmul16=(_bursts(m.q_size, dev) + _bursts(m.kv_size, dev)) * cb,
                  prea=2 * cb, act16=2 * cb, pre=b * cb, act=b * cb, tmod=cb, lines=2)
-    # KV append: the token's K row through the DMA into one bank (full rows only), and V^T as an
+    # KV append: the token's K (its bursts, in rows of one bank) through the DMA, and V^T as an
     # all-bank write per 16 dimensions of each KV head on the head's channel.
-    k_rows = m.kv_size // dev.row_elements
+    k_rows = cdiv(m.kv_size, dev.row_elements)
     v_writes = _bursts(m.head_dim, dev) * m.num_kv_heads * kv_copies
-    kv = vec(wr=dev.row_column_ops * k_rows * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
-             act16=v_writes, prea=s.kv_channels * kv_copies, lines=_bursts(m.head_dim, dev) * m.num_kv_heads)
+    kv = vec(wr=_bursts(m.kv_size, dev) * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
+             act16=v_writes, prea=s.kv_channels * kv_copies, lines=v_writes)
     # SiLU x up: both inputs stored, the elementwise product with copies, the result read back.
     act = vec(wr=3 * _bursts(fl, dev) * flb * tb, rd=_bursts(fl, dev) * flb * tb,
               ewmul16=2 * _bursts(fl, dev) * cb, rdcp=b // 4 * _bursts(fl, dev) * cb,

@@ -89,15 +89,10 @@ def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
             + (dev.rotary_fixed_cycles + 2 * d / bl) + (dev.rotary_fixed_cycles + 2 * d / (bl * rep)))
 
 
-def _rows_per_vector(m: ModelConfig, dev: DeviceConfig) -> int:
-    """rpv: DRAM rows one token's K (or V) vector occupies."""
-    return cdiv(m.head_dim * m.num_kv_heads, dev.row_elements)
-
-
 def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Write this token's K and V into the cache banks: each row of the vectors through the DMA
-    (a row's bursts, one line each), and a fixed cost per KV head and channel group."""
-    return (dev.row_column_ops * dev.dma_line_cycles * _rows_per_vector(m, dev) * g.tb
+    """Write this token's K and V into the cache banks: the K vector's bursts through the DMA, one
+    line each (a whole row of them for 1024 values), and a fixed cost per KV head and channel group."""
+    return (cdiv(m.kv_size, dev.burst_elements) * dev.dma_line_cycles * g.tb
             + dev.kv_head_cycles * cdiv(m.num_kv_heads, g.cpb))
 
 

@@ -145,10 +145,13 @@ def test_live_against_transformers(family, tmp_path):
             case["greedy_ids"]
 
 
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     """The checkpoint behind the OpenAI API (`cent serve --model PATH --devices 4 --pp 2 --tp 2`,
-    in-process), both prompts at once: the greedy tokens are transformers'."""
+    in-process), one prompt after the other: the greedy tokens are transformers'. Prompts in one
+    step (`scheduler.prefill_chunk_tokens` 64), as transformers' `generate` runs them: a dynamic
+    rope's frequencies follow the positions each pass reaches, so a prompt fed in smaller chunks
+    is rotated as transformers would rotate it fed the same way (docs/serving.md)."""
     import httpx
 
     from api.server import Server
@@ -156,6 +159,7 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     model = model_config_from_hf(ROOT / family)
     cfg = CentConfig(model=model, parallel=ParallelConfig(4, 2, 2), numerics="full")
     cfg.server.port = 0
+    cfg.scheduler.prefill_chunk_tokens = 64
     with Server(cfg, "local") as s:
         with httpx.Client(base_url=s.url, timeout=60) as client:
             for case in expected(family):
@@ -164,3 +168,39 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
                     ignore_eos=True, return_token_ids=True))
                 assert r.status_code == 200, r.text
                 assert r.json()["choices"][0]["token_ids"] == case["greedy_ids"]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(), dict(rope_type="llama3", rope_factor=8.0, rope_original_max_position=32),
+    dict(rope_type="linear", rope_factor=4.0), dict(rope_type="dynamic", rope_factor=2.0, rope_original_max_position=64),
+    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=16, rope_truncate=False),
+    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=16, rope_mscale=1.0, rope_mscale_all_dim=0.5),
+    dict(model_type="mistral", sliding_window=8), dict(model_type="qwen2", attention_bias=True),
+    dict(model_type="qwen3", qk_norm=True, head_dim=32)], ids=str)
+def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
+    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from tests.factories import tiny_model_config
+
+    cfg = tiny_model_config(**fields)
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
+    back = model_config_from_hf(tmp_path)
+    names = ["model_type", "attention_bias", "qk_norm", "sliding_window", "head_dim", "max_seq_len",
+             *(f.name for f in dataclasses.fields(cfg) if f.name.startswith("rope_"))]
+    assert {k: getattr(back, k) for k in names} == {k: getattr(cfg, k) for k in names}
+
+
+def test_variations_a_family_cannot_say_are_refused(tmp_path):
+    """A bias on a Llama, a q/k norm on a Mistral: not saved, and such tensors in a checkpoint whose
+    config.json does not announce them are refused instead of ignored."""
+    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from tests.factories import tiny_model_config
+
+    for fields in (dict(attention_bias=True), dict(model_type="mistral", qk_norm=True)):
+        with pytest.raises(ValueError, match="cannot be saved as a model_type="):
+            save_hf_checkpoint(tiny_model_config(**fields), random_weights(tiny_model_config(**fields)), tmp_path)
+    qwen = tiny_model_config(model_type="qwen2", attention_bias=True)
+    save_hf_checkpoint(qwen, random_weights(qwen), tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match=r"self_attn\.[qkv]_proj\.bias is not part of a model_type=.llama. config"):
+        load_weights(model_config_from_hf(tmp_path))
