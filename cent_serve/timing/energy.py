@@ -136,6 +136,7 @@ class EnergyModel:
             self.pcie[T["pcie"]] = values * dev.bytes_per_element * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
+
     # ------------------------------------------------------------------ one step
 
     def _over_time(self, counts: np.ndarray, cycles: float) -> np.ndarray:
@@ -156,26 +157,29 @@ class EnergyModel:
 
     def _accelerator(self, context: int) -> np.ndarray:
         """The accelerator's work for one block (two RMSNorms, softmax over every head's scores, the
-        rotary of q and k) and its buffers' traffic, by the artifact's counts of accesses and
-        cycles, each access one cycle of its unit's power at `access_clock_hz`."""
+        rotary of q and k, and Qwen 3's q/k norms: one more RMSNorm pass over every q and k head) and
+        its buffers' traffic, by the artifact's counts of accesses and cycles, each access one
+        cycle of its unit's power at `access_clock_hz`."""
         m, dev, e = self.model, self.dev, self.dev.energy
         d, h, lanes = m.hidden_size, m.num_heads, dev.acc_simd_lanes
         sb_rd, sb_wr = e.shared_buffer_read_mw, e.shared_buffer_write_mw
         norm = d / (lanes * dev.burst_elements) + 2  # one RMSNorm's shared-buffer passes
         exps = attended(m, context) * h / lanes  # softmax's SIMD passes over every head's scores
         rotated = (1 + 1 / m.num_rep) * d  # q and k elements
+        qk_heads = h + m.num_kv_heads if m.qk_norm else 0
+        qk = qk_heads * m.head_dim / (lanes * dev.burst_elements)  # the q/k norms' passes, as an RMSNorm's
         out = np.zeros(len(TERMS))
-        ib_reads = 2 * norm + 2 * exps + 2 * h + rotated
-        sb = (2 * norm * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
+        ib_reads = 2 * norm + 2 * exps + 2 * h + rotated + qk
+        sb = ((2 * norm + qk) * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
               + rotated / lanes * (sb_rd + 2 * sb_wr))
         out[T["sram_dynamic"]] = (ib_reads * e.instruction_buffer_read_mw + sb) * 1e-3 / e.access_clock_hz
-        riscv_cycles = (2 * dev.acc_norm_riscv_cycles
+        riscv_cycles = ((2 + qk_heads) * dev.acc_norm_riscv_cycles
                         + h * (dev.acc_softmax_writes * dev.acc_buffer_cycles + dev.acc_softmax_riscv_cycles
                                + dev.acc_buffer_cycles)
                         + rotated * dev.acc_rotary_riscv_cycles / dev.acc_riscv_cores)
         out[T["riscv"]] = e.riscv_core_mw * 1e-3 * riscv_cycles / e.access_clock_hz
         out[T["accelerator_dynamic"]] = (e.reduction_mw * (2 + h) + e.exp_mw * exps
-                                         + e.vector_mw * (2 * d / (lanes * dev.burst_elements) + exps)
+                                         + e.vector_mw * (2 * d / (lanes * dev.burst_elements) + exps + qk)
                                          ) * 1e-3 / e.access_clock_hz
         return out
 

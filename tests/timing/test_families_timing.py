@@ -74,6 +74,12 @@ def test_qk_norm_is_accelerator_work_and_biases_cost_no_time():
     parts = accelerator_parts(model_preset("qwen3-8b"), DEV, 4096)
     assert parts["qk_norm"] == pytest.approx(40 * 128 / (16 * 16 * 32) * 66 + 40 * 26 / 8)
     assert accelerator_parts(model_preset("llama3.1-8b"), DEV, 4096)["qk_norm"] == 0
+    # and its energy: 40 more rsqrts on the RISC-V cores (3.96 mW for 26 cycles at 2 GHz each)
+    from cent_serve.timing.energy import token_energy_terms_j
+    qwen3 = model_preset("qwen3-8b")
+    plain = dataclasses.replace(qwen3, qk_norm=False)
+    more = token_energy_terms_j(timer(qwen3, 8), 4096)["riscv"] - token_energy_terms_j(timer(plain, 8), 4096)["riscv"]
+    assert more == pytest.approx(36 * 40 * 26 * 3.96e-3 / 2e9)
     q = model_preset("qwen2.5-7b")
     flat = dataclasses.replace(q, attention_bias=False)
     assert timer(q, 8).pim.breakdown(1024) == timer(flat, 8).pim.breakdown(1024)
