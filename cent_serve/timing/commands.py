@@ -33,7 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig
-from cent_serve.timing.pim import BlockGeometry, attended, cdiv, context_rows, elementwise_split, v_rows
+from cent_serve.timing.pim import (BANK_GROUPS, BlockGeometry, attended, cdiv, context_rows, elementwise_split,
+                                   v_rows)
 
 CMDS = ("act", "act16", "pre", "prea", "tmod", "mac16", "ewmul16", "af16", "wra16", "wrgb", "wrmac16",
         "rdmac16", "rdaf16", "rdcp", "wrcp", "wr", "rd")
@@ -41,8 +42,6 @@ FIELDS = (*CMDS, "lines")
 IDX = {name: i for i, name in enumerate(FIELDS)}
 BLOCK_OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act")
 """The operations of a block, keyed like the PIM time breakdown (`BlockBreakdown`)."""
-BANK_GROUPS = 4
-"""Bank groups per channel the softmax spreads heads over (as `pim.softmax_cycles` does)."""
 
 
 def vec(**counts: float) -> np.ndarray:
@@ -112,16 +111,10 @@ def _gemvs(m: ModelConfig, banks: int, dev: DeviceConfig, fc_only: bool) -> tupl
     return qkvo, ffn
 
 
-class TraceShape:
-    """The channels of one device trace: `cpb` channels per block, `blocks` blocks stepping in
-    lockstep on their own channel groups (pure pipeline), `tp` devices sharing the matrices."""
-
-    def __init__(self, m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> None:
-        self.m, self.g, self.dev = m, g, dev
-        self.blocks = g.tb
-        self.broadcast = g.tb * g.cpb  # Cb: the channels every block-wide instruction reaches
-        self.kv_heads_per_channel = cdiv(m.num_kv_heads, g.cpb)
-        self.kv_channels = cdiv(m.num_kv_heads, self.kv_heads_per_channel)
+def kv_channels(m: ModelConfig, g: BlockGeometry) -> tuple[int, int]:
+    """(KV heads a channel holds, channels that hold KV heads) of a block's cpb channels."""
+    per = cdiv(m.num_kv_heads, g.cpb)
+    return per, cdiv(m.num_kv_heads, per)
 
 
 def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
@@ -131,8 +124,8 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     `kv_copies`: blocks whose V^T append the trace writes. The artifact's trace writes block 0's
     only (1); the devices write every block's (`g.tb`).
     """
-    s = TraceShape(m, g, dev)
-    d, f, b, tb, cb = m.hidden_size, m.intermediate_size, dev.banks_per_channel, g.tb, s.broadcast
+    d, f, b, tb = m.hidden_size, m.intermediate_size, dev.banks_per_channel, g.tb
+    cb = g.tb * g.cpb  # the channels every block-wide instruction reaches: tb blocks stepping in lockstep
     lanes = g.banks_per_device
     nb, nbb = elementwise_split(d, lanes // 2)
     ew, ewb = elementwise_split(d, lanes // 4)
@@ -157,7 +150,7 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     k_rows = cdiv(m.kv_size, dev.row_elements)
     v_writes = _bursts(m.head_dim, dev) * m.num_kv_heads * kv_copies
     kv = vec(wr=_bursts(m.kv_size, dev) * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
-             act16=v_writes, prea=s.kv_channels * kv_copies, lines=v_writes)
+             act16=v_writes, prea=kv_channels(m, g)[1] * kv_copies, lines=v_writes)
     # SiLU x up: both inputs stored, the elementwise product with copies, the result read back.
     act = vec(wr=3 * _bursts(fl, dev) * flb * tb, rd=_bursts(fl, dev) * flb * tb,
               ewmul16=2 * _bursts(fl, dev) * cb, rdcp=b // 4 * _bursts(fl, dev) * cb,
@@ -178,8 +171,8 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
     """q.K^T, softmax and score x V of one device trace at `context` tokens (of which a sliding
     window attends to the last `sliding_window`)."""
     context = attended(m, context)
-    s = TraceShape(m, g, dev)
-    cb, tb, nrep, hd = s.broadcast, g.tb, m.num_rep, m.head_dim
+    cb, tb, nrep, hd = g.tb * g.cpb, g.tb, m.num_rep, m.head_dim
+    kv_per_channel, kv_chans = kv_channels(m, g)
     nch, banks = dev.num_channels, g.banks
     # q.K^T: keys one per bank, in slots of B banks; a slot's instructions reach whole groups of the
     # channels its keys occupy. Per key row and slot and query head of the group: the query's values
@@ -198,7 +191,7 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
                 rdmac16=heads * rep, act16=k_rows * csum,
                 # a channel the V append closed (auto-precharge), or that nothing opened yet, needs no
                 # precharge before its next all-bank row: here, or in softmax for KV channels q.K^T skips
-                prea=k_rows * csum - min(s.kv_channels, cmax) - max(0, cmax - cb), tmod=2 * heads * rep + cmax,
+                prea=k_rows * csum - min(kv_chans, cmax) - max(0, cmax - cb), tmod=2 * heads * rep + cmax,
                 lines=(k_rows + 3 * heads) * slots * nrep)
     # softmax: the scores of every head cross the DMA (4 writes, 2 reads a burst) around two
     # elementwise passes per head group and row; the single-bank row moves reopen rows.
@@ -208,12 +201,12 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
     same = 1 if groups == 1 and rl == 1 else 0
     moves = tb * (6 * m.num_heads * rl - 4 * same * cdiv(m.num_heads, groups))
     softmax = vec(wr=4 * tb * m.num_heads * s16, rd=2 * tb * m.num_heads * s16, ewmul16=2 * groups * s16 * cb,
-                  pre=moves, act=moves, prea=cb * (2 * groups * rl - same) - max(0, s.kv_channels - cmax),
+                  pre=moves, act=moves, prea=cb * (2 * groups * rl - same) - max(0, kv_chans - cmax),
                   act16=cb * (2 * groups * rl - same),
                   tmod=min(cmax, cb), lines=2 * groups * rl + 2)
     # score x V: per KV-head slot of a channel, query head of the group and score row: the row into
     # the buffer, then the head's V^T rows in a bank (`v_rows`) each with bias, MAC over the row, read.
-    heads = s.kv_heads_per_channel * nrep
+    heads = kv_per_channel * nrep
     rows = v_rows(m, dev)
     sv = vec(wrgb=heads * s16 * cb, mac16=rows * heads * s16 * cb, wrmac16=rows * heads * rl * cb,
              rdmac16=rows * heads * rl * cb, act16=rows * heads * rl * cb, prea=rows * heads * rl * cb,

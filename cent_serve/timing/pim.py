@@ -14,6 +14,10 @@ from dataclasses import dataclass, fields
 from cent_serve.config import DeviceConfig, ModelConfig
 
 
+BANK_GROUPS = 4
+"""Bank groups of a channel; softmax spreads a block's heads over them."""
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of non-negative integers."""
     return -(-a // b)
@@ -126,7 +130,7 @@ def context_rows(context: int, row: int) -> list[int]:
 def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
     """Score vectors cross the DMA six times (to the accelerator and back)."""
     bl = dev.burst_elements
-    nhpb = cdiv(m.num_heads, 4 * g.cpb)
+    nhpb = cdiv(m.num_heads, BANK_GROUPS * g.cpb)
     return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb * dev.dma_line_cycles
                + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
                for size in context_rows(attended(m, context), dev.row_elements))
