@@ -48,8 +48,9 @@ def run_server(cfg: CentConfig) -> None:
     t0 = time.perf_counter()
     app, loop = build(cfg)
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
-    log.info("%s on %d emulated CENT devices: %d replica%s x %d devices used = %d in use (each %s); numerics %s, "
-             "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, replicas, "s" if replicas > 1 else "",
+    what = "emulated CENT devices" if not cfg.on_gpus else f"modelled {cfg.gpu.kind} GPUs"
+    log.info("%s on %d %s: %d replica%s x %d devices used = %d in use (each %s); numerics %s, "
+             "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, what, replicas, "s" if replicas > 1 else "",
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
     log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",

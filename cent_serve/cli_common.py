@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from cent_serve.config import (MODEL_PRESETS, CentConfig, ModelConfig, ParallelConfig,
-                               apply_overrides, load_config, model_preset)
+                               apply_overrides, load_config, model_preset, parse_hardware)
 
 
 def resolve_model(name_or_path: str) -> ModelConfig:
@@ -27,6 +28,9 @@ def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> N
     p.add_argument("--numerics", choices=["full", "off", "auto"], help="real math or timing only")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
+    p.add_argument("--hardware", default=None, metavar="cent|gpu:KIND:N",
+                   help="what serves: 'cent' (the default: emulated CENT devices) or N modelled GPUs, e.g. "
+                        "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb; --set gpu.tp=, gpu.pp=)")
     if with_parallel:
         p.add_argument("--devices", type=int, help="emulated CENT devices")
         p.add_argument("--pp", type=int, help="pipeline stages (0 = one per block)")
@@ -49,4 +53,8 @@ def config_from_args(args: argparse.Namespace) -> CentConfig:
         p = cfg.parallel
         cfg.parallel = ParallelConfig(num_devices=p.num_devices if devices is None else devices,
                                       pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
+    hw = getattr(args, "hardware", None)
+    if hw is not None:
+        gpu = parse_hardware(hw)
+        cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
     return apply_overrides(cfg, list(getattr(args, "set", []) or []))

@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 
 __all__ = [
     "ModelConfig", "DeviceConfig", "EnergyConfig", "FabricConfig", "ParallelConfig",
-    "SchedulerConfig", "ServerConfig", "CentConfig", "MODEL_PRESETS", "model_preset",
+    "SchedulerConfig", "ServerConfig", "GpuConfig", "CentConfig", "parse_hardware", "MODEL_PRESETS", "model_preset",
     "load_config", "apply_overrides", "config_to_dict",
 ]
 
@@ -602,6 +602,89 @@ class ServerConfig:
                "use a positive factor")
 
 
+GPU_ATTENTION_READS = ("kv_heads", "query_heads")
+
+
+@dataclass
+class GpuConfig:
+    """GPUs in place of CENT devices (`--hardware gpu:KIND:N`; docs/gpu_model.md). `count` 0 means
+    the hardware is CENT and nothing here is used."""
+
+    kind: str = "a100-80gb"
+    """`a100-80gb` (SXM4), `a100-80gb-pcie` or `h100-80gb` (SXM5): cent_serve/gpu/kinds.py."""
+    count: int = 0
+    """GPUs; 0 = CENT devices, not GPUs."""
+    tp: int = 0
+    """GPUs per tensor-parallel group (0 = count / pp); count / (tp x pp) data-parallel replicas."""
+    pp: int = 1
+    """Pipeline stages of tp GPUs each."""
+    attention_reads: str = "kv_heads"
+    """How attention reads the KV cache: `kv_heads`, once per KV head (paged / flash kernels, as
+    vLLM serves), or `query_heads`, once per query head (transformers' eager attention repeats
+    K and V for every query head of a group; the CENT artifact's GPU measurements fit it)."""
+    memory_utilization: float = 0.9
+    """Share of a GPU's memory for weights and KV; the rest is the reserve for activations and
+    the runtime (vLLM's gpu_memory_utilization)."""
+    max_num_seqs: int = 256
+    """Sequences in a step at most (vLLM's max_num_seqs)."""
+    max_num_batched_tokens: int = 8192
+    """Tokens in a step at most: decodes first, then prefill chunks fill the rest (vLLM's
+    chunked prefill)."""
+    layer_overhead_s: float = 143e-6
+    """Host time a step spends per layer outside the kernels' work (kernel launches, Python):
+    set from the artifact's Llama2-7B latency at batch 1 (tests/data/calibrate_gpu.py)."""
+    allreduce_latency_s: float = 30e-6
+    """Fixed latency of one tensor-parallel all-reduce (two per layer), beside its bytes over the
+    link: chosen, not fitted to the 7B data (docs/gpu_model.md says how)."""
+    tco_per_gpu: float | None = None
+    """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices);
+    None = the kind's own (none for the H100: tokens per dollar are then not reported)."""
+
+    def __post_init__(self) -> None:
+        from cent_serve.gpu.kinds import GPU_KINDS
+        _check(self.kind in GPU_KINDS, "gpu.kind", self.kind, f"use one of {', '.join(GPU_KINDS)}")
+        _check(isinstance(self.count, int) and self.count >= 0, "gpu.count", self.count,
+               "use a number of GPUs (0 = CENT devices)")
+        _check(isinstance(self.pp, int) and self.pp >= 1, "gpu.pp", self.pp, "use at least one stage")
+        _check(isinstance(self.tp, int) and self.tp >= 0, "gpu.tp", self.tp, "use GPUs per stage (0 = count / pp)")
+        if self.count:
+            _check(self.count % (self.pp * self.group_tp) == 0, "gpu.tp", self.tp,
+                   f"tp x pp = {self.pp * self.group_tp} must divide gpu.count={self.count}")
+        _check(self.attention_reads in GPU_ATTENTION_READS, "gpu.attention_reads", self.attention_reads,
+               "use " + " or ".join(map(repr, GPU_ATTENTION_READS)))
+        _check(0 < self.memory_utilization <= 1, "gpu.memory_utilization", self.memory_utilization,
+               "use a share in (0, 1]")
+        _check(self.max_num_seqs >= 1, "gpu.max_num_seqs", self.max_num_seqs, "use a positive integer")
+        _check(self.max_num_batched_tokens >= self.max_num_seqs, "gpu.max_num_batched_tokens",
+               self.max_num_batched_tokens, f"use at least gpu.max_num_seqs={self.max_num_seqs} tokens (a decode "
+               "step of every sequence must fit), as vLLM requires")
+        _check(self.layer_overhead_s >= 0, "gpu.layer_overhead_s", self.layer_overhead_s, "use seconds >= 0")
+        _check(self.allreduce_latency_s >= 0, "gpu.allreduce_latency_s", self.allreduce_latency_s,
+               "use seconds >= 0")
+
+    @property
+    def group_tp(self) -> int:
+        """GPUs per stage, resolved."""
+        return self.tp or max(1, self.count // self.pp)
+
+    @property
+    def replicas(self) -> int:
+        return max(1, self.count // (self.group_tp * self.pp))
+
+
+def parse_hardware(text: str) -> tuple[str, int] | None:
+    """`cent` -> None; `gpu:KIND:N` -> (kind, N). ValueError naming the fix otherwise."""
+    from cent_serve.gpu.kinds import GPU_KINDS
+    if text == "cent":
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] != "gpu" or parts[1] not in GPU_KINDS or not parts[2].isdigit() \
+            or int(parts[2]) < 1:
+        raise ValueError(f"--hardware {text!r} is invalid: use 'cent' or gpu:KIND:N with KIND one of "
+                         f"{', '.join(GPU_KINDS)} and N GPUs, e.g. gpu:a100-80gb:4")
+    return parts[1], int(parts[2])
+
+
 @dataclass
 class CentConfig:
     """The whole resolved configuration; written next to every result."""
@@ -618,6 +701,8 @@ class CentConfig:
     """Batching."""
     server: ServerConfig = field(default_factory=ServerConfig)
     """HTTP and Ray."""
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    """GPUs in place of the CENT devices when gpu.count > 0 (`--hardware gpu:KIND:N`)."""
     numerics: str = "auto"
     """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params)."""
     executor: str = "local"
@@ -641,12 +726,23 @@ class CentConfig:
                    "with tp > 1 set pp explicitly (devices / tp stages, CENT's hybrid mapping)")
 
     @property
+    def on_gpus(self) -> bool:
+        """Whether the hardware is GPUs (gpu.count > 0), not CENT devices."""
+        return self.gpu.count > 0
+
+    @property
+    def hardware(self) -> str:
+        """`cent` or `gpu:KIND:N`."""
+        return f"gpu:{self.gpu.kind}:{self.gpu.count}" if self.on_gpus else "cent"
+
+    @property
     def kv_tokens_cap(self) -> int | None:
         """The KV a sequence of a sliding-window model keeps (None: all of it): the window, a
-        step's tokens (`scheduler.prefill_chunk_tokens`) and one block for the alignment; the
-        blocks of older positions are reused as it moves on."""
+        step's tokens (`scheduler.prefill_chunk_tokens`; on GPUs `gpu.max_num_batched_tokens`) and
+        one block for the alignment; the blocks of older positions are reused as it moves on."""
         m, sc = self.model, self.scheduler
-        return m.sliding_window + sc.prefill_chunk_tokens + sc.kv_block_tokens if m.sliding_window else None
+        step = self.gpu.max_num_batched_tokens if self.on_gpus else sc.prefill_chunk_tokens
+        return m.sliding_window + step + sc.kv_block_tokens if m.sliding_window else None
 
     def kv_tokens(self, tokens: int) -> int:
         """The tokens of a sequence's KV that take room: all, or the cap of a sliding window."""

@@ -34,6 +34,15 @@ from cent_serve.timing import SystemTimer
 log = logging.getLogger("cent.engine")
 
 
+def hardware_timer(cfg: CentConfig):
+    """The timing model of the configured hardware: CENT devices (`SystemTimer`) or GPUs
+    (`GpuTimer`); both give `.mapping` with the lanes and replicas the scheduler needs."""
+    if cfg.on_gpus:
+        from cent_serve.gpu.timing import GpuTimer
+        return GpuTimer(cfg)
+    return SystemTimer.from_config(cfg)
+
+
 @dataclass
 class EngineStats:
     """Totals since start (simulated seconds and tokens)."""
@@ -56,7 +65,7 @@ class Engine:
         from cent_serve.executor import executor_factory
 
         self.cfg = cfg
-        self.timer = SystemTimer.from_config(cfg)
+        self.timer = hardware_timer(cfg)
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
         num_replicas = len(executors) if executors is not None else mp.replicas
@@ -70,9 +79,18 @@ class Engine:
         """Timing-only: the ids the stand-in sampler draws from, uniformly."""
         self._uniform = None if self.full else UniformLogprobs(self.stand_in_ids)
         sc = cfg.scheduler
-        self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
-                                   sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full,
-                                   cfg.kv_tokens_cap)
+        if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
+            g = cfg.gpu
+            blocks = self.timer.kv_tokens() // sc.kv_block_tokens
+            if sc.num_kv_blocks_override is not None:
+                blocks = min(blocks, sc.num_kv_blocks_override)
+            self.scheduler = Scheduler(num_replicas, mp.lanes, g.max_num_seqs, blocks, g.max_num_batched_tokens,
+                                       sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
+                                       max_batched_tokens=g.max_num_batched_tokens)
+        else:
+            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
+                                       sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full,
+                                       cfg.kv_tokens_cap)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.stats = EngineStats()
@@ -341,9 +359,10 @@ class Engine:
 
     def status(self) -> dict:
         mp = self.timer.mapping
-        return dict(model=self.cfg.model.name, mapping=dict(mode=mp.mode, devices=mp.num_devices, pp=mp.pp,
+        return dict(model=self.cfg.model.name, hardware=self.cfg.hardware,
+                    mapping=dict(mode=mp.mode, devices=mp.num_devices, pp=mp.pp,
                     tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
-                    lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.cfg.scheduler.max_seqs_per_stage,
+                    lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.scheduler.seqs_per_lane,
                     describe=mp.describe()),
                     numerics=self.cfg.resolved_numerics, clock_s=self.now_s,
                     num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,

@@ -42,7 +42,7 @@ def full_numerics_host_bytes(cfg: CentConfig, mp: Mapping) -> int:
     (to re-create a failed replica) and the devices' shards, two float32 copies; on Ray every
     device actor reads the whole model while it slices its shard, all at once at start-up."""
     model_bytes = cfg.model.param_count() * F32_BYTES
-    if cfg.executor == "local":
+    if cfg.executor == "local" or cfg.on_gpus:  # modelled GPUs: one load of the model, in this process
         return 2 * model_bytes
     return (mp.devices_used + 1) * model_bytes
 
@@ -102,10 +102,35 @@ def check_port_free(host: str, port: int) -> None:
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens, and full numerics fits this machine. Returns the
-    mapping."""
+    mapping (GPUs: their `GpuMapping`, after checking the weights and one sequence of the whole
+    context fit)."""
+    if cfg.on_gpus:
+        mp = check_gpus_hold(cfg, context, batch)
+        check_host_memory(cfg, mp)
+        return mp
     mp = check_devices_hold(cfg, context, batch)
     check_host_memory(cfg, mp)
     return mp
+
+
+def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1):
+    """The GPUs hold the weights and the KV of `batch` sequences of `context` tokens (default one
+    of the whole context). ValueError naming the sizes and the fix."""
+    from cent_serve.gpu.timing import GpuTimer
+
+    t = GpuTimer(cfg)
+    t.check_fits()
+    context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
+    block = cfg.scheduler.kv_block_tokens
+    have = t.kv_tokens() // block  # as the engine counts them
+    if cfg.scheduler.num_kv_blocks_override is not None:
+        have = min(have, cfg.scheduler.num_kv_blocks_override)
+    need = batch * -(-context // block)
+    if have < need:
+        raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
+                         f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights: use "
+                         "more GPUs (gpu:KIND:N), or a shorter context with --set model.max_seq_len=N")
+    return t.mapping
 
 
 def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1024) -> int | None:

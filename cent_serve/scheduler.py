@@ -22,7 +22,7 @@ free still gets a plan (empty lanes), so its devices' caches empty at once.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,8 +76,12 @@ class Scheduler:
 
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
                  kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int, block_tokens: int = 16,
-                 with_token_ids: bool = False, kv_tokens_cap: int | None = None) -> None:
+                 with_token_ids: bool = False, kv_tokens_cap: int | None = None,
+                 max_batched_tokens: int | None = None) -> None:
         self.block_tokens = block_tokens
+        self.max_batched_tokens = max_batched_tokens
+        """Tokens a lane (a micro-batch) runs at most in a round (GPUs: vLLM's max_num_batched_tokens;
+        the decodes first, prefill chunks in what is left), or None (CENT: no budget)."""
         self.kv_tokens_cap = kv_tokens_cap
         """A sliding-window model's KV per sequence (`CentConfig.kv_tokens_cap`), else None."""
         self.with_token_ids = with_token_ids
@@ -183,30 +187,39 @@ class Scheduler:
         """The next round. Requests arriving after its boundary wait for a later round."""
         now_s = self.next_start_s(now_s)
         plan: dict[Request, int] = {}
-        for req in list(self.running):
+        budget = self._budget()
+        running = list(self.running)
+        if self.max_batched_tokens is not None:  # decodes before prefill chunks (vLLM's order)
+            running.sort(key=lambda q: q.num_tokens - q.num_computed > 1)
+        for req in running:
             if req not in self._held:  # preempted earlier in this loop
                 continue
-            n = self._tokens_for(req)
+            n = min(self._tokens_for(req), budget[req.replica, req.lane])
+            if n == 0:
+                continue  # no budget left this round: its prefill goes on next round
             while not self._reserve(req, req.num_computed + n):
                 # the latest admitted on the same replica: only its blocks help
                 victim = next(q for q in reversed(self.running) if q.replica == req.replica)
+                lane = victim.replica, victim.lane
                 self._preempt(victim)
-                plan.pop(victim, None)
+                budget[lane] += plan.pop(victim, 0)  # its tokens go back to its lane's budget
                 if victim is req:
                     break
             else:
                 plan[req] = n
+                budget[req.replica, req.lane] -= n
         admitted = []
         for req in self.waiting:
             if req.arrival_s > now_s:
                 continue  # FCFS among arrived requests; later ones may still be ahead in the deque
-            slot = self._free_lane(self.blocks_for(len(req.all_ids) + 1))
+            slot = self._free_lane(self.blocks_for(len(req.all_ids) + 1), budget)
             if slot is None:
                 break  # no lane, or the oldest arrived request does not fit yet: keep order
             admitted.append(req)
             self._admit(req, slot)
             self._reserve(req, len(req.all_ids) + 1)  # the whole prompt: admitted prompts never collide
-            plan[req] = self._tokens_for(req)
+            plan[req] = n = min(self._tokens_for(req), budget[req.replica, req.lane])
+            budget[req.replica, req.lane] -= n
         for req in admitted:
             self.waiting.remove(req)
         return SchedulerOutput(self._plans(plan, now_s), now_s)
@@ -246,20 +259,26 @@ class Scheduler:
             plan.wants_logits = np.array([logit_rows(req, n) for req, n in steps], dtype=np.int64)
         return ReplicaRound(replica, plan, steps)
 
+    def _budget(self) -> dict[tuple[int, int], float]:
+        """Each (replica, lane)'s tokens for this round (filled as lanes are touched)."""
+        cap = float("inf") if self.max_batched_tokens is None else self.max_batched_tokens
+        return defaultdict(lambda: cap)
+
     def _tokens_for(self, req: Request) -> int:
         left = req.num_tokens - req.num_computed
         return left if left <= 1 else min(left, self.prefill_chunk_tokens)
 
-    def _free_lane(self, need_blocks: int) -> tuple[int, int] | None:
-        """The emptiest lane with room on a replica that has `need_blocks` free KV blocks
-        (ties: the replica with the most free blocks, then the lowest ids)."""
+    def _free_lane(self, need_blocks: int, budget: dict[tuple[int, int], float]) -> tuple[int, int] | None:
+        """The emptiest lane with room on a replica that has `need_blocks` free KV blocks and
+        tokens left in its round's budget (ties: the replica with the most free blocks, then the
+        lowest ids)."""
         best = None
         for r in range(self.num_replicas):
             if not self.up[r] or self.free_blocks[r] < need_blocks:
                 continue
             for l_id, members in enumerate(self.lanes[r]):
                 key = (len(members), -self.free_blocks[r], r, l_id)
-                if len(members) < self.seqs_per_lane and (best is None or key < best):
+                if len(members) < self.seqs_per_lane and budget[r, l_id] >= 1 and (best is None or key < best):
                     best = key
         return None if best is None else (best[2], best[3])
 

@@ -42,7 +42,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(s, field, value)
     s.__post_init__()
-    cfg.executor = "local" if args.local else "ray"
+    cfg.executor = "local" if args.local or cfg.on_gpus else "ray"  # modelled GPUs run in this process
     check_port_free(s.host, s.port)  # before Ray or the model start
     check_runnable(cfg)
     run_server(cfg)

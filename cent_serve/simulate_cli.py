@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
                          "batch (one query per pipeline stage)")
+    if cfg.on_gpus:
+        return _run_gpu(cfg, args)
     if args.sweep:
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
@@ -79,6 +81,50 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
         return _run_phases(cfg, args, timer)
     return _run_seqlen(cfg, args, timer)
+
+
+def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
+    """`--hardware gpu:KIND:N`: a static batch as transformers runs it (the artifact's GPU
+    measurements), per phase, from the GPU model (docs/gpu_model.md)."""
+    from cent_serve.gpu.timing import GpuTimer
+    from cent_serve.preflight import check_gpus_hold
+
+    if args.sweep or args.emulate:
+        raise ValueError("--sweep and --emulate are CENT's: drop them, or drop --hardware gpu:...")
+    prompt = 512 if args.prompt is None else args.prompt
+    decode = 3584 if args.decode is None else args.decode
+    if args.seqlen is not None:
+        raise ValueError("--seqlen is CENT's one-token form: give --prompt and --decode with --hardware gpu:...")
+    total = prompt + decode
+    if total > cfg.model.max_seq_len:
+        raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens exceed the model's context, "
+                         f"model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
+                         f"--set model.max_seq_len={total}")
+    t = GpuTimer(cfg)
+    batch = min(128, t.max_batch(total)) if args.batch is None else args.batch
+    check_gpus_hold(cfg, total, max(1, batch))
+    f = t.phase_figures(batch, prompt, decode)
+    tco, k = t.tco(), t.mapping.replicas
+    for phase in PHASES:  # every replica runs the batch: throughput and power of all of them
+        r = f[phase]
+        r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"])
+        r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
+    if args.json:
+        print(json.dumps(dict(f, hardware=cfg.hardware, mapping=t.mapping.describe(), replicas=k,
+                              attention_reads=cfg.gpu.attention_reads), indent=2))
+        return 0
+    replicas = f" in each of {t.mapping.replicas} replicas" if t.mapping.replicas > 1 else ""
+    print(f"{cfg.model.name} on {t.mapping.describe()}, prompt {prompt}, decode {decode}, a static batch of "
+          f"{batch}{replicas} (the largest that fits, at most 128, unless --batch); attention reads "
+          f"{cfg.gpu.attention_reads}" + (f"; throughput and power of all {k} replicas" if k > 1 else ""))
+    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}")
+    for phase in PHASES:
+        r = f[phase]
+        print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}{r['energy_per_token_mj']:>11.2f}"
+              f"{r['power_w']:>10.1f}")
+    if not t.kind.calibrated:
+        print(f"{t.kind.name}'s efficiency constants are the A100's: no measurement of it to set them from")
+    return 0
 
 
 def _other(cfg: CentConfig, args: argparse.Namespace) -> tuple[SystemTimer, str]:

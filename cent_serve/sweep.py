@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     vary = parse_vary(args.vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args)
+    if base.on_gpus:
+        raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
+                         "cent bench compare --gpu KIND:N)")
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):

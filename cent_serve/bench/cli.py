@@ -4,6 +4,7 @@
   as it can) or against a running server (`--url`).
 - `sweep`: the same trace at several request rates.
 - `paper`: the paper's mappings on one trace, beside the GPU baseline.
+- `compare`: one trace on CENT devices and on modelled GPUs, side by side.
 """
 from __future__ import annotations
 
@@ -61,6 +62,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     pa.add_argument("--out", default="bench-paper", help="results directory")
     pa.set_defaults(func=run_paper_cmd)
 
+    cm = bsub.add_parser("compare", help="one trace on CENT devices and on GPUs, side by side",
+                         description="Replay one trace on the CENT devices the usual flags give and on --gpu "
+                                     "KIND:N modelled GPUs, through the same engine; write compare.json/.csv, "
+                                     "compare_cdfs.png and, with --rates, compare_sweep.png.")
+    add_config_args(cm)
+    _add_request_args(cm)
+    cm.add_argument("--gpu", default="a100-80gb:4", metavar="KIND:N",
+                    help="the GPU side (default a100-80gb:4; kinds a100-80gb, a100-80gb-pcie, h100-80gb; "
+                         "--set gpu.tp=, gpu.pp=, gpu.attention_reads=)")
+    cm.add_argument("--rates", help="also replay at these request rates (comma-separated) for the "
+                                    "throughput-latency plot")
+    cm.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:2000 tpot:100")
+    cm.add_argument("--out", default="bench-compare", help="results directory")
+    cm.set_defaults(func=run_compare_cmd)
+
 
 def _add_request_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("requests")
@@ -111,6 +127,17 @@ def _requests(args: argparse.Namespace, cfg) -> tuple[list, str]:
                                     seed=args.seed or 0, options=options)), "synthetic"
     path = path or sample_trace_path()
     return list(load_trace(path, fmt, options)), str(path)
+
+
+def _rates(text: str) -> list[float]:
+    """--rates: positive request rates, comma-separated."""
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--rates {text!r} is invalid: give numbers separated by commas, e.g. 0.5,1,2") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise ValueError(f"--rates {text!r} is invalid: give positive request rates")
+    return rates
 
 
 def _burstiness(args: argparse.Namespace) -> float:
@@ -170,7 +197,8 @@ def run_bench(args: argparse.Namespace) -> int:
         summary.update(source=source, model=result.status.get("model", client["model"]),
                        devices=result.status.get("mapping", {}).get("devices"))
     else:
-        summary.update(source=source, model=cfg.model.name, devices=cfg.parallel.num_devices)
+        summary.update(source=source, model=cfg.model.name, hardware=cfg.hardware,
+                       devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
                    trace=source, url=args.url) if args.url
@@ -188,12 +216,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_runnable(cfg)
     slos = parse_goodput(args.goodput)
-    try:
-        rates = [float(x) for x in args.rates.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--rates {args.rates!r} is invalid: give numbers separated by commas, e.g. 0.5,1,2") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise ValueError(f"--rates {args.rates!r} is invalid: give positive request rates")
+    rates = _rates(args.rates)
 
     def requests_at(rate: float) -> list:
         return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg)[0]
@@ -209,7 +232,50 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.simulate_cli import sweep_mappings
 
     cfg = config_from_args(args)
+    if cfg.on_gpus:
+        raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
+                         "on one trace use cent bench compare --gpu KIND:N)")
     requests, _ = _requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
+    print(f"results in {args.out}/")
+    return 0
+
+
+def run_compare_cmd(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cent_serve.bench.compare import print_compare, run_compare
+    from cent_serve.bench.report import parse_goodput
+    from cent_serve.config import parse_hardware
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if args.hardware not in (None, "cent"):
+        raise ValueError("--hardware does not apply to compare: the CENT side comes from --devices/--pp/--tp, "
+                         "the GPU side from --gpu KIND:N")
+    try:
+        kind, count = parse_hardware(f"gpu:{args.gpu}")
+    except ValueError:
+        from cent_serve.gpu.kinds import GPU_KINDS
+        raise ValueError(f"--gpu {args.gpu!r} is invalid: use KIND:N with KIND one of {', '.join(GPU_KINDS)} and N "
+                         "GPUs, e.g. --gpu a100-80gb:4") from None
+    cent_cfg = config_from_args(args)
+    if cent_cfg.on_gpus:
+        raise ValueError(f"gpu.count={cent_cfg.gpu.count} makes the CENT side GPUs: drop it (--set gpu.count / the "
+                         "config file); compare takes the GPUs from --gpu KIND:N")
+    cent_cfg.executor = "local"
+    gpu_cfg = dataclasses.replace(cent_cfg, gpu=dataclasses.replace(cent_cfg.gpu, kind=kind, count=count))
+    check_runnable(cent_cfg)
+    check_runnable(gpu_cfg)
+    slos = parse_goodput(args.goodput)
+    requests, source = _requests(args, cent_cfg)
+    if not requests:
+        raise ValueError("the trace selection is empty: check --start-s / --num-requests")
+    rates = None
+    if args.rates:
+        rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg)[0]
+                 for r in _rates(args.rates)}
+    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates)
+    out["source"] = source
+    print_compare(out)
     print(f"results in {args.out}/")
     return 0

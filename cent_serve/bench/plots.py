@@ -76,7 +76,8 @@ def mapping_text(status: dict) -> str:
     mp = status.get("mapping") or {}
     if not mp:
         return "mapping unknown (not a cent-serve server)"
-    text = f"{mp.get('mode', '?')} pp {mp.get('pp')} x tp {mp.get('tp')}, {mp.get('devices_used')} devices used"
+    used = "GPUs" if mp.get("mode") == "gpu" else "devices"
+    text = f"{mp.get('mode', '?')} pp {mp.get('pp')} x tp {mp.get('tp')}, {mp.get('devices_used')} {used} used"
     if mp.get("replicas", 1) > 1:
         text += f" x {mp['replicas']} replicas"
     return text
@@ -90,7 +91,13 @@ def run_title(status: dict, summary: dict) -> str:
     failed = summary.get("failed", 0)
     counts = ", ".join(f"{k} {v['count']}" for k, v in summary.get("failure_reasons", {}).items())
     outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
-    return f"{model} on {devices} CENT devices: {mapping_text(status)}\n{outcome}"
+    return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
+
+
+def hardware_text(status: dict, devices) -> str:
+    """`32 CENT devices` or `4 x a100-80gb GPUs`."""
+    hw = status.get("hardware", "cent")
+    return f"{devices} CENT devices" if hw == "cent" else f"{devices} x {hw.split(':')[1]} GPUs"
 
 
 def _save(fig, path: Path) -> None:

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, mapping_text,  # noqa: E402
-                                    plain_axis, widen_if_flat)
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
+                                    latency_unit, mapping_text, plain_axis, widen_if_flat)
 from cent_serve.bench.report import summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
@@ -42,6 +42,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         print(_sweep_line(rate, s, slos))
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
+                 hardware=cfg.hardware,
                  mapping=status.get("mapping", {}),
                  distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,8 +76,9 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     _outcomes(axes[1, 1], rows)
     slo_text = ", ".join(f"{k} {fmt_ms(v)}" for k, v in slos.items()) or "none (give --goodput)"
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
-    status = dict(model=sweep["model"], mapping=sweep["mapping"])
-    fig.suptitle(f"{sweep['model']} on {sweep['mapping'].get('devices', '?')} CENT devices: {mapping_text(status)}"
+    status = dict(model=sweep["model"], mapping=sweep["mapping"], hardware=sweep.get("hardware", "cent"))
+    fig.suptitle(f"{sweep['model']} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
+                 f"{mapping_text(status)}"
                  f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "sweep.png", dpi=DPI)

@@ -12,7 +12,11 @@ __all__ = ["Executor", "LocalExecutor", "make_executor", "executor_factory"]
 
 
 def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
-    """The executor `cfg.executor` names (or `kind`, a caller's override), for a resolved config."""
+    """The executor `cfg.executor` names (or `kind`, a caller's override), for a resolved config;
+    GPUs (`cfg.gpu.count` > 0) are a timing model in this process, whatever the executor."""
+    if cfg.on_gpus:
+        from cent_serve.gpu.executor import GpuExecutor
+        return GpuExecutor(cfg, weights=kwargs.get("weights"))
     if (kind or cfg.executor) == "ray":
         from cent_serve.executor.ray_executor import RayExecutor
         kwargs.pop("weights", None)  # each device actor loads its own shard
@@ -23,7 +27,7 @@ def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
 def executor_factory(cfg, weights=None):
     """A maker of `cfg`'s executor, called once per replica and again to re-create one: in-process
     replicas with full numerics share one load of the weights (`weights`, or loaded here)."""
-    if cfg.executor == "local" and cfg.resolved_numerics == "full" and weights is None:
+    if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
         from cent_serve.model.weights import load_weights
         weights = load_weights(cfg.model)
     return lambda: make_executor(cfg, weights=weights)

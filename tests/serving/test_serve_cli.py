@@ -88,3 +88,17 @@ def test_serve_default_on_a_local_ray():
     _complete(url)
     out = _stop(proc, port)
     assert "stopped" in out
+
+
+def test_serve_on_modelled_gpus_answers_with_gpu_timing():
+    """`cent serve --hardware gpu:KIND:N`: the same API; status, metrics and the timing say GPUs."""
+    proc, url, port = _serve(["--hardware", "gpu:a100-80gb:2"])
+    try:
+        _complete(url)
+        st = httpx.get(url + "/v1/cent/status", timeout=10).json()
+        assert st["hardware"] == "gpu:a100-80gb:2" and st["mapping"]["mode"] == "gpu"
+        assert len(st["devices"]) == 2 and all(d["busy_s"]["gpu"] > 0 for d in st["devices"])
+        assert httpx.get(url + "/metrics", timeout=10).status_code == 200
+    finally:
+        out = _stop(proc, port)
+    assert "modelled a100-80gb GPUs" in out

@@ -1,0 +1,182 @@
+"""`cent bench compare`: one trace on CENT devices and on GPUs, through the same engine.
+
+Both sides replay the same requests in virtual time (`run_in_process`): the same request
+lifecycle, metrics and summary; only the hardware differs (the CENT side from the usual
+flags, the GPU side `--gpu KIND:N`, batched as vLLM batches: many sequences a step, chunked
+prefill in a token budget). Writes compare.json / compare.csv (the side-by-side table),
+compare_cdfs.png (TTFT, TPOT and E2E latency of both on one axis each) and, with --rates,
+compare_sweep.png (latency against throughput over the rates for both).
+
+Power is the run's energy over its duration (steps only: an idle GPU or device is charged
+nothing); tokens per dollar use the CENT artifact's TCO convention (docs/hardware_model.md section 9):
+throughput / (0.73 x devices / 32) for CENT, / (1.76 x GPUs / 4) for A100s.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cent_serve.bench.plots import DPI, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
+from cent_serve.bench.report import summarize  # noqa: E402
+from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
+from cent_serve.config import CentConfig  # noqa: E402
+from cent_serve.timing.energy import TCO_CENT_PER_32  # noqa: E402
+
+ROWS = (  # (key, label, unit, better)
+    ("median_ttft_ms", "TTFT p50", "ms", "low"), ("p99_ttft_ms", "TTFT p99", "ms", "low"),
+    ("median_tpot_ms", "TPOT p50", "ms", "low"), ("p99_tpot_ms", "TPOT p99", "ms", "low"),
+    ("median_e2el_ms", "E2E p50", "ms", "low"), ("p99_e2el_ms", "E2E p99", "ms", "low"),
+    ("output_throughput", "output throughput", "tok/s", "high"),
+    ("total_token_throughput", "total throughput", "tok/s", "high"),
+    ("request_goodput", "request goodput", "req/s", "high"),
+    ("energy_per_token_mj", "energy per token", "mJ", "low"), ("power_w", "power", "W", "low"),
+    ("tokens_per_tco", "tokens per dollar (TCO units)", "tok/s/TCO", "high"),
+    ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
+)
+COLORS = {"CENT": "tab:blue", "GPU": "tab:red"}
+LOG_RATIO = 20.0
+"""A CDF panel goes to a log axis when one side's median is this many times the other's."""
+
+
+def side_figures(cfg: CentConfig, result: BenchResult, slos: dict) -> dict:
+    """The summary of one side plus power, TCO and tokens per TCO unit."""
+    s = summarize(result, slos)
+    if cfg.on_gpus:
+        from cent_serve.gpu.timing import GpuTimer
+        tco = GpuTimer(cfg).tco()
+        hw = f"{cfg.gpu.count} x {cfg.gpu.kind} ({result.status['mapping']['describe']})"
+    else:
+        tco = TCO_CENT_PER_32 * cfg.parallel.num_devices / 32
+        hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
+    s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
+             tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)
+    return s
+
+
+def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
+                rates_requests: dict[float, list] | None = None) -> dict:
+    """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, sides = {}, {}
+    for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
+        print(f"replaying {len(requests)} requests on {name} ({cfg.hardware})")
+        results[name] = run_in_process(cfg, copy.deepcopy(requests), total=len(requests))
+        sides[name] = side_figures(cfg, results[name], slos)
+    table = []
+    for key, label, unit, better in ROWS:
+        c, g = sides["CENT"].get(key), sides["GPU"].get(key)
+        ratio = c / g if isinstance(c, (int, float)) and isinstance(g, (int, float)) and g else None
+        table.append(dict(metric=label, unit=unit, cent=c, gpu=g, cent_over_gpu=ratio, better=better))
+    sweep = None
+    if rates_requests:
+        sweep = {name: [] for name in sides}
+        for rate, reqs in rates_requests.items():
+            for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
+                s = side_figures(cfg, run_in_process(cfg, copy.deepcopy(reqs), progress=False), slos)
+                sweep[name].append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)}))
+                print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
+                      f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}")
+    out = dict(model=cent_cfg.model.name, requests=len(requests), slos_ms=slos,
+               cent={k: v for k, v in sides["CENT"].items() if not isinstance(v, dict)},
+               gpu={k: v for k, v in sides["GPU"].items() if not isinstance(v, dict)},
+               table=table, sweep=sweep)
+    (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
+    with open(out_dir / "compare.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["metric", "unit", "cent", "gpu", "cent_over_gpu", "better"])
+        w.writeheader()
+        w.writerows(table)
+    plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos)
+    if sweep:
+        plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name)
+    return out
+
+
+def print_compare(out: dict) -> None:
+    print(f"{out['model']}, {out['requests']} requests: CENT = {out['cent']['hardware']}; GPU = {out['gpu']['hardware']}")
+    print(f"{'':<30}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
+    for r in out["table"]:
+        def cell(v):
+            return f"{'-':>14}" if v is None else f"{v:>14.4g}"
+        ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
+        label = f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"]
+        print(f"{label:<30}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
+    print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
+          "TCO units)")
+
+
+def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    for ax, (metric, name, get) in zip(axes, (
+            ("ttft", "time to first token", lambda r: r.ttft_s),
+            ("tpot", "time per output token", lambda r: r.tpot_s),
+            ("e2el", "end-to-end latency", lambda r: r.e2e_s))):
+        vals = {k: np.sort([get(r) * 1e3 for r in res.records if r.ok and get(r) is not None])
+                for k, res in results.items()}
+        top = max((v[-1] for v in vals.values() if len(v)), default=1.0)
+        div, unit = latency_unit([top])
+        for k, x in vals.items():
+            if not len(x):
+                continue
+            ax.step(np.r_[x[0], x] / div, np.r_[0.0, np.arange(1, x.size + 1) / x.size], where="post",
+                    color=COLORS[k], lw=1.8,
+                    label=f"{k}: p50 {fmt_in(np.percentile(x, 50), div, unit)}, p99 {fmt_in(np.percentile(x, 99), div, unit)}")
+        if metric in slos:
+            ax.axvline(slos[metric] / div, color="black", ls=":", lw=1.2, label=f"SLO {fmt_in(slos[metric], div, unit)}")
+        p50s = [np.percentile(x, 50) for x in vals.values() if len(x)]
+        if len(p50s) == 2 and min(p50s) > 0 and max(p50s) / min(p50s) >= LOG_RATIO:
+            ax.set_xscale("log")  # one side 20x the other: on a linear axis it would be a line at 0
+            ax.set_xlabel(f"{metric.upper()} ({unit}, simulated, log scale)")
+        else:
+            ax.set_xlim(0, 1.05 * top / div)
+            ax.set_xlabel(f"{metric.upper()} ({unit}, simulated)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name)
+        ax.set_ylabel("share of completed requests")
+        if ax.get_xscale() == "linear":
+            plain_axis(ax.xaxis)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}\n"
+                 f"CENT {sides['CENT']['completed']} completed, {sides['CENT']['failed']} failed; "
+                 f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, (metric, name) in zip(axes, (("tpot", "TPOT"), ("e2el", "E2E latency"))):
+        shown = [r[f"{p}_{metric}_ms"] for rows in sweep.values() for r in rows for p in ("median", "p99")
+                 if r.get(f"{p}_{metric}_ms") is not None]
+        div, unit = latency_unit(shown or [1.0])
+        for k, rows in sweep.items():
+            thr = [r["output_throughput"] for r in rows]
+            for p, style in (("median", "o-"), ("p99", "s--")):
+                ax.plot(thr, [np.nan if r.get(f"{p}_{metric}_ms") is None else r[f"{p}_{metric}_ms"] / div
+                              for r in rows], style, color=COLORS[k], label=f"{k} {name} {'p50' if p == 'median' else p}")
+            for r, x in zip(rows, thr):
+                y = r.get(f"p99_{metric}_ms")
+                if y is not None:
+                    ax.annotate(f"{r['rate']:g}/s", (x, y / div), textcoords="offset points", xytext=(3, 5),
+                                fontsize=7, color=COLORS[k])
+        ax.set_xlabel("output throughput (tok/s, simulated)")
+        ax.set_ylabel(f"{name} ({unit}, simulated)")
+        ax.set_title(f"{name} against throughput, one point per request rate")
+        ax.set_ylim(0, 1.2 * max(shown or [1.0]) / div)  # headroom for the rate labels
+        plain_axis(ax.xaxis)
+        plain_axis(ax.yaxis)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

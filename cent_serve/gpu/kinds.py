@@ -1,0 +1,68 @@
+"""GPU kinds: the vendors' datasheet figures and the model's efficiency constants (docs/gpu_model.md).
+
+Datasheet figures (NVIDIA A100 Tensor Core GPU datasheet, 80GB columns; NVIDIA H100 Tensor Core
+GPU datasheet, SXM column): HBM bandwidth, dense bf16 peak (without sparsity), memory, the link
+tensor-parallel all-reduces cross (NVLink per direction for SXM, PCIe 4.0 x16 per direction for
+the PCIe card), board power (TDP).
+
+Two efficiency constants per kind, the fractions of the datasheet peaks the kernels reach
+(`mem_efficiency` for the bytes of a step, `compute_efficiency` for its FLOPs); the A100's
+are set from the Llama2-7B measurements the CENT artifact published (one GPU, so no link in
+them), by `tests/data/calibrate_gpu.py`, which prints how. The H100 has no measurement to set
+them from: it takes the A100's, and says so (`calibrated`).
+
+`power_fraction`: the board power while serving as a share of the TDP. Both A100 kinds draw the
+measured 293 W (the 7B end-to-end row; prefill and decoding 292-293 W; the artifact does not
+say which form factor it measured); the H100 takes the A100 SXM's share of its TDP, 293 / 400. `tco_per_gpu`: a GPU's share of the
+artifact's TCO convention (1.76 per 4 A100s against 0.73 per 32 CENT devices; docs/hardware_model.md
+section 9); None where the convention has no figure (tokens per dollar are then not reported).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Set by tests/data/calibrate_gpu.py from the artifact's Llama2-7B rows (its output, rounded to 3 figures).
+A100_MEM_EFFICIENCY = 0.955
+A100_COMPUTE_EFFICIENCY = 0.526
+
+
+@dataclass(frozen=True)
+class GpuKind:
+    name: str
+    hbm_bytes_per_s: float
+    peak_flops: float
+    """Dense bf16 tensor-core peak, FLOP/s."""
+    memory_bytes: float
+    link_bytes_per_s: float
+    """One direction of the link a tensor-parallel all-reduce crosses."""
+    link: str
+    board_power_w: float
+    mem_efficiency: float
+    compute_efficiency: float
+    power_fraction: float
+    tco_per_gpu: float | None
+    calibrated: bool
+    """Whether the efficiency constants were set from this kind's own measurements."""
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.hbm_bytes_per_s / 1e12:.3g} TB/s HBM, {self.peak_flops / 1e12:.0f} TFLOP/s bf16, "
+                f"{self.memory_bytes / 1e9:.0f} GB, {self.link} {self.link_bytes_per_s / 1e9:.0f} GB/s a direction, "
+                f"{self.board_power_w:.0f} W")
+
+
+GPU_KINDS: dict[str, GpuKind] = {k.name: k for k in (
+    GpuKind("a100-80gb", 2.039e12, 312e12, 80e9, 300e9, "NVLink 3", 400.0,
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, 1.76 / 4, True),
+    GpuKind("a100-80gb-pcie", 1.935e12, 312e12, 80e9, 32e9, "PCIe 4.0 x16", 300.0,
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, True),
+    GpuKind("h100-80gb", 3.35e12, 989.4e12, 80e9, 450e9, "NVLink 4", 700.0,
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, None, False),
+)}
+"""`a100-80gb` is the SXM4 module, `h100-80gb` the SXM5 one."""
+
+
+def gpu_kind(name: str) -> GpuKind:
+    try:
+        return GPU_KINDS[name]
+    except KeyError:
+        raise ValueError(f"GPU kind {name!r} is unknown: use one of {', '.join(GPU_KINDS)}") from None

@@ -1,0 +1,231 @@
+"""The GPU timing model: a step's time from a roofline of its bytes and FLOPs (docs/gpu_model.md).
+
+A step runs a batch of sequences, each with `n` new tokens on top of `c` it has cached, through
+a pipeline stage of `layers` blocks on `tp` GPUs. Per GPU of the stage:
+
+- bytes: the stage's weights once (bf16, split over tp), every sequence's KV read once per
+  attention pass (`c + n` tokens; once per query head with `attention_reads = query_heads`), the
+  new tokens' KV written;
+- FLOPs: 2 per weight per token (the matmuls), 4 x head_dim x heads per (token, attended
+  position) for q.K^T and p.V, the LM head's 2 V D per sampled row on the last stage;
+- time: max(bytes / (HBM x mem_efficiency), FLOPs / (peak x compute_efficiency)) + the host's
+  per-layer overhead + with tp > 1 two all-reduces a layer (ring: 2 (tp-1)/tp of the
+  activations over the link, plus a fixed latency); between stages the activations cross the
+  link once.
+
+Energy: every GPU of the stage at its serving power (`board_power_w x power_fraction`) for the
+step's time. The one place GPU time and energy are computed: the executor, `cent simulate
+--hardware gpu:...` and the validation against the artifact's measurements all call it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cent_serve.config import CentConfig, ModelConfig
+from cent_serve.gpu.kinds import GpuKind, gpu_kind
+
+BYTES = 2  # bf16 weights, activations and KV
+
+
+@dataclass(frozen=True)
+class GpuMapping:
+    """The GPUs' layout, with the fields the engine and the status read from a CENT `Mapping`."""
+
+    kind: str
+    num_devices: int
+    pp: int
+    tp: int
+    replicas: int
+    stage_layers: tuple[int, ...]
+    mode: str = "gpu"
+
+    @property
+    def lanes(self) -> int:
+        """Micro-batches in flight: one per pipeline stage."""
+        return self.pp
+
+    @property
+    def devices_used(self) -> int:
+        """GPUs of one replica."""
+        return self.pp * self.tp
+
+    def describe(self) -> str:
+        dp = f" x {self.replicas} replicas" if self.replicas > 1 else ""
+        return f"{self.num_devices} x {self.kind}: pp {self.pp} x tp {self.tp}{dp}"
+
+
+@dataclass
+class StepParts:
+    """One stage's step on one of its GPUs, seconds."""
+
+    memory_s: float
+    compute_s: float
+    overhead_s: float
+    allreduce_s: float
+
+    @property
+    def total_s(self):
+        return np.maximum(self.memory_s, self.compute_s) + self.overhead_s + self.allreduce_s
+
+
+class GpuTimer:
+    """Step times, energy, memory and cost of `cfg.gpu` GPUs serving `cfg.model`."""
+
+    def __init__(self, cfg: CentConfig) -> None:
+        g, m = cfg.gpu, cfg.model
+        self.cfg, self.model, self.kind = cfg, m, gpu_kind(g.kind)
+        self.gpu = g
+        self.tp, self.pp = g.group_tp, g.pp
+        if self.pp > m.num_layers:
+            raise ValueError(f"gpu.pp={self.pp} exceeds the model's {m.num_layers} layers: use fewer stages")
+        if m.num_heads % self.tp:
+            raise ValueError(f"gpu.tp={self.tp} does not divide the model's {m.num_heads} attention heads (a "
+                             f"tensor-parallel group splits them): use a tp that divides {m.num_heads}, e.g. with "
+                             "--set gpu.tp=N and N GPUs a multiple of it")
+        base, extra = divmod(m.num_layers, self.pp)
+        layers = tuple(base + (i < extra) for i in range(self.pp))
+        self.mapping = GpuMapping(g.kind, g.count, self.pp, self.tp, g.replicas, layers)
+        h = m.head_dim
+        self.block_weight_bytes = m.block_param_count() * BYTES
+        self.embed_bytes = m.vocab_size * m.hidden_size * BYTES
+        # K and V of one token in one layer on one GPU: its share of the KV heads, each kept whole
+        # (with tp > KV heads a head is copied to the GPUs that share it, as vLLM does)
+        self.kv_layer_bytes = 2 * -(-m.num_kv_heads // self.tp) * m.head_dim * BYTES
+        self.window = m.sliding_window or None
+        # what attention reads of a cached token in a layer on one GPU: its KV heads once each, or
+        # (transformers' eager repeat_kv) K and V once for each of its query heads
+        heads_read = m.num_heads // self.tp if g.attention_reads == "query_heads" else -(-m.num_kv_heads // self.tp)
+        self.kv_read_bytes = 2 * heads_read * m.head_dim * BYTES
+        self.attn_flops = 4 * m.num_heads * h  # per (token, attended position) per layer
+        self.matmul_params = m.block_param_count()  # per layer; norms are noise
+        self.power_w = self.kind.board_power_w * self.kind.power_fraction
+        """One GPU's power while it serves."""
+
+    # ------------------------------------------------------------------ one step
+
+    def stage_weight_bytes(self, stage: int) -> float:
+        """Weights one GPU of `stage` holds and reads each step."""
+        b = self.mapping.stage_layers[stage] * self.block_weight_bytes
+        if stage == 0:
+            b += self.embed_bytes  # the embedding's rows are looked up, but it is held
+        if stage == self.pp - 1 and (not self.model.tie_word_embeddings or self.pp > 1):
+            b += self.embed_bytes  # the LM head (a tied one is copied to the last stage)
+        return b / self.tp
+
+    def step(self, stage: int, new, cached, logit_rows: int = 0) -> StepParts:
+        """Stage `stage`'s step for sequences with `new` tokens on top of `cached` ones."""
+        new = np.asarray(new, dtype=np.float64)
+        cached = np.asarray(cached, dtype=np.float64)
+        causal = new * (new + 1) / 2
+        if self.window is not None:  # a sliding window: the KV kept and the positions attended stop at it
+            cached = np.minimum(cached, self.window)
+            causal = np.minimum(causal, new * self.window)
+        return self.parts(stage, float(new.sum()), float((cached + new).sum()),
+                          float((new * cached + causal).sum()), logit_rows)
+
+    def parts(self, stage: int, tokens, context, attended, logit_rows: int = 0) -> StepParts:
+        """A step from its sums: `tokens` new, `context` = the sequences' cached + new tokens
+        (the KV attention reads), `attended` = (token, position) pairs attention scores (causal
+        within the new tokens). Elementwise over arrays of steps."""
+        m, k = self.model, self.kind
+        layers = self.mapping.stage_layers[stage]
+        bytes_ = layers * (self.block_weight_bytes / self.tp + context * self.kv_read_bytes + tokens * self.kv_layer_bytes)
+        flops = layers * (2 * self.matmul_params * tokens + self.attn_flops * attended) / self.tp
+        if stage == self.pp - 1 and logit_rows:
+            bytes_ = bytes_ + self.embed_bytes / self.tp
+            flops = flops + 2 * m.vocab_size * m.hidden_size * logit_rows / self.tp
+        allreduce = 0.0
+        if self.tp > 1:
+            ring = 2 * (self.tp - 1) / self.tp * tokens * m.hidden_size * BYTES / k.link_bytes_per_s
+            allreduce = 2 * layers * (self.gpu.allreduce_latency_s + ring)
+        return StepParts(bytes_ / (k.hbm_bytes_per_s * k.mem_efficiency),
+                         flops / (k.peak_flops * k.compute_efficiency),
+                         layers * self.gpu.layer_overhead_s, allreduce)
+
+    def step_s(self, stage: int, new, cached, logit_rows: int = 0) -> float:
+        return self.step(stage, new, cached, logit_rows).total_s
+
+    def hop_s(self, tokens: int) -> float:
+        """Activations of `tokens` from one stage to the next over the link."""
+        return self.gpu.allreduce_latency_s + tokens * self.model.hidden_size * BYTES / self.kind.link_bytes_per_s
+
+    def step_energy_j(self, seconds: float) -> float:
+        """A stage's tp GPUs at serving power for `seconds`."""
+        return self.tp * self.power_w * seconds
+
+    # ------------------------------------------------------------------ memory
+
+    def kv_bytes_per_token(self, stage: int) -> float:
+        """KV one GPU of `stage` keeps per token."""
+        return self.mapping.stage_layers[stage] * self.kv_layer_bytes
+
+    def kv_tokens(self) -> int:
+        """Tokens of KV a replica holds: the tightest stage's room after weights, in the share
+        `gpu.memory_utilization` of each GPU's memory."""
+        room = self.kind.memory_bytes * self.gpu.memory_utilization
+        return int(min((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s) for s in range(self.pp)))
+
+    def check_fits(self) -> None:
+        """ValueError naming the fix when the weights alone do not fit."""
+        if self.kv_tokens() < 1:
+            s = max(range(self.pp), key=self.stage_weight_bytes)
+            raise ValueError(
+                f"{self.model.name} does not fit on {self.mapping.describe()}: a GPU of stage {s} holds "
+                f"{self.stage_weight_bytes(s) / 1e9:.1f} GB of weights in {self.kind.memory_bytes / 1e9:.0f} GB x "
+                f"gpu.memory_utilization={self.gpu.memory_utilization}: use more GPUs (--hardware gpu:KIND:N, or --gpu "
+                f"KIND:N with compare) or a larger gpu.tp")
+
+    def max_batch(self, seq_tokens: int) -> int:
+        """Sequences of `seq_tokens` whose KV fits in a replica at once."""
+        return self.kv_tokens() // seq_tokens
+
+    # ------------------------------------------------------------------ cost
+
+    @property
+    def tco_per_gpu(self) -> float | None:
+        return self.gpu.tco_per_gpu if self.gpu.tco_per_gpu is not None else self.kind.tco_per_gpu
+
+    def tco(self) -> float | None:
+        """The GPUs' cost in the artifact's TCO units (docs/hardware_model.md section 9)."""
+        t = self.tco_per_gpu
+        return None if t is None else t * self.mapping.num_devices
+
+    # ------------------------------------------------------------------ the artifact's workload
+
+    def static_batch(self, batch: int, prompt: int, decode: int) -> dict:
+        """A static batch as transformers' `generate` runs it (the artifact's measurements): the
+        whole batch's prompts in one step, then `decode` steps of one token each. Returns seconds
+        and joules per phase."""
+        if self.window is not None and prompt + decode > self.window:
+            raise ValueError(f"the static batch assumes every position is attended; {self.model.name}'s sliding "
+                             f"window ({self.window}) is shorter than {prompt} + {decode}: serve it through the "
+                             "engine (cent bench run --hardware gpu:...) instead")
+        p_s, p_busy = self._pipelined(batch * prompt, batch * prompt, batch * prompt * (prompt + 1) / 2, batch)
+        cached = prompt + np.arange(decode, dtype=np.float64)  # every sequence's cache before each step
+        d_s, d_busy = self._pipelined(batch, batch * (cached + 1), batch * (cached + 1), batch)
+        # energy as the executor charges it: each stage's tp GPUs while that stage computes
+        return dict(prefill_s=float(p_s), decode_s=float(d_s.sum()),
+                    prefill_j=float(self.step_energy_j(p_busy)), decode_j=float(self.step_energy_j(d_busy.sum())))
+
+    def _pipelined(self, tokens, context, attended, rows: int):
+        """One batch through every stage in turn (one micro-batch: the stages wait for each other):
+        its time, and the stages' busy time summed."""
+        busy = sum(self.parts(s, tokens, context, attended, rows).total_s for s in range(self.pp))
+        return busy + (self.pp - 1) * self.hop_s(tokens), busy
+
+    def phase_figures(self, batch: int, prompt: int, decode: int) -> dict:
+        """Throughput, power and tokens per joule per phase of a static batch (the artifact's
+        definitions: prefill = the prompts' tokens over the prefill time, decoding = the
+        generated tokens over the decode time, end2end = all tokens over both)."""
+        r = self.static_batch(batch, prompt, decode)
+        out = {}
+        for phase, tokens, s, j in (("prefill", batch * prompt, r["prefill_s"], r["prefill_j"]),
+                                    ("decoding", batch * decode, r["decode_s"], r["decode_j"]),
+                                    ("end2end", batch * (prompt + decode), r["prefill_s"] + r["decode_s"],
+                                     r["prefill_j"] + r["decode_j"])):
+            out[phase] = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, tokens_per_j=tokens / j,
+                              energy_per_token_mj=j / tokens * 1e3)
+        out["batch"] = batch
+        return out

@@ -1,0 +1,195 @@
+"""GPUs through the engine: vLLM's batching, the same lifecycle, and times from `GpuTimer`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cent_serve.bench.report import summarize
+from cent_serve.bench.runner import run_in_process
+from cent_serve.bench.request import Request as TraceRequest
+from cent_serve.config import CentConfig, GpuConfig, ParallelConfig, model_preset
+from cent_serve.engine import Engine
+from cent_serve.gpu.timing import GpuTimer
+from cent_serve.model import load_weights
+from cent_serve.model.sampling import SamplingParams
+from cent_serve.request import RequestParams
+
+TINY = model_preset("tiny")
+WEIGHTS = load_weights(TINY)
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def _gpu_cfg(model=TINY, count=1, numerics="full", **gpu) -> CentConfig:
+    return CentConfig(model=model, numerics=numerics, gpu=GpuConfig(kind="a100-80gb", count=count, **gpu))
+
+
+def _run(eng: Engine) -> None:
+    while eng.has_work():
+        eng.step()
+
+
+def test_greedy_tokens_equal_on_cent_and_on_gpus():
+    """Full numerics: the GPU side runs the reference model, so both serve the same tokens."""
+    prompts = [list(range(3, 3 + n)) for n in (5, 40, 17)]
+    outs = []
+    for cfg in (CentConfig(model=TINY, parallel=ParallelConfig(8, 2, 4), numerics="full"), _gpu_cfg(count=2)):
+        eng = Engine(cfg, weights=WEIGHTS)
+        reqs = [eng.add_request(p, RequestParams(max_tokens=6, ignore_eos=True, sampling=GREEDY)) for p in prompts]
+        _run(eng)
+        outs.append([r.output_ids for r in reqs])
+    assert outs[0] == outs[1]
+
+
+def test_one_request_times_are_the_timer_steps():
+    """A lone request: the prefill is one step of the whole prompt (under the token budget), each
+    decode one step of one token; TTFT and TPOT are those steps' times exactly."""
+    cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off")
+    eng = Engine(cfg)
+    P, n = 300, 5
+    req = eng.add_request(list(range(3, 3 + P)), RequestParams(max_tokens=n, ignore_eos=True))
+    _run(eng)
+    t = eng.timer
+    prefill = t.step_s(0, [P], [0], 1)
+    decodes = [t.step_s(0, [1], [P + i], 1) for i in range(n - 1)]
+    assert req.first_token_s - req.arrival_s == pytest.approx(prefill, rel=1e-12)
+    assert req.finish_s - req.first_token_s == pytest.approx(sum(decodes), rel=1e-12)
+    assert req.energy_j == pytest.approx(t.power_w * (prefill + sum(decodes)), rel=1e-9)
+
+
+def test_token_budget_chunks_prefills_and_keeps_decodes():
+    """max_num_batched_tokens: decodes first, then prompt chunks in what is left; no step exceeds it."""
+    cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off", max_num_batched_tokens=64, max_num_seqs=8)
+    eng = Engine(cfg)
+    first = eng.add_request(list(range(3, 13)), RequestParams(max_tokens=40, ignore_eos=True))
+    eng.step()  # its 10-token prefill
+    late = [eng.add_request(list(range(3, 3 + 100)), RequestParams(max_tokens=3, ignore_eos=True)) for _ in range(2)]
+    sizes = []
+    while eng.has_work():
+        out = eng.scheduler.schedule(eng.now_s)
+        steps = [n for rr in out.rounds for _, n in rr.steps]
+        sizes.append(sum(steps))
+        assert sum(steps) <= 64
+        if not first.is_finished:
+            assert any(q is first and n == 1 for rr in out.rounds for q, n in rr.steps)  # never starved
+        eng._update(out, eng._run(out))
+    assert max(sizes) == 64  # the budget was used up by chunks
+    assert all(len(r.output_ids) == 3 for r in late) and len(first.output_ids) == 40
+
+
+def test_many_sequences_per_step_and_kv_admission():
+    """vLLM batches: one step holds many sequences; admission stops where the GPU's KV room ends."""
+    cfg = _gpu_cfg(model=model_preset("llama2-70b"), count=4, numerics="off")
+    eng = Engine(cfg)
+    room = eng.timer.kv_tokens()
+    per = room // 3001 + 5  # more 3000-token prompts than fit at once
+    reqs = [eng.add_request(list(range(3, 3 + 3000)), RequestParams(max_tokens=1000, ignore_eos=True))
+            for _ in range(per)]
+    most = 0
+    while eng.has_work():
+        eng.step()
+        most = max(most, eng.scheduler.num_running)
+        used = sum(eng.scheduler._held.values()) * cfg.scheduler.kv_block_tokens
+        assert used <= room
+    assert 1 < most < per and all(len(r.output_ids) == 1000 for r in reqs)
+
+
+def test_replay_metrics_and_status():
+    cfg = _gpu_cfg(model=model_preset("llama2-70b"), count=8, numerics="off", tp=4)  # two replicas of tp 4
+    trace = [TraceRequest(str(i), 0.05 * i, 200 + 7 * i, 50 + i) for i in range(40)]
+    result = run_in_process(cfg, trace, progress=False)
+    s = summarize(result)
+    assert s["completed"] == 40 and s["failed"] == 0
+    assert result.status["hardware"] == "gpu:a100-80gb:8"
+    assert result.status["mapping"]["replicas"] == 2 and result.status["mapping"]["mode"] == "gpu"
+    assert {d["replica"] for d in result.devices} == {0, 1} and len(result.devices) == 8
+    assert s["energy_j"] > 0 and s["output_throughput"] > 0
+
+
+def test_refused_before_start_when_the_model_does_not_fit():
+    from cent_serve.preflight import check_runnable
+    with pytest.raises(ValueError, match="does not fit.*more GPUs"):
+        check_runnable(_gpu_cfg(model=model_preset("llama2-70b"), count=1, numerics="off"))
+
+
+def test_cli_hardware_flag_and_compare(tmp_path):
+    """`cent bench run --hardware gpu:...` and `cent bench compare` from the command line."""
+    run = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "run", "--model", "llama2-7b",
+                          "--hardware", "gpu:h100-80gb:1", "--synthetic", "poisson", "--rate", "4",
+                          "--num-requests", "12", "--out", str(tmp_path / "run"), "--no-plots"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["gpu"]["kind"] == "h100-80gb"
+    cmp = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "compare", "--model", "llama2-7b",
+                          "--devices", "8", "--pp", "32", "--gpu", "a100-80gb:1", "--synthetic", "poisson",
+                          "--rate", "2", "--num-requests", "10", "--rates", "1,4", "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True, timeout=300)
+    assert cmp.returncode == 0, cmp.stderr
+    out = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert out["cent"]["completed"] == out["gpu"]["completed"] == 10
+    assert {r["metric"] for r in out["table"]} >= {"TTFT p50", "TPOT p99", "E2E p99", "energy per token"}
+    for png in ("compare_cdfs.png", "compare_sweep.png"):
+        assert (tmp_path / "cmp" / png).stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "run", "--hardware", "gpu:v100:2"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--hardware 'gpu:v100:2' is invalid" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def _times(cfg: CentConfig) -> list[tuple]:
+    eng = Engine(cfg, weights=WEIGHTS if cfg.resolved_numerics == "full" else None)
+    reqs = [eng.add_request(list(range(3, 3 + n)), RequestParams(max_tokens=7, ignore_eos=True), arrival_s=0.001 * i)
+            for i, n in enumerate((60, 5, 33, 90, 12))]
+    _run(eng)
+    return [(r.first_token_s, r.finish_s, r.energy_j) for r in reqs]
+
+
+def test_timing_does_not_depend_on_the_numerics():
+    """The same trace on GPUs with full numerics and timing only: identical times and energy."""
+    cfg = dict(count=2, max_num_batched_tokens=48, max_num_seqs=4)
+    assert _times(_gpu_cfg(numerics="full", **cfg)) == _times(_gpu_cfg(numerics="off", **cfg))
+
+
+def test_pipeline_parallel_gpus():
+    """pp 2 x tp 1: a lone request's TTFT is stage 0, the hop, stage 1; two lanes, each with its own
+    token budget; full numerics still gives the CENT tokens."""
+    cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off", count=2, pp=2)
+    eng = Engine(cfg)
+    assert eng.scheduler.lanes_per_replica == 2 and eng.timer.mapping.stage_layers == (16, 16)
+    req = eng.add_request(list(range(3, 103)), RequestParams(max_tokens=2, ignore_eos=True))
+    _run(eng)
+    t = eng.timer
+    want = t.step_s(0, [100], [0], 1) + t.hop_s(100) + t.step_s(1, [100], [0], 1)
+    assert req.first_token_s == pytest.approx(want, rel=1e-12)
+    budget = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off", count=2, pp=2, max_num_batched_tokens=64,
+                      max_num_seqs=8)
+    eng = Engine(budget)
+    for _ in range(4):
+        eng.add_request(list(range(3, 203)), RequestParams(max_tokens=2, ignore_eos=True))
+    out = eng.scheduler.schedule(0.0)
+    per_lane = [sum(n for _, n in lane) for rr in out.rounds for lane in rr.plan.layout.seqs]
+    assert per_lane == [64, 64]  # each micro-batch fills its own budget
+
+
+def test_sliding_window_on_gpus():
+    """A windowed model: a decode step past the window costs what one at the window costs, and the
+    KV a sequence reserves stops at the window + a step's budget + a block."""
+    m = dataclasses.replace(model_preset("mistral-7b"))
+    cfg = _gpu_cfg(model=m, numerics="off")
+    t = GpuTimer(cfg)
+    w = m.sliding_window
+    assert t.step_s(0, [1], [w], 1) == t.step_s(0, [1], [4 * w], 1) > t.step_s(0, [1], [w // 2], 1)
+    assert cfg.kv_tokens_cap == w + cfg.gpu.max_num_batched_tokens + cfg.scheduler.kv_block_tokens
+
+
+def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
+    for extra, msg in ((["--set", "gpu.count=2"], "gpu.count=2 makes the CENT side GPUs"),
+                       (["--gpu", "v100:2"], "--gpu 'v100:2' is invalid")):
+        r = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "compare", "--numerics", "off",
+                            "--num-requests", "2", "--out", str(tmp_path), *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
