@@ -93,4 +93,6 @@ class DeviceActor:
         """{"device": the worker's counters, "fabric": the switch ports this device clocks, "sent":
         messages and bytes it sent on its links}."""
         with self.lock:
-            return dict(device=self.worker.stats(), fabric=self.port.fabric.stats(), sent=self.port.sent.tolist())
+            device = dict(self.worker.stats(), host=ray.util.get_node_ip_address(),
+                          node_id=ray.get_runtime_context().get_node_id())
+            return dict(device=device, fabric=self.port.fabric.stats(), sent=self.port.sent.tolist())

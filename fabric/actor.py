@@ -48,6 +48,10 @@ class FabricActor:
     def ready(self) -> bool:
         return True
 
+    def where(self) -> dict:
+        """The node the switch runs on: {"host": its IP, "node_id": Ray's id}."""
+        return dict(host=ray.util.get_node_ip_address(), node_id=ray.get_runtime_context().get_node_id())
+
     def refused(self) -> int:
         """Connections closed because they did not prove the run's secret."""
         return self.listener.num_refused

@@ -38,7 +38,7 @@ ROWS = (  # (key, label, unit, better)
     ("total_token_throughput", "total throughput", "tok/s", "high"),
     ("request_goodput", "request goodput", "req/s", "high"),
     ("energy_per_token_mj", "energy per token", "mJ", "low"), ("power_w", "power", "W", "low"),
-    ("tokens_per_tco", "tokens per dollar (TCO units)", "tok/s/TCO", "high"),
+    ("tokens_per_tco", "tokens per dollar", "tok/s per TCO unit", "high"),
     ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
 )
 COLORS = {"CENT": "tab:blue", "GPU": "tab:red"}

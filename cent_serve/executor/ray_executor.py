@@ -148,6 +148,18 @@ def place_devices(cfg: CentConfig, num_devices: int):
     return pg
 
 
+def chain_bundles(pg, first_node: str) -> list[int]:
+    """The placement group's bundle indices in chain order: grouped by node, the driver's node
+    first, so consecutive devices (the pipeline's neighbours, a unit's partners) share a node and
+    a round crosses between nodes once per node, not at every hop (Ray spreads bundle i and i + 1
+    over different nodes)."""
+    from ray.util.placement_group import placement_group_table
+
+    on = placement_group_table(pg)["bundles_to_node_id"]  # {bundle index: node id}
+    nodes = sorted(set(on.values()), key=lambda n: (n != first_node, min(i for i, m in on.items() if m == n)))
+    return [i for n in nodes for i in sorted(i for i, m in on.items() if m == n)]
+
+
 class RoundFuture:
     """A round sent with `RayExecutor.submit`; `result()` waits for it (replies come in the order
     rounds were sent)."""
@@ -201,17 +213,19 @@ class RayExecutor(Executor):
             self.fabric = FabricActor.options(scheduling_strategy=here).remote(
                 cfg, [u.device_ids for u in self.units], secret, listen)
             switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
+            self.switch_where = ray.get(self.fabric.where.remote(), timeout=STARTUP_TIMEOUT_S)
             places = chain_places(self.units)
             # the cost model's table by context, filled once here for every device
             self.timer.fill_contexts(np.arange(1, min(cfg.model.max_seq_len, PRELOAD_CONTEXTS) + 1))
             table = ray.put(self.timer.context_table())
             slot = next(_cpu_slots) if cfg.server.pin_replica_cpu and not (
                 cfg.resolved_numerics == "full" and self.timer.mapping.tp > 1) else None
+            bundles = chain_bundles(self.pg, ray.get_runtime_context().get_node_id()) if self.pg is not None else None
             for i, d in enumerate(device_ids):
                 opts = {}
                 if self.pg is not None:
                     opts = dict(resources={cfg.server.device_resource: 1},
-                                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, bundles[i]))
                 self.actors[d] = DeviceActor.options(**opts).remote(cfg, places[d], switch, secret, listen, table,
                                                                     slot)
             addresses = dict(zip(device_ids, ray.get([self.actors[d].address.remote() for d in device_ids],
@@ -281,7 +295,7 @@ class RayExecutor(Executor):
                       timeout=ROUND_TIMEOUT_S)
         views = [g["fabric"] for g in got[:-1]] + [got[-1]]
         sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
-        return dict(devices=[g["device"] for g in got[:-1]], fabric=merge_stats(views),
+        return dict(devices=[g["device"] for g in got[:-1]], fabric=dict(merge_stats(views), **self.switch_where),
                     links=dict(messages=int(sent[0]), bytes=int(sent[1])))
 
     def shutdown(self) -> None:

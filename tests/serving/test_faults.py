@@ -14,7 +14,7 @@ from api.server import Server
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.generate import generate
-from tests.serving.utils import wait_for
+from tests.serving.utils import read_stream, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY = model_preset("tiny")
@@ -23,22 +23,9 @@ TINY = model_preset("tiny")
 async def _stream(client: httpx.AsyncClient, i: int, progress: list) -> dict:
     body = {"model": "tiny", "prompt": f"stream {i}", "max_tokens": 24, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
-    out = {"tokens": 0, "error": None, "finish": None, "done": False}
     async with client.stream("POST", "/v1/completions", json=body, timeout=120) as r:
         assert r.status_code == 200
-        async for line in r.aiter_lines():
-            if line == "data: [DONE]":
-                out["done"] = True
-            elif line.startswith("data: "):
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    out["error"] = chunk["error"]["message"]
-                if chunk.get("usage"):
-                    out["tokens"] = chunk["usage"]["completion_tokens"]
-                for c in chunk.get("choices", []):
-                    out["finish"] = c.get("finish_reason") or out["finish"]
-                    progress.append(1)
-    return out
+        return await read_stream(r, lambda: progress.append(1))
 
 
 @pytest.mark.parametrize("victim", ["device", "fabric"])

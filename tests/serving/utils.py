@@ -1,6 +1,7 @@
 """Factories and probes for tests against a real server (local executor, free loopback port)."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -82,4 +83,25 @@ def outcomes(url: str, headers: dict | None = None) -> dict[tuple[str, str], flo
     out = {}
     for outcome, reason in re.findall(r'^cent:requests_total\{[^}]*outcome="(\w+)",reason="(\w+)"', text, re.M):
         out[(outcome, reason)] = metric(text, "cent:requests_total", outcome=outcome, reason=reason)
+    return out
+
+
+async def read_stream(r: httpx.Response, on_token=None) -> dict:
+    """A streamed completion's outcome from its server-sent events: {"tokens" (the usage's),
+    "error" (an error event's message), "finish", "done" ([DONE] seen)}; `on_token()` at each
+    choice chunk."""
+    out = {"tokens": 0, "error": None, "finish": None, "done": False}
+    async for line in r.aiter_lines():
+        if line == "data: [DONE]":
+            out["done"] = True
+        elif line.startswith("data: "):
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                out["error"] = chunk["error"]["message"]
+            if chunk.get("usage"):
+                out["tokens"] = chunk["usage"]["completion_tokens"]
+            for c in chunk.get("choices", []):
+                out["finish"] = c.get("finish_reason") or out["finish"]
+                if on_token is not None:
+                    on_token()
     return out

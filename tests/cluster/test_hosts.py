@@ -1,0 +1,245 @@
+"""A real multi-host cluster: hosts are network namespaces on a bridge the test makes
+(`tests.cluster.netns`), Ray joined with token auth, everything between hosts over veths.
+
+- greedy tokens and simulated times over 2 and 3 hosts equal one process's;
+- the switch runs on the head (where `cent serve` runs), the devices spread over every host, and
+  the status says where each runs;
+- faults under 16 concurrent streams, on one server in turn: a device actor killed on a worker
+  host, a worker host lost (every process in its namespace killed; the replica is re-created on
+  what remains, then Ray restarted there), a worker host cut off for 10 s. Every stream ends
+  (none hangs past the client's timeout), with 200 and either its tokens or the device-fault
+  error; /health says 503 with the reason while the system is short; the next requests complete.
+
+One cluster for the module (2 devices a host, one CPU each), one server for the faults: a
+cluster's start and a server's are the expensive parts on a busy 2-core machine.
+
+Skipped where namespaces cannot be made (not root, no `ip`): CI runs as root.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.executor import LocalExecutor
+from cent_serve.executor.generate import generate_batch
+from tests.cluster.multinode_run import PROMPTS
+from tests.cluster.netns import Hosts, available
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(available() is not None, reason=str(available()))]
+STREAMS = 16
+SERVE_PORT = 8000  # inside host 1's namespace: no other process can hold it
+DEVICES = 4
+FAULT_TIMEOUT_S = 300.0
+
+
+def _result(proc_or_run) -> dict:
+    out = proc_or_run.stdout if isinstance(proc_or_run.stdout, str) else ""
+    lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
+    assert lines, f"no result:\n{out[-3000:]}\n{proc_or_run.stderr[-3000:] if proc_or_run.stderr else ''}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _local(devices: int, pp: int, tp: int):
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
+    return generate_batch(LocalExecutor(cfg), PROMPTS, 8)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with Hosts(2, devices_per_host=2) as h:
+        yield h
+
+
+def test_two_and_three_hosts_serve_the_single_host_tokens(hosts):
+    h = hosts
+    for n, (devices, pp, tp) in ((2, (4, 2, 2)), (3, (6, 3, 2))):
+        if n == 3:
+            h.add_host(3)
+        out = _result(h.run(1, [sys.executable, "-m", "tests.cluster.netns_run", h.address, str(devices),
+                                str(pp), str(tp)], timeout=600))
+        local = _local(devices, pp, tp)
+        assert out["tokens"] == local.token_ids
+        assert out["times"] == local.token_times_s  # bit for bit across hosts
+        assert out["nodes"] == n and out["device_hosts"] == sorted(h.ip(i) for i in range(1, n + 1))
+        assert out["switch_host"] == out["driver_host"] == h.ip(1)  # pinned to the head
+
+
+class Served:
+    """`cent serve` on host 1 (DEVICES devices, one a stage, spread over the hosts; four sequences
+    a stage, so all the streams run at once) and load clients beside it."""
+
+    def __init__(self, h: Hosts) -> None:
+        self.h = h
+        self.url = f"http://127.0.0.1:{SERVE_PORT}"
+        self.proc = h.spawn(1, [sys.executable, "-m", "cent_serve.cli", "serve", "--ray-address", h.address,
+                                "--devices", str(DEVICES), "--pp", str(DEVICES), "--port", str(SERVE_PORT),
+                                "--set", "scheduler.max_seqs_per_stage=4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def load(self, streams: int, max_tokens: int, wait_s: float = 240.0) -> subprocess.Popen:
+        return self.h.spawn(1, [sys.executable, "-m", "tests.cluster.netns_load", self.url, str(streams),
+                                str(max_tokens), str(wait_s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+    def health(self) -> tuple[int, str]:
+        r = self.h.run(1, [sys.executable, "-c", "import httpx,sys; r=httpx.get("
+                           f"'{self.url}/health', timeout=30); sys.stdout.write(f'{{r.status_code}} {{r.text}}')"],
+                       timeout=120)
+        code, _, text = r.stdout.partition(" ")
+        return int(code), text
+
+    def status(self) -> dict:
+        r = self.h.run(1, [sys.executable, "-c", "import httpx,sys; sys.stdout.write(httpx.get("
+                           f"'{self.url}/v1/cent/status', timeout=30).text)"], timeout=120)
+        return json.loads(r.stdout)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+@pytest.fixture(scope="module")
+def served(hosts):
+    if len(hosts.hosts) < 3:
+        hosts.add_host(3)  # the faults run on three hosts: one can go while two serve
+    s = Served(hosts)
+    warm = _result(subprocess.CompletedProcess([], 0, *s.load(1, 2).communicate(timeout=FAULT_TIMEOUT_S)))
+    if warm["waited_s"] is None:
+        s.stop()
+        raise AssertionError(f"cent serve did not come up on the cluster: {warm}")
+    yield s
+    s.stop()
+
+
+def _under_fault(s: Served, fault) -> tuple[dict, dict, float]:
+    """Start the streams, inject `fault` once every stream has a token, wait for them; then a
+    second load that waits for /health 200 (the recovery) and must complete in full. Returns
+    (first load, second load, wall seconds from the fault to healthy again)."""
+    load = s.load(STREAMS, 48)
+    for line in load.stdout:
+        if line.startswith("STREAMING"):
+            break
+    else:
+        raise AssertionError(f"the streams never started: {load.stderr.read()[-3000:]}")
+    t_fault = time.monotonic()
+    fault()
+    rest, err = load.communicate(timeout=FAULT_TIMEOUT_S)
+    first = _result(subprocess.CompletedProcess([], 0, rest, err))
+    after = s.load(4, 8)
+    out, err = after.communicate(timeout=FAULT_TIMEOUT_S)
+    second = _result(subprocess.CompletedProcess([], 0, out, err))
+    return first, second, time.monotonic() - t_fault - second["wall_s"]
+
+
+def _check(first: dict, second: dict, expect_failures: bool) -> None:
+    res = first["results"]
+    assert len(res) == STREAMS
+    completed = [r for r in res if r["done"] and r["finish"] == "length" and r["error"] is None]
+    failed = [r for r in res if r["error"] is not None]
+    print(f"{len(completed)} completed, {len(failed)} failed of {STREAMS}; the load took {first['wall_s']:.1f} s; "
+          f"sent while short: {second['probes']}")
+    assert len(completed) + len(failed) == STREAMS  # none aborted by this client, none left hanging
+    assert all(r["status"] == 200 for r in res), [r["status"] for r in res]  # no 5xx for a reported fault
+    assert all("emulated devices of replica 0 failed" in r["error"] for r in failed), [r["error"] for r in failed]
+    if expect_failures:
+        assert failed
+    assert all(code in (200, 503) for _, code, _ in first["health"] + second["health_before"])
+    # a request sent while /health said 503 waits for the devices: never a 5xx
+    assert all(status == 200 for status, _ in second["probes"]), second["probes"]
+    assert second["waited_s"] is not None, "the replica was not re-created"
+    assert all(r["done"] and r["error"] is None for r in second["results"]) and len(second["results"]) == 4
+
+
+def _short(first: dict, second: dict) -> list[str]:
+    """What /health said while the system was short."""
+    return [text for _, code, text in first["health"] + second["health_before"] if code == 503]
+
+
+def test_device_actor_killed_on_a_worker_host(served):
+    h = served.h
+    st = served.status()
+    assert st["fabric"][0]["host"] == h.ip(1)  # the switch on the head, where cent serve runs
+    on = {d["device_id"]: d["host"] for d in st["devices"]}
+    assert len(set(on.values())) > 1, on  # spread over the hosts
+    worker = next(i for i in (2, 3) if h.ip(i) in on.values())
+
+    def kill_device():
+        import os
+        import signal
+        victims = h.actor_pids(worker, "DeviceActor")
+        assert victims, f"no device actor on host {worker}"
+        os.kill(victims[0], signal.SIGKILL)
+
+    first, second, recovered_s = _under_fault(served, kill_device)
+    _check(first, second, expect_failures=True)
+    assert served.status()["num_recoveries"] >= 1
+    print(f"device killed: healthy again {recovered_s:.1f} s after; health said {_short(first, second)[-1:]}")
+
+
+def test_worker_host_lost_then_back(served):
+    h = served.h
+    lost = next(i for i in (3, 2) if h.ip(i) in {d["host"] for d in served.status()["devices"]})
+
+    def lose_host():
+        assert h.kill_host(lost) > 0
+
+    first, second, recovered_s = _under_fault(served, lose_host)
+    _check(first, second, expect_failures=True)
+    assert _short(first, second), "health never said the system was short"
+    hosts_now = {d["host"] for d in served.status()["devices"]}
+    assert h.ip(lost) not in hosts_now  # re-created on what remains
+    print(f"host {lost} lost: serving again {recovered_s:.1f} s after on {sorted(hosts_now)}; health said "
+          f"{_short(first, second)[-1]!r}")
+    t0 = time.monotonic()
+    h.start_ray(lost)  # the host comes back: the cluster has its capacity again
+    print(f"host {lost} back in the cluster in {time.monotonic() - t0:.1f} s")
+
+
+def test_worker_host_partitioned_for_10_s(served):
+    h = served.h
+    cut = next(i for i in (2, 3) if h.ip(i) in {d["host"] for d in served.status()["devices"]})
+
+    def partition():
+        h.partition(cut)
+        time.sleep(10.0)
+        h.heal(cut)
+
+    first, second, recovered_s = _under_fault(served, partition)
+    _check(first, second, expect_failures=False)  # late, or failed by the named check timeout
+    print(f"host {cut} cut off for 10 s: every stream ended; healthy {recovered_s:.1f} s after the cut")
+
+
+def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
+    """Both worker hosts lost: the head alone cannot hold the devices, so serving waits (health
+    503 with the reason) until the hosts' Ray comes back, then the replica is re-created."""
+    h = served.h
+    seen: list = []
+
+    def lose_both():
+        for i in (2, 3):
+            assert h.kill_host(i) > 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20.0:  # longer than a re-creation attempt: the engine must say it waits
+            seen.append(served.health())
+            time.sleep(1.0)
+        for i in (2, 3):
+            h.start_ray(i)
+
+    first, second, recovered_s = _under_fault(served, lose_both)
+    _check(first, second, expect_failures=True)
+    short = [text for code, text in seen if code == 503]
+    assert all(code in (200, 503) for code, _ in seen) and short, seen
+    assert seen[-1][0] == 503, seen  # still waiting for the hosts when they come back
+    assert {d["host"] for d in served.status()["devices"]} - {h.ip(1)}  # back on the worker hosts
+    print(f"both workers lost for 20 s: serving again {recovered_s:.1f} s after the loss; health said {short[0]!r}, "
+          f"then {short[-1]!r}")
