@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(available() is not None, reas
 STREAMS = 16
 SERVE_PORT = 8000  # inside host 1's namespace: no other process can hold it
 DEVICES = 4
-FAULT_TIMEOUT_S = 300.0
+FAULT_TIMEOUT_S = 900.0
+"""Hang guards, not performance bounds: a recovery takes 6-8 s here quiet and about 80 s beside two
+busy processes; the client waits up to 600 s for /health and for a stream (netns_load.py)."""
 
 
 def _result(proc_or_run) -> dict:
@@ -81,7 +83,7 @@ class Served:
                                 "--set", "scheduler.max_seqs_per_stage=4"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def load(self, streams: int, max_tokens: int, wait_s: float = 240.0) -> subprocess.Popen:
+    def load(self, streams: int, max_tokens: int, wait_s: float = 600.0) -> subprocess.Popen:
         return self.h.spawn(1, [sys.executable, "-m", "tests.cluster.netns_load", self.url, str(streams),
                                 str(max_tokens), str(wait_s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
