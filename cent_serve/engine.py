@@ -81,9 +81,7 @@ class Engine:
         sc = cfg.scheduler
         if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
             g = cfg.gpu
-            blocks = self.timer.kv_tokens() // sc.kv_block_tokens
-            if sc.num_kv_blocks_override is not None:
-                blocks = min(blocks, sc.num_kv_blocks_override)
+            blocks = self.timer.kv_blocks(sc.kv_block_tokens, sc.num_kv_blocks_override)
             self.scheduler = Scheduler(num_replicas, mp.lanes, g.max_num_seqs, blocks, g.max_num_batched_tokens,
                                        sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
                                        max_batched_tokens=g.max_num_batched_tokens)

@@ -122,9 +122,7 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
     t.check_fits()
     context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
     block = cfg.scheduler.kv_block_tokens
-    have = t.kv_tokens() // block  # as the engine counts them
-    if cfg.scheduler.num_kv_blocks_override is not None:
-        have = min(have, cfg.scheduler.num_kv_blocks_override)
+    have = t.kv_blocks(block, cfg.scheduler.num_kv_blocks_override)  # as the engine counts them
     need = batch * -(-context // block)
     if have < need:
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "

@@ -167,6 +167,12 @@ class GpuTimer:
         room = self.kind.memory_bytes * self.gpu.memory_utilization
         return int(min((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s) for s in range(self.pp)))
 
+    def kv_blocks(self, block_tokens: int, override: int | None = None) -> int:
+        """KV blocks of `block_tokens` a replica holds (at most `override`,
+        scheduler.num_kv_blocks_override): what the scheduler admits against."""
+        blocks = self.kv_tokens() // block_tokens
+        return blocks if override is None else min(blocks, override)
+
     def check_fits(self) -> None:
         """ValueError naming the fix when the weights alone do not fit."""
         if self.kv_tokens() < 1:
