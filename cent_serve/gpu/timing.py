@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cent_serve.config import CentConfig, ModelConfig
-from cent_serve.gpu.kinds import GpuKind, gpu_kind
+from cent_serve.config import CentConfig
+from cent_serve.gpu.kinds import gpu_kind
 
 BYTES = 2  # bf16 weights, activations and KV
 
@@ -88,7 +88,8 @@ class GpuTimer:
         layers = tuple(base + (i < extra) for i in range(self.pp))
         self.mapping = GpuMapping(g.kind, g.count, self.pp, self.tp, g.replicas, layers)
         h = m.head_dim
-        self.block_weight_bytes = m.block_param_count() * BYTES
+        self.block_params = m.block_param_count()  # per layer: every weight is a matmul's (norms are noise)
+        self.block_weight_bytes = self.block_params * BYTES
         self.embed_bytes = m.vocab_size * m.hidden_size * BYTES
         # K and V of one token in one layer on one GPU: its share of the KV heads, each kept whole
         # (with tp > KV heads a head is copied to the GPUs that share it, as vLLM does)
@@ -99,7 +100,6 @@ class GpuTimer:
         heads_read = m.num_heads // self.tp if g.attention_reads == "query_heads" else -(-m.num_kv_heads // self.tp)
         self.kv_read_bytes = 2 * heads_read * m.head_dim * BYTES
         self.attn_flops = 4 * m.num_heads * h  # per (token, attended position) per layer
-        self.matmul_params = m.block_param_count()  # per layer; norms are noise
         self.power_w = self.kind.board_power_w * self.kind.power_fraction
         """One GPU's power while it serves."""
 
@@ -132,7 +132,7 @@ class GpuTimer:
         m, k = self.model, self.kind
         layers = self.mapping.stage_layers[stage]
         bytes_ = layers * (self.block_weight_bytes / self.tp + context * self.kv_read_bytes + tokens * self.kv_layer_bytes)
-        flops = layers * (2 * self.matmul_params * tokens + self.attn_flops * attended) / self.tp
+        flops = layers * (2 * self.block_params * tokens + self.attn_flops * attended) / self.tp
         if stage == self.pp - 1 and logit_rows:
             bytes_ = bytes_ + self.embed_bytes / self.tp
             flops = flops + 2 * m.vocab_size * m.hidden_size * logit_rows / self.tp
