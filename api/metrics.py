@@ -86,6 +86,10 @@ class Metrics:
                               "schedule (how late tokens reach clients; 0 on schedule).", lab, registry=r)
         self.requests = Counter("cent:requests", "Generation requests by how they ended (one count each).",
                                 lab + ["outcome", "reason"], registry=r)
+        self.expert_tokens = Gauge("cent:expert_tokens", "Mixture of experts: tokens routed to each expert, over "
+                                   "all blocks (the time model's router).", lab + ["expert"], registry=r)
+        self.expert_busy = Gauge("cent:expert_busy_fraction", "Mixture of experts: each expert's bank time / "
+                                 "(simulated clock x blocks x replicas).", lab + ["expert"], registry=r)
 
     def count_request(self, outcome: str, reason: str) -> None:
         """Record how one generation request ended (any thread)."""
@@ -129,4 +133,10 @@ class Metrics:
             self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(frac)
         for f in fabrics:
             self.fabric_bytes.labels(m, str(f["replica"])).set(f.get("wire_bytes", 0))
+        experts = status.get("experts")
+        if experts:
+            for e, n in enumerate(experts["tokens"]):
+                self.expert_tokens.labels(m, str(e)).set(n)
+            for e, frac in enumerate(experts.get("busy_fraction", ())):
+                self.expert_busy.labels(m, str(e)).set(frac)
         return generate_latest(self.registry)

@@ -29,7 +29,8 @@ def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
         raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
+MOE_TYPES = ("mixtral", "qwen3_moe")
 """Families the reference model runs (Hugging Face `model_type`)."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 """Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
@@ -37,8 +38,8 @@ ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 @dataclass
 class ModelConfig:
-    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3). Presets: `MODEL_PRESETS`
-    (`cent info --presets`)."""
+    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3) or a mixture of experts
+    (Mixtral, Qwen 3 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
     """Preset name, or the checkpoint directory's name when loaded from disk."""
@@ -65,14 +66,28 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
-    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2` or `qwen3`. The families
-    differ only by the named variations below, which a checkpoint's config.json sets."""
+    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral` or
+    `qwen3_moe`. The families differ only by the named variations below, which a checkpoint's
+    config.json sets."""
     attention_bias: bool = False
     """Biases on the q, k and v projections (Qwen 2.5)."""
     qk_norm: bool = False
     """An RMSNorm over each head of q and k before the rotary embedding (Qwen 3)."""
     sliding_window: int = 0
     """Attend to the last `sliding_window` positions only (Mistral); 0: the whole context."""
+    num_experts: int = 0
+    """Experts of each block's MLP (Mixtral 8, Qwen3-30B-A3B 128); 0: a dense SwiGLU MLP."""
+    num_experts_per_tok: int = 0
+    """k: the experts a token runs (the router's top k of its softmax)."""
+    moe_intermediate_size: int = 0
+    """An expert's SwiGLU width; 0: model.intermediate_size (Mixtral's experts are full-size MLPs)."""
+    norm_topk_prob: bool = True
+    """Divide the top-k router probabilities by their sum (Mixtral always; Qwen 3 MoE's config says)."""
+    expert_skew: float = 0.0
+    """Timing's router: with numerics off there are no router logits, so the time model routes each
+    (sequence, position, block) to k experts by a seeded draw without replacement, expert e's
+    weight 1 / (e + 1)^expert_skew: 0 is uniform, larger piles tokens on the low experts (a
+    hot-expert workload). The same draw with numerics on, so timing never depends on numerics."""
     rope_type: str = "default"
     """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn` or `llama3`."""
     rope_factor: float = 1.0
@@ -139,6 +154,17 @@ class ModelConfig:
             value = getattr(self, name)
             _check(0 <= value < self.vocab_size, f"model.{name}", value,
                    f"use an id in [0, {self.vocab_size})")
+        _check(self.num_experts >= 0, "model.num_experts", self.num_experts, "use 0 (dense) or a positive count")
+        _check(self.expert_skew >= 0, "model.expert_skew", self.expert_skew, "use 0 (uniform) or a positive skew")
+        _check(self.moe_intermediate_size >= 0, "model.moe_intermediate_size", self.moe_intermediate_size,
+               "use a positive width, or 0 for model.intermediate_size")
+        if self.num_experts:
+            _check(1 <= self.num_experts_per_tok <= self.num_experts, "model.num_experts_per_tok",
+                   self.num_experts_per_tok, f"use 1 .. model.num_experts={self.num_experts}")
+        moe_type = self.model_type in MOE_TYPES
+        _check(moe_type == bool(self.num_experts), "model.num_experts", self.num_experts,
+               f"model_type={self.model_type!r} is a mixture of experts: set a positive count" if moe_type else
+               f"model_type={self.model_type!r} is dense: use 0, or a model_type of {', '.join(MOE_TYPES)}")
 
     @property
     def num_rep(self) -> int:
@@ -153,12 +179,39 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def block_param_count(self) -> int:
-        """Parameters of one transformer block (attention with its biases and q/k norms, MLP, two norms)."""
-        d, f = self.hidden_size, self.intermediate_size
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def expert_size(self) -> int:
+        """An expert's SwiGLU width (the dense MLP's for a dense model)."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    def expert_param_count(self) -> int:
+        """Parameters of one expert: gate, up and down (3 D F_e)."""
+        return 3 * self.hidden_size * self.expert_size
+
+    def attention_param_count(self) -> int:
+        """Parameters of a block's attention (with its biases and q/k norms) and its two norms."""
+        d = self.hidden_size
         attn = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
         attn += (self.q_size + 2 * self.kv_size if self.attention_bias else 0) + (2 * self.head_dim if self.qk_norm else 0)
-        return attn + 3 * d * f + 2 * d
+        return attn + 2 * d
+
+    def block_param_count(self) -> int:
+        """Parameters of one transformer block (attention with its biases and q/k norms, MLP or router
+        and every expert, two norms)."""
+        if self.is_moe:
+            return self.attention_param_count() + self.num_experts * (self.hidden_size + self.expert_param_count())
+        return self.attention_param_count() + 3 * self.hidden_size * self.intermediate_size
+
+    def active_block_param_count(self) -> int:
+        """Parameters one token reads in a block: the router and its k experts for a MoE."""
+        if self.is_moe:
+            return (self.attention_param_count() + self.num_experts * self.hidden_size
+                    + self.num_experts_per_tok * self.expert_param_count())
+        return self.block_param_count()
 
     def param_count(self) -> int:
         """All parameters: blocks, final norm, embedding and (untied) LM head."""
@@ -208,6 +261,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
                      num_kv_heads=8, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
                      rms_norm_eps=1e-6, qk_norm=True, bos_token_id=151643, eos_token_id=151645),
+    # mixtures of experts (mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B config.json)
+    "mixtral-8x7b": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                         num_kv_heads=8, vocab_size=32000, max_seq_len=32768, rope_theta=1000000.0,
+                         num_experts=8, num_experts_per_tok=2),
+    "qwen3-30b-a3b": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_layers=48, num_heads=32,
+                          num_kv_heads=4, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
+                          rms_norm_eps=1e-6, qk_norm=True, num_experts=128, num_experts_per_tok=8,
+                          moe_intermediate_size=768, norm_topk_prob=True, bos_token_id=151643, eos_token_id=151645),
 }
 
 

@@ -92,6 +92,12 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.stats = EngineStats()
+        self.expert_load = None
+        """A mixture of experts' per-expert load (`cent_serve.timing.experts.ExpertLoad`): every
+        round's tokens through the time model's router, the same draw the devices time."""
+        if cfg.model.is_moe:
+            from cent_serve.timing.experts import ExpertLoad
+            self.expert_load = ExpertLoad(cfg.model, getattr(self.timer, "expert_s", None))
         self._ids = itertools.count()
         self._num_added = 0
 
@@ -239,6 +245,9 @@ class Engine:
             if out is None:  # its replica failed this round: its requests are finished already
                 continue
             lane_of = [i for i, lane in enumerate(rr.plan.layout.seqs) for _ in lane]
+            if self.expert_load is not None:
+                self.expert_load.add(rr.plan.layout.seq_ids, [req.num_computed for req, _ in rr.steps],
+                                     rr.plan.layout.seq_tokens)
             counts, row = rr.plan.wants_logits, 0
             for k, (req, n) in enumerate(rr.steps):
                 block = None  # logits of the step's last positions (scheduler.logit_rows)
@@ -367,7 +376,9 @@ class Engine:
                     kv_usage=self.scheduler.kv_usage(), kv_blocks_per_replica=self.scheduler.kv_blocks,
                     num_preemptions=self.scheduler.num_preemptions, replicas_up=sum(map(self.replicas.is_up,
                                                                                          range(self.num_replicas))),
-                    **dict(vars(self.stats), num_recoveries=self.replicas.num_recoveries))
+                    **dict(vars(self.stats), num_recoveries=self.replicas.num_recoveries),
+                    **({} if self.expert_load is None else
+                       dict(experts=self.expert_load.figures(self.now_s, self.num_replicas))))
 
     def _replica_stats(self) -> list[tuple[int, dict]]:
         """(replica, executor stats) of the replicas that are up. A replica that cannot answer

@@ -13,6 +13,15 @@ all-gather of output slices:
 
     attn heads (H*hd) -> o_proj slice (D) -> silu(gate)*up slice (F) -> down slice (D)
 
+A mixture of experts is spread by experts instead (expert parallelism): each of a stage's tp
+devices holds whole experts, expert e on rank e mod tp (the low experts, which a skewed router
+favours, land on different devices), and every device holds the router. The normed input is
+already on every device (the o_proj all-gather broadcast it), so nothing is dispatched; each
+device runs its experts for the tokens routed to them, and the combine gathers their weighted
+outputs and adds them in expert order (the reference model's order: the same floats):
+
+    attn heads (H*hd) -> o_proj slice (D) -> experts' outputs (n_local x D) -> sum
+
 `tp_block_forward` runs the block for one rank given an `all_gather`
 callable; the tests pass a local concatenation, the device actors pass the
 fabric.
@@ -25,7 +34,8 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import hidden_keys, project_qkv, rms_norm, silu, softmax
+from cent_serve.model.layers import (combine, expert_outputs, hidden_keys, project_qkv, rms_norm, route, silu,
+                                     softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -64,6 +74,11 @@ class LayerShard:
     w_down: np.ndarray  # (D_r, F)
     qkv_bias: tuple | None = None  # this rank's slices of the q, k, v biases (Qwen 2.5)
     qk_norms: tuple | None = None  # the per-head q and k norm weights, on every rank (Qwen 3)
+    experts: tuple[int, ...] = ()  # the experts this rank holds (a mixture of experts), ascending
+    router: np.ndarray | None = None  # (E, D), on every rank
+    experts_gate: np.ndarray | None = None  # (n_local, F_e, D) this rank's experts, stacked
+    experts_up: np.ndarray | None = None  # (n_local, F_e, D)
+    experts_down: np.ndarray | None = None  # (n_local, D, F_e)
 
     @property
     def num_q_heads(self) -> int:
@@ -76,8 +91,14 @@ class LayerShard:
     def nbytes(self, bytes_per_element: int = 2) -> int:
         """Weight bytes this rank stores (bf16 on a CENT device)."""
         mats = (self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
-                self.w_gate, self.w_up, self.w_down, *(self.qkv_bias or ()), *(self.qk_norms or ()))
-        return sum(m.size for m in mats) * bytes_per_element
+                self.w_gate, self.w_up, self.w_down, *(self.qkv_bias or ()), *(self.qk_norms or ()),
+                self.router, self.experts_gate, self.experts_up, self.experts_down)
+        return sum(m.size for m in mats if m is not None) * bytes_per_element
+
+
+def experts_of(cfg: ModelConfig, rank: int, tp: int) -> tuple[int, ...]:
+    """The experts `rank` of a stage's `tp` devices holds: e with e mod tp == rank."""
+    return tuple(range(rank, cfg.num_experts, tp))
 
 
 def check_tp(cfg: ModelConfig, tp: int) -> None:
@@ -108,12 +129,18 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
     fa, fb = split_bounds(cfg.intermediate_size, tp)[rank]
     q_rows, kv_rows = slice(qa * hd, qb * hd), slice(ka * hd, kb * hd)
     bias = w.qkv_bias
+    mlp: dict = dict(w_gate=None, w_up=None, w_down=None)
+    if cfg.is_moe:  # whole experts on each rank, the router on all (the stacks are copies)
+        mine = experts_of(cfg, rank, tp)
+        mlp.update(experts=mine, router=w.router, experts_gate=w.experts_gate[list(mine)],
+                   experts_up=w.experts_up[list(mine)], experts_down=w.experts_down[list(mine)])
+    else:
+        mlp.update(w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb], w_down=w.w_down[da:db])
     return LayerShard(
         rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), input_norm=w.input_norm,
         wq=w.wq[q_rows], wk=w.wk[kv_rows], wv=w.wv[kv_rows],
-        wo=w.wo[da:db], post_norm=w.post_norm, w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb],
-        w_down=w.w_down[da:db], qk_norms=w.qk_norms,
-        qkv_bias=None if bias is None else (bias[0][q_rows], bias[1][kv_rows], bias[2][kv_rows]))
+        wo=w.wo[da:db], post_norm=w.post_norm, qk_norms=w.qk_norms,
+        qkv_bias=None if bias is None else (bias[0][q_rows], bias[1][kv_rows], bias[2][kv_rows]), **mlp)
 
 
 def shard_vocab(table: np.ndarray, rank: int, tp: int) -> np.ndarray:
@@ -169,6 +196,25 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer))  # (seq, H*hd)
     x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
     h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
+    if cfg.is_moe:
+        return x + moe_combine(cfg, s.tp, all_gather("experts", moe_local(cfg, s, h)))
     act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
+
+
+def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray:
+    """This rank's experts on normed input h (seq, D): route every token (the router is on every
+    rank), run the experts held here for their tokens; returns their weighted outputs side by side,
+    (seq, n_local x D), for the combine's all-gather."""
+    experts, weights = route(h, s.router, cfg.num_experts_per_tok, cfg.norm_topk_prob)
+    out = expert_outputs(h, experts, weights, s.experts, s.experts_gate, s.experts_up, s.experts_down)
+    return out.transpose(1, 0, 2).reshape(h.shape[0], -1)
+
+
+def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray) -> np.ndarray:
+    """Every rank's `moe_local` side by side, rank after rank (seq, E x D): the sum in expert order."""
+    order = [e for r in range(tp) for e in experts_of(cfg, r, tp)]
+    seq, d = gathered.shape[0], cfg.hidden_size
+    by_rank = gathered.reshape(seq, len(order), d).transpose(1, 0, 2)  # (E, seq, D) in rank order
+    return combine(by_rank[np.argsort(order)])

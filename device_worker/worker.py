@@ -96,7 +96,8 @@ class DeviceWorker:
                 # copies, so the full model can be dropped once every device has its shard
                 sh = shard_layer(self.cfg.model, w.layers[b], self.rank, self.tp)
                 self.shards[b] = replace(sh, **{k: np.ascontiguousarray(getattr(sh, k)) for k in (
-                    "input_norm", "wq", "wk", "wv", "wo", "post_norm", "w_gate", "w_up", "w_down")})
+                    "input_norm", "wq", "wk", "wv", "wo", "post_norm", "w_gate", "w_up", "w_down", "router",
+                    "experts_gate", "experts_up", "experts_down") if getattr(sh, k) is not None})
         self.embed = np.ascontiguousarray(w.embed) if self.has_embedding else None
         if self.has_lm_head:
             self.final_norm = np.ascontiguousarray(w.final_norm)
@@ -137,6 +138,11 @@ class DeviceWorker:
         the sequences that cross into a new KV block get it (KVCacheFull fails the round)."""
         timer, seqs, clock = self.timer, self.seqs, self.clock
         lp = timer.lane_plan(layout)
+        if timer.moe_per_round:  # this round's routing: each lane's block steps wait for its busiest device
+            blocks = [b for s in self.stages for b in s.blocks]
+            floats = lp.floats.copy()
+            floats[0] += timer.moe_lane_s(layout, seqs.state[0], blocks) / len(blocks)
+            lp = replace(lp, floats=floats)
         while True:
             table, filled = timer.context_table()
             done, own, crossed, n_crossed, need = device_round(ready, table, filled, seqs.state, lp.ints, lp.floats,
@@ -214,7 +220,7 @@ class DeviceWorker:
     def _block(self, b: int, x: np.ndarray, seqs, bounds) -> Generator[Exchange, np.ndarray, np.ndarray]:
         """One block for all sequences: shared projections, per-sequence attention."""
         from cent_serve.model.layers import silu
-        from cent_serve.sharding import shard_attention
+        from cent_serve.sharding import moe_combine, moe_local, shard_attention
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
@@ -224,6 +230,9 @@ class DeviceWorker:
         o = yield from self._gather("o_proj", attn @ sh.wo.T)
         x = x + o
         h = rms_norm(x, sh.post_norm, cfg.rms_norm_eps)
+        if cfg.is_moe:
+            outputs = yield from self._gather("experts", moe_local(cfg, sh, h))
+            return x + moe_combine(cfg, self.tp, outputs)
         act = yield from self._gather("act", silu(h @ sh.w_gate.T) * (h @ sh.w_up.T))
         down = yield from self._gather("down", act @ sh.w_down.T)
         return x + down

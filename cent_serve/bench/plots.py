@@ -258,10 +258,54 @@ def _resource_kind(name: str) -> str:
     return "PIM channels" if name.startswith("group") else name
 
 
+# ------------------------------------------------------------------ experts
+
+def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
+    """A mixture of experts' load: each expert's share of the routed tokens (over all blocks) against
+    an even share, and where the hardware says one expert's time, its banks' busy fraction."""
+    ex = result.status["experts"]
+    tokens = np.asarray(ex["tokens"], dtype=np.float64)
+    n = tokens.shape[0]
+    share = 100 * tokens / tokens.sum() if tokens.sum() else tokens
+    busy = ex.get("busy_fraction")
+    fig, axes = plt.subplots(2 if busy else 1, 1, figsize=(min(22, max(7, 0.12 * n + 3)), 6.4 if busy else 3.8),
+                             sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    ax.bar(range(n), share, color="tab:blue", width=0.8)
+    ax.axhline(100 / n, color="black", lw=1, ls="--", label=f"even share ({100 / n:.3g}%)")
+    ax.set_ylabel("routed tokens, % of all")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if busy:
+        ax2 = axes[1, 0]
+        pct = 100 * np.asarray(busy)
+        ax2.bar(range(n), pct, color="tab:orange", width=0.8)
+        ax2.set_ylabel("expert banks busy, % of the run")
+        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{_percent_decimals(max(pct) / 100)}f}%"))
+        ax2.grid(axis="y", alpha=0.3)
+    last = axes[-1, 0]
+    step = max(1, int(np.ceil(n / 40)))
+    last.set_xticks(range(0, n, step), [str(e) for e in range(0, n, step)], fontsize=8)
+    last.set_xlim(-0.7, n - 0.3)
+    last.set_xlabel("expert")
+    note = (f"top {ex['top_k']} of {n} experts, {int(tokens.sum()):,} token-expert assignments over all blocks;\n"
+            f"busiest expert {ex['imbalance']:.2f}x the mean (the time model's router, docs/hardware_model.md "
+            "section 10)")
+    axes[0, 0].set_title(f"{run_title(result.status, summary)}\n{note}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_all(out_dir: Path, result: BenchResult, summary: dict) -> list[Path]:
-    """latency_cdf.png, timeline.png and utilization.png in `out_dir`. `summary` is `summarize`'s
-    (with the run's `model` and `devices`): titles and SLO lines come from it."""
-    paths = [out_dir / "latency_cdf.png", out_dir / "timeline.png", out_dir / "utilization.png"]
-    for fn, path in zip((plot_latency_cdfs, plot_timeline, plot_utilization), paths):
-        fn(path, result, summary)
+    """latency_cdf.png, timeline.png and utilization.png in `out_dir`, and experts.png for a mixture
+    of experts. `summary` is `summarize`'s (with the run's `model` and `devices`): titles and SLO
+    lines come from it."""
+    plots = [(plot_latency_cdfs, "latency_cdf.png"), (plot_timeline, "timeline.png"),
+             (plot_utilization, "utilization.png")]
+    if (result.status or {}).get("experts"):
+        plots.append((plot_experts, "experts.png"))
+    paths = []
+    for fn, name in plots:
+        fn(out_dir / name, result, summary)
+        paths.append(out_dir / name)
     return paths

@@ -6,7 +6,10 @@ a pipeline stage of `layers` blocks on `tp` GPUs. Per GPU of the stage:
 - bytes: the stage's weights once (bf16, split over tp), every sequence's KV read once per
   attention pass (`c + n` tokens; once per query head with `attention_reads = query_heads`), the
   new tokens' KV written;
-- FLOPs: 2 per weight per token (the matmuls), 4 x head_dim x heads per (token, attended
+- a mixture of experts: the attention and router weights once, and of the experts only those
+  the step's tokens chose (expected distinct experts of `tokens` draws of the time model's
+  router: sum over e of 1 - (1 - pi_e)^tokens, pi_e the chance a token picks expert e);
+- FLOPs: 2 per weight per token (a MoE's: the ones a token uses), 4 x head_dim x heads per (token, attended
   position) for q.K^T and p.V, the LM head's 2 V D per sampled row on the last stage;
 - time: max(bytes / (HBM x mem_efficiency), FLOPs / (peak x compute_efficiency)) + the host's
   per-layer overhead + with tp > 1 two all-reduces a layer (ring: 2 (tp-1)/tp of the
@@ -88,8 +91,15 @@ class GpuTimer:
         layers = tuple(base + (i < extra) for i in range(self.pp))
         self.mapping = GpuMapping(g.kind, g.count, self.pp, self.tp, g.replicas, layers)
         h = m.head_dim
-        self.block_params = m.block_param_count()  # per layer: every weight is a matmul's (norms are noise)
-        self.block_weight_bytes = self.block_params * BYTES
+        self.block_params = m.active_block_param_count()  # per layer and token: every weight is a matmul's
+        self.block_weight_bytes = m.block_param_count() * BYTES  # held (a MoE: every expert)
+        self.expert_pick = None
+        """A mixture of experts: (E,) each expert's chance to be among a token's k (the time model's
+        router, `cent_serve.timing.experts`)."""
+        if m.is_moe:
+            from cent_serve.timing.experts import RoutingTable
+            patterns = RoutingTable(m).patterns
+            self.expert_pick = np.bincount(patterns.ravel(), minlength=m.num_experts) / patterns.shape[0]
         self.embed_bytes = m.vocab_size * m.hidden_size * BYTES
         # K and V of one token in one layer on one GPU: its share of the KV heads, each kept whole
         # (with tp > KV heads a head is copied to the GPUs that share it, as vLLM does)
@@ -131,7 +141,8 @@ class GpuTimer:
         within the new tokens). Elementwise over arrays of steps."""
         m, k = self.model, self.kind
         layers = self.mapping.stage_layers[stage]
-        bytes_ = layers * (self.block_weight_bytes / self.tp + context * self.kv_read_bytes + tokens * self.kv_layer_bytes)
+        bytes_ = layers * (self.read_weight_bytes(tokens) / self.tp + context * self.kv_read_bytes
+                           + tokens * self.kv_layer_bytes)
         flops = layers * (2 * self.block_params * tokens + self.attn_flops * attended) / self.tp
         if stage == self.pp - 1 and logit_rows:
             bytes_ = bytes_ + self.embed_bytes / self.tp
@@ -143,6 +154,17 @@ class GpuTimer:
         return StepParts(bytes_ / (k.hbm_bytes_per_s * k.mem_efficiency),
                          flops / (k.peak_flops * k.compute_efficiency),
                          layers * self.gpu.layer_overhead_s, allreduce)
+
+    def read_weight_bytes(self, tokens):
+        """A block's weight bytes a step of `tokens` tokens reads (all of them; a mixture of experts'
+        attention and router, and the experts its tokens chose, expected). Elementwise."""
+        if self.expert_pick is None:
+            return self.block_weight_bytes
+        m = self.model
+        tokens = np.asarray(tokens, dtype=np.float64)
+        hit = (1.0 - (1.0 - self.expert_pick[:, None]) ** tokens.reshape(1, -1)).sum(axis=0).reshape(tokens.shape)
+        out = (m.attention_param_count() + m.num_experts * m.hidden_size + hit * m.expert_param_count()) * BYTES
+        return out if out.shape else float(out)
 
     def step_s(self, stage: int, new, cached, logit_rows: int = 0) -> float:
         return self.step(stage, new, cached, logit_rows).total_s

@@ -46,10 +46,10 @@ def run_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
-        print(f"{'preset':<14}{'family':<9}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
+        print(f"{'preset':<14}{'family':<10}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
               f"{'devices @4k':>13}{'@context':>10}")
         for r in rows:
-            print(f"{r['preset']:<14}{r['model_type']:<9}{r['params_b']:>8.2f}B{r['context']:>9}"
+            print(f"{r['preset']:<14}{r['model_type']:<10}{r['params_b']:>8.2f}B{r['context']:>9}"
                   f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>13}"
                   f"{r['devices_context'] or '>1024':>10}")
         print("devices @4k: the fewest CENT devices (16 GiB) holding the weights and one 4,096-token query per "
@@ -66,8 +66,16 @@ def run_info(args: argparse.Namespace) -> int:
         refusal = None
     except ValueError as exc:
         refusal = str(exc)
+    experts = None
+    if m.is_moe and not cfg.on_gpus:
+        from cent_serve.timing.mapping import expert_placement, resolve_mapping
+        try:
+            experts = expert_placement(m, resolve_mapping(m, cfg.parallel, cfg.device))
+        except ValueError:  # the mapping itself cannot be made: the refusal says why
+            experts = None
     out = {
         "config": config_to_dict(cfg),
+        "experts": experts,
         "param_count": m.param_count(),
         "weight_bytes": m.weight_bytes(),
         "kv_bytes_per_token": m.kv_bytes_per_token(),
@@ -92,6 +100,13 @@ def _print_info(cfg, out: dict) -> None:
     print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
     print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
           f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
+    ex = out.get("experts")
+    if m.is_moe:
+        print(f"experts      {m.num_experts} per block, top {m.num_experts_per_tok}, width {m.expert_size} "
+              f"({m.expert_param_count() * 2 / 2**20:.1f} MiB each); a token reads "
+              f"{m.active_block_param_count() / m.block_param_count():.1%} of a block's weights")
+    if ex:
+        print(f"placement    {ex['describe']}")
     print(f"runs         {'yes' if out['runnable'] else 'no (see below)'}")
     print(json.dumps(out["config"], indent=2))
 

@@ -167,3 +167,48 @@ def silu(x: np.ndarray) -> np.ndarray:
 def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
     """Llama MLP: down(silu(gate(x)) * up(x)); weights in (out, in) layout."""
     return (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+
+
+def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A mixture of experts' router on normed input h (seq, D), as transformers' Mixtral and Qwen 3
+    MoE routers do it: softmax over the router's logits (seq, E), the k largest probabilities
+    (ties to the lower expert), divided by their sum when `normalize`. Returns (experts (seq, k)
+    int64, weights (seq, k) float32)."""
+    probs = softmax(h @ router.T, axis=-1).astype(F32)  # (seq, E)
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (seq, k)
+    weights = np.take_along_axis(probs, top, axis=-1)
+    if normalize:
+        weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(F32)
+    return top, weights
+
+
+def expert_outputs(h: np.ndarray, experts: np.ndarray, weights: np.ndarray, expert_ids,
+                   gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """The weighted outputs of the experts `expert_ids` (their stacked weights gate, up (n, F_e, D)
+    and down (n, D, F_e)) for the tokens routed to them: (n, seq, D), zero where a token did not
+    choose the expert. Each expert runs only its tokens."""
+    out = np.zeros((len(expert_ids), h.shape[0], h.shape[1]), F32)
+    for j, e in enumerate(expert_ids):
+        rows, slot = np.nonzero(experts == e)
+        if rows.size:
+            x = h[rows]
+            y = (silu(x @ gate[j].T) * (x @ up[j].T)) @ down[j].T  # (tokens, D)
+            out[j, rows] = y * weights[rows, slot][:, None]
+    return out
+
+
+def combine(outputs: np.ndarray) -> np.ndarray:
+    """Sum the experts' outputs (E, seq, D) in expert order, one after the other (transformers adds
+    them the same way, expert by expert): the same floats however the experts were spread."""
+    total = np.zeros(outputs.shape[1:], F32)
+    for y in outputs:
+        total = total + y
+    return total
+
+
+def moe(h: np.ndarray, router: np.ndarray, k: int, normalize: bool, gate: np.ndarray, up: np.ndarray,
+        down: np.ndarray) -> np.ndarray:
+    """A mixture-of-experts MLP on normed input h (seq, D): route, run each token's k experts, add
+    their weighted outputs."""
+    experts, weights = route(h, router, k, normalize)
+    return combine(expert_outputs(h, experts, weights, range(gate.shape[0]), gate, up, down))

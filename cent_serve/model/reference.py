@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import attention, project_qkv, rms_norm, swiglu
+from cent_serve.model.layers import attention, moe, project_qkv, rms_norm, swiglu
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -77,7 +77,15 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
     x = x + attn
     h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
     assert h.shape == (seq, cfg.hidden_size) and hd > 0
-    return x + swiglu(h, w.w_gate, w.w_up, w.w_down)
+    return x + mlp(cfg, w, h)
+
+
+def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
+    """The block's MLP on normed input h (seq, D): SwiGLU, or a mixture of SwiGLU experts."""
+    if cfg.is_moe:
+        return moe(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, w.experts_gate, w.experts_up,
+                   w.experts_down)
+    return swiglu(h, w.w_gate, w.w_up, w.w_down)
 
 
 def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,

@@ -9,6 +9,7 @@ raw file and the parsed model at once.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -32,14 +33,18 @@ class LayerWeights:
     wv: np.ndarray  # (Hkv*hd, D)
     wo: np.ndarray  # (D, H*hd)
     post_norm: np.ndarray  # (D,)
-    w_gate: np.ndarray  # (F, D)
-    w_up: np.ndarray  # (F, D)
-    w_down: np.ndarray  # (D, F)
+    w_gate: np.ndarray | None  # (F, D); None in a mixture of experts
+    w_up: np.ndarray | None  # (F, D)
+    w_down: np.ndarray | None  # (D, F)
     bq: np.ndarray | None = None  # (H*hd,) q/k/v biases (model.attention_bias)
     bk: np.ndarray | None = None  # (Hkv*hd,)
     bv: np.ndarray | None = None  # (Hkv*hd,)
     q_norm: np.ndarray | None = None  # (hd,) per-head RMSNorm weights of q and k (model.qk_norm)
     k_norm: np.ndarray | None = None  # (hd,)
+    router: np.ndarray | None = None  # (E, D) a mixture of experts' router (model.num_experts)
+    experts_gate: np.ndarray | None = None  # (E, F_e, D) every expert's gate, up and down, stacked
+    experts_up: np.ndarray | None = None  # (E, F_e, D)
+    experts_down: np.ndarray | None = None  # (E, D, F_e)
 
     @property
     def qkv_bias(self) -> tuple | None:
@@ -90,10 +95,17 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
     embed = _to_storage(rng.standard_normal((cfg.vocab_size, d), dtype=F32), cfg.weight_dtype)
     layers = []
     for _ in range(cfg.num_layers):
-        layers.append(LayerWeights(
-            input_norm=norm(), wq=mat(cfg.num_heads * hd, d), wk=mat(cfg.num_kv_heads * hd, d),
-            wv=mat(cfg.num_kv_heads * hd, d), wo=mat(d, cfg.num_heads * hd), post_norm=norm(),
-            w_gate=mat(f, d), w_up=mat(f, d), w_down=mat(d, f)))
+        attn = dict(input_norm=norm(), wq=mat(cfg.num_heads * hd, d), wk=mat(cfg.num_kv_heads * hd, d),
+                    wv=mat(cfg.num_kv_heads * hd, d), wo=mat(d, cfg.num_heads * hd), post_norm=norm())
+        if cfg.is_moe:
+            fe, n = cfg.expert_size, cfg.num_experts
+            layers.append(LayerWeights(
+                **attn, w_gate=None, w_up=None, w_down=None, router=mat(n, d),
+                experts_gate=np.stack([mat(fe, d) for _ in range(n)]),
+                experts_up=np.stack([mat(fe, d) for _ in range(n)]),
+                experts_down=np.stack([mat(d, fe) for _ in range(n)])))
+        else:
+            layers.append(LayerWeights(**attn, w_gate=mat(f, d), w_up=mat(f, d), w_down=mat(d, f)))
         if cfg.attention_bias:
             layers[-1].bq, layers[-1].bk, layers[-1].bv = (bias(cfg.q_size), bias(cfg.kv_size), bias(cfg.kv_size))
         if cfg.qk_norm:
@@ -120,10 +132,35 @@ _BIAS_NAMES = {"bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias", "bv
 _QK_NORM_NAMES = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
 
 
+_MOE_NAMES = {"mixtral": ("block_sparse_moe", dict(experts_gate="w1", experts_up="w3", experts_down="w2")),
+              "qwen3_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj"))}
+"""A mixture of experts' module and expert projection names per family, as `save_pretrained` writes
+them: `model.layers.{i}.{module}.gate.weight` (the router), `...{module}.experts.{j}.{proj}.weight`."""
+_EXPERT_NAME = re.compile(r"^(block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight$")
+_FUSED_NAME = re.compile(r"^(block_sparse_moe|mlp)\.experts\.(gate_up_proj|down_proj)$")
+"""transformers 5 holds a layer's experts fused, (E, 2 F_e, D) gate then up and (E, D, F_e); a
+checkpoint saved in that form is read too."""
+
+
 def _layer_names(cfg: ModelConfig) -> dict[str, str]:
-    """LayerWeights field -> Hugging Face tensor name suffix, for the model's variations."""
-    return {**_LAYER_NAMES, **(_BIAS_NAMES if cfg.attention_bias else {}),
-            **(_QK_NORM_NAMES if cfg.qk_norm else {})}
+    """LayerWeights field -> Hugging Face tensor name suffix, for the model's variations (a mixture
+    of experts: its router instead of the MLP; the experts are `_expert_names`)."""
+    names = {**_LAYER_NAMES, **(_BIAS_NAMES if cfg.attention_bias else {}),
+             **(_QK_NORM_NAMES if cfg.qk_norm else {})}
+    if cfg.is_moe:
+        for key in ("w_gate", "w_up", "w_down"):
+            del names[key]
+        names["router"] = f"{_MOE_NAMES[cfg.model_type][0]}.gate.weight"
+    return names
+
+
+def _expert_names(cfg: ModelConfig) -> list[tuple[str, int, str]]:
+    """(LayerWeights field, expert, tensor name suffix) of every expert projection of a block."""
+    if not cfg.is_moe:
+        return []
+    module, projs = _MOE_NAMES[cfg.model_type]
+    return [(key, j, f"{module}.experts.{j}.{proj}.weight") for j in range(cfg.num_experts)
+            for key, proj in projs.items()]
 
 
 def hf_tensor_names(cfg: ModelConfig) -> list[str]:
@@ -133,11 +170,12 @@ def hf_tensor_names(cfg: ModelConfig) -> list[str]:
         names.append("lm_head.weight")
     for i in range(cfg.num_layers):
         names += [f"model.layers.{i}.{n}" for n in _layer_names(cfg).values()]
+        names += [f"model.layers.{i}.{n}" for _, _, n in _expert_names(cfg)]
     return names
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -147,7 +185,7 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                    "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
-_FAMILY_FEATURES = dict(attention_bias="qwen2", qk_norm="qwen3", sliding_window="mistral")
+_FAMILY_FEATURES = dict(attention_bias=("qwen2",), qk_norm=("qwen3", "qwen3_moe"), sliding_window=("mistral", "mixtral"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 
 
@@ -167,9 +205,18 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     hf = json.loads(cfg_file.read_text())
     arch = hf.get("model_type", "llama")
     if arch not in ARCHITECTURES:
-        moe = "mixtral" in arch or "moe" in arch or hf.get("num_experts") or hf.get("num_local_experts")
-        _refuse("model_type", arch, ("mixture-of-experts models are not supported yet; " if moe else "")
-                + f"supported families: {', '.join(ARCHITECTURES)}")
+        _refuse("model_type", arch, f"supported families: {', '.join(ARCHITECTURES)}")
+    moe = {}
+    if arch in _MOE_NAMES:
+        if hf.get("shared_expert_intermediate_size"):
+            _refuse("shared_expert_intermediate_size", hf["shared_expert_intermediate_size"], "shared experts are not modelled")
+        if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
+            _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
+                    "every block must be a mixture of experts (decoder_sparse_step 1, no mlp_only_layers)")
+        moe = dict(num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
+                   num_experts_per_tok=int(hf["num_experts_per_tok"]),
+                   moe_intermediate_size=int(hf.get("moe_intermediate_size") or 0) if arch == "qwen3_moe" else 0,
+                   norm_topk_prob=bool(hf.get("norm_topk_prob", False)) if arch == "qwen3_moe" else True)
     if hf.get("quantization_config"):
         _refuse("quantization_config", hf["quantization_config"].get("quant_method", "?"),
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
@@ -211,20 +258,21 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or (128 if arch == "qwen3" else hf["hidden_size"] // heads),  # Qwen3Config's default
+        head_dim=hf.get("head_dim") or (128 if arch in ("qwen3", "qwen3_moe") else hf["hidden_size"] // heads),  # Qwen3Config's default
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 4096),
         rope_theta=float(theta),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3",
-        sliding_window=int(hf.get("sliding_window") or 0) if arch == "mistral" else 0,
+        qk_norm=arch in ("qwen3", "qwen3_moe"),
+        sliding_window=int(hf.get("sliding_window") or 0) if arch in ("mistral", "mixtral") else 0,
         bos_token_id=_id("bos_token_id", 1),
         eos_token_id=_id("eos_token_id", 2),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
         checkpoint=str(cfg_file.parent),
         **scaling,
+        **moe,
     )
     fields.update(overrides)
     return ModelConfig(**fields)
@@ -263,14 +311,26 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
         "w_up": (cfg.intermediate_size, d), "w_down": (d, cfg.intermediate_size),
     }
     shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), q_norm=(hd,), k_norm=(hd,))
+    fe = cfg.expert_size
+    shapes.update(router=(cfg.num_experts, d), experts_gate=(fe, d), experts_up=(fe, d), experts_down=(d, fe))
     by_suffix = {v: k for k, v in _layer_names(cfg).items()}
+    experts = {suffix: (key, j) for key, j, suffix in _expert_names(cfg)}
     known = set(_LAYER_NAMES.values()) | set(_BIAS_NAMES.values()) | set(_QK_NORM_NAMES.values())
     layer_parts: list[dict[str, np.ndarray]] = [{} for _ in range(cfg.num_layers)]
+    expert_parts: list[dict[tuple[str, int], np.ndarray]] = [{} for _ in range(cfg.num_layers)]
     top: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
     for name, arr in iter_checkpoint_tensors(cfg.checkpoint):
         if name.startswith("model.layers."):
             _, _, idx, rest = name.split(".", 3)
+            if cfg.is_moe and int(idx) < cfg.num_layers and (rest in experts or _FUSED_NAME.match(rest)):
+                _take_experts(cfg, name, rest, arr, experts, expert_parts[int(idx)], shapes)
+                continue
+            if not cfg.is_moe and (_EXPERT_NAME.match(rest) or _FUSED_NAME.match(rest)
+                                   or rest.endswith(("mlp.gate.weight", "moe.gate.weight"))):
+                raise ValueError(f"checkpoint tensor {name} is an expert's or a router's, but model.num_experts="
+                                 f"{cfg.num_experts} (model_type={cfg.model_type!r}): the checkpoint and its config.json "
+                                 "disagree")
             key = by_suffix.get(rest)
             if key is None and rest in known:  # a bias or norm the family's config does not announce
                 raise ValueError(f"checkpoint tensor {name} is not part of a model_type={cfg.model_type!r} config: the "
@@ -284,21 +344,51 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
             layer_parts[int(idx)][key] = arr
         else:
             top[name] = arr
-    missing = [n for n in hf_tensor_names(cfg) if not _has(n, top, layer_parts, by_suffix)]
+    missing = [n for n in hf_tensor_names(cfg) if not _has(n, top, layer_parts, by_suffix, experts, expert_parts)]
     if missing:
         raise ValueError(f"model.checkpoint={cfg.checkpoint!r} lacks tensors {missing[:4]}"
                          f"{' ...' if len(missing) > 4 else ''}: is it a complete Llama checkpoint?")
     embed = top["model.embed_tokens.weight"]
     lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
+    if cfg.is_moe:
+        for parts, got in zip(layer_parts, expert_parts):
+            parts.update(w_gate=None, w_up=None, w_down=None)
+            for key in ("experts_gate", "experts_up", "experts_down"):
+                parts[key] = np.stack([got[(key, j)] for j in range(cfg.num_experts)])
     layers = [LayerWeights(**parts) for parts in layer_parts]
     return LlamaWeights(embed=embed, layers=layers, final_norm=top["model.norm.weight"],
                         lm_head=lm_head, extra=extra)
 
 
-def _has(name: str, top: dict, layer_parts: list[dict], by_suffix: dict) -> bool:
+def _take_experts(cfg: ModelConfig, name: str, rest: str, arr: np.ndarray, experts: dict,
+                  into: dict, shapes: dict) -> None:
+    """One expert projection (or a fused stack of them) into `into`, keyed (field, expert)."""
+    fused = _FUSED_NAME.match(rest)
+    if fused is None:
+        key, j = experts[rest]
+        pieces = [(key, j, arr)]
+    else:
+        n, fe, d = cfg.num_experts, cfg.expert_size, cfg.hidden_size
+        want = (n, 2 * fe, d) if fused.group(2) == "gate_up_proj" else (n, d, fe)
+        if arr.shape != want:
+            raise ValueError(f"checkpoint tensor {name} has shape {arr.shape}, expected {want} from config.json: "
+                             "the checkpoint and its config disagree")
+        pieces = ([(k, j, part[j]) for j in range(n) for k, part in
+                   (("experts_gate", arr[:, :fe]), ("experts_up", arr[:, fe:]))]
+                  if fused.group(2) == "gate_up_proj" else [("experts_down", j, arr[j]) for j in range(n)])
+    for key, j, a in pieces:
+        if a.shape != shapes[key]:
+            raise ValueError(f"checkpoint tensor {name} has shape {a.shape}, expected {shapes[key]} from config.json: "
+                             "the checkpoint and its config disagree")
+        into[(key, j)] = a
+
+
+def _has(name: str, top: dict, layer_parts: list[dict], by_suffix: dict, experts: dict, expert_parts: list) -> bool:
     if not name.startswith("model.layers."):
         return name in top
     _, _, idx, rest = name.split(".", 3)
+    if rest in experts:
+        return experts[rest] in expert_parts[int(idx)]
     return by_suffix[rest] in layer_parts[int(idx)]
 
 
@@ -320,6 +410,8 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
     for i, layer in enumerate(weights.layers):
         for key, suffix in _layer_names(cfg).items():
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)
+        for key, j, suffix in _expert_names(cfg):
+            tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)[j]
     tensors = {k: np.ascontiguousarray(v.astype(store)) for k, v in tensors.items()}
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
     if max_shard_bytes is None:
@@ -347,14 +439,18 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
 def hf_config_dict(cfg: ModelConfig) -> dict:
     """The Hugging Face `config.json` content of a ModelConfig (of a variation its family's config
     can say: ValueError otherwise)."""
-    for feature, family in _FAMILY_FEATURES.items():
-        if getattr(cfg, feature) and cfg.model_type != family:
+    for feature, families in _FAMILY_FEATURES.items():
+        if getattr(cfg, feature) and cfg.model_type not in families:
             raise ValueError(f"model.{feature}={getattr(cfg, feature)!r} cannot be saved as a model_type="
-                             f"{cfg.model_type!r} checkpoint: only {family!r} configs have it (set model.model_type)")
+                             f"{cfg.model_type!r} checkpoint: only {' and '.join(map(repr, families))} configs have it "
+                             "(set model.model_type)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
-    if cfg.model_type == "qwen3" and not cfg.qk_norm:
-        raise ValueError("model.model_type='qwen3' has q/k norms: set model.qk_norm=true to save it")
+    if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
+        raise ValueError(f"model.model_type={cfg.model_type!r} has q/k norms: set model.qk_norm=true to save it")
+    if cfg.model_type == "mixtral" and (not cfg.norm_topk_prob or cfg.moe_intermediate_size not in (0, cfg.intermediate_size)):
+        raise ValueError("model.model_type='mixtral' always renormalizes its top-k and sizes its experts by "
+                         "intermediate_size: set model.norm_topk_prob=true and model.moe_intermediate_size=0 to save it")
     out = {
         "architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -368,8 +464,14 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     }
     if cfg.model_type != "qwen2":
         out["attention_bias"] = False
-    if cfg.model_type == "mistral":
+    if cfg.model_type in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window or None
+    if cfg.model_type == "mixtral":
+        out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
+    if cfg.model_type == "qwen3_moe":
+        out.update(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                   moe_intermediate_size=cfg.expert_size, norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1,
+                   mlp_only_layers=[])
     if cfg.rope_type != "default":
         values = {theirs: getattr(cfg, _ROPE_KEYS[theirs]) for theirs in _ROPE_TYPE_KEYS[cfg.rope_type]}
         if cfg.rope_type == "yarn":  # 0 means "derive it" for these: leave them out, as transformers does

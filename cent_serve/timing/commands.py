@@ -40,7 +40,7 @@ CMDS = ("act", "act16", "pre", "prea", "tmod", "mac16", "ewmul16", "af16", "wra1
         "rdmac16", "rdaf16", "rdcp", "wrcp", "wr", "rd")
 FIELDS = (*CMDS, "lines")
 IDX = {name: i for i, name in enumerate(FIELDS)}
-BLOCK_OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act")
+BLOCK_OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act", "router", "experts")
 """The operations of a block, keyed like the PIM time breakdown (`BlockBreakdown`)."""
 
 
@@ -106,9 +106,36 @@ def _gemvs(m: ModelConfig, banks: int, dev: DeviceConfig, fc_only: bool) -> tupl
     d, f = m.hidden_size, m.intermediate_size
     qkvo = (gemv(d, m.q_size, banks, dev, from_normal_mode=True, banks_closed=fc_only)
             + 2 * gemv(d, m.kv_size, banks, dev) + gemv(m.q_size, d, banks, dev))
+    if m.is_moe:  # no dense MLP: `moe_commands`
+        return qkvo, vec()
     ffn = (gemv(d, f, banks, dev, af=True, from_normal_mode=not fc_only) + gemv(d, f, banks, dev)
            + gemv(f, d, banks, dev, from_normal_mode=not fc_only))
     return qkvo, ffn
+
+
+def moe_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, tb: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the router, the token's k experts) of a mixture-of-experts block: the router's D -> E GEMV
+    and, per expert, its gate (with the lookup), up and down GEMVs of width F_e and SiLU x up, on
+    one device's banks of the block (`pim.router_cycles`, `pim.expert_cycles`). A token runs k
+    experts wherever they sit, so their commands (and energy) do not depend on the routing."""
+    if not m.is_moe:
+        return vec(), vec()
+    d, f, b = m.hidden_size, m.expert_size, g.banks_per_device
+    router = gemv(d, m.num_experts, b, dev, from_normal_mode=True)
+    one = (gemv(d, f, b, dev, af=True, from_normal_mode=True) + gemv(d, f, b, dev)
+           + gemv(f, d, b, dev, from_normal_mode=True) + _silu_commands(f, g, dev, tb))
+    return router, m.num_experts_per_tok * one
+
+
+def _silu_commands(f: int, g: BlockGeometry, dev: DeviceConfig, tb: int) -> np.ndarray:
+    """SiLU x up over f values: both inputs stored, the elementwise product with copies, the result
+    read back."""
+    b, cb = dev.banks_per_channel, tb * g.cpb
+    fl, flb = elementwise_split(f, g.banks_per_device // 4)
+    return vec(wr=3 * _bursts(fl, dev) * flb * tb, rd=_bursts(fl, dev) * flb * tb,
+               ewmul16=2 * _bursts(fl, dev) * cb, rdcp=b // 4 * _bursts(fl, dev) * cb,
+               wrcp=b // 4 * _bursts(fl, dev) * cb, pre=b // 2 * cb, act=b // 2 * cb, prea=cb, act16=cb,
+               tmod=cb, lines=2 + 2 * (b // 4) + 1)
 
 
 def kv_channels(m: ModelConfig, g: BlockGeometry) -> tuple[int, int]:
@@ -152,19 +179,17 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     kv = vec(wr=_bursts(m.kv_size, dev) * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
              act16=v_writes, prea=kv_channels(m, g)[1] * kv_copies, lines=v_writes)
     # SiLU x up: both inputs stored, the elementwise product with copies, the result read back.
-    act = vec(wr=3 * _bursts(fl, dev) * flb * tb, rd=_bursts(fl, dev) * flb * tb,
-              ewmul16=2 * _bursts(fl, dev) * cb, rdcp=b // 4 * _bursts(fl, dev) * cb,
-              wrcp=b // 4 * _bursts(fl, dev) * cb, pre=b // 2 * cb, act=b // 2 * cb, prea=cb, act16=cb,
-              tmod=cb, lines=2 + 2 * (b // 4) + 1)
+    act = vec() if m.is_moe else _silu_commands(f, g, dev, tb)
+    router, experts = moe_commands(m, g, dev, tb)
     tail = vec(lines=3)  # two residual adds and the end of the step: instructions, no commands
-    return dict(norm=norm + tail, qkvo=qkvo, rotary=rotary, kv=kv, ffn=ffn, act=act)
+    return dict(norm=norm + tail, qkvo=qkvo, rotary=rotary, kv=kv, ffn=ffn, act=act, router=router, experts=experts)
 
 
 def partner_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> np.ndarray:
     """One tensor-parallel partner's trace: its share of the seven weight GEMVs only (the block's
     first device runs attention, norms and SiLU, as the artifact splits a block)."""
     qkvo, ffn = _gemvs(m, g.banks, dev, fc_only=True)
-    return qkvo + ffn + vec(lines=1)
+    return qkvo + ffn + moe_commands(m, g, dev, 1)[0] + vec(lines=1)
 
 
 def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ import numpy as np
 from cent_serve.config import DeviceConfig
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
-from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles
+from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles, router_cycles
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -57,9 +57,11 @@ TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby
          "device_controller", "pcie")
 """The named parts of a token's energy (`cent simulate --json`: energy_breakdown_mj)."""
 T = {name: i for i, name in enumerate(TERMS)}
-OPS = (*BLOCK_OPS, "background")
-"""`block_energy_by_op_j`'s keys: the commands of each operation, and what the step draws for
-its duration or per step (standby, leakage, accelerator, instruction buffer, links)."""
+OPS = (*(op for op in BLOCK_OPS if op not in ("router", "experts")), "background")
+"""`block_energy_by_op_j`'s keys for a dense block: the commands of each operation, and what the step
+draws for its duration or per step (standby, leakage, accelerator, instruction buffer, links)."""
+MOE_OPS = (*(op for op in BLOCK_OPS if op not in ("ffn", "act")), "background")
+"""The same for a mixture-of-experts block: the router and the token's experts instead of the MLP."""
 
 DATA_COMMANDS = ("rd", "wr", "mac16", "af16", "ewmul16", "rdcp", "wrcp", "wrgb", "rdmac16", "rdaf16",
                  "wrmac16", "wra16")
@@ -122,7 +124,8 @@ class EnergyModel:
         self.partner = self.partner_counts = None  # a tensor-parallel partner's step: its GEMVs over their busy time
         if not self.pipeline:
             self.partner_counts = counts = partner_commands(m, g, dev)
-            self.partner = self.matrix @ counts + self._over_time(counts, qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev))
+            self.partner = self.matrix @ counts + self._over_time(
+                counts, qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev) + router_cycles(m, g, dev))
         d, f = m.hidden_size, m.intermediate_size
         self.pcie = np.zeros(len(TERMS))
         if self.artifact:
@@ -131,8 +134,9 @@ class EnergyModel:
             self.pcie[T["pcie"]] = (d if self.pipeline else 10 * d + 2 * f) * dev.energy.pcie_pj_per_bit * 1e-12
         else:
             # a block's output moving on (D values), and with tp > 1 the four exchanges of its
-            # slices (attention heads, o, SiLU x up, down: every device receives the others')
-            values = d + (g.tp - 1) * (m.q_size + 2 * d + f)
+            # slices (attention heads, o, SiLU x up, down: every device receives the others'); a
+            # mixture of experts has no SiLU x up exchange, its combine takes the down's place
+            values = d + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
             self.pcie[T["pcie"]] = values * dev.bytes_per_element * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
@@ -223,13 +227,14 @@ class EnergyModel:
         m, dev, g = self.model, self.dev, self.geometry
         per_op = {**self.static_ops, **attention_commands(m, g, dev, context)}
         scale = 1 / g.tb if self.pipeline else 1.0
-        out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in BLOCK_OPS}
+        out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in (MOE_OPS if m.is_moe else OPS)[:-1]}
         if not self.pipeline:
             partner = self.matrix @ self.partner_counts * (g.tp - 1)
-            qkvo, ffn = self.static_ops["qkvo"], self.static_ops["ffn"]
-            share = float((self.matrix @ qkvo).sum()) / float((self.matrix @ (qkvo + ffn)).sum())
-            out["qkvo"] += float(partner.sum()) * share
-            out["ffn"] += float(partner.sum()) * (1 - share)
+            qkvo, ffn, router = self.static_ops["qkvo"], self.static_ops["ffn"], self.static_ops["router"]
+            parts = [float((self.matrix @ c).sum()) for c in (qkvo, ffn, router)]
+            for op, part in zip(("qkvo", "ffn", "router"), parts):
+                if part:
+                    out[op] += float(partner.sum()) * part / sum(parts)
         out["background"] = float(self.block(context).sum()) - sum(out.values())
         return out
 

@@ -108,6 +108,24 @@ def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: F
             + count[("broadcast", "F")] * fb + count[("gather", "F")] * fg)
 
 
+MOE_TP_BLOCK_EXCHANGES = (
+    *TP_BLOCK_EXCHANGES[:4],
+    ("combine", "gather", "tp x D"),  # every device's weighted sum of its experts' outputs, at the first device
+)
+"""A mixture of experts' tensor-parallel block (experts spread over the stage's devices): the
+attention's exchanges, then no dispatch (the o_proj all-gather already put the normed input on every
+device) and one combine: each device's partial sum of its experts' outputs (D values) gathered at the
+stage's first device, which adds them; the block's hop broadcasts the sum. The numerics gather the
+experts' outputs one by one instead, to add them in expert order (`cent_serve.sharding.moe_combine`);
+the time is the partial sums'."""
+
+
+def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
+    """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + one gather of tp D-vectors."""
+    nbytes = BF16_BYTES * hidden * tokens
+    return 4 * broadcast_s(nbytes, port, fab) + 4 * gather_s(nbytes, tp, port, fab) + gather_s(tp * nbytes, tp, port, fab)
+
+
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:
     """Tensor/hybrid: per block 5 Eb + 5 Eg + Fb + Fg (broadcasts and gathers of D and F)."""
     return tensor_collectives_s(hidden, ffn, tp, port, fab) + pipeline_block_s(hidden, port, fab)

@@ -129,6 +129,11 @@ def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int) -> int:
     stages = mp.stages_on_device(device_id)
     blocks = sum(len(s.blocks) for s in stages)
     per_block = m.block_param_count() * 2 / mp.tp
+    if m.is_moe:  # attention split, the router on every device, whole experts e with e mod tp == rank
+        rank = stages[0].device_ids.index(device_id)
+        local = len(range(rank, m.num_experts, mp.tp))
+        per_block = (m.attention_param_count() / mp.tp + m.num_experts * m.hidden_size
+                     + local * m.expert_param_count()) * 2
     table = m.vocab_size * m.hidden_size * 2 / mp.tp
     extra = 0.0
     if any(s.index == 0 for s in stages):
@@ -170,3 +175,27 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
                          f"{context} tokens ({kv_tok * context * batch / gib:.2f} GiB) exceed "
                          f"{dev.capacity_bytes / gib:.0f} GiB: the largest context at batch {batch} "
                          f"is {max_ctx}, the largest batch at context {context} is {max_batch}")
+
+
+def expert_placement(m: ModelConfig, mp: Mapping) -> dict | None:
+    """Where a mixture of experts' experts sit on this mapping (None for a dense model): per rank of a
+    stage the experts it holds of each of the stage's blocks, and a sentence that says how they run."""
+    if not m.is_moe:
+        return None
+    tp, n, k = mp.tp, m.num_experts, m.num_experts_per_tok
+    ranks = {r: list(range(r, n, tp)) for r in range(tp)}
+    expert_mib = m.expert_param_count() * 2 / 2**20
+    if tp == 1:
+        where = (f"all {n} experts of a block on the block's {mp.channels_per_block} channels "
+                 f"({mp.geometry.banks_per_device} banks) of its device; a token's {k} experts run there one after "
+                 "the other (no dispatch: the token is already there)")
+    else:
+        idle = [r for r, held in ranks.items() if not held]
+        where = (f"expert parallelism over each stage's {tp} devices: rank r holds experts e with e mod {tp} == r "
+                 f"({n / tp:.3g} per block per device), each spread over that device's {mp.geometry.banks_per_device} "
+                 "banks, the router on every device; a round's block waits for its busiest device (tokens sent to one "
+                 "device's experts run one after the other), then one combine (a gather of each device's partial "
+                 "sum)" + (f"; ranks {idle} hold no expert" if idle else ""))
+    return dict(num_experts=n, top_k=k, expert_mib=expert_mib, experts_by_rank=ranks, describe=where,
+                weights_per_device_gib={d: device_weight_bytes(m, mp, d) / 2**30
+                                        for d in sorted({d for s in mp.stages[:1] for d in s.device_ids})})

@@ -152,8 +152,12 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
 
 
 def silu_mul_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """SiLU(gate) x up, elementwise over TB/4 lanes."""
-    fl, flb = elementwise_split(m.intermediate_size, g.banks_per_device // 4)
+    """SiLU(gate) x up, elementwise over TB/4 lanes (a mixture of experts': in `expert_cycles`)."""
+    return 0.0 if m.is_moe else _silu_mul(m.intermediate_size, g, dev)
+
+
+def _silu_mul(f: int, g: BlockGeometry, dev: DeviceConfig) -> float:
+    fl, flb = elementwise_split(f, g.banks_per_device // 4)
     return (dev.silu_cycles_per_burst * cdiv(fl, dev.burst_elements) * flb * g.tb * dev.dma_line_cycles
             + dev.silu_fixed_cycles)
 
@@ -165,8 +169,32 @@ def qkvo_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 
 def ffn_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """The dense MLP's gate (with its activation lookup), up and down GEMVs; a mixture of experts
+    has none (`router_cycles`, `expert_cycles`)."""
+    if m.is_moe:
+        return 0.0
     d, f, b = m.hidden_size, m.intermediate_size, g.banks
     return gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
+
+
+def router_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """A mixture of experts' router, a D -> E GEMV on one device's banks of the block (every device
+    of a tensor-parallel stage runs it on its own copy: each needs the routing). Its softmax and
+    top-k over E values are not charged (E <= 128 values against the GEMVs' D x E)."""
+    return gemv_cycles(m.hidden_size, m.num_experts, g.banks_per_device, dev) if m.is_moe else 0.0
+
+
+def expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """One token through one expert: gate (with the activation lookup), up and down GEMVs of width
+    F_e and the SiLU x up product, on the banks that hold the expert: a whole expert sits on one
+    device, spread over the block's banks there (`g.banks_per_device`: the block's channel group in
+    pure pipeline, the whole device in a tensor-parallel stage). Weighting and adding the expert's
+    output (D values) is not charged."""
+    if not m.is_moe:
+        return 0.0
+    d, f, b = m.hidden_size, m.expert_size, g.banks_per_device
+    return (gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
+            + _silu_mul(f, g, dev))
 
 
 def lm_head_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
@@ -195,13 +223,21 @@ class BlockBreakdown:
     sv: float
     ffn: float
     act: float
+    router: float = 0.0
+    """A mixture of experts' router GEMV."""
+    experts: float = 0.0
+    """A mixture of experts' k experts for the token, when they run on the block's banks one after the
+    other (pure pipeline); on a tensor-parallel stage the experts' time depends on the round's routing
+    and is charged per round (`SystemTimer.moe_lane_s`), so it is 0 here."""
 
     @property
     def total(self) -> float:
         return sum(getattr(self, f.name) for f in fields(self))
 
     def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every operation's cycles (a dense block's without the mixture-of-experts ones)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("router", "experts") or self.router}
 
 
 class BlockTimer:
@@ -215,7 +251,9 @@ class BlockTimer:
         self.model, self.geometry, self.device = m, g, dev
         self._static = dict(norm=norm_cycles(m, g, dev), qkvo=qkvo_cycles(m, g, dev),
                             rotary=rotary_cycles(m, g, dev), kv=kv_append_cycles(m, g, dev),
-                            ffn=ffn_cycles(m, g, dev), act=silu_mul_cycles(m, g, dev))
+                            ffn=ffn_cycles(m, g, dev), act=silu_mul_cycles(m, g, dev),
+                            router=router_cycles(m, g, dev),
+                            experts=m.num_experts_per_tok * expert_cycles(m, g, dev) if g.tp == 1 else 0.0)
         self._by_context: dict[int, BlockBreakdown] = {}
 
     def breakdown(self, context: int) -> BlockBreakdown:

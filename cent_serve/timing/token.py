@@ -12,9 +12,9 @@ import numpy as np
 
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
-from cent_serve.timing.fabric import hop_size, pipeline_block_s, port_model, tensor_collectives_s
+from cent_serve.timing.fabric import hop_size, moe_collectives_s, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
-from cent_serve.timing.pim import BlockTimer, embed_lookup_cycles, gemv_cycles, lm_head_cycles
+from cent_serve.timing.pim import BlockTimer, embed_lookup_cycles, expert_cycles, gemv_cycles, lm_head_cycles
 
 
 CONVENTIONS = ("cent", "artifact")
@@ -101,6 +101,13 @@ class SystemTimer:
         self.embed_lookup_s = lookup / device.clock_hz
         self.embedding_s = self.embed_lookup_s + self.lm_head_s
         self.host_s = device.host_sample_s
+        self.expert_s = expert_cycles(model, g, device) / device.clock_hz
+        """One token through one expert of a mixture of experts, on the banks that hold it."""
+        self.moe_per_round = model.is_moe and mapping.tp > 1
+        """Experts spread over a stage's devices: their time depends on the round's routing
+        (`moe_lane_s`); otherwise a block's experts share its banks and their time is per token."""
+        self._routing = None
+        self._moe_lanes: dict[tuple, tuple] = {}  # blocks -> (layout, starts, seconds): moe_lane_s's last
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
@@ -159,9 +166,48 @@ class SystemTimer:
         hit = self._coll.get(tokens)
         if hit is None:
             m = self.model
-            hit = self._coll[tokens] = tensor_collectives_s(m.hidden_size, m.intermediate_size,
-                                                            self.mapping.tp, self.port, self.fabric, tokens)
+            hit = self._coll[tokens] = (
+                moe_collectives_s(m.hidden_size, self.mapping.tp, self.port, self.fabric, tokens) if m.is_moe else
+                tensor_collectives_s(m.hidden_size, m.intermediate_size, self.mapping.tp, self.port, self.fabric, tokens))
         return hit
+
+    # ------------------------------------------------------------------ mixtures of experts
+
+    @property
+    def routing(self):
+        """The time model's router (`cent_serve.timing.experts.RoutingTable`), built on first use."""
+        if self._routing is None:
+            from cent_serve.timing.experts import RoutingTable
+            self._routing = RoutingTable(self.model)
+        return self._routing
+
+    def moe_lane_s(self, layout, starts: np.ndarray, blocks) -> np.ndarray:
+        """(lanes,) the experts' seconds of each lane of a round through `blocks` of a stage whose tp
+        devices hold the experts (expert e on its device e mod tp): per block, the busiest device's
+        assignments one after the other (`experts.lane_max_loads`). starts: each sequence's position
+        before the round, in layout order."""
+        from cent_serve.timing.experts import lane_max_loads
+
+        key = (tuple(blocks), starts.tobytes())
+        hit = self._moe_lanes.get(key[0])
+        if hit is not None and hit[0] is layout and hit[1] == key[1]:  # the stage's other devices, this round
+            return hit[2]
+        tokens = np.asarray(layout.seq_tokens, dtype=np.int64)
+        chosen = self.routing.experts(layout.seq_ids, starts, tokens, blocks)
+        seq_lane = np.repeat(np.arange(len(layout.seqs)), [len(lane) for lane in layout.seqs])
+        loads = lane_max_loads(chosen, np.repeat(seq_lane, tokens), len(layout.seqs), self.mapping.tp)
+        out = loads * self.expert_s
+        self._moe_lanes[key[0]] = (layout, key[1], out)
+        return out
+
+    @property
+    def moe_expected_s(self) -> float:
+        """The closed form's experts per token and block when they are spread over a stage's devices:
+        the expected busiest device's assignments of one token (`RoutingTable.mean_max_load`) x one
+        expert's time; 0 when a block's experts share its banks (they are in `block_cost`)."""
+        if not self.moe_per_round:
+            return 0.0
+        return self.routing.mean_max_load(self.mapping.tp) * self.expert_s
 
     def context_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(table, filled): table (3, n) float64 holds `block_cost(L)` (PIM s, own accelerator s,
@@ -220,6 +266,7 @@ class SystemTimer:
 
         n = self.model.num_layers
         pim, acc, _ = self.block_cost(context)
+        pim += self.moe_expected_s
         return StepCost(pim_s=n * pim, accelerator_s=n * acc * self.mapping.tb,
                         collectives_s=n * self.collectives_s(1), hops_s=self._hops_s(),
                         embedding_s=self.embed_lookup_s, lm_head_s=self.lm_head_s, host_s=self.host_s,
@@ -231,7 +278,8 @@ class SystemTimer:
         device), the embedding and LM-head units and a switch port (its serialization); the
         pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
         pim, acc, _ = self.block_cost(context)
-        step, hop = pim + acc * self.mapping.tb + self.collectives_s(1), self.local_hop_s(1)
+        step = pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
+        hop = self.local_hop_s(1)
         stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
         return [*stages, self.embed_lookup_s, self.lm_head_s, self.hop_s(1) - self.port.latency_s]
 
@@ -251,7 +299,8 @@ class SystemTimer:
 
     def block_s(self, context: int) -> float:
         """One block's step for one token in the closed form: PIM + CXL + ACC x tb."""
-        return self.block_pim_s(context) + self.block_cxl_s + self.block_acc_s(context) * self.mapping.tb
+        return (self.block_pim_s(context) + self.moe_expected_s + self.block_cxl_s
+                + self.block_acc_s(context) * self.mapping.tb)
 
     def token_s(self, context: int) -> float:
         """The closed form's token latency: `token_cost(context).total_s`."""

@@ -10,7 +10,10 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - llama_linear, llama_dynamic, llama_yarn: the other rope types transformers' Llama accepts;
 - mistral: a sliding window of 8, shorter than every prompt;
 - qwen2: Qwen 2.5 (q/k/v biases), tied embeddings;
-- qwen3: Qwen 3 (per-head q/k RMSNorm, head_dim 32 with hidden 64 and 4 heads).
+- qwen3: Qwen 3 (per-head q/k RMSNorm, head_dim 32 with hidden 64 and 4 heads);
+- mixtral: Mixtral (top-2 of 4 full-size experts, softmax router, top-k renormalized);
+- qwen3_moe: Qwen 3 MoE (top-3 of 6 narrow experts, norm_topk_prob off: the other branch of the
+  router; q/k norms).
 
 Every model: hidden 64, 2 layers, 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -47,6 +50,11 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=8, rope_theta=10000.0)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True, rope_theta=1000000.0)),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, rope_theta=1000000.0)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2,
+                                                            sliding_window=None, rope_theta=1000000.0)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        head_dim=32, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48, norm_topk_prob=False,
+        rope_theta=1000000.0)),
 }
 
 
@@ -71,8 +79,8 @@ def build(name: str, seed: int = 0):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif pname.endswith("bias"):
                 p.copy_(0.3 * torch.randn_like(p))
-            elif p.dim() == 2:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+            elif p.dim() >= 2:  # matrices, and transformers 5's fused expert stacks (E, out, in)
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
     return model.to(torch.bfloat16).eval(), model_cls
 
 
@@ -109,6 +117,6 @@ def write(name: str, out_dir: Path, seed: int = 0) -> dict:
 
 if __name__ == "__main__":
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "hf_families"
-    for family in FAMILIES:
+    for family in sys.argv[2:] or FAMILIES:
         exp = write(family, root / family)
         print(f"{family}: {len(exp['cases'])} cases, transformers {exp['generated_by']['transformers']}")

@@ -37,6 +37,12 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     "mistral": (dict(model_type="mistral", sliding_window=8), dict(sliding_window=0)),
     "qwen2": (dict(model_type="qwen2", attention_bias=True, tie_word_embeddings=True), None),
     "qwen3": (dict(model_type="qwen3", qk_norm=True, head_dim=32, hidden_size=64, num_heads=4), None),
+    # the experts are the feature: routed to the top k with renormalized weights, or (Qwen 3 MoE's
+    # fixture) with the raw softmax probabilities
+    "mixtral": (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, norm_topk_prob=True),
+                dict(norm_topk_prob=False)),
+    "qwen3_moe": (dict(model_type="qwen3_moe", num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48,
+                       norm_topk_prob=False, qk_norm=True), dict(norm_topk_prob=True)),
 }
 
 
@@ -116,8 +122,9 @@ def test_cli_generate_gives_transformers_tokens(family, capsys):
 def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     base = json.loads((ROOT / "qwen3" / "config.json").read_text())
     for change, message in (
-            (dict(model_type="mixtral", num_local_experts=8), "model_type='mixtral' is not supported: mixture-of-experts"),
-            (dict(model_type="qwen3_moe", num_experts=64), "model_type='qwen3_moe' is not supported: mixture-of-experts"),
+            (dict(model_type="qwen2_moe", num_experts=64), "model_type='qwen2_moe' is not supported: supported"),
+            (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
+             "mlp_only_layers.* every block must be a mixture of experts"),
             (dict(model_type="gemma"), "model_type='gemma' is not supported: supported families: llama, mistral"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
             (dict(use_sliding_window=True), "use_sliding_window=True is not supported"),
@@ -129,7 +136,7 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn"])
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
