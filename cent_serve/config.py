@@ -30,8 +30,9 @@ def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
-MOE_TYPES = ("mixtral", "qwen3_moe")
 """Families the reference model runs (Hugging Face `model_type`)."""
+MOE_TYPES = ("mixtral", "qwen3_moe")
+"""The mixture-of-experts families among them."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 """Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
 

@@ -215,6 +215,12 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     print("  block PIM cycles by operation:")
     for op, cyc in fig["breakdown_cycles"].items():
         print(f"    {op:<9}{cyc:>12.0f}  {100 * cyc / total:5.1f}%")
+    moe = fig.get("moe")
+    if moe:
+        print(f"  mixture of experts, one block for one token: router {moe['router_ms'] * 1e3:.2f} us, "
+              f"experts {moe['experts_ms'] * 1e3:.2f} us ({moe['expected_busiest_load']:.3g} x "
+              f"{moe['one_expert_ms'] * 1e3:.2f} us on the busiest banks), combine {moe['combine_ms'] * 1e3:.2f} us; "
+              f"energy: router {moe['router_mj'] * 1e3:.2f} uJ, experts {moe['experts_mj'] * 1e3:.2f} uJ")
     print("  token energy by term (mJ, the whole token; --json for all):")
     for term, mj in sorted(fig["energy_breakdown_mj"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {term:<18}{mj:>10.3f}  {100 * mj / fig['token_energy_mj']:5.1f}%")

@@ -235,9 +235,10 @@ class BlockBreakdown:
         return sum(getattr(self, f.name) for f in fields(self))
 
     def as_dict(self) -> dict[str, float]:
-        """Every operation's cycles (a dense block's without the mixture-of-experts ones)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("router", "experts") or self.router}
+        """Every operation's cycles: a dense block's MLP (ffn, act), or a mixture of experts' router
+        and experts."""
+        skip = ("ffn", "act") if self.router else ("router", "experts")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 class BlockTimer:

@@ -66,6 +66,12 @@ class TokenFigures:
     """The final norm and LM head (the rest of embedding_ms)."""
     energy_breakdown_mj: dict[str, float]
     """token_energy_mj by named term (`cent_serve.timing.energy.TERMS`)."""
+    moe: dict | None = None
+    """A mixture of experts' share of one block for one token (None for a dense model): router_ms,
+    experts_ms (k experts on the block's banks; on a tp stage the expected busiest device's
+    assignments, `expected_busiest_load` of them), combine_ms (the tp stage's gather of partial
+    sums; dispatch costs nothing: the input is on every device already), and router_mj and
+    experts_mj of the block's energy."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,20 +102,46 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     token_s, bottleneck = period_s(timer, context, batch)
     terms = token_energy_terms_j(timer, context)
     energy_j = sum(terms.values())
-    step_s = m.num_layers / mp.pp * timer.block_pim_s(context) * mp.lanes / batch  # the module docstring
+    block_pim_s = timer.block_pim_s(context) + timer.moe_expected_s
+    step_s = m.num_layers / mp.pp * block_pim_s * mp.lanes / batch  # the module docstring
+    breakdown = timer.pim.breakdown(context).as_dict()
+    if timer.moe_per_round:  # the experts' expected cycles, as the closed form charges them
+        breakdown["experts"] = timer.moe_expected_s * timer.device.clock_hz
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
         token_latency_ms=token_s * 1e3, throughput_tok_s=mp.replicas * batch / token_s,
-        block_pim_ms=timer.block_pim_s(context) * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
+        block_pim_ms=block_pim_s * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
         embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
         token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
-        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=timer.pim.breakdown(context).as_dict(),
+        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=breakdown,
         accelerator_breakdown_cycles=accelerator_parts(m, timer.device, context),
         embed_lookup_ms=timer.embed_lookup_s * 1e3, lm_head_ms=timer.lm_head_s * 1e3,
-        energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()})
+        energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()}, moe=moe_figures(timer, context))
+
+
+def moe_figures(timer: SystemTimer, context: int) -> dict | None:
+    """`TokenFigures.moe` (None for a dense model)."""
+    m = timer.model
+    if not m.is_moe:
+        return None
+    from cent_serve.timing.energy import block_energy_by_op_j
+    from cent_serve.timing.fabric import gather_s
+
+    clock = timer.device.clock_hz
+    router_s = timer.pim.breakdown(context).router / clock
+    if timer.moe_per_round:
+        experts_s, load = timer.moe_expected_s, timer.routing.mean_max_load(timer.mapping.tp)
+        nbytes = 2 * m.hidden_size * timer.mapping.tp
+        combine_s = gather_s(nbytes, timer.mapping.tp, timer.port, timer.fabric)
+    else:
+        experts_s, load, combine_s = timer.pim.breakdown(context).experts / clock, float(m.num_experts_per_tok), 0.0
+    by_op = block_energy_by_op_j(timer, context)
+    return dict(num_experts=m.num_experts, top_k=m.num_experts_per_tok, router_ms=router_s * 1e3,
+                experts_ms=experts_s * 1e3, one_expert_ms=timer.expert_s * 1e3, expected_busiest_load=load,
+                combine_ms=combine_s * 1e3, router_mj=by_op["router"] * 1e3, experts_mj=by_op["experts"] * 1e3)
 
 
 PHASES = ("prefill", "decoding", "end2end")

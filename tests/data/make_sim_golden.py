@@ -25,6 +25,10 @@ WORKLOADS = {  # name: (model, devices, pp, tp, numerics, start, steps)
     "llama2-70b-pp80": ("llama2-70b", 32, 80, 1, "off", 500, 6),
     "llama2-7b-pp2tp4": ("llama2-7b", 8, 2, 4, "off", 300, 6),
     "tiny-pp2tp4-full": ("tiny", 8, 2, 4, "full", 0, 6),
+    # mixtures of experts (added with them, the entries above unchanged): experts on a block's banks,
+    # and spread over a tp 8 stage where the time model's router decides each round's busiest device
+    "mixtral-8x7b-pp32": ("mixtral-8x7b", 32, 32, 1, "off", 500, 6),
+    "qwen3-30b-a3b-pp4tp8": ("qwen3-30b-a3b", 32, 4, 8, "off", 300, 6),
 }
 
 

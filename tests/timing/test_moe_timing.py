@@ -1,0 +1,165 @@
+"""A mixture of experts' time: the expert terms against a hand derivation, capacity, the time
+model's router, and imbalance coming out of the devices' clocks on a tensor-parallel stage."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.executor import LocalExecutor
+from cent_serve.executor.generate import generate_batch
+from cent_serve.messages import Layout, RoundOutput, RoundPlan
+from cent_serve.timing import SystemTimer
+from cent_serve.timing.experts import PATTERNS, RoutingTable, lane_max_loads
+from cent_serve.timing.mapping import device_weight_bytes
+from device_worker.worker import DeviceWorker
+
+
+def timer(model: str = "mixtral-8x7b", devices: int = 32, pp: int = 0, tp: int = 1, **fields) -> SystemTimer:
+    m = model_preset(model, **fields)
+    return SystemTimer.from_config(CentConfig(model=m, parallel=ParallelConfig(devices, pp, tp)))
+
+
+# Mixtral-8x7B, one block per device (32 devices, pure pipeline): a block's matrices over its 32
+# channels x 16 banks = 512 banks. By hand from the GEMV model (docs/hardware_model.md section 4:
+# per input row of 1024 values, 2 x 64 column cycles + 54.5 per group of outputs + per output
+# 103 + 2 x 64; the activation variant groups 16 outputs and adds 72.4 per output):
+GATE = 4 * (2 * 64 + 54.5 * 2 + 28 * (103 + 128)) + 72.4 * 28  # D 4096 -> F 14336: 28 outputs a bank, 4 rows
+UP = 4 * (2 * 64 + 54.5 * 1 + 28 * (103 + 128))  # the same shape, 32 accumulators: one group
+DOWN = 14 * (2 * 64 + 54.5 * 1 + 8 * (103 + 128))  # F 14336 -> D 4096: 8 outputs a bank, 14 rows
+SILU = 4 * 7 * 128 + 400  # 14336 values over 128 lanes: 112 each, 7 bursts of 4 cycles, + fixed
+ROUTER = 4 * (2 * 64 + 54.5 + 1 * (103 + 128))  # D 4096 -> E 8: one output a bank, 4 rows
+
+
+def test_the_expert_terms_match_a_hand_derivation():
+    t = timer()
+    b = t.pim.breakdown(1024)
+    assert (GATE, UP, DOWN, SILU) == (28847.2, 26602.0, 28427.0, 3984)
+    assert b.experts == pytest.approx(2 * (GATE + UP + DOWN + SILU), rel=1e-12)
+    assert b.router == ROUTER == 1654.0
+    assert b.ffn == 0 and b.act == 0  # no dense MLP
+    assert t.expert_s == pytest.approx((GATE + UP + DOWN + SILU) / 2e9, rel=1e-12)
+
+
+def test_a_tokens_time_grows_with_k_not_with_the_number_of_experts():
+    base = timer().pim.breakdown(2048)
+    more = timer(num_experts=64).pim.breakdown(2048)  # 8x the experts, still top 2
+    assert more.total == base.total  # the router's 64 outputs still fit one per bank
+    k4 = timer(num_experts_per_tok=4).pim.breakdown(2048)
+    assert k4.experts == pytest.approx(2 * base.experts, rel=1e-12)
+    assert k4.total - base.total == pytest.approx(base.experts, rel=1e-12)
+
+
+def test_weights_capacity_grows_with_the_number_of_experts():
+    t8, t16 = timer(), timer(num_experts=16)
+    per_expert = 3 * 4096 * 14336 * 2  # gate, up, down in bf16
+    router = 8 * 4096 * 2  # 8 more router rows
+    assert device_weight_bytes(t16.model, t16.mapping, 5) - device_weight_bytes(t8.model, t8.mapping, 5) == \
+        8 * per_expert + router
+    # on a tp 8 stage each device holds its 1 (or 2) experts of each of the stage's 8 blocks, and the router
+    tp = timer(devices=32, pp=4, tp=8, num_experts=12)
+    m = tp.model
+    held = [device_weight_bytes(m, tp.mapping, d) for d in range(8)]
+    assert held[0] - held[7] == 8 * per_expert  # ranks 0-3 hold 2 experts, 4-7 hold 1
+
+
+def test_the_time_models_router_is_seeded_uniform_or_skewed_and_distinct():
+    m = model_preset("qwen3-30b-a3b")
+    r = RoutingTable(m)
+    assert np.array_equal(r.patterns, RoutingTable(m).patterns)  # the same on every process
+    assert all(len(set(p)) == 8 for p in r.patterns[:500].tolist())  # k distinct experts
+    share = np.bincount(r.patterns.ravel(), minlength=128) / r.patterns.size
+    assert share.min() > 0.8 / 128 and share.max() < 1.2 / 128  # uniform within 20% per expert
+    skewed = RoutingTable(dataclasses.replace(m, expert_skew=1.0)).patterns
+    counts = np.bincount(skewed.ravel(), minlength=128)
+    assert counts[:8].sum() > 3 * counts[-8:].sum()  # the low experts are hot
+    a = r.experts([7, 9], [100, 0], [2, 3], [0, 1, 47])
+    assert a.shape == (5, 3, 8)
+    assert np.array_equal(a[1], r.experts([7], [101], [1], [0, 1, 47])[0])  # (seq, position, block) decide
+    assert not np.array_equal(a[0], a[1])
+    assert PATTERNS >= 16384
+
+
+def test_lane_max_loads_by_hand():
+    # 2 lanes, 1 block, tp 2 (expert e on device e mod 2); lane 0: tokens with experts {0, 2} and {1, 3};
+    # lane 1: one token with {0, 1}. Lane 0: device 0 runs 0, 2 (2), device 1 runs 1, 3 (2): max 2.
+    experts = np.array([[[0, 2]], [[1, 3]], [[0, 1]]])
+    assert lane_max_loads(experts, np.array([0, 0, 1]), 2, 2).tolist() == [2.0, 1.0]
+    # lane 0 with {0, 2} and {0, 4}: device 0 runs all four
+    experts = np.array([[[0, 2]], [[0, 4]]])
+    assert lane_max_loads(experts, np.array([0, 0]), 1, 2).tolist() == [4.0]
+
+
+def test_a_tp_stage_waits_for_its_busiest_device():
+    """One device's round on a tp 4 stage of 16 experts (top 4): what it charges for the lane beyond
+    the same round without experts is, per block, the busiest device's assignments (counted here by
+    hand from the router's choices) x one expert's time."""
+    m = model_preset("qwen3-30b-a3b", num_experts=16, num_experts_per_tok=4, num_layers=4)
+    cfg = CentConfig(model=m, parallel=ParallelConfig(8, 2, 4), numerics="off")
+    seqs = ((3, 1), (8, 1), (11, 1))
+    plan = RoundPlan(Layout((0,), (seqs,)), np.zeros(1), new_seqs={3: 40, 8: 7, 11: 0})
+
+    def charged(worker):
+        gen = worker.run(plan, RoundOutput(np.zeros(1), np.zeros(3)))
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return float(stop.value.ready_s[0])
+        raise AssertionError("a timing-only round has no exchanges")
+
+    with_experts = DeviceWorker(cfg, 0)
+    no_experts = DeviceWorker(cfg, 0)
+    no_experts.timer.expert_s = 0.0
+    chosen = with_experts.timer.routing.experts([3, 8, 11], [40, 7, 0], [1, 1, 1], [0, 1])  # stage 0: blocks 0, 1
+    busiest = 0
+    for block in range(2):
+        per_device = [0, 0, 0, 0]
+        for token in range(3):
+            for e in chosen[token, block]:
+                per_device[e % 4] += 1
+        busiest += max(per_device)
+    assert busiest > 6  # three tokens of four experts on four devices: some device runs more than two a block
+    extra = charged(with_experts) - charged(no_experts)
+    assert extra == pytest.approx(busiest * with_experts.timer.expert_s, rel=1e-9)
+
+
+def test_emulated_experts_match_the_closed_form_when_placement_fixes_the_load():
+    """Mixtral on tp 8: one expert per device, two distinct experts per token, so every token's
+    busiest device runs exactly one: the emulation equals the closed form. With 16 experts on tp 4
+    the load varies token to token: the emulation's mean is the closed form's expectation, within
+    the spread of a short run."""
+    def run(model, devices, pp, tp, n):
+        cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, tp), numerics="off")
+        ex = LocalExecutor(cfg)
+        out = generate_batch(ex, [[1] * 16], n)
+        return ex.timer, out.token_times_s[0]
+
+    mix = model_preset("mixtral-8x7b", num_layers=4)
+    t, times = run(mix, 8, 1, 8, 40)
+    gaps = np.diff(times)
+    want = [t.token_s(16 + i) for i in range(1, 40)]
+    assert gaps == pytest.approx(want, rel=1e-9)
+    q = model_preset("qwen3-30b-a3b", num_experts=16, num_experts_per_tok=4, num_layers=4)
+    t, times = run(q, 4, 1, 4, 200)
+    gaps = np.diff(times)
+    want = np.array([t.token_s(16 + i) for i in range(1, 200)])
+    assert gaps.std() > 0.01 * gaps.mean()  # the busiest device differs token to token
+    assert gaps.mean() == pytest.approx(want.mean(), rel=0.03)
+
+
+def test_a_gpu_step_reads_the_experts_its_tokens_chose():
+    """On GPUs a step reads each chosen expert once, whatever number of its tokens chose it: one
+    token reads k experts, a large batch all of them; FLOPs follow the experts a token uses."""
+    from cent_serve.config import GpuConfig
+    from cent_serve.gpu.timing import GpuTimer
+
+    m = model_preset("mixtral-8x7b")
+    g = GpuTimer(CentConfig(model=m, gpu=GpuConfig(kind="a100-80gb", count=4)))
+    dense = (m.attention_param_count() + 8 * 4096) * 2
+    expert = m.expert_param_count() * 2
+    assert g.read_weight_bytes(1) == pytest.approx(dense + 2 * expert, rel=1e-9)
+    assert g.read_weight_bytes(4096) == pytest.approx(dense + 8 * expert, rel=1e-9)
+    assert dense + 2 * expert < g.read_weight_bytes(4) < dense + 8 * expert
+    assert g.block_params == m.active_block_param_count()
