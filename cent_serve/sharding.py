@@ -18,9 +18,10 @@ devices holds whole experts, expert e on rank e mod tp (the low experts, which a
 favours, land on different devices), and every device holds the router. The normed input is
 already on every device (the o_proj all-gather broadcast it), so nothing is dispatched; each
 device runs its experts for the tokens routed to them, and the combine gathers their weighted
-outputs and adds them in expert order (the reference model's order: the same floats):
+outputs (only the rows of the tokens that chose each expert: every rank knows the routing) and
+adds them in expert order (the reference model's order: the same floats):
 
-    attn heads (H*hd) -> o_proj slice (D) -> experts' outputs (n_local x D) -> sum
+    attn heads (H*hd) -> o_proj slice (D) -> experts' outputs (their tokens x D) -> sum
 
 `tp_block_forward` runs the block for one rank given an `all_gather`
 callable; the tests pass a local concatenation, the device actors pass the
@@ -34,8 +35,8 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (combine, expert_outputs, hidden_keys, project_qkv, rms_norm, route, silu,
-                                     softmax)
+from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, project_qkv, rms_norm, route,
+                                     silu, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -197,24 +198,36 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
     h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
     if cfg.is_moe:
-        return x + moe_combine(cfg, s.tp, all_gather("experts", moe_local(cfg, s, h)))
+        local, experts = moe_local(cfg, s, h)
+        return x + moe_combine(cfg, s.tp, all_gather("experts", local), experts)
     act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
 
 
-def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray:
+def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """This rank's experts on normed input h (seq, D): route every token (the router is on every
-    rank), run the experts held here for their tokens; returns their weighted outputs side by side,
-    (seq, n_local x D), for the combine's all-gather."""
+    rank, h the same on each), run the experts held here for their tokens. Returns (their weighted
+    outputs flat, expert after expert, as a (1, rows x D) row for the combine's all-gather; every
+    token's experts (seq, k))."""
     experts, weights = route(h, s.router, cfg.num_experts_per_tok, cfg.norm_topk_prob)
-    out = expert_outputs(h, experts, weights, s.experts, s.experts_gate, s.experts_up, s.experts_down)
-    return out.transpose(1, 0, 2).reshape(h.shape[0], -1)
+    parts = expert_outputs(h, experts, weights, s.experts, s.experts_gate, s.experts_up, s.experts_down)
+    flat = np.concatenate([y.ravel() for _, _, y in parts]) if parts else np.zeros(0, np.float32)
+    return flat.reshape(1, -1), experts
 
 
-def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray) -> np.ndarray:
-    """Every rank's `moe_local` side by side, rank after rank (seq, E x D): the sum in expert order."""
-    order = [e for r in range(tp) for e in experts_of(cfg, r, tp)]
-    seq, d = gathered.shape[0], cfg.hidden_size
-    by_rank = gathered.reshape(seq, len(order), d).transpose(1, 0, 2)  # (E, seq, D) in rank order
-    return combine(by_rank[np.argsort(order)])
+def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.ndarray) -> np.ndarray:
+    """Every rank's `moe_local` rows side by side, rank after rank (1, total): each rank's experts'
+    outputs cut out again (every rank knows the routing, so how many rows each expert sent), then
+    added in expert order (seq, D)."""
+    d, at, parts = cfg.hidden_size, 0, []
+    flat = gathered.reshape(-1)
+    for r in range(tp):
+        for e in experts_of(cfg, r, tp):
+            rows, _ = expert_rows(experts, e)
+            n = rows.size * d
+            if n:
+                parts.append((e, rows, flat[at:at + n].reshape(rows.size, d)))
+                at += n
+    assert at == flat.size, (at, flat.size)
+    return combine((experts.shape[0], d), parts)

@@ -231,8 +231,9 @@ class DeviceWorker:
         x = x + o
         h = rms_norm(x, sh.post_norm, cfg.rms_norm_eps)
         if cfg.is_moe:
-            outputs = yield from self._gather("experts", moe_local(cfg, sh, h))
-            return x + moe_combine(cfg, self.tp, outputs)
+            local, experts = moe_local(cfg, sh, h)
+            outputs = yield from self._gather("experts", local)
+            return x + moe_combine(cfg, self.tp, outputs, experts)
         act = yield from self._gather("act", silu(h @ sh.w_gate.T) * (h @ sh.w_up.T))
         down = yield from self._gather("down", act @ sh.w_down.T)
         return x + down

@@ -94,7 +94,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _print_info(cfg, out: dict) -> None:
     m = cfg.model
-    print(f"model        {m.name}: D={m.hidden_size} F={m.intermediate_size} N={m.num_layers} "
+    width = f"E={m.num_experts} k={m.num_experts_per_tok} F_e={m.expert_size}" if m.is_moe else f"F={m.intermediate_size}"
+    print(f"model        {m.name}: D={m.hidden_size} {width} N={m.num_layers} "
           f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
     print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype})")
     print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")

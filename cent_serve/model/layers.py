@@ -182,27 +182,33 @@ def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[n
     return top, weights
 
 
+def expert_rows(experts: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, slots): the tokens that chose expert e, ascending, and where in their top k."""
+    return np.nonzero(experts == e)
+
+
 def expert_outputs(h: np.ndarray, experts: np.ndarray, weights: np.ndarray, expert_ids,
-                   gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    """The weighted outputs of the experts `expert_ids` (their stacked weights gate, up (n, F_e, D)
-    and down (n, D, F_e)) for the tokens routed to them: (n, seq, D), zero where a token did not
-    choose the expert. Each expert runs only its tokens."""
-    out = np.zeros((len(expert_ids), h.shape[0], h.shape[1]), F32)
+                   gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The weighted outputs of the experts `expert_ids` (ascending; their stacked weights gate, up
+    (n, F_e, D) and down (n, D, F_e)) for the tokens routed to them: [(expert, rows, (len(rows), D))],
+    an expert no token chose left out. Each expert runs only its tokens."""
+    out = []
     for j, e in enumerate(expert_ids):
-        rows, slot = np.nonzero(experts == e)
+        rows, slot = expert_rows(experts, e)
         if rows.size:
             x = h[rows]
             y = (silu(x @ gate[j].T) * (x @ up[j].T)) @ down[j].T  # (tokens, D)
-            out[j, rows] = y * weights[rows, slot][:, None]
+            out.append((e, rows, y * weights[rows, slot][:, None]))
     return out
 
 
-def combine(outputs: np.ndarray) -> np.ndarray:
-    """Sum the experts' outputs (E, seq, D) in expert order, one after the other (transformers adds
-    them the same way, expert by expert): the same floats however the experts were spread."""
-    total = np.zeros(outputs.shape[1:], F32)
-    for y in outputs:
-        total = total + y
+def combine(shape: tuple[int, int], outputs: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Add the experts' outputs into a (seq, D) sum in expert order, one expert after the other, each
+    into its tokens' rows (transformers adds them the same way): the same floats however the experts
+    were spread."""
+    total = np.zeros(shape, F32)
+    for _, rows, y in sorted(outputs, key=lambda part: part[0]):
+        total[rows] += y
     return total
 
 
@@ -211,4 +217,4 @@ def moe(h: np.ndarray, router: np.ndarray, k: int, normalize: bool, gate: np.nda
     """A mixture-of-experts MLP on normed input h (seq, D): route, run each token's k experts, add
     their weighted outputs."""
     experts, weights = route(h, router, k, normalize)
-    return combine(expert_outputs(h, experts, weights, range(gate.shape[0]), gate, up, down))
+    return combine(h.shape, expert_outputs(h, experts, weights, range(gate.shape[0]), gate, up, down))

@@ -213,6 +213,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
             _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
                     "every block must be a mixture of experts (decoder_sparse_step 1, no mlp_only_layers)")
+        for key in ("num_experts_per_tok",):
+            if not hf.get(key):
+                _refuse(key, hf.get(key), "a mixture of experts' config.json names how many experts a token runs")
+        if not (hf.get("num_local_experts") or hf.get("num_experts")):
+            _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
         moe = dict(num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
                    num_experts_per_tok=int(hf["num_experts_per_tok"]),
                    moe_intermediate_size=int(hf.get("moe_intermediate_size") or 0) if arch == "qwen3_moe" else 0,
@@ -258,7 +263,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or (128 if arch in ("qwen3", "qwen3_moe") else hf["hidden_size"] // heads),  # Qwen3Config's default
+        head_dim=hf.get("head_dim") or (128 if arch == "qwen3" else hf["hidden_size"] // heads),  # Qwen3Config's default
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 4096),
         rope_theta=float(theta),
@@ -314,6 +319,8 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     fe = cfg.expert_size
     shapes.update(router=(cfg.num_experts, d), experts_gate=(fe, d), experts_up=(fe, d), experts_down=(d, fe))
     by_suffix = {v: k for k, v in _layer_names(cfg).items()}
+    if cfg.model_type == "mixtral":  # transformers 5 names Mixtral's router like Qwen's, beside fused experts
+        by_suffix["mlp.gate.weight"] = "router"
     experts = {suffix: (key, j) for key, j, suffix in _expert_names(cfg)}
     known = set(_LAYER_NAMES.values()) | set(_BIAS_NAMES.values()) | set(_QK_NORM_NAMES.values())
     layer_parts: list[dict[str, np.ndarray]] = [{} for _ in range(cfg.num_layers)]
@@ -347,7 +354,8 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     missing = [n for n in hf_tensor_names(cfg) if not _has(n, top, layer_parts, by_suffix, experts, expert_parts)]
     if missing:
         raise ValueError(f"model.checkpoint={cfg.checkpoint!r} lacks tensors {missing[:4]}"
-                         f"{' ...' if len(missing) > 4 else ''}: is it a complete Llama checkpoint?")
+                         f"{' ...' if len(missing) > 4 else ''}: is it a complete model_type={cfg.model_type!r} "
+                         "checkpoint?")
     embed = top["model.embed_tokens.weight"]
     lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
     if cfg.is_moe:

@@ -131,7 +131,9 @@ class EnergyModel:
         if self.artifact:
             # the artifact counts D values a pipeline step, 10 D + 2 F a tensor-parallel one (on
             # every device's step), and charges the count as bits
-            self.pcie[T["pcie"]] = (d if self.pipeline else 10 * d + 2 * f) * dev.energy.pcie_pj_per_bit * 1e-12
+            # (a mixture of experts has no F-sized exchange)
+            values = d if self.pipeline else 10 * d + (0 if m.is_moe else 2 * f)
+            self.pcie[T["pcie"]] = values * dev.energy.pcie_pj_per_bit * 1e-12
         else:
             # a block's output moving on (D values), and with tp > 1 the four exchanges of its
             # slices (attention heads, o, SiLU x up, down: every device receives the others'); a

@@ -116,8 +116,9 @@ MOE_TP_BLOCK_EXCHANGES = (
 attention's exchanges, then no dispatch (the o_proj all-gather already put the normed input on every
 device) and one combine: each device's partial sum of its experts' outputs (D values) gathered at the
 stage's first device, which adds them; the block's hop broadcasts the sum. The numerics gather the
-experts' outputs one by one instead, to add them in expert order (`cent_serve.sharding.moe_combine`);
-the time is the partial sums'."""
+experts' outputs one by one instead, to add them in expert order (`cent_serve.sharding.moe_combine`):
+with numerics on, the switch's `wire_bytes` counts those, about k times the partial sums; the time is
+the partial sums'."""
 
 
 def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:

@@ -129,7 +129,7 @@ def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int) -> int:
     stages = mp.stages_on_device(device_id)
     blocks = sum(len(s.blocks) for s in stages)
     per_block = m.block_param_count() * 2 / mp.tp
-    if m.is_moe:  # attention split, the router on every device, whole experts e with e mod tp == rank
+    if m.is_moe and stages:  # attention split, the router on every device, whole experts e with e mod tp == rank
         rank = stages[0].device_ids.index(device_id)
         local = len(range(rank, m.num_experts, mp.tp))
         per_block = (m.attention_param_count() / mp.tp + m.num_experts * m.hidden_size

@@ -107,6 +107,7 @@ class SystemTimer:
         """Experts spread over a stage's devices: their time depends on the round's routing
         (`moe_lane_s`); otherwise a block's experts share its banks and their time is per token."""
         self._routing = None
+        self._moe_expected: float | None = None
         self._moe_lanes: dict[tuple, tuple] = {}  # blocks -> (layout, starts, seconds): moe_lane_s's last
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
@@ -207,7 +208,9 @@ class SystemTimer:
         expert's time; 0 when a block's experts share its banks (they are in `block_cost`)."""
         if not self.moe_per_round:
             return 0.0
-        return self.routing.mean_max_load(self.mapping.tp) * self.expert_s
+        if self._moe_expected is None:
+            self._moe_expected = self.routing.mean_max_load(self.mapping.tp) * self.expert_s
+        return self._moe_expected
 
     def context_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(table, filled): table (3, n) float64 holds `block_cost(L)` (PIM s, own accelerator s,

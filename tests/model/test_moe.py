@@ -108,17 +108,20 @@ def test_a_saved_moe_checkpoint_reloads_with_the_same_tokens(fields, tmp_path):
     assert generate(LlamaModel(back, load_weights(back)), [1, 5, 9], 8, ignore_eos=True).token_ids == a
 
 
-def test_fused_expert_tensors_are_read_too(tmp_path):
-    """transformers 5 holds a layer's experts as (E, 2 F_e, D) gate-then-up and (E, D, F_e) stacks;
-    a checkpoint written in that form loads to the same weights."""
+@pytest.mark.parametrize("fields", [dict(), dict(model_type="qwen3_moe", qk_norm=True, moe_intermediate_size=40,
+                                                 head_dim=32)], ids=["mixtral", "qwen3_moe"])
+def test_fused_expert_tensors_are_read_too(fields, tmp_path):
+    """transformers 5 holds a layer's experts as (E, 2 F_e, D) gate-then-up and (E, D, F_e) stacks
+    under `mlp.experts`, and Mixtral's router as `mlp.gate`; a checkpoint written in that form loads
+    to the same weights."""
+    from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    cfg = moe_config(model_type="qwen3_moe", qk_norm=True, moe_intermediate_size=40, head_dim=32)
+    cfg = moe_config(**fields)
     weights = random_weights(cfg)
     save_hf_checkpoint(cfg, weights, tmp_path)
-    from safetensors import safe_open
     with safe_open(str(tmp_path / "model.safetensors"), framework="numpy") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k.replace("block_sparse_moe.gate", "mlp.gate"): f.get_tensor(k) for k in f.keys()}
     fused = {k: v for k, v in tensors.items() if ".experts." not in k}
     for i, layer in enumerate(weights.layers):
         fused[f"model.layers.{i}.mlp.experts.gate_up_proj"] = np.concatenate([layer.experts_gate, layer.experts_up], 1)
@@ -137,6 +140,9 @@ def test_a_checkpoint_whose_experts_disagree_with_its_config_is_refused(tmp_path
     (tmp_path / "config.json").write_text(json.dumps({**raw, "num_local_experts": 8}))
     with pytest.raises(ValueError, match=r"gate.weight has shape \(6, 64\), expected \(8, 64\) from config.json"):
         load_weights(model_config_from_hf(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "num_experts_per_tok": None}))
+    with pytest.raises(ValueError, match="num_experts_per_tok=None is not supported"):
+        model_config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**raw, "model_type": "mistral", "num_local_experts": None,
                                                       "architectures": ["MistralForCausalLM"]}))
     with pytest.raises(ValueError, match="is an expert's or a router's, but model.num_experts=0"):
