@@ -59,6 +59,7 @@ class DeviceWorker:
         self.has_embedding = self.stages[0].index == 0
         self.has_lm_head = self.stages[-1].index == mp.pp - 1
         self.last_block = self.stages[-1].blocks[-1]
+        self._blocks = tuple(b for s in self.stages for b in s.blocks)
         self.numerics = cfg.resolved_numerics == "full"
         group_order = [s.channel_group for s in self.stages]
         assert len(set(group_order)) == len(self.stages), f"stages share a channel group: {self.stages}"
@@ -137,12 +138,10 @@ class DeviceWorker:
         exists (its last block's end, or the LM head's) and the joules charged to each sequence;
         the sequences that cross into a new KV block get it (KVCacheFull fails the round)."""
         timer, seqs, clock = self.timer, self.seqs, self.clock
-        lp = timer.lane_plan(layout)
         if timer.moe_per_round:  # this round's routing: each lane's block steps wait for its busiest device
-            blocks = [b for s in self.stages for b in s.blocks]
-            floats = lp.floats.copy()
-            floats[0] += timer.moe_lane_s(layout, seqs.state[0], blocks) / len(blocks)
-            lp = replace(lp, floats=floats)
+            lp = timer.moe_lane_plan(layout, seqs.state[0], self._blocks)
+        else:
+            lp = timer.lane_plan(layout)
         while True:
             table, filled = timer.context_table()
             done, own, crossed, n_crossed, need = device_round(ready, table, filled, seqs.state, lp.ints, lp.floats,

@@ -108,7 +108,7 @@ class SystemTimer:
         (`moe_lane_s`); otherwise a block's experts share its banks and their time is per token."""
         self._routing = None
         self._moe_expected: float | None = None
-        self._moe_lanes: dict[tuple, tuple] = {}  # blocks -> (layout, starts, seconds): moe_lane_s's last
+        self._moe_lanes: dict[tuple, tuple] = {}  # blocks -> (layout, starts, plan): moe_lane_plan's last
         self._acc: dict[int, float] = {}
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
@@ -189,17 +189,27 @@ class SystemTimer:
         before the round, in layout order."""
         from cent_serve.timing.experts import lane_max_loads
 
-        key = (tuple(blocks), starts.tobytes())
-        hit = self._moe_lanes.get(key[0])
-        if hit is not None and hit[0] is layout and hit[1] == key[1]:  # the stage's other devices, this round
-            return hit[2]
         tokens = np.asarray(layout.seq_tokens, dtype=np.int64)
         chosen = self.routing.experts(layout.seq_ids, starts, tokens, blocks)
         seq_lane = np.repeat(np.arange(len(layout.seqs)), [len(lane) for lane in layout.seqs])
         loads = lane_max_loads(chosen, np.repeat(seq_lane, tokens), len(layout.seqs), self.mapping.tp)
-        out = loads * self.expert_s
-        self._moe_lanes[key[0]] = (layout, key[1], out)
-        return out
+        return loads * self.expert_s
+
+    def moe_lane_plan(self, layout, starts: np.ndarray, blocks: tuple[int, ...]) -> LanePlan:
+        """The layout's `LanePlan` with this round's experts (`moe_lane_s` over the stage's `blocks`)
+        spread over the blocks' steps (the clocks add a lane's step once per block, so the lane's
+        time through the stage gains exactly `moe_lane_s`). Kept for the stage's other devices of
+        this process, which ask for the same round."""
+        key = starts.tobytes()
+        hit = self._moe_lanes.get(blocks)
+        if hit is not None and hit[0] is layout and hit[1] == key:
+            return hit[2]
+        lp = self.lane_plan(layout)
+        floats = lp.floats.copy()
+        floats[0] += self.moe_lane_s(layout, starts, blocks) / len(blocks)
+        plan = LanePlan(lp.ints, floats, lp.num_tokens)
+        self._moe_lanes[blocks] = (layout, key, plan)
+        return plan
 
     @property
     def moe_expected_s(self) -> float:
