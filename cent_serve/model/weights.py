@@ -213,9 +213,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
             _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
                     "every block must be a mixture of experts (decoder_sparse_step 1, no mlp_only_layers)")
-        for key in ("num_experts_per_tok",):
-            if not hf.get(key):
-                _refuse(key, hf.get(key), "a mixture of experts' config.json names how many experts a token runs")
+        if not hf.get("num_experts_per_tok"):
+            _refuse("num_experts_per_tok", hf.get("num_experts_per_tok"),
+                    "a mixture of experts' config.json names how many experts a token runs")
         if not (hf.get("num_local_experts") or hf.get("num_experts")):
             _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
         moe = dict(num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),

@@ -122,9 +122,15 @@ the partial sums'."""
 
 
 def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
-    """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + one gather of tp D-vectors."""
+    """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine."""
     nbytes = BF16_BYTES * hidden * tokens
-    return 4 * broadcast_s(nbytes, port, fab) + 4 * gather_s(nbytes, tp, port, fab) + gather_s(tp * nbytes, tp, port, fab)
+    return 4 * broadcast_s(nbytes, port, fab) + 4 * gather_s(nbytes, tp, port, fab) + moe_combine_s(hidden, tp, port,
+                                                                                                    fab, tokens)
+
+
+def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
+    """A MoE block's combine on a tp stage: each device's partial sum (tokens x D) gathered at one."""
+    return gather_s(tp * BF16_BYTES * hidden * tokens, tp, port, fab)
 
 
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:

@@ -171,10 +171,12 @@ def qkvo_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 def ffn_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """The dense MLP's gate (with its activation lookup), up and down GEMVs; a mixture of experts
     has none (`router_cycles`, `expert_cycles`)."""
-    if m.is_moe:
-        return 0.0
-    d, f, b = m.hidden_size, m.intermediate_size, g.banks
-    return gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
+    return 0.0 if m.is_moe else _swiglu_gemvs(m.hidden_size, m.intermediate_size, g.banks, dev)
+
+
+def _swiglu_gemvs(d: int, f: int, banks: int, dev: DeviceConfig) -> float:
+    """A SwiGLU MLP's gate (with the activation lookup), up and down GEMVs of width f over `banks`."""
+    return gemv_cycles(d, f, banks, dev, af=True) + gemv_cycles(d, f, banks, dev) + gemv_cycles(f, d, banks, dev)
 
 
 def router_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
@@ -192,9 +194,7 @@ def expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     output (D values) is not charged."""
     if not m.is_moe:
         return 0.0
-    d, f, b = m.hidden_size, m.expert_size, g.banks_per_device
-    return (gemv_cycles(d, f, b, dev, af=True) + gemv_cycles(d, f, b, dev) + gemv_cycles(f, d, b, dev)
-            + _silu_mul(f, g, dev))
+    return _swiglu_gemvs(m.hidden_size, m.expert_size, g.banks_per_device, dev) + _silu_mul(m.expert_size, g, dev)
 
 
 def lm_head_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:

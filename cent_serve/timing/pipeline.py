@@ -128,14 +128,13 @@ def moe_figures(timer: SystemTimer, context: int) -> dict | None:
     if not m.is_moe:
         return None
     from cent_serve.timing.energy import block_energy_by_op_j
-    from cent_serve.timing.fabric import gather_s
+    from cent_serve.timing.fabric import moe_combine_s
 
     clock = timer.device.clock_hz
     router_s = timer.pim.breakdown(context).router / clock
     if timer.moe_per_round:
         experts_s, load = timer.moe_expected_s, timer.routing.mean_max_load(timer.mapping.tp)
-        nbytes = 2 * m.hidden_size * timer.mapping.tp
-        combine_s = gather_s(nbytes, timer.mapping.tp, timer.port, timer.fabric)
+        combine_s = moe_combine_s(m.hidden_size, timer.mapping.tp, timer.port, timer.fabric)
     else:
         experts_s, load, combine_s = timer.pim.breakdown(context).experts / clock, float(m.num_experts_per_tok), 0.0
     by_op = block_energy_by_op_j(timer, context)
