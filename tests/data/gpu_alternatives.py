@@ -10,8 +10,10 @@ The batches: 70B at the artifact's 128 (its phase latencies: 0.35 min of prefill
 memory. Decoding by context reads as the artifact's figure 14a script does: 3,584 generated after a
 prompt of the context less 3,584.
 
-Readings: the artifact does not say which A100 it measured. The shipped one is the SXM4 module
-(NVLink between all GPUs). The alternatives: the PCIe card with every all-reduce over PCIe 4.0; the
+Readings: the shipped one is the SXM4 module (NVLink between all GPUs), which the artifact's
+throttling trace supports (the boards reach 387 W, beyond the PCIe card's 300 W; docs/gpu_model.md
+section 4); the PCIe ones are here because they are what would explain the 70B prefill. The
+alternatives: the PCIe card with every all-reduce over PCIe 4.0; the
 PCIe card in NVLink-bridged pairs (a tp-2 group all-reduces over the bridge, 300 GB/s a direction
 as the SXM4's NVLink; a tp-4 ring crosses PCIe between the pairs); each at `gpu.memory_utilization`
 0.9 (vLLM's default) and 0.97 (the share at which the artifact's 128 70B queries fit: 4 x 80 GB x
