@@ -101,13 +101,14 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
 
 def print_compare(out: dict) -> None:
     print(f"{out['model']}, {out['requests']} requests: CENT = {out['cent']['hardware']}; GPU = {out['gpu']['hardware']}")
-    print(f"{'':<30}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
-    for r in out["table"]:
+    labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
+    width = max(map(len, labels), default=0) + 2
+    print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
+    for label, r in zip(labels, out["table"]):
         def cell(v):
             return f"{'-':>14}" if v is None else f"{v:>14.4g}"
         ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
-        label = f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"]
-        print(f"{label:<30}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
+        print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
     print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
           "TCO units)")
 
