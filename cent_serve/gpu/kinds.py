@@ -14,9 +14,10 @@ them from: it takes the A100's, and says so (`calibrated`).
 `power_fraction`: the board power while serving as a share of the TDP. Both A100 kinds draw the
 measured 293 W (the 7B end-to-end row; prefill and decoding 292-293 W; the artifact's GPUs were
 SXM4 modules: 68 of the 161 power samples of its throttling trace, the source of its figure 15b,
-are over the PCIe card's 300 W, up to 387 W); the H100 takes the A100 SXM's share of its TDP, 293 / 400. `tco_per_gpu`: a GPU's share of the
-artifact's TCO convention (1.76 per 4 A100s against 0.73 per 32 CENT devices; docs/hardware_model.md
-section 9); None where the convention has no figure (tokens per dollar are then not reported).
+are over the PCIe card's 300 W, up to 387 W); the H100 takes the A100 SXM's share of its TDP,
+293 / 400. `tco_per_gpu`: a GPU's share of the artifact's TCO convention (1.76 per 4 A100s against
+0.73 per 32 CENT devices; docs/hardware_model.md section 9); None where the convention has no
+figure (tokens per dollar are then not reported).
 """
 from __future__ import annotations
 

@@ -13,13 +13,13 @@ Decoding by context reads as the artifact's figure 14a script does: 3,584 genera
 of the context less 3,584.
 
 Readings: the shipped one is the SXM4 module (NVLink between all GPUs), which the artifact's
-throttling trace supports (68 of its 161 power samples are over the PCIe card's 300 W, up to
-387 W; docs/gpu_model.md section 4); the PCIe ones are here because they are what would explain the 70B prefill. The
-alternatives: the PCIe card with every all-reduce over PCIe 4.0; the
-PCIe card in NVLink-bridged pairs (a tp-2 group all-reduces over the bridge, 300 GB/s a direction
-as the SXM4's NVLink; a tp-4 ring crosses PCIe between the pairs); each at `gpu.memory_utilization`
-0.9 (vLLM's default) and 0.97 (the share at which the artifact's 128 70B queries fit: 4 x 80 GB x
-0.97 = 310 GB against 138 GB of weights and 128 x 4,096 tokens of KV).
+throttling trace supports (68 of its 161 power samples are over the PCIe card's 300 W, up to 387 W;
+docs/gpu_model.md section 4); the PCIe ones are here because they are what would explain the 70B
+prefill. The alternatives: the PCIe card with every all-reduce over PCIe 4.0; the PCIe card in
+NVLink-bridged pairs (a tp-2 group all-reduces over the bridge, 300 GB/s a direction as the SXM4's
+NVLink; a tp-4 ring crosses PCIe between the pairs); each at `gpu.memory_utilization` 0.9 (vLLM's
+default) and 0.97 (the share at which the artifact's 128 70B queries fit: 4 x 80 GB x 0.97 = 310 GB
+against 138 GB of weights and 128 x 4,096 tokens of KV).
 
 Run: PYTHONPATH=. python tests/data/gpu_alternatives.py [--rows]
 """
@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 from cent_serve.config import CentConfig, GpuConfig, model_preset
 from cent_serve.gpu.kinds import gpu_kind
@@ -57,7 +59,7 @@ READINGS = (
 )
 
 
-def timers(r: Reading) -> tuple[dict, callable]:
+def timers(r: Reading) -> tuple[dict, Callable[..., GpuTimer]]:
     """The reading's 7B calibration, and a maker of its timers for (model, gpus)."""
     c = calibrate(r.kind, "query_heads", r.share, hi=1.5)
 
@@ -83,8 +85,10 @@ def batch(t: GpuTimer, model: str, tokens: int = PROMPT + DECODE) -> int:
     return min(128, t.max_batch(tokens))
 
 
+@lru_cache(maxsize=None)
 def score(r: Reading) -> tuple[dict, dict, dict]:
-    """(calibration, the issue's rows, the rows checked from outside): row -> model / measured - 1."""
+    """(calibration, the issue's rows, the rows checked from outside): row -> model / measured - 1.
+    Cached: the calibration is a few hundred static batches."""
     c, make = timers(r)
     issue, outside = {}, {}
     gpus = {"llama2-13b": 2, "llama2-70b": 4}

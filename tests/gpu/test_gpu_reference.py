@@ -11,24 +11,15 @@ why each is missed; tests/data/gpu_alternatives.py scores the other readings of 
 """
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import pytest
 
 from cent_serve.config import CentConfig, GpuConfig, model_preset
 from cent_serve.gpu.timing import GpuTimer
-from tests.data.calibrate_gpu import calibrate
+from tests.data.calibrate_gpu import calibrate, rows
 from tests.data.gpu_alternatives import ARTIFACT_BATCH, READINGS, score
 
-DATA = Path(__file__).parent.parent / "data" / "gpu_a100"
 PROMPT, DECODE, MAX_BATCH = 512, 3584, 128
 BAR = 0.10
-
-
-def rows(name: str) -> list[dict]:
-    with open(DATA / name) as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 def timer(model: str, gpus: int) -> GpuTimer:
