@@ -123,11 +123,14 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
     context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
     block = cfg.scheduler.kv_block_tokens
     have = t.kv_blocks(block, cfg.scheduler.num_kv_blocks_override)  # as the engine counts them
-    need = batch * -(-context // block)
+    per_seq = -(-context // block)
+    need = batch * per_seq
     if have < need:
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
-                         f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights: use "
-                         "more GPUs (gpu:KIND:N), or a shorter context with --set model.max_seq_len=N")
+                         f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
+                         f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "
+                         "sequences): use more GPUs (gpu:KIND:N), fewer sequences, a larger --set "
+                         "gpu.memory_utilization=F, or a shorter context with --set model.max_seq_len=N")
     return t.mapping
 
 
