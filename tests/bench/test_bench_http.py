@@ -88,7 +88,10 @@ def test_http_replay_equals_in_process_when_the_queue_overflows():
 
 def test_the_last_replay_request_releases_the_hold(monkeypatch):
     """The last request's hold (`RELEASE_HOLD_S`: no next arrival) releases the clock at once, so a
-    finished replay leaves no hold to expire later (an expiry warns and counts: 0 when healthy)."""
+    finished replay leaves no hold to expire later (an expiry warns and counts). The short expiry
+    set here is a wall-clock bound a busy machine can break *during* the replay (the client sending
+    the next request late), which costs nothing but a warning; what is held is that no hold expires
+    *after* the replay's last request."""
     import time
 
     import cent_serve.serving as serving
@@ -98,8 +101,9 @@ def test_the_last_replay_request_releases_the_hold(monkeypatch):
     reqs = [Request(str(i), 0.01 * i, 8, 4) for i in range(3)]
     with Server(_cfg(), "local") as s:
         result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+        during = httpx.get(s.url + "/v1/cent/status").json()["num_hold_expiries"]
         time.sleep(0.5)
         httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).raise_for_status()
-        status = httpx.get(s.url + "/v1/cent/status").json()
+        after = httpx.get(s.url + "/v1/cent/status").json()["num_hold_expiries"]
     assert [r.finish_reason for r in result.records] == ["length"] * 3
-    assert status["num_hold_expiries"] == 0
+    assert after == during
