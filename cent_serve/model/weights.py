@@ -195,13 +195,14 @@ def _refuse(field: str, value, why: str) -> None:
 
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
-    Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases) and Qwen 3
-    (q/k norms). What the reference model cannot run is refused by name."""
+    Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
+    (q/k norms), and the mixtures of experts Mixtral and Qwen 3 MoE. What the reference model cannot
+    run is refused by name."""
     path = Path(path)
     cfg_file = path / "config.json" if path.is_dir() else path
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
-                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5 or Qwen 3)")
+                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
     hf = json.loads(cfg_file.read_text())
     arch = hf.get("model_type", "llama")
     if arch not in ARCHITECTURES:
