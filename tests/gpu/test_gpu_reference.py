@@ -16,9 +16,9 @@ import pytest
 from cent_serve.config import CentConfig, GpuConfig, model_preset
 from cent_serve.gpu.timing import GpuTimer
 from tests.data.calibrate_gpu import calibrate, rows
-from tests.data.gpu_alternatives import ARTIFACT_BATCH, READINGS, score
+from tests.data.gpu_alternatives import READINGS, batch, score
 
-PROMPT, DECODE, MAX_BATCH = 512, 3584, 128
+PROMPT, DECODE = 512, 3584
 BAR = 0.10
 
 
@@ -29,8 +29,7 @@ def timer(model: str, gpus: int) -> GpuTimer:
 
 def phase(model: str, gpus: int, name: str) -> dict:
     t = timer(model, gpus)
-    batch = ARTIFACT_BATCH.get(model) or min(MAX_BATCH, t.max_batch(PROMPT + DECODE))
-    return t.phase_figures(batch, PROMPT, DECODE)[name]
+    return t.phase_figures(batch(t, model), PROMPT, DECODE)[name]
 
 
 def err(model: float, measured: str) -> float:
@@ -161,6 +160,6 @@ def test_alternatives_script_scores_the_shipped_model():
         assert issue[f"70b sweep b{r['batch']} latency"] == pytest.approx(
             err(x["prefill_s"] + x["decode_s"], r["query_latency_s"]), abs=0.005)
     for model, gpus, name, key, measured in HELD:
-        b = ARTIFACT_BATCH.get(model) or min(MAX_BATCH, timer(model, gpus).max_batch(PROMPT + DECODE))
+        b = batch(timer(model, gpus), model)
         assert issue[f"{model[7:]} b{b} {name} {key}"] == pytest.approx(err(phase(model, gpus, name)[key], measured),
                                                                         abs=0.005)
