@@ -9,13 +9,15 @@ For every server (`--servers`, default all three):
 - `llama2-70b`: Llama2-70B timing-only on 32 devices (Ray), prompts prefilled 64 tokens a round;
 
 this script exports the server's tokenizer (`cent tokenizer export`), starts `cent serve --clock
-paced` on a free loopback port, and runs each tool it finds (vLLM's `vllm bench serve`, guidellm)
-with the tokenizer directory, 16 random prompts of 64 tokens and 32 output tokens with
-`ignore_eos`. The tools come from PATH or `--vllm` / `--guidellm` (they are large and live in
-their own virtual environments; nothing here installs them). In paced mode every wall second is
-1 / pace factor simulated seconds, so a tool's wall figures divided by the factor are simulated.
+paced` on a free loopback port, and runs each tool it finds (vLLM's `vllm bench serve`, guidellm,
+NVIDIA's AIPerf) with the tokenizer directory, 16 random prompts of 64 tokens and 32 output tokens
+with `ignore_eos`. The tools come from PATH or `--vllm` / `--guidellm` / `--aiperf` (they are large
+and live in their own virtual environments; nothing here installs them). In paced mode every wall
+second is 1 / pace factor simulated seconds, so a tool's wall figures divided by the factor are
+simulated.
 
-    .venv/bin/python benchmarks/clients.py --vllm /path/to/venv/bin/vllm --guidellm /path/to/venv/bin/guidellm
+    .venv/bin/python benchmarks/clients.py --vllm /path/to/venv/bin/vllm --guidellm /path/to/venv/bin/guidellm \
+        --aiperf /path/to/venv/bin/aiperf
 
 Prints one line per (server, tool): requests ok/sent (and as the server counted them); prompt tokens asked for (prompts x input
 length), as the tool counted them and as the server did; mean TTFT and TPOT as the tool measured
@@ -137,10 +139,29 @@ def run_guidellm(exe: str, url: str, model: str, tok: Path, out: Path, a) -> dic
                 tpot_ms=m["inter_token_latency_ms"]["successful"]["mean"])
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def run_aiperf(exe: str, url: str, model: str, tok: Path, out: Path, a) -> dict:
+    cmd = [exe, "profile", "--model", model, "--url", url, "--endpoint-type", "completions", "--streaming",
+           "--tokenizer", str(tok), "--synthetic-input-tokens-mean", str(a.input_len),
+           "--synthetic-input-tokens-stddev", "0", "--output-tokens-mean", str(a.output_len),
+           "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true", "--use-server-token-count",
+           "--concurrency", str(a.num_prompts),
+           "--request-count", str(a.num_prompts), "--ui-type", "none", "--output-artifact-dir", str(out / "aiperf")]
+    _run(cmd, out / "aiperf.log", offline=False)  # AIPerf 0.13 offline looks even a local directory up in the hub cache
+    m = json.loads(next((out / "aiperf").rglob("profile_export_aiperf.json")).read_text())
+    # AIPerf's ITL is (latency - TTFT) / (output tokens - 1) per request: this server's TPOT, once the tokens
+    # are the server's (--use-server-token-count). Counted by AIPerf's tokenizer from the text, a full-numerics
+    # model's random tokens re-encode to other lengths (its ITL was 0.56 of the server's TPOT on `default`)
+    return dict(ok=int(m["request_count"]["avg"]), sent=a.num_prompts,  # request_count: the successful ones
+                asked=a.num_prompts * a.input_len, prompt_tokens=m["total_isl"]["avg"],
+                ttft_ms=m["time_to_first_token"]["avg"], tpot_ms=m["inter_token_latency"]["avg"])
+
+
+def _run(cmd: list[str], log: Path, offline: bool = True) -> None:
     print("  $", " ".join(cmd), flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1") if offline else {k: v for k, v in os.environ.items()
+                                                               if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     with log.open("w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if code:
         raise SystemExit(f"exit code {code}: see {log}")
 
@@ -150,15 +171,16 @@ def main() -> None:
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
     p.add_argument("--vllm", default=shutil.which("vllm"), help="the `vllm` executable (default: on PATH)")
     p.add_argument("--guidellm", default=shutil.which("guidellm"), help="the `guidellm` executable")
+    p.add_argument("--aiperf", default=shutil.which("aiperf"), help="the `aiperf` executable")
     p.add_argument("--input-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--out", default=None, help="directory for logs and results (default: a temporary one)")
     a = p.parse_args()
-    tools = [(name, fn, exe) for name, fn, exe in (("vllm", run_vllm, a.vllm), ("guidellm", run_guidellm, a.guidellm))
-             if exe]
+    tools = [(name, fn, exe) for name, fn, exe in (("vllm", run_vllm, a.vllm), ("guidellm", run_guidellm, a.guidellm),
+                                                   ("aiperf", run_aiperf, a.aiperf)) if exe]
     if not tools:
-        raise SystemExit("no benchmark tool found: pass --vllm and/or --guidellm")
+        raise SystemExit("no benchmark tool found: pass --vllm, --guidellm and/or --aiperf")
     out_root = Path(a.out or tempfile.mkdtemp(prefix="cent-clients-"))
     rows = []
     for name in a.servers.split(","):
