@@ -114,8 +114,9 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
                               attention_reads=cfg.gpu.attention_reads), indent=2))
         return 0
     replicas = f" in each of {t.mapping.replicas} replicas" if t.mapping.replicas > 1 else ""
+    why = "--batch" if args.batch is not None else "the largest that fits, at most 128, unless --batch"
     print(f"{cfg.model.name} on {t.mapping.describe()}, prompt {prompt}, decode {decode}, a static batch of "
-          f"{batch}{replicas} (the largest that fits, at most 128, unless --batch); attention reads "
+          f"{batch}{replicas} ({why}); attention reads "
           f"{cfg.gpu.attention_reads}" + (f"; throughput and power of all {k} replicas" if k > 1 else ""))
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}")
     for phase in PHASES:
