@@ -20,7 +20,7 @@ simulated.
         --aiperf /path/to/venv/bin/aiperf
 
 Prints one line per (server, tool): requests ok/sent (and as the server counted them); prompt tokens asked for (prompts x input
-length), as the tool counted them and as the server did; mean TTFT and TPOT as the tool measured
+length), as the tool counted them (AIPerf: the server's usage it read) and as the server did; mean TTFT and TPOT as the tool measured
 them (simulated ms) and as the server did, and their ratio.
 """
 from __future__ import annotations
@@ -152,6 +152,7 @@ def run_aiperf(exe: str, url: str, model: str, tok: Path, out: Path, a) -> dict:
     # are the server's (--use-server-token-count). Counted by AIPerf's tokenizer from the text, a full-numerics
     # model's random tokens re-encode to other lengths (its ITL was 0.56 of the server's TPOT on `default`)
     return dict(ok=int(m["request_count"]["avg"]), sent=a.num_prompts,  # request_count: the successful ones
+                # with --use-server-token-count its ISL is the server's usage, not a count of its own
                 asked=a.num_prompts * a.input_len, prompt_tokens=m["total_isl"]["avg"],
                 ttft_ms=m["time_to_first_token"]["avg"], tpot_ms=m["inter_token_latency"]["avg"])
 

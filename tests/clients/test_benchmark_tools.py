@@ -100,7 +100,9 @@ def test_aiperf(tokenizer_dir, tmp_path):
         srv = server_means(s)
     m = json.loads(next((tmp_path / "aiperf").rglob("profile_export_aiperf.json")).read_text())
     assert m["request_count"]["avg"] == PROMPTS == srv.requests and not m["error_summary"]  # successful, no errors
-    assert m["total_usage_prompt_tokens"]["avg"] == srv.prompt_tokens  # the usage it read is what was served
+    # asked = served (AIPerf writes prompts of INPUT - 1 tokens of text; the server's BOS makes INPUT), and the
+    # usage it read back is what the server counted
+    assert m["total_usage_prompt_tokens"]["avg"] == srv.prompt_tokens == INPUT * PROMPTS
     assert m["output_sequence_length"]["avg"] == OUTPUT
     assert_close(m["time_to_first_token"]["avg"] / 1e3, srv.ttft, "aiperf mean TTFT")
     # AIPerf's ITL: (latency - TTFT) / (tokens - 1) per request, i.e. the server's TPOT

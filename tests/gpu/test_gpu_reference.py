@@ -15,10 +15,9 @@ import pytest
 
 from cent_serve.config import CentConfig, GpuConfig, model_preset
 from cent_serve.gpu.timing import GpuTimer
-from tests.data.calibrate_gpu import calibrate, rows
+from tests.data.calibrate_gpu import DECODE, PROMPT, calibrate, rows
 from tests.data.gpu_alternatives import READINGS, batch, score
 
-PROMPT, DECODE = 512, 3584
 BAR = 0.10
 
 

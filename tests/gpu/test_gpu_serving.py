@@ -192,3 +192,20 @@ def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
                             "--num-requests", "2", "--out", str(tmp_path), *extra],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_simulate_says_where_its_batch_came_from(capsys):
+    """`cent simulate --hardware gpu:...` prints the static batch it ran and why: the largest that
+    fits when --batch is not given, --batch when it is; the figures are the timer's at that batch."""
+    from cent_serve.cli import main
+    from cent_serve.gpu.timing import GpuTimer
+
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1"]) == 0
+    t = GpuTimer(_gpu_cfg(model=model_preset("llama2-7b"), numerics="off", count=1))
+    fits = t.max_batch(512 + 3584)
+    assert f"a static batch of {fits} (the largest that fits" in capsys.readouterr().out
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--batch", "8"]) == 0
+    assert "a static batch of 8 (--batch)" in capsys.readouterr().out
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--batch", "8", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["end2end"]["throughput_tok_s"]
+    assert got == pytest.approx(t.phase_figures(8, 512, 3584)["end2end"]["throughput_tok_s"], rel=1e-12)
