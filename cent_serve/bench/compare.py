@@ -104,9 +104,11 @@ def print_compare(out: dict) -> None:
     labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
+
+    def cell(v):
+        return f"{'-':>14}" if v is None else f"{v:>14.4g}"
+
     for label, r in zip(labels, out["table"]):
-        def cell(v):
-            return f"{'-':>14}" if v is None else f"{v:>14.4g}"
         ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
         print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
     print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
