@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -29,6 +32,50 @@ def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
         raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
 
 
+@lru_cache(maxsize=None)
+def _numeric_fields(cls: type) -> dict[str, tuple[type, bool]]:
+    """Field name -> (int or float, whether None is allowed) of every numeric field of a config
+    dataclass (`X | None` included; bools and strings are not numbers)."""
+    out, hints = {}, get_type_hints(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        args = getattr(hint, "__args__", ())
+        optional = type(None) in args
+        kind = next((a for a in args if a is not type(None)), None) if optional and len(args) == 2 else hint
+        if kind in (int, float):
+            out[f.name] = (kind, optional)
+    return out
+
+
+def _number_fix(cls: type, name: str, value: Any) -> str | None:
+    """The config's one rule for numbers: every numeric field of `cls` is a finite number >= 0, and
+    > 0 for the fields in `cls._positive` (counts, sizes, clocks, rates: what is divided by, or what
+    0 of makes no device); `X | None` fields may also be None. None when `value` obeys it, else
+    the fix to print (`cls._fixes` words a field's own)."""
+    kind, optional = _numeric_fields(cls)[name]
+    if value is None and optional:
+        return None
+    integer, positive = kind is int, name in getattr(cls, "_positive", ())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        fix = "expected an integer" if integer else "expected a number"
+    elif math.isfinite(value) and (value > 0 if positive else value >= 0):
+        return None
+    else:
+        fix = getattr(cls, "_fixes", {}).get(name) or (
+            ("use a positive integer" if positive else "use an integer >= 0") if integer else
+            ("use a finite positive number" if positive else "use a finite number >= 0"))
+    return fix + (", or leave it unset" if optional and not fix.endswith("unset") else "")
+
+
+def _check_numbers(obj: Any, section: str) -> None:
+    """Hold every numeric field of a config section to `_number_fix`'s rule (ValueError naming
+    `section.field`, the value and the fix)."""
+    for name in _numeric_fields(type(obj)):
+        value = getattr(obj, name)
+        fix = _number_fix(type(obj), name, value)
+        _check(fix is None, f"{section}.{name}", value, fix or "")
+
+
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe")
@@ -43,7 +90,8 @@ class ModelConfig:
     (Mixtral, Qwen 3 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
-    """Preset name, or the checkpoint directory's name when loaded from disk."""
+    """Preset name, or the checkpoint directory's name when loaded from disk (chosen with `--model`
+    or a YAML `model:` section, not `--set`: the top level says how)."""
     hidden_size: int = 256
     """D: model width."""
     intermediate_size: int = 688
@@ -123,6 +171,10 @@ class ModelConfig:
     checkpoint: str | None = None
     """Hugging Face Llama checkpoint directory; None means seeded random weights."""
 
+    _positive = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                           "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
         for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "vocab_size", "max_seq_len"):
@@ -166,6 +218,7 @@ class ModelConfig:
         _check(moe_type == bool(self.num_experts), "model.num_experts", self.num_experts,
                f"model_type={self.model_type!r} is a mixture of experts: set a positive count" if moe_type else
                f"model_type={self.model_type!r} is dense: use 0, or a model_type of {', '.join(MOE_TYPES)}")
+        _check_numbers(self, "model")
 
     @property
     def num_rep(self) -> int:
@@ -368,15 +421,11 @@ class EnergyConfig:
     while the device steps: half their 5.98 mW dynamic plus 0.046 mW leakage, as the artifact
     charges them."""
 
+    _positive = frozenset({"channels_per_controller", "access_clock_hz"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            _check(isinstance(value, (int, float)) and value >= 0, f"device.energy.{f.name}", value,
-                   "use a number >= 0")
-        _check(self.channels_per_controller >= 1, "device.energy.channels_per_controller",
-               self.channels_per_controller, "use a positive integer")
-        _check(self.access_clock_hz > 0, "device.energy.access_clock_hz", self.access_clock_hz,
-               "use a positive clock")
+        _check_numbers(self, "device.energy")
 
 
 @dataclass
@@ -482,18 +531,19 @@ class DeviceConfig:
         """Cycles the DMA engine takes per 32 B line (a burst): burst bytes / its width."""
         return self.burst_elements * self.bytes_per_element / self.dma_bytes_per_cycle
 
+    _positive = frozenset({"num_channels", "banks_per_channel", "rows_per_bank", "row_elements", "burst_elements",
+                           "bytes_per_element", "clock_hz", "accumulator_registers", "gemv_af_group_size",
+                           "acc_clock_hz", "acc_simd_lanes", "acc_riscv_cores", "dma_bytes_per_cycle"})
+    """Numbers that must be > 0 (every other one, the cycle, time and cost terms, >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
-        for name in ("num_channels", "banks_per_channel", "rows_per_bank", "row_elements",
-                     "burst_elements", "accumulator_registers", "acc_simd_lanes", "acc_riscv_cores"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"device.{name}", value,
-                   "use a positive integer")
-        for name in ("clock_hz", "acc_clock_hz", "dma_bytes_per_cycle"):
-            _check(getattr(self, name) > 0, f"device.{name}", getattr(self, name), "use a positive number")
+        _check_numbers(self, "device")
         _check(self.row_elements % self.burst_elements == 0, "device.row_elements",
                self.row_elements, f"make it a multiple of device.burst_elements={self.burst_elements}")
         if isinstance(self.energy, dict):
             self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
+        _check(isinstance(self.energy, EnergyConfig), "device.energy", self.energy,
+               "it is a section of fields: set them, e.g. device.energy.rd_mw=438.15")
 
 
 @dataclass
@@ -525,12 +575,16 @@ class FabricConfig:
     the artifact does); false: the device's DMA engine moves it (tokens x D values at
     `device.dma_bytes_per_cycle`)."""
 
+    _positive = frozenset({"switch_lanes", "lane_gbps", "flit_bytes", "flit_payload_bytes"})
+    """Numbers that must be > 0 (every other one, the latencies and crossings, >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
         _check(self.switch_lanes >= 1, "fabric.switch_lanes", self.switch_lanes,
                "use a positive lane count")
         _check(self.lane_gbps > 0, "fabric.lane_gbps", self.lane_gbps, "use a positive bandwidth")
         _check(0 < self.flit_payload_bytes <= self.flit_bytes, "fabric.flit_payload_bytes",
                self.flit_payload_bytes, f"use a value in (0, fabric.flit_bytes={self.flit_bytes}]")
+        _check_numbers(self, "fabric")
 
     @property
     def hop_latency_s(self) -> float:
@@ -558,6 +612,9 @@ class ParallelConfig:
     tp: int = 1
     """Devices per stage (tensor parallel)."""
 
+    _positive = frozenset({"num_devices", "tp"})
+    """Numbers that must be > 0 (`_number_fix`)."""
+
     def __post_init__(self) -> None:
         _check(isinstance(self.num_devices, int) and 1 <= self.num_devices <= 1024,
                "parallel.num_devices", self.num_devices, "use an integer from 1 to 1024")
@@ -565,6 +622,7 @@ class ParallelConfig:
                self.tp, f"use an integer from 1 to parallel.num_devices={self.num_devices}")
         _check(isinstance(self.pp, int) and self.pp >= 0, "parallel.pp", self.pp,
                "use a non-negative integer (0 = one stage per block)")
+        _check_numbers(self, "parallel")
 
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
@@ -597,6 +655,9 @@ class SchedulerConfig:
     (after temperature, top-k and top-p), or `raw_logprobs`, the model's own (log-softmax of the
     logits; vLLM's default). Timing-only runs report the stand-in sampler's uniform one."""
 
+    _positive = frozenset({"max_seqs_per_stage", "max_waiting", "prefill_chunk_tokens", "kv_block_tokens"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
         _check(self.logprobs_mode in LOGPROBS_MODES, "scheduler.logprobs_mode", self.logprobs_mode,
                "use " + " or ".join(map(repr, LOGPROBS_MODES)))
@@ -610,6 +671,7 @@ class SchedulerConfig:
                "use a positive integer")
         _check(self.prefill_chunk_tokens >= 1, "scheduler.prefill_chunk_tokens",
                self.prefill_chunk_tokens, "use a positive integer")
+        _check_numbers(self, "scheduler")
 
 
 @dataclass
@@ -648,6 +710,9 @@ class ServerConfig:
     None: OpenAI's defaults, 16 for completions and the rest of the context for chat (vLLM's
     `--override-generation-config '{"max_new_tokens": N}'` plays this role)."""
 
+    _positive = frozenset({"pace_factor", "placement_timeout_s", "max_body_bytes", "max_tokens_default"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+
     def __post_init__(self) -> None:
         _check(self.clock in ("virtual", "paced"), "server.clock", self.clock,
                "use 'virtual' or 'paced'")
@@ -662,6 +727,7 @@ class ServerConfig:
         _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
         _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
                "use a positive factor")
+        _check_numbers(self, "server")
 
 
 GPU_ATTENTION_READS = ("kv_heads", "query_heads")
@@ -699,8 +765,13 @@ class GpuConfig:
     """Fixed latency of one tensor-parallel all-reduce (two per layer), beside its bytes over the
     link: chosen, not fitted to the 7B data (docs/gpu_model.md says how)."""
     tco_per_gpu: float | None = None
-    """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices);
-    None = the kind's own (none for the H100: tokens per dollar are then not reported)."""
+    """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices), a
+    positive number; None = the kind's own (none for the H100: tokens per dollar are then not reported)."""
+
+    _positive = frozenset({"pp", "memory_utilization", "max_num_seqs", "max_num_batched_tokens", "tco_per_gpu"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+    _fixes = {"tco_per_gpu": "use a positive cost (a zero cost makes tokens per dollar infinite), or leave it unset"}
+    """Fixes worded for their field."""
 
     def __post_init__(self) -> None:
         from cent_serve.gpu.kinds import GPU_KINDS
@@ -723,6 +794,7 @@ class GpuConfig:
         _check(self.layer_overhead_s >= 0, "gpu.layer_overhead_s", self.layer_overhead_s, "use seconds >= 0")
         _check(self.allreduce_latency_s >= 0, "gpu.allreduce_latency_s", self.allreduce_latency_s,
                "use seconds >= 0")
+        _check_numbers(self, "gpu")
 
     @property
     def group_tp(self) -> int:
@@ -749,7 +821,16 @@ def parse_hardware(text: str) -> tuple[str, int] | None:
 
 @dataclass
 class CentConfig:
-    """The whole resolved configuration; written next to every result."""
+    """The whole resolved configuration; written next to every result.
+
+    Every number in it is finite and >= 0, and > 0 where 0 would make no device or be divided by
+    (counts, sizes, clocks, bandwidths, gpu.tco_per_gpu): NaN, infinities and negative values are
+    refused, naming the field, the value and the fix. A section takes fields, never a value
+    (`--set device=5` is refused). The model is chosen whole, never relabelled: with `--model
+    NAME_OR_DIR`, or in YAML with `model: {name: PRESET}` or `model: {checkpoint: DIR}` (the
+    checkpoint's config.json, as `--model DIR` loads it; fields given beside either override it);
+    a name that is no preset is refused, and so are `--set model.name` and `--set model.checkpoint`
+    (but `--set model.checkpoint=none`: the same model with seeded random weights)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
@@ -772,6 +853,9 @@ class CentConfig:
     switch a fabric actor). `cent serve` picks `ray` unless given --local."""
 
     def __post_init__(self) -> None:
+        for name, cls in _sections(CentConfig).items():
+            section = getattr(self, name)
+            _check(isinstance(section, cls), name, section, _SECTION_FIX.format(name=name, leaf=name))
         _check(self.numerics in ("full", "off", "auto"), "numerics", self.numerics,
                "use 'full', 'off' or 'auto'")
         _check(self.executor in ("local", "ray"), "executor", self.executor, "use 'local' or 'ray'")
@@ -857,6 +941,18 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+@lru_cache(maxsize=None)
+def _sections(cls: type) -> dict[str, type]:
+    """Field name -> dataclass of the fields of `cls` that are sections of fields (model, device, ...)."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if is_dataclass(hints[f.name])}
+
+
+_SECTION_FIX = ("{name} is a section of fields, not a value: set its fields, e.g. --set {name}.FIELD=VALUE "
+                "(in YAML: `{leaf}: {{FIELD: VALUE, ...}}`)")
+"""The fix for a section given a scalar (`--set device=5`, YAML `device: {energy: 5}`)."""
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys by name."""
     if not isinstance(data, dict):
@@ -871,8 +967,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"{_join(where, key)} is not a field any more: {gone}")
             raise ValueError(f"{_join(where, key)} is not a field: known fields are {sorted(known)}")
         hint = hints[key]
-        if is_dataclass(hint) and isinstance(value, dict):
-            value = _from_dict(hint, value, _join(where, key))
+        if is_dataclass(hint):
+            if value is None:  # a section left empty in YAML (`device:`): its defaults
+                continue
+            if isinstance(value, dict):
+                value = _from_dict(hint, value, _join(where, key))
+            elif not isinstance(value, hint):
+                _check(False, _join(where, key), value, _SECTION_FIX.format(name=_join(where, key), leaf=key))
         else:
             value = _typed(value, hint, _join(where, key))
         kwargs[key] = value
@@ -942,24 +1043,62 @@ def _coerce(text: str, current: Any, name: str) -> Any:
     return text
 
 
+MODEL_CHOSEN_WHOLE = ("model.name", "model.checkpoint")
+"""Fields `--set` does not take: they name the model, whose every field `--model` (a preset or a
+checkpoint directory) sets at once; set alone, they would relabel the model, not load it."""
+
+
+def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], str, Any]:
+    """(the section's dict in `data`, the field, its typed value) of one `section.field=value`
+    string: ValueError naming an unknown field or section, a section set to a value, a value
+    of the wrong type or against the config's rule for numbers (`_number_fix`), before anything
+    is built. Cross-field checks are left to the config's own validation."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is invalid: write section.field=value")
+    path, text = item.split("=", 1)
+    path = path.strip()
+    keys = path.split(".")
+    node: Any = data
+    cls: type = CentConfig
+    where = ""
+    for key in keys[:-1]:
+        if not isinstance(node, dict) or key not in node or key not in _sections(cls):
+            raise ValueError(f"{path} is not a field: {_join(where, key)} is not a config section (sections"
+                             f"{' of ' + where if where else ''}: {', '.join(_sections(cls)) or 'none'})")
+        node, cls, where = node[key], _sections(cls)[key], _join(where, key)
+    name = keys[-1]
+    if not isinstance(node, dict) or name not in node:
+        gone = DERIVED_FIELDS.get(path)
+        raise ValueError(f"{path} is not a field any more: {gone}" if gone else
+                         f"{path} is not a field: known fields{' of ' + where if where else ''} are {sorted(node)}")
+    if name in _sections(cls):
+        _check(False, path, text, _SECTION_FIX.format(name=path, leaf=name))
+    if path in MODEL_CHOSEN_WHOLE and not (path == "model.checkpoint" and text.lower() in ("none", "null", "")):
+        _check(False, path, text, f"the model is chosen whole: use --model NAME_OR_DIR (a preset or a checkpoint "
+                                  f"directory; cent sweep: --vary model=A,B), e.g. --model {text}")
+    if name in _numeric_fields(cls):  # parsed as the field's type, whatever the value it holds
+        kind, optional = _numeric_fields(cls)[name]
+        value = None if optional and text.strip().lower() in ("none", "null", "") else _coerce(text, kind(), path)
+        fix = _number_fix(cls, name, value)
+        _check(fix is None, path, value, fix or "")
+    else:
+        value = _typed(_coerce(text, node[name], path), get_type_hints(cls)[name], path)
+    return node, name, value
+
+
+def check_override(cfg: CentConfig, item: str) -> None:
+    """ValueError when `apply_overrides(cfg, [item])` would refuse `item` on its own (an unknown
+    field, a value of the wrong type or against the rule for numbers); `cent sweep` checks its
+    `--vary` values with it before any point runs."""
+    _parse_override(dataclasses.asdict(cfg), item)
+
+
 def apply_overrides(cfg: CentConfig, overrides: list[str]) -> CentConfig:
     """Apply `section.field=value` strings (e.g. `device.clock_hz=1e9`) and re-validate."""
     data = dataclasses.asdict(cfg)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is invalid: write section.field=value")
-        path, text = item.split("=", 1)
-        keys = path.strip().split(".")
-        node: Any = data
-        for key in keys[:-1]:
-            if not isinstance(node, dict) or key not in node:
-                raise ValueError(f"override {path!r}: no config section {key!r}")
-            node = node[key]
-        if not isinstance(node, dict) or keys[-1] not in node:
-            gone = DERIVED_FIELDS.get(path.strip())
-            raise ValueError(f"override {path!r}: " + (f"not a field any more: {gone}" if gone else
-                                                       f"no field {keys[-1]!r} there"))
-        node[keys[-1]] = _coerce(text, node[keys[-1]], path)
+        node, name, value = _parse_override(data, item)
+        node[name] = value
     return _from_dict(CentConfig, data, "")
 
 
@@ -983,13 +1122,41 @@ def load_config(path: str | Path) -> CentConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
-    for section in ("model", "device", "fabric", "parallel", "scheduler", "server"):
+    for section in _sections(CentConfig):
         value = data.get(section)
         if value is not None and not isinstance(value, dict):
             example = f"{{name: {value}}}" if section == "model" else "{field: value, ...}"
             raise ValueError(f"config file {path}: {section}={value!r} is invalid: {section} is a section of "
                              f"fields, write `{section}: {example}`")
     model = data.get("model")
-    if isinstance(model, dict) and model.get("name") in MODEL_PRESETS:
-        data["model"] = {**MODEL_PRESETS[model["name"]], **model}
-    return _from_dict(CentConfig, data, "")
+    if isinstance(model, dict):
+        try:
+            data["model"] = _model_section(model)
+        except ValueError as exc:
+            raise ValueError(f"config file {path}: {exc}") from None
+    try:
+        return _from_dict(CentConfig, data, "")
+    except ValueError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+
+
+def _model_section(model: dict[str, Any]) -> dict[str, Any]:
+    """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
+    loads the checkpoint's config.json, `name: PRESET` the preset; the fields given beside them
+    override. A name that is neither (nor the checkpoint directory's) is refused: it would
+    only relabel the default model."""
+    name, ckpt = model.get("name"), model.get("checkpoint")
+    if ckpt is not None:
+        from cent_serve.model.weights import model_config_from_hf
+
+        base = dataclasses.asdict(model_config_from_hf(str(ckpt)))
+        _check(name is None or name == base["name"], "model.name", name,
+               f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "
+               f"model.checkpoint")
+        return {**base, **model, "checkpoint": base["checkpoint"]}
+    if name is None:
+        return model
+    _check(isinstance(name, str) and name in MODEL_PRESETS, "model.name", name,
+           f"it is not a preset: use one of {', '.join(sorted(MODEL_PRESETS))}, or `checkpoint: DIR` "
+           "for a Hugging Face checkpoint directory")
+    return {**MODEL_PRESETS[name], **model}

@@ -8,11 +8,11 @@ import json
 import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
-from cent_serve.config import CentConfig, ParallelConfig
+from cent_serve.config import CentConfig, ParallelConfig, parse_hardware
 from cent_serve.timing.energy import cost_figures
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
-from cent_serve.timing.pipeline import PHASES, phase_figures, token_figures
+from cent_serve.timing.pipeline import PHASES, check_phases, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
@@ -55,6 +55,23 @@ def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
     return out
 
 
+def check_hardware(args: argparse.Namespace, cfg: CentConfig) -> None:
+    """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
+    `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
+    hw = getattr(args, "hardware", None)
+    if hw is None:
+        return
+    gpu = parse_hardware(hw)
+    if gpu is None:
+        wrong = "gpu.count" if cfg.on_gpus else None
+    else:
+        wrong = "gpu.count" if cfg.gpu.count != gpu[1] else "gpu.kind" if cfg.gpu.kind != gpu[0] else None
+    if wrong:
+        value = getattr(cfg.gpu, wrong.split(".")[1])
+        raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
+                         f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")
+
+
 def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
     return dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
 
@@ -62,6 +79,7 @@ def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
 def run(args: argparse.Namespace) -> int:
     paper_defaults(args)
     cfg = config_from_args(args)
+    check_hardware(args, cfg)
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
                          "batch (one query per pipeline stage)")
@@ -71,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
         raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
+    if args.prompt is not None:
+        check_phases(args.prompt, args.decode, args.seqlen_gap)
     if args.emulate:
         return _run_emulated(cfg, args)
     if args.local:
@@ -95,6 +115,9 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     decode = 3584 if args.decode is None else args.decode
     if args.seqlen is not None:
         raise ValueError("--seqlen is CENT's one-token form: give --prompt and --decode with --hardware gpu:...")
+    check_phases(prompt, decode, gap=None)  # the static batch is timed whole: no context lengths to average
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch {args.batch} is invalid: use a positive number of sequences (e.g. --batch 16)")
     total = prompt + decode
     if total > cfg.model.max_seq_len:
         raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens exceed the model's context, "
@@ -103,9 +126,9 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     t = GpuTimer(cfg)
     batch = min(128, t.max_batch(total)) if args.batch is None else args.batch
     check_gpus_hold(cfg, total, max(1, batch))
-    f = t.phase_figures(batch, prompt, decode)
+    f = t.phase_figures(batch, prompt, decode) if decode else _gpu_prefill_only(t, batch, prompt)
     tco, k = t.tco(), t.mapping.replicas
-    for phase in PHASES:  # every replica runs the batch: throughput and power of all of them
+    for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them
         r = f[phase]
         r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"])
         r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
@@ -119,7 +142,7 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
           f"{batch}{replicas} ({why}); attention reads "
           f"{cfg.gpu.attention_reads}" + (f"; throughput and power of all {k} replicas" if k > 1 else ""))
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}")
-    for phase in PHASES:
+    for phase in (p for p in PHASES if p in f):
         r = f[phase]
         print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}{r['energy_per_token_mj']:>11.2f}"
               f"{r['power_w']:>10.1f}")
@@ -128,11 +151,40 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _other(cfg: CentConfig, args: argparse.Namespace) -> tuple[SystemTimer, str]:
-    """The timer of the other convention, and why its figures differ (energy always does)."""
+def _gpu_prefill_only(t, batch: int, prompt: int) -> dict:
+    """`GpuTimer.phase_figures` of `--decode 0`: the prompts alone, so end2end is the prefill and
+    there is no decoding phase (its figures would divide by zero tokens)."""
+    r = t.static_batch(batch, prompt, 0)
+    tokens, s, j = batch * prompt, r["prefill_s"], r["prefill_j"]
+    row = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, tokens_per_j=tokens / j,
+               energy_per_token_mj=j / tokens * 1e3)
+    return dict(prefill=row, end2end=dict(row), batch=batch)
+
+
+def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
+    """Under the cent convention, the station that sets the pace at `context` with `batch` queries
+    in flight, worded for `_other`; None when a token's trip round the ring does."""
+    stations = cent.stations_s(context)
+    k = max(range(len(stations)), key=stations.__getitem__)
+    ring = cent.token_s(context)
+    if batch * stations[k] <= ring:
+        return None
+    stages = cent.mapping.stages
+    name = (f"stage {k} ({len(stages[k].blocks)} blocks)" if k < len(stages) else
+            ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])
+    return (f"under the cent convention {name} is the bottleneck at {context} tokens: {batch} queries x "
+            f"{stations[k] * 1e3:.3g} ms = {batch * stations[k] * 1e3:.3g} ms between a query's tokens, longer "
+            f"than its trip round the pipeline ({ring * 1e3:.3g} ms), which is all the artifact charges")
+
+
+def _other(cfg: CentConfig, args: argparse.Namespace, contexts: tuple[int, ...],
+           batch: int) -> tuple[SystemTimer, str]:
+    """The timer of the other convention, and why its figures differ at `contexts` (the shortest
+    and longest a run sees) with `batch` queries in flight (energy always does)."""
     other = SystemTimer.from_config(cfg, "artifact" if args.convention == "cent" else "cent")
     mp, n = other.mapping, cfg.model.num_layers
-    why = []
+    cent = other if other.convention == "cent" else SystemTimer.from_config(cfg, "cent")
+    why = next(([b] for c in contexts if (b := _bottleneck(cent, c, batch))), [])
     if mp.mode == "tensor" and n % mp.pp:
         why.append(f"{n % mp.pp} of the {mp.pp} stages hold {-(-n // mp.pp)} blocks, where a perfect pipeline "
                    f"assumes {n / mp.pp:g}: under the cent convention the slowest stage sets the pace")
@@ -166,7 +218,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     for phase, row in phases.items():
         row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
                                 row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
-    other, why = _other(cfg, args)
+    other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
         print(json.dumps(dict(phases, convention=args.convention,
@@ -199,7 +251,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
     check_devices_hold(cfg, seqlen, batch)
     fig = token_figures(timer, seqlen, batch).as_dict()
-    other, why = _other(cfg, args)
+    other, why = _other(cfg, args, (seqlen,), batch)
     alt = token_figures(other, seqlen, batch)
     fig["other_convention"] = dict(convention=other.convention, token_latency_ms=alt.token_latency_ms,
                                    throughput_tok_s=alt.throughput_tok_s, token_energy_mj=alt.token_energy_mj,
@@ -235,6 +287,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
 def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     prompt = 512 if args.prompt is None else args.prompt
     decode = 3584 if args.decode is None else args.decode
+    check_phases(prompt, decode, args.seqlen_gap)
     rows = []
     for pp, tp in sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers):
         c = _with_mapping(cfg, pp, tp)

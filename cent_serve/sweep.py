@@ -3,8 +3,11 @@
 Every combination of the `--vary` values is a point: the config from the usual flags with those
 fields set. A point is evaluated by the closed form (the paper's workload, `--prompt/--decode`,
 the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
-timing-only replay of the trace (`cent_serve.bench`). A point that cannot run (the model does not
-fit, an invalid mapping) is a row with its error; the sweep goes on. Written to `--out`:
+timing-only replay of the trace (`cent_serve.bench`). Before any point runs, every `--vary` field
+and value is checked on its own (an unknown field, a field given twice, a value of the wrong type
+or against the config's rule for numbers, an unknown model: one line, exit 2). A point that cannot
+run (the model does not fit, an invalid mapping, values that clash) is a row with its error; the
+sweep goes on, and fails (exit 2) only when no point could run. Written to `--out`:
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
   full resolved config as JSON (so any row can be rerun);
@@ -24,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cent_serve.cli_common import add_config_args, config_from_args, resolve_model
-from cent_serve.config import CentConfig, apply_overrides, config_to_dict
+from cent_serve.config import CentConfig, apply_overrides, check_override, config_to_dict
 
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
@@ -52,18 +55,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
-    """[(field path or 'model', [values as given])]; ValueError naming a malformed one."""
-    out = []
+    """[(field path or 'model', [values as given])]; ValueError naming a malformed one, or a field
+    given twice (also under its short name: `devices` is `parallel.num_devices`)."""
+    out: list[tuple[str, list[str]]] = []
+    given: dict[str, str] = {}
     for item in items:
         name, sep, values = item.partition("=")
         vals = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not name.strip() or not vals:
             raise ValueError(f"--vary {item!r} is invalid: write FIELD=V1,V2,... (e.g. --vary devices=16,32,64)")
         name = name.strip()
-        out.append((SHORT.get(name, name), vals))
+        path = SHORT.get(name, name)
+        if path in given:
+            same = "" if given[path] == name else f" ({given[path]} and {name} are the same field)"
+            raise ValueError(f"--vary {path} is given twice{same}: give all its values in one --vary "
+                             f"{name}=V1,V2,...")
+        given[path] = name
+        out.append((path, vals))
     if not out:
         raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
     return out
+
+
+def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
+    """ValueError naming the first `--vary` field or value that no point could take: an unknown
+    field, a value of the wrong type or against the config's rule for numbers, a model that is
+    neither a preset nor a checkpoint. Checked on its own, before any point runs (what clashes
+    with another field's value is a point's error: its row says why)."""
+    for name, values in vary:
+        for value in values:
+            try:
+                if name == "model":
+                    resolve_model(value)
+                else:
+                    check_override(base, f"{name}={value}")
+            except ValueError as exc:
+                raise ValueError(f"--vary {name}: {exc}") from None
 
 
 def point_config(base: CentConfig, point: dict[str, str]) -> CentConfig:
@@ -117,12 +144,22 @@ def replay_figures(cfg: CentConfig, trace: str, num_requests: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from cent_serve.simulate_cli import paper_defaults
 
+    from cent_serve.simulate_cli import check_hardware
+    from cent_serve.timing.pipeline import check_phases
+
     vary = parse_vary(args.vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args)
+    check_hardware(args, base)
     if base.on_gpus:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")
+    if args.trace:
+        if args.num_requests < 1:
+            raise ValueError(f"--num-requests {args.num_requests} is invalid: use a positive number of requests")
+    else:
+        check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
+    check_vary(base, vary)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
@@ -146,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         w.writeheader()
         w.writerows(rows)
     ok = [r for r in rows if "error" not in r]
+    if not ok:
+        raise ValueError(f"none of the {len(rows)} points could run (the first: {rows[0]['error']}): change the "
+                         f"--vary values or the flags; every point's error is in {out / 'sweep.csv'}")
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
     if not args.no_plots and ok:
         from cent_serve.sweep_plots import plot_pareto, plot_tokens_per_dollar

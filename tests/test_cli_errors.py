@@ -2,6 +2,7 @@
 what is wrong and the fix, no traceback; and what cannot run is refused before anything starts."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -116,3 +117,51 @@ def test_a_port_in_use_is_found_before_anything_starts():
 def test_version():
     proc, _ = _cent("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("cent-serve ")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--set", "device.clock_hz=inf"], ["device.clock_hz=inf", "finite"]),
+    (["--set", "device.gemv_af_group_size=0"], ["device.gemv_af_group_size=0", "positive integer"]),
+    (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.tco_per_gpu=0"], ["gpu.tco_per_gpu=0", "leave it unset"]),
+    (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.count=0"], ["gpu.count=0", "--hardware"]),
+    (["--set", "device=5"], ["device='5'", "section"]),
+    (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
+    (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
+    (["--prompt", "100", "--decode", "0"], ["--decode 0", "--seqlen-gap"]),
+    (["--hardware", "gpu:a100-80gb:4", "--prompt", "100", "--decode", "-1"], ["--decode -1", "0 or more"]),
+])
+def test_bad_values_end_in_one_line_not_a_traceback(args, needles):
+    proc, _ = _cent("simulate", "--model", "llama2-7b", *args)
+    _one_line_error(proc, *needles)
+
+
+def test_a_yaml_section_given_a_value(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpu: 5\n")
+    proc, _ = _cent("info", "--config", str(bad))
+    _one_line_error(proc, "bad.yaml", "gpu=5", "section")
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda hf: hf.pop("intermediate_size"), ["intermediate_size is missing"]),
+    (lambda hf: hf.pop("num_attention_heads"), ["num_attention_heads is missing"]),
+    (lambda hf: hf.update(hidden_size="4096"), ["hidden_size='4096' is invalid", "without quotes"]),
+    (None, ["not valid JSON", "line 1"]),
+])
+def test_a_hand_written_config_json_names_the_file_and_the_key(tmp_path, edit, needles):
+    hf = json.loads((REPO / "tests" / "data" / "hf_tiny_llama" / "config.json").read_text())
+    if edit:
+        edit(hf)
+    (tmp_path / "config.json").write_text(json.dumps(hf) if edit else "{bad json")
+    proc, _ = _cent("info", "--model", str(tmp_path))
+    _one_line_error(proc, str(tmp_path / "config.json"), *needles)
+
+
+def test_decode_0_is_the_prompt_alone(capsys):
+    """--decode 0 is allowed everywhere (the messages say decode >= 0): prefill and end2end, no decoding."""
+    from cent_serve.cli import main
+
+    for args in (["--model", "llama2-7b", "--prompt", "512"], ["--hardware", "gpu:a100-80gb:4", "--prompt", "100"]):
+        assert main(["simulate", *args, "--decode", "0", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert "decoding" not in out and out["prefill"]["throughput_tok_s"] == out["end2end"]["throughput_tok_s"] > 0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +77,93 @@ def test_cli_info_and_generate(capsys):
     assert "--prompt-ids" in capsys.readouterr().err
     assert main(["info", "--model", "no-such-model"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+def _numeric_paths(positive: bool | None = None) -> list[str]:
+    """Every numeric field of the tree (`section.field`), or those that must be > 0 (positive=True)
+    or may be 0 (positive=False)."""
+    from cent_serve.config import _numeric_fields
+    from cent_serve.config_doc import sections
+
+    return [f"{prefix}{f.name}" for prefix, cls, plain in sections() for f in plain if f.name in _numeric_fields(cls)
+            and (positive is None or (f.name in getattr(cls, "_positive", ())) == positive)]
+
+
+def test_the_rule_for_numbers_covers_the_fields_the_audit_found():
+    paths = set(_numeric_paths())
+    assert {"device.host_sample_s", "device.gemv_af_group_size", "device.softmax_dma_passes", "device.unit_cost_usd",
+            "device.energy.rd_mw", "fabric.cxl_port_latency_ns", "fabric.num_cxl_ports", "gpu.tco_per_gpu"} <= paths
+    assert {"device.clock_hz", "device.gemv_af_group_size", "fabric.lane_gbps", "gpu.tco_per_gpu"} <= \
+        set(_numeric_paths(positive=True))
+
+
+@pytest.mark.parametrize("path", _numeric_paths())
+def test_every_number_refuses_nan_inf_and_negatives(path):
+    for bad in ("nan", "inf", "-inf", "-1"):
+        with pytest.raises(ValueError, match=re.escape(path) + "=.* is invalid: ") as err:
+            apply_overrides(CentConfig(), [f"{path}={bad}"])
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", _numeric_paths(positive=True))
+def test_counts_clocks_and_divisors_refuse_zero(path):
+    with pytest.raises(ValueError, match=re.escape(path) + "=0(.0)? is invalid: use a "):
+        apply_overrides(CentConfig(), [f"{path}=0"])
+
+
+@pytest.mark.parametrize("path", _numeric_paths(positive=False))
+def test_other_numbers_take_zero(path):
+    assert apply_overrides(CentConfig(), [f"{path}=0"]) is not None
+
+
+@pytest.mark.parametrize("text, field", [
+    ("device: {host_sample_s: .nan}", "device.host_sample_s"), ("fabric: {lane_gbps: .inf}", "fabric.lane_gbps"),
+    ("device: {energy: {rd_mw: .inf}}", "device.energy.rd_mw"), ("gpu: {tco_per_gpu: 0}", "gpu.tco_per_gpu"),
+])
+def test_yaml_nan_inf_and_zero_divisors_are_refused(tmp_path, text, field):
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: " + re.escape(field) + "=.* is invalid: use a "):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_legitimate_values_pass():
+    from cent_serve.config import MODEL_PRESETS
+
+    for name in MODEL_PRESETS:
+        CentConfig(model=model_preset(name))
+    cfg = apply_overrides(CentConfig(), ["gpu.tco_per_gpu=0.5", "gpu.tco_per_gpu=none", "device.host_sample_s=0",
+                                         "fabric.cxl_port_latency_ns=0", "device.clock_hz=1e9"])
+    assert cfg.gpu.tco_per_gpu is None and cfg.device.host_sample_s == 0 and cfg.device.clock_hz == 1e9
+
+
+@pytest.mark.parametrize("override, field", [("device=5", "device"), ("device.energy=3", "device.energy"),
+                                             ("gpu=1", "gpu")])
+def test_a_section_set_to_a_value_is_refused(override, field):
+    with pytest.raises(ValueError, match=re.escape(f"{field}=") + ".* is a section of fields"):
+        apply_overrides(CentConfig(), [override])
+
+
+@pytest.mark.parametrize("text, field", [("device: {energy: 5}", "device.energy"), ("gpu: 5", "gpu"),
+                                         ("model: {name: nosuch}", "model.name")])
+def test_yaml_refuses_a_section_given_a_value_and_a_model_name_that_is_no_preset(tmp_path, text, field):
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{field}=") + ".* is invalid: "):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("override", ["model.name=llama2-70b", "model.checkpoint=/nonexistent"])
+def test_the_model_is_not_relabelled_by_set(override):
+    with pytest.raises(ValueError, match=re.escape(override.split("=")[0]) + "=.* use --model NAME_OR_DIR"):
+        apply_overrides(CentConfig(), [override])
+    assert apply_overrides(CentConfig(), ["model.checkpoint=none"]).model.name == "tiny"
+
+
+def test_a_yaml_checkpoint_loads_its_model_as_model_does(tmp_path):
+    from cent_serve.model.weights import model_config_from_hf
+
+    ckpt = Path(__file__).parent / "data" / "hf_tiny_llama"
+    (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, max_seq_len: 128}}\n")
+    assert load_config(tmp_path / "c.yaml").model == model_config_from_hf(ckpt, max_seq_len=128)
+    (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, name: llama2-70b}}\n")
+    with pytest.raises(ValueError, match="model.name='llama2-70b' is invalid: .*drop model.name"):
+        load_config(tmp_path / "c.yaml")

@@ -53,3 +53,32 @@ def test_the_pareto_front_is_what_nothing_beats_on_both():
     pts = [dict(throughput_tok_s=t, energy_per_token_mj=e, n=n) for n, (t, e) in enumerate(
         [(10, 5), (20, 6), (15, 7), (20, 6.5), (5, 4), (30, 9)])]
     assert [p["n"] for p in pareto_front(pts)] == [4, 0, 1, 5]  # (15, 7) and (20, 6.5) are beaten by (20, 6)
+
+
+@pytest.mark.parametrize("items", [["devices=8,16", "parallel.num_devices=32"], ["pp=1", "pp=2"],
+                                   ["device.clock_hz=1e9", "device.clock_hz=2e9"]])
+def test_a_field_varied_twice_is_refused(items):
+    with pytest.raises(ValueError, match="--vary .* is given twice"):
+        parse_vary(items)
+
+
+@pytest.mark.parametrize("vary, needle", [
+    ("device.foo=1,2", "device.foo is not a field"),
+    ("device.gemv_row_cycles=-100,103,nan", "device.gemv_row_cycles=-100.0 is invalid"),
+    ("device.clock_hz=2e9,inf", "device.clock_hz=inf is invalid"),
+    ("model=llama2-7b,nosuch", "'nosuch' is neither a preset"),
+    ("model.name=llama2-7b", "use --model"),
+    ("device=1,2", "device is a section"),
+])
+def test_a_bad_vary_field_or_value_is_refused_before_any_point_runs(tmp_path, capsys, vary, needle):
+    assert main(["sweep", "--model", "llama2-7b", "--vary", vary, "--out", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep.csv").exists()
+
+
+def test_a_sweep_where_no_point_runs_fails(tmp_path, capsys):
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=4,8", "--out", str(tmp_path),
+                 "--no-plots"]) == 2
+    assert "none of the 2 points could run" in capsys.readouterr().err
+    assert all("does not fit" in r["error"] for r in csv.DictReader(open(tmp_path / "sweep.csv")))

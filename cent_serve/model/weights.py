@@ -9,6 +9,7 @@ raw file and the parsed model at once.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,10 @@ _FAMILY_FEATURES = dict(attention_bias=("qwen2",), qk_norm=("qwen3", "qwen3_moe"
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 
 
+_REQUIRED = object()
+"""The default of a config.json key every checkpoint has (`model_config_from_hf`)."""
+
+
 def _refuse(field: str, value, why: str) -> None:
     raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
@@ -203,7 +208,33 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
                          "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
-    hf = json.loads(cfg_file.read_text())
+    try:
+        hf = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
+                         "file, or point --model at a preset or another checkpoint directory") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object of fields (\"hidden_size\": ..., ...), not a "
+                         f"{type(hf).__name__}: fix the file")
+
+    def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
+        """hf[key] as an int (or float), > 0 (else >= 0): ValueError naming the file, the key and the fix."""
+        value = hf.get(key) if default is _REQUIRED else hf.get(key, default)
+        if value is None and default is _REQUIRED:
+            raise ValueError(f"{cfg_file}: {key} is missing: a Hugging Face config.json gives it (a positive "
+                             f"{'integer' if kind is int else 'number'}); add it, or use the checkpoint's own file")
+        if value is None:
+            return value
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if kind is int and number and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value) \
+                or (value <= 0 if positive else value < 0):
+            sign = "positive" if positive else "non-negative"
+            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use a {sign} "
+                             f"{'integer' if kind is int else 'number'} (a JSON number, without quotes)")
+        return value
+
     arch = hf.get("model_type", "llama")
     if arch not in ARCHITECTURES:
         _refuse("model_type", arch, f"supported families: {', '.join(ARCHITECTURES)}")
@@ -219,12 +250,14 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                     "a mixture of experts' config.json names how many experts a token runs")
         if not (hf.get("num_local_experts") or hf.get("num_experts")):
             _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
-        moe = dict(num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
-                   num_experts_per_tok=int(hf["num_experts_per_tok"]),
-                   moe_intermediate_size=int(hf.get("moe_intermediate_size") or 0) if arch == "qwen3_moe" else 0,
+        moe = dict(num_experts=_num("num_local_experts" if hf.get("num_local_experts") else "num_experts"),
+                   num_experts_per_tok=_num("num_experts_per_tok"),
+                   moe_intermediate_size=(_num("moe_intermediate_size", 0, positive=False) or 0)
+                   if arch == "qwen3_moe" else 0,
                    norm_topk_prob=bool(hf.get("norm_topk_prob", False)) if arch == "qwen3_moe" else True)
     if hf.get("quantization_config"):
-        _refuse("quantization_config", hf["quantization_config"].get("quant_method", "?"),
+        quant = hf["quantization_config"]
+        _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
     if hf.get("hidden_act", "silu") != "silu":
         _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
@@ -236,6 +269,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
     # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
+    for key in ("rope_scaling", "rope_parameters"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            raise ValueError(f"{cfg_file}: {key}={hf[key]!r} is invalid: use a JSON object "
+                             "({\"rope_type\": ..., \"factor\": ...}) or null")
     rope = dict(hf.get("rope_scaling") or {})
     rope.update(hf.get("rope_parameters") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -248,7 +285,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         if rope_type == "dynamic":  # dynamic NTK scales past the checkpoint's own context, factor times
             scaling["rope_original_max_position"] = hf.get("max_position_embeddings", 4096)
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
-    heads = hf["num_attention_heads"]
+    heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
 
     def _id(key: str, default: int) -> int:
@@ -259,20 +296,20 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     fields = dict(
         name=cfg_file.parent.name,
         model_type=arch,
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
+        hidden_size=hidden,
+        intermediate_size=_num("intermediate_size"),
+        num_layers=_num("num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or (128 if arch == "qwen3" else hf["hidden_size"] // heads),  # Qwen3Config's default
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf.get("max_position_embeddings", 4096),
-        rope_theta=float(theta),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=_num("num_key_value_heads", None) or heads,
+        head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
+        vocab_size=_num("vocab_size"),
+        max_seq_len=_num("max_position_embeddings", 4096),
+        rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
+        rms_norm_eps=float(_num("rms_norm_eps", 1e-6, float) or 1e-6),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=arch == "qwen2",
         qk_norm=arch in ("qwen3", "qwen3_moe"),
-        sliding_window=int(hf.get("sliding_window") or 0) if arch in ("mistral", "mixtral") else 0,
+        sliding_window=(_num("sliding_window", 0, positive=False) or 0) if arch in ("mistral", "mixtral") else 0,
         bos_token_id=_id("bos_token_id", 1),
         eos_token_id=_id("eos_token_id", 2),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
@@ -281,7 +318,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **moe,
     )
     fields.update(overrides)
-    return ModelConfig(**fields)
+    try:
+        return ModelConfig(**fields)
+    except ValueError as exc:  # a value the model cannot take: say which file it came from
+        raise ValueError(f"{cfg_file}: {exc}") from None
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:

@@ -146,15 +146,36 @@ def moe_figures(timer: SystemTimer, context: int) -> dict | None:
 PHASES = ("prefill", "decoding", "end2end")
 
 
+def check_phases(prompt: int, decode: int, gap: int | None = 128, gap_flag: str | None = "--seqlen-gap") -> None:
+    """ValueError, one line naming the flag, the value and the fix, unless the paper's workload
+    can be averaged: prompt >= 1, decode >= 0 (0: the prompt alone, prefill and end2end) and, when
+    `gap` is given, a positive gap and at least one context length (gap <= prompt + decode).
+    `gap_flag`: the flag that sets the gap (None: the command has none)."""
+    if prompt < 1:
+        raise ValueError(f"--prompt {prompt} is invalid: use at least 1 prompt token (e.g. --prompt 512)")
+    if decode < 0:
+        raise ValueError(f"--decode {decode} is invalid: use 0 or more generated tokens (e.g. --decode 3584; "
+                         "0: the prompt alone)")
+    if gap is None:
+        return
+    if gap < 1:
+        raise ValueError(f"{gap_flag or 'the context-length spacing'} {gap} is invalid: use a positive spacing "
+                         "(e.g. 128)")
+    total = prompt + decode
+    if total < gap:
+        fix = f"lower {gap_flag} to {total} or less, or give" if gap_flag else "give"
+        raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens is fewer than {gap}, the spacing of "
+                         f"the context lengths the phases average ({gap}, {2 * gap}, ... up to the total): {fix} "
+                         f"at least {gap} tokens")
+
+
 def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
                   batch: int | None = None) -> dict[str, dict]:
     """The paper's averaging: L = gap, 2 gap, ..., prompt + decode; prefill is L <= prompt,
     decoding prompt < L, end2end all. Throughput, energy and power are plain means over
     the L in a phase; latency = mean token time x the phase's token count. `batch`: as in
     `token_figures`."""
-    if prompt < 1 or decode < 0 or gap < 1:
-        raise ValueError(f"--prompt {prompt} --decode {decode} --seqlen-gap {gap}: use prompt >= 1, "
-                         "decode >= 0, gap >= 1")
+    check_phases(prompt, decode, gap)
     total = prompt + decode
     rows = [token_figures(timer, L, batch) for L in range(gap, total + 1, gap)]
     groups = {"prefill": [r for r in rows if r.seqlen <= prompt],
