@@ -134,9 +134,10 @@ class ModelConfig:
     """Divide the top-k router probabilities by their sum (Mixtral always; Qwen 3 MoE's config says)."""
     expert_skew: float = 0.0
     """Timing's router: with numerics off there are no router logits, so the time model routes each
-    (sequence, position, block) to k experts by a seeded draw without replacement, expert e's
-    weight 1 / (e + 1)^expert_skew: 0 is uniform, larger piles tokens on the low experts (a
-    hot-expert workload). The same draw with numerics on, so timing never depends on numerics."""
+    (sequence, position, block) to k experts by a seeded draw without replacement, the weight of
+    the expert of rank r in a seeded order 1 / (r + 1)^expert_skew: 0 is uniform, larger piles
+    tokens on a few hot experts (a hot-expert workload; they share devices as the seeded order
+    places them). The same draw with numerics on, so timing never depends on numerics."""
     rope_type: str = "default"
     """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn` or `llama3`."""
     rope_factor: float = 1.0

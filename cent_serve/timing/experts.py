@@ -6,8 +6,8 @@ simulated time never depends on whether numerics run (the reference model's toke
 router; the clocks use this one).
 
 `RoutingTable` draws `PATTERNS` k-expert choices once from the model's seed, each k distinct experts
-drawn without replacement with expert e weighted 1 / (e + 1)^model.expert_skew (the Gumbel top-k
-trick: the k largest of log w_e + Gumbel noise); a token's choice in a block is the pattern its
+drawn without replacement with the expert of rank r in a seeded order weighted 1 / (r +
+1)^model.expert_skew (the Gumbel top-k trick: the k largest of log w_e + Gumbel noise); a token's choice in a block is the pattern its
 (sequence, position, block) hashes to. Cheap per round (one hash per token and block), the same on
 every process that builds it from the same config, and as uniform or as skewed as asked.
 
@@ -33,9 +33,19 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def hot_order(m: ModelConfig) -> np.ndarray:
+    """(E,) the experts from the hottest to the coldest under `model.expert_skew`: a permutation
+    seeded by the model's seed, so the hot experts are not the low ids, which the placement (expert
+    e on device e mod tp) would spread one per device; which device they share is the draw's, as
+    a real router's favourites are unrelated to where the experts sit."""
+    return np.random.Generator(np.random.PCG64([m.seed, 0x686F74])).permutation(m.num_experts)
+
+
 def expert_weights(m: ModelConfig) -> np.ndarray:
-    """(E,) each expert's share of the draws before top-k: 1 / (e + 1)^skew, normalised."""
-    w = 1.0 / np.arange(1, m.num_experts + 1, dtype=np.float64) ** m.expert_skew
+    """(E,) each expert's share of the draws before top-k: the expert of rank r in `hot_order`
+    weighs 1 / (r + 1)^skew, normalised (skew 0: uniform)."""
+    w = np.empty(m.num_experts)
+    w[hot_order(m)] = 1.0 / np.arange(1, m.num_experts + 1, dtype=np.float64) ** m.expert_skew
     return w / w.sum()
 
 

@@ -12,7 +12,7 @@ from cent_serve.executor import LocalExecutor
 from cent_serve.executor.generate import generate_batch
 from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
-from cent_serve.timing.experts import PATTERNS, RoutingTable, lane_max_loads
+from cent_serve.timing.experts import PATTERNS, RoutingTable, hot_order, lane_max_loads
 from cent_serve.timing.mapping import device_weight_bytes
 from device_worker.worker import DeviceWorker
 
@@ -72,9 +72,10 @@ def test_the_time_models_router_is_seeded_uniform_or_skewed_and_distinct():
     assert all(len(set(p)) == 8 for p in r.patterns[:500].tolist())  # k distinct experts
     share = np.bincount(r.patterns.ravel(), minlength=128) / r.patterns.size
     assert share.min() > 0.8 / 128 and share.max() < 1.2 / 128  # uniform within 20% per expert
-    skewed = RoutingTable(dataclasses.replace(m, expert_skew=1.0)).patterns
-    counts = np.bincount(skewed.ravel(), minlength=128)
-    assert counts[:8].sum() > 3 * counts[-8:].sum()  # the low experts are hot
+    hot = dataclasses.replace(m, expert_skew=1.0)
+    counts = np.bincount(RoutingTable(hot).patterns.ravel(), minlength=128)[hot_order(hot)]  # hottest first
+    assert counts[:8].sum() > 3 * counts[-8:].sum()  # the first experts of the seeded order are hot
+    assert sorted(hot_order(hot)[:8] % 8) != list(range(8))  # and not one per device of a tp 8 stage
     a = r.experts([7, 9], [100, 0], [2, 3], [0, 1, 47])
     assert a.shape == (5, 3, 8)
     assert np.array_equal(a[1], r.experts([7], [101], [1], [0, 1, 47])[0])  # (seq, position, block) decide
@@ -176,3 +177,15 @@ def test_a_gpu_step_reads_the_experts_its_tokens_chose():
     assert g.read_weight_bytes(4096) == pytest.approx(dense + 8 * expert, rel=1e-9)
     assert dense + 2 * expert < g.read_weight_bytes(4) < dense + 8 * expert
     assert g.block_params == m.active_block_param_count()
+
+
+@pytest.mark.parametrize("preset, tp", [("qwen3-30b-a3b", 8), ("mixtral-8x7b", 4)])
+def test_a_hot_expert_workload_loads_the_busiest_device_more(preset, tp):
+    """A lane of 64 decoding tokens through 48 blocks: the more skewed the router, the more the
+    busiest device of a tp stage runs (the hot experts share devices, as they fall)."""
+    loads = []
+    for skew in (0.0, 1.0, 2.0):
+        r = RoutingTable(dataclasses.replace(model_preset(preset), expert_skew=skew))
+        experts = r.experts(list(range(64)), [100] * 64, [1] * 64, list(range(48)))
+        loads.append(lane_max_loads(experts, np.zeros(64, dtype=np.int64), 1, tp)[0])
+    assert loads[0] < loads[1] < loads[2], loads
