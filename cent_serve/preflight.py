@@ -82,6 +82,18 @@ def check_host_memory(cfg: CentConfig, mp: Mapping, available_bytes: int | None 
                          "simulated times)")
 
 
+def check_reference_fits(cfg: CentConfig, available_bytes: int | None = None) -> None:
+    """`cent generate`: the reference model builds every weight as float32 in this one process;
+    refuse a model this machine cannot hold before building any of it."""
+    have = available_memory_bytes() if available_bytes is None else available_bytes
+    need = cfg.model.param_count() * F32_BYTES
+    if have is not None and need > have:
+        raise ValueError(f"cent generate builds {cfg.model.name}'s {cfg.model.param_count() / 1e9:.2f} B parameters "
+                         f"as float32 ({need / GIB:.1f} GiB); this machine has {have / GIB:.1f} GiB available: "
+                         "generate with a smaller model (e.g. --model tiny), or time this one with cent simulate or "
+                         "cent serve --numerics off")
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse a listen address another process holds (before Ray or the model start)."""
     if port == 0:

@@ -123,7 +123,16 @@ def run_generate(args: argparse.Namespace) -> int:
     from cent_serve.model import LlamaModel, SamplingParams, load_tokenizer
     from cent_serve.model.generate import generate
 
+    from cent_serve.preflight import check_reference_fits
+
+    if args.numerics == "off":
+        raise ValueError("--numerics off: cent generate is the reference model's real math and has nothing to do "
+                         "without it; leave --numerics out (cent simulate gives the timing)")
+    if args.hardware not in (None, "cent"):
+        raise ValueError(f"--hardware {args.hardware}: cent generate runs the reference model on this machine, "
+                         "whatever the hardware; leave --hardware out (it applies to simulate, serve and bench)")
     cfg = config_from_args(args)
+    check_reference_fits(cfg)
     tok = load_tokenizer(cfg.model)
     if args.prompt_ids is not None:
         prompt_ids = _parse_ids(args.prompt_ids)
@@ -140,5 +149,5 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         prompt_text = args.prompt if args.prompt is not None else tok.decode(prompt_ids)
         sys.stdout.write(f"[{cfg.model.name}, {len(gen.token_ids)} tokens, {gen.finish_reason}]\n")
-        sys.stdout.write(f"{prompt_text}{text!r}\n")
+        sys.stdout.write(f"prompt:       {prompt_text!r}\ncontinuation: {text!r}\n")  # repr: a random model's bytes
     return 0

@@ -93,8 +93,9 @@ class ByteTokenizer:
 
     OFFSET = 3
     SPECIALS = ("<unk>", "<s>", "</s>")
-    """Ids 0, 1, 2 (the model config's `bos_token_id` and `eos_token_id` say which ids `<s>` and
-    `</s>` are, 1 and 2 for every preset)."""
+    """The special tokens' names: `<unk>` is id 0; the model config's `bos_token_id` and
+    `eos_token_id` say which ids `<s>` and `</s>` are (1 and 2 for Llama 2 presets, 128000 and
+    128001 for Llama 3's)."""
     VISIBLE_BYTES = (0x21, 0x7E)
     """The stand-in sampler's bytes: printable ASCII without space, so every generated token is
     one visible character (`!` .. `~`)."""
@@ -103,11 +104,14 @@ class ByteTokenizer:
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
-        self.bos_token, self.eos_token = self.SPECIALS[1], self.SPECIALS[2]
+        # one name per id: a model whose BOS is its EOS (Qwen 2.5) has `</s>` for both, no `<s>`
+        self.bos_token = self.SPECIALS[1] if bos_token_id != eos_token_id else self.SPECIALS[2]
+        self.eos_token = self.SPECIALS[2]
         self.chat_template = DEFAULT_CHAT_TEMPLATE
-        self.special_ids = {"<unk>": 0, "<s>": bos_token_id, "</s>": eos_token_id}
-        self._names = {i: name for name, i in self.special_ids.items()}
-        self._special_re = re.compile("|".join(map(re.escape, self.SPECIALS)))
+        self.special_ids = {"<unk>": 0, self.bos_token: bos_token_id, self.eos_token: eos_token_id}
+        self.special_names = {i: name for name, i in self.special_ids.items()}
+        self._names = self.special_names
+        self._special_re = re.compile("|".join(map(re.escape, self.special_ids)))
 
     def _is_byte(self, i: int) -> bool:
         return self.OFFSET <= i < self.OFFSET + 256 and i not in self._names

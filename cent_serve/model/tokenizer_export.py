@@ -7,8 +7,9 @@ so it must count exactly as the server does. For a preset that is the byte-level
 
 - a BPE model without merges over GPT-2's byte alphabet (the `ByteLevel` pre-tokenizer, no regex
   split, no prefix space), so each UTF-8 byte b is one token, id b + 3, as `ByteTokenizer` counts;
-- `<unk>`, `<s>`, `</s>` as ids 0..2 and special tokens (text that spells them is them, as the
-  server parses it); ids from 259 up as `<extra_ID>` pieces no text encodes to;
+- `<unk>` as id 0, `<s>` and `</s>` at the model's BOS and EOS ids (1 and 2, or e.g. Llama 3's
+  128000 and 128001; `</s>` alone when BOS is EOS), all special tokens (text that spells them is them, as the server parses
+  it); the other ids from 259 up (and 1, 2 when unused) as `<extra_ID>` pieces no text encodes to;
 - a post-processor that puts `<s>` first, as `ByteTokenizer.encode` does;
 - a `tokenizer_config.json` naming the special tokens and carrying the server's chat template.
 
@@ -27,21 +28,37 @@ from cent_serve.model.tokenizer import ByteTokenizer, byte_alphabet, load_tokeni
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
+def special_names(tok: ByteTokenizer) -> dict[int, str]:
+    """The special tokens' ids and names, as the server's tokenizer has them: `<unk>` 0, `<s>` and
+    `</s>` at the model's BOS and EOS ids (1 and 2 for Llama 2 presets, 128000 and 128001 for
+    Llama 3's; `</s>` alone when a model's BOS is its EOS, as Qwen 2.5's is). ValueError when an
+    id collides with a byte's or lies outside the vocabulary."""
+    for name, i in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id)):
+        if not (i in (1, 2) or ByteTokenizer.OFFSET + 256 <= i < tok.vocab_size):
+            raise ValueError(f"model.{name}_token_id={i} cannot be written: the byte-level tokenizer's bytes are ids "
+                             f"{ByteTokenizer.OFFSET}..{ByteTokenizer.OFFSET + 255} and the vocabulary ends at "
+                             f"{tok.vocab_size - 1}; use 1 or 2, or an id from {ByteTokenizer.OFFSET + 256}, or give "
+                             "the checkpoint its tokenizer.json")
+    return dict(tok.special_names)
+
+
 def byte_tokenizer_json(tok: ByteTokenizer) -> str:
     """`tok` as a Hugging Face `tokenizer.json` (see the module docstring)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    if (tok.bos_token_id, tok.eos_token_id) != (1, 2):
-        raise ValueError(f"model.bos_token_id={tok.bos_token_id} and model.eos_token_id={tok.eos_token_id}: the "
-                         "byte-level tokenizer writes <s> as 1 and </s> as 2; give the checkpoint its tokenizer.json")
-    vocab = {name: i for i, name in enumerate(ByteTokenizer.SPECIALS)}
+    specials = special_names(tok)
+    unused_low = [i for i in range(1, ByteTokenizer.OFFSET) if i not in specials]  # 1, 2 when BOS / EOS are elsewhere
+    vocab = {name: i for i, name in specials.items()}
     vocab.update({ch: b + ByteTokenizer.OFFSET for b, ch in byte_alphabet().items()})
-    vocab.update({f"<extra_{i}>": i for i in range(ByteTokenizer.OFFSET + 256, tok.vocab_size)})
+    vocab.update({f"<extra_{i}>": i for i in unused_low})
+    vocab.update({f"<extra_{i}>": i for i in range(ByteTokenizer.OFFSET + 256, tok.vocab_size) if i not in specials})
     hf = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     hf.decoder = decoders.ByteLevel()
-    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ByteTokenizer.SPECIALS])
-    bos = tok.bos_token
+    # the unused low ids decode to nothing on the server, so they are special here (skipped in decoding)
+    hf.add_special_tokens([AddedToken(name, special=True, normalized=False)
+                           for name in [*specials.values(), *(f"<extra_{i}>" for i in unused_low)]])
+    bos = specials[tok.bos_token_id]
     hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1",
                                                       special_tokens=[(bos, tok.bos_token_id)])
     return hf.to_str(pretty=True)

@@ -148,3 +148,22 @@ def test_a_chat_template_that_does_not_compile_stops_the_load(tmp_path):
     path = _byte_fallback_checkpoint(tmp_path, "{% for m in messages %}")
     with pytest.raises(ValueError, match="does not compile.*chat_template"):
         load_tokenizer(model_config_from_hf(path))
+
+
+@pytest.mark.parametrize("preset", ["llama3.1-8b", "qwen2.5-7b", "qwen3-8b"])
+def test_presets_with_their_own_bos_and_eos_ids_export_and_count_as_the_server(preset, tmp_path):
+    """Llama 3 (128000 / 128001), Qwen 2.5 (BOS = EOS = 151643: one `</s>`), Qwen 3 (151643 / 151645)."""
+    cfg = model_preset(preset)
+    assert main(["tokenizer", "export", str(tmp_path), "--model", preset]) == 0
+    hf, server = Tokenizer.from_file(str(tmp_path / "tokenizer.json")), load_tokenizer(cfg)
+    assert hf.get_vocab_size() == cfg.vocab_size
+    for text in ["hi", "<s>x</s>", "a</s>b<unk>", "é😀 <extra_300>"]:
+        assert hf.encode(text).ids == server.encode(text), text
+        ids = server.encode(text) + [1, 2, cfg.vocab_size - 1]  # 1, 2 unused: nothing, as on the server
+        assert hf.decode(ids, skip_special_tokens=True) == server.decode(ids), text
+    assert hf.encode("").ids == [cfg.bos_token_id] and hf.token_to_id(server.eos_token) == cfg.eos_token_id
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(config["chat_template"])
+    for chat in CHATS:
+        text = template.render(messages=chat, add_generation_prompt=True, bos_token=config["bos_token"])
+        assert hf.encode(text, add_special_tokens=False).ids == encode_chat(server, chat)
