@@ -74,8 +74,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _schema_error(raw: Request, exc: RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        loc = tuple(first.get("loc", ()))
         if first.get("type") == "json_invalid":
-            err = ApiError(f"the body is not valid JSON: {first.get('msg')}", None, 400)
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            why = (first.get("ctx") or {}).get("error") or first.get("msg")
+            err = ApiError(f"the body is not valid JSON: {why}{where}", None, 400)
+        elif loc == ("body",) and first.get("input") is None:
+            err = ApiError("the request has no body: send a JSON object with Content-Type: application/json",
+                           None, 400)
+        elif loc == ("body",) and isinstance(first.get("input"), (bytes, str)):
+            # FastAPI parses only a JSON content type; anything else arrives as raw bytes
+            err = ApiError(f"the body was sent as {raw.headers.get('content-type') or 'no content type'}: send a "
+                           "JSON object with Content-Type: application/json", None, 400)
         else:
             param = schema_param(first.get("loc", ()))
             err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 422)

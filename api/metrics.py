@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
+from cent_serve.executor.base import busy_fraction
 from cent_serve.request import Request
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -76,7 +77,8 @@ class Metrics:
         self.success = Counter("vllm:request_success", "Finished requests.", lab + ["finished_reason"],
                                registry=r)
         self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
-        self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / simulated clock.",
+        self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / the simulated run (to the "
+                          "device's last work when later than the clock).",
                           lab + ["device", "replica"], registry=r)
         self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes moved by the CXL switch.", lab + ["replica"],
                                   registry=r)
@@ -127,10 +129,8 @@ class Metrics:
         self.clock.labels(m).set(status["clock_s"])
         self.totals.status = status
         self.pace_lag.labels(m).set(status.get("pace_lag_s", 0.0))
-        clock = status["clock_s"]
         for d in devices:
-            frac = max(d["busy_s"].values(), default=0.0) / clock if clock > 0 else 0.0
-            self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(frac)
+            self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(busy_fraction(d, status["clock_s"]))
         for f in fabrics:
             self.fabric_bytes.labels(m, str(f["replica"])).set(f.get("wire_bytes", 0))
         experts = status.get("experts")

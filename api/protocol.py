@@ -127,6 +127,9 @@ class _Common(BaseModel):
             value = (self.model_extra or {}).get(name)
             if value is not None and value not in neutral:
                 raise ApiError(f"{name} is not supported by this server: leave it unset", name)
+        if self.stream_options is not None and not self.stream:
+            raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",
+                           "stream_options")
         if not 1 <= self.n <= MAX_N:
             raise ApiError(f"n={short(self.n)} is invalid: use 1..{MAX_N}", "n")
         if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:

@@ -145,8 +145,8 @@ class Scheduler:
 
     def queue_full(self) -> QueueFull:
         """The refusal `add` raises when `is_full()`."""
-        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places "
-                         f"(scheduler.max_waiting={self.max_waiting}): retry later")
+        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places; one more "
+                         f"would leave more than scheduler.max_waiting={self.max_waiting} waiting: retry later")
 
     def add(self, req: Request) -> None:
         if self.is_full():

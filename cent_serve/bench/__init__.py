@@ -2,13 +2,16 @@
 
 `load_trace(path)` streams the requests of a Vidur, Azure, BurstGPT, Mooncake or ShareGPT file;
 `synthetic_trace(n, rate, ...)` makes one; `synthetic_prompt(n, seed)` builds prompt text of an
-exact token length. `sample_trace_path()` is a small trace shipped with the package.
+exact token length. `sample_trace_path()` is a small trace shipped with the package. A bad
+parameter is a `ParamError`: a ValueError naming it, which `render(CLI_FLAGS)` words with the
+`cent bench` flags instead.
 """
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
 
+from cent_serve.bench.errors import CLI_FLAGS, ParamError
 from cent_serve.bench.prompts import SyntheticPrompt, synthetic_prompt
 from cent_serve.bench.request import Request
 from cent_serve.bench.synthetic import (FixedLengths, LengthSampler, TraceLengths,
@@ -20,7 +23,7 @@ __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", 
            "arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
            "UniformLengths", "TraceLengths", "synthetic_trace", "SyntheticPrompt",
            "synthetic_prompt", "sample_trace_path", "SAMPLE_TRACE_NUM_REQUESTS", "SHIPPED_TRACES",
-           "resolve_trace"]
+           "resolve_trace", "ParamError", "CLI_FLAGS"]
 
 SAMPLE_TRACE_NUM_REQUESTS = 200
 """Rows of the shipped sample trace."""

@@ -99,9 +99,25 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
 
-def _requests(args: argparse.Namespace, cfg) -> tuple[list, str]:
-    """The requests to replay and a name of their source. ValueError (one line, naming the flag
-    and the fix) for a selection that cannot be made."""
+def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, str]:
+    """The requests to replay (at least one) and a name of their source. ValueError (one line,
+    naming the flag and the fix) for a selection that cannot be made; the library's errors name
+    its parameters, rephrased here with the flags that set them (`errors.CLI_FLAGS`; the rate
+    is `rate_flag`'s, e.g. --rates for a sweep)."""
+    from cent_serve.bench.errors import CLI_FLAGS, ParamError
+
+    try:
+        requests, source = _select(args, cfg)
+    except ParamError as exc:
+        raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
+    if not requests:  # a file with no requests is refused as it is read: the options emptied it
+        raise ValueError(f"--start-s {args.start_s:g} is after the last request of {source}: use a smaller "
+                         "--start-s" if args.start_s > 0 else f"{source} has no requests")
+    return requests, source
+
+
+def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
+    """`_requests` before its checks: the requests the flags select and a name of their source."""
     from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
                                   resolve_trace, sample_trace_path, synthetic_trace)
 
@@ -171,8 +187,6 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
     requests, source = _requests(args, cfg)
-    if not requests:
-        raise ValueError("the trace selection is empty: check --start-s / --num-requests")
     if args.url and args.in_process:
         raise ValueError("--url and --in-process are two ways to run: give one of them")
     if args.url:
@@ -219,7 +233,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     rates = _rates(args.rates)
 
     def requests_at(rate: float) -> list:
-        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg)[0]
+        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
 
     sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out))
     g = sweep["distserve_goodput_rate"]
@@ -268,11 +282,9 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)
     requests, source = _requests(args, cent_cfg)
-    if not requests:
-        raise ValueError("the trace selection is empty: check --start-s / --num-requests")
     rates = None
     if args.rates:
-        rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg)[0]
+        rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates)
     out["source"] = source

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import summarize  # noqa: E402
+from cent_serve.bench.report import EXAMPLE_CHARS, summarize  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
 from cent_serve.timing.energy import TCO_CENT_PER_32  # noqa: E402
@@ -41,6 +41,8 @@ ROWS = (  # (key, label, unit, better)
     ("tokens_per_tco", "tokens per dollar", "tok/s per TCO unit", "high"),
     ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
 )
+KEPT_DICTS = ("failure_reasons",)
+"""The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
 COLORS = {"CENT": "tab:blue", "GPU": "tab:red"}
 LOG_RATIO = 20.0
 """A CDF panel goes to a log axis when one side's median is this many times the other's."""
@@ -61,6 +63,11 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict) -> dict:
     return s
 
 
+def _flat(s: dict) -> dict:
+    """A side's summary for compare.json: the numbers, the hardware and the failure reasons."""
+    return {k: v for k, v in s.items() if not isinstance(v, dict) or k in KEPT_DICTS}
+
+
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
                 rates_requests: dict[float, list] | None = None) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep."""
@@ -68,7 +75,8 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
         print(f"replaying {len(requests)} requests on {name} ({cfg.hardware})")
-        results[name] = run_in_process(cfg, copy.deepcopy(requests), total=len(requests))
+        results[name] = run_in_process(cfg, copy.deepcopy(requests), total=len(requests),
+                                       warn=name == "CENT")  # one trace: its 0-token warning once
         sides[name] = side_figures(cfg, results[name], slos)
     table = []
     for key, label, unit, better in ROWS:
@@ -80,13 +88,14 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         sweep = {name: [] for name in sides}
         for rate, reqs in rates_requests.items():
             for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
-                s = side_figures(cfg, run_in_process(cfg, copy.deepcopy(reqs), progress=False), slos)
-                sweep[name].append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)}))
+                s = side_figures(cfg, run_in_process(cfg, copy.deepcopy(reqs), progress=False, warn=False), slos)
+                sweep[name].append(dict(rate=rate, **_flat(s)))
+                reasons = ", ".join(f"{k} {v['count']}" for k, v in s["failure_reasons"].items())
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
-                      f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}")
+                      f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
+                      + (f", {s['failed']} failed ({reasons})" if reasons else ""))
     out = dict(model=cent_cfg.model.name, requests=len(requests), slos_ms=slos,
-               cent={k: v for k, v in sides["CENT"].items() if not isinstance(v, dict)},
-               gpu={k: v for k, v in sides["GPU"].items() if not isinstance(v, dict)},
+               cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
                table=table, sweep=sweep)
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
     with open(out_dir / "compare.csv", "w", newline="") as f:
@@ -111,6 +120,10 @@ def print_compare(out: dict) -> None:
     for label, r in zip(labels, out["table"]):
         ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
         print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
+    for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
+        for reason, f in out[side].get("failure_reasons", {}).items():
+            example = f["example"] if len(f["example"]) <= EXAMPLE_CHARS else f["example"][:EXAMPLE_CHARS - 3] + "..."
+            print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {example}")
     print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
           "TCO units)")
 
@@ -146,7 +159,11 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         if ax.get_xscale() == "linear":
             plain_axis(ax.xaxis)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+        else:  # no side completed a request: nothing to draw (a legend would warn that it is empty)
+            ax.text(0.5, 0.5, "no completed requests", transform=ax.transAxes, ha="center", va="center",
+                    color="gray")
     fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}\n"
                  f"CENT {sides['CENT']['completed']} completed, {sides['CENT']['failed']} failed; "
                  f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed", fontsize=11)
@@ -155,8 +172,53 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
     plt.close(fig)
 
 
+RATE_LABEL_POINTS = 7
+"""Font size of the rate labels beside the p99 points of compare_sweep.png."""
+RATE_LABEL_STYLES = (dict(xytext=(3, 5)),  # beside the point, above right
+                     dict(xytext=(0, 7), rotation=90, ha="center", va="bottom"))  # upright above it
+"""How a series' rate labels are set, tried in order until none covers another label."""
+
+
+def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float]]]]) -> None:
+    """Name the rate of each point, per series (color, [(x, y, rate)], data coordinates), with
+    no two labels overlapping: each beside its point; when a series' labels would cover each
+    other (or another series'), upright above their points; when even those would, one label
+    listing the series' rates from left to right. Call once the limits and layout are final."""
+    renderer = ax.figure.canvas.get_renderer()
+
+    def boxes(labels: list[tuple[float, float, str]], style: dict) -> list:
+        out = []
+        for x, y, text in labels:
+            probe = ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, **style)
+            out.append(probe.get_window_extent(renderer).padded(1.5))
+            probe.remove()
+        return out
+
+    def clear(new: list, placed: list) -> bool:
+        return not any(a.overlaps(b) for i, a in enumerate(new) for b in new[i + 1:] + placed)
+
+    placed: list = []
+    for color, points in series:
+        labels = [(x, y, f"{rate:g}/s") for x, y, rate in points]
+        for style in RATE_LABEL_STYLES:
+            new = boxes(labels, style)
+            if clear(new, placed):
+                break
+        else:  # too crowded for a label each: one for the series, at its rightmost point
+            ordered = sorted(points)
+            x, y, _ = ordered[-1]
+            labels = [(x, y, ", ".join(f"{r:g}" for _, _, r in ordered) + " req/s, left to right")]
+            style = RATE_LABEL_STYLES[0]
+            new = boxes(labels, style)
+        placed += new
+        for x, y, text in labels:
+            ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, color=color,
+                        annotation_clip=False, **style)
+
+
 def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    labels = {}
     for ax, (metric, name) in zip(axes, (("tpot", "TPOT"), ("e2el", "E2E latency"))):
         shown = [r[f"{p}_{metric}_ms"] for rows in sweep.values() for r in rows for p in ("median", "p99")
                  if r.get(f"{p}_{metric}_ms") is not None]
@@ -166,20 +228,20 @@ def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
             for p, style in (("median", "o-"), ("p99", "s--")):
                 ax.plot(thr, [np.nan if r.get(f"{p}_{metric}_ms") is None else r[f"{p}_{metric}_ms"] / div
                               for r in rows], style, color=COLORS[k], label=f"{k} {name} {'p50' if p == 'median' else p}")
-            for r, x in zip(rows, thr):
-                y = r.get(f"p99_{metric}_ms")
-                if y is not None:
-                    ax.annotate(f"{r['rate']:g}/s", (x, y / div), textcoords="offset points", xytext=(3, 5),
-                                fontsize=7, color=COLORS[k])
+            labels.setdefault(ax, []).append((COLORS[k], [(x, r[f"p99_{metric}_ms"] / div, r["rate"])
+                                                          for r, x in zip(rows, thr)
+                                                          if r.get(f"p99_{metric}_ms") is not None]))
         ax.set_xlabel("output throughput (tok/s, simulated)")
         ax.set_ylabel(f"{name} ({unit}, simulated)")
         ax.set_title(f"{name} against throughput, one point per request rate")
-        ax.set_ylim(0, 1.2 * max(shown or [1.0]) / div)  # headroom for the rate labels
+        ax.set_ylim(0, 1.25 * max(shown or [1.0]) / div)  # headroom for the rate labels
         plain_axis(ax.xaxis)
         plain_axis(ax.yaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}", fontsize=11)
     fig.tight_layout()
+    for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
+        place_rate_labels(ax, points)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -24,7 +24,7 @@ import httpx
 
 from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
-from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample
+from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens
 from cent_serve.request import REFUSAL_REASONS
 from cent_serve.serving import RELEASE_HOLD_S  # `hold_until_s` of the last request: the clock is released
 
@@ -189,6 +189,7 @@ class _Replay:
         self.tasks: list[asyncio.Task] = []
         self.samples: list[Sample] = []
         self.sem = asyncio.Semaphore(concurrency)
+        self.zeros = ZeroTokens()
         self.bar = Progress(len(requests), "replay (http)", progress)
         self.done = asyncio.Event()
         self.t0 = time.perf_counter()
@@ -211,6 +212,7 @@ class _Replay:
     async def send(self, i: int, tr: TraceRequest) -> None:
         srv = self.srv
         rid = f"trace-{tr.request_id}"
+        self.zeros.add(tr)  # 0 tokens are sent as 1: the engine needs at least one of each
         rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens))
         wall = self.walls[rid] = WallTimes()
         ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), bos_token_id=1).token_ids
@@ -285,7 +287,8 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
         end = (await client.get("/v1/cent/status")).json() if srv.cent else {}
     recs = replay.records_in_trace_time()
     clock = end.get("clock_s", 0.0) - srv.offset if srv.cent else wall_s
-    result = BenchResult(recs, replay.samples, end.get("devices", []), clock, wall_s, end)
+    result = BenchResult(recs, replay.samples, end.get("devices", []), clock, wall_s, end, replay.zeros.requests)
+    replay.zeros.warn()
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
                             e2e_s=None if w.last is None else w.last - w.sent) for rid, w in replay.walls.items()}
     return result, dict(per_request=wall_stats, clock="simulated" if srv.cent else "wall",

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter  # noqa: E402
 
 from cent_serve.bench.runner import BenchResult  # noqa: E402
+from cent_serve.executor.base import busy_fraction  # noqa: E402
 
 SECONDS_FROM_MS = 5000.0
 """Latency axes switch from ms to s when the largest value shown reaches this many ms."""
@@ -222,7 +223,7 @@ def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
     devs = result.devices
     replicas = len({d.get("replica", 0) for d in devs})
     names = [f"{d.get('replica', 0)}:{d['device_id']}" if replicas > 1 else str(d["device_id"]) for d in devs]
-    busy = [100 * max(d["busy_s"].values(), default=0.0) / clock for d in devs]
+    busy = [100 * busy_fraction(d, clock) for d in devs]
     fig, ax = plt.subplots(figsize=(min(22, max(7, 0.32 * len(devs) + 2)), 4.4))
     bars = ax.bar(range(len(devs)), busy, color="tab:blue")
     many = len(devs) > 12

@@ -2,8 +2,10 @@
 
 Called by `cent_serve.bench.traces.load_trace`, which applies the replay options; a reader keeps
 the file's own values (lengths may be 0) and only refuses what it cannot read. Every refusal is
-a ValueError naming the file, the line (ShareGPT: the entry), the column, the value and the fix.
-Arrivals must not decrease down the file: inter-arrival scaling and start offsets assume order.
+a ValueError naming the file, the line (ShareGPT: the entry), the column, the value and the fix
+(`ParamError` where the fix is a parameter, e.g. the format). A file with no request at all is
+refused when the reader reaches its end. Arrivals must not decrease down the file:
+inter-arrival scaling and start offsets assume order.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cent_serve.bench.errors import ParamError
 from cent_serve.bench.request import Request
 
 _EPOCH = datetime(1970, 1, 1)
@@ -109,17 +112,37 @@ def _bad(where: str, column: str, value: object, fix: str) -> ValueError:
 _COUNT_FIX = "use a whole number of tokens >= 0"
 
 
+def _known_layouts() -> str:
+    return "; ".join(f"{fmt}: {', '.join(l.columns)}" for fmt, l in CSV_LAYOUTS.items())
+
+
+def _header(path: Path, reader) -> list[str]:
+    """The stripped names of the first non-blank row of a `csv.reader`; ValueError when there
+    is none."""
+    for fields in reader:
+        if any(field.strip() for field in fields):
+            return [name.strip() for name in fields]
+    raise ValueError(f"{path} is empty: a CSV trace needs a header row (one of {_known_layouts()}) "
+                     "and a row per request")
+
+
+def _csv_format_of(names: list[str]) -> str | None:
+    for fmt, layout in CSV_LAYOUTS.items():
+        if set(layout.columns) <= set(names):
+            return fmt
+    return None
+
+
 def sniff_csv_format(path: Path) -> str:
     """The CSV format whose columns the header of `path` holds; ValueError when none does."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), [])
-    names = {name.strip() for name in header}
-    for fmt, layout in CSV_LAYOUTS.items():
-        if set(layout.columns) <= names:
-            return fmt
-    known = "; ".join(f"{fmt}: {', '.join(l.columns)}" for fmt, l in CSV_LAYOUTS.items())
-    raise ValueError(f"{path}:1: header {header!r} matches no trace format: expected the "
-                     f"columns of one of ({known}), or name the format with fmt=")
+        reader = csv.reader(f)
+        header = _header(path, reader)
+    fmt = _csv_format_of(header)
+    if fmt is None:
+        raise ParamError(f"{path}:{reader.line_num}: header {header!r} matches no trace format: expected the "
+                         f"columns of one of ({_known_layouts()}), or name the format with {{fmt=}}")
+    return fmt
 
 
 def read_csv(path: Path, fmt: str) -> Iterator[Request]:
@@ -128,14 +151,17 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
     parse_time = layout.make_time_parser()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        names = [name.strip() for name in next(reader, [])]
+        names = _header(path, reader)
         missing = [c for c in layout.columns if c not in names]
         if missing:
-            raise ValueError(f"{path}:1: header {names!r} lacks the {fmt} column(s) {missing}: "
-                             "rename the columns or give the right fmt=")
+            other = _csv_format_of(names)
+            fix = (f"it is a {other} header: give {other} as the format ({{fmt}}), or {{none}} to detect it"
+                   if other else f"rename the column(s), or name the file's format with {{fmt=}}")
+            raise ParamError(f"{path}:{reader.line_num}: the header lacks the {fmt} column(s) "
+                             f"{', '.join(map(repr, missing))}: {fix}")
         cols = [(names.index(c), c) for c in layout.columns]
         first: tuple[float, float] | None = None
-        previous_s = 0.0
+        previous_s, previous_text = 0.0, ""
         row = 0
         for fields in reader:
             if not any(field.strip() for field in fields):
@@ -160,12 +186,19 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
             first = first or (whole, frac)
             arrival_s = (whole - first[0]) + (frac - first[1])
             if arrival_s < previous_s:
-                raise _bad(where, c_time, fields[i_time], f"arrivals must not decrease (the row "
-                           f"before is {previous_s} s later than the first); sort the file by "
-                           f"{c_time!r}")
-            previous_s = arrival_s
+                raise _earlier(where, c_time, fields[i_time], previous_text, "row")
+            previous_s, previous_text = arrival_s, fields[i_time]
             yield Request(str(row), arrival_s, num_prompt, num_output)
             row += 1
+    if not row:
+        raise ValueError(f"{path} has no requests: a header and no rows under it; add a row per "
+                         "request")
+
+
+def _earlier(where: str, column: str, value: object, previous: object, unit: str) -> ValueError:
+    """An arrival before the previous row's (`unit`: row, line): name both raw values."""
+    return ValueError(f"{where}: column {column!r} = {value!r} is earlier than the {unit} before "
+                      f"({previous}): sort the file by {column!r}")
 
 
 def _parse_json(text: str, path: Path, first_line: int, kind: type, fix: str):
@@ -183,7 +216,7 @@ def _parse_json(text: str, path: Path, first_line: int, kind: type, fix: str):
 def read_mooncake(path: Path) -> Iterator[Request]:
     """Requests of a Mooncake JSONL trace (`timestamp` in ms), in file order."""
     first_ms: float | None = None
-    previous_s = 0.0
+    previous_s, previous_stamp = 0.0, None
     row = 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -211,11 +244,13 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             first_ms = stamp if first_ms is None else first_ms
             arrival_s = (stamp - first_ms) / 1000.0
             if arrival_s < previous_s:
-                raise _bad(where, "timestamp", stamp, "arrivals must not decrease; sort the "
-                           "lines by timestamp")
-            previous_s = arrival_s
+                raise _earlier(where, "timestamp", stamp, previous_stamp, "line")
+            previous_s, previous_stamp = arrival_s, stamp
             yield Request(str(row), arrival_s, counts[0], counts[1])
             row += 1
+    if not row:
+        raise ValueError(f"{path} has no requests: no line holds one; write one JSON object per "
+                         "line")
 
 
 def _first_exchange(turns: list, where: str) -> tuple[str, str] | None:
@@ -238,7 +273,8 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     """Requests of a ShareGPT JSON file, arrival times taken in order from `arrivals_s`.
 
     Prompt: the first human turn followed by a gpt turn; output length: that gpt turn's length.
-    Both are counted with `count_tokens`. Entries with no such pair are skipped (as vLLM's
+    Both are counted with `count_tokens`; an empty text has 0 tokens whatever `count_tokens`
+    adds (e.g. a BOS). Entries with no such pair are skipped (as vLLM's
     benchmark skips short conversations); they take no arrival time. The JSON is parsed whole
     (the stdlib has no streaming JSON reader), the requests are still yielded one by one.
     """
@@ -261,4 +297,9 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
         first_s = arrival if first_s is None else first_s
         prompt, answer = exchange
         yield Request(str(entry.get("id", index)), float(arrival - first_s),
-                      count_tokens(prompt), count_tokens(answer), prompt)
+                      count_tokens(prompt) if prompt else 0,
+                      count_tokens(answer) if answer else 0, prompt)
+    if first_s is None:
+        raise ValueError(f"{path} has no requests: " + (
+            f"none of its {len(entries)} conversations has a human turn followed by a gpt turn"
+            if entries else "the list of conversations is empty"))

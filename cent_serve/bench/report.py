@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cent_serve.bench.runner import BenchResult, RequestRecord
+from cent_serve.executor.base import busy_fraction
 
 PERCENTILES = (50, 90, 99)
 """Reported besides mean and std (p50 is vLLM's 'median')."""
@@ -59,8 +60,10 @@ def failure_reasons(records: list[RequestRecord]) -> dict[str, dict]:
 def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict:
     """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish).
 
-    Besides vLLM's: `failure_reasons` (see `failure_reasons`) and, with `slos`, `slo_attainment`:
-    the share of *all* requests that completed and met every SLO (a failed request meets none).
+    Besides vLLM's: `failure_reasons` (see `failure_reasons`), `raised_to_one_token` (requests
+    the trace gave 0 prompt or output tokens, sent with 1: `runner.ZeroTokens`) and, with `slos`,
+    `slo_attainment`: the share of *all* requests that completed and met every SLO (a failed
+    request meets none).
     """
     records = sorted(result.records, key=lambda r: (r.arrival_s, r.request_id))  # sums in one order
     ok = [r for r in records if r.ok]
@@ -84,10 +87,10 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
                    slo_attainment=good / max(1, len(records)))
     clock = result.clock_s
     out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,
-               device_busy_fraction={_dev(d): (max(d["busy_s"].values(), default=0.0) / clock if clock else 0.0)
-                                     for d in result.devices},
+               device_busy_fraction={_dev(d): busy_fraction(d, clock) for d in result.devices},
                preemptions=sum(r.preemptions for r in records),
                failure_reasons=failure_reasons(records),
+               raised_to_one_token=result.raised_to_one_token,
                time_unit="simulated seconds", wall_s=result.wall_s)
     return out
 
@@ -136,6 +139,9 @@ def print_table(summary: dict) -> None:
     for reason, f in summary.get("failure_reasons", {}).items():
         example = f["example"] if len(f["example"]) <= EXAMPLE_CHARS else f["example"][:EXAMPLE_CHARS - 3] + "..."
         print(f"  {reason:<22}{f['count']:>12}   e.g. {example}")
+    if summary.get("raised_to_one_token"):
+        print(f"{'raised to 1 token':<24}{summary['raised_to_one_token']:>12}   requests with 0 prompt or output "
+              "tokens in the trace, sent with 1")
     print(f"{'duration (sim s)':<24}{summary['duration']:>12.3f}   wall {summary['wall_s']:.1f} s")
     print(f"{'request throughput':<24}{summary['request_throughput']:>12.3f} req/s")
     print(f"{'output throughput':<24}{summary['output_throughput']:>12.1f} tok/s")

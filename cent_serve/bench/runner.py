@@ -4,6 +4,10 @@ Requests enter the engine when the simulated clock reaches their arrival
 (the same round-boundary admission as the server), so the waiting-queue bound
 (`scheduler.max_waiting`) rejects what a server would answer 429. Nothing
 here reads the wall clock except the progress bar and `wall_s`.
+
+The engine needs at least one prompt token and one output token: a trace request with 0 of
+either is sent with 1, counted (`BenchResult.raised_to_one_token`, summary.json's
+`raised_to_one_token`) and warned about once per replay (`ZeroTokens`).
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ class RequestRecord:
     def refused(cls, request_id: str, tr: TraceRequest, exc: RequestRefused) -> "RequestRecord":
         """A request the engine would not take: finish_reason "rejected" (queue full, the API's
         429) or "invalid" (the API's 400), the refusal's reason code and message."""
-        return cls(request_id, tr.arrival_s, tr.num_prompt_tokens,
+        return cls(request_id, tr.arrival_s, max(1, tr.num_prompt_tokens),  # as sent (`ZeroTokens`)
                    finish_reason="rejected" if isinstance(exc, QueueFull) else "invalid", error=str(exc),
                    failure_reason=exc.reason)
 
@@ -118,6 +122,36 @@ class BenchResult:
     clock_s: float
     wall_s: float
     status: dict
+    raised_to_one_token: int = 0
+    """Requests the trace gave 0 prompt or 0 output tokens, sent with 1 (see `ZeroTokens`)."""
+
+
+@dataclass
+class ZeroTokens:
+    """Trace requests with 0 prompt or output tokens, which are sent with 1 (the engine needs at
+    least one of each): counted as they are sent, reported in one warning at the end."""
+
+    requests: int = 0
+    prompt: int = 0
+    output: int = 0
+    total: int = 0
+    """Requests seen."""
+
+    def add(self, tr: TraceRequest) -> None:
+        self.total += 1
+        zero_prompt, zero_output = tr.num_prompt_tokens < 1, tr.num_output_tokens < 1
+        self.prompt += zero_prompt
+        self.output += zero_output
+        self.requests += zero_prompt or zero_output
+
+    def message(self) -> str:
+        return (f"{self.requests} of {self.total} trace requests have 0 tokens ({self.prompt} with "
+                f"an empty prompt, {self.output} with an empty output): sent with 1 token instead, as "
+                "the engine needs at least one; requests.csv and the token totals count that token")
+
+    def warn(self) -> None:
+        if self.requests:
+            log.warning(self.message())
 
 
 class Progress:
@@ -147,9 +181,12 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
 
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
-                   progress: bool = True, total: int | None = None, engine: Engine | None = None) -> BenchResult:
+                   progress: bool = True, total: int | None = None, engine: Engine | None = None,
+                   warn: bool = True) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
-    its output length with ignore_eos, as vLLM's benchmark sends trace requests."""
+    its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
+    the warning for requests raised to 1 token (False: the caller warns once for several
+    replays of one trace)."""
     own = engine is None
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
@@ -158,6 +195,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     it = iter(requests)
     pending = next(it, None)
     index = steps = 0
+    zeros = ZeroTokens()
     bar = Progress(total, "replay", progress)
     t0 = time.perf_counter()
     try:
@@ -166,6 +204,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
             if not engine.scheduler.num_running and pending is not None:
                 horizon = max(horizon, pending.arrival_s)  # idle: the engine jumps to the next arrival
             while pending is not None and pending.arrival_s <= horizon:
+                zeros.add(pending)
                 refused = _add(engine, pending, index, seed)
                 if refused is not None:
                     records[refused.request_id] = refused
@@ -185,11 +224,13 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                 samples.append(Sample(engine.now_s, st.num_waiting, st.num_running, st.kv_usage()))
         wall = time.perf_counter() - t0
         out = BenchResult(list(records.values()), samples, engine.device_stats(), engine.now_s, wall,
-                          engine.status())
+                          engine.status(), zeros.requests)
     finally:
         bar.close()
         if own:
             engine.shutdown()
+    if warn:
+        zeros.warn()
     return out
 
 

@@ -33,8 +33,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
     """
     rows, status = [], {}
-    for rate in rates:
-        result = run_in_process(cfg, requests_at(rate), progress=False)
+    for i, rate in enumerate(rates):  # the rates replay one trace: its 0-token warning once
+        result = run_in_process(cfg, requests_at(rate), progress=False, warn=i == 0)
         status = result.status
         s = summarize(result, slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
@@ -180,7 +180,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
             skipped.append(dict(pp=pp, tp=tp, reason=str(exc)))
             print(f"pp {pp:>3} tp {tp:>2}: skipped: {exc}")
             continue
-        res = run_in_process(c, requests, progress=False)
+        res = run_in_process(c, requests, progress=False, warn=not rows)  # one 0-token warning
         s = summarize(res)
         mp = res.status["mapping"]
         row = dict(pp=pp, tp=tp, mode=mp["mode"], replicas=mp["replicas"], devices_used=mp["devices_used"],

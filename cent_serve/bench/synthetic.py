@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cent_serve.bench.errors import ParamError
 from cent_serve.bench.request import Request
 from cent_serve.bench.traces import TraceOptions, apply_options, load_trace
 
@@ -37,9 +38,9 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 def _check_process(rate: float, burstiness: float) -> None:
     if not rate > 0:  # also refuses NaN
-        raise ValueError(f"rate={rate!r} is invalid: use requests per second > 0 (inf: all at once)")
+        raise ParamError(f"{{rate}}={rate!r} is invalid: use requests per second > 0 (inf: all at once)")
     if not (math.isfinite(burstiness) and burstiness > 0):
-        raise ValueError(f"burstiness={burstiness!r} is invalid: use a finite value > 0 "
+        raise ParamError(f"{{burstiness}}={burstiness!r} is invalid: use a finite value > 0 "
                          "(1 = Poisson, < 1 burstier, > 1 more regular)")
 
 
@@ -67,7 +68,7 @@ def arrival_times_s(num_requests: int, rate: float, burstiness: float = 1.0,
                     seed: int = 0) -> np.ndarray:
     """`num_requests` arrival times in seconds, the first at 0, mean gap 1 / rate. Shape (n,)."""
     if num_requests < 0:
-        raise ValueError(f"num_requests={num_requests!r} is invalid: use a count >= 0")
+        raise ParamError(f"{{num_requests}}={num_requests!r} is invalid: use a count >= 0")
     times = iter_arrival_times_s(rate, burstiness, seed)
     return np.fromiter(times, dtype=np.float64, count=num_requests)
 
@@ -91,7 +92,7 @@ class FixedLengths:
     def __post_init__(self) -> None:
         for name in ("num_prompt_tokens", "num_output_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: use a length >= 1")
+                raise ParamError(f"{{{name}}}={getattr(self, name)!r} is invalid: use a length >= 1")
 
     def sample(self, num_requests: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return (np.full(num_requests, self.num_prompt_tokens, dtype=np.int64),
@@ -162,7 +163,7 @@ def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
     (default `FixedLengths()`), ids "0".."n-1", no prompt text. `options` apply as to a file.
     """
     if num_requests < 1:
-        raise ValueError(f"num_requests={num_requests!r} is invalid: use a count >= 1")
+        raise ParamError(f"{{num_requests}}={num_requests!r} is invalid: use a count >= 1")
     lengths = lengths or FixedLengths()
     arrivals = arrival_times_s(num_requests, rate, burstiness, seed)  # (num_requests,)
     prompt, output = lengths.sample(num_requests, _rng(seed, _LENGTH_STREAM))
@@ -172,4 +173,4 @@ def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
                 zip(arrivals.tolist(), prompt.tolist(), output.tolist())):
             yield Request(str(i), arrival_s, num_prompt, num_output)
 
-    return apply_options(make, options or TraceOptions())
+    return apply_options(make, options or TraceOptions(), source="the synthetic trace")

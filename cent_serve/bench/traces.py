@@ -21,7 +21,11 @@ after the first row, with the file's own lengths (0 allowed). `load_trace` then 
 3. `time_scale`: multiply every inter-arrival time.
 4. `request_rate`: rescale the arrivals so the mean inter-arrival time is 1 / rate. This needs the
    span of the selection, found by a first pass over the source; nothing is held in memory.
-5. clipping: prompt and output lengths into [1, `max_prompt_tokens`] and [1, `max_output_tokens`].
+5. clipping: prompt and output lengths to at most `max_prompt_tokens` and `max_output_tokens`.
+
+Lengths of 0 are kept (a reader never invents tokens); the engine needs at least one of each,
+so the replay (`cent_serve.bench.runner`) sends them as 1 and counts and reports those requests.
+A bad option is a `ParamError` (a ValueError naming the parameter; the CLI names the flag).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cent_serve.bench.errors import ParamError
 from cent_serve.bench.readers import (CSV_LAYOUTS, read_csv, read_mooncake, read_sharegpt,
                                       sniff_csv_format)
 from cent_serve.bench.request import Request
@@ -41,8 +46,10 @@ FORMATS = ("vidur", "azure", "burstgpt", "mooncake", "sharegpt")
 
 
 def _check(ok: bool, name: str, value: object, fix: str) -> None:
+    """ParamError `{name}=value is invalid: fix` unless `ok` (`fix` may name parameters as
+    `{field}`s, see `ParamError`)."""
     if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: {fix}")
+        raise ParamError(f"{{{name}}}={value!r} is invalid: {fix}")
 
 
 @dataclass(frozen=True)
@@ -60,28 +67,29 @@ class TraceOptions:
     request_rate: float | None = None
     """Rescale arrivals so the mean rate is this many requests per second (None: keep)."""
     max_prompt_tokens: int | None = None
-    """Clip prompt lengths to at most this many tokens (None: no cap; always at least 1)."""
+    """Clip prompt lengths to at most this many tokens (None: no cap)."""
     max_output_tokens: int | None = None
-    """Clip output lengths to at most this many tokens (None: no cap; always at least 1)."""
+    """Clip output lengths to at most this many tokens (None: no cap)."""
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.start_s) and self.start_s >= 0, "start_s", self.start_s,
                "use a number of seconds >= 0")
         _check(self.skip_requests >= 0, "skip_requests", self.skip_requests, "use a count >= 0")
         _check(self.num_requests is None or self.num_requests >= 1, "num_requests",
-               self.num_requests, "use a count >= 1, or None for the whole trace")
+               self.num_requests, "use a count >= 1, or {none} for the whole trace")
         _check(math.isfinite(self.time_scale) and self.time_scale > 0, "time_scale",
                self.time_scale, "use a finite factor > 0")
         _check(self.request_rate is None or (math.isfinite(self.request_rate)
                                              and self.request_rate > 0),
-               "request_rate", self.request_rate, "use a finite rate > 0 in requests/s, or None")
+               "request_rate", self.request_rate,
+               "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals")
         # A rate override fixes the span whatever the time scale was; taking both would
         # silently drop one of them.
         _check(self.request_rate is None or self.time_scale == 1.0, "time_scale",
-               self.time_scale, "give either time_scale or request_rate, not both")
+               self.time_scale, "give either {time_scale} or {request_rate}, not both")
         for name in ("max_prompt_tokens", "max_output_tokens"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, name, value, "use a cap >= 1, or None")
+            _check(value is None or value >= 1, name, value, "use a cap >= 1, or {none} for no cap")
 
 
 def detect_format(path: str | Path) -> str:
@@ -113,7 +121,7 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     if not path.is_file():
         raise ValueError(f"trace {str(path)!r} is not a file: give the path of a trace file")
     fmt = fmt or detect_format(path)
-    _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}")
+    _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}, or {{none}} to detect it")
     if fmt in CSV_LAYOUTS:
         def make() -> Iterator[Request]:
             return read_csv(path, fmt)
@@ -127,33 +135,51 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
 
         def make() -> Iterator[Request]:
             return read_sharegpt(path, count_tokens, arrivals_s())
-    return apply_options(make, options or TraceOptions())
+    return apply_options(make, options or TraceOptions(), source=str(path))
 
 
 def apply_options(make_requests: Callable[[], Iterable[Request]],
-                  options: TraceOptions) -> Iterator[Request]:
+                  options: TraceOptions, *, source: str = "the trace") -> Iterator[Request]:
     """Apply `options` to the requests `make_requests()` yields (file order, arrivals sorted).
 
     `make_requests` is called once, or twice with a rate override (span first, then requests).
+    `source` names the requests in errors (`load_trace` passes the file's path).
     """
     factor = options.time_scale
     if options.request_rate is not None:
-        num_kept, span_s = 0, 0.0
-        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options), start=1):
+        num_kept, span_s, seen = 0, 0.0, [0]
+        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, seen), start=1):
             span_s = arrival_s
         if num_kept < 2 or span_s <= 0:
-            raise ValueError(f"request_rate={options.request_rate!r} cannot be applied: the "
-                             f"selection has {num_kept} request(s) over {span_s} s; select at "
+            raise ParamError(f"{{request_rate}}={options.request_rate!r} cannot be applied: "
+                             f"{_too_few(options, source, num_kept, seen[0])}; rescaling needs at "
                              "least two requests at different times")
         factor = (num_kept - 1) / (span_s * options.request_rate)
     return _transform(make_requests(), options, factor)
 
 
-def _select(requests: Iterable[Request], options: TraceOptions) -> Iterator[tuple[float, Request]]:
-    """Steps 1-2: (arrival from the first kept request, request) for the rows kept."""
+def _too_few(options: TraceOptions, source: str, num_kept: int, num_seen: int) -> str:
+    """Why a selection of `num_kept` requests (of `num_seen` read) cannot be rescaled."""
+    if num_kept >= 2:
+        return f"the {num_kept} requests selected all arrive at the same time"
+    if options.num_requests is not None and num_kept == options.num_requests:
+        return f"{{num_requests}}={options.num_requests!r} selects {num_kept} request"
+    dropping = [f"{{{name}}}={getattr(options, name)!r}" for name in ("start_s", "skip_requests")
+                if getattr(options, name)]
+    if num_seen > num_kept and dropping:
+        return f"{' and '.join(dropping)} leave{'s' * (len(dropping) == 1)} {num_kept} of {num_seen} requests"
+    return f"{source} has {'only 1 request' if num_kept else 'no requests'}"
+
+
+def _select(requests: Iterable[Request], options: TraceOptions,
+            seen: list[int] | None = None) -> Iterator[tuple[float, Request]]:
+    """Steps 1-2: (arrival from the first kept request, request) for the rows kept; `seen[0]`
+    counts the rows read."""
     start_s: float | None = None
     num_kept = 0
     for row, req in enumerate(requests):
+        if seen is not None:
+            seen[0] = row + 1
         if row < options.skip_requests or req.arrival_s < options.start_s:
             continue
         if options.num_requests is not None and num_kept >= options.num_requests:
@@ -166,11 +192,11 @@ def _select(requests: Iterable[Request], options: TraceOptions) -> Iterator[tupl
 
 def _transform(requests: Iterable[Request], options: TraceOptions,
                factor: float) -> Iterator[Request]:
-    """Steps 3-5: arrivals times `factor`, lengths clipped."""
+    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring)."""
     max_prompt = options.max_prompt_tokens or math.inf
     max_output = options.max_output_tokens or math.inf
     for arrival_s, req in _select(requests, options):
         yield Request(request_id=req.request_id, arrival_s=arrival_s * factor,
-                      num_prompt_tokens=int(min(max(req.num_prompt_tokens, 1), max_prompt)),
-                      num_output_tokens=int(min(max(req.num_output_tokens, 1), max_output)),
+                      num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),
+                      num_output_tokens=int(min(req.num_output_tokens, max_output)),
                       prompt=req.prompt)

@@ -36,6 +36,14 @@ class Executor(ABC):
         """Stop the devices and give back what they hold; safe to call twice."""
 
 
+def busy_fraction(device: dict, clock_s: float) -> float:
+    """A device's busiest resource's busy time (its `stats()` entry) as a share of the run: up to
+    the engine clock (a round boundary: the last round's start) or, when later, the end of the
+    device's own last work (`clock_s` in its entry), so a device busy to the end reads 1, not more."""
+    span = max(clock_s, device.get("clock_s") or 0.0)
+    return max(device["busy_s"].values(), default=0.0) / span if span > 0 else 0.0
+
+
 def done(result: RoundOutput) -> "Future[RoundOutput]":
     fut: Future = Future()
     fut.set_result(result)

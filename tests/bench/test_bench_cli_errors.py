@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cent_serve.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 300
@@ -108,3 +113,47 @@ def test_sharegpt_replays_with_a_rate_and_the_models_tokenizer(tmp_path):
     assert all(r["finish_reason"] == "length" for r in rows.values())
     arrivals = sorted(float(r["arrival_s"]) for r in rows.values())
     assert arrivals[0] == 0.0 and arrivals[-1] > 0.0  # Poisson arrivals, not all at once
+
+
+TRACES = {  # name -> contents, for the flag and file errors below
+    "empty.csv": "", "header.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n",
+    "empty.jsonl": "", "empty.json": "[]",
+    "one.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n",
+    "unsorted.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n0.5,8,4\n0.0,8,4\n",
+}
+PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt_tokens", "start_s", "None")
+
+
+@pytest.mark.parametrize("command, args, expected", [
+    ("run", ["--trace", "empty.csv"], "empty.csv is empty: a CSV trace needs a header row"),
+    ("run", ["--trace", "one.csv", "--format", "azure"],
+     "one.csv:1: the header lacks the azure column(s) 'TIMESTAMP', 'ContextTokens', 'GeneratedTokens': it is a "
+     "vidur header: give vidur as the format (--format), or leave it out to detect it"),
+    ("run", ["--trace", "header.csv", "--rate", "2"], "header.csv has no requests: a header and no rows"),
+    ("run", ["--trace", "header.csv"], "header.csv has no requests"),
+    ("run", ["--trace", "empty.jsonl", "--rate", "2"], "empty.jsonl has no requests"),
+    ("run", ["--trace", "empty.json", "--rate", "2"], "empty.json has no requests"),
+    ("run", ["--trace", "one.csv", "--start-s", "5"], "--start-s 5 is after the last request of "),
+    ("run", ["--trace", "unsorted.csv"], "unsorted.csv:3: column 'arrived_at' = '0.5' is earlier than the row "
+                                         "before (1.0): sort the file by 'arrived_at'"),
+    ("run", ["--num-requests", "-5"],
+     "--num-requests=-5 is invalid: use a count >= 1, or leave it out for the whole trace"),
+    ("run", ["--max-prompt-tokens", "0"], "--max-prompt-tokens=0 is invalid: use a cap >= 1, or leave it out"),
+    ("run", ["--time-scale", "-1"], "--time-scale=-1.0 is invalid: use a finite factor > 0"),
+    ("run", ["--rate", "0"], "--rate=0.0 is invalid: use a finite rate > 0 in requests/s, or leave it out"),
+    ("run", ["--synthetic", "poisson", "--rate", "1", "--num-requests", "3", "--prompt-len", "0"],
+     "--prompt-len=0 is invalid: use a length >= 1"),
+    ("run", ["--trace", "one.csv", "--rate", "1"], "--rate=1.0 cannot be applied: "),
+    ("compare", ["--trace", "one.csv", "--rates", "1,2"],
+     "--rates=1.0 cannot be applied: {dir}/one.csv has only 1 request; rescaling needs at least two requests"),
+    ("sweep", ["--trace", "one.csv", "--rates", "1,2"], "--rates=1.0 cannot be applied: "),
+])
+def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, command, args, expected):
+    for name, text in TRACES.items():
+        (tmp_path / name).write_text(text)
+    args = [str(tmp_path / a) if a in TRACES else a for a in args]
+    assert main(["bench", command, "--numerics", "off", *args, "--out", str(tmp_path / "out")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cent bench: error: "), lines
+    assert expected.format(dir=tmp_path) in lines[0]
+    assert not any(re.search(rf"\b{name}\b", lines[0]) for name in PYTHON_NAMES), lines[0]

@@ -29,14 +29,16 @@ def test_http_replay_on_the_virtual_clock_equals_in_process():
     reqs = list(load_trace(sample_trace_path(), options=OPTIONS))
     # prompt + output past the context: refused alike (vLLM's server answers 400 too)
     reqs.insert(10, Request("too-long", reqs[10].arrival_s, model_preset("tiny").max_seq_len - 12, 20))
+    reqs.insert(20, Request("empty", reqs[20].arrival_s, 0, 0))  # sent with 1 token of each, counted alike
     local = summarize(run_in_process(_cfg(), reqs, progress=False), {"ttft": 20.0})
     with Server(_cfg(), "local") as s:
         result, client = asyncio.run(replay_http(s.url, reqs, progress=False))
     remote = summarize(result, {"ttft": 20.0})
     assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
     assert remote == local  # bit for bit: queueing included (the sample has bursts)
-    assert local["completed"] == 50 and local["failed"] == 1 and local["p99_ttft_ms"] > local["median_ttft_ms"]
-    assert client["server_clock"] == "virtual" and len(client["per_request"]) == 51
+    assert local["completed"] == 51 and local["failed"] == 1 and local["p99_ttft_ms"] > local["median_ttft_ms"]
+    assert local["raised_to_one_token"] == 1
+    assert client["server_clock"] == "virtual" and len(client["per_request"]) == 52
 
 
 def test_cli_url_against_a_paced_server(tmp_path):

@@ -104,3 +104,39 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert all(r["completed"] == 12 and r["throughput_ratio"] > 0 for r in paper["rows"])
     assert paper["gpu_baseline"]["gpus"] == 1
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("lengths, warn, raised, message", [
+    ([(0, 4), (8, 0), (0, 0), (8, 4)], True, 3,
+     "3 of 4 trace requests have 0 tokens (2 with an empty prompt, 2 with an empty output): sent with 1 token"),
+    ([(0, 4), (8, 4)], False, 1, None),  # counted, the caller warns
+    ([(8, 4), (8, 4)], True, 0, None),
+])
+def test_zero_token_requests_are_sent_with_one_counted_and_warned_once(caplog, lengths, warn, raised, message):
+    reqs = [Request(str(i), 0.5 * i, p, o) for i, (p, o) in enumerate(lengths)]
+    with caplog.at_level("WARNING", logger="cent.bench"):
+        result = run_in_process(_cfg(), reqs, progress=False, warn=warn)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cent.bench"]
+    assert [w[:len(message or "")] for w in warnings] == ([message] if message else [])
+    s = summarize(result)
+    assert result.raised_to_one_token == s["raised_to_one_token"] == raised
+    assert s["completed"] == len(lengths)
+    assert s["total_input_tokens"] == sum(max(1, p) for p, _ in lengths)  # as sent
+    assert s["total_output_tokens"] == sum(max(1, o) for _, o in lengths)
+
+
+def test_cli_warns_once_for_zero_token_rows_and_reports_them(tmp_path, capsys, caplog):
+    trace = tmp_path / "z.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,8,4\n0.5,0,8\n1.0,30,0\n")
+    with caplog.at_level("WARNING", logger="cent.bench"):
+        assert main(["bench", "sweep", "--numerics", "off", "--trace", str(trace), "--rates", "1,2,4",
+                     "--out", str(tmp_path / "sweep")]) == 0
+    assert [r.getMessage()[:34] for r in caplog.records] == ["2 of 3 trace requests have 0 token"]  # 3 rates, once
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cent.bench"):
+        assert main(["bench", "run", "--numerics", "off", "--trace", str(trace), "--no-plots",
+                     "--out", str(tmp_path / "run")]) == 0
+    assert [r.getMessage()[:34] for r in caplog.records if r.levelname == "WARNING"] == [
+        "2 of 3 trace requests have 0 token"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["raised_to_one_token"] == 2
+    assert "raised to 1 token                  2" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import pytest
 from cent_serve.bench import (SAMPLE_TRACE_NUM_REQUESTS, Request, TraceOptions, apply_options,
                               detect_format, iter_arrival_times_s, arrival_times_s, load_trace,
                               sample_trace_path)
+from cent_serve.bench.errors import CLI_FLAGS, ParamError
 from cent_serve.model.tokenizer import ByteTokenizer
 
 SHARED_TRACES = Path("/work/shared/traces")
@@ -38,8 +39,8 @@ def count_tokens(text: str) -> int:
 def test_vidur_rows_arrive_from_the_first_row(tmp_path):
     path = vidur_trace(tmp_path, [10.5, 11.0, 14.25])
     assert detect_format(path) == "vidur"
-    assert list(load_trace(path)) == [Request("0", 0.0, 100, 1), Request("1", 0.5, 200, 1),
-                                      Request("2", 3.75, 300, 2)]  # output 0 clipped to 1
+    assert list(load_trace(path)) == [Request("0", 0.0, 100, 0), Request("1", 0.5, 200, 1),
+                                      Request("2", 3.75, 300, 2)]  # output 0 kept (the replay sends 1)
 
 
 def test_azure_datetimes_keep_seven_fractional_digits(tmp_path):
@@ -69,7 +70,7 @@ def test_burstgpt_columns_and_failed_responses(tmp_path):
     reqs = list(load_trace(path))
     assert [r.arrival_s for r in reqs] == [0.0, 40.0, 113.0]
     assert [r.num_prompt_tokens for r in reqs] == [472, 1087, 417]
-    assert [r.num_output_tokens for r in reqs] == [18, 1, 276]  # a failed request still asks 1
+    assert [r.num_output_tokens for r in reqs] == [18, 0, 276]  # a failed request: 0 (the replay sends 1)
 
 
 def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
@@ -108,12 +109,65 @@ def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path):
         load_trace(path)
 
 
-def test_unknown_header_asks_for_fmt(tmp_path):
-    path = write(tmp_path, "x.csv", "time,prompt,output\n0,1,1")
-    with pytest.raises(ValueError, match=r"x.csv:1: header .* fmt="):
-        load_trace(path)
-    with pytest.raises(ValueError, match=r"lacks the azure column"):
-        list(load_trace(vidur_trace(tmp_path, [0.0]), fmt="azure"))
+def test_sharegpt_empty_texts_have_no_tokens(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps([{"id": "e", "conversations": [{"from": "human", "value": ""},
+                                                               {"from": "gpt", "value": ""}]}]))
+    with_bos = lambda text: count_tokens(text) + 1  # noqa: E731 (as the CLI counts ShareGPT)
+    reqs = list(load_trace(path, count_tokens=with_bos, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0, 0)]  # not the BOS's 1
+
+
+@pytest.mark.parametrize("text, fmt, python, cli", [
+    ("time,prompt,output\n0,1,1", None, r"x.csv:1: header .* name the format with fmt=",
+     "name the format with --format"),
+    ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1", "azure",
+     r"x.csv:1: the header lacks the azure column\(s\) 'TIMESTAMP', 'ContextTokens', 'GeneratedTokens': "
+     r"it is a vidur header: give vidur as the format \(fmt\), or None to detect it",
+     "give vidur as the format (--format), or leave it out to detect it"),
+    ("Timestamp,Request tokens\n0,1", "burstgpt", r"x.csv:1: the header lacks the burstgpt column\(s\) "
+     r"'Response tokens': rename the column\(s\), or name the file's format with fmt=$", "format with --format"),
+])
+def test_header_errors_name_the_columns_and_fmt_or_the_flag(tmp_path, text, fmt, python, cli):
+    path = write(tmp_path, "x.csv", text)
+    with pytest.raises(ParamError, match=python) as info:
+        list(load_trace(path, fmt))
+    assert cli in info.value.render(CLI_FLAGS) and "fmt" not in info.value.render(CLI_FLAGS)
+
+
+@pytest.mark.parametrize("name, text, fmt, message", [
+    ("e.csv", "", None, "e.csv is empty: a CSV trace needs a header row"),
+    ("e.csv", "\n \n", "vidur", "e.csv is empty: a CSV trace needs a header row"),
+    ("h.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n\n", None,
+     "h.csv has no requests: a header and no rows"),
+    ("e.jsonl", "\n", None, "e.jsonl has no requests"),
+    ("e.json", "[]", None, "e.json has no requests: the list of conversations is empty"),
+    ("e.json", '[{"conversations": [{"from": "human", "value": "hi"}]}]', None,
+     "e.json has no requests: none of its 1 conversations has a human turn followed by a gpt turn"),
+])
+@pytest.mark.parametrize("rate", [None, 2.0])
+def test_a_file_without_requests_says_so(tmp_path, name, text, fmt, message, rate):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path, fmt, TraceOptions(request_rate=rate), count_tokens=count_tokens,
+                        arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert str(info.value).startswith(f"{path}") and message in str(info.value)
+
+
+@pytest.mark.parametrize("name, text, where, message", [
+    ("u.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,1,1\n0.5,1,1\n0.0,1,1", 3,
+     "column 'arrived_at' = '0.5' is earlier than the row before (1.0): sort the file by 'arrived_at'"),
+    ("u.jsonl", '{"timestamp": 9, "input_length": 5, "output_length": 1}\n'
+     '{"timestamp": 3, "input_length": 5, "output_length": 1}', 2,
+     "column 'timestamp' = 3 is earlier than the line before (9): sort the file by 'timestamp'"),
+])
+def test_unsorted_arrivals_name_both_values(tmp_path, name, text, where, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path))
+    assert str(info.value) == f"{path}:{where}: {message}"
 
 
 # --- bad rows ----------------------------------------------------------------------------
@@ -123,8 +177,6 @@ def test_unknown_header_asks_for_fmt(tmp_path):
      3, "num_prefill_tokens", "12x"),
     ("v.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n\n1,1,-4",
      4, "num_decode_tokens", "-4"),
-    ("v.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n3,1,1\n2.5,1,1",
-     3, "arrived_at", "2.5"),
     ("a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,1,1\n"
      "2023-11-16 25:00:00.0,1,1", 3, "TIMESTAMP", "2023-11-16 25:00:00.0"),
     ("b.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
@@ -188,11 +240,11 @@ def test_options_compose_in_documented_order(tmp_path, options, ids, arrivals_s)
     assert [r.arrival_s for r in reqs] == pytest.approx(arrivals_s, abs=1e-12)
 
 
-def test_clipping_caps_lengths_and_lifts_zero_to_one(tmp_path):
+def test_clipping_caps_lengths_and_keeps_zero(tmp_path):
     path = vidur_trace(tmp_path, GAPS_TIMES_S)
     reqs = list(load_trace(path, options=TraceOptions(max_prompt_tokens=450, max_output_tokens=3)))
     assert [r.num_prompt_tokens for r in reqs] == [100, 200, 300, 400] + [450] * 6
-    assert [r.num_output_tokens for r in reqs] == [1, 1, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert [r.num_output_tokens for r in reqs] == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
 
 
 def test_rate_override_reads_the_source_twice_and_refuses_one_request(tmp_path):
@@ -206,8 +258,13 @@ def test_rate_override_reads_the_source_twice_and_refuses_one_request(tmp_path):
     assert len(calls) == 2
     list(apply_options(make, TraceOptions(time_scale=3.0)))
     assert len(calls) == 3
-    with pytest.raises(ValueError, match="select at least two requests"):
-        list(apply_options(make, TraceOptions(request_rate=1.0, num_requests=1)))
+    for options, why in [(TraceOptions(request_rate=1.0, num_requests=1), "num_requests=1 selects 1 request"),
+                         (TraceOptions(request_rate=1.0, start_s=5.0), "start_s=5.0 leaves 1 of 3 requests"),
+                         (TraceOptions(request_rate=1.0, skip_requests=2), "skip_requests=2 leaves 1 of 3")]:
+        with pytest.raises(ParamError, match=f"^request_rate=1.0 cannot be applied: {why}.*at least two"):
+            list(apply_options(make, options))
+    with pytest.raises(ParamError, match="^request_rate=1.0 cannot be applied: the trace has only 1 request"):
+        list(apply_options(lambda: iter([Request("0", 0.0, 1, 1)]), TraceOptions(request_rate=1.0)))
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -216,8 +273,23 @@ def test_rate_override_reads_the_source_twice_and_refuses_one_request(tmp_path):
     (dict(max_output_tokens=0), "max_output_tokens"), (dict(request_rate=-2.0), "request_rate"),
 ])
 def test_bad_options_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=rf"^{field}=.* is invalid: "):
+    with pytest.raises(ParamError, match=rf"^{field}=.* is invalid: ") as info:
         TraceOptions(**kwargs)
+    assert info.value.render(CLI_FLAGS).startswith(f"{CLI_FLAGS[field]}=")  # the flag on the command line
+
+
+@pytest.mark.parametrize("kwargs, python, cli", [
+    (dict(num_requests=-5), "num_requests=-5 is invalid: use a count >= 1, or None for the whole trace",
+     "--num-requests=-5 is invalid: use a count >= 1, or leave it out for the whole trace"),
+    (dict(max_prompt_tokens=0), "max_prompt_tokens=0 is invalid: use a cap >= 1, or None for no cap",
+     "--max-prompt-tokens=0 is invalid: use a cap >= 1, or leave it out for no cap"),
+    (dict(time_scale=2.0, request_rate=3.0), "give either time_scale or request_rate, not both",
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+])
+def test_option_errors_read_right_in_python_and_on_the_command_line(kwargs, python, cli):
+    with pytest.raises(ParamError) as info:
+        TraceOptions(**kwargs)
+    assert python in str(info.value) and info.value.render(CLI_FLAGS) == cli
 
 
 # --- the real traces and the shipped sample ----------------------------------------------

@@ -209,3 +209,16 @@ def test_simulate_says_where_its_batch_came_from(capsys):
     assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--batch", "8", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)["end2end"]["throughput_tok_s"]
     assert got == pytest.approx(t.phase_figures(8, 512, 3584)["end2end"]["throughput_tok_s"], rel=1e-12)
+
+
+def test_a_gpu_busy_to_the_end_reads_busy_1_not_more():
+    """The engine clock is the last round's start; a GPU busy from 0 to its last step's end has
+    more busy time than that clock, and its busy fraction is taken to the step's end."""
+    from cent_serve.executor.base import busy_fraction
+    eng = Engine(_gpu_cfg(model=model_preset("llama2-7b"), numerics="off"))
+    for _ in range(4):
+        eng.add_request(list(range(3, 203)), RequestParams(max_tokens=8, ignore_eos=True), arrival_s=0.0)
+    _run(eng)
+    (dev,) = eng.device_stats()
+    assert dev["busy_s"]["gpu"] > eng.now_s  # the case: the naive busy / clock is over 1
+    assert busy_fraction(dev, eng.now_s) == pytest.approx(1.0, rel=1e-12)

@@ -227,6 +227,7 @@ HOSTILE = [
     ({"best_of": 3}, 400, "best_of"),
     ({"logit_bias": {"5": 10}}, 400, "logit_bias"),
     ({"stream_options": {"include_usage": "yes"}}, 422, "stream_options.include_usage"),
+    ({"stream_options": {"include_usage": True}}, 400, "stream_options"),  # without stream, as vLLM refuses it
 ]
 
 
@@ -255,6 +256,18 @@ def test_chat_content_parts_must_be_text(server, http):
     text_parts = {"model": "tiny", "max_tokens": 2,
                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert _post(http, "/v1/chat/completions", json.dumps(text_parts).encode())[0] == 200
+
+
+@pytest.mark.parametrize("content, headers, says", [
+    (json.dumps(body()).encode(), {"content-type": "application/x-www-form-urlencoded"},
+     "sent as application/x-www-form-urlencoded: send a JSON object with Content-Type: application/json"),
+    (b"", {"content-type": "application/json"}, "no body"),
+    (b'{"model": "tiny",, "prompt": "hi"}', {"content-type": "application/json"}, "at character 17"),  # 0-based, as json says
+])
+def test_a_body_that_is_not_json_is_a_400_that_says_what_to_send(server, http, content, headers, says):
+    r = http.post("/v1/completions", content=content, headers=headers)
+    assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+    _assert_still_serving(http)
 
 
 def test_invalid_utf8_is_a_400(server, http):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,6 +77,26 @@ def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
     out = _stop(proc, port)
     assert "listening on http://127.0.0.1:" in out and "API key is required" in out
     assert key not in out
+
+
+def test_serve_on_port_0_says_the_port_the_os_chose():
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--local", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        lines = []
+        for line in proc.stdout:  # ends when the process does, so a server that dies cannot hang this
+            lines.append(line)
+            if "listening on" in line:
+                break
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", "".join(lines))
+        assert found and int(found.group(1)) != 0, "".join(lines)
+        port = int(found.group(1))
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    except BaseException:
+        proc.kill()
+        raise
+    _stop(proc, port)
 
 
 @pytest.mark.ray

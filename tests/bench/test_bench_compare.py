@@ -1,0 +1,62 @@
+"""`cent bench compare`: why requests failed (terminal and compare.json), no empty legends, and
+rate labels on compare_sweep.png that do not cover each other."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cent_serve.bench.compare import place_rate_labels  # noqa: E402
+from cent_serve.cli import main  # noqa: E402
+
+HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+TOO_LONG = "{t},9000,4\n"
+"""A request past the tiny model's 8,192-token context: refused as context_exceeded on both sides."""
+
+
+@pytest.mark.parametrize("rows, rates, failed", [
+    (["0.0,16,4\n", TOO_LONG.format(t=0.5), "1.0,16,4\n"], ["--rates", "1,2"], 1),
+    ([TOO_LONG.format(t=0.0), TOO_LONG.format(t=0.5)], [], 2),  # every request fails: nothing to plot
+])
+def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates, failed):
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "".join(rows))
+    out = tmp_path / "cmp"
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), *rates, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for side in ("CENT", "GPU"):
+        line = next((x for x in printed if x.startswith(f"  {side} ")), "")
+        assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line
+    saved = json.loads((out / "compare.json").read_text())
+    for side in ("cent", "gpu"):
+        assert saved[side]["failure_reasons"]["context_exceeded"]["count"] == failed
+        assert "9000 tokens" in saved[side]["failure_reasons"]["context_exceeded"]["example"]
+        for row in (saved["sweep"] or {}).get(side.upper(), []):
+            assert row["failure_reasons"]["context_exceeded"]["count"] == failed
+    assert not [w for w in recwarn if "legend" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+@pytest.mark.parametrize("xs", [
+    [22.8, 26.6, 29.1],  # the audit's CENT side: three rates within 7 tok/s of 150
+    [20.0, 23.5, 27.0, 30.5, 34.0],  # crowded for labels beside the points, not for upright ones
+    [50.0, 90.0, 147.0],  # room for labels beside the points
+    [60.0, 60.0, 60.0],  # one throughput for every rate (saturated)
+])
+def test_rate_labels_do_not_overlap_and_name_every_rate(xs):
+    rates = [0.25, 0.5, 1, 2, 4][:len(xs)]
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    ax.plot(xs, [72.0] * len(xs), "s--")
+    ax.set_xlim(15, 155)
+    ax.set_ylim(0, 90)
+    fig.tight_layout()
+    place_rate_labels(ax, [("tab:blue", [(x, 72.0, r) for x, r in zip(xs, rates)])])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    text = " ".join(t.get_text() for t in ax.texts)
+    assert all(f"{r:g}" in text for r in rates)
+    plt.close(fig)
