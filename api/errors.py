@@ -93,7 +93,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(raw: Request, exc: StarletteHTTPException):
-        err = ApiError(str(exc.detail), None, exc.status_code, "not_found_error" if exc.status_code == 404
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no route: say which path, and where the API is
+            message = (f"{raw.method} {raw.url.path} is not a path of this server: the OpenAI API is under /v1 "
+                       "(/v1/completions, /v1/chat/completions, /v1/models; every path: /docs)")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow")
+            message = f"{raw.method} is not allowed on {raw.url.path}: " + (f"use {allow}" if allow else "see /docs")
+        err = ApiError(message, None, exc.status_code, "not_found_error" if exc.status_code == 404
                        else "invalid_request_error")
         return error_response(raw, err)
 

@@ -67,7 +67,7 @@ def run_server(cfg: CentConfig) -> None:
     log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
              cfg.server.host, sock.getsockname()[1])
     if cfg.server.api_key:
-        log.info("an API key is required on every path but /health")
+        log.info("an API key is required on every path but /health and /ping")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
     # handler found before it; this one lets the teardown below run and the process exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):

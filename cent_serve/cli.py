@@ -8,9 +8,17 @@ import sys
 from cent_serve import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (every subcommand's too: subparsers take their parent's class) whose
+    errors are one line naming the (sub)command and where its help is, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `cent` parser with every subcommand registered; `main` and the deploy tests use it."""
-    parser = argparse.ArgumentParser(prog="cent", description="cent-serve: LLM serving on emulated CENT devices")
+    parser = _Parser(prog="cent", description="cent-serve: LLM serving on emulated CENT devices")
     parser.add_argument("--version", action="version", version=f"cent-serve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from cent_serve.model import cli as model_cli
@@ -36,7 +44,12 @@ def _error(command: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
     run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # named by the subcommand they were given to, not by `cent`
+        command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None),
+                                         getattr(args, "action", None))))
+        _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)")
+        return 2
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit

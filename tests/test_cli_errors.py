@@ -165,3 +165,18 @@ def test_decode_0_is_the_prompt_alone(capsys):
         assert main(["simulate", *args, "--decode", "0", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert "decoding" not in out and out["prefill"]["throughput_tok_s"] == out["end2end"]["throughput_tok_s"] > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bench", "run", "--bogus-flag"], "cent bench run: error: unrecognized arguments: --bogus-flag (see cent bench run"),
+    (["serve", "--clock", "warp"], "cent serve: error: argument --clock: invalid choice: 'warp'"),
+    (["simulate", "--devices", "x"], "cent simulate: error: argument --devices: invalid int value: 'x' (see cent"),
+])
+def test_argument_errors_are_one_line_naming_the_subcommand(args, says, capsys):
+    from cent_serve.cli import main
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own errors exit from inside the parser
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err

@@ -311,3 +311,11 @@ def test_a_body_at_the_limit_is_served(small_server):
     r = httpx.post(small_server.url + "/v1/completions", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     assert httpx.get(small_server.url + "/health").status_code == 200
+
+
+def test_an_unknown_path_or_method_says_which_and_where_the_api_is(server, http):
+    r = http.get("/v1/completion")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    assert r.json()["error"]["message"].startswith("GET /v1/completion is not a path of this server: the OpenAI API")
+    r = http.get("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"] == "GET is not allowed on /v1/completions: use POST"
