@@ -57,4 +57,21 @@ def config_from_args(args: argparse.Namespace) -> CentConfig:
     if hw is not None:
         gpu = parse_hardware(hw)
         cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
-    return apply_overrides(cfg, list(getattr(args, "set", []) or []))
+    cfg = apply_overrides(cfg, list(getattr(args, "set", []) or []))
+    if hw is not None:
+        _check_hardware(hw, cfg)
+    return cfg
+
+
+def _check_hardware(hw: str, cfg: CentConfig) -> None:
+    """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
+    `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
+    gpu = parse_hardware(hw)
+    if gpu is None:
+        wrong = "gpu.count" if cfg.on_gpus else None
+    else:
+        wrong = "gpu.count" if cfg.gpu.count != gpu[1] else "gpu.kind" if cfg.gpu.kind != gpu[0] else None
+    if wrong:
+        value = getattr(cfg.gpu, wrong.split(".")[1])
+        raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
+                         f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")

@@ -8,7 +8,7 @@ import json
 import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
-from cent_serve.config import CentConfig, ParallelConfig, parse_hardware
+from cent_serve.config import CentConfig, ParallelConfig
 from cent_serve.timing.energy import cost_figures
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
@@ -55,23 +55,6 @@ def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
     return out
 
 
-def check_hardware(args: argparse.Namespace, cfg: CentConfig) -> None:
-    """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
-    `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
-    hw = getattr(args, "hardware", None)
-    if hw is None:
-        return
-    gpu = parse_hardware(hw)
-    if gpu is None:
-        wrong = "gpu.count" if cfg.on_gpus else None
-    else:
-        wrong = "gpu.count" if cfg.gpu.count != gpu[1] else "gpu.kind" if cfg.gpu.kind != gpu[0] else None
-    if wrong:
-        value = getattr(cfg.gpu, wrong.split(".")[1])
-        raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
-                         f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")
-
-
 def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
     return dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
 
@@ -79,7 +62,6 @@ def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
 def run(args: argparse.Namespace) -> int:
     paper_defaults(args)
     cfg = config_from_args(args)
-    check_hardware(args, cfg)
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
                          "batch (one query per pipeline stage)")

@@ -144,13 +144,11 @@ def replay_figures(cfg: CentConfig, trace: str, num_requests: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from cent_serve.simulate_cli import paper_defaults
 
-    from cent_serve.simulate_cli import check_hardware
     from cent_serve.timing.pipeline import check_phases
 
     vary = parse_vary(args.vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args)
-    check_hardware(args, base)
     if base.on_gpus:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")

@@ -180,3 +180,10 @@ def test_argument_errors_are_one_line_naming_the_subcommand(args, says, capsys):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+@pytest.mark.parametrize("command", [["serve"], ["bench", "run"], ["info"]])
+def test_hardware_contradicted_by_set_is_refused_by_every_command(command):
+    proc, wall = _cent(*command, "--hardware", "gpu:a100-80gb:4", "--set", "gpu.count=0")
+    _one_line_error(proc, "gpu.count=0 is invalid with --hardware gpu:a100-80gb:4")
+    assert wall < REFUSE_WITHIN_S, wall
