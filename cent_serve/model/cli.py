@@ -138,6 +138,11 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt_ids = _parse_ids(args.prompt_ids)
     else:
         prompt_ids = tok.encode(args.prompt if args.prompt is not None else "Hello")
+    if args.max_tokens < 1 or len(prompt_ids) + args.max_tokens > cfg.model.max_seq_len:
+        raise ValueError(f"--max-tokens {args.max_tokens} is invalid with a prompt of {len(prompt_ids)} tokens in "
+                         f"model.max_seq_len={cfg.model.max_seq_len}: use 1..{cfg.model.max_seq_len - len(prompt_ids)}")
+    if args.sample_seed is not None and args.sample_seed < 0:
+        raise ValueError(f"--sample-seed {args.sample_seed} is invalid: use an integer >= 0")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             seed=args.sample_seed)
     model = LlamaModel(cfg.model)

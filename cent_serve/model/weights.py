@@ -267,6 +267,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("use_sliding_window", True, "Qwen's per-layer sliding window is not modelled (Mistral's is)")
     if arch != "qwen2" and hf.get("attention_bias"):
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
+    rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):  # transformers rotates only this share of each head's dims
+        _refuse("partial_rotary_factor", partial, "the rotary embedding turns every dimension of a head (1.0)")
     # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
     # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
     for key in ("rope_scaling", "rope_parameters"):

@@ -129,7 +129,10 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
             (dict(use_sliding_window=True), "use_sliding_window=True is not supported"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
-            (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported")):
+            (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+            (dict(partial_rotary_factor=0.5), "partial_rotary_factor=0.5 is not supported"),
+            (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25}),
+             "partial_rotary_factor=0.25 is not supported")):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
         with pytest.raises(ValueError, match=message):
             model_config_from_hf(tmp_path)

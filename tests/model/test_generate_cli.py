@@ -10,6 +10,9 @@ from cent_serve.cli import main
 @pytest.mark.parametrize("args, says", [
     (["--numerics", "off"], "--numerics off: cent generate is the reference model's real math"),
     (["--hardware", "gpu:a100-80gb:1"], "--hardware gpu:a100-80gb:1: cent generate runs the reference model"),
+    (["--max-tokens", "100000", "--prompt-ids", "1,2"], "--max-tokens 100000 is invalid with a prompt of 2 tokens in "
+                                                        "model.max_seq_len=8192: use 1..8190"),
+    (["--sample-seed", "-1"], "--sample-seed -1 is invalid: use an integer >= 0"),
 ])
 def test_options_generate_cannot_honour_are_refused(args, says, capsys):
     assert main(["generate", *args]) == 2
