@@ -508,7 +508,9 @@ class DeviceConfig:
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     """Energy constants."""
     unit_cost_usd: float = 2.69 + 1.10 + 24.38
-    """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9)."""
+    """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9), for the
+    paper's 32 channels: a fixed figure that does not follow `num_channels` or the bank geometry,
+    so a sweep over those gets capacity and speed at the same price unless it sets this too."""
 
     @property
     def capacity_bytes(self) -> int:
