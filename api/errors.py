@@ -79,13 +79,19 @@ def install_error_handlers(app: FastAPI) -> None:
             where = f" at character {loc[1]}" if len(loc) > 1 else ""
             why = (first.get("ctx") or {}).get("error") or first.get("msg")
             err = ApiError(f"the body is not valid JSON: {why}{where}", None, 400)
-        elif loc == ("body",) and first.get("input") is None:
-            err = ApiError("the request has no body: send a JSON object with Content-Type: application/json",
+        elif loc == ("body",):  # the body as a whole is not an object
+            ctype = raw.headers.get("content-type") or ""
+            if "json" not in ctype:  # FastAPI parses only a JSON content type; anything else arrives as bytes
+                why = f"the body was sent as {ctype or 'no content type'}"
+            elif first.get("type") == "missing":
+                why = "the request has no body"
+            else:
+                got = first.get("input")
+                kind = {type(None): "null", str: "a string", list: "an array", bool: "a boolean"}.get(
+                    type(got), "a number")
+                why = f"the body is {kind}, not a JSON object"
+            err = ApiError(f"{why}: send a JSON object ({{\"model\": ..., ...}}) with Content-Type: application/json",
                            None, 400)
-        elif loc == ("body",) and isinstance(first.get("input"), (bytes, str)):
-            # FastAPI parses only a JSON content type; anything else arrives as raw bytes
-            err = ApiError(f"the body was sent as {raw.headers.get('content-type') or 'no content type'}: send a "
-                           "JSON object with Content-Type: application/json", None, 400)
         else:
             param = schema_param(first.get("loc", ()))
             err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 422)

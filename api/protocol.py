@@ -127,7 +127,8 @@ class _Common(BaseModel):
             value = (self.model_extra or {}).get(name)
             if value is not None and value not in neutral:
                 raise ApiError(f"{name} is not supported by this server: leave it unset", name)
-        if self.stream_options is not None and not self.stream:
+        if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:
+            # vLLM's rule (an empty {} passes, as its truthiness test lets it)
             raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",
                            "stream_options")
         if not 1 <= self.n <= MAX_N:

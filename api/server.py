@@ -18,6 +18,7 @@ from api.app import create_app
 from api.metrics import Metrics
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.preflight import bind_listen_socket
 from cent_serve.serving import EngineLoop
 
 log = logging.getLogger("cent.server")
@@ -43,16 +44,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, as uvicorn would bind it (address reuse for TIME_WAIT)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # uvicorn's backlog: a client that reads the log line and connects waits, not refused
-    sock.set_inheritable(True)
-    return sock
-
-
 def run_server(cfg: CentConfig) -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down."""
     t0 = time.perf_counter()
@@ -63,20 +54,24 @@ def run_server(cfg: CentConfig) -> None:
              "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, what, replicas, "s" if replicas > 1 else "",
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
-    sock = _bind(cfg.server.host, cfg.server.port)  # bound here so the log names the port (port 0: the OS's pick)
-    log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
-             cfg.server.host, sock.getsockname()[1])
-    if cfg.server.api_key:
-        log.info("an API key is required on every path but /health and /ping")
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
-    # handler found before it; this one lets the teardown below run and the process exit 0.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda num, _frame: log.info("signal %d: shutting down", num))
+    sock = None
     try:
+        sock = bind_listen_socket(cfg.server.host, cfg.server.port)  # here, so the log names the port (0: the OS's)
+        sock.listen(2048)  # uvicorn's backlog: a client that reads the log line and connects waits, not refused
+        host = f"[{cfg.server.host}]" if ":" in cfg.server.host else cfg.server.host
+        log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
+                 host, sock.getsockname()[1])
+        if cfg.server.api_key:
+            log.info("an API key is required on every path but /health and /ping")
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+        # handler found before it; this one lets the teardown below run and the process exit 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda num, _frame: log.info("signal %d: shutting down", num))
         config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         loop.stop()
         loop.engine.shutdown()
         if cfg.executor == "ray":

@@ -173,7 +173,8 @@ class ModelConfig:
     """Hugging Face Llama checkpoint directory; None means seeded random weights."""
 
     _positive = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                           "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps"})
+                           "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps", "rope_low_freq_factor",
+                           "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:
@@ -200,6 +201,9 @@ class ModelConfig:
                f"use one of {', '.join(ROPE_TYPES)}")
         if self.rope_type != "default":
             _check(self.rope_factor > 0, "model.rope_factor", self.rope_factor, "use a positive number")
+        if self.rope_type == "llama3":  # its smoothing divides by the difference
+            _check(self.rope_high_freq_factor > self.rope_low_freq_factor, "model.rope_high_freq_factor",
+                   self.rope_high_freq_factor, f"use more than model.rope_low_freq_factor={self.rope_low_freq_factor}")
         _check(self.sliding_window >= 0, "model.sliding_window", self.sliding_window,
                "use a positive window, or 0 for the whole context")
         _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
@@ -1146,8 +1150,8 @@ def load_config(path: str | Path) -> CentConfig:
 def _model_section(model: dict[str, Any]) -> dict[str, Any]:
     """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
     loads the checkpoint's config.json, `name: PRESET` the preset; the fields given beside them
-    override. A name that is neither (nor the checkpoint directory's) is refused: it would
-    only relabel the default model."""
+    override. Another name is a model of one's own and needs its shape beside it (`_SHAPE_FIELDS`);
+    alone it is refused: it would only relabel the default model."""
     name, ckpt = model.get("name"), model.get("checkpoint")
     if ckpt is not None:
         from cent_serve.model.weights import model_config_from_hf
@@ -1159,7 +1163,14 @@ def _model_section(model: dict[str, Any]) -> dict[str, Any]:
         return {**base, **model, "checkpoint": base["checkpoint"]}
     if name is None:
         return model
-    _check(isinstance(name, str) and name in MODEL_PRESETS, "model.name", name,
-           f"it is not a preset: use one of {', '.join(sorted(MODEL_PRESETS))}, or `checkpoint: DIR` "
-           "for a Hugging Face checkpoint directory")
-    return {**MODEL_PRESETS[name], **model}
+    if isinstance(name, str) and name in MODEL_PRESETS:
+        return {**MODEL_PRESETS[name], **model}
+    # a model of one's own (or a saved resolved config) names itself and gives its shape
+    _check(isinstance(name, str) and bool(_SHAPE_FIELDS & model.keys()), "model.name", name,
+           f"it is not a preset: use one of {', '.join(sorted(MODEL_PRESETS))}, `checkpoint: DIR` for a Hugging "
+           f"Face checkpoint directory, or give your model's shape beside its name ({', '.join(sorted(_SHAPE_FIELDS))})")
+    return model
+
+
+_SHAPE_FIELDS = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads"})
+"""A YAML `model:` section with any of these beside a name that is no preset describes a model of its own."""

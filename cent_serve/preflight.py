@@ -94,21 +94,28 @@ def check_reference_fits(cfg: CentConfig, available_bytes: int | None = None) ->
                          "cent serve --numerics off")
 
 
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port as uvicorn binds (address reuse: TIME_WAIT is fine); port 0
+    takes a free one. ValueError naming `server.host` / `server.port` and the fix when it cannot be."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    if os.name != "nt":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError as exc:
+        s.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"server.port={port} is in use on {host}: stop the other server or pick another "
+                             "port with --port N") from None
+        raise ValueError(f"server.host={host!r}, server.port={port} cannot be bound ({exc.strerror}): use an "
+                         "address of this machine (default 127.0.0.1) and a port you may open") from None
+    return s
+
+
 def check_port_free(host: str, port: int) -> None:
-    """Refuse a listen address another process holds (before Ray or the model start)."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        if os.name != "nt":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ValueError(f"server.port={port} is in use on {host}: stop the other server or pick another "
-                                 "port with --port N") from None
-            raise ValueError(f"server.host={host!r}, server.port={port} cannot be bound ({exc.strerror}): use an "
-                             "address of this machine (default 127.0.0.1) and a port you may open") from None
+    """Refuse a listen address another process holds, or a host this machine does not have (port
+    0 included), before Ray or the model start."""
+    bind_listen_socket(host, port).close()
 
 
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:

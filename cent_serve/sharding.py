@@ -14,8 +14,8 @@ all-gather of output slices:
     attn heads (H*hd) -> o_proj slice (D) -> silu(gate)*up slice (F) -> down slice (D)
 
 A mixture of experts is spread by experts instead (expert parallelism): each of a stage's tp
-devices holds whole experts, expert e on rank e mod tp (the low experts, which a skewed router
-favours, land on different devices), and every device holds the router. The normed input is
+devices holds whole experts, expert e on rank e mod tp (round robin by id; which experts a skewed
+router favours is a seeded order, `cent_serve.timing.experts.hot_order`), and every device holds the router. The normed input is
 already on every device (the o_proj all-gather broadcast it), so nothing is dispatched; each
 device runs its experts for the tokens routed to them, and the combine gathers their weighted
 outputs (only the rows of the tokens that chose each expert: every rank knows the routing) and

@@ -115,19 +115,35 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     return dict(e2e, mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 
-def replay_figures(cfg: CentConfig, trace: str, num_requests: int) -> dict:
-    """An in-process timing-only replay of the trace's first requests at this point."""
+def load_sweep_trace(trace: str, num_requests: int) -> list:
+    """The trace's first `num_requests` requests, read once for every point; its errors worded
+    for the command line, and its 0-token requests warned about once (`ZeroTokens`)."""
     from cent_serve.bench import resolve_trace
+    from cent_serve.bench.errors import CLI_FLAGS, ParamError
+    from cent_serve.bench.runner import ZeroTokens
+    from cent_serve.bench.traces import TraceOptions, load_trace
+
+    try:
+        requests = list(load_trace(resolve_trace(trace), options=TraceOptions(num_requests=num_requests)))
+    except ParamError as exc:
+        raise ValueError(f"--trace {trace}: " + exc.render({**CLI_FLAGS, "fmt": "cent bench's --format"})) from None
+    zeros = ZeroTokens()
+    for r in requests:
+        zeros.add(r)
+    zeros.warn()
+    return requests
+
+
+def replay_figures(cfg: CentConfig, requests: list) -> dict:
+    """An in-process timing-only replay of the trace's requests at this point."""
     from cent_serve.bench.report import summarize
     from cent_serve.bench.runner import run_in_process
-    from cent_serve.bench.traces import TraceOptions, load_trace
     from cent_serve.timing.energy import cost_figures
     from cent_serve.timing.mapping import resolve_mapping
 
     cfg.numerics, cfg.executor = "off", "local"
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-    requests = load_trace(resolve_trace(trace), options=TraceOptions(num_requests=num_requests))
-    s = summarize(run_in_process(cfg, requests, progress=False))
+    s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
     out = dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
                throughput_tok_s=s["output_throughput"], energy_per_token_mj=s["energy_per_token_mj"],
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
@@ -158,13 +174,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
+    requests = load_sweep_trace(args.trace, args.num_requests) if args.trace else None
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)
         try:
             cfg = point_config(base, point)
-            figs = (replay_figures(cfg, args.trace, args.num_requests) if args.trace
+            figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode))
             row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,
                        config=json.dumps(config_to_dict(cfg), sort_keys=True))

@@ -187,3 +187,9 @@ def test_hardware_contradicted_by_set_is_refused_by_every_command(command):
     proc, wall = _cent(*command, "--hardware", "gpu:a100-80gb:4", "--set", "gpu.count=0")
     _one_line_error(proc, "gpu.count=0 is invalid with --hardware gpu:a100-80gb:4")
     assert wall < REFUSE_WITHIN_S, wall
+
+
+def test_a_host_this_machine_does_not_have_is_refused_before_anything_starts_even_on_port_0():
+    proc, wall = _cent("serve", "--local", "--port", "0", "--host", "192.0.2.1")  # TEST-NET-1: never local
+    _one_line_error(proc, "server.host='192.0.2.1', server.port=0 cannot be bound", "address of this machine")
+    assert wall < REFUSE_WITHIN_S, wall

@@ -1,6 +1,7 @@
 """The config tree: presets, YAML, overrides and errors that name field, value and fix."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -151,6 +152,14 @@ def test_yaml_refuses_a_section_given_a_value_and_a_model_name_that_is_no_preset
         load_config(tmp_path / "c.yaml")
 
 
+def test_a_model_of_ones_own_or_a_saved_config_loads_under_its_own_name(tmp_path):
+    import yaml
+    own = dataclasses.replace(model_preset("tiny"), name="my-2layer", num_layers=2, hidden_size=128, num_heads=4,
+                              num_kv_heads=4, intermediate_size=256)
+    (tmp_path / "saved.yaml").write_text(yaml.safe_dump(config_to_dict(CentConfig(model=own))))
+    assert load_config(tmp_path / "saved.yaml").model == own
+
+
 @pytest.mark.parametrize("override", ["model.name=llama2-70b", "model.checkpoint=/nonexistent"])
 def test_the_model_is_not_relabelled_by_set(override):
     with pytest.raises(ValueError, match=re.escape(override.split("=")[0]) + "=.* use --model NAME_OR_DIR"):
@@ -167,3 +176,9 @@ def test_a_yaml_checkpoint_loads_its_model_as_model_does(tmp_path):
     (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, name: llama2-70b}}\n")
     with pytest.raises(ValueError, match="model.name='llama2-70b' is invalid: .*drop model.name"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_llama3_rope_needs_a_high_frequency_factor_above_the_low_one():
+    with pytest.raises(ValueError, match=r"model.rope_high_freq_factor=1.0 is invalid: use more than "
+                                         r"model.rope_low_freq_factor=1.0"):
+        model_preset("llama3.1-8b", rope_high_freq_factor=1.0)

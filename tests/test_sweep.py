@@ -82,3 +82,18 @@ def test_a_sweep_where_no_point_runs_fails(tmp_path, capsys):
                  "--no-plots"]) == 2
     assert "none of the 2 points could run" in capsys.readouterr().err
     assert all("does not fit" in r["error"] for r in csv.DictReader(open(tmp_path / "sweep.csv")))
+
+
+def test_a_trace_sweep_reads_the_trace_once_before_any_point(tmp_path, capsys, caplog):
+    zero = tmp_path / "zero.csv"
+    zero.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,0,5\n1,10,4\n")
+    assert main(["sweep", "--trace", str(zero), "--vary", "devices=8,16", "--out", str(tmp_path / "ok"),
+                 "--no-plots"]) == 0
+    assert sum("1 of 2 trace requests have 0 tokens" in r.getMessage() for r in caplog.records) == 1  # not per point
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n")
+    assert main(["sweep", "--trace", str(bad), "--vary", "devices=8,16", "--out", str(tmp_path / "bad"),
+                 "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"--trace {bad}: {bad}:1: header" in err and "fmt=" not in err
+    assert not (tmp_path / "bad" / "sweep.csv").exists()

@@ -268,6 +268,18 @@ class _Replay:
         return recs
 
 
+def _over_replay(start: list[dict], end: list[dict], offset: float) -> list[dict]:
+    """The devices' busy seconds and clocks over this replay: a server that ran before counts its
+    devices' busy time from its own start, and its clock from before the trace's time 0."""
+    before = {(d.get("replica", 0), d["device_id"]): d["busy_s"] for d in start}
+    out = []
+    for d in end:
+        was = before.get((d.get("replica", 0), d["device_id"]), {})
+        out.append(dict(d, busy_s={k: v - was.get(k, 0.0) for k, v in d["busy_s"].items()},
+                        **({"clock_s": d["clock_s"] - offset} if d.get("clock_s") is not None else {})))
+    return out
+
+
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,
                       api_key: str | None = None, progress: bool = True) -> tuple[BenchResult, dict]:
     """Replay over HTTP; returns the result (simulated times when the server gives them) and the
@@ -287,7 +299,8 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
         end = (await client.get("/v1/cent/status")).json() if srv.cent else {}
     recs = replay.records_in_trace_time()
     clock = end.get("clock_s", 0.0) - srv.offset if srv.cent else wall_s
-    result = BenchResult(recs, replay.samples, end.get("devices", []), clock, wall_s, end, replay.zeros.requests)
+    devices = _over_replay(srv.status.get("devices", []), end.get("devices", []), srv.offset)
+    result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests)
     replay.zeros.warn()
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
                             e2e_s=None if w.last is None else w.last - w.sent) for rid, w in replay.walls.items()}

@@ -125,13 +125,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from cent_serve.preflight import check_reference_fits
 
-    if args.numerics == "off":
-        raise ValueError("--numerics off: cent generate is the reference model's real math and has nothing to do "
-                         "without it; leave --numerics out (cent simulate gives the timing)")
-    if args.hardware not in (None, "cent"):
-        raise ValueError(f"--hardware {args.hardware}: cent generate runs the reference model on this machine, "
-                         "whatever the hardware; leave --hardware out (it applies to simulate, serve and bench)")
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # checked as resolved: the flags, --set and a --config file alike
+    if cfg.numerics == "off":
+        raise ValueError("numerics='off' (--numerics off): cent generate is the reference model's real math and has "
+                         "nothing to do without it; leave numerics at full or auto (cent simulate gives the timing)")
+    if cfg.on_gpus:
+        raise ValueError(f"gpu.count={cfg.gpu.count} (--hardware gpu:...): cent generate runs the reference model on "
+                         "this machine, whatever the hardware; leave the hardware out (it applies to simulate, serve "
+                         "and bench)")
     check_reference_fits(cfg)
     tok = load_tokenizer(cfg.model)
     if args.prompt_ids is not None:

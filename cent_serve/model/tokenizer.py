@@ -83,7 +83,8 @@ def ends_inside_a_character(data: bytes) -> bool:
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as tokens: 0 <unk>, 1 <s>, 2 </s>, then byte b is id b + 3.
+    """UTF-8 bytes as tokens: 0 <unk>, byte b is id b + 3, `<s>` and `</s>` the model's BOS and
+    EOS ids (1 and 2 for Llama 2 presets; `</s>` alone when BOS is EOS).
 
     Ids past the byte range (a preset with a larger vocabulary, 32000 for Llama 2) are pieces no
     text encodes to: each decodes to `<extra_ID>`. The stand-in sampler never draws them

@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
 from api.server import Server
 from cent_serve.bench import TraceOptions, load_trace, sample_trace_path
@@ -109,3 +110,16 @@ def test_the_last_replay_request_releases_the_hold(monkeypatch):
         after = httpx.get(s.url + "/v1/cent/status").json()["num_hold_expiries"]
     assert [r.finish_reason for r in result.records] == ["length"] * 3
     assert after == during
+
+
+def test_a_second_replay_on_the_same_server_counts_its_own_device_time():
+    """A reused server's devices count busy time from its start; the replay's busy fractions are its own."""
+    heavy = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=30, max_output_tokens=64,
+                                                                      time_scale=0.01)))
+    light = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=3, max_prompt_tokens=8,
+                                                                      max_output_tokens=4, time_scale=5)))
+    local = summarize(run_in_process(_cfg(), light, progress=False))["device_busy_fraction"]
+    with Server(_cfg(), "local") as s:
+        asyncio.run(replay_http(s.url, heavy, progress=False))
+        result, _ = asyncio.run(replay_http(s.url, light, progress=False))
+    assert summarize(result)["device_busy_fraction"] == pytest.approx(local, abs=1e-12)

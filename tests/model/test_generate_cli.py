@@ -8,8 +8,10 @@ from cent_serve.cli import main
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--numerics", "off"], "--numerics off: cent generate is the reference model's real math"),
-    (["--hardware", "gpu:a100-80gb:1"], "--hardware gpu:a100-80gb:1: cent generate runs the reference model"),
+    (["--numerics", "off"], "numerics='off' (--numerics off): cent generate is the reference model's real math"),
+    (["--set", "numerics=off"], "numerics='off' (--numerics off): cent generate"),
+    (["--hardware", "gpu:a100-80gb:1"], "gpu.count=1 (--hardware gpu:...): cent generate runs the reference model"),
+    (["--set", "gpu.count=2"], "gpu.count=2 (--hardware gpu:...): cent generate"),
     (["--max-tokens", "100000", "--prompt-ids", "1,2"], "--max-tokens 100000 is invalid with a prompt of 2 tokens in "
                                                         "model.max_seq_len=8192: use 1..8190"),
     (["--sample-seed", "-1"], "--sample-seed -1 is invalid: use an integer >= 0"),

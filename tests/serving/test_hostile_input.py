@@ -244,6 +244,7 @@ def test_non_finite_temperatures_are_refused(server, http, raw):
 
 
 def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server, http):
+    assert _post(http, "/v1/completions", json.dumps(body(stream_options={})).encode())[0] == 200  # as vLLM
     got, _, _ = _post(http, "/v1/completions", json.dumps(body(some_vendor_extension={"x": 1}, best_of=1,
                                                                logit_bias={}, response_format={"type": "text"})).encode())
     assert got == 200
@@ -260,8 +261,11 @@ def test_chat_content_parts_must_be_text(server, http):
 
 @pytest.mark.parametrize("content, headers, says", [
     (json.dumps(body()).encode(), {"content-type": "application/x-www-form-urlencoded"},
-     "sent as application/x-www-form-urlencoded: send a JSON object with Content-Type: application/json"),
-    (b"", {"content-type": "application/json"}, "no body"),
+     "sent as application/x-www-form-urlencoded: send a JSON object"),
+    (b"", {"content-type": "application/json"}, "the request has no body: send a JSON object"),
+    (b"null", {"content-type": "application/json"}, "the body is null, not a JSON object"),
+    (b'"hi"', {"content-type": "application/json"}, "the body is a string, not a JSON object"),
+    (b"[1]", {"content-type": "application/json"}, "the body is an array, not a JSON object"),
     (b'{"model": "tiny",, "prompt": "hi"}', {"content-type": "application/json"}, "at character 17"),  # 0-based, as json says
 ])
 def test_a_body_that_is_not_json_is_a_400_that_says_what_to_send(server, http, content, headers, says):

@@ -179,7 +179,7 @@ def test_a_gpu_step_reads_the_experts_its_tokens_chose():
     assert g.block_params == m.active_block_param_count()
 
 
-@pytest.mark.parametrize("preset, tp", [("qwen3-30b-a3b", 8), ("mixtral-8x7b", 4)])
+@pytest.mark.parametrize("preset, tp", [("qwen3-30b-a3b", 8)])  # hot ids 0..7 would be one per device
 def test_a_hot_expert_workload_loads_the_busiest_device_more(preset, tp):
     """A lane of 64 decoding tokens through 48 blocks: the more skewed the router, the more the
     busiest device of a tp stage runs (the hot experts share devices, as they fall)."""
