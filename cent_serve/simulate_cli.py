@@ -12,7 +12,7 @@ from cent_serve.config import CentConfig, ParallelConfig
 from cent_serve.timing.energy import cost_figures
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
-from cent_serve.timing.pipeline import PHASES, check_phases, phase_figures, token_figures
+from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
@@ -108,7 +108,7 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     t = GpuTimer(cfg)
     batch = min(128, t.max_batch(total)) if args.batch is None else args.batch
     check_gpus_hold(cfg, total, max(1, batch))
-    f = t.phase_figures(batch, prompt, decode) if decode else _gpu_prefill_only(t, batch, prompt)
+    f = t.phase_figures(batch, prompt, decode)
     tco, k = t.tco(), t.mapping.replicas
     for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them
         r = f[phase]
@@ -133,24 +133,13 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _gpu_prefill_only(t, batch: int, prompt: int) -> dict:
-    """`GpuTimer.phase_figures` of `--decode 0`: the prompts alone, so end2end is the prefill and
-    there is no decoding phase (its figures would divide by zero tokens)."""
-    r = t.static_batch(batch, prompt, 0)
-    tokens, s, j = batch * prompt, r["prefill_s"], r["prefill_j"]
-    row = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, tokens_per_j=tokens / j,
-               energy_per_token_mj=j / tokens * 1e3)
-    return dict(prefill=row, end2end=dict(row), batch=batch)
-
-
 def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
     """Under the cent convention, the station that sets the pace at `context` with `batch` queries
     in flight, worded for `_other`; None when a token's trip round the ring does."""
-    stations = cent.stations_s(context)
-    k = max(range(len(stations)), key=stations.__getitem__)
-    ring = cent.token_s(context)
-    if batch * stations[k] <= ring:
+    if not period_s(cent, context, batch)[1]:
         return None
+    stations, ring = cent.stations_s(context), cent.token_s(context)
+    k = max(range(len(stations)), key=stations.__getitem__)
     stages = cent.mapping.stages
     name = (f"stage {k} ({len(stages[k].blocks)} blocks)" if k < len(stages) else
             ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])

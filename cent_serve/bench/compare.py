@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import EXAMPLE_CHARS, summarize  # noqa: E402
+from cent_serve.bench.report import short_example, summarize  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
 from cent_serve.timing.energy import TCO_CENT_PER_32  # noqa: E402
@@ -122,8 +122,7 @@ def print_compare(out: dict) -> None:
         print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
-            example = f["example"] if len(f["example"]) <= EXAMPLE_CHARS else f["example"][:EXAMPLE_CHARS - 3] + "..."
-            print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {example}")
+            print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
     print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
           "TCO units)")
 

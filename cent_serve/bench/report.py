@@ -134,11 +134,15 @@ EXAMPLE_CHARS = 110
 """The terminal table cuts example failure messages to this many characters (summary.json has them whole)."""
 
 
+def short_example(message: str) -> str:
+    """A failure's example message as the terminal tables print it (`EXAMPLE_CHARS` at most)."""
+    return message if len(message) <= EXAMPLE_CHARS else message[:EXAMPLE_CHARS - 3] + "..."
+
+
 def print_table(summary: dict) -> None:
     print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
     for reason, f in summary.get("failure_reasons", {}).items():
-        example = f["example"] if len(f["example"]) <= EXAMPLE_CHARS else f["example"][:EXAMPLE_CHARS - 3] + "..."
-        print(f"  {reason:<22}{f['count']:>12}   e.g. {example}")
+        print(f"  {reason:<22}{f['count']:>12}   e.g. {short_example(f['example'])}")
     if summary.get("raised_to_one_token"):
         print(f"{'raised to 1 token':<24}{summary['raised_to_one_token']:>12}   requests with 0 prompt or output "
               "tokens in the trace, sent with 1")

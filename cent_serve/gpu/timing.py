@@ -253,6 +253,8 @@ class GpuTimer:
                                     ("decoding", batch * decode, r["decode_s"], r["decode_j"]),
                                     ("end2end", batch * (prompt + decode), r["prefill_s"] + r["decode_s"],
                                      r["prefill_j"] + r["decode_j"])):
+            if not tokens:  # --decode 0: no decoding phase, end2end is the prefill
+                continue
             out[phase] = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, tokens_per_j=tokens / j,
                               energy_per_token_mj=j / tokens * 1e3)
         out["batch"] = batch
