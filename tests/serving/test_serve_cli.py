@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -83,9 +84,11 @@ def test_serve_on_port_0_says_the_port_the_os_chose():
     proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--local", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    watchdog = threading.Timer(STARTUP_TIMEOUT_S, proc.kill)  # a server that hangs before its log line ends too
+    watchdog.start()
     try:
         lines = []
-        for line in proc.stdout:  # ends when the process does, so a server that dies cannot hang this
+        for line in proc.stdout:  # ends when the process does (or the watchdog kills it)
             lines.append(line)
             if "listening on" in line:
                 break
@@ -96,6 +99,8 @@ def test_serve_on_port_0_says_the_port_the_os_chose():
     except BaseException:
         proc.kill()
         raise
+    finally:
+        watchdog.cancel()
     _stop(proc, port)
 
 
