@@ -448,7 +448,8 @@ class DeviceConfig:
     burst_elements: int = 16
     """Elements per burst, and the bf16 MACs a bank's unit does per column command (32 B)."""
     bytes_per_element: int = 2
-    """bf16."""
+    """Bytes per stored element, bf16: the weights, KV cache, capacity and DMA lines are counted in it,
+    the PIM cycles per element (docs/hardware_model.md section 1, "The data type")."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns."""
     accumulator_registers: int = 32

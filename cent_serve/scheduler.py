@@ -47,8 +47,8 @@ def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
     counts = []
     block = cfg.scheduler.kv_block_tokens
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        per_token = device_kv_bytes_per_token(cfg.model, mp, d)
-        free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d)
+        per_token = device_kv_bytes_per_token(cfg.model, mp, d, cfg.device.bytes_per_element)
+        free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d, cfg.device.bytes_per_element)
         counts.append(max(0, free) // (block * per_token))
     override = cfg.scheduler.num_kv_blocks_override
     return min(counts) if override is None else min(min(counts), override)

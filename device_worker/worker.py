@@ -76,9 +76,10 @@ class DeviceWorker:
         self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)
         """Each sequence's position."""
         m = cfg.model
-        self.weight_bytes = device_weight_bytes(m, mp, device_id)
+        elem = cfg.device.bytes_per_element
+        self.weight_bytes = device_weight_bytes(m, mp, device_id, elem)
         self.kv = PagedKVCache(capacity_bytes=cfg.device.capacity_bytes - self.weight_bytes,
-                               bytes_per_token=device_kv_bytes_per_token(m, mp, device_id),
+                               bytes_per_token=device_kv_bytes_per_token(m, mp, device_id, elem),
                                block_tokens=cfg.scheduler.kv_block_tokens)
         self.shards: dict[int, LayerShard] = {}
         self.seq_kv: dict[int, ShardKV] = {}

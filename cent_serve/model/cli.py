@@ -70,7 +70,7 @@ def run_info(args: argparse.Namespace) -> int:
     if m.is_moe and not cfg.on_gpus:
         from cent_serve.timing.mapping import expert_placement, resolve_mapping
         try:
-            experts = expert_placement(m, resolve_mapping(m, cfg.parallel, cfg.device))
+            experts = expert_placement(m, resolve_mapping(m, cfg.parallel, cfg.device), cfg.device.bytes_per_element)
         except ValueError:  # the mapping itself cannot be made: the refusal says why
             experts = None
     out = {

@@ -124,17 +124,18 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
 # ----------------------------------------------------------------------------- capacity
 
 
-def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int) -> int:
-    """bf16 weight bytes a device stores: its blocks' slices plus embedding / LM head shares."""
+def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int, element_bytes: int = 2) -> int:
+    """Weight bytes a device stores: its blocks' slices plus embedding / LM head shares, each weight
+    `element_bytes` wide (`device.bytes_per_element`: 2, bf16, CENT's data type)."""
     stages = mp.stages_on_device(device_id)
     blocks = sum(len(s.blocks) for s in stages)
-    per_block = m.block_param_count() * 2 / mp.tp
+    per_block = m.block_param_count() * element_bytes / mp.tp
     if m.is_moe and stages:  # attention split, the router on every device, whole experts e with e mod tp == rank
         rank = stages[0].device_ids.index(device_id)
         local = len(range(rank, m.num_experts, mp.tp))
         per_block = (m.attention_param_count() / mp.tp + m.num_experts * m.hidden_size
-                     + local * m.expert_param_count()) * 2
-    table = m.vocab_size * m.hidden_size * 2 / mp.tp
+                     + local * m.expert_param_count()) * element_bytes
+    table = m.vocab_size * m.hidden_size * element_bytes / mp.tp
     extra = 0.0
     if any(s.index == 0 for s in stages):
         extra += table  # embedding on the first stage
@@ -143,11 +144,12 @@ def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int) -> int:
     return int(blocks * per_block + extra)
 
 
-def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int) -> int:
-    """KV bytes per token of context on a device (K and V, bf16, the KV heads it holds)."""
+def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, element_bytes: int = 2) -> int:
+    """KV bytes per token of context on a device (K and V of the KV heads it holds, each element
+    `element_bytes` wide: `device.bytes_per_element`)."""
     blocks = sum(len(s.blocks) for s in mp.stages_on_device(device_id))
     kv_heads = max(1, -(-m.num_kv_heads // mp.tp))  # replicated when tp exceeds the KV heads
-    return 2 * kv_heads * m.head_dim * 2 * blocks
+    return 2 * kv_heads * m.head_dim * element_bytes * blocks
 
 
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
@@ -159,8 +161,8 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
     """
     batch = mp.lanes if batch is None else batch
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        w = device_weight_bytes(m, mp, d)
-        kv_tok = device_kv_bytes_per_token(m, mp, d)
+        w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
+        kv_tok = device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
         need = w + kv_tok * context * batch
         if need <= dev.capacity_bytes:
             continue
@@ -177,14 +179,14 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
                          f"is {max_ctx}, the largest batch at context {context} is {max_batch}")
 
 
-def expert_placement(m: ModelConfig, mp: Mapping) -> dict | None:
+def expert_placement(m: ModelConfig, mp: Mapping, element_bytes: int = 2) -> dict | None:
     """Where a mixture of experts' experts sit on this mapping (None for a dense model): per rank of a
     stage the experts it holds of each of the stage's blocks, and a sentence that says how they run."""
     if not m.is_moe:
         return None
     tp, n, k = mp.tp, m.num_experts, m.num_experts_per_tok
     ranks = {r: list(range(r, n, tp)) for r in range(tp)}
-    expert_mib = m.expert_param_count() * 2 / 2**20
+    expert_mib = m.expert_param_count() * element_bytes / 2**20
     if tp == 1:
         where = (f"all {n} experts of a block on the block's {mp.channels_per_block} channels "
                  f"({mp.geometry.banks_per_device} banks) of its device; a token's {k} experts run there one after "
@@ -197,5 +199,5 @@ def expert_placement(m: ModelConfig, mp: Mapping) -> dict | None:
                  "device's experts run one after the other), then one combine (a gather of each device's partial "
                  "sum)" + (f"; ranks {idle} hold no expert" if idle else ""))
     return dict(num_experts=n, top_k=k, expert_mib=expert_mib, experts_by_rank=ranks, describe=where,
-                weights_per_device_gib={d: device_weight_bytes(m, mp, d) / 2**30
+                weights_per_device_gib={d: device_weight_bytes(m, mp, d, element_bytes) / 2**30
                                         for d in sorted({d for s in mp.stages[:1] for d in s.device_ids})})
