@@ -7,8 +7,9 @@ engine loop and the metrics. The parts live by concern:
 - api/routes.py: the endpoints, completions and chat as two shapes of that path;
 - api/errors.py: OpenAI's error JSON, and the one count per request in `cent:requests_total`.
 
-Every error is OpenAI's error JSON. With an API key every path but `/health` and `/ping` needs it,
-`/metrics` included (Prometheus sends it with `authorization: {credentials: ...}`)."""
+Every error is OpenAI's error JSON. With an API key every path but `/health`, `/ping` and the API's
+documentation (`/docs`, `/openapi.json`) needs it, `/metrics` included (Prometheus sends it with
+`authorization: {credentials: ...}`)."""
 from __future__ import annotations
 
 from fastapi import FastAPI

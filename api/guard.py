@@ -13,8 +13,11 @@ from typing import Callable
 
 from api.protocol import ApiError
 
-OPEN_PATHS = frozenset({"/health", "/ping"})
-"""Paths served without the API key (liveness probes)."""
+OPEN_PATHS = frozenset({"/health", "/ping", "/docs", "/openapi.json"})
+"""Paths served without the API key: the liveness probes, and the API's documentation (a browser
+opening `/docs` sends no key; the schema holds no data and runs nothing)."""
+OPEN_PREFIX = "/docs/static/"
+"""The documentation page's scripts and styles, open with it."""
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 """Paths whose rejections count as refused generation requests (`on_reject`)."""
 
@@ -38,7 +41,7 @@ async def send_error(send, err: ApiError) -> None:
 
 
 class Guard:
-    """401 without the key (all paths but `OPEN_PATHS`), 413 past `max_body_bytes` (by
+    """401 without the key (all paths but `OPEN_PATHS` and the docs' static files), 413 past `max_body_bytes` (by
     Content-Length or by the bytes actually streamed), 400 for a body that is not UTF-8.
     `on_reject(reason)` is called for each refused request to a generation path."""
 
@@ -53,7 +56,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.key is not None and scope["path"] not in OPEN_PATHS and not bearer_ok(scope["headers"], self.key):
+        path = scope["path"]
+        if (self.key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX)
+                and not bearer_ok(scope["headers"], self.key)):
             await self._refuse(scope, send, "unauthorized", ApiError(
                 "missing or wrong API key: send 'Authorization: Bearer <key>'", None, 401, "authentication_error",
                 "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))

@@ -697,8 +697,9 @@ class ServerConfig:
     ray_address: str | None = None
     """Existing Ray cluster to join (None = start a local Ray)."""
     api_key: str | None = field(default=None, repr=False)
-    """Require `Authorization: Bearer <key>` on every path but `/health` when set (`cent serve`
-    reads `--api-key` or `CENT_API_KEY`); never printed, redacted by `config_to_dict`."""
+    """Require `Authorization: Bearer <key>` on every path but `/health`, `/ping`, `/docs` and
+    `/openapi.json` when set (`cent serve` reads `--api-key` or `CENT_API_KEY`); never printed,
+    redacted by `config_to_dict`."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted (bytes); larger ones get 413. 1 MiB holds a 4096-token
     prompt as text ~60 times over."""

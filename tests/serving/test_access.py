@@ -2,6 +2,7 @@
 and the server binds to loopback unless told otherwise."""
 from __future__ import annotations
 
+import http.client
 import logging
 
 import httpx
@@ -24,8 +25,8 @@ def keyed():
 
 @pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/v1/cent/status"),
                                           ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
-                                          ("GET", "/docs"), ("GET", "/no-such-path")])
-def test_every_path_but_health_needs_the_key(keyed, method, path):
+                                          ("POST", "/tokenize"), ("GET", "/no-such-path")])
+def test_every_path_but_health_and_docs_needs_the_key(keyed, method, path):
     for headers in ({}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"},
                     {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
         r = httpx.request(method, keyed.url + path, headers=headers, json=body())
@@ -34,6 +35,26 @@ def test_every_path_but_health_needs_the_key(keyed, method, path):
         assert KEY not in r.text
     r = httpx.request(method, keyed.url + path, headers=AUTH, json=body())
     assert r.status_code != 401 and r.status_code < 500, r.text
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/docs/static/swagger-ui.css"])
+def test_the_api_documentation_opens_without_the_key(keyed, path):
+    """A browser sends no key: the docs page, its schema and its static files are open (they hold no
+    data and run nothing), as the liveness probes are."""
+    assert httpx.get(keyed.url + path).status_code == 200
+
+
+def test_a_path_through_the_open_docs_reaches_nothing_else(keyed):
+    """Sent raw (httpx would resolve the dots itself): a path under the docs' static files that climbs
+    out to /metrics or a file is not served."""
+    host, port = keyed.url.removeprefix("http://").split(":")
+    for path in ("/docs/static/../../metrics", "/docs/static/%2e%2e/%2e%2e/metrics", "/docs/static/../../../etc/passwd"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        text = r.read().decode()
+        conn.close()
+        assert r.status in (401, 404) and "cent:" not in text and "root:" not in text, (path, r.status, text[:200])
 
 
 def test_health_is_open_and_the_right_key_is_served(keyed):
