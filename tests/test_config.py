@@ -80,6 +80,15 @@ def test_cli_info_and_generate(capsys):
     assert "neither a preset" in capsys.readouterr().err
 
 
+def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
+    assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:8", "--set", "gpu.tp=4"]) == 0
+    out = capsys.readouterr().out
+    assert "hardware     8 x a100-80gb: pp 1 x tp 4 x 2 replicas; KV room" in out and "\nmapping " not in out
+    assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:1"]) == 2
+    out, err = capsys.readouterr()
+    assert "hardware     1 x a100-80gb: pp 1 x tp 1; numerics" in out and "does not fit on 1 x a100-80gb" in err
+
+
 def _numeric_paths(positive: bool | None = None) -> list[str]:
     """Every numeric field of the tree (`section.field`), or those that must be > 0 (positive=True)
     or may be 0 (positive=False)."""

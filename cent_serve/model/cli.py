@@ -99,8 +99,17 @@ def _print_info(cfg, out: dict) -> None:
           f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
     print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype})")
     print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
-    print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
-          f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
+    if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
+        from cent_serve.gpu.timing import GpuTimer
+        try:
+            gt = GpuTimer(cfg)
+            room = f"; KV room {gt.kv_tokens():,} tokens a replica" if out["runnable"] else ""
+            print(f"hardware     {gt.mapping.describe()}{room}; numerics={cfg.resolved_numerics}")
+        except ValueError:  # the layout itself cannot be made: the refusal says why
+            print(f"hardware     {cfg.gpu.count} x {cfg.gpu.kind}; numerics={cfg.resolved_numerics}")
+    else:
+        print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
+              f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
     ex = out.get("experts")
     if m.is_moe:
         print(f"experts      {m.num_experts} per block, top {m.num_experts_per_tok}, width {m.expert_size} "
