@@ -47,7 +47,7 @@ def _serve_docs_offline(app: FastAPI) -> None:
 def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     """The app serving `loop`'s engine, counting into `metrics`. `api_key`: required as a bearer
-    token on every path but /health and /ping (None: open); bodies over `max_body_bytes` get 413."""
+    token on every path but /health, /ping and the docs (None: open); bodies over `max_body_bytes` get 413."""
     app = FastAPI(title="cent-serve", version=__version__, docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,

@@ -45,7 +45,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def run_server(cfg: CentConfig) -> None:
-    """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down."""
+    """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down. A
+    failed startup (the app's lifespan) leaves by uvicorn's SystemExit(3), through the teardown."""
     t0 = time.perf_counter()
     app, loop = build(cfg)
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
@@ -62,7 +63,7 @@ def run_server(cfg: CentConfig) -> None:
         log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
                  host, sock.getsockname()[1])
         if cfg.server.api_key:
-            log.info("an API key is required on every path but /health and /ping")
+            log.info("an API key is required on every path but /health, /ping and the docs (/docs, /openapi.json)")
         # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
         # handler found before it; this one lets the teardown below run and the process exit 0.
         for sig in (signal.SIGINT, signal.SIGTERM):

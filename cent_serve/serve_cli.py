@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--placement", choices=["spread", "pack"],
                    help="on a cluster advertising cent_device: spread devices over nodes or pack them")
     p.add_argument("--local", action="store_true", help="devices in this process, no Ray")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health "
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health, /ping and the docs "
                                      "(default: the CENT_API_KEY environment variable, which unlike the flag "
                                      "is not visible to other users in the process list)")
     p.set_defaults(func=run_serve)

@@ -1,4 +1,4 @@
-"""Access: the API key guards every path but /health and /ping, never shows up in logs or saved configs,
+"""Access: the API key guards every path but /health, /ping and the docs, never shows up in logs or saved configs,
 and the server binds to loopback unless told otherwise."""
 from __future__ import annotations
 
