@@ -46,7 +46,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def run_server(cfg: CentConfig) -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down. A
-    failed startup (the app's lifespan) leaves by uvicorn's SystemExit(3), through the teardown."""
+    failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown."""
     t0 = time.perf_counter()
     app, loop = build(cfg)
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
@@ -66,10 +66,14 @@ def run_server(cfg: CentConfig) -> None:
             log.info("an API key is required on every path but /health, /ping and the docs (/docs, /openapi.json)")
         # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
         # handler found before it; this one lets the teardown below run and the process exit 0.
+        signalled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda num, _frame: log.info("signal %d: shutting down", num))
+            signal.signal(sig, lambda num, _frame: (signalled.append(num), log.info("signal %d: shutting down", num)))
         config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning")
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started and not signalled:  # older uvicorn returns from a failed startup (newer exits 3)
+            raise SystemExit(3)  # uvicorn.run's code for it
     finally:
         if sock is not None:
             sock.close()

@@ -128,3 +128,35 @@ def test_serve_on_modelled_gpus_answers_with_gpu_timing():
     finally:
         out = _stop(proc, port)
     assert "modelled a100-80gb GPUs" in out
+
+
+def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog):
+    """The app's lifespan failing at startup: uvicorn's exit code 3 (uvicorn.run's, whichever way the
+    installed uvicorn reports it), and the engine and devices are still torn down."""
+    import contextlib
+    import logging
+
+    import api.server as srv
+    from tests.serving.utils import server_cfg
+
+    build = srv.build
+
+    def failing_build(cfg):
+        app, loop = build(cfg)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app):
+            raise RuntimeError("startup fails here")
+            yield
+
+        app.router.lifespan_context = lifespan
+        return app, loop
+
+    monkeypatch.setattr(srv, "build", failing_build)
+    cfg = server_cfg()
+    cfg.server.port = 0
+    caplog.set_level(logging.INFO, logger="cent.server")
+    with pytest.raises(SystemExit) as exc:
+        srv.run_server(cfg)
+    assert exc.value.code == 3
+    assert "stopped: engine thread and device actors are gone" in caplog.text
