@@ -109,16 +109,21 @@ class ApiContext:
             raise ApiError(f"the prompt has {chars} characters; the model's context is {context} tokens: "
                            "shorten the prompt", param, code="context_length_exceeded")
 
-    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages") -> list[int]:
+    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
+                 continue_final_message: bool = False) -> list[int]:
         """A chat's token ids: the model's chat template rendered (the template writes the BOS),
-        then encoded (tokenizer.py). A template that refuses the messages is a 400 naming `param`."""
+        then encoded (tokenizer.py). A template that refuses the messages is a 400 naming `param`;
+        `continue_final_message` with `add_generation_prompt` a 400 naming the first."""
         if not messages:
             raise ApiError(f"{param} is empty: give at least one message", param)
+        if continue_final_message and add_generation_prompt:
+            raise ApiError("continue_final_message=true needs add_generation_prompt=false (they exclude each "
+                           "other, as in vLLM): send \"add_generation_prompt\": false", "continue_final_message")
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
-            return encode_chat(self.tokenizer, messages, add_generation_prompt)
+            return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message)
         except ValueError as exc:
-            raise ApiError(f"{exc}: change the messages", param) from None
+            raise ApiError(str(exc), param) from None
 
     def check_request(self, prompt_ids: list[int], max_tokens: int, fields: FieldNames) -> None:
         """`Engine.check_request` (the one validator of a prompt and its length), its refusal as

@@ -62,9 +62,9 @@ class Endpoint(ABC):
         """The body's prompts; raises ApiError naming the field at fault."""
         ...
 
-    def opening(self) -> dict | None:
-        """A streamed choice's first chunk, before any token (None: there is none)."""
-        return None
+    def opening(self, body) -> list[dict]:
+        """A streamed choice's first chunks, before any token (none by default)."""
+        return []
 
     @abstractmethod
     def piece(self, text: str) -> dict:
@@ -339,10 +339,9 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
         outs = {i: {"token_ids": []} for i in range(len(reqs))}
         pending = {i: _Pending() for i in range(len(reqs))}
         reasons = []
-        opening = endpoint.opening()
-        if opening is not None:
+        for fields in endpoint.opening(body):
             for i in range(len(reqs)):
-                c = reply.chunk(i, opening, None)
+                c = reply.chunk(i, fields, None)
                 if continuous:
                     n = prompt_tokens[i // body.n]
                     c["usage"] = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}

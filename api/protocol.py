@@ -243,7 +243,22 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
-    """vLLM's: end the prompt with the assistant's cue (the template's `add_generation_prompt`)."""
+    """vLLM's: end the prompt with the assistant's cue (the template's `add_generation_prompt`);
+    false: the reply takes the last message's role (vLLM's rule)."""
+    continue_final_message: bool = False
+    """vLLM's: end the prompt inside the last message, which the model continues (needs
+    `add_generation_prompt` false)."""
+    echo: bool = False
+    """vLLM's: the reply starts with the last message's text when that message has the reply's role."""
+
+    def reply_role(self) -> str:
+        """The role of the reply: the assistant's, or without the generation prompt the last message's."""
+        return "assistant" if self.add_generation_prompt or not self.messages else self.messages[-1].role
+
+    def echoed(self) -> str:
+        """What `echo` puts before the reply: the last message's text if it has the reply's role."""
+        last = self.messages[-1] if self.echo and self.messages else None
+        return last.text() if last is not None and last.role == self.reply_role() else ""
 
     def _logprobs(self) -> int | None:
         if self.logprobs is not None and not isinstance(self.logprobs, bool):
@@ -295,6 +310,8 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool | None = None
     """Prompt: put the BOS first (default true); messages: the template writes it (default false)."""
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    """As chat's: the messages end inside the last one (needs add_generation_prompt false)."""
     return_token_strs: bool = False
 
     @model_validator(mode="before")

@@ -71,11 +71,15 @@ class Chat(Endpoint):
         fields = FieldNames("messages", "max_completion_tokens" if newer else "max_tokens")
         # no limit given: the rest of the context, as vLLM's chat endpoint (DEFAULT_MAX_TOKENS)
         default = ctx.cfg.server.max_tokens_default or ctx.cfg.model.max_seq_len
-        return Prompts([ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt)],
-                       body.max_completion_tokens if newer else body.max_tokens, default, fields)
+        ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
+                           continue_final_message=body.continue_final_message)
+        return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
-    def opening(self) -> dict:
-        return {"delta": {"role": "assistant", "content": ""}}
+    def opening(self, body: ChatCompletionRequest) -> list[dict]:
+        # the role, then with `echo` the last message's text (vLLM sends it as its own chunk)
+        first = [{"delta": {"role": body.reply_role(), "content": ""}}]
+        echoed = body.echoed()
+        return first + [self.piece(echoed)] if echoed else first
 
     def piece(self, text: str) -> dict:
         return {"delta": {"content": text}}
@@ -87,7 +91,7 @@ class Chat(Endpoint):
         return chat_logprobs(ctx.tokenizer, entries)
 
     def whole(self, ctx: ApiContext, body: ChatCompletionRequest, prompt_ids: list[int], out: dict) -> dict:
-        fields = {"message": {"role": "assistant", "content": out["text"]}}
+        fields = {"message": {"role": body.reply_role(), "content": body.echoed() + out["text"]}}
         if out.get("logprobs") is not None:
             fields["logprobs"] = chat_logprobs(ctx.tokenizer, out["logprobs"])
         return fields
@@ -156,7 +160,8 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx):
     if (body.prompt is None) == (body.messages is None):
         raise ApiError("give either prompt or messages", "prompt")
     if body.messages is not None:
-        ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt)
+        ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
+                           continue_final_message=body.continue_final_message)
         if body.add_special_tokens:
             ids = [ctx.tokenizer.bos_token_id, *ids]
     else:

@@ -269,23 +269,47 @@ def check_chat_template(template: str, where) -> None:
                          "fix tokenizer_config.json's chat_template") from None
 
 
-def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                continue_final_message: bool = False) -> str:
     """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
     variables `transformers` passes (no tools, no documents). Raises ValueError with the
-    template's own message if it refuses them (`raise_exception`, a missing field)."""
+    template's own message if it refuses them (`raise_exception`, a missing field).
+
+    `continue_final_message` (transformers' and vLLM's option, which excludes
+    `add_generation_prompt`): the text ends where the last message's content ends, without the
+    end of its turn, so the model goes on with that message (an assistant reply begun)."""
     from jinja2.exceptions import TemplateError
 
+    if continue_final_message and add_generation_prompt:
+        raise ValueError("continue_final_message and add_generation_prompt exclude each other: set "
+                         "add_generation_prompt to false to continue the last message")
     try:
-        return _compiled(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+        text = _compiled(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                    tools=None, documents=None, bos_token=tok.bos_token,
                                                    eos_token=tok.eos_token)
     except (TemplateError, TypeError) as exc:
-        raise ValueError(f"the chat template refused these messages: {exc}") from None
+        raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
+    return _cut_after_final_message(text, messages[-1]["content"]) if continue_final_message else text
 
 
-def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def _cut_after_final_message(text: str, final: str) -> str:
+    """`text` up to the end of its last copy of `final` (the last message's content): with the
+    content's trailing whitespace when the template kept it, without it when it trimmed it."""
+    core = final.strip()
+    if not core:
+        raise ValueError("continue_final_message needs text in the last message to continue: give it some")
+    at = text.rfind(core)
+    if at < 0:
+        raise ValueError("continue_final_message: the chat template changed the last message's text, so "
+                         "where it ends cannot be found: send it as the template renders it")
+    kept = final.lstrip()
+    return text[:at + len(kept)] if text.startswith(kept, at) else text[:at + len(core)]
+
+
+def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                continue_final_message: bool = False) -> list[int]:
     """The token ids of a chat: the rendered template, no BOS added (the template writes it)."""
-    return tok.encode(render_chat(tok, messages, add_generation_prompt), add_bos=False)
+    return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message), add_bos=False)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:

@@ -144,6 +144,33 @@ def test_chat_templates_render_as_transformers_renders_them(tmp_path):
     assert render_chat(tok, chat) == '<s>"é""b">'  # no tools, loop controls, tojson without ASCII escapes
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+TRIMMING = ("{{ bos_token }}{% for m in messages %}{{ '<|start|>' + m['role'] + '<|end|>\\n\\n' + m['content'] | trim "
+            "+ '<|eot|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant<|end|>\\n\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("template", [None, CHATML, TRIMMING], ids=["default", "chatml", "trimming"])
+def test_continue_final_message_cuts_where_transformers_cuts(tmp_path, template):
+    """The prompt of a begun reply ends where transformers' apply_chat_template(continue_final_message=True)
+    ends it, with the content's own trailing space or, under a template that trims it, without."""
+    transformers = pytest.importorskip("transformers")
+    from cent_serve.model.tokenizer import render_chat
+
+    if template is None:  # the server's default template, as `cent tokenizer export` writes it
+        export_tokenizer(model_preset("tiny"), tmp_path)
+        tok = load_tokenizer(model_preset("tiny"))
+    else:
+        tok = load_tokenizer(model_config_from_hf(_byte_fallback_checkpoint(tmp_path, template)))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    chats = [[{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, "}],
+             [{"role": "user", "content": "  padded  "}],
+             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "a"}]]
+    for chat in chats:
+        want = ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=False, continue_final_message=True)
+        assert render_chat(tok, chat, False, True) == want, chat
+
+
 def test_a_chat_template_that_does_not_compile_stops_the_load(tmp_path):
     path = _byte_fallback_checkpoint(tmp_path, "{% for m in messages %}")
     with pytest.raises(ValueError, match="does not compile.*chat_template"):

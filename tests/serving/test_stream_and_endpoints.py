@@ -135,3 +135,52 @@ def test_chat_s_top_logprobs_on_completions_and_empty_messages_are_400(off):
     assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
     r = httpx.post(off.url + "/tokenize", json={"messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+BEGUN = [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, "}]
+
+
+def _tokens_text(url: str, **body) -> str:
+    r = httpx.post(url + "/tokenize", json=dict(messages=BEGUN, return_token_strs=True, **body))
+    assert r.status_code == 200, r.text
+    return "".join(r.json()["token_strs"])
+
+
+def test_continue_final_message_ends_the_prompt_inside_the_last_message(off):
+    """vLLM's (and transformers') continue_final_message: the prompt stops where the assistant's
+    begun reply stops, without its end of turn; the chat runs on that prompt."""
+    closed = _tokens_text(off.url, add_generation_prompt=False)
+    open_ = _tokens_text(off.url, add_generation_prompt=False, continue_final_message=True)
+    assert closed.endswith("Hello there, \n") and open_ == closed[:-1]  # the template's end of turn is gone
+    r = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", messages=BEGUN, max_tokens=2,
+                                                              add_generation_prompt=False, continue_final_message=True))
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(open_) - 2  # <s> is one token, 3 chars
+    for body in (dict(continue_final_message=True), dict(continue_final_message=True, add_generation_prompt=True)):
+        r = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", messages=BEGUN, **body))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message", r.text
+        assert '"add_generation_prompt": false' in r.json()["error"]["message"]
+    empty = [BEGUN[0], {"role": "assistant", "content": "  "}]
+    r = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", messages=empty, add_generation_prompt=False,
+                                                              continue_final_message=True))
+    assert r.status_code == 400 and "needs text in the last message" in r.json()["error"]["message"]
+
+
+def test_chat_echo_puts_the_last_message_of_the_reply_s_role_first(off):
+    """vLLM's chat echo: the reply starts with the last message's text when that message has the
+    reply's role (the assistant's, or without the generation prompt the last message's own)."""
+    def reply(**body):
+        r = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", max_tokens=3, seed=7, **body))
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]
+
+    plain = reply(messages=BEGUN)["content"]
+    assert reply(messages=BEGUN, echo=True) == {"role": "assistant", "content": "Hello there, " + plain}
+    assert reply(messages=CHAT, echo=True)["content"] == reply(messages=CHAT)["content"]  # a user's last: no echo
+    as_user = reply(messages=CHAT, echo=True, add_generation_prompt=False)
+    assert as_user["role"] == "user" and as_user["content"].startswith("hi")  # vLLM's role rule
+    chunks = events(off.url, "/v1/chat/completions", messages=BEGUN, max_tokens=3, n=2, echo=True,
+                    add_generation_prompt=False, continue_final_message=True)
+    opening = [c["choices"][0] for c in chunks[:4]]
+    assert [(o["index"], o["delta"]) for o in opening] == [
+        (0, {"role": "assistant", "content": ""}), (1, {"role": "assistant", "content": ""}),
+        (0, {"content": "Hello there, "}), (1, {"content": "Hello there, "})]
