@@ -118,26 +118,26 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
 
 
 def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int = 128) -> dict:
-    """The whole paper workload; phases averaged over L = gap, 2 gap, ... like the closed form.
+    """The whole paper workload; phases averaged over the closed form's context lengths
+    (`phase_seqlens`: L = gap, 2 gap, ..., a short phase at its middle).
 
     power_w is measured system power (phase energy / phase simulated time); the artifact's
     closed-form "power" divides by PIM time only, so it reads higher by the non-PIM share.
     """
-    from cent_serve.timing.pipeline import phase_figures
+    from cent_serve.timing.pipeline import phase_figures, phase_seqlens
 
     queries = executor.timer.mapping.lanes
     total = prompt + decode
+    groups = phase_seqlens(prompt, decode, gap)
     trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
-    per_l = {L: _step_figures(trace, L - 1, queries) for L in range(gap, total + 1, gap)}
-    groups = {"prefill": [L for L in per_l if L <= prompt], "decoding": [L for L in per_l if L > prompt],
-              "end2end": list(per_l)}
+    per_l = {L: _step_figures(trace, L - 1, queries) for L in sorted({L for ls in groups.values() for L in ls})}
     counts = {"prefill": prompt, "decoding": decode, "end2end": total}
     spans = {"prefill": (0, prompt), "decoding": (prompt, total), "end2end": (0, total)}
     closed = phase_figures(executor.timer, prompt, decode, gap)
     energy_at = trace.energy_j_at
     out: dict = {}
     for phase in PHASES:
-        if not groups[phase]:
+        if phase not in groups:
             continue
         lat = float(np.mean([per_l[L][0] for L in groups[phase]]))
         thr = float(np.mean([per_l[L][1] for L in groups[phase]]))

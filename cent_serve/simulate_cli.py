@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, help="context length of one token (default 4096)")
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
-    p.add_argument("--seqlen-gap", type=int, default=128, help="spacing of the context lengths averaged")
+    p.add_argument("--seqlen-gap", type=int, default=128,
+                   help="spacing of the context lengths averaged (a phase shorter than it: its middle one)")
     p.add_argument("--batch", type=int, help="queries in flight, at most one per pipeline stage (default: one per "
                                              "stage, the paper's); the KV capacity is checked at this batch")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")

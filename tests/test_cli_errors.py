@@ -127,7 +127,7 @@ def test_version():
     (["--set", "device=5"], ["device='5'", "section"]),
     (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
-    (["--prompt", "100", "--decode", "0"], ["--decode 0", "--seqlen-gap"]),
+    (["--prompt", "100", "--decode", "0", "--seqlen-gap", "0"], ["--seqlen-gap 0", "positive"]),
     (["--hardware", "gpu:a100-80gb:4", "--prompt", "100", "--decode", "-1"], ["--decode -1", "0 or more"]),
 ])
 def test_bad_values_end_in_one_line_not_a_traceback(args, needles):
@@ -165,6 +165,28 @@ def test_decode_0_is_the_prompt_alone(capsys):
         assert main(["simulate", *args, "--decode", "0", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert "decoding" not in out and out["prefill"]["throughput_tok_s"] == out["end2end"]["throughput_tok_s"] > 0
+
+
+def test_a_phase_shorter_than_the_spacing_is_taken_at_its_middle(capsys):
+    """A prompt or an output shorter than --seqlen-gap: the phase no multiple of the gap falls in is
+    timed at its middle context length, not left out of the table (it was) or refused (with decode 0)."""
+    from cent_serve.cli import main
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    from cent_serve.timing import SystemTimer
+    from cent_serve.timing.pipeline import phase_seqlens, token_figures
+
+    assert phase_seqlens(100, 200) == {"prefill": [50], "decoding": [128, 256], "end2end": [128, 256]}
+    assert phase_seqlens(200, 50) == {"prefill": [128], "decoding": [225], "end2end": [128]}
+    assert phase_seqlens(100, 1) == {"prefill": [50], "decoding": [101], "end2end": [50, 101]}
+    assert phase_seqlens(100, 0) == {"prefill": [50], "end2end": [50]}
+    assert phase_seqlens(512, 3584)["prefill"] == [128, 256, 384, 512]  # the paper's, unchanged
+    t = SystemTimer.from_config(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1),
+                                           numerics="off"))
+    for prompt, decode, phase, L in ((100, 200, "prefill", 50), (200, 50, "decoding", 225)):
+        assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", str(prompt),
+                     "--decode", str(decode), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out[phase]["throughput_tok_s"] == pytest.approx(token_figures(t, L).throughput_tok_s, rel=1e-12)
 
 
 @pytest.mark.parametrize("args, says", [

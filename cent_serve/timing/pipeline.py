@@ -149,8 +149,7 @@ PHASES = ("prefill", "decoding", "end2end")
 def check_phases(prompt: int, decode: int, gap: int | None = 128, gap_flag: str | None = "--seqlen-gap") -> None:
     """ValueError, one line naming the flag, the value and the fix, unless the paper's workload
     can be averaged: prompt >= 1, decode >= 0 (0: the prompt alone, prefill and end2end) and, when
-    `gap` is given, a positive gap and at least one context length (gap <= prompt + decode).
-    `gap_flag`: the flag that sets the gap (None: the command has none)."""
+    `gap` is given, a positive gap. `gap_flag`: the flag that sets the gap (None: the command has none)."""
     if prompt < 1:
         raise ValueError(f"--prompt {prompt} is invalid: use at least 1 prompt token (e.g. --prompt 512)")
     if decode < 0:
@@ -161,32 +160,38 @@ def check_phases(prompt: int, decode: int, gap: int | None = 128, gap_flag: str 
     if gap < 1:
         raise ValueError(f"{gap_flag or 'the context-length spacing'} {gap} is invalid: use a positive spacing "
                          "(e.g. 128)")
+
+
+def phase_seqlens(prompt: int, decode: int, gap: int = 128) -> dict[str, list[int]]:
+    """The context lengths L each phase averages over. The paper's: L = gap, 2 gap, ..., prompt +
+    decode; prefill takes L <= prompt, decoding prompt < L, end2end all. A phase of tokens that no
+    multiple of the gap falls in (a prompt or an output shorter than the gap) is taken at its middle
+    context length, (prompt + 1) // 2 or prompt + (decode + 1) // 2, rather than left out; end2end
+    with none at all takes those. decode 0: no decoding phase."""
+    check_phases(prompt, decode, gap)
     total = prompt + decode
-    if total < gap:
-        fix = f"lower {gap_flag} to {total} or less, or give" if gap_flag else "give"
-        raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens is fewer than {gap}, the spacing of "
-                         f"the context lengths the phases average ({gap}, {2 * gap}, ... up to the total): {fix} "
-                         f"at least {gap} tokens")
+    every = list(range(gap, total + 1, gap))
+    out = {"prefill": [L for L in every if L <= prompt] or [(prompt + 1) // 2]}
+    if decode:
+        out["decoding"] = [L for L in every if L > prompt] or [prompt + (decode + 1) // 2]
+    out["end2end"] = every or sorted(out["prefill"] + out.get("decoding", []))
+    return out
 
 
 def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
                   batch: int | None = None) -> dict[str, dict]:
-    """The paper's averaging: L = gap, 2 gap, ..., prompt + decode; prefill is L <= prompt,
-    decoding prompt < L, end2end all. Throughput, energy and power are plain means over
-    the L in a phase; latency = mean token time x the phase's token count. `batch`: as in
-    `token_figures`."""
-    check_phases(prompt, decode, gap)
+    """Each phase's figures averaged over its context lengths (`phase_seqlens`): throughput,
+    energy and power are plain means over the L in a phase; latency = mean token time x the
+    phase's token count. `batch`: as in `token_figures`."""
+    lengths = phase_seqlens(prompt, decode, gap)
     total = prompt + decode
-    rows = [token_figures(timer, L, batch) for L in range(gap, total + 1, gap)]
-    groups = {"prefill": [r for r in rows if r.seqlen <= prompt],
-              "decoding": [r for r in rows if r.seqlen > prompt],
-              "end2end": rows}
+    rows = {L: token_figures(timer, L, batch) for L in sorted({L for ls in lengths.values() for L in ls})}
     counts = {"prefill": prompt, "decoding": decode, "end2end": total}
     out: dict[str, dict] = {}
     for phase in PHASES:
-        group = groups[phase]
-        if not group:
+        if phase not in lengths:
             continue
+        group = [rows[L] for L in lengths[phase]]
         mean = lambda key: sum(getattr(r, key) for r in group) / len(group)  # noqa: E731
         out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
                           throughput_tok_s=mean("throughput_tok_s"),

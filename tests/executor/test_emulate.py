@@ -53,11 +53,12 @@ def test_context_is_exactly_the_closed_forms():
     assert _rel(out["token_latency_ms"], out["closed_form"]["token_latency_ms"]) < 1e-3
 
 
-def test_phases_match_closed_form():
+@pytest.mark.parametrize("prompt, decode, gap", [(64, 64, 32), (20, 12, 32)])  # the second: both phases short
+def test_phases_match_closed_form(prompt, decode, gap):
     cfg = _cfg("llama2-13b", 32, 40, 1)
-    out = emulate_phases(cfg, LocalExecutor(cfg), prompt=64, decode=64, gap=32)
+    out = emulate_phases(cfg, LocalExecutor(cfg), prompt=prompt, decode=decode, gap=gap)
     for phase in ("prefill", "decoding", "end2end"):
-        for key in ("latency_s", "throughput_tok_s", "energy_per_token_mj"):
+        for key in ("latency_s", "throughput_tok_s", "token_latency_ms", "energy_per_token_mj"):
             assert _rel(out[phase][key], out[phase]["closed_form"][key]) < TOL, (phase, key)
     assert out["simulated_s"] > out["end2end"]["latency_s"] * 0.99
 
