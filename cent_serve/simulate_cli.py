@@ -130,7 +130,8 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
         print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}{r['energy_per_token_mj']:>11.2f}"
               f"{r['power_w']:>10.1f}")
     if not t.kind.calibrated:
-        print(f"{t.kind.name}'s efficiency constants are the A100's: no measurement of it to set them from")
+        print(f"{t.kind.name}'s efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 "
+              "measurements): none of this kind to set them from")
     return 0
 
 

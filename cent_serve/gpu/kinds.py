@@ -9,7 +9,8 @@ Two efficiency constants per kind, the fractions of the datasheet peaks the kern
 (`mem_efficiency` for the bytes of a step, `compute_efficiency` for its FLOPs); the A100's
 are set from the Llama2-7B measurements the CENT artifact published (one GPU, so no link in
 them), by `tests/data/calibrate_gpu.py`, which prints how. The H100 has no measurement to set
-them from: it takes the A100's, and says so (`calibrated`).
+them from: it takes the A100's, and says so (`calibrated`); so does the A100 PCIe card (the
+measurements were of SXM4 modules, below).
 
 `power_fraction`: the board power while serving as a share of the TDP. Both A100 kinds draw the
 measured 293 W (the 7B end-to-end row; prefill and decoding 292-293 W; the artifact's GPUs were
@@ -56,7 +57,7 @@ GPU_KINDS: dict[str, GpuKind] = {k.name: k for k in (
     GpuKind("a100-80gb", 2.039e12, 312e12, 80e9, 300e9, "NVLink 3", 400.0,
             A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, 1.76 / 4, True),
     GpuKind("a100-80gb-pcie", 1.935e12, 312e12, 80e9, 32e9, "PCIe 4.0 x16", 300.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, True),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, False),
     GpuKind("h100-80gb", 3.35e12, 989.4e12, 80e9, 450e9, "NVLink 4", 700.0,
             A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, None, False),
 )}

@@ -45,6 +45,19 @@ def test_shipped_constants_are_the_calibration():
     assert t.kind.power_fraction == pytest.approx(c["power_fraction"], abs=1e-9)
 
 
+
+def test_only_the_measured_kind_is_called_calibrated(capsys):
+    """The artifact measured A100 SXM4 modules: the PCIe card and the H100 borrow their constants,
+    and `cent simulate` says so for both."""
+    from cent_serve.cli import main
+    from cent_serve.gpu.kinds import GPU_KINDS
+
+    assert {name for name, k in GPU_KINDS.items() if k.calibrated} == {"a100-80gb"}
+    for kind in ("a100-80gb-pcie", "h100-80gb"):
+        assert main(["simulate", "--model", "llama2-7b", "--hardware", f"gpu:{kind}:1"]) == 0
+        assert f"{kind}'s efficiency constants are a100-80gb's" in capsys.readouterr().out
+
+
 HELD = [(r["model"], int(r["gpus"]), r["phase"], key, r[col]) for r in rows("phases.csv")
         for key, col in (("throughput_tok_s", "throughput_tok_s"), ("power_w", "power_w"),
                          ("tokens_per_j", "tokens_per_joule"))
