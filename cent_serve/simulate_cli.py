@@ -9,7 +9,7 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import CentConfig, ParallelConfig
-from cent_serve.timing.energy import cost_figures
+from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, cost_figures
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
@@ -189,8 +189,9 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     check_devices_hold(cfg, total, batch)
     phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
     for phase, row in phases.items():
-        row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
-                                row["throughput_tok_s"], phase, row["energy_per_token_mj"], cfg.device))
+        row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
+                                row["energy_per_token_mj"], cfg.device,
+                                against_paper=(args.prompt, args.decode) == PAPER_WORKLOAD))
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
@@ -201,7 +202,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
           f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
-    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'vs GPU':>8}")
+    paper = (args.prompt, args.decode) == PAPER_WORKLOAD and cfg.model.name in GPU_BASELINES
+    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}" + (f"{'vs GPU':>8}" if paper else ""))
     for phase in PHASES:
         r = phases.get(phase)
         if r:
@@ -209,6 +211,9 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
             print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}"
                   f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}"
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
+    if not paper and cfg.model.name in GPU_BASELINES:
+        print(f"no ratio to the paper's GPU figures: they are for {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens; "
+              f"for this workload on GPUs run the same with --hardware gpu:a100-80gb:{GPU_BASELINES[cfg.model.name]['gpus']}")
     print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
           f"{alt['throughput_tok_s']:.1f} tok/s, {alt['energy_per_token_mj']:.2f} mJ/token, {alt['power_w']:.1f} W. "
           f"Why they differ: {why}")
@@ -271,7 +276,8 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
             continue
         e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
         e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
-                                "end2end", e2e["energy_per_token_mj"], c.device))
+                                "end2end", e2e["energy_per_token_mj"], c.device,
+                                against_paper=(prompt, decode) == PAPER_WORKLOAD))
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
@@ -279,8 +285,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         return 0
     print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
+    paper = (prompt, decode) == PAPER_WORKLOAD and cfg.model.name in GPU_BASELINES
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
-          f"{'vs GPU':>8}{'tok/$ vs GPU':>14}")
+          + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
     for r in rows:
         if "error" in r:
             print(f"{r['pp']:>4}{r['tp']:>4}  does not fit: {r['error']}")
@@ -361,7 +368,7 @@ def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, exe
                     row = out[phase]
                     row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
                                             row["throughput_tok_s"], phase, row["energy_per_token_mj"],
-                                            cfg.device))
+                                            cfg.device, against_paper=(args.prompt, args.decode) == PAPER_WORKLOAD))
         else:
             out = emulate_seqlen(cfg, executor, context)
     finally:

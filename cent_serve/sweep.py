@@ -104,14 +104,14 @@ def point_config(base: CentConfig, point: dict[str, str]) -> CentConfig:
 def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     """The paper's workload end to end, as `cent simulate --prompt --decode` computes it."""
     from cent_serve.preflight import check_devices_hold
-    from cent_serve.timing.energy import cost_figures
+    from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures
     from cent_serve.timing.pipeline import phase_figures
     from cent_serve.timing.token import SystemTimer
 
     mp = check_devices_hold(cfg, prompt + decode, cfg.parallel.pp or cfg.model.num_layers)
     e2e = phase_figures(SystemTimer.from_config(cfg), prompt, decode)["end2end"]
     e2e.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
-                            e2e["energy_per_token_mj"], cfg.device))
+                            e2e["energy_per_token_mj"], cfg.device, against_paper=(prompt, decode) == PAPER_WORKLOAD))
     return dict(e2e, mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 
@@ -149,11 +149,9 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
                completed=s["completed"], failed=s["failed"])
-    cost = cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
-                        out["energy_per_token_mj"], cfg.device)
     # the paper's GPU figures are for its own workload, not this trace: no ratio against them
-    out.update({k: v for k, v in cost.items() if k not in ("throughput_ratio", "tokens_per_dollar_ratio",
-                                                            "gpu_throughput_tok_s", "gpus")})
+    out.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
+                            out["energy_per_token_mj"], cfg.device, against_paper=False))
     return out
 
 

@@ -191,7 +191,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
                    energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"])
         cost = cost_figures(cfg.model.name, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
-                            s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device)
+                            s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
+                            against_paper=True)  # the command's purpose: the paper's baseline beside a trace
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
                     if k in cost})
         rows.append(row)

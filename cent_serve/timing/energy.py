@@ -281,13 +281,19 @@ def fabric_energy_j(nbytes: int, dev: DeviceConfig) -> float:
     return nbytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
 
 
+PAPER_WORKLOAD = (512, 3584)
+"""The prompt and generated tokens of every query the paper's GPU figures (`GPU_BASELINES`) measured."""
+
+
 def cost_figures(model_name: str, devices_used: int, num_devices: int, throughput_tok_s: float,
-                 phase: str, energy_per_token_mj: float, dev: DeviceConfig) -> dict:
-    """Throughput ratio and tokens per dollar against the paper's GPU baseline (section 9)."""
+                 phase: str, energy_per_token_mj: float, dev: DeviceConfig, *, against_paper: bool) -> dict:
+    """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
+    paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
+    caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
                tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None)
     base = GPU_BASELINES.get(model_name)
-    if base is None:
+    if base is None or not against_paper:
         return out
     gpu = base[phase]
     tco_gpu = TCO_GPU_PER_4 * base["gpus"] / 4

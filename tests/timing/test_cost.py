@@ -19,7 +19,7 @@ def test_unit_cost_by_hand():
 
 def test_tco_ratio_by_hand():
     # 13B: 2 GPUs vs 20 devices; 1000 tok/s against the GPU's 1077
-    c = cost_figures("llama2-13b", 20, 20, 1000.0, "end2end", 100.0, DEV)
+    c = cost_figures("llama2-13b", 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
     assert c["throughput_ratio"] == pytest.approx(1000 / 1077)
     assert c["tokens_per_dollar_ratio"] == pytest.approx((1000 / (0.73 * 20 / 32)) / (1077 / (1.76 * 2 / 4)))
     assert c["tokens_per_joule"] == pytest.approx(10.0)
@@ -34,8 +34,31 @@ def test_headline_geomeans_with_the_pure_pipeline():
         mp = resolve_mapping(m, ParallelConfig(devices, m.num_layers, 1), DEV)
         e2e = phase_figures(SystemTimer(m, mp, DEV, FabricConfig()), 512, 3584)["end2end"]
         c = cost_figures(name, mp.devices_used, devices, e2e["throughput_tok_s"], "end2end",
-                         e2e["energy_per_token_mj"], DEV)
+                         e2e["energy_per_token_mj"], DEV, against_paper=True)
         thr.append(c["throughput_ratio"])
         tpd.append(c["tokens_per_dollar_ratio"])
     assert abs(math.prod(thr) ** (1 / 3) / 2.3 - 1) < 0.05
     assert abs(math.prod(tpd) ** (1 / 3) / 5.2 - 1) < 0.05
+
+
+def test_the_paper_s_gpu_ratio_only_for_the_paper_s_workload(capsys):
+    """The paper's GPU figures are for 512 + 3584 tokens: another workload (a prefill alone, a short
+    query) gets no ratio to them, in the table or the JSON, and is pointed at the GPU model instead."""
+    import json
+
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", "3584",
+                 "--json"]) == 0
+    paper = json.loads(capsys.readouterr().out)
+    assert paper["end2end"]["throughput_ratio"] > 1 and paper["end2end"]["tokens_per_dollar_ratio"] > 1
+    for decode in ("0", "5"):
+        assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", decode,
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert all("throughput_ratio" not in out[p] and "tokens_per_dollar_ratio" not in out[p]
+                   for p in ("prefill", "end2end"))
+        assert out["end2end"]["tokens_per_joule"] > 0  # the cost figures of its own stay
+        assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", decode]) == 0
+        text = capsys.readouterr().out
+        assert "vs GPU" not in text and "--hardware gpu:a100-80gb:1" in text
