@@ -10,7 +10,8 @@ run (the model does not fit, an invalid mapping, values that clash) is a row wit
 sweep goes on, and fails (exit 2) only when no point could run. Written to `--out`:
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
-  full resolved config as JSON (so any row can be rerun);
+  full resolved config as JSON (so any row can be rerun). `throughput_tok_s` counts prompt and
+  generated tokens, as the energy per token does (a trace replay adds `output_throughput_tok_s`);
 - `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
   faster and cheaper in energy) drawn and labelled;
 - `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline where the model
@@ -31,7 +32,8 @@ from cent_serve.config import CentConfig, apply_overrides, check_override, confi
 
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
-FIGURES = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s", "token_latency_ms",
+FIGURES = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s",
+           "output_throughput_tok_s", "token_latency_ms",
            "energy_per_token_mj", "tokens_per_joule", "power_w", "system_device_cost_usd", "tok_s_per_usd",
            "throughput_ratio", "tokens_per_dollar_ratio", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
            "completed", "failed", "error")
@@ -145,7 +147,9 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
     out = dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
-               throughput_tok_s=s["output_throughput"], energy_per_token_mj=s["energy_per_token_mj"],
+               # prompt + output tokens, as the closed form's throughput and every energy per token count them
+               throughput_tok_s=s["total_token_throughput"], output_throughput_tok_s=s["output_throughput"],
+               energy_per_token_mj=s["energy_per_token_mj"],
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
                completed=s["completed"], failed=s["failed"])

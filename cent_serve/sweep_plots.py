@@ -54,7 +54,7 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
             ax.plot([], [], " ", label=f"{k}: {_label(r, others)}")
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
-        ax.set_ylabel("throughput (tokens/s)")
+        ax.set_ylabel("throughput (prompt + generated tokens/s)")
     fig.suptitle(f"CENT design space over {', '.join(fields)} (front: no point of the model is both faster "
                  "and cheaper in energy)", fontsize=10)
     return _save(fig, axes[0], path, 8)

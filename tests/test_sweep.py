@@ -46,6 +46,10 @@ def test_a_trace_sweep_replays_the_trace_at_every_point(tmp_path):
     assert [int(r["completed"]) + int(r["failed"]) for r in rows] == [20, 20]
     assert float(rows[1]["throughput_tok_s"]) > float(rows[0]["throughput_tok_s"])  # more channels per block
     assert "tokens_per_dollar_ratio" not in rows[0]  # not against the paper's GPU workload
+    for r in rows:  # prompt + output tokens, as the energy per token and the closed form count them
+        total, output = float(r["throughput_tok_s"]), float(r["output_throughput_tok_s"])
+        assert total > 1.5 * output  # sample_conv's prompts are longer than its outputs
+        assert float(r["tok_s_per_usd"]) == pytest.approx(total / float(r["system_device_cost_usd"]), rel=1e-9)
     assert not (tmp_path / "pareto.png").exists()
 
 
