@@ -290,14 +290,15 @@ def cost_figures(model_name: str, devices_used: int, num_devices: int, throughpu
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
     caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
+    tco_cent = TCO_CENT_PER_32 * num_devices / 32
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
-               tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None)
+               tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None,
+               tokens_per_tco=throughput_tok_s / tco_cent)  # the TCO convention's units, as the GPU side's
     base = GPU_BASELINES.get(model_name)
     if base is None or not against_paper:
         return out
     gpu = base[phase]
     tco_gpu = TCO_GPU_PER_4 * base["gpus"] / 4
-    tco_cent = TCO_CENT_PER_32 * num_devices / 32
     out.update(gpu_throughput_tok_s=gpu, gpus=base["gpus"], throughput_ratio=throughput_tok_s / gpu,
                tokens_per_dollar_ratio=(throughput_tok_s / tco_cent) / (gpu / tco_gpu))
     return out

@@ -100,7 +100,7 @@ def score(r: Reading) -> tuple[dict, dict, dict]:
         b = batch(t, m)
         f = t.phase_figures(b, PROMPT, DECODE)[row["phase"]]
         for key, col in (("throughput_tok_s", "throughput_tok_s"), ("power_w", "power_w"),
-                         ("tokens_per_j", "tokens_per_joule")):
+                         ("tokens_per_joule", "tokens_per_joule")):
             issue[f"{m[7:]} b{b} {row['phase']} {key}"] = f[key] / float(row[col]) - 1
     t70 = make("llama2-70b", 4)
     for row in rows("70b_batch_4k.csv"):

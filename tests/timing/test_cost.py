@@ -62,3 +62,22 @@ def test_the_paper_s_gpu_ratio_only_for_the_paper_s_workload(capsys):
         assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", decode]) == 0
         text = capsys.readouterr().out
         assert "vs GPU" not in text and "--hardware gpu:a100-80gb:1" in text
+
+
+def test_cent_and_gpu_simulate_name_the_same_figures_alike(capsys):
+    """A script comparing `cent simulate --json` for CENT and for GPUs finds the same keys, in the same
+    units: tokens per joule, and tokens per TCO unit of the artifact's convention (0.73 per 32 devices,
+    1.76 per 4 A100s)."""
+    import json
+
+    from cent_serve.cli import main
+
+    common = ["simulate", "--model", "llama2-70b", "--prompt", "512", "--decode", "3584", "--json"]
+    assert main(common + ["--devices", "32"]) == 0
+    cent = json.loads(capsys.readouterr().out)["end2end"]
+    assert main(common + ["--hardware", "gpu:a100-80gb:4"]) == 0
+    gpu = json.loads(capsys.readouterr().out)["end2end"]
+    for key in ("throughput_tok_s", "energy_per_token_mj", "power_w", "tokens_per_joule", "tokens_per_tco"):
+        assert cent[key] > 0 and gpu[key] > 0, key
+    assert cent["tokens_per_tco"] == pytest.approx(cent["throughput_tok_s"] / 0.73, rel=1e-12)
+    assert gpu["tokens_per_tco"] == pytest.approx(gpu["throughput_tok_s"] / 1.76, rel=1e-12)
