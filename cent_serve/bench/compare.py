@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cent_serve.bench.plots import DPI, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
+from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
 from cent_serve.bench.report import short_example, summarize  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
@@ -136,6 +136,9 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         vals = {k: np.sort([get(r) * 1e3 for r in res.records if r.ok and get(r) is not None])
                 for k, res in results.items()}
         top = max((v[-1] for v in vals.values() if len(v)), default=1.0)
+        slo = slos.get(metric)
+        draw_slo = slo is not None and slo <= SLO_OFF_AXIS * top  # as the single-run CDFs: far beyond, only named
+        top = max(top, slo) if draw_slo else top
         div, unit = latency_unit([top])
         for k, x in vals.items():
             if not len(x):
@@ -143,8 +146,10 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
             ax.step(np.r_[x[0], x] / div, np.r_[0.0, np.arange(1, x.size + 1) / x.size], where="post",
                     color=COLORS[k], lw=1.8,
                     label=f"{k}: p50 {fmt_in(np.percentile(x, 50), div, unit)}, p99 {fmt_in(np.percentile(x, 99), div, unit)}")
-        if metric in slos:
-            ax.axvline(slos[metric] / div, color="black", ls=":", lw=1.2, label=f"SLO {fmt_in(slos[metric], div, unit)}")
+        if draw_slo:
+            ax.axvline(slo / div, color="black", ls=":", lw=1.2, label=f"SLO {fmt_in(slo, div, unit)}")
+        elif slo is not None:
+            ax.plot([], [], " ", label=f"SLO {fmt_in(slo, div, unit)} (right of the axis)")
         p50s = [np.percentile(x, 50) for x in vals.values() if len(x)]
         if len(p50s) == 2 and min(p50s) > 0 and max(p50s) / min(p50s) >= LOG_RATIO:
             ax.set_xscale("log")  # one side 20x the other: on a linear axis it would be a line at 0

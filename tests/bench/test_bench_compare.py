@@ -60,3 +60,28 @@ def test_rate_labels_do_not_overlap_and_name_every_rate(xs):
     text = " ".join(t.get_text() for t in ax.texts)
     assert all(f"{r:g}" in text for r in rates)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("slo_ms, drawn", [(100.0, True), (1000.0, False)])
+def test_an_slo_beyond_the_values_widens_the_axis_or_is_named(tmp_path, monkeypatch, slo_ms, drawn):
+    """The CDFs of both sides with a TPOT SLO past every value: within SLO_OFF_AXIS x the largest value
+    the axis reaches the SLO line (it ended at the values and hid it); far beyond, the legend names it."""
+    from types import SimpleNamespace
+
+    from cent_serve.bench.compare import plot_cdfs
+
+    def result(tpots_ms):
+        return SimpleNamespace(records=[SimpleNamespace(ok=True, ttft_s=0.2, tpot_s=t / 1e3, e2e_s=5.0)
+                                        for t in tpots_ms])
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    side = dict(hardware="hw", completed=3, failed=0)
+    plot_cdfs(tmp_path / "cdfs.png", {"CENT": result([55, 60, 70]), "GPU": result([35, 45, 90])},
+              {"CENT": side, "GPU": side}, "m", {"tpot": slo_ms})
+    ax = figs[0].axes[1]
+    labels = ax.get_legend_handles_labels()[1]
+    if drawn:
+        assert ax.get_xlim()[1] >= slo_ms and "SLO 100 ms" in labels
+    else:
+        assert ax.get_xlim()[1] < slo_ms and any(label.endswith("(right of the axis)") for label in labels)
