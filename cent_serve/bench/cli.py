@@ -236,8 +236,14 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
 
     sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out))
-    g = sweep["distserve_goodput_rate"]
-    print(f"DistServe goodput: {g if g is not None else 'no rate'} req/s; results in {args.out}/")
+    g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
+    if not slos:
+        goodput = "DistServe goodput: give --goodput ttft:MS tpot:MS for it"
+    elif g is None:
+        goodput = f"DistServe goodput: no rate of {args.rates} has {share} of its requests within the SLOs"
+    else:
+        goodput = f"DistServe goodput: {g:g} req/s (the highest rate with {share} of its requests within the SLOs)"
+    print(f"{goodput}; results in {args.out}/")
     return 0
 
 

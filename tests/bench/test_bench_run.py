@@ -92,6 +92,12 @@ def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     assert low["slo_attainment"] >= 0.9 > high["slo_attainment"]
     assert sweep["distserve_goodput_rate"] == 5.0
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in \
+        capsys.readouterr().out
+    assert main(["bench", "sweep", "--numerics", "off", "--synthetic", "poisson", "--num-requests", "20",
+                 "--prompt-len", "32", "--output-len", "8", "--rates", "5000", "--goodput", "ttft:0.001",
+                 "--out", str(out)]) == 0
+    assert "DistServe goodput: no rate of 5000 has 90% of its requests within the SLOs" in capsys.readouterr().out
 
 
 def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
