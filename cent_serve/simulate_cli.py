@@ -145,9 +145,11 @@ def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
     stages = cent.mapping.stages
     name = (f"stage {k} ({len(stages[k].blocks)} blocks)" if k < len(stages) else
             ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])
+    slow, trip = batch * stations[k] * 1e3, ring * 1e3
+    digits = next((d for d in range(3, 10) if f"{slow:.{d}g}" != f"{trip:.{d}g}"), 10)  # enough to tell them apart
     return (f"under the cent convention {name} is the bottleneck at {context} tokens: {batch} queries x "
-            f"{stations[k] * 1e3:.3g} ms = {batch * stations[k] * 1e3:.3g} ms between a query's tokens, longer "
-            f"than its trip round the pipeline ({ring * 1e3:.3g} ms), which is all the artifact charges")
+            f"{stations[k] * 1e3:.{digits}g} ms = {slow:.{digits}g} ms between a query's tokens, longer "
+            f"than its trip round the pipeline ({trip:.{digits}g} ms), which is all the artifact charges")
 
 
 def _other(cfg: CentConfig, args: argparse.Namespace, contexts: tuple[int, ...],

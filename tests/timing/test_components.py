@@ -143,3 +143,28 @@ def test_simulate_a_hugging_face_config(tmp_path, capsys):
     assert (out["pp"], out["blocks_per_device"], out["channels_per_block"], out["devices_used"]) == (22, 6, 5, 4)
     assert main(["simulate", "--model", str(tmp_path), "--devices", "4", "--seqlen", "4096"]) == 2
     assert "max_seq_len=2048" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, numbers", [
+    # Qwen3-8B on 8 devices: the LM-head unit paces the cent convention by a wide margin
+    (["--model", "qwen3-8b", "--devices", "8"], None),
+    # 70B as 3 stages of tp 8: the slowest stage beats the trip round the ring by ~0.1%
+    (["--model", "llama2-70b", "--devices", "32", "--pp", "3", "--tp", "8"], ("5.048 ms", "15.14 ms", "15.12 ms")),
+])
+def test_the_bottleneck_sentence_is_true_as_printed(capsys, args, numbers):
+    """`cent simulate` names the station that sets the cent convention's pace with figures that show
+    it: the queries x the station's time, printed longer than the trip round the ring (at 3 figures
+    the 70B case read "15.1 ms ... longer than ... (15.1 ms)")."""
+    import re
+
+    from cent_serve.cli import main
+
+    assert main(["simulate", *args, "--prompt", "512", "--decode", "3584"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"is the bottleneck at \d+ tokens: (\d+) queries x ([\d.]+) ms = ([\d.]+) ms between a query's "
+                  r"tokens, longer than its trip round the pipeline \(([\d.]+) ms\)", out)
+    assert m, out
+    batch, station, slow, trip = int(m[1]), float(m[2]), float(m[3]), float(m[4])
+    assert slow > trip and slow == pytest.approx(batch * station, rel=1e-3)
+    if numbers:
+        assert all(n in out for n in numbers)
