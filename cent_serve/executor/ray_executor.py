@@ -136,15 +136,19 @@ def place_devices(cfg: CentConfig, num_devices: int):
         raise PlacementError(f"the mapping needs {num_devices} {s.device_resource} units; the cluster has "
                              f"{total} ({summary}): add nodes started with ray start --resources="
                              f"'{{\"{s.device_resource}\": N}}' or use --devices {total}")
+    # a name of its own per group: every replica places its devices with the same config
     pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=s.placement.upper(),
-                         name=f"cent-devices-{id(cfg):x}")
+                         name=f"cent-devices-{secrets.token_hex(6)}")
     try:
         ray.get(pg.ready(), timeout=s.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
+        free = int(ray.available_resources().get(s.device_resource, 0))
+        pack = (" or use --placement pack" if s.placement == "spread" and len(nodes) > 1 else "")
         raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
-                             f"({s.placement}) within {s.placement_timeout_s:g} s; free units per node: "
-                             f"{summary}. Another job may hold them (ray status), or use --placement pack") from None
+                             f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of its {total} units are "
+                             f"free (per node: {summary}). Another job or replica holds the rest (ray status): "
+                             f"free some, add units{pack}") from None
     return pg
 
 

@@ -34,6 +34,16 @@ def main() -> None:
                        nodes=sorted(set(ex.placement().values())))
         finally:
             ex.shutdown()
+        pair = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(4, 2, 2), numerics="off")
+        replicas = []
+        try:  # two replicas of one config, as the engine places them: each its own placement group
+            replicas = [RayExecutor(pair), RayExecutor(pair)]
+            out["two_replicas"] = "placed"
+        except Exception as exc:  # noqa: BLE001 - the test reports what went wrong
+            out["two_replicas"] = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            for ex in replicas:
+                ex.shutdown()
         too_many = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 2, 8), numerics="off")
         t0 = time.monotonic()
         try:

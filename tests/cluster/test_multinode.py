@@ -33,5 +33,7 @@ def test_two_node_cluster_equals_one_process(devices, pp, tp):
     assert out["times"] == local.token_times_s  # bit-identical simulated time across nodes
     assert len(out["nodes"]) == 2  # spread: the stages span both nodes
     assert "needs 16 cent_device units; the cluster has 8" in out["too_many_error"] and out["too_many_s"] < 10
+    assert out["two_replicas"] == "placed"  # both replicas' groups (they had one name: the second failed)
     assert "did not grant 8 cent_device bundles" in out["held_error"] and out["held_s"] < 15
+    assert "2 of its 8 units are free" in out["held_error"]  # free, not the totals per node
     assert out["alive_actors"] == 0 and out["live_pgs"] == 0
