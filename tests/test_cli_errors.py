@@ -215,3 +215,20 @@ def test_a_host_this_machine_does_not_have_is_refused_before_anything_starts_eve
     proc, wall = _cent("serve", "--local", "--port", "0", "--host", "192.0.2.1")  # TEST-NET-1: never local
     _one_line_error(proc, "server.host='192.0.2.1', server.port=0 cannot be bound", "address of this machine")
     assert wall < REFUSE_WITHIN_S, wall
+
+
+def test_a_cluster_that_will_not_let_us_join_says_why(capfd):
+    """Ray's core logs a refused join to file descriptor 2 once a second: held back, and read for the
+    reason (a token-authenticated cluster); what a join logs when it succeeds is shown as it was."""
+    from cent_serve.executor.ray_executor import _stderr_held, join_refused
+
+    with _stderr_held() as held:
+        os.write(2, b"gcs_client.cc:210: Unauthenticated: RPC error: InvalidAuthToken: token is missing\n")
+        held.drop()
+    assert "InvalidAuthToken" in held.text and capfd.readouterr().err == ""
+    err = str(join_refused("10.0.0.1:6379", "10.0.0.1:6379", "Failed to connect to Ray cluster", held.text))
+    assert "token authentication" in err and "RAY_AUTH_MODE=token" in err and "10.0.0.1:6379" in err
+    assert "ray status" in str(join_refused("a:1", "a:1", "Failed to connect", "something else\n"))
+    with _stderr_held():
+        os.write(2, b"a warning Ray logged while joining\n")
+    assert capfd.readouterr().err == "a warning Ray logged while joining\n"

@@ -13,6 +13,7 @@ import itertools
 import os
 import secrets
 import socket
+import sys
 import threading
 
 import numpy as np
@@ -85,12 +86,65 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
             socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
             raise refuse(f"nothing answers at {gcs}: {exc}") from None
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise refuse(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    with _stderr_held() as held:  # Ray's core logs a refused join once a second for ~20 s: kept, shown on success
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            held.drop()
+            if address.startswith(("ray://", "local")):
+                raise refuse(reason) from None
+            raise join_refused(address, gcs, reason, held.text) from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return f"joined the Ray cluster at {address} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+
+
+def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError:
+    """The error for a cluster that answers at `gcs` (probed) but would not let this process join,
+    from `ray.init`'s `reason` and what Ray's core `logged` meanwhile (its auth refusals)."""
+    if "Unauthenticated" in logged or "InvalidAuthToken" in logged:
+        why = ("the cluster uses token authentication and this process's token is missing or wrong: set "
+               "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) as where "
+               "`ray start` ran")
+    else:
+        why = f"{reason}: check `ray status` where it runs"
+    return ValueError(f"server.ray_address={address!r}: a Ray cluster answers at {gcs} but this process could not "
+                      f"join it: {why}")
+
+
+class _stderr_held:
+    """Within the block, what is written to file descriptor 2 (Ray's C++ core logs there directly)
+    goes to a temporary file; on leaving it is written out to the real stderr unless `drop()` was
+    called, and `text` is what was written (read after `drop()` or on leaving)."""
+
+    def __enter__(self) -> "_stderr_held":
+        import tempfile
+
+        self.text, self._show = "", True
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def _restore(self) -> None:
+        if self._saved is not None:
+            sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+            self._file.seek(0)
+            self.text = self._file.read().decode("utf-8", "replace")
+            self._file.close()
+
+    def drop(self) -> None:
+        self._show = False
+        self._restore()
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+        if self._show and self.text:
+            sys.stderr.write(self.text)
 
 
 def _gcs_address(address: str) -> str | None:
