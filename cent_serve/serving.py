@@ -174,7 +174,9 @@ class EngineLoop:
 
     def status(self) -> dict:
         """The engine's status with the loop's own (engine thread: through `call`)."""
-        return dict(self.engine.status(), clock_mode=self.clock, pace_factor=self.pace_factor, last_fault=self.fault,
+        paced = {"sim_now_s": self.sim_now_s()} if self.clock == "paced" else {}  # where an arrival now lands
+        return dict(self.engine.status(), **paced, clock_mode=self.clock, pace_factor=self.pace_factor,
+                    last_fault=self.fault,
                     num_hold_expiries=self.num_hold_expiries, pace_lag_s=self.pace.lag_s,
                     pace_lag_episodes=self.pace.num_episodes, pace_factor_needed=self.pace.needed_factor())
 

@@ -164,8 +164,12 @@ class _Server:
 
     @property
     def offset(self) -> float:
-        """Simulated seconds the server's clock stands at: trace time 0 (virtual clock)."""
-        return self.status.get("clock_s", 0.0) if self.virtual else 0.0
+        """Simulated seconds the server's clock stands at when the replay starts: trace time 0 (the
+        engine's clock on the virtual clock; on the paced one the wall clock's simulated time, where a
+        request sent now arrives). 0 for a server without simulated times."""
+        if not self.cent:
+            return 0.0
+        return self.status.get("clock_s", 0.0) if self.virtual else self.status.get("sim_now_s", 0.0)
 
     @property
     def pace(self) -> float:
@@ -249,16 +253,18 @@ class _Replay:
 
     def records_in_trace_time(self) -> list[RequestRecord]:
         """The records with the server's simulated times shifted back to trace time, or, from a
-        server without simulated times, the wall clock's."""
+        server without simulated times, the wall clock's. A request the server refused keeps the
+        trace arrival the client gave it (no simulated time came back)."""
         recs, srv, t0 = list(self.records.values()), self.srv, self.t0
-        if srv.virtual:
+        if srv.cent:
             for r in recs:
-                for name in ("arrival_s", "scheduled_s", "first_token_s", "finish_s"):
-                    v = getattr(r, name)
-                    if v is not None:
-                        setattr(r, name, v - srv.offset)
+                if r.scheduled_s is not None:  # the server's times came back (else: the client's trace arrival)
+                    for name in ("arrival_s", "scheduled_s", "first_token_s", "finish_s"):
+                        v = getattr(r, name)
+                        if v is not None:
+                            setattr(r, name, v - srv.offset)
                 r.token_times_s = [t - srv.offset for t in r.token_times_s]
-        elif not srv.cent:
+        else:
             for r in recs:  # no simulated times: the wall clock is the only clock
                 w = self.walls[r.request_id]
                 r.arrival_s, r.scheduled_s = w.sent - t0, w.sent - t0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -55,6 +56,30 @@ def test_cli_url_against_a_paced_server(tmp_path):
     assert summary["mean_client_wall_ttft_ms"] > 0 and summary["mean_ttft_ms"] > 0
     assert json.loads((out / "config.json").read_text())["server_status"]["model"] == "tiny"
     assert summary["model"] == "tiny" and summary["devices"] == 4  # the server's, not the command's defaults
+
+
+def test_a_paced_server_that_ran_before_reports_in_trace_time():
+    """On the paced clock the server's simulated times run from its own start: the replay shifts them
+    to the trace's time 0, as it does the virtual clock's, and leaves a refused request's trace arrival
+    as it is (the two clocks were mixed: a duration of 146 s for a 14 s replay)."""
+    from cent_serve.bench import Request
+
+    cfg = _cfg("paced")
+    cfg.server.pace_factor = 0.1
+    reqs = [Request(f"r{i}", 0.1 * i, 16, 4) for i in range(6)]
+    reqs.insert(3, Request("too-long", 0.25, model_preset("tiny").max_seq_len, 4))  # refused at once: 400
+    with Server(cfg, "local") as s:
+        httpx.post(s.url + "/v1/completions", json=dict(model="tiny", prompt="warm", max_tokens=4))
+        time.sleep(3.0)  # the server's clock now stands ~30 simulated seconds past its start
+        result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+    by_id = {r.request_id: r for r in result.records}
+    assert by_id["trace-too-long"].arrival_s == 0.25 and not by_id["trace-too-long"].ok
+    done = [by_id[f"trace-r{i}"] for i in range(6)]
+    assert all(r.ok for r in done)
+    # arrivals in trace time: the client sends on the wall clock, so up to a second of wall jitter on a
+    # busy machine (10 simulated s) is allowed; the server's own start lies 30 s back
+    assert all(abs(r.arrival_s - 0.1 * i) < 10.0 for i, r in enumerate(done)), [r.arrival_s for r in done]
+    assert 0 < result.clock_s < 20.0 and summarize(result)["duration"] < 20.0
 
 
 def test_refused_replay_requests_do_not_stall_the_clock():
