@@ -55,26 +55,36 @@ class PaceMonitor:
 
     `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
     episode of lag starts when it passes PACE_LAG_WARN_S and ends when the engine is on schedule
-    again; the warning names the smallest pace factor at which the rounds of the episode would
-    have kept up (wall seconds spent per simulated second, with 20% headroom)."""
+    again. The pace factor the engine could keep is measured over the episode's rounds after the
+    one it started in (that round is often a stall: a first round's warm-up, a busy machine), as
+    wall seconds spent per simulated second with 20% headroom; the warning comes once
+    `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run, or, for a shorter episode, as it
+    ends."""
 
     HEADROOM = 1.2
+    ESTIMATE_ROUNDS = 8
+    ESTIMATE_WALL_S = 1.0
 
     def __init__(self, pace_factor: float) -> None:
         self.pace_factor = pace_factor
         self.lag_s = 0.0
         self.num_episodes = 0
-        self._in_episode = self._warn_pending = False
+        self._in_episode = self._warn_pending = self._first = False
         self._wall_s = self._sim_s = 0.0
+        self._rounds = 0
+        self._worst_s = 0.0
 
     def on_schedule(self) -> None:
         """The engine waits for the wall clock (or is idle): no lag."""
+        if self._warn_pending:  # a short episode: said as it ends
+            self._warn()
         self.lag_s, self._in_episode = 0.0, False
 
     def behind(self, lag_s: float) -> None:
         self.lag_s = lag_s
+        self._worst_s = max(self._worst_s, lag_s) if self._in_episode else lag_s
         if lag_s > PACE_LAG_WARN_S and not self._in_episode:
-            self._in_episode, self._wall_s, self._sim_s = True, 0.0, 0.0
+            self._in_episode, self._first, self._wall_s, self._sim_s, self._rounds = True, True, 0.0, 0.0, 0
             self.num_episodes += 1
             self._warn_pending = True
 
@@ -82,18 +92,26 @@ class PaceMonitor:
         """One round took `wall_s` of wall time and advanced the clock by `sim_s`."""
         if not self._in_episode:
             return
+        if self._first:  # the round the lag started in: left out of the estimate
+            self._first = False
+            return
         self._wall_s += wall_s
         self._sim_s += sim_s
-        if self._warn_pending and self._sim_s > 0:
-            self._warn_pending = False
-            if self.needed_factor() <= self.pace_factor:  # the rounds keep up: something stalled them once
-                log.warning("paced mode fell behind: tokens reach clients %.2f s late after a stall (a first round, "
-                            "a busy machine); the rounds themselves keep up (%.3g wall s per simulated s, pace "
-                            "factor %g)", self.lag_s, self._wall_s / self._sim_s, self.pace_factor)
-                return
-            log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (pace factor %g); the rounds "
-                        "run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
-                        self.lag_s, self.pace_factor, self._wall_s / self._sim_s, self.needed_factor())
+        self._rounds += 1
+        if self._warn_pending and (self._rounds >= self.ESTIMATE_ROUNDS or self._wall_s >= self.ESTIMATE_WALL_S):
+            self._warn()
+
+    def _warn(self) -> None:
+        self._warn_pending = False
+        need = self.needed_factor()
+        if need is None or need <= self.pace_factor:  # the rounds keep up: something stalled them once
+            log.warning("paced mode fell behind: tokens reached clients up to %.2f s late after a stall (a first "
+                        "round, a busy machine); the rounds themselves keep up at pace factor %g",
+                        self._worst_s, self.pace_factor)
+            return
+        log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (pace factor %g); the rounds "
+                    "run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
+                    self._worst_s, self.pace_factor, self._wall_s / self._sim_s, need)
 
     def needed_factor(self) -> float | None:
         """The smallest pace factor that kept up with this episode's rounds (None before one)."""

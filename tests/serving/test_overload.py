@@ -11,6 +11,7 @@ import termios
 import time
 
 import httpx
+import pytest
 
 from api.app import RETRY_AFTER_S
 from api.server import Server
@@ -227,3 +228,34 @@ def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
         assert idle["pace_lag_episodes"] == 1
     warnings = [rec.getMessage() for rec in caplog.records if "cannot keep up" in rec.getMessage()]
     assert len(warnings) == 1 and "--pace-factor" in warnings[0], warnings
+
+
+def test_the_pace_estimate_leaves_out_the_round_that_started_the_lag(caplog):
+    """A slow first round (warm-up) behind a paced engine whose rounds then keep up: the warning says
+    it fell behind after a stall, not a pace factor 80x too high (the audit's 0.0518 against the 0.00066
+    the status reported); rounds that really are too slow get a factor measured over several of them."""
+    import logging
+
+    from cent_serve.serving import PaceMonitor
+
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    mon = PaceMonitor(pace_factor=0.0005)
+    mon.behind(2.0)
+    mon.stepped(2.0, 0.05)  # the warm-up round: 40 wall s per simulated s
+    for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
+        mon.behind(1.9)
+        mon.stepped(0.0002, 0.5)  # then 0.0004 wall s per simulated s: within the pace
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "after a stall" in msgs[0] and "--pace-factor" not in msgs[0], msgs
+    assert mon.needed_factor() == pytest.approx(1.2 * 0.0004)
+
+    caplog.clear()
+    slow = PaceMonitor(pace_factor=0.0005)
+    slow.behind(1.0)
+    slow.stepped(5.0, 0.01)  # left out
+    for _ in range(3):  # a short episode: said as it ends
+        slow.behind(1.0 + _)
+        slow.stepped(0.01, 1.0)
+    slow.on_schedule()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "use --pace-factor 0.012 or more" in msgs[0] and "3.00 s late" in msgs[0], msgs
