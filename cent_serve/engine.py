@@ -74,6 +74,8 @@ class Engine:
         self.replicas = Replicas(lambda: next(given, None) or make(), num_replicas)
         self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
+        self.last_fault: str | None = None
+        """The latest fault the engine met (a replica's devices, a round), for the status; None if none."""
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         self.stand_in_ids = None if self.full else self.tokenizer.stand_in_ids()
         """Timing-only: the ids the stand-in sampler draws from, uniformly."""
@@ -219,6 +221,7 @@ class Engine:
         message = (f"the emulated devices of replica {replica} failed: {type(exc).__name__}: {exc}; "
                    "the request was stopped, retry it")
         log.error("%s; re-creating the replica's devices", message)
+        self.last_fault = message
         self._failed += self._fail([q for q in self.scheduler.running if q.replica == replica], message)
         self.scheduler.set_up(replica, False)
         self.replicas.fail(replica, exc)
@@ -371,7 +374,7 @@ class Engine:
                     tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
                     lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.scheduler.seqs_per_lane,
                     describe=mp.describe()),
-                    numerics=self.cfg.resolved_numerics, clock_s=self.now_s,
+                    numerics=self.cfg.resolved_numerics, clock_s=self.now_s, last_fault=self.last_fault,
                     num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
                     kv_usage=self.scheduler.kv_usage(), kv_blocks_per_replica=self.scheduler.kv_blocks,
                     num_preemptions=self.scheduler.num_preemptions, replicas_up=sum(map(self.replicas.is_up,

@@ -167,7 +167,6 @@ class EngineLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cent-engine", daemon=True)
         self.wall_origin = time.monotonic()
-        self.fault: str | None = None
         self.hold_until_s: float | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_S
         self._hold_expires = 0.0
@@ -194,7 +193,6 @@ class EngineLoop:
         """The engine's status with the loop's own (engine thread: through `call`)."""
         paced = {"sim_now_s": self.sim_now_s()} if self.clock == "paced" else {}  # where an arrival now lands
         return dict(self.engine.status(), **paced, clock_mode=self.clock, pace_factor=self.pace_factor,
-                    last_fault=self.fault,
                     num_hold_expiries=self.num_hold_expiries, pace_lag_s=self.pace.lag_s,
                     pace_lag_episodes=self.pace.num_episodes, pace_factor_needed=self.pace.needed_factor())
 
@@ -322,7 +320,7 @@ class EngineLoop:
             self._loop()
         except BaseException:  # a bug: say so, and leave nobody waiting
             log.exception("the engine thread failed")
-            self.fault = "the engine thread failed"
+            self.engine.last_fault = "the engine thread failed"
             raise
         finally:
             self._close()
@@ -356,8 +354,8 @@ class EngineLoop:
                 self.pace.stepped(time.monotonic() - t0, eng.now_s - sim0)
             except Exception as exc:  # a fault fails the requests of the round, not the server
                 log.exception("round failed")
-                self.fault = f"{type(exc).__name__}: {exc}"
-                eng.fail_running(f"the emulated devices failed this round: {self.fault}")
+                eng.last_fault = f"{type(exc).__name__}: {exc}"
+                eng.fail_running(f"the emulated devices failed this round: {eng.last_fault}")
                 # everything that finished in this round, failed or not, still owes its client an end
                 advanced = [r for r in (eng.requests.get(rid) for rid in list(self.streams)) if r and r.is_finished]
             for req in advanced:

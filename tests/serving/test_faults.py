@@ -55,6 +55,7 @@ def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cl
         assert all(r["tokens"] == 24 for r in completed) and len(completed) >= 24
         st = httpx.get(s.url + "/v1/cent/status").json()
         assert st["num_recoveries"] == 1 and st["num_failed"] == len(failed)
+        assert st["last_fault"].startswith("the emulated devices of replica 0 failed")  # it stayed null
         assert httpx.get(s.url + "/health").json() == {"status": "ok"}
         r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6, 7], "max_tokens": 8,
                                                         "temperature": 0, "ignore_eos": True,
