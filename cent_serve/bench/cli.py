@@ -15,6 +15,8 @@ from pathlib import Path
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.preflight import check_runnable
 
+log = logging.getLogger("cent.bench")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="load-test with request traces", description=__doc__)
@@ -196,6 +198,11 @@ def run_bench(args: argparse.Namespace) -> int:
         kind = f"http {args.url}"
         result, client = asyncio.run(replay_http(args.url, requests, args.concurrency, cfg.scheduler.seed,
                                                  args.api_key))
+        ignored = [f"--{name}" for name in ("model", "hardware", "devices", "pp", "tp", "numerics", "config")
+                   if getattr(args, name, None) is not None] + (["--set"] if args.set else [])
+        if ignored:  # the server runs its own model and hardware; these shaped only the trace's reading
+            log.warning("%s: the server at %s runs its own model and devices (%s): with --url these flags "
+                        "change nothing there", " ".join(ignored), args.url, result.status.get("model", client["model"]))
     else:
         if args.ray_address:
             cfg.server.ray_address = args.ray_address
@@ -209,7 +216,7 @@ def run_bench(args: argparse.Namespace) -> int:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
     if args.url:  # the server's own, not this command's defaults
         summary.update(source=source, model=result.status.get("model", client["model"]),
-                       devices=result.status.get("mapping", {}).get("devices"))
+                       hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"))
     else:
         summary.update(source=source, model=cfg.model.name, hardware=cfg.hardware,
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)

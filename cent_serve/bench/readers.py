@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from cent_serve.bench.errors import ParamError
 from cent_serve.bench.request import Request
+
+log = logging.getLogger("cent.bench")
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -282,23 +285,31 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
                           "a ShareGPT file is one JSON list of conversations")
     arrivals = iter(arrivals_s)
     first_s: float | None = None
-    for index, entry in enumerate(entries):
-        where = f"{path}: entry {index}"
-        turns = entry.get("conversations") if isinstance(entry, dict) else None
-        if not isinstance(turns, list):
-            raise _bad(where, "conversations", turns, "each entry needs a list of turns")
-        exchange = _first_exchange(turns, where)
-        if exchange is None:
-            continue
-        arrival = next(arrivals, None)
-        if arrival is None:
-            raise ValueError(f"{path}: arrivals_s ran out at entry {index}: pass an unbounded "
-                             "arrival process such as iter_arrival_times_s(rate, seed=...)")
-        first_s = arrival if first_s is None else first_s
-        prompt, answer = exchange
-        yield Request(str(entry.get("id", index)), float(arrival - first_s),
-                      count_tokens(prompt) if prompt else 0,
-                      count_tokens(answer) if answer else 0, prompt)
+    skipped = []
+    try:
+        for index, entry in enumerate(entries):
+            where = f"{path}: entry {index}"
+            turns = entry.get("conversations") if isinstance(entry, dict) else None
+            if not isinstance(turns, list):
+                raise _bad(where, "conversations", turns, "each entry needs a list of turns")
+            exchange = _first_exchange(turns, where)
+            if exchange is None:
+                skipped.append(index)
+                continue
+            arrival = next(arrivals, None)
+            if arrival is None:
+                raise ValueError(f"{path}: arrivals_s ran out at entry {index}: pass an unbounded "
+                                 "arrival process such as iter_arrival_times_s(rate, seed=...)")
+            first_s = arrival if first_s is None else first_s
+            prompt, answer = exchange
+            yield Request(str(entry.get("id", index)), float(arrival - first_s),
+                          count_tokens(prompt) if prompt else 0,
+                          count_tokens(answer) if answer else 0, prompt)
+    finally:  # also when the reader stops early (--num-requests): what was skipped before it
+        if skipped and first_s is not None:
+            log.warning("%s: %d conversation%s without a human turn followed by a gpt turn skipped (entr%s %s)",
+                        path, len(skipped), "s" if len(skipped) > 1 else "", "ies" if len(skipped) > 1 else "y",
+                        ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""))
     if first_s is None:
         raise ValueError(f"{path} has no requests: " + (
             f"none of its {len(entries)} conversations has a human turn followed by a gpt turn"

@@ -56,6 +56,19 @@ def test_cli_url_against_a_paced_server(tmp_path):
     assert summary["mean_client_wall_ttft_ms"] > 0 and summary["mean_ttft_ms"] > 0
     assert json.loads((out / "config.json").read_text())["server_status"]["model"] == "tiny"
     assert summary["model"] == "tiny" and summary["devices"] == 4  # the server's, not the command's defaults
+    assert summary["hardware"] == "cent"
+
+
+def test_url_says_the_flags_of_the_hardware_change_nothing_on_the_server(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="cent.bench")
+    with Server(_cfg(), "local") as s:
+        assert main(["bench", "run", "--url", s.url, "--num-requests", "3", "--max-prompt-tokens", "16",
+                     "--max-output-tokens", "4", "--model", "llama2-7b", "--devices", "32", "--no-plots",
+                     "--out", str(tmp_path)]) == 0
+    said = [r.getMessage() for r in caplog.records if "change nothing there" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--model --devices: the server at") and "(tiny)" in said[0]
 
 
 def test_a_paced_server_that_ran_before_reports_in_trace_time():

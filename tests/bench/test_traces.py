@@ -85,7 +85,7 @@ def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
                                       Request("2", 1.502, 8767, 23)]
 
 
-def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path):
+def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
     entries = [
         {"id": "a1", "conversations": [{"from": "human", "value": "Hi there"},
                                        {"from": "gpt", "value": "Hello!"},
@@ -102,6 +102,8 @@ def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path):
     reqs = list(load_trace(path, count_tokens=count_tokens,
                            arrivals_s=lambda: iter_arrival_times_s(rate=2.0, seed=3)))
     assert [r.request_id for r in reqs] == ["a1", "c3"]  # b2 and d4 have no human -> gpt pair
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "2 conversations without a human turn" in skipped[0] and "entries 1, 3" in skipped[0]
     assert [r.prompt for r in reqs] == ["Hi there", "Why?"]
     assert [(r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(8, 6), (4, 8)]
     assert [r.arrival_s for r in reqs] == list(arrival_times_s(2, rate=2.0, seed=3))
