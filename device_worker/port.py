@@ -102,7 +102,9 @@ class DevicePort:
             try:
                 msg = inp.recv()
             except LinkClosed as exc:
-                self._send(outputs, encode(_error(LinkClosed(f"device {p.device_id}'s input link closed: {exc}"))))
+                source = "the host" if p.is_first else f"device {p.prev_leader}"
+                self._send(outputs, encode(_error(LinkClosed(
+                    f"device {p.device_id}'s input link from {source} closed ({source} or the link is gone): {exc}"))))
                 return
             except WireError as exc:
                 msg = _error(exc)
