@@ -283,27 +283,36 @@ def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt exclude each other: set "
                          "add_generation_prompt to false to continue the last message")
-    try:
-        text = _compiled(tok.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                   tools=None, documents=None, bos_token=tok.bos_token,
-                                                   eos_token=tok.eos_token)
-    except (TemplateError, TypeError) as exc:
-        raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
-    return _cut_after_final_message(text, messages[-1]["content"]) if continue_final_message else text
+    def render(msgs: list[dict]) -> str:
+        try:
+            return _compiled(tok.chat_template).render(messages=msgs, add_generation_prompt=add_generation_prompt,
+                                                       tools=None, documents=None, bos_token=tok.bos_token,
+                                                       eos_token=tok.eos_token)
+        except (TemplateError, TypeError) as exc:
+            raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
 
-
-def _cut_after_final_message(text: str, final: str) -> str:
-    """`text` up to the end of its last copy of `final` (the last message's content): with the
-    content's trailing whitespace when the template kept it, without it when it trimmed it."""
-    core = final.strip()
-    if not core:
+    text = render(messages)
+    if not continue_final_message:
+        return text
+    final = messages[-1]["content"]
+    if not final.strip():
         raise ValueError("continue_final_message needs text in the last message to continue: give it some")
-    at = text.rfind(core)
+    # where the last message's content ends: marked by a tag no content holds (its own text may also
+    # stand in the template's closing tokens: "end" in "<|im_end|>")
+    tagged = render(messages[:-1] + [dict(messages[-1], content=final + CUT_TAG)])
+    at = tagged.rfind(CUT_TAG)
     if at < 0:
         raise ValueError("continue_final_message: the chat template changed the last message's text, so "
                          "where it ends cannot be found: send it as the template renders it")
-    kept = final.lstrip()
-    return text[:at + len(kept)] if text.startswith(kept, at) else text[:at + len(core)]
+    head = tagged[:at]
+    # a template that trims the content (`| trim`) kept its trailing space before the tag: cut after the
+    # trimmed text then, as transformers' apply_chat_template does
+    return head if text.startswith(head) else head.rstrip()
+
+
+CUT_TAG = "\u2063cent-cut\u2063"
+"""Appended to the last message to find where its content ends in the rendered chat (a name between
+invisible separators: no chat template or message holds it)."""
 
 
 def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,

@@ -165,7 +165,11 @@ def test_continue_final_message_cuts_where_transformers_cuts(tmp_path, template)
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     chats = [[{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, "}],
              [{"role": "user", "content": "  padded  "}],
-             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "a"}]]
+             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "a"}],
+             # text that also stands in the template's closing tokens ("<|im_end|>", "<|end|>", "<|eot|>")
+             [{"role": "user", "content": "x"}, {"role": "assistant", "content": "end"}],
+             [{"role": "user", "content": "x"}, {"role": "assistant", "content": "im"}],
+             [{"role": "user", "content": "x"}, {"role": "assistant", "content": "eot "}]]
     for chat in chats:
         want = ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=False, continue_final_message=True)
         assert render_chat(tok, chat, False, True) == want, chat
