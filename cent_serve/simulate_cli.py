@@ -9,7 +9,7 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import CentConfig, ParallelConfig
-from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, cost_figures
+from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, cost_figures, paper_workload
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
@@ -193,7 +193,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     for phase, row in phases.items():
         row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
                                 row["energy_per_token_mj"], cfg.device,
-                                against_paper=(args.prompt, args.decode) == PAPER_WORKLOAD))
+                                against_paper=paper_workload(cfg.model.name, args.prompt, args.decode)))
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
@@ -204,7 +204,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
           f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
-    paper = (args.prompt, args.decode) == PAPER_WORKLOAD and cfg.model.name in GPU_BASELINES
+    paper = paper_workload(cfg.model.name, args.prompt, args.decode)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}" + (f"{'vs GPU':>8}" if paper else ""))
     for phase in PHASES:
         r = phases.get(phase)
@@ -279,7 +279,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
         e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
                                 "end2end", e2e["energy_per_token_mj"], c.device,
-                                against_paper=(prompt, decode) == PAPER_WORKLOAD))
+                                against_paper=paper_workload(c.model.name, prompt, decode)))
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
@@ -287,7 +287,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         return 0
     print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
-    paper = (prompt, decode) == PAPER_WORKLOAD and cfg.model.name in GPU_BASELINES
+    paper = paper_workload(cfg.model.name, prompt, decode)
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
           + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
     for r in rows:
@@ -370,7 +370,8 @@ def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, exe
                     row = out[phase]
                     row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
                                             row["throughput_tok_s"], phase, row["energy_per_token_mj"],
-                                            cfg.device, against_paper=(args.prompt, args.decode) == PAPER_WORKLOAD))
+                                            cfg.device,
+                                            against_paper=paper_workload(cfg.model.name, args.prompt, args.decode)))
         else:
             out = emulate_seqlen(cfg, executor, context)
     finally:

@@ -175,11 +175,12 @@ def test_a_phase_shorter_than_the_spacing_is_taken_at_its_middle(capsys):
     from cent_serve.timing import SystemTimer
     from cent_serve.timing.pipeline import phase_seqlens, token_figures
 
-    assert phase_seqlens(100, 200) == {"prefill": [50], "decoding": [128, 256], "end2end": [128, 256]}
-    assert phase_seqlens(200, 50) == {"prefill": [128], "decoding": [225], "end2end": [128]}
+    assert phase_seqlens(100, 200) == {"prefill": [50], "decoding": [128, 256], "end2end": [50, 128, 256]}
+    assert phase_seqlens(200, 50) == {"prefill": [128], "decoding": [225], "end2end": [128, 225]}
     assert phase_seqlens(100, 1) == {"prefill": [50], "decoding": [101], "end2end": [50, 101]}
     assert phase_seqlens(100, 0) == {"prefill": [50], "end2end": [50]}
-    assert phase_seqlens(512, 3584)["prefill"] == [128, 256, 384, 512]  # the paper's, unchanged
+    paper = phase_seqlens(512, 3584)  # the paper's, unchanged
+    assert paper["prefill"] == [128, 256, 384, 512] and paper["end2end"] == list(range(128, 4097, 128))
     t = SystemTimer.from_config(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1),
                                            numerics="off"))
     for prompt, decode, phase, L in ((100, 200, "prefill", 50), (200, 50, "decoding", 225)):
@@ -232,3 +233,8 @@ def test_a_cluster_that_will_not_let_us_join_says_why(capfd):
     with _stderr_held():
         os.write(2, b"a warning Ray logged while joining\n")
     assert capfd.readouterr().err == "a warning Ray logged while joining\n"
+    with pytest.raises(KeyboardInterrupt), _stderr_held():  # interrupted mid-join: fd 2 comes back
+        os.write(2, b"half a join\n")
+        raise KeyboardInterrupt
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "half a join\nafter\n"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import DeviceConfig
+from cent_serve.timing.fabric import BF16_BYTES
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
 from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles, router_cycles
@@ -139,7 +140,8 @@ class EnergyModel:
             # slices (attention heads, o, SiLU x up, down: every device receives the others'); a
             # mixture of experts has no SiLU x up exchange, its combine takes the down's place
             values = d + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
-            self.pcie[T["pcie"]] = values * dev.bytes_per_element * 8 * dev.energy.pcie_pj_per_bit * 1e-12
+            # bf16 on the links whatever the banks hold (docs/hardware_model.md section 1, "The data type")
+            self.pcie[T["pcie"]] = values * BF16_BYTES * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
 
@@ -283,6 +285,11 @@ def fabric_energy_j(nbytes: int, dev: DeviceConfig) -> float:
 
 PAPER_WORKLOAD = (512, 3584)
 """The prompt and generated tokens of every query the paper's GPU figures (`GPU_BASELINES`) measured."""
+
+
+def paper_workload(model_name: str, prompt: int, decode: int) -> bool:
+    """Whether the paper's GPU figures measured this: its workload, on a model it has figures for."""
+    return (prompt, decode) == PAPER_WORKLOAD and model_name in GPU_BASELINES
 
 
 def cost_figures(model_name: str, devices_used: int, num_devices: int, throughput_tok_s: float,

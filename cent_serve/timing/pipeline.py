@@ -164,17 +164,17 @@ def check_phases(prompt: int, decode: int, gap: int | None = 128, gap_flag: str 
 
 def phase_seqlens(prompt: int, decode: int, gap: int = 128) -> dict[str, list[int]]:
     """The context lengths L each phase averages over. The paper's: L = gap, 2 gap, ..., prompt +
-    decode; prefill takes L <= prompt, decoding prompt < L, end2end all. A phase of tokens that no
-    multiple of the gap falls in (a prompt or an output shorter than the gap) is taken at its middle
-    context length, (prompt + 1) // 2 or prompt + (decode + 1) // 2, rather than left out; end2end
-    with none at all takes those. decode 0: no decoding phase."""
+    decode; prefill takes L <= prompt, decoding prompt < L, end2end all. A phase that no multiple of
+    the gap falls in (none in 1..prompt, or in prompt + 1..prompt + decode) is taken at its middle
+    context length, (prompt + 1) // 2 or prompt + (decode + 1) // 2, rather than left out, and end2end
+    averages that length with the rest. decode 0: no decoding phase."""
     check_phases(prompt, decode, gap)
     total = prompt + decode
     every = list(range(gap, total + 1, gap))
     out = {"prefill": [L for L in every if L <= prompt] or [(prompt + 1) // 2]}
     if decode:
         out["decoding"] = [L for L in every if L > prompt] or [prompt + (decode + 1) // 2]
-    out["end2end"] = every or sorted(out["prefill"] + out.get("decoding", []))
+    out["end2end"] = sorted(set(every) | set(out["prefill"]) | set(out.get("decoding", [])))
     return out
 
 
