@@ -55,11 +55,11 @@ class PaceMonitor:
 
     `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
     episode of lag starts when it passes PACE_LAG_WARN_S and ends when the engine is on schedule
-    again. The pace factor the engine could keep is measured over the episode's rounds after the
-    one it started in (that round is often a stall: a first round's warm-up, a busy machine), as
-    wall seconds spent per simulated second with 20% headroom; the warning comes once
-    `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run, or, for a shorter episode, as it
-    ends."""
+    again. The round that made the lag (a stall: a first round's warm-up, a busy machine) ran before
+    the episode and is not in it; the pace factor the engine could keep is measured over the episode's
+    rounds, as wall seconds spent per simulated second with 20% headroom, and said once
+    `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run (not after one: a round after a
+    stall may still be slow), or, for a shorter episode, as it ends."""
 
     HEADROOM = 1.2
     ESTIMATE_ROUNDS = 8
@@ -69,7 +69,7 @@ class PaceMonitor:
         self.pace_factor = pace_factor
         self.lag_s = 0.0
         self.num_episodes = 0
-        self._in_episode = self._warn_pending = self._first = False
+        self._in_episode = self._warn_pending = False
         self._wall_s = self._sim_s = 0.0
         self._rounds = 0
         self._worst_s = 0.0
@@ -84,16 +84,13 @@ class PaceMonitor:
         self.lag_s = lag_s
         self._worst_s = max(self._worst_s, lag_s) if self._in_episode else lag_s
         if lag_s > PACE_LAG_WARN_S and not self._in_episode:
-            self._in_episode, self._first, self._wall_s, self._sim_s, self._rounds = True, True, 0.0, 0.0, 0
+            self._in_episode, self._wall_s, self._sim_s, self._rounds = True, 0.0, 0.0, 0
             self.num_episodes += 1
             self._warn_pending = True
 
     def stepped(self, wall_s: float, sim_s: float) -> None:
         """One round took `wall_s` of wall time and advanced the clock by `sim_s`."""
         if not self._in_episode:
-            return
-        if self._first:  # the round the lag started in: left out of the estimate
-            self._first = False
             return
         self._wall_s += wall_s
         self._sim_s += sim_s

@@ -198,11 +198,13 @@ def run_bench(args: argparse.Namespace) -> int:
         kind = f"http {args.url}"
         result, client = asyncio.run(replay_http(args.url, requests, args.concurrency, cfg.scheduler.seed,
                                                  args.api_key))
+        served = result.status.get("model", client["model"])
         ignored = [f"--{name}" for name in ("model", "hardware", "devices", "pp", "tp", "numerics", "config")
-                   if getattr(args, name, None) is not None] + (["--set"] if args.set else [])
-        if ignored:  # the server runs its own model and hardware; these shaped only the trace's reading
+                   if getattr(args, name, None) is not None and not (name == "model" and args.model == served)]
+        ignored += ["--set"] if args.set else []
+        if ignored:  # the server runs its own model and hardware; these shaped only how the trace was read
             log.warning("%s: the server at %s runs its own model and devices (%s): with --url these flags "
-                        "change nothing there", " ".join(ignored), args.url, result.status.get("model", client["model"]))
+                        "change nothing there", " ".join(ignored), args.url, served)
     else:
         if args.ray_address:
             cfg.server.ray_address = args.ray_address

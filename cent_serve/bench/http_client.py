@@ -242,8 +242,8 @@ class _Replay:
         while self.srv.cent and not self.done.is_set():
             try:
                 x = (await self.client.get("/v1/cent/status")).json()
-                self.samples.append(Sample(x["clock_s"] - self.srv.offset, x["num_waiting"], x["num_running"],
-                                           x["kv_usage"]))
+                now = x.get("sim_now_s", x["clock_s"])  # paced: the wall clock's time (the engine's waits idle)
+                self.samples.append(Sample(now - self.srv.offset, x["num_waiting"], x["num_running"], x["kv_usage"]))
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             try:
@@ -258,7 +258,7 @@ class _Replay:
         recs, srv, t0 = list(self.records.values()), self.srv, self.t0
         if srv.cent:
             for r in recs:
-                if r.scheduled_s is not None:  # the server's times came back (else: the client's trace arrival)
+                if r.finish_s is not None:  # the server's times came back (else: the client's trace arrival)
                     for name in ("arrival_s", "scheduled_s", "first_token_s", "finish_s"):
                         v = getattr(r, name)
                         if v is not None:
@@ -304,7 +304,12 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
         wall_s = await replay.run()
         end = (await client.get("/v1/cent/status")).json() if srv.cent else {}
     recs = replay.records_in_trace_time()
-    clock = end.get("clock_s", 0.0) - srv.offset if srv.cent else wall_s
+    if srv.virtual:  # the engine's clock is the replay's: exactly the in-process run's
+        clock = end.get("clock_s", 0.0) - srv.offset
+    elif srv.cent:  # paced: the engine's clock idles behind the wall clock's, maybe before the replay's start
+        clock = max([end.get("clock_s", 0.0) - srv.offset, 0.0] + [r.finish_s for r in recs if r.finish_s is not None])
+    else:
+        clock = wall_s
     devices = _over_replay(srv.status.get("devices", []), end.get("devices", []), srv.offset)
     result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests)
     replay.zeros.warn()

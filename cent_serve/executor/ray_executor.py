@@ -86,17 +86,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
             socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
             raise refuse(f"nothing answers at {gcs}: {exc}") from None
-    with _stderr_held() as held:  # Ray's core logs a refused join once a second for ~20 s: kept, shown on success
+    if address.startswith(("ray://", "local")):
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            held.drop()
-            if address.startswith(("ray://", "local")):
-                raise refuse(reason) from None
-            raise join_refused(address, gcs, reason, held.text) from None
+            raise refuse(_first_line(exc)) from None
+    else:
+        # a probed cluster: Ray's core logs a refused join once a second for ~20 s, kept back and read
+        # for the reason (shown as it was when the join succeeds)
+        with _stderr_held() as held:
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                held.drop()
+                raise join_refused(address, gcs, _first_line(exc), held.text) from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return f"joined the Ray cluster at {address} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError:
@@ -128,8 +138,11 @@ class _stderr_held:
         return self
 
     def _restore(self) -> None:
-        if self._saved is not None:
+        if self._saved is None:
+            return
+        try:
             sys.stderr.flush()
+        finally:  # fd 2 is the real stderr again whatever the flush did
             os.dup2(self._saved, 2)
             os.close(self._saved)
             self._saved = None
@@ -198,11 +211,10 @@ def place_devices(cfg: CentConfig, num_devices: int):
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
         free = int(ray.available_resources().get(s.device_resource, 0))
-        pack = (" or use --placement pack" if s.placement == "spread" and len(nodes) > 1 else "")
         raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
                              f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of its {total} units are "
                              f"free (per node: {summary}). Another job or replica holds the rest (ray status): "
-                             f"free some, add units{pack}") from None
+                             "free some or add units") from None
     return pg
 
 

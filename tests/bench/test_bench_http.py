@@ -85,6 +85,7 @@ def test_a_paced_server_that_ran_before_reports_in_trace_time():
         httpx.post(s.url + "/v1/completions", json=dict(model="tiny", prompt="warm", max_tokens=4))
         time.sleep(3.0)  # the server's clock now stands ~30 simulated seconds past its start
         result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+        refused, _ = asyncio.run(replay_http(s.url, [reqs[3]], progress=False))  # nothing runs: the clock idles
     by_id = {r.request_id: r for r in result.records}
     assert by_id["trace-too-long"].arrival_s == 0.25 and not by_id["trace-too-long"].ok
     done = [by_id[f"trace-r{i}"] for i in range(6)]
@@ -93,6 +94,8 @@ def test_a_paced_server_that_ran_before_reports_in_trace_time():
     # busy machine (10 simulated s) is allowed; the server's own start lies 30 s back
     assert all(abs(r.arrival_s - 0.1 * i) < 10.0 for i, r in enumerate(done)), [r.arrival_s for r in done]
     assert 0 < result.clock_s < 20.0 and summarize(result)["duration"] < 20.0
+    assert all(-10.0 < x.time_s < 20.0 for x in result.samples), [x.time_s for x in result.samples]
+    assert refused.clock_s >= 0.0 and not refused.records[0].ok  # the idle engine's clock lies before the start
 
 
 def test_refused_replay_requests_do_not_stall_the_clock():

@@ -230,31 +230,33 @@ def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
     assert len(warnings) == 1 and "--pace-factor" in warnings[0], warnings
 
 
-def test_the_pace_estimate_leaves_out_the_round_that_started_the_lag(caplog):
-    """A slow first round (warm-up) behind a paced engine whose rounds then keep up: the warning says
-    it fell behind after a stall, not a pace factor 80x too high (the audit's 0.0518 against the 0.00066
-    the status reported); rounds that really are too slow get a factor measured over several of them."""
+def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
+    """In the engine loop a stall (a warm-up round) runs, then the lag it left is seen (`behind`), then
+    the episode's rounds run (`stepped`). A slow round right after the stall, then rounds that keep up:
+    the warning, after 8 rounds, says it fell behind after a stall, not a pace factor ~80x too high from
+    one round (the audit's 0.0518 against the 0.00066 the status gave); rounds that really are too slow
+    get a factor measured over the episode, said as a short episode ends."""
     import logging
 
     from cent_serve.serving import PaceMonitor
 
     caplog.set_level(logging.WARNING, logger="cent.serving")
     mon = PaceMonitor(pace_factor=0.0005)
+    mon.stepped(2.0, 0.05)  # the stall: on schedule until now, no episode yet
     mon.behind(2.0)
-    mon.stepped(2.0, 0.05)  # the warm-up round: 40 wall s per simulated s
-    for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
+    mon.stepped(0.02, 0.5)  # still slowish: 0.04 wall s per simulated s
+    for _ in range(PaceMonitor.ESTIMATE_ROUNDS - 1):
         mon.behind(1.9)
-        mon.stepped(0.0002, 0.5)  # then 0.0004 wall s per simulated s: within the pace
+        mon.stepped(0.0001, 10.0)  # then well within the pace
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "after a stall" in msgs[0] and "--pace-factor" not in msgs[0], msgs
-    assert mon.needed_factor() == pytest.approx(1.2 * 0.0004)
+    assert mon.needed_factor() == pytest.approx(1.2 * (0.02 + 7 * 0.0001) / (0.5 + 7 * 10.0))
 
     caplog.clear()
     slow = PaceMonitor(pace_factor=0.0005)
-    slow.behind(1.0)
-    slow.stepped(5.0, 0.01)  # left out
-    for _ in range(3):  # a short episode: said as it ends
-        slow.behind(1.0 + _)
+    slow.stepped(5.0, 0.01)  # the stall, before the episode
+    for k in range(3):  # a short episode: said as it ends
+        slow.behind(1.0 + k)
         slow.stepped(0.01, 1.0)
     slow.on_schedule()
     msgs = [r.getMessage() for r in caplog.records]

@@ -160,3 +160,19 @@ def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog):
         srv.run_server(cfg)
     assert exc.value.code == 3
     assert "stopped: engine thread and device actors are gone" in caplog.text
+
+
+def test_a_startup_uvicorn_returns_from_exits_3_too(monkeypatch):
+    """Older uvicorn (0.29, which pyproject allows) returns from Server.run(sockets) after a failed
+    startup instead of exiting 3 itself: cent serve exits 3 then as well (it exited 0)."""
+    import uvicorn
+
+    import api.server as srv
+    from tests.serving.utils import server_cfg
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # never started
+    cfg = server_cfg()
+    cfg.server.port = 0
+    with pytest.raises(SystemExit) as exc:
+        srv.run_server(cfg)
+    assert exc.value.code == 3
