@@ -226,5 +226,5 @@ def test_a_device_whose_input_link_breaks_says_so_down_the_chain():
     chain = ThreadedChain(cfg)
     chain.run(_plan(0, 0, [1, 5], 0))
     chain.outputs[3][0].close()  # device 3's link to device 4 breaks (device 3 is gone)
-    with pytest.raises(LinkClosed, match="device 4.s input link from device 3 closed \(device 3 or the link is gone\)"):
+    with pytest.raises(LinkClosed, match=r"device 4.s input link from device 3 closed \(device 3 or the link is gone\)"):
         chain.run(_plan(1, 1, [1, 6], 1))
