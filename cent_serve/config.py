@@ -989,12 +989,20 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+NULL_WORDS = ("none", "null", "")
+"""How a config file or `--set` writes an unset optional field."""
+
+
+def _is_null(text: str) -> bool:
+    return text.strip().lower() in NULL_WORDS
+
+
 def _typed(value: Any, hint: Any, name: str) -> Any:
     """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string; `--set`
     gives strings); `X | None` takes None or an X."""
     args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
     if type(None) in getattr(hint, "__args__", ()) and len(args) == 1:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and _is_null(value)):
             return None
         hint = args[0]
         if hint in (int, float) and isinstance(value, str):
@@ -1040,7 +1048,7 @@ def _coerce(text: str, current: Any, name: str) -> Any:
             return False
         raise ValueError(f"{name}={text!r} is invalid: use true or false")
     if current is None:
-        return None if text.lower() in ("none", "null", "") else text
+        return None if _is_null(text) else text
     try:
         if isinstance(current, int):
             return int(text)
@@ -1082,12 +1090,12 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
                          f"{path} is not a field: known fields{' of ' + where if where else ''} are {sorted(node)}")
     if name in _sections(cls):
         _check(False, path, text, _SECTION_FIX.format(name=path, leaf=name))
-    if path in MODEL_CHOSEN_WHOLE and not (path == "model.checkpoint" and text.lower() in ("none", "null", "")):
+    if path in MODEL_CHOSEN_WHOLE and not (path == "model.checkpoint" and _is_null(text)):
         _check(False, path, text, f"the model is chosen whole: use --model NAME_OR_DIR (a preset or a checkpoint "
                                   f"directory; cent sweep: --vary model=A,B), e.g. --model {text}")
     if name in _numeric_fields(cls):  # parsed as the field's type, whatever the value it holds
         kind, optional = _numeric_fields(cls)[name]
-        value = None if optional and text.strip().lower() in ("none", "null", "") else _coerce(text, kind(), path)
+        value = None if optional and _is_null(text) else _coerce(text, kind(), path)
         fix = _number_fix(cls, name, value)
         _check(fix is None, path, value, fix or "")
     else:

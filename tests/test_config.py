@@ -136,6 +136,17 @@ def test_yaml_nan_inf_and_zero_divisors_are_refused(tmp_path, text, field):
         load_config(tmp_path / "c.yaml")
 
 
+@pytest.mark.parametrize("word", ["none", " Null ", "NONE", ""])
+def test_an_optional_field_is_unset_the_same_way_in_a_file_and_by_set(tmp_path, word):
+    (tmp_path / "c.yaml").write_text(f"gpu: {{tco_per_gpu: '{word}'}}\nserver: {{max_tokens_default: '{word}'}}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.gpu.tco_per_gpu is None and cfg.server.max_tokens_default is None
+    cfg = apply_overrides(cfg, ["gpu.tco_per_gpu=2.5", "server.max_tokens_default=64"])
+    assert (cfg.gpu.tco_per_gpu, cfg.server.max_tokens_default) == (2.5, 64)
+    cfg = apply_overrides(cfg, [f"gpu.tco_per_gpu={word}", f"server.max_tokens_default={word}"])
+    assert cfg.gpu.tco_per_gpu is None and cfg.server.max_tokens_default is None
+
+
 def test_legitimate_values_pass():
     from cent_serve.config import MODEL_PRESETS
 
