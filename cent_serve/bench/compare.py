@@ -28,7 +28,7 @@ from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_un
 from cent_serve.bench.report import short_example, summarize  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
-from cent_serve.timing.energy import TCO_CENT_PER_32  # noqa: E402
+from cent_serve.timing.energy import cent_tco  # noqa: E402
 
 ROWS = (  # (key, label, unit, better)
     ("median_ttft_ms", "TTFT p50", "ms", "low"), ("p99_ttft_ms", "TTFT p99", "ms", "low"),
@@ -56,7 +56,7 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict) -> dict:
         tco = GpuTimer(cfg).tco()
         hw = f"{cfg.gpu.count} x {cfg.gpu.kind} ({result.status['mapping']['describe']})"
     else:
-        tco = TCO_CENT_PER_32 * cfg.parallel.num_devices / 32
+        tco = cent_tco(cfg.parallel.num_devices)
         hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
     s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
              tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)

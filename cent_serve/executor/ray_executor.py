@@ -213,7 +213,7 @@ def place_devices(cfg: CentConfig, num_devices: int):
         free = int(ray.available_resources().get(s.device_resource, 0))
         raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
                              f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of its {total} units are "
-                             f"free (per node: {summary}). Another job or replica holds the rest (ray status): "
+                             f"free (units per node: {summary}). Another job or replica holds the rest (ray status): "
                              "free some or add units") from None
     return pg
 

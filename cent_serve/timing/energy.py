@@ -287,6 +287,11 @@ PAPER_WORKLOAD = (512, 3584)
 """The prompt and generated tokens of every query the paper's GPU figures (`GPU_BASELINES`) measured."""
 
 
+def cent_tco(num_devices: int) -> float:
+    """TCO units of `num_devices` CENT devices in the artifact's convention (section 9): 0.73 per 32."""
+    return TCO_CENT_PER_32 * num_devices / 32
+
+
 def paper_workload(model_name: str, prompt: int, decode: int) -> bool:
     """Whether the paper's GPU figures measured this: its workload, on a model it has figures for."""
     return (prompt, decode) == PAPER_WORKLOAD and model_name in GPU_BASELINES
@@ -297,7 +302,7 @@ def cost_figures(model_name: str, devices_used: int, num_devices: int, throughpu
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
     caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
-    tco_cent = TCO_CENT_PER_32 * num_devices / 32
+    tco_cent = cent_tco(num_devices)
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
                tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None,
                tokens_per_tco=throughput_tok_s / tco_cent)  # the TCO convention's units, as the GPU side's
