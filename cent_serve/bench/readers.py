@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cent_serve.bench.errors import ParamError
@@ -35,10 +35,13 @@ def _seconds(text: str) -> tuple[float, float]:
 
 
 class _DatetimeParser:
-    """`2023-11-16 18:15:46.6805900` -> (whole seconds since 1970, fraction).
+    """`2023-11-16 18:15:46.6805900` or `2024-05-10 00:00:00.009930+00:00` -> (whole seconds
+    since 1970, fraction).
 
-    Kept apart so 7 fractional digits (Azure's) survive: one float of seconds since 1970 would
-    keep only ~7 significant digits below the second. Rows of one second share the parse.
+    Kept apart so 7 fractional digits (Azure 2023's) survive: one float of seconds since 1970
+    would keep only ~7 significant digits below the second. A zone (Azure 2024's `+00:00`) is
+    read to UTC; a datetime without one is taken as UTC, so both years' rows compare. Rows of
+    one second share the parse.
     """
 
     def __init__(self) -> None:
@@ -46,13 +49,15 @@ class _DatetimeParser:
         self._last_whole = 0
 
     def __call__(self, text: str) -> tuple[int, float]:
-        base, _, frac = text.strip().partition(".")
-        if frac and not frac.isdigit():
+        base, dot, rest = text.strip().partition(".")
+        frac = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        if dot and not frac:
             raise ValueError(text)
+        base += rest[len(frac):]  # the zone, if any, after the fraction
         if base != self._last_base:
             whole = datetime.fromisoformat(base)
             if whole.tzinfo is not None:
-                raise ValueError(text)
+                whole = whole.astimezone(timezone.utc).replace(tzinfo=None)
             self._last_whole = (whole - _EPOCH) // timedelta(seconds=1)
             self._last_base = base
         return self._last_whole, (int(frac) / 10 ** len(frac) if frac else 0.0)
@@ -78,7 +83,8 @@ CSV_LAYOUTS: dict[str, CsvLayout] = {
     "vidur": CsvLayout("arrived_at", "num_prefill_tokens", "num_decode_tokens",
                        lambda: _seconds, "seconds from the trace start, e.g. 4.314579"),
     "azure": CsvLayout("TIMESTAMP", "ContextTokens", "GeneratedTokens",
-                       _DatetimeParser, "a datetime, e.g. 2023-11-16 18:15:46.6805900"),
+                       _DatetimeParser, "a datetime, e.g. 2023-11-16 18:15:46.6805900 or "
+                       "2024-05-10 00:00:00.009930+00:00"),
     "burstgpt": CsvLayout("Timestamp", "Request tokens", "Response tokens",
                           lambda: _seconds, "seconds, e.g. 5.0"),
 }

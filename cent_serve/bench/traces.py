@@ -4,7 +4,8 @@ Formats, in the column layout their publishers ship (docs/serving.md):
 
 - `vidur`: CSV `arrived_at, num_prefill_tokens, num_decode_tokens`, seconds.
 - `azure`: CSV `TIMESTAMP, ContextTokens, GeneratedTokens`, datetimes such as
-  `2023-11-16 18:15:46.6805900` (any number of fractional digits).
+  `2023-11-16 18:15:46.6805900` (2023) or `2024-05-10 00:00:00.009930+00:00` (2024): any number
+  of fractional digits, a zone or none (read as UTC).
 - `burstgpt`: CSV `Timestamp, Model, Request tokens, Response tokens, Total tokens, Log Type`,
   seconds.
 - `mooncake`: JSONL `{"timestamp": ms, "input_length", "output_length", "hash_ids"?}`.

@@ -59,6 +59,21 @@ def test_azure_datetimes_keep_seven_fractional_digits(tmp_path):
         (374, 44), (396, 109), (879, 55), (91, 16)]
 
 
+def test_azure_2024_datetimes_carry_a_zone_and_mix_with_2023s(tmp_path):
+    path = write(tmp_path, "AzureLLMInferenceTrace_conv_1week.csv", """
+        TIMESTAMP,ContextTokens,GeneratedTokens
+        2024-05-10 00:00:00.009930+00:00,100,10
+        2024-05-10 00:00:01.5+00:00,200,20
+        2024-05-10 02:00:02.0000001+02:00,300,30
+        2024-05-10 00:00:03.1234567,400,40
+        2024-05-10 00:00:04+00:00,500,50
+    """)  # 2023's shape (7 digits, no zone) is UTC too; +02:00 is 00:00:02 UTC
+    assert detect_format(path) == "azure"
+    reqs = list(load_trace(path))
+    assert [r.arrival_s for r in reqs] == pytest.approx([0.0, 1.49007, 1.9900701, 3.1135267, 3.99007], abs=1e-9)
+    assert [r.num_prompt_tokens for r in reqs] == [100, 200, 300, 400, 500]
+
+
 def test_burstgpt_columns_and_failed_responses(tmp_path):
     path = write(tmp_path, "BurstGPT_1.csv", """
         Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
@@ -181,6 +196,8 @@ def test_unsorted_arrivals_name_both_values(tmp_path, name, text, where, message
      4, "num_decode_tokens", "-4"),
     ("a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,1,1\n"
      "2023-11-16 25:00:00.0,1,1", 3, "TIMESTAMP", "2023-11-16 25:00:00.0"),
+    ("a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,1,1\n"
+     "2024-05-10 00:00:01.5+25:00,1,1", 3, "TIMESTAMP", "2024-05-10 00:00:01.5+25:00"),
     ("b.csv", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
      "5,ChatGPT,472,18.5,490,Conversation log", 2, "Response tokens", "18.5"),
     ("m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
