@@ -5,7 +5,8 @@ the file's own values (lengths may be 0) and only refuses what it cannot read. E
 a ValueError naming the file, the line (ShareGPT: the entry), the column, the value and the fix
 (`ParamError` where the fix is a parameter, e.g. the format). A file with no request at all is
 refused when the reader reaches its end. Arrivals must not decrease down the file:
-inter-arrival scaling and start offsets assume order.
+inter-arrival scaling and start offsets assume order. Every format is read as UTF-8 with or
+without a byte-order mark (`utf-8-sig`: editors on Windows write one).
 """
 from __future__ import annotations
 
@@ -227,7 +228,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
     first_ms: float | None = None
     previous_s, previous_stamp = 0.0, None
     row = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -287,7 +288,7 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     benchmark skips short conversations); they take no arrival time. The JSON is parsed whole
     (the stdlib has no streaming JSON reader), the requests are still yielded one by one.
     """
-    entries = _parse_json(path.read_text(encoding="utf-8"), path, 1, list,
+    entries = _parse_json(path.read_text(encoding="utf-8-sig"), path, 1, list,
                           "a ShareGPT file is one JSON list of conversations")
     arrivals = iter(arrivals_s)
     first_s: float | None = None

@@ -135,6 +135,19 @@ def test_sharegpt_empty_texts_have_no_tokens(tmp_path):
     assert [(r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0, 0)]  # not the BOS's 1
 
 
+@pytest.mark.parametrize("name, text", [
+    ("v.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n"),
+    ("m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'),
+    ("s.json", '[{"id": "0", "conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "x"}]}]'),
+])
+def test_a_byte_order_mark_is_read_in_every_format(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0.0, 5, 1)]
+
+
 @pytest.mark.parametrize("text, fmt, python, cli", [
     ("time,prompt,output\n0,1,1", None, r"x.csv:1: header .* name the format with fmt=",
      "name the format with --format"),
