@@ -3,11 +3,13 @@
 Every combination of the `--vary` values is a point: the config from the usual flags with those
 fields set. A point is evaluated by the closed form (the paper's workload, `--prompt/--decode`,
 the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
-timing-only replay of the trace (`cent_serve.bench`). Before any point runs, every `--vary` field
-and value is checked on its own (an unknown field, a field given twice, a value of the wrong type
-or against the config's rule for numbers, an unknown model: one line, exit 2). A point that cannot
-run (the model does not fit, an invalid mapping, values that clash) is a row with its error; the
-sweep goes on, and fails (exit 2) only when no point could run. Written to `--out`:
+timing-only replay of the trace (`cent_serve.bench`), read once for every point: it needs its own
+token counts and arrival times, so ShareGPT is refused (the `cent bench` commands replay it at a
+rate). Before any point runs, every `--vary` field and value is checked on its own (an unknown
+field, a field given twice, a value of the wrong type or against the config's rule for numbers,
+an unknown model: one line, exit 2). A point that cannot run (the model does not fit, an invalid
+mapping, values that clash) is a row with its error; the sweep goes on, and fails (exit 2) only
+when no point could run. Written to `--out`:
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
   full resolved config as JSON (so any row can be rerun). `throughput_tok_s` counts prompt and
@@ -49,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(repeatable: every combination is a point)")
     p.add_argument("--prompt", type=int, default=512, help="closed form: prompt tokens of the paper's workload")
     p.add_argument("--decode", type=int, default=3584, help="closed form: generated tokens of the paper's workload")
-    p.add_argument("--trace", help="replay this trace (a shipped name or a file) at every point instead")
+    p.add_argument("--trace", help="replay this trace (a shipped name or a file with token counts and arrival times: "
+                                   "Vidur, Azure, BurstGPT, Mooncake) at every point instead")
     p.add_argument("--num-requests", type=int, default=200, help="with --trace: its first N requests")
     p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
@@ -124,10 +127,16 @@ def load_sweep_trace(trace: str, num_requests: int) -> list:
     from cent_serve.bench import resolve_trace
     from cent_serve.bench.errors import CLI_FLAGS, ParamError
     from cent_serve.bench.runner import ZeroTokens
-    from cent_serve.bench.traces import TraceOptions, load_trace
+    from cent_serve.bench.traces import TraceOptions, detect_format, load_trace
 
+    path = resolve_trace(trace)
     try:
-        requests = list(load_trace(resolve_trace(trace), options=TraceOptions(num_requests=num_requests)))
+        if detect_format(path) == "sharegpt":  # its counts come from a tokenizer, its arrivals from a rate
+            raise ValueError(f"--trace {trace} is ShareGPT, which has no token counts or arrival times: cent sweep "
+                             "--trace needs a trace that has both (Vidur, Azure or BurstGPT CSV, Mooncake JSONL); "
+                             f"replay a ShareGPT file with cent bench run --trace {trace} --rate REQ_PER_S, or at "
+                             f"several rates with cent bench sweep --trace {trace} --rates R1,R2,...")
+        requests = list(load_trace(path, options=TraceOptions(num_requests=num_requests)))
     except ParamError as exc:
         raise ValueError(f"--trace {trace}: " + exc.render({**CLI_FLAGS, "fmt": "cent bench's --format"})) from None
     zeros = ZeroTokens()

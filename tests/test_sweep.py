@@ -101,3 +101,16 @@ def test_a_trace_sweep_reads_the_trace_once_before_any_point(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert f"--trace {bad}: {bad}:1: header" in err and "fmt=" not in err
     assert not (tmp_path / "bad" / "sweep.csv").exists()
+
+
+def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys):
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "hi"},
+                                                             {"from": "gpt", "value": "hello"}]}]))
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--trace", str(conv),
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"--trace {conv} is ShareGPT" in err and f"cent bench run --trace {conv} --rate" in err
+    assert "count_tokens=" not in err and "arrivals_s=" not in err
+    assert not (tmp_path / "out").exists()
