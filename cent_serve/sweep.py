@@ -9,7 +9,8 @@ rate). Before any point runs, every `--vary` field and value is checked on its o
 field, a field given twice, a value of the wrong type or against the config's rule for numbers,
 an unknown model: one line, exit 2). A point that cannot run (the model does not fit, an invalid
 mapping, values that clash) is a row with its error; the sweep goes on, and fails (exit 2) only
-when no point could run. Written to `--out`:
+when no point could run. A replay's failed requests (a prompt over the context, ...) are a count
+in the CSV and a line per point on the terminal with their reasons. Written to `--out`:
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
   full resolved config as JSON (so any row can be rerun). `throughput_tok_s` counts prompt and
@@ -162,7 +163,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
                energy_per_token_mj=s["energy_per_token_mj"],
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
-               completed=s["completed"], failed=s["failed"])
+               completed=s["completed"], failed=s["failed"], failure_reasons=s["failure_reasons"])
     # the paper's GPU figures are for its own workload, not this trace: no ratio against them
     out.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
                             out["energy_per_token_mj"], cfg.device, against_paper=False))
@@ -170,6 +171,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cent_serve.bench.report import reasons_text
     from cent_serve.simulate_cli import paper_defaults
 
     from cent_serve.timing.pipeline import check_phases
@@ -213,6 +215,11 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         raise ValueError(f"none of the {len(rows)} points could run (the first: {rows[0]['error']}): change the "
                          f"--vary values or the flags; every point's error is in {out / 'sweep.csv'}")
+    for r in ok:  # a replay's failed requests, why (the CSV has their count only)
+        if r.get("failed"):
+            point = ", ".join(f"{name}={r[name]}" for name, _ in vary)
+            print(f"{point}: {r['failed']} of {r['completed'] + r['failed']} requests failed: "
+                  f"{reasons_text(r['failure_reasons'], examples=True)}")
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
     if not args.no_plots and ok:
         from cent_serve.sweep_plots import plot_pareto, plot_tokens_per_dollar

@@ -114,3 +114,16 @@ def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys
     assert f"--trace {conv} is ShareGPT" in err and f"cent bench run --trace {conv} --rate" in err
     assert "count_tokens=" not in err and "arrivals_s=" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, capsys):
+    huge = tmp_path / "huge.csv"
+    huge.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,100000,10\n1,100,10\n")
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8,16", "--trace", str(huge),
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    failed = [line for line in lines if "requests failed" in line]
+    assert [line.split(":")[0] for line in failed] == ["parallel.num_devices=8", "parallel.num_devices=16"]
+    assert all("1 of 2 requests failed: context_exceeded 1 (e.g. the prompt has 100000 tokens" in line
+               for line in failed)
+    assert "2 points, 2 evaluated, 0 could not run" in lines[-1]

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import short_example, summarize  # noqa: E402
+from cent_serve.bench.report import reasons_text, short_example, summarize  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
 from cent_serve.timing.energy import cent_tco  # noqa: E402
@@ -90,7 +90,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
             for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
                 s = side_figures(cfg, run_in_process(cfg, copy.deepcopy(reqs), progress=False, warn=False), slos)
                 sweep[name].append(dict(rate=rate, **_flat(s)))
-                reasons = ", ".join(f"{k} {v['count']}" for k, v in s["failure_reasons"].items())
+                reasons = reasons_text(s["failure_reasons"])
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
                       f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))

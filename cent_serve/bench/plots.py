@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter  # noqa: E402
 
+from cent_serve.bench.report import reasons_text  # noqa: E402
 from cent_serve.bench.runner import BenchResult  # noqa: E402
 from cent_serve.executor.base import busy_fraction  # noqa: E402
 
@@ -90,7 +91,7 @@ def run_title(status: dict, summary: dict) -> str:
     model = status.get("model") or summary.get("model", "?")
     devices = mp.get("devices", summary.get("devices", "?"))
     failed = summary.get("failed", 0)
-    counts = ", ".join(f"{k} {v['count']}" for k, v in summary.get("failure_reasons", {}).items())
+    counts = reasons_text(summary.get("failure_reasons", {}))
     outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
     return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
 

@@ -139,6 +139,14 @@ def short_example(message: str) -> str:
     return message if len(message) <= EXAMPLE_CHARS else message[:EXAMPLE_CHARS - 3] + "..."
 
 
+def reasons_text(reasons: dict[str, dict], examples: bool = False) -> str:
+    """`failure_reasons` on one line, `context_exceeded 1, aborted 2`; with `examples` each
+    reason's `short_example` too, `context_exceeded 1 (e.g. the prompt has ...)`, for a line
+    that has no table under it."""
+    return ", ".join(f"{k} {v['count']}" + (f" (e.g. {short_example(v['example'])})" if examples else "")
+                     for k, v in reasons.items())
+
+
 def print_table(summary: dict) -> None:
     print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
     for reason, f in summary.get("failure_reasons", {}).items():

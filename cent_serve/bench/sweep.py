@@ -16,7 +16,7 @@ from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
                                     latency_unit, mapping_text, plain_axis, widen_if_flat)
-from cent_serve.bench.report import summarize  # noqa: E402
+from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
 from cent_serve.preflight import check_runnable  # noqa: E402
@@ -53,7 +53,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
 
 def _sweep_line(rate: float, s: dict, slos: dict) -> str:
     """The terminal line of one rate: done and failed (by reason), throughput, p99s, attainment."""
-    reasons = ", ".join(f"{k} {v['count']}" for k, v in s["failure_reasons"].items())
+    reasons = reasons_text(s["failure_reasons"])
     line = (f"rate {rate:>8.3f} req/s: {s['completed']} done, {s['failed']} failed"
             + (f" ({reasons})" if reasons else "")
             + f", output {s['output_throughput']:.1f} tok/s, p99 TTFT {fmt_ms(s['p99_ttft_ms'])}, "
