@@ -165,6 +165,10 @@ class ModelConfig:
     """Beginning-of-sequence token id."""
     eos_token_id: int = 2
     """End-of-sequence token id."""
+    extra_eos_token_ids: tuple[int, ...] = ()
+    """More ids that end a generation as the eos does, unless ignore_eos (vLLM's rule: a checkpoint's
+    eos_token_id list after its first and generation_config.json's, e.g. Llama 3 Instruct's <|eot_id|>
+    128009); the reply's stop_reason names the id. --set takes them comma-separated."""
     weight_dtype: str = "bfloat16"
     """Storage dtype of weights: `bfloat16` (CENT's data type) or `float32`. Math is float32."""
     seed: int = 0
@@ -208,10 +212,11 @@ class ModelConfig:
                "use a positive window, or 0 for the whole context")
         _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
                self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            _check(0 <= value < self.vocab_size, f"model.{name}", value,
-                   f"use an id in [0, {self.vocab_size})")
+        self.extra_eos_token_ids = tuple(self.extra_eos_token_ids)
+        for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + \
+                [("extra_eos_token_ids", v) for v in self.extra_eos_token_ids]:
+            _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
+                   f"model.{name}", value, f"use an id in [0, {self.vocab_size})")
         _check(self.num_experts >= 0, "model.num_experts", self.num_experts, "use 0 (dense) or a positive count")
         _check(self.expert_skew >= 0, "model.expert_skew", self.expert_skew, "use 0 (uniform) or a positive skew")
         _check(self.moe_intermediate_size >= 0, "model.moe_intermediate_size", self.moe_intermediate_size,
@@ -1049,6 +1054,12 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         raise ValueError(f"{name}={text!r} is invalid: use true or false")
     if current is None:
         return None if _is_null(text) else text
+    if isinstance(current, tuple):  # ids, comma-separated; empty for none
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is invalid: expected integers separated by commas "
+                             f"(e.g. {name}=128008,128009), or nothing for none") from None
     try:
         if isinstance(current, int):
             return int(text)

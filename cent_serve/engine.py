@@ -313,10 +313,11 @@ class Engine:
             self.stats.prompt_tokens += len(req.prompt_ids)
         n = len(req.output_ids)
         can_stop = n >= p.min_tokens
-        if can_stop and ((token == self.tokenizer.eos_token_id and not p.ignore_eos) or token in p.stop_token_ids):
+        eos = token == self.tokenizer.eos_token_id or token in self.cfg.model.extra_eos_token_ids
+        if can_stop and ((eos and not p.ignore_eos) or token in p.stop_token_ids):
             req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM)
-            if token in p.stop_token_ids:  # vLLM's stop_reason: the stop id, None for the eos
-                req.stop_reason = token
+            if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:
+                req.stop_reason = token  # vLLM's stop_reason: a stop id (its extra eos ids are ones), None for the eos
             if p.stop:
                 req.text = self.tokenizer.decode(req.output_ids[:-1])
             self._finish(req, "stop", t)

@@ -292,9 +292,23 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
 
-    def _id(key: str, default: int) -> int:
-        value = hf.get(key, default)
-        return int(value[0] if isinstance(value, list) else (default if value is None else value))
+    def _ids(key: str, default: int, source: dict = hf) -> list[int]:
+        """A token id field as a list (Hugging Face writes one id or a list of them)."""
+        value = source.get(key, default)
+        value = [default] if value is None or value == [] else value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use a token id or a list of them "
+                             "(JSON integers)")
+        return value
+
+    eos = _ids("eos_token_id", 2)
+    gen_file = cfg_file.parent / "generation_config.json"
+    try:  # vLLM stops at its eos ids too (with the config's list after the first)
+        gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{gen_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix "
+                         "the file (its eos_token_id ends generations), or remove it") from None
+    more = eos[1:] + (_ids("eos_token_id", eos[0], gen) if isinstance(gen, dict) else [])
 
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
@@ -314,8 +328,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         attention_bias=arch == "qwen2",
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         sliding_window=(_num("sliding_window", 0, positive=False) or 0) if arch in ("mistral", "mixtral") else 0,
-        bos_token_id=_id("bos_token_id", 1),
-        eos_token_id=_id("eos_token_id", 2),
+        bos_token_id=_ids("bos_token_id", 1)[0],
+        eos_token_id=eos[0],
+        extra_eos_token_ids=tuple(dict.fromkeys(i for i in more if i != eos[0])),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
         checkpoint=str(cfg_file.parent),
         **scaling,
@@ -512,7 +527,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len,
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id, "hidden_act": "silu", "mlp_bias": False,
+        "eos_token_id": [cfg.eos_token_id, *cfg.extra_eos_token_ids] if cfg.extra_eos_token_ids else cfg.eos_token_id,
+        "hidden_act": "silu", "mlp_bias": False,
         "torch_dtype": cfg.weight_dtype,
     }
     if cfg.model_type != "qwen2":

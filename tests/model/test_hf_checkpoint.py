@@ -130,3 +130,31 @@ def test_live_against_transformers(tmp_path):
     check_against(tmp_path / "live_sharded", expected)
     tok = load_tokenizer(model_config_from_hf(tmp_path / "live"))
     assert [tok.encode(t) for t in expected["texts"]] == expected["encodings"]
+
+
+def test_every_eos_id_of_the_checkpoint_ends_a_generation(tmp_path, capsys):
+    """A config's eos_token_id list (Llama 3 Instruct: [128001, 128008, 128009]) and
+    generation_config.json's ids all end a generation, as in vLLM; --ignore-eos runs past them."""
+    case = CASES[0]  # greedy: 27, 113, 166, 473, 150, 114, 161, ...
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    ids = ",".join(map(str, case["prompt_ids"]))
+
+    def run(*extra) -> dict:
+        assert main(["generate", "--model", str(ckpt), "--prompt-ids", ids, "--max-tokens", "12",
+                     "--temperature", "0", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    (ckpt / "config.json").write_text(json.dumps(dict(config, eos_token_id=[2, 161])))
+    assert model_config_from_hf(ckpt).extra_eos_token_ids == (161,)
+    out = run()
+    assert out["token_ids"] == case["greedy_ids"][:7] and out["finish_reason"] == "stop"
+    assert run("--ignore-eos")["token_ids"] == case["greedy_ids"][:12]
+    (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, eos_token_id=[2, 473, 161])))
+    assert model_config_from_hf(ckpt).extra_eos_token_ids == (161, 473)
+    assert run()["token_ids"] == case["greedy_ids"][:4]
+    (ckpt / "generation_config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"generation_config.json: not valid JSON .*: fix the file"):
+        model_config_from_hf(ckpt)

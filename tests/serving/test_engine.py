@@ -186,3 +186,30 @@ def test_data_parallel_replicas_when_devices_exceed_the_mapping():
     for p, r in zip(prompts, runs["two"]):
         assert r.output_ids == generate(ref_model, p, 4, ignore_eos=True).token_ids
     assert {d["replica"] for d in two.device_stats()} == {0, 1}
+
+
+def test_a_models_extra_eos_ids_stop_as_vllm_does():
+    """model.extra_eos_token_ids end a request unless ignore_eos, with stop_reason = the id (vLLM
+    adds a model's further eos ids to the request's stop ids); the eos itself leaves it None."""
+    eng = _engine(numerics="full")
+    free = eng.add_request([1, 7, 9], RequestParams(max_tokens=6, ignore_eos=True, sampling=GREEDY))
+    _run(eng)
+    third = free.output_ids[2]
+    eng.cfg.model.extra_eos_token_ids = (third,)
+    stopped = eng.add_request([1, 7, 9], RequestParams(max_tokens=6, sampling=GREEDY))
+    ignored = eng.add_request([1, 7, 9], RequestParams(max_tokens=6, ignore_eos=True, sampling=GREEDY))
+    _run(eng)
+    assert stopped.output_ids == free.output_ids[:3] and stopped.finish_reason == "stop"
+    assert stopped.stop_reason == third
+    assert ignored.output_ids == free.output_ids and ignored.finish_reason == "length"
+
+
+def test_extra_eos_ids_are_set_comma_separated_and_checked():
+    from cent_serve.config import apply_overrides
+    cfg = apply_overrides(CentConfig(model=TINY), ["model.extra_eos_token_ids=5, 9"])
+    assert cfg.model.extra_eos_token_ids == (5, 9)
+    assert apply_overrides(cfg, ["model.extra_eos_token_ids="]).model.extra_eos_token_ids == ()
+    with pytest.raises(ValueError, match=r"model.extra_eos_token_ids='5,x' is invalid: expected integers"):
+        apply_overrides(cfg, ["model.extra_eos_token_ids=5,x"])
+    with pytest.raises(ValueError, match=r"model.extra_eos_token_ids=.*\b999999\b.*use an id in"):
+        apply_overrides(cfg, ["model.extra_eos_token_ids=999999"])
