@@ -204,7 +204,12 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     (q/k norms), and the mixtures of experts Mixtral and Qwen 3 MoE. What the reference model cannot
     run is refused by name."""
     path = Path(path)
-    cfg_file = path / "config.json" if path.is_dir() else path
+    if path.is_file():  # a checkpoint is a directory (the weights and tokenizer sit beside config.json)
+        if path.name != "config.json":
+            raise ValueError(f"model.checkpoint={str(path)!r} is a file: point --model at a checkpoint directory, "
+                             f"with the file in it as config.json (e.g. mkdir m && cp {path} m/config.json)")
+        path = path.parent
+    cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
                          "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")

@@ -50,6 +50,11 @@ def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
         load_weights(model_config_from_hf(out))
     with pytest.raises(ValueError, match="no config.json"):
         model_config_from_hf(tmp_path / "nowhere")
+    # its config.json stands for the directory (name and checkpoint as from the directory); another file is refused
+    assert model_config_from_hf(out / "config.json") == model_config_from_hf(out)
+    (tmp_path / "mistral_config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=r"mistral_config.json' is a file: point --model at a checkpoint directory"):
+        model_config_from_hf(tmp_path / "mistral_config.json")
 
 
 def test_byte_tokenizer_round_trips_unicode():
