@@ -47,11 +47,16 @@ def _numeric_fields(cls: type) -> dict[str, tuple[type, bool]]:
     return out
 
 
+NUMBER_RANGE = (1e-15, 1e15)
+"""Where a non-zero number of the config lies: a product or quotient of a few such stays finite in
+float64 (an energy of 1e308 mW, or a clock of 1e-300 Hz, made the figures NaN or inf)."""
+
+
 def _number_fix(cls: type, name: str, value: Any) -> str | None:
     """The config's one rule for numbers: every numeric field of `cls` is a finite number >= 0, and
     > 0 for the fields in `cls._positive` (counts, sizes, clocks, rates: what is divided by, or what
-    0 of makes no device); `X | None` fields may also be None. None when `value` obeys it, else
-    the fix to print (`cls._fixes` words a field's own)."""
+    0 of makes no device), non-zero ones within `NUMBER_RANGE`; `X | None` fields may also be None.
+    None when `value` obeys it, else the fix to print (`cls._fixes` words a field's own)."""
     kind, optional = _numeric_fields(cls)[name]
     if value is None and optional:
         return None
@@ -59,7 +64,9 @@ def _number_fix(cls: type, name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         fix = "expected an integer" if integer else "expected a number"
     elif math.isfinite(value) and (value > 0 if positive else value >= 0):
-        return None
+        if value <= NUMBER_RANGE[1] and (value == 0 or value >= NUMBER_RANGE[0]):
+            return None
+        fix = f"use a value from {NUMBER_RANGE[0]:g} to {NUMBER_RANGE[1]:g} (beyond, the model's figures overflow)"
     else:
         fix = getattr(cls, "_fixes", {}).get(name) or (
             ("use a positive integer" if positive else "use an integer >= 0") if integer else
@@ -1062,11 +1069,17 @@ def _coerce(text: str, current: Any, name: str) -> Any:
                              f"(e.g. {name}=128008,128009), or nothing for none") from None
     try:
         if isinstance(current, int):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # 1e6 or 4096.0: an integer written as a float, as a YAML file may
+                value = float(text)
+                if not value.is_integer():
+                    raise
+                return int(value)
         if isinstance(current, float):
             return float(text)
-    except ValueError:
-        kind = "an integer" if isinstance(current, int) else "a number"
+    except (ValueError, OverflowError):
+        kind = "an integer, e.g. 4096" if isinstance(current, int) else "a number, e.g. 1.5e9"
         raise ValueError(f"{name}={text!r} is invalid: expected {kind}") from None
     return text
 

@@ -147,6 +147,22 @@ def test_an_optional_field_is_unset_the_same_way_in_a_file_and_by_set(tmp_path, 
     assert cfg.gpu.tco_per_gpu is None and cfg.server.max_tokens_default is None
 
 
+@pytest.mark.parametrize("override", ["device.energy.rd_mw=1e308", "device.energy.access_clock_hz=1e-300",
+                                      "device.energy.pcie_pj_per_bit=1e16", "device.rows_per_bank=10000000000000000"])
+def test_numbers_whose_products_overflow_are_refused(override):
+    """An energy of 1e308 mW made the figures NaN and --json print NaN (not JSON)."""
+    with pytest.raises(ValueError, match=re.escape(override.split("=")[0]) + "=.* is invalid: use a value from 1e-15"):
+        apply_overrides(CentConfig(), [override])
+
+
+def test_an_integer_may_be_written_as_a_float_and_a_bad_one_gets_an_example():
+    cfg = apply_overrides(CentConfig(), ["device.rows_per_bank=1.6e4", "scheduler.max_waiting=64.0"])
+    assert (cfg.device.rows_per_bank, cfg.scheduler.max_waiting) == (16000, 64)
+    for text in ("1.5", "inf", "many"):
+        with pytest.raises(ValueError, match=f"device.rows_per_bank='{text}' is invalid: expected an integer, e.g."):
+            apply_overrides(cfg, [f"device.rows_per_bank={text}"])
+
+
 def test_legitimate_values_pass():
     from cent_serve.config import MODEL_PRESETS
 
