@@ -11,6 +11,7 @@ ASPLOS 2025, and its artifact) by section.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import json
 import math
 import numbers
@@ -1041,12 +1042,16 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     return value
 
 
+REDACTED = "<redacted>"
+"""What `config_to_dict` writes for an API key (`load_config` reads it back as no key)."""
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain JSON-able data (tuples become lists; an API key is redacted)."""
     data = json.loads(json.dumps(dataclasses.asdict(cfg)))
     server = data.get("server") if isinstance(data, dict) else None
     if isinstance(server, dict) and server.get("api_key"):
-        server["api_key"] = "<redacted>"
+        server["api_key"] = REDACTED
     return data
 
 
@@ -1163,6 +1168,12 @@ def load_config(path: str | Path) -> CentConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
+    data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
+    server = data.get("server")
+    if isinstance(server, dict) and server.get("api_key") == REDACTED:
+        logging.getLogger("cent_serve").warning("config file %s: server.api_key was redacted when it was written: "
+                                                "no key is set (give --api-key or CENT_API_KEY)", path)
+        server["api_key"] = None
     for section in _sections(CentConfig):
         value = data.get(section)
         if value is not None and not isinstance(value, dict):

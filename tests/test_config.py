@@ -163,6 +163,14 @@ def test_an_integer_may_be_written_as_a_float_and_a_bad_one_gets_an_example():
             apply_overrides(cfg, [f"device.rows_per_bank={text}"])
 
 
+def test_a_redacted_api_key_reads_back_as_none(tmp_path, caplog):
+    cfg = apply_overrides(CentConfig(), ["server.api_key=secret"])
+    (tmp_path / "c.json").write_text(json.dumps(config_to_dict(cfg)))
+    assert "secret" not in (tmp_path / "c.json").read_text()
+    assert load_config(tmp_path / "c.json").server.api_key is None
+    assert "server.api_key was redacted" in caplog.text
+
+
 def test_legitimate_values_pass():
     from cent_serve.config import MODEL_PRESETS
 

@@ -225,7 +225,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
                    trace=source, url=args.url) if args.url
-              else dict(config_to_dict(cfg), trace=source, executor=kind))
+              else dict(config_to_dict(cfg), bench=dict(trace=source, executor=kind)))  # a --config as it is
     write_results(out, result, summary, config, plots=not args.no_plots)
     print_table(summary)
     print(f"results in {out}/")

@@ -68,7 +68,11 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 20 and all(r["finish_reason"] == "length" for r in rows)
     assert all(int(r["num_prompt_tokens"]) <= 64 and int(r["num_output_tokens"]) <= 16 for r in rows)
-    assert json.loads((out / "config.json").read_text())["model"]["name"] == "tiny"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["name"] == "tiny" and saved["bench"]["executor"] == "local"
+    from cent_serve.config import config_to_dict, load_config
+    back = config_to_dict(load_config(out / "config.json"))  # it is a --config as it is
+    assert back == {k: v for k, v in saved.items() if k != "bench"}
     for png in ("latency_cdf.png", "timeline.png", "utilization.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ttft" in capsys.readouterr().out
