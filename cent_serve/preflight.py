@@ -13,25 +13,27 @@ import socket
 from pathlib import Path
 
 from cent_serve.config import CentConfig
-from cent_serve.timing.mapping import Mapping, check_capacity, resolve_mapping
+from cent_serve.timing.mapping import CapacityError, Mapping, check_capacity, resolve_mapping
 
 GIB = 2**30
 F32_BYTES = 4
 """Full numerics computes on float32 copies of the weights (`cent_serve.model.weights`)."""
 
 
-def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
+def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
+                       batch_flag: bool = False) -> Mapping:
     """The mapping, after checking that every device holds its weight shard plus the KV cache
     of `batch` sequences of `context` tokens (default: one sequence of the whole context, so
     that every request the API accepts can run). Raises ValueError naming the device, the sizes
-    and the fix."""
+    and the fix (with `batch_flag`, the command's --batch among them)."""
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     context = cfg.model.max_seq_len if context is None else context
     try:
         check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
-    except ValueError as exc:
-        fix = "" if "weight shard alone" in str(exc) else (
-            "; or use more devices, or a shorter context with --set model.max_seq_len=N")
+    except CapacityError as exc:
+        fewer = f"--batch {exc.max_batch}, " if batch_flag and exc.max_batch else ""
+        fix = "" if exc.max_batch is None else (
+            f"; or use {fewer}more devices, or a shorter context with --set model.max_seq_len=N")
         raise ValueError(f"{cfg.model.name} on {cfg.parallel.num_devices} devices ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp

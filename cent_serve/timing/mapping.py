@@ -152,6 +152,15 @@ def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, eleme
     return 2 * kv_heads * m.head_dim * element_bytes * blocks
 
 
+class CapacityError(ValueError):
+    """A device does not hold what it must; `max_batch`: the most queries that fit at the context
+    (None when the weights alone do not fit)."""
+
+    def __init__(self, message: str, max_batch: int | None = None) -> None:
+        super().__init__(message)
+        self.max_batch = max_batch
+
+
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
                    batch: int | None = None) -> None:
     """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device.
@@ -168,15 +177,15 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
             continue
         gib = 2**30
         if w > dev.capacity_bytes:
-            raise ValueError(f"device {d}: its weight shard alone needs {w / gib:.2f} GiB of "
+            raise CapacityError(f"device {d}: its weight shard alone needs {w / gib:.2f} GiB of "
                              f"{dev.capacity_bytes / gib:.0f} GiB: use more devices or a larger tp")
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
-        raise ValueError(f"device {d}: weights {w / gib:.2f} GiB + KV cache of {batch} queries x "
-                         f"{context} tokens ({kv_tok * context * batch / gib:.2f} GiB) exceed "
-                         f"{dev.capacity_bytes / gib:.0f} GiB: the largest context at batch {batch} "
-                         f"is {max_ctx}, the largest batch at context {context} is {max_batch}")
+        raise CapacityError(f"device {d}: weights {w / gib:.2f} GiB + KV cache of {batch} queries x "
+                            f"{context} tokens ({kv_tok * context * batch / gib:.2f} GiB) exceed "
+                            f"{dev.capacity_bytes / gib:.0f} GiB: the largest context at batch {batch} "
+                            f"is {max_ctx}, the largest batch at context {context} is {max_batch}", max_batch)
 
 
 def expert_placement(m: ModelConfig, mp: Mapping, element_bytes: int = 2) -> dict | None:

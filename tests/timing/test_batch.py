@@ -37,7 +37,9 @@ def test_long_context_runs_at_a_batch_that_fits(capsys):
     args = ["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "30976",
             "--set", "model.max_seq_len=32768", "--json"]
     assert main(args) == 2
-    assert "the largest batch at context 30976 is 30" in capsys.readouterr().err
+    assert "the largest batch at context 30976 is 30; or use --batch 30, more devices" in capsys.readouterr().err
+    assert main(args + ["--batch", "30"]) == 0
+    capsys.readouterr()
     assert main(args + ["--batch", "8"]) == 0
     fig = json.loads(capsys.readouterr().out)
     assert fig["batch"] == 8 and fig["seqlen"] == 30976
