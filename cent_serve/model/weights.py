@@ -286,7 +286,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     rope.update(hf.get("rope_parameters") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-        _refuse("rope_parameters.rope_type", rope_type, f"supported: {', '.join(ROPE_TYPES)}")
+        where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
+        _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
+                f"supported: {', '.join(ROPE_TYPES)}")
     scaling = {}
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
@@ -357,7 +359,8 @@ def _checkpoint_files(ckpt: Path) -> list[Path]:
     if single.is_file():
         return [single]
     raise ValueError(f"model.checkpoint={str(ckpt)!r} has neither model.safetensors nor "
-                     "model.safetensors.index.json: save the checkpoint in safetensors format")
+                     "model.safetensors.index.json: save the checkpoint in safetensors format, or run its "
+                     "shape timing-only with --numerics off")
 
 
 def iter_checkpoint_tensors(ckpt: str | Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from cent_serve.model import (ByteTokenizer, LlamaModel, SamplingParams, load_to
                               sample, save_hf_checkpoint)
 from cent_serve.model.generate import generate
 from cent_serve.model.weights import hf_tensor_names
+from cent_serve.cli import main
 from tests.factories import tiny_model_config
 
 
@@ -112,3 +115,13 @@ def test_generation_is_reproducible_for_a_seed():
     greedy = generate(model, [1, 5, 6], 6)
     full = model.forward([1, 5, 6] + greedy.token_ids[:-1], model.new_cache())
     assert greedy.token_ids == [int(t) for t in np.argmax(full[2:], axis=-1)]
+
+
+def test_a_config_without_weights_points_at_timing_only(tmp_path, capsys):
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama" / "config.json", tmp_path)
+    with pytest.raises(ValueError, match="has neither model.safetensors .* or run its shape timing-only with "
+                                         "--numerics off"):
+        load_weights(model_config_from_hf(tmp_path))
+    assert main(["simulate", "--model", str(tmp_path), "--devices", "2", "--numerics", "off", "--seqlen", "64",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seqlen"] == 64

@@ -115,6 +115,11 @@ def test_scaled_rope_from_transformers_5_config_is_read_and_unknown_kinds_refuse
     (ckpt / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="rope_parameters.rope_type='longrope' is not supported: supported: default"):
         model_config_from_hf(ckpt)
+    del raw["rope_parameters"]  # transformers < 5 (Phi-3's file): the error names the key the file has
+    raw["rope_scaling"] = {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"model.checkpoint: rope_scaling.type='longrope' is not supported"):
+        model_config_from_hf(ckpt)
 
 
 @pytest.mark.hf
