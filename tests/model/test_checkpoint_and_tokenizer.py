@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cent_serve.cli import main
 from cent_serve.model import (ByteTokenizer, LlamaModel, SamplingParams, load_tokenizer,
                               load_weights, make_generator, model_config_from_hf, random_weights,
                               sample, save_hf_checkpoint)
 from cent_serve.model.generate import generate
 from cent_serve.model.weights import hf_tensor_names
-from cent_serve.cli import main
 from tests.factories import tiny_model_config
 
 
