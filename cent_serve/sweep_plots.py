@@ -43,9 +43,9 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
     others = [f for f in fields if f != "model"]
     for i, ((model, group), ax) in enumerate(zip(models.items(), axes[0])):
         color = f"C{i % 10}"
-        ax.scatter([r["energy_per_token_mj"] for r in group], [r["throughput_tok_s"] for r in group], s=22,
-                   color=color, alpha=0.35, label="a point off the front")
         front = pareto_front(group)
+        ax.scatter([r["energy_per_token_mj"] for r in group], [r["throughput_tok_s"] for r in group], s=22,
+                   color=color, alpha=0.35, label="a point off the front" if len(front) < len(group) else None)
         ax.plot([r["energy_per_token_mj"] for r in front], [r["throughput_tok_s"] for r in front], "o-", color=color,
                 label=f"Pareto front: {len(front)} of {len(group)} points")
         for k, r in enumerate(front, 1):  # numbered on the plot, named in the legend: close points stay legible
@@ -55,8 +55,8 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
-    fig.suptitle(f"CENT design space over {', '.join(fields)} (front: no point of the model is both faster "
-                 "and cheaper in energy)", fontsize=10)
+    fig.suptitle(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
+                 "and cheaper in energy)", fontsize=10)  # two lines: one panel is narrow
     return _save(fig, axes[0], path, 8)
 
 

@@ -127,3 +127,27 @@ def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, caps
     assert all("1 of 2 requests failed: context_exceeded 1 (e.g. the prompt has 100000 tokens" in line
                for line in failed)
     assert "2 points, 2 evaluated, 0 could not run" in lines[-1]
+
+
+def test_the_pareto_legend_names_only_what_the_panel_shows(tmp_path, monkeypatch):
+    """No 'a point off the front' entry when every point is on it; the title fits a single narrow
+    panel (two lines)."""
+    import cent_serve.sweep_plots as sp
+    seen = {}
+
+    def keep(fig, axes, path, size):
+        axes[0].legend()
+        seen["labels"] = [t.get_text() for t in axes[0].get_legend().get_texts()]
+        seen["title"] = fig._suptitle.get_text()
+        sp.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(sp, "_save", keep)
+    row = dict(model_name="m", **{"parallel.num_devices": 8})
+    on_front = [dict(row, throughput_tok_s=1.0, energy_per_token_mj=1.0),
+                dict(row, throughput_tok_s=2.0, energy_per_token_mj=2.0)]
+    sp.plot_pareto(on_front, ["parallel.num_devices"], tmp_path / "a.png")
+    assert "a point off the front" not in seen["labels"] and "\n" in seen["title"]
+    sp.plot_pareto(on_front + [dict(row, throughput_tok_s=0.5, energy_per_token_mj=3.0)], ["parallel.num_devices"],
+                   tmp_path / "b.png")
+    assert "a point off the front" in seen["labels"]
