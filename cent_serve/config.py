@@ -528,7 +528,9 @@ class DeviceConfig:
     unit_cost_usd: float = 2.69 + 1.10 + 24.38
     """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9), for the
     paper's 32 channels: a fixed figure that does not follow `num_channels` or the bank geometry,
-    so a sweep over those gets capacity and speed at the same price unless it sets this too."""
+    so a sweep over those gets capacity and speed at the same price unless it sets this too. It
+    prices the devices (`tok_s_per_usd`); tokens per dollar against GPUs use the artifact's TCO
+    convention instead (0.73 per 32 devices, 1.76 per 4 A100s), which this does not move."""
 
     @property
     def capacity_bytes(self) -> int:
