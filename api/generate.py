@@ -156,10 +156,13 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
     for ids, limit in zip(prompts.ids, limits):
         ctx.check_request(ids, limit, prompts.fields)
     params = [body.to_params(limit, prompts.fields.max_tokens) for limit in limits]
-    n, most = body.n, ctx.cfg.scheduler.max_waiting
+    n, scheduler = body.n, ctx.engine.scheduler
+    most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit`, not this
     if len(prompts.ids) * n > most:  # counted before building: a request may hold thousands of prompts
-        raise ApiError(f"{len(prompts.ids) * n} choices (prompts x n) can never be queued at once: this server "
-                       f"queues at most {most}; send fewer prompts or a smaller n", prompts.fields.prompt)
+        raise ApiError(f"{len(prompts.ids) * n} choices (prompts x n) can never be admitted at once: this server "
+                       f"takes at most {most} ({most - scheduler.max_waiting} lane places + scheduler.max_waiting="
+                       f"{scheduler.max_waiting}); send fewer prompts or a smaller n",
+                       "n" if n > 1 else prompts.fields.prompt)
     return [Choice(i * n + j, ids, _seeded(params[i], i * n + j, n))
             for i, ids in enumerate(prompts.ids) for j in range(n)]
 

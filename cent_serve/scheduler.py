@@ -137,6 +137,12 @@ class Scheduler:
         places = sum(self.up) * self.lanes_per_replica * self.seqs_per_lane
         return max(0, places - len(self.running))
 
+    @property
+    def max_admitted(self) -> int:
+        """Requests `is_full` lets in at once at most: every lane place of every replica free, and
+        `max_waiting` left waiting. A request of more choices can never be admitted whole (the API's 400)."""
+        return self.num_replicas * self.lanes_per_replica * self.seqs_per_lane + self.max_waiting
+
     def is_full(self) -> bool:
         """Whether a new request would exceed the waiting bound: more than `max_waiting` requests
         would be left waiting once the free lane places are taken. The one admission rule; the

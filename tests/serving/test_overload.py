@@ -164,6 +164,30 @@ def test_a_client_that_does_not_read_its_stream_stalls_only_itself():
         assert httpx.post(s.url + "/v1/completions", json=body(), timeout=REQUEST_TIMEOUT_S).status_code == 200
 
 
+def test_choices_that_fit_the_free_lanes_and_the_queue_are_admitted_and_only_more_are_refused_outright():
+    """One lane and max_waiting=2: an idle server admits n=3 (one runs, two wait) however small
+    max_waiting is; 400 (naming n, or the prompt with n=1) only past lane places + max_waiting,
+    which no wait would fix; while the lane is held, n=3 is the ordinary 429."""
+    with Server(server_cfg(devices=1, pp=1, max_waiting=2), "local") as s:
+        r = httpx.post(s.url + "/v1/completions", json=body(n=3), timeout=REQUEST_TIMEOUT_S)
+        assert r.status_code == 200, r.text
+        assert sorted(c["index"] for c in r.json()["choices"]) == [0, 1, 2]
+        r = httpx.post(s.url + "/v1/completions", json=body(prompt=["a", "b"], n=2), timeout=REQUEST_TIMEOUT_S)
+        err = r.json()["error"]
+        assert (r.status_code, err["param"]) == (400, "n")
+        assert "4 choices" in err["message"] and "at most 3" in err["message"], err["message"]
+        r = httpx.post(s.url + "/v1/completions", json=body(prompt=["a", "b", "c", "d"]), timeout=REQUEST_TIMEOUT_S)
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
+    cfg = server_cfg(devices=1, pp=1, max_waiting=2, clock="paced", pace_factor=1e4)  # the holder runs for minutes
+    with Server(cfg, "local") as s, httpx.Client(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h:
+        with h.stream("POST", "/v1/completions", json=body(max_tokens=400, stream=True)) as holder:
+            assert holder.status_code == 200
+            wait_for(lambda: status(s.url)["num_running"] == 1, "the lane held")
+            r = h.post("/v1/completions", json=body(n=3))
+            assert (r.status_code, r.json()["error"]["code"]) == (429, "queue_full")
+        wait_idle(s.url)
+
+
 def test_every_request_is_counted_once_as_completed_aborted_or_rejected():
     cfg = server_cfg(devices=1, pp=1, max_waiting=1, clock="paced", pace_factor=100.0)  # one lane, a queue of one
     long = body(prompt="x", max_tokens=400)
