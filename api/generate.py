@@ -219,7 +219,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
     """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
     once all have finished. Aborts them all if the client goes away (checked every
     DISCONNECT_POLL_S: a non-streaming handler sends nothing that would notice); raises ApiError
-    500 if a choice failed in the engine."""
+    500 if a choice failed in the engine, 503 if the engine stopped under it (shutdown)."""
     wants_logprobs = reqs[0].params.logprobs is not None
     out = {index: {"token_ids": [], "text": "", "times": [], "logprobs": [] if wants_logprobs else None}
            for index in range(len(reqs))}
@@ -255,7 +255,11 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
     failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
     if failed:
         raise ApiError(failed[0], None, 500, "server_error")
-    record_finished(raw, [o["finish_reason"] for o in out.values()])
+    reasons = [o["finish_reason"] for o in out.values()]
+    record_finished(raw, reasons)
+    if "abort" in reasons:  # the engine stopped under it (the server is shutting down): no whole answer
+        raise ApiError("the server is shutting down: the request was aborted before it finished; retry "
+                       "on a running server", None, 503, "server_error", "engine_stopped")
     return out
 
 

@@ -1,7 +1,7 @@
 """Assemble and run a server: engine (and its devices) + engine thread + FastAPI app + uvicorn.
 
-`run_server` is what `cent serve` calls (blocks until Ctrl-C / SIGTERM, then
-stops the engine thread and the device actors). `Server` runs the same in a
+`run_server` is what `cent serve` calls (blocks until Ctrl-C / SIGTERM, which abort the
+running generations at once, then stops the engine thread and the device actors). `Server` runs the same in a
 background thread for tests and notebooks, on a free loopback port.
 """
 from __future__ import annotations
@@ -24,6 +24,31 @@ from cent_serve.serving import EngineLoop
 log = logging.getLogger("cent.server")
 STARTUP_TIMEOUT_S = 60.0
 """Longest wait for uvicorn to bind in `Server.start`."""
+SHUTDOWN_GRACE_S = 10.0
+"""uvicorn's `timeout_graceful_shutdown`: the longest wait, once the engine has stopped, for the
+responses still being written (each ends at once: its generations were aborted); a backstop, after
+which uvicorn cancels what is left."""
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, stopping the way `cent serve` stops: the first SIGINT or SIGTERM is
+    logged and stops the engine at once (`stop_engine`), so every running generation ends as
+    aborted (a stream with finish_reason abort and [DONE], a collected request with 503) and
+    the connections drain; then uvicorn shuts down. A second signal of either kind exits without
+    waiting (uvicorn's own answers only a second SIGINT)."""
+
+    def __init__(self, config: uvicorn.Config, stop_engine) -> None:
+        super().__init__(config)
+        self.stop_engine = stop_engine
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.should_exit:
+            log.info("%s again: exiting without waiting for the open responses", signal.Signals(sig).name)
+            self.force_exit = True
+            return
+        log.info("%s: aborting the running generations and shutting down", signal.Signals(sig).name)
+        self.stop_engine()
+        super().handle_exit(sig, frame)
 
 
 def build(cfg: CentConfig, engine: Engine | None = None):
@@ -64,13 +89,14 @@ def run_server(cfg: CentConfig) -> None:
                  host, sock.getsockname()[1])
         if cfg.server.api_key:
             log.info("an API key is required on every path but /health, /ping and the docs (/docs, /openapi.json)")
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
-        # handler found before it; this one lets the teardown below run and the process exit 0.
+        # uvicorn takes SIGINT/SIGTERM while it runs (`_Uvicorn.handle_exit`) and then re-raises the
+        # signal to the handler found before it; this one lets the teardown below run and the process exit 0.
         signalled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda num, _frame: (signalled.append(num), log.info("signal %d: shutting down", num)))
-        config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning")
-        server = uvicorn.Server(config)
+            signal.signal(sig, lambda num, _frame: signalled.append(num))
+        config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning",
+                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+        server = _Uvicorn(config, lambda: loop.stop(timeout_s=0))
         server.run(sockets=[sock])
         if not server.started and not signalled:  # older uvicorn returns from a failed startup (newer exits 3)
             raise SystemExit(3)  # uvicorn.run's code for it
@@ -95,8 +121,8 @@ class Server:
         self.port = cfg.server.port or free_port(cfg.server.host)
         self.app, self.loop = build(cfg, engine)
         config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
-                                timeout_keep_alive=5)
-        self.server = uvicorn.Server(config)
+                                timeout_keep_alive=5, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+        self.server = _Uvicorn(config, lambda: self.loop.stop(timeout_s=0))
         self.server.install_signal_handlers = lambda: None  # not the main thread
         self.thread = threading.Thread(target=self.server.run, name="cent-uvicorn", daemon=True)
 
@@ -114,9 +140,10 @@ class Server:
         return self
 
     def stop(self) -> None:
+        """As `cent serve` stops on a signal: the engine first (running generations end as aborted), then uvicorn."""
+        self.loop.stop()
         self.server.should_exit = True
         self.thread.join(30)
-        self.loop.stop()
         self.loop.engine.shutdown()
 
     def __enter__(self) -> "Server":

@@ -179,6 +179,8 @@ class EngineLoop:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread after its round: every request not finished ends as aborted (`_close`).
+        Waits up to `timeout_s` for it (0: not at all, as a signal handler on the event loop must)."""
         self._stop.set()
         self.inbox.put(None)
         self._thread.join(timeout_s)

@@ -1,6 +1,7 @@
 """`cent serve` as a user runs it: a subprocess on a free port, a request, SIGTERM, a clean exit."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -65,6 +66,40 @@ def test_serve_local_starts_answers_and_stops_on_sigterm():
     _complete(url)
     out = _stop(proc, port)
     assert "listening on" in out and "stopped" in out
+
+
+def test_sigterm_aborts_running_generations_at_once_and_the_server_exits():
+    """Generations that would run for minutes of wall time (pace x 1e4): SIGTERM is logged when it
+    arrives, the stream ends with finish_reason abort and [DONE], a collected request gets 503
+    engine_stopped, and the process exits 0 (the guard is _stop's 60 s, not a speed bound)."""
+    proc, url, port = _serve(["--local", "--set", "server.clock=paced", "--set", "server.pace_factor=1e4"])
+    long = {"model": "tiny", "prompt": "CENT", "max_tokens": 400, "ignore_eos": True}
+    got: dict = {}
+
+    def stream():
+        with httpx.stream("POST", url + "/v1/completions", json=dict(long, stream=True), timeout=60) as r:
+            got["events"] = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+
+    def plain():
+        got["plain"] = httpx.post(url + "/v1/completions", json=long, timeout=60)
+
+    clients = [threading.Thread(target=stream), threading.Thread(target=plain)]
+    for t in clients:
+        t.start()
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/v1/cent/status", timeout=10).json()["num_running"] < 2:
+        assert time.monotonic() < deadline, "the two requests never ran"
+        time.sleep(0.05)
+    out = _stop(proc, port)
+    for t in clients:
+        t.join(60)
+    events = got["events"]
+    assert events[-1] == "[DONE]", events
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "abort", events
+    plain = got["plain"]
+    assert (plain.status_code, plain.json()["error"]["code"]) == (503, "engine_stopped"), plain.text
+    assert "SIGTERM: aborting the running generations" in out, out
+    assert "Traceback" not in out and "CancelledError" not in out, out
 
 
 def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
