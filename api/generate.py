@@ -82,6 +82,11 @@ class Endpoint(ABC):
         character `offset` of the output."""
         ...
 
+    def echo(self, ctx: ApiContext, body, prompt_ids: list[int]) -> str | None:
+        """The text a choice starts with, its whole and its first chunk alike (completions' `echo`);
+        None: no echo (the default; chat echoes in `opening` and `whole`)."""
+        return None
+
     @abstractmethod
     def whole(self, ctx: ApiContext, body, prompt_ids: list[int], out: dict) -> dict:
         """A collected choice whose output `out` (text, token_ids, logprobs, prompt_logprobs)
@@ -165,6 +170,15 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
                        "n" if n > 1 else prompts.fields.prompt)
     return [Choice(i * n + j, ids, _seeded(params[i], i * n + j, n))
             for i, ids in enumerate(prompts.ids) for j in range(n)]
+
+
+def with_prompt(echoed: str | None, prompt_ids: list[int], prompt_logprobs: list | None,
+                token_ids: list[int], entries: list) -> tuple[list[int], list]:
+    """The token ids and `TokenLogprob` entries a choice's `logprobs` cover: with an echo
+    (`echoed` not None) the prompt's first, None where it has none (OpenAI's echo), else the output's."""
+    if echoed is None:
+        return token_ids, entries
+    return prompt_ids + token_ids, (prompt_logprobs or [None] * len(prompt_ids)) + entries
 
 
 def _seeded(params: RequestParams, index: int, n: int) -> RequestParams:
@@ -305,9 +319,10 @@ class _Pending:
         if d.prompt_logprobs is not None:
             self.prompt_logprobs = d.prompt_logprobs
 
-    def flush(self) -> None:
+    def flush(self, echoed: str | None) -> None:
+        """The pending output went out, after `echoed` (the first chunk's echo, else None)."""
         self.sent_tokens += len(self.token_ids)
-        self.sent_chars += len(self.text)
+        self.sent_chars += len(self.text) + len(echoed or "")
         self.token_ids, self.times_s, self.logprobs, self.text = [], [], [], ""
         self.started = True
 
@@ -323,17 +338,20 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
     continuous = body.include_usage and body.stream_options.continuous_usage_stats
     wants_logprobs = reqs[0].params.logprobs is not None
 
-    def chunk(index: int, p: _Pending, d) -> dict:
+    def chunk(index: int, p: _Pending, d, echoed: str | None) -> dict:
         timing = dict(d.timing, times_s=p.times_s) if d.finished else {"times_s": p.times_s}
         extra = {"stop_reason": d.stop_reason if d.finished else None, "cent": timing}
         if body.return_token_ids:
             extra["token_ids"] = p.token_ids
         if not p.started and endpoint.prompt_on_choice:
             extra.update(reply.prompt_fields(ctx, index, p.prompt_logprobs))
-        fields = endpoint.piece(p.text) if p.text or not d.finished else endpoint.end()
+        text = (echoed or "") + p.text
+        fields = endpoint.piece(text) if text or not d.finished else endpoint.end()
         c = reply.chunk(index, fields, d.finish_reason if d.finished else None, extra)
-        if p.logprobs and wants_logprobs:
-            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, p.logprobs, p.token_ids, p.sent_chars)
+        if wants_logprobs and (p.logprobs or echoed is not None):
+            ids, entries = with_prompt(echoed, reply.prompts[index // body.n], p.prompt_logprobs, p.token_ids,
+                                       p.logprobs)
+            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, entries, ids, 0 if echoed is not None else p.sent_chars)
         if not p.started and not endpoint.prompt_on_choice and index == 0:
             c.update(reply.prompt_fields(ctx, 0, p.prompt_logprobs))
         if continuous:
@@ -364,9 +382,10 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
             if d.finished:
                 left[0] -= 1
                 reasons.append(d.finish_reason)
-            if d.finished or p.text:
-                yield sse(chunk(index, p, d))
-                p.flush()
+            if d.finished or p.text:  # a choice's first chunk starts with its echo (vLLM's)
+                echoed = None if p.started else endpoint.echo(ctx, body, reply.prompts[index // body.n])
+                yield sse(chunk(index, p, d, echoed))
+                p.flush(echoed)
         record_finished(raw, reasons)
         if body.include_usage:
             yield sse(dict(reply.base, choices=[], usage=usage(reply.prompts, outs)))

@@ -212,8 +212,8 @@ class CompletionRequest(_Common):
         if (self.model_extra or {}).get("top_logprobs") not in (None, 0):
             raise ApiError("top_logprobs is chat's: completions take logprobs=N (0..20) alternatives", "top_logprobs")
         logprobs, prompt = super().logprob_counts()
-        if self.echo and not self.stream and logprobs is not None and prompt is None:
-            prompt = logprobs  # a streamed echo sends no prompt text, so no prompt logprobs either
+        if self.echo and logprobs is not None and prompt is None:
+            prompt = logprobs
         return logprobs, prompt
 
 

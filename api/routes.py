@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.context import ApiContext, FieldNames, api_context
-from api.generate import Endpoint, Prompts, generate
+from api.generate import Endpoint, Prompts, generate, with_prompt
 from api.logprobs import chat_logprobs, completion_logprobs, piece
 from api.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse,
                           TokenizeRequest, chat_messages)
@@ -45,17 +45,19 @@ class Completions(Endpoint):
     def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int) -> dict:
         return completion_logprobs(ctx.tokenizer, entries, token_ids, offset)
 
+    def echo(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int]) -> str | None:
+        if not body.echo:
+            return None
+        tok = ctx.tokenizer  # the prompt as text, without the BOS the tokenizer added
+        return tok.decode([t for t in prompt_ids if t != tok.bos_token_id])
+
     def whole(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int], out: dict) -> dict:
-        text, tok = out["text"], ctx.tokenizer
-        prompt_text = ""
-        if body.echo:  # the prompt as text, without the BOS the tokenizer added
-            prompt_text = tok.decode([t for t in prompt_ids if t != tok.bos_token_id])
-        fields = {"text": prompt_text + text}
+        echoed = self.echo(ctx, body, prompt_ids)
+        fields = {"text": (echoed or "") + out["text"]}
         if out.get("logprobs") is not None:
-            ids, entries = out["token_ids"], out["logprobs"]
-            if body.echo:  # the prompt's tokens first, as OpenAI's echo with logprobs gives them
-                ids, entries = prompt_ids + ids, (out.get("prompt_logprobs") or [None] * len(prompt_ids)) + entries
-            fields["logprobs"] = completion_logprobs(tok, entries, ids)
+            ids, entries = with_prompt(echoed, prompt_ids, out.get("prompt_logprobs"), out["token_ids"],
+                                       out["logprobs"])
+            fields["logprobs"] = completion_logprobs(ctx.tokenizer, entries, ids)
         return fields
 
 

@@ -184,3 +184,30 @@ def test_chat_echo_puts_the_last_message_of_the_reply_s_role_first(off):
     assert [(o["index"], o["delta"]) for o in opening] == [
         (0, {"role": "assistant", "content": ""}), (1, {"role": "assistant", "content": ""}),
         (0, {"content": "Hello there, "}), (1, {"content": "Hello there, "})]
+
+
+@pytest.mark.parametrize("logprobs", [None, 2])
+def test_a_streamed_completion_echo_starts_with_the_prompt_as_the_response_does(off, logprobs):
+    """vLLM's streamed echo: each choice's first chunk starts with the prompt's text (and its
+    tokens' logprobs); the chunks add up to the non-streamed choice, logprobs and offsets too.
+    Timing-only (one visible character per token), so text offsets count alike both ways."""
+    req = dict(model="tiny", prompt=["hello", "CENT"], n=2, max_tokens=6, seed=11, ignore_eos=True,
+               echo=True, logprobs=logprobs)
+    whole = httpx.post(off.url + "/v1/completions", json=req, timeout=60).json()["choices"]
+    streamed = {}
+    for c in events(off.url, "/v1/completions", **{k: v for k, v in req.items() if k != "model"}):
+        ch = c["choices"][0]
+        s = streamed.setdefault(ch["index"], {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [],
+                                              "text_offset": []})
+        if not s["text"]:
+            assert ch["text"].startswith(["hello", "CENT"][ch["index"] // 2]), ch
+        s["text"] += ch["text"]
+        for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            s[k] += (ch["logprobs"] or {}).get(k, [])
+    assert len(whole) == len(streamed) == 4
+    for w in whole:
+        s = streamed[w["index"]]
+        assert s["text"] == w["text"] and w["text"].startswith(["hello", "CENT"][w["index"] // 2])
+        if logprobs is not None:
+            assert {k: s[k] for k in w["logprobs"]} == w["logprobs"]
+            assert w["logprobs"]["tokens"][0] == "<s>"  # the prompt's tokens first (BOS with no logprob)
