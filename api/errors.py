@@ -12,14 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.guard import GENERATION_PATHS
+from api.guard import is_generation
 from api.protocol import ApiError, schema_param, short
 from cent_serve.serving import EngineStopped
 
 
 def record(raw: Request, outcome: str, reason: str) -> None:
     """Count how a generation request ended; only the first call per request counts."""
-    if raw.url.path in GENERATION_PATHS and not raw.scope.get("cent.counted"):
+    if is_generation(raw.scope) and not raw.scope.get("cent.counted"):
         raw.scope["cent.counted"] = True
         raw.app.state.metrics.count_request(outcome, reason)
 

@@ -19,7 +19,13 @@ opening `/docs` sends no key; the schema holds no data and runs nothing)."""
 OPEN_PREFIX = "/docs/static/"
 """The documentation page's scripts and styles, open with it."""
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
-"""Paths whose rejections count as refused generation requests (`on_reject`)."""
+"""Paths that generate (by POST)."""
+
+
+def is_generation(scope) -> bool:
+    """Whether an ASGI request is a generation request, the one kind `cent:requests_total` counts:
+    a POST to a generation path (a GET there is a wrong method, 405, not a request to generate)."""
+    return scope["path"] in GENERATION_PATHS and scope.get("method") == "POST"
 
 
 def bearer_ok(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
@@ -43,7 +49,7 @@ async def send_error(send, err: ApiError) -> None:
 class Guard:
     """401 without the key (all paths but `OPEN_PATHS` and the docs' static files), 413 past `max_body_bytes` (by
     Content-Length or by the bytes actually streamed), 400 for a body that is not UTF-8.
-    `on_reject(reason)` is called for each refused request to a generation path."""
+    `on_reject(reason)` is called for each refused generation request (`is_generation`)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int,
                  on_reject: Callable[[str], None] | None = None) -> None:
@@ -99,6 +105,6 @@ class Guard:
                         f"{self.max_body_bytes} (server.max_body_bytes)", None, 413, code="request_too_large")
 
     async def _refuse(self, scope, send, reason: str, err: ApiError) -> None:
-        if self.on_reject is not None and scope["path"] in GENERATION_PATHS:
+        if self.on_reject is not None and is_generation(scope):
             self.on_reject(reason)
         await send_error(send, err)

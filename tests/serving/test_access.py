@@ -71,6 +71,20 @@ def test_refused_generation_requests_are_counted(keyed):
     assert outcomes(keyed.url, AUTH)[("rejected", "unauthorized")] == before + 1
 
 
+def test_a_wrong_method_on_a_generation_path_is_not_a_generation_request(keyed):
+    """cent:requests_total counts generation requests: a GET, HEAD or PUT on /v1/completions
+    (405, or 401 without the key) is not one, as GET /v1/nope (404) is not; a bad POST still counts."""
+    before = outcomes(keyed.url, AUTH)
+    for method in ("GET", "HEAD", "PUT"):
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            assert httpx.request(method, keyed.url + path, headers=AUTH).status_code == 405
+            assert httpx.request(method, keyed.url + path).status_code == 401
+    assert httpx.post(keyed.url + "/v1/completions", json=body(max_tokens=-1), headers=AUTH).status_code == 400
+    after = outcomes(keyed.url, AUTH)
+    before[("rejected", "invalid_request")] = before.get(("rejected", "invalid_request"), 0) + 1
+    assert after == before
+
+
 def test_bearer_check():
     key = KEY.encode()
     assert bearer_ok([(b"authorization", b"Bearer " + key)], key)
