@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +128,24 @@ def server_means(server) -> ServerMeans:
                        d["vllm:request_time_per_output_token_seconds_sum"]
                        / d["vllm:request_time_per_output_token_seconds_count"],
                        int(n), int(d["vllm:prompt_tokens_total"]))
+
+
+STALL_TOLERANCE = 0.5
+"""Per request when several are measured: a loaded machine can stall one request's first token by
+~0.3-0.4 s (seen: +15% on a 1.9 s TTFT while a package install ran beside the suite), which
+`TOLERANCE` cannot absorb; their median is held to `TOLERANCE`, each to this."""
+
+
+def assert_requests_close(pairs: list[tuple[float, float]], what: str) -> None:
+    """(client wall s, server simulated s) of several requests: each within `STALL_TOLERANCE`, and
+    the median of their relative errors within `TOLERANCE` (a measuring error is in every request;
+    a stall of the machine in one)."""
+    for wall, sim in pairs:
+        assert abs(wall / PACE - sim) <= STALL_TOLERANCE * sim, (
+            f"{what}: the client measured {wall / PACE * 1e3:.4f} ms (simulated), the server {sim * 1e3:.4f} ms")
+    errors = [wall / PACE / sim - 1 for wall, sim in pairs]
+    median = statistics.median(errors)
+    assert abs(median) <= TOLERANCE, f"{what}: the median request is {median * 100:+.1f}% off ({errors})"
 
 
 def assert_close(client_wall_s: float, server_sim_s: float, what: str) -> None:
