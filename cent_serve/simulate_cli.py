@@ -242,7 +242,8 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {batch} queries in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
-                "embedding_ms", "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
+                "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
+                "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
         print(f"  {key:<20}{fig[key]:>14.6g}")
     total = sum(fig["breakdown_cycles"].values())
     print("  block PIM cycles by operation:")
