@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 
 from cent_serve import __version__
@@ -41,6 +42,16 @@ def _error(command: str, message: str) -> None:
     print(f"cent {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (the broken pipe was ours, not a socket's)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fileno, or no poll on this platform
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
     run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
@@ -58,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         _error(args.command, str(exc))
         return 2
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError):  # `cent simulate ... | head`: the reader left early
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `cent simulate ... | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            _error(args.command, "the output pipe was closed before everything was written (e.g. by `| head`); "
-                                 "the run itself is fine: write to a file to keep all of it")
-            return 141  # what a shell reports for SIGPIPE
+            return 141  # silent, as `cat` or `git log` under `| head`, with the code a shell reports for SIGPIPE
         where = f" {exc.filename!r}" if exc.filename else ""
         _error(args.command, f"{exc.strerror or exc}{where}: check the path or address and that you may use it")
         return 2
