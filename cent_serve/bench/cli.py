@@ -252,7 +252,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         goodput = f"DistServe goodput: no rate of {args.rates} has {share} of its requests within the SLOs"
     else:
         goodput = f"DistServe goodput: {g:g} req/s (the highest rate with {share} of its requests within the SLOs)"
-    print(f"{goodput}; results in {args.out}/")
+    print(f"{goodput}; results in {Path(args.out)}/")
     return 0
 
 
@@ -266,7 +266,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
                          "on one trace use cent bench compare --gpu KIND:N)")
     requests, _ = _requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
-    print(f"results in {args.out}/")
+    print(f"results in {Path(args.out)}/")
     return 0
 
 
@@ -304,5 +304,5 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates)
     out["source"] = source
     print_compare(out)
-    print(f"results in {args.out}/")
+    print(f"results in {Path(args.out)}/")
     return 0

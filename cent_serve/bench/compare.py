@@ -109,7 +109,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
 
 
 def print_compare(out: dict) -> None:
-    print(f"{out['model']}, {out['requests']} requests: CENT = {out['cent']['hardware']}; GPU = {out['gpu']['hardware']}")
+    at = " at the trace's own arrival times (the rates above are the sweep's)" if out.get("sweep") else ""
+    print(f"{out['model']}, {out['requests']} requests{at}: CENT = {out['cent']['hardware']}; "
+          f"GPU = {out['gpu']['hardware']}")
     labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")

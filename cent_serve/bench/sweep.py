@@ -196,7 +196,9 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
                     if k in cost})
         rows.append(row)
-        print(f"pp {pp:>3} tp {tp:>2}: {s['completed']} done, {s['failed']} failed, "
+        reasons = reasons_text(s["failure_reasons"])
+        print(f"pp {pp:>3} tp {tp:>2}: {s['completed']} done, {s['failed']} failed"
+              + (f" ({reasons})" if reasons else "") + ", "
               f"{s['total_token_throughput']:>9.1f} tok/s, TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
               f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))

@@ -28,6 +28,8 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     out = tmp_path / "cmp"
     assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), *rates, "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
+    head = next(x for x in printed if ": CENT = " in x)  # the table's line: which replay it is of
+    assert ("at the trace's own arrival times" in head) == bool(rates), head
     for side in ("CENT", "GPU"):
         line = next((x for x in printed if x.startswith(f"  {side} ")), "")
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line

@@ -116,6 +116,15 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_paper_prints_why_requests_failed(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n0.1,5000,4\n")
+    assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--trace",
+                 str(trace), "--out", str(tmp_path / "paper")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("pp ")]
+    assert len(lines) == 5 and all("1 done, 1 failed (context_exceeded 1)" in x for x in lines), lines
+
+
 @pytest.mark.parametrize("lengths, warn, raised, message", [
     ([(0, 4), (8, 0), (0, 0), (8, 4)], True, 3,
      "3 of 4 trace requests have 0 tokens (2 with an empty prompt, 2 with an empty output): sent with 1 token"),
