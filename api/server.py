@@ -6,6 +6,7 @@ background thread for tests and notebooks, on a free loopback port.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -30,6 +31,14 @@ responses still being written (each ends at once: its generations were aborted);
 which uvicorn cancels what is left."""
 
 
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """Drops uvicorn's report of a cancelled lifespan (a forced exit cancels it unfinished: starlette
+    sends lifespan.shutdown.failed with the traceback as text, which uvicorn logs as an error)."""
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        return False
+    return not str(record.msg).rstrip().endswith("CancelledError")
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, stopping the way `cent serve` stops: the first SIGINT or SIGTERM is
     logged and stops the engine at once (`stop_engine`), so every running generation ends as
@@ -44,11 +53,12 @@ class _Uvicorn(uvicorn.Server):
     def handle_exit(self, sig: int, frame) -> None:
         if self.should_exit:
             log.info("%s again: exiting without waiting for the open responses", signal.Signals(sig).name)
-            self.force_exit = True
+            self.force_exit = True  # uvicorn skips the lifespan's shutdown: its task ends cancelled, as asked
+            logging.getLogger("uvicorn.error").addFilter(_not_cancelled)
             return
+        super().handle_exit(sig, frame)  # should_exit first: a second signal must never reach the engine again
         log.info("%s: aborting the running generations and shutting down", signal.Signals(sig).name)
         self.stop_engine()
-        super().handle_exit(sig, frame)
 
 
 def build(cfg: CentConfig, engine: Engine | None = None):
@@ -96,7 +106,7 @@ def run_server(cfg: CentConfig) -> None:
             signal.signal(sig, lambda num, _frame: signalled.append(num))
         config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning",
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-        server = _Uvicorn(config, lambda: loop.stop(timeout_s=0))
+        server = _Uvicorn(config, loop.request_stop)
         server.run(sockets=[sock])
         if not server.started and not signalled:  # older uvicorn returns from a failed startup (newer exits 3)
             raise SystemExit(3)  # uvicorn.run's code for it
@@ -122,7 +132,7 @@ class Server:
         self.app, self.loop = build(cfg, engine)
         config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
                                 timeout_keep_alive=5, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-        self.server = _Uvicorn(config, lambda: self.loop.stop(timeout_s=0))
+        self.server = _Uvicorn(config, self.loop.request_stop)
         self.server.install_signal_handlers = lambda: None  # not the main thread
         self.thread = threading.Thread(target=self.server.run, name="cent-uvicorn", daemon=True)
 

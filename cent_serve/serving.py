@@ -180,10 +180,16 @@ class EngineLoop:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the thread after its round: every request not finished ends as aborted (`_close`).
-        Waits up to `timeout_s` for it (0: not at all, as a signal handler on the event loop must)."""
+        Waits up to `timeout_s` for it. Not from a signal handler (`request_stop`)."""
         self._stop.set()
         self.inbox.put(None)
         self._thread.join(timeout_s)
+
+    def request_stop(self) -> None:
+        """`stop` without waking or waiting: the thread sees the flag within a round or IDLE_POLL_S.
+        The one stop a signal handler may call: it takes no lock that the code it interrupted (the
+        event loop, putting into the inbox) may hold."""
+        self._stop.set()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()

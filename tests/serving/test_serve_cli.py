@@ -102,6 +102,64 @@ def test_sigterm_aborts_running_generations_at_once_and_the_server_exits():
     assert "Traceback" not in out and "CancelledError" not in out, out
 
 
+@pytest.fixture
+def uvicorn_log():
+    """uvicorn's error logger, its filters as they were after the test (a second signal adds one)."""
+    import logging
+    log = logging.getLogger("uvicorn.error")
+    before = list(log.filters)
+    yield log
+    log.filters[:] = before
+
+
+def test_a_signal_takes_no_lock_the_event_loop_may_hold(uvicorn_log):
+    """A signal lands on the event loop's thread, maybe inside `inbox.put` with the queue's lock
+    held: the handler must not put (a second put by the same thread waits forever, and so did a
+    second signal). Here the lock is held while another thread runs the handler, twice."""
+    import uvicorn
+
+    from api.server import _Uvicorn
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.serving import EngineLoop
+
+    loop = EngineLoop(Engine(CentConfig(numerics="off")))
+    server = _Uvicorn(uvicorn.Config(app=None), loop.request_stop)
+    with loop.inbox.mutex:  # the interrupted put's lock
+        for _ in range(2):
+            t = threading.Thread(target=server.handle_exit, args=(signal.SIGTERM, None), daemon=True)
+            t.start()
+            t.join(10)  # a few microseconds of work; 10 s only so that a hang fails instead of stalling
+            assert not t.is_alive(), "the signal handler waits for the inbox's lock"
+    assert server.should_exit and server.force_exit and not loop.is_alive()
+    loop.start()  # it sees the flag at once: nothing waits, every request left ends as aborted
+    loop._thread.join(10)
+    assert not loop.is_alive()
+
+
+def test_a_second_signal_exits_without_a_traceback_of_the_cancelled_lifespan(uvicorn_log):
+    """uvicorn logs starlette's lifespan.shutdown.failed text when a forced exit cancels the lifespan
+    (seen after SIGINT then SIGTERM 50 ms apart): that report is dropped, others are not."""
+    import logging
+
+    import uvicorn
+
+    from api.server import _Uvicorn
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.serving import EngineLoop
+
+    server = _Uvicorn(uvicorn.Config(app=None), EngineLoop(Engine(CentConfig(numerics="off"))).request_stop)
+    uv = uvicorn_log
+    cancelled = uv.makeRecord(uv.name, logging.ERROR, __file__, 1, "Traceback (most recent call last):\n  ...\n"
+                              "asyncio.exceptions.CancelledError\n", None, None)
+    other = uv.makeRecord(uv.name, logging.ERROR, __file__, 1, "Traceback ...\nRuntimeError: boom", None, None)
+    server.handle_exit(signal.SIGINT, None)
+    assert uv.filter(cancelled) and uv.filter(other)  # one signal: nothing is dropped
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.force_exit and not uv.filter(cancelled) and uv.filter(other)
+
+
 def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
     key = "sk-from-env-5b1d2e8f9a"
     proc, url, port = _serve(["--local"], CENT_API_KEY=key)
