@@ -56,7 +56,7 @@ float64 (an energy of 1e308 mW, or a clock of 1e-300 Hz, made the figures NaN or
 def _number_fix(cls: type, name: str, value: Any) -> str | None:
     """The config's one rule for numbers: every numeric field of `cls` is a finite number >= 0, and
     > 0 for the fields in `cls._positive` (counts, sizes, clocks, rates: what is divided by, or what
-    0 of makes no device), non-zero ones within `NUMBER_RANGE`; `X | None` fields may also be None.
+    0 of makes no device), non-zero ones within `NUMBER_RANGE` (seeds: any size); `X | None` fields may also be None.
     None when `value` obeys it, else the fix to print (`cls._fixes` words a field's own)."""
     kind, optional = _numeric_fields(cls)[name]
     if value is None and optional:
@@ -65,8 +65,8 @@ def _number_fix(cls: type, name: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         fix = "expected an integer" if integer else "expected a number"
     elif math.isfinite(value) and (value > 0 if positive else value >= 0):
-        if value <= NUMBER_RANGE[1] and (value == 0 or value >= NUMBER_RANGE[0]):
-            return None
+        if name == "seed" or value <= NUMBER_RANGE[1] and (value == 0 or value >= NUMBER_RANGE[0]):
+            return None  # a seed names a stream of numbers: any size
         fix = f"use a value from {NUMBER_RANGE[0]:g} to {NUMBER_RANGE[1]:g} (beyond, the model's figures overflow)"
     else:
         fix = getattr(cls, "_fixes", {}).get(name) or (
@@ -220,7 +220,7 @@ class ModelConfig:
                "use a positive window, or 0 for the whole context")
         _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
                self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
-        self.extra_eos_token_ids = tuple(self.extra_eos_token_ids)
+        self.extra_eos_token_ids = _ids_text(self.extra_eos_token_ids, "model.extra_eos_token_ids")
         for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + \
                 [("extra_eos_token_ids", v) for v in self.extra_eos_token_ids]:
             _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
@@ -1012,6 +1012,35 @@ def _is_null(text: str) -> bool:
     return text.strip().lower() in NULL_WORDS
 
 
+def _int_text(text: str) -> int:
+    """An integer written as text: 4096, or as a float that is one (1e4, 64.0: YAML reads `1e4` as a
+    string, and --set gives strings). ValueError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(text) from None
+        return int(value)
+
+
+def _ids_text(value: Any, name: str) -> tuple[int, ...]:
+    """A tuple of ids from a list, one id, or text `5,9` (nothing or none: no ids)."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, str):
+        items = [] if _is_null(value) else [x for x in value.split(",") if x.strip()]
+    else:
+        items = [value]
+    try:
+        return tuple(v if isinstance(v, int) and not isinstance(v, bool) else _int_text(str(v)) for v in items)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name}={value!r} is invalid: expected integers separated by commas "
+                         f"(e.g. {name}=128008,128009), or none") from None
+
+
 def _typed(value: Any, hint: Any, name: str) -> Any:
     """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string; `--set`
     gives strings); `X | None` takes None or an X."""
@@ -1022,8 +1051,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
         hint = args[0]
         if hint in (int, float) and isinstance(value, str):
             try:
-                value = float(value) if hint is float else int(value)
-            except ValueError:
+                value = float(value) if hint is float else _int_text(value)
+            except (ValueError, OverflowError):
                 raise ValueError(f"{name}={value!r} is invalid: expected {'a number' if hint is float else 'an integer'}"
                                  " or none") from None
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -1032,15 +1061,20 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
         except ValueError:
             raise ValueError(f"{name}={value!r} is invalid: expected a number") from None
     if hint is int and not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer")
+        try:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return _int_text(value)
+        except (ValueError, OverflowError):
+            pass
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. 4096")
     if hint is bool and not isinstance(value, bool):
         raise ValueError(f"{name}={value!r} is invalid: expected true or false")
     if hint is str and not isinstance(value, str):
         raise ValueError(f"{name}={value!r} is invalid: expected a string")
-    if isinstance(value, list) and getattr(hint, "__origin__", None) is tuple:
-        return tuple(value)
+    if getattr(hint, "__origin__", None) is tuple:
+        return _ids_text(value, name)
     return value
 
 
@@ -1068,21 +1102,11 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         raise ValueError(f"{name}={text!r} is invalid: use true or false")
     if current is None:
         return None if _is_null(text) else text
-    if isinstance(current, tuple):  # ids, comma-separated; empty for none
-        try:
-            return tuple(int(x) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise ValueError(f"{name}={text!r} is invalid: expected integers separated by commas "
-                             f"(e.g. {name}=128008,128009), or nothing for none") from None
+    if isinstance(current, tuple):  # ids, comma-separated; empty or none for none
+        return _ids_text(text, name)
     try:
         if isinstance(current, int):
-            try:
-                return int(text)
-            except ValueError:  # 1e6 or 4096.0: an integer written as a float, as a YAML file may
-                value = float(text)
-                if not value.is_integer():
-                    raise
-                return int(value)
+            return _int_text(text)
         if isinstance(current, float):
             return float(text)
     except (ValueError, OverflowError):

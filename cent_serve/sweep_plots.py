@@ -36,6 +36,12 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
     not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled."""
+    fig, axes = pareto_figure(rows, fields)
+    return _save(fig, axes, path, 8)
+
+
+def pareto_figure(rows: list[dict], fields: list[str]):
+    """`plot_pareto`'s figure and its panels, before the legends and the file."""
     models: dict[str, list[dict]] = {}
     for r in rows:
         models.setdefault(r["model_name"], []).append(r)
@@ -57,7 +63,7 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
     fig.suptitle(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
                  "and cheaper in energy)", fontsize=10)  # two lines: one panel is narrow
-    return _save(fig, axes[0], path, 8)
+    return fig, axes[0]
 
 
 def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:

@@ -155,9 +155,13 @@ def test_numbers_whose_products_overflow_are_refused(override):
         apply_overrides(CentConfig(), [override])
 
 
-def test_an_integer_may_be_written_as_a_float_and_a_bad_one_gets_an_example():
+def test_an_integer_may_be_written_as_a_float_and_a_bad_one_gets_an_example(tmp_path):
     cfg = apply_overrides(CentConfig(), ["device.rows_per_bank=1.6e4", "scheduler.max_waiting=64.0"])
     assert (cfg.device.rows_per_bank, cfg.scheduler.max_waiting) == (16000, 64)
+    (tmp_path / "c.yaml").write_text("device: {rows_per_bank: 1.6e4}\nscheduler: {max_waiting: 1e4}\n"
+                                     "server: {max_tokens_default: 1.0e3}\n")  # PyYAML reads these as strings
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.device.rows_per_bank, cfg.scheduler.max_waiting, cfg.server.max_tokens_default) == (16000, 10000, 1000)
     for text in ("1.5", "inf", "many"):
         with pytest.raises(ValueError, match=f"device.rows_per_bank='{text}' is invalid: expected an integer, e.g."):
             apply_overrides(cfg, [f"device.rows_per_bank={text}"])
@@ -169,6 +173,27 @@ def test_a_redacted_api_key_reads_back_as_none(tmp_path, caplog):
     assert "secret" not in (tmp_path / "c.json").read_text()
     assert load_config(tmp_path / "c.json").server.api_key is None
     assert "server.api_key was redacted" in caplog.text
+
+
+@pytest.mark.parametrize("text, ids", [("128009", (128009,)), ("[128008, 128009]", (128008, 128009)),
+                                       ("'128008,128009'", (128008, 128009)), ("[]", ()), ("none", ())])
+def test_extra_eos_ids_in_a_file_take_one_id_a_list_or_text(tmp_path, text, ids):
+    (tmp_path / "c.yaml").write_text(f"model: {{name: llama3.1-8b, extra_eos_token_ids: {text}}}\n")
+    assert load_config(tmp_path / "c.yaml").model.extra_eos_token_ids == ids
+
+
+def test_extra_eos_ids_are_refused_by_name_in_a_file_and_unset_by_set(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {name: tiny, extra_eos_token_ids: [1, x]}\n")
+    with pytest.raises(ValueError, match=r"model.extra_eos_token_ids=\[1, 'x'\] is invalid: expected integers"):
+        load_config(tmp_path / "c.yaml")
+    cfg = apply_overrides(CentConfig(), ["model.extra_eos_token_ids=5,9"])
+    assert apply_overrides(cfg, ["model.extra_eos_token_ids=none"]).model.extra_eos_token_ids == ()
+
+
+def test_a_seed_may_be_any_size():
+    """A seed names a stream of random numbers; the range rule is for magnitudes."""
+    cfg = apply_overrides(CentConfig(), ["model.seed=12345678901234567", "scheduler.seed=98765432109876543"])
+    assert (cfg.model.seed, cfg.scheduler.seed) == (12345678901234567, 98765432109876543)
 
 
 def test_legitimate_values_pass():

@@ -129,25 +129,23 @@ def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, caps
     assert "2 points, 2 evaluated, 0 could not run" in lines[-1]
 
 
-def test_the_pareto_legend_names_only_what_the_panel_shows(tmp_path, monkeypatch):
+def test_the_pareto_legend_names_only_what_the_panel_shows():
     """No 'a point off the front' entry when every point is on it; the title fits a single narrow
     panel (two lines)."""
-    import cent_serve.sweep_plots as sp
-    seen = {}
+    import matplotlib.pyplot as plt
 
-    def keep(fig, axes, path, size):
-        axes[0].legend()
-        seen["labels"] = [t.get_text() for t in axes[0].get_legend().get_texts()]
-        seen["title"] = fig._suptitle.get_text()
-        sp.plt.close(fig)
-        return path
+    from cent_serve.sweep_plots import pareto_figure
 
-    monkeypatch.setattr(sp, "_save", keep)
+    def labels(rows):
+        fig, axes = pareto_figure(rows, ["parallel.num_devices"])
+        out = axes[0].get_legend_handles_labels()[1], fig._suptitle.get_text()
+        plt.close(fig)
+        return out
+
     row = dict(model_name="m", **{"parallel.num_devices": 8})
     on_front = [dict(row, throughput_tok_s=1.0, energy_per_token_mj=1.0),
                 dict(row, throughput_tok_s=2.0, energy_per_token_mj=2.0)]
-    sp.plot_pareto(on_front, ["parallel.num_devices"], tmp_path / "a.png")
-    assert "a point off the front" not in seen["labels"] and "\n" in seen["title"]
-    sp.plot_pareto(on_front + [dict(row, throughput_tok_s=0.5, energy_per_token_mj=3.0)], ["parallel.num_devices"],
-                   tmp_path / "b.png")
-    assert "a point off the front" in seen["labels"]
+    legend, title = labels(on_front)
+    assert "a point off the front" not in legend and "\n" in title
+    legend, _ = labels(on_front + [dict(row, throughput_tok_s=0.5, energy_per_token_mj=3.0)])
+    assert "a point off the front" in legend

@@ -299,14 +299,18 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
 
-    def _ids(key: str, default: int, source: dict = hf) -> list[int]:
-        """A token id field as a list (Hugging Face writes one id or a list of them)."""
+    vocab = _num("vocab_size")
+
+    def _ids(key: str, default: int, source: dict = hf, file: Path = cfg_file) -> list[int]:
+        """A token id field as a list (Hugging Face writes one id or a list of them), each an id of the
+        vocabulary: ValueError naming `file`, the key and the fix."""
         value = source.get(key, default)
         value = [default] if value is None or value == [] else value if isinstance(value, list) else [value]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use a token id or a list of them "
-                             "(JSON integers)")
-        return value
+        ids = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab for v in ids):
+            raise ValueError(f"{file}: {key}={value!r} is invalid: use a token id in [0, {vocab}) or a list of "
+                             "them (JSON integers)")
+        return ids
 
     eos = _ids("eos_token_id", 2)
     gen_file = cfg_file.parent / "generation_config.json"
@@ -315,7 +319,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{gen_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix "
                          "the file (its eos_token_id ends generations), or remove it") from None
-    more = eos[1:] + (_ids("eos_token_id", eos[0], gen) if isinstance(gen, dict) else [])
+    if not isinstance(gen, dict):
+        raise ValueError(f"{gen_file}: expected a JSON object of fields (\"eos_token_id\": ..., ...), not a "
+                         f"{type(gen).__name__}: fix the file, or remove it")
+    more = eos[1:] + _ids("eos_token_id", eos[0], gen, gen_file)
 
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
@@ -327,7 +334,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=_num("num_key_value_heads", None) or heads,
         head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
-        vocab_size=_num("vocab_size"),
+        vocab_size=vocab,
         max_seq_len=_num("max_position_embeddings", 4096),
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", 1e-6, float) or 1e-6),

@@ -163,3 +163,13 @@ def test_every_eos_id_of_the_checkpoint_ends_a_generation(tmp_path, capsys):
     (ckpt / "generation_config.json").write_text("{")
     with pytest.raises(ValueError, match=r"generation_config.json: not valid JSON .*: fix the file"):
         model_config_from_hf(ckpt)
+    for bad in (["3"], [-1], [100000]):  # refused naming the file they are in
+        (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, eos_token_id=bad)))
+        with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id=.* is invalid: use a token id"):
+            model_config_from_hf(ckpt)
+    (ckpt / "generation_config.json").write_text("[2]")
+    with pytest.raises(ValueError, match=r"generation_config.json: expected a JSON object"):
+        model_config_from_hf(ckpt)
+    (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, eos_token_id=None)))
+    (ckpt / "config.json").write_text(json.dumps(dict(config, eos_token_id=[2.0, 161.0])))  # floats that are ids
+    assert model_config_from_hf(ckpt).extra_eos_token_ids == (161,)
