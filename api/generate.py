@@ -23,7 +23,7 @@ from api.errors import EventStream, record, record_finished
 from api.protocol import ApiError
 from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
 from cent_serve.scheduler import QueueFull
-from cent_serve.serving import EngineStopped
+from cent_serve.serving import ENGINE_THREAD_FAILED, EngineStopped
 
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming handler checks whether its client is still there."""
@@ -271,9 +271,11 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
         raise ApiError(failed[0], None, 500, "server_error")
     reasons = [o["finish_reason"] for o in out.values()]
     record_finished(raw, reasons)
-    if "abort" in reasons:  # the engine stopped under it (the server is shutting down): no whole answer
-        raise ApiError("the server is shutting down: the request was aborted before it finished; retry "
-                       "on a running server", None, 503, "server_error", "engine_stopped")
+    if "abort" in reasons:  # the engine stopped under it: no whole answer
+        fault = ctx.engine.last_fault
+        why = "its engine thread failed" if fault == ENGINE_THREAD_FAILED else "the server is shutting down"
+        raise ApiError(f"{why}: the request was aborted before it finished; retry on a running server",
+                       None, 503, "server_error", "engine_stopped")
     return out
 
 

@@ -32,6 +32,8 @@ from cent_serve.engine import Engine
 from cent_serve.request import Request, RequestParams
 
 log = logging.getLogger("cent.serving")
+ENGINE_THREAD_FAILED = "the engine thread failed"
+"""`Engine.last_fault` after a bug ended the engine thread."""
 IDLE_POLL_S = 0.05
 """Wall seconds the idle engine thread waits for a command before looking again."""
 PACE_SLICE_S = 0.005
@@ -324,8 +326,8 @@ class EngineLoop:
         try:
             self._loop()
         except BaseException:  # a bug: say so, and leave nobody waiting
-            log.exception("the engine thread failed")
-            self.engine.last_fault = "the engine thread failed"
+            log.exception(ENGINE_THREAD_FAILED)
+            self.engine.last_fault = ENGINE_THREAD_FAILED
             raise
         finally:
             self._close()

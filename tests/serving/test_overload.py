@@ -285,3 +285,25 @@ def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
     slow.on_schedule()
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "use --pace-factor 0.012 or more" in msgs[0] and "3.00 s late" in msgs[0], msgs
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
+def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
+    """A bug that ends the engine thread under a collected request: 503 engine_stopped naming the
+    failed engine thread (not a shutdown), and the log says so with the traceback."""
+    cfg = server_cfg(clock="paced", pace_factor=1e4)  # the request runs for minutes unless stopped
+    with Server(cfg, "local") as s:
+        next_start = s.loop.engine.next_start_s  # called outside the round's fault handling
+        calls = []
+
+        def failing():
+            calls.append(1)
+            if len(calls) > 3:  # the request is running by then
+                raise RuntimeError("a bug in the engine loop")
+            return next_start()
+
+        s.loop.engine.next_start_s = failing
+        r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=400), timeout=60)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_stopped"), r.text
+        assert r.json()["error"]["message"].startswith("its engine thread failed: the request was aborted"), r.text
+    assert "the engine thread failed" in caplog.text and "a bug in the engine loop" in caplog.text
