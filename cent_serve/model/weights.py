@@ -198,6 +198,20 @@ def _refuse(field: str, value, why: str) -> None:
     raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
+def _json_object(file: Path, field: str, alternative: str) -> dict:
+    """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
+    (fix the file, `alternative`)."""
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
+                         f"file, {alternative}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object of fields (\"{field}\": ..., ...), not a "
+                         f"{type(data).__name__}: fix the file, {alternative}")
+    return data
+
+
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
@@ -213,14 +227,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
                          "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
-    try:
-        hf = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
-                         "file, or point --model at a preset or another checkpoint directory") from None
-    if not isinstance(hf, dict):
-        raise ValueError(f"{cfg_file}: expected a JSON object of fields (\"hidden_size\": ..., ...), not a "
-                         f"{type(hf).__name__}: fix the file")
+    hf = _json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
         """hf[key] as an int (or float), > 0 (else >= 0): ValueError naming the file, the key and the fix."""
@@ -313,15 +320,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         return ids
 
     eos = _ids("eos_token_id", 2)
-    gen_file = cfg_file.parent / "generation_config.json"
-    try:  # vLLM stops at its eos ids too (with the config's list after the first)
-        gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{gen_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix "
-                         "the file (its eos_token_id ends generations), or remove it") from None
-    if not isinstance(gen, dict):
-        raise ValueError(f"{gen_file}: expected a JSON object of fields (\"eos_token_id\": ..., ...), not a "
-                         f"{type(gen).__name__}: fix the file, or remove it")
+    gen_file = cfg_file.parent / "generation_config.json"  # vLLM stops at its eos ids too
+    gen = _json_object(gen_file, "eos_token_id", "or remove it (its eos_token_id ends generations)") \
+        if gen_file.is_file() else {}
     more = eos[1:] + _ids("eos_token_id", eos[0], gen, gen_file)
 
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
