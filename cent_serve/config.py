@@ -11,8 +11,8 @@ ASPLOS 2025, and its artifact) by section.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field, fields, is_dataclass
