@@ -184,6 +184,10 @@ class ModelConfig:
     checkpoint: str | None = None
     """Hugging Face Llama checkpoint directory; None means seeded random weights."""
 
+    def is_eos(self, token: int) -> bool:
+        """Whether `token` ends a generation (unless ignore_eos): the eos or one of the extra eos ids."""
+        return token == self.eos_token_id or token in self.extra_eos_token_ids
+
     _positive = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                            "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps", "rope_low_freq_factor",
                            "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow"})

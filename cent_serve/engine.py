@@ -313,7 +313,7 @@ class Engine:
             self.stats.prompt_tokens += len(req.prompt_ids)
         n = len(req.output_ids)
         can_stop = n >= p.min_tokens
-        eos = token == self.tokenizer.eos_token_id or token in self.cfg.model.extra_eos_token_ids
+        eos = self.cfg.model.is_eos(token)
         if can_stop and ((eos and not p.ignore_eos) or token in p.stop_token_ids):
             req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM)
             if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:

@@ -36,7 +36,7 @@ def generate(model: LlamaModel, prompt_ids: list[int], max_tokens: int,
         rows.append(logits)
         tok = sample(logits, params, rng)
         out.append(tok)
-        if (tok == model.cfg.eos_token_id or tok in model.cfg.extra_eos_token_ids) and not ignore_eos:
+        if model.cfg.is_eos(tok) and not ignore_eos:
             reason = "stop"
             break
         if i + 1 < max_tokens:
