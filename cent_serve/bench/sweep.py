@@ -152,15 +152,18 @@ def _outcomes(ax, rows: list[dict]) -> None:
     done = [r["completed"] for r in rows]
     failed = [r["failed"] for r in rows]
     b1 = ax.bar(x, done, color="tab:blue", label="completed")
-    b2 = ax.bar(x, failed, bottom=done, color="tab:red", label="failed")
     ax.bar_label(b1, label_type="center", fontsize=8, color="white")
-    ax.bar_label(b2, labels=[str(f) if f else "" for f in failed], label_type="center", fontsize=8, color="white")
+    if any(failed):  # no legend entry for a bar no rate has
+        b2 = ax.bar(x, failed, bottom=done, color="tab:red", label="failed")
+        ax.bar_label(b2, labels=[str(f) if f else "" for f in failed], label_type="center", fontsize=8,
+                     color="white")
     ax.set_xticks(x, [f"{r['rate']:g}" for r in rows])
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("requests")
     plain_axis(ax.yaxis, integer=True)
     ax.set_ylim(0, 1.2 * max([d + f for d, f in zip(done, failed)], default=1))
-    ax.set_title("completed and failed requests per rate")
+    ax.set_title("completed and failed requests per rate" if any(failed) else
+                 "completed requests per rate (none failed)")
     ax.legend(fontsize=8, loc="upper center", ncol=2)
     ax.grid(axis="y", alpha=0.3)
 

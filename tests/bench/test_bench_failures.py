@@ -184,3 +184,20 @@ def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert len(offsets) >= 10 and all(text == "" for text in offsets), offsets
     plt.close("all")
+
+
+def test_outcome_bars_name_failed_only_when_a_rate_has_failures():
+    """The rate sweep's outcome panel: a legend entry "failed" and its title say so only when some
+    rate failed requests (a run with none showed an entry for a bar that was nowhere)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cent_serve.bench.sweep import _outcomes
+
+    for failed, legend, title in (([0, 0], ["completed"], "completed requests per rate (none failed)"),
+                                  ([0, 3], ["completed", "failed"], "completed and failed requests per rate")):
+        fig, ax = plt.subplots()
+        _outcomes(ax, [dict(rate=r, completed=10 - f, failed=f) for r, f in zip((1.0, 2.0), failed)])
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == legend
+        assert ax.get_title() == title
+        plt.close(fig)
