@@ -362,20 +362,30 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
             c["usage"] = {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
         return c
 
-    async def chunks() -> AsyncIterator[str]:
-        outs = {i: {"token_ids": []} for i in range(len(reqs))}
-        pending = {i: _Pending() for i in range(len(reqs))}
-        reasons = []
+    def opening() -> list[str]:
+        """The endpoint's opening chunks, each for every choice (chat: the role, then any echo)."""
+        out = []
         for fields in endpoint.opening(body):
             for i in range(len(reqs)):
                 c = reply.chunk(i, fields, None)
                 if continuous:
                     n = prompt_tokens[i // body.n]
                     c["usage"] = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
-                yield sse(c)
+                out.append(sse(c))
+        return out
+
+    async def chunks() -> AsyncIterator[str]:
+        outs = {i: {"token_ids": []} for i in range(len(reqs))}
+        pending = {i: _Pending() for i in range(len(reqs))}
+        reasons = []
+        opened = False
         while left[0]:
             index, d = await q.get()
             await ctx.pace(d)
+            if not opened:  # the opening (chat's role chunk) goes out with the first output, as vLLM sends
+                opened = True  # it: a client timing its first token by the first chunk with choices (vLLM's
+                for c in opening():  # bench) would otherwise measure the time to the headers, not the TTFT
+                    yield c
             outs[index]["token_ids"] += d.token_ids
             if d.error:
                 yield sse(ApiError(d.error, None, 500, "server_error").body())

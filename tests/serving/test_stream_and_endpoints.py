@@ -211,3 +211,24 @@ def test_a_streamed_completion_echo_starts_with_the_prompt_as_the_response_does(
         if logprobs is not None:
             assert {k: s[k] for k in w["logprobs"]} == w["logprobs"]
             assert w["logprobs"]["tokens"][0] == "<s>"  # the prompt's tokens first (BOS with no logprob)
+
+
+def test_chat_s_role_chunk_comes_with_the_first_token_on_the_paced_clock():
+    """vLLM sends the role chunk with the first output, and `vllm bench serve`'s chat client takes
+    its TTFT from the first chunk with choices: sent before the prefill, the role chunk made that
+    client report ~0 TTFT and fold the prefill into its first inter-token gap."""
+    import time
+    with Server(server_cfg("off", clock="paced", pace_factor=100.0), "local") as s:
+        body = dict(model="tiny", stream=True, messages=[{"role": "user", "content": "x" * 40}],
+                    max_completion_tokens=2, ignore_eos=True)
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            t0, seen = time.monotonic(), []
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    seen.append((time.monotonic() - t0, json.loads(line[6:])))
+        (t_role, role), (t_first, first) = seen[0], seen[1]
+        assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert first["choices"][0]["delta"]["content"]
+        ttft_wall = seen[-1][1]["choices"][0]["cent"]["ttft_s"] * 100  # the last chunk carries the timing
+        assert ttft_wall > 0.5  # the prefill takes a measurable wall time at this pace
+        assert t_first - t_role < 0.1 * ttft_wall and t_role > 0.5 * ttft_wall
