@@ -300,9 +300,10 @@ def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
 
 @dataclass
 class _Pending:
-    """A streamed choice's output not yet sent: tokens whose text is held back (an incomplete
-    character, a possible stop string) go out with the next chunk that has text, so no content
-    chunk is empty and the last token's chunk carries the finish_reason."""
+    """A streamed choice's output not yet sent. Every output with tokens goes out as its own chunk,
+    as vLLM streams (a token whose text is held back, an incomplete character or a possible stop
+    string, goes out with empty text and its text with a later chunk), so a client timing chunks
+    sees each token when it is made; the last token's chunk carries the finish_reason."""
 
     token_ids: list[int] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
@@ -330,9 +331,9 @@ class _Pending:
 
 
 def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: Reply) -> EventStream:
-    """SSE: the endpoint's opening chunk per choice, one chunk per token with text (tokens whose
-    text is held back join the next), the last token's chunk with the finish_reason, usage if
-    asked, then [DONE]. If the client leaves first, its choices are aborted and the request
+    """SSE: the endpoint's opening chunk per choice with the first output, one chunk per output
+    (empty text while a token's text is held back, as vLLM streams), the last token's chunk with
+    the finish_reason, usage if asked, then [DONE]. If the client leaves first, its choices are aborted and the request
     counts as aborted."""
     left = [len(reqs)]  # a cell: the body decrements it, on_close reads it
     body, endpoint = reply.body, reply.endpoint
@@ -394,7 +395,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
             if d.finished:
                 left[0] -= 1
                 reasons.append(d.finish_reason)
-            if d.finished or p.text:  # a choice's first chunk starts with its echo (vLLM's)
+            if d.finished or p.token_ids:  # a choice's first chunk starts with its echo (vLLM's)
                 echoed = None if p.started else endpoint.echo(ctx, body, reply.prompts[index // body.n])
                 yield sse(chunk(index, p, d, echoed))
                 p.flush(echoed)

@@ -1,5 +1,5 @@
-"""What benchmark clients read: the stream's shape as vLLM's (one chunk per token with text, the
-finish_reason on the last token's chunk, no empty content chunks, per-chunk usage), the endpoints
+"""What benchmark clients read: the stream's shape as vLLM's (one chunk per token, its text empty
+while held back, the finish_reason on the last token's chunk, per-chunk usage), the endpoints
 they call (/tokenize, /detokenize, /version, /ping, /v1/models/{id}, HEAD), and the schema."""
 from __future__ import annotations
 
@@ -49,21 +49,24 @@ def test_timing_only_streams_one_visible_token_per_chunk_with_the_finish_on_the_
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
 
 
-def test_random_weights_never_stream_an_empty_content_chunk(full):
-    """Full numerics over random bytes: incomplete characters are held back and merged into the
-    next chunk; every chunk but the opening role chunk has content; tokens add up."""
-    merged = 0
+def test_random_weights_stream_every_token_as_its_own_chunk_as_vllm_does(full):
+    """Full numerics over random bytes: a token whose text is held back (an incomplete character)
+    still goes out as its own chunk, with empty content (vLLM's stream), and its text with a later
+    chunk; a client timing chunks (vLLM's bench) sees each token. The texts add up to the reply's."""
+    held = 0
     for seed in range(4):
         chunks = events(full.url, "/v1/chat/completions", messages=CHAT, max_tokens=24, ignore_eos=True,
                         seed=seed, return_token_ids=True)
         deltas = [c["choices"][0] for c in chunks]
         assert deltas[0]["delta"] == {"role": "assistant", "content": ""}
         body = deltas[1:]
-        assert all(d["delta"].get("content") for d in body[:-1])
-        assert sum(len(d["token_ids"]) for d in body) == 24
+        assert [len(d["token_ids"]) for d in body] == [1] * 24
         assert body[-1]["finish_reason"] == "length" and all(d["finish_reason"] is None for d in body[:-1])
-        merged += 24 - len(body)
-    assert merged > 0  # some character was incomplete: the case this test is about did occur
+        whole = httpx.post(full.url + "/v1/chat/completions", json=dict(
+            model="tiny", messages=CHAT, max_tokens=24, ignore_eos=True, seed=seed), timeout=60).json()
+        assert "".join(d["delta"].get("content", "") for d in body) == whole["choices"][0]["message"]["content"]
+        held += sum(1 for d in body[:-1] if d["delta"]["content"] == "")
+    assert held > 0  # some character was incomplete: the case this test is about did occur
 
 
 def test_stop_reason_names_the_stop_string_or_id(off):
