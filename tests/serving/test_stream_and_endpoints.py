@@ -234,4 +234,6 @@ def test_chat_s_role_chunk_comes_with_the_first_token_on_the_paced_clock():
         assert first["choices"][0]["delta"]["content"]
         ttft_wall = seen[-1][1]["choices"][0]["cent"]["ttft_s"] * 100  # the last chunk carries the timing
         assert ttft_wall > 0.5  # the prefill takes a measurable wall time at this pace
-        assert t_first - t_role < 0.1 * ttft_wall and t_role > 0.5 * ttft_wall
+        # the paced clock never releases the first token early, so the role chunk beside it comes after
+        # half the paced TTFT (sent at the start, it came ~0 s in); no upper bound a busy machine can miss
+        assert t_role > 0.5 * ttft_wall and t_first >= t_role
