@@ -432,6 +432,13 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
         raise ValueError(f"model.checkpoint={cfg.checkpoint!r} lacks tensors {missing[:4]}"
                          f"{' ...' if len(missing) > 4 else ''}: is it a complete model_type={cfg.model_type!r} "
                          "checkpoint?")
+    top_shapes = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
+    if not cfg.tie_word_embeddings:
+        top_shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    for name, want in top_shapes.items():
+        if top[name].shape != want:
+            raise ValueError(f"checkpoint tensor {name} has shape {top[name].shape}, expected {want} from "
+                             "config.json: the checkpoint and its config disagree")
     embed = top["model.embed_tokens.weight"]
     lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
     if cfg.is_moe:

@@ -60,6 +60,24 @@ def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
         model_config_from_hf(tmp_path / "mistral_config.json")
 
 
+@pytest.mark.parametrize("name, rows", [("model.norm.weight", None), ("model.embed_tokens.weight", 7),
+                                         ("lm_head.weight", 7)])
+def test_top_level_tensors_whose_shape_disagrees_with_config_are_named(tmp_path, name, rows):
+    """The final norm, embedding and LM head are checked as the blocks' tensors are: a mismatch was
+    loaded, and every request then failed with numpy's broadcast error as a device fault."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    cfg = tiny_model_config(weight_dtype="float32")
+    out = save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "ckpt")
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors[name] = tensors[name][: cfg.hidden_size // 2] if rows is None else \
+        np.concatenate([tensors[name], tensors[name][:rows]])
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"{name.replace('.', chr(92) + '.')} has shape .* expected"):
+        load_weights(model_config_from_hf(out))
+
+
 def test_byte_tokenizer_round_trips_unicode():
     tok = ByteTokenizer()
     text = "CENT: PIM 近存计算 ✓ — ok"
