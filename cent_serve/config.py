@@ -875,7 +875,8 @@ class CentConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     """GPUs in place of the CENT devices when gpu.count > 0 (`--hardware gpu:KIND:N`)."""
     numerics: str = "auto"
-    """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params)."""
+    """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params when the
+    weights are there: a checkpoint directory with only its config.json runs timing only)."""
     executor: str = "local"
     """Where the devices run: `local` (all in this process) or `ray` (each device a Ray actor, the
     switch a fabric actor). `cent serve` picks `ray` unless given --local."""
@@ -928,6 +929,9 @@ class CentConfig:
         """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
         if self.numerics != "auto":
             return self.numerics
+        ckpt = self.model.checkpoint
+        if ckpt and not any((Path(ckpt) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+            return "off"  # a config.json alone: its shape, timed
         return "full" if self.model.param_count() <= 1_000_000_000 else "off"
 
 

@@ -122,16 +122,28 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
-    `batch` sequences of `context` tokens, and full numerics fits this machine. Returns the
+    `batch` sequences of `context` tokens, full numerics fits this machine and its checkpoint
+    holds every tensor in its shape. Returns the
     mapping (GPUs: their `GpuMapping`, after checking the weights and one sequence of the whole
     context fit)."""
     if cfg.on_gpus:
         mp = check_gpus_hold(cfg, context, batch)
         check_host_memory(cfg, mp)
+        check_checkpoint(cfg)
         return mp
     mp = check_devices_hold(cfg, context, batch)
     check_host_memory(cfg, mp)
+    check_checkpoint(cfg)
     return mp
+
+
+def check_checkpoint(cfg: CentConfig) -> None:
+    """With full numerics, a checkpoint's files hold every tensor its config.json asks for, in its
+    shape (read from the files' headers, no weights): on Ray each device actor loads the weights, so
+    a bad tensor would otherwise surface after start-up, wrapped in Ray's traceback."""
+    if cfg.resolved_numerics == "full" and cfg.model.checkpoint:
+        from cent_serve.model.weights import check_hf_checkpoint
+        check_hf_checkpoint(cfg.model)
 
 
 def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1):

@@ -371,19 +371,47 @@ def _checkpoint_files(ckpt: Path) -> list[Path]:
                      "shape timing-only with --numerics off")
 
 
-def iter_checkpoint_tensors(ckpt: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, float32 array) one tensor at a time from a safetensors checkpoint."""
+def iter_checkpoint_tensors(ckpt: str | Path, shapes_only: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, float32 array) one tensor at a time from a safetensors checkpoint; with
+    `shapes_only`, arrays of the right shape that read nothing (one zero, broadcast: the files'
+    headers only)."""
     from safetensors import safe_open
 
     for file in _checkpoint_files(Path(ckpt)):
         with safe_open(str(file), framework="numpy") as f:
             for name in f.keys():
-                yield name, np.asarray(f.get_tensor(name)).astype(F32)
+                if shapes_only:
+                    yield name, np.broadcast_to(np.zeros((), F32), tuple(f.get_slice(name).get_shape()))
+                else:
+                    yield name, np.asarray(f.get_tensor(name)).astype(F32)
+
+
+def check_hf_checkpoint(cfg: ModelConfig) -> None:
+    """Check every expected tensor of `cfg.checkpoint` and its shape from the files' headers, reading
+    no weights: ValueError naming the tensor, as loading would (on Ray each device actor loads, and
+    its failure came back as a traceback after start-up)."""
+    _checked_tensors(cfg, shapes_only=True)
 
 
 def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     """Load the weights of `cfg.checkpoint`, checking every expected tensor and shape."""
-    assert cfg.checkpoint, "load_hf_weights needs cfg.checkpoint"
+    top, layer_parts, expert_parts, extra = _checked_tensors(cfg, shapes_only=False)
+    embed = top["model.embed_tokens.weight"]
+    lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
+    if cfg.is_moe:
+        for parts, got in zip(layer_parts, expert_parts):
+            parts.update(w_gate=None, w_up=None, w_down=None)
+            for key in ("experts_gate", "experts_up", "experts_down"):
+                parts[key] = np.stack([got[(key, j)] for j in range(cfg.num_experts)])
+    layers = [LayerWeights(**parts) for parts in layer_parts]
+    return LlamaWeights(embed=embed, layers=layers, final_norm=top["model.norm.weight"],
+                        lm_head=lm_head, extra=extra)
+
+
+def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[dict], list[dict], dict]:
+    """The checkpoint's tensors by place (top level, each block's, each block's experts, the rest),
+    after checking that every expected one is there with its shape."""
+    assert cfg.checkpoint, "a checkpoint's tensors need cfg.checkpoint"
     d, hd = cfg.hidden_size, cfg.head_dim
     shapes = {
         "input_norm": (d,), "post_norm": (d,), "wq": (cfg.num_heads * hd, d),
@@ -403,7 +431,7 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     expert_parts: list[dict[tuple[str, int], np.ndarray]] = [{} for _ in range(cfg.num_layers)]
     top: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
-    for name, arr in iter_checkpoint_tensors(cfg.checkpoint):
+    for name, arr in iter_checkpoint_tensors(cfg.checkpoint, shapes_only):
         if name.startswith("model.layers."):
             _, _, idx, rest = name.split(".", 3)
             if cfg.is_moe and int(idx) < cfg.num_layers and (rest in experts or _FUSED_NAME.match(rest)):
@@ -439,16 +467,7 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
         if top[name].shape != want:
             raise ValueError(f"checkpoint tensor {name} has shape {top[name].shape}, expected {want} from "
                              "config.json: the checkpoint and its config disagree")
-    embed = top["model.embed_tokens.weight"]
-    lm_head = embed if cfg.tie_word_embeddings else top["lm_head.weight"]
-    if cfg.is_moe:
-        for parts, got in zip(layer_parts, expert_parts):
-            parts.update(w_gate=None, w_up=None, w_down=None)
-            for key in ("experts_gate", "experts_up", "experts_down"):
-                parts[key] = np.stack([got[(key, j)] for j in range(cfg.num_experts)])
-    layers = [LayerWeights(**parts) for parts in layer_parts]
-    return LlamaWeights(embed=embed, layers=layers, final_norm=top["model.norm.weight"],
-                        lm_head=lm_head, extra=extra)
+    return top, layer_parts, expert_parts, extra
 
 
 def _take_experts(cfg: ModelConfig, name: str, rest: str, arr: np.ndarray, experts: dict,

@@ -143,3 +143,44 @@ def test_a_config_without_weights_points_at_timing_only(tmp_path, capsys):
     assert main(["simulate", "--model", str(tmp_path), "--devices", "2", "--numerics", "off", "--seqlen", "64",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["seqlen"] == 64
+    # numerics auto (the default) times a config.json alone rather than promising full numerics it cannot
+    # load (`cent info` said "runs yes" where `cent serve` then refused)
+    from cent_serve.config import CentConfig, ModelConfig
+    assert CentConfig(model=model_config_from_hf(tmp_path)).resolved_numerics == "off"
+    assert CentConfig(model=ModelConfig(**{**vars(model_config_from_hf(tmp_path)), "checkpoint": None})
+                      ).resolved_numerics == "full"  # the same shape as a seeded preset: full
+
+
+@pytest.mark.parametrize("damage", ["drop", "reshape"])
+def test_a_bad_checkpoint_is_refused_from_its_headers_before_any_device_starts(tmp_path, damage):
+    """Full numerics: the preflight reads the safetensors headers (no weights) and names a missing or
+    misshapen tensor, as loading would; on Ray the device actors load the weights, and their failure
+    came back after start-up as a 60-line traceback."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from cent_serve.config import CentConfig, ParallelConfig
+    from cent_serve.model import weights as weights_mod
+    from cent_serve.preflight import check_runnable
+    mcfg = tiny_model_config(weight_dtype="float32")
+    out = save_hf_checkpoint(mcfg, random_weights(mcfg), tmp_path / "ckpt")
+    name = "model.layers.1.mlp.up_proj.weight"
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if damage == "drop":
+        del tensors[name]
+    else:
+        tensors[name] = tensors[name][:-1]
+    save_file(tensors, str(out / "model.safetensors"))
+    cfg = CentConfig(model=model_config_from_hf(out), parallel=ParallelConfig(2, 2, 1), executor="ray")
+    calls = []
+    real = weights_mod.iter_checkpoint_tensors
+    weights_mod.iter_checkpoint_tensors = lambda ckpt, shapes_only=False: calls.append(shapes_only) or \
+        real(ckpt, shapes_only)
+    try:
+        with pytest.raises(ValueError, match=(rf"lacks tensors \['{name}'\]" if damage == "drop" else
+                                              rf"{name.replace('.', chr(92) + '.')} has shape \(\d+, 64\), expected")):
+            check_runnable(cfg)
+    finally:
+        weights_mod.iter_checkpoint_tensors = real
+    assert calls == [True]  # from the headers: no weight was read
