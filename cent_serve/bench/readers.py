@@ -293,6 +293,8 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     arrivals = iter(arrivals_s)
     first_s: float | None = None
     skipped = []
+    used_ids: set[str] = set()
+    renamed = []
     try:
         for index, entry in enumerate(entries):
             where = f"{path}: entry {index}"
@@ -309,10 +311,21 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
                                  "arrival process such as iter_arrival_times_s(rate, seed=...)")
             first_s = arrival if first_s is None else first_s
             prompt, answer = exchange
-            yield Request(str(entry.get("id", index)), float(arrival - first_s),
+            request_id = str(entry.get("id", index))
+            if request_id in used_ids:  # a request id names one request: its record, the engine's
+                renamed.append(request_id)
+                request_id = f"{request_id}#{index}"
+                while request_id in used_ids:  # an id of the file that is already "<id>#<index>"
+                    request_id += "#"
+            used_ids.add(request_id)
+            yield Request(request_id, float(arrival - first_s),
                           count_tokens(prompt) if prompt else 0,
                           count_tokens(answer) if answer else 0, prompt)
-    finally:  # also when the reader stops early (--num-requests): what was skipped before it
+    finally:  # also when the reader stops early (--num-requests): what was skipped or renamed before it
+        if renamed:
+            log.warning("%s: %d conversation%s repeat%s an earlier id (%s): sent as <id>#<entry index>",
+                        path, len(renamed), "s" if len(renamed) > 1 else "", "" if len(renamed) > 1 else "s",
+                        ", ".join(map(repr, renamed[:5])) + (", ..." if len(renamed) > 5 else ""))
         if skipped and first_s is not None:
             log.warning("%s: %d conversation%s without a human turn followed by a gpt turn skipped (entr%s %s)",
                         path, len(skipped), "s" if len(skipped) > 1 else "", "ies" if len(skipped) > 1 else "y",

@@ -126,6 +126,35 @@ def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
         load_trace(path)
 
 
+def test_sharegpt_repeated_ids_name_one_request_each(tmp_path, caplog):
+    """ShareGPT files repeat ids (a conversation split in parts, hand-made files): every request
+    keeps a distinct id, else the replay's records (keyed by id) silently lost all but one."""
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    entries = [{"id": "a", "conversations": turns}, {"id": "a", "conversations": turns},
+               {"id": "a#2", "conversations": turns}, {"id": "a", "conversations": turns},
+               {"conversations": turns}, {"id": 4, "conversations": turns}]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(entries))
+    reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    ids = [r.request_id for r in reqs]
+    assert ids == ["a", "a#1", "a#2", "a#3", "4", "4#5"]
+    assert len(set(ids)) == len(entries)
+    warned = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert len(warned) == 1 and "3 conversations repeat an earlier id ('a', 'a', '4')" in warned[0]
+
+
+def test_sharegpt_repeated_ids_are_all_replayed(tmp_path):
+    from cent_serve.bench.runner import run_in_process
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    turns = [{"from": "human", "value": "hello there"}, {"from": "gpt", "value": "a reply"}]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps([{"id": "same", "conversations": turns}] * 6))
+    reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(100.0, seed=0)))
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(num_devices=8), numerics="off")
+    result = run_in_process(cfg, reqs, progress=False)
+    assert len(result.records) == 6 and all(r.ok for r in result.records)
+
+
 def test_sharegpt_empty_texts_have_no_tokens(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps([{"id": "e", "conversations": [{"from": "human", "value": ""},
