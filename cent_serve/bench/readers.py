@@ -233,7 +233,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             if not line.strip():
                 continue
             where = f"{path}:{line_no}"
-            obj = _parse_json(line, path, line_no, dict, 'write one {"timestamp", '
+            obj = _parse_json(line.rstrip(), path, line_no, dict, 'write one {"timestamp", '
                               '"input_length", "output_length"} object per line')
             for key in ("timestamp", "input_length", "output_length"):
                 if key not in obj:

@@ -269,6 +269,17 @@ def test_bad_json_and_missing_keys(tmp_path):
         list(load_trace(path, count_tokens=len, arrivals_s=lambda: iter_arrival_times_s(1.0)))
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_unfinished_jsonl_line_is_named_by_its_own_number(tmp_path, newline):
+    """The decoder reports a line cut short at the newline after it: the next line's number."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(('{"timestamp": 0, "input_length": 5, "output_length": 1}' + newline
+                      + '{"timestamp": 9, "input_length": 5, "output_length": 1' + newline
+                      + '{"timestamp": 12, "input_length": 5, "output_length": 1}' + newline).encode())
+    with pytest.raises(ValueError, match=r"m.jsonl:2: not JSON"):
+        list(load_trace(path))
+
+
 def test_reading_is_lazy(tmp_path):
     path = vidur_trace(tmp_path, [0.0, 1.0, 2.0])
     path.write_text(path.read_text() + "3,oops,1\n")
