@@ -11,6 +11,7 @@ without another BOS (the template writes `bos_token` itself), as vLLM's chat end
 from __future__ import annotations
 
 import json
+import logging
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.config import ModelConfig
+
+log = logging.getLogger(__name__)
+_WARNED_NO_TOKENIZER: set[str] = set()
+"""Checkpoints whose missing tokenizer.json was warned about (once each, per process)."""
 
 DEFAULT_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -117,7 +122,15 @@ class ByteTokenizer:
     def _is_byte(self, i: int) -> bool:
         return self.OFFSET <= i < self.OFFSET + 256 and i not in self._names
 
+    stands_in_for: str | None = None
+    """The checkpoint directory whose missing tokenizer.json this one replaces, if any."""
+
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        if self.stands_in_for and self.stands_in_for not in _WARNED_NO_TOKENIZER:  # once a checkpoint
+            _WARNED_NO_TOKENIZER.add(self.stands_in_for)
+            log.warning("%s has no tokenizer.json: text is counted one token a byte (often ~4x the model's own "
+                        "tokenizer, and prefill times with it); copy the checkpoint's tokenizer.json beside its "
+                        "config.json, or send token ids", self.stands_in_for)
         ids = [self.bos_token_id] if add_bos else []
         pos = 0
         for m in self._special_re.finditer(text):
@@ -322,9 +335,13 @@ def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
 
 
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
-    """The checkpoint's tokenizer.json when present, else the byte-level tokenizer."""
+    """The checkpoint's tokenizer.json when present, else the byte-level tokenizer (standing in for
+    a checkpoint's missing one, it warns when it first encodes text: `ByteTokenizer.encode`)."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint) / "tokenizer.json"
         if path.is_file():
             return HFTokenizer(path, cfg.bos_token_id, cfg.eos_token_id)
+        tok = ByteTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)
+        tok.stands_in_for = cfg.checkpoint
+        return tok
     return ByteTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)

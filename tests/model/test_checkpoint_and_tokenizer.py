@@ -184,3 +184,21 @@ def test_a_bad_checkpoint_is_refused_from_its_headers_before_any_device_starts(t
     finally:
         weights_mod.iter_checkpoint_tensors = real
     assert calls == [True]  # from the headers: no weight was read
+
+
+def test_a_checkpoint_without_tokenizer_json_warns_once_when_text_is_counted_a_byte_a_token(tmp_path, caplog):
+    from cent_serve.model import tokenizer as tok_mod
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama" / "config.json", tmp_path)
+    cfg = model_config_from_hf(tmp_path)
+    with caplog.at_level("WARNING", logger=tok_mod.__name__):
+        tok = load_tokenizer(cfg)
+        assert isinstance(tok, ByteTokenizer) and not caplog.records  # no text yet (a trace of counts): no word
+        tok.encode("hello")
+        load_tokenizer(cfg).encode("again")
+    warned = [r.getMessage() for r in caplog.records if "tokenizer.json" in r.getMessage()]
+    assert len(warned) == 1 and str(tmp_path) in warned[0] and "one token a byte" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=tok_mod.__name__):  # a checkpoint with its own: no word
+        load_tokenizer(model_config_from_hf(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama")
+                       ).encode("hello")
+    assert not caplog.records
