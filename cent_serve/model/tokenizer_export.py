@@ -87,9 +87,15 @@ def export_tokenizer(cfg: ModelConfig, out: str | Path) -> list[Path]:
             shutil.copyfile(src / name, out / name)
         if (out / name).is_file():
             written.append(out / name)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else None
+    if config is not None and config.get("tokenizer_class") == "TokenizersBackend":
+        # transformers 5's name for a tokenizer.json tokenizer; 4.x (which vLLM's benchmark pins) knows it
+        # as PreTrainedTokenizerFast, which 5 also reads as the same class
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2))
     if not tok.has_own_chat_template:  # the server's default template, so a client renders chats as it does
-        path = out / "tokenizer_config.json"
-        config = json.loads(path.read_text()) if path.is_file() else {}
+        config = config or {}
         config["chat_template"] = tok.chat_template
         path.write_text(json.dumps(config, indent=2))
         written = sorted(set(written) | {path})

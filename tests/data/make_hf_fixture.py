@@ -109,6 +109,9 @@ def save_checkpoint(model, tok, out_dir: Path, max_shard_size: str | None = None
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                        eos_token="</s>")
         fast.save_pretrained(out_dir)
+        config = out_dir / "tokenizer_config.json"  # transformers 5 writes its own class name, which 4.x
+        text = config.read_text()                   # (vLLM's pin) cannot load; 5 reads this one as the same
+        config.write_text(text.replace('"TokenizersBackend"', '"PreTrainedTokenizerFast"'))
 
 
 def transformers_reference(ckpt: Path, prompts: list[list[int]]) -> list[dict]:

@@ -81,6 +81,28 @@ def test_a_checkpoint_exports_its_own_files_with_the_server_s_template(tmp_path)
     assert config["chat_template"] == load_tokenizer(cfg).chat_template and config["bos_token"] == "<s>"
 
 
+@pytest.mark.parametrize("own_template", [False, True])
+def test_a_transformers_5_tokenizer_class_exports_as_the_one_every_version_loads(tmp_path, own_template):
+    """transformers 5 saves `TokenizersBackend`, which 4.x (vLLM's benchmark pins it) cannot load; the
+    export names PreTrainedTokenizerFast, the same class in 5. The shipped fixtures name it too."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    ckpt.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (ckpt / name).write_bytes((HF_TINY / name).read_bytes())
+    config = dict(json.loads((HF_TINY / "tokenizer_config.json").read_text()), tokenizer_class="TokenizersBackend")
+    if own_template:
+        config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    export_tokenizer(model_config_from_hf(ckpt), out)
+    exported = json.loads((out / "tokenizer_config.json").read_text())
+    assert exported["tokenizer_class"] == "PreTrainedTokenizerFast"
+    served = load_tokenizer(model_config_from_hf(ckpt)).chat_template
+    assert exported["chat_template"] == config.get("chat_template", served)
+    shipped = sorted(HF_TINY.parent.glob("hf_*/tokenizer_config.json")) + sorted(
+        HF_TINY.parent.glob("hf_families/*/tokenizer_config.json"))
+    assert shipped and all(json.loads(p.read_text())["tokenizer_class"] == "PreTrainedTokenizerFast" for p in shipped)
+
+
 def test_a_checkpoint_s_own_chat_template_is_the_one_served(tmp_path):
     for name in ("config.json", "tokenizer.json", "model.safetensors", "generation_config.json"):
         (tmp_path / name).write_bytes((HF_TINY / name).read_bytes())
