@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
 
@@ -76,8 +77,11 @@ class ApiContext:
         return self.loop.engine
 
     def check_model(self, name: str) -> None:
-        """Raise ApiError 404 unless `name` is the model this server serves."""
-        if name != self.model_name:
+        """Raise ApiError 404 unless `name` is the model this server serves: its id, or for a checkpoint
+        the directory as given to --model or as an absolute path (vLLM serves a model by the path it
+        was given, so `vllm bench serve --model DIR` names it so)."""
+        ckpt = self.cfg.model.checkpoint
+        if name != self.model_name and not (ckpt and name.rstrip("/") and _same_path(name, ckpt)):
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
                            404, "not_found_error", "model_not_found")
 
@@ -182,3 +186,13 @@ def summary(timings: list[dict]) -> dict:
     return dict(arrival_s=arrival, first_token_s=min(firsts) if firsts else None, finish_s=finish,
                 ttft_s=min(firsts) - arrival if firsts else None, e2e_s=finish - arrival,
                 energy_mj=sum(t["energy_mj"] for t in timings), choices=len(timings))
+
+
+def _same_path(name: str, directory: str) -> bool:
+    """Whether `name` names `directory` (as given, or resolved from this process's working directory)."""
+    if name.rstrip("/") == directory.rstrip("/"):
+        return True
+    try:
+        return Path(name).resolve() == Path(directory).resolve()
+    except (OSError, ValueError):  # not a path at all (e.g. a NUL byte)
+        return False

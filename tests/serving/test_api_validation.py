@@ -83,3 +83,27 @@ def test_a_prompt_that_leaves_one_token_gets_it_by_default(server):
                    timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 1
+
+
+def test_a_checkpoint_is_served_by_its_id_and_by_the_directory_as_vllm_names_it(tmp_path, monkeypatch):
+    """vLLM serves a model by the path it was given, so `vllm bench serve --model DIR` sends DIR:
+    the directory as given, with a trailing slash or as an absolute path, names the checkpoint too;
+    anything else is 404 model_not_found."""
+    from types import SimpleNamespace
+
+    from api.context import ApiContext
+    from api.errors import ApiError
+    ckpt = tmp_path / "my_llama"
+    ckpt.mkdir()
+    monkeypatch.chdir(tmp_path)
+    ctx = SimpleNamespace(model_name="my_llama", cfg=SimpleNamespace(model=SimpleNamespace(checkpoint="my_llama")))
+    for name in ("my_llama", "my_llama/", "./my_llama", str(ckpt)):
+        ApiContext.check_model(ctx, name)
+    for name in ("llama", "", "/", str(tmp_path), "my_llama\0"):
+        with pytest.raises(ApiError) as err:
+            ApiContext.check_model(ctx, name)
+        assert err.value.status == 404
+    preset = SimpleNamespace(model_name="tiny", cfg=SimpleNamespace(model=SimpleNamespace(checkpoint=None)))
+    ApiContext.check_model(preset, "tiny")
+    with pytest.raises(ApiError):
+        ApiContext.check_model(preset, str(tmp_path))
