@@ -10,6 +10,7 @@ they hold their neutral value. Strings must be valid Unicode (a lone surrogate e
 as `"\\ud800"` is rejected with 400)."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Literal, Union
 
@@ -34,8 +35,10 @@ SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 MAX_ARRIVAL_S = 1e9
 """Largest `arrival_s` (simulated seconds, ~32 years): a replay arrival, not a clock jump to 1e300."""
 UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
-               "tool_choice": ("none",), "response_format": ({"type": "text"},)}
-"""OpenAI parameters this server cannot honour, with the values that mean "off" (null is off too)."""
+               "tool_choice": ("none",), "response_format": ({"type": "text"},),
+               "repetition_penalty": (1,), "min_p": (0,), "use_beam_search": (False,)}
+"""OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
+mean "off" (null is off too): `vllm bench serve` sends repetition_penalty 1.0, which passes."""
 
 
 class ApiError(Exception):
@@ -126,7 +129,8 @@ class _Common(BaseModel):
         for name, neutral in UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
             if value is not None and value not in neutral:
-                raise ApiError(f"{name} is not supported by this server: leave it unset", name)
+                raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset (or "
+                               f"{json.dumps(neutral[0])})", name)
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:
             # vLLM's rule (an empty {} passes, as its truthiness test lets it)
             raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",
