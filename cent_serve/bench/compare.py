@@ -130,7 +130,7 @@ def print_compare(out: dict) -> None:
 
 
 def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
     for ax, (metric, name, get) in zip(axes, (
             ("ttft", "time to first token", lambda r: r.ttft_s),
             ("tpot", "time per output token", lambda r: r.tpot_s),
@@ -166,7 +166,9 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
             plain_axis(ax.xaxis)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+            # below the panel: a CDF's curves may cross any corner of it (CENT's TTFT ran under a
+            # lower-right legend, "best" laid it over the TPOT curves)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         else:  # no side completed a request: nothing to draw (a legend would warn that it is empty)
             ax.text(0.5, 0.5, "no completed requests", transform=ax.transAxes, ha="center", va="center",
                     color="gray")
@@ -241,6 +243,8 @@ def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
         ax.set_ylabel(f"{name} ({unit}, simulated)")
         ax.set_title(f"{name} against throughput, one point per request rate")
         ax.set_ylim(0, 1.25 * max(shown or [1.0]) / div)  # headroom for the rate labels
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + 0.06 * (hi - lo))  # and room on the right for the rightmost point's label
         plain_axis(ax.xaxis)
         plain_axis(ax.yaxis)
         ax.grid(alpha=0.3)
