@@ -116,8 +116,10 @@ def print_compare(out: dict) -> None:
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
 
-    def cell(v):
-        return f"{'-':>14}" if v is None else f"{v:>14.4g}"
+    def cell(v):  # four significant digits; from 10,000 on, whole numbers with separators (not 1.063e+04)
+        if v is None:
+            return f"{'-':>14}"
+        return f"{v:>14,.0f}" if abs(v) >= 1e4 else f"{v:>14.4g}"
 
     for label, r in zip(labels, out["table"]):
         ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"

@@ -147,7 +147,7 @@ class ZeroTokens:
     def message(self) -> str:
         return (f"{self.requests} of {self.total} trace requests have 0 tokens ({self.prompt} with "
                 f"an empty prompt, {self.output} with an empty output): sent with 1 token instead, as "
-                "the engine needs at least one; requests.csv and the token totals count that token")
+                "the engine needs at least one; the results and token totals count that token")
 
     def warn(self) -> None:
         if self.requests:
