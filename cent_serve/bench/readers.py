@@ -237,8 +237,9 @@ def read_mooncake(path: Path) -> Iterator[Request]:
                               '"input_length", "output_length"} object per line')
             for key in ("timestamp", "input_length", "output_length"):
                 if key not in obj:
-                    raise ValueError(f"{where}: no {key!r} key: every line needs timestamp "
-                                     "(ms), input_length and output_length")
+                    raise ValueError(f"{where}: no {key!r} key: a JSON-lines trace is Mooncake's, every line "
+                                     "with timestamp (ms), input_length and output_length (other layouts: "
+                                     "docs/serving.md, Request traces)")
             stamp = obj["timestamp"]
             if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) \
                     or not math.isfinite(stamp):

@@ -94,7 +94,8 @@ class TraceOptions:
 
 
 def detect_format(path: str | Path) -> str:
-    """The trace format of `path`: `.jsonl` is mooncake, `.json` sharegpt, else the CSV header.
+    """The trace format of `path`: `.jsonl` is mooncake; `.json` is sharegpt (one JSON array) or,
+    when it starts with an object, mooncake's lines under another name; else the CSV header.
 
     Raises ValueError when the header matches no known layout.
     """
@@ -103,7 +104,9 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".jsonl":
         return "mooncake"
     if suffix == ".json":
-        return "sharegpt"
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            head = f.read(4096).lstrip()
+        return "mooncake" if head.startswith("{") else "sharegpt"
     return sniff_csv_format(path)
 
 

@@ -397,3 +397,15 @@ def test_sample_trace_ships_with_the_package():
     conv = SHARED_TRACES / "azure_conv_2023.csv"
     if conv.is_file():
         assert reqs == list(load_trace(conv, options=TraceOptions(num_requests=200)))
+
+
+def test_a_mooncake_trace_named_json_is_read_as_mooncake(tmp_path):
+    """`.json` is ShareGPT's (one array); lines of objects under that name are Mooncake's, read as such
+    (they were taken for ShareGPT and refused for want of --rate)."""
+    lines = '{"timestamp": 0, "input_length": 10, "output_length": 5}\n{"timestamp": 250, "input_length": 7, ' \
+            '"output_length": 3}\n'
+    (tmp_path / "mc.json").write_text("\ufeff" + lines, encoding="utf-8")
+    (tmp_path / "sg.json").write_text(' [{"id": "a", "conversations": []}]')
+    assert detect_format(tmp_path / "mc.json") == "mooncake" and detect_format(tmp_path / "sg.json") == "sharegpt"
+    got = list(load_trace(tmp_path / "mc.json"))
+    assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in got] == [(0.0, 10, 5), (0.25, 7, 3)]
