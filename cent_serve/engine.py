@@ -26,7 +26,7 @@ from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput
 from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
-from cent_serve.replicas import Replicas
+from cent_serve.replicas import Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status
 from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
@@ -218,7 +218,7 @@ class Engine:
         """A replica's round failed (a device or the switch died, or raised): fail the requests
         on it with the cause, take it out and re-create its devices in the background (weights
         reloaded); the other replicas keep serving."""
-        message = (f"the emulated devices of replica {replica} failed: {type(exc).__name__}: {exc}; "
+        message = (f"the emulated devices of replica {replica} failed: {describe_fault(exc)}; "
                    "the request was stopped, retry it")
         log.error("%s; re-creating the replica's devices", message)
         self.last_fault = message

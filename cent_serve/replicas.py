@@ -9,6 +9,7 @@ every `RETRY_S`; meanwhile `degraded` says why the system runs short.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Callable
@@ -18,6 +19,31 @@ RETRY_S = 10.0
 """Wall seconds between attempts to re-create a replica whose re-creation failed."""
 SHUTDOWN_JOIN_S = 60.0
 """Longest wait, at shutdown, for a re-creation in flight (its actors are then stopped too)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FAULT_TEXT_MAX = 600
+"""Longest fault description kept (characters): Ray's errors carry pages of advice."""
+
+
+def describe_fault(exc: BaseException) -> str:
+    """`Type: message` on one line, for logs, `/health` and `last_fault`: Ray's errors (an
+    ActorDiedError, a creation task's failure) carry ANSI colours, tab-indented fields and a remote
+    traceback; the frames and the caret lines go, the rest is joined with spaces and cut."""
+    lines, skip = [], False
+    for raw in _ANSI.sub("", str(exc)).splitlines():
+        line = raw.strip()
+        if skip:  # the source line under a frame
+            skip = False
+            continue
+        if line.startswith('File "'):
+            skip = True
+            continue
+        if not line or line.startswith("Traceback (most recent call last)") or set(line) <= set("^~ "):
+            continue
+        lines.append(line)
+    text = f"{type(exc).__name__}: {' '.join(lines)}"
+    return text if len(text) <= FAULT_TEXT_MAX else text[:FAULT_TEXT_MAX - 3] + "..."
 
 
 class Replicas:
@@ -82,9 +108,10 @@ class Replicas:
             try:
                 ex = self._make()
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
-                log.error("replica %d could not be re-created: %s: %s", replica, type(exc).__name__, exc)
+                reason = f"could not be re-created: {describe_fault(exc)}"
+                log.error("replica %d %s", replica, reason)
                 with self._lock:
-                    self._errors[replica] = f"could not be re-created: {type(exc).__name__}: {exc}"
+                    self._errors[replica] = reason
                     self._retry_at[replica] = time.monotonic() + self.retry_s
                 return
             with self._lock:

@@ -1,0 +1,56 @@
+"""A fault's description is one line: Ray's errors (colours, indented fields, a remote traceback)
+must not reach /health, last_fault or the log as pages of text."""
+from __future__ import annotations
+
+import time
+
+from cent_serve.replicas import Replicas, describe_fault
+
+# What Ray 2.60 raised when a device actor's creation failed during a re-creation (seen under load).
+CREATION_FAILED = (
+    "The actor died because of an error raised in its creation task, \x1b[36mray::DeviceActor.__init__()"
+    "\x1b[39m (pid=30249, ip=192.0.2.2, actor_id=4ec0, repr=<device_worker.actor.DeviceActor object>)\n"
+    "           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+    '  File "/x/device_worker/actor.py", line 49, in __init__\n'
+    "    switch = switch_address.connect({...}, secret, self.node)\n"
+    "             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+    '  File "/x/fabric/link.py", line 379, in connect\n'
+    "    sock.connect(address)\n"
+    "ConnectionRefusedError: [Errno 111] Connection refused")
+ACTOR_DIED = ("The actor died unexpectedly before finishing this task.\n\tclass_name: DeviceActor\n\tpid: 30844\n"
+              "The actor is dead because its worker process has died. " + "advice " * 200)
+
+
+class ActorDiedError(RuntimeError):
+    pass
+
+
+def test_describe_fault_is_one_short_line_keeping_the_cause():
+    text = describe_fault(ActorDiedError(CREATION_FAILED))
+    assert "\n" not in text and "\x1b" not in text and "^^^" not in text and 'File "' not in text
+    assert text.startswith("ActorDiedError: The actor died because of an error raised in its creation task")
+    assert text.endswith("ConnectionRefusedError: [Errno 111] Connection refused")
+    died = describe_fault(ActorDiedError(ACTOR_DIED))
+    assert "\n" not in died and "\t" not in died and len(died) <= 600
+    assert "class_name: DeviceActor pid: 30844" in died
+
+
+def test_degraded_reason_of_a_failed_re_creation_is_one_line():
+    calls = []
+
+    def make():
+        calls.append(1)
+        if len(calls) > 1:  # the first build (start-up) works, the re-creation fails as Ray fails it
+            raise ActorDiedError(CREATION_FAILED)
+        return object()
+
+    reps = Replicas(make, 1, retry_s=3600)
+    reps.executors[0] = None  # taken out (fail() would shut the executor down first)
+    reps._start(0)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "could not" not in (reps.degraded or ""):
+        time.sleep(0.01)
+    reason = reps.degraded
+    assert reason.startswith("replica 0: could not be re-created: ActorDiedError:")
+    assert "\n" not in reason and "\x1b" not in reason
+    reps._stopping = True
