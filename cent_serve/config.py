@@ -725,7 +725,9 @@ class ServerConfig:
     device_resource: str = "cent_device"
     """Ray resource a node advertises per emulated device it may host (deploy/README.md)."""
     placement: str = "spread"
-    """On a cluster advertising `device_resource`: `spread` devices over the nodes or `pack` them."""
+    """On a cluster advertising `device_resource`: `spread` each replica's devices over the nodes (a
+    node's loss then fails every replica with a device there) or `pack` them (nodes advertising one
+    replica's devices each then hold a replica each: deploy/README.md, faults)."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
     pin_replica_cpu: bool = True
