@@ -218,11 +218,12 @@ class Engine:
         """A replica's round failed (a device or the switch died, or raised): fail the requests
         on it with the cause, take it out and re-create its devices in the background (weights
         reloaded); the other replicas keep serving."""
-        message = (f"the emulated devices of replica {replica} failed: {describe_fault(exc)}; "
-                   "the request was stopped, retry it")
-        log.error("%s; re-creating the replica's devices", message)
-        self.last_fault = message
-        self._failed += self._fail([q for q in self.scheduler.running if q.replica == replica], message)
+        cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
+        message = f"{cause}; the request was stopped, retry it"
+        on_it = [q for q in self.scheduler.running if q.replica == replica]
+        self.last_fault = message if on_it else f"{cause}; no request was on it"  # found between rounds
+        log.error("%s; re-creating the replica's devices", self.last_fault)
+        self._failed += self._fail(on_it, message)
         self.scheduler.set_up(replica, False)
         self.replicas.fail(replica, exc)
 

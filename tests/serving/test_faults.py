@@ -56,6 +56,7 @@ def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cl
         st = httpx.get(s.url + "/v1/cent/status").json()
         assert st["num_recoveries"] == 1 and st["num_failed"] == len(failed)
         assert st["last_fault"].startswith("the emulated devices of replica 0 failed")  # it stayed null
+        assert st["last_fault"].endswith("the request was stopped, retry it")
         assert httpx.get(s.url + "/health").json() == {"status": "ok"}
         r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6, 7], "max_tokens": 8,
                                                         "temperature": 0, "ignore_eos": True,
@@ -97,6 +98,7 @@ def test_status_and_metrics_answer_while_a_replica_is_re_created(ray_cluster):
         assert codes and set(codes) == {200}, codes
         st = httpx.get(s.url + "/v1/cent/status").json()
         assert st["num_recoveries"] == 1 and st["replicas_up"] == 1 and len(st["devices"]) == 2
+        assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]  # found between rounds
         r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6], "max_tokens": 4,
                                                         "temperature": 0, "ignore_eos": True,
                                                         "return_token_ids": True}, timeout=60)
