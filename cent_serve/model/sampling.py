@@ -32,7 +32,7 @@ class SamplingParams:
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p={self.top_p!r} is invalid: use a value in (0, 1]")
         if self.top_k < -1:
-            raise ValueError(f"top_k={self.top_k!r} is invalid: use -1 (all) or a positive count")
+            raise ValueError(f"top_k={self.top_k!r} is invalid: use -1 or 0 (all, as in vLLM) or a positive count")
 
     @property
     def is_greedy(self) -> bool:
