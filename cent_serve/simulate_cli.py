@@ -143,11 +143,11 @@ def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
     stations, ring = cent.stations_s(context), cent.token_s(context)
     k = max(range(len(stations)), key=stations.__getitem__)
     stages = cent.mapping.stages
-    name = (f"stage {k} ({len(stages[k].blocks)} blocks)" if k < len(stages) else
+    name = (f"stage {k} ({len(stages[k].blocks)} block{'s' * (len(stages[k].blocks) != 1)})" if k < len(stages) else
             ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])
     slow, trip = batch * stations[k] * 1e3, ring * 1e3
     digits = next((d for d in range(3, 10) if f"{slow:.{d}g}" != f"{trip:.{d}g}"), 10)  # enough to tell them apart
-    return (f"under the cent convention {name} is the bottleneck at {context} tokens: {batch} queries x "
+    return (f"under the cent convention {name} is the bottleneck at {context} tokens: {_queries(batch)} x "
             f"{stations[k] * 1e3:.{digits}g} ms = {slow:.{digits}g} ms between a query's tokens, longer "
             f"than its trip round the pipeline ({trip:.{digits}g} ms), which is all the artifact charges")
 
@@ -202,7 +202,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                          indent=2))
         return 0
     print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
-          f"prompt {args.prompt}, decode {args.decode}, {batch} queries in flight"
+          f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     paper = paper_workload(cfg.model.name, args.prompt, args.decode)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}" + (f"{'vs GPU':>8}" if paper else ""))
@@ -239,7 +239,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0
-    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {batch} queries in flight"
+    print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
@@ -378,3 +378,7 @@ def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, exe
     finally:
         executor.shutdown()
     return out
+
+
+def _queries(n: int) -> str:
+    return f"{n} quer{'y' if n == 1 else 'ies'}"

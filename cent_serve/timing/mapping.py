@@ -84,7 +84,7 @@ class Mapping:
 
     def describe(self) -> str:
         if self.mode == "pipeline":
-            return (f"pipeline: {self.pp} stages of 1 block, {self.blocks_per_device} blocks/device "
+            return (f"pipeline: {self.pp} stages of 1 block, {self.blocks_per_device} block{'s' * (self.blocks_per_device != 1)}/device "
                     f"on {self.channels_per_block} channels each, {self.devices_used} devices used")
         return (f"tensor: {self.pp} stages x tp {self.tp}, {cdiv(self.num_layers, self.pp)} blocks/stage, "
                 f"{self.devices_used} devices used")
@@ -182,7 +182,7 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
-        raise CapacityError(f"device {d}: weights {w / gib:.2f} GiB + KV cache of {batch} queries x "
+        raise CapacityError(f"device {d}: weights {w / gib:.2f} GiB + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
                             f"{context} tokens ({kv_tok * context * batch / gib:.2f} GiB) exceed "
                             f"{dev.capacity_bytes / gib:.0f} GiB: the largest context at batch {batch} "
                             f"is {max_ctx}, the largest batch at context {context} is {max_batch}", max_batch)
