@@ -289,11 +289,14 @@ class ModelConfig:
                     + self.num_experts_per_tok * self.expert_param_count())
         return self.block_param_count()
 
-    def param_count(self) -> int:
-        """All parameters: blocks, final norm, embedding and (untied) LM head."""
+    def param_count(self, active: bool = False) -> int:
+        """All parameters: blocks, final norm, embedding and (untied) LM head; with `active`, a MoE's
+        blocks count only what a token reads (router and k experts), as "active parameters" are
+        published (Mixtral 8x7B: 12.9 B of 46.7 B)."""
         emb = self.vocab_size * self.hidden_size
         head = 0 if self.tie_word_embeddings else emb
-        return self.num_layers * self.block_param_count() + self.hidden_size + emb + head
+        block = self.active_block_param_count() if active else self.block_param_count()
+        return self.num_layers * block + self.hidden_size + emb + head
 
     def weight_bytes(self) -> int:
         return self.param_count() * (2 if self.weight_dtype == "bfloat16" else 4)

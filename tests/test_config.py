@@ -251,3 +251,14 @@ def test_llama3_rope_needs_a_high_frequency_factor_above_the_low_one():
     with pytest.raises(ValueError, match=r"model.rope_high_freq_factor=1.0 is invalid: use more than "
                                          r"model.rope_low_freq_factor=1.0"):
         model_preset("llama3.1-8b", rope_high_freq_factor=1.0)
+
+
+@pytest.mark.parametrize("name, total, active", [
+    ("mixtral-8x7b", 46.7e9, 12.9e9),  # Mistral AI's announcement: 46.7 B total, 12.9 B used per token
+    ("qwen3-30b-a3b", 30.5e9, 3.3e9),  # Qwen3's model card: 30.5 B total, 3.3 B activated
+    ("llama2-7b", 6.74e9, 6.74e9),     # dense: every parameter is active
+])
+def test_active_parameters_are_the_published_ones(name, total, active):
+    m = model_preset(name)
+    assert m.param_count() == pytest.approx(total, rel=0.01)
+    assert m.param_count(active=True) == pytest.approx(active, rel=0.02)

@@ -97,7 +97,8 @@ def _print_info(cfg, out: dict) -> None:
     width = f"E={m.num_experts} k={m.num_experts_per_tok} F_e={m.expert_size}" if m.is_moe else f"F={m.intermediate_size}"
     print(f"model        {m.name}: D={m.hidden_size} {width} N={m.num_layers} "
           f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
-    print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype})")
+    active = f"; {m.param_count(active=True):,} active a token" if m.is_moe else ""
+    print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype}){active}")
     print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
     if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
         from cent_serve.gpu.timing import GpuTimer
