@@ -212,7 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
             cfg.server.placement = args.placement
         kind = cfg.executor = "ray" if args.ray or args.ray_address else "local"
         check_runnable(cfg)  # before the devices are built
-        result, client = run_in_process(cfg, requests, total=len(requests)), None
+        result, client = run_in_process(cfg, requests, total=len(requests), keep_on_interrupt=True), None
     summary = summarize(result, slos)
     if client is not None:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
@@ -226,8 +226,14 @@ def run_bench(args: argparse.Namespace) -> int:
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
                    trace=source, url=args.url) if args.url
               else dict(config_to_dict(cfg), bench=dict(trace=source, executor=kind)))  # a --config as it is
+    if result.interrupted:
+        summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots)
     print_table(summary)
+    if result.interrupted:  # the replay's hours are not lost to a Ctrl-C; the figures say so
+        print(f"interrupted: the results of the {len(result.records)} of {len(requests)} requests that ended "
+              f"before Ctrl-C are in {out}/ (partial: summary.json has \"interrupted\": true)")
+        return 130
     print(f"results in {out}/")
     return 0
 

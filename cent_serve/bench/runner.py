@@ -124,6 +124,8 @@ class BenchResult:
     status: dict
     raised_to_one_token: int = 0
     """Requests the trace gave 0 prompt or 0 output tokens, sent with 1 (see `ZeroTokens`)."""
+    interrupted: bool = False
+    """Ctrl-C stopped the replay: `records` are the requests that ended before it (partial)."""
 
 
 @dataclass
@@ -182,11 +184,12 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None,
-                   warn: bool = True) -> BenchResult:
+                   warn: bool = True, keep_on_interrupt: bool = False) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
     its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
     the warning for requests raised to 1 token (False: the caller warns once for several
-    replays of one trace)."""
+    replays of one trace). `keep_on_interrupt`: Ctrl-C ends the replay with the records of the
+    requests that ended before it (`BenchResult.interrupted`) rather than raising."""
     own = engine is None
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
@@ -198,33 +201,39 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     zeros = ZeroTokens()
     bar = Progress(total, "replay", progress)
     t0 = time.perf_counter()
+    interrupted = False
     try:
-        while pending is not None or engine.has_work():
-            horizon = engine.now_s
-            if not engine.scheduler.num_running and pending is not None:
-                horizon = max(horizon, pending.arrival_s)  # idle: the engine jumps to the next arrival
-            while pending is not None and pending.arrival_s <= horizon:
-                zeros.add(pending)
-                refused = _add(engine, pending, index, seed)
-                if refused is not None:
-                    records[refused.request_id] = refused
-                    bar.done(refused)
-                index += 1
-                pending = next(it, None)
-            for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
-                if req.is_finished:
-                    rec = records[req.request_id] = RequestRecord.from_request(req)
-                    engine.forget(req.request_id)
-                    bar.done(rec)
-            st = engine.scheduler
-            last = samples[-1] if samples else None
-            steps += 1
-            if (last is None or steps % SAMPLE_EVERY_ROUNDS == 0 or last.num_waiting != st.num_waiting
-                    or last.num_running != st.num_running):
-                samples.append(Sample(engine.now_s, st.num_waiting, st.num_running, st.kv_usage()))
+        try:
+            while pending is not None or engine.has_work():
+                horizon = engine.now_s
+                if not engine.scheduler.num_running and pending is not None:
+                    horizon = max(horizon, pending.arrival_s)  # idle: the engine jumps to the next arrival
+                while pending is not None and pending.arrival_s <= horizon:
+                    zeros.add(pending)
+                    refused = _add(engine, pending, index, seed)
+                    if refused is not None:
+                        records[refused.request_id] = refused
+                        bar.done(refused)
+                    index += 1
+                    pending = next(it, None)
+                for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
+                    if req.is_finished:
+                        rec = records[req.request_id] = RequestRecord.from_request(req)
+                        engine.forget(req.request_id)
+                        bar.done(rec)
+                st = engine.scheduler
+                last = samples[-1] if samples else None
+                steps += 1
+                if (last is None or steps % SAMPLE_EVERY_ROUNDS == 0 or last.num_waiting != st.num_waiting
+                        or last.num_running != st.num_running):
+                    samples.append(Sample(engine.now_s, st.num_waiting, st.num_running, st.kv_usage()))
+        except KeyboardInterrupt:
+            if not keep_on_interrupt:
+                raise
+            interrupted = True
         wall = time.perf_counter() - t0
         out = BenchResult(list(records.values()), samples, engine.device_stats(), engine.now_s, wall,
-                          engine.status(), zeros.requests)
+                          engine.status(), zeros.requests, interrupted)
     finally:
         bar.close()
         if own:

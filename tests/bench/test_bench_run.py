@@ -78,6 +78,31 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
     assert "ttft" in capsys.readouterr().out
 
 
+def test_ctrl_c_keeps_the_results_of_the_requests_that_ended(tmp_path, capsys, monkeypatch):
+    """A long replay stopped with Ctrl-C writes what ended before it, marked partial, and exits 130
+    (it printed "interrupted" and wrote nothing); a sweep's replays still stop at once."""
+    out, steps, real = tmp_path / "res", [0], Engine.step
+
+    def step(self):
+        steps[0] += 1
+        if steps[0] == 400:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Engine, "step", step)
+    assert main(["bench", "run", "--numerics", "off", "--num-requests", "40", "--max-prompt-tokens", "64",
+                 "--max-output-tokens", "16", "--out", str(out), "--no-plots"]) == 130
+    s = json.loads((out / "summary.json").read_text())
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert s["interrupted"] is True and 0 < s["completed"] == len(rows) < 40
+    assert f"the results of the {len(rows)} of 40 requests that ended before Ctrl-C" in capsys.readouterr().out
+    # a replay without keep_on_interrupt (a sweep's, a comparison's) lets it through
+    monkeypatch.setattr(Engine, "step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(CentConfig(numerics="off"), synthetic_trace(3, rate=1.0, lengths=FixedLengths(8, 4)), progress=False)
+
+
 def test_bad_goodput_spec_is_a_clear_error(capsys):
     assert main(["bench", "run", "--goodput", "latency:5"]) == 2
     assert "--goodput 'latency:5' is invalid" in capsys.readouterr().err
