@@ -4,7 +4,7 @@ Both sides replay the same requests in virtual time (`run_in_process`): the same
 lifecycle, metrics and summary; only the hardware differs (the CENT side from the usual
 flags, the GPU side `--gpu KIND:N`, batched as vLLM batches: many sequences a step, chunked
 prefill in a token budget). Writes compare.json / compare.csv (the side-by-side table),
-compare_cdfs.png (TTFT, TPOT and E2E latency of both on one axis each) and, with --rates,
+requests_cent.csv / requests_gpu.csv (each side's requests, as `bench run`'s requests.csv), compare_cdfs.png (TTFT, TPOT and E2E latency of both on one axis each) and, with --rates,
 compare_sweep.png (latency against throughput over the rates for both).
 
 Power is the run's energy over its duration (steps only: an idle GPU or device is charged
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import reasons_text, short_example, summarize  # noqa: E402
+from cent_serve.bench.report import reasons_text, short_example, summarize, write_requests_csv  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig  # noqa: E402
 from cent_serve.timing.energy import cent_tco  # noqa: E402
@@ -102,6 +102,8 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         w = csv.DictWriter(f, fieldnames=["metric", "unit", "cent", "gpu", "cent_over_gpu", "better"])
         w.writeheader()
         w.writerows(table)
+    for name, res in results.items():  # each side's requests, as bench run's requests.csv
+        write_requests_csv(out_dir / f"requests_{name.lower()}.csv", res.records)
     plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos)
     if sweep:
         plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name)

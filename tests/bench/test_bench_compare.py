@@ -34,6 +34,10 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
         line = next((x for x in printed if x.startswith(f"  {side} ")), "")
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line
     saved = json.loads((out / "compare.json").read_text())
+    for side in ("cent", "gpu"):  # each side's requests as bench run writes them, the failures among them
+        lines = (out / f"requests_{side}.csv").read_text().splitlines()
+        assert lines[0].startswith("request_id,arrival_s") and len(lines) == 1 + len(rows)  # one per request
+        assert sum(",context_exceeded," in line for line in lines[1:]) == failed
     for side in ("cent", "gpu"):
         assert saved[side]["failure_reasons"]["context_exceeded"]["count"] == failed
         assert "9000 tokens" in saved[side]["failure_reasons"]["context_exceeded"]["example"]
