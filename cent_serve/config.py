@@ -934,10 +934,15 @@ class CentConfig:
         """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
         if self.numerics != "auto":
             return self.numerics
-        ckpt = self.model.checkpoint
-        if ckpt and not any((Path(ckpt) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        if self.model.checkpoint and not checkpoint_has_weights(self.model.checkpoint):
             return "off"  # a config.json alone: its shape, timed
         return "full" if self.model.param_count() <= 1_000_000_000 else "off"
+
+
+def checkpoint_has_weights(directory: str | Path) -> bool:
+    """Whether a checkpoint directory holds weights (model.safetensors or a sharded index), not a
+    config.json alone."""
+    return any((Path(directory) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json"))
 
 
 # ---------------------------------------------------------------- dict / YAML / overrides

@@ -133,6 +133,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from cent_serve.model import LlamaModel, SamplingParams, load_tokenizer
     from cent_serve.model.generate import generate
 
+    from cent_serve.config import checkpoint_has_weights
     from cent_serve.preflight import check_reference_fits
 
     cfg = config_from_args(args)  # checked as resolved: the flags, --set and a --config file alike
@@ -143,6 +144,10 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"gpu.count={cfg.gpu.count} (--hardware gpu:...): cent generate runs the reference model on "
                          "this machine, whatever the hardware; leave the hardware out (it applies to simulate, serve "
                          "and bench)")
+    if cfg.model.checkpoint and not checkpoint_has_weights(cfg.model.checkpoint):
+        raise ValueError(f"model.checkpoint={cfg.model.checkpoint!r} has no weights (model.safetensors or "
+                         "model.safetensors.index.json): cent generate runs the real math; save the weights beside "
+                         "config.json, or time the shape alone with cent simulate or cent serve")
     check_reference_fits(cfg)
     tok = load_tokenizer(cfg.model)
     if args.prompt_ids is not None:

@@ -147,6 +147,10 @@ def test_a_config_without_weights_points_at_timing_only(tmp_path, capsys):
     # load (`cent info` said "runs yes" where `cent serve` then refused)
     from cent_serve.config import CentConfig, ModelConfig
     assert CentConfig(model=model_config_from_hf(tmp_path)).resolved_numerics == "off"
+    # cent generate is the real math: it says the weights are missing, not to turn numerics off
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "has no weights" in err and "cent simulate or cent serve" in err and "--numerics off" not in err
     assert CentConfig(model=ModelConfig(**{**vars(model_config_from_hf(tmp_path)), "checkpoint": None})
                       ).resolved_numerics == "full"  # the same shape as a seeded preset: full
 
