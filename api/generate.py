@@ -310,7 +310,9 @@ class _Pending:
     logprobs: list = field(default_factory=list)
     text: str = ""
     sent_tokens: int = 0
-    sent_chars: int = 0
+    text_offset: int = 0
+    """`text_offset` of the next token, counted as the whole response counts it (each token's own
+    text after the echo's tokens), not from the text sent: a held-back token's text goes out later."""
     prompt_logprobs: list | None = None
     started: bool = False
 
@@ -325,7 +327,6 @@ class _Pending:
     def flush(self, echoed: str | None) -> None:
         """The pending output went out, after `echoed` (the first chunk's echo, else None)."""
         self.sent_tokens += len(self.token_ids)
-        self.sent_chars += len(self.text) + len(echoed or "")
         self.token_ids, self.times_s, self.logprobs, self.text = [], [], [], ""
         self.started = True
 
@@ -354,7 +355,9 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
         if wants_logprobs and (p.logprobs or echoed is not None):
             ids, entries = with_prompt(echoed, reply.prompts[index // body.n], p.prompt_logprobs, p.token_ids,
                                        p.logprobs)
-            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, entries, ids, 0 if echoed is not None else p.sent_chars)
+            start = 0 if echoed is not None else p.text_offset
+            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, entries, ids, start)
+            p.text_offset = start + sum(len(ctx.tokenizer.decode([t])) for t in ids)  # as completion_logprobs counts
         if not p.started and not endpoint.prompt_on_choice and index == 0:
             c.update(reply.prompt_fields(ctx, 0, p.prompt_logprobs))
         if continuous:

@@ -237,3 +237,18 @@ def test_chat_s_role_chunk_comes_with_the_first_token_on_the_paced_clock():
         # the paced clock never releases the first token early, so the role chunk beside it comes after
         # half the paced TTFT (sent at the start, it came ~0 s in); no upper bound a busy machine can miss
         assert t_role > 0.5 * ttft_wall and t_first >= t_role
+
+
+def test_a_held_back_token_s_streamed_text_offsets_are_the_response_s(off):
+    """A token held back by a possible stop string goes out with empty text, its text later: the
+    streamed text_offset must still count it, as the non-streamed response does (it counted only
+    the text sent, so the next token repeated the held one's offset)."""
+    base = dict(model="tiny", prompt="hello", max_tokens=8, seed=3, ignore_eos=True, logprobs=1)
+    text = httpx.post(off.url + "/v1/completions", json=base, timeout=60).json()["choices"][0]["text"]
+    req = dict(base, stop=[text[2] + "\x01"])  # the third character starts it, so it is held back a token
+    whole = httpx.post(off.url + "/v1/completions", json=req, timeout=60).json()["choices"][0]
+    chunks = [c["choices"][0] for c in events(off.url, "/v1/completions", **{k: v for k, v in req.items()
+                                                                               if k != "model"})]
+    assert any(c["text"] == "" and c["finish_reason"] is None for c in chunks)  # the held-back case occurred
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert sum((c["logprobs"]["text_offset"] for c in chunks if c["logprobs"]), []) == whole["logprobs"]["text_offset"]
