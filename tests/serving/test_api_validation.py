@@ -107,3 +107,23 @@ def test_a_checkpoint_is_served_by_its_id_and_by_the_directory_as_vllm_names_it(
     ApiContext.check_model(preset, "tiny")
     with pytest.raises(ApiError):
         ApiContext.check_model(preset, str(tmp_path))
+
+
+def test_a_model_name_is_compared_as_a_string_never_resolved_on_the_filesystem(tmp_path, monkeypatch):
+    """The model name is the client's: matching it to the checkpoint's directory must not walk the
+    filesystem (a name of 300,000 components held the event loop for seconds, and a symlink loop
+    raised RuntimeError, a 500)."""
+    import time
+    from types import SimpleNamespace
+
+    from api.context import ApiContext
+    from api.errors import ApiError
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    monkeypatch.chdir(tmp_path)
+    ctx = SimpleNamespace(model_name="my_llama", cfg=SimpleNamespace(model=SimpleNamespace(checkpoint="my_llama")))
+    for name in (str(tmp_path / "loop" / "x"), "a/" * 300_000):
+        t0 = time.process_time()
+        with pytest.raises(ApiError) as err:
+            ApiContext.check_model(ctx, name)
+        assert err.value.status == 404
+        assert time.process_time() - t0 < 1.0  # ~10 CPU seconds when resolved component by component
