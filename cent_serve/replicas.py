@@ -30,14 +30,15 @@ def describe_fault(exc: BaseException) -> str:
     """`Type: message` on one line, for logs, `/health` and `last_fault`: Ray's errors (an
     ActorDiedError, a creation task's failure) carry ANSI colours, tab-indented fields and a remote
     traceback; the frames and the caret lines go, the rest is joined with spaces and cut."""
-    lines, skip = [], False
+    lines, frame_indent = [], None
     for raw in _ANSI.sub("", str(exc)).splitlines():
         line = raw.strip()
-        if skip:  # the source line under a frame
-            skip = False
+        indent = len(raw) - len(raw.lstrip())
+        if line.startswith('File "'):  # a frame (its source line, if it has one, follows it)
+            frame_indent = indent
             continue
-        if line.startswith('File "'):
-            skip = True
+        source, frame_indent = frame_indent is not None and indent > frame_indent, None
+        if source:  # the source line under a frame: indented deeper (a frame of a .pyx has none)
             continue
         if not line or line.startswith("Traceback (most recent call last)") or set(line) <= set("^~ "):
             continue

@@ -54,3 +54,17 @@ def test_degraded_reason_of_a_failed_re_creation_is_one_line():
     assert reason.startswith("replica 0: could not be re-created: ActorDiedError:")
     assert "\n" not in reason and "\x1b" not in reason
     reps._stopping = True
+
+
+def test_frames_without_a_source_line_keep_the_cause_and_drop_the_code():
+    """Ray's remote tracebacks start with frames of its .pyx files, which have no source line: the
+    line after such a frame is the next frame or the exception, not code to drop."""
+    text = ("ray::DeviceActor.__init__() (pid=1, ip=192.0.2.2)\n"
+            '  File "python/ray/_raylet.pyx", line 1889, in ray._raylet.execute_task\n'
+            '  File "/x/device_worker/actor.py", line 49, in __init__\n'
+            "    self.worker = DeviceWorker(cfg, device_id, timer)\n"
+            "ValueError: checkpoint tensor lm_head.weight has shape (3, 4)")
+    assert describe_fault(ActorDiedError(text)) == ("ActorDiedError: ray::DeviceActor.__init__() (pid=1, ip=192.0.2.2) "
+                                                    "ValueError: checkpoint tensor lm_head.weight has shape (3, 4)")
+    last = 'ray::X.f() (pid=1)\n  File "python/ray/_raylet.pyx", line 1889, in ray._raylet.execute_task\nValueError: why'
+    assert describe_fault(ActorDiedError(last)) == "ActorDiedError: ray::X.f() (pid=1) ValueError: why"
