@@ -9,6 +9,7 @@ the fabric actor relays the tensor-parallel exchanges (`fabric.router`).
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import secrets
@@ -261,6 +262,9 @@ class RayExecutor(Executor):
         from fabric.actor import FabricActor
 
         ensure_ray(address or cfg.server.ray_address)
+        if cfg.numerics == "auto":  # resolved here, once: on another node the checkpoint's files may be
+            cfg = copy.deepcopy(cfg)  # missing, and an actor resolving `auto` there would run timing only
+            cfg.numerics = cfg.resolved_numerics
         self.cfg = cfg
         self.timer = SystemTimer.from_config(cfg)
         self.units = execution_units(self.timer.mapping)

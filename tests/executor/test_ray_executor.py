@@ -179,3 +179,16 @@ def test_the_local_ray_runs_its_workers_at_normal_priority(ray_cluster):
         return os.nice(0)
 
     assert ray_cluster.get(niceness.remote(), timeout=60) == os.nice(0)
+
+
+def test_numerics_auto_is_resolved_once_on_the_driver_for_every_actor(ray_cluster):
+    """`auto` looks at the checkpoint's files; an actor on a node without them would resolve it to
+    timing-only beside a driver computing full numerics. The actors get the driver's answer."""
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1))
+    assert cfg.numerics == "auto" and cfg.resolved_numerics == "full"
+    ex = make_executor(cfg, "ray")
+    try:
+        assert ex.cfg.numerics == "full"  # the config the device and fabric actors were built with
+        assert ex.cfg.resolved_numerics == "full" and cfg.numerics == "auto"  # the caller's is left as given
+    finally:
+        ex.shutdown()
