@@ -939,10 +939,14 @@ class CentConfig:
         return "full" if self.model.param_count() <= 1_000_000_000 else "off"
 
 
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.gguf")
+"""Files that hold a checkpoint's weights in some format (only safetensors load: `weights.py`)."""
+
+
 def checkpoint_has_weights(directory: str | Path) -> bool:
-    """Whether a checkpoint directory holds weights (model.safetensors or a sharded index), not a
-    config.json alone."""
-    return any((Path(directory) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json"))
+    """Whether a checkpoint directory holds weight files of any format, not a config.json alone (a
+    pytorch_model.bin is weights: loading it is refused by name, rather than timed silently)."""
+    return any(next(Path(directory).glob(pattern), None) is not None for pattern in WEIGHT_FILES)
 
 
 # ---------------------------------------------------------------- dict / YAML / overrides

@@ -146,7 +146,7 @@ def run_generate(args: argparse.Namespace) -> int:
                          "and bench)")
     if cfg.model.checkpoint and not checkpoint_has_weights(cfg.model.checkpoint):
         raise ValueError(f"model.checkpoint={cfg.model.checkpoint!r} has no weights (model.safetensors or "
-                         "model.safetensors.index.json): cent generate runs the real math; save the weights beside "
+                         "its sharded index): cent generate runs the real math; save the weights beside "
                          "config.json, or time the shape alone with cent simulate or cent serve")
     check_reference_fits(cfg)
     tok = load_tokenizer(cfg.model)

@@ -151,6 +151,10 @@ def test_a_config_without_weights_points_at_timing_only(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert "has no weights" in err and "cent simulate or cent serve" in err and "--numerics off" not in err
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0")  # weights in a format that does not load: refused
+    assert CentConfig(model=model_config_from_hf(tmp_path)).resolved_numerics == "full"  # by name, not timed
+    with pytest.raises(ValueError, match="has neither model.safetensors"):
+        load_weights(model_config_from_hf(tmp_path))
     assert CentConfig(model=ModelConfig(**{**vars(model_config_from_hf(tmp_path)), "checkpoint": None})
                       ).resolved_numerics == "full"  # the same shape as a seeded preset: full
 
