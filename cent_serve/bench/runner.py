@@ -232,8 +232,14 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                 raise
             interrupted = True
         wall = time.perf_counter() - t0
-        out = BenchResult(list(records.values()), samples, engine.device_stats(), engine.now_s, wall,
-                          engine.status(), zeros.requests, interrupted)
+        try:
+            devices, status = engine.device_stats(), engine.status()
+        except Exception:  # noqa: BLE001 - after Ctrl-C the devices may be gone too (Ray's workers get it)
+            if not interrupted:
+                raise
+            devices, status = [], {}
+        out = BenchResult(list(records.values()), samples, devices, engine.now_s, wall, status, zeros.requests,
+                          interrupted)
     finally:
         bar.close()
         if own:
