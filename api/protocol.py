@@ -128,7 +128,8 @@ class _Common(BaseModel):
         """Per-field checks that need no prompt (raise ApiError 400 naming the field)."""
         for name, neutral in UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
-            if value is not None and value not in neutral:
+            if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool)
+                                             for v in neutral):  # true is not the 1 that means off
                 raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset (or "
                                f"{json.dumps(neutral[0])})", name)
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:

@@ -30,6 +30,7 @@ A bad option is a `ParamError` (a ValueError naming the parameter; the CLI names
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -105,8 +106,11 @@ def detect_format(path: str | Path) -> str:
         return "mooncake"
     if suffix == ".json":
         with open(path, encoding="utf-8-sig", errors="replace") as f:
-            head = f.read(4096).lstrip()
-        return "mooncake" if head.startswith("{") else "sharegpt"
+            first = next((line for line in f if line.strip()), "")
+        try:  # a line that is a whole JSON object: Mooncake's lines (a ShareGPT dump spans many)
+            return "mooncake" if isinstance(json.loads(first), dict) else "sharegpt"
+        except ValueError:
+            return "sharegpt"
     return sniff_csv_format(path)
 
 

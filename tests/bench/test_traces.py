@@ -406,6 +406,8 @@ def test_a_mooncake_trace_named_json_is_read_as_mooncake(tmp_path):
             '"output_length": 3}\n'
     (tmp_path / "mc.json").write_text("\ufeff" + lines, encoding="utf-8")
     (tmp_path / "sg.json").write_text(' [{"id": "a", "conversations": []}]')
+    (tmp_path / "obj.json").write_text('{\n  "conversations": []\n}\n')  # a pretty-printed object: not lines
     assert detect_format(tmp_path / "mc.json") == "mooncake" and detect_format(tmp_path / "sg.json") == "sharegpt"
+    assert detect_format(tmp_path / "obj.json") == "sharegpt"
     got = list(load_trace(tmp_path / "mc.json"))
     assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in got] == [(0.0, 10, 5), (0.25, 7, 3)]

@@ -228,6 +228,7 @@ HOSTILE = [
     ({"logit_bias": {"5": 10}}, 400, "logit_bias"),
     ({"repetition_penalty": 1.2}, 400, "repetition_penalty"),  # vLLM's sampling extensions change the answer
     ({"min_p": 0.1}, 400, "min_p"),
+    ({"repetition_penalty": True}, 400, "repetition_penalty"),  # true is not the 1 that means off
     ({"stream_options": {"include_usage": "yes"}}, 422, "stream_options.include_usage"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options"),  # without stream, as vLLM refuses it
 ]
