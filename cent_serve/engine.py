@@ -376,7 +376,7 @@ class Engine:
                     tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
                     lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.scheduler.seqs_per_lane,
                     describe=mp.describe()),
-                    numerics=self.cfg.resolved_numerics, clock_s=self.now_s, last_fault=self.last_fault,
+                    numerics="full" if self.full else "off", clock_s=self.now_s, last_fault=self.last_fault,
                     num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
                     kv_usage=self.scheduler.kv_usage(), kv_blocks_per_replica=self.scheduler.kv_blocks,
                     num_preemptions=self.scheduler.num_preemptions, replicas_up=sum(map(self.replicas.is_up,

@@ -210,3 +210,19 @@ def test_a_checkpoint_without_tokenizer_json_warns_once_when_text_is_counted_a_b
         load_tokenizer(model_config_from_hf(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama")
                        ).encode("hello")
     assert not caplog.records
+
+
+def test_the_status_names_the_numerics_the_engine_runs_without_looking_at_the_checkpoint_again(tmp_path):
+    """numerics auto is resolved once, at start-up: the status (read on every /metrics scrape) reports what the
+    engine computes, with no glob of the checkpoint directory, even if its weight files go away meanwhile."""
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    shutil.copytree(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama", tmp_path / "m")
+    cfg = CentConfig(model=model_config_from_hf(tmp_path / "m"), executor="local")
+    cfg.scheduler.max_seqs_per_stage = 2
+    assert cfg.numerics == "auto"
+    engine = Engine(cfg)
+    assert engine.full and engine.status()["numerics"] == "full"
+    for f in (tmp_path / "m").glob("*.safetensors"):
+        f.unlink()
+    assert cfg.resolved_numerics == "off" and engine.status()["numerics"] == "full"
