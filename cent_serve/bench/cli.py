@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
     r.add_argument("--out", default="bench-results", help="results directory")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument("--save-detailed", action="store_true",
+                   help="add each request's inter-token latencies to requests.csv (column itls_s)")
     r.set_defaults(func=run_bench)
 
     sw = bsub.add_parser("sweep", help="one trace at several request rates: latency vs throughput, goodput",
@@ -77,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "throughput-latency plot")
     cm.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:2000 tpot:100")
     cm.add_argument("--out", default="bench-compare", help="results directory")
+    cm.add_argument("--save-detailed", action="store_true",
+                    help="add each request's inter-token latencies to requests_*.csv (column itls_s)")
     cm.set_defaults(func=run_compare_cmd)
 
 
@@ -228,7 +232,7 @@ def run_bench(args: argparse.Namespace) -> int:
               else dict(config_to_dict(cfg), bench=dict(trace=source, executor=kind)))  # a --config as it is
     if result.interrupted:
         summary["interrupted"] = True
-    write_results(out, result, summary, config, plots=not args.no_plots)
+    write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
     print_table(summary)
     if result.interrupted:  # the replay's hours are not lost to a Ctrl-C; the figures say so
         print(f"interrupted: the results of the {len(result.records)} of {len(requests)} requests that ended "
@@ -307,7 +311,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     if args.rates:
         rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
-    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates)
+    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed)
     out["source"] = source
     print_compare(out)
     print(f"results in {Path(args.out)}/")

@@ -113,23 +113,31 @@ CSV_FIELDS = ("request_id", "arrival_s", "scheduled_s", "first_token_s", "finish
               "preemptions", "failure_reason", "error")
 
 
-def write_requests_csv(path: Path, records: list) -> None:
-    """One row per request (CSV_FIELDS), in arrival order."""
+DETAILED_FIELDS = ("itls_s",)
+"""Columns `--save-detailed` adds (vLLM's benchmark saves its per-request `itls` with the same flag):
+the gaps between a request's successive tokens, a JSON list in seconds, so the ITL figures can be
+recomputed (a long trace's file grows by ~25 bytes a generated token, hence not by default)."""
+
+
+def write_requests_csv(path: Path, records: list, detailed: bool = False) -> None:
+    """One row per request (CSV_FIELDS, then DETAILED_FIELDS when `detailed`), in arrival order."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
+        w.writerow(CSV_FIELDS + (DETAILED_FIELDS if detailed else ()))
         for r in sorted(records, key=lambda r: (r.arrival_s, r.request_id)):
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
-            w.writerow([r.request_id, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
-                        r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
-                        r.energy_mj, r.preemptions, r.reason, r.error])
+            row = [r.request_id, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
+                   r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
+                   r.energy_mj, r.preemptions, r.reason, r.error]
+            w.writerow(row + [json.dumps(r.itls_s)] if detailed else row)
 
 
-def write_results(out_dir: Path, result: BenchResult, summary: dict, config: dict, plots: bool = True) -> None:
+def write_results(out_dir: Path, result: BenchResult, summary: dict, config: dict, plots: bool = True,
+                  detailed: bool = False) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    write_requests_csv(out_dir / "requests.csv", result.records)
+    write_requests_csv(out_dir / "requests.csv", result.records, detailed)
     if plots:
         from cent_serve.bench.plots import plot_all
         plot_all(out_dir, result, summary)

@@ -2,6 +2,7 @@
 rate labels on compare_sweep.png that do not cover each other."""
 from __future__ import annotations
 
+import csv
 import json
 
 import matplotlib
@@ -26,7 +27,8 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     trace = tmp_path / "t.csv"
     trace.write_text(HEADER + "".join(rows))
     out = tmp_path / "cmp"
-    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), *rates, "--out", str(out)]) == 0
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), *rates, "--out", str(out),
+                 "--save-detailed"]) == 0
     printed = capsys.readouterr().out.splitlines()
     head = next(x for x in printed if ": CENT = " in x)  # the table's line: which replay it is of
     assert ("at the trace's own arrival times" in head) == bool(rates), head
@@ -38,6 +40,9 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
         lines = (out / f"requests_{side}.csv").read_text().splitlines()
         assert lines[0].startswith("request_id,arrival_s") and len(lines) == 1 + len(rows)  # one per request
         assert sum(",context_exceeded," in line for line in lines[1:]) == failed
+        for row in csv.DictReader(lines):  # --save-detailed: a list of gaps each, empty for a refusal
+            gaps = json.loads(row["itls_s"])
+            assert len(gaps) == (int(row["num_output_tokens"]) - 1 if row["finish_reason"] == "length" else 0)
     for side in ("cent", "gpu"):
         assert saved[side]["failure_reasons"]["context_exceeded"]["count"] == failed
         assert "9000 tokens" in saved[side]["failure_reasons"]["context_exceeded"]["example"]

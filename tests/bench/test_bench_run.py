@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from cent_serve.bench import FixedLengths, Request, synthetic_trace
@@ -76,6 +77,28 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
     for png in ("latency_cdf.png", "timeline.png", "utilization.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ttft" in capsys.readouterr().out
+
+
+def test_save_detailed_writes_each_requests_itls_that_the_summary_is_made_of(tmp_path):
+    """requests.csv names a request's ITL list with --save-detailed (as vLLM's benchmark saves its
+    `itls`), so the summary's ITL figures can be recomputed from the file; not by default (its size)."""
+    out = tmp_path / "res"
+    args = ["bench", "run", "--numerics", "off", "--num-requests", "12", "--max-prompt-tokens", "64",
+            "--max-output-tokens", "16", "--no-plots", "--out", str(out)]
+    assert main(args) == 0
+    with open(out / "requests.csv") as f:
+        assert "itls_s" not in next(csv.reader(f))
+    assert main(args + ["--save-detailed"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    itls = [json.loads(r["itls_s"]) for r in rows]
+    assert [len(x) for x in itls] == [int(r["num_output_tokens"]) - 1 for r in rows] and min(map(len, itls)) > 0
+    for r, gaps in zip(rows, itls):  # the gaps add up to the time from the first token to the last
+        assert sum(gaps) == pytest.approx(float(r["finish_s"]) - float(r["first_token_s"]), rel=1e-9)
+    every = np.array([x * 1e3 for gaps in itls for x in gaps])
+    assert s["mean_itl_ms"] == pytest.approx(every.mean(), rel=1e-12)
+    assert s["p99_itl_ms"] == pytest.approx(np.percentile(every, 99), rel=1e-12)
 
 
 def test_ctrl_c_keeps_the_results_of_the_requests_that_ended(tmp_path, capsys, monkeypatch):
