@@ -659,6 +659,8 @@ LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 """What log-probabilities report (vLLM's `--logprobs-mode` names): the distribution the sampler
 draws from (after temperature, top-k and top-p; the default here), or the model's own
 (log-softmax of the logits; vLLM's default)."""
+PLACEMENTS = ("spread", "pack", "replica")
+"""`server.placement`'s values (the Ray executor's `place_devices`)."""
 
 
 @dataclass
@@ -729,8 +731,9 @@ class ServerConfig:
     """Ray resource a node advertises per emulated device it may host (deploy/README.md)."""
     placement: str = "spread"
     """On a cluster advertising `device_resource`: `spread` each replica's devices over the nodes (a
-    node's loss then fails every replica with a device there) or `pack` them (nodes advertising one
-    replica's devices each then hold a replica each: deploy/README.md, faults)."""
+    node's loss then fails every replica with a device there), `pack` them (fill one node first), or
+    `replica`: all of a replica's devices on one node, each replica on a node of its own while one
+    has room, so a node's loss fails only its replicas (deploy/README.md, faults)."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
     pin_replica_cpu: bool = True
@@ -751,8 +754,8 @@ class ServerConfig:
                "use 'virtual' or 'paced'")
         _check(self.max_tokens_default is None or self.max_tokens_default >= 1, "server.max_tokens_default",
                self.max_tokens_default, "use a positive number of tokens, or leave it unset")
-        _check(self.placement in ("spread", "pack"), "server.placement", self.placement,
-               "use 'spread' or 'pack'")
+        _check(self.placement in PLACEMENTS, "server.placement", self.placement,
+               "use " + " or ".join(map(repr, PLACEMENTS)))
         _check(self.placement_timeout_s > 0, "server.placement_timeout_s", self.placement_timeout_s,
                "use a positive number of seconds")
         _check(self.max_body_bytes >= 1024, "server.max_body_bytes", self.max_body_bytes,

@@ -6,6 +6,7 @@ import logging
 import os
 
 from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.config import PLACEMENTS
 from cent_serve.preflight import check_port_free, check_runnable
 
 
@@ -19,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=["virtual", "paced"], help="simulated clock mode (default virtual)")
     p.add_argument("--pace-factor", type=float, help="paced mode: wall seconds per simulated second")
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--placement", choices=["spread", "pack"],
-                   help="on a cluster advertising cent_device: spread devices over nodes or pack them")
+    p.add_argument("--placement", choices=PLACEMENTS,
+                   help="on a cluster advertising cent_device: spread devices over nodes, pack them, or a node "
+                        "per replica (replica: a node's loss fails only its replicas)")
     p.add_argument("--local", action="store_true", help="devices in this process, no Ray")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health, /ping and the docs "
                                      "(default: the CENT_API_KEY environment variable, which unlike the flag "

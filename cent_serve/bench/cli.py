@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.config import PLACEMENTS
 from cent_serve.preflight import check_runnable
 
 log = logging.getLogger("cent.bench")
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ray", action="store_true", help="in-process: device actors on Ray")
     r.add_argument("--ray-address", help="in-process on Ray: join this cluster (implies --ray; default: "
                                          "RAY_ADDRESS or a local Ray)")
-    r.add_argument("--placement", choices=["spread", "pack"], help="--ray on a cluster: spread or pack devices")
+    r.add_argument("--placement", choices=PLACEMENTS, help="--ray on a cluster: spread devices, pack "
+                   "them, or a node per replica")
     r.add_argument("--concurrency", type=int, default=256, help="--url: requests in flight at most "
                                                                 "(paced or non-cent servers)")
     r.add_argument("--api-key", help="--url: bearer key")

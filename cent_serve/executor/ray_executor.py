@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import os
 import secrets
 import socket
@@ -30,6 +31,8 @@ from device_worker.steady import warm as warm_steady
 from fabric.link import HEADER, Link
 from fabric.rounds import HostEnd, chain_places, execution_units
 from fabric.switch import merge_stats
+
+log = logging.getLogger(__name__)
 
 ROUND_TIMEOUT_S = 300.0
 """Longest wait for one round's last output."""
@@ -186,27 +189,55 @@ class PlacementError(ValueError):
     """The cluster cannot host the devices (says what is missing)."""
 
 
+_replica_hosts: dict[str, int] = {}
+"""Ray node id -> how many live executors of this process hold a `replica`-placed group there."""
+
+
+def replica_hosts(units: dict[str, int], need: int, held: dict[str, int]) -> tuple[list[str], bool]:
+    """The nodes a `replica` placement may put `need` devices on (all of them on one node): those
+    with `need` units that hold none of this process's other replicas, else (the second item True)
+    every node with `need` units; from `units` (node id -> units) and `held` (`_replica_hosts`)."""
+    fits = sorted(n for n, k in units.items() if k >= need)
+    free = [n for n in fits if not held.get(n)]
+    return (free, False) if free or not fits else (fits, True)
+
+
 def place_devices(cfg: CentConfig, num_devices: int):
     """A placement group of one `device_resource` bundle per device when the cluster advertises
-    that resource (None when it does not: a plain local Ray places actors anywhere).
-    Raises PlacementError within `server.placement_timeout_s` if it cannot be granted."""
-    from ray.util.placement_group import placement_group, remove_placement_group
+    that resource (None when it does not: a plain local Ray places actors anywhere), by
+    `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
+    this process's other replicas holds when one has room). Raises PlacementError within
+    `server.placement_timeout_s` if it cannot be granted."""
+    from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
 
     s = cfg.server
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    have = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": int(n.get("Resources", {}).get(s.device_resource, 0))
-            for n in nodes}
-    total = sum(have.values())
+    units = {n["NodeID"]: int(n.get("Resources", {}).get(s.device_resource, 0)) for n in nodes}
+    names = {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes}
+    total = sum(units.values())
     if total == 0:
         return None
-    summary = ", ".join(f"{node}: {k}" for node, k in sorted(have.items()))
+    summary = ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
     if total < num_devices:
         raise PlacementError(f"the mapping needs {num_devices} {s.device_resource} units; the cluster has "
                              f"{total} ({summary}): add nodes started with ray start --resources="
                              f"'{{\"{s.device_resource}\": N}}' or use --devices {total}")
+    strategy, selector = s.placement.upper(), None
+    if s.placement == "replica":
+        hosts, shared = replica_hosts(units, num_devices, _replica_hosts)
+        if not hosts:
+            raise PlacementError(f"server.placement='replica' puts a replica's {num_devices} devices on one host; "
+                                 f"no host advertises {num_devices} {s.device_resource} units ({summary}): start "
+                                 f"the hosts with ray start --resources='{{\"{s.device_resource}\": "
+                                 f"{num_devices}}}' or more, or use --placement spread")
+        if shared:
+            log.warning("placement replica: every host with %d %s units already holds a replica of this server, "
+                        "so this one shares a host (a host's loss fails both): add a host to keep them apart",
+                        num_devices, s.device_resource)
+        strategy, selector = "STRICT_PACK", [{NODE_ID_LABEL_KEY: f"in({','.join(hosts)})"}] * num_devices
     # a name of its own per group: every replica places its devices with the same config
-    pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=s.placement.upper(),
-                         name=f"cent-devices-{secrets.token_hex(6)}")
+    pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=strategy,
+                         name=f"cent-devices-{secrets.token_hex(6)}", bundle_label_selector=selector)
     try:
         ray.get(pg.ready(), timeout=s.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -219,14 +250,18 @@ def place_devices(cfg: CentConfig, num_devices: int):
     return pg
 
 
+def _bundle_nodes(pg) -> dict[int, str]:
+    """{bundle index: node id} of a granted placement group."""
+    from ray.util.placement_group import placement_group_table
+    return placement_group_table(pg)["bundles_to_node_id"]
+
+
 def chain_bundles(pg, first_node: str) -> list[int]:
     """The placement group's bundle indices in chain order: grouped by node, the driver's node
     first, so consecutive devices (the pipeline's neighbours, a unit's partners) share a node and
     a round crosses between nodes once per node, not at every hop (Ray spreads bundle i and i + 1
     over different nodes)."""
-    from ray.util.placement_group import placement_group_table
-
-    on = placement_group_table(pg)["bundles_to_node_id"]  # {bundle index: node id}
+    on = _bundle_nodes(pg)
     nodes = sorted(set(on.values()), key=lambda n: (n != first_node, min(i for i, m in on.items() if m == n)))
     return [i for n in nodes for i in sorted(i for i, m in on.items() if m == n)]
 
@@ -274,12 +309,15 @@ class RayExecutor(Executor):
         warm()  # compile the clock kernels once here: the actors load numba's on-disk cache
         warm_steady()
         secret = secrets.token_bytes(32)  # this executor's links prove they know it
-        self.actors, self.pg, self.fabric = {}, None, None
+        self.actors, self.pg, self.fabric, self.replica_host = {}, None, None, None
         self.inputs: list[Link] = []
         self.output = self.switch_link = None
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
             self.pg = place_devices(cfg, len(device_ids))
+            if self.pg is not None and cfg.server.placement == "replica":  # its host, for the next replica
+                self.replica_host = next(iter(_bundle_nodes(self.pg).values()))
+                _replica_hosts[self.replica_host] = _replica_hosts.get(self.replica_host, 0) + 1
             # one node: every link stays on 127.0.0.1; a cluster: each actor listens on its node's IP
             listen = "127.0.0.1" if _single_node() else None
             # the switch next to the driver (the head node when the engine runs there)
@@ -374,6 +412,9 @@ class RayExecutor(Executor):
 
     def shutdown(self) -> None:
         """Kill the actors and give the devices back; safe to call twice or half-built."""
+        if getattr(self, "replica_host", None) is not None:
+            _replica_hosts[self.replica_host] -= 1
+            self.replica_host = None
         for link in [*getattr(self, "inputs", []), getattr(self, "output", None), getattr(self, "switch_link", None)]:
             if link is not None:
                 link.close()

@@ -12,7 +12,7 @@ from ray.cluster_utils import Cluster
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.executor.generate import generate_batch
-from cent_serve.executor.ray_executor import WORKER_NICENESS_ENV, PlacementError, RayExecutor
+from cent_serve.executor.ray_executor import WORKER_NICENESS_ENV, PlacementError, RayExecutor, _replica_hosts
 
 PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
 
@@ -44,6 +44,24 @@ def main() -> None:
         finally:
             for ex in replicas:
                 ex.shutdown()
+        apart = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="off")
+        apart.server.placement = "replica"
+        replicas = []
+        try:  # a node per replica while one is free, then a shared one (with a warning); each on one node
+            for _ in range(3):
+                replicas.append(RayExecutor(apart))
+                out.setdefault("replica_nodes", []).append(sorted(set(replicas[-1].placement().values())))
+        finally:
+            for ex in replicas:
+                ex.shutdown()
+        out["replica_hosts_held"] = sum(_replica_hosts.values())
+        whole = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(6, 6, 1), numerics="off")
+        whole.server.placement = "replica"
+        t0 = time.monotonic()
+        try:
+            RayExecutor(whole)
+        except PlacementError as exc:
+            out["whole_error"], out["whole_s"] = str(exc), time.monotonic() - t0
         too_many = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 2, 8), numerics="off")
         t0 = time.monotonic()
         try:

@@ -34,6 +34,13 @@ def test_two_node_cluster_equals_one_process(devices, pp, tp):
     assert len(out["nodes"]) == 2  # spread: the stages span both nodes
     assert "needs 16 cent_device units; the cluster has 8" in out["too_many_error"] and out["too_many_s"] < 10
     assert out["two_replicas"] == "placed"  # both replicas' groups (they had one name: the second failed)
+    # placement replica: each replica on one node, the first two on different nodes (a node's loss fails
+    # only its replica); the third shares one, as no node is free; none held after shutdown
+    first, second, third = out["replica_nodes"]
+    assert len(first) == len(second) == len(third) == 1 and first != second and third in (first, second)
+    assert out["replica_hosts_held"] == 0
+    assert "puts a replica's 6 devices on one host; no host advertises 6 cent_device units" in out["whole_error"]
+    assert "or use --placement spread" in out["whole_error"] and out["whole_s"] < 10
     assert "did not grant 8 cent_device bundles" in out["held_error"] and out["held_s"] < 15
     assert "2 of its 8 units are free" in out["held_error"]  # free, not the totals per node
     assert out["alive_actors"] == 0 and out["live_pgs"] == 0

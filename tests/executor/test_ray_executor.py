@@ -192,3 +192,13 @@ def test_numerics_auto_is_resolved_once_on_the_driver_for_every_actor(ray_cluste
         assert ex.cfg.resolved_numerics == "full" and cfg.numerics == "auto"  # the caller's is left as given
     finally:
         ex.shutdown()
+
+
+def test_placement_replica_picks_a_node_no_other_replica_holds_while_one_fits():
+    from cent_serve.executor.ray_executor import replica_hosts
+    units = {"a": 8, "b": 4, "c": 2}
+    assert replica_hosts(units, 4, {}) == (["a", "b"], False)  # c cannot hold 4 devices
+    assert replica_hosts(units, 4, {"a": 1}) == (["b"], False)
+    assert replica_hosts(units, 4, {"a": 1, "b": 0}) == (["b"], False)  # b's replica was shut down
+    assert replica_hosts(units, 4, {"a": 1, "b": 2}) == (["a", "b"], True)  # every fitting node holds one: share
+    assert replica_hosts(units, 16, {}) == ([], False)  # no node fits: the caller refuses
