@@ -75,12 +75,12 @@ class Served:
     """`cent serve` on host 1 (DEVICES devices, one a stage, spread over the hosts; four sequences
     a stage, so all the streams run at once) and load clients beside it."""
 
-    def __init__(self, h: Hosts) -> None:
+    def __init__(self, h: Hosts, pp: int = DEVICES, placement: str = "spread") -> None:
         self.h = h
         self.url = f"http://127.0.0.1:{SERVE_PORT}"
         self.proc = h.spawn(1, [sys.executable, "-m", "cent_serve.cli", "serve", "--ray-address", h.address,
-                                "--devices", str(DEVICES), "--pp", str(DEVICES), "--port", str(SERVE_PORT),
-                                "--set", "scheduler.max_seqs_per_stage=4"],
+                                "--devices", str(DEVICES), "--pp", str(pp), "--port", str(SERVE_PORT),
+                                "--placement", placement, "--set", "scheduler.max_seqs_per_stage=4"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def load(self, streams: int, max_tokens: int, wait_s: float = 600.0) -> subprocess.Popen:
@@ -110,15 +110,20 @@ class Served:
         return out
 
 
-@pytest.fixture(scope="module")
-def served(hosts):
-    if len(hosts.hosts) < 3:
-        hosts.add_host(3)  # the faults run on three hosts: one can go while two serve
-    s = Served(hosts)
+def _serve(s: Served) -> Served:
+    """`s` once it answers (a first request completes)."""
     warm = _result(subprocess.CompletedProcess([], 0, *s.load(1, 2).communicate(timeout=FAULT_TIMEOUT_S)))
     if warm["waited_s"] is None:
         s.stop()
         raise AssertionError(f"cent serve did not come up on the cluster: {warm}")
+    return s
+
+
+@pytest.fixture(scope="module")
+def served(hosts):
+    if len(hosts.hosts) < 3:
+        hosts.add_host(3)  # the faults run on three hosts: one can go while two serve
+    s = _serve(Served(hosts))
     yield s
     s.stop()
 
@@ -143,7 +148,7 @@ def _under_fault(s: Served, fault) -> tuple[dict, dict, float]:
     return first, second, time.monotonic() - t_fault - second["wall_s"]
 
 
-def _check(first: dict, second: dict, expect_failures: bool) -> None:
+def _check(first: dict, second: dict, expect_failures: bool, replica: int = 0) -> None:
     res = first["results"]
     assert len(res) == STREAMS
     completed = [r for r in res if r["done"] and r["finish"] == "length" and r["error"] is None]
@@ -152,7 +157,7 @@ def _check(first: dict, second: dict, expect_failures: bool) -> None:
           f"sent while short: {second['probes']}")
     assert len(completed) + len(failed) == STREAMS  # none aborted by this client, none left hanging
     assert all(r["status"] == 200 for r in res), [r["status"] for r in res]  # no 5xx for a reported fault
-    assert all("emulated devices of replica 0 failed" in r["error"] for r in failed), [r["error"] for r in failed]
+    assert all(f"emulated devices of replica {replica} failed" in r["error"] for r in failed), [r["error"] for r in failed]
     if expect_failures:
         assert failed
     assert all(code in (200, 503) for _, code, _ in first["health"] + second["health_before"])
@@ -245,3 +250,36 @@ def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
     assert {d["host"] for d in served.status()["devices"]} - {h.ip(1)}  # back on the worker hosts
     print(f"both workers lost for 20 s: serving again {recovered_s:.1f} s after the loss; health said {short[0]!r}, "
           f"then {short[-1]!r}")
+
+
+def test_placement_replica_a_host_lost_fails_only_its_replica(served):
+    """--placement replica: two replicas of two devices, each on a host of its own; losing one's host
+    fails only that replica's streams (the other's complete) and re-creates it on a host that has room.
+    It runs last: it stops the module's server, whose devices would hold the units it needs."""
+    h = served.h
+    served.stop()
+    s, lost = _serve(Served(h, pp=2, placement="replica")), None
+    try:
+        st = s.status()
+        on = {}
+        for d in st["devices"]:
+            on.setdefault(d["replica"], set()).add(d["host"])
+        assert sorted(map(len, on.values())) == [1, 1] and len(set.union(*on.values())) == 2, on  # apart
+        replica, host = next((r, hs.pop()) for r, hs in sorted(on.items()) if h.ip(1) not in hs)  # a worker's
+        lost = next(i for i in (2, 3) if h.ip(i) == host)
+
+        def lose_host():
+            assert h.kill_host(lost) > 0
+
+        first, second, recovered_s = _under_fault(s, lose_host)
+        _check(first, second, expect_failures=True, replica=replica)
+        completed = [r for r in first["results"] if r["error"] is None]
+        assert completed, "the other replica's streams failed too"
+        hosts_now = {d["host"] for d in s.status()["devices"]}
+        assert h.ip(lost) not in hosts_now
+        print(f"placement replica, host {lost} lost: {len(completed)} of {STREAMS} streams completed on the other "
+              f"replica; serving again {recovered_s:.1f} s after on {sorted(hosts_now)}")
+    finally:
+        s.stop()
+        if lost is not None:
+            h.start_ray(lost)
