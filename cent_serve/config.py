@@ -115,7 +115,9 @@ class ModelConfig:
     vocab_size: int = 259
     """Vocabulary size (the byte-level tokenizer uses 259: 3 specials + 256 bytes)."""
     max_seq_len: int = 8192
-    """Longest context (prompt + generated tokens) the model accepts."""
+    """Longest context (prompt + generated tokens) the model accepts. From a checkpoint, vLLM's
+    `max_model_len`: `max_position_embeddings`, or with a linear, dynamic or yarn rope the original
+    context times the factor (Qwen3 with yarn 4x: 32,768 x 4 = 131,072)."""
     rope_theta: float = 10000.0
     """Rotary embedding base (Hugging Face `rope_theta`)."""
     rms_norm_eps: float = 1e-5
@@ -151,8 +153,8 @@ class ModelConfig:
     rope_factor: float = 1.0
     """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings."""
     rope_original_max_position: int = 0
-    """The context the model was pretrained for (`original_max_position_embeddings`; for dynamic, the
-    checkpoint's `max_position_embeddings`); 0: model.max_seq_len."""
+    """The context the model was pretrained for (`original_max_position_embeddings`; for linear and
+    dynamic, and yarn without it, the checkpoint's `max_position_embeddings`); 0: model.max_seq_len."""
     rope_low_freq_factor: float = 1.0
     """llama3 scaling: wavelengths over original / low_freq_factor are divided by the factor."""
     rope_high_freq_factor: float = 4.0

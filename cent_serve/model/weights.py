@@ -300,8 +300,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
         scaling["rope_type"] = rope_type
-        if rope_type == "dynamic":  # dynamic NTK scales past the checkpoint's own context, factor times
-            scaling["rope_original_max_position"] = hf.get("max_position_embeddings", 4096)
+        if rope_type in ("dynamic", "linear", "yarn"):  # they scale the original context factor times: the
+            # context is that product, as vLLM derives it (yarn's original is its own key, the others' the
+            # checkpoint's max_position_embeddings; llama3's context is max_position_embeddings already)
+            original = rope.get("original_max_position_embeddings") if rope_type == "yarn" else None
+            scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings", 4096)
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
@@ -590,8 +593,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         if "original_max_position_embeddings" in values:
             values["original_max_position_embeddings"] = cfg.rope_original_max_position or cfg.max_seq_len
         out["rope_scaling"] = {"rope_type": cfg.rope_type, **values}
-        if cfg.rope_type == "dynamic":  # its original context is the checkpoint's max_position_embeddings
-            out["max_position_embeddings"] = cfg.rope_original_max_position or cfg.max_seq_len
+        if cfg.rope_type in ("dynamic", "linear"):  # their original context is max_position_embeddings
+            out["max_position_embeddings"] = cfg.rope_original_max_position or round(cfg.max_seq_len / cfg.rope_factor)
     return out
 
 

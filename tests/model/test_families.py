@@ -182,9 +182,11 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
 
 @pytest.mark.parametrize("fields", [
     dict(), dict(rope_type="llama3", rope_factor=8.0, rope_original_max_position=32),
-    dict(rope_type="linear", rope_factor=4.0), dict(rope_type="dynamic", rope_factor=2.0, rope_original_max_position=64),
-    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=16, rope_truncate=False),
-    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=16, rope_mscale=1.0, rope_mscale_all_dim=0.5),
+    # linear, dynamic and yarn serve their original context factor times (vLLM's rule): 128 = 32 x 4 = 64 x 2
+    dict(rope_type="linear", rope_factor=4.0, rope_original_max_position=32),
+    dict(rope_type="dynamic", rope_factor=2.0, rope_original_max_position=64),
+    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32, rope_truncate=False),
+    dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32, rope_mscale=1.0, rope_mscale_all_dim=0.5),
     dict(model_type="mistral", sliding_window=8), dict(model_type="qwen2", attention_bias=True),
     dict(model_type="qwen3", qk_norm=True, head_dim=32)], ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
@@ -214,3 +216,23 @@ def test_variations_a_family_cannot_say_are_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**raw, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ValueError, match=r"self_attn\.[qkv]_proj\.bias is not part of a model_type=.llama. config"):
         load_weights(model_config_from_hf(tmp_path))
+
+
+@pytest.mark.parametrize("rope, max_position, context", [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, 40960, 131072),  # Qwen3's
+    ({"type": "yarn", "factor": 2.0}, 4096, 8192),  # no original: max_position_embeddings, as transformers
+    ({"rope_type": "linear", "factor": 2.0}, 4096, 8192),
+    ({"rope_type": "dynamic", "factor": 2.0}, 4096, 8192),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, 131072, 131072),  # llama3's is the context already
+], ids=["yarn", "yarn_no_original", "linear", "dynamic", "llama3"])
+def test_a_scaled_rope_serves_the_context_vllm_derives(tmp_path, rope, max_position, context):
+    """vLLM's max_model_len for a scaled rope: the original context times the factor (yarn's original is
+    its own key); a Qwen3 config with Qwen's yarn 4x served 40,960 tokens here, 131,072 in vLLM."""
+    cfg = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=256, max_position_embeddings=max_position, rope_scaling=rope)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = model_config_from_hf(tmp_path)
+    assert model.max_seq_len == context
+    assert model.rope_original_max_position == rope.get("original_max_position_embeddings", max_position)
+    assert model_config_from_hf(tmp_path, max_seq_len=2048).max_seq_len == 2048  # --set model.max_seq_len
