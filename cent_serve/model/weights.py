@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from cent_serve.config import ROPE_TYPES, ModelConfig
+from cent_serve.model.families import unmodelled_features, windowed_blocks
 
 F32 = np.float32
 BF16 = ml_dtypes.bfloat16
@@ -198,6 +199,18 @@ def _refuse(field: str, value, why: str) -> None:
     raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
+def _check_qwen_window(hf: dict, num_layers: int, context: int, per_block: bool) -> None:
+    """Refuse a Qwen sliding window that hides keys within the context: the reference model has
+    Mistral's window on every block, not Qwen's on some (a window it never reaches is harmless)."""
+    blocks = windowed_blocks(hf, num_layers, context, per_block)
+    if blocks:
+        window = hf["sliding_window"]
+        _refuse("use_sliding_window", True, f"sliding_window={window} on {len(blocks)} of {num_layers} blocks "
+                f"(from block {blocks[0]}) is not modelled (Mistral's window on every block is): set "
+                f"use_sliding_window to false in config.json to run full attention (the same tokens while a "
+                f"sequence stays within {window} tokens)")
+
+
 def _json_object(file: Path, field: str, alternative: str) -> dict:
     """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
     (fix the file, `alternative`)."""
@@ -249,7 +262,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
 
     arch = hf.get("model_type", "llama")
     if arch not in ARCHITECTURES:
-        _refuse("model_type", arch, f"supported families: {', '.join(ARCHITECTURES)}")
+        missing = unmodelled_features(arch, hf)
+        _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
+                + f"supported families: {', '.join(ARCHITECTURES)}")
     moe = {}
     if arch in _MOE_NAMES:
         if hf.get("shared_expert_intermediate_size"):
@@ -275,8 +290,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
     if hf.get("mlp_bias"):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
-    if hf.get("use_sliding_window"):
-        _refuse("use_sliding_window", True, "Qwen's per-layer sliding window is not modelled (Mistral's is)")
+    if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none
+        _check_qwen_window(hf, _num("num_hidden_layers"), _num("max_position_embeddings", 4096), arch != "qwen3_moe")
     if arch != "qwen2" and hf.get("attention_bias"):
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}

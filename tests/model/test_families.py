@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +123,15 @@ def test_cli_generate_gives_transformers_tokens(family, capsys):
 def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     base = json.loads((ROOT / "qwen3" / "config.json").read_text())
     for change, message in (
-            (dict(model_type="qwen2_moe", num_experts=64), "model_type='qwen2_moe' is not supported: supported"),
+            (dict(model_type="qwen2_moe", num_experts=64), "model_type='qwen2_moe' is not supported: not modelled: a "
+             "shared expert"),
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              "mlp_only_layers.* every block must be a mixture of experts"),
-            (dict(model_type="gemma"), "model_type='gemma' is not supported: supported families: llama, mistral"),
+            (dict(model_type="gemma"), "model_type='gemma' is not supported: not modelled: a GeGLU MLP.*; supported "
+             "families: llama, mistral"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
-            (dict(use_sliding_window=True), "use_sliding_window=True is not supported"),
+            (dict(use_sliding_window=True, sliding_window=8, layer_types=["full_attention", "sliding_attention"]),
+             "use_sliding_window=True is not supported: sliding_window=8 on 1 of 2 blocks"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
             (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
             (dict(partial_rotary_factor=0.5), "partial_rotary_factor=0.5 is not supported"),
@@ -135,6 +139,55 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
              "partial_rotary_factor=0.25 is not supported")):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
         with pytest.raises(ValueError, match=message):
+            model_config_from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("model_type, keys, says", [
+    ("deepseek_v3", {}, r"multi-head latent attention \(MLA.*shared experts \(n_shared_experts\)"),
+    ("deepseek_v2", {}, r"multi-head latent attention \(MLA.*shared experts"),
+    ("qwen2_moe", {}, r"a shared expert with a sigmoid gate"),
+    ("gemma2", {}, r"logit soft-capping.*sliding-window attention in alternate blocks, extra norms"),
+    ("phi3", {}, r"fused projections \(self_attn\.qkv_proj, mlp\.gate_up_proj\)"),
+    ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
+    ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
+     r"shared experts; supported"),  # an unknown family: what its keys announce
+    ("my_model", {}, r"model_type='my_model' is not supported: supported families: llama, mistral")])
+def test_a_refused_family_names_what_is_not_modelled(tmp_path, capsys, model_type, keys, says):
+    """A researcher bringing their own model learns which feature is missing, in one line, from
+    `cent info` as from `cent serve` (exit 2, no traceback), not only the families that run."""
+    base = json.loads((ROOT / "qwen3" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "model_type": model_type, **keys}))
+    with pytest.raises(ValueError, match=says):
+        model_config_from_hf(tmp_path)
+    errs = []
+    for command in ("info", "serve"):
+        assert main([command, "--model", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and f"model_type='{model_type}'" in err
+        errs.append(err.split(": error: ", 1)[1])
+    assert errs[0] == errs[1]
+
+
+def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_it_would(tmp_path):
+    """transformers windows a Qwen block only with use_sliding_window, from max_window_layers on (or
+    where layer_types says): a window past the context, or on no block, is full attention and runs;
+    one that hides keys is refused naming the value and the fix."""
+    base = json.loads((ROOT / "qwen3" / "config.json").read_text())
+    del base["layer_types"]
+    for change in (dict(use_sliding_window=False, sliding_window=8, max_window_layers=0),
+                   dict(use_sliding_window=True, sliding_window=8),  # max_window_layers 28: no block of 2
+                   dict(use_sliding_window=True, sliding_window=256, max_window_layers=0),  # = the context
+                   dict(use_sliding_window=True, sliding_window=8, max_window_layers=0,
+                        layer_types=["full_attention"] * 2)):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+        assert model_config_from_hf(tmp_path).sliding_window == 0, change
+    for change, blocks in ((dict(max_window_layers=1), "1 of 2 blocks (from block 1)"),
+                           (dict(max_window_layers=0), "2 of 2 blocks (from block 0)"),
+                           (dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2), "2 of 2 blocks")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8,
+                                                          **change}))
+        with pytest.raises(ValueError, match=rf"use_sliding_window=True is not supported: sliding_window=8 on "
+                                             rf"{re.escape(blocks)}.*set use_sliding_window to false in config.json"):
             model_config_from_hf(tmp_path)
 
 

@@ -1,0 +1,78 @@
+"""What a Hugging Face config.json asks for that the reference model does not model, by name.
+
+`model_config_from_hf` refuses such a config; a researcher bringing their own model reads in the
+one-line refusal which feature is missing (so whether a supported family would stand in for its
+shape), not only which families are supported. The facts are those of transformers' model
+definitions for each `model_type`.
+"""
+from __future__ import annotations
+
+UNMODELLED_FAMILIES: dict[str, str] = {
+    "deepseek_v2": "multi-head latent attention (MLA: kv_lora_rank, q_lora_rank), shared experts "
+                   "(n_shared_experts) and dense first blocks (first_k_dense_replace)",
+    "deepseek_v3": "multi-head latent attention (MLA: kv_lora_rank, q_lora_rank), shared experts "
+                   "(n_shared_experts), dense first blocks (first_k_dense_replace) and a sigmoid router "
+                   "choosing within groups of experts (n_group, topk_group)",
+    "qwen2_moe": "a shared expert with a sigmoid gate beside the routed ones (shared_expert_intermediate_size)",
+    "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
+    "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
+              "attention with layers without rotary embedding, and a vision encoder",
+    "gemma": "a GeGLU MLP (gelu_pytorch_tanh), embeddings scaled by sqrt(hidden_size) and norms "
+             "weighting by 1 + w",
+    "gemma2": "logit soft-capping (attn_logit_softcapping, final_logit_softcapping), sliding-window "
+              "attention in alternate blocks, extra norms after attention and around the MLP, and a GeGLU MLP",
+    "gemma3_text": "sliding-window attention in five blocks of six with their own rope base "
+                   "(rope_local_base_freq), q/k norms, extra norms after attention and around the MLP, "
+                   "and a GeGLU MLP",
+    "gemma3": "a vision encoder and, in its text model, sliding-window attention in five blocks of six, "
+              "q/k norms, extra norms after attention and around the MLP, and a GeGLU MLP",
+    "phi3": "fused projections (self_attn.qkv_proj, mlp.gate_up_proj) and, in its 128k variants, "
+            "longrope scaling",
+    "phi": "attention and MLP in parallel from one LayerNorm, a partial rotary embedding and a GELU "
+           "MLP with biases",
+    "gpt_oss": "attention sinks, sliding-window attention in alternate blocks, biases on attention and "
+               "router, clamped SwiGLU experts (swiglu_limit) and MXFP4 expert weights",
+    "olmo2": "norms after attention and MLP instead of before, and q/k norms over the whole projection",
+    "granite": "scaling multipliers (embedding_multiplier, residual_multiplier, attention_multiplier, "
+               "logits_scaling)",
+    "cohere": "attention and MLP in parallel from one LayerNorm, and a logit_scale",
+    "mamba": "state-space layers instead of attention",
+    "mamba2": "state-space layers instead of attention",
+}
+"""A family the reference model does not run -> what it has that is not modelled."""
+for _name in ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "starcoder2"):
+    UNMODELLED_FAMILIES[_name] = "LayerNorm blocks with a non-gated MLP (not RMSNorm and SwiGLU)"
+
+_FEATURE_KEYS = (("kv_lora_rank", "multi-head latent attention (MLA)"),
+                 ("n_shared_experts", "shared experts"), ("shared_expert_intermediate_size", "shared experts"),
+                 ("attn_logit_softcapping", "logit soft-capping"), ("final_logit_softcapping", "logit soft-capping"),
+                 ("vision_config", "a vision encoder (vision_config)"))
+"""config.json keys that announce a feature the reference model does not model, for a model_type
+not in `UNMODELLED_FAMILIES` (a fine-tune's own name, a newer family)."""
+
+
+def unmodelled_features(model_type: str, hf: dict) -> str | None:
+    """What the config.json of an unsupported `model_type` has that is not modelled: its family's
+    known features, else the ones its keys announce; None when nothing is known."""
+    if model_type in UNMODELLED_FAMILIES:
+        return UNMODELLED_FAMILIES[model_type]
+    found = [what for key, what in _FEATURE_KEYS if hf.get(key)]
+    return ", ".join(dict.fromkeys(found)) or None
+
+
+def windowed_blocks(hf: dict, num_layers: int, context: int, per_block: bool = True) -> list[int]:
+    """The blocks of a Qwen config.json whose sliding window would hide keys within `context`:
+    transformers' Qwen 2 and 3 give a window only with use_sliding_window, to the blocks their
+    layer_types name "sliding_attention" (by default those from max_window_layers on); without
+    `per_block` (Qwen 3 MoE, read conservatively) every block. A window at least the context never
+    hides a key, so such a config runs as full attention."""
+    window = hf.get("sliding_window")
+    if not hf.get("use_sliding_window") or not isinstance(window, (int, float)) or not 0 < window < context:
+        return []
+    if not per_block:
+        return list(range(num_layers))
+    types = hf.get("layer_types")
+    if isinstance(types, list):
+        return [i for i, kind in enumerate(types[:num_layers]) if kind == "sliding_attention"]
+    first = hf.get("max_window_layers", 28)  # Qwen2Config's and Qwen3Config's default
+    return list(range(first if isinstance(first, int) else 0, num_layers))
