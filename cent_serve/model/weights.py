@@ -9,6 +9,7 @@ raw file and the parsed model at once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from cent_serve.model.families import unmodelled_features, windowed_blocks
 
 F32 = np.float32
 BF16 = ml_dtypes.bfloat16
+log = logging.getLogger(__name__)
+_WARNED_UNUSED: set[str] = set()
+"""Checkpoints whose unused tensors were warned about (once each, per process: the preflight reads
+the headers, then a local executor loads the same files)."""
 
 
 @dataclass
@@ -485,7 +490,27 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
         if top[name].shape != want:
             raise ValueError(f"checkpoint tensor {name} has shape {top[name].shape}, expected {want} from "
                              "config.json: the checkpoint and its config disagree")
+    _warn_unused(cfg, [*extra, *(n for n in top if n not in top_shapes)])
     return top, layer_parts, expert_parts, extra
+
+
+def _warn_unused(cfg: ModelConfig, names: list[str]) -> None:
+    """Warn once a checkpoint about tensors its config.json does not use (blocks past
+    num_hidden_layers, a vision tower, a multi-token-prediction head): dropped silently, they hid a
+    config that disagrees with its weights. Not the ones transformers ignores too: old checkpoints'
+    rotary `inv_freq` buffers, and the LM head of a model whose embedding is tied."""
+    unused = sorted(n for n in names if not n.endswith("rotary_emb.inv_freq")
+                    and not (cfg.tie_word_embeddings and n == "lm_head.weight"))
+    if not unused or cfg.checkpoint in _WARNED_UNUSED:
+        return
+    _WARNED_UNUSED.add(cfg.checkpoint)
+    groups = {".".join(re.sub(r"\d+", "N", n).split(".")[:2]): n for n in reversed(unused)}  # the first of each
+    shown = list(dict.fromkeys([*sorted(groups.values()), *unused]))[:3]
+    more = f" and {len(unused) - len(shown)} more" if len(unused) > len(shown) else ""
+    log.warning("model.checkpoint=%r holds %d tensors its config.json does not use (model_type=%r, "
+                "num_hidden_layers=%d%s), ignored: %s%s; if the model runs them, its config.json disagrees with "
+                "its weights: fix config.json", cfg.checkpoint, len(unused), cfg.model_type,
+                cfg.num_layers, f", num_experts={cfg.num_experts}" if cfg.is_moe else "", ", ".join(shown), more)
 
 
 def _take_experts(cfg: ModelConfig, name: str, rest: str, arr: np.ndarray, experts: dict,

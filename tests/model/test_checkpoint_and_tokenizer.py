@@ -194,6 +194,47 @@ def test_a_bad_checkpoint_is_refused_from_its_headers_before_any_device_starts(t
     assert calls == [True]  # from the headers: no weight was read
 
 
+def test_tensors_the_config_does_not_use_are_warned_about_once_by_count_and_example(tmp_path, caplog):
+    """Blocks past num_hidden_layers, a vision tower or an MTP head were dropped silently: one warning
+    a checkpoint names how many and a few of them, from the header preflight or the load, whichever
+    comes first in the process; what transformers ignores too (old rotary inv_freq buffers, a tied
+    model's LM head) is not warned about."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from cent_serve.config import CentConfig, ParallelConfig
+    from cent_serve.preflight import check_runnable
+    mcfg = tiny_model_config(num_layers=3, tie_word_embeddings=True)
+    out = save_hf_checkpoint(mcfg, random_weights(mcfg), tmp_path / "ckpt")
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    zeros = np.zeros(4, np.float32)
+    tensors.update({"model.layers.0.self_attn.rotary_emb.inv_freq": zeros, "lm_head.weight": tensors[
+        "model.embed_tokens.weight"], "vision_tower.blocks.0.attn.weight": zeros, "mtp.0.proj.weight": zeros,
+        "model.layers.1.mlp.shared_expert.up_proj.weight": zeros})
+    save_file(tensors, str(out / "model.safetensors"))
+    conf = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**conf, "num_hidden_layers": 2}))
+    cfg = CentConfig(model=model_config_from_hf(out), parallel=ParallelConfig(2, 2, 1), numerics="full")
+    with caplog.at_level("WARNING", logger="cent_serve.model.weights"):
+        check_runnable(cfg)  # the preflight (headers), then the local executor's load: one warning
+        load_weights(cfg.model)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    line = warnings[0]
+    assert "\n" not in line and "holds 12 tensors its config.json does not use (model_type='llama', " \
+        "num_hidden_layers=2), ignored: " in line and "and 9 more; " in line and "fix config.json" in line
+    for example in ("model.layers.1.mlp.shared_expert.up_proj.weight", "mtp.0.proj.weight",
+                    "vision_tower.blocks.0.attn.weight"):
+        assert example in line  # one of each kind, not three blocks' tensors
+    assert "inv_freq" not in line and "lm_head" not in line
+    caplog.clear()
+    fine = save_hf_checkpoint(mcfg, random_weights(mcfg), tmp_path / "fine")  # every tensor used: no warning
+    with caplog.at_level("WARNING", logger="cent_serve.model.weights"):
+        load_weights(model_config_from_hf(fine))
+    assert not caplog.records
+
+
 def test_a_checkpoint_without_tokenizer_json_warns_once_when_text_is_counted_a_byte_a_token(tmp_path, caplog):
     from cent_serve.model import tokenizer as tok_mod
     shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama" / "config.json", tmp_path)
