@@ -191,6 +191,24 @@ def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_i
             model_config_from_hf(tmp_path)
 
 
+
+def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp_path, capsys):
+    """`cent info --model DIR` refuses what `cent serve` refuses, in the same line and exit code 2,
+    and says "runs yes" of a window that hides no key (serve starts on it: not run here)."""
+    base = json.loads((ROOT / "qwen3" / "config.json").read_text())
+    del base["layer_types"]
+    (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8,
+                                                      "max_window_layers": 1}))
+    lines = []
+    for command in ("info", "serve"):
+        assert main([command, "--model", str(tmp_path)]) == 2
+        lines.append(capsys.readouterr().err.split(": error: ", 1)[1])
+    assert lines[0] == lines[1] and "sliding_window=8 on 1 of 2 blocks" in lines[0]
+    (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8}))
+    assert main(["info", "--model", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runnable"] is True
+
+
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe"])
 def test_live_against_transformers(family, tmp_path):
