@@ -34,6 +34,9 @@ SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
 """`seed` is an int64 (OpenAI, vLLM); negative seeds are taken modulo 2**64."""
 MAX_ARRIVAL_S = 1e9
 """Largest `arrival_s` (simulated seconds, ~32 years): a replay arrival, not a clock jump to 1e300."""
+NULLABLE = ("n", "stream", "echo", "presence_penalty", "frequency_penalty")
+"""Request fields with a non-null default that OpenAI's API declares nullable (vLLM's `Optional`):
+an explicit null means the default."""
 UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
                "tool_choice": ("none",), "response_format": ({"type": "text"},),
                "repetition_penalty": (1,), "min_p": (0,), "use_beam_search": (False,)}
@@ -78,8 +81,21 @@ def _check_unicode(value, path: str) -> None:
             _check_unicode(v, f"{path}.{i}")
 
 
+def _null_is_default(data, fields: tuple[str, ...]):
+    """`data` without the explicit nulls of `fields`: OpenAI's API declares them nullable (vLLM's
+    `Optional`), and clients send `"n": null` or `"stream": null` for "the default"."""
+    if isinstance(data, dict) and any(data.get(f, 0) is None for f in fields):
+        return {k: v for k, v in data.items() if not (k in fields and v is None)}
+    return data
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data):
+        return _null_is_default(data, ("include_usage", "continuous_usage_stats"))
 
     include_usage: bool = False
     continuous_usage_stats: bool = False
@@ -122,7 +138,7 @@ class _Common(BaseModel):
     def _valid_unicode(cls, data):
         if isinstance(data, dict):  # unknown fields are ignored, their text too
             _check_unicode({k: v for k, v in data.items() if k in cls.model_fields}, "")
-        return data
+        return _null_is_default(data, NULLABLE)
 
     def check_fields(self, vocab_size: int) -> None:
         """Per-field checks that need no prompt (raise ApiError 400 naming the field)."""

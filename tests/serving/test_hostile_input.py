@@ -254,6 +254,23 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     assert got == 200  # vllm bench serve sends repetition_penalty 1.0
 
 
+NULLABLE = {"/v1/completions": ("n", "stream", "echo", "presence_penalty", "frequency_penalty"),
+            "/v1/chat/completions": ("n", "stream", "presence_penalty", "frequency_penalty")}
+"""Fields OpenAI's API declares nullable (and vLLM's `Optional`), which clients send as an explicit null."""
+
+
+@pytest.mark.parametrize("path, field", [(p, f) for p, fields in NULLABLE.items() for f in fields])
+def test_an_explicit_null_of_a_nullable_openai_field_is_its_default(server, http, path, field):
+    sent = body(**{field: None}) if path == "/v1/completions" else {
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: None}
+    got, err, text = _post(http, path, json.dumps(sent).encode())
+    assert got == 200, err
+    assert len(json.loads(text)["choices"]) == 1  # not streamed, one choice: the defaults
+    usage = {"include_usage": None, "continuous_usage_stats": None}
+    got, err, text = _post(http, path, json.dumps(dict(sent, stream=True, stream_options=usage)).encode())
+    assert got == 200 and '"usage"' not in text, err  # vLLM's Optional[bool]s: null is off
+
+
 def test_chat_content_parts_must_be_text(server, http):
     image = {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
     got, err, _ = _post(http, "/v1/chat/completions", json.dumps(image).encode())
