@@ -39,9 +39,15 @@ NULLABLE = ("n", "stream", "echo", "presence_penalty", "frequency_penalty")
 an explicit null means the default."""
 UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
                "tool_choice": ("none",), "response_format": ({"type": "text"},),
-               "repetition_penalty": (1,), "min_p": (0,), "use_beam_search": (False,)}
+               "repetition_penalty": (1,), "min_p": (0,), "use_beam_search": (False,),
+               "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
+               "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
+               "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
+               "logits_processors": (), "prompt_embeds": ()}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
-mean "off" (null is off too): `vllm bench serve` sends repetition_penalty 1.0, which passes."""
+mean "off" (null is off too; `()`: only null): `vllm bench serve` sends repetition_penalty 1.0, which
+passes. vLLM's structured outputs (`guided_*`, `structured_outputs`) are refused as `response_format`'s
+JSON is."""
 
 
 class ApiError(Exception):
@@ -146,8 +152,8 @@ class _Common(BaseModel):
             value = (self.model_extra or {}).get(name)
             if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool)
                                              for v in neutral):  # true is not the 1 that means off
-                raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset (or "
-                               f"{json.dumps(neutral[0])})", name)
+                raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset"
+                               + (f" (or {json.dumps(neutral[0])})" if neutral else ""), name)
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:
             # vLLM's rule (an empty {} passes, as its truthiness test lets it)
             raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",

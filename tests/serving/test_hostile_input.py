@@ -254,6 +254,27 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     assert got == 200  # vllm bench serve sends repetition_penalty 1.0
 
 
+@pytest.mark.parametrize("field, value, neutral", [
+    ("guided_choice", ["yes", "no"], None),  # vLLM's structured outputs, as response_format's json is refused
+    ("guided_json", {"type": "object"}, None),
+    ("guided_regex", "[ab]+", None),
+    ("guided_grammar", "root ::= 'a'", None),
+    ("structured_outputs", {"choice": ["yes", "no"]}, None),
+    ("include_stop_str_in_output", True, False),
+    ("allowed_token_ids", [5, 6], None),
+    ("bad_words", ["x"], []),
+    ("truncate_prompt_tokens", 2, None),
+])
+def test_vllm_extensions_that_would_change_the_answer_are_refused(server, http, field, value, neutral):
+    for path, sent in (("/v1/completions", body()), ("/v1/chat/completions", {
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})):
+        got, err, _ = _post(http, path, json.dumps(dict(sent, **{field: value})).encode())
+        assert (got, err["param"]) == (400, field), err
+        assert "not supported" in err["message"], err
+        got, err, _ = _post(http, path, json.dumps(dict(sent, **{field: neutral})).encode())
+        assert got == 200, err  # the value that means "off" (or null) passes
+
+
 NULLABLE = {"/v1/completions": ("n", "stream", "echo", "presence_penalty", "frequency_penalty"),
             "/v1/chat/completions": ("n", "stream", "presence_penalty", "frequency_penalty")}
 """Fields OpenAI's API declares nullable (and vLLM's `Optional`), which clients send as an explicit null."""
