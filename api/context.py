@@ -85,7 +85,7 @@ class ApiContext:
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
                            404, "not_found_error", "model_not_found")
 
-    def to_ids(self, prompt, param: str = "prompt") -> list[list[int]]:
+    def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True) -> list[list[int]]:
         """A `prompt` (text, token ids, or a list of either) as one id list per prompt. Refuses
         (ApiError 400 naming `param`) no prompt at all, empty text (it would tokenize to a lone
         BOS and pass the engine's check) and text longer than the context could hold; token ids
@@ -98,7 +98,7 @@ class ApiContext:
             prompts = list(prompt)
         if not prompts:
             raise ApiError("prompt is empty: give text or token ids", param)
-        return [self._encode(p, param) if isinstance(p, str) else list(p) for p in prompts]
+        return [self._encode(p, param, add_bos) if isinstance(p, str) else list(p) for p in prompts]
 
     def _encode(self, text: str, param: str, add_bos: bool = True) -> list[int]:
         if not text:

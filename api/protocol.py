@@ -233,6 +233,8 @@ def _count(value: int | None, name: str) -> int | None:
 class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
+    add_special_tokens: bool = True
+    """vLLM's: false encodes a text prompt without the BOS first (token ids are sent as given)."""
 
     def logprob_counts(self) -> tuple[int | None, int | None]:
         """With `echo`, the prompt's log-probabilities come with the output's (OpenAI, vLLM)."""

@@ -34,7 +34,7 @@ class Completions(Endpoint):
 
     def prompts(self, ctx: ApiContext, body: CompletionRequest) -> Prompts:
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
-        return Prompts(ctx.to_ids(body.prompt), body.max_tokens, default)
+        return Prompts(ctx.to_ids(body.prompt, add_bos=body.add_special_tokens), body.max_tokens, default)
 
     def piece(self, text: str) -> dict:
         return {"text": text}

@@ -252,3 +252,13 @@ def test_a_held_back_token_s_streamed_text_offsets_are_the_response_s(off):
     assert any(c["text"] == "" and c["finish_reason"] is None for c in chunks)  # the held-back case occurred
     assert "".join(c["text"] for c in chunks) == whole["text"]
     assert sum((c["logprobs"]["text_offset"] for c in chunks if c["logprobs"]), []) == whole["logprobs"]["text_offset"]
+
+
+def test_completions_add_special_tokens_false_sends_the_text_without_its_bos_as_vllm(off):
+    def prompt_ids(**extra):
+        sent = dict(dict(model="tiny", prompt="hi", max_tokens=1, return_token_ids=True), **extra)
+        r = httpx.post(off.url + "/v1/completions", json=sent, timeout=60).json()
+        return r["choices"][0]["prompt_token_ids"], r["usage"]["prompt_tokens"]
+    assert prompt_ids() == ([1, 107, 108], 3)
+    assert prompt_ids(add_special_tokens=False) == ([107, 108], 2)  # as /tokenize's add_special_tokens
+    assert prompt_ids(prompt=[1, 107], add_special_tokens=False)[0] == [1, 107]  # ids are sent as given
