@@ -295,8 +295,6 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
     if hf.get("mlp_bias"):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
-    if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none
-        _check_qwen_window(hf, _num("num_hidden_layers"), _num("max_position_embeddings", 4096), arch != "qwen3_moe")
     if arch != "qwen2" and hf.get("attention_bias"):
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
@@ -375,6 +373,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **moe,
     )
     fields.update(overrides)
+    if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none. Within the
+        # context served (a yarn rope's, --set model.max_seq_len's)
+        _check_qwen_window(hf, fields["num_layers"], fields["max_seq_len"], arch != "qwen3_moe")
     try:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from

@@ -189,6 +189,15 @@ def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_i
         with pytest.raises(ValueError, match=rf"use_sliding_window=True is not supported: sliding_window=8 on "
                                              rf"{re.escape(blocks)}.*set use_sliding_window to false in config.json"):
             model_config_from_hf(tmp_path)
+    # a window of the whole max_position_embeddings hides keys in the longer context a yarn rope serves
+    long = {**base, "use_sliding_window": True, "sliding_window": 256, "max_window_layers": 0}
+    (tmp_path / "config.json").write_text(json.dumps(long))
+    assert model_config_from_hf(tmp_path).max_seq_len == 256
+    (tmp_path / "config.json").write_text(json.dumps({**long, "rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn",
+                                                                              "factor": 2.0}}))
+    with pytest.raises(ValueError, match="sliding_window=256 on 2 of 2 blocks"):
+        model_config_from_hf(tmp_path)
+    assert model_config_from_hf(tmp_path, max_seq_len=256).max_seq_len == 256  # served within the window: runs
 
 
 
