@@ -154,7 +154,7 @@ class ApiContext:
     async def release_hold(self, body) -> None:
         """A refused replay request still moves the replayer's clock hold on (or the engine
         would wait for it until the hold expires)."""
-        if getattr(body, "hold_until_s", None) is not None and self.loop.clock == "virtual":
+        if getattr(body, "hold_until_s", None) is not None and body.valid_hold() and self.loop.clock == "virtual":
             await self.loop.call(lambda e: self.loop.set_hold(body.hold_until_s))
 
 

@@ -172,9 +172,16 @@ class _Common(BaseModel):
             if value is not None and not (math.isfinite(value) and 0 <= value <= most):
                 raise ApiError(f"{name}={value!r} is invalid: use a finite number of simulated seconds >= 0"
                                + (f" and <= {most:g}" if math.isfinite(most) else ""), name)
-        if self.hold_until_s is not None and (self.arrival_s is None or self.hold_until_s < self.arrival_s):
+        if self.hold_until_s is not None and not self.valid_hold():
             raise ApiError(f"hold_until_s={self.hold_until_s!r} is invalid: a hold is the next trace arrival, so it "
                            "needs arrival_s and cannot come before it", "hold_until_s")
+
+    def valid_hold(self) -> bool:
+        """Whether `hold_until_s` is a hold the clock may take: the next arrival, at or after this one's
+        (a refused request's hold moves the replay on only then: a hold before the clock would stop it)."""
+        hold, arrival = self.hold_until_s, self.arrival_s
+        return (hold is not None and arrival is not None and math.isfinite(hold) and math.isfinite(arrival)
+                and 0 <= arrival <= hold)
 
     def to_params(self, max_tokens: int, max_tokens_param: str = "max_tokens") -> RequestParams:
         """Checked options of one choice that generates at most `max_tokens` (the client's limit or

@@ -240,6 +240,17 @@ def test_hostile_values_name_their_param(server, http, fields, status, param):
     assert (got, err["param"]) == (status, param), err
 
 
+@pytest.mark.parametrize("sent", [dict(hold_until_s=-4513.0, arrival_s=1.0), dict(hold_until_s=-1.0),
+                                  dict(hold_until_s=5.0, arrival_s=math.nan), dict(hold_until_s=0.5, temperature=-1)])
+def test_a_refused_request_moves_the_replay_hold_only_to_a_valid_one(server, http, sent):
+    """A refused replay request moves the replayer's hold on (the next arrival), but never to a hold the
+    request itself got refused for or that has no arrival before it: a negative one stopped the clock
+    for every client until the hold expired (30 s), found by the fuzzer."""
+    got, err, _ = _post(http, "/v1/completions", json.dumps(body(**sent), allow_nan=True).encode())
+    assert got == 400, err
+    assert server.loop.hold_until_s is None
+
+
 @pytest.mark.parametrize("raw", [json.dumps(body(temperature=v)) for v in (math.nan, math.inf, -math.inf)])
 def test_non_finite_temperatures_are_refused(server, http, raw):
     got, err, _ = _post(http, "/v1/completions", raw.encode())
