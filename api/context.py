@@ -21,7 +21,7 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
-from cent_serve.model.tokenizer import Tokenizer, encode_chat
+from cent_serve.model.tokenizer import TEMPLATE_VARIABLES, Tokenizer, encode_chat
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
 
@@ -114,10 +114,18 @@ class ApiContext:
                            "shorten the prompt", param, code="context_length_exceeded")
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
-                 continue_final_message: bool = False) -> list[int]:
-        """A chat's token ids: the model's chat template rendered (the template writes the BOS),
-        then encoded (tokenizer.py). A template that refuses the messages is a 400 naming `param`;
-        `continue_final_message` with `add_generation_prompt` a 400 naming the first."""
+                 continue_final_message: bool = False, template_kwargs: dict | None = None,
+                 add_special_tokens: bool = False) -> list[int]:
+        """A chat's token ids: the model's chat template rendered (the template writes the BOS;
+        `add_special_tokens`, vLLM's, puts one more first), with `template_kwargs` (vLLM's
+        `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
+        that refuses the messages is a 400 naming `param`; `continue_final_message` with
+        `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
+        taken = sorted(set(template_kwargs or ()) & {*TEMPLATE_VARIABLES, "chat_template"})  # vLLM refuses the last
+        if taken:
+            raise ApiError(f"chat_template_kwargs sets {', '.join(taken)}, which the server sets itself: use the "
+                           "request's own fields (messages, add_generation_prompt) and drop them here",
+                           "chat_template_kwargs")
         if not messages:
             raise ApiError(f"{param} is empty: give at least one message", param)
         if continue_final_message and add_generation_prompt:
@@ -125,9 +133,11 @@ class ApiContext:
                            "other, as in vLLM): send \"add_generation_prompt\": false", "continue_final_message")
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
-            return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message)
+            ids = encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
+                              template_kwargs)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
+        return [self.tokenizer.bos_token_id, *ids] if add_special_tokens else ids
 
     def check_request(self, prompt_ids: list[int], max_tokens: int, fields: FieldNames) -> None:
         """`Engine.check_request` (the one validator of a prompt and its length), its refusal as

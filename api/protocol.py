@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -43,7 +43,7 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
-               "logits_processors": (), "prompt_embeds": ()}
+               "logits_processors": (), "prompt_embeds": (), "chat_template": ()}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
 mean "off" (null is off too; `()`: only null): `vllm bench serve` sends repetition_penalty 1.0, which
 passes. vLLM's structured outputs (`guided_*`, `structured_outputs`) are refused as `response_format`'s
@@ -286,6 +286,10 @@ class ChatCompletionRequest(_Common):
     `add_generation_prompt` false)."""
     echo: bool = False
     """vLLM's: the reply starts with the last message's text when that message has the reply's role."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """vLLM's: more variables for the chat template (Qwen 3's `{"enable_thinking": false}`)."""
+    add_special_tokens: bool = False
+    """vLLM's: put the BOS before the rendered chat (its templates write their own)."""
 
     def reply_role(self) -> str:
         """The role of the reply: the assistant's, or without the generation prompt the last message's."""
@@ -345,6 +349,8 @@ class TokenizeRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
     """Prompt: put the BOS first (default true); messages: the template writes it (default false)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """As chat's: more variables for the chat template."""
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     """As chat's: the messages end inside the last one (needs add_generation_prompt false)."""

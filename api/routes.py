@@ -74,7 +74,8 @@ class Chat(Endpoint):
         # no limit given: the rest of the context, as vLLM's chat endpoint (DEFAULT_MAX_TOKENS)
         default = ctx.cfg.server.max_tokens_default or ctx.cfg.model.max_seq_len
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
-                           continue_final_message=body.continue_final_message)
+                           continue_final_message=body.continue_final_message,
+                           template_kwargs=body.chat_template_kwargs, add_special_tokens=body.add_special_tokens)
         return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
     def opening(self, body: ChatCompletionRequest) -> list[dict]:
@@ -163,9 +164,8 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx):
         raise ApiError("give either prompt or messages", "prompt")
     if body.messages is not None:
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
-                           continue_final_message=body.continue_final_message)
-        if body.add_special_tokens:
-            ids = [ctx.tokenizer.bos_token_id, *ids]
+                           continue_final_message=body.continue_final_message,
+                           template_kwargs=body.chat_template_kwargs, add_special_tokens=bool(body.add_special_tokens))
     else:
         ctx.check_chars(len(body.prompt), "prompt")
         ids = ctx.tokenizer.encode(body.prompt, add_bos=body.add_special_tokens is not False)

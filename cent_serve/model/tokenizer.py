@@ -282,11 +282,16 @@ def check_chat_template(template: str, where) -> None:
                          "fix tokenizer_config.json's chat_template") from None
 
 
+TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents", "bos_token", "eos_token")
+"""The variables `render_chat` gives a chat template itself (a request's `chat_template_kwargs` add others)."""
+
+
 def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False) -> str:
+                continue_final_message: bool = False, variables: dict | None = None) -> str:
     """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
-    variables `transformers` passes (no tools, no documents). Raises ValueError with the
-    template's own message if it refuses them (`raise_exception`, a missing field).
+    variables `transformers` passes (no tools, no documents) and `variables` (vLLM's
+    `chat_template_kwargs`, e.g. Qwen 3's `enable_thinking`; none of TEMPLATE_VARIABLES). Raises
+    ValueError with the template's own message if it refuses them (`raise_exception`, a missing field).
 
     `continue_final_message` (transformers' and vLLM's option, which excludes
     `add_generation_prompt`): the text ends where the last message's content ends, without the
@@ -298,8 +303,9 @@ def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
                          "add_generation_prompt to false to continue the last message")
     def render(msgs: list[dict]) -> str:
         try:
-            return _compiled(tok.chat_template).render(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                                       tools=None, documents=None, bos_token=tok.bos_token,
+            return _compiled(tok.chat_template).render(**(variables or {}), messages=msgs,
+                                                       add_generation_prompt=add_generation_prompt, tools=None,
+                                                       documents=None, bos_token=tok.bos_token,
                                                        eos_token=tok.eos_token)
         except (TemplateError, TypeError) as exc:
             raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
@@ -329,9 +335,10 @@ invisible separators: no chat template or message holds it)."""
 
 
 def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False) -> list[int]:
+                continue_final_message: bool = False, variables: dict | None = None) -> list[int]:
     """The token ids of a chat: the rendered template, no BOS added (the template writes it)."""
-    return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message), add_bos=False)
+    return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message, variables),
+                      add_bos=False)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:

@@ -262,3 +262,50 @@ def test_completions_add_special_tokens_false_sends_the_text_without_its_bos_as_
     assert prompt_ids() == ([1, 107, 108], 3)
     assert prompt_ids(add_special_tokens=False) == ([107, 108], 2)  # as /tokenize's add_special_tokens
     assert prompt_ids(prompt=[1, 107], add_special_tokens=False)[0] == [1, 107]  # ids are sent as given
+
+
+THINKING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% if enable_thinking is defined and not enable_thinking %}"
+            "<think></think>\n{% endif %}{% endif %}")
+"""A chat template with Qwen 3's switch: `enable_thinking` false opens the reply with an empty think."""
+
+
+def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path):
+    """vLLM's `chat_template_kwargs` (Qwen 3's `{"enable_thinking": false}`) are the template's variables
+    (they were ignored: the same prompt either way); chat's `add_special_tokens` puts a BOS first; a
+    request's own template, or a kwarg the server sets itself, is a 400 naming it."""
+    import shutil
+    from pathlib import Path
+
+    from cent_serve.config import CentConfig, ParallelConfig
+    from cent_serve.model import model_config_from_hf
+
+    ckpt = tmp_path / "m"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
+    conf = json.loads((ckpt / "tokenizer_config.json").read_text())
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(conf, chat_template=THINKING)))
+    model = model_config_from_hf(ckpt)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="off")
+    cfg.server.port = 0
+    with Server(cfg, "local") as s:
+        def tokens(**body) -> list[int]:
+            r = httpx.post(s.url + "/tokenize", json=dict(messages=CHAT, **body))
+            assert r.status_code == 200, r.text
+            return r.json()["tokens"]
+
+        def chat(**body) -> httpx.Response:
+            return httpx.post(s.url + "/v1/chat/completions", json=dict(model=model.name, messages=CHAT,
+                                                                        max_tokens=1, **body), timeout=60)
+
+        plain, thinking = tokens(), tokens(chat_template_kwargs={"enable_thinking": True})
+        quiet = tokens(chat_template_kwargs={"enable_thinking": False})
+        assert plain == thinking and len(quiet) > len(plain) and quiet[:len(plain)] == plain
+        assert chat(chat_template_kwargs={"enable_thinking": False}).json()["usage"]["prompt_tokens"] == len(quiet)
+        assert chat().json()["usage"]["prompt_tokens"] == len(plain)
+        with_bos = chat(add_special_tokens=True, return_token_ids=True).json()
+        assert with_bos["prompt_token_ids"] == [model.bos_token_id, *plain]
+        for body, param in ((dict(chat_template="{{ messages }}"), "chat_template"),
+                            (dict(chat_template_kwargs={"chat_template": "x"}), "chat_template_kwargs"),
+                            (dict(chat_template_kwargs={"add_generation_prompt": False}), "chat_template_kwargs")):
+            r = chat(**body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
