@@ -462,7 +462,7 @@ class DeviceConfig:
     num_channels: int = 32
     """GDDR6-AiM channels per device (16 controllers x 2)."""
     banks_per_channel: int = 16
-    """Banks per channel (4 bank groups x 4)."""
+    """Banks per channel (4 bank groups x 4): a multiple of 4, the bank groups of equal size."""
     rows_per_bank: int = 16384
     """DRAM rows per bank (with the row size and the channels and banks: the capacity)."""
     row_elements: int = 1024
@@ -572,6 +572,11 @@ class DeviceConfig:
         _check_numbers(self, "device")
         _check(self.row_elements % self.burst_elements == 0, "device.row_elements",
                self.row_elements, f"make it a multiple of device.burst_elements={self.burst_elements}")
+        # The time and energy models spread a block's elementwise work over its banks / 4 and / 2 and
+        # softmax's heads over a channel's 4 bank groups (cent_serve.timing.pim.BANK_GROUPS): fewer
+        # than 4 banks a block would divide by zero, and a count not a multiple of 4 drops banks.
+        _check(self.banks_per_channel % 4 == 0, "device.banks_per_channel", self.banks_per_channel,
+               "make it a multiple of 4 (a channel's 4 bank groups of equal size, e.g. 8, 16 or 32)")
         if isinstance(self.energy, dict):
             self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
         _check(isinstance(self.energy, EnergyConfig), "device.energy", self.energy,

@@ -239,3 +239,12 @@ def test_a_cluster_that_will_not_let_us_join_says_why(capfd):
         raise KeyboardInterrupt
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "half a join\nafter\n"
+
+
+def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
+    # A block on one channel of 2 banks has 2 // 4 = 0 elementwise lanes: the time model divided by
+    # zero (a ZeroDivisionError traceback) instead of naming the field.
+    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                    "--set", "device.num_channels=8", "--set", "device.banks_per_channel=2")
+    _one_line_error(proc, "device.banks_per_channel=2", "multiple of 4")
+    assert proc.returncode == 2
