@@ -92,12 +92,13 @@ def _bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def preset_rows() -> list[dict]:
-    """Every preset: family, size, context, and the fewest devices that hold it (`fewest_devices`)."""
+def preset_rows(dev=None) -> list[dict]:
+    """Every preset: family, size, context, and the fewest devices `dev` (default: the paper's
+    16 GiB device) that hold it (`fewest_devices`)."""
     from cent_serve.config import DeviceConfig
     from cent_serve.preflight import fewest_devices
 
-    dev, rows = DeviceConfig(), []
+    dev, rows = dev or DeviceConfig(), []
     for name in MODEL_PRESETS:
         m = model_preset(name)
         rows.append(dict(preset=name, model_type=m.model_type, params_b=m.param_count() / 1e9,

@@ -42,7 +42,8 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     if args.presets:
         from cent_serve.config_doc import preset_rows
-        rows = preset_rows()
+        dev = config_from_args(args).device  # the fewest devices of the device --set / --config describe
+        rows = preset_rows(dev)
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -52,7 +53,7 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"{r['preset']:<14}{r['model_type']:<10}{r['params_b']:>8.2f}B{r['context']:>9}"
                   f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>13}"
                   f"{r['devices_context'] or '>1024':>10}")
-        print("devices @4k: the fewest CENT devices (16 GiB) in the paper's pipeline (a stage per block) holding "
+        print(f"devices @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's pipeline (a stage per block) holding "
               "the weights and its batch, a 4,096-token query per stage; @context: the weights and a single query "
               "of the whole context. Timing-only (numerics off) above 1e9 parameters by default.")
         return 0

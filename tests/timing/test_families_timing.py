@@ -114,3 +114,21 @@ def test_cli_lists_every_preset_with_what_holds_it(capsys):
     # tokens (KV 320 KiB a token) the paper's 32 devices are more than enough
     assert rows["llama2-70b"]["devices_4k"] <= 32 and rows["llama2-70b"]["devices_context"] >= 9
     assert rows["qwen3-8b"]["model_type"] == "qwen3" and rows["qwen3-8b"]["context"] == 40960
+
+
+def test_cli_presets_count_devices_of_the_device_set(capsys):
+    # "What if the device held 4x the rows?": the fewest devices must follow --set device.*, not
+    # stay those of the default 16 GiB device.
+    from cent_serve.cli import main
+    import json
+
+    assert main(["info", "--presets", "--json"]) == 0
+    base = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["info", "--presets", "--json", "--set", "device.rows_per_bank=65536"]) == 0
+    big = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
+    # 70B: 128.5 GiB of weights need 9 devices of 16 GiB, but 3 of 64 GiB
+    assert base["llama2-70b"]["devices_context"] >= 9
+    assert big["llama2-70b"]["devices_context"] < base["llama2-70b"]["devices_context"]
+    assert big["llama2-70b"]["devices_context"] == 3
+    assert main(["info", "--presets", "--set", "device.rows_per_bank=65536"]) == 0
+    assert "(64 GiB)" in capsys.readouterr().out
