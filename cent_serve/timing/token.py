@@ -307,8 +307,11 @@ class SystemTimer:
 
     @property
     def block_cxl_s(self) -> float:
-        """Per-block communication of one token: its collectives and its output hop."""
-        return self.collectives_s(1) + self.hop_s(1)
+        """Per-block communication of one token: its collectives and its output hop (with local hops
+        on the DMA engine, `fabric.charge_local_hops` false, a block's mean share of the token's
+        hops, so N blocks of `block_s` add up to the token's hops as `token_cost` charges them)."""
+        hop = self.hop_s(1) if self.fabric.charge_local_hops else self._hops_s() / self.model.num_layers
+        return self.collectives_s(1) + hop
 
     def block_s(self, context: int) -> float:
         """One block's step for one token in the closed form: PIM + CXL + ACC x tb."""

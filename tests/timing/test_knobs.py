@@ -110,6 +110,23 @@ def test_local_hops_cost_the_dma_engine_when_not_charged_as_switch_hops():
     assert base.token_cost(L).hops_s == 80 * base.hop_s(1)
 
 
+def test_the_reported_block_cxl_follows_local_hops_not_charged_as_switch_hops():
+    """`cent simulate` prints block_cxl_ms and block_ms: with local hops on the DMA engine they are a
+    block's mean share of the token's hops, so N x block_ms + embedding + host is still the token
+    latency (7B on 8 devices: 8 units, 7 hops cross the switch, 25 stay on a device, 4096 x 2 B / 32 B
+    per cycle = 256 cycles each)."""
+    from cent_serve.timing.pipeline import token_figures
+
+    base, local = _timer("llama2-7b", 8), _timer("llama2-7b", 8, fabric__charge_local_hops="false")
+    fb, fl = token_figures(base, L), token_figures(local, L)
+    assert fb.block_cxl_ms == base.hop_s(1) * 1e3
+    assert fl.block_cxl_ms == pytest.approx((7 * base.hop_s(1) + 25 * 256 / 2e9) / 32 * 1e3, rel=1e-12)
+    assert fl.block_cxl_ms < fb.block_cxl_ms
+    for f in (fb, fl):
+        assert not f.bottleneck
+        assert 32 * f.block_ms + f.embedding_ms + f.host_ms == pytest.approx(f.token_latency_ms, rel=1e-12)
+
+
 def test_a_removed_field_says_what_to_set_instead():
     with pytest.raises(ValueError, match="derived .*rows_per_bank"):
         apply_overrides(CentConfig(), ["device.capacity_bytes=1"])
