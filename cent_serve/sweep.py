@@ -99,12 +99,22 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
                 raise ValueError(f"--vary {name}: {exc}") from None
 
 
-def point_config(base: CentConfig, point: dict[str, str]) -> CentConfig:
-    """`base` with the point's values set (a model first: the other fields apply to it)."""
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's model settings (`--seed`, then every `--set model.*`): a varied model keeps
+    them, as `--model NAME` does (the model chosen whole, then the flags and every --set apply)."""
+    out = [f"model.seed={args.seed}"] if getattr(args, "seed", None) is not None else []
+    return out + [s for s in (getattr(args, "set", None) or []) if s.split("=", 1)[0].strip().startswith("model.")]
+
+
+def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] | tuple = ()) -> CentConfig:
+    """`base` with the point's values set (a model first, with `model_sets` (`model_overrides`) on
+    it: the other fields apply to it)."""
     cfg = CentConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    sets = [f"{k}={v}" for k, v in point.items() if k != "model"]
     if "model" in point:
         cfg.model = resolve_model(point["model"])
-    return apply_overrides(cfg, [f"{k}={v}" for k, v in point.items() if k != "model"])
+        sets = [*model_sets, *sets]
+    return apply_overrides(cfg, sets)
 
 
 def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
@@ -194,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)
         try:
-            cfg = point_config(base, point)
+            cfg = point_config(base, point, model_overrides(args))
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode))
             row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,

@@ -39,6 +39,22 @@ def test_a_closed_form_sweep_writes_every_point_with_its_config(tmp_path, capsys
     assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "tokens_per_dollar.png").stat().st_size
 
 
+def test_a_varied_model_keeps_the_model_fields_set_on_the_command_line(tmp_path, capsys):
+    # as `--model NAME --set model.FIELD=V` does: the model is chosen whole, then every --set applies
+    assert main(["sweep", "--devices", "32", "--seed", "7", "--vary", "model=llama2-7b,llama2-70b",
+                 "--set", "model.intermediate_size=22016", "--out", str(tmp_path), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    for r in rows:
+        cfg = _from_dict(CentConfig, json.loads(r["config"]), "")
+        assert cfg.model.name == r["model"]
+        assert cfg.model.intermediate_size == 22016 and cfg.model.seed == 7, r["model"]
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "32", "--prompt", "512", "--decode", "3584",
+                 "--set", "model.intermediate_size=22016", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)["end2end"]["throughput_tok_s"]
+    assert float(rows[0]["throughput_tok_s"]) == pytest.approx(one, rel=1e-12)
+
+
 def test_a_trace_sweep_replays_the_trace_at_every_point(tmp_path):
     assert main(["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=16,32", "--trace", "sample_conv",
                  "--num-requests", "20", "--out", str(tmp_path), "--no-plots"]) == 0
