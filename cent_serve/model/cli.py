@@ -53,8 +53,8 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"{r['preset']:<14}{r['model_type']:<10}{r['params_b']:>8.2f}B{r['context']:>9}"
                   f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>13}"
                   f"{r['devices_context'] or '>1024':>10}")
-        print(f"devices @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's pipeline (a stage per block) holding "
-              "the weights and its batch, a 4,096-token query per stage; @context: the weights and a single query "
+        print(f"devices @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's pipeline "
+              "(a stage per block) holding the weights and its batch, a 4,096-token query per stage; @context: the weights and a single query "
               "of the whole context. Timing-only (numerics off) above 1e9 parameters by default.")
         return 0
     from cent_serve.preflight import check_runnable
