@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
     sw.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
     sw.add_argument("--out", default="bench-sweep", help="results directory")
+    sw.add_argument("--no-plots", action="store_true", help="write sweep.json only")
     sw.set_defaults(func=run_sweep_cmd)
 
     pa = bsub.add_parser("paper", help="the paper's mappings on one trace, beside the GPU baseline",
@@ -256,7 +257,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     def requests_at(rate: float) -> list:
         return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
 
-    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out))
+    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots)
     g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
     if not slos:
         goodput = "DistServe goodput: give --goodput ttft:MS tpot:MS for it"

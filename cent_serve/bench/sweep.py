@@ -26,8 +26,8 @@ DISTSERVE_ATTAINMENT = 0.9
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
-              out_dir: Path) -> dict:
-    """One in-process replay per rate; writes sweep.json and sweep.png; returns the sweep.
+              out_dir: Path, plots: bool = True) -> dict:
+    """One in-process replay per rate; writes sweep.json and (`plots`) sweep.png; returns the sweep.
 
     A row's `slo_attainment` is the share of all its requests that completed within every SLO,
     so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
@@ -47,7 +47,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                  distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-    _plot_sweep(out_dir, sweep)
+    if plots:
+        _plot_sweep(out_dir, sweep)
     return sweep
 
 
