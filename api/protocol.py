@@ -98,13 +98,9 @@ def _null_is_default(data, fields: tuple[str, ...]):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls(cls, data):
-        return _null_is_default(data, ("include_usage", "continuous_usage_stats"))
-
-    include_usage: bool = False
-    continuous_usage_stats: bool = False
+    include_usage: bool | None = True
+    """True unless set (vLLM's default: `{}` asks for the usage chunk); null is off, as in vLLM."""
+    continuous_usage_stats: bool | None = False
     """vLLM's: with include_usage, every chunk carries its choice's usage so far."""
 
 

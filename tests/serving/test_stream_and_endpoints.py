@@ -309,3 +309,15 @@ def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path):
                             (dict(chat_template_kwargs={"add_generation_prompt": False}), "chat_template_kwargs")):
             r = chat(**body)
             assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_stream_options_given_empty_asks_for_the_usage_chunk_as_in_vllm(off):
+    """vLLM's StreamOptions defaults include_usage to true: `{}` gets the usage chunk; null or no
+    stream_options does not."""
+    def has_usage(**extra) -> bool:
+        chunks = events(off.url, "/v1/completions", prompt="hi", max_tokens=2, **extra)
+        return chunks[-1]["choices"] == [] and "usage" in chunks[-1]
+
+    assert has_usage(stream_options={}) and has_usage(stream_options={"include_usage": True})
+    assert not has_usage() and not has_usage(stream_options={"include_usage": None})
+    assert not has_usage(stream_options={"include_usage": False})
