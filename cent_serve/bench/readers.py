@@ -80,6 +80,9 @@ class CsvLayout:
         return self.time_col, self.prompt_col, self.output_col
 
 
+ID_COLUMN = "request_id"
+"""A CSV trace's optional column of its own request ids (rows without one are named by their index)."""
+
 CSV_LAYOUTS: dict[str, CsvLayout] = {
     "vidur": CsvLayout("arrived_at", "num_prefill_tokens", "num_decode_tokens",
                        lambda: _seconds, "seconds from the trace start, e.g. 4.314579"),
@@ -170,39 +173,70 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
             raise ParamError(f"{path}:{reader.line_num}: the header lacks the {fmt} column(s) "
                              f"{', '.join(map(repr, missing))}: {fix}")
         cols = [(names.index(c), c) for c in layout.columns]
+        i_id = names.index(ID_COLUMN) if ID_COLUMN in names else None
+        ids = _UniqueIds()
         first: tuple[float, float] | None = None
         previous_s, previous_text = 0.0, ""
         row = 0
-        for fields in reader:
-            if not any(field.strip() for field in fields):
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(fields) < len(names):
-                raise ValueError(f"{where}: the row has {len(fields)} fields, the header "
-                                 f"{len(names)}: write one value per column")
-            (i_time, c_time), (i_prompt, c_prompt), (i_output, c_output) = cols
-            try:
-                whole, frac = parse_time(fields[i_time])
-            except ValueError:
-                raise _bad(where, c_time, fields[i_time], f"use {layout.time_example}") from None
-            try:
-                num_prompt = _count(fields[i_prompt])
-            except ValueError:
-                raise _bad(where, c_prompt, fields[i_prompt], _COUNT_FIX) from None
-            try:
-                num_output = _count(fields[i_output])
-            except ValueError:
-                raise _bad(where, c_output, fields[i_output], _COUNT_FIX) from None
-            first = first or (whole, frac)
-            arrival_s = (whole - first[0]) + (frac - first[1])
-            if arrival_s < previous_s:
-                raise _earlier(where, c_time, fields[i_time], previous_text, "row")
-            previous_s, previous_text = arrival_s, fields[i_time]
-            yield Request(str(row), arrival_s, num_prompt, num_output)
-            row += 1
+        try:
+            for fields in reader:
+                if not any(field.strip() for field in fields):
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(fields) < len(names):
+                    raise ValueError(f"{where}: the row has {len(fields)} fields, the header "
+                                     f"{len(names)}: write one value per column")
+                (i_time, c_time), (i_prompt, c_prompt), (i_output, c_output) = cols
+                try:
+                    whole, frac = parse_time(fields[i_time])
+                except ValueError:
+                    raise _bad(where, c_time, fields[i_time], f"use {layout.time_example}") from None
+                try:
+                    num_prompt = _count(fields[i_prompt])
+                except ValueError:
+                    raise _bad(where, c_prompt, fields[i_prompt], _COUNT_FIX) from None
+                try:
+                    num_output = _count(fields[i_output])
+                except ValueError:
+                    raise _bad(where, c_output, fields[i_output], _COUNT_FIX) from None
+                first = first or (whole, frac)
+                arrival_s = (whole - first[0]) + (frac - first[1])
+                if arrival_s < previous_s:
+                    raise _earlier(where, c_time, fields[i_time], previous_text, "row")
+                previous_s, previous_text = arrival_s, fields[i_time]
+                own = fields[i_id].strip() if i_id is not None else ""
+                yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output)
+                row += 1
+        finally:  # also when the reader stops early (--num-requests)
+            ids.warn(path, "row", "row")
     if not row:
         raise ValueError(f"{path} has no requests: a header and no rows under it; add a row per "
                          "request")
+
+
+class _UniqueIds:
+    """A trace's own request ids. An id names one request (its record, the engine's request), so a
+    repeat is sent as `<id>#<index>`; `warn` names the repeats once."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.renamed: list[str] = []
+
+    def take(self, request_id: str, index: int) -> str:
+        if request_id in self.used:
+            self.renamed.append(request_id)
+            request_id = f"{request_id}#{index}"
+            while request_id in self.used:  # an id of the file that is already "<id>#<index>"
+                request_id += "#"
+        self.used.add(request_id)
+        return request_id
+
+    def warn(self, path: Path, things: str, index: str) -> None:
+        if self.renamed:
+            n = len(self.renamed)
+            log.warning("%s: %d %s%s repeat%s an earlier id (%s): sent as <id>#<%s>", path, n, things,
+                        "s" if n > 1 else "", "" if n > 1 else "s",
+                        ", ".join(map(repr, self.renamed[:5])) + (", ..." if n > 5 else ""), index)
 
 
 def _earlier(where: str, column: str, value: object, previous: object, unit: str) -> ValueError:
@@ -294,8 +328,7 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     arrivals = iter(arrivals_s)
     first_s: float | None = None
     skipped = []
-    used_ids: set[str] = set()
-    renamed = []
+    ids = _UniqueIds()
     try:
         for index, entry in enumerate(entries):
             where = f"{path}: entry {index}"
@@ -312,21 +345,11 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
                                  "arrival process such as iter_arrival_times_s(rate, seed=...)")
             first_s = arrival if first_s is None else first_s
             prompt, answer = exchange
-            request_id = str(entry.get("id", index))
-            if request_id in used_ids:  # a request id names one request: its record, the engine's
-                renamed.append(request_id)
-                request_id = f"{request_id}#{index}"
-                while request_id in used_ids:  # an id of the file that is already "<id>#<index>"
-                    request_id += "#"
-            used_ids.add(request_id)
-            yield Request(request_id, float(arrival - first_s),
+            yield Request(ids.take(str(entry.get("id", index)), index), float(arrival - first_s),
                           count_tokens(prompt) if prompt else 0,
                           count_tokens(answer) if answer else 0, prompt)
     finally:  # also when the reader stops early (--num-requests): what was skipped or renamed before it
-        if renamed:
-            log.warning("%s: %d conversation%s repeat%s an earlier id (%s): sent as <id>#<entry index>",
-                        path, len(renamed), "s" if len(renamed) > 1 else "", "" if len(renamed) > 1 else "s",
-                        ", ".join(map(repr, renamed[:5])) + (", ..." if len(renamed) > 5 else ""))
+        ids.warn(path, "conversation", "entry index")
         if skipped and first_s is not None:
             log.warning("%s: %d conversation%s without a human turn followed by a gpt turn skipped (entr%s %s)",
                         path, len(skipped), "s" if len(skipped) > 1 else "", "ies" if len(skipped) > 1 else "y",

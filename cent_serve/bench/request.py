@@ -15,7 +15,8 @@ class Request:
     """
 
     request_id: str
-    """Stable id: the 0-based row of the source file (ShareGPT: the entry's `id`)."""
+    """Stable id: the file's own (a CSV's `request_id` column, ShareGPT's `id`), else the 0-based row
+    of the source file; unique in a trace (a repeat is `<id>#<index>`)."""
     arrival_s: float
     """Seconds from the trace start (the first request kept)."""
     num_prompt_tokens: int

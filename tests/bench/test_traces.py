@@ -143,6 +143,21 @@ def test_sharegpt_repeated_ids_name_one_request_each(tmp_path, caplog):
     assert len(warned) == 1 and "3 conversations repeat an earlier id ('a', 'a', '4')" in warned[0]
 
 
+def test_a_csv_trace_s_own_request_ids_name_its_requests(tmp_path, caplog):
+    """A CSV with a request_id column names its requests by it (requests.csv joins back to the
+    user's trace), an empty one by the row's index; a repeat, or an id equal to an index-named
+    row's, is `<id>#<row>` with one warning, also when --num-requests stops the reader early."""
+    path = write(tmp_path, "ids.csv", "request_id,arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                 "q-7,0.0,5,2\nq-8,0.5,5,2\n,1.0,5,2\nq-7,1.5,5,2\n2,2.0,5,2\n")
+    assert [r.request_id for r in load_trace(path)] == ["q-7", "q-8", "2", "q-7#3", "2#4"]
+    warned = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert len(warned) == 1 and "2 rows repeat an earlier id ('q-7', '2'): sent as <id>#<row>" in warned[0]
+    caplog.clear()
+    assert [r.request_id for r in load_trace(path, "vidur", TraceOptions(num_requests=4))][-1] == "q-7#3"
+    assert sum("repeat" in r.getMessage() for r in caplog.records) == 1
+    assert [r.request_id for r in load_trace(vidur_trace(tmp_path, [0.0, 1.0]))] == ["0", "1"]  # no column
+
+
 def test_sharegpt_repeated_ids_are_all_replayed(tmp_path):
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import CentConfig, ParallelConfig, model_preset
