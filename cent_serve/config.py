@@ -824,7 +824,9 @@ class GpuConfig:
         _check(isinstance(self.pp, int) and self.pp >= 1, "gpu.pp", self.pp, "use at least one stage")
         _check(isinstance(self.tp, int) and self.tp >= 0, "gpu.tp", self.tp, "use GPUs per stage (0 = count / pp)")
         if self.count:
-            _check(self.count % (self.pp * self.group_tp) == 0, "gpu.tp", self.tp,
+            # with tp 0 (count / pp) the pipeline is what does not divide: name the field that was set
+            field, value = ("gpu.tp", self.tp) if self.tp else ("gpu.pp", self.pp)
+            _check(self.count % (self.pp * self.group_tp) == 0, field, value,
                    f"tp x pp = {self.pp * self.group_tp} must divide gpu.count={self.count}")
         _check(self.attention_reads in GPU_ATTENTION_READS, "gpu.attention_reads", self.attention_reads,
                "use " + " or ".join(map(repr, GPU_ATTENTION_READS)))

@@ -125,6 +125,9 @@ def test_version():
     (["--set", "device.gemv_af_group_size=0"], ["device.gemv_af_group_size=0", "positive integer"]),
     (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.tco_per_gpu=0"], ["gpu.tco_per_gpu=0", "leave it unset"]),
     (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.count=0"], ["gpu.count=0", "--hardware"]),
+    # gpu.tp is left at 0 (count / pp): the error names the field set, not gpu.tp=0
+    (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.pp=3"], ["gpu.pp=3 is invalid", "divide gpu.count=4"]),
+    (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.tp=3"], ["gpu.tp=3 is invalid", "divide gpu.count=4"]),
     (["--set", "device=5"], ["device='5'", "section"]),
     (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
