@@ -168,6 +168,10 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert all(r["completed"] == 12 and r["throughput_ratio"] > 0 for r in paper["rows"])
     assert paper["gpu_baseline"]["gpus"] == 1
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
+    # "1.73x GPU" says against what: the artifact's measured A100, its workload, and where a modelled GPU is
+    printed = capsys.readouterr().out
+    assert "x GPU: against 1 A100-80GB as the CENT artifact measured it" in printed, printed
+    assert "1,085 tok/s end to end" in printed and "512 + 3584" in printed and "cent bench compare" in printed
 
 
 def test_paper_prints_why_requests_failed(tmp_path, capsys):
