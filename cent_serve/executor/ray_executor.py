@@ -17,6 +17,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 
 import numpy as np
 import ray
@@ -266,6 +267,28 @@ def chain_bundles(pg, first_node: str) -> list[int]:
     return [i for n in nodes for i in sorted(i for i, m in on.items() if m == n)]
 
 
+STARTUP_PROGRESS_S = 10.0
+"""While the device actors start, a log line this often says how many are up (dozens of actors on a
+few cores take minutes)."""
+
+
+def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRESS_S) -> list:
+    """`ray.get(refs, timeout=timeout_s)` (the device actors' first answers, in order, or the first
+    error as soon as it comes), logging every `every_s` seconds how many have answered."""
+    t0 = time.monotonic()
+    pending, n = list(refs), len(refs)
+    while pending:
+        left = timeout_s - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(every_s, left))
+        ray.get(ready)  # an actor that failed to start raises now
+        if pending:
+            log.info("starting the device actors: %d of %d up after %.0f s", n - len(pending), n,
+                     time.monotonic() - t0)
+    return ray.get(refs, timeout=max(0.0, timeout_s - (time.monotonic() - t0)))
+
+
 class RoundFuture:
     """A round sent with `RayExecutor.submit`; `result()` waits for it (replies come in the order
     rounds were sent)."""
@@ -340,8 +363,8 @@ class RayExecutor(Executor):
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, bundles[i]))
                 self.actors[d] = DeviceActor.options(**opts).remote(cfg, places[d], switch, secret, listen, table,
                                                                     slot)
-            addresses = dict(zip(device_ids, ray.get([self.actors[d].address.remote() for d in device_ids],
-                                                     timeout=STARTUP_TIMEOUT_S)))
+            addresses = dict(zip(device_ids, await_started([self.actors[d].address.remote() for d in device_ids],
+                                                           STARTUP_TIMEOUT_S)))
             ray.get([a.wire.remote(addresses) for a in self.actors.values()], timeout=STARTUP_TIMEOUT_S)
             first, last = self.units[0].device_ids, self.units[-1].device_ids[0]
             node = ray.get_runtime_context().get_node_id()

@@ -202,3 +202,31 @@ def test_placement_replica_picks_a_node_no_other_replica_holds_while_one_fits():
     assert replica_hosts(units, 4, {"a": 1, "b": 0}) == (["b"], False)  # b's replica was shut down
     assert replica_hosts(units, 4, {"a": 1, "b": 2}) == (["a", "b"], True)  # every fitting node holds one: share
     assert replica_hosts(units, 16, {}) == ([], False)  # no node fits: the caller refuses
+
+
+def test_startup_wait_logs_progress_and_raises_early(ray_cluster, caplog):
+    """Actors that take long to start are counted in the log while the executor waits; one that
+    fails to start raises without waiting for the others."""
+    import logging
+    import time
+
+    import ray
+
+    from cent_serve.executor.ray_executor import await_started
+
+    @ray.remote(num_cpus=0)
+    def answer(x, delay):
+        time.sleep(delay)
+        if x < 0:
+            raise ValueError("no start")
+        return x
+
+    with caplog.at_level(logging.INFO, logger="cent_serve.executor.ray_executor"):
+        assert await_started([answer.remote(1, 0.0), answer.remote(2, 0.6)], 60.0, every_s=0.1) == [1, 2]
+    assert any("of 2 up after" in r.getMessage() for r in caplog.records)
+    slow = answer.remote(3, 30.0)
+    with pytest.raises(ValueError, match="no start"):
+        await_started([slow, answer.remote(-1, 0.0)], 60.0, every_s=0.1)
+    ray.cancel(slow, force=True)
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        await_started([answer.remote(4, 5.0)], 0.3, every_s=0.1)
