@@ -277,15 +277,19 @@ def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRES
     error as soon as it comes), logging every `every_s` seconds how many have answered."""
     t0 = time.monotonic()
     pending, n = list(refs), len(refs)
+    next_log = t0 + every_s
     while pending:
-        left = timeout_s - (time.monotonic() - t0)
+        now = time.monotonic()
+        left = timeout_s - (now - t0)
         if left <= 0:
             break
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(every_s, left))
-        ray.get(ready)  # an actor that failed to start raises now
-        if pending:
+        # one at a time, so an actor that failed to start raises as soon as it answers
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, min(next_log - now, left)))
+        ray.get(ready)
+        if pending and time.monotonic() >= next_log:
             log.info("starting the device actors: %d of %d up after %.0f s", n - len(pending), n,
                      time.monotonic() - t0)
+            next_log += every_s
     return ray.get(refs, timeout=max(0.0, timeout_s - (time.monotonic() - t0)))
 
 

@@ -224,9 +224,13 @@ def test_startup_wait_logs_progress_and_raises_early(ray_cluster, caplog):
     with caplog.at_level(logging.INFO, logger="cent_serve.executor.ray_executor"):
         assert await_started([answer.remote(1, 0.0), answer.remote(2, 0.6)], 60.0, every_s=0.1) == [1, 2]
     assert any("of 2 up after" in r.getMessage() for r in caplog.records)
-    slow = answer.remote(3, 30.0)
+    slow = answer.remote(3, 300.0)
+    t0 = time.monotonic()
     with pytest.raises(ValueError, match="no start"):
-        await_started([slow, answer.remote(-1, 0.0)], 60.0, every_s=0.1)
+        # the failure answers in milliseconds; a wait that only looked at each progress tick
+        # (every 100 s here) would raise after 100 s: 50 s is the margin for a loaded machine
+        await_started([slow, answer.remote(-1, 0.0)], 600.0, every_s=100.0)
+    assert time.monotonic() - t0 < 50.0
     ray.cancel(slow, force=True)
     with pytest.raises(ray.exceptions.GetTimeoutError):
         await_started([answer.remote(4, 5.0)], 0.3, every_s=0.1)
