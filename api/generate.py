@@ -23,7 +23,7 @@ from api.errors import EventStream, record, record_finished
 from api.protocol import ApiError
 from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
 from cent_serve.scheduler import QueueFull
-from cent_serve.serving import ENGINE_THREAD_FAILED, EngineStopped
+from cent_serve.serving import ENGINE_THREAD_FAILED, Delta, EngineStopped
 
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming handler checks whether its client is still there."""
@@ -42,6 +42,9 @@ class Prompts:
     """The client's limit; None: `default_max_tokens`, clamped to the context each prompt leaves."""
     default_max_tokens: int
     fields: FieldNames = field(default_factory=FieldNames)
+    echo_only: bool = False
+    """Completions' echo with max_tokens=0: each choice runs the prompt's pass (max_tokens 1) and
+    answers with the prompt alone; its one token is dropped (`prompt_only`)."""
 
 
 class Endpoint(ABC):
@@ -112,6 +115,7 @@ class Reply:
     endpoint: Endpoint
     body: object
     prompts: list[list[int]]
+    echo_only: bool = False
 
     def chunk(self, index: int, fields: dict, finish: str | None, extra: dict | None = None) -> dict:
         choice = dict(index=index, **fields, logprobs=None, finish_reason=finish, **(extra or {}))
@@ -143,10 +147,10 @@ async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
         raise
     base = dict(id=f"{endpoint.id_prefix}-{uuid.uuid4().hex}", object=endpoint.chunk_object,
                 created=int(time.time()), model=ctx.model_name)
-    reply = Reply(base, endpoint, body, prompts.ids)
+    reply = Reply(base, endpoint, body, prompts.ids, prompts.echo_only)
     if body.stream:
         return event_stream(ctx, raw, reqs, q, reply)
-    outs = await collect(ctx, raw, reqs, q)
+    outs = await collect(ctx, raw, reqs, q, prompts.echo_only)
     return respond(ctx, reply, outs)
 
 
@@ -179,6 +183,14 @@ def with_prompt(echoed: str | None, prompt_ids: list[int], prompt_logprobs: list
     if echoed is None:
         return token_ids, entries
     return prompt_ids + token_ids, (prompt_logprobs or [None] * len(prompt_ids)) + entries
+
+
+def prompt_only(d: Delta) -> Delta:
+    """`d` without its output (an echo-only choice's token, `Prompts.echo_only`): the prompt's
+    log-probabilities stay; a choice that finished did so at its limit of 0 tokens."""
+    finish = "length" if d.finished and d.finish_reason in ("stop", "length") else d.finish_reason
+    return replace(d, token_ids=[], times_s=[], text="", logprobs=[], finish_reason=finish,
+                   stop_reason=None)
 
 
 def _seeded(params: RequestParams, index: int, n: int) -> RequestParams:
@@ -229,9 +241,10 @@ def queue_full(exc: QueueFull) -> ApiError:
                     headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict[int, dict]:
+async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue,
+                  echo_only: bool = False) -> dict[int, dict]:
     """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
-    once all have finished. Aborts them all if the client goes away (checked every
+    once all have finished (with `echo_only`, none of the output: `prompt_only`). Aborts them all if the client goes away (checked every
     DISCONNECT_POLL_S: a non-streaming handler sends nothing that would notice); raises ApiError
     500 if a choice failed in the engine, 503 if the engine stopped under it (shutdown)."""
     wants_logprobs = reqs[0].params.logprobs is not None
@@ -251,6 +264,8 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue) -> dict
             except asyncio.TimeoutError:
                 continue
             await ctx.pace(d)
+            if echo_only:
+                d = prompt_only(d)
             o = out[index]
             o["token_ids"] += d.token_ids
             o["text"] += d.text
@@ -386,6 +401,8 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
         while left[0]:
             index, d = await q.get()
             await ctx.pace(d)
+            if reply.echo_only:
+                d = prompt_only(d)
             if not opened:  # the opening (chat's role chunk) goes out with the first output, as vLLM sends
                 opened = True  # it: a client timing its first token by the first chunk with choices (vLLM's
                 for c in opening():  # bench) would otherwise measure the time to the headers, not the TTFT

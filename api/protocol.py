@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -106,6 +106,8 @@ class StreamOptions(BaseModel):
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)  # unknown fields: module docstring
+    zero_tokens_hint: ClassVar[str] = ""
+    """What the error of a zero token limit adds (completions: the echo that allows it)."""
 
     model: str
     max_tokens: int | None = None
@@ -190,7 +192,8 @@ class _Common(BaseModel):
         logprobs, prompt_logprobs = self.logprob_counts()
         name = max_tokens_param
         if max_tokens < 1:
-            raise ApiError(f"{name}={short(max_tokens)} is invalid: use a positive integer", name)
+            raise ApiError(f"{name}={short(max_tokens)} is invalid: use a positive integer{self.zero_tokens_hint}",
+                           name)
         if not 0 <= self.min_tokens <= max_tokens:
             raise ApiError(f"min_tokens={short(self.min_tokens)} is invalid: use 0..max_tokens ({max_tokens})",
                            "min_tokens")
@@ -238,6 +241,13 @@ class CompletionRequest(_Common):
     echo: bool = False
     add_special_tokens: bool = True
     """vLLM's: false encodes a text prompt without the BOS first (token ids are sent as given)."""
+    zero_tokens_hint: ClassVar[str] = " (or 0 with echo: the prompt back, with its logprobs if asked)"
+
+    @property
+    def echo_only(self) -> bool:
+        """`echo` with max_tokens=0: the prompt back (with its log-probabilities when `logprobs` is
+        set), nothing generated, as OpenAI's legacy completions and vLLM answer it: prompt scoring."""
+        return self.echo and self.max_tokens == 0
 
     def logprob_counts(self) -> tuple[int | None, int | None]:
         """With `echo`, the prompt's log-probabilities come with the output's (OpenAI, vLLM)."""

@@ -34,7 +34,10 @@ class Completions(Endpoint):
 
     def prompts(self, ctx: ApiContext, body: CompletionRequest) -> Prompts:
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
-        return Prompts(ctx.to_ids(body.prompt, add_bos=body.add_special_tokens), body.max_tokens, default)
+        ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens)
+        if body.echo_only:  # the prompt's pass makes one token, which `generate` drops (vLLM's way)
+            return Prompts(ids, 1, default, echo_only=True)
+        return Prompts(ids, body.max_tokens, default)
 
     def piece(self, text: str) -> dict:
         return {"text": text}

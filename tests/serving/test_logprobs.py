@@ -3,6 +3,7 @@
 model's own logits (full numerics) and the stand-in sampler's uniform distribution (timing-only)."""
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -203,3 +204,32 @@ def test_prompt_logprobs_on_a_tensor_parallel_mapping(reference):
     lp = _ref_logprobs(reference, ids)
     np.testing.assert_allclose(c["logprobs"]["token_logprobs"][1:], [lp[i - 1][ids[i]] for i in range(1, len(ids))],
                                atol=1e-4)
+
+
+def test_echo_with_no_tokens_scores_the_prompt(full, reference):
+    """OpenAI's legacy echo with max_tokens=0 (prompt scoring, which vLLM answers): the prompt back with the reference model's log-probabilities of its tokens,
+    nothing generated, the same streamed; 0 without echo is still refused, naming echo."""
+    req = dict(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    r = httpx.post(full.url + "/v1/completions", json=req, timeout=60).json()
+    c = r["choices"][0]
+    tok = ByteTokenizer()
+    assert c["text"] == tok.decode(PROMPT[1:]) and c["finish_reason"] == "length"
+    assert r["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 0, "total_tokens": len(PROMPT)}
+    lp = _ref_logprobs(reference, PROMPT)
+    got = c["logprobs"]
+    assert len(got["tokens"]) == len(PROMPT) and got["token_logprobs"][0] is None
+    np.testing.assert_allclose(got["token_logprobs"][1:], [lp[i - 1][PROMPT[i]] for i in range(1, len(PROMPT))],
+                               atol=1e-4)
+    chunks = []
+    with httpx.stream("POST", full.url + "/v1/completions", json=dict(req, stream=True), timeout=60) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    assert len(chunks) == 1 and chunks[0]["choices"][0]["text"] == c["text"]
+    assert chunks[0]["choices"][0]["logprobs"] == got and chunks[0]["choices"][0]["finish_reason"] == "length"
+    client = openai.OpenAI(base_url=full.url + "/v1", api_key="none")
+    scored = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
+    assert scored.choices[0].logprobs.token_logprobs == got["token_logprobs"]
+    bad = httpx.post(full.url + "/v1/completions", json=dict(req, echo=False), timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+    assert "0 with echo" in bad.json()["error"]["message"]
