@@ -72,7 +72,6 @@ import sys
 import threading
 import time
 
-import ml_dtypes
 import msgpack
 import numpy as np
 
@@ -127,13 +126,29 @@ ARRAY_DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"), 2: np.dtype("<f8"),
     3: np.dtype("i1"), 4: np.dtype("<i2"), 5: np.dtype("<i4"), 6: np.dtype("<i8"),
     7: np.dtype("u1"), 8: np.dtype("<u2"), 9: np.dtype("<u4"),
-    11: np.dtype("?"), 12: np.dtype(ml_dtypes.bfloat16),
+    11: np.dtype("?"),
 }
 """The array dtypes a link carries, by wire code: float32, float64, int8-64, uint8-32, bool and
-ml_dtypes.bfloat16 (the weights' storage type). float16, uint64, complex, object, str, structured
-and datetime arrays are refused (nothing in the protocol uses them)."""
+ml_dtypes.bfloat16 (the weights' storage type, `BF16_CODE`: added by `wire_dtypes` on first use).
+float16, uint64, complex, object, str, structured and datetime arrays are refused (nothing in the
+protocol uses them)."""
+BF16_CODE = 12
+"""Wire code of ml_dtypes.bfloat16. Its table entry is added when a process first sends or receives
+one: importing ml_dtypes costs ~0.6 CPU-s, which every device actor would pay at start-up, and only
+full numerics with bfloat16 weights move bfloat16 arrays."""
 _DTYPE_CODES = {dt: code for code, dt in ARRAY_DTYPES.items()}
-_DTYPE_NAMES = ", ".join(dt.name for dt in ARRAY_DTYPES.values())
+_DTYPE_NAMES = ", ".join([dt.name for dt in ARRAY_DTYPES.values()] + ["bfloat16"])
+
+
+def wire_dtypes() -> dict[int, np.dtype]:
+    """Every dtype a link carries, by wire code, bfloat16 included (importing ml_dtypes)."""
+    if BF16_CODE not in ARRAY_DTYPES:
+        import ml_dtypes
+
+        bf16 = np.dtype(ml_dtypes.bfloat16)
+        _DTYPE_CODES[bf16] = BF16_CODE  # the encoder's table first: a reader of ARRAY_DTYPES finds both
+        ARRAY_DTYPES[BF16_CODE] = bf16
+    return ARRAY_DTYPES
 
 
 class LinkClosed(ConnectionError):
@@ -192,6 +207,10 @@ def _encode_other(obj, _ndarray=np.ndarray, _codes=_DTYPE_CODES, _heads=_ARRAY_H
 def _wire_dtype(a: np.ndarray) -> tuple[np.ndarray, int]:
     """`a` in a dtype the wire carries (big-endian -> little-endian) and its code; else refused."""
     dt = a.dtype
+    if dt.name == "bfloat16" and BF16_CODE not in ARRAY_DTYPES:  # only ml_dtypes' has this name
+        wire_dtypes()
+        if _DTYPE_CODES.get(dt) == BF16_CODE:
+            return a, BF16_CODE
     code = _DTYPE_CODES.get(dt.newbyteorder("<")) if dt.byteorder == ">" else None
     if code is None:
         raise WireError(f"cannot send an array of dtype {dt} on a link: use one of {_DTYPE_NAMES}")
@@ -256,6 +275,8 @@ def _decode_ext(code: int, data: bytes) -> np.ndarray:
         raise WireError("array header truncated")
     dcode, ndim = _ARRAY_HEAD.unpack_from(data)
     dtype = ARRAY_DTYPES.get(dcode)
+    if dtype is None and dcode == BF16_CODE:
+        dtype = wire_dtypes()[BF16_CODE]
     if dtype is None:
         raise WireError(f"array dtype code {dcode} is not one a link carries")
     if ndim > MAX_ARRAY_NDIM:

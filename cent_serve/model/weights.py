@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import ml_dtypes
 import numpy as np
 
 from cent_serve.config import ROPE_TYPES, ModelConfig
 from cent_serve.model.families import unmodelled_features, windowed_blocks
 
 F32 = np.float32
-BF16 = ml_dtypes.bfloat16
 log = logging.getLogger(__name__)
 _WARNED_UNUSED: set[str] = set()
 """Checkpoints whose unused tensors were warned about (once each, per process: the preflight reads
@@ -73,10 +71,18 @@ class LlamaWeights:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def bf16() -> type:
+    """ml_dtypes.bfloat16, imported on first use: the import costs ~0.6 CPU-s in every process
+    (each device actor), and only bfloat16 weights need it."""
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
 def _to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     """Round to the storage dtype and back to float32 compute values."""
     if dtype == "bfloat16":
-        return x.astype(BF16).astype(F32)
+        return x.astype(bf16()).astype(F32)
     return x.astype(F32)
 
 
@@ -557,7 +563,7 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store = BF16 if cfg.weight_dtype == "bfloat16" else F32
+    store = bf16() if cfg.weight_dtype == "bfloat16" else F32
     tensors = {"model.embed_tokens.weight": weights.embed, "model.norm.weight": weights.final_norm}
     if not cfg.tie_word_embeddings:
         tensors["lm_head.weight"] = weights.lm_head

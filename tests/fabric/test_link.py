@@ -16,9 +16,12 @@ import pickle
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import ml_dtypes
 import msgpack
@@ -29,7 +32,7 @@ from fabric import link as L
 from fabric.link import (
     ARRAY_DTYPES, HANDSHAKE_MAX_FRAME_BYTES, HEADER, MAX_FRAME_BYTES, PROTOCOL, REMOTE_ERROR_TYPES,
     RECV_CHUNK_BYTES, Link, LinkClosed, LinkRefused, RemoteError, WireError, decode, encode,
-    error_message, register_error, remote_error,
+    error_message, register_error, remote_error, wire_dtypes,
 )
 
 SECRET = secrets.token_bytes(32)
@@ -77,7 +80,7 @@ def _same(a, b) -> None:
 
 # --- values -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", list(ARRAY_DTYPES.values()), ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", list(wire_dtypes().values()), ids=lambda d: d.name)
 def test_arrays_of_every_dtype_and_shape_round_trip_bit_exactly(dtype):
     for shape in SHAPES:
         a = _values(dtype, shape)
@@ -93,7 +96,23 @@ def test_bfloat16_arrays_travel_as_bfloat16():
     assert b.dtype == ml_dtypes.bfloat16 and b.tobytes() == a.tobytes()
 
 
-@pytest.mark.parametrize("dtype", list(ARRAY_DTYPES.values()), ids=lambda d: d.name)
+def test_bfloat16_is_imported_only_when_an_array_needs_it():
+    """Importing ml_dtypes costs a process ~0.6 CPU-s, paid by every device actor if the modules it
+    loads import it: they do not; a bfloat16 array received (and sent back) imports it then."""
+    a = np.array([1.5, -2.0, 3e38], dtype=ml_dtypes.bfloat16)
+    code = f"""
+import sys
+import api.server, cent_serve.cli, cent_serve.model.weights, device_worker.actor, fabric.actor
+assert "ml_dtypes" not in sys.modules, "imported at start-up"
+from fabric.link import decode, encode
+b = decode(bytes.fromhex({encode({"w": a}).hex()!r}))["w"]
+assert b.dtype.name == "bfloat16" and b.tobytes().hex() == {a.tobytes().hex()!r}
+assert decode(encode({{"w": b}}))["w"].tobytes() == b.tobytes()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+
+
+@pytest.mark.parametrize("dtype", list(wire_dtypes().values()), ids=lambda d: d.name)
 def test_large_arrays_round_trip_bit_exactly(dtype):
     """Past RECV_CHUNK_BYTES an array's bytes are copied differently (and read into their own buffer)."""
     for shape in ((RECV_CHUNK_BYTES // dtype.itemsize + 3,), (3, RECV_CHUNK_BYTES // dtype.itemsize)):
