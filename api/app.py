@@ -13,6 +13,7 @@ documentation (`/docs`, `/openapi.json`) needs it, `/metrics` included (Promethe
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api.context import MAX_CHARS_PER_TOKEN, ApiContext
 from api.errors import install_error_handlers
@@ -45,13 +46,17 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
 
 def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
+               max_body_bytes: int = 1 << 20, allowed_origins: list[str] = ()) -> FastAPI:
     """The app serving `loop`'s engine, counting into `metrics`. `api_key`: required as a bearer
-    token on every path but /health, /ping and the docs (None: open); bodies over `max_body_bytes` get 413."""
+    token on every path but /health, /ping and the docs (None: open); bodies over `max_body_bytes` get 413;
+    browsers on `allowed_origins` (`server.allowed_origins`) may call it."""
     app = FastAPI(title="cent-serve", version=__version__, docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
                        on_reject=lambda reason: metrics.count_request("rejected", reason))
+    if allowed_origins:  # added last, so outermost: a preflight needs no key, a 401 or 413 is readable
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=False)
     app.state.loop, app.state.metrics = loop, metrics  # api/errors.py counts through app.state.metrics
     app.state.ctx = ApiContext.build(loop, metrics)  # what `api_context` hands the handlers
     install_error_handlers(app)

@@ -70,7 +70,7 @@ def build(cfg: CentConfig, engine: Engine | None = None):
     metrics = Metrics(cfg.model.name)
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)
     loop.start()
-    return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes), loop
+    return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import numbers
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -752,6 +753,16 @@ class ServerConfig:
     """Tokens a request gets when it names no limit (clamped to the context the prompt leaves).
     None: OpenAI's defaults, 16 for completions and the rest of the context for chat (vLLM's
     `--override-generation-config '{"max_new_tokens": N}'` plays this role)."""
+    allowed_origins: str = ""
+    """Web origins whose pages may call the API from a browser (CORS), comma-separated
+    (`http://localhost:3000,https://ui.example.com`), or `*` for any, vLLM's default. Empty: none,
+    so a page on another origin cannot read the API (a server on loopback is not exposed to every
+    site the user's browser visits). Cookies are never allowed (vLLM's default); the API key goes
+    in the Authorization header, which preflights allow."""
+
+    def origins(self) -> list[str]:
+        """`allowed_origins` as a list (empty: no CORS)."""
+        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
 
     _positive = frozenset({"pace_factor", "placement_timeout_s", "max_body_bytes", "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
@@ -768,10 +779,17 @@ class ServerConfig:
         _check(self.max_body_bytes >= 1024, "server.max_body_bytes", self.max_body_bytes,
                "use at least 1024 bytes")
         _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
+        origins = self.origins()
+        _check(origins == ["*"] or all(_ORIGIN.fullmatch(o) for o in origins), "server.allowed_origins",
+               self.allowed_origins, "use '*' or comma-separated origins, scheme and host and any port, no path: "
+               "'http://localhost:3000,https://ui.example.com'")
         _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
                "use a positive factor")
         _check_numbers(self, "server")
 
+
+_ORIGIN = re.compile(r"https?://[^/\s,*]+")
+"""A web origin as a browser sends it in `Origin`: scheme, host and port, no path."""
 
 GPU_ATTENTION_READS = ("kv_heads", "query_heads")
 

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health, /ping and the docs "
                                      "(default: the CENT_API_KEY environment variable, which unlike the flag "
                                      "is not visible to other users in the process list)")
+    p.add_argument("--allowed-origins", help="web origins whose pages may call the API from a browser (CORS), "
+                                             "comma-separated, or '*' for any (default: none)")
     p.set_defaults(func=run_serve)
 
 
@@ -39,7 +41,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.api_key is None and os.environ.get("CENT_API_KEY"):
         args.api_key = os.environ["CENT_API_KEY"]
     for flag, field in (("host", "host"), ("port", "port"), ("clock", "clock"), ("pace_factor", "pace_factor"),
-                        ("ray_address", "ray_address"), ("api_key", "api_key"), ("placement", "placement")):
+                        ("ray_address", "ray_address"), ("api_key", "api_key"), ("placement", "placement"),
+                        ("allowed_origins", "allowed_origins")):
         value = getattr(args, flag)
         if value is not None:
             setattr(s, field, value)

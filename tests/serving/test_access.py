@@ -110,3 +110,29 @@ def test_the_server_binds_to_loopback_by_default():
     with Server(server_cfg(), "local") as s:
         bound = {sock.getsockname()[0] for srv in s.server.servers for sock in srv.sockets}
     assert bound == {"127.0.0.1"}
+
+
+def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
+    """CORS (`server.allowed_origins`): a browser's preflight from an allowed origin passes without the
+    key (browsers send none on it) and names the origin; the call itself still needs the key, and its
+    401 is readable by the page; another origin gets no CORS header, nor does any origin by default."""
+    page = "http://localhost:3000"
+    preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    with Server(server_cfg(api_key=KEY, allowed_origins=f"{page},https://ui.example.com"), "local") as s:
+        r = httpx.options(s.url + "/v1/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page, **AUTH})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == page
+        other = httpx.options(s.url + "/v1/completions", headers=dict(preflight, Origin="https://evil.example"))
+        assert "access-control-allow-origin" not in other.headers
+    with Server(server_cfg(), "local") as s:
+        r = httpx.options(s.url + "/v1/completions", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+        r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    with pytest.raises(ValueError, match=r"server.allowed_origins='localhost:3000' is invalid: use '\*'"):
+        ServerConfig(allowed_origins="localhost:3000")
