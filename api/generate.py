@@ -244,9 +244,10 @@ def queue_full(exc: QueueFull) -> ApiError:
 async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue,
                   echo_only: bool = False) -> dict[int, dict]:
     """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
-    once all have finished (with `echo_only`, none of the output: `prompt_only`). Aborts them all if the client goes away (checked every
-    DISCONNECT_POLL_S: a non-streaming handler sends nothing that would notice); raises ApiError
-    500 if a choice failed in the engine, 503 if the engine stopped under it (shutdown)."""
+    once all have finished (with `echo_only`, none of the output: `prompt_only`). Aborts them all
+    if the client goes away (checked every DISCONNECT_POLL_S: a non-streaming handler sends
+    nothing that would notice); raises ApiError 500 if a choice failed in the engine, 503 if the
+    engine stopped under it (shutdown)."""
     wants_logprobs = reqs[0].params.logprobs is not None
     out = {index: {"token_ids": [], "text": "", "times": [], "logprobs": [] if wants_logprobs else None}
            for index in range(len(reqs))}

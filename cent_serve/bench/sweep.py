@@ -187,7 +187,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         res = run_in_process(c, requests, progress=False, warn=not rows)  # one 0-token warning
         s = summarize(res)
         mp = res.status["mapping"]
-        row = dict(pp=pp, tp=tp, mode=mp["mode"], replicas=mp["replicas"], devices_used=mp["devices_used"],
+        row = dict(pp=pp, tp=tp, parallelism=parallelism(pp, tp), mode=mp["mode"], replicas=mp["replicas"],
+                   devices_used=mp["devices_used"],
                    completed=s["completed"], failed=s["failed"],
                    failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
                    output_throughput=s["output_throughput"],
@@ -230,11 +231,20 @@ def _paper_baseline_note(gpu: dict) -> str:
             "attention), not this trace on GPUs: cent bench compare --gpu KIND:N replays it on modelled GPUs")
 
 
+def parallelism(pp: int, tp: int) -> str:
+    """What a mapping is to a reader: `pipeline` (tp 1, whether a stage holds one block or several),
+    `tensor` (one stage) or `hybrid` (the mapping's own `mode` says only how blocks use channels:
+    `tensor` for every stage of whole devices, pp 8 x tp 1 too)."""
+    if tp == 1:
+        return "pipeline" if pp > 1 else "one device"
+    return "tensor" if pp == 1 else "hybrid"
+
+
 def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | None) -> None:
     """Throughput per mapping beside the GPU baseline, then TTFT and TPOT p50/p99 per mapping;
     every bar labelled with its value."""
     from cent_serve.timing.energy import PAPER_WORKLOAD
-    labels = [f"pp {r['pp']} x tp {r['tp']}\n{r['mode']}, {r['devices_used']} used"
+    labels = [f"pp {r['pp']} x tp {r['tp']}\n{r['parallelism']}, {r['devices_used']} used"
               + (f" x {r['replicas']}" if r["replicas"] > 1 else "") for r in rows]
     x = np.arange(len(rows))
     # one panel above the other: every mapping's two-line label gets the panel's full width

@@ -165,6 +165,8 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
                  "--out", str(out)]) == 0
     paper = json.loads((out / "paper.json").read_text())
     assert [(r["pp"], r["tp"]) for r in paper["rows"]] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
+    # pp 8 x tp 1 is a pipeline of whole devices (its mapping's mode says `tensor`: blocks on all channels)
+    assert [r["parallelism"] for r in paper["rows"]] == ["pipeline", "tensor", "hybrid", "hybrid", "pipeline"]
     assert all(r["completed"] == 12 and r["throughput_ratio"] > 0 for r in paper["rows"])
     assert paper["gpu_baseline"]["gpus"] == 1
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
