@@ -80,7 +80,8 @@ class Metrics:
         self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / the simulated run (to the "
                           "device's last work when later than the clock).",
                           lab + ["device", "replica"], registry=r)
-        self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes moved by the CXL switch.", lab + ["replica"],
+        self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the "
+                                  "tensor-parallel all-reduces over NVLink (modelled GPUs).", lab + ["replica"],
                                   registry=r)
         self.totals = _Totals(model_name)
         r.register(self.totals)
