@@ -289,7 +289,7 @@ def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRES
         if pending and time.monotonic() >= next_log:
             log.info("starting the device actors: %d of %d up after %.0f s", n - len(pending), n,
                      time.monotonic() - t0)
-            next_log += every_s
+            next_log = time.monotonic() + every_s
     return ray.get(refs, timeout=max(0.0, timeout_s - (time.monotonic() - t0)))
 
 

@@ -407,6 +407,8 @@ def iter_checkpoint_tensors(ckpt: str | Path, shapes_only: bool = False) -> Iter
     headers only)."""
     from safetensors import safe_open
 
+    if not shapes_only:
+        bf16()  # safetensors asks numpy for the dtype "bfloat16" by name: numpy knows it once ml_dtypes is imported
     for file in _checkpoint_files(Path(ckpt)):
         with safe_open(str(file), framework="numpy") as f:
             for name in f.keys():

@@ -109,7 +109,18 @@ b = decode(bytes.fromhex({encode({"w": a}).hex()!r}))["w"]
 assert b.dtype.name == "bfloat16" and b.tobytes().hex() == {a.tobytes().hex()!r}
 assert decode(encode({{"w": b}}))["w"].tobytes() == b.tobytes()
 """
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    # and a bfloat16 checkpoint loads in a process that had not imported it (safetensors asks numpy
+    # for the dtype by name, which only ml_dtypes' import teaches numpy)
+    load = """
+import sys
+from cent_serve.model.weights import iter_checkpoint_tensors
+assert "ml_dtypes" not in sys.modules
+names = dict(iter_checkpoint_tensors("tests/data/hf_tiny_llama"))
+assert names["model.embed_tokens.weight"].dtype.name == "float32" and len(names) > 3
+"""
+    for script in (code, load):
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2],
+                       timeout=120)
 
 
 @pytest.mark.parametrize("dtype", list(wire_dtypes().values()), ids=lambda d: d.name)
