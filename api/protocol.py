@@ -246,7 +246,8 @@ class CompletionRequest(_Common):
     @property
     def echo_only(self) -> bool:
         """`echo` with max_tokens=0: the prompt back (with its log-probabilities when `logprobs` is
-        set), nothing generated, as OpenAI's legacy completions and vLLM answer it: prompt scoring."""
+        set), nothing generated (prompt scoring, which OpenAI's legacy completions and vLLM answer;
+        docs/serving.md says where the reply differs from vLLM's)."""
         return self.echo and self.max_tokens == 0
 
     def logprob_counts(self) -> tuple[int | None, int | None]:

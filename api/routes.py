@@ -36,6 +36,9 @@ class Completions(Endpoint):
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
         ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens)
         if body.echo_only:  # the prompt's pass makes one token, which `generate` drops (vLLM's way)
+            if body.min_tokens:
+                raise ApiError(f"min_tokens={body.min_tokens} is invalid with echo and max_tokens=0, which generate "
+                               "nothing: use 0", "min_tokens")
             return Prompts(ids, 1, default, echo_only=True)
         return Prompts(ids, body.max_tokens, default)
 

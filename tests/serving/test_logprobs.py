@@ -233,3 +233,6 @@ def test_echo_with_no_tokens_scores_the_prompt(full, reference):
     bad = httpx.post(full.url + "/v1/completions", json=dict(req, echo=False), timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     assert "0 with echo" in bad.json()["error"]["message"]
+    bad = httpx.post(full.url + "/v1/completions", json=dict(req, min_tokens=2), timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "min_tokens"
+    assert "use 0" in bad.json()["error"]["message"]
