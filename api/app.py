@@ -56,7 +56,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                        on_reject=lambda reason: metrics.count_request("rejected", reason))
     if allowed_origins:  # added last, so outermost: a preflight needs no key, a 401 or 413 is readable
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials=False)
+                           allow_headers=["*"], allow_credentials=False, expose_headers=["Retry-After"])
     app.state.loop, app.state.metrics = loop, metrics  # api/errors.py counts through app.state.metrics
     app.state.ctx = ApiContext.build(loop, metrics)  # what `api_context` hands the handlers
     install_error_handlers(app)

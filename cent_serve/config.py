@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 __all__ = [
     "ModelConfig", "DeviceConfig", "EnergyConfig", "FabricConfig", "ParallelConfig",
@@ -761,8 +762,10 @@ class ServerConfig:
     in the Authorization header, which preflights allow."""
 
     def origins(self) -> list[str]:
-        """`allowed_origins` as a list (empty: no CORS)."""
-        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        """`allowed_origins` as the list of origins a browser sends in `Origin` (lowercase, no
+        default port: the CORS check compares strings); empty: no CORS."""
+        given = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        return [web_origin(o) or o for o in given]
 
     _positive = frozenset({"pace_factor", "placement_timeout_s", "max_body_bytes", "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
@@ -780,16 +783,37 @@ class ServerConfig:
                "use at least 1024 bytes")
         _check(0 <= self.port <= 65535, "server.port", self.port, "use a port in 0..65535")
         origins = self.origins()
-        _check(origins == ["*"] or all(_ORIGIN.fullmatch(o) for o in origins), "server.allowed_origins",
-               self.allowed_origins, "use '*' or comma-separated origins, scheme and host and any port, no path: "
-               "'http://localhost:3000,https://ui.example.com'")
+        _check(origins == ["*"] or all(web_origin(o) for o in origins), "server.allowed_origins",
+               self.allowed_origins, "use '*' or comma-separated origins, each a scheme, a host and any port, "
+               "nothing more: 'http://localhost:3000,https://ui.example.com'")
         _check(self.pace_factor > 0, "server.pace_factor", self.pace_factor,
                "use a positive factor")
         _check_numbers(self, "server")
 
 
-_ORIGIN = re.compile(r"https?://[^/\s,*]+")
-"""A web origin as a browser sends it in `Origin`: scheme, host and port, no path."""
+_HOST = re.compile(r"[a-z0-9._~-]+|\[[0-9a-f:.]+\]")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def web_origin(text: str) -> str | None:
+    """`text` as a browser sends it in `Origin` (RFC 6454: scheme, host, a port unless the scheme's
+    default; lowercase), or None if it is not an origin: user info, a path, a query, a fragment, a
+    bad port. Any scheme (a browser extension's `chrome-extension://ID` too) and `null` pass."""
+    if text == "null":
+        return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:  # a port out of range or not a number
+        return None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    if (not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme) or not _HOST.fullmatch(host)
+            or "@" in parts.netloc or any(c in text for c in "?#\\") or parts.path
+            or text.endswith(":") or not text.lower().startswith(parts.scheme + "://")):
+        return None
+    shown = port is not None and port != _DEFAULT_PORTS.get(parts.scheme)
+    return f"{parts.scheme}://{host}" + (f":{port}" if shown else "")
 
 GPU_ATTENTION_READS = ("kv_heads", "query_heads")
 

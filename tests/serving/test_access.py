@@ -119,14 +119,19 @@ def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
     page = "http://localhost:3000"
     preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}
-    with Server(server_cfg(api_key=KEY, allowed_origins=f"{page},https://ui.example.com"), "local") as s:
+    # written as a user might: the browser sends it lowercase, without the default port
+    with Server(server_cfg(api_key=KEY, allowed_origins="HTTP://LocalHost:3000, https://ui.example.com:443"),
+                "local") as s:
         r = httpx.options(s.url + "/v1/completions", headers=preflight)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
         assert "authorization" in r.headers["access-control-allow-headers"].lower()
         r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page, **AUTH})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert r.headers["access-control-expose-headers"] == "Retry-After"  # a page reads it on a 429
         r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
         assert r.status_code == 401 and r.headers["access-control-allow-origin"] == page
+        assert httpx.options(s.url + "/v1/models", headers=dict(preflight, Origin="https://ui.example.com"),
+                             ).headers["access-control-allow-origin"] == "https://ui.example.com"
         other = httpx.options(s.url + "/v1/completions", headers=dict(preflight, Origin="https://evil.example"))
         assert "access-control-allow-origin" not in other.headers
     with Server(server_cfg(), "local") as s:
@@ -134,5 +139,8 @@ def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
         assert "access-control-allow-origin" not in r.headers
         r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
-    with pytest.raises(ValueError, match=r"server.allowed_origins='localhost:3000' is invalid: use '\*'"):
-        ServerConfig(allowed_origins="localhost:3000")
+    for junk in ("localhost:3000", "http://user@host", "http://a/b", "http://a?b", "http://host:99999", "*,http://a"):
+        with pytest.raises(ValueError, match=r"server.allowed_origins='.*' is invalid: use '\*'"):
+            ServerConfig(allowed_origins=junk)
+    assert ServerConfig(allowed_origins="http://[::1]:3000,chrome-extension://abc,http://a:80").origins() == [
+        "http://[::1]:3000", "chrome-extension://abc", "http://a"]
