@@ -81,7 +81,7 @@ class Metrics:
                           "device's last work when later than the clock).",
                           lab + ["device", "replica"], registry=r)
         self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the "
-                                  "tensor-parallel all-reduces over NVLink (modelled GPUs).", lab + ["replica"],
+                                  "tensor-parallel all-reduces over NVLink or PCIe (modelled GPUs).", lab + ["replica"],
                                   registry=r)
         self.totals = _Totals(model_name)
         r.register(self.totals)

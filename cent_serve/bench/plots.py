@@ -73,13 +73,25 @@ def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
     (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, hi + pad)
 
 
+def parallelism(pp: int, tp: int) -> str:
+    """What a mapping is to a reader: `pipeline` (tp 1, whether a stage holds one block or several),
+    `tensor` (one stage) or `hybrid` (the mapping's own `mode` says only how blocks use channels:
+    `tensor` for every stage of whole devices, pp 8 x tp 1 too)."""
+    if tp == 1:
+        return "one device" if pp == 1 else "pipeline"  # pp 0: the config's "one stage a block"
+    return "tensor" if pp == 1 else "hybrid"
+
+
 def mapping_text(status: dict) -> str:
     """`pipeline pp 80 x tp 1, 27 devices used` (and the replicas when there are several)."""
     mp = status.get("mapping") or {}
     if not mp:
         return "mapping unknown (not a cent-serve server)"
     used = "GPUs" if mp.get("mode") == "gpu" else "devices"
-    text = f"{mp.get('mode', '?')} pp {mp.get('pp')} x tp {mp.get('tp')}, {mp.get('devices_used')} {used} used"
+    pp, tp = mp.get("pp"), mp.get("tp")
+    kind = mp.get("mode", "?") if used == "GPUs" or not isinstance(pp, int) or not isinstance(tp, int) else \
+        parallelism(pp, tp)
+    text = f"{kind} pp {pp} x tp {tp}, {mp.get('devices_used')} {used} used"
     if mp.get("replicas", 1) > 1:
         text += f" x {mp['replicas']} replicas"
     return text

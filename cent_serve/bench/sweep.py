@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
-                                    latency_unit, mapping_text, plain_axis, widen_if_flat)
+                                    latency_unit, mapping_text, parallelism, plain_axis, widen_if_flat)
 from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
@@ -229,15 +229,6 @@ def _paper_baseline_note(gpu: dict) -> str:
     return (f"x GPU: against {gpu['gpus']} A100-80GB as the CENT artifact measured it ({gpu['end2end']:,.0f} tok/s end "
             f"to end, static batches of {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens, transformers' eager "
             "attention), not this trace on GPUs: cent bench compare --gpu KIND:N replays it on modelled GPUs")
-
-
-def parallelism(pp: int, tp: int) -> str:
-    """What a mapping is to a reader: `pipeline` (tp 1, whether a stage holds one block or several),
-    `tensor` (one stage) or `hybrid` (the mapping's own `mode` says only how blocks use channels:
-    `tensor` for every stage of whole devices, pp 8 x tp 1 too)."""
-    if tp == 1:
-        return "pipeline" if pp > 1 else "one device"
-    return "tensor" if pp == 1 else "hybrid"
 
 
 def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | None) -> None:

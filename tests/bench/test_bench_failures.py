@@ -156,6 +156,10 @@ def test_latencies_pick_ms_or_s_and_labels_read_like_the_axis():
 
 def test_titles_name_model_devices_mapping_and_outcomes():
     assert mapping_text(STATUS) == "pipeline pp 80 x tp 1, 27 devices used"
+    # the kind of parallelism, not the mapping's channel mode (`tensor` for pp 8 x tp 1: whole devices)
+    eight = dict(STATUS, mapping=dict(STATUS["mapping"], mode="tensor", pp=8, tp=1, devices_used=8))
+    assert mapping_text(eight) == "pipeline pp 8 x tp 1, 8 devices used"
+    assert mapping_text(dict(eight, mapping=dict(eight["mapping"], pp=2, tp=4))).startswith("hybrid pp 2 x tp 4")
     title = run_title(STATUS, summarize(result_of(mixed_records())))
     assert title.startswith("llama2-70b on 32 CENT devices: pipeline pp 80 x tp 1, 27 devices used")
     assert "3 completed, 4 failed (context_exceeded 2, device_fault 1, queue_full 1)" in title
