@@ -815,6 +815,7 @@ def web_origin(text: str) -> str | None:
     shown = port is not None and port != _DEFAULT_PORTS.get(parts.scheme)
     return f"{parts.scheme}://{host}" + (f":{port}" if shown else "")
 
+
 GPU_ATTENTION_READS = ("kv_heads", "query_heads")
 
 

@@ -89,8 +89,8 @@ def mapping_text(status: dict) -> str:
         return "mapping unknown (not a cent-serve server)"
     used = "GPUs" if mp.get("mode") == "gpu" else "devices"
     pp, tp = mp.get("pp"), mp.get("tp")
-    kind = mp.get("mode", "?") if used == "GPUs" or not isinstance(pp, int) or not isinstance(tp, int) else \
-        parallelism(pp, tp)
+    known = used == "devices" and isinstance(pp, int) and isinstance(tp, int)
+    kind = parallelism(pp, tp) if known else mp.get("mode", "?")
     text = f"{kind} pp {pp} x tp {tp}, {mp.get('devices_used')} {used} used"
     if mp.get("replicas", 1) > 1:
         text += f" x {mp['replicas']} replicas"
