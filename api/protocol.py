@@ -276,8 +276,9 @@ class ChatMessage(BaseModel):
     content: Union[str, list[ContentPart], None] = None
 
     def text(self) -> str:
+        """The content as the template sees it: text parts one per line, as vLLM joins them."""
         if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+            return "\n".join(p.text for p in self.content)
         return self.content or ""
 
 

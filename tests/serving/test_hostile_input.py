@@ -310,6 +310,11 @@ def test_chat_content_parts_must_be_text(server, http):
     text_parts = {"model": "tiny", "max_tokens": 2,
                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert _post(http, "/v1/chat/completions", json.dumps(text_parts).encode())[0] == 200
+    # several text parts reach the template one per line, as vLLM joins them (not run together)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]
+    whole = [{"role": "user", "content": "hi\nthere"}]
+    ids = [http.post("/tokenize", json={"model": "tiny", "messages": m}).json()["tokens"] for m in (parts, whole)]
+    assert ids[0] == ids[1]
 
 
 @pytest.mark.parametrize("content, headers, says", [
