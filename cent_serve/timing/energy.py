@@ -138,8 +138,10 @@ class EnergyModel:
         else:
             # a block's output moving on (D values), and with tp > 1 the four exchanges of its
             # slices (attention heads, o, SiLU x up, down: every device receives the others'); a
-            # mixture of experts has no SiLU x up exchange, its combine takes the down's place
-            values = d + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
+            # mixture of experts has no SiLU x up exchange, its combine takes the down's place; an
+            # output staying on its device (`fabric.charge_local_hops` false) uses no link, so a
+            # block carries its mean share of the token's hops that cross the switch
+            values = d * timer.switch_hop_share + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
             # bf16 on the links whatever the banks hold (docs/hardware_model.md section 1, "The data type")
             self.pcie[T["pcie"]] = values * BF16_BYTES * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None

@@ -296,6 +296,15 @@ class SystemTimer:
         stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
         return [*stages, self.embed_lookup_s, self.lm_head_s, self.hop_s(1) - self.port.latency_s]
 
+    @property
+    def switch_hop_share(self) -> float:
+        """The share of the blocks' output hops that cross the switch: all of them when local hops
+        are charged as switch hops (`fabric.charge_local_hops`), else the mapping's units less one
+        over the blocks (the rest stay on a device, moved by its DMA engine)."""
+        if self.fabric.charge_local_hops:
+            return 1.0
+        return (self.mapping.num_units - 1) / self.model.num_layers
+
     def _hops_s(self) -> float:
         """A token's hops: every block's output moves on, over the switch between devices (the
         units of the mapping less one) and on a device otherwise (`local_hop_s`)."""

@@ -110,6 +110,17 @@ def test_local_hops_cost_the_dma_engine_when_not_charged_as_switch_hops():
     assert base.token_cost(L).hops_s == 80 * base.hop_s(1)
 
 
+def test_local_hops_off_the_switch_use_no_link_energy():
+    """70B on 32 devices (pipeline, tp 1): with local hops on the DMA engine only the 26 hops that
+    cross the switch carry the block's output (8192 bf16 values) over the links, not all 80."""
+    from cent_serve.timing.energy import token_energy_terms_j
+
+    base, local = _timer("llama2-70b", 32), _timer("llama2-70b", 32, fabric__charge_local_hops="false")
+    link = 8192 * 2 * 8 * base.device.energy.pcie_pj_per_bit * 1e-12
+    assert token_energy_terms_j(base, L)["pcie"] == pytest.approx(80 * link, rel=1e-12)
+    assert token_energy_terms_j(local, L)["pcie"] == pytest.approx(26 * link, rel=1e-12)
+
+
 def test_the_reported_block_cxl_follows_local_hops_not_charged_as_switch_hops():
     """`cent simulate` prints block_cxl_ms and block_ms: with local hops on the DMA engine they are a
     block's mean share of the token's hops, so N x block_ms + embedding + host is still the token
