@@ -227,6 +227,13 @@ class Engine:
         self.scheduler.set_up(replica, False)
         self.replicas.fail(replica, exc)
 
+    def forget_finished(self) -> None:
+        """Idle: tell the devices which sequences they may forget (plans with no lanes; the
+        clock does not move), so their KV caches read empty between bursts."""
+        rounds = self.scheduler.free_rounds(self.now_s)
+        if rounds:
+            self._run(SchedulerOutput(rounds, self.now_s))
+
     def check_devices(self) -> list[Request]:
         """Look for dead devices between rounds (executors that can tell) and recover them;
         returns the requests that failed with them."""

@@ -243,6 +243,12 @@ class Scheduler:
             out.append(self._plan(r, by_lane, now_s))
         return out
 
+    def free_rounds(self, now_s: float) -> list[ReplicaRound]:
+        """Plans with no lanes, one per replica with ids its devices may forget (sent when the
+        engine goes idle, so the devices' KV caches do not hold finished sequences until the
+        next round)."""
+        return [self._plan(r, {}, now_s) for r in range(self.num_replicas) if self._freed[r]]
+
     def _plan(self, replica: int, by_lane: dict[int, list[tuple[Request, int]]], now_s: float) -> ReplicaRound:
         ready, seqs, steps, new = [], [], [], {}
         for lane in sorted(by_lane):

@@ -337,6 +337,8 @@ class EngineLoop:
         while not self._stop.is_set():
             self._admit_due()
             held = self._held(eng)
+            if not held and not eng.can_step():
+                eng.forget_finished()  # before the commands: a status read sees the devices emptied
             self._drain(block=held or not eng.can_step())
             if held or not eng.can_step():  # idle, or waiting for a replica to come back
                 self.pace.on_schedule()

@@ -199,6 +199,8 @@ def test_metrics_and_status(server, client):
     st = httpx.get(server.url + "/v1/cent/status").json()
     assert st["mapping"]["devices"] == 8 and st["mapping"]["pp"] == 8 and len(st["devices"]) == 8
     assert st["clock_s"] > 0 and st["clock_mode"] == "virtual" and st["num_running"] == 0
+    # idle: the devices have forgotten the finished request, not kept its KV until the next round
+    assert st["kv_usage"] == 0 and [d["kv_usage"] for d in st["devices"]] == [0.0] * 8
 
 
 def test_paced_mode_releases_tokens_at_their_simulated_time_and_bounds_the_queue():
