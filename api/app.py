@@ -5,7 +5,8 @@ engine loop and the metrics. The parts live by concern:
 - api/context.py: `ApiContext`, the state handlers share (a FastAPI dependency), and helpers;
 - api/generate.py: the one generation path (check, queue all choices or none, stream or collect);
 - api/routes.py: the endpoints, completions and chat as two shapes of that path;
-- api/errors.py: OpenAI's error JSON, and the one count per request in `cent:requests_total`.
+- api/errors.py: OpenAI's error JSON (the `Faults` middleware: a bug's 500), and the one count per
+  request in `cent:requests_total`.
 
 Every error is OpenAI's error JSON. With an API key every path but `/health`, `/ping` and the API's
 documentation (`/docs`, `/openapi.json`) needs it, `/metrics` included (Prometheus sends it with
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.context import MAX_CHARS_PER_TOKEN, ApiContext
-from api.errors import install_error_handlers
+from api.errors import Faults, install_error_handlers
 from api.generate import DISCONNECT_POLL_S, RETRY_AFTER_S
 from api.guard import Guard
 from api.metrics import Metrics
@@ -54,6 +55,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
                        on_reject=lambda reason: metrics.count_request("rejected", reason))
+    app.add_middleware(Faults)  # outside the guard, inside CORS: a bug's 500 is OpenAI's JSON, readable by pages
     if allowed_origins:  # added last, so outermost: a preflight needs no key, a 401 or 413 is readable
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=False, expose_headers=["Retry-After"])

@@ -7,14 +7,18 @@ failed), or `EventStream`'s close (aborted: the client left mid-stream). The `Gu
 middleware counts the requests it refuses before the app sees them."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.guard import is_generation
+from api.guard import is_generation, send_error
 from api.protocol import ApiError, schema_param, short
 from cent_serve.serving import EngineStopped
+
+log = logging.getLogger("cent.server")
 
 
 def record(raw: Request, outcome: str, reason: str) -> None:
@@ -114,9 +118,33 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _engine_stopped(raw: Request, exc: EngineStopped):
         return error_response(raw, ApiError(str(exc), None, 503, "server_error", "engine_stopped"))
 
-    @app.exception_handler(Exception)
-    async def _internal_error(raw: Request, exc: Exception):
-        """A bug: still OpenAI's error JSON (Starlette logs the traceback)."""
-        record(raw, "failed", "internal_error")
-        return JSONResponse(ApiError(f"internal error: {type(exc).__name__}", None, 500, "server_error").body(),
-                            status_code=500)
+
+
+class Faults:
+    """A pure ASGI middleware that turns a bug (an exception no handler took) into OpenAI's error
+    JSON, a 500, with the traceback logged. It sits inside the CORS middleware, so a browser page
+    can read that 500 too (Starlette's own last-resort handler answers outside every middleware,
+    with no CORS headers). A fault after the response started can only end the connection."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 - a bug: answered, and logged with its traceback
+            if started:
+                raise
+            log.exception("internal error on %s %s", scope.get("method"), scope["path"])
+            record(Request(scope), "failed", "internal_error")
+            await send_error(send, ApiError(f"internal error: {type(exc).__name__}", None, 500, "server_error"))

@@ -8,6 +8,7 @@ import logging
 import httpx
 import pytest
 
+import api.routes
 from api.guard import bearer_ok
 from api.server import Server
 from cent_serve.config import ServerConfig, config_to_dict
@@ -144,3 +145,28 @@ def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
             ServerConfig(allowed_origins=junk)
     assert ServerConfig(allowed_origins="http://[::1]:3000,chrome-extension://abc,http://a:80").origins() == [
         "http://[::1]:3000", "chrome-extension://abc", "http://a"]
+
+
+def test_a_bug_is_a_500_in_openai_json_that_pages_can_read_and_the_server_serves_on(monkeypatch, caplog):
+    """An exception no handler takes (a bug) answers OpenAI's error JSON with the CORS headers (the
+    last-resort handler outside the middleware had none), is logged with its traceback, is counted
+    as failed/internal_error when it hit a generation request, and the next request is served."""
+    page = "http://localhost:3000"
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with Server(server_cfg(allowed_origins=page), "local") as s:
+        monkeypatch.setattr(api.routes, "_snapshot", broken)
+        monkeypatch.setattr(api.routes, "generate", broken)
+        with caplog.at_level(logging.ERROR, logger="cent.server"):
+            for method, path in (("GET", "/v1/cent/status"), ("POST", "/v1/completions")):
+                r = httpx.request(method, s.url + path, json=body(), headers={"Origin": page})
+                assert r.status_code == 500 and r.headers["access-control-allow-origin"] == page, r.text
+                assert r.json()["error"] == {"message": "internal error: RuntimeError", "type": "server_error",
+                                             "param": None, "code": None}
+        assert [rec.exc_info[0] for rec in caplog.records if "internal error" in rec.getMessage()] == [RuntimeError] * 2
+        monkeypatch.undo()
+        assert outcomes(s.url)[("failed", "internal_error")] == 1
+        r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
