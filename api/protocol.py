@@ -14,7 +14,8 @@ import json
 import math
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
@@ -274,6 +275,28 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: Union[str, list[ContentPart], None] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        """Say what is wrong with content that is not text, rather than the union's first branch
+        ("Input should be a valid string") for an image part or a malformed one."""
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    continue
+                if kind == "text":
+                    why = "has no string 'text'"
+                elif kind is not None:
+                    why = f"is of type '{str(kind)[:40]}': the models served here take text only"
+                else:
+                    why = "is not a text part"
+                raise PydanticCustomError("content_part", "part {i} {why}; send parts {example}",
+                                          {"i": i, "why": why, "example": '{"type": "text", "text": "..."}'})
+        elif content is not None and not isinstance(content, str):
+            raise PydanticCustomError("content_type", "should be a string or a list of text parts")
+        return content
 
     def text(self) -> str:
         """The content as the template sees it: text parts one per line, as vLLM joins them."""

@@ -307,6 +307,12 @@ def test_chat_content_parts_must_be_text(server, http):
     image = {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
     got, err, _ = _post(http, "/v1/chat/completions", json.dumps(image).encode())
     assert got == 422 and err["param"].startswith("messages.0.content")
+    assert "part 0 is of type 'image_url': the models served here take text only" in err["message"]
+    for content, says in (([{"type": "text"}], "part 0 has no string 'text'"), (["hi"], "part 0 is not a text part"),
+                          (5, "should be a string or a list of text parts")):
+        sent = {"model": "tiny", "messages": [{"role": "user", "content": content}]}
+        got, err, _ = _post(http, "/v1/chat/completions", json.dumps(sent).encode())
+        assert got == 422 and err["param"] == "messages.0.content" and says in err["message"], err
     text_parts = {"model": "tiny", "max_tokens": 2,
                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert _post(http, "/v1/chat/completions", json.dumps(text_parts).encode())[0] == 200
