@@ -187,7 +187,8 @@ async def detokenize(body: DetokenizeRequest, ctx: Ctx):
     bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
     if bad is not None:
         raise ApiError(f"token id {bad} is outside the vocabulary [0, {vocab}): give ids the model knows", "tokens")
-    return {"prompt": ctx.tokenizer.decode(body.tokens)}
+    # special tokens kept, as vLLM's /detokenize keeps them (it decodes with transformers' default)
+    return {"prompt": ctx.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
 
 @read("/version", responses=errors(401))

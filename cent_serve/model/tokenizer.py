@@ -45,7 +45,10 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """The text of `ids`; special tokens (`<s>`, `</s>`) left out unless `skip_special_tokens`
+        is false (as transformers' `decode` takes it)."""
+        ...
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for (a special token: its own text, `<s>`)."""
@@ -140,13 +143,18 @@ class ByteTokenizer:
         ids += [b + self.OFFSET for b in text[pos:].encode("utf-8")]
         return ids
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         out, run = [], bytearray()
         for i in ids:
             if self._is_byte(i):
                 run.append(i - self.OFFSET)
-            elif self.OFFSET + 256 <= i < self.vocab_size and i not in self._names:
-                out += [run.decode("utf-8", errors="replace"), f"<extra_{i}>"]
+                continue
+            if i in self._names:
+                name = None if skip_special_tokens else self._names[i]
+            else:
+                name = f"<extra_{i}>" if self.OFFSET + 256 <= i < self.vocab_size else None
+            if name is not None:
+                out += [run.decode("utf-8", errors="replace"), name]
                 run = bytearray()
         out.append(run.decode("utf-8", errors="replace"))
         return "".join(out)
@@ -215,8 +223,8 @@ class HFTokenizer:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return [self.bos_token_id, *ids] if add_bos else list(ids)
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The token's own bytes: a byte-fallback token `<0xNN>` is byte NN, a byte-level token's

@@ -85,6 +85,7 @@ def test_byte_tokenizer_round_trips_unicode():
     assert ids[0] == tok.bos_token_id and all(3 <= i < 259 for i in ids[1:])
     assert tok.decode(ids) == text
     assert tok.decode([tok.eos_token_id, 300]) == ""
+    assert tok.decode([*ids, tok.eos_token_id], skip_special_tokens=False) == f"<s>{text}</s>"
 
 
 def test_hf_tokenizer_json_round_trips(tmp_path):
@@ -102,6 +103,7 @@ def test_hf_tokenizer_json_round_trips(tmp_path):
     ids = loaded.encode("the cent device is all you need")
     assert ids[0] == 1 and len(ids) < 20  # merges were learnt, so fewer ids than bytes
     assert loaded.decode(ids) == "the cent device is all you need"
+    assert loaded.decode(ids + [2], skip_special_tokens=False) == "<s>the cent device is all you need</s>"
 
 
 def test_sampling_greedy_topk_topp_and_seeds():

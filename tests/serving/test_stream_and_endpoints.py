@@ -92,8 +92,11 @@ def test_tokenize_and_detokenize_as_vllm(off):
     chat = httpx.post(off.url + "/tokenize", json={"model": "tiny", "messages": CHAT}).json()
     usage = httpx.post(off.url + "/v1/chat/completions", json=dict(model="tiny", messages=CHAT, max_tokens=1)).json()
     assert chat["count"] == usage["usage"]["prompt_tokens"] and chat["tokens"][0] == 1
-    assert httpx.post(off.url + "/detokenize", json={"model": "tiny", "tokens": [1, 107, 198, 172]}).json() == {
-        "prompt": "hé"}
+    # special tokens kept, as vLLM's /detokenize keeps them: the text tokenizes back to the same ids
+    assert httpx.post(off.url + "/detokenize", json={"model": "tiny", "tokens": [1, 107, 198, 172, 35, 1, 2]}).json() == {
+        "prompt": "<s>hé <s></s>"}
+    back = httpx.post(off.url + "/tokenize", json={"prompt": "<s>hé <s></s>", "add_special_tokens": False}).json()
+    assert back["tokens"] == [1, 107, 198, 172, 35, 1, 2]
     bad = httpx.post(off.url + "/detokenize", json={"tokens": [259]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
     assert httpx.post(off.url + "/tokenize", json={"model": "other", "prompt": "x"}).status_code == 404
