@@ -145,6 +145,6 @@ class Faults:
         except Exception as exc:  # noqa: BLE001 - a bug: answered, and logged with its traceback
             if started:
                 raise
-            log.exception("internal error on %s %s", scope.get("method"), scope["path"])
+            log.exception("internal error on %s %r", scope.get("method"), scope["path"])  # %r: no forged log lines
             record(Request(scope), "failed", "internal_error")
             await send_error(send, ApiError(f"internal error: {type(exc).__name__}", None, 500, "server_error"))

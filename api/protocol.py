@@ -261,6 +261,11 @@ class CompletionRequest(_Common):
         return logprobs, prompt
 
 
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                  "thinking": "thinking"}
+"""The content parts vLLM's chat reads as text, and the field that holds it (vLLM's chat_utils)."""
+
+
 class ContentPart(BaseModel):
     """An OpenAI message content part; only `text` parts can be served (a text-only model)."""
 
@@ -279,22 +284,30 @@ class ChatMessage(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _text_parts_only(cls, content: Any) -> Any:
-        """Say what is wrong with content that is not text, rather than the union's first branch
-        ("Input should be a valid string") for an image part or a malformed one."""
+        """Every part that is text as vLLM reads it (a `text`, `input_text` or `output_text` part, an
+        assistant's `refusal`, a `thinking` part, a bare string) as a text part, the empty ones left
+        out as vLLM leaves them; anything else refused naming the part, not with the union's first
+        branch ("Input should be a valid string")."""
         if isinstance(content, list):
+            parts = []
             for i, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text" and isinstance(part.get("text"), str):
+                key = TEXT_PART_KEYS.get(kind) if isinstance(kind, str) else None
+                text = part if isinstance(part, str) else part.get(key) if key else None
+                if isinstance(text, str):
+                    if text:
+                        parts.append({"type": "text", "text": text})
                     continue
-                if kind == "text":
-                    why = "has no string 'text'"
+                if key is not None:
+                    why = f"has no string '{key}'"
                 elif kind is not None:
                     why = f"is of type '{str(kind)[:40]}': the models served here take text only"
                 else:
                     why = "is not a text part"
                 raise PydanticCustomError("content_part", "part {i} {why}; send parts {example}",
                                           {"i": i, "why": why, "example": '{"type": "text", "text": "..."}'})
-        elif content is not None and not isinstance(content, str):
+            return parts
+        if content is not None and not isinstance(content, str):
             raise PydanticCustomError("content_type", "should be a string or a list of text parts")
         return content
 

@@ -612,7 +612,7 @@ class FabricConfig:
     charge_local_hops: bool = True
     """Charge a block's output a switch hop even when the next block sits on the same device (as
     the artifact does); false: the device's DMA engine moves it (tokens x D values at
-    `device.dma_bytes_per_cycle`, drawing no link energy)."""
+    `device.dma_bytes_per_cycle`, drawing no link energy under the `cent` energy convention)."""
 
     _positive = frozenset({"switch_lanes", "lane_gbps", "flit_bytes", "flit_payload_bytes"})
     """Numbers that must be > 0 (every other one, the latencies and crossings, >= 0: `_number_fix`)."""

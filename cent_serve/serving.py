@@ -338,7 +338,10 @@ class EngineLoop:
             self._admit_due()
             held = self._held(eng)
             if not held and not eng.can_step():
-                eng.forget_finished()  # before the commands: a status read sees the devices emptied
+                try:  # before the commands: a status read sees the devices emptied
+                    eng.forget_finished()
+                except Exception:  # noqa: BLE001 - a device fault is recovered by _run; anything else logged
+                    log.exception("telling the idle devices which sequences to forget failed")
             self._drain(block=held or not eng.can_step())
             if held or not eng.can_step():  # idle, or waiting for a replica to come back
                 self.pace.on_schedule()

@@ -308,7 +308,8 @@ def test_chat_content_parts_must_be_text(server, http):
     got, err, _ = _post(http, "/v1/chat/completions", json.dumps(image).encode())
     assert got == 422 and err["param"].startswith("messages.0.content")
     assert "part 0 is of type 'image_url': the models served here take text only" in err["message"]
-    for content, says in (([{"type": "text"}], "part 0 has no string 'text'"), (["hi"], "part 0 is not a text part"),
+    for content, says in (([{"type": "text"}], "part 0 has no string 'text'"), ([5], "part 0 is not a text part"),
+                          ([{"type": "refusal"}], "part 0 has no string 'refusal'"),
                           (5, "should be a string or a list of text parts")):
         sent = {"model": "tiny", "messages": [{"role": "user", "content": content}]}
         got, err, _ = _post(http, "/v1/chat/completions", json.dumps(sent).encode())
@@ -316,9 +317,14 @@ def test_chat_content_parts_must_be_text(server, http):
     text_parts = {"model": "tiny", "max_tokens": 2,
                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert _post(http, "/v1/chat/completions", json.dumps(text_parts).encode())[0] == 200
-    # several text parts reach the template one per line, as vLLM joins them (not run together)
-    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]
-    whole = [{"role": "user", "content": "hi\nthere"}]
+    # the parts vLLM reads as text reach the template one per line, as vLLM joins them (not run
+    # together), the empty ones left out
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": ""}, "there",
+                                          {"type": "input_text", "text": "a", "cache_control": {}}]},
+             {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}, {"type": "output_text", "text": "b"}]},
+             {"role": "user", "content": [{"type": "thinking", "thinking": "c"}]}]
+    whole = [{"role": "user", "content": "hi\nthere\na"}, {"role": "assistant", "content": "no\nb"},
+             {"role": "user", "content": "c"}]
     ids = [http.post("/tokenize", json={"model": "tiny", "messages": m}).json()["tokens"] for m in (parts, whole)]
     assert ids[0] == ids[1]
 
