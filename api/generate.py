@@ -218,7 +218,7 @@ async def submit(ctx: ApiContext, body, choices: list[Choice],
             reqs.append(await ctx.loop.submit(c.prompt_ids, c.params, q, tag=c.index, arrival_s=body.arrival_s,
                                               hold_until_s=hold))
     except (ValueError, EngineStopped) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
-        ctx.abort_all(reqs)
+        ctx.abort_all(reqs, withdrawn=True)  # the request is refused: its queued choices never were
         raise _submit_error(exc, fields) from None
     return reqs, q
 

@@ -9,7 +9,7 @@ counts the engine's sequences (one per choice) instead, aborted and failed ones 
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from cent_serve.executor.base import busy_fraction
@@ -25,6 +25,9 @@ OUTCOMES = {
     "rejected": ("queue_full", "invalid_request", "unauthorized", "too_large"),  # 429, 400/404/422, 401, 413
 }
 """`cent:requests_total` outcomes and the reasons each can carry."""
+FINISH_REASONS = ("stop", "length", "abort", "error")
+"""The engine's finish reasons (`vllm:request_success_total{finished_reason}`; vLLM's own, less its
+`repetition`, which this engine never gives)."""
 ITL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                  1.0, 2.5, 5.0)
 
@@ -33,7 +36,10 @@ class _Totals:
     """The engine's monotone totals as Prometheus counters, read from the latest status snapshot
     (counters of prometheus_client can only be incremented; these are kept by the engine)."""
 
-    COUNTERS = (("cent:energy_joules", "energy_j", "Energy charged to requests' steps on the devices (simulated)."),
+    COUNTERS = (("vllm:prompt_tokens", "prompt_tokens", "Prefill tokens processed: a sequence's prompt once its "
+                 "first token is made, as vLLM counts it."),
+                ("vllm:generation_tokens", "generation_tokens", "Tokens generated, as each round makes them."),
+                ("cent:energy_joules", "energy_j", "Energy charged to requests' steps on the devices (simulated)."),
                 ("cent:preemptions", "num_preemptions", "Sequences preempted for KV space."),
                 ("cent:rounds", "num_rounds", "Engine rounds run."),
                 ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."))
@@ -54,6 +60,9 @@ class _Totals:
 
 class Metrics:
     def __init__(self, model_name: str) -> None:
+        # no `*_created` series beside every counter and histogram: vLLM's /metrics has none (its
+        # multiprocess collector gives none), and Prometheus tracks resets itself
+        disable_created_metrics()
         self.registry = r = CollectorRegistry()
         lab = ["model_name"]
         self.model_name = model_name
@@ -72,8 +81,6 @@ class Metrics:
         self.running = Gauge("vllm:num_requests_running", "Requests on the devices.", lab, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", lab, registry=r)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = 100%).", lab, registry=r)
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", lab, registry=r)
-        self.gen_tokens = Counter("vllm:generation_tokens", "Tokens generated.", lab, registry=r)
         self.success = Counter("vllm:request_success", "Finished requests.", lab + ["finished_reason"],
                                registry=r)
         self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
@@ -93,23 +100,41 @@ class Metrics:
                                    "all blocks (the time model's router).", lab + ["expert"], registry=r)
         self.expert_busy = Gauge("cent:expert_busy_fraction", "Mixture of experts: each expert's bank time / "
                                  "(simulated clock x blocks x replicas).", lab + ["expert"], registry=r)
+        # every series a dashboard or an alert reads exists from the start, at 0, as vLLM's do (a
+        # series born at its first increment loses that increment to rate() and increase())
+        for metric in (self.ttft, self.itl, self.e2e, self.queue, self.prefill, self.decode, self.tpot):
+            metric.labels(model_name)
+        for reason in FINISH_REASONS:
+            self.success.labels(model_name, reason)
+        for outcome, reasons in OUTCOMES.items():
+            for reason in reasons:
+                self.requests.labels(model_name, outcome, reason)
 
     def count_request(self, outcome: str, reason: str) -> None:
         """Record how one generation request ended (any thread)."""
         assert reason in OUTCOMES.get(outcome, ()), (outcome, reason)
         self.requests.labels(self.model_name, outcome, reason).inc()
 
+    def observe_tokens(self, req: Request, before: int) -> None:
+        """A sequence's tokens from index `before` on were just made (engine thread): its TTFT with
+        its first token, the gaps to the new ones, as vLLM observes them each iteration."""
+        m, times = self.model_name, req.token_times_s
+        if before == 0:
+            self.ttft.labels(m).observe(times[0] - req.arrival_s)
+        for i in range(max(before, 1), len(times)):
+            self.itl.labels(m).observe(times[i] - times[i - 1])
+
     def observe_finished(self, req: Request) -> None:
-        """Called once per finished request (engine thread)."""
+        """Called once per ended sequence (engine thread), not for one withdrawn with its refused
+        request: the histograms of whole-request latencies (TTFT and the inter-token gaps are
+        observed as tokens come, `observe_tokens`; the token counters are the engine's totals,
+        `_Totals`)."""
         m = self.model_name
         t = req.timing()
-        self.prompt_tokens.labels(m).inc(len(req.prompt_ids))
-        self.gen_tokens.labels(m).inc(len(req.output_ids))
         self.success.labels(m, req.finish_reason or "unknown").inc()
         if req.scheduled_s is not None:
             self.queue.labels(m).observe(max(0.0, req.scheduled_s - req.arrival_s))
         if t["ttft_s"] is not None:
-            self.ttft.labels(m).observe(t["ttft_s"])
             self.prefill.labels(m).observe(max(0.0, req.first_token_s - (req.scheduled_s or req.arrival_s)))
         if t["e2e_s"] is not None:
             self.e2e.labels(m).observe(t["e2e_s"])
@@ -117,9 +142,8 @@ class Metrics:
             self.decode.labels(m).observe(max(0.0, req.finish_s - req.first_token_s))
         if t["tpot_s"] is not None:
             self.tpot.labels(m).observe(t["tpot_s"])
-        times = req.token_times_s
-        for a, b in zip(times, times[1:]):
-            self.itl.labels(m).observe(b - a)
+        elif req.first_token_s is not None:  # one token: 0, as vLLM observes it (its count is e2e's)
+            self.tpot.labels(m).observe(0.0)
 
     def render(self, status: dict, devices: list[dict], fabrics: list[dict]) -> bytes:
         """Refresh the gauges from an engine snapshot and render the text format."""

@@ -68,7 +68,8 @@ def build(cfg: CentConfig, engine: Engine | None = None):
         log.info("%s", ensure_ray(cfg.server.ray_address))
     engine = engine or Engine(cfg)
     metrics = Metrics(cfg.model.name)
-    loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished)
+    loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
+                      on_tokens=metrics.observe_tokens)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 

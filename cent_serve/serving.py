@@ -157,10 +157,15 @@ class EngineLoop:
     """Runs `engine.step()` on a thread; `submit`/`abort`/`call` are safe from any thread."""
 
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
-                 on_finish: Callable[[Request], None] | None = None) -> None:
+                 on_finish: Callable[[Request], None] | None = None,
+                 on_tokens: Callable[[Request, int], None] | None = None) -> None:
         self.engine = engine
         self.clock, self.pace_factor = clock, pace_factor
         self.on_finish = on_finish
+        """Called once per ended sequence (engine thread)."""
+        self.on_tokens = on_tokens
+        """Called with a sequence and how many of its tokens were delivered before, when new ones are
+        (engine thread, before `on_finish`)."""
         self.inbox: queue.Queue = queue.Queue()
         self.streams: dict[str, tuple] = {}  # request id -> (event loop, queue, tag, [tokens, chars] sent)
         self._stop = threading.Event()
@@ -235,8 +240,10 @@ class EngineLoop:
         self.inbox.put(("arrive", (arrival_s, hold_until_s, add), fut))
         return await asyncio.wrap_future(fut)
 
-    def abort(self, request_id: str) -> None:
-        self.inbox.put(("abort", request_id, None))
+    def abort(self, request_id: str, withdrawn: bool = False) -> None:
+        """Abort a request; `withdrawn`: it is taken back as part of refusing its whole HTTP request
+        (a sibling choice was refused), so it is not observed as an ended sequence (`on_finish`)."""
+        self.inbox.put(("abort", (request_id, withdrawn), None))
 
     async def call(self, fn: Callable[[Engine], object]):
         """Run `fn(engine)` on the engine thread between rounds and return its result."""
@@ -301,9 +308,10 @@ class EngineLoop:
             return
         kind, arg, fut = cmd
         if kind == "abort":
-            req = self.engine.abort(arg)
+            request_id, withdrawn = arg
+            req = self.engine.abort(request_id)
             if req is not None:
-                self._deliver(req)
+                self._deliver(req, observe=not withdrawn)
             return
         if kind == "arrive":
             arrival_s, hold_until_s, add = arg
@@ -395,7 +403,7 @@ class EngineLoop:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(EngineStopped("the engine stopped before it could take this"))
 
-    def _deliver(self, req: Request) -> None:
+    def _deliver(self, req: Request, observe: bool = True) -> None:
         entry = self.streams.get(req.request_id)
         if entry is None:
             return
@@ -409,12 +417,14 @@ class EngineLoop:
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
                       logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason,
                       prompt_logprobs=req.prompt_logprobs if n_tok == 0 and req.output_ids else None)
+        if self.on_tokens is not None and len(req.output_ids) > n_tok:
+            self.on_tokens(req, n_tok)
         sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
         if req.is_finished:
             delta.timing = req.timing()
             del self.streams[req.request_id]
             self.engine.forget(req.request_id)
-            if self.on_finish is not None:
+            if self.on_finish is not None and observe:
                 self.on_finish(req)
         try:  # never blocks: the queue is unbounded and a slow client only delays its own handler
             loop.call_soon_threadsafe(q.put_nowait, (tag, delta))

@@ -230,6 +230,48 @@ def test_every_request_is_counted_once_as_completed_aborted_or_rejected():
         assert metric(text, "vllm:request_success_total", finished_reason="length") == 3
 
 
+def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
+    """vLLM's counters as vLLM keeps them: every series exists at 0 before the first request, none
+    `_created`; tokens are counted, TTFT and inter-token gaps observed, as rounds make them
+    (mid-stream, not when the sequence ends); a prompt counts once
+    its first token is made, so a request aborted while waiting adds no prompt tokens, and the
+    choices a 429 takes back (n=3, the third refused) are no sequences at all; at the end the
+    counters equal the status's totals."""
+    cfg = server_cfg(devices=1, pp=1, max_waiting=2, clock="paced", pace_factor=100.0)
+    with Server(cfg, "local") as s, httpx.Client(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h, \
+            httpx.Client(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h2:
+        text = h.get("/metrics").text
+        for name, labels in (("vllm:time_to_first_token_seconds_count", {}), ("vllm:prompt_tokens_total", {}),
+                             ("vllm:request_success_total", {"finished_reason": "abort"}),
+                             ("cent:requests_total", {"outcome": "failed", "reason": "internal_error"})):
+            series = [line for line in text.splitlines() if line.startswith(name + "{")
+                      and all(f'{k}="{v}"' in line for k, v in labels.items())]
+            assert len(series) == 1 and series[0].endswith(" 0.0"), (name, series)
+        assert "_created" not in text  # vLLM's /metrics has no creation-time series
+        with h.stream("POST", "/v1/completions", json=body(prompt="hold", max_tokens=400, stream=True)) as holder:
+            lines, seen = holder.iter_lines(), 0  # the iterator kept: a discarded one closes the response
+            while seen < 2:  # two tokens delivered
+                seen += next(lines).startswith("data: {")
+            text = h.get("/metrics").text
+            assert metric(text, "vllm:generation_tokens_total") >= 2  # while the stream runs
+            assert metric(text, "vllm:time_to_first_token_seconds_count") == 1
+            assert metric(text, "vllm:inter_token_latency_seconds_count") >= 1
+            assert metric(text, "vllm:prompt_tokens_total") == 5  # "hold" and its BOS
+            with h2.stream("POST", "/v1/completions", json=body(prompt="waits", stream=True)) as waiting:
+                wait_for(lambda: status(s.url)["num_waiting"] == 1, "the second request waiting")
+            wait_for(lambda: status(s.url)["num_waiting"] == 0, "the waiting request aborted")
+            r = h.post("/v1/completions", json=body(prompt="three", n=3))
+            assert (r.status_code, r.json()["error"]["code"]) == (429, "queue_full")
+            text = h.get("/metrics").text
+            assert metric(text, "vllm:prompt_tokens_total") == 5
+            assert metric(text, "vllm:request_success_total", finished_reason="abort") == 1  # the waiting one
+        st = wait_idle(s.url)
+        text = h.get("/metrics").text
+        assert metric(text, "vllm:prompt_tokens_total") == st["prompt_tokens"] == 5
+        assert metric(text, "vllm:generation_tokens_total") == st["generation_tokens"] > 0
+        assert metric(text, "vllm:request_success_total", finished_reason="abort") == 2  # and the holder
+
+
 def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
     """At pace factor 1e-4 no engine keeps up: the lag shows in /metrics and the status while the
     request runs, the log warns once with a pace factor that would keep up, and the lag is 0 again

@@ -78,11 +78,12 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 def outcomes(url: str, headers: dict | None = None) -> dict[tuple[str, str], float]:
-    """`cent:requests_total` as {(outcome, reason): count}."""
+    """`cent:requests_total` as {(outcome, reason): count}, the pairs counted at least once."""
     text = httpx.get(url + "/metrics", headers=headers, timeout=10).text
     out = {}
     for outcome, reason in re.findall(r'^cent:requests_total\{[^}]*outcome="(\w+)",reason="(\w+)"', text, re.M):
-        out[(outcome, reason)] = metric(text, "cent:requests_total", outcome=outcome, reason=reason)
+        if count := metric(text, "cent:requests_total", outcome=outcome, reason=reason):  # every pair exists, at 0
+            out[(outcome, reason)] = count
     return out
 
 
