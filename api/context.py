@@ -148,11 +148,10 @@ class ApiContext:
         except RequestRefused as exc:
             raise refusal(exc, fields) from None
 
-    def abort_all(self, reqs, withdrawn: bool = False) -> None:
-        """Abort every request in `reqs` (a request's choices live and die together); `withdrawn`:
-        taken back because the HTTP request is refused (not observed as ended sequences)."""
+    def abort_all(self, reqs) -> None:
+        """Abort every request in `reqs` (a request's choices live and die together)."""
         for r in reqs:
-            self.loop.abort(r.request_id, withdrawn)
+            self.loop.abort(r.request_id)
 
     async def pace(self, delta: Delta) -> None:
         """Paced clock: hold `delta` back until the wall clock reaches its last token's simulated

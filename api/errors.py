@@ -119,7 +119,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(raw, ApiError(str(exc), None, 503, "server_error", "engine_stopped"))
 
 
-
 class Faults:
     """A pure ASGI middleware that turns a bug (an exception no handler took) into OpenAI's error
     JSON, a 500, with the traceback logged. It sits inside the CORS middleware, so a browser page

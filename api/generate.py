@@ -204,21 +204,17 @@ def _seeded(params: RequestParams, index: int, n: int) -> RequestParams:
 async def submit(ctx: ApiContext, body, choices: list[Choice],
                  fields: FieldNames) -> tuple[list[EngineRequest], asyncio.Queue]:
     """Queue every choice; their progress arrives on the returned queue as (choice index, Delta).
-    All or none: a refusal part-way aborts the choices already queued. Raises ApiError: 429
-    (queue full, with Retry-After), 400 (a refusal), 503 (engine stopped)."""
+    All or none, at one moment of the engine thread (`EngineLoop.submit_all`): a refused request's
+    choices never ran. Raises ApiError: 429 (queue full, with Retry-After), 400 (a refusal), 503
+    (engine stopped)."""
     scheduler = ctx.engine.scheduler
-    if body.arrival_s is None and scheduler.is_full():  # a fast 429 (racy; the engine decides)
-        raise queue_full(scheduler.queue_full())
+    if body.arrival_s is None and scheduler.is_full(len(choices)):  # a fast 429 (racy; the engine decides)
+        raise queue_full(scheduler.queue_full(len(choices)))
     q: asyncio.Queue = asyncio.Queue()
-    reqs = []
     try:
-        for c in choices:
-            # the hold (the replayer's next arrival) moves on once, with the last choice: it follows the whole request
-            hold = body.hold_until_s if c.index == len(choices) - 1 else None
-            reqs.append(await ctx.loop.submit(c.prompt_ids, c.params, q, tag=c.index, arrival_s=body.arrival_s,
-                                              hold_until_s=hold))
+        reqs = await ctx.loop.submit_all([(c.prompt_ids, c.params, c.index) for c in choices], q,
+                                         arrival_s=body.arrival_s, hold_until_s=body.hold_until_s)
     except (ValueError, EngineStopped) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
-        ctx.abort_all(reqs, withdrawn=True)  # the request is refused: its queued choices never were
         raise _submit_error(exc, fields) from None
     return reqs, q
 

@@ -9,7 +9,7 @@ counts the engine's sequences (one per choice) instead, aborted and failed ones 
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from cent_serve.executor.base import busy_fraction
@@ -58,11 +58,22 @@ class _Totals:
             yield family
 
 
+class _WithoutCreated:
+    """A registry's families without their `*_created` samples: vLLM's /metrics has none (its
+    multiprocess collector gives none), and Prometheus tracks resets itself. (prometheus_client's
+    `disable_created_metrics` would drop them from every registry in the process.)"""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [x for x in family.samples if not x.name.endswith("_created")]
+            yield family
+
+
 class Metrics:
     def __init__(self, model_name: str) -> None:
-        # no `*_created` series beside every counter and histogram: vLLM's /metrics has none (its
-        # multiprocess collector gives none), and Prometheus tracks resets itself
-        disable_created_metrics()
         self.registry = r = CollectorRegistry()
         lab = ["model_name"]
         self.model_name = model_name
@@ -164,4 +175,4 @@ class Metrics:
                 self.expert_tokens.labels(m, str(e)).set(n)
             for e, frac in enumerate(experts.get("busy_fraction", ())):
                 self.expert_busy.labels(m, str(e)).set(frac)
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))

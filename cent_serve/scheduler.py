@@ -143,15 +143,16 @@ class Scheduler:
         `max_waiting` left waiting. A request of more choices can never be admitted whole (the API's 400)."""
         return self.num_replicas * self.lanes_per_replica * self.seqs_per_lane + self.max_waiting
 
-    def is_full(self) -> bool:
-        """Whether a new request would exceed the waiting bound: more than `max_waiting` requests
-        would be left waiting once the free lane places are taken. The one admission rule; the
-        API's fast 429 asks it too."""
-        return len(self.waiting) >= self.max_waiting + self.free_seats
+    def is_full(self, n: int = 1) -> bool:
+        """Whether `n` new requests (a request's choices, admitted together) would exceed the
+        waiting bound: more than `max_waiting` requests would be left waiting once the free lane
+        places are taken. The one admission rule; the API's fast 429 asks it too."""
+        return len(self.waiting) + n > self.max_waiting + self.free_seats
 
-    def queue_full(self) -> QueueFull:
-        """The refusal `add` raises when `is_full()`."""
-        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places; one more "
+    def queue_full(self, n: int = 1) -> QueueFull:
+        """The refusal `add` raises when `is_full(n)`."""
+        more = "one more" if n == 1 else f"{n} more (a request's choices are admitted together)"
+        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places; {more} "
                          f"would leave more than scheduler.max_waiting={self.max_waiting} waiting: retry later")
 
     def add(self, req: Request) -> None:

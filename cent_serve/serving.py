@@ -224,6 +224,14 @@ class EngineLoop:
         `Engine.add_request` raises (ValueError, QueueFull) and then nothing was queued.
         `arrival_s` and `hold_until_s` (virtual clock only) are a replayer's trace arrival
         and clock hold (module docstring)."""
+        return (await self.submit_all([(prompt_ids, params, tag)], q, arrival_s, hold_until_s))[0]
+
+    async def submit_all(self, choices: list[tuple[list[int], RequestParams, object]], q: asyncio.Queue,
+                         arrival_s: float | None = None, hold_until_s: float | None = None) -> list[Request]:
+        """Queue several requests (an HTTP request's choices: (prompt ids, params, tag) each) at one
+        moment of the engine thread, all or none: no round runs between them, and when the waiting
+        bound has no room for all, none is queued (QueueFull), so a refused request's choices never
+        ran. Otherwise as `submit`."""
         if self.clock == "paced" and (arrival_s is not None or hold_until_s is not None):
             raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
                              "arrivals from the wall clock")
@@ -231,7 +239,7 @@ class EngineLoop:
         # paced: the request arrives now, on the wall clock, not when the engine thread (maybe busy with a
         # round) takes it; it then waits for the round boundary, and its TTFT counts the wait, as a client's does
         when = self.sim_now_s() if self.clock == "paced" else arrival_s
-        add = lambda eng: self._add(eng, prompt_ids, params, loop, q, tag, when, hold_until_s)  # noqa: E731
+        add = lambda eng: self._add(eng, choices, loop, q, when, hold_until_s)  # noqa: E731
         if arrival_s is None:
             return await self.call(add)
         if not self.is_alive():
@@ -240,10 +248,8 @@ class EngineLoop:
         self.inbox.put(("arrive", (arrival_s, hold_until_s, add), fut))
         return await asyncio.wrap_future(fut)
 
-    def abort(self, request_id: str, withdrawn: bool = False) -> None:
-        """Abort a request; `withdrawn`: it is taken back as part of refusing its whole HTTP request
-        (a sibling choice was refused), so it is not observed as an ended sequence (`on_finish`)."""
-        self.inbox.put(("abort", (request_id, withdrawn), None))
+    def abort(self, request_id: str) -> None:
+        self.inbox.put(("abort", request_id, None))
 
     async def call(self, fn: Callable[[Engine], object]):
         """Run `fn(engine)` on the engine thread between rounds and return its result."""
@@ -255,13 +261,18 @@ class EngineLoop:
 
     # ------------------------------------------------------------------ the thread
 
-    def _add(self, eng: Engine, prompt_ids, params, loop, q, tag, arrival_s, hold_until_s) -> Request:
+    def _add(self, eng: Engine, choices, loop, q, arrival_s, hold_until_s) -> list[Request]:
         try:
-            req = eng.add_request(prompt_ids, params, arrival_s=arrival_s)
+            for prompt_ids, params, _ in choices:  # every check before any is queued: all or none
+                eng.check_request(prompt_ids, params.max_tokens)
+            if len(choices) > 1 and eng.scheduler.is_full(len(choices)):
+                raise eng.scheduler.queue_full(len(choices))
+            reqs = [eng.add_request(prompt_ids, params, arrival_s=arrival_s) for prompt_ids, params, _ in choices]
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
-        self.streams[req.request_id] = (loop, q, tag, [0, 0])
-        return req
+        for req, (_, _, tag) in zip(reqs, choices):
+            self.streams[req.request_id] = (loop, q, tag, [0, 0])
+        return reqs
 
     def set_hold(self, hold_until_s: float | None) -> None:
         """Engine thread only. The replayer sends one request at a time, in arrival order."""
@@ -308,10 +319,9 @@ class EngineLoop:
             return
         kind, arg, fut = cmd
         if kind == "abort":
-            request_id, withdrawn = arg
-            req = self.engine.abort(request_id)
+            req = self.engine.abort(arg)
             if req is not None:
-                self._deliver(req, observe=not withdrawn)
+                self._deliver(req)
             return
         if kind == "arrive":
             arrival_s, hold_until_s, add = arg
@@ -403,7 +413,7 @@ class EngineLoop:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(EngineStopped("the engine stopped before it could take this"))
 
-    def _deliver(self, req: Request, observe: bool = True) -> None:
+    def _deliver(self, req: Request) -> None:
         entry = self.streams.get(req.request_id)
         if entry is None:
             return
@@ -424,7 +434,7 @@ class EngineLoop:
             delta.timing = req.timing()
             del self.streams[req.request_id]
             self.engine.forget(req.request_id)
-            if self.on_finish is not None and observe:
+            if self.on_finish is not None:
                 self.on_finish(req)
         try:  # never blocks: the queue is unbounded and a slow client only delays its own handler
             loop.call_soon_threadsafe(q.put_nowait, (tag, delta))

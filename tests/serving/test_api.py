@@ -15,7 +15,7 @@ from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.generate import generate
 from cent_serve.model.tokenizer import ByteTokenizer
-from tests.serving.utils import HANG_GUARD_S, wait_idle
+from tests.serving.utils import HANG_GUARD_S, metric, wait_idle
 
 TINY = model_preset("tiny")
 
@@ -189,8 +189,15 @@ def test_chat_errors(server):
 
 
 def test_metrics_and_status(server, client):
-    client.completions.create(model="tiny", prompt="metrics", max_tokens=3)
+    before = httpx.get(server.url + "/metrics").text
+    client.completions.create(model="tiny", prompt="metrics", max_tokens=3, extra_body={"ignore_eos": True})
     text = httpx.get(server.url + "/metrics").text
+    for name, grew in (("vllm:e2e_request_latency_seconds_count", 1), ("vllm:generation_tokens_total", 3),
+                       ("vllm:time_to_first_token_seconds_count", 1), ("vllm:inter_token_latency_seconds_count", 2),
+                       ("vllm:prompt_tokens_total", 8)):  # "metrics" and its BOS
+        assert metric(text, name) - metric(before, name) == grew, name
+    assert (metric(text, "vllm:request_success_total", finished_reason="length")
+            - metric(before, "vllm:request_success_total", finished_reason="length")) == 1
     for name in ("vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_count",
                  "vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:generation_tokens_total",
                  'vllm:request_success_total{finished_reason="length"', "cent:simulated_clock_seconds",

@@ -234,9 +234,9 @@ def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
     """vLLM's counters as vLLM keeps them: every series exists at 0 before the first request, none
     `_created`; tokens are counted, TTFT and inter-token gaps observed, as rounds make them
     (mid-stream, not when the sequence ends); a prompt counts once
-    its first token is made, so a request aborted while waiting adds no prompt tokens, and the
-    choices a 429 takes back (n=3, the third refused) are no sequences at all; at the end the
-    counters equal the status's totals."""
+    its first token is made, so a request aborted while waiting adds no prompt tokens; a request
+    whose choices do not all fit is refused whole (n=3, room for two), so none of them is a
+    sequence; at the end the counters equal the status's totals."""
     cfg = server_cfg(devices=1, pp=1, max_waiting=2, clock="paced", pace_factor=100.0)
     with Server(cfg, "local") as s, httpx.Client(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h, \
             httpx.Client(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h2:
@@ -270,6 +270,23 @@ def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
         assert metric(text, "vllm:prompt_tokens_total") == st["prompt_tokens"] == 5
         assert metric(text, "vllm:generation_tokens_total") == st["generation_tokens"] > 0
         assert metric(text, "vllm:request_success_total", finished_reason="abort") == 2  # and the holder
+
+
+def test_concurrent_requests_with_several_choices_are_admitted_whole_or_refused_whole():
+    """n=3 requests racing for a small queue: each is admitted with all its choices or refused with
+    none run, so the sequences the metrics and the status count are exactly the 200s' choices (a
+    choice queued before its sibling was refused used to run, and count, under a 429)."""
+    with Server(server_cfg(devices=1, pp=1, max_waiting=4), "local") as s:
+        async def burst():
+            async with httpx.AsyncClient(base_url=s.url, timeout=REQUEST_TIMEOUT_S) as h:
+                sent = [h.post("/v1/completions", json=body(n=3, max_tokens=40)) for _ in range(30)]
+                return [r.status_code for r in await asyncio.gather(*sent)]
+        codes = [c for _ in range(3) for c in asyncio.run(burst())]
+        assert set(codes) <= {200, 429} and 200 in codes
+        st = wait_idle(s.url)
+        text = httpx.get(s.url + "/metrics").text
+        ran = sum(metric(text, "vllm:request_success_total", finished_reason=r) for r in ("stop", "length", "abort"))
+        assert ran == st["num_finished"] + st["num_aborted"] == 3 * codes.count(200), (codes.count(200), ran, st)
 
 
 def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
