@@ -166,7 +166,7 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
         ctx.check_request(ids, limit, prompts.fields)
     params = [body.to_params(limit, prompts.fields.max_tokens) for limit in limits]
     n, scheduler = body.n, ctx.engine.scheduler
-    most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit`, not this
+    most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit_all`, not this
     if len(prompts.ids) * n > most:  # counted before building: a request may hold thousands of prompts
         raise ApiError(f"{len(prompts.ids) * n} choices (prompts x n) can never be admitted at once: this server "
                        f"takes at most {most} ({most - scheduler.max_waiting} lane places + scheduler.max_waiting="
@@ -220,7 +220,7 @@ async def submit(ctx: ApiContext, body, choices: list[Choice],
 
 
 def _submit_error(exc: Exception, fields: FieldNames) -> ApiError:
-    """What `EngineLoop.submit` raised, as the client's error."""
+    """What `EngineLoop.submit_all` raised, as the client's error."""
     if isinstance(exc, QueueFull):
         return queue_full(exc)
     if isinstance(exc, RequestRefused):

@@ -154,7 +154,7 @@ class Delta:
 
 
 class EngineLoop:
-    """Runs `engine.step()` on a thread; `submit`/`abort`/`call` are safe from any thread."""
+    """Runs `engine.step()` on a thread; `submit_all`/`abort`/`call` are safe from any thread."""
 
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
                  on_finish: Callable[[Request], None] | None = None,
@@ -218,20 +218,14 @@ class EngineLoop:
             return 0.0
         return self.wall_origin + sim_s * self.pace_factor - time.monotonic()
 
-    async def submit(self, prompt_ids: list[int], params: RequestParams, q: asyncio.Queue, tag=None,
-                     arrival_s: float | None = None, hold_until_s: float | None = None) -> Request:
-        """Queue a request whose progress arrives on `q` as (tag, Delta) items; raises what
-        `Engine.add_request` raises (ValueError, QueueFull) and then nothing was queued.
-        `arrival_s` and `hold_until_s` (virtual clock only) are a replayer's trace arrival
-        and clock hold (module docstring)."""
-        return (await self.submit_all([(prompt_ids, params, tag)], q, arrival_s, hold_until_s))[0]
-
     async def submit_all(self, choices: list[tuple[list[int], RequestParams, object]], q: asyncio.Queue,
                          arrival_s: float | None = None, hold_until_s: float | None = None) -> list[Request]:
-        """Queue several requests (an HTTP request's choices: (prompt ids, params, tag) each) at one
-        moment of the engine thread, all or none: no round runs between them, and when the waiting
-        bound has no room for all, none is queued (QueueFull), so a refused request's choices never
-        ran. Otherwise as `submit`."""
+        """Queue requests (an HTTP request's choices: (prompt ids, params, tag) each) whose progress
+        arrives on `q` as (tag, Delta) items, at one moment of the engine thread, all or none: no
+        round runs between them, and what `Engine.add_request` raises (ValueError, QueueFull, also
+        when the waiting bound has no room for all) leaves nothing queued, so a refused request's
+        choices never ran. `arrival_s` and `hold_until_s` (virtual clock only) are a replayer's
+        trace arrival and clock hold (module docstring)."""
         if self.clock == "paced" and (arrival_s is not None or hold_until_s is not None):
             raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
                              "arrivals from the wall clock")
