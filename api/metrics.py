@@ -136,10 +136,9 @@ class Metrics:
             self.itl.labels(m).observe(times[i] - times[i - 1])
 
     def observe_finished(self, req: Request) -> None:
-        """Called once per ended sequence (engine thread), not for one withdrawn with its refused
-        request: the histograms of whole-request latencies (TTFT and the inter-token gaps are
-        observed as tokens come, `observe_tokens`; the token counters are the engine's totals,
-        `_Totals`)."""
+        """Called once per ended sequence (engine thread): the histograms of whole-request latencies
+        (TTFT and the inter-token gaps are observed as tokens come, `observe_tokens`; the token
+        counters are the engine's totals, `_Totals`)."""
         m = self.model_name
         t = req.timing()
         self.success.labels(m, req.finish_reason or "unknown").inc()

@@ -259,7 +259,7 @@ class EngineLoop:
         try:
             for prompt_ids, params, _ in choices:  # every check before any is queued: all or none
                 eng.check_request(prompt_ids, params.max_tokens)
-            if len(choices) > 1 and eng.scheduler.is_full(len(choices)):
+            if eng.scheduler.is_full(len(choices)):
                 raise eng.scheduler.queue_full(len(choices))
             reqs = [eng.add_request(prompt_ids, params, arrival_s=arrival_s) for prompt_ids, params, _ in choices]
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
