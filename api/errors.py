@@ -28,8 +28,10 @@ def record(raw: Request, outcome: str, reason: str) -> None:
         raw.app.state.metrics.count_request(outcome, reason)
 
 
-def record_finished(raw: Request, finish_reasons: list[str | None]) -> None:
-    """Count a request whose choices all came back from the engine."""
+def record_finished(raw: Request, finish_reasons: list[str | None], n: int, generated: list[int]) -> None:
+    """Count a request whose choices all came back from the engine (`generated`: each choice's
+    token count, by index, its prompts' `n` choices at a time)."""
+    raw.app.state.metrics.observe_prompts(n, generated)
     if "error" in finish_reasons:
         record(raw, "failed", "engine_error")
     elif "abort" in finish_reasons:  # the engine stopped under a connected client

@@ -150,7 +150,7 @@ async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
     reply = Reply(base, endpoint, body, prompts.ids, prompts.echo_only)
     if body.stream:
         return event_stream(ctx, raw, reqs, q, reply)
-    outs = await collect(ctx, raw, reqs, q, prompts.echo_only)
+    outs = await collect(ctx, raw, reqs, q, body.n, prompts.echo_only)
     return respond(ctx, reply, outs)
 
 
@@ -237,7 +237,7 @@ def queue_full(exc: QueueFull) -> ApiError:
                     headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue,
+async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
                   echo_only: bool = False) -> dict[int, dict]:
     """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
     once all have finished (with `echo_only`, none of the output: `prompt_only`). Aborts them all
@@ -282,7 +282,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue,
     if failed:
         raise ApiError(failed[0], None, 500, "server_error")
     reasons = [o["finish_reason"] for o in out.values()]
-    record_finished(raw, reasons)
+    record_finished(raw, reasons, n, [len(o["token_ids"]) for o in out.values()])
     if "abort" in reasons:  # the engine stopped under it: no whole answer
         fault = ctx.engine.last_fault
         why = "its engine thread failed" if fault == ENGINE_THREAD_FAILED else "the server is shutting down"
@@ -416,7 +416,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                 echoed = None if p.started else endpoint.echo(ctx, body, reply.prompts[index // body.n])
                 yield sse(chunk(index, p, d, echoed))
                 p.flush(echoed)
-        record_finished(raw, reasons)
+        record_finished(raw, reasons, body.n, [len(outs[i]["token_ids"]) for i in range(len(reqs))])
         if body.include_usage:
             yield sse(dict(reply.base, choices=[], usage=usage(reply.prompts, outs)))
         yield "data: [DONE]\n\n"

@@ -1,4 +1,5 @@
-"""Prometheus metrics: vLLM's names (docs/serving.md) plus `cent:` ones. Latencies are simulated seconds.
+"""Prometheus metrics: vLLM's names, labels and series (docs/serving.md) plus `cent:` ones. Latencies
+are simulated seconds. Every series has vLLM's labels `model_name` and `engine` (one engine: "0").
 
 Each app has its own registry, so several servers (tests) can live in one process.
 
@@ -30,6 +31,31 @@ FINISH_REASONS = ("stop", "length", "abort", "error")
 `repetition`, which this engine never gives)."""
 ITL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                  1.0, 2.5, 5.0)
+VLLM_TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                       20.0, 40.0, 80.0)
+"""`vllm:time_per_output_token_seconds`'s buckets as vLLM's (vllm/v1/metrics/loggers.py), so a dashboard's
+quantiles over it match vLLM's; the same gaps at PIM's resolution are `vllm:inter_token_latency_seconds`."""
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+"""`vllm:iteration_tokens_total`'s buckets, vLLM's."""
+N_BUCKETS = (1, 2, 5, 10, 20)
+"""`vllm:request_params_n`'s buckets, vLLM's."""
+ENGINE = "0"
+"""The `engine` label: vLLM's data-parallel engine index; this server has one engine (its
+data-parallel replicas share one scheduler)."""
+
+
+def buckets_1_2_5(most: int) -> tuple[int, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to `most`: vLLM's token-count buckets for a context of `most`."""
+    out, scale = [], 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > most:
+                return tuple(out)
+            out.append(m * scale)
+        scale *= 10
+
+
+LABELS = ["model_name", "engine"]
 
 
 class _Totals:
@@ -40,7 +66,9 @@ class _Totals:
                  "first token is made, as vLLM counts it."),
                 ("vllm:generation_tokens", "generation_tokens", "Tokens generated, as each round makes them."),
                 ("cent:energy_joules", "energy_j", "Energy charged to requests' steps on the devices (simulated)."),
-                ("cent:preemptions", "num_preemptions", "Sequences preempted for KV space."),
+                ("vllm:num_preemptions", "num_preemptions", "Sequences preempted for KV space."),
+                ("cent:preemptions", "num_preemptions", "Sequences preempted for KV space (vllm:num_preemptions_total's "
+                 "older name here)."),
                 ("cent:rounds", "num_rounds", "Engine rounds run."),
                 ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."))
 
@@ -49,12 +77,12 @@ class _Totals:
         self.status: dict = {}
 
     def describe(self):
-        return [CounterMetricFamily(name, doc, labels=["model_name"]) for name, _, doc in self.COUNTERS]
+        return [CounterMetricFamily(name, doc, labels=LABELS) for name, _, doc in self.COUNTERS]
 
     def collect(self):
         for name, key, doc in self.COUNTERS:
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self.model_name], float(self.status.get(key, 0)))
+            family = CounterMetricFamily(name, doc, labels=LABELS)
+            family.add_metric([self.model_name, ENGINE], float(self.status.get(key, 0)))
             yield family
 
 
@@ -73,25 +101,46 @@ class _WithoutCreated:
 
 
 class Metrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, max_model_len: int = 8192, cache_info: dict | None = None) -> None:
+        """`max_model_len` sets the token-count buckets (vLLM's 1-2-5 series up to the context);
+        `cache_info` the labels of `vllm:cache_config_info` (the KV cache's shape)."""
         self.registry = r = CollectorRegistry()
-        lab = ["model_name"]
+        lab = LABELS
         self.model_name = model_name
+        self.key = key = (model_name, ENGINE)
 
         def hist(name, doc, buckets=LATENCY_BUCKETS_S):
             return Histogram(name, doc, lab, buckets=buckets, registry=r)
 
         self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token (simulated).")
         self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency (simulated).", ITL_BUCKETS_S)
+        self.tpot_iter = hist("vllm:time_per_output_token_seconds", "Inter-token latency with vLLM's buckets "
+                              "(simulated; vLLM's older name for the gaps).", VLLM_TPOT_BUCKETS_S)
         self.e2e = hist("vllm:e2e_request_latency_seconds", "End-to-end request latency (simulated).")
         self.queue = hist("vllm:request_queue_time_seconds", "Time in the waiting queue (simulated).")
         self.prefill = hist("vllm:request_prefill_time_seconds", "Prefill time (simulated).")
         self.decode = hist("vllm:request_decode_time_seconds", "Decode time (simulated).")
+        self.inference = hist("vllm:request_inference_time_seconds", "First scheduled to last token (simulated).")
+        self.prefill_per_token = hist("vllm:time_per_prefill_token_request_seconds",
+                                      "Per request, prefill time / prompt tokens (simulated).", ITL_BUCKETS_S)
         self.tpot = hist("vllm:request_time_per_output_token_seconds",
                          "Per request, (last token - first token) / (tokens - 1) (simulated).", ITL_BUCKETS_S)
+        counts = buckets_1_2_5(max_model_len)
+        self.prompt_len = hist("vllm:request_prompt_tokens", "Prompt tokens per sequence.", counts)
+        self.output_len = hist("vllm:request_generation_tokens", "Generated tokens per sequence.", counts)
+        self.max_tokens = hist("vllm:request_params_max_tokens", "Per sequence, its max_tokens.", counts)
+        self.max_output_len = hist("vllm:request_max_num_generation_tokens", "Per prompt, the most tokens one of its "
+                                   "n choices generated.", counts)
+        self.n = hist("vllm:request_params_n", "Per prompt, its n.", N_BUCKETS)
+        self.round_tokens = hist("vllm:iteration_tokens_total", "Tokens per engine round: prompts whose first "
+                                 "token it made, and tokens generated.", ITERATION_TOKEN_BUCKETS)
         self.running = Gauge("vllm:num_requests_running", "Requests on the devices.", lab, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", lab, registry=r)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = 100%).", lab, registry=r)
+        info = {k: str(v) for k, v in (cache_info or {}).items()}
+        self.cache_info = Gauge("vllm:cache_config_info", "The KV cache's configuration (labels; the value is 1).",
+                                list(info) + ["engine"], registry=r)
+        self.cache_info.labels(*info.values(), ENGINE).set(1)
         self.success = Counter("vllm:request_success", "Finished requests.", lab + ["finished_reason"],
                                registry=r)
         self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
@@ -113,65 +162,88 @@ class Metrics:
                                  "(simulated clock x blocks x replicas).", lab + ["expert"], registry=r)
         # every series a dashboard or an alert reads exists from the start, at 0, as vLLM's do (a
         # series born at its first increment loses that increment to rate() and increase())
-        for metric in (self.ttft, self.itl, self.e2e, self.queue, self.prefill, self.decode, self.tpot):
-            metric.labels(model_name)
+        for metric in (self.ttft, self.itl, self.tpot_iter, self.e2e, self.queue, self.prefill, self.decode,
+                       self.inference, self.prefill_per_token, self.tpot, self.prompt_len, self.output_len,
+                       self.max_tokens, self.max_output_len, self.n, self.round_tokens):
+            metric.labels(*key)
         for reason in FINISH_REASONS:
-            self.success.labels(model_name, reason)
+            self.success.labels(*key, reason)
         for outcome, reasons in OUTCOMES.items():
             for reason in reasons:
-                self.requests.labels(model_name, outcome, reason)
+                self.requests.labels(*key, outcome, reason)
 
     def count_request(self, outcome: str, reason: str) -> None:
         """Record how one generation request ended (any thread)."""
         assert reason in OUTCOMES.get(outcome, ()), (outcome, reason)
-        self.requests.labels(self.model_name, outcome, reason).inc()
+        self.requests.labels(*self.key, outcome, reason).inc()
+
+    def observe_round(self, tokens: int) -> None:
+        """An engine round made `tokens` (engine thread): prompts whose first token it made, and the
+        tokens it generated, as vLLM counts an iteration's."""
+        self.round_tokens.labels(*self.key).observe(tokens)
+
+    def observe_prompts(self, n: int, generated: list[int]) -> None:
+        """A request's prompts whose choices all came back: per prompt its `n` and the most tokens one
+        of its choices generated (`generated`: each choice's count, the prompts' n at a time)."""
+        for i in range(0, len(generated), n):
+            self.n.labels(*self.key).observe(n)
+            self.max_output_len.labels(*self.key).observe(max(generated[i:i + n]))
 
     def observe_tokens(self, req: Request, before: int) -> None:
         """A sequence's tokens from index `before` on were just made (engine thread): its TTFT with
         its first token, the gaps to the new ones, as vLLM observes them each iteration."""
-        m, times = self.model_name, req.token_times_s
+        times = req.token_times_s
         if before == 0:
-            self.ttft.labels(m).observe(times[0] - req.arrival_s)
+            self.ttft.labels(*self.key).observe(times[0] - req.arrival_s)
+        itl, tpot = self.itl.labels(*self.key), self.tpot_iter.labels(*self.key)
         for i in range(max(before, 1), len(times)):
-            self.itl.labels(m).observe(times[i] - times[i - 1])
+            itl.observe(times[i] - times[i - 1])
+            tpot.observe(times[i] - times[i - 1])
 
     def observe_finished(self, req: Request) -> None:
         """Called once per ended sequence (engine thread): the histograms of whole-request latencies
-        (TTFT and the inter-token gaps are observed as tokens come, `observe_tokens`; the token
-        counters are the engine's totals, `_Totals`)."""
-        m = self.model_name
+        and sizes (TTFT and the inter-token gaps are observed as tokens come, `observe_tokens`; the
+        token counters are the engine's totals, `_Totals`)."""
+        k = self.key
         t = req.timing()
-        self.success.labels(m, req.finish_reason or "unknown").inc()
+        self.success.labels(*k, req.finish_reason or "unknown").inc()
+        self.prompt_len.labels(*k).observe(len(req.prompt_ids))
+        self.output_len.labels(*k).observe(len(req.output_ids))
+        self.max_tokens.labels(*k).observe(req.params.max_tokens)
         if req.scheduled_s is not None:
-            self.queue.labels(m).observe(max(0.0, req.scheduled_s - req.arrival_s))
+            self.queue.labels(*k).observe(max(0.0, req.scheduled_s - req.arrival_s))
+            if req.finish_s is not None:
+                self.inference.labels(*k).observe(max(0.0, req.finish_s - req.scheduled_s))
         if t["ttft_s"] is not None:
-            self.prefill.labels(m).observe(max(0.0, req.first_token_s - (req.scheduled_s or req.arrival_s)))
+            prefill = max(0.0, req.first_token_s - (req.scheduled_s or req.arrival_s))
+            self.prefill.labels(*k).observe(prefill)
+            self.prefill_per_token.labels(*k).observe(prefill / len(req.prompt_ids))
         if t["e2e_s"] is not None:
-            self.e2e.labels(m).observe(t["e2e_s"])
+            self.e2e.labels(*k).observe(t["e2e_s"])
         if req.first_token_s is not None and req.finish_s is not None:
-            self.decode.labels(m).observe(max(0.0, req.finish_s - req.first_token_s))
+            self.decode.labels(*k).observe(max(0.0, req.finish_s - req.first_token_s))
         if t["tpot_s"] is not None:
-            self.tpot.labels(m).observe(t["tpot_s"])
+            self.tpot.labels(*k).observe(t["tpot_s"])
         elif req.first_token_s is not None:  # one token: 0, as vLLM observes it (its count is e2e's)
-            self.tpot.labels(m).observe(0.0)
+            self.tpot.labels(*k).observe(0.0)
 
     def render(self, status: dict, devices: list[dict], fabrics: list[dict]) -> bytes:
         """Refresh the gauges from an engine snapshot and render the text format."""
-        m = self.model_name
-        self.running.labels(m).set(status["num_running"])
-        self.waiting.labels(m).set(status["num_waiting"])
-        self.kv_usage.labels(m).set(status["kv_usage"])
-        self.clock.labels(m).set(status["clock_s"])
+        k = self.key
+        self.running.labels(*k).set(status["num_running"])
+        self.waiting.labels(*k).set(status["num_waiting"])
+        self.kv_usage.labels(*k).set(status["kv_usage"])
+        self.clock.labels(*k).set(status["clock_s"])
         self.totals.status = status
-        self.pace_lag.labels(m).set(status.get("pace_lag_s", 0.0))
+        self.pace_lag.labels(*k).set(status.get("pace_lag_s", 0.0))
         for d in devices:
-            self.busy.labels(m, str(d["device_id"]), str(d["replica"])).set(busy_fraction(d, status["clock_s"]))
+            self.busy.labels(*k, str(d["device_id"]), str(d["replica"])).set(busy_fraction(d, status["clock_s"]))
         for f in fabrics:
-            self.fabric_bytes.labels(m, str(f["replica"])).set(f.get("wire_bytes", 0))
+            self.fabric_bytes.labels(*k, str(f["replica"])).set(f.get("wire_bytes", 0))
         experts = status.get("experts")
         if experts:
             for e, n in enumerate(experts["tokens"]):
-                self.expert_tokens.labels(m, str(e)).set(n)
+                self.expert_tokens.labels(*k, str(e)).set(n)
             for e, frac in enumerate(experts.get("busy_fraction", ())):
-                self.expert_busy.labels(m, str(e)).set(frac)
+                self.expert_busy.labels(*k, str(e)).set(frac)
         return generate_latest(_WithoutCreated(self.registry))

@@ -67,9 +67,12 @@ def build(cfg: CentConfig, engine: Engine | None = None):
         from cent_serve.executor.ray_executor import ensure_ray
         log.info("%s", ensure_ray(cfg.server.ray_address))
     engine = engine or Engine(cfg)
-    metrics = Metrics(cfg.model.name)
+    sched = engine.scheduler  # vllm:cache_config_info's labels, those of vLLM's CacheConfig that apply here
+    metrics = Metrics(cfg.model.name, cfg.model.max_seq_len,
+                      dict(block_size=sched.block_tokens, num_gpu_blocks=sched.kv_blocks * engine.num_replicas,
+                           cache_dtype=f"{cfg.device.bytes_per_element * 8}-bit", enable_prefix_caching=False))
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
-                      on_tokens=metrics.observe_tokens)
+                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 

@@ -158,7 +158,8 @@ class EngineLoop:
 
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
                  on_finish: Callable[[Request], None] | None = None,
-                 on_tokens: Callable[[Request, int], None] | None = None) -> None:
+                 on_tokens: Callable[[Request, int], None] | None = None,
+                 on_round: Callable[[int], None] | None = None) -> None:
         self.engine = engine
         self.clock, self.pace_factor = clock, pace_factor
         self.on_finish = on_finish
@@ -166,6 +167,9 @@ class EngineLoop:
         self.on_tokens = on_tokens
         """Called with a sequence and how many of its tokens were delivered before, when new ones are
         (engine thread, before `on_finish`)."""
+        self.on_round = on_round
+        """Called after each round with the tokens it made: prompts whose first token it made, and
+        tokens generated (engine thread, before the round's `on_tokens`)."""
         self.inbox: queue.Queue = queue.Queue()
         self.streams: dict[str, tuple] = {}  # request id -> (event loop, queue, tag, [tokens, chars] sent)
         self._stop = threading.Event()
@@ -373,9 +377,11 @@ class EngineLoop:
                     continue
                 self.pace.behind(-wait)
             try:
-                t0, sim0 = time.monotonic(), eng.now_s
+                t0, sim0, made = time.monotonic(), eng.now_s, eng.stats.prompt_tokens + eng.stats.generation_tokens
                 advanced = eng.step()
                 self.pace.stepped(time.monotonic() - t0, eng.now_s - sim0)
+                if self.on_round is not None:
+                    self.on_round(eng.stats.prompt_tokens + eng.stats.generation_tokens - made)
             except Exception as exc:  # a fault fails the requests of the round, not the server
                 log.exception("round failed")
                 eng.last_fault = f"{type(exc).__name__}: {exc}"
