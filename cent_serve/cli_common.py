@@ -75,3 +75,22 @@ def _check_hardware(hw: str, cfg: CentConfig) -> None:
         value = getattr(cfg.gpu, wrong.split(".")[1])
         raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
                          f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")
+
+
+def check_out_dir(out: str, flag: str = "--out") -> Path:
+    """The results directory a command will write, checked before anything runs (a replay's hours
+    are not lost to a path it cannot write at the end): not a file, under a directory that exists
+    or can be made, writable. Nothing is created here."""
+    import os
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {out} is a file: give a directory for the results (made if missing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {out} is under {parent}, a file: give a directory for the results")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out}: {parent} is not writable: give a directory you may write")
+    return path

@@ -179,6 +179,10 @@ def _other(cfg: CentConfig, args: argparse.Namespace, contexts: tuple[int, ...],
     return other, "; ".join(why)
 
 
+POWER_NOTE = ("power W: the artifact's and the paper's, a token's energy over its blocks' PIM time (switch, "
+              "accelerator and host time left out); avg W: energy per token x throughput, the system's average draw")
+
+
 def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
     mp = timer.mapping
     total = args.prompt + args.decode
@@ -205,14 +209,16 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     paper = paper_workload(cfg.model.name, args.prompt, args.decode)
-    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}" + (f"{'vs GPU':>8}" if paper else ""))
+    print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'avg W':>10}"
+          + (f"{'vs GPU':>8}" if paper else ""))
     for phase in PHASES:
         r = phases.get(phase)
         if r:
             ratio = r.get("throughput_ratio")
             print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}"
-                  f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}"
+                  f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}{r['avg_power_w']:>10.1f}"
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
+    print(POWER_NOTE)
     if not paper and cfg.model.name in GPU_BASELINES:
         print(f"no ratio to the paper's GPU figures: they are for {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens; "
               f"for this workload on GPUs run the same with --hardware gpu:a100-80gb:{GPU_BASELINES[cfg.model.name]['gpus']}")
@@ -243,8 +249,9 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
-                "token_energy_mj", "power_w", "devices_used", "channels_per_block"):
+                "token_energy_mj", "power_w", "avg_power_w", "devices_used", "channels_per_block"):
         print(f"  {key:<20}{fig[key]:>14.6g}")
+    print(f"  ({POWER_NOTE})")
     total = sum(fig["breakdown_cycles"].values())
     print("  block PIM cycles by operation:")
     for op, cyc in fig["breakdown_cycles"].items():

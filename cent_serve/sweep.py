@@ -17,8 +17,11 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
   generated tokens, as the energy per token does (a trace replay adds `output_throughput_tok_s`);
 - `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
   faster and cheaper in energy) drawn and labelled;
-- `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline where the model
-  has one, else tokens per second per device dollar) against the device count.
+- `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline in the artifact's
+  TCO convention where the model has one, else, or when `device.unit_cost_usd` is varied, tokens
+  per second per device dollar) against the device count, or the first varied field with numbers;
+- `figures.png`: throughput, latency, energy per token and average power against that field,
+  one line per combination of the others (when a varied field has numbers).
 """
 from __future__ import annotations
 
@@ -30,16 +33,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cent_serve.cli_common import add_config_args, config_from_args, resolve_model
+from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, resolve_model
 from cent_serve.config import CentConfig, apply_overrides, check_override, config_to_dict
 
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
-FIGURES = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s",
-           "output_throughput_tok_s", "token_latency_ms",
-           "energy_per_token_mj", "tokens_per_joule", "power_w", "system_device_cost_usd", "tok_s_per_usd",
-           "throughput_ratio", "tokens_per_dollar_ratio", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
-           "completed", "failed", "error")
+_MAPPING = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
+_COST = ("energy_per_token_mj", "tokens_per_joule")
+_PRICE = ("system_device_cost_usd", "tok_s_per_usd")
+CLOSED_FIGURES = (_MAPPING + ("token_latency_ms",) + _COST + ("power_w", "avg_power_w") + _PRICE
+                  + ("throughput_ratio", "tokens_per_dollar_ratio", "error"))
+"""sweep.csv's figure columns for the closed form (`power_w` the artifact's, `avg_power_w` energy per token
+x throughput; the ratios to the paper's GPUs empty unless the workload is the paper's)."""
+TRACE_FIGURES = (_MAPPING + ("output_throughput_tok_s",) + _COST + ("avg_power_w",) + _PRICE
+                 + ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "completed", "failed", "error"))
+"""sweep.csv's figure columns for a trace replay (`avg_power_w`: the replay's energy / its simulated span)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -171,6 +179,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
                # prompt + output tokens, as the closed form's throughput and every energy per token count them
                throughput_tok_s=s["total_token_throughput"], output_throughput_tok_s=s["output_throughput"],
                energy_per_token_mj=s["energy_per_token_mj"],
+               avg_power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else None,
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
                completed=s["completed"], failed=s["failed"], failure_reasons=s["failure_reasons"])
@@ -186,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cent_serve.timing.pipeline import check_phases
 
+    out = check_out_dir(args.out)
     vary = parse_vary(args.vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args)
@@ -214,9 +224,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # this point cannot run: say why, go on
             row["error"] = " ".join(str(exc).split())
         rows.append(row)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    columns = [n for n, _ in vary] + [f for f in FIGURES if any(f in r and f not in dict(vary) for r in rows)]
+    # the same columns whatever the points gave (a script reading several sweeps finds each where it was)
+    columns = [n for n, _ in vary] + [f for f in (TRACE_FIGURES if args.trace else CLOSED_FIGURES) if f not in dict(vary)]
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, columns + ["config"], extrasaction="ignore")
         w.writeheader()
@@ -232,9 +242,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{reasons_text(r['failure_reasons'], examples=True)}")
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
     if not args.no_plots and ok:
-        from cent_serve.sweep_plots import plot_pareto, plot_tokens_per_dollar
+        from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar
 
         labels = [n for n, _ in vary]
-        print(f"plots: {plot_pareto(ok, labels, out / 'pareto.png')}, "
-              f"{plot_tokens_per_dollar(ok, labels, out / 'tokens_per_dollar.png')}")
+        plots = [plot_pareto(ok, labels, out / "pareto.png"),
+                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png"),
+                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace))]
+        print(f"plots: {', '.join(str(p) for p in plots if p)}")
     return 0

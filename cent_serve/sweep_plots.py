@@ -7,6 +7,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+NAME_ALL_POINTS = 12
+"""The Pareto plot numbers every point up to this many per model, else only its front."""
 
 
 def _label(row: dict, fields: list[str]) -> str:
@@ -54,32 +58,94 @@ def pareto_figure(rows: list[dict], fields: list[str]):
                    color=color, alpha=0.35, label="a point off the front" if len(front) < len(group) else None)
         ax.plot([r["energy_per_token_mj"] for r in front], [r["throughput_tok_s"] for r in front], "o-", color=color,
                 label=f"Pareto front: {len(front)} of {len(group)} points")
-        for k, r in enumerate(front, 1):  # numbered on the plot, named in the legend: close points stay legible
-            ax.annotate(str(k), (r["energy_per_token_mj"], r["throughput_tok_s"]), fontsize=8, fontweight="bold",
+        # numbered on the plot, named in the legend (close points stay legible): the front, and every point
+        # when there are few enough to read
+        named = front + [r for r in group if r not in front] if len(group) <= NAME_ALL_POINTS else front
+        for k, r in enumerate(named, 1):
+            on_front = k <= len(front)
+            ax.annotate(str(k), (r["energy_per_token_mj"], r["throughput_tok_s"]), fontsize=8,
+                        fontweight="bold" if on_front else "normal",
                         xytext=(5, -3) if k % 2 else (-11, 3), textcoords="offset points")
-            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}")
+            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}" + ("" if on_front else " (off the front)"))
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
+        ax.ticklabel_format(useOffset=False, axis="both")  # values, not an offset and its small differences
     fig.suptitle(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
                  "and cheaper in energy)", fontsize=10)  # two lines: one panel is narrow
     return fig, axes[0]
 
 
-def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:
-    """Tokens per dollar against the devices, one line per combination of the other varied fields."""
-    ratio = all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
-    key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
-    others = [f for f in fields if f != "parallel.num_devices"]
+def x_field(rows: list[dict], fields: list[str]) -> str | None:
+    """The varied field the line plots put on the x axis: the device count when it varies, else the
+    first varied field with numbers and more than one value; None when there is none."""
+    numeric = [f for f in fields if all(_number(r[f]) is not None for r in rows) and len({r[f] for r in rows}) > 1]
+    return "parallel.num_devices" if "parallel.num_devices" in numeric else (numeric[0] if numeric else None)
+
+
+def _number(value) -> float | None:
+    """A varied value as a number (`--vary` values are kept as given, e.g. "2e9"), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
+    """`key` against `x`, one line per combination of the other varied fields."""
+    others = [f for f in fields if f != x]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(_label(r, others) or "all points", []).append(r)
-    fig, ax = plt.subplots(figsize=(9, 6))
     for name, group in groups.items():
-        group = sorted(group, key=lambda r: r["devices"])
-        ax.plot([r["devices"] for r in group], [r[key] for r in group], "o-", label=name)
-    ax.set_xlabel("CENT devices in the system (every replica's)")
+        group = sorted((r for r in group if r.get(key) is not None), key=lambda r: _number(r[x]))
+        ax.plot([_number(r[x]) for r in group], [r[key] for r in group], "o-", label=name)
+    values = sorted({_number(r[x]) for r in rows})
+    if values[0] > 0 and values[-1] / values[0] >= 4:  # a doubling series reads evenly on a log axis
+        ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+    elif all(v.is_integer() for v in values):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(useOffset=False, axis="y")
+    ax.set_xlabel(x)
+
+
+def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """Tokens per dollar against the devices (or the varied field, `x_field`), one line per combination
+    of the other varied fields: against the paper's GPUs in the artifact's TCO convention, or per
+    device dollar (`device.unit_cost_usd`) when the model has no GPU figure or the price is varied
+    (the TCO convention prices every device as the paper's)."""
+    ratio = (all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
+             and "device.unit_cost_usd" not in fields)
+    key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
+    x = x_field(rows, fields) or "devices"  # every row has its device count
+    fig, ax = plt.subplots(figsize=(9, 6))
+    _lines(ax, rows, fields, x, key)
+    if x in ("parallel.num_devices", "devices"):
+        ax.set_xlabel("CENT devices in the system (every replica's)")
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
-                  else "tokens/s per device dollar")
-    ax.set_title("tokens per dollar against the device count")
+                  else "tokens/s per device dollar (device.unit_cost_usd)")
+    ax.set_title(f"tokens per dollar against {ax.get_xlabel()}")
     return _save(fig, [ax], path, 7)
+
+
+def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool) -> Path | None:
+    """Throughput, latency, energy per token and average power against the varied field (`x_field`),
+    one line per combination of the others; None when no varied field has numbers."""
+    x = x_field(rows, fields)
+    if x is None:
+        return None
+    panels = [("throughput_tok_s", "throughput (prompt + generated tok/s)"),
+              ("tpot_p50_ms", "TPOT p50 (ms)") if trace else ("token_latency_ms", "time between a query's tokens (ms)"),
+              ("energy_per_token_mj", "energy per token (mJ)"),
+              ("avg_power_w", "average power (W): energy per token x throughput")]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (key, label) in zip(axes.flat, panels):
+        _lines(ax, rows, fields, x, key)
+        ax.set_ylabel(label)
+    how = "trace replay" if trace else "closed form, the paper's workload"
+    fig.suptitle(f"{', '.join(sorted({r['model_name'] for r in rows}))}: the figures against {x} ({how})", fontsize=11)
+    return _save(fig, axes.flat, path, 7)

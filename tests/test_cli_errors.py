@@ -251,3 +251,15 @@ def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
                     "--set", "device.num_channels=8", "--set", "device.banks_per_channel=2")
     _one_line_error(proc, "device.banks_per_channel=2", "multiple of 4")
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["bench", "run"], ["bench", "sweep", "--rates", "1"], ["bench", "paper"],
+                                     ["bench", "compare", "--gpu", "a100-80gb:1"]])
+def test_an_out_that_is_a_file_is_refused_before_the_replay(tmp_path, command):
+    """The results directory is checked first: a replay's hours are not lost to a path it cannot write."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    proc, _ = _cent(*command, "--model", "tiny", "--numerics", "off", "--num-requests", "3",
+                    "--out", str(taken / "results"))
+    _one_line_error(proc, "--out", "a file")
+    assert "requests/s" not in proc.stdout and taken.read_text() == "not a directory"

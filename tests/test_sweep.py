@@ -165,3 +165,66 @@ def test_the_pareto_legend_names_only_what_the_panel_shows():
     assert "a point off the front" not in legend and "\n" in title
     legend, _ = labels(on_front + [dict(row, throughput_tok_s=0.5, energy_per_token_mj=3.0)])
     assert "a point off the front" in legend
+
+
+def test_the_csv_has_the_same_columns_whatever_the_points_gave(tmp_path, capsys):
+    """A point that cannot run and one that can: the columns of both sweeps are the same (scripts
+    reading several sweeps find each figure where it was)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=16,32", "--out", str(a), "--no-plots"]) == 0
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=32,64", "--out", str(b), "--no-plots"]) == 0
+    capsys.readouterr()
+    head = [next(csv.reader(open(d / "sweep.csv"))) for d in (a, b)]
+    assert head[0] == head[1] and "error" in head[0] and "avg_power_w" in head[0]
+
+
+def test_average_power_follows_the_whole_step_where_the_artifacts_power_does_not(tmp_path, capsys):
+    """power_w is the artifact's (a token's energy over its blocks' PIM time): a slower switch leaves it;
+    avg_power_w, energy per token x throughput, falls as the switch slows the tokens."""
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--pp", "1", "--tp", "8",
+                 "--vary", "fabric.switch_latency_ns=20,2000", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    fast, slow = csv.DictReader(open(tmp_path / "sweep.csv"))
+    assert float(fast["power_w"]) == pytest.approx(float(slow["power_w"]), rel=1e-12)
+    assert float(slow["avg_power_w"]) < 0.9 * float(fast["avg_power_w"])
+    for r in (fast, slow):
+        joules_per_s = float(r["energy_per_token_mj"]) * 1e-3 * float(r["throughput_tok_s"])
+        assert float(r["avg_power_w"]) == pytest.approx(joules_per_s, rel=0.05)  # phase means of products
+    assert (tmp_path / "figures.png").stat().st_size > 10_000  # the figures against the varied field
+
+
+def test_tokens_per_dollar_follow_the_device_price_when_it_is_varied(tmp_path, capsys):
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8",
+                 "--vary", "device.unit_cost_usd=28.17,56.34", "--out", str(tmp_path), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert rows[0]["tokens_per_dollar_ratio"] == rows[1]["tokens_per_dollar_ratio"]  # the TCO convention's
+    assert float(rows[0]["tok_s_per_usd"]) == pytest.approx(2 * float(rows[1]["tok_s_per_usd"]), rel=1e-12)
+
+
+def test_the_tokens_per_dollar_plot_reads_the_price_when_it_is_varied(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from cent_serve.sweep_plots import plot_tokens_per_dollar
+
+    rows = [dict(model_name="m", devices=8, **{"device.unit_cost_usd": c}, tokens_per_dollar_ratio=6.0,
+                 tok_s_per_usd=t) for c, t in (("28", 14.0), ("56", 7.0))]
+    drawn = []
+    real = plt.Axes.plot
+    monkeypatch.setattr(plt.Axes, "plot", lambda self, xs, ys, *a, **k: (drawn.append((list(xs), list(ys))),
+                                                                         real(self, xs, ys, *a, **k))[1])
+    plot_tokens_per_dollar(rows, ["device.unit_cost_usd"], tmp_path / "t.png")
+    assert drawn == [([28.0, 56.0], [14.0, 7.0])]  # per device dollar against the price, not the TCO ratio
+
+
+@pytest.mark.parametrize("where", ["the path", "its parent"])
+def test_out_is_checked_before_any_point_runs(tmp_path, capsys, monkeypatch, where):
+    import cent_serve.sweep as sweep
+
+    (tmp_path / "results").write_text("a file where a directory would go")
+    out = tmp_path / "results" if where == "the path" else tmp_path / "results" / "deeper"
+    ran = []
+    monkeypatch.setattr(sweep, "closed_form_figures", lambda *a: ran.append(a))
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "a file" in err and len(err.strip().splitlines()) == 1 and not ran

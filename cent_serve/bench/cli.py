@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args
 from cent_serve.config import PLACEMENTS
 from cent_serve.preflight import check_runnable
 
@@ -193,6 +193,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request under the progress bar
+    check_out_dir(args.out)
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
     requests, source = _requests(args, cfg)
@@ -249,6 +250,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.report import parse_goodput
     from cent_serve.bench.sweep import run_sweep
 
+    check_out_dir(args.out)
     cfg = config_from_args(args)
     check_runnable(cfg)
     slos = parse_goodput(args.goodput)
@@ -273,6 +275,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_paper
     from cent_serve.simulate_cli import sweep_mappings
 
+    check_out_dir(args.out)
     cfg = config_from_args(args)
     if cfg.on_gpus:
         raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
@@ -300,6 +303,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         from cent_serve.gpu.kinds import GPU_KINDS
         raise ValueError(f"--gpu {args.gpu!r} is invalid: use KIND:N with KIND one of {', '.join(GPU_KINDS)} and N "
                          "GPUs, e.g. --gpu a100-80gb:4") from None
+    check_out_dir(args.out)
     cent_cfg = config_from_args(args)
     if cent_cfg.on_gpus:
         raise ValueError(f"gpu.count={cent_cfg.gpu.count} makes the CENT side GPUs: drop it (--set gpu.count / the "

@@ -45,6 +45,11 @@ class TokenFigures:
     host_ms: float
     token_energy_mj: float
     power_w: float
+    """The artifact's power: a token's energy over its blocks' PIM time (docs/hardware_model.md
+    section 7), what the paper reports; switch, accelerator, host time and waits are left out."""
+    avg_power_w: float
+    """The system's average draw: a token's energy x the throughput (every part of the step
+    counts, so a slower switch lowers it where `power_w` stays)."""
     devices_used: int
     channels_per_block: int
     blocks_per_device: int
@@ -114,6 +119,7 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,
         embedding_ms=timer.embedding_s * 1e3, host_ms=timer.host_s * 1e3,
         token_energy_mj=energy_j * 1e3, power_w=mp.replicas * energy_j / step_s,
+        avg_power_w=energy_j * mp.replicas * batch / token_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
         convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=breakdown,
@@ -181,7 +187,7 @@ def phase_seqlens(prompt: int, decode: int, gap: int = 128) -> dict[str, list[in
 def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
                   batch: int | None = None) -> dict[str, dict]:
     """Each phase's figures averaged over its context lengths (`phase_seqlens`): throughput,
-    energy and power are plain means over the L in a phase; latency = mean token time x the
+    energy and both powers are plain means over the L in a phase; latency = mean token time x the
     phase's token count. `batch`: as in `token_figures`."""
     lengths = phase_seqlens(prompt, decode, gap)
     total = prompt + decode
@@ -196,6 +202,7 @@ def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
         out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
                           throughput_tok_s=mean("throughput_tok_s"),
                           energy_per_token_mj=mean("token_energy_mj"), power_w=mean("power_w"),
+                          avg_power_w=mean("avg_power_w"),
                           token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group),
                           energy_breakdown_mj={k: sum(r.energy_breakdown_mj[k] for r in group) / len(group)
                                                for k in group[0].energy_breakdown_mj})
