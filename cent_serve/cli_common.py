@@ -94,3 +94,29 @@ def check_out_dir(out: str, flag: str = "--out") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {out}: {parent} is not writable: give a directory you may write")
     return path
+
+
+CLOSED_FORM_IGNORES = {
+    "scheduler.": "the serving engine's scheduler",
+    "server.": "the HTTP server",
+    "numerics": "the numerics of a served model",
+    "executor": "where a served model's devices run",
+    "model.weight_dtype": "how full numerics store the weights (the devices' element size is "
+                          "device.bytes_per_element)",
+    "model.seed": "the random weights of a served model",
+}
+"""Config fields the closed form (`cent simulate`, `cent sweep` without --trace) does not read, and
+what they set instead."""
+
+
+def warn_closed_form_ignores(paths: list[str], how: str) -> None:
+    """One warning per field in `paths` that the closed form does not read (`how`: the flag that set it)."""
+    import logging
+
+    for path in paths:
+        what = next((v for k, v in CLOSED_FORM_IGNORES.items() if path == k or (k.endswith(".") and
+                                                                                   path.startswith(k))), None)
+        if what:
+            logging.getLogger("cent").warning(
+                "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every value; "
+                "replay a trace to see it (cent bench run, cent sweep --trace)", how, path, what)

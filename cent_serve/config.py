@@ -387,7 +387,9 @@ class EnergyConfig:
     """Burst time tBL of a 32 B burst, ns: how long a read or write draws rd_mw / wr_mw (a burst of
     device.burst_elements x bytes_per_element bytes costs its share of 32 B)."""
     t_ccd_ns: float = 1.0
-    """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step of 32 B a bank draws its power."""
+    """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step of 32 B a bank draws its power.
+    Energy only: the time model's MAC interval is the artifact's 2 device cycles a column command
+    (docs/hardware_model.md section 4), which `device.clock_hz` scales."""
     mac_bank_read_share: float = 0.1875
     """Power of one bank's MAC unit during a MAC step, as a share of rd_mw (the artifact charges
     an all-bank MAC of 16 banks 3 x rd_mw: 1.314 nJ)."""
@@ -572,8 +574,10 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "device")
-        _check(self.row_elements % self.burst_elements == 0, "device.row_elements",
-               self.row_elements, f"make it a multiple of device.burst_elements={self.burst_elements}")
+        if self.row_elements % self.burst_elements:
+            raise ValueError(f"device.row_elements={self.row_elements} is not a multiple of device.burst_elements="
+                             f"{self.burst_elements}: a row is whole bursts; set the one you meant to change so it "
+                             "is, or both")
         # The time and energy models spread a block's elementwise work over its banks / 4 and / 2 and
         # softmax's heads over a channel's 4 bank groups (cent_serve.timing.pim.BANK_GROUPS): fewer
         # than 4 banks a block would divide by zero, and a count not a multiple of 4 drops banks.
@@ -1049,6 +1053,39 @@ def _sections(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(cls) if is_dataclass(hints[f.name])}
 
 
+@lru_cache(maxsize=None)
+def _all_paths(cls: type = None) -> tuple[str, ...]:
+    """Every field's dotted path in the config, sections' fields included (`device.energy.t_ccd_ns`)."""
+    cls = cls or CentConfig
+    out = []
+    for f in fields(cls):
+        sub = _sections(cls).get(f.name)
+        out += [f"{f.name}.{p}" for p in _all_paths(sub)] if sub else [f.name]
+    return tuple(out)
+
+
+def _likely_meant(path: str) -> list[str]:
+    """Fields a mistyped `path` likely meant: a close spelling of the whole path, else the name, or
+    one close to it, in another section (device.t_ccd_ns: device.energy.t_ccd_ns)."""
+    import difflib
+
+    paths = _all_paths()
+    near = difflib.get_close_matches(path, paths, n=3, cutoff=0.8)
+    if not near:
+        names = difflib.get_close_matches(path.rsplit(".", 1)[-1], {p.rsplit(".", 1)[-1] for p in paths}, n=3,
+                                          cutoff=0.8)
+        near = [p for p in paths if p.rsplit(".", 1)[-1] in names]
+    return near[:3]
+
+
+def _not_a_field(path: str, why: str) -> str:
+    """The error for a key that is no field: what it likely meant, else `why` (what the section has)."""
+    near = _likely_meant(path)
+    if near:
+        return f"{path} is not a field: did you mean {' or '.join(near)}? (cent info --describe lists every field)"
+    return f"{path} is not a field: {why}"
+
+
 _SECTION_FIX = ("{name} is a section of fields, not a value: set its fields, e.g. --set {name}.FIELD=VALUE "
                 "(in YAML: `{leaf}: {{FIELD: VALUE, ...}}`)")
 """The fix for a section given a scalar (`--set device=5`, YAML `device: {energy: 5}`)."""
@@ -1066,7 +1103,8 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             gone = DERIVED_FIELDS.get(_join(where, key))
             if gone:
                 raise ValueError(f"{_join(where, key)} is not a field any more: {gone}")
-            raise ValueError(f"{_join(where, key)} is not a field: known fields are {sorted(known)}")
+            raise ValueError(_not_a_field(_join(where, key), f"known fields{' of ' + where if where else ''} are "
+                                                             f"{sorted(known)}"))
         hint = hints[key]
         if is_dataclass(hint):
             if value is None:  # a section left empty in YAML (`device:`): its defaults
@@ -1145,7 +1183,7 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                 return _int_text(value)
         except (ValueError, OverflowError):
             pass
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. 4096")
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. {INTEGER_EXAMPLES.get(name, '4096')}")
     if hint is bool and not isinstance(value, bool):
         raise ValueError(f"{name}={value!r} is invalid: expected true or false")
     if hint is str and not isinstance(value, str):
@@ -1153,6 +1191,11 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     if getattr(hint, "__origin__", None) is tuple:
         return _ids_text(value, name)
     return value
+
+
+INTEGER_EXAMPLES = {"device.bytes_per_element": "1 (int8), 2 (bfloat16) or 4 (float32); sub-byte types such as "
+                                                "4-bit are not modelled"}
+"""The example an integer field's type error gives, where 4096 would mislead."""
 
 
 REDACTED = "<redacted>"
@@ -1187,7 +1230,8 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         if isinstance(current, float):
             return float(text)
     except (ValueError, OverflowError):
-        kind = "an integer, e.g. 4096" if isinstance(current, int) else "a number, e.g. 1.5e9"
+        kind = (f"an integer, e.g. {INTEGER_EXAMPLES.get(name, '4096')}" if isinstance(current, int)
+                else "a number, e.g. 1.5e9")
         raise ValueError(f"{name}={text!r} is invalid: expected {kind}") from None
     return text
 
@@ -1212,14 +1256,14 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     where = ""
     for key in keys[:-1]:
         if not isinstance(node, dict) or key not in node or key not in _sections(cls):
-            raise ValueError(f"{path} is not a field: {_join(where, key)} is not a config section (sections"
-                             f"{' of ' + where if where else ''}: {', '.join(_sections(cls)) or 'none'})")
+            raise ValueError(_not_a_field(path, f"{_join(where, key)} is not a config section (sections"
+                                                f"{' of ' + where if where else ''}: {', '.join(_sections(cls)) or 'none'})"))
         node, cls, where = node[key], _sections(cls)[key], _join(where, key)
     name = keys[-1]
     if not isinstance(node, dict) or name not in node:
         gone = DERIVED_FIELDS.get(path)
         raise ValueError(f"{path} is not a field any more: {gone}" if gone else
-                         f"{path} is not a field: known fields{' of ' + where if where else ''} are {sorted(node)}")
+                         _not_a_field(path, f"known fields{' of ' + where if where else ''} are {sorted(node)}"))
     if name in _sections(cls):
         _check(False, path, text, _SECTION_FIX.format(name=path, leaf=name))
     if path in MODEL_CHOSEN_WHOLE and not (path == "model.checkpoint" and _is_null(text)):

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from cent_serve.cli_common import add_config_args, config_from_args
+from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
 from cent_serve.config import CentConfig, ParallelConfig
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, cost_figures, paper_workload
 from cent_serve.preflight import check_devices_hold, check_runnable
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_emulated(cfg, args)
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
+    warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     timer = SystemTimer.from_config(cfg, args.convention)
     if args.prompt is not None:
         if args.seqlen is not None:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, resolve_model
+from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, resolve_model,
+                                   warn_closed_form_ignores)
 from cent_serve.config import CentConfig, apply_overrides, check_override, config_to_dict
 
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
@@ -208,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
+    if not args.trace:
+        warn_closed_form_ignores([name for name, _ in vary], "--vary")
     requests = load_sweep_trace(args.trace, args.num_requests) if args.trace else None
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []

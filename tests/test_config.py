@@ -262,3 +262,73 @@ def test_active_parameters_are_the_published_ones(name, total, active):
     m = model_preset(name)
     assert m.param_count() == pytest.approx(total, rel=0.01)
     assert m.param_count(active=True) == pytest.approx(active, rel=0.02)
+
+
+@pytest.mark.parametrize("override, meant", [
+    ("device.num_chanels=3", "device.num_channels"),  # a typo
+    ("devices.num_channels=3", "device.num_channels"),  # a typo in the section
+    ("device.t_ccd_ns=2", "device.energy.t_ccd_ns"),  # the right name in another section
+    ("fabric.lane_gbs=4", "fabric.lane_gbps"),
+])
+def test_a_mistyped_field_names_the_one_it_likely_meant(override, meant):
+    with pytest.raises(ValueError) as err:
+        apply_overrides(CentConfig(), [override])
+    assert f"did you mean {meant}?" in str(err.value) and "known fields" not in str(err.value)
+
+
+def test_a_mistyped_field_in_a_file_names_the_one_it_likely_meant(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("device:\n  num_chanels: 3\n")
+    with pytest.raises(ValueError, match="did you mean device.num_channels"):
+        load_config(f)
+
+
+def test_a_field_nothing_is_close_to_lists_its_sections_fields():
+    with pytest.raises(ValueError, match=r"known fields of scheduler are \[.*max_waiting"):
+        apply_overrides(CentConfig(), ["scheduler.zzzz=1"])
+
+
+def test_a_row_of_part_bursts_names_both_fields():
+    with pytest.raises(ValueError, match=r"device.row_elements=1024 is not a multiple of device.burst_elements=24"):
+        apply_overrides(CentConfig(), ["device.burst_elements=24"])
+
+
+def test_a_fractional_element_size_says_what_sizes_there_are():
+    with pytest.raises(ValueError, match=r"bytes_per_element='0.5' is invalid: .*2 \(bfloat16\).*4-bit are not "):
+        apply_overrides(CentConfig(), ["device.bytes_per_element=0.5"])
+
+
+def test_cent_info_sizes_the_weights_at_the_devices_element_size(capsys):
+    """What the devices hold follows device.bytes_per_element (as the capacity check does), not
+    model.weight_dtype, which only sizes full numerics' host copy."""
+    assert main(["info", "--model", "llama2-13b", "--set", "device.bytes_per_element=1"]) == 0
+    out = capsys.readouterr().out
+    assert "(12.122 GiB on the devices at device.bytes_per_element=1)" in out
+    assert "409,600 bytes per token on the devices" in out
+    assert main(["info", "--model", "tiny", "--set", "model.weight_dtype=float32"]) == 0
+    out = capsys.readouterr().out
+    assert "0.011 GiB on the devices at device.bytes_per_element=2; full numerics' host copy 0.021 GiB as float32" in out
+
+
+def test_a_device_made_small_says_its_size_not_0_gib(capsys):
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "device.rows_per_bank=1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs 1.75 GiB of the device's 1 MiB" in err and "rows_per_bank" in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "scheduler.max_seqs_per_stage=4"],
+     "--set scheduler.max_seqs_per_stage: the closed form does not read it"),
+    (["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "model.weight_dtype=bfloat16,float32",
+      "--no-plots"], "--vary model.weight_dtype: the closed form does not read it"),
+])
+def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplog, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "sweep" else [])) == 0
+    capsys.readouterr()
+    assert [r.getMessage() for r in caplog.records if says in r.getMessage()]
+
+
+def test_a_field_the_closed_form_reads_is_not_warned_about(caplog, capsys):
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "device.clock_hz=4e9"]) == 0
+    capsys.readouterr()
+    assert not [r for r in caplog.records if "closed form does not read" in r.getMessage()]

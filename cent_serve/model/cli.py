@@ -99,8 +99,14 @@ def _print_info(cfg, out: dict) -> None:
     print(f"model        {m.name}: D={m.hidden_size} {width} N={m.num_layers} "
           f"H={m.num_heads} Hkv={m.num_kv_heads} head_dim={m.head_dim} vocab={m.vocab_size}")
     active = f"; {m.param_count(active=True):,} active a token" if m.is_moe else ""
-    print(f"parameters   {m.param_count():,} ({m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype}){active}")
-    print(f"kv cache     {m.kv_bytes_per_token():,} bytes per token")
+    # the hardware's element size sizes what the devices hold; model.weight_dtype only the host copy of
+    # full numerics (docs/hardware_model.md section 1)
+    size = 2 if cfg.on_gpus else cfg.device.bytes_per_element
+    where = "on the GPUs as bfloat16" if cfg.on_gpus else f"on the devices at device.bytes_per_element={size}"
+    host = f"; full numerics' host copy {m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype}" \
+        if cfg.resolved_numerics == "full" else ""
+    print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{host}){active}")
+    print(f"kv cache     {m.kv_bytes_per_token() // 2 * size:,} bytes per token {where.split(' at ')[0]}")
     if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
         from cent_serve.gpu.timing import GpuTimer
         try:
