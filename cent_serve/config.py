@@ -371,7 +371,8 @@ class EnergyConfig:
 
     # DRAM (the calculator's GDDR6 powers, which it halves from the data sheet's)
     act_mw: float = 66.3
-    """Power of one bank's activate-precharge cycle, mW (x t_rc_ns: 2.95 nJ a row opened)."""
+    """Power of one bank's activate-precharge cycle, mW (x t_rc_ns: 2.95 nJ a row opened), quoted for
+    the paper's 2 KB row; an activation scales with the row's bytes (row_elements x bytes_per_element)."""
     rd_mw: float = 438.15
     """Power while a read burst streams, mW (x t_burst_ns: 0.548 nJ a burst)."""
     wr_mw: float = 553.15

@@ -72,6 +72,10 @@ PIN_COMMANDS = ("rd", "wr", "wrgb", "rdmac16", "rdaf16", "wrmac16", "wra16")
 """Commands whose burst crosses the DRAM interface pins."""
 
 
+QUOTED_ROW_BYTES = 2048
+"""The row `device.energy.act_mw` is quoted for: the paper's 1024 bf16 elements."""
+
+
 def command_energies_j(dev: DeviceConfig) -> np.ndarray:
     """(len(TERMS), len(FIELDS)): joules of each term per command (per instruction line for
     `lines`, the instruction buffer's read). Bursts and MAC steps are quoted for 32 B a bank and
@@ -80,7 +84,9 @@ def command_energies_j(dev: DeviceConfig) -> np.ndarray:
     e, b = dev.energy, dev.banks_per_channel
     cycle_ns = 1e9 / e.access_clock_hz
     share = dev.burst_elements * dev.bytes_per_element / 32  # of the 32 B burst the times are quoted for
-    act = e.act_mw * e.t_rc_ns * 1e-12
+    # of the 2 KB row act_mw is quoted for (1024 bf16 elements): an activation senses the whole row, so a
+    # wider row costs more a row opened and the same a byte streamed
+    act = e.act_mw * e.t_rc_ns * 1e-12 * dev.row_elements * dev.bytes_per_element / QUOTED_ROW_BYTES
     rd, wr = e.rd_mw * e.t_burst_ns * share * 1e-12, e.wr_mw * e.t_burst_ns * share * 1e-12
     mac = b * e.mac_bank_read_share * e.rd_mw * e.t_ccd_ns * share * 1e-12
     pins = dev.burst_elements * dev.bytes_per_element * 8 * e.external_pj_per_bit * 1e-12

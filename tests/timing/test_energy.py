@@ -244,3 +244,22 @@ def test_removed_energy_fields_say_what_to_set():
 
 def test_fabric_energy_by_hand():
     assert fabric_energy_j(1024, DEV) == pytest.approx(1024 * 8 * 4.4e-12)
+
+
+def test_a_wider_row_costs_more_a_row_opened_and_the_same_a_byte():
+    """An activation senses the whole row: doubling the row's elements halves the rows a GEMV opens
+    and doubles each one's energy, so the activation energy of a token stays about the same (it
+    halved when a row opened cost the same at any width); at the paper's 2 KB row nothing moves."""
+    from cent_serve.timing.energy import T
+
+    def activate(dev: DeviceConfig) -> float:
+        m = model_preset("llama2-7b")
+        t = SystemTimer(m, resolve_mapping(m, ParallelConfig(8, 0, 1), dev), dev, FabricConfig(), "cent")
+        return token_energy_terms_j(t, 2048)["activate"]
+
+    base, wide = activate(DeviceConfig()), activate(DeviceConfig(row_elements=2048))
+    assert wide == pytest.approx(base, rel=0.1)
+    act = command_energies_j(DeviceConfig())[T["activate"], IDX["act"]]
+    assert act == pytest.approx(66.3e-3 * 44.5e-9)  # the paper's row: act_mw x tRC, as quoted
+    int8 = DeviceConfig(bytes_per_element=1, row_elements=2048, burst_elements=32)
+    assert command_energies_j(int8)[T["activate"], IDX["act"]] == pytest.approx(act)  # the same 2 KB row
