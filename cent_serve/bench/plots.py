@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, Scal
 from cent_serve.bench.report import reasons_text  # noqa: E402
 from cent_serve.bench.runner import BenchResult  # noqa: E402
 from cent_serve.executor.base import busy_fraction  # noqa: E402
+from cent_serve.timing.mapping import parallelism  # noqa: E402
 
 SECONDS_FROM_MS = 5000.0
 """Latency axes switch from ms to s when the largest value shown reaches this many ms."""
@@ -71,15 +72,6 @@ def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
         return
     pad = 0.1 * abs(hi) if hi else 1.0
     (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, hi + pad)
-
-
-def parallelism(pp: int, tp: int) -> str:
-    """What a mapping is to a reader: `pipeline` (tp 1, whether a stage holds one block or several),
-    `tensor` (one stage) or `hybrid` (the mapping's own `mode` says only how blocks use channels:
-    `tensor` for every stage of whole devices, pp 8 x tp 1 too)."""
-    if tp == 1:
-        return "one device" if pp == 1 else "pipeline"  # pp 0: the config's "one stage a block"
-    return "tensor" if pp == 1 else "hybrid"
 
 
 def mapping_text(status: dict) -> str:

@@ -15,9 +15,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
-                                    latency_unit, mapping_text, parallelism, plain_axis, widen_if_flat)
+                                    latency_unit, mapping_text, plain_axis, widen_if_flat)
 from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
+from cent_serve.timing.mapping import parallelism  # noqa: E402
 from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
 from cent_serve.preflight import check_runnable  # noqa: E402
 

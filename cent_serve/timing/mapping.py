@@ -86,8 +86,17 @@ class Mapping:
         if self.mode == "pipeline":
             return (f"pipeline: {self.pp} stages of 1 block, {self.blocks_per_device} block{'s' * (self.blocks_per_device != 1)}/device "
                     f"on {self.channels_per_block} channels each, {self.devices_used} devices used")
-        return (f"tensor: {self.pp} stages x tp {self.tp}, {cdiv(self.num_layers, self.pp)} blocks/stage, "
-                f"{self.devices_used} devices used")
+        return (f"{parallelism(self.pp, self.tp)}: {self.pp} stages x tp {self.tp}, {cdiv(self.num_layers, self.pp)} "
+                f"blocks/stage, {self.devices_used} devices used")
+
+
+def parallelism(pp: int, tp: int) -> str:
+    """What a mapping is to a reader: `pipeline` (tp 1, whether a stage holds one block or several),
+    `tensor` (one stage) or `hybrid` (the mapping's own `mode` says only how blocks use channels:
+    `tensor` for every stage of whole devices, pp 8 x tp 1 too)."""
+    if tp == 1:
+        return "one device" if pp == 1 else "pipeline"  # pp 0: the config's "one stage a block"
+    return "tensor" if pp == 1 else "hybrid"
 
 
 def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Mapping:

@@ -177,3 +177,14 @@ def test_cli_seqlen_text_names_the_lm_head_apart(capsys):
     rows = dict(line.split() for line in capsys.readouterr().out.splitlines()
                 if line.startswith("  ") and len(line.split()) == 2)
     assert float(rows["lm_head_ms"]) > 1000 * float(rows["embed_lookup_ms"]) > 0 and "embedding_ms" not in rows
+
+
+@pytest.mark.parametrize("pp, tp, word", [(8, 1, "pipeline"), (2, 4, "hybrid"), (1, 8, "tensor"), (0, 1, "pipeline")])
+def test_a_mapping_is_described_with_the_word_the_bench_plots_use(pp, tp, word):
+    """`cent simulate` and `cent bench paper` call pp 8 x tp 1 the same: a pipeline (the mapping's
+    `mode` is `tensor` there: how its blocks use channels, not what it is to a reader)."""
+    from cent_serve.config import DeviceConfig, ParallelConfig, model_preset
+    from cent_serve.timing.mapping import resolve_mapping
+
+    mp = resolve_mapping(model_preset("llama2-7b"), ParallelConfig(8, pp, tp), DeviceConfig())
+    assert mp.describe().startswith(f"{word}: ")
