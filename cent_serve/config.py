@@ -607,7 +607,7 @@ class FabricConfig:
     switch_lanes: int = 144
     """Lanes of the switch, shared equally by the devices."""
     lane_gbps: float = 8.0
-    """GB/s (GB = 2^30 bytes) per lane."""
+    """Bytes per second per lane, in GiB/s (2^30 bytes a second; not gigabits)."""
     multicast: bool = True
     """CENT always multicasts, which halves the per-lane bandwidth."""
     flit_bytes: int = 256
@@ -1296,6 +1296,29 @@ def apply_overrides(cfg: CentConfig, overrides: list[str]) -> CentConfig:
     return _from_dict(CentConfig, data, "")
 
 
+@lru_cache(maxsize=None)
+def _unique_keys_loader():
+    """yaml's safe loader, refusing a key given twice in one mapping (it keeps the last silently: a
+    sweep's base config set twice would run the value the user did not mean)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key} is given twice in one section: keep "
+                                                        "one of them", key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
 def load_config(path: str | Path) -> CentConfig:
     """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
     import yaml
@@ -1306,11 +1329,13 @@ def load_config(path: str | Path) -> CentConfig:
         raise ValueError(f"--config {str(path)!r} cannot be read ({exc.strerror}): give the path of a YAML "
                          "config file") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_unique_keys_loader()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "given twice" in problem:
+            raise ValueError(f"config file {path}{where}: {problem}") from None
         raise ValueError(f"config file {path}: not valid YAML{where} ({problem}): fix the file "
                          "(indentation, a missing colon or quote)") from None
     if not isinstance(data, dict):

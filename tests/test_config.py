@@ -332,3 +332,12 @@ def test_a_field_the_closed_form_reads_is_not_warned_about(caplog, capsys):
     assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "device.clock_hz=4e9"]) == 0
     capsys.readouterr()
     assert not [r for r in caplog.records if "closed form does not read" in r.getMessage()]
+
+
+def test_a_field_given_twice_in_a_file_is_refused_not_the_last_kept(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("device:\n  num_channels: 16\n  clock_hz: 1.0e9\n  num_channels: 64\n")
+    with pytest.raises(ValueError, match=r"c.yaml at line 4, column 3: num_channels is given twice in one section"):
+        load_config(f)
+    f.write_text("device:\n  num_channels: 16\nparallel:\n  num_devices: 8\n")  # the same field in two sections: fine
+    assert load_config(f).device.num_channels == 16
