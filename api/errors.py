@@ -148,4 +148,11 @@ class Faults:
                 raise
             log.exception("internal error on %s %r", scope.get("method"), scope["path"])  # %r: no forged log lines
             record(Request(scope), "failed", "internal_error")
-            await send_error(send, ApiError(f"internal error: {type(exc).__name__}", None, 500, "server_error"))
+            await send_error(send, ApiError(f"internal error: {type(_cause(exc)).__name__}", None, 500, "server_error"))
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception to name: an anyio task group's ExceptionGroup names the first it wraps."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
