@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from cent_serve.model.sampling import SamplingParams
@@ -278,7 +278,10 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "user", "assistant", "tool", "developer"]
+    role: str = Field(min_length=1)
+    """Any role, passed to the chat template as vLLM passes it (system, user, assistant, tool,
+    developer; also OpenAI's older `function`, Llama 3.1's `ipython`): a template that does not
+    know it says so, a 400."""
     content: Union[str, list[ContentPart], None] = None
 
     @field_validator("content", mode="before")

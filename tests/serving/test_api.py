@@ -182,8 +182,22 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
 def test_chat_errors(server):
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
-    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "x"}]})
-    assert r.status_code == 422
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": ""}]})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.role"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": 5}]})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.role"
+
+
+def test_any_role_goes_to_the_chat_template_as_vllm_passes_it(server):
+    """OpenAI's older `function` role and Llama 3.1's `ipython` reach the template (they were 422s)."""
+    for role in ("function", "ipython"):
+        messages = [{"role": "user", "content": "hi"}, {"role": role, "content": "42", "name": "f"}]
+        r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": messages,
+                                                                  "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        tok = httpx.post(server.url + "/tokenize", json={"model": "tiny", "messages": messages}).json()
+        text = httpx.post(server.url + "/detokenize", json={"model": "tiny", "tokens": tok["tokens"]}).json()
+        assert f"<|{role}|>\n42\n" in text["prompt"]
     r = httpx.get(server.url + "/v1/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
 
@@ -354,3 +368,15 @@ def test_docs_load_with_no_network(server):
     for u in urls:
         assert httpx.get(server.url + u).status_code == 200, u
     assert httpx.get(server.url + "/openapi.json").json()["info"]["title"] == "cent-serve"
+
+
+def test_a_template_that_refuses_a_role_says_so_in_its_words():
+    from cent_serve.model.tokenizer import render_chat
+
+    tok = ByteTokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+                         "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+                         "{{ m['content'] }}{% endfor %}")
+    assert render_chat(tok, [{"role": "user", "content": "x"}]) == "x"
+    with pytest.raises(ValueError, match="the chat template refused these messages: Only user and assistant"):
+        render_chat(tok, [{"role": "function", "content": "x"}])
