@@ -60,7 +60,8 @@ LABELS = ["model_name", "engine"]
 
 class _Totals:
     """The engine's monotone totals as Prometheus counters, read from the latest status snapshot
-    (counters of prometheus_client can only be incremented; these are kept by the engine)."""
+    (counters of prometheus_client can only be incremented; these are kept by the engine), and
+    the bytes each replica's interconnect has moved (`cent:fabric_bytes_total`)."""
 
     COUNTERS = (("vllm:prompt_tokens", "prompt_tokens", "Prefill tokens processed: a sequence's prompt once its "
                  "first token is made, as vLLM counts it."),
@@ -72,18 +73,27 @@ class _Totals:
                 ("cent:rounds", "num_rounds", "Engine rounds run."),
                 ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."))
 
+    FABRIC = ("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the tensor-parallel "
+              "all-reduces over NVLink or PCIe (modelled GPUs).")
+
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.status: dict = {}
+        self.fabrics: list[dict] = []
 
     def describe(self):
-        return [CounterMetricFamily(name, doc, labels=LABELS) for name, _, doc in self.COUNTERS]
+        return ([CounterMetricFamily(name, doc, labels=LABELS) for name, _, doc in self.COUNTERS]
+                + [CounterMetricFamily(*self.FABRIC, labels=LABELS + ["replica"])])
 
     def collect(self):
         for name, key, doc in self.COUNTERS:
             family = CounterMetricFamily(name, doc, labels=LABELS)
             family.add_metric([self.model_name, ENGINE], float(self.status.get(key, 0)))
             yield family
+        family = CounterMetricFamily(*self.FABRIC, labels=LABELS + ["replica"])
+        for f in self.fabrics:
+            family.add_metric([self.model_name, ENGINE, str(f["replica"])], float(f.get("wire_bytes", 0)))
+        yield family
 
 
 class _WithoutCreated:
@@ -147,9 +157,6 @@ class Metrics:
         self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / the simulated run (to the "
                           "device's last work when later than the clock).",
                           lab + ["device", "replica"], registry=r)
-        self.fabric_bytes = Gauge("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the "
-                                  "tensor-parallel all-reduces over NVLink or PCIe (modelled GPUs).", lab + ["replica"],
-                                  registry=r)
         self.totals = _Totals(model_name)
         r.register(self.totals)
         self.pace_lag = Gauge("cent:pace_lag_seconds", "Paced clock: wall seconds the engine runs behind its "
@@ -238,8 +245,7 @@ class Metrics:
         self.pace_lag.labels(*k).set(status.get("pace_lag_s", 0.0))
         for d in devices:
             self.busy.labels(*k, str(d["device_id"]), str(d["replica"])).set(busy_fraction(d, status["clock_s"]))
-        for f in fabrics:
-            self.fabric_bytes.labels(*k, str(f["replica"])).set(f.get("wire_bytes", 0))
+        self.totals.fabrics = fabrics
         experts = status.get("experts")
         if experts:
             for e, n in enumerate(experts["tokens"]):

@@ -257,6 +257,8 @@ def test_metrics_have_vllms_series_and_labels(server, client):
     assert grew(text, "vllm:iteration_tokens_total_count") == grew(text, "cent:rounds_total")
     assert metric(text, "vllm:num_preemptions_total") == metric(text, "cent:preemptions_total")
     st = httpx.get(server.url + "/v1/cent/status").json()
+    assert "# TYPE cent:fabric_bytes_total counter" in text  # cumulative: a counter, as Prometheus names them
+    assert metric(text, "cent:fabric_bytes_total") == sum(f["wire_bytes"] for f in st["fabric"]) > 0
     blocks = st["kv_blocks_per_replica"] * st["mapping"]["replicas"]
     assert metric(text, "vllm:cache_config_info", num_gpu_blocks=str(blocks), block_size="16", engine="0") == 1
     for line in text.splitlines():
