@@ -33,6 +33,8 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "gpt_oss": "attention sinks, sliding-window attention in alternate blocks, biases on attention and "
                "router, clamped SwiGLU experts (swiglu_limit) and MXFP4 expert weights",
     "olmo2": "norms after attention and MLP instead of before, and q/k norms over the whole projection",
+    "olmoe": "q/k norms over the whole projection (not per head, as Qwen 3's) and, when set, clip_qkv "
+             "clamping the projections",
     "granite": "scaling multipliers (embedding_multiplier, residual_multiplier, attention_multiplier, "
                "logits_scaling)",
     "cohere": "attention and MLP in parallel from one LayerNorm, and a logit_scale",

@@ -206,9 +206,16 @@ class HFTokenizer:
         self._metaspace = '"Metaspace"' in decoder or "\u2581" in decoder  # SentencePiece's word marker
         self.chat_template = DEFAULT_CHAT_TEMPLATE
         self.has_own_chat_template = False
+        self._add_bos: bool | None = None
         config = path.parent / "tokenizer_config.json"
         if config.is_file():
-            template = json.loads(config.read_text()).get("chat_template")
+            settings = json.loads(config.read_text())
+            if isinstance(settings.get("add_bos_token"), bool):  # transformers' Llama tokenizers obey it
+                self._add_bos = settings["add_bos_token"]
+            if "bos_token" in settings:  # what a chat template's `bos_token` is, as transformers passes it
+                bos = settings["bos_token"]
+                self.bos_token = (bos.get("content") if isinstance(bos, dict) else bos) or ""
+            template = settings.get("chat_template")
             if isinstance(template, list):  # several named templates: the default one
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)
             if isinstance(template, str):
@@ -220,8 +227,18 @@ class HFTokenizer:
         self._stand_in: np.ndarray | None = None
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        return [self.bos_token_id, *ids] if add_bos else list(ids)
+        """`add_bos` (the API's `add_special_tokens`): the special tokens the tokenizer itself adds, as
+        transformers and vLLM add them: its post-processor's (Llama's BOS; none for Qwen's), then
+        `add_bos_token` of tokenizer_config.json where it says otherwise."""
+        plain = self._tok.encode(text, add_special_tokens=False).ids
+        if not add_bos:
+            return list(plain)
+        ids = list(self._tok.encode(text, add_special_tokens=True).ids)
+        if self._add_bos and ids[:1] != [self.bos_token_id]:
+            ids.insert(0, self.bos_token_id)
+        elif self._add_bos is False and ids[:1] == [self.bos_token_id] and plain[:1] != [self.bos_token_id]:
+            del ids[0]
+        return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -271,7 +271,20 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                              f"{'integer' if kind is int else 'number'} (a JSON number, without quotes)")
         return value
 
-    arch = hf.get("model_type", "llama")
+    def _bool(key: str, default: bool) -> bool:
+        """hf[key] as a JSON boolean ("false" in quotes is not false: transformers refuses it too)."""
+        value = hf.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use true or false (a JSON boolean, "
+                             "without quotes)")
+        return value
+
+    if "model_type" not in hf:  # as transformers refuses it: the family decides what the keys mean
+        raise ValueError(f"{cfg_file}: model_type is missing: a Hugging Face config.json names its family; add "
+                         f"it (e.g. \"model_type\": \"llama\"; supported: {', '.join(ARCHITECTURES)})")
+    arch = hf["model_type"]
     if arch not in ARCHITECTURES:
         missing = unmodelled_features(arch, hf)
         _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
@@ -290,18 +303,18 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
         moe = dict(num_experts=_num("num_local_experts" if hf.get("num_local_experts") else "num_experts"),
                    num_experts_per_tok=_num("num_experts_per_tok"),
-                   moe_intermediate_size=(_num("moe_intermediate_size", 0, positive=False) or 0)
-                   if arch == "qwen3_moe" else 0,
-                   norm_topk_prob=bool(hf.get("norm_topk_prob", False)) if arch == "qwen3_moe" else True)
+                   # transformers' Qwen3MoeConfig defaults: 768-wide experts, weights not renormalised
+                   moe_intermediate_size=_num("moe_intermediate_size", 768) if arch == "qwen3_moe" else 0,
+                   norm_topk_prob=_bool("norm_topk_prob", False) if arch == "qwen3_moe" else True)
     if hf.get("quantization_config"):
         quant = hf["quantization_config"]
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
     if hf.get("hidden_act", "silu") != "silu":
         _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
-    if hf.get("mlp_bias"):
+    if _bool("mlp_bias", False):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
-    if arch != "qwen2" and hf.get("attention_bias"):
+    if arch != "qwen2" and _bool("attention_bias", False):
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
     partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
@@ -315,6 +328,17 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                              "({\"rope_type\": ..., \"factor\": ...}) or null")
     rope = dict(hf.get("rope_scaling") or {})
     rope.update(hf.get("rope_parameters") or {})
+    for key, value in rope.items():  # numbers as JSON numbers: "8" would repeat a string, not scale a context
+        if key in _ROPE_KEYS and value is not None:
+            where = "rope_parameters" if key in (hf.get("rope_parameters") or {}) else "rope_scaling"
+            ok = isinstance(value, bool) if key == "truncate" else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (value > 0 if key in ("factor", "original_max_position_embeddings") else True))
+            if not ok:
+                raise ValueError(f"{cfg_file}: {where}.{key}={value!r} is invalid: use "
+                                 + ("true or false" if key == "truncate" else "a positive number" if key in
+                                    ("factor", "original_max_position_embeddings") else "a number")
+                                 + " (JSON, without quotes)")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
@@ -366,7 +390,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         max_seq_len=_num("max_position_embeddings", 4096),
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", 1e-6, float) or 1e-6),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_bool("tie_word_embeddings", False),
         attention_bias=arch == "qwen2",
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         sliding_window=(_num("sliding_window", 0, positive=False) or 0) if arch in ("mistral", "mixtral") else 0,

@@ -89,7 +89,7 @@ def test_byte_tokenizer_round_trips_unicode():
 
 
 def test_hf_tokenizer_json_round_trips(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     corpus = ["the cent device computes in dram banks", "pim is all you need", "cxl switch"] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -101,9 +101,22 @@ def test_hf_tokenizer_json_round_trips(tmp_path):
     tok.save(str(ckpt / "tokenizer.json"))
     loaded = load_tokenizer(model_config_from_hf(ckpt))
     ids = loaded.encode("the cent device is all you need")
-    assert ids[0] == 1 and len(ids) < 20  # merges were learnt, so fewer ids than bytes
+    assert ids[0] != 1 and len(ids) < 20  # no post-processor, no BOS (Qwen's way); merges were learnt
     assert loaded.decode(ids) == "the cent device is all you need"
-    assert loaded.decode(ids + [2], skip_special_tokens=False) == "<s>the cent device is all you need</s>"
+    assert loaded.decode([1, *ids, 2], skip_special_tokens=False) == "<s>the cent device is all you need</s>"
+    from transformers import PreTrainedTokenizerFast
+    text = "pim is all you need"
+    for post, settings in ((False, {}), (True, {}), (False, {"add_bos_token": True})):
+        if post:  # Llama's: a BOS before every sequence
+            tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        tok.save(str(ckpt / "tokenizer.json"))
+        (ckpt / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", **settings}))
+        ours = load_tokenizer(model_config_from_hf(ckpt))
+        theirs = PreTrainedTokenizerFast(tokenizer_file=str(ckpt / "tokenizer.json"), bos_token="<s>")
+        want = theirs(text).input_ids if not settings else [1, *theirs(text, add_special_tokens=False).input_ids]
+        assert ours.encode(text) == want, (post, settings)
+        assert ours.encode(text, add_bos=False) == theirs(text, add_special_tokens=False).input_ids
+        assert (ours.encode(text)[0] == 1) == (post or bool(settings))
 
 
 def test_sampling_greedy_topk_topp_and_seeds():

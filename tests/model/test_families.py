@@ -149,6 +149,7 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     ("gemma2", {}, r"logit soft-capping.*sliding-window attention in alternate blocks, extra norms"),
     ("phi3", {}, r"fused projections \(self_attn\.qkv_proj, mlp\.gate_up_proj\)"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
+    ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
     ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
      r"shared experts; supported"),  # an unknown family: what its keys announce
     ("my_model", {}, r"model_type='my_model' is not supported: supported families: llama, mistral")])
@@ -316,3 +317,41 @@ def test_a_scaled_rope_serves_the_context_vllm_derives(tmp_path, rope, max_posit
     assert model.max_seq_len == context
     assert model.rope_original_max_position == rope.get("original_max_position_embeddings", max_position)
     assert model_config_from_hf(tmp_path, max_seq_len=2048).max_seq_len == 2048  # --set model.max_seq_len
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(tie_word_embeddings="false"), r"tie_word_embeddings='false' is invalid: use true or false"),
+    (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, norm_topk_prob="false"),
+     r"norm_topk_prob='false' is invalid: use true or false"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": "4", "original_max_position_embeddings": 32768}),
+     r"rope_scaling.factor='4' is invalid: use a positive number"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": "32768"}),
+     r"rope_scaling.original_max_position_embeddings='32768' is invalid"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 0}), r"rope_scaling.factor=0 is invalid"),
+])
+def test_a_value_of_the_wrong_json_type_is_refused_not_taken(tmp_path, capsys, change, says):
+    """"false" in quotes was true (a tied LM head dropped: 525 M parameters of Llama 3.1 8B), a factor in
+    quotes a traceback; transformers refuses both."""
+    base = json.loads((ROOT / "qwen3" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+    with pytest.raises(ValueError, match=says):
+        model_config_from_hf(tmp_path)
+    assert main(["info", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_config_without_model_type_is_refused_not_run_as_a_llama(tmp_path):
+    """A Mixtral config less its model_type ran as a dense 7.2 B Llama (its experts ignored)."""
+    base = json.loads((ROOT / "mixtral" / "config.json").read_text())
+    del base["model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ValueError, match=r"model_type is missing: .*add it \(e.g. \"model_type\": \"llama\""):
+        model_config_from_hf(tmp_path)
+
+
+def test_a_qwen3_moe_without_its_expert_width_takes_transformers_default(tmp_path):
+    base = json.loads((ROOT / "qwen3_moe" / "config.json").read_text())
+    del base["moe_intermediate_size"]
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    assert model_config_from_hf(tmp_path).moe_intermediate_size == 768  # Qwen3MoeConfig's default
