@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cent_serve.bench.errors import ParamError
-from cent_serve.bench.readers import (CSV_LAYOUTS, read_csv, read_mooncake, read_sharegpt,
+from cent_serve.bench.readers import (CSV_LAYOUTS, open_text, read_csv, read_mooncake, read_sharegpt,
                                       sniff_csv_format)
 from cent_serve.bench.request import Request
 
@@ -96,16 +96,18 @@ class TraceOptions:
 
 def detect_format(path: str | Path) -> str:
     """The trace format of `path`: `.jsonl` is mooncake; `.json` is sharegpt (one JSON array) or,
-    when it starts with an object, mooncake's lines under another name; else the CSV header.
+    when it starts with an object, mooncake's lines under another name; else the CSV header. A
+    `.gz` after the suffix is looked through (`trace.jsonl.gz` is a `.jsonl`).
 
-    Raises ValueError when the header matches no known layout.
+    Raises ValueError when the header matches no known layout, or the file is not UTF-8 text.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    name = path.name.lower()
+    suffix = Path(name.removesuffix(".gz")).suffix
     if suffix == ".jsonl":
         return "mooncake"
     if suffix == ".json":
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
+        with open_text(path) as f:
             first = next((line for line in f if line.strip()), "")
         try:  # a line that is a whole JSON object: Mooncake's lines (a ShareGPT dump spans many)
             return "mooncake" if isinstance(json.loads(first), dict) else "sharegpt"
@@ -119,7 +121,7 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
                arrivals_s: Callable[[], Iterable[float]] | None = None) -> Iterator[Request]:
     """Stream the requests of a trace file with `options` applied.
 
-    `fmt` is one of FORMATS (None: `detect_format`). ShareGPT needs `count_tokens` (text ->
+    `fmt` is one of FORMATS (None: `detect_format`); the file may be gzip'd. ShareGPT needs `count_tokens` (text ->
     token count, e.g. `lambda s: len(tok.encode(s, add_bos=False))`) and `arrivals_s`, a factory
     of arrival times in seconds (e.g. `lambda: iter_arrival_times_s(rate=4.0, seed=0)`); a
     factory because a rate override reads the source twice. The format and the path are checked
@@ -127,7 +129,8 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"trace {str(path)!r} is not a file: give the path of a trace file")
+        kind = "a directory" if path.is_dir() else "not a file"
+        raise ValueError(f"trace {str(path)!r} is {kind}: give the path of a trace file")
     fmt = fmt or detect_format(path)
     _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}, or {{none}} to detect it")
     if fmt in CSV_LAYOUTS:

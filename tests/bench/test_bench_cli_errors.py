@@ -157,3 +157,24 @@ def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, comma
     assert len(lines) == 1 and lines[0].startswith("cent bench: error: "), lines
     assert expected.format(dir=tmp_path) in lines[0]
     assert not any(re.search(rf"\b{name}\b", lines[0]) for name in PYTHON_NAMES), lines[0]
+
+
+def test_a_gzipped_trace_replays_and_unreadable_ones_are_one_line(tmp_path, capsys):
+    import gzip
+
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(b"arrived_at,num_prefill_tokens,num_decode_tokens\n0,8,4\n"))
+    assert main(["bench", "run", "--numerics", "off", "--trace", str(tmp_path / "t.csv.gz"), "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["completed"] == 1
+    (tmp_path / "latin1.csv").write_bytes("arrived_at,num_prefill_tokens,num_decode_tokens,request_id\n"
+                                          "0,8,4,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "traces").mkdir()
+    capsys.readouterr()
+    for trace, expected in (("latin1.csv", f"{tmp_path}/latin1.csv:2: byte 0xe9 at column 10: the file is not "
+                                           "UTF-8 text: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"),
+                            ("traces", f"--trace '{tmp_path}/traces' is a directory: give the path of a trace file "
+                                       "in it")):
+        assert main(["bench", "run", "--numerics", "off", "--trace", str(tmp_path / trace),
+                     "--out", str(tmp_path / "bad")]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines == [f"cent bench: error: {expected}"]

@@ -192,6 +192,62 @@ def test_a_byte_order_mark_is_read_in_every_format(tmp_path, name, text):
     assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0.0, 5, 1)]
 
 
+@pytest.mark.parametrize("name, text", [
+    ("v.csv.gz", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n"),
+    ("m.jsonl.gz", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'),
+    ("m.json.gz", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'),
+    ("s.json.gz", '[{"id": "0", "conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "x"}]}]'),
+    ("gzipped-without-a-gz-suffix.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n"),
+])
+def test_a_gzipped_trace_is_read_in_every_format(tmp_path, name, text):
+    import gzip
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()))
+    reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0.0, 5, 1)]
+
+
+@pytest.mark.parametrize("name, compress", [("v.csv", False), ("v.csv.gz", True), ("s.json", False)])
+def test_a_file_that_is_not_utf8_names_the_line_and_the_fix(tmp_path, name, compress):
+    import gzip
+
+    if name.endswith(".json"):
+        text = '[{"id": "0", "conversations": [\n{"from": "human", "value": "caf\xe9"}]}]'
+    else:
+        text = "arrived_at,num_prefill_tokens,num_decode_tokens,request_id\n0,5,1,a\n1,5,1,caf\xe9\n"
+    data = text.encode("latin-1")
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if compress else data)
+    line = 2 if name.endswith(".json") else 3
+    with pytest.raises(ValueError) as exc:
+        list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert str(exc.value).startswith(f"{path}:{line}: byte 0xe9 at column ")
+    assert "not UTF-8 text: save it as UTF-8" in str(exc.value)
+
+
+def test_random_bytes_and_a_damaged_gzip_file_are_one_line_errors(tmp_path):
+    import gzip
+
+    noise = tmp_path / "noise.csv"
+    noise.write_bytes(bytes(range(256)) * 4)  # line 2 starts after byte 0x0a
+    with pytest.raises(ValueError, match=rf"^{noise}:2: byte 0x80 at column 118: the file is not UTF-8 text"):
+        list(load_trace(noise))
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(b"arrived_at,num_prefill_tokens,num_decode_tokens\n" + b"0,5,1\n" * 1000)[:60])
+    with pytest.raises(ValueError, match=rf"^{cut} is a damaged gzip file \(.*\): compress the trace again"):
+        list(load_trace(cut))
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    from cent_serve.bench import resolve_trace
+
+    with pytest.raises(ValueError, match=rf"--trace '{tmp_path}' is a directory: give the path of a trace file"):
+        resolve_trace(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"trace '{tmp_path}' is a directory"):
+        load_trace(tmp_path)
+
+
 @pytest.mark.parametrize("text, fmt, python, cli", [
     ("time,prompt,output\n0,1,1", None, r"x.csv:1: header .* name the format with fmt=",
      "name the format with --format"),
