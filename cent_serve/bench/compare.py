@@ -119,14 +119,14 @@ def print_compare(out: dict) -> None:
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
 
-    def cell(v):  # four significant digits; from 10,000 on, whole numbers with separators (not 1.063e+04)
-        if v is None:
-            return f"{'-':>14}"
-        return f"{v:>14,.0f}" if abs(v) >= 1e4 else f"{v:>14.4g}"
+    def figure(v) -> str:  # four significant digits (a ratio of 0.0034 is not 0.00); from 10,000 on, whole
+        if v is None:       # numbers with separators (not 1.063e+04)
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
     for label, r in zip(labels, out["table"]):
-        ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
-        print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
+        ratio = "-" if r["cent_over_gpu"] is None else figure(r["cent_over_gpu"]) + "x"
+        print(f"{label:<{width}}{figure(r['cent']):>14}{figure(r['gpu']):>14}{ratio:>10}")
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
