@@ -96,14 +96,19 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--synthetic", choices=["poisson", "gamma"],
                      help="synthetic arrivals at --rate: a synthetic trace (no --trace), or the arrivals of a "
                           "ShareGPT --trace (which has no timestamps)")
-    src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
-    src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
-    src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
+    src.add_argument("--burstiness", type=float, help="--synthetic gamma: the gamma shape (default 1 = Poisson; "
+                                                      "< 1 burstier)")
+    src.add_argument("--prompt-len", type=int, help="--synthetic without --trace: prompt tokens of every request "
+                                                    "(default 128)")
+    src.add_argument("--output-len", type=int, help="--synthetic without --trace: output tokens of every request "
+                                                    "(default 128)")
     src.add_argument("--num-requests", type=int, help="requests at most")
     src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
-    src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
+    src.add_argument("--time-scale", type=float, default=1.0, help="multiply a trace's inter-arrival times (not "
+                                                                   "with --rate)")
     src.add_argument("--rate", type=float, help="mean request rate (req/s): rescales a trace's arrivals; "
-                                                "Poisson arrivals for ShareGPT (gamma with --synthetic gamma)")
+                                                "Poisson arrivals for ShareGPT (gamma with --synthetic gamma); "
+                                                "not with --time-scale")
     src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
     src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
@@ -138,6 +143,7 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
     if args.synthetic and fmt not in (None, "sharegpt"):
         raise ValueError(f"--synthetic makes arrivals for traces without timestamps (ShareGPT); --trace {path} "
                          f"({fmt}) has its own: drop --synthetic (use --rate to rescale it) or drop --trace")
+    _check_applies(args, path, fmt)
     rescale = not args.synthetic and fmt != "sharegpt"  # else --rate is the arrival process's own rate
     options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
                            request_rate=args.rate if rescale else None,
@@ -147,9 +153,10 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
     if args.synthetic:
         if args.rate is None or args.num_requests is None:
             raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
+        lengths = {name: value for name, value in (("num_prompt_tokens", args.prompt_len),
+                                                   ("num_output_tokens", args.output_len)) if value is not None}
         return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args),
-                                    lengths=FixedLengths(args.prompt_len, args.output_len),
-                                    seed=args.seed or 0, options=options)), "synthetic"
+                                    lengths=FixedLengths(**lengths), seed=args.seed or 0, options=options)), "synthetic"
     path = path or sample_trace_path()
     return list(load_trace(path, fmt, options)), str(path)
 
@@ -166,7 +173,29 @@ def _rates(text: str) -> list[float]:
 
 
 def _burstiness(args: argparse.Namespace) -> float:
-    return 1.0 if args.synthetic != "gamma" else args.burstiness
+    return 1.0 if args.burstiness is None else args.burstiness  # Poisson (`_check_applies`: gamma's only)
+
+
+def _check_applies(args: argparse.Namespace, path: Path | None, fmt: str | None) -> None:
+    """Refuse a flag the selected requests would not use, the same way for every trace format: one
+    line naming the flag and what to do (a flag silently ignored reads as if it shaped the run)."""
+    from cent_serve.bench.traces import check_rate_or_time_scale
+
+    if args.trace_format is not None and path is None:
+        raise ValueError("--format names the format of a --trace file: add --trace FILE or drop --format")
+    source = (f"--trace {path} ({fmt})" if path is not None
+              else None if args.synthetic else "the shipped sample trace (no --trace)")
+    for flag, value, cap in (("--prompt-len", args.prompt_len, "--max-prompt-tokens"),
+                             ("--output-len", args.output_len, "--max-output-tokens")):
+        if value is not None and source is not None:
+            raise ValueError(f"{flag} sets the length of --synthetic requests without --trace; {source} has its own "
+                             f"lengths: drop {flag} (to cap them, {cap})")
+    if args.burstiness is not None and args.synthetic != "gamma":
+        timed = source is not None and fmt != "sharegpt"
+        raise ValueError("--burstiness is the shape of --synthetic gamma arrivals; " + (
+            f"{source} has its own arrival times: drop --burstiness" if timed
+            else "these are Poisson: add --synthetic gamma or drop --burstiness"))
+    check_rate_or_time_scale(args.rate, args.time_scale)
 
 
 def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:

@@ -54,6 +54,13 @@ def _check(ok: bool, name: str, value: object, fix: str) -> None:
         raise ParamError(f"{{{name}}}={value!r} is invalid: {fix}")
 
 
+def check_rate_or_time_scale(rate: float | None, time_scale: float) -> None:
+    """A rate (a rescaled trace's, or an arrival process's: ShareGPT, synthetic) fixes the mean
+    gap whatever the time scale was; taking both would silently drop one of them."""
+    _check(rate is None or time_scale == 1.0, "time_scale", time_scale,
+           "give either {time_scale} or {request_rate}, not both")
+
+
 @dataclass(frozen=True)
 class TraceOptions:
     """What part of a trace to replay and how; applied in the order of the module docstring."""
@@ -85,10 +92,7 @@ class TraceOptions:
                                              and self.request_rate > 0),
                "request_rate", self.request_rate,
                "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals")
-        # A rate override fixes the span whatever the time scale was; taking both would
-        # silently drop one of them.
-        _check(self.request_rate is None or self.time_scale == 1.0, "time_scale",
-               self.time_scale, "give either {time_scale} or {request_rate}, not both")
+        check_rate_or_time_scale(self.request_rate, self.time_scale)
         for name in ("max_prompt_tokens", "max_output_tokens"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, value, "use a cap >= 1, or {none} for no cap")

@@ -120,6 +120,10 @@ TRACES = {  # name -> contents, for the flag and file errors below
     "empty.jsonl": "", "empty.json": "[]",
     "one.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n",
     "unsorted.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n0.5,8,4\n0.0,8,4\n",
+    "two.jsonl": '{"timestamp": 0, "input_length": 8, "output_length": 4}\n'
+                 '{"timestamp": 500, "input_length": 8, "output_length": 4}\n',
+    "conv.json": json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "hi"},
+                                                           {"from": "gpt", "value": "hello"}]}]),
 }
 PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt_tokens", "start_s", "None")
 
@@ -147,6 +151,34 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("compare", ["--trace", "one.csv", "--rates", "1,2"],
      "--rates=1.0 cannot be applied: {dir}/one.csv has only 1 request; rescaling needs at least two requests"),
     ("sweep", ["--trace", "one.csv", "--rates", "1,2"], "--rates=1.0 cannot be applied: "),
+    # flags that would not shape the requests, refused alike for every source
+    ("run", ["--trace", "one.csv", "--burstiness", "0.2"], "--burstiness is the shape of --synthetic gamma "
+     "arrivals; --trace {dir}/one.csv (vidur) has its own arrival times: drop --burstiness"),
+    ("run", ["--trace", "two.jsonl", "--burstiness", "0.2"], "--trace {dir}/two.jsonl (mooncake) has its own "
+     "arrival times: drop --burstiness"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--burstiness", "0.2"], "--burstiness is the shape of "
+     "--synthetic gamma arrivals; these are Poisson: add --synthetic gamma or drop --burstiness"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--burstiness", "0.2"],
+     "these are Poisson: add --synthetic gamma or drop --burstiness"),
+    ("run", ["--trace", "one.csv", "--output-len", "3"], "--output-len sets the length of --synthetic requests "
+     "without --trace; --trace {dir}/one.csv (vidur) has its own lengths: drop --output-len (to cap them, "
+     "--max-output-tokens)"),
+    ("run", ["--trace", "two.jsonl", "--prompt-len", "10"], "--prompt-len sets the length of --synthetic requests "
+     "without --trace; --trace {dir}/two.jsonl (mooncake) has its own lengths: drop --prompt-len"),
+    ("run", ["--trace", "conv.json", "--synthetic", "gamma", "--rate", "2", "--prompt-len", "10"],
+     "--trace {dir}/conv.json (sharegpt) has its own lengths: drop --prompt-len"),
+    ("run", ["--prompt-len", "10"], "the shipped sample trace (no --trace) has its own lengths: drop --prompt-len"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--format", "vidur"],
+     "--format names the format of a --trace file: add --trace FILE or drop --format"),
+    # --rate and --time-scale: one or the other, whatever sets the arrivals
+    ("run", ["--trace", "two.jsonl", "--rate", "2", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("run", ["--synthetic", "gamma", "--rate", "2", "--num-requests", "3", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("sweep", ["--synthetic", "poisson", "--num-requests", "3", "--time-scale", "2", "--rates", "1,2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rates, not both"),
 ])
 def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, command, args, expected):
     for name, text in TRACES.items():
