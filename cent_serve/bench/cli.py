@@ -103,7 +103,9 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--output-len", type=int, help="--synthetic without --trace: output tokens of every request "
                                                     "(default 128)")
     src.add_argument("--num-requests", type=int, help="requests at most")
-    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
+    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving less than this many seconds "
+                                                                "after the trace's first request (not on the "
+                                                                "file's own clock)")
     src.add_argument("--time-scale", type=float, default=1.0, help="multiply a trace's inter-arrival times (not "
                                                                    "with --rate)")
     src.add_argument("--rate", type=float, help="mean request rate (req/s): rescales a trace's arrivals; "
@@ -124,9 +126,7 @@ def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple
         requests, source = _select(args, cfg)
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
-    if not requests:  # a file with no requests is refused as it is read: the options emptied it
-        raise ValueError(f"--start-s {args.start_s:g} is after the last request of {source}: use a smaller "
-                         "--start-s" if args.start_s > 0 else f"{source} has no requests")
+    assert requests, source  # an empty file, and a --start-s past its end, are refused as it is read
     return requests, source
 
 

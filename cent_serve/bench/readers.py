@@ -247,7 +247,8 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                     raise _earlier(where, c_time, fields[i_time], previous_text, "row")
                 previous_s, previous_text = arrival_s, fields[i_time]
                 own = fields[i_id].strip() if i_id is not None else ""
-                yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output)
+                yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output,
+                              trace_arrival_s=whole + frac)
                 row += 1
         finally:  # also when the reader stops early (--num-requests)
             ids.warn(path, "row", "row")
@@ -333,7 +334,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             if arrival_s < previous_s:
                 raise _earlier(where, "timestamp", stamp, previous_stamp, "line")
             previous_s, previous_stamp = arrival_s, stamp
-            yield Request(str(row), arrival_s, counts[0], counts[1])
+            yield Request(str(row), arrival_s, counts[0], counts[1], trace_arrival_s=stamp / 1000.0)
             row += 1
     if not row:
         raise ValueError(f"{path} has no requests: no line holds one; write one JSON object per "
@@ -391,7 +392,7 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
             prompt, answer = exchange
             yield Request(ids.take(str(entry.get("id", index)), index), float(arrival - first_s),
                           count_tokens(prompt) if prompt else 0,
-                          count_tokens(answer) if answer else 0, prompt)
+                          count_tokens(answer) if answer else 0, prompt, trace_arrival_s=float(arrival))
     finally:  # also when the reader stops early (--num-requests): what was skipped or renamed before it
         ids.warn(path, "conversation", "entry index")
         if skipped and first_s is not None:

@@ -17,7 +17,9 @@ after the first row, with the file's own lengths (0 allowed). `load_trace` then 
 `TraceOptions` in this order, the only order there is:
 
 1. start offset: drop the first `skip_requests` rows and every request that arrives before
-   `start_s` (seconds from the trace start); the first request kept arrives at 0.
+   `start_s`, in seconds after the trace's first request (not on the file's own clock: a file
+   whose first row is at 3.0 s starts at 0); the first request kept arrives at 0. Each request
+   keeps its time on the trace's own clock in `trace_arrival_s`.
 2. `num_requests`: keep at most that many.
 3. `time_scale`: multiply every inter-arrival time.
 4. `request_rate`: rescale the arrivals so the mean inter-arrival time is 1 / rate. This needs the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cent_serve.bench.errors import ParamError
@@ -66,7 +68,7 @@ class TraceOptions:
     """What part of a trace to replay and how; applied in the order of the module docstring."""
 
     start_s: float = 0.0
-    """Drop requests that arrive before this many seconds from the trace start."""
+    """Drop requests that arrive less than this many seconds after the trace's first request."""
     skip_requests: int = 0
     """Drop the first this many rows of the trace."""
     num_requests: int | None = None
@@ -163,14 +165,14 @@ def apply_options(make_requests: Callable[[], Iterable[Request]],
     factor = options.time_scale
     if options.request_rate is not None:
         num_kept, span_s, seen = 0, 0.0, [0]
-        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, seen), start=1):
+        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, source, seen), start=1):
             span_s = arrival_s
         if num_kept < 2 or span_s <= 0:
             raise ParamError(f"{{request_rate}}={options.request_rate!r} cannot be applied: "
                              f"{_too_few(options, source, num_kept, seen[0])}; rescaling needs at "
                              "least two requests at different times")
         factor = (num_kept - 1) / (span_s * options.request_rate)
-    return _transform(make_requests(), options, factor)
+    return _transform(make_requests(), options, factor, source)
 
 
 def _too_few(options: TraceOptions, source: str, num_kept: int, num_seen: int) -> str:
@@ -186,15 +188,17 @@ def _too_few(options: TraceOptions, source: str, num_kept: int, num_seen: int) -
     return f"{source} has {'only 1 request' if num_kept else 'no requests'}"
 
 
-def _select(requests: Iterable[Request], options: TraceOptions,
+def _select(requests: Iterable[Request], options: TraceOptions, source: str,
             seen: list[int] | None = None) -> Iterator[tuple[float, Request]]:
     """Steps 1-2: (arrival from the first kept request, request) for the rows kept; `seen[0]`
-    counts the rows read."""
+    counts the rows read. A `start_s` past the last request is a ParamError naming the span."""
     start_s: float | None = None
     num_kept = 0
+    last_s = None
     for row, req in enumerate(requests):
         if seen is not None:
             seen[0] = row + 1
+        last_s = req.arrival_s
         if row < options.skip_requests or req.arrival_s < options.start_s:
             continue
         if options.num_requests is not None and num_kept >= options.num_requests:
@@ -203,15 +207,19 @@ def _select(requests: Iterable[Request], options: TraceOptions,
             start_s = req.arrival_s
         num_kept += 1
         yield req.arrival_s - start_s, req
+    if start_s is None and last_s is not None and last_s < options.start_s:
+        raise ParamError(f"{{start_s}}={options.start_s!r} is past the end of {source}: its requests arrive "
+                         f"0 to {last_s:g} s after its first one ({{start_s}} counts from there, not on the "
+                         "trace's own clock): use a smaller {start_s}")
 
 
 def _transform(requests: Iterable[Request], options: TraceOptions,
-               factor: float) -> Iterator[Request]:
-    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring)."""
+               factor: float, source: str) -> Iterator[Request]:
+    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring);
+    `trace_arrival_s` kept."""
     max_prompt = options.max_prompt_tokens or math.inf
     max_output = options.max_output_tokens or math.inf
-    for arrival_s, req in _select(requests, options):
-        yield Request(request_id=req.request_id, arrival_s=arrival_s * factor,
+    for arrival_s, req in _select(requests, options, source):
+        yield replace(req, arrival_s=arrival_s * factor,
                       num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),
-                      num_output_tokens=int(min(req.num_output_tokens, max_output)),
-                      prompt=req.prompt)
+                      num_output_tokens=int(min(req.num_output_tokens, max_output)))

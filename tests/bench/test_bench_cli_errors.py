@@ -137,7 +137,11 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("run", ["--trace", "header.csv"], "header.csv has no requests"),
     ("run", ["--trace", "empty.jsonl", "--rate", "2"], "empty.jsonl has no requests"),
     ("run", ["--trace", "empty.json", "--rate", "2"], "empty.json has no requests"),
-    ("run", ["--trace", "one.csv", "--start-s", "5"], "--start-s 5 is after the last request of "),
+    ("run", ["--trace", "one.csv", "--start-s", "5"], "--start-s=5.0 is past the end of {dir}/one.csv: its "
+     "requests arrive 0 to 0 s after its first one (--start-s counts from there, not on the trace's own clock): "
+     "use a smaller --start-s"),
+    ("run", ["--trace", "two.jsonl", "--start-s", "0.6", "--rate", "2"], "--start-s=0.6 is past the end of "
+     "{dir}/two.jsonl: its requests arrive 0 to 0.5 s after its first one"),
     ("run", ["--trace", "unsorted.csv"], "unsorted.csv:3: column 'arrived_at' = '0.5' is earlier than the row "
                                          "before (1.0): sort the file by 'arrived_at'"),
     ("run", ["--num-requests", "-5"],

@@ -219,3 +219,16 @@ def test_cli_warns_once_for_zero_token_rows_and_reports_them(tmp_path, capsys, c
         "2 of 3 trace requests have 0 token"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["raised_to_one_token"] == 2
     assert "raised to 1 token                  2" in capsys.readouterr().out
+
+
+def test_requests_csv_joins_back_to_the_trace_on_its_own_clock(tmp_path, capsys):
+    trace = tmp_path / "late.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n3.0,8,4\n3.5,8,4\n4.25,8,4\n")
+    out = tmp_path / "res"
+    assert main(["bench", "run", "--numerics", "off", "--trace", str(trace), "--start-s", "0.5", "--no-plots",
+                 "--out", str(out)]) == 0
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    # --start-s 0.5 is after the first request (3.0), not on the file's clock; arrival_s is the replay's
+    assert [(r["request_id"], float(r["arrival_s"]), float(r["trace_arrival_s"])) for r in rows] == [
+        ("trace-1", 0.0, 3.5), ("trace-2", 0.75, 4.25)]

@@ -39,8 +39,9 @@ def count_tokens(text: str) -> int:
 def test_vidur_rows_arrive_from_the_first_row(tmp_path):
     path = vidur_trace(tmp_path, [10.5, 11.0, 14.25])
     assert detect_format(path) == "vidur"
-    assert list(load_trace(path)) == [Request("0", 0.0, 100, 0), Request("1", 0.5, 200, 1),
-                                      Request("2", 3.75, 300, 2)]  # output 0 kept (the replay sends 1)
+    assert list(load_trace(path)) == [Request("0", 0.0, 100, 0, trace_arrival_s=10.5),  # output 0 kept
+                                      Request("1", 0.5, 200, 1, trace_arrival_s=11.0),  # (the replay sends 1)
+                                      Request("2", 3.75, 300, 2, trace_arrival_s=14.25)]
 
 
 def test_azure_datetimes_keep_seven_fractional_digits(tmp_path):
@@ -96,8 +97,9 @@ def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
         {"timestamp": 1502, "input_length": 8767, "output_length": 23, "hash_ids": []}
     """)
     assert detect_format(path) == "mooncake"
-    assert list(load_trace(path)) == [Request("0", 0.0, 6955, 52), Request("1", 1.5, 6472, 26),
-                                      Request("2", 1.502, 8767, 23)]
+    assert list(load_trace(path)) == [Request("0", 0.0, 6955, 52, trace_arrival_s=0.0),
+                                      Request("1", 1.5, 6472, 26, trace_arrival_s=1.5),
+                                      Request("2", 1.502, 8767, 23, trace_arrival_s=1.502)]
 
 
 def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
@@ -383,6 +385,23 @@ def test_options_compose_in_documented_order(tmp_path, options, ids, arrivals_s)
     assert [r.arrival_s for r in reqs] == pytest.approx(arrivals_s, abs=1e-12)
 
 
+def test_start_s_counts_from_the_first_request_and_each_keeps_its_own_clock(tmp_path):
+    """--start-s is seconds after the trace's first request, not on the file's clock (pinned: the
+    simulated results depend on it); `trace_arrival_s` says where each request was in the file."""
+    path = vidur_trace(tmp_path, [3.0, 3.5, 4.0, 6.0])
+    reqs = list(load_trace(path, options=TraceOptions(start_s=1.0, time_scale=2.0)))
+    assert [(r.request_id, r.arrival_s, r.trace_arrival_s) for r in reqs] == [("2", 0.0, 4.0), ("3", 4.0, 6.0)]
+    azure = write(tmp_path, "a.csv", """
+        TIMESTAMP,ContextTokens,GeneratedTokens
+        2023-11-16 18:15:46.5,374,44
+    """)
+    assert next(load_trace(azure)).trace_arrival_s == 1700158546.5  # seconds since 1970 UTC
+    with pytest.raises(ParamError) as exc:
+        list(load_trace(path, options=TraceOptions(start_s=3.5)))
+    assert str(exc.value) == (f"start_s=3.5 is past the end of {path}: its requests arrive 0 to 3 s after its first "
+                              "one (start_s counts from there, not on the trace's own clock): use a smaller start_s")
+
+
 def test_clipping_caps_lengths_and_keeps_zero(tmp_path):
     path = vidur_trace(tmp_path, GAPS_TIMES_S)
     reqs = list(load_trace(path, options=TraceOptions(max_prompt_tokens=450, max_output_tokens=3)))
@@ -464,7 +483,7 @@ def test_sample_trace_ships_with_the_package():
                                                          .__file__).parent
     reqs = list(load_trace(path))
     assert len(reqs) == SAMPLE_TRACE_NUM_REQUESTS
-    assert reqs[0] == Request("0", 0.0, 374, 44)
+    assert reqs[0] == Request("0", 0.0, 374, 44, trace_arrival_s=0.0)
     conv = SHARED_TRACES / "azure_conv_2023.csv"
     if conv.is_file():
         assert reqs == list(load_trace(conv, options=TraceOptions(num_requests=200)))
