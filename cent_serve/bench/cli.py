@@ -115,23 +115,24 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
 
-def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, str]:
-    """The requests to replay (at least one) and a name of their source. ValueError (one line,
+def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, dict]:
+    """The requests to replay (at least one) and what shaped them (`_recorded`: its `trace` names
+    their source). ValueError (one line,
     naming the flag and the fix) for a selection that cannot be made; the library's errors name
     its parameters, rephrased here with the flags that set them (`errors.CLI_FLAGS`; the rate
     is `rate_flag`'s, e.g. --rates for a sweep)."""
     from cent_serve.bench.errors import CLI_FLAGS, ParamError
 
     try:
-        requests, source = _select(args, cfg)
+        requests, recorded = _select(args, cfg)
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
-    assert requests, source  # an empty file, and a --start-s past its end, are refused as it is read
-    return requests, source
+    assert requests, recorded  # an empty file, and a --start-s past its end, are refused as it is read
+    return requests, recorded
 
 
-def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
-    """`_requests` before its checks: the requests the flags select and a name of their source."""
+def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
+    """`_requests` before its checks: the requests the flags select and what shaped them."""
     from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
                                   resolve_trace, sample_trace_path, synthetic_trace)
 
@@ -144,21 +145,41 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
         raise ValueError(f"--synthetic makes arrivals for traces without timestamps (ShareGPT); --trace {path} "
                          f"({fmt}) has its own: drop --synthetic (use --rate to rescale it) or drop --trace")
     _check_applies(args, path, fmt)
+    if path is None and not args.synthetic:
+        path = sample_trace_path()
+        fmt = detect_format(path)
+    lengths = FixedLengths(**{name: value for name, value in (("num_prompt_tokens", args.prompt_len),
+                                                              ("num_output_tokens", args.output_len))
+                              if value is not None})
+    recorded = _recorded(args, path, fmt, lengths)
     rescale = not args.synthetic and fmt != "sharegpt"  # else --rate is the arrival process's own rate
     options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
                            request_rate=args.rate if rescale else None,
                            max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
     if fmt == "sharegpt":
-        return _sharegpt(path, args, cfg, options), str(path)
+        return _sharegpt(path, args, cfg, options), recorded
     if args.synthetic:
         if args.rate is None or args.num_requests is None:
             raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
-        lengths = {name: value for name, value in (("num_prompt_tokens", args.prompt_len),
-                                                   ("num_output_tokens", args.output_len)) if value is not None}
-        return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args),
-                                    lengths=FixedLengths(**lengths), seed=args.seed or 0, options=options)), "synthetic"
-    path = path or sample_trace_path()
-    return list(load_trace(path, fmt, options)), str(path)
+        return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args), lengths=lengths,
+                                    seed=args.seed or 0, options=options)), recorded
+    return list(load_trace(path, fmt, options)), recorded
+
+
+def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None, lengths) -> dict:
+    """Every option that shaped the requests, as the results record it (config.json's `bench`,
+    summary.json's `bench`, compare.json's `bench`, cent sweep's row configs): the trace (its path,
+    or "synthetic") and format, the selection and scaling flags (None: not given), and for
+    generated arrivals (ShareGPT, --synthetic) their process, burstiness and seed; for --synthetic
+    also the lengths."""
+    out = dict(trace=str(path) if path is not None else "synthetic", format=fmt or "synthetic",
+               start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale, rate=args.rate,
+               max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    if args.synthetic or fmt == "sharegpt":
+        out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
+    if path is None:
+        out.update(prompt_len=lengths.num_prompt_tokens, output_len=lengths.num_output_tokens)
+    return out
 
 
 def _rates(text: str) -> list[float]:
@@ -225,7 +246,8 @@ def run_bench(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
-    requests, source = _requests(args, cfg)
+    requests, recorded = _requests(args, cfg)
+    source = recorded["trace"]
     if args.url and args.in_process:
         raise ValueError("--url and --in-process are two ways to run: give one of them")
     if args.url:
@@ -253,6 +275,7 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = summarize(result, slos)
     if client is not None:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
+    summary["bench"] = recorded
     if args.url:  # the server's own, not this command's defaults
         summary.update(source=source, model=result.status.get("model", client["model"]),
                        hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"))
@@ -261,8 +284,8 @@ def run_bench(args: argparse.Namespace) -> int:
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
-                   trace=source, url=args.url) if args.url
-              else dict(config_to_dict(cfg), bench=dict(trace=source, executor=kind)))  # a --config as it is
+                   bench=dict(recorded, url=args.url)) if args.url
+              else dict(config_to_dict(cfg), bench=dict(recorded, executor=kind)))  # a --config as it is
     if result.interrupted:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
@@ -342,13 +365,13 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     check_runnable(cent_cfg)
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)
-    requests, source = _requests(args, cent_cfg)
+    requests, recorded = _requests(args, cent_cfg)
     rates = None
     if args.rates:
         rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
-    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed)
-    out["source"] = source
+    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed,
+                      bench=dict(recorded, rates=list(rates or ())))
     print_compare(out)
     print(f"results in {Path(args.out)}/")
     return 0

@@ -69,9 +69,11 @@ def _flat(s: dict) -> dict:
 
 
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
-                rates_requests: dict[float, list] | None = None, detailed: bool = False) -> dict:
+                rates_requests: dict[float, list] | None = None, detailed: bool = False,
+                bench: dict | None = None) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
-    adds each request's inter-token latencies to requests_*.csv."""
+    adds each request's inter-token latencies to requests_*.csv; `bench` (what shaped the requests:
+    the trace and its options) is written into compare.json as it is."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
@@ -95,7 +97,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
                       f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
-    out = dict(model=cent_cfg.model.name, requests=len(requests), slos_ms=slos,
+    out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
                table=table, sweep=sweep)
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
