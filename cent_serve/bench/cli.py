@@ -92,7 +92,7 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON) or a "
                                      "shipped trace: sample_conv (the default, 200 requests), azure_conv_2023, "
                                      "azure_code_2023")
-    src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
+    add_selection_args(src)
     src.add_argument("--synthetic", choices=["poisson", "gamma"],
                      help="synthetic arrivals at --rate: a synthetic trace (no --trace), or the arrivals of a "
                           "ShareGPT --trace (which has no timestamps)")
@@ -102,20 +102,36 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
                                                     "(default 128)")
     src.add_argument("--output-len", type=int, help="--synthetic without --trace: output tokens of every request "
                                                     "(default 128)")
-    src.add_argument("--num-requests", type=int, help="requests at most")
-    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving less than this many seconds "
-                                                                "after the trace's first request (not on the "
-                                                                "file's own clock)")
-    src.add_argument("--time-scale", type=float, default=1.0, help="multiply a trace's inter-arrival times (not "
-                                                                   "with --rate)")
-    src.add_argument("--rate", type=float, help="mean request rate (req/s): rescales a trace's arrivals; "
-                                                "Poisson arrivals for ShareGPT (gamma with --synthetic gamma); "
-                                                "not with --time-scale")
-    src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
-    src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
 
 
-def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, dict]:
+SELECTION_FLAGS = {"trace_format": ("--format", None), "num_requests": ("--num-requests", None),
+                   "start_s": ("--start-s", 0.0), "time_scale": ("--time-scale", 1.0), "rate": ("--rate", None),
+                   "max_prompt_tokens": ("--max-prompt-tokens", None),
+                   "max_output_tokens": ("--max-output-tokens", None)}
+"""dest -> (flag, default) of the flags `add_selection_args` adds."""
+
+
+def add_selection_args(group, num_requests_help: str = "requests at most") -> None:
+    """The flags that read a trace file and select and scale its requests (`SELECTION_FLAGS`):
+    every `cent bench` command's, and `cent sweep --trace`'s, read by `select_requests`."""
+    helps = dict(trace_format="trace format (default: detected)", num_requests=num_requests_help,
+                 start_s="skip requests arriving less than this many seconds after the trace's first request (not "
+                         "on the file's own clock)",
+                 time_scale="multiply a trace's inter-arrival times (not with --rate)",
+                 rate="mean request rate (req/s): rescales a trace's arrivals; Poisson arrivals for ShareGPT (gamma "
+                      "with --synthetic gamma); not with --time-scale",
+                 max_prompt_tokens="clip prompt lengths", max_output_tokens="clip output lengths")
+    for dest, (flag, default) in SELECTION_FLAGS.items():
+        kind = str if dest == "trace_format" else float if dest in ("start_s", "time_scale", "rate") else int
+        group.add_argument(flag, dest=dest, type=kind, default=default, help=helps[dest])
+
+
+def selection_flags_given(args: argparse.Namespace) -> list[str]:
+    """The `add_selection_args` flags set to other than their default."""
+    return [flag for dest, (flag, default) in SELECTION_FLAGS.items() if getattr(args, dest) != default]
+
+
+def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, dict]:
     """The requests to replay (at least one) and what shaped them (`_recorded`: its `trace` names
     their source). ValueError (one line,
     naming the flag and the fix) for a selection that cannot be made; the library's errors name
@@ -132,7 +148,7 @@ def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple
 
 
 def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
-    """`_requests` before its checks: the requests the flags select and what shaped them."""
+    """`select_requests` before its checks: the requests the flags select and what shaped them."""
     from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
                                   resolve_trace, sample_trace_path, synthetic_trace)
 
@@ -246,7 +262,7 @@ def run_bench(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
-    requests, recorded = _requests(args, cfg)
+    requests, recorded = select_requests(args, cfg)
     source = recorded["trace"]
     if args.url and args.in_process:
         raise ValueError("--url and --in-process are two ways to run: give one of them")
@@ -309,7 +325,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     rates = _rates(args.rates)
 
     def requests_at(rate: float) -> list:
-        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
+        return select_requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
 
     sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots)
     g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
@@ -332,7 +348,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     if cfg.on_gpus:
         raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
                          "on one trace use cent bench compare --gpu KIND:N)")
-    requests, _ = _requests(args, cfg)
+    requests, _ = select_requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
     print(f"results in {Path(args.out)}/")
     return 0
@@ -365,10 +381,10 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     check_runnable(cent_cfg)
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)
-    requests, recorded = _requests(args, cent_cfg)
+    requests, recorded = select_requests(args, cent_cfg)
     rates = None
     if args.rates:
-        rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
+        rates = {r: select_requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed,
                       bench=dict(recorded, rates=list(rates or ())))
