@@ -246,7 +246,9 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
                          "(Poisson arrivals; --synthetic gamma --burstiness B for burstier ones)")
     tok = load_tokenizer(cfg.model)
     rate, burstiness, seed = args.rate, _burstiness(args), args.seed or 0
-    # both counts with BOS, as vLLM's benchmark counts ShareGPT (the prompt is sent with it)
+    # both counts with BOS, as vLLM's benchmark counts ShareGPT (`tokenizer(text).input_ids`, the HF default
+    # adding Llama's BOS): the same file gives vLLM's lengths; the prompt is sent with its BOS, the answer's
+    # count is one more than its text's tokens
     return list(load_trace(path, "sharegpt", options, count_tokens=lambda text: len(tok.encode(text)),
                            arrivals_s=lambda: iter_arrival_times_s(rate, burstiness, seed)))
 

@@ -128,7 +128,9 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     """Stream the requests of a trace file with `options` applied.
 
     `fmt` is one of FORMATS (None: `detect_format`); the file may be gzip'd. ShareGPT needs `count_tokens` (text ->
-    token count, e.g. `lambda s: len(tok.encode(s, add_bos=False))`) and `arrivals_s`, a factory
+    token count; `cent bench` passes `lambda s: len(tok.encode(s))`, a BOS included in both the
+    prompt's and the answer's count, as vLLM's benchmark counts ShareGPT with the HF tokenizer's
+    default, so one file gives vLLM's request lengths) and `arrivals_s`, a factory
     of arrival times in seconds (e.g. `lambda: iter_arrival_times_s(rate=4.0, seed=0)`); a
     factory because a rate override reads the source twice. The format and the path are checked
     here; bad rows raise ValueError when iteration reaches them.

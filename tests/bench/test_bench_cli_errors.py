@@ -110,6 +110,7 @@ def test_sharegpt_replays_with_a_rate_and_the_models_tokenizer(tmp_path):
     # the tiny model's byte tokenizer: one token per UTF-8 byte, the prompt with its BOS (as vLLM counts)
     assert int(rows["trace-b"]["num_prompt_tokens"]) == len("héllo wörld".encode()) + 1
     assert int(rows["trace-c"]["num_prompt_tokens"]) == 41
+    assert int(rows["trace-c"]["num_output_tokens"]) == 12 + 1  # the answer counted with a BOS too, as vLLM does
     assert all(r["finish_reason"] == "length" for r in rows.values())
     arrivals = sorted(float(r["arrival_s"]) for r in rows.values())
     assert arrivals[0] == 0.0 and arrivals[-1] > 0.0  # Poisson arrivals, not all at once
