@@ -3,9 +3,11 @@
 Every combination of the `--vary` values is a point: the config from the usual flags with those
 fields set. A point is evaluated by the closed form (the paper's workload, `--prompt/--decode`,
 the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
-timing-only replay of the trace (`cent_serve.bench`), read once for every point: it needs its own
-token counts and arrival times, so ShareGPT is refused (the `cent bench` commands replay it at a
-rate). Before any point runs, every `--vary` field and value is checked on its own (an unknown
+timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
+scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
+`--start-s`, `--time-scale` or `--rate`, `--max-prompt-tokens`, `--max-output-tokens`: the
+bench code reads them); it needs its own token counts, so ShareGPT is refused (the `cent bench`
+commands replay it at a rate), and without `--trace` those flags are refused. Before any point runs, every `--vary` field and value is checked on its own (an unknown
 field, a field given twice, a value of the wrong type or against the config's rule for numbers,
 an unknown model: one line, exit 2). A point that cannot run (the model does not fit, an invalid
 mapping, values that clash) is a row with its error; the sweep goes on, and fails (exit 2) only
@@ -13,7 +15,8 @@ when no point could run. A replay's failed requests (a prompt over the context, 
 in the CSV and a line per point on the terminal with their reasons. Written to `--out`:
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
-  full resolved config as JSON (so any row can be rerun). `throughput_tok_s` counts prompt and
+  full resolved config as JSON (so any row can be rerun; a trace replay's has the trace and every
+  option that shaped its requests under `bench`, as `cent bench run`'s config.json). `throughput_tok_s` counts prompt and
   generated tokens, as the energy per token does (a trace replay adds `output_throughput_tok_s`);
 - `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
   faster and cheaper in energy) drawn and labelled;
@@ -37,6 +40,8 @@ from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_a
                                    warn_closed_form_ignores)
 from cent_serve.config import CentConfig, apply_overrides, check_override, config_to_dict
 
+DEFAULT_TRACE_REQUESTS = 200
+"""--trace: the trace's first this many requests unless --num-requests says otherwise."""
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
 _MAPPING = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
@@ -63,7 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode", type=int, default=3584, help="closed form: generated tokens of the paper's workload")
     p.add_argument("--trace", help="replay this trace (a shipped name or a file with token counts and arrival times: "
                                    "Vidur, Azure, BurstGPT, Mooncake) at every point instead")
-    p.add_argument("--num-requests", type=int, default=200, help="with --trace: its first N requests")
+    from cent_serve.bench.cli import add_selection_args
+    add_selection_args(p.add_argument_group("with --trace: which requests, as cent bench run selects them"),
+                       num_requests_help=f"requests at most (default {DEFAULT_TRACE_REQUESTS})")
+    # cent bench's synthetic loads have no place here: --trace is what makes a sweep replay
+    p.set_defaults(synthetic=None, burstiness=None, prompt_len=None, output_len=None)
     p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)
@@ -141,29 +150,31 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     return dict(e2e, mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 
-def load_sweep_trace(trace: str, num_requests: int) -> list:
-    """The trace's first `num_requests` requests, read once for every point; its errors worded
-    for the command line, and its 0-token requests warned about once (`ZeroTokens`)."""
-    from cent_serve.bench import resolve_trace
-    from cent_serve.bench.errors import CLI_FLAGS, ParamError
+def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, dict]:
+    """The requests `--trace` and the selection flags give (`cent bench run`'s reading of them) and
+    what shaped them (`bench.cli.select_requests`), read once for every point; its 0-token requests
+    warned about once (`ZeroTokens`)."""
+    from cent_serve.bench import CLI_FLAGS, ParamError, detect_format, resolve_trace
+    from cent_serve.bench.cli import select_requests
     from cent_serve.bench.runner import ZeroTokens
-    from cent_serve.bench.traces import TraceOptions, detect_format, load_trace
 
-    path = resolve_trace(trace)
     try:
-        if detect_format(path) == "sharegpt":  # its counts come from a tokenizer, its arrivals from a rate
-            raise ValueError(f"--trace {trace} is ShareGPT, which has no token counts or arrival times: cent sweep "
-                             "--trace needs a trace that has both (Vidur, Azure or BurstGPT CSV, Mooncake JSONL); "
-                             f"replay a ShareGPT file with cent bench run --trace {trace} --rate REQ_PER_S, or at "
-                             f"several rates with cent bench sweep --trace {trace} --rates R1,R2,...")
-        requests = list(load_trace(path, options=TraceOptions(num_requests=num_requests)))
-    except ParamError as exc:
-        raise ValueError(f"--trace {trace}: " + exc.render({**CLI_FLAGS, "fmt": "cent bench's --format"})) from None
+        fmt = args.trace_format or detect_format(resolve_trace(args.trace))
+    except ParamError as exc:  # a header of no format: worded with this command's --format
+        raise ValueError(exc.render(CLI_FLAGS)) from None
+    if fmt == "sharegpt":  # its counts need a tokenizer, which a varied model changes
+        raise ValueError(f"--trace {args.trace} is ShareGPT, which has no token counts or arrival times: cent sweep "
+                         "--trace needs a trace that has both (Vidur, Azure or BurstGPT CSV, Mooncake JSONL); "
+                         f"replay a ShareGPT file with cent bench run --trace {args.trace} --rate REQ_PER_S, or at "
+                         f"several rates with cent bench sweep --trace {args.trace} --rates R1,R2,...")
+    if args.num_requests is None:
+        args = argparse.Namespace(**{**vars(args), "num_requests": DEFAULT_TRACE_REQUESTS})
+    requests, recorded = select_requests(args, base)
     zeros = ZeroTokens()
     for r in requests:
         zeros.add(r)
     zeros.warn()
-    return requests
+    return requests, recorded
 
 
 def replay_figures(cfg: CentConfig, requests: list) -> dict:
@@ -191,6 +202,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cent_serve.bench.cli import selection_flags_given
     from cent_serve.bench.report import reasons_text
     from cent_serve.simulate_cli import paper_defaults
 
@@ -204,14 +216,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")
     if args.trace:
-        if args.num_requests < 1:
-            raise ValueError(f"--num-requests {args.num_requests} is invalid: use a positive number of requests")
+        if args.num_requests is not None and args.num_requests < 1:
+            raise ValueError(f"--num-requests {args.num_requests} is invalid: use a positive number of requests "
+                             f"(or leave it out for {DEFAULT_TRACE_REQUESTS})")
     else:
+        given = selection_flags_given(args)
+        if given:
+            raise ValueError(f"{given[0]} selects the requests of a --trace replay; the closed form runs the paper's "
+                             "workload (--prompt, --decode): add --trace or drop " + given[0])
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary")
-    requests = load_sweep_trace(args.trace, args.num_requests) if args.trace else None
+    requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
@@ -220,8 +237,9 @@ def run(args: argparse.Namespace) -> int:
             cfg = point_config(base, point, model_overrides(args))
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode))
+            config = config_to_dict(cfg) if recorded is None else dict(config_to_dict(cfg), bench=recorded)
             row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,
-                       config=json.dumps(config_to_dict(cfg), sort_keys=True))
+                       config=json.dumps(config, sort_keys=True))
             cost = figs.get("system_device_cost_usd")
             row["tok_s_per_usd"] = figs["throughput_tok_s"] / cost if cost else None
         except ValueError as exc:  # this point cannot run: say why, go on

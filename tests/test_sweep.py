@@ -115,7 +115,8 @@ def test_a_trace_sweep_reads_the_trace_once_before_any_point(tmp_path, capsys, c
     assert main(["sweep", "--trace", str(bad), "--vary", "devices=8,16", "--out", str(tmp_path / "bad"),
                  "--no-plots"]) == 2
     err = capsys.readouterr().err
-    assert f"--trace {bad}: {bad}:1: header" in err and "fmt=" not in err
+    assert f"cent sweep: error: {bad}:1: header" in err and "name the format with --format" in err
+    assert "fmt=" not in err and "cent bench" not in err  # its own flag, not cent bench's
     assert not (tmp_path / "bad" / "sweep.csv").exists()
 
 
@@ -228,3 +229,29 @@ def test_out_is_checked_before_any_point_runs(tmp_path, capsys, monkeypatch, whe
     assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "a file" in err and len(err.strip().splitlines()) == 1 and not ran
+
+
+def test_a_trace_sweep_takes_cent_bench_runs_selection_flags_and_records_them(tmp_path, capsys):
+    """--format, --start-s, --rate (and the rest of bench run's selection) shape the replay at every point,
+    and each row's config records them as bench run's config.json does; without --trace they are refused."""
+    odd = tmp_path / "odd.csv"  # both Vidur's and Azure's columns: detection reads Vidur's, --format azure Azure's
+    odd.write_text("arrived_at,num_prefill_tokens,num_decode_tokens,TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                   + "".join(f"0,1,1,2024-05-10 00:00:0{i}.5,16,4\n" for i in range(4)))
+    out = tmp_path / "out"
+    assert main(["sweep", "--trace", str(odd), "--format", "azure", "--start-s", "0.5", "--rate", "4",
+                 "--max-output-tokens", "3", "--vary", "devices=8,16", "--out", str(out), "--no-plots"]) == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [int(r["completed"]) for r in rows] == [3, 3]  # the row at 0 s dropped by --start-s
+    for r in rows:
+        assert json.loads(r["config"])["bench"] == dict(trace=str(odd), format="azure", start_s=0.5, num_requests=200,
+                                                        time_scale=1.0, rate=4.0, max_prompt_tokens=None,
+                                                        max_output_tokens=3)
+    vidur = tmp_path / "vidur.csv"
+    vidur.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,16,4\n")
+    assert main(["sweep", "--trace", str(vidur), "--format", "azure", "--vary", "devices=8", "--out",
+                 str(tmp_path / "az"), "--no-plots"]) == 2
+    assert "it is a vidur header: give vidur as the format (--format)" in capsys.readouterr().err
+    assert main(["sweep", "--model", "llama2-7b", "--start-s", "5", "--vary", "devices=8", "--out",
+                 str(tmp_path / "closed"), "--no-plots"]) == 2
+    assert ("--start-s selects the requests of a --trace replay; the closed form runs the paper's workload "
+            "(--prompt, --decode): add --trace or drop --start-s") in capsys.readouterr().err

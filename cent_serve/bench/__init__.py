@@ -54,6 +54,8 @@ def resolve_trace(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if stem in SHIPPED_TRACES and not path.is_file():
         return Path(str(files("cent_serve.bench") / "data" / f"{stem}.csv"))
+    if path.is_dir():
+        raise ValueError(f"--trace {name_or_path!r} is a directory: give the path of a trace file in it")
     if not path.is_file():
         raise ValueError(f"--trace {name_or_path!r} is neither a file nor a shipped trace: give a path or one of "
                          f"{', '.join(SHIPPED_TRACES)}")

@@ -92,41 +92,63 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--trace", help="trace file (Vidur/Azure/BurstGPT CSV, Mooncake JSONL, ShareGPT JSON) or a "
                                      "shipped trace: sample_conv (the default, 200 requests), azure_conv_2023, "
                                      "azure_code_2023")
-    src.add_argument("--format", dest="trace_format", help="trace format (default: detected)")
+    add_selection_args(src)
     src.add_argument("--synthetic", choices=["poisson", "gamma"],
                      help="synthetic arrivals at --rate: a synthetic trace (no --trace), or the arrivals of a "
                           "ShareGPT --trace (which has no timestamps)")
-    src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
-    src.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens")
-    src.add_argument("--output-len", type=int, default=128, help="synthetic output tokens")
-    src.add_argument("--num-requests", type=int, help="requests at most")
-    src.add_argument("--start-s", type=float, default=0.0, help="skip requests arriving before this time")
-    src.add_argument("--time-scale", type=float, default=1.0, help="multiply inter-arrival times")
-    src.add_argument("--rate", type=float, help="mean request rate (req/s): rescales a trace's arrivals; "
-                                                "Poisson arrivals for ShareGPT (gamma with --synthetic gamma)")
-    src.add_argument("--max-prompt-tokens", type=int, help="clip prompt lengths")
-    src.add_argument("--max-output-tokens", type=int, help="clip output lengths")
+    src.add_argument("--burstiness", type=float, help="--synthetic gamma: the gamma shape (default 1 = Poisson; "
+                                                      "< 1 burstier)")
+    src.add_argument("--prompt-len", type=int, help="--synthetic without --trace: prompt tokens of every request "
+                                                    "(default 128)")
+    src.add_argument("--output-len", type=int, help="--synthetic without --trace: output tokens of every request "
+                                                    "(default 128)")
 
 
-def _requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, str]:
-    """The requests to replay (at least one) and a name of their source. ValueError (one line,
+SELECTION_FLAGS = {"trace_format": ("--format", None), "num_requests": ("--num-requests", None),
+                   "start_s": ("--start-s", 0.0), "time_scale": ("--time-scale", 1.0), "rate": ("--rate", None),
+                   "max_prompt_tokens": ("--max-prompt-tokens", None),
+                   "max_output_tokens": ("--max-output-tokens", None)}
+"""dest -> (flag, default) of the flags `add_selection_args` adds."""
+
+
+def add_selection_args(group, num_requests_help: str = "requests at most") -> None:
+    """The flags that read a trace file and select and scale its requests (`SELECTION_FLAGS`):
+    every `cent bench` command's, and `cent sweep --trace`'s, read by `select_requests`."""
+    helps = dict(trace_format="trace format (default: detected)", num_requests=num_requests_help,
+                 start_s="skip requests arriving less than this many seconds after the trace's first request (not "
+                         "on the file's own clock)",
+                 time_scale="multiply a trace's inter-arrival times (not with --rate)",
+                 rate="mean request rate (req/s): rescales a trace's arrivals; Poisson arrivals for ShareGPT (gamma "
+                      "with --synthetic gamma); not with --time-scale",
+                 max_prompt_tokens="clip prompt lengths", max_output_tokens="clip output lengths")
+    for dest, (flag, default) in SELECTION_FLAGS.items():
+        kind = str if dest == "trace_format" else float if dest in ("start_s", "time_scale", "rate") else int
+        group.add_argument(flag, dest=dest, type=kind, default=default, help=helps[dest])
+
+
+def selection_flags_given(args: argparse.Namespace) -> list[str]:
+    """The `add_selection_args` flags set to other than their default."""
+    return [flag for dest, (flag, default) in SELECTION_FLAGS.items() if getattr(args, dest) != default]
+
+
+def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, dict]:
+    """The requests to replay (at least one) and what shaped them (`_recorded`: its `trace` names
+    their source). ValueError (one line,
     naming the flag and the fix) for a selection that cannot be made; the library's errors name
     its parameters, rephrased here with the flags that set them (`errors.CLI_FLAGS`; the rate
     is `rate_flag`'s, e.g. --rates for a sweep)."""
     from cent_serve.bench.errors import CLI_FLAGS, ParamError
 
     try:
-        requests, source = _select(args, cfg)
+        requests, recorded = _select(args, cfg)
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
-    if not requests:  # a file with no requests is refused as it is read: the options emptied it
-        raise ValueError(f"--start-s {args.start_s:g} is after the last request of {source}: use a smaller "
-                         "--start-s" if args.start_s > 0 else f"{source} has no requests")
-    return requests, source
+    assert requests, recorded  # an empty file, and a --start-s past its end, are refused as it is read
+    return requests, recorded
 
 
-def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
-    """`_requests` before its checks: the requests the flags select and a name of their source."""
+def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
+    """`select_requests` before its checks: the requests the flags select and what shaped them."""
     from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
                                   resolve_trace, sample_trace_path, synthetic_trace)
 
@@ -138,20 +160,42 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, str]:
     if args.synthetic and fmt not in (None, "sharegpt"):
         raise ValueError(f"--synthetic makes arrivals for traces without timestamps (ShareGPT); --trace {path} "
                          f"({fmt}) has its own: drop --synthetic (use --rate to rescale it) or drop --trace")
+    _check_applies(args, path, fmt)
+    if path is None and not args.synthetic:
+        path = sample_trace_path()
+        fmt = detect_format(path)
+    lengths = FixedLengths(**{name: value for name, value in (("num_prompt_tokens", args.prompt_len),
+                                                              ("num_output_tokens", args.output_len))
+                              if value is not None})
+    recorded = _recorded(args, path, fmt, lengths)
     rescale = not args.synthetic and fmt != "sharegpt"  # else --rate is the arrival process's own rate
     options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
                            request_rate=args.rate if rescale else None,
                            max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
     if fmt == "sharegpt":
-        return _sharegpt(path, args, cfg, options), str(path)
+        return _sharegpt(path, args, cfg, options), recorded
     if args.synthetic:
         if args.rate is None or args.num_requests is None:
             raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
-        return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args),
-                                    lengths=FixedLengths(args.prompt_len, args.output_len),
-                                    seed=args.seed or 0, options=options)), "synthetic"
-    path = path or sample_trace_path()
-    return list(load_trace(path, fmt, options)), str(path)
+        return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args), lengths=lengths,
+                                    seed=args.seed or 0, options=options)), recorded
+    return list(load_trace(path, fmt, options)), recorded
+
+
+def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None, lengths) -> dict:
+    """Every option that shaped the requests, as the results record it (config.json's `bench`,
+    summary.json's `bench`, compare.json's `bench`, cent sweep's row configs): the trace (its path,
+    or "synthetic") and format, the selection and scaling flags (None: not given), and for
+    generated arrivals (ShareGPT, --synthetic) their process, burstiness and seed; for --synthetic
+    also the lengths."""
+    out = dict(trace=str(path) if path is not None else "synthetic", format=fmt or "synthetic",
+               start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale, rate=args.rate,
+               max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    if args.synthetic or fmt == "sharegpt":
+        out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
+    if path is None:
+        out.update(prompt_len=lengths.num_prompt_tokens, output_len=lengths.num_output_tokens)
+    return out
 
 
 def _rates(text: str) -> list[float]:
@@ -166,7 +210,29 @@ def _rates(text: str) -> list[float]:
 
 
 def _burstiness(args: argparse.Namespace) -> float:
-    return 1.0 if args.synthetic != "gamma" else args.burstiness
+    return 1.0 if args.burstiness is None else args.burstiness  # Poisson (`_check_applies`: gamma's only)
+
+
+def _check_applies(args: argparse.Namespace, path: Path | None, fmt: str | None) -> None:
+    """Refuse a flag the selected requests would not use, the same way for every trace format: one
+    line naming the flag and what to do (a flag silently ignored reads as if it shaped the run)."""
+    from cent_serve.bench.traces import check_rate_or_time_scale
+
+    if args.trace_format is not None and path is None:
+        raise ValueError("--format names the format of a --trace file: add --trace FILE or drop --format")
+    source = (f"--trace {path} ({fmt})" if path is not None
+              else None if args.synthetic else "the shipped sample trace (no --trace)")
+    for flag, value, cap in (("--prompt-len", args.prompt_len, "--max-prompt-tokens"),
+                             ("--output-len", args.output_len, "--max-output-tokens")):
+        if value is not None and source is not None:
+            raise ValueError(f"{flag} sets the length of --synthetic requests without --trace; {source} has its own "
+                             f"lengths: drop {flag} (to cap them, {cap})")
+    if args.burstiness is not None and args.synthetic != "gamma":
+        timed = source is not None and fmt != "sharegpt"
+        raise ValueError("--burstiness is the shape of --synthetic gamma arrivals; " + (
+            f"{source} has its own arrival times: drop --burstiness" if timed
+            else "these are Poisson: add --synthetic gamma or drop --burstiness"))
+    check_rate_or_time_scale(args.rate, args.time_scale)
 
 
 def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
@@ -180,7 +246,9 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
                          "(Poisson arrivals; --synthetic gamma --burstiness B for burstier ones)")
     tok = load_tokenizer(cfg.model)
     rate, burstiness, seed = args.rate, _burstiness(args), args.seed or 0
-    # both counts with BOS, as vLLM's benchmark counts ShareGPT (the prompt is sent with it)
+    # both counts with BOS, as vLLM's benchmark counts ShareGPT (`tokenizer(text).input_ids`, the HF default
+    # adding Llama's BOS): the same file gives vLLM's lengths; the prompt is sent with its BOS, the answer's
+    # count is one more than its text's tokens
     return list(load_trace(path, "sharegpt", options, count_tokens=lambda text: len(tok.encode(text)),
                            arrivals_s=lambda: iter_arrival_times_s(rate, burstiness, seed)))
 
@@ -196,7 +264,8 @@ def run_bench(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
-    requests, source = _requests(args, cfg)
+    requests, recorded = select_requests(args, cfg)
+    source = recorded["trace"]
     if args.url and args.in_process:
         raise ValueError("--url and --in-process are two ways to run: give one of them")
     if args.url:
@@ -224,6 +293,7 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = summarize(result, slos)
     if client is not None:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"])
+    summary["bench"] = recorded
     if args.url:  # the server's own, not this command's defaults
         summary.update(source=source, model=result.status.get("model", client["model"]),
                        hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"))
@@ -232,8 +302,8 @@ def run_bench(args: argparse.Namespace) -> int:
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
-                   trace=source, url=args.url) if args.url
-              else dict(config_to_dict(cfg), bench=dict(trace=source, executor=kind)))  # a --config as it is
+                   bench=dict(recorded, url=args.url)) if args.url
+              else dict(config_to_dict(cfg), bench=dict(recorded, executor=kind)))  # a --config as it is
     if result.interrupted:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
@@ -257,7 +327,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     rates = _rates(args.rates)
 
     def requests_at(rate: float) -> list:
-        return _requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
+        return select_requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
 
     sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots)
     g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
@@ -280,7 +350,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     if cfg.on_gpus:
         raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
                          "on one trace use cent bench compare --gpu KIND:N)")
-    requests, _ = _requests(args, cfg)
+    requests, _ = select_requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
     print(f"results in {Path(args.out)}/")
     return 0
@@ -313,13 +383,13 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     check_runnable(cent_cfg)
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)
-    requests, source = _requests(args, cent_cfg)
+    requests, recorded = select_requests(args, cent_cfg)
     rates = None
     if args.rates:
-        rates = {r: _requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
+        rates = {r: select_requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
-    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed)
-    out["source"] = source
+    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed,
+                      bench=dict(recorded, rates=list(rates or ())))
     print_compare(out)
     print(f"results in {Path(args.out)}/")
     return 0

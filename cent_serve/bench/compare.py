@@ -69,9 +69,11 @@ def _flat(s: dict) -> dict:
 
 
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
-                rates_requests: dict[float, list] | None = None, detailed: bool = False) -> dict:
+                rates_requests: dict[float, list] | None = None, detailed: bool = False,
+                bench: dict | None = None) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
-    adds each request's inter-token latencies to requests_*.csv."""
+    adds each request's inter-token latencies to requests_*.csv; `bench` (what shaped the requests:
+    the trace and its options) is written into compare.json as it is."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
@@ -95,7 +97,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
                       f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
-    out = dict(model=cent_cfg.model.name, requests=len(requests), slos_ms=slos,
+    out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
                table=table, sweep=sweep)
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -119,14 +121,14 @@ def print_compare(out: dict) -> None:
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
 
-    def cell(v):  # four significant digits; from 10,000 on, whole numbers with separators (not 1.063e+04)
-        if v is None:
-            return f"{'-':>14}"
-        return f"{v:>14,.0f}" if abs(v) >= 1e4 else f"{v:>14.4g}"
+    def figure(v) -> str:  # four significant digits (a ratio of 0.0034 is not 0.00); from 10,000 on, whole
+        if v is None:       # numbers with separators (not 1.063e+04)
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
     for label, r in zip(labels, out["table"]):
-        ratio = "-" if r["cent_over_gpu"] is None else f"{r['cent_over_gpu']:.2f}x"
-        print(f"{label:<{width}}{cell(r['cent'])}{cell(r['gpu'])}{ratio:>10}")
+        ratio = "-" if r["cent_over_gpu"] is None else figure(r["cent_over_gpu"]) + "x"
+        print(f"{label:<{width}}{figure(r['cent']):>14}{figure(r['gpu']):>14}{ratio:>10}")
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")

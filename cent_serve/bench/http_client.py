@@ -24,7 +24,8 @@ import httpx
 
 from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
-from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens
+from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
+                                     engine_id)
 from cent_serve.request import REFUSAL_REASONS
 from cent_serve.serving import RELEASE_HOLD_S  # `hold_until_s` of the last request: the clock is released
 
@@ -215,9 +216,10 @@ class _Replay:
 
     async def send(self, i: int, tr: TraceRequest) -> None:
         srv = self.srv
-        rid = f"trace-{tr.request_id}"
+        rid = engine_id(tr)
         self.zeros.add(tr)  # 0 tokens are sent as 1: the engine needs at least one of each
-        rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens))
+        rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens),
+                                                trace_arrival_s=tr.trace_arrival_s)
         wall = self.walls[rid] = WallTimes()
         ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), bos_token_id=1).token_ids
         body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,

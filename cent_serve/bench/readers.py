@@ -6,15 +6,20 @@ a ValueError naming the file, the line (ShareGPT: the entry), the column, the va
 (`ParamError` where the fix is a parameter, e.g. the format). A file with no request at all is
 refused when the reader reaches its end. Arrivals must not decrease down the file:
 inter-arrival scaling and start offsets assume order. Every format is read as UTF-8 with or
-without a byte-order mark (`utf-8-sig`: editors on Windows write one).
+without a byte-order mark (`utf-8-sig`: editors on Windows write one), gzip'd or not (`open_text`:
+known by the gzip magic bytes, whatever the suffix).
 """
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import logging
 import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +30,43 @@ from cent_serve.bench.request import Request
 log = logging.getLogger("cent.bench")
 
 _EPOCH = datetime(1970, 1, 1)
+GZIP_MAGIC = b"\x1f\x8b"
+"""The first two bytes of a gzip stream (RFC 1952): how a compressed trace is known."""
+
+
+def _open_bytes(path: Path):
+    """`path`'s bytes, decompressed when it starts with `GZIP_MAGIC`."""
+    with open(path, "rb") as f:
+        compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+@contextmanager
+def open_text(path: Path, newline: str | None = None) -> Iterator[io.TextIOWrapper]:
+    """`path` as UTF-8 text (a byte-order mark skipped), gzip'd or not. What cannot be read is a
+    one-line ValueError, also when raised in the caller's `with` body as it reads: a byte that is not
+    UTF-8 names the line and the fix; a damaged gzip stream says so."""
+    try:
+        with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline=newline) as f:
+            yield f
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{_not_utf8(path)}: the file is not UTF-8 text: save it as UTF-8 "
+                         "(e.g. iconv -f latin1 -t utf-8)") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path} is a damaged gzip file ({exc}): compress the trace again, or give it "
+                         "uncompressed") from None
+
+
+def _not_utf8(path: Path) -> str:
+    """`LINE: byte 0xNN at column C`: the first byte of `path` that is not UTF-8 (a UTF-8 character
+    never holds a newline byte, so each line decodes on its own)."""
+    with _open_bytes(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"{line_no}: byte {line[exc.start]:#04x} at column {exc.start + 1}"
+    return "?"  # the decoder failed where a line decodes: not reached for UTF-8
 
 
 def _seconds(text: str) -> tuple[float, float]:
@@ -148,7 +190,7 @@ def _csv_format_of(names: list[str]) -> str | None:
 
 def sniff_csv_format(path: Path) -> str:
     """The CSV format whose columns the header of `path` holds; ValueError when none does."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = _header(path, reader)
     fmt = _csv_format_of(header)
@@ -162,7 +204,7 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
     """Requests of a `vidur`, `azure` or `burstgpt` CSV, in file order (blank lines skipped)."""
     layout = CSV_LAYOUTS[fmt]
     parse_time = layout.make_time_parser()
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f)
         names = _header(path, reader)
         missing = [c for c in layout.columns if c not in names]
@@ -205,7 +247,8 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                     raise _earlier(where, c_time, fields[i_time], previous_text, "row")
                 previous_s, previous_text = arrival_s, fields[i_time]
                 own = fields[i_id].strip() if i_id is not None else ""
-                yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output)
+                yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output,
+                              trace_arrival_s=whole + frac)
                 row += 1
         finally:  # also when the reader stops early (--num-requests)
             ids.warn(path, "row", "row")
@@ -262,7 +305,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
     first_ms: float | None = None
     previous_s, previous_stamp = 0.0, None
     row = 0
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -291,7 +334,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             if arrival_s < previous_s:
                 raise _earlier(where, "timestamp", stamp, previous_stamp, "line")
             previous_s, previous_stamp = arrival_s, stamp
-            yield Request(str(row), arrival_s, counts[0], counts[1])
+            yield Request(str(row), arrival_s, counts[0], counts[1], trace_arrival_s=stamp / 1000.0)
             row += 1
     if not row:
         raise ValueError(f"{path} has no requests: no line holds one; write one JSON object per "
@@ -323,7 +366,9 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     benchmark skips short conversations); they take no arrival time. The JSON is parsed whole
     (the stdlib has no streaming JSON reader), the requests are still yielded one by one.
     """
-    entries = _parse_json(path.read_text(encoding="utf-8-sig"), path, 1, list,
+    with open_text(path) as f:
+        text = f.read()
+    entries = _parse_json(text, path, 1, list,
                           "a ShareGPT file is one JSON list of conversations")
     arrivals = iter(arrivals_s)
     first_s: float | None = None
@@ -347,7 +392,7 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
             prompt, answer = exchange
             yield Request(ids.take(str(entry.get("id", index)), index), float(arrival - first_s),
                           count_tokens(prompt) if prompt else 0,
-                          count_tokens(answer) if answer else 0, prompt)
+                          count_tokens(answer) if answer else 0, prompt, trace_arrival_s=float(arrival))
     finally:  # also when the reader stops early (--num-requests): what was skipped or renamed before it
         ids.warn(path, "conversation", "entry index")
         if skipped and first_s is not None:

@@ -108,7 +108,7 @@ def client_wall_stats(client: dict) -> dict:
     return out
 
 
-CSV_FIELDS = ("request_id", "arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
+CSV_FIELDS = ("request_id", "arrival_s", "trace_arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
               "tpot_s", "e2e_s", "num_prompt_tokens", "num_output_tokens", "finish_reason", "energy_mj",
               "preemptions", "failure_reason", "error")
 
@@ -126,7 +126,7 @@ def write_requests_csv(path: Path, records: list, detailed: bool = False) -> Non
         w.writerow(CSV_FIELDS + (DETAILED_FIELDS if detailed else ()))
         for r in sorted(records, key=lambda r: (r.arrival_s, r.request_id)):
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
-            row = [r.request_id, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
+            row = [r.request_id, r.arrival_s, r.trace_arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
                    r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
                    r.energy_mj, r.preemptions, r.reason, r.error]
             w.writerow(row + [json.dumps(r.itls_s)] if detailed else row)

@@ -52,6 +52,9 @@ class RequestRecord:
     failure_reason: str = ""
     """Why the request failed, "" when it did not: a `cent_serve.request.REFUSAL_REASONS` code,
     DEVICE_FAULT, or for HTTP runs what `http_client.failure_reason` maps the answer to."""
+    trace_arrival_s: float | None = None
+    """The arrival on the trace's own clock (`bench.request.Request.trace_arrival_s`): where the
+    row came from, while `arrival_s` is the replay's."""
 
     @property
     def ok(self) -> bool:
@@ -88,11 +91,11 @@ class RequestRecord:
         return [b - a for a, b in zip(t, t[1:])]
 
     @classmethod
-    def from_request(cls, req: Request) -> "RequestRecord":
+    def from_request(cls, req: Request, trace_arrival_s: float | None = None) -> "RequestRecord":
         return cls(req.request_id, req.arrival_s, len(req.prompt_ids), len(req.output_ids), req.scheduled_s,
                    req.first_token_s, req.finish_s, req.finish_reason or "", req.energy_j * 1e3,
                    req.num_preemptions, req.error or "", list(req.token_times_s),
-                   DEVICE_FAULT if req.finish_reason == "error" else "")
+                   DEVICE_FAULT if req.finish_reason == "error" else "", trace_arrival_s)
 
     @classmethod
     def refused(cls, request_id: str, tr: TraceRequest, exc: RequestRefused) -> "RequestRecord":
@@ -100,7 +103,7 @@ class RequestRecord:
         429) or "invalid" (the API's 400), the refusal's reason code and message."""
         return cls(request_id, tr.arrival_s, max(1, tr.num_prompt_tokens),  # as sent (`ZeroTokens`)
                    finish_reason="rejected" if isinstance(exc, QueueFull) else "invalid", error=str(exc),
-                   failure_reason=exc.reason)
+                   failure_reason=exc.reason, trace_arrival_s=tr.trace_arrival_s)
 
 
 @dataclass
@@ -194,6 +197,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
+    trace_arrivals: dict[str, float | None] = {}  # by engine request id, until the request's record is made
     samples: list[Sample] = []
     it = iter(requests)
     pending = next(it, None)
@@ -214,11 +218,14 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                     if refused is not None:
                         records[refused.request_id] = refused
                         bar.done(refused)
+                    else:
+                        trace_arrivals[engine_id(pending)] = pending.trace_arrival_s
                     index += 1
                     pending = next(it, None)
                 for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
                     if req.is_finished:
-                        rec = records[req.request_id] = RequestRecord.from_request(req)
+                        rec = records[req.request_id] = RequestRecord.from_request(
+                            req, trace_arrivals.pop(req.request_id, None))
                         engine.forget(req.request_id)
                         bar.done(rec)
                 st = engine.scheduler
@@ -249,9 +256,14 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     return out
 
 
+def engine_id(tr: TraceRequest) -> str:
+    """The engine's id of a trace request (requests.csv's `request_id`)."""
+    return f"trace-{tr.request_id}"
+
+
 def _add(engine: Engine, tr: TraceRequest, index: int, seed: int) -> RequestRecord | None:
     """Queue one trace request; the record of its refusal when the engine will not take it."""
-    rid = f"trace-{tr.request_id}"
+    rid = engine_id(tr)
     params = RequestParams(max_tokens=max(1, tr.num_output_tokens), ignore_eos=True)
     try:
         engine.add_request(_prompt_ids(tr, engine, index, seed), params, request_id=rid, arrival_s=tr.arrival_s)

@@ -171,6 +171,6 @@ def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
     def make() -> Iterator[Request]:
         for i, (arrival_s, num_prompt, num_output) in enumerate(
                 zip(arrivals.tolist(), prompt.tolist(), output.tolist())):
-            yield Request(str(i), arrival_s, num_prompt, num_output)
+            yield Request(str(i), arrival_s, num_prompt, num_output, trace_arrival_s=arrival_s)
 
     return apply_options(make, options or TraceOptions(), source="the synthetic trace")

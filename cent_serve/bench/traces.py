@@ -17,7 +17,9 @@ after the first row, with the file's own lengths (0 allowed). `load_trace` then 
 `TraceOptions` in this order, the only order there is:
 
 1. start offset: drop the first `skip_requests` rows and every request that arrives before
-   `start_s` (seconds from the trace start); the first request kept arrives at 0.
+   `start_s`, in seconds after the trace's first request (not on the file's own clock: a file
+   whose first row is at 3.0 s starts at 0); the first request kept arrives at 0. Each request
+   keeps its time on the trace's own clock in `trace_arrival_s`.
 2. `num_requests`: keep at most that many.
 3. `time_scale`: multiply every inter-arrival time.
 4. `request_rate`: rescale the arrivals so the mean inter-arrival time is 1 / rate. This needs the
@@ -33,11 +35,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cent_serve.bench.errors import ParamError
-from cent_serve.bench.readers import (CSV_LAYOUTS, read_csv, read_mooncake, read_sharegpt,
+from cent_serve.bench.readers import (CSV_LAYOUTS, open_text, read_csv, read_mooncake, read_sharegpt,
                                       sniff_csv_format)
 from cent_serve.bench.request import Request
 
@@ -54,12 +56,19 @@ def _check(ok: bool, name: str, value: object, fix: str) -> None:
         raise ParamError(f"{{{name}}}={value!r} is invalid: {fix}")
 
 
+def check_rate_or_time_scale(rate: float | None, time_scale: float) -> None:
+    """A rate (a rescaled trace's, or an arrival process's: ShareGPT, synthetic) fixes the mean
+    gap whatever the time scale was; taking both would silently drop one of them."""
+    _check(rate is None or time_scale == 1.0, "time_scale", time_scale,
+           "give either {time_scale} or {request_rate}, not both")
+
+
 @dataclass(frozen=True)
 class TraceOptions:
     """What part of a trace to replay and how; applied in the order of the module docstring."""
 
     start_s: float = 0.0
-    """Drop requests that arrive before this many seconds from the trace start."""
+    """Drop requests that arrive less than this many seconds after the trace's first request."""
     skip_requests: int = 0
     """Drop the first this many rows of the trace."""
     num_requests: int | None = None
@@ -85,10 +94,7 @@ class TraceOptions:
                                              and self.request_rate > 0),
                "request_rate", self.request_rate,
                "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals")
-        # A rate override fixes the span whatever the time scale was; taking both would
-        # silently drop one of them.
-        _check(self.request_rate is None or self.time_scale == 1.0, "time_scale",
-               self.time_scale, "give either {time_scale} or {request_rate}, not both")
+        check_rate_or_time_scale(self.request_rate, self.time_scale)
         for name in ("max_prompt_tokens", "max_output_tokens"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, value, "use a cap >= 1, or {none} for no cap")
@@ -96,16 +102,18 @@ class TraceOptions:
 
 def detect_format(path: str | Path) -> str:
     """The trace format of `path`: `.jsonl` is mooncake; `.json` is sharegpt (one JSON array) or,
-    when it starts with an object, mooncake's lines under another name; else the CSV header.
+    when it starts with an object, mooncake's lines under another name; else the CSV header. A
+    `.gz` after the suffix is looked through (`trace.jsonl.gz` is a `.jsonl`).
 
-    Raises ValueError when the header matches no known layout.
+    Raises ValueError when the header matches no known layout, or the file is not UTF-8 text.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    name = path.name.lower()
+    suffix = Path(name.removesuffix(".gz")).suffix
     if suffix == ".jsonl":
         return "mooncake"
     if suffix == ".json":
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
+        with open_text(path) as f:
             first = next((line for line in f if line.strip()), "")
         try:  # a line that is a whole JSON object: Mooncake's lines (a ShareGPT dump spans many)
             return "mooncake" if isinstance(json.loads(first), dict) else "sharegpt"
@@ -119,15 +127,18 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
                arrivals_s: Callable[[], Iterable[float]] | None = None) -> Iterator[Request]:
     """Stream the requests of a trace file with `options` applied.
 
-    `fmt` is one of FORMATS (None: `detect_format`). ShareGPT needs `count_tokens` (text ->
-    token count, e.g. `lambda s: len(tok.encode(s, add_bos=False))`) and `arrivals_s`, a factory
+    `fmt` is one of FORMATS (None: `detect_format`); the file may be gzip'd. ShareGPT needs `count_tokens` (text ->
+    token count; `cent bench` passes `lambda s: len(tok.encode(s))`, a BOS included in both the
+    prompt's and the answer's count, as vLLM's benchmark counts ShareGPT with the HF tokenizer's
+    default, so one file gives vLLM's request lengths) and `arrivals_s`, a factory
     of arrival times in seconds (e.g. `lambda: iter_arrival_times_s(rate=4.0, seed=0)`); a
     factory because a rate override reads the source twice. The format and the path are checked
     here; bad rows raise ValueError when iteration reaches them.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"trace {str(path)!r} is not a file: give the path of a trace file")
+        kind = "a directory" if path.is_dir() else "not a file"
+        raise ValueError(f"trace {str(path)!r} is {kind}: give the path of a trace file")
     fmt = fmt or detect_format(path)
     _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}, or {{none}} to detect it")
     if fmt in CSV_LAYOUTS:
@@ -156,14 +167,14 @@ def apply_options(make_requests: Callable[[], Iterable[Request]],
     factor = options.time_scale
     if options.request_rate is not None:
         num_kept, span_s, seen = 0, 0.0, [0]
-        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, seen), start=1):
+        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, source, seen), start=1):
             span_s = arrival_s
         if num_kept < 2 or span_s <= 0:
             raise ParamError(f"{{request_rate}}={options.request_rate!r} cannot be applied: "
                              f"{_too_few(options, source, num_kept, seen[0])}; rescaling needs at "
                              "least two requests at different times")
         factor = (num_kept - 1) / (span_s * options.request_rate)
-    return _transform(make_requests(), options, factor)
+    return _transform(make_requests(), options, factor, source)
 
 
 def _too_few(options: TraceOptions, source: str, num_kept: int, num_seen: int) -> str:
@@ -179,15 +190,17 @@ def _too_few(options: TraceOptions, source: str, num_kept: int, num_seen: int) -
     return f"{source} has {'only 1 request' if num_kept else 'no requests'}"
 
 
-def _select(requests: Iterable[Request], options: TraceOptions,
+def _select(requests: Iterable[Request], options: TraceOptions, source: str,
             seen: list[int] | None = None) -> Iterator[tuple[float, Request]]:
     """Steps 1-2: (arrival from the first kept request, request) for the rows kept; `seen[0]`
-    counts the rows read."""
+    counts the rows read. A `start_s` past the last request is a ParamError naming the span."""
     start_s: float | None = None
     num_kept = 0
+    last_s = None
     for row, req in enumerate(requests):
         if seen is not None:
             seen[0] = row + 1
+        last_s = req.arrival_s
         if row < options.skip_requests or req.arrival_s < options.start_s:
             continue
         if options.num_requests is not None and num_kept >= options.num_requests:
@@ -196,15 +209,19 @@ def _select(requests: Iterable[Request], options: TraceOptions,
             start_s = req.arrival_s
         num_kept += 1
         yield req.arrival_s - start_s, req
+    if start_s is None and last_s is not None and last_s < options.start_s:
+        raise ParamError(f"{{start_s}}={options.start_s!r} is past the end of {source}: its requests arrive "
+                         f"0 to {last_s:g} s after its first one ({{start_s}} counts from there, not on the "
+                         "trace's own clock): use a smaller {start_s}")
 
 
 def _transform(requests: Iterable[Request], options: TraceOptions,
-               factor: float) -> Iterator[Request]:
-    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring)."""
+               factor: float, source: str) -> Iterator[Request]:
+    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring);
+    `trace_arrival_s` kept."""
     max_prompt = options.max_prompt_tokens or math.inf
     max_output = options.max_output_tokens or math.inf
-    for arrival_s, req in _select(requests, options):
-        yield Request(request_id=req.request_id, arrival_s=arrival_s * factor,
+    for arrival_s, req in _select(requests, options, source):
+        yield replace(req, arrival_s=arrival_s * factor,
                       num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),
-                      num_output_tokens=int(min(req.num_output_tokens, max_output)),
-                      prompt=req.prompt)
+                      num_output_tokens=int(min(req.num_output_tokens, max_output)))

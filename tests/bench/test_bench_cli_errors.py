@@ -110,6 +110,7 @@ def test_sharegpt_replays_with_a_rate_and_the_models_tokenizer(tmp_path):
     # the tiny model's byte tokenizer: one token per UTF-8 byte, the prompt with its BOS (as vLLM counts)
     assert int(rows["trace-b"]["num_prompt_tokens"]) == len("héllo wörld".encode()) + 1
     assert int(rows["trace-c"]["num_prompt_tokens"]) == 41
+    assert int(rows["trace-c"]["num_output_tokens"]) == 12 + 1  # the answer counted with a BOS too, as vLLM does
     assert all(r["finish_reason"] == "length" for r in rows.values())
     arrivals = sorted(float(r["arrival_s"]) for r in rows.values())
     assert arrivals[0] == 0.0 and arrivals[-1] > 0.0  # Poisson arrivals, not all at once
@@ -120,6 +121,10 @@ TRACES = {  # name -> contents, for the flag and file errors below
     "empty.jsonl": "", "empty.json": "[]",
     "one.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n",
     "unsorted.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n0.5,8,4\n0.0,8,4\n",
+    "two.jsonl": '{"timestamp": 0, "input_length": 8, "output_length": 4}\n'
+                 '{"timestamp": 500, "input_length": 8, "output_length": 4}\n',
+    "conv.json": json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "hi"},
+                                                           {"from": "gpt", "value": "hello"}]}]),
 }
 PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt_tokens", "start_s", "None")
 
@@ -133,7 +138,11 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("run", ["--trace", "header.csv"], "header.csv has no requests"),
     ("run", ["--trace", "empty.jsonl", "--rate", "2"], "empty.jsonl has no requests"),
     ("run", ["--trace", "empty.json", "--rate", "2"], "empty.json has no requests"),
-    ("run", ["--trace", "one.csv", "--start-s", "5"], "--start-s 5 is after the last request of "),
+    ("run", ["--trace", "one.csv", "--start-s", "5"], "--start-s=5.0 is past the end of {dir}/one.csv: its "
+     "requests arrive 0 to 0 s after its first one (--start-s counts from there, not on the trace's own clock): "
+     "use a smaller --start-s"),
+    ("run", ["--trace", "two.jsonl", "--start-s", "0.6", "--rate", "2"], "--start-s=0.6 is past the end of "
+     "{dir}/two.jsonl: its requests arrive 0 to 0.5 s after its first one"),
     ("run", ["--trace", "unsorted.csv"], "unsorted.csv:3: column 'arrived_at' = '0.5' is earlier than the row "
                                          "before (1.0): sort the file by 'arrived_at'"),
     ("run", ["--num-requests", "-5"],
@@ -147,6 +156,34 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("compare", ["--trace", "one.csv", "--rates", "1,2"],
      "--rates=1.0 cannot be applied: {dir}/one.csv has only 1 request; rescaling needs at least two requests"),
     ("sweep", ["--trace", "one.csv", "--rates", "1,2"], "--rates=1.0 cannot be applied: "),
+    # flags that would not shape the requests, refused alike for every source
+    ("run", ["--trace", "one.csv", "--burstiness", "0.2"], "--burstiness is the shape of --synthetic gamma "
+     "arrivals; --trace {dir}/one.csv (vidur) has its own arrival times: drop --burstiness"),
+    ("run", ["--trace", "two.jsonl", "--burstiness", "0.2"], "--trace {dir}/two.jsonl (mooncake) has its own "
+     "arrival times: drop --burstiness"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--burstiness", "0.2"], "--burstiness is the shape of "
+     "--synthetic gamma arrivals; these are Poisson: add --synthetic gamma or drop --burstiness"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--burstiness", "0.2"],
+     "these are Poisson: add --synthetic gamma or drop --burstiness"),
+    ("run", ["--trace", "one.csv", "--output-len", "3"], "--output-len sets the length of --synthetic requests "
+     "without --trace; --trace {dir}/one.csv (vidur) has its own lengths: drop --output-len (to cap them, "
+     "--max-output-tokens)"),
+    ("run", ["--trace", "two.jsonl", "--prompt-len", "10"], "--prompt-len sets the length of --synthetic requests "
+     "without --trace; --trace {dir}/two.jsonl (mooncake) has its own lengths: drop --prompt-len"),
+    ("run", ["--trace", "conv.json", "--synthetic", "gamma", "--rate", "2", "--prompt-len", "10"],
+     "--trace {dir}/conv.json (sharegpt) has its own lengths: drop --prompt-len"),
+    ("run", ["--prompt-len", "10"], "the shipped sample trace (no --trace) has its own lengths: drop --prompt-len"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--format", "vidur"],
+     "--format names the format of a --trace file: add --trace FILE or drop --format"),
+    # --rate and --time-scale: one or the other, whatever sets the arrivals
+    ("run", ["--trace", "two.jsonl", "--rate", "2", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("run", ["--synthetic", "gamma", "--rate", "2", "--num-requests", "3", "--time-scale", "2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
+    ("sweep", ["--synthetic", "poisson", "--num-requests", "3", "--time-scale", "2", "--rates", "1,2"],
+     "--time-scale=2.0 is invalid: give either --time-scale or --rates, not both"),
 ])
 def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, command, args, expected):
     for name, text in TRACES.items():
@@ -157,3 +194,24 @@ def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, comma
     assert len(lines) == 1 and lines[0].startswith("cent bench: error: "), lines
     assert expected.format(dir=tmp_path) in lines[0]
     assert not any(re.search(rf"\b{name}\b", lines[0]) for name in PYTHON_NAMES), lines[0]
+
+
+def test_a_gzipped_trace_replays_and_unreadable_ones_are_one_line(tmp_path, capsys):
+    import gzip
+
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(b"arrived_at,num_prefill_tokens,num_decode_tokens\n0,8,4\n"))
+    assert main(["bench", "run", "--numerics", "off", "--trace", str(tmp_path / "t.csv.gz"), "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["completed"] == 1
+    (tmp_path / "latin1.csv").write_bytes("arrived_at,num_prefill_tokens,num_decode_tokens,request_id\n"
+                                          "0,8,4,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "traces").mkdir()
+    capsys.readouterr()
+    for trace, expected in (("latin1.csv", f"{tmp_path}/latin1.csv:2: byte 0xe9 at column 10: the file is not "
+                                           "UTF-8 text: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"),
+                            ("traces", f"--trace '{tmp_path}/traces' is a directory: give the path of a trace file "
+                                       "in it")):
+        assert main(["bench", "run", "--numerics", "off", "--trace", str(tmp_path / trace),
+                     "--out", str(tmp_path / "bad")]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines == [f"cent bench: error: {expected}"]

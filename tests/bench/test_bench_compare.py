@@ -36,6 +36,9 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
         line = next((x for x in printed if x.startswith(f"  {side} ")), "")
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line
     saved = json.loads((out / "compare.json").read_text())
+    assert saved["bench"] == dict(trace=str(trace), format="vidur", start_s=0.0, num_requests=None, time_scale=1.0,
+                                  rate=None, max_prompt_tokens=None, max_output_tokens=None,
+                                  rates=[1.0, 2.0] if rates else [])  # what shaped the requests
     for side in ("cent", "gpu"):  # each side's requests as bench run writes them, the failures among them
         lines = (out / f"requests_{side}.csv").read_text().splitlines()
         assert lines[0].startswith("request_id,arrival_s") and len(lines) == 1 + len(rows)  # one per request
@@ -98,12 +101,14 @@ def test_an_slo_beyond_the_values_widens_the_axis_or_is_named(tmp_path, monkeypa
         assert ax.get_xlim()[1] < slo_ms and any(label.endswith("(right of the axis)") for label in labels)
 
 
-def test_the_table_prints_large_figures_as_whole_numbers_not_exponents(capsys):
+def test_the_table_prints_large_figures_as_whole_numbers_and_small_ratios_with_their_digits(capsys):
     from cent_serve.bench.compare import print_compare
     side = dict(hardware="x", failure_reasons={})
     print_compare(dict(model="m", requests=3, cent=side, gpu=side, sweep=None, table=[
         dict(metric="tokens per dollar", unit="tok/s per TCO unit", cent=10630.4, gpu=400.2, cent_over_gpu=26.56),
-        dict(metric="TTFT p50", unit="ms", cent=0.1234567, gpu=None, cent_over_gpu=None)]))
+        dict(metric="TTFT p50", unit="ms", cent=0.1234567, gpu=None, cent_over_gpu=None),
+        dict(metric="energy per token", unit="mJ", cent=0.5912, gpu=173.2, cent_over_gpu=0.5912 / 173.2)]))
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].split()[-3:] == ["10,630", "400.2", "26.56x"]
     assert rows[3].split()[-3:] == ["0.1235", "-", "-"]
+    assert rows[4].split()[-3:] == ["0.5912", "173.2", "0.003413x"]  # a small ratio keeps its digits, not 0.00x

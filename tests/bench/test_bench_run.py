@@ -219,3 +219,37 @@ def test_cli_warns_once_for_zero_token_rows_and_reports_them(tmp_path, capsys, c
         "2 of 3 trace requests have 0 token"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["raised_to_one_token"] == 2
     assert "raised to 1 token                  2" in capsys.readouterr().out
+
+
+def test_requests_csv_joins_back_to_the_trace_on_its_own_clock(tmp_path, capsys):
+    trace = tmp_path / "late.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n3.0,8,4\n3.5,8,4\n4.25,8,4\n")
+    out = tmp_path / "res"
+    assert main(["bench", "run", "--numerics", "off", "--trace", str(trace), "--start-s", "0.5", "--no-plots",
+                 "--out", str(out)]) == 0
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    # --start-s 0.5 is after the first request (3.0), not on the file's clock; arrival_s is the replay's
+    assert [(r["request_id"], float(r["arrival_s"]), float(r["trace_arrival_s"])) for r in rows] == [
+        ("trace-1", 0.0, 3.5), ("trace-2", 0.75, 4.25)]
+
+
+@pytest.mark.parametrize("args, recorded", [
+    (["--trace", "{trace}", "--start-s", "0.5", "--rate", "3", "--num-requests", "3", "--max-output-tokens", "7"],
+     dict(trace="{trace}", format="vidur", start_s=0.5, num_requests=3, time_scale=1.0, rate=3.0,
+          max_prompt_tokens=None, max_output_tokens=7)),
+    (["--synthetic", "gamma", "--burstiness", "0.5", "--rate", "4", "--num-requests", "3", "--prompt-len", "9",
+      "--seed", "2"],
+     dict(trace="synthetic", format="synthetic", start_s=0.0, num_requests=3, time_scale=1.0, rate=4.0,
+          max_prompt_tokens=None, max_output_tokens=None, arrivals="gamma", burstiness=0.5, seed=2, prompt_len=9,
+          output_len=128)),
+])
+def test_config_and_summary_record_every_option_that_shaped_the_requests(tmp_path, capsys, args, recorded):
+    trace = tmp_path / "vidur.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,8,9\n0.5,8,9\n1,8,9\n2,8,9\n3,8,9\n")
+    out = tmp_path / "res"
+    args = [a.format(trace=trace) for a in args]
+    assert main(["bench", "run", "--numerics", "off", *args, "--no-plots", "--out", str(out)]) == 0
+    recorded = {k: v.format(trace=trace) if isinstance(v, str) else v for k, v in recorded.items()}
+    assert json.loads((out / "config.json").read_text())["bench"] == dict(recorded, executor="local")
+    assert json.loads((out / "summary.json").read_text())["bench"] == recorded

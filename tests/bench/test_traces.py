@@ -39,8 +39,9 @@ def count_tokens(text: str) -> int:
 def test_vidur_rows_arrive_from_the_first_row(tmp_path):
     path = vidur_trace(tmp_path, [10.5, 11.0, 14.25])
     assert detect_format(path) == "vidur"
-    assert list(load_trace(path)) == [Request("0", 0.0, 100, 0), Request("1", 0.5, 200, 1),
-                                      Request("2", 3.75, 300, 2)]  # output 0 kept (the replay sends 1)
+    assert list(load_trace(path)) == [Request("0", 0.0, 100, 0, trace_arrival_s=10.5),  # output 0 kept
+                                      Request("1", 0.5, 200, 1, trace_arrival_s=11.0),  # (the replay sends 1)
+                                      Request("2", 3.75, 300, 2, trace_arrival_s=14.25)]
 
 
 def test_azure_datetimes_keep_seven_fractional_digits(tmp_path):
@@ -96,8 +97,9 @@ def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
         {"timestamp": 1502, "input_length": 8767, "output_length": 23, "hash_ids": []}
     """)
     assert detect_format(path) == "mooncake"
-    assert list(load_trace(path)) == [Request("0", 0.0, 6955, 52), Request("1", 1.5, 6472, 26),
-                                      Request("2", 1.502, 8767, 23)]
+    assert list(load_trace(path)) == [Request("0", 0.0, 6955, 52, trace_arrival_s=0.0),
+                                      Request("1", 1.5, 6472, 26, trace_arrival_s=1.5),
+                                      Request("2", 1.502, 8767, 23, trace_arrival_s=1.502)]
 
 
 def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
@@ -190,6 +192,62 @@ def test_a_byte_order_mark_is_read_in_every_format(tmp_path, name, text):
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
     assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0.0, 5, 1)]
+
+
+@pytest.mark.parametrize("name, text", [
+    ("v.csv.gz", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n"),
+    ("m.jsonl.gz", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'),
+    ("m.json.gz", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'),
+    ("s.json.gz", '[{"id": "0", "conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "x"}]}]'),
+    ("gzipped-without-a-gz-suffix.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n"),
+])
+def test_a_gzipped_trace_is_read_in_every_format(tmp_path, name, text):
+    import gzip
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()))
+    reqs = list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(0.0, 5, 1)]
+
+
+@pytest.mark.parametrize("name, compress", [("v.csv", False), ("v.csv.gz", True), ("s.json", False)])
+def test_a_file_that_is_not_utf8_names_the_line_and_the_fix(tmp_path, name, compress):
+    import gzip
+
+    if name.endswith(".json"):
+        text = '[{"id": "0", "conversations": [\n{"from": "human", "value": "caf\xe9"}]}]'
+    else:
+        text = "arrived_at,num_prefill_tokens,num_decode_tokens,request_id\n0,5,1,a\n1,5,1,caf\xe9\n"
+    data = text.encode("latin-1")
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if compress else data)
+    line = 2 if name.endswith(".json") else 3
+    with pytest.raises(ValueError) as exc:
+        list(load_trace(path, count_tokens=count_tokens, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert str(exc.value).startswith(f"{path}:{line}: byte 0xe9 at column ")
+    assert "not UTF-8 text: save it as UTF-8" in str(exc.value)
+
+
+def test_random_bytes_and_a_damaged_gzip_file_are_one_line_errors(tmp_path):
+    import gzip
+
+    noise = tmp_path / "noise.csv"
+    noise.write_bytes(bytes(range(256)) * 4)  # line 2 starts after byte 0x0a
+    with pytest.raises(ValueError, match=rf"^{noise}:2: byte 0x80 at column 118: the file is not UTF-8 text"):
+        list(load_trace(noise))
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(b"arrived_at,num_prefill_tokens,num_decode_tokens\n" + b"0,5,1\n" * 1000)[:60])
+    with pytest.raises(ValueError, match=rf"^{cut} is a damaged gzip file \(.*\): compress the trace again"):
+        list(load_trace(cut))
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    from cent_serve.bench import resolve_trace
+
+    with pytest.raises(ValueError, match=rf"--trace '{tmp_path}' is a directory: give the path of a trace file"):
+        resolve_trace(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"trace '{tmp_path}' is a directory"):
+        load_trace(tmp_path)
 
 
 @pytest.mark.parametrize("text, fmt, python, cli", [
@@ -327,6 +385,23 @@ def test_options_compose_in_documented_order(tmp_path, options, ids, arrivals_s)
     assert [r.arrival_s for r in reqs] == pytest.approx(arrivals_s, abs=1e-12)
 
 
+def test_start_s_counts_from_the_first_request_and_each_keeps_its_own_clock(tmp_path):
+    """--start-s is seconds after the trace's first request, not on the file's clock (pinned: the
+    simulated results depend on it); `trace_arrival_s` says where each request was in the file."""
+    path = vidur_trace(tmp_path, [3.0, 3.5, 4.0, 6.0])
+    reqs = list(load_trace(path, options=TraceOptions(start_s=1.0, time_scale=2.0)))
+    assert [(r.request_id, r.arrival_s, r.trace_arrival_s) for r in reqs] == [("2", 0.0, 4.0), ("3", 4.0, 6.0)]
+    azure = write(tmp_path, "a.csv", """
+        TIMESTAMP,ContextTokens,GeneratedTokens
+        2023-11-16 18:15:46.5,374,44
+    """)
+    assert next(load_trace(azure)).trace_arrival_s == 1700158546.5  # seconds since 1970 UTC
+    with pytest.raises(ParamError) as exc:
+        list(load_trace(path, options=TraceOptions(start_s=3.5)))
+    assert str(exc.value) == (f"start_s=3.5 is past the end of {path}: its requests arrive 0 to 3 s after its first "
+                              "one (start_s counts from there, not on the trace's own clock): use a smaller start_s")
+
+
 def test_clipping_caps_lengths_and_keeps_zero(tmp_path):
     path = vidur_trace(tmp_path, GAPS_TIMES_S)
     reqs = list(load_trace(path, options=TraceOptions(max_prompt_tokens=450, max_output_tokens=3)))
@@ -408,7 +483,7 @@ def test_sample_trace_ships_with_the_package():
                                                          .__file__).parent
     reqs = list(load_trace(path))
     assert len(reqs) == SAMPLE_TRACE_NUM_REQUESTS
-    assert reqs[0] == Request("0", 0.0, 374, 44)
+    assert reqs[0] == Request("0", 0.0, 374, 44, trace_arrival_s=0.0)
     conv = SHARED_TRACES / "azure_conv_2023.csv"
     if conv.is_file():
         assert reqs == list(load_trace(conv, options=TraceOptions(num_requests=200)))
