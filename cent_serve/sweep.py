@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Vidur, Azure, BurstGPT, Mooncake) at every point instead")
     from cent_serve.bench.cli import add_selection_args
     add_selection_args(p.add_argument_group("with --trace: which requests, as cent bench run selects them"),
-                       num_requests_help=f"requests at most (default {DEFAULT_TRACE_REQUESTS})")
+                       num_requests_help=f"requests at most (default {DEFAULT_TRACE_REQUESTS})", generated=False)
     # cent bench's synthetic loads have no place here: --trace is what makes a sweep replay
     p.set_defaults(synthetic=None, burstiness=None, prompt_len=None, output_len=None)
     p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")

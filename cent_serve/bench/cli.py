@@ -111,15 +111,17 @@ SELECTION_FLAGS = {"trace_format": ("--format", None), "num_requests": ("--num-r
 """dest -> (flag, default) of the flags `add_selection_args` adds."""
 
 
-def add_selection_args(group, num_requests_help: str = "requests at most") -> None:
+def add_selection_args(group, num_requests_help: str = "requests at most", generated: bool = True) -> None:
     """The flags that read a trace file and select and scale its requests (`SELECTION_FLAGS`):
-    every `cent bench` command's, and `cent sweep --trace`'s, read by `select_requests`."""
+    every `cent bench` command's, and `cent sweep --trace`'s, read by `select_requests`
+    (`generated`: the command also makes arrivals, for ShareGPT and --synthetic)."""
     helps = dict(trace_format="trace format (default: detected)", num_requests=num_requests_help,
                  start_s="skip requests arriving less than this many seconds after the trace's first request (not "
                          "on the file's own clock)",
                  time_scale="multiply a trace's inter-arrival times (not with --rate)",
-                 rate="mean request rate (req/s): rescales a trace's arrivals; Poisson arrivals for ShareGPT (gamma "
-                      "with --synthetic gamma); not with --time-scale",
+                 rate="mean request rate (req/s): rescales a trace's arrivals"
+                      + ("; Poisson arrivals for ShareGPT (gamma with --synthetic gamma)" if generated else "")
+                      + "; not with --time-scale",
                  max_prompt_tokens="clip prompt lengths", max_output_tokens="clip output lengths")
     for dest, (flag, default) in SELECTION_FLAGS.items():
         kind = str if dest == "trace_format" else float if dest in ("start_s", "time_scale", "rate") else int
@@ -326,10 +328,14 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     slos = parse_goodput(args.goodput)
     rates = _rates(args.rates)
 
-    def requests_at(rate: float) -> list:
-        return select_requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")[0]
+    recorded: dict = {}
 
-    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots)
+    def requests_at(rate: float) -> list:
+        requests, shaped = select_requests(argparse.Namespace(**{**vars(args), "rate": rate}), cfg, rate_flag="--rates")
+        recorded.update(shaped, rate=None, rates=rates)  # the rates are the sweep's
+        return requests
+
+    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots, bench=recorded)
     g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
     if not slos:
         goodput = "DistServe goodput: give --goodput ttft:MS tpot:MS for it"
@@ -350,8 +356,9 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     if cfg.on_gpus:
         raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
                          "on one trace use cent bench compare --gpu KIND:N)")
-    requests, _ = select_requests(args, cfg)
-    run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out))
+    requests, recorded = select_requests(args, cfg)
+    run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out),
+              bench=recorded)
     print(f"results in {Path(args.out)}/")
     return 0
 

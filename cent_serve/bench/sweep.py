@@ -27,8 +27,9 @@ DISTSERVE_ATTAINMENT = 0.9
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
-              out_dir: Path, plots: bool = True) -> dict:
+              out_dir: Path, plots: bool = True, bench: dict | None = None) -> dict:
     """One in-process replay per rate; writes sweep.json and (`plots`) sweep.png; returns the sweep.
+    `bench`: the options that shaped the requests, recorded in sweep.json (read when it is written).
 
     A row's `slo_attainment` is the share of all its requests that completed within every SLO,
     so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
@@ -45,7 +46,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
                  hardware=cfg.hardware,
                  mapping=status.get("mapping", {}),
-                 distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT)
+                 distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT,
+                 bench=bench)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
     if plots:
@@ -171,9 +173,10 @@ def _outcomes(ax, rows: list[dict]) -> None:
 
 
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
-              ) -> list[dict]:
+              bench: dict | None = None) -> list[dict]:
     """The same trace on every mapping; a table (paper.json, paper.csv) and a plot, with the
-    GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput."""
+    GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput. `bench`: the
+    options that shaped the requests, recorded in paper.json."""
     from cent_serve.timing.energy import GPU_BASELINES, cost_figures
 
     rows, skipped = [], []
@@ -216,7 +219,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
                                                         gpu_baseline=GPU_BASELINES.get(cfg.model.name),
-                                                        rows=rows, skipped=skipped), indent=2) + "\n")
+                                                        rows=rows, skipped=skipped, bench=bench), indent=2) + "\n")
     keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")

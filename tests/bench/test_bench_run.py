@@ -148,6 +148,8 @@ def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     low, high = sweep["rows"]
     assert low["slo_attainment"] >= 0.9 > high["slo_attainment"]
     assert sweep["distserve_goodput_rate"] == 5.0
+    assert sweep["bench"]["trace"] == "synthetic" and sweep["bench"]["rates"] == [5.0, 5000.0]
+    assert sweep["bench"]["num_requests"] == 80 and sweep["bench"]["prompt_len"] == 32  # what shaped the requests
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in \
         capsys.readouterr().out
@@ -169,6 +171,8 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert [r["parallelism"] for r in paper["rows"]] == ["pipeline", "tensor", "hybrid", "hybrid", "pipeline"]
     assert all(r["completed"] == 12 and r["throughput_ratio"] > 0 for r in paper["rows"])
     assert paper["gpu_baseline"]["gpus"] == 1
+    assert paper["bench"]["num_requests"] == 12 and paper["bench"]["rate"] == 100  # what shaped the requests
+    assert paper["bench"]["max_prompt_tokens"] == 16 and paper["bench"]["trace"].endswith(".csv")
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
     # "1.73x GPU" says against what: the artifact's measured A100, its workload, and where a modelled GPU is
     printed = capsys.readouterr().out
