@@ -117,7 +117,7 @@ class ApiContext:
                  continue_final_message: bool = False, template_kwargs: dict | None = None,
                  add_special_tokens: bool = False) -> list[int]:
         """A chat's token ids: the model's chat template rendered (the template writes the BOS;
-        `add_special_tokens`, vLLM's, puts one more first), with `template_kwargs` (vLLM's
+        `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), with `template_kwargs` (vLLM's
         `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
         `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
@@ -133,11 +133,10 @@ class ApiContext:
                            "other, as in vLLM): send \"add_generation_prompt\": false", "continue_final_message")
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
-            ids = encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
-                              template_kwargs)
+            return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
+                               template_kwargs, add_special_tokens)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
-        return [self.tokenizer.bos_token_id, *ids] if add_special_tokens else ids
 
     def check_request(self, prompt_ids: list[int], max_tokens: int, fields: FieldNames) -> None:
         """`Engine.check_request` (the one validator of a prompt and its length), its refusal as

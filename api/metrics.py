@@ -1,5 +1,6 @@
 """Prometheus metrics: vLLM's names, labels and series (docs/serving.md) plus `cent:` ones. Latencies
-are simulated seconds. Every series has vLLM's labels `model_name` and `engine` (one engine: "0").
+are simulated seconds. Every series has vLLM's labels `model_name` and `engine` (one engine: "0"),
+but `vllm:cache_config_info`, whose labels are the cache's (and `engine`), as vLLM's.
 
 Each app has its own registry, so several servers (tests) can live in one process.
 
@@ -116,7 +117,6 @@ class Metrics:
         `cache_info` the labels of `vllm:cache_config_info` (the KV cache's shape)."""
         self.registry = r = CollectorRegistry()
         lab = LABELS
-        self.model_name = model_name
         self.key = key = (model_name, ENGINE)
 
         def hist(name, doc, buckets=LATENCY_BUCKETS_S):

@@ -241,7 +241,8 @@ class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
     add_special_tokens: bool = True
-    """vLLM's: false encodes a text prompt without the BOS first (token ids are sent as given)."""
+    """vLLM's: false encodes a text prompt without the special tokens the tokenizer adds (a BOS for
+    most; token ids are sent as given)."""
     zero_tokens_hint: ClassVar[str] = " (or 0 with echo: the prompt back, with its logprobs if asked)"
 
     @property
@@ -336,7 +337,8 @@ class ChatCompletionRequest(_Common):
     chat_template_kwargs: dict[str, Any] | None = None
     """vLLM's: more variables for the chat template (Qwen 3's `{"enable_thinking": false}`)."""
     add_special_tokens: bool = False
-    """vLLM's: put the BOS before the rendered chat (its templates write their own)."""
+    """vLLM's: add the tokenizer's special tokens (a BOS for most) to the rendered chat (its templates
+    write their own)."""
 
     def reply_role(self) -> str:
         """The role of the reply: the assistant's, or without the generation prompt the last message's."""
@@ -395,7 +397,8 @@ class TokenizeRequest(BaseModel):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
-    """Prompt: put the BOS first (default true); messages: the template writes it (default false)."""
+    """The tokenizer's special tokens (a BOS for most): for a prompt by default, for messages not (the
+    template writes them)."""
     chat_template_kwargs: dict[str, Any] | None = None
     """As chat's: more variables for the chat template."""
     add_generation_prompt: bool = True

@@ -96,17 +96,26 @@ def check_out_dir(out: str, flag: str = "--out") -> Path:
     return path
 
 
+SERVED_ONLY = "serve it or replay a trace with full numerics (cent serve, cent bench run)"
+REPLAYED = "replay a trace (cent bench run, cent sweep --trace)"
 CLOSED_FORM_IGNORES = {
-    "scheduler.": "the serving engine's scheduler",
-    "server.": "the HTTP server",
-    "numerics": "the numerics of a served model",
-    "executor": "where a served model's devices run",
-    "model.weight_dtype": "how full numerics store the weights (the devices' element size is "
-                          "device.bytes_per_element)",
-    "model.seed": "the random weights of a served model",
+    "scheduler.": ("the serving engine's scheduler", REPLAYED),
+    "server.": ("the HTTP server", "serve it (cent serve)"),
+    "numerics": ("the numerics of a served model", SERVED_ONLY),
+    "executor": ("where a served model's devices run", SERVED_ONLY),
+    "model.weight_dtype": ("how full numerics store the weights (the devices' element size is "
+                           "device.bytes_per_element)", SERVED_ONLY),
+    "model.seed": ("the random weights of a served model", SERVED_ONLY),
+    "model.rope_": ("the rotary embedding, which the numerics compute and the timing does not price", SERVED_ONLY),
+    "model.rms_norm_eps": ("the numerics' RMSNorm", SERVED_ONLY),
+    "model.bos_token_id": ("the tokenizer", SERVED_ONLY),
+    "model.eos_token_id": ("when a served generation stops", REPLAYED),
+    "model.extra_eos_token_ids": ("when a served generation stops", REPLAYED),
+    "gpu.": ("the modelled GPUs, not the CENT devices", "give --hardware gpu:KIND:N (cent simulate, cent bench "
+             "compare)"),
 }
-"""Config fields the closed form (`cent simulate`, `cent sweep` without --trace) does not read, and
-what they set instead."""
+"""Config fields (a prefix ends in "." or "_") the CENT closed form (`cent simulate`, `cent sweep`
+without --trace) does not read: what they set instead, and where to see them."""
 
 
 def warn_closed_form_ignores(paths: list[str], how: str) -> None:
@@ -114,9 +123,9 @@ def warn_closed_form_ignores(paths: list[str], how: str) -> None:
     import logging
 
     for path in paths:
-        what = next((v for k, v in CLOSED_FORM_IGNORES.items() if path == k or (k.endswith(".") and
-                                                                                   path.startswith(k))), None)
-        if what:
+        hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
+                    if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
+        if hit:
             logging.getLogger("cent").warning(
-                "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every value; "
-                "replay a trace to see it (cent bench run, cent sweep --trace)", how, path, what)
+                "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every "
+                "value; to see it, %s", how, path, *hit)

@@ -575,10 +575,9 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "device")
-        if self.row_elements % self.burst_elements:
-            raise ValueError(f"device.row_elements={self.row_elements} is not a multiple of device.burst_elements="
-                             f"{self.burst_elements}: a row is whole bursts; set the one you meant to change so it "
-                             "is, or both")
+        _check(self.row_elements % self.burst_elements == 0, "device.row_elements", self.row_elements,
+               f"it is not a multiple of device.burst_elements={self.burst_elements} (a row is whole bursts): set "
+               "the one you meant to change so it is, or both")
         # The time and energy models spread a block's elementwise work over its banks / 4 and / 2 and
         # softmax's heads over a channel's 4 bank groups (cent_serve.timing.pim.BANK_GROUPS): fewer
         # than 4 banks a block would divide by zero, and a count not a multiple of 4 drops banks.
@@ -1307,12 +1306,17 @@ def _unique_keys_loader():
 
     def mapping(loader, node, deep=False):
         seen = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value:  # the keys written here (a `<<` merge may override them: legal)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"{key} is given twice in one section: keep "
-                                                        "one of them", key_node.start_mark)
-            seen.add(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key} is given twice in one section: "
+                                                            "keep one of them", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # unhashable: construct_mapping says so in yaml's words
+                pass
         return loader.construct_mapping(node, deep)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)

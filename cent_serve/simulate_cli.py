@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                          "batch (one query per pipeline stage)")
     if cfg.on_gpus:
         return _run_gpu(cfg, args)
+    if not args.emulate:
+        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     if args.sweep:
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
@@ -78,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_emulated(cfg, args)
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
-    warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     timer = SystemTimer.from_config(cfg, args.convention)
     if args.prompt is not None:
         if args.seqlen is not None:
@@ -114,7 +115,7 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     tco, k = t.tco(), t.mapping.replicas
     for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them
         r = f[phase]
-        r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"])
+        r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"], avg_power_w=k * r["avg_power_w"])
         r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
     if args.json:
         print(json.dumps(dict(f, hardware=cfg.hardware, mapping=t.mapping.describe(), replicas=k,
@@ -242,7 +243,8 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     alt = token_figures(other, seqlen, batch)
     fig["other_convention"] = dict(convention=other.convention, token_latency_ms=alt.token_latency_ms,
                                    throughput_tok_s=alt.throughput_tok_s, token_energy_mj=alt.token_energy_mj,
-                                   power_w=alt.power_w, energy_breakdown_mj=alt.energy_breakdown_mj, why=why)
+                                   power_w=alt.power_w, avg_power_w=alt.avg_power_w,
+                                   energy_breakdown_mj=alt.energy_breakdown_mj, why=why)
     if args.json:
         print(json.dumps(fig, indent=2))
         return 0

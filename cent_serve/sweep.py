@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
     check_vary(base, vary)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary")
+        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []

@@ -289,7 +289,7 @@ def test_a_field_nothing_is_close_to_lists_its_sections_fields():
 
 
 def test_a_row_of_part_bursts_names_both_fields():
-    with pytest.raises(ValueError, match=r"device.row_elements=1024 is not a multiple of device.burst_elements=24"):
+    with pytest.raises(ValueError, match=r"device.row_elements=1024 is invalid: it is not a multiple of device.burst_elements=24"):
         apply_overrides(CentConfig(), ["device.burst_elements=24"])
 
 
@@ -341,3 +341,13 @@ def test_a_field_given_twice_in_a_file_is_refused_not_the_last_kept(tmp_path):
         load_config(f)
     f.write_text("device:\n  num_channels: 16\nparallel:\n  num_devices: 8\n")  # the same field in two sections: fine
     assert load_config(f).device.num_channels == 16
+
+
+def test_yaml_merge_keys_still_load_and_an_unhashable_key_is_one_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("device:\n  energy:\n    <<: {act_mw: 60.0, rd_mw: 1.0}\n    rd_mw: 400.0\n")  # overrides the merge
+    energy = load_config(f).device.energy
+    assert (energy.act_mw, energy.rd_mw) == (60.0, 400.0)
+    f.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ValueError, match=r"not valid YAML at line 1.*unhashable"):
+        load_config(f)

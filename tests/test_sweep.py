@@ -169,14 +169,18 @@ def test_the_pareto_legend_names_only_what_the_panel_shows():
 
 
 def test_the_csv_has_the_same_columns_whatever_the_points_gave(tmp_path, capsys):
-    """A point that cannot run and one that can: the columns of both sweeps are the same (scripts
-    reading several sweeps find each figure where it was)."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=16,32", "--out", str(a), "--no-plots"]) == 0
-    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=32,64", "--out", str(b), "--no-plots"]) == 0
+    """Every point failing, some, none: the columns of the three sweeps are the same (scripts reading
+    several sweeps find each figure where it was; when every point failed the header was the varied
+    field, the error and the config)."""
+    runs = {"none": "devices=2,4", "some": "devices=8,32", "all": "devices=32,64"}  # 70B needs 9 devices or more
+    for name, vary in runs.items():
+        code = main(["sweep", "--model", "llama2-70b", "--vary", vary, "--out", str(tmp_path / name), "--no-plots"])
+        assert code == (2 if name == "none" else 0)
     capsys.readouterr()
-    head = [next(csv.reader(open(d / "sweep.csv"))) for d in (a, b)]
-    assert head[0] == head[1] and "error" in head[0] and "avg_power_w" in head[0]
+    heads = [next(csv.reader(open(tmp_path / name / "sweep.csv"))) for name in runs]
+    assert heads[0] == heads[1] == heads[2] and "error" in heads[0] and "avg_power_w" in heads[0]
+    rows = list(csv.DictReader(open(tmp_path / "some" / "sweep.csv")))
+    assert rows[0]["error"] and not rows[1]["error"] and rows[1]["avg_power_w"]
 
 
 def test_average_power_follows_the_whole_step_where_the_artifacts_power_does_not(tmp_path, capsys):

@@ -255,7 +255,7 @@ class GpuTimer:
                                      r["prefill_j"] + r["decode_j"])):
             if not tokens:  # --decode 0: no decoding phase, end2end is the prefill
                 continue
-            out[phase] = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, tokens_per_joule=tokens / j,
-                              energy_per_token_mj=j / tokens * 1e3)
+            out[phase] = dict(latency_s=s, throughput_tok_s=tokens / s, power_w=j / s, avg_power_w=j / s,
+                              tokens_per_joule=tokens / j, energy_per_token_mj=j / tokens * 1e3)
         out["batch"] = batch
         return out

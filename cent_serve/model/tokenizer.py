@@ -3,8 +3,8 @@ chat template both render with.
 
 Both behave as a Hugging Face fast tokenizer does, so a client that loads the same files counts
 tokens exactly as the server does (`cent tokenizer export`, cent_serve/model/tokenizer_export.py):
-special tokens written in text (`<s>`) are the special ids, `encode(text)` puts the BOS id first,
-and chat prompts are the chat template rendered with Jinja the way `transformers`'
+special tokens written in text (`<s>`) are the special ids, `encode(text)` adds the special
+tokens the tokenizer adds (the byte tokenizer's BOS; a checkpoint's post-processor's), and chat prompts are the chat template rendered with Jinja the way `transformers`'
 `apply_chat_template` renders it (a sandbox, `trim_blocks`, `lstrip_blocks`), then encoded
 without another BOS (the template writes `bos_token` itself), as vLLM's chat endpoint does.
 """
@@ -230,14 +230,14 @@ class HFTokenizer:
         """`add_bos` (the API's `add_special_tokens`): the special tokens the tokenizer itself adds, as
         transformers and vLLM add them: its post-processor's (Llama's BOS; none for Qwen's), then
         `add_bos_token` of tokenizer_config.json where it says otherwise."""
-        plain = self._tok.encode(text, add_special_tokens=False).ids
         if not add_bos:
-            return list(plain)
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
         ids = list(self._tok.encode(text, add_special_tokens=True).ids)
-        if self._add_bos and ids[:1] != [self.bos_token_id]:
+        if self._add_bos and self.bos_token and ids[:1] != [self.bos_token_id]:
             ids.insert(0, self.bos_token_id)
-        elif self._add_bos is False and ids[:1] == [self.bos_token_id] and plain[:1] != [self.bos_token_id]:
-            del ids[0]
+        elif self._add_bos is False and ids[:1] == [self.bos_token_id] \
+                and self._tok.encode(text, add_special_tokens=False).ids[:1] != [self.bos_token_id]:
+            del ids[0]  # the post-processor's, not the text's own <s>
         return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -360,10 +360,13 @@ invisible separators: no chat template or message holds it)."""
 
 
 def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False, variables: dict | None = None) -> list[int]:
-    """The token ids of a chat: the rendered template, no BOS added (the template writes it)."""
+                continue_final_message: bool = False, variables: dict | None = None,
+                add_special_tokens: bool = False) -> list[int]:
+    """The token ids of a chat: the rendered template, with no special tokens added (the template
+    writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer adds to any
+    text (`encode`)."""
     return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message, variables),
-                      add_bos=False)
+                      add_bos=add_special_tokens)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:

@@ -304,7 +304,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         moe = dict(num_experts=_num("num_local_experts" if hf.get("num_local_experts") else "num_experts"),
                    num_experts_per_tok=_num("num_experts_per_tok"),
                    # transformers' Qwen3MoeConfig defaults: 768-wide experts, weights not renormalised
-                   moe_intermediate_size=_num("moe_intermediate_size", 768) if arch == "qwen3_moe" else 0,
+                   moe_intermediate_size=(_num("moe_intermediate_size", 768) or 768) if arch == "qwen3_moe" else 0,
                    norm_topk_prob=_bool("norm_topk_prob", False) if arch == "qwen3_moe" else True)
     if hf.get("quantization_config"):
         quant = hf["quantization_config"]

@@ -117,6 +117,23 @@ def test_hf_tokenizer_json_round_trips(tmp_path):
         assert ours.encode(text) == want, (post, settings)
         assert ours.encode(text, add_bos=False) == theirs(text, add_special_tokens=False).input_ids
         assert (ours.encode(text)[0] == 1) == (post or bool(settings))
+    # add_bos_token false over a BOS-adding post-processor (transformers' Llama tokenizers drop it), the
+    # text's own <s> kept
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "add_bos_token": False}))
+    ours = load_tokenizer(model_config_from_hf(ckpt))
+    assert ours.encode(text) == ours.encode(text, add_bos=False) and ours.encode(text)[0] != 1
+    assert ours.encode("<s>" + text)[0] == 1
+    # a chat with add_special_tokens: the tokenizer's own special tokens, none for a tokenizer adding none
+    from cent_serve.model.tokenizer import encode_chat
+    chat = [{"role": "user", "content": text}]
+    for post in (True, False):
+        if not post:
+            tok.post_processor = None
+        tok.save(str(ckpt / "tokenizer.json"))
+        (ckpt / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+        ours = load_tokenizer(model_config_from_hf(ckpt))
+        plain = encode_chat(ours, chat)
+        assert encode_chat(ours, chat, add_special_tokens=True) == ([1, *plain] if post else plain)
 
 
 def test_sampling_greedy_topk_topp_and_seeds():

@@ -355,3 +355,5 @@ def test_a_qwen3_moe_without_its_expert_width_takes_transformers_default(tmp_pat
     del base["moe_intermediate_size"]
     (tmp_path / "config.json").write_text(json.dumps(base))
     assert model_config_from_hf(tmp_path).moe_intermediate_size == 768  # Qwen3MoeConfig's default
+    (tmp_path / "config.json").write_text(json.dumps(dict(base, moe_intermediate_size=None)))  # JSON null: the same
+    assert model_config_from_hf(tmp_path).moe_intermediate_size == 768
