@@ -248,6 +248,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     out = {index: {"token_ids": [], "text": "", "times": [], "logprobs": [] if wants_logprobs else None}
            for index in range(len(reqs))}
     left = len(reqs)
+    made = [0] * len(reqs)  # each choice's tokens as the engine made them (an echo alone drops its one)
     next_check = time.monotonic() + DISCONNECT_POLL_S
     try:
         while left:
@@ -261,6 +262,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
             except asyncio.TimeoutError:
                 continue
             await ctx.pace(d)
+            made[index] += len(d.token_ids)
             if echo_only:
                 d = prompt_only(d)
             o = out[index]
@@ -282,7 +284,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     if failed:
         raise ApiError(failed[0], None, 500, "server_error")
     reasons = [o["finish_reason"] for o in out.values()]
-    record_finished(raw, reasons, n, [len(o["token_ids"]) for o in out.values()])
+    record_finished(raw, reasons, n, made)
     if "abort" in reasons:  # the engine stopped under it: no whole answer
         fault = ctx.engine.last_fault
         why = "its engine thread failed" if fault == ENGINE_THREAD_FAILED else "the server is shutting down"
@@ -392,19 +394,21 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
 
     async def chunks() -> AsyncIterator[str]:
         outs = {i: {"token_ids": []} for i in range(len(reqs))}
+        made = [0] * len(reqs)  # each choice's tokens as the engine made them (an echo alone drops its one)
         pending = {i: _Pending() for i in range(len(reqs))}
         reasons = []
         opened = False
         while left[0]:
             index, d = await q.get()
             await ctx.pace(d)
+            made[index] += len(d.token_ids)
             if reply.echo_only:
                 d = prompt_only(d)
+            outs[index]["token_ids"] += d.token_ids
             if not opened:  # the opening (chat's role chunk) goes out with the first output, as vLLM sends
                 opened = True  # it: a client timing its first token by the first chunk with choices (vLLM's
                 for c in opening():  # bench) would otherwise measure the time to the headers, not the TTFT
                     yield c
-            outs[index]["token_ids"] += d.token_ids
             if d.error:
                 yield sse(ApiError(d.error, None, 500, "server_error").body())
             p = pending[index]
@@ -416,7 +420,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                 echoed = None if p.started else endpoint.echo(ctx, body, reply.prompts[index // body.n])
                 yield sse(chunk(index, p, d, echoed))
                 p.flush(echoed)
-        record_finished(raw, reasons, body.n, [len(outs[i]["token_ids"]) for i in range(len(reqs))])
+        record_finished(raw, reasons, body.n, made)
         if body.include_usage:
             yield sse(dict(reply.base, choices=[], usage=usage(reply.prompts, outs)))
         yield "data: [DONE]\n\n"

@@ -27,6 +27,8 @@ OUTCOMES = {
     "rejected": ("queue_full", "invalid_request", "unauthorized", "too_large"),  # 429, 400/404/422, 401, 413
 }
 """`cent:requests_total` outcomes and the reasons each can carry."""
+COMPLETED = ("stop", "length")
+"""The finish reasons of a sequence that completed: the whole-request histograms observe these only."""
 FINISH_REASONS = ("stop", "length", "abort", "error")
 """The engine's finish reasons (`vllm:request_success_total{finished_reason}`; vLLM's own, less its
 `repetition`, which this engine never gives)."""
@@ -208,12 +210,14 @@ class Metrics:
             tpot.observe(times[i] - times[i - 1])
 
     def observe_finished(self, req: Request) -> None:
-        """Called once per ended sequence (engine thread): the histograms of whole-request latencies
-        and sizes (TTFT and the inter-token gaps are observed as tokens come, `observe_tokens`; the
-        token counters are the engine's totals, `_Totals`)."""
+        """Called once per ended sequence (engine thread): its finish reason, and for a completed one the
+        histograms of whole-request latencies and sizes (TTFT and the inter-token gaps are observed
+        as tokens come, `observe_tokens`; the token counters are the engine's totals, `_Totals`)."""
         k = self.key
         t = req.timing()
         self.success.labels(*k, req.finish_reason or "unknown").inc()
+        if req.finish_reason not in COMPLETED:  # an aborted or failed sequence: counted above only, as a
+            return  # benchmark client's figures count the requests that completed
         self.prompt_len.labels(*k).observe(len(req.prompt_ids))
         self.output_len.labels(*k).observe(len(req.output_ids))
         self.max_tokens.labels(*k).observe(req.params.max_tokens)

@@ -142,7 +142,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx):
 def model_card(ctx: ApiContext) -> dict:
     """The served model as `/v1/models` lists it. `root` is where its tokenizer is: the checkpoint
     directory, or for a preset the model name, with `cent.tokenizer` the command that writes one
-    a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's `--processor`)."""
+    a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's `--tokenizer kind=hf_auto,model=DIR`)."""
     m = ctx.cfg.model
     hint = m.checkpoint or f"cent tokenizer export DIR --model {m.name}"
     return dict(id=ctx.model_name, object="model", created=ctx.created, owned_by="cent-serve",

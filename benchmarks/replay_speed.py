@@ -51,15 +51,21 @@ def _run(tree: Path, num_requests: int, out: Path) -> None:
 
 
 def compare(old: Path, new: Path) -> str:
-    """'identical' when every requests.csv cell but the error text is the same string; else, per
-    differing column, how many cells differ and the largest relative difference."""
+    """'identical' when every requests.csv cell both have, but the error text, is the same string
+    (columns only one has are named); else, per differing column, how many cells differ and the
+    largest relative difference."""
     with open(old / "requests.csv") as f, open(new / "requests.csv") as g:
         a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
-    if len(a) != len(b) or (a and a[0].keys() != b[0].keys()):
+    if len(a) != len(b):
         return f"DIFFERENT: {len(a)} vs {len(b)} rows"
+    columns = [k for k in (a[0] if a else {}) if k in (b[0] if b else {})]
+    added = [k for k in (b[0] if b else {}) if k not in columns]
+    dropped = [k for k in (a[0] if a else {}) if k not in columns]
+    note = "".join(f" (columns {which}: {', '.join(ks)})" for which, ks in (("added", added), ("dropped", dropped))
+                   if ks)
     diffs: dict[str, list[float]] = {}
     for r, s in zip(a, b):
-        for k in r:
+        for k in columns:
             if k != "error" and r[k] != s[k]:
                 try:
                     x, y = float(r[k]), float(s[k])
@@ -68,9 +74,9 @@ def compare(old: Path, new: Path) -> str:
                     rel = float("inf")
                 diffs.setdefault(k, []).append(rel)
     if not diffs:
-        return "identical"
+        return "identical" + note
     return "DIFFERENT: " + "; ".join(f"{k} in {len(v)} of {len(a)} rows, at most {max(v):.1e} relative"
-                                     for k, v in diffs.items())
+                                     for k, v in diffs.items()) + note
 
 
 def main() -> None:
