@@ -7,8 +7,8 @@ timing-only replay of the trace (`cent_serve.bench`), read once for every point 
 scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
 `--start-s`, `--time-scale` or `--rate`, `--max-prompt-tokens`, `--max-output-tokens`: the
 bench code reads them); it needs its own token counts, so ShareGPT is refused (the `cent bench`
-commands replay it at a rate), and without `--trace` those flags are refused. Before any point runs, every `--vary` field and value is checked on its own (an unknown
-field, a field given twice, a value of the wrong type or against the config's rule for numbers,
+commands replay it at a rate), and without `--trace` those flags are refused. Before any point
+runs, every `--vary` field and value is checked on its own (an unknown field, a field given twice, a value of the wrong type or against the config's rule for numbers,
 an unknown model: one line, exit 2). A point that cannot run (the model does not fit, an invalid
 mapping, values that clash) is a row with its error; the sweep goes on, and fails (exit 2) only
 when no point could run. A replay's failed requests (a prompt over the context, ...) are a count
@@ -16,8 +16,10 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
   full resolved config as JSON (so any row can be rerun; a trace replay's has the trace and every
-  option that shaped its requests under `bench`, as `cent bench run`'s config.json). `throughput_tok_s` counts prompt and
-  generated tokens, as the energy per token does (a trace replay adds `output_throughput_tok_s`);
+  option that shaped its requests under `bench`, as `cent bench run`'s config.json).
+  `throughput_tok_s` counts prompt and generated tokens, as the energy per token does (a trace
+  replay adds `output_throughput_tok_s`); `power_w` (closed form only) is the artifact's power, a
+  token's energy over its blocks' PIM time, and `avg_power_w` energy per token x throughput;
 - `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
   faster and cheaper in energy) drawn and labelled;
 - `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline in the artifact's
@@ -248,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     # the same columns whatever the points gave (a script reading several sweeps finds each where it was)
-    columns = [n for n, _ in vary] + [f for f in (TRACE_FIGURES if args.trace else CLOSED_FIGURES) if f not in dict(vary)]
+    figures = TRACE_FIGURES if args.trace else CLOSED_FIGURES
+    columns = [n for n, _ in vary] + [f for f in figures if f not in dict(vary)]
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, columns + ["config"], extrasaction="ignore")
         w.writeheader()

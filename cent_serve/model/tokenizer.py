@@ -4,7 +4,8 @@ chat template both render with.
 Both behave as a Hugging Face fast tokenizer does, so a client that loads the same files counts
 tokens exactly as the server does (`cent tokenizer export`, cent_serve/model/tokenizer_export.py):
 special tokens written in text (`<s>`) are the special ids, `encode(text)` adds the special
-tokens the tokenizer adds (the byte tokenizer's BOS; a checkpoint's post-processor's), and chat prompts are the chat template rendered with Jinja the way `transformers`'
+tokens the tokenizer adds (the byte tokenizer's BOS; a checkpoint's post-processor's), and chat
+prompts are the chat template rendered with Jinja the way `transformers`'
 `apply_chat_template` renders it (a sandbox, `trim_blocks`, `lstrip_blocks`), then encoded
 without another BOS (the template writes `bos_token` itself), as vLLM's chat endpoint does.
 """

@@ -1,7 +1,8 @@
 """`cent tokenizer export DIR --model M`: the server's tokenizer as files a client loads.
 
 A benchmark client counts prompt tokens with its own tokenizer (vLLM's `vllm bench serve
---tokenizer DIR`, guidellm's `--tokenizer kind=hf_auto,model=DIR`, `transformers.AutoTokenizer.from_pretrained(DIR)`),
+--tokenizer DIR`, guidellm's `--tokenizer kind=hf_auto,model=DIR`,
+`transformers.AutoTokenizer.from_pretrained(DIR)`),
 so it must count exactly as the server does. For a preset that is the byte-level tokenizer
 (cent_serve/model/tokenizer.py), written as a Hugging Face `tokenizer.json`:
 
@@ -110,7 +111,8 @@ def register(sub) -> None:
     e = what.add_parser("export", help="write tokenizer.json and tokenizer_config.json for --model",
                         description="Write the tokenizer the server uses for --model into DIR, as Hugging Face "
                                     "files that `tokenizers`/`transformers` load and that count tokens exactly as "
-                                    "the server does (vLLM's bench: --tokenizer DIR; guidellm: --tokenizer kind=hf_auto,model=DIR).")
+                                    "the server does (vLLM's bench: --tokenizer DIR; guidellm: "
+                                    "--tokenizer kind=hf_auto,model=DIR).")
     e.add_argument("dir", help="directory to write into (created if missing)")
     e.add_argument("--model", default="tiny", help="preset name or Hugging Face checkpoint directory (default: tiny)")
 
