@@ -78,26 +78,30 @@ def build(cfg: CentConfig, engine: Engine | None = None):
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def run_server(cfg: CentConfig) -> None:
+def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down. A
-    failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown."""
+    failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown.
+
+    `sock`: the listen address, bound already (`bind_listen_socket`); without it the address is
+    bound here, before Ray and the devices start. Held from the start, the port cannot be taken by
+    another process (Ray's own among them) while the devices come up, as vLLM's server binds first
+    for the same reason; it listens once the server is ready, so a client meets a refusal, not a hang,
+    before then."""
     t0 = time.perf_counter()
-    app, loop = build(cfg)
+    if sock is None:
+        sock = bind_listen_socket(cfg.server.host, cfg.server.port)
+    try:
+        app, loop = build(cfg)
+    except BaseException:
+        sock.close()
+        raise
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
     what = "emulated CENT devices" if not cfg.on_gpus else f"modelled {cfg.gpu.kind} GPUs"
     log.info("%s on %d %s: %d replica%s x %d devices used = %d in use (each %s); numerics %s, "
              "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, what, replicas, "s" if replicas > 1 else "",
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
-    sock = None
     try:
-        sock = bind_listen_socket(cfg.server.host, cfg.server.port)  # here, so the log names the port (0: the OS's)
         sock.listen(2048)  # uvicorn's backlog: a client that reads the log line and connects waits, not refused
         host = f"[{cfg.server.host}]" if ":" in cfg.server.host else cfg.server.host
         log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
@@ -116,8 +120,7 @@ def run_server(cfg: CentConfig) -> None:
         if not server.started and not signalled:  # older uvicorn returns from a failed startup (newer exits 3)
             raise SystemExit(3)  # uvicorn.run's code for it
     finally:
-        if sock is not None:
-            sock.close()
+        sock.close()
         loop.stop()
         loop.engine.shutdown()
         if cfg.executor == "ray":
@@ -133,13 +136,19 @@ class Server:
         if executor is not None:  # a caller's shorthand for cfg.executor
             cfg.executor = executor
         self.cfg = cfg
-        self.port = cfg.server.port or free_port(cfg.server.host)
-        self.app, self.loop = build(cfg, engine)
+        self.sock = bind_listen_socket(cfg.server.host, cfg.server.port)  # held while the devices start (run_server)
+        self.port = self.sock.getsockname()[1]
+        try:
+            self.app, self.loop = build(cfg, engine)
+        except BaseException:
+            self.sock.close()
+            raise
         config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
                                 timeout_keep_alive=5, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         self.server = _Uvicorn(config, self.loop.request_stop)
         self.server.install_signal_handlers = lambda: None  # not the main thread
-        self.thread = threading.Thread(target=self.server.run, name="cent-uvicorn", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[self.sock]), name="cent-uvicorn",
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -159,6 +168,7 @@ class Server:
         self.loop.stop()
         self.server.should_exit = True
         self.thread.join(30)
+        self.sock.close()
         self.loop.engine.shutdown()
 
     def __enter__(self) -> "Server":

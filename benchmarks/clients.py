@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,6 @@ SERVERS = {
 model's full-numerics rounds take some ms of wall time for ~0.2 ms simulated; 70B's, with 16 requests,
 0.13 wall s per simulated s)."""
 METRICS = ("vllm:time_to_first_token_seconds", "vllm:request_time_per_output_token_seconds")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> str:
@@ -85,21 +78,20 @@ class Serve:
     """`cent serve ... --clock paced` in a subprocess, until `stop`."""
 
     def __init__(self, args: list[str], pace: float, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("w")
         self.proc = subprocess.Popen([CENT, "serve", *args, "--clock", "paced", "--pace-factor", str(pace),
-                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--port", "0"], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
-        while True:
-            try:
-                if json.loads(get(self.url + "/health"))["status"] == "ok":
-                    break
-            except OSError:
-                pass
+        while True:  # the server takes a free port itself and its log names it
+            found = re.search(r"listening on (http://127\.0\.0\.1:(\d+))/v1", log.read_text())
+            if found:
+                self.url, self.port = found.group(1), int(found.group(2))
+                break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start: see {log}")
             time.sleep(1)
+        if json.loads(get(self.url + "/health"))["status"] != "ok":
+            raise SystemExit(f"the server at {self.url} is not healthy: see {log}")
 
     def stop(self) -> None:
         self.proc.terminate()

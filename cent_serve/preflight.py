@@ -114,12 +114,6 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
     return s
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Refuse a listen address another process holds, or a host this machine does not have (port
-    0 included), before Ray or the model start."""
-    bind_listen_socket(host, port).close()
-
-
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens, full numerics fits this machine and its checkpoint

@@ -7,7 +7,7 @@ import os
 
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import PLACEMENTS
-from cent_serve.preflight import check_port_free, check_runnable
+from cent_serve.preflight import bind_listen_socket, check_runnable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,11 @@ def run_serve(args: argparse.Namespace) -> int:
             setattr(s, field, value)
     s.__post_init__()
     cfg.executor = "local" if args.local or cfg.on_gpus else "ray"  # modelled GPUs run in this process
-    check_port_free(s.host, s.port)  # before Ray or the model start
-    check_runnable(cfg)
-    run_server(cfg)
+    sock = bind_listen_socket(s.host, s.port)  # refused before anything starts, then held while Ray and the devices do
+    try:
+        check_runnable(cfg)
+    except BaseException:
+        sock.close()
+        raise
+    run_server(cfg, sock)
     return 0

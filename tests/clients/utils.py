@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,35 +33,35 @@ START_TIMEOUT_S = 120.0
 """A hang guard for `cent serve --local` to answer /health (~5 s here, mostly imports)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PacedServer:
     """`cent serve --local --numerics off --clock paced` (visible stand-in text, the prompt in one
-    round) on a free loopback port, in a subprocess that `stop` ends."""
+    round) in a subprocess that `stop` ends, on the loopback port it takes itself (`--port 0`; its log
+    names the port)."""
 
     def __init__(self, model: str = "tiny") -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        port = self.url.rsplit(":", 1)[1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cent_serve.cli", "serve", "--local", "--model", model, "--devices", "8",
-             "--numerics", "off", "--clock", "paced", "--pace-factor", str(PACE), "--port", port,
+             "--numerics", "off", "--clock", "paced", "--pace-factor", str(PACE), "--port", "0",
              "--set", "scheduler.prefill_chunk_tokens=256"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+        watchdog = threading.Timer(START_TIMEOUT_S, self.proc.kill)  # a server that hangs before its log line
+        watchdog.start()
+        lines = []
+        try:
+            for line in self.proc.stderr:  # the log; ends when the process does (or the watchdog kills it)
+                lines.append(line)
+                if "listening on" in line:
                     break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"cent serve did not start: {self.proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
+        finally:
+            watchdog.cancel()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", "".join(lines))
+        if not found:
+            self.stop()
+            raise RuntimeError(f"cent serve did not start: {''.join(lines)[-2000:]}")
+        self.url = found.group(1)
+        if httpx.get(self.url + "/health", timeout=30).status_code != 200:
+            self.stop()
+            raise RuntimeError(f"cent serve at {self.url} is not healthy")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -15,37 +15,57 @@ import httpx
 import openai
 import pytest
 
-from api.server import free_port
-
 STARTUP_TIMEOUT_S = 180.0
 
 
+def _drain(stream, lines: list[str]) -> None:
+    for line in stream:  # until the process ends
+        lines.append(line)
+
+
 def _serve(args: list[str], **env_vars: str):
-    port = free_port()
+    """`cent serve --port 0 ARGS`: the port is the one its log names, taken by the server itself (a
+    port picked here and passed in could be taken by another process before the server binds it)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
-    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watchdog = threading.Timer(STARTUP_TIMEOUT_S, proc.kill)  # a server that hangs before its log line ends too
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:  # ends when the process does (or the watchdog kills it)
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        watchdog.cancel()
+    head = "".join(lines)
+    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", head)
+    if not found:
+        proc.kill()
+        raise AssertionError(f"cent serve did not come up:\n{head}{proc.stdout.read()}")
+    port = int(found.group(1))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url, port
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"cent serve did not come up:\n{proc.stdout.read()}")
-        time.sleep(0.2)
+    proc.log = lines  # the log: what was read so far, then a reader thread's lines (so the pipe never fills)
+    proc.reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
+    proc.reader.start()
+    try:
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url, port
 
 
 def _stop(proc, port) -> str:
     proc.send_signal(signal.SIGTERM)
     try:
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
+    proc.reader.join(10)
+    out = "".join(proc.log)
     assert proc.returncode == 0, out
     with socket.socket() as s:  # the port is free again (for a server: TIME_WAIT is allowed)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -174,26 +194,8 @@ def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
 
 
 def test_serve_on_port_0_says_the_port_the_os_chose():
-    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--local", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    watchdog = threading.Timer(STARTUP_TIMEOUT_S, proc.kill)  # a server that hangs before its log line ends too
-    watchdog.start()
-    try:
-        lines = []
-        for line in proc.stdout:  # ends when the process does (or the watchdog kills it)
-            lines.append(line)
-            if "listening on" in line:
-                break
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", "".join(lines))
-        assert found and int(found.group(1)) != 0, "".join(lines)
-        port = int(found.group(1))
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        watchdog.cancel()
+    proc, url, port = _serve(["--local"])  # --port 0: _serve reads the port from the log line
+    assert port != 0 and httpx.get(url + "/health", timeout=10).status_code == 200
     _stop(proc, port)
 
 
@@ -269,3 +271,77 @@ def test_a_startup_uvicorn_returns_from_exits_3_too(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         srv.run_server(cfg)
     assert exc.value.code == 3
+
+
+def _port_taken(port: int) -> bool:
+    """Whether another process binding the port (no address reuse, as an outgoing connection's or a
+    port-0 server's bind is) would be refused."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def test_the_listen_port_is_held_while_the_devices_start(monkeypatch):
+    """A local Ray takes ~17 s to start its actors, and its processes open connections meanwhile: a
+    port bound only once the devices were up was taken in between, once in CI ('server.port=41093 is
+    in use' after 'ready in 16.8 s'). The port is bound before Ray and the devices start, from
+    `cent serve`'s check on, and in the in-process Server."""
+    import argparse
+
+    import api.server as srv
+    import cent_serve.serve_cli as serve_cli
+    from tests.serving.utils import server_cfg
+
+    seen = {}
+    build = srv.build
+
+    def build_checking(cfg, engine=None):
+        seen["held"] = _port_taken(seen["port"])
+        return build(cfg, engine)
+
+    monkeypatch.setattr(srv, "build", build_checking)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        seen["port"] = s.getsockname()[1]
+    cfg = server_cfg(port=seen["port"])
+    with srv.Server(cfg, "local") as server:
+        assert seen.pop("held"), "the in-process server's port was free while its devices started"
+        assert server.port == seen["port"]
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    assert not _port_taken(seen["port"])  # given back when the server stops
+
+    got = {}
+
+    def run_server(cfg, sock=None):  # what cent serve passes: a socket bound before the checks and Ray
+        got["port"] = sock.getsockname()[1]
+        sock.close()
+
+    monkeypatch.setattr(srv, "run_server", run_server)
+    monkeypatch.setattr(serve_cli, "check_runnable", lambda cfg: got.setdefault("held", _port_taken(seen["port"])))
+    args = argparse.ArgumentParser()
+    sub = args.add_subparsers()
+    serve_cli.register(sub)
+    ns = args.parse_args(["serve", "--local", "--numerics", "off", "--port", str(seen["port"])])
+    assert serve_cli.run_serve(ns) == 0
+    assert got == dict(held=True, port=seen["port"])
+
+
+def test_run_server_holds_its_port_from_before_the_devices_start(monkeypatch):
+    """run_server called without a socket (as a caller of the library may) binds before `build`."""
+    import uvicorn
+
+    import api.server as srv
+    from tests.serving.utils import server_cfg
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    build, held = srv.build, []
+    monkeypatch.setattr(srv, "build", lambda cfg, engine=None: held.append(_port_taken(port)) or build(cfg, engine))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # returns at once, never started
+    with pytest.raises(SystemExit):
+        srv.run_server(server_cfg(port=port))
+    assert held == [True] and not _port_taken(port)
