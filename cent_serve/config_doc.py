@@ -18,6 +18,7 @@ from functools import lru_cache
 import yaml
 
 from cent_serve.config import MODEL_PRESETS, CentConfig, model_preset
+from cent_serve.timing.mapping import size_text
 
 __all__ = ["describe_config", "field_docs", "sections", "undocumented_fields"]
 
@@ -88,10 +89,6 @@ def _section_title(prefix: str, cls: type) -> str:
     return f"`{prefix.rstrip('.')}` ({cls.__name__})" if prefix else f"Top level ({cls.__name__})"
 
 
-def _bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def preset_rows(dev=None) -> list[dict]:
     """Every preset: family, size, context, and the fewest devices `dev` (default: the paper's
     16 GiB device) that hold it (`fewest_devices`)."""
@@ -123,7 +120,7 @@ def _presets() -> list[str]:
         lines.append(f"| `{name}` | {m.model_type} | {m.hidden_size} | {m.intermediate_size} | {m.num_layers} "
                      f"| {m.num_heads} | {m.num_kv_heads} | {m.head_dim} | {m.vocab_size} | {m.max_seq_len} "
                      f"| {size} ({params:,}) "
-                     f"| {_bytes(params * 2)} | {m.kv_bytes_per_token() / 1024:g} KiB |")
+                     f"| {size_text(params * 2)} | {m.kv_bytes_per_token() / 1024:g} KiB |")
     return lines
 
 

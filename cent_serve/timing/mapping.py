@@ -184,15 +184,15 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
         need = w + kv_tok * context * batch
         if need <= dev.capacity_bytes:
             continue
-        cap = _size(dev.capacity_bytes)
+        cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
-            raise CapacityError(f"device {d}: its weight shard alone needs {_size(w)} of the device's {cap}: use more "
+            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}: use more "
                                 f"devices or a larger tp (or larger devices: {CAPACITY_FIELDS})")
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
-        raise CapacityError(f"device {d}: weights {_size(w)} + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
-                            f"{context} tokens ({_size(kv_tok * context * batch)}) exceed the device's {cap}: the "
+        raise CapacityError(f"device {d}: weights {size_text(w)} + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
+                            f"{context} tokens ({size_text(kv_tok * context * batch)}) exceed the device's {cap}: the "
                             f"largest context at batch {batch} is {max_ctx}, the largest batch at context {context} "
                             f"is {max_batch}", max_batch)
 
@@ -201,9 +201,9 @@ CAPACITY_FIELDS = ("device.num_channels x banks_per_channel x rows_per_bank x ro
 """What a device's capacity is made of (`DeviceConfig.capacity_bytes`), for the capacity errors."""
 
 
-def _size(nbytes: float) -> str:
-    """Bytes for an error: GiB with enough digits to tell sizes apart, MiB under 1 GiB (a device made
-    small by an override reads "64 MiB", not "0 GiB")."""
+def size_text(nbytes: float) -> str:
+    """Bytes for a person (capacity errors, the docs' preset table): GiB with enough digits to tell
+    sizes apart, MiB under 1 GiB (a device made small by an override reads "64 MiB", not "0 GiB")."""
     if nbytes >= 2**30:
         return f"{nbytes / 2**30:.2f} GiB"
     return f"{nbytes / 2**20:.3g} MiB"
