@@ -101,9 +101,11 @@ class TraceOptions:
 
 
 def detect_format(path: str | Path) -> str:
-    """The trace format of `path`: `.jsonl` is mooncake; `.json` is sharegpt (one JSON array) or,
-    when it starts with an object, mooncake's lines under another name; else the CSV header. A
-    `.gz` after the suffix is looked through (`trace.jsonl.gz` is a `.jsonl`).
+    """The trace format of `path`: `.jsonl` is mooncake; JSON (a `.json` file, or any other whose
+    first character opens an array or an object) is sharegpt (one JSON array) or, when its first line
+    is a whole object, mooncake's lines under another name; else the CSV header. A `.gz` after the
+    suffix is looked through (`trace.jsonl.gz` is a `.jsonl`), and a gzip'd file is read as text
+    whatever its name, so `trace.gz` and `trace.txt` are known by what they hold.
 
     Raises ValueError when the header matches no known layout, or the file is not UTF-8 text.
     """
@@ -112,7 +114,7 @@ def detect_format(path: str | Path) -> str:
     suffix = Path(name.removesuffix(".gz")).suffix
     if suffix == ".jsonl":
         return "mooncake"
-    if suffix == ".json":
+    if suffix == ".json" or _first_character(path) in ("[", "{"):  # a CSV header opens neither
         with open_text(path) as f:
             first = next((line for line in f if line.strip()), "")
         try:  # a line that is a whole JSON object: Mooncake's lines (a ShareGPT dump spans many)
@@ -120,6 +122,12 @@ def detect_format(path: str | Path) -> str:
         except ValueError:
             return "sharegpt"
     return sniff_csv_format(path)
+
+
+def _first_character(path: Path, limit: int = 1 << 16) -> str:
+    """The first character of `path`'s text that is not white space ('' if none in `limit`)."""
+    with open_text(path) as f:
+        return f.read(limit).lstrip()[:1]
 
 
 def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | None = None, *,

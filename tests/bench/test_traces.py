@@ -489,6 +489,22 @@ def test_sample_trace_ships_with_the_package():
         assert reqs == list(load_trace(conv, options=TraceOptions(num_requests=200)))
 
 
+@pytest.mark.parametrize("name", ["trace.gz", "mooncake_trace.txt", "trace"])
+def test_json_traces_under_other_names_are_known_by_their_first_character(tmp_path, name):
+    """A JSON trace whose name has no `.json`/`.jsonl` (a gzip'd `trace.gz`, a `.txt`) was read as a
+    CSV and refused for its header: its first character says JSON; the first line, which format."""
+    import gzip
+
+    lines = '{"timestamp": 0, "input_length": 10, "output_length": 5}\n'
+    array = '\n  [{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]}]'
+    for kind, text in (("mooncake", lines), ("sharegpt", array)):
+        data = text.encode()
+        (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+        assert detect_format(tmp_path / name) == kind
+    (tmp_path / name).write_bytes(gzip.compress(lines.encode()) if name.endswith(".gz") else lines.encode())
+    assert [(r.arrival_s, r.num_prompt_tokens) for r in load_trace(tmp_path / name)] == [(0.0, 10)]
+
+
 def test_a_mooncake_trace_named_json_is_read_as_mooncake(tmp_path):
     """`.json` is ShareGPT's (one array); lines of objects under that name are Mooncake's, read as such
     (they were taken for ShareGPT and refused for want of --rate)."""
