@@ -173,6 +173,8 @@ class EngineLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.streams: dict[str, tuple] = {}  # request id -> (event loop, queue, tag, [tokens, chars] sent)
         self._stop = threading.Event()
+        self._closed = False  # set by _close under _close_lock: a command put after it would never be taken
+        self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cent-engine", daemon=True)
         self.wall_origin = time.monotonic()
         self.hold_until_s: float | None = None
@@ -240,10 +242,8 @@ class EngineLoop:
         add = lambda eng: self._add(eng, choices, loop, q, when, hold_until_s)  # noqa: E731
         if arrival_s is None:
             return await self.call(add)
-        if not self.is_alive():
-            raise EngineStopped("the engine thread is not running: the server is stopping or failed")
         fut: cf.Future = cf.Future()  # answered when the engine's clock reaches the arrival
-        self.inbox.put(("arrive", (arrival_s, hold_until_s, add), fut))
+        self._put(("arrive", (arrival_s, hold_until_s, add), fut))
         return await asyncio.wrap_future(fut)
 
     def abort(self, request_id: str) -> None:
@@ -251,11 +251,19 @@ class EngineLoop:
 
     async def call(self, fn: Callable[[Engine], object]):
         """Run `fn(engine)` on the engine thread between rounds and return its result."""
-        if not self.is_alive():
-            raise EngineStopped("the engine thread is not running: the server is stopping or failed")
         fut: cf.Future = cf.Future()
-        self.inbox.put(("call", fn, fut))
+        self._put(("call", fn, fut))
         return await asyncio.wrap_future(fut)
+
+    def _put(self, cmd: tuple) -> None:
+        """Put a command whose future the engine thread answers, or raise EngineStopped when it never
+        will: not started, or closed. Under `_close_lock`, so that a command is either put before
+        `_close` empties the inbox (and answered by it) or refused: a thread alive at a check and
+        closed before the put left the caller waiting until the server's shutdown grace ran out."""
+        with self._close_lock:
+            if self._closed or not self._thread.is_alive():
+                raise EngineStopped("the engine thread is not running: the server is stopping or failed")
+            self.inbox.put(cmd)
 
     # ------------------------------------------------------------------ the thread
 
@@ -402,6 +410,8 @@ class EngineLoop:
                 eng.abort(rid)
             self._deliver(req)
         pending = [fut for *_, fut in self._arrivals]
+        with self._close_lock:  # no command is put after this (`_put`)
+            self._closed = True
         while True:
             try:
                 cmd = self.inbox.get_nowait()

@@ -366,3 +366,31 @@ def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
         assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_stopped"), r.text
         assert r.json()["error"]["message"].startswith("its engine thread failed: the request was aborted"), r.text
     assert "the engine thread failed" in caplog.text and "a bug in the engine loop" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["call", "arrive"])
+def test_a_command_sent_as_the_engine_thread_closes_is_refused_not_left_waiting(how):
+    """The engine thread alive when a request looks, and closed (its inbox emptied) before the request's
+    command is put: the command was left unanswered, and its client waited until the server's shutdown
+    grace (10 s) cancelled it. Here the look says alive after the thread has closed: the command is
+    refused at once with EngineStopped (503 engine_stopped over HTTP)."""
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.serving import EngineLoop, EngineStopped
+
+    loop = EngineLoop(Engine(CentConfig(numerics="off")))
+    loop.start()
+    loop.stop()
+    assert not loop._thread.is_alive()
+    loop.is_alive = lambda: True  # the look that came just before the close
+
+    async def send():
+        if how == "call":
+            return await loop.call(lambda eng: eng.now_s)
+        return await loop.submit_all([([1, 2, 3], None, None)], asyncio.Queue(), arrival_s=0.0)
+
+    async def bounded():  # 10 s: a hang fails here instead of stalling the suite; the answer takes microseconds
+        return await asyncio.wait_for(send(), 10)
+
+    with pytest.raises(EngineStopped):
+        asyncio.run(bounded())
