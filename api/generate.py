@@ -257,10 +257,13 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
                 if await raw.is_disconnected():
                     ctx.abort_all(reqs)
                     raise ApiError("client disconnected", None, 499)
-            try:
-                index, d = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                continue
+            try:  # what is there already, without a timer and a task for each delta
+                index, d = q.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    index, d = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    continue
             await ctx.pace(d)
             made[index] += len(d.token_ids)
             if echo_only:
