@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.guard import is_generation, send_error
-from api.protocol import ApiError, schema_param, short
+from api.protocol import ApiError, prompt_error, schema_param, short
 from cent_serve.serving import EngineStopped
 
 log = logging.getLogger("cent.server")
@@ -38,6 +38,12 @@ def record_finished(raw: Request, finish_reasons: list[str | None], n: int, gene
         record(raw, "aborted", "server_abort")
     else:
         record(raw, "completed", "length" if "length" in finish_reasons else "stop")
+
+
+def _prompt_of(errs: list[dict]):
+    """The `prompt` a validation failed on: the input of its string branch's error, the whole value."""
+    return next((e.get("input") for e in errs if tuple(e.get("loc", ()))[:3] == ("body", "prompt", "str")),
+                errs[0].get("input"))
 
 
 def error_response(raw: Request, err: ApiError) -> JSONResponse:
@@ -98,6 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 why = f"the body is {kind}, not a JSON object"
             err = ApiError(f"{why}: send a JSON object ({{\"model\": ..., ...}}) with Content-Type: application/json",
                            None, 400)
+        elif loc[:2] == ("body", "prompt") and len(loc) > 2:  # a union's every branch failed: say which shape broke
+            param, message = prompt_error(_prompt_of(errs))
+            err = ApiError(message, param, 422)
         else:
             param = schema_param(first.get("loc", ()))
             err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 422)

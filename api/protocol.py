@@ -368,6 +368,34 @@ FIELD_NAMES = frozenset(name for m in (CompletionRequest, ChatCompletionRequest,
                                         StreamOptions) for name in m.model_fields) | {"tokens"}
 
 
+def prompt_error(prompt) -> tuple[str, str]:
+    """(param, message) for a `prompt` of none of its four shapes, naming the first element that
+    breaks the shape its first element starts (pydantic reports every branch of the union, first
+    the string one: "Input should be a valid string" for a list of token ids)."""
+    shapes = "a string, a list of strings, a list of token ids (integers) or a list of such lists"
+    if not isinstance(prompt, list) or not prompt:
+        return "prompt", f"prompt must be {shapes} (got {short(prompt)})"
+
+    def is_id(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    head = prompt[0]
+    if isinstance(head, str) or is_id(head):
+        kind, ok = ("a list of strings holds strings only", lambda x: isinstance(x, str)) if isinstance(head, str) \
+            else ("a token id is an integer", is_id)
+        i = next(i for i, x in enumerate(prompt) if not ok(x))
+        return f"prompt.{i}", f"prompt.{i}: {kind} (got {short(prompt[i])})"
+    if isinstance(head, list):
+        for i, ids in enumerate(prompt):
+            if not isinstance(ids, list):
+                return f"prompt.{i}", f"prompt.{i}: a list of token-id lists holds lists only (got {short(ids)})"
+            for j, x in enumerate(ids):
+                if not is_id(x):
+                    return f"prompt.{i}.{j}", f"prompt.{i}.{j}: a token id is an integer (got {short(x)})"
+    return "prompt.0", f"prompt.0: a prompt list starts with a string, a token id or a list of token ids " \
+                       f"(got {short(head)})"
+
+
 def schema_param(loc) -> str | None:
     """The `param` of a pydantic error location: field names and list indices, without the
     `body` prefix and the union-branch tags pydantic inserts (`prompt.list[int].0` -> `prompt.0`)."""

@@ -127,3 +127,20 @@ def test_a_model_name_is_compared_as_a_string_never_resolved_on_the_filesystem(t
             ApiContext.check_model(ctx, name)
         assert err.value.status == 404
         assert time.process_time() - t0 < 1.0  # ~10 CPU seconds when resolved component by component
+
+
+@pytest.mark.parametrize("prompt, param, says", [
+    ([1.5], "prompt.0", "a prompt list starts with a string, a token id or a list of token ids (got 1.5)"),
+    ([1, "a"], "prompt.1", "a token id is an integer (got 'a')"),
+    ([[1, 2], [1, "x"]], "prompt.1.1", "a token id is an integer (got 'x')"),
+    (["a", 2], "prompt.1", "a list of strings holds strings only (got 2)"),
+    ([[1], 3], "prompt.1", "a list of token-id lists holds lists only (got 3)"),
+    (5, "prompt", "prompt must be a string, a list of strings, a list of token ids"),
+])
+def test_a_prompt_of_no_shape_names_the_element_that_breaks_it(server, prompt, param, says):
+    """A prompt fits none of the union's shapes: the first branch's error read "prompt: Input should be
+    a valid string (got [1.5])" for a list of token ids; the element at fault is named (as docs/serving.md
+    says: `param` is the field's path, e.g. `prompt.0`)."""
+    status, err = _error(server, "/v1/completions", body(prompt=prompt))
+    assert (status, err["param"]) == (422, param), err
+    assert says in err["message"] and "valid string" not in err["message"], err

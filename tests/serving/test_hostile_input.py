@@ -217,7 +217,7 @@ HOSTILE = [
     ({"stop_token_ids": [VOCAB]}, 400, "stop_token_ids"),
     ({"stop_token_ids": [-1]}, 400, "stop_token_ids"),
     ({"prompt": "\ud800"}, 400, "prompt"),
-    ({"prompt": [1, "a"]}, 422, "prompt"),
+    ({"prompt": [1, "a"]}, 422, "prompt.1"),  # the element at fault (docs/serving.md: `param` is its path)
     ({"prompt": "x" * 20000}, 400, "prompt"),
     ({"prompt": [[1]] * 2000}, 400, "prompt"),
     ({"arrival_s": -1.0}, 400, "arrival_s"),
