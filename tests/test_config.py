@@ -70,6 +70,7 @@ def test_cli_info_and_generate(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["model"]["hidden_size"] == 5120 and info["numerics"] == "off"
     assert info["weight_bytes"] == info["param_count"] * 2
+    assert info["config"]["executor"] == "local"  # the config given (it printed "ray", serve's, used for its check)
     assert main(["generate", "--prompt-ids", "1,5,9", "--max-tokens", "5", "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert main(["generate", "--prompt-ids", "1,5,9", "--max-tokens", "5", "--json"]) == 0

@@ -61,12 +61,14 @@ def run_info(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     m = cfg.model
+    executor, cfg.executor = cfg.executor, "ray"
     try:  # the check `cent serve` makes before it starts (Ray, its default executor)
-        cfg.executor = "ray"
         check_runnable(cfg)
         refusal = None
     except ValueError as exc:
         refusal = str(exc)
+    finally:  # the config printed is the one given (executor: local unless set)
+        cfg.executor = executor
     experts = None
     if m.is_moe and not cfg.on_gpus:
         from cent_serve.timing.mapping import expert_placement, resolve_mapping
