@@ -327,12 +327,12 @@ class Engine:
             if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:
                 req.stop_reason = token  # vLLM's stop_reason: a stop id (its extra eos ids are ones), None for the eos
             if p.stop:
-                req.text = self.tokenizer.decode(req.output_ids[:-1])
+                req.text = req.detok.decode(self.tokenizer, req.output_ids[:-1])
             self._finish(req, "stop", t)
             return
-        if p.stop:  # text only when stop strings need it (decoding every token is O(n^2))
+        if p.stop:  # text at each token only when stop strings need it
             before = len(req.text)
-            req.text = self.tokenizer.decode(req.output_ids)
+            req.text = req.detok.decode(self.tokenizer, req.output_ids)
             if can_stop:
                 longest = max(len(x) for x in p.stop)
                 lo = max(0, before - longest + 1)  # a stop string ending in the new text
@@ -351,7 +351,7 @@ class Engine:
         if req.params.stop:
             return req.text
         ids = req.output_ids[:-1] if req.ends_with_stop_token else req.output_ids
-        return self.tokenizer.decode(ids)
+        return req.detok.decode(self.tokenizer, ids)
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
         self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.model.sampling import SamplingParams
+from cent_serve.model.tokenizer import IncrementalText
 
 
 class RequestRefused(ValueError):
@@ -96,6 +97,8 @@ class Request:
     text: str = ""
     """Detokenized output with the stop string cut, kept only when stop strings are given
     (read the text through `Engine.text`)."""
+    detok: IncrementalText = field(default_factory=IncrementalText, repr=False, compare=False)
+    """The output's text so far, kept between rounds (`Engine.text` and stop strings read it)."""
     ends_with_stop_token: bool = False
     """The last output id is the eos or a stop id (counted, but not part of the text)."""
     stop_reason: str | int | None = None

@@ -64,6 +64,45 @@ class Tokenizer(Protocol):
         last U+FFFD back then, and only then)."""
         ...
 
+    def text_cuts_after(self, token_id: int) -> bool:
+        """Whether the text of ids ending with this token is final whatever tokens follow it (given
+        it ends no character half made): where `IncrementalText` may keep a text."""
+        ...
+
+
+DECODE_WINDOW = 8
+"""Tokens before the cut that `IncrementalText` decodes again with the new ones: their context
+(a SentencePiece decoder drops the space of a text's first token, byte tokens join into one
+character, cleanup rules look at neighbours) is then what a whole decode gives them."""
+
+
+class IncrementalText:
+    """A sequence's text as its tokens grow, equal to `tokenizer.decode(ids)` at every length
+    without decoding every token again each time (that was O(n^2): a server decoding 8 streams of
+    4,000 tokens spent 70% of its engine thread there). Keeps the text of `ids[:done]`, a cut that
+    ends no character half made (no U+FFFD last) and that later tokens cannot change
+    (`text_cuts_after`), and decodes `ids[done - DECODE_WINDOW:]`, taking
+    what follows the window's own text (vLLM's incremental detokenization does the same with a
+    prefix and a read offset). Where the window's text is not a prefix of the longer decode, or the
+    ids are not those seen (shorter), it decodes the whole sequence."""
+
+    __slots__ = ("done", "text")
+
+    def __init__(self) -> None:
+        self.done, self.text = 0, ""
+
+    def decode(self, tok: "Tokenizer", ids: list[int]) -> str:
+        done = self.done if self.done <= len(ids) else 0
+        start = max(0, done - DECODE_WINDOW)
+        head = tok.decode(ids[start:done]) if done > start else ""
+        tail = tok.decode(ids[start:])
+        text = self.text + tail[len(head):] if done and tail.startswith(head) else None
+        if text is None:
+            text = tok.decode(ids) if done else tail
+        if not text.endswith("\ufffd") and (not ids or tok.text_cuts_after(ids[-1])):
+            self.done, self.text = len(ids), text
+        return text
+
 
 def byte_alphabet() -> dict[int, str]:
     """GPT-2's printable stand-in character for every byte (what a `ByteLevel` pre-tokenizer maps
@@ -169,6 +208,9 @@ class ByteTokenizer:
             return f"<extra_{token_id}>".encode()
         return b""
 
+    def text_cuts_after(self, token_id: int) -> bool:
+        return True  # a run of bytes decodes as Python's "replace" does: a character at a time
+
     def partial_tail(self, ids: list[int]) -> bool:
         tail = bytearray()  # the trailing byte tokens (a special or extra id ends any character)
         for i in reversed(ids[-4:]):
@@ -205,6 +247,9 @@ class HFTokenizer:
         decoder = json.dumps(json.loads(text).get("decoder"), ensure_ascii=False)
         self._byte_level = '"ByteLevel"' in decoder  # token strings are GPT-2 byte characters
         self._metaspace = '"Metaspace"' in decoder or "\u2581" in decoder  # SentencePiece's word marker
+        self._byte_pieces: frozenset[int] = frozenset(  # byte fallback's <0xNN>, decoded a run at a time
+            i for piece, i in self._tok.get_vocab(with_added_tokens=False).items() if _BYTE_FALLBACK.fullmatch(piece)
+        ) if '"ByteFallback"' in decoder else frozenset()
         self.chat_template = DEFAULT_CHAT_TEMPLATE
         self.has_own_chat_template = False
         self._add_bos: bool | None = None
@@ -243,6 +288,11 @@ class HFTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def text_cuts_after(self, token_id: int) -> bool:
+        """Byte fallback decodes a run of byte tokens as one: all its bytes are U+FFFD when any is not
+        UTF-8, so the text before a byte token may still change."""
+        return token_id not in self._byte_pieces
 
     def token_bytes(self, token_id: int) -> bytes:
         """The token's own bytes: a byte-fallback token `<0xNN>` is byte NN, a byte-level token's

@@ -299,3 +299,57 @@ def test_the_status_names_the_numerics_the_engine_runs_without_looking_at_the_ch
     for f in (tmp_path / "m").glob("*.safetensors"):
         f.unlink()
     assert cfg.resolved_numerics == "off" and engine.status()["numerics"] == "full"
+
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CHECKPOINT_TOKENIZERS = sorted(p.relative_to(DATA).as_posix() for p in [DATA / "hf_tiny_llama", *(DATA / "hf_families").iterdir()]
+                               if (p / "tokenizer.json").is_file())
+
+
+def _sentencepiece_tokenizer(tmp_path: Path):
+    """A tokenizer.json as Llama 2's and Mistral's are: SentencePiece pieces (a space is U+2581), byte
+    fallback, and a decoder that strips the text's first space (so a piece decoded alone loses its
+    space: what the window in `IncrementalText` is for). The checkpoints here are byte-level BPE."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    from cent_serve.model.tokenizer import HFTokenizer
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["\u2581", "\u2581Hello", "\u2581world", "\u2581again", ",", "!", "a", "b", "\u2581the", "\u2581.", "."]:
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return HFTokenizer(tmp_path / "tokenizer.json", 1, 2)
+
+
+@pytest.mark.parametrize("name", ["byte", "sentencepiece", *CHECKPOINT_TOKENIZERS])
+def test_incremental_text_equals_a_whole_decode_at_every_length(name, tmp_path):
+    """The text a server sends as tokens come (`IncrementalText`) is the whole decode's at every
+    length, for the byte tokenizer, a SentencePiece one with byte fallback (whose decode turns a
+    whole run of byte tokens into U+FFFDs when one byte is not UTF-8), and every checkpoint
+    tokenizer here (byte-level BPE): ids drawn at random, byte and special tokens included, and a
+    text of real words encoded; then a shorter list of ids (a new sequence) decodes whole again.
+    With DECODE_WINDOW 0 the SentencePiece text loses its spaces."""
+    from cent_serve.model.tokenizer import HFTokenizer, IncrementalText
+    if name == "byte":
+        tok = ByteTokenizer(300, 1, 2)
+    elif name == "sentencepiece":
+        tok = _sentencepiece_tokenizer(tmp_path)
+    else:
+        cfg = json.loads((DATA / name / "config.json").read_text())
+        tok = HFTokenizer(DATA / name / "tokenizer.json", cfg.get("bos_token_id"), cfg.get("eos_token_id"))
+    rng = np.random.default_rng(7)
+    vocab = tok.vocab_size if isinstance(tok, ByteTokenizer) else tok._tok.get_vocab_size()
+    specials = [i for i in (tok.bos_token_id, tok.eos_token_id) if i is not None]
+    words = tok.encode("Hello, world! \u00dcn\u00efc\u00f6d\u00e9 caf\u00e9 \u6771\u4eac \U0001f642 isn't it?  Yes .  the",
+                       add_bos=False)
+    for ids in ([int(i) for i in rng.integers(0, vocab, 300)],
+                [int(rng.choice(specials)) if rng.random() < 0.05 else int(i)
+                 for i in rng.integers(0, min(vocab, 600), 300)],
+                words * 3):
+        inc = IncrementalText()
+        for n in range(len(ids) + 1):
+            assert inc.decode(tok, ids[:n]) == tok.decode(ids[:n]), (name, n)
+        assert inc.decode(tok, ids[:5]) == tok.decode(ids[:5])

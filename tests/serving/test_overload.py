@@ -401,9 +401,10 @@ def test_health_answers_while_the_engine_computes_without_pause():
     """On the virtual clock the engine thread computes round after round; the event loop shares its
     process (and the GIL). 8 sequences of 4,000 tokens of llama2-70b timing-only: /health waited up
     to 14 s for the event loop (each socket call gave the GIL up for a whole 5 ms switch interval,
-    and each sequence's every token woke the loop); 75 ms here now. The bound, 3 s, is the point of
-    the test (a liveness probe's usual timeout is 1-10 s) and 40x what it takes here, so a loaded
-    machine does not break it; the old code's 14 s does."""
+    each sequence's every token woke the loop, and each round decoded every sequence's whole text
+    again); well under a second now. 24 sequences here, so that they still run while /health is
+    asked. The bound, 3 s, is the point of the test (a liveness probe's usual timeout is 1-10 s)
+    and over 10x what it takes here, so a loaded machine does not break it; the old code's does."""
     import threading
 
     from cent_serve.config import CentConfig, ParallelConfig, model_preset
@@ -413,15 +414,16 @@ def test_health_answers_while_the_engine_computes_without_pause():
     with Server(cfg, "local") as s:
         long = dict(model="llama2-70b", prompt="CENT", max_tokens=4000, ignore_eos=True)
         clients = [threading.Thread(target=lambda: httpx.post(s.url + "/v1/completions", json=long, timeout=120),
-                                    daemon=True) for _ in range(8)]
+                                    daemon=True) for _ in range(24)]
         for t in clients:
             t.start()
-        wait_for(lambda: status(s.url)["num_running"] == 8, "all 8 running")
+        wait_for(lambda: status(s.url)["num_running"] >= 8, "8 running")
         waits = []
         for _ in range(5):
             t0 = time.monotonic()
             assert httpx.get(s.url + "/health", timeout=60).status_code == 200
             waits.append(time.monotonic() - t0)
-            time.sleep(0.2)
-        assert status(s.url)["num_running"] == 8, "the sequences ended before /health was asked 5 times"
+            time.sleep(0.1)
+        running = status(s.url)["num_running"]
     assert max(waits) < 3.0, waits
+    assert running > 0, "the sequences ended before /health was asked 5 times: give them more work"
