@@ -83,8 +83,9 @@ class IncrementalText:
     ends no character half made (no U+FFFD last) and that later tokens cannot change
     (`text_cuts_after`), and decodes `ids[done - DECODE_WINDOW:]`, taking
     what follows the window's own text (vLLM's incremental detokenization does the same with a
-    prefix and a read offset). Where the window's text is not a prefix of the longer decode, or the
-    ids are not those seen (shorter), it decodes the whole sequence."""
+    prefix and a read offset). Where the window's text is not a prefix of the longer decode, or is
+    empty, or the ids are fewer than those seen, it decodes the whole sequence. The ids must grow
+    by appending (one sequence's output)."""
 
     __slots__ = ("done", "text")
 
@@ -96,9 +97,10 @@ class IncrementalText:
         start = max(0, done - DECODE_WINDOW)
         head = tok.decode(ids[start:done]) if done > start else ""
         tail = tok.decode(ids[start:])
-        text = self.text + tail[len(head):] if done and tail.startswith(head) else None
-        if text is None:
-            text = tok.decode(ids) if done else tail
+        # a window of tokens without text (special ones, left out) would let a decoder strip the
+        # space of the first token after it, which the whole text keeps: decode all then
+        fits = done and (head or start == 0) and tail.startswith(head)
+        text = self.text + tail[len(head):] if fits else tok.decode(ids) if done else tail
         if not text.endswith("\ufffd") and (not ids or tok.text_cuts_after(ids[-1])):
             self.done, self.text = len(ids), text
         return text
@@ -291,8 +293,9 @@ class HFTokenizer:
 
     def text_cuts_after(self, token_id: int) -> bool:
         """Byte fallback decodes a run of byte tokens as one: all its bytes are U+FFFD when any is not
-        UTF-8, so the text before a byte token may still change."""
-        return token_id not in self._byte_pieces
+        UTF-8, so the text before a byte token may still change; and the run goes on across special
+        tokens, which are left out before the decoder sees the pieces."""
+        return token_id not in self._byte_pieces and token_id not in self._specials
 
     def token_bytes(self, token_id: int) -> bytes:
         """The token's own bytes: a byte-fallback token `<0xNN>` is byte NN, a byte-level token's

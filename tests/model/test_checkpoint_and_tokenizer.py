@@ -320,6 +320,7 @@ def _sentencepiece_tokenizer(tmp_path: Path):
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<s>", "</s>"])  # as Llama 2's: left out of a decode (skip_special_tokens)
     tok.save(str(tmp_path / "tokenizer.json"))
     return HFTokenizer(tmp_path / "tokenizer.json", 1, 2)
 
@@ -345,10 +346,17 @@ def test_incremental_text_equals_a_whole_decode_at_every_length(name, tmp_path):
     specials = [i for i in (tok.bos_token_id, tok.eos_token_id) if i is not None]
     words = tok.encode("Hello, world! \u00dcn\u00efc\u00f6d\u00e9 caf\u00e9 \u6771\u4eac \U0001f642 isn't it?  Yes .  the",
                        add_bos=False)
+    eos, letter = specials[-1], words[-1]
+    byte = (tok.encode("\u00e9", add_bos=False) or [letter])[0]
     for ids in ([int(i) for i in rng.integers(0, vocab, 300)],
                 [int(rng.choice(specials)) if rng.random() < 0.05 else int(i)
                  for i in rng.integers(0, min(vocab, 600), 300)],
-                words * 3):
+                words * 3,
+                # runs of special tokens longer than the window (a model may emit the eos on and on
+                # under ignore_eos or min_tokens): the text around them, and a byte run across them
+                [*words[:4], *[eos] * 9, *words[4:8], *[eos] * 12, byte, *[eos] * 10, letter],
+                [int(rng.choice(specials)) if rng.random() < 0.5 else int(i)
+                 for i in rng.integers(0, min(vocab, 600), 400)]):
         inc = IncrementalText()
         for n in range(len(ids) + 1):
             assert inc.decode(tok, ids[:n]) == tok.decode(ids[:n]), (name, n)
