@@ -375,6 +375,7 @@ class EngineLoop:
                 except Exception:  # noqa: BLE001 - a device fault is recovered by _run; anything else logged
                     log.exception("telling the idle devices which sequences to forget failed")
             self._drain(block=held or not eng.can_step())
+            self._flush()  # an abort's end now, not after the next round
             if held or not eng.can_step():  # idle, or waiting for a replica to come back
                 self.pace.on_schedule()
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
@@ -408,16 +409,32 @@ class EngineLoop:
                 self._deliver(req)
 
     def _close(self) -> None:
-        """Stopping: end every stream and every pending command, so nobody waits forever."""
+        """Stopping: end every stream and every pending command, so nobody waits forever (also when
+        ending a stream fails: on a failed engine thread the bug may strike again here)."""
         eng = self.engine
-        for rid in list(self.streams):
-            req = eng.requests.get(rid)
-            if req is None:
-                continue
-            if not req.is_finished:
-                eng.abort(rid)
-            self._deliver(req)
-        self._flush()
+        try:
+            for rid in list(self.streams):
+                req = eng.requests.get(rid)
+                if req is None:
+                    continue
+                try:
+                    if not req.is_finished:
+                        eng.abort(rid)
+                    self._deliver(req)
+                except Exception as exc:  # noqa: BLE001 - the others still get their end, and so does this one
+                    log.exception("request %s: ending its stream failed", rid)
+                    entry = self.streams.pop(rid, None)
+                    if entry is not None:
+                        loop, q, tag, _ = entry
+                        end = Delta([], [], "", finished=True, finish_reason="error",
+                                    error=f"the engine stopped and could not end this request: {exc}")
+                        self._outbox.setdefault(loop, []).append((q, (tag, end)))
+        finally:
+            self._flush()
+            self._answer_pending()
+
+    def _answer_pending(self) -> None:
+        """Refuse every command not taken, and every one put from now on (`_put`)."""
         pending = [fut for *_, fut in self._arrivals]
         with self._close_lock:  # no command is put after this (`_put`)
             self._closed = True

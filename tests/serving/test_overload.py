@@ -370,19 +370,35 @@ def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
 
 @pytest.mark.parametrize("how", ["call", "arrive"])
 def test_a_command_sent_as_the_engine_thread_closes_is_refused_not_left_waiting(how):
-    """The engine thread alive when a request looks, and closed (its inbox emptied) before the request's
-    command is put: the command was left unanswered, and its client waited until the server's shutdown
-    grace (10 s) cancelled it. Here the look says alive after the thread has closed: the command is
-    refused at once with EngineStopped (503 engine_stopped over HTTP)."""
+    """The engine thread closing: it has emptied its inbox (answering what was there) and is still
+    alive. A command put then was never taken, and its client waited until the server's shutdown
+    grace (10 s) cancelled it. Here the thread is held just after that emptying while a command is
+    sent: it is refused at once with EngineStopped (503 engine_stopped over HTTP)."""
+    import queue
+    import sys
+    import threading
+
     from cent_serve.config import CentConfig
     from cent_serve.engine import Engine
     from cent_serve.serving import EngineLoop, EngineStopped
 
     loop = EngineLoop(Engine(CentConfig(numerics="off")))
+    get_nowait, emptied, go_on = loop.inbox.get_nowait, threading.Event(), threading.Event()
+
+    def held_get_nowait():
+        try:
+            return get_nowait()
+        except queue.Empty:
+            if sys._getframe(1).f_code.co_name in ("_close", "_answer_pending") and not emptied.is_set():
+                emptied.set()  # the closing thread's inbox is empty: hold it here, alive
+                go_on.wait(10)
+            raise
+
+    loop.inbox.get_nowait = held_get_nowait
     loop.start()
-    loop.stop()
-    assert not loop._thread.is_alive()
-    loop.is_alive = lambda: True  # the look that came just before the close
+    stopper = threading.Thread(target=loop.stop)
+    stopper.start()
+    assert emptied.wait(10) and loop.is_alive()
 
     async def send():
         if how == "call":
@@ -392,8 +408,13 @@ def test_a_command_sent_as_the_engine_thread_closes_is_refused_not_left_waiting(
     async def bounded():  # 10 s: a hang fails here instead of stalling the suite; the answer takes microseconds
         return await asyncio.wait_for(send(), 10)
 
-    with pytest.raises(EngineStopped):
-        asyncio.run(bounded())
+    try:
+        with pytest.raises(EngineStopped):
+            asyncio.run(bounded())
+    finally:
+        go_on.set()
+        stopper.join(10)
+    assert not loop.is_alive()
 
 
 @pytest.mark.slow
@@ -427,3 +448,38 @@ def test_health_answers_while_the_engine_computes_without_pause():
         running = status(s.url)["num_running"]
     assert max(waits) < 3.0, waits
     assert running > 0, "the sequences ended before /health was asked 5 times: give them more work"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
+def test_a_stream_gets_its_end_when_a_failed_engine_thread_cannot_end_it_either():
+    """A bug ends the engine thread, and strikes again as the thread ends the streams (here: the
+    text of every request fails): each stream still gets a last delta, finish_reason error, and a
+    command sent meanwhile is refused; before, the stream waited for ever and so did the command."""
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop, EngineStopped
+
+    loop = EngineLoop(Engine(CentConfig(numerics="off")), clock="paced", pace_factor=1e4)  # runs for minutes
+    loop.start()
+    eng = loop.engine
+
+    def broken(*_):
+        raise RuntimeError("a bug in the engine")
+
+    async def run():
+        q: asyncio.Queue = asyncio.Queue()
+        await loop.submit_all([([1, 2, 3], RequestParams(max_tokens=400, ignore_eos=True), "x")], q)
+        eng.text = broken  # ending the stream fails too
+        eng.next_start_s = broken  # the thread's loop fails
+        deltas = []
+        while not (deltas and deltas[-1][1].finished):
+            deltas.append(await asyncio.wait_for(q.get(), 10))  # a hang fails here; the end takes milliseconds
+        with pytest.raises(EngineStopped):
+            await asyncio.wait_for(loop.call(lambda e: e.now_s), 10)
+        return deltas[-1][1]
+
+    end = asyncio.run(run())
+    assert end.finish_reason == "error" and "could not end this request: a bug in the engine" in end.error
+    loop._thread.join(10)
+    assert not loop.is_alive()
