@@ -20,7 +20,7 @@ from api.app import create_app
 from api.metrics import Metrics
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
-from cent_serve.preflight import bind_listen_socket
+from cent_serve.preflight import bind_listen_socket, start_listening
 from cent_serve.serving import EngineLoop
 
 log = logging.getLogger("cent.server")
@@ -40,11 +40,26 @@ with the same request times. The engine thread runs as fast (it gives the GIL up
 thread asks)."""
 
 
-def responsive_gil() -> float:
-    """Shorten the switch interval to GIL_SWITCH_S (never lengthen it); the interval it was."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, GIL_SWITCH_S))
-    return before
+_gil = {"servers": 0, "before": 0.0}
+_gil_lock = threading.Lock()
+
+
+def responsive_gil() -> None:
+    """A server starts: the switch interval is GIL_SWITCH_S at most until the last one stops
+    (`release_gil`)."""
+    with _gil_lock:
+        if _gil["servers"] == 0:
+            _gil["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_gil["before"], GIL_SWITCH_S))
+        _gil["servers"] += 1
+
+
+def release_gil() -> None:
+    """A server stopped: the interval found before the first is back once none runs."""
+    with _gil_lock:
+        _gil["servers"] -= 1
+        if _gil["servers"] == 0:
+            sys.setswitchinterval(_gil["before"])
 
 
 def _not_cancelled(record: logging.LogRecord) -> bool:
@@ -99,18 +114,20 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown.
 
     `sock`: the listen address, bound already (`bind_listen_socket`); without it the address is
-    bound here, before Ray and the devices start. Held from the start, the port cannot be taken by
-    another process (Ray's own among them) while the devices come up, as vLLM's server binds first
-    for the same reason; it listens once the server is ready, so a client meets a refusal, not a hang,
-    before then."""
+    bound here, before Ray and the devices start. Bound from the start, the port cannot be taken by
+    an outgoing connection or a port-0 bind of another process (Ray's) while the devices come up, as
+    vLLM's server binds first for the same reason; it listens once the server is ready, so a client
+    meets a refusal, not a hang, before then (another server told the same port can bind it too
+    meanwhile: whichever listens second is refused, naming the port)."""
     t0 = time.perf_counter()
-    responsive_gil()  # this process is the server's: kept until it exits
     if sock is None:
         sock = bind_listen_socket(cfg.server.host, cfg.server.port)
+    responsive_gil()
     try:
         app, loop = build(cfg)
     except BaseException:
         sock.close()
+        release_gil()
         raise
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
     what = "emulated CENT devices" if not cfg.on_gpus else f"modelled {cfg.gpu.kind} GPUs"
@@ -119,7 +136,8 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
     try:
-        sock.listen(2048)  # uvicorn's backlog: a client that reads the log line and connects waits, not refused
+        start_listening(sock, cfg.server.host, cfg.server.port)  # uvicorn's backlog: a client that reads the
+        # log line and connects waits, not refused
         host = f"[{cfg.server.host}]" if ":" in cfg.server.host else cfg.server.host
         log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
                  host, sock.getsockname()[1])
@@ -143,6 +161,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
         if cfg.executor == "ray":
             import ray
             ray.shutdown()
+        release_gil()
         log.info("stopped: engine thread and device actors are gone")
 
 
@@ -155,12 +174,13 @@ class Server:
         self.cfg = cfg
         self.sock = bind_listen_socket(cfg.server.host, cfg.server.port)  # held while the devices start (run_server)
         self.port = self.sock.getsockname()[1]
-        self.switch_interval = responsive_gil()  # given back by `stop`
+        responsive_gil()  # given back by `stop`
+        self._stopped = False
         try:
             self.app, self.loop = build(cfg, engine)
         except BaseException:
             self.sock.close()
-            sys.setswitchinterval(self.switch_interval)
+            release_gil()
             raise
         config = uvicorn.Config(self.app, host=cfg.server.host, port=self.port, log_level="warning",
                                 timeout_keep_alive=5, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
@@ -174,22 +194,31 @@ class Server:
         return f"http://{self.cfg.server.host}:{self.port}"
 
     def start(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start on {self.url}")
-            time.sleep(0.02)
+        try:
+            start_listening(self.sock, self.cfg.server.host, self.port)
+            self.thread.start()
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not self.server.started:
+                if not self.thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start on {self.url}")
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()  # the engine thread, the socket and the switch interval are given back
+            raise
         return self
 
     def stop(self) -> None:
         """As `cent serve` stops on a signal: the engine first (running generations end as aborted), then uvicorn."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.loop.stop()
         self.server.should_exit = True
-        self.thread.join(30)
+        if self.thread.is_alive():
+            self.thread.join(30)
         self.sock.close()
         self.loop.engine.shutdown()
-        sys.setswitchinterval(self.switch_interval)
+        release_gil()
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -28,10 +28,13 @@ SERVE = ["serve", "--local", "--port", "0", "--model", "llama2-70b", "--devices"
          "--numerics", "off"]
 
 
-def _post(url: str, body: dict) -> None:
+def _post(url: str, body: dict, errors: list) -> None:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        r.read()
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            r.read()
+    except OSError as exc:  # urllib's HTTPError and URLError among them: the run's figures would be wrong
+        errors.append(exc)
 
 
 def run(tree: Path, requests: int, max_tokens: int) -> dict:
@@ -47,7 +50,9 @@ def run(tree: Path, requests: int, max_tokens: int) -> dict:
                 time.sleep(0.5)
             url = found.group(1)
             body = dict(model="llama2-70b", prompt="CENT", max_tokens=max_tokens, ignore_eos=True)
-            clients = [threading.Thread(target=_post, args=(url + "/v1/completions", body)) for _ in range(requests)]
+            errors: list = []
+            clients = [threading.Thread(target=_post, args=(url + "/v1/completions", body, errors))
+                       for _ in range(requests)]
             t0 = time.monotonic()
             for t in clients:
                 t.start()
@@ -59,6 +64,8 @@ def run(tree: Path, requests: int, max_tokens: int) -> dict:
                 time.sleep(0.25)
             for t in clients:
                 t.join()
+            if errors:
+                raise SystemExit(f"{len(errors)} of {requests} completions failed in {tree}: {errors[0]}")
             return dict(wall_s=time.monotonic() - t0, health_max_s=max(waits, default=0.0), probes=len(waits))
         finally:
             proc.terminate()

@@ -114,6 +114,18 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
     return s
 
 
+def start_listening(sock: socket.socket, host: str, port: int, backlog: int = 2048) -> None:
+    """`sock.listen`, the port given for the error: another server told the same port may have bound
+    it too meanwhile (address reuse lets two bind while neither listens) and listened first."""
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ValueError(f"server.port={port} is in use on {host}: another server took it while this one "
+                         "started; stop the other server or pick another port with --port N") from None
+
+
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens, full numerics fits this machine and its checkpoint

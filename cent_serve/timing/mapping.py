@@ -206,7 +206,8 @@ def size_text(nbytes: float) -> str:
     sizes apart, MiB under 1 GiB (a device made small by an override reads "64 MiB", not "0 GiB")."""
     if nbytes >= 2**30:
         return f"{nbytes / 2**30:.2f} GiB"
-    return f"{nbytes / 2**20:.3g} MiB"
+    mib = nbytes / 2**20
+    return f"{mib:.3g} MiB" if mib < 999.5 else f"{mib:.0f} MiB"  # 1023 MiB, not 1.02e+03
 
 
 def expert_placement(m: ModelConfig, mp: Mapping, element_bytes: int = 2) -> dict | None:

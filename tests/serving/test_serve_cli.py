@@ -345,3 +345,49 @@ def test_run_server_holds_its_port_from_before_the_devices_start(monkeypatch):
     with pytest.raises(SystemExit):
         srv.run_server(server_cfg(port=port))
     assert held == [True] and not _port_taken(port)
+
+
+def test_the_switch_interval_is_back_once_every_server_stopped(monkeypatch):
+    """A server's process switches threads every 1 ms while it runs (GIL_SWITCH_S); whatever was set
+    before is back once the last server stops, in whichever order they stop, and after a startup
+    that failed (run_server left 1 ms for the rest of the process)."""
+    import sys
+
+    import uvicorn
+
+    import api.server as srv
+    from tests.serving.utils import server_cfg
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        a = srv.Server(server_cfg(), "local").start()
+        b = srv.Server(server_cfg(), "local").start()
+        assert sys.getswitchinterval() == srv.GIL_SWITCH_S
+        a.stop()
+        assert sys.getswitchinterval() == srv.GIL_SWITCH_S  # b still serves
+        b.stop()
+        assert sys.getswitchinterval() == 0.004
+        monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # never started
+        with pytest.raises(SystemExit):
+            srv.run_server(server_cfg())
+        assert sys.getswitchinterval() == 0.004
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_second_server_that_listens_first_is_named_by_port():
+    """Two servers told one port both bind it (address reuse, neither listening yet): the one that
+    listens second gets the port's one-line error, not a bare 'Address already in use'."""
+    from cent_serve.preflight import bind_listen_socket, start_listening
+
+    first = bind_listen_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    second = bind_listen_socket("127.0.0.1", port)
+    try:
+        second.listen()
+        with pytest.raises(ValueError, match=f"server.port={port} is in use on 127.0.0.1: another server took it"):
+            start_listening(first, "127.0.0.1", port)
+    finally:
+        first.close()
+        second.close()
