@@ -136,8 +136,8 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
     try:
-        start_listening(sock, cfg.server.host, cfg.server.port)  # uvicorn's backlog: a client that reads the
-        # log line and connects waits, not refused
+        # uvicorn's backlog, from now: a client that reads the log line below and connects waits, not refused
+        start_listening(sock, cfg.server.host, cfg.server.port)
         host = f"[{cfg.server.host}]" if ":" in cfg.server.host else cfg.server.host
         log.info("listening on http://%s:%d/v1 (OpenAI-compatible; /metrics, /v1/cent/status)",
                  host, sock.getsockname()[1])
