@@ -59,6 +59,8 @@ class PacedServer:
             self.stop()
             raise RuntimeError(f"cent serve did not start: {''.join(lines)[-2000:]}")
         self.url = found.group(1)
+        # the rest of the log read as it comes, so a server that logs much never blocks on a full pipe
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
         if httpx.get(self.url + "/health", timeout=30).status_code != 200:
             self.stop()
             raise RuntimeError(f"cent serve at {self.url} is not healthy")
