@@ -14,9 +14,6 @@ from __future__ import annotations
 import re
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,55 +21,26 @@ from pathlib import Path
 
 import httpx
 
+from tests.serving.utils import serve_process, stop_serve
+
 PACE = 6000.0
 """Wall seconds per simulated second: the tiny model's ~0.22 ms simulated token lasts ~1.3 s."""
 TOLERANCE = 0.05
 HF_TINY = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 120.0
-"""A hang guard for `cent serve --local` to answer /health (~5 s here, mostly imports)."""
 
 
 class PacedServer:
     """`cent serve --local --numerics off --clock paced` (visible stand-in text, the prompt in one
-    round) in a subprocess that `stop` ends, on the loopback port it takes itself (`--port 0`; its log
-    names the port)."""
+    round) in a subprocess that `stop` ends, on the loopback port it takes itself."""
 
     def __init__(self, model: str = "tiny") -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cent_serve.cli", "serve", "--local", "--model", model, "--devices", "8",
-             "--numerics", "off", "--clock", "paced", "--pace-factor", str(PACE), "--port", "0",
-             "--set", "scheduler.prefill_chunk_tokens=256"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(START_TIMEOUT_S, self.proc.kill)  # a server that hangs before its log line
-        watchdog.start()
-        lines = []
-        try:
-            for line in self.proc.stderr:  # the log; ends when the process does (or the watchdog kills it)
-                lines.append(line)
-                if "listening on" in line:
-                    break
-        finally:
-            watchdog.cancel()
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", "".join(lines))
-        if not found:
-            self.stop()
-            raise RuntimeError(f"cent serve did not start: {''.join(lines)[-2000:]}")
-        self.url = found.group(1)
-        # the rest of the log read as it comes, so a server that logs much never blocks on a full pipe
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-        if httpx.get(self.url + "/health", timeout=30).status_code != 200:
-            self.stop()
-            raise RuntimeError(f"cent serve at {self.url} is not healthy")
+        self.proc = serve_process(["--local", "--model", model, "--devices", "8", "--numerics", "off",
+                                   "--clock", "paced", "--pace-factor", str(PACE),
+                                   "--set", "scheduler.prefill_chunk_tokens=256"])
+        self.url = self.proc.url
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_serve(self.proc, timeout_s=30)
 
 
 @contextmanager

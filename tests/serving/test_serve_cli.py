@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -15,57 +12,17 @@ import httpx
 import openai
 import pytest
 
-STARTUP_TIMEOUT_S = 180.0
-
-
-def _drain(stream, lines: list[str]) -> None:
-    for line in stream:  # until the process ends
-        lines.append(line)
+from tests.serving.utils import serve_process, stop_serve
 
 
 def _serve(args: list[str], **env_vars: str):
-    """`cent serve --port 0 ARGS`: the port is the one its log names, taken by the server itself (a
-    port picked here and passed in could be taken by another process before the server binds it)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
-    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    watchdog = threading.Timer(STARTUP_TIMEOUT_S, proc.kill)  # a server that hangs before its log line ends too
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:  # ends when the process does (or the watchdog kills it)
-            lines.append(line)
-            if "listening on" in line:
-                break
-    finally:
-        watchdog.cancel()
-    head = "".join(lines)
-    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", head)
-    if not found:
-        proc.kill()
-        raise AssertionError(f"cent serve did not come up:\n{head}{proc.stdout.read()}")
-    port = int(found.group(1))
-    url = f"http://127.0.0.1:{port}"
-    proc.log = lines  # the log: what was read so far, then a reader thread's lines (so the pipe never fills)
-    proc.reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
-    proc.reader.start()
-    try:
-        assert httpx.get(url + "/health", timeout=10).status_code == 200
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, url, port
+    proc = serve_process(args, **env_vars)
+    return proc, proc.url, proc.port
 
 
 def _stop(proc, port) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    proc.reader.join(10)
-    out = "".join(proc.log)
+    """`stop_serve`, and the exit was clean and gave the port back."""
+    out = stop_serve(proc)
     assert proc.returncode == 0, out
     with socket.socket() as s:  # the port is free again (for a server: TIME_WAIT is allowed)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

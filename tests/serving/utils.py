@@ -1,9 +1,16 @@
-"""Factories and probes for tests against a real server (local executor, free loopback port)."""
+"""Factories and probes for tests against a real server (local executor, free loopback port), and
+`cent serve` started as a user starts it (`serve_process`)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -15,6 +22,67 @@ count reached). Not a performance bound: a guard so that a hang fails the test i
 it, some 10-50x what a loaded 2-core machine needs, so load alone cannot trip it."""
 IDLE_TIMEOUT_S = HANG_GUARD_S
 """Longest wait for a server to finish (or abort) every request."""
+SERVE_START_TIMEOUT_S = 180.0
+"""A hang guard for `cent serve` to log its listening line: ~5 s with `--local` (mostly imports),
+~20 s with a local Ray on a loaded machine."""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_process(args: list[str], **env_vars: str) -> subprocess.Popen:
+    """`cent serve --port 0 ARGS` in a subprocess, once it answers /health. The port is the one its
+    log names, taken by the server itself: a port picked here and passed in could be taken by another
+    process before the server binds it. The process gets `url`, `port` and `log` (the lines of its
+    stdout and stderr so far: a thread reads them as they come, so a server that logs much never
+    blocks on a full pipe); `stop_serve` ends it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watchdog = threading.Timer(SERVE_START_TIMEOUT_S, proc.kill)  # a server that hangs before its log line
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # ends when the process does (or the watchdog kills it)
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        watchdog.cancel()
+    found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", "".join(lines))
+    if not found:
+        proc.kill()
+        raise AssertionError(f"cent serve did not come up:\n{''.join(lines)}{proc.stdout.read()}")
+    proc.port = int(found.group(1))
+    proc.url = f"http://127.0.0.1:{proc.port}"
+    proc.log = lines
+    proc.reader = threading.Thread(target=_read_on, args=(proc.stdout, lines), daemon=True)
+    proc.reader.start()
+    try:
+        assert httpx.get(proc.url + "/health", timeout=30).status_code == 200
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def _read_on(stream, lines: list[str]) -> None:
+    for line in stream:  # until the process ends
+        lines.append(line)
+
+
+def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0) -> str:
+    """SIGTERM, then the process's whole log once it exits (killed after `timeout_s`, a hang guard:
+    a clean stop takes about a second)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.reader.join(10)
+    return "".join(proc.log)
 
 
 def server_cfg(numerics: str = "off", devices: int = 8, pp: int = 0, max_waiting: int = 1024,
