@@ -587,6 +587,13 @@ class DeviceConfig:
             self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
         _check(isinstance(self.energy, EnergyConfig), "device.energy", self.energy,
                "it is a section of fields: set them, e.g. device.energy.rd_mw=438.15")
+        # A controller serves whole channels: its power is shared by channels_per_controller of them
+        # (cent_serve.timing.energy), so a count that does not divide the channels would leave a
+        # fraction of a controller.
+        per = self.energy.channels_per_controller
+        _check(self.num_channels % per == 0, "device.energy.channels_per_controller", per,
+               f"it does not divide device.num_channels={self.num_channels} (a controller serves whole "
+               "channels): set one of them so it does")
 
 
 @dataclass

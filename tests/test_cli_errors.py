@@ -253,6 +253,15 @@ def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
     assert proc.returncode == 2
 
 
+def test_a_controller_of_a_fraction_of_the_channels_is_refused():
+    # 32 channels at 3 a controller would be 10 2/3 controllers: it was accepted, each command charged
+    # a third of a controller's power.
+    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                    "--set", "device.energy.channels_per_controller=3")
+    _one_line_error(proc, "device.energy.channels_per_controller=3", "does not divide device.num_channels=32")
+    assert proc.returncode == 2
+
+
 @pytest.mark.parametrize("command", [["bench", "run"], ["bench", "sweep", "--rates", "1"], ["bench", "paper"],
                                      ["bench", "compare", "--gpu", "a100-80gb:1"]])
 def test_an_out_that_is_a_file_is_refused_before_the_replay(tmp_path, command):
