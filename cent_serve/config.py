@@ -389,8 +389,8 @@ class EnergyConfig:
     device.burst_elements x bytes_per_element bytes costs its share of 32 B)."""
     t_ccd_ns: float = 1.0
     """Column-to-column delay tCCD_L, ns: how long an all-bank MAC step of 32 B a bank draws its power.
-    Energy only: the time model's MAC interval is the artifact's 2 device cycles a column command
-    (docs/hardware_model.md section 4), which `device.clock_hz` scales."""
+    Energy only: the time model's interval is device.column_cycles at device.clock_hz (2 cycles,
+    the artifact's: docs/hardware_model.md section 4)."""
     mac_bank_read_share: float = 0.1875
     """Power of one bank's MAC unit during a MAC step, as a share of rd_mw (the artifact charges
     an all-bank MAC of 16 banks 3 x rd_mw: 1.314 nJ)."""
@@ -479,6 +479,12 @@ class DeviceConfig:
     the PIM cycles per element (docs/hardware_model.md section 1, "The data type")."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns."""
+    column_cycles: float = 2.0
+    """Cycles from one column command of a streamed row to the next (tCCD_L at clock_hz: 2 cycles,
+    1 ns): an all-bank MAC step, an elementwise product, a burst into the global buffer. The GEMV,
+    score, softmax and score x V passes stream at it (docs/hardware_model.md section 4); their
+    fixed per-row and per-group cycles do not change with it. Time only: a MAC step's energy is
+    device.energy.t_ccd_ns's."""
     accumulator_registers: int = 32
     """Per-bank accumulator registers: GEMV outputs per mode-switch group (reuse size)."""
     # GEMV cost terms (docs/hardware_model.md section 4).

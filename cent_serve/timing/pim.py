@@ -50,8 +50,8 @@ def gemv_cycles(din: int, dout: int, banks: int, dev: DeviceConfig, af: bool = F
     """A Dout x Din GEMV over `banks` banks.
 
     c outputs per bank; the input is streamed one DRAM row (1024 elements) at
-    a time: 2 cycles per column command (MAC_ABK every 2 cycles), a row
-    switch plus register traffic per output and row (103), two mode switches
+    a time: 2 cycles per column command (MAC_ABK every 2 cycles: `column_cycles`),
+    a row switch plus register traffic per output and row (103), two mode switches
     per group of outputs that fit the accumulator registers (54.5). The
     activation ('AF') variant of the gate projection halves the group size
     and adds the lookup per output (72.4).
@@ -64,7 +64,8 @@ def gemv_cycles(din: int, dout: int, banks: int, dev: DeviceConfig, af: bool = F
     for r in range(rows):
         op = (dev.row_column_ops if r < rows - 1
               else cdiv(din - dev.row_elements * (rows - 1), dev.burst_elements))
-        total += 2 * op + dev.gemv_group_cycles * ng + c * (dev.gemv_row_cycles + 2 * op)
+        stream = dev.column_cycles * op
+        total += stream + dev.gemv_group_cycles * ng + c * (dev.gemv_row_cycles + stream)
     if af:
         total += dev.gemv_af_cycles * c
     return total
@@ -108,11 +109,12 @@ def attended(m: ModelConfig, context: int) -> int:
 def score_slot_cycles(m: ModelConfig, dev: DeviceConfig, first: bool) -> float:
     """q.K^T for one bank-slot of keys and one query head of a GQA group: each row of a key
     (head_dim x KV heads values) with the matching query values into the global buffer (2 cycles
-    a burst), then per KV head its MAC columns (2 cycles a burst) and its bias, result read and
-    mode switches (1024-element rows of 128-wide heads: 904 cycles a row, 816 for further heads)."""
+    a burst: `column_cycles`), then per KV head its MAC columns (2 cycles a burst) and its bias,
+    result read and mode switches (1024-element rows of 128-wide heads: 904 cycles a row, 816 for
+    further heads)."""
     per_head = dev.score_head_cycles if first else dev.score_rep_head_cycles
-    bl = dev.burst_elements
-    return 2 * cdiv(m.kv_size, bl) + m.num_kv_heads * (2 * cdiv(m.head_dim, bl) + per_head)
+    bl, col = dev.burst_elements, dev.column_cycles
+    return col * cdiv(m.kv_size, bl) + m.num_kv_heads * (col * cdiv(m.head_dim, bl) + per_head)
 
 
 def score_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
@@ -128,11 +130,12 @@ def context_rows(context: int, row: int) -> list[int]:
 
 
 def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
-    """Score vectors cross the DMA six times (to the accelerator and back)."""
+    """Score vectors cross the DMA six times (to the accelerator and back); per head group, two
+    all-bank elementwise passes over the row (`column_cycles` a burst)."""
     bl = dev.burst_elements
     nhpb = cdiv(m.num_heads, BANK_GROUPS * g.cpb)
     return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb * dev.dma_line_cycles
-               + 2 * nhpb * (dev.softmax_fixed_cycles + 2 * cdiv(size, bl))
+               + 2 * nhpb * (dev.softmax_fixed_cycles + dev.column_cycles * cdiv(size, bl))
                for size in context_rows(attended(m, context), dev.row_elements))
 
 
@@ -147,7 +150,8 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     per_row = 0.0
     for size in context_rows(attended(m, context), dev.row_elements):
         op = dev.row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
-        per_row += 2 * op + v_rows(m, dev) * (dev.sv_row_cycles + 2 * op)
+        stream = dev.column_cycles * op
+        per_row += stream + v_rows(m, dev) * (dev.sv_row_cycles + stream)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
 
 
@@ -198,10 +202,11 @@ def expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 
 def lm_head_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """The final RMSNorm's scale pass and the LM head, a D -> vocab GEMV, once per token."""
+    """The final RMSNorm's scale pass (its bursts through the DMA, as the block's norms') and the LM
+    head, a D -> vocab GEMV, once per token."""
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     return (gemv_cycles(m.hidden_size, m.vocab_size, g.banks, dev)
-            + 2 * cdiv(ew, dev.burst_elements) * ewb * g.tb + dev.norm_fixed_cycles)
+            + 2 * cdiv(ew, dev.burst_elements) * ewb * g.tb * dev.dma_line_cycles + dev.norm_fixed_cycles)
 
 
 def embed_lookup_cycles(m: ModelConfig, dev: DeviceConfig) -> float:

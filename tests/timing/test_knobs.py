@@ -9,7 +9,8 @@ import pytest
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ParallelConfig, apply_overrides, model_preset
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.accelerator import accelerator_cycles
-from cent_serve.timing.pim import BlockGeometry, gemv_cycles, norm_cycles
+from cent_serve.timing.pim import (BlockGeometry, gemv_cycles, lm_head_cycles, norm_cycles, score_slot_cycles,
+                                   score_v_cycles, softmax_cycles)
 
 L = 2048
 
@@ -58,6 +59,36 @@ def test_a_wider_burst_halves_the_column_commands():
     """burst 32: gemv(4096 -> 4096, B = 128) is 4 rows x (2 x 32 + 54.5 + 32 (103 + 64))."""
     dev = dataclasses.replace(DeviceConfig(), burst_elements=32)
     assert gemv_cycles(4096, 4096, 128, dev) == 4 * (64 + 54.5 + 32 * 167)
+
+
+def test_the_column_interval_times_the_streamed_columns_only():
+    """A column command every cycle instead of 2 (tCCD_L 0.5 ns at 2 GHz): gemv(4096 -> 4096,
+    B = 128) is 4 rows x (64 + 54.5 + 32 (103 + 64)); score, softmax and score x V lose one cycle
+    a column they stream, their fixed cycles stay; the norms, rotary, KV append and SiLU do not
+    stream columns."""
+    dev, fast = DeviceConfig(), DeviceConfig(column_cycles=1.0)
+    assert gemv_cycles(4096, 4096, 128, fast) == 4 * (64 + 54.5 + 32 * 167) == 21850
+    m, g = model_preset("llama2-7b"), BlockGeometry(cpb=8, tb=4, tp=1)
+    # one key's 4096 values into the buffer (256 bursts), then 32 heads x 8 MAC columns
+    assert score_slot_cycles(m, dev, True) - score_slot_cycles(m, fast, True) == 256 + 32 * 8
+    # 2048 keys: 2 rows of 64 columns; per row 2 head groups x 64, and 1 + 8 V^T rows x 64 per head
+    nhpb = 1  # 32 heads over 4 bank groups x 8 channels
+    assert softmax_cycles(m, g, dev, L) - softmax_cycles(m, g, fast, L) == 2 * 2 * nhpb * 64
+    assert score_v_cycles(m, g, dev, L) - score_v_cycles(m, g, fast, L) == 4 * 1 * 2 * (64 + 8 * 64)
+    base, quick = _timer().pim.breakdown(L), _timer(device__column_cycles=1.0).pim.breakdown(L)
+    for op in ("norm", "rotary", "kv", "act"):
+        assert getattr(quick, op) == getattr(base, op)
+    for op in ("qkvo", "ffn", "score", "softmax", "sv"):
+        assert getattr(quick, op) < getattr(base, op)
+
+
+def test_the_lm_heads_norm_pass_goes_through_the_dma_engine_too():
+    """The final RMSNorm's scale pass moves its bursts through the DMA engine, as a block's norms
+    do: at 64 B a cycle it takes half its cycles (it took the same before)."""
+    m, g = model_preset("llama2-7b"), BlockGeometry(cpb=8, tb=4, tp=1)
+    dev, wide = DeviceConfig(), DeviceConfig(dma_bytes_per_cycle=64.0)
+    gemv, fixed = gemv_cycles(4096, 32000, g.banks, dev), 850
+    assert lm_head_cycles(m, g, wide) - gemv - fixed == (lm_head_cycles(m, g, dev) - gemv - fixed) / 2 > 0
 
 
 def test_fewer_accumulator_registers_mean_more_mode_switch_groups():
