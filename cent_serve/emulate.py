@@ -101,19 +101,23 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
 
     The PIM cost is a step function of the context (tiles of the attention
     rows), so the measured round is the one whose context equals the closed
-    form's; the warm-up rounds stagger the queries over the pipeline first.
+    form's; the warm-up rounds stagger the queries over the pipeline first. Throughput and power
+    are those of all the mapping's replicas, as in `emulate_phases`.
     """
-    queries = executor.timer.mapping.lanes
+    mp = executor.timer.mapping
+    queries, k = mp.lanes, mp.replicas
     steps = min(warmup + 1, seqlen)
     start = seqlen - steps  # the last round's token sits at position seqlen - 1: context seqlen
     trace = run_workload(cfg, executor, start, steps, energy_marks=(steps - 1,))
     lat, thr = _step_figures(trace, steps - 1, queries)
+    thr *= k  # the replicas run the same rounds side by side (as the closed form counts them)
     energy = (trace.energy_j_at[steps] - trace.energy_j_at[steps - 1]) / queries
     out = token_figures(executor.timer, seqlen).as_dict()
     closed = {k: out[k] for k in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "power_w",
                                   "avg_power_w")}
     out.update(token_latency_ms=1e3 * lat, throughput_tok_s=thr, token_energy_mj=1e3 * energy,
-               power_w=energy * thr, avg_power_w=energy * thr, emulated=True, closed_form=closed, wall_s=trace.wall_s,
+               power_w=energy * thr, avg_power_w=energy * thr, emulated=True, replicas=k, closed_form=closed,
+               wall_s=trace.wall_s,
                sim_tokens_per_wall_s=trace.tokens / trace.wall_s)
     return out
 
@@ -124,11 +128,14 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
 
     power_w (and avg_power_w, the same here) is measured system power (phase energy / phase
     simulated time); the artifact's closed-form "power" divides by PIM time only, so it reads
-    higher by the non-PIM share.
+    higher by the non-PIM share. The executor runs one replica of the mapping: throughput and
+    power are those of all `mapping.replicas`, which run the same rounds side by side (the closed
+    form's count); latency and energy per token are one replica's, the same in each.
     """
     from cent_serve.timing.pipeline import phase_figures, phase_seqlens
 
-    queries = executor.timer.mapping.lanes
+    mp = executor.timer.mapping
+    queries, k = mp.lanes, mp.replicas
     total = prompt + decode
     groups = phase_seqlens(prompt, decode, gap)
     trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
@@ -146,13 +153,14 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
         a, b = spans[phase]
         energy_j = energy_at[b] - energy_at[a]
         sim_s = float(trace.done_s[b - 1].max() - (trace.done_s[a - 1].max() if a > 0 else 0.0))
-        out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=thr,
+        out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=k * thr,
                           energy_per_token_mj=1e3 * energy_j / ((b - a) * queries),
-                          power_w=energy_j / sim_s, avg_power_w=energy_j / sim_s, token_latency_ms=1e3 * lat,
+                          power_w=k * energy_j / sim_s, avg_power_w=k * energy_j / sim_s, token_latency_ms=1e3 * lat,
                           num_seqlens=len(groups[phase]),
                           closed_form={k: closed[phase][k] for k in ("latency_s", "throughput_tok_s",
                                        "energy_per_token_mj", "power_w", "avg_power_w",
                                                                  "token_latency_ms", "energy_breakdown_mj")})
+    out["replicas"] = k
     out["wall_s"] = trace.wall_s
     out["sim_tokens_per_wall_s"] = trace.tokens / trace.wall_s
     out["simulated_s"] = float(trace.done_s[-1].max())

@@ -344,7 +344,8 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"emulated {cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
-          f"{out['executor']} executor, numerics {cfg.resolved_numerics}")
+          f"{out['executor']} executor, numerics {cfg.resolved_numerics}"
+          + (f"; one of the {mp.replicas} replicas emulated, throughput of all of them" if mp.replicas > 1 else ""))
     rows = [(p, out[p]) for p in PHASES if p in out] if args.prompt is not None else [("token", out)]
     print(f"{'':<10}{'tok/s':>11}{'closed form':>13}{'ms/token':>10}{'closed form':>13}")
     for name, r in rows:

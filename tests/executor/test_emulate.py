@@ -34,11 +34,12 @@ def _rel(a: float, b: float) -> float:
     ("llama2-7b", 8, 2, 4, "off"),      # hybrid
     ("llama2-70b", 32, 4, 8, "off"),    # hybrid, 10 blocks per device
     ("tiny", 8, 2, 4, "full"),          # real weights through the fabric
+    ("llama2-7b", 16, 8, 1, "off"),     # two replicas of 8 devices: the figures of both
 ])
 def test_seqlen_figures_match_closed_form(model, devices, pp, tp, numerics):
     cfg = _cfg(model, devices, pp, tp, numerics)
     out = emulate_seqlen(cfg, LocalExecutor(cfg), 300)
-    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj"):
+    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "avg_power_w"):
         assert _rel(out[key], out["closed_form"][key]) < TOL, key
     assert out["seqlen"] == 300 and out["sim_tokens_per_wall_s"] > 0
 
@@ -53,14 +54,31 @@ def test_context_is_exactly_the_closed_forms():
     assert _rel(out["token_latency_ms"], out["closed_form"]["token_latency_ms"]) < 1e-3
 
 
-@pytest.mark.parametrize("prompt, decode, gap", [(64, 64, 32), (20, 12, 32)])  # the second: both phases short
-def test_phases_match_closed_form(prompt, decode, gap):
-    cfg = _cfg("llama2-13b", 32, 40, 1)
+@pytest.mark.parametrize("prompt, decode, gap, devices", [
+    (64, 64, 32, 32), (20, 12, 32, 32),  # the second: both phases short
+    (20, 12, 32, 40),  # two replicas of 20 devices: the throughput of both
+])
+def test_phases_match_closed_form(prompt, decode, gap, devices):
+    cfg = _cfg("llama2-13b", devices, 20, 1)
     out = emulate_phases(cfg, LocalExecutor(cfg), prompt=prompt, decode=decode, gap=gap)
+    assert out["replicas"] == devices // 20
     for phase in ("prefill", "decoding", "end2end"):
         for key in ("latency_s", "throughput_tok_s", "token_latency_ms", "energy_per_token_mj"):
             assert _rel(out[phase][key], out[phase]["closed_form"][key]) < TOL, (phase, key)
     assert out["simulated_s"] > out["end2end"]["latency_s"] * 0.99
+
+
+def test_replicas_add_throughput_and_power_not_latency_or_energy_per_token():
+    """40 devices hold two copies of 13B's 20-stage pipeline: the emulation runs one, and reports
+    both (it reported one copy's throughput beside the closed form's two). Not exactly twice: the
+    40 devices share the switch's lanes, so each link is slower (0.6% here)."""
+    one, two = (emulate_phases(c, LocalExecutor(c), prompt=20, decode=12, gap=32)
+                for c in (_cfg("llama2-13b", 20, 20, 1), _cfg("llama2-13b", 40, 20, 1)))
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    for phase in ("prefill", "decoding", "end2end"):
+        a, b = one[phase], two[phase]
+        assert _rel(b["throughput_tok_s"], 2 * a["throughput_tok_s"]) < TOL and _rel(b["power_w"], 2 * a["power_w"]) < TOL
+        assert _rel(b["latency_s"], a["latency_s"]) < TOL and _rel(b["energy_per_token_mj"], a["energy_per_token_mj"]) < TOL
 
 
 def test_two_runs_are_bit_identical():
