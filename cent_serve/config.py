@@ -621,7 +621,8 @@ class FabricConfig:
     lane_gbps: float = 8.0
     """Bytes per second per lane, in GiB/s (2^30 bytes a second; not gigabits)."""
     multicast: bool = True
-    """CENT always multicasts, which halves the per-lane bandwidth."""
+    """CENT always multicasts, which halves the per-lane bandwidth; false: the whole bandwidth, and a
+    payload for k devices is sent k times (docs/hardware_model.md section 6)."""
     flit_bytes: int = 256
     """PBR flit size on the wire."""
     flit_payload_bytes: int = 192

@@ -91,8 +91,12 @@ class Fabric:
         return self._one(src, (dst,), flits_for_values(num_values, self.cfg.fabric), ready_s)
 
     def multicast(self, src: int, dsts: tuple[int, ...], num_values: int, ready_s: float) -> float:
-        """Broadcast to a group: one serialization at the source, every destination receives."""
-        return self._one(src, tuple(dsts), flits_for_values(num_values, self.cfg.fabric), ready_s)
+        """Broadcast to a group: one serialization at the source, every destination receives (without
+        multicast, `fabric.multicast` false: one send to each, back to back; the last arrival)."""
+        flits = flits_for_values(num_values, self.cfg.fabric)
+        if self.cfg.fabric.multicast:
+            return self._one(src, tuple(dsts), flits, ready_s)
+        return max(self._one(src, (d,), flits, ready_s) for d in dsts)
 
     def gather(self, srcs: tuple[int, ...], dst: int, num_values: int, ready_s: list[float]) -> float:
         """An n-vector split over srcs collected at dst: ceil(2 n / tp / 192) (tp - 1) flits,
@@ -130,7 +134,13 @@ class Fabric:
         if len(layout) == 0:
             return x
         ser, flits = self._lane_sizes(layout)
-        arrival = self.transfer(srcs[0], dsts, flits, ser, x.ready_s)
+        if self.cfg.fabric.multicast or len(dsts) == 1:
+            arrival = self.transfer(srcs[0], dsts, flits, ser, x.ready_s)
+        else:  # one send to each destination, lane by lane in arrival order; a lane's last copy counts
+            arrival = np.empty(len(layout))
+            for a in np.argsort(x.ready_s, kind="mergesort"):
+                one = slice(a, a + 1)
+                arrival[a] = max(self.transfer(srcs[0], (d,), flits[one], ser[one], x.ready_s[one])[0] for d in dsts)
         hidden = None
         if x.hidden is not None:
             hidden = []

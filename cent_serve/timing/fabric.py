@@ -3,7 +3,9 @@
 Payloads travel in 256-byte PBR flits carrying 192 bytes; a transfer costs the
 one-hop round trip (180 ns) plus its flits at the port's bandwidth. The
 switch's lanes are shared equally by the devices in the system, and CENT
-always multicasts, which halves the per-lane bandwidth.
+always multicasts, which halves the per-lane bandwidth. Without multicast
+(`fabric.multicast` false) a payload for k devices is k transfers back to
+back from its sender, at the whole lane bandwidth.
 """
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def flits_for_bytes(nbytes: int, fab: FabricConfig) -> int:
 def flits_for_values(n: int, fab: FabricConfig) -> int:
     """flits(n bf16 values) = ceil(2 n / 192)."""
     return flits_for_bytes(BF16_BYTES * n, fab)
+
+
+def copies(fab: FabricConfig, receivers: int) -> int:
+    """Times the sender puts a payload for `receivers` devices on the wire: once when the switch
+    multicasts, else once a receiver."""
+    return 1 if fab.multicast else max(1, receivers)
 
 
 @dataclass(frozen=True)
@@ -59,18 +67,18 @@ def gather_flits(n_values: int, tp: int, fab: FabricConfig) -> int:
     return -(-BF16_BYTES * n_values // (tp * fab.flit_payload_bytes)) * (tp - 1)
 
 
-def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
+def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: int = 1, receivers: int = 1) -> float:
     """Pipeline: one t(flits(D)) per block (charged even between blocks on one device).
 
     This is also the hop every block ends with in the emulation: its output
-    vector (tokens x D) moving to the next block.
+    vector (tokens x D) moving to the next block's `receivers` devices (its tp).
     """
-    return port.transfer_s(flits_for_values(hidden * tokens, fab))
+    return port.transfer_s(flits_for_values(hidden * tokens, fab) * copies(fab, receivers))
 
 
 def hop_size(hidden: int, tokens: int, port: PortModel, fab: FabricConfig) -> tuple[int, float]:
-    """(flits, serialization s) of a lane's activations (tokens x D bf16 values) crossing a port:
-    the payload of a stage-to-stage hop (`fabric.switch.Fabric.hop`)."""
+    """(flits, serialization s) of a lane's activations (tokens x D bf16 values) crossing a port
+    once: the payload of a stage-to-stage hop (`fabric.switch.Fabric.hop`)."""
     flits = flits_for_values(hidden * tokens, fab)
     return flits, port.serialize_s(flits)
 
@@ -101,7 +109,7 @@ def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: F
         count[("gather", dim)] += 1
         count[("broadcast", dim)] += primitive == "all_gather"
     nbytes = {dim: BF16_BYTES * n for dim, n in dims.items()}
-    eb, fb = broadcast_s(nbytes["D"], port, fab), broadcast_s(nbytes["F"], port, fab)
+    eb, fb = broadcast_s(nbytes["D"], port, fab, tp - 1), broadcast_s(nbytes["F"], port, fab, tp - 1)
     eg, fg = gather_s(nbytes["D"], tp, port, fab), gather_s(nbytes["F"], tp, port, fab)
     # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
     return (count[("broadcast", "D")] * eb + count[("gather", "D")] * eg
@@ -124,8 +132,8 @@ the partial sums'."""
 def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
     """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine."""
     nbytes = BF16_BYTES * hidden * tokens
-    return 4 * broadcast_s(nbytes, port, fab) + 4 * gather_s(nbytes, tp, port, fab) + moe_combine_s(hidden, tp, port,
-                                                                                                    fab, tokens)
+    return (4 * broadcast_s(nbytes, port, fab, tp - 1) + 4 * gather_s(nbytes, tp, port, fab)
+            + moe_combine_s(hidden, tp, port, fab, tokens))
 
 
 def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
@@ -135,7 +143,7 @@ def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, toke
 
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:
     """Tensor/hybrid: per block 5 Eb + 5 Eg + Fb + Fg (broadcasts and gathers of D and F)."""
-    return tensor_collectives_s(hidden, ffn, tp, port, fab) + pipeline_block_s(hidden, port, fab)
+    return tensor_collectives_s(hidden, ffn, tp, port, fab) + pipeline_block_s(hidden, port, fab, receivers=tp)
 
 
 # ----------------------------------------------------------------------------- any payload, in bytes
@@ -146,10 +154,10 @@ def point_to_point_s(nbytes: int, port: PortModel, fab: FabricConfig) -> float:
     return port.transfer_s(flits_for_bytes(nbytes, fab))
 
 
-def broadcast_s(nbytes: int, port: PortModel, fab: FabricConfig) -> float:
-    """One device to many: CENT multicasts, so one transfer reaches every receiver
-    (the halved lane bandwidth is already in `port`)."""
-    return port.transfer_s(flits_for_bytes(nbytes, fab))
+def broadcast_s(nbytes: int, port: PortModel, fab: FabricConfig, receivers: int = 1) -> float:
+    """One device to `receivers` others: CENT multicasts, so one transfer reaches every receiver
+    (the halved lane bandwidth is already in `port`); without multicast, one transfer each."""
+    return port.transfer_s(flits_for_bytes(nbytes, fab) * copies(fab, receivers))
 
 
 def gather_s(nbytes: int, tp: int, port: PortModel, fab: FabricConfig) -> float:

@@ -143,10 +143,12 @@ class SystemTimer:
         return hit
 
     def hop_s(self, tokens: int) -> float:
-        """A block's output (tokens x D) moving to the next block: t(flits(tokens D))."""
+        """A block's output (tokens x D) moving to the next block: t(flits(tokens D)), once to each
+        of its tp devices without multicast."""
         hit = self._hop.get(tokens)
         if hit is None:
-            hit = self._hop[tokens] = pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens)
+            hit = self._hop[tokens] = pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens,
+                                                       self.mapping.tp)
         return hit
 
     def local_hop_s(self, tokens: int) -> float:
