@@ -27,7 +27,7 @@ from cent_serve.messages import RoundOutput
 from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import Replicas, describe_fault
-from cent_serve.request import Request, RequestParams, RequestRefused, Status
+from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
 from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
 
@@ -115,14 +115,20 @@ class Engine:
         bad = next((t for t in prompt_ids if not 0 <= t < m.vocab_size), None)
         if bad is not None:
             raise RequestRefused("invalid_prompt", f"prompt token id {bad} is outside the vocabulary [0, {m.vocab_size})")
-        if len(prompt_ids) + 1 > m.max_seq_len:
-            raise RequestRefused("context_exceeded", f"the prompt has {len(prompt_ids)} tokens; the model's context "
-                                 f"is {m.max_seq_len} (model.max_seq_len): shorten the prompt")
-        room = m.max_seq_len - len(prompt_ids)
+        self.check_length(len(prompt_ids), max_tokens)
+
+    def check_length(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """`check_request`'s part that needs only the lengths: a replay asks it before it builds a
+        prompt, so a trace row of 3e9 prompt tokens is refused, not built."""
+        m = self.cfg.model
+        too_long = prompt_too_long(num_prompt_tokens, m.max_seq_len)
+        if too_long is not None:
+            raise too_long
+        room = m.max_seq_len - num_prompt_tokens
         if max_tokens > room:  # refused, as vLLM's server refuses it, not cut short later
             raise RequestRefused("context_exceeded", f"max_tokens={max_tokens} does not fit: the prompt leaves {room} "
                                  "tokens of the model's context; lower max_tokens or shorten the prompt", "max_tokens")
-        self.scheduler.check_fits(len(prompt_ids))
+        self.scheduler.check_fits(num_prompt_tokens)
 
     def add_request(self, prompt_ids: list[int], params: RequestParams = RequestParams(),
                     request_id: str | None = None, arrival_s: float | None = None) -> Request:

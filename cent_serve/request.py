@@ -26,6 +26,14 @@ class RequestRefused(ValueError):
         """The request field at fault (the API's error `param`): `prompt`, `max_tokens`, ..."""
 
 
+def prompt_too_long(num_prompt_tokens: int, max_seq_len: int) -> RequestRefused | None:
+    """The refusal of a prompt that leaves no room for one token of the model's context."""
+    if num_prompt_tokens + 1 <= max_seq_len:
+        return None
+    return RequestRefused("context_exceeded", f"the prompt has {num_prompt_tokens} tokens; the model's context is "
+                          f"{max_seq_len} (model.max_seq_len): shorten the prompt")
+
+
 REFUSAL_REASONS = ("context_exceeded", "kv_capacity", "invalid_prompt", "duplicate_id", "queue_full")
 """Why a request is refused: prompt + max_tokens past the model's context; its KV can never fit a
 replica; an empty prompt or an id outside the vocabulary; a request id in use; the waiting queue

@@ -26,7 +26,7 @@ from cent_serve.bench.prompts import synthetic_prompt
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
                                      engine_id)
-from cent_serve.request import REFUSAL_REASONS
+from cent_serve.request import REFUSAL_REASONS, prompt_too_long
 from cent_serve.serving import RELEASE_HOLD_S  # `hold_until_s` of the last request: the clock is released
 
 REQUEST_TIMEOUT_S = 600.0
@@ -131,8 +131,9 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
     return rec
 
 
-async def _probe(client: httpx.AsyncClient, url: str) -> str:
-    """The served model's id; ValueError naming `url` and the fix when nothing answers there."""
+async def _probe(client: httpx.AsyncClient, url: str) -> tuple[str, int | None]:
+    """The served model's id and context (`max_model_len`, as vLLM and cent-serve list it; None
+    when the server does not say); ValueError naming `url` and the fix when nothing answers there."""
     try:
         r = await client.get("/v1/models")
     except httpx.UnsupportedProtocol:
@@ -141,8 +142,10 @@ async def _probe(client: httpx.AsyncClient, url: str) -> str:
         raise ValueError(f"--url {url}: cannot connect ({type(exc).__name__}: {exc}): start `cent serve` "
                          "there or fix --url") from None
     try:
-        return r.json()["data"][0]["id"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        model = r.json()["data"][0]
+        context = model.get("max_model_len")
+        return model["id"], context if isinstance(context, int) and not isinstance(context, bool) else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ValueError(f"--url {url}: GET /v1/models answered {r.status_code} without a model list: "
                          "point --url at an OpenAI-compatible server (e.g. `cent serve`), without /v1") from None
 
@@ -154,6 +157,8 @@ class _Server:
     model: str
     status: dict
     """`/v1/cent/status` at the start ({} when the server is not cent-serve)."""
+    max_model_len: int | None = None
+    """The served model's context, when /v1/models says it."""
 
     @property
     def cent(self) -> bool:
@@ -178,9 +183,9 @@ class _Server:
 
 
 async def _server(client: httpx.AsyncClient, url: str) -> _Server:
-    model = await _probe(client, url)
+    model, context = await _probe(client, url)
     st = await client.get("/v1/cent/status")
-    return _Server(model, st.json() if st.status_code == 200 else {})
+    return _Server(model, st.json() if st.status_code == 200 else {}, context)
 
 
 class _Replay:
@@ -221,6 +226,13 @@ class _Replay:
         rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens),
                                                 trace_arrival_s=tr.trace_arrival_s)
         wall = self.walls[rid] = WallTimes()
+        too_long = srv.max_model_len and prompt_too_long(rec.num_prompt_tokens, srv.max_model_len)
+        if too_long:
+            # what the server answers (400, context_exceeded), without building and sending a prompt
+            # that long first: a trace row of 3e9 tokens would take all the memory
+            rec.finish_reason, rec.failure_reason, rec.error = "invalid", too_long.reason, str(too_long)
+            self.bar.done(rec)
+            return
         ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), bos_token_id=1).token_ids
         body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
                     stream=True, stream_options={"include_usage": True})

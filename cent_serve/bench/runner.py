@@ -266,6 +266,8 @@ def _add(engine: Engine, tr: TraceRequest, index: int, seed: int) -> RequestReco
     rid = engine_id(tr)
     params = RequestParams(max_tokens=max(1, tr.num_output_tokens), ignore_eos=True)
     try:
+        if tr.prompt is None:  # refused by its length before a prompt of that length is built
+            engine.check_length(max(1, tr.num_prompt_tokens), params.max_tokens)
         engine.add_request(_prompt_ids(tr, engine, index, seed), params, request_id=rid, arrival_s=tr.arrival_s)
     except RequestRefused as exc:
         return RequestRecord.refused(rid, tr, exc)

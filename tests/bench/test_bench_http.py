@@ -98,6 +98,35 @@ def test_a_paced_server_that_ran_before_reports_in_trace_time():
     assert refused.clock_s >= 0.0 and not refused.records[0].ok  # the idle engine's clock lies before the start
 
 
+def test_a_prompt_longer_than_any_memory_is_refused_by_its_length_not_built(monkeypatch):
+    """A trace row of 3e9 prompt tokens: context_exceeded, in process and over HTTP alike, without
+    a prompt of that length built first (it was: the kernel killed the replay at 24 GB)."""
+    import cent_serve.bench.http_client as http_client
+    import cent_serve.bench.runner as runner
+    from cent_serve.bench import Request
+
+    real = runner.synthetic_prompt
+    cap = model_preset("tiny").max_seq_len
+
+    def bounded(num_tokens, *args, **kwargs):
+        assert num_tokens <= cap, f"built a prompt of {num_tokens} tokens"
+        return real(num_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "synthetic_prompt", bounded)
+    monkeypatch.setattr(http_client, "synthetic_prompt", bounded)
+    reqs = [Request("a", 0.0, 10, 5), Request("huge", 0.001, 3_000_000_000, 5), Request("b", 0.002, 10, 5)]
+    local = run_in_process(_cfg(), reqs, progress=False)
+    with Server(_cfg(), "local") as s:
+        remote, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+    for result in (local, remote):
+        by_id = {r.request_id: r for r in result.records}
+        huge = by_id["trace-huge"]
+        assert (huge.finish_reason, huge.failure_reason) == ("invalid", "context_exceeded")
+        assert huge.error.startswith("the prompt has 3000000000 tokens; the model's context is 8192")
+        assert by_id["trace-a"].finish_reason == by_id["trace-b"].finish_reason == "length"
+    assert summarize(local, {"ttft": 20.0}) | {"wall_s": 0} == summarize(remote, {"ttft": 20.0}) | {"wall_s": 0}
+
+
 def test_refused_replay_requests_do_not_stall_the_clock():
     """Rejected requests (429) still move the replay hold on: the replay finishes promptly."""
     from cent_serve.bench import Request
