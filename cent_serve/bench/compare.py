@@ -114,12 +114,20 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
 
 
 def print_compare(out: dict) -> None:
-    at = " at the trace's own arrival times (the rates above are the sweep's)" if out.get("sweep") else ""
+    shaped = out.get("bench") or {}
+    if shaped.get("rate"):
+        at = f" arriving at {shaped['rate']:g} req/s (--rate)"
+    elif shaped.get("time_scale", 1.0) != 1.0:
+        at = f" at the trace's arrival times x {shaped['time_scale']:g} (--time-scale)"
+    else:
+        at = " at the trace's own arrival times" if out.get("sweep") else ""
+    if out.get("sweep"):
+        at += " (the rates above are the sweep's)"
     print(f"{out['model']}, {out['requests']} requests{at}: CENT = {out['cent']['hardware']}; "
           f"GPU = {out['gpu']['hardware']}")
     labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
     width = max(map(len, labels), default=0) + 2
-    print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>10}")
+    print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>13}")
 
     def figure(v) -> str:  # four significant digits (a ratio of 0.0034 is not 0.00); from 10,000 on, whole
         if v is None:       # numbers with separators (not 1.063e+04)
@@ -128,7 +136,7 @@ def print_compare(out: dict) -> None:
 
     for label, r in zip(labels, out["table"]):
         ratio = "-" if r["cent_over_gpu"] is None else figure(r["cent_over_gpu"]) + "x"
-        print(f"{label:<{width}}{figure(r['cent']):>14}{figure(r['gpu']):>14}{ratio:>10}")
+        print(f"{label:<{width}}{figure(r['cent']):>14}{figure(r['gpu']):>14}{ratio:>13}")  # 0.0008108x fits
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")

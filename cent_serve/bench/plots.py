@@ -139,7 +139,7 @@ def _cdf(ax, name: str, short: str, values_ms: list[float], slo_ms: float | None
     ax.axvline(p99 / div, color="tab:orange", ls="--", lw=1, label=f"p99 {fmt_in(p99, div, unit)}")
     if slo_ms is not None:
         within = float(np.mean(x <= slo_ms))
-        label = f"SLO {fmt_in(slo_ms, div, unit)}: {100 * within:.0f}% within"
+        label = f"SLO {fmt_in(slo_ms, div, unit)}: {100 * within:.0f}% of completed within"
         if draw_slo:
             ax.axvline(slo_ms / div, color="tab:red", lw=1.5, label=label)
         else:
@@ -196,10 +196,15 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
     peak = max(kv, default=0.0)
     axes[2].step(t, kv, where="post", color="tab:purple")
     axes[2].set_ylabel("KV cache in use")
-    axes[2].set_ylim(0, max(peak * 1.15, 1e-6))
-    axes[2].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=_percent_decimals(peak)))
+    # a peak under 0.001% (none, or a few tokens in a large cache) on the whole 0-100% axis: ticks 4
+    # decimals cannot tell apart read "0%, 0%, 0%"
+    shown = peak if peak >= 1e-5 else 1.0
+    axes[2].set_ylim(0, shown * 1.15 if shown < 1.0 else 1.0)
+    axes[2].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=_percent_decimals(shown)))
     axes[2].yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))  # ticks the decimals can show
-    axes[2].set_title(f"peak {100 * peak:.{_percent_decimals(peak)}f}% of the KV blocks", fontsize=9, loc="right")
+    peak_text = (f"{100 * peak:.{_percent_decimals(peak)}f}%" if peak == 0 or peak >= 1e-5
+                 else f"{100 * peak:.1g}%")
+    axes[2].set_title(f"peak {peak_text} of the KV blocks", fontsize=9, loc="right")
     axes[2].set_xlabel(f"time from the first arrival (s, {_clock(result)})")
     for ax, integer in zip(axes, (True, True, False)):
         ax.grid(alpha=0.3)

@@ -24,9 +24,15 @@ def parse_goodput(specs: list[str]) -> dict[str, float]:
         if name not in SLO_METRICS:
             raise ValueError(f"--goodput {spec!r} is invalid: use NAME:MS with NAME in {', '.join(SLO_METRICS)}")
         try:
-            out[name] = float(value)
+            ms = float(value)
         except ValueError:
             raise ValueError(f"--goodput {spec!r} is invalid: the value must be milliseconds, e.g. ttft:200") from None
+        if not ms >= 0:  # NaN too (vLLM refuses a negative SLO as well)
+            raise ValueError(f"--goodput {spec!r} is invalid: the value must be milliseconds >= 0, e.g. {name}:200")
+        if name in out:
+            raise ValueError(f"--goodput {spec!r} is invalid: {name} is given twice (also {name}:{out[name]:g}): "
+                             "give each metric once")
+        out[name] = ms
     return out
 
 
@@ -70,20 +76,24 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
     failed = [r for r in records if not r.ok]
     start = min((r.arrival_s for r in records), default=0.0)
     end = max((r.finish_s for r in ok if r.finish_s is not None), default=start)
-    duration = max(end - start, 1e-12)
+    duration = end - start  # 0 when nothing completed: every rate is then 0
+
+    def rate(n: float) -> float:
+        return n / duration if duration > 0 else 0.0
+
     n_in = sum(r.num_prompt_tokens for r in ok)
     n_out = sum(r.num_output_tokens for r in ok)
     energy_mj = sum(r.energy_mj for r in records)
     out = dict(duration=duration, completed=len(ok), failed=len(failed), total_input_tokens=n_in,
-               total_output_tokens=n_out, request_throughput=len(ok) / duration,
-               output_throughput=n_out / duration, total_token_throughput=(n_in + n_out) / duration)
+               total_output_tokens=n_out, request_throughput=rate(len(ok)),
+               output_throughput=rate(n_out), total_token_throughput=rate(n_in + n_out))
     out.update(_stats("ttft", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None]))
     out.update(_stats("tpot", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None]))
     out.update(_stats("itl", [x * 1e3 for r in ok for x in r.itls_s]))
     out.update(_stats("e2el", [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None]))
     if slos:
         good = sum(1 for r in ok if meets(r, slos))
-        out.update(request_goodput=good / duration, goodput_slos_ms=slos,
+        out.update(request_goodput=rate(good), goodput_slos_ms=slos,
                    slo_attainment=good / max(1, len(records)))
     clock = result.clock_s
     out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,

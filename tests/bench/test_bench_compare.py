@@ -112,3 +112,25 @@ def test_the_table_prints_large_figures_as_whole_numbers_and_small_ratios_with_t
     assert rows[2].split()[-3:] == ["10,630", "400.2", "26.56x"]
     assert rows[3].split()[-3:] == ["0.1235", "-", "-"]
     assert rows[4].split()[-3:] == ["0.5912", "173.2", "0.003413x"]  # a small ratio keeps its digits, not 0.00x
+
+
+def test_a_ratio_of_ten_characters_stays_apart_from_the_gpu_column(capsys):
+    """0.0008108x is 10 characters: in a 10-wide column it ran into the GPU figure (654.90.0008108x)."""
+    from cent_serve.bench.compare import print_compare
+    side = dict(hardware="x", failure_reasons={})
+    print_compare(dict(model="m", requests=3, cent=side, gpu=side, sweep=None, table=[
+        dict(metric="energy per token", unit="mJ", cent=0.531, gpu=654.9, cent_over_gpu=0.531 / 654.9)]))
+    assert capsys.readouterr().out.splitlines()[2].split()[-3:] == ["0.531", "654.9", "0.0008108x"]
+
+
+@pytest.mark.parametrize("bench, says", [
+    (dict(rate=2.0, time_scale=1.0), "3 requests arriving at 2 req/s (--rate)"),
+    (dict(rate=None, time_scale=0.5), "3 requests at the trace's arrival times x 0.5 (--time-scale)"),
+    (dict(rate=None, time_scale=1.0), "3 requests at the trace's own arrival times (the rates above"),
+])
+def test_the_header_says_how_the_compared_requests_arrived(capsys, bench, says):
+    """With --rates beside --rate, the header said the trace's own arrival times (external audit)."""
+    from cent_serve.bench.compare import print_compare
+    side = dict(hardware="x", failure_reasons={})
+    print_compare(dict(model="m", requests=3, cent=side, gpu=side, bench=bench, sweep={"CENT": []}, table=[]))
+    assert says in capsys.readouterr().out.splitlines()[0]

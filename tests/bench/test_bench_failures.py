@@ -67,6 +67,15 @@ def test_slo_attainment_counts_failed_requests_as_missing():
     assert s["request_goodput"] == pytest.approx(2 / s["duration"])
 
 
+def test_a_run_where_nothing_completed_lasts_0_s_at_0_req_s():
+    """Every request refused: duration 0 and every rate 0 (the duration read 1e-12, a made-up value)."""
+    s = summarize(result_of([refused(str(i), float(i), RequestRefused("context_exceeded", "too long"))
+                             for i in range(2)]), {"ttft": 500.0})
+    assert s["duration"] == 0.0 and s["completed"] == 0 and s["failed"] == 2
+    assert s["request_throughput"] == s["output_throughput"] == s["total_token_throughput"] == 0.0
+    assert s["request_goodput"] == 0.0 and s["slo_attainment"] == 0.0
+
+
 def test_refusals_keep_their_reason_codes():
     assert refused("x", 0.0, QueueFull("full")).finish_reason == "rejected"
     rec = refused("y", 0.0, RequestRefused("kv_capacity", "needs 9 KV blocks"))
@@ -187,6 +196,31 @@ def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch
     assert [p.name for p in paths] == ["latency_cdf.png", "timeline.png", "utilization.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert len(offsets) >= 10 and all(text == "" for text in offsets), offsets
+    plt.close("all")
+
+
+@pytest.mark.parametrize("peak, title", [(0.0, "peak 0% of the KV blocks"), (3e-7, "peak 3e-05% of the KV blocks"),
+                                         (0.004, "peak 0.40% of the KV blocks")])
+def test_the_kv_axis_of_a_tiny_or_zero_peak_has_distinct_ticks(tmp_path, monkeypatch, peak, title):
+    """A peak of 0 or under 0.001% labelled every tick "0%" (or 0.0001%, 0.0001%, 0.0000%)."""
+    import matplotlib.pyplot as plt
+
+    from cent_serve.bench import plots
+
+    seen = {}
+
+    def save(fig, path):
+        fig.canvas.draw()
+        kv = fig.axes[2]
+        seen["ticks"] = [t.get_text() for t in kv.get_yticklabels() if 0 <= t.get_position()[1] <= kv.get_ylim()[1]]
+        seen["title"] = kv.get_title(loc="right")
+
+    monkeypatch.setattr(plots, "_save", save)
+    result = result_of([done("r", 0.0, 0.2)])
+    result.samples = [Sample(0.0, 0, 1, 0.0), Sample(1.0, 0, 1, peak), Sample(2.0, 0, 0, 0.0)]
+    plots.plot_timeline(tmp_path / "t.png", result, summarize(result))
+    assert len(seen["ticks"]) >= 3 and len(set(seen["ticks"])) == len(seen["ticks"]), seen["ticks"]
+    assert seen["title"] == title
     plt.close("all")
 
 

@@ -131,9 +131,15 @@ def test_ctrl_c_keeps_the_results_of_the_requests_that_ended(tmp_path, capsys, m
         run_in_process(CentConfig(numerics="off"), synthetic_trace(3, rate=1.0, lengths=FixedLengths(8, 4)), progress=False)
 
 
-def test_bad_goodput_spec_is_a_clear_error(capsys):
-    assert main(["bench", "run", "--goodput", "latency:5"]) == 2
-    assert "--goodput 'latency:5' is invalid" in capsys.readouterr().err
+@pytest.mark.parametrize("specs, says", [
+    (["latency:5"], "--goodput 'latency:5' is invalid: use NAME:MS"),
+    (["ttft:nan"], "--goodput 'ttft:nan' is invalid: the value must be milliseconds >= 0"),  # was: 0% meet nan
+    (["ttft:-1"], "--goodput 'ttft:-1' is invalid: the value must be milliseconds >= 0"),
+    (["ttft:5", "ttft:10"], "--goodput 'ttft:10' is invalid: ttft is given twice (also ttft:5)"),  # kept the last
+])
+def test_bad_goodput_spec_is_a_clear_error(capsys, specs, says):
+    assert main(["bench", "run", "--goodput", *specs]) == 2
+    assert says in capsys.readouterr().err
 
 
 def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
