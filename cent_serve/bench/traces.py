@@ -56,6 +56,12 @@ def _check(ok: bool, name: str, value: object, fix: str) -> None:
         raise ParamError(f"{{{name}}}={value!r} is invalid: {fix}")
 
 
+MAX_ARRIVAL_S = 1e8
+"""Latest arrival a replay takes, in seconds after the first (3.2 years; BurstGPT's 121 days are
+1.05e7 s). Simulated time is one float of seconds: at 1e8 s it resolves 15 ns, so a TTFT of a
+millisecond keeps its digits; at 1e12 s it resolves 0.1 ms, and a 1.9 ms TTFT read 1.2 ms."""
+
+
 def check_rate_or_time_scale(rate: float | None, time_scale: float) -> None:
     """A rate (a rescaled trace's, or an arrival process's: ShareGPT, synthetic) fixes the mean
     gap whatever the time scale was; taking both would silently drop one of them."""
@@ -230,6 +236,11 @@ def _transform(requests: Iterable[Request], options: TraceOptions,
     max_prompt = options.max_prompt_tokens or math.inf
     max_output = options.max_output_tokens or math.inf
     for arrival_s, req in _select(requests, options, source):
+        if arrival_s * factor > MAX_ARRIVAL_S:
+            raise ParamError(f"{source}: request {req.request_id!r} arrives {arrival_s * factor:g} s after the first "
+                             f"one, past the {MAX_ARRIVAL_S:g} s within which a replay's latencies keep their "
+                             "digits (simulated time is one float of seconds): compress the arrivals with {time_scale} or select fewer "
+                             "requests with {num_requests} or {start_s}")
         yield replace(req, arrival_s=arrival_s * factor,
                       num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),
                       num_output_tokens=int(min(req.num_output_tokens, max_output)))

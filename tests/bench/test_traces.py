@@ -409,6 +409,18 @@ def test_clipping_caps_lengths_and_keeps_zero(tmp_path):
     assert [r.num_output_tokens for r in reqs] == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
 
 
+def test_an_arrival_past_what_a_float_clock_keeps_exact_is_refused_unless_compressed(tmp_path):
+    """1e9 s after the first request: refused, naming the request and the fix (a 1e12 s gap gave a
+    1.9 ms TTFT as 1.2 ms, a 1e20 s one a TTFT of 0); --time-scale brings it within 1e8 s."""
+    path = vidur_trace(tmp_path, [0.0, 10.0, 1e9])
+    with pytest.raises(ParamError) as err:
+        list(load_trace(path))
+    assert "request '2' arrives 1e+09 s after the first one, past the 1e+08 s" in err.value.render(CLI_FLAGS)
+    assert "compress the arrivals with --time-scale" in err.value.render(CLI_FLAGS)
+    assert [r.arrival_s for r in load_trace(path, options=TraceOptions(time_scale=0.05))] == [0.0, 0.5, 5e7]
+    assert len(list(load_trace(path, options=TraceOptions(num_requests=2)))) == 2
+
+
 def test_rate_override_reads_the_source_twice_and_refuses_one_request(tmp_path):
     calls = []
 
