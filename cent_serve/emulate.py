@@ -124,7 +124,7 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
 
 def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int = 128) -> dict:
     """The whole paper workload; phases averaged over the closed form's context lengths
-    (`phase_seqlens`: L = gap, 2 gap, ..., a short phase at its middle).
+    (`phase_parts`: L = gap, 2 gap, ..., a short phase at its middle).
 
     power_w (and avg_power_w, the same here) is measured system power (phase energy / phase
     simulated time); the artifact's closed-form "power" divides by PIM time only, so it reads
@@ -132,31 +132,32 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
     power are those of all `mapping.replicas`, which run the same rounds side by side (the closed
     form's count); latency and energy per token are one replica's, the same in each.
     """
-    from cent_serve.timing.pipeline import phase_figures, phase_seqlens
+    from cent_serve.timing.pipeline import phase_figures, phase_mean, phase_parts
 
     mp = executor.timer.mapping
     queries, k = mp.lanes, mp.replicas
     total = prompt + decode
-    groups = phase_seqlens(prompt, decode, gap)
+    parts = phase_parts(prompt, decode, gap)
     trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
-    per_l = {L: _step_figures(trace, L - 1, queries) for L in sorted({L for ls in groups.values() for L in ls})}
+    per_l = {L: _step_figures(trace, L - 1, queries) for L in sorted({L for p in parts.values() for ls, _ in p
+                                                                      for L in ls})}
     counts = {"prefill": prompt, "decoding": decode, "end2end": total}
     spans = {"prefill": (0, prompt), "decoding": (prompt, total), "end2end": (0, total)}
     closed = phase_figures(executor.timer, prompt, decode, gap)
     energy_at = trace.energy_j_at
     out: dict = {}
     for phase in PHASES:
-        if phase not in groups:
+        if phase not in parts:
             continue
-        lat = float(np.mean([per_l[L][0] for L in groups[phase]]))
-        thr = float(np.mean([per_l[L][1] for L in groups[phase]]))
+        lat = phase_mean(parts[phase], lambda L: per_l[L][0])
+        thr = phase_mean(parts[phase], lambda L: per_l[L][1])
         a, b = spans[phase]
         energy_j = energy_at[b] - energy_at[a]
         sim_s = float(trace.done_s[b - 1].max() - (trace.done_s[a - 1].max() if a > 0 else 0.0))
         out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=k * thr,
                           energy_per_token_mj=1e3 * energy_j / ((b - a) * queries),
                           power_w=k * energy_j / sim_s, avg_power_w=k * energy_j / sim_s, token_latency_ms=1e3 * lat,
-                          num_seqlens=len(groups[phase]),
+                          num_seqlens=len({L for ls, _ in parts[phase] for L in ls}),
                           closed_form={k: closed[phase][k] for k in ("latency_s", "throughput_tok_s",
                                        "energy_per_token_mj", "power_w", "avg_power_w",
                                                                  "token_latency_ms", "energy_breakdown_mj")})

@@ -194,6 +194,24 @@ def test_a_phase_shorter_than_the_spacing_is_taken_at_its_middle(capsys):
         assert out[phase]["throughput_tok_s"] == pytest.approx(token_figures(t, L).throughput_tok_s, rel=1e-12)
 
 
+@pytest.mark.parametrize("prompt, decode, gap", [(512, 3584, 5000), (200, 50, 128), (100, 200, 128), (512, 3584, 128)])
+def test_end_to_end_is_the_phases_by_their_token_counts(prompt, decode, gap):
+    """End2end's latency is the phases' added and its figures their token-weighted means: with a gap
+    past both phases it read 38.8 s beside phases of 3.9 + 40.6 s (the two middle lengths at equal
+    weight). The paper's workload at its gap already was (4 + 28 lengths, 128 tokens each)."""
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    from cent_serve.timing import SystemTimer
+    from cent_serve.timing.pipeline import phase_figures
+
+    t = SystemTimer.from_config(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1),
+                                           numerics="off"))
+    f = phase_figures(t, prompt, decode, gap)
+    p, d, e = f["prefill"], f["decoding"], f["end2end"]
+    assert e["latency_s"] == pytest.approx(p["latency_s"] + d["latency_s"], rel=1e-12)
+    for key in ("throughput_tok_s", "energy_per_token_mj", "avg_power_w"):
+        assert e[key] == pytest.approx((prompt * p[key] + decode * d[key]) / (prompt + decode), rel=1e-12), key
+
+
 @pytest.mark.parametrize("args, says", [
     (["bench", "run", "--bogus-flag"], "cent bench run: error: unrecognized arguments: --bogus-flag (see cent bench run"),
     (["serve", "--clock", "warp"], "cent serve: error: argument --clock: invalid choice: 'warp'"),

@@ -20,6 +20,7 @@ step, the PIM time of N/pp blocks (N/pp as a real number), times the share of th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from cent_serve.timing.accelerator import accelerator_parts
@@ -184,26 +185,48 @@ def phase_seqlens(prompt: int, decode: int, gap: int = 128) -> dict[str, list[in
     return out
 
 
+def phase_parts(prompt: int, decode: int, gap: int = 128) -> dict[str, list[tuple[list[int], float]]]:
+    """How each phase averages its context lengths (`phase_seqlens`): parts of (lengths, share),
+    a part's figure the plain mean over its lengths, the phase's the parts' figures by share. One
+    part of share 1 but for end2end when a phase was taken at its middle length: then end2end is
+    the two phases by their token counts, so its latency is theirs added (an equal mean over the
+    lengths gave 200 prompt tokens and 50 generated equal weight, and with a gap past both phases
+    an end2end latency shorter than the phases')."""
+    lengths = phase_seqlens(prompt, decode, gap)
+    out = {phase: [(ls, 1.0)] for phase, ls in lengths.items()}
+    every = [L for L in range(gap, prompt + decode + 1, gap)]
+    if decode and lengths["end2end"] != every:
+        total = prompt + decode
+        out["end2end"] = [(lengths["prefill"], prompt / total), (lengths["decoding"], decode / total)]
+    return out
+
+
+def phase_mean(parts: list[tuple[list[int], float]], value: Callable[[int], float]) -> float:
+    """A phase's figure: `value(L)` averaged over each part's lengths, the parts weighted by share."""
+    return sum(share * (sum(value(L) for L in ls) / len(ls)) for ls, share in parts)
+
+
 def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
                   batch: int | None = None) -> dict[str, dict]:
-    """Each phase's figures averaged over its context lengths (`phase_seqlens`): throughput,
-    energy and both powers are plain means over the L in a phase; latency = mean token time x the
+    """Each phase's figures averaged over its context lengths (`phase_parts`): throughput,
+    energy and both powers are means over the L in a phase; latency = mean token time x the
     phase's token count. `batch`: as in `token_figures`."""
-    lengths = phase_seqlens(prompt, decode, gap)
+    parts = phase_parts(prompt, decode, gap)
     total = prompt + decode
-    rows = {L: token_figures(timer, L, batch) for L in sorted({L for ls in lengths.values() for L in ls})}
+    rows = {L: token_figures(timer, L, batch) for L in sorted({L for p in parts.values() for ls, _ in p for L in ls})}
     counts = {"prefill": prompt, "decoding": decode, "end2end": total}
     out: dict[str, dict] = {}
     for phase in PHASES:
-        if phase not in lengths:
+        if phase not in parts:
             continue
-        group = [rows[L] for L in lengths[phase]]
-        mean = lambda key: sum(getattr(r, key) for r in group) / len(group)  # noqa: E731
+        mean = lambda key: phase_mean(parts[phase], lambda L: getattr(rows[L], key))  # noqa: E731
+        breakdown = rows[parts[phase][0][0][0]].energy_breakdown_mj
         out[phase] = dict(latency_s=mean("token_latency_ms") * counts[phase] / 1000,
                           throughput_tok_s=mean("throughput_tok_s"),
                           energy_per_token_mj=mean("token_energy_mj"), power_w=mean("power_w"),
                           avg_power_w=mean("avg_power_w"),
-                          token_latency_ms=mean("token_latency_ms"), num_seqlens=len(group),
-                          energy_breakdown_mj={k: sum(r.energy_breakdown_mj[k] for r in group) / len(group)
-                                               for k in group[0].energy_breakdown_mj})
+                          token_latency_ms=mean("token_latency_ms"),
+                          num_seqlens=len({L for ls, _ in parts[phase] for L in ls}),
+                          energy_breakdown_mj={k: phase_mean(parts[phase], lambda L: rows[L].energy_breakdown_mj[k])
+                                               for k in breakdown})
     return out
