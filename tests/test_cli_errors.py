@@ -194,11 +194,13 @@ def test_a_phase_shorter_than_the_spacing_is_taken_at_its_middle(capsys):
         assert out[phase]["throughput_tok_s"] == pytest.approx(token_figures(t, L).throughput_tok_s, rel=1e-12)
 
 
-@pytest.mark.parametrize("prompt, decode, gap", [(512, 3584, 5000), (200, 50, 128), (100, 200, 128), (512, 3584, 128)])
+@pytest.mark.parametrize("prompt, decode, gap", [(512, 3584, 5000), (200, 50, 128), (100, 200, 128), (500, 3596, 128),
+                                                  (512, 3584, 128)])
 def test_end_to_end_is_the_phases_by_their_token_counts(prompt, decode, gap):
     """End2end's latency is the phases' added and its figures their token-weighted means: with a gap
     past both phases it read 38.8 s beside phases of 3.9 + 40.6 s (the two middle lengths at equal
-    weight). The paper's workload at its gap already was (4 + 28 lengths, 128 tokens each)."""
+    weight); 500 + 3596 at gap 128 weighed 3 prefill lengths against 29 (3/32, not 500/4096). The
+    paper's workload at its gap already was (4 + 28 lengths, 128 tokens each)."""
     from cent_serve.config import CentConfig, ParallelConfig, model_preset
     from cent_serve.timing import SystemTimer
     from cent_serve.timing.pipeline import phase_figures
