@@ -589,6 +589,9 @@ class DeviceConfig:
         # than 4 banks a block would divide by zero, and a count not a multiple of 4 drops banks.
         _check(self.banks_per_channel % 4 == 0, "device.banks_per_channel", self.banks_per_channel,
                "make it a multiple of 4 (a channel's 4 bank groups of equal size, e.g. 8, 16 or 32)")
+        _check(self.gemv_af_group_size <= self.accumulator_registers, "device.gemv_af_group_size",
+               self.gemv_af_group_size, f"a group's outputs sit in the accumulator registers: use at most "
+               f"device.accumulator_registers={self.accumulator_registers}, or raise that")
         if isinstance(self.energy, dict):
             self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
         _check(isinstance(self.energy, EnergyConfig), "device.energy", self.energy,

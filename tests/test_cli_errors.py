@@ -273,6 +273,13 @@ def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
     assert proc.returncode == 2
 
 
+def test_an_activation_group_larger_than_the_accumulator_registers_is_refused():
+    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                    "--set", "device.gemv_af_group_size=64")
+    _one_line_error(proc, "device.gemv_af_group_size=64", "at most device.accumulator_registers=32")
+    assert proc.returncode == 2
+
+
 def test_a_controller_of_a_fraction_of_the_channels_is_refused():
     # 32 channels at 3 a controller would be 10 2/3 controllers: it was accepted, each command charged
     # a third of a controller's power.
