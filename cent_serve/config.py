@@ -1363,6 +1363,7 @@ def load_config(path: str | Path) -> CentConfig:
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
     data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
+    data.pop("workload", None)  # and cent simulate --json / a closed-form sweep row (prompt, decode, ...)
     server = data.get("server")
     if isinstance(server, dict) and server.get("api_key") == REDACTED:
         logging.getLogger("cent_serve").warning("config file %s: server.api_key was redacted when it was written: "

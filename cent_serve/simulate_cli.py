@@ -88,6 +88,22 @@ def run(args: argparse.Namespace) -> int:
     return _run_seqlen(cfg, args, timer)
 
 
+def _record(cfg: CentConfig, args: argparse.Namespace, **workload) -> dict:
+    """What --json adds so a result can be rerun: the workload and the whole config, overrides
+    applied (`cent info` and a bench run's config.json write the same config)."""
+    from cent_serve.config import config_to_dict
+
+    return dict(workload=workload, config=config_to_dict(cfg))
+
+
+def _print_overrides(args: argparse.Namespace) -> None:
+    """The text output's line of what changed the config from the defaults (the --json `config` has
+    all of it): `given: --config FILE --set device.clock_hz=4e9`, nothing when nothing was."""
+    given = ([f"--config {args.config}"] if getattr(args, "config", None) else []) + [f"--set {s}" for s in args.set]
+    if given:
+        print("given: " + " ".join(given))
+
+
 def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     """`--hardware gpu:KIND:N`: a static batch as transformers runs it (the artifact's GPU
     measurements), per phase, from the GPU model (docs/gpu_model.md)."""
@@ -119,13 +135,15 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
         r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
     if args.json:
         print(json.dumps(dict(f, hardware=cfg.hardware, mapping=t.mapping.describe(), replicas=k,
-                              attention_reads=cfg.gpu.attention_reads), indent=2))
+                              attention_reads=cfg.gpu.attention_reads,
+                              **_record(cfg, args, prompt=prompt, decode=decode, batch=batch)), indent=2))
         return 0
     replicas = f" in each of {t.mapping.replicas} replicas" if t.mapping.replicas > 1 else ""
     why = "--batch" if args.batch is not None else "the largest that fits, at most 128, unless --batch"
     print(f"{cfg.model.name} on {t.mapping.describe()}, prompt {prompt}, decode {decode}, a static batch of "
           f"{batch}{replicas} ({why}); attention reads "
           f"{cfg.gpu.attention_reads}" + (f"; throughput and power of all {k} replicas" if k > 1 else ""))
+    _print_overrides(args)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}")
     for phase in (p for p in PHASES if p in f):
         r = f[phase]
@@ -204,12 +222,15 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
         print(json.dumps(dict(phases, convention=args.convention,
-                              other_convention=dict(alt, convention=other.convention, why=why)),
+                              other_convention=dict(alt, convention=other.convention, why=why),
+                              **_record(cfg, args, prompt=args.prompt, decode=args.decode,
+                                        seqlen_gap=args.seqlen_gap, batch=batch)),
                          indent=2))
         return 0
     print(f"{cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
+    _print_overrides(args)
     paper = paper_workload(cfg.model.name, args.prompt, args.decode)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'avg W':>10}"
           + (f"{'vs GPU':>8}" if paper else ""))
@@ -246,10 +267,11 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                                    power_w=alt.power_w, avg_power_w=alt.avg_power_w,
                                    energy_breakdown_mj=alt.energy_breakdown_mj, why=why)
     if args.json:
-        print(json.dumps(fig, indent=2))
+        print(json.dumps(dict(fig, **_record(cfg, args, seqlen=seqlen, batch=batch)), indent=2))
         return 0
     print(f"{cfg.model.name} on {mp.num_devices} devices: {mp.describe()}; context {seqlen}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
+    _print_overrides(args)
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
                 "token_energy_mj", "power_w", "avg_power_w", "devices_used", "channels_per_block"):
@@ -298,6 +320,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         return 0
     print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
+    _print_overrides(args)
     paper = paper_workload(cfg.model.name, prompt, decode)
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
           + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
@@ -341,11 +364,14 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
     out["numerics"] = cfg.resolved_numerics
     out["convention"] = "cent"
     if args.json:
-        print(json.dumps(out, indent=2))
+        workload = (dict(prompt=args.prompt, decode=args.decode, seqlen_gap=args.seqlen_gap) if args.prompt is not None
+                    else dict(seqlen=context))
+        print(json.dumps(dict(out, **_record(cfg, args, **workload)), indent=2))
         return 0
     print(f"emulated {cfg.model.name} on {mp.num_devices} devices ({mp.describe()}), "
           f"{out['executor']} executor, numerics {cfg.resolved_numerics}"
           + (f"; one of the {mp.replicas} replicas emulated, throughput of all of them" if mp.replicas > 1 else ""))
+    _print_overrides(args)
     rows = [(p, out[p]) for p in PHASES if p in out] if args.prompt is not None else [("token", out)]
     print(f"{'':<10}{'tok/s':>11}{'closed form':>13}{'ms/token':>10}{'closed form':>13}")
     for name, r in rows:

@@ -16,7 +16,8 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
 
 - `sweep.csv`: one row per point: the varied values, the figures, the error, and the point's
   full resolved config as JSON (so any row can be rerun; a trace replay's has the trace and every
-  option that shaped its requests under `bench`, as `cent bench run`'s config.json).
+  option that shaped its requests under `bench`, as `cent bench run`'s config.json; the closed
+  form's has the workload's prompt and decode under `workload`).
   `throughput_tok_s` counts prompt and generated tokens, as the energy per token does (a trace
   replay adds `output_throughput_tok_s`); `power_w` (closed form only) is the artifact's power, a
   token's energy over its blocks' PIM time, and `avg_power_w` energy per token x throughput;
@@ -240,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = point_config(base, point, model_overrides(args))
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode))
-            config = config_to_dict(cfg) if recorded is None else dict(config_to_dict(cfg), bench=recorded)
+            config = (dict(config_to_dict(cfg), workload=dict(prompt=args.prompt, decode=args.decode))
+                      if recorded is None else dict(config_to_dict(cfg), bench=recorded))
             row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,
                        config=json.dumps(config, sort_keys=True))
             cost = figs.get("system_device_cost_usd")

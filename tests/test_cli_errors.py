@@ -194,6 +194,26 @@ def test_a_phase_shorter_than_the_spacing_is_taken_at_its_middle(capsys):
         assert out[phase]["throughput_tok_s"] == pytest.approx(token_figures(t, L).throughput_tok_s, rel=1e-12)
 
 
+def test_simulate_json_names_its_workload_and_config_and_reruns_from_them(tmp_path, capsys):
+    """--json had the figures only: not the --set that moved them, nor the model, mapping or
+    workload. Its `config` (overrides applied) given back as --config gives the same figures."""
+    from cent_serve.cli import main
+
+    args = ["simulate", "--model", "llama2-7b", "--devices", "16", "--pp", "8", "--prompt", "64", "--decode", "64",
+            "--json"]
+    assert main(args + ["--set", "device.clock_hz=4e9", "--set", "fabric.lane_gbps=16"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["workload"] == {"prompt": 64, "decode": 64, "seqlen_gap": 128, "batch": 8}
+    assert first["config"]["device"]["clock_hz"] == 4e9 and first["config"]["parallel"]["pp"] == 8
+    (tmp_path / "run.json").write_text(json.dumps(first["config"]))  # as `jq .config` would
+    assert main(["simulate", "--config", str(tmp_path / "run.json"), "--prompt", "64", "--decode", "64", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["end2end"] == first["end2end"] and again["config"] == first["config"]
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--seqlen", "300",
+                 "--set", "device.clock_hz=4e9"]) == 0
+    assert "given: --set device.clock_hz=4e9" in capsys.readouterr().out.splitlines()[1]
+
+
 @pytest.mark.parametrize("prompt, decode, gap", [(512, 3584, 5000), (200, 50, 128), (100, 200, 128), (500, 3596, 128),
                                                   (512, 3584, 128)])
 def test_end_to_end_is_the_phases_by_their_token_counts(prompt, decode, gap):

@@ -32,7 +32,9 @@ def test_a_closed_form_sweep_writes_every_point_with_its_config(tmp_path, capsys
     assert all("does not fit" in r["error"] for r in rows[:2])  # 70B on 16 devices of 8 GiB: weights over 8 GiB
     ok = rows[2:]
     assert float(ok[1]["throughput_tok_s"]) > float(ok[0]["throughput_tok_s"])  # a faster clock
-    cfg = _from_dict(CentConfig, json.loads(ok[1]["config"]), "")  # the row's config reruns to the same figures
+    recorded = json.loads(ok[1]["config"])
+    assert recorded.pop("workload") == {"prompt": 512, "decode": 3584}  # the workload the figures are of
+    cfg = _from_dict(CentConfig, recorded, "")  # the row's config reruns to the same figures
     assert cfg.device.clock_hz == 4e9 and cfg.parallel.num_devices == 64 and cfg.device.num_channels == 16
     assert closed_form_figures(cfg, 512, 3584)["throughput_tok_s"] == pytest.approx(float(ok[1]["throughput_tok_s"]),
                                                                                     rel=1e-12)
@@ -46,7 +48,9 @@ def test_a_varied_model_keeps_the_model_fields_set_on_the_command_line(tmp_path,
     capsys.readouterr()
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     for r in rows:
-        cfg = _from_dict(CentConfig, json.loads(r["config"]), "")
+        recorded = json.loads(r["config"])
+        recorded.pop("workload")
+        cfg = _from_dict(CentConfig, recorded, "")
         assert cfg.model.name == r["model"]
         assert cfg.model.intermediate_size == 22016 and cfg.model.seed == 7, r["model"]
     assert main(["simulate", "--model", "llama2-7b", "--devices", "32", "--prompt", "512", "--decode", "3584",

@@ -110,7 +110,7 @@ def test_cli_phases_and_sweep(capsys):
     assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--pp", "32", "--prompt", "512",
                  "--decode", "3584", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"prefill", "decoding", "end2end", "convention", "other_convention"}
+    assert set(out) == {"prefill", "decoding", "end2end", "convention", "other_convention", "workload", "config"}
     assert out["convention"] == "cent" and "energy: the artifact leaves the embedding and LM head out" in \
         out["other_convention"]["why"]
     # published: llama2-7b pp32 end2end 3006 tok/s (cent_phases_7b_13b.csv)
