@@ -383,7 +383,8 @@ class EnergyConfig:
     pre_standby_mw: float = 183.15
     """Precharged standby power, mW, for the share of channel-cycles with every bank closed."""
     t_rc_ns: float = 44.5
-    """Row cycle time tRC, ns: how long an activation draws act_mw."""
+    """Row cycle time tRC, ns: how long an activation draws act_mw. Energy only, as every timing
+    of this section: the time model counts device cycles (device.gemv_row_cycles, ...)."""
     t_burst_ns: float = 1.25
     """Burst time tBL of a 32 B burst, ns: how long a read or write draws rd_mw / wr_mw (a burst of
     device.burst_elements x bytes_per_element bytes costs its share of 32 B)."""
@@ -397,10 +398,11 @@ class EnergyConfig:
     ewmul_mac_share: float = 0.25
     """Energy of an all-bank elementwise product as a share of an all-bank MAC step."""
     precharge_ns: float = 16.0
-    """Time a channel stays precharged after closing all its banks (tRP; 32 cycles at 2 GHz), for standby."""
+    """Time a channel stays precharged after closing all its banks (tRP; 32 cycles at 2 GHz), for
+    standby energy only."""
     write_precharge_ns: float = 36.5
     """Time a channel stays precharged after an all-bank write with auto-precharge (tCWL + tBL +
-    tWR + tRP; 73 cycles at 2 GHz), for standby."""
+    tWR + tRP; 73 cycles at 2 GHz), for standby energy only."""
     access_clock_hz: float = 2e9
     """The clock the per-access powers below are quoted at (controller, buffers, accelerator units):
     an access costs its power for one cycle of it, whatever device.clock_hz is (a faster device
@@ -478,7 +480,10 @@ class DeviceConfig:
     """Bytes per stored element, bf16: the weights, KV cache, capacity and DMA lines are counted in it,
     the PIM cycles per element (docs/hardware_model.md section 1, "The data type")."""
     clock_hz: float = 2e9
-    """PIM command clock: one cycle is 0.5 ns."""
+    """PIM command clock: one cycle is 0.5 ns. Every PIM cycle count of the time model is at it, the
+    DRAM's included (a column command every column_cycles, a row switch in gemv_row_cycles), so 4e9
+    is a DRAM twice as fast, not a faster controller beside the same DRAM (whose tCCD_L of 1 ns
+    would keep a column every 4 cycles: raise column_cycles with it)."""
     column_cycles: float = 2.0
     """Cycles from one column command of a streamed row to the next (tCCD_L at clock_hz: 2 cycles,
     1 ns): an all-bank MAC step, an elementwise product, a burst into the global buffer. The GEMV,
