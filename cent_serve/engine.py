@@ -385,7 +385,7 @@ class Engine:
     def status(self) -> dict:
         mp = self.timer.mapping
         return dict(model=self.cfg.model.name, hardware=self.cfg.hardware,
-                    mapping=dict(mode=mp.mode, devices=mp.num_devices, pp=mp.pp,
+                    mapping=dict(mode=mp.mode, parallelism=mp.parallelism, devices=mp.num_devices, pp=mp.pp,
                     tp=mp.tp, devices_used=mp.devices_used, replicas=self.num_replicas,
                     lanes=mp.lanes * self.num_replicas, max_seqs_per_stage=self.scheduler.seqs_per_lane,
                     describe=mp.describe()),

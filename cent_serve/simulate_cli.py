@@ -313,7 +313,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
                                 "end2end", e2e["energy_per_token_mj"], c.device,
                                 against_paper=paper_workload(c.model.name, prompt, decode)))
-        rows.append(dict(pp=pp, tp=tp, mode=mp.mode, channels_per_block=mp.channels_per_block,
+        rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
         print(json.dumps(rows, indent=2))

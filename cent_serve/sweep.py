@@ -47,7 +47,7 @@ DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
-_MAPPING = ("model_name", "devices", "mode", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
+_MAPPING = ("model_name", "devices", "mode", "parallelism", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
 _COST = ("energy_per_token_mj", "tokens_per_joule")
 _PRICE = ("system_device_cost_usd", "tok_s_per_usd")
 CLOSED_FIGURES = (_MAPPING + ("token_latency_ms",) + _COST + ("power_w", "avg_power_w") + _PRICE
@@ -150,7 +150,7 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     e2e.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
                             e2e["energy_per_token_mj"], cfg.device,
                             against_paper=paper_workload(cfg.model.name, prompt, decode)))
-    return dict(e2e, mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
+    return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 
 def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, dict]:
@@ -190,7 +190,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
     cfg.numerics, cfg.executor = "off", "local"
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
-    out = dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
+    out = dict(mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
                # prompt + output tokens, as the closed form's throughput and every energy per token count them
                throughput_tok_s=s["total_token_throughput"], output_throughput_tok_s=s["output_throughput"],
                energy_per_token_mj=s["energy_per_token_mj"],

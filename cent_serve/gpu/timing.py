@@ -54,6 +54,12 @@ class GpuMapping:
         """GPUs of one replica."""
         return self.pp * self.tp
 
+    @property
+    def parallelism(self) -> str:
+        """pipeline, tensor, hybrid or one device, as a CENT mapping's."""
+        from cent_serve.timing.mapping import parallelism
+        return parallelism(self.pp, self.tp)
+
     def describe(self) -> str:
         dp = f" x {self.replicas} replicas" if self.replicas > 1 else ""
         return f"{self.num_devices} x {self.kind}: pp {self.pp} x tp {self.tp}{dp}"

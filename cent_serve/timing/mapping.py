@@ -37,7 +37,8 @@ class Mapping:
     """The resolved placement of a model on CENT devices."""
 
     mode: str
-    """'pipeline' (one block per stage, several stages per device) or 'tensor'."""
+    """How blocks use channels: 'pipeline' (one block per stage, several stages per device) or
+    'tensor' (every stage on whole devices, pp 8 x tp 1 too); `parallelism` is what a reader calls it."""
     num_devices: int
     pp: int
     tp: int
@@ -56,6 +57,11 @@ class Mapping:
     @property
     def devices_used(self) -> int:
         return len({d for s in self.stages for d in s.device_ids})
+
+    @property
+    def parallelism(self) -> str:
+        """pipeline, tensor, hybrid or one device (`parallelism`)."""
+        return parallelism(self.pp, self.tp)
 
     @property
     def replicas(self) -> int:

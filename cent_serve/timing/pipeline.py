@@ -36,6 +36,7 @@ class TokenFigures:
     tp: int
     seqlen: int
     mode: str
+    parallelism: str
     token_latency_ms: float
     throughput_tok_s: float
     block_pim_ms: float
@@ -115,6 +116,7 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         breakdown["experts"] = timer.moe_expected_s * timer.device.clock_hz
     return TokenFigures(
         model=m.name, devices=mp.num_devices, pp=mp.pp, tp=mp.tp, seqlen=context, mode=mp.mode,
+        parallelism=mp.parallelism,
         token_latency_ms=token_s * 1e3, throughput_tok_s=mp.replicas * batch / token_s,
         block_pim_ms=block_pim_s * 1e3, block_cxl_ms=timer.block_cxl_s * 1e3,
         block_acc_ms=timer.block_acc_s(context) * mp.tb * 1e3, block_ms=timer.block_s(context) * 1e3,

@@ -118,6 +118,10 @@ def test_cli_phases_and_sweep(capsys):
     assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["pp"], r["tp"]) for r in rows] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
+    # pp 8 x tp 1 on whole devices is mode "tensor" (how blocks use channels), a pipeline to a reader
+    assert [(r["mode"], r["parallelism"]) for r in rows] == [
+        ("pipeline", "pipeline"), ("tensor", "tensor"), ("tensor", "hybrid"), ("tensor", "hybrid"),
+        ("tensor", "pipeline")]
     assert all(r["throughput_ratio"] > 0 for r in rows)
     assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8"]) == 0
     assert "GPU baseline" in capsys.readouterr().out
