@@ -84,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cm.add_argument("--out", default="bench-compare", help="results directory")
     cm.add_argument("--save-detailed", action="store_true",
                     help="add each request's inter-token latencies to requests_*.csv (column itls_s)")
+    cm.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     cm.set_defaults(func=run_compare_cmd)
 
 
@@ -395,7 +396,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     if args.rates:
         rates = {r: select_requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
-    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed,
+    out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed, not args.no_plots,
                       bench=dict(recorded, rates=list(rates or ())))
     print_compare(out)
     print(f"results in {Path(args.out)}/")

@@ -69,11 +69,11 @@ def _flat(s: dict) -> dict:
 
 
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
-                rates_requests: dict[float, list] | None = None, detailed: bool = False,
+                rates_requests: dict[float, list] | None = None, detailed: bool = False, plots: bool = True,
                 bench: dict | None = None) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
-    adds each request's inter-token latencies to requests_*.csv; `bench` (what shaped the requests:
-    the trace and its options) is written into compare.json as it is."""
+    adds each request's inter-token latencies to requests_*.csv; `plots` False skips the PNGs; `bench`
+    (what shaped the requests: the trace and its options) is written into compare.json as it is."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
@@ -107,8 +107,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         w.writerows(table)
     for name, res in results.items():  # each side's requests, as bench run's requests.csv
         write_requests_csv(out_dir / f"requests_{name.lower()}.csv", res.records, detailed)
-    plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos)
-    if sweep:
+    if plots:
+        plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos)
+    if plots and sweep:
         plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name)
     return out
 

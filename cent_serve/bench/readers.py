@@ -228,6 +228,9 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                 if len(fields) < len(names):
                     raise ValueError(f"{where}: the row has {len(fields)} fields, the header "
                                      f"{len(names)}: write one value per column")
+                if any(field.strip() for field in fields[len(names):]):  # a trailing comma is harmless
+                    raise ValueError(f"{where}: the row has {len(fields)} fields, the header {len(names)}: write "
+                                     "one value per column (quote a value that holds a comma)")
                 (i_time, c_time), (i_prompt, c_prompt), (i_output, c_output) = cols
                 try:
                     whole, frac = parse_time(fields[i_time])

@@ -54,6 +54,16 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     assert not [w for w in recwarn if "legend" in str(w.message)], [str(w.message) for w in recwarn]
 
 
+def test_compare_no_plots_writes_the_tables_only(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0.0,16,4\n1.0,16,4\n")
+    out = tmp_path / "cmp"
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--rates", "1", "--no-plots",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.json", "requests_cent.csv",
+                                                       "requests_gpu.csv"]
+
+
 @pytest.mark.parametrize("xs", [
     [22.8, 26.6, 29.1],  # the audit's CENT side: three rates within 7 tok/s of 150
     [20.0, 23.5, 27.0, 30.5, 34.0],  # crowded for labels beside the points, not for upright ones

@@ -328,6 +328,22 @@ def test_bad_rows_name_file_line_column_value_and_fix(tmp_path, name, text, wher
     assert len(message.split("is invalid: ")[1]) > 10  # the fix
 
 
+@pytest.mark.parametrize("rows, message", [
+    ("0,1,1\n1,1", "the row has 2 fields, the header 3: write one value per column"),
+    ("0,1,1\n1,1,5,7", "the row has 4 fields, the header 3: write one value per column (quote a value"),  # was read
+])
+def test_a_row_of_too_few_or_too_many_fields_is_refused(tmp_path, rows, message):
+    path = write(tmp_path, "v.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows)
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path))
+    assert str(info.value).startswith(f"{path}:3: {message}")
+
+
+def test_a_trailing_comma_is_no_extra_field(tmp_path):
+    path = write(tmp_path, "v.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1,\n1,2,3,\n")
+    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in load_trace(path)] == [(1, 1), (2, 3)]
+
+
 def test_bad_json_and_missing_keys(tmp_path):
     path = write(tmp_path, "m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
                  '{"timestamp": 9, "input_length": 5}')
