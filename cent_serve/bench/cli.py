@@ -182,7 +182,11 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
             raise ValueError("--synthetic needs --rate (req/s) and --num-requests")
         return list(synthetic_trace(args.num_requests, args.rate, burstiness=_burstiness(args), lengths=lengths,
                                     seed=args.seed or 0, options=options)), recorded
-    return list(load_trace(path, fmt, options)), recorded
+    from tqdm import tqdm
+
+    # a trace of millions of rows takes a while to read: a bar once it has taken a second
+    return list(tqdm(load_trace(path, fmt, options), desc=f"reading {path.name}", unit="req", delay=1.0,
+                     mininterval=1.0, total=args.num_requests)), recorded
 
 
 def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None, lengths) -> dict:
