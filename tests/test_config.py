@@ -81,6 +81,18 @@ def test_cli_info_and_generate(capsys):
     assert "neither a preset" in capsys.readouterr().err
 
 
+def test_cli_info_says_whether_the_paper_batch_fits_beside_whether_serve_runs(capsys):
+    """llama2-7b on 4 devices: cent serve runs (one sequence fits), cent simulate refuses its 32 queries
+    of 4,096 tokens; info said only "runs yes" (research audit)."""
+    assert main(["info", "--model", "llama2-7b", "--devices", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "runs         yes (cent serve: the weights and one sequence of the whole context fit)" in out
+    assert ("paper batch  32 queries of 4096 tokens (cent simulate's): do not fit: device 0: weights 3.26 GiB"
+            in out and "the largest batch at context 4096 is 25" in out)
+    assert main(["info", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["paper_batch"] == dict(batch=32, context=4096, fits=True, why=None)
+
+
 def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
     assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:8", "--set", "gpu.tp=4"]) == 0
     out = capsys.readouterr().out

@@ -76,9 +76,21 @@ def run_info(args: argparse.Namespace) -> int:
             experts = expert_placement(m, resolve_mapping(m, cfg.parallel, cfg.device), cfg.device.bytes_per_element)
         except ValueError:  # the mapping itself cannot be made: the refusal says why
             experts = None
+    paper_batch = None
+    if refusal is None and not cfg.on_gpus:  # cent simulate's question: the paper's batch at a 4096 context
+        from cent_serve.preflight import check_devices_hold
+        from cent_serve.timing.mapping import resolve_mapping
+
+        lanes, context = resolve_mapping(m, cfg.parallel, cfg.device).lanes, min(4096, m.max_seq_len)
+        try:
+            check_devices_hold(cfg, context, lanes)
+            paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
+        except ValueError as exc:
+            paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
     out = {
         "config": config_to_dict(cfg),
         "experts": experts,
+        "paper_batch": paper_batch,
         "param_count": m.param_count(),
         "weight_bytes": m.weight_bytes(),
         "kv_bytes_per_token": m.kv_bytes_per_token(),
@@ -127,7 +139,12 @@ def _print_info(cfg, out: dict) -> None:
               f"{m.active_block_param_count() / m.block_param_count():.1%} of a block's weights")
     if ex:
         print(f"placement    {ex['describe']}")
-    print(f"runs         {'yes' if out['runnable'] else 'no (see below)'}")
+    print(f"runs         {'yes' if out['runnable'] else 'no (see below)'}"
+          + (" (cent serve: the weights and one sequence of the whole context fit)" if out["runnable"] else ""))
+    pb = out.get("paper_batch")
+    if pb:  # what cent simulate runs: a query per pipeline stage
+        print(f"paper batch  {pb['batch']} queries of {pb['context']} tokens (cent simulate's): "
+              + ("fit" if pb["fits"] else "do not fit: " + pb["why"].split("does not fit: ", 1)[-1]))
     print(json.dumps(out["config"], indent=2))
 
 
