@@ -41,7 +41,12 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
     not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled."""
     fig, axes = pareto_figure(rows, fields)
-    return _save(fig, axes, path, 8)
+    for ax in axes:  # below the panel: inside, a legend of many points covered some of them
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legends below the panels included
+    plt.close(fig)
+    return path
 
 
 def pareto_figure(rows: list[dict], fields: list[str]):
