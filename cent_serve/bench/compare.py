@@ -234,6 +234,9 @@ def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float
             labels = [(x, y, ", ".join(f"{r:g}" for _, _, r in ordered) + " req/s, left to right")]
             style = RATE_LABEL_STYLES[0]
             new = boxes(labels, style)
+            if new[0].x1 > ax.get_window_extent(renderer).x1:  # past the axes' right edge: end at the point
+                style = dict(xytext=(-3, 5), ha="right")
+                new = boxes(labels, style)
         placed += new
         for x, y, text in labels:
             ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, color=color,

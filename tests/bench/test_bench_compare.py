@@ -69,6 +69,7 @@ def test_compare_no_plots_writes_the_tables_only(tmp_path, capsys):
     [20.0, 23.5, 27.0, 30.5, 34.0],  # crowded for labels beside the points, not for upright ones
     [50.0, 90.0, 147.0],  # room for labels beside the points
     [60.0, 60.0, 60.0],  # one throughput for every rate (saturated)
+    [150.0, 150.5, 151.0],  # crowded at the right edge: the one label ends at the point, inside the axes
 ])
 def test_rate_labels_do_not_overlap_and_name_every_rate(xs):
     rates = [0.25, 0.5, 1, 2, 4][:len(xs)]
@@ -83,6 +84,8 @@ def test_rate_labels_do_not_overlap_and_name_every_rate(xs):
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     text = " ".join(t.get_text() for t in ax.texts)
     assert all(f"{r:g}" in text for r in rates)
+    right = ax.get_window_extent(renderer).x1
+    assert all(b.x1 <= right for b in boxes), (right, [b.x1 for b in boxes])  # none runs past the right edge
     plt.close(fig)
 
 
