@@ -234,6 +234,25 @@ def test_end_to_end_is_the_phases_by_their_token_counts(prompt, decode, gap):
         assert e[key] == pytest.approx((prompt * p[key] + decode * d[key]) / (prompt + decode), rel=1e-12), key
 
 
+@pytest.mark.parametrize("model, devices, prompt, decode, gap", [
+    ("llama2-70b", 32, 512, 3584, 128), ("llama2-7b", 8, 512, 1024, 256), ("llama2-13b", 20, 128, 128, 64)])
+def test_the_papers_workloads_keep_the_artifacts_plain_mean_float_for_float(model, devices, prompt, decode, gap):
+    """Where the gap divides both phases, end2end is the artifact's mean over every L, summed in its
+    order: the token weighting must not move a published workload's figures by a bit."""
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    from cent_serve.timing import SystemTimer
+    from cent_serve.timing.pipeline import phase_figures, token_figures
+
+    t = SystemTimer.from_config(CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, 0, 1),
+                                           numerics="off"))
+    rows = [token_figures(t, L) for L in range(gap, prompt + decode + 1, gap)]
+    e = phase_figures(t, prompt, decode, gap)["end2end"]
+    for key, attr in (("throughput_tok_s", "throughput_tok_s"), ("energy_per_token_mj", "token_energy_mj"),
+                      ("token_latency_ms", "token_latency_ms"), ("power_w", "power_w")):
+        assert e[key] == sum(getattr(r, attr) for r in rows) / len(rows), key
+    assert e["latency_s"] == sum(r.token_latency_ms for r in rows) / len(rows) * (prompt + decode) / 1000
+
+
 @pytest.mark.parametrize("args, says", [
     (["bench", "run", "--bogus-flag"], "cent bench run: error: unrecognized arguments: --bogus-flag (see cent bench run"),
     (["serve", "--clock", "warp"], "cent serve: error: argument --clock: invalid choice: 'warp'"),

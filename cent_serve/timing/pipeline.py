@@ -173,10 +173,10 @@ def check_phases(prompt: int, decode: int, gap: int | None = 128, gap_flag: str 
 
 def phase_seqlens(prompt: int, decode: int, gap: int = 128) -> dict[str, list[int]]:
     """The context lengths L each phase averages over. The paper's: L = gap, 2 gap, ..., prompt +
-    decode; prefill takes L <= prompt, decoding prompt < L, end2end all. A phase that no multiple of
-    the gap falls in (none in 1..prompt, or in prompt + 1..prompt + decode) is taken at its middle
-    context length, (prompt + 1) // 2 or prompt + (decode + 1) // 2, rather than left out, and end2end
-    averages that length with the rest. decode 0: no decoding phase."""
+    decode; prefill takes L <= prompt, decoding prompt < L, end2end all (weighted by `phase_parts`).
+    A phase that no multiple of the gap falls in (none in 1..prompt, or in prompt + 1..prompt +
+    decode) is taken at its middle context length, (prompt + 1) // 2 or prompt + (decode + 1) // 2,
+    rather than left out. decode 0: no decoding phase."""
     check_phases(prompt, decode, gap)
     total = prompt + decode
     every = list(range(gap, total + 1, gap))
@@ -197,15 +197,20 @@ def phase_parts(prompt: int, decode: int, gap: int = 128) -> dict[str, list[tupl
     end2end latency shorter than the phases')."""
     lengths = phase_seqlens(prompt, decode, gap)
     out = {phase: [(ls, 1.0)] for phase, ls in lengths.items()}
-    if decode:
-        total = prompt + decode
-        out["end2end"] = [(lengths["prefill"], prompt / total), (lengths["decoding"], decode / total)]
+    pre, dec = lengths["prefill"], lengths.get("decoding", [])
+    if decode and prompt * len(dec) != decode * len(pre):  # else the lengths weigh their tokens already:
+        total = prompt + decode                            # one part, the artifact's sums float for float
+        out["end2end"] = [(pre, prompt / total), (dec, decode / total)]
     return out
 
 
-def phase_mean(parts: list[tuple[list[int], float]], value: Callable[[int], float]) -> float:
-    """A phase's figure: `value(L)` averaged over each part's lengths, the parts weighted by share."""
-    return sum(share * (sum(value(L) for L in ls) / len(ls)) for ls, share in parts)
+def phase_mean(parts: list[tuple[list[int], float]], value: Callable[[int], float],
+               mean: Callable[[list[float]], float] = lambda xs: sum(xs) / len(xs)) -> float:
+    """A phase's figure: `value(L)` averaged (`mean`) over each part's lengths, the parts weighted by
+    share (one part: its mean as it is)."""
+    if len(parts) == 1:
+        return mean([value(L) for L in parts[0][0]])
+    return sum(share * mean([value(L) for L in ls]) for ls, share in parts)
 
 
 def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
