@@ -105,18 +105,18 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
     are those of all the mapping's replicas, as in `emulate_phases`.
     """
     mp = executor.timer.mapping
-    queries, k = mp.lanes, mp.replicas
+    queries, replicas = mp.lanes, mp.replicas
     steps = min(warmup + 1, seqlen)
     start = seqlen - steps  # the last round's token sits at position seqlen - 1: context seqlen
     trace = run_workload(cfg, executor, start, steps, energy_marks=(steps - 1,))
     lat, thr = _step_figures(trace, steps - 1, queries)
-    thr *= k  # the replicas run the same rounds side by side (as the closed form counts them)
+    thr *= replicas  # the replicas run the same rounds side by side (as the closed form counts them)
     energy = (trace.energy_j_at[steps] - trace.energy_j_at[steps - 1]) / queries
     out = token_figures(executor.timer, seqlen).as_dict()
     closed = {k: out[k] for k in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "power_w",
                                   "avg_power_w")}
     out.update(token_latency_ms=1e3 * lat, throughput_tok_s=thr, token_energy_mj=1e3 * energy,
-               power_w=energy * thr, avg_power_w=energy * thr, emulated=True, replicas=k, closed_form=closed,
+               power_w=energy * thr, avg_power_w=energy * thr, emulated=True, replicas=replicas, closed_form=closed,
                wall_s=trace.wall_s,
                sim_tokens_per_wall_s=trace.tokens / trace.wall_s)
     return out
@@ -135,7 +135,7 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
     from cent_serve.timing.pipeline import phase_figures, phase_mean, phase_parts
 
     mp = executor.timer.mapping
-    queries, k = mp.lanes, mp.replicas
+    queries, replicas = mp.lanes, mp.replicas
     total = prompt + decode
     parts = phase_parts(prompt, decode, gap)
     trace = run_workload(cfg, executor, 0, total, energy_marks=(prompt,), prompt=prompt)
@@ -149,19 +149,20 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
     for phase in PHASES:
         if phase not in parts:
             continue
-        lat = phase_mean(parts[phase], lambda L: per_l[L][0])
-        thr = phase_mean(parts[phase], lambda L: per_l[L][1])
+        lat = phase_mean(parts[phase], lambda L: per_l[L][0], lambda xs: float(np.mean(xs)))
+        thr = phase_mean(parts[phase], lambda L: per_l[L][1], lambda xs: float(np.mean(xs)))
         a, b = spans[phase]
         energy_j = energy_at[b] - energy_at[a]
         sim_s = float(trace.done_s[b - 1].max() - (trace.done_s[a - 1].max() if a > 0 else 0.0))
-        out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=k * thr,
+        out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=replicas * thr,
                           energy_per_token_mj=1e3 * energy_j / ((b - a) * queries),
-                          power_w=k * energy_j / sim_s, avg_power_w=k * energy_j / sim_s, token_latency_ms=1e3 * lat,
+                          power_w=replicas * energy_j / sim_s, avg_power_w=replicas * energy_j / sim_s,
+                          token_latency_ms=1e3 * lat,
                           num_seqlens=len({L for ls, _ in parts[phase] for L in ls}),
                           closed_form={k: closed[phase][k] for k in ("latency_s", "throughput_tok_s",
                                        "energy_per_token_mj", "power_w", "avg_power_w",
                                                                  "token_latency_ms", "energy_breakdown_mj")})
-    out["replicas"] = k
+    out["replicas"] = replicas
     out["wall_s"] = trace.wall_s
     out["sim_tokens_per_wall_s"] = trace.tokens / trace.wall_s
     out["simulated_s"] = float(trace.done_s[-1].max())
