@@ -203,6 +203,14 @@ class _Replay:
         self.bar = Progress(len(requests), "replay (http)", progress)
         self.done = asyncio.Event()
         self.t0 = time.perf_counter()
+        # each request's refusal for a prompt past the server's context (not sent: `send`), and the
+        # index of the next request that is sent: a sent request holds the server's clock until it
+        nxt: list[int | None] = [None] * len(requests)
+        self.too_long = [srv.max_model_len and prompt_too_long(max(1, tr.num_prompt_tokens), srv.max_model_len)
+                         for tr in requests]
+        for i in range(len(requests) - 2, -1, -1):
+            nxt[i] = i + 1 if not self.too_long[i + 1] else nxt[i + 1]
+        self.next_sent = nxt
 
     async def run(self) -> float:
         """Send every request (see the module docstring for how); returns the wall seconds."""
@@ -226,7 +234,7 @@ class _Replay:
         rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens),
                                                 trace_arrival_s=tr.trace_arrival_s)
         wall = self.walls[rid] = WallTimes()
-        too_long = srv.max_model_len and prompt_too_long(rec.num_prompt_tokens, srv.max_model_len)
+        too_long = self.too_long[i]
         if too_long:
             # what the server answers (400, context_exceeded), without building and sending a prompt
             # that long first: a trace row of 3e9 tokens would take all the memory
@@ -238,7 +246,8 @@ class _Replay:
                     stream=True, stream_options={"include_usage": True})
         submitted = asyncio.Event()
         if srv.virtual:
-            nxt = self.requests[i + 1].arrival_s + srv.offset if i + 1 < len(self.requests) else RELEASE_HOLD_S
+            j = self.next_sent[i]  # the next request the server will see (a refused one is not sent)
+            nxt = self.requests[j].arrival_s + srv.offset if j is not None else RELEASE_HOLD_S
             body.update(arrival_s=tr.arrival_s + srv.offset, hold_until_s=nxt)
             task = asyncio.create_task(_one(self.client, body, rec, wall, submitted))
             await submitted.wait()  # in order: the engine must see request i before i + 1

@@ -114,15 +114,17 @@ def test_a_prompt_longer_than_any_memory_is_refused_by_its_length_not_built(monk
 
     monkeypatch.setattr(runner, "synthetic_prompt", bounded)
     monkeypatch.setattr(http_client, "synthetic_prompt", bounded)
-    reqs = [Request("a", 0.0, 10, 5), Request("huge", 0.001, 3_000_000_000, 5), Request("b", 0.002, 10, 5)]
+    reqs = [Request("a", 0.0, 10, 5), Request("huge", 0.001, 3_000_000_000, 5), Request("b", 0.002, 10, 5),
+            Request("last", 0.003, 9_000, 5)]  # refused last: no request the server waits for (30 s hold)
     local = run_in_process(_cfg(), reqs, progress=False)
     with Server(_cfg(), "local") as s:
         remote, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+        assert httpx.get(s.url + "/v1/cent/status").json()["num_hold_expiries"] == 0
     for result in (local, remote):
         by_id = {r.request_id: r for r in result.records}
-        huge = by_id["trace-huge"]
-        assert (huge.finish_reason, huge.failure_reason) == ("invalid", "context_exceeded")
-        assert huge.error.startswith("the prompt has 3000000000 tokens; the model's context is 8192")
+        for rid, n in (("trace-huge", 3_000_000_000), ("trace-last", 9_000)):
+            assert (by_id[rid].finish_reason, by_id[rid].failure_reason) == ("invalid", "context_exceeded")
+            assert by_id[rid].error.startswith(f"the prompt has {n} tokens; the model's context is 8192")
         assert by_id["trace-a"].finish_reason == by_id["trace-b"].finish_reason == "length"
     assert summarize(local, {"ttft": 20.0}) | {"wall_s": 0} == summarize(remote, {"ttft": 20.0}) | {"wall_s": 0}
 
