@@ -96,7 +96,7 @@ class Fabric:
         flits = flits_for_values(num_values, self.cfg.fabric)
         if self.cfg.fabric.multicast:
             return self._one(src, tuple(dsts), flits, ready_s)
-        return max(self._one(src, (d,), flits, ready_s) for d in dsts)
+        return max((self._one(src, (d,), flits, ready_s) for d in dsts), default=ready_s)
 
     def gather(self, srcs: tuple[int, ...], dst: int, num_values: int, ready_s: list[float]) -> float:
         """An n-vector split over srcs collected at dst: ceil(2 n / tp / 192) (tp - 1) flits,

@@ -154,7 +154,7 @@ def point_to_point_s(nbytes: int, port: PortModel, fab: FabricConfig) -> float:
     return port.transfer_s(flits_for_bytes(nbytes, fab))
 
 
-def broadcast_s(nbytes: int, port: PortModel, fab: FabricConfig, receivers: int = 1) -> float:
+def broadcast_s(nbytes: int, port: PortModel, fab: FabricConfig, receivers: int) -> float:
     """One device to `receivers` others: CENT multicasts, so one transfer reaches every receiver
     (the halved lane bandwidth is already in `port`); without multicast, one transfer each."""
     return port.transfer_s(flits_for_bytes(nbytes, fab) * copies(fab, receivers))

@@ -143,8 +143,8 @@ class SystemTimer:
         return hit
 
     def hop_s(self, tokens: int) -> float:
-        """A block's output (tokens x D) moving to the next block: t(flits(tokens D)), once to each
-        of its tp devices without multicast."""
+        """A block's output (tokens x D) moving to the next block on other devices: t(flits(tokens D)),
+        once to each of their tp devices without multicast."""
         hit = self._hop.get(tokens)
         if hit is None:
             hit = self._hop[tokens] = pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens,
@@ -152,11 +152,14 @@ class SystemTimer:
         return hit
 
     def local_hop_s(self, tokens: int) -> float:
-        """A block's output moving to the next block on the same device: a switch hop as the
-        artifact charges it (`fabric.charge_local_hops`), or else the DMA engine moving its
-        tokens x D values (`device.dma_bytes_per_cycle`)."""
+        """A block's output moving to the next block on the same devices: a switch hop as the
+        artifact charges it (`fabric.charge_local_hops`; without multicast sent to the tp - 1 others
+        only, the sender holding it), or else the DMA engine moving its tokens x D values
+        (`device.dma_bytes_per_cycle`)."""
         if self.fabric.charge_local_hops:
-            return self.hop_s(tokens)
+            if self.fabric.multicast or self.mapping.tp == 1:
+                return self.hop_s(tokens)
+            return pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens, self.mapping.tp - 1)
         d = self.device
         return tokens * self.model.hidden_size * d.bytes_per_element / d.dma_bytes_per_cycle / d.clock_hz
 
@@ -307,11 +310,17 @@ class SystemTimer:
             return 1.0
         return (self.mapping.num_units - 1) / self.model.num_layers
 
+    @property
+    def _hops_alike(self) -> bool:
+        """Every block's output hop costs the same (`hop_s`): local hops charged as switch hops, the
+        same multicast to whichever devices."""
+        return self.fabric.charge_local_hops and (self.fabric.multicast or self.mapping.tp == 1)
+
     def _hops_s(self) -> float:
         """A token's hops: every block's output moves on, over the switch between devices (the
         units of the mapping less one) and on a device otherwise (`local_hop_s`)."""
         n = self.model.num_layers
-        if self.fabric.charge_local_hops:
+        if self._hops_alike:
             return n * self.hop_s(1)
         cross = self.mapping.num_units - 1
         return cross * self.hop_s(1) + (n - cross) * self.local_hop_s(1)
@@ -321,7 +330,7 @@ class SystemTimer:
         """Per-block communication of one token: its collectives and its output hop (with local hops
         on the DMA engine, `fabric.charge_local_hops` false, a block's mean share of the token's
         hops, so N blocks of `block_s` add up to the token's hops as `token_cost` charges them)."""
-        hop = self.hop_s(1) if self.fabric.charge_local_hops else self._hops_s() / self.model.num_layers
+        hop = self.hop_s(1) if self._hops_alike else self._hops_s() / self.model.num_layers
         return self.collectives_s(1) + hop
 
     def block_s(self, context: int) -> float:

@@ -51,7 +51,7 @@ def test_payload_transfers_by_hand():
     port = port_model(FAB, 8)
     bw = 18 * 4 * 2**30
     assert point_to_point_s(1000, port, FAB) == pytest.approx(180e-9 + 6 * 256 / bw)  # ceil(1000/192) = 6
-    assert broadcast_s(1000, port, FAB) == point_to_point_s(1000, port, FAB)
+    assert broadcast_s(1000, port, FAB, 7) == point_to_point_s(1000, port, FAB)
     assert gather_s(1000, 4, port, FAB) == pytest.approx(180e-9 + 2 * 3 * 256 / bw)  # ceil(250/192) x 3
     assert gather_s(1000, 1, port, FAB) == pytest.approx(180e-9)
 
