@@ -487,7 +487,7 @@ class DeviceConfig:
     column_cycles: float = 2.0
     """Cycles from one column command of a streamed row to the next (tCCD_L at clock_hz: 2 cycles,
     1 ns): an all-bank MAC step, an elementwise product, a burst into the global buffer. The GEMV,
-    score, softmax and score x V passes stream at it (docs/hardware_model.md section 4); their
+    score, softmax, rotary and score x V passes stream at it (docs/hardware_model.md section 4); their
     fixed per-row and per-group cycles do not change with it. Time only: a MAC step's energy is
     device.energy.t_ccd_ns's."""
     accumulator_registers: int = 32
@@ -607,7 +607,7 @@ class DeviceConfig:
         per = self.energy.channels_per_controller
         _check(self.num_channels % per == 0, "device.energy.channels_per_controller", per,
                f"it does not divide device.num_channels={self.num_channels} (a controller serves whole "
-               "channels): set one of them so it does")
+               f"channels): use a divisor of it, e.g. {max(d for d in (1, 2, 4) if self.num_channels % d == 0)}")
 
 
 @dataclass
@@ -1368,7 +1368,11 @@ def load_config(path: str | Path) -> CentConfig:
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
     data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
-    data.pop("workload", None)  # and cent simulate --json / a closed-form sweep row (prompt, decode, ...)
+    workload = data.pop("workload", None)  # cent simulate --json's, a closed-form sweep row's
+    if isinstance(workload, dict) and workload:
+        logging.getLogger("cent_serve").warning(
+            "config file %s: its workload (%s) is not read as config: give it as flags to rerun it (e.g. --prompt "
+            "and --decode)", path, ", ".join(f"{k} {v}" for k, v in workload.items()))
     server = data.get("server")
     if isinstance(server, dict) and server.get("api_key") == REDACTED:
         logging.getLogger("cent_serve").warning("config file %s: server.api_key was redacted when it was written: "

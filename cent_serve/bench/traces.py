@@ -237,9 +237,11 @@ def _transform(requests: Iterable[Request], options: TraceOptions,
     max_output = options.max_output_tokens or math.inf
     for arrival_s, req in _select(requests, options, source):
         if arrival_s * factor > MAX_ARRIVAL_S:
+            compress = "raise {request_rate}" if options.request_rate is not None else \
+                "compress the arrivals with {time_scale}"
             raise ParamError(f"{source}: request {req.request_id!r} arrives {arrival_s * factor:g} s after the first "
                              f"one, past the {MAX_ARRIVAL_S:g} s within which a replay's latencies keep their "
-                             "digits (simulated time is one float of seconds): compress the arrivals with {time_scale} or select fewer "
+                             f"digits (simulated time is one float of seconds): {compress} or select fewer "
                              "requests with {num_requests} or {start_s}")
         yield replace(req, arrival_s=arrival_s * factor,
                       num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),

@@ -81,8 +81,11 @@ def run_info(args: argparse.Namespace) -> int:
         from cent_serve.preflight import check_devices_hold
         from cent_serve.timing.mapping import resolve_mapping
 
-        lanes, context = resolve_mapping(m, cfg.parallel, cfg.device).lanes, min(4096, m.max_seq_len)
+        lanes, context = resolve_mapping(m, cfg.parallel, cfg.device).lanes, 4096
         try:
+            if m.max_seq_len < context:  # cent simulate's default --seqlen refuses it too
+                raise ValueError(f"does not fit: the model's context is {m.max_seq_len} (model.max_seq_len), "
+                                 f"under {context}: give cent simulate --seqlen {m.max_seq_len} or less")
             check_devices_hold(cfg, context, lanes)
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:

@@ -87,11 +87,12 @@ def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 
 def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Rotary embedding of q and k (k smaller by nrep under GQA)."""
+    """Rotary embedding of q and k (k smaller by nrep under GQA): their values through the DMA, then
+    per vector a fixed cost and its all-bank elementwise products (`column_cycles` a burst)."""
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
-    bl, d, rep = dev.burst_elements, m.hidden_size, m.num_rep
+    bl, d, rep, col = dev.burst_elements, m.hidden_size, m.num_rep, dev.column_cycles
     return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb * dev.dma_line_cycles
-            + (dev.rotary_fixed_cycles + 2 * d / bl) + (dev.rotary_fixed_cycles + 2 * d / (bl * rep)))
+            + (dev.rotary_fixed_cycles + col * d / bl) + (dev.rotary_fixed_cycles + col * d / (bl * rep)))
 
 
 def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:

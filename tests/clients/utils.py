@@ -40,7 +40,7 @@ class PacedServer:
         self.url = self.proc.url
 
     def stop(self) -> None:
-        stop_serve(self.proc, timeout_s=30)
+        stop_serve(self.proc, timeout_s=30, hang_fails=False)
 
 
 @contextmanager

@@ -69,9 +69,10 @@ def _read_on(stream, lines: list[str]) -> None:
         lines.append(line)
 
 
-def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0) -> str:
+def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0, hang_fails: bool = True) -> str:
     """SIGTERM, then the process's whole log once it exits (killed after `timeout_s`, a hang guard:
-    a clean stop takes about a second)."""
+    a clean stop takes about a second; `hang_fails` False: killed quietly, for a server whose stop
+    is not what the test checks)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -79,7 +80,8 @@ def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise
+        if hang_fails:
+            raise
     finally:
         proc.reader.join(10)
     return "".join(proc.log)

@@ -64,8 +64,8 @@ def test_a_wider_burst_halves_the_column_commands():
 def test_the_column_interval_times_the_streamed_columns_only():
     """A column command every cycle instead of 2 (tCCD_L 0.5 ns at 2 GHz): gemv(4096 -> 4096,
     B = 128) is 4 rows x (64 + 54.5 + 32 (103 + 64)); score, softmax and score x V lose one cycle
-    a column they stream, their fixed cycles stay; the norms, rotary, KV append and SiLU do not
-    stream columns."""
+    a column they stream, their fixed cycles stay, and so does rotary's elementwise product (D / 16
+    columns for q, D / 16 for k); the norms, KV append and SiLU do not stream columns."""
     dev, fast = DeviceConfig(), DeviceConfig(column_cycles=1.0)
     assert gemv_cycles(4096, 4096, 128, fast) == 4 * (64 + 54.5 + 32 * 167) == 21850
     m, g = model_preset("llama2-7b"), BlockGeometry(cpb=8, tb=4, tp=1)
@@ -76,10 +76,11 @@ def test_the_column_interval_times_the_streamed_columns_only():
     assert softmax_cycles(m, g, dev, L) - softmax_cycles(m, g, fast, L) == 2 * 2 * nhpb * 64
     assert score_v_cycles(m, g, dev, L) - score_v_cycles(m, g, fast, L) == 4 * 1 * 2 * (64 + 8 * 64)
     base, quick = _timer().pim.breakdown(L), _timer(device__column_cycles=1.0).pim.breakdown(L)
-    for op in ("norm", "rotary", "kv", "act"):
+    for op in ("norm", "kv", "act"):
         assert getattr(quick, op) == getattr(base, op)
     for op in ("qkvo", "ffn", "score", "softmax", "sv"):
         assert getattr(quick, op) < getattr(base, op)
+    assert base.rotary - quick.rotary == 4096 / 16 + 4096 / 16  # llama2-7b: no GQA, q and k alike
 
 
 def test_the_lm_heads_norm_pass_goes_through_the_dma_engine_too():
@@ -134,7 +135,8 @@ def test_the_switch_lanes_and_their_rate_set_the_serialization_not_the_latency(f
 
 def test_without_multicast_a_payload_for_k_devices_is_k_sends():
     """70B as one stage of tp 32 with multicast off: each broadcast of the block (4 Eb + Fb to the
-    31 others, the output hop to all 32) is sent once a receiver at the whole lane bandwidth; the
+    31 others, the output hop to the next stage's 32 or, on the same devices, to the 31 others) is
+    sent once a receiver at the whole lane bandwidth; the
     gathers are point to point either way, and only their bandwidth doubles. Multicast off made
     tensor parallelism faster (13.4 us a block against 24.6) before."""
     from cent_serve.timing.fabric import flits_for_values
@@ -151,6 +153,9 @@ def test_without_multicast_a_payload_for_k_devices_is_k_sends():
     for t in (on, off):
         assert t.collectives_s(1) == pytest.approx(want[t], rel=1e-12)
     assert off.hop_s(1) == pytest.approx(lat + 32 * flits_for_values(d, FabricConfig()) * ser_off, rel=1e-12)
+    # the next block on the same 32 devices: the sender holds the output, the 31 others get it
+    assert off.local_hop_s(1) == pytest.approx(lat + 31 * flits_for_values(d, FabricConfig()) * ser_off, rel=1e-12)
+    assert off.token_cost(L).hops_s == pytest.approx(80 * off.local_hop_s(1), rel=1e-12)  # one stage: no crossing
     assert off.collectives_s(1) + off.hop_s(1) > 5 * (on.collectives_s(1) + on.hop_s(1))
     # one device a stage: one receiver, so only the bandwidth moves
     assert _timer(fabric__multicast="false").hop_s(1) - lat == pytest.approx((_timer().hop_s(1) - lat) / 2, rel=1e-12)
