@@ -191,8 +191,9 @@ def phase_parts(prompt: int, decode: int, gap: int = 128) -> dict[str, list[tupl
     """How each phase averages its context lengths (`phase_seqlens`): parts of (lengths, share),
     a part's figure the plain mean over its lengths, the phase's the parts' figures by share. One
     part of share 1, but end2end is the two phases by their token counts, so its latency is theirs
-    added. The artifact's plain mean over all the lengths is the same where the gap divides the
-    prompt and the decode (the paper's workloads); elsewhere it is not (200 prompt tokens and 50
+    added. The artifact's plain mean over all the lengths is the same where the phases' lengths
+    already weigh their tokens (a gap that divides the prompt and the decode: the paper's
+    workloads), and is then kept as it sums; elsewhere it is not (200 prompt tokens and 50
     generated taken at one length each had equal weight, and a gap past both phases gave an
     end2end latency shorter than the phases')."""
     lengths = phase_seqlens(prompt, decode, gap)
