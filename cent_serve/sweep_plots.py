@@ -17,12 +17,20 @@ def _label(row: dict, fields: list[str]) -> str:
     return ", ".join(f"{f.split('.')[-1]}={row[f]}" for f in fields)
 
 
-def _save(fig, axes, path: Path, legend_size: int) -> Path:
+def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
+    """Grid and legend each panel, write the figure and close it. `below` puts each legend under its
+    panel (the file grows to hold them) for legends long enough to cover points inside."""
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        if below:
+            ax.legend(fontsize=legend_size, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        else:
+            ax.legend(fontsize=legend_size)
+    if below:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    else:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
@@ -41,12 +49,7 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path) -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
     not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled."""
     fig, axes = pareto_figure(rows, fields)
-    for ax in axes:  # below the panel: inside, a legend of many points covered some of them
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legends below the panels included
-    plt.close(fig)
-    return path
+    return _save(fig, axes, path, 8, below=True)  # inside, a legend of many points covered some of them
 
 
 def pareto_figure(rows: list[dict], fields: list[str]):
