@@ -184,8 +184,14 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
                                     seed=args.seed or 0, options=options)), recorded
     from tqdm import tqdm
 
-    # a trace of millions of rows takes a while to read: a bar once it has taken a second
-    return list(tqdm(load_trace(path, fmt, options), desc=f"reading {path.name}", unit="req", delay=1.0,
+    # a trace of millions of rows takes a while to read: a bar once it has taken a second (and one for
+    # --rate's first pass, which measures the selection's span)
+    def span_pass(rows):
+        return tqdm(rows, desc=f"measuring {path.name}'s span for --rate", unit="row", delay=1.0,
+                    mininterval=1.0, leave=False)
+
+    requests = load_trace(path, fmt, options, span_progress=span_pass)
+    return list(tqdm(requests, desc=f"reading {path.name}", unit="req", delay=1.0,
                      mininterval=1.0, total=args.num_requests)), recorded
 
 

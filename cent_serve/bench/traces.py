@@ -138,7 +138,8 @@ def _first_character(path: Path, limit: int = 1 << 16) -> str:
 
 def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | None = None, *,
                count_tokens: Callable[[str], int] | None = None,
-               arrivals_s: Callable[[], Iterable[float]] | None = None) -> Iterator[Request]:
+               arrivals_s: Callable[[], Iterable[float]] | None = None,
+               span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None) -> Iterator[Request]:
     """Stream the requests of a trace file with `options` applied.
 
     `fmt` is one of FORMATS (None: `detect_format`); the file may be gzip'd. ShareGPT needs `count_tokens` (text ->
@@ -147,7 +148,8 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     default, so one file gives vLLM's request lengths) and `arrivals_s`, a factory
     of arrival times in seconds (e.g. `lambda: iter_arrival_times_s(rate=4.0, seed=0)`); a
     factory because a rate override reads the source twice. The format and the path are checked
-    here; bad rows raise ValueError when iteration reaches them.
+    here; bad rows raise ValueError when iteration reaches them. `span_progress` wraps the rows of a
+    rate override's first pass (e.g. in a progress bar), which runs here, before anything is yielded.
     """
     path = Path(path)
     if not path.is_file():
@@ -168,20 +170,23 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
 
         def make() -> Iterator[Request]:
             return read_sharegpt(path, count_tokens, arrivals_s())
-    return apply_options(make, options or TraceOptions(), source=str(path))
+    return apply_options(make, options or TraceOptions(), source=str(path), span_progress=span_progress)
 
 
 def apply_options(make_requests: Callable[[], Iterable[Request]],
-                  options: TraceOptions, *, source: str = "the trace") -> Iterator[Request]:
+                  options: TraceOptions, *, source: str = "the trace",
+                  span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None) -> Iterator[Request]:
     """Apply `options` to the requests `make_requests()` yields (file order, arrivals sorted).
 
-    `make_requests` is called once, or twice with a rate override (span first, then requests).
-    `source` names the requests in errors (`load_trace` passes the file's path).
+    `make_requests` is called once, or twice with a rate override (span first, then requests; the
+    first pass's rows go through `span_progress` when given). `source` names the requests in errors
+    (`load_trace` passes the file's path).
     """
     factor = options.time_scale
     if options.request_rate is not None:
         num_kept, span_s, seen = 0, 0.0, [0]
-        for num_kept, (arrival_s, _) in enumerate(_select(make_requests(), options, source, seen), start=1):
+        rows = make_requests() if span_progress is None else span_progress(make_requests())
+        for num_kept, (arrival_s, _) in enumerate(_select(rows, options, source, seen), start=1):
             span_s = arrival_s
         if num_kept < 2 or span_s <= 0:
             raise ParamError(f"{{request_rate}}={options.request_rate!r} cannot be applied: "

@@ -457,6 +457,22 @@ def test_rate_override_reads_the_source_twice_and_refuses_one_request(tmp_path):
         list(apply_options(lambda: iter([Request("0", 0.0, 1, 1)]), TraceOptions(request_rate=1.0)))
 
 
+def test_span_progress_sees_the_rate_override_first_pass_only(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,5\n4,5,5\n8,5,5\n")
+    passed = []
+
+    def progress(rows):
+        for row in rows:
+            passed.append(row.request_id)
+            yield row
+
+    reqs = load_trace(path, options=TraceOptions(request_rate=0.5), span_progress=progress)
+    assert passed == ["0", "1", "2"]  # the first pass ran, through the wrapper, before any request is taken
+    assert [r.arrival_s for r in reqs] == [0, 2, 4] and passed == ["0", "1", "2"]
+    assert list(load_trace(path, span_progress=progress)) and passed == ["0", "1", "2"]  # no rate: no first pass
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(time_scale=2.0, request_rate=3.0), "time_scale"), (dict(time_scale=0.0), "time_scale"),
     (dict(num_requests=0), "num_requests"), (dict(start_s=-1.0), "start_s"),
