@@ -14,13 +14,18 @@ Sampling happens on the host after the LM head (`RoundOutput.sampled_s`). With f
 numerics tokens come from the logits; timing-only runs use a seeded stand-in
 sampler, uniform over the tokenizer's `stand_in_ids` (ids that decode alone to visible
 text: one printable character each for the byte tokenizer), so every streamed token is
-visible text, lengths are honoured with `ignore_eos` and a run is reproducible.
+visible text, lengths are honoured with `ignore_eos` and a run is reproducible. A greedy
+request's draws are seeded by its prompt (`greedy_stand_in_seed`), so they depend on the
+context alone, as argmax's would.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
+
+import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput
@@ -32,6 +37,12 @@ from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_repli
 from cent_serve.timing import SystemTimer
 
 log = logging.getLogger("cent.engine")
+
+
+def greedy_stand_in_seed(prompt_ids: list[int]) -> int:
+    """The stand-in sampler's seed for a greedy request: a stable hash of its prompt's ids."""
+    return int.from_bytes(hashlib.blake2b(np.asarray(prompt_ids, dtype=np.int64).tobytes(), digest_size=8).digest(),
+                          "little")
 
 
 def hardware_timer(cfg: CentConfig):
@@ -140,6 +151,10 @@ class Engine:
         seed = params.sampling.seed
         if seed is None:
             seed = self.cfg.scheduler.seed * 1_000_003 + self._num_added
+        if not self.full and params.sampling.is_greedy:
+            # greedy decoding is a function of the context: the stand-in draws from the prompt alone,
+            # so a prompt gives the same text each time and its n choices agree, as argmax would
+            seed = greedy_stand_in_seed(prompt_ids)
         self._num_added += 1
         req = Request(rid, list(prompt_ids), params, self.now_s if arrival_s is None else arrival_s,
                       rng=make_generator(seed))

@@ -171,6 +171,20 @@ def test_two_runs_are_bit_identical():
     assert run() == run()
 
 
+def test_greedy_stand_in_text_depends_on_the_prompt_alone():
+    """Timing-only: greedy draws follow the prompt (argmax's would), whatever the seed or the order
+    requests arrive in; sampled requests still follow their seeds."""
+    eng = _engine(numerics="off")
+    greedy = RequestParams(max_tokens=6, ignore_eos=True, sampling=GREEDY)
+    seeded = RequestParams(max_tokens=6, ignore_eos=True, sampling=SamplingParams(temperature=0.0, seed=7))
+    a, other, b, c = (eng.add_request(p, r) for p, r in
+                      [([5, 6, 7], greedy), ([5, 6, 8], greedy), ([5, 6, 7], greedy), ([5, 6, 7], seeded)])
+    hot = [eng.add_request([5, 6, 7], RequestParams(max_tokens=6, ignore_eos=True)) for _ in range(2)]
+    _run(eng)
+    assert a.output_ids == b.output_ids == c.output_ids != other.output_ids
+    assert hot[0].output_ids != hot[1].output_ids  # temperature 1, no seed: each its own draws
+
+
 def test_data_parallel_replicas_when_devices_exceed_the_mapping():
     ref_model = LlamaModel(TINY, WEIGHTS)
     one, two = _engine(devices=8, pp=8), _engine(devices=16, pp=8)
