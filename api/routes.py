@@ -16,6 +16,7 @@ from api.logprobs import chat_logprobs, completion_logprobs, piece
 from api.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse,
                           TokenizeRequest, chat_messages)
 from cent_serve import __version__
+from cent_serve.model.tokenizer import ByteTokenizer
 
 DEFAULT_MAX_TOKENS = 16
 """Completions without max_tokens get this many (OpenAI's completions default), at most the
@@ -141,13 +142,18 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx):
 
 def model_card(ctx: ApiContext) -> dict:
     """The served model as `/v1/models` lists it. `root` is where its tokenizer is: the checkpoint
-    directory, or for a preset the model name, with `cent.tokenizer` the command that writes one
-    a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's `--tokenizer kind=hf_auto,model=DIR`)."""
+    directory, or for a preset the model name. `cent.tokenizer` is the checkpoint directory when it
+    holds a tokenizer.json, else the command that writes the byte-level tokenizer the server uses
+    in a form a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's
+    `--tokenizer kind=hf_auto,model=DIR`); `cent.tokenizer_kind` says which."""
     m = ctx.cfg.model
-    hint = m.checkpoint or f"cent tokenizer export DIR --model {m.name}"
+    byte_level = isinstance(ctx.tokenizer, ByteTokenizer)
+    hint = f"cent tokenizer export DIR --model {m.checkpoint or m.name}" if byte_level else m.checkpoint
+    kind = ("byte-level, standing in for the checkpoint's missing tokenizer.json" if byte_level and m.checkpoint
+            else "byte-level" if byte_level else "the checkpoint's tokenizer.json")
     return dict(id=ctx.model_name, object="model", created=ctx.created, owned_by="cent-serve",
                 root=m.checkpoint or ctx.model_name, parent=None, max_model_len=m.max_seq_len,
-                permission=[], cent={"tokenizer": hint, "vocab_size": m.vocab_size})
+                permission=[], cent={"tokenizer": hint, "tokenizer_kind": kind, "vocab_size": m.vocab_size})
 
 
 @read("/v1/models", responses=errors(401))

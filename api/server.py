@@ -135,6 +135,8 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
              "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, what, replicas, "s" if replicas > 1 else "",
              mp.devices_used, replicas * mp.devices_used, mp.describe(), cfg.resolved_numerics, cfg.server.clock,
              time.perf_counter() - t0)
+    if hasattr(loop.engine.tokenizer, "warn_stand_in"):  # a checkpoint without tokenizer.json: say so now
+        loop.engine.tokenizer.warn_stand_in()
     try:
         # uvicorn's backlog, from now: a client that reads the log line below and connects waits, not refused
         start_listening(sock, cfg.server.host, cfg.server.port)

@@ -170,12 +170,17 @@ class ByteTokenizer:
     stands_in_for: str | None = None
     """The checkpoint directory whose missing tokenizer.json this one replaces, if any."""
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        if self.stands_in_for and self.stands_in_for not in _WARNED_NO_TOKENIZER:  # once a checkpoint
+    def warn_stand_in(self) -> None:
+        """Log, once a checkpoint, that this tokenizer stands in for its missing tokenizer.json
+        (`cent serve` at start; anything else when it first encodes text)."""
+        if self.stands_in_for and self.stands_in_for not in _WARNED_NO_TOKENIZER:
             _WARNED_NO_TOKENIZER.add(self.stands_in_for)
             log.warning("%s has no tokenizer.json: text is counted one token a byte (often ~4x the model's own "
                         "tokenizer, and prefill times with it); copy the checkpoint's tokenizer.json beside its "
                         "config.json, or send token ids", self.stands_in_for)
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        self.warn_stand_in()
         ids = [self.bos_token_id] if add_bos else []
         pos = 0
         for m in self._special_re.finditer(text):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from cent_serve.config import ModelConfig
@@ -117,8 +118,12 @@ def register(sub) -> None:
     e.add_argument("--model", default="tiny", help="preset name or Hugging Face checkpoint directory (default: tiny)")
 
     def run(args) -> int:
-        for path in export_tokenizer(resolve_model(args.model), args.dir):
+        cfg = resolve_model(args.model)
+        for path in export_tokenizer(cfg, args.dir):
             print(path)
+        if cfg.checkpoint and not (Path(cfg.checkpoint) / "tokenizer.json").is_file():
+            print(f"note: {cfg.checkpoint} has no tokenizer.json: these files are the byte-level tokenizer the "
+                  "server stands in with (one token a byte), not the model's own", file=sys.stderr)
         return 0
 
     e.set_defaults(func=run)

@@ -285,6 +285,31 @@ def test_a_checkpoint_without_tokenizer_json_warns_once_when_text_is_counted_a_b
     assert not caplog.records
 
 
+def test_the_model_card_and_the_export_say_when_the_tokenizer_stands_in(tmp_path, capsys):
+    """/v1/models names a checkpoint's own tokenizer.json by its directory, and a byte-level stand-in
+    by the command that writes it (the directory would not load in a client); export says so too."""
+    from types import SimpleNamespace
+
+    from api.routes import model_card
+    from cent_serve.config import CentConfig
+
+    data = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
+    shutil.copy(data / "config.json", tmp_path)
+    cards = {}
+    for name, path in (("bare", tmp_path), ("own", data)):
+        cfg = CentConfig(model=model_config_from_hf(path))
+        ctx = SimpleNamespace(cfg=cfg, tokenizer=load_tokenizer(cfg.model), model_name=name, created=0)
+        cards[name] = model_card(ctx)["cent"]
+    assert cards["bare"]["tokenizer"] == f"cent tokenizer export DIR --model {tmp_path}"
+    assert cards["bare"]["tokenizer_kind"].startswith("byte-level, standing in")
+    assert cards["own"] == dict(tokenizer=str(data), tokenizer_kind="the checkpoint's tokenizer.json",
+                                vocab_size=cards["own"]["vocab_size"])
+    assert main(["tokenizer", "export", str(tmp_path / "out"), "--model", str(tmp_path)]) == 0
+    assert "has no tokenizer.json: these files are the byte-level tokenizer" in capsys.readouterr().err
+    assert main(["tokenizer", "export", str(tmp_path / "out2"), "--model", str(data)]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_the_status_names_the_numerics_the_engine_runs_without_looking_at_the_checkpoint_again(tmp_path):
     """numerics auto is resolved once, at start-up: the status (read on every /metrics scrape) reports what the
     engine computes, with no glob of the checkpoint directory, even if its weight files go away meanwhile."""
