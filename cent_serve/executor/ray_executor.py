@@ -106,7 +106,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
                 held.drop()
                 raise join_refused(address, gcs, _first_line(exc), held.text) from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    return f"joined the Ray cluster at {address} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+    where = address if address.startswith(("ray://", "local")) or gcs == address else f"{address}: {gcs}"
+    return f"joined the Ray cluster at {where} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -203,12 +204,13 @@ def replica_hosts(units: dict[str, int], need: int, held: dict[str, int]) -> tup
     return (free, False) if free or not fits else (fits, True)
 
 
-def place_devices(cfg: CentConfig, num_devices: int):
+def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     """A placement group of one `device_resource` bundle per device when the cluster advertises
     that resource (None when it does not: a plain local Ray places actors anywhere), by
     `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
-    this process's other replicas holds when one has room). Raises PlacementError within
-    `server.placement_timeout_s` if it cannot be granted."""
+    this process's other replicas holds when one has room). A cluster with fewer units than the
+    `replicas` copies of `num_devices` need is refused at once; otherwise raises PlacementError
+    within `server.placement_timeout_s` if the group cannot be granted."""
     from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
 
     s = cfg.server
@@ -219,10 +221,12 @@ def place_devices(cfg: CentConfig, num_devices: int):
     if total == 0:
         return None
     summary = ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
-    if total < num_devices:
-        raise PlacementError(f"the mapping needs {num_devices} {s.device_resource} units; the cluster has "
-                             f"{total} ({summary}): add nodes started with ray start --resources="
-                             f"'{{\"{s.device_resource}\": N}}' or use --devices {total}")
+    if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for
+        copies = f" ({replicas} replicas of {num_devices})" if replicas > 1 else ""
+        fewer = (total // num_devices) * num_devices
+        raise PlacementError(f"the mapping needs {num_devices * replicas} {s.device_resource} units{copies}; the "
+                             f"cluster has {total} ({summary}): add nodes started with ray start --resources="
+                             f"'{{\"{s.device_resource}\": N}}' or use --devices {fewer or total}")
     strategy, selector = s.placement.upper(), None
     if s.placement == "replica":
         hosts, shared = replica_hosts(units, num_devices, _replica_hosts)
@@ -341,7 +345,7 @@ class RayExecutor(Executor):
         self.output = self.switch_link = None
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
-            self.pg = place_devices(cfg, len(device_ids))
+            self.pg = place_devices(cfg, len(device_ids), self.timer.mapping.replicas)
             if self.pg is not None and cfg.server.placement == "replica":  # its host, for the next replica
                 self.replica_host = next(iter(_bundle_nodes(self.pg).values()))
                 _replica_hosts[self.replica_host] = _replica_hosts.get(self.replica_host, 0) + 1

@@ -33,6 +33,8 @@ def test_two_node_cluster_equals_one_process(devices, pp, tp):
     assert out["times"] == local.token_times_s  # bit-identical simulated time across nodes
     assert len(out["nodes"]) == 2  # spread: the stages span both nodes
     assert "needs 16 cent_device units; the cluster has 8" in out["too_many_error"] and out["too_many_s"] < 10
+    assert "needs 16 cent_device units (2 replicas of 8); the cluster has 8" in out["copies_error"]
+    assert "or use --devices 8" in out["copies_error"] and out["copies_s"] < 10  # at once, not after the timeout
     assert out["two_replicas"] == "placed"  # both replicas' groups (they had one name: the second failed)
     # placement replica: each replica on one node, the first two on different nodes (a node's loss fails
     # only its replica); the third shares one, as no node is free; none held after shutdown

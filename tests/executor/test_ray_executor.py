@@ -234,3 +234,24 @@ def test_startup_wait_logs_progress_and_raises_early(ray_cluster, caplog):
     ray.cancel(slow, force=True)
     with pytest.raises(ray.exceptions.GetTimeoutError):
         await_started([answer.remote(4, 5.0)], 0.3, every_s=0.1)
+
+
+def test_joining_auto_names_the_cluster_it_found(monkeypatch):
+    """`--ray-address auto` may find any cluster on the machine: the start-up line names its GCS."""
+    import socket
+
+    import ray
+
+    from cent_serve.executor import ray_executor as rx
+
+    class Conn:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": False}])
+    monkeypatch.setattr(rx, "_gcs_address", lambda address: "10.1.2.3:6390" if address == "auto" else address)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: Conn())
+    assert rx.ensure_ray("auto") == "joined the Ray cluster at auto: 10.1.2.3:6390 (1 node)"
+    assert rx.ensure_ray("10.1.2.3:6390") == "joined the Ray cluster at 10.1.2.3:6390 (1 node)"
