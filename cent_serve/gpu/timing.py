@@ -209,7 +209,9 @@ class GpuTimer:
                 f"{self.model.name} does not fit on {self.mapping.describe()}: a GPU of stage {s} holds "
                 f"{self.stage_weight_bytes(s) / 1e9:.1f} GB of weights in {self.kind.memory_bytes / 1e9:.0f} GB x "
                 f"gpu.memory_utilization={self.gpu.memory_utilization}: use more GPUs (--hardware gpu:KIND:N, or --gpu "
-                f"KIND:N with compare) or a larger gpu.tp")
+                f"KIND:N with compare)" + (
+                    f" or spread a replica over more of the {self.mapping.num_devices} (a larger gpu.tp or gpu.pp)"
+                    if self.mapping.devices_used < self.mapping.num_devices else ""))
 
     def max_batch(self, seq_tokens: int) -> int:
         """Sequences of `seq_tokens` whose KV fits in a replica at once."""
