@@ -118,6 +118,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":  # no route: say which path, and where the API is
             message = (f"{raw.method} {raw.url.path} is not a path of this server: the OpenAI API is under /v1 "
                        "(/v1/completions, /v1/chat/completions, /v1/models; every path: /docs)")
+        elif exc.status_code == 405 and raw.method == "OPTIONS" and "origin" in raw.headers \
+                and "access-control-request-method" in raw.headers:
+            # a browser's CORS preflight reaches the routes only when no origin is allowed (the CORS
+            # middleware answers it otherwise): a 400 as the middleware's for an origin not allowed
+            origin = raw.headers["origin"]
+            return error_response(raw, ApiError(
+                f"a browser page on {origin} asked to call {raw.url.path} (CORS preflight); this server allows no "
+                f"web origins (server.allowed_origins is empty): start it with --allowed-origins {origin}",
+                "origin", 400))
         elif exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow")
             message = f"{raw.method} is not allowed on {raw.url.path}: " + (f"use {allow}" if allow else "see /docs")

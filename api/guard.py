@@ -28,6 +28,14 @@ def is_generation(scope) -> bool:
     return scope["path"] in GENERATION_PATHS and scope.get("method") == "POST"
 
 
+def is_preflight(scope) -> bool:
+    """Whether an ASGI request is a browser's CORS preflight (browsers send it without the key). It
+    reaches the guard only when no origin is allowed (the CORS middleware, outside, answers it
+    otherwise), and the routes answer it with a 400 naming `--allowed-origins`."""
+    names = {name.lower() for name, _ in scope["headers"]}
+    return scope.get("method") == "OPTIONS" and b"origin" in names and b"access-control-request-method" in names
+
+
 def bearer_ok(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
     """Whether `Authorization: Bearer <key>` is present; the key is compared in constant time."""
     for name, value in headers:
@@ -64,7 +72,7 @@ class Guard:
             return
         path = scope["path"]
         if (self.key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX)
-                and not bearer_ok(scope["headers"], self.key)):
+                and not is_preflight(scope) and not bearer_ok(scope["headers"], self.key)):
             await self._refuse(scope, send, "unauthorized", ApiError(
                 "missing or wrong API key: send 'Authorization: Bearer <key>'", None, 401, "authentication_error",
                 "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))

@@ -138,8 +138,14 @@ def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
     with Server(server_cfg(), "local") as s:
         r = httpx.options(s.url + "/v1/completions", headers=preflight)
         assert "access-control-allow-origin" not in r.headers
+        assert r.status_code == 400 and r.json()["error"]["message"].endswith(f"--allowed-origins {page}")
+        assert httpx.options(s.url + "/v1/completions").status_code == 405  # no preflight: the method's answer
         r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    with Server(server_cfg(api_key=KEY), "local") as s:  # a preflight carries no key: the same hint, not a 401
+        r = httpx.options(s.url + "/v1/completions", headers=preflight)
+        assert r.status_code == 400 and r.json()["error"]["message"].endswith(f"--allowed-origins {page}")
+        assert httpx.options(s.url + "/v1/completions").status_code == 401
     for junk in ("localhost:3000", "http://user@host", "http://a/b", "http://a?b", "http://host:99999", "*,http://a"):
         with pytest.raises(ValueError, match=r"server.allowed_origins='.*' is invalid: use '\*'"):
             ServerConfig(allowed_origins=junk)
