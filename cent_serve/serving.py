@@ -48,20 +48,24 @@ RELEASE_HOLD_S = 1e18
 
 
 PACE_LAG_WARN_S = 0.5
-"""Paced mode: wall seconds the engine may fall behind its schedule before the log warns (once per
-episode of lag; `cent:pace_lag_seconds` shows the lag at any time)."""
+"""Paced mode: how far behind its schedule the engine may fall before the log warns (once per
+episode of lag; `cent:pace_lag_seconds` shows the lag at any time), in wall seconds at pace
+factor 1 or more, and below 1 in simulated seconds (`PaceMonitor.warn_s`): a client divides the
+wall times it measures by the pace factor, so a lag of L wall seconds is L / pace factor of error
+in its figures (0.5 wall s at pace 0.1 would be 5 s of TTFT)."""
 
 
 class PaceMonitor:
     """How far the paced engine runs behind the wall clock, and the pace factor it could keep.
 
     `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
-    episode of lag starts when it passes PACE_LAG_WARN_S and ends when the engine is on schedule
-    again. The round that made the lag (a stall: a first round's warm-up, a busy machine) ran before
+    episode of lag starts when it passes `warn_s` (PACE_LAG_WARN_S) and ends when the engine is on
+    schedule again. The round that made the lag (a stall: a first round's warm-up, a busy machine) ran before
     the episode and is not in it; the pace factor the engine could keep is measured over the episode's
     rounds, as wall seconds spent per simulated second with 20% headroom, and said once
     `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run (not after one: a round after a
-    stall may still be slow), or, for a shorter episode, as it ends."""
+    stall may still be slow), or, for a shorter episode, as it ends. `needed_factor` is never below
+    what the log said for the episode (its later, lighter rounds do not talk it down)."""
 
     HEADROOM = 1.2
     ESTIMATE_ROUNDS = 8
@@ -69,6 +73,9 @@ class PaceMonitor:
 
     def __init__(self, pace_factor: float) -> None:
         self.pace_factor = pace_factor
+        self.warn_s = PACE_LAG_WARN_S * min(1.0, pace_factor)
+        """The lag (wall s) that starts an episode: PACE_LAG_WARN_S, simulated below pace factor 1."""
+        self._said: float | None = None  # the pace factor the log gave for this episode
         self.lag_s = 0.0
         self.num_episodes = 0
         self._in_episode = self._warn_pending = False
@@ -85,8 +92,8 @@ class PaceMonitor:
     def behind(self, lag_s: float) -> None:
         self.lag_s = lag_s
         self._worst_s = max(self._worst_s, lag_s) if self._in_episode else lag_s
-        if lag_s > PACE_LAG_WARN_S and not self._in_episode:
-            self._in_episode, self._wall_s, self._sim_s, self._rounds = True, 0.0, 0.0, 0
+        if lag_s > self.warn_s and not self._in_episode:
+            self._in_episode, self._wall_s, self._sim_s, self._rounds, self._said = True, 0.0, 0.0, 0, None
             self.num_episodes += 1
             self._warn_pending = True
 
@@ -102,21 +109,23 @@ class PaceMonitor:
 
     def _warn(self) -> None:
         self._warn_pending = False
-        need = self.needed_factor()
+        need = self._said = self.needed_factor()
         if need is None or need <= self.pace_factor:  # the rounds keep up: something stalled them once
-            log.warning("paced mode fell behind: tokens reached clients up to %.2f s late after a stall (a first "
-                        "round, a busy machine); the rounds themselves keep up at pace factor %g",
-                        self._worst_s, self.pace_factor)
+            log.warning("paced mode fell behind: tokens reached clients up to %.2f s late (%.3g s of simulated "
+                        "time) after a stall (a first round, a busy machine); the rounds themselves keep up at pace "
+                        "factor %g", self._worst_s, self._worst_s / self.pace_factor, self.pace_factor)
             return
-        log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (pace factor %g); the rounds "
-                    "run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
-                    self._worst_s, self.pace_factor, self._wall_s / self._sim_s, need)
+        log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (%.3g s of simulated time at pace "
+                    "factor %g); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
+                    self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, self._wall_s / self._sim_s,
+                    need)
 
     def needed_factor(self) -> float | None:
-        """The smallest pace factor that kept up with this episode's rounds (None before one)."""
+        """The smallest pace factor that kept up with this episode's rounds (None before one), at
+        least the one the log gave for it."""
         if self._sim_s <= 0:
             return None
-        return self.HEADROOM * self._wall_s / self._sim_s
+        return max(self.HEADROOM * self._wall_s / self._sim_s, self._said or 0.0)
 
 
 class EngineStopped(RuntimeError):

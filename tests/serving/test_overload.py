@@ -346,6 +346,29 @@ def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
     assert len(msgs) == 1 and "use --pace-factor 0.012 or more" in msgs[0] and "3.00 s late" in msgs[0], msgs
 
 
+def test_below_pace_factor_1_a_lag_is_judged_in_simulated_time_and_the_estimate_keeps_what_was_said(caplog):
+    """At pace 0.1 a 0.2 wall s lag is 2 s off every client figure: an episode, warned with both
+    times (it passed unnoticed under the 0.5 wall s bound). The status's estimate does not fall below
+    what the log said as the episode's later rounds run lighter (the audit's 0.0597 after a warned 0.222)."""
+    import logging
+
+    from cent_serve.serving import PACE_LAG_WARN_S, PaceMonitor
+
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    assert PaceMonitor(10.0).warn_s == PACE_LAG_WARN_S and PaceMonitor(0.1).warn_s == pytest.approx(0.05)
+    mon = PaceMonitor(pace_factor=0.1)
+    for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
+        mon.behind(0.2)
+        mon.stepped(0.02, 0.1)  # 0.2 wall s per simulated s: needs 0.24
+    msgs = [r.getMessage() for r in caplog.records]
+    assert mon.num_episodes == 1 and len(msgs) == 1, msgs
+    assert "0.20 s late (2 s of simulated time at pace factor 0.1)" in msgs[0] and "--pace-factor 0.24" in msgs[0]
+    for _ in range(50):  # lighter rounds, the lag not yet gone
+        mon.behind(0.1)
+        mon.stepped(0.001, 0.1)
+    assert mon.needed_factor() == pytest.approx(0.24)  # the running mean alone is 1.2 * 0.21 / 5.8 = 0.043
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
 def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
     """A bug that ends the engine thread under a collected request: 503 engine_stopped naming the
