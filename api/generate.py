@@ -289,11 +289,16 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     reasons = [o["finish_reason"] for o in out.values()]
     record_finished(raw, reasons, n, made)
     if "abort" in reasons:  # the engine stopped under it: no whole answer
-        fault = ctx.engine.last_fault
-        why = "its engine thread failed" if fault == ENGINE_THREAD_FAILED else "the server is shutting down"
-        raise ApiError(f"{why}: the request was aborted before it finished; retry on a running server",
-                       None, 503, "server_error", "engine_stopped")
+        raise engine_stopped(ctx)
     return out
+
+
+def engine_stopped(ctx: ApiContext) -> ApiError:
+    """Why a request's generation was aborted under a connected client: the engine stopped (a
+    shutdown, or its thread failed). A 503, or the error event of a stream."""
+    why = "its engine thread failed" if ctx.engine.last_fault == ENGINE_THREAD_FAILED else "the server is shutting down"
+    return ApiError(f"{why}: the request was aborted before it finished; retry on a running server",
+                    None, 503, "server_error", "engine_stopped")
 
 
 def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
@@ -351,8 +356,9 @@ class _Pending:
 def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: Reply) -> EventStream:
     """SSE: the endpoint's opening chunk per choice with the first output, one chunk per output
     (empty text while a token's text is held back, as vLLM streams), the last token's chunk with
-    the finish_reason, usage if asked, then [DONE]. If the client leaves first, its choices are aborted and the request
-    counts as aborted."""
+    the finish_reason, usage if asked, then [DONE]. A fault's or a stop's error event comes before its
+    choice's last chunk. If the client leaves first, its choices are aborted and the request counts as
+    aborted."""
     left = [len(reqs)]  # a cell: the body decrements it, on_close reads it
     body, endpoint = reply.body, reply.endpoint
     prompt_tokens = [len(p) for p in reply.prompts]
@@ -414,6 +420,10 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                     yield c
             if d.error:
                 yield sse(ApiError(d.error, None, 500, "server_error").body())
+            elif d.finished and d.finish_reason == "abort" and "abort" not in reasons:
+                # the engine stopped under the stream: an error event (once), so a client that reads
+                # no finish_reason does not count the cut answer as a success (a 503 when not streamed)
+                yield sse(engine_stopped(ctx).body())
             p = pending[index]
             p.add(d)
             if d.finished:
