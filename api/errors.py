@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.guard import is_generation, send_error
+from api.guard import is_generation, is_preflight, send_error
 from api.protocol import ApiError, prompt_error, schema_param, short
 from cent_serve.serving import EngineStopped
 
@@ -118,15 +118,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":  # no route: say which path, and where the API is
             message = (f"{raw.method} {raw.url.path} is not a path of this server: the OpenAI API is under /v1 "
                        "(/v1/completions, /v1/chat/completions, /v1/models; every path: /docs)")
-        elif exc.status_code == 405 and raw.method == "OPTIONS" and "origin" in raw.headers \
-                and "access-control-request-method" in raw.headers:
+        elif exc.status_code == 405 and is_preflight(raw.scope):
             # a browser's CORS preflight reaches the routes only when no origin is allowed (the CORS
             # middleware answers it otherwise): a 400 as the middleware's for an origin not allowed
             origin = raw.headers["origin"]
+            fix = (f"start it with --allowed-origins {origin}" if origin != "null" else
+                   "serve the page over http(s) and allow its origin (a page opened from a file sends Origin: null, "
+                   "as any sandboxed page does, so allowing null lets every site in)")
             return error_response(raw, ApiError(
                 f"a browser page on {origin} asked to call {raw.url.path} (CORS preflight); this server allows no "
-                f"web origins (server.allowed_origins is empty): start it with --allowed-origins {origin}",
-                "origin", 400))
+                f"web origins (server.allowed_origins is empty): {fix}", "origin", 400))
         elif exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow")
             message = f"{raw.method} is not allowed on {raw.url.path}: " + (f"use {allow}" if allow else "see /docs")

@@ -5,6 +5,7 @@ take the app's `ApiContext` as a dependency; `create_app` includes `router`. Han
 not docstrings: FastAPI would publish a docstring as the operation's description in /openapi.json."""
 from __future__ import annotations
 
+import shlex
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -145,12 +146,12 @@ def model_card(ctx: ApiContext) -> dict:
     directory, or for a preset the model name. `cent.tokenizer` is the checkpoint directory when it
     holds a tokenizer.json, else the command that writes the byte-level tokenizer the server uses
     in a form a client can load (`--tokenizer DIR` of vLLM's bench, guidellm's
-    `--tokenizer kind=hf_auto,model=DIR`); `cent.tokenizer_kind` says which."""
+    `--tokenizer kind=hf_auto,model=DIR`); `cent.tokenizer_kind` says which: `checkpoint`, `byte`
+    (a preset's) or `byte_stand_in` (for a checkpoint directory without tokenizer.json)."""
     m = ctx.cfg.model
     byte_level = isinstance(ctx.tokenizer, ByteTokenizer)
-    hint = f"cent tokenizer export DIR --model {m.checkpoint or m.name}" if byte_level else m.checkpoint
-    kind = ("byte-level, standing in for the checkpoint's missing tokenizer.json" if byte_level and m.checkpoint
-            else "byte-level" if byte_level else "the checkpoint's tokenizer.json")
+    hint = f"cent tokenizer export DIR --model {shlex.quote(m.checkpoint or m.name)}" if byte_level else m.checkpoint
+    kind = ("byte_stand_in" if m.checkpoint else "byte") if byte_level else "checkpoint"
     return dict(id=ctx.model_name, object="model", created=ctx.created, owned_by="cent-serve",
                 root=m.checkpoint or ctx.model_name, parent=None, max_model_len=m.max_seq_len,
                 permission=[], cent={"tokenizer": hint, "tokenizer_kind": kind, "vocab_size": m.vocab_size})

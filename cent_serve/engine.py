@@ -40,8 +40,9 @@ log = logging.getLogger("cent.engine")
 
 
 def greedy_stand_in_seed(prompt_ids: list[int]) -> int:
-    """The stand-in sampler's seed for a greedy request: a stable hash of its prompt's ids."""
-    return int.from_bytes(hashlib.blake2b(np.asarray(prompt_ids, dtype=np.int64).tobytes(), digest_size=8).digest(),
+    """The stand-in sampler's seed for a greedy request: a stable hash of its prompt's ids (as
+    little-endian 64-bit integers, so every platform draws the same text)."""
+    return int.from_bytes(hashlib.blake2b(np.asarray(prompt_ids, dtype="<i8").tobytes(), digest_size=8).digest(),
                           "little")
 
 
@@ -80,7 +81,7 @@ class Engine:
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
         num_replicas = len(executors) if executors is not None else mp.replicas
-        make = executor_factory(cfg, weights) if executors is None else None
+        make = executor_factory(cfg, weights, num_replicas) if executors is None else None
         given = iter(executors or ())
         self.replicas = Replicas(lambda: next(given, None) or make(), num_replicas)
         self.num_replicas = num_replicas

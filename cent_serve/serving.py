@@ -109,12 +109,13 @@ class PaceMonitor:
 
     def _warn(self) -> None:
         self._warn_pending = False
-        need = self._said = self.needed_factor()
+        need = self.needed_factor()
         if need is None or need <= self.pace_factor:  # the rounds keep up: something stalled them once
             log.warning("paced mode fell behind: tokens reached clients up to %.2f s late (%.3g s of simulated "
                         "time) after a stall (a first round, a busy machine); the rounds themselves keep up at pace "
                         "factor %g", self._worst_s, self._worst_s / self.pace_factor, self.pace_factor)
             return
+        self._said = need
         log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (%.3g s of simulated time at pace "
                     "factor %g); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
                     self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, self._wall_s / self._sim_s,

@@ -17,17 +17,20 @@ def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
     if cfg.on_gpus:
         from cent_serve.gpu.executor import GpuExecutor
         return GpuExecutor(cfg, weights=kwargs.get("weights"))
+    replicas = kwargs.pop("replicas", 1)
     if (kind or cfg.executor) == "ray":
         from cent_serve.executor.ray_executor import RayExecutor
         kwargs.pop("weights", None)  # each device actor loads its own shard
-        return RayExecutor(cfg, **kwargs)
+        return RayExecutor(cfg, replicas=replicas, **kwargs)
     return LocalExecutor(cfg, **kwargs)
 
 
-def executor_factory(cfg, weights=None):
-    """A maker of `cfg`'s executor, called once per replica and again to re-create one: in-process
-    replicas with full numerics share one load of the weights (`weights`, or loaded here)."""
+def executor_factory(cfg, weights=None, replicas: int = 1):
+    """A maker of `cfg`'s executor, called once per replica (of `replicas`, all of which the
+    caller builds: a cluster without room for them all is refused at the first) and again to
+    re-create one: in-process replicas with full numerics share one load of the weights
+    (`weights`, or loaded here)."""
     if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
         from cent_serve.model.weights import load_weights
         weights = load_weights(cfg.model)
-    return lambda: make_executor(cfg, weights=weights)
+    return lambda: make_executor(cfg, weights=weights, replicas=replicas)

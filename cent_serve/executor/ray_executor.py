@@ -323,7 +323,7 @@ class RayExecutor(Executor):
     clocking its own switch port (`device_worker.port`); the switch relays the tensor-parallel
     exchanges. The links carry msgpack, never code."""
 
-    def __init__(self, cfg: CentConfig, address: str | None = None) -> None:
+    def __init__(self, cfg: CentConfig, address: str | None = None, replicas: int = 1) -> None:
         from device_worker.actor import DeviceActor
         from fabric.actor import FabricActor
 
@@ -345,7 +345,10 @@ class RayExecutor(Executor):
         self.output = self.switch_link = None
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
-            self.pg = place_devices(cfg, len(device_ids), self.timer.mapping.replicas)
+            # `replicas`: the copies of the mapping its caller builds (the engine: every one; one for
+            # `cent simulate --emulate`), each placed by its own executor, so a cluster that cannot hold
+            # them all is refused at the first, not after the last's placement timeout
+            self.pg = place_devices(cfg, len(device_ids), replicas)
             if self.pg is not None and cfg.server.placement == "replica":  # its host, for the next replica
                 self.replica_host = next(iter(_bundle_nodes(self.pg).values()))
                 _replica_hosts[self.replica_host] = _replica_hosts.get(self.replica_host, 0) + 1

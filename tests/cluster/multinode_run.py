@@ -70,8 +70,8 @@ def main() -> None:
             out["too_many_error"], out["too_many_s"] = str(exc), time.monotonic() - t0
         copies = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 8, 1), numerics="off")
         t0 = time.monotonic()
-        try:  # two replicas of 8: the first fits, so it is the whole system's 16 that must be refused
-            RayExecutor(copies)
+        try:  # two replicas of 8 (the engine builds both): the first fits, so it is the whole system's 16 that
+            RayExecutor(copies, replicas=2)  # must be refused
         except PlacementError as exc:
             out["copies_error"], out["copies_s"] = str(exc), time.monotonic() - t0
         hog = ray.util.placement_group([{"cent_device": 1}] * 6)  # another job holds 6 of the 8 units

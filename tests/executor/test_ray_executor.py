@@ -255,3 +255,29 @@ def test_joining_auto_names_the_cluster_it_found(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: Conn())
     assert rx.ensure_ray("auto") == "joined the Ray cluster at auto: 10.1.2.3:6390 (1 node)"
     assert rx.ensure_ray("10.1.2.3:6390") == "joined the Ray cluster at 10.1.2.3:6390 (1 node)"
+
+
+def test_the_engine_tells_each_ray_executor_how_many_replicas_it_builds(monkeypatch):
+    """The engine builds every replica, so each executor's placement checks the cluster for all of
+    them; `cent simulate --emulate` builds one executor of a many-replica mapping and checks for one."""
+    from cent_serve.engine import Engine
+    from cent_serve.executor import executor_factory
+    from cent_serve.executor import ray_executor as rx
+
+    made = []
+
+    class Recorder:
+        def __init__(self, cfg, replicas=1, **kwargs):
+            made.append(replicas)
+            raise RuntimeError("recorded")
+
+    monkeypatch.setattr(rx, "RayExecutor", Recorder)
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 8, 1), numerics="off", executor="ray")
+    with pytest.raises(RuntimeError, match="recorded"):
+        Engine(cfg)
+    assert made == [2]
+    with pytest.raises(RuntimeError, match="recorded"):
+        make_executor(cfg)
+    with pytest.raises(RuntimeError, match="recorded"):
+        executor_factory(cfg)()
+    assert made == [2, 1, 1]

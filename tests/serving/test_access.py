@@ -140,6 +140,9 @@ def test_browsers_on_the_allowed_origins_may_call_the_api_and_no_others():
         assert "access-control-allow-origin" not in r.headers
         assert r.status_code == 400 and r.json()["error"]["message"].endswith(f"--allowed-origins {page}")
         assert httpx.options(s.url + "/v1/completions").status_code == 405  # no preflight: the method's answer
+        assert httpx.options(s.url + "/v1/completions", headers={"Origin": page}).status_code == 405
+        r = httpx.options(s.url + "/v1/completions", headers=dict(preflight, Origin="null"))  # a page from a file
+        assert r.status_code == 400 and "--allowed-origins null" not in r.text and "over http(s)" in r.text
         r = httpx.post(s.url + "/v1/completions", json=body(), headers={"Origin": page})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
     with Server(server_cfg(api_key=KEY), "local") as s:  # a preflight carries no key: the same hint, not a 401

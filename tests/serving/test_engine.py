@@ -179,9 +179,11 @@ def test_greedy_stand_in_text_depends_on_the_prompt_alone():
     seeded = RequestParams(max_tokens=6, ignore_eos=True, sampling=SamplingParams(temperature=0.0, seed=7))
     a, other, b, c = (eng.add_request(p, r) for p, r in
                       [([5, 6, 7], greedy), ([5, 6, 8], greedy), ([5, 6, 7], greedy), ([5, 6, 7], seeded)])
+    top1 = eng.add_request([5, 6, 7], RequestParams(max_tokens=6, ignore_eos=True,
+                                                    sampling=SamplingParams(temperature=1.0, top_k=1)))
     hot = [eng.add_request([5, 6, 7], RequestParams(max_tokens=6, ignore_eos=True)) for _ in range(2)]
     _run(eng)
-    assert a.output_ids == b.output_ids == c.output_ids != other.output_ids
+    assert a.output_ids == b.output_ids == c.output_ids == top1.output_ids != other.output_ids
     assert hot[0].output_ids != hot[1].output_ids  # temperature 1, no seed: each its own draws
 
 

@@ -109,6 +109,7 @@ def test_version_ping_model_card_and_head(off):
         assert httpx.request(method, off.url + "/ping").status_code == 200
     card = httpx.get(off.url + "/v1/models/tiny").json()
     assert card["id"] == "tiny" and card["root"] == "tiny" and "cent tokenizer export" in card["cent"]["tokenizer"]
+    assert card["cent"]["tokenizer_kind"] == "byte"
     assert httpx.get(off.url + "/v1/models/nope").status_code == 404
     for path in ("/v1/models", "/v1/models/tiny", "/health", "/metrics", "/version", "/v1/cent/status"):
         head = httpx.head(off.url + path)
