@@ -81,9 +81,12 @@ class Engine:
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
         num_replicas = len(executors) if executors is not None else mp.replicas
-        make = executor_factory(cfg, weights, num_replicas) if executors is None else None
+        make = executor_factory(cfg, weights) if executors is None else None
         given = iter(executors or ())
-        self.replicas = Replicas(lambda: next(given, None) or make(), num_replicas)
+        # the first build places every replica (a cluster too small for them all is refused at once);
+        # a re-created one asks for its own devices alone (the others hold theirs)
+        self.replicas = Replicas(lambda: next(given, None) or make(num_replicas), num_replicas,
+                                 remake=lambda: make(1))
         self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
         self.last_fault: str | None = None

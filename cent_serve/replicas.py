@@ -53,8 +53,12 @@ class Replicas:
     Only the engine thread calls `fail`, `poll` and `shutdown`; `recovering` and `degraded` may be
     read from any thread (the health endpoint)."""
 
-    def __init__(self, make: Callable[[], object], num_replicas: int, retry_s: float = RETRY_S) -> None:
+    def __init__(self, make: Callable[[], object], num_replicas: int, retry_s: float = RETRY_S,
+                 remake: Callable[[], object] | None = None) -> None:
+        """`make` builds the first `num_replicas` executors; `remake` (default `make`) re-creates a
+        failed one alone (a Ray executor then asks the cluster for one replica's devices, not all)."""
         self._make, self.retry_s = make, retry_s
+        self._remake = remake or make
         self.executors: list = []
         try:
             for _ in range(num_replicas):
@@ -107,7 +111,7 @@ class Replicas:
 
         def build() -> None:
             try:
-                ex = self._make()
+                ex = self._remake()
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
                 reason = f"could not be re-created: {describe_fault(exc)}"
                 log.error("replica %d %s", replica, reason)

@@ -25,12 +25,12 @@ def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
     return LocalExecutor(cfg, **kwargs)
 
 
-def executor_factory(cfg, weights=None, replicas: int = 1):
-    """A maker of `cfg`'s executor, called once per replica (of `replicas`, all of which the
-    caller builds: a cluster without room for them all is refused at the first) and again to
-    re-create one: in-process replicas with full numerics share one load of the weights
-    (`weights`, or loaded here)."""
+def executor_factory(cfg, weights=None):
+    """A maker of `cfg`'s executor, `make(replicas)`: called once per replica (`replicas`: how many
+    its caller builds, all of which a cluster must hold, so one without room for them all is refused
+    at the first) and again with 1 to re-create a failed one; in-process replicas with full numerics
+    share one load of the weights (`weights`, or loaded here)."""
     if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
         from cent_serve.model.weights import load_weights
         weights = load_weights(cfg.model)
-    return lambda: make_executor(cfg, weights=weights, replicas=replicas)
+    return lambda replicas=1: make_executor(cfg, weights=weights, replicas=replicas)

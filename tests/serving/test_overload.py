@@ -367,6 +367,16 @@ def test_below_pace_factor_1_a_lag_is_judged_in_simulated_time_and_the_estimate_
         mon.behind(0.1)
         mon.stepped(0.001, 0.1)
     assert mon.needed_factor() == pytest.approx(0.24)  # the running mean alone is 1.2 * 0.21 / 5.8 = 0.043
+    mon.on_schedule()  # the next episode is its own: a light one reports its own figure
+    mon.behind(0.2)
+    mon.stepped(0.001, 0.1)
+    assert mon.num_episodes == 2 and mon.needed_factor() == pytest.approx(0.012)
+    stall = PaceMonitor(pace_factor=0.1)  # a stall's warning gives no factor, so nothing holds the figure up
+    stall.behind(0.2)
+    for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
+        stall.stepped(0.001, 0.1)
+    stall.stepped(0.0, 10.0)
+    assert stall.needed_factor() == pytest.approx(1.2 * 0.008 / 10.8)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
