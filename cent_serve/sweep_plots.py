@@ -20,17 +20,13 @@ def _label(row: dict, fields: list[str]) -> str:
 def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
     """Grid and legend each panel, write the figure and close it. `below` puts each legend under its
     panel (the file grows to hold them) for legends long enough to cover points inside."""
+    place = dict(loc="upper center", bbox_to_anchor=(0.5, -0.13)) if below else {}
     for ax in axes:
         ax.grid(alpha=0.3)
-        if below:
-            ax.legend(fontsize=legend_size, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-        else:
-            ax.legend(fontsize=legend_size)
-    if below:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    else:
+        ax.legend(fontsize=legend_size, **place)
+    if not below:
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight" if below else None)  # "tight": the legends below included
     plt.close(fig)
     return path
 
