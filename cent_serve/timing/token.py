@@ -156,9 +156,9 @@ class SystemTimer:
         artifact charges it (`fabric.charge_local_hops`; without multicast sent to the tp - 1 others
         only, the sender holding it), or else the DMA engine moving its tokens x D values
         (`device.dma_bytes_per_cycle`)."""
+        if self._hops_alike:
+            return self.hop_s(tokens)
         if self.fabric.charge_local_hops:
-            if self.fabric.multicast or self.mapping.tp == 1:
-                return self.hop_s(tokens)
             return pipeline_block_s(self.model.hidden_size, self.port, self.fabric, tokens, self.mapping.tp - 1)
         d = self.device
         return tokens * self.model.hidden_size * d.bytes_per_element / d.dma_bytes_per_cycle / d.clock_hz
