@@ -9,7 +9,7 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
 from cent_serve.config import CentConfig, ParallelConfig
-from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, cost_figures, paper_workload
+from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, cost_figures, paper_workload
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
@@ -215,9 +215,9 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     check_devices_hold(cfg, total, batch, batch_flag=True)
     phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
     for phase, row in phases.items():
-        row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
+        row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
                                 row["energy_per_token_mj"], cfg.device,
-                                against_paper=paper_workload(cfg.model.name, args.prompt, args.decode)))
+                                against_paper=paper_workload(cfg.model, args.prompt, args.decode)))
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
@@ -231,7 +231,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     _print_overrides(args)
-    paper = paper_workload(cfg.model.name, args.prompt, args.decode)
+    paper = paper_workload(cfg.model, args.prompt, args.decode)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'avg W':>10}"
           + (f"{'vs GPU':>8}" if paper else ""))
     for phase in PHASES:
@@ -242,9 +242,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                   f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}{r['avg_power_w']:>10.1f}"
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
     print(POWER_NOTE)
-    if not paper and cfg.model.name in GPU_BASELINES:
-        print(f"no ratio to the paper's GPU figures: they are for {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens; "
-              f"for this workload on GPUs run the same with --hardware gpu:a100-80gb:{GPU_BASELINES[cfg.model.name]['gpus']}")
+    if not paper:
+        _no_ratio_note(cfg.model, args.prompt, args.decode)
     print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
           f"{alt['throughput_tok_s']:.1f} tok/s, {alt['energy_per_token_mj']:.2f} mJ/token, {alt['power_w']:.1f} W. "
           f"Why they differ: {why}")
@@ -310,9 +309,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
             rows.append(dict(pp=pp, tp=tp, error=str(exc)))
             continue
         e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
-        e2e.update(cost_figures(c.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
+        e2e.update(cost_figures(c.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
                                 "end2end", e2e["energy_per_token_mj"], c.device,
-                                against_paper=paper_workload(c.model.name, prompt, decode)))
+                                against_paper=paper_workload(c.model, prompt, decode)))
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
@@ -321,7 +320,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     print(f"{cfg.model.name} on {cfg.parallel.num_devices} devices, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
     _print_overrides(args)
-    paper = paper_workload(cfg.model.name, prompt, decode)
+    paper = paper_workload(cfg.model, prompt, decode)
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
           + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
     for r in rows:
@@ -337,7 +336,22 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     base = rows and rows[0].get("gpu_throughput_tok_s")
     if base:
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
+    elif not paper:
+        _no_ratio_note(cfg.model, prompt, decode)
     return 0
+
+
+def _no_ratio_note(model, prompt: int, decode: int) -> None:
+    """Why a model the paper's GPUs ran gets no ratio to their figures: another workload, or a
+    field changed that makes it another model (`baseline_changes`)."""
+    base = GPU_BASELINES.get(model.name)
+    if base is None:
+        return
+    changes = baseline_changes(model)
+    why = (f"they are for {model.name} as published, and {', '.join(changes)} makes another model" if changes else
+           f"they are for {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens")
+    print(f"no ratio to the paper's GPU figures: {why}; for this on GPUs run the same with "
+          f"--hardware gpu:a100-80gb:{base['gpus']}")
 
 
 def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
@@ -406,10 +420,10 @@ def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, exe
             for phase in PHASES:
                 if phase in out:
                     row = out[phase]
-                    row.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices,
+                    row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices,
                                             row["throughput_tok_s"], phase, row["energy_per_token_mj"],
                                             cfg.device,
-                                            against_paper=paper_workload(cfg.model.name, args.prompt, args.decode)))
+                                            against_paper=paper_workload(cfg.model, args.prompt, args.decode)))
         else:
             out = emulate_seqlen(cfg, executor, context)
     finally:

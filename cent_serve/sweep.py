@@ -147,9 +147,9 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
 
     mp = check_devices_hold(cfg, prompt + decode, cfg.parallel.pp or cfg.model.num_layers)
     e2e = phase_figures(SystemTimer.from_config(cfg), prompt, decode)["end2end"]
-    e2e.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
+    e2e.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
                             e2e["energy_per_token_mj"], cfg.device,
-                            against_paper=paper_workload(cfg.model.name, prompt, decode)))
+                            against_paper=paper_workload(cfg.model, prompt, decode)))
     return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 
@@ -199,7 +199,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),
                completed=s["completed"], failed=s["failed"], failure_reasons=s["failure_reasons"])
     # the paper's GPU figures are for its own workload, not this trace: no ratio against them
-    out.update(cost_figures(cfg.model.name, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
+    out.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
                             out["energy_per_token_mj"], cfg.device, against_paper=False))
     return out
 

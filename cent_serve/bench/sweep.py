@@ -177,7 +177,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     """The same trace on every mapping; a table (paper.json, paper.csv) and a plot, with the
     GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput. `bench`: the
     options that shaped the requests, recorded in paper.json."""
-    from cent_serve.timing.energy import GPU_BASELINES, cost_figures
+    from cent_serve.timing.energy import cost_figures, gpu_baseline
 
     rows, skipped = [], []
     for pp, tp in mappings:
@@ -199,7 +199,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    total_token_throughput=s["total_token_throughput"], median_ttft_ms=s["median_ttft_ms"],
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
                    energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"])
-        cost = cost_figures(cfg.model.name, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
+        cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
                             against_paper=True)  # the command's purpose: the paper's baseline beside a trace
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
@@ -215,15 +215,15 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         raise ValueError(f"no mapping of {cfg.model.name} on {cfg.parallel.num_devices} devices holds the model: "
                          f"{skipped[0]['reason']}")
     if any("throughput_ratio" in r for r in rows):  # say what "x GPU" is against
-        print(_paper_baseline_note(GPU_BASELINES[cfg.model.name]))
+        print(_paper_baseline_note(gpu_baseline(cfg.model)))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
-                                                        gpu_baseline=GPU_BASELINES.get(cfg.model.name),
+                                                        gpu_baseline=gpu_baseline(cfg.model),
                                                         rows=rows, skipped=skipped, bench=bench), indent=2) + "\n")
     keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")
-    _plot_paper(out_dir, cfg, rows, GPU_BASELINES.get(cfg.model.name))
+    _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model))
     return rows
 
 

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cent_serve.config import DeviceConfig
+import dataclasses
+
+from cent_serve.config import DeviceConfig, ModelConfig, model_preset
 from cent_serve.timing.fabric import BF16_BYTES
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
@@ -300,12 +302,39 @@ def cent_tco(num_devices: int) -> float:
     return TCO_CENT_PER_32 * num_devices / 32
 
 
-def paper_workload(model_name: str, prompt: int, decode: int) -> bool:
+UNPRICED_MODEL_FIELDS = frozenset({"name", "checkpoint", "max_seq_len", "weight_dtype", "seed", "rms_norm_eps",
+                                   "bos_token_id", "eos_token_id", "extra_eos_token_ids"})
+"""Model fields (and every `rope_*`) that leave a preset the model the paper's GPUs ran: its weights'
+values, numerics, tokens and how long a context it admits; every other field changes what a token
+costs (`cli_common.CLOSED_FORM_IGNORES` lists those the timing does not read)."""
+
+
+def baseline_changes(model: ModelConfig) -> list[str]:
+    """The fields (`model.F=value`) in which `model` differs from the preset of its name that the
+    paper's GPUs ran (`GPU_BASELINES`); [] when it is that model or there is no such preset."""
+    if model.name not in GPU_BASELINES:
+        return []
+    preset = model_preset(model.name)
+    return [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
+            if f.name not in UNPRICED_MODEL_FIELDS and not f.name.startswith("rope_")
+            and getattr(model, f.name) != getattr(preset, f.name)]
+
+
+def gpu_baseline(model: ModelConfig) -> dict | None:
+    """The paper's GPU figures for `model`: its preset's (`GPU_BASELINES`), unless a field that sets
+    a token's cost was changed (a llama2-7b with `--set model.num_layers=16` is a model the GPUs
+    did not run: `baseline_changes`)."""
+    if model.name not in GPU_BASELINES or baseline_changes(model):
+        return None
+    return GPU_BASELINES[model.name]
+
+
+def paper_workload(model: ModelConfig, prompt: int, decode: int) -> bool:
     """Whether the paper's GPU figures measured this: its workload, on a model it has figures for."""
-    return (prompt, decode) == PAPER_WORKLOAD and model_name in GPU_BASELINES
+    return (prompt, decode) == PAPER_WORKLOAD and gpu_baseline(model) is not None
 
 
-def cost_figures(model_name: str, devices_used: int, num_devices: int, throughput_tok_s: float,
+def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throughput_tok_s: float,
                  phase: str, energy_per_token_mj: float, dev: DeviceConfig, *, against_paper: bool) -> dict:
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
@@ -314,7 +343,7 @@ def cost_figures(model_name: str, devices_used: int, num_devices: int, throughpu
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
                tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None,
                tokens_per_tco=throughput_tok_s / tco_cent)  # the TCO convention's units, as the GPU side's
-    base = GPU_BASELINES.get(model_name)
+    base = gpu_baseline(model)
     if base is None or not against_paper:
         return out
     gpu = base[phase]

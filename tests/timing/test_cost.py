@@ -19,7 +19,7 @@ def test_unit_cost_by_hand():
 
 def test_tco_ratio_by_hand():
     # 13B: 2 GPUs vs 20 devices; 1000 tok/s against the GPU's 1077
-    c = cost_figures("llama2-13b", 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
+    c = cost_figures(model_preset("llama2-13b"), 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
     assert c["throughput_ratio"] == pytest.approx(1000 / 1077)
     assert c["tokens_per_dollar_ratio"] == pytest.approx((1000 / (0.73 * 20 / 32)) / (1077 / (1.76 * 2 / 4)))
     assert c["tokens_per_joule"] == pytest.approx(10.0)
@@ -33,7 +33,7 @@ def test_headline_geomeans_with_the_pure_pipeline():
         m = model_preset(name)
         mp = resolve_mapping(m, ParallelConfig(devices, m.num_layers, 1), DEV)
         e2e = phase_figures(SystemTimer(m, mp, DEV, FabricConfig()), 512, 3584)["end2end"]
-        c = cost_figures(name, mp.devices_used, devices, e2e["throughput_tok_s"], "end2end",
+        c = cost_figures(m, mp.devices_used, devices, e2e["throughput_tok_s"], "end2end",
                          e2e["energy_per_token_mj"], DEV, against_paper=True)
         thr.append(c["throughput_ratio"])
         tpd.append(c["tokens_per_dollar_ratio"])
@@ -81,3 +81,37 @@ def test_cent_and_gpu_simulate_name_the_same_figures_alike(capsys):
         assert cent[key] > 0 and gpu[key] > 0, key
     assert cent["tokens_per_tco"] == pytest.approx(cent["throughput_tok_s"] / 0.73, rel=1e-12)
     assert gpu["tokens_per_tco"] == pytest.approx(gpu["throughput_tok_s"] / 1.76, rel=1e-12)
+
+
+def test_a_changed_preset_is_not_compared_with_the_paper_s_gpus(capsys):
+    """The paper's GPU figures are for Llama2 as published: a preset with a field changed that sets a
+    token's cost (16 layers) is another model and gets no ratio, saying which field; one with only its
+    weights' seed or its admitted context changed is still the model the GPUs ran."""
+    import json
+
+    from cent_serve.cli import main
+    from cent_serve.timing.energy import baseline_changes, gpu_baseline
+
+    common = ["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", "3584"]
+    assert main(common + ["--set", "model.num_layers=16", "--json"]) == 0
+    assert "throughput_ratio" not in json.loads(capsys.readouterr().out)["end2end"]
+    assert main(common + ["--set", "model.num_layers=16"]) == 0
+    assert "model.num_layers=16 makes another model" in capsys.readouterr().out
+    assert main(common + ["--set", "model.seed=3", "--set", "model.max_seq_len=8192", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["end2end"]["throughput_ratio"] > 1
+    m = model_preset("llama2-70b", hidden_size=4096)
+    assert baseline_changes(m)[0] == "model.hidden_size=4096" and gpu_baseline(m) is None
+    assert gpu_baseline(model_preset("llama2-70b"))["gpus"] == 4
+    assert baseline_changes(model_preset("mistral-7b", num_layers=4)) == []  # no GPU figures to leave
+
+
+def test_fields_the_closed_form_ignores_keep_the_gpu_baseline():
+    """Every model field the closed form does not read (`CLOSED_FORM_IGNORES`) leaves the model the
+    paper's GPUs ran: the two lists agree."""
+    from cent_serve.cli_common import CLOSED_FORM_IGNORES
+    from cent_serve.timing.energy import UNPRICED_MODEL_FIELDS
+
+    for key in CLOSED_FORM_IGNORES:
+        if key.startswith("model."):
+            field = key[len("model."):]
+            assert field in UNPRICED_MODEL_FIELDS or field == "rope_", key
