@@ -1,16 +1,18 @@
 """`cent sweep`: the CENT model over a grid of configurations, for "what if the device had X?".
 
 Every combination of the `--vary` values is a point: the config from the usual flags with those
-fields set. A point is evaluated by the closed form (the paper's workload, `--prompt/--decode`,
+fields set. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`,
 the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
 timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
 scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
 `--start-s`, `--time-scale` or `--rate`, `--max-prompt-tokens`, `--max-output-tokens`: the
 bench code reads them); it needs its own token counts, so ShareGPT is refused (the `cent bench`
 commands replay it at a rate), and without `--trace` those flags are refused. Before any point
-runs, every `--vary` field and value is checked on its own (an unknown field, a field given twice, a value of the wrong type or against the config's rule for numbers,
-an unknown model: one line, exit 2). A point that cannot run (the model does not fit, an invalid
-mapping, values that clash) is a row with its error; the sweep goes on, and fails (exit 2) only
+runs, every `--vary` field and value is checked on its own (an unknown field, a field given twice
+or also set by a flag or `--set`, a value given twice, a value of the wrong type or against the
+config's rule for numbers, an unknown model: one line, exit 2; so is `--prompt`/`--decode` beside
+`--trace`). A point that cannot run (the model does not fit, an invalid
+mapping, values that clash, a replay where no request completes) is a row with its error; the sweep goes on, and fails (exit 2) only
 when no point could run. A replay's failed requests (a prompt over the context, ...) are a count
 in the CSV and a line per point on the terminal with their reasons. Written to `--out`:
 
@@ -67,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a config field (e.g. device.num_channels) or devices, pp, tp, model, and its values "
                         "(repeatable: every combination is a point)")
-    p.add_argument("--prompt", type=int, default=512, help="closed form: prompt tokens of the paper's workload")
-    p.add_argument("--decode", type=int, default=3584, help="closed form: generated tokens of the paper's workload")
+    p.add_argument("--prompt", type=int, help="closed form: prompt tokens of the paper's workload (default 512)")
+    p.add_argument("--decode", type=int, help="closed form: generated tokens of the paper's workload (default 3584)")
     p.add_argument("--trace", help="replay this trace (a shipped name or a file with token counts and arrival times: "
                                    "Vidur, Azure, BurstGPT, Mooncake) at every point instead")
     from cent_serve.bench.cli import add_selection_args
@@ -98,10 +100,25 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"--vary {path} is given twice{same}: give all its values in one --vary "
                              f"{name}=V1,V2,...")
         given[path] = name
+        twice = next((v for i, v in enumerate(vals) if v in vals[:i]), None)
+        if twice is not None:  # two identical points
+            raise ValueError(f"--vary {name}: the value {twice} is given twice: give each value once")
         out.append((path, vals))
     if not out:
         raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
     return out
+
+
+def check_not_set_and_varied(args: argparse.Namespace, vary: list[tuple[str, list[str]]]) -> None:
+    """ValueError naming a flag or `--set` that sets a field `--vary` varies: every point would
+    overwrite it without a word."""
+    varied = {name for name, _ in vary}
+    given = [(f"--{flag} {value}", flag) for flag in ("model", *SHORT) if (value := getattr(args, flag, None)) is not None]
+    given += [(f"--set {item.strip()}", item.split("=", 1)[0].strip()) for item in args.set]
+    for flag, name in given:
+        if SHORT.get(name, name) in varied:
+            raise ValueError(f"{flag} sets {name}, which --vary varies: every point would replace it; give all its "
+                             f"values in --vary {name}=V1,V2,... and drop {flag.split()[0]}")
 
 
 def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
@@ -182,14 +199,16 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
 
 def replay_figures(cfg: CentConfig, requests: list) -> dict:
     """An in-process timing-only replay of the trace's requests at this point."""
-    from cent_serve.bench.report import summarize
+    from cent_serve.bench.report import reasons_text, summarize
     from cent_serve.bench.runner import run_in_process
+    from cent_serve.preflight import check_runnable
     from cent_serve.timing.energy import cost_figures
-    from cent_serve.timing.mapping import resolve_mapping
 
     cfg.numerics, cfg.executor = "off", "local"
-    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    mp = check_runnable(cfg)  # a mapping that cannot hold the model is the point's error, as the closed form's
     s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
+    if not s["completed"]:  # no figure to give: a row of zeros would sit on the plots as the best energy
+        raise ValueError(f"no request completed ({s['failed']} failed): {reasons_text(s['failure_reasons'], examples=True)}")
     out = dict(mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,
                # prompt + output tokens, as the closed form's throughput and every energy per token count them
                throughput_tok_s=s["total_token_throughput"], output_throughput_tok_s=s["output_throughput"],
@@ -209,16 +228,22 @@ def run(args: argparse.Namespace) -> int:
     from cent_serve.bench.report import reasons_text
     from cent_serve.simulate_cli import paper_defaults
 
+    from cent_serve.timing.energy import PAPER_WORKLOAD
     from cent_serve.timing.pipeline import check_phases
 
     out = check_out_dir(args.out)
     vary = parse_vary(args.vary)
+    check_not_set_and_varied(args, vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args)
     if base.on_gpus:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")
     if args.trace:
+        given = next((f for f in ("prompt", "decode") if getattr(args, f) is not None), None)
+        if given:  # the trace has its own token counts: a workload beside it would be silently unused
+            raise ValueError(f"--{given} sets the closed form's workload; --trace replays the trace's own prompts and "
+                             f"outputs: drop --{given} (or --trace, for the closed form)")
         if args.num_requests is not None and args.num_requests < 1:
             raise ValueError(f"--num-requests {args.num_requests} is invalid: use a positive number of requests "
                              f"(or leave it out for {DEFAULT_TRACE_REQUESTS})")
@@ -227,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{given[0]} selects the requests of a --trace replay; the closed form runs the paper's "
                              "workload (--prompt, --decode): add --trace or drop " + given[0])
+        args.prompt = PAPER_WORKLOAD[0] if args.prompt is None else args.prompt
+        args.decode = PAPER_WORKLOAD[1] if args.decode is None else args.decode
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
     if not args.trace:

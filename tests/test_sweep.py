@@ -95,9 +95,29 @@ def test_a_field_varied_twice_is_refused(items):
     ("device=1,2", "device is a section"),
 ])
 def test_a_bad_vary_field_or_value_is_refused_before_any_point_runs(tmp_path, capsys, vary, needle):
-    assert main(["sweep", "--model", "llama2-7b", "--vary", vary, "--out", str(tmp_path), "--no-plots"]) == 2
+    model = [] if vary.startswith("model=") else ["--model", "llama2-7b"]
+    assert main(["sweep", *model, "--vary", vary, "--out", str(tmp_path), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep.csv").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--vary", "device.clock_hz=1e9,2e9", "--set", "device.clock_hz=3e9"],
+     "--set device.clock_hz=3e9 sets device.clock_hz, which --vary varies"),
+    (["--devices", "16", "--vary", "devices=8,16"], "--devices 16 sets devices, which --vary varies"),
+    (["--tp", "2", "--vary", "parallel.tp=1,2"], "--tp 2 sets tp, which --vary varies"),
+    (["--model", "llama2-13b", "--vary", "model=llama2-7b,llama2-13b"], "--model llama2-13b sets model"),
+    (["--vary", "devices=8,16,8"], "--vary devices: the value 8 is given twice"),
+    (["--vary", "devices=8,16", "--trace", "sample_conv", "--decode", "100"], "--decode sets the closed form's workload"),
+])
+def test_what_every_point_would_overwrite_or_ignore_is_refused(tmp_path, capsys, flags, needle):
+    """A flag or --set of a field --vary varies, a value given twice, a workload beside a trace: one
+    line, before any point runs (each was silently replaced, repeated or unused)."""
+    model = [] if "model=" in " ".join(flags) else ["--model", "llama2-7b"]
+    assert main(["sweep", *model, *flags, "--out", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "sweep.csv").exists()
 
 
@@ -106,6 +126,24 @@ def test_a_sweep_where_no_point_runs_fails(tmp_path, capsys):
                  "--no-plots"]) == 2
     assert "none of the 2 points could run" in capsys.readouterr().err
     assert all("does not fit" in r["error"] for r in csv.DictReader(open(tmp_path / "sweep.csv")))
+
+
+def test_a_trace_sweep_point_that_cannot_run_is_an_error_row_not_zeros(tmp_path, capsys):
+    """A mapping that cannot hold the model is refused at its point as the closed form refuses it (no
+    row of 0 tok/s and 0 mJ per token to sit on the Pareto front), and so is a point where no request
+    completes, with the requests' reasons."""
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=8,32", "--trace", "sample_conv",
+                 "--num-requests", "3", "--out", str(tmp_path / "a"), "--no-plots"]) == 0
+    small, ok = csv.DictReader(open(tmp_path / "a" / "sweep.csv"))
+    assert "does not fit" in small["error"] and small["throughput_tok_s"] == small["energy_per_token_mj"] == ""
+    assert ok["error"] == "" and float(ok["energy_per_token_mj"]) > 0
+    assert "2 points, 1 evaluated, 1 could not run" in capsys.readouterr().out
+    huge = tmp_path / "huge.csv"
+    huge.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,100000,10\n")
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8,16", "--trace", str(huge),
+                 "--out", str(tmp_path / "b"), "--no-plots"]) == 2
+    rows = list(csv.DictReader(open(tmp_path / "b" / "sweep.csv")))
+    assert all(r["error"].startswith("no request completed (1 failed): context_exceeded 1") for r in rows)
 
 
 def test_a_trace_sweep_reads_the_trace_once_before_any_point(tmp_path, capsys, caplog):
@@ -263,3 +301,11 @@ def test_a_trace_sweep_takes_cent_bench_runs_selection_flags_and_records_them(tm
                  str(tmp_path / "closed"), "--no-plots"]) == 2
     assert ("--start-s selects the requests of a --trace replay; the closed form runs the paper's workload "
             "(--prompt, --decode): add --trace or drop --start-s") in capsys.readouterr().err
+
+
+def test_a_varied_model_field_leaves_the_paper_s_gpus_out(tmp_path, capsys):
+    """The paper's GPU ratios are for Llama2-7B as published: a point with 16 of its layers has none."""
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "model.num_layers=16,32", "--out", str(tmp_path),
+                 "--no-plots"]) == 0
+    half, whole = csv.DictReader(open(tmp_path / "sweep.csv"))
+    assert half["throughput_ratio"] == "" and float(whole["throughput_ratio"]) > 1
