@@ -345,28 +345,25 @@ def read_mooncake(path: Path) -> Iterator[Request]:
 
 
 def _first_exchange(turns: list, where: str) -> tuple[str, str] | None:
-    """(prompt, answer): the first human turn followed by a gpt turn, or None."""
-    for turn in turns:
-        if not isinstance(turn, dict) or "from" not in turn:
-            raise ValueError(f"{where}: turn {turn!r:.80} is not a {{'from', 'value'}} object: "
-                             "fix the conversation")
-    for ask, answer in zip(turns, turns[1:]):
-        if ask["from"] == "human" and answer["from"] == "gpt":
-            for turn in (ask, answer):
-                if not isinstance(turn.get("value"), str):
-                    raise _bad(where, "value", turn.get("value"), "a turn's value is its text")
-            return ask["value"], answer["value"]
-    return None
+    """(prompt, answer): turns 0 and 1 whoever speaks them, as vLLM's benchmark takes them (its
+    ShareGPT dataset: `conversations[0]` and `[1]`'s values); None with fewer than two turns."""
+    if len(turns) < 2:
+        return None
+    for i, turn in enumerate(turns[:2]):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise ValueError(f"{where}: turn {i} {turn!r:.80} has no text: a turn is a {{'from', 'value'}} object "
+                             "whose value is its text")
+    return turns[0]["value"], turns[1]["value"]
 
 
 def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
                   arrivals_s: Iterable[float]) -> Iterator[Request]:
     """Requests of a ShareGPT JSON file, arrival times taken in order from `arrivals_s`.
 
-    Prompt: the first human turn followed by a gpt turn; output length: that gpt turn's length.
-    Both are counted with `count_tokens`; an empty text has 0 tokens whatever `count_tokens`
-    adds (e.g. a BOS). Entries with no such pair are skipped (as vLLM's
-    benchmark skips short conversations); they take no arrival time. The JSON is parsed whole
+    Prompt: turn 0; output length: turn 1's length (vLLM's benchmark's reading, whoever speaks
+    them). Both are counted with `count_tokens`; an empty text has 0 tokens whatever
+    `count_tokens` adds (e.g. a BOS). Entries of fewer than two turns are skipped (as vLLM's
+    benchmark skips them); they take no arrival time. The JSON is parsed whole
     (the stdlib has no streaming JSON reader), the requests are still yielded one by one.
     """
     with open_text(path) as f:
@@ -382,6 +379,10 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
             where = f"{path}: entry {index}"
             turns = entry.get("conversations") if isinstance(entry, dict) else None
             if not isinstance(turns, list):
+                if isinstance(entry, dict) and "messages" in entry:
+                    raise ValueError(f"{where} has 'messages' (OpenAI's chat layout), not ShareGPT's 'conversations': "
+                                     "write each as {\"conversations\": [{\"from\": \"human\", \"value\": ...}, "
+                                     "{\"from\": \"gpt\", \"value\": ...}]}")
                 raise _bad(where, "conversations", turns, "each entry needs a list of turns")
             exchange = _first_exchange(turns, where)
             if exchange is None:
@@ -399,10 +400,10 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
     finally:  # also when the reader stops early (--num-requests): what was skipped or renamed before it
         ids.warn(path, "conversation", "entry index")
         if skipped and first_s is not None:
-            log.warning("%s: %d conversation%s without a human turn followed by a gpt turn skipped (entr%s %s)",
+            log.warning("%s: %d conversation%s of fewer than two turns skipped (entr%s %s)",
                         path, len(skipped), "s" if len(skipped) > 1 else "", "ies" if len(skipped) > 1 else "y",
                         ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""))
     if first_s is None:
         raise ValueError(f"{path} has no requests: " + (
-            f"none of its {len(entries)} conversations has a human turn followed by a gpt turn"
+            f"none of its {len(entries)} conversations has two turns (a prompt and an answer)"
             if entries else "the list of conversations is empty"))

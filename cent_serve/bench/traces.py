@@ -8,7 +8,8 @@ Formats, in the column layout their publishers ship (docs/serving.md):
   of fractional digits, a zone or none (read as UTC).
 - `burstgpt`: CSV `Timestamp, Model, Request tokens, Response tokens, Total tokens, Log Type`,
   seconds.
-- `mooncake`: JSONL `{"timestamp": ms, "input_length", "output_length", "hash_ids"?}`.
+- `mooncake`: JSONL `{"timestamp": ms, "input_length", "output_length", "hash_ids"?}` (`hash_ids`
+  unused: no prefix cache is modelled).
 - `sharegpt`: JSON list of `{"id", "conversations": [{"from", "value"}, ...]}`; no timestamps,
   so arrivals come from a synthetic process (`cent_serve.bench.synthetic`).
 

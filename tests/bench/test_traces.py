@@ -102,7 +102,10 @@ def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
                                       Request("2", 1.502, 8767, 23, trace_arrival_s=1.502)]
 
 
-def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
+def test_sharegpt_turns_0_and_1_and_synthetic_arrivals(tmp_path, caplog):
+    """vLLM's benchmark reads turn 0 as the prompt and turn 1's length as the output whoever speaks
+    them (a conversation opening with the assistant's greeting, OpenAI's role names), and skips
+    conversations of fewer than two turns."""
     entries = [
         {"id": "a1", "conversations": [{"from": "human", "value": "Hi there"},
                                        {"from": "gpt", "value": "Hello!"},
@@ -112,18 +115,19 @@ def test_sharegpt_first_exchange_and_synthetic_arrivals(tmp_path, caplog):
                                        {"from": "human", "value": "Why?"},
                                        {"from": "gpt", "value": "Because."}]},
         {"id": "d4", "conversations": []},
+        {"id": "e5", "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A."}]},
     ]
     path = tmp_path / "ShareGPT_V3.json"
     path.write_text(json.dumps(entries, indent=1))
     assert detect_format(path) == "sharegpt"
     reqs = list(load_trace(path, count_tokens=count_tokens,
                            arrivals_s=lambda: iter_arrival_times_s(rate=2.0, seed=3)))
-    assert [r.request_id for r in reqs] == ["a1", "c3"]  # b2 and d4 have no human -> gpt pair
+    assert [r.request_id for r in reqs] == ["a1", "c3", "e5"]  # b2 and d4 have fewer than two turns
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(skipped) == 1 and "2 conversations without a human turn" in skipped[0] and "entries 1, 3" in skipped[0]
-    assert [r.prompt for r in reqs] == ["Hi there", "Why?"]
-    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(8, 6), (4, 8)]
-    assert [r.arrival_s for r in reqs] == list(arrival_times_s(2, rate=2.0, seed=3))
+    assert len(skipped) == 1 and "2 conversations of fewer than two turns" in skipped[0] and "entries 1, 3" in skipped[0]
+    assert [r.prompt for r in reqs] == ["Hi there", "stray", "Q"]
+    assert [(r.num_prompt_tokens, r.num_output_tokens) for r in reqs] == [(8, 6), (5, 4), (1, 2)]
+    assert [r.arrival_s for r in reqs] == list(arrival_times_s(3, rate=2.0, seed=3))
     with pytest.raises(ValueError, match="count_tokens"):
         load_trace(path)
 
@@ -275,7 +279,7 @@ def test_header_errors_name_the_columns_and_fmt_or_the_flag(tmp_path, text, fmt,
     ("e.jsonl", "\n", None, "e.jsonl has no requests"),
     ("e.json", "[]", None, "e.json has no requests: the list of conversations is empty"),
     ("e.json", '[{"conversations": [{"from": "human", "value": "hi"}]}]', None,
-     "e.json has no requests: none of its 1 conversations has a human turn followed by a gpt turn"),
+     "e.json has no requests: none of its 1 conversations has two turns (a prompt and an answer)"),
 ])
 @pytest.mark.parametrize("rate", [None, 2.0])
 def test_a_file_without_requests_says_so(tmp_path, name, text, fmt, message, rate):
