@@ -36,13 +36,13 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def write_sharegpt(tmp_path: Path) -> Path:
-    """Three conversations with a human -> gpt exchange and one without (skipped by the reader)."""
+    """Three conversations of two turns or more and one of a single turn (skipped by the reader)."""
     entries = [
         {"id": "a", "conversations": [{"from": "human", "value": "Hello CENT, how fast are you?"},
                                       {"from": "gpt", "value": "Fast enough for Llama."}]},
-        {"id": "b", "conversations": [{"from": "system", "value": "be brief"},
-                                      {"from": "human", "value": "héllo wörld"},
-                                      {"from": "gpt", "value": "hi"}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "héllo wörld"},
+                                      {"from": "gpt", "value": "hi"},
+                                      {"from": "human", "value": "a later turn, not sent"}]},
         {"id": "skipped", "conversations": [{"from": "human", "value": "no answer"}]},
         {"id": "c", "conversations": [{"from": "human", "value": "x" * 40},
                                       {"from": "gpt", "value": "y" * 12}]},
