@@ -1345,6 +1345,27 @@ def _unique_keys_loader():
     return Loader
 
 
+_BENCH_DEFAULTS = dict(start_s=0.0, time_scale=1.0, burstiness=1.0, seed=0)
+"""A recorded `bench` option at these values needs no flag."""
+
+
+def bench_flags(bench: dict) -> str:
+    """The `cent bench` flags that select the requests a results file's `bench` section records
+    (`bench.cli._recorded`): its trace, or `--synthetic` and the lengths, and every option given."""
+    import shlex
+
+    out = []
+    for key, value in bench.items():
+        if value is None or key in ("executor", "arrivals") or _BENCH_DEFAULTS.get(key) == value:
+            continue
+        if key == "trace":
+            out += (["--synthetic", str(bench.get("arrivals", "poisson"))] if value == "synthetic"
+                    else ["--trace", shlex.quote(str(value))])
+        elif key != "format" or bench.get("trace") != "synthetic":
+            out += ["--" + ("format" if key == "format" else key.replace("_", "-")), shlex.quote(str(value))]
+    return " ".join(out)
+
+
 def load_config(path: str | Path) -> CentConfig:
     """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
     import yaml
@@ -1367,7 +1388,11 @@ def load_config(path: str | Path) -> CentConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
-    data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
+    bench = data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
+    if isinstance(bench, dict) and bench.get("trace"):
+        logging.getLogger("cent_serve").warning(
+            "config file %s: its bench section (the requests its run replayed) is not read as config: to replay "
+            "them again give cent bench its flags: %s", path, bench_flags(bench))
     workload = data.pop("workload", None)  # cent simulate --json's, a closed-form sweep row's
     if isinstance(workload, dict) and workload:
         logging.getLogger("cent_serve").warning(

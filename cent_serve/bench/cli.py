@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--concurrency", type=int, default=256, help="--url: requests in flight at most "
                                                                 "(paced or non-cent servers)")
     r.add_argument("--api-key", help="--url: bearer key")
-    r.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS",
+    r.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS",
                    help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
     r.add_argument("--out", default="bench-results", help="results directory")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(sw)
     _add_request_args(sw)
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
-    sw.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
+    sw.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
     sw.add_argument("--out", default="bench-sweep", help="results directory")
     sw.add_argument("--no-plots", action="store_true", help="write sweep.json only")
     sw.set_defaults(func=run_sweep_cmd)
@@ -79,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the GPU side (default a100-80gb:4; kinds a100-80gb, a100-80gb-pcie, h100-80gb; "
                          "--set gpu.tp=, gpu.pp=, gpu.attention_reads=)")
     cm.add_argument("--rates", help="also replay at these request rates (comma-separated) for the "
-                                    "throughput-latency plot")
-    cm.add_argument("--goodput", nargs="*", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:2000 tpot:100")
+                                    "throughput-latency plot (the table's replay keeps --rate or --time-scale)")
+    cm.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:2000 tpot:100")
     cm.add_argument("--out", default="bench-compare", help="results directory")
     cm.add_argument("--save-detailed", action="store_true",
                     help="add each request's inter-token latencies to requests_*.csv (column itls_s)")
@@ -338,6 +338,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     check_runnable(cfg)
     slos = parse_goodput(args.goodput)
     rates = _rates(args.rates)
+    if args.rate is not None:  # every replay's rate is one of --rates: --rate would be replaced at each
+        raise ValueError(f"--rate {args.rate:g} is one rate; bench sweep replays the trace at each of --rates: drop "
+                         f"--rate (or add it to --rates {args.rates})")
 
     recorded: dict = {}
 
@@ -404,7 +407,9 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     requests, recorded = select_requests(args, cent_cfg)
     rates = None
     if args.rates:
-        rates = {r: select_requests(argparse.Namespace(**{**vars(args), "rate": r}), cent_cfg, rate_flag="--rates")[0]
+        # --time-scale or --rate shape the table's replay; each of --rates rescales the trace's own gaps
+        rates = {r: select_requests(argparse.Namespace(**{**vars(args), "rate": r, "time_scale": 1.0}), cent_cfg,
+                                    rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed, not args.no_plots,
                       bench=dict(recorded, rates=list(rates or ())))

@@ -184,6 +184,8 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
      "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
     ("sweep", ["--synthetic", "poisson", "--num-requests", "3", "--time-scale", "2", "--rates", "1,2"],
      "--time-scale=2.0 is invalid: give either --time-scale or --rates, not both"),
+    ("sweep", ["--trace", "two.jsonl", "--rate", "3", "--rates", "1,2"],
+     "--rate 3 is one rate; bench sweep replays the trace at each of --rates: drop --rate"),
 ])
 def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, command, args, expected):
     for name, text in TRACES.items():
@@ -215,3 +217,22 @@ def test_a_gzipped_trace_replays_and_unreadable_ones_are_one_line(tmp_path, caps
                      "--out", str(tmp_path / "bad")]) == 2
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert lines == [f"cent bench: error: {expected}"]
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "compare"])
+def test_goodput_without_an_slo_is_refused(tmp_path, capsys, command):
+    """`--goodput` alone gave no goodput and no word (it took zero values)."""
+    with pytest.raises(SystemExit) as info:
+        main(["bench", command, "--numerics", "off", *(["--rates", "1"] if command == "sweep" else []), "--goodput",
+              "--out", str(tmp_path)])
+    assert info.value.code == 2 and "--goodput: expected at least one argument" in capsys.readouterr().err
+
+
+def test_compare_s_table_keeps_its_time_scale_beside_rates(tmp_path, capsys):
+    """compare's table replays the trace as --time-scale shapes it; --rates are the plot's extra
+    replays (it was refused as "--time-scale or --rates, not both", while --rate was taken)."""
+    (tmp_path / "two.jsonl").write_text(TRACES["two.jsonl"])
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(tmp_path / "two.jsonl"), "--time-scale",
+                 "0.5", "--rates", "1,2", "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    bench = json.loads((tmp_path / "out" / "compare.json").read_text())["bench"]
+    assert bench["time_scale"] == 0.5 and bench["rates"] == [1.0, 2.0]

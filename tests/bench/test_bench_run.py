@@ -263,3 +263,27 @@ def test_config_and_summary_record_every_option_that_shaped_the_requests(tmp_pat
     recorded = {k: v.format(trace=trace) if isinstance(v, str) else v for k, v in recorded.items()}
     assert json.loads((out / "config.json").read_text())["bench"] == dict(recorded, executor="local")
     assert json.loads((out / "summary.json").read_text())["bench"] == recorded
+
+
+@pytest.mark.parametrize("selection", [
+    ["--trace", "sample_conv", "--num-requests", "4", "--rate", "2", "--max-output-tokens", "7"],
+    ["--synthetic", "gamma", "--burstiness", "0.5", "--rate", "3", "--num-requests", "4", "--prompt-len", "9",
+     "--output-len", "5"],
+])
+def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, caplog, selection):
+    """`--config results/config.json` reads the config, not its `bench` record of the requests: it
+    says so, with the flags that select them again (the same record when given)."""
+    import shlex
+
+    from cent_serve.config import load_config
+
+    common = ["bench", "run", "--numerics", "off", "--no-plots"]
+    assert main(common + selection + ["--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "config.json").read_text())["bench"]
+    caplog.clear()
+    load_config(tmp_path / "a" / "config.json")
+    said = [r.getMessage() for r in caplog.records if "bench section" in r.getMessage()]
+    assert len(said) == 1 and "is not read as config" in said[0]
+    flags = shlex.split(said[0].split("give cent bench its flags: ", 1)[1])
+    assert main(common + flags + ["--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["bench"] == first
