@@ -108,6 +108,8 @@ class Engine:
                                        cfg.kv_tokens_cap)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
+        self.round_start_s = 0.0
+        """When the last round that ran work began (a replay arrival before it has been passed by)."""
         self.stats = EngineStats()
         self.expert_load = None
         """A mixture of experts' per-expert load (`cent_serve.timing.experts.ExpertLoad`): every
@@ -219,6 +221,8 @@ class Engine:
         """Every replica's plan to its executor (all sent before any is awaited); a replica whose
         devices fail is recovered, its output missing from the result."""
         self._poll_replicas()
+        if any(not rr.plan.is_empty for rr in scheduled.rounds):
+            self.round_start_s = scheduled.start_s
         self.now_s = max([scheduled.start_s, self.now_s] + [float(r.plan.ready_s.max()) for r in scheduled.rounds
                                                              if not r.plan.is_empty])
         sent, failed = [], {}

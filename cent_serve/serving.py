@@ -349,6 +349,16 @@ class EngineLoop:
         if kind == "arrive":
             arrival_s, hold_until_s, add = arg
             self.set_hold(hold_until_s)  # the hold moves on now: the replayer waits for this answer
+            if arrival_s < self.engine.round_start_s:
+                # the hold keeps every round of a replay from starting past its next arrival: an arrival
+                # before one began is a client's mistake, whose queue time would swamp every latency metric
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(ValueError(
+                        f"arrival_s={arrival_s:g} is before the engine's clock (a round began at "
+                        f"{self.engine.round_start_s:g} s): a replay's arrivals start at /v1/cent/status's "
+                        "clock_s and go forward, each request sent with the next one's as hold_until_s "
+                        "(cent bench run --url)"))
+                return
             heapq.heappush(self._arrivals, (arrival_s, next(self._arrival_seq), add, fut))
             self._admit_due()
             return
