@@ -1345,7 +1345,7 @@ def _unique_keys_loader():
     return Loader
 
 
-_BENCH_DEFAULTS = dict(start_s=0.0, time_scale=1.0, burstiness=1.0, seed=0)
+_BENCH_DEFAULTS = dict(start_s=0.0, time_scale=1.0, prompt_scale=1.0, output_scale=1.0, burstiness=1.0, seed=0)
 """A recorded `bench` option at these values needs no flag."""
 
 

@@ -5,7 +5,8 @@ fields set. A point is evaluated by the closed form (the paper's workload or `--
 the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
 timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
 scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
-`--start-s`, `--time-scale` or `--rate`, `--max-prompt-tokens`, `--max-output-tokens`: the
+`--start-s`, `--time-scale` or `--rate`, `--prompt-scale`, `--output-scale`, `--max-prompt-tokens`,
+`--max-output-tokens`: the
 bench code reads them); it needs its own token counts, so ShareGPT is refused (the `cent bench`
 commands replay it at a rate), and without `--trace` those flags are refused. Before any point
 runs, every `--vary` field and value is checked on its own (an unknown field, a field given twice
@@ -77,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_selection_args(p.add_argument_group("with --trace: which requests, as cent bench run selects them"),
                        num_requests_help=f"requests at most (default {DEFAULT_TRACE_REQUESTS})", generated=False)
     # cent bench's synthetic loads have no place here: --trace is what makes a sweep replay
-    p.set_defaults(synthetic=None, burstiness=None, prompt_len=None, output_len=None)
+    p.set_defaults(synthetic=None, burstiness=None, prompt_len=None, output_len=None, lengths_from=None)
     p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)

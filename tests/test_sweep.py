@@ -290,7 +290,8 @@ def test_a_trace_sweep_takes_cent_bench_runs_selection_flags_and_records_them(tm
     assert [int(r["completed"]) for r in rows] == [3, 3]  # the row at 0 s dropped by --start-s
     for r in rows:
         assert json.loads(r["config"])["bench"] == dict(trace=str(odd), format="azure", start_s=0.5, num_requests=200,
-                                                        time_scale=1.0, rate=4.0, max_prompt_tokens=None,
+                                                        time_scale=1.0, rate=4.0, prompt_scale=1.0, output_scale=1.0,
+                                                        max_prompt_tokens=None,
                                                         max_output_tokens=3)
     vidur = tmp_path / "vidur.csv"
     vidur.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,16,4\n")

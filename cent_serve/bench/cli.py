@@ -99,14 +99,35 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
                           "ShareGPT --trace (which has no timestamps)")
     src.add_argument("--burstiness", type=float, help="--synthetic gamma: the gamma shape (default 1 = Poisson; "
                                                       "< 1 burstier)")
-    src.add_argument("--prompt-len", type=int, help="--synthetic without --trace: prompt tokens of every request "
-                                                    "(default 128)")
-    src.add_argument("--output-len", type=int, help="--synthetic without --trace: output tokens of every request "
-                                                    "(default 128)")
+    src.add_argument("--prompt-len", type=_length, metavar="N|LO:HI",
+                     help="--synthetic without --trace: prompt tokens of every request, or drawn uniformly from "
+                          "LO..HI (default 128)")
+    src.add_argument("--output-len", type=_length, metavar="N|LO:HI",
+                     help="--synthetic without --trace: output tokens of every request, or drawn uniformly from "
+                          "LO..HI (default 128)")
+    src.add_argument("--lengths-from", metavar="TRACE",
+                     help="--synthetic without --trace: draw each request's (prompt, output) lengths from a trace's "
+                          "rows (a file or shipped name, as --trace), keeping how they go together")
+
+
+def _length(text: str) -> int | tuple[int, int]:
+    """--prompt-len / --output-len: N, or LO:HI for lengths drawn uniformly (inclusive)."""
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            return int(low)
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length: give N or LO:HI (uniform), e.g. 128 or "
+                                         "64:512") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: give LO:HI with 1 <= LO <= HI")
+    return lo, hi
 
 
 SELECTION_FLAGS = {"trace_format": ("--format", None), "num_requests": ("--num-requests", None),
                    "start_s": ("--start-s", 0.0), "time_scale": ("--time-scale", 1.0), "rate": ("--rate", None),
+                   "prompt_scale": ("--prompt-scale", 1.0), "output_scale": ("--output-scale", 1.0),
                    "max_prompt_tokens": ("--max-prompt-tokens", None),
                    "max_output_tokens": ("--max-output-tokens", None)}
 """dest -> (flag, default) of the flags `add_selection_args` adds."""
@@ -123,9 +144,12 @@ def add_selection_args(group, num_requests_help: str = "requests at most", gener
                  rate="mean request rate (req/s): rescales a trace's arrivals"
                       + ("; Poisson arrivals for ShareGPT (gamma with --synthetic gamma)" if generated else "")
                       + "; not with --time-scale",
+                 prompt_scale="multiply every prompt length (rounded; before --max-prompt-tokens)",
+                 output_scale="multiply every output length (rounded; before --max-output-tokens)",
                  max_prompt_tokens="clip prompt lengths", max_output_tokens="clip output lengths")
     for dest, (flag, default) in SELECTION_FLAGS.items():
-        kind = str if dest == "trace_format" else float if dest in ("start_s", "time_scale", "rate") else int
+        kind = (str if dest == "trace_format" else
+                float if dest in ("start_s", "time_scale", "rate", "prompt_scale", "output_scale") else int)
         group.add_argument(flag, dest=dest, type=kind, default=default, help=helps[dest])
 
 
@@ -152,8 +176,8 @@ def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") ->
 
 def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
     """`select_requests` before its checks: the requests the flags select and what shaped them."""
-    from cent_serve.bench import (FORMATS, FixedLengths, TraceOptions, detect_format, load_trace,
-                                  resolve_trace, sample_trace_path, synthetic_trace)
+    from cent_serve.bench import (FORMATS, TraceOptions, detect_format, load_trace, resolve_trace,
+                                  sample_trace_path, synthetic_trace)
 
     if args.trace_format is not None and args.trace_format not in FORMATS:
         raise ValueError(f"--format {args.trace_format!r} is unknown: use one of {', '.join(FORMATS)} "
@@ -167,13 +191,12 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
     if path is None and not args.synthetic:
         path = sample_trace_path()
         fmt = detect_format(path)
-    lengths = FixedLengths(**{name: value for name, value in (("num_prompt_tokens", args.prompt_len),
-                                                              ("num_output_tokens", args.output_len))
-                              if value is not None})
-    recorded = _recorded(args, path, fmt, lengths)
+    lengths = _lengths(args) if path is None else None
+    recorded = _recorded(args, path, fmt)
     rescale = not args.synthetic and fmt != "sharegpt"  # else --rate is the arrival process's own rate
     options = TraceOptions(start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale,
-                           request_rate=args.rate if rescale else None,
+                           request_rate=args.rate if rescale else None, prompt_scale=args.prompt_scale,
+                           output_scale=args.output_scale,
                            max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
     if fmt == "sharegpt":
         return _sharegpt(path, args, cfg, options), recorded
@@ -195,7 +218,25 @@ def _select(args: argparse.Namespace, cfg) -> tuple[list, dict]:
                      mininterval=1.0, total=args.num_requests)), recorded
 
 
-def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None, lengths) -> dict:
+def _lengths(args: argparse.Namespace):
+    """--synthetic's lengths: fixed (`FixedLengths`, each 128 unless given), uniform over a range
+    when either is LO:HI (`UniformLengths`), or a trace's rows (`TraceLengths`, --lengths-from)."""
+    from cent_serve.bench import FixedLengths, TraceLengths, UniformLengths, resolve_trace
+
+    if args.lengths_from is not None:
+        from cent_serve.bench import detect_format
+        source = resolve_trace(args.lengths_from)
+        if detect_format(source) == "sharegpt":  # its lengths need the model's tokenizer over every text
+            raise ValueError(f"--lengths-from {args.lengths_from} is ShareGPT, which has no token counts: give a trace "
+                             "with them (Vidur, Azure, BurstGPT CSV, Mooncake JSONL)")
+        return TraceLengths.from_trace(source)
+    prompt, output = (128 if v is None else v for v in (args.prompt_len, args.output_len))
+    if isinstance(prompt, int) and isinstance(output, int):
+        return FixedLengths(prompt, output)
+    return UniformLengths(*(v if isinstance(v, tuple) else (v, v) for v in (prompt, output)))
+
+
+def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None) -> dict:
     """Every option that shaped the requests, as the results record it (config.json's `bench`,
     summary.json's `bench`, compare.json's `bench`, cent sweep's row configs): the trace (its path,
     or "synthetic") and format, the selection and scaling flags (None: not given), and for
@@ -203,11 +244,16 @@ def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None, leng
     also the lengths."""
     out = dict(trace=str(path) if path is not None else "synthetic", format=fmt or "synthetic",
                start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale, rate=args.rate,
+               prompt_scale=args.prompt_scale, output_scale=args.output_scale,
                max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
     if args.synthetic or fmt == "sharegpt":
         out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
-    if path is None:
-        out.update(prompt_len=lengths.num_prompt_tokens, output_len=lengths.num_output_tokens)
+    if path is None and args.lengths_from is not None:
+        from cent_serve.bench import resolve_trace
+        out.update(lengths_from=str(resolve_trace(args.lengths_from)))
+    elif path is None:  # N, or "LO:HI" for a uniform draw
+        out.update({key: 128 if v is None else v if isinstance(v, int) else f"{v[0]}:{v[1]}"
+                    for key, v in (("prompt_len", args.prompt_len), ("output_len", args.output_len))})
     return out
 
 
@@ -236,16 +282,23 @@ def _check_applies(args: argparse.Namespace, path: Path | None, fmt: str | None)
     source = (f"--trace {path} ({fmt})" if path is not None
               else None if args.synthetic else "the shipped sample trace (no --trace)")
     for flag, value, cap in (("--prompt-len", args.prompt_len, "--max-prompt-tokens"),
-                             ("--output-len", args.output_len, "--max-output-tokens")):
+                             ("--output-len", args.output_len, "--max-output-tokens"),
+                             ("--lengths-from", args.lengths_from, "--max-prompt-tokens, --max-output-tokens")):
         if value is not None and source is not None:
             raise ValueError(f"{flag} sets the length of --synthetic requests without --trace; {source} has its own "
                              f"lengths: drop {flag} (to cap them, {cap})")
+    if args.lengths_from is not None and (args.prompt_len is not None or args.output_len is not None):
+        flag = "--prompt-len" if args.prompt_len is not None else "--output-len"
+        raise ValueError(f"--lengths-from draws both lengths from {args.lengths_from}'s rows: drop {flag}")
     if args.burstiness is not None and args.synthetic != "gamma":
         timed = source is not None and fmt != "sharegpt"
         raise ValueError("--burstiness is the shape of --synthetic gamma arrivals; " + (
             f"{source} has its own arrival times: drop --burstiness" if timed
             else "these are Poisson: add --synthetic gamma or drop --burstiness"))
     check_rate_or_time_scale(args.rate, args.time_scale)
+    if fmt == "sharegpt" and args.prompt_scale != 1.0:  # its prompts are their own text, sent as written
+        raise ValueError(f"--prompt-scale scales lengths, and --trace {path} (sharegpt) sends each prompt's own text: "
+                         "drop --prompt-scale (to shorten the prompts, --max-prompt-tokens)")
 
 
 def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 CLI_FLAGS: dict[str, str] = {
     "start_s": "--start-s", "num_requests": "--num-requests", "time_scale": "--time-scale",
     "request_rate": "--rate", "max_prompt_tokens": "--max-prompt-tokens",
-    "max_output_tokens": "--max-output-tokens", "fmt": "--format", "rate": "--rate",
+    "max_output_tokens": "--max-output-tokens", "prompt_scale": "--prompt-scale",
+    "output_scale": "--output-scale", "fmt": "--format", "rate": "--rate",
     "burstiness": "--burstiness", "num_prompt_tokens": "--prompt-len",
     "num_output_tokens": "--output-len", "none": "leave it out",
 }

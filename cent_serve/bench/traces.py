@@ -25,7 +25,8 @@ after the first row, with the file's own lengths (0 allowed). `load_trace` then 
 3. `time_scale`: multiply every inter-arrival time.
 4. `request_rate`: rescale the arrivals so the mean inter-arrival time is 1 / rate. This needs the
    span of the selection, found by a first pass over the source; nothing is held in memory.
-5. clipping: prompt and output lengths to at most `max_prompt_tokens` and `max_output_tokens`.
+5. lengths: prompt and output lengths multiplied by `prompt_scale` and `output_scale` (rounded;
+   a length >= 1 stays >= 1), then clipped to at most `max_prompt_tokens` and `max_output_tokens`.
 
 Lengths of 0 are kept (a reader never invents tokens); the engine needs at least one of each,
 so the replay (`cent_serve.bench.runner`) sends them as 1 and counts and reports those requests.
@@ -84,6 +85,10 @@ class TraceOptions:
     """Multiply every inter-arrival time by this (2.0 replays at half the rate)."""
     request_rate: float | None = None
     """Rescale arrivals so the mean rate is this many requests per second (None: keep)."""
+    prompt_scale: float = 1.0
+    """Multiply every prompt length by this (rounded; a length >= 1 stays >= 1, 0 stays 0)."""
+    output_scale: float = 1.0
+    """Multiply every output length by this (rounded as `prompt_scale`)."""
     max_prompt_tokens: int | None = None
     """Clip prompt lengths to at most this many tokens (None: no cap)."""
     max_output_tokens: int | None = None
@@ -102,6 +107,9 @@ class TraceOptions:
                "request_rate", self.request_rate,
                "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals")
         check_rate_or_time_scale(self.request_rate, self.time_scale)
+        for name in ("prompt_scale", "output_scale"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, name, value, "use a finite factor > 0")
         for name in ("max_prompt_tokens", "max_output_tokens"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, value, "use a cap >= 1, or {none} for no cap")
@@ -237,7 +245,7 @@ def _select(requests: Iterable[Request], options: TraceOptions, source: str,
 
 def _transform(requests: Iterable[Request], options: TraceOptions,
                factor: float, source: str) -> Iterator[Request]:
-    """Steps 3-5: arrivals times `factor`, lengths capped (0 stays 0: see the module docstring);
+    """Steps 3-5: arrivals times `factor`, lengths scaled and capped (0 stays 0: see the module docstring);
     `trace_arrival_s` kept."""
     max_prompt = options.max_prompt_tokens or math.inf
     max_output = options.max_output_tokens or math.inf
@@ -250,5 +258,13 @@ def _transform(requests: Iterable[Request], options: TraceOptions,
                              f"digits (simulated time is one float of seconds): {compress} or select fewer "
                              "requests with {num_requests} or {start_s}")
         yield replace(req, arrival_s=arrival_s * factor,
-                      num_prompt_tokens=int(min(req.num_prompt_tokens, max_prompt)),
-                      num_output_tokens=int(min(req.num_output_tokens, max_output)))
+                      num_prompt_tokens=int(min(_scaled(req.num_prompt_tokens, options.prompt_scale), max_prompt)),
+                      num_output_tokens=int(min(_scaled(req.num_output_tokens, options.output_scale), max_output)))
+
+
+def _scaled(num_tokens: int, scale: float) -> int:
+    """A length times `scale`, rounded half to even; a request's tokens never scale away to 0 (nor
+    does an empty one gain any)."""
+    if scale == 1.0 or num_tokens == 0:
+        return num_tokens
+    return max(1, round(num_tokens * scale))

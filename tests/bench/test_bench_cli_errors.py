@@ -184,6 +184,15 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
      "--time-scale=2.0 is invalid: give either --time-scale or --rate, not both"),
     ("sweep", ["--synthetic", "poisson", "--num-requests", "3", "--time-scale", "2", "--rates", "1,2"],
      "--time-scale=2.0 is invalid: give either --time-scale or --rates, not both"),
+    ("run", ["--trace", "one.csv", "--lengths-from", "two.jsonl"], "--lengths-from sets the length of --synthetic "
+     "requests without --trace; --trace {dir}/one.csv (vidur) has its own lengths: drop --lengths-from"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "two.jsonl",
+             "--output-len", "4"], "--lengths-from draws both lengths from {dir}/two.jsonl's rows: drop --output-len"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "conv.json"],
+     "--lengths-from {dir}/conv.json is ShareGPT, which has no token counts"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale scales lengths, and "
+     "--trace {dir}/conv.json (sharegpt) sends each prompt's own text: drop --prompt-scale"),
+    ("run", ["--trace", "one.csv", "--output-scale", "0"], "--output-scale=0.0 is invalid: use a finite factor > 0"),
     ("sweep", ["--trace", "two.jsonl", "--rate", "3", "--rates", "1,2"],
      "--rate 3 is one rate; bench sweep replays the trace at each of --rates: drop --rate"),
 ])

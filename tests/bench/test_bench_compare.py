@@ -37,7 +37,8 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line
     saved = json.loads((out / "compare.json").read_text())
     assert saved["bench"] == dict(trace=str(trace), format="vidur", start_s=0.0, num_requests=None, time_scale=1.0,
-                                  rate=None, max_prompt_tokens=None, max_output_tokens=None,
+                                  rate=None, prompt_scale=1.0, output_scale=1.0, max_prompt_tokens=None,
+                                  max_output_tokens=None,
                                   rates=[1.0, 2.0] if rates else [])  # what shaped the requests
     for side in ("cent", "gpu"):  # each side's requests as bench run writes them, the failures among them
         lines = (out / f"requests_{side}.csv").read_text().splitlines()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,14 +246,15 @@ def test_requests_csv_joins_back_to_the_trace_on_its_own_clock(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("args, recorded", [
-    (["--trace", "{trace}", "--start-s", "0.5", "--rate", "3", "--num-requests", "3", "--max-output-tokens", "7"],
-     dict(trace="{trace}", format="vidur", start_s=0.5, num_requests=3, time_scale=1.0, rate=3.0,
-          max_prompt_tokens=None, max_output_tokens=7)),
+    (["--trace", "{trace}", "--start-s", "0.5", "--rate", "3", "--num-requests", "3", "--max-output-tokens", "7",
+      "--prompt-scale", "2"],
+     dict(trace="{trace}", format="vidur", start_s=0.5, num_requests=3, time_scale=1.0, rate=3.0, prompt_scale=2.0,
+          output_scale=1.0, max_prompt_tokens=None, max_output_tokens=7)),
     (["--synthetic", "gamma", "--burstiness", "0.5", "--rate", "4", "--num-requests", "3", "--prompt-len", "9",
       "--seed", "2"],
      dict(trace="synthetic", format="synthetic", start_s=0.0, num_requests=3, time_scale=1.0, rate=4.0,
-          max_prompt_tokens=None, max_output_tokens=None, arrivals="gamma", burstiness=0.5, seed=2, prompt_len=9,
-          output_len=128)),
+          prompt_scale=1.0, output_scale=1.0, max_prompt_tokens=None, max_output_tokens=None, arrivals="gamma",
+          burstiness=0.5, seed=2, prompt_len=9, output_len=128)),
 ])
 def test_config_and_summary_record_every_option_that_shaped_the_requests(tmp_path, capsys, args, recorded):
     trace = tmp_path / "vidur.csv"
@@ -269,6 +271,8 @@ def test_config_and_summary_record_every_option_that_shaped_the_requests(tmp_pat
     ["--trace", "sample_conv", "--num-requests", "4", "--rate", "2", "--max-output-tokens", "7"],
     ["--synthetic", "gamma", "--burstiness", "0.5", "--rate", "3", "--num-requests", "4", "--prompt-len", "9",
      "--output-len", "5"],
+    ["--synthetic", "poisson", "--rate", "3", "--num-requests", "4", "--prompt-len", "4:40", "--output-scale", "0.5"],
+    ["--synthetic", "poisson", "--rate", "3", "--num-requests", "4", "--lengths-from", "sample_conv"],
 ])
 def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, caplog, selection):
     """`--config results/config.json` reads the config, not its `bench` record of the requests: it
@@ -287,3 +291,24 @@ def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, cap
     flags = shlex.split(said[0].split("give cent bench its flags: ", 1)[1])
     assert main(common + flags + ["--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["bench"] == first
+
+
+def test_synthetic_lengths_are_fixed_uniform_or_a_trace_s_rows(tmp_path):
+    """SERVING.md's length distributions for synthetic loads: N, LO:HI (uniform, inclusive) or a
+    trace's (prompt, output) rows drawn whole; every draw seeded, the arrivals the same whichever."""
+    def run(name, *flags):
+        assert main(["bench", "run", "--numerics", "off", "--no-plots", "--synthetic", "poisson", "--rate", "2",
+                     "--num-requests", "40", *flags, "--out", str(tmp_path / name)]) == 0
+        rows = list(csv.DictReader(open(tmp_path / name / "requests.csv")))
+        return [(int(r["num_prompt_tokens"]), int(r["num_output_tokens"])) for r in rows], [r["arrival_s"] for r in rows]
+
+    fixed, arrivals = run("fixed", "--prompt-len", "30", "--output-len", "7")
+    assert set(fixed) == {(30, 7)}
+    uniform, same = run("uniform", "--prompt-len", "10:20", "--output-len", "7")
+    assert same == arrivals and {o for _, o in uniform} == {7}
+    assert all(10 <= p <= 20 for p, _ in uniform) and len({p for p, _ in uniform}) > 5
+    assert run("again", "--prompt-len", "10:20", "--output-len", "7")[0] == uniform  # seeded
+    drawn, _ = run("drawn", "--lengths-from", "sample_conv")
+    with open(Path(__file__).parents[2] / "cent_serve" / "bench" / "data" / "sample_conv.csv") as f:
+        rows = {(int(r["num_prefill_tokens"]), int(r["num_decode_tokens"])) for r in csv.DictReader(f)}
+    assert set(drawn) <= rows and len(set(drawn)) > 5  # whole rows: each pair is one of the trace's

@@ -429,6 +429,18 @@ def test_clipping_caps_lengths_and_keeps_zero(tmp_path):
     assert [r.num_output_tokens for r in reqs] == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
 
 
+def test_length_scales_multiply_then_the_caps_clip(tmp_path):
+    """SERVING.md's scale factors for prompt and output length: rounded, a length >= 1 never scaled to
+    0 and 0 never raised, applied before the caps."""
+    path = vidur_trace(tmp_path, GAPS_TIMES_S)  # prompts 100..1000, outputs 0..9
+    reqs = list(load_trace(path, options=TraceOptions(prompt_scale=0.5, output_scale=0.25, max_prompt_tokens=450)))
+    assert [r.num_prompt_tokens for r in reqs] == [50, 100, 150, 200, 250, 300, 350, 400, 450, 450]
+    assert [r.num_output_tokens for r in reqs] == [0, 1, 1, 1, 1, 1, 2, 2, 2, 2]  # 0.25 and 0.5 round to 0: kept at 1
+    up = list(load_trace(path, options=TraceOptions(output_scale=2.5)))
+    assert [r.num_output_tokens for r in up] == [0, 2, 5, 8, 10, 12, 15, 18, 20, 22]
+    assert [r.arrival_s for r in up] == [r.arrival_s for r in load_trace(path)]  # arrivals untouched
+
+
 def test_an_arrival_past_what_a_float_clock_keeps_exact_is_refused_unless_compressed(tmp_path):
     """1e9 s after the first request: refused, naming the request and the fix (a 1e12 s gap gave a
     1.9 ms TTFT as 1.2 ms, a 1e20 s one a TTFT of 0); --time-scale brings it within 1e8 s."""
@@ -481,6 +493,7 @@ def test_span_progress_sees_the_rate_override_first_pass_only(tmp_path):
     (dict(time_scale=2.0, request_rate=3.0), "time_scale"), (dict(time_scale=0.0), "time_scale"),
     (dict(num_requests=0), "num_requests"), (dict(start_s=-1.0), "start_s"),
     (dict(max_output_tokens=0), "max_output_tokens"), (dict(request_rate=-2.0), "request_rate"),
+    (dict(prompt_scale=0.0), "prompt_scale"), (dict(output_scale=float("inf")), "output_scale"),
 ])
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ParamError, match=rf"^{field}=.* is invalid: ") as info:
