@@ -580,8 +580,9 @@ class DeviceConfig:
         return self.burst_elements * self.bytes_per_element / self.dma_bytes_per_cycle
 
     _positive = frozenset({"num_channels", "banks_per_channel", "rows_per_bank", "row_elements", "burst_elements",
-                           "bytes_per_element", "clock_hz", "accumulator_registers", "gemv_af_group_size",
-                           "acc_clock_hz", "acc_simd_lanes", "acc_riscv_cores", "dma_bytes_per_cycle"})
+                           "bytes_per_element", "clock_hz", "column_cycles", "accumulator_registers",
+                           "gemv_af_group_size", "acc_clock_hz", "acc_simd_lanes", "acc_riscv_cores",
+                           "dma_bytes_per_cycle"})
     """Numbers that must be > 0 (every other one, the cycle, time and cost terms, >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:
@@ -594,9 +595,16 @@ class DeviceConfig:
         # than 4 banks a block would divide by zero, and a count not a multiple of 4 drops banks.
         _check(self.banks_per_channel % 4 == 0, "device.banks_per_channel", self.banks_per_channel,
                "make it a multiple of 4 (a channel's 4 bank groups of equal size, e.g. 8, 16 or 32)")
-        _check(self.gemv_af_group_size <= self.accumulator_registers, "device.gemv_af_group_size",
-               self.gemv_af_group_size, f"a group's outputs sit in the accumulator registers: use at most "
-               f"device.accumulator_registers={self.accumulator_registers}, or raise that")
+        _check(self.bytes_per_element in (1, 2, 4), "device.bytes_per_element", self.bytes_per_element,
+               "use 1 (int8), 2 (bfloat16) or 4 (float32): a burst holds whole elements")
+        if self.gemv_af_group_size > self.accumulator_registers:  # name the one changed from its default
+            if self.accumulator_registers != DeviceConfig.accumulator_registers:
+                _check(False, "device.accumulator_registers", self.accumulator_registers,
+                       f"an activation GEMV group's device.gemv_af_group_size={self.gemv_af_group_size} outputs sit in "
+                       f"the accumulator registers: use at least {self.gemv_af_group_size}, or lower that")
+            _check(False, "device.gemv_af_group_size", self.gemv_af_group_size,
+                   f"a group's outputs sit in the accumulator registers: use at most "
+                   f"device.accumulator_registers={self.accumulator_registers}, or raise that")
         if isinstance(self.energy, dict):
             self.energy = _from_dict(EnergyConfig, self.energy, "device.energy")
         _check(isinstance(self.energy, EnergyConfig), "device.energy", self.energy,
@@ -1207,9 +1215,15 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
             pass
         raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. {INTEGER_EXAMPLES.get(name, '4096')}")
     if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is invalid: expected true or false")
+        flag = _bool_text(str(value)) if isinstance(value, (str, int)) else None
+        if flag is None:
+            raise ValueError(f"{name}={value!r} is invalid: expected true or false")
+        return flag  # 0 / 1, "no" / "yes" ... as --set reads them
     if hint is str and not isinstance(value, str):
-        raise ValueError(f"{name}={value!r} is invalid: expected a string")
+        quote = (f": YAML reads an unquoted {'on, yes or true' if value else 'off, no or false'} as {str(value).lower()}, "
+                 f"so quote the word ({name.rsplit('.', 1)[-1]}: \"{'on' if value else 'off'}\")"
+                 if isinstance(value, bool) else "")
+        raise ValueError(f"{name}={value!r} is invalid: expected a string{quote}")
     if getattr(hint, "__origin__", None) is tuple:
         return _ids_text(value, name)
     return value
@@ -1233,15 +1247,19 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return data
 
 
+def _bool_text(text: str) -> bool | None:
+    """A boolean as `--set` and a YAML file both take it (1/true/yes/on, 0/false/no/off), or None."""
+    low = text.strip().lower()
+    return True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else None
+
+
 def _coerce(text: str, current: Any, name: str) -> Any:
     """Parse a CLI override string into the type of the current value."""
     if isinstance(current, bool):
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}={text!r} is invalid: use true or false")
+        flag = _bool_text(text)
+        if flag is None:
+            raise ValueError(f"{name}={text!r} is invalid: use true or false")
+        return flag
     if current is None:
         return None if _is_null(text) else text
     if isinstance(current, tuple):  # ids, comma-separated; empty or none for none
@@ -1268,10 +1286,10 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     string: ValueError naming an unknown field or section, a section set to a value, a value
     of the wrong type or against the config's rule for numbers (`_number_fix`), before anything
     is built. Cross-field checks are left to the config's own validation."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is invalid: write section.field=value")
-    path, text = item.split("=", 1)
+    path, sep, text = item.partition("=")
     path = path.strip()
+    if not sep or not path:
+        raise ValueError(f"override {item!r} is invalid: write section.field=value, e.g. device.clock_hz=1e9")
     keys = path.split(".")
     node: Any = data
     cls: type = CentConfig

@@ -21,11 +21,12 @@ F32_BYTES = 4
 
 
 def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
-                       batch_flag: bool = False) -> Mapping:
+                       batch_flag: bool = False, context_flag: str | None = None) -> Mapping:
     """The mapping, after checking that every device holds its weight shard plus the KV cache
     of `batch` sequences of `context` tokens (default: one sequence of the whole context, so
     that every request the API accepts can run). Raises ValueError naming the device, the sizes
-    and the fix (with `batch_flag`, the command's --batch among them)."""
+    and the fix (with `batch_flag`, the command's --batch among them; with `context_flag`, the flag
+    that set the context, e.g. --seqlen, rather than model.max_seq_len)."""
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     context = cfg.model.max_seq_len if context is None else context
     try:
@@ -33,7 +34,8 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     except CapacityError as exc:
         fewer = f"--batch {exc.max_batch}, " if batch_flag and exc.max_batch else ""
         fix = "" if exc.max_batch is None else (
-            f"; or use {fewer}more devices, or a shorter context with --set model.max_seq_len=N")
+            f"; or use {fewer}more devices, or a shorter context with "
+            f"{context_flag or '--set model.max_seq_len=N'}")
         raise ValueError(f"{cfg.model.name} on {cfg.parallel.num_devices} devices ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp

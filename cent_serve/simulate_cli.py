@@ -212,7 +212,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                          f"--set model.max_seq_len={total}")
     batch = mp.lanes if args.batch is None else args.batch
     token_figures(timer, args.prompt, batch)  # a --batch out of range is refused before the capacity check
-    check_devices_hold(cfg, total, batch, batch_flag=True)
+    check_devices_hold(cfg, total, batch, batch_flag=True, context_flag="a smaller --prompt or --decode")
     phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
     for phase, row in phases.items():
         row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
@@ -257,7 +257,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
     batch = mp.lanes if args.batch is None else args.batch
     token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
-    check_devices_hold(cfg, seqlen, batch, batch_flag=True)
+    check_devices_hold(cfg, seqlen, batch, batch_flag=True, context_flag="--seqlen N")
     fig = token_figures(timer, seqlen, batch).as_dict()
     other, why = _other(cfg, args, (seqlen,), batch)
     alt = token_figures(other, seqlen, batch)

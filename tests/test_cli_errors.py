@@ -338,3 +338,16 @@ def test_an_out_that_is_a_file_is_refused_before_the_replay(tmp_path, command):
                     "--out", str(taken / "results"))
     _one_line_error(proc, "--out", "a file")
     assert "requests/s" not in proc.stdout and taken.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("context, fix", [(["--seqlen", "32768"], "a shorter context with --seqlen N"),
+                                          (["--prompt", "512", "--decode", "30000"],
+                                           "a shorter context with a smaller --prompt or --decode")])
+def test_simulate_s_capacity_fix_names_the_flag_that_set_the_context(capsys, context, fix):
+    """The context of `cent simulate --seqlen` is the flag's, not model.max_seq_len (which it suggested)."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--set", "model.max_seq_len=32768",
+                 "--batch", "32", *context]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and fix in err and "model.max_seq_len=N" not in err

@@ -367,3 +367,41 @@ def test_yaml_merge_keys_still_load_and_an_unhashable_key_is_one_line(tmp_path):
     f.write_text("? [a, b]\n: 1\n")
     with pytest.raises(ValueError, match=r"not valid YAML at line 1.*unhashable"):
         load_config(f)
+
+
+@pytest.mark.parametrize("text, value", [("0", False), ('"no"', False), ("off", False), ("1", True), ('"Yes"', True)])
+def test_a_yaml_boolean_reads_as_set_reads_it(tmp_path, text, value):
+    """--set fabric.multicast=0 (or no) was taken and the same in YAML refused: both read 1/0, yes/no, on/off."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"fabric: {{multicast: {text}}}\n")
+    assert load_config(path).fabric.multicast is value
+    assert apply_overrides(CentConfig(), [f"fabric.multicast={text.strip(chr(34))}"]).fabric.multicast is value
+
+
+def test_an_unquoted_off_in_yaml_is_explained(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("numerics: off\n")
+    with pytest.raises(ValueError, match=r'numerics=False is invalid: expected a string: YAML reads an unquoted off, '
+                                         r'no or false as false, so quote the word \(numerics: "off"\)'):
+        load_config(path)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("device.column_cycles=0", "device.column_cycles=0.0 is invalid"),
+    ("device.bytes_per_element=3", "device.bytes_per_element=3 is invalid: use 1 (int8), 2 (bfloat16) or 4"),
+    ("device.accumulator_registers=1", "device.accumulator_registers=1 is invalid: an activation GEMV group's "
+                                       "device.gemv_af_group_size=16 outputs"),
+    ("device.gemv_af_group_size=64", "device.gemv_af_group_size=64 is invalid: a group's outputs sit in the "
+                                     "accumulator registers: use at most device.accumulator_registers=32"),
+])
+def test_device_values_no_device_has_are_refused_naming_the_field_set(item, message):
+    with pytest.raises(ValueError) as info:
+        apply_overrides(CentConfig(), [item])
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("item", ["=3", " =3", "noequals"])
+def test_an_override_without_a_field_says_how_to_write_one(item):
+    """`--set =3` said " is not a field", naming nothing."""
+    with pytest.raises(ValueError, match=r"is invalid: write section.field=value, e.g. device.clock_hz=1e9"):
+        apply_overrides(CentConfig(), [item])
