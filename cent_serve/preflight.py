@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from cent_serve.config import CentConfig
-from cent_serve.timing.mapping import CapacityError, Mapping, check_capacity, resolve_mapping
+from cent_serve.timing.mapping import CapacityError, Mapping, check_capacity, counted, resolve_mapping
 
 GIB = 2**30
 F32_BYTES = 4
@@ -36,7 +36,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
         fix = "" if exc.max_batch is None else (
             f"; or use {fewer}more devices, or a shorter context with "
             f"{context_flag or '--set model.max_seq_len=N'}")
-        raise ValueError(f"{cfg.model.name} on {cfg.parallel.num_devices} devices ({mp.describe()}) does not "
+        raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp
 

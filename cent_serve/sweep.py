@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     figures = TRACE_FIGURES if args.trace else CLOSED_FIGURES
     columns = [n for n, _ in vary] + [f for f in figures if f not in dict(vary)]
     with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, columns + ["config"], extrasaction="ignore")
+        w = csv.DictWriter(f, columns + ["config"], extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     ok = [r for r in rows if "error" not in r]

@@ -64,6 +64,7 @@ def test_a_trace_sweep_replays_the_trace_at_every_point(tmp_path):
                  "--num-requests", "20", "--out", str(tmp_path), "--no-plots"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [int(r["completed"]) + int(r["failed"]) for r in rows] == [20, 20]
+    assert b"\r" not in (tmp_path / "sweep.csv").read_bytes()  # \n lines, not csv's default \r\n
     assert float(rows[1]["throughput_tok_s"]) > float(rows[0]["throughput_tok_s"])  # more channels per block
     assert "tokens_per_dollar_ratio" not in rows[0]  # not against the paper's GPU workload
     for r in rows:  # prompt + output tokens, as the energy per token and the closed form count them

@@ -102,7 +102,8 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                table=table, sweep=sweep)
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
     with open(out_dir / "compare.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["metric", "unit", "cent", "gpu", "cent_over_gpu", "better"])
+        w = csv.DictWriter(f, fieldnames=["metric", "unit", "cent", "gpu", "cent_over_gpu", "better"],
+                           lineterminator="\n")
         w.writeheader()
         w.writerows(table)
     for name, res in results.items():  # each side's requests, as bench run's requests.csv

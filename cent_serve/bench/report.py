@@ -132,7 +132,7 @@ recomputed (a long trace's file grows by ~25 bytes a generated token, hence not 
 def write_requests_csv(path: Path, records: list, detailed: bool = False) -> None:
     """One row per request (CSV_FIELDS, then DETAILED_FIELDS when `detailed`), in arrival order."""
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # not the csv module's \r\n: cut and awk read the lines
         w.writerow(CSV_FIELDS + (DETAILED_FIELDS if detailed else ()))
         for r in sorted(records, key=lambda r: (r.arrival_s, r.request_id)):
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s

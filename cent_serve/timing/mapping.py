@@ -90,10 +90,15 @@ class Mapping:
 
     def describe(self) -> str:
         if self.mode == "pipeline":
-            return (f"pipeline: {self.pp} stages of 1 block, {self.blocks_per_device} block{'s' * (self.blocks_per_device != 1)}/device "
-                    f"on {self.channels_per_block} channels each, {self.devices_used} devices used")
-        return (f"{parallelism(self.pp, self.tp)}: {self.pp} stages x tp {self.tp}, {cdiv(self.num_layers, self.pp)} "
-                f"blocks/stage, {self.devices_used} devices used")
+            return (f"pipeline: {counted(self.pp, 'stage')} of 1 block, {counted(self.blocks_per_device, 'block')}/device "
+                    f"on {counted(self.channels_per_block, 'channel')} each, {counted(self.devices_used, 'device')} used")
+        return (f"{parallelism(self.pp, self.tp)}: {counted(self.pp, 'stage')} x tp {self.tp}, "
+                f"{counted(cdiv(self.num_layers, self.pp), 'block')}/stage, {counted(self.devices_used, 'device')} used")
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 device`, `8 devices`."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def parallelism(pp: int, tp: int) -> str:

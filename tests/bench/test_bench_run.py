@@ -70,6 +70,7 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 20 and all(r["finish_reason"] == "length" for r in rows)
     assert all(int(r["num_prompt_tokens"]) <= 64 and int(r["num_output_tokens"]) <= 16 for r in rows)
+    assert b"\r" not in (out / "requests.csv").read_bytes()  # \n lines, not csv's default \r\n
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["name"] == "tiny" and saved["bench"]["executor"] == "local"
     from cent_serve.config import config_to_dict, load_config

@@ -192,3 +192,11 @@ def test_a_mapping_is_described_with_the_word_the_bench_plots_use(pp, tp, word):
 
     mp = resolve_mapping(model_preset("llama2-7b"), ParallelConfig(8, pp, tp), DeviceConfig())
     assert mp.describe().startswith(f"{word}: ")
+
+
+def test_one_device_is_not_written_as_devices():
+    from cent_serve.config import DeviceConfig, ParallelConfig, model_preset
+    from cent_serve.timing.mapping import resolve_mapping
+
+    text = resolve_mapping(model_preset("tiny"), ParallelConfig(1, 8, 1), DeviceConfig()).describe()
+    assert text.endswith("1 device used") and "8 blocks/device" in text
