@@ -114,7 +114,26 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
     elif all(v.is_integer() for v in values):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.ticklabel_format(useOffset=False, axis="y")
-    ax.set_xlabel(x)
+    ys = [r[key] for r in rows if r.get(key) is not None]
+    mid = (max(ys) + min(ys)) / 2 if ys else 0.0
+    if ys and mid and max(ys) - min(ys) < FLAT_SHARE * abs(mid):
+        # a spread under 1% drawn across the whole axis reads as a steep trend: show it as the flat line it is
+        ax.set_ylim(mid - FLAT_SHARE * abs(mid), mid + FLAT_SHARE * abs(mid))
+    ax.set_xlabel(axis_label(x))
+
+
+FLAT_SHARE = 0.01
+"""A figure whose points differ by less than this share of their value is drawn on an axis this wide."""
+
+UNITS = {"_hz": "Hz", "_ns": "ns", "_mw": "mW", "_usd": "$", "_gbps": "GiB/s a lane", "_cycles": "cycles",
+         "_pj_per_bit": "pJ/bit"}
+"""Config fields' units by the end of their name (docs/config.md gives each field's)."""
+
+
+def axis_label(field: str) -> str:
+    """A varied field with its unit, e.g. `fabric.lane_gbps (GiB/s a lane)`."""
+    unit = next((u for end, u in UNITS.items() if field.endswith(end)), None)
+    return f"{field} ({unit})" if unit else field
 
 
 def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> Path:

@@ -311,3 +311,22 @@ def test_a_varied_model_field_leaves_the_paper_s_gpus_out(tmp_path, capsys):
                  "--no-plots"]) == 0
     half, whole = csv.DictReader(open(tmp_path / "sweep.csv"))
     assert half["throughput_ratio"] == "" and float(whole["throughput_ratio"]) > 1
+
+
+def test_a_spread_under_one_percent_is_drawn_flat_and_axes_carry_units():
+    """0.016% between points filled the whole axis and read as a steep trend (audit): an axis at least
+    2% of the value wide; a varied field's axis names its unit."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cent_serve.sweep_plots import _lines, axis_label
+
+    rows = [{"fabric.lane_gbps": v, "throughput_tok_s": y} for v, y in ((4, 1813.65), (8, 1813.8), (16, 1813.95))]
+    fig, ax = plt.subplots()
+    _lines(ax, rows, ["fabric.lane_gbps"], "fabric.lane_gbps", "throughput_tok_s")
+    low, high = ax.get_ylim()
+    assert high - low >= 0.0199 * 1813.8 and low < 1813.65 and high > 1813.95
+    assert ax.get_xlabel() == "fabric.lane_gbps (GiB/s a lane)"
+    plt.close(fig)
+    assert axis_label("device.clock_hz") == "device.clock_hz (Hz)" and axis_label("devices") == "devices"
