@@ -50,6 +50,11 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[io.TextIOWrapp
         with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline=newline) as f:
             yield f
     except UnicodeDecodeError:
+        with _open_bytes(path) as raw:
+            utf16 = raw.read(2) in (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order mark (Excel's "Unicode text")
+        if utf16:
+            raise ValueError(f"{path} is UTF-16 text: save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8 {path} > "
+                             "trace-utf8.csv)") from None
         raise ValueError(f"{path}:{_not_utf8(path)}: the file is not UTF-8 text: save it as UTF-8 "
                          "(e.g. iconv -f latin1 -t utf-8)") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -182,10 +187,19 @@ def _header(path: Path, reader) -> list[str]:
 
 
 def _csv_format_of(names: list[str]) -> str | None:
-    for fmt, layout in CSV_LAYOUTS.items():
-        if set(layout.columns) <= set(names):
-            return fmt
+    """The format whose columns the header holds, as spelled or else without regard to case."""
+    for fold in (False, True):
+        for fmt, layout in CSV_LAYOUTS.items():
+            if set(layout.columns) <= set(_as_layout_names(names, layout) if fold else names):
+                return fmt
     return None
+
+
+def _as_layout_names(names: list[str], layout) -> list[str]:
+    """The header with every name that is one of `layout`'s columns (or the id column) but for its
+    case spelled as the layout spells it (`Arrived_At` is `arrived_at`); a name spelled exactly is kept."""
+    known = {c.casefold(): c for c in (*layout.columns, ID_COLUMN)}
+    return [n if n in known.values() else known.get(n.casefold(), n) for n in names]
 
 
 def sniff_csv_format(path: Path) -> str:
@@ -206,12 +220,13 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
     parse_time = layout.make_time_parser()
     with open_text(path, newline="") as f:
         reader = csv.reader(f)
-        names = _header(path, reader)
+        names = _as_layout_names(_header(path, reader), layout)
         missing = [c for c in layout.columns if c not in names]
         if missing:
             other = _csv_format_of(names)
             fix = (f"it is a {other} header: give {other} as the format ({{fmt}}), or {{none}} to detect it"
-                   if other else f"rename the column(s), or name the file's format with {{fmt=}}")
+                   if other else "rename the column(s), or give the file's own format with {fmt=} (or {none} to "
+                                 "detect it)")
             raise ParamError(f"{path}:{reader.line_num}: the header lacks the {fmt} column(s) "
                              f"{', '.join(map(repr, missing))}: {fix}")
         cols = [(names.index(c), c) for c in layout.columns]
@@ -314,7 +329,8 @@ def read_mooncake(path: Path) -> Iterator[Request]:
                 continue
             where = f"{path}:{line_no}"
             obj = _parse_json(line.rstrip(), path, line_no, dict, 'write one {"timestamp", '
-                              '"input_length", "output_length"} object per line')
+                              '"input_length", "output_length"} object per line (a ShareGPT file is one JSON '
+                              'list of conversations: read it as the sharegpt format)')
             for key in ("timestamp", "input_length", "output_length"):
                 if key not in obj:
                     raise ValueError(f"{where}: no {key!r} key: a JSON-lines trace is Mooncake's, every line "

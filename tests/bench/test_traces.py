@@ -262,7 +262,8 @@ def test_a_directory_is_named_as_one(tmp_path):
      r"it is a vidur header: give vidur as the format \(fmt\), or None to detect it",
      "give vidur as the format (--format), or leave it out to detect it"),
     ("Timestamp,Request tokens\n0,1", "burstgpt", r"x.csv:1: the header lacks the burstgpt column\(s\) "
-     r"'Response tokens': rename the column\(s\), or name the file's format with fmt=$", "format with --format"),
+     r"'Response tokens': rename the column\(s\), or give the file's own format with fmt= \(or None to detect "
+     r"it\)$", "give the file's own format with --format (or leave it out to detect it)"),
 ])
 def test_header_errors_name_the_columns_and_fmt_or_the_flag(tmp_path, text, fmt, python, cli):
     path = write(tmp_path, "x.csv", text)
@@ -578,3 +579,22 @@ def test_a_mooncake_trace_named_json_is_read_as_mooncake(tmp_path):
     assert detect_format(tmp_path / "obj.json") == "sharegpt"
     got = list(load_trace(tmp_path / "mc.json"))
     assert [(r.arrival_s, r.num_prompt_tokens, r.num_output_tokens) for r in got] == [(0.0, 10, 5), (0.25, 7, 3)]
+
+
+def test_a_header_is_matched_without_regard_to_case(tmp_path):
+    path = write(tmp_path, "cap.csv", "Arrived_At,Num_Prefill_Tokens,Num_Decode_Tokens,Request_ID\n0,5,6,a\n1,7,8,b\n")
+    assert detect_format(path) == "vidur"
+    assert [(r.request_id, r.num_prompt_tokens, r.num_output_tokens) for r in load_trace(path)] == [
+        ("a", 5, 6), ("b", 7, 8)]
+
+
+def test_a_utf16_file_and_a_sharegpt_list_as_jsonl_are_named(tmp_path):
+    """Excel's "Unicode text" is UTF-16 (the latin1 advice was wrong for it); a ShareGPT list saved
+    as .jsonl is pointed at the sharegpt format."""
+    path = tmp_path / "u16.csv"
+    path.write_bytes("arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,5\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"u16.csv is UTF-16 text: save it as UTF-8 \(e.g. iconv -f utf-16 -t utf-8"):
+        list(load_trace(path))
+    sg = write(tmp_path, "sg.jsonl", '[{"conversations": [{"from": "human", "value": "hi"}]}]\n')
+    with pytest.raises(ValueError, match="a JSON list, not a dict: .*read it as the sharegpt format"):
+        list(load_trace(sg))
