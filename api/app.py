@@ -54,7 +54,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     app = FastAPI(title="cent-serve", version=__version__, docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
-                       on_reject=lambda reason: metrics.count_request("rejected", reason))
+                       on_count=metrics.count_request)
     app.add_middleware(Faults)  # outside the guard, inside CORS: a bug's 500 is OpenAI's JSON, readable by pages
     if allowed_origins:  # added last, so outermost: a preflight needs no key, a 401 or 413 is readable
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],

@@ -55,16 +55,18 @@ async def send_error(send, err: ApiError) -> None:
 
 
 class Guard:
-    """401 without the key (all paths but `OPEN_PATHS` and the docs' static files), 413 past `max_body_bytes` (by
-    Content-Length or by the bytes actually streamed), 400 for a body that is not UTF-8.
-    `on_reject(reason)` is called for each refused generation request (`is_generation`)."""
+    """401 without the key (all paths but `OPEN_PATHS` and the docs' static files), 415 for a
+    compressed body, 413 past `max_body_bytes` (by Content-Length or by the bytes actually
+    streamed), 400 for a body that is not UTF-8; a client that leaves before its body is complete is
+    answered by no one. `on_count(outcome, reason)` is called once for each generation request
+    (`is_generation`) that ends here: rejected, or aborted by its client."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int,
-                 on_reject: Callable[[str], None] | None = None) -> None:
+                 on_count: Callable[[str, str], None] | None = None) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
-        self.on_reject = on_reject
+        self.on_count = on_count
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -77,7 +79,14 @@ class Guard:
                 "missing or wrong API key: send 'Authorization: Bearer <key>'", None, 401, "authentication_error",
                 "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict((name.lower(), value) for name, value in scope["headers"])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity"):  # the JSON parser would read compressed bytes as broken text
+            await self._refuse(scope, send, "invalid_request", ApiError(
+                f"Content-Encoding {encoding.decode('latin-1')[:40]} is not accepted: send the body uncompressed",
+                None, 415, code="unsupported_media_type"))
+            return
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._refuse(scope, send, "too_large", self._too_large(int(declared)))
             return
@@ -94,6 +103,10 @@ class Guard:
                 return
             if not message.get("more_body", False):
                 break
+        if last is not None and last["type"] == "http.disconnect":  # gone mid-body: nobody to answer
+            if self.on_count is not None and is_generation(scope):
+                self.on_count("aborted", "client_disconnect")
+            return
         body = b"".join(chunks)
         try:
             body.decode("utf-8")
@@ -113,6 +126,6 @@ class Guard:
                         f"{self.max_body_bytes} (server.max_body_bytes)", None, 413, code="request_too_large")
 
     async def _refuse(self, scope, send, reason: str, err: ApiError) -> None:
-        if self.on_reject is not None and is_generation(scope):
-            self.on_reject(reason)
+        if self.on_count is not None and is_generation(scope):
+            self.on_count("rejected", reason)
         await send_error(send, err)

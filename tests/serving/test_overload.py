@@ -516,3 +516,22 @@ def test_a_stream_gets_its_end_when_a_failed_engine_thread_cannot_end_it_either(
     assert end.finish_reason == "error" and "could not end this request: a bug in the engine" in end.error
     loop._thread.join(10)
     assert not loop.is_alive()
+
+
+def test_a_compressed_body_is_415_and_a_client_gone_mid_body_is_counted_aborted():
+    """`Content-Encoding: gzip` got "the body is not valid UTF-8 (byte 1)"; a client that sent part of
+    its body and left was counted a rejected invalid request, as if its body had been bad."""
+    import gzip as gz
+
+    with Server(server_cfg(), "local") as s:
+        r = httpx.post(s.url + "/v1/completions", content=gz.compress(json.dumps(body()).encode()),
+                       headers={"content-type": "application/json", "content-encoding": "gzip"})
+        assert r.status_code == 415 and "Content-Encoding gzip is not accepted" in r.json()["error"]["message"]
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        data = json.dumps(body()).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(data) + data[:-20])
+        sock.close()
+        expected = {("rejected", "invalid_request"): 1, ("aborted", "client_disconnect"): 1}
+        wait_for(lambda: outcomes(s.url) == expected, "the two requests counted")
+        assert httpx.post(s.url + "/v1/completions", json=body()).status_code == 200
