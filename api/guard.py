@@ -81,7 +81,7 @@ class Guard:
             return
         headers = dict((name.lower(), value) for name, value in scope["headers"])
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding not in (b"", b"identity"):  # the JSON parser would read compressed bytes as broken text
+        if encoding not in (b"", b"identity") and scope.get("method") == "POST":  # a JSON body read as broken text
             await self._refuse(scope, send, "invalid_request", ApiError(
                 f"Content-Encoding {encoding.decode('latin-1')[:40]} is not accepted: send the body uncompressed",
                 None, 415, code="unsupported_media_type"))
@@ -114,7 +114,7 @@ class Guard:
             await self._refuse(scope, send, "invalid_request", ApiError(
                 f"the body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8", None, 400))
             return
-        replay = [last or {"type": "http.request", "body": body, "more_body": False}]
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replayed():
             return replay.pop() if replay else await receive()

@@ -1319,11 +1319,11 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     return node, name, value
 
 
-def check_override(cfg: CentConfig, item: str) -> None:
-    """ValueError when `apply_overrides(cfg, [item])` would refuse `item` on its own (an unknown
-    field, a value of the wrong type or against the rule for numbers); `cent sweep` checks its
-    `--vary` values with it before any point runs."""
-    _parse_override(dataclasses.asdict(cfg), item)
+def check_override(cfg: CentConfig, item: str) -> Any:
+    """The typed value of `item`, or ValueError when `apply_overrides(cfg, [item])` would refuse it on
+    its own (an unknown field, a value of the wrong type or against the rule for numbers); `cent
+    sweep` checks its `--vary` values with it before any point runs."""
+    return _parse_override(dataclasses.asdict(cfg), item)[2]
 
 
 def apply_overrides(cfg: CentConfig, overrides: list[str]) -> CentConfig:
@@ -1377,8 +1377,9 @@ def bench_flags(bench: dict) -> str:
         if value is None or key in ("executor", "arrivals") or _BENCH_DEFAULTS.get(key) == value:
             continue
         if key == "trace":
-            out += (["--synthetic", str(bench.get("arrivals", "poisson"))] if value == "synthetic"
-                    else ["--trace", shlex.quote(str(value))])
+            arrivals = str(bench.get("arrivals", "poisson"))
+            out += (["--synthetic", arrivals] if value == "synthetic"  # ShareGPT's gamma arrivals need it too
+                    else ["--trace", shlex.quote(str(value))] + (["--synthetic", arrivals] if arrivals != "poisson" else []))
         elif key != "format" or bench.get("trace") != "synthetic":
             out += ["--" + ("format" if key == "format" else key.replace("_", "-")), shlex.quote(str(value))]
     return " ".join(out)

@@ -50,6 +50,8 @@ DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
+FLAG_FIELDS = {"model": "model", **SHORT, "seed": "model.seed", "numerics": "numerics"}
+"""The command line's flags that set a field `--vary` can vary."""
 _MAPPING = ("model_name", "devices", "mode", "parallelism", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
 _COST = ("energy_per_token_mj", "tokens_per_joule")
 _PRICE = ("system_device_cost_usd", "tok_s_per_usd")
@@ -101,9 +103,6 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"--vary {path} is given twice{same}: give all its values in one --vary "
                              f"{name}=V1,V2,...")
         given[path] = name
-        twice = next((v for i, v in enumerate(vals) if v in vals[:i]), None)
-        if twice is not None:  # two identical points
-            raise ValueError(f"--vary {name}: the value {twice} is given twice: give each value once")
         out.append((path, vals))
     if not out:
         raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
@@ -114,12 +113,14 @@ def check_not_set_and_varied(args: argparse.Namespace, vary: list[tuple[str, lis
     """ValueError naming a flag or `--set` that sets a field `--vary` varies: every point would
     overwrite it without a word."""
     varied = {name for name, _ in vary}
-    given = [(f"--{flag} {value}", flag) for flag in ("model", *SHORT) if (value := getattr(args, flag, None)) is not None]
-    given += [(f"--set {item.strip()}", item.split("=", 1)[0].strip()) for item in args.set]
-    for flag, name in given:
-        if SHORT.get(name, name) in varied:
+    given = [(f"--{flag} {value}", flag, FLAG_FIELDS[flag]) for flag in FLAG_FIELDS
+             if (value := getattr(args, flag, None)) is not None]
+    given += [(f"--set {item.strip()}", name, name) for item in args.set if (name := item.split("=", 1)[0].strip())]
+    for flag, name, path in given:
+        if path in varied:
+            shown = next((short for short, full in SHORT.items() if full == path and short == name), path)
             raise ValueError(f"{flag} sets {name}, which --vary varies: every point would replace it; give all its "
-                             f"values in --vary {name}=V1,V2,... and drop {flag.split()[0]}")
+                             f"values in --vary {shown}=V1,V2,... and drop {flag.split()[0]}")
 
 
 def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
@@ -128,14 +129,16 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
     neither a preset nor a checkpoint. Checked on its own, before any point runs (what clashes
     with another field's value is a point's error: its row says why)."""
     for name, values in vary:
+        seen: dict = {}
         for value in values:
             try:
-                if name == "model":
-                    resolve_model(value)
-                else:
-                    check_override(base, f"{name}={value}")
+                typed = (resolve_model(value).name if name == "model" else check_override(base, f"{name}={value}"))
             except ValueError as exc:
                 raise ValueError(f"--vary {name}: {exc}") from None
+            if typed in seen:  # two identical points (8 and 08, 1e9 and 1000000000 alike)
+                same = "" if seen[typed] == value else f" ({seen[typed]} and {value} are the same)"
+                raise ValueError(f"--vary {name}: the value {value} is given twice{same}: give each value once")
+            seen[typed] = value
 
 
 def model_overrides(args: argparse.Namespace) -> list[str]:

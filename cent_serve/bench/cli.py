@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args
@@ -242,7 +243,7 @@ def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None) -> d
     or "synthetic") and format, the selection and scaling flags (None: not given), and for
     generated arrivals (ShareGPT, --synthetic) their process, burstiness and seed; for --synthetic
     also the lengths."""
-    out = dict(trace=str(path) if path is not None else "synthetic", format=fmt or "synthetic",
+    out = dict(trace=os.path.abspath(path) if path is not None else "synthetic", format=fmt or "synthetic",
                start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale, rate=args.rate,
                prompt_scale=args.prompt_scale, output_scale=args.output_scale,
                max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
@@ -296,9 +297,9 @@ def _check_applies(args: argparse.Namespace, path: Path | None, fmt: str | None)
             f"{source} has its own arrival times: drop --burstiness" if timed
             else "these are Poisson: add --synthetic gamma or drop --burstiness"))
     check_rate_or_time_scale(args.rate, args.time_scale)
-    if fmt == "sharegpt" and args.prompt_scale != 1.0:  # its prompts are their own text, sent as written
-        raise ValueError(f"--prompt-scale scales lengths, and --trace {path} (sharegpt) sends each prompt's own text: "
-                         "drop --prompt-scale (to shorten the prompts, --max-prompt-tokens)")
+    if fmt == "sharegpt" and args.prompt_scale > 1.0:  # its prompts are their own text: cut short, never lengthened
+        raise ValueError(f"--prompt-scale {args.prompt_scale:g} would lengthen the prompts of --trace {path} (sharegpt), "
+                         "which are their own text: use a scale of at most 1 (or --max-prompt-tokens)")
 
 
 def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:

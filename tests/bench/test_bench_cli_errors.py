@@ -190,8 +190,8 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
              "--output-len", "4"], "--lengths-from draws both lengths from {dir}/two.jsonl's rows: drop --output-len"),
     ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "conv.json"],
      "--lengths-from {dir}/conv.json is ShareGPT, which has no token counts"),
-    ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale scales lengths, and "
-     "--trace {dir}/conv.json (sharegpt) sends each prompt's own text: drop --prompt-scale"),
+    ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale 2 would lengthen the "
+     "prompts of --trace {dir}/conv.json (sharegpt), which are their own text: use a scale of at most 1"),
     ("run", ["--trace", "one.csv", "--output-scale", "0"], "--output-scale=0.0 is invalid: use a finite factor > 0"),
     ("sweep", ["--trace", "two.jsonl", "--rate", "3", "--rates", "1,2"],
      "--rate 3 is one rate; bench sweep replays the trace at each of --rates: drop --rate"),
@@ -245,3 +245,5 @@ def test_compare_s_table_keeps_its_time_scale_beside_rates(tmp_path, capsys):
                  "0.5", "--rates", "1,2", "--no-plots", "--out", str(tmp_path / "out")]) == 0
     bench = json.loads((tmp_path / "out" / "compare.json").read_text())["bench"]
     assert bench["time_scale"] == 0.5 and bench["rates"] == [1.0, 2.0]
+    with open(tmp_path / "out" / "requests_cent.csv") as f:  # the table's replay: the 0.5 s gap halved
+        assert [float(r["arrival_s"]) for r in csv.DictReader(f)] == [0.0, 0.25]

@@ -274,15 +274,21 @@ def test_config_and_summary_record_every_option_that_shaped_the_requests(tmp_pat
      "--output-len", "5"],
     ["--synthetic", "poisson", "--rate", "3", "--num-requests", "4", "--prompt-len", "4:40", "--output-scale", "0.5"],
     ["--synthetic", "poisson", "--rate", "3", "--num-requests", "4", "--lengths-from", "sample_conv"],
+    ["--trace", "{sharegpt}", "--synthetic", "gamma", "--burstiness", "0.5", "--rate", "3", "--prompt-scale", "0.5"],
 ])
-def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, caplog, selection):
+def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, caplog, monkeypatch, selection):
     """`--config results/config.json` reads the config, not its `bench` record of the requests: it
     says so, with the flags that select them again (the same record when given)."""
     import shlex
 
     from cent_serve.config import load_config
 
+    sharegpt = tmp_path / "conv.json"
+    sharegpt.write_text(json.dumps([{"conversations": [{"from": "human", "value": "hi " * i},
+                                                       {"from": "gpt", "value": "ok " * i}]} for i in range(1, 5)]))
+    selection = [a.replace("{sharegpt}", sharegpt.name) for a in selection]
     common = ["bench", "run", "--numerics", "off", "--no-plots"]
+    monkeypatch.chdir(tmp_path)  # a relative --trace is recorded by its absolute path: the flags work anywhere
     assert main(common + selection + ["--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "config.json").read_text())["bench"]
     caplog.clear()
@@ -290,6 +296,7 @@ def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, cap
     said = [r.getMessage() for r in caplog.records if "bench section" in r.getMessage()]
     assert len(said) == 1 and "is not read as config" in said[0]
     flags = shlex.split(said[0].split("give cent bench its flags: ", 1)[1])
+    monkeypatch.chdir(tmp_path.parent)
     assert main(common + flags + ["--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["bench"] == first
 
