@@ -1381,7 +1381,7 @@ def bench_flags(bench: dict) -> str:
             out += (["--synthetic", arrivals] if value == "synthetic"  # ShareGPT's gamma arrivals need it too
                     else ["--trace", shlex.quote(str(value))] + (["--synthetic", arrivals] if arrivals != "poisson" else []))
         elif key != "format" or bench.get("trace") != "synthetic":
-            out += ["--" + ("format" if key == "format" else key.replace("_", "-")), shlex.quote(str(value))]
+            out += ["--" + key.replace("_", "-"), shlex.quote(str(value))]  # each key is its flag's name
     return " ".join(out)
 
 

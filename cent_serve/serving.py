@@ -202,9 +202,9 @@ class EngineLoop:
         self._arrivals: list = []  # heap of (arrival_s, seq, add, future): replay arrivals not yet due
         self._arrival_seq = itertools.count()
         self.num_hold_expiries = 0
+        """Replay holds that expired (a replayer stopped sending): 0 in a healthy replay."""
         self.num_late_arrivals = 0
         """Replay arrivals the engine had passed, taken as arriving when its last round began."""
-        """Replay holds that expired (a replayer stopped sending): 0 in a healthy replay."""
 
     # ------------------------------------------------------------------ from the API
 
@@ -232,8 +232,8 @@ class EngineLoop:
         paced = {"sim_now_s": self.sim_now_s()} if self.clock == "paced" else {}  # where an arrival now lands
         return dict(self.engine.status(), **paced, clock_mode=self.clock, pace_factor=self.pace_factor,
                     num_hold_expiries=self.num_hold_expiries, num_late_arrivals=self.num_late_arrivals,
-                    pace_lag_s=self.pace.lag_s,
-                    pace_lag_episodes=self.pace.num_episodes, pace_factor_needed=self.pace.needed_factor())
+                    pace_lag_s=self.pace.lag_s, pace_lag_episodes=self.pace.num_episodes,
+                    pace_factor_needed=self.pace.needed_factor())
 
     def sim_now_s(self) -> float:
         """Paced mode: the simulated time the wall clock stands at."""

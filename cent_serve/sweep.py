@@ -118,7 +118,7 @@ def check_not_set_and_varied(args: argparse.Namespace, vary: list[tuple[str, lis
     given += [(f"--set {item.strip()}", name, name) for item in args.set if (name := item.split("=", 1)[0].strip())]
     for flag, name, path in given:
         if path in varied:
-            shown = next((short for short, full in SHORT.items() if full == path and short == name), path)
+            shown = name if SHORT.get(name, name) == path else path  # the flag's short name, or the config path
             raise ValueError(f"{flag} sets {name}, which --vary varies: every point would replace it; give all its "
                              f"values in --vary {shown}=V1,V2,... and drop {flag.split()[0]}")
 

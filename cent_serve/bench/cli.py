@@ -251,7 +251,7 @@ def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None) -> d
         out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
     if path is None and args.lengths_from is not None:
         from cent_serve.bench import resolve_trace
-        out.update(lengths_from=str(resolve_trace(args.lengths_from)))
+        out.update(lengths_from=os.path.abspath(resolve_trace(args.lengths_from)))
     elif path is None:  # N, or "LO:HI" for a uniform draw
         out.update({key: 128 if v is None else v if isinstance(v, int) else f"{v[0]}:{v[1]}"
                     for key, v in (("prompt_len", args.prompt_len), ("output_len", args.output_len))})
