@@ -312,8 +312,10 @@ class EngineLoop:
         """Whether the next round would start at or past a replayer's hold."""
         if self.hold_until_s is None:
             return False
-        # a client waiting for its arrival's answer is not silent: the hold lapses only with none pending
-        if time.monotonic() > self._hold_expires and not self._arrivals:
+        # a client waiting for an arrival the clock is moving towards (at or before the hold) is not silent;
+        # one past the hold, or whose client left, would keep the hold, and every round, waiting for good
+        waiting = any(at <= self.hold_until_s and not fut.done() for at, _, _, fut in self._arrivals)
+        if time.monotonic() > self._hold_expires and not waiting:
             log.warning("replay hold at %.6f s expired: no request for %.0f s", self.hold_until_s, HOLD_EXPIRY_S)
             self.hold_until_s = None
             self.num_hold_expiries += 1

@@ -38,13 +38,14 @@ import argparse
 import csv
 import itertools
 import json
+import os
 from pathlib import Path
 
 from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, resolve_model,
                                    warn_closed_form_ignores)
-from cent_serve.config import CentConfig, apply_overrides, check_override, config_to_dict
+from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
@@ -132,7 +133,11 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
         seen: dict = {}
         for value in values:
             try:
-                typed = (resolve_model(value).name if name == "model" else check_override(base, f"{name}={value}"))
+                if name == "model":  # a preset by its name, a checkpoint by its directory (two may share a basename)
+                    resolve_model(value)
+                    typed = value if value in MODEL_PRESETS else os.path.realpath(value)
+                else:
+                    typed = check_override(base, f"{name}={value}")
             except ValueError as exc:
                 raise ValueError(f"--vary {name}: {exc}") from None
             if typed in seen:  # two identical points (8 and 08, 1e9 and 1000000000 alike)

@@ -334,3 +334,17 @@ def test_a_spread_under_one_percent_is_drawn_flat_and_axes_carry_units():
     assert ax.get_xlabel() == "fabric.lane_gbps (GiB/s a lane)"
     plt.close(fig)
     assert axis_label("device.clock_hz") == "device.clock_hz (Hz)" and axis_label("devices") == "devices"
+
+
+def test_two_checkpoints_of_one_basename_are_two_points(tmp_path):
+    """A checkpoint's model is named after its directory: runs/1/ckpt and runs/2/ckpt are two models,
+    not a value given twice."""
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).parent / "data" / "hf_tiny_llama"
+    for run in ("1", "2"):
+        shutil.copytree(source, tmp_path / run / "ckpt")
+    assert main(["sweep", "--vary", f"model={tmp_path / '1' / 'ckpt'},{tmp_path / '2' / 'ckpt'}", "--devices", "8",
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))) == 2

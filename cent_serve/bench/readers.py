@@ -53,11 +53,10 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[io.TextIOWrapp
         with _open_bytes(path) as raw:
             utf16 = raw.read(2) in (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order mark (Excel's "Unicode text")
         if utf16:
-            name = Path(path).name
-            plain = Path(name.removesuffix(".gz"))
-            after = ", after gunzip" if plain.name != name else ""
+            plain = Path(str(path).removesuffix(".gz"))
+            after = ", after gunzip" if str(plain) != str(path) else ""
             raise ValueError(f"{path} is UTF-16 text: save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8 {plain} > "
-                             f"{plain.stem}-utf8{plain.suffix}{after})") from None
+                             f"{plain.with_name(plain.stem + '-utf8' + plain.suffix)}{after})") from None
         raise ValueError(f"{path}:{_not_utf8(path)}: the file is not UTF-8 text: save it as UTF-8 "
                          "(e.g. iconv -f latin1 -t utf-8)") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:

@@ -195,3 +195,34 @@ def test_a_second_replay_on_the_same_server_counts_its_own_device_time():
         asyncio.run(replay_http(s.url, heavy, progress=False))
         result, _ = asyncio.run(replay_http(s.url, light, progress=False))
     assert summarize(result)["device_busy_fraction"] == pytest.approx(local, abs=1e-12)
+
+
+
+def test_a_hold_lapses_unless_its_client_waits_for_an_arrival_before_it():
+    """A silent replayer's hold lapses, also while another client's arrival past the hold waits: the
+    clock reaches that arrival only after the hold lapses (kept alive by it, the hold stopped every
+    round for good). An arrival at or before the hold, whose client is waiting for its answer, keeps
+    the hold: the clock is moving towards it."""
+    import concurrent.futures as cf
+    import itertools
+
+    import cent_serve.serving as serving
+
+    class Engine:  # what `_held` reads of the engine
+        def next_start_s(self) -> float:
+            return 5.0
+
+    def loop_with(arrival_s: float, fut: cf.Future) -> serving.EngineLoop:
+        loop = serving.EngineLoop.__new__(serving.EngineLoop)
+        loop.hold_until_s, loop._hold_expires, loop.num_hold_expiries = 5.0, time.monotonic() - 1.0, 0
+        loop._arrivals, seq = [], itertools.count()
+        loop._arrivals.append((arrival_s, next(seq), None, fut))
+        return loop
+
+    past = loop_with(1000.0, cf.Future())  # beyond the hold: reachable only once it lapses
+    assert past._held(Engine()) is False and past.hold_until_s is None and past.num_hold_expiries == 1
+    gone = cf.Future()
+    gone.cancel()
+    assert loop_with(4.0, gone)._held(Engine()) is False  # its client left: nobody is waiting
+    waiting = loop_with(4.0, cf.Future())
+    assert waiting._held(Engine()) is True and waiting.num_hold_expiries == 0
