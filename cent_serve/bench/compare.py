@@ -91,7 +91,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         sweep = {name: [] for name in sides}
         for rate, reqs in rates_requests.items():
             for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
-                s = side_figures(cfg, run_in_process(cfg, copy.deepcopy(reqs), progress=False, warn=False), slos)
+                res = run_in_process(cfg, copy.deepcopy(reqs), total=len(reqs), warn=False,
+                                     desc=f"rate {rate:g} {name}")
+                s = side_figures(cfg, res, slos)
                 sweep[name].append(dict(rate=rate, **_flat(s)))
                 reasons = reasons_text(s["failure_reasons"])
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "

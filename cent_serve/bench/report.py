@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,12 +130,19 @@ the gaps between a request's successive tokens, a JSON list in seconds, so the I
 recomputed (a long trace's file grows by ~25 bytes a generated token, hence not by default)."""
 
 
+def natural_key(text: str) -> tuple:
+    """Sorts `text` with its runs of digits read as numbers: `trace-5` before `trace-10`."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", text) if part)
+
+
 def write_requests_csv(path: Path, records: list, detailed: bool = False) -> None:
-    """One row per request (CSV_FIELDS, then DETAILED_FIELDS when `detailed`), in arrival order."""
+    """One row per request (CSV_FIELDS, then DETAILED_FIELDS when `detailed`), in arrival order; equal
+    arrivals in their ids' natural order (`trace-5` before `trace-10`)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")  # not the csv module's \r\n: cut and awk read the lines
         w.writerow(CSV_FIELDS + (DETAILED_FIELDS if detailed else ()))
-        for r in sorted(records, key=lambda r: (r.arrival_s, r.request_id)):
+        for r in sorted(records, key=lambda r: (r.arrival_s, natural_key(r.request_id))):
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
             row = [r.request_id, r.arrival_s, r.trace_arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
                    r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,

@@ -187,7 +187,7 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None,
-                   warn: bool = True, keep_on_interrupt: bool = False) -> BenchResult:
+                   warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay") -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
     its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
     the warning for requests raised to 1 token (False: the caller warns once for several
@@ -203,7 +203,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     pending = next(it, None)
     index = steps = 0
     zeros = ZeroTokens()
-    bar = Progress(total, "replay", progress)
+    bar = Progress(total, desc, progress)
     t0 = time.perf_counter()
     interrupted = False
     try:

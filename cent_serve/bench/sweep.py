@@ -36,7 +36,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     """
     rows, status = [], {}
     for i, rate in enumerate(rates):  # the rates replay one trace: its 0-token warning once
-        result = run_in_process(cfg, requests_at(rate), progress=False, warn=i == 0)
+        requests = requests_at(rate)
+        result = run_in_process(cfg, requests, total=len(requests), warn=i == 0, desc=f"rate {rate:g}")
         status = result.status
         s = summarize(result, slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
@@ -188,7 +189,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
             skipped.append(dict(pp=pp, tp=tp, reason=str(exc)))
             print(f"pp {pp:>3} tp {tp:>2}: skipped: {exc}")
             continue
-        res = run_in_process(c, requests, progress=False, warn=not rows)  # one 0-token warning
+        res = run_in_process(c, requests, total=len(requests), warn=not rows,  # one 0-token warning
+                             desc=f"pp {pp} tp {tp}")
         s = summarize(res)
         mp = res.status["mapping"]
         row = dict(pp=pp, tp=tp, parallelism=parallelism(pp, tp), mode=mp["mode"], replicas=mp["replicas"],

@@ -34,9 +34,10 @@ reports it.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import dataclasses
+import functools
+
+import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig, model_preset
 from cent_serve.timing.fabric import BF16_BYTES
@@ -309,12 +310,18 @@ values, numerics, tokens and how long a context it admits; every other field cha
 costs (`cli_common.CLOSED_FORM_IGNORES` lists those the timing does not read)."""
 
 
+@functools.cache
+def _paper_preset(name: str) -> ModelConfig:
+    """The preset the paper's GPUs ran, built once per command (read only)."""
+    return model_preset(name)
+
+
 def baseline_changes(model: ModelConfig) -> list[str]:
     """The fields (`model.F=value`) in which `model` differs from the preset of its name that the
     paper's GPUs ran (`GPU_BASELINES`); [] when it is that model or there is no such preset."""
     if model.name not in GPU_BASELINES:
         return []
-    preset = model_preset(model.name)
+    preset = _paper_preset(model.name)
     return [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
             if f.name not in UNPRICED_MODEL_FIELDS and not f.name.startswith("rope_")
             and getattr(model, f.name) != getattr(preset, f.name)]

@@ -29,9 +29,12 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     out = tmp_path / "cmp"
     assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), *rates, "--out", str(out),
                  "--save-detailed"]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     head = next(x for x in printed if ": CENT = " in x)  # the table's line: which replay it is of
     assert ("at the trace's own arrival times" in head) == bool(rates), head
+    bars = {bar for bar in ("replay", "rate 1 CENT", "rate 2 GPU") if f"{bar}: " in captured.err}
+    assert bars == ({"replay", "rate 1 CENT", "rate 2 GPU"} if rates else {"replay"})  # each replay's bar
     for side in ("CENT", "GPU"):
         line = next((x for x in printed if x.startswith(f"  {side} ")), "")
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line

@@ -135,7 +135,7 @@ def test_http_errors_map_to_the_engines_reason_names(status, err, reason):
 
 def test_sweep_attainment_counts_failed_requests(tmp_path, monkeypatch, capsys):
     """The defect: 119 of 200 failed and the sweep printed 100% (good / completed)."""
-    def fake_run(cfg, requests, executor_kind="local", progress=True, warn=True):
+    def fake_run(cfg, requests, progress=True, warn=True, **kw):
         return result_of(requests)  # the "requests" are the records themselves
 
     def records_at(rate: float) -> list[RequestRecord]:

@@ -81,6 +81,17 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
     assert "ttft" in capsys.readouterr().out
 
 
+def test_requests_csv_orders_equal_arrivals_by_their_ids_as_numbers(tmp_path):
+    """Rows that arrive together keep a person's order (`trace-2`, `trace-10`), not the text's."""
+    from cent_serve.bench.report import write_requests_csv
+    from cent_serve.bench.runner import RequestRecord
+    ids = ["trace-10", "trace-2", "trace-1", "b", "a-7"]
+    write_requests_csv(tmp_path / "r.csv", [RequestRecord(i, 0.5, 4) for i in ids]
+                       + [RequestRecord("trace-0", 0.25, 4)])
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [r["request_id"] for r in rows] == ["trace-0", "a-7", "b", "trace-1", "trace-2", "trace-10"]
+
+
 def test_save_detailed_writes_each_requests_itls_that_the_summary_is_made_of(tmp_path):
     """requests.csv names a request's ITL list with --save-detailed (as vLLM's benchmark saves its
     `itls`), so the summary's ITL figures can be recomputed from the file; not by default (its size)."""
@@ -159,8 +170,9 @@ def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     assert sweep["bench"]["trace"] == "synthetic" and sweep["bench"]["rates"] == [5.0, 5000.0]
     assert sweep["bench"]["num_requests"] == 80 and sweep["bench"]["prompt_len"] == 32  # what shaped the requests
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in \
-        capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in captured.out
+    assert "rate 5: " in captured.err and "rate 5000: " in captured.err  # each rate's replay shows its bar
     assert main(["bench", "sweep", "--numerics", "off", "--synthetic", "poisson", "--num-requests", "20",
                  "--prompt-len", "32", "--output-len", "8", "--rates", "5000", "--goodput", "ttft:0.001",
                  "--out", str(tmp_path / "again"), "--no-plots"]) == 0  # as bench run and cent sweep take it
@@ -183,7 +195,9 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert paper["bench"]["max_prompt_tokens"] == 16 and paper["bench"]["trace"].endswith(".csv")
     assert (out / "paper.png").read_bytes()[:4] == b"\x89PNG"
     # "1.73x GPU" says against what: the artifact's measured A100, its workload, and where a modelled GPU is
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "pp 32 tp 1: " in captured.err and "pp 8 tp 1: " in captured.err  # each mapping's replay has a bar
     assert "x GPU: against 1 A100-80GB as the CENT artifact measured it" in printed, printed
     assert "1,085 tok/s end to end" in printed and "512 + 3584" in printed and "cent bench compare" in printed
 
