@@ -51,6 +51,7 @@ DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
 SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel.tp"}
 """Short names `--vary` takes besides config paths (and `model`: a preset or checkpoint)."""
+SHORT_OF = {path: name for name, path in SHORT.items()}
 FLAG_FIELDS = {"model": "model", **SHORT, "seed": "model.seed", "numerics": "numerics"}
 """The command line's flags that set a field `--vary` can vary."""
 _MAPPING = ("model_name", "devices", "mode", "parallelism", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
@@ -129,7 +130,8 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
     field, a value of the wrong type or against the config's rule for numbers, a model that is
     neither a preset nor a checkpoint. Checked on its own, before any point runs (what clashes
     with another field's value is a point's error: its row says why)."""
-    for name, values in vary:
+    for path, values in vary:
+        name = SHORT_OF.get(path, path)  # as most users write it: `devices`, not `parallel.num_devices`
         seen: dict = {}
         for value in values:
             try:
@@ -137,7 +139,7 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
                     resolve_model(value)
                     typed = value if value in MODEL_PRESETS else os.path.realpath(value)
                 else:
-                    typed = check_override(base, f"{name}={value}")
+                    typed = check_override(base, f"{path}={value}")
             except ValueError as exc:
                 raise ValueError(f"--vary {name}: {exc}") from None
             if typed in seen:  # two identical points (8 and 08, 1e9 and 1000000000 alike)

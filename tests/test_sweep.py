@@ -109,7 +109,7 @@ def test_a_bad_vary_field_or_value_is_refused_before_any_point_runs(tmp_path, ca
     (["--devices", "16", "--vary", "devices=8,16"], "--devices 16 sets devices, which --vary varies"),
     (["--tp", "2", "--vary", "parallel.tp=1,2"], "--tp 2 sets tp, which --vary varies"),
     (["--model", "llama2-13b", "--vary", "model=llama2-7b,llama2-13b"], "--model llama2-13b sets model"),
-    (["--vary", "devices=8,16,8"], "--vary parallel.num_devices: the value 8 is given twice"),
+    (["--vary", "devices=8,16,8"], "--vary devices: the value 8 is given twice"),
     (["--vary", "device.clock_hz=1e9,1000000000"], "the value 1000000000 is given twice (1e9 and 1000000000 are "
                                                    "the same)"),
     (["--seed", "3", "--vary", "model.seed=1,2"], "--seed 3 sets seed, which --vary varies"),
