@@ -246,11 +246,6 @@ class CompletionRequest(_Common):
     zero_tokens_hint: ClassVar[str] = " (or 0 with echo: the prompt back, with its logprobs if asked)"
 
     @property
-    def prompt_is_text(self) -> bool:
-        """A string or a list of strings, not token ids."""
-        return isinstance(self.prompt, str) or isinstance(self.prompt[0], str)
-
-    @property
     def echo_only(self) -> bool:
         """`echo` with max_tokens=0: the prompt back (with its log-probabilities when `logprobs` is
         set), nothing generated (prompt scoring, which OpenAI's legacy completions and vLLM answer;

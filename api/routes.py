@@ -56,10 +56,8 @@ class Completions(Endpoint):
     def echo(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int]) -> str | None:
         if not body.echo:
             return None
-        tok = ctx.tokenizer
-        if body.prompt_is_text:  # the prompt as text, without the BOS the tokenizer added
-            return tok.decode([t for t in prompt_ids if t != tok.bos_token_id])
-        return tok.decode(prompt_ids, skip_special_tokens=False)  # ids as sent, `<s>` too (vLLM decodes them so)
+        tok = ctx.tokenizer  # the prompt as text, without the BOS the tokenizer added
+        return tok.decode([t for t in prompt_ids if t != tok.bos_token_id])
 
     def whole(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int], out: dict) -> dict:
         echoed = self.echo(ctx, body, prompt_ids)

@@ -325,20 +325,3 @@ def test_stream_options_given_empty_asks_for_the_usage_chunk_as_in_vllm(off):
     assert has_usage(stream_options={}) and has_usage(stream_options={"include_usage": True})
     assert not has_usage() and not has_usage(stream_options={"include_usage": None})
     assert not has_usage(stream_options={"include_usage": False})
-
-
-def test_completion_echo_gives_a_text_prompt_as_sent_and_token_ids_as_detokenize_reads_them(off):
-    """A text prompt echoes without the BOS the tokenizer added; token ids echo as they were sent, a
-    `<s>` among them too (vLLM decodes an id prompt with its special tokens, as /detokenize does)."""
-    ids = httpx.post(off.url + "/tokenize", json=dict(prompt="hi"), timeout=60).json()["tokens"]
-    shown = httpx.post(off.url + "/detokenize", json=dict(tokens=ids), timeout=60).json()["prompt"]
-    assert shown.startswith("<s>") and shown.endswith("hi"), shown
-
-    def echoed(prompt) -> list[str]:
-        r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt=prompt, max_tokens=0, echo=True),
-                       timeout=60)
-        return [c["text"] for c in r.json()["choices"]]
-
-    assert echoed("hi") == echoed(["hi"]) == ["hi"]
-    assert echoed(ids) == echoed([ids]) == [shown]
-    assert echoed(ids[1:]) == ["hi"]  # no `<s>` sent, none echoed
