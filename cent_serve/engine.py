@@ -110,6 +110,9 @@ class Engine:
         self.now_s = 0.0
         self.round_start_s = 0.0
         """When the last round that ran work began (a replay arrival before it has been passed by)."""
+        self.last_finish_s = 0.0
+        """The latest time a request finished at: a request that comes without an arrival arrives no
+        earlier (`add_request`)."""
         self.stats = EngineStats()
         self.expert_load = None
         """A mixture of experts' per-expert load (`cent_serve.timing.experts.ExpertLoad`): every
@@ -162,8 +165,10 @@ class Engine:
             # so a prompt gives the same text each time and its n choices agree, as argmax would
             seed = greedy_stand_in_seed(prompt_ids)
         self._num_added += 1
-        req = Request(rid, list(prompt_ids), params, self.now_s if arrival_s is None else arrival_s,
-                      rng=make_generator(seed))
+        if arrival_s is None:  # now: the clock, or the last finish when later (a client that waited for a reply
+            # sends after it; the last round's start would charge a GPU's request the rest of that round's step)
+            arrival_s = max(self.now_s, self.last_finish_s)
+        req = Request(rid, list(prompt_ids), params, arrival_s, rng=make_generator(seed))
         req.ready_s = req.arrival_s
         self.scheduler.add(req)
         self.requests[rid] = req
@@ -385,6 +390,7 @@ class Engine:
     def _finish(self, req: Request, reason: str, t: float) -> None:
         self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan
         req.status, req.finish_reason, req.finish_s = Status.FINISHED, reason, t
+        self.last_finish_s = max(self.last_finish_s, t)
         if reason in ("stop", "length"):
             self.stats.num_finished += 1
 

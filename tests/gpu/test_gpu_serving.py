@@ -60,6 +60,24 @@ def test_one_request_times_are_the_timer_steps():
     assert req.energy_j == pytest.approx(t.power_w * (prefill + sum(decodes)), rel=1e-9)
 
 
+@pytest.mark.parametrize("gpu", [True, False])
+def test_a_request_sent_after_a_reply_arrives_after_it_and_waits_for_nothing(gpu):
+    """A client that waits for each reply: the next request (no arrival given, as a live server adds
+    it) arrives at or after the last finish, and an idle system gives it the first one's TTFT (it
+    arrived at the last round's start: a GPU, busy to that round's end, charged it that step)."""
+    cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off") if gpu else \
+        CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    eng = Engine(cfg)
+    reqs = []
+    for _ in range(3):
+        reqs.append(eng.add_request(list(range(3, 40)), RequestParams(max_tokens=4, ignore_eos=True)))
+        _run(eng)
+    for before, after in zip(reqs, reqs[1:]):
+        assert after.arrival_s >= before.finish_s
+        assert after.first_token_s - after.arrival_s == pytest.approx(reqs[0].first_token_s - reqs[0].arrival_s,
+                                                                      rel=1e-12)
+
+
 def test_token_budget_chunks_prefills_and_keeps_decodes():
     """max_num_batched_tokens: decodes first, then prompt chunks in what is left; no step exceeds it."""
     cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off", max_num_batched_tokens=64, max_num_seqs=8)
