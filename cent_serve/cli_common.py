@@ -60,7 +60,41 @@ def config_from_args(args: argparse.Namespace) -> CentConfig:
     cfg = apply_overrides(cfg, list(getattr(args, "set", []) or []))
     if hw is not None:
         _check_hardware(hw, cfg)
+    if cfg.on_gpus:
+        warn_gpu_run(cfg, args)
     return cfg
+
+
+CENT_ONLY_FIELDS = ("device.", "fabric.", "parallel.", "scheduler.prefill_chunk_tokens", "scheduler.max_seqs_per_stage",
+                    "executor")
+"""Config fields (a prefix ends in ".") that only the CENT devices read: GPUs batch by `gpu.*`."""
+CENT_ONLY_FLAGS = ("devices", "pp", "tp", "ray", "ray_address", "placement")
+"""Command-line flags that only the CENT devices read (modelled GPUs run in this process)."""
+
+
+def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> None:
+    """Warn, once a command, of what a run on modelled GPUs does not read (`args`' CENT-only flags
+    and `--set` fields: a flag silently ignored reads as if it shaped the run) and of a kind whose
+    efficiency constants are borrowed."""
+    import logging
+
+    from cent_serve.gpu.kinds import gpu_kind
+
+    log = logging.getLogger("cent")
+    if args is not None:
+        given = [f"--{flag.replace('_', '-')}" + ("" if value is True else f" {value}") for flag in CENT_ONLY_FLAGS
+                 if (value := getattr(args, flag, None)) not in (None, False)]
+        given += [f"--set {item.strip()}" for item in getattr(args, "set", None) or []
+                  if (path := item.split("=", 1)[0].strip()) and any(
+                      path == k or (k.endswith(".") and path.startswith(k)) for k in CENT_ONLY_FIELDS)]
+        if given:
+            log.warning("%s: CENT's, not read on --hardware %s (the GPUs' mapping is gpu.tp and gpu.pp, their "
+                        "batching gpu.max_num_seqs and gpu.max_num_batched_tokens: --set gpu.F=V)",
+                        ", ".join(given), cfg.hardware)
+    kind = gpu_kind(cfg.gpu.kind)
+    if not kind.calibrated:
+        log.warning("%s's efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements): "
+                    "none of this kind to set them from (docs/gpu_model.md)", kind.name)
 
 
 def _check_hardware(hw: str, cfg: CentConfig) -> None:

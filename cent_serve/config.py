@@ -873,11 +873,12 @@ class GpuConfig:
     memory_utilization: float = 0.9
     """Share of a GPU's memory for weights and KV; the rest is the reserve for activations and
     the runtime (vLLM's gpu_memory_utilization)."""
-    max_num_seqs: int = 256
-    """Sequences in a step at most (vLLM's max_num_seqs)."""
-    max_num_batched_tokens: int = 8192
-    """Tokens in a step at most: decodes first, then prefill chunks fill the rest (vLLM's
-    chunked prefill)."""
+    max_num_seqs: int = 0
+    """Sequences in a step at most (vLLM's max_num_seqs); 0 = vLLM's default for the kind, as its
+    OpenAI server takes it (256 on A100s, 1024 on H100s)."""
+    max_num_batched_tokens: int = 0
+    """Tokens in a step at most: decodes first, then prefill chunks fill the rest (vLLM's chunked
+    prefill); 0 = vLLM's default for the kind (2048 on A100s, 8192 on H100s)."""
     layer_overhead_s: float = 143e-6
     """Host time a step spends per layer outside the kernels' work (kernel launches, Python):
     set from the artifact's Llama2-7B latency at batch 1 (tests/data/calibrate_gpu.py)."""
@@ -888,7 +889,7 @@ class GpuConfig:
     """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices), a
     positive number; None = the kind's own (none for the H100: tokens per dollar are then not reported)."""
 
-    _positive = frozenset({"pp", "memory_utilization", "max_num_seqs", "max_num_batched_tokens", "tco_per_gpu"})
+    _positive = frozenset({"pp", "memory_utilization", "tco_per_gpu"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
     _fixes = {"tco_per_gpu": "use a positive cost (a zero cost makes tokens per dollar infinite), or leave it unset"}
     """Fixes worded for their field."""
@@ -909,14 +910,30 @@ class GpuConfig:
                "use " + " or ".join(map(repr, GPU_ATTENTION_READS)))
         _check(0 < self.memory_utilization <= 1, "gpu.memory_utilization", self.memory_utilization,
                "use a share in (0, 1]")
-        _check(self.max_num_seqs >= 1, "gpu.max_num_seqs", self.max_num_seqs, "use a positive integer")
-        _check(self.max_num_batched_tokens >= self.max_num_seqs, "gpu.max_num_batched_tokens",
-               self.max_num_batched_tokens, f"use at least gpu.max_num_seqs={self.max_num_seqs} tokens (a decode "
-               "step of every sequence must fit), as vLLM requires")
+        _check(isinstance(self.max_num_seqs, int) and self.max_num_seqs >= 0, "gpu.max_num_seqs", self.max_num_seqs,
+               "use a positive integer (0 = vLLM's default for the kind)")
+        _check(isinstance(self.max_num_batched_tokens, int) and self.max_num_batched_tokens >= 0,
+               "gpu.max_num_batched_tokens", self.max_num_batched_tokens,
+               "use a positive integer (0 = vLLM's default for the kind)")
+        _check(self.num_batched_tokens >= self.num_seqs, "gpu.max_num_batched_tokens",
+               self.max_num_batched_tokens, f"use at least {self.num_seqs} tokens, the sequences a step may hold "
+               "(gpu.max_num_seqs: a decode step of every sequence must fit), as vLLM requires")
         _check(self.layer_overhead_s >= 0, "gpu.layer_overhead_s", self.layer_overhead_s, "use seconds >= 0")
         _check(self.allreduce_latency_s >= 0, "gpu.allreduce_latency_s", self.allreduce_latency_s,
                "use seconds >= 0")
         _check_numbers(self, "gpu")
+
+    @property
+    def num_seqs(self) -> int:
+        """`max_num_seqs`, resolved (0: vLLM's default for the kind)."""
+        from cent_serve.gpu.kinds import GPU_KINDS
+        return self.max_num_seqs or GPU_KINDS[self.kind].max_num_seqs
+
+    @property
+    def num_batched_tokens(self) -> int:
+        """`max_num_batched_tokens`, resolved (0: vLLM's default for the kind)."""
+        from cent_serve.gpu.kinds import GPU_KINDS
+        return self.max_num_batched_tokens or GPU_KINDS[self.kind].max_num_batched_tokens
 
     @property
     def group_tp(self) -> int:
@@ -982,6 +999,10 @@ class CentConfig:
         _check(self.numerics in ("full", "off", "auto"), "numerics", self.numerics,
                "use 'full', 'off' or 'auto'")
         _check(self.executor in ("local", "ray"), "executor", self.executor, "use 'local' or 'ray'")
+        if not self.on_gpus:  # the CENT mapping; GPUs map by gpu.tp and gpu.pp (checked by their timer)
+            self._check_mapping()
+
+    def _check_mapping(self) -> None:
         n = self.model.num_layers
         p = self.parallel
         _check(p.pp <= n, "parallel.pp", p.pp,
@@ -989,7 +1010,7 @@ class CentConfig:
         if p.pp != 0 and p.pp != n:
             _check(p.pp * p.tp <= p.num_devices, "parallel.pp", p.pp,
                    f"pp x tp = {p.pp * p.tp} exceeds parallel.num_devices={p.num_devices}; "
-                   f"use pp <= {p.num_devices // p.tp}")
+                   f"use pp x tp <= {p.num_devices}" + (f" (pp <= {p.num_devices // p.tp} at tp {p.tp})" if p.tp > 1 else ""))
         if p.tp > 1:
             _check(p.pp != 0, "parallel.pp", p.pp,
                    "with tp > 1 set pp explicitly (devices / tp stages, CENT's hybrid mapping)")
@@ -1010,7 +1031,7 @@ class CentConfig:
         step's tokens (`scheduler.prefill_chunk_tokens`; on GPUs `gpu.max_num_batched_tokens`) and
         one block for the alignment; the blocks of older positions are reused as it moves on."""
         m, sc = self.model, self.scheduler
-        step = self.gpu.max_num_batched_tokens if self.on_gpus else sc.prefill_chunk_tokens
+        step = self.gpu.num_batched_tokens if self.on_gpus else sc.prefill_chunk_tokens
         return m.sliding_window + step + sc.kv_block_tokens if m.sliding_window else None
 
     def kv_tokens(self, tokens: int) -> int:

@@ -99,9 +99,9 @@ class Engine:
         if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
             g = cfg.gpu
             blocks = self.timer.kv_blocks(sc.kv_block_tokens, sc.num_kv_blocks_override)
-            self.scheduler = Scheduler(num_replicas, mp.lanes, g.max_num_seqs, blocks, g.max_num_batched_tokens,
+            self.scheduler = Scheduler(num_replicas, mp.lanes, g.num_seqs, blocks, g.num_batched_tokens,
                                        sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
-                                       max_batched_tokens=g.max_num_batched_tokens)
+                                       max_batched_tokens=g.num_batched_tokens)
         else:
             self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
                                        sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full,

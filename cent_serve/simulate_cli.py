@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def paper_defaults(args: argparse.Namespace) -> None:
-    """`cent simulate --model llama2-7b` alone: 8 devices, pure pipeline, like the paper."""
-    if args.devices is None and args.config is None:
+    """`cent simulate --model llama2-7b` alone: 8 devices, pure pipeline, like the paper (not on GPUs)."""
+    if args.devices is None and args.config is None and getattr(args, "hardware", None) in (None, "cent"):
         args.devices = {"llama2-7b": 8, "llama2-13b": 20, "llama2-70b": 32}.get(args.model or "", None)
 
 
@@ -149,10 +149,7 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
         r = f[phase]
         print(f"{phase:<10}{r['latency_s']:>11.3f}{r['throughput_tok_s']:>11.1f}{r['energy_per_token_mj']:>11.2f}"
               f"{r['power_w']:>10.1f}")
-    if not t.kind.calibrated:
-        print(f"{t.kind.name}'s efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 "
-              "measurements): none of this kind to set them from")
-    return 0
+    return 0  # a kind whose constants are borrowed is warned of with the config (`warn_gpu_run`)
 
 
 def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args
+from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_gpu_run
 from cent_serve.config import PLACEMENTS
 from cent_serve.preflight import check_runnable
 
@@ -436,7 +436,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
 
     from cent_serve.bench.compare import print_compare, run_compare
     from cent_serve.bench.report import parse_goodput
-    from cent_serve.config import parse_hardware
+    from cent_serve.config import GpuConfig, parse_hardware
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if args.hardware not in (None, "cent"):
@@ -453,8 +453,13 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     if cent_cfg.on_gpus:
         raise ValueError(f"gpu.count={cent_cfg.gpu.count} makes the CENT side GPUs: drop it (--set gpu.count / the "
                          "config file); compare takes the GPUs from --gpu KIND:N")
+    set_kind = any(item.split("=", 1)[0].strip() == "gpu.kind" for item in args.set)
+    if (set_kind or cent_cfg.gpu.kind != GpuConfig.kind) and cent_cfg.gpu.kind != kind:
+        raise ValueError(f"gpu.kind={cent_cfg.gpu.kind!r} is invalid with --gpu {args.gpu}, which sets the GPU side: "
+                         "drop it (--set gpu.kind / the config file), or say the kind in --gpu KIND:N")
     cent_cfg.executor = "local"
     gpu_cfg = dataclasses.replace(cent_cfg, gpu=dataclasses.replace(cent_cfg.gpu, kind=kind, count=count))
+    warn_gpu_run(gpu_cfg)  # its kind's constants (the CENT side's flags are read: no args)
     check_runnable(cent_cfg)
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)

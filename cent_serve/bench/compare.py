@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
 from cent_serve.bench.report import reasons_text, short_example, summarize, write_requests_csv  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
-from cent_serve.config import CentConfig  # noqa: E402
+from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
 from cent_serve.timing.energy import cent_tco  # noqa: E402
 
 ROWS = (  # (key, label, unit, better)
@@ -96,13 +96,14 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                 s = side_figures(cfg, res, slos)
                 sweep[name].append(dict(rate=rate, **_flat(s)))
                 reasons = reasons_text(s["failure_reasons"])
-                print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} tok/s, TPOT p50 "
+                print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} output tok/s, TPOT p50 "
                       f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
     out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
-               table=table, sweep=sweep)
-    (out_dir / "compare.json").write_text(json.dumps(out, indent=2) + "\n")
+               table=table, sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
+               config=dict(cent=config_to_dict(cent_cfg), gpu=config_to_dict(gpu_cfg)))  # each side's, resolved
+    (out_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     with open(out_dir / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["metric", "unit", "cent", "gpu", "cent_over_gpu", "better"],
                            lineterminator="\n")
@@ -144,8 +145,8 @@ def print_compare(out: dict) -> None:
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
-    print("(simulated time; power = the steps' energy over the run; tokens per dollar in the CENT artifact's "
-          "TCO units)")
+    print("(simulated time; energy per token: over prompt and output tokens; power = the steps' energy over the "
+          "run; tokens per dollar in the CENT artifact's TCO units)")
 
 
 def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict) -> None:

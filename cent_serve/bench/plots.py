@@ -79,11 +79,11 @@ def mapping_text(status: dict) -> str:
     mp = status.get("mapping") or {}
     if not mp:
         return "mapping unknown (not a cent-serve server)"
-    used = "GPUs" if mp.get("mode") == "gpu" else "devices"
-    pp, tp = mp.get("pp"), mp.get("tp")
-    known = used == "devices" and isinstance(pp, int) and isinstance(tp, int)
+    gpu = mp.get("mode") == "gpu"
+    pp, tp, n = mp.get("pp"), mp.get("tp"), mp.get("devices_used")
+    known = not gpu and isinstance(pp, int) and isinstance(tp, int)
     kind = parallelism(pp, tp) if known else mp.get("mode", "?")
-    text = f"{kind} pp {pp} x tp {tp}, {mp.get('devices_used')} {used} used"
+    text = f"{kind} pp {pp} x tp {tp}, {n} {'GPU' if gpu else 'device'}{'' if n == 1 else 's'} used"
     if mp.get("replicas", 1) > 1:
         text += f" x {mp['replicas']} replicas"
     return text
@@ -242,7 +242,8 @@ def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
     step = max(1, int(np.ceil(len(devs) / 40)))  # at most ~40 tick labels
     ax.set_xticks(range(0, len(devs), step), names[::step], fontsize=8)
     ax.set_xlim(-0.7, len(devs) - 0.3)
-    ax.set_xlabel("replica:device" if replicas > 1 else "device")
+    unit = "GPU" if (result.status.get("mapping") or {}).get("mode") == "gpu" else "device"
+    ax.set_xlabel(f"replica:{unit}" if replicas > 1 else unit)
     ax.set_ylabel("busiest resource, % of the run")
     ax.set_ylim(0, 100)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}%"))

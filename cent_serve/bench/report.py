@@ -192,7 +192,7 @@ def print_table(summary: dict) -> None:
     if "request_goodput" in summary:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
               f"({100 * summary['slo_attainment']:.1f}% of all requests meet {summary['goodput_slos_ms']})")
-    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ")
+    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens)")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

@@ -29,6 +29,13 @@ A100_MEM_EFFICIENCY = 0.955
 A100_COMPUTE_EFFICIENCY = 0.526
 
 
+# vLLM's batching defaults for its OpenAI server (EngineArgs' usage-context defaults, as vLLM's
+# tests/engine/test_arg_utils.py pins them): (max_num_seqs, max_num_batched_tokens) on A100s and
+# GPUs under 70 GiB, and on the larger ones (H100, H200, MI300X).
+VLLM_A100_BATCH = (256, 2048)
+VLLM_LARGE_BATCH = (1024, 8192)
+
+
 @dataclass(frozen=True)
 class GpuKind:
     name: str
@@ -46,6 +53,10 @@ class GpuKind:
     tco_per_gpu: float | None
     calibrated: bool
     """Whether the efficiency constants were set from this kind's own measurements."""
+    max_num_seqs: int
+    """vLLM's default for its OpenAI server on this kind (`gpu.max_num_seqs` 0 takes it)."""
+    max_num_batched_tokens: int
+    """Likewise: vLLM's default tokens a step (`gpu.max_num_batched_tokens` 0 takes it)."""
 
     def describe(self) -> str:
         return (f"{self.name}: {self.hbm_bytes_per_s / 1e12:.3g} TB/s HBM, {self.peak_flops / 1e12:.0f} TFLOP/s bf16, "
@@ -55,11 +66,11 @@ class GpuKind:
 
 GPU_KINDS: dict[str, GpuKind] = {k.name: k for k in (
     GpuKind("a100-80gb", 2.039e12, 312e12, 80e9, 300e9, "NVLink 3", 400.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, 1.76 / 4, True),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, 1.76 / 4, True, *VLLM_A100_BATCH),
     GpuKind("a100-80gb-pcie", 1.935e12, 312e12, 80e9, 32e9, "PCIe 4.0 x16", 300.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, False),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, False, *VLLM_A100_BATCH),
     GpuKind("h100-80gb", 3.35e12, 989.4e12, 80e9, 450e9, "NVLink 4", 700.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, None, False),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, None, False, *VLLM_LARGE_BATCH),
 )}
 """`a100-80gb` is the SXM4 module, `h100-80gb` the SXM5 one."""
 

@@ -89,10 +89,19 @@ class GpuTimer:
         self.tp, self.pp = g.group_tp, g.pp
         if self.pp > m.num_layers:
             raise ValueError(f"gpu.pp={self.pp} exceeds the model's {m.num_layers} layers: use fewer stages")
-        if m.num_heads % self.tp:
-            raise ValueError(f"gpu.tp={self.tp} does not divide the model's {m.num_heads} attention heads (a "
-                             f"tensor-parallel group splits them): use a tp that divides {m.num_heads}, e.g. with "
-                             "--set gpu.tp=N and N GPUs a multiple of it")
+        # what vLLM's tensor parallelism splits: the query heads, the KV heads (or copies them to
+        # the GPUs that share one: tp a multiple of them), the MLP's width (each expert's for a MoE)
+        width = m.expert_size
+        for splits, what in ((m.num_heads % self.tp, f"the model's {m.num_heads} attention heads"),
+                             (m.num_kv_heads % self.tp and self.tp % m.num_kv_heads,
+                              f"the model's {m.num_kv_heads} KV heads, nor is it a multiple of them"),
+                             (width % self.tp, f"the MLP's width of {width}")):
+            if splits:
+                fits = [t for t in range(1, self.tp) if not m.num_heads % t and not width % t
+                        and (not m.num_kv_heads % t or not t % m.num_kv_heads)]
+                raise ValueError(f"gpu.tp={self.tp} does not divide {what} (a tensor-parallel group splits them, as "
+                                 f"vLLM does): use a tp such as {fits[-1]}, e.g. --set gpu.tp={fits[-1]} with a "
+                                 "multiple of it GPUs")
         base, extra = divmod(m.num_layers, self.pp)
         layers = tuple(base + (i < extra) for i in range(self.pp))
         self.mapping = GpuMapping(g.kind, g.count, self.pp, self.tp, g.replicas, layers)

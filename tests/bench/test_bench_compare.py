@@ -54,8 +54,11 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     for side in ("cent", "gpu"):
         assert saved[side]["failure_reasons"]["context_exceeded"]["count"] == failed
         assert "9000 tokens" in saved[side]["failure_reasons"]["context_exceeded"]["example"]
-        for row in (saved["sweep"] or {}).get(side.upper(), []):
+        for row in (saved["sweep"] or {}).get(side, []):
             assert row["failure_reasons"]["context_exceeded"]["count"] == failed
+    assert set(saved["sweep"] or {"cent": 0, "gpu": 0}) == {"cent", "gpu"}  # as the sides' keys
+    assert saved["config"]["gpu"]["gpu"]["count"] > 0 == saved["config"]["cent"]["gpu"]["count"]  # each side's
+    assert saved["config"]["gpu"]["gpu"]["max_num_batched_tokens"] == 0 and saved["config"]["cent"]["parallel"]
     assert not [w for w in recwarn if "legend" in str(w.message)], [str(w.message) for w in recwarn]
 
 

@@ -46,16 +46,22 @@ def test_shipped_constants_are_the_calibration():
 
 
 
-def test_only_the_measured_kind_is_called_calibrated(capsys):
+@pytest.mark.parametrize("command", [["simulate"], ["bench", "run", "--num-requests", "2", "--no-plots"],
+                                     ["bench", "compare", "--num-requests", "2", "--no-plots"]])
+def test_only_the_measured_kind_is_called_calibrated(caplog, tmp_path, command):
     """The artifact measured A100 SXM4 modules: the PCIe card and the H100 borrow their constants,
-    and `cent simulate` says so for both."""
+    and every command that runs them says so (it was `cent simulate` alone)."""
     from cent_serve.cli import main
     from cent_serve.gpu.kinds import GPU_KINDS
 
     assert {name for name, k in GPU_KINDS.items() if k.calibrated} == {"a100-80gb"}
-    for kind in ("a100-80gb-pcie", "h100-80gb"):
-        assert main(["simulate", "--model", "llama2-7b", "--hardware", f"gpu:{kind}:1"]) == 0
-        assert f"{kind}'s efficiency constants are a100-80gb's" in capsys.readouterr().out
+    for kind in ("a100-80gb", "a100-80gb-pcie", "h100-80gb"):
+        caplog.clear()
+        hw = ["--gpu", f"{kind}:1"] if "compare" in command else ["--hardware", f"gpu:{kind}:1"]
+        out = [] if command == ["simulate"] else ["--out", str(tmp_path / kind), "--numerics", "off"]
+        assert main([*command, "--model", "llama2-7b", *hw, *out]) == 0
+        said = f"{kind}'s efficiency constants are a100-80gb's" in caplog.text
+        assert said == (kind != "a100-80gb"), caplog.text
 
 
 HELD = [(r["model"], int(r["gpus"]), r["phase"], key, r[col]) for r in rows("phases.csv")

@@ -192,6 +192,23 @@ def test_pipeline_parallel_gpus():
     assert per_lane == [64, 64]  # each micro-batch fills its own budget
 
 
+@pytest.mark.parametrize("kind, seqs, tokens", [("a100-80gb", 256, 2048), ("a100-80gb-pcie", 256, 2048),
+                                                  ("h100-80gb", 1024, 8192)])
+def test_batching_defaults_are_vllm_s_for_the_kind(kind, seqs, tokens):
+    """vLLM's OpenAI server picks its batch by GPU (A100s and GPUs under 70 GiB: 256 sequences and
+    2,048 tokens a step; H100s: 1,024 and 8,192); a value set is kept, and the budget must hold a
+    decode of every sequence it allows."""
+    eng = Engine(CentConfig(model=TINY, numerics="off", gpu=GpuConfig(kind=kind, count=1)))
+    assert (eng.scheduler.seqs_per_lane, eng.scheduler.max_batched_tokens) == (seqs, tokens)
+    g = GpuConfig(kind=kind, count=1, max_num_seqs=8, max_num_batched_tokens=64)
+    assert (g.num_seqs, g.num_batched_tokens) == (8, 64)
+    with pytest.raises(ValueError, match="gpu.max_num_batched_tokens=512 is invalid: use at least 600 tokens"):
+        GpuConfig(kind=kind, count=1, max_num_seqs=600, max_num_batched_tokens=512)
+    if seqs > 512:  # the kind's own sequences count too
+        with pytest.raises(ValueError, match=f"gpu.max_num_batched_tokens=512 is invalid: use at least {seqs} tokens"):
+            GpuConfig(kind=kind, count=1, max_num_batched_tokens=512)
+
+
 def test_sliding_window_on_gpus():
     """A windowed model: a decode step past the window costs what one at the window costs, and the
     KV a sequence reserves stops at the window + a step's budget + a block."""
@@ -200,16 +217,49 @@ def test_sliding_window_on_gpus():
     t = GpuTimer(cfg)
     w = m.sliding_window
     assert t.step_s(0, [1], [w], 1) == t.step_s(0, [1], [4 * w], 1) > t.step_s(0, [1], [w // 2], 1)
-    assert cfg.kv_tokens_cap == w + cfg.gpu.max_num_batched_tokens + cfg.scheduler.kv_block_tokens
+    assert cfg.kv_tokens_cap == w + 2048 + cfg.scheduler.kv_block_tokens
 
 
 def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
     for extra, msg in ((["--set", "gpu.count=2"], "gpu.count=2 makes the CENT side GPUs"),
-                       (["--gpu", "v100:2"], "--gpu 'v100:2' is invalid")):
+                       (["--gpu", "v100:2"], "--gpu 'v100:2' is invalid"),
+                       (["--gpu", "a100-80gb:4", "--set", "gpu.kind=h100-80gb"],  # it ran the A100s without a word
+                        "gpu.kind='h100-80gb' is invalid with --gpu a100-80gb:4")):
         r = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "compare", "--numerics", "off",
                             "--num-requests", "2", "--out", str(tmp_path), *extra],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cent_flags_on_gpus_are_named_not_checked_against_the_model(caplog):
+    """On GPUs the CENT mapping, devices and Ray flags are not read: a run says which it ignores (they
+    ran without a word) and does not refuse them against the model (`--pp 80` on a 32-layer model
+    was refused as a CENT mapping)."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--devices", "32", "--pp", "80",
+                 "--set", "device.clock_hz=1e9", "--set", "gpu.memory_utilization=0.9"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "CENT's, not read on" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("--devices 32, --pp 80, --set device.clock_hz=1e9: CENT's")
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1"]) == 0  # paper defaults: not given
+    assert "CENT's, not read" not in caplog.text
+
+
+@pytest.mark.parametrize("model, tp, says", [
+    ("qwen2.5-7b", 7, "gpu.tp=7 does not divide the model's 4 KV heads, nor is it a multiple of them"),
+    ("qwen2.5-7b", 3, "gpu.tp=3 does not divide the model's 28 attention heads"),
+    ("tiny", 16, "gpu.tp=16 does not divide the model's 8 attention heads"),
+])
+def test_gpu_tensor_parallel_splits_what_vllm_splits(model, tp, says):
+    """vLLM's tensor parallelism needs tp to divide the query heads, the MLP's width, and the KV heads
+    or be a multiple of them; only the query heads were checked (qwen2.5-7b ran at tp 7)."""
+    with pytest.raises(ValueError, match=says + r".*use a tp such as \d+"):
+        GpuTimer(_gpu_cfg(model=model_preset(model), count=tp, numerics="off"))
+    m = dataclasses.replace(model_preset("tiny"), intermediate_size=690)  # heads divide by 4, the width does not
+    with pytest.raises(ValueError, match="gpu.tp=4 does not divide the MLP's width of 690.*gpu.tp=2"):
+        GpuTimer(_gpu_cfg(model=m, count=4, numerics="off"))
+    assert GpuTimer(_gpu_cfg(model=model_preset("tiny"), count=4, numerics="off")).tp == 4  # 2 KV heads, copied
 
 
 def test_simulate_says_where_its_batch_came_from(capsys):
@@ -240,3 +290,13 @@ def test_a_gpu_busy_to_the_end_reads_busy_1_not_more():
     (dev,) = eng.device_stats()
     assert dev["busy_s"]["gpu"] > eng.now_s  # the case: the naive busy / clock is over 1
     assert busy_fraction(dev, eng.now_s) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_plot_titles_count_gpus_and_devices_in_words():
+    """"1 GPUs used" read wrong: the count agrees with its noun."""
+    from cent_serve.bench.plots import mapping_text
+
+    one = dict(mode="gpu", pp=1, tp=1, devices_used=1, replicas=1)
+    assert mapping_text({"mapping": one}) == "gpu pp 1 x tp 1, 1 GPU used"
+    assert mapping_text({"mapping": dict(one, tp=4, devices_used=4)}).endswith(", 4 GPUs used")
+    assert mapping_text({"mapping": dict(mode="pipeline", pp=8, tp=1, devices_used=8)}).endswith(", 8 devices used")
