@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -21,9 +22,12 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.model.sampling import checkpoint_sampling_defaults
 from cent_serve.model.tokenizer import TEMPLATE_VARIABLES, Tokenizer, encode_chat
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
+
+log = logging.getLogger("cent.server")
 
 MAX_CHARS_PER_TOKEN = 32
 """A text prompt longer than this many characters per context token cannot fit (Llama's longest
@@ -66,11 +70,21 @@ class ApiContext:
     model_name: str
     created: int
     """When the server started (unix seconds): `/v1/models`' `created`."""
+    sampling_defaults: dict = field(default_factory=dict)
+    """The sampling a request that does not say takes: the checkpoint's generation_config.json
+    temperature, top_p and top_k, as vLLM's `--generation-config auto` (its default) takes them."""
 
     @classmethod
     def build(cls, loop: EngineLoop, metrics: Metrics) -> ApiContext:
         eng = loop.engine
-        return cls(loop, metrics, eng.cfg, eng.tokenizer, eng.cfg.model.name, int(time.time()))
+        defaults, skipped = checkpoint_sampling_defaults(eng.cfg.model.checkpoint)
+        if defaults:
+            log.info("a request's default sampling is the checkpoint's generation_config.json: %s (as vLLM's "
+                     "--generation-config auto; a request's own values win)",
+                     ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        if skipped:
+            log.warning("generation_config.json: %s: not applied (vLLM would take it as a default)", "; ".join(skipped))
+        return cls(loop, metrics, eng.cfg, eng.tokenizer, eng.cfg.model.name, int(time.time()), defaults)
 
     @property
     def engine(self) -> Engine:

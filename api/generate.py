@@ -164,7 +164,7 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
               else min(prompts.default_max_tokens, context - len(ids)) for ids in prompts.ids]
     for ids, limit in zip(prompts.ids, limits):
         ctx.check_request(ids, limit, prompts.fields)
-    params = [body.to_params(limit, prompts.fields.max_tokens) for limit in limits]
+    params = [body.to_params(limit, prompts.fields.max_tokens, ctx.sampling_defaults) for limit in limits]
     n, scheduler = body.n, ctx.engine.scheduler
     most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit_all`, not this
     if len(prompts.ids) * n > most:  # counted before building: a request may hold thousands of prompts

@@ -182,11 +182,15 @@ class _Common(BaseModel):
         return (hold is not None and arrival is not None and math.isfinite(hold) and math.isfinite(arrival)
                 and 0 <= arrival <= hold)
 
-    def to_params(self, max_tokens: int, max_tokens_param: str = "max_tokens") -> RequestParams:
+    def to_params(self, max_tokens: int, max_tokens_param: str = "max_tokens",
+                  sampling_defaults: dict | None = None) -> RequestParams:
         """Checked options of one choice that generates at most `max_tokens` (the client's limit or
         the endpoint's default, resolved by the caller). Whether the limit fits the context the
         prompt leaves is `Engine.check_request`'s to say; `n` is `check_fields`'. Errors about the
-        limit name `max_tokens_param` (chat's `max_completion_tokens` lands there)."""
+        limit name `max_tokens_param` (chat's `max_completion_tokens` lands there). A sampling
+        field the request leaves out is `sampling_defaults`' (the checkpoint's generation_config.json,
+        as vLLM takes it), else the plain default."""
+        given = sampling_defaults or {}
         if self.presence_penalty or self.frequency_penalty:
             raise ApiError("presence_penalty and frequency_penalty are not supported: leave them at 0",
                            "presence_penalty" if self.presence_penalty else "frequency_penalty")
@@ -204,9 +208,10 @@ class _Common(BaseModel):
                            f"of at most {MAX_STOP_CHARS} characters", "stop")
         seed = None if self.seed is None else self.seed % 2 ** 64  # numpy seeds are non-negative
         try:
-            sampling = SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
-                                      top_p=1.0 if self.top_p is None else self.top_p,
-                                      top_k=-1 if self.top_k is None else self.top_k, seed=seed)
+            sampling = SamplingParams(
+                temperature=given.get("temperature", 1.0) if self.temperature is None else self.temperature,
+                top_p=given.get("top_p", 1.0) if self.top_p is None else self.top_p,
+                top_k=given.get("top_k", -1) if self.top_k is None else self.top_k, seed=seed)
         except ValueError as exc:
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),

@@ -39,6 +39,46 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k")
+"""The keys of a checkpoint's generation_config.json that set a request's sampling when it does not
+(vLLM's `--generation-config auto`, its default, reads these and the ones below)."""
+UNSAMPLED_GENERATION_KEYS = {"repetition_penalty": 1.0, "min_p": 0.0, "max_new_tokens": None}
+"""Keys vLLM also takes as defaults that this server does not apply, with the value that changes nothing."""
+
+
+def checkpoint_sampling_defaults(checkpoint: str | None) -> tuple[dict, list[str]]:
+    """({key: value} of `GENERATION_DEFAULTS` a checkpoint's generation_config.json sets, [what it sets
+    that is not applied: an unsupported key, or a value `SamplingParams` refuses, each as `key=value (why)`]).
+    No checkpoint or no file: ({}, [])."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint) / "generation_config.json" if checkpoint else None
+    if path is None or not path.is_file():
+        return {}, []
+    try:
+        gen = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}, []  # the model's load has already read it for its eos ids, and said what is wrong
+    if not isinstance(gen, dict):
+        return {}, []
+    defaults, skipped = {}, []
+    for key in GENERATION_DEFAULTS:
+        value = gen.get(key)
+        if value is None:
+            continue
+        value = -1 if key == "top_k" and value == 0 else value  # transformers' 0: no top-k
+        try:
+            SamplingParams(**{key: value})
+        except (TypeError, ValueError) as exc:
+            skipped.append(f"{key}={value!r} ({exc})")
+            continue
+        defaults[key] = value
+    skipped += [f"{key}={gen[key]!r} (not supported here)" for key, off in UNSAMPLED_GENERATION_KEYS.items()
+                if gen.get(key) is not None and gen[key] != off]
+    return defaults, skipped
+
+
 def make_generator(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 

@@ -325,3 +325,42 @@ def test_stream_options_given_empty_asks_for_the_usage_chunk_as_in_vllm(off):
     assert has_usage(stream_options={}) and has_usage(stream_options={"include_usage": True})
     assert not has_usage() and not has_usage(stream_options={"include_usage": None})
     assert not has_usage(stream_options={"include_usage": False})
+
+
+def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out(tmp_path, caplog):
+    """vLLM's default `--generation-config auto`: generation_config.json's temperature, top_p and top_k
+    are a request's defaults (a request's own values win); what this server cannot apply
+    (repetition_penalty) is named at start. Full numerics, so the sampling shows in the tokens: a
+    checkpoint that says temperature 0 is greedy for a request that does not say."""
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from cent_serve.config import CentConfig, ParallelConfig
+    from cent_serve.model import model_config_from_hf
+    from cent_serve.model.sampling import checkpoint_sampling_defaults
+
+    ckpt = tmp_path / "m"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, temperature=0.0, top_p=0.8, top_k=0,
+                                                                 repetition_penalty=1.05)))
+    assert checkpoint_sampling_defaults(str(ckpt)) == (dict(temperature=0.0, top_p=0.8, top_k=-1),
+                                                       ["repetition_penalty=1.05 (not supported here)"])
+    model = model_config_from_hf(ckpt)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="full")
+    cfg.server.port = 0
+    caplog.set_level(logging.INFO, logger="cent.server")
+    with Server(cfg, "local") as s:
+        def ids(**body) -> list[int]:
+            r = httpx.post(s.url + "/v1/completions", json=dict(model=model.name, prompt="Hello", max_tokens=8,
+                                                                 ignore_eos=True, return_token_ids=True, **body),
+                           timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["token_ids"]
+
+        greedy = ids(temperature=0)
+        assert ids() == ids(seed=1) == ids(seed=2) == greedy  # the checkpoint's temperature 0
+        assert len({tuple(ids(temperature=1.0, seed=k)) for k in range(4)}) > 1  # the request's own wins
+    assert "generation_config.json: temperature=0.0, top_p=0.8, top_k=-1" in caplog.text
+    assert "repetition_penalty=1.05 (not supported here): not applied" in caplog.text
