@@ -140,6 +140,9 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
         check_checkpoint(cfg)
         return mp
     mp = check_devices_hold(cfg, context, batch)
+    if cfg.resolved_numerics == "full":  # the numerics split each block's heads over a stage's devices
+        from cent_serve.sharding import check_tp
+        check_tp(cfg.model, mp.tp)
     check_host_memory(cfg, mp)
     check_checkpoint(cfg)
     return mp

@@ -105,8 +105,8 @@ def experts_of(cfg: ModelConfig, rank: int, tp: int) -> tuple[int, ...]:
 def check_tp(cfg: ModelConfig, tp: int) -> None:
     """Tensor parallelism needs whole query heads per device."""
     if cfg.num_heads % tp:
-        raise ValueError(f"parallel.tp={tp} does not divide model.num_heads={cfg.num_heads}: "
-                         f"use a divisor of {cfg.num_heads} for tp")
+        raise ValueError(f"parallel.tp={tp} does not divide model.num_heads={cfg.num_heads} (full numerics split a "
+                         f"block's heads over its devices): use a divisor of {cfg.num_heads} for tp, or --numerics off")
 
 
 def head_ranges(cfg: ModelConfig, rank: int, tp: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -351,3 +351,14 @@ def test_simulate_s_capacity_fix_names_the_flag_that_set_the_context(capsys, con
                  "--batch", "32", *context]) == 2
     err = capsys.readouterr().err
     assert "does not fit" in err and fix in err and "model.max_seq_len=N" not in err
+
+
+def test_info_says_a_full_numerics_mapping_that_splits_a_head_does_not_run():
+    """`cent info` said "runs yes" for tp 3 on a 4-head checkpoint that `cent serve` then refused:
+    full numerics split each block's heads over a stage's devices. Timing-only runs it."""
+    ckpt = str(REPO / "tests" / "data" / "hf_tiny_llama")
+    proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3")
+    assert proc.returncode != 0 and "runs         no" in proc.stdout, proc.stdout
+    _one_line_error(proc, "parallel.tp=3 does not divide model.num_heads=4", "--numerics off")
+    proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3", "--numerics", "off")
+    assert proc.returncode == 0 and "runs         yes" in proc.stdout, proc.stderr
