@@ -1042,11 +1042,20 @@ class CentConfig:
     @property
     def resolved_numerics(self) -> str:
         """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
+        return self.numerics_why[0]
+
+    @property
+    def numerics_why(self) -> tuple[str, str]:
+        """(`resolved_numerics`, why: the flag, or what `auto` found), for a start-up line."""
         if self.numerics != "auto":
-            return self.numerics
+            return self.numerics, "as set"
         if self.model.checkpoint and not checkpoint_has_weights(self.model.checkpoint):
-            return "off"  # a config.json alone: its shape, timed
-        return "full" if self.model.param_count() <= 1_000_000_000 else "off"
+            return "off", "auto: the checkpoint has no weight files"  # a config.json alone: its shape, timed
+        n = self.model.param_count()
+        if n <= 1_000_000_000:
+            return "full", "auto: 1B parameters or fewer"
+        return "off", (f"auto: {n / 1e9:.1f}B parameters, over the 1B full numerics run to; the text is a stand-in, "
+                       "the times are the model's")
 
 
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.gguf")

@@ -405,3 +405,20 @@ def test_an_override_without_a_field_says_how_to_write_one(item):
     """`--set =3` said " is not a field", naming nothing."""
     with pytest.raises(ValueError, match=r"is invalid: write section.field=value, e.g. device.clock_hz=1e9"):
         apply_overrides(CentConfig(), [item])
+
+
+def test_auto_numerics_says_why_it_chose(tmp_path):
+    """The start-up line names why a server runs timing-only (it said `numerics off` alone, and a
+    checkpoint over 1B parameters then answered stand-in text with 200 OK)."""
+    import shutil
+
+    from cent_serve.model import model_config_from_hf
+
+    big = CentConfig(model=model_preset("llama2-7b"))
+    assert big.numerics_why[0] == "off" and "6.7B parameters, over the 1B" in big.numerics_why[1]
+    assert CentConfig(model=model_preset("tiny")).numerics_why == ("full", "auto: 1B parameters or fewer")
+    assert CentConfig(model=model_preset("llama2-7b"), numerics="full").numerics_why == ("full", "as set")
+    ckpt = tmp_path / "shape_only"
+    ckpt.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "hf_tiny_llama" / "config.json", ckpt)
+    assert CentConfig(model=model_config_from_hf(ckpt)).numerics_why == ("off", "auto: the checkpoint has no weight files")
