@@ -84,6 +84,10 @@ class ApiContext:
                      ", ".join(f"{k}={v}" for k, v in defaults.items()))
         if skipped:
             log.warning("generation_config.json: %s: not applied (vLLM would take it as a default)", "; ".join(skipped))
+        if getattr(eng.tokenizer, "has_own_chat_template", True) is False:  # a base model, most likely
+            log.warning("%s has no chat template (tokenizer_config.json, chat_template.jinja): /v1/chat/completions "
+                        "renders messages with this server's plain default (vLLM refuses chat for such a model); "
+                        "use /v1/completions, or add the template", eng.cfg.model.checkpoint)
         return cls(loop, metrics, eng.cfg, eng.tokenizer, eng.cfg.model.name, int(time.time()), defaults)
 
     @property

@@ -274,7 +274,7 @@ THINKING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.conten
 """A chat template with Qwen 3's switch: `enable_thinking` false opens the reply with an empty think."""
 
 
-def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path):
+def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path, caplog):
     """vLLM's `chat_template_kwargs` (Qwen 3's `{"enable_thinking": false}`) are the template's variables
     (they were ignored: the same prompt either way); chat's `add_special_tokens` puts a BOS first; a
     request's own template, or a kwarg the server sets itself, is a 400 naming it."""
@@ -308,6 +308,7 @@ def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path):
         assert chat().json()["usage"]["prompt_tokens"] == len(plain)
         with_bos = chat(add_special_tokens=True, return_token_ids=True).json()
         assert with_bos["prompt_token_ids"] == [model.bos_token_id, *plain]
+        assert "has no chat template" not in caplog.text  # it has its own
         for body, param in ((dict(chat_template="{{ messages }}"), "chat_template"),
                             (dict(chat_template_kwargs={"chat_template": "x"}), "chat_template_kwargs"),
                             (dict(chat_template_kwargs={"add_generation_prompt": False}), "chat_template_kwargs")):
@@ -364,3 +365,4 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
         assert len({tuple(ids(temperature=1.0, seed=k)) for k in range(4)}) > 1  # the request's own wins
     assert "generation_config.json: temperature=0.0, top_p=0.8, top_k=-1" in caplog.text
     assert "repetition_penalty=1.05 (not supported here): not applied" in caplog.text
+    assert "has no chat template" in caplog.text  # the fixture has none: chat falls back to the plain default
