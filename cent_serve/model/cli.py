@@ -192,7 +192,8 @@ def run_generate(args: argparse.Namespace) -> int:
                             seed=args.sample_seed)
     model = LlamaModel(cfg.model)
     gen = generate(model, prompt_ids, args.max_tokens, params, ignore_eos=args.ignore_eos)
-    text = tok.decode(gen.token_ids)
+    # the eos that ended it is in token_ids but not the text, as the server (and vLLM) leave it out
+    text = tok.decode(gen.token_ids[:-1] if gen.finish_reason == "stop" else gen.token_ids)
     if args.json:
         print(json.dumps({"model": cfg.model.name, "prompt_ids": prompt_ids, "token_ids": gen.token_ids,
                           "text": text, "finish_reason": gen.finish_reason}))

@@ -156,6 +156,9 @@ def test_every_eos_id_of_the_checkpoint_ends_a_generation(tmp_path, capsys):
     assert model_config_from_hf(ckpt).extra_eos_token_ids == (161,)
     out = run()
     assert out["token_ids"] == case["greedy_ids"][:7] and out["finish_reason"] == "stop"
+    from cent_serve.model.tokenizer import load_tokenizer
+    tok = load_tokenizer(model_config_from_hf(ckpt))  # the eos that ended it (an ordinary token) is not text,
+    assert out["text"] == tok.decode(case["greedy_ids"][:6]) != tok.decode(case["greedy_ids"][:7])  # as served
     assert run("--ignore-eos")["token_ids"] == case["greedy_ids"][:12]
     (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, eos_token_id=[2, 473, 161])))
     assert model_config_from_hf(ckpt).extra_eos_token_ids == (161, 473)
