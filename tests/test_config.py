@@ -316,14 +316,17 @@ def test_a_fractional_element_size_says_what_sizes_there_are():
 
 def test_cent_info_sizes_the_weights_at_the_devices_element_size(capsys):
     """What the devices hold follows device.bytes_per_element (as the capacity check does), not
-    model.weight_dtype, which only sizes full numerics' host copy."""
+    model.weight_dtype; full numerics' host copy is float32 arrays whatever the stored dtype (it said
+    "0.011 GiB as bfloat16" for the same 0.021 GiB)."""
     assert main(["info", "--model", "llama2-13b", "--set", "device.bytes_per_element=1"]) == 0
     out = capsys.readouterr().out
     assert "(12.122 GiB on the devices at device.bytes_per_element=1)" in out
     assert "409,600 bytes per token on the devices" in out
     assert main(["info", "--model", "tiny", "--set", "model.weight_dtype=float32"]) == 0
     out = capsys.readouterr().out
-    assert "0.011 GiB on the devices at device.bytes_per_element=2; full numerics' host copy 0.021 GiB as float32" in out
+    assert "0.011 GiB on the devices at device.bytes_per_element=2; full numerics' host copy 0.021 GiB of float32" in out
+    assert main(["info", "--model", "tiny"]) == 0  # bfloat16 values, held as float32 all the same
+    assert "full numerics' host copy 0.021 GiB of float32" in capsys.readouterr().out
 
 
 def test_a_device_made_small_says_its_size_not_0_gib(capsys):

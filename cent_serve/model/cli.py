@@ -120,7 +120,8 @@ def _print_info(cfg, out: dict) -> None:
     # full numerics (docs/hardware_model.md section 1)
     size = 2 if cfg.on_gpus else cfg.device.bytes_per_element
     where = "on the GPUs as bfloat16" if cfg.on_gpus else f"on the devices at device.bytes_per_element={size}"
-    host = f"; full numerics' host copy {m.weight_bytes() / 2**30:.3f} GiB as {m.weight_dtype}" \
+    # the reference model computes in float32 whatever the checkpoint stores (bfloat16, float16)
+    host = f"; full numerics' host copy {m.param_count() * 4 / 2**30:.3f} GiB of float32" \
         if cfg.resolved_numerics == "full" else ""
     print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{host}){active}")
     print(f"kv cache     {m.kv_bytes_per_token() // 2 * size:,} bytes per token {where.split(' at ')[0]}")
