@@ -425,16 +425,34 @@ def _checkpoint_files(ckpt: Path) -> list[Path]:
                      "shape timing-only with --numerics off")
 
 
+_LFS_POINTER = b"version https://git-lfs"
+"""How a Git LFS pointer file begins (a repository cloned without git-lfs holds these, not the weights)."""
+
+
+def _safe_open(file: Path):
+    """safetensors' `safe_open` of a checkpoint file: a file it cannot read (cut short by a download
+    that did not finish, a Git LFS pointer) is a ValueError naming the file and the fix."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="numpy")
+    except SafetensorError as exc:
+        with open(file, "rb") as raw:
+            is_pointer = raw.read(len(_LFS_POINTER)) == _LFS_POINTER
+        why = ("a Git LFS pointer, not the weights: fetch them (git lfs pull) or download the file again"
+               if is_pointer else f"not a readable safetensors file ({exc}): damaged or cut short (a download "
+               "that did not finish?); download it again")
+        raise ValueError(f"{file}: {why}") from None
+
+
 def iter_checkpoint_tensors(ckpt: str | Path, shapes_only: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, float32 array) one tensor at a time from a safetensors checkpoint; with
     `shapes_only`, arrays of the right shape that read nothing (one zero, broadcast: the files'
     headers only)."""
-    from safetensors import safe_open
-
     if not shapes_only:
         bf16()  # safetensors asks numpy for the dtype "bfloat16" by name: numpy knows it once ml_dtypes is imported
     for file in _checkpoint_files(Path(ckpt)):
-        with safe_open(str(file), framework="numpy") as f:
+        with _safe_open(file) as f:
             for name in f.keys():
                 if shapes_only:
                     yield name, np.broadcast_to(np.zeros((), F32), tuple(f.get_slice(name).get_shape()))

@@ -1,0 +1,45 @@
+"""A checkpoint directory with a damaged file (a download cut short, a hand edit gone wrong) is
+refused in one line naming the file, what is wrong and the fix, never a library's traceback."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cent_serve.cli import main
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def copy_fixture(tmp_path: Path, name: str = "hf_tiny_llama") -> Path:
+    """A writable copy of a shipped checkpoint, to damage."""
+    return Path(shutil.copytree(DATA / name, tmp_path / name))
+
+
+def one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """Run `cent argv`: exit code 2 and one line on stderr holding every needle."""
+    assert main(argv) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+GENERATE = ["generate", "--prompt-ids", "1,5,6", "--max-tokens", "2"]
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda data: data[:100_000], "incomplete metadata"),  # a download cut short
+    (lambda data: b"", "header too small"),
+    (lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 318200\n", "git lfs pull"),
+])
+@pytest.mark.parametrize("command", [GENERATE, ["info"], ["serve"]])
+def test_a_damaged_safetensors_file_is_named_with_the_fix(tmp_path, capsys, damage, says, command):
+    """safe_open's SafetensorError went up as a traceback from every command that reads the weights
+    or their headers (`cent info` and `cent serve` check the headers before anything starts)."""
+    ckpt = copy_fixture(tmp_path)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    one_line_error(capsys, [command[0], "--model", str(ckpt), *command[1:]], f"{weights}: ", says)
