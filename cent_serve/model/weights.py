@@ -230,6 +230,8 @@ def _json_object(file: Path, field: str, alternative: str) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
                          f"file, {alternative}") from None
+    except UnicodeDecodeError as exc:  # cut inside a character, or not text at all
+        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start}): fix the file, {alternative}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a JSON object of fields (\"{field}\": ..., ...), not a "
                          f"{type(data).__name__}: fix the file, {alternative}")
@@ -413,10 +415,23 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: its index's shards (each there: ValueError naming the index
+    and the shard otherwise), else model.safetensors."""
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [ckpt / name for name in sorted(set(weight_map.values()))]
+        fix = "or download it again"
+        weight_map = _json_object(index, "weight_map", fix).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: weight_map={weight_map!r:.60} is invalid: a sharded checkpoint's index maps "
+                             f"each tensor to its file ({{\"weight_map\": {{\"model.norm.weight\": "
+                             f"\"model-00001-of-00002.safetensors\", ...}}}}); fix the file, {fix}")
+        files = sorted(set(weight_map.values()))
+        missing = [name for name in files if not (ckpt / name).is_file()]
+        if missing:
+            raise ValueError(f"{index}: lists shards missing from {ckpt} ({len(missing)} of {len(files)}): "
+                             f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: download them (a "
+                             "download that did not finish?)")
+        return [ckpt / name for name in files]
     single = ckpt / "model.safetensors"
     if single.is_file():
         return [single]

@@ -43,3 +43,22 @@ def test_a_damaged_safetensors_file_is_named_with_the_fix(tmp_path, capsys, dama
     weights = ckpt / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
     one_line_error(capsys, [command[0], "--model", str(ckpt), *command[1:]], f"{weights}: ", says)
+
+
+def test_a_damaged_index_or_a_missing_shard_is_named_with_the_fix(tmp_path, capsys):
+    """The index's JSON error did not name the file (json's bare "Expecting ..."), an index without
+    weight_map was a KeyError traceback, and a shard the index lists but the directory lacks was
+    a bare "No such file"."""
+    ckpt = copy_fixture(tmp_path, "hf_tiny_llama_sharded")
+    index = ckpt / "model.safetensors.index.json"
+    good = index.read_text()
+    index.write_text(good[: len(good) // 2])
+    one_line_error(capsys, ["info", "--model", str(ckpt)], f"{index}: not valid JSON", "line ", "download it again")
+    index.write_text('{"metadata": {}}')
+    one_line_error(capsys, ["info", "--model", str(ckpt)], f"{index}: weight_map=None is invalid", "fix the file")
+    index.write_text(good)
+    (ckpt / "model-00002-of-00004.safetensors").unlink()
+    for command in (["info"], GENERATE):
+        one_line_error(capsys, [command[0], "--model", str(ckpt), *command[1:]],
+                       f"{index}: lists shards missing from {ckpt} (1 of 4): model-00002-of-00004.safetensors: "
+                       "download them")
