@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.config import ModelConfig
+from cent_serve.model.weights import _json_object
 
 log = logging.getLogger(__name__)
 _WARNED_NO_TOKENIZER: set[str] = set()
@@ -243,8 +244,13 @@ class HFTokenizer:
         from tokenizers import Tokenizer as _Tok
 
         path = Path(path)
-        text = path.read_text()  # read once: the library parses it, and its decoder's kind is read below
-        self._tok = _Tok.from_str(text)
+        raw = path.read_bytes()  # read once: the library parses it, and its decoder's kind is read below
+        try:
+            text = raw.decode()
+            self._tok = _Tok.from_str(text)
+        except Exception as exc:  # the library's parse errors are bare Exceptions ("EOF while parsing ...")
+            raise ValueError(f"{path}: not a tokenizer the tokenizers library reads ({str(exc).splitlines()[0]}): "
+                             "damaged or cut short (a download that did not finish?); download it again") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -262,7 +268,7 @@ class HFTokenizer:
         self._add_bos: bool | None = None
         config = path.parent / "tokenizer_config.json"
         if config.is_file():
-            settings = json.loads(config.read_text())
+            settings = _json_object(config, "chat_template", "or download it again")
             if isinstance(settings.get("add_bos_token"), bool):  # transformers' Llama tokenizers obey it
                 self._add_bos = settings["add_bos_token"]
             if "bos_token" in settings:  # what a chat template's `bos_token` is, as transformers passes it

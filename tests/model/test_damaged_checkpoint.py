@@ -62,3 +62,20 @@ def test_a_damaged_index_or_a_missing_shard_is_named_with_the_fix(tmp_path, caps
         one_line_error(capsys, [command[0], "--model", str(ckpt), *command[1:]],
                        f"{index}: lists shards missing from {ckpt} (1 of 4): model-00002-of-00004.safetensors: "
                        "download them")
+
+
+@pytest.mark.parametrize("file, says", [
+    ("tokenizer.json", "not a tokenizer the tokenizers library reads (EOF while parsing"),
+    ("tokenizer_config.json", "not valid JSON ("),
+])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "hi", "--max-tokens", "2"],
+                                     ["serve", "--local", "--port", "0"]])  # local: the devices start in no Ray
+def test_a_damaged_tokenizer_file_is_named_with_the_fix(tmp_path, capsys, file, says, command):
+    """tokenizer.json cut short was the tokenizers library's traceback ("Exception: EOF while
+    parsing ..."), tokenizer_config.json's JSON error did not name the file. (`cent info` reads
+    neither; `cent serve` on Ray loads them after Ray starts.)"""
+    ckpt = copy_fixture(tmp_path)
+    damaged = ckpt / file
+    damaged.write_text(damaged.read_text()[:100])
+    one_line_error(capsys, [command[0], "--model", str(ckpt), *command[1:]], f"{damaged}: {says}",
+                   "download it again")
