@@ -236,6 +236,17 @@ class ByteTokenizer:
         return np.arange(lo, hi + 1)
 
 
+def special_token_text(settings: dict, key: str) -> str | None:
+    """A special token (`bos_token`, `eos_token`) of a tokenizer_config.json's `settings`: its text, given
+    as a string or as transformers' {"content": ...}; "" when the file sets it null (none, as Qwen 2.5's
+    bos_token), None when the file does not say."""
+    if key not in settings:
+        return None
+    value = settings[key]
+    value = value.get("content") if isinstance(value, dict) else value
+    return value if isinstance(value, str) else ""
+
+
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` through the `tokenizers` library, with the checkpoint's
     `tokenizer_config.json` (its chat template) when there is one."""
@@ -271,9 +282,12 @@ class HFTokenizer:
             settings = _json_object(config, "chat_template", "or download it again")
             if isinstance(settings.get("add_bos_token"), bool):  # transformers' Llama tokenizers obey it
                 self._add_bos = settings["add_bos_token"]
-            if "bos_token" in settings:  # what a chat template's `bos_token` is, as transformers passes it
-                bos = settings["bos_token"]
-                self.bos_token = (bos.get("content") if isinstance(bos, dict) else bos) or ""
+            for key in ("bos_token", "eos_token"):  # a chat template's `bos_token` and `eos_token`, as transformers
+                # passes the tokenizer's (Llama 3.1 Instruct's eos_token <|eot_id|>: config.json's first eos id is
+                # <|end_of_text|>); the model's eos ids still say when a generation stops
+                text = special_token_text(settings, key)
+                if text is not None:
+                    setattr(self, key, text)
             template = settings.get("chat_template")
             if isinstance(template, list):  # several named templates: the default one
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)

@@ -176,3 +176,25 @@ def test_every_eos_id_of_the_checkpoint_ends_a_generation(tmp_path, capsys):
     (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, eos_token_id=None)))
     (ckpt / "config.json").write_text(json.dumps(dict(config, eos_token_id=[2.0, 161.0])))  # floats that are ids
     assert model_config_from_hf(ckpt).extra_eos_token_ids == (161,)
+
+
+@pytest.mark.parametrize("eos", ["<unk>", {"content": "<unk>", "special": True, "lstrip": False}])
+def test_a_chat_template_s_eos_token_is_the_tokenizer_s(tmp_path, eos):
+    """transformers' apply_chat_template passes the tokenizer's special tokens (Llama 3.1 Instruct's
+    eos_token <|eot_id|>), not config.json's first eos id's (<|end_of_text|>): `eos_token` came from
+    config.json while `bos_token` came from tokenizer_config.json. Stopping still follows the model's ids."""
+    from cent_serve.model.tokenizer import render_chat
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    settings = json.loads((ckpt / "tokenizer_config.json").read_text())
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(settings, eos_token=eos, chat_template=template)))
+    cfg = model_config_from_hf(ckpt)
+    tok = load_tokenizer(cfg)
+    assert render_chat(tok, [dict(role="user", content="hi")], add_generation_prompt=False) == "<s>hi<unk>"
+    assert tok.eos_token_id == cfg.eos_token_id == 2
+    settings.pop("eos_token")  # the file does not say: the model's eos, as before
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(settings, chat_template=template)))
+    assert render_chat(load_tokenizer(cfg), [dict(role="user", content="hi")], add_generation_prompt=False) == \
+        "<s>hi</s>"
