@@ -236,6 +236,31 @@ class ByteTokenizer:
         return np.arange(lo, hi + 1)
 
 
+def read_tokenizer_json(path: Path):
+    """(the `tokenizers` library's Tokenizer, the file's text) of a tokenizer.json: a file it cannot read is a
+    ValueError naming the file and the fix."""
+    from tokenizers import Tokenizer as _Tok
+
+    raw = path.read_bytes()  # read once: the library parses the text, callers read more of it
+    try:
+        text = raw.decode()
+        return _Tok.from_str(text), text
+    except Exception as exc:  # the library's parse errors are bare Exceptions ("EOF while parsing ...")
+        raise ValueError(f"{path}: not a tokenizer the tokenizers library reads ({str(exc).splitlines()[0]}): "
+                         "damaged or cut short (a download that did not finish?); download it again") from None
+
+
+def tokenizer_special_id(ckpt: Path, key: str) -> int | None:
+    """The id of a checkpoint's tokenizer's special token `key` (`bos_token`, `eos_token`): its
+    tokenizer_config.json's text of it looked up in its tokenizer.json (vocabulary and added tokens);
+    None when either file, the token or its id is missing. For config.json without the model's ids."""
+    config, vocab = ckpt / "tokenizer_config.json", ckpt / "tokenizer.json"
+    if not (config.is_file() and vocab.is_file()):
+        return None
+    text = special_token_text(_json_object(config, key, "or download it again"), key)
+    return read_tokenizer_json(vocab)[0].token_to_id(text) if text else None
+
+
 def special_token_text(settings: dict, key: str) -> str | None:
     """A special token (`bos_token`, `eos_token`) of a tokenizer_config.json's `settings`: its text, given
     as a string or as transformers' {"content": ...}; "" when the file sets it null (none, as Qwen 2.5's
@@ -252,16 +277,8 @@ class HFTokenizer:
     `tokenizer_config.json` (its chat template) when there is one."""
 
     def __init__(self, path: str | Path, bos_token_id: int, eos_token_id: int) -> None:
-        from tokenizers import Tokenizer as _Tok
-
         path = Path(path)
-        raw = path.read_bytes()  # read once: the library parses it, and its decoder's kind is read below
-        try:
-            text = raw.decode()
-            self._tok = _Tok.from_str(text)
-        except Exception as exc:  # the library's parse errors are bare Exceptions ("EOF while parsing ...")
-            raise ValueError(f"{path}: not a tokenizer the tokenizers library reads ({str(exc).splitlines()[0]}): "
-                             "damaged or cut short (a download that did not finish?); download it again") from None
+        self._tok, text = read_tokenizer_json(path)  # its decoder's kind is read from the text below
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id

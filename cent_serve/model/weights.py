@@ -361,22 +361,22 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
 
     vocab = _num("vocab_size")
 
-    def _ids(key: str, default: int, source: dict = hf, file: Path = cfg_file) -> list[int]:
-        """A token id field as a list (Hugging Face writes one id or a list of them), each an id of the
-        vocabulary: ValueError naming `file`, the key and the fix."""
-        value = source.get(key, default)
-        value = [default] if value is None or value == [] else value if isinstance(value, list) else [value]
+    def _ids(key: str, source: dict = hf, file: Path = cfg_file) -> list[int]:
+        """A token id field as a list (Hugging Face writes one id or a list of them; [] when absent or
+        null), each an id of the vocabulary: ValueError naming `file`, the key and the fix."""
+        value = source.get(key)
+        value = [] if value is None else value if isinstance(value, list) else [value]
         ids = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab for v in ids):
             raise ValueError(f"{file}: {key}={value!r} is invalid: use a token id in [0, {vocab}) or a list of "
                              "them (JSON integers)")
         return ids
 
-    eos = _ids("eos_token_id", 2)
     gen_file = cfg_file.parent / "generation_config.json"  # vLLM stops at its eos ids too
     gen = _json_object(gen_file, "eos_token_id", "or remove it (its eos_token_id ends generations)") \
         if gen_file.is_file() else {}
-    more = eos[1:] + _ids("eos_token_id", eos[0], gen, gen_file)
+    eos = _special_ids(cfg_file, "eos_token_id", _ids("eos_token_id"), _ids("eos_token_id", gen, gen_file))
+    more = eos[1:] + _ids("eos_token_id", gen, gen_file)
 
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
@@ -396,7 +396,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         attention_bias=arch == "qwen2",
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         sliding_window=(_num("sliding_window", 0, positive=False) or 0) if arch in ("mistral", "mixtral") else 0,
-        bos_token_id=_ids("bos_token_id", 1)[0],
+        bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
+                                  _ids("bos_token_id", gen, gen_file))[0],
         eos_token_id=eos[0],
         extra_eos_token_ids=tuple(dict.fromkeys(i for i in more if i != eos[0])),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
@@ -412,6 +413,34 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
         raise ValueError(f"{cfg_file}: {exc}") from None
+
+
+_STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
+"""The byte-level tokenizer's `<s>` and `</s>` (`ByteTokenizer`): the ids of a checkpoint that names none and
+has no tokenizer.json, which that tokenizer then stands in for."""
+
+
+def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int]) -> list[int]:
+    """The model's `key` (bos_token_id, eos_token_id) ids: config.json's, else generation_config.json's,
+    else its tokenizer's token (tokenizer_config.json's bos_token / eos_token in tokenizer.json), as vLLM
+    falls back to the tokenizer's eos. With no tokenizer.json, the byte-level stand-in's id. With one that
+    names none either, ValueError asking for the id: ModelConfig's ids are plain ints that tokenizing and
+    the stop checks use, and a made-up id is an ordinary token of a real vocabulary (a BOS prepended to
+    every prompt, an eos that cuts replies short)."""
+    if ids or gen_ids:
+        return ids or gen_ids
+    from cent_serve.model.tokenizer import tokenizer_special_id  # the tokenizer module imports this one
+
+    token = key.removesuffix("_id")
+    found = tokenizer_special_id(cfg_file.parent, token)
+    if found is not None:
+        return [found]
+    if not (cfg_file.parent / "tokenizer.json").is_file():
+        return [_STAND_IN_IDS[key]]
+    what = ("the token that ends a reply" if token == "eos_token" else
+            "the token the tokenizer puts first; a model without one: its eos id, as Qwen 2.5's config.json has")
+    raise ValueError(f"{cfg_file}: {key} is missing, and neither generation_config.json nor the tokenizer's {token} "
+                     f"(tokenizer_config.json's, in tokenizer.json) gives it: add it ({what})")
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:

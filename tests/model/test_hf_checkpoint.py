@@ -198,3 +198,39 @@ def test_a_chat_template_s_eos_token_is_the_tokenizer_s(tmp_path, eos):
     (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(settings, chat_template=template)))
     assert render_chat(load_tokenizer(cfg), [dict(role="user", content="hi")], add_generation_prompt=False) == \
         "<s>hi</s>"
+
+
+def test_a_config_without_bos_or_eos_ids_takes_them_from_generation_config_then_the_tokenizer(tmp_path):
+    """config.json without eos_token_id / bos_token_id made up ids 2 and 1, ordinary tokens of a real
+    vocabulary (a BOS before every prompt, an eos that cuts replies short): they come from
+    generation_config.json, else the tokenizer's eos_token / bos_token (as vLLM falls back to the
+    tokenizer's eos), else the checkpoint is refused naming the key; with no tokenizer.json the byte-level
+    stand-in's own <s> and </s> (1, 2), as before."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    settings = json.loads((ckpt / "tokenizer_config.json").read_text())
+    for d in (config, gen):
+        del d["bos_token_id"], d["eos_token_id"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+    def ids(generation: dict, tokenizer: dict) -> tuple:
+        (ckpt / "generation_config.json").write_text(json.dumps(generation))
+        (ckpt / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+        cfg = model_config_from_hf(ckpt)
+        tok = load_tokenizer(cfg)
+        assert (tok.bos_token_id, tok.eos_token_id) == (cfg.bos_token_id, cfg.eos_token_id)
+        return cfg.bos_token_id, cfg.eos_token_id, cfg.extra_eos_token_ids
+
+    assert ids(dict(gen, bos_token_id=4, eos_token_id=[7, 9]), settings) == (4, 7, (9,))
+    # the tokenizer's, as a string or transformers' {"content": ...}: "#" is id 5, "!" id 3
+    assert ids(gen, dict(settings, bos_token="#", eos_token={"content": "!", "special": True})) == (5, 3, ())
+    for key, token in (("eos_token_id", "eos_token"), ("bos_token_id", "bos_token")):
+        with pytest.raises(ValueError, match=rf"config.json: {key} is missing, and neither generation_config.json "
+                                             rf"nor the tokenizer's {token} .* gives it: add it \("):
+            ids(gen, dict(settings, **{token: None}))
+    with pytest.raises(ValueError, match="eos_token_id is missing"):  # a token not in the vocabulary: none
+        ids(gen, dict(settings, eos_token="<|eot_id|>"))
+    (ckpt / "tokenizer.json").unlink()  # the byte-level stand-in's own ids
+    assert ids(gen, dict(settings, bos_token=None, eos_token=None)) == (1, 2, ())
