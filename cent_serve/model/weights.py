@@ -357,7 +357,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings", 4096)
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
-    theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+    family = _FAMILY_DEFAULTS.get(arch, {})
+    theta = hf.get("rope_theta", rope.get("rope_theta", family.get("rope_theta", 10000.0)))
 
     vocab = _num("vocab_size")
 
@@ -386,16 +387,17 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         intermediate_size=_num("intermediate_size"),
         num_layers=_num("num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=_num("num_key_value_heads", None) or heads,
+        num_kv_heads=_num("num_key_value_heads", family.get("num_key_value_heads")) or heads,  # null: heads
         head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
         vocab_size=vocab,
         max_seq_len=_num("max_position_embeddings", 4096),
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
-        rms_norm_eps=float(_num("rms_norm_eps", 1e-6, float) or 1e-6),
+        rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
         tie_word_embeddings=_bool("tie_word_embeddings", False),
         attention_bias=arch == "qwen2",
         qk_norm=arch in ("qwen3", "qwen3_moe"),
-        sliding_window=(_num("sliding_window", 0, positive=False) or 0) if arch in ("mistral", "mixtral") else 0,
+        sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
+        if arch in ("mistral", "mixtral") else 0,  # null: no window
         bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
                                   _ids("bos_token_id", gen, gen_file))[0],
         eos_token_id=eos[0],
@@ -413,6 +415,15 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
         raise ValueError(f"{cfg_file}: {exc}") from None
+
+
+_FAMILY_DEFAULTS = {
+    "mistral": dict(num_key_value_heads=8, sliding_window=4096),
+    "mixtral": dict(num_key_value_heads=8, rope_theta=1e6, rms_norm_eps=1e-5),
+    "qwen3_moe": dict(num_key_value_heads=4),
+}
+"""What a family's transformers config class (MistralConfig, MixtralConfig, Qwen3MoeConfig) takes for a
+key its config.json leaves out, where that is not Llama's (a key given as null keeps Llama's reading)."""
 
 
 _STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
