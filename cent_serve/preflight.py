@@ -138,6 +138,7 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
         mp = check_gpus_hold(cfg, context, batch)
         check_host_memory(cfg, mp)
         check_checkpoint(cfg)
+        check_tokenizer(cfg)
         return mp
     mp = check_devices_hold(cfg, context, batch)
     if cfg.resolved_numerics == "full":  # the numerics split each block's heads over a stage's devices
@@ -145,7 +146,17 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
         check_tp(cfg.model, mp.tp)
     check_host_memory(cfg, mp)
     check_checkpoint(cfg)
+    check_tokenizer(cfg)
     return mp
+
+
+def check_tokenizer(cfg: CentConfig) -> None:
+    """A checkpoint's tokenizer files load (tokenizer.json, tokenizer_config.json and its chat
+    template): ValueError naming the file otherwise, before anything starts (`cent serve` on Ray
+    met a damaged tokenizer.json after its devices, ~25 s in)."""
+    if cfg.model.checkpoint and (Path(cfg.model.checkpoint) / "tokenizer.json").is_file():
+        from cent_serve.model.tokenizer import load_tokenizer
+        load_tokenizer(cfg.model)
 
 
 def check_checkpoint(cfg: CentConfig) -> None:

@@ -69,11 +69,12 @@ def test_a_damaged_index_or_a_missing_shard_is_named_with_the_fix(tmp_path, caps
     ("tokenizer_config.json", "not valid JSON ("),
 ])
 @pytest.mark.parametrize("command", [["generate", "--prompt", "hi", "--max-tokens", "2"],
-                                     ["serve", "--local", "--port", "0"]])  # local: the devices start in no Ray
+                                     ["serve", "--local", "--port", "0"], ["serve", "--port", "0"], ["info"]])
 def test_a_damaged_tokenizer_file_is_named_with_the_fix(tmp_path, capsys, file, says, command):
     """tokenizer.json cut short was the tokenizers library's traceback ("Exception: EOF while
-    parsing ..."), tokenizer_config.json's JSON error did not name the file. (`cent info` reads
-    neither; `cent serve` on Ray loads them after Ray starts.)"""
+    parsing ..."), tokenizer_config.json's JSON error did not name the file. The preflight loads them:
+    `cent info` said such a checkpoint runs, and `cent serve` on Ray met them after Ray started
+    (this refusal comes before any Ray starts)."""
     ckpt = copy_fixture(tmp_path)
     damaged = ckpt / file
     damaged.write_text(damaged.read_text()[:100])
