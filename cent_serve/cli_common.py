@@ -83,7 +83,8 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
     log = logging.getLogger("cent")
     if args is not None:
         given = [f"--{flag.replace('_', '-')}" + ("" if value is True else f" {value}") for flag in CENT_ONLY_FLAGS
-                 if (value := getattr(args, flag, None)) not in (None, False)]
+                 if (value := getattr(args, flag, None)) not in (None, False)
+                 and not (flag == "devices" and getattr(args, "devices_defaulted", False))]  # the paper's, not given
         given += [f"--set {item.strip()}" for item in getattr(args, "set", None) or []
                   if (path := item.split("=", 1)[0].strip()) and any(
                       path == k or (k.endswith(".") and path.startswith(k)) for k in CENT_ONLY_FIELDS)]

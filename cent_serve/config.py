@@ -915,9 +915,14 @@ class GpuConfig:
         _check(isinstance(self.max_num_batched_tokens, int) and self.max_num_batched_tokens >= 0,
                "gpu.max_num_batched_tokens", self.max_num_batched_tokens,
                "use a positive integer (0 = vLLM's default for the kind)")
-        _check(self.num_batched_tokens >= self.num_seqs, "gpu.max_num_batched_tokens",
-               self.max_num_batched_tokens, f"use at least {self.num_seqs} tokens, the sequences a step may hold "
-               "(gpu.max_num_seqs: a decode step of every sequence must fit), as vLLM requires")
+        if self.max_num_batched_tokens:  # the budget was set: it is what is short
+            _check(self.num_batched_tokens >= self.num_seqs, "gpu.max_num_batched_tokens",
+                   self.max_num_batched_tokens, f"use at least {self.num_seqs} tokens, the sequences a step may hold "
+                   "(gpu.max_num_seqs: a decode step of every sequence must fit), as vLLM requires")
+        else:  # the kind's budget: the sequences set are too many for it
+            _check(self.num_batched_tokens >= self.num_seqs, "gpu.max_num_seqs", self.max_num_seqs,
+                   f"use at most {self.num_batched_tokens}, {self.kind}'s default gpu.max_num_batched_tokens (a "
+                   "decode step of every sequence must fit, as vLLM requires), or raise that too")
         _check(self.layer_overhead_s >= 0, "gpu.layer_overhead_s", self.layer_overhead_s, "use seconds >= 0")
         _check(self.allreduce_latency_s >= 0, "gpu.allreduce_latency_s", self.allreduce_latency_s,
                "use seconds >= 0")
@@ -1269,11 +1274,14 @@ REDACTED = "<redacted>"
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain JSON-able data (tuples become lists; an API key is redacted)."""
+    """The config as plain JSON-able data (tuples become lists; an API key is redacted; on GPUs, the
+    batching their kind gave, not its 0: a results' config.json says what ran)."""
     data = json.loads(json.dumps(dataclasses.asdict(cfg)))
     server = data.get("server") if isinstance(data, dict) else None
     if isinstance(server, dict) and server.get("api_key"):
         server["api_key"] = REDACTED
+    if isinstance(cfg, CentConfig) and cfg.on_gpus:
+        data["gpu"].update(max_num_seqs=cfg.gpu.num_seqs, max_num_batched_tokens=cfg.gpu.num_batched_tokens)
     return data
 
 

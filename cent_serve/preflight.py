@@ -8,6 +8,7 @@ same everywhere, naming the size, what is available and the fix. Each raises Val
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 from pathlib import Path
@@ -154,9 +155,25 @@ def check_tokenizer(cfg: CentConfig) -> None:
     """A checkpoint's tokenizer files load (tokenizer.json, tokenizer_config.json and its chat
     template): ValueError naming the file otherwise, before anything starts (`cent serve` on Ray
     met a damaged tokenizer.json after its devices, ~25 s in)."""
-    if cfg.model.checkpoint and (Path(cfg.model.checkpoint) / "tokenizer.json").is_file():
-        from cent_serve.model.tokenizer import load_tokenizer
-        load_tokenizer(cfg.model)
+    ckpt = cfg.model.checkpoint
+    if ckpt and (Path(ckpt) / "tokenizer.json").is_file():
+        files = tuple((st.st_mtime_ns, st.st_size) for name in ("tokenizer.json", "tokenizer_config.json")
+                      if (st := _stat(Path(ckpt) / name)) is not None)
+        _tokenizer_loads(ckpt, files, cfg.model.bos_token_id, cfg.model.eos_token_id)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer_loads(ckpt: str, files: tuple, bos_token_id: int, eos_token_id: int) -> None:
+    """Load a checkpoint's tokenizer once per version of its files (a sweep checks every point)."""
+    from cent_serve.model.tokenizer import HFTokenizer
+    HFTokenizer(Path(ckpt) / "tokenizer.json", bos_token_id, eos_token_id)
 
 
 def check_checkpoint(cfg: CentConfig) -> None:

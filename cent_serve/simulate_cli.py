@@ -45,6 +45,7 @@ def paper_defaults(args: argparse.Namespace) -> None:
     """`cent simulate --model llama2-7b` alone: 8 devices, pure pipeline, like the paper (not on GPUs)."""
     if args.devices is None and args.config is None and getattr(args, "hardware", None) in (None, "cent"):
         args.devices = {"llama2-7b": 8, "llama2-13b": 20, "llama2-70b": 32}.get(args.model or "", None)
+        args.devices_defaulted = args.devices is not None  # not the user's: no warning names it on GPUs
 
 
 def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:

@@ -67,6 +67,11 @@ def checkpoint_sampling_defaults(checkpoint: str | None) -> tuple[dict, list[str
         value = gen.get(key)
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (key == "top_k" and not float(value).is_integer()):
+            skipped.append(f"{key}={value!r} (not {'an integer' if key == 'top_k' else 'a number'})")
+            continue
+        value = int(value) if key == "top_k" else float(value)
         value = -1 if key == "top_k" and value == 0 else value  # transformers' 0: no top-k
         try:
             SamplingParams(**{key: value})

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.weights import _json_object
+from cent_serve.model.weights import json_object
 
 log = logging.getLogger(__name__)
 _WARNED_NO_TOKENIZER: set[str] = set()
@@ -257,7 +257,7 @@ def tokenizer_special_id(ckpt: Path, key: str) -> int | None:
     config, vocab = ckpt / "tokenizer_config.json", ckpt / "tokenizer.json"
     if not (config.is_file() and vocab.is_file()):
         return None
-    text = special_token_text(_json_object(config, key, "or download it again"), key)
+    text = special_token_text(json_object(config, key, "or download it again"), key)
     return read_tokenizer_json(vocab)[0].token_to_id(text) if text else None
 
 
@@ -296,7 +296,7 @@ class HFTokenizer:
         self._add_bos: bool | None = None
         config = path.parent / "tokenizer_config.json"
         if config.is_file():
-            settings = _json_object(config, "chat_template", "or download it again")
+            settings = json_object(config, "chat_template", "or download it again")
             if isinstance(settings.get("add_bos_token"), bool):  # transformers' Llama tokenizers obey it
                 self._add_bos = settings["add_bos_token"]
             for key in ("bos_token", "eos_token"):  # a chat template's `bos_token` and `eos_token`, as transformers

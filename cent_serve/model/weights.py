@@ -222,7 +222,7 @@ def _check_qwen_window(hf: dict, num_layers: int, context: int, per_block: bool)
                 f"sequence stays within {window} tokens)")
 
 
-def _json_object(file: Path, field: str, alternative: str) -> dict:
+def json_object(file: Path, field: str, alternative: str) -> dict:
     """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
     (fix the file, `alternative`)."""
     try:
@@ -253,7 +253,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
                          "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
-    hf = _json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
+    hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
         """hf[key] as an int (or float), > 0 (else >= 0): ValueError naming the file, the key and the fix."""
@@ -291,6 +291,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         missing = unmodelled_features(arch, hf)
         _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
                 + f"supported families: {', '.join(ARCHITECTURES)}")
+    family = _FAMILY_DEFAULTS.get(arch, {})
     moe = {}
     if arch in _MOE_NAMES:
         if hf.get("shared_expert_intermediate_size"):
@@ -354,10 +355,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             # context is that product, as vLLM derives it (yarn's original is its own key, the others' the
             # checkpoint's max_position_embeddings; llama3's context is max_position_embeddings already)
             original = rope.get("original_max_position_embeddings") if rope_type == "yarn" else None
-            scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings", 4096)
+            scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings",
+                                                                         family.get("max_position_embeddings"))
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
-    family = _FAMILY_DEFAULTS.get(arch, {})
     theta = hf.get("rope_theta", rope.get("rope_theta", family.get("rope_theta", 10000.0)))
 
     vocab = _num("vocab_size")
@@ -374,7 +375,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         return ids
 
     gen_file = cfg_file.parent / "generation_config.json"  # vLLM stops at its eos ids too
-    gen = _json_object(gen_file, "eos_token_id", "or remove it (its eos_token_id ends generations)") \
+    gen = json_object(gen_file, "eos_token_id", "or remove it (its eos_token_id ends generations)") \
         if gen_file.is_file() else {}
     eos = _special_ids(cfg_file, "eos_token_id", _ids("eos_token_id"), _ids("eos_token_id", gen, gen_file))
     more = eos[1:] + _ids("eos_token_id", gen, gen_file)
@@ -390,7 +391,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_kv_heads=_num("num_key_value_heads", family.get("num_key_value_heads")) or heads,  # null: heads
         head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
         vocab_size=vocab,
-        max_seq_len=_num("max_position_embeddings", 4096),
+        max_seq_len=_num("max_position_embeddings", family.get("max_position_embeddings", 4096)),
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
         tie_word_embeddings=_bool("tie_word_embeddings", False),
@@ -399,7 +400,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
         if arch in ("mistral", "mixtral") else 0,  # null: no window
         bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
-                                  _ids("bos_token_id", gen, gen_file))[0],
+                                  _ids("bos_token_id", gen, gen_file), eos)[0],
         eos_token_id=eos[0],
         extra_eos_token_ids=tuple(dict.fromkeys(i for i in more if i != eos[0])),
         weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
@@ -418,12 +419,16 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
 
 
 _FAMILY_DEFAULTS = {
-    "mistral": dict(num_key_value_heads=8, sliding_window=4096),
-    "mixtral": dict(num_key_value_heads=8, rope_theta=1e6, rms_norm_eps=1e-5),
-    "qwen3_moe": dict(num_key_value_heads=4),
+    "llama": dict(max_position_embeddings=2048),
+    "mistral": dict(num_key_value_heads=8, sliding_window=4096, max_position_embeddings=4096 * 32),
+    "mixtral": dict(num_key_value_heads=8, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32),
+    "qwen2": dict(num_key_value_heads=32, max_position_embeddings=32768),
+    "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
+    "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
 }
-"""What a family's transformers config class (MistralConfig, MixtralConfig, Qwen3MoeConfig) takes for a
-key its config.json leaves out, where that is not Llama's (a key given as null keeps Llama's reading)."""
+"""What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
+config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
+1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
 
 
 _STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
@@ -431,13 +436,14 @@ _STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
 has no tokenizer.json, which that tokenizer then stands in for."""
 
 
-def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int]) -> list[int]:
+def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
+                 eos: list[int] | None = None) -> list[int]:
     """The model's `key` (bos_token_id, eos_token_id) ids: config.json's, else generation_config.json's,
     else its tokenizer's token (tokenizer_config.json's bos_token / eos_token in tokenizer.json), as vLLM
-    falls back to the tokenizer's eos. With no tokenizer.json, the byte-level stand-in's id. With one that
-    names none either, ValueError asking for the id: ModelConfig's ids are plain ints that tokenizing and
-    the stop checks use, and a made-up id is an ordinary token of a real vocabulary (a BOS prepended to
-    every prompt, an eos that cuts replies short)."""
+    falls back to the tokenizer's eos. With no tokenizer.json, the byte-level stand-in's id. A bos that
+    none names is the model's `eos` (a tokenizer without a BOS, as Qwen's: its config.json says so too).
+    An eos that none names is a ValueError asking for it: ModelConfig's ids are plain ints that the stop
+    checks use, and a made-up id is an ordinary token of a real vocabulary (an eos that cuts replies short)."""
     if ids or gen_ids:
         return ids or gen_ids
     from cent_serve.model.tokenizer import tokenizer_special_id  # the tokenizer module imports this one
@@ -448,10 +454,10 @@ def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int]) -
         return [found]
     if not (cfg_file.parent / "tokenizer.json").is_file():
         return [_STAND_IN_IDS[key]]
-    what = ("the token that ends a reply" if token == "eos_token" else
-            "the token the tokenizer puts first; a model without one: its eos id, as Qwen 2.5's config.json has")
+    if key == "bos_token_id" and eos:
+        return eos[:1]
     raise ValueError(f"{cfg_file}: {key} is missing, and neither generation_config.json nor the tokenizer's {token} "
-                     f"(tokenizer_config.json's, in tokenizer.json) gives it: add it ({what})")
+                     f"(tokenizer_config.json's, in tokenizer.json) gives it: add it (the token that ends a reply)")
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:
@@ -460,7 +466,7 @@ def _checkpoint_files(ckpt: Path) -> list[Path]:
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
         fix = "or download it again"
-        weight_map = _json_object(index, "weight_map", fix).get("weight_map")
+        weight_map = json_object(index, "weight_map", fix).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{index}: weight_map={weight_map!r:.60} is invalid: a sharded checkpoint's index maps "
                              f"each tensor to its file ({{\"weight_map\": {{\"model.norm.weight\": "

@@ -58,7 +58,8 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
             assert row["failure_reasons"]["context_exceeded"]["count"] == failed
     assert set(saved["sweep"] or {"cent": 0, "gpu": 0}) == {"cent", "gpu"}  # as the sides' keys
     assert saved["config"]["gpu"]["gpu"]["count"] > 0 == saved["config"]["cent"]["gpu"]["count"]  # each side's
-    assert saved["config"]["gpu"]["gpu"]["max_num_batched_tokens"] == 0 and saved["config"]["cent"]["parallel"]
+    gpu = saved["config"]["gpu"]["gpu"]  # the batching the kind gave, not its 0
+    assert (gpu["max_num_seqs"], gpu["max_num_batched_tokens"]) == (256, 2048) and saved["config"]["cent"]["parallel"]
     assert not [w for w in recwarn if "legend" in str(w.message)], [str(w.message) for w in recwarn]
 
 

@@ -207,6 +207,8 @@ def test_batching_defaults_are_vllm_s_for_the_kind(kind, seqs, tokens):
     if seqs > 512:  # the kind's own sequences count too
         with pytest.raises(ValueError, match=f"gpu.max_num_batched_tokens=512 is invalid: use at least {seqs} tokens"):
             GpuConfig(kind=kind, count=1, max_num_batched_tokens=512)
+    with pytest.raises(ValueError, match=f"gpu.max_num_seqs=9000 is invalid: use at most {tokens}, {kind}'s default"):
+        GpuConfig(kind=kind, count=1, max_num_seqs=9000)  # it named gpu.max_num_batched_tokens=0, a field not set
 
 
 def test_sliding_window_on_gpus():
@@ -242,8 +244,9 @@ def test_cent_flags_on_gpus_are_named_not_checked_against_the_model(caplog):
     warned = [r.getMessage() for r in caplog.records if "CENT's, not read on" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("--devices 32, --pp 80, --set device.clock_hz=1e9: CENT's")
     caplog.clear()
-    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1"]) == 0  # paper defaults: not given
-    assert "CENT's, not read" not in caplog.text
+    for hw in (["--hardware", "gpu:a100-80gb:1"], ["--set", "gpu.count=1"]):  # the paper's 8 devices: not given
+        assert main(["simulate", "--model", "llama2-7b", *hw]) == 0
+        assert "CENT's, not read" not in caplog.text
 
 
 @pytest.mark.parametrize("model, tp, says", [

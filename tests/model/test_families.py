@@ -360,16 +360,19 @@ def test_a_qwen3_moe_without_its_expert_width_takes_transformers_default(tmp_pat
 
 
 @pytest.mark.parametrize("family, left_out, read", [
-    ("mixtral", ("rope_theta", "rms_norm_eps", "num_key_value_heads"),
-     dict(rope_theta=1e6, rms_norm_eps=1e-5, num_kv_heads=8)),
+    ("mixtral", ("rope_theta", "rms_norm_eps", "num_key_value_heads", "max_position_embeddings"),
+     dict(rope_theta=1e6, rms_norm_eps=1e-5, num_kv_heads=8, max_seq_len=131072)),
     ("mistral", ("sliding_window", "num_key_value_heads"), dict(sliding_window=4096, num_kv_heads=8)),
-    ("qwen3_moe", ("num_key_value_heads",), dict(num_kv_heads=4)),
+    ("qwen3_moe", ("num_key_value_heads", "max_position_embeddings"), dict(num_kv_heads=4, max_seq_len=32768)),
+    ("qwen2", ("num_key_value_heads", "max_position_embeddings"), dict(num_kv_heads=32, max_seq_len=32768)),
+    ("llama3", ("max_position_embeddings", "rope_scaling"), dict(max_seq_len=2048)),
 ])
 def test_a_key_a_config_leaves_out_takes_its_family_s_transformers_default(tmp_path, family, left_out, read):
     """MixtralConfig's rope_theta is 1e6 and rms_norm_eps 1e-5, MistralConfig's sliding_window 4096,
-    their KV heads 8 (Qwen3MoeConfig's 4): a config.json without them was read with Llama's."""
+    their KV heads 8 (Qwen3MoeConfig's 4, Qwen2Config's 32), each family's context its own: a
+    config.json without them was read with Llama's (and a context of 4096)."""
     base = json.loads((ROOT / family / "config.json").read_text())
-    base.update(num_attention_heads=16, head_dim=base.get("head_dim") or base["hidden_size"] // base["num_attention_heads"])
+    base.update(num_attention_heads=64, head_dim=base.get("head_dim") or base["hidden_size"] // base["num_attention_heads"])
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k not in left_out}))
     m = model_config_from_hf(tmp_path)
     assert {k: getattr(m, k) for k in read} == read
