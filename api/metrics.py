@@ -156,6 +156,9 @@ class Metrics:
         self.success = Counter("vllm:request_success", "Finished requests.", lab + ["finished_reason"],
                                registry=r)
         self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
+        self.snapshot_age = Gauge("cent:snapshot_age_seconds", "Wall seconds since the engine's gauges here were "
+                                  "read: 0, or while a round holds the engine thread, the last reading's age.",
+                                  lab, registry=r)
         self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / the simulated run (to the "
                           "device's last work when later than the clock).",
                           lab + ["device", "replica"], registry=r)
@@ -245,6 +248,7 @@ class Metrics:
         self.waiting.labels(*k).set(status["num_waiting"])
         self.kv_usage.labels(*k).set(status["kv_usage"])
         self.clock.labels(*k).set(status["clock_s"])
+        self.snapshot_age.labels(*k).set(status.get("snapshot_age_s", 0.0))
         self.totals.status = status
         self.pace_lag.labels(*k).set(status.get("pace_lag_s", 0.0))
         for d in devices:

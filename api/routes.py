@@ -5,7 +5,9 @@ take the app's `ApiContext` as a dependency; `create_app` includes `router`. Han
 not docstrings: FastAPI would publish a docstring as the operation's description in /openapi.json."""
 from __future__ import annotations
 
+import asyncio
 import shlex
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -118,7 +120,8 @@ def errors(*codes: int) -> dict:
 
 ERROR_TEXT = {400: "invalid request (the message names the field)", 401: "missing or wrong API key",
               404: "no such model", 413: "body too large", 415: "compressed body", 422: "body does not match the schema",
-              429: "queue full (Retry-After)", 500: "the emulated devices failed", 503: "engine stopped"}
+              429: "queue full (Retry-After)", 500: "the emulated devices failed",
+              503: "engine stopped (status and metrics: busy in a round, no snapshot yet)"}
 GENERATION_ERRORS = errors(400, 401, 404, 413, 415, 422, 429, 500, 503)
 
 
@@ -219,23 +222,56 @@ async def health(ctx: Ctx):
     if eng.recovering or eng.degraded:
         reason = eng.degraded or "re-creating failed devices"
         return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
+    running = ctx.loop.round_running_s()
+    if running > STALLED_ROUND_S:  # a device that stopped or hung holds the round until its timeout
+        return JSONResponse({"status": "degraded", "reason": f"a round has run {running:.0f} s: a device or the "
+                             "switch may have stopped or hung (the round's timeout re-creates its replica)"},
+                            status_code=503)
     return {"status": "ok"}
+
+
+STALLED_ROUND_S = 120.0
+"""A round running longer than this (wall seconds; timing-only and tiny models' rounds take
+milliseconds, full numerics on a busy machine seconds) makes /health say degraded: twice vLLM's
+engine iteration timeout, so a liveness probe does not restart a server in a long round."""
+SNAPSHOT_WAIT_S = 5.0
+"""Longest a status or metrics read waits for the engine thread before it serves the last snapshot
+(Prometheus gives a scrape 10 s)."""
 
 
 async def _snapshot(ctx: ApiContext):
     """(loop status, device stats, fabric stats), read together on the engine thread between
-    rounds, so the three describe the same moment."""
+    rounds, so the three describe the same moment. While a round holds the thread past
+    SNAPSHOT_WAIT_S, the last snapshot, its status saying how old (`snapshot_age_s`); 503 if none."""
     loop = ctx.loop
-    return await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
+    if loop.snapshot_task is None or loop.snapshot_task.done():
+        async def read():
+            got = await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
+            loop.snapshot = (time.monotonic(), got)
+            return got
+        loop.snapshot_task = asyncio.ensure_future(read())
+        # its error is every waiter's; one that comes after they all gave up is read here, not logged as lost
+        loop.snapshot_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        st, devices, fabrics = await asyncio.wait_for(asyncio.shield(loop.snapshot_task), SNAPSHOT_WAIT_S)
+        return dict(st, snapshot_age_s=0.0), devices, fabrics
+    except asyncio.TimeoutError:
+        running = loop.round_running_s()
+        held = f"in a round for {running:.0f} s" if running else "busy (between rounds: a device check)"
+        if loop.snapshot is None:
+            raise ApiError(f"the engine thread is {held} and there is no earlier snapshot: retry (a device may have "
+                           "stopped or hung; /health says)", None, 503, "server_error", "engine_busy") from None
+        at, (st, devices, fabrics) = loop.snapshot
+        return dict(st, snapshot_age_s=round(time.monotonic() - at, 1)), devices, fabrics
 
 
-@read("/v1/cent/status", responses=errors(401))
+@read("/v1/cent/status", responses=errors(401, 503))
 async def status(ctx: Ctx):
     st, devices, fabrics = await _snapshot(ctx)
     return dict(st, devices=devices, fabric=fabrics)
 
 
-@read("/metrics", responses=errors(401))
+@read("/metrics", responses=errors(401, 503))
 async def prometheus(ctx: Ctx):
     st, devices, fabrics = await _snapshot(ctx)
     return Response(ctx.metrics.render(st, devices, fabrics), media_type="text/plain; version=0.0.4")

@@ -26,6 +26,17 @@ FAULT_TEXT_MAX = 600
 """Longest fault description kept (characters): Ray's errors carry pages of advice."""
 
 
+def _shut_down(executor, replica: int) -> None:
+    """Shut a failed replica's executor down (None: nothing to do); it is broken already, so an
+    error doing so is logged, not raised (its actors are killed anyway)."""
+    if executor is None:
+        return
+    try:
+        executor.shutdown()
+    except Exception:  # noqa: BLE001
+        log.exception("shutting down the failed replica %d", replica)
+
+
 def describe_fault(exc: BaseException) -> str:
     """`Type: message` on one line, for logs, `/health` and `last_fault`: Ray's errors (an
     ActorDiedError, a creation task's failure) carry ANSI colours, tab-indented fields and a remote
@@ -96,20 +107,23 @@ class Replicas:
         return "; ".join(errors) if errors else f"re-creating the devices of replica(s) {down}"
 
     def fail(self, replica: int, exc: BaseException) -> None:
-        """Take replica `replica` out (its executor is shut down) and start re-creating it."""
+        """Take replica `replica` out and start re-creating it; its executor is shut down on the
+        re-creating thread, not the engine's (Ray's kill blocks while its cluster's head is gone, and
+        the requests that failed wait for the engine thread to be answered)."""
         old, self.executors[replica] = self.executors[replica], None
-        if old is not None:
-            try:
-                old.shutdown()
-            except Exception:  # noqa: BLE001 - it is broken already; its actors are killed anyway
-                log.exception("shutting down the failed replica %d", replica)
-        self._start(replica)
+        if not self._start(replica, old):  # no new thread took it (stopping, or one re-creating already)
+            _shut_down(old, replica)
 
-    def _start(self, replica: int) -> None:
+    def _start(self, replica: int, old=None) -> bool:
+        """Start re-creating `replica` on a thread, which first shuts `old` down; False (nothing
+        started, `old` not taken) while stopping or when a thread re-creates it already."""
         if replica in self._threads or self._stopping:
-            return
+            return False
 
         def build() -> None:
+            _shut_down(old, replica)  # first: its devices' units go back before new ones are asked for
+            if self._stopping:  # the server stopped meanwhile (a shutdown that blocked): build nothing
+                return
             try:
                 ex = self._remake()
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
@@ -129,6 +143,7 @@ class Replicas:
         t = threading.Thread(target=build, name=f"cent-rebuild-{replica}", daemon=True)
         self._threads[replica] = t
         t.start()
+        return True
 
     def poll(self) -> list[int]:
         """Swap in the replicas re-created since the last call (returned); retry failed ones."""
@@ -151,8 +166,9 @@ class Replicas:
     def shutdown(self) -> None:
         """Stop every executor, those being re-created included."""
         self._stopping = True
+        deadline = time.monotonic() + SHUTDOWN_JOIN_S  # one wait for them all (after a lost cluster each blocks)
         for t in list(getattr(self, "_threads", {}).values()):
-            t.join(SHUTDOWN_JOIN_S)
+            t.join(max(0.0, deadline - time.monotonic()))
         for ex in self.executors + list(getattr(self, "_built", {}).values()):
             if ex is not None:
                 ex.shutdown()

@@ -205,6 +205,12 @@ class EngineLoop:
         """Replay holds that expired (a replayer stopped sending): 0 in a healthy replay."""
         self.num_late_arrivals = 0
         """Replay arrivals the engine had passed, taken as arriving when its last round began."""
+        self.round_started: float | None = None
+        """When (monotonic wall seconds) the round now running began; None between rounds."""
+        self.snapshot: tuple | None = None
+        """The API's last (status, device stats, fabric stats), served while a round holds the engine thread."""
+        self.snapshot_task = None
+        """The API's snapshot call in flight (one at a time, however many scrapes wait on it)."""
 
     # ------------------------------------------------------------------ from the API
 
@@ -226,6 +232,11 @@ class EngineLoop:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def round_running_s(self) -> float:
+        """How long the round now running has run (wall seconds), 0 between rounds."""
+        started = self.round_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def status(self) -> dict:
         """The engine's status with the loop's own (engine thread: through `call`)."""
@@ -402,9 +413,12 @@ class EngineLoop:
             held = self._held(eng)
             if not held and not eng.can_step():
                 try:  # before the commands: a status read sees the devices emptied
+                    self.round_started = time.monotonic()  # a round of plans with no lanes: a device may hold it
                     eng.forget_finished()
                 except Exception:  # noqa: BLE001 - a device fault is recovered by _run; anything else logged
                     log.exception("telling the idle devices which sequences to forget failed")
+                finally:
+                    self.round_started = None
             self._drain(block=held or not eng.can_step())
             self._flush()  # an abort's end now, not after the next round
             if held or not eng.can_step():  # idle, or waiting for a replica to come back
@@ -426,7 +440,11 @@ class EngineLoop:
                 self.pace.behind(-wait)
             try:
                 t0, sim0, made = time.monotonic(), eng.now_s, eng.stats.prompt_tokens + eng.stats.generation_tokens
-                advanced = eng.step()
+                self.round_started = t0
+                try:
+                    advanced = eng.step()
+                finally:
+                    self.round_started = None
                 self.pace.stepped(time.monotonic() - t0, eng.now_s - sim0)
                 if self.on_round is not None:
                     self.on_round(eng.stats.prompt_tokens + eng.stats.generation_tokens - made)

@@ -88,6 +88,8 @@ def test_a_ray_cluster_that_is_gone():
     assert wall < REFUSE_WITHIN_S, wall
     proc, _ = _cent("simulate", "--model", "llama2-7b", "--seqlen", "256", "--emulate", env={"RAY_ADDRESS": dead})
     _one_line_error(proc, dead)
+    proc, _ = _cent("serve", "--ray-address", "not-an-address", "--port", "0")  # was "nothing answers ...: invalid
+    _one_line_error(proc, "not-an-address is not HOST:PORT, e.g. 10.0.0.1:6379")  # literal for int()"
 
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["bench", "run", "--num-requests", "2"],

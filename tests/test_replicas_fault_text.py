@@ -68,3 +68,33 @@ def test_frames_without_a_source_line_keep_the_cause_and_drop_the_code():
                                                     "ValueError: checkpoint tensor lm_head.weight has shape (3, 4)")
     last = 'ray::X.f() (pid=1)\n  File "python/ray/_raylet.pyx", line 1889, in ray._raylet.execute_task\nValueError: why'
     assert describe_fault(ActorDiedError(last)) == "ActorDiedError: ray::X.f() (pid=1) ValueError: why"
+
+
+def test_a_failed_replica_is_shut_down_off_the_engine_thread_and_a_stopped_server_builds_none(monkeypatch):
+    """Losing the Ray head, the failed replica's shutdown (Ray's kill) blocked the engine thread, so its
+    failed requests were never answered: it now runs on the re-creating thread, first. A server that
+    stops meanwhile builds nothing once that shutdown returns (it would start a Ray on the way out)."""
+    import threading
+
+    import cent_serve.replicas as replicas
+
+    unblock, made = threading.Event(), []
+
+    class Blocking:
+        def shutdown(self) -> None:
+            unblock.wait(30)
+
+    def make():
+        made.append(1)
+        return Blocking()
+
+    reps = Replicas(make, 1, retry_s=3600)
+    assert made == [1]
+    returned = threading.Event()
+    threading.Thread(target=lambda: (reps.fail(0, RuntimeError("gone")), returned.set()), daemon=True).start()
+    assert returned.wait(10), "fail waited for the old executor's shutdown"  # 10 s: a margin for a busy machine
+    monkeypatch.setattr(replicas, "SHUTDOWN_JOIN_S", 0.1)
+    reps.shutdown()  # the re-creating thread is still in the old executor's shutdown
+    unblock.set()
+    reps._threads[0].join(10)
+    assert made == [1] and not reps._threads[0].is_alive()  # nothing built after the stop

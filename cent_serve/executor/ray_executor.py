@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -64,6 +65,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     joined is a ValueError naming the address and the fix."""
     if ray.is_initialized():
         return "using the Ray already running in this process"
+    line = _start_or_join(address, num_cpus)
+    handler = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread() and (
+            handler == signal.SIG_DFL or getattr(handler, "__module__", "").startswith("ray.")):
+        # ray.init has put its own SIGTERM handler in: a stack dump and an abort, the devices' workers
+        # left starting; a SIGTERM before the server's handlers (or in `cent simulate --emulate`) ends the
+        # command as Ctrl-C does, its Ray shut down (a program that handles SIGTERM itself keeps its handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+    return line
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _start_or_join(address: str | None, num_cpus: int | None) -> str:
+    """`ensure_ray`'s work, Ray not yet initialized here."""
     # workers' logs stay in Ray's log files: forwarded, raylet warnings would land in our stdout
     # (and in `--json` output); device errors still come back as exceptions
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -87,6 +105,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         if gcs is None:
             raise refuse("no running cluster is recorded on this machine")
         host, _, port = gcs.rpartition(":")
+        if not host or not port.isdigit():
+            raise refuse(f"{gcs} is not HOST:PORT, e.g. 10.0.0.1:6379 (`ray start --head` prints it)")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
@@ -187,6 +207,10 @@ class DevicesGone(RuntimeError):
     """The executor was shut down (its replica is being re-created): nothing can run on it."""
 
 
+class DevicesHung(RuntimeError):
+    """Device actors (or the switch) alive but silent past a wait: the replica is re-created."""
+
+
 class PlacementError(ValueError):
     """The cluster cannot host the devices (says what is missing)."""
 
@@ -249,9 +273,11 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
         remove_placement_group(pg)
         free = int(ray.available_resources().get(s.device_resource, 0))
         raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
-                             f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of its {total} units are "
-                             f"free (units per node: {summary}). Another job or replica holds the rest (ray status): "
-                             "free some or add units") from None
+                             f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of the cluster's {total} "
+                             f"units are free now (each node's, held or not: {summary}); this server's replicas "
+                             "placed so far, or another job, hold the rest (ray status): free some or add units"
+                             + (f", or a host with {num_devices} free for --placement replica" if s.placement ==
+                                "replica" else "")) from None
     return pg
 
 
@@ -416,7 +442,11 @@ class RayExecutor(Executor):
             while number not in self._replies:
                 assert self._received < self._sent, f"round {number} was never sent"
                 self._check_open()
-                self._replies[self._received] = self.output.recv(timeout_s)
+                try:
+                    self._replies[self._received] = self.output.recv(timeout_s)
+                except TimeoutError:
+                    raise DevicesHung(f"round {number} gave no output within {timeout_s:g} s: a device or the switch "
+                                      "stopped or hung (a process paused, a node that stopped answering)") from None
                 self._received += 1
             msg = self._replies.pop(number)
             layout = self._layouts.pop(number)
@@ -429,16 +459,29 @@ class RayExecutor(Executor):
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""
         self._check_open()
-        ray.get([a.ready.remote() for a in self.actors.values()] + [self.fabric.ready.remote()],
-                timeout=timeout_s)
+        self._ask("ready", "a health check", timeout_s)
+
+    def _ask(self, method: str, what: str, timeout_s: float) -> list:
+        """Every device actor's `method`, then the switch's: their answers, or DevicesHung naming the
+        ones that gave none within `timeout_s` (stopped or hung: a dead one raises its own error)."""
+        names = [f"device {d}" for d in self.actors] + ["the switch"]
+        refs = [getattr(a, method).remote() for a in self.actors.values()] + [getattr(self.fabric, method).remote()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            done = set(ready)
+            silent = [name for name, ref in zip(names, refs) if ref not in done]
+            raise DevicesHung(f"{', '.join(silent[:8])}{' ...' if len(silent) > 8 else ''} gave no answer to {what} "
+                              f"within {timeout_s:g} s: stopped or hung (a process paused, a node that stopped "
+                              "answering)")
+        return ray.get(refs)
 
     def stats(self) -> dict:
         """The devices' counters, and the switch's: its ports as the devices clock them merged with
         the exchanges it relayed (`fabric.switch.merge_stats`); and "links": the messages and bytes
-        the host and the devices sent each other (the rounds' real traffic)."""
+        the host and the devices sent each other (the rounds' real traffic). A health check's wait:
+        a scrape of /metrics does not wait a round's."""
         self._check_open()
-        got = ray.get([a.stats.remote() for a in self.actors.values()] + [self.fabric.stats.remote()],
-                      timeout=ROUND_TIMEOUT_S)
+        got = self._ask("stats", "a stats call", CHECK_TIMEOUT_S)
         views = [g["fabric"] for g in got[:-1]] + [got[-1]]
         sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
         return dict(devices=[g["device"] for g in got[:-1]], fabric=dict(merge_stats(views), **self.switch_where),

@@ -44,5 +44,5 @@ def test_two_node_cluster_equals_one_process(devices, pp, tp):
     assert "puts a replica's 6 devices on one host; no host advertises 6 cent_device units" in out["whole_error"]
     assert "or use --placement spread" in out["whole_error"] and out["whole_s"] < 10
     assert "did not grant 8 cent_device bundles" in out["held_error"] and out["held_s"] < 15
-    assert "2 of its 8 units are free" in out["held_error"]  # free, not the totals per node
+    assert "2 of the cluster's 8 units are free now" in out["held_error"]  # free, not the totals per node
     assert out["alive_actors"] == 0 and out["live_pgs"] == 0

@@ -350,3 +350,32 @@ def test_a_second_server_that_listens_first_is_named_by_port():
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_while_the_devices_start_ends_as_ctrl_c_does():
+    """A SIGTERM while the device actors start (a pod deleted during start-up) met Ray's core's handler:
+    a C++ stack dump and an abort, its half-started workers left behind. It ends as Ctrl-C does."""
+    import subprocess
+
+    from tests.serving.utils import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", "--numerics", "off"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "cent.server: started a local Ray" in line:  # the device actors start next
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = "".join(lines) + proc.stdout.read()
+        proc.wait(120)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 130 and "cent serve: error: interrupted" in out, out
+    assert "SIGTERM received" not in out and "listening on" not in out, out

@@ -348,6 +348,11 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
                                                                  repetition_penalty=1.05)))
     assert checkpoint_sampling_defaults(str(ckpt)) == (dict(temperature=0.0, top_p=0.8, top_k=-1),
                                                        ["repetition_penalty=1.05 (not supported here)"])
+    odd = tmp_path / "odd"  # JSON's other types: a float top_k failed every round that sampled with it
+    odd.mkdir()
+    (odd / "generation_config.json").write_text(json.dumps(dict(top_k=20.0, temperature=True, top_p="0.8")))
+    assert checkpoint_sampling_defaults(str(odd)) == (dict(top_k=20), ["temperature=True (not a number)",
+                                                                       "top_p='0.8' (not a number)"])
     model = model_config_from_hf(ckpt)
     cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="full")
     cfg.server.port = 0
@@ -366,3 +371,46 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
     assert "generation_config.json: temperature=0.0, top_p=0.8, top_k=-1" in caplog.text
     assert "repetition_penalty=1.05 (not supported here): not applied" in caplog.text
     assert "has no chat template" in caplog.text  # the fixture has none: chat falls back to the plain default
+
+
+def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
+    """A device that stops mid-round held /metrics and /v1/cent/status until the round's timeout (5
+    minutes; a Prometheus scrape gives up after 10 s): past SNAPSHOT_WAIT_S they serve the last
+    snapshot, saying its age (503 when there is none yet); /health says a long round is degraded."""
+    import threading
+    import time
+
+    import api.routes as routes
+
+    monkeypatch.setattr(routes, "SNAPSHOT_WAIT_S", 0.2)
+    with Server(server_cfg("off"), "local") as s:
+        eng, release = s.loop.engine, threading.Event()
+        real = eng.device_stats
+
+        def held() -> list:  # the engine thread, kept as a stopped device keeps it
+            release.wait(60)
+            return real()
+
+        monkeypatch.setattr(eng, "device_stats", held)
+        first = httpx.get(s.url + "/metrics", timeout=60)
+        assert first.status_code == 503 and first.json()["error"]["code"] == "engine_busy", first.text
+        release.set()
+        deadline = time.monotonic() + 60
+        while httpx.get(s.url + "/v1/cent/status", timeout=60).status_code != 200:
+            assert time.monotonic() < deadline
+        release.clear()
+        time.sleep(0.3)  # the reading ages
+        stale = httpx.get(s.url + "/v1/cent/status", timeout=60)
+        assert stale.status_code == 200 and stale.json()["snapshot_age_s"] > 0, stale.text
+        scrape = httpx.get(s.url + "/metrics", timeout=60)
+        age = [line for line in scrape.text.splitlines() if line.startswith("cent:snapshot_age_seconds{")]
+        assert scrape.status_code == 200 and len(age) == 1 and float(age[0].split()[-1]) > 0, age
+        assert httpx.get(s.url + "/health", timeout=60).status_code == 200
+        s.loop.round_started = time.monotonic() - routes.STALLED_ROUND_S - 1  # a round that has run past it
+        health = httpx.get(s.url + "/health", timeout=60)
+        assert health.status_code == 503 and "a round has run" in health.json()["reason"], health.text
+        s.loop.round_started = None
+        release.set()
+        deadline = time.monotonic() + 60
+        while (fresh := httpx.get(s.url + "/v1/cent/status", timeout=60).json()).get("snapshot_age_s") != 0.0:
+            assert time.monotonic() < deadline, fresh  # a fresh reading says 0
