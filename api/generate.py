@@ -32,6 +32,10 @@ RETRY_AFTER_S = 1
 engine speed, which in virtual mode is far faster than a client's retry loop; clients that
 honour the header (the `openai` client does) back off this long."""
 
+DEVICE_FAULT_CODE = "device_fault"
+"""The error `code` of a request the emulated devices failed (it was null, as a bug's is): a client
+tells a fault it may retry from a bug."""
+
 
 @dataclass(frozen=True)
 class Prompts:
@@ -285,7 +289,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
         raise
     failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
     if failed:
-        raise ApiError(failed[0], None, 500, "server_error")
+        raise ApiError(failed[0], None, 500, "server_error", DEVICE_FAULT_CODE)
     reasons = [o["finish_reason"] for o in out.values()]
     record_finished(raw, reasons, n, made)
     if "abort" in reasons:  # the engine stopped under it: no whole answer
@@ -419,7 +423,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                 for c in opening():  # bench) would otherwise measure the time to the headers, not the TTFT
                     yield c
             if d.error:
-                yield sse(ApiError(d.error, None, 500, "server_error").body())
+                yield sse(ApiError(d.error, None, 500, "server_error", DEVICE_FAULT_CODE).body())
             elif d.finished and d.finish_reason == "abort" and "abort" not in reasons:
                 # the engine stopped under the stream: an error event (once), so a client that reads
                 # no finish_reason does not count the cut answer as a success (a 503 when not streamed)

@@ -35,9 +35,10 @@ STATUS_POLL_S = 0.25
 """Wall seconds between samples of the server's queues."""
 
 
-ERROR_CODES = {"context_length_exceeded": "context_exceeded"}
-"""OpenAI error codes (`error.code`) that name a refusal reason differently; the reason codes
-themselves (`REFUSAL_REASONS`) map to themselves."""
+ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT}
+"""OpenAI error codes (`error.code`) that name a refusal reason differently, and cent-serve's for a
+request its devices failed (a 500, not a bug's); the reason codes themselves (`REFUSAL_REASONS`)
+map to themselves."""
 SERVER_ERROR = "server_error"
 """The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
 CONNECTION_ERROR = "connection_error"

@@ -128,6 +128,7 @@ def test_the_progress_bar_counts_failures(capsys):
     (400, {"code": None, "param": "prompt", "message": "prompt token id 999 is outside the vocabulary"},
      "invalid_prompt"),
     (500, {"code": None, "message": "internal error"}, "server_error"),
+    (500, {"code": "device_fault", "message": "the emulated devices of replica 0 failed"}, "device_fault"),
 ])
 def test_http_errors_map_to_the_engines_reason_names(status, err, reason):
     assert failure_reason(status, err) == reason

@@ -51,7 +51,8 @@ def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cl
         completed = [r for r in results if r["finish"] == "length"]
         assert len(failed) + len(completed) == 32 and all(r["done"] for r in results)  # none lost, none hung
         assert 1 <= len(failed) <= 8  # at most the 8 lanes that were on the devices
-        assert all(r["error"].startswith("the emulated devices of replica 0 failed") for r in failed), failed
+        assert all(r["error"].startswith("the emulated devices of replica 0 failed") and r["code"] == "device_fault"
+                   for r in failed), failed  # a code a client can tell from a bug's (null)
         assert all(r["tokens"] == 24 for r in completed) and len(completed) >= 24
         st = httpx.get(s.url + "/v1/cent/status").json()
         assert st["num_recoveries"] == 1 and st["num_failed"] == len(failed)

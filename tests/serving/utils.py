@@ -159,16 +159,16 @@ def outcomes(url: str, headers: dict | None = None) -> dict[tuple[str, str], flo
 
 async def read_stream(r: httpx.Response, on_token=None) -> dict:
     """A streamed completion's outcome from its server-sent events: {"tokens" (the usage's),
-    "error" (an error event's message), "finish", "done" ([DONE] seen)}; `on_token()` at each
+    "error" (an error event's message), "code" (its code), "finish", "done" ([DONE] seen)}; `on_token()` at each
     choice chunk."""
-    out = {"tokens": 0, "error": None, "finish": None, "done": False}
+    out = {"tokens": 0, "error": None, "code": None, "finish": None, "done": False}
     async for line in r.aiter_lines():
         if line == "data: [DONE]":
             out["done"] = True
         elif line.startswith("data: "):
             chunk = json.loads(line[6:])
             if "error" in chunk:
-                out["error"] = chunk["error"]["message"]
+                out["error"], out["code"] = chunk["error"]["message"], chunk["error"]["code"]
             if chunk.get("usage"):
                 out["tokens"] = chunk["usage"]["completion_tokens"]
             for c in chunk.get("choices", []):
