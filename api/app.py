@@ -63,4 +63,25 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
     app.state.ctx = ApiContext.build(loop, metrics)  # what `api_context` hands the handlers
     install_error_handlers(app)
     app.include_router(router)
+    _document_schema_errors_as_400(app)
     return app
+
+
+def _document_schema_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` on every route that takes a body or
+    parameters; this server answers a schema error 400 with OpenAI's error body (api/errors.py),
+    so /openapi.json leaves the 422 and its schemas out."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = build()  # caches itself in app.openapi_schema, which is edited in place
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = spec.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi

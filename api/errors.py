@@ -106,10 +106,10 @@ def install_error_handlers(app: FastAPI) -> None:
                            None, 400)
         elif loc[:2] == ("body", "prompt") and len(loc) > 2:  # a union's every branch failed: say which shape broke
             param, message = prompt_error(_prompt_of(errs))
-            err = ApiError(message, param, 422)
+            err = ApiError(message, param, 400)
         else:
             param = schema_param(first.get("loc", ()))
-            err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 422)
+            err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 400)
         return error_response(raw, err)
 
     @app.exception_handler(StarletteHTTPException)

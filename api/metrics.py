@@ -24,7 +24,7 @@ OUTCOMES = {
     "completed": ("stop", "length"),  # every choice finished; `length` if any hit its limit
     "failed": ("engine_error", "internal_error"),  # 5xx: the devices failed a round, or a bug
     "aborted": ("client_disconnect", "server_abort"),  # the client left, or the engine stopped
-    "rejected": ("queue_full", "invalid_request", "unauthorized", "too_large"),  # 429, 400/404/422, 401, 413
+    "rejected": ("queue_full", "invalid_request", "unauthorized", "too_large"),  # 429, 400/404/415, 401, 413
 }
 """`cent:requests_total` outcomes and the reasons each can carry."""
 COMPLETED = ("stop", "length")

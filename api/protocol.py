@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API (docs/serving.md), and their translation to
-`RequestParams`. Schema errors (wrong types, missing fields) come from pydantic and are
-answered 422; values out of range raise `ApiError` with 400 naming the parameter.
+`RequestParams`. Schema errors (wrong types, missing fields) come from pydantic; they and values out of range
+are answered 400 naming the parameter (as OpenAI and vLLM answer both; FastAPI's default is 422).
 
 Types are strict: `"5"` is not an integer, `1` is not a boolean and `5.0` is not a token
 count (an integer is accepted where a number is expected). Unknown fields are accepted and

@@ -118,11 +118,11 @@ def errors(*codes: int) -> dict:
     return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
 
 
-ERROR_TEXT = {400: "invalid request (the message names the field)", 401: "missing or wrong API key",
-              404: "no such model", 413: "body too large", 415: "compressed body", 422: "body does not match the schema",
+ERROR_TEXT = {400: "invalid request: a value out of range or a wrong type or missing field (the message names it)", 401: "missing or wrong API key",
+              404: "no such model", 413: "body too large", 415: "compressed body",
               429: "queue full (Retry-After)", 500: "the emulated devices failed",
               503: "engine stopped (status and metrics: busy in a round, no snapshot yet)"}
-GENERATION_ERRORS = errors(400, 401, 404, 413, 415, 422, 429, 500, 503)
+GENERATION_ERRORS = errors(400, 401, 404, 413, 415, 429, 500, 503)
 
 
 def read(path: str, **kw):
@@ -171,7 +171,7 @@ async def model(model: str, ctx: Ctx):
     return model_card(ctx)
 
 
-@router.post("/tokenize", responses=errors(400, 401, 404, 413, 415, 422))
+@router.post("/tokenize", responses=errors(400, 401, 404, 413, 415))
 async def tokenize(body: TokenizeRequest, ctx: Ctx):
     # vLLM's: a prompt (BOS first unless add_special_tokens is false) or messages (the chat template)
     if body.model is not None:
@@ -189,7 +189,7 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx):
     return {"count": len(ids), "max_model_len": ctx.cfg.model.max_seq_len, "tokens": ids, "token_strs": strs}
 
 
-@router.post("/detokenize", responses=errors(400, 401, 404, 413, 415, 422))
+@router.post("/detokenize", responses=errors(400, 401, 404, 413, 415))
 async def detokenize(body: DetokenizeRequest, ctx: Ctx):
     if body.model is not None:
         ctx.check_model(body.model)

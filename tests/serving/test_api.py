@@ -156,7 +156,7 @@ BAD = [
     ("{not json", 400, None),
     (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": -1}), 400, "max_tokens"),
     (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 10 ** 9}), 400, "max_tokens"),
-    (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": "many"}), 422, "max_tokens"),
+    (json.dumps({"model": "tiny", "prompt": "x", "max_tokens": "many"}), 400, "max_tokens"),
     (json.dumps({"model": "tiny", "prompt": "x", "temperature": 5}), 400, "temperature"),
     (json.dumps({"model": "tiny", "prompt": "x", "n": 0}), 400, "n"),
     (json.dumps({"model": "gpt-4", "prompt": "x"}), 404, "model"),
@@ -164,7 +164,7 @@ BAD = [
     (json.dumps({"model": "tiny", "prompt": []}), 400, "prompt"),
     (json.dumps({"model": "tiny", "prompt": [1, 99999]}), 400, "prompt"),
     (json.dumps({"model": "tiny", "prompt": "x" * (TINY.max_seq_len + 88)}), 400, "prompt"),
-    (json.dumps({"prompt": "x"}), 422, "model"),
+    (json.dumps({"prompt": "x"}), 400, "model"),
     (json.dumps({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), 400, "stop"),
 ]
 
@@ -179,13 +179,21 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     assert ok.usage.completion_tokens == 2
 
 
+def test_the_openai_client_reads_a_schema_error_as_a_bad_request(client):
+    """A wrong JSON type is answered 400, as OpenAI and vLLM answer it: the openai client raises
+    `BadRequestError` for it (FastAPI's default 422 raised `UnprocessableEntityError`)."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="x", max_tokens="many")
+    assert caught.value.status_code == 400 and caught.value.body["param"] == "max_tokens"
+
+
 def test_chat_errors(server):
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": ""}]})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.role"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role"
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": 5}]})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.role"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role"
 
 
 def test_any_role_goes_to_the_chat_template_as_vllm_passes_it(server):

@@ -142,5 +142,5 @@ def test_a_prompt_of_no_shape_names_the_element_that_breaks_it(server, prompt, p
     a valid string (got [1.5])" for a list of token ids; the element at fault is named (as docs/serving.md
     says: `param` is the field's path, e.g. `prompt.0`)."""
     status, err = _error(server, "/v1/completions", body(prompt=prompt))
-    assert (status, err["param"]) == (422, param), err
+    assert (status, err["param"]) == (400, param), err
     assert says in err["message"] and "valid string" not in err["message"], err
