@@ -72,7 +72,9 @@ class Replicas:
         self._remake = remake or make
         self.executors: list = []
         try:
-            for _ in range(num_replicas):
+            for r in range(num_replicas):
+                if num_replicas > 1:  # the devices' start-up progress lines that follow are this replica's
+                    log.info("starting replica %d (%d of %d)", r, r + 1, num_replicas)
                 self.executors.append(make())
         except BaseException:  # a half-built system keeps no actors
             self.shutdown()
@@ -124,6 +126,7 @@ class Replicas:
             _shut_down(old, replica)  # first: its devices' units go back before new ones are asked for
             if self._stopping:  # the server stopped meanwhile (a shutdown that blocked): build nothing
                 return
+            log.info("re-creating replica %d", replica)
             try:
                 ex = self._remake()
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried

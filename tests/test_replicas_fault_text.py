@@ -98,3 +98,19 @@ def test_a_failed_replica_is_shut_down_off_the_engine_thread_and_a_stopped_serve
     unblock.set()
     reps._threads[0].join(10)
     assert made == [1] and not reps._threads[0].is_alive()  # nothing built after the stop
+
+
+def test_each_replica_s_start_is_logged_before_its_devices_progress_lines(caplog):
+    """The devices' start-up lines ("6 of 32 up") restart for each replica: a line before each says
+    which replica they are; one replica needs none."""
+    import logging
+
+    class Made:
+        def shutdown(self):
+            pass
+
+    with caplog.at_level(logging.INFO, logger="cent.replicas"):
+        Replicas(Made, 3).shutdown()
+        Replicas(Made, 1).shutdown()
+    assert [r.getMessage() for r in caplog.records] == [
+        "starting replica 0 (1 of 3)", "starting replica 1 (2 of 3)", "starting replica 2 (3 of 3)"]
