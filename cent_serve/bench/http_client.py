@@ -160,6 +160,10 @@ class _Server:
     """`/v1/cent/status` at the start ({} when the server is not cent-serve)."""
     max_model_len: int | None = None
     """The served model's context, when /v1/models says it."""
+    bos: list[int] = field(default_factory=lambda: [1])
+    """What the server's tokenizer puts before a prompt (`POST /tokenize` of an empty prompt, as
+    vLLM and cent-serve answer it: Llama 3's 128000, none for Qwen); the byte-level preset's BOS (1)
+    when the server does not say."""
 
     @property
     def cent(self) -> bool:
@@ -186,7 +190,19 @@ class _Server:
 async def _server(client: httpx.AsyncClient, url: str) -> _Server:
     model, context = await _probe(client, url)
     st = await client.get("/v1/cent/status")
-    return _Server(model, st.json() if st.status_code == 200 else {}, context)
+    return _Server(model, st.json() if st.status_code == 200 else {}, context, await _bos(client, model))
+
+
+async def _bos(client: httpx.AsyncClient, model: str) -> list[int]:
+    """The ids the server's tokenizer starts a prompt with ([1], the byte-level preset's BOS, when
+    it has no `/tokenize` or answers something else)."""
+    try:
+        r = await client.post("/tokenize", json={"model": model, "prompt": ""})
+        ids = r.json()["tokens"] if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        ids = None
+    ok = isinstance(ids, list) and len(ids) <= 1 and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+    return ids if ok else [1]
 
 
 class _Replay:
@@ -242,7 +258,9 @@ class _Replay:
             rec.finish_reason, rec.failure_reason, rec.error = "invalid", too_long.reason, str(too_long)
             self.bar.done(rec)
             return
-        ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), bos_token_id=1).token_ids
+        bos = self.srv.bos  # the server's own (a prompt of ids is not given one by the server)
+        ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), add_bos=bool(bos),
+                               bos_token_id=bos[0] if bos else 1).token_ids
         body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
                     stream=True, stream_options={"include_usage": True})
         submitted = asyncio.Event()

@@ -226,3 +226,39 @@ def test_a_hold_lapses_unless_its_client_waits_for_an_arrival_before_it():
     assert loop_with(4.0, gone)._held(Engine()) is False  # its client left: nobody is waiting
     waiting = loop_with(4.0, cf.Future())
     assert waiting._held(Engine()) is True and waiting.num_hold_expiries == 0
+
+
+@pytest.mark.parametrize("bos", [[128000], []], ids=["llama3-bos", "no-bos-qwen"])
+def test_url_prompts_start_with_the_server_s_own_bos(monkeypatch, bos):
+    """A prompt of ids gets no BOS from the server: the replay asks the server's tokenizer which it
+    puts first (`POST /tokenize` of ""), so a Llama 3 server sees 128000, a Qwen one none (it was
+    the byte preset's 1 whatever the server's tokenizer, a quote mark in Llama 3's vocabulary)."""
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "llama", "max_model_len": 4096}]})
+        if path == "/tokenize":
+            assert json.loads(request.content)["prompt"] == ""
+            return httpx.Response(200, json={"tokens": bos, "count": len(bos)})
+        if path == "/v1/completions":
+            body = json.loads(request.content)
+            sent.append(body["prompt"])
+            chunk = {"choices": [{"index": 0, "text": "x" * body["max_tokens"], "finish_reason": "length"}],
+                     "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}}
+            return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n",
+                                  headers={"content-type": "text/event-stream"})
+        return httpx.Response(404, json={"error": {"message": "no such path"}})  # not cent-serve: no status
+
+    real = httpx.AsyncClient
+    monkeypatch.setattr(http_client.httpx, "AsyncClient",
+                        lambda **kw: real(transport=httpx.MockTransport(answer), **kw))
+    reqs = [Request(f"r{i}", 0.001 * i, n, 3) for i, n in enumerate((1, 5, 17))]
+    result, _ = asyncio.run(http_client.replay_http("http://127.0.0.1:1", reqs, progress=False))
+    assert [len(p) for p in sorted(sent, key=len)] == [1, 5, 17]
+    assert all(p[:len(bos)] == bos and all(35 <= t < 160 for t in p[len(bos):]) for p in sent), sent
+    assert sorted(r.finish_reason for r in result.records) == ["length"] * 3
