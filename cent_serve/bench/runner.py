@@ -181,8 +181,9 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
     """Token ids of the trace's length: the trace's text when it has some, else seeded bytes."""
     if tr.prompt is not None:
         return engine.tokenizer.encode(tr.prompt)[: max(1, tr.num_prompt_tokens)]
-    return synthetic_prompt(max(1, tr.num_prompt_tokens), (seed, index),
-                            bos_token_id=engine.tokenizer.bos_token_id).token_ids
+    start = engine.tokenizer.start_ids  # what the tokenizer puts first (Llama's BOS; nothing for Qwen's)
+    return synthetic_prompt(max(1, tr.num_prompt_tokens), (seed, index), add_bos=bool(start),
+                            bos_token_id=start[0] if start else 1).token_ids
 
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],

@@ -47,6 +47,12 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
+    @property
+    def start_ids(self) -> list[int]:
+        """The special ids `encode` puts before any text (the BOS for most; none for Qwen's), which a
+        prompt of token ids built for a trace starts with, as `/tokenize` of "" gives them."""
+        ...
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids`; special tokens (`<s>`, `</s>`) left out unless `skip_special_tokens`
         is false (as transformers' `decode` takes it)."""
@@ -180,6 +186,10 @@ class ByteTokenizer:
                         "tokenizer, and prefill times with it); copy the checkpoint's tokenizer.json beside its "
                         "config.json, or send token ids", self.stands_in_for)
 
+    @property
+    def start_ids(self) -> list[int]:
+        return [self.bos_token_id]
+
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         self.warn_stand_in()
         ids = [self.bos_token_id] if add_bos else []
@@ -294,6 +304,7 @@ class HFTokenizer:
         self.chat_template = DEFAULT_CHAT_TEMPLATE
         self.has_own_chat_template = False
         self._add_bos: bool | None = None
+        self._start_ids: list[int] | None = None  # `start_ids`, encoded once asked for
         config = path.parent / "tokenizer_config.json"
         if config.is_file():
             settings = json_object(config, "chat_template", "or download it again")
@@ -302,9 +313,9 @@ class HFTokenizer:
             for key in ("bos_token", "eos_token"):  # a chat template's `bos_token` and `eos_token`, as transformers
                 # passes the tokenizer's (Llama 3.1 Instruct's eos_token <|eot_id|>: config.json's first eos id is
                 # <|end_of_text|>); the model's eos ids still say when a generation stops
-                text = special_token_text(settings, key)
-                if text is not None:
-                    setattr(self, key, text)
+                special = special_token_text(settings, key)
+                if special is not None:
+                    setattr(self, key, special)
             template = settings.get("chat_template")
             if isinstance(template, list):  # several named templates: the default one
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -315,6 +326,12 @@ class HFTokenizer:
             self.chat_template, self.has_own_chat_template = jinja.read_text(), True
         check_chat_template(self.chat_template, path.parent)
         self._stand_in: np.ndarray | None = None
+
+    @property
+    def start_ids(self) -> list[int]:
+        if self._start_ids is None:
+            self._start_ids = self.encode("")
+        return list(self._start_ids)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """`add_bos` (the API's `add_special_tokens`): the special tokens the tokenizer itself adds, as

@@ -36,3 +36,18 @@ def test_bos_only_and_refusals():
     assert synthetic_prompt(0, seed=0, add_bos=False).token_ids == []
     with pytest.raises(ValueError, match="num_tokens=0"):
         synthetic_prompt(0, seed=0)
+
+
+@pytest.mark.parametrize("start", [[1], [128000], []], ids=["llama2", "llama3", "qwen"])
+def test_a_replay_s_prompt_starts_with_what_the_tokenizer_puts_first(start):
+    """In process as over --url (`POST /tokenize` of ""): the tokenizer's own start, none for Qwen's
+    (a replay gave every model the BOS id, Qwen's its eos stand-in)."""
+    from types import SimpleNamespace
+
+    from cent_serve.bench import Request
+    from cent_serve.bench.runner import _prompt_ids
+
+    engine = SimpleNamespace(tokenizer=SimpleNamespace(start_ids=start, bos_token_id=7))
+    for n in (1, 9):
+        ids = _prompt_ids(Request("r", 0.0, n, 2), engine, 0, 0)
+        assert len(ids) == n and ids[:len(start)] == start and 7 not in ids

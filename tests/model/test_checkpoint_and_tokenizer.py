@@ -117,6 +117,7 @@ def test_hf_tokenizer_json_round_trips(tmp_path):
         assert ours.encode(text) == want, (post, settings)
         assert ours.encode(text, add_bos=False) == theirs(text, add_special_tokens=False).input_ids
         assert (ours.encode(text)[0] == 1) == (post or bool(settings))
+        assert ours.start_ids == ([1] if post or settings else [])  # what a trace's prompt of ids starts with
     # add_bos_token false over a BOS-adding post-processor (transformers' Llama tokenizers drop it), the
     # text's own <s> kept
     (ckpt / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "add_bos_token": False}))
