@@ -153,11 +153,12 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
 
 def check_tokenizer(cfg: CentConfig) -> None:
     """A checkpoint's tokenizer files load (tokenizer.json, tokenizer_config.json and its chat
-    template): ValueError naming the file otherwise, before anything starts (`cent serve` on Ray
+    template, special_tokens_map.json): ValueError naming the file otherwise, before anything starts (`cent serve` on Ray
     met a damaged tokenizer.json after its devices, ~25 s in)."""
     ckpt = cfg.model.checkpoint
     if ckpt and (Path(ckpt) / "tokenizer.json").is_file():
-        files = tuple((st.st_mtime_ns, st.st_size) for name in ("tokenizer.json", "tokenizer_config.json")
+        files = tuple((st.st_mtime_ns, st.st_size) for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                     "special_tokens_map.json", "chat_template.jinja")
                       if (st := _stat(Path(ckpt) / name)) is not None)
         _tokenizer_loads(ckpt, files, cfg.model.bos_token_id, cfg.model.eos_token_id)
 

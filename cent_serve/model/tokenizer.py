@@ -265,10 +265,26 @@ def tokenizer_special_id(ckpt: Path, key: str) -> int | None:
     tokenizer_config.json's text of it looked up in its tokenizer.json (vocabulary and added tokens);
     None when either file, the token or its id is missing. For config.json without the model's ids."""
     config, vocab = ckpt / "tokenizer_config.json", ckpt / "tokenizer.json"
-    if not (config.is_file() and vocab.is_file()):
+    if not vocab.is_file():
         return None
-    text = special_token_text(json_object(config, key, "or download it again"), key)
+    settings = json_object(config, key, "or download it again") if config.is_file() else {}
+    text = special_token_text(special_tokens(ckpt, settings), key)
     return read_tokenizer_json(vocab)[0].token_to_id(text) if text else None
+
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token")
+
+
+def special_tokens(ckpt: Path, settings: dict) -> dict:
+    """The `bos_token` and `eos_token` of a checkpoint as transformers reads them: tokenizer_config.json's
+    (`settings`), with special_tokens_map.json's, an older checkpoint's home for them, taking precedence
+    (as `from_pretrained` merges the two)."""
+    found = {key: settings[key] for key in SPECIAL_TOKEN_KEYS if key in settings}
+    mapping = ckpt / "special_tokens_map.json"
+    if mapping.is_file():
+        extra = json_object(mapping, "eos_token", "or download it again")
+        found.update({key: extra[key] for key in SPECIAL_TOKEN_KEYS if key in extra})
+    return found
 
 
 def special_token_text(settings: dict, key: str) -> str | None:
@@ -306,16 +322,17 @@ class HFTokenizer:
         self._add_bos: bool | None = None
         self._start_ids: list[int] | None = None  # `start_ids`, encoded once asked for
         config = path.parent / "tokenizer_config.json"
-        if config.is_file():
-            settings = json_object(config, "chat_template", "or download it again")
+        settings = json_object(config, "chat_template", "or download it again") if config.is_file() else {}
+        named = special_tokens(path.parent, settings)
+        for key in SPECIAL_TOKEN_KEYS:  # a chat template's `bos_token` and `eos_token`, as transformers passes
+            # the tokenizer's (Llama 3.1 Instruct's eos_token <|eot_id|>: config.json's first eos id is
+            # <|end_of_text|>); the model's eos ids still say when a generation stops
+            special = special_token_text(named, key)
+            if special is not None:
+                setattr(self, key, special)
+        if settings:
             if isinstance(settings.get("add_bos_token"), bool):  # transformers' Llama tokenizers obey it
                 self._add_bos = settings["add_bos_token"]
-            for key in ("bos_token", "eos_token"):  # a chat template's `bos_token` and `eos_token`, as transformers
-                # passes the tokenizer's (Llama 3.1 Instruct's eos_token <|eot_id|>: config.json's first eos id is
-                # <|end_of_text|>); the model's eos ids still say when a generation stops
-                special = special_token_text(settings, key)
-                if special is not None:
-                    setattr(self, key, special)
             template = settings.get("chat_template")
             if isinstance(template, list):  # several named templates: the default one
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)

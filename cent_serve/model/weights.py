@@ -439,7 +439,8 @@ has no tokenizer.json, which that tokenizer then stands in for."""
 def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
                  eos: list[int] | None = None) -> list[int]:
     """The model's `key` (bos_token_id, eos_token_id) ids: config.json's, else generation_config.json's,
-    else its tokenizer's token (tokenizer_config.json's bos_token / eos_token in tokenizer.json), as vLLM
+    else its tokenizer's token (tokenizer_config.json's or special_tokens_map.json's bos_token / eos_token
+    in tokenizer.json), as vLLM
     falls back to the tokenizer's eos. With no tokenizer.json, the byte-level stand-in's id. A bos that
     none names is the model's `eos` (a tokenizer without a BOS, as Qwen's: its config.json says so too).
     An eos that none names is a ValueError asking for it: ModelConfig's ids are plain ints that the stop
@@ -457,7 +458,8 @@ def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
     if key == "bos_token_id" and eos:
         return eos[:1]
     raise ValueError(f"{cfg_file}: {key} is missing, and neither generation_config.json nor the tokenizer's {token} "
-                     f"(tokenizer_config.json's, in tokenizer.json) gives it: add it (the token that ends a reply)")
+                     f"(tokenizer_config.json's or special_tokens_map.json's, in tokenizer.json) gives it: add it (the token that "
+                     "ends a reply)")
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:

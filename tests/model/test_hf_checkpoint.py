@@ -233,5 +233,32 @@ def test_a_config_without_bos_or_eos_ids_takes_them_from_generation_config_then_
     assert ids(gen, dict(settings, bos_token=None, eos_token="!")) == (3, 3, ())
     with pytest.raises(ValueError, match="eos_token_id is missing"):  # a token not in the vocabulary: none
         ids(gen, dict(settings, eos_token="<|eot_id|>"))
+    # special_tokens_map.json, an older checkpoint's home for them, over tokenizer_config.json's (as
+    # transformers' from_pretrained merges them); it was not read, and such a checkpoint was refused
+    (ckpt / "special_tokens_map.json").write_text(json.dumps({"eos_token": {"content": "!"}, "bos_token": "#"}))
+    bare = {k: v for k, v in settings.items() if k not in ("bos_token", "eos_token")}
+    assert ids(gen, bare) == (5, 3, ())
+    assert ids(gen, dict(settings, bos_token="!", eos_token="#")) == (5, 3, ())
+    (ckpt / "special_tokens_map.json").write_text("{")
+    with pytest.raises(ValueError, match=r"special_tokens_map.json: not valid JSON .*download it again"):
+        ids(gen, bare)
+    (ckpt / "special_tokens_map.json").unlink()
     (ckpt / "tokenizer.json").unlink()  # the byte-level stand-in's own ids
     assert ids(gen, dict(settings, bos_token=None, eos_token=None)) == (1, 2, ())
+
+
+def test_the_chat_template_s_special_tokens_are_read_as_transformers_reads_them(tmp_path):
+    """bos_token / eos_token: tokenizer_config.json's, special_tokens_map.json's over them (a chat
+    template's `eos_token` was tokenizer_config.json's alone)."""
+    transformers = pytest.importorskip("transformers")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, ckpt)
+    settings = json.loads((ckpt / "tokenizer_config.json").read_text())
+    bare = {k: v for k, v in settings.items() if k != "eos_token"}
+    for tokenizer_config, special_map in ((bare, {"eos_token": "!"}), (dict(settings, eos_token="#"), {"eos_token": "!"}),
+                                          (dict(settings, eos_token="#"), {"bos_token": "!"})):
+        (ckpt / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+        (ckpt / "special_tokens_map.json").write_text(json.dumps(special_map))
+        ours = load_tokenizer(model_config_from_hf(ckpt))
+        theirs = transformers.PreTrainedTokenizerFast.from_pretrained(str(ckpt))
+        assert (ours.bos_token, ours.eos_token) == (theirs.bos_token, theirs.eos_token), special_map
