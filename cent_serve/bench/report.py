@@ -136,6 +136,16 @@ def natural_key(text: str) -> tuple:
                  for part in re.split(r"(\d+)", text) if part)
 
 
+CSV_TIME_DECIMALS = 12
+"""requests.csv's times are written to the picosecond: a float's last digits are the noise of its
+arithmetic (a trace's 1.025094 s less its first arrival, 1.0, is 0.02509399999999995), not
+information, and a picosecond is below any simulated step; summary.json is computed from the full values."""
+
+
+def _seconds(x):
+    return round(x, CSV_TIME_DECIMALS) if isinstance(x, float) else x
+
+
 def write_requests_csv(path: Path, records: list, detailed: bool = False) -> None:
     """One row per request (CSV_FIELDS, then DETAILED_FIELDS when `detailed`), in arrival order; equal
     arrivals in their ids' natural order (`trace-5` before `trace-10`)."""
@@ -144,8 +154,9 @@ def write_requests_csv(path: Path, records: list, detailed: bool = False) -> Non
         w.writerow(CSV_FIELDS + (DETAILED_FIELDS if detailed else ()))
         for r in sorted(records, key=lambda r: (r.arrival_s, natural_key(r.request_id))):
             queued = None if r.scheduled_s is None else r.scheduled_s - r.arrival_s
-            row = [r.request_id, r.arrival_s, r.trace_arrival_s, r.scheduled_s, r.first_token_s, r.finish_s, queued, r.ttft_s,
-                   r.tpot_s, r.e2e_s, r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
+            row = [r.request_id, *map(_seconds, (r.arrival_s, r.trace_arrival_s, r.scheduled_s, r.first_token_s,
+                                                 r.finish_s, queued, r.ttft_s, r.tpot_s, r.e2e_s)),
+                   r.num_prompt_tokens, r.num_output_tokens, r.finish_reason,
                    r.energy_mj, r.preemptions, r.reason, r.error]
             w.writerow(row + [json.dumps(r.itls_s)] if detailed else row)
 

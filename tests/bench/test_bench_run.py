@@ -334,3 +334,13 @@ def test_synthetic_lengths_are_fixed_uniform_or_a_trace_s_rows(tmp_path):
     with open(Path(__file__).parents[2] / "cent_serve" / "bench" / "data" / "sample_conv.csv") as f:
         rows = {(int(r["num_prefill_tokens"]), int(r["num_decode_tokens"])) for r in csv.DictReader(f)}
     assert set(drawn) <= rows and len(set(drawn)) > 5  # whole rows: each pair is one of the trace's
+
+
+def test_requests_csv_keeps_no_float_noise():
+    """A trace's 1.025094 s less its first arrival (1.0) is 0.02509399999999995 as a float: the file
+    writes times to the picosecond, below any simulated step, which drops the arithmetic's noise."""
+    from cent_serve.bench.report import _seconds
+
+    assert repr(1.025094 - 1.0) != "0.025094" and repr(_seconds(1.025094 - 1.0)) == "0.025094"
+    assert repr(_seconds(4321.025094 - 1000.0)) == "3321.025094"
+    assert _seconds(5.370012345678901) == 5.370012345679 and _seconds(3) == 3 and _seconds(None) is None
