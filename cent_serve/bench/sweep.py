@@ -19,7 +19,7 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_
 from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.timing.mapping import parallelism  # noqa: E402
-from cent_serve.config import CentConfig, ParallelConfig  # noqa: E402
+from cent_serve.config import CentConfig, ParallelConfig, config_to_dict  # noqa: E402
 from cent_serve.preflight import check_runnable  # noqa: E402
 
 DISTSERVE_ATTAINMENT = 0.9
@@ -51,9 +51,17 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                  bench=bench)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+    write_config(out_dir, cfg, bench)
     if plots:
         _plot_sweep(out_dir, sweep)
     return sweep
+
+
+def write_config(out_dir: Path, cfg: CentConfig, bench: dict | None) -> None:
+    """config.json beside the results, as `bench run` writes it: the resolved config (every `--set`
+    and config file value; `cent ... --config` reads it back) and under `bench` the requests' options."""
+    (out_dir / "config.json").write_text(json.dumps(dict(config_to_dict(cfg), bench=bench or {}), indent=2,
+                                                    default=str) + "\n")
 
 
 def _sweep_line(rate: float, s: dict, slos: dict) -> str:
@@ -219,6 +227,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     if any("throughput_ratio" in r for r in rows):  # say what "x GPU" is against
         print(_paper_baseline_note(gpu_baseline(cfg.model)))
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(out_dir, cfg, bench)  # each row's pp and tp are its own (paper.json), the rest is this
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
                                                         gpu_baseline=gpu_baseline(cfg.model),
                                                         rows=rows, skipped=skipped, bench=bench), indent=2) + "\n")

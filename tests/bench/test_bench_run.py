@@ -12,7 +12,7 @@ from cent_serve.bench import FixedLengths, Request, synthetic_trace
 from cent_serve.bench.report import summarize
 from cent_serve.bench.runner import run_in_process
 from cent_serve.cli import main
-from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.config import CentConfig, ParallelConfig, load_config, model_preset
 from cent_serve.engine import Engine
 
 
@@ -170,6 +170,9 @@ def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     assert sweep["bench"]["trace"] == "synthetic" and sweep["bench"]["rates"] == [5.0, 5000.0]
     assert sweep["bench"]["num_requests"] == 80 and sweep["bench"]["prompt_len"] == 32  # what shaped the requests
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((out / "config.json").read_text())  # as bench run's: the resolved config, readable back
+    assert config["model"]["name"] == "tiny" and config["bench"]["rates"] == [5.0, 5000.0]
+    assert load_config(out / "config.json").model == _cfg().model
     captured = capsys.readouterr()
     assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in captured.out
     assert "rate 5: " in captured.err and "rate 5000: " in captured.err  # each rate's replay shows its bar
@@ -184,8 +187,10 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     out = tmp_path / "paper"
     assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off",
                  "--num-requests", "12", "--max-prompt-tokens", "16", "--max-output-tokens", "4", "--rate", "100",
-                 "--out", str(out)]) == 0
+                 "--set", "device.clock_hz=1.5e9", "--out", str(out)]) == 0
     paper = json.loads((out / "paper.json").read_text())
+    # the hardware a --set changed is recorded (paper.json named the model alone)
+    assert json.loads((out / "config.json").read_text())["device"]["clock_hz"] == 1.5e9
     assert [(r["pp"], r["tp"]) for r in paper["rows"]] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
     # pp 8 x tp 1 is a pipeline of whole devices (its mapping's mode says `tensor`: blocks on all channels)
     assert [r["parallelism"] for r in paper["rows"]] == ["pipeline", "tensor", "hybrid", "hybrid", "pipeline"]
