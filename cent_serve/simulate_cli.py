@@ -57,6 +57,16 @@ def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
     return out
 
 
+def refuse_one_mapping(args: argparse.Namespace, command: str, one: str) -> None:
+    """`command` runs every mapping the paper evaluates for --devices: a --pp or --tp would be
+    dropped without a word, so it is refused; `one`: the command that runs one mapping."""
+    given = [k for k in ("pp", "tp") if getattr(args, k, None) is not None]
+    if given:
+        flags = " ".join(f"--{k} {getattr(args, k)}" for k in given)
+        raise ValueError(f"{flags} is one mapping; {command} runs every mapping the paper evaluates for --devices: "
+                         f"drop {' and '.join('--' + k for k in given)}, or run that mapping alone with {one}")
+
+
 def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
     return dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
 
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.emulate:
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     if args.sweep:
+        refuse_one_mapping(args, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
         raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")

@@ -135,6 +135,8 @@ def test_version():
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
     (["--prompt", "100", "--decode", "0", "--seqlen-gap", "0"], ["--seqlen-gap 0", "positive"]),
     (["--hardware", "gpu:a100-80gb:4", "--prompt", "100", "--decode", "-1"], ["--decode -1", "0 or more"]),
+    # --sweep runs the paper's every mapping: a --pp / --tp was dropped without a word
+    (["--pp", "1", "--tp", "8", "--sweep"], ["--pp 1 --tp 8 is one mapping", "drop --pp and --tp"]),
 ])
 def test_bad_values_end_in_one_line_not_a_traceback(args, needles):
     proc, _ = _cent("simulate", "--model", "llama2-7b", *args)
@@ -364,3 +366,9 @@ def test_info_says_a_full_numerics_mapping_that_splits_a_head_does_not_run():
     _one_line_error(proc, "parallel.tp=3 does not divide model.num_heads=4", "--numerics off")
     proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3", "--numerics", "off")
     assert proc.returncode == 0 and "runs         yes" in proc.stdout, proc.stderr
+
+
+def test_bench_paper_refuses_one_mapping():
+    """bench paper runs every mapping the paper evaluates: its --tp was dropped without a word."""
+    proc, _ = _cent("bench", "paper", "--model", "llama2-7b", "--devices", "8", "--tp", "8", "--numerics", "off")
+    _one_line_error(proc, "--tp 8 is one mapping", "cent bench paper", "cent bench run")

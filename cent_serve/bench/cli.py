@@ -417,8 +417,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_paper
-    from cent_serve.simulate_cli import sweep_mappings
+    from cent_serve.simulate_cli import refuse_one_mapping, sweep_mappings
 
+    refuse_one_mapping(args, "cent bench paper", "cent bench run")
     check_out_dir(args.out)
     cfg = config_from_args(args)
     if cfg.on_gpus:
