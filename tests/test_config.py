@@ -93,6 +93,24 @@ def test_cli_info_says_whether_the_paper_batch_fits_beside_whether_serve_runs(ca
     assert json.loads(capsys.readouterr().out)["paper_batch"] == dict(batch=32, context=4096, fits=True, why=None)
 
 
+def test_cli_info_says_the_kv_room_the_scheduler_admits_against(capsys):
+    """The KV room was visible only in a capacity error or as a share on timeline.png (architecture
+    audit). By hand, 70B on 32 devices: device 0 holds 5.27 GiB of weights and 3 blocks' KV, 3 x 4 KiB
+    a token; (its capacity - its weights) / (16 tokens x 12 KiB) blocks (docs/hardware_model.md: 58,602)."""
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    from cent_serve.timing.mapping import device_weight_bytes, resolve_mapping
+
+    assert main(["info", "--model", "llama2-70b", "--devices", "32", "--pp", "80", "--json"]) == 0
+    room = json.loads(capsys.readouterr().out)["kv_room"]
+    cfg = CentConfig(model=model_preset("llama2-70b"), parallel=ParallelConfig(32, 80, 1))
+    weights = device_weight_bytes(cfg.model, resolve_mapping(cfg.model, cfg.parallel, cfg.device), 0, 2)
+    assert room == dict(blocks=(cfg.device.capacity_bytes - weights) // (16 * 12 * 2**10), block_tokens=16,
+                        tokens=16 * room["blocks"], replicas=1) and room["blocks"] == 58602
+    assert main(["info", "--model", "llama2-7b", "--devices", "16", "--pp", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "pp=8 tp=1; KV room 233,424 tokens a replica (14,589 blocks of 16), 2 replicas; numerics" in out
+
+
 def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
     assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:8", "--set", "gpu.tp=4"]) == 0
     out = capsys.readouterr().out

@@ -90,9 +90,19 @@ def run_info(args: argparse.Namespace) -> int:
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
+    kv_room = None
+    if refusal is None and not cfg.on_gpus:  # what the scheduler admits against: each replica's KV blocks
+        from cent_serve.scheduler import kv_blocks_per_replica
+        from cent_serve.timing.mapping import resolve_mapping
+
+        mp = resolve_mapping(m, cfg.parallel, cfg.device)
+        blocks = kv_blocks_per_replica(cfg, mp)
+        kv_room = dict(blocks=blocks, block_tokens=cfg.scheduler.kv_block_tokens,
+                       tokens=blocks * cfg.scheduler.kv_block_tokens, replicas=mp.replicas)
     out = {
         "config": config_to_dict(cfg),
         "experts": experts,
+        "kv_room": kv_room,
         "paper_batch": paper_batch,
         "param_count": m.param_count(),
         "weight_bytes": m.weight_bytes(),
@@ -134,8 +144,11 @@ def _print_info(cfg, out: dict) -> None:
         except ValueError:  # the layout itself cannot be made: the refusal says why
             print(f"hardware     {cfg.gpu.count} x {cfg.gpu.kind}; numerics={cfg.resolved_numerics}")
     else:
+        room = out.get("kv_room")
+        room = (f"; KV room {room['tokens']:,} tokens a replica ({room['blocks']:,} blocks of {room['block_tokens']})"
+                + (f", {room['replicas']} replicas" if room["replicas"] > 1 else "")) if room else ""
         print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
-              f"tp={cfg.parallel.tp}; numerics={cfg.resolved_numerics}")
+              f"tp={cfg.parallel.tp}{room}; numerics={cfg.resolved_numerics}")
     ex = out.get("experts")
     if m.is_moe:
         print(f"experts      {m.num_experts} per block, top {m.num_experts_per_tok}, width {m.expert_size} "
