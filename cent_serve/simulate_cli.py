@@ -226,7 +226,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     for phase, row in phases.items():
         row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
                                 row["energy_per_token_mj"], cfg.device,
-                                against_paper=paper_workload(cfg.model, args.prompt, args.decode)))
+                                against_paper=paper_workload(cfg.model, args.prompt, args.decode, cfg.device)))
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
@@ -240,7 +240,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     _print_overrides(args)
-    paper = paper_workload(cfg.model, args.prompt, args.decode)
+    paper = paper_workload(cfg.model, args.prompt, args.decode, cfg.device)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'avg W':>10}"
           + (f"{'vs GPU':>8}" if paper else ""))
     for phase in PHASES:
@@ -252,7 +252,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
     print(POWER_NOTE)
     if not paper:
-        _no_ratio_note(cfg.model, args.prompt, args.decode)
+        _no_ratio_note(cfg.model, args.prompt, args.decode, cfg.device)
     print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
           f"{alt['throughput_tok_s']:.1f} tok/s, {alt['energy_per_token_mj']:.2f} mJ/token, {alt['power_w']:.1f} W. "
           f"Why they differ: {why}")
@@ -320,7 +320,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
         e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
         e2e.update(cost_figures(c.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
                                 "end2end", e2e["energy_per_token_mj"], c.device,
-                                against_paper=paper_workload(c.model, prompt, decode)))
+                                against_paper=paper_workload(c.model, prompt, decode, c.device)))
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
@@ -329,7 +329,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     print(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
     _print_overrides(args)
-    paper = paper_workload(cfg.model, prompt, decode)
+    paper = paper_workload(cfg.model, prompt, decode, cfg.device)
     print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
           + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
     for r in rows:
@@ -346,18 +346,19 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     if base:
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
     elif not paper:
-        _no_ratio_note(cfg.model, prompt, decode)
+        _no_ratio_note(cfg.model, prompt, decode, cfg.device)
     return 0
 
 
-def _no_ratio_note(model, prompt: int, decode: int) -> None:
+def _no_ratio_note(model, prompt: int, decode: int, dev=None) -> None:
     """Why a model the paper's GPUs ran gets no ratio to their figures: another workload, or a
-    field changed that makes it another model (`baseline_changes`)."""
+    field changed that makes it another model, or 8-bit storage (`baseline_changes`)."""
     base = GPU_BASELINES.get(model.name)
     if base is None:
         return
-    changes = baseline_changes(model)
-    why = (f"they are for {model.name} as published, and {', '.join(changes)} makes another model" if changes else
+    changes = baseline_changes(model, dev)
+    why = (f"they are for {model.name} as published (bfloat16), and {', '.join(changes)} makes another model"
+           if changes else
            f"they are for {PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]} tokens")
     print(f"no ratio to the paper's GPU figures: {why}; for this on GPUs run the same with "
           f"--hardware gpu:a100-80gb:{base['gpus']}")
@@ -432,7 +433,7 @@ def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, exe
                     row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices,
                                             row["throughput_tok_s"], phase, row["energy_per_token_mj"],
                                             cfg.device,
-                                            against_paper=paper_workload(cfg.model, args.prompt, args.decode)))
+                                            against_paper=paper_workload(cfg.model, args.prompt, args.decode, cfg.device)))
         else:
             out = emulate_seqlen(cfg, executor, context)
     finally:

@@ -177,7 +177,7 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     e2e = phase_figures(SystemTimer.from_config(cfg), prompt, decode)["end2end"]
     e2e.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
                             e2e["energy_per_token_mj"], cfg.device,
-                            against_paper=paper_workload(cfg.model, prompt, decode)))
+                            against_paper=paper_workload(cfg.model, prompt, decode, cfg.device)))
     return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 

@@ -225,16 +225,16 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         raise ValueError(f"no mapping of {cfg.model.name} on {cfg.parallel.num_devices} devices holds the model: "
                          f"{skipped[0]['reason']}")
     if any("throughput_ratio" in r for r in rows):  # say what "x GPU" is against
-        print(_paper_baseline_note(gpu_baseline(cfg.model)))
+        print(_paper_baseline_note(gpu_baseline(cfg.model, cfg.device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, cfg, bench)  # each row's pp and tp are its own (paper.json), the rest is this
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
-                                                        gpu_baseline=gpu_baseline(cfg.model),
+                                                        gpu_baseline=gpu_baseline(cfg.model, cfg.device),
                                                         rows=rows, skipped=skipped, bench=bench), indent=2) + "\n")
     keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")
-    _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model))
+    _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device))
     return rows
 
 

@@ -316,29 +316,38 @@ def _paper_preset(name: str) -> ModelConfig:
     return model_preset(name)
 
 
-def baseline_changes(model: ModelConfig) -> list[str]:
+def baseline_changes(model: ModelConfig, dev: DeviceConfig | None = None) -> list[str]:
     """The fields (`model.F=value`) in which `model` differs from the preset of its name that the
-    paper's GPUs ran (`GPU_BASELINES`); [] when it is that model or there is no such preset."""
+    paper's GPUs ran (`GPU_BASELINES`), and `device.bytes_per_element` when `dev` stores other than
+    the bfloat16 they computed in (1: 8-bit weights and KV, another model's numbers); [] when it is
+    that model or there is no such preset."""
     if model.name not in GPU_BASELINES:
         return []
     preset = _paper_preset(model.name)
-    return [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
-            if f.name not in UNPRICED_MODEL_FIELDS and not f.name.startswith("rope_")
-            and getattr(model, f.name) != getattr(preset, f.name)]
+    changes = [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
+               if f.name not in UNPRICED_MODEL_FIELDS and not f.name.startswith("rope_")
+               and getattr(model, f.name) != getattr(preset, f.name)]
+    if dev is not None and dev.bytes_per_element != GPU_BYTES_PER_ELEMENT:
+        changes.append(f"device.bytes_per_element={dev.bytes_per_element}")
+    return changes
 
 
-def gpu_baseline(model: ModelConfig) -> dict | None:
+GPU_BYTES_PER_ELEMENT = 2
+"""The paper's GPUs ran the models in bfloat16."""
+
+
+def gpu_baseline(model: ModelConfig, dev: DeviceConfig | None = None) -> dict | None:
     """The paper's GPU figures for `model`: its preset's (`GPU_BASELINES`), unless a field that sets
     a token's cost was changed (a llama2-7b with `--set model.num_layers=16` is a model the GPUs
-    did not run: `baseline_changes`)."""
-    if model.name not in GPU_BASELINES or baseline_changes(model):
+    did not run, and one stored in 8 bits is not what they computed: `baseline_changes`)."""
+    if model.name not in GPU_BASELINES or baseline_changes(model, dev):
         return None
     return GPU_BASELINES[model.name]
 
 
-def paper_workload(model: ModelConfig, prompt: int, decode: int) -> bool:
+def paper_workload(model: ModelConfig, prompt: int, decode: int, dev: DeviceConfig | None = None) -> bool:
     """Whether the paper's GPU figures measured this: its workload, on a model it has figures for."""
-    return (prompt, decode) == PAPER_WORKLOAD and gpu_baseline(model) is not None
+    return (prompt, decode) == PAPER_WORKLOAD and gpu_baseline(model, dev) is not None
 
 
 def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throughput_tok_s: float,
@@ -350,7 +359,7 @@ def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throug
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
                tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None,
                tokens_per_tco=throughput_tok_s / tco_cent)  # the TCO convention's units, as the GPU side's
-    base = gpu_baseline(model)
+    base = gpu_baseline(model, dev)
     if base is None or not against_paper:
         return out
     gpu = base[phase]

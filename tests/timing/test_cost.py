@@ -103,6 +103,14 @@ def test_a_changed_preset_is_not_compared_with_the_paper_s_gpus(capsys):
     assert baseline_changes(m)[0] == "model.hidden_size=4096" and gpu_baseline(m) is None
     assert gpu_baseline(model_preset("llama2-70b"))["gpus"] == 4
     assert baseline_changes(model_preset("mistral-7b", num_layers=4)) == []  # no GPU figures to leave
+    # 8-bit storage is not the bfloat16 the GPUs computed in: no ratio (architecture audit: "vs GPU" was printed)
+    eight = ["--set", "device.bytes_per_element=1", "--set", "device.row_elements=2048", "--set",
+             "device.burst_elements=32"]
+    assert main(common + eight + ["--json"]) == 0
+    assert "throughput_ratio" not in json.loads(capsys.readouterr().out)["end2end"]
+    assert main(common + eight) == 0
+    out = capsys.readouterr().out
+    assert "(bfloat16), and device.bytes_per_element=1 makes another model" in out and "vs GPU" not in out
 
 
 def test_fields_the_closed_form_ignores_keep_the_gpu_baseline():
