@@ -684,6 +684,11 @@ class ParallelConfig:
     """Pipeline stages; 0 = one stage per block (pure pipeline)."""
     tp: int = 1
     """Devices per stage (tensor parallel)."""
+    lm_head: str = "unit"
+    """Where the final norm and LM head run on the last stage's device(s): `unit`, a unit of its own
+    that no stage waits for (the artifact charges its time per token and places it nowhere), or
+    `last_stage`, on the last stage's channel group, which it holds: that stage's next blocks wait
+    for it (docs/hardware_model.md section 4)."""
 
     _positive = frozenset({"num_devices", "tp"})
     """Numbers that must be > 0 (`_number_fix`)."""
@@ -695,7 +700,13 @@ class ParallelConfig:
                self.tp, f"use an integer from 1 to parallel.num_devices={self.num_devices}")
         _check(isinstance(self.pp, int) and self.pp >= 0, "parallel.pp", self.pp,
                "use a non-negative integer (0 = one stage per block)")
+        _check(self.lm_head in LM_HEAD_PLACEMENTS, "parallel.lm_head", self.lm_head,
+               f"use one of {', '.join(LM_HEAD_PLACEMENTS)}")
         _check_numbers(self, "parallel")
+
+
+LM_HEAD_PLACEMENTS = ("unit", "last_stage")
+"""`parallel.lm_head`'s values."""
 
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")

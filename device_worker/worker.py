@@ -70,7 +70,8 @@ class DeviceWorker:
         """Block outputs the DMA engine moves per token (each of hidden_size bf16 values)."""
         self.clock = DeviceClock([len(flags) for flags in leaves], [x for flags in leaves for x in flags],
                                  mp.tb, cfg.scheduler.kv_block_tokens, (self.has_embedding, self.timer.embed_lookup_s),
-                                 (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp),
+                                 (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp,
+                                  mp.lm_head == "last_stage"),
                                  self.timer.host_s)
         """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
         self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)

@@ -40,9 +40,10 @@ from numba import njit
 EMBEDDING, LM_HEAD, ACCELERATOR, DMA, GROUPS = 0, 1, 2, 3, 4
 # a switch port's counters, in the columns of `Fabric.counts`
 BYTES_OUT, BYTES_IN, FLITS_OUT, MESSAGES_OUT, MESSAGES_IN = 0, 1, 2, 3, 4
-# a device's float state (`DeviceClock.f`): scalars, then the embedding and LM-head units, then the
-# busy seconds (4 + groups) and the channel groups' clocks (groups)
-F_TB, F_JOULES, F_HOST_S, F_LATENCY, F_EMBED, F_HEAD, F_BUSY = 0, 1, 2, 3, 4, 7, 11
+# a device's float state (`DeviceClock.f`): scalars, then the embedding unit [has, s, clock] and the
+# LM head [has, s, clock, joules, on the last group's channels], then the busy seconds (4 + groups)
+# and the channel groups' clocks (groups)
+F_TB, F_JOULES, F_HOST_S, F_LATENCY, F_EMBED, F_HEAD, F_BUSY = 0, 1, 2, 3, 4, 7, 12
 # a device's int state (`DeviceClock.i`): counters, sizes, then blocks per group (groups), whether
 # each block's output leaves the device (blocks), and the next unit's devices (its route)
 I_CALLS, I_TOKENS, I_BLOCK_STEPS, I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_REST = range(10)
@@ -135,7 +136,15 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  
         joules += energy[a] * blocks
         if f[F_HEAD]:
             n_lane_seqs = lanes_i[a + 1] - lanes_i[a]
-            t = _unit(f, F_HEAD, t, n_lane_seqs, busy, LM_HEAD)
+            if f[F_HEAD + 4]:  # on the last stage's channel group: it waits for them and holds them
+                last = groups - 1
+                start = group_free[last] if group_free[last] > t else t
+                t = start + f[F_HEAD + 1] * n_lane_seqs
+                group_free[last] = t
+                busy[LM_HEAD] += t - start
+                busy[GROUPS + last] += t - start
+            else:
+                t = _unit(f, F_HEAD, t, n_lane_seqs, busy, LM_HEAD)
             joules += f[F_HEAD + 3] * n_lane_seqs
         done[a] = t
         i[I_TOKENS] += tokens[a]
@@ -280,7 +289,8 @@ class DeviceClock:
     (none for the last unit: its output goes to the host)."""
 
     def __init__(self, group_blocks: list[int], block_last: list[bool], tb: int, block_tokens: int,
-                 embed: tuple[bool, float], head: tuple[bool, float, float], host_s: float = 0.0,
+                 embed: tuple[bool, float], head: tuple[bool, float, float] | tuple[bool, float, float, bool],
+                 host_s: float = 0.0,
                  route: tuple[int, tuple[int, ...], float, int] | None = None) -> None:
         groups, blocks = len(group_blocks), len(block_last)
         src, dsts, latency, flit_bytes = route or (0, (), 0.0, 0)
@@ -289,6 +299,7 @@ class DeviceClock:
         self.f[F_EMBED:F_EMBED + 2] = embed
         self.f[F_HEAD:F_HEAD + 2] = head[:2]
         self.f[F_HEAD + 3] = head[2]
+        self.f[F_HEAD + 4] = len(head) > 3 and head[3]  # on the last channel group's channels
         self.i = np.zeros(I_REST + groups + blocks + len(dsts), dtype=np.int64)
         self.i[[I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES]] = (
             block_tokens, groups, blocks, src, len(dsts), flit_bytes)

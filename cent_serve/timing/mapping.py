@@ -48,6 +48,8 @@ class Mapping:
     num_layers: int
     banks_per_channel: int = 16
     """The device's banks per channel (`device.banks_per_channel`)."""
+    lm_head: str = "unit"
+    """Where the LM head runs (`parallel.lm_head`): a unit of its own, or the last stage's channels."""
 
     @property
     def tb(self) -> int:
@@ -123,7 +125,7 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
         cpb = dev.num_channels // bpd
         stages = tuple(Stage(index=i, blocks=(i,), device_ids=(i // bpd,), channel_group=i % bpd)
                        for i in range(n))
-        return Mapping("pipeline", p.num_devices, n, 1, stages, bpd, cpb, n, dev.banks_per_channel)
+        return Mapping("pipeline", p.num_devices, n, 1, stages, bpd, cpb, n, dev.banks_per_channel, p.lm_head)
     if pp > n:
         raise ValueError(f"parallel.pp={pp} exceeds model.num_layers={n}: use at most {n} stages")
     if pp * p.tp > p.num_devices:
@@ -138,7 +140,7 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
                             channel_group=0))
         first += count
     return Mapping("tensor", p.num_devices, pp, p.tp, tuple(stages), cdiv(n, pp), dev.num_channels, n,
-                   dev.banks_per_channel)
+                   dev.banks_per_channel, p.lm_head)
 
 
 # ----------------------------------------------------------------------------- capacity

@@ -293,13 +293,17 @@ class SystemTimer:
     def stations_s(self, context: int) -> list[float]:
         """What each resource of the pipeline is busy for with one query's token at `context`:
         every stage's channel group (its blocks' steps, and the DMA hops between them on one
-        device), the embedding and LM-head units and a switch port (its serialization); the
+        device; the last stage's also the LM head with `parallel.lm_head: last_stage`), the
+        embedding and LM-head units and a switch port (its serialization); the
         pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
         pim, acc, _ = self.block_cost(context)
         step = pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
         hop = self.local_hop_s(1)
         stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
-        return [*stages, self.embed_lookup_s, self.lm_head_s, self.hop_s(1) - self.port.latency_s]
+        head = self.lm_head_s
+        if self.mapping.lm_head == "last_stage":  # on the last stage's channels: that station holds it too
+            stages[-1], head = stages[-1] + head, 0.0
+        return [*stages, self.embed_lookup_s, head, self.hop_s(1) - self.port.latency_s]
 
     @property
     def switch_hop_share(self) -> float:

@@ -177,3 +177,35 @@ def test_the_artifacts_perfect_pipeline_is_the_other_convention():
     # even: only the embedding differs (a row lookup; the artifact's vocab x D GEMV)
     assert token_figures(artifact, 2048).token_latency_ms - token_figures(cent, 2048).token_latency_ms == \
         pytest.approx((artifact.embed_lookup_s - cent.embed_lookup_s) * 1e3)
+
+
+@pytest.mark.parametrize("model, devices, pp, tp", [("llama2-7b", 8, 32, 1), ("llama3.1-8b", 8, 32, 1),
+                                                    ("llama2-70b", 32, 80, 1), ("llama2-7b", 8, 2, 4)])
+def test_an_lm_head_on_the_last_stage_s_channels_holds_them_in_the_devices_and_the_closed_form(model, devices, pp, tp):
+    """parallel.lm_head: last_stage puts the LM head on the last stage's channel group, which its next
+    blocks then wait for: the emulated devices and the closed form's stations agree, and in the pure
+    pipeline the last station is its blocks plus the head (by hand, 7B on 8 devices at 4,096 tokens:
+    32 x (0.445 + 0.118) ms = 18.0 ms a token, against 14.5 with the head a unit of its own)."""
+    from cent_serve.config import apply_overrides
+    from cent_serve.timing import SystemTimer
+
+    cfg = apply_overrides(_cfg(model, devices, pp, tp), ["parallel.lm_head=last_stage"])
+    unit = _cfg(model, devices, pp, tp)
+    for seqlen in (128, 4096):
+        out = emulate_seqlen(cfg, LocalExecutor(cfg), seqlen)
+        for key in ("token_latency_ms", "throughput_tok_s"):
+            assert _rel(out[key], out["closed_form"][key]) < TOL, (key, seqlen, out[key], out["closed_form"][key])
+        own = token_figures(SystemTimer.from_config(unit), seqlen)
+        timer = SystemTimer.from_config(cfg)
+        shared = token_figures(timer, seqlen)
+        assert shared.token_energy_mj == own.token_energy_mj  # the same work, only where it waits
+        if pp == 1 or tp > 1:  # a few stages of many blocks: the ring's latency sets the pace either way
+            assert shared.token_latency_ms == own.token_latency_ms
+            continue
+        last = timer.stations_s(seqlen)[len(timer.mapping.stages) - 1]
+        assert shared.token_latency_ms == pytest.approx(1e3 * pp * last) and shared.bottleneck
+        assert last == pytest.approx(SystemTimer.from_config(unit).stations_s(seqlen)[pp - 1] + timer.lm_head_s)
+        assert shared.token_latency_ms > own.token_latency_ms
+    if model == "llama2-7b" and pp == 32:
+        assert (own.token_latency_ms, shared.token_latency_ms) == (pytest.approx(14.52, abs=0.01),
+                                                                   pytest.approx(18.02, abs=0.01))

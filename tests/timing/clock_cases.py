@@ -34,7 +34,8 @@ def round_args(seed: int, route: bool = False, crossing: bool = True) -> tuple:
     held = -(-starts // 16) * 16 * (rng.random(seqs) < 0.8) if crossing else np.full(seqs, 10**6)
     table = rng.choice([1e-4, 1.5e-4, 1e-4 + 1e-19, 3e-5], (3, 256))
     last = [False] * (sum(groups) - 1) + [True]
-    clock = DeviceClock(groups, last, len(groups), 16, (with_ends, 3e-6), (with_ends, 5e-6, 0.25), 1.5e-4,
+    shared_head = seed % 4 == 1  # the LM head on the last group's channels (parallel.lm_head: last_stage)
+    clock = DeviceClock(groups, last, len(groups), 16, (with_ends, 3e-6), (with_ends, 5e-6, 0.25, shared_head), 1.5e-4,
                         (1, (2, 3), 1.8e-7, 256) if route else None)
     clock.f[F_BUSY:] = 0.5
     clock.group_free[:] = 1e-4
