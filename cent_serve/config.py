@@ -363,6 +363,26 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(name=name, **{**MODEL_PRESETS[name], **overrides})
 
 
+UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype"})
+"""Model fields a run's header does not name when they differ from the preset's (they change no figure
+of the timing, or are the model's identity)."""
+
+
+def model_label(model: ModelConfig, most: int = 2) -> str:
+    """The model as a run's header names it: a preset's name, with the fields set apart from it
+    (`llama2-7b (model.num_layers=16)`; after `most` of them, how many more), so a changed preset is
+    not read as the published one."""
+    if model.name not in MODEL_PRESETS:
+        return model.name
+    preset = ModelConfig(name=model.name, **MODEL_PRESETS[model.name])
+    changed = [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
+               if f.name not in UNLABELLED_MODEL_FIELDS and getattr(model, f.name) != getattr(preset, f.name)]
+    if not changed:
+        return model.name
+    more = f" and {len(changed) - most} more" if len(changed) > most else ""
+    return f"{model.name} ({', '.join(changed[:most])}{more})"
+
+
 @dataclass
 class EnergyConfig:
     """Energy constants of one CENT device (docs/hardware_model.md section 8). Source: the CENT

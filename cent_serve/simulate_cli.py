@@ -8,7 +8,7 @@ import json
 import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
-from cent_serve.config import CentConfig, ParallelConfig
+from cent_serve.config import CentConfig, ParallelConfig, model_label
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, cost_figures, paper_workload
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import counted, resolve_mapping
@@ -236,7 +236,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                                         seqlen_gap=args.seqlen_gap, batch=batch)),
                          indent=2))
         return 0
-    print(f"{cfg.model.name} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
+    print(f"{model_label(cfg.model)} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     _print_overrides(args)
@@ -277,7 +277,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     if args.json:
         print(json.dumps(dict(fig, **_record(cfg, args, seqlen=seqlen, batch=batch)), indent=2))
         return 0
-    print(f"{cfg.model.name} on {counted(mp.num_devices, 'device')}: {mp.describe()}; context {seqlen}, {_queries(batch)} in flight"
+    print(f"{model_label(cfg.model)} on {counted(mp.num_devices, 'device')}: {mp.describe()}; context {seqlen}, {_queries(batch)} in flight"
           + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
     _print_overrides(args)
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
@@ -326,7 +326,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode} "
+    print(f"{model_label(cfg.model)} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")
     _print_overrides(args)
     paper = paper_workload(cfg.model, prompt, decode, cfg.device)
@@ -392,7 +392,7 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
                     else dict(seqlen=context))
         print(json.dumps(dict(out, **_record(cfg, args, **workload)), indent=2))
         return 0
-    print(f"emulated {cfg.model.name} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
+    print(f"emulated {model_label(cfg.model)} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
           f"{out['executor']} executor, numerics {cfg.resolved_numerics}"
           + (f"; one of the {mp.replicas} replicas emulated, throughput of all of them" if mp.replicas > 1 else ""))
     _print_overrides(args)

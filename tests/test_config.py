@@ -443,3 +443,17 @@ def test_auto_numerics_says_why_it_chose(tmp_path):
     ckpt.mkdir()
     shutil.copy(Path(__file__).parent / "data" / "hf_tiny_llama" / "config.json", ckpt)
     assert CentConfig(model=model_config_from_hf(ckpt)).numerics_why == ("off", "auto: the checkpoint has no weight files")
+
+
+def test_a_changed_preset_is_labelled_with_its_changes(capsys):
+    """A preset with fields set apart is named with them in a run's headers and plot titles (it was
+    printed as the published model: architecture audit)."""
+    from cent_serve.config import model_label, model_preset
+
+    assert model_label(model_preset("llama2-7b")) == "llama2-7b"
+    assert model_label(model_preset("llama2-7b", seed=3, weight_dtype="float32")) == "llama2-7b"
+    assert model_label(model_preset("llama2-7b", num_layers=16)) == "llama2-7b (model.num_layers=16)"
+    assert model_label(model_preset("llama2-7b", num_layers=16, hidden_size=2048, vocab_size=128256)) == \
+        "llama2-7b (model.hidden_size=2048, model.num_layers=16 and 1 more)"
+    assert main(["simulate", "--model", "llama2-7b", "--set", "model.num_layers=16"]) == 0
+    assert capsys.readouterr().out.startswith("llama2-7b (model.num_layers=16) on 8 devices")

@@ -324,7 +324,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, summarize,
                                          write_results)
     from cent_serve.bench.runner import run_in_process
-    from cent_serve.config import config_to_dict
+    from cent_serve.config import config_to_dict, model_label
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request under the progress bar
@@ -367,6 +367,8 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         summary.update(source=source, model=cfg.model.name, hardware=cfg.hardware,
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
+        if model_label(cfg.model) != cfg.model.name:  # a changed preset: the plots' titles say how
+            summary["model_label"] = model_label(cfg.model)
     out = Path(args.out)
     config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
                    bench=dict(recorded, url=args.url)) if args.url

@@ -92,7 +92,7 @@ def mapping_text(status: dict) -> str:
 def run_title(status: dict, summary: dict) -> str:
     """Two lines: model, devices and mapping; completed and failed requests by reason."""
     mp = status.get("mapping") or {}
-    model = status.get("model") or summary.get("model", "?")
+    model = summary.get("model_label") or status.get("model") or summary.get("model", "?")
     devices = mp.get("devices", summary.get("devices", "?"))
     failed = summary.get("failed", 0)
     counts = reasons_text(summary.get("failure_reasons", {}))

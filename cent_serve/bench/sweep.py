@@ -19,7 +19,7 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_
 from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.timing.mapping import parallelism  # noqa: E402
-from cent_serve.config import CentConfig, ParallelConfig, config_to_dict  # noqa: E402
+from cent_serve.config import CentConfig, ParallelConfig, config_to_dict, model_label  # noqa: E402
 from cent_serve.preflight import check_runnable  # noqa: E402
 
 DISTSERVE_ATTAINMENT = 0.9
@@ -45,6 +45,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         print(_sweep_line(rate, s, slos))
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
+                 model_label=model_label(cfg.model),
                  hardware=cfg.hardware,
                  mapping=status.get("mapping", {}),
                  distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT,
@@ -90,7 +91,7 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     slo_text = ", ".join(f"{k} {fmt_ms(v)}" for k, v in slos.items()) or "none (give --goodput)"
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
     status = dict(model=sweep["model"], mapping=sweep["mapping"], hardware=sweep.get("hardware", "cent"))
-    fig.suptitle(f"{sweep['model']} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
+    fig.suptitle(f"{sweep.get('model_label') or sweep['model']} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
                  f"{mapping_text(status)}"
                  f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()
@@ -275,7 +276,7 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
         plain_axis(ax.yaxis)
         ax.grid(axis="y", alpha=0.3)
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
-    fig.suptitle(f"{cfg.model.name} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
+    fig.suptitle(f"{model_label(cfg.model)} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
                  f"{n} requests each\n{_paper_failures(rows)}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "paper.png", dpi=DPI)
