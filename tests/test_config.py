@@ -453,7 +453,8 @@ def test_a_changed_preset_is_labelled_with_its_changes(capsys):
     assert model_label(model_preset("llama2-7b")) == "llama2-7b"
     assert model_label(model_preset("llama2-7b", seed=3, weight_dtype="float32")) == "llama2-7b"
     assert model_label(model_preset("llama2-7b", num_layers=16)) == "llama2-7b (model.num_layers=16)"
+    # a derived field (head_dim = hidden_size / heads) counts as set apart too
     assert model_label(model_preset("llama2-7b", num_layers=16, hidden_size=2048, vocab_size=128256)) == \
-        "llama2-7b (model.hidden_size=2048, model.num_layers=16 and 1 more)"
+        "llama2-7b (model.hidden_size=2048, model.num_layers=16 and 2 more)"
     assert main(["simulate", "--model", "llama2-7b", "--set", "model.num_layers=16"]) == 0
     assert capsys.readouterr().out.startswith("llama2-7b (model.num_layers=16) on 8 devices")
