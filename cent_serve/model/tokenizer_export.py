@@ -12,10 +12,12 @@ so it must count exactly as the server does. For a preset that is the byte-level
   128000 and 128001; `</s>` alone when BOS is EOS), all special tokens (text that spells them is them, as the server parses
   it); the other ids from 259 up (and 1, 2 when unused) as `<extra_ID>` pieces no text encodes to;
 - a post-processor that puts `<s>` first, as `ByteTokenizer.encode` does;
-- a `tokenizer_config.json` naming the special tokens and carrying the server's chat template.
+- a `tokenizer_config.json` naming the special tokens and carrying the server's chat template;
+- the model's `config.json` (its shape, no weights), which vLLM reads beside a tokenizer (without it
+  its benchmark logs an ERROR per attempt, "Unrecognized model ... Should have a model_type key").
 
-For a checkpoint the files are its own (copied), with the chat template the server uses added
-when the checkpoint has none.
+For a checkpoint the files are its own (copied, config.json too), with the chat template the server
+uses added when the checkpoint has none.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from cent_serve.config import ModelConfig
 from cent_serve.model.tokenizer import ByteTokenizer, byte_alphabet, load_tokenizer
+from cent_serve.model.weights import hf_config_dict
 
-FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "config.json")
 
 
 def special_names(tok: ByteTokenizer) -> dict[int, str]:
@@ -82,13 +85,17 @@ def export_tokenizer(cfg: ModelConfig, out: str | Path) -> list[Path]:
     if isinstance(tok, ByteTokenizer):
         (out / "tokenizer.json").write_text(byte_tokenizer_json(tok))
         (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok, cfg.max_seq_len), indent=2))
-        return [out / "tokenizer.json", out / "tokenizer_config.json"]
-    src, written = Path(cfg.checkpoint), []
-    for name in FILES:
-        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
-            shutil.copyfile(src / name, out / name)
-        if (out / name).is_file():
-            written.append(out / name)
+        written = [out / "tokenizer.json", out / "tokenizer_config.json"]
+        if not cfg.checkpoint:  # a preset's shape (a checkpoint without tokenizer.json: its own, copied below)
+            try:
+                (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+                written.append(out / "config.json")
+            except ValueError:  # a variation no Hugging Face config says: the tokenizer is what the files are for
+                pass
+        else:
+            written += _copy(Path(cfg.checkpoint), out, ("config.json",))
+        return written
+    written = _copy(Path(cfg.checkpoint), out, FILES)
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text()) if path.is_file() else None
     if config is not None and config.get("tokenizer_class") == "TokenizersBackend":
@@ -104,12 +111,23 @@ def export_tokenizer(cfg: ModelConfig, out: str | Path) -> list[Path]:
     return written
 
 
+def _copy(src: Path, out: Path, names) -> list[Path]:
+    """The files `names` of `src` that exist, copied into `out` (unless they are already there)."""
+    written = []
+    for name in names:
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            shutil.copyfile(src / name, out / name)
+        if (out / name).is_file():
+            written.append(out / name)
+    return written
+
+
 def register(sub) -> None:
     from cent_serve.cli_common import resolve_model
 
     p = sub.add_parser("tokenizer", help="the server's tokenizer as files a client can load")
     what = p.add_subparsers(dest="action", required=True)
-    e = what.add_parser("export", help="write tokenizer.json and tokenizer_config.json for --model",
+    e = what.add_parser("export", help="write tokenizer.json, tokenizer_config.json and config.json for --model",
                         description="Write the tokenizer the server uses for --model into DIR, as Hugging Face "
                                     "files that `tokenizers`/`transformers` load and that count tokens exactly as "
                                     "the server does (vLLM's bench: --tokenizer DIR; guidellm: "

@@ -75,7 +75,8 @@ def test_transformers_loads_it_and_agrees(exported):
 def test_a_checkpoint_exports_its_own_files_with_the_server_s_template(tmp_path):
     cfg = model_config_from_hf(HF_TINY)
     written = export_tokenizer(cfg, tmp_path)
-    assert {p.name for p in written} == {"tokenizer.json", "tokenizer_config.json"}
+    assert {p.name for p in written} == {"tokenizer.json", "tokenizer_config.json", "config.json"}
+    assert (tmp_path / "config.json").read_bytes() == (HF_TINY / "config.json").read_bytes()
     assert (tmp_path / "tokenizer.json").read_bytes() == (HF_TINY / "tokenizer.json").read_bytes()
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["chat_template"] == load_tokenizer(cfg).chat_template and config["bos_token"] == "<s>"
@@ -116,7 +117,8 @@ def test_a_checkpoint_s_own_chat_template_is_the_one_served(tmp_path):
 
 def test_cli_writes_the_files(tmp_path, capsys):
     assert main(["tokenizer", "export", str(tmp_path / "t"), "--model", "tiny"]) == 0
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["config.json", "tokenizer.json",
+                                                                   "tokenizer_config.json"]
     assert str(tmp_path / "t" / "tokenizer.json") in capsys.readouterr().out
 
 
@@ -220,3 +222,14 @@ def test_presets_with_their_own_bos_and_eos_ids_export_and_count_as_the_server(p
     for chat in CHATS:
         text = template.render(messages=chat, add_generation_prompt=True, bos_token=config["bos_token"])
         assert hf.encode(text, add_special_tokens=False).ids == encode_chat(server, chat)
+
+
+def test_the_export_has_the_model_s_config_json_that_vllm_reads_beside_a_tokenizer(tmp_path):
+    """vLLM's benchmark reads config.json beside the tokenizer it is given (its model_type): without one
+    it logged "ERROR ... Unrecognized model ... Should have a model_type key" per attempt (clients audit)."""
+    transformers = pytest.importorskip("transformers")
+    assert main(["tokenizer", "export", str(tmp_path / "t"), "--model", "llama2-70b"]) == 0
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path / "t"))
+    assert (config.model_type, config.num_hidden_layers, config.vocab_size) == ("llama", 80, 32000)
+    served = model_config_from_hf(tmp_path / "t")  # the same model's shape, read back
+    assert (served.hidden_size, served.num_kv_heads, served.bos_token_id) == (8192, 8, 1)
