@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from cent_serve.config import (MODEL_PRESETS, CentConfig, ModelConfig, ParallelConfig,
+from cent_serve.config import (MODEL_PRESETS, CentConfig, ModelConfig,
                                apply_overrides, load_config, model_preset, parse_hardware)
 
 
@@ -50,9 +50,9 @@ def config_from_args(args: argparse.Namespace) -> CentConfig:
     pp = getattr(args, "pp", None)
     tp = getattr(args, "tp", None)
     if devices is not None or pp is not None or tp is not None:
-        p = cfg.parallel
-        cfg.parallel = ParallelConfig(num_devices=p.num_devices if devices is None else devices,
-                                      pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
+        p = cfg.parallel  # the flags replace their fields; the rest (lm_head) is the config's
+        cfg.parallel = dataclasses.replace(p, num_devices=p.num_devices if devices is None else devices,
+                                           pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
     hw = getattr(args, "hardware", None)
     if hw is not None:
         gpu = parse_hardware(hw)

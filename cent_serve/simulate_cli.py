@@ -8,7 +8,7 @@ import json
 import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
-from cent_serve.config import CentConfig, ParallelConfig, model_label
+from cent_serve.config import CentConfig, model_label
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, cost_figures, paper_workload
 from cent_serve.preflight import check_devices_hold, check_runnable
 from cent_serve.timing.mapping import counted, resolve_mapping
@@ -57,22 +57,33 @@ def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
     return out
 
 
-def refuse_one_mapping(args: argparse.Namespace, command: str, one: str) -> None:
-    """`command` runs every mapping the paper evaluates for --devices: a --pp or --tp would be
-    dropped without a word, so it is refused; `one`: the command that runs one mapping."""
+def refuse_one_mapping(args: argparse.Namespace, cfg: CentConfig | None, command: str, one: str) -> None:
+    """`command` runs every mapping the paper evaluates for --devices: a mapping given (--pp, --tp, or
+    parallel.pp / parallel.tp other than the pure pipeline's, by --set or a config file) would be
+    dropped without a word, so it is refused; `one`: the command that runs one mapping. The flags are
+    checked without `cfg` (before it is built: --tp 8 alone is no mapping at all)."""
     given = [k for k in ("pp", "tp") if getattr(args, k, None) is not None]
     if given:
         flags = " ".join(f"--{k} {getattr(args, k)}" for k in given)
         raise ValueError(f"{flags} is one mapping; {command} runs every mapping the paper evaluates for --devices: "
                          f"drop {' and '.join('--' + k for k in given)}, or run that mapping alone with {one}")
+    if cfg is None:
+        return
+    p = cfg.parallel
+    if p.pp not in (0, cfg.model.num_layers) or p.tp != 1:  # the config's own (the pure pipeline: every sweep's first)
+        raise ValueError(f"parallel.pp={p.pp} parallel.tp={p.tp} is one mapping; {command} runs every mapping the "
+                         f"paper evaluates for --devices: drop them (--set or the config file), or run that mapping "
+                         f"alone with {one}")
 
 
 def _with_mapping(cfg: CentConfig, pp: int, tp: int) -> CentConfig:
-    return dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
+    return dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, pp=pp, tp=tp))
 
 
 def run(args: argparse.Namespace) -> int:
     paper_defaults(args)
+    if args.sweep:
+        refuse_one_mapping(args, None, "cent simulate --sweep", "cent simulate without --sweep")
     cfg = config_from_args(args)
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
@@ -82,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.emulate:
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
     if args.sweep:
-        refuse_one_mapping(args, "cent simulate --sweep", "cent simulate without --sweep")
+        refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args)
     if (args.prompt is None) != (args.decode is None):
         raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")

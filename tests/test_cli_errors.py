@@ -138,6 +138,8 @@ def test_version():
     (["--hardware", "gpu:a100-80gb:4", "--prompt", "100", "--decode", "-1"], ["--decode -1", "0 or more"]),
     # --sweep runs the paper's every mapping: a --pp / --tp was dropped without a word
     (["--pp", "1", "--tp", "8", "--sweep"], ["--pp 1 --tp 8 is one mapping", "drop --pp and --tp"]),
+    (["--set", "parallel.tp=8", "--set", "parallel.pp=1", "--sweep"],
+     ["parallel.pp=1 parallel.tp=8 is one mapping", "the config file"]),
 ])
 def test_bad_values_end_in_one_line_not_a_traceback(args, needles):
     proc, _ = _cent("simulate", "--model", "llama2-7b", *args)

@@ -421,9 +421,10 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_paper
     from cent_serve.simulate_cli import refuse_one_mapping, sweep_mappings
 
-    refuse_one_mapping(args, "cent bench paper", "cent bench run")
+    refuse_one_mapping(args, None, "cent bench paper", "cent bench run")
     check_out_dir(args.out)
     cfg = config_from_args(args)
+    refuse_one_mapping(args, cfg, "cent bench paper", "cent bench run")
     if cfg.on_gpus:
         raise ValueError("bench paper runs the paper's CENT mappings: drop --hardware gpu:... (for GPUs beside CENT "
                          "on one trace use cent bench compare --gpu KIND:N)")

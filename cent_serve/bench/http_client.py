@@ -161,9 +161,9 @@ class _Server:
     max_model_len: int | None = None
     """The served model's context, when /v1/models says it."""
     bos: list[int] = field(default_factory=lambda: [1])
-    """What the server's tokenizer puts before a prompt (`POST /tokenize` of an empty prompt, as
-    vLLM and cent-serve answer it: Llama 3's 128000, none for Qwen); the byte-level preset's BOS (1)
-    when the server does not say."""
+    """What the server's tokenizer puts before a prompt (`POST /tokenize`, as vLLM and cent-serve
+    answer it: Llama 3's 128000, none for Qwen); the byte-level preset's BOS (1) when the server
+    does not say."""
 
     @property
     def cent(self) -> bool:
@@ -194,15 +194,24 @@ async def _server(client: httpx.AsyncClient, url: str) -> _Server:
 
 
 async def _bos(client: httpx.AsyncClient, model: str) -> list[int]:
-    """The ids the server's tokenizer starts a prompt with ([1], the byte-level preset's BOS, when
-    it has no `/tokenize` or answers something else)."""
-    try:
-        r = await client.post("/tokenize", json={"model": model, "prompt": ""})
-        ids = r.json()["tokens"] if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        ids = None
-    ok = isinstance(ids, list) and len(ids) <= 1 and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
-    return ids if ok else [1]
+    """The ids the server's tokenizer starts a prompt with: `/tokenize` of a text with and without the
+    special tokens (vLLM's and cent-serve's `add_special_tokens`), what the first has before the
+    second's ids; [1], the byte-level preset's BOS, when the server has no `/tokenize` or answers
+    something else."""
+    from cent_serve.model.tokenizer import START_PROBE, leading_special_ids
+
+    encoded = []
+    for special in (True, False):
+        try:
+            r = await client.post("/tokenize", json={"model": model, "prompt": START_PROBE,
+                                                     "add_special_tokens": special})
+            ids = r.json()["tokens"] if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            ids = None
+        if not (isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+            return [1]
+        encoded.append(ids)
+    return leading_special_ids(*encoded)
 
 
 class _Replay:

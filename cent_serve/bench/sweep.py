@@ -19,7 +19,7 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_
 from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.timing.mapping import parallelism  # noqa: E402
-from cent_serve.config import CentConfig, ParallelConfig, config_to_dict, model_label  # noqa: E402
+from cent_serve.config import CentConfig, config_to_dict, model_label  # noqa: E402
 from cent_serve.preflight import check_runnable  # noqa: E402
 
 DISTSERVE_ATTAINMENT = 0.9
@@ -191,7 +191,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
 
     rows, skipped = [], []
     for pp, tp in mappings:
-        c = dataclasses.replace(cfg, parallel=ParallelConfig(cfg.parallel.num_devices, pp, tp))
+        c = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, pp=pp, tp=tp))
         try:
             check_runnable(c)
         except ValueError as exc:  # this mapping cannot hold the model: say so, go on with the others

@@ -298,6 +298,20 @@ def special_token_text(settings: dict, key: str) -> str | None:
     return value if isinstance(value, str) else ""
 
 
+START_PROBE = "x"
+"""A text whose encoding with and without the special tokens shows what a tokenizer puts first."""
+
+
+def leading_special_ids(with_special: list[int], without: list[int]) -> list[int]:
+    """What an encoding with the special tokens has before the text's own ids (the BOS for most;
+    none for Qwen's; not an EOS a tokenizer adds after the text)."""
+    n = len(without)
+    for k in range(len(with_special) - n + 1):
+        if with_special[k:k + n] == without:
+            return list(with_special[:k])
+    return []
+
+
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` through the `tokenizers` library, with the checkpoint's
     `tokenizer_config.json` (its chat template) when there is one."""
@@ -347,7 +361,7 @@ class HFTokenizer:
     @property
     def start_ids(self) -> list[int]:
         if self._start_ids is None:
-            self._start_ids = self.encode("")
+            self._start_ids = leading_special_ids(self.encode(START_PROBE), self.encode(START_PROBE, add_bos=False))
         return list(self._start_ids)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:

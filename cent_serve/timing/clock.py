@@ -136,12 +136,13 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  
         joules += energy[a] * blocks
         if f[F_HEAD]:
             n_lane_seqs = lanes_i[a + 1] - lanes_i[a]
-            if f[F_HEAD + 4]:  # on the last stage's channel group: it waits for them and holds them
+            if f[F_HEAD + 4]:  # on the last stage's channel group: held from its last block's end (the
+                # output's hop to the head included: the lanes go through in order) to the head's
                 last = groups - 1
                 start = group_free[last] if group_free[last] > t else t
                 t = start + f[F_HEAD + 1] * n_lane_seqs
                 group_free[last] = t
-                busy[LM_HEAD] += t - start
+                busy[LM_HEAD] += t - start  # the head's work, done by the group's channels: counted for both
                 busy[GROUPS + last] += t - start
             else:
                 t = _unit(f, F_HEAD, t, n_lane_seqs, busy, LM_HEAD)

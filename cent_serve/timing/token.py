@@ -301,8 +301,9 @@ class SystemTimer:
         hop = self.local_hop_s(1)
         stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
         head = self.lm_head_s
-        if self.mapping.lm_head == "last_stage":  # on the last stage's channels: that station holds it too
-            stages[-1], head = stages[-1] + head, 0.0
+        if self.mapping.lm_head == "last_stage":  # on the last stage's channels: that station holds them
+            # from its last block's end through the output's move to the head (the DMA's hop) and the head
+            stages[-1], head = stages[-1] + hop + head, 0.0
         return [*stages, self.embed_lookup_s, head, self.hop_s(1) - self.port.latency_s]
 
     @property

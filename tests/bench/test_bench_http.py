@@ -230,8 +230,9 @@ def test_a_hold_lapses_unless_its_client_waits_for_an_arrival_before_it():
 
 @pytest.mark.parametrize("bos", [[128000], []], ids=["llama3-bos", "no-bos-qwen"])
 def test_url_prompts_start_with_the_server_s_own_bos(monkeypatch, bos):
-    """A prompt of ids gets no BOS from the server: the replay asks the server's tokenizer which it
-    puts first (`POST /tokenize` of ""), so a Llama 3 server sees 128000, a Qwen one none (it was
+    """A prompt of ids gets no BOS from the server: the replay asks the server's tokenizer what it
+    puts first (`POST /tokenize` with and without the special tokens), so a Llama 3 server sees
+    128000, a Qwen one none, and an eos a tokenizer adds after the text is not taken for it (it was
     the byte preset's 1 whatever the server's tokenizer, a quote mark in Llama 3's vocabulary)."""
     import cent_serve.bench.http_client as http_client
     from cent_serve.bench import Request
@@ -242,9 +243,10 @@ def test_url_prompts_start_with_the_server_s_own_bos(monkeypatch, bos):
         path = request.url.path
         if path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "llama", "max_model_len": 4096}]})
-        if path == "/tokenize":
-            assert json.loads(request.content)["prompt"] == ""
-            return httpx.Response(200, json={"tokens": bos, "count": len(bos)})
+        if path == "/tokenize":  # a tokenizer that also ends a text with its eos (add_eos_token)
+            body = json.loads(request.content)
+            ids = [120] + [2] if not body["add_special_tokens"] else [*bos, 120, 2]
+            return httpx.Response(200, json={"tokens": ids, "count": len(ids)})
         if path == "/v1/completions":
             body = json.loads(request.content)
             sent.append(body["prompt"])

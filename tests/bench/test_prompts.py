@@ -40,7 +40,7 @@ def test_bos_only_and_refusals():
 
 @pytest.mark.parametrize("start", [[1], [128000], []], ids=["llama2", "llama3", "qwen"])
 def test_a_replay_s_prompt_starts_with_what_the_tokenizer_puts_first(start):
-    """In process as over --url (`POST /tokenize` of ""): the tokenizer's own start, none for Qwen's
+    """In process as over --url (`POST /tokenize`): the tokenizer's own start, none for Qwen's
     (a replay gave every model the BOS id, Qwen's its eos stand-in)."""
     from types import SimpleNamespace
 
@@ -51,3 +51,27 @@ def test_a_replay_s_prompt_starts_with_what_the_tokenizer_puts_first(start):
     for n in (1, 9):
         ids = _prompt_ids(Request("r", 0.0, n, 2), engine, 0, 0)
         assert len(ids) == n and ids[:len(start)] == start and 7 not in ids
+
+
+def test_what_a_tokenizer_puts_first_leaves_an_eos_after_the_text_out():
+    """`start_ids` is the prefix an encoding with the special tokens has before the text's own ids:
+    `encode("")` took a tokenizer's appended eos for a start (review)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from cent_serve.model.tokenizer import HFTokenizer, leading_special_ids
+
+    assert leading_special_ids([1, 50, 51, 2], [50, 51]) == [1]
+    assert leading_special_ids([50, 2], [50]) == [] and leading_special_ids([9], [9]) == []
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "x": 3, "y": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        tok.save(str(Path(d) / "tokenizer.json"))
+        hf = HFTokenizer(Path(d) / "tokenizer.json", 1, 2)
+        assert hf.encode("") == [1, 2] and hf.start_ids == [1]
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+        tok.save(str(Path(d) / "tokenizer.json"))
+        assert HFTokenizer(Path(d) / "tokenizer.json", 1, 2).start_ids == []

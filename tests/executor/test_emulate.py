@@ -180,12 +180,15 @@ def test_the_artifacts_perfect_pipeline_is_the_other_convention():
 
 
 @pytest.mark.parametrize("model, devices, pp, tp", [("llama2-7b", 8, 32, 1), ("llama3.1-8b", 8, 32, 1),
-                                                    ("llama2-70b", 32, 80, 1), ("llama2-7b", 8, 2, 4)])
+                                                    ("llama2-70b", 32, 80, 1), ("llama2-7b", 8, 2, 4),
+                                                    ("llama2-7b", 16, 32, 1), ("qwen3-30b-a3b", 16, 0, 1)])
 def test_an_lm_head_on_the_last_stage_s_channels_holds_them_in_the_devices_and_the_closed_form(model, devices, pp, tp):
     """parallel.lm_head: last_stage puts the LM head on the last stage's channel group, which its next
-    blocks then wait for: the emulated devices and the closed form's stations agree, and in the pure
-    pipeline the last station is its blocks plus the head (by hand, 7B on 8 devices at 4,096 tokens:
-    32 x (0.445 + 0.118) ms = 18.0 ms a token, against 14.5 with the head a unit of its own)."""
+    blocks then wait for: the emulated devices and the closed form's stations agree (to 1e-4: a
+    station without the hop to the head was 5e-4 to 2e-3 off, under the 1% the other mappings are
+    held to), and in the pure pipeline the last station is its blocks, the hop and the head (by hand,
+    7B on 8 devices at 4,096 tokens: 32 x (0.445 + 0.0003 + 0.118) ms = 18.0 ms a token, against
+    14.5 with the head a unit of its own)."""
     from cent_serve.config import apply_overrides
     from cent_serve.timing import SystemTimer
 
@@ -194,7 +197,7 @@ def test_an_lm_head_on_the_last_stage_s_channels_holds_them_in_the_devices_and_t
     for seqlen in (128, 4096):
         out = emulate_seqlen(cfg, LocalExecutor(cfg), seqlen)
         for key in ("token_latency_ms", "throughput_tok_s"):
-            assert _rel(out[key], out["closed_form"][key]) < TOL, (key, seqlen, out[key], out["closed_form"][key])
+            assert _rel(out[key], out["closed_form"][key]) < 1e-4, (key, seqlen, out[key], out["closed_form"][key])
         own = token_figures(SystemTimer.from_config(unit), seqlen)
         timer = SystemTimer.from_config(cfg)
         shared = token_figures(timer, seqlen)
@@ -203,9 +206,29 @@ def test_an_lm_head_on_the_last_stage_s_channels_holds_them_in_the_devices_and_t
             assert shared.token_latency_ms == own.token_latency_ms
             continue
         last = timer.stations_s(seqlen)[len(timer.mapping.stages) - 1]
-        assert shared.token_latency_ms == pytest.approx(1e3 * pp * last) and shared.bottleneck
-        assert last == pytest.approx(SystemTimer.from_config(unit).stations_s(seqlen)[pp - 1] + timer.lm_head_s)
+        lanes = timer.mapping.lanes
+        assert shared.token_latency_ms == pytest.approx(1e3 * lanes * last) and shared.bottleneck
+        assert last == pytest.approx(SystemTimer.from_config(unit).stations_s(seqlen)[lanes - 1] + timer.local_hop_s(1)
+                                     + timer.lm_head_s)
         assert shared.token_latency_ms > own.token_latency_ms
-    if model == "llama2-7b" and pp == 32:
+    if (model, devices, pp) == ("llama2-7b", 8, 32):
         assert (own.token_latency_ms, shared.token_latency_ms) == (pytest.approx(14.52, abs=0.01),
-                                                                   pytest.approx(18.02, abs=0.01))
+                                                                   pytest.approx(18.03, abs=0.01))
+
+
+def test_parallel_lm_head_survives_the_flags_and_the_sweeps_that_set_a_mapping(tmp_path, capsys):
+    """--devices / --pp / --tp and each mapping of simulate --sweep rebuilt the parallel section and
+    dropped lm_head back to unit (review): a config file's last_stage ran as unit beside --devices."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: {name: llama2-7b}\nparallel: {num_devices: 8, lm_head: last_stage}\n")
+    base = ["simulate", "--config", str(cfg_file), "--seqlen", "4096", "--json"]
+    assert main(base) == 0
+    alone = json.loads(capsys.readouterr().out)["token_latency_ms"]
+    assert main(base + ["--devices", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_latency_ms"] == alone == pytest.approx(18.03, abs=0.01)
+    sweep = ["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--json"]
+    rows = {}
+    for placement in ("unit", "last_stage"):
+        assert main(sweep + ["--set", f"parallel.lm_head={placement}"]) == 0
+        rows[placement] = json.loads(capsys.readouterr().out)
+    assert rows["unit"] != rows["last_stage"]
