@@ -294,19 +294,20 @@ class Engine:
                 self.expert_load.add(rr.plan.layout.seq_ids, [req.num_computed for req, _ in rr.steps],
                                      rr.plan.layout.seq_tokens)
             counts, row = rr.plan.wants_logits, 0
+            energy_j, sampled_s = out.energy_j.tolist(), out.sampled_s.tolist()  # Python floats, read once
             for k, (req, n) in enumerate(rr.steps):
                 block = None  # logits of the step's last positions (scheduler.logit_rows)
                 if counts is not None and out.logits is not None:
                     block, row = out.logits[row:row + counts[k]], row + counts[k]
                 if req.is_finished:  # aborted while the round ran
                     continue
-                e = float(out.energy_j[k])
+                e = energy_j[k]
                 req.energy_j += e
                 self.stats.energy_j += e
                 if block is not None and len(block) and req.params.prompt_logprobs is not None:
                     self._prompt_logprobs(req, block, req.num_computed + n - len(block))
                 req.num_computed += n
-                req.ready_s = t = float(out.sampled_s[lane_of[k]])
+                req.ready_s = t = sampled_s[lane_of[k]]
                 if req.num_computed < req.num_tokens:
                     continue  # more prompt to go
                 self._append_token(req, self._sample(req, block[-1] if block is not None else None), t)

@@ -87,6 +87,9 @@ class Scheduler:
         self.with_token_ids = with_token_ids
         """Full numerics: plans carry the input ids and which sequences want logits."""
         self._freed: list[list[int]] = [[] for _ in range(num_replicas)]  # seq ids the devices may forget
+        self._layouts: list[Layout | None] = [None] * num_replicas
+        """Each replica's last plan's layout: an equal one is sent as that same object, so each device
+        (and the timer, and the switch) knows it by identity, not by comparing it again."""
         self._round_ids = itertools.count()
         self.num_replicas, self.lanes_per_replica = num_replicas, lanes_per_replica
         self.seqs_per_lane = seqs_per_lane
@@ -264,8 +267,11 @@ class Scheduler:
             ready.append(t)
             seqs.append(tuple((req.seq_id, n) for req, n in by_lane[lane]))
         freed, self._freed[replica] = tuple(self._freed[replica]), []
-        plan = RoundPlan(Layout(tuple(sorted(by_lane)), tuple(seqs)), np.array(ready, dtype=np.float64),
-                         next(self._round_ids), new, freed)
+        layout, last = Layout(tuple(sorted(by_lane)), tuple(seqs)), self._layouts[replica]
+        if last is not None and last == layout:
+            layout = last  # the same value: one comparison here rather than one per device
+        self._layouts[replica] = layout
+        plan = RoundPlan(layout, np.array(ready, dtype=np.float64), next(self._round_ids), new, freed)
         if self.with_token_ids:
             ids = [t for req, n in steps for t in req.all_ids[req.num_computed:req.num_computed + n]]
             plan.token_ids = np.array(ids, dtype=np.int64)

@@ -72,17 +72,19 @@ class PagedKVCache:
         """`grow` for each (sequence, tokens) in turn; the common case (one more block, from the
         never-used ones) inline, as a round calls this for every sequence crossing a block."""
         bt, tables, capacity, free = self.block_tokens, self.block_tables, self.capacity, self._free
+        get, num_blocks = tables.get, self.num_blocks
         for seq_id, tokens in wanted:
-            table = tables.get(seq_id)
-            if table is None or -(-tokens // bt) != len(table) + 1:
+            table = get(seq_id)
+            blocks = -(-tokens // bt)
+            if table is None or blocks != len(table) + 1:
                 self.grow(seq_id, tokens)
             elif free:
                 table.append(free.pop())
-                capacity[seq_id] = len(table) * bt
-            elif self._next_unused < self.num_blocks:
+                capacity[seq_id] = blocks * bt
+            elif self._next_unused < num_blocks:
                 table.append(self._next_unused)
                 self._next_unused += 1
-                capacity[seq_id] = len(table) * bt
+                capacity[seq_id] = blocks * bt
             else:
                 self.grow(seq_id, tokens)  # raises KVCacheFull
 

@@ -168,7 +168,7 @@ class DeviceWorker:
         ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0]
         cap = self.seqs.kv_tokens_cap
         if cap is None:
-            self.kv.grow_all([(ids[k], int(starts[k])) for k in crossed.tolist()])
+            self.kv.grow_all(list(zip([ids[k] for k in crossed.tolist()], starts[crossed].tolist())))
             return
         self.kv.grow_all([(ids[k], min(int(starts[k]), cap)) for k in crossed.tolist()])
         for k in crossed.tolist():  # a sliding window's ring is complete: its blocks are reused from here on
