@@ -128,6 +128,7 @@ class Scheduler:
         assert up or not any(q.replica == replica for q in self.running), f"replica {replica} still runs"
         self.up[replica] = up
         self._freed[replica] = []
+        self._layouts[replica] = None  # new devices know no layout: the next plan's is sent as made
 
     def any_up(self) -> bool:
         return any(self.up)

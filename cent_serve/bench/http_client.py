@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from cent_serve.bench.prompts import synthetic_prompt
+from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
                                      engine_id)
@@ -193,25 +193,33 @@ async def _server(client: httpx.AsyncClient, url: str) -> _Server:
     return _Server(model, st.json() if st.status_code == 200 else {}, context, await _bos(client, model))
 
 
+async def _tokens(client: httpx.AsyncClient, model: str, prompt: str, special: bool) -> list[int] | None:
+    """The server's `POST /tokenize` of `prompt` (None when it has none or answers something else)."""
+    try:
+        r = await client.post("/tokenize", json={"model": model, "prompt": prompt, "add_special_tokens": special})
+        ids = r.json()["tokens"] if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+    return ids if ok else None
+
+
 async def _bos(client: httpx.AsyncClient, model: str) -> list[int]:
     """The ids the server's tokenizer starts a prompt with: `/tokenize` of a text with and without the
     special tokens (vLLM's and cent-serve's `add_special_tokens`), what the first has before the
-    second's ids; [1], the byte-level preset's BOS, when the server has no `/tokenize` or answers
-    something else."""
+    second's ids. A server that answers both alike (it may ignore the flag) or not at all is asked
+    for an empty text's ids (one at most: a BOS, or none); [1], the byte-level preset's BOS, when
+    it has no `/tokenize`."""
     from cent_serve.model.tokenizer import START_PROBE, leading_special_ids
 
-    encoded = []
-    for special in (True, False):
-        try:
-            r = await client.post("/tokenize", json={"model": model, "prompt": START_PROBE,
-                                                     "add_special_tokens": special})
-            ids = r.json()["tokens"] if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            ids = None
-        if not (isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
-            return [1]
-        encoded.append(ids)
-    return leading_special_ids(*encoded)
+    with_special = await _tokens(client, model, START_PROBE, True)
+    without = await _tokens(client, model, START_PROBE, False)
+    if with_special is not None and without is not None and with_special != without:
+        start = leading_special_ids(with_special, without)
+        if start is not None:
+            return start
+    empty = await _tokens(client, model, "", True)
+    return empty if empty is not None and len(empty) <= 1 else [1]
 
 
 class _Replay:
@@ -267,9 +275,8 @@ class _Replay:
             rec.finish_reason, rec.failure_reason, rec.error = "invalid", too_long.reason, str(too_long)
             self.bar.done(rec)
             return
-        bos = self.srv.bos  # the server's own (a prompt of ids is not given one by the server)
-        ids = synthetic_prompt(max(1, tr.num_prompt_tokens), (self.seed, i), add_bos=bool(bos),
-                               bos_token_id=bos[0] if bos else 1).token_ids
+        # the server's own start (a prompt of ids is not given one by the server)
+        ids = prompt_ids(max(1, tr.num_prompt_tokens), (self.seed, i), self.srv.bos)
         body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
                     stream=True, stream_options={"include_usage": True})
         submitted = asyncio.Event()

@@ -13,7 +13,7 @@ import numpy as np
 
 from cent_serve.model.tokenizer import ByteTokenizer
 
-__all__ = ["SyntheticPrompt", "synthetic_prompt", "PRINTABLE_FIRST", "PRINTABLE_LAST"]
+__all__ = ["SyntheticPrompt", "synthetic_prompt", "prompt_ids", "PRINTABLE_FIRST", "PRINTABLE_LAST"]
 
 PRINTABLE_FIRST = 0x20
 """Lowest byte drawn: space."""
@@ -50,3 +50,11 @@ def synthetic_prompt(num_tokens: int, seed: int | Sequence[int], *, add_bos: boo
     byte_ids = (raw.astype(np.int64) + ByteTokenizer.OFFSET).tolist()
     token_ids = [bos_token_id, *byte_ids] if add_bos else byte_ids
     return SyntheticPrompt(token_ids=token_ids, text=raw.tobytes().decode("ascii"))
+
+
+def prompt_ids(num_tokens: int, seed: int | Sequence[int], start: Sequence[int]) -> list[int]:
+    """A trace request's prompt of exactly `num_tokens` ids: `start` (what the server's tokenizer puts
+    before a text: a BOS, none, or more), then seeded bytes; with one start id, the ids
+    `synthetic_prompt(num_tokens, seed, bos_token_id=start[0])` gives."""
+    head = list(start[:num_tokens])
+    return head + synthetic_prompt(num_tokens - len(head), seed, add_bos=False).token_ids

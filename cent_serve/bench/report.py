@@ -194,8 +194,9 @@ def print_table(summary: dict) -> None:
     for reason, f in summary.get("failure_reasons", {}).items():
         print(f"  {reason:<22}{f['count']:>12}   e.g. {short_example(f['example'])}")
     if "queue_full" in summary.get("failure_reasons", {}):  # the figures below are of an overloaded system
-        print(f"  {'':<22}{'':>12}   queue_full: the requests arrive faster than the devices serve them; replay "
-              "them slower (--time-scale 2, --rate R), on more devices, or queue more (scheduler.max_waiting)")
+        print(f"  {'':<22}{'':>12}   queue_full: the requests arrive faster than the server serves them; replay "
+              "them slower (--time-scale over 1, or a lower --rate) or on more capacity (more devices; "
+              "cent-serve's scheduler.max_waiting queues more)")
     if summary.get("raised_to_one_token"):
         print(f"{'raised to 1 token':<24}{summary['raised_to_one_token']:>12}   requests with 0 prompt or output "
               "tokens in the trace, sent with 1")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from cent_serve.bench.prompts import synthetic_prompt
+from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
@@ -181,9 +181,8 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
     """Token ids of the trace's length: the trace's text when it has some, else seeded bytes."""
     if tr.prompt is not None:
         return engine.tokenizer.encode(tr.prompt)[: max(1, tr.num_prompt_tokens)]
-    start = engine.tokenizer.start_ids  # what the tokenizer puts first (Llama's BOS; nothing for Qwen's)
-    return synthetic_prompt(max(1, tr.num_prompt_tokens), (seed, index), add_bos=bool(start),
-                            bos_token_id=start[0] if start else 1).token_ids
+    # what the tokenizer puts first (Llama's BOS; nothing for Qwen's)
+    return prompt_ids(max(1, tr.num_prompt_tokens), (seed, index), engine.tokenizer.start_ids)
 
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],

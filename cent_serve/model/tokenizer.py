@@ -49,8 +49,8 @@ class Tokenizer(Protocol):
 
     @property
     def start_ids(self) -> list[int]:
-        """The special ids `encode` puts before any text (the BOS for most; none for Qwen's), which a
-        prompt of token ids built for a trace starts with, as `/tokenize` of "" gives them."""
+        """The special ids `encode` puts before a text's own (the BOS for most; none for Qwen's; not an
+        eos appended after it), which a prompt of token ids built for a trace starts with."""
         ...
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -302,14 +302,15 @@ START_PROBE = "x"
 """A text whose encoding with and without the special tokens shows what a tokenizer puts first."""
 
 
-def leading_special_ids(with_special: list[int], without: list[int]) -> list[int]:
+def leading_special_ids(with_special: list[int], without: list[int]) -> list[int] | None:
     """What an encoding with the special tokens has before the text's own ids (the BOS for most;
-    none for Qwen's; not an EOS a tokenizer adds after the text)."""
+    none for Qwen's; not an EOS a tokenizer adds after the text); None when the text's own ids are
+    not found in it (or there are none), so the caller falls back."""
     n = len(without)
-    for k in range(len(with_special) - n + 1):
+    for k in range(len(with_special) - n + 1) if n else ():
         if with_special[k:k + n] == without:
             return list(with_special[:k])
-    return []
+    return None
 
 
 class HFTokenizer:
@@ -361,7 +362,8 @@ class HFTokenizer:
     @property
     def start_ids(self) -> list[int]:
         if self._start_ids is None:
-            self._start_ids = leading_special_ids(self.encode(START_PROBE), self.encode(START_PROBE, add_bos=False))
+            start = leading_special_ids(self.encode(START_PROBE), self.encode(START_PROBE, add_bos=False))
+            self._start_ids = start if start is not None else self.encode("")[:1]
         return list(self._start_ids)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:

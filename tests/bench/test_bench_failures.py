@@ -108,7 +108,7 @@ def test_the_table_prints_each_reason_with_its_count_and_example(capsys):
     assert " 2 " in line and "earliest" in line
     assert "device_fault" in out and "28.6% of all requests" in out
     # a queue that overflowed: the figures are an overloaded system's, and the table says how to replay it
-    assert "queue_full: the requests arrive faster than the devices serve them; replay them slower" in out
+    assert "queue_full: the requests arrive faster than the server serves them; replay them slower" in out
 
 
 def test_the_progress_bar_counts_failures(capsys):

@@ -105,15 +105,15 @@ def test_a_prompt_longer_than_any_memory_is_refused_by_its_length_not_built(monk
     import cent_serve.bench.runner as runner
     from cent_serve.bench import Request
 
-    real = runner.synthetic_prompt
+    real = runner.prompt_ids
     cap = model_preset("tiny").max_seq_len
 
     def bounded(num_tokens, *args, **kwargs):
         assert num_tokens <= cap, f"built a prompt of {num_tokens} tokens"
         return real(num_tokens, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "synthetic_prompt", bounded)
-    monkeypatch.setattr(http_client, "synthetic_prompt", bounded)
+    monkeypatch.setattr(runner, "prompt_ids", bounded)
+    monkeypatch.setattr(http_client, "prompt_ids", bounded)
     reqs = [Request("a", 0.0, 10, 5), Request("huge", 0.001, 3_000_000_000, 5), Request("b", 0.002, 10, 5),
             Request("last", 0.003, 9_000, 5)]  # refused last: no request the server waits for (30 s hold)
     local = run_in_process(_cfg(), reqs, progress=False)
@@ -245,7 +245,8 @@ def test_url_prompts_start_with_the_server_s_own_bos(monkeypatch, bos):
             return httpx.Response(200, json={"data": [{"id": "llama", "max_model_len": 4096}]})
         if path == "/tokenize":  # a tokenizer that also ends a text with its eos (add_eos_token)
             body = json.loads(request.content)
-            ids = [120] + [2] if not body["add_special_tokens"] else [*bos, 120, 2]
+            text = [120] if body["prompt"] else []
+            ids = [*bos, *text, 2] if body["add_special_tokens"] else text
             return httpx.Response(200, json={"tokens": ids, "count": len(ids)})
         if path == "/v1/completions":
             body = json.loads(request.content)
@@ -264,3 +265,28 @@ def test_url_prompts_start_with_the_server_s_own_bos(monkeypatch, bos):
     assert [len(p) for p in sorted(sent, key=len)] == [1, 5, 17]
     assert all(p[:len(bos)] == bos and all(35 <= t < 160 for t in p[len(bos):]) for p in sent), sent
     assert sorted(r.finish_reason for r in result.records) == ["length"] * 3
+
+
+def test_the_start_probe_falls_back_for_a_server_that_ignores_add_special_tokens():
+    """A server answering /tokenize alike with and without the special tokens (it ignores the flag)
+    is asked for an empty text's ids, a BOS or none; one without /tokenize gets the byte preset's 1
+    (review: the probe took [] for a Llama server that ignores the flag)."""
+    import cent_serve.bench.http_client as http_client
+
+    def server(tokenize):
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.path != "/tokenize":
+                return httpx.Response(404)
+            body = json.loads(request.content)
+            ids = tokenize(body["prompt"])
+            return httpx.Response(200, json={"tokens": ids}) if ids is not None else httpx.Response(404)
+        return httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(answer))
+
+    async def probe(tokenize):
+        async with server(tokenize) as client:
+            return await http_client._bos(client, "m")
+
+    assert asyncio.run(probe(lambda text: [7] + ([120] if text else []))) == [7]  # flag ignored: "" says [7]
+    assert asyncio.run(probe(lambda text: [120] if text else [])) == []  # Qwen's: nothing before a text
+    assert asyncio.run(probe(lambda text: None)) == [1]  # no /tokenize
+    assert asyncio.run(probe(lambda text: [7, 8] + ([120] if text else []))) == [1]  # "" of two ids: not a BOS

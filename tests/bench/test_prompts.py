@@ -62,6 +62,7 @@ def test_what_a_tokenizer_puts_first_leaves_an_eos_after_the_text_out():
 
     assert leading_special_ids([1, 50, 51, 2], [50, 51]) == [1]
     assert leading_special_ids([50, 2], [50]) == [] and leading_special_ids([9], [9]) == []
+    assert leading_special_ids([1, 9], [5]) is None and leading_special_ids([1], []) is None  # the caller falls back
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "x": 3, "y": 4}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -75,3 +76,12 @@ def test_what_a_tokenizer_puts_first_leaves_an_eos_after_the_text_out():
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
         tok.save(str(Path(d) / "tokenizer.json"))
         assert HFTokenizer(Path(d) / "tokenizer.json", 1, 2).start_ids == []
+
+
+def test_a_start_of_several_ids_is_kept_whole_and_one_id_gives_the_old_prompt():
+    from cent_serve.bench.prompts import prompt_ids
+
+    assert prompt_ids(9, (0, 3), [1]) == synthetic_prompt(9, (0, 3), bos_token_id=1).token_ids
+    assert prompt_ids(9, (0, 3), [])[:0] == [] and len(prompt_ids(9, (0, 3), [])) == 9
+    two = prompt_ids(9, (0, 3), [128000, 128006])
+    assert two[:2] == [128000, 128006] and len(two) == 9 and prompt_ids(1, 0, [5, 6]) == [5]
