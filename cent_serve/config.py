@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -368,15 +368,27 @@ UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype
 of the timing, or are the model's identity)."""
 
 
+@lru_cache(maxsize=None)
+def _preset(name: str) -> ModelConfig:
+    """The preset `name` as published, built once per process (read only)."""
+    return ModelConfig(name=name, **MODEL_PRESETS[name])
+
+
+def preset_changes(model: ModelConfig, skip: Callable[[str], bool]) -> list[str]:
+    """The fields (`model.F=value`) in which `model` differs from the preset of its name, but those
+    `skip` names; [] for a model that is no preset."""
+    if model.name not in MODEL_PRESETS:
+        return []
+    preset = _preset(model.name)
+    return [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
+            if not skip(f.name) and getattr(model, f.name) != getattr(preset, f.name)]
+
+
 def model_label(model: ModelConfig, most: int = 2) -> str:
     """The model as a run's header names it: a preset's name, with the fields set apart from it
     (`llama2-7b (model.num_layers=16)`; after `most` of them, how many more), so a changed preset is
     not read as the published one."""
-    if model.name not in MODEL_PRESETS:
-        return model.name
-    preset = ModelConfig(name=model.name, **MODEL_PRESETS[model.name])
-    changed = [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
-               if f.name not in UNLABELLED_MODEL_FIELDS and getattr(model, f.name) != getattr(preset, f.name)]
+    changed = preset_changes(model, UNLABELLED_MODEL_FIELDS.__contains__)
     if not changed:
         return model.name
     more = f" and {len(changed) - most} more" if len(changed) > most else ""

@@ -153,8 +153,8 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) 
 
 def check_tokenizer(cfg: CentConfig) -> None:
     """A checkpoint's tokenizer files load (tokenizer.json, tokenizer_config.json and its chat
-    template, special_tokens_map.json): ValueError naming the file otherwise, before anything starts (`cent serve` on Ray
-    met a damaged tokenizer.json after its devices, ~25 s in)."""
+    template, special_tokens_map.json): ValueError naming the file otherwise, before anything starts
+    (`cent serve` on Ray met a damaged tokenizer.json after its devices, ~25 s in)."""
     ckpt = cfg.model.checkpoint
     if ckpt and (Path(ckpt) / "tokenizer.json").is_file():
         files = tuple((st.st_mtime_ns, st.st_size) for name in ("tokenizer.json", "tokenizer_config.json",

@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sw = bsub.add_parser("sweep", help="one trace at several request rates: latency vs throughput, goodput",
                          description="Replay the trace at each --rates value (in-process); write sweep.json, "
-                                     "config.json and sweep.png with DistServe's goodput (highest rate at which 90%% of "
-                                     "requests meet the --goodput SLOs).")
+                                     "config.json and sweep.png with DistServe's goodput (highest rate at which "
+                                     "90%% of requests meet the --goodput SLOs).")
     add_config_args(sw)
     _add_request_args(sw)
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pa = bsub.add_parser("paper", help="the paper's mappings on one trace, beside the GPU baseline",
                          description="Replay one trace on every mapping the paper evaluates for --devices "
                                      "(pure pipeline, hybrids, full tensor parallel); write paper.json/.csv, "
-                                     "config.json and paper.png. Throughput is what the trace's arrivals allow: add --rate to "
+                                     "config.json and paper.png. Throughput is what the trace's arrivals allow: "
+                                     "add --rate to "
                                      "saturate the devices for a peak-throughput comparison with the GPUs.")
     add_config_args(pa)
     _add_request_args(pa)

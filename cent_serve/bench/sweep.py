@@ -91,7 +91,8 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     slo_text = ", ".join(f"{k} {fmt_ms(v)}" for k, v in slos.items()) or "none (give --goodput)"
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
     status = dict(model=sweep["model"], mapping=sweep["mapping"], hardware=sweep.get("hardware", "cent"))
-    fig.suptitle(f"{sweep.get('model_label') or sweep['model']} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
+    model = sweep.get("model_label") or sweep["model"]
+    fig.suptitle(f"{model} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
                  f"{mapping_text(status)}"
                  f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()

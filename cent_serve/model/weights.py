@@ -458,8 +458,8 @@ def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
     if key == "bos_token_id" and eos:
         return eos[:1]
     raise ValueError(f"{cfg_file}: {key} is missing, and neither generation_config.json nor the tokenizer's {token} "
-                     f"(tokenizer_config.json's or special_tokens_map.json's, in tokenizer.json) gives it: add it (the token that "
-                     "ends a reply)")
+                     f"(tokenizer_config.json's or special_tokens_map.json's, in tokenizer.json) gives it: add it "
+                     "(the token that ends a reply)")
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:

@@ -34,12 +34,9 @@ reports it.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import numpy as np
 
-from cent_serve.config import DeviceConfig, ModelConfig, model_preset
+from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
 from cent_serve.timing.fabric import BF16_BYTES
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
@@ -310,12 +307,6 @@ values, numerics, tokens and how long a context it admits; every other field cha
 costs (`cli_common.CLOSED_FORM_IGNORES` lists those the timing does not read)."""
 
 
-@functools.cache
-def _paper_preset(name: str) -> ModelConfig:
-    """The preset the paper's GPUs ran, built once per command (read only)."""
-    return model_preset(name)
-
-
 def baseline_changes(model: ModelConfig, dev: DeviceConfig | None = None) -> list[str]:
     """The fields (`model.F=value`) in which `model` differs from the preset of its name that the
     paper's GPUs ran (`GPU_BASELINES`), and `device.bytes_per_element` when `dev` stores other than
@@ -323,10 +314,7 @@ def baseline_changes(model: ModelConfig, dev: DeviceConfig | None = None) -> lis
     that model or there is no such preset."""
     if model.name not in GPU_BASELINES:
         return []
-    preset = _paper_preset(model.name)
-    changes = [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
-               if f.name not in UNPRICED_MODEL_FIELDS and not f.name.startswith("rope_")
-               and getattr(model, f.name) != getattr(preset, f.name)]
+    changes = preset_changes(model, lambda name: name in UNPRICED_MODEL_FIELDS or name.startswith("rope_"))
     if dev is not None and dev.bytes_per_element != GPU_BYTES_PER_ELEMENT:
         changes.append(f"device.bytes_per_element={dev.bytes_per_element}")
     return changes
