@@ -675,12 +675,17 @@ class FabricConfig:
     """PBR flit size on the wire."""
     flit_payload_bytes: int = 192
     """Payload per flit: 3 x 64 B messages."""
+    activation_bytes: int = 2
+    """Bytes of one activation value on the switch: 2, bf16, as CENT sends them whatever the banks
+    hold; 1 or 4 to ask what an 8-bit or a float32 wire format would do. It sizes every payload's
+    flits (a block's output hop, the tensor-parallel exchanges, the MoE combine) and the links'
+    energy; the devices still compute and store in `device.bytes_per_element`."""
     charge_local_hops: bool = True
     """Charge a block's output a switch hop even when the next block sits on the same device (as
     the artifact does); false: the device's DMA engine moves it (tokens x D values at
     `device.dma_bytes_per_cycle`, drawing no link energy under the `cent` energy convention)."""
 
-    _positive = frozenset({"switch_lanes", "lane_gbps", "flit_bytes", "flit_payload_bytes"})
+    _positive = frozenset({"switch_lanes", "lane_gbps", "flit_bytes", "flit_payload_bytes", "activation_bytes"})
     """Numbers that must be > 0 (every other one, the latencies and crossings, >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:
@@ -689,6 +694,8 @@ class FabricConfig:
         _check(self.lane_gbps > 0, "fabric.lane_gbps", self.lane_gbps, "use a positive bandwidth")
         _check(0 < self.flit_payload_bytes <= self.flit_bytes, "fabric.flit_payload_bytes",
                self.flit_payload_bytes, f"use a value in (0, fabric.flit_bytes={self.flit_bytes}]")
+        _check(self.activation_bytes in (1, 2, 4), "fabric.activation_bytes", self.activation_bytes,
+               "use 1 (8-bit), 2 (bfloat16, CENT's) or 4 (float32): a value crosses the switch whole")
         _check_numbers(self, "fabric")
 
     @property

@@ -29,7 +29,7 @@ import numpy as np
 from cent_serve.config import CentConfig
 from cent_serve.messages import Layout, RoundOutput
 from cent_serve.timing.clock import BYTES_IN, BYTES_OUT, FLITS_OUT, MESSAGES_IN, MESSAGES_OUT, transfer
-from cent_serve.timing.fabric import BF16_BYTES, flits_for_values, gather_flits, hop_size, port_model
+from cent_serve.timing.fabric import flits_for_values, gather_flits, hop_size, port_model
 
 HOST = -1
 """Port id of the host CPU."""
@@ -87,7 +87,7 @@ class Fabric:
     # ------------------------------------------------------------ timed primitives
 
     def send(self, src: int, dst: int, num_values: int, ready_s: float) -> float:
-        """Point-to-point: `num_values` bf16 values; returns the arrival time."""
+        """Point-to-point: `num_values` activation values; returns the arrival time."""
         return self._one(src, (dst,), flits_for_values(num_values, self.cfg.fabric), ready_s)
 
     def multicast(self, src: int, dsts: tuple[int, ...], num_values: int, ready_s: float) -> float:
@@ -169,7 +169,7 @@ class Fabric:
         Its time is charged by the devices (`TP_BLOCK_EXCHANGES`, the primitives without data)."""
         blobs = [frame(s) for s in slices]
         self.framed_bytes += sum(len(b) for b in blobs)
-        self.exchange_wire_bytes += sum(s.size for s in slices) * BF16_BYTES * max(0, len(slices) - 1)
+        self.exchange_wire_bytes += sum(s.size for s in slices) * self.cfg.fabric.activation_bytes * max(0, len(slices) - 1)
         return np.concatenate([unframe(b) for b in blobs], axis=-1)
 
     def stats(self) -> dict:

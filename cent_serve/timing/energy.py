@@ -37,7 +37,6 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
-from cent_serve.timing.fabric import BF16_BYTES
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
 from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles, router_cycles
@@ -148,8 +147,9 @@ class EnergyModel:
             # output staying on its device (`fabric.charge_local_hops` false) uses no link, so a
             # block carries its mean share of the token's hops that cross the switch
             values = d * timer.switch_hop_share + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
-            # bf16 on the links whatever the banks hold (docs/hardware_model.md section 1, "The data type")
-            self.pcie[T["pcie"]] = values * BF16_BYTES * 8 * dev.energy.pcie_pj_per_bit * 1e-12
+            # `fabric.activation_bytes` a value on the links (bf16) whatever the banks hold
+            # (docs/hardware_model.md section 1, "The data type")
+            self.pcie[T["pcie"]] = values * timer.fabric.activation_bytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from cent_serve.config import FabricConfig
 
 GIB = 2**30  # docs/hardware_model.md section 6: "GB here is 2^30 bytes"
-BF16_BYTES = 2
 
 
 def flits_for_bytes(nbytes: int, fab: FabricConfig) -> int:
@@ -23,8 +22,8 @@ def flits_for_bytes(nbytes: int, fab: FabricConfig) -> int:
 
 
 def flits_for_values(n: int, fab: FabricConfig) -> int:
-    """flits(n bf16 values) = ceil(2 n / 192)."""
-    return flits_for_bytes(BF16_BYTES * n, fab)
+    """flits(n activation values) = ceil(2 n / 192) for CENT's bf16 (`fabric.activation_bytes`)."""
+    return flits_for_bytes(fab.activation_bytes * n, fab)
 
 
 def copies(fab: FabricConfig, receivers: int) -> int:
@@ -64,7 +63,7 @@ def port_model(fab: FabricConfig, num_devices: int) -> PortModel:
 
 def gather_flits(n_values: int, tp: int, fab: FabricConfig) -> int:
     """A gather of an n-vector split over tp devices: ceil(2 n / tp / 192) (tp - 1) flits."""
-    return -(-BF16_BYTES * n_values // (tp * fab.flit_payload_bytes)) * (tp - 1)
+    return -(-fab.activation_bytes * n_values // (tp * fab.flit_payload_bytes)) * (tp - 1)
 
 
 def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: int = 1, receivers: int = 1) -> float:
@@ -77,7 +76,7 @@ def pipeline_block_s(hidden: int, port: PortModel, fab: FabricConfig, tokens: in
 
 
 def hop_size(hidden: int, tokens: int, port: PortModel, fab: FabricConfig) -> tuple[int, float]:
-    """(flits, serialization s) of a lane's activations (tokens x D bf16 values) crossing a port
+    """(flits, serialization s) of a lane's activations (tokens x D values) crossing a port
     once: the payload of a stage-to-stage hop (`fabric.switch.Fabric.hop`)."""
     flits = flits_for_values(hidden * tokens, fab)
     return flits, port.serialize_s(flits)
@@ -108,7 +107,7 @@ def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: F
     for _, primitive, dim in TP_BLOCK_EXCHANGES:
         count[("gather", dim)] += 1
         count[("broadcast", dim)] += primitive == "all_gather"
-    nbytes = {dim: BF16_BYTES * n for dim, n in dims.items()}
+    nbytes = {dim: fab.activation_bytes * n for dim, n in dims.items()}
     eb, fb = broadcast_s(nbytes["D"], port, fab, tp - 1), broadcast_s(nbytes["F"], port, fab, tp - 1)
     eg, fg = gather_s(nbytes["D"], tp, port, fab), gather_s(nbytes["F"], tp, port, fab)
     # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
@@ -131,14 +130,14 @@ the partial sums'."""
 
 def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
     """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine."""
-    nbytes = BF16_BYTES * hidden * tokens
+    nbytes = fab.activation_bytes * hidden * tokens
     return (4 * broadcast_s(nbytes, port, fab, tp - 1) + 4 * gather_s(nbytes, tp, port, fab)
             + moe_combine_s(hidden, tp, port, fab, tokens))
 
 
 def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
     """A MoE block's combine on a tp stage: each device's partial sum (tokens x D) gathered at one."""
-    return gather_s(tp * BF16_BYTES * hidden * tokens, tp, port, fab)
+    return gather_s(tp * fab.activation_bytes * hidden * tokens, tp, port, fab)
 
 
 def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:

@@ -60,6 +60,20 @@ def test_without_multicast_the_devices_and_the_switch_send_once_a_receiver(devic
     assert out["token_latency_ms"] > with_multicast["token_latency_ms"]
 
 
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (32, 4, 8)])
+def test_an_8_bit_wire_format_moves_the_devices_and_the_closed_form_alike(devices, pp, tp):
+    """fabric.activation_bytes=1: the switch's hops and the devices' exchanges (charged apart from the
+    closed form's formulas) carry half the flits, and both agree; the token gets faster."""
+    from cent_serve.config import apply_overrides
+
+    cfg = apply_overrides(_cfg("llama2-7b", devices, pp, tp), ["fabric.activation_bytes=1"])
+    out = emulate_seqlen(cfg, LocalExecutor(cfg), 300)
+    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj"):
+        assert _rel(out[key], out["closed_form"][key]) < TOL, key
+    bf16 = _cfg("llama2-7b", devices, pp, tp)
+    assert out["token_latency_ms"] < emulate_seqlen(bf16, LocalExecutor(bf16), 300)["token_latency_ms"]
+
+
 def test_context_is_exactly_the_closed_forms():
     """4096 sits on a tile boundary: one context more costs a visibly different amount."""
     cfg = _cfg("llama2-7b", 32, 32, 1)

@@ -161,6 +161,35 @@ def test_without_multicast_a_payload_for_k_devices_is_k_sends():
     assert _timer(fabric__multicast="false").hop_s(1) - lat == pytest.approx((_timer().hop_s(1) - lat) / 2, rel=1e-12)
 
 
+@pytest.mark.parametrize("width", [1, 4])
+def test_the_activation_width_sizes_every_payload_on_the_switch_and_nothing_on_the_devices(width):
+    """fabric.activation_bytes: 70B as 4 stages of tp 8. The output hop carries ceil(w D / 192) flits
+    (bf16: 86 for D 8192; 8-bit 43; float32 171), the exchanges' broadcasts and gathers their
+    w-byte payloads (a gather ceil(w n / 8 / 192) x 7 flits), the links' energy w bytes a value;
+    the latencies, the PIM and accelerator time and an on-device DMA hop do not move."""
+    from cent_serve.timing.energy import token_energy_terms_j
+
+    base, other = _timer("llama2-70b", 32, 4, 8), _timer("llama2-70b", 32, 4, 8, fabric__activation_bytes=width)
+    lat, ser, d, f = FabricConfig().hop_latency_s, base.port.serialize_s(1), 8192, 28672
+    assert other.port == base.port
+    assert other.hop_s(1) == pytest.approx(lat + -(-width * d // 192) * ser, rel=1e-12)
+    eb, fb = (lat + -(-width * n // 192) * ser for n in (d, f))
+    eg, fg = (lat + -(-width * n // (8 * 192)) * 7 * ser for n in (d, f))
+    assert other.collectives_s(1) == pytest.approx(4 * eb + 5 * eg + fb + fg, rel=1e-12)
+    assert other.block_pim_s(L) == base.block_pim_s(L) and other.block_acc_s(L) == base.block_acc_s(L)
+    e_base, e_other = token_energy_terms_j(base, L), token_energy_terms_j(other, L)
+    assert e_other["pcie"] == pytest.approx(width / 2 * e_base["pcie"], rel=1e-12)
+    assert {k: v for k, v in e_other.items() if k != "pcie"} == {k: v for k, v in e_base.items() if k != "pcie"}
+    dma = dict(fabric__charge_local_hops="false")
+    assert (_timer("llama2-70b", 32, **dma, fabric__activation_bytes=width).local_hop_s(1)
+            == _timer("llama2-70b", 32, **dma).local_hop_s(1) == 8192 * 2 / 32 / 2e9)
+
+
+def test_the_activation_width_is_a_whole_number_of_bytes():
+    with pytest.raises(ValueError, match=r"fabric.activation_bytes.*use 1 \(8-bit\), 2"):
+        _timer(fabric__activation_bytes=3)
+
+
 def test_local_hops_cost_the_dma_engine_when_not_charged_as_switch_hops():
     """70B on 32 devices: 27 units, so 26 hops cross the switch and 54 stay on a device, each
     8192 x 2 B / 32 B per cycle = 512 cycles (0.256 us) instead of a 1.461 us hop."""
