@@ -366,7 +366,10 @@ class Engine:
             self._finish(req, "stop", t)
             return
         if p.stop:  # text at each token only when stop strings need it
-            before = len(req.text)
+            # the text no later token can change: a character of several bytes shows as U+FFFD until
+            # its last byte, which then adds no character, so the text's length would start the
+            # search past a stop string that character ends
+            before = len(req.detok.text)
             req.text = req.detok.decode(self.tokenizer, req.output_ids)
             if can_stop:
                 longest = max(len(x) for x in p.stop)

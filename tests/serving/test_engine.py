@@ -161,6 +161,19 @@ def test_stop_strings_and_eos():
     assert eos.finish_reason == "stop" and eos.output_ids == [first] and eng3.text(eos) == ""
 
 
+@pytest.mark.parametrize("stop", ["\u02a4", "Y\u02a4", "\u4e2d\u6587"])
+def test_a_stop_string_ending_in_a_character_of_several_bytes_stops(stop):
+    """A byte-level tokenizer's last byte of a character adds no character to the text (its half
+    made one already showed as U+FFFD), so a search window reckoned from the text's length before it
+    missed every stop string ending in such a character (audit: "\u02a4" ran to max_tokens)."""
+    eng = _engine(numerics="off")
+    forced = iter(eng.tokenizer.encode(f"ab{stop}cd", add_bos=False))
+    eng._sample = lambda req, row: next(forced)
+    req = eng.add_request([1, 72], RequestParams(max_tokens=20, ignore_eos=True, stop=(stop,)))
+    _run(eng)
+    assert (req.finish_reason, req.stop_reason, eng.text(req)) == ("stop", stop, "ab")
+
+
 def test_two_runs_are_bit_identical():
     def run():
         eng = _engine(numerics="off", max_seqs_per_stage=2)
