@@ -26,7 +26,8 @@ from cent_serve.scheduler import QueueFull
 from cent_serve.serving import ENGINE_THREAD_FAILED, Delta, EngineStopped
 
 DISCONNECT_POLL_S = 0.25
-"""How often a non-streaming handler checks whether its client is still there."""
+"""How often a non-streaming handler checks whether its client is still there, besides listening
+for the disconnect itself (a server whose ASGI receive never tells it; uvicorn's does at once)."""
 RETRY_AFTER_S = 1
 """`Retry-After` of a 429 (seconds): a small constant, not an estimate. The queue drains at
 engine speed, which in virtual mode is far faster than a client's retry loop; clients that
@@ -254,20 +255,23 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     left = len(reqs)
     made = [0] * len(reqs)  # each choice's tokens as the engine made them (an echo alone drops its one)
     next_check = time.monotonic() + DISCONNECT_POLL_S
+    gone = asyncio.ensure_future(_client_gone(raw))  # at once, as vLLM's `with_cancellation` listens
     try:
         while left:
-            if time.monotonic() >= next_check:
+            if gone.done() or time.monotonic() >= next_check:
                 next_check = time.monotonic() + DISCONNECT_POLL_S
-                if await raw.is_disconnected():
+                if gone.done() or await raw.is_disconnected():
                     ctx.abort_all(reqs)
                     raise ApiError("client disconnected", None, 499)
             try:  # what is there already, without a timer and a task for each delta
                 index, d = q.get_nowait()
             except asyncio.QueueEmpty:
-                try:
-                    index, d = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
+                getter = asyncio.ensure_future(q.get())
+                await asyncio.wait((getter, gone), timeout=DISCONNECT_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
                     continue
+                index, d = getter.result()
             await ctx.pace(d)
             made[index] += len(d.token_ids)
             if echo_only:
@@ -287,6 +291,8 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
         ctx.abort_all(reqs)
         record(raw, "aborted", "client_disconnect")
         raise
+    finally:
+        gone.cancel()
     failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
     if failed:
         raise ApiError(failed[0], None, 500, "server_error", DEVICE_FAULT_CODE)
@@ -295,6 +301,16 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     if "abort" in reasons:  # the engine stopped under it: no whole answer
         raise engine_stopped(ctx)
     return out
+
+
+async def _client_gone(raw: Request) -> None:
+    """Returns once the client has gone: the ASGI server's `http.disconnect` (the body is read by
+    now, so nothing else comes). A receive that fails leaves it to the poll (never returns)."""
+    try:
+        while (await raw.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 - not ours to judge: `collect`'s poll still asks
+        await asyncio.Event().wait()
 
 
 def engine_stopped(ctx: ApiContext) -> ApiError:
