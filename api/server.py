@@ -20,6 +20,7 @@ from api.app import create_app
 from api.metrics import Metrics
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.replicas import EXIT_JOIN_S
 from cent_serve.preflight import bind_listen_socket, start_listening
 from cent_serve.serving import EngineLoop
 
@@ -159,7 +160,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     finally:
         sock.close()
         loop.stop()
-        loop.engine.shutdown()
+        loop.engine.shutdown(EXIT_JOIN_S)  # the process ends next: a replica's start-up is not waited out
         if cfg.executor == "ray":
             import ray
             ray.shutdown()

@@ -450,5 +450,6 @@ class Engine:
     def fabric_stats(self) -> list[dict]:
         return [dict(st["fabric"], replica=r) for r, st in self._replica_stats()]
 
-    def shutdown(self) -> None:
-        self.replicas.shutdown()
+    def shutdown(self, join_s: float | None = None) -> None:
+        """Stop the devices (`Replicas.shutdown`: a replica being re-created waited for up to `join_s`)."""
+        self.replicas.shutdown(join_s)

@@ -14,11 +14,19 @@ import threading
 import time
 from typing import Callable
 
+from cent_serve.executor.base import StartCancelled, cancellable_start
+
 log = logging.getLogger("cent.replicas")
 RETRY_S = 10.0
 """Wall seconds between attempts to re-create a replica whose re-creation failed."""
 SHUTDOWN_JOIN_S = 60.0
 """Longest wait, at shutdown, for a re-creation in flight (its actors are then stopped too)."""
+EXIT_JOIN_S = 5.0
+"""The same wait when the process exits next (`cent serve` stopped by a signal). A re-creation gives
+its devices' start-up up within a fraction of a second of the stop (`cancellable_start`; a stopped
+server took 19 s waiting for it); one still busy after this (a placement, a switch) is left, its
+actors going with the Ray the server started or, on a cluster of its own, with the driver (Ray ends
+a job's actors when its driver leaves)."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -128,7 +136,11 @@ class Replicas:
                 return
             log.info("re-creating replica %d", replica)
             try:
-                ex = self._remake()
+                with cancellable_start(lambda: self._stopping):  # a stop ends its devices' start-up
+                    ex = self._remake()
+            except StartCancelled:
+                log.info("replica %d: its re-creation was given up (the server is stopping)", replica)
+                return
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
                 reason = f"could not be re-created: {describe_fault(exc)}"
                 log.error("replica %d %s", replica, reason)
@@ -166,12 +178,16 @@ class Replicas:
             self._start(r)
         return sorted(built)
 
-    def shutdown(self) -> None:
-        """Stop every executor, those being re-created included."""
+    def shutdown(self, join_s: float | None = None) -> None:
+        """Stop every executor, those being re-created included: a re-creation in flight is waited
+        for up to `join_s` (default SHUTDOWN_JOIN_S), then stops what it built by itself."""
         self._stopping = True
-        deadline = time.monotonic() + SHUTDOWN_JOIN_S  # one wait for them all (after a lost cluster each blocks)
-        for t in list(getattr(self, "_threads", {}).values()):
+        # one wait for them all (after a lost cluster each blocks)
+        deadline = time.monotonic() + (SHUTDOWN_JOIN_S if join_s is None else join_s)
+        for r, t in list(getattr(self, "_threads", {}).items()):
             t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.info("replica %d is still being re-created: not waiting for it (what it built is stopped)", r)
         for ex in self.executors + list(getattr(self, "_built", {}).values()):
             if ex is not None:
                 ex.shutdown()

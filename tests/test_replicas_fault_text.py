@@ -114,3 +114,67 @@ def test_each_replica_s_start_is_logged_before_its_devices_progress_lines(caplog
         Replicas(Made, 1).shutdown()
     assert [r.getMessage() for r in caplog.records] == [
         "starting replica 0 (1 of 3)", "starting replica 1 (2 of 3)", "starting replica 2 (3 of 3)"]
+
+
+def test_a_shutdown_before_the_process_exits_does_not_wait_out_a_re_creation():
+    """`cent serve` stopped while a replica's actors start (tens of seconds on Ray) waited for them
+    (a Ctrl-C took 19 s): with a short `join_s` the shutdown returns, and the re-creation stops what
+    it builds by itself."""
+    import threading
+
+    building, release, stopped = threading.Event(), threading.Event(), []
+
+    class Made:
+        def shutdown(self) -> None:
+            stopped.append(self)
+
+    def make():
+        if made:  # the re-creation: blocks as a start-up does, until the test lets it finish
+            building.set()
+            release.wait(30)
+        made.append(Made())
+        return made[-1]
+
+    made: list = []
+    reps = Replicas(make, 1, retry_s=3600)
+    reps.fail(0, RuntimeError("gone"))
+    assert building.wait(10)
+    reps.shutdown(join_s=0.0)
+    assert reps._threads[0].is_alive() and stopped == [made[0]]  # returned while it still builds
+    release.set()
+    reps._threads[0].join(10)
+    assert stopped == made and reps.executors == [None]  # the one it built, stopped by itself
+
+
+def test_a_stop_ends_a_re_creation_s_start_up_where_it_asks(caplog):
+    """A start-up that asks `check_start` (the Ray executor, while its actors come up) is given up
+    once the replicas stop: the shutdown's wait ends with it, and no error is logged for it."""
+    import logging
+    import threading
+
+    from cent_serve.executor.base import check_start
+
+    asking, made = threading.Event(), []
+
+    class Made:
+        def shutdown(self) -> None:
+            pass
+
+    def make():
+        if made:  # the re-creation: starts until told it is not wanted
+            while True:
+                asking.set()
+                check_start()
+                threading.Event().wait(0.01)
+        made.append(Made())
+        return made[-1]
+
+    check_start()  # outside a cancellable start-up: nothing to give up
+    reps = Replicas(make, 1, retry_s=3600)
+    reps.fail(0, RuntimeError("gone"))
+    assert asking.wait(10)
+    with caplog.at_level(logging.INFO, logger="cent.replicas"):
+        reps.shutdown()  # waits up to SHUTDOWN_JOIN_S, which the start-up ends well within
+    assert not reps._threads[0].is_alive()
+    assert "replica 0: its re-creation was given up (the server is stopping)" in caplog.messages
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR] and len(made) == 1

@@ -7,8 +7,11 @@ config chooses the implementation (`cfg.executor`, `make_executor`); nothing els
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
@@ -48,3 +51,29 @@ def done(result: RoundOutput) -> "Future[RoundOutput]":
     fut: Future = Future()
     fut.set_result(result)
     return fut
+
+
+class StartCancelled(RuntimeError):
+    """An executor's start-up given up part way: nobody wants it any more (the server stopped while
+    a replica was being re-created)."""
+
+
+_start = threading.local()
+
+
+@contextmanager
+def cancellable_start(cancelled: Callable[[], bool]) -> Iterator[None]:
+    """Executors built on this thread inside the block may give their start-up up (`StartCancelled`)
+    once `cancelled()` is true; a Ray replica's devices take tens of seconds to start."""
+    _start.cancelled = cancelled
+    try:
+        yield
+    finally:
+        _start.cancelled = None
+
+
+def check_start() -> None:
+    """Raise StartCancelled if this thread's start-up is no longer wanted (`cancellable_start`)."""
+    cancelled = getattr(_start, "cancelled", None)
+    if cancelled is not None and cancelled():
+        raise StartCancelled("the start-up was given up: the server is stopping")

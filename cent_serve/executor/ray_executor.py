@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Executor
+from cent_serve.executor.base import Executor, check_start
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.token import PRELOAD_CONTEXTS
@@ -300,11 +300,14 @@ def chain_bundles(pg, first_node: str) -> list[int]:
 STARTUP_PROGRESS_S = 10.0
 """While the device actors start, a log line this often says how many are up (dozens of actors on a
 few cores take minutes)."""
+STARTUP_CHECK_S = 0.25
+"""How often a start-up asks whether it is still wanted (`check_start`)."""
 
 
 def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRESS_S) -> list:
     """`ray.get(refs, timeout=timeout_s)` (the device actors' first answers, in order, or the first
-    error as soon as it comes), logging every `every_s` seconds how many have answered."""
+    error as soon as it comes), logging every `every_s` seconds how many have answered; given up
+    (StartCancelled) within STARTUP_CHECK_S once nobody wants it (`check_start`)."""
     t0 = time.monotonic()
     pending, n = list(refs), len(refs)
     next_log = t0 + every_s
@@ -314,8 +317,10 @@ def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRES
         if left <= 0:
             break
         # one at a time, so an actor that failed to start raises as soon as it answers
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, min(next_log - now, left)))
+        ready, pending = ray.wait(pending, num_returns=1,
+                                  timeout=max(0.0, min(next_log - now, left, STARTUP_CHECK_S)))
         ray.get(ready)
+        check_start()
         if pending and time.monotonic() >= next_log:
             log.info("starting the device actors: %d of %d up after %.0f s", n - len(pending), n,
                      time.monotonic() - t0)
