@@ -71,6 +71,19 @@ def _not_cancelled(record: logging.LogRecord) -> bool:
     return not str(record.msg).rstrip().endswith("CancelledError")
 
 
+def _cancelled_response_in_one_line(record: logging.LogRecord) -> bool:
+    """uvicorn logs each response it cancels when the graceful shutdown's time runs out (a client
+    that stopped reading its stream) as "Exception in ASGI application" with the CancelledError's
+    traceback, ~60 lines for an expected end: one line says it."""
+    if (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
+            and str(record.msg).startswith("Exception in ASGI application")):
+        record.msg, record.args = ("a response still being written was cancelled: the shutdown's %g s for "
+                                   "open responses ran out (its client stopped reading)", (SHUTDOWN_GRACE_S,))
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"  # expected: the client's doing
+    return True
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, stopping the way `cent serve` stops: the first SIGINT or SIGTERM is
     logged and stops the engine at once (`stop_engine`), so every running generation ends as
@@ -81,6 +94,7 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, stop_engine) -> None:
         super().__init__(config)
         self.stop_engine = stop_engine
+        logging.getLogger("uvicorn.error").addFilter(_cancelled_response_in_one_line)  # once: filters are a set
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.should_exit:

@@ -139,6 +139,36 @@ def test_a_second_signal_exits_without_a_traceback_of_the_cancelled_lifespan(uvi
     assert server.force_exit and not uv.filter(cancelled) and uv.filter(other)
 
 
+def test_a_response_cancelled_at_the_end_of_the_grace_is_one_line(uvicorn_log):
+    """A client that stops reading its stream keeps its response open until the graceful shutdown's
+    time runs out; uvicorn then cancels it and logged ~60 lines of CancelledError traceback per
+    response (server audit). One warning line now; other exceptions keep their traceback."""
+    import asyncio
+    import logging
+    import sys
+
+    import uvicorn
+
+    from api.server import _Uvicorn
+
+    _Uvicorn(uvicorn.Config(app=None), lambda: None)
+    uv = uvicorn_log
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return uv.makeRecord(uv.name, logging.ERROR, __file__, 1, "Exception in ASGI application\n", (),
+                                 sys.exc_info())
+
+    cancelled, other = record(asyncio.CancelledError("Task cancelled")), record(RuntimeError("boom"))
+    assert uv.filter(cancelled) and uv.filter(other)
+    assert cancelled.levelno == logging.WARNING and cancelled.exc_info is None
+    assert cancelled.getMessage() == ("a response still being written was cancelled: the shutdown's 10 s for open "
+                                      "responses ran out (its client stopped reading)")
+    assert other.levelno == logging.ERROR and other.exc_info[0] is RuntimeError
+
+
 def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
     key = "sk-from-env-5b1d2e8f9a"
     proc, url, port = _serve(["--local"], CENT_API_KEY=key)
