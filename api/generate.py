@@ -167,8 +167,14 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
     context = ctx.cfg.model.max_seq_len
     limits = [prompts.max_tokens if prompts.max_tokens is not None
               else min(prompts.default_max_tokens, context - len(ids)) for ids in prompts.ids]
-    for ids, limit in zip(prompts.ids, limits):
-        ctx.check_request(ids, limit, prompts.fields)
+    for i, (ids, limit) in enumerate(zip(prompts.ids, limits)):
+        try:
+            ctx.check_request(ids, limit, prompts.fields)
+        except ApiError as exc:
+            if len(prompts.ids) > 1:  # a batch of prompts: say which
+                exc.message = f"the prompt at index {i} of {len(prompts.ids)}: {exc.message}"
+                exc.args = (exc.message,)
+            raise
     params = [body.to_params(limit, prompts.fields.max_tokens, ctx.sampling_defaults) for limit in limits]
     n, scheduler = body.n, ctx.engine.scheduler
     most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit_all`, not this

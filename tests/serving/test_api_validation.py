@@ -57,6 +57,7 @@ def test_a_refused_choice_queues_none_of_its_siblings(server):
     before = status(server.url)
     got, err = _error(server, "/v1/completions", body(prompt=[[1, 5, 6], [1, 10 ** 6]], n=2))
     assert (got, err["param"]) == (400, "prompt"), err
+    assert err["message"].startswith("the prompt at index 1 of 2: prompt token id 1000000 is outside"), err  # which one
     after = status(server.url)
     for key in ("num_finished", "num_aborted", "num_failed", "num_waiting", "num_running"):
         assert after[key] == before[key], key  # the good prompt's choices never reached the engine
