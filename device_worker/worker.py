@@ -41,6 +41,7 @@ from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import FOREVER, SeqTable
 
 Exchange = tuple[str, str, np.ndarray]
+_NONE_CROSSED = np.zeros(0, dtype=np.int64)
 
 
 class DeviceWorker:
@@ -128,6 +129,43 @@ class DeviceWorker:
             yield from self._compute(plan, x, starts, out)
         return out
 
+    def run_time(self, plan: RoundPlan, x: RoundOutput) -> tuple[RoundOutput, np.ndarray, int]:
+        """`run` of a device without numerics (which never yields), but for the KV growth, left
+        to the caller (`grow_kv` of the first `n_crossed` of `crossed`, after the tensor-parallel
+        twins have copied the positions: `fabric.rounds.Lockstep`). Returns (the output,
+        crossed, n_crossed)."""
+        for sid in plan.finished:
+            self.free(sid)
+        self.seqs.update(plan)
+        layout = plan.layout
+        if not len(layout):
+            self.clock.i[I_CALLS] += 1
+            return RoundOutput(x.ready_s, np.zeros(0)), _NONE_CROSSED, 0
+        done, own, crossed, n_crossed = self._time_pass(x.ready_s, layout)
+        return RoundOutput(done, own), crossed, n_crossed
+
+    def copy_time(self, lead: "DeviceWorker", plan: RoundPlan) -> None:
+        """`run_time` of `plan` on a twin of `lead` (`is_twin`) that `lead` has just run: the
+        same compiled time pass over equal clocks, positions and inputs gives equal ones, so
+        they are copied, not computed again. The KV growth is the caller's, as for `lead`."""
+        for sid in plan.finished:
+            self.free(sid)
+        self.seqs.update(plan)
+        self.clock.f[:] = lead.clock.f  # in place: `clock.busy` and `clock.group_free` are views of it
+        self.clock.i[:] = lead.clock.i
+        self.seqs.state[:] = lead.seqs.state
+
+    def is_twin(self, other: "DeviceWorker") -> bool:
+        """Whether this device's time pass is `other`'s, round after round: both timing-only on
+        one timer, the same blocks, equal clocks and positions (the ranks of a tensor-parallel
+        stage, as built). Their KV caches are not compared: each grows its own."""
+        return (not self.numerics and not other.numerics and self.timer is other.timer
+                and self._blocks == other._blocks
+                and np.array_equal(self.clock.f, other.clock.f) and np.array_equal(self.clock.i, other.clock.i)
+                and (self.seqs.block_tokens, self.seqs.kv_tokens_cap, self.seqs.layout, self.seqs.pos)
+                == (other.seqs.block_tokens, other.seqs.kv_tokens_cap, other.seqs.layout, other.seqs.pos)
+                and np.array_equal(self.seqs.state, other.seqs.state))
+
     def free(self, seq_id: int) -> None:
         """Forget a finished or aborted sequence: KV blocks and values, at once."""
         self.kv.free(seq_id)
@@ -139,6 +177,14 @@ class DeviceWorker:
         """The round's time pass (`cent_serve.timing.clock.device_round`): when each lane's output
         exists (its last block's end, or the LM head's) and the joules charged to each sequence;
         the sequences that cross into a new KV block get it (KVCacheFull fails the round)."""
+        done, own, crossed, n_crossed = self._time_pass(ready, layout)
+        if n_crossed:
+            self.grow_kv(crossed[:n_crossed])
+        return done, own
+
+    def _time_pass(self, ready: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """`_charge_time` but the KV growth: (done, own, the crossing sequences' indexes in the
+        first `n_crossed` entries, n_crossed)."""
         timer, seqs, clock = self.timer, self.seqs, self.clock
         if timer.moe_per_round:  # this round's routing: each lane's block steps wait for its busiest device
             lp = timer.moe_lane_plan(layout, seqs.state[0], self._blocks)
@@ -151,9 +197,7 @@ class DeviceWorker:
             if not need:
                 break
             self.fill_table(lp)
-        if n_crossed:
-            self.grow_kv(crossed[:n_crossed])
-        return done, own
+        return done, own, crossed, n_crossed
 
     def fill_table(self, lp) -> None:
         """Fill the timer's context table for every context the current layout's round reaches."""

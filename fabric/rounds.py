@@ -178,9 +178,62 @@ class Rendezvous:
         return waiting
 
 
-def run_unit(workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous) -> RoundOutput:
+class Lockstep:
+    """A timing-only tensor-parallel unit in one process: its ranks are twins (equal clocks and
+    positions, one timer: `DeviceWorker.is_twin`), and a time pass over equal state and inputs
+    is the same computation, so the first rank runs it and the others copy its clocks and
+    positions (`DeviceWorker.copy_time`) instead of running it again, which was seven eighths of
+    a tp 8 replay's time. Each rank still frees and grows its own KV cache, and the unit's output
+    is `combine`'s: the first rank's, with its joules added once per rank in rank order (every
+    rank's are equal). Holds while every round runs through it; a round that fails ends it (the
+    unit's rounds go through `run_unit`'s general loop from then on)."""
+
+    def __init__(self, workers: list) -> None:
+        self.on = len(workers) > 1 and all(w.is_twin(workers[0]) for w in workers[1:])
+
+    def run(self, workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous) -> RoundOutput:
+        """`run_unit` of the twins (the same output, state and error)."""
+        lead = workers[0]
+        try:
+            y, crossed, n_crossed = lead.run_time(plan, x)
+        except Exception as exc:  # noqa: BLE001 - the others run as they would have, then it is raised
+            self.on = False
+            relay.break_round(plan.round_id, f"rank 0 failed: {type(exc).__name__}: {exc}")
+            for r, w in enumerate(workers[1:], 1):
+                try:
+                    for _ in w.run(plan, x):  # timing-only: never yields
+                        pass
+                except Exception as other:  # noqa: BLE001
+                    relay.break_round(plan.round_id, f"rank {r} failed: {type(other).__name__}: {other}")
+            raise
+        for w in workers[1:]:
+            w.copy_time(lead, plan)
+        if n_crossed:  # after the copies: with a sliding window, growing may mark a rank's positions
+            first = None
+            for r, w in enumerate(workers):
+                try:
+                    w.grow_kv(crossed[:n_crossed])
+                except Exception as exc:  # noqa: BLE001 - as `_drive`: every rank's round, the first error
+                    self.on = False
+                    relay.break_round(plan.round_id, f"rank {r} failed: {type(exc).__name__}: {exc}")
+                    if first is None:
+                        first = exc
+            if first is not None:
+                raise first
+        own = energy = y.energy_j
+        for _ in workers[1:]:
+            energy = energy + own
+        y.energy_j = energy
+        return y
+
+
+def run_unit(workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous,
+             lockstep: Lockstep | None = None) -> RoundOutput:
     """One unit in this process: every rank's generator driven through `relay`, in rank order;
-    the unit's output (`combine`), or the first failing rank's error."""
+    the unit's output (`combine`), or the first failing rank's error. Twin ranks go through
+    `lockstep` while it is on."""
+    if lockstep is not None and lockstep.on:
+        return lockstep.run(workers, plan, x, relay)
     if len(workers) == 1:  # one rank (no tensor parallelism): nothing to exchange, no relay to drive
         gen = workers[0].run(plan, x)
         try:
@@ -252,12 +305,12 @@ def hand_on(energy_j: np.ndarray, y: RoundOutput, fabric: Fabric, timer: SystemT
 
 
 def run_round(plan: RoundPlan, units: list[Unit], workers: dict[int, object], fabric: Fabric,
-              timer: SystemTimer, relays: list[Rendezvous]) -> RoundOutput:
+              timer: SystemTimer, relays: list[Rendezvous], locksteps: list[Lockstep] | None = None) -> RoundOutput:
     """Every lane of `plan` through every unit, in this process; returns the last unit's output
     with the energy of all units and the host's sampling time (`sampled_s`)."""
     x = RoundOutput.start(plan)
     for k, unit in enumerate(units):
-        y = run_unit([workers[d] for d in unit.device_ids], plan, x, relays[k])
+        y = run_unit([workers[d] for d in unit.device_ids], plan, x, relays[k], locksteps and locksteps[k])
         nxt = units[k + 1].device_ids if k + 1 < len(units) else ()
         x = hand_on(x.energy_j, y, fabric, timer, plan.layout, unit.device_ids, nxt)
     return x

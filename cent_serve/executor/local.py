@@ -8,7 +8,7 @@ from cent_serve.executor.base import Executor, done
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
-from fabric.rounds import Rendezvous, execution_units, run_round
+from fabric.rounds import Lockstep, Rendezvous, execution_units, run_round
 from fabric.switch import Fabric
 
 
@@ -26,9 +26,11 @@ class LocalExecutor(Executor):
         self.workers = {d: DeviceWorker(cfg, d, self.timer, weights) for u in self.units for d in u.device_ids}
         self.fabric = Fabric(cfg)
         self.relays = [Rendezvous(self.fabric, len(u.device_ids)) for u in self.units]
+        self.locksteps = [Lockstep([self.workers[d] for d in u.device_ids]) for u in self.units]
 
     def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
-        return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays))
+        return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
+                              self.locksteps))
 
     def stats(self) -> dict:
         return dict(devices=[w.stats() for w in self.workers.values()], fabric=self.fabric.stats())
