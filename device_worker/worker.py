@@ -206,15 +206,23 @@ class DeviceWorker:
         self.timer.fill_contexts(np.concatenate([np.arange(a + 1, a + t + 1) for a, t in
                                                  zip(seqs.state[0].tolist(), tokens)]))
 
-    def grow_kv(self, crossed: np.ndarray) -> None:
-        """A new KV block for each sequence that crossed into one (`crossed`: their indexes in
-        layout order); KVCacheFull fails the round."""
+    def kv_wanted(self, crossed: np.ndarray) -> list[tuple[int, int]]:
+        """(sequence, tokens its KV blocks must hold) of each crossing sequence (`grow_kv`)."""
         ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0]
         cap = self.seqs.kv_tokens_cap
         if cap is None:
-            self.kv.grow_all(list(zip([ids[k] for k in crossed.tolist()], starts[crossed].tolist())))
+            return list(zip([ids[k] for k in crossed.tolist()], starts[crossed].tolist()))
+        return [(ids[k], min(int(starts[k]), cap)) for k in crossed.tolist()]
+
+    def grow_kv(self, crossed: np.ndarray, wanted: list[tuple[int, int]] | None = None) -> None:
+        """A new KV block for each sequence that crossed into one (`crossed`: their indexes in
+        layout order; `wanted`: their `kv_wanted`, when a twin has it already); KVCacheFull fails
+        the round."""
+        self.kv.grow_all(self.kv_wanted(crossed) if wanted is None else wanted)
+        cap = self.seqs.kv_tokens_cap
+        if cap is None:
             return
-        self.kv.grow_all([(ids[k], min(int(starts[k]), cap)) for k in crossed.tolist()])
+        starts = self.seqs.state[0]
         for k in crossed.tolist():  # a sliding window's ring is complete: its blocks are reused from here on
             if starts[k] >= cap:
                 self.seqs.state[1, k] = FOREVER

@@ -31,6 +31,7 @@ import numpy as np
 
 from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
+from cent_serve.timing.clock import ranks_joules
 from cent_serve.timing.mapping import Mapping
 from fabric.link import encode, remote_error
 from fabric.switch import Fabric
@@ -209,10 +210,11 @@ class Lockstep:
         for w in workers[1:]:
             w.copy_time(lead, plan)
         if n_crossed:  # after the copies: with a sliding window, growing may mark a rank's positions
-            first = None
+            crossed = crossed[:n_crossed]
+            wanted, first = lead.kv_wanted(crossed), None  # the same blocks wanted on every rank
             for r, w in enumerate(workers):
                 try:
-                    w.grow_kv(crossed[:n_crossed])
+                    w.grow_kv(crossed, wanted)
                 except Exception as exc:  # noqa: BLE001 - as `_drive`: every rank's round, the first error
                     self.on = False
                     relay.break_round(plan.round_id, f"rank {r} failed: {type(exc).__name__}: {exc}")
@@ -220,10 +222,7 @@ class Lockstep:
                         first = exc
             if first is not None:
                 raise first
-        own = energy = y.energy_j
-        for _ in workers[1:]:
-            energy = energy + own
-        y.energy_j = energy
+        y.energy_j = ranks_joules(y.energy_j, len(workers))
         return y
 
 

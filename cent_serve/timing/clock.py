@@ -18,6 +18,7 @@ The kernels, each one call per round:
 - `tick`: a steady round of a one-device unit in one call (`device_worker.steady`):
   `device_round`, then `hand_on_tick`: the round's energy so far plus this device's, and `transfer` to
   the next unit (or the host's sampling time after the last).
+- `ranks_joules`: a tensor-parallel unit's joules when its ranks are twins (`fabric.rounds.Lockstep`).
 
 They run once per device and per hop for every round, in every device process, so they are
 compiled with numba (`njit`): the same IEEE double operations in the same order as the plain
@@ -284,6 +285,20 @@ def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragm
     return hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts), done, own, crossed, 0, 0
 
 
+@njit(cache=True)
+def ranks_joules(own, n):  # pragma: no cover - compiled; tested against combine's additions
+    """A tensor-parallel unit's joules when its `n` ranks each charged `own` (`fabric.rounds.Lockstep`):
+    `own` added to itself rank after rank, the additions `fabric.rounds.combine` makes, in its
+    order (one call, not n - 1 array additions)."""
+    out = np.empty(own.shape[0])
+    for k in range(own.shape[0]):
+        e = own[k]
+        for _ in range(n - 1):
+            e = e + own[k]
+        out[k] = e
+    return out
+
+
 class DeviceClock:
     """A device's clocks and counters in two packed arrays (what the kernels take), with views
     that name the parts. `route`: the device's port and the next unit's devices for `tick`'s hop
@@ -342,3 +357,4 @@ def warm() -> None:
         device_round(x[:1], table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i)
         tick(x, table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i, ports, counts)
         transfer(0, lanes_i[1:2], lanes_i[1:2], lanes_f[2], x[:1], 0.0, 256, ports, counts)
+        ranks_joules(x, 2)
