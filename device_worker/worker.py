@@ -144,15 +144,15 @@ class DeviceWorker:
         done, own, crossed, n_crossed = self._time_pass(x.ready_s, layout)
         return RoundOutput(done, own), crossed, n_crossed
 
-    def copy_time(self, lead: "DeviceWorker", plan: RoundPlan) -> None:
+    def follow(self, lead: "DeviceWorker", plan: RoundPlan) -> None:
         """`run_time` of `plan` on a twin of `lead` (`is_twin`) that `lead` has just run: the
         same compiled time pass over equal clocks, positions and inputs gives equal ones, so
-        they are copied, not computed again. The KV growth is the caller's, as for `lead`."""
+        they are copied, not computed again. This copies the positions (after forgetting the
+        finished sequences and taking in the new); the clocks are the caller's to copy
+        (`fabric.rounds.Lockstep` copies every twin's at once), and so is the KV growth."""
         for sid in plan.finished:
             self.free(sid)
         self.seqs.update(plan)
-        self.clock.f[:] = lead.clock.f  # in place: `clock.busy` and `clock.group_free` are views of it
-        self.clock.i[:] = lead.clock.i
         self.seqs.state[:] = lead.seqs.state
 
     def is_twin(self, other: "DeviceWorker") -> bool:

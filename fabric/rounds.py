@@ -183,17 +183,24 @@ class Lockstep:
     """A timing-only tensor-parallel unit in one process: its ranks are twins (equal clocks and
     positions, one timer: `DeviceWorker.is_twin`), and a time pass over equal state and inputs
     is the same computation, so the first rank runs it and the others copy its clocks and
-    positions (`DeviceWorker.copy_time`) instead of running it again, which was seven eighths of
-    a tp 8 replay's time. Each rank still frees and grows its own KV cache, and the unit's output
-    is `combine`'s: the first rank's, with its joules added once per rank in rank order (every
-    rank's are equal). Holds while every round runs through it; a round that fails ends it (the
-    unit's rounds go through `run_unit`'s general loop from then on)."""
+    positions (`DeviceWorker.follow`) instead of running it again, which was seven eighths of a
+    tp 8 replay's time. The ranks' clocks are rows of two arrays (`DeviceClock.keep_in`), copied
+    in one assignment each. Each rank still frees and grows its own KV cache, and the unit's
+    output is `combine`'s: the first rank's, with its joules added once per rank in rank order
+    (every rank's are equal). Holds while every round of the unit runs through it (`run_unit`);
+    a round that fails ends it (the general loop drives the unit's rounds from then on)."""
 
     def __init__(self, workers: list) -> None:
         self.on = len(workers) > 1 and all(w.is_twin(workers[0]) for w in workers[1:])
+        if self.on:
+            self._f = np.stack([w.clock.f for w in workers])
+            self._i = np.stack([w.clock.i for w in workers])
+            for w, f, i in zip(workers, self._f, self._i):
+                w.clock.keep_in(f, i)
 
     def run(self, workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous) -> RoundOutput:
-        """`run_unit` of the twins (the same output, state and error)."""
+        """`run_unit` of the twins `workers` (the ones it was made with): the same output, state
+        and error."""
         lead = workers[0]
         try:
             y, crossed, n_crossed = lead.run_time(plan, x)
@@ -207,8 +214,10 @@ class Lockstep:
                 except Exception as other:  # noqa: BLE001
                     relay.break_round(plan.round_id, f"rank {r} failed: {type(other).__name__}: {other}")
             raise
+        self._f[1:] = self._f[0]
+        self._i[1:] = self._i[0]
         for w in workers[1:]:
-            w.copy_time(lead, plan)
+            w.follow(lead, plan)
         if n_crossed:  # after the copies: with a sliding window, growing may mark a rank's positions
             crossed = crossed[:n_crossed]
             wanted, first = lead.kv_wanted(crossed), None  # the same blocks wanted on every rank

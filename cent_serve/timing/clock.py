@@ -320,10 +320,23 @@ class DeviceClock:
         self.i[[I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES]] = (
             block_tokens, groups, blocks, src, len(dsts), flit_bytes)
         self.i[I_REST:] = [*group_blocks, *block_last, *dsts]
+        self._views()
+
+    def _views(self) -> None:
+        groups = int(self.i[I_GROUPS])
         self.busy = self.f[F_BUSY:F_BUSY + 4 + groups]
         """Busy seconds: embedding, LM head, accelerator, DMA, then each channel group."""
         self.group_free = self.f[F_BUSY + 4 + groups:]
         """Each channel group's busy-until clock."""
+
+    def keep_in(self, f: np.ndarray, i: np.ndarray) -> None:
+        """Hold the state in `f` and `i` from now on, its values copied there: rows of the state
+        of a tensor-parallel unit's twin ranks, stacked, which `fabric.rounds.Lockstep` copies
+        from the first rank to the others in one assignment."""
+        f[:] = self.f
+        i[:] = self.i
+        self.f, self.i = f, i
+        self._views()
 
     def set_route(self, src: int, dsts: tuple[int, ...], latency_s: float, flit_bytes: int) -> None:
         """Where `tick` hands a round on: from port `src` to the ports `dsts` (the next unit)."""
