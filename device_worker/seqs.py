@@ -31,6 +31,14 @@ class SeqTable:
         """(2, sequences of the layout) int64: each one's next position (the round moves it on) and
         the tokens its KV blocks hold (0 for a new sequence)."""
 
+    def keep_in(self, state: np.ndarray) -> None:
+        """Hold the positions in `state` (as `state` is shaped), their values copied there: a row
+        of the positions of a tensor-parallel unit's twin ranks, stacked, which
+        `fabric.rounds.Lockstep` copies from the first rank to the others in one assignment.
+        Until the layout changes: `update` lays them out in a new array then."""
+        state[:] = self.state
+        self.state = state
+
     def update(self, plan: RoundPlan) -> None:
         """Before `plan` runs: forget the finished, take in the new, and lay the positions out in
         the order of the plan's layout when it changed."""

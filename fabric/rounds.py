@@ -183,12 +183,14 @@ class Lockstep:
     """A timing-only tensor-parallel unit in one process: its ranks are twins (equal clocks and
     positions, one timer: `DeviceWorker.is_twin`), and a time pass over equal state and inputs
     is the same computation, so the first rank runs it and the others copy its clocks and
-    positions (`DeviceWorker.follow`) instead of running it again, which was seven eighths of a
-    tp 8 replay's time. The ranks' clocks are rows of two arrays (`DeviceClock.keep_in`), copied
-    in one assignment each. Each rank still frees and grows its own KV cache, and the unit's
-    output is `combine`'s: the first rank's, with its joules added once per rank in rank order
-    (every rank's are equal). Holds while every round of the unit runs through it (`run_unit`);
-    a round that fails ends it (the general loop drives the unit's rounds from then on)."""
+    positions instead of running it again (that was seven eighths of a tp 8 replay's time). The
+    ranks' clocks and positions are rows of stacked arrays (`DeviceClock.keep_in`,
+    `SeqTable.keep_in`), copied in one assignment each; a round that changes the layout (or brings
+    new or finished sequences, 1 in 250 of a replay's) goes through each rank's `DeviceWorker.follow`,
+    and the positions are stacked anew. Each rank still frees and grows its own KV cache, and the
+    unit's output is `combine`'s: the first rank's, with its joules added once per rank in rank
+    order (every rank's are equal). Holds while every round of the unit runs through it
+    (`run_unit`); a round that fails ends it (the general loop drives the unit's rounds from then on)."""
 
     def __init__(self, workers: list) -> None:
         self.on = len(workers) > 1 and all(w.is_twin(workers[0]) for w in workers[1:])
@@ -197,11 +199,20 @@ class Lockstep:
             self._i = np.stack([w.clock.i for w in workers])
             for w, f, i in zip(workers, self._f, self._i):
                 w.clock.keep_in(f, i)
+            self._stack_positions(workers)
+
+    def _stack_positions(self, workers: list) -> None:
+        """The ranks' positions as rows of one array, for the layout they hold now."""
+        self._s = np.stack([w.seqs.state for w in workers])
+        for w, s in zip(workers, self._s):
+            w.seqs.keep_in(s)
+        self._layout = workers[0].seqs.layout
 
     def run(self, workers: list, plan: RoundPlan, x: RoundOutput, relay: Rendezvous) -> RoundOutput:
         """`run_unit` of the twins `workers` (the ones it was made with): the same output, state
         and error."""
         lead = workers[0]
+        steady = plan.layout is self._layout and not plan.new_seqs and not plan.finished  # positions stay put
         try:
             y, crossed, n_crossed = lead.run_time(plan, x)
         except Exception as exc:  # noqa: BLE001 - the others run as they would have, then it is raised
@@ -216,8 +227,12 @@ class Lockstep:
             raise
         self._f[1:] = self._f[0]
         self._i[1:] = self._i[0]
-        for w in workers[1:]:
-            w.follow(lead, plan)
+        if steady:
+            self._s[1:] = self._s[0]
+        else:
+            for w in workers[1:]:
+                w.follow(lead, plan)
+            self._stack_positions(workers)
         if n_crossed:  # after the copies: with a sliding window, growing may mark a rank's positions
             crossed = crossed[:n_crossed]
             wanted, first = lead.kv_wanted(crossed), None  # the same blocks wanted on every rank
