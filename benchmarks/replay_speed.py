@@ -2,12 +2,15 @@
 
 The workload is `cent bench run`'s in-process replay of the shipped Azure conversation trace
 (its first `--num-requests`, default 1,000, or the whole trace with `--num-requests 0`) on
-Llama2-70B timing-only, 32 devices, pp 80. With `--against REF` the same command runs in a
-temporary git worktree of REF first, and the script prints the wall-time ratio and whether the
-simulated results (every requests.csv column but the error text) are the same bit for bit, and
-where not, by how much.
+Llama2-70B timing-only, 32 devices, pp 80 (`--pp` and `--tp` choose another mapping: a
+tensor-parallel one, e.g. `--pp 4 --tp 8`, runs about twelve times the rounds for the same
+requests). With `--against REF` the same command runs in a temporary git worktree of REF first,
+and the script prints the wall-time ratio and whether the simulated results (every requests.csv
+column but the error text) are the same bit for bit, and where not, by how much. The machine's
+load average is printed with the times: on a shared machine wall times vary with it, and the
+ratio of one run is what compares.
 
-    .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--against COMMIT]
+    .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--pp 80] [--tp 1] [--against COMMIT]
 """
 from __future__ import annotations
 
@@ -21,8 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND = ["bench", "run", "--model", "llama2-70b", "--devices", "32", "--pp", "80", "--numerics", "off",
-           "--no-plots"]
+COMMAND = ["bench", "run", "--model", "llama2-70b", "--devices", "32", "--numerics", "off", "--no-plots"]
 TRACE = "cent_serve/bench/data/azure_conv_2023.csv"
 
 
@@ -32,17 +34,17 @@ sources, so a fresh worktree would otherwise charge compiling them to the older 
 identical commit timed about 1.7x slower)."""
 
 
-def replay(tree: Path, num_requests: int, out: Path) -> float:
-    """Wall seconds of the replay run by the code in `tree` (results in `out`), after an untimed
-    short one that fills the tree's numba cache."""
-    _run(tree, WARM_REQUESTS, out.with_name(out.name + "-warm"))
+def replay(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> float:
+    """Wall seconds of the replay run by the code in `tree` (results in `out`; `mapping`: the
+    --pp/--tp arguments), after an untimed short one that fills the tree's numba cache."""
+    _run(tree, WARM_REQUESTS, out.with_name(out.name + "-warm"), mapping)
     t0 = time.perf_counter()
-    _run(tree, num_requests, out)
+    _run(tree, num_requests, out, mapping)
     return time.perf_counter() - t0
 
 
-def _run(tree: Path, num_requests: int, out: Path) -> None:
-    args = [*COMMAND, "--trace", str(REPO / TRACE), "--out", str(out)]
+def _run(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> None:
+    args = [*COMMAND, *mapping, "--trace", str(REPO / TRACE), "--out", str(out)]
     if num_requests:
         args += ["--num-requests", str(num_requests)]
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -82,8 +84,11 @@ def compare(old: Path, new: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-requests", type=int, default=1000, help="0: the whole trace")
+    ap.add_argument("--pp", type=int, default=80, help="pipeline stages (default 80)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per stage (default 1)")
     ap.add_argument("--against", help="a git commit to time in the same run (e.g. the pre-redesign one)")
     args = ap.parse_args()
+    mapping = ["--pp", str(args.pp), "--tp", str(args.tp)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         results = {}
@@ -92,14 +97,17 @@ def main() -> None:
             subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                results["old"] = (replay(old, args.num_requests, tmp / "out-old"), tmp / "out-old")
+                results["old"] = (replay(old, args.num_requests, tmp / "out-old", mapping), tmp / "out-old",
+                                  os.getloadavg()[0])
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=True)
-        results["new"] = (replay(REPO, args.num_requests, tmp / "out-new"), tmp / "out-new")
+        results["new"] = (replay(REPO, args.num_requests, tmp / "out-new", mapping), tmp / "out-new",
+                          os.getloadavg()[0])
         n = args.num_requests or "all"
-        print(f"in-process replay, Llama2-70B timing-only on 32 devices (pp 80), {n} requests of azure_conv_2023")
-        for name, (wall, _) in results.items():
-            print(f"  {name:<4} {wall:8.1f} s wall")
+        print(f"in-process replay, Llama2-70B timing-only on 32 devices (pp {args.pp}, tp {args.tp}), {n} requests "
+              "of azure_conv_2023")
+        for name, (wall, _, load) in results.items():
+            print(f"  {name:<4} {wall:8.1f} s wall  (load average {load:.2f} after it)")
         if "old" in results:
             print(f"  old / new = {results['old'][0] / results['new'][0]:.2f}x faster; simulated results "
                   f"{compare(results['old'][1], results['new'][1])}")
