@@ -15,7 +15,8 @@ A round runs the units in stage order. For each unit:
    last unit, adds the host's sampling time (`sampled_s`: the only place host time is added).
 
 Two drivers run these steps. In one process `run_round` loops over the units (`run_unit` drives
-the ranks' generators through a `Rendezvous`). Through Ray the round is a chain of links
+the ranks' generators through a `Rendezvous`, or, for a timing-only tensor-parallel unit, runs
+its first rank's time pass once for its twin ranks: `Lockstep`). Through Ray the round is a chain of links
 (`device_worker.port`): each unit's first device (its leader) receives the round, gathers its
 ranks' outputs, combines, hops and sends the round on to the next unit's devices; the fabric
 actor runs the units' `Rendezvous` for the exchanges. `chain_places` says where each device sits.
