@@ -186,12 +186,13 @@ class Lockstep:
     is the same computation, so the first rank runs it and the others copy its clocks and
     positions instead of running it again (that was seven eighths of a tp 8 replay's time). The
     ranks' clocks and positions are rows of stacked arrays (`DeviceClock.keep_in`,
-    `SeqTable.keep_in`), copied in one assignment each; a round that changes the layout (or brings
-    new or finished sequences, 1 in 250 of a replay's) goes through each rank's `DeviceWorker.follow`,
-    and the positions are stacked anew. Each rank still frees and grows its own KV cache, and the
-    unit's output is `combine`'s: the first rank's, with its joules added once per rank in rank
-    order (every rank's are equal). Holds while every round of the unit runs through it
-    (`run_unit`); a round that fails ends it (the general loop drives the unit's rounds from then on)."""
+    `SeqTable.keep_in`), copied in one assignment each; a round that changes the layout or brings
+    new or finished sequences (about 1 round in 250 of the Azure replay) goes through each rank's
+    `DeviceWorker.follow`, and the positions are stacked anew. Each rank still frees and grows its
+    own KV cache, and the unit's output is `combine`'s: the first rank's, with its joules added
+    once per rank in rank order (every rank's are equal). Holds while every round of the unit runs
+    through it (`run_unit`); a round that fails ends it (the general loop drives the unit's rounds
+    from then on)."""
 
     def __init__(self, workers: list) -> None:
         self.on = len(workers) > 1 and all(w.is_twin(workers[0]) for w in workers[1:])
