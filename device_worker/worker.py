@@ -123,7 +123,9 @@ class DeviceWorker:
             self.clock.i[I_CALLS] += 1
             return RoundOutput(x.ready_s, np.zeros(0))
         starts = self.seqs.state[0].tolist() if self.numerics else None  # the round moves them on
-        done, own = self._charge_time(x.ready_s, layout)
+        done, own, crossed, n_crossed = self._time_pass(x.ready_s, layout)
+        if n_crossed:
+            self.grow_kv(crossed[:n_crossed])
         out = RoundOutput(done, own)
         if self.numerics:
             yield from self._compute(plan, x, starts, out)
@@ -173,18 +175,11 @@ class DeviceWorker:
 
     # ------------------------------------------------------------------ time
 
-    def _charge_time(self, ready: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray]:
-        """The round's time pass (`cent_serve.timing.clock.device_round`): when each lane's output
-        exists (its last block's end, or the LM head's) and the joules charged to each sequence;
-        the sequences that cross into a new KV block get it (KVCacheFull fails the round)."""
-        done, own, crossed, n_crossed = self._time_pass(ready, layout)
-        if n_crossed:
-            self.grow_kv(crossed[:n_crossed])
-        return done, own
-
     def _time_pass(self, ready: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """`_charge_time` but the KV growth: (done, own, the crossing sequences' indexes in the
-        first `n_crossed` entries, n_crossed)."""
+        """The round's time pass (`cent_serve.timing.clock.device_round`): when each lane's output
+        exists (its last block's end, or the LM head's), the joules charged to each sequence, and
+        the sequences that cross into a new KV block (their indexes in the first `n_crossed`
+        entries, n_crossed): the caller gives them it (`grow_kv`; KVCacheFull fails the round)."""
         timer, seqs, clock = self.timer, self.seqs, self.clock
         if timer.moe_per_round:  # this round's routing: each lane's block steps wait for its busiest device
             lp = timer.moe_lane_plan(layout, seqs.state[0], self._blocks)

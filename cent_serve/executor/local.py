@@ -26,7 +26,9 @@ class LocalExecutor(Executor):
         self.workers = {d: DeviceWorker(cfg, d, self.timer, weights) for u in self.units for d in u.device_ids}
         self.fabric = Fabric(cfg)
         self.relays = [Rendezvous(self.fabric, len(u.device_ids)) for u in self.units]
-        self.locksteps = [Lockstep([self.workers[d] for d in u.device_ids]) for u in self.units]
+        locksteps = [Lockstep([self.workers[d] for d in u.device_ids]) for u in self.units]
+        self.locksteps = locksteps if any(ls.on for ls in locksteps) else None
+        """Each unit's `Lockstep`; None when no unit has twin ranks (no tensor parallelism, or numerics)."""
 
     def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
         return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
