@@ -252,8 +252,7 @@ class _Replay:
         if self.srv.virtual:
             for i, tr in enumerate(self.requests):
                 await self.send(i, tr)
-            for t in asyncio.as_completed(self.tasks):
-                self.bar.done(await t)
+            await asyncio.gather(*self.tasks)  # each ticks the bar as it ends, while later ones are sent
         else:
             await asyncio.gather(*[self.send(i, tr) for i, tr in enumerate(self.requests)])
         self.bar.close()
@@ -284,7 +283,7 @@ class _Replay:
             j = self.next_sent[i]  # the next request the server will see (a refused one is not sent)
             nxt = self.requests[j].arrival_s + srv.offset if j is not None else RELEASE_HOLD_S
             body.update(arrival_s=tr.arrival_s + srv.offset, hold_until_s=nxt)
-            task = asyncio.create_task(_one(self.client, body, rec, wall, submitted))
+            task = asyncio.create_task(self._counted(_one(self.client, body, rec, wall, submitted)))
             await submitted.wait()  # in order: the engine must see request i before i + 1
             self.tasks.append(task)
             return
@@ -294,6 +293,11 @@ class _Replay:
         async with self.sem:
             await _one(self.client, body, rec, wall, submitted)
         self.bar.done(rec)
+
+    async def _counted(self, sent) -> None:
+        """A virtual-clock request's `_one`, ticking the bar when it ends (it ticked once the whole
+        trace was sent: a replay against a slow server sat at 0 while requests finished)."""
+        self.bar.done(await sent)
 
     async def poll(self) -> None:
         """The engine's queues over time, for the timeline plot."""

@@ -290,3 +290,41 @@ def test_the_start_probe_falls_back_for_a_server_that_ignores_add_special_tokens
     assert asyncio.run(probe(lambda text: [120] if text else [])) == []  # Qwen's: nothing before a text
     assert asyncio.run(probe(lambda text: None)) == [1]  # no /tokenize
     assert asyncio.run(probe(lambda text: [7, 8] + ([120] if text else []))) == [1]  # "" of two ids: not a BOS
+
+
+def test_the_progress_bar_ticks_each_request_as_it_ends_while_later_ones_are_sent(monkeypatch):
+    """Virtual clock: the bar ticked only once every request had been sent, so a replay against a
+    slow server (full numerics on Ray: 31 of 200 done after 5 minutes) showed 0% all along."""
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    events = []
+
+    async def one(client, body, rec, wall, submitted):  # the server takes it and answers at once
+        events.append(("sent", rec.request_id))
+        submitted.set()
+        return rec
+
+    class Bar:
+        def __init__(self, *args) -> None:
+            pass
+
+        def done(self, rec) -> None:
+            events.append(("done", rec.request_id))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(http_client, "_one", one)
+    monkeypatch.setattr(http_client, "Progress", Bar)
+    srv = http_client._Server("tiny", {"clock_mode": "virtual", "clock_s": 0.0, "sim_now_s": 0.0})
+    monkeypatch.setattr(http_client._Server, "cent", property(lambda self: False))  # no status polls
+    reqs = [Request(str(i), 0.01 * i, 8, 4) for i in range(3)]
+
+    async def run():
+        async with httpx.AsyncClient(base_url="http://x") as client:
+            await http_client._Replay(client, srv, reqs, 1, 0, False).run()
+
+    asyncio.run(run())
+    assert events.index(("done", "trace-0")) < events.index(("sent", "trace-2")), events
+    assert sorted(e for e in events if e[0] == "done") == [("done", f"trace-{i}") for i in range(3)]
