@@ -375,3 +375,17 @@ def test_bench_paper_refuses_one_mapping():
     """bench paper runs every mapping the paper evaluates: its --tp was dropped without a word."""
     proc, _ = _cent("bench", "paper", "--model", "llama2-7b", "--devices", "8", "--tp", "8", "--numerics", "off")
     _one_line_error(proc, "--tp 8 is one mapping", "cent bench paper", "cent bench run")
+
+
+def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_has(capsys):
+    """70B as 7 stages on 32 devices: a copy uses 7 of them and a shard needs 19.6 GiB. "Use more
+    devices" would only add copies (first-hour audit): the fix is more stages or a larger tp. Where a
+    copy uses every device (the pure pipeline on 8), more devices stays the fix."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--pp", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "spread a copy over more of the 32 devices (it uses 7): more stages (--pp) or a larger tp" in err
+    assert "use more devices" not in err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "8"]) == 2
+    assert "use more devices or a larger tp" in capsys.readouterr().err

@@ -199,8 +199,13 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
             continue
         cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
-            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}: use more "
-                                f"devices or a larger tp (or larger devices: {CAPACITY_FIELDS})")
+            if mp.mode == "tensor" and mp.devices_used < mp.num_devices:  # more devices would only add copies
+                spread = (f"spread a copy over more of the {mp.num_devices} devices (it uses {mp.devices_used}): more "
+                          "stages (--pp) or a larger tp")
+            else:
+                spread = "use more devices or a larger tp"
+            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}: "
+                                f"{spread} (or larger devices: {CAPACITY_FIELDS})")
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
