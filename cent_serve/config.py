@@ -1193,8 +1193,18 @@ def _likely_meant(path: str) -> list[str]:
     return near[:3]
 
 
+FLAG_FIELDS = {"devices": "parallel.num_devices", "num_devices": "parallel.num_devices", "pp": "parallel.pp",
+               "tp": "parallel.tp"}
+"""A command-line flag's name (`--devices`, or `cent sweep --vary devices=...`) set as if it were a
+field: the field it sets."""
+
+
 def _not_a_field(path: str, why: str) -> str:
     """The error for a key that is no field: what it likely meant, else `why` (what the section has)."""
+    if path in FLAG_FIELDS:
+        flag = "devices" if FLAG_FIELDS[path] == "parallel.num_devices" else path
+        return (f"{path} is not a field: did you mean {FLAG_FIELDS[path]} (which --{flag} sets)? (cent info "
+                "--describe lists every field)")
     near = _likely_meant(path)
     if near:
         return f"{path} is not a field: did you mean {' or '.join(near)}? (cent info --describe lists every field)"
@@ -1219,7 +1229,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             if gone:
                 raise ValueError(f"{_join(where, key)} is not a field any more: {gone}")
             raise ValueError(_not_a_field(_join(where, key), f"known fields{' of ' + where if where else ''} are "
-                                                             f"{sorted(known)}"))
+                                                             f"{', '.join(sorted(known))}"))
         hint = hints[key]
         if is_dataclass(hint):
             if value is None:  # a section left empty in YAML (`device:`): its defaults
@@ -1391,7 +1401,7 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     if not isinstance(node, dict) or name not in node:
         gone = DERIVED_FIELDS.get(path)
         raise ValueError(f"{path} is not a field any more: {gone}" if gone else
-                         _not_a_field(path, f"known fields{' of ' + where if where else ''} are {sorted(node)}"))
+                         _not_a_field(path, f"known fields{' of ' + where if where else ''} are {', '.join(sorted(node))}"))
     if name in _sections(cls):
         _check(False, path, text, _SECTION_FIX.format(name=path, leaf=name))
     if path in MODEL_CHOSEN_WHOLE and not (path == "model.checkpoint" and _is_null(text)):

@@ -318,8 +318,18 @@ def test_a_mistyped_field_in_a_file_names_the_one_it_likely_meant(tmp_path):
 
 
 def test_a_field_nothing_is_close_to_lists_its_sections_fields():
-    with pytest.raises(ValueError, match=r"known fields of scheduler are \[.*max_waiting"):
+    with pytest.raises(ValueError, match=r"known fields of scheduler are [a-z_, ]*max_seqs_per_stage, max_waiting, "):
         apply_overrides(CentConfig(), ["scheduler.zzzz=1"])
+
+
+@pytest.mark.parametrize("override, meant, flag", [("devices=16", "parallel.num_devices", "--devices"),
+                                                   ("pp=4", "parallel.pp", "--pp")])
+def test_a_flag_set_as_a_field_names_the_field_it_sets(override, meant, flag):
+    """`--set devices=16` (the name `cent sweep --vary` takes) listed the config's sections as a
+    Python list (first-hour audit)."""
+    with pytest.raises(ValueError) as err:
+        apply_overrides(CentConfig(), [override])
+    assert f"did you mean {meant} (which {flag} sets)?" in str(err.value)
 
 
 def test_a_row_of_part_bursts_names_both_fields():
