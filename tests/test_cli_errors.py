@@ -365,7 +365,8 @@ def test_info_says_a_full_numerics_mapping_that_splits_a_head_does_not_run():
     full numerics split each block's heads over a stage's devices. Timing-only runs it."""
     ckpt = str(REPO / "tests" / "data" / "hf_tiny_llama")
     proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3")
-    assert proc.returncode != 0 and "runs         no" in proc.stdout, proc.stdout
+    # the reason on the runs line, not only after the config's 170 lines (first-hour audit)
+    assert proc.returncode != 0 and "runs         no: parallel.tp=3 does not divide" in proc.stdout, proc.stdout
     _one_line_error(proc, "parallel.tp=3 does not divide model.num_heads=4", "--numerics off")
     proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3", "--numerics", "off")
     assert proc.returncode == 0 and "runs         yes" in proc.stdout, proc.stderr

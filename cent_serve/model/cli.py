@@ -156,12 +156,14 @@ def _print_info(cfg, out: dict) -> None:
               f"{m.active_block_param_count() / m.block_param_count():.1%} of a block's weights")
     if ex:
         print(f"placement    {ex['describe']}")
-    print(f"runs         {'yes' if out['runnable'] else 'no (see below)'}"
+    print(f"runs         {'yes' if out['runnable'] else 'no: ' + out['refusal']}"
           + (" (cent serve: the weights and one sequence of the whole context fit)" if out["runnable"] else ""))
     pb = out.get("paper_batch")
     if pb:  # what cent simulate runs: a query per pipeline stage
         print(f"paper batch  {pb['batch']} queries of {pb['context']} tokens (cent simulate's): "
               + ("fit" if pb["fits"] else "do not fit: " + pb["why"].split("does not fit: ", 1)[-1]))
+    # as given, so it reruns as --config on other devices: pp 0 and numerics auto are resolved above
+    print("config       as given (pp 0: one stage a block; numerics auto: as resolved above):")
     print(json.dumps(out["config"], indent=2))
 
 
