@@ -322,7 +322,7 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, summarize,
+    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, run_title, summarize,
                                          write_results)
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict, model_label
@@ -377,7 +377,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if result.interrupted:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
-    print_table(summary)
+    trace = Path(source).name if source not in (None, "synthetic") and Path(source).is_file() else source
+    print_table(summary, f"{run_title(result.status, summary).splitlines()[0]}; {trace}")
     if result.interrupted:  # the replay's hours are not lost to a Ctrl-C; the figures say so
         print(f"interrupted: the results of the {len(result.records)} of {len(requests)} requests that ended "
               f"before Ctrl-C are in {out}/ (partial: summary.json has \"interrupted\": true)")

@@ -17,10 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter  # noqa: E402
 
-from cent_serve.bench.report import reasons_text  # noqa: E402
+from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, run_title  # noqa: E402,F401
 from cent_serve.bench.runner import BenchResult  # noqa: E402
 from cent_serve.executor.base import busy_fraction  # noqa: E402
-from cent_serve.timing.mapping import parallelism  # noqa: E402
 
 SECONDS_FROM_MS = 5000.0
 """Latency axes switch from ms to s when the largest value shown reaches this many ms."""
@@ -72,38 +71,6 @@ def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
         return
     pad = 0.1 * abs(hi) if hi else 1.0
     (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, hi + pad)
-
-
-def mapping_text(status: dict) -> str:
-    """`pipeline pp 80 x tp 1, 27 devices used` (and the replicas when there are several)."""
-    mp = status.get("mapping") or {}
-    if not mp:
-        return "mapping unknown (not a cent-serve server)"
-    gpu = mp.get("mode") == "gpu"
-    pp, tp, n = mp.get("pp"), mp.get("tp"), mp.get("devices_used")
-    known = not gpu and isinstance(pp, int) and isinstance(tp, int)
-    kind = parallelism(pp, tp) if known else mp.get("mode", "?")
-    text = f"{kind} pp {pp} x tp {tp}, {n} {'GPU' if gpu else 'device'}{'' if n == 1 else 's'} used"
-    if mp.get("replicas", 1) > 1:
-        text += f" x {mp['replicas']} replicas"
-    return text
-
-
-def run_title(status: dict, summary: dict) -> str:
-    """Two lines: model, devices and mapping; completed and failed requests by reason."""
-    mp = status.get("mapping") or {}
-    model = summary.get("model_label") or status.get("model") or summary.get("model", "?")
-    devices = mp.get("devices", summary.get("devices", "?"))
-    failed = summary.get("failed", 0)
-    counts = reasons_text(summary.get("failure_reasons", {}))
-    outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
-    return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
-
-
-def hardware_text(status: dict, devices) -> str:
-    """`32 CENT devices` or `4 x a100-80gb GPUs`."""
-    hw = status.get("hardware", "cent")
-    return f"{devices} CENT devices" if hw == "cent" else f"{devices} x {hw.split(':')[1]} GPUs"
 
 
 def _save(fig, path: Path) -> None:

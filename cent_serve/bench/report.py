@@ -11,6 +11,7 @@ import numpy as np
 
 from cent_serve.bench.runner import BenchResult, RequestRecord
 from cent_serve.executor.base import busy_fraction
+from cent_serve.timing.mapping import parallelism
 
 PERCENTILES = (50, 90, 99)
 """Reported besides mean and std (p50 is vLLM's 'median')."""
@@ -189,7 +190,15 @@ def reasons_text(reasons: dict[str, dict], examples: bool = False) -> str:
                      for k, v in reasons.items())
 
 
-def print_table(summary: dict) -> None:
+def slos_text(slos_ms: dict) -> str:
+    """`ttft <= 5000 ms, tpot <= 100 ms`: the --goodput SLOs."""
+    return ", ".join(f"{k} <= {v:g} ms" for k, v in slos_ms.items())
+
+
+def print_table(summary: dict, title: str | None = None) -> None:
+    """The replay's figures; `title` (what ran: model, hardware, mapping, trace) first."""
+    if title:
+        print(title)
     print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
     for reason, f in summary.get("failure_reasons", {}).items():
         print(f"  {reason:<22}{f['count']:>12}   e.g. {short_example(f['example'])}")
@@ -206,9 +215,41 @@ def print_table(summary: dict) -> None:
     print(f"{'total token throughput':<24}{summary['total_token_throughput']:>12.1f} tok/s")
     if "request_goodput" in summary:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
-              f"({100 * summary['slo_attainment']:.1f}% of all requests meet {summary['goodput_slos_ms']})")
+              f"({100 * summary['slo_attainment']:.1f}% of all requests meet {slos_text(summary['goodput_slos_ms'])})")
     print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens)")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]
         print(f"{m:<10}" + "".join(f"{'-':>13}" if v is None else f" {v:>12.6g}" for v in vals))
+
+
+def mapping_text(status: dict) -> str:
+    """`pipeline pp 80 x tp 1, 27 devices used` (and the replicas when there are several)."""
+    mp = status.get("mapping") or {}
+    if not mp:
+        return "mapping unknown (not a cent-serve server)"
+    gpu = mp.get("mode") == "gpu"
+    pp, tp, n = mp.get("pp"), mp.get("tp"), mp.get("devices_used")
+    known = not gpu and isinstance(pp, int) and isinstance(tp, int)
+    kind = parallelism(pp, tp) if known else mp.get("mode", "?")
+    text = f"{kind} pp {pp} x tp {tp}, {n} {'GPU' if gpu else 'device'}{'' if n == 1 else 's'} used"
+    if mp.get("replicas", 1) > 1:
+        text += f" x {mp['replicas']} replicas"
+    return text
+
+
+def run_title(status: dict, summary: dict) -> str:
+    """Two lines: model, devices and mapping; completed and failed requests by reason."""
+    mp = status.get("mapping") or {}
+    model = summary.get("model_label") or status.get("model") or summary.get("model", "?")
+    devices = mp.get("devices", summary.get("devices", "?"))
+    failed = summary.get("failed", 0)
+    counts = reasons_text(summary.get("failure_reasons", {}))
+    outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
+    return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
+
+
+def hardware_text(status: dict, devices) -> str:
+    """`32 CENT devices` or `4 x a100-80gb GPUs`."""
+    hw = status.get("hardware", "cent")
+    return f"{devices} CENT devices" if hw == "cent" else f"{devices} x {hw.split(':')[1]} GPUs"

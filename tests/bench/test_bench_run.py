@@ -349,3 +349,15 @@ def test_requests_csv_keeps_no_float_noise():
     assert repr(1.025094 - 1.0) != "0.025094" and repr(_seconds(1.025094 - 1.0)) == "0.025094"
     assert repr(_seconds(4321.025094 - 1000.0)) == "3321.025094"
     assert _seconds(5.370012345678901) == 5.370012345679 and _seconds(3) == 3 and _seconds(None) is None
+
+
+def test_the_table_starts_with_what_ran(tmp_path, capsys):
+    """The terminal table named no model, hardware, mapping or trace (the plots' titles did; first-hour
+    audit): its first line is the plots' title line and the trace."""
+    from cent_serve.cli import main
+
+    assert main(["bench", "run", "--numerics", "off", "--num-requests", "3", "--no-plots", "--out",
+                 str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tiny on 8 CENT devices: pipeline pp 8 x tp 1, 8 devices used; sample_conv.csv", out[:2]
+    assert out[1].startswith("completed")
