@@ -84,7 +84,10 @@ def test_a_ray_cluster_that_is_gone():
     """An address (flag or RAY_ADDRESS) where no cluster answers: refused at once, with the fix."""
     dead = f"127.0.0.1:{_free_port()}"
     proc, wall = _cent("serve", "--ray-address", dead, "--port", "0")
-    _one_line_error(proc, dead, "ray start --head", "fresh local Ray")
+    # the address may come from a --config file's server.ray_address (docs/examples/cluster.yaml's auto): the
+    # fix names every place it is set, not only the flag (first-hour audit)
+    _one_line_error(proc, dead, "ray start --head", "(--ray-address, server.ray_address in a --config file, "
+                    "RAY_ADDRESS) to start a fresh local Ray")
     assert wall < REFUSE_WITHIN_S, wall
     proc, _ = _cent("simulate", "--model", "llama2-7b", "--seqlen", "256", "--emulate", env={"RAY_ADDRESS": dead})
     _one_line_error(proc, dead)

@@ -97,8 +97,8 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
         return "started a local Ray"
     def refuse(reason: str) -> ValueError:
         return ValueError(f"server.ray_address={address!r}: no Ray cluster could be joined ({reason}); start one "
-                          "with `ray start --head`, or drop --ray-address and unset RAY_ADDRESS to start a fresh "
-                          "local Ray")
+                          "with `ray start --head`, or leave the address out (--ray-address, server.ray_address in a "
+                          "--config file, RAY_ADDRESS) to start a fresh local Ray")
 
     if not address.startswith(("ray://", "local")):  # ray.init retries a dead address for minutes
         gcs = _gcs_address(address)
