@@ -81,8 +81,12 @@ def check_host_memory(cfg: CentConfig, mp: Mapping, available_bytes: int | None 
     have = available_memory_bytes() if available_bytes is None else available_bytes
     need = full_numerics_host_bytes(cfg, mp)
     if have is not None and need > have:
+        copies = need // (cfg.model.param_count() * F32_BYTES)
+        why = ("the model and its shards" if copies == 2 else
+               f"each of the {copies - 1} device actors reads the whole model at start-up, beside this process's")
         raise ValueError(f"full numerics of {cfg.model.name} ({cfg.model.param_count() / 1e9:.2f} B parameters) "
-                         f"needs about {need / GIB:.1f} GiB of memory here ({cfg.executor} executor); this "
+                         f"needs about {need / GIB:.1f} GiB of memory here, {copies} float32 copies ({why}; "
+                         f"{cfg.executor} executor); this "
                          f"machine has {have / GIB:.1f} GiB available: use --numerics off (timing only, the same "
                          "simulated times)")
 

@@ -1,6 +1,8 @@
 """`cent generate` as a user runs it: what it cannot do is refused in one line before any weight is built."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import cent_serve.preflight as preflight
@@ -35,3 +37,19 @@ def test_the_text_output_labels_prompt_and_continuation(capsys):
     assert main(["generate", "--prompt", "Hi", "--max-tokens", "3", "--ignore-eos"]) == 0
     head, prompt, cont = capsys.readouterr().out.splitlines()[:3]
     assert head == "[tiny, 3 tokens, length]" and prompt == "prompt:       'Hi'" and cont.startswith("continuation: '")
+
+
+def test_serve_s_memory_refusal_says_how_many_copies_it_counts():
+    """cent generate said 257 GiB for llama2-70b and cent serve 514 GiB, with nothing to say why (first-hour
+    audit): serve counts the model and the devices' shards (in process), or the model once per device actor."""
+    from cent_serve.config import CentConfig, ParallelConfig, model_preset
+    from cent_serve.timing.mapping import resolve_mapping
+
+    cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8), numerics="full")
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    for executor, says in (("local", "50.2 GiB of memory here, 2 float32 copies (the model and its shards; local"),
+                           ("ray", "225.9 GiB of memory here, 9 float32 copies (each of the 8 device actors reads the "
+                                   "whole model at start-up, beside this process's; ray")):
+        cfg.executor = executor
+        with pytest.raises(ValueError, match=re.escape(says)):
+            preflight.check_host_memory(cfg, mp, available_bytes=8 * 2**30)
