@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        num_requests_help=f"requests at most (default {DEFAULT_TRACE_REQUESTS})", generated=False)
     # cent bench's synthetic loads have no place here: --trace is what makes a sweep replay
     p.set_defaults(synthetic=None, burstiness=None, prompt_len=None, output_len=None, lengths_from=None)
-    p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots")
+    p.add_argument("--out", default="sweep-results", help="directory for sweep.csv and the plots (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     p.set_defaults(func=run)
 

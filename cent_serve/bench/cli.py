@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--api-key", help="--url: bearer key")
     r.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS",
                    help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
-    r.add_argument("--out", default="bench-results", help="results directory")
+    r.add_argument("--out", default="bench-results", help="results directory (default: %(default)s)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--save-detailed", action="store_true",
                    help="add each request's inter-token latencies to requests.csv (column itls_s)")
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_request_args(sw)
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
     sw.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
-    sw.add_argument("--out", default="bench-sweep", help="results directory")
+    sw.add_argument("--out", default="bench-sweep", help="results directory (default: %(default)s)")
     sw.add_argument("--no-plots", action="store_true", help="write sweep.json and config.json only")
     sw.set_defaults(func=run_sweep_cmd)
 
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "saturate the devices for a peak-throughput comparison with the GPUs.")
     add_config_args(pa)
     _add_request_args(pa)
-    pa.add_argument("--out", default="bench-paper", help="results directory")
+    pa.add_argument("--out", default="bench-paper", help="results directory (default: %(default)s)")
     pa.set_defaults(func=run_paper_cmd)
 
     cm = bsub.add_parser("compare", help="one trace on CENT devices and on GPUs, side by side",
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cm.add_argument("--rates", help="also replay at these request rates (comma-separated) for the "
                                     "throughput-latency plot (the table's replay keeps --rate or --time-scale)")
     cm.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:2000 tpot:100")
-    cm.add_argument("--out", default="bench-compare", help="results directory")
+    cm.add_argument("--out", default="bench-compare", help="results directory (default: %(default)s)")
     cm.add_argument("--save-detailed", action="store_true",
                     help="add each request's inter-token latencies to requests_*.csv (column itls_s)")
     cm.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
