@@ -54,7 +54,7 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict) -> dict:
     if cfg.on_gpus:
         from cent_serve.gpu.timing import GpuTimer
         tco = GpuTimer(cfg).tco()
-        hw = f"{cfg.gpu.count} x {cfg.gpu.kind} ({result.status['mapping']['describe']})"
+        hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
     else:
         tco = cent_tco(cfg.parallel.num_devices)
         hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
@@ -134,10 +134,10 @@ def print_compare(out: dict) -> None:
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>13}")
 
-    def figure(v) -> str:  # four significant digits (a ratio of 0.0034 is not 0.00); from 10,000 on, whole
-        if v is None:       # numbers with separators (not 1.063e+04)
+    def figure(v) -> str:  # four significant digits (a ratio of 0.0034 is not 0.00); from 1,000 on, whole
+        if v is None:       # numbers with separators (not 1.063e+04, and 4,627 beside 11,415)
             return "-"
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
 
     for label, r in zip(labels, out["table"]):
         ratio = "-" if r["cent_over_gpu"] is None else figure(r["cent_over_gpu"]) + "x"

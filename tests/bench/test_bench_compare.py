@@ -129,11 +129,13 @@ def test_the_table_prints_large_figures_as_whole_numbers_and_small_ratios_with_t
     print_compare(dict(model="m", requests=3, cent=side, gpu=side, sweep=None, table=[
         dict(metric="tokens per dollar", unit="tok/s per TCO unit", cent=10630.4, gpu=400.2, cent_over_gpu=26.56),
         dict(metric="TTFT p50", unit="ms", cent=0.1234567, gpu=None, cent_over_gpu=None),
-        dict(metric="energy per token", unit="mJ", cent=0.5912, gpu=173.2, cent_over_gpu=0.5912 / 173.2)]))
+        dict(metric="energy per token", unit="mJ", cent=0.5912, gpu=173.2, cent_over_gpu=0.5912 / 173.2),
+        dict(metric="E2E p50", unit="ms", cent=23695.2, gpu=4626.9, cent_over_gpu=5.121)]))
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].split()[-3:] == ["10,630", "400.2", "26.56x"]
     assert rows[3].split()[-3:] == ["0.1235", "-", "-"]
     assert rows[4].split()[-3:] == ["0.5912", "173.2", "0.003413x"]  # a small ratio keeps its digits, not 0.00x
+    assert rows[5].split()[-3:] == ["23,695", "4,627", "5.121x"]  # one column, one form (4627 beside 11,415 was not)
 
 
 def test_a_ratio_of_ten_characters_stays_apart_from_the_gpu_column(capsys):
