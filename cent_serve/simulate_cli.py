@@ -354,6 +354,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
               f"{r['tokens_per_joule']:>8.2f}{'' if ratio is None else f'{ratio:>7.2f}x'}"
               f"{'' if tpd is None else f'{tpd:>13.2f}x'}")
     base = rows and rows[0].get("gpu_throughput_tok_s")
+    print("cpb: channels a block's weights span on each of its devices; used: devices one copy of the model takes")
     if base:
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
     elif not paper:

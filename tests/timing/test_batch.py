@@ -66,3 +66,13 @@ def test_replicas_multiply_the_system_s_throughput_and_power():
     assert b.replicas == 2 and b.token_latency_ms == pytest.approx(a.token_latency_ms, rel=0.05)
     assert b.throughput_tok_s == pytest.approx(2 * 8 / (b.token_latency_ms / 1e3), rel=1e-12)
     assert b.power_w / b.throughput_tok_s == pytest.approx(a.power_w / a.throughput_tok_s, rel=0.05)
+
+
+def test_the_sweep_table_says_what_its_short_columns_are(capsys):
+    """`cpb` was never explained (first-hour audit): a line under the table says it and `used`."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "  pp  tp  cpb  used" in out
+    assert "cpb: channels a block's weights span on each of its devices; used: devices one copy" in out
