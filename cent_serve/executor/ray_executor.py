@@ -111,6 +111,10 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
             socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
             raise refuse(f"nothing answers at {gcs}: {exc}") from None
+        other = _not_a_gcs(host.strip("[]"), int(port))
+        if other is not None:  # ray.init would retry it for minutes, Ray's core logging every attempt
+            raise refuse(f"something other than a Ray cluster answers at {gcs}: it answered {other!r} where a "
+                         "Ray cluster's GCS speaks gRPC (a wrong port? `ray start --head` prints the address)")
     if address.startswith(("ray://", "local")):
         try:
             ray.init(address=address, **kwargs)
@@ -128,6 +132,33 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     where = address if address.startswith(("ray://", "local")) or gcs == address else f"{address}: {gcs}"
     return f"joined the Ray cluster at {where} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+"""HTTP/2's client preface and an empty SETTINGS frame (RFC 9113 section 3.4): a gRPC server, as a Ray
+cluster's GCS is, answers with a SETTINGS frame of its own (frame type 4, the header's fourth byte)."""
+
+
+def _not_a_gcs(host: str, port: int) -> str | None:
+    """The first words of what answers at host:port when it is plainly not a gRPC server (an HTTP/1
+    server's page, another protocol's greeting); None for a GCS, or when there is no telling (TLS,
+    silence, a closed connection)."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
+        return None  # a TLS GCS answers a plain preface with an alert
+    got = b""
+    try:
+        with socket.create_connection((host, port), timeout=JOIN_PROBE_TIMEOUT_S) as sock:
+            sock.sendall(HTTP2_PREFACE)
+            while len(got) < 4:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+    except OSError:
+        pass  # a timeout part way included: no telling
+    if len(got) < 4 or got[3] == 4:
+        return None
+    return got.split(b"\n", 1)[0][:40].decode("ascii", errors="replace").strip()
 
 
 def _first_line(exc: BaseException) -> str:

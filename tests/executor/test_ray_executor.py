@@ -244,9 +244,21 @@ def test_joining_auto_names_the_cluster_it_found(monkeypatch):
 
     from cent_serve.executor import ray_executor as rx
 
-    class Conn:
+    class Conn:  # a GCS: it answers HTTP/2's preface with a SETTINGS frame
         def close(self):
             pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+        def sendall(self, data):
+            pass
+
+        def recv(self, n):
+            return b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: None)
@@ -287,3 +299,45 @@ def test_the_engine_tells_each_ray_executor_how_many_replicas_it_builds(monkeypa
     make_executor(cfg)
     executor_factory(cfg)()
     assert made == [2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("answer, says", [
+    (b"HTTP/1.0 400 Bad request version\r\nServer: x\r\n", "HTTP/1.0 400 Bad request version"),
+    (b"-ERR unknown command 'PRI'\r\n", "-ERR unknown command 'PRI'"),
+    (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00", None),  # gRPC's SETTINGS: a GCS (what Ray 2's answers)
+    (b"", None),  # closed without a word: no telling
+    (None, None),  # silent: no telling (the probe's timeout)
+])
+def test_a_port_that_answers_but_not_as_a_ray_gcs_is_told_apart(monkeypatch, answer, says):
+    """`--ray-address` at a port something else listens on (a web server) passed the connect probe,
+    and ray.init then retried it for minutes with Ray's core logging each attempt (first-hour audit)."""
+    import socket
+
+    from cent_serve.executor import ray_executor as rx
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    monkeypatch.setattr(rx, "JOIN_PROBE_TIMEOUT_S", 0.5)  # the silent case's wait
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(64)
+        if answer is not None:
+            conn.sendall(answer)
+            conn.close()
+        else:
+            done.wait(10)
+            conn.close()
+
+    import threading
+
+    done = threading.Event()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert rx._not_a_gcs("127.0.0.1", srv.getsockname()[1]) == says
+    finally:
+        done.set()
+        t.join(10)
+        srv.close()
