@@ -366,18 +366,22 @@ class Engine:
             self._finish(req, "stop", t)
             return
         if p.stop:  # text at each token only when stop strings need it
-            # the text no later token can change: a character of several bytes shows as U+FFFD until
-            # its last byte, which then adds no character, so the text's length would start the
-            # search past a stop string that character ends
-            before = len(req.detok.text)
-            req.text = req.detok.decode(self.tokenizer, req.output_ids)
+            old, same = req.text, len(req.detok.text)  # the text no later token changes: old's and new's
+            req.text = new = req.detok.decode(self.tokenizer, req.output_ids)
             if can_stop:
-                longest = max(len(x) for x in p.stop)
-                lo = max(0, before - longest + 1)  # a stop string ending in the new text
-                cut = min((i for i in (req.text.find(x, lo) for x in p.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    req.stop_reason = next(x for x in p.stop if req.text.find(x, lo) == cut)
-                    req.text = req.text[:cut]
+                # where the new text parts from the last: the text before it was searched (and maybe
+                # streamed) already; past it, a character of several bytes that showed as U+FFFD is
+                # now whole without the text growing (the text's length would start past it)
+                end = min(len(old), len(new))
+                while same < end and old[same] == new[same]:
+                    same += 1
+                # each stop string ending in what is new (as vLLM searches): a shorter one wholly in
+                # old text, held back by min_tokens then, does not stop it now
+                hits = [(i, x) for x in p.stop if (i := new.find(x, max(0, same - len(x) + 1))) >= 0]
+                if hits:
+                    cut = min(i for i, _ in hits)
+                    req.stop_reason = next(x for i, x in hits if i == cut)
+                    req.text = new[:cut]
                     self._finish(req, "stop", t)
                     return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len

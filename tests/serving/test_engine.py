@@ -174,6 +174,19 @@ def test_a_stop_string_ending_in_a_character_of_several_bytes_stops(stop):
     assert (req.finish_reason, req.stop_reason, eng.text(req)) == ("stop", stop, "ab")
 
 
+def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
+    """A stop string wholly in the text made before min_tokens allowed stopping ("a" of "abc") stopped
+    the request once min_tokens was reached, whose stream had sent "ab" already (review; vLLM searches
+    each stop string in what is new only). A longer one ending in new text still stops it."""
+    for stop, want in ((("a", "xyz"), ("length", None, "abcdefgh")), (("a", "cd"), ("stop", "cd", "ab"))):
+        eng = _engine(numerics="off")
+        forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
+        eng._sample = lambda req, row: next(forced)
+        req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
+        _run(eng)
+        assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
+
+
 def test_two_runs_are_bit_identical():
     def run():
         eng = _engine(numerics="off", max_seqs_per_stage=2)
