@@ -262,6 +262,7 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     made = [0] * len(reqs)  # each choice's tokens as the engine made them (an echo alone drops its one)
     next_check = time.monotonic() + DISCONNECT_POLL_S
     gone = asyncio.ensure_future(_client_gone(raw))  # at once, as vLLM's `with_cancellation` listens
+    getter = None
     try:
         while left:
             if gone.done() or time.monotonic() >= next_check:
@@ -299,6 +300,8 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
         raise
     finally:
         gone.cancel()
+        if getter is not None:  # cancelled while waiting (a shutdown): no get left pending on the queue
+            getter.cancel()
     failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
     if failed:
         raise ApiError(failed[0], None, 500, "server_error", DEVICE_FAULT_CODE)

@@ -77,8 +77,9 @@ def _cancelled_response_in_one_line(record: logging.LogRecord) -> bool:
     traceback, ~60 lines for an expected end: one line says it."""
     if (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
             and str(record.msg).startswith("Exception in ASGI application")):
-        record.msg, record.args = ("a response still being written was cancelled: the shutdown's %g s for "
-                                   "open responses ran out (its client stopped reading)", (SHUTDOWN_GRACE_S,))
+        record.msg, record.args = ("a response still being written was cancelled at shutdown (its client stopped "
+                                   "reading within the %g s for open responses, or a second signal)",
+                                   (SHUTDOWN_GRACE_S,))
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"  # expected: the client's doing
     return True

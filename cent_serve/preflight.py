@@ -82,8 +82,9 @@ def check_host_memory(cfg: CentConfig, mp: Mapping, available_bytes: int | None 
     need = full_numerics_host_bytes(cfg, mp)
     if have is not None and need > have:
         copies = need // (cfg.model.param_count() * F32_BYTES)
-        why = ("the model and its shards" if copies == 2 else
-               f"each of the {copies - 1} device actors reads the whole model at start-up, beside this process's")
+        why = ("the model and its shards" if cfg.executor == "local" or cfg.on_gpus else  # full_numerics_host_bytes'
+               f"each of the {copies - 1} device actor{'s' if copies > 2 else ''} reads the whole model at start-up, "
+               "beside this process's")
         raise ValueError(f"full numerics of {cfg.model.name} ({cfg.model.param_count() / 1e9:.2f} B parameters) "
                          f"needs about {need / GIB:.1f} GiB of memory here, {copies} float32 copies ({why}; "
                          f"{cfg.executor} executor); this "

@@ -187,7 +187,8 @@ class Replicas:
         for r, t in list(getattr(self, "_threads", {}).items()):
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
-                log.info("replica %d is still being re-created: not waiting for it (what it built is stopped)", r)
+                log.info("replica %d is still being re-created: not waiting for it (it stops what it builds, or "
+                         "Ray's teardown does)", r)
         for ex in self.executors + list(getattr(self, "_built", {}).values()):
             if ex is not None:
                 ex.shutdown()

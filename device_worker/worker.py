@@ -68,7 +68,7 @@ class DeviceWorker:
         # per stage (channel group), per block: whether the block's output leaves the device
         leaves = [[b == self.last_block and not self.has_lm_head for b in s.blocks] for s in self.stages]
         self._local_hops = sum(not x for flags in leaves for x in flags)
-        """Block outputs the DMA engine moves per token (each of hidden_size bf16 values)."""
+        """Block outputs the DMA engine moves per token (each hidden_size values of device.bytes_per_element)."""
         self.clock = DeviceClock([len(flags) for flags in leaves], [x for flags in leaves for x in flags],
                                  mp.tb, cfg.scheduler.kv_block_tokens, (self.has_embedding, self.timer.embed_lookup_s),
                                  (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp,
@@ -293,7 +293,8 @@ class DeviceWorker:
         return dict(device_id=self.device_id, stages=[s.index for s in self.stages], rank=self.rank,
                     busy_s=dict(zip(self._busy_names, self.clock.busy.tolist())), energy_j=self.clock.joules,
                     block_steps=c["block_steps"], tokens=c["tokens"], calls=c["calls"],
-                    hop_bytes_local=self._local_hops * 2 * self.cfg.model.hidden_size * c["tokens"],
+                    hop_bytes_local=(self._local_hops * self.cfg.device.bytes_per_element * self.cfg.model.hidden_size
+                                     * c["tokens"]),
                     kv_usage=self.kv.usage,
                     kv_blocks=self.kv.num_blocks, weight_bytes=self.weight_bytes,
                     clock_s=self.clock.clock_s)

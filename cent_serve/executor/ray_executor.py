@@ -156,7 +156,7 @@ def _not_a_gcs(host: str, port: int) -> str | None:
                 got += chunk
     except OSError:
         pass  # a timeout part way included: no telling
-    if len(got) < 4 or got[3] == 4:
+    if len(got) < 4 or got[3] == 4 or got[0] in (0x15, 0x16):  # a TLS record (an alert): a TLS GCS may answer so
         return None
     return got.split(b"\n", 1)[0][:40].decode("ascii", errors="replace").strip()
 

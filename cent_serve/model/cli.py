@@ -163,7 +163,9 @@ def _print_info(cfg, out: dict) -> None:
         print(f"paper batch  {pb['batch']} queries of {pb['context']} tokens (cent simulate's): "
               + ("fit" if pb["fits"] else "do not fit: " + pb["why"].split("does not fit: ", 1)[-1]))
     # as given, so it reruns as --config on other devices: pp 0 and numerics auto are resolved above
-    print("config       as given (pp 0: one stage a block; numerics auto: as resolved above):")
+    unresolved = [why for given, why in ((cfg.parallel.pp == 0, "pp 0: one stage a block"),
+                                         (cfg.numerics == "auto", "numerics auto: as resolved above")) if given]
+    print(f"config       as given{' (' + '; '.join(unresolved) + ')' if unresolved else ''}:")
     print(json.dumps(out["config"], indent=2))
 
 

@@ -305,6 +305,7 @@ def test_the_engine_tells_each_ray_executor_how_many_replicas_it_builds(monkeypa
     (b"HTTP/1.0 400 Bad request version\r\nServer: x\r\n", "HTTP/1.0 400 Bad request version"),
     (b"-ERR unknown command 'PRI'\r\n", "-ERR unknown command 'PRI'"),
     (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00", None),  # gRPC's SETTINGS: a GCS (what Ray 2's answers)
+    (b"\x15\x03\x03\x00\x02\x02\x46", None),  # a TLS alert: a TLS GCS, which this process was not told of
     (b"", None),  # closed without a word: no telling
     (None, None),  # silent: no telling (the probe's timeout)
 ])

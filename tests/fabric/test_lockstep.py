@@ -109,3 +109,4 @@ def test_the_ranks_joules_are_combines_additions():
         for _ in range(n - 1):
             want = want + own
         assert ranks_joules(own, n).tobytes() == want.tobytes()
+

@@ -53,3 +53,6 @@ def test_serve_s_memory_refusal_says_how_many_copies_it_counts():
         cfg.executor = executor
         with pytest.raises(ValueError, match=re.escape(says)):
             preflight.check_host_memory(cfg, mp, available_bytes=8 * 2**30)
+    one = resolve_mapping(cfg.model, ParallelConfig(1), cfg.device)  # on Ray: 2 copies, not the in-process pair
+    with pytest.raises(ValueError, match=re.escape("2 float32 copies (each of the 1 device actor reads the whole")):
+        preflight.check_host_memory(cfg, one, available_bytes=8 * 2**30)

@@ -164,8 +164,8 @@ def test_a_response_cancelled_at_the_end_of_the_grace_is_one_line(uvicorn_log):
     cancelled, other = record(asyncio.CancelledError("Task cancelled")), record(RuntimeError("boom"))
     assert uv.filter(cancelled) and uv.filter(other)
     assert cancelled.levelno == logging.WARNING and cancelled.exc_info is None
-    assert cancelled.getMessage() == ("a response still being written was cancelled: the shutdown's 10 s for open "
-                                      "responses ran out (its client stopped reading)")
+    assert cancelled.getMessage() == ("a response still being written was cancelled at shutdown (its client stopped "
+                                      "reading within the 10 s for open responses, or a second signal)")
     assert other.levelno == logging.ERROR and other.exc_info[0] is RuntimeError
 
 
