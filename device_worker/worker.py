@@ -115,15 +115,10 @@ class DeviceWorker:
         unit's output, or `RoundOutput.start(plan)`). Returns this device's output: when each
         lane leaves it, the energy it charged each sequence, and with numerics the activations
         or logits. A generator: with tp > 1 and numerics it yields at exchange points."""
-        for sid in plan.finished:
-            self.free(sid)
-        self.seqs.update(plan)
-        layout = plan.layout
-        if not len(layout):
-            self.clock.i[I_CALLS] += 1
+        if not self._take(plan):
             return RoundOutput(x.ready_s, np.zeros(0))
         starts = self.seqs.state[0].tolist() if self.numerics else None  # the round moves them on
-        done, own, crossed, n_crossed = self._time_pass(x.ready_s, layout)
+        done, own, crossed, n_crossed = self._time_pass(x.ready_s, plan.layout)
         if n_crossed:
             self.grow_kv(crossed[:n_crossed])
         out = RoundOutput(done, own)
@@ -136,15 +131,21 @@ class DeviceWorker:
         to the caller (`grow_kv` of the first `n_crossed` of `crossed`, after the tensor-parallel
         twins have copied the positions: `fabric.rounds.Lockstep`). Returns (the output,
         crossed, n_crossed)."""
+        if not self._take(plan):
+            return RoundOutput(x.ready_s, np.zeros(0)), _NONE_CROSSED, 0
+        done, own, crossed, n_crossed = self._time_pass(x.ready_s, plan.layout)
+        return RoundOutput(done, own), crossed, n_crossed
+
+    def _take(self, plan: RoundPlan) -> bool:
+        """Forget the plan's finished sequences and take in its new ones; False for a round with no
+        lanes here (counted as a call, nothing to run)."""
         for sid in plan.finished:
             self.free(sid)
         self.seqs.update(plan)
-        layout = plan.layout
-        if not len(layout):
-            self.clock.i[I_CALLS] += 1
-            return RoundOutput(x.ready_s, np.zeros(0)), _NONE_CROSSED, 0
-        done, own, crossed, n_crossed = self._time_pass(x.ready_s, layout)
-        return RoundOutput(done, own), crossed, n_crossed
+        if len(plan.layout):
+            return True
+        self.clock.i[I_CALLS] += 1
+        return False
 
     def follow(self, lead: "DeviceWorker", plan: RoundPlan) -> None:
         """`run_time` of `plan` on a twin of `lead` (`is_twin`) that `lead` has just run: the
