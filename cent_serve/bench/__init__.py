@@ -47,16 +47,16 @@ SHIPPED_TRACES = {
 under that dataset's license), by the name `--trace` takes."""
 
 
-def resolve_trace(name_or_path: str) -> Path:
+def resolve_trace(name_or_path: str, flag: str = "--trace") -> Path:
     """A shipped trace's name (`SHIPPED_TRACES`, with or without `.csv`) or a file path.
-    ValueError naming the value and the choices when it is neither."""
+    ValueError naming the flag, the value and the choices when it is neither."""
     stem = name_or_path[:-4] if name_or_path.endswith(".csv") else name_or_path
     path = Path(name_or_path)
     if stem in SHIPPED_TRACES and not path.is_file():
         return Path(str(files("cent_serve.bench") / "data" / f"{stem}.csv"))
     if path.is_dir():
-        raise ValueError(f"--trace {name_or_path!r} is a directory: give the path of a trace file in it")
+        raise ValueError(f"{flag} {name_or_path!r} is a directory: give the path of a trace file in it")
     if not path.is_file():
-        raise ValueError(f"--trace {name_or_path!r} is neither a file nor a shipped trace: give a path or one of "
+        raise ValueError(f"{flag} {name_or_path!r} is neither a file nor a shipped trace: give a path or one of "
                          f"{', '.join(SHIPPED_TRACES)}")
     return path

@@ -227,7 +227,7 @@ def _lengths(args: argparse.Namespace):
 
     if args.lengths_from is not None:
         from cent_serve.bench import detect_format
-        source = resolve_trace(args.lengths_from)
+        source = resolve_trace(args.lengths_from, "--lengths-from")
         if detect_format(source) == "sharegpt":  # its lengths need the model's tokenizer over every text
             raise ValueError(f"--lengths-from {args.lengths_from} is ShareGPT, which has no token counts: give a trace "
                              "with them (Vidur, Azure, BurstGPT CSV, Mooncake JSONL)")
@@ -252,7 +252,7 @@ def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None) -> d
         out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
     if path is None and args.lengths_from is not None:
         from cent_serve.bench import resolve_trace
-        out.update(lengths_from=os.path.abspath(resolve_trace(args.lengths_from)))
+        out.update(lengths_from=os.path.abspath(resolve_trace(args.lengths_from, "--lengths-from")))
     elif path is None:  # N, or "LO:HI" for a uniform draw
         out.update({key: 128 if v is None else v if isinstance(v, int) else f"{v[0]}:{v[1]}"
                     for key, v in (("prompt_len", args.prompt_len), ("output_len", args.output_len))})
@@ -322,8 +322,8 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, run_title, summarize,
-                                         write_results)
+    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, run_title, source_text,
+                                         summarize, write_results)
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict, model_label
 
@@ -377,8 +377,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if result.interrupted:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
-    trace = Path(source).name if source not in (None, "synthetic") and Path(source).is_file() else source
-    print_table(summary, f"{run_title(result.status, summary).splitlines()[0]}; {trace}")
+    print_table(summary, f"{run_title(result.status, summary).splitlines()[0]}; {source_text(recorded)}")
     if result.interrupted:  # the replay's hours are not lost to a Ctrl-C; the figures say so
         print(f"interrupted: the results of the {len(result.records)} of {len(requests)} requests that ended "
               f"before Ctrl-C are in {out}/ (partial: summary.json has \"interrupted\": true)")

@@ -249,6 +249,22 @@ def run_title(status: dict, summary: dict) -> str:
     return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
 
 
+def source_text(bench: dict) -> str:
+    """What the requests came from, for a table's title: a trace's file name, with its generated
+    arrivals (ShareGPT has no timestamps), or a synthetic load's arrivals and lengths."""
+    trace = bench.get("trace") or "?"
+    name = Path(trace).name if trace != "synthetic" and Path(trace).is_file() else trace
+    if "arrivals" not in bench:
+        return name
+    arrivals = "Poisson" if bench["arrivals"] == "poisson" else f"gamma (burstiness {bench.get('burstiness'):g})"
+    text = f"{name}, {arrivals} arrivals at {bench.get('rate'):g} req/s"
+    if trace != "synthetic":
+        return text
+    if "lengths_from" in bench:
+        return f"{text}, lengths from {Path(bench['lengths_from']).name}"
+    return f"{text}, {bench.get('prompt_len')} prompt + {bench.get('output_len')} output tokens"
+
+
 def hardware_text(status: dict, devices) -> str:
     """`32 CENT devices` or `4 x a100-80gb GPUs`."""
     hw = status.get("hardware", "cent")

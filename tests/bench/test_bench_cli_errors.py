@@ -190,6 +190,8 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
              "--output-len", "4"], "--lengths-from draws both lengths from {dir}/two.jsonl's rows: drop --output-len"),
     ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "conv.json"],
      "--lengths-from {dir}/conv.json is ShareGPT, which has no token counts"),
+    ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "nowhere.csv"],
+     "--lengths-from 'nowhere.csv' is neither a file nor a shipped trace"),
     ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale 2 would lengthen the "
      "prompts of --trace {dir}/conv.json (sharegpt), which are their own text: use a scale of at most 1"),
     ("run", ["--trace", "one.csv", "--output-scale", "0"], "--output-scale=0.0 is invalid: use a finite factor > 0"),

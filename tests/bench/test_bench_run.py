@@ -361,3 +361,26 @@ def test_the_table_starts_with_what_ran(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "tiny on 8 CENT devices: pipeline pp 8 x tp 1, 8 devices used; sample_conv.csv", out[:2]
     assert out[1].startswith("completed")
+
+
+@pytest.mark.parametrize("flags, source", [
+    (["--synthetic", "poisson", "--rate", "2", "--num-requests", "3"],
+     "synthetic, Poisson arrivals at 2 req/s, 128 prompt + 128 output tokens"),
+    (["--synthetic", "gamma", "--burstiness", "0.5", "--rate", "2.5", "--num-requests", "3", "--prompt-len", "4:40",
+      "--output-len", "5"], "synthetic, gamma (burstiness 0.5) arrivals at 2.5 req/s, 4:40 prompt + 5 output tokens"),
+    (["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "sample_conv"],
+     "synthetic, Poisson arrivals at 2 req/s, lengths from sample_conv.csv"),
+    (["--trace", "{sharegpt}", "--rate", "3"], "conv.json, Poisson arrivals at 3 req/s"),
+])
+def test_the_table_says_what_a_generated_load_is(tmp_path, capsys, flags, source):
+    """A synthetic run's table said only `synthetic`: it names the arrivals, the rate and the lengths
+    (and a ShareGPT trace's arrivals, which the command makes)."""
+    from cent_serve.cli import main
+
+    sharegpt = tmp_path / "conv.json"
+    sharegpt.write_text(json.dumps([{"conversations": [{"from": "human", "value": "hi " * i},
+                                                       {"from": "gpt", "value": "ok " * i}]} for i in range(1, 5)]))
+    flags = [a.replace("{sharegpt}", str(sharegpt)) for a in flags]
+    assert main(["bench", "run", "--numerics", "off", "--no-plots", *flags, "--out", str(tmp_path / "r")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"tiny on 8 CENT devices: pipeline pp 8 x tp 1, 8 devices used; {source}", first
