@@ -165,9 +165,8 @@ class Engine:
             # so a prompt gives the same text each time and its n choices agree, as argmax would
             seed = greedy_stand_in_seed(prompt_ids)
         self._num_added += 1
-        if arrival_s is None:  # now: the clock, or the last finish when later (a client that waited for a reply
-            # sends after it; the last round's start would charge a GPU's request the rest of that round's step)
-            arrival_s = max(self.now_s, self.last_finish_s)
+        if arrival_s is None:
+            arrival_s = self.arrival_now_s
         req = Request(rid, list(prompt_ids), params, arrival_s, rng=make_generator(seed))
         req.ready_s = req.arrival_s
         self.scheduler.add(req)
@@ -418,6 +417,14 @@ class Engine:
         req = self.requests.get(request_id)
         if req is not None and req.is_finished:
             del self.requests[request_id]
+
+    @property
+    def arrival_now_s(self) -> float:
+        """Where a request that comes now, without an arrival, arrives: the clock, or the last finish
+        when later (a client that waited for a reply sends after it; the last round's start would
+        charge a GPU's request the rest of that round's step, and have an idle server's next request
+        wait behind its last round)."""
+        return max(self.now_s, self.last_finish_s)
 
     def status(self) -> dict:
         mp = self.timer.mapping

@@ -240,8 +240,9 @@ class EngineLoop:
 
     def status(self) -> dict:
         """The engine's status with the loop's own (engine thread: through `call`)."""
-        paced = {"sim_now_s": self.sim_now_s()} if self.clock == "paced" else {}  # where an arrival now lands
-        return dict(self.engine.status(), **paced, clock_mode=self.clock, pace_factor=self.pace_factor,
+        # where a request sent now arrives: the wall clock's time, or on the virtual clock the engine's
+        sim_now_s = self.sim_now_s() if self.clock == "paced" else self.engine.arrival_now_s
+        return dict(self.engine.status(), sim_now_s=sim_now_s, clock_mode=self.clock, pace_factor=self.pace_factor,
                     num_hold_expiries=self.num_hold_expiries, num_late_arrivals=self.num_late_arrivals,
                     pace_lag_s=self.pace.lag_s, pace_lag_episodes=self.pace.num_episodes,
                     pace_factor_needed=self.pace.needed_factor())

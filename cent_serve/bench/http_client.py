@@ -175,12 +175,13 @@ class _Server:
 
     @property
     def offset(self) -> float:
-        """Simulated seconds the server's clock stands at when the replay starts: trace time 0 (the
-        engine's clock on the virtual clock; on the paced one the wall clock's simulated time, where a
-        request sent now arrives). 0 for a server without simulated times."""
+        """Simulated seconds the server's clock stands at when the replay starts, trace time 0: where
+        a request sent now arrives (`sim_now_s`: on the virtual clock the engine's clock or its last
+        finish when later, so a replay does not start under the last round's work; on the paced one
+        the wall clock's simulated time). 0 for a server without simulated times."""
         if not self.cent:
             return 0.0
-        return self.status.get("clock_s", 0.0) if self.virtual else self.status.get("sim_now_s", 0.0)
+        return self.status.get("sim_now_s", self.status.get("clock_s", 0.0))
 
     @property
     def pace(self) -> float:
@@ -304,7 +305,8 @@ class _Replay:
         while self.srv.cent and not self.done.is_set():
             try:
                 x = (await self.client.get("/v1/cent/status")).json()
-                now = x.get("sim_now_s", x["clock_s"])  # paced: the wall clock's time (the engine's waits idle)
+                # paced: the wall clock's time (the engine's waits idle); virtual: the engine's, as in-process
+                now = x["clock_s"] if self.srv.virtual else x.get("sim_now_s", x["clock_s"])
                 self.samples.append(Sample(now - self.srv.offset, x["num_waiting"], x["num_running"], x["kv_usage"]))
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
