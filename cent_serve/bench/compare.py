@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import reasons_text, short_example, summarize, write_requests_csv  # noqa: E402
+from cent_serve.bench.report import reasons_text, short_example, source_text, summarize, write_requests_csv  # noqa: E402
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
 from cent_serve.timing.energy import cent_tco  # noqa: E402
@@ -120,7 +120,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
 
 def print_compare(out: dict) -> None:
     shaped = out.get("bench") or {}
-    if shaped.get("rate"):
+    if "arrivals" in shaped:  # generated arrivals: the source names them and their rate
+        at = ""
+    elif shaped.get("rate"):
         at = f" arriving at {shaped['rate']:g} req/s (--rate)"
     elif shaped.get("time_scale", 1.0) != 1.0:
         at = f" at the trace's arrival times x {shaped['time_scale']:g} (--time-scale)"
@@ -128,7 +130,8 @@ def print_compare(out: dict) -> None:
         at = " at the trace's own arrival times" if out.get("sweep") else ""
     if out.get("sweep"):
         at += " (the rates above are the sweep's)"
-    print(f"{out['model']}, {out['requests']} requests{at}: CENT = {out['cent']['hardware']}; "
+    source = f" of {source_text(shaped)}" if shaped.get("trace") else ""
+    print(f"{out['model']}, {out['requests']} requests{source}{at}: CENT = {out['cent']['hardware']}; "
           f"GPU = {out['gpu']['hardware']}")
     labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
     width = max(map(len, labels), default=0) + 2

@@ -151,6 +151,9 @@ def test_a_ratio_of_ten_characters_stays_apart_from_the_gpu_column(capsys):
     (dict(rate=2.0, time_scale=1.0), "3 requests arriving at 2 req/s (--rate)"),
     (dict(rate=None, time_scale=0.5), "3 requests at the trace's arrival times x 0.5 (--time-scale)"),
     (dict(rate=None, time_scale=1.0), "3 requests at the trace's own arrival times (the rates above"),
+    (dict(trace="/nowhere/conv.csv", rate=2.0, time_scale=1.0), "3 requests of /nowhere/conv.csv arriving at 2 req/s"),
+    (dict(trace="synthetic", rate=2.0, time_scale=1.0, arrivals="poisson", prompt_len=9, output_len=5),
+     "3 requests of synthetic, Poisson arrivals at 2 req/s, 9 prompt + 5 output tokens (the rates above"),
 ])
 def test_the_header_says_how_the_compared_requests_arrived(capsys, bench, says):
     """With --rates beside --rate, the header said the trace's own arrival times (external audit)."""
