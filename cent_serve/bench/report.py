@@ -257,7 +257,8 @@ def source_text(bench: dict) -> str:
     if "arrivals" not in bench:
         return name
     arrivals = "Poisson" if bench["arrivals"] == "poisson" else f"gamma (burstiness {bench.get('burstiness'):g})"
-    text = f"{name}, {arrivals} arrivals at {bench.get('rate'):g} req/s"
+    rate = bench.get("rate")  # None in a sweep: its rates are its own
+    text = f"{name}, {arrivals} arrivals" + (f" at {rate:g} req/s" if rate is not None else "")
     if trace != "synthetic":
         return text
     if "lengths_from" in bench:

@@ -16,7 +16,7 @@ from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
                                     latency_unit, mapping_text, plain_axis, widen_if_flat)
-from cent_serve.bench.report import reasons_text, summarize  # noqa: E402
+from cent_serve.bench.report import reasons_text, source_text, summarize  # noqa: E402
 from cent_serve.bench.runner import run_in_process  # noqa: E402
 from cent_serve.timing.mapping import parallelism  # noqa: E402
 from cent_serve.config import CentConfig, config_to_dict, model_label  # noqa: E402
@@ -37,6 +37,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     rows, status = [], {}
     for i, rate in enumerate(rates):  # the rates replay one trace: its 0-token warning once
         requests = requests_at(rate)
+        if i == 0:  # after the first selection, which fills in `bench`
+            print(sweep_title(cfg, rates, bench or {}))
         result = run_in_process(cfg, requests, total=len(requests), warn=i == 0, desc=f"rate {rate:g}")
         status = result.status
         s = summarize(result, slos)
@@ -56,6 +58,19 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     if plots:
         _plot_sweep(out_dir, sweep)
     return sweep
+
+
+def sweep_title(cfg: CentConfig, rates: list[float], bench: dict) -> str:
+    """What the sweep replays, before its first rate: bench run's title line and the rates."""
+    from cent_serve.engine import hardware_timer
+
+    mp = hardware_timer(cfg).mapping
+    status = dict(hardware=cfg.hardware, mapping=dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used,
+                                                      replicas=mp.replicas))
+    devices = cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices
+    source = f"; {source_text(bench)}" if bench.get("trace") else ""
+    return (f"{model_label(cfg.model)} on {hardware_text(status, devices)}: {mapping_text(status)}{source}; "
+            f"rates {', '.join(f'{r:g}' for r in rates)} req/s")
 
 
 def write_config(out_dir: Path, cfg: CentConfig, bench: dict | None) -> None:

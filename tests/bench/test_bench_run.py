@@ -174,6 +174,8 @@ def test_sweep_finds_the_distserve_goodput(tmp_path, capsys):
     assert config["model"]["name"] == "tiny" and config["bench"]["rates"] == [5.0, 5000.0]
     assert load_config(out / "config.json").model == _cfg().model
     captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == ("tiny on 8 CENT devices: pipeline pp 8 x tp 1, 8 devices used; synthetic, "
+                                            "Poisson arrivals, 32 prompt + 8 output tokens; rates 5, 5000 req/s")
     assert "DistServe goodput: 5 req/s (the highest rate with 90% of its requests within the SLOs)" in captured.out
     assert "rate 5: " in captured.err and "rate 5000: " in captured.err  # each rate's replay shows its bar
     assert main(["bench", "sweep", "--numerics", "off", "--synthetic", "poisson", "--num-requests", "20",
