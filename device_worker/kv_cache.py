@@ -7,7 +7,17 @@ numerics modes; with full numerics the values themselves live in
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
+
+_BLOCK_IDS = "q"
+"""Block ids are kept in arrays of 8-byte ints, not lists of Python ints (36 bytes an id): a
+device holds one id per 16 tokens of every sequence resident on it, so a 1,008-device replica
+of 126 sequences at 4,096 tokens holds 32 million of them (1.2 GB as lists, 0.26 GB as arrays)."""
+
+
+def _ids() -> array:
+    return array(_BLOCK_IDS)
 
 
 class KVCacheFull(RuntimeError):
@@ -26,11 +36,12 @@ class PagedKVCache:
     capacity_bytes: int
     bytes_per_token: int
     block_tokens: int = 16
-    block_tables: dict[int, list[int]] = field(default_factory=dict)
+    block_tables: dict[int, array] = field(default_factory=dict)
+    """Each sequence's block ids, in order (arrays of int64: `_BLOCK_IDS`)."""
     capacity: dict[int, int] = field(default_factory=dict)
     """Tokens each sequence's blocks hold (len(block table) x block_tokens): the fast check
     callers make before `grow`."""
-    _free: list[int] = field(default_factory=list)
+    _free: array = field(default_factory=_ids)
     """Blocks handed back; never-used blocks come from `_next_unused` (millions of them on a
     16 GiB device, so they are not listed up front)."""
 
@@ -52,7 +63,9 @@ class PagedKVCache:
         """Make room for `new_total_tokens` tokens of `seq_id` (allocating on first use)."""
         if new_total_tokens <= self.capacity.get(seq_id, 0):
             return
-        table = self.block_tables.get(seq_id, [])
+        table = self.block_tables.get(seq_id)
+        if table is None:
+            table = _ids()
         need = -(-new_total_tokens // self.block_tokens) - len(table)
         reused = min(need, len(self._free))
         if need - reused > self.num_blocks - self._next_unused:
@@ -90,7 +103,9 @@ class PagedKVCache:
 
     def free(self, seq_id: int) -> int:
         """Release every block of `seq_id`; returns how many were freed."""
-        table = self.block_tables.pop(seq_id, [])
+        table = self.block_tables.pop(seq_id, None)
         self.capacity.pop(seq_id, None)
+        if table is None:
+            return 0
         self._free.extend(reversed(table))
         return len(table)
