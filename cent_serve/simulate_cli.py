@@ -341,18 +341,25 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
           f"(end-to-end averages, {args.convention} convention)")
     _print_overrides(args)
     paper = paper_workload(cfg.model, prompt, decode, cfg.device)
-    print(f"{'pp':>4}{'tp':>4}{'cpb':>5}{'used':>6}{'tok/s':>10}{'ms/tok':>9}{'mJ/tok':>9}{'tok/J':>8}"
-          + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
+    # a column is as wide as its default, or one more than its widest figure: at 1,024 devices tp
+    # 1024 and 153,581.38 mJ a token filled theirs and ran into the column before
+    fits = [r for r in rows if "error" not in r]
+    cells = [(str(r['pp']), str(r['tp']), str(r['channels_per_block']), str(r['devices_used']),
+              f"{r['throughput_tok_s']:.1f}", f"{r['token_latency_ms']:.3f}", f"{r['energy_per_token_mj']:.2f}",
+              f"{r['tokens_per_joule']:.2f}") for r in fits]
+    w = [max([base] + [len(c[k]) + 1 for c in cells])
+         for k, base in enumerate((4, 4, 5, 6, 10, 9, 9, 8))]
+    print(f"{'pp':>{w[0]}}{'tp':>{w[1]}}{'cpb':>{w[2]}}{'used':>{w[3]}}{'tok/s':>{w[4]}}{'ms/tok':>{w[5]}}"
+          f"{'mJ/tok':>{w[6]}}{'tok/J':>{w[7]}}" + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
     for r in rows:
         if "error" in r:
-            print(f"{r['pp']:>4}{r['tp']:>4}  does not fit: {r['error']}")
+            print(f"{r['pp']:>{w[0]}}{r['tp']:>{w[1]}}  does not fit: {r['error']}")
             continue
         ratio = r.get("throughput_ratio")
         tpd = r.get("tokens_per_dollar_ratio")
-        print(f"{r['pp']:>4}{r['tp']:>4}{r['channels_per_block']:>5}{r['devices_used']:>6}"
-              f"{r['throughput_tok_s']:>10.1f}{r['token_latency_ms']:>9.3f}{r['energy_per_token_mj']:>9.2f}"
-              f"{r['tokens_per_joule']:>8.2f}{'' if ratio is None else f'{ratio:>7.2f}x'}"
-              f"{'' if tpd is None else f'{tpd:>13.2f}x'}")
+        print("".join(f"{c:>{k}}" for c, k in zip(cells[fits.index(r)], w))
+              + f"{'' if ratio is None else f' {ratio:>6.2f}x'}"
+              + f"{'' if tpd is None else f' {tpd:>12.2f}x'}")
     base = rows and rows[0].get("gpu_throughput_tok_s")
     print("cpb: channels a block's weights span on each of its devices; used: devices one copy of the model takes")
     if base:

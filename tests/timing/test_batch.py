@@ -76,3 +76,17 @@ def test_the_sweep_table_says_what_its_short_columns_are(capsys):
     out = capsys.readouterr().out
     assert "  pp  tp  cpb  used" in out
     assert "cpb: channels a block's weights span on each of its devices; used: devices one copy" in out
+
+
+def test_the_sweep_table_keeps_its_columns_apart_at_a_thousand_devices(capsys):
+    """At 1,024 devices the sweep's tp 1024 row filled `tp` and its 153,581 mJ a token filled
+    `mJ/tok`: the figures ran into the columns before them ("   11024   32  1024 ... 37.663153581.38").
+    Each column widens to one more than its widest figure; every row splits into its fields."""
+    argv = ["simulate", "--model", "llama2-7b", "--devices", "1024", "--sweep", "--set", "fabric.switch_lanes=2048"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.split()[:2] == ["pp", "tp"])
+    rows = [line.split() for line in out[head + 1:] if line[:1] == " "]
+    assert ["1", "1024"] == rows[[r[:2] for r in rows].index(["1", "1024"])][:2]
+    assert len(rows) > 5 and all(len(r) == 10 for r in rows), rows  # 8, and the two against GPUs
+    assert all(len(line) == len(out[head]) for line in out[head + 1:head + 1 + len(rows)])
