@@ -437,7 +437,15 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
         reasons = []
         opened = False
         while left[0]:
-            index, d = await q.get()
+            if q.empty():
+                index, d = await q.get()
+            else:  # a backlog (the engine ran ahead of this client): let the event loop in between chunks.
+                # Nothing else here suspends (a get from a non-empty queue, uvicorn's send to a gone client),
+                # so without it the loop never ran the client's disconnect and the whole backlog went into
+                # the closed socket, one "socket.send() raised exception." logged per write, the request
+                # running on (to its max_tokens if the engine kept ahead), and other clients waited
+                await asyncio.sleep(0)
+                index, d = q.get_nowait()
             await ctx.pace(d)
             made[index] += len(d.token_ids)
             if reply.echo_only:
