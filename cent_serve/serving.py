@@ -71,9 +71,17 @@ class PaceMonitor:
     HEADROOM = 1.2
     ESTIMATE_ROUNDS = 8
     ESTIMATE_WALL_S = 1.0
+    QUIET_S = 30.0
+    """Wall seconds after a warning in which one that tells nothing new (a stall again, or a pace factor
+    no higher than the last said) is counted, not logged: the next warning says how many were not. A
+    busy machine stalls a low pace factor's rounds often (the soak audit: 63 lines in 47 s at 0.02)."""
 
-    def __init__(self, pace_factor: float) -> None:
+    def __init__(self, pace_factor: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.pace_factor = pace_factor
+        self._clock = clock
+        self._last_warn_at: float | None = None
+        self._last_need: float | None = None  # the factor the last logged warning gave (None: a stall's)
+        self._unsaid = 0
         self.warn_s = PACE_LAG_WARN_S * min(1.0, pace_factor)
         """The lag (wall s) that starts an episode: PACE_LAG_WARN_S, simulated below pace factor 1."""
         self._said: float | None = None  # the pace factor the log gave for this episode
@@ -111,16 +119,26 @@ class PaceMonitor:
     def _warn(self) -> None:
         self._warn_pending = False
         need = self.needed_factor()
-        if need is None or need <= self.pace_factor:  # the rounds keep up: something stalled them once
+        stall = need is None or need <= self.pace_factor  # the rounds keep up: something stalled them once
+        if not stall:
+            self._said = need
+        now = self._clock()
+        news = not stall and (self._last_need is None or need > self._last_need)
+        if self._last_warn_at is not None and now - self._last_warn_at < self.QUIET_S and not news:
+            self._unsaid += 1
+            return
+        unsaid = (f" ({self._unsaid} more episode{'s' if self._unsaid > 1 else ''} of lag since the last warning "
+                  "went unlogged: /v1/cent/status counts them in pace_lag_episodes)") if self._unsaid else ""
+        self._last_warn_at, self._last_need, self._unsaid = now, None if stall else need, 0
+        if stall:
             log.warning("paced mode fell behind: tokens reached clients up to %.2f s late (%.3g s of simulated "
                         "time) after a stall (a first round, a busy machine); the rounds themselves keep up at pace "
-                        "factor %g", self._worst_s, self._worst_s / self.pace_factor, self.pace_factor)
+                        "factor %g%s", self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, unsaid)
             return
-        self._said = need
         log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (%.3g s of simulated time at pace "
-                    "factor %g); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more",
+                    "factor %g); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more%s",
                     self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, self._wall_s / self._sim_s,
-                    need)
+                    need, unsaid)
 
     def needed_factor(self) -> float | None:
         """The smallest pace factor that kept up with this episode's rounds (None before one), at

@@ -535,3 +535,38 @@ def test_a_compressed_body_is_415_and_a_client_gone_mid_body_is_counted_aborted(
         expected = {("rejected", "invalid_request"): 1, ("aborted", "client_disconnect"): 1}
         wait_for(lambda: outcomes(s.url) == expected, "the two requests counted")
         assert httpx.post(s.url + "/v1/completions", json=body()).status_code == 200
+
+
+def test_lag_warnings_that_tell_nothing_new_are_counted_not_logged(caplog):
+    """A busy machine stalls a low pace factor's rounds again and again (the soak audit: 63 warnings in
+    47 s at pace 0.02): within `QUIET_S` of a warning, a stall's warning or one that asks no higher a
+    factor is counted, and the next logged one says how many were not; a higher factor is always said."""
+    import logging
+
+    from cent_serve.serving import PaceMonitor
+
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    now = [0.0]
+    mon = PaceMonitor(pace_factor=0.02, clock=lambda: now[0])
+
+    def episode(wall_per_round: float) -> None:  # a short episode of 3 rounds, said as it ends
+        for _ in range(3):
+            mon.behind(1.0)
+            mon.stepped(wall_per_round, 1.0)
+        mon.on_schedule()
+        now[0] += 1.0
+
+    for _ in range(5):
+        episode(0.001)  # the rounds keep up: stalls
+    episode(0.05)  # too slow: 0.06 needed, news
+    episode(0.04)  # too slow, but no higher than said
+    episode(0.1)  # higher: said
+    msgs = [r.getMessage() for r in caplog.records]
+    assert mon.num_episodes == 8 and len(msgs) == 3, msgs
+    assert "after a stall" in msgs[0] and "unlogged" not in msgs[0]
+    assert "--pace-factor 0.06 or more (4 more episodes of lag since the last warning went unlogged" in msgs[1]
+    assert "--pace-factor 0.12 or more (1 more episode of lag" in msgs[2]
+    now[0] += PaceMonitor.QUIET_S
+    caplog.clear()
+    episode(0.001)  # a stall, the quiet time over: logged again
+    assert [r.getMessage() for r in caplog.records][0].startswith("paced mode fell behind")
