@@ -7,6 +7,7 @@ same everywhere, naming the size, what is available and the fix. Each raises Val
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -34,12 +35,34 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
         check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
     except CapacityError as exc:
         fewer = f"--batch {exc.max_batch}, " if batch_flag and exc.max_batch else ""
+        n = None if exc.max_batch is None else devices_that_hold(cfg, cfg.kv_tokens(context), batch)
+        more = "more devices" if n is None else f"{n} devices (the fewest that hold it)"
         fix = "" if exc.max_batch is None else (
-            f"; or use {fewer}more devices, or a shorter context with "
+            f"; or use {fewer}{more}, or a shorter context with "
             f"{context_flag or '--set model.max_seq_len=N'}")
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp
+
+
+MORE_DEVICES_SEARCH = 1024
+"""How many device counts past the given one `devices_that_hold` tries (a few ms each)."""
+
+
+def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int) -> int | None:
+    """The fewest devices, more than `cfg.parallel.num_devices`, whose mapping (the same pp and tp
+    settings) holds the weights and the KV cache of `batch` sequences of `kv_tokens` tokens; None
+    if none within `MORE_DEVICES_SEARCH` more (or none the switch and the mapping allow). Unlike
+    `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
+    start = cfg.parallel.num_devices + 1
+    for n in range(start, start + MORE_DEVICES_SEARCH):
+        try:
+            mp = resolve_mapping(cfg.model, dataclasses.replace(cfg.parallel, num_devices=n), cfg.device)
+            check_capacity(cfg.model, mp, cfg.device, kv_tokens, batch)
+        except ValueError:  # CapacityError among them: this count does not hold it, or cannot map it
+            continue
+        return n
+    return None
 
 
 def full_numerics_host_bytes(cfg: CentConfig, mp: Mapping) -> int:

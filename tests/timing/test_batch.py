@@ -37,8 +37,12 @@ def test_long_context_runs_at_a_batch_that_fits(capsys):
     args = ["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "30976",
             "--set", "model.max_seq_len=32768", "--json"]
     assert main(args) == 2
-    assert "the largest batch at context 30976 is 30; or use --batch 30, more devices" in capsys.readouterr().err
+    assert ("the largest batch at context 30976 is 30; or use --batch 30, 80 devices (the fewest that hold it), or "
+            "a shorter context") in capsys.readouterr().err  # it said "more devices", not how many (scale audit)
     assert main(args + ["--batch", "30"]) == 0
+    capsys.readouterr()
+    over = ["--devices", "79", *args[5:]]  # the count it names holds the 80 queries, one fewer does not
+    assert main(args[:3] + over) == 2 and main(args[:3] + ["--devices", "80", *args[5:]]) == 0
     capsys.readouterr()
     assert main(args + ["--batch", "8"]) == 0
     fig = json.loads(capsys.readouterr().out)
