@@ -37,6 +37,8 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
         fewer = f"--batch {exc.max_batch}, " if batch_flag and exc.max_batch else ""
         n = None if exc.max_batch is None else devices_that_hold(cfg, cfg.kv_tokens(context), batch)
         more = "more devices" if n is None else f"{n} devices (the fewest that hold it)"
+        if n is not None and n > cfg.fabric.switch_lanes:  # every device needs a lane of the switch
+            more += f" with --set fabric.switch_lanes={n}"
         fix = "" if exc.max_batch is None else (
             f"; or use {fewer}{more}, or a shorter context with "
             f"{context_flag or '--set model.max_seq_len=N'}")
@@ -52,7 +54,8 @@ MORE_DEVICES_SEARCH = 1024
 def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int) -> int | None:
     """The fewest devices, more than `cfg.parallel.num_devices`, whose mapping (the same pp and tp
     settings) holds the weights and the KV cache of `batch` sequences of `kv_tokens` tokens; None
-    if none within `MORE_DEVICES_SEARCH` more (or none the switch and the mapping allow). Unlike
+    if none within `MORE_DEVICES_SEARCH` more (or none the mapping allows). The switch is not asked:
+    a count past `fabric.switch_lanes` needs it raised, which the caller says. Unlike
     `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
     start = cfg.parallel.num_devices + 1
     for n in range(start, start + MORE_DEVICES_SEARCH):

@@ -94,3 +94,15 @@ def test_the_sweep_table_keeps_its_columns_apart_at_a_thousand_devices(capsys):
     assert ["1", "1024"] == rows[[r[:2] for r in rows].index(["1", "1024"])][:2]
     assert len(rows) > 5 and all(len(r) == 10 for r in rows), rows  # 8, and the two against GPUs
     assert all(len(line) == len(out[head]) for line in out[head + 1:head + 1 + len(rows)])
+
+
+def test_a_named_device_count_past_the_switch_says_to_raise_its_lanes(capsys):
+    """The count a capacity refusal names must run as told: 200 blocks of 7B on 100 devices need 200,
+    one each, and 200 devices are more than the switch's 144 lanes (`parallel.num_devices=200 exceeds
+    fabric.switch_lanes=144`), so the refusal says to raise them too."""
+    args = ["simulate", "--model", "llama2-7b", "--set", "model.num_layers=200", "--seqlen", "4096", "--json"]
+    assert main([*args, "--devices", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "or use --batch 120, 200 devices (the fewest that hold it) with --set fabric.switch_lanes=200, or" in err, err
+    assert main([*args, "--devices", "200", "--set", "fabric.switch_lanes=200"]) == 0
+    assert main([*args, "--devices", "199", "--set", "fabric.switch_lanes=200"]) == 2
