@@ -34,14 +34,15 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     try:
         check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
     except CapacityError as exc:
-        fewer = f"--batch {exc.max_batch}, " if batch_flag and exc.max_batch else ""
-        n = None if exc.max_batch is None else devices_that_hold(cfg, cfg.kv_tokens(context), batch)
-        more = "more devices" if n is None else f"{n} devices (the fewest that hold it)"
-        if n is not None and n > cfg.fabric.switch_lanes:  # every device needs a lane of the switch
-            more += f" with --set fabric.switch_lanes={n}"
-        fix = "" if exc.max_batch is None else (
-            f"; or use {fewer}{more}, or a shorter context with "
-            f"{context_flag or '--set model.max_seq_len=N'}")
+        fix = ""
+        if exc.max_batch is not None:  # the weights fit: fewer sequences, more devices or less context
+            ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
+            n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)
+            if n is not None:  # none: more devices only add copies (a block a device already)
+                ways.append(f"{n} devices (the fewest that hold it)"
+                            + (f" with --set fabric.switch_lanes={n}" if n > cfg.fabric.switch_lanes else ""))
+            fix = f"; or use {''.join(w + ', ' for w in ways)}{'or ' if ways else ''}a shorter context with " \
+                  f"{context_flag or '--set model.max_seq_len=N'}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp

@@ -44,6 +44,13 @@ def test_long_context_runs_at_a_batch_that_fits(capsys):
     over = ["--devices", "79", *args[5:]]  # the count it names holds the 80 queries, one fewer does not
     assert main(args[:3] + over) == 2 and main(args[:3] + ["--devices", "80", *args[5:]]) == 0
     capsys.readouterr()
+    # 131,072 tokens: no count holds 80 queries (a block a device already; more only add copies), so no
+    # count is named and "more devices" is not offered either (review)
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "131072", "--set",
+                 "model.max_seq_len=131072"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("the largest batch at context 131072 is 7; or use --batch 7, or a shorter context "
+                                 "with --seqlen N"), err
     assert main(args + ["--batch", "8"]) == 0
     fig = json.loads(capsys.readouterr().out)
     assert fig["batch"] == 8 and fig["seqlen"] == 30976
