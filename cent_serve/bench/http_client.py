@@ -307,7 +307,9 @@ class _Replay:
                 x = (await self.client.get("/v1/cent/status")).json()
                 # paced: the wall clock's time (the engine's waits idle); virtual: the engine's, as in-process
                 now = x["clock_s"] if self.srv.virtual else x.get("sim_now_s", x["clock_s"])
-                self.samples.append(Sample(now - self.srv.offset, x["num_waiting"], x["num_running"], x["kv_usage"]))
+                # a reused virtual server's clock can stand a round before the offset (its last finish)
+                self.samples.append(Sample(max(0.0, now - self.srv.offset), x["num_waiting"], x["num_running"],
+                                           x["kv_usage"]))
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             try:
