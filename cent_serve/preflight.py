@@ -41,8 +41,8 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
             if n is not None:  # none: more devices only add copies (a block a device already)
                 ways.append(f"{n} devices (the fewest that hold it)"
                             + (f" with --set fabric.switch_lanes={n}" if n > cfg.fabric.switch_lanes else ""))
-            fix = f"; or use {''.join(w + ', ' for w in ways)}{'or ' if ways else ''}a shorter context with " \
-                  f"{context_flag or '--set model.max_seq_len=N'}"
+            ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
+            fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {exc}{fix}") from None
     return mp

@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import reasons_text, short_example, source_text, summarize, write_requests_csv  # noqa: E402
+from cent_serve.bench.report import (reasons_text, short_example, source_text, summarize,  # noqa: E402
+                                     write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
 from cent_serve.timing.energy import cent_tco  # noqa: E402
