@@ -706,6 +706,10 @@ class FabricConfig:
         return ns * 1e-9
 
 
+MAX_DEVICES = 1024
+"""The most CENT devices a config may name (`parallel.num_devices`)."""
+
+
 @dataclass
 class ParallelConfig:
     """How the model maps onto devices (docs/hardware_model.md section 3).
@@ -733,8 +737,8 @@ class ParallelConfig:
     """Numbers that must be > 0 (`_number_fix`)."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.num_devices, int) and 1 <= self.num_devices <= 1024,
-               "parallel.num_devices", self.num_devices, "use an integer from 1 to 1024")
+        _check(isinstance(self.num_devices, int) and 1 <= self.num_devices <= MAX_DEVICES,
+               "parallel.num_devices", self.num_devices, f"use an integer from 1 to {MAX_DEVICES}")
         _check(isinstance(self.tp, int) and 1 <= self.tp <= self.num_devices, "parallel.tp",
                self.tp, f"use an integer from 1 to parallel.num_devices={self.num_devices}")
         _check(isinstance(self.pp, int) and self.pp >= 0, "parallel.pp", self.pp,

@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from cent_serve.config import CentConfig
+from cent_serve.config import MAX_DEVICES, CentConfig
 from cent_serve.timing.mapping import CapacityError, Mapping, check_capacity, counted, resolve_mapping
 
 GIB = 2**30
@@ -48,24 +48,27 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     return mp
 
 
-MORE_DEVICES_SEARCH = 1024
-"""How many device counts past the given one `devices_that_hold` tries (a few ms each)."""
-
-
 def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int) -> int | None:
     """The fewest devices, more than `cfg.parallel.num_devices`, whose mapping (the same pp and tp
     settings) holds the weights and the KV cache of `batch` sequences of `kv_tokens` tokens; None
-    if none within `MORE_DEVICES_SEARCH` more (or none the mapping allows). The switch is not asked:
+    if none up to `MAX_DEVICES` does (a few ms a count). The switch is not asked:
     a count past `fabric.switch_lanes` needs it raised, which the caller says. Unlike
     `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
     start = cfg.parallel.num_devices + 1
-    for n in range(start, start + MORE_DEVICES_SEARCH):
+    return _first_that_holds(cfg.model, cfg.device, kv_tokens, batch,
+                             (dataclasses.replace(cfg.parallel, num_devices=n)
+                              for n in range(start, MAX_DEVICES + 1)))
+
+
+def _first_that_holds(m, dev, context: int, batch: int | None, parallels) -> int | None:
+    """The device count of the first of `parallels` whose mapping holds the weights and the KV cache
+    of `batch` sequences of `context` tokens, or None."""
+    for par in parallels:
         try:
-            mp = resolve_mapping(cfg.model, dataclasses.replace(cfg.parallel, num_devices=n), cfg.device)
-            check_capacity(cfg.model, mp, cfg.device, kv_tokens, batch)
-        except ValueError:  # CapacityError among them: this count does not hold it, or cannot map it
+            check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch)
+        except ValueError:  # CapacityError among them: it does not hold it, or cannot map it
             continue
-        return n
+        return par.num_devices
     return None
 
 
@@ -245,14 +248,13 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
     stage, the paper's batch); None when more than `most` would be needed."""
     from cent_serve.config import ParallelConfig
 
-    n = -(-m.num_layers // dev.num_channels)  # fewer cannot place the blocks
     if m.sliding_window:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
         context = min(context, m.sliding_window + 1 + 16)
-    while n <= most:
-        try:
-            mp = resolve_mapping(m, ParallelConfig(n, m.num_layers, 1), dev)
-            check_capacity(m, mp, dev, context, batch)
-            return n
-        except ValueError:
+
+    def counts():
+        n = -(-m.num_layers // dev.num_channels)  # fewer cannot place the blocks
+        while n <= most:
+            yield ParallelConfig(n, m.num_layers, 1)
             n += 1 if n < 64 else n // 16  # coarser steps beyond 64 devices
-    return None
+
+    return _first_that_holds(m, dev, context, batch, counts())
