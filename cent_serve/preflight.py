@@ -15,7 +15,8 @@ import socket
 from pathlib import Path
 
 from cent_serve.config import MAX_DEVICES, CentConfig
-from cent_serve.timing.mapping import CapacityError, Mapping, check_capacity, counted, resolve_mapping
+from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted,
+                                      resolve_mapping)
 
 GIB = 2**30
 F32_BYTES = 4
@@ -34,18 +35,34 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
     try:
         check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
     except CapacityError as exc:
-        fix = ""
+        n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)  # None: more devices only add copies
+        lanes = f" with --set fabric.switch_lanes={n}" if n is not None and n > cfg.fabric.switch_lanes else ""
         if exc.max_batch is not None:  # the weights fit: fewer sequences, more devices or less context
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
-            n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)
-            if n is not None:  # none: more devices only add copies (a block a device already)
-                ways.append(f"{n} devices (the fewest that hold it)"
-                            + (f" with --set fabric.switch_lanes={n}" if n > cfg.fabric.switch_lanes else ""))
+            if n is not None:
+                ways.append(f"{n} devices (the fewest that hold it){lanes}")
             ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
+            why = f"{exc}{fix}"
+        elif n is None and mp.devices_used < mp.num_devices:  # the mapping's words: spread over the devices it has
+            why = str(exc)
+        else:  # the weights alone do not fit: how many devices hold them, or that more do not
+            why = f"{exc.need}: {_weights_fix(cfg, mp, n, lanes)} (or larger devices: {CAPACITY_FIELDS})"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
-                         f"fit: {exc}{fix}") from None
+                         f"fit: {why}") from None
     return mp
+
+
+def _weights_fix(cfg: CentConfig, mp: Mapping, n: int | None, lanes: str) -> str:
+    """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
+    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does (the pp and tp given
+    fix the shard: more devices only add copies), what changes the shard."""
+    if n is not None:
+        return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp"
+    pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
+    more_stages = "more stages (--pp) or " if 0 < cfg.parallel.pp < mp.num_layers else ""
+    return (f"more devices only add copies with {pp} and --tp {cfg.parallel.tp} (no count up to "
+            f"{MAX_DEVICES:,} holds it): use {more_stages}a larger tp")
 
 
 def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int) -> int | None:

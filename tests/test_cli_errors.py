@@ -99,7 +99,10 @@ def test_a_ray_cluster_that_is_gone():
                                      ["simulate", "--seqlen", "4096"], ["info"]])
 def test_a_model_the_devices_cannot_hold_is_refused_everywhere_alike(command):
     proc, wall = _cent(*command, "--model", "llama2-70b", "--devices", "8", "--numerics", "off")
-    line = _one_line_error(proc, "llama2-70b on 8 devices", "does not fit", "16.43 GiB", "more devices")
+    # the fewest that hold one sequence of the context (serve, bench, info), or simulate's 80 queries
+    fewest = 16 if command[0] == "simulate" else 9
+    line = _one_line_error(proc, "llama2-70b on 8 devices", "does not fit", "16.43 GiB",
+                           f"use {fewest} devices (the fewest that hold it) or a larger tp")
     assert line.split("error: ", 1)[1].startswith("llama2-70b on 8 devices")  # the same message
     assert wall < REFUSE_WITHIN_S, wall
 
@@ -392,4 +395,24 @@ def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_ha
     assert "spread a copy over more of the 32 devices (it uses 7): more stages (--pp) or a larger tp" in err
     assert "use more devices" not in err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "8"]) == 2
-    assert "use more devices or a larger tp" in capsys.readouterr().err
+    assert "use 16 devices (the fewest that hold it) or a larger tp" in capsys.readouterr().err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "15"]) == 2  # the KV of 80 queries, now
+    assert "16 devices (the fewest that hold it)" in capsys.readouterr().err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "16"]) == 0
+    capsys.readouterr()
+
+
+def test_weights_that_more_devices_only_copy_are_told_what_changes_the_shard(capsys):
+    """70B as 4 stages on 4 devices: a shard needs 32.4 GiB, and with --pp 4 more devices only add
+    copies (it said "use more devices"); 70B with tp 8 on 8 devices (one stage) likewise. The fix
+    names what changes the shard."""
+    from cent_serve.cli import main
+
+    for flags, pp in ((["--devices", "4", "--pp", "4"], "--pp 4 and --tp 1"),
+                      (["--devices", "8", "--pp", "1", "--tp", "8"], "--pp 1 and --tp 8")):
+        assert main(["simulate", "--model", "llama2-70b", *flags]) == 2
+        err = capsys.readouterr().err
+        assert (f"more devices only add copies with {pp} (no count up to 1,024 holds it): use more stages (--pp) "
+                "or a larger tp") in err, err
+        assert "use more devices" not in err, err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "16", "--pp", "4", "--tp", "4"]) == 0

@@ -176,11 +176,13 @@ def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, eleme
 
 class CapacityError(ValueError):
     """A device does not hold what it must; `max_batch`: the most queries that fit at the context
-    (None when the weights alone do not fit)."""
+    (None when the weights alone do not fit); `need`: what does not fit, without the fix (a caller
+    that knows the fewest devices that hold it words its own)."""
 
-    def __init__(self, message: str, max_batch: int | None = None) -> None:
+    def __init__(self, message: str, max_batch: int | None = None, need: str | None = None) -> None:
         super().__init__(message)
         self.max_batch = max_batch
+        self.need = need
 
 
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
@@ -204,8 +206,8 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
                           "stages (--pp) or a larger tp")
             else:
                 spread = "use more devices or a larger tp"
-            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}: "
-                                f"{spread} (or larger devices: {CAPACITY_FIELDS})")
+            need = f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}"
+            raise CapacityError(f"{need}: {spread} (or larger devices: {CAPACITY_FIELDS})", need=need)
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
