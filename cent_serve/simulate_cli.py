@@ -351,13 +351,14 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
          for k, base in enumerate((4, 4, 5, 6, 10, 9, 9, 8))]
     print(f"{'pp':>{w[0]}}{'tp':>{w[1]}}{'cpb':>{w[2]}}{'used':>{w[3]}}{'tok/s':>{w[4]}}{'ms/tok':>{w[5]}}"
           f"{'mJ/tok':>{w[6]}}{'tok/J':>{w[7]}}" + (f"{'vs GPU':>8}{'tok/$ vs GPU':>14}" if paper else ""))
+    fit_cells = iter(cells)  # the cells of the rows that fit, in their order
     for r in rows:
         if "error" in r:
             print(f"{r['pp']:>{w[0]}}{r['tp']:>{w[1]}}  does not fit: {r['error']}")
             continue
         ratio = r.get("throughput_ratio")
         tpd = r.get("tokens_per_dollar_ratio")
-        print("".join(f"{c:>{k}}" for c, k in zip(cells[fits.index(r)], w))
+        print("".join(f"{c:>{k}}" for c, k in zip(next(fit_cells), w))
               + f"{'' if ratio is None else f' {ratio:>6.2f}x'}"
               + f"{'' if tpd is None else f' {tpd:>12.2f}x'}")
     base = rows and rows[0].get("gpu_throughput_tok_s")
