@@ -2,22 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from cent_serve.config import (MODEL_PRESETS, CentConfig, ModelConfig,
-                               apply_overrides, load_config, model_preset, parse_hardware)
-
-
-def resolve_model(name_or_path: str) -> ModelConfig:
-    """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory."""
-    if name_or_path in MODEL_PRESETS:
-        return model_preset(name_or_path)
-    if Path(name_or_path).exists():
-        from cent_serve.model.weights import model_config_from_hf
-        return model_config_from_hf(name_or_path)
-    raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
-                     "nor an existing checkpoint directory")
+from cent_serve.config import CentConfig, build_config, resolve_model  # noqa: F401 - resolve_model: the commands' import
 
 
 def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> None:
@@ -38,28 +25,13 @@ def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> N
 
 
 def config_from_args(args: argparse.Namespace) -> CentConfig:
-    """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides."""
-    cfg = load_config(args.config) if getattr(args, "config", None) else CentConfig()
-    if getattr(args, "model", None):
-        cfg.model = resolve_model(args.model)
-    if getattr(args, "seed", None) is not None:
-        cfg.model.seed = args.seed
-    if getattr(args, "numerics", None):
-        cfg.numerics = args.numerics
-    devices = getattr(args, "devices", None)
-    pp = getattr(args, "pp", None)
-    tp = getattr(args, "tp", None)
-    if devices is not None or pp is not None or tp is not None:
-        p = cfg.parallel  # the flags replace their fields; the rest (lm_head) is the config's
-        cfg.parallel = dataclasses.replace(p, num_devices=p.num_devices if devices is None else devices,
-                                           pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
-    hw = getattr(args, "hardware", None)
-    if hw is not None:
-        gpu = parse_hardware(hw)
-        cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
-    cfg = apply_overrides(cfg, list(getattr(args, "set", []) or []))
-    if hw is not None:
-        _check_hardware(hw, cfg)
+    """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides
+    (`cent_serve.config.build_config`, which scripts call with the same names as keywords)."""
+    cfg = build_config(getattr(args, "model", None), config=getattr(args, "config", None),
+                       devices=getattr(args, "devices", None), pp=getattr(args, "pp", None),
+                       tp=getattr(args, "tp", None), hardware=getattr(args, "hardware", None),
+                       numerics=getattr(args, "numerics", None), seed=getattr(args, "seed", None),
+                       overrides=list(getattr(args, "set", []) or []))
     if cfg.on_gpus:
         warn_gpu_run(cfg, args)
     return cfg
@@ -96,20 +68,6 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
     if not kind.calibrated:
         log.warning("%s's efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements): "
                     "none of this kind to set them from (docs/gpu_model.md)", kind.name)
-
-
-def _check_hardware(hw: str, cfg: CentConfig) -> None:
-    """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
-    `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
-    gpu = parse_hardware(hw)
-    if gpu is None:
-        wrong = "gpu.count" if cfg.on_gpus else None
-    else:
-        wrong = "gpu.count" if cfg.gpu.count != gpu[1] else "gpu.kind" if cfg.gpu.kind != gpu[0] else None
-    if wrong:
-        value = getattr(cfg.gpu, wrong.split(".")[1])
-        raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
-                         f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")
 
 
 def check_out_dir(out: str, flag: str = "--out") -> Path:

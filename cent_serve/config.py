@@ -1017,6 +1017,18 @@ def parse_hardware(text: str) -> tuple[str, int] | None:
     return parts[1], int(parts[2])
 
 
+
+def resolve_model(name_or_path: str) -> ModelConfig:
+    """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
+    config.json is enough for timing), as `--model` takes it."""
+    if name_or_path in MODEL_PRESETS:
+        return model_preset(name_or_path)
+    if Path(name_or_path).exists():
+        from cent_serve.model.weights import model_config_from_hf
+        return model_config_from_hf(name_or_path)
+    raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
+                     "nor an existing checkpoint directory")
+
 @dataclass
 class CentConfig:
     """The whole resolved configuration; written next to every result.
@@ -1419,6 +1431,52 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     else:
         value = _typed(_coerce(text, node[name], path), get_type_hints(cls)[name], path)
     return node, name, value
+
+
+def build_config(model: str | None = None, *, config: str | Path | None = None, devices: int | None = None,
+                 pp: int | None = None, tp: int | None = None, hardware: str | None = None,
+                 numerics: str | None = None, seed: int | None = None, overrides: list[str] | tuple = ()) -> CentConfig:
+    """The config the `cent` commands' flags resolve, as keywords: `build_config("llama2-70b", devices=32,
+    pp=80, overrides=["device.clock_hz=1e9"])` is `--model llama2-70b --devices 32 --pp 80 --set
+    device.clock_hz=1e9`. In their order of precedence: the `config` file (YAML), then `model` (a
+    preset's name or a checkpoint directory, replacing the whole model section), `seed`, `numerics`,
+    `devices`, `pp`, `tp` (None: the file's or the default), `hardware` (`cent` or `gpu:KIND:N`), then
+    every `overrides` item (`section.field=value`). ValueError, one line naming the field, the value and
+    the fix (worded with the flags: `--model` is `model`, `--set` is `overrides`)."""
+    cfg = load_config(config) if config else CentConfig()
+    if model:
+        cfg.model = resolve_model(str(model))
+    if seed is not None:
+        cfg.model.seed = seed
+    if numerics:
+        cfg.numerics = numerics
+    if devices is not None or pp is not None or tp is not None:
+        p = cfg.parallel  # these replace their fields; the rest (lm_head) is the config's
+        cfg.parallel = dataclasses.replace(p, num_devices=p.num_devices if devices is None else devices,
+                                           pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
+    if hardware is not None:
+        gpu = parse_hardware(hardware)
+        cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
+    if isinstance(overrides, str):  # one item given bare: a list of its characters would be refused one by one
+        overrides = [overrides]
+    cfg = apply_overrides(cfg, list(overrides or ()))
+    if hardware is not None:
+        _check_hardware(hardware, cfg)
+    return cfg
+
+
+def _check_hardware(hw: str, cfg: CentConfig) -> None:
+    """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
+    `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
+    gpu = parse_hardware(hw)
+    if gpu is None:
+        wrong = "gpu.count" if cfg.on_gpus else None
+    else:
+        wrong = "gpu.count" if cfg.gpu.count != gpu[1] else "gpu.kind" if cfg.gpu.kind != gpu[0] else None
+    if wrong:
+        value = getattr(cfg.gpu, wrong.split(".")[1])
+        raise ValueError(f"{wrong}={value!r} is invalid with --hardware {hw}, which sets the hardware: drop "
+                         f"--set {wrong}, or say it in --hardware (gpu:KIND:N for GPUs, cent for CENT devices)")
 
 
 def check_override(cfg: CentConfig, item: str) -> Any:
