@@ -9,8 +9,9 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
 from cent_serve.config import CentConfig, model_label
-from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, cost_figures, paper_workload
-from cent_serve.preflight import check_devices_hold, check_runnable
+from cent_serve.paper import check_context, closed_form, emulate
+from cent_serve.preflight import check_devices_hold
+from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
@@ -131,7 +132,6 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     """`--hardware gpu:KIND:N`: a static batch as transformers runs it (the artifact's GPU
     measurements), per phase, from the GPU model (docs/gpu_model.md)."""
     from cent_serve.gpu.timing import GpuTimer
-    from cent_serve.preflight import check_gpus_hold
 
     if args.sweep or args.emulate:
         raise ValueError("--sweep and --emulate are CENT's: drop them, or drop --hardware gpu:...")
@@ -139,23 +139,10 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     decode = 3584 if args.decode is None else args.decode
     if args.seqlen is not None:
         raise ValueError("--seqlen is CENT's one-token form: give --prompt and --decode with --hardware gpu:...")
-    check_phases(prompt, decode, gap=None)  # the static batch is timed whole: no context lengths to average
-    if args.batch is not None and args.batch < 1:
-        raise ValueError(f"--batch {args.batch} is invalid: use a positive number of sequences (e.g. --batch 16)")
-    total = prompt + decode
-    if total > cfg.model.max_seq_len:
-        raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens exceed the model's context, "
-                         f"model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
-                         f"--set model.max_seq_len={total}")
+    f = closed_form(cfg, prompt, decode, batch=args.batch)
+    batch = f["batch"]
     t = GpuTimer(cfg)
-    batch = min(128, t.max_batch(total)) if args.batch is None else args.batch
-    check_gpus_hold(cfg, total, max(1, batch))
-    f = t.phase_figures(batch, prompt, decode)
-    tco, k = t.tco(), t.mapping.replicas
-    for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them
-        r = f[phase]
-        r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"], avg_power_w=k * r["avg_power_w"])
-        r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
+    k = t.mapping.replicas
     if args.json:
         print(json.dumps(dict(f, hardware=cfg.hardware, mapping=t.mapping.describe(), replicas=k,
                               attention_reads=cfg.gpu.attention_reads,
@@ -226,18 +213,9 @@ POWER_NOTE = ("power W: the artifact's and the paper's, a token's energy over it
 def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
     mp = timer.mapping
     total = args.prompt + args.decode
-    if total > cfg.model.max_seq_len:
-        raise ValueError(f"--prompt {args.prompt} + --decode {args.decode} = {total} tokens exceed the model's "
-                         f"context, model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
-                         f"--set model.max_seq_len={total}")
-    batch = mp.lanes if args.batch is None else args.batch
-    token_figures(timer, args.prompt, batch)  # a --batch out of range is refused before the capacity check
-    check_devices_hold(cfg, total, batch, batch_flag=True, context_flag="a smaller --prompt or --decode")
-    phases = phase_figures(timer, args.prompt, args.decode, args.seqlen_gap, batch)
-    for phase, row in phases.items():
-        row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
-                                row["energy_per_token_mj"], cfg.device,
-                                against_paper=paper_workload(cfg.model, args.prompt, args.decode, cfg.device)))
+    phases = closed_form(cfg, args.prompt, args.decode, gap=args.seqlen_gap, batch=args.batch,
+                         convention=args.convention)
+    batch = phases.pop("batch")
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
     if args.json:
@@ -320,18 +298,16 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
     prompt = 512 if args.prompt is None else args.prompt
     decode = 3584 if args.decode is None else args.decode
     check_phases(prompt, decode, args.seqlen_gap)
+    check_context(cfg, prompt, decode)  # every mapping's: refused once, not as a row each
     rows = []
     for pp, tp in sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers):
         c = _with_mapping(cfg, pp, tp)
         try:
-            mp = check_devices_hold(c, prompt + decode, c.parallel.pp or c.model.num_layers)
+            e2e = closed_form(c, prompt, decode, gap=args.seqlen_gap, convention=args.convention)["end2end"]
         except ValueError as exc:
             rows.append(dict(pp=pp, tp=tp, error=str(exc)))
             continue
-        e2e = phase_figures(SystemTimer.from_config(c, args.convention), prompt, decode, args.seqlen_gap)["end2end"]
-        e2e.update(cost_figures(c.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"],
-                                "end2end", e2e["energy_per_token_mj"], c.device,
-                                against_paper=paper_workload(c.model, prompt, decode, c.device)))
+        mp = resolve_mapping(c.model, c.parallel, c.device)
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
@@ -391,22 +367,16 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.ray_address:
         cfg.server.ray_address = args.ray_address
-    if args.prompt is not None and args.seqlen is not None:
-        raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
     if args.convention != "cent":
         raise ValueError("--convention artifact goes with the closed form: the emulated devices run the pipeline "
                          "as it is (the cent convention); drop --emulate to see the artifact's figures")
-    context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
-    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     cfg.executor = "local" if args.local else "ray"
-    mp = check_runnable(cfg, context, mp.lanes)
     # Ray prints its own warnings to stdout from background threads: keep them off the JSON
     noise = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with noise:
-        out = _emulate(cfg, args, mp, context)
-    out["executor"] = cfg.executor
-    out["numerics"] = cfg.resolved_numerics
-    out["convention"] = "cent"
+        out = emulate(cfg, args.prompt, args.decode, seqlen=args.seqlen, gap=args.seqlen_gap)
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
     if args.json:
         workload = (dict(prompt=args.prompt, decode=args.decode, seqlen_gap=args.seqlen_gap) if args.prompt is not None
                     else dict(seqlen=context))
@@ -424,41 +394,6 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
               f"{r['token_latency_ms']:>10.3f}{c['token_latency_ms']:>13.3f}")
     print(f"wall {out['wall_s']:.2f} s, {out['sim_tokens_per_wall_s']:.0f} simulated tokens per wall second")
     return 0
-
-
-def _emulate(cfg: CentConfig, args: argparse.Namespace, mp, context: int) -> dict:
-    from cent_serve.executor import make_executor
-
-    if args.local:
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
-    import ray
-
-    if ray.is_initialized():  # somebody else's Ray: leave it running
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
-    try:
-        return _emulate_on(cfg, args, mp, context, make_executor(cfg))
-    finally:
-        ray.shutdown()  # ours: stopped before the output is printed, so no late Ray line follows it
-
-
-def _emulate_on(cfg: CentConfig, args: argparse.Namespace, mp, context: int, executor) -> dict:
-    from cent_serve.emulate import emulate_phases, emulate_seqlen
-
-    try:
-        if args.prompt is not None:
-            out = emulate_phases(cfg, executor, args.prompt, args.decode, args.seqlen_gap)
-            for phase in PHASES:
-                if phase in out:
-                    row = out[phase]
-                    row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices,
-                                            row["throughput_tok_s"], phase, row["energy_per_token_mj"],
-                                            cfg.device,
-                                            against_paper=paper_workload(cfg.model, args.prompt, args.decode, cfg.device)))
-        else:
-            out = emulate_seqlen(cfg, executor, context)
-    finally:
-        executor.shutdown()
-    return out
 
 
 def _queries(n: int) -> str:

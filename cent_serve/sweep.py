@@ -167,17 +167,13 @@ def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] 
 
 
 def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
-    """The paper's workload end to end, as `cent simulate --prompt --decode` computes it."""
-    from cent_serve.preflight import check_devices_hold
-    from cent_serve.timing.energy import cost_figures, paper_workload
-    from cent_serve.timing.pipeline import phase_figures
-    from cent_serve.timing.token import SystemTimer
+    """The paper's workload end to end, as `cent simulate --prompt --decode` computes it
+    (`cent_serve.paper.closed_form`'s `end2end`), with the mapping's shape."""
+    from cent_serve.paper import closed_form
+    from cent_serve.timing.mapping import resolve_mapping
 
-    mp = check_devices_hold(cfg, prompt + decode, cfg.parallel.pp or cfg.model.num_layers)
-    e2e = phase_figures(SystemTimer.from_config(cfg), prompt, decode)["end2end"]
-    e2e.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, e2e["throughput_tok_s"], "end2end",
-                            e2e["energy_per_token_mj"], cfg.device,
-                            against_paper=paper_workload(cfg.model, prompt, decode, cfg.device)))
+    e2e = closed_form(cfg, prompt, decode)["end2end"]
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 
 

@@ -346,5 +346,20 @@ def test_two_checkpoints_of_one_basename_are_two_points(tmp_path):
     for run in ("1", "2"):
         shutil.copytree(source, tmp_path / run / "ckpt")
     assert main(["sweep", "--vary", f"model={tmp_path / '1' / 'ckpt'},{tmp_path / '2' / 'ckpt'}", "--devices", "8",
+                 "--prompt", "64", "--decode", "64",  # its 256-token context: the paper's 4,096 do not fit
                  "--out", str(tmp_path / "out"), "--no-plots"]) == 0
     assert len(list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--vary", "device.clock_hz=1e9,2e9"],  # every point: one closed form with cent simulate
+    ["simulate", "--sweep"],                          # every mapping
+    ["simulate", "--emulate", "--local"],             # through the devices
+])
+def test_a_workload_past_the_models_context_is_refused_as_cent_simulate_refuses_it(argv, tmp_path, capsys):
+    """One check for every form of the paper's workload (`cent_serve.paper`): the sweeps and the
+    emulation once evaluated 7,680 tokens of a 4,096-token model where `cent simulate` refused them."""
+    out = ["--out", str(tmp_path / "out"), "--no-plots"] if argv[0] == "sweep" else []
+    assert main([*argv, "--model", "llama2-7b", "--devices", "16", "--prompt", "4096", "--decode", "3584",
+                 "--numerics", "off", *out]) == 2
+    assert "7680 tokens exceed the model's context, model.max_seq_len=4096" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""The paper's workload as functions of a config: every pipeline stage holds one query, which
+processes its prompt token by token and then decodes (docs/hardware_model.md section 7).
+
+`closed_form` evaluates it with the formulas (`cent simulate --prompt P --decode D`; on GPUs,
+`--hardware gpu:KIND:N`, a static batch from the GPU model) and `emulate` runs it through the
+device and fabric workers (`cent simulate --emulate`). Both return the phases `cent simulate
+--json` prints, `prefill`, `decoding` (none when decode is 0) and `end2end`, each a dict of
+figures with the cost figures. The commands call these and print; a script calls them with a
+config (`cent_serve.config.build_config`) and reads the dicts.
+"""
+from __future__ import annotations
+
+from cent_serve.config import CentConfig
+from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_workload
+from cent_serve.timing.pipeline import PHASES, check_phases
+
+
+def check_context(cfg: CentConfig, prompt: int, decode: int) -> None:
+    """ValueError unless a query of `prompt` + `decode` tokens fits the model's context."""
+    total = prompt + decode
+    if total > cfg.model.max_seq_len:
+        raise ValueError(f"--prompt {prompt} + --decode {decode} = {total} tokens exceed the model's context, "
+                         f"model.max_seq_len={cfg.model.max_seq_len}: shorten them, or raise it with "
+                         f"--set model.max_seq_len={total}")
+
+
+def _with_costs(cfg: CentConfig, mp, phases: dict, prompt: int, decode: int) -> dict:
+    """Each phase's row with its cost figures (and, for the paper's own workload on a model its GPUs
+    ran, the ratios to them)."""
+    against = paper_workload(cfg.model, prompt, decode, cfg.device)
+    for phase in PHASES:
+        row = phases.get(phase)
+        if row is not None:
+            row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
+                                    row["energy_per_token_mj"], cfg.device, against_paper=against))
+    return phases
+
+
+def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = PAPER_WORKLOAD[1], *,
+                gap: int = 128, batch: int | None = None, convention: str = "cent") -> dict:
+    """The paper's workload from the formulas: {phase: figures} for `prefill`, `decoding` (when decode
+    > 0) and `end2end`, and `batch`, the queries in flight in each replica. On CENT, `cent simulate
+    --prompt P --decode D --json` without its `convention`, `other_convention`, `workload` and
+    `config`; the phases average the context lengths every `gap` tokens; `batch` defaults to one
+    query per pipeline stage (the paper's); `convention` `artifact` is the CENT artifact's perfect
+    pipeline. On GPUs (`gpu.count` > 0, `--hardware gpu:KIND:N`) a static batch as transformers
+    runs it (the largest that fits, at most 128, unless `batch`; `gap` and `convention` unused).
+    ValueError, one line, for a workload that does not fit the context or the devices."""
+    if cfg.on_gpus:
+        return _closed_form_gpu(cfg, prompt, decode, batch)
+    from cent_serve.preflight import check_devices_hold
+    from cent_serve.timing.pipeline import phase_figures, token_figures
+    from cent_serve.timing.token import SystemTimer
+
+    check_phases(prompt, decode, gap)
+    check_context(cfg, prompt, decode)
+    timer = SystemTimer.from_config(cfg, convention)
+    batch = timer.mapping.lanes if batch is None else batch
+    token_figures(timer, prompt, batch)  # a batch out of range is refused before the capacity check
+    mp = check_devices_hold(cfg, prompt + decode, batch, batch_flag=True, context_flag="a smaller --prompt or --decode")
+    phases = _with_costs(cfg, mp, phase_figures(timer, prompt, decode, gap, batch), prompt, decode)
+    return dict(phases, batch=batch)
+
+
+def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | None) -> dict:
+    """`closed_form` on GPUs: a static batch as transformers runs it (the artifact's GPU measurements),
+    per phase, from the GPU model (docs/gpu_model.md); throughput and power of every replica."""
+    from cent_serve.gpu.timing import GpuTimer
+    from cent_serve.preflight import check_gpus_hold
+
+    check_phases(prompt, decode, gap=None)  # the static batch is timed whole: no context lengths to average
+    if batch is not None and batch < 1:
+        raise ValueError(f"--batch {batch} is invalid: use a positive number of sequences (e.g. --batch 16)")
+    check_context(cfg, prompt, decode)
+    total = prompt + decode
+    t = GpuTimer(cfg)
+    batch = min(128, t.max_batch(total)) if batch is None else batch
+    check_gpus_hold(cfg, total, max(1, batch))
+    f = t.phase_figures(batch, prompt, decode)
+    tco, k = t.tco(), t.mapping.replicas
+    for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them
+        r = f[phase]
+        r.update(throughput_tok_s=k * r["throughput_tok_s"], power_w=k * r["power_w"], avg_power_w=k * r["avg_power_w"])
+        r["tokens_per_tco"] = None if tco is None else r["throughput_tok_s"] / tco
+    return f
+
+
+def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = None, *, seqlen: int | None = None,
+            gap: int = 128) -> dict:
+    """The paper's workload run through the device and fabric workers (`cent simulate --emulate`;
+    `cfg.executor` `local`, the default: all in this process, or `ray`: a Ray actor each, Ray
+    started and stopped here unless it is running). With `prompt` and `decode`, {phase: figures}
+    as `closed_form`'s, each with the closed form's beside it under `closed_form`; with `seqlen`
+    (the default: 4096) one token at that context. Also `wall_s`, `sim_tokens_per_wall_s`,
+    `executor`, `numerics` and `convention`. Every figure is read off the simulated timestamps
+    the devices put on the data; `power_w` is measured (energy over simulated time)."""
+    from cent_serve.emulate import emulate_phases, emulate_seqlen
+    from cent_serve.executor import make_executor
+    from cent_serve.preflight import check_runnable
+    from cent_serve.timing.mapping import resolve_mapping
+
+    if (prompt is None) != (decode is None):
+        raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
+    if prompt is not None and seqlen is not None:
+        raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+    if prompt is not None:
+        check_phases(prompt, decode, gap)
+        check_context(cfg, prompt, decode)
+        context = prompt + decode
+    else:
+        context = 4096 if seqlen is None else seqlen
+        if not 1 <= context <= cfg.model.max_seq_len:
+            raise ValueError(f"--seqlen {context} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
+    mp = check_runnable(cfg, context, resolve_mapping(cfg.model, cfg.parallel, cfg.device).lanes)
+    own_ray = False
+    if cfg.executor == "ray":
+        import ray
+        own_ray = not ray.is_initialized()  # somebody else's Ray: leave it running
+    try:
+        executor = make_executor(cfg)
+        try:
+            if prompt is not None:
+                out = _with_costs(cfg, mp, emulate_phases(cfg, executor, prompt, decode, gap), prompt, decode)
+            else:
+                out = emulate_seqlen(cfg, executor, context)
+        finally:
+            executor.shutdown()
+    finally:
+        if own_ray:
+            import ray
+            ray.shutdown()  # ours: stopped before the caller prints, so no late Ray line follows it
+    return dict(out, executor=cfg.executor, numerics=cfg.resolved_numerics, convention="cent")
