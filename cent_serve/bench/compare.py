@@ -25,43 +25,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import (reasons_text, short_example, source_text, summarize,  # noqa: E402
-                                     write_requests_csv)
+from cent_serve.bench.report import (ROWS, compare_table, reasons_text, short_example,  # noqa: E402,F401
+                                     side_figures, source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
-from cent_serve.timing.energy import cent_tco  # noqa: E402
 
-ROWS = (  # (key, label, unit, better)
-    ("median_ttft_ms", "TTFT p50", "ms", "low"), ("p99_ttft_ms", "TTFT p99", "ms", "low"),
-    ("median_tpot_ms", "TPOT p50", "ms", "low"), ("p99_tpot_ms", "TPOT p99", "ms", "low"),
-    ("median_e2el_ms", "E2E p50", "ms", "low"), ("p99_e2el_ms", "E2E p99", "ms", "low"),
-    ("output_throughput", "output throughput", "tok/s", "high"),
-    ("total_token_throughput", "total throughput", "tok/s", "high"),
-    ("request_goodput", "request goodput", "req/s", "high"),
-    ("energy_per_token_mj", "energy per token", "mJ", "low"), ("power_w", "power", "W", "low"),
-    ("tokens_per_tco", "tokens per dollar", "tok/s per TCO unit", "high"),
-    ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
-)
 KEPT_DICTS = ("failure_reasons",)
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
 COLORS = {"CENT": "tab:blue", "GPU": "tab:red"}
 LOG_RATIO = 20.0
 """A CDF panel goes to a log axis when one side's median is this many times the other's."""
-
-
-def side_figures(cfg: CentConfig, result: BenchResult, slos: dict) -> dict:
-    """The summary of one side plus power, TCO and tokens per TCO unit."""
-    s = summarize(result, slos)
-    if cfg.on_gpus:
-        from cent_serve.gpu.timing import GpuTimer
-        tco = GpuTimer(cfg).tco()
-        hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
-    else:
-        tco = cent_tco(cfg.parallel.num_devices)
-        hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
-    s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
-             tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)
-    return s
 
 
 def _flat(s: dict) -> dict:
@@ -82,11 +55,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         results[name] = run_in_process(cfg, copy.deepcopy(requests), total=len(requests),
                                        warn=name == "CENT")  # one trace: its 0-token warning once
         sides[name] = side_figures(cfg, results[name], slos)
-    table = []
-    for key, label, unit, better in ROWS:
-        c, g = sides["CENT"].get(key), sides["GPU"].get(key)
-        ratio = c / g if isinstance(c, (int, float)) and isinstance(g, (int, float)) and g else None
-        table.append(dict(metric=label, unit=unit, cent=c, gpu=g, cent_over_gpu=ratio, better=better))
+    table = compare_table(sides["CENT"], sides["GPU"])
     sweep = None
     if rates_requests:
         sweep = {name: [] for name in sides}

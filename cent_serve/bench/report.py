@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cent_serve.bench.runner import BenchResult, RequestRecord
+from cent_serve.config import CentConfig
 from cent_serve.executor.base import busy_fraction
 from cent_serve.timing.mapping import parallelism
 
@@ -105,6 +106,50 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
                raised_to_one_token=result.raised_to_one_token,
                time_unit="simulated seconds", wall_s=result.wall_s)
     return out
+
+
+ROWS = (  # (key of side_figures, label, unit, better)
+    ("median_ttft_ms", "TTFT p50", "ms", "low"), ("p99_ttft_ms", "TTFT p99", "ms", "low"),
+    ("median_tpot_ms", "TPOT p50", "ms", "low"), ("p99_tpot_ms", "TPOT p99", "ms", "low"),
+    ("median_e2el_ms", "E2E p50", "ms", "low"), ("p99_e2el_ms", "E2E p99", "ms", "low"),
+    ("output_throughput", "output throughput", "tok/s", "high"),
+    ("total_token_throughput", "total throughput", "tok/s", "high"),
+    ("request_goodput", "request goodput", "req/s", "high"),
+    ("energy_per_token_mj", "energy per token", "mJ", "low"), ("power_w", "power", "W", "low"),
+    ("tokens_per_tco", "tokens per dollar", "tok/s per TCO unit", "high"),
+    ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
+)
+"""The figures `cent bench compare` sets side by side (`compare_table`)."""
+
+
+def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | None = None) -> dict:
+    """`summarize` plus the hardware as a run's title names it, `power_w` (the run's energy over its
+    duration), `tco` (the CENT artifact's TCO units: 0.73 per 32 devices, the GPU kind's per GPU) and
+    `tokens_per_tco`: one side of `cent bench compare` (compare.json's `cent` and `gpu`), for a replay on
+    CENT devices or on GPUs."""
+    s = summarize(result, slos)
+    if cfg.on_gpus:
+        from cent_serve.gpu.timing import GpuTimer
+        tco = GpuTimer(cfg).tco()
+        hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
+    else:
+        from cent_serve.timing.energy import cent_tco
+        tco = cent_tco(cfg.parallel.num_devices)
+        hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
+    s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
+             tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)
+    return s
+
+
+def compare_table(cent: dict, gpu: dict) -> list[dict]:
+    """compare.json's `table`: a row per figure of `ROWS` (`metric`, `unit`, `cent`, `gpu`,
+    `cent_over_gpu`, `better`: which way is better) from two sides' `side_figures`."""
+    table = []
+    for key, label, unit, better in ROWS:
+        c, g = cent.get(key), gpu.get(key)
+        ratio = c / g if isinstance(c, (int, float)) and isinstance(g, (int, float)) and g else None
+        table.append(dict(metric=label, unit=unit, cent=c, gpu=g, cent_over_gpu=ratio, better=better))
+    return table
 
 
 def _dev(d: dict) -> str:

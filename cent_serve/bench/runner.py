@@ -192,8 +192,14 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
     the warning for requests raised to 1 token (False: the caller warns once for several
     replays of one trace). `keep_on_interrupt`: Ctrl-C ends the replay with the records of the
-    requests that ended before it (`BenchResult.interrupted`) rather than raising."""
+    requests that ended before it (`BenchResult.interrupted`) rather than raising. Without `engine`,
+    what cannot run is refused before the engine is built, as every command refuses it
+    (`preflight.check_runnable`: the devices or GPUs hold the model and one sequence of its whole
+    context, full numerics fits this machine's memory), and the engine is shut down at the end."""
     own = engine is None
+    if own:
+        from cent_serve.preflight import check_runnable
+        check_runnable(cfg)
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
