@@ -1,0 +1,148 @@
+"""docs/python_api.md's examples run as written and give what the commands named under them give:
+each `## (x)` section's Python is executed in a fresh namespace (in a temporary directory, where it
+writes its files), then the section's `cent` command lines are run and their JSON (stdout, or the
+files under --out) is compared with the example's results, figure for figure."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from cent_serve.cli import main
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "python_api.md"
+WALL = ("wall_s", "sim_tokens_per_wall_s")
+"""Wall-clock figures: they differ run to run."""
+NO_PLOTS = ("sweep", "bench")
+"""Commands whose --no-plots saves the test the PNGs (the figures are the same)."""
+
+
+def _sections() -> dict[str, tuple[str, list[str]]]:
+    """{letter: (its Python, its `cent` command lines)} of each `## (x) ...` section of the doc."""
+    out = {}
+    for part in re.split(r"^## ", DOC.read_text(), flags=re.M)[1:]:
+        m = re.match(r"\((\w)\)", part)
+        if m:
+            code = "\n".join(re.findall(r"```python\n(.*?)```", part, re.S))
+            out[m.group(1)] = (code, [" ".join(c.split()) for c in re.findall(r"`(cent [^`]+)`", part)])
+    return out
+
+
+SECTIONS = _sections()
+
+
+def test_the_doc_has_each_example_with_its_code_and_command():
+    assert sorted(SECTIONS) == list("abcdef")
+    for letter, (code, commands) in SECTIONS.items():
+        assert code.strip() and commands, letter
+
+
+@pytest.fixture
+def run_example(tmp_path, monkeypatch):
+    """Execute the example's code as the doc has it, in `tmp_path`; its namespace."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(letter: str) -> dict:
+        ns: dict = {"__name__": f"python_api_{letter}"}
+        exec(compile(SECTIONS[letter][0], f"docs/python_api.md ({letter})", "exec"), ns)
+        return ns
+    return run
+
+
+def cent(command: str, capsys, **replace: str):
+    """Run one of the doc's `cent` command lines in-process (in the example's directory), with
+    `replace`'s flag values swapped in; its stdout as JSON, or with --out the directory's path."""
+    argv = shlex.split(command)[1:]
+    for flag, value in replace.items():
+        argv[argv.index(f"--{flag}") + 1] = value
+    if argv[0] in NO_PLOTS:
+        argv.append("--no-plots")
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    return Path(argv[argv.index("--out") + 1]) if "--out" in argv else json.loads(out)
+
+
+def plain(x):
+    """As JSON has it (tuples as lists, dataclass dicts as dicts): the commands' output round trip."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def test_a_closed_form_sweep_of_a_device_field(run_example, capsys):
+    ns = run_example("a")
+    rows = ns["rows"]
+    assert len(rows) == 10 and Path("clock.png").is_file()
+    out = cent(SECTIONS["a"][1][0], capsys)
+    csv_rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [float(r["device.clock_hz"]) for r in csv_rows] == [r["clock_hz"] for r in rows]
+    for mine, theirs in zip(rows, csv_rows):
+        assert theirs["error"] == ""
+        assert mine["throughput_tok_s"] == float(theirs["throughput_tok_s"])
+        assert mine["energy_per_token_mj"] == float(theirs["energy_per_token_mj"])
+    tok_s = [r["throughput_tok_s"] for r in rows]
+    assert tok_s == sorted(tok_s)  # a faster clock, more tokens (the plot's shape)
+
+
+def test_b_one_config_through_the_emulated_devices(run_example, capsys):
+    ns = run_example("b")
+    out = cent(SECTIONS["b"][1][0], capsys)
+    for key in ("workload", "config", *WALL):
+        out.pop(key)
+    assert plain({k: v for k, v in ns["out"].items() if k not in WALL}) == out
+    e2e = ns["summary"]["end2end"]
+    assert e2e["tok_s"] == pytest.approx(e2e["closed_form_tok_s"], rel=1e-3)  # the devices run the formulas' pipeline
+
+
+@pytest.mark.slow
+def test_c_a_trace_under_two_configs(run_example, capsys):
+    ns = run_example("c")
+    command = SECTIONS["c"][1][0]
+    for row in ns["results"]:
+        out = cent(command, capsys, devices=str(row["devices"]), out=f"run-{row['devices']}/")
+        s = json.loads((out / "summary.json").read_text())
+        assert row == dict(devices=row["devices"], ttft_p50_ms=s["median_ttft_ms"], ttft_p99_ms=s["p99_ttft_ms"],
+                           tpot_p50_ms=s["median_tpot_ms"], tpot_p99_ms=s["p99_tpot_ms"],
+                           completed=s["completed"], failed=s["failed"])
+        # as the doc says: 10 requests longer than the context
+        assert (s["failed"], list(s["failure_reasons"])) == (10, ["context_exceeded"])
+    assert [r["devices"] for r in ns["results"]] == [8, 16]
+    assert ns["results"][1]["ttft_p50_ms"] < ns["results"][0]["ttft_p50_ms"]
+
+
+@pytest.mark.slow
+def test_d_the_same_trace_on_cent_and_on_gpus(run_example, capsys):
+    ns = run_example("d")
+    out = cent(SECTIONS["d"][1][0], capsys)
+    compare = json.loads((out / "compare.json").read_text())
+    assert plain(ns["table"]) == compare["table"]
+    for side in ("cent", "gpu"):
+        mine = plain(ns["sides"][side])
+        assert {k: mine[k] for k in compare[side] if k != "wall_s"} == {k: v for k, v in compare[side].items()
+                                                                       if k != "wall_s"}, side
+    ratios = ns["ratios"]  # the doc's comment
+    assert (round(ratios["TTFT p50"], 1), round(ratios["TPOT p50"], 2)) == (57.5, 1.03)
+
+
+def test_e_a_models_own_config_json(run_example, capsys):
+    ns = run_example("e")
+    assert round(ns["params_b"], 2) == 8.03  # the doc's comment
+    assert ns["cfg"].resolved_numerics == "off"  # no weights: timing only
+    cent_cmd, gpu_cmd = SECTIONS["e"][1]
+    assert plain(ns["cent"]) == cent(cent_cmd, capsys)["end2end"]
+    assert plain(ns["gpu"]) == cent(gpu_cmd, capsys)["end2end"]
+
+
+def test_f_one_token_and_one_block(run_example, capsys):
+    ns = run_example("f")
+    out = cent(SECTIONS["f"][1][0], capsys)
+    for key in ("other_convention", "workload", "config"):
+        out.pop(key)
+    fig = ns["fig"]
+    assert plain(fig.as_dict()) == out
+    assert ns["pim_s"] * 1e3 == pytest.approx(fig.block_pim_ms, rel=1e-12)
+    assert ns["acc_s"] * 1e3 * fig.blocks_per_device == pytest.approx(fig.block_acc_ms, rel=1e-12)
+    assert fig.blocks_per_device == 3 and ns["cycles"] == out["breakdown_cycles"]  # the doc's "3 here"
