@@ -130,6 +130,14 @@ class BenchResult:
     interrupted: bool = False
     """Ctrl-C stopped the replay: `records` are the requests that ended before it (partial)."""
 
+    def __repr__(self) -> str:
+        """Counts, not every record (a 200-request replay's records and samples are ~130 kB of text,
+        which a notebook would print whole)."""
+        ok = sum(r.ok for r in self.records)
+        return (f"BenchResult({len(self.records)} records: {ok} completed, {len(self.records) - ok} failed; "
+                f"{len(self.samples)} samples, {len(self.devices)} devices; clock_s={self.clock_s:.6g}, "
+                f"wall_s={self.wall_s:.3g}" + (", interrupted" if self.interrupted else "") + ")")
+
 
 @dataclass
 class ZeroTokens:
