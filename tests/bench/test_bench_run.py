@@ -386,3 +386,12 @@ def test_the_table_says_what_a_generated_load_is(tmp_path, capsys, flags, source
     assert main(["bench", "run", "--numerics", "off", "--no-plots", *flags, "--out", str(tmp_path / "r")]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"tiny on 8 CENT devices: pipeline pp 8 x tp 1, 8 devices used; {source}", first
+
+
+def test_a_result_prints_its_counts_not_its_records():
+    """A notebook shows a replay's result by its repr: the counts, a line, not every record."""
+    cfg = CentConfig(numerics="off")
+    reqs = [*synthetic_trace(3, rate=1.0, lengths=FixedLengths(8, 4), seed=0),
+            Request("long", 5.0, cfg.model.max_seq_len, 8)]  # past the context: refused, a failed record
+    text = repr(run_in_process(cfg, reqs, progress=False))
+    assert text.startswith("BenchResult(4 records: 3 completed, 1 failed; ") and len(text) < 200, text
