@@ -146,3 +146,25 @@ def test_f_one_token_and_one_block(run_example, capsys):
     assert ns["pim_s"] * 1e3 == pytest.approx(fig.block_pim_ms, rel=1e-12)
     assert ns["acc_s"] * 1e3 * fig.blocks_per_device == pytest.approx(fig.block_acc_ms, rel=1e-12)
     assert fig.blocks_per_device == 3 and ns["cycles"] == out["breakdown_cycles"]  # the doc's "3 here"
+
+
+def test_build_config_is_the_config_the_flags_resolve(monkeypatch):
+    """`build_config`'s keywords are the flags' values: the command line resolves through it."""
+    from cent_serve.cli import build_parser
+    from cent_serve.cli_common import config_from_args
+    from cent_serve.config import build_config
+
+    flags = ["--config", "docs/examples/paper-70b.yaml", "--seed", "3", "--devices", "64", "--tp", "1",
+             "--set", "device.clock_hz=1e9", "--set", "scheduler.max_seqs_per_stage=2"]
+    monkeypatch.chdir(DOC.parent.parent)
+    mine = build_config(config="docs/examples/paper-70b.yaml", seed=3, devices=64, tp=1,
+                        overrides=["device.clock_hz=1e9", "scheduler.max_seqs_per_stage=2"])
+    assert mine == config_from_args(build_parser().parse_args(["simulate", *flags]))
+    assert (mine.model.name, mine.model.seed, mine.parallel.num_devices, mine.device.clock_hz) == ("llama2-70b", 3, 64, 1e9)
+    assert build_config("tiny", overrides="device.clock_hz=1e9").device.clock_hz == 1e9  # one item, bare
+    gpu = build_config("llama2-7b", hardware="gpu:h100-80gb:2")
+    assert (gpu.hardware, gpu.on_gpus) == ("gpu:h100-80gb:2", True)
+    with pytest.raises(ValueError, match="gpu.count=0 is invalid with --hardware gpu:h100-80gb:2"):
+        build_config("llama2-7b", hardware="gpu:h100-80gb:2", overrides=["gpu.count=0"])
+    with pytest.raises(ValueError, match="neither a preset"):
+        build_config("llama-2-7b")
