@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cent_serve.config import CentConfig, build_config, resolve_model  # noqa: F401 - resolve_model: the commands' import
+from cent_serve.config import CentConfig, build_config
 
 
 def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> None:

@@ -1017,7 +1017,6 @@ def parse_hardware(text: str) -> tuple[str, int] | None:
     return parts[1], int(parts[2])
 
 
-
 def resolve_model(name_or_path: str) -> ModelConfig:
     """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
     config.json is enough for timing), as `--model` takes it."""
@@ -1028,6 +1027,7 @@ def resolve_model(name_or_path: str) -> ModelConfig:
         return model_config_from_hf(name_or_path)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
                      "nor an existing checkpoint directory")
+
 
 @dataclass
 class CentConfig:

@@ -39,13 +39,11 @@ import csv
 import itertools
 import json
 import os
-from pathlib import Path
 
 from tqdm import tqdm
 
-from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, resolve_model,
-                                   warn_closed_form_ignores)
-from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict
+from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_closed_form_ignores
+from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""

@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import (ROWS, compare_table, reasons_text, short_example,  # noqa: E402,F401
-                                     side_figures, source_text, write_requests_csv)
+from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,  # noqa: E402
+                                     source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
 from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
 

@@ -123,7 +123,7 @@ def _copy(src: Path, out: Path, names) -> list[Path]:
 
 
 def register(sub) -> None:
-    from cent_serve.cli_common import resolve_model
+    from cent_serve.config import resolve_model
 
     p = sub.add_parser("tokenizer", help="the server's tokenizer as files a client can load")
     what = p.add_subparsers(dest="action", required=True)

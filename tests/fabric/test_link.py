@@ -30,7 +30,7 @@ import pytest
 
 from fabric import link as L
 from fabric.link import (
-    ARRAY_DTYPES, HANDSHAKE_MAX_FRAME_BYTES, HEADER, MAX_FRAME_BYTES, PROTOCOL, REMOTE_ERROR_TYPES,
+    HANDSHAKE_MAX_FRAME_BYTES, HEADER, MAX_FRAME_BYTES, PROTOCOL, REMOTE_ERROR_TYPES,
     RECV_CHUNK_BYTES, Link, LinkClosed, LinkRefused, RemoteError, WireError, decode, encode,
     error_message, register_error, remote_error, wire_dtypes,
 )

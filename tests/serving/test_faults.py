@@ -4,7 +4,6 @@ numerics."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest

@@ -9,7 +9,7 @@ import pytest
 from cent_serve.config import MODEL_PRESETS, DeviceConfig, FabricConfig, ParallelConfig, model_preset
 from cent_serve.timing import SystemTimer, resolve_mapping, token_figures
 from cent_serve.timing.accelerator import accelerator_parts
-from cent_serve.timing.pim import BlockGeometry, score_cycles, score_v_cycles, softmax_cycles
+from cent_serve.timing.pim import BlockGeometry, score_cycles, score_v_cycles
 
 DEV = DeviceConfig()
 
