@@ -440,7 +440,9 @@ class EngineLoop:
                     self.round_started = None
             self._drain(block=held or not eng.can_step())
             self._flush()  # an abort's end now, not after the next round
-            if held or not eng.can_step():  # idle, or waiting for a replica to come back
+            # `held` was read before the drain: a request it admitted may have set a hold the next round
+            # would reach (the first of a burst of one arrival time, which found the engine unheld)
+            if held or self._held(eng) or not eng.can_step():  # idle, held, or waiting for a replica to come back
                 self.pace.on_schedule()
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S

@@ -343,3 +343,24 @@ def test_a_second_replay_starts_after_the_first_one_s_work(requests):
         second, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
     a, b = ([r.ttft_s for r in x.records] for x in (first, second))
     assert len(a) == requests and b == pytest.approx(a, rel=0, abs=1e-9)  # the offset's float rounding apart
+
+
+def test_http_replay_equals_in_process_when_requests_arrive_together():
+    """Requests of one arrival time (a burst: traces have them) enter the same round over HTTP as
+    in-process. The first one's hold is its own time (the next one's arrival), so the server must
+    not start a round with it alone, though it found the engine idle and unheld before it came:
+    that round moved every later round boundary, and with them when the second burst got in."""
+    from cent_serve.bench import Request
+
+    cfg = _cfg()
+    cfg.model, cfg.parallel = model_preset("llama3.2-1b"), ParallelConfig(2, 0, 1)  # 8 blocks a device
+    reqs = [Request(str(i), 0.0 if i < 4 else 0.05, 24 + 8 * i, 6) for i in range(8)]
+    local = run_in_process(cfg, reqs, progress=False)
+    with Server(cfg, "local") as s:
+        result, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+    firsts = {r.request_id: r.first_token_s for r in local.records}
+    assert len(set(firsts.values())) == 8 and max(firsts.values()) > 0.05  # the second burst waits for lanes
+    assert {r.request_id: r.first_token_s for r in result.records} == firsts
+    remote, local = summarize(result), summarize(local)
+    assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
+    assert remote == local
