@@ -11,7 +11,8 @@ def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> N
     """--config, --model, --set (and the mapping flags) on a subcommand."""
     p.add_argument("--config", help="YAML config file (fields of cent_serve.config.CentConfig)")
     p.add_argument("--model", help="preset name or Hugging Face checkpoint directory (default: tiny)")
-    p.add_argument("--seed", type=int, help="seed of the random weights of a preset")
+    p.add_argument("--seed", type=int, help="seed of the random weights of a preset (and of a mixture of experts' "
+                   "timing router, which its simulated times follow)")
     p.add_argument("--numerics", choices=["full", "off", "auto"], help="real math or timing only")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
@@ -111,11 +112,15 @@ CLOSED_FORM_IGNORES = {
 without --trace) does not read: what they set instead, and where to see them."""
 
 
-def warn_closed_form_ignores(paths: list[str], how: str) -> None:
-    """One warning per field in `paths` that the closed form does not read (`how`: the flag that set it)."""
+def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:
+    """One warning per field in `paths` that the closed form does not read (`how`: the flag that set it).
+    `moe`: a mixture of experts is among the models, whose time model routes by a draw from model.seed
+    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
     import logging
 
     for path in paths:
+        if moe and path == "model.seed":
+            continue
         hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                     if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
         if hit:

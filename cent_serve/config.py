@@ -184,7 +184,8 @@ class ModelConfig:
     weight_dtype: str = "bfloat16"
     """Storage dtype of weights: `bfloat16` (CENT's data type) or `float32`. Math is float32."""
     seed: int = 0
-    """Seed of the random weights of a preset (same seed, same weights, on any machine)."""
+    """Seed of the random weights of a preset (same seed, same weights, on any machine), and of a mixture
+    of experts' timing router (`expert_skew`), so its simulated times follow the seed too."""
     checkpoint: str | None = None
     """Hugging Face Llama checkpoint directory; None means seeded random weights."""
 
@@ -365,7 +366,7 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 
 UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype"})
 """Model fields a run's header does not name when they differ from the preset's (they change no figure
-of the timing, or are the model's identity)."""
+of the timing, or are the model's identity); but a mixture of experts' seed (`model_label`)."""
 
 
 @lru_cache(maxsize=None)
@@ -388,7 +389,8 @@ def model_label(model: ModelConfig, most: int = 2) -> str:
     """The model as a run's header names it: a preset's name, with the fields set apart from it
     (`llama2-7b (model.num_layers=16)`; after `most` of them, how many more), so a changed preset is
     not read as the published one."""
-    changed = preset_changes(model, UNLABELLED_MODEL_FIELDS.__contains__)
+    # a mixture of experts' seed is its timing router's too (`ModelConfig.seed`): named, as its figures follow it
+    changed = preset_changes(model, lambda name: name in UNLABELLED_MODEL_FIELDS and not (name == "seed" and model.is_moe))
     if not changed:
         return model.name
     more = f" and {len(changed) - most} more" if len(changed) > most else ""

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.on_gpus:
         return _run_gpu(cfg, args)
     if not args.emulate:
-        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
+        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args)

@@ -153,6 +153,17 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
     return out + [s for s in (getattr(args, "set", None) or []) if s.split("=", 1)[0].strip().startswith("model.")]
 
 
+def _any_moe(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
+    """Whether a mixture of experts is among the sweep's models (the base's, or a varied `model`'s; one
+    that cannot load says so at its point)."""
+    def is_moe(name: str) -> bool:
+        try:
+            return resolve_model(name).is_moe
+        except ValueError:
+            return False
+    return base.model.is_moe or any(is_moe(v) for name, values in vary if name == "model" for v in values)
+
+
 def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] | tuple = ()) -> CentConfig:
     """`base` with the point's values set (a model first, with `model_sets` (`model_overrides`) on
     it: the other fields apply to it)."""
@@ -262,8 +273,9 @@ def run(args: argparse.Namespace) -> int:
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
     if not args.trace:
-        warn_closed_form_ignores([name for name, _ in vary], "--vary")
-        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set")
+        moe = _any_moe(base, vary)
+        warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
+        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     rows = []
