@@ -1543,7 +1543,9 @@ def bench_flags(bench: dict) -> str:
             out += (["--synthetic", arrivals] if value == "synthetic"  # ShareGPT's gamma arrivals need it too
                     else ["--trace", shlex.quote(str(value))] + (["--synthetic", arrivals] if arrivals != "poisson" else []))
         elif key != "format" or bench.get("trace") != "synthetic":
-            out += ["--" + key.replace("_", "-"), shlex.quote(str(value))]  # each key is its flag's name
+            # each key is its flag's name; a list (`bench sweep`'s rates) as the comma-separated values it takes
+            text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            out += ["--" + key.replace("_", "-"), shlex.quote(text)]
     return " ".join(out)
 
 

@@ -322,6 +322,27 @@ def test_a_results_config_names_the_flags_that_replay_its_requests(tmp_path, cap
     assert json.loads((tmp_path / "b" / "config.json").read_text())["bench"] == first
 
 
+def test_a_rate_sweep_s_config_names_rates_its_flag_takes(tmp_path, caplog):
+    """`cent bench sweep`'s config.json records its --rates as a list: the flags the warning gives for it
+    are the comma-separated numbers --rates takes (a Python list, `'[2.0, 8.0]'`, was refused), and
+    they replay the same sweep."""
+    import shlex
+
+    from cent_serve.config import load_config
+
+    common = ["bench", "sweep", "--numerics", "off", "--no-plots"]
+    assert main(common + ["--num-requests", "6", "--rates", "2,8", "--out", str(tmp_path / "a")]) == 0
+    caplog.clear()
+    load_config(tmp_path / "a" / "config.json")
+    said = [r.getMessage() for r in caplog.records if "bench section" in r.getMessage()]
+    flags = shlex.split(said[0].split("give cent bench its flags: ", 1)[1])
+    assert flags[flags.index("--rates") + 1] == "2.0,8.0"
+    assert main(common + flags + ["--out", str(tmp_path / "b")]) == 0
+    rows = [[{k: v for k, v in r.items() if k != "wall_s"}
+             for r in json.loads((tmp_path / d / "sweep.json").read_text())["rows"]] for d in ("a", "b")]
+    assert rows[0] == rows[1] and [r["rate"] for r in rows[0]] == [2.0, 8.0]
+
+
 def test_synthetic_lengths_are_fixed_uniform_or_a_trace_s_rows(tmp_path):
     """SERVING.md's length distributions for synthetic loads: N, LO:HI (uniform, inclusive) or a
     trace's (prompt, output) rows drawn whole; every draw seeded, the arrivals the same whichever."""
