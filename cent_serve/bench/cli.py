@@ -360,7 +360,8 @@ def run_bench(args: argparse.Namespace) -> int:
         result, client = run_in_process(cfg, requests, total=len(requests), keep_on_interrupt=True), None
     summary = summarize(result, slos)
     if client is not None:
-        summary.update(client_wall_stats(client), server_clock=client["server_clock"])
+        summary.update(client_wall_stats(client), server_clock=client["server_clock"],
+                       hold_expiries=client["hold_expiries"], late_arrivals=client["late_arrivals"])
     summary["bench"] = recorded
     if args.url:  # the server's own, not this command's defaults
         summary.update(source=source, model=result.status.get("model", client["model"]),

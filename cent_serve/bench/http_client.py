@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
                                      engine_id)
 from cent_serve.request import REFUSAL_REASONS, prompt_too_long
-from cent_serve.serving import RELEASE_HOLD_S  # `hold_until_s` of the last request: the clock is released
+from cent_serve.serving import HOLD_EXPIRY_S, RELEASE_HOLD_S  # RELEASE_HOLD_S: the last request's hold, released
 
+log = logging.getLogger("cent.bench")
 REQUEST_TIMEOUT_S = 600.0
 """Longest wait for one request's stream."""
 STATUS_POLL_S = 0.25
@@ -379,7 +381,15 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     devices = _over_replay(srv.status.get("devices", []), end.get("devices", []), srv.offset)
     result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests)
     replay.zeros.warn()
+    # what the server counted during this replay that makes it not the in-process one (`EngineLoop`)
+    missed = {k: end.get(f"num_{k}", 0) - srv.status.get(f"num_{k}", 0) for k in ("hold_expiries", "late_arrivals")}
+    if srv.virtual and any(missed.values()):
+        log.warning("%d replay hold(s) lapsed and %d arrival(s) came late on the server during this replay: its "
+                    "figures are not the in-process ones (a hold lapses when the replay sends nothing for %g s; "
+                    "an arrival comes late when another client's requests moved the server's clock past it): "
+                    "replay again on a server no other client uses", missed["hold_expiries"],
+                    missed["late_arrivals"], HOLD_EXPIRY_S)
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
                             e2e_s=None if w.last is None else w.last - w.sent) for rid, w in replay.walls.items()}
     return result, dict(per_request=wall_stats, clock="simulated" if srv.cent else "wall",
-                        server_clock=srv.status.get("clock_mode"), model=srv.model)
+                        server_clock=srv.status.get("clock_mode"), model=srv.model, **missed)

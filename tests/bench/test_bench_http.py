@@ -364,3 +364,27 @@ def test_http_replay_equals_in_process_when_requests_arrive_together():
     remote, local = summarize(result), summarize(local)
     assert remote.pop("wall_s") > 0 and local.pop("wall_s") > 0
     assert remote == local
+
+
+def test_a_replay_the_server_could_not_hold_says_so(monkeypatch, caplog):
+    """A virtual-clock replay equals the in-process one only if every hold held and no arrival came
+    late. When the server counts a lapsed hold or a late arrival during the replay (its client silent
+    for HOLD_EXPIRY_S, another client's requests on the same server), the replay gives the counts
+    and warns, rather than passing its figures off as the in-process ones."""
+    import logging
+
+    import cent_serve.serving as serving
+    from cent_serve.bench import Request
+
+    reqs = [Request(str(i), 0.01 * i, 8, 16) for i in range(6)]
+    with Server(_cfg(), "local") as s:
+        _, clean = asyncio.run(replay_http(s.url, reqs, progress=False))
+        monkeypatch.setattr(serving, "HOLD_EXPIRY_S", -1.0)  # every hold lapses once nothing waits for it
+        with caplog.at_level(logging.WARNING, logger="cent.bench"):
+            _, client = asyncio.run(replay_http(s.url, reqs, progress=False))
+        status = httpx.get(s.url + "/v1/cent/status").json()
+    assert clean["hold_expiries"] == clean["late_arrivals"] == 0
+    assert client["hold_expiries"] == status["num_hold_expiries"] > 0
+    assert client["late_arrivals"] == status["num_late_arrivals"]
+    said = [r.getMessage() for r in caplog.records if "not the in-process" in r.getMessage()]
+    assert len(said) == 1 and f"{client['hold_expiries']} replay hold" in said[0]
