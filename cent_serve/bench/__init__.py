@@ -23,7 +23,7 @@ __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", 
            "arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
            "UniformLengths", "TraceLengths", "synthetic_trace", "SyntheticPrompt",
            "synthetic_prompt", "sample_trace_path", "SAMPLE_TRACE_NUM_REQUESTS", "SHIPPED_TRACES",
-           "resolve_trace", "ParamError", "CLI_FLAGS"]
+           "resolve_trace", "trace_record", "ParamError", "CLI_FLAGS"]
 
 SAMPLE_TRACE_NUM_REQUESTS = 200
 """Rows of the shipped sample trace."""
@@ -60,3 +60,12 @@ def resolve_trace(name_or_path: str, flag: str = "--trace") -> Path:
         raise ValueError(f"{flag} {name_or_path!r} is neither a file nor a shipped trace: give a path or one of "
                          f"{', '.join(SHIPPED_TRACES)}")
     return path
+
+
+def trace_record(path: Path) -> str:
+    """How a results file records the trace at `path`: a shipped trace by its name (`--trace` takes
+    it on any machine; its path is this install's), any other file by its absolute path."""
+    stem = path.stem
+    if stem in SHIPPED_TRACES and path.resolve() == resolve_trace(stem).resolve():
+        return stem
+    return str(path.resolve())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_gpu_run
@@ -244,15 +243,16 @@ def _recorded(args: argparse.Namespace, path: Path | None, fmt: str | None) -> d
     or "synthetic") and format, the selection and scaling flags (None: not given), and for
     generated arrivals (ShareGPT, --synthetic) their process, burstiness and seed; for --synthetic
     also the lengths."""
-    out = dict(trace=os.path.abspath(path) if path is not None else "synthetic", format=fmt or "synthetic",
+    from cent_serve.bench import resolve_trace, trace_record
+
+    out = dict(trace=trace_record(path) if path is not None else "synthetic", format=fmt or "synthetic",
                start_s=args.start_s, num_requests=args.num_requests, time_scale=args.time_scale, rate=args.rate,
                prompt_scale=args.prompt_scale, output_scale=args.output_scale,
                max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
     if args.synthetic or fmt == "sharegpt":
         out.update(arrivals=args.synthetic or "poisson", burstiness=_burstiness(args), seed=args.seed or 0)
     if path is None and args.lengths_from is not None:
-        from cent_serve.bench import resolve_trace
-        out.update(lengths_from=os.path.abspath(resolve_trace(args.lengths_from, "--lengths-from")))
+        out.update(lengths_from=trace_record(resolve_trace(args.lengths_from, "--lengths-from")))
     elif path is None:  # N, or "LO:HI" for a uniform draw
         out.update({key: 128 if v is None else v if isinstance(v, int) else f"{v[0]}:{v[1]}"
                     for key, v in (("prompt_len", args.prompt_len), ("output_len", args.output_len))})

@@ -294,11 +294,21 @@ def run_title(status: dict, summary: dict) -> str:
     return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
 
 
+def _trace_name(trace: str) -> str:
+    """A recorded trace (`bench.trace_record`) as a title names it: a file by its name, a shipped
+    trace by its file's (`sample_conv.csv`)."""
+    from cent_serve.bench import SHIPPED_TRACES
+
+    if trace in SHIPPED_TRACES:
+        return f"{trace}.csv"
+    return Path(trace).name if trace != "synthetic" and Path(trace).is_file() else trace
+
+
 def source_text(bench: dict) -> str:
     """What the requests came from, for a table's title: a trace's file name, with its generated
     arrivals (ShareGPT has no timestamps), or a synthetic load's arrivals and lengths."""
     trace = bench.get("trace") or "?"
-    name = Path(trace).name if trace != "synthetic" and Path(trace).is_file() else trace
+    name = _trace_name(trace)
     if "arrivals" not in bench:
         return name
     arrivals = "Poisson" if bench["arrivals"] == "poisson" else f"gamma (burstiness {bench.get('burstiness'):g})"
@@ -307,7 +317,7 @@ def source_text(bench: dict) -> str:
     if trace != "synthetic":
         return text
     if "lengths_from" in bench:
-        return f"{text}, lengths from {Path(bench['lengths_from']).name}"
+        return f"{text}, lengths from {_trace_name(bench['lengths_from'])}"
     return f"{text}, {bench.get('prompt_len')} prompt + {bench.get('output_len')} output tokens"
 
 
