@@ -133,6 +133,23 @@ def _command_names(parser: argparse.ArgumentParser, prefix: str = "cent") -> set
     return names
 
 
+def _parsers(parser: argparse.ArgumentParser):
+    """`parser` and every (sub)command's parser under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_help_reads_as_written():
+    """argparse %-formats a flag's help, not a command's description: a description's "90%%" printed
+    as "90%%" (cent bench sweep --help). Every page prints without a doubled or stray format mark."""
+    for p in _parsers(build_parser()):
+        text = p.format_help()
+        assert "%%" not in text and "%(" not in text, (p.prog, [x for x in text.splitlines() if "%" in x])
+
+
 @pytest.mark.parametrize("path", _doc_files(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_every_cent_command_in_the_docs_parses(path):
     """A span with flags is an invocation and must parse; one without names a (sub)command."""

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw = bsub.add_parser("sweep", help="one trace at several request rates: latency vs throughput, goodput",
                          description="Replay the trace at each --rates value (in-process); write sweep.json, "
                                      "config.json and sweep.png with DistServe's goodput (highest rate at which "
-                                     "90%% of requests meet the --goodput SLOs).")
+                                     "90% of requests meet the --goodput SLOs).")
     add_config_args(sw)
     _add_request_args(sw)
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
