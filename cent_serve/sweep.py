@@ -283,12 +283,14 @@ def run(args: argparse.Namespace) -> int:
         row: dict = dict(point)
         try:
             cfg = point_config(base, point, model_overrides(args))
-            figs = (replay_figures(cfg, requests) if args.trace
-                    else closed_form_figures(cfg, args.prompt, args.decode))
+            # a point that cannot run keeps its model, devices and config too: what was refused, rerunnable
             config = (dict(config_to_dict(cfg), workload=dict(prompt=args.prompt, decode=args.decode))
                       if recorded is None else dict(config_to_dict(cfg), bench=recorded))
-            row.update(figs, model_name=cfg.model.name, devices=cfg.parallel.num_devices,
+            row.update(model_name=cfg.model.name, devices=cfg.parallel.num_devices,
                        config=json.dumps(config, sort_keys=True))
+            figs = (replay_figures(cfg, requests) if args.trace
+                    else closed_form_figures(cfg, args.prompt, args.decode))
+            row.update(figs)
             cost = figs.get("system_device_cost_usd")
             row["tok_s_per_usd"] = figs["throughput_tok_s"] / cost if cost else None
         except ValueError as exc:  # this point cannot run: say why, go on

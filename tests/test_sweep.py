@@ -30,6 +30,9 @@ def test_a_closed_form_sweep_writes_every_point_with_its_config(tmp_path, capsys
     assert [(r["parallel.num_devices"], r["device.clock_hz"]) for r in rows] == [
         ("16", "2e9"), ("16", "4e9"), ("64", "2e9"), ("64", "4e9")]
     assert all("does not fit" in r["error"] for r in rows[:2])  # 70B on 16 devices of 8 GiB: weights over 8 GiB
+    # a refused point names its model and devices and keeps its config: what was refused, to rerun or inspect
+    assert [(r["model_name"], r["devices"]) for r in rows[:2]] == [("llama2-70b", "16")] * 2
+    assert [json.loads(r["config"])["device"]["clock_hz"] for r in rows[:2]] == [2e9, 4e9]
     ok = rows[2:]
     assert float(ok[1]["throughput_tok_s"]) > float(ok[0]["throughput_tok_s"])  # a faster clock
     recorded = json.loads(ok[1]["config"])
