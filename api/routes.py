@@ -19,6 +19,7 @@ from api.logprobs import chat_logprobs, completion_logprobs, piece
 from api.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse,
                           TokenizeRequest, chat_messages)
 from cent_serve import __version__
+from cent_serve.config import config_to_dict
 from cent_serve.model.tokenizer import ByteTokenizer
 
 DEFAULT_MAX_TOKENS = 16
@@ -269,6 +270,13 @@ async def _snapshot(ctx: ApiContext):
 async def status(ctx: Ctx):
     st, devices, fabrics = await _snapshot(ctx)
     return dict(st, devices=devices, fabric=fabrics)
+
+
+@read("/v1/cent/config", responses=errors(401))
+async def config(ctx: Ctx):
+    """The server's resolved config, as a results config.json records it (the API key redacted): a
+    `--url` replay writes it beside its results, so `--config` reruns them in-process."""
+    return config_to_dict(ctx.cfg)
 
 
 @read("/metrics", responses=errors(401, 503))

@@ -1536,7 +1536,7 @@ def bench_flags(bench: dict) -> str:
 
     out = []
     for key, value in bench.items():
-        if value is None or key in ("executor", "arrivals") or _BENCH_DEFAULTS.get(key) == value:
+        if value is None or key in ("executor", "arrivals", "url") or _BENCH_DEFAULTS.get(key) == value:
             continue
         if key == "trace":
             arrivals = str(bench.get("arrivals", "poisson"))
@@ -1576,6 +1576,7 @@ def load_config(path: str | Path) -> CentConfig:
         logging.getLogger("cent_serve").warning(
             "config file %s: its bench section (the requests its run replayed) is not read as config: to replay "
             "them again give cent bench its flags: %s", path, bench_flags(bench))
+    data.pop("server_status", None)  # what the server of a --url replay said of itself: a record, not config
     workload = data.pop("workload", None)  # cent simulate --json's, a closed-form sweep row's
     if isinstance(workload, dict) and workload:
         logging.getLogger("cent_serve").warning(

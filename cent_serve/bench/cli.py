@@ -372,9 +372,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if model_label(cfg.model) != cfg.model.name:  # a changed preset: the plots' titles say how
             summary["model_label"] = model_label(cfg.model)
     out = Path(args.out)
-    config = (dict(server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")},
-                   bench=dict(recorded, url=args.url)) if args.url
-              else dict(config_to_dict(cfg), bench=dict(recorded, executor=kind)))  # a --config as it is
+    if args.url:  # the server's config when it serves it (`--config` reruns the replay in-process), its status
+        config = dict(client["server_config"] or {}, bench=dict(recorded, url=args.url),
+                      server_status={k: v for k, v in result.status.items() if k not in ("devices", "fabric")})
+    else:
+        config = dict(config_to_dict(cfg), bench=dict(recorded, executor=kind))  # a --config as it is
     if result.interrupted:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)

@@ -166,6 +166,8 @@ class _Server:
     """What the server's tokenizer puts before a prompt (`POST /tokenize`, as vLLM and cent-serve
     answer it: Llama 3's 128000, none for Qwen); the byte-level preset's BOS (1) when the server
     does not say."""
+    config: dict | None = None
+    """`/v1/cent/config`: the server's resolved config (None when it has none: another server)."""
 
     @property
     def cent(self) -> bool:
@@ -193,7 +195,12 @@ class _Server:
 async def _server(client: httpx.AsyncClient, url: str) -> _Server:
     model, context = await _probe(client, url)
     st = await client.get("/v1/cent/status")
-    return _Server(model, st.json() if st.status_code == 200 else {}, context, await _bos(client, model))
+    status = st.json() if st.status_code == 200 else {}
+    config = None
+    if status:
+        got = await client.get("/v1/cent/config")
+        config = got.json() if got.status_code == 200 else None  # a cent-serve from before it was served
+    return _Server(model, status, context, await _bos(client, model), config=config)
 
 
 async def _tokens(client: httpx.AsyncClient, model: str, prompt: str, special: bool) -> list[int] | None:
@@ -392,4 +399,5 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     wall_stats = {rid: dict(ttft_s=None if w.first is None else w.first - w.sent,
                             e2e_s=None if w.last is None else w.last - w.sent) for rid, w in replay.walls.items()}
     return result, dict(per_request=wall_stats, clock="simulated" if srv.cent else "wall",
-                        server_clock=srv.status.get("clock_mode"), model=srv.model, **missed)
+                        server_clock=srv.status.get("clock_mode"), model=srv.model, server_config=srv.config,
+                        **missed)

@@ -388,3 +388,36 @@ def test_a_replay_the_server_could_not_hold_says_so(monkeypatch, caplog):
     assert client["late_arrivals"] == status["num_late_arrivals"]
     said = [r.getMessage() for r in caplog.records if "not the in-process" in r.getMessage()]
     assert len(said) == 1 and f"{client['hold_expiries']} replay hold" in said[0]
+
+
+def test_a_url_replay_s_config_reruns_it_in_process(tmp_path, caplog):
+    """A `--url` run's config.json is the server's resolved config (`GET /v1/cent/config`), so
+    `--config` with the flags its load names replays the same requests in-process to the same
+    figures; it recorded only the server's status, with which no run could be made again."""
+    import logging
+    import shlex
+
+    from cent_serve.config import config_to_dict, load_config
+
+    cfg = _cfg()
+    cfg.parallel = ParallelConfig(4, 0, 1)
+    cfg.scheduler.max_seqs_per_stage = 2  # settings of the server's own, which the command's flags do not give
+    cfg.device.clock_hz = 1.5e9
+    flags = ["--num-requests", "12", "--max-prompt-tokens", "40", "--max-output-tokens", "8", "--no-plots"]
+    with Server(cfg, "local") as s:
+        served = httpx.get(s.url + "/v1/cent/config").json()
+        assert main(["bench", "run", "--url", s.url, *flags, "--out", str(tmp_path / "a")]) == 0
+    assert served == config_to_dict(cfg)
+    written = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert written["server_status"]["model"] == "tiny" and written["bench"]["url"] == s.url
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = load_config(tmp_path / "a" / "config.json")
+    assert config_to_dict(again) == served
+    said = [r.getMessage() for r in caplog.records if "bench section" in r.getMessage()]
+    rerun = shlex.split(said[0].split("give cent bench its flags: ", 1)[1])
+    assert "--url" not in rerun
+    assert main(["bench", "run", "--config", str(tmp_path / "a" / "config.json"), *rerun, "--no-plots",
+                 "--out", str(tmp_path / "b")]) == 0
+    rows = [(tmp_path / d / "requests.csv").read_text() for d in ("a", "b")]
+    assert rows[0] == rows[1] and len(rows[0].splitlines()) == 13

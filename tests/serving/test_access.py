@@ -25,7 +25,7 @@ def keyed():
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/v1/cent/status"),
-                                          ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
+                                          ("GET", "/v1/cent/config"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
                                           ("POST", "/tokenize"), ("GET", "/no-such-path")])
 def test_every_path_but_health_and_docs_needs_the_key(keyed, method, path):
     for headers in ({}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"},
@@ -36,6 +36,14 @@ def test_every_path_but_health_and_docs_needs_the_key(keyed, method, path):
         assert KEY not in r.text
     r = httpx.request(method, keyed.url + path, headers=AUTH, json=body())
     assert r.status_code != 401 and r.status_code < 500, r.text
+
+
+def test_the_served_config_redacts_the_key(keyed):
+    """`/v1/cent/config` is the server's config as a results config.json records it: the key itself
+    is not in it (a --url replay writes it to disk)."""
+    r = httpx.get(keyed.url + "/v1/cent/config", headers=AUTH)
+    assert r.status_code == 200 and KEY not in r.text
+    assert r.json()["server"]["api_key"] not in (None, KEY)
 
 
 @pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/docs/static/swagger-ui.css"])
