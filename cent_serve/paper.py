@@ -37,7 +37,7 @@ def _with_costs(cfg: CentConfig, mp, phases: dict, prompt: int, decode: int) -> 
 
 
 def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = PAPER_WORKLOAD[1], *,
-                gap: int = 128, batch: int | None = None, convention: str = "cent") -> dict:
+                gap: int = 128, batch: int | None = None, convention: str = "cent", batch_flag: bool = True) -> dict:
     """The paper's workload from the formulas: {phase: figures} for `prefill`, `decoding` (when decode
     > 0) and `end2end`, and `batch`, the queries in flight in each replica. On CENT, `cent simulate
     --prompt P --decode D --json` without its `convention`, `other_convention`, `workload` and
@@ -45,7 +45,8 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     query per pipeline stage (the paper's); `convention` `artifact` is the CENT artifact's perfect
     pipeline. On GPUs (`gpu.count` > 0, `--hardware gpu:KIND:N`) a static batch as transformers
     runs it (the largest that fits, at most 128, unless `batch`; `gap` and `convention` unused).
-    ValueError, one line, for a workload that does not fit the context or the devices."""
+    ValueError, one line, for a workload that does not fit the context or the devices (with
+    `batch_flag`, a smaller `--batch` among the fixes; False for the sweeps, which have no --batch)."""
     if cfg.on_gpus:
         return _closed_form_gpu(cfg, prompt, decode, batch)
     from cent_serve.preflight import check_devices_hold
@@ -57,7 +58,8 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     timer = SystemTimer.from_config(cfg, convention)
     batch = timer.mapping.lanes if batch is None else batch
     token_figures(timer, prompt, batch)  # a batch out of range is refused before the capacity check
-    mp = check_devices_hold(cfg, prompt + decode, batch, batch_flag=True, context_flag="a smaller --prompt or --decode")
+    mp = check_devices_hold(cfg, prompt + decode, batch, batch_flag=batch_flag,
+                            context_flag="a smaller --prompt or --decode")
     phases = _with_costs(cfg, mp, phase_figures(timer, prompt, decode, gap, batch), prompt, decode)
     return dict(phases, batch=batch)
 

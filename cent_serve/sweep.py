@@ -181,7 +181,7 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     from cent_serve.paper import closed_form
     from cent_serve.timing.mapping import resolve_mapping
 
-    e2e = closed_form(cfg, prompt, decode)["end2end"]
+    e2e = closed_form(cfg, prompt, decode, batch_flag=False)["end2end"]  # cent sweep has no --batch
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
 

@@ -366,3 +366,21 @@ def test_a_workload_past_the_models_context_is_refused_as_cent_simulate_refuses_
     assert main([*argv, "--model", "llama2-7b", "--devices", "16", "--prompt", "4096", "--decode", "3584",
                  "--numerics", "off", *out]) == 2
     assert "7680 tokens exceed the model's context, model.max_seq_len=4096" in capsys.readouterr().err
+
+
+def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
+    """Llama2-70B as 80 stages on 16 devices of 9.77 GiB: the weights fit, the KV of 80 queries does
+    not. `cent simulate` suggests --batch 16; the sweeps refuse or lack --batch, so their rows name
+    the devices and the context instead (they said "use --batch 16" since they called closed_form)."""
+    small = ["--model", "llama2-70b", "--devices", "16", "--numerics", "off"]
+    assert main(["simulate", "--sweep", *small, "--set", "device.rows_per_bank=10000", "--json"]) == 0
+    sweep_error = next(r["error"] for r in json.loads(capsys.readouterr().out) if r["pp"] == 80)
+    assert main(["sweep", *small, "--pp", "80", "--vary", "device.rows_per_bank=10000", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 2
+    capsys.readouterr()
+    row_error = next(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))["error"]
+    for error in (sweep_error, row_error):
+        assert "the largest batch at context 4096 is 16" in error and "27 devices (the fewest that hold it)" in error
+        assert "--batch" not in error, error
+    assert main(["simulate", *small, "--pp", "80", "--set", "device.rows_per_bank=10000"]) == 2
+    assert "use --batch 16, 27 devices" in capsys.readouterr().err  # its own flag: the fix it names
