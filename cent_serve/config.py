@@ -1576,12 +1576,17 @@ def load_config(path: str | Path) -> CentConfig:
         logging.getLogger("cent_serve").warning(
             "config file %s: its bench section (the requests its run replayed) is not read as config: to replay "
             "them again give cent bench its flags: %s", path, bench_flags(bench))
-    data.pop("server_status", None)  # what the server of a --url replay said of itself: a record, not config
+    status = data.pop("server_status", None)  # what the server of a --url replay said of itself: a record, not config
     workload = data.pop("workload", None)  # cent simulate --json's, a closed-form sweep row's
     if isinstance(workload, dict) and workload:
         logging.getLogger("cent_serve").warning(
             "config file %s: its workload (%s) is not read as config: give it as flags to rerun it (e.g. --prompt "
             "and --decode)", path, ", ".join(f"{k} {v}" for k, v in workload.items()))
+    if status is not None and not data:  # a server without GET /v1/cent/config: read as config, the defaults
+        model = status.get("model") if isinstance(status, dict) else None
+        raise ValueError(f"config file {path}: server_status (model {model!r}) is what the server of a --url replay "
+                         "said of itself, and that server did not give its config (GET /v1/cent/config): no config "
+                         "to read; give the flags the server ran with (--model, --devices, ...) instead of --config")
     server = data.get("server")
     if isinstance(server, dict) and server.get("api_key") == REDACTED:
         logging.getLogger("cent_serve").warning("config file %s: server.api_key was redacted when it was written: "

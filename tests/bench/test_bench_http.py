@@ -421,3 +421,20 @@ def test_a_url_replay_s_config_reruns_it_in_process(tmp_path, caplog):
                  "--out", str(tmp_path / "b")]) == 0
     rows = [(tmp_path / d / "requests.csv").read_text() for d in ("a", "b")]
     assert rows[0] == rows[1] and len(rows[0].splitlines()) == 13
+
+
+def test_a_url_replay_without_the_server_s_config_is_not_read_as_the_defaults(tmp_path):
+    """A server that does not serve `/v1/cent/config` (vLLM, a cent-serve from before it) leaves a
+    config.json of `bench:` and `server_status:` alone. `--config` must refuse it, naming the server's
+    model, rather than replay the trace on the default config (tiny on 8 devices) as if it were the
+    server's."""
+    from cent_serve.config import load_config
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dict(bench=dict(trace="sample_conv", format="vidur", num_requests=12,
+                                               url="http://127.0.0.1:8000"),
+                                    server_status=dict(model="llama2-7b", clock_mode="virtual"))))
+    with pytest.raises(ValueError, match=r"server_status \(model 'llama2-7b'\) .* give the flags the server ran with"):
+        load_config(path)
+    assert main(["bench", "run", "--config", str(path), "--num-requests", "2", "--no-plots",
+                 "--out", str(tmp_path / "r")]) == 2
