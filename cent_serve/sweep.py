@@ -214,13 +214,13 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
 
 
 def replay_figures(cfg: CentConfig, requests: list) -> dict:
-    """An in-process timing-only replay of the trace's requests at this point."""
+    """An in-process replay of the trace's requests at this point (`cfg` as `run` makes it: numerics
+    off, executor local; the row's config records it so)."""
     from cent_serve.bench.report import reasons_text, summarize
     from cent_serve.bench.runner import run_in_process
     from cent_serve.preflight import check_runnable
     from cent_serve.timing.energy import cost_figures
 
-    cfg.numerics, cfg.executor = "off", "local"
     mp = check_runnable(cfg)  # a mapping that cannot hold the model is the point's error, as the closed form's
     s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
     if not s["completed"]:  # no figure to give: a row of zeros would sit on the plots as the best energy
@@ -283,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         row: dict = dict(point)
         try:
             cfg = point_config(base, point, model_overrides(args))
+            if args.trace:  # a replay point runs timing only, in this process: its config says so
+                cfg.numerics, cfg.executor = "off", "local"
             # a point that cannot run keeps its model, devices and config too: what was refused, rerunnable
             config = (dict(config_to_dict(cfg), workload=dict(prompt=args.prompt, decode=args.decode))
                       if recorded is None else dict(config_to_dict(cfg), bench=recorded))

@@ -384,3 +384,13 @@ def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
         assert "--batch" not in error, error
     assert main(["simulate", *small, "--pp", "80", "--set", "device.rows_per_bank=10000"]) == 2
     assert "use --batch 16, 27 devices" in capsys.readouterr().err  # its own flag: the fix it names
+
+
+def test_a_trace_sweep_point_s_config_is_the_one_it_replayed(tmp_path):
+    """A trace point replays timing only, in this process: its row's config says numerics off and
+    executor local, as its figures were made (recorded before the replay set them, it said the base's
+    numerics, auto, which with `--config` reruns tiny with full numerics)."""
+    assert main(["sweep", "--vary", "device.clock_hz=1e9", "--trace", "sample_conv", "--num-requests", "5",
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    config = json.loads(next(csv.DictReader(open(tmp_path / "sweep.csv")))["config"])
+    assert (config["numerics"], config["executor"]) == ("off", "local")
