@@ -168,3 +168,19 @@ def test_build_config_is_the_config_the_flags_resolve(monkeypatch):
         build_config("llama2-7b", hardware="gpu:h100-80gb:2", overrides=["gpu.count=0"])
     with pytest.raises(ValueError, match="neither a preset"):
         build_config("llama-2-7b")
+
+
+def test_run_in_process_refuses_what_cannot_run_before_it_builds_the_engine(monkeypatch):
+    """A script's replay is refused as `cent bench run` refuses it (`preflight.check_runnable`): 70B on
+    8 devices does not hold its weights. Without the check it replayed, every request failing with
+    kv_capacity, and passed that off as a result."""
+    import cent_serve.bench.runner as runner
+    from cent_serve.bench import Request
+    from cent_serve.config import build_config
+
+    def no_engine(cfg):
+        raise AssertionError("the engine was built before the refusal")
+    monkeypatch.setattr(runner, "Engine", no_engine)
+    cfg = build_config("llama2-70b", devices=8, numerics="off")
+    with pytest.raises(ValueError, match="llama2-70b on 8 devices .* does not fit: .* use 9 devices"):
+        runner.run_in_process(cfg, [Request("a", 0.0, 16, 4)], progress=False)
