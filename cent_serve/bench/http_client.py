@@ -389,7 +389,9 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests)
     replay.zeros.warn()
     # what the server counted during this replay that makes it not the in-process one (`EngineLoop`)
-    missed = {k: end.get(f"num_{k}", 0) - srv.status.get(f"num_{k}", 0) for k in ("hold_expiries", "late_arrivals")}
+    # None where the server keeps no such count (no virtual clock: paced, or not cent-serve), not a 0 that reads as exact
+    missed = {k: end[f"num_{k}"] - srv.status.get(f"num_{k}", 0) if srv.virtual and f"num_{k}" in end else None
+              for k in ("hold_expiries", "late_arrivals")}
     if srv.virtual and any(missed.values()):
         log.warning("%d replay hold(s) lapsed and %d arrival(s) came late on the server during this replay: its "
                     "figures are not the in-process ones (a hold lapses when the replay sends nothing for %g s; "

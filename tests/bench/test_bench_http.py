@@ -53,6 +53,7 @@ def test_cli_url_against_a_paced_server(tmp_path):
                      "--max-output-tokens", "8", "--time-scale", "0.01", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == 12 and summary["server_clock"] == "paced"
+    assert summary["hold_expiries"] is None and summary["late_arrivals"] is None  # a paced server holds no replay
     assert summary["mean_client_wall_ttft_ms"] > 0 and summary["mean_ttft_ms"] > 0
     assert json.loads((out / "config.json").read_text())["server_status"]["model"] == "tiny"
     assert summary["model"] == "tiny" and summary["devices"] == 4  # the server's, not the command's defaults
