@@ -98,12 +98,17 @@ def test_bfloat16_arrays_travel_as_bfloat16():
 
 def test_bfloat16_is_imported_only_when_an_array_needs_it():
     """Importing ml_dtypes costs a process ~0.6 CPU-s, paid by every device actor if the modules it
-    loads import it: they do not; a bfloat16 array received (and sent back) imports it then."""
+    loads import it, or its random bfloat16 weights' rounding: they do not; a bfloat16 array received
+    (and sent back) imports it then."""
     a = np.array([1.5, -2.0, 3e38], dtype=ml_dtypes.bfloat16)
     code = f"""
 import sys
 import api.server, cent_serve.cli, cent_serve.model.weights, device_worker.actor, fabric.actor
 assert "ml_dtypes" not in sys.modules, "imported at start-up"
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from device_worker.worker import DeviceWorker
+DeviceWorker(CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="full"), 1)
+assert "ml_dtypes" not in sys.modules, "imported to round a device's random bfloat16 weights"
 from fabric.link import decode, encode
 b = decode(bytes.fromhex({encode({"w": a}).hex()!r}))["w"]
 assert b.dtype.name == "bfloat16" and b.tobytes().hex() == {a.tobytes().hex()!r}
