@@ -15,6 +15,10 @@ from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_workloa
 from cent_serve.timing.pipeline import PHASES, check_phases
 
 
+DEFAULT_SEQLEN = 4096
+"""The context of `cent simulate`'s one-token form (`--seqlen`, `emulate(seqlen=)`) when none is given."""
+
+
 def check_context(cfg: CentConfig, prompt: int, decode: int) -> None:
     """ValueError unless a query of `prompt` + `decode` tokens fits the model's context."""
     total = prompt + decode
@@ -93,7 +97,7 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
     `cfg.executor` `local`, the default: all in this process, or `ray`: a Ray actor each, Ray
     started and stopped here unless it is running). With `prompt` and `decode`, {phase: figures}
     as `closed_form`'s, each with the closed form's beside it under `closed_form`; with `seqlen`
-    (the default: 4096) one token at that context. Also `wall_s`, `sim_tokens_per_wall_s`,
+    (default `DEFAULT_SEQLEN`) one token at that context. Also `wall_s`, `sim_tokens_per_wall_s`,
     `executor`, `numerics` and `convention`. Every figure is read off the simulated timestamps
     the devices put on the data; `power_w` is measured (energy over simulated time)."""
     from cent_serve.emulate import emulate_phases, emulate_seqlen
@@ -110,7 +114,7 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
         check_context(cfg, prompt, decode)
         context = prompt + decode
     else:
-        context = 4096 if seqlen is None else seqlen
+        context = DEFAULT_SEQLEN if seqlen is None else seqlen
         if not 1 <= context <= cfg.model.max_seq_len:
             raise ValueError(f"--seqlen {context} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
     mp = check_runnable(cfg, context, resolve_mapping(cfg.model, cfg.parallel, cfg.device).lanes)

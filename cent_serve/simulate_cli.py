@@ -9,7 +9,7 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
 from cent_serve.config import CentConfig, model_label
-from cent_serve.paper import check_context, closed_form, emulate
+from cent_serve.paper import DEFAULT_SEQLEN, check_context, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--seqlen, the paper's phases with --prompt/--decode, or every "
                                    "mapping with --sweep.")
     add_config_args(p)
-    p.add_argument("--seqlen", type=int, help="context length of one token (default 4096)")
+    p.add_argument("--seqlen", type=int, help=f"context length of one token (default {DEFAULT_SEQLEN})")
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
     p.add_argument("--seqlen-gap", type=int, default=128,
@@ -250,7 +250,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
 
 def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
     mp = timer.mapping
-    seqlen = 4096 if args.seqlen is None else args.seqlen
+    seqlen = DEFAULT_SEQLEN if args.seqlen is None else args.seqlen
     if not 1 <= seqlen <= cfg.model.max_seq_len:
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
     batch = mp.lanes if args.batch is None else args.batch
@@ -377,7 +377,7 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
     with noise:
         out = emulate(cfg, args.prompt, args.decode, seqlen=args.seqlen, gap=args.seqlen_gap)
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-    context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or 4096)
+    context = args.prompt + args.decode if args.prompt is not None else (args.seqlen or DEFAULT_SEQLEN)
     if args.json:
         workload = (dict(prompt=args.prompt, decode=args.decode, seqlen_gap=args.seqlen_gap) if args.prompt is not None
                     else dict(seqlen=context))
