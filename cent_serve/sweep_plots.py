@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 NAME_ALL_POINTS = 12
 """The Pareto plot numbers every point up to this many per model, else only its front."""
@@ -18,7 +15,7 @@ def _label(row: dict, fields: list[str]) -> str:
 
 
 def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
-    """Grid and legend each panel, write the figure and close it. `below` puts each legend under its
+    """Grid and legend each panel and write the figure. `below` puts each legend under its
     panel (the file grows to hold them) for legends long enough to cover points inside."""
     place = dict(loc="upper center", bbox_to_anchor=(0.5, -0.13)) if below else {}
     for ax in axes:
@@ -27,7 +24,6 @@ def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
     if not below:
         fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight" if below else None)  # "tight": the legends below included
-    plt.close(fig)
     return path
 
 
@@ -53,7 +49,8 @@ def pareto_figure(rows: list[dict], fields: list[str]):
     models: dict[str, list[dict]] = {}
     for r in rows:
         models.setdefault(r["model_name"], []).append(r)
-    fig, axes = plt.subplots(1, len(models), figsize=(min(6.5 * len(models), 19), 6), squeeze=False)
+    fig = Figure(figsize=(min(6.5 * len(models), 19), 6))
+    axes = fig.subplots(1, len(models), squeeze=False)
     others = [f for f in fields if f != "model"]
     for i, ((model, group), ax) in enumerate(zip(models.items(), axes[0])):
         color = f"C{i % 10}"
@@ -145,7 +142,8 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> P
              and "device.unit_cost_usd" not in fields)
     key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
     x = x_field(rows, fields) or "devices"  # every row has its device count
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig = Figure(figsize=(9, 6))
+    ax = fig.subplots()
     _lines(ax, rows, fields, x, key)
     if x in ("parallel.num_devices", "devices"):
         ax.set_xlabel("CENT devices in the system (every replica's)")
@@ -165,7 +163,8 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool) -
               ("tpot_p50_ms", "TPOT p50 (ms)") if trace else ("token_latency_ms", "time between a query's tokens (ms)"),
               ("energy_per_token_mj", "energy per token (mJ)"),
               ("avg_power_w", "average power (W): energy per token x throughput")]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig = Figure(figsize=(12, 8))
+    axes = fig.subplots(2, 2)
     for ax, (key, label) in zip(axes.flat, panels):
         _lines(ax, rows, fields, x, key)
         ax.set_ylabel(label)

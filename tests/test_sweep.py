@@ -199,15 +199,11 @@ def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, caps
 def test_the_pareto_legend_names_only_what_the_panel_shows():
     """No 'a point off the front' entry when every point is on it; the title fits a single narrow
     panel (two lines)."""
-    import matplotlib.pyplot as plt
-
     from cent_serve.sweep_plots import pareto_figure
 
     def labels(rows):
         fig, axes = pareto_figure(rows, ["parallel.num_devices"])
-        out = axes[0].get_legend_handles_labels()[1], fig._suptitle.get_text()
-        plt.close(fig)
-        return out
+        return axes[0].get_legend_handles_labels()[1], fig._suptitle.get_text()
 
     row = dict(model_name="m", **{"parallel.num_devices": 8})
     on_front = [dict(row, throughput_tok_s=1.0, energy_per_token_mj=1.0),
@@ -258,16 +254,16 @@ def test_tokens_per_dollar_follow_the_device_price_when_it_is_varied(tmp_path, c
 
 
 def test_the_tokens_per_dollar_plot_reads_the_price_when_it_is_varied(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
 
     from cent_serve.sweep_plots import plot_tokens_per_dollar
 
     rows = [dict(model_name="m", devices=8, **{"device.unit_cost_usd": c}, tokens_per_dollar_ratio=6.0,
                  tok_s_per_usd=t) for c, t in (("28", 14.0), ("56", 7.0))]
     drawn = []
-    real = plt.Axes.plot
-    monkeypatch.setattr(plt.Axes, "plot", lambda self, xs, ys, *a, **k: (drawn.append((list(xs), list(ys))),
-                                                                         real(self, xs, ys, *a, **k))[1])
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, xs, ys, *a, **k: (drawn.append((list(xs), list(ys))),
+                                                                    real(self, xs, ys, *a, **k))[1])
     plot_tokens_per_dollar(rows, ["device.unit_cost_usd"], tmp_path / "t.png")
     assert drawn == [([28.0, 56.0], [14.0, 7.0])]  # per device dollar against the price, not the TCO ratio
 
@@ -323,19 +319,16 @@ def test_a_varied_model_field_leaves_the_paper_s_gpus_out(tmp_path, capsys):
 def test_a_spread_under_one_percent_is_drawn_flat_and_axes_carry_units():
     """0.016% between points filled the whole axis and read as a steep trend (audit): an axis at least
     2% of the value wide; a varied field's axis names its unit."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from cent_serve.sweep_plots import _lines, axis_label
 
     rows = [{"fabric.lane_gbps": v, "throughput_tok_s": y} for v, y in ((4, 1813.65), (8, 1813.8), (16, 1813.95))]
-    fig, ax = plt.subplots()
+    ax = Figure().subplots()
     _lines(ax, rows, ["fabric.lane_gbps"], "fabric.lane_gbps", "throughput_tok_s")
     low, high = ax.get_ylim()
     assert high - low >= 0.0199 * 1813.8 and low < 1813.65 and high > 1813.95
     assert ax.get_xlabel() == "fabric.lane_gbps (GiB/s a lane)"
-    plt.close(fig)
     assert axis_label("device.clock_hz") == "device.clock_hz (Hz)" and axis_label("devices") == "devices"
 
 

@@ -18,17 +18,14 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis  # noqa: E402
-from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,  # noqa: E402
+from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis
+from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,
                                      source_text, write_requests_csv)
-from cent_serve.bench.runner import BenchResult, run_in_process  # noqa: E402
-from cent_serve.config import CentConfig, config_to_dict  # noqa: E402
+from cent_serve.bench.runner import BenchResult, run_in_process
+from cent_serve.config import CentConfig, config_to_dict
 
 KEPT_DICTS = ("failure_reasons",)
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
@@ -123,7 +120,8 @@ def print_compare(out: dict) -> None:
 
 
 def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+    fig = Figure(figsize=(15, 5.6))
+    axes = fig.subplots(1, 3)
     for ax, (metric, name, get) in zip(axes, (
             ("ttft", "time to first token", lambda r: r.ttft_s),
             ("tpot", "time per output token", lambda r: r.tpot_s),
@@ -170,7 +168,6 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
                  f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 RATE_LABEL_POINTS = 7
@@ -185,13 +182,12 @@ def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float
     no two labels overlapping: each beside its point; when a series' labels would cover each
     other (or another series'), upright above their points; when even those would, one label
     listing the series' rates from left to right. Call once the limits and layout are final."""
-    renderer = ax.figure.canvas.get_renderer()
 
     def boxes(labels: list[tuple[float, float, str]], style: dict) -> list:
         out = []
         for x, y, text in labels:
             probe = ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, **style)
-            out.append(probe.get_window_extent(renderer).padded(1.5))
+            out.append(probe.get_window_extent().padded(1.5))  # measured as savefig draws a PNG (Agg)
             probe.remove()
         return out
 
@@ -211,7 +207,7 @@ def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float
             labels = [(x, y, ", ".join(f"{r:g}" for _, _, r in ordered) + " req/s, left to right")]
             style = RATE_LABEL_STYLES[0]
             new = boxes(labels, style)
-            if new[0].x1 > ax.get_window_extent(renderer).x1:  # past the axes' right edge: end at the point
+            if new[0].x1 > ax.get_window_extent().x1:  # past the axes' right edge: end at the point
                 style = dict(xytext=(-3, 5), ha="right")
                 new = boxes(labels, style)
         placed += new
@@ -221,7 +217,8 @@ def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float
 
 
 def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig = Figure(figsize=(13, 4.8))
+    axes = fig.subplots(1, 2)
     labels = {}
     for ax, (metric, name) in zip(axes, (("tpot", "TPOT"), ("e2el", "E2E latency"))):
         shown = [r[f"{p}_{metric}_ms"] for rows in sweep.values() for r in rows for p in ("median", "p99")
@@ -250,4 +247,3 @@ def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
     for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
         place_rate_labels(ax, points)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)

@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter  # noqa: E402
-
-from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, run_title  # noqa: E402,F401
-from cent_serve.bench.runner import BenchResult  # noqa: E402
-from cent_serve.executor.base import busy_fraction  # noqa: E402
+from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, run_title  # noqa: F401
+from cent_serve.bench.runner import BenchResult
+from cent_serve.executor.base import busy_fraction
 
 SECONDS_FROM_MS = 5000.0
 """Latency axes switch from ms to s when the largest value shown reaches this many ms."""
@@ -75,7 +72,6 @@ def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
 
 def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 def _clock(result: BenchResult) -> str:
@@ -123,7 +119,8 @@ def plot_latency_cdfs(path: Path, result: BenchResult, summary: dict) -> None:
     ok = [r for r in result.records if r.ok]
     slos = summary.get("goodput_slos_ms") or {}
     clock = _clock(result)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    fig = Figure(figsize=(14, 4.6))
+    axes = fig.subplots(1, 3)
     _cdf(axes[0], "time to first token", "TTFT", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None],
          slos.get("ttft"), clock)
     _cdf(axes[1], "time per output token", "TPOT", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None],
@@ -143,7 +140,8 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
     s = result.samples
     t = [x.time_s for x in s]
     failed_at = sorted(r.arrival_s for r in result.records if not r.ok)
-    fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
     waiting = [x.num_waiting for x in s]
     axes[0].step(t, waiting, where="post", color="tab:blue", label="waiting")
     if failed_at:
@@ -201,7 +199,8 @@ def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
     replicas = len({d.get("replica", 0) for d in devs})
     names = [f"{d.get('replica', 0)}:{d['device_id']}" if replicas > 1 else str(d["device_id"]) for d in devs]
     busy = [100 * busy_fraction(d, clock) for d in devs]
-    fig, ax = plt.subplots(figsize=(min(22, max(7, 0.32 * len(devs) + 2)), 4.4))
+    fig = Figure(figsize=(min(22, max(7, 0.32 * len(devs) + 2)), 4.4))
+    ax = fig.subplots()
     bars = ax.bar(range(len(devs)), busy, color="tab:blue")
     many = len(devs) > 12
     ax.bar_label(bars, labels=[f"{b:.1f}%" for b in busy], fontsize=7 if many else 8,
@@ -247,8 +246,8 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
     n = tokens.shape[0]
     share = 100 * tokens / tokens.sum() if tokens.sum() else tokens
     busy = ex.get("busy_fraction")
-    fig, axes = plt.subplots(2 if busy else 1, 1, figsize=(min(22, max(7, 0.12 * n + 3)), 6.4 if busy else 3.8),
-                             sharex=True, squeeze=False)
+    fig = Figure(figsize=(min(22, max(7, 0.12 * n + 3)), 6.4 if busy else 3.8))
+    axes = fig.subplots(2 if busy else 1, 1, sharex=True, squeeze=False)
     ax = axes[0, 0]
     ax.bar(range(n), share, color="tab:blue", width=0.8)
     ax.axhline(100 / n, color="black", lw=1, ls="--", label=f"even share ({100 / n:.3g}%)")

@@ -7,20 +7,17 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator, PercentFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
-
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,  # noqa: E402
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,
                                     latency_unit, mapping_text, plain_axis, widen_if_flat)
-from cent_serve.bench.report import reasons_text, source_text, summarize  # noqa: E402
-from cent_serve.bench.runner import run_in_process  # noqa: E402
-from cent_serve.timing.mapping import parallelism  # noqa: E402
-from cent_serve.config import CentConfig, config_to_dict, model_label  # noqa: E402
-from cent_serve.preflight import check_runnable  # noqa: E402
+from cent_serve.bench.report import reasons_text, source_text, summarize
+from cent_serve.bench.runner import run_in_process
+from cent_serve.timing.mapping import parallelism
+from cent_serve.config import CentConfig, config_to_dict, model_label
+from cent_serve.preflight import check_runnable
 
 DISTSERVE_ATTAINMENT = 0.9
 """DistServe's goodput: the highest rate at which this share of requests meets every SLO."""
@@ -97,7 +94,8 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     against rate, and completed/failed requests per rate."""
     rows = sweep["rows"]
     slos = sweep["slos_ms"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig = Figure(figsize=(13, 9))
+    axes = fig.subplots(2, 2)
     thr = [r["output_throughput"] for r in rows]
     for ax, metric, name in ((axes[0, 0], "ttft", "TTFT"), (axes[0, 1], "tpot", "TPOT")):
         _latency_vs_throughput(ax, rows, thr, metric, name, slos.get(metric))
@@ -112,7 +110,6 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
                  f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "sweep.png", dpi=DPI)
-    plt.close(fig)
 
 
 def _latency_vs_throughput(ax, rows: list[dict], thr: list[float], metric: str, name: str,
@@ -271,7 +268,8 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
               + (f" x {r['replicas']}" if r["replicas"] > 1 else "") for r in rows]
     x = np.arange(len(rows))
     # one panel above the other: every mapping's two-line label gets the panel's full width
-    fig, axes = plt.subplots(3, 1, figsize=(max(9, 1.7 * len(rows) + 3), 12), sharex=True)
+    fig = Figure(figsize=(max(9, 1.7 * len(rows) + 3), 12))
+    axes = fig.subplots(3, 1, sharex=True)
     bars = axes[0].bar(x, [r["total_token_throughput"] for r in rows], color="tab:blue",
                        label="CENT (emulated, this trace)")
     axes[0].bar_label(bars, labels=[f"{r['total_token_throughput']:,.0f}" + (f"\n{r['throughput_ratio']:.2f}x GPU"
@@ -296,7 +294,6 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
                  f"{n} requests each\n{_paper_failures(rows)}", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "paper.png", dpi=DPI)
-    plt.close(fig)
 
 
 def _paper_failures(rows: list[dict]) -> str:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import matplotlib
 import pytest
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cent_serve.bench.compare import place_rate_labels  # noqa: E402
-from cent_serve.cli import main  # noqa: E402
+from cent_serve.bench.compare import place_rate_labels
+from cent_serve.cli import main
 
 HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
 TOO_LONG = "{t},9000,4\n"
@@ -82,20 +79,19 @@ def test_compare_no_plots_writes_the_tables_only(tmp_path, capsys):
 ])
 def test_rate_labels_do_not_overlap_and_name_every_rate(xs):
     rates = [0.25, 0.5, 1, 2, 4][:len(xs)]
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fig = Figure(figsize=(6.5, 4.8))  # as plot_sweep's: no pyplot, no canvas of a backend
+    ax = fig.subplots()
     ax.plot(xs, [72.0] * len(xs), "s--")
     ax.set_xlim(15, 155)
     ax.set_ylim(0, 90)
     fig.tight_layout()
     place_rate_labels(ax, [("tab:blue", [(x, 72.0, r) for x, r in zip(xs, rates)])])
-    renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    boxes = [t.get_window_extent() for t in ax.texts]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     text = " ".join(t.get_text() for t in ax.texts)
     assert all(f"{r:g}" in text for r in rates)
-    right = ax.get_window_extent(renderer).x1
+    right = ax.get_window_extent().x1
     assert all(b.x1 <= right for b in boxes), (right, [b.x1 for b in boxes])  # none runs past the right edge
-    plt.close(fig)
 
 
 @pytest.mark.parametrize("slo_ms, drawn", [(100.0, True), (1000.0, False)])
@@ -111,7 +107,7 @@ def test_an_slo_beyond_the_values_widens_the_axis_or_is_named(tmp_path, monkeypa
                                         for t in tpots_ms])
 
     figs = []
-    monkeypatch.setattr(plt, "close", figs.append)
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
     side = dict(hardware="hw", completed=3, failed=0)
     plot_cdfs(tmp_path / "cdfs.png", {"CENT": result([55, 60, 70]), "GPU": result([35, 45, 90])},
               {"CENT": side, "GPU": side}, "m", {"tpot": slo_ms})

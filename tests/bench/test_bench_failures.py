@@ -179,8 +179,6 @@ def test_titles_name_model_devices_mapping_and_outcomes():
 
 def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch):
     """TPOTs equal to 1e-10 gave axes labelled `1e-10+2.377e-1`; every axis must read plainly."""
-    import matplotlib.pyplot as plt
-
     from cent_serve.bench import plots
 
     records = [done(f"r{i}", float(i), 0.2377 + 1e-13 * i, tpot_s=0.0002377 + 1e-16 * i) for i in range(5)]
@@ -189,7 +187,7 @@ def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch
     real_save = plots._save
 
     def save(fig, path):  # look at every axis of every figure before it is written
-        fig.canvas.draw()
+        fig.draw_without_rendering()  # a Figure's own canvas draws nothing: the offsets are set in a draw
         offsets.extend(axis.get_offset_text().get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis))
         real_save(fig, path)
 
@@ -199,21 +197,18 @@ def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch
     assert [p.name for p in paths] == ["latency_cdf.png", "timeline.png", "utilization.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert len(offsets) >= 10 and all(text == "" for text in offsets), offsets
-    plt.close("all")
 
 
 @pytest.mark.parametrize("peak, title", [(0.0, "peak 0% of the KV blocks"), (3e-7, "peak 3e-05% of the KV blocks"),
                                          (0.004, "peak 0.40% of the KV blocks")])
 def test_the_kv_axis_of_a_tiny_or_zero_peak_has_distinct_ticks(tmp_path, monkeypatch, peak, title):
     """A peak of 0 or under 0.001% labelled every tick "0%" (or 0.0001%, 0.0001%, 0.0000%)."""
-    import matplotlib.pyplot as plt
-
     from cent_serve.bench import plots
 
     seen = {}
 
     def save(fig, path):
-        fig.canvas.draw()
+        fig.draw_without_rendering()
         kv = fig.axes[2]
         seen["ticks"] = [t.get_text() for t in kv.get_yticklabels() if 0 <= t.get_position()[1] <= kv.get_ylim()[1]]
         seen["title"] = kv.get_title(loc="right")
@@ -224,21 +219,18 @@ def test_the_kv_axis_of_a_tiny_or_zero_peak_has_distinct_ticks(tmp_path, monkeyp
     plots.plot_timeline(tmp_path / "t.png", result, summarize(result))
     assert len(seen["ticks"]) >= 3 and len(set(seen["ticks"])) == len(seen["ticks"]), seen["ticks"]
     assert seen["title"] == title
-    plt.close("all")
 
 
 def test_outcome_bars_name_failed_only_when_a_rate_has_failures():
     """The rate sweep's outcome panel: a legend entry "failed" and its title say so only when some
     rate failed requests (a run with none showed an entry for a bar that was nowhere)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
     from cent_serve.bench.sweep import _outcomes
 
     for failed, legend, title in (([0, 0], ["completed"], "completed requests per rate (none failed)"),
                                   ([0, 3], ["completed", "failed"], "completed and failed requests per rate")):
-        fig, ax = plt.subplots()
+        ax = Figure().subplots()
         _outcomes(ax, [dict(rate=r, completed=10 - f, failed=f) for r, f in zip((1.0, 2.0), failed)])
         assert [t.get_text() for t in ax.get_legend().get_texts()] == legend
         assert ax.get_title() == title
-        plt.close(fig)
