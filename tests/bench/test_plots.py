@@ -1,0 +1,44 @@
+"""The plotting modules leave a user's matplotlib as it was: importing cent_serve and writing its
+plots from a notebook or a script neither switches the backend nor loads pyplot."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+IMPORT_AND_PLOT_TIMEOUT_S = 120.0
+"""A fresh interpreter imports the engine (numba) and writes two small figures: a few seconds on a
+loaded 2-core machine."""
+
+USER_SCRIPT = '''
+import sys
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("svg")  # the user's backend, chosen before cent_serve is imported
+
+import cent_serve.bench.compare
+import cent_serve.bench.plots
+import cent_serve.bench.sweep
+import cent_serve.sweep_plots
+
+out = Path(sys.argv[1])
+rows = [dict(model_name="m", **{"parallel.num_devices": n}, throughput_tok_s=100.0 * n, token_latency_ms=5.0 / n,
+             energy_per_token_mj=1.0 + n, avg_power_w=10.0 * n) for n in (8, 16)]
+cent_serve.sweep_plots.plot_figures(rows, ["parallel.num_devices"], out / "figures.png", trace=False)
+sweep = {k: [dict(rate=r, output_throughput=t * r, median_tpot_ms=20.0, p99_tpot_ms=30.0, median_e2el_ms=900.0,
+                  p99_e2el_ms=1500.0) for r in (0.5, 1.0)] for k, t in (("CENT", 10.0), ("GPU", 30.0))}
+side = dict(hardware="hw")
+cent_serve.bench.compare.plot_sweep(out / "compare_sweep.png", sweep, {"CENT": side, "GPU": side}, "m")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+'''
+
+
+def test_importing_and_plotting_keeps_the_users_backend_and_leaves_pyplot_unloaded(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", USER_SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=IMPORT_AND_PLOT_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["svg", "False"], proc.stdout  # (the backend, pyplot loaded)
+    for name in ("figures.png", "compare_sweep.png"):  # written as PNG whatever the backend
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
