@@ -222,7 +222,7 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
     from cent_serve.timing.energy import cost_figures
 
     mp = check_runnable(cfg)  # a mapping that cannot hold the model is the point's error, as the closed form's
-    s = summarize(run_in_process(cfg, requests, progress=False, warn=False))
+    s = summarize(run_in_process(cfg, requests, progress=False, warn=False, checked=True))
     if not s["completed"]:  # no figure to give: a row of zeros would sit on the plots as the best energy
         raise ValueError(f"no request completed ({s['failed']} failed): {reasons_text(s['failure_reasons'], examples=True)}")
     out = dict(mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas,

@@ -44,13 +44,15 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                 bench: dict | None = None) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
     adds each request's inter-token latencies to requests_*.csv; `plots` False skips the PNGs; `bench`
-    (what shaped the requests: the trace and its options) is written into compare.json as it is."""
+    (what shaped the requests: the trace and its options) is written into compare.json as it is. The
+    caller has refused what cannot run on either side (`preflight.check_runnable` of each config, `cent
+    bench compare` before it reads its trace): no side's replay begins before both are known to run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
         print(f"replaying {len(requests)} requests on {name} ({cfg.hardware})")
         results[name] = run_in_process(cfg, copy.deepcopy(requests), total=len(requests),
-                                       warn=name == "CENT")  # one trace: its 0-token warning once
+                                       warn=name == "CENT", checked=True)  # one trace: its 0-token warning once
         sides[name] = side_figures(cfg, results[name], slos)
     table = compare_table(sides["CENT"], sides["GPU"])
     sweep = None
@@ -59,7 +61,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
         for rate, reqs in rates_requests.items():
             for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
                 res = run_in_process(cfg, copy.deepcopy(reqs), total=len(reqs), warn=False,
-                                     desc=f"rate {rate:g} {name}")
+                                     desc=f"rate {rate:g} {name}", checked=True)
                 s = side_figures(cfg, res, slos)
                 sweep[name].append(dict(rate=rate, **_flat(s)))
                 reasons = reasons_text(s["failure_reasons"])

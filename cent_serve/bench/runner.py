@@ -195,7 +195,8 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
 
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None,
-                   warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay") -> BenchResult:
+                   warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay",
+                   checked: bool = False) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
     its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
     the warning for requests raised to 1 token (False: the caller warns once for several
@@ -203,9 +204,11 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     requests that ended before it (`BenchResult.interrupted`) rather than raising. Without `engine`,
     what cannot run is refused before the engine is built, as every command refuses it
     (`preflight.check_runnable`: the devices or GPUs hold the model and one sequence of its whole
-    context, full numerics fits this machine's memory), and the engine is shut down at the end."""
+    context, full numerics fits this machine's memory), and the engine is shut down at the end.
+    `checked`: the caller ran `check_runnable(cfg)` already (a command, before it read its trace and
+    its first replay began), so it is not run again."""
     own = engine is None
-    if own:
+    if own and not checked:
         from cent_serve.preflight import check_runnable
         check_runnable(cfg)
     engine = engine or Engine(cfg)

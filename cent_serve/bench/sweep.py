@@ -27,6 +27,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
               out_dir: Path, plots: bool = True, bench: dict | None = None) -> dict:
     """One in-process replay per rate; writes sweep.json and (`plots`) sweep.png; returns the sweep.
     `bench`: the options that shaped the requests, recorded in sweep.json (read when it is written).
+    The caller has refused what cannot run (`preflight.check_runnable(cfg)`, `cent bench sweep` before
+    it reads its trace): the replays do not check it again.
 
     A row's `slo_attainment` is the share of all its requests that completed within every SLO,
     so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
@@ -36,7 +38,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         requests = requests_at(rate)
         if i == 0:  # after the first selection, which fills in `bench`
             print(sweep_title(cfg, rates, bench or {}))
-        result = run_in_process(cfg, requests, total=len(requests), warn=i == 0, desc=f"rate {rate:g}")
+        result = run_in_process(cfg, requests, total=len(requests), warn=i == 0, desc=f"rate {rate:g}",
+                                checked=True)
         status = result.status
         s = summarize(result, slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
@@ -212,7 +215,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
             print(f"pp {pp:>3} tp {tp:>2}: skipped: {exc}")
             continue
         res = run_in_process(c, requests, total=len(requests), warn=not rows,  # one 0-token warning
-                             desc=f"pp {pp} tp {tp}")
+                             desc=f"pp {pp} tp {tp}", checked=True)
         s = summarize(res)
         mp = res.status["mapping"]
         row = dict(pp=pp, tp=tp, parallelism=parallelism(pp, tp), mode=mp["mode"], replicas=mp["replicas"],

@@ -209,6 +209,31 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
     assert "1,085 tok/s end to end" in printed and "512 + 3584" in printed and "cent bench compare" in printed
 
 
+@pytest.mark.parametrize("command, checks", [
+    (["bench", "sweep", "--rates", "5,50", "--no-plots"], 1),  # before the trace is read; not again at each rate
+    (["bench", "compare", "--rates", "5,50", "--no-plots"], 2),  # each side, before either side's first replay
+    (["bench", "paper", "--model", "llama2-7b"], 5),  # each mapping (a mapping that cannot run is skipped)
+    (["bench", "run", "--no-plots"], 1),  # in run_in_process, before its engine
+    (["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=16,32", "--trace", "sample_conv",
+      "--no-plots"], 2),  # each point, before its replay
+])
+def test_a_command_checks_what_cannot_run_once(tmp_path, monkeypatch, command, checks):
+    """`preflight.check_runnable` ran again in each replay a command had checked before it: bench
+    compare with two rates checked each side four times, bench sweep at every rate."""
+    import cent_serve.preflight as preflight
+
+    calls = []
+    memory = preflight.check_host_memory  # check_runnable's own step: counted whichever module imported it
+
+    def counted(cfg, mp, available_bytes=None):
+        calls.append(cfg.hardware)
+        return memory(cfg, mp, available_bytes)
+    monkeypatch.setattr(preflight, "check_host_memory", counted)
+    assert main([*command, "--devices", "8", "--numerics", "off", "--num-requests", "4", "--max-prompt-tokens", "16",
+                 "--max-output-tokens", "4", "--out", str(tmp_path / "out")]) == 0
+    assert len(calls) == checks, calls
+
+
 def test_paper_prints_why_requests_failed(tmp_path, capsys):
     trace = tmp_path / "t.csv"
     trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n0.1,5000,4\n")
