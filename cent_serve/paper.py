@@ -19,6 +19,16 @@ DEFAULT_SEQLEN = 4096
 """The context of `cent simulate`'s one-token form (`--seqlen`, `emulate(seqlen=)`) when none is given."""
 
 
+def check_workload(prompt: int | None, decode: int | None, seqlen: int | None) -> None:
+    """ValueError unless the workload is one of `cent simulate`'s two forms: `prompt` and `decode`
+    together (the paper's phases), or neither (one token at `seqlen`, default `DEFAULT_SEQLEN`). The
+    closed form's command and `emulate` check it here."""
+    if (prompt is None) != (decode is None):
+        raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
+    if prompt is not None and seqlen is not None:
+        raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+
+
 def check_context(cfg: CentConfig, prompt: int, decode: int) -> None:
     """ValueError unless a query of `prompt` + `decode` tokens fits the model's context."""
     total = prompt + decode
@@ -105,10 +115,7 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
     from cent_serve.preflight import check_runnable
     from cent_serve.timing.mapping import resolve_mapping
 
-    if (prompt is None) != (decode is None):
-        raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
-    if prompt is not None and seqlen is not None:
-        raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
+    check_workload(prompt, decode, seqlen)
     if prompt is not None:
         check_phases(prompt, decode, gap)
         check_context(cfg, prompt, decode)

@@ -9,7 +9,7 @@ import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
 from cent_serve.config import CentConfig, model_label
-from cent_serve.paper import DEFAULT_SEQLEN, check_context, closed_form, emulate
+from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
@@ -96,18 +96,13 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args)
-    if (args.prompt is None) != (args.decode is None):
-        raise ValueError("--prompt and --decode go together: give both (e.g. --prompt 512 --decode 3584)")
-    if args.prompt is not None:
-        check_phases(args.prompt, args.decode, args.seqlen_gap)
     if args.emulate:
-        return _run_emulated(cfg, args)
+        return _run_emulated(cfg, args)  # `emulate` checks the workload before it builds an executor
+    check_workload(args.prompt, args.decode, args.seqlen)  # its phases: `closed_form` checks them
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
     timer = SystemTimer.from_config(cfg, args.convention)
     if args.prompt is not None:
-        if args.seqlen is not None:
-            raise ValueError("--seqlen and --prompt/--decode are two forms: give one of them")
         return _run_phases(cfg, args, timer)
     return _run_seqlen(cfg, args, timer)
 

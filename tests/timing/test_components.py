@@ -136,6 +136,24 @@ def test_cli_phases_and_sweep(capsys):
     assert "--prompt and --decode go together" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given, says", [
+    (dict(prompt=512), "--prompt and --decode go together: give both"),
+    (dict(decode=512), "--prompt and --decode go together: give both"),
+    (dict(prompt=512, decode=512, seqlen=1024), "--seqlen and --prompt/--decode are two forms"),
+])
+def test_a_workload_of_neither_form_is_refused_alike_in_closed_form_and_emulated(capsys, given, says):
+    """The closed form's command and `paper.emulate` (`--emulate`, a script) refuse it with one message."""
+    from cent_serve.config import build_config
+    from cent_serve.paper import emulate
+
+    flags = [x for k, v in given.items() for x in (f"--{k}", str(v))]
+    for emulated in ([], ["--emulate", "--local"]):
+        assert main(["simulate", "--model", "tiny", *flags, *emulated]) == 2
+        assert says in capsys.readouterr().err
+    with pytest.raises(ValueError, match=says):
+        emulate(build_config("tiny", numerics="off"), **given)
+
+
 def test_simulate_a_hugging_face_config(tmp_path, capsys):
     from cent_serve.model.weights import hf_config_dict
     m = ModelConfig(name="hf", hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
