@@ -44,10 +44,8 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
             ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
-        elif n is None and mp.devices_used < mp.num_devices:  # the mapping's words: spread over the devices it has
-            why = str(exc)
-        else:  # the weights alone do not fit: how many devices hold them, or that more do not
-            why = f"{exc.need}: {_weights_fix(cfg, mp, n, lanes)} (or larger devices: {CAPACITY_FIELDS})"
+        else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
+            why = f"{exc}: {_weights_fix(cfg, mp, n, lanes)} (or larger devices: {CAPACITY_FIELDS})"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
@@ -55,10 +53,13 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
 
 def _weights_fix(cfg: CentConfig, mp: Mapping, n: int | None, lanes: str) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
-    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does (the pp and tp given
-    fix the shard: more devices only add copies), what changes the shard."""
+    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does, what changes the shard:
+    spreading a copy over the devices it leaves idle, or other pp and tp."""
     if n is not None:
         return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp"
+    if mp.mode == "tensor" and mp.devices_used < mp.num_devices:  # more devices would only add copies
+        return (f"spread a copy over more of the {mp.num_devices} devices (it uses {mp.devices_used}): more stages "
+                "(--pp) or a larger tp")
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
     more_stages = "more stages (--pp) or " if 0 < cfg.parallel.pp < mp.num_layers else ""
     return (f"more devices only add copies with {pp} and --tp {cfg.parallel.tp} (no count up to "

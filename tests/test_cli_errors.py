@@ -402,6 +402,19 @@ def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_ha
     capsys.readouterr()
 
 
+def test_a_pipeline_that_leaves_a_device_idle_is_not_told_to_use_more_devices(capsys):
+    """7B in pure pipeline on 12 devices of 256 MiB (3 blocks a device, 11 used) whose one block alone
+    is too big: no count of devices holds it, yet the refusal said "use more devices or a larger tp"
+    (the timing module's words for a copy that leaves devices idle). A larger tp is the fix."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "12", "--set", "device.rows_per_bank=256"]) == 2
+    err = capsys.readouterr().err
+    assert "11 devices used) does not fit: device 0: its weight shard alone needs 1.38 GiB of the device's 256 MiB" in err
+    assert "(no count up to 1,024 holds it): use a larger tp" in err, err
+    assert "use more devices" not in err, err
+
+
 def test_weights_that_more_devices_only_copy_are_told_what_changes_the_shard(capsys):
     """70B as 4 stages on 4 devices: a shard needs 32.4 GiB, and with --pp 4 more devices only add
     copies (it said "use more devices"); 70B with tp 8 on 8 devices (one stage) likewise. The fix

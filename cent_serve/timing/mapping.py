@@ -176,21 +176,21 @@ def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, eleme
 
 class CapacityError(ValueError):
     """A device does not hold what it must; `max_batch`: the most queries that fit at the context
-    (None when the weights alone do not fit); `need`: what does not fit, without the fix (a caller
-    that knows the fewest devices that hold it words its own)."""
+    (None when the weights alone do not fit: the message says what does not fit, and the caller, which
+    knows what device counts and mappings hold it, words the fix: `preflight.check_devices_hold`)."""
 
-    def __init__(self, message: str, max_batch: int | None = None, need: str | None = None) -> None:
+    def __init__(self, message: str, max_batch: int | None = None) -> None:
         super().__init__(message)
         self.max_batch = max_batch
-        self.need = need
 
 
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
                    batch: int | None = None) -> None:
     """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device.
 
-    Raises ValueError naming the device, what does not fit and the largest
-    context (at this batch) and batch (at this context) that would.
+    Raises `CapacityError` naming the device and what does not fit: the weight shard alone, or the
+    weights and the KV cache with the largest context (at this batch) and batch (at this context)
+    that would.
     """
     batch = mp.lanes if batch is None else batch
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
@@ -201,13 +201,7 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
             continue
         cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
-            if mp.mode == "tensor" and mp.devices_used < mp.num_devices:  # more devices would only add copies
-                spread = (f"spread a copy over more of the {mp.num_devices} devices (it uses {mp.devices_used}): more "
-                          "stages (--pp) or a larger tp")
-            else:
-                spread = "use more devices or a larger tp"
-            need = f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}"
-            raise CapacityError(f"{need}: {spread} (or larger devices: {CAPACITY_FIELDS})", need=need)
+            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}")
         room = dev.capacity_bytes - w
         max_ctx = room // (kv_tok * batch)
         max_batch = room // (kv_tok * context)
