@@ -70,9 +70,10 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     check_phases(prompt, decode, gap)
     check_context(cfg, prompt, decode)
     timer = SystemTimer.from_config(cfg, convention)
+    given = batch  # None: one query a stage, which the capacity check asks of the mappings its fix names too
     batch = timer.mapping.lanes if batch is None else batch
     token_figures(timer, prompt, batch)  # a batch out of range is refused before the capacity check
-    mp = check_devices_hold(cfg, prompt + decode, batch, batch_flag=batch_flag,
+    mp = check_devices_hold(cfg, prompt + decode, given, batch_flag=batch_flag,
                             context_flag="a smaller --prompt or --decode")
     phases = _with_costs(cfg, mp, phase_figures(timer, prompt, decode, gap, batch), prompt, decode)
     return dict(phases, batch=batch)
@@ -113,7 +114,6 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
     from cent_serve.emulate import emulate_phases, emulate_seqlen
     from cent_serve.executor import make_executor
     from cent_serve.preflight import check_runnable
-    from cent_serve.timing.mapping import resolve_mapping
 
     check_workload(prompt, decode, seqlen)
     if prompt is not None:
@@ -124,7 +124,7 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
         context = DEFAULT_SEQLEN if seqlen is None else seqlen
         if not 1 <= context <= cfg.model.max_seq_len:
             raise ValueError(f"--seqlen {context} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
-    mp = check_runnable(cfg, context, resolve_mapping(cfg.model, cfg.parallel, cfg.device).lanes)
+    mp = check_runnable(cfg, context, None)  # the paper's batch: one query a stage
     own_ray = False
     if cfg.executor == "ray":
         import ray

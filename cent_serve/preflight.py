@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from cent_serve.config import MAX_DEVICES, CentConfig
+from cent_serve.config import MAX_DEVICES, CentConfig, ParallelConfig
 from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted,
                                       resolve_mapping)
 
@@ -23,11 +23,12 @@ F32_BYTES = 4
 """Full numerics computes on float32 copies of the weights (`cent_serve.model.weights`)."""
 
 
-def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
+def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int | None = 1,
                        batch_flag: bool = False, context_flag: str | None = None) -> Mapping:
     """The mapping, after checking that every device holds its weight shard plus the KV cache
     of `batch` sequences of `context` tokens (default: one sequence of the whole context, so
-    that every request the API accepts can run). Raises ValueError naming the device, the sizes
+    that every request the API accepts can run; None: one a pipeline stage, the paper's batch, as
+    many as its stages for each mapping the fix tries). Raises ValueError naming the device, the sizes
     and the fix (with `batch_flag`, the command's --batch among them; with `context_flag`, the flag
     that set the context, e.g. --seqlen, rather than model.max_seq_len)."""
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
@@ -45,48 +46,72 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int =
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
         else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
-            why = f"{exc}: {_weights_fix(cfg, mp, n, lanes)} (or larger devices: {CAPACITY_FIELDS})"
+            why = f"{exc}: {_weights_fix(cfg, mp, n, lanes, cfg.kv_tokens(context), batch)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
 
 
-def _weights_fix(cfg: CentConfig, mp: Mapping, n: int | None, lanes: str) -> str:
+def _weights_fix(cfg: CentConfig, mp: Mapping, n: int | None, lanes: str, kv_tokens: int, batch: int | None) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
     pp and tp settings (`n`, from `devices_that_hold`), or, when no count does, what changes the shard:
-    spreading a copy over the devices it leaves idle, or other pp and tp."""
+    spreading a copy over the devices it leaves idle, or more devices with more stages or a larger tp
+    (`_more_stages_or_tp`: pp x tp devices hold a copy, so neither fits on these devices alone).
+    Larger devices close every fix."""
+    larger = f"larger devices: {CAPACITY_FIELDS}"
     if n is not None:
-        return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp"
+        return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp (or {larger})"
     if mp.mode == "tensor" and mp.devices_used < mp.num_devices:  # more devices would only add copies
         return (f"spread a copy over more of the {mp.num_devices} devices (it uses {mp.devices_used}): more stages "
-                "(--pp) or a larger tp")
+                f"(--pp) or a larger tp (or {larger})")
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
-    more_stages = "more stages (--pp) or " if 0 < cfg.parallel.pp < mp.num_layers else ""
-    return (f"more devices only add copies with {pp} and --tp {cfg.parallel.tp} (no count up to "
-            f"{MAX_DEVICES:,} holds it): use {more_stages}a larger tp")
+    given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
+    par = _more_stages_or_tp(cfg, kv_tokens, batch)
+    if par is None:
+        return f"{given}, nor with more stages or a larger tp: use {larger}"
+    lanes = f" with --set fabric.switch_lanes={par.num_devices}" if par.num_devices > cfg.fabric.switch_lanes else ""
+    return (f"{given}: use {par.num_devices} devices with --pp {par.pp} --tp {par.tp} (the fewest that hold it with "
+            f"more stages or a larger tp){lanes} (or {larger})")
 
 
-def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int) -> int | None:
+def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> ParallelConfig | None:
+    """The fewest devices, with their pp and tp, that hold the weights and the KV cache of `batch`
+    sequences (None: one a stage) of `kv_tokens` tokens with more stages than the user's pp (the
+    same tp) or a larger tp dividing the heads (the same pp), each on pp x tp devices; at a tie, more
+    stages. None if none up to `MAX_DEVICES` does. For weights no count of devices holds with the
+    user's pp and tp: a copy takes pp x tp devices, which cannot exceed the devices given, so either
+    change needs more devices."""
+    m, par = cfg.model, cfg.parallel
+    pp = par.pp or m.num_layers
+    more_stages = [(s * par.tp, s, par.tp) for s in range(pp + 1, m.num_layers + 1)]
+    larger_tp = [(pp * t, pp, t) for t in range(par.tp + 1, m.num_heads + 1) if m.num_heads % t == 0]
+    return _first_that_holds(m, cfg.device, kv_tokens, batch,
+                             (dataclasses.replace(par, num_devices=n, pp=s, tp=t)
+                              for n, s, t in sorted(more_stages + larger_tp, key=lambda c: (c[0], c[2]))
+                              if n <= MAX_DEVICES))
+
+
+def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int | None) -> int | None:
     """The fewest devices, more than `cfg.parallel.num_devices`, whose mapping (the same pp and tp
-    settings) holds the weights and the KV cache of `batch` sequences of `kv_tokens` tokens; None
-    if none up to `MAX_DEVICES` does (a few ms a count). The switch is not asked:
+    settings) holds the weights and the KV cache of `batch` sequences (None: one a stage) of
+    `kv_tokens` tokens; None if none up to `MAX_DEVICES` does (a few ms a count). The switch is not asked:
     a count past `fabric.switch_lanes` needs it raised, which the caller says. Unlike
     `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
     start = cfg.parallel.num_devices + 1
-    return _first_that_holds(cfg.model, cfg.device, kv_tokens, batch,
-                             (dataclasses.replace(cfg.parallel, num_devices=n)
-                              for n in range(start, MAX_DEVICES + 1)))
+    par = _first_that_holds(cfg.model, cfg.device, kv_tokens, batch,
+                            (dataclasses.replace(cfg.parallel, num_devices=n) for n in range(start, MAX_DEVICES + 1)))
+    return None if par is None else par.num_devices
 
 
-def _first_that_holds(m, dev, context: int, batch: int | None, parallels) -> int | None:
-    """The device count of the first of `parallels` whose mapping holds the weights and the KV cache
-    of `batch` sequences of `context` tokens, or None."""
+def _first_that_holds(m, dev, context: int, batch: int | None, parallels) -> ParallelConfig | None:
+    """The first of `parallels` whose mapping holds the weights and the KV cache of `batch`
+    sequences of `context` tokens, or None."""
     for par in parallels:
         try:
             check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch)
         except ValueError:  # CapacityError among them: it does not hold it, or cannot map it
             continue
-        return par.num_devices
+        return par
     return None
 
 
@@ -182,14 +207,14 @@ def start_listening(sock: socket.socket, host: str, port: int, backlog: int = 20
                          "started; stop the other server or pick another port with --port N") from None
 
 
-def check_runnable(cfg: CentConfig, context: int | None = None, batch: int = 1) -> Mapping:
+def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | None = 1) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
-    `batch` sequences of `context` tokens, full numerics fits this machine and its checkpoint
-    holds every tensor in its shape. Returns the
-    mapping (GPUs: their `GpuMapping`, after checking the weights and one sequence of the whole
-    context fit)."""
+    `batch` sequences of `context` tokens (None: one a pipeline stage, `check_devices_hold`), full
+    numerics fits this machine and its checkpoint holds every tensor in its shape. Returns the
+    mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences, one when
+    None, of the whole context fit)."""
     if cfg.on_gpus:
-        mp = check_gpus_hold(cfg, context, batch)
+        mp = check_gpus_hold(cfg, context, 1 if batch is None else batch)
         check_host_memory(cfg, mp)
         check_checkpoint(cfg)
         check_tokenizer(cfg)
@@ -264,8 +289,6 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
     """The fewest devices on which `m` runs in pure pipeline (the paper's mapping: one block a stage)
     holding the weights and the KV cache of `batch` queries of `context` tokens (default: one per
     stage, the paper's batch); None when more than `most` would be needed."""
-    from cent_serve.config import ParallelConfig
-
     if m.sliding_window:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
         context = min(context, m.sliding_window + 1 + 16)
 
@@ -275,4 +298,5 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
             yield ParallelConfig(n, m.num_layers, 1)
             n += 1 if n < 64 else n // 16  # coarser steps beyond 64 devices
 
-    return _first_that_holds(m, dev, context, batch, counts())
+    par = _first_that_holds(m, dev, context, batch, counts())
+    return None if par is None else par.num_devices

@@ -250,7 +250,7 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
         raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
     batch = mp.lanes if args.batch is None else args.batch
     token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
-    check_devices_hold(cfg, seqlen, batch, batch_flag=True, context_flag="--seqlen N")
+    check_devices_hold(cfg, seqlen, args.batch, batch_flag=True, context_flag="--seqlen N")  # None: one a stage
     fig = token_figures(timer, seqlen, batch).as_dict()
     other, why = _other(cfg, args, (seqlen,), batch)
     alt = token_figures(other, seqlen, batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -405,27 +406,61 @@ def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_ha
 def test_a_pipeline_that_leaves_a_device_idle_is_not_told_to_use_more_devices(capsys):
     """7B in pure pipeline on 12 devices of 256 MiB (3 blocks a device, 11 used) whose one block alone
     is too big: no count of devices holds it, yet the refusal said "use more devices or a larger tp"
-    (the timing module's words for a copy that leaves devices idle). A larger tp is the fix."""
+    (the timing module's words for a copy that leaves devices idle). A larger tp, on the devices it
+    takes, is the fix, and it runs."""
     from cent_serve.cli import main
 
-    assert main(["simulate", "--model", "llama2-7b", "--devices", "12", "--set", "device.rows_per_bank=256"]) == 2
+    small = ["--model", "llama2-7b", "--set", "device.rows_per_bank=256"]
+    assert main(["simulate", *small, "--devices", "12"]) == 2
     err = capsys.readouterr().err
     assert "11 devices used) does not fit: device 0: its weight shard alone needs 1.38 GiB of the device's 256 MiB" in err
-    assert "(no count up to 1,024 holds it): use a larger tp" in err, err
+    assert ("no count of devices up to 1,024 holds it with one stage a block and --tp 1: use 512 devices with --pp 32 "
+            "--tp 16 (the fewest that hold it with more stages or a larger tp) with --set fabric.switch_lanes=512") in err
     assert "use more devices" not in err, err
+    assert main(["simulate", *small, "--devices", "512", "--pp", "32", "--tp", "16", "--set",
+                 "fabric.switch_lanes=512"]) == 0
+    capsys.readouterr()
 
 
-def test_weights_that_more_devices_only_copy_are_told_what_changes_the_shard(capsys):
+def test_weights_that_more_devices_only_copy_are_told_how_many_devices_hold_them(capsys):
     """70B as 4 stages on 4 devices: a shard needs 32.4 GiB, and with --pp 4 more devices only add
-    copies (it said "use more devices"); 70B with tp 8 on 8 devices (one stage) likewise. The fix
-    names what changes the shard."""
+    copies (it said "use more devices"); 70B with tp 8 on 8 devices (one stage) likewise. Then it said
+    "use more stages (--pp) or a larger tp", which these devices cannot take (pp x tp devices hold a
+    copy: --pp 2 --tp 8 needs 16): the fix names the devices too, the fewest with their pp and tp,
+    and that mapping runs, for simulate's batch (a query a stage) and for info's (serve's) one sequence."""
     from cent_serve.cli import main
 
-    for flags, pp in ((["--devices", "4", "--pp", "4"], "--pp 4 and --tp 1"),
-                      (["--devices", "8", "--pp", "1", "--tp", "8"], "--pp 1 and --tp 8")):
-        assert main(["simulate", "--model", "llama2-70b", *flags]) == 2
+    for command, flags, given, fix in (
+            ("simulate", ["--devices", "4", "--pp", "4"], "--pp 4 and --tp 1", ["10", "10", "1"]),
+            ("simulate", ["--devices", "8", "--pp", "1", "--tp", "8"], "--pp 1 and --tp 8", ["16", "2", "8"]),
+            ("info", ["--devices", "8", "--pp", "8"], "--pp 8 and --tp 1", ["9", "9", "1"])):
+        assert main([command, "--model", "llama2-70b", "--numerics", "off", *flags]) == 2
         err = capsys.readouterr().err
-        assert (f"more devices only add copies with {pp} (no count up to 1,024 holds it): use more stages (--pp) "
-                "or a larger tp") in err, err
-        assert "use more devices" not in err, err
-    assert main(["simulate", "--model", "llama2-70b", "--devices", "16", "--pp", "4", "--tp", "4"]) == 0
+        devices, pp, tp = fix
+        assert (f"no count of devices up to 1,024 holds it with {given}: use {devices} devices with --pp {pp} --tp {tp} "
+                "(the fewest that hold it with more stages or a larger tp)") in err, err
+        assert "use more devices" not in err and "more stages (--pp)" not in err, err
+        assert main([command, "--model", "llama2-70b", "--numerics", "off", "--devices", devices, "--pp", pp,
+                     "--tp", tp]) == 0
+        capsys.readouterr()
+
+
+def test_sweep_rows_that_do_not_fit_name_the_devices_that_hold_them_as_simulate_does(capsys):
+    """`cent simulate --sweep` on 8 devices: every mapping uses all 8, so raising --pp (which --sweep
+    refuses) or tp cannot make a row fit on them; a row said "use more stages (--pp) or a larger tp".
+    Each row now gives cent simulate's refusal of its mapping, which names the devices that hold it."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--sweep", "--model", "llama2-70b", "--devices", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["pp"], r["tp"]) for r in rows] == [(80, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
+    assert all("error" in r and "more stages (--pp)" not in r["error"] for r in rows)
+    for r in rows[1:]:
+        assert main(["simulate", "--model", "llama2-70b", "--devices", "8", "--pp", str(r["pp"]), "--tp", str(r["tp"]),
+                     "--prompt", "512", "--decode", "3584"]) == 2
+        assert capsys.readouterr().err.strip() == f"cent simulate: error: {r['error']}"  # the same words
+        devices, pp, tp = re.search(r"use (\d+) devices with --pp (\d+) --tp (\d+)", r["error"]).groups()
+        assert int(devices) > 8
+        assert main(["simulate", "--model", "llama2-70b", "--devices", devices, "--pp", pp, "--tp", tp,
+                     "--prompt", "512", "--decode", "3584"]) == 0  # the fix holds the paper's batch
+        capsys.readouterr()

@@ -86,7 +86,7 @@ def run_info(args: argparse.Namespace) -> int:
             if m.max_seq_len < context:  # cent simulate's default --seqlen refuses it too
                 raise ValueError(f"does not fit: the model's context is {m.max_seq_len} (model.max_seq_len), "
                                  f"under {context}: give cent simulate --seqlen {m.max_seq_len} or less")
-            check_devices_hold(cfg, context, lanes)
+            check_devices_hold(cfg, context, None)  # one query a stage, `lanes`
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
