@@ -178,17 +178,25 @@ def test_titles_name_model_devices_mapping_and_outcomes():
 
 
 def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch):
-    """TPOTs equal to 1e-10 gave axes labelled `1e-10+2.377e-1`; every axis must read plainly."""
+    """TPOTs equal to 1e-10 gave axes labelled `1e-10+2.377e-1`; every axis must read plainly.
+
+    The latency axes run from 0, so a spread of 1e-13 s no longer zooms in; what is left for
+    `plain_axis` to stop is the multiplier matplotlib puts on an axis of tiny values: nearly constant
+    TPOTs of about a nanosecond (tokens streamed in one burst) read `1e-6` beside ticks 0.0 ... 1.2."""
     from cent_serve.bench import plots
 
-    records = [done(f"r{i}", float(i), 0.2377 + 1e-13 * i, tpot_s=0.0002377 + 1e-16 * i) for i in range(5)]
+    records = [done(f"r{i}", float(i), 1.000001 + 1e-6 * i, tpot_s=1e-9 * (1 + 1e-3 * i)) for i in range(5)]
     records.append(refused("long", 0.5, RequestRefused("context_exceeded", "too long")))
-    offsets = []
+    offsets, tpot_ticks = [], []
     real_save = plots._save
 
     def save(fig, path):  # look at every axis of every figure before it is written
         fig.draw_without_rendering()  # a Figure's own canvas draws nothing: the offsets are set in a draw
         offsets.extend(axis.get_offset_text().get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis))
+        if path.name == "latency_cdf.png":
+            tpot = fig.axes[1]
+            lo, hi = tpot.get_xlim()
+            tpot_ticks.extend(t.get_text() for t in tpot.get_xticklabels() if lo <= t.get_position()[0] <= hi)
         real_save(fig, path)
 
     monkeypatch.setattr(plots, "_save", save)
@@ -197,6 +205,9 @@ def test_plots_of_nearly_constant_latencies_have_no_offset(tmp_path, monkeypatch
     assert [p.name for p in paths] == ["latency_cdf.png", "timeline.png", "utilization.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert len(offsets) >= 10 and all(text == "" for text in offsets), offsets
+    # the TPOT axis's ticks are the values themselves, in ms: 0.0000002, not 0.2 times an offset of 1e-6
+    assert len(tpot_ticks) >= 3 and len(set(tpot_ticks)) == len(tpot_ticks), tpot_ticks
+    assert 1e-7 <= float(tpot_ticks[1]) <= 1e-6, tpot_ticks
 
 
 @pytest.mark.parametrize("peak, title", [(0.0, "peak 0% of the KV blocks"), (3e-7, "peak 3e-05% of the KV blocks"),
