@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
+from matplotlib.transforms import ScaledTranslation
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,
                                     latency_unit, mapping_text, plain_axis, widen_if_flat)
@@ -21,6 +22,9 @@ from cent_serve.preflight import check_runnable
 
 DISTSERVE_ATTAINMENT = 0.9
 """DistServe's goodput: the highest rate at which this share of requests meets every SLO."""
+LEGEND_BELOW_PT = 34
+"""How far below its panel a legend under the panel starts (points): past the tick labels and the
+axis label, whatever the panel's height."""
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
@@ -174,7 +178,10 @@ def _attainment(ax, sweep: dict) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     _rate_axis(ax, sweep["rates"])
     ax.set_title("SLO attainment vs rate")
-    ax.legend(fontsize=8, loc="lower left")
+    # under the panel: the points may be anywhere from 0% to 100%, and inside, a legend covered some
+    # (at the lowest rate in the lower left); tight_layout makes room for it
+    below = ax.transAxes + ScaledTranslation(0, -LEGEND_BELOW_PT / 72, ax.figure.dpi_scale_trans)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=2)
 
 
 def _outcomes(ax, rows: list[dict]) -> None:

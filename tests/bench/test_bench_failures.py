@@ -160,6 +160,42 @@ def test_sweep_attainment_counts_failed_requests(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("attainment, goodput", [
+    ([0.2, 0.2, 0.2, 0.2], None),  # a run's: the legend in the lower left covered 0.5 req/s and its label
+    ([1.0, 0.95, 0.4, 0.05], 1.0),
+    ([0.0, 0.0, 0.0, 0.0], None),
+    ([1.0, 1.0, 1.0, 1.0], 4.0),
+])
+def test_the_attainment_legend_covers_no_point_or_label(tmp_path, monkeypatch, attainment, goodput):
+    """sweep.png's SLO attainment panel: its legend sits where no point, rate label or axis text is."""
+    from matplotlib.figure import Figure
+
+    rates = [0.5, 1.0, 2.0, 4.0]
+    rows = [dict(rate=r, output_throughput=40.0 * r, median_ttft_ms=80.0, p99_ttft_ms=470.0, median_tpot_ms=0.2,
+                 p99_tpot_ms=0.27, slo_attainment=a, completed=20, failed=0) for r, a in zip(rates, attainment)]
+    sweep = dict(rates=rates, slos_ms={"ttft": 41.0, "tpot": 5.0}, rows=rows, model="tiny", model_label="tiny",
+                 hardware="cent", mapping=STATUS["mapping"], distserve_goodput_rate=goodput,
+                 attainment_threshold=sweep_mod.DISTSERVE_ATTAINMENT)
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    sweep_mod._plot_sweep(tmp_path, sweep)
+    fig = figs[0]
+    fig.draw_without_rendering()
+    ax = fig.axes[2]
+    assert ax.get_title() == "SLO attainment vs rate"
+    legend = ax.get_legend().get_window_extent()
+    line = ax.lines[0]  # the attainment at each rate
+    points = ax.transData.transform(line.get_xydata())  # the markers' centres, in pixels
+    reach = legend.padded(line.get_markersize() / 2 * fig.dpi / 72)  # a marker within its radius is covered
+    assert len(points) == len(rates) and not any(reach.contains(x, y) for x, y in points), (legend, points)
+    labels = [t.get_window_extent() for t in ax.texts]  # "20%" above each point
+    assert len(labels) == len(rates) and not any(legend.overlaps(b) for b in labels)
+    assert not legend.overlaps(ax.get_window_extent())  # outside the panel: nothing it shows is covered
+    axis_text = [ax.xaxis.label] + [t for t in ax.get_xticklabels() if t.get_text()]
+    assert not any(legend.overlaps(t.get_window_extent()) for t in axis_text)
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1 and fig.bbox.y0 <= legend.y0  # in the file
+
+
 def test_latencies_pick_ms_or_s_and_labels_read_like_the_axis():
     assert latency_unit([175_000.0]) == (1e3, "s")
     assert latency_unit([0.3, 1821.5]) == (1.0, "ms")
