@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter
 
-from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, run_title  # noqa: F401
+from cent_serve.bench.report import run_title
 from cent_serve.bench.runner import BenchResult
 from cent_serve.executor.base import busy_fraction
 

@@ -12,9 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
 from matplotlib.transforms import ScaledTranslation
 
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, hardware_text,
-                                    latency_unit, mapping_text, plain_axis, widen_if_flat)
-from cent_serve.bench.report import reasons_text, source_text, summarize
+from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis, widen_if_flat
+from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, source_text, summarize
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing.mapping import parallelism
 from cent_serve.config import CentConfig, config_to_dict, model_label

@@ -10,8 +10,8 @@ import pytest
 from cent_serve.bench import Request as TraceRequest
 from cent_serve.bench import sweep as sweep_mod
 from cent_serve.bench.http_client import failure_reason
-from cent_serve.bench.plots import fmt_in, latency_unit, mapping_text, plot_all, run_title
-from cent_serve.bench.report import print_table, summarize
+from cent_serve.bench.plots import fmt_in, latency_unit, plot_all
+from cent_serve.bench.report import mapping_text, print_table, run_title, summarize
 from cent_serve.bench.runner import DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, run_in_process
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.request import Request, RequestParams, RequestRefused

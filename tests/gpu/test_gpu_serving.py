@@ -297,7 +297,7 @@ def test_a_gpu_busy_to_the_end_reads_busy_1_not_more():
 
 def test_plot_titles_count_gpus_and_devices_in_words():
     """"1 GPUs used" read wrong: the count agrees with its noun."""
-    from cent_serve.bench.plots import mapping_text
+    from cent_serve.bench.report import mapping_text
 
     one = dict(mode="gpu", pp=1, tp=1, devices_used=1, replicas=1)
     assert mapping_text({"mapping": one}) == "gpu pp 1 x tp 1, 1 GPU used"
