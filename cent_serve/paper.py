@@ -110,11 +110,16 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
     as `closed_form`'s, each with the closed form's beside it under `closed_form`; with `seqlen`
     (default `DEFAULT_SEQLEN`) one token at that context. Also `wall_s`, `sim_tokens_per_wall_s`,
     `executor`, `numerics` and `convention`. Every figure is read off the simulated timestamps
-    the devices put on the data; `power_w` is measured (energy over simulated time)."""
+    the devices put on the data; `power_w` is measured (energy over simulated time). CENT's alone:
+    a GPU config (`gpu.count` > 0) is refused before anything starts (its figures: `closed_form`)."""
     from cent_serve.emulate import emulate_phases, emulate_seqlen
     from cent_serve.executor import make_executor
     from cent_serve.preflight import check_runnable
 
+    if cfg.on_gpus:  # the GPU model is formulas only: no device or fabric worker to run them through
+        raise ValueError(f"--emulate runs CENT's device and fabric workers, which --hardware {cfg.hardware} has "
+                         "none of: drop --hardware to emulate CENT devices, or drop --emulate for the GPU model's "
+                         "closed form (paper.closed_form)")
     check_workload(prompt, decode, seqlen)
     if prompt is not None:
         check_phases(prompt, decode, gap)

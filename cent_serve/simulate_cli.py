@@ -89,15 +89,17 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
                          "batch (one query per pipeline stage)")
+    if args.sweep and args.emulate:  # the sweep ran and --emulate went unread
+        raise ValueError("--sweep and --emulate are two runs: every mapping in the closed form, or one mapping "
+                         "through the devices: drop one of them")
+    if args.emulate:
+        return _run_emulated(cfg, args)  # `emulate` refuses GPUs and checks the workload before it builds an executor
     if cfg.on_gpus:
         return _run_gpu(cfg, args)
-    if not args.emulate:
-        warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
+    warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args)
-    if args.emulate:
-        return _run_emulated(cfg, args)  # `emulate` checks the workload before it builds an executor
     check_workload(args.prompt, args.decode, args.seqlen)  # its phases: `closed_form` checks them
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
@@ -128,8 +130,8 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
     measurements), per phase, from the GPU model (docs/gpu_model.md)."""
     from cent_serve.gpu.timing import GpuTimer
 
-    if args.sweep or args.emulate:
-        raise ValueError("--sweep and --emulate are CENT's: drop them, or drop --hardware gpu:...")
+    if args.sweep:
+        raise ValueError("--sweep runs CENT's mappings: drop it, or drop --hardware gpu:...")
     prompt = 512 if args.prompt is None else args.prompt
     decode = 3584 if args.decode is None else args.decode
     if args.seqlen is not None:

@@ -184,3 +184,35 @@ def test_run_in_process_refuses_what_cannot_run_before_it_builds_the_engine(monk
     cfg = build_config("llama2-70b", devices=8, numerics="off")
     with pytest.raises(ValueError, match="llama2-70b on 8 devices .* does not fit: .* use 9 devices"):
         runner.run_in_process(cfg, [Request("a", 0.0, 16, 4)], progress=False)
+
+
+def test_emulate_refuses_a_gpu_config_as_the_command_does(capsys):
+    """`paper.emulate` on a GPU config crashed in the device workers' timing (`'GpuTimer' object has
+    no attribute 'token_s'`); it refuses in one line, before any worker, as `cent simulate --emulate`
+    does. The closed form and the context check read a GPU config as `cent simulate` does."""
+    from cent_serve.config import build_config
+    from cent_serve.paper import check_context, closed_form, emulate
+
+    says = "--emulate runs CENT's device and fabric workers, which --hardware gpu:a100-80gb:1 has none of: drop"
+    gpu = ["--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--prompt", "512", "--decode", "512"]
+    assert main(["simulate", *gpu, "--emulate", "--local"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    cfg = build_config("llama2-7b", hardware="gpu:a100-80gb:1")
+    for workload in (dict(prompt=512, decode=512), dict(seqlen=1024)):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            emulate(cfg, **workload)
+    assert main(["simulate", *gpu, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    mine = closed_form(cfg, 512, 512)
+    assert mine["batch"] == printed["batch"] and plain(mine["end2end"]) == printed["end2end"]
+    with pytest.raises(ValueError, match=r"--prompt 4000 \+ --decode 512 = 4512 tokens exceed the model's context"):
+        check_context(cfg, 4000, 512)
+    with pytest.raises(ValueError, match="model.max_seq_len=4096"):
+        closed_form(cfg, 4000, 512)
+
+
+def test_simulate_refuses_sweep_with_emulate(capsys):
+    """`cent simulate --sweep --emulate` ran the closed-form sweep and left --emulate unread."""
+    assert main(["simulate", "--model", "tiny", "--sweep", "--emulate", "--local"]) == 2
+    assert "--sweep and --emulate are two runs" in capsys.readouterr().err
