@@ -142,16 +142,25 @@ def test_cli_phases_and_sweep(capsys):
     (dict(prompt=512, decode=512, seqlen=1024), "--seqlen and --prompt/--decode are two forms"),
 ])
 def test_a_workload_of_neither_form_is_refused_alike_in_closed_form_and_emulated(capsys, given, says):
-    """The closed form's command and `paper.emulate` (`--emulate`, a script) refuse it with one message."""
+    """The closed form's command, its sweep, its GPUs and `paper.emulate` (`--emulate`, a script) refuse
+    it with one message, in one line. The sweep and the GPUs filled a missing --decode with 3584 (or
+    --prompt with 512) and ran."""
     from cent_serve.config import build_config
     from cent_serve.paper import emulate
 
     flags = [x for k, v in given.items() for x in (f"--{k}", str(v))]
-    for emulated in ([], ["--emulate", "--local"]):
-        assert main(["simulate", "--model", "tiny", *flags, *emulated]) == 2
-        assert says in capsys.readouterr().err
+    for form in ([], ["--emulate", "--local"], ["--sweep"], ["--hardware", "gpu:a100-80gb:4"]):
+        assert main(["simulate", "--model", "tiny", *flags, *form]) == 2, form
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, (form, err)
     with pytest.raises(ValueError, match=says):
         emulate(build_config("tiny", numerics="off"), **given)
+
+
+def test_sweep_refuses_the_one_token_form(capsys):
+    """`cent simulate --sweep --seqlen N` ran the paper's 512 + 3584 and left --seqlen unread."""
+    assert main(["simulate", "--model", "tiny", "--sweep", "--seqlen", "1024"]) == 2
+    assert "--seqlen is the one-token form; --sweep runs the paper's phases" in capsys.readouterr().err
 
 
 def test_simulate_a_hugging_face_config(tmp_path, capsys):
