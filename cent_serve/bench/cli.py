@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(pa)
     _add_request_args(pa)
     pa.add_argument("--out", default="bench-paper", help="results directory (default: %(default)s)")
+    pa.add_argument("--no-plots", action="store_true", help="write paper.json, paper.csv and config.json only")
     pa.set_defaults(func=run_paper_cmd)
 
     cm = bsub.add_parser("compare", help="one trace on CENT devices and on GPUs, side by side",
@@ -434,7 +435,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
                          "on one trace use cent bench compare --gpu KIND:N)")
     requests, recorded = select_requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out),
-              bench=recorded)
+              bench=recorded, plots=not args.no_plots)
     print(f"results in {Path(args.out)}/")
     return 0
 

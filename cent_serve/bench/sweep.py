@@ -205,9 +205,9 @@ def _outcomes(ax, rows: list[dict]) -> None:
 
 
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
-              bench: dict | None = None) -> list[dict]:
-    """The same trace on every mapping; a table (paper.json, paper.csv) and a plot, with the
-    GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput. `bench`: the
+              bench: dict | None = None, plots: bool = True) -> list[dict]:
+    """The same trace on every mapping; a table (paper.json, paper.csv) and, with `plots`, a plot, with
+    the GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput. `bench`: the
     options that shaped the requests, recorded in paper.json."""
     from cent_serve.timing.energy import cost_figures, gpu_baseline
 
@@ -257,7 +257,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     keys = [k for k, v in rows[0].items() if not isinstance(v, dict)]  # failure_counts: in paper.json
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")
-    _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device))
+    if plots:
+        _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device))
     return rows
 
 

@@ -212,7 +212,7 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
 @pytest.mark.parametrize("command, checks", [
     (["bench", "sweep", "--rates", "5,50", "--no-plots"], 1),  # before the trace is read; not again at each rate
     (["bench", "compare", "--rates", "5,50", "--no-plots"], 2),  # each side, before either side's first replay
-    (["bench", "paper", "--model", "llama2-7b"], 5),  # each mapping (a mapping that cannot run is skipped)
+    (["bench", "paper", "--model", "llama2-7b", "--no-plots"], 5),  # each mapping (a mapping that cannot run is skipped)
     (["bench", "run", "--no-plots"], 1),  # in run_in_process, before its engine
     (["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=16,32", "--trace", "sample_conv",
       "--no-plots"], 2),  # each point, before its replay
@@ -235,12 +235,16 @@ def test_a_command_checks_what_cannot_run_once(tmp_path, monkeypatch, command, c
 
 
 def test_paper_prints_why_requests_failed(tmp_path, capsys):
+    """Also: --no-plots writes the tables and config.json without paper.png, as bench run, sweep and
+    compare take it (bench paper had no --no-plots)."""
     trace = tmp_path / "t.csv"
     trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n0.1,5000,4\n")
+    out = tmp_path / "paper"
     assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--trace",
-                 str(trace), "--out", str(tmp_path / "paper")]) == 0
+                 str(trace), "--out", str(out), "--no-plots"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("pp ")]
     assert len(lines) == 5 and all("1 done, 1 failed (context_exceeded 1)" in x for x in lines), lines
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "paper.csv", "paper.json"]
 
 
 @pytest.mark.parametrize("lengths, warn, raised, message", [
