@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, place_rate_labels,
+                                    plain_axis)
 from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,
                                      source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process
@@ -170,52 +171,6 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
                  f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-
-
-RATE_LABEL_POINTS = 7
-"""Font size of the rate labels beside the p99 points of compare_sweep.png."""
-RATE_LABEL_STYLES = (dict(xytext=(3, 5)),  # beside the point, above right
-                     dict(xytext=(0, 7), rotation=90, ha="center", va="bottom"))  # upright above it
-"""How a series' rate labels are set, tried in order until none covers another label."""
-
-
-def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float]]]]) -> None:
-    """Name the rate of each point, per series (color, [(x, y, rate)], data coordinates), with
-    no two labels overlapping: each beside its point; when a series' labels would cover each
-    other (or another series'), upright above their points; when even those would, one label
-    listing the series' rates from left to right. Call once the limits and layout are final."""
-
-    def boxes(labels: list[tuple[float, float, str]], style: dict) -> list:
-        out = []
-        for x, y, text in labels:
-            probe = ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, **style)
-            out.append(probe.get_window_extent().padded(1.5))  # measured as savefig draws a PNG (Agg)
-            probe.remove()
-        return out
-
-    def clear(new: list, placed: list) -> bool:
-        return not any(a.overlaps(b) for i, a in enumerate(new) for b in new[i + 1:] + placed)
-
-    placed: list = []
-    for color, points in series:
-        labels = [(x, y, f"{rate:g}/s") for x, y, rate in points]
-        for style in RATE_LABEL_STYLES:
-            new = boxes(labels, style)
-            if clear(new, placed):
-                break
-        else:  # too crowded for a label each: one for the series, at its rightmost point
-            ordered = sorted(points)
-            x, y, _ = ordered[-1]
-            labels = [(x, y, ", ".join(f"{r:g}" for _, _, r in ordered) + " req/s, left to right")]
-            style = RATE_LABEL_STYLES[0]
-            new = boxes(labels, style)
-            if new[0].x1 > ax.get_window_extent().x1:  # past the axes' right edge: end at the point
-                style = dict(xytext=(-3, 5), ha="right")
-                new = boxes(labels, style)
-        placed += new
-        for x, y, text in labels:
-            ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, color=color,
-                        annotation_clip=False, **style)
 
 
 def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:

@@ -1,5 +1,6 @@
 """PNG plots of a bench run (matplotlib, headless): latency CDFs, the engine over time,
-per-device utilization; and the axis helpers `cent bench sweep` and `paper` share.
+per-device utilization; and the helpers `cent bench sweep`, `paper` and `compare` share (axes,
+rate labels that cover no other).
 
 Every figure's title names the model, the devices and the mapping, and how many requests
 completed and failed. Axes are plain numbers (never an offset such as `1e-10+2.377e-1`), with few
@@ -68,6 +69,52 @@ def widen_if_flat(ax, lo: float, hi: float, which: str = "x") -> None:
         return
     pad = 0.1 * abs(hi) if hi else 1.0
     (ax.set_xlim if which == "x" else ax.set_ylim)(lo - pad, hi + pad)
+
+
+RATE_LABEL_POINTS = 7
+"""Font size of the rate labels beside the p99 points of sweep.png and compare_sweep.png."""
+RATE_LABEL_STYLES = (dict(xytext=(3, 5)),  # beside the point, above right
+                     dict(xytext=(0, 7), rotation=90, ha="center", va="bottom"))  # upright above it
+"""How a series' rate labels are set, tried in order until none covers another label."""
+
+
+def place_rate_labels(ax, series: list[tuple[str, list[tuple[float, float, float]]]]) -> None:
+    """Name the rate of each point, per series (color, [(x, y, rate)], data coordinates), with
+    no two labels overlapping: each beside its point; when a series' labels would cover each
+    other (or another series'), upright above their points; when even those would, one label
+    listing the series' rates from left to right. Call once the limits and layout are final."""
+
+    def boxes(labels: list[tuple[float, float, str]], style: dict) -> list:
+        out = []
+        for x, y, text in labels:
+            probe = ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, **style)
+            out.append(probe.get_window_extent().padded(1.5))  # measured as savefig draws a PNG (Agg)
+            probe.remove()
+        return out
+
+    def clear(new: list, placed: list) -> bool:
+        return not any(a.overlaps(b) for i, a in enumerate(new) for b in new[i + 1:] + placed)
+
+    placed: list = []
+    for color, points in series:
+        labels = [(x, y, f"{rate:g}/s") for x, y, rate in points]
+        for style in RATE_LABEL_STYLES:
+            new = boxes(labels, style)
+            if clear(new, placed):
+                break
+        else:  # too crowded for a label each: one for the series, at its rightmost point
+            ordered = sorted(points)
+            x, y, _ = ordered[-1]
+            labels = [(x, y, ", ".join(f"{r:g}" for _, _, r in ordered) + " req/s, left to right")]
+            style = RATE_LABEL_STYLES[0]
+            new = boxes(labels, style)
+            if new[0].x1 > ax.get_window_extent().x1:  # past the axes' right edge: end at the point
+                style = dict(xytext=(-3, 5), ha="right")
+                new = boxes(labels, style)
+        placed += new
+        for x, y, text in labels:
+            ax.annotate(text, (x, y), textcoords="offset points", fontsize=RATE_LABEL_POINTS, color=color,
+                        annotation_clip=False, **style)
 
 
 def _save(fig, path: Path) -> None:

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
 from matplotlib.transforms import ScaledTranslation
 
-from cent_serve.bench.plots import DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, plain_axis, widen_if_flat
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, place_rate_labels, plain_axis,
+                                    widen_if_flat)
 from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, source_text, summarize
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing.mapping import parallelism
@@ -103,8 +104,8 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     fig = Figure(figsize=(13, 9))
     axes = fig.subplots(2, 2)
     thr = [r["output_throughput"] for r in rows]
-    for ax, metric, name in ((axes[0, 0], "ttft", "TTFT"), (axes[0, 1], "tpot", "TPOT")):
-        _latency_vs_throughput(ax, rows, thr, metric, name, slos.get(metric))
+    labels = {ax: _latency_vs_throughput(ax, rows, thr, metric, name, slos.get(metric))
+              for ax, metric, name in ((axes[0, 0], "ttft", "TTFT"), (axes[0, 1], "tpot", "TPOT"))}
     _attainment(axes[1, 0], sweep)
     _outcomes(axes[1, 1], rows)
     slo_text = ", ".join(f"{k} {fmt_ms(v)}" for k, v in slos.items()) or "none (give --goodput)"
@@ -115,20 +116,21 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
                  f"{mapping_text(status)}"
                  f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
     fig.tight_layout()
+    for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
+        place_rate_labels(ax, [("black", points)])
     fig.savefig(out_dir / "sweep.png", dpi=DPI)
 
 
 def _latency_vs_throughput(ax, rows: list[dict], thr: list[float], metric: str, name: str,
-                           slo_ms: float | None) -> None:
+                           slo_ms: float | None) -> list[tuple[float, float, float]]:
+    """The panel, and its p99 points to name the rates of ([(x, y, rate)], data coordinates): the
+    caller places their labels (`place_rate_labels`) once the figure's layout is final."""
     vals = {p: [r[f"{p}_{metric}_ms"] for r in rows] for p in ("median", "p99")}
     shown = [v for vs in vals.values() for v in vs if v is not None]
     div, unit = latency_unit(shown + ([slo_ms] if slo_ms is not None and shown
                                       and slo_ms <= SLO_OFF_AXIS * max(shown) else []))
     for p, style, label in (("median", "o-", "p50"), ("p99", "s--", "p99")):
         ax.plot(thr, [np.nan if v is None else v / div for v in vals[p]], style, label=f"{name} {label}")
-    for x, y, r in zip(thr, vals["p99"], rows):
-        if y is not None:
-            ax.annotate(f"{r['rate']:g} req/s", (x, y / div), textcoords="offset points", xytext=(4, 6), fontsize=8)
     drawn = slo_ms is not None and shown and slo_ms <= SLO_OFF_AXIS * max(shown)
     if drawn:
         ax.axhline(slo_ms / div, color="tab:red", lw=1.2, label=f"SLO {fmt_in(slo_ms, div, unit)}")
@@ -146,6 +148,7 @@ def _latency_vs_throughput(ax, rows: list[dict], thr: list[float], metric: str, 
     plain_axis(ax.yaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", ncol=3)
+    return [(x, y / div, r["rate"]) for x, y, r in zip(thr, vals["p99"], rows) if y is not None]
 
 
 def _rate_axis(ax, rates: list[float]) -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 from matplotlib.figure import Figure
 
-from cent_serve.bench.compare import place_rate_labels
+from cent_serve.bench.plots import place_rate_labels
 from cent_serve.cli import main
 
 HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"

@@ -196,6 +196,50 @@ def test_the_attainment_legend_covers_no_point_or_label(tmp_path, monkeypatch, a
     assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1 and fig.bbox.y0 <= legend.y0  # in the file
 
 
+def _sweep_figure(tmp_path, monkeypatch, rates, thr, p99_ttft, attainment, goodput):
+    """sweep.png's figure, drawn (as savefig would) but not written."""
+    from matplotlib.figure import Figure
+
+    rows = [dict(rate=r, output_throughput=x, median_ttft_ms=80.0, p99_ttft_ms=y, median_tpot_ms=0.2,
+                 p99_tpot_ms=0.27 + 0.001 * i, slo_attainment=a, completed=20, failed=0)
+            for i, (r, x, y, a) in enumerate(zip(rates, thr, p99_ttft, attainment))]
+    sweep = dict(rates=rates, slos_ms={"ttft": 300.0, "tpot": 5.0}, rows=rows, model="tiny", model_label="tiny",
+                 hardware="cent", mapping=STATUS["mapping"], distserve_goodput_rate=goodput,
+                 attainment_threshold=sweep_mod.DISTSERVE_ATTAINMENT)
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    sweep_mod._plot_sweep(tmp_path, sweep)
+    figs[0].draw_without_rendering()
+    return figs[0]
+
+
+SWEEPS = [  # rates, output throughput (tok/s), p99 TTFT (ms), attainment, goodput
+    # a run's (tiny, 20 requests): 0.5 and 1 req/s at 44 and 87 tok/s, their labels overlapped
+    ([0.5, 1.0, 2.0, 4.0, 8.0], [43.9, 86.6, 170.4, 329.8, 619.8], [470, 470, 470, 485, 485], [0.95] * 5, 8.0),
+    ([1.0, 8.0, 32.0], [113.5, 848.9, 1976.2], [1080, 1140, 1180], [0.875, 0.875, 0.85], None),  # well apart
+    ([0.25, 1.0, 4.0, 16.0, 64.0], [21.9, 86.6, 329.8, 1074.1, 2159.8], [470, 470, 485, 497, 504],  # log-spaced
+     [0.95, 0.95, 0.95, 0.85, 0.85], 4.0),
+    ([1.0, 2.0, 4.0, 8.0], [60.0, 60.0, 60.0, 60.0], [900, 1800, 3600, 7200], [1.0, 0.5, 0.2, 0.0], 1.0),  # saturated
+]
+
+
+@pytest.mark.parametrize("rates, thr, p99_ttft, attainment, goodput", SWEEPS)
+def test_sweep_rate_labels_do_not_overlap(tmp_path, monkeypatch, rates, thr, p99_ttft, attainment, goodput):
+    """sweep.png's TTFT and TPOT panels: no rate label covers another or the legend, and every rate is named."""
+    fig = _sweep_figure(tmp_path, monkeypatch, rates, thr, p99_ttft, attainment, goodput)
+    for ax in fig.axes[:2]:
+        boxes = [t.get_window_extent() for t in ax.texts]
+        assert boxes, ax.get_title()
+        pairs = [(ax.texts[i].get_text(), ax.texts[j].get_text()) for i, a in enumerate(boxes)
+                 for j, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+        assert not pairs, (ax.get_title(), pairs)
+        legend = ax.get_legend().get_window_extent()
+        assert not any(legend.overlaps(b) for b in boxes), ax.get_title()
+        named = " ".join(t.get_text() for t in ax.texts)
+        assert all(f"{r:g}" in named for r in rates), (ax.get_title(), named)
+        assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 for b in boxes)  # in the file
+
+
 def test_latencies_pick_ms_or_s_and_labels_read_like_the_axis():
     assert latency_unit([175_000.0]) == (1e3, "s")
     assert latency_unit([0.3, 1821.5]) == (1.0, "ms")
