@@ -25,6 +25,8 @@ DISTSERVE_ATTAINMENT = 0.9
 LEGEND_BELOW_PT = 34
 """How far below its panel a legend under the panel starts (points): past the tick labels and the
 axis label, whatever the panel's height."""
+LABEL_ZORDER = 4
+"""The attainment labels' (over their white boxes); the lines they sit on are drawn below it."""
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
@@ -169,12 +171,13 @@ def _attainment(ax, sweep: dict) -> None:
         return
     att = [100 * r["slo_attainment"] for r in rows]
     ax.plot(sweep["rates"], att, "o-", label="attainment (failed requests miss)")
-    for x, y in zip(sweep["rates"], att):
-        ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    for x, y in zip(sweep["rates"], att):  # on white: readable where the goodput or threshold line crosses
+        ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8,
+                    zorder=LABEL_ZORDER, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1))
     ax.axhline(100 * sweep["attainment_threshold"], ls=":", color="gray",
                label=f"DistServe threshold {100 * sweep['attainment_threshold']:.0f}%")
     g = sweep["distserve_goodput_rate"]
-    ax.axvline(g if g is not None else np.nan, ls="--", color="tab:green",
+    ax.axvline(g if g is not None else np.nan, ls="--", color="tab:green", zorder=LABEL_ZORDER - 1,
                label=f"goodput {g:g} req/s" if g is not None else "goodput: no rate meets the threshold")
     ax.set_ylim(0, 110)
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))

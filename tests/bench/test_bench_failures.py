@@ -240,6 +240,25 @@ def test_sweep_rate_labels_do_not_overlap(tmp_path, monkeypatch, rates, thr, p99
         assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 for b in boxes)  # in the file
 
 
+@pytest.mark.parametrize("rates, thr, p99_ttft, attainment, goodput", [s for s in SWEEPS if s[-1] is not None])
+def test_the_attainment_label_at_the_goodput_rate_is_over_the_line(tmp_path, monkeypatch, rates, thr, p99_ttft,
+                                                                    attainment, goodput):
+    """The percentage at the goodput rate sits on a white box drawn over the goodput line (the
+    line crossed the text)."""
+    fig = _sweep_figure(tmp_path, monkeypatch, rates, thr, p99_ttft, attainment, goodput)
+    ax = fig.axes[2]
+    line = next(ln for ln in ax.lines if ln.get_label().startswith("goodput"))
+    label = ax.texts[rates.index(goodput)]
+    assert label.get_text() == f"{100 * attainment[rates.index(goodput)]:.0f}%"
+    box = label.get_bbox_patch()
+    assert box is not None and box.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert label.get_zorder() > line.get_zorder()  # the box hides the line where they cross
+    x = ax.transData.transform((goodput, 0))[0]
+    extent = label.get_window_extent()
+    assert extent.x0 < x < extent.x1  # the line does run through the label: the box is what keeps it readable
+    assert box.get_window_extent().x0 <= extent.x0 and extent.x1 <= box.get_window_extent().x1
+
+
 def test_latencies_pick_ms_or_s_and_labels_read_like_the_axis():
     assert latency_unit([175_000.0]) == (1e3, "s")
     assert latency_unit([0.3, 1821.5]) == (1.0, "ms")
