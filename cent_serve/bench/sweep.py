@@ -145,7 +145,7 @@ def _latency_vs_throughput(ax, rows: list[dict], thr: list[float], metric: str, 
         widen_if_flat(ax, min(thr), max(thr))  # a saturated sweep: every rate at one throughput
     ax.set_xlabel("output throughput (tok/s, simulated)")
     ax.set_ylabel(f"{name} ({unit}, simulated)")
-    ax.set_title(f"{name} vs throughput (completed requests)")
+    ax.set_title(f"{name} vs throughput (completed requests; p99 labelled by request rate)", fontsize=11)
     plain_axis(ax.xaxis)
     plain_axis(ax.yaxis)
     ax.grid(alpha=0.3)
