@@ -168,19 +168,8 @@ def test_sweep_attainment_counts_failed_requests(tmp_path, monkeypatch, capsys):
 ])
 def test_the_attainment_legend_covers_no_point_or_label(tmp_path, monkeypatch, attainment, goodput):
     """sweep.png's SLO attainment panel: its legend sits where no point, rate label or axis text is."""
-    from matplotlib.figure import Figure
-
     rates = [0.5, 1.0, 2.0, 4.0]
-    rows = [dict(rate=r, output_throughput=40.0 * r, median_ttft_ms=80.0, p99_ttft_ms=470.0, median_tpot_ms=0.2,
-                 p99_tpot_ms=0.27, slo_attainment=a, completed=20, failed=0) for r, a in zip(rates, attainment)]
-    sweep = dict(rates=rates, slos_ms={"ttft": 41.0, "tpot": 5.0}, rows=rows, model="tiny", model_label="tiny",
-                 hardware="cent", mapping=STATUS["mapping"], distserve_goodput_rate=goodput,
-                 attainment_threshold=sweep_mod.DISTSERVE_ATTAINMENT)
-    figs = []
-    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
-    sweep_mod._plot_sweep(tmp_path, sweep)
-    fig = figs[0]
-    fig.draw_without_rendering()
+    fig = _sweep_figure(tmp_path, monkeypatch, rates, [40.0 * r for r in rates], [470.0] * len(rates), attainment, goodput)
     ax = fig.axes[2]
     assert ax.get_title() == "SLO attainment vs rate"
     legend = ax.get_legend().get_window_extent()
