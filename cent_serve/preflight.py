@@ -42,6 +42,11 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
             if n is not None:
                 ways.append(f"{n} devices (the fewest that hold it){lanes}")
+            elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
+                more = (f" with --set fabric.switch_lanes={par.num_devices}"
+                        if par.num_devices > cfg.fabric.switch_lanes else "")
+                ways.append(f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} (the fewest that hold it "
+                            f"with more stages or a larger tp){more}")
             ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
@@ -78,9 +83,11 @@ def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> Pa
     """The fewest devices, with their pp and tp, that hold the weights and the KV cache of `batch`
     sequences (None: one a stage) of `kv_tokens` tokens with more stages than the user's pp (the
     same tp) or a larger tp dividing the heads (the same pp), each on pp x tp devices; at a tie, more
-    stages. None if none up to `MAX_DEVICES` does. For weights no count of devices holds with the
-    user's pp and tp: a copy takes pp x tp devices, which cannot exceed the devices given, so either
-    change needs more devices."""
+    stages. None if none up to `MAX_DEVICES` does. For weights, or a KV cache, no count of devices
+    holds with the user's pp and tp (more devices only add copies): a copy takes pp x tp devices,
+    which cannot exceed the devices given, so either change needs more devices; a larger tp splits
+    each block's weights and KV over more of them. At most the layers plus the heads' divisors
+    mappings (a few ms each)."""
     m, par = cfg.model, cfg.parallel
     pp = par.pp or m.num_layers
     more_stages = [(s * par.tp, s, par.tp) for s in range(pp + 1, m.num_layers + 1)]

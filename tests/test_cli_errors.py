@@ -445,6 +445,51 @@ def test_weights_that_more_devices_only_copy_are_told_how_many_devices_hold_them
         capsys.readouterr()
 
 
+def test_a_kv_cache_more_devices_only_copy_is_told_the_stages_or_tp_that_hold_it(capsys):
+    """70B at 131,072 tokens on 80 devices, a block a device: the weights fit, the KV of 80 queries
+    does not, and more devices with one stage a block only add copies, so the refusal offered --batch
+    or a shorter context alone. A larger tp splits each block's KV over more devices: it names the
+    fewest devices with more stages or a larger tp that hold it (320 as 80 stages x tp 4: tp 2 on 160
+    does not), with the switch lanes they need, and that mapping runs. 7B on one device likewise gets
+    more stages (6; 5 do not)."""
+    from cent_serve.cli import main
+    from cent_serve.config import FabricConfig
+
+    long = ["--set", "model.max_seq_len=131072", "--seqlen", "131072"]
+    for model, devices, given, (fix, fewer) in (
+            ("llama2-70b", ["--devices", "80"], [], (("320", "80", "4"), ("160", "80", "2"))),
+            ("llama2-7b", ["--devices", "1", "--pp", "1"], ["--batch", "1"], (("6", "6", "1"), ("5", "5", "1")))):
+        assert main(["simulate", "--model", model, *devices, *long, *given]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "exceed the device's 16.00 GiB" in err, err  # one line, the KV branch
+        found = re.search(r"(?:, |use )(\d+) devices with --pp (\d+) --tp (\d+) \(the fewest that hold it with more stages "
+                          r"or a larger tp\)( with --set fabric.switch_lanes=(\d+))?, or a shorter context with "
+                          r"--seqlen N$", err.rstrip())
+        assert found and found.groups()[:3] == fix, err
+        lanes = ["--set", f"fabric.switch_lanes={found[5]}"] if found[5] else []
+        assert bool(lanes) == (int(fix[0]) > FabricConfig().switch_lanes), err  # named past the switch's lanes
+        mapping = ["--devices", fix[0], "--pp", fix[1], "--tp", fix[2]]
+        assert main(["simulate", "--model", model, *mapping, *lanes, *long, *given]) == 0
+        capsys.readouterr()
+        assert main(["simulate", "--model", model, "--devices", fewer[0], "--pp", fewer[1], "--tp", fewer[2],
+                     "--set", "fabric.switch_lanes=1024", *long, *given]) == 2  # the fewest: less does not hold it
+        assert "does not fit" in capsys.readouterr().err
+
+
+def test_sweep_rows_whose_kv_cache_does_not_fit_name_the_stages_or_tp_that_hold_it(capsys):
+    """`cent simulate --sweep` of 70B at 65,536 + 65,536 tokens on 32 devices: rows whose weights fit
+    but whose KV does not, which more devices only copy, name a mapping that holds it, and it runs."""
+    from cent_serve.cli import main
+
+    work = ["--prompt", "65536", "--decode", "65536", "--set", "model.max_seq_len=131072"]
+    assert main(["simulate", "--sweep", "--model", "llama2-70b", "--devices", "32", *work, "--json"]) == 0
+    rows = {(r["pp"], r["tp"]): r.get("error") for r in json.loads(capsys.readouterr().out)}
+    assert "use 64 devices with --pp 16 --tp 4 (the fewest that hold it with more stages or a larger tp), or a " \
+           "shorter context with a smaller --prompt or --decode" in rows[(16, 2)], rows
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "4", *work]) == 0
+    capsys.readouterr()
+
+
 def test_sweep_rows_that_do_not_fit_name_the_devices_that_hold_them_as_simulate_does(capsys):
     """`cent simulate --sweep` on 8 devices: every mapping uses all 8, so raising --pp (which --sweep
     refuses) or tp cannot make a row fit on them; a row said "use more stages (--pp) or a larger tp".

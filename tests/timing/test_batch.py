@@ -44,13 +44,19 @@ def test_long_context_runs_at_a_batch_that_fits(capsys):
     over = ["--devices", "79", *args[5:]]  # the count it names holds the 80 queries, one fewer does not
     assert main(args[:3] + over) == 2 and main(args[:3] + ["--devices", "80", *args[5:]]) == 0
     capsys.readouterr()
-    # 131,072 tokens: no count holds 80 queries (a block a device already; more only add copies), so no
-    # count is named and "more devices" is not offered either (review)
-    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "131072", "--set",
-                 "model.max_seq_len=131072"]) == 2
+    # 131,072 tokens: no count holds 80 queries with one stage a block (a block a device already; more
+    # only add copies), so no count alone is named and "more devices" is not offered (review); a larger tp
+    # splits each block's KV over more devices, so the fewest devices with more stages or a larger tp that
+    # hold it are (it offered --batch 7 or a shorter context alone), and that mapping runs
+    long = ["--seqlen", "131072", "--set", "model.max_seq_len=131072"]
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", *long]) == 2
     err = capsys.readouterr().err
-    assert err.rstrip().endswith("the largest batch at context 131072 is 7; or use --batch 7, or a shorter context "
-                                 "with --seqlen N"), err
+    assert err.rstrip().endswith("the largest batch at context 131072 is 7; or use --batch 7, 320 devices with --pp 80 "
+                                 "--tp 4 (the fewest that hold it with more stages or a larger tp) with --set "
+                                 "fabric.switch_lanes=320, or a shorter context with --seqlen N"), err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "320", "--pp", "80", "--tp", "4", "--set",
+                 "fabric.switch_lanes=320", *long]) == 0
+    capsys.readouterr()
     assert main(args + ["--batch", "8"]) == 0
     fig = json.loads(capsys.readouterr().out)
     assert fig["batch"] == 8 and fig["seqlen"] == 30976
