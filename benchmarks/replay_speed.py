@@ -4,18 +4,23 @@ The workload is `cent bench run`'s in-process replay of the shipped Azure conver
 (its first `--num-requests`, default 1,000, or the whole trace with `--num-requests 0`) on
 Llama2-70B timing-only, 32 devices, pp 80 (`--pp` and `--tp` choose another mapping: a
 tensor-parallel one, e.g. `--pp 4 --tp 8`, runs about twelve times the rounds for the same
-requests). With `--against REF` the same command runs in a temporary git worktree of REF first,
+requests; `--model` and `--devices` another model and device count: `--model llama2-7b --devices
+128 --pp 1` is 128 one-device replicas, where the per-round work of the replicas that have none
+shows). With `--against REF` the same command runs in a temporary git worktree of REF first,
 and the script prints the wall-time ratio and whether the simulated results (every requests.csv
-column but the error text) are the same bit for bit, and where not, by how much. The machine's
-load average is printed with the times: on a shared machine wall times vary with it, and the
-ratio of one run is what compares.
+column but the error text, and summary.json but its wall time) are the same bit for bit, and
+where not, by how much; `--repeat N` runs the pair N times, interleaved (old, new, old, new, ...),
+and prints each pair's ratio. The machine's load average is printed with the times: on a shared
+machine wall times vary with it, and the ratio of one pair is what compares.
 
-    .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--pp 80] [--tp 1] [--against COMMIT]
+    .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--model llama2-70b] [--devices 32]
+        [--pp 80] [--tp 1] [--against COMMIT] [--repeat 1]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND = ["bench", "run", "--model", "llama2-70b", "--devices", "32", "--numerics", "off", "--no-plots"]
+COMMAND = ["bench", "run", "--numerics", "off", "--no-plots"]
 TRACE = "cent_serve/bench/data/azure_conv_2023.csv"
 
 
@@ -81,36 +86,54 @@ def compare(old: Path, new: Path) -> str:
                                      for k, v in diffs.items()) + note
 
 
+def compare_summary(old: Path, new: Path) -> str:
+    """'identical' when summary.json's entries, but the wall time, are equal (floats bit for bit);
+    else the keys that differ."""
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (old, new))
+    for d in (a, b):
+        d.pop("wall_s", None)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return "identical" if not keys else "DIFFERENT: " + ", ".join(keys)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-requests", type=int, default=1000, help="0: the whole trace")
+    ap.add_argument("--model", default="llama2-70b", help="a model preset (default llama2-70b)")
+    ap.add_argument("--devices", type=int, default=32, help="CENT devices (default 32; more than the mapping uses: "
+                                                             "data-parallel replicas)")
     ap.add_argument("--pp", type=int, default=80, help="pipeline stages (default 80)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel devices per stage (default 1)")
     ap.add_argument("--against", help="a git commit to time in the same run (e.g. the pre-redesign one)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed pairs, interleaved (default 1)")
     args = ap.parse_args()
-    mapping = ["--pp", str(args.pp), "--tp", str(args.tp)]
+    mapping = ["--model", args.model, "--devices", str(args.devices), "--pp", str(args.pp), "--tp", str(args.tp)]
+    n = args.num_requests or "all"
+    print(f"in-process replay, {args.model} timing-only on {args.devices} devices (pp {args.pp}, tp {args.tp}), "
+          f"{n} requests of azure_conv_2023")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        results = {}
+        old = tmp / "old"
         if args.against:
-            old = tmp / "old"
             subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                results["old"] = (replay(old, args.num_requests, tmp / "out-old", mapping), tmp / "out-old",
+        try:
+            for k in range(args.repeat):
+                results = {}
+                if args.against:
+                    results["old"] = (replay(old, args.num_requests, tmp / f"out-old{k}", mapping),
+                                      tmp / f"out-old{k}", os.getloadavg()[0])
+                results["new"] = (replay(REPO, args.num_requests, tmp / f"out-new{k}", mapping), tmp / f"out-new{k}",
                                   os.getloadavg()[0])
-            finally:
+                for name, (wall, _, load) in results.items():
+                    print(f"  {name:<4} {wall:8.1f} s wall  (load average {load:.2f} after it)")
+                if "old" in results:
+                    print(f"  old / new = {results['old'][0] / results['new'][0]:.2f}x faster; simulated results "
+                          f"{compare(results['old'][1], results['new'][1])}; summary.json (but wall_s) "
+                          f"{compare_summary(results['old'][1], results['new'][1])}", flush=True)
+        finally:
+            if args.against:
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=True)
-        results["new"] = (replay(REPO, args.num_requests, tmp / "out-new", mapping), tmp / "out-new",
-                          os.getloadavg()[0])
-        n = args.num_requests or "all"
-        print(f"in-process replay, Llama2-70B timing-only on 32 devices (pp {args.pp}, tp {args.tp}), {n} requests "
-              "of azure_conv_2023")
-        for name, (wall, _, load) in results.items():
-            print(f"  {name:<4} {wall:8.1f} s wall  (load average {load:.2f} after it)")
-        if "old" in results:
-            print(f"  old / new = {results['old'][0] / results['new'][0]:.2f}x faster; simulated results "
-                  f"{compare(results['old'][1], results['new'][1])}")
 
 
 if __name__ == "__main__":
