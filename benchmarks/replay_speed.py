@@ -49,7 +49,7 @@ def replay(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> floa
 
 
 def _run(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> None:
-    args = [*COMMAND, *mapping, "--trace", str(REPO / TRACE), "--out", str(out)]
+    args = [*COMMAND, *mapping, "--trace", str(tree / TRACE), "--out", str(out)]
     if num_requests:
         args += ["--num-requests", str(num_requests)]
     env = dict(os.environ, PYTHONPATH=str(tree))
