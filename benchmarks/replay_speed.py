@@ -10,8 +10,9 @@ shows). With `--against REF` the same command runs in a temporary git worktree o
 and the script prints the wall-time ratio and whether the simulated results (every requests.csv
 column but the error text, and summary.json but its wall time) are the same bit for bit, and
 where not, by how much; `--repeat N` runs the pair N times, interleaved (old, new, old, new, ...),
-and prints each pair's ratio. The machine's load average is printed with the times: on a shared
-machine wall times vary with it, and the ratio of one pair is what compares.
+and prints each pair's ratios (wall, and CPU seconds of the replay's process). The machine's load
+average is printed with the times: on a shared machine wall times vary with it, and the ratio of
+one pair is what compares.
 
     .venv/bin/python benchmarks/replay_speed.py [--num-requests 1000] [--model llama2-70b] [--devices 32]
         [--pp 80] [--tp 1] [--against COMMIT] [--repeat 1]
@@ -22,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,13 +41,15 @@ sources, so a fresh worktree would otherwise charge compiling them to the older 
 identical commit timed about 1.7x slower)."""
 
 
-def replay(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> float:
-    """Wall seconds of the replay run by the code in `tree` (results in `out`; `mapping`: the
-    --pp/--tp arguments), after an untimed short one that fills the tree's numba cache."""
+def replay(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of the replay run by the code in `tree` (results in
+    `out`; `mapping`: the model, device and mapping arguments), after an untimed short one that
+    fills the tree's numba cache. The CPU time moves less with the machine's other work."""
     _run(tree, WARM_REQUESTS, out.with_name(out.name + "-warm"), mapping)
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     _run(tree, num_requests, out, mapping)
-    return time.perf_counter() - t0
+    r1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    return t1 - t0, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
 def _run(tree: Path, num_requests: int, out: Path, mapping: list[str]) -> None:
@@ -125,10 +129,11 @@ def main() -> None:
                                       tmp / f"out-old{k}", os.getloadavg()[0])
                 results["new"] = (replay(REPO, args.num_requests, tmp / f"out-new{k}", mapping), tmp / f"out-new{k}",
                                   os.getloadavg()[0])
-                for name, (wall, _, load) in results.items():
-                    print(f"  {name:<4} {wall:8.1f} s wall  (load average {load:.2f} after it)")
+                for name, ((wall, cpu), _, load) in results.items():
+                    print(f"  {name:<4} {wall:8.1f} s wall  {cpu:8.1f} s CPU  (load average {load:.2f} after it)")
                 if "old" in results:
-                    print(f"  old / new = {results['old'][0] / results['new'][0]:.2f}x faster; simulated results "
+                    (wo, co), (wn, cn) = results["old"][0], results["new"][0]
+                    print(f"  old / new = {wo / wn:.2f}x wall, {co / cn:.2f}x CPU; simulated results "
                           f"{compare(results['old'][1], results['new'][1])}; summary.json (but wall_s) "
                           f"{compare_summary(results['old'][1], results['new'][1])}", flush=True)
         finally:
