@@ -86,7 +86,7 @@ class Scheduler:
         """A sliding-window model's KV per sequence (`CentConfig.kv_tokens_cap`), else None."""
         self.with_token_ids = with_token_ids
         """Full numerics: plans carry the input ids and which sequences want logits."""
-        self._freed: list[list[int]] = [[] for _ in range(num_replicas)]  # seq ids the devices may forget
+        self._freed: dict[int, list[int]] = {}  # per replica with any, seq ids its devices may forget
         self._layouts: list[Layout | None] = [None] * num_replicas
         """Each replica's last plan's layout: an equal one is sent as that same object, so each device
         (and the timer, and the switch) knows it by identity, not by comparing it again."""
@@ -127,7 +127,7 @@ class Scheduler:
         a replica that comes back has new devices, which know no sequence)."""
         assert up or not any(q.replica == replica for q in self.running), f"replica {replica} still runs"
         self.up[replica] = up
-        self._freed[replica] = []
+        self._freed.pop(replica, None)
         self._layouts[replica] = None  # new devices know no layout: the next plan's is sent as made
 
     def any_up(self) -> bool:
@@ -236,27 +236,23 @@ class Scheduler:
         return SchedulerOutput(self._plans(plan, now_s), now_s)
 
     def _plans(self, steps: dict[Request, int], now_s: float) -> list[ReplicaRound]:
-        """One plan per replica with lanes to run or sequences to free."""
+        """One plan per replica with lanes to run or sequences to free, in replica order (the
+        replicas with neither are not visited: most of many replicas are idle in most rounds)."""
         lanes: dict[int, dict[int, list[tuple[Request, int]]]] = {}
         for req, n in steps.items():  # running first, then admitted: each lane's order
             lanes.setdefault(req.replica, {}).setdefault(req.lane, []).append((req, n))
-        out = []
-        for r in range(self.num_replicas):
-            by_lane = lanes.get(r, {})
-            if not by_lane and not self._freed[r]:
-                continue
-            out.append(self._plan(r, by_lane, now_s))
-        return out
+        return [self._plan(r, lanes.get(r, {}), now_s) for r in sorted(lanes.keys() | self._freed.keys())]
 
     def free_rounds(self, now_s: float) -> list[ReplicaRound]:
         """Plans with no lanes, one per replica with ids its devices may forget (sent when the
         engine goes idle, so the devices' KV caches do not hold finished sequences until the
         next round)."""
-        return [self._plan(r, {}, now_s) for r in range(self.num_replicas) if self._freed[r]]
+        return [self._plan(r, {}, now_s) for r in sorted(self._freed)]
 
     def _plan(self, replica: int, by_lane: dict[int, list[tuple[Request, int]]], now_s: float) -> ReplicaRound:
         ready, seqs, steps, new = [], [], [], {}
-        for lane in sorted(by_lane):
+        lanes = tuple(sorted(by_lane))
+        for lane in lanes:
             t = 0.0
             for req, n in by_lane[lane]:
                 if req.scheduled_s is None:
@@ -267,11 +263,12 @@ class Scheduler:
                 steps.append((req, n))
             ready.append(t)
             seqs.append(tuple((req.seq_id, n) for req, n in by_lane[lane]))
-        freed, self._freed[replica] = tuple(self._freed[replica]), []
-        layout, last = Layout(tuple(sorted(by_lane)), tuple(seqs)), self._layouts[replica]
-        if last is not None and last == layout:
+        freed = tuple(self._freed.pop(replica, ()))
+        seqs, last = tuple(seqs), self._layouts[replica]
+        if last is not None and last.lanes == lanes and last.seqs == seqs:
             layout = last  # the same value: one comparison here rather than one per device
-        self._layouts[replica] = layout
+        else:
+            layout = self._layouts[replica] = Layout(lanes, seqs)
         plan = RoundPlan(layout, np.array(ready, dtype=np.float64), next(self._round_ids), new, freed)
         if self.with_token_ids:
             ids = [t for req, n in steps for t in req.all_ids[req.num_computed:req.num_computed + n]]
@@ -322,7 +319,7 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         self.free_blocks[req.replica] += self._held.pop(req)
-        self._freed[req.replica].append(req.seq_id)  # the devices forget it with the next plan
+        self._freed.setdefault(req.replica, []).append(req.seq_id)  # the devices forget it with the next plan
         self.running.remove(req)
         self.lanes[req.replica][req.lane].remove(req)
 
