@@ -225,10 +225,13 @@ class Engine:
         """Every replica's plan to its executor (all sent before any is awaited); a replica whose
         devices fail is recovered, its output missing from the result."""
         self._poll_replicas()
-        if any(not rr.plan.is_empty for rr in scheduled.rounds):
+        running = [rr.plan.ready_s for rr in scheduled.rounds if not rr.plan.is_empty]
+        if running:
             self.round_start_s = scheduled.start_s
-        self.now_s = max([scheduled.start_s, self.now_s] + [float(r.plan.ready_s.max()) for r in scheduled.rounds
-                                                             if not r.plan.is_empty])
+            # the latest lane of all (one reduction over every replica's lanes, not one per replica)
+            self.now_s = max(scheduled.start_s, self.now_s, float(np.concatenate(running).max()))
+        else:
+            self.now_s = max(scheduled.start_s, self.now_s)
         sent, failed = [], {}
         for rr in scheduled.rounds:  # replicas are independent devices
             try:
@@ -243,7 +246,7 @@ class Engine:
                 failed[r] = exc
         for r, exc in failed.items():
             self._recover(r, exc)
-        if any(not rr.plan.is_empty for rr in scheduled.rounds):
+        if running:
             self.stats.num_rounds += 1
         return out
 
@@ -288,7 +291,7 @@ class Engine:
             out = outputs.get(rr.replica)
             if out is None:  # its replica failed this round: its requests are finished already
                 continue
-            lane_of = [i for i, lane in enumerate(rr.plan.layout.seqs) for _ in lane]
+            lane_of = rr.plan.layout.seq_lanes
             if self.expert_load is not None:
                 self.expert_load.add(rr.plan.layout.seq_ids, [req.num_computed for req, _ in rr.steps],
                                      rr.plan.layout.seq_tokens)

@@ -46,6 +46,11 @@ class Layout:
         return [sid for lane in self.seqs for sid, _ in lane]
 
     @cached_property
+    def seq_lanes(self) -> list[int]:
+        """Every sequence's lane index (0, 1, ... in `lanes`' order), in `seq_ids`' order."""
+        return [i for i, lane in enumerate(self.seqs) for _ in lane]
+
+    @cached_property
     def lane_tokens(self) -> list[int]:
         return [sum(n for _, n in lane) for lane in self.seqs]
 
