@@ -1,11 +1,9 @@
 """Every device and the switch in this process: the same classes as on Ray."""
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Executor, done
-from cent_serve.messages import RoundOutput, RoundPlan
+from cent_serve.executor.base import Done, Executor, done
+from cent_serve.messages import RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
 from fabric.rounds import Lockstep, Rendezvous, execution_units, run_round
@@ -30,7 +28,7 @@ class LocalExecutor(Executor):
         self.locksteps = locksteps if any(ls.on for ls in locksteps) else None
         """Each unit's `Lockstep`; None when no unit has twin ranks (no tensor parallelism, or numerics)."""
 
-    def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
+    def submit(self, plan: RoundPlan) -> Done:
         return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
                               self.locksteps))
 

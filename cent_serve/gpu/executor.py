@@ -9,12 +9,11 @@ as CENT runs of the same model.
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
 
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Executor, done
+from cent_serve.executor.base import Done, Executor, done
 from cent_serve.gpu.timing import GpuTimer
 from cent_serve.messages import RoundOutput, RoundPlan
 
@@ -39,7 +38,7 @@ class GpuExecutor(Executor):
             from cent_serve.model.reference import LlamaModel
             self.model = LlamaModel(cfg.model, weights)
 
-    def submit(self, plan: RoundPlan) -> "Future[RoundOutput]":
+    def submit(self, plan: RoundPlan) -> Done:
         for sid in plan.finished:
             self.cached.pop(sid, None)
             self.caches.pop(sid, None)
