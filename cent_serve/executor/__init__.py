@@ -29,8 +29,19 @@ def executor_factory(cfg, weights=None):
     """A maker of `cfg`'s executor, `make(replicas)`: called once per replica (`replicas`: how many
     its caller builds, all of which a cluster must hold, so one without room for them all is refused
     at the first) and again with 1 to re-create a failed one; in-process replicas with full numerics
-    share one load of the weights (`weights`, or loaded here)."""
+    share one load of the weights (`weights`, or loaded here), and all of them one context table of
+    block costs (`SystemTimer.share_table`: the first replica's)."""
     if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
         from cent_serve.model.weights import load_weights
         weights = load_weights(cfg.model)
-    return lambda replicas=1: make_executor(cfg, weights=weights, replicas=replicas)
+    first: list[LocalExecutor] = []
+
+    def make(replicas: int = 1) -> Executor:
+        ex = make_executor(cfg, weights=weights, replicas=replicas)
+        if isinstance(ex, LocalExecutor):
+            if first:
+                ex.timer.share_table(first[0].timer)
+            else:
+                first.append(ex)
+        return ex
+    return make

@@ -72,6 +72,17 @@ class LanePlan:
     """The round's tokens."""
 
 
+class ContextTable:
+    """`SystemTimer.block_cost` by context, filled as rounds reach contexts (`SystemTimer.context_table`):
+    `costs` (3, n) float64 holds (PIM s, own accelerator s, joules on one tp device) at column L
+    for the contexts `filled` (n,) marks. Timers of one model, mapping and device may share one
+    (`SystemTimer.share_table`): the values are the same."""
+
+    def __init__(self) -> None:
+        self.costs = np.zeros((3, 0))
+        self.filled = np.zeros(0, dtype=bool)
+
+
 class SystemTimer:
     """Every time of one (model, mapping, device, fabric): built once per executor, queried often,
     and the owner of every cache of costs (devices and the switch ask it; nobody else adds up time).
@@ -113,8 +124,7 @@ class SystemTimer:
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
         self._block: dict[int, tuple[float, float, float]] = {}
-        self._tab = np.zeros((3, 0))  # (PIM s, accelerator s, joules) by context, see context_table
-        self._tab_filled = np.zeros(0, dtype=bool)
+        self._table = ContextTable()  # see context_table
         self._plan: tuple[object, LanePlan] | None = None  # the last layout's, see lane_plan
 
     @classmethod
@@ -231,7 +241,15 @@ class SystemTimer:
         """(table, filled): table (3, n) float64 holds `block_cost(L)` (PIM s, own accelerator s,
         joules on one tp device) at column L for the contexts `filled` (n,) marks. Devices read it
         in `device_round`; `fill_contexts` adds what a round lacks."""
-        return self._tab, self._tab_filled
+        return self._table.costs, self._table.filled
+
+    def share_table(self, other: "SystemTimer") -> None:
+        """Read and fill `other`'s context table from now on (a timer of the same model, mapping,
+        device and convention: an engine's in-process replicas), so each context's block costs are
+        evaluated once, not once per replica."""
+        assert (self.model, self.mapping, self.device, self.convention) == (
+            other.model, other.mapping, other.device, other.convention), "a context table of another timing"
+        self._table = other._table
 
     def fill_contexts(self, contexts: np.ndarray) -> None:
         """Fill the context table for `contexts`, and `TABLE_AHEAD` contexts past the largest
@@ -243,22 +261,23 @@ class SystemTimer:
             return
         need = int(contexts.max()) + 1
         upto = max(need, min(need + TABLE_AHEAD, self.model.max_seq_len + 1))
-        if upto > self._tab_filled.shape[0]:
-            grow = max(upto, 2 * self._tab_filled.shape[0])
-            self._tab = np.concatenate([self._tab, np.zeros((3, grow - self._tab.shape[1]))], axis=1)
-            self._tab_filled = np.concatenate([self._tab_filled, np.zeros(grow - self._tab_filled.shape[0], bool)])
-        missing = np.unique(contexts[~self._tab_filled[contexts]])
+        t = self._table
+        if upto > t.filled.shape[0]:
+            grow = max(upto, 2 * t.filled.shape[0])
+            t.costs = np.concatenate([t.costs, np.zeros((3, grow - t.costs.shape[1]))], axis=1)
+            t.filled = np.concatenate([t.filled, np.zeros(grow - t.filled.shape[0], bool)])
+        missing = np.unique(contexts[~t.filled[contexts]])
         ahead = np.arange(int(missing.max()) + 1, upto) if missing.size else np.zeros(0, np.int64)
-        for L in np.concatenate([missing, ahead[~self._tab_filled[ahead]]]).tolist():
-            self._tab[:, L] = self.block_cost(L)
-            self._tab_filled[L] = True
+        for L in np.concatenate([missing, ahead[~t.filled[ahead]]]).tolist():
+            t.costs[:, L] = self.block_cost(L)
+            t.filled[L] = True
 
     def load_table(self, table: np.ndarray, filled: np.ndarray) -> None:
         """Take a context table another timer of the same mapping filled (`context_table`): the
         driver fills it once and hands it to every device process, which would otherwise each
         evaluate the cost model for every context."""
         assert table.shape == (3, filled.shape[0]), (table.shape, filled.shape)
-        self._tab, self._tab_filled = np.array(table), np.array(filled)
+        self._table.costs, self._table.filled = np.array(table), np.array(filled)
 
     def lane_plan(self, layout) -> LanePlan:
         """The layout's `LanePlan`; kept while the layout holds (a decode batch keeps its layout
