@@ -9,7 +9,6 @@ as CENT runs of the same model.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from cent_serve.config import CentConfig
