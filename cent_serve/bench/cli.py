@@ -395,8 +395,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from cent_serve.bench.sweep import run_sweep
 
     check_out_dir(args.out)
-    cfg = config_from_args(args)
-    check_runnable(cfg)
+    cfg = config_from_args(args)  # what cannot run: run_sweep refuses it first, before requests_at reads the trace
     slos = parse_goodput(args.goodput)
     rates = _rates(args.rates)
     if args.rate is not None:  # every replay's rate is one of --rates: --rate would be replaced at each
@@ -469,7 +468,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     cent_cfg.executor = "local"
     gpu_cfg = dataclasses.replace(cent_cfg, gpu=dataclasses.replace(cent_cfg.gpu, kind=kind, count=count))
     warn_gpu_run(gpu_cfg)  # its kind's constants (the CENT side's flags are read: no args)
-    check_runnable(cent_cfg)
+    check_runnable(cent_cfg)  # here, not in run_compare: the trace is read below, before run_compare
     check_runnable(gpu_cfg)
     slos = parse_goodput(args.goodput)
     requests, recorded = select_requests(args, cent_cfg)
@@ -480,7 +479,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
                                     rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed, not args.no_plots,
-                      bench=dict(recorded, rates=list(rates or ())))
+                      bench=dict(recorded, rates=list(rates or ())), checked=True)
     print_compare(out)
     print(f"results in {Path(args.out)}/")
     return 0

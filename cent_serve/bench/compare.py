@@ -27,6 +27,7 @@ from cent_serve.bench.report import (compare_table, reasons_text, short_example,
                                      source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
+from cent_serve.preflight import check_runnable
 
 KEPT_DICTS = ("failure_reasons",)
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
@@ -42,12 +43,16 @@ def _flat(s: dict) -> dict:
 
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
                 rates_requests: dict[float, list] | None = None, detailed: bool = False, plots: bool = True,
-                bench: dict | None = None) -> dict:
+                bench: dict | None = None, checked: bool = False) -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
     adds each request's inter-token latencies to requests_*.csv; `plots` False skips the PNGs; `bench`
-    (what shaped the requests: the trace and its options) is written into compare.json as it is. The
-    caller has refused what cannot run on either side (`preflight.check_runnable` of each config, `cent
-    bench compare` before it reads its trace): no side's replay begins before both are known to run."""
+    (what shaped the requests: the trace and its options) is written into compare.json as it is. What
+    cannot run on either side is refused first (`preflight.check_runnable` of each config, once): no
+    side's replay begins, and nothing is written, before both are known to run. `checked`: the caller
+    ran both checks already (`cent bench compare`, before it read its trace), so they are not run again."""
+    if not checked:
+        check_runnable(cent_cfg)
+        check_runnable(gpu_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, sides = {}, {}
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):

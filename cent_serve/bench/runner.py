@@ -205,8 +205,8 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     what cannot run is refused before the engine is built, as every command refuses it
     (`preflight.check_runnable`: the devices or GPUs hold the model and one sequence of its whole
     context, full numerics fits this machine's memory), and the engine is shut down at the end.
-    `checked`: the caller ran `check_runnable(cfg)` already (a command, before it read its trace and
-    its first replay began), so it is not run again."""
+    `checked`: the caller ran `check_runnable(cfg)` already (`run_sweep`, `run_compare`, `run_paper` per
+    mapping, `cent sweep --trace` per point, each before its first replay), so it is not run again."""
     own = engine is None
     if own and not checked:
         from cent_serve.preflight import check_runnable

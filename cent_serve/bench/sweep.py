@@ -33,12 +33,13 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
               out_dir: Path, plots: bool = True, bench: dict | None = None) -> dict:
     """One in-process replay per rate; writes sweep.json and (`plots`) sweep.png; returns the sweep.
     `bench`: the options that shaped the requests, recorded in sweep.json (read when it is written).
-    The caller has refused what cannot run (`preflight.check_runnable(cfg)`, `cent bench sweep` before
-    it reads its trace): the replays do not check it again.
+    What cannot run is refused first (`preflight.check_runnable(cfg)`, once: before `requests_at` reads
+    the trace and before anything is written; the replays do not check it again).
 
     A row's `slo_attainment` is the share of all its requests that completed within every SLO,
     so failed requests count as missing them; `failed` and `failure_counts` say how many failed.
     """
+    check_runnable(cfg)
     rows, status = [], {}
     for i, rate in enumerate(rates):  # the rates replay one trace: its 0-token warning once
         requests = requests_at(rate)

@@ -210,8 +210,9 @@ def test_paper_runs_every_mapping_beside_the_gpu(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, checks", [
-    (["bench", "sweep", "--rates", "5,50", "--no-plots"], 1),  # before the trace is read; not again at each rate
-    (["bench", "compare", "--rates", "5,50", "--no-plots"], 2),  # each side, before either side's first replay
+    (["bench", "sweep", "--rates", "5,50", "--no-plots"], 1),  # run_sweep's, before the trace is read; not at each rate
+    (["bench", "compare", "--rates", "5,50", "--no-plots"], 2),  # each side, by the command before it reads the
+    # trace (run_compare, told checked=True, not again), before either side's first replay
     (["bench", "paper", "--model", "llama2-7b", "--no-plots"], 5),  # each mapping (a mapping that cannot run is skipped)
     (["bench", "run", "--no-plots"], 1),  # in run_in_process, before its engine
     (["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=16,32", "--trace", "sample_conv",
@@ -232,6 +233,40 @@ def test_a_command_checks_what_cannot_run_once(tmp_path, monkeypatch, command, c
     assert main([*command, "--devices", "8", "--numerics", "off", "--num-requests", "4", "--max-prompt-tokens", "16",
                  "--max-output-tokens", "4", "--out", str(tmp_path / "out")]) == 0
     assert len(calls) == checks, calls
+
+
+@pytest.mark.parametrize("side, fits, says", [
+    ("CENT", "gpu:a100-80gb:4", r"llama2-70b on 8 devices \(tensor: 1 stage x tp 8.*\) does not fit: .*16.06 GiB "
+                                r"of the device's 16.00 GiB"),
+    ("GPU", None, r"llama2-70b does not fit on 1 x a100-80gb"),
+])
+def test_a_script_sweep_or_compare_refuses_what_cannot_run(tmp_path, monkeypatch, side, fits, says):
+    """run_sweep and run_compare called from a script, with no command's check before them, refuse what
+    cannot run in one line (`preflight.check_runnable`), before the trace is read, any replay begins or
+    any file is written. When the commands checked and passed checked=True to run_in_process, a script's
+    70B on 8 devices at --pp 1 --tp 8 (a weight shard of 16.06 GiB of 16) replayed with every request failing."""
+    import cent_serve.bench.compare as compare_mod
+    import cent_serve.bench.sweep as sweep_mod
+    from cent_serve.config import build_config
+
+    def no_replay(*a, **kw):
+        raise AssertionError("a replay began before the refusal")
+
+    def no_trace(rate):
+        raise AssertionError("the trace was read before the refusal")
+    monkeypatch.setattr(sweep_mod, "run_in_process", no_replay)
+    monkeypatch.setattr(compare_mod, "run_in_process", no_replay)
+    cent = build_config("llama2-70b", devices=8, pp=1, tp=8, numerics="off") if side == "CENT" else \
+        build_config("llama2-70b", devices=32, numerics="off")
+    gpu = build_config("llama2-70b", devices=32, numerics="off", hardware=fits or "gpu:a100-80gb:1")
+    requests = [Request("a", 0.0, 16, 4)]
+    out = tmp_path / "out"
+    if side == "CENT":
+        with pytest.raises(ValueError, match=says):
+            sweep_mod.run_sweep(cent, no_trace, [5.0, 50.0], {}, out / "sweep", plots=False)
+    with pytest.raises(ValueError, match=says):
+        compare_mod.run_compare(cent, gpu, requests, {}, out / "compare", {5.0: requests}, plots=False)
+    assert not out.exists()
 
 
 def test_paper_prints_why_requests_failed(tmp_path, capsys):
