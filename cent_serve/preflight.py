@@ -43,40 +43,42 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             if n is not None:
                 ways.append(f"{n} devices (the fewest that hold it){lanes}")
             elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
-                more = (f" with --set fabric.switch_lanes={par.num_devices}"
-                        if par.num_devices > cfg.fabric.switch_lanes else "")
-                ways.append(f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} (the fewest that hold it "
-                            f"with more stages or a larger tp){more}")
+                ways.append(_stages_or_tp_text(cfg, par))
             ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
         else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
-            why = f"{exc}: {_weights_fix(cfg, mp, n, lanes, cfg.kv_tokens(context), batch)}"
+            why = f"{exc}: {_weights_fix(cfg, n, lanes, cfg.kv_tokens(context), batch)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
 
 
-def _weights_fix(cfg: CentConfig, mp: Mapping, n: int | None, lanes: str, kv_tokens: int, batch: int | None) -> str:
+def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
-    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does, what changes the shard:
-    spreading a copy over the devices it leaves idle, or more devices with more stages or a larger tp
-    (`_more_stages_or_tp`: pp x tp devices hold a copy, so neither fits on these devices alone).
-    Larger devices close every fix."""
+    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does (more devices only add
+    copies), the mapping with more stages or a larger tp that holds them (`_more_stages_or_tp`: on the
+    devices given when a copy there leaves some idle, else on more). Larger devices close every fix."""
     larger = f"larger devices: {CAPACITY_FIELDS}"
     if n is not None:
         return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp (or {larger})"
-    if mp.mode == "tensor" and mp.devices_used < mp.num_devices:  # more devices would only add copies
-        return (f"spread a copy over more of the {mp.num_devices} devices (it uses {mp.devices_used}): more stages "
-                f"(--pp) or a larger tp (or {larger})")
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
     given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
     par = _more_stages_or_tp(cfg, kv_tokens, batch)
     if par is None:
         return f"{given}, nor with more stages or a larger tp: use {larger}"
+    return f"{given}: use {_stages_or_tp_text(cfg, par)} (or {larger})"
+
+
+def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig) -> str:
+    """`_more_stages_or_tp`'s mapping for a fix: its pp and tp alone when a copy fits the devices
+    given (the rest run copies), else the devices it takes too, and the switch lanes they need."""
+    fewest = "the fewest that hold it with more stages or a larger tp"
+    if par.num_devices <= cfg.parallel.num_devices:
+        return (f"--pp {par.pp} --tp {par.tp} (a copy on {par.num_devices} of your {cfg.parallel.num_devices} "
+                f"devices, {fewest})")
     lanes = f" with --set fabric.switch_lanes={par.num_devices}" if par.num_devices > cfg.fabric.switch_lanes else ""
-    return (f"{given}: use {par.num_devices} devices with --pp {par.pp} --tp {par.tp} (the fewest that hold it with "
-            f"more stages or a larger tp){lanes} (or {larger})")
+    return f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} ({fewest}){lanes}"
 
 
 def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> ParallelConfig | None:
@@ -84,10 +86,10 @@ def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> Pa
     sequences (None: one a stage) of `kv_tokens` tokens with more stages than the user's pp (the
     same tp) or a larger tp dividing the heads (the same pp), each on pp x tp devices; at a tie, more
     stages. None if none up to `MAX_DEVICES` does. For weights, or a KV cache, no count of devices
-    holds with the user's pp and tp (more devices only add copies): a copy takes pp x tp devices,
-    which cannot exceed the devices given, so either change needs more devices; a larger tp splits
-    each block's weights and KV over more of them. At most the layers plus the heads' divisors
-    mappings (a few ms each)."""
+    holds with the user's pp and tp (more devices only add copies); a larger tp splits each block's
+    weights and KV over more devices, more stages a copy's blocks. A copy takes pp x tp devices: more
+    than the devices given when the user's copy takes them all, and maybe fewer when it leaves some
+    idle (then the rest run copies). At most the layers plus the heads' divisors mappings (a few ms each)."""
     m, par = cfg.model, cfg.parallel
     pp = par.pp or m.num_layers
     more_stages = [(s * par.tp, s, par.tp) for s in range(pp + 1, m.num_layers + 1)]

@@ -387,14 +387,36 @@ def test_bench_paper_refuses_one_mapping():
 
 def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_has(capsys):
     """70B as 7 stages on 32 devices: a copy uses 7 of them and a shard needs 19.6 GiB. "Use more
-    devices" would only add copies (first-hour audit): the fix is more stages or a larger tp. Where a
-    copy uses every device (the pure pipeline on 8), more devices stays the fix."""
+    devices" would only add copies (first-hour audit): the fix is more stages or a larger tp, named
+    (it said only "spread a copy over more of the 32 devices (it uses 7): more stages (--pp) or a
+    larger tp", and on 64 devices --pp 5 or --pp 8 at --tp 2 still failed where --tp 8 runs), with
+    the devices a copy takes of the user's, and it runs on them. Where a copy uses every device (the
+    pure pipeline on 8), more devices stays the fix."""
     from cent_serve.cli import main
 
-    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--pp", "7"]) == 2
+    long = ["--set", "model.max_seq_len=131072", "--seqlen", "131072"]
+    for devices, flags, extra, fix in ((32, ["--pp", "7"], [], ("10", "1", 10)),
+                                       (64, ["--pp", "8"], [], ("10", "1", 10)),
+                                       (64, ["--pp", "4", "--tp", "2"], long, ("4", "8", 32))):
+        assert main(["simulate", "--model", "llama2-70b", "--devices", str(devices), *flags, *extra]) == 2
+        err = capsys.readouterr().err
+        pp, tp, used = fix
+        assert "its weight shard alone needs" in err, err
+        assert (f"use --pp {pp} --tp {tp} (a copy on {used} of your {devices} devices, the fewest that hold it with "
+                "more stages or a larger tp)") in err, err
+        assert "use more devices" not in err and "spread a copy" not in err, err
+        assert main(["simulate", "--model", "llama2-70b", "--devices", str(devices), "--pp", pp, "--tp", tp,
+                     *extra]) == 0
+        capsys.readouterr()
+    # the KV of 16 queries at 131,072 tokens, a copy on 32 of the 64: a larger tp on all 64 holds it
+    work = ["--set", "model.max_seq_len=131072", "--prompt", "65536", "--decode", "65536"]
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "2", *work]) == 2
     err = capsys.readouterr().err
-    assert "spread a copy over more of the 32 devices (it uses 7): more stages (--pp) or a larger tp" in err
-    assert "use more devices" not in err
+    assert "exceed the device's 16.00 GiB" in err, err
+    assert ("or use --batch 9, --pp 16 --tp 4 (a copy on 64 of your 64 devices, the fewest that hold it with more "
+            "stages or a larger tp), or a shorter context") in err, err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "4", *work]) == 0
+    capsys.readouterr()
     assert main(["simulate", "--model", "llama2-70b", "--devices", "8"]) == 2
     assert "use 16 devices (the fewest that hold it) or a larger tp" in capsys.readouterr().err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "15"]) == 2  # the KV of 80 queries, now
