@@ -37,6 +37,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
         check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
     except CapacityError as exc:
         n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)  # None: more devices only add copies
+        shorter = context_flag or "--set model.max_seq_len=N"
         lanes = f" with --set fabric.switch_lanes={n}" if n is not None and n > cfg.fabric.switch_lanes else ""
         if exc.max_batch is not None:  # the weights fit: fewer sequences, more devices or less context
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
@@ -44,36 +45,43 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
                 ways.append(f"{n} devices (the fewest that hold it){lanes}")
             elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
                 ways.append(_stages_or_tp_text(cfg, par))
-            ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
+            ways.append(f"a shorter context with {shorter}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
         else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
-            why = f"{exc}: {_weights_fix(cfg, n, lanes, cfg.kv_tokens(context), batch)}"
+            why = f"{exc}: {_weights_fix(cfg, n, lanes, cfg.kv_tokens(context), batch, shorter)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
 
 
-def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None) -> str:
+def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None,
+                 shorter: str) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
     pp and tp settings (`n`, from `devices_that_hold`), or, when no count does (more devices only add
     copies), the mapping with more stages or a larger tp that holds them (`_more_stages_or_tp`: on the
-    devices given when a copy there leaves some idle, else on more). Larger devices close every fix."""
+    devices given when a copy there leaves some idle, else on more); when none holds the KV cache too,
+    the one that holds the weights with a shorter context (`shorter`, the flag that sets it: the
+    batch's sequences at one token). Larger devices close every fix."""
     larger = f"larger devices: {CAPACITY_FIELDS}"
     if n is not None:
         return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp (or {larger})"
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
     given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
     par = _more_stages_or_tp(cfg, kv_tokens, batch)
+    if par is not None:
+        return f"{given}: use {_stages_or_tp_text(cfg, par)} (or {larger})"
+    par = _more_stages_or_tp(cfg, 1, batch)  # the weights, and the least KV a sequence has
     if par is None:
         return f"{given}, nor with more stages or a larger tp: use {larger}"
-    return f"{given}: use {_stages_or_tp_text(cfg, par)} (or {larger})"
+    return (f"{given}, nor with more stages or a larger tp; with a shorter context ({shorter}), use "
+            f"{_stages_or_tp_text(cfg, par, 'the weights')} (or {larger})")
 
 
-def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig) -> str:
+def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig, what: str = "it") -> str:
     """`_more_stages_or_tp`'s mapping for a fix: its pp and tp alone when a copy fits the devices
     given (the rest run copies), else the devices it takes too, and the switch lanes they need."""
-    fewest = "the fewest that hold it with more stages or a larger tp"
+    fewest = f"the fewest that hold {what} with more stages or a larger tp"
     if par.num_devices <= cfg.parallel.num_devices:
         return (f"--pp {par.pp} --tp {par.tp} (a copy on {par.num_devices} of your {cfg.parallel.num_devices} "
                 f"devices, {fewest})")

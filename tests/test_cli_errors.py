@@ -467,6 +467,28 @@ def test_weights_that_more_devices_only_copy_are_told_how_many_devices_hold_them
         capsys.readouterr()
 
 
+def test_weights_no_mapping_holds_with_the_kv_cache_are_told_the_one_that_holds_them_with_less_context(capsys):
+    """70B (Llama 3.1) on devices of 512 MiB at 65,536 + 65,536 tokens: no mapping up to 1,024 devices
+    holds the weights and the KV of a query a stage, and the refusal offered larger devices alone,
+    though 512 devices as 8 stages x tp 64 hold the weights: it names them, with a shorter context,
+    and they run the paper's 512 + 3,584 tokens."""
+    from cent_serve.cli import main
+
+    model = ["--model", "llama3.1-70b", "--set", "device.rows_per_bank=512", "--set", "model.max_seq_len=131072"]
+    long = ["--prompt", "65536", "--decode", "65536"]
+    assert main(["simulate", *model, "--devices", "8", "--pp", "8", *long]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its weight shard alone needs 17.89 GiB of the device's 512 MiB" in err, err
+    assert ("nor with more stages or a larger tp; with a shorter context (a smaller --prompt or --decode), use 512 "
+            "devices with --pp 8 --tp 64 (the fewest that hold the weights with more stages or a larger tp) with "
+            "--set fabric.switch_lanes=512") in err, err
+    mapping = ["--devices", "512", "--pp", "8", "--tp", "64", "--set", "fabric.switch_lanes=512"]
+    assert main(["simulate", *model, *mapping, *long]) == 2  # the shorter context is needed
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["simulate", *model, *mapping, "--prompt", "512", "--decode", "3584"]) == 0
+    capsys.readouterr()
+
+
 def test_a_kv_cache_more_devices_only_copy_is_told_the_stages_or_tp_that_hold_it(capsys):
     """70B at 131,072 tokens on 80 devices, a block a device: the weights fit, the KV of 80 queries
     does not, and more devices with one stage a block only add copies, so the refusal offered --batch
