@@ -38,7 +38,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
     except CapacityError as exc:
         n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)  # None: more devices only add copies
         shorter = context_flag or "--set model.max_seq_len=N"
-        lanes = f" with --set fabric.switch_lanes={n}" if n is not None and n > cfg.fabric.switch_lanes else ""
+        lanes = "" if n is None else _lanes(cfg, n)
         if exc.max_batch is not None:  # the weights fit: fewer sequences, more devices or less context
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
             if n is not None:
@@ -70,12 +70,12 @@ def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, bat
     given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
     par = _more_stages_or_tp(cfg, kv_tokens, batch)
     if par is not None:
-        return f"{given}: use {_stages_or_tp_text(cfg, par)} (or {larger})"
+        return f"{given}: use {_stages_or_tp_text(cfg, par)}, or {larger}"
     par = _more_stages_or_tp(cfg, 1, batch)  # the weights, and the least KV a sequence has
     if par is None:
         return f"{given}, nor with more stages or a larger tp: use {larger}"
     return (f"{given}, nor with more stages or a larger tp; with a shorter context ({shorter}), use "
-            f"{_stages_or_tp_text(cfg, par, 'the weights')} (or {larger})")
+            f"{_stages_or_tp_text(cfg, par, 'the weights')}, or {larger}")
 
 
 def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig, what: str = "it") -> str:
@@ -85,8 +85,12 @@ def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig, what: str = "it") -
     if par.num_devices <= cfg.parallel.num_devices:
         return (f"--pp {par.pp} --tp {par.tp} (a copy on {par.num_devices} of your {cfg.parallel.num_devices} "
                 f"devices, {fewest})")
-    lanes = f" with --set fabric.switch_lanes={par.num_devices}" if par.num_devices > cfg.fabric.switch_lanes else ""
-    return f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} ({fewest}){lanes}"
+    return f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} ({fewest}){_lanes(cfg, par.num_devices)}"
+
+
+def _lanes(cfg: CentConfig, n: int) -> str:
+    """The clause a fix naming `n` devices adds when they are more than the switch's lanes."""
+    return f" with --set fabric.switch_lanes={n}" if n > cfg.fabric.switch_lanes else ""
 
 
 def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> ParallelConfig | None:
@@ -228,10 +232,10 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | Non
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens (None: one a pipeline stage, `check_devices_hold`), full
     numerics fits this machine and its checkpoint holds every tensor in its shape. Returns the
-    mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences, one when
-    None, of the whole context fit)."""
+    mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences of the whole
+    context fit; a batch of None, one a stage, is CENT's alone: `paper.emulate` refuses GPUs)."""
     if cfg.on_gpus:
-        mp = check_gpus_hold(cfg, context, 1 if batch is None else batch)
+        mp = check_gpus_hold(cfg, context, batch)
         check_host_memory(cfg, mp)
         check_checkpoint(cfg)
         check_tokenizer(cfg)

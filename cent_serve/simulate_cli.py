@@ -96,12 +96,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_emulated(cfg, args)  # `emulate` refuses GPUs and checks the workload before it builds an executor
     # the GPUs', the sweep's and the closed form's workload (its phases: `closed_form` checks them)
     check_workload(args.prompt, args.decode, args.seqlen)
+    workload = PAPER_WORKLOAD if args.prompt is None else (args.prompt, args.decode)  # the GPUs' and the sweep's
     if cfg.on_gpus:
-        return _run_gpu(cfg, args)
+        return _run_gpu(cfg, args, *workload)
     warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
-        return _run_sweep(cfg, args)
+        return _run_sweep(cfg, args, *workload)
     if args.local:
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
     timer = SystemTimer.from_config(cfg, args.convention)
@@ -126,7 +127,7 @@ def _print_overrides(args: argparse.Namespace) -> None:
         print("given: " + " ".join(given))
 
 
-def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
+def _run_gpu(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int) -> int:
     """`--hardware gpu:KIND:N`: a static batch as transformers runs it (the artifact's GPU
     measurements), per phase, from the GPU model (docs/gpu_model.md)."""
     from cent_serve.gpu.timing import GpuTimer
@@ -135,7 +136,6 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace) -> int:
         raise ValueError("--sweep runs CENT's mappings: drop it, or drop --hardware gpu:...")
     if args.seqlen is not None:
         raise ValueError("--seqlen is CENT's one-token form: give --prompt and --decode with --hardware gpu:...")
-    prompt, decode = PAPER_WORKLOAD if args.prompt is None else (args.prompt, args.decode)  # both or neither
     f = closed_form(cfg, prompt, decode, batch=args.batch)
     batch = f["batch"]
     t = GpuTimer(cfg)
@@ -291,11 +291,10 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     return 0
 
 
-def _run_sweep(cfg: CentConfig, args: argparse.Namespace) -> int:
+def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int) -> int:
     if args.seqlen is not None:
         raise ValueError("--seqlen is the one-token form; --sweep runs the paper's phases: give --prompt and "
                          f"--decode, or neither ({PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]})")
-    prompt, decode = PAPER_WORKLOAD if args.prompt is None else (args.prompt, args.decode)  # both or neither
     check_phases(prompt, decode, args.seqlen_gap)
     check_context(cfg, prompt, decode)  # every mapping's: refused once, not as a row each
     rows = []

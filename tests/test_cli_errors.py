@@ -460,7 +460,8 @@ def test_weights_that_more_devices_only_copy_are_told_how_many_devices_hold_them
         err = capsys.readouterr().err
         devices, pp, tp = fix
         assert (f"no count of devices up to 1,024 holds it with {given}: use {devices} devices with --pp {pp} --tp {tp} "
-                "(the fewest that hold it with more stages or a larger tp)") in err, err
+                "(the fewest that hold it with more stages or a larger tp), or larger devices: device.num_channels") \
+            in err, err  # one sentence (it read "... a larger tp) (or larger devices: ...)")
         assert "use more devices" not in err and "more stages (--pp)" not in err, err
         assert main([command, "--model", "llama2-70b", "--numerics", "off", "--devices", devices, "--pp", pp,
                      "--tp", tp]) == 0
@@ -481,7 +482,7 @@ def test_weights_no_mapping_holds_with_the_kv_cache_are_told_the_one_that_holds_
     assert err.count("\n") == 1 and "its weight shard alone needs 17.89 GiB of the device's 512 MiB" in err, err
     assert ("nor with more stages or a larger tp; with a shorter context (a smaller --prompt or --decode), use 512 "
             "devices with --pp 8 --tp 64 (the fewest that hold the weights with more stages or a larger tp) with "
-            "--set fabric.switch_lanes=512") in err, err
+            "--set fabric.switch_lanes=512, or larger devices: device.num_channels") in err, err
     mapping = ["--devices", "512", "--pp", "8", "--tp", "64", "--set", "fabric.switch_lanes=512"]
     assert main(["simulate", *model, *mapping, *long]) == 2  # the shorter context is needed
     assert "does not fit" in capsys.readouterr().err
