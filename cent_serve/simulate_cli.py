@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep and args.emulate:  # the sweep ran and --emulate went unread
         raise ValueError("--sweep and --emulate are two runs: every mapping in the closed form, or one mapping "
                          "through the devices: drop one of them")
+    if args.local and not args.emulate:  # the GPUs', the sweep's and one mapping's closed form alike
+        raise ValueError("--local goes with --emulate (the closed form needs no executor)")
     if args.emulate:
         return _run_emulated(cfg, args)  # `emulate` refuses GPUs and checks the workload before it builds an executor
     # the GPUs', the sweep's and the closed form's workload (its phases: `closed_form` checks them)
@@ -103,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args, *workload)
-    if args.local:
-        raise ValueError("--local goes with --emulate (the closed form needs no executor)")
     timer = SystemTimer.from_config(cfg, args.convention)
     if args.prompt is not None:
         return _run_phases(cfg, args, timer)

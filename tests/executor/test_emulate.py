@@ -151,8 +151,11 @@ def test_cli_emulate_prints_the_closed_form_json_plus_wall_figures(capsys):
 
 
 def test_cli_local_without_emulate_is_an_error(capsys):
-    assert main(["simulate", "--local"]) == 2
-    assert "--local goes with --emulate" in capsys.readouterr().err
+    """The closed form of one mapping, of the sweep and of GPUs alike (the sweep's and the GPUs' ran,
+    --local unread)."""
+    for extra in ([], ["--sweep"], ["--hardware", "gpu:a100-80gb:1"]):
+        assert main(["simulate", "--model", "llama2-7b", "--local", *extra]) == 2, extra
+        assert "--local goes with --emulate (the closed form needs no executor)" in capsys.readouterr().err, extra
 
 
 def _paper_mappings() -> list[tuple[str, int, int, int]]:
