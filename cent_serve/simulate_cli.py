@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
                          "through the devices: drop one of them")
     if args.local and not args.emulate:  # the GPUs', the sweep's and one mapping's closed form alike
         raise ValueError("--local goes with --emulate (the closed form needs no executor)")
+    if args.ray_address and not args.emulate:  # it went unread
+        raise ValueError(f"--ray-address {args.ray_address} goes with --emulate (the closed form runs on no cluster): "
+                         "add --emulate or drop --ray-address")
     if args.emulate:
         return _run_emulated(cfg, args)  # `emulate` refuses GPUs and checks the workload before it builds an executor
     # the GPUs', the sweep's and the closed form's workload (its phases: `closed_form` checks them)

@@ -158,6 +158,14 @@ def test_cli_local_without_emulate_is_an_error(capsys):
         assert "--local goes with --emulate (the closed form needs no executor)" in capsys.readouterr().err, extra
 
 
+def test_cli_ray_address_without_emulate_is_an_error(capsys):
+    """--ray-address joins a cluster for the emulation only: the closed forms ran with it unread."""
+    for extra in ([], ["--sweep"], ["--hardware", "gpu:a100-80gb:1"]):
+        assert main(["simulate", "--model", "llama2-7b", "--ray-address", "10.0.0.1:6379", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert "--ray-address 10.0.0.1:6379 goes with --emulate" in err and len(err.strip().splitlines()) == 1, err
+
+
 def _paper_mappings() -> list[tuple[str, int, int, int]]:
     """Every mapping the paper evaluates (`cent simulate --sweep`), and the issue's uneven ones."""
     from cent_serve.simulate_cli import sweep_mappings
