@@ -7,12 +7,15 @@ from pathlib import Path
 from cent_serve.config import CentConfig, build_config
 
 
-def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True) -> None:
-    """--config, --model, --set (and the mapping flags) on a subcommand."""
+def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True, requests: bool = False) -> None:
+    """--config, --model, --set (and the mapping flags) on a subcommand; `requests`: it makes requests
+    (the bench commands), whose random arrivals and lengths --seed seeds too."""
     p.add_argument("--config", help="YAML config file (fields of cent_serve.config.CentConfig)")
     p.add_argument("--model", help="preset name or Hugging Face checkpoint directory (default: tiny)")
+    made = (", and of the requests made: --synthetic arrivals and lengths, a ShareGPT file's Poisson arrivals "
+            "(default 0)") if requests else ""
     p.add_argument("--seed", type=int, help="seed of the random weights of a preset (and of a mixture of experts' "
-                   "timing router, which its simulated times follow)")
+                   f"timing router, which its simulated times follow{made})")
     p.add_argument("--numerics", choices=["full", "off", "auto"], help="real math or timing only")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = bsub.add_parser("run", help="replay one trace in-process and write results",
                         description="Replay a trace through the engine in virtual time; write summary.json, "
                                     "requests.csv, config.json and plots to --out.")
-    add_config_args(r)
+    add_config_args(r, requests=True)
     _add_request_args(r)
     r.add_argument("--url", help="replay against this running server (e.g. http://127.0.0.1:8000) instead "
                                  "of in-process")
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Replay the trace at each --rates value (in-process); write sweep.json, "
                                      "config.json and sweep.png with DistServe's goodput (highest rate at which "
                                      "90% of requests meet the --goodput SLOs).")
-    add_config_args(sw)
+    add_config_args(sw, requests=True)
     _add_request_args(sw)
     sw.add_argument("--rates", required=True, help="comma-separated request rates, e.g. 0.5,1,2,4")
     sw.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50")
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "config.json and paper.png. Throughput is what the trace's arrivals allow: "
                                      "add --rate to "
                                      "saturate the devices for a peak-throughput comparison with the GPUs.")
-    add_config_args(pa)
+    add_config_args(pa, requests=True)
     _add_request_args(pa)
     pa.add_argument("--out", default="bench-paper", help="results directory (default: %(default)s)")
     pa.add_argument("--no-plots", action="store_true", help="write paper.json, paper.csv and config.json only")
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Replay one trace on the CENT devices the usual flags give and on --gpu "
                                      "KIND:N modelled GPUs, through the same engine; write compare.json/.csv, "
                                      "compare_cdfs.png and, with --rates, compare_sweep.png.")
-    add_config_args(cm)
+    add_config_args(cm, requests=True)
     _add_request_args(cm)
     cm.add_argument("--gpu", default="a100-80gb:4", metavar="KIND:N",
                     help="the GPU side (default a100-80gb:4; kinds a100-80gb, a100-80gb-pcie, h100-80gb; "
