@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, help=f"context length of one token (default {DEFAULT_SEQLEN})")
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
-    p.add_argument("--seqlen-gap", type=int, default=128,
-                   help="spacing of the context lengths averaged (a phase shorter than it: its middle one)")
+    p.add_argument("--seqlen-gap", type=int, default=None,
+                   help="spacing of the context lengths averaged (a phase shorter than it: its middle one; "
+                        "default 128)")
     p.add_argument("--batch", type=int, help="queries in flight, at most one per pipeline stage (default: one per "
                                              "stage, the paper's); the KV capacity is checked at this batch")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
@@ -97,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
     if args.ray_address and not args.emulate:  # it went unread
         raise ValueError(f"--ray-address {args.ray_address} goes with --emulate (the closed form runs on no cluster): "
                          "add --emulate or drop --ray-address")
+    if cfg.on_gpus and not args.emulate:  # the GPU model sums every step of its phases (`emulate` refuses GPUs)
+        if args.convention != "cent":
+            raise ValueError(f"--convention {args.convention} is how CENT's closed form paces its pipeline: the GPU "
+                             "model (--hardware gpu:...) has one pace; drop --convention")
+        if args.seqlen_gap is not None:
+            raise ValueError(f"--seqlen-gap {args.seqlen_gap} spaces the contexts CENT's closed form averages: the "
+                             "GPU model (--hardware gpu:...) times every step of its phases; drop --seqlen-gap")
+    if args.seqlen_gap is None:
+        args.seqlen_gap = 128
     if args.emulate:
         return _run_emulated(cfg, args)  # `emulate` refuses GPUs and checks the workload before it builds an executor
     # the GPUs', the sweep's and the closed form's workload (its phases: `closed_form` checks them)

@@ -282,6 +282,21 @@ def test_simulate_says_where_its_batch_came_from(capsys):
     assert got == pytest.approx(t.phase_figures(8, 512, 3584)["end2end"]["throughput_tok_s"], rel=1e-12)
 
 
+def test_simulate_on_gpus_refuses_cent_closed_form_flags(capsys):
+    """--convention and --seqlen-gap shape CENT's closed form only; the GPU model ran with them unread."""
+    from cent_serve.cli import main
+
+    gpu = ["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1"]
+    for extra, said in ((["--convention", "artifact"], "--convention artifact is how CENT's closed form paces"),
+                        (["--seqlen-gap", "256"], "--seqlen-gap 256 spaces the contexts CENT's closed form averages")):
+        assert main(gpu + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert said in err and "drop --" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["simulate", "--model", "llama2-7b", "--prompt", "512", "--decode", "3584", "--seqlen-gap", "256",
+                 "--json"]) == 0  # CENT reads both
+    assert json.loads(capsys.readouterr().out)["workload"]["seqlen_gap"] == 256
+
+
 def test_a_gpu_busy_to_the_end_reads_busy_1_not_more():
     """The engine clock is the last round's start; a GPU busy from 0 to its last step's end has
     more busy time than that clock, and its busy fraction is taken to the step's end."""
