@@ -147,9 +147,10 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
         raise
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
     what = "emulated CENT devices" if not cfg.on_gpus else f"modelled {cfg.gpu.kind} GPUs"
-    log.info("%s on %d %s: %d replica%s x %d devices used = %d in use (each %s); numerics %s (%s), "
+    unit = "GPUs" if cfg.on_gpus else "devices"
+    log.info("%s on %d %s: %d replica%s x %d %s used = %d in use (each %s); numerics %s (%s), "
              "clock %s; ready in %.1f s", cfg.model.name, mp.num_devices, what, replicas, "s" if replicas > 1 else "",
-             mp.devices_used, replicas * mp.devices_used, mp.describe(), *cfg.numerics_why, cfg.server.clock,
+             mp.devices_used, unit, replicas * mp.devices_used, mp.describe(), *cfg.numerics_why, cfg.server.clock,
              time.perf_counter() - t0)
     if hasattr(loop.engine.tokenizer, "warn_stand_in"):  # a checkpoint without tokenizer.json: say so now
         loop.engine.tokenizer.warn_stand_in()

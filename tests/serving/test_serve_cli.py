@@ -212,6 +212,7 @@ def test_serve_on_modelled_gpus_answers_with_gpu_timing():
     finally:
         out = _stop(proc, port)
     assert "modelled a100-80gb GPUs" in out
+    assert "1 replica x 2 GPUs used = 2 in use" in out  # not "devices"
 
 
 def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog):
