@@ -16,7 +16,8 @@ A round runs the units in stage order. For each unit:
 
 Two drivers run these steps. In one process `run_round` loops over the units (`run_unit` drives
 the ranks' generators through a `Rendezvous`, or, for a timing-only tensor-parallel unit, runs
-its first rank's time pass once for its twin ranks: `Lockstep`). Through Ray the round is a chain of links
+its first rank's time pass once for its twin ranks: `Lockstep`; a tick through units of one
+timing-only device each runs as on Ray, the compiled `tick` per device: `tick_round`). Through Ray the round is a chain of links
 (`device_worker.port`): each unit's first device (its leader) receives the round, gathers its
 ranks' outputs, combines, hops and sends the round on to the next unit's devices; the fabric
 actor runs the units' `Rendezvous` for the exchanges. `chain_places` says where each device sits.
@@ -32,7 +33,7 @@ import numpy as np
 
 from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
-from cent_serve.timing.clock import ranks_joules
+from cent_serve.timing.clock import hand_on_tick, ranks_joules, tick
 from cent_serve.timing.mapping import Mapping
 from fabric.link import encode, remote_error
 from fabric.switch import Fabric
@@ -339,6 +340,51 @@ def run_round(plan: RoundPlan, units: list[Unit], workers: dict[int, object], fa
         nxt = units[k + 1].device_ids if k + 1 < len(units) else ()
         x = hand_on(x.energy_j, y, fabric, timer, plan.layout, unit.device_ids, nxt)
     return x
+
+
+def is_tick(plan: RoundPlan) -> bool:
+    """Whether `plan` brings its devices nothing but times (a tick): lanes, no new or finished
+    sequences, no numerics. A one-device unit then runs it in one compiled call (`tick_round`)
+    once its layout holds (`HostEnd.message` sends such a plan through Ray as a tick)."""
+    return (len(plan.layout) > 0 and not plan.new_seqs and not plan.finished and plan.token_ids is None
+            and plan.wants_logits is None)
+
+
+def tick_round(plan: RoundPlan, workers: list, fabric: Fabric, timer: SystemTimer,
+               relays: list[Rendezvous]) -> RoundOutput | None:
+    """`run_round` of a tick (`is_tick`) through units of one timing-only device each (`workers`,
+    in stage order, each routed to the next: `DeviceClock.set_route`), in this process: each
+    device's round is the compiled `cent_serve.timing.clock.tick` the Ray devices run
+    (`device_worker.steady`), its time pass and its hand-on in one call, on the switch's ports
+    (`fabric`). The same floats and state as `run_round`. None, with nothing changed, if a device
+    does not hold the plan's layout (the general path lays it out)."""
+    layout = plan.layout
+    for w in workers:
+        if w.seqs.layout is not layout:
+            if w.seqs.layout != layout:
+                return None
+            w.seqs.layout = layout  # as `SeqTable.update`: compared by identity next time
+    lp = timer.lane_plan(layout)
+    ints, floats = lp.ints, lp.floats
+    n, k = len(layout), len(layout.seq_ids)
+    x = np.concatenate([plan.ready_s, np.zeros(k)])
+    for u, w in enumerate(workers):
+        f, i, seq = w.clock.f, w.clock.i, w.seqs.state
+        while True:
+            out, done, own, crossed, n_crossed, need = tick(x, *timer.context_table(), seq, ints, floats, f, i,
+                                                            fabric.ports, fabric.counts)
+            if not need:
+                break
+            w.fill_table(lp)
+        if n_crossed:  # its KV blocks first (KVCacheFull fails the round before it is handed on)
+            try:
+                w.grow_kv(crossed[:n_crossed])
+            except Exception as exc:  # as `run_unit`: the round marked broken, the error raised
+                relays[u].break_round(plan.round_id, f"rank 0 failed: {type(exc).__name__}: {exc}")
+                raise
+            out = hand_on_tick(x, done, own, ints, floats, f, i, fabric.ports, fabric.counts)
+        x = out
+    return RoundOutput(x[:n], x[n:n + k], sampled_s=x[n + k:])
 
 
 def chain_message(plan: RoundPlan, x: RoundOutput | None, last_layout: Layout | None) -> dict:

@@ -6,7 +6,7 @@ from cent_serve.executor.base import Done, Executor, done
 from cent_serve.messages import RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
-from fabric.rounds import Lockstep, Rendezvous, execution_units, run_round
+from fabric.rounds import Lockstep, Rendezvous, execution_units, is_tick, run_round, tick_round
 from fabric.switch import Fabric
 
 
@@ -27,8 +27,20 @@ class LocalExecutor(Executor):
         locksteps = [Lockstep([self.workers[d] for d in u.device_ids]) for u in self.units]
         self.locksteps = locksteps if any(ls.on for ls in locksteps) else None
         """Each unit's `Lockstep`; None when no unit has twin ranks (no tensor parallelism, or numerics)."""
+        self.chain = None
+        """Timing-only units of one device each (a pure pipeline): their devices in stage order, each
+        routed to the next, so a tick runs as on Ray, one compiled call per device (`tick_round`)."""
+        if cfg.resolved_numerics != "full" and all(len(u.device_ids) == 1 for u in self.units):
+            self.chain = [self.workers[u.device_ids[0]] for u in self.units]
+            port = self.fabric.port
+            for w, nxt in zip(self.chain, self.chain[1:]):
+                w.clock.set_route(w.device_id, (nxt.device_id,), port.latency_s, port.flit_bytes)
 
     def submit(self, plan: RoundPlan) -> Done:
+        if self.chain is not None and is_tick(plan):
+            out = tick_round(plan, self.chain, self.fabric, self.timer, self.relays)
+            if out is not None:
+                return done(out)
         return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
                               self.locksteps))
 
