@@ -275,8 +275,10 @@ class SystemTimer:
     def load_table(self, table: np.ndarray, filled: np.ndarray) -> None:
         """Take a context table another timer of the same mapping filled (`context_table`): the
         driver fills it once and hands it to every device process, which would otherwise each
-        evaluate the cost model for every context."""
+        evaluate the cost model for every context. A timer sharing another's table (`share_table`)
+        takes a table of its own here, leaving the other's as it was."""
         assert table.shape == (3, filled.shape[0]), (table.shape, filled.shape)
+        self._table = ContextTable()
         self._table.costs, self._table.filled = np.array(table), np.array(filled)
 
     def lane_plan(self, layout) -> LanePlan:

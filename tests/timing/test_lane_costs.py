@@ -62,3 +62,16 @@ def test_a_lane_plan_is_kept_while_the_layout_holds_and_a_new_one_is_not_mistake
     b = timer.lane_plan(Layout((0, 1), (((0, 3),), ((1, 1),))))  # lane 0 now prefills 3 tokens
     assert b.ints[:3].tolist() == [0, 1, 2] and b.ints[3:5].tolist() == [3, 1] and b.num_tokens == 4
     assert b.floats[1].tolist() == [timer.hop_s(3), timer.hop_s(1)]
+
+
+def test_timers_sharing_a_context_table_fill_it_once_and_a_loaded_table_unshares():
+    """An engine's in-process replicas share one table (`share_table`): what one fills the other
+    reads; a timer that loads a table (`load_table`, the device processes') takes its own."""
+    cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(32, 32, 1), numerics="off")
+    a, b = SystemTimer.from_config(cfg), SystemTimer.from_config(cfg)
+    b.share_table(a)
+    a.fill_contexts(np.array([100]))
+    table, filled = b.context_table()
+    assert filled[100] and table[:, 100].tolist() == list(a.block_cost(100))
+    b.load_table(np.zeros((3, 8)), np.zeros(8, dtype=bool))
+    assert b.context_table()[1].shape == (8,) and a.context_table()[1][100]  # a's table as it was
