@@ -58,14 +58,15 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
 def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None,
                  shorter: str) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
-    pp and tp settings (`n`, from `devices_that_hold`), or, when no count does (more devices only add
-    copies), the mapping with more stages or a larger tp that holds them (`_more_stages_or_tp`: on the
+    pp and tp settings (`n`, from `devices_that_hold`: only with one stage a block, where a larger
+    tp would need --pp set and twice the layers in devices), or, when no count does (more devices
+    only add copies), the mapping with more stages or a larger tp that holds them (`_more_stages_or_tp`: on the
     devices given when a copy there leaves some idle, else on more); when none holds the KV cache too,
     the one that holds the weights with a shorter context (`shorter`, the flag that sets it: the
     batch's sequences at one token). Larger devices close every fix."""
     larger = f"larger devices: {CAPACITY_FIELDS}"
     if n is not None:
-        return f"use {n} devices (the fewest that hold it{lanes}) or a larger tp (or {larger})"
+        return f"use {n} devices (the fewest that hold it{lanes}), or {larger}"
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
     given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
     par = _more_stages_or_tp(cfg, kv_tokens, batch)

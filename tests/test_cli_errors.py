@@ -103,7 +103,7 @@ def test_a_model_the_devices_cannot_hold_is_refused_everywhere_alike(command):
     # the fewest that hold one sequence of the context (serve, bench, info), or simulate's 80 queries
     fewest = 16 if command[0] == "simulate" else 9
     line = _one_line_error(proc, "llama2-70b on 8 devices", "does not fit", "16.43 GiB",
-                           f"use {fewest} devices (the fewest that hold it) or a larger tp")
+                           f"use {fewest} devices (the fewest that hold it), or larger devices: ")
     assert line.split("error: ", 1)[1].startswith("llama2-70b on 8 devices")  # the same message
     assert wall < REFUSE_WITHIN_S, wall
 
@@ -418,7 +418,7 @@ def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_ha
     assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "4", *work]) == 0
     capsys.readouterr()
     assert main(["simulate", "--model", "llama2-70b", "--devices", "8"]) == 2
-    assert "use 16 devices (the fewest that hold it) or a larger tp" in capsys.readouterr().err
+    assert "use 16 devices (the fewest that hold it), or larger devices: " in capsys.readouterr().err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "15"]) == 2  # the KV of 80 queries, now
     assert "16 devices (the fewest that hold it)" in capsys.readouterr().err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "16"]) == 0
