@@ -126,7 +126,7 @@ def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
 def _numeric_paths(positive: bool | None = None) -> list[str]:
     """Every numeric field of the tree (`section.field`), or those that must be > 0 (positive=True)
     or may be 0 (positive=False)."""
-    from cent_serve.config import _numeric_fields
+    from cent_serve.config.checks import _numeric_fields
     from cent_serve.config_doc import sections
 
     return [f"{prefix}{f.name}" for prefix, cls, plain in sections() for f in plain if f.name in _numeric_fields(cls)

@@ -24,14 +24,14 @@ REGENERATE = "cent info --describe > docs/config.md"
 def test_config_md_is_up_to_date():
     text = (DOCS / "config.md").read_text()
     assert text == describe_config(), (
-        f"docs/config.md is out of date with cent_serve/config.py: regenerate it with `{REGENERATE}` "
+        f"docs/config.md is out of date with cent_serve/config/: regenerate it with `{REGENERATE}` "
         "(from the repo root) and commit the result")
 
 
 def test_every_config_field_has_a_docstring():
     missing = undocumented_fields()
     assert not missing, (f"config fields without a docstring: {missing}; give each a one-line string literal "
-                         f"right below the field in cent_serve/config.py, then run `{REGENERATE}`")
+                         f"right below the field in cent_serve/config/, then run `{REGENERATE}`")
 
 
 def test_cent_info_describe_prints_the_reference(capsys):
@@ -176,7 +176,7 @@ OUTSIDE = ("CENT_MODEL.md", "SERVING.md", "DESIGN.md", "STYLE.md", "../shared", 
 @pytest.mark.parametrize("path", [p for p in _doc_files() if p.name != "config.md"],
                          ids=lambda p: str(p.relative_to(DOCS)))
 def test_docs_cite_only_files_in_the_repo(path):
-    """(docs/config.md is generated from cent_serve/config.py: its citations are the code's.)"""
+    """(docs/config.md is generated from cent_serve/config/: its citations are the code's.)"""
     text = path.read_text()
     for name in OUTSIDE:
         assert name not in text, f"{path.relative_to(ROOT)} cites {name}, which is not in the repo"

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from cent_serve.cli import main
-from cent_serve.config import _from_dict, CentConfig
+from cent_serve.config import CentConfig
+from cent_serve.config.fields import _from_dict
 from cent_serve.sweep import closed_form_figures, parse_vary
 from cent_serve.sweep_plots import pareto_front
 

@@ -1,0 +1,174 @@
+"""A config from a YAML file (a sweep's or a run's `config.yaml`), refusing duplicate keys and
+unknown fields, the bench flags a run's file records, and a config back to plain data (`config_to_dict`,
+for config.json and the API)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cent_serve.config.checks import _check
+from cent_serve.config.fields import _from_dict, _sections
+from cent_serve.config.model import MODEL_PRESETS
+from cent_serve.config.tree import CentConfig
+
+
+REDACTED = "<redacted>"
+"""What `config_to_dict` writes for an API key (`load_config` reads it back as no key)."""
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists; an API key is redacted; on GPUs, the
+    batching their kind gave, not its 0: a results' config.json says what ran)."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    server = data.get("server") if isinstance(data, dict) else None
+    if isinstance(server, dict) and server.get("api_key"):
+        server["api_key"] = REDACTED
+    if isinstance(cfg, CentConfig) and cfg.on_gpus:
+        data["gpu"].update(max_num_seqs=cfg.gpu.num_seqs, max_num_batched_tokens=cfg.gpu.num_batched_tokens)
+    return data
+
+
+@lru_cache(maxsize=None)
+def _unique_keys_loader():
+    """yaml's safe loader, refusing a key given twice in one mapping (it keeps the last silently: a
+    sweep's base config set twice would run the value the user did not mean)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written here (a `<<` merge may override them: legal)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key} is given twice in one section: "
+                                                            "keep one of them", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # unhashable: construct_mapping says so in yaml's words
+                pass
+        return loader.construct_mapping(node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+_BENCH_DEFAULTS = dict(start_s=0.0, time_scale=1.0, prompt_scale=1.0, output_scale=1.0, burstiness=1.0, seed=0)
+"""A recorded `bench` option at these values needs no flag."""
+
+
+def bench_flags(bench: dict) -> str:
+    """The `cent bench` flags that select the requests a results file's `bench` section records
+    (`bench.cli._recorded`): its trace, or `--synthetic` and the lengths, and every option given."""
+    import shlex
+
+    out = []
+    for key, value in bench.items():
+        if value is None or key in ("executor", "arrivals", "url") or _BENCH_DEFAULTS.get(key) == value:
+            continue
+        if key == "trace":
+            arrivals = str(bench.get("arrivals", "poisson"))
+            out += (["--synthetic", arrivals] if value == "synthetic"  # ShareGPT's gamma arrivals need it too
+                    else ["--trace", shlex.quote(str(value))] + (["--synthetic", arrivals] if arrivals != "poisson" else []))
+        elif key != "format" or bench.get("trace") != "synthetic":
+            # each key is its flag's name; a list (`bench sweep`'s rates) as the comma-separated values it takes
+            text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            out += ["--" + key.replace("_", "-"), shlex.quote(text)]
+    return " ".join(out)
+
+
+def load_config(path: str | Path) -> CentConfig:
+    """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"--config {str(path)!r} cannot be read ({exc.strerror}): give the path of a YAML "
+                         "config file") from None
+    try:
+        data = yaml.load(text, Loader=_unique_keys_loader()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "given twice" in problem:
+            raise ValueError(f"config file {path}{where}: {problem}") from None
+        raise ValueError(f"config file {path}: not valid YAML{where} ({problem}): fix the file "
+                         "(indentation, a missing colon or quote)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
+                         "at the top level")
+    bench = data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
+    if isinstance(bench, dict) and bench.get("trace"):
+        logging.getLogger("cent_serve").warning(
+            "config file %s: its bench section (the requests its run replayed) is not read as config: to replay "
+            "them again give cent bench its flags: %s", path, bench_flags(bench))
+    status = data.pop("server_status", None)  # what the server of a --url replay said of itself: a record, not config
+    workload = data.pop("workload", None)  # cent simulate --json's, a closed-form sweep row's
+    if isinstance(workload, dict) and workload:
+        logging.getLogger("cent_serve").warning(
+            "config file %s: its workload (%s) is not read as config: give it as flags to rerun it (e.g. --prompt "
+            "and --decode)", path, ", ".join(f"{k} {v}" for k, v in workload.items()))
+    if status is not None and not data:  # a server without GET /v1/cent/config: read as config, the defaults
+        model = status.get("model") if isinstance(status, dict) else None
+        raise ValueError(f"config file {path}: server_status (model {model!r}) is what the server of a --url replay "
+                         "said of itself, and that server did not give its config (GET /v1/cent/config): no config "
+                         "to read; give the flags the server ran with (--model, --devices, ...) instead of --config")
+    server = data.get("server")
+    if isinstance(server, dict) and server.get("api_key") == REDACTED:
+        logging.getLogger("cent_serve").warning("config file %s: server.api_key was redacted when it was written: "
+                                                "no key is set (give --api-key or CENT_API_KEY)", path)
+        server["api_key"] = None
+    for section in _sections(CentConfig):
+        value = data.get(section)
+        if value is not None and not isinstance(value, dict):
+            example = f"{{name: {value}}}" if section == "model" else "{field: value, ...}"
+            raise ValueError(f"config file {path}: {section}={value!r} is invalid: {section} is a section of "
+                             f"fields, write `{section}: {example}`")
+    model = data.get("model")
+    if isinstance(model, dict):
+        try:
+            data["model"] = _model_section(model)
+        except ValueError as exc:
+            raise ValueError(f"config file {path}: {exc}") from None
+    try:
+        return _from_dict(CentConfig, data, "")
+    except ValueError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+
+
+def _model_section(model: dict[str, Any]) -> dict[str, Any]:
+    """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
+    loads the checkpoint's config.json, `name: PRESET` the preset; the fields given beside them
+    override. Another name is a model of one's own and needs its shape beside it (`_SHAPE_FIELDS`);
+    alone it is refused: it would only relabel the default model."""
+    name, ckpt = model.get("name"), model.get("checkpoint")
+    if ckpt is not None:
+        from cent_serve.model.weights import model_config_from_hf
+
+        base = dataclasses.asdict(model_config_from_hf(str(ckpt)))
+        _check(name is None or name == base["name"], "model.name", name,
+               f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "
+               f"model.checkpoint")
+        return {**base, **model, "checkpoint": base["checkpoint"]}
+    if name is None:
+        return model
+    if isinstance(name, str) and name in MODEL_PRESETS:
+        return {**MODEL_PRESETS[name], **model}
+    # a model of one's own (or a saved resolved config) names itself and gives its shape
+    _check(isinstance(name, str) and bool(_SHAPE_FIELDS & model.keys()), "model.name", name,
+           f"it is not a preset: use one of {', '.join(sorted(MODEL_PRESETS))}, `checkpoint: DIR` for a Hugging "
+           f"Face checkpoint directory, or give your model's shape beside its name ({', '.join(sorted(_SHAPE_FIELDS))})")
+    return model
+
+
+_SHAPE_FIELDS = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads"})
+"""A YAML `model:` section with any of these beside a name that is no preset describes a model of its own."""

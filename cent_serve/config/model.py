@@ -1,0 +1,333 @@
+"""The model section: `ModelConfig`, the named presets and how a run names a changed one."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from cent_serve.config.checks import _check, _check_numbers
+from cent_serve.config.fields import _ids_text
+
+
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
+"""Families the reference model runs (Hugging Face `model_type`)."""
+MOE_TYPES = ("mixtral", "qwen3_moe")
+"""The mixture-of-experts families among them."""
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+"""Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3) or a mixture of experts
+    (Mixtral, Qwen 3 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
+
+    name: str = "tiny"
+    """Preset name, or the checkpoint directory's name when loaded from disk (chosen with `--model`
+    or a YAML `model:` section, not `--set`: the top level says how)."""
+    hidden_size: int = 256
+    """D: model width."""
+    intermediate_size: int = 688
+    """F: SwiGLU MLP width."""
+    num_layers: int = 8
+    """N: transformer blocks."""
+    num_heads: int = 8
+    """H: attention (query) heads."""
+    num_kv_heads: int = 2
+    """Hkv: key/value heads (GQA when < num_heads)."""
+    head_dim: int = 0
+    """Per-head width; 0 means hidden_size // num_heads."""
+    vocab_size: int = 259
+    """Vocabulary size (the byte-level tokenizer uses 259: 3 specials + 256 bytes)."""
+    max_seq_len: int = 8192
+    """Longest context (prompt + generated tokens) the model accepts. From a checkpoint, vLLM's
+    `max_model_len`: `max_position_embeddings`, or with a linear, dynamic or yarn rope the original
+    context times the factor (Qwen3 with yarn 4x: 32,768 x 4 = 131,072)."""
+    rope_theta: float = 10000.0
+    """Rotary embedding base (Hugging Face `rope_theta`)."""
+    rms_norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    tie_word_embeddings: bool = False
+    """Whether the LM head reuses the embedding matrix."""
+    model_type: str = "llama"
+    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral` or
+    `qwen3_moe`. The families differ only by the named variations below, which a checkpoint's
+    config.json sets."""
+    attention_bias: bool = False
+    """Biases on the q, k and v projections (Qwen 2.5)."""
+    qk_norm: bool = False
+    """An RMSNorm over each head of q and k before the rotary embedding (Qwen 3)."""
+    sliding_window: int = 0
+    """Attend to the last `sliding_window` positions only (Mistral); 0: the whole context."""
+    num_experts: int = 0
+    """Experts of each block's MLP (Mixtral 8, Qwen3-30B-A3B 128); 0: a dense SwiGLU MLP."""
+    num_experts_per_tok: int = 0
+    """k: the experts a token runs (the router's top k of its softmax)."""
+    moe_intermediate_size: int = 0
+    """An expert's SwiGLU width; 0: model.intermediate_size (Mixtral's experts are full-size MLPs)."""
+    norm_topk_prob: bool = True
+    """Divide the top-k router probabilities by their sum (Mixtral always; Qwen 3 MoE's config says)."""
+    expert_skew: float = 0.0
+    """Timing's router: with numerics off there are no router logits, so the time model routes each
+    (sequence, position, block) to k experts by a seeded draw without replacement, the weight of
+    the expert of rank r in a seeded order 1 / (r + 1)^expert_skew: 0 is uniform, larger piles
+    tokens on a few hot experts (a hot-expert workload; they share devices as the seeded order
+    places them). The same draw with numerics on, so timing never depends on numerics."""
+    rope_type: str = "default"
+    """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn` or `llama3`."""
+    rope_factor: float = 1.0
+    """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings."""
+    rope_original_max_position: int = 0
+    """The context the model was pretrained for (`original_max_position_embeddings`; for linear and
+    dynamic, and yarn without it, the checkpoint's `max_position_embeddings`); 0: model.max_seq_len."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling: wavelengths over original / low_freq_factor are divided by the factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling: wavelengths under original / high_freq_factor are kept."""
+    rope_beta_fast: float = 32.0
+    """yarn: rotations that bound extrapolation."""
+    rope_beta_slow: float = 1.0
+    """yarn: rotations that bound interpolation."""
+    rope_mscale: float = 0.0
+    """yarn: with rope_mscale_all_dim, sets the attention factor (0: from the factor alone)."""
+    rope_mscale_all_dim: float = 0.0
+    """yarn: see rope_mscale."""
+    rope_attention_factor: float = 0.0
+    """yarn: the cos / sin scale; 0: derived from the factor (and mscales)."""
+    rope_truncate: bool = True
+    """yarn: round the correction range to whole dimensions."""
+    bos_token_id: int = 1
+    """Beginning-of-sequence token id."""
+    eos_token_id: int = 2
+    """End-of-sequence token id."""
+    extra_eos_token_ids: tuple[int, ...] = ()
+    """More ids that end a generation as the eos does, unless ignore_eos (vLLM's rule: a checkpoint's
+    eos_token_id list after its first and generation_config.json's, e.g. Llama 3 Instruct's <|eot_id|>
+    128009); the reply's stop_reason names the id. --set takes them comma-separated."""
+    weight_dtype: str = "bfloat16"
+    """Storage dtype of weights: `bfloat16` (CENT's data type) or `float32`. Math is float32."""
+    seed: int = 0
+    """Seed of the random weights of a preset (same seed, same weights, on any machine), and of a mixture
+    of experts' timing router (`expert_skew`), so its simulated times follow the seed too."""
+    checkpoint: str | None = None
+    """Hugging Face Llama checkpoint directory; None means seeded random weights."""
+
+    def is_eos(self, token: int) -> bool:
+        """Whether `token` ends a generation (unless ignore_eos): the eos or one of the extra eos ids."""
+        return token == self.eos_token_id or token in self.extra_eos_token_ids
+
+    _positive = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                           "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps", "rope_low_freq_factor",
+                           "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow"})
+    """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"model.{name}", value,
+                   "use a positive integer")
+        if self.head_dim == 0:
+            _check(self.hidden_size % self.num_heads == 0, "model.hidden_size", self.hidden_size,
+                   f"make it a multiple of model.num_heads={self.num_heads}, or set model.head_dim")
+            self.head_dim = self.hidden_size // self.num_heads
+        _check(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", self.head_dim,
+               "use a positive even number (rotary embeddings rotate pairs)")
+        _check(self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads", self.num_kv_heads,
+               f"it must divide model.num_heads={self.num_heads}")
+        _check(self.weight_dtype in ("bfloat16", "float32"), "model.weight_dtype", self.weight_dtype,
+               "use 'bfloat16' or 'float32'")
+        _check(self.rope_theta > 0, "model.rope_theta", self.rope_theta, "use a positive number")
+        _check(self.rms_norm_eps > 0, "model.rms_norm_eps", self.rms_norm_eps, "use a positive number")
+        _check(self.model_type in MODEL_TYPES, "model.model_type", self.model_type,
+               f"use one of {', '.join(MODEL_TYPES)} (other families are not supported)")
+        _check(self.rope_type in ROPE_TYPES, "model.rope_type", self.rope_type,
+               f"use one of {', '.join(ROPE_TYPES)}")
+        if self.rope_type != "default":
+            _check(self.rope_factor > 0, "model.rope_factor", self.rope_factor, "use a positive number")
+        if self.rope_type == "llama3":  # its smoothing divides by the difference
+            _check(self.rope_high_freq_factor > self.rope_low_freq_factor, "model.rope_high_freq_factor",
+                   self.rope_high_freq_factor, f"use more than model.rope_low_freq_factor={self.rope_low_freq_factor}")
+        _check(self.sliding_window >= 0, "model.sliding_window", self.sliding_window,
+               "use a positive window, or 0 for the whole context")
+        _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
+               self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
+        self.extra_eos_token_ids = _ids_text(self.extra_eos_token_ids, "model.extra_eos_token_ids")
+        for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + \
+                [("extra_eos_token_ids", v) for v in self.extra_eos_token_ids]:
+            _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
+                   f"model.{name}", value, f"use an id in [0, {self.vocab_size})")
+        _check(self.num_experts >= 0, "model.num_experts", self.num_experts, "use 0 (dense) or a positive count")
+        _check(self.expert_skew >= 0, "model.expert_skew", self.expert_skew, "use 0 (uniform) or a positive skew")
+        _check(self.moe_intermediate_size >= 0, "model.moe_intermediate_size", self.moe_intermediate_size,
+               "use a positive width, or 0 for model.intermediate_size")
+        if self.num_experts:
+            _check(1 <= self.num_experts_per_tok <= self.num_experts, "model.num_experts_per_tok",
+                   self.num_experts_per_tok, f"use 1 .. model.num_experts={self.num_experts}")
+        moe_type = self.model_type in MOE_TYPES
+        _check(moe_type == bool(self.num_experts), "model.num_experts", self.num_experts,
+               f"model_type={self.model_type!r} is a mixture of experts: set a positive count" if moe_type else
+               f"model_type={self.model_type!r} is dense: use 0, or a model_type of {', '.join(MOE_TYPES)}")
+        _check_numbers(self, "model")
+
+    @property
+    def num_rep(self) -> int:
+        """nrep = H / Hkv: query heads per KV head (the GQA group)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def expert_size(self) -> int:
+        """An expert's SwiGLU width (the dense MLP's for a dense model)."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    def expert_param_count(self) -> int:
+        """Parameters of one expert: gate, up and down (3 D F_e)."""
+        return 3 * self.hidden_size * self.expert_size
+
+    def attention_param_count(self) -> int:
+        """Parameters of a block's attention (with its biases and q/k norms) and its two norms."""
+        d = self.hidden_size
+        attn = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
+        attn += (self.q_size + 2 * self.kv_size if self.attention_bias else 0) + (2 * self.head_dim if self.qk_norm else 0)
+        return attn + 2 * d
+
+    def block_param_count(self) -> int:
+        """Parameters of one transformer block (attention with its biases and q/k norms, MLP or router
+        and every expert, two norms)."""
+        if self.is_moe:
+            return self.attention_param_count() + self.num_experts * (self.hidden_size + self.expert_param_count())
+        return self.attention_param_count() + 3 * self.hidden_size * self.intermediate_size
+
+    def active_block_param_count(self) -> int:
+        """Parameters one token reads in a block: the router and its k experts for a MoE."""
+        if self.is_moe:
+            return (self.attention_param_count() + self.num_experts * self.hidden_size
+                    + self.num_experts_per_tok * self.expert_param_count())
+        return self.block_param_count()
+
+    def param_count(self, active: bool = False) -> int:
+        """All parameters: blocks, final norm, embedding and (untied) LM head; with `active`, a MoE's
+        blocks count only what a token reads (router and k experts), as "active parameters" are
+        published (Mixtral 8x7B: 12.9 B of 46.7 B)."""
+        emb = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else emb
+        block = self.active_block_param_count() if active else self.block_param_count()
+        return self.num_layers * block + self.hidden_size + emb + head
+
+    def weight_bytes(self) -> int:
+        return self.param_count() * (2 if self.weight_dtype == "bfloat16" else 4)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes per token over all layers (bf16, CENT's data type)."""
+        return 2 * self.num_layers * self.kv_size * 2
+
+
+_LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                     rope_original_max_position=8192)
+"""Llama 3.1's rotary scaling (its config.json `rope_scaling`)."""
+# docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
+                 vocab_size=259, max_seq_len=8192),
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                      num_kv_heads=32, vocab_size=32000, max_seq_len=4096),
+    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
+                       num_kv_heads=40, vocab_size=32000, max_seq_len=4096),
+    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
+                       num_kv_heads=8, vocab_size=32000, max_seq_len=4096),
+    # the families people serve now: dimensions, rope and context from each model's published
+    # config.json (Hugging Face hub: meta-llama/Llama-3.1-8B, Llama-3.1-70B, Llama-3.2-1B,
+    # mistralai/Mistral-7B-v0.1, Qwen/Qwen2.5-7B, Qwen/Qwen3-8B)
+    "llama3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+                        vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, **_LLAMA31_ROPE,
+                        bos_token_id=128000, eos_token_id=128001),
+    "llama3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8,
+                         vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, **_LLAMA31_ROPE,
+                         bos_token_id=128000, eos_token_id=128001),
+    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+                        head_dim=64, vocab_size=128256, max_seq_len=131072, rope_theta=500000.0,
+                        **{**_LLAMA31_ROPE, "rope_factor": 32.0}, tie_word_embeddings=True,
+                        bos_token_id=128000, eos_token_id=128001),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                       num_kv_heads=8, vocab_size=32000, max_seq_len=32768, sliding_window=4096),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+                       num_kv_heads=4, vocab_size=152064, max_seq_len=131072, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, attention_bias=True, bos_token_id=151643, eos_token_id=151643),
+    "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
+                     num_kv_heads=8, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
+                     rms_norm_eps=1e-6, qk_norm=True, bos_token_id=151643, eos_token_id=151645),
+    # mixtures of experts (mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B config.json)
+    "mixtral-8x7b": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                         num_kv_heads=8, vocab_size=32000, max_seq_len=32768, rope_theta=1000000.0,
+                         num_experts=8, num_experts_per_tok=2),
+    "qwen3-30b-a3b": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_layers=48, num_heads=32,
+                          num_kv_heads=4, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
+                          rms_norm_eps=1e-6, qk_norm=True, num_experts=128, num_experts_per_tok=8,
+                          moe_intermediate_size=768, norm_topk_prob=True, bos_token_id=151643, eos_token_id=151645),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset (like gpt-fast's `ModelArgs.from_name`), with field overrides."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"model.name={name!r} is not a preset: use one of "
+                         f"{sorted(MODEL_PRESETS)} or a Hugging Face checkpoint directory")
+    return ModelConfig(name=name, **{**MODEL_PRESETS[name], **overrides})
+
+
+UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype"})
+"""Model fields a run's header does not name when they differ from the preset's (they change no figure
+of the timing, or are the model's identity); but a mixture of experts' seed (`model_label`)."""
+
+
+@lru_cache(maxsize=None)
+def _preset(name: str) -> ModelConfig:
+    """The preset `name` as published, built once per process (read only)."""
+    return ModelConfig(name=name, **MODEL_PRESETS[name])
+
+
+def preset_changes(model: ModelConfig, skip: Callable[[str], bool]) -> list[str]:
+    """The fields (`model.F=value`) in which `model` differs from the preset of its name, but those
+    `skip` names; [] for a model that is no preset."""
+    if model.name not in MODEL_PRESETS:
+        return []
+    preset = _preset(model.name)
+    return [f"model.{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(ModelConfig)
+            if not skip(f.name) and getattr(model, f.name) != getattr(preset, f.name)]
+
+
+def model_label(model: ModelConfig, most: int = 2) -> str:
+    """The model as a run's header names it: a preset's name, with the fields set apart from it
+    (`llama2-7b (model.num_layers=16)`; after `most` of them, how many more), so a changed preset is
+    not read as the published one."""
+    # a mixture of experts' seed is its timing router's too (`ModelConfig.seed`): named, as its figures follow it
+    changed = preset_changes(model, lambda name: name in UNLABELLED_MODEL_FIELDS and not (name == "seed" and model.is_moe))
+    if not changed:
+        return model.name
+    more = f" and {len(changed) - most} more" if len(changed) > most else ""
+    return f"{model.name} ({', '.join(changed[:most])}{more})"
+
+def resolve_model(name_or_path: str) -> ModelConfig:
+    """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
+    config.json is enough for timing), as `--model` takes it."""
+    if name_or_path in MODEL_PRESETS:
+        return model_preset(name_or_path)
+    if Path(name_or_path).exists():
+        from cent_serve.model.weights import model_config_from_hf
+        return model_config_from_hf(name_or_path)
+    raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
+                     "nor an existing checkpoint directory")

@@ -1,0 +1,122 @@
+"""`CentConfig`, the whole tree, with its cross-section checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cent_serve.config.checks import _check
+from cent_serve.config.fields import _SECTION_FIX, _sections
+from cent_serve.config.gpu import GpuConfig
+from cent_serve.config.hardware import DeviceConfig, FabricConfig
+from cent_serve.config.model import ModelConfig
+from cent_serve.config.runtime import ParallelConfig, SchedulerConfig, ServerConfig
+
+
+@dataclass
+class CentConfig:
+    """The whole resolved configuration; written next to every result.
+
+    Every number in it is finite and >= 0, and > 0 where 0 would make no device or be divided by
+    (counts, sizes, clocks, bandwidths, gpu.tco_per_gpu): NaN, infinities and negative values are
+    refused, naming the field, the value and the fix. A section takes fields, never a value
+    (`--set device=5` is refused). The model is chosen whole, never relabelled: with `--model
+    NAME_OR_DIR`, or in YAML with `model: {name: PRESET}` or `model: {checkpoint: DIR}` (the
+    checkpoint's config.json, as `--model DIR` loads it; fields given beside either override it);
+    a name that is no preset is refused, and so are `--set model.name` and `--set model.checkpoint`
+    (but `--set model.checkpoint=none`: the same model with seeded random weights)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    """The CENT device."""
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+    """The CXL switch."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """The mapping."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Batching."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """HTTP and Ray."""
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    """GPUs in place of the CENT devices when gpu.count > 0 (`--hardware gpu:KIND:N`)."""
+    numerics: str = "auto"
+    """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params when the
+    weights are there: a checkpoint directory with only its config.json runs timing only)."""
+    executor: str = "local"
+    """Where the devices run: `local` (all in this process) or `ray` (each device a Ray actor, the
+    switch a fabric actor). `cent serve` picks `ray` unless given --local."""
+
+    def __post_init__(self) -> None:
+        for name, cls in _sections(CentConfig).items():
+            section = getattr(self, name)
+            _check(isinstance(section, cls), name, section, _SECTION_FIX.format(name=name, leaf=name))
+        _check(self.numerics in ("full", "off", "auto"), "numerics", self.numerics,
+               "use 'full', 'off' or 'auto'")
+        _check(self.executor in ("local", "ray"), "executor", self.executor, "use 'local' or 'ray'")
+        if not self.on_gpus:  # the CENT mapping; GPUs map by gpu.tp and gpu.pp (checked by their timer)
+            self._check_mapping()
+
+    def _check_mapping(self) -> None:
+        n = self.model.num_layers
+        p = self.parallel
+        _check(p.pp <= n, "parallel.pp", p.pp,
+               f"use at most model.num_layers={n} stages (0 = one stage per block)")
+        if p.pp != 0 and p.pp != n:
+            _check(p.pp * p.tp <= p.num_devices, "parallel.pp", p.pp,
+                   f"pp x tp = {p.pp * p.tp} exceeds parallel.num_devices={p.num_devices}; "
+                   f"use pp x tp <= {p.num_devices}" + (f" (pp <= {p.num_devices // p.tp} at tp {p.tp})" if p.tp > 1 else ""))
+        if p.tp > 1:
+            _check(p.pp != 0, "parallel.pp", p.pp,
+                   "with tp > 1 set pp explicitly (devices / tp stages, CENT's hybrid mapping)")
+
+    @property
+    def on_gpus(self) -> bool:
+        """Whether the hardware is GPUs (gpu.count > 0), not CENT devices."""
+        return self.gpu.count > 0
+
+    @property
+    def hardware(self) -> str:
+        """`cent` or `gpu:KIND:N`."""
+        return f"gpu:{self.gpu.kind}:{self.gpu.count}" if self.on_gpus else "cent"
+
+    @property
+    def kv_tokens_cap(self) -> int | None:
+        """The KV a sequence of a sliding-window model keeps (None: all of it): the window, a
+        step's tokens (`scheduler.prefill_chunk_tokens`; on GPUs `gpu.max_num_batched_tokens`) and
+        one block for the alignment; the blocks of older positions are reused as it moves on."""
+        m, sc = self.model, self.scheduler
+        step = self.gpu.num_batched_tokens if self.on_gpus else sc.prefill_chunk_tokens
+        return m.sliding_window + step + sc.kv_block_tokens if m.sliding_window else None
+
+    def kv_tokens(self, tokens: int) -> int:
+        """The tokens of a sequence's KV that take room: all, or the cap of a sliding window."""
+        cap = self.kv_tokens_cap
+        return tokens if cap is None else min(tokens, cap)
+
+    @property
+    def resolved_numerics(self) -> str:
+        """`full` or `off` once `auto` is resolved (full up to 1e9 parameters)."""
+        return self.numerics_why[0]
+
+    @property
+    def numerics_why(self) -> tuple[str, str]:
+        """(`resolved_numerics`, why: the flag, or what `auto` found), for a start-up line."""
+        if self.numerics != "auto":
+            return self.numerics, "as set"
+        if self.model.checkpoint and not checkpoint_has_weights(self.model.checkpoint):
+            return "off", "auto: the checkpoint has no weight files"  # a config.json alone: its shape, timed
+        n = self.model.param_count()
+        if n <= 1_000_000_000:
+            return "full", "auto: 1B parameters or fewer"
+        return "off", (f"auto: {n / 1e9:.1f}B parameters, over the 1B full numerics run to; the text is a stand-in, "
+                       "the times are the model's")
+
+
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.gguf")
+"""Files that hold a checkpoint's weights in some format (only safetensors load: `weights.py`)."""
+
+
+def checkpoint_has_weights(directory: str | Path) -> bool:
+    """Whether a checkpoint directory holds weight files of any format, not a config.json alone (a
+    pytorch_model.bin is weights: loading it is refused by name, rather than timed silently)."""
+    return any(next(Path(directory).glob(pattern), None) is not None for pattern in WEIGHT_FILES)
