@@ -271,7 +271,7 @@ def test_the_model_is_not_relabelled_by_set(override):
 
 
 def test_a_yaml_checkpoint_loads_its_model_as_model_does(tmp_path):
-    from cent_serve.model.weights import model_config_from_hf
+    from cent_serve.model.hf_config import model_config_from_hf
 
     ckpt = Path(__file__).parent / "data" / "hf_tiny_llama"
     (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, max_seq_len: 128}}\n")

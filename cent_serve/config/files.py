@@ -152,7 +152,7 @@ def _model_section(model: dict[str, Any]) -> dict[str, Any]:
     alone it is refused: it would only relabel the default model."""
     name, ckpt = model.get("name"), model.get("checkpoint")
     if ckpt is not None:
-        from cent_serve.model.weights import model_config_from_hf
+        from cent_serve.model.hf_config import model_config_from_hf
 
         base = dataclasses.asdict(model_config_from_hf(str(ckpt)))
         _check(name is None or name == base["name"], "model.name", name,

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.weights import json_object
+from cent_serve.model.hf_config import json_object
 
 log = logging.getLogger(__name__)
 _WARNED_NO_TOKENIZER: set[str] = set()

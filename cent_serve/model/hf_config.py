@@ -1,0 +1,335 @@
+"""A checkpoint's Hugging Face `config.json`, both ways: a `ModelConfig` from one (with the family's
+defaults transformers would take, and refusals of what the model cannot run), and one from a `ModelConfig`."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
+from cent_serve.model.families import unmodelled_features, windowed_blocks
+
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+_ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
+                  high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
+                  mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
+                  truncate="rope_truncate", original_max_position_embeddings="rope_original_max_position")
+_ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
+                   "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                   "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                            "truncate", "original_max_position_embeddings")}
+"""The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
+_FAMILY_FEATURES = dict(attention_bias=("qwen2",), qk_norm=("qwen3", "qwen3_moe"), sliding_window=("mistral", "mixtral"))
+"""The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
+
+
+_REQUIRED = object()
+"""The default of a config.json key every checkpoint has (`model_config_from_hf`)."""
+
+
+def _refuse(field: str, value, why: str) -> None:
+    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
+
+
+def _check_qwen_window(hf: dict, num_layers: int, context: int, per_block: bool) -> None:
+    """Refuse a Qwen sliding window that hides keys within the context: the reference model has
+    Mistral's window on every block, not Qwen's on some (a window it never reaches is harmless)."""
+    blocks = windowed_blocks(hf, num_layers, context, per_block)
+    if blocks:
+        window = hf["sliding_window"]
+        _refuse("use_sliding_window", True, f"sliding_window={window} on {len(blocks)} of {num_layers} blocks "
+                f"(from block {blocks[0]}) is not modelled (Mistral's window on every block is): set "
+                f"use_sliding_window to false in config.json to run full attention (the same tokens while a "
+                f"sequence stays within {window} tokens)")
+
+
+def json_object(file: Path, field: str, alternative: str) -> dict:
+    """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
+    (fix the file, `alternative`)."""
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
+                         f"file, {alternative}") from None
+    except UnicodeDecodeError as exc:  # cut inside a character, or not text at all
+        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start}): fix the file, {alternative}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object of fields (\"{field}\": ..., ...), not a "
+                         f"{type(data).__name__}: fix the file, {alternative}")
+    return data
+
+
+def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
+    """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
+    Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
+    (q/k norms), and the mixtures of experts Mixtral and Qwen 3 MoE. What the reference model cannot
+    run is refused by name."""
+    path = Path(path)
+    if path.is_file():  # a checkpoint is a directory (the weights and tokenizer sit beside config.json)
+        if path.name != "config.json":
+            raise ValueError(f"model.checkpoint={str(path)!r} is a file: point --model at a checkpoint directory, "
+                             f"with the file in it as config.json (e.g. mkdir m && cp {path} m/config.json)")
+        path = path.parent
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
+                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
+    hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
+
+    def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
+        """hf[key] as an int (or float), > 0 (else >= 0): ValueError naming the file, the key and the fix."""
+        value = hf.get(key) if default is _REQUIRED else hf.get(key, default)
+        if value is None and default is _REQUIRED:
+            raise ValueError(f"{cfg_file}: {key} is missing: a Hugging Face config.json gives it (a positive "
+                             f"{'integer' if kind is int else 'number'}); add it, or use the checkpoint's own file")
+        if value is None:
+            return value
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if kind is int and number and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value) \
+                or (value <= 0 if positive else value < 0):
+            sign = "positive" if positive else "non-negative"
+            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use a {sign} "
+                             f"{'integer' if kind is int else 'number'} (a JSON number, without quotes)")
+        return value
+
+    def _bool(key: str, default: bool) -> bool:
+        """hf[key] as a JSON boolean ("false" in quotes is not false: transformers refuses it too)."""
+        value = hf.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ValueError(f"{cfg_file}: {key}={value!r} is invalid: use true or false (a JSON boolean, "
+                             "without quotes)")
+        return value
+
+    if "model_type" not in hf:  # as transformers refuses it: the family decides what the keys mean
+        raise ValueError(f"{cfg_file}: model_type is missing: a Hugging Face config.json names its family; add "
+                         f"it (e.g. \"model_type\": \"llama\"; supported: {', '.join(ARCHITECTURES)})")
+    arch = hf["model_type"]
+    if arch not in ARCHITECTURES:
+        missing = unmodelled_features(arch, hf)
+        _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
+                + f"supported families: {', '.join(ARCHITECTURES)}")
+    family = _FAMILY_DEFAULTS.get(arch, {})
+    moe = {}
+    if arch in MOE_TYPES:
+        if hf.get("shared_expert_intermediate_size"):
+            _refuse("shared_expert_intermediate_size", hf["shared_expert_intermediate_size"], "shared experts are not modelled")
+        if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
+            _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
+                    "every block must be a mixture of experts (decoder_sparse_step 1, no mlp_only_layers)")
+        if not hf.get("num_experts_per_tok"):
+            _refuse("num_experts_per_tok", hf.get("num_experts_per_tok"),
+                    "a mixture of experts' config.json names how many experts a token runs")
+        if not (hf.get("num_local_experts") or hf.get("num_experts")):
+            _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
+        moe = dict(num_experts=_num("num_local_experts" if hf.get("num_local_experts") else "num_experts"),
+                   num_experts_per_tok=_num("num_experts_per_tok"),
+                   # transformers' Qwen3MoeConfig defaults: 768-wide experts, weights not renormalised
+                   moe_intermediate_size=(_num("moe_intermediate_size", 768) or 768) if arch == "qwen3_moe" else 0,
+                   norm_topk_prob=_bool("norm_topk_prob", False) if arch == "qwen3_moe" else True)
+    if hf.get("quantization_config"):
+        quant = hf["quantization_config"]
+        _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
+                "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
+    if hf.get("hidden_act", "silu") != "silu":
+        _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
+    if _bool("mlp_bias", False):
+        _refuse("mlp_bias", True, "MLP biases are not modelled")
+    if arch != "qwen2" and _bool("attention_bias", False):
+        _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
+    rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):  # transformers rotates only this share of each head's dims
+        _refuse("partial_rotary_factor", partial, "the rotary embedding turns every dimension of a head (1.0)")
+    # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
+    # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
+    for key in ("rope_scaling", "rope_parameters"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            raise ValueError(f"{cfg_file}: {key}={hf[key]!r} is invalid: use a JSON object "
+                             "({\"rope_type\": ..., \"factor\": ...}) or null")
+    rope = dict(hf.get("rope_scaling") or {})
+    rope.update(hf.get("rope_parameters") or {})
+    for key, value in rope.items():  # numbers as JSON numbers: "8" would repeat a string, not scale a context
+        if key in _ROPE_KEYS and value is not None:
+            where = "rope_parameters" if key in (hf.get("rope_parameters") or {}) else "rope_scaling"
+            ok = isinstance(value, bool) if key == "truncate" else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (value > 0 if key in ("factor", "original_max_position_embeddings") else True))
+            if not ok:
+                raise ValueError(f"{cfg_file}: {where}.{key}={value!r} is invalid: use "
+                                 + ("true or false" if key == "truncate" else "a positive number" if key in
+                                    ("factor", "original_max_position_embeddings") else "a number")
+                                 + " (JSON, without quotes)")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
+        _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
+                f"supported: {', '.join(ROPE_TYPES)}")
+    scaling = {}
+    if rope_type != "default":
+        scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
+        scaling["rope_type"] = rope_type
+        if rope_type in ("dynamic", "linear", "yarn"):  # they scale the original context factor times: the
+            # context is that product, as vLLM derives it (yarn's original is its own key, the others' the
+            # checkpoint's max_position_embeddings; llama3's context is max_position_embeddings already)
+            original = rope.get("original_max_position_embeddings") if rope_type == "yarn" else None
+            scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings",
+                                                                         family.get("max_position_embeddings"))
+            overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
+    heads, hidden = _num("num_attention_heads"), _num("hidden_size")
+    theta = hf.get("rope_theta", rope.get("rope_theta", family.get("rope_theta", 10000.0)))
+
+    vocab = _num("vocab_size")
+
+    def _ids(key: str, source: dict = hf, file: Path = cfg_file) -> list[int]:
+        """A token id field as a list (Hugging Face writes one id or a list of them; [] when absent or
+        null), each an id of the vocabulary: ValueError naming `file`, the key and the fix."""
+        value = source.get(key)
+        value = [] if value is None else value if isinstance(value, list) else [value]
+        ids = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab for v in ids):
+            raise ValueError(f"{file}: {key}={value!r} is invalid: use a token id in [0, {vocab}) or a list of "
+                             "them (JSON integers)")
+        return ids
+
+    gen_file = cfg_file.parent / "generation_config.json"  # vLLM stops at its eos ids too
+    gen = json_object(gen_file, "eos_token_id", "or remove it (its eos_token_id ends generations)") \
+        if gen_file.is_file() else {}
+    eos = _special_ids(cfg_file, "eos_token_id", _ids("eos_token_id"), _ids("eos_token_id", gen, gen_file))
+    more = eos[1:] + _ids("eos_token_id", gen, gen_file)
+
+    torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
+    fields = dict(
+        name=cfg_file.parent.name,
+        model_type=arch,
+        hidden_size=hidden,
+        intermediate_size=_num("intermediate_size"),
+        num_layers=_num("num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=_num("num_key_value_heads", family.get("num_key_value_heads")) or heads,  # null: heads
+        head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
+        vocab_size=vocab,
+        max_seq_len=_num("max_position_embeddings", family.get("max_position_embeddings", 4096)),
+        rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
+        rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
+        tie_word_embeddings=_bool("tie_word_embeddings", False),
+        attention_bias=arch == "qwen2",
+        qk_norm=arch in ("qwen3", "qwen3_moe"),
+        sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
+        if arch in ("mistral", "mixtral") else 0,  # null: no window
+        bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
+                                  _ids("bos_token_id", gen, gen_file), eos)[0],
+        eos_token_id=eos[0],
+        extra_eos_token_ids=tuple(dict.fromkeys(i for i in more if i != eos[0])),
+        weight_dtype="float32" if torch_dtype == "float32" else "bfloat16",
+        checkpoint=str(cfg_file.parent),
+        **scaling,
+        **moe,
+    )
+    fields.update(overrides)
+    if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none. Within the
+        # context served (a yarn rope's, --set model.max_seq_len's)
+        _check_qwen_window(hf, fields["num_layers"], fields["max_seq_len"], arch != "qwen3_moe")
+    try:
+        return ModelConfig(**fields)
+    except ValueError as exc:  # a value the model cannot take: say which file it came from
+        raise ValueError(f"{cfg_file}: {exc}") from None
+
+
+_FAMILY_DEFAULTS = {
+    "llama": dict(max_position_embeddings=2048),
+    "mistral": dict(num_key_value_heads=8, sliding_window=4096, max_position_embeddings=4096 * 32),
+    "mixtral": dict(num_key_value_heads=8, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32),
+    "qwen2": dict(num_key_value_heads=32, max_position_embeddings=32768),
+    "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
+    "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
+}
+"""What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
+config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
+1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
+
+
+_STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
+"""The byte-level tokenizer's `<s>` and `</s>` (`ByteTokenizer`): the ids of a checkpoint that names none and
+has no tokenizer.json, which that tokenizer then stands in for."""
+
+
+def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
+                 eos: list[int] | None = None) -> list[int]:
+    """The model's `key` (bos_token_id, eos_token_id) ids: config.json's, else generation_config.json's,
+    else its tokenizer's token (tokenizer_config.json's or special_tokens_map.json's bos_token / eos_token
+    in tokenizer.json), as vLLM
+    falls back to the tokenizer's eos. With no tokenizer.json, the byte-level stand-in's id. A bos that
+    none names is the model's `eos` (a tokenizer without a BOS, as Qwen's: its config.json says so too).
+    An eos that none names is a ValueError asking for it: ModelConfig's ids are plain ints that the stop
+    checks use, and a made-up id is an ordinary token of a real vocabulary (an eos that cuts replies short)."""
+    if ids or gen_ids:
+        return ids or gen_ids
+    from cent_serve.model.tokenizer import tokenizer_special_id  # the tokenizer module imports this one
+
+    token = key.removesuffix("_id")
+    found = tokenizer_special_id(cfg_file.parent, token)
+    if found is not None:
+        return [found]
+    if not (cfg_file.parent / "tokenizer.json").is_file():
+        return [_STAND_IN_IDS[key]]
+    if key == "bos_token_id" and eos:
+        return eos[:1]
+    raise ValueError(f"{cfg_file}: {key} is missing, and neither generation_config.json nor the tokenizer's {token} "
+                     f"(tokenizer_config.json's or special_tokens_map.json's, in tokenizer.json) gives it: add it "
+                     "(the token that ends a reply)")
+
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """The Hugging Face `config.json` content of a ModelConfig (of a variation its family's config
+    can say: ValueError otherwise)."""
+    for feature, families in _FAMILY_FEATURES.items():
+        if getattr(cfg, feature) and cfg.model_type not in families:
+            raise ValueError(f"model.{feature}={getattr(cfg, feature)!r} cannot be saved as a model_type="
+                             f"{cfg.model_type!r} checkpoint: only {' and '.join(map(repr, families))} configs have it "
+                             "(set model.model_type)")
+    if cfg.model_type == "qwen2" and not cfg.attention_bias:
+        raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
+    if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
+        raise ValueError(f"model.model_type={cfg.model_type!r} has q/k norms: set model.qk_norm=true to save it")
+    if cfg.model_type == "mixtral" and (not cfg.norm_topk_prob or cfg.moe_intermediate_size not in (0, cfg.intermediate_size)):
+        raise ValueError("model.model_type='mixtral' always renormalizes its top-k and sizes its experts by "
+                         "intermediate_size: set model.norm_topk_prob=true and model.moe_intermediate_size=0 to save it")
+    out = {
+        "architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len,
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": [cfg.eos_token_id, *cfg.extra_eos_token_ids] if cfg.extra_eos_token_ids else cfg.eos_token_id,
+        "hidden_act": "silu", "mlp_bias": False,
+        "torch_dtype": cfg.weight_dtype,
+    }
+    if cfg.model_type != "qwen2":
+        out["attention_bias"] = False
+    if cfg.model_type in ("mistral", "mixtral"):
+        out["sliding_window"] = cfg.sliding_window or None
+    if cfg.model_type == "mixtral":
+        out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
+    if cfg.model_type == "qwen3_moe":
+        out.update(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                   moe_intermediate_size=cfg.expert_size, norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1,
+                   mlp_only_layers=[])
+    if cfg.rope_type != "default":
+        values = {theirs: getattr(cfg, _ROPE_KEYS[theirs]) for theirs in _ROPE_TYPE_KEYS[cfg.rope_type]}
+        if cfg.rope_type == "yarn":  # 0 means "derive it" for these: leave them out, as transformers does
+            values = {k: v for k, v in values.items() if v or k == "truncate"}
+        if "original_max_position_embeddings" in values:
+            values["original_max_position_embeddings"] = cfg.rope_original_max_position or cfg.max_seq_len
+        out["rope_scaling"] = {"rope_type": cfg.rope_type, **values}
+        if cfg.rope_type in ("dynamic", "linear"):  # their original context is max_position_embeddings
+            out["max_position_embeddings"] = cfg.rope_original_max_position or round(cfg.max_seq_len / cfg.rope_factor)
+    return out
