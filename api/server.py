@@ -110,9 +110,9 @@ class _Uvicorn(uvicorn.Server):
 
 def build(cfg: CentConfig, engine: Engine | None = None):
     """(app, engine loop) for a config (`cfg.executor` says where the devices run); the loop is started."""
-    if cfg.executor == "ray":
-        from cent_serve.executor.ray_executor import ensure_ray
-        log.info("%s", ensure_ray(cfg.server.ray_address))
+    if cfg.executor == "ray":  # which Ray, said once it is known to hold the devices: a refusal comes alone
+        from cent_serve.executor.ray_executor import join_cluster
+        log.info("%s", join_cluster(cfg))
     engine = engine or Engine(cfg)
     sched = engine.scheduler  # vllm:cache_config_info's labels, those of vLLM's CacheConfig that apply here
     metrics = Metrics(cfg.model.name, cfg.model.max_seq_len,

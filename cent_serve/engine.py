@@ -81,7 +81,7 @@ class Engine:
         mp = self.timer.mapping
         self.full = cfg.resolved_numerics == "full"
         num_replicas = len(executors) if executors is not None else mp.replicas
-        make = executor_factory(cfg, weights) if executors is None else None
+        make = executor_factory(cfg, weights, num_replicas) if executors is None else None
         given = iter(executors or ())
         # the first build places every replica (a cluster too small for them all is refused at once);
         # a re-created one asks for its own devices alone (the others hold theirs)

@@ -25,12 +25,16 @@ def make_executor(cfg, kind: str | None = None, **kwargs) -> Executor:
     return LocalExecutor(cfg, **kwargs)
 
 
-def executor_factory(cfg, weights=None):
+def executor_factory(cfg, weights=None, replicas: int = 1):
     """A maker of `cfg`'s executor, `make(replicas)`: called once per replica (`replicas`: how many
-    its caller builds, all of which a cluster must hold, so one without room for them all is refused
-    at the first) and again with 1 to re-create a failed one; in-process replicas with full numerics
-    share one load of the weights (`weights`, or loaded here), and all of them one context table of
-    block costs (`SystemTimer.share_table`: the first replica's)."""
+    its caller builds, all of which a cluster must hold) and again with 1 to re-create a failed one;
+    on Ray a cluster without room for the `replicas` copies is refused here, before any is built
+    (`join_cluster`: no replica's start-up line precedes the refusal). In-process replicas with full
+    numerics share one load of the weights (`weights`, or loaded here), and all of them one context
+    table of block costs (`SystemTimer.share_table`: the first replica's)."""
+    if cfg.executor == "ray" and not cfg.on_gpus:
+        from cent_serve.executor.ray_executor import join_cluster
+        join_cluster(cfg, replicas)
     if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
         from cent_serve.model.weights import load_weights
         weights = load_weights(cfg.model)

@@ -76,6 +76,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     return line
 
 
+def join_cluster(cfg: CentConfig, replicas: int | None = None) -> str:
+    """`ensure_ray` at `server.ray_address`, then `check_cluster_holds` for `replicas` copies
+    (default: as many as the devices hold) of the config's mapping; returns `ensure_ray`'s line, so
+    a caller that logs it does so once the cluster is known to hold them: a refusal comes alone."""
+    from cent_serve.timing.mapping import resolve_mapping
+
+    line = ensure_ray(cfg.server.ray_address)
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    check_cluster_holds(cfg, mp.devices_used, mp.replicas if replicas is None else replicas)
+    return line
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -259,37 +271,58 @@ def replica_hosts(units: dict[str, int], need: int, held: dict[str, int]) -> tup
     return (free, False) if free or not fits else (fits, True)
 
 
-def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
-    """A placement group of one `device_resource` bundle per device when the cluster advertises
-    that resource (None when it does not: a plain local Ray places actors anywhere), by
-    `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
-    this process's other replicas holds when one has room). A cluster with fewer units than the
-    `replicas` copies of `num_devices` need is refused at once; otherwise raises PlacementError
-    within `server.placement_timeout_s` if the group cannot be granted."""
-    from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
-
-    s = cfg.server
+def _cluster_units(cfg: CentConfig) -> tuple[dict[str, int], str]:
+    """({node id: `device_resource` units} of the cluster's live nodes, a summary naming each node
+    and its units)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    units = {n["NodeID"]: int(n.get("Resources", {}).get(s.device_resource, 0)) for n in nodes}
+    units = {n["NodeID"]: int(n.get("Resources", {}).get(cfg.server.device_resource, 0)) for n in nodes}
     names = {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes}
+    return units, ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
+
+
+def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) -> tuple[dict[str, int], str]:
+    """Refuse (PlacementError, naming the units each node has and the fix) a cluster advertising
+    `device_resource` that cannot hold `replicas` copies of `num_devices` devices, or, for
+    `server.placement` replica, has no host with a replica's devices. Reads the cluster once, places
+    nothing: what cannot run is refused before anything starts (`cent serve` asks before its first
+    replica, `place_devices` before each). Returns `_cluster_units` (no units: a plain Ray, which
+    places actors anywhere, nothing checked)."""
+    s = cfg.server
+    units, summary = _cluster_units(cfg)
     total = sum(units.values())
     if total == 0:
-        return None
-    summary = ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
+        return units, summary
     if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for
         copies = f" ({replicas} replicas of {num_devices})" if replicas > 1 else ""
         fewer = (total // num_devices) * num_devices
         raise PlacementError(f"the mapping needs {num_devices * replicas} {s.device_resource} units{copies}; the "
                              f"cluster has {total} ({summary}): add nodes started with ray start --resources="
                              f"'{{\"{s.device_resource}\": N}}' or use --devices {fewer or total}")
+    if s.placement == "replica" and not replica_hosts(units, num_devices, {})[0]:
+        raise PlacementError(f"server.placement='replica' puts a replica's {num_devices} devices on one host; "
+                             f"no host advertises {num_devices} {s.device_resource} units ({summary}): start "
+                             f"the hosts with ray start --resources='{{\"{s.device_resource}\": "
+                             f"{num_devices}}}' or more, or use --placement spread")
+    return units, summary
+
+
+def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
+    """A placement group of one `device_resource` bundle per device when the cluster advertises
+    that resource (None when it does not: a plain local Ray places actors anywhere), by
+    `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
+    this process's other replicas holds when one has room). A cluster that cannot hold the
+    `replicas` copies of `num_devices` is refused at once (`check_cluster_holds`); otherwise raises
+    PlacementError within `server.placement_timeout_s` if the group cannot be granted."""
+    from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
+
+    s = cfg.server
+    units, summary = check_cluster_holds(cfg, num_devices, replicas)
+    total = sum(units.values())
+    if total == 0:
+        return None
     strategy, selector = s.placement.upper(), None
     if s.placement == "replica":
         hosts, shared = replica_hosts(units, num_devices, _replica_hosts)
-        if not hosts:
-            raise PlacementError(f"server.placement='replica' puts a replica's {num_devices} devices on one host; "
-                                 f"no host advertises {num_devices} {s.device_resource} units ({summary}): start "
-                                 f"the hosts with ray start --resources='{{\"{s.device_resource}\": "
-                                 f"{num_devices}}}' or more, or use --placement spread")
         if shared:
             log.warning("placement replica: every host with %d %s units already holds a replica of this server, "
                         "so this one shares a host (a host's loss fails both): add a host to keep them apart",

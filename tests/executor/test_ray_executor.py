@@ -273,23 +273,25 @@ def test_the_engine_tells_each_ray_executor_how_many_replicas_it_builds(monkeypa
     """The engine builds every replica, so each executor's placement checks the cluster for all of
     them; a re-created replica (after a fault) asks for its own devices alone, as the others hold
     theirs and a cluster that lost a node may still hold it; `cent simulate --emulate` builds one
-    executor of a many-replica mapping and checks for one."""
+    executor of a many-replica mapping and checks for one. The engine asks the cluster for them all
+    once before it builds any (`join_cluster`), so a refusal comes before any replica's start-up line."""
     import time
 
     from cent_serve.engine import Engine
     from cent_serve.executor import executor_factory
     from cent_serve.executor import ray_executor as rx
 
-    made = []
+    made, checked = [], []
 
     def recorder(cfg, replicas=1, **kwargs):  # a working executor in this process, its count recorded
         made.append(replicas)
         return LocalExecutor(cfg)
 
     monkeypatch.setattr(rx, "RayExecutor", recorder)
+    monkeypatch.setattr(rx, "join_cluster", lambda cfg, replicas=None: checked.append((replicas, len(made))))
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 8, 1), numerics="off", executor="ray")
     eng = Engine(cfg)
-    assert made == [2, 2]
+    assert made == [2, 2] and checked == [(2, 0)]  # both replicas asked for, before the first was built
     eng.replicas.fail(0, RuntimeError("a device died"))
     deadline = time.monotonic() + 60  # a hang guard: the re-creation runs on a thread
     while len(made) < 3 and time.monotonic() < deadline:
@@ -298,7 +300,7 @@ def test_the_engine_tells_each_ray_executor_how_many_replicas_it_builds(monkeypa
     assert made == [2, 2, 1]
     make_executor(cfg)
     executor_factory(cfg)()
-    assert made == [2, 2, 1, 1, 1]
+    assert made == [2, 2, 1, 1, 1] and checked == [(2, 0), (1, 4)]
 
 
 @pytest.mark.parametrize("answer, says", [
