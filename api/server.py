@@ -1,8 +1,9 @@
 """Assemble and run a server: engine (and its devices) + engine thread + FastAPI app + uvicorn.
 
 `run_server` is what `cent serve` calls (blocks until Ctrl-C / SIGTERM, which abort the
-running generations at once, then stops the engine thread and the device actors). `Server` runs the same in a
-background thread for tests and notebooks, on a free loopback port.
+running generations at once, then stops the engine thread and the device actors; a second signal
+exits at once: `api/shutdown.py`). `Server` runs the same in a background thread for tests and
+notebooks, on a free loopback port.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.metrics import Metrics
+from api.shutdown import exit_now, on_signals, stop_starting
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
 from cent_serve.replicas import EXIT_JOIN_S
@@ -90,16 +92,21 @@ class _Uvicorn(uvicorn.Server):
     logged and stops the engine at once (`stop_engine`), so every running generation ends as
     aborted (a stream with finish_reason abort and [DONE], a collected request with 503) and
     the connections drain; then uvicorn shuts down. A second signal of either kind exits without
-    waiting (uvicorn's own answers only a second SIGINT)."""
+    waiting (uvicorn's own answers only a second SIGINT): uvicorn returns at once, `forced_by` the
+    signal, and `run_server` then exits without a teardown (`api.shutdown.exit_now`)."""
 
     def __init__(self, config: uvicorn.Config, stop_engine) -> None:
         super().__init__(config)
         self.stop_engine = stop_engine
+        self.forced_by: int | None = None
+        """The second signal, which asked to exit without waiting (None: none came)."""
         logging.getLogger("uvicorn.error").addFilter(_cancelled_response_in_one_line)  # once: filters are a set
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.should_exit:
-            log.info("%s again: exiting without waiting for the open responses", signal.Signals(sig).name)
+            log.warning("%s again: exiting now, without waiting for the open responses or the shutdown",
+                        signal.Signals(sig).name)
+            self.forced_by = sig
             self.force_exit = True  # uvicorn skips the lifespan's shutdown: its task ends cancelled, as asked
             logging.getLogger("uvicorn.error").addFilter(_not_cancelled)
             return
@@ -138,6 +145,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     t0 = time.perf_counter()
     if sock is None:
         sock = bind_listen_socket(cfg.server.host, cfg.server.port)
+    on_signals(stop_starting)  # a signal while Ray and the devices start undoes it; a second exits at once
     responsive_gil()
     try:
         app, loop = build(cfg)
@@ -171,6 +179,9 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         server = _Uvicorn(config, loop.request_stop)
         server.run(sockets=[sock])
+        on_signals(exit_now)  # the teardown below: a signal now is the second, or one that cannot wait
+        if server.forced_by is not None:  # a second signal while the responses drained: no teardown
+            exit_now(server.forced_by, said=True)
         if not server.started and not signalled:  # older uvicorn returns from a failed startup (newer exits 3)
             raise SystemExit(3)  # uvicorn.run's code for it
     finally:

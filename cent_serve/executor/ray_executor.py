@@ -65,15 +65,21 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str:
     joined is a ValueError naming the address and the fix."""
     if ray.is_initialized():
         return "using the Ray already running in this process"
+    before = signal.getsignal(signal.SIGTERM)
     line = _start_or_join(address, num_cpus)
     handler = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread() and (
-            handler == signal.SIG_DFL or getattr(handler, "__module__", "").startswith("ray.")):
+    if threading.current_thread() is threading.main_thread() and (handler == signal.SIG_DFL or _rays(handler)):
         # ray.init has put its own SIGTERM handler in: a stack dump and an abort, the devices' workers
         # left starting; a SIGTERM before the server's handlers (or in `cent simulate --emulate`) ends the
-        # command as Ctrl-C does, its Ray shut down (a program that handles SIGTERM itself keeps its handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+        # command as Ctrl-C does, its Ray shut down; a program that handled SIGTERM itself before (`cent
+        # serve`: a second signal exits at once) gets its handler back
+        signal.signal(signal.SIGTERM, before if callable(before) and not _rays(before) else _interrupt)
     return line
+
+
+def _rays(handler) -> bool:
+    """Whether a signal handler is one of Ray's."""
+    return getattr(handler, "__module__", "").startswith("ray.")
 
 
 def join_cluster(cfg: CentConfig, replicas: int | None = None) -> str:

@@ -10,20 +10,18 @@ every Ray of the user on the machine.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from tests.processes import kill_marked, new_marker
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 120.0
 """A hang guard for `ray start --head` (about 5 s on a quiet 2-core machine)."""
-MARKER = "CENT_TEST_RAY_HEAD"
 CLIENT_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 """What a process joining the head needs in its environment (the head runs without token auth)."""
 
@@ -34,48 +32,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def marked_pids(marker: str) -> list[int]:
-    """Live processes (not zombies) whose environment has MARKER=marker."""
-    needle = f"{MARKER}={marker}".encode()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            if needle not in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                continue
-            if Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        out.append(int(d))
-    return out
-
-
-def kill_marked(marker: str) -> int:
-    """SIGKILL every process carrying `marker`, until none is left; how many were killed."""
-    killed = 0
-    for _ in range(20):  # a process may start another while we kill
-        pids = marked_pids(marker)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-    return killed
-
-
 class RayHead:
     def __init__(self, devices: int = 8) -> None:
-        self.marker = secrets.token_hex(8)
+        self.marker = new_marker()
         self.dir = tempfile.mkdtemp(prefix="cent-rh-")  # short: Ray's socket paths must fit 107 bytes
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        env = dict(os.environ, HOME=self.dir, **CLIENT_ENV, **{MARKER: self.marker})
+        env = dict(os.environ, HOME=self.dir, **CLIENT_ENV, **self.marker)
         env.pop("RAY_ADDRESS", None)
         ports = [f"--{name}={free_port()}" for name in (
             "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",

@@ -410,3 +410,63 @@ def test_sigterm_while_the_devices_start_ends_as_ctrl_c_does():
         proc.kill()
     assert proc.returncode == 130 and "cent serve: error: interrupted" in out, out
     assert "SIGTERM received" not in out and "listening on" not in out, out
+
+
+SECOND_SIGNAL_EXIT_S = 60.0
+"""A hang guard for the exit after a second signal (it takes well under a second: nothing is waited for)."""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("first_after, second_after", [
+    ("cent.server: started a local Ray", "cent serve: error: interrupted"),  # the start-up undone, Ray shutting down
+    ("listening on", "aborting the running generations"),                   # serving: the shutdown begun
+])
+def test_a_second_ctrl_c_exits_at_once_in_one_line_leaving_no_process(first_after, second_after):
+    """Ctrl-C stops the server; a second one, while it stops, exits at once, as uvicorn and vLLM do:
+    one line, no traceback, exit code 130, and none of the processes it started (the local Ray's, the
+    device actors) left. It was swallowed while the devices and Ray stopped (the process went on and
+    exited 0), and during the atexit ray.shutdown of an interrupted start-up it printed a
+    KeyboardInterrupt traceback, the process died of SIGSEGV and Ray's agents outlived it."""
+    import subprocess
+
+    from tests.processes import kill_marked, marked_pids, new_marker
+    from tests.serving.utils import REPO
+
+    marker = new_marker()  # in every process the server starts, whoever their parent is by then
+    env = dict(__import__("os").environ, PYTHONUNBUFFERED="1", **marker)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", "--devices", "2",
+                             "--numerics", "off"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    watchdog = threading.Timer(300, proc.kill)  # a hang guard for the start-up and both signals
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        for wait_for in (first_after, second_after):
+            for line in proc.stdout:
+                lines.append(line)
+                if wait_for in line:
+                    break
+            if wait_for == "listening on":  # serving once it answers (uvicorn has its signal handlers)
+                url = line.split("listening on ", 1)[1].split("/v1", 1)[0]
+                while httpx.get(url + "/health", timeout=30).status_code != 200:
+                    time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        lines += proc.stdout.readlines()
+        proc.wait(SECOND_SIGNAL_EXIT_S)
+        waited_s = time.monotonic() - sent
+        deadline = time.monotonic() + 10  # SIGKILLed: gone once the kernel has reaped them
+        while marked_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = marked_pids(marker)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        kill_marked(marker)
+    out = "".join(lines)
+    assert "Traceback" not in out and proc.returncode == 130, out
+    assert [x for x in lines if "SIGINT again: exiting now" in x], out
+    assert left == [], (left, out)
+    assert waited_s < SECOND_SIGNAL_EXIT_S, out
