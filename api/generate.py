@@ -324,8 +324,10 @@ async def _client_gone(raw: Request) -> None:
 
 def engine_stopped(ctx: ApiContext) -> ApiError:
     """Why a request's generation was aborted under a connected client: the engine stopped (a
-    shutdown, or its thread failed). A 503, or the error event of a stream."""
-    why = "its engine thread failed" if ctx.engine.last_fault == ENGINE_THREAD_FAILED else "the server is shutting down"
+    shutdown, its thread failed, or the Ray cluster under it was lost). A 503, or the error event of
+    a stream."""
+    why = ctx.loop.stopped_by or ("its engine thread failed" if ctx.engine.last_fault == ENGINE_THREAD_FAILED
+                                  else "the server is shutting down")
     return ApiError(f"{why}: the request was aborted before it finished; retry on a running server",
                     None, 503, "server_error", "engine_stopped")
 

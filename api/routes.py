@@ -207,23 +207,30 @@ async def version():
     return {"version": __version__}
 
 
-@read("/ping", responses={503: {"description": "engine stopped or devices down"}})
-@router.post("/ping", operation_id="ping_post", responses={503: {"description": "engine stopped or devices down"}})
+UNHEALTHY = {503: {"description": "engine stopped, devices down or the Ray cluster's head silent"}}
+
+
+@read("/ping", responses=UNHEALTHY)
+@router.post("/ping", operation_id="ping_post", responses=UNHEALTHY)
 async def ping(ctx: Ctx):
     # liveness without a key, as /health (SageMaker's and vLLM's /ping)
     return await health(ctx)
 
 
-@read("/health", responses={503: {"description": "engine stopped or devices down"}})
+@read("/health", responses=UNHEALTHY)
 async def health(ctx: Ctx):
     # 503, with why, while the engine cannot serve in full (stopped, devices down or re-created)
-    eng = ctx.engine
-    if not ctx.loop.is_alive():
-        return JSONResponse({"status": "engine stopped"}, status_code=503)
+    eng, loop = ctx.engine, ctx.loop
+    if not loop.is_alive():
+        return JSONResponse(dict(status="engine stopped", **({"reason": loop.stopped_by} if loop.stopped_by else {})),
+                            status_code=503)
+    cluster = loop.watch.problem if loop.watch is not None else None
+    if cluster:  # before the devices: a replica re-created on a cluster whose head is gone never comes back
+        return JSONResponse({"status": "degraded", "reason": cluster}, status_code=503)
     if eng.recovering or eng.degraded:
         reason = eng.degraded or "re-creating failed devices"
         return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
-    running = ctx.loop.round_running_s()
+    running = loop.round_running_s()
     if running > STALLED_ROUND_S:  # a device that stopped or hung holds the round until its timeout
         return JSONResponse({"status": "degraded", "reason": f"a round has run {running:.0f} s: a device or the "
                              "switch may have stopped or hung (the round's timeout re-creates its replica)"},

@@ -22,6 +22,7 @@ from api.metrics import Metrics
 from api.shutdown import exit_now, on_signals, stop_starting
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.executor.watch import ClusterLost
 from cent_serve.replicas import EXIT_JOIN_S
 from cent_serve.preflight import bind_listen_socket, start_listening
 from cent_serve.serving import EngineLoop
@@ -93,11 +94,13 @@ class _Uvicorn(uvicorn.Server):
     aborted (a stream with finish_reason abort and [DONE], a collected request with 503) and
     the connections drain; then uvicorn shuts down. A second signal of either kind exits without
     waiting (uvicorn's own answers only a second SIGINT): uvicorn returns at once, `forced_by` the
-    signal, and `run_server` then exits without a teardown (`api.shutdown.exit_now`)."""
+    signal, and `run_server` then exits without a teardown (`api.shutdown.exit_now`). A `watch` that
+    finds its Ray cluster `lost` stops the server the same way as a first signal (the engine ends
+    every request with the reason, and `run_server` raises it)."""
 
-    def __init__(self, config: uvicorn.Config, stop_engine) -> None:
+    def __init__(self, config: uvicorn.Config, stop_engine, watch=None) -> None:
         super().__init__(config)
-        self.stop_engine = stop_engine
+        self.stop_engine, self.watch = stop_engine, watch
         self.forced_by: int | None = None
         """The second signal, which asked to exit without waiting (None: none came)."""
         logging.getLogger("uvicorn.error").addFilter(_cancelled_response_in_one_line)  # once: filters are a set
@@ -114,12 +117,21 @@ class _Uvicorn(uvicorn.Server):
         log.info("%s: aborting the running generations and shutting down", signal.Signals(sig).name)
         self.stop_engine()
 
+    async def on_tick(self, counter: int) -> bool:
+        if not self.should_exit and self.watch is not None and self.watch.lost:  # every 0.1 s
+            log.error("giving the Ray cluster up (server.cluster_lost_s): ending the requests and exiting")
+            self.should_exit = True  # as a first signal: a signal now is the second
+            self.stop_engine()
+        return await super().on_tick(counter)
+
 
 def build(cfg: CentConfig, engine: Engine | None = None):
     """(app, engine loop) for a config (`cfg.executor` says where the devices run); the loop is started."""
+    watch = None
     if cfg.executor == "ray":  # which Ray, said once it is known to hold the devices: a refusal comes alone
-        from cent_serve.executor.ray_executor import join_cluster
+        from cent_serve.executor.ray_executor import cluster_watch, join_cluster
         log.info("%s", join_cluster(cfg))
+        watch = cluster_watch(cfg)  # started with the engine loop
     engine = engine or Engine(cfg)
     sched = engine.scheduler  # vllm:cache_config_info's labels, those of vLLM's CacheConfig that apply here
     metrics = Metrics(cfg.model.name, cfg.model.max_seq_len,
@@ -127,14 +139,16 @@ def build(cfg: CentConfig, engine: Engine | None = None):
                            cache_dtype="16-bit" if cfg.on_gpus else f"{cfg.device.bytes_per_element * 8}-bit",
                            enable_prefix_caching=False))
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
-                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round)
+                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round, watch=watch)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 
 
 def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     """Serve until interrupted; uvicorn handles SIGINT/SIGTERM, then everything is torn down. A
-    failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown.
+    failed startup (the app's lifespan) leaves by SystemExit(3), uvicorn's code, through the teardown;
+    a Ray cluster whose head stopped answering for `server.cluster_lost_s` by ClusterLost, once every
+    request has ended with that reason (its device actors are gone with it: not asked to stop).
 
     `sock`: the listen address, bound already (`bind_listen_socket`); without it the address is
     bound here, before Ray and the devices start. Bound from the start, the port cannot be taken by
@@ -143,6 +157,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     meets a refusal, not a hang, before then (another server told the same port can bind it too
     meanwhile: whichever listens second is refused, naming the port)."""
     t0 = time.perf_counter()
+    lost = None
     if sock is None:
         sock = bind_listen_socket(cfg.server.host, cfg.server.port)
     on_signals(stop_starting)  # a signal while Ray and the devices start undoes it; a second exits at once
@@ -177,7 +192,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
             signal.signal(sig, lambda num, _frame: signalled.append(num))
         config = uvicorn.Config(app, host=cfg.server.host, port=sock.getsockname()[1], log_level="warning",
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-        server = _Uvicorn(config, loop.request_stop)
+        server = _Uvicorn(config, loop.request_stop, loop.watch)
         server.run(sockets=[sock])
         on_signals(exit_now)  # the teardown below: a signal now is the second, or one that cannot wait
         if server.forced_by is not None:  # a second signal while the responses drained: no teardown
@@ -186,13 +201,18 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
             raise SystemExit(3)  # uvicorn.run's code for it
     finally:
         sock.close()
+        lost = loop.watch.lost if loop.watch is not None else None
         loop.stop()
-        loop.engine.shutdown(EXIT_JOIN_S)  # the process ends next: a replica's start-up is not waited out
+        if not lost:  # a lost cluster's actors are gone with it; Ray would wait on its GCS to kill them
+            loop.engine.shutdown(EXIT_JOIN_S)  # the process ends next: a replica's start-up is not waited out
         if cfg.executor == "ray":
             import ray
             ray.shutdown()
         release_gil()
-        log.info("stopped: engine thread and device actors are gone")
+        log.info("stopped: engine thread and device actors are gone%s", " (with their cluster)" if lost
+                 else "")
+    if lost:
+        raise ClusterLost(lost)
 
 
 class Server:

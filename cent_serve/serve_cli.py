@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import PLACEMENTS
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from api.server import run_server
+    from cent_serve.executor.watch import ClusterLost
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = config_from_args(args)
@@ -54,5 +56,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    run_server(cfg, sock)
+    try:
+        run_server(cfg, sock)
+    except ClusterLost as exc:  # it ran, then failed: 1, not a refusal's 2; one line, as a refusal
+        print(f"cent serve: error: {exc}", file=sys.stderr)
+        return 1
     return 0

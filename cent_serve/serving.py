@@ -194,8 +194,15 @@ class EngineLoop:
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
                  on_finish: Callable[[Request], None] | None = None,
                  on_tokens: Callable[[Request, int], None] | None = None,
-                 on_round: Callable[[int], None] | None = None) -> None:
+                 on_round: Callable[[int], None] | None = None, watch=None) -> None:
         self.engine = engine
+        self.watch = watch
+        """What the devices run on, when it can be lost (a Ray cluster: `executor.watch.ClusterWatch`,
+        started and stopped with the loop): once it is `lost`, the thread stops, every request ending
+        as aborted with that reason (`stopped_by`). None: nothing to watch."""
+        self.stopped_by: str | None = None
+        """Why the thread stopped when nobody asked it to (the `watch`'s cluster lost), for the requests
+        it ended and /health; None for a stop it was asked for."""
         self.clock, self.pace_factor = clock, pace_factor
         self.on_finish = on_finish
         """Called once per ended sequence (engine thread)."""
@@ -234,11 +241,15 @@ class EngineLoop:
 
     def start(self) -> None:
         self._thread.start()
+        if self.watch is not None:
+            self.watch.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the thread after its round: every request not finished ends as aborted (`_close`).
         Waits up to `timeout_s` for it. Not from a signal handler (`request_stop`)."""
         self._stop.set()
+        if self.watch is not None:
+            self.watch.stop()
         self.inbox.put(None)
         self._thread.join(timeout_s)
 
@@ -314,7 +325,8 @@ class EngineLoop:
         closed before the put left the caller waiting until the server's shutdown grace ran out."""
         with self._close_lock:
             if self._closed or not self._thread.is_alive():
-                raise EngineStopped("the engine thread is not running: the server is stopping or failed")
+                why = self.stopped_by or "the server is stopping or failed"
+                raise EngineStopped(f"the engine thread is not running: {why}")
             self.inbox.put(cmd)
 
     # ------------------------------------------------------------------ the thread
@@ -427,6 +439,8 @@ class EngineLoop:
     def _loop(self) -> None:
         eng = self.engine
         while not self._stop.is_set():
+            if self.watch is not None and self.watch.lost:  # nothing can run again: end every request (`_close`)
+                return
             self._flush()  # what the last pass delivered, before anything may wait
             self._admit_due()
             held = self._held(eng)
@@ -482,6 +496,8 @@ class EngineLoop:
         """Stopping: end every stream and every pending command, so nobody waits forever (also when
         ending a stream fails: on a failed engine thread the bug may strike again here)."""
         eng = self.engine
+        if self.watch is not None and self.watch.lost:  # why, whoever saw it first (this thread or the server's)
+            self.stopped_by = self.watch.lost
         try:
             for rid in list(self.streams):
                 req = eng.requests.get(rid)
@@ -515,9 +531,10 @@ class EngineLoop:
                 break
             if cmd is not None and cmd[0] in ("call", "arrive"):
                 pending.append(cmd[2])
+        why = f": {self.stopped_by}" if self.stopped_by else ""
         for fut in pending:
             if fut.set_running_or_notify_cancel():
-                fut.set_exception(EngineStopped("the engine stopped before it could take this"))
+                fut.set_exception(EngineStopped(f"the engine stopped before it could take this{why}"))
 
     def _deliver(self, req: Request) -> None:
         entry = self.streams.get(req.request_id)

@@ -135,6 +135,12 @@ class ServerConfig:
     has room, so a node's loss fails only its replicas (deploy/README.md, faults)."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
+    cluster_lost_s: float = 30.0
+    """On Ray: how long (wall seconds) the cluster's head, its GCS, may go unanswered before the
+    server gives the cluster up: it fails the requests it holds with a 503 naming the cause and exits
+    1, as vLLM's server exits when its engine dies (`/health` says 503 from the first unanswered
+    second). Keep it below Ray's own limit (`gcs_rpc_server_reconnect_timeout_s`, 60 s), past which
+    Ray's core ends the process itself; a head back sooner (GCS fault tolerance) is served on."""
     pin_replica_cpu: bool = True
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other
@@ -157,7 +163,8 @@ class ServerConfig:
         given = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
         return [web_origin(o) or o for o in given]
 
-    _positive = frozenset({"pace_factor", "placement_timeout_s", "max_body_bytes", "max_tokens_default"})
+    _positive = frozenset({"pace_factor", "placement_timeout_s", "cluster_lost_s", "max_body_bytes",
+                           "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:

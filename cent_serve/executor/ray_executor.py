@@ -94,6 +94,21 @@ def join_cluster(cfg: CentConfig, replicas: int | None = None) -> str:
     return line
 
 
+def cluster_watch(cfg: CentConfig):
+    """A `watch.ClusterWatch` (not started) on the GCS of the Ray this process joined or started,
+    giving it up after `server.cluster_lost_s`; None where Ray does not say where its GCS is (Ray Client)."""
+    from cent_serve.executor.watch import ClusterWatch
+
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - no GCS address here: nothing to watch
+        return None
+    if not address:
+        return None
+    own = not (cfg.server.ray_address or os.environ.get("RAY_ADDRESS"))  # ensure_ray's fresh local Ray
+    return ClusterWatch(address, cfg.server.cluster_lost_s, own=own)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

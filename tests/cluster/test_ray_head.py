@@ -40,3 +40,70 @@ def test_a_cluster_without_room_for_every_replica_is_refused_first_and_alone(hea
     assert lines[0].startswith("cent serve: error: the mapping needs 16 cent_device units (2 replicas of 8); "
                                "the cluster has 8 ("), lines[0]
     assert lines[0].endswith("or use --devices 8"), lines[0]
+
+
+LOST_AFTER_S = 5.0
+"""`server.cluster_lost_s` for the test: the server gives the cluster up 5 s after its head stops answering."""
+HANG_GUARD_S = 90.0
+"""Longest wait for what the server does by itself once the head is gone (a few seconds: the 5 s, then
+Ray's shutdown, about 5 s without its GCS); past Ray's own 60 s, when its core ends a driver that lost
+its GCS with an error of its own."""
+
+
+def test_a_lost_head_fails_the_requests_and_the_server_exits_in_one_line():
+    """The head dies (every process of the one-node cluster killed, device actors included). /health
+    says 503 naming the head while it is silent; a request the dead devices were to run fails at once
+    (500 device_fault), and one waiting for the devices' re-creation, which cannot come, ends with a
+    503 naming the head once it has been silent for server.cluster_lost_s; then `cent serve` exits 1
+    with one line. Before, /health said 're-creating the devices of replica(s) [0]' and the waiting
+    request hung until Ray's core ended the process 60 s later (an error line of Ray's, the
+    connection cut)."""
+    import threading
+    import time
+
+    import httpx
+
+    from tests.serving.utils import serve_process, stop_serve
+
+    given_up = f"has not answered for {LOST_AFTER_S:g} s (server.cluster_lost_s)"
+    with RayHead(devices=8) as head:
+        proc = serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
+                              "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+        health: list[tuple[int, str]] = []
+
+        def watch_health() -> None:  # until the server has gone
+            deadline = time.monotonic() + HANG_GUARD_S
+            while time.monotonic() < deadline:
+                try:
+                    r = httpx.get(proc.url + "/health", timeout=30)
+                except httpx.HTTPError:
+                    return
+                health.append((r.status_code, r.json().get("reason", "")))
+                time.sleep(0.1)
+
+        try:
+            body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
+            assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
+            head.kill()
+            prober = threading.Thread(target=watch_health, daemon=True)
+            prober.start()
+            r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
+            if r.status_code == 500:  # it ran on the dead devices (the engine had not met them yet): this one waits
+                assert r.json()["error"]["code"] == "device_fault", r.text
+                r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
+            error = r.json()["error"]
+            assert (r.status_code, error["code"]) == (503, "engine_stopped"), r.text
+            assert error["message"].startswith("the Ray cluster's head (its GCS at ") and given_up in error["message"]
+            proc.wait(HANG_GUARD_S)
+            prober.join(HANG_GUARD_S)
+        finally:
+            out = stop_serve(proc, hang_fails=False)
+    silent = [reason for status, reason in health if status == 503 and reason.startswith(
+        "the Ray cluster's head (its GCS at ") and reason.endswith(f"gives it up at {LOST_AFTER_S:g} s "
+                                                                  "(server.cluster_lost_s)")]
+    assert silent, health
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert lines[-1].startswith("cent serve: error: the Ray cluster's head (its GCS at "), out
+    assert lines[-1].endswith(f"{given_up}: the cluster and its devices are gone; start the cluster's head again "
+                              "(ray start --head), then the server"), out

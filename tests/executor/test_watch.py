@@ -1,0 +1,105 @@
+"""A Ray cluster's head watched (`cent_serve.executor.watch`): when it counts as a problem, when as
+lost, and the engine loop ending every request with the reason once it is (no Ray: a fake probe,
+clock and watch). tests/cluster/test_ray_head.py loses a real head under `cent serve`."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cent_serve.config import CentConfig
+from cent_serve.engine import Engine
+from cent_serve.executor.watch import ClusterWatch
+from cent_serve.request import RequestParams
+from cent_serve.serving import EngineLoop, EngineStopped
+
+GCS = "10.0.0.1:6379"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_head_silent_for_cluster_lost_s_is_lost_for_good_and_one_that_answers_again_is_not():
+    clock, up = Clock(), {"answers": True}
+    watch = ClusterWatch(GCS, 3.0, probe=lambda address: up["answers"] and address == GCS, clock=clock)
+    watch.check()
+    assert watch.problem is None and watch.lost is None
+    up["answers"] = False
+    watch.check()
+    clock.now_s += 2.0
+    watch.check()
+    assert watch.lost is None
+    assert watch.problem == (f"the Ray cluster's head (its GCS at {GCS}) has not answered for 2 s; the server gives "
+                             "it up at 3 s (server.cluster_lost_s)")
+    up["answers"] = True  # back within the time (a GCS restarted, a network blip): served on
+    watch.check()
+    assert watch.problem is None and watch.lost is None
+    up["answers"] = False
+    watch.check()  # silent again: counted from now, not from the first silence
+    clock.now_s += 2.9
+    watch.check()
+    assert watch.lost is None
+    clock.now_s += 0.1
+    watch.check()
+    assert watch.lost == (f"the Ray cluster's head (its GCS at {GCS}) has not answered for 3 s "
+                          "(server.cluster_lost_s): the cluster and its devices are gone; start the cluster's head "
+                          "again (ray start --head), then the server")
+    up["answers"] = True
+    watch.check()
+    assert watch.problem == watch.lost  # for good: the devices went with it
+
+
+def test_the_fix_of_a_lost_local_ray_is_a_restart_of_the_server():
+    clock = Clock()
+    watch = ClusterWatch(GCS, 1.0, own=True, probe=lambda address: False, clock=clock)
+    watch.check()
+    clock.now_s += 1.0
+    watch.check()
+    assert watch.lost.endswith("the cluster and its devices are gone; restart the server (it starts a fresh local "
+                               "Ray)"), watch.lost
+
+
+class FakeWatch:
+    """What the engine loop reads of a `ClusterWatch`; the test says when the cluster is lost."""
+
+    def __init__(self) -> None:
+        self.lost = self.problem = None
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_lost_cluster_ends_every_request_with_its_reason_and_refuses_new_ones():
+    """A running generation (paced: minutes of work) ends as aborted, and the loop says why
+    (`stopped_by`: the API's 503 and /health give it); a command sent after is refused with it."""
+    watch = FakeWatch()
+    loop = EngineLoop(Engine(CentConfig(numerics="off")), clock="paced", pace_factor=1e4, watch=watch)
+    loop.start()
+    assert watch.started
+
+    async def run():
+        q: asyncio.Queue = asyncio.Queue()
+        await loop.submit_all([([1, 2, 3], RequestParams(max_tokens=400, ignore_eos=True), "x")], q)
+        watch.lost = "the Ray cluster's head is gone"
+        deltas = []
+        while not (deltas and deltas[-1][1].finished):
+            deltas.append(await asyncio.wait_for(q.get(), 10))  # a hang fails here; the end takes milliseconds
+        with pytest.raises(EngineStopped, match=": the Ray cluster's head is gone$"):  # taken or not, refused
+            await asyncio.wait_for(loop.call(lambda e: e.now_s), 10)
+        return deltas[-1][1]
+
+    try:
+        end = asyncio.run(run())
+    finally:
+        loop.stop()
+    assert end.finish_reason == "abort" and loop.stopped_by == "the Ray cluster's head is gone"
+    assert watch.stopped and not loop.is_alive()
