@@ -128,19 +128,19 @@ class DevicePort:
         w, have = self.worker, 0
         while True:
             try:
-                status, have, rid, x, done, own, crossed, n_crossed = steady_loop(
+                status, have, rid, y, n_crossed, where = steady_loop(
                     inp.fileno(), self._out_fds, self.sent, self._inbuf, have, self._outbuf, *w.timer.context_table(),
                     *self._tick_args)
                 if status == NEED:
                     w.fill_table(self._lanes)
                     continue
                 if status == CROSSED:
-                    blob = self._after_crossing(rid, x, done, own, crossed[:n_crossed])
+                    blob = self._after_crossing(rid, y, w.seqs.state[2, :n_crossed])
                     if not self._send(outputs, blob):
                         return False
                     continue
                 if status == SEND_FAILED:
-                    return self._finish_send(outputs, *crossed[:3].tolist())
+                    return self._finish_send(outputs, *where.tolist())
             except Exception as exc:  # noqa: BLE001 - a failure here goes down the chain like any other
                 self._tick_args = None  # the general path from now on
                 return self._send(outputs, encode(_error(exc)))
@@ -148,16 +148,16 @@ class DevicePort:
             inp.unread(self._inbuf[:have].tobytes())
             return True
 
-    def _after_crossing(self, rid: int, x: np.ndarray, done: np.ndarray, own: np.ndarray,
-                        crossed: np.ndarray) -> bytes:
-        """A tick whose sequences crossed into new KV blocks: the blocks first (KVCacheFull fails the
-        round before it is handed on, as on the general path), then the hand-on (`hand_on_tick`); the message to send."""
+    def _after_crossing(self, rid: int, y: np.ndarray, crossed: np.ndarray) -> bytes:
+        """A tick whose sequences (`crossed`) crossed into new KV blocks, its device's output `y`: the
+        blocks first (KVCacheFull fails the round before it is handed on, as on the general path),
+        then the hand-on (`hand_on_tick`); the message to send."""
         try:
             self.worker.grow_kv(crossed)
         except Exception as exc:  # noqa: BLE001
             return encode(_error(exc))
         w, lp = self.worker, self._lanes
-        return tick_message(rid, hand_on_tick(x, done, own, lp.ints, lp.floats, w.clock.f, w.clock.i, self.fabric.ports,
+        return tick_message(rid, hand_on_tick(y, lp.ints, lp.floats, w.clock.f, w.clock.i, self.fabric.ports,
                                               self.fabric.counts))
 
     def _finish_send(self, outputs: list[Link], index: int, done_bytes: int, length: int) -> bool:

@@ -2,9 +2,10 @@
 
 A plan names a sequence's first position once, when it is new (`RoundPlan.new_seqs`); after that
 its position moves on by the tokens each round gives it, until the plan that finishes it. The
-positions of the current layout's sequences are two arrays the device's compiled round updates
-in place (`cent_serve.timing.clock.device_round`): `starts` (the next token's position) and `held`
-(the tokens the sequence's KV blocks hold). The others wait in a dict; `update` moves them in
+positions of the current layout's sequences are rows of one array the device's compiled round
+updates in place (`cent_serve.timing.clock.device_round`): `starts` (the next token's position) and
+`held` (the tokens the sequence's KV blocks hold), and a third row where the round lists the
+sequences that cross into a new KV block. The others wait in a dict; `update` moves them in
 and out when the layout changes, so while it holds a round costs no Python here.
 """
 from __future__ import annotations
@@ -27,9 +28,10 @@ class SeqTable:
         """Position of each sequence's next token (tokens its KV cache holds), but for those of the
         current layout, whose positions are in `starts`."""
         self.layout = EMPTY_LAYOUT
-        self.state = np.zeros((2, 0), dtype=np.int64)
-        """(2, sequences of the layout) int64: each one's next position (the round moves it on) and
-        the tokens its KV blocks hold (0 for a new sequence)."""
+        self.state = np.zeros((3, 0), dtype=np.int64)
+        """(3, sequences of the layout) int64: each one's next position (the round moves it on), the
+        tokens its KV blocks hold (0 for a new sequence), and, from the last round, the indexes of
+        the sequences it took into a new KV block (the first as many as the round says crossed)."""
 
     def keep_in(self, state: np.ndarray) -> None:
         """Hold the positions in `state` (as `state` is shaped), their values copied there: a row
@@ -52,7 +54,8 @@ class SeqTable:
         self.pos.update(plan.new_seqs)
         ids, bt = layout.seq_ids, self.block_tokens
         starts = np.array([self.pos.pop(sid) for sid in ids], dtype=np.int64)
-        self.state = np.stack([starts, -(-starts // bt) * bt])  # the blocks a sequence holds so far ...
+        # the blocks a sequence holds so far (no round has listed crossings here yet) ...
+        self.state = np.stack([starts, -(-starts // bt) * bt, np.zeros_like(starts)])
         if plan.new_seqs:  # ... but a new one holds none yet
             self.state[1, [i for i, sid in enumerate(ids) if sid in plan.new_seqs]] = 0
         if self.kv_tokens_cap is not None:  # ... and one past its window's cap needs no more

@@ -128,17 +128,17 @@ def encode_tick(out, round_id, x, head, x_key):  # pragma: no cover - compiled; 
 def steady_loop(fd_in, fds_out, sent, inbuf, have, outbuf, table, filled, seq, lanes_i, lanes_f, f, i, ports,
                 counts):  # pragma: no cover - compiled; tested over socket pairs (tests/fabric/test_steady.py)
     """Ticks from socket `fd_in` (`inbuf[:have]` already read) answered to every socket of `fds_out`
-    until one of the reasons above. Returns (reason, bytes left in inbuf, the tick's round, its
-    input x, done, own, crossed, the number crossed):
-    CROSSED: the round ran to `tick`'s stop (done, own) and its frame is consumed: grow the KV
-    caches, then `hand_on_tick` and send; SEND_FAILED: crossed = [the output that failed, bytes of the
-    frame in outbuf sent to it, the frame's length]. `sent`: (2,) int64, messages and bytes sent
-    (added to as each message starts). The round's other arguments are `tick`'s."""
+    until one of the reasons above. Returns (reason, bytes left in inbuf, the tick's round, the
+    device's output, the number crossed, where):
+    CROSSED: the round ran to `tick`'s stop (the device's output; the sequences crossed listed in
+    seq's third row) and its frame is consumed: grow the KV caches, then `hand_on_tick` and send;
+    SEND_FAILED: where = [the output that failed, bytes of the frame in outbuf sent to it, the
+    frame's length]. `sent`: (2,) int64, messages and bytes sent (added to as each message starts).
+    The round's other arguments are `tick`'s."""
     cap = inbuf.shape[0]
     n_lanes, n_seqs = lanes_f.shape[1], seq.shape[1]
     x = np.empty(n_lanes + n_seqs)
     none = np.empty(0, dtype=np.int64)
-    nothing = np.empty(0)
     head, x_key = _HEAD, _X_KEY
     n = 0
     while True:
@@ -148,27 +148,27 @@ def steady_loop(fd_in, fds_out, sent, inbuf, have, outbuf, table, filled, seq, l
                 for k in range(8):
                     n |= np.int64(inbuf[k]) << (8 * k)
                 if n < 0 or n > cap - 8:
-                    return OTHER, have, 0, x, nothing, nothing, none, 0
+                    return OTHER, have, 0, x, 0, none
                 if have >= 8 + n:
                     break
             got = _recv(fd_in, inbuf.ctypes.data + have, cap - have, 0)
             if got == 0:
-                return CLOSED, have, 0, x, nothing, nothing, none, 0
+                return CLOSED, have, 0, x, 0, none
             if got < 0:
-                return FAILED, have, 0, x, nothing, nothing, none, 0
+                return FAILED, have, 0, x, 0, none
             have += got
         end = 8 + n
         rid, at, size = parse_tick(inbuf, 8, end, head, x_key)
         if rid < 0 or size != 8 * (n_lanes + n_seqs):
-            return OTHER, have, 0, x, nothing, nothing, none, 0
+            return OTHER, have, 0, x, 0, none
         x.view(np.uint8)[:] = inbuf[at:at + size]
-        out, done, own, crossed, n_crossed, need = tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts)
+        out, n_crossed, need = tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts)
         if need:
-            return NEED, have, rid, x, nothing, nothing, none, 0
+            return NEED, have, rid, x, 0, none
         inbuf[:have - end] = inbuf[end:have].copy()
         have -= end
         if n_crossed:
-            return CROSSED, have, rid, x, done, own, crossed, n_crossed
+            return CROSSED, have, rid, out, n_crossed, none
         length = encode_tick(outbuf, rid, out, head, x_key)
         for o in range(fds_out.shape[0]):
             sent[0] += 1
@@ -178,7 +178,7 @@ def steady_loop(fd_in, fds_out, sent, inbuf, have, outbuf, table, filled, seq, l
                 k = _send(fds_out[o], outbuf.ctypes.data + done_bytes, length - done_bytes, MSG_NOSIGNAL)
                 if k <= 0:
                     where = np.array([o, done_bytes, length], dtype=np.int64)
-                    return SEND_FAILED, have, rid, x, nothing, nothing, where, 3
+                    return SEND_FAILED, have, rid, x, 0, where
                 done_bytes += k
 
 
@@ -194,5 +194,5 @@ def warm() -> None:
     clock = DeviceClock([1], [True], 1, 16, (False, 0.0), (False, 0.0, 0.0))
     inbuf, outbuf = buffers(1, 1, 64)
     steady_loop(-1, np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64), inbuf, 0, outbuf, np.zeros((3, 3)), np.ones(3, dtype=np.bool_),
-                np.zeros((2, 1), dtype=np.int64), np.array([0, 1, 1, 1], dtype=np.int64), np.zeros((3, 1)), clock.f,
+                np.zeros((3, 1), dtype=np.int64), np.array([0, 1, 1, 1], dtype=np.int64), np.zeros((3, 1)), clock.f,
                 clock.i, np.zeros((3, 2)), np.zeros((2, 5), dtype=np.int64))

@@ -180,7 +180,8 @@ class DeviceWorker:
         """The round's time pass (`cent_serve.timing.clock.device_round`): when each lane's output
         exists (its last block's end, or the LM head's), the joules charged to each sequence, and
         the sequences that cross into a new KV block (their indexes in the first `n_crossed`
-        entries, n_crossed): the caller gives them it (`grow_kv`; KVCacheFull fails the round)."""
+        entries, n_crossed; a view of the positions' third row, kept until the next round): the
+        caller gives them it (`grow_kv`; KVCacheFull fails the round)."""
         timer, seqs, clock = self.timer, self.seqs, self.clock
         if timer.moe_per_round:  # this round's routing: each lane's block steps wait for its busiest device
             lp = timer.moe_lane_plan(layout, seqs.state[0], self._blocks)
@@ -188,12 +189,12 @@ class DeviceWorker:
             lp = timer.lane_plan(layout)
         while True:
             table, filled = timer.context_table()
-            done, own, crossed, n_crossed, need = device_round(ready, table, filled, seqs.state, lp.ints, lp.floats,
-                                                               clock.f, clock.i)
+            done, own, n_crossed, need = device_round(ready, table, filled, seqs.state, lp.ints, lp.floats,
+                                                      clock.f, clock.i)
             if not need:
                 break
             self.fill_table(lp)
-        return done, own, crossed, n_crossed
+        return done, own, seqs.state[2], n_crossed
 
     def fill_table(self, lp) -> None:
         """Fill the timer's context table for every context the current layout's round reaches."""

@@ -371,18 +371,18 @@ def tick_round(plan: RoundPlan, workers: list, fabric: Fabric, timer: SystemTime
     for u, w in enumerate(workers):
         f, i, seq = w.clock.f, w.clock.i, w.seqs.state
         while True:
-            out, done, own, crossed, n_crossed, need = tick(x, *timer.context_table(), seq, ints, floats, f, i,
-                                                            fabric.ports, fabric.counts)
+            out, n_crossed, need = tick(x, *timer.context_table(), seq, ints, floats, f, i, fabric.ports,
+                                        fabric.counts)
             if not need:
                 break
             w.fill_table(lp)
         if n_crossed:  # its KV blocks first (KVCacheFull fails the round before it is handed on)
             try:
-                w.grow_kv(crossed[:n_crossed])
+                w.grow_kv(seq[2, :n_crossed])
             except Exception as exc:  # as `run_unit`: the round marked broken, the error raised
                 relays[u].break_round(plan.round_id, f"rank 0 failed: {type(exc).__name__}: {exc}")
                 raise
-            out = hand_on_tick(x, done, own, ints, floats, f, i, fabric.ports, fabric.counts)
+            out = hand_on_tick(out, ints, floats, f, i, fabric.ports, fabric.counts)
         x = out
     return RoundOutput(x[:n], x[n:n + k], sampled_s=x[n + k:])
 

@@ -16,7 +16,7 @@ The kernels, each one call per round:
 - `transfer`: a switch transfer from one port to a group of ports (`fabric.switch.Fabric`), the
   one transfer function of the fabric: every primitive and a round's hops are made of it.
 - `tick`: a steady round of a one-device unit in one call (`device_worker.steady`):
-  `device_round`, then `hand_on_tick`: the round's energy so far plus this device's, and `transfer` to
+  `device_round`, the round's energy so far plus this device's, then `hand_on_tick`: `transfer` to
   the next unit (or the host's sampling time after the last).
 - `ranks_joules`: a tensor-parallel unit's joules when its ranks are twins (`fabric.rounds.Lockstep`).
 
@@ -156,33 +156,34 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  
 
 
 @njit(cache=True)
-def _advance(starts, held, seq_tokens, block_tokens):  # pragma: no cover - compiled; tested through device_round
-    """Positions move on; a sequence past the tokens its KV blocks hold needs a new block: returns
-    (their indexes, how many)."""
-    crossed = np.empty(starts.shape[0], dtype=np.int64)
+def _advance(seq, seq_tokens, block_tokens):  # pragma: no cover - compiled; tested through device_round
+    """Positions move on; a sequence past the tokens its KV blocks hold needs a new block: their
+    indexes are listed in seq's third row; returns how many."""
     n_crossed = 0
-    for k in range(starts.shape[0]):
-        end = starts[k] + seq_tokens[k]
-        if end > held[k]:
-            crossed[n_crossed] = k
+    for k in range(seq.shape[1]):
+        end = seq[0, k] + seq_tokens[k]
+        if end > seq[1, k]:
+            seq[2, n_crossed] = k
             n_crossed += 1
-            held[k] = -(-end // block_tokens) * block_tokens
-        starts[k] = end
-    return crossed, n_crossed
+            seq[1, k] = -(-end // block_tokens) * block_tokens
+        seq[0, k] = end
+    return n_crossed
 
 
 @njit(cache=True)
 def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: no cover - compiled; tested
-    """One device's time pass for a round; returns (done (lanes,), own joules (seqs,), crossed
-    (seqs,) int64, the number crossed, the context needed).
+    """One device's time pass for a round; returns (done (lanes,), own joules (seqs,), the number
+    of sequences crossed into a new KV block, the context needed).
 
     ready: (lanes,) float64, when each lane's input exists. table: (3, n) float64, one block at
     context L for one token: PIM s, own accelerator s, joules on one tp device; filled: (n,) bool,
-    which contexts the table holds. seq: (2, seqs) int64, each sequence's position and the tokens
-    its KV blocks hold (both updated). lanes_i: [offsets (lanes + 1) | tokens per sequence], lane
-    k's sequences being offsets[k]:offsets[k + 1] in layout order; lanes_f: (3, lanes) float64, rows
-    the in-block collectives and the block-to-block hop for the lane's tokens (`LanePlan`). f, i:
-    the device's state (`DeviceClock`; clocks, busy seconds, joules and counters updated).
+    which contexts the table holds. seq: (3, seqs) int64, each sequence's position and the tokens
+    its KV blocks hold (both updated), and the indexes of the sequences the round takes into a new
+    KV block, listed in its first n_crossed entries (so a round returns no array of them). lanes_i:
+    [offsets (lanes + 1) | tokens per sequence], lane k's sequences being offsets[k]:offsets[k + 1]
+    in layout order; lanes_f: (3, lanes) float64, rows the in-block collectives and the
+    block-to-block hop for the lane's tokens (`LanePlan`). f, i: the device's state (`DeviceClock`;
+    clocks, busy seconds, joules and counters updated).
 
     If the table lacks a context the round needs, nothing is changed and the last value returned
     is that context (else 0): fill the table and call again."""
@@ -190,14 +191,14 @@ def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: 
     seq_tokens = lanes_i[n_lanes + 1:n_lanes + 1 + n_seqs]
     need = _missing_context(seq[0], seq_tokens, filled)
     if need:
-        return np.empty(n_lanes), np.empty(n_seqs), np.empty(n_seqs, dtype=np.int64), 0, need
+        return np.empty(n_lanes), np.empty(n_seqs), 0, need
     head_j = f[F_HEAD + 3] if f[F_HEAD] else 0.0
     step, acc, energy, tokens, own = _lane_costs(table, seq[0], seq_tokens, lanes_i, lanes_f, f[F_TB],
                                                  i[I_BLOCKS], head_j)
     done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i)
-    crossed, n_crossed = _advance(seq[0], seq[1], seq_tokens, i[I_BLOCK_TOKENS])
+    n_crossed = _advance(seq, seq_tokens, i[I_BLOCK_TOKENS])
     i[I_CALLS] += 1
-    return done, own, crossed, n_crossed, 0
+    return done, own, n_crossed, 0
 
 
 @njit(cache=True)
@@ -246,17 +247,19 @@ def transfer(src, dsts, flits, ser, ready, latency, flit_bytes, ports, counts): 
 
 
 @njit(cache=True)
-def hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - compiled; tested
-    """The end of a one-device unit's round: the round's joules so far (x's last `seqs` entries) plus
-    this device's (`own`), then `transfer` from its port to the next unit's (its route in `i`;
-    per-lane flits and serialization seconds from the lane plan: lanes_i's last `lanes` entries,
-    lanes_f's third row), or after the last unit (no route) the host's sampling time. Returns
-    [the next unit's ready | joules so far] (or [ready | joules | sampled])."""
-    n_lanes, n_seqs = done.shape[0], own.shape[0]
+def hand_on_tick(y, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - compiled; tested
+    """The end of a one-device unit's round, from its output y = [when each lane leaves the device
+    (lanes) | the round's joules so far, the device's included (seqs)]: `transfer` from its port to
+    the next unit's (its route in `i`; per-lane flits and serialization seconds from the lane plan:
+    lanes_i's last `lanes` entries, lanes_f's third row), or after the last unit (no route) the
+    host's sampling time. Returns [the next unit's ready | joules so far] (or [ready | joules |
+    sampled])."""
+    n_lanes = lanes_f.shape[1]
+    n_seqs = y.shape[0] - n_lanes
     n_dsts = i[I_DSTS]
     out = np.empty(n_lanes + n_seqs + (0 if n_dsts else n_lanes))
-    for k in range(n_seqs):
-        out[n_lanes + k] = x[n_lanes + k] + own[k]
+    out[n_lanes:n_lanes + n_seqs] = y[n_lanes:]
+    done = y[:n_lanes]
     if n_dsts:
         groups, blocks = i[I_GROUPS], i[I_BLOCKS]
         dsts = i[I_REST + groups + blocks:I_REST + groups + blocks + n_dsts]
@@ -273,16 +276,24 @@ def hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts):  # pragma
 @njit(cache=True)
 def tick(x, table, filled, seq, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover - compiled; tested
     """A steady round of a one-device unit: x = [ready (lanes) | the round's joules so far
-    (seqs)]: `device_round`, then `hand_on_tick`. Returns (out, done, own, crossed, the number crossed,
-    the context needed). When sequences cross into new KV blocks it stops before handing on (out
-    empty): the device grows their KV cache first (which may fail the round, as in the general
-    path, where a failing device hands nothing on), then calls `hand_on_tick` with done and own. With
-    a context needed nothing is changed (`device_round`)."""
+    (seqs)]: `device_round`, this device's joules added, then `hand_on_tick`. Returns (out, the
+    number of sequences crossed into a new KV block, the context needed), one array: a call from
+    Python pays for each array it returns. When sequences cross into new KV blocks it stops before
+    handing on: out is the device's output, `hand_on_tick`'s input, and the device grows their KV
+    cache first (the sequences listed in seq's third row; growing may fail the round, as in the
+    general path, where a failing device hands nothing on), then calls `hand_on_tick`. With a
+    context needed nothing is changed (`device_round`) and out is empty."""
     n_lanes = lanes_f.shape[1]
-    done, own, crossed, n_crossed, need = device_round(x[:n_lanes], table, filled, seq, lanes_i, lanes_f, f, i)
-    if need or n_crossed:
-        return np.empty(0), done, own, crossed, n_crossed, need
-    return hand_on_tick(x, done, own, lanes_i, lanes_f, f, i, ports, counts), done, own, crossed, 0, 0
+    done, own, n_crossed, need = device_round(x[:n_lanes], table, filled, seq, lanes_i, lanes_f, f, i)
+    if need:
+        return np.empty(0), 0, need
+    y = np.empty(x.shape[0])
+    y[:n_lanes] = done
+    for k in range(own.shape[0]):
+        y[n_lanes + k] = x[n_lanes + k] + own[k]
+    if n_crossed:
+        return y, n_crossed, 0
+    return hand_on_tick(y, lanes_i, lanes_f, f, i, ports, counts), 0, 0
 
 
 @njit(cache=True)
@@ -367,7 +378,7 @@ def warm() -> None:
     table, filled = np.zeros((3, 3)), np.ones(3, dtype=np.bool_)
     ports, counts = np.zeros((3, 2)), np.zeros((2, 5), dtype=np.int64)
     for x in (np.zeros(2), np.frombuffer(np.zeros(2).tobytes())):
-        device_round(x[:1], table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i)
-        tick(x, table, filled, np.zeros((2, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i, ports, counts)
+        device_round(x[:1], table, filled, np.zeros((3, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i)
+        tick(x, table, filled, np.zeros((3, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i, ports, counts)
         transfer(0, lanes_i[1:2], lanes_i[1:2], lanes_f[2], x[:1], 0.0, 256, ports, counts)
         ranks_joules(x, 2)

@@ -43,7 +43,7 @@ def round_args(seed: int, route: bool = False, crossing: bool = True) -> tuple:
     lanes_i = np.concatenate([offsets, seq_tokens, rng.integers(1, 50, n)]).astype(np.int64)
     lanes_f = np.concatenate([rng.random((2, n)) * 1e-6, rng.choice([1e-6, 2e-6], (1, n))])
     x = np.concatenate([_ready(rng, n, tie_every), rng.random(seqs)])
-    return (x, table, np.ones(256, dtype=np.bool_), np.stack([starts, held]), lanes_i, lanes_f, clock.f, clock.i,
+    return (x, table, np.ones(256, dtype=np.bool_), np.stack([starts, held, np.zeros_like(starts)]), lanes_i, lanes_f, clock.f, clock.i,
             np.full((3, 5), 1e-5), np.zeros((5, 5), dtype=np.int64))
 
 
@@ -63,14 +63,14 @@ def results() -> dict:
         args = round_args(seed)
         n = args[5].shape[1]
         res = list(device_round(args[0][:n], *args[1:8]))
-        res[2] = res[2][:res[3]]
+        res.append(args[3][2, :res[2]])  # the sequences crossed
         out[f"device_round-{seed}"] = _hex([res, list(args)])
     for seed in range(40, 80):
         args = round_args(seed, route=seed % 2 == 0, crossing=seed % 3 == 0)
         res = list(tick(*args))
-        res[3] = res[3][:res[4]]
-        if res[4]:  # stopped before the hand-on: hand on as the device does after its KV blocks
-            res[0] = hand_on_tick(args[0], res[1], res[2], *args[4:])
+        res.append(args[3][2, :res[1]])  # the sequences crossed
+        if res[1]:  # stopped before the hand-on: hand on as the device does after its KV blocks
+            res[0] = hand_on_tick(res[0], *args[4:])
         out[f"tick-{seed}"] = _hex([res, list(args)])
     for seed in range(80, 120):
         rng = np.random.default_rng(seed)

@@ -51,13 +51,20 @@ def test_a_tick_is_device_round_then_the_energy_then_the_hop():
 
 
 def test_a_tick_whose_sequences_cross_into_new_blocks_stops_before_the_hop():
-    """The device grows their KV cache first (which may fail the round): until then no port moved."""
+    """The device grows their KV cache first (which may fail the round): until then no port moved.
+    What it returns then is the device's output, its joules added, which `hand_on_tick` hands on;
+    the sequences crossed are listed in the positions' third row."""
     args = round_args(5, route=True, crossing=True)
     ports_before = args[8].copy()
-    out, done, own, crossed, n_crossed, need = tick(*args)
-    assert n_crossed > 0 and need == 0 and out.size == 0
+    x, *rest = round_args(5, route=True, crossing=True)
+    n = rest[4].shape[1]
+    done, own, want_crossed, _ = device_round(x[:n], *rest[:7])
+    y, n_crossed, need = tick(*args)
+    assert n_crossed == want_crossed > 0 and need == 0
+    assert args[3][2, :n_crossed].tolist() == rest[2][2, :n_crossed].tolist()
+    assert y.tolist() == [*done.tolist(), *(x[n:] + own).tolist()]
     assert args[8].tolist() == ports_before.tolist()
-    full = hand_on_tick(args[0], done, own, *args[4:])
+    full = hand_on_tick(y, *args[4:])
     assert full.shape == (args[5].shape[1] + args[3].shape[1],) and args[8].tolist() != ports_before.tolist()
 
 
@@ -70,5 +77,5 @@ def test_a_round_past_the_table_changes_nothing_and_names_the_context():
         args[3][0] += 150  # make the round reach past the table
     before = [a.copy() for a in args]
     out = device_round(*args)
-    assert out[4] == int((args[3][0] + seq_tokens).max()) and out[3] == 0
+    assert out[3] == int((args[3][0] + seq_tokens).max()) and out[2] == 0
     assert all(np.array_equal(a, b) for a, b in zip(args, before))

@@ -34,8 +34,8 @@ def _charged(timer: SystemTimer, lane, starts) -> dict:
     st = np.array(starts, dtype=np.int64)
     while True:
         clock = DeviceClock([1], [True], timer.mapping.tb, 16, (False, 0.0), (False, 0.0, 0.0))
-        done, own, _, _, need = device_round(np.zeros(1), *timer.context_table(), np.stack([st, st]), lp.ints,
-                                             lp.floats, clock.f, clock.i)
+        done, own, _, need = device_round(np.zeros(1), *timer.context_table(), np.stack([st, st, st]), lp.ints,
+                                          lp.floats, clock.f, clock.i)
         if not need:
             return dict(step=float(done[0]), acc=float(clock.busy[ACCELERATOR]), energy=clock.joules,
                         seq_energy=own.tolist())
