@@ -205,20 +205,20 @@ class Scheduler:
         for req in running:
             if req not in self._held:  # preempted earlier in this loop
                 continue
-            n = min(self._tokens_for(req), budget[req.replica, req.lane])
+            n = self._tokens_for(req, budget)
             if n == 0:
                 continue  # no budget left this round: its prefill goes on next round
             while not self._reserve(req, req.num_computed + n):
                 # the latest admitted on the same replica: only its blocks help
                 victim = next(q for q in reversed(self.running) if q.replica == req.replica)
-                lane = victim.replica, victim.lane
                 self._preempt(victim)
-                budget[lane] += plan.pop(victim, 0)  # its tokens go back to its lane's budget
+                n_back = plan.pop(victim, 0)
+                if budget is not None:  # its tokens go back to its lane's budget
+                    budget[victim.replica, victim.lane] += n_back
                 if victim is req:
                     break
             else:
-                plan[req] = n
-                budget[req.replica, req.lane] -= n
+                self._take(plan, budget, req, n)
         admitted = []
         for req in self.waiting:
             if req.arrival_s > now_s:
@@ -229,8 +229,7 @@ class Scheduler:
             admitted.append(req)
             self._admit(req, slot)
             self._reserve(req, len(req.all_ids) + 1)  # the whole prompt: admitted prompts never collide
-            plan[req] = n = min(self._tokens_for(req), budget[req.replica, req.lane])
-            budget[req.replica, req.lane] -= n
+            self._take(plan, budget, req, self._tokens_for(req, budget))
         for req in admitted:
             self.waiting.remove(req)
         return SchedulerOutput(self._plans(plan, now_s), now_s)
@@ -276,16 +275,29 @@ class Scheduler:
             plan.wants_logits = np.array([logit_rows(req, n) for req, n in steps], dtype=np.int64)
         return ReplicaRound(replica, plan, steps)
 
-    def _budget(self) -> dict[tuple[int, int], float]:
-        """Each (replica, lane)'s tokens for this round (filled as lanes are touched)."""
-        cap = float("inf") if self.max_batched_tokens is None else self.max_batched_tokens
+    def _budget(self) -> dict[tuple[int, int], int] | None:
+        """Each (replica, lane)'s tokens for this round (filled as lanes are touched), or None when
+        there is no budget (CENT: not a dict of infinities, looked up twice a sequence)."""
+        if self.max_batched_tokens is None:
+            return None
+        cap = self.max_batched_tokens
         return defaultdict(lambda: cap)
 
-    def _tokens_for(self, req: Request) -> int:
+    def _tokens_for(self, req: Request, budget: dict[tuple[int, int], int] | None) -> int:
+        """`req`'s step this round: one decode token or its next prefill chunk, within what its
+        lane's `budget` has left (not taken from it)."""
         left = req.num_tokens - req.num_computed
-        return left if left <= 1 else min(left, self.prefill_chunk_tokens)
+        n = left if left <= 1 else min(left, self.prefill_chunk_tokens)
+        return n if budget is None else min(n, budget[req.replica, req.lane])
 
-    def _free_lane(self, need_blocks: int, budget: dict[tuple[int, int], float]) -> tuple[int, int] | None:
+    @staticmethod
+    def _take(plan: dict[Request, int], budget: dict[tuple[int, int], int] | None, req: Request, n: int) -> None:
+        """`req` runs `n` tokens this round: into the plan, and out of its lane's budget."""
+        plan[req] = n
+        if budget is not None:
+            budget[req.replica, req.lane] -= n
+
+    def _free_lane(self, need_blocks: int, budget: dict[tuple[int, int], int] | None) -> tuple[int, int] | None:
         """The emptiest lane with room on a replica that has `need_blocks` free KV blocks and
         tokens left in its round's budget (ties: the replica with the most free blocks, then the
         lowest ids)."""
@@ -295,7 +307,8 @@ class Scheduler:
                 continue
             for l_id, members in enumerate(self.lanes[r]):
                 key = (len(members), -self.free_blocks[r], r, l_id)
-                if len(members) < self.seqs_per_lane and budget[r, l_id] >= 1 and (best is None or key < best):
+                if (len(members) < self.seqs_per_lane and (budget is None or budget[r, l_id] >= 1)
+                        and (best is None or key < best)):
                     best = key
         return None if best is None else (best[2], best[3])
 
