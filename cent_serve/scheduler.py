@@ -268,7 +268,7 @@ class Scheduler:
             layout = last  # the same value: one comparison here rather than one per device
         else:
             layout = self._layouts[replica] = Layout(lanes, seqs)
-        plan = RoundPlan(layout, np.array(ready, dtype=np.float64), next(self._round_ids), new, freed)
+        plan = RoundPlan(layout, ready, next(self._round_ids), new, freed)
         if self.with_token_ids:
             ids = [t for req, n in steps for t in req.all_ids[req.num_computed:req.num_computed + n]]
             plan.token_ids = np.array(ids, dtype=np.int64)

@@ -367,7 +367,8 @@ def tick_round(plan: RoundPlan, workers: list, fabric: Fabric, timer: SystemTime
     lp = timer.lane_plan(layout)
     ints, floats = lp.ints, lp.floats
     n, k = len(layout), len(layout.seq_ids)
-    x = np.concatenate([plan.ready_s, np.zeros(k)])
+    x = np.zeros(n + k)  # [ready | joules so far], as the host sends a tick (`HostEnd.message`)
+    x[:n] = plan.ready_s
     for u, w in enumerate(workers):
         f, i, seq = w.clock.f, w.clock.i, w.seqs.state
         while True:
