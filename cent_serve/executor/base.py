@@ -62,10 +62,6 @@ class Done:
         return self._result
 
 
-def done(result: RoundOutput) -> Done:
-    return Done(result)
-
-
 class StartCancelled(RuntimeError):
     """An executor's start-up given up part way: nobody wants it any more (the server stopped while
     a replica was being re-created)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Done, Executor, done
+from cent_serve.executor.base import Done, Executor
 from cent_serve.messages import RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
@@ -40,8 +40,8 @@ class LocalExecutor(Executor):
         if self.chain is not None and is_tick(plan):
             out = tick_round(plan, self.chain, self.fabric, self.timer, self.relays)
             if out is not None:
-                return done(out)
-        return done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
+                return Done(out)
+        return Done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
                               self.locksteps))
 
     def stats(self) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Done, Executor, done
+from cent_serve.executor.base import Done, Executor
 from cent_serve.gpu.timing import GpuTimer
 from cent_serve.messages import RoundOutput, RoundPlan
 
@@ -75,7 +75,7 @@ class GpuExecutor(Executor):
                 self.allreduce_bytes += 2 * self.cfg.model.num_layers * new.sum() * self.cfg.model.hidden_size * 2
             k += len(lane)
         self.steps += 1
-        return done(RoundOutput(ready, energy, logits=self._logits(plan), sampled_s=ready.copy()))
+        return Done(RoundOutput(ready, energy, logits=self._logits(plan), sampled_s=ready.copy()))
 
     def _logits(self, plan: RoundPlan):
         if self.model is None or plan.token_ids is None:

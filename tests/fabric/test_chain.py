@@ -14,7 +14,7 @@ import pytest
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.emulate import run_workload
 from cent_serve.executor import LocalExecutor
-from cent_serve.executor.base import Executor, done
+from cent_serve.executor.base import Done, Executor
 from cent_serve.executor.generate import generate_batch
 from cent_serve.messages import Layout, RoundPlan
 from cent_serve.timing import SystemTimer
@@ -92,7 +92,7 @@ class ThreadedChain(Executor):
         blob = self.host.message(plan)
         for link in self.inputs:
             link.send_bytes(blob)
-        return done(self.host.output(self.output.recv(60.0), plan.layout))
+        return Done(self.host.output(self.output.recv(60.0), plan.layout))
 
     def shutdown(self) -> None:
         """Close every link: the devices' threads see their inputs close and end."""
