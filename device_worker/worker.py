@@ -205,11 +205,11 @@ class DeviceWorker:
 
     def kv_wanted(self, crossed: np.ndarray) -> list[tuple[int, int]]:
         """(sequence, tokens its KV blocks must hold) of each crossing sequence (`grow_kv`)."""
-        ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0]
+        ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0].tolist()  # Python ints, read once
         cap = self.seqs.kv_tokens_cap
         if cap is None:
-            return list(zip([ids[k] for k in crossed.tolist()], starts[crossed].tolist()))
-        return [(ids[k], min(int(starts[k]), cap)) for k in crossed.tolist()]
+            return [(ids[k], starts[k]) for k in crossed.tolist()]
+        return [(ids[k], min(starts[k], cap)) for k in crossed.tolist()]
 
     def grow_kv(self, crossed: np.ndarray, wanted: list[tuple[int, int]] | None = None) -> None:
         """A new KV block for each sequence that crossed into one (`crossed`: their indexes in
