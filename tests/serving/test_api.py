@@ -281,6 +281,24 @@ def test_metrics_have_vllms_series_and_labels(server, client):
         assert metric(after, name) - metric(text, name) == 1, name
 
 
+def test_preemptions_reach_both_counters():
+    """The module's server never preempts, so its `vllm:num_preemptions_total == cent:preemptions_total`
+    held at 0 == 0 whatever the counters read. Here 6 choices of 21 + 30 tokens share 12 KV blocks of
+    16 (4 sequences a lane): the scheduler preempts, and both series count what the engine counted."""
+    cfg = _cfg()
+    cfg.numerics = "off"
+    cfg.scheduler.max_seqs_per_stage = 4
+    cfg.scheduler.num_kv_blocks_override = 12
+    with Server(cfg, "local") as s:
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x" * 20, "n": 6,
+                                                        "max_tokens": 30, "ignore_eos": True}, timeout=HANG_GUARD_S)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 6 * 30, r.text
+        text = httpx.get(s.url + "/metrics").text
+        preempted = s.loop.engine.scheduler.num_preemptions
+    assert preempted > 0
+    assert metric(text, "vllm:num_preemptions_total") == metric(text, "cent:preemptions_total") == preempted
+
+
 def test_token_count_buckets_are_vllms_1_2_5_series():
     from api.metrics import buckets_1_2_5
 
