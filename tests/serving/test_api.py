@@ -230,6 +230,15 @@ def test_metrics_and_status(server, client):
     assert st["clock_s"] > 0 and st["clock_mode"] == "virtual" and st["num_running"] == 0
     # idle: the devices have forgotten the finished request, not kept its KV until the next round
     assert st["kv_usage"] == 0 and [d["kv_usage"] for d in st["devices"]] == [0.0] * 8
+    # the gauges and totals read the engine's snapshot (their names above are in the HELP lines whatever
+    # they hold); idle, the scrape and the status are of the same state
+    from cent_serve.executor.base import busy_fraction
+    assert metric(text, "cent:simulated_clock_seconds") == st["clock_s"]
+    assert metric(text, "cent:energy_joules_total") == pytest.approx(st["energy_j"], rel=1e-12) and st["energy_j"] > 0
+    busy = [metric(text, "cent:device_busy_fraction", device=str(d["device_id"]), replica=str(d["replica"]))
+            for d in st["devices"]]
+    assert busy == pytest.approx([busy_fraction(d, st["clock_s"]) for d in st["devices"]], rel=1e-12)
+    assert min(busy) > 0
 
 
 def test_metrics_have_vllms_series_and_labels(server, client):

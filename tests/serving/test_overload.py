@@ -257,8 +257,12 @@ def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
             assert metric(text, "vllm:time_to_first_token_seconds_count") == 1
             assert metric(text, "vllm:inter_token_latency_seconds_count") >= 1
             assert metric(text, "vllm:prompt_tokens_total") == 5  # "hold" and its BOS
+            # the gauges follow the engine (idle they all read 0, as they would read nothing)
+            assert metric(text, "vllm:num_requests_running") == 1 and metric(text, "vllm:num_requests_waiting") == 0
+            assert metric(text, "vllm:kv_cache_usage_perc") > 0
             with h2.stream("POST", "/v1/completions", json=body(prompt="waits", stream=True)) as waiting:
                 wait_for(lambda: status(s.url)["num_waiting"] == 1, "the second request waiting")
+                assert metric(h.get("/metrics").text, "vllm:num_requests_waiting") == 1
             wait_for(lambda: status(s.url)["num_waiting"] == 0, "the waiting request aborted")
             r = h.post("/v1/completions", json=body(prompt="three", n=3))
             assert (r.status_code, r.json()["error"]["code"]) == (429, "queue_full")
