@@ -67,6 +67,26 @@ def test_slo_attainment_counts_failed_requests_as_missing():
     assert s["request_goodput"] == pytest.approx(2 / s["duration"])
 
 
+def test_duration_rates_and_energy_per_token_by_hand():
+    """docs/serving.md's definitions written out: the duration runs from the first arrival of any
+    request (a refused one here) to the last finish of a completed one; the rates are over it; the
+    energy per token is every request's energy, the failed ones' too, over the completed ones' prompt
+    and output tokens. (The test above divides by the summary's own duration.)"""
+    first = refused("early", 0.0, RequestRefused("context_exceeded", "too long"))
+    first.energy_mj = 5.0
+    ok = [done("a", 1.0, 0.1), done("b", 1.5, 0.3, tokens=5)]  # finish 1.2 and 1.84
+    ok[0].energy_mj, ok[1].energy_mj = 20.0, 11.0
+    s = summarize(result_of([first, *ok]), {"e2el": 250.0})
+    assert s["duration"] == pytest.approx(1.84)
+    assert s["request_throughput"] == pytest.approx(2 / 1.84)
+    assert s["output_throughput"] == pytest.approx((11 + 5) / 1.84)
+    assert s["total_token_throughput"] == pytest.approx((2 * 32 + 11 + 5) / 1.84)
+    assert s["request_goodput"] == pytest.approx(1 / 1.84)  # e2el 250 ms: a's 0.2 s, not b's 0.34 s
+    assert s["energy_per_token_mj"] == pytest.approx((5.0 + 20.0 + 11.0) / (2 * 32 + 11 + 5))
+    assert s["energy_j"] == pytest.approx(0.036)
+    assert s["mean_tpot_ms"] == pytest.approx(10.0) and s["mean_e2el_ms"] == pytest.approx((200 + 340) / 2)
+
+
 def test_a_run_where_nothing_completed_lasts_0_s_at_0_req_s():
     """Every request refused: duration 0 and every rate 0 (the duration read 1e-12, a made-up value)."""
     s = summarize(result_of([refused(str(i), float(i), RequestRefused("context_exceeded", "too long"))
