@@ -143,12 +143,14 @@ class GpuTimer:
         """Stage `stage`'s step for sequences with `new` tokens on top of `cached` ones."""
         new = np.asarray(new, dtype=np.float64)
         cached = np.asarray(cached, dtype=np.float64)
-        causal = new * (new + 1) / 2
+        # the i-th new token (i = 1..new) attends to cached + i positions: new x cached + new (new + 1) / 2
+        attended = new * cached + new * (new + 1) / 2
         if self.window is not None:  # a sliding window: the KV kept and the positions attended stop at it
-            cached = np.minimum(cached, self.window)
-            causal = np.minimum(causal, new * self.window)
-        return self.parts(stage, float(new.sum()), float((cached + new).sum()),
-                          float((new * cached + causal).sum()), logit_rows)
+            w, first, last = self.window, cached + 1, cached + new  # each token sees min(its count, w) keys
+            below = np.clip(w - first + 1, 0, new)  # the tokens that see fewer than w: first .. min(last, w)
+            attended = (first + first + below - 1) * below / 2 + (new - below) * w
+            cached = np.minimum(cached, w)
+        return self.parts(stage, float(new.sum()), float((cached + new).sum()), float(attended.sum()), logit_rows)
 
     def parts(self, stage: int, tokens, context, attended, logit_rows: int = 0) -> StepParts:
         """A step from its sums: `tokens` new, `context` = the sequences' cached + new tokens

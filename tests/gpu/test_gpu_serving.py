@@ -220,6 +220,17 @@ def test_sliding_window_on_gpus():
     w = m.sliding_window
     assert t.step_s(0, [1], [w], 1) == t.step_s(0, [1], [4 * w], 1) > t.step_s(0, [1], [w // 2], 1)
     assert cfg.kv_tokens_cap == w + 2048 + cfg.scheduler.kv_block_tokens
+    # the (token, position) pairs attention scores, counted one token at a time: the i-th new token of a
+    # sequence with c cached sees its c + i positions, at most w (the reference model's mask, `hidden_keys`,
+    # agrees); a prompt chunk past the window was charged w + new (new + 1) / 2 a token's worth, and a decode
+    # step there w + 1
+    from cent_serve.model.layers import hidden_keys
+
+    for new, cached in (([1], [w]), ([1], [5 * w]), ([2048], [w + 100]), ([2048], [3000]), ([300, 1, 7], [0, w - 1, w - 3])):
+        pairs = sum(min(c + i, w) for n, c in zip(new, cached) for i in range(1, n + 1))
+        assert pairs == sum(int((~hidden_keys(c, n, c + n, w)).sum()) for n, c in zip(new, cached))
+        want = t.parts(0, sum(new), sum(min(c, w) + n for n, c in zip(new, cached)), pairs)
+        assert t.step(0, new, cached) == want, (new, cached)
 
 
 def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
