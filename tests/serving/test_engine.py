@@ -79,8 +79,17 @@ def test_preemption_by_recomputation_keeps_the_tokens():
     assert kv_blocks_per_replica(cfg, eng.timer.mapping) == eng.scheduler.kv_blocks == 12
     prompts = [[1] + [50 + i] * 20 for i in range(6)]  # 6 x (21 prompt + 30 out) tokens >> 12 x 16
     reqs = [eng.add_request(p, RequestParams(max_tokens=30, ignore_eos=True, sampling=GREEDY)) for p in prompts]
-    _run(eng)
+    rounds_victims = []  # per round with preemptions, which requests it preempted
+    while eng.has_work():
+        before = [r.num_preemptions for r in reqs]
+        eng.step()
+        if hit := [i for i, r in enumerate(reqs) if r.num_preemptions > before[i]]:
+            rounds_victims.append(hit)
     assert eng.scheduler.num_preemptions > 0
+    # vLLM's policy (the scheduler's docstring): the most recently admitted sequences make room. All six
+    # were admitted at once (2 blocks each, the whole pool): the first round short of blocks evicts the
+    # 6th and the 5th, and the first three are never evicted
+    assert rounds_victims[0] == [4, 5] and [r.num_preemptions for r in reqs[:3]] == [0, 0, 0], rounds_victims
     for p, r in zip(prompts, reqs):
         assert r.output_ids == generate(ref_model, p, 30, ignore_eos=True).token_ids
     assert eng.scheduler.kv_usage() == 0.0
@@ -228,6 +237,21 @@ def test_data_parallel_replicas_when_devices_exceed_the_mapping():
     for p, r in zip(prompts, runs["two"]):
         assert r.output_ids == generate(ref_model, p, 4, ignore_eos=True).token_ids
     assert {d["replica"] for d in two.device_stats()} == {0, 1}
+
+
+def test_a_new_request_takes_the_replica_with_the_most_free_kv_and_usage_counts_both():
+    """Between lanes equally empty the scheduler prefers the replica with the most free KV blocks
+    (`Scheduler._free_lane`): the second of two requests admitted together goes to the other replica,
+    not beside the first (every request above runs on either, so nothing checked the choice). The KV
+    usage is over both replicas' blocks."""
+    eng = _engine(devices=16, pp=8, numerics="off")
+    reqs = [eng.add_request([1] * 40, RequestParams(max_tokens=4, ignore_eos=True)) for _ in range(2)]
+    eng.step()
+    sched = eng.scheduler
+    assert [r.replica for r in reqs] == [0, 1]
+    held = sched.blocks_for(41)  # each request's whole prompt and its first token, reserved at admission
+    assert sched.free_blocks == [sched.kv_blocks - held] * 2
+    assert sched.kv_usage() == pytest.approx(2 * held / (2 * sched.kv_blocks), rel=1e-12)
 
 
 def test_a_models_extra_eos_ids_stop_as_vllm_does():
