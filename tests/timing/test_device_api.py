@@ -35,6 +35,28 @@ def test_hop_of_several_tokens_by_hand():
     assert t.hop_s(5) == pytest.approx(180e-9 + flits * 256 / (18 * 4 * 2**30))
 
 
+def test_the_pipelines_stations_by_hand():
+    """`stations_s`, what sets the cent convention's pace when one is the bottleneck: each stage's
+    channel group, busy with its blocks' steps (PIM, and the accelerator x the tb blocks sharing it)
+    and the DMA hops between them; the embedding and LM-head units; and a switch port, busy for the
+    flits' serialization only (the hop's latency is the wire's, not the port's). 7B on 8 devices:
+    32 one-block stages, tb 4, 43 flits of 4096 bf16 values over 18 lanes x 4 GiB/s; 70B as 8
+    stages of tp 4: 10 blocks a stage with their exchanges, 9 hops on the stage's devices."""
+    L = 2048
+    t = make_timer("llama2-7b", 8, 32, 1)
+    pim, acc, _ = t.block_cost(L)
+    stations = t.stations_s(L)
+    assert len(stations) == 32 + 3
+    assert stations[:32] == pytest.approx([pim + 4 * acc] * 32, rel=1e-12)
+    assert stations[32:34] == [t.embed_lookup_s, t.lm_head_s]
+    assert stations[34] == pytest.approx(43 * 256 / (18 * 4 * 2**30), rel=1e-12)
+    t = make_timer("llama2-70b", 32, 8, 4)
+    pim, acc, _ = t.block_cost(L)
+    stations = t.stations_s(L)
+    assert len(stations) == 8 + 3 and t.collectives_s(1) > 0
+    assert stations[:8] == pytest.approx([10 * (pim + acc + t.collectives_s(1)) + 9 * t.local_hop_s(1)] * 8, rel=1e-12)
+
+
 def test_embedding_and_lm_head_parts_add_up_to_the_published_embedding():
     """Under the artifact's convention (the embedding charged as a vocab x D GEMV, as it does); the
     cent convention's lookup is one row's bursts (test_families_timing)."""
