@@ -146,8 +146,8 @@ class GpuTimer:
         # the i-th new token (i = 1..new) attends to cached + i positions: new x cached + new (new + 1) / 2
         attended = new * cached + new * (new + 1) / 2
         if self.window is not None:  # a sliding window: the KV kept and the positions attended stop at it
-            w, first, last = self.window, cached + 1, cached + new  # each token sees min(its count, w) keys
-            below = np.clip(w - first + 1, 0, new)  # the tokens that see fewer than w: first .. min(last, w)
+            w, first = self.window, cached + 1  # the i-th new token sees min(cached + i, w) keys
+            below = np.clip(w - first + 1, 0, new)  # the tokens that see at most w keys (their own count)
             attended = (first + first + below - 1) * below / 2 + (new - below) * w
             cached = np.minimum(cached, w)
         return self.parts(stage, float(new.sum()), float((cached + new).sum()), float(attended.sum()), logit_rows)
