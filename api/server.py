@@ -19,7 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.metrics import Metrics
-from api.shutdown import exit_now, on_signals, stop_starting
+from api.shutdown import current_handlers, exit_now, on_signals, restore, stop_starting
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
 from cent_serve.executor.watch import ClusterLost
@@ -160,13 +160,16 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
     lost = None
     if sock is None:
         sock = bind_listen_socket(cfg.server.host, cfg.server.port)
+    callers = current_handlers()  # put back on the way out, but after an interrupted start-up (below)
     on_signals(stop_starting)  # a signal while Ray and the devices start undoes it; a second exits at once
     responsive_gil()
     try:
         app, loop = build(cfg)
-    except BaseException:
+    except BaseException as exc:
         sock.close()
         release_gil()
+        if not isinstance(exc, KeyboardInterrupt):  # interrupted, a second signal (in the caller's teardown,
+            restore(callers)                        # Ray's atexit shutdown) still exits at once
         raise
     mp, replicas = loop.engine.timer.mapping, loop.engine.num_replicas
     what = "emulated CENT devices" if not cfg.on_gpus else f"modelled {cfg.gpu.kind} GPUs"
@@ -209,6 +212,7 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
             import ray
             ray.shutdown()
         release_gil()
+        restore(callers)
         log.info("stopped: engine thread and device actors are gone%s", " (with their cluster)" if lost
                  else "")
     if lost:

@@ -71,6 +71,20 @@ def exit_now(signum: int, frame=None, said: bool = False) -> None:
     os._exit(128 + signum)
 
 
+def current_handlers() -> dict:
+    """SIGINT's and SIGTERM's handlers now (from the main thread; {} elsewhere), for `restore`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+
+def restore(handlers: dict) -> None:
+    """Put back what `current_handlers` saw: a server run from a library, or a test, must not leave
+    `exit_now` (which kills what the process started) on its caller's Ctrl-C."""
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
 def on_signals(handler: Callable) -> None:
     """`handler` for SIGINT and SIGTERM (from the main thread only, where signals are handled)."""
     if threading.current_thread() is threading.main_thread():

@@ -258,9 +258,13 @@ def test_a_startup_uvicorn_returns_from_exits_3_too(monkeypatch):
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # never started
     cfg = server_cfg()
     cfg.server.port = 0
+    callers = [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)]
     with pytest.raises(SystemExit) as exc:
         srv.run_server(cfg)
     assert exc.value.code == 3
+    # the caller's handlers are back (review): exit_now left in place made the next Ctrl-C of a library
+    # caller, or of pytest, kill every process it had started and exit without a word
+    assert [signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)] == callers
 
 
 def _port_taken(port: int) -> bool:
