@@ -128,7 +128,8 @@ class _Uvicorn(uvicorn.Server):
 def build(cfg: CentConfig, engine: Engine | None = None):
     """(app, engine loop) for a config (`cfg.executor` says where the devices run); the loop is started."""
     watch = None
-    if cfg.executor == "ray":  # which Ray, said once it is known to hold the devices: a refusal comes alone
+    if cfg.executor == "ray" and not cfg.on_gpus:  # which Ray, said once it is known to hold the devices: a
+        # refusal comes alone (modelled GPUs run in this process, as `executor_factory` has them: no Ray)
         from cent_serve.executor.ray_executor import cluster_watch, join_cluster
         log.info("%s", join_cluster(cfg))
         watch = cluster_watch(cfg)  # started with the engine loop

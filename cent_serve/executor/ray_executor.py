@@ -105,7 +105,8 @@ def cluster_watch(cfg: CentConfig):
         return None
     if not address:
         return None
-    own = not (cfg.server.ray_address or os.environ.get("RAY_ADDRESS"))  # ensure_ray's fresh local Ray
+    # ensure_ray's fresh local Ray: no address given, or "local" (review: the fix said `ray start --head`)
+    own = (cfg.server.ray_address or os.environ.get("RAY_ADDRESS") or "local") == "local"
     return ClusterWatch(address, cfg.server.cluster_lost_s, own=own)
 
 

@@ -103,3 +103,38 @@ def test_a_lost_cluster_ends_every_request_with_its_reason_and_refuses_new_ones(
         loop.stop()
     assert end.finish_reason == "abort" and loop.stopped_by == "the Ray cluster's head is gone"
     assert watch.stopped and not loop.is_alive()
+
+
+@pytest.mark.parametrize("given, own", [(None, True), ("local", True), (GCS, False), ("ray://10.0.0.1:10001", False)])
+def test_the_lost_heads_fix_names_a_restart_for_the_local_ray_the_server_started(monkeypatch, given, own):
+    """`--ray-address local` starts a fresh local Ray as no address does (`ensure_ray`): its loss is
+    fixed by restarting the server, not by `ray start --head` (review: "local" counted as a cluster)."""
+    import ray
+
+    from cent_serve.executor.ray_executor import cluster_watch
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "127.0.0.1:1"})())
+    cfg = CentConfig()
+    cfg.server.ray_address = given
+    assert cluster_watch(cfg).own is own
+
+
+def test_modelled_gpus_on_ray_ask_no_cluster(monkeypatch):
+    """GPUs are modelled in this process whatever `executor` says (`executor_factory`): the server does
+    not join a Ray cluster for them, nor hold them to its cent_device units (review)."""
+    import api.server as srv
+    from cent_serve.config import build_config
+    from cent_serve.executor import ray_executor
+
+    def join_cluster(cfg, replicas=None):
+        raise AssertionError("joined a Ray cluster for modelled GPUs")
+
+    monkeypatch.setattr(ray_executor, "join_cluster", join_cluster)
+    cfg = build_config("tiny", hardware="gpu:a100-80gb:1")
+    cfg.executor = "ray"
+    _, loop = srv.build(cfg)
+    try:
+        assert loop.watch is None
+    finally:
+        loop.stop()
