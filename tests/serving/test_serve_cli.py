@@ -443,7 +443,9 @@ def test_a_second_ctrl_c_exits_at_once_in_one_line_leaving_no_process(first_afte
     proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", "--devices", "2",
                              "--numerics", "off"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
-    watchdog = threading.Timer(300, proc.kill)  # a hang guard for the start-up and both signals
+    # a hang guard for the start-up and both signals; the server's children too, or one holding the pipe
+    # would keep readlines() below waiting after the server died (review)
+    watchdog = threading.Timer(300, lambda: (proc.kill(), kill_marked(marker)))
     watchdog.start()
     lines: list[str] = []
     try:
