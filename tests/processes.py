@@ -7,6 +7,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 MARKER = "CENT_TEST_MARKER"
 
@@ -34,11 +35,12 @@ def marked_pids(marker: dict[str, str]) -> list[int]:
     return out
 
 
-def kill_marked(marker: dict[str, str]) -> int:
-    """SIGKILL every process carrying `marker`, until none is left; how many were killed."""
+def kill_until_gone(find: Callable[[], list[int]], rounds: int = 20, pause_s: float = 0.1) -> int:
+    """SIGKILL the processes `find` lists, again while it lists any (a process may start another while
+    we kill), at most `rounds` times; how many were killed."""
     killed = 0
-    for _ in range(20):  # a process may start another while we kill
-        pids = marked_pids(marker)
+    for _ in range(rounds):
+        pids = find()
         if not pids:
             break
         for pid in pids:
@@ -47,5 +49,10 @@ def kill_marked(marker: dict[str, str]) -> int:
                 killed += 1
             except ProcessLookupError:
                 pass
-        time.sleep(0.1)
+        time.sleep(pause_s)
     return killed
+
+
+def kill_marked(marker: dict[str, str]) -> int:
+    """SIGKILL every process carrying `marker`, until none is left; how many were killed."""
+    return kill_until_gone(lambda: marked_pids(marker))

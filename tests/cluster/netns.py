@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from tests.processes import kill_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -124,19 +124,7 @@ class Hosts:
     def kill_host(self, i: int) -> int:
         """SIGKILL every process of host i (its Ray, its device actors), as a lost machine; returns
         how many were killed."""
-        killed = 0
-        for _ in range(5):  # processes may fork while we kill
-            pids = self.pids(i)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-        return killed
+        return kill_until_gone(lambda: self.pids(i), rounds=5, pause_s=0.2)
 
     def partition(self, i: int) -> None:
         _ip("link", "set", f"{self.tag}v{i}", "down")
