@@ -41,7 +41,9 @@ def test_single_request_ttft_tpot_equal_the_timing_model(numerics, devices, pp, 
     assert t["ttft_s"] == pytest.approx(prefill, rel=1e-9)
     assert t["tpot_s"] == pytest.approx(decode, rel=1e-9)
     assert len(req.output_ids) == n and req.finish_reason == "length"
-    assert t["energy_mj"] > 0
+    # its energy: the closed form's for each token it ran through the model (its blocks, the head's share)
+    from cent_serve.timing.energy import token_energy_j
+    assert t["energy_mj"] == pytest.approx(1e3 * sum(token_energy_j(eng.timer, L) for L in range(1, P + n)), rel=1e-9)
 
 
 def test_chunked_prefill_is_faster_and_gives_the_same_tokens():
