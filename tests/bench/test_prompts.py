@@ -51,6 +51,8 @@ def test_a_replay_s_prompt_starts_with_what_the_tokenizer_puts_first(start):
     for n in (1, 9):
         ids = _prompt_ids(Request("r", 0.0, n, 2), engine, 0, 0)
         assert len(ids) == n and ids[:len(start)] == start and 7 not in ids
+        body = ids[len(start):]  # the seeded text's bytes after the start (Qwen: every id)
+        assert len(body) == n - len(start) and all(PRINTABLE_FIRST + 3 <= i <= PRINTABLE_LAST + 3 for i in body)
 
 
 def test_what_a_tokenizer_puts_first_leaves_an_eos_after_the_text_out():
@@ -82,6 +84,7 @@ def test_a_start_of_several_ids_is_kept_whole_and_one_id_gives_the_old_prompt():
     from cent_serve.bench.prompts import prompt_ids
 
     assert prompt_ids(9, (0, 3), [1]) == synthetic_prompt(9, (0, 3), bos_token_id=1).token_ids
-    assert prompt_ids(9, (0, 3), [])[:0] == [] and len(prompt_ids(9, (0, 3), [])) == 9
+    # no start (Qwen's tokenizer): all 9 are the seeded bytes (`[:0] == []` held whatever came first)
+    assert prompt_ids(9, (0, 3), []) == synthetic_prompt(9, (0, 3), add_bos=False).token_ids
     two = prompt_ids(9, (0, 3), [128000, 128006])
     assert two[:2] == [128000, 128006] and len(two) == 9 and prompt_ids(1, 0, [5, 6]) == [5]
