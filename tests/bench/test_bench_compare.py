@@ -157,3 +157,24 @@ def test_the_header_says_how_the_compared_requests_arrived(capsys, bench, says):
     side = dict(hardware="x", failure_reasons={})
     print_compare(dict(model="m", requests=3, cent=side, gpu=side, bench=bench, sweep={"CENT": []}, table=[]))
     assert says in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize("hardware, tco", [(None, 0.73 * 8 / 32), ("gpu:a100-80gb:2", 1.76 * 2 / 4)])
+def test_a_sides_power_and_tokens_per_tco_are_its_run_s(hardware, tco):
+    """compare.json's `power_w` is the run's energy over its duration and `tokens_per_tco` its prompt and
+    output tokens a second over the artifact's TCO units (0.73 per 32 CENT devices, 1.76 per 4 A100s):
+    no test read either (half the power, or output tokens only, kept every test green)."""
+    from cent_serve.bench import FixedLengths, synthetic_trace
+    from cent_serve.bench.report import side_figures
+    from cent_serve.bench.runner import run_in_process
+    from cent_serve.config import build_config
+
+    cfg = build_config("tiny", devices=8, numerics="off", hardware=hardware)
+    reqs = list(synthetic_trace(6, rate=50.0, lengths=FixedLengths(20, 5), seed=0))
+    s = side_figures(cfg, run_in_process(cfg, reqs, progress=False))
+    assert s["completed"] == 6 and s["duration"] > 0 and s["energy_j"] > 0
+    assert s["tco"] == pytest.approx(tco, rel=1e-12)
+    assert s["power_w"] == pytest.approx(s["energy_j"] / s["duration"], rel=1e-12)
+    tokens = s["total_input_tokens"] + s["total_output_tokens"]
+    assert tokens == 6 * (20 + 5)
+    assert s["tokens_per_tco"] == pytest.approx(tokens / s["duration"] / tco, rel=1e-12)
