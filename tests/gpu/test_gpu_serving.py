@@ -331,3 +331,33 @@ def test_plot_titles_count_gpus_and_devices_in_words():
     assert mapping_text({"mapping": one}) == "gpu pp 1 x tp 1, 1 GPU used"
     assert mapping_text({"mapping": dict(one, tp=4, devices_used=4)}).endswith(", 4 GPUs used")
     assert mapping_text({"mapping": dict(mode="pipeline", pp=8, tp=1, devices_used=8)}).endswith(", 8 devices used")
+
+
+def test_a_gpu_round_charges_its_lane_and_splits_it_by_tokens():
+    """One round of a lane holding a 2,000-token prompt chunk and a decode on a tp 2 pair (a step bound
+    by compute): the lane ends after one step with the LM head at both sequences' last positions (vLLM's,
+    mid-prompt too); its energy, both GPUs at serving power for the step, goes to the sequences by their
+    tokens (2000 : 1); each GPU's stats hold its half; the fabric counts two all-reduces a layer of the
+    round's tokens' bf16 activations. (The engine's tests run one sequence a lane or compare runs with
+    each other: an equal split, the lane's energy on each GPU, one LM-head row, half the all-reduce
+    bytes all kept them green.)"""
+    import numpy as np
+
+    from cent_serve.gpu.executor import GpuExecutor
+    from cent_serve.messages import Layout, RoundPlan
+
+    cfg = _gpu_cfg(model=model_preset("llama2-7b"), numerics="off", count=2)
+    ex = GpuExecutor(cfg)
+    t = ex.timer
+    assert (t.tp, t.pp) == (2, 1)
+    ex.run(RoundPlan(Layout((0,), (((7, 20),),)), np.zeros(1), 0, {7: 0}))  # sequence 7: 20 tokens cached
+    before = [d["energy_j"] for d in ex.stats()["devices"]]
+    out = ex.run(RoundPlan(Layout((0,), (((3, 2000), (7, 1)),)), np.array([1.0]), 1, {3: 0}))
+    step = t.step_s(0, [2000, 1], [0, 20], 2)
+    assert step > t.step_s(0, [2000, 1], [0, 20], 1)  # compute-bound: each LM-head row costs time
+    assert out.ready_s.tolist() == [pytest.approx(1.0 + step, rel=1e-12)]
+    lane_j = 2 * t.power_w * step
+    assert out.energy_j.tolist() == pytest.approx([lane_j * 2000 / 2001, lane_j / 2001], rel=1e-12)
+    devices = ex.stats()["devices"]
+    assert [d["energy_j"] - b for d, b in zip(devices, before)] == pytest.approx([lane_j / 2] * 2, rel=1e-9)
+    assert ex.stats()["fabric"]["wire_bytes"] == 2 * 32 * (20 + 2001) * 4096 * 2  # both rounds' tokens
