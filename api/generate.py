@@ -224,7 +224,8 @@ async def submit(ctx: ApiContext, body, choices: list[Choice],
     q: asyncio.Queue = asyncio.Queue()
     try:
         reqs = await ctx.loop.submit_all([(c.prompt_ids, c.params, c.index) for c in choices], q,
-                                         arrival_s=body.arrival_s, hold_until_s=body.hold_until_s)
+                                         arrival_s=body.arrival_s, hold_until_s=body.hold_until_s,
+                                         final_only=not body.stream)
     except (ValueError, EngineStopped) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
         raise _submit_error(exc, fields) from None
     return reqs, q

@@ -183,6 +183,8 @@ class Metrics:
         for outcome, reasons in OUTCOMES.items():
             for reason in reasons:
                 self.requests.labels(*key, outcome, reason)
+        # the series the engine thread observes for every sequence each round, looked up once
+        self.ttft_k, self.itl_k, self.tpot_iter_k = (m.labels(*key) for m in (self.ttft, self.itl, self.tpot_iter))
 
     def count_request(self, outcome: str, reason: str) -> None:
         """Record how one generation request ended (any thread)."""
@@ -206,8 +208,8 @@ class Metrics:
         its first token, the gaps to the new ones, as vLLM observes them each iteration."""
         times = req.token_times_s
         if before == 0:
-            self.ttft.labels(*self.key).observe(times[0] - req.arrival_s)
-        itl, tpot = self.itl.labels(*self.key), self.tpot_iter.labels(*self.key)
+            self.ttft_k.observe(times[0] - req.arrival_s)
+        itl, tpot = self.itl_k, self.tpot_iter_k
         for i in range(max(before, 1), len(times)):
             itl.observe(times[i] - times[i - 1])
             tpot.observe(times[i] - times[i - 1])

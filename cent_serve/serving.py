@@ -213,7 +213,8 @@ class EngineLoop:
         """Called after each round with the tokens it made: prompts whose first token it made, and
         tokens generated (engine thread, before the round's `on_tokens`)."""
         self.inbox: queue.Queue = queue.Queue()
-        self.streams: dict[str, tuple] = {}  # request id -> (event loop, queue, tag, [tokens, chars] sent)
+        # request id -> (event loop, queue, tag, [tokens, chars] sent and tokens observed, final only)
+        self.streams: dict[str, tuple] = {}
         self._outbox: dict = {}  # event loop -> [(queue, item)] delivered since the last `_flush`
         self._stop = threading.Event()
         self._closed = False  # set by _close under _close_lock: a command put after it would never be taken
@@ -287,13 +288,17 @@ class EngineLoop:
         return self.wall_origin + sim_s * self.pace_factor - time.monotonic()
 
     async def submit_all(self, choices: list[tuple[list[int], RequestParams, object]], q: asyncio.Queue,
-                         arrival_s: float | None = None, hold_until_s: float | None = None) -> list[Request]:
+                         arrival_s: float | None = None, hold_until_s: float | None = None,
+                         final_only: bool = False) -> list[Request]:
         """Queue requests (an HTTP request's choices: (prompt ids, params, tag) each) whose progress
         arrives on `q` as (tag, Delta) items, at one moment of the engine thread, all or none: no
         round runs between them, and what `Engine.add_request` raises (ValueError, QueueFull, also
         when the waiting bound has no room for all) leaves nothing queued, so a refused request's
         choices never ran. `arrival_s` and `hold_until_s` (virtual clock only) are a replayer's
-        trace arrival and clock hold (module docstring)."""
+        trace arrival and clock hold (module docstring). `final_only`: one Delta per request, when
+        it ends, with all its output (a response that is not streamed): no text is decoded and no
+        event loop woken for it each round, work that took the engine thread most of its time and
+        the event loop its turns (a /health behind it waited seconds) with many long sequences."""
         if self.clock == "paced" and (arrival_s is not None or hold_until_s is not None):
             raise ValueError("arrival_s and hold_until_s need the virtual clock: the paced clock takes "
                              "arrivals from the wall clock")
@@ -302,7 +307,8 @@ class EngineLoop:
         # round) takes it; it then waits for the round boundary, and its TTFT counts the wait, as a client's does
         when = self.sim_now_s() if self.clock == "paced" else arrival_s
         # `at`: the arrival the engine takes instead, for a replay arrival it has passed (`_handle`)
-        add = lambda eng, at=None: self._add(eng, choices, loop, q, when if at is None else at, hold_until_s)  # noqa: E731
+        add = lambda eng, at=None: self._add(eng, choices, loop, q, when if at is None else at,  # noqa: E731
+                                             hold_until_s, final_only)
         if arrival_s is None:
             return await self.call(add)
         fut: cf.Future = cf.Future()  # answered when the engine's clock reaches the arrival
@@ -331,7 +337,7 @@ class EngineLoop:
 
     # ------------------------------------------------------------------ the thread
 
-    def _add(self, eng: Engine, choices, loop, q, arrival_s, hold_until_s) -> list[Request]:
+    def _add(self, eng: Engine, choices, loop, q, arrival_s, hold_until_s, final_only=False) -> list[Request]:
         try:
             for prompt_ids, params, _ in choices:  # every check before any is queued: all or none
                 eng.check_request(prompt_ids, params.max_tokens)
@@ -341,7 +347,7 @@ class EngineLoop:
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
         for req, (_, _, tag) in zip(reqs, choices):
-            self.streams[req.request_id] = (loop, q, tag, [0, 0])
+            self.streams[req.request_id] = (loop, q, tag, [0, 0, 0], final_only)
         return reqs
 
     def set_hold(self, hold_until_s: float | None) -> None:
@@ -511,7 +517,7 @@ class EngineLoop:
                     log.exception("request %s: ending its stream failed", rid)
                     entry = self.streams.pop(rid, None)
                     if entry is not None:
-                        loop, q, tag, _ = entry
+                        loop, q, tag, *_ = entry
                         end = Delta([], [], "", finished=True, finish_reason="error",
                                     error=f"the engine stopped and could not end this request: {exc}")
                         self._outbox.setdefault(loop, []).append((q, (tag, end)))
@@ -540,8 +546,13 @@ class EngineLoop:
         entry = self.streams.get(req.request_id)
         if entry is None:
             return
-        loop, q, tag, sent = entry
-        n_tok, n_chr = sent
+        loop, q, tag, sent, final_only = entry
+        n_tok, n_chr, observed = sent
+        if self.on_tokens is not None and len(req.output_ids) > observed:
+            self.on_tokens(req, observed)  # the live metrics see each round's tokens, streamed or not
+        sent[2] = len(req.output_ids)
+        if final_only and not req.is_finished:
+            return
         text = self.engine.text(req)
         if not req.is_finished:
             partial = text.endswith("\ufffd") and self.engine.tokenizer.partial_tail(req.output_ids)
@@ -550,8 +561,6 @@ class EngineLoop:
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
                       logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason,
                       prompt_logprobs=req.prompt_logprobs if n_tok == 0 and req.output_ids else None)
-        if self.on_tokens is not None and len(req.output_ids) > n_tok:
-            self.on_tokens(req, n_tok)
         sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
         if req.is_finished:
             delta.timing = req.timing()

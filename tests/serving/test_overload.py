@@ -460,31 +460,92 @@ def test_health_answers_while_the_engine_computes_without_pause():
     process (and the GIL). 8 sequences of 4,000 tokens of llama2-70b timing-only: /health waited up
     to 14 s for the event loop (each socket call gave the GIL up for a whole 5 ms switch interval,
     each sequence's every token woke the loop, and each round decoded every sequence's whole text
-    again); well under a second now. 24 sequences here, so that they still run while /health is
-    asked. The bound, 3 s, is the point of the test (a liveness probe's usual timeout is 1-10 s)
-    and over 10x what it takes here, so a loaded machine does not break it; the old code's does."""
+    again); well under a second now. The clients send again as soon as an answer comes, so the
+    engine computes however fast the machine (a fixed amount of work once ran out before the
+    probes on a fast one), and each probe is checked to have been answered while it did: the
+    simulated clock moved between a status read before and one after. The bound, 3 s, is the point
+    of the test (a liveness probe's usual timeout is 1-10 s) and over 10x what it takes here, so a
+    loaded machine does not break it; the old code's does."""
     import threading
 
     from cent_serve.config import CentConfig, ParallelConfig, model_preset
 
     cfg = CentConfig(model=model_preset("llama2-70b"), parallel=ParallelConfig(32, 80, 1), numerics="off")
     cfg.server.port = 0
-    with Server(cfg, "local") as s:
+    done = threading.Event()
+
+    def client(url):
         long = dict(model="llama2-70b", prompt="CENT", max_tokens=4000, ignore_eos=True)
-        clients = [threading.Thread(target=lambda: httpx.post(s.url + "/v1/completions", json=long, timeout=120),
-                                    daemon=True) for _ in range(24)]
+        while not done.is_set():
+            try:
+                httpx.post(url + "/v1/completions", json=long, timeout=120)
+            except httpx.HTTPError:  # the server stopping under it at the end
+                return
+
+    with Server(cfg, "local") as s:
+        clients = [threading.Thread(target=client, args=(s.url,), daemon=True) for _ in range(24)]
         for t in clients:
             t.start()
         wait_for(lambda: status(s.url)["num_running"] >= 8, "8 running")
-        waits = []
+        waits, clocks = [], []
         for _ in range(5):
+            before = status(s.url)["clock_s"]
             t0 = time.monotonic()
             assert httpx.get(s.url + "/health", timeout=60).status_code == 200
             waits.append(time.monotonic() - t0)
+            clocks.append((before, status(s.url)["clock_s"]))
             time.sleep(0.1)
-        running = status(s.url)["num_running"]
+        done.set()
     assert max(waits) < 3.0, waits
-    assert running > 0, "the sequences ended before /health was asked 5 times: give them more work"
+    assert all(a < b for a, b in clocks), f"the engine stood still across a /health probe: {clocks}"
+
+
+def test_a_response_not_streamed_gets_one_delta_at_its_end_and_its_tokens_are_observed_each_round():
+    """`final_only` (a response that is not streamed): the engine thread decodes its text and wakes
+    the event loop once, when it ends, with all of its output, the same as the streamed request's
+    deltas joined; the live metrics (`on_tokens`) still see its tokens round by round."""
+    from cent_serve.config import CentConfig, model_preset
+    from cent_serve.engine import Engine
+    from cent_serve.model import load_weights
+    from cent_serve.model.sampling import SamplingParams
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+
+    import numpy as np
+
+    tiny = model_preset("tiny")
+    eng = Engine(CentConfig(model=tiny, numerics="full"), weights=load_weights(tiny))
+    observed, decoded = [], []
+    loop = EngineLoop(eng, on_tokens=lambda req, before: observed.append((req.request_id, before,
+                                                                         len(req.output_ids))))
+    text = eng.text
+    eng.text = lambda req: decoded.append(req.request_id) or text(req)
+    loop.start()
+
+    async def run(final_only):
+        q: asyncio.Queue = asyncio.Queue()
+        params = RequestParams(max_tokens=24, ignore_eos=True, sampling=SamplingParams(temperature=0.0))
+        [req] = await loop.submit_all([([5, 6, 7], params, "x")], q, final_only=final_only)
+        deltas = []
+        while not (deltas and deltas[-1].finished):
+            deltas.append((await asyncio.wait_for(q.get(), 60))[1])  # a hang fails here; this takes < 1 s
+        return req.request_id, deltas
+
+    try:
+        streamed, parts = asyncio.run(run(False))
+        whole, [end] = asyncio.run(run(True))
+    finally:
+        loop.stop()
+    assert len(parts) > 1 and end.finished and end.finish_reason == "length"
+    assert end.token_ids == [t for d in parts for t in d.token_ids] and len(end.token_ids) == 24
+    assert end.text == "".join(d.text for d in parts)
+    gaps = lambda times: np.diff(times).tolist()  # noqa: E731 - the second request arrived later
+    assert gaps(end.times_s) == pytest.approx(gaps([t for d in parts for t in d.times_s]), rel=1e-9)
+    assert len(end.times_s) == 24
+    assert decoded.count(whole) == 1 and decoded.count(streamed) == len(parts)
+    seen = [(before, upto) for rid, before, upto in observed if rid == whole]
+    assert len(seen) > 1 and seen[0][0] == 0 and seen[-1][1] == 24
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:])), seen  # every token observed once, in order
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
