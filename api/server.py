@@ -35,13 +35,14 @@ SHUTDOWN_GRACE_S = 10.0
 responses still being written (each ends at once: its generations were aborted); a backstop, after
 which uvicorn cancels what is left."""
 
-GIL_SWITCH_S = 0.001
+GIL_SWITCH_S = 0.0002
 """The interpreter's thread switch interval while a server runs (CPython's default is 5 ms). The
 event loop answers HTTP beside an engine thread that computes without pause on the virtual clock:
-each socket call gives the GIL up, and getting it back waited a whole interval, so a /health took
-up to 14 s behind 8 sequences of 4,000 tokens (llama2-70b timing-only, --local), 75 ms at 1 ms,
-with the same request times. The engine thread runs as fast (it gives the GIL up only while another
-thread asks)."""
+each socket call gives the GIL up, and getting it back waits up to an interval. At 5 ms a /health
+took up to 14 s behind 8 sequences of 4,000 tokens (llama2-70b timing-only, --local); at 1 ms,
+with 24 clients streaming such requests again and again, /health still took up to 3.5 s and a
+status read 6.7 s; at 0.2 ms 0.9 s and 1.5 s at most, with the same tokens per second (the engine
+thread gives the GIL up only while another thread asks, so it runs as fast alone)."""
 
 
 _gil = {"servers": 0, "before": 0.0}

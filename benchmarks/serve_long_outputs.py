@@ -4,10 +4,15 @@ and an older commit in the same run.
 The workload: `cent serve --local` (llama2-70b timing-only, 32 devices, pp 80, the virtual clock)
 on a free loopback port, `--requests` concurrent completions of `--max-tokens` tokens each
 (`ignore_eos`), and /health asked every 0.25 s while they run. Printed: the wall time until every
-completion answered, and the longest /health wait. With `--against REF` the same runs in a
-temporary git worktree of REF first (with this checkout's interpreter), and the ratios follow.
+completion answered, the tokens generated per wall second, and the /health waits (median and
+longest). `--stream` streams them (server-sent events, one per token); `--for S` keeps every client
+busy for S seconds, each sending its completion again as soon as it is answered (a steady load
+with bursts of answers and arrivals, where a fixed batch runs out). With `--against REF` the same
+runs in a temporary git worktree of REF first (with this checkout's interpreter), and the ratios
+follow. The clients run in this process, the server in its own (as a user's would).
 
-    .venv/bin/python benchmarks/serve_long_outputs.py [--requests 8] [--max-tokens 4000] [--against COMMIT]
+    .venv/bin/python benchmarks/serve_long_outputs.py [--requests 8] [--max-tokens 4000] [--stream]
+        [--for SECONDS] [--against COMMIT]
 """
 from __future__ import annotations
 
@@ -28,16 +33,26 @@ SERVE = ["serve", "--local", "--port", "0", "--model", "llama2-70b", "--devices"
          "--numerics", "off"]
 
 
-def _post(url: str, body: dict, errors: list) -> None:
+def _post(url: str, body: dict, errors: list, until: float) -> None:
+    """Send `body` (again and again until `until`, a monotonic time; once if that has passed)."""
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            r.read()
-    except OSError as exc:  # urllib's HTTPError and URLError among them: the run's figures would be wrong
-        errors.append(exc)
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                r.read()  # the whole answer: a stream's events until the server ends it
+        except OSError as exc:  # urllib's HTTPError and URLError among them: the run's figures would be wrong
+            errors.append(exc)
+            return
+        if time.monotonic() >= until:
+            return
 
 
-def run(tree: Path, requests: int, max_tokens: int) -> dict:
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def run(tree: Path, requests: int, max_tokens: int, stream: bool = False, for_s: float = 0.0) -> dict:
     """One server in `tree`, the completions and the health probes; returns the figures."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", *SERVE], cwd=tree, stdout=log,
@@ -49,24 +64,28 @@ def run(tree: Path, requests: int, max_tokens: int) -> dict:
                     raise SystemExit(f"the server in {tree} did not start:\n{_read(log)}")
                 time.sleep(0.5)
             url = found.group(1)
-            body = dict(model="llama2-70b", prompt="CENT", max_tokens=max_tokens, ignore_eos=True)
+            body = dict(model="llama2-70b", prompt="CENT", max_tokens=max_tokens, ignore_eos=True, stream=stream)
             errors: list = []
-            clients = [threading.Thread(target=_post, args=(url + "/v1/completions", body, errors))
-                       for _ in range(requests)]
             t0 = time.monotonic()
+            clients = [threading.Thread(target=_post, args=(url + "/v1/completions", body, errors, t0 + for_s))
+                       for _ in range(requests)]
             for t in clients:
                 t.start()
             waits = []
             while any(t.is_alive() for t in clients):
                 h0 = time.monotonic()
-                urllib.request.urlopen(url + "/health", timeout=600).read()
+                _get(url + "/health")
                 waits.append(time.monotonic() - h0)
                 time.sleep(0.25)
             for t in clients:
                 t.join()
+            wall_s = time.monotonic() - t0
             if errors:
-                raise SystemExit(f"{len(errors)} of {requests} completions failed in {tree}: {errors[0]}")
-            return dict(wall_s=time.monotonic() - t0, health_max_s=max(waits, default=0.0), probes=len(waits))
+                raise SystemExit(f"{len(errors)} completions failed in {tree}: {errors[0]}")
+            waits.sort()
+            return dict(wall_s=wall_s, tokens=_get(url + "/v1/cent/status")["generation_tokens"],
+                        health_p50_s=waits[len(waits) // 2] if waits else 0.0, health_max_s=max(waits, default=0.0),
+                        probes=len(waits))
         finally:
             proc.terminate()
             proc.wait(60)
@@ -81,27 +100,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--stream", action="store_true", help="stream the completions (one event per token)")
+    ap.add_argument("--for", dest="for_s", type=float, default=0.0, metavar="SECONDS",
+                    help="each client sends again as soon as it is answered, for this long")
     ap.add_argument("--against", metavar="REF", help="an older commit to run first, in a temporary worktree")
     a = ap.parse_args()
+    what = (f"{a.requests} clients x {a.max_tokens} tokens{', streamed' if a.stream else ''}"
+             f"{f', sent again for {a.for_s:g} s' if a.for_s else ''}")
     results = {}
     if a.against:
         with tempfile.TemporaryDirectory() as tmp:
             tree = Path(tmp) / "tree"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), a.against], check=True)
             try:
-                print(f"{a.against}: {a.requests} x {a.max_tokens} tokens ...", flush=True)
-                results[a.against] = run(tree, a.requests, a.max_tokens)
+                print(f"{a.against}: {what} ...", flush=True)
+                results[a.against] = run(tree, a.requests, a.max_tokens, a.stream, a.for_s)
             finally:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
-    print(f"this checkout: {a.requests} x {a.max_tokens} tokens ...", flush=True)
-    results["this checkout"] = run(REPO, a.requests, a.max_tokens)
+    print(f"this checkout: {what} ...", flush=True)
+    results["this checkout"] = run(REPO, a.requests, a.max_tokens, a.stream, a.for_s)
     for name, r in results.items():
-        print(f"{name:>14}: all answered in {r['wall_s']:.2f} s wall; longest /health wait {r['health_max_s'] * 1e3:.0f} ms "
+        print(f"{name:>14}: all answered in {r['wall_s']:.2f} s wall, {r['tokens'] / r['wall_s']:,.0f} tokens/s; "
+              f"/health waited {r['health_p50_s'] * 1e3:.0f} ms (median), {r['health_max_s'] * 1e3:.0f} ms at most "
               f"({r['probes']} probes)")
     if a.against:
         old, new = results[a.against], results["this checkout"]
-        print(f"ratios old/new: wall {old['wall_s'] / new['wall_s']:.2f}x, longest /health wait "
-              f"{old['health_max_s'] / max(new['health_max_s'], 1e-9):.1f}x")
+        rate = lambda r: r["tokens"] / r["wall_s"]  # noqa: E731
+        print(f"ratios new/old: tokens per second {rate(new) / rate(old):.2f}x; old/new: longest /health wait "
+              f"{old['health_max_s'] / max(new['health_max_s'], 1e-9):.1f}x, median "
+              f"{old['health_p50_s'] / max(new['health_p50_s'], 1e-9):.1f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} (wall times move with the machine's other work)")
 
 
 if __name__ == "__main__":
