@@ -140,7 +140,8 @@ class ServerConfig:
     server gives the cluster up: it fails the requests it holds with a 503 naming the cause and exits
     1, as vLLM's server exits when its engine dies (`/health` says 503 from the first unanswered
     second). Keep it below Ray's own limit (`gcs_rpc_server_reconnect_timeout_s`, 60 s), past which
-    Ray's core ends the process itself; a head back sooner (GCS fault tolerance) is served on."""
+    Ray's core ends the process itself (the server warns at start when it is not); a head back
+    sooner (GCS fault tolerance) is served on."""
     pin_replica_cpu: bool = True
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other

@@ -107,7 +107,22 @@ def cluster_watch(cfg: CentConfig):
         return None
     # ensure_ray's fresh local Ray: no address given, or "local" (review: the fix said `ray start --head`)
     own = (cfg.server.ray_address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    ray_limit_s = ray_gcs_timeout_s()
+    if cfg.server.cluster_lost_s >= ray_limit_s:
+        log.warning("server.cluster_lost_s = %g s does not come before Ray's own limit (%g s, "
+                    "RAY_gcs_rpc_server_reconnect_timeout_s): Ray's core would end this process first, "
+                    "with its own error; set server.cluster_lost_s below %g", cfg.server.cluster_lost_s,
+                    ray_limit_s, ray_limit_s)
     return ClusterWatch(address, cfg.server.cluster_lost_s, own=own)
+
+
+def ray_gcs_timeout_s() -> float:
+    """How long Ray's core lets the GCS go unanswered before it ends the driver: its
+    `gcs_rpc_server_reconnect_timeout_s` (60 s unless set by the environment variable Ray reads)."""
+    try:
+        return float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s", "60"))
+    except ValueError:
+        return 60.0
 
 
 def _interrupt(signum, frame) -> None:

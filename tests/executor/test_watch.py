@@ -120,6 +120,31 @@ def test_the_lost_heads_fix_names_a_restart_for_the_local_ray_the_server_started
     assert cluster_watch(cfg).own is own
 
 
+@pytest.mark.parametrize("lost_s, ray_env, warned", [(30.0, None, False), (60.0, None, True), (90.0, "120", False),
+                                                     (30.0, "20", True)])
+def test_a_cluster_lost_s_that_ray_would_cut_short_is_warned_about(monkeypatch, caplog, lost_s, ray_env, warned):
+    """Ray's core ends the driver after its own limit (60 s, or the environment's
+    RAY_gcs_rpc_server_reconnect_timeout_s): a `server.cluster_lost_s` not below it could never
+    take effect, and the server says so in one line when it starts watching the cluster."""
+    import ray
+
+    from cent_serve.executor.ray_executor import cluster_watch
+
+    if ray_env is None:
+        monkeypatch.delenv("RAY_gcs_rpc_server_reconnect_timeout_s", raising=False)
+    else:
+        monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", ray_env)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "127.0.0.1:1"})())
+    cfg = CentConfig()
+    cfg.server.cluster_lost_s = lost_s
+    with caplog.at_level("WARNING"):
+        assert cluster_watch(cfg).lost_after_s == lost_s
+    said = [r.getMessage() for r in caplog.records if "cluster_lost_s" in r.getMessage()]
+    assert bool(said) is warned, said
+    if warned:
+        assert said[0].endswith(f"set server.cluster_lost_s below {float(ray_env or 60):g}"), said
+
+
 def test_modelled_gpus_on_ray_ask_no_cluster(monkeypatch):
     """GPUs are modelled in this process whatever `executor` says (`executor_factory`): the server does
     not join a Ray cluster for them, nor hold them to its cent_device units (review)."""
