@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -91,6 +92,9 @@ class Engine:
         self._failed: list[Request] = []  # failed by a fault since the last step returned
         self.last_fault: str | None = None
         """The latest fault the engine met (a replica's devices, a round), for the status; None if none."""
+        self.cluster_fault: Callable[[], str | None] | None = None
+        """Asked when a replica's devices fail: the cluster's part in it, if any (a Ray head gone takes
+        the devices' links with it: `ClusterWatch.fault`, set by the engine loop that watches it)."""
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         self.stand_in_ids = None if self.full else self.tokenizer.stand_in_ids()
         """Timing-only: the ids the stand-in sampler draws from, uniformly."""
@@ -255,6 +259,9 @@ class Engine:
         on it with the cause, take it out and re-create its devices in the background (weights
         reloaded); the other replicas keep serving."""
         cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
+        cluster = self.cluster_fault() if self.cluster_fault is not None else None
+        if cluster:  # the cause, not its symptom (a closed link)
+            cause = f"{cluster}: the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
         message = f"{cause}; the request was stopped, retry it"
         on_it = [q for q in self.scheduler.running if q.replica == replica]
         self.last_fault = message if on_it else f"{cause}; no request was on it"  # found between rounds

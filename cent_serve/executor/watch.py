@@ -83,6 +83,16 @@ class ClusterWatch:
                           f"{self.lost_after_s:g} s (server.cluster_lost_s): the cluster and its devices are "
                           f"gone; {fix}")
 
+    def fault(self) -> str | None:
+        """After a round failed (engine thread): why, if the cluster's head is the cause: the
+        `problem` already seen, or the head not answering a probe now (a head lost mid-round fails
+        the round's links before the watch's next question)."""
+        if self.problem is not None:
+            return self.problem
+        if self._probe(self.address):
+            return None
+        return f"the Ray cluster's head (its GCS at {self.address}) does not answer"
+
     @property
     def problem(self) -> str | None:
         """Why the cluster cannot be counted on now (None while its head answers)."""

@@ -71,6 +71,9 @@ class FakeWatch:
         self.lost = self.problem = None
         self.started = self.stopped = False
 
+    def fault(self) -> str | None:
+        return self.problem
+
     def start(self) -> None:
         self.started = True
 
@@ -103,6 +106,51 @@ def test_a_lost_cluster_ends_every_request_with_its_reason_and_refuses_new_ones(
         loop.stop()
     assert end.finish_reason == "abort" and loop.stopped_by == "the Ray cluster's head is gone"
     assert watch.stopped and not loop.is_alive()
+
+
+def test_a_round_that_fails_as_the_head_goes_names_the_head_not_the_closed_link():
+    """A head lost mid-round fails the round's links before the watch's next question: the running
+    request's error (its 500 device_fault) names the head, found by a probe then, not only the
+    symptom; a round that fails with the head answering keeps the device's own error."""
+    clock, up = Clock(), {"answers": True}
+    watch = ClusterWatch(GCS, 30.0, probe=lambda address: up["answers"], clock=clock)
+    assert watch.fault() is None
+    up["answers"] = False
+    assert watch.fault() == f"the Ray cluster's head (its GCS at {GCS}) does not answer"
+    watch.check()
+    clock.now_s += 5
+    assert watch.fault() == watch.problem and "has not answered for 5 s" in watch.fault()
+
+    for answers in (False, True):
+        fake = FakeWatch()
+        fake.problem = None if answers else "the Ray cluster's head (its GCS at 10.0.0.1:6379) does not answer"
+        eng = Engine(CentConfig(numerics="off"))
+        loop = EngineLoop(eng, watch=fake)
+        loop.start()
+
+        async def run():
+            await loop.call(lambda e: setattr(e.executors[0], "submit", broken))  # its first round fails
+            q: asyncio.Queue = asyncio.Queue()
+            await loop.submit_all([([1, 2, 3], RequestParams(max_tokens=400, ignore_eos=True), "x")], q)
+            deltas = []
+            while not (deltas and deltas[-1][1].finished):
+                deltas.append(await asyncio.wait_for(q.get(), 10))  # a hang fails here; this takes milliseconds
+            return deltas[-1][1]
+
+        def broken(*_):
+            raise ConnectionError("LinkClosed: the device's link closed")
+
+        try:
+            end = asyncio.run(run())
+        finally:
+            loop.stop()
+        assert end.finish_reason == "error"
+        if answers:
+            assert end.error == ("the emulated devices of replica 0 failed: ConnectionError: LinkClosed: the device's "
+                                 "link closed; the request was stopped, retry it")
+        else:
+            assert end.error == (f"{fake.problem}: the emulated devices of replica 0 went with it (ConnectionError: "
+                                 "LinkClosed: the device's link closed); the request was stopped, retry it")
 
 
 @pytest.mark.parametrize("given, own", [(None, True), ("local", True), (GCS, False), ("ray://10.0.0.1:10001", False)])
