@@ -42,11 +42,11 @@ from device_worker.kv_cache import KVCacheFull
 from cent_serve.timing.clock import hand_on_tick
 from device_worker.steady import CROSSED, NEED, SEND_FAILED, buffers, steady_loop
 from device_worker.worker import DeviceWorker
-from fabric.link import (HEADER, RECV_CHUNK_BYTES, Link, LinkClosed, WireError, encode, error_message, register_error,
-                        remote_error)
+from fabric.link import HEADER, Link, LinkClosed
 from fabric.listener import LinkBook
 from fabric.rounds import Place, RoundAborted, chain_message, combine, hand_on, tick_message
 from fabric.switch import Fabric
+from fabric.wire import RECV_CHUNK_BYTES, WireError, encode, error_message, register_error, remote_error
 
 log = logging.getLogger("cent.device")
 

@@ -35,7 +35,7 @@ from cent_serve.messages import Layout, RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import hand_on_tick, ranks_joules, tick
 from cent_serve.timing.mapping import Mapping
-from fabric.link import encode, remote_error
+from fabric.wire import encode, remote_error
 from fabric.switch import Fabric
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from fabric.link import Link, LinkClosed, WireError
+from fabric.link import Link, LinkClosed
+from fabric.wire import WireError
 from fabric.rounds import Rendezvous
 from fabric.switch import Fabric
 

@@ -1,4 +1,4 @@
-"""fabric.link: data, not code, on the wire; every link authenticated before it is trusted.
+"""fabric.link and fabric.wire: data, not code, on the wire; every link authenticated before it is trusted.
 
 Values round-trip bit for bit, anything else is refused by name; frames over the limit close the
 link; the handshake admits the run's secret and refuses everything else (a wrong secret, a pickle
@@ -29,10 +29,11 @@ import numpy as np
 import pytest
 
 from fabric import link as L
-from fabric.link import (
-    HANDSHAKE_MAX_FRAME_BYTES, HEADER, MAX_FRAME_BYTES, PROTOCOL, REMOTE_ERROR_TYPES,
-    RECV_CHUNK_BYTES, Link, LinkClosed, LinkRefused, RemoteError, WireError, decode, encode,
-    error_message, register_error, remote_error, wire_dtypes,
+from fabric import wire as W
+from fabric.link import HANDSHAKE_MAX_FRAME_BYTES, HEADER, MAX_FRAME_BYTES, PROTOCOL, Link, LinkClosed, LinkRefused
+from fabric.wire import (
+    RECV_CHUNK_BYTES, REMOTE_ERROR_TYPES, RemoteError, WireError, decode, encode, error_message, register_error,
+    remote_error, wire_dtypes,
 )
 
 SECRET = secrets.token_bytes(32)
@@ -109,7 +110,7 @@ from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from device_worker.worker import DeviceWorker
 DeviceWorker(CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="full"), 1)
 assert "ml_dtypes" not in sys.modules, "imported to round a device's random bfloat16 weights"
-from fabric.link import decode, encode
+from fabric.wire import decode, encode
 b = decode(bytes.fromhex({encode({"w": a}).hex()!r}))["w"]
 assert b.dtype.name == "bfloat16" and b.tobytes().hex() == {a.tobytes().hex()!r}
 assert decode(encode({{"w": b}}))["w"].tobytes() == b.tobytes()
@@ -198,13 +199,13 @@ def test_decode_never_unpickles_and_refuses_anything_that_is_not_a_message(tmp_p
         msgpack.packb({1: 2}),  # an int key
         msgpack.packb({"a": b"\xff"}, use_bin_type=False),  # a raw str that is not UTF-8
         msgpack.packb({"x": msgpack.ExtType(7, b"abc")}),  # an extension links do not carry
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x63\x01" + struct.pack("<Q", 1) + b"\x00")}),  # dtype 99
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02\x01" + struct.pack("<Q", 3) + bytes(16))}),  # short
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02\x01" + struct.pack("<Q", 1) + bytes(9))}),  # long
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02\x05" + bytes(8))}),  # shape truncated
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02\x40")}),  # 64 dimensions
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02")}),  # header truncated
-        msgpack.packb({"x": msgpack.ExtType(L.ARRAY_EXT, b"\x02\x02" + struct.pack("<QQ", 0, 2**63))}),
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x63\x01" + struct.pack("<Q", 1) + b"\x00")}),  # dtype 99
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02\x01" + struct.pack("<Q", 3) + bytes(16))}),  # short
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02\x01" + struct.pack("<Q", 1) + bytes(9))}),  # long
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02\x05" + bytes(8))}),  # shape truncated
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02\x40")}),  # 64 dimensions
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02")}),  # header truncated
+        msgpack.packb({"x": msgpack.ExtType(W.ARRAY_EXT, b"\x02\x02" + struct.pack("<QQ", 0, 2**63))}),
     ]
     for blob in bad:
         with pytest.raises(WireError):

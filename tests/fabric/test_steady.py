@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from cent_serve.timing.clock import DeviceClock, hand_on_tick, tick
 from device_worker.steady import (_HEAD, _X_KEY, CLOSED, CROSSED, NEED, OTHER, buffers, encode_tick, parse_tick,
                                   steady_loop)
-from fabric.link import HEADER, Link, encode
+from fabric.link import HEADER, Link
+from fabric.wire import encode
 from fabric.rounds import tick_message
 
 ROUNDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1]
