@@ -11,6 +11,7 @@ Ray's GCS, raylet and agents, and the device actors it runs: they would outlive 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -23,12 +24,23 @@ log = logging.getLogger("cent.server")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def own_processes(root: int | None = None) -> list[int]:
-    """Every live process `root` (default: this one) started, and theirs, parents before children:
-    from /proc's parent links (Linux; [] where there is no /proc). Read once, so a process that
-    leaves its parent afterwards (the raylet's agents once it is killed) is still in the list."""
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command's name (state first), None once it is gone:
+    "pid (comm) state ppid ...", where comm may hold spaces and parentheses."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def own_processes(root: int | None = None) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process `root` (default: this one) started, and theirs,
+    parents before children: from /proc's parent links (Linux; [] where there is no /proc). Read
+    once, so a process that leaves its parent afterwards (the raylet's agents once it is killed)
+    is still in the list. The start time (clock ticks after boot) tells a process from a later one
+    given its number."""
     root = os.getpid() if root is None else root
-    children: dict[int, list[int]] = {}
+    children: dict[int, list[tuple[int, int]]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -36,33 +48,62 @@ def own_processes(root: int | None = None) -> list[int]:
     for d in entries:
         if not d.isdigit():
             continue
-        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
-            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # gone meanwhile
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(d))
+        fields = _stat(d)
+        if fields is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(d), int(fields[19])))
     found, todo = [], [root]
     while todo:
-        for pid in children.get(todo.pop(), []):
-            found.append(pid)
-            todo.append(pid)
+        for proc in children.get(todo.pop(), []):
+            found.append(proc)
+            todo.append(proc[0])
     return found
+
+
+def pinned(procs: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
+    """(pid, pidfd) of the processes `procs` listed: each pinned by a pidfd (always the same process,
+    whatever later takes its number) whose start time is then checked, so a number another process
+    took after the listing is dropped, not killed. Without pidfds (not Linux 5.3+): (pid, None),
+    killed by number."""
+    out = []
+    for pid, started in procs:
+        try:
+            fd = os.pidfd_open(pid)
+        except AttributeError:  # no pidfds here
+            out.append((pid, None))
+            continue
+        except OSError as e:  # gone already (nothing to kill), or pidfds refused (an old kernel): by number
+            if e.errno != errno.ESRCH:
+                out.append((pid, None))
+            continue
+        fields = _stat(pid)
+        if fields is not None and int(fields[19]) == started:
+            out.append((pid, fd))
+        else:  # ended, its number maybe reused, before it was pinned
+            os.close(fd)
+    return out
+
+
+def _kill(pid: int, fd: int | None) -> None:
+    try:
+        if fd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
+    except OSError:  # gone already
+        pass
 
 
 def exit_now(signum: int, frame=None, said: bool = False) -> None:
     """A signal after the first: kill every process this one started (SIGKILL: nothing is waited
-    for) and exit with 128 + `signum`, as a process the signal ended. One log line unless `said`
-    (the caller logged it)."""
-    pids = own_processes()
+    for; each pinned first, `pinned`) and exit with 128 + `signum`, as a process the signal ended.
+    One log line unless `said` (the caller logged it)."""
+    procs = pinned(own_processes())
     if not said:
         log.warning("%s again: exiting now, without waiting for the shutdown (%d processes it started killed)",
-                    signal.Signals(signum).name, len(pids))
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:  # gone already
-            pass
+                    signal.Signals(signum).name, len(procs))
+    for pid, fd in procs:
+        _kill(pid, fd)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -1,0 +1,67 @@
+"""A second Ctrl-C's kill (`api.shutdown.exit_now`): the processes the server started, each pinned
+before it is killed, and nothing that took one's number after the listing (Linux: /proc, pidfds)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from api import shutdown
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+WAIT_S = 30.0
+"""Longest wait for a killed child to be reaped (it takes milliseconds; a hang fails here)."""
+
+
+@pytest.fixture
+def child():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(WAIT_S)
+
+
+def _started(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def _exit_now(monkeypatch, listed) -> int:
+    """`exit_now` on the listing `listed` (as `own_processes` would return it); its exit code."""
+    monkeypatch.setattr(shutdown, "own_processes", lambda: listed)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as ended:
+        shutdown.exit_now(signal.SIGINT, said=True)
+    return ended.value.code
+
+
+def test_the_processes_this_one_started_are_listed_with_their_start_times(child):
+    assert (child.pid, _started(child.pid)) in shutdown.own_processes()
+    assert shutdown.own_processes(child.pid) == []  # it started none
+
+
+def test_a_second_signal_kills_what_was_listed_and_exits_128_plus_the_signal(monkeypatch, child):
+    assert _exit_now(monkeypatch, [(child.pid, _started(child.pid))]) == 128 + signal.SIGINT
+    assert child.wait(WAIT_S) == -signal.SIGKILL
+
+
+def test_a_number_another_process_took_after_the_listing_is_not_killed(monkeypatch, child):
+    """The listed process ended and its number went to another before the kill (simulated: the
+    listing's start time is not the live process's): the live one is left alone."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here: processes are killed by number")
+    stale = [(child.pid, _started(child.pid) - 1)]
+    assert shutdown.pinned(stale) == []
+    assert _exit_now(monkeypatch, stale) == 128 + signal.SIGINT
+    assert child.poll() is None
+
+
+def test_a_process_gone_before_it_is_pinned_is_skipped():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    listed = [(proc.pid, _started(proc.pid))]
+    proc.wait(WAIT_S)
+    assert shutdown.pinned(listed) == []
