@@ -296,20 +296,23 @@ def test_concurrent_requests_with_several_choices_are_admitted_whole_or_refused_
 def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
     """At pace factor 1e-4 no engine keeps up: the lag shows in /metrics and the status while the
     request runs, the log warns once with a pace factor that would keep up, and the lag is 0 again
-    once the engine is idle."""
+    once the engine is idle. The lag grows with the wall time the request has run, so the request
+    must outlast the half second the status needs on any machine: 4 x 300 tokens ran 5 s here, the
+    lag passed half a second after 0.6 s, and a machine 8x faster would have ended it first. Its
+    4 x 3,000 tokens would run ten times as long; the client hangs up once the lag is seen (the
+    episode ends as the aborted request leaves the engine idle)."""
     import logging
 
     from cent_serve.serving import PACE_LAG_WARN_S
 
     caplog.set_level(logging.WARNING, logger="cent.serving")
     with Server(server_cfg(numerics="full", clock="paced", pace_factor=1e-4), "local") as s:
-        with httpx.stream("POST", s.url + "/v1/completions", json=body(max_tokens=300, n=4, stream=True),
-                          timeout=REQUEST_TIMEOUT_S) as r:  # several seconds of rounds
-            lines = r.iter_lines()
+        with httpx.stream("POST", s.url + "/v1/completions", json=body(max_tokens=3000, n=4, stream=True),
+                          timeout=REQUEST_TIMEOUT_S) as r:
+            assert r.status_code == 200
             st = wait_for(lambda: (x := status(s.url))["pace_lag_s"] > PACE_LAG_WARN_S and x, "a lag")
+            assert st["num_running"] == 4  # seen while it ran
             assert metric(httpx.get(s.url + "/metrics").text, "cent:pace_lag_seconds") > 0
-            for _ in lines:  # to the end
-                pass
         assert st["pace_lag_episodes"] == 1 and st["pace_factor_needed"] > 1e-4
         idle = wait_for(lambda: (x := status(s.url))["pace_lag_s"] == 0.0 and x, "no lag when idle")
         assert idle["pace_lag_episodes"] == 1
