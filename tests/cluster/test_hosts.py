@@ -34,6 +34,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(available() is not None, reas
 STREAMS = 16
 SERVE_PORT = 8000  # inside host 1's namespace: no other process can hold it
 DEVICES = 4
+PACE = 500.0
+"""Wall seconds per simulated second of the faults' server. A fault is injected once every stream
+has a token, and must find streams still running: on the virtual clock the 16 x 48 tokens ended
+1-2.5 s after that here, and at 6 tokens a stream (a machine 8x faster) they had ended before it.
+Paced, the streams' 20 simulated ms last ~10 s on any machine, their first tokens come after ~2.5 s,
+and some 7 s are left when the fault comes (its client says so within ~0.6 s)."""
 FAULT_TIMEOUT_S = 900.0
 """Hang guards, not performance bounds: a recovery takes 6-8 s here quiet and about 80 s beside two
 busy processes; the client waits up to 600 s for /health and for a stream (netns_load.py)."""
@@ -73,14 +79,15 @@ def test_two_and_three_hosts_serve_the_single_host_tokens(hosts):
 
 class Served:
     """`cent serve` on host 1 (DEVICES devices, one a stage, spread over the hosts; four sequences
-    a stage, so all the streams run at once) and load clients beside it."""
+    a stage, so all the streams run at once; on the paced clock, `PACE`) and load clients beside it."""
 
     def __init__(self, h: Hosts, pp: int = DEVICES, placement: str = "spread") -> None:
         self.h = h
         self.url = f"http://127.0.0.1:{SERVE_PORT}"
         self.proc = h.spawn(1, [sys.executable, "-m", "cent_serve.cli", "serve", "--ray-address", h.address,
                                 "--devices", str(DEVICES), "--pp", str(pp), "--port", str(SERVE_PORT),
-                                "--placement", placement, "--set", "scheduler.max_seqs_per_stage=4"],
+                                "--placement", placement, "--set", "scheduler.max_seqs_per_stage=4",
+                                "--clock", "paced", "--pace-factor", str(PACE)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def load(self, streams: int, max_tokens: int, wait_s: float = 600.0) -> subprocess.Popen:
