@@ -71,8 +71,9 @@ def pinned(procs: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
         except AttributeError:  # no pidfds here
             out.append((pid, None))
             continue
-        except OSError as e:  # gone already (nothing to kill), or pidfds refused (an old kernel): by number
-            if e.errno != errno.ESRCH:
+        except OSError as e:  # gone already (nothing to kill), or pidfds refused (an old kernel, no fd left):
+            fields = _stat(pid)  # by number, if it is still the process listed
+            if e.errno != errno.ESRCH and fields is not None and int(fields[19]) == started:
                 out.append((pid, None))
             continue
         fields = _stat(pid)
@@ -89,9 +90,11 @@ def _kill(pid: int, fd: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
         else:
             signal.pidfd_send_signal(fd, signal.SIGKILL)
-            os.close(fd)
     except OSError:  # gone already
         pass
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def exit_now(signum: int, frame=None, said: bool = False) -> None:

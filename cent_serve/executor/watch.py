@@ -50,6 +50,7 @@ class ClusterWatch:
         self._probe, self._clock = probe, clock
         self._silent_since: float | None = None
         self._lost: str | None = None
+        self._unanswered_at: float | None = None  # when `fault`'s last probe went unanswered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cent-cluster-watch", daemon=True)
 
@@ -89,8 +90,15 @@ class ClusterWatch:
         the round's links before the watch's next question)."""
         if self.problem is not None:
             return self.problem
-        if self._probe(self.address):
-            return None
+        # a silent host holds a probe PROBE_TIMEOUT_S on the engine thread (every other replica's round
+        # waits behind it): one unanswered probe stands for PROBE_S, however many replicas fail with
+        # the head (an answer takes microseconds, and is asked again each time)
+        now = self._clock()
+        if self._unanswered_at is None or now - self._unanswered_at >= PROBE_S:
+            if self._probe(self.address):
+                self._unanswered_at = None
+                return None
+            self._unanswered_at = self._clock()  # after the probe: it may have taken PROBE_TIMEOUT_S
         return f"the Ray cluster's head (its GCS at {self.address}) does not answer"
 
     @property

@@ -211,3 +211,17 @@ def test_modelled_gpus_on_ray_ask_no_cluster(monkeypatch):
         assert loop.watch is None
     finally:
         loop.stop()
+
+
+def test_replicas_failing_with_a_silent_head_wait_for_one_probe_not_one_each():
+    """A silent head (a host gone: no refusal) holds a probe PROBE_TIMEOUT_S on the engine thread;
+    several replicas failing in one round ask `fault` once each: one probe stands for PROBE_S."""
+    from cent_serve.executor.watch import PROBE_S
+
+    clock, asked, up = Clock(), [], {"answers": False}
+    watch = ClusterWatch(GCS, 30.0, probe=lambda address: asked.append(address) or up["answers"], clock=clock)
+    assert all(watch.fault() == f"the Ray cluster's head (its GCS at {GCS}) does not answer" for _ in range(4))
+    assert len(asked) == 1
+    clock.now_s += PROBE_S
+    up["answers"] = True
+    assert watch.fault() is None and watch.fault() is None and len(asked) == 3  # an answer is asked again

@@ -65,3 +65,14 @@ def test_a_process_gone_before_it_is_pinned_is_skipped():
     listed = [(proc.pid, _started(proc.pid))]
     proc.wait(WAIT_S)
     assert shutdown.pinned(listed) == []
+
+
+def test_a_pinned_process_reaped_before_the_kill_leaves_no_fd_open():
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    [(pid, fd)] = shutdown.pinned([(proc.pid, _started(proc.pid))])
+    proc.wait(WAIT_S)  # reaped: the signal fails with ESRCH
+    shutdown._kill(pid, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
