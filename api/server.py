@@ -41,8 +41,9 @@ event loop answers HTTP beside an engine thread that computes without pause on t
 each socket call gives the GIL up, and getting it back waits up to an interval. At 5 ms a /health
 took up to 14 s behind 8 sequences of 4,000 tokens (llama2-70b timing-only, --local); at 1 ms,
 with 24 clients streaming such requests again and again, /health still took up to 3.5 s and a
-status read 6.7 s; at 0.2 ms 0.9 s and 1.5 s at most, with the same tokens per second (the engine
-thread gives the GIL up only while another thread asks, so it runs as fast alone)."""
+status read 6.7 s; at 0.2 ms 0.7-0.9 s and 1.5 s at most, and 1.45x the tokens per second (the
+event loop keeps up with the streams; the engine thread gives the GIL up only while another thread
+asks, so it runs as fast alone). `benchmarks/serve_long_outputs.py --stream --for S` measures it."""
 
 
 _gil = {"servers": 0, "before": 0.0}

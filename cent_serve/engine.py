@@ -261,7 +261,7 @@ class Engine:
         cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
         cluster = self.cluster_fault() if self.cluster_fault is not None else None
         if cluster:  # the cause, not its symptom (a closed link)
-            cause = f"{cluster}: the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
+            cause = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
         message = f"{cause}; the request was stopped, retry it"
         on_it = [q for q in self.scheduler.running if q.replica == replica]
         self.last_fault = message if on_it else f"{cause}; no request was on it"  # found between rounds

@@ -197,11 +197,10 @@ class EngineLoop:
                  on_round: Callable[[int], None] | None = None, watch=None) -> None:
         self.engine = engine
         self.watch = watch
-        if watch is not None:
-            engine.cluster_fault = watch.fault
         """What the devices run on, when it can be lost (a Ray cluster: `executor.watch.ClusterWatch`,
         started and stopped with the loop): once it is `lost`, the thread stops, every request ending
         as aborted with that reason (`stopped_by`). None: nothing to watch."""
+        engine.cluster_fault = watch.fault if watch is not None else None  # a device fault names the head
         self.stopped_by: str | None = None
         """Why the thread stopped when nobody asked it to (the `watch`'s cluster lost), for the requests
         it ended and /health; None for a stop it was asked for."""

@@ -109,10 +109,10 @@ def cluster_watch(cfg: CentConfig):
     own = (cfg.server.ray_address or os.environ.get("RAY_ADDRESS") or "local") == "local"
     ray_limit_s = ray_gcs_timeout_s()
     if cfg.server.cluster_lost_s >= ray_limit_s:
-        log.warning("server.cluster_lost_s = %g s does not come before Ray's own limit (%g s, "
-                    "RAY_gcs_rpc_server_reconnect_timeout_s): Ray's core would end this process first, "
-                    "with its own error; set server.cluster_lost_s below %g", cfg.server.cluster_lost_s,
-                    ray_limit_s, ray_limit_s)
+        log.warning("server.cluster_lost_s = %g s does not come before Ray's own limit (%g s: Ray's default "
+                    "or this process's RAY_gcs_rpc_server_reconnect_timeout_s; a head started with another "
+                    "system config may differ): Ray's core would end this process first, with its own error; "
+                    "set server.cluster_lost_s below %g", cfg.server.cluster_lost_s, ray_limit_s, ray_limit_s)
     return ClusterWatch(address, cfg.server.cluster_lost_s, own=own)
 
 

@@ -88,6 +88,8 @@ class ClusterWatch:
         """After a round failed (engine thread): why, if the cluster's head is the cause: the
         `problem` already seen, or the head not answering a probe now (a head lost mid-round fails
         the round's links before the watch's next question)."""
+        if self._lost is not None:  # the server is giving the cluster up: no fix to repeat here
+            return f"the Ray cluster's head (its GCS at {self.address}) is gone"
         if self.problem is not None:
             return self.problem
         # a silent host holds a probe PROBE_TIMEOUT_S on the engine thread (every other replica's round

@@ -120,6 +120,9 @@ def test_a_round_that_fails_as_the_head_goes_names_the_head_not_the_closed_link(
     watch.check()
     clock.now_s += 5
     assert watch.fault() == watch.problem and "has not answered for 5 s" in watch.fault()
+    clock.now_s += 25
+    watch.check()
+    assert watch.lost and watch.fault() == f"the Ray cluster's head (its GCS at {GCS}) is gone"  # the fix is the exit's
 
     for answers in (False, True):
         fake = FakeWatch()
@@ -149,7 +152,7 @@ def test_a_round_that_fails_as_the_head_goes_names_the_head_not_the_closed_link(
             assert end.error == ("the emulated devices of replica 0 failed: ConnectionError: LinkClosed: the device's "
                                  "link closed; the request was stopped, retry it")
         else:
-            assert end.error == (f"{fake.problem}: the emulated devices of replica 0 went with it (ConnectionError: "
+            assert end.error == (f"{fake.problem}; the emulated devices of replica 0 went with it (ConnectionError: "
                                  "LinkClosed: the device's link closed); the request was stopped, retry it")
 
 
