@@ -59,6 +59,12 @@ def own_processes(root: int | None = None) -> list[tuple[int, int]]:
     return found
 
 
+def _is_listed(pid: int, started: int) -> bool:
+    """Whether `pid` is still the process listed with start time `started` (not gone, not reused)."""
+    fields = _stat(pid)
+    return fields is not None and int(fields[19]) == started
+
+
 def pinned(procs: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
     """(pid, pidfd) of the processes `procs` listed: each pinned by a pidfd (always the same process,
     whatever later takes its number) whose start time is then checked, so a number another process
@@ -72,12 +78,10 @@ def pinned(procs: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
             out.append((pid, None))
             continue
         except OSError as e:  # gone already (nothing to kill), or pidfds refused (an old kernel, no fd left):
-            fields = _stat(pid)  # by number, if it is still the process listed
-            if e.errno != errno.ESRCH and fields is not None and int(fields[19]) == started:
+            if e.errno != errno.ESRCH and _is_listed(pid, started):  # by number, if still the one listed
                 out.append((pid, None))
             continue
-        fields = _stat(pid)
-        if fields is not None and int(fields[19]) == started:
+        if _is_listed(pid, started):
             out.append((pid, fd))
         else:  # ended, its number maybe reused, before it was pinned
             os.close(fd)
