@@ -170,13 +170,16 @@ class ApiContext:
         for r in reqs:
             self.loop.abort(r.request_id)
 
+    def due_in(self, delta: Delta) -> float:
+        """Paced clock: the wall seconds until `delta` is due, its last token's simulated time (0 or
+        less: due now; always 0 on the virtual clock)."""
+        return self.loop.wall_delay_s(delta.times_s[-1]) if delta.times_s else 0.0
+
     async def pace(self, delta: Delta) -> None:
-        """Paced clock: hold `delta` back until the wall clock reaches its last token's simulated
-        time (a no-op on the virtual clock)."""
-        if delta.times_s:
-            wait = self.loop.wall_delay_s(delta.times_s[-1])
-            if wait > 0:
-                await asyncio.sleep(wait)
+        """Paced clock: hold `delta` back until it is due (`due_in`; a no-op on the virtual clock)."""
+        wait = self.due_in(delta)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def release_hold(self, body) -> None:
         """A refused replay request still moves the replayer's clock hold on (or the engine
