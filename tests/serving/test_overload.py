@@ -551,6 +551,59 @@ def test_a_response_not_streamed_gets_one_delta_at_its_end_and_its_tokens_are_ob
     assert all(a[1] == b[0] for a, b in zip(seen, seen[1:])), seen  # every token observed once, in order
 
 
+@pytest.mark.parametrize("clock", ["virtual", "paced"])
+def test_the_virtual_clock_wakes_the_event_loop_once_per_flush_interval_not_per_round(monkeypatch, clock):
+    """The engine thread hands the deltas of its rounds to the event loop at most once per
+    FLUSH_EVERY_S of wall time on the virtual clock (and always before it waits): a wake-up per
+    round of a fast virtual clock kept the event loop writing one token per stream at a time. Here
+    the interval is an hour, so the only wake-ups are the first (nothing was handed yet) and when the engine runs out of work, with every
+    delta of the run after the first round's, in order. The paced clock still wakes the loop every round (its tokens are
+    due at their times)."""
+    from cent_serve import serving
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+
+    monkeypatch.setattr(serving, "FLUSH_EVERY_S", 3600.0)
+    tokens, streams = 40, 3
+    loop = EngineLoop(Engine(CentConfig(numerics="off")), clock=clock, pace_factor=1e-3)
+    rounds = []
+    loop.on_round = rounds.append
+    loop.start()
+
+    async def run():
+        aio, wakeups = asyncio.get_running_loop(), []
+        call = aio.call_soon_threadsafe
+
+        def counted(fn, *args):
+            if fn is serving._put_all:
+                wakeups.append(len(args[0]))
+            return call(fn, *args)
+
+        aio.call_soon_threadsafe = counted
+        q: asyncio.Queue = asyncio.Queue()
+        params = RequestParams(max_tokens=tokens, ignore_eos=True)
+        await loop.submit_all([([1, 2, 3], params, i) for i in range(streams)], q)
+        got, ended = {i: [] for i in range(streams)}, 0
+        while ended < streams:
+            tag, d = await asyncio.wait_for(q.get(), 60)  # a hang fails here; the run takes well under a second
+            got[tag] += d.token_ids
+            ended += d.finished
+        return wakeups, got
+
+    try:
+        wakeups, got = asyncio.run(run())
+    finally:
+        loop.stop()
+    assert all(len(ids) == tokens for ids in got.values())
+    assert len(rounds) >= tokens
+    if clock == "virtual":
+        assert wakeups == [streams, streams * (tokens - 1)]  # the first round's at once, the rest at the end
+    else:
+        assert len(wakeups) >= tokens, wakeups
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
 def test_a_stream_gets_its_end_when_a_failed_engine_thread_cannot_end_it_either():
     """A bug ends the engine thread, and strikes again as the thread ends the streams (here: the
