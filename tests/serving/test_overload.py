@@ -260,7 +260,7 @@ def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
             # the gauges follow the engine (idle they all read 0, as they would read nothing)
             assert metric(text, "vllm:num_requests_running") == 1 and metric(text, "vllm:num_requests_waiting") == 0
             assert metric(text, "vllm:kv_cache_usage_perc") > 0
-            with h2.stream("POST", "/v1/completions", json=body(prompt="waits", stream=True)) as waiting:
+            with h2.stream("POST", "/v1/completions", json=body(prompt="waits", stream=True)):
                 wait_for(lambda: status(s.url)["num_waiting"] == 1, "the second request waiting")
                 assert metric(h.get("/metrics").text, "vllm:num_requests_waiting") == 1
             wait_for(lambda: status(s.url)["num_waiting"] == 0, "the waiting request aborted")
