@@ -11,7 +11,7 @@ from tests.factories import tiny_model_config
 
 def plain_llama_logits(cfg, w, ids):
     """Full causal forward, float64, loops instead of vectorised tricks; no shared code."""
-    d, hd, H, Hkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    hd, H, Hkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     f64 = lambda a: np.asarray(a, dtype=np.float64)
     T = len(ids)
     x = f64(w.embed)[ids]  # (T, D)
