@@ -34,11 +34,13 @@ engine speed, which in virtual mode is far faster than a client's retry loop; cl
 honour the header (the `openai` client does) back off this long."""
 
 STREAM_BATCH = 64
-"""The most server-sent events one write of a stream carries. Events that are ready together (a
-client behind the engine, the virtual clock's backlog) go out in one write, not one each: each
-socket write gives the GIL up and waits to get it back behind the engine thread, and one write per
-token was a third of the event loop's time with 24 streams. Each event stays whole and its own, as
-a client that splits the stream at blank lines reads it (vLLM's bench, the openai client, SSE)."""
+"""A stream's write goes out once it holds this many server-sent events, even with more ready (it
+may hold a few more: a delta can add an error event before its chunk, the end adds usage and
+[DONE]). Events that are ready together (a client behind the engine, the virtual clock's backlog)
+go out in one write, not one each: each socket write gives the GIL up and waits to get it back
+behind the engine thread, and one write per token was a third of the event loop's time with 24
+streams. Each event stays whole and its own, as a client that splits the stream at blank lines
+reads it (vLLM's bench, the openai client, SSE)."""
 
 DEVICE_FAULT_CODE = "device_fault"
 """The error `code` of a request the emulated devices failed (it was null, as a bug's is): a client

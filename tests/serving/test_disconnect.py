@@ -83,8 +83,9 @@ def test_a_stream_with_a_backlog_hears_its_client_leave():
     """A stream whose queue already holds many deltas (the engine ran ahead of the client, as it
     does in virtual time) lets the event loop in between writes: the server hears the client leave
     (uvicorn's connection_lost comes from the loop, after the write that failed) and aborts the
-    request after a write or two (each carries up to STREAM_BATCH events). It drained the whole backlog into the closed socket before (no
-    await suspends on a non-empty queue, and uvicorn's send to a gone client returns at once): a
+    request after a write or two (each carries about STREAM_BATCH events). It drained the whole
+    backlog into the closed socket before (no await suspends on a non-empty queue, and uvicorn's
+    send to a gone client returns at once): a
     20,000-request soak logged 105,370 "socket.send() raised exception." lines, and ~8% of the
     streams whose client left ran to their max_tokens, counted as completed."""
     from api.generate import STREAM_BATCH, Reply, event_stream

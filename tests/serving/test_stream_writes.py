@@ -1,5 +1,5 @@
 """How a stream's events reach the socket: events ready together (a client behind the engine) go
-out in one write of at most STREAM_BATCH events, each event whole and in order; an event made while
+out in writes of STREAM_BATCH events (the rest with the end), each event whole and in order; an event made while
 nothing else is ready goes out at once; on the paced clock, what is due goes out before the stream
 waits for the next event's time. Driven through `event_stream` with an ASGI `send` that records its
 writes (no server: the batching is the handler's, uvicorn writes what it is given)."""
