@@ -76,6 +76,10 @@ class Tokenizer(Protocol):
         it ends no character half made): where `IncrementalText` may keep a text."""
         ...
 
+    decode_context: int
+    """Tokens before a cut that `IncrementalText` decodes again with the ones after it
+    (DECODE_WINDOW; 0 when the text of ids after a cut does not depend on the ones before it)."""
+
 
 DECODE_WINDOW = 8
 """Tokens before the cut that `IncrementalText` decodes again with the new ones: their context
@@ -88,7 +92,7 @@ class IncrementalText:
     without decoding every token again each time (that was O(n^2): a server decoding 8 streams of
     4,000 tokens spent 70% of its engine thread there). Keeps the text of `ids[:done]`, a cut that
     ends no character half made (no U+FFFD last) and that later tokens cannot change
-    (`text_cuts_after`), and decodes `ids[done - DECODE_WINDOW:]`, taking
+    (`text_cuts_after`), and decodes `ids[done - tok.decode_context:]`, taking
     what follows the window's own text (vLLM's incremental detokenization does the same with a
     prefix and a read offset). Where the window's text is not a prefix of the longer decode, or is
     empty, or the ids are fewer than those seen, it decodes the whole sequence. The ids must grow
@@ -101,7 +105,12 @@ class IncrementalText:
 
     def decode(self, tok: "Tokenizer", ids: list[int]) -> str:
         done = self.done if self.done <= len(ids) else 0
-        start = max(0, done - DECODE_WINDOW)
+        if done and not tok.decode_context:  # the text after the cut is its own (the byte tokenizer's)
+            text = self.text + tok.decode(ids[done:])
+            if not text.endswith("\ufffd") and tok.text_cuts_after(ids[-1]):
+                self.done, self.text = len(ids), text
+            return text
+        start = max(0, done - tok.decode_context)
         head = tok.decode(ids[start:done]) if done > start else ""
         tail = tok.decode(ids[start:])
         # a window of tokens without text (special ones, left out) would let a decoder strip the
@@ -150,6 +159,11 @@ class ByteTokenizer:
     """
 
     OFFSET = 3
+    decode_context = 0
+    """The text after a cut (`text_cuts_after`: every token; `IncrementalText` keeps a text only
+    where it ends no character half made) is the decode of the ids after it: a byte run is decoded
+    as Python's "replace" decodes, whose state starts afresh after a whole character, and a special
+    token decodes alone."""
     SPECIALS = ("<unk>", "<s>", "</s>")
     """The special tokens' names: `<unk>` is id 0; the model config's `bos_token_id` and
     `eos_token_id` say which ids `<s>` and `</s>` are (1 and 2 for Llama 2 presets, 128000 and
@@ -316,6 +330,8 @@ def leading_special_ids(with_special: list[int], without: list[int]) -> list[int
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` through the `tokenizers` library, with the checkpoint's
     `tokenizer_config.json` (its chat template) when there is one."""
+
+    decode_context = DECODE_WINDOW  # a decoder may strip a text's first space, join byte tokens, clean up
 
     def __init__(self, path: str | Path, bos_token_id: int, eos_token_id: int) -> None:
         path = Path(path)

@@ -358,7 +358,7 @@ def test_incremental_text_equals_a_whole_decode_at_every_length(name, tmp_path):
     whole run of byte tokens into U+FFFDs when one byte is not UTF-8), and every checkpoint
     tokenizer here (byte-level BPE): ids drawn at random, byte and special tokens included, and a
     text of real words encoded; then a shorter list of ids (a new sequence) decodes whole again.
-    With DECODE_WINDOW 0 the SentencePiece text loses its spaces."""
+    With a `decode_context` of 0 the SentencePiece text loses its spaces; the byte tokenizer's is 0."""
     from cent_serve.model.tokenizer import HFTokenizer, IncrementalText
     if name == "byte":
         tok = ByteTokenizer(300, 1, 2)
