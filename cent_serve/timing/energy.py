@@ -39,7 +39,7 @@ import numpy as np
 from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
-from cent_serve.timing.pim import attended, cdiv, ffn_cycles, qkvo_cycles, router_cycles
+from cent_serve.timing.pim import attended, cdiv, expert_cycles, ffn_cycles, qkvo_cycles, router_cycles
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -128,6 +128,11 @@ class EnergyModel:
         self.static_ops = static_commands(m, g, dev, 1 if self.artifact else g.tb)
         self.static = sum(self.static_ops.values())
         self.partner = self.partner_counts = None  # a tensor-parallel partner's step: its GEMVs over their busy time
+        # a tensor-parallel stage's experts run outside the block's PIM time (the round's routing sets
+        # which device they keep waiting: `pim.BlockTimer`), but a token's k experts keep the stage's
+        # devices busy k x expert cycles whatever the routing; their commands are the first device's
+        # (`static_commands`), and so is their time, as with tp = 1, where the block's time holds them
+        self.expert_cycles = m.num_experts_per_tok * expert_cycles(m, g, dev) if g.tp > 1 else 0.0
         if not self.pipeline:
             self.partner_counts = counts = partner_commands(m, g, dev)
             self.partner = self.matrix @ counts + self._over_time(
@@ -207,7 +212,7 @@ class EnergyModel:
         if hit is None:
             g = self.geometry
             counts = self.static + sum(attention_commands(self.model, g, self.dev, context).values())
-            step = self.matrix @ counts + self._over_time(counts, self.timer.pim.cycles(context))
+            step = self.matrix @ counts + self._over_time(counts, self.timer.pim.cycles(context) + self.expert_cycles)
             acc = self._accelerator(context)
             if self.artifact:  # its accounting: a device step's accelerator work and links once per
                 # step, the partners' steps too

@@ -154,3 +154,19 @@ def test_moe_tp_block_has_no_silu_exchange_its_dense_twin_has():
     assert dense.model.intermediate_size == moe.model.intermediate_size == 14336
     extra = token_energy_terms_j(dense, L)["pcie"] - token_energy_terms_j(moe, L)["pcie"]
     assert extra == pytest.approx(4 * 3 * 14336 * 16 * PCIE_PJ_PER_BIT * 1e-12, rel=1e-9)
+
+
+def test_moe_tp_standby_and_leakage_cover_the_experts_time():
+    """On a tp stage a token's k experts run outside the block's PIM time (the round's routing sets
+    which device the stage waits for), yet they keep the devices busy k x one expert's cycles whatever
+    the routing: Mixtral's expert on a device's 512 banks is 87,860.2 cycles (gate 28,847.2 + up
+    26,602 + down 28,427 + SiLU x up 3,984, derived in test_moe_timing). The static powers are
+    charged over that time too, as with tp = 1, where the block's time holds the experts."""
+    t = make_timer("mixtral-8x7b", 8, 2, 4, num_layers=4)
+    b = t.pim.breakdown(L)
+    assert b.experts == 0 and b.ffn == 0  # on a tp stage the block's time leaves the experts out
+    seconds = 4 * (b.total + 3 * (b.qkvo + b.router) + 2 * 87860.2) / CLOCK_HZ + t.embed_lookup_s + t.lm_head_s
+    terms = token_energy_terms_j(t, L)
+    assert terms["device_controller"] == pytest.approx(DEVICE_CONTROLLER_MW * 1e-3 * seconds, rel=1e-9)
+    assert terms["sram_static"] == pytest.approx(
+        (GB_STATIC_MW * CHANNELS + SB_STATIC_MW + IB_STATIC_MW) * 1e-3 * seconds, rel=1e-9)
