@@ -84,7 +84,7 @@ def hop_size(hidden: int, tokens: int, port: PortModel, fab: FabricConfig) -> tu
 
 TP_BLOCK_EXCHANGES = (
     ("norm_in", "all_gather", "D"),  # RMSNorm's partial sums of squares, gathered and re-broadcast
-    ("attn", "all_gather", "D"),  # the heads' outputs (data: `attn` in the numerics)
+    ("attn", "all_gather", "A"),  # the heads' outputs, H hd values (data: `attn` in the numerics)
     ("o_proj", "all_gather", "D"),  # o_proj's output slices (data: `o_proj`)
     ("norm_post", "all_gather", "D"),  # the second RMSNorm's sums
     ("act", "all_gather", "F"),  # silu(gate) x up slices (data: `act`)
@@ -92,27 +92,36 @@ TP_BLOCK_EXCHANGES = (
 )
 """A tensor-parallel block's exchanges in order, as switch primitives over its tp devices: CENT's
 lockstep broadcasts (Eb, Fb) and gathers (Eg, Fg) of D- and F-vectors, 5 Eg + 4 Eb + Fg + Fb, plus
-the output hop (one more Eb, `pipeline_block_s`). The numerics move data at `attn`, `o_proj`, `act`
+the output hop (one more Eb, `pipeline_block_s`). The heads' outputs ("A") are H hd values: D in
+every model the paper ran (Llama 2), not in all (Qwen 3's 30B-A3B: 32 x 128 = 4096 beside D = 2048,
+as its o_proj's input is), where they are moved and timed at their own size. The numerics move data at `attn`, `o_proj`, `act`
 and `down` (the last as an all-gather: the gather plus the hop's broadcast); the norms' exchanges
 are charged without data, their payload being a few scalars CENT still moves as vectors."""
 
 
 def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig,
-                         tokens: int = 1) -> float:
+                         tokens: int = 1, heads: int | None = None) -> float:
     """The in-block exchanges of a tensor-parallel block besides its output hop, for `tokens`
     token vectors: `TP_BLOCK_EXCHANGES` evaluated without data with the primitives below
-    (all-gather = gather + broadcast), which adds up to 4 Eb + 5 Eg + Fb + Fg."""
-    dims = {"D": hidden * tokens, "F": ffn * tokens}
+    (all-gather = gather + broadcast), which adds up to 4 Eb + 5 Eg + Fb + Fg when the heads'
+    outputs are D values (`heads`, H hd; None: D), else 3 Eb + 4 Eg + Fb + Fg + Ab + Ag."""
+    dims = {"D": hidden * tokens, "F": ffn * tokens, "A": (hidden if heads is None else heads) * tokens}
     count = {(kind, dim): 0 for kind in ("broadcast", "gather") for dim in dims}
     for _, primitive, dim in TP_BLOCK_EXCHANGES:
+        if dim == "A" and dims["A"] == dims["D"]:
+            dim = "D"  # one size: the artifact's sum below, float for float
         count[("gather", dim)] += 1
         count[("broadcast", dim)] += primitive == "all_gather"
     nbytes = {dim: fab.activation_bytes * n for dim, n in dims.items()}
     eb, fb = broadcast_s(nbytes["D"], port, fab, tp - 1), broadcast_s(nbytes["F"], port, fab, tp - 1)
     eg, fg = gather_s(nbytes["D"], tp, port, fab), gather_s(nbytes["F"], tp, port, fab)
     # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
-    return (count[("broadcast", "D")] * eb + count[("gather", "D")] * eg
-            + count[("broadcast", "F")] * fb + count[("gather", "F")] * fg)
+    total = (count[("broadcast", "D")] * eb + count[("gather", "D")] * eg
+             + count[("broadcast", "F")] * fb + count[("gather", "F")] * fg)
+    if count[("gather", "A")]:
+        total += (count[("broadcast", "A")] * broadcast_s(nbytes["A"], port, fab, tp - 1)
+                  + count[("gather", "A")] * gather_s(nbytes["A"], tp, port, fab))
+    return total
 
 
 MOE_TP_BLOCK_EXCHANGES = (
@@ -128,11 +137,18 @@ with numerics on, the switch's `wire_bytes` counts those, about k times the part
 the partial sums'."""
 
 
-def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
-    """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine."""
+def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1,
+                      heads: int | None = None) -> float:
+    """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine, one of the
+    four all-gathers the heads' outputs (`heads`, H hd values; None: D)."""
     nbytes = fab.activation_bytes * hidden * tokens
-    return (4 * broadcast_s(nbytes, port, fab, tp - 1) + 4 * gather_s(nbytes, tp, port, fab)
-            + moe_combine_s(hidden, tp, port, fab, tokens))
+    if heads is None or heads == hidden:
+        attn = 4 * broadcast_s(nbytes, port, fab, tp - 1) + 4 * gather_s(nbytes, tp, port, fab)
+    else:
+        a = fab.activation_bytes * heads * tokens
+        attn = (3 * broadcast_s(nbytes, port, fab, tp - 1) + 3 * gather_s(nbytes, tp, port, fab)
+                + broadcast_s(a, port, fab, tp - 1) + gather_s(a, tp, port, fab))
+    return attn + moe_combine_s(hidden, tp, port, fab, tokens)
 
 
 def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:

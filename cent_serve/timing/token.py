@@ -183,8 +183,10 @@ class SystemTimer:
         if hit is None:
             m = self.model
             hit = self._coll[tokens] = (
-                moe_collectives_s(m.hidden_size, self.mapping.tp, self.port, self.fabric, tokens) if m.is_moe else
-                tensor_collectives_s(m.hidden_size, m.intermediate_size, self.mapping.tp, self.port, self.fabric, tokens))
+                moe_collectives_s(m.hidden_size, self.mapping.tp, self.port, self.fabric, tokens,
+                                  m.num_heads * m.head_dim) if m.is_moe else
+                tensor_collectives_s(m.hidden_size, m.intermediate_size, self.mapping.tp, self.port, self.fabric, tokens,
+                                     m.num_heads * m.head_dim))
         return hit
 
     # ------------------------------------------------------------------ mixtures of experts

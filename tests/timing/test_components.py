@@ -42,6 +42,35 @@ def test_cxl_per_block_figures(model, devices, mode, tp, us):
     assert abs(s * 1e6 - us) / us < 0.002
 
 
+@pytest.mark.parametrize("model, fields, tp", [
+    ("qwen3-30b-a3b", {}, 8),  # a mixture of experts: H hd = 32 x 128 = 4096, D = 2048
+    ("qwen3-8b", dict(hidden_size=2560, intermediate_size=9728), 4),  # Qwen3-4B's shape: 4096 beside D = 2560
+])
+def test_the_heads_exchange_moves_h_hd_values_not_d(model, fields, tp):
+    """A tensor-parallel block's heads' outputs are H hd values (o_proj's input), D only where the
+    two agree (every model the paper ran). Against the same model with a head_dim that makes H hd =
+    D, the block's exchanges take one broadcast and one gather of H hd values instead of D, by hand
+    from the transfer time t(f) = 180 ns + f x 256 B / (4 GiB/s x lanes): a broadcast of n values is
+    t(ceil(2 n / 192)), a gather t(ceil(2 n / tp / 192) (tp - 1)) (section 6)."""
+    from cent_serve.timing.token import SystemTimer
+
+    def collectives(**more):
+        m = model_preset(model, **fields, **more)
+        dev = DeviceConfig()
+        t = SystemTimer(m, resolve_mapping(m, ParallelConfig(32, 32 // tp, tp), dev), dev, FAB)
+        return m, t.collectives_s(1)
+
+    m, real = collectives()
+    d, heads = m.hidden_size, m.num_heads * m.head_dim
+    assert heads != d
+    _, as_d = collectives(head_dim=d // m.num_heads)
+    lanes = port_model(FAB, 32).lanes
+    t = lambda flits: 180e-9 + flits * 256 / (4 * 2**30 * lanes)  # noqa: E731
+    exchange = lambda n: t(-(-2 * n // 192)) + t(-(-2 * n // (tp * 192)) * (tp - 1))  # noqa: E731
+    assert real - as_d == pytest.approx(exchange(heads) - exchange(d), rel=1e-9)
+    assert real > as_d
+
+
 def test_lanes_per_device():
     assert [port_model(FAB, n).lanes for n in (8, 20, 32)] == [18, 7, 4]
     with pytest.raises(ValueError, match="fabric.switch_lanes"):
