@@ -169,7 +169,8 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
                                act16=2 * cb, tmod=4 * cb)
             + vec(act=(b + b // 4) * cb, pre=(b + b // 4) * cb, prea=cb, act16=cb, tmod=5 * cb))
     qkvo, ffn = _gemvs(m, g.banks, dev, fc_only=False)
-    rotary = vec(wr=2 * (_bursts(2 * ew, dev) + _bursts(2 * (ew // m.num_rep), dev)) * ewb * tb,
+    qw, qwb = elementwise_split(m.q_size, lanes // 4)  # q's H hd values (D where they agree), as the time's
+    rotary = vec(wr=2 * (_bursts(2 * qw, dev) + _bursts(2 * (qw // m.num_rep), dev)) * qwb * tb,
                  ewmul16=(_bursts(m.q_size, dev) + _bursts(m.kv_size, dev)) * cb,
                  prea=2 * cb, act16=2 * cb, pre=b * cb, act=b * cb, tmod=cb, lines=2)
     # KV append: the token's K (its bursts, in rows of one bank) through the DMA, and V^T as an

@@ -88,9 +88,10 @@ def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Rotary embedding of q and k (k smaller by nrep under GQA): their values through the DMA, then
-    per vector a fixed cost and its all-bank elementwise products (`column_cycles` a burst)."""
-    ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
-    bl, d, rep, col = dev.burst_elements, m.hidden_size, m.num_rep, dev.column_cycles
+    per vector a fixed cost and its all-bank elementwise products (`column_cycles` a burst). q is H hd
+    values (the artifact's D, the same where H hd = D; Qwen3-30B-A3B's 4096 is twice its D)."""
+    ew, ewb = elementwise_split(m.q_size, g.banks_per_device // 4)
+    bl, d, rep, col = dev.burst_elements, m.q_size, m.num_rep, dev.column_cycles
     return (2 * (cdiv(2 * ew, bl) + cdiv(2 * (ew // rep), bl)) * ewb * g.tb * dev.dma_line_cycles
             + (dev.rotary_fixed_cycles + col * d / bl) + (dev.rotary_fixed_cycles + col * d / (bl * rep)))
 

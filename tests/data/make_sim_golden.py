@@ -5,10 +5,11 @@ The file was first written by the code at 6855da8 (per-micro-batch timing, befor
 columnar Wave rewrite), so the test held that speed-up to the same results bit for bit. It
 was rewritten once, on purpose, when the DMA clock stopped delaying on-device hops (a model
 fix: it had made a micro-batch wait for the previous one's last block on devices holding
-several blocks), and twice for qwen3-30b-a3b-pp4tp8 alone: when a mixture of experts' tp stage was
-charged standby and leakage over its experts' time (its energies +0.34%, no time moved), then when a
-tp block's heads' exchange moved H hd values, not D (4096 beside 2048: its times +1.9%). Rewrite it
-only for a deliberate change of the model, and say so.
+several blocks), and three times for qwen3-30b-a3b-pp4tp8 alone, whose q is H hd = 4096 values
+beside D = 2048: when a mixture of experts' tp stage was charged standby and leakage over its
+experts' time (its energies +0.34%, no time moved), when a tp block's heads' exchange moved H hd
+values, not D (its times +1.9%), and when the rotary turned q's and k's values, not D's (+2.4%).
+Rewrite it only for a deliberate change of the model, and say so.
 
     PYTHONPATH=<checkout> python tests/data/make_sim_golden.py tests/data/sim_golden.json
 """

@@ -82,6 +82,17 @@ def test_accelerator_by_hand():
     assert accelerator_cycles(m, DEV, 128) == pytest.approx(2 * (41.25 + 29) + 1100 + 730 + 3840)
 
 
+def test_rotary_turns_q_and_k_whose_width_is_h_hd():
+    """The rotary's RISC-V cycles are per element of q and k, (H + Hkv) hd: the artifact's
+    (1 + Hkv / H) D where H hd = D, not in Qwen3-30B-A3B (32 x 128 = 4096 beside D = 2048), whose
+    q and k are 4096 + 512 values: 4608 x 3 / 8 cores = 1728 cycles, not 864."""
+    from cent_serve.timing.accelerator import accelerator_parts
+    m = model_preset("qwen3-30b-a3b")
+    assert accelerator_parts(m, DEV, 128)["rotary"] == (32 + 4) * 128 * 3 / 8 == 1728
+    llama = model_preset("llama2-13b")  # H hd = D: the artifact's term as it was
+    assert accelerator_parts(llama, DEV, 128)["rotary"] == 0.375 * llama.hidden_size * (1 + 40 / 40)
+
+
 def test_pipeline_mapping_70b_on_32():
     mp = resolve_mapping(model_preset("llama2-70b"), ParallelConfig(32, 80, 1), DEV)
     assert (mp.mode, mp.blocks_per_device, mp.channels_per_block, mp.devices_used, mp.lanes) == \

@@ -63,6 +63,19 @@ def test_score_and_score_v_follow_the_head_size():
     assert score_cycles(m7, BlockGeometry(cpb=8, tb=4, tp=1), DEV, 1500) == 4 * 12 * 904
 
 
+def test_rotary_follows_q_and_k_not_the_hidden_size():
+    """The in-DRAM rotary passes go over q's H hd values and k's Hkv hd, which is D only where H hd =
+    D: Qwen3-30B-A3B's q is 32 x 128 = 4096 values beside D = 2048. On a device's 32 channels (512
+    banks, a quarter of them 128 lanes): q 32 values a lane over 128 lanes, k 4; their DMA passes
+    2 (cdiv(64, 16) + cdiv(8, 16)) x 128 lanes x 1 cycle, then per vector 98 fixed cycles and 2 a
+    burst of its elements (4096 / 16 and 512 / 16). Llama 2 keeps the artifact's count (H hd = D)."""
+    from cent_serve.timing.pim import rotary_cycles
+    g = BlockGeometry(cpb=32, tb=1, tp=8)
+    assert rotary_cycles(model_preset("qwen3-30b-a3b"), g, DEV) == 2 * (4 + 1) * 128 + (98 + 2 * 256) + (98 + 2 * 32)
+    # llama2-7b, D = H hd = 4096, nrep 1: the same q, and a k as large as q
+    assert rotary_cycles(model_preset("llama2-7b"), g, DEV) == 2 * (4 + 4) * 128 + 2 * (98 + 2 * 256)
+
+
 def cdiv_(a: int, b: int) -> int:
     return -(-a // b)
 
