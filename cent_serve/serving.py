@@ -40,10 +40,13 @@ IDLE_POLL_S = 0.05
 """Wall seconds the idle engine thread waits for a command before looking again."""
 FLUSH_EVERY_S = 0.005
 """Virtual clock: the engine thread hands its rounds' deltas to the event loop at most this often
-(wall seconds) while it keeps stepping, and always before it waits. A round of a fast virtual
-clock takes about a millisecond; a wake-up per round had the event loop write each stream one
-token at a time, each write giving the GIL up behind the engine thread. The paced clock hands every
-round's at once (its tokens are due at their times)."""
+(wall seconds) while it keeps stepping, and always before it waits and after it takes a command (an
+abort's end). A round of a fast virtual clock takes about a millisecond; a wake-up per round had
+the event loop write each stream one token at a time, each write giving the GIL up behind the
+engine thread. A delta waits at most this long plus one round: rounds that each take longer hand
+theirs over every round, but one that runs long after fast ones (a stalled device, a collection
+pause) holds the last few milliseconds' deltas until it ends. The paced clock hands every round's
+at once (its tokens are due at their times)."""
 PACE_SLICE_S = 0.005
 """Longest wall sleep in paced mode before the inbox is looked at again."""
 HEALTH_CHECK_S = 5.0
@@ -432,14 +435,19 @@ class EngineLoop:
             return
         self._run_call(arg, fut)
 
-    def _drain(self, block: bool) -> None:
+    def _drain(self, block: bool) -> int:
+        """Handle the commands waiting (waiting up to IDLE_POLL_S for one if `block`); how many."""
+        handled = 0
         try:
             cmd = self.inbox.get(timeout=IDLE_POLL_S) if block else self.inbox.get_nowait()
             self._handle(cmd)
+            handled += 1
             while True:
                 self._handle(self.inbox.get_nowait())
+                handled += 1
         except queue.Empty:
             pass
+        return handled
 
     def _run(self) -> None:
         try:
@@ -470,8 +478,8 @@ class EngineLoop:
             block = held or not eng.can_step()
             if block:
                 self._flush()  # before this may wait
-            self._drain(block=block)
-            self._flush(force=False)  # an abort's end soon, not after the next round
+            if self._drain(block=block):
+                self._flush()  # an abort's end now, not after the next round
             # `held` was read before the drain: a request it admitted may have set a hold the next round
             # would reach (the first of a burst of one arrival time, which found the engine unheld)
             if held or self._held(eng) or not eng.can_step():  # idle, held, or waiting for a replica to come back

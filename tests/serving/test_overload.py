@@ -604,6 +604,53 @@ def test_the_virtual_clock_wakes_the_event_loop_once_per_flush_interval_not_per_
         assert len(wakeups) >= tokens, wakeups
 
 
+def test_an_aborts_end_is_handed_over_at_once_under_the_flush_interval(monkeypatch):
+    """A command taken (an abort, here) hands what is pending to the event loop at once, whatever
+    FLUSH_EVERY_S (an hour here): the aborted stream's end reaches its handler while the other
+    stream still runs, not when the engine next waits. Checked on the engine thread as it hands the
+    end over (so no race): the other request has not finished then."""
+    from cent_serve import serving
+    from cent_serve.config import CentConfig
+    from cent_serve.engine import Engine
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+
+    monkeypatch.setattr(serving, "FLUSH_EVERY_S", 3600.0)
+    loop = EngineLoop(Engine(CentConfig(numerics="off")))
+    loop.start()
+
+    async def run():
+        aio, seen, reqs = asyncio.get_running_loop(), [], {}
+        call = aio.call_soon_threadsafe
+
+        def counted(fn, *args):
+            if fn is serving._put_all:
+                for _, (tag, d) in args[0]:
+                    if tag == "aborted" and d.finished:  # on the engine thread: the other one's state now
+                        seen.append(reqs["kept"].is_finished)
+            return call(fn, *args)
+
+        aio.call_soon_threadsafe = counted
+        q: asyncio.Queue = asyncio.Queue()
+        params = RequestParams(max_tokens=2000, ignore_eos=True)
+        reqs["kept"], aborted = await loop.submit_all([([1, 2, 3], params, "kept"), ([1, 2, 3], params, "aborted")],
+                                                      q)
+        await asyncio.wait_for(q.get(), 60)  # the first round's, handed over at once
+        loop.abort(aborted.request_id)
+        ended = set()
+        while len(ended) < 2:
+            tag, d = await asyncio.wait_for(q.get(), 60)  # a hang fails here; the run takes a few seconds
+            if d.finished:
+                ended.add(tag)
+        return seen
+
+    try:
+        seen = asyncio.run(run())
+    finally:
+        loop.stop()
+    assert seen == [False]  # handed over once, while the kept stream still ran
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
 def test_a_stream_gets_its_end_when_a_failed_engine_thread_cannot_end_it_either():
     """A bug ends the engine thread, and strikes again as the thread ends the streams (here: the
