@@ -447,3 +447,41 @@ def test_a_url_replay_without_the_server_s_config_is_not_read_as_the_defaults(tm
         load_config(path)
     assert main(["bench", "run", "--config", str(path), "--num-requests", "2", "--no-plots",
                  "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_replay_keeps_per_token_times_once():
+    """What a replay holds per request until the end is its record plus a few wall-clock scalars:
+    from cent-serve the record's simulated token times, and no wall time per chunk beside them (a
+    float per token kept for nothing, most of what a replay of tens of thousands of requests held);
+    from a server without simulated times the chunks' wall times, which become the token times."""
+    import dataclasses
+
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    reqs = [Request(str(i), 0.01 * i, 8, 12) for i in range(4)]
+
+    async def replay(url: str, transport: httpx.AsyncBaseTransport | None = None) -> http_client._Replay:
+        async with httpx.AsyncClient(base_url=url, transport=transport) as client:
+            r = http_client._Replay(client, await http_client._server(client, url), reqs, 4, 0, False)
+            await r.run()
+            return r
+
+    def answer(request: httpx.Request) -> httpx.Response:  # not cent-serve: a chunk per token, no `cent` times
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404)
+        n = json.loads(request.content)["max_tokens"]
+        chunks = [{"choices": [{"index": 0, "text": "x", "finish_reason": "length" if k == n - 1 else None}]}
+                  for k in range(n)]
+        return httpx.Response(200, text="".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n",
+                              headers={"content-type": "text/event-stream"})
+
+    with Server(_cfg(), "local") as s:
+        cent = asyncio.run(replay(s.url))
+    other = asyncio.run(replay("http://x", httpx.MockTransport(answer)))
+    assert [len(r.token_times_s) for r in cent.records_in_trace_time()] == [12] * 4
+    held = [v for w in cent.walls.values() for v in dataclasses.astuple(w)]
+    assert all(v is None or isinstance(v, float) for v in held), held  # no list per request beside the record's
+    assert [len(r.token_times_s) for r in other.records_in_trace_time()] == [12] * 4  # the chunks' wall times
