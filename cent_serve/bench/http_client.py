@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+from array import array
 from dataclasses import dataclass, field
 
 import httpx
@@ -80,11 +81,11 @@ class WallTimes:
     sent: float = 0.0
     first: float | None = None
     last: float | None = None
-    chunks: list[float] | None = None
+    chunks: array | None = None
     """The wall time of each chunk with text, kept only from a server without simulated times, where
-    they are the token times (`_Replay.records_in_trace_time`). From cent-serve it stays None: its
-    chunks carry each token's simulated time, and a float per token kept here for nothing was most of
-    what a long replay held per request (~9 kB for 260 tokens)."""
+    they become the token times (`_Replay.records_in_trace_time`; an `array('d')` as theirs). From
+    cent-serve it stays None: its chunks carry each token's simulated time, and a float per token kept
+    here for nothing was about half of what a long replay held per request (~9 kB for 260 tokens)."""
 
 
 async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: WallTimes,
@@ -124,7 +125,7 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
                         wall.last = now
                         if wall.chunks is not None:
                             wall.chunks.append(now)
-                    rec.token_times_s += cent.get("times_s", [])
+                    rec.token_times_s.extend(cent.get("times_s", ()))  # copied: the chunk's float objects go with it
                     if c.get("finish_reason"):
                         rec.finish_reason = c["finish_reason"]
                         if "arrival_s" in cent:
@@ -281,7 +282,7 @@ class _Replay:
         self.zeros.add(tr)  # 0 tokens are sent as 1: the engine needs at least one of each
         rec = self.records[rid] = RequestRecord(rid, tr.arrival_s, max(1, tr.num_prompt_tokens),
                                                 trace_arrival_s=tr.trace_arrival_s)
-        wall = self.walls[rid] = WallTimes(chunks=None if srv.cent else [])
+        wall = self.walls[rid] = WallTimes(chunks=None if srv.cent else array("d"))
         too_long = self.too_long[i]
         if too_long:
             # what the server answers (400, context_exceeded), without building and sending a prompt
@@ -343,14 +344,19 @@ class _Replay:
                         v = getattr(r, name)
                         if v is not None:
                             setattr(r, name, v - srv.offset)
-                r.token_times_s = [t - srv.offset for t in r.token_times_s]
+                times = r.token_times_s  # shifted in place: a second copy of every request's would double the peak
+                for k, t in enumerate(times):
+                    times[k] = t - srv.offset
         else:
             for r in recs:  # no simulated times: the wall clock is the only clock
                 w = self.walls[r.request_id]
                 r.arrival_s, r.scheduled_s = w.sent - t0, w.sent - t0
                 r.first_token_s = None if w.first is None else w.first - t0
                 r.finish_s = None if w.last is None else w.last - t0
-                r.token_times_s = [c - t0 for c in w.chunks]
+                times, w.chunks = w.chunks, None  # the chunks' times become the record's: one copy
+                for k, c in enumerate(times):
+                    times[k] = c - t0
+                r.token_times_s = times
         return recs
 
 

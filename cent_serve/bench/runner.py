@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -48,7 +49,11 @@ class RequestRecord:
     energy_mj: float = 0.0
     preemptions: int = 0
     error: str = ""
-    token_times_s: list[float] = field(default_factory=list, repr=False)
+    token_times_s: Sequence[float] = field(default_factory=lambda: array("d"), repr=False)
+    """When each output token came, in the record's times: an `array('d')` in the records a replay
+    makes, 8 bytes a token where a list holds a 24-byte float object and its pointer (a replay keeps
+    every request's until the end, for the ITLs and `--save-detailed`); a record built by hand may
+    give a list."""
     failure_reason: str = ""
     """Why the request failed, "" when it did not: a `cent_serve.request.REFUSAL_REASONS` code,
     DEVICE_FAULT, or for HTTP runs what `http_client.failure_reason` maps the answer to."""
@@ -94,7 +99,7 @@ class RequestRecord:
     def from_request(cls, req: Request, trace_arrival_s: float | None = None) -> "RequestRecord":
         return cls(req.request_id, req.arrival_s, len(req.prompt_ids), len(req.output_ids), req.scheduled_s,
                    req.first_token_s, req.finish_s, req.finish_reason or "", req.energy_j * 1e3,
-                   req.num_preemptions, req.error or "", list(req.token_times_s),
+                   req.num_preemptions, req.error or "", array("d", req.token_times_s),
                    DEVICE_FAULT if req.finish_reason == "error" else "", trace_arrival_s)
 
     @classmethod
