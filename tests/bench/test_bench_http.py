@@ -450,11 +450,11 @@ def test_a_url_replay_without_the_server_s_config_is_not_read_as_the_defaults(tm
 
 
 def test_a_replay_keeps_per_token_times_once_and_compactly():
-    """What a replay holds per request until the end is its record plus a few wall-clock scalars:
-    from cent-serve the record's simulated token times, and no wall time per chunk beside them (a
-    float per token kept for nothing, half of what a replay of tens of thousands of requests held);
-    from a server without simulated times the chunks' wall times, which become the token times.
-    Either way 8 bytes a token (`array('d')`), not a float object and a list's pointer (~32)."""
+    """What a replay holds per request until the end is its record plus a few wall-clock scalars, not
+    its finished task: from cent-serve the record's simulated token times, and no wall time per chunk
+    beside them (a float per token kept for nothing, half of what a replay of tens of thousands of
+    requests held); from a server without simulated times the chunks' wall times, which become the
+    token times. Either way 8 bytes a token (`array('d')`), not a float object and a list's pointer (~32)."""
     import dataclasses
 
     import cent_serve.bench.http_client as http_client
@@ -484,6 +484,7 @@ def test_a_replay_keeps_per_token_times_once_and_compactly():
     other = asyncio.run(replay("http://x", httpx.MockTransport(answer)))
     assert [len(r.token_times_s) for r in cent.records_in_trace_time()] == [12] * 4
     assert all(getattr(r.token_times_s, "typecode", None) == "d" for r in cent.records.values())
+    assert not cent.tasks  # each finished request's task was let go
     held = [v for w in cent.walls.values() for v in dataclasses.astuple(w)]
     assert all(v is None or isinstance(v, float) for v in held), held  # no list per request beside the record's
     assert [len(r.token_times_s) for r in other.records_in_trace_time()] == [12] * 4  # the chunks' wall times
