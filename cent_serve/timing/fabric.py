@@ -156,9 +156,12 @@ def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, toke
     return gather_s(tp * fab.activation_bytes * hidden * tokens, tp, port, fab)
 
 
-def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig) -> float:
-    """Tensor/hybrid: per block 5 Eb + 5 Eg + Fb + Fg (broadcasts and gathers of D and F)."""
-    return tensor_collectives_s(hidden, ffn, tp, port, fab) + pipeline_block_s(hidden, port, fab, receivers=tp)
+def tensor_block_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig,
+                   heads: int | None = None) -> float:
+    """Tensor/hybrid: per block 5 Eb + 5 Eg + Fb + Fg (broadcasts and gathers of D and F; one Eb
+    and one Eg of the heads' H hd values when `heads` is not D)."""
+    return (tensor_collectives_s(hidden, ffn, tp, port, fab, heads=heads)
+            + pipeline_block_s(hidden, port, fab, receivers=tp))
 
 
 # ----------------------------------------------------------------------------- any payload, in bytes

@@ -13,7 +13,7 @@ from cent_serve.config import DeviceConfig, EnergyConfig, FabricConfig, Parallel
 from cent_serve.timing import SystemTimer, resolve_mapping
 from cent_serve.timing.energy import token_energy_j, token_energy_terms_j
 
-# Published constants (reference CENT_MODEL.md section 8; the artifact's power calculator, whose
+# Published constants (docs/hardware_model.md section 8; the artifact's power calculator, whose
 # values EnergyConfig's docstrings quote), restated here so a changed default fails too.
 # the global buffer (one a channel), the shared and the instruction buffer
 GB_STATIC_MW, SB_STATIC_MW, IB_STATIC_MW = 0.06702101898, 0.6917736525, 18.81731768
@@ -87,12 +87,13 @@ def test_each_static_power_reaches_the_total_once(case):
         assert base - without == pytest.approx(device_mw * 1e-3 * seconds, rel=1e-9), name
 
 
-def riscv_cycles(h: int, hkv: int, d: int, qk_norm: bool = False) -> float:
+def riscv_cycles(h: int, hkv: int, q_size: int, qk_norm: bool = False) -> float:
     """RISC-V cycles of one block's accelerator work, as the artifact's calculator counts them
     (RV_DYN): two RMSNorms' rsqrt (26 each), softmax's division per head with its 16 shared-buffer
     writes and a read (16 + 2 + 1, on one core), the rotary of q and k (3 a value over 8 cores:
-    (1 + Hkv / H) D x 3 / 8); Qwen 3's q/k norms one more rsqrt per q and k head (project)."""
-    return 2 * 26 + h * (16 + 2 + 1) + (1 + hkv / h) * d * 3 / 8 + ((h + hkv) * 26 if qk_norm else 0)
+    (1 + Hkv / H) H hd x 3 / 8, the artifact's D where H hd = D); Qwen 3's q/k norms one more rsqrt
+    per q and k head (project)."""
+    return 2 * 26 + h * (16 + 2 + 1) + (1 + hkv / h) * q_size * 3 / 8 + ((h + hkv) * 26 if qk_norm else 0)
 
 
 RISCV_CASES = [
@@ -101,6 +102,8 @@ RISCV_CASES = [
     ("llama2-7b", 8, 2, 4, "artifact", 32 * 4, riscv_cycles(32, 32, 4096)),  # and on every tp partner's step
     ("llama2-70b", 32, 80, 1, "cent", 80, riscv_cycles(64, 8, 8192)),  # once a block (nrep 8)
     ("qwen3-8b", 8, 2, 4, "cent", 36, riscv_cycles(32, 8, 4096, qk_norm=True)),  # partners: GEMVs only
+    # q of 32 x 128 = 4096 values beside D = 2048: the rotary turns q's and k's, not D's
+    ("qwen3-30b-a3b", 32, 4, 8, "cent", 48, riscv_cycles(32, 4, 32 * 128, qk_norm=True)),
 ]
 
 

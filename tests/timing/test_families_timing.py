@@ -74,6 +74,10 @@ def test_rotary_follows_q_and_k_not_the_hidden_size():
     assert rotary_cycles(model_preset("qwen3-30b-a3b"), g, DEV) == 2 * (4 + 1) * 128 + (98 + 2 * 256) + (98 + 2 * 32)
     # llama2-7b, D = H hd = 4096, nrep 1: the same q, and a k as large as q
     assert rotary_cycles(model_preset("llama2-7b"), g, DEV) == 2 * (4 + 4) * 128 + 2 * (98 + 2 * 256)
+    # the DMA writes its energy counts are the same passes' bursts (docs/hardware_model.md section 8)
+    from cent_serve.timing.commands import IDX, static_commands
+    assert static_commands(model_preset("qwen3-30b-a3b"), g, DEV)["rotary"][IDX["wr"]] == 2 * (4 + 1) * 128
+    assert static_commands(model_preset("llama2-7b"), g, DEV)["rotary"][IDX["wr"]] == 2 * (4 + 4) * 128
 
 
 def cdiv_(a: int, b: int) -> int:
