@@ -138,6 +138,11 @@ _FROM_ALPHABET = {ch: b for b, ch in byte_alphabet().items()}
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
+TAIL_SCAN = 64
+"""How far back `partial_tail` looks for the bytes of a last character: special tokens between them
+(an eos under ignore_eos, which a decode leaves out) are passed over, up to this many ids in all."""
+
+
 def ends_inside_a_character(data: bytes) -> bool:
     """Whether UTF-8 `data` ends with a lead byte still waiting for its continuation bytes."""
     for back, b in enumerate(reversed(data[-4:]), start=1):
@@ -244,9 +249,11 @@ class ByteTokenizer:
         return True  # a run of bytes decodes as Python's "replace" does: a character at a time
 
     def partial_tail(self, ids: list[int]) -> bool:
-        tail = bytearray()  # the trailing byte tokens (a special or extra id ends any character)
-        for i in reversed(ids[-4:]):
-            if not self._is_byte(i):
+        tail = bytearray()  # the trailing byte tokens: an extra id ends any character, a special is left
+        for i in reversed(ids[-TAIL_SCAN:]):  # out of the text (`decode` joins the bytes around it)
+            if i in self._names:
+                continue
+            if not self._is_byte(i) or len(tail) == 4:
                 break
             tail.insert(0, i - self.OFFSET)
         return ends_inside_a_character(bytes(tail))
@@ -422,7 +429,10 @@ class HFTokenizer:
         return self._tok.decode([token_id], skip_special_tokens=False).encode()
 
     def partial_tail(self, ids: list[int]) -> bool:
-        return ends_inside_a_character(b"".join(self.token_bytes(i) for i in ids[-4:]))
+        # the last four tokens that are not special: a decode leaves the specials out and joins the
+        # byte tokens around them
+        tail = [self.token_bytes(i) for i in reversed(ids[-TAIL_SCAN:]) if i not in self._specials][:4]
+        return ends_inside_a_character(b"".join(reversed(tail)))
 
     def stand_in_ids(self) -> np.ndarray:
         """Every id that decodes alone to text with a visible character and no U+FFFD (a

@@ -155,6 +155,11 @@ def test_byte_fallback_pieces_have_their_real_bytes_and_hold_back_whole_characte
     # two of the euro's three bytes decode to two U+FFFD: both are held back, so no "\ufffd" is ever sent
     text = tok.decode(ids[:-1])
     assert text.endswith("\ufffd\ufffd") and _stable(text, (), tok.partial_tail(ids[:-1])) == tok.decode(ids[:-3])
+    # an eos between them (ignore_eos) is left out of the decode, which joins the bytes around it: still
+    # a character half made
+    eos = tok.eos_token_id
+    assert tok.decode([*euro[:2], eos, euro[2]]) == "\u20ac"
+    assert tok.partial_tail([*euro[:2], eos]) and tok.partial_tail([*euro[:2], eos, eos])
 
 
 def test_chat_templates_render_as_transformers_renders_them(tmp_path):

@@ -398,7 +398,13 @@ def test_byte_tokenizer_knows_an_incomplete_character_from_an_invalid_byte():
         False, True, False, True, True, False, True, True, True, False]
     assert not tok.partial_tail(tok.encode("a", add_bos=False) + [0x80 + 3])  # a lone continuation byte
     assert not tok.partial_tail([0xC3 + 3, 0x41 + 3])  # a lead byte followed by ASCII: the lead is invalid
-    assert not tok.partial_tail([0xC3 + 3, 2])  # the eos ends the character
+    # an eos between a character's bytes (ignore_eos) is left out of the text, which joins them: the
+    # character may still be completed (a stream that sent its U+FFFD then sent a text the end's lacks)
+    assert tok.decode([0xC3 + 3, 2, 0xA9 + 3]) == "\u00e9"
+    assert tok.partial_tail([0xC3 + 3, 2]) and tok.partial_tail([0xC3 + 3, 2, 2, 1, 0])
+    assert not tok.partial_tail([0xC3 + 3, 2, 0xA9 + 3])
+    wide = ByteTokenizer(300, 1, 2)  # an extra id (not a byte, not special) decodes as `<extra_N>`: it ends it
+    assert wide.decode([0xC3 + 3, 299]) == "\ufffd<extra_299>" and not wide.partial_tail([0xC3 + 3, 299])
 
 
 def test_docs_load_with_no_network(server):
