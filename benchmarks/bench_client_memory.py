@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from worktree import REPO, worktree  # benchmarks/worktree.py, beside this script
 SERVE = ["serve", "--local", "--port", "0", "--model", "llama2-70b", "--devices", "32", "--pp", "80",
          "--numerics", "off"]
 SERVER_START_TIMEOUT_S = 300.0
@@ -103,14 +103,9 @@ def main() -> None:
     what = f"{a.base} and {a.requests} requests of azure_conv_2023, --time-scale {a.time_scale:g}"
     results = {}
     if a.against:
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = Path(tmp) / "tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), a.against], check=True)
-            try:
-                print(f"{a.against}: {what} ...", flush=True)
-                results[a.against] = run(tree, a.base, a.requests, a.time_scale)
-            finally:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+        with worktree(a.against) as tree:
+            print(f"{a.against}: {what} ...", flush=True)
+            results[a.against] = run(tree, a.base, a.requests, a.time_scale)
     print(f"this checkout: {what} ...", flush=True)
     results["this checkout"] = run(REPO, a.base, a.requests, a.time_scale)
     for name, r in results.items():

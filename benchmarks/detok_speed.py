@@ -16,11 +16,10 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from worktree import REPO, worktree  # benchmarks/worktree.py, beside this script
 
 
 def measure(tokens: int, repeats: int) -> float:
@@ -63,13 +62,8 @@ def main() -> None:
         return
     results = {}
     if a.against:
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = Path(tmp) / "tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), a.against], check=True)
-            try:
-                results[a.against] = in_tree(tree, a.tokens, a.repeats)
-            finally:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+        with worktree(a.against) as tree:
+            results[a.against] = in_tree(tree, a.tokens, a.repeats)
     results["this checkout"] = in_tree(REPO, a.tokens, a.repeats)
     for name, us in results.items():
         print(f"{name:>14}: {us:.2f} us a token ({a.tokens} tokens, best of {a.repeats})")

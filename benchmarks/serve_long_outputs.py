@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from worktree import REPO, worktree  # benchmarks/worktree.py, beside this script
 SERVE = ["serve", "--local", "--port", "0", "--model", "llama2-70b", "--devices", "32", "--pp", "80",
          "--numerics", "off"]
 
@@ -109,14 +109,9 @@ def main() -> None:
              f"{f', sent again for {a.for_s:g} s' if a.for_s else ''}")
     results = {}
     if a.against:
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = Path(tmp) / "tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), a.against], check=True)
-            try:
-                print(f"{a.against}: {what} ...", flush=True)
-                results[a.against] = run(tree, a.requests, a.max_tokens, a.stream, a.for_s)
-            finally:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+        with worktree(a.against) as tree:
+            print(f"{a.against}: {what} ...", flush=True)
+            results[a.against] = run(tree, a.requests, a.max_tokens, a.stream, a.for_s)
     print(f"this checkout: {what} ...", flush=True)
     results["this checkout"] = run(REPO, a.requests, a.max_tokens, a.stream, a.for_s)
     for name, r in results.items():
