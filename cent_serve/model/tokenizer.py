@@ -107,16 +107,14 @@ class IncrementalText:
         done = self.done if self.done <= len(ids) else 0
         if done and not tok.decode_context:  # the text after the cut is its own (the byte tokenizer's)
             text = self.text + tok.decode(ids[done:])
-            if not text.endswith("\ufffd") and tok.text_cuts_after(ids[-1]):
-                self.done, self.text = len(ids), text
-            return text
-        start = max(0, done - tok.decode_context)
-        head = tok.decode(ids[start:done]) if done > start else ""
-        tail = tok.decode(ids[start:])
-        # a window of tokens without text (special ones, left out) would let a decoder strip the
-        # space of the first token after it, which the whole text keeps: decode all then
-        fits = done and (head or start == 0) and tail.startswith(head)
-        text = self.text + tail[len(head):] if fits else tok.decode(ids) if done else tail
+        else:
+            start = max(0, done - tok.decode_context)
+            head = tok.decode(ids[start:done]) if done > start else ""
+            tail = tok.decode(ids[start:])
+            # a window of tokens without text (special ones, left out) would let a decoder strip the
+            # space of the first token after it, which the whole text keeps: decode all then
+            fits = done and (head or start == 0) and tail.startswith(head)
+            text = self.text + tail[len(head):] if fits else tok.decode(ids) if done else tail
         if not text.endswith("\ufffd") and (not ids or tok.text_cuts_after(ids[-1])):
             self.done, self.text = len(ids), text
         return text

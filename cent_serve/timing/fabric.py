@@ -105,22 +105,26 @@ def tensor_collectives_s(hidden: int, ffn: int, tp: int, port: PortModel, fab: F
     token vectors: `TP_BLOCK_EXCHANGES` evaluated without data with the primitives below
     (all-gather = gather + broadcast), which adds up to 4 Eb + 5 Eg + Fb + Fg when the heads'
     outputs are D values (`heads`, H hd; None: D), else 3 Eb + 4 Eg + Fb + Fg + Ab + Ag."""
+    return _exchanges_s(TP_BLOCK_EXCHANGES, hidden, ffn, tp, port, fab, tokens, heads)
+
+
+def _exchanges_s(exchanges, hidden: int, ffn: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int,
+                 heads: int | None) -> float:
+    """The time of `exchanges` ((name, primitive, dim) each, dims D, F and A: the heads' H hd values,
+    counted as D where they are as many) for `tokens` token vectors."""
     dims = {"D": hidden * tokens, "F": ffn * tokens, "A": (hidden if heads is None else heads) * tokens}
     count = {(kind, dim): 0 for kind in ("broadcast", "gather") for dim in dims}
-    for _, primitive, dim in TP_BLOCK_EXCHANGES:
+    for _, primitive, dim in exchanges:
         if dim == "A" and dims["A"] == dims["D"]:
             dim = "D"  # one size: the artifact's sum below, float for float
         count[("gather", dim)] += 1
         count[("broadcast", dim)] += primitive == "all_gather"
-    nbytes = {dim: fab.activation_bytes * n for dim, n in dims.items()}
-    eb, fb = broadcast_s(nbytes["D"], port, fab, tp - 1), broadcast_s(nbytes["F"], port, fab, tp - 1)
-    eg, fg = gather_s(nbytes["D"], tp, port, fab), gather_s(nbytes["F"], tp, port, fab)
-    # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
-    total = (count[("broadcast", "D")] * eb + count[("gather", "D")] * eg
-             + count[("broadcast", "F")] * fb + count[("gather", "F")] * fg)
-    if count[("gather", "A")]:
-        total += (count[("broadcast", "A")] * broadcast_s(nbytes["A"], port, fab, tp - 1)
-                  + count[("gather", "A")] * gather_s(nbytes["A"], tp, port, fab))
+    total = 0.0
+    for dim in dims:  # summed in this order: the artifact's 4 Eb + 5 Eg + Fb + Fg, float for float
+        if count[("gather", dim)]:
+            nbytes = fab.activation_bytes * dims[dim]
+            total += count[("broadcast", dim)] * broadcast_s(nbytes, port, fab, tp - 1)  # a term at a time:
+            total += count[("gather", dim)] * gather_s(nbytes, tp, port, fab)  # the same association
     return total
 
 
@@ -141,14 +145,8 @@ def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, 
                       heads: int | None = None) -> float:
     """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine, one of the
     four all-gathers the heads' outputs (`heads`, H hd values; None: D)."""
-    nbytes = fab.activation_bytes * hidden * tokens
-    if heads is None or heads == hidden:
-        attn = 4 * broadcast_s(nbytes, port, fab, tp - 1) + 4 * gather_s(nbytes, tp, port, fab)
-    else:
-        a = fab.activation_bytes * heads * tokens
-        attn = (3 * broadcast_s(nbytes, port, fab, tp - 1) + 3 * gather_s(nbytes, tp, port, fab)
-                + broadcast_s(a, port, fab, tp - 1) + gather_s(a, tp, port, fab))
-    return attn + moe_combine_s(hidden, tp, port, fab, tokens)
+    return (_exchanges_s(MOE_TP_BLOCK_EXCHANGES[:-1], hidden, 0, tp, port, fab, tokens, heads)
+            + moe_combine_s(hidden, tp, port, fab, tokens))
 
 
 def moe_combine_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1) -> float:
