@@ -10,23 +10,7 @@ import pytest
 
 from api.generate import collect
 from api.protocol import ApiError
-
-FAIL_AFTER_S = 10.0
-"""Only the old behaviour waits: a failing bound, not a timing (the abort itself takes no wait)."""
-
-
-class _Ctx:
-    def __init__(self) -> None:
-        self.aborted: list = []
-
-    def abort_all(self, reqs) -> None:
-        self.aborted += reqs
-
-    def due_in(self, delta) -> float:
-        return 0.0
-
-    async def pace(self, delta) -> None:
-        pass
+from tests.serving.utils import FAIL_AFTER_S, FakeCtx, FakeReq, FakeStreamRaw
 
 
 class _Raw:
@@ -39,16 +23,8 @@ class _Raw:
         return False
 
 
-class _Params:
-    logprobs = None
-
-
-class _Req:
-    params = _Params()
-
-
 def test_a_client_gone_is_heard_without_polling():
-    ctx, reqs = _Ctx(), [_Req(), _Req()]
+    ctx, reqs = FakeCtx(), [FakeReq(), FakeReq()]
 
     async def run():
         with pytest.raises(ApiError) as e:
@@ -57,26 +33,6 @@ def test_a_client_gone_is_heard_without_polling():
 
     err = asyncio.run(run())
     assert err.status == 499 and ctx.aborted == reqs
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.counted: list = []
-
-    def count_request(self, outcome: str, reason: str) -> None:
-        self.counted.append((outcome, reason))
-
-    def observe_prompts(self, n: int, generated: list[int]) -> None:
-        pass
-
-
-class _StreamRaw:
-    """`event_stream` reads nothing of its request but counts its outcome (`record`)."""
-
-    def __init__(self) -> None:
-        self.scope = {"path": "/v1/completions", "method": "POST"}
-        self.metrics = _Metrics()
-        self.app = type("App", (), {"state": type("State", (), {"metrics": self.metrics})})()
 
 
 def test_a_stream_with_a_backlog_hears_its_client_leave():
@@ -94,7 +50,7 @@ def test_a_stream_with_a_backlog_hears_its_client_leave():
     from cent_serve.serving import Delta
 
     backlog, left_after = 40 * STREAM_BATCH, 3
-    ctx, reqs, raw = _Ctx(), [_Req()], _StreamRaw()
+    ctx, reqs, raw = FakeCtx(), [FakeReq()], FakeStreamRaw()
     body = CompletionRequest(model="m", prompt="x", stream=True)
     reply = Reply(dict(id="cmpl-1", object="text_completion", created=0, model="m"), Completions(), body, [[1]])
 

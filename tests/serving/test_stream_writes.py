@@ -12,7 +12,7 @@ from api.generate import STREAM_BATCH, Reply, event_stream
 from api.protocol import CompletionRequest
 from api.routes import Completions
 from cent_serve.serving import Delta
-from tests.serving.test_disconnect import FAIL_AFTER_S, _Ctx, _Req, _StreamRaw
+from tests.serving.utils import FAIL_AFTER_S, FakeCtx, FakeReq, FakeStreamRaw
 
 SCOPE = {"type": "http", "asgi": {"spec_version": "2.3"}, "path": "/v1/completions", "method": "POST"}
 
@@ -33,7 +33,7 @@ async def _serve(ctx, q: asyncio.Queue, on_write=None) -> list[bytes]:
     """Run one stream to its end; the body writes it made."""
     body = CompletionRequest(model="m", prompt="x", stream=True)
     reply = Reply(dict(id="cmpl-1", object="text_completion", created=0, model="m"), Completions(), body, [[1]])
-    stream = event_stream(ctx, _StreamRaw(), [_Req()], q, reply)
+    stream = event_stream(ctx, FakeStreamRaw(), [FakeReq()], q, reply)
     writes: list[bytes] = []
 
     async def receive():
@@ -61,7 +61,7 @@ def test_a_backlog_goes_out_in_few_writes_each_event_whole():
         q: asyncio.Queue = asyncio.Queue()
         for i in range(n):
             q.put_nowait((0, _delta(i, last=i == n - 1)))
-        return await _serve(_Ctx(), q)
+        return await _serve(FakeCtx(), q)
 
     writes = asyncio.run(run())
     events = _events(writes)
@@ -86,7 +86,7 @@ def test_an_event_made_while_nothing_else_is_ready_goes_out_at_once():
                 await wrote.wait()  # the next one only after this one was written
 
         producer = asyncio.ensure_future(produce())
-        writes = await _serve(_Ctx(), q, on_write=lambda w: wrote.set())
+        writes = await _serve(FakeCtx(), q, on_write=lambda w: wrote.set())
         await producer
         return writes
 
@@ -95,7 +95,7 @@ def test_an_event_made_while_nothing_else_is_ready_goes_out_at_once():
     assert _texts(_events(writes)) == "ABCDEF"
 
 
-class _PacedCtx(_Ctx):
+class _PacedCtx(FakeCtx):
     """The paced clock: delta `late` is not due yet; `pace` records what was written when it waited."""
 
     def __init__(self, late: int, writes: list) -> None:

@@ -176,3 +176,54 @@ async def read_stream(r: httpx.Response, on_token=None) -> dict:
                 if on_token is not None:
                     on_token()
     return out
+
+
+# ---- fakes for driving a handler's generation path without a server (tests/serving/test_disconnect.py,
+# test_stream_writes.py)
+
+FAIL_AFTER_S = 10.0
+"""Only the old behaviour waits: a failing bound, not a timing (the abort itself takes no wait)."""
+
+
+class FakeCtx:
+    """The API context a handler is given: records aborts; the virtual clock (nothing to pace)."""
+
+    def __init__(self) -> None:
+        self.aborted: list = []
+
+    def abort_all(self, reqs) -> None:
+        self.aborted += reqs
+
+    def due_in(self, delta) -> float:
+        return 0.0
+
+    async def pace(self, delta) -> None:
+        pass
+
+
+class FakeParams:
+    logprobs = None
+
+
+class FakeReq:
+    params = FakeParams()
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.counted: list = []
+
+    def count_request(self, outcome: str, reason: str) -> None:
+        self.counted.append((outcome, reason))
+
+    def observe_prompts(self, n: int, generated: list[int]) -> None:
+        pass
+
+
+class FakeStreamRaw:
+    """`event_stream` reads nothing of its request but counts its outcome (`record`)."""
+
+    def __init__(self) -> None:
+        self.scope = {"path": "/v1/completions", "method": "POST"}
+        self.metrics = FakeMetrics()
+        self.app = type("App", (), {"state": type("State", (), {"metrics": self.metrics})})()
