@@ -1,5 +1,6 @@
-"""Factories and probes for tests against a real server (local executor, free loopback port), and
-`cent serve` started as a user starts it (`serve_process`)."""
+"""Factories and probes for tests against a real server (local executor, free loopback port),
+`cent serve` started as a user starts it (`serve_process`), and fakes for driving a handler's
+generation path without one."""
 from __future__ import annotations
 
 import json
