@@ -32,7 +32,7 @@ def accelerator_parts(m: ModelConfig, dev: DeviceConfig, context: int) -> dict[s
                + h * (dev.acc_softmax_writes * buf + dev.acc_softmax_riscv_cycles / cores + buf))
     # q's and k's elements, (1 + Hkv / H) H hd: the artifact's (1 + Hkv / H) D where H hd = D (Llama 2),
     # and what q and k hold where it is not (Qwen3-30B-A3B: 32 x 128 = 4096 beside D = 2048)
-    rotary = (1 + m.num_kv_heads / h) * (h * m.head_dim) * dev.acc_rotary_riscv_cycles / cores
+    rotary = (1 + m.num_kv_heads / h) * m.q_size * dev.acc_rotary_riscv_cycles / cores
     qk_heads = (h + m.num_kv_heads) if m.qk_norm else 0
     qk_norm = (qk_heads * m.head_dim / lanes / dev.burst_elements / units * add_pass
                + qk_heads * dev.acc_norm_riscv_cycles / cores) if qk_heads else 0.0

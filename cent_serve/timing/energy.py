@@ -186,7 +186,7 @@ class EnergyModel:
         sb_rd, sb_wr = e.shared_buffer_read_mw, e.shared_buffer_write_mw
         norm = d / (lanes * dev.burst_elements) + 2  # one RMSNorm's shared-buffer passes
         exps = attended(m, context) * h / lanes  # softmax's SIMD passes over every head's scores
-        rotated = (1 + 1 / m.num_rep) * (h * m.head_dim)  # q and k elements (H hd is D in Llama 2; not in all)
+        rotated = (1 + 1 / m.num_rep) * m.q_size  # q and k elements (H hd is D in Llama 2; not in all)
         qk_heads = h + m.num_kv_heads if m.qk_norm else 0
         qk = qk_heads * m.head_dim / (lanes * dev.burst_elements)  # the q/k norms' passes, as an RMSNorm's
         out = np.zeros(len(TERMS))

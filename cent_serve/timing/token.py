@@ -184,9 +184,9 @@ class SystemTimer:
             m = self.model
             hit = self._coll[tokens] = (
                 moe_collectives_s(m.hidden_size, self.mapping.tp, self.port, self.fabric, tokens,
-                                  m.num_heads * m.head_dim) if m.is_moe else
+                                  m.q_size) if m.is_moe else
                 tensor_collectives_s(m.hidden_size, m.intermediate_size, self.mapping.tp, self.port, self.fabric, tokens,
-                                     m.num_heads * m.head_dim))
+                                     m.q_size))
         return hit
 
     # ------------------------------------------------------------------ mixtures of experts
