@@ -23,6 +23,7 @@ from array import array
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 
 from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
@@ -254,6 +255,8 @@ class _Replay:
         self.bar = Progress(len(requests), "replay (http)", progress)
         self.done = asyncio.Event()
         self.t0 = time.perf_counter()
+        self._in_trace: list[RequestRecord] | None = None
+        """`records_in_trace_time`'s records, once shifted."""
         # each request's refusal for a prompt past the server's context (not sent: `send`), and the
         # index of the next request that is sent: a sent request holds the server's clock until it
         nxt: list[int | None] = [None] * len(requests)
@@ -343,7 +346,11 @@ class _Replay:
     def records_in_trace_time(self) -> list[RequestRecord]:
         """The records with the server's simulated times shifted back to trace time, or, from a
         server without simulated times, the wall clock's. A request the server refused keeps the
-        trace arrival the client gave it (no simulated time came back)."""
+        trace arrival the client gave it (no simulated time came back). The shift is made once, in
+        place (a second copy of every request's token times would double the peak): a second call
+        returns the same records."""
+        if self._in_trace is not None:
+            return self._in_trace
         recs, srv, t0 = list(self.records.values()), self.srv, self.t0
         if srv.cent:
             for r in recs:
@@ -352,9 +359,7 @@ class _Replay:
                         v = getattr(r, name)
                         if v is not None:
                             setattr(r, name, v - srv.offset)
-                times = r.token_times_s  # shifted in place: a second copy of every request's would double the peak
-                for k, t in enumerate(times):
-                    times[k] = t - srv.offset
+                _shift(r.token_times_s, srv.offset)
         else:
             for r in recs:  # no simulated times: the wall clock is the only clock
                 w = self.walls[r.request_id]
@@ -362,10 +367,18 @@ class _Replay:
                 r.first_token_s = None if w.first is None else w.first - t0
                 r.finish_s = None if w.last is None else w.last - t0
                 times, w.chunks = w.chunks, None  # the chunks' times become the record's: one copy
-                for k, c in enumerate(times):
-                    times[k] = c - t0
+                _shift(times, t0)
                 r.token_times_s = times
+        self._in_trace = recs
         return recs
+
+
+def _shift(times: array, by: float) -> None:
+    """`times` less `by`, in place (a numpy view of the array's buffer: no per-token Python loop)."""
+    if len(times):
+        view = np.frombuffer(times, dtype=np.float64)
+        view -= by
+        del view  # the array can grow again once no view holds its buffer
 
 
 def _over_replay(start: list[dict], end: list[dict], offset: float) -> list[dict]:

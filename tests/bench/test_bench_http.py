@@ -482,11 +482,19 @@ def test_a_replay_keeps_per_token_times_once_and_compactly():
     with Server(_cfg(), "local") as s:
         cent = asyncio.run(replay(s.url))
     other = asyncio.run(replay("http://x", httpx.MockTransport(answer)))
-    assert [len(r.token_times_s) for r in cent.records_in_trace_time()] == [12] * 4
+    recs = cent.records_in_trace_time()
+    assert [len(r.token_times_s) for r in recs] == [12] * 4
+    # shifted to trace time with the record's own times, and once: a second call changes nothing
+    assert all(r.token_times_s[0] == r.first_token_s and r.token_times_s[-1] == r.finish_s for r in recs)
+    shifted = [list(r.token_times_s) for r in recs]
+    assert [list(r.token_times_s) for r in cent.records_in_trace_time()] == shifted
     assert all(getattr(r.token_times_s, "typecode", None) == "d" for r in cent.records.values())
     assert not cent.tasks  # each finished request's task was let go
     held = [v for w in cent.walls.values() for v in dataclasses.astuple(w)]
     assert all(v is None or isinstance(v, float) for v in held), held  # no list per request beside the record's
-    assert [len(r.token_times_s) for r in other.records_in_trace_time()] == [12] * 4  # the chunks' wall times
+    recs = other.records_in_trace_time()
+    assert [len(r.token_times_s) for r in recs] == [12] * 4  # the chunks' wall times
+    assert all(0 <= r.first_token_s <= r.token_times_s[0] <= r.token_times_s[-1] <= r.finish_s for r in recs)
+    assert other.records_in_trace_time() == recs  # a second call: the same records (the chunks went to them)
     assert all(getattr(r.token_times_s, "typecode", None) == "d" and w.chunks is None
                for r, w in zip(other.records.values(), other.walls.values()))  # moved, not copied
