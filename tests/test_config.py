@@ -263,6 +263,18 @@ def test_a_model_of_ones_own_or_a_saved_config_loads_under_its_own_name(tmp_path
     assert load_config(tmp_path / "saved.yaml").model == own
 
 
+def test_a_model_of_ones_own_missing_part_of_its_shape_is_refused_naming_the_fields(tmp_path):
+    # Llama-2-7B's shape without num_kv_heads and vocab_size: not tiny's 2 KV heads and 259 tokens in silence
+    (tmp_path / "own.yaml").write_text("model: {name: mine, hidden_size: 4096, intermediate_size: 11008, "
+                                       "num_layers: 32, num_heads: 32}\n")
+    with pytest.raises(ValueError, match=r"model\.name='mine' is invalid: .*add model\.num_kv_heads, model\.vocab_size"):
+        load_config(tmp_path / "own.yaml")
+    (tmp_path / "own.yaml").write_text("model: {name: mine, hidden_size: 4096, intermediate_size: 11008, "
+                                       "num_layers: 32, num_heads: 32, num_kv_heads: 32, vocab_size: 32000}\n")
+    m = load_config(tmp_path / "own.yaml").model
+    assert (m.name, m.num_kv_heads, m.vocab_size) == ("mine", 32, 32000)
+
+
 @pytest.mark.parametrize("override", ["model.name=llama2-70b", "model.checkpoint=/nonexistent"])
 def test_the_model_is_not_relabelled_by_set(override):
     with pytest.raises(ValueError, match=re.escape(override.split("=")[0]) + "=.* use --model NAME_OR_DIR"):

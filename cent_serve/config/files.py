@@ -167,8 +167,16 @@ def _model_section(model: dict[str, Any]) -> dict[str, Any]:
     _check(isinstance(name, str) and bool(_SHAPE_FIELDS & model.keys()), "model.name", name,
            f"it is not a preset: use one of {', '.join(sorted(MODEL_PRESETS))}, `checkpoint: DIR` for a Hugging "
            f"Face checkpoint directory, or give your model's shape beside its name ({', '.join(sorted(_SHAPE_FIELDS))})")
+    missing = sorted(_OWN_MODEL_FIELDS - model.keys())
+    _check(not missing, "model.name", name,
+           f"a model of one's own needs its whole shape, or the missing fields would silently take the `tiny` "
+           f"preset's values: add {', '.join(f'model.{k}' for k in missing)} (or use `checkpoint: DIR` with its "
+           f"config.json)")
     return model
 
 
 _SHAPE_FIELDS = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads"})
 """A YAML `model:` section with any of these beside a name that is no preset describes a model of its own."""
+_OWN_MODEL_FIELDS = _SHAPE_FIELDS | {"num_kv_heads", "vocab_size"}
+"""What a model of its own must give: without them the `tiny` preset's defaults (2 KV heads, a 259-token
+vocabulary) would stand in for the user's model without a word."""
