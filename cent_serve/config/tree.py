@@ -22,8 +22,11 @@ class CentConfig:
     (`--set device=5` is refused). The model is chosen whole, never relabelled: with `--model
     NAME_OR_DIR`, or in YAML with `model: {name: PRESET}` or `model: {checkpoint: DIR}` (the
     checkpoint's config.json, as `--model DIR` loads it; fields given beside either override it);
-    a name that is no preset is refused, and so are `--set model.name` and `--set model.checkpoint`
-    (but `--set model.checkpoint=none`: the same model with seeded random weights)."""
+    a name that is no preset is refused unless the section gives that model's whole shape beside it
+    (`hidden_size`, `intermediate_size`, `num_layers`, `num_heads`, `num_kv_heads`, `vocab_size`: a
+    model of one's own; the fields it leaves out take the defaults below), and so are `--set
+    model.name` and `--set model.checkpoint` (but `--set model.checkpoint=none`: the same model with
+    seeded random weights)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
