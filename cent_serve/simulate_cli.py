@@ -11,6 +11,7 @@ from cent_serve.cli_common import add_config_args, config_from_args, warn_closed
 from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
+from cent_serve.timing.fabric import idle_lanes_note
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
@@ -237,7 +238,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
         return 0
     print(f"{model_label(cfg.model)} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
           f"prompt {args.prompt}, decode {args.decode}, {_queries(batch)} in flight"
-          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
+          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else "")
+          + _idle(cfg, mp))
     _print_overrides(args)
     paper = paper_workload(cfg.model, args.prompt, args.decode, cfg.device)
     print(f"{'phase':<10}{'latency s':>11}{'tok/s':>11}{'mJ/token':>11}{'power W':>10}{'avg W':>10}"
@@ -277,7 +279,8 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
         print(json.dumps(dict(fig, **_record(cfg, args, seqlen=seqlen, batch=batch)), indent=2))
         return 0
     print(f"{model_label(cfg.model)} on {counted(mp.num_devices, 'device')}: {mp.describe()}; context {seqlen}, {_queries(batch)} in flight"
-          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else ""))
+          + (f" in each of {mp.replicas} replicas (throughput and power: all of them)" if mp.replicas > 1 else "")
+          + _idle(cfg, mp))
     _print_overrides(args)
     for key in ("token_latency_ms", "throughput_tok_s", "block_pim_ms", "block_cxl_ms", "block_acc_ms",
                 "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
@@ -396,7 +399,8 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         return 0
     print(f"emulated {model_label(cfg.model)} on {counted(mp.num_devices, 'device')} ({mp.describe()}), "
           f"{out['executor']} executor, numerics {cfg.resolved_numerics}"
-          + (f"; one of the {mp.replicas} replicas emulated, throughput of all of them" if mp.replicas > 1 else ""))
+          + (f"; one of the {mp.replicas} replicas emulated, throughput of all of them" if mp.replicas > 1 else "")
+          + _idle(cfg, mp))
     _print_overrides(args)
     rows = [(p, out[p]) for p in PHASES if p in out] if args.prompt is not None else [("token", out)]
     print(f"{'':<10}{'tok/s':>11}{'closed form':>13}{'ms/token':>10}{'closed form':>13}")
@@ -406,6 +410,11 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
               f"{r['token_latency_ms']:>10.3f}{c['token_latency_ms']:>13.3f}")
     print(f"wall {out['wall_s']:.2f} s, {out['sim_tokens_per_wall_s']:.0f} simulated tokens per wall second")
     return 0
+
+
+def _idle(cfg: CentConfig, mp) -> str:
+    """The header's note of devices no replica uses that narrow the others' switch ports."""
+    return idle_lanes_note(cfg.fabric, mp.num_devices, mp.devices_used * mp.replicas)
 
 
 def _queries(n: int) -> str:

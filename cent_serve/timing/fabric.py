@@ -61,6 +61,17 @@ def port_model(fab: FabricConfig, num_devices: int) -> PortModel:
                      flit_bytes=fab.flit_bytes)
 
 
+def idle_lanes_note(fab: FabricConfig, num_devices: int, used: int) -> str:
+    """`; 17 idle devices keep ...`: devices no replica uses still take their share of the switch's
+    lanes (every device on the switch has its port), which narrows the ports of those that work;
+    "" when they cost none."""
+    lanes, fewer = fab.switch_lanes // num_devices, fab.switch_lanes // used
+    if used >= num_devices or fewer <= lanes:
+        return ""
+    return (f"; the switch's {fab.switch_lanes} lanes are shared by all {num_devices} devices, {num_devices - used} "
+            f"of them idle: {lanes} lanes a device ({fewer} with --devices {used})")
+
+
 def gather_flits(n_values: int, tp: int, fab: FabricConfig) -> int:
     """A gather of an n-vector split over tp devices: ceil(2 n / tp / 192) (tp - 1) flits."""
     return -(-fab.activation_bytes * n_values // (tp * fab.flit_payload_bytes)) * (tp - 1)

@@ -267,3 +267,24 @@ def test_one_device_is_not_written_as_devices():
 
     text = resolve_mapping(model_preset("tiny"), ParallelConfig(1, 8, 1), DeviceConfig()).describe()
     assert text.endswith("1 device used") and "8 blocks/device" in text
+
+
+def test_simulate_says_idle_devices_narrow_the_switch_ports(capsys):
+    """Devices no replica uses still take their share of the switch's 144 lanes: the header says so,
+    with the lanes the timing charges and the device count that gives the working ones more, and
+    that count is indeed faster; nothing is said when every device works."""
+    from cent_serve.config import build_config
+    from cent_serve.timing.fabric import port_model
+
+    def run(devices: int) -> tuple[str, float]:
+        assert main(["simulate", "--model", "llama2-70b", "--devices", str(devices), "--pp", "4", "--tp", "8"]) == 0
+        out = capsys.readouterr().out
+        return out.splitlines()[0], float(out.split("throughput_tok_s")[1].split()[0])
+
+    head, slow = run(49)
+    lanes = port_model(build_config("llama2-70b", devices=49, pp=4, tp=8).fabric, 49).lanes
+    assert lanes == 2 and head.endswith(
+        "; the switch's 144 lanes are shared by all 49 devices, 17 of them idle: 2 lanes a device (4 with --devices 32)")
+    head, fast = run(32)
+    assert "idle" not in head and fast > slow * 1.1
+    assert "idle" not in run(64)[0]  # two replicas: none idle
