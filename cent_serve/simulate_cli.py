@@ -14,7 +14,7 @@ from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
-from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
+from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, slowest_station, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
@@ -178,15 +178,11 @@ def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
     in flight, worded for `_other`; None when a token's trip round the ring does."""
     if not period_s(cent, context, batch)[1]:
         return None
-    stations, ring = cent.stations_s(context), cent.token_s(context)
-    k = max(range(len(stations)), key=stations.__getitem__)
-    stages = cent.mapping.stages
-    name = (f"stage {k} ({len(stages[k].blocks)} block{'s' * (len(stages[k].blocks) != 1)})" if k < len(stages) else
-            ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])
-    slow, trip = batch * stations[k] * 1e3, ring * 1e3
+    (name, station), ring = slowest_station(cent, context), cent.token_s(context)
+    slow, trip = batch * station * 1e3, ring * 1e3
     digits = next((d for d in range(3, 10) if f"{slow:.{d}g}" != f"{trip:.{d}g}"), 10)  # enough to tell them apart
     return (f"under the cent convention {name} is the bottleneck at {context} tokens: {_queries(batch)} x "
-            f"{stations[k] * 1e3:.{digits}g} ms = {slow:.{digits}g} ms between a query's tokens, longer "
+            f"{station * 1e3:.{digits}g} ms = {slow:.{digits}g} ms between a query's tokens, longer "
             f"than its trip round the pipeline ({trip:.{digits}g} ms), which is all the artifact charges")
 
 
@@ -286,6 +282,8 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                 "embed_lookup_ms", "lm_head_ms",  # apart: --json's embedding_ms (the artifact's name) is both
                 "token_energy_mj", "power_w", "avg_power_w", "devices_used", "channels_per_block"):
         print(f"  {key:<20}{fig[key]:>14.6g}")
+    if fig["bottleneck_station"]:
+        print(f"  bottleneck          {fig['bottleneck_station']}: it sets the pace, not a token's trip round the pipeline")
     print(f"  ({POWER_NOTE})")
     total = sum(fig["breakdown_cycles"].values())
     print("  block PIM cycles by operation:")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from cent_serve.timing.accelerator import accelerator_parts
+from cent_serve.timing.mapping import counted
 from cent_serve.timing.token import SystemTimer
 
 @dataclass
@@ -63,6 +64,9 @@ class TokenFigures:
     """`cent` or `artifact` (the module docstring)."""
     bottleneck: bool
     """Whether the slowest station, not the ring, sets the pace (`cent` only)."""
+    bottleneck_station: str | None
+    """That station (`station_name`: `stage 3 (1 block)`, `the LM-head unit`, ...), None when the ring
+    sets the pace."""
     breakdown_cycles: dict[str, float]
     """One block's PIM cycles by operation."""
     accelerator_breakdown_cycles: dict[str, float]
@@ -82,6 +86,17 @@ class TokenFigures:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def slowest_station(timer: SystemTimer, context: int) -> tuple[str, float]:
+    """(the name of the resource busiest with one query's token at `context`, its seconds):
+    `stage k (n blocks)`, `the embedding unit`, `the LM-head unit` or `a switch port`
+    (`SystemTimer.stations_s`' order)."""
+    stations, stages = timer.stations_s(context), timer.mapping.stages
+    k = max(range(len(stations)), key=stations.__getitem__)
+    name = (f"stage {k} ({counted(len(stages[k].blocks), 'block')})" if k < len(stages) else
+            ("the embedding unit", "the LM-head unit", "a switch port")[k - len(stages)])
+    return name, stations[k]
 
 
 def period_s(timer: SystemTimer, context: int, batch: int) -> tuple[float, bool]:
@@ -125,7 +140,8 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         avg_power_w=energy_j * mp.replicas * batch / token_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
-        convention=timer.convention, bottleneck=bottleneck, breakdown_cycles=breakdown,
+        convention=timer.convention, bottleneck=bottleneck,
+        bottleneck_station=slowest_station(timer, context)[0] if bottleneck else None, breakdown_cycles=breakdown,
         accelerator_breakdown_cycles=accelerator_parts(m, timer.device, context),
         embed_lookup_ms=timer.embed_lookup_s * 1e3, lm_head_ms=timer.lm_head_s * 1e3,
         energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()}, moe=moe_figures(timer, context))

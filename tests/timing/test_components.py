@@ -288,3 +288,24 @@ def test_simulate_says_idle_devices_narrow_the_switch_ports(capsys):
     head, fast = run(32)
     assert "idle" not in head and fast > slow * 1.1
     assert "idle" not in run(64)[0]  # two replicas: none idle
+
+
+def test_the_bottleneck_station_is_named(capsys):
+    """Where a station, not the ring, sets the pace, the figures name it (a large vocabulary's LM-head
+    unit; an uneven split's stage of the most blocks) and its time x the queries is the token's."""
+    from cent_serve.config import build_config
+    from cent_serve.timing.pipeline import token_figures
+    from cent_serve.timing.token import SystemTimer
+
+    assert main(["simulate", "--model", "qwen3-8b", "--devices", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bottleneck"] and out["bottleneck_station"] == "the LM-head unit"
+    assert out["token_latency_ms"] == pytest.approx(out["batch"] * out["lm_head_ms"])
+    assert main(["simulate", "--model", "qwen3-8b", "--devices", "8"]) == 0
+    assert "  bottleneck          the LM-head unit: it sets the pace" in capsys.readouterr().out
+    timer = SystemTimer.from_config(build_config("llama2-70b", devices=32, pp=32, tp=1))
+    f = token_figures(timer, 2048)
+    assert f.bottleneck_station == "stage 0 (3 blocks)"  # 80 blocks over 32 stages: 16 of 3, 16 of 2
+    assert f.token_latency_ms == pytest.approx(1e3 * f.batch * timer.stations_s(2048)[0])
+    even = token_figures(SystemTimer.from_config(build_config("llama2-70b", devices=32, pp=80, tp=1)), 2048)
+    assert not even.bottleneck and even.bottleneck_station is None
