@@ -299,6 +299,7 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
     ax.bar(range(n), share, color="tab:blue", width=0.8)
     ax.axhline(100 / n, color="black", lw=1, ls="--", label=f"even share ({100 / n:.3g}%)")
     ax.set_ylabel("routed tokens, % of all")
+    ax.set_ylim(0, 1.25 * max(share.max(initial=0.0), 100 / n))  # room above the bars for the legend
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     if busy:
@@ -314,8 +315,8 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
     last.set_xlim(-0.7, n - 0.3)
     last.set_xlabel("expert")
     note = (f"top {ex['top_k']} of {n} experts, {int(tokens.sum()):,} token-expert assignments over all blocks;\n"
-            f"busiest expert {ex['imbalance']:.2f}x the mean (the time model's router, docs/hardware_model.md "
-            "section 10)")
+            f"busiest expert {ex['imbalance']:.2f}x the mean\n(the time model's router, docs/hardware_model.md "
+            "section 10)")  # a line each: a figure of 8 experts is 7 inches wide
     axes[0, 0].set_title(f"{run_title(result.status, summary)}\n{note}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
