@@ -62,12 +62,13 @@ def pareto_figure(rows: list[dict], fields: list[str]):
         # numbered on the plot, named in the legend (close points stay legible): the front, and every point
         # when there are few enough to read
         named = front + [r for r in group if r not in front] if len(group) <= NAME_ALL_POINTS else front
+        # points that fall on one spot (a field that moves neither figure) share one label, "1,3,5"
+        for k, (spot, ks) in enumerate(_spots(named).items()):
+            ax.annotate(",".join(map(str, ks)), spot, fontsize=8, fontweight="bold" if ks[0] <= len(front) else "normal",
+                        xytext=(5, -3) if k % 2 == 0 else (-5, 3), textcoords="offset points",
+                        ha="left" if k % 2 == 0 else "right")
         for k, r in enumerate(named, 1):
-            on_front = k <= len(front)
-            ax.annotate(str(k), (r["energy_per_token_mj"], r["throughput_tok_s"]), fontsize=8,
-                        fontweight="bold" if on_front else "normal",
-                        xytext=(5, -3) if k % 2 else (-11, 3), textcoords="offset points")
-            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}" + ("" if on_front else " (off the front)"))
+            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}" + ("" if k <= len(front) else " (off the front)"))
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
@@ -75,6 +76,22 @@ def pareto_figure(rows: list[dict], fields: list[str]):
     fig.suptitle(f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
                  "and cheaper in energy)", fontsize=10)  # two lines: one panel is narrow
     return fig, axes[0]
+
+
+SPOT = 0.01
+"""Points closer than this share of both axes' spans are one spot on the Pareto plot (one label)."""
+
+
+def _spots(points: list[dict]) -> dict[tuple[float, float], list[int]]:
+    """{a spot's (energy, throughput): the 1-based numbers of `points` at it}: each point joins the
+    first spot within SPOT of the spans on both axes, else makes its own."""
+    xs, ys = [p["energy_per_token_mj"] for p in points], [p["throughput_tok_s"] for p in points]
+    dx, dy = SPOT * ((max(xs) - min(xs)) or 1.0), SPOT * ((max(ys) - min(ys)) or 1.0)
+    spots: dict[tuple[float, float], list[int]] = {}
+    for k, (x, y) in enumerate(zip(xs, ys), 1):
+        at = next((s for s in spots if abs(s[0] - x) <= dx and abs(s[1] - y) <= dy), (x, y))
+        spots.setdefault(at, []).append(k)
+    return spots
 
 
 def x_field(rows: list[dict], fields: list[str]) -> str | None:

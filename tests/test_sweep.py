@@ -12,7 +12,7 @@ from cent_serve.cli import main
 from cent_serve.config import CentConfig
 from cent_serve.config.fields import _from_dict
 from cent_serve.sweep import closed_form_figures, parse_vary
-from cent_serve.sweep_plots import pareto_front
+from cent_serve.sweep_plots import _spots, pareto_front
 
 
 def test_vary_takes_config_paths_and_short_names_and_refuses_the_malformed():
@@ -76,6 +76,20 @@ def test_a_trace_sweep_replays_the_trace_at_every_point(tmp_path):
         assert total > 1.5 * output  # sample_conv's prompts are longer than its outputs
         assert float(r["tok_s_per_usd"]) == pytest.approx(total / float(r["system_device_cost_usd"]), rel=1e-9)
     assert not (tmp_path / "pareto.png").exists()
+
+
+def test_points_on_one_spot_share_the_pareto_plots_label():
+    """Points a varied field moves in neither figure (a faster lane under a pipeline of 1.5 us hops)
+    are labelled once, "1,3", not drawn over each other; points apart keep their own."""
+    from cent_serve.sweep_plots import pareto_figure
+
+    pts = [dict(energy_per_token_mj=e, throughput_tok_s=t) for e, t in
+           [(687.2, 1189.6), (694.7, 1860.3), (687.2, 1189.58), (694.6, 1847.0)]]
+    assert _spots(pts) == {(687.2, 1189.6): [1, 3], (694.7, 1860.3): [2], (694.6, 1847.0): [4]}
+    rows = [dict(p, model_name="m", x=k) for k, p in enumerate(pts)]
+    fig, axes = pareto_figure(rows, ["x"])
+    # numbered front first, by energy: 1 (687.2, 1189.6), 2 (694.6, 1847), 3 (694.7, 1860.3); then 4, off it
+    assert sorted(t.get_text() for t in axes[0].texts) == ["1,4", "2", "3"]
 
 
 def test_the_pareto_front_is_what_nothing_beats_on_both():
