@@ -164,15 +164,29 @@ def _any_moe(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
     return base.model.is_moe or any(is_moe(v) for name, values in vary if name == "model" for v in values)
 
 
-def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] | tuple = ()) -> CentConfig:
+def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] | tuple = (),
+                 hybrid_pp: bool = False) -> CentConfig:
     """`base` with the point's values set (a model first, with `model_sets` (`model_overrides`) on
-    it: the other fields apply to it)."""
+    it: the other fields apply to it); `hybrid_pp` (`follows_tp`): a point of tp > 1 takes
+    devices // tp stages, CENT's hybrid mapping, as the pp it needs."""
     cfg = CentConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     sets = [f"{k}={v}" for k, v in point.items() if k != "model"]
+    if hybrid_pp:  # the values were checked as integers (`check_vary`)
+        tp = int(point.get("parallel.tp", base.parallel.tp))
+        if tp > 1:
+            sets.append(f"parallel.pp={max(1, int(point.get('parallel.num_devices', base.parallel.num_devices)) // tp)}")
     if "model" in point:
         cfg.model = resolve_model(point["model"])
         sets = [*model_sets, *sets]
     return apply_overrides(cfg, sets)
+
+
+def follows_tp(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
+    """Whether the points' pp follows their tp (`point_config`'s `hybrid_pp`): tp is varied and pp
+    is neither varied nor set (a flag, --set or the config file), so a tp > 1 point would have no
+    pp (0, one stage a block, is pure pipeline's)."""
+    varied = {name for name, _ in vary}
+    return "parallel.tp" in varied and "parallel.pp" not in varied and base.parallel.pp == 0
 
 
 def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
@@ -278,11 +292,14 @@ def run(args: argparse.Namespace) -> int:
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
+    hybrid_pp = follows_tp(base, vary)
+    if hybrid_pp:
+        print("points of tp > 1 run devices / tp stages (CENT's hybrid mapping): --vary pp=... to choose them")
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)
         try:
-            cfg = point_config(base, point, model_overrides(args))
+            cfg = point_config(base, point, model_overrides(args), hybrid_pp)
             if args.trace:  # a replay point runs timing only, in this process: its config says so
                 cfg.numerics, cfg.executor = "off", "local"
             # a point that cannot run keeps its model, devices and config too: what was refused, rerunnable

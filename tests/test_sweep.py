@@ -45,6 +45,22 @@ def test_a_closed_form_sweep_writes_every_point_with_its_config(tmp_path, capsys
     assert (tmp_path / "pareto.png").stat().st_size > 10_000 and (tmp_path / "tokens_per_dollar.png").stat().st_size
 
 
+def test_a_varied_tp_takes_devices_over_tp_stages_unless_pp_is_given(tmp_path, capsys):
+    """A tp > 1 point needs a pp (0, one stage a block, is pure pipeline's): varying tp alone, each
+    such point runs devices // tp stages (CENT's hybrid mapping), as its row says; a pp varied or
+    given is kept."""
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=32,64", "--vary", "tp=1,8",
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    assert "points of tp > 1 run devices / tp stages" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["devices"], r["tp"], r["pp"], r["error"]) for r in rows] == [
+        ("32", "1", "80", ""), ("32", "8", "4", ""), ("64", "1", "80", ""), ("64", "8", "8", "")]
+    assert main(["sweep", "--model", "llama2-70b", "--pp", "2", "--vary", "tp=8,16", "--out", str(tmp_path),
+                 "--no-plots"]) == 0
+    assert "points of tp > 1" not in capsys.readouterr().out
+    assert [r["pp"] for r in csv.DictReader(open(tmp_path / "sweep.csv"))] == ["2", "2"]
+
+
 def test_a_varied_model_keeps_the_model_fields_set_on_the_command_line(tmp_path, capsys):
     # as `--model NAME --set model.FIELD=V` does: the model is chosen whole, then every --set applies
     assert main(["sweep", "--devices", "32", "--seed", "7", "--vary", "model=llama2-7b,llama2-70b",
