@@ -293,6 +293,42 @@ def test_a_yaml_checkpoint_loads_its_model_as_model_does(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+def test_a_relative_yaml_checkpoint_is_the_config_files_directorys(tmp_path, monkeypatch):
+    """`checkpoint: models/m` in /x/c.yaml is /x/models/m whatever the current directory (it was
+    the current directory's, and a missing one said it had no config.json)."""
+    import shutil
+
+    from cent_serve.model.hf_config import model_config_from_hf
+
+    here = tmp_path / "x"
+    shutil.copytree(Path(__file__).parent / "data" / "hf_tiny_llama", here / "models" / "m")
+    (here / "c.yaml").write_text("model: {checkpoint: models/m}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(here / "c.yaml")
+    assert cfg.model == model_config_from_hf(here / "models" / "m", checkpoint=str(here / "models" / "m"))
+    assert load_config("x/c.yaml").model == cfg.model  # the config's path itself is the current directory's
+    (here / "c.yaml").write_text("model: {checkpoint: models/absent}\n")
+    with pytest.raises(ValueError, match=re.escape(f"model.checkpoint='models/absent': {here / 'models' / 'absent'}"
+                                                   " does not exist: give")):
+        load_config(here / "c.yaml")
+
+
+def test_a_written_config_names_its_checkpoint_absolute_and_reads_back_from_anywhere(tmp_path, monkeypatch):
+    """A results' config.json records `--model DIR` (the current directory's) absolute, so reading it
+    back (a relative path is the file's directory's) finds the same checkpoint."""
+    import shutil
+
+    from cent_serve.config import resolve_model
+
+    shutil.copytree(Path(__file__).parent / "data" / "hf_tiny_llama", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    cfg = CentConfig(model=resolve_model("m"))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    assert config_to_dict(cfg)["model"]["checkpoint"] == str(tmp_path / "m")
+    assert load_config("results/config.json").model.name == "m"
+
+
 def test_llama3_rope_needs_a_high_frequency_factor_above_the_low_one():
     with pytest.raises(ValueError, match=r"model.rope_high_freq_factor=1.0 is invalid: use more than "
                                          r"model.rope_low_freq_factor=1.0"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         server["api_key"] = REDACTED
     if isinstance(cfg, CentConfig) and cfg.on_gpus:
         data["gpu"].update(max_num_seqs=cfg.gpu.num_seqs, max_num_batched_tokens=cfg.gpu.num_batched_tokens)
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and model.get("checkpoint"):  # absolute: the file is read back from any directory
+        model["checkpoint"] = os.path.abspath(model["checkpoint"])  # (a relative path would be the file's own)
     return data
 
 
@@ -85,7 +89,9 @@ def bench_flags(bench: dict) -> str:
 
 
 def load_config(path: str | Path) -> CentConfig:
-    """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset."""
+    """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset. A relative
+    `model.checkpoint` is the config file's directory's (as docker-compose and tsconfig read paths),
+    not the current directory's."""
     import yaml
 
     try:
@@ -136,7 +142,7 @@ def load_config(path: str | Path) -> CentConfig:
     model = data.get("model")
     if isinstance(model, dict):
         try:
-            data["model"] = _model_section(model)
+            data["model"] = _model_section(model, Path(path).parent)
         except ValueError as exc:
             raise ValueError(f"config file {path}: {exc}") from None
     try:
@@ -145,16 +151,21 @@ def load_config(path: str | Path) -> CentConfig:
         raise ValueError(f"config file {path}: {exc}") from None
 
 
-def _model_section(model: dict[str, Any]) -> dict[str, Any]:
+def _model_section(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
-    loads the checkpoint's config.json, `name: PRESET` the preset; the fields given beside them
-    override. Another name is a model of one's own and needs its shape beside it (`_SHAPE_FIELDS`);
-    alone it is refused: it would only relabel the default model."""
+    loads the checkpoint's config.json (a relative DIR is `base_dir`'s, the config file's directory),
+    `name: PRESET` the preset; the fields given beside them override. Another name is a model of one's
+    own and needs its shape beside it (`_SHAPE_FIELDS`); alone it is refused: it would only relabel
+    the default model."""
     name, ckpt = model.get("name"), model.get("checkpoint")
     if ckpt is not None:
         from cent_serve.model.hf_config import model_config_from_hf
 
-        base = dataclasses.asdict(model_config_from_hf(str(ckpt)))
+        where = os.path.abspath(base_dir / os.path.expanduser(str(ckpt)))  # an absolute DIR stays itself
+        if not os.path.exists(where):
+            raise ValueError(f"model.checkpoint={ckpt!r}: {where} does not exist: give the checkpoint directory's "
+                             f"path, absolute or relative to the config file's directory ({os.path.abspath(base_dir)})")
+        base = dataclasses.asdict(model_config_from_hf(where))
         _check(name is None or name == base["name"], "model.name", name,
                f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "
                f"model.checkpoint")

@@ -112,7 +112,8 @@ class ModelConfig:
     """Seed of the random weights of a preset (same seed, same weights, on any machine), and of a mixture
     of experts' timing router (`expert_skew`), so its simulated times follow the seed too."""
     checkpoint: str | None = None
-    """Hugging Face Llama checkpoint directory; None means seeded random weights."""
+    """Hugging Face checkpoint directory; None means seeded random weights. In a config file a relative
+    path is the file's directory's (`--model DIR`'s is the current directory's)."""
 
     def is_eos(self, token: int) -> bool:
         """Whether `token` ends a generation (unless ignore_eos): the eos or one of the extra eos ids."""

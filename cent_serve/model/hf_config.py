@@ -73,6 +73,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                              f"with the file in it as config.json (e.g. mkdir m && cp {path} m/config.json)")
         path = path.parent
     cfg_file = path / "config.json"
+    if not path.exists():
+        raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
+                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
                          "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")

@@ -51,8 +51,11 @@ def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
     (out / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError, match=r"mlp\.(gate|up|down)_proj\.weight has shape"):
         load_weights(model_config_from_hf(out))
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="nowhere' does not exist: point it at"):  # not "has no config.json"
         model_config_from_hf(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty' has no config.json"):
+        model_config_from_hf(tmp_path / "empty")
     # its config.json stands for the directory (name and checkpoint as from the directory); another file is refused
     assert model_config_from_hf(out / "config.json") == model_config_from_hf(out)
     (tmp_path / "mistral_config.json").write_text(json.dumps(conf))
