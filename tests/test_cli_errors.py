@@ -338,7 +338,19 @@ def test_a_controller_of_a_fraction_of_the_channels_is_refused():
     # a third of a controller's power.
     proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
                     "--set", "device.energy.channels_per_controller=3")
-    _one_line_error(proc, "device.energy.channels_per_controller=3", "does not divide device.num_channels=32")
+    _one_line_error(proc, "device.energy.channels_per_controller=3", "does not divide device.num_channels=32",
+                    "set device.num_channels to a multiple of 3 (30 or 33) or device.energy.channels_per_controller "
+                    "to a divisor of 32 (2 or 4)")
+    assert proc.returncode == 2
+
+
+def test_channels_a_controller_cannot_share_name_the_channels_changed_and_both_fixes():
+    # --set device.num_channels=33 blamed channels_per_controller=2 (left at its default) and offered
+    # only a divisor of 33: the user changed num_channels, so it is named, with both ways out.
+    proc, _ = _cent("info", "--set", "device.num_channels=33")
+    _one_line_error(proc, "device.num_channels=33 is invalid: device.energy.channels_per_controller=2 does not "
+                    "divide it", "set device.num_channels to a multiple of 2 (32 or 34) or "
+                    "device.energy.channels_per_controller to a divisor of 33 (1 or 3)")
     assert proc.returncode == 2
 
 

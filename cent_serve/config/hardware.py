@@ -3,6 +3,7 @@ fabric (`FabricConfig`). Constants cite docs/hardware_model.md (the CENT paper, 
 artifact) by section."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from cent_serve.config.checks import _check, _check_numbers
@@ -258,10 +259,20 @@ class DeviceConfig:
         # A controller serves whole channels: its power is shared by channels_per_controller of them
         # (cent_serve.timing.energy), so a count that does not divide the channels would leave a
         # fraction of a controller.
-        per = self.energy.channels_per_controller
-        _check(self.num_channels % per == 0, "device.energy.channels_per_controller", per,
-               f"it does not divide device.num_channels={self.num_channels} (a controller serves whole "
-               f"channels): use a divisor of it, e.g. {max(d for d in (1, 2, 4) if self.num_channels % d == 0)}")
+        per, channels = self.energy.channels_per_controller, self.num_channels
+        if channels % per:  # name the one changed from its default first, and offer both fixes
+            multiples = " or ".join(str(m) for m in (channels // per * per, channels // per * per + per) if m)
+            small = [d for d in range(1, math.isqrt(channels) + 1) if channels % d == 0]
+            divisors = sorted({*small, *(channels // d for d in small)}, key=lambda d: (abs(d - per), d))
+            near = " or ".join(str(d) for d in sorted(divisors[:2]))
+            both = (f"set device.num_channels to a multiple of {per} ({multiples}) or "
+                    f"device.energy.channels_per_controller to a divisor of {channels} ({near})")
+            if per == EnergyConfig.channels_per_controller and channels != DeviceConfig.num_channels:
+                _check(False, "device.num_channels", channels,
+                       f"device.energy.channels_per_controller={per} does not divide it (a controller serves whole "
+                       f"channels): {both}")
+            _check(False, "device.energy.channels_per_controller", per,
+                   f"it does not divide device.num_channels={channels} (a controller serves whole channels): {both}")
 
 
 @dataclass
