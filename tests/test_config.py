@@ -111,6 +111,21 @@ def test_cli_info_says_the_kv_room_the_scheduler_admits_against(capsys):
     assert "pp=8 tp=1; KV room 233,424 tokens a replica (14,589 blocks of 16), 2 replicas; numerics" in out
 
 
+def test_cli_info_kv_per_token_counts_the_kv_heads_tp_replicates(capsys):
+    """tiny has 2 KV heads: at tp=4 each is held by 2 devices, as the KV room counts them, but the
+    per-token line said 2,048 bytes "on the devices", the model's figure (by hand: 2 x 8 blocks x 2
+    heads x 32 x 2 B = 2,048; stored 2 x 8 blocks x 4 heads x 32 x 2 B = 4,096)."""
+    assert main(["info", "--model", "tiny", "--devices", "8", "--pp", "2", "--tp", "4"]) == 0
+    out = capsys.readouterr().out
+    assert ("kv cache     2,048 bytes per token of the model, 4,096 stored on the devices (tp=4 over 2 KV heads: "
+            "each held by 2 devices)") in out
+    assert main(["info", "--model", "tiny", "--devices", "8", "--pp", "2", "--tp", "4", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["kv_bytes_per_token"], info["kv_stored_bytes_per_token"]) == (2048, 4096)
+    assert main(["info", "--model", "tiny", "--devices", "8", "--pp", "4", "--tp", "2"]) == 0  # no replica
+    assert "kv cache     2,048 bytes per token on the devices\n" in capsys.readouterr().out
+
+
 def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
     assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:8", "--set", "gpu.tp=4"]) == 0
     out = capsys.readouterr().out

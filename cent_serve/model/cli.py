@@ -90,15 +90,18 @@ def run_info(args: argparse.Namespace) -> int:
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
-    kv_room = None
+    kv_room = kv_stored = None
     if refusal is None and not cfg.on_gpus:  # what the scheduler admits against: each replica's KV blocks
         from cent_serve.scheduler import kv_blocks_per_replica
-        from cent_serve.timing.mapping import resolve_mapping
+        from cent_serve.timing.mapping import device_kv_bytes_per_token, resolve_mapping
 
         mp = resolve_mapping(m, cfg.parallel, cfg.device)
         blocks = kv_blocks_per_replica(cfg, mp)
         kv_room = dict(blocks=blocks, block_tokens=cfg.scheduler.kv_block_tokens,
                        tokens=blocks * cfg.scheduler.kv_block_tokens, replicas=mp.replicas)
+        # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
+        kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
+                        for d in {d for s in mp.stages for d in s.device_ids})
     out = {
         "config": config_to_dict(cfg),
         "experts": experts,
@@ -107,6 +110,7 @@ def run_info(args: argparse.Namespace) -> int:
         "param_count": m.param_count(),
         "weight_bytes": m.weight_bytes(),
         "kv_bytes_per_token": m.kv_bytes_per_token(),
+        "kv_stored_bytes_per_token": kv_stored,  # on a replica's devices, replicated KV heads included
         "numerics": cfg.resolved_numerics,
         "runnable": refusal is None,
         "refusal": refusal,
@@ -134,7 +138,15 @@ def _print_info(cfg, out: dict) -> None:
     host = f"; full numerics' host copy {m.param_count() * 4 / 2**30:.3f} GiB of float32" \
         if cfg.resolved_numerics == "full" else ""
     print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{host}){active}")
-    print(f"kv cache     {m.kv_bytes_per_token() // 2 * size:,} bytes per token {where.split(' at ')[0]}")
+    logical = m.kv_bytes_per_token() // 2 * size
+    stored = out.get("kv_stored_bytes_per_token") or logical
+    if stored == logical:
+        print(f"kv cache     {logical:,} bytes per token {where.split(' at ')[0]}")
+    else:  # KV heads fewer than tp are replicated: the KV room below is of what is stored, so say both
+        tp, heads = cfg.parallel.tp, m.num_kv_heads
+        held = f"each held by {tp // heads} devices" if tp % heads == 0 else "some held by several devices"
+        print(f"kv cache     {logical:,} bytes per token of the model, {stored:,} stored on the devices "
+              f"(tp={tp} over {heads} KV heads: {held})")
     if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
         from cent_serve.gpu.timing import GpuTimer
         try:
