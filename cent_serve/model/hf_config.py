@@ -45,6 +45,40 @@ def _check_qwen_window(hf: dict, num_layers: int, context: int, per_block: bool)
                 f"sequence stays within {window} tokens)")
 
 
+_IGNORED_BY = {"llama": "LlamaForCausalLM ignores it and windows no block",
+               "mixtral": "MixtralForCausalLM ignores it and windows every block"}
+"""What transformers does with the `layer_types` of a family whose config has none."""
+
+
+def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, window: int) -> int:
+    """The window of a Llama, Mistral or Mixtral config.json with `layer_types` (`window` without).
+    transformers reads a Mistral's as Ministral's (AutoConfig: a window on the blocks it names
+    "sliding_attention" only), so a Mistral's on no block is full attention; Llama and Mixtral
+    ignore theirs. The reference model windows every block or none: a list mixing the two whose
+    window hides keys within `context` is refused, as is a kind of block that is not modelled."""
+    types = hf.get("layer_types")
+    if types is None:
+        return window
+    kinds = ("full_attention", "sliding_attention")
+    odd = sorted({str(t) for t in types} - set(kinds)) if isinstance(types, list) else [types]
+    if odd:
+        _refuse("layer_types", odd[0] if len(odd) == 1 else odd, f"a list of {' and '.join(kinds)} blocks is "
+                "modelled (other kinds of attention are not): fix the list, or remove layer_types")
+    if len(types) != num_layers:
+        raise ValueError(f"model.checkpoint: layer_types names {len(types)} blocks, not num_hidden_layers="
+                         f"{num_layers}: give one entry a block (transformers requires it), or remove layer_types")
+    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    size = hf.get("sliding_window") if arch == "llama" else window  # a Llama's window is never applied
+    hides = isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < context
+    if 0 < len(sliding) < num_layers and hides:
+        fix = ("make every entry sliding_attention for the window on every block, or full_attention for none"
+               if arch == "mistral" else f"remove layer_types ({_IGNORED_BY[arch]}, as cent then does)")
+        _refuse("layer_types", f"{len(sliding)} sliding_attention, {num_layers - len(sliding)} full_attention",
+                f"sliding_window={size} on {len(sliding)} of {num_layers} blocks (from block {sliding[0]}) is not "
+                f"modelled (a window on every block or none is): {fix}")
+    return 0 if arch == "mistral" and not sliding else window
+
+
 def json_object(file: Path, field: str, alternative: str) -> dict:
     """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
     (fix the file, `alternative`)."""
@@ -234,6 +268,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **scaling,
         **moe,
     )
+    if arch in ("llama", "mistral", "mixtral"):  # their layer_types, within the context served
+        context = overrides.get("max_seq_len", fields["max_seq_len"])
+        fields["sliding_window"] = _layer_types_window(hf, arch, fields["num_layers"], context, fields["sliding_window"])
     fields.update(overrides)
     if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none. Within the
         # context served (a yarn rope's, --set model.max_seq_len's)

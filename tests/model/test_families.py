@@ -202,6 +202,34 @@ def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_i
 
 
 
+@pytest.mark.parametrize("family", ["mistral", "mixtral", "llama3"])
+def test_layer_types_mixing_full_and_sliding_attention_is_refused_where_the_window_would_hide_keys(
+        tmp_path, capsys, family):
+    """A Mistral config.json with layer_types mixing full and sliding attention (transformers reads it
+    as Ministral's: a window on the sliding blocks only) was accepted and the window put on every
+    block; Llama's and Mixtral's were accepted silently too (their transformers classes ignore the
+    list). The reference model windows every block or none: a mix whose window hides keys is refused
+    in one line; a uniform list, or a window past the context, runs."""
+    base = json.loads((ROOT / family / "config.json").read_text())
+    mixed = {**base, "sliding_window": 8, "layer_types": ["full_attention", "sliding_attention"]}
+    (tmp_path / "config.json").write_text(json.dumps(mixed))
+    with pytest.raises(ValueError, match=r"layer_types='1 sliding_attention, 1 full_attention' is not supported: "
+                                         r"sliding_window=8 on 1 of 2 blocks \(from block 1\)"):
+        model_config_from_hf(tmp_path)
+    assert main(["info", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "layer_types=" in err
+    window = 8 if family != "llama3" else 0  # a Llama has no window; Mixtral's applies to every block
+    for types, expect in ((["sliding_attention"] * 2, window), (["full_attention"] * 2, window if family != "mistral" else 0)):
+        (tmp_path / "config.json").write_text(json.dumps({**mixed, "layer_types": types}))
+        assert model_config_from_hf(tmp_path).sliding_window == expect, types
+    (tmp_path / "config.json").write_text(json.dumps({**mixed, "sliding_window": 256}))  # past the context: runs
+    assert model_config_from_hf(tmp_path).max_seq_len <= 256
+    (tmp_path / "config.json").write_text(json.dumps({**mixed, "layer_types": ["full_attention", "chunked_attention"]}))
+    with pytest.raises(ValueError, match="layer_types='chunked_attention' is not supported"):
+        model_config_from_hf(tmp_path)
+
+
 def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp_path, capsys):
     """`cent info --model DIR` refuses what `cent serve` refuses, in the same line and exit code 2,
     and says "runs yes" of a window that hides no key (serve starts on it: not run here)."""
