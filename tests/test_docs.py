@@ -183,3 +183,15 @@ def test_docs_cite_only_files_in_the_repo(path):
     for cited in REPO_PATH.findall(text):
         cited = cited.rstrip(".,;:)")
         assert (ROOT / cited).exists(), f"{path.relative_to(ROOT)} cites {cited}, which does not exist"
+
+
+def test_gpu_model_md_gives_each_kinds_power_as_the_code_does():
+    """docs/gpu_model.md said the A100 PCIe card takes the SXM4's fractions (293 / 400 of its 300 W:
+    220 W), but the code gives it the measured 293 W (293 / 300), as the SXM4's: the watts each kind
+    draws are stated, from the code's own figures."""
+    from cent_serve.gpu.kinds import GPU_KINDS
+
+    text = " ".join((ROOT / "docs" / "gpu_model.md").read_text().split())
+    said = ", ".join(f"`{k.name}` {k.board_power_w * k.power_fraction:.0f} W" for k in GPU_KINDS.values())
+    assert f"(`board_power x power_fraction`): {said}" in text
+    assert "take the A100 SXM4's fractions" not in text
