@@ -195,3 +195,20 @@ def test_gpu_model_md_gives_each_kinds_power_as_the_code_does():
     said = ", ".join(f"`{k.name}` {k.board_power_w * k.power_fraction:.0f} W" for k in GPU_KINDS.values())
     assert f"(`board_power x power_fraction`): {said}" in text
     assert "take the A100 SXM4's fractions" not in text
+
+
+def test_hardware_model_md_says_how_to_get_a_blocks_energy_by_operation():
+    """Section 8 named `block_energy_by_op_j` beside `cent simulate --json` as if the command gave it;
+    it is a Python function only: the section's example runs as written and gives its figures."""
+    from cent_serve.timing.energy import OPS, block_energy_j
+
+    section = re.split(r"^## ", (DOCS / "hardware_model.md").read_text(), flags=re.M)
+    section = next(part for part in section if part.startswith("8."))
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(code) == 1 and "block_energy_by_op_j(timer, 2048)" in code[0]
+    ns: dict = {}
+    exec(compile(code[0], "docs/hardware_model.md section 8", "exec"), ns)
+    by_op = ns["by_op"]
+    assert tuple(by_op) == OPS and sum(by_op.values()) == pytest.approx(block_energy_j(ns["timer"], 2048))
+    assert f'"qkvo": {by_op["qkvo"]:.2e}' in code[0] and f'"ffn": {by_op["ffn"]:.2e}' in code[0]
+    assert f'"background": {by_op["background"]:.2e}' in code[0]
