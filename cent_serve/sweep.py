@@ -208,8 +208,14 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
     from cent_serve.bench.cli import select_requests
     from cent_serve.bench.runner import ZeroTokens
 
+    from cent_serve.bench.readers import LengthsOnlyError
+
     try:
         fmt = args.trace_format or detect_format(resolve_trace(args.trace))
+    except LengthsOnlyError as exc:
+        raise ValueError(f"--trace {args.trace}: {exc.what}: cent sweep --trace needs arrivals; draw synthetic "
+                         "requests' lengths from it with cent bench run --synthetic poisson --rate R --num-requests N "
+                         f"--lengths-from {args.trace}") from None
     except ParamError as exc:  # a header of no format: worded with this command's --format
         raise ValueError(exc.render(CLI_FLAGS)) from None
     if fmt == "sharegpt":  # its counts need a tokenizer, which a varied model changes

@@ -214,6 +214,19 @@ def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_a_csv_of_lengths_only_is_refused_with_where_it_fits(tmp_path, capsys):
+    """A Vidur length trace (no arrival column) has no arrivals to sweep: say so, and that cent bench's
+    --lengths-from takes it."""
+    lengths = tmp_path / "lengths.csv"
+    lengths.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n100,20,120,5.0\n")
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--trace", str(lengths),
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "the file has lengths only" in err and "cent bench run --synthetic poisson" in err
+    assert f"--lengths-from {lengths}" in err and "TraceLengths" not in err
+
+
 def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, capsys):
     huge = tmp_path / "huge.csv"
     huge.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,100000,10\n1,100,10\n")

@@ -109,7 +109,9 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
                           "LO..HI (default 128)")
     src.add_argument("--lengths-from", metavar="TRACE",
                      help="--synthetic without --trace: draw each request's (prompt, output) lengths from a trace's "
-                          "rows (a file or shipped name, as --trace), keeping how they go together")
+                          "rows (a file or shipped name, as --trace), keeping how they go together; a CSV of "
+                          "lengths only (no arrival column, e.g. Vidur's num_prefill_tokens, num_decode_tokens) "
+                          "will do")
 
 
 def _length(text: str) -> int | tuple[int, int]:
@@ -167,9 +169,13 @@ def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") ->
     its parameters, rephrased here with the flags that set them (`errors.CLI_FLAGS`; the rate
     is `rate_flag`'s, e.g. --rates for a sweep)."""
     from cent_serve.bench.errors import CLI_FLAGS, ParamError
+    from cent_serve.bench.readers import LengthsOnlyError
 
     try:
         requests, recorded = _select(args, cfg)
+    except LengthsOnlyError as exc:  # only --trace's: --lengths-from reads such a file
+        raise ValueError(f"--trace {args.trace}: {exc.what}: use it with --synthetic poisson --rate R "
+                         f"--num-requests N --lengths-from {args.trace}") from None
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
     assert requests, recorded  # an empty file, and a --start-s past its end, are refused as it is read
@@ -227,8 +233,13 @@ def _lengths(args: argparse.Namespace):
 
     if args.lengths_from is not None:
         from cent_serve.bench import detect_format
+        from cent_serve.bench.readers import LengthsOnlyError
         source = resolve_trace(args.lengths_from, "--lengths-from")
-        if detect_format(source) == "sharegpt":  # its lengths need the model's tokenizer over every text
+        try:
+            fmt = detect_format(source)
+        except LengthsOnlyError:  # lengths and no arrivals (Vidur's length traces): all this needs
+            fmt = None
+        if fmt == "sharegpt":  # its lengths need the model's tokenizer over every text
             raise ValueError(f"--lengths-from {args.lengths_from} is ShareGPT, which has no token counts: give a trace "
                              "with them (Vidur, Azure, BurstGPT CSV, Mooncake JSONL)")
         return TraceLengths.from_trace(source)

@@ -128,6 +128,25 @@ class CsvLayout:
     def columns(self) -> tuple[str, str, str]:
         return self.time_col, self.prompt_col, self.output_col
 
+    @property
+    def length_columns(self) -> tuple[str, str]:
+        return self.prompt_col, self.output_col
+
+
+class LengthsOnlyError(ParamError):
+    """A CSV with a format's length columns and no time column (e.g. Vidur's length traces,
+    `num_prefill_tokens, num_decode_tokens, num_total_tokens, pd_ratio`): lengths for synthetic
+    arrivals (`TraceLengths.from_trace` reads them), not a trace to replay. `what` says so in a
+    few words, for a caller that words its own fix (`cent bench --trace`: use --lengths-from)."""
+
+    def __init__(self, path: Path, line: int, fmt: str) -> None:
+        layout = CSV_LAYOUTS[fmt]
+        self.fmt = fmt
+        self.what = (f"the file has lengths only ({fmt}'s {', '.join(layout.length_columns)}), no arrival "
+                     f"column {layout.time_col!r}")
+        super().__init__(f"{path}:{line}: {self.what}: draw synthetic requests' lengths from it with "
+                         f"TraceLengths.from_trace, or add the {layout.time_col!r} column to replay it")
+
 
 ID_COLUMN = "request_id"
 """A CSV trace's optional column of its own request ids (rows without one are named by their index)."""
@@ -197,6 +216,15 @@ def _csv_format_of(names: list[str]) -> str | None:
     return None
 
 
+def _lengths_only_format(names: list[str]) -> str | None:
+    """The format whose length columns, and not its time column, the header holds (any case)."""
+    for fmt, layout in CSV_LAYOUTS.items():
+        held = set(_as_layout_names(names, layout))
+        if set(layout.length_columns) <= held and layout.time_col not in held:
+            return fmt
+    return None
+
+
 def _as_layout_names(names: list[str], layout) -> list[str]:
     """The header with every name that is one of `layout`'s columns (or the id column) but for its
     case spelled as the layout spells it (`Arrived_At` is `arrived_at`); a name spelled exactly is kept."""
@@ -210,20 +238,28 @@ def sniff_csv_format(path: Path) -> str:
         reader = csv.reader(f)
         header = _header(path, reader)
     fmt = _csv_format_of(header)
+    if fmt is None and _lengths_only_format(header) is not None:
+        raise LengthsOnlyError(path, reader.line_num, _lengths_only_format(header))
     if fmt is None:
         raise ParamError(f"{path}:{reader.line_num}: header {header!r} matches no trace format: expected the "
                          f"columns of one of ({_known_layouts()}), or name the format with {{fmt=}}")
     return fmt
 
 
-def read_csv(path: Path, fmt: str) -> Iterator[Request]:
-    """Requests of a `vidur`, `azure` or `burstgpt` CSV, in file order (blank lines skipped)."""
+def read_csv(path: Path, fmt: str, lengths_only: bool = False) -> Iterator[Request]:
+    """Requests of a `vidur`, `azure` or `burstgpt` CSV, in file order (blank lines skipped).
+    `lengths_only`: the file may lack the time column (`LengthsOnlyError` without it), every
+    request then arriving at 0 (for `TraceLengths`, which takes only the lengths)."""
     layout = CSV_LAYOUTS[fmt]
     parse_time = layout.make_time_parser()
     with open_text(path, newline="") as f:
         reader = csv.reader(f)
         names = _as_layout_names(_header(path, reader), layout)
         missing = [c for c in layout.columns if c not in names]
+        if missing == [layout.time_col] and (lengths_only or _csv_format_of(names) is None):
+            if not lengths_only:
+                raise LengthsOnlyError(path, reader.line_num, fmt)
+            missing = []
         if missing:
             other = _csv_format_of(names)
             fix = (f"it is a {other} header: give {other} as the format ({{fmt}}), or {{none}} to detect it"
@@ -231,7 +267,7 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                                  "detect it)")
             raise ParamError(f"{path}:{reader.line_num}: the header lacks the {fmt} column(s) "
                              f"{', '.join(map(repr, missing))}: {fix}")
-        cols = [(names.index(c), c) for c in layout.columns]
+        cols = [(names.index(c) if c in names else None, c) for c in layout.columns]
         i_id = names.index(ID_COLUMN) if ID_COLUMN in names else None
         ids = _UniqueIds()
         first: tuple[float, float] | None = None
@@ -250,7 +286,7 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                                      "one value per column (quote a value that holds a comma)")
                 (i_time, c_time), (i_prompt, c_prompt), (i_output, c_output) = cols
                 try:
-                    whole, frac = parse_time(fields[i_time])
+                    whole, frac = (0, 0.0) if i_time is None else parse_time(fields[i_time])
                 except ValueError:
                     raise _bad(where, c_time, fields[i_time], f"use {layout.time_example}") from None
                 try:
@@ -265,7 +301,7 @@ def read_csv(path: Path, fmt: str) -> Iterator[Request]:
                 arrival_s = (whole - first[0]) + (frac - first[1])
                 if arrival_s < previous_s:
                     raise _earlier(where, c_time, fields[i_time], previous_text, "row")
-                previous_s, previous_text = arrival_s, fields[i_time]
+                previous_s, previous_text = arrival_s, "" if i_time is None else fields[i_time]
                 own = fields[i_id].strip() if i_id is not None else ""
                 yield Request(ids.take(own or str(row), row), arrival_s, num_prompt, num_output,
                               trace_arrival_s=whole + frac)

@@ -12,7 +12,7 @@ changing the length distribution leaves the arrival times alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.bench.errors import ParamError
+from cent_serve.bench.readers import LengthsOnlyError, read_csv
 from cent_serve.bench.request import Request
 from cent_serve.bench.traces import TraceOptions, apply_options, load_trace
 
@@ -144,9 +145,19 @@ class TraceLengths:
     @classmethod
     def from_trace(cls, path: str | Path, fmt: str | None = None,
                    options: TraceOptions | None = None, **load_kwargs) -> TraceLengths:
-        """The lengths of a trace file read with `load_trace` (clipping options apply)."""
+        """The lengths of a trace file read with `load_trace` (clipping options apply), or of a CSV
+        that has a format's length columns and no time column (Vidur's length traces, e.g.
+        `num_prefill_tokens, num_decode_tokens, num_total_tokens, pd_ratio`): only lengths are taken."""
+        try:
+            return cls._of(load_trace(path, fmt, options, **load_kwargs))
+        except LengthsOnlyError as exc:  # raised at the header, before any row
+            return cls._of(apply_options(lambda: read_csv(Path(path), exc.fmt, lengths_only=True),
+                                         options or TraceOptions(), source=str(path)))
+
+    @classmethod
+    def _of(cls, requests: Iterable[Request]) -> TraceLengths:
         prompt, output = [], []
-        for req in load_trace(path, fmt, options, **load_kwargs):
+        for req in requests:
             prompt.append(req.num_prompt_tokens)
             output.append(req.num_output_tokens)
         return cls(np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64))

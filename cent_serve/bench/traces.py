@@ -2,7 +2,9 @@
 
 Formats, in the column layout their publishers ship (docs/serving.md):
 
-- `vidur`: CSV `arrived_at, num_prefill_tokens, num_decode_tokens`, seconds.
+- `vidur`: CSV `arrived_at, num_prefill_tokens, num_decode_tokens`, seconds. A CSV with a format's
+  length columns and no time column (Vidur's length traces) is refused here (`LengthsOnlyError`):
+  `TraceLengths.from_trace` takes its lengths for synthetic arrivals.
 - `azure`: CSV `TIMESTAMP, ContextTokens, GeneratedTokens`, datetimes such as
   `2023-11-16 18:15:46.6805900` (2023) or `2024-05-10 00:00:00.009930+00:00` (2024): any number
   of fractional digits, a zone or none (read as UTC).

@@ -123,6 +123,7 @@ TRACES = {  # name -> contents, for the flag and file errors below
     "unsorted.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,8,4\n0.5,8,4\n0.0,8,4\n",
     "two.jsonl": '{"timestamp": 0, "input_length": 8, "output_length": 4}\n'
                  '{"timestamp": 500, "input_length": 8, "output_length": 4}\n',
+    "lengths.csv": "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n100,20,120,5.0\n30,3,33,10.0\n",
     "conv.json": json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "hi"},
                                                            {"from": "gpt", "value": "hello"}]}]),
 }
@@ -192,6 +193,12 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
      "--lengths-from {dir}/conv.json is ShareGPT, which has no token counts"),
     ("run", ["--synthetic", "poisson", "--rate", "2", "--num-requests", "3", "--lengths-from", "nowhere.csv"],
      "--lengths-from 'nowhere.csv' is neither a file nor a shipped trace"),
+    # a CSV of lengths only (Vidur's length traces) is --lengths-from's, not a trace to replay
+    ("run", ["--trace", "lengths.csv"], "--trace {dir}/lengths.csv: the file has lengths only (vidur's "
+     "num_prefill_tokens, num_decode_tokens), no arrival column 'arrived_at': use it with --synthetic poisson "
+     "--rate R --num-requests N --lengths-from {dir}/lengths.csv"),
+    ("compare", ["--trace", "lengths.csv", "--format", "vidur"], "--trace {dir}/lengths.csv: the file has lengths "
+     "only (vidur's num_prefill_tokens, num_decode_tokens), no arrival column 'arrived_at': use it with --synthetic"),
     ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale 2 would lengthen the "
      "prompts of --trace {dir}/conv.json (sharegpt), which are their own text: use a scale of at most 1"),
     ("run", ["--trace", "one.csv", "--output-scale", "0"], "--output-scale=0.0 is invalid: use a finite factor > 0"),
@@ -207,6 +214,18 @@ def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, comma
     assert len(lines) == 1 and lines[0].startswith("cent bench: error: "), lines
     assert expected.format(dir=tmp_path) in lines[0]
     assert not any(re.search(rf"\b{name}\b", lines[0]) for name in PYTHON_NAMES), lines[0]
+
+
+def test_lengths_from_takes_a_csv_of_lengths_only(tmp_path):
+    """Vidur's length traces (e.g. arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv) have no
+    arrival column: --lengths-from needs only the lengths, and took none of them."""
+    (tmp_path / "lengths.csv").write_text(TRACES["lengths.csv"])
+    assert main(["bench", "run", "--numerics", "off", "--synthetic", "poisson", "--rate", "2", "--num-requests", "6",
+                 "--lengths-from", str(tmp_path / "lengths.csv"), "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert {(int(r["num_prompt_tokens"]), int(r["num_output_tokens"])) for r in rows} <= {(100, 20), (30, 3)}
 
 
 def test_a_gzipped_trace_replays_and_unreadable_ones_are_one_line(tmp_path, capsys):

@@ -80,6 +80,18 @@ def test_trace_lengths_draw_whole_rows_and_leave_arrivals_alone():
     assert {(r.num_prompt_tokens, r.num_output_tokens) for r in fixed} == {(7, 9)}
 
 
+def test_trace_lengths_read_a_csv_of_lengths_only(tmp_path):
+    """Vidur's length traces (`num_prefill_tokens, num_decode_tokens, num_total_tokens, pd_ratio`, no
+    arrival column) give lengths; `load_trace` still refuses them, naming what they lack."""
+    path = tmp_path / "lengths.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n100,20,120,5.0\n30,3,33,10\n")
+    lengths = TraceLengths.from_trace(path, options=TraceOptions(max_prompt_tokens=64))
+    assert lengths.prompt_tokens.tolist() == [64, 30] and lengths.output_tokens.tolist() == [20, 3]
+    assert TraceLengths.from_trace(path, "vidur").prompt_tokens.tolist() == [100, 30]
+    with pytest.raises(ValueError, match="lengths only .*no arrival column 'arrived_at'"):
+        list(load_trace(path))
+
+
 def test_options_apply_to_synthetic_traces():
     reqs = list(synthetic_trace(100, 1.0, lengths=FixedLengths(300, 50), seed=5,
                                 options=TraceOptions(skip_requests=10, num_requests=20,
