@@ -52,6 +52,13 @@ def _stdout_gone() -> bool:
         return False
 
 
+UNKNOWN_FLAG_HINTS = {
+    ("simulate", "--trace"): "cent simulate is the closed form of one workload; to replay a trace use cent bench run "
+                             "--trace FILE (or cent bench compare for CENT vs GPUs)",
+}
+"""(command, flag) -> what to do instead, added to the error for a flag the command does not take."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
     run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
@@ -59,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # named by the subcommand they were given to, not by `cent`
         command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None),
                                          getattr(args, "action", None))))
-        _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)")
+        hints = [UNKNOWN_FLAG_HINTS[command, flag] for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
+                 if (command, flag) in UNKNOWN_FLAG_HINTS]
+        _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)"
+               + "".join(f"; {hint}" for hint in hints))
         return 2
     try:
         code = int(args.func(args) or 0)

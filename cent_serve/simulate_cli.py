@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="CENT token latency, throughput, energy (closed form)",
                        description="Closed-form CENT model (docs/hardware_model.md): one context length with "
                                    "--seqlen, the paper's phases with --prompt/--decode, or every "
-                                   "mapping with --sweep.")
+                                   "mapping with --sweep; --hardware gpu:KIND:N models GPUs instead (the "
+                                   "--prompt/--decode phases). One workload, no trace: to replay a trace use "
+                                   "cent bench run --trace FILE (cent bench compare for CENT vs GPUs).")
     add_config_args(p)
     p.add_argument("--seqlen", type=int, help=f"context length of one token (default {DEFAULT_SEQLEN})")
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")

@@ -271,6 +271,11 @@ def test_the_papers_workloads_keep_the_artifacts_plain_mean_float_for_float(mode
     (["bench", "run", "--bogus-flag"], "cent bench run: error: unrecognized arguments: --bogus-flag (see cent bench run"),
     (["serve", "--clock", "warp"], "cent serve: error: argument --clock: invalid choice: 'warp'"),
     (["simulate", "--devices", "x"], "cent simulate: error: argument --devices: invalid int value: 'x' (see cent"),
+    # simulate has no trace: the line says where one replays
+    (["simulate", "--trace", "my.csv"], "cent simulate: error: unrecognized arguments: --trace my.csv (see cent "
+     "simulate --help); cent simulate is the closed form of one workload; to replay a trace use cent bench run "
+     "--trace FILE (or cent bench compare for CENT vs GPUs)"),
+    (["simulate", "--trace=my.csv"], "to replay a trace use cent bench run --trace FILE"),
 ])
 def test_argument_errors_are_one_line_naming_the_subcommand(args, says, capsys):
     from cent_serve.cli import main
