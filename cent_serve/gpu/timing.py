@@ -97,11 +97,22 @@ class GpuTimer:
                               f"the model's {m.num_kv_heads} KV heads, nor is it a multiple of them"),
                              (width % self.tp, f"the MLP's width of {width}")):
             if splits:
-                fits = [t for t in range(1, self.tp) if not m.num_heads % t and not width % t
-                        and (not m.num_kv_heads % t or not t % m.num_kv_heads)]
-                raise ValueError(f"gpu.tp={self.tp} does not divide {what} (a tensor-parallel group splits them, as "
-                                 f"vLLM does): use a tp such as {fits[-1]}, e.g. --set gpu.tp={fits[-1]} with a "
-                                 "multiple of it GPUs")
+                def fits(t: int) -> bool:
+                    return (not m.num_heads % t and not width % t
+                            and (not m.num_kv_heads % t or not t % m.num_kv_heads))
+                below = max(t for t in range(1, self.tp) if fits(t))
+                origin = ""
+                if g.tp:  # the user's tp
+                    fix = (f"use a tp such as {below}, e.g. --set gpu.tp={below} with gpu.count a multiple of "
+                           f"tp x pp = {below * self.pp}")
+                else:  # tp is the count over the stages: the count is what to change
+                    above = next((t for t in range(self.tp + 1, m.num_heads + 1) if fits(t)), None)
+                    counts = " or :".join(str(t * self.pp) for t in (below, above) if t is not None)
+                    stages = f" over gpu.pp={self.pp} stages" if self.pp > 1 else ""
+                    origin = f" (the GPUs of --hardware {cfg.hardware}{stages})"
+                    fix = f"use --hardware gpu:{g.kind}:{counts}"
+                raise ValueError(f"gpu.tp={self.tp}{origin} does not divide {what} (a tensor-parallel group splits "
+                                 f"them, as vLLM does): {fix}")
         base, extra = divmod(m.num_layers, self.pp)
         layers = tuple(base + (i < extra) for i in range(self.pp))
         self.mapping = GpuMapping(g.kind, g.count, self.pp, self.tp, g.replicas, layers)

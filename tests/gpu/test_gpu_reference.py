@@ -141,7 +141,7 @@ def test_tensor_parallel_beyond_the_kv_heads_copies_them():
     t = GpuTimer(CentConfig(model=model_preset("llama2-70b"), numerics="off",
                             gpu=GpuConfig(kind="a100-80gb", count=16)))
     assert t.kv_bytes_per_token(0) == 80 * 2 * 1 * 128 * 2
-    with pytest.raises(ValueError, match="gpu.tp=3 does not divide the model's 32 attention heads"):
+    with pytest.raises(ValueError, match=r"gpu.tp=3 \(the GPUs of --hardware gpu:a100-80gb:3\) does not divide the model's 32 attention heads"):
         GpuTimer(CentConfig(model=model_preset("llama2-7b"), numerics="off", gpu=GpuConfig(count=3)))
 
 

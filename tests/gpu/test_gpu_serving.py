@@ -270,12 +270,41 @@ def test_cent_flags_on_gpus_are_named_not_checked_against_the_model(caplog):
 def test_gpu_tensor_parallel_splits_what_vllm_splits(model, tp, says):
     """vLLM's tensor parallelism needs tp to divide the query heads, the MLP's width, and the KV heads
     or be a multiple of them; only the query heads were checked (qwen2.5-7b ran at tp 7)."""
-    with pytest.raises(ValueError, match=says + r".*use a tp such as \d+"):
+    with pytest.raises(ValueError, match=says.replace(" does", rf" \(the GPUs of --hardware gpu:a100-80gb:{tp}\) does")
+                       + r".*use --hardware gpu:a100-80gb:\d+"):
         GpuTimer(_gpu_cfg(model=model_preset(model), count=tp, numerics="off"))
+    with pytest.raises(ValueError, match=says + r".*use a tp such as \d+"):
+        GpuTimer(_gpu_cfg(model=model_preset(model), count=tp, tp=tp, numerics="off"))
     m = dataclasses.replace(model_preset("tiny"), intermediate_size=690)  # heads divide by 4, the width does not
-    with pytest.raises(ValueError, match="gpu.tp=4 does not divide the MLP's width of 690.*gpu.tp=2"):
+    with pytest.raises(ValueError, match="does not divide the MLP's width of 690.*--hardware gpu:a100-80gb:2$"):
         GpuTimer(_gpu_cfg(model=m, count=4, numerics="off"))
     assert GpuTimer(_gpu_cfg(model=model_preset("tiny"), count=4, numerics="off")).tp == 4  # 2 KV heads, copied
+
+
+@pytest.mark.parametrize("args, says", [
+    # tp from --hardware's count: the nearest counts that fit, as the flag takes them
+    (["simulate", "--hardware", "gpu:a100-80gb:3"], "gpu.tp=3 (the GPUs of --hardware gpu:a100-80gb:3) does not "
+     "divide the model's 64 attention heads (a tensor-parallel group splits them, as vLLM does): use --hardware "
+     "gpu:a100-80gb:2 or :4"),
+    (["simulate", "--hardware", "gpu:a100-80gb:6", "--set", "gpu.pp=2"], "gpu.tp=3 (the GPUs of --hardware "
+     "gpu:a100-80gb:6 over gpu.pp=2 stages) does not divide the model's 64 attention heads (a tensor-parallel group "
+     "splits them, as vLLM does): use --hardware gpu:a100-80gb:4 or :8"),
+    (["bench", "compare", "--devices", "32", "--gpu", "a100-80gb:3"], "gpu.tp=3 (the GPUs of --gpu a100-80gb:3) "
+     "does not divide the model's 64 attention heads (a tensor-parallel group splits them, as vLLM does): use --gpu "
+     "a100-80gb:2 or :4"),
+    # the user's own tp: another tp, and the counts it takes
+    (["simulate", "--hardware", "gpu:a100-80gb:6", "--set", "gpu.tp=6"], "gpu.tp=6 does not divide the model's 64 "
+     "attention heads (a tensor-parallel group splits them, as vLLM does): use a tp such as 4, e.g. --set gpu.tp=4 "
+     "with gpu.count a multiple of tp x pp = 4"),
+])
+def test_a_tp_that_splits_no_heads_names_the_flag_that_set_it(args, says, capsys, tmp_path):
+    """A tp taken from --hardware gpu:KIND:N's count was fixed with --set gpu.tp, which the user never gave,
+    "with a multiple of it GPUs"; the fix is the nearest counts that fit."""
+    from cent_serve.cli import main
+    assert main([*args, "--model", "llama2-70b", "--numerics", "off"]
+                + (["--out", str(tmp_path / "out")] if args[0] == "bench" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.split("error: ", 1)[1].strip() == says, err
 
 
 def test_simulate_says_where_its_batch_came_from(capsys):
