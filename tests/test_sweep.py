@@ -214,6 +214,21 @@ def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, says", [
+    (["sweep", "--model", "llama2-7b", "--vary", "devices=8,x"],
+     "cent sweep: error: --vary devices: parallel.num_devices='x' is invalid: expected an integer, e.g. 8\n"),
+    (["simulate", "--set", "scheduler.max_waiting=many"],
+     "cent simulate: error: scheduler.max_waiting='many' is invalid: expected an integer, e.g. 1024\n"),
+    (["simulate", "--config", "{yaml}"], "model.max_seq_len='4k' is invalid: expected an integer, e.g. 8192\n"),
+])
+def test_an_integer_fields_example_is_the_fields_own(args, says, tmp_path, capsys):
+    """A device count was told `e.g. 4096`, every integer field's example: now the field's default."""
+    (tmp_path / "c.yaml").write_text("model:\n  max_seq_len: 4k\n")
+    assert main([a.format(yaml=tmp_path / "c.yaml") for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(says) and err.count("\n") == 1, err
+
+
 def test_a_csv_of_lengths_only_is_refused_with_where_it_fits(tmp_path, capsys):
     """A Vidur length trace (no arrival column) has no arrivals to sweep: say so, and that cent bench's
     --lengths-from takes it."""

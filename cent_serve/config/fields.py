@@ -193,7 +193,7 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                 return _int_text(value)
         except (ValueError, OverflowError):
             pass
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. {INTEGER_EXAMPLES.get(name, '4096')}")
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer, e.g. {_integer_example(name)}")
     if hint is bool and not isinstance(value, bool):
         flag = _bool_text(str(value)) if isinstance(value, (str, int)) else None
         if flag is None:
@@ -211,7 +211,20 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
 
 INTEGER_EXAMPLES = {"device.bytes_per_element": "1 (int8), 2 (bfloat16) or 4 (float32); sub-byte types such as "
                                                 "4-bit are not modelled"}
-"""The example an integer field's type error gives, where 4096 would mislead."""
+"""The example an integer field's type error gives, where its default would mislead."""
+
+
+def _integer_example(name: str) -> str:
+    """The example an integer field's type error gives: `INTEGER_EXAMPLES`' words, else the field's
+    default (a device count's 8, not a context length's 4096), else 4096."""
+    if name in INTEGER_EXAMPLES:
+        return INTEGER_EXAMPLES[name]
+    from cent_serve.config.tree import CentConfig  # imported here: it imports this module
+    cls, (*sections, leaf) = CentConfig, name.split(".")
+    for section in sections:
+        cls = _sections(cls).get(section) if cls is not None else None
+    default = next((f.default for f in fields(cls) if f.name == leaf), None) if cls is not None else None
+    return str(default) if isinstance(default, int) and not isinstance(default, bool) else "4096"
 
 
 def _bool_text(text: str) -> bool | None:
@@ -237,7 +250,7 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         if isinstance(current, float):
             return float(text)
     except (ValueError, OverflowError):
-        kind = (f"an integer, e.g. {INTEGER_EXAMPLES.get(name, '4096')}" if isinstance(current, int)
+        kind = (f"an integer, e.g. {_integer_example(name)}" if isinstance(current, int)
                 else "a number, e.g. 1.5e9")
         raise ValueError(f"{name}={text!r} is invalid: expected {kind}") from None
     return text
