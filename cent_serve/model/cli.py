@@ -48,14 +48,15 @@ def run_info(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
             return 0
         print(f"{'preset':<14}{'family':<10}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
-              f"{'devices @4k':>13}{'@context':>10}")
+              f"{'devices, batch @4k':>20}{'devices, 1 query @context':>27}")
         for r in rows:
             print(f"{r['preset']:<14}{r['model_type']:<10}{r['params_b']:>8.2f}B{r['context']:>9}"
-                  f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>13}"
-                  f"{r['devices_context'] or '>1024':>10}")
-        print(f"devices @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's pipeline "
-              "(a stage per block) holding the weights and its batch, a 4,096-token query per stage; @context: the weights and a single query "
-              "of the whole context. Timing-only (numerics off) above 1e9 parameters by default.")
+                  f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>20}"
+                  f"{r['devices_context'] or '>1024':>27}")
+        print(f"devices, batch @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's "
+              "pipeline (a stage per block) holding the weights and the paper's batch, a 4,096-token query per "
+              "stage (80 queries for llama2-70b); devices, 1 query @context: the weights and a single query of the "
+              "whole context. Timing-only (numerics off) above 1e9 parameters by default.")
         return 0
     from cent_serve.preflight import check_runnable
 

@@ -133,6 +133,19 @@ def test_cli_lists_every_preset_with_what_holds_it(capsys):
     assert rows["qwen3-8b"]["model_type"] == "qwen3" and rows["qwen3-8b"]["context"] == 40960
 
 
+def test_cli_presets_columns_say_what_each_count_holds(capsys):
+    """'devices @4k' (16 for llama2-70b) beside '@context' (9) read as a contradiction: one counts the
+    paper's batch of 4k queries, the other a single query of the whole context."""
+    from cent_serve.cli import main
+
+    assert main(["info", "--presets"]) == 0
+    header, *rows, note = capsys.readouterr().out.splitlines()
+    assert header.endswith("devices, batch @4k  devices, 1 query @context")
+    assert note.startswith("devices, batch @4k: the fewest CENT devices") and "devices, 1 query @context: " in note
+    seventy = next(r for r in rows if r.startswith("llama2-70b ")).split()
+    assert seventy[-2:] == ["16", "9"]
+
+
 def test_cli_presets_count_devices_of_the_device_set(capsys):
     # "What if the device held 4x the rows?": the fewest devices must follow --set device.*, not
     # stay those of the default 16 GiB device.
