@@ -108,7 +108,9 @@ def print_compare(out: dict) -> None:
     source = f" of {source_text(shaped)}" if shaped.get("trace") else ""
     print(f"{out['model']}, {out['requests']} requests{source}{at}: CENT = {out['cent']['hardware']}; "
           f"GPU = {out['gpu']['hardware']}")
-    labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in out["table"]]
+    # goodput is counted against --goodput's SLOs: without them the row is nulls (compare.json keeps it)
+    table = [r for r in out["table"] if out.get("slos_ms") or r["metric"] != "request goodput"]
+    labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in table]
     width = max(map(len, labels), default=0) + 2
     print(f"{'':<{width}}{'CENT':>14}{'GPU':>14}{'CENT/GPU':>13}")
 
@@ -117,7 +119,7 @@ def print_compare(out: dict) -> None:
             return "-"
         return f"{v:,.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
 
-    for label, r in zip(labels, out["table"]):
+    for label, r in zip(labels, table):
         ratio = "-" if r["cent_over_gpu"] is None else figure(r["cent_over_gpu"]) + "x"
         print(f"{label:<{width}}{figure(r['cent']):>14}{figure(r['gpu']):>14}{ratio:>13}")  # 0.0008108x fits
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)

@@ -70,6 +70,21 @@ def test_compare_no_plots_writes_the_tables_only(tmp_path, capsys):
                                                        "requests_gpu.csv"]
 
 
+@pytest.mark.parametrize("goodput", [[], ["--goodput", "ttft:2000"]])
+def test_the_goodput_row_prints_only_with_slos(tmp_path, capsys, goodput):
+    """Without --goodput the table printed `request goodput (req/s)  -  -  -`; compare.json keeps the row
+    (its values null) either way, so its table has the same rows."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0.0,16,4\n1.0,16,4\n")
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--no-plots", *goodput,
+                 "--out", str(tmp_path / "cmp")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("request goodput")]
+    assert len(printed) == (1 if goodput else 0), printed
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    row = next(r for r in saved["table"] if r["metric"] == "request goodput")
+    assert (row["cent"] is None) == (not goodput)
+
+
 @pytest.mark.parametrize("xs", [
     [22.8, 26.6, 29.1],  # the audit's CENT side: three rates within 7 tok/s of 150
     [20.0, 23.5, 27.0, 30.5, 34.0],  # crowded for labels beside the points, not for upright ones
