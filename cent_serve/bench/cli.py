@@ -1,7 +1,8 @@
 """`cent bench`: load tests on emulated CENT devices.
 
 - `run`: replay a trace (or a synthetic load) in-process (the engine in virtual time, as fast
-  as it can) or against a running server (`--url`).
+  as it can) or, with `--url URL`, against a running server (`cent serve`, or any
+  OpenAI-compatible one).
 - `sweep`: the same trace at several request rates.
 - `paper`: the paper's mappings on one trace, beside the GPU baseline.
 - `compare`: one trace on CENT devices and on modelled GPUs, side by side.
@@ -20,11 +21,14 @@ log = logging.getLogger("cent.bench")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="load-test with request traces", description=__doc__)
+    p = sub.add_parser("bench", help="load-test with request traces", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # the docstring's list, as written
     bsub = p.add_subparsers(dest="bench_command", required=True)
-    r = bsub.add_parser("run", help="replay one trace in-process and write results",
-                        description="Replay a trace through the engine in virtual time; write summary.json, "
-                                    "requests.csv, config.json and plots to --out.")
+    r = bsub.add_parser("run", help="replay one trace in-process, or against a running server (--url URL: "
+                                    "cent serve or any OpenAI-compatible one), and write results",
+                        description="Replay a trace through the engine in this process, in virtual time, or with "
+                                    "--url URL against a running server (cent serve, or any OpenAI-compatible one); "
+                                    "write summary.json, requests.csv, config.json and plots to --out.")
     add_config_args(r, requests=True)
     _add_request_args(r)
     r.add_argument("--url", help="replay against this running server (e.g. http://127.0.0.1:8000) instead "
