@@ -275,6 +275,7 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     ("allowed_token_ids", [5, 6], None),
     ("bad_words", ["x"], []),
     ("truncate_prompt_tokens", 2, None),
+    ("return_tokens_as_token_ids", True, False),  # the logprobs' tokens as "token_id:N": not written here
 ])
 def test_vllm_extensions_that_would_change_the_answer_are_refused(server, http, field, value, neutral):
     for path, sent in (("/v1/completions", body()), ("/v1/chat/completions", {
