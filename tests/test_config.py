@@ -344,6 +344,34 @@ def test_a_written_config_names_its_checkpoint_absolute_and_reads_back_from_anyw
     assert load_config("results/config.json").model.name == "m"
 
 
+def test_a_relative_checkpoint_in_a_config_from_stdin_or_an_older_results_file_is_found(tmp_path, monkeypatch,
+                                                                                           caplog):
+    """A config read from a pipe (`--config /dev/stdin`, `--config <(...)`) has no directory of its
+    own: its relative checkpoint is the current directory's, as before (it was looked for under /dev).
+    A results' config.json an older cent wrote records `--model DIR` as given (the current
+    directory's): where the file's directory has no such path, the current directory's is read, and
+    said so."""
+    import os
+    import shutil
+
+    shutil.copytree(Path(__file__).parent / "data" / "hf_tiny_llama", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    read, write = os.pipe()
+    os.write(write, b"model: {checkpoint: m}\n")
+    os.close(write)
+    try:
+        assert load_config(f"/dev/fd/{read}").model.checkpoint == str(tmp_path / "m")
+    finally:
+        os.close(read)
+    (tmp_path / "results").mkdir()  # as cent bench run --model m --out results wrote it before
+    (tmp_path / "results" / "config.json").write_text(json.dumps({"model": {"checkpoint": "m"}}))
+    assert load_config("results/config.json").model.checkpoint == str(tmp_path / "m")
+    assert "model.checkpoint='m' is not in the config file's directory" in caplog.text
+    (tmp_path / "results" / "m").mkdir()  # the file's directory's, when it has one, comes first
+    with pytest.raises(ValueError, match="results/m' has no config.json"):
+        load_config("results/config.json")
+
+
 def test_llama3_rope_needs_a_high_frequency_factor_above_the_low_one():
     with pytest.raises(ValueError, match=r"model.rope_high_freq_factor=1.0 is invalid: use more than "
                                          r"model.rope_low_freq_factor=1.0"):

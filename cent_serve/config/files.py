@@ -142,7 +142,7 @@ def load_config(path: str | Path) -> CentConfig:
     model = data.get("model")
     if isinstance(model, dict):
         try:
-            data["model"] = _model_section(model, Path(path).parent)
+            data["model"] = _model_section(model, _paths_dir(path), str(path))
         except ValueError as exc:
             raise ValueError(f"config file {path}: {exc}") from None
     try:
@@ -151,7 +151,18 @@ def load_config(path: str | Path) -> CentConfig:
         raise ValueError(f"config file {path}: {exc}") from None
 
 
-def _model_section(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+def _paths_dir(path: str | Path) -> Path:
+    """The directory a config file's relative paths are read from: the file's own, or the current
+    directory for a config read from a stream (`--config /dev/stdin`, `--config <(...)`: a pipe, or
+    a path under /dev or /proc, whose directory holds no checkpoint)."""
+    p = Path(path)
+    parent = Path(os.path.realpath(p.absolute().parent))
+    if not p.is_file() or parent.parts[1:2] in (("dev",), ("proc",)):
+        return Path.cwd()
+    return p.parent
+
+
+def _model_section(model: dict[str, Any], base_dir: Path, source: str = "") -> dict[str, Any]:
     """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
     loads the checkpoint's config.json (a relative DIR is `base_dir`'s, the config file's directory),
     `name: PRESET` the preset; the fields given beside them override. Another name is a model of one's
@@ -162,6 +173,14 @@ def _model_section(model: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         from cent_serve.model.hf_config import model_config_from_hf
 
         where = os.path.abspath(base_dir / os.path.expanduser(str(ckpt)))  # an absolute DIR stays itself
+        here = os.path.abspath(os.path.expanduser(str(ckpt)))
+        if not os.path.exists(where) and here != where and os.path.exists(here):
+            # a config cent wrote before it recorded checkpoints absolute: the path was the current directory's
+            logging.getLogger("cent_serve").warning(
+                "config file %s: model.checkpoint=%r is not in the config file's directory (%s): read as the "
+                "current directory's, %s (as a config written by an older cent meant it); write it absolute, or "
+                "relative to the config file's directory", source, str(ckpt), os.path.abspath(base_dir), here)
+            where = here
         if not os.path.exists(where):
             raise ValueError(f"model.checkpoint={ckpt!r}: {where} does not exist: give the checkpoint directory's "
                              f"path, absolute or relative to the config file's directory ({os.path.abspath(base_dir)})")

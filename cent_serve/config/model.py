@@ -113,7 +113,7 @@ class ModelConfig:
     of experts' timing router (`expert_skew`), so its simulated times follow the seed too."""
     checkpoint: str | None = None
     """Hugging Face checkpoint directory; None means seeded random weights. In a config file a relative
-    path is the file's directory's (`--model DIR`'s is the current directory's)."""
+    path is the file's directory's (`--model DIR`'s, and a config read from stdin's, the current directory's)."""
 
     def is_eos(self, token: int) -> bool:
         """Whether `token` ends a generation (unless ignore_eos): the eos or one of the extra eos ids."""

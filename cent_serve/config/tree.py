@@ -23,7 +23,8 @@ class CentConfig:
     NAME_OR_DIR`, or in YAML with `model: {name: PRESET}` or `model: {checkpoint: DIR}` (the
     checkpoint's config.json, as `--model DIR` loads it; fields given beside either override it; a
     relative DIR in a config file is the file's directory's, as docker-compose reads paths, while
-    `--model DIR` is the current directory's; a config cent writes records it absolute);
+    `--model DIR` and a config read from stdin are the current directory's; a config cent writes
+    records it absolute);
     a name that is no preset is refused unless the section gives that model's whole shape beside it
     (`hidden_size`, `intermediate_size`, `num_layers`, `num_heads`, `num_kv_heads`, `vocab_size`: a
     model of one's own; the fields it leaves out take the defaults below), and so are `--set
