@@ -168,16 +168,17 @@ def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] 
                  hybrid_pp: bool = False) -> CentConfig:
     """`base` with the point's values set (a model first, with `model_sets` (`model_overrides`) on
     it: the other fields apply to it); `hybrid_pp` (`follows_tp`): a point of tp > 1 takes
-    devices // tp stages, CENT's hybrid mapping, as the pp it needs."""
+    devices // tp stages, CENT's hybrid mapping, as the pp it needs (at most the model's blocks:
+    the devices left over hold replicas, as a tp 1 point's do)."""
     cfg = CentConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     sets = [f"{k}={v}" for k, v in point.items() if k != "model"]
-    if hybrid_pp:  # the values were checked as integers (`check_vary`)
-        tp = int(point.get("parallel.tp", base.parallel.tp))
-        if tp > 1:
-            sets.append(f"parallel.pp={max(1, int(point.get('parallel.num_devices', base.parallel.num_devices)) // tp)}")
     if "model" in point:
         cfg.model = resolve_model(point["model"])
         sets = [*model_sets, *sets]
+    if hybrid_pp and int(point.get("parallel.tp", base.parallel.tp)) > 1:  # checked as integers (`check_vary`)
+        one = apply_overrides(cfg, [*sets, "parallel.pp=1"])  # the point's devices, tp and model (its blocks)
+        p = one.parallel
+        sets.append(f"parallel.pp={min(max(1, p.num_devices // p.tp), one.model.num_layers)}")
     return apply_overrides(cfg, sets)
 
 
@@ -300,7 +301,8 @@ def run(args: argparse.Namespace) -> int:
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     hybrid_pp = follows_tp(base, vary)
     if hybrid_pp:
-        print("points of tp > 1 run devices / tp stages (CENT's hybrid mapping): --vary pp=... to choose them")
+        print("points of tp > 1 run devices / tp stages (CENT's hybrid mapping; at most one a block): --vary pp=... to "
+              "choose them")
     rows = []
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)

@@ -55,6 +55,13 @@ def test_a_varied_tp_takes_devices_over_tp_stages_unless_pp_is_given(tmp_path, c
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [(r["devices"], r["tp"], r["pp"], r["error"]) for r in rows] == [
         ("32", "1", "80", ""), ("32", "8", "4", ""), ("64", "1", "80", ""), ("64", "8", "8", "")]
+    # more devices / tp than the model has blocks: a stage a block, the devices left over hold replicas (as
+    # the tp 1 point's do), not pp=64 refused for more stages than blocks
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=128", "--vary", "tp=1,2", "--out", str(tmp_path),
+                 "--no-plots"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["tp"], r["pp"], r["replicas"], r["error"]) for r in rows] == [("1", "32", "4", ""), ("2", "32", "2", "")]
+    capsys.readouterr()
     assert main(["sweep", "--model", "llama2-70b", "--pp", "2", "--vary", "tp=8,16", "--out", str(tmp_path),
                  "--no-plots"]) == 0
     assert "points of tp > 1" not in capsys.readouterr().out
