@@ -207,16 +207,15 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
     warned about once (`ZeroTokens`)."""
     from cent_serve.bench import CLI_FLAGS, ParamError, detect_format, resolve_trace
     from cent_serve.bench.cli import select_requests
+    from cent_serve.bench.readers import LengthsOnlyError
     from cent_serve.bench.runner import ZeroTokens
 
-    from cent_serve.bench.readers import LengthsOnlyError
-
+    lengths_only = (f"cent sweep --trace needs arrivals; draw synthetic requests' lengths from it with cent bench run "
+                    f"--synthetic poisson --rate R --num-requests N --lengths-from {args.trace}")
     try:
         fmt = args.trace_format or detect_format(resolve_trace(args.trace))
     except LengthsOnlyError as exc:
-        raise ValueError(f"--trace {args.trace}: {exc.what}: cent sweep --trace needs arrivals; draw synthetic "
-                         "requests' lengths from it with cent bench run --synthetic poisson --rate R --num-requests N "
-                         f"--lengths-from {args.trace}") from None
+        raise ValueError(f"--trace {args.trace}: {exc.what}: {lengths_only}") from None
     except ParamError as exc:  # a header of no format: worded with this command's --format
         raise ValueError(exc.render(CLI_FLAGS)) from None
     if fmt == "sharegpt":  # its counts need a tokenizer, which a varied model changes
@@ -226,7 +225,7 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
                          f"several rates with cent bench sweep --trace {args.trace} --rates R1,R2,...")
     if args.num_requests is None:
         args = argparse.Namespace(**{**vars(args), "num_requests": DEFAULT_TRACE_REQUESTS})
-    requests, recorded = select_requests(args, base)
+    requests, recorded = select_requests(args, base, lengths_only_fix=lengths_only)  # --format's: read as a trace
     zeros = ZeroTokens()
     for r in requests:
         zeros.add(r)

@@ -247,6 +247,10 @@ def test_a_csv_of_lengths_only_is_refused_with_where_it_fits(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "the file has lengths only" in err and "cent bench run --synthetic poisson" in err
     assert f"--lengths-from {lengths}" in err and "TraceLengths" not in err
+    # with --format, the file is read as a trace (no header sniffed): the same line, cent sweep's fix
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--trace", str(lengths), "--format", "vidur",
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 2
+    assert capsys.readouterr().err == err
 
 
 def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, capsys):

@@ -166,20 +166,23 @@ def selection_flags_given(args: argparse.Namespace) -> list[str]:
     return [flag for dest, (flag, default) in SELECTION_FLAGS.items() if getattr(args, dest) != default]
 
 
-def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate") -> tuple[list, dict]:
+def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate",
+                    lengths_only_fix: str | None = None) -> tuple[list, dict]:
     """The requests to replay (at least one) and what shaped them (`_recorded`: its `trace` names
     their source). ValueError (one line,
     naming the flag and the fix) for a selection that cannot be made; the library's errors name
     its parameters, rephrased here with the flags that set them (`errors.CLI_FLAGS`; the rate
-    is `rate_flag`'s, e.g. --rates for a sweep)."""
+    is `rate_flag`'s, e.g. --rates for a sweep). A --trace of lengths only is refused with
+    `lengths_only_fix` (default: cent bench's --lengths-from)."""
     from cent_serve.bench.errors import CLI_FLAGS, ParamError
     from cent_serve.bench.readers import LengthsOnlyError
 
     try:
         requests, recorded = _select(args, cfg)
     except LengthsOnlyError as exc:  # only --trace's: --lengths-from reads such a file
-        raise ValueError(f"--trace {args.trace}: {exc.what}: use it with --synthetic poisson --rate R "
-                         f"--num-requests N --lengths-from {args.trace}") from None
+        fix = lengths_only_fix or (f"use it with --synthetic poisson --rate R --num-requests N "
+                                   f"--lengths-from {args.trace}")
+        raise ValueError(f"--trace {args.trace}: {exc.what}: {fix}") from None
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None
     assert requests, recorded  # an empty file, and a --start-s past its end, are refused as it is read
