@@ -180,8 +180,8 @@ def select_requests(args: argparse.Namespace, cfg, rate_flag: str = "--rate",
     try:
         requests, recorded = _select(args, cfg)
     except LengthsOnlyError as exc:  # only --trace's: --lengths-from reads such a file
-        fix = lengths_only_fix or (f"use it with --synthetic poisson --rate R --num-requests N "
-                                   f"--lengths-from {args.trace}")
+        rate = f"{rate_flag} {'R1,R2' if rate_flag == '--rates' else 'R'}"  # bench sweep's are --rates
+        fix = lengths_only_fix or f"use it with --synthetic poisson {rate} --num-requests N --lengths-from {args.trace}"
         raise ValueError(f"--trace {args.trace}: {exc.what}: {fix}") from None
     except ParamError as exc:
         raise ValueError(exc.render({**CLI_FLAGS, "request_rate": rate_flag, "rate": rate_flag})) from None

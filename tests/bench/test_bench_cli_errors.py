@@ -197,6 +197,9 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("run", ["--trace", "lengths.csv"], "--trace {dir}/lengths.csv: the file has lengths only (vidur's "
      "num_prefill_tokens, num_decode_tokens), no arrival column 'arrived_at': use it with --synthetic poisson "
      "--rate R --num-requests N --lengths-from {dir}/lengths.csv"),
+    ("sweep", ["--trace", "lengths.csv", "--rates", "1,2"], "--trace {dir}/lengths.csv: the file has lengths only "
+     "(vidur's num_prefill_tokens, num_decode_tokens), no arrival column 'arrived_at': use it with --synthetic poisson "
+     "--rates R1,R2 --num-requests N --lengths-from {dir}/lengths.csv"),
     ("compare", ["--trace", "lengths.csv", "--format", "vidur"], "--trace {dir}/lengths.csv: the file has lengths "
      "only (vidur's num_prefill_tokens, num_decode_tokens), no arrival column 'arrived_at': use it with --synthetic"),
     ("run", ["--trace", "conv.json", "--rate", "2", "--prompt-scale", "2"], "--prompt-scale 2 would lengthen the "
