@@ -227,6 +227,9 @@ def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys
     (["simulate", "--set", "scheduler.max_waiting=many"],
      "cent simulate: error: scheduler.max_waiting='many' is invalid: expected an integer, e.g. 1024\n"),
     (["simulate", "--config", "{yaml}"], "model.max_seq_len='4k' is invalid: expected an integer, e.g. 8192\n"),
+    # a default of 0 means off or derived (no GPUs, a stage a block): not the example
+    (["simulate", "--set", "gpu.count=x"], "gpu.count='x' is invalid: expected an integer, e.g. 4\n"),
+    (["simulate", "--set", "model.head_dim=x"], "model.head_dim='x' is invalid: expected an integer, e.g. 128\n"),
 ])
 def test_an_integer_fields_example_is_the_fields_own(args, says, tmp_path, capsys):
     """A device count was told `e.g. 4096`, every integer field's example: now the field's default."""
