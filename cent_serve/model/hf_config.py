@@ -3,6 +3,7 @@ defaults transformers would take, and refusals of what the model cannot run), an
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, wind
     """The window of a Llama, Mistral or Mixtral config.json with `layer_types` (`window` without).
     transformers reads a Mistral's as Ministral's (AutoConfig: a window on the blocks it names
     "sliding_attention" only), so a Mistral's on no block is full attention; Llama and Mixtral
-    ignore theirs. The reference model windows every block or none: a list mixing the two whose
-    window hides keys within `context` is refused, as is a kind of block that is not modelled."""
+    ignore theirs. The reference model windows every block or none: a Mistral list mixing the two
+    whose window hides keys within `context` is refused; a Llama's or Mixtral's runs as transformers
+    runs it, with a warning that the list is not read; a kind of block that is not modelled is refused."""
     types = hf.get("layer_types")
     if types is None:
         return window
@@ -71,11 +73,16 @@ def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, wind
     size = hf.get("sliding_window") if arch == "llama" else window  # a Llama's window is never applied
     hides = isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < context
     if 0 < len(sliding) < num_layers and hides:
-        fix = ("make every entry sliding_attention for the window on every block, or full_attention for none"
-               if arch == "mistral" else f"remove layer_types ({_IGNORED_BY[arch]}, as cent then does)")
-        _refuse("layer_types", f"{len(sliding)} sliding_attention, {num_layers - len(sliding)} full_attention",
+        mix = f"{len(sliding)} sliding_attention, {num_layers - len(sliding)} full_attention"
+        if arch != "mistral":  # transformers runs it without the list: so does cent, saying so
+            logging.getLogger("cent").warning(
+                "model.checkpoint: layer_types (%s) is not read: %s, as cent does (sliding_window=%s); remove "
+                "layer_types to silence this", mix, _IGNORED_BY[arch], size)
+            return window
+        _refuse("layer_types", mix,
                 f"sliding_window={size} on {len(sliding)} of {num_layers} blocks (from block {sliding[0]}) is not "
-                f"modelled (a window on every block or none is): {fix}")
+                "modelled (a window on every block or none is): make every entry sliding_attention for the window "
+                "on every block, or full_attention for none")
     return 0 if arch == "mistral" and not sliding else window
 
 
