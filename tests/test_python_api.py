@@ -216,3 +216,15 @@ def test_simulate_refuses_sweep_with_emulate(capsys):
     """`cent simulate --sweep --emulate` ran the closed-form sweep and left --emulate unread."""
     assert main(["simulate", "--model", "tiny", "--sweep", "--emulate", "--local"]) == 2
     assert "--sweep and --emulate are two runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw", [dict(numerics=False), dict(numerics=""), dict(numerics=0), dict(model="")])
+def test_build_config_refuses_a_falsy_value_rather_than_reading_it_as_not_given(kw):
+    """`numerics=False` (a script's natural "no numerics") or `""` quietly became the default `auto`,
+    which is full numerics for `tiny`; `model=""` (an unset environment variable) became `tiny`."""
+    from cent_serve.config import build_config
+
+    kw = {"model": "tiny", **kw}
+    with pytest.raises(ValueError, match=r"^(numerics=|--model '')") as err:
+        build_config(devices=2, **kw)
+    assert "\n" not in str(err.value)

@@ -327,7 +327,7 @@ def resolve_model(name_or_path: str) -> ModelConfig:
     config.json is enough for timing), as `--model` takes it."""
     if name_or_path in MODEL_PRESETS:
         return model_preset(name_or_path)
-    if Path(name_or_path).exists():
+    if name_or_path.strip() and Path(name_or_path).exists():  # Path("") is the current directory
         from cent_serve.model.hf_config import model_config_from_hf
         return model_config_from_hf(name_or_path)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "

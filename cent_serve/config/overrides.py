@@ -69,11 +69,14 @@ def build_config(model: str | None = None, *, config: str | Path | None = None, 
     every `overrides` item (`section.field=value`). ValueError, one line naming the field, the value and
     the fix (worded with the flags: `--model` is `model`, `--set` is `overrides`)."""
     cfg = load_config(config) if config else CentConfig()
-    if model:
+    if model is not None:  # "" is refused by name, not read as "not given" (the default model)
         cfg.model = resolve_model(str(model))
     if seed is not None:
         cfg.model.seed = seed
-    if numerics:
+    if numerics is not None:  # False or "" are refused, not read as "not given" (auto)
+        if not isinstance(numerics, str):
+            raise ValueError(f"numerics={numerics!r} is invalid: use 'full', 'off' or 'auto' (a string: "
+                             f"numerics=\"off\" for timing only)")
         cfg.numerics = numerics
     if devices is not None or pp is not None or tp is not None:
         p = cfg.parallel  # these replace their fields; the rest (lm_head) is the config's
