@@ -76,7 +76,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
     out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
-               table=table, sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
+               table=table, notes=compare_notes(results, sides, cent_cfg, gpu_cfg), sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
                config=dict(cent=config_to_dict(cent_cfg), gpu=config_to_dict(gpu_cfg)))  # each side's, resolved
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     with open(out_dir / "compare.csv", "w", newline="") as f:
@@ -91,6 +91,38 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
     if plots and sweep:
         plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name)
     return out
+
+
+KEPT_PACE = 1.25
+"""A side whose run ends within this many times the last arrival's time kept the trace's pace: its
+throughput is the trace's, not what the hardware could do (`compare_notes`)."""
+SLOW_PREFILL = 5.0
+"""CENT's TTFT p50 this many times the GPUs' or more is explained (`compare_notes`)."""
+
+
+def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentConfig, gpu_cfg: CentConfig) -> list[str]:
+    """What a reader of the table would ask, answered from the runs: a side that kept the trace's pace
+    (its throughput and tokens per dollar follow the arrivals, not its capacity), CENT's token-by-token
+    prefill behind a TTFT far above the GPUs', and a GPU kind without a cost."""
+    notes = []
+    last = max((r.arrival_s for r in results["CENT"].records), default=0.0)
+    paced = [name for name in ("CENT", "GPU") if last > 0 and sides[name]["duration"] <= KEPT_PACE * last]
+    if paced:
+        who = " and ".join({"CENT": "CENT", "GPU": "the GPUs"}[n] for n in paced)
+        ends = " and ".join(f"{sides[n]['duration'] - last:.3g} s" for n in paced)
+        notes.append(f"{who} kept the trace's pace (the run{'s' * (len(paced) > 1)} end{'' if len(paced) > 1 else 's'} "
+                     f"{ends} after the last arrival, at {last:.3g} s): the throughput and tokens per dollar of "
+                     f"{who} are the trace's, not what the hardware can do; --rates R1,R2,... replays both at "
+                     "higher loads")
+    ttft = sides["CENT"].get("median_ttft_ms"), sides["GPU"].get("median_ttft_ms")
+    if cent_cfg.scheduler.prefill_chunk_tokens == 1 and None not in ttft and ttft[0] > SLOW_PREFILL * ttft[1]:
+        notes.append("CENT prefills a prompt a token at a time round its pipeline, as the paper does "
+                     "(scheduler.prefill_chunk_tokens 1), where a GPU step takes a chunk of up to "
+                     f"{gpu_cfg.gpu.num_batched_tokens:,} prompt tokens: its TTFT grows with the prompts and the queue")
+    if sides["GPU"].get("tco") is None:
+        notes.append(f"tokens per dollar: {gpu_cfg.gpu.kind} has no cost in the CENT artifact's TCO convention; "
+                     "--set gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)")
+    return notes
 
 
 def print_compare(out: dict) -> None:
@@ -125,6 +157,8 @@ def print_compare(out: dict) -> None:
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
+    for note in out.get("notes") or ():
+        print(f"note: {note}")
     print("(simulated time; energy per token: over prompt and output tokens; power = the steps' energy over the "
           "run; tokens per dollar in the CENT artifact's TCO units)")
 

@@ -85,6 +85,32 @@ def test_the_goodput_row_prints_only_with_slos(tmp_path, capsys, goodput):
     assert (row["cent"] is None) == (not goodput)
 
 
+def test_the_notes_answer_what_the_table_raises(tmp_path, capsys):
+    """Requests far apart: both sides keep the trace's pace, so throughput and tokens per dollar are the
+    arrivals' (said, with how long after the last arrival each run ends); long prompts token by token
+    on CENT against a GPU's chunks (said when CENT's TTFT is 5x the GPUs' or more); an H100 has no cost
+    in the artifact's convention (said, with the --set that gives it one). Kept in compare.json."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0.0,16,4\n100.0,16,4\n")
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--no-plots",
+                 "--out", str(tmp_path / "a")]) == 0
+    notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note: ")]
+    saved = json.loads((tmp_path / "a" / "compare.json").read_text())
+    assert [f"note: {n}" for n in saved["notes"]] == notes and len(notes) == 1
+    tails = [saved[s]["duration"] - 100.0 for s in ("cent", "gpu")]
+    assert notes[0].startswith(f"note: CENT and the GPUs kept the trace's pace (the runs end {tails[0]:.3g} s and "
+                               f"{tails[1]:.3g} s after the last arrival, at 100 s)")
+    trace.write_text(HEADER + "".join(f"{0.001 * k},2000,4\n" for k in range(4)))  # prompts at once, long
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--no-plots", "--gpu", "h100-80gb:1",
+                 "--out", str(tmp_path / "b")]) == 0
+    saved = json.loads((tmp_path / "b" / "compare.json").read_text())
+    ttft = [saved[s]["median_ttft_ms"] for s in ("cent", "gpu")]
+    assert ttft[0] > 5 * ttft[1]
+    assert [n.split(" ", 1)[0] for n in saved["notes"]] == ["CENT", "tokens"], saved["notes"]
+    assert "a chunk of up to 8,192 prompt tokens" in saved["notes"][0]
+    assert "h100-80gb has no cost" in saved["notes"][1] and "--set gpu.tco_per_gpu=" in saved["notes"][1]
+
+
 @pytest.mark.parametrize("xs", [
     [22.8, 26.6, 29.1],  # the audit's CENT side: three rates within 7 tok/s of 150
     [20.0, 23.5, 27.0, 30.5, 34.0],  # crowded for labels beside the points, not for upright ones
