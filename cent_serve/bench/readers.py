@@ -238,8 +238,8 @@ def sniff_csv_format(path: Path) -> str:
         reader = csv.reader(f)
         header = _header(path, reader)
     fmt = _csv_format_of(header)
-    if fmt is None and _lengths_only_format(header) is not None:
-        raise LengthsOnlyError(path, reader.line_num, _lengths_only_format(header))
+    if fmt is None and (lengths := _lengths_only_format(header)) is not None:
+        raise LengthsOnlyError(path, reader.line_num, lengths)
     if fmt is None:
         raise ParamError(f"{path}:{reader.line_num}: header {header!r} matches no trace format: expected the "
                          f"columns of one of ({_known_layouts()}), or name the format with {{fmt=}}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cent_serve.config import FabricConfig
+from cent_serve.timing.mapping import counted
 
 GIB = 2**30  # docs/hardware_model.md section 6: "GB here is 2^30 bytes"
 
@@ -65,11 +66,13 @@ def idle_lanes_note(fab: FabricConfig, num_devices: int, used: int) -> str:
     """`; 17 idle devices keep ...`: devices no replica uses still take their share of the switch's
     lanes (every device on the switch has its port), which narrows the ports of those that work;
     "" when they cost none."""
-    lanes, fewer = fab.switch_lanes // num_devices, fab.switch_lanes // used
-    if used >= num_devices or fewer <= lanes:
+    if used >= num_devices:
+        return ""
+    lanes, fewer = port_model(fab, num_devices).lanes, port_model(fab, used).lanes
+    if fewer <= lanes:
         return ""
     return (f"; the switch's {fab.switch_lanes} lanes are shared by all {num_devices} devices, {num_devices - used} "
-            f"of them idle: {lanes} lanes a device ({fewer} with --devices {used})")
+            f"of them idle: {counted(lanes, 'lane')} a device ({fewer} with --devices {used})")
 
 
 def gather_flits(n_values: int, tp: int, fab: FabricConfig) -> int:
