@@ -29,6 +29,17 @@ DOC = {1: (301056, 6.58, 33.0, 782), 2: (150528, 4.96, 24.6, 391), 4: (75264, 4.
        8: (37632, 3.86, 19.5, 98), 16: (37632, 4.08, 21.7, 98)}
 
 
+def test_the_docs_quote_these_numbers():
+    """The figures below are the section's: the test fails when the two drift apart."""
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[2] / "docs" / "hardware_model.md").read_text().split())
+    cols = list(zip(*(DOC[h] for h in sorted(DOC))))
+    sv, ms, mj, uj = (" / ".join(f.format(v) for v in col) for f, col in zip(("{:,}", "{:.2f}", "{:.1f}", "{}"), cols))
+    assert f"`sv` {sv} cycles at L = 4096 and a token {ms} ms" in text
+    assert f"at L = 2048, {mj} mJ, `sv` {uj} uJ a block" in text
+
+
 @pytest.mark.parametrize("hkv", sorted(DOC))
 def test_the_sections_example(hkv):
     t = _timer(hkv)
