@@ -102,7 +102,8 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
         out.update(request_goodput=rate(good), goodput_slos_ms=slos,
                    slo_attainment=good / max(1, len(records)))
     clock = result.clock_s
-    out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out), energy_j=energy_mj / 1e3,
+    out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out),
+               energy_per_output_token_mj=energy_mj / max(1, n_out), energy_j=energy_mj / 1e3,
                device_busy_fraction={_dev(d): busy_fraction(d, clock) for d in result.devices},
                preemptions=sum(r.preemptions for r in records),
                failure_reasons=failure_reasons(records),
@@ -118,7 +119,8 @@ ROWS = (  # (key of side_figures, label, unit, better)
     ("output_throughput", "output throughput", "tok/s", "high"),
     ("total_token_throughput", "total throughput", "tok/s", "high"),
     ("request_goodput", "request goodput", "req/s", "high"),
-    ("energy_per_token_mj", "energy per token", "mJ", "low"), ("power_w", "power", "W", "low"),
+    ("energy_per_token_mj", "energy per token", "mJ", "low"),
+    ("energy_per_output_token_mj", "energy per output token", "mJ", "low"), ("power_w", "power", "W", "low"),
     ("tokens_per_tco", "tokens per dollar", "tok/s per TCO unit", "high"),
     ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
 )
@@ -264,7 +266,8 @@ def print_table(summary: dict, title: str | None = None) -> None:
     if "request_goodput" in summary:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
               f"({100 * summary['slo_attainment']:.1f}% of all requests meet {slos_text(summary['goodput_slos_ms'])})")
-    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens)")
+    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens; "
+          f"{summary['energy_per_output_token_mj']:.3f} mJ an output token)")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

@@ -109,6 +109,12 @@ def test_the_notes_answer_what_the_table_raises(tmp_path, capsys):
     assert [n.split(" ", 1)[0] for n in saved["notes"]] == ["CENT", "tokens"], saved["notes"]
     assert "a chunk of up to 8,192 prompt tokens" in saved["notes"][0]
     assert "h100-80gb has no cost" in saved["notes"][1] and "--set gpu.tco_per_gpu=" in saved["notes"][1]
+    # energy per output token: the run's energy over the output tokens alone (here 500x fewer than the prompts')
+    row = next(r for r in saved["table"] if r["metric"] == "energy per output token")
+    for side in ("cent", "gpu"):
+        s = saved[side]
+        assert row[side] == s["energy_per_output_token_mj"] == pytest.approx(1e3 * s["energy_j"] / s["total_output_tokens"])
+        assert s["energy_per_output_token_mj"] == pytest.approx(s["energy_per_token_mj"] * (2000 + 4) / 4)
 
 
 @pytest.mark.parametrize("xs", [
