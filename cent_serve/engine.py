@@ -102,14 +102,16 @@ class Engine:
         sc = cfg.scheduler
         if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
             g = cfg.gpu
-            blocks = self.timer.kv_blocks(sc.kv_block_tokens, sc.num_kv_blocks_override)
+            blocks = self.timer.kv_blocks(sc.kv_block_tokens)  # the override caps it in the scheduler
             self.scheduler = Scheduler(num_replicas, mp.lanes, g.num_seqs, blocks, g.num_batched_tokens,
                                        sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
-                                       max_batched_tokens=g.num_batched_tokens)
+                                       max_batched_tokens=g.num_batched_tokens,
+                                       kv_blocks_override=sc.num_kv_blocks_override)
         else:
-            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_blocks_per_replica(cfg, mp),
-                                       sc.prefill_chunk_tokens, sc.max_waiting, sc.kv_block_tokens, self.full,
-                                       cfg.kv_tokens_cap)
+            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage,
+                                       kv_blocks_per_replica(cfg, mp, capped=False), sc.prefill_chunk_tokens,
+                                       sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
+                                       kv_blocks_override=sc.num_kv_blocks_override)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.round_start_s = 0.0

@@ -295,9 +295,18 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
     t.check_fits()
     context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
     block = cfg.scheduler.kv_block_tokens
-    have = t.kv_blocks(block, cfg.scheduler.num_kv_blocks_override)  # as the engine counts them
+    override = cfg.scheduler.num_kv_blocks_override
+    have = t.kv_blocks(block, override)  # as the engine counts them
     per_seq = -(-context // block)
     need = batch * per_seq
+    if have < need and override is not None and override < need:  # the override caps them: more GPUs do not help
+        held = t.kv_blocks(block)
+        fix = (f"raise it to {need} or more, or remove it" if held >= need else
+               "raise or remove it and use more GPUs (gpu:KIND:N)")
+        raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
+                         f"tokens needs {need} blocks of {block} tokens, scheduler.num_kv_blocks_override={override} "
+                         f"caps the GPUs at {have} (they hold {held}): {fix}, or use fewer sequences, or a shorter "
+                         "context with --set model.max_seq_len=N")
     if have < need:
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "

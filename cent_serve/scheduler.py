@@ -40,10 +40,10 @@ class QueueFull(RequestRefused):
         super().__init__("queue_full", message)
 
 
-def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
+def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping, capped: bool = True) -> int:
     """Blocks every device of a replica can hold: the smallest device's count (each
     sequence takes the same number of blocks on every device that holds its layers), or
-    `scheduler.num_kv_blocks_override` when that is fewer."""
+    `scheduler.num_kv_blocks_override` when that is fewer (unless `capped` is False: the devices' own)."""
     counts = []
     block = cfg.scheduler.kv_block_tokens
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
@@ -51,7 +51,7 @@ def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping) -> int:
         free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d, cfg.device.bytes_per_element)
         counts.append(max(0, free) // (block * per_token))
     override = cfg.scheduler.num_kv_blocks_override
-    return min(counts) if override is None else min(min(counts), override)
+    return min(counts) if override is None or not capped else min(min(counts), override)
 
 
 @dataclass
@@ -77,8 +77,10 @@ class Scheduler:
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
                  kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int, block_tokens: int = 16,
                  with_token_ids: bool = False, kv_tokens_cap: int | None = None,
-                 max_batched_tokens: int | None = None) -> None:
+                 max_batched_tokens: int | None = None, kv_blocks_override: int | None = None) -> None:
         self.block_tokens = block_tokens
+        self.kv_blocks_override = kv_blocks_override
+        """scheduler.num_kv_blocks_override, or None: `kv_blocks` is what the devices hold, capped at it."""
         self.max_batched_tokens = max_batched_tokens
         """Tokens a lane (a micro-batch) runs at most in a round (GPUs: vLLM's max_num_batched_tokens;
         the decodes first, prefill chunks in what is left), or None (CENT: no budget)."""
@@ -93,8 +95,10 @@ class Scheduler:
         self._round_ids = itertools.count()
         self.num_replicas, self.lanes_per_replica = num_replicas, lanes_per_replica
         self.seqs_per_lane = seqs_per_lane
-        self.kv_blocks = kv_blocks
-        self.free_blocks = [kv_blocks] * num_replicas
+        self.device_kv_blocks = kv_blocks
+        """Blocks a replica's devices hold, before `kv_blocks_override` (the refusal's fix names what caps it)."""
+        self.kv_blocks = kv_blocks if kv_blocks_override is None else min(kv_blocks, kv_blocks_override)
+        self.free_blocks = [self.kv_blocks] * num_replicas
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_waiting = max_waiting
         self.waiting: deque[Request] = deque()
@@ -112,10 +116,19 @@ class Scheduler:
     def check_fits(self, num_prompt_tokens: int) -> None:
         """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
         need = self.blocks_for(num_prompt_tokens + 1)
-        if need > self.kv_blocks:
-            raise RequestRefused("kv_capacity", f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of "
-                             f"{self.block_tokens} tokens (scheduler.kv_block_tokens); a replica holds {self.kv_blocks}: shorten the prompt "
-                             "or use more devices")
+        if need <= self.kv_blocks:
+            return
+        said = (f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of {self.block_tokens} tokens "
+                f"(scheduler.kv_block_tokens); a replica holds {self.kv_blocks}")
+        override = self.kv_blocks_override
+        if override is None or override >= need:  # the devices' own count is short: more of them hold more
+            raise RequestRefused("kv_capacity", f"{said}: shorten the prompt or use more devices")
+        # the override caps the blocks: more devices do not help while it is set
+        devices = self.device_kv_blocks
+        fix = (f"raise scheduler.num_kv_blocks_override to {need} or more, or remove it" if devices >= need else
+               "raise or remove scheduler.num_kv_blocks_override and use more devices")
+        raise RequestRefused("kv_capacity", f"{said}, capped by scheduler.num_kv_blocks_override={override} (its "
+                             f"devices hold {devices}): shorten the prompt, or {fix}")
 
     def blocks_for(self, num_tokens: int) -> int:
         if self.kv_tokens_cap is not None:

@@ -571,3 +571,18 @@ def test_sweep_rows_that_do_not_fit_name_the_devices_that_hold_them_as_simulate_
         assert main(["simulate", "--model", "llama2-70b", "--devices", devices, "--pp", pp, "--tp", tp,
                      "--prompt", "512", "--decode", "3584"]) == 0  # the fix holds the paper's batch
         capsys.readouterr()
+
+
+def test_gpus_capped_by_the_kv_block_override_are_told_to_raise_it_not_to_use_more_gpus(capsys):
+    """`--set scheduler.num_kv_blocks_override=20` on a GPU that holds thousands of blocks: the refusal
+    said "the GPUs hold 20 ...: use more GPUs", which the override caps all the same."""
+    from cent_serve.cli import main
+
+    gpu = ["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--json"]
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=20"]) == 2
+    err = capsys.readouterr().err
+    assert "scheduler.num_kv_blocks_override=20 caps the GPUs at 20 (they hold 6976): raise it to 6912 or more, " \
+           "or remove it" in err, err
+    assert "use more GPUs" not in err and len(err.strip().splitlines()) == 1, err
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=6912"]) == 0
+    capsys.readouterr()

@@ -281,3 +281,31 @@ def test_extra_eos_ids_are_set_comma_separated_and_checked():
         apply_overrides(cfg, ["model.extra_eos_token_ids=5,x"])
     with pytest.raises(ValueError, match=r"model.extra_eos_token_ids=.*\b999999\b.*use an id in"):
         apply_overrides(cfg, ["model.extra_eos_token_ids=999999"])
+
+
+def test_a_prompt_beyond_the_override_is_told_to_raise_it_not_to_use_more_devices():
+    """With `scheduler.num_kv_blocks_override` below a prompt's blocks, the refusal said "shorten the
+    prompt or use more devices": more devices hold more blocks, but the override caps them still. The
+    fix names the override (and more devices too when the devices alone hold too few)."""
+    from cent_serve.request import RequestRefused
+    from cent_serve.scheduler import Scheduler
+
+    eng = _engine(numerics="off", num_kv_blocks_override=2)
+    assert eng.scheduler.kv_blocks == 2 and eng.scheduler.device_kv_blocks > 2
+    with pytest.raises(RequestRefused) as err:
+        eng.add_request([5] * 40, RequestParams(max_tokens=4))  # 41 tokens: 3 blocks of 16
+    msg = str(err.value)
+    assert "use more devices" not in msg, msg
+    assert msg.endswith(f"a replica holds 2, capped by scheduler.num_kv_blocks_override=2 (its devices hold "
+                        f"{eng.scheduler.device_kv_blocks}): shorten the prompt, or raise "
+                        "scheduler.num_kv_blocks_override to 3 or more, or remove it"), msg
+
+    def refusal(devices: int, override: int | None) -> str:
+        s = Scheduler(1, 1, 1, devices, 16, 8, 16, kv_blocks_override=override)
+        with pytest.raises(RequestRefused) as err:
+            s.check_fits(100)  # 7 blocks
+        return str(err.value)
+    assert refusal(4, 2).endswith("shorten the prompt, or raise or remove scheduler.num_kv_blocks_override and "
+                                  "use more devices")
+    for override in (None, 7, 50):  # the devices' own count is short: more of them is the fix
+        assert refusal(4, override).endswith("a replica holds 4: shorten the prompt or use more devices")
