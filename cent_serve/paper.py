@@ -10,6 +10,7 @@ config (`cent_serve.config.build_config`) and reads the dicts.
 """
 from __future__ import annotations
 
+from cent_serve.arguments import check_config, check_int
 from cent_serve.config import CentConfig
 from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_workload
 from cent_serve.timing.pipeline import PHASES, check_phases
@@ -61,6 +62,11 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     runs it (the largest that fits, at most 128, unless `batch`; `gap` and `convention` unused).
     ValueError, one line, for a workload that does not fit the context or the devices (with
     `batch_flag`, a smaller `--batch` among the fixes; False for the sweeps, which have no --batch)."""
+    call = "closed_form(cfg, prompt, decode)"
+    check_config(call, cfg)
+    for name, value, example in (("prompt", prompt, 512), ("decode", decode, 3584), ("gap", gap, 128)):
+        check_int(call, name, value, example)
+    check_int(call, "batch", batch, 16, optional=True)
     if cfg.on_gpus:
         return _closed_form_gpu(cfg, prompt, decode, batch)
     from cent_serve.preflight import check_devices_hold
@@ -116,6 +122,11 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
     from cent_serve.executor import make_executor
     from cent_serve.preflight import check_runnable
 
+    call = "emulate(cfg, prompt, decode, seqlen=)"
+    check_config(call, cfg)
+    for name, value, example in (("prompt", prompt, 512), ("decode", decode, 3584), ("seqlen", seqlen, 4096)):
+        check_int(call, name, value, example, optional=True)
+    check_int(call, "gap", gap, 128)
     if cfg.on_gpus:  # the GPU model is formulas only: no device or fabric worker to run them through
         raise ValueError(f"--emulate runs CENT's device and fabric workers, which --hardware {cfg.hardware} has "
                          "none of: drop --hardware to emulate CENT devices, or drop --emulate for the GPU model's "

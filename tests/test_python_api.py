@@ -229,3 +229,91 @@ def test_build_config_refuses_a_falsy_value_rather_than_reading_it_as_not_given(
     with pytest.raises(ValueError, match=r"^(numerics=|--model '')") as err:
         build_config(devices=2, **kw)
     assert "\n" not in str(err.value)
+
+
+def _wrong_kinds():
+    """(call, what its error says) for arguments of the wrong kind: each gave Python's own error
+    from deep inside (a TypeError or an AttributeError), or, compare_table, a table of Nones."""
+    from cent_serve.bench import TraceOptions, load_trace, resolve_trace
+    from cent_serve.bench.report import compare_table, side_figures, summarize
+    from cent_serve.bench.runner import BenchResult, run_in_process
+    from cent_serve.config import build_config
+    from cent_serve.paper import closed_form, emulate
+    from cent_serve.timing import SystemTimer, token_figures
+
+    cfg = build_config("tiny", devices=2, numerics="off")
+    sample = resolve_trace("sample_conv")
+    reqs = list(load_trace(sample, options=TraceOptions(num_requests=3)))
+    result = BenchResult([], [], [], 0.0, 0.0, {})
+    return [
+        (lambda: closed_form(cfg, prompt="512"),
+         "closed_form(cfg, prompt, decode): prompt is a str ('512'): give a whole number, e.g. prompt=512"),
+        (lambda: closed_form(cfg, 512, 3584.0), "decode is a float (3584.0): give a whole number"),
+        (lambda: closed_form("llama2-7b"),
+         "closed_form(cfg, prompt, decode): cfg is a str ('llama2-7b'): build one first: build_config('llama2-7b', "),
+        (lambda: emulate(cfg, seqlen="100"), "seqlen is a str ('100'): give a whole number, e.g. seqlen=4096"),
+        (lambda: TraceOptions(num_requests="5"),
+         "num_requests='5' is invalid: give a whole number (not a str): use a count >= 1, or None for the whole trace"),
+        (lambda: TraceOptions(time_scale="2"), "time_scale='2' is invalid: give a number (not a str)"),
+        (lambda: TraceOptions(num_requests=2.5), "num_requests=2.5 is invalid: give a whole number (not a float)"),
+        (lambda: load_trace(sample, options={"num_request": 5}),
+         "load_trace(path, options=): options is a dict ({'num_request': 5}): 'num_request' is no field of "
+         "TraceOptions, whose fields are start_s, skip_requests, num_requests,"),
+        (lambda: load_trace(sample, options=200), "options is an int (200): give TraceOptions(...), e.g."),
+        (lambda: load_trace("azure_conv_2023"),
+         "trace 'azure_conv_2023' is not a file: load the shipped trace by its name with "
+         "load_trace(resolve_trace('azure_conv_2023'))"),
+        (lambda: load_trace(5), "load_trace(path): path is an int (5): give a trace file's path"),
+        (lambda: resolve_trace(5), "resolve_trace(name_or_path): name_or_path is an int (5): give a trace file's path"),
+        (lambda: run_in_process(cfg, "azure_conv_2023", progress=False),
+         "run_in_process(cfg, requests): requests is a str ('azure_conv_2023'): load it first: "
+         "list(load_trace(resolve_trace('azure_conv_2023')))"),
+        (lambda: run_in_process("llama2-7b", reqs, progress=False),
+         "run_in_process(cfg, requests): cfg is a str ('llama2-7b'): build one first: build_config('llama2-7b', "),
+        (lambda: run_in_process(cfg, [dict(arrival_s=0.0)], progress=False),
+         "run_in_process(cfg, requests): requests' first item is a dict ({'arrival_s': 0.0}): give the trace's "
+         "requests (cent_serve.bench.Request records)"),
+        (lambda: run_in_process(cfg, reqs[0], progress=False), "(one request: [request])"),
+        (lambda: summarize(reqs),
+         "summarize(result, slos): result is a list of 3 items (the first a Request): give the BenchResult "
+         "run_in_process returns"),
+        (lambda: summarize(result, ["ttft:200"]), "slos is a list of 1 item (the first a str): parse it first: "
+         "parse_goodput(['ttft:200'])"),
+        (lambda: summarize(result, {"ttft": "200"}), "slos['ttft'] is a str ('200'): give milliseconds >= 0"),
+        (lambda: summarize(result, {"ttfb": 200}), "'ttfb' is no metric: use ttft, tpot, e2el"),
+        (lambda: side_figures(result, cfg), "side_figures(cfg, result, slos): cfg is a BenchResult: give a CentConfig"),
+        (lambda: compare_table({}, {}),
+         "compare_table(cent, gpu): cent is a dict ({}): it lacks median_ttft_ms, p99_ttft_ms, median_tpot_ms, ...: "
+         "give each side's side_figures(cfg, result)"),
+        (lambda: compare_table(summarize(result), summarize(result)), "it lacks power_w, tokens_per_tco: give"),
+        (lambda: token_figures(cfg, 4096), "token_figures(timer, context): timer is a CentConfig: give a SystemTimer: "
+         "SystemTimer.from_config(cfg)"),
+        (lambda: token_figures(SystemTimer.from_config(cfg), "4096"), "context is a str ('4096'): give a whole number"),
+        (lambda: SystemTimer.from_config("tiny"), "SystemTimer.from_config(cfg): cfg is a str ('tiny'): build one first"),
+    ]
+
+
+def test_an_argument_of_the_wrong_kind_is_a_one_line_value_error_naming_it_and_the_fix():
+    """docs/python_api.md's contract, for the kinds of the public functions' arguments: `closed_form(cfg,
+    prompt="512")` raised `TypeError: '<' not supported between instances of 'str' and 'int'`,
+    `run_in_process(cfg, "azure_conv_2023")` `AttributeError: 'str' object has no attribute 'arrival_s'`,
+    `summarize(requests)` `... has no attribute 'records'`, `compare_table({}, {})` returned Nones."""
+    for call, says in _wrong_kinds():
+        with pytest.raises(ValueError) as err:
+            call()
+        msg = str(err.value)
+        assert says in msg and "\n" not in msg, (says, msg)
+
+
+def test_trace_options_given_as_a_dict_of_its_fields_are_taken():
+    """`load_trace(path, options={"num_requests": 5})` raised `'dict' object has no attribute
+    'time_scale'`; a dict of TraceOptions' fields is what it says: it is taken as TraceOptions(**dict)
+    (a key that is no field is refused above)."""
+    from cent_serve.bench import TraceOptions, load_trace, resolve_trace, synthetic_trace
+
+    sample = resolve_trace("sample_conv")
+    given = dict(num_requests=5, time_scale=2.0, max_prompt_tokens=100)
+    assert list(load_trace(sample, options=given)) == list(load_trace(sample, options=TraceOptions(**given)))
+    assert len(list(load_trace(sample, options={"num_requests": 5}))) == 5
+    assert list(synthetic_trace(10, 2.0, options={"num_requests": 4})) == \
+        list(synthetic_trace(10, 2.0, options=TraceOptions(num_requests=4)))

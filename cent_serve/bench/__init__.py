@@ -8,6 +8,7 @@ parameter is a `ParamError`: a ValueError naming it, which `render(CLI_FLAGS)` w
 """
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -50,6 +51,12 @@ under that dataset's license), by the name `--trace` takes."""
 def resolve_trace(name_or_path: str, flag: str = "--trace") -> Path:
     """A shipped trace's name (`SHIPPED_TRACES`, with or without `.csv`) or a file path.
     ValueError naming the flag, the value and the choices when it is neither."""
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        from cent_serve.arguments import wrong
+        raise wrong("resolve_trace(name_or_path)", "name_or_path", name_or_path,
+                    f"give a trace file's path or a shipped trace's name, one of {', '.join(SHIPPED_TRACES)}")
     stem = name_or_path[:-4] if name_or_path.endswith(".csv") else name_or_path
     path = Path(name_or_path)
     if stem in SHIPPED_TRACES and not path.is_file():

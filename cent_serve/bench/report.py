@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 import re
 from pathlib import Path
 
 import numpy as np
 
+from cent_serve.arguments import check_config, wrong
 from cent_serve.bench.runner import BenchResult, RequestRecord
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import busy_fraction
@@ -67,6 +69,29 @@ def failure_reasons(records: list[RequestRecord]) -> dict[str, dict]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["count"], kv[0])))
 
 
+def _check_result(call: str, result: object, example: str) -> None:
+    """ValueError unless `result` is a replay's `BenchResult`."""
+    if not isinstance(result, BenchResult):
+        raise wrong(call, "result", result, f"give the BenchResult run_in_process returns: {example}")
+
+
+def _check_slos(call: str, slos: object) -> None:
+    """ValueError unless `slos` is None or {metric of SLO_METRICS: milliseconds >= 0}."""
+    if slos is None:
+        return
+    if not isinstance(slos, dict):
+        fix = (f"parse it first: parse_goodput({slos!r}) (cent_serve.bench.report)" if isinstance(slos, (list, tuple))
+               and all(isinstance(x, str) for x in slos) and len(repr(slos)) <= 60 else
+               "give {metric: milliseconds}, e.g. slos={'ttft': 200, 'tpot': 50}")
+        raise wrong(call, "slos", slos, fix)
+    for name, ms in slos.items():
+        if name not in SLO_METRICS:
+            raise wrong(call, "slos", slos, f"{name!r} is no metric: use {', '.join(SLO_METRICS)}, e.g. "
+                        "slos={'ttft': 200}")
+        if isinstance(ms, bool) or not isinstance(ms, numbers.Real) or not ms >= 0:
+            raise wrong(call, f"slos[{name!r}]", ms, f"give milliseconds >= 0, e.g. slos={{{name!r}: 200}}")
+
+
 def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict:
     """vLLM benchmark_serving's fields, over simulated time (duration = first arrival to last finish).
 
@@ -75,6 +100,8 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
     `slo_attainment`: the share of *all* requests that completed and met every SLO (a failed
     request meets none).
     """
+    _check_result("summarize(result, slos)", result, "summarize(run_in_process(cfg, requests))")
+    _check_slos("summarize(result, slos)", slos)
     records = sorted(result.records, key=lambda r: (r.arrival_s, r.request_id))  # sums in one order
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
@@ -125,6 +152,8 @@ ROWS = (  # (key of side_figures, label, unit, better)
     ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
 )
 """The figures `cent bench compare` sets side by side (`compare_table`)."""
+SLO_ROWS = ("request_goodput",)
+"""ROWS' keys a side has only with SLOs (`summarize`'s `slos`)."""
 
 
 def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | None = None) -> dict:
@@ -132,6 +161,10 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | 
     duration), `tco` (the CENT artifact's TCO units: 0.73 per 32 devices, the GPU kind's per GPU) and
     `tokens_per_tco`: one side of `cent bench compare` (compare.json's `cent` and `gpu`), for a replay on
     CENT devices or on GPUs."""
+    call = "side_figures(cfg, result, slos)"
+    check_config(call, cfg)
+    _check_result(call, result, "side_figures(cfg, run_in_process(cfg, requests))")
+    _check_slos(call, slos)
     s = summarize(result, slos)
     if cfg.on_gpus:
         from cent_serve.gpu.timing import GpuTimer
@@ -148,7 +181,16 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | 
 
 def compare_table(cent: dict, gpu: dict) -> list[dict]:
     """compare.json's `table`: a row per figure of `ROWS` (`metric`, `unit`, `cent`, `gpu`,
-    `cent_over_gpu`, `better`: which way is better) from two sides' `side_figures`."""
+    `cent_over_gpu`, `better`: which way is better) from two sides' `side_figures` (or compare.json's
+    `cent` and `gpu`); a side without their figures is refused (it made a table of Nones)."""
+    for name, side in (("cent", cent), ("gpu", gpu)):
+        missing = [key for key, *_ in ROWS if key not in SLO_ROWS] if not isinstance(side, dict) else \
+            [key for key, *_ in ROWS if key not in side and key not in SLO_ROWS]
+        if missing:
+            lacks = "" if not isinstance(side, dict) else \
+                f"it lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: "
+            raise wrong("compare_table(cent, gpu)", name, side, f"{lacks}give each side's side_figures(cfg, result) "
+                        "(or compare.json's 'cent' and 'gpu')")
     table = []
     for key, label, unit, better in ROWS:
         c, g = cent.get(key), gpu.get(key)

@@ -12,6 +12,7 @@ either is sent with 1, counted (`BenchResult.raised_to_one_token`, summary.json'
 from __future__ import annotations
 
 import logging
+import os
 import time
 from array import array
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from cent_serve.arguments import check_config, wrong
 from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.config import CentConfig
@@ -198,6 +200,23 @@ def _prompt_ids(tr: TraceRequest, engine: Engine, index: int, seed: int) -> list
     return prompt_ids(max(1, tr.num_prompt_tokens), (seed, index), engine.tokenizer.start_ids)
 
 
+CALL = "run_in_process(cfg, requests)"
+REQUESTS_FIX = ("give the trace's requests (cent_serve.bench.Request records), e.g. "
+                "list(load_trace(resolve_trace('azure_conv_2023'))) or list(synthetic_trace(n, rate))")
+
+
+def _check_requests(requests: object) -> None:
+    """ValueError unless `requests` is an iterable of trace requests (its items checked by the caller):
+    a trace's name or path is told to load it first."""
+    if isinstance(requests, (str, os.PathLike)):
+        name = os.fspath(requests)
+        raise wrong(CALL, "requests", requests, f"load it first: list(load_trace(resolve_trace({name!r}))) "
+                    "(cent_serve.bench)")
+    if isinstance(requests, (dict, TraceRequest)) or not isinstance(requests, Iterable):
+        raise wrong(CALL, "requests", requests, REQUESTS_FIX + (" (one request: [request])"
+                                                                 if isinstance(requests, TraceRequest) else ""))
+
+
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None,
                    warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay",
@@ -212,17 +231,21 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     context, full numerics fits this machine's memory), and the engine is shut down at the end.
     `checked`: the caller ran `check_runnable(cfg)` already (`run_sweep`, `run_compare`, `run_paper` per
     mapping, `cent sweep --trace` per point, each before its first replay), so it is not run again."""
+    check_config(CALL, cfg)
+    _check_requests(requests)
     own = engine is None
     if own and not checked:
         from cent_serve.preflight import check_runnable
         check_runnable(cfg)
+    it = iter(requests)
+    pending = next(it, None)
+    if pending is not None and not isinstance(pending, TraceRequest):  # the rest are taken to be alike
+        raise wrong(CALL, "requests' first item", pending, REQUESTS_FIX)
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
     trace_arrivals: dict[str, float | None] = {}  # by engine request id, until the request's record is made
     samples: list[Sample] = []
-    it = iter(requests)
-    pending = next(it, None)
     index = steps = 0
     zeros = ZeroTokens()
     bar = Progress(total, desc, progress)

@@ -22,7 +22,7 @@ import numpy as np
 from cent_serve.bench.errors import ParamError
 from cent_serve.bench.readers import LengthsOnlyError, read_csv
 from cent_serve.bench.request import Request
-from cent_serve.bench.traces import TraceOptions, apply_options, load_trace
+from cent_serve.bench.traces import TraceOptions, apply_options, load_trace, trace_options
 
 __all__ = ["arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
            "UniformLengths", "TraceLengths", "synthetic_trace"]
@@ -169,10 +169,11 @@ class TraceLengths:
 
 def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
                     lengths: LengthSampler | None = None, seed: int = 0,
-                    options: TraceOptions | None = None) -> Iterator[Request]:
+                    options: TraceOptions | dict | None = None) -> Iterator[Request]:
     """`num_requests` requests with gamma arrivals (`rate` req/s) and lengths from `lengths`
     (default `FixedLengths()`), ids "0".."n-1", no prompt text. `options` apply as to a file.
     """
+    options = trace_options(options, "synthetic_trace(num_requests, rate, options=)")
     if num_requests < 1:
         raise ParamError(f"{{num_requests}}={num_requests!r} is invalid: use a count >= 1")
     lengths = lengths or FixedLengths()
@@ -184,4 +185,4 @@ def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
                 zip(arrivals.tolist(), prompt.tolist(), output.tolist())):
             yield Request(str(i), arrival_s, num_prompt, num_output, trace_arrival_s=arrival_s)
 
-    return apply_options(make, options or TraceOptions(), source="the synthetic trace")
+    return apply_options(make, options, source="the synthetic trace")

@@ -39,9 +39,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+import numbers
+import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from cent_serve.arguments import wrong
 from cent_serve.bench.errors import ParamError
 from cent_serve.bench.readers import (CSV_LAYOUTS, open_text, read_csv, read_mooncake, read_sharegpt,
                                       sniff_csv_format)
@@ -97,24 +100,59 @@ class TraceOptions:
     """Clip output lengths to at most this many tokens (None: no cap)."""
 
     def __post_init__(self) -> None:
-        _check(math.isfinite(self.start_s) and self.start_s >= 0, "start_s", self.start_s,
-               "use a number of seconds >= 0")
-        _check(self.skip_requests >= 0, "skip_requests", self.skip_requests, "use a count >= 0")
+        for f in fields(self):  # the kind first: a str's comparison raised Python's TypeError
+            value, (integer, optional) = getattr(self, f.name), _KINDS[f.name]
+            number = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
+            _check(number or optional and value is None, f.name, value,
+                   f"give {'a whole number' if integer else 'a number'} (not a {type(value).__name__}): {_FIXES[f.name]}")
+        _check(math.isfinite(self.start_s) and self.start_s >= 0, "start_s", self.start_s, _FIXES["start_s"])
+        _check(self.skip_requests >= 0, "skip_requests", self.skip_requests, _FIXES["skip_requests"])
         _check(self.num_requests is None or self.num_requests >= 1, "num_requests",
-               self.num_requests, "use a count >= 1, or {none} for the whole trace")
+               self.num_requests, _FIXES["num_requests"])
         _check(math.isfinite(self.time_scale) and self.time_scale > 0, "time_scale",
-               self.time_scale, "use a finite factor > 0")
+               self.time_scale, _FIXES["time_scale"])
         _check(self.request_rate is None or (math.isfinite(self.request_rate)
                                              and self.request_rate > 0),
-               "request_rate", self.request_rate,
-               "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals")
+               "request_rate", self.request_rate, _FIXES["request_rate"])
         check_rate_or_time_scale(self.request_rate, self.time_scale)
         for name in ("prompt_scale", "output_scale"):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value > 0, name, value, "use a finite factor > 0")
+            _check(math.isfinite(value) and value > 0, name, value, _FIXES[name])
         for name in ("max_prompt_tokens", "max_output_tokens"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, name, value, "use a cap >= 1, or {none} for no cap")
+            _check(value is None or value >= 1, name, value, _FIXES[name])
+
+
+_FIXES = {
+    "start_s": "use a number of seconds >= 0", "skip_requests": "use a count >= 0",
+    "num_requests": "use a count >= 1, or {none} for the whole trace", "time_scale": "use a finite factor > 0",
+    "request_rate": "use a finite rate > 0 in requests/s, or {none} to keep the trace's arrivals",
+    "prompt_scale": "use a finite factor > 0", "output_scale": "use a finite factor > 0",
+    "max_prompt_tokens": "use a cap >= 1, or {none} for no cap", "max_output_tokens": "use a cap >= 1, or {none} for no cap",
+}
+"""Each `TraceOptions` field's fix, for a value of the wrong kind or out of range."""
+_KINDS = {"start_s": (False, False), "skip_requests": (True, False), "num_requests": (True, True),
+          "time_scale": (False, False), "request_rate": (False, True), "prompt_scale": (False, False),
+          "output_scale": (False, False), "max_prompt_tokens": (True, True), "max_output_tokens": (True, True)}
+"""Each `TraceOptions` field: (a whole number, None allowed)."""
+
+
+def trace_options(options: TraceOptions | dict | None, call: str = "load_trace(path, options=)") -> TraceOptions:
+    """`options` as a `TraceOptions`: None is the default one, a dict of its fields is made into one
+    (`{"num_requests": 200}`: what the dict says, nothing guessed); anything else, or a dict with a key
+    that is no field, a ValueError naming it."""
+    if options is None:
+        return TraceOptions()
+    if isinstance(options, TraceOptions):
+        return options
+    if isinstance(options, dict):
+        unknown = [k for k in options if k not in _KINDS]
+        if unknown:
+            raise wrong(call, "options", options, f"{unknown[0]!r} is no field of TraceOptions, whose fields are "
+                        f"{', '.join(_KINDS)}")
+        return TraceOptions(**options)
+    raise wrong(call, "options", options, "give TraceOptions(...), e.g. options=TraceOptions(num_requests=200) "
+                "(or a dict of its fields)")
 
 
 def detect_format(path: str | Path) -> str:
@@ -147,7 +185,7 @@ def _first_character(path: Path, limit: int = 1 << 16) -> str:
         return f.read(limit).lstrip()[:1]
 
 
-def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | None = None, *,
+def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | dict | None = None, *,
                count_tokens: Callable[[str], int] | None = None,
                arrivals_s: Callable[[], Iterable[float]] | None = None,
                span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None) -> Iterator[Request]:
@@ -162,10 +200,18 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     here; bad rows raise ValueError when iteration reaches them. `span_progress` wraps the rows of a
     rate override's first pass (e.g. in a progress bar), which runs here, before anything is yielded.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise wrong("load_trace(path)", "path", path, "give a trace file's path, or resolve_trace(NAME) for a "
+                    "trace shipped with the package")
+    options = trace_options(options)
     path = Path(path)
     if not path.is_file():
+        from cent_serve.bench import SHIPPED_TRACES
         kind = "a directory" if path.is_dir() else "not a file"
-        raise ValueError(f"trace {str(path)!r} is {kind}: give the path of a trace file")
+        shipped = path.name.removesuffix(".csv") if not path.is_dir() and str(path) == path.name else None
+        fix = (f"load the shipped trace by its name with load_trace(resolve_trace({shipped!r}))"
+               if shipped in SHIPPED_TRACES else "give the path of a trace file")
+        raise ValueError(f"trace {str(path)!r} is {kind}: {fix}")
     fmt = fmt or detect_format(path)
     _check(fmt in FORMATS, "fmt", fmt, f"use one of {', '.join(FORMATS)}, or {{none}} to detect it")
     if fmt in CSV_LAYOUTS:
@@ -181,18 +227,19 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
 
         def make() -> Iterator[Request]:
             return read_sharegpt(path, count_tokens, arrivals_s())
-    return apply_options(make, options or TraceOptions(), source=str(path), span_progress=span_progress)
+    return apply_options(make, options, source=str(path), span_progress=span_progress)
 
 
 def apply_options(make_requests: Callable[[], Iterable[Request]],
-                  options: TraceOptions, *, source: str = "the trace",
+                  options: TraceOptions | dict, *, source: str = "the trace",
                   span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None) -> Iterator[Request]:
     """Apply `options` to the requests `make_requests()` yields (file order, arrivals sorted).
 
     `make_requests` is called once, or twice with a rate override (span first, then requests; the
     first pass's rows go through `span_progress` when given). `source` names the requests in errors
-    (`load_trace` passes the file's path).
+    (`load_trace` passes the file's path). `options` may be a dict of its fields (`trace_options`).
     """
+    options = trace_options(options, "apply_options(make_requests, options)")
     factor = options.time_scale
     if options.request_rate is not None:
         num_kept, span_s, seen = 0, 0.0, [0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from cent_serve.arguments import check_int, wrong
 from cent_serve.timing.accelerator import accelerator_parts
 from cent_serve.timing.mapping import counted
 from cent_serve.timing.token import SystemTimer
@@ -116,6 +117,11 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     mapping run one per copy, as the serving engine does)."""
     from cent_serve.timing.energy import token_energy_terms_j
 
+    if not isinstance(timer, SystemTimer):  # a config: the timer is made of it
+        raise wrong("token_figures(timer, context)", "timer", timer, "give a SystemTimer: "
+                    "SystemTimer.from_config(cfg) (cent_serve.timing)")
+    check_int("token_figures(timer, context)", "context", context, 4096)
+    check_int("token_figures(timer, context)", "batch", batch, 1, optional=True)
     mp, m = timer.mapping, timer.model
     batch = mp.lanes if batch is None else batch
     if not 1 <= batch <= mp.lanes:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cent_serve.arguments import check_config
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
 from cent_serve.timing.fabric import hop_size, moe_collectives_s, pipeline_block_s, port_model, tensor_collectives_s
@@ -129,6 +130,7 @@ class SystemTimer:
 
     @classmethod
     def from_config(cls, cfg: CentConfig, convention: str = "cent") -> "SystemTimer":
+        check_config("SystemTimer.from_config(cfg)", cfg)
         return cls(cfg.model, resolve_mapping(cfg.model, cfg.parallel, cfg.device), cfg.device,
                    cfg.fabric, convention)
 

@@ -1,0 +1,66 @@
+"""An argument of the wrong kind given to a public function, refused in one line.
+
+docs/python_api.md's contract: a mistake is a ValueError of one line naming the value and the fix.
+A script that passes a string for a count, a dict for a `TraceOptions` or a list for a
+`BenchResult` got Python's own error from deep inside (`'<' not supported between instances of 'str'
+and 'int'`, `'dict' object has no attribute 'time_scale'`). The public functions check their
+arguments' kinds here, once a call where a script calls in (never in a loop):
+`wrong(call, name, value, fix)` is the error, `"{call}: {name} is {what it is}: {fix}"`.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+SHORT = 40
+"""Characters of a value's repr an error quotes (longer ones are cut with ...)."""
+
+
+def described(value: Any) -> str:
+    """A value as an error names it: its type and a short repr, e.g. "a str ('azure_conv_2023')",
+    "a list of 200 items (the first a Request)", "a CentConfig" (a repr longer than `SHORT` left out), "None"."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if isinstance(value, (list, tuple)) and value:
+        first = type(value[0]).__name__
+        items = "1 item" if len(value) == 1 else f"{len(value)} items"
+        return f"{article} {kind} of {items} (the first {'an' if first[:1].lower() in 'aeiou' else 'a'} {first})"
+    text = repr(value)
+    if len(text) > SHORT:  # a long string is cut; an object's long repr (a config's) says nothing its type does not
+        if not isinstance(value, str):
+            return f"{article} {kind}"
+        text = text[:SHORT - 3] + "..."
+    return f"{article} {kind} ({text})"
+
+
+def wrong(call: str, name: str, value: Any, fix: str) -> ValueError:
+    """The one-line error for argument `name` of `call` (e.g. "run_in_process(cfg, requests)")."""
+    return ValueError(f"{call}: {name} is {described(value)}: {fix}")
+
+
+def is_int(value: Any) -> bool:
+    """A whole number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(call: str, name: str, value: Any, example: int, optional: bool = False) -> None:
+    """ValueError unless `value` is a whole number (or, `optional`, None); ranges are the caller's."""
+    if not (is_int(value) or optional and value is None):
+        none = f", or {name}=None" if optional else ""
+        raise wrong(call, name, value, f"give a whole number, e.g. {name}={example}{none}")
+
+
+def check_config(call: str, cfg: Any, name: str = "cfg") -> None:
+    """ValueError unless `cfg` is a `CentConfig`; a model's name is told to build one first (not
+    built here: `build_config`'s other choices, devices and numerics, would be guessed)."""
+    from cent_serve.config import CentConfig
+
+    if isinstance(cfg, CentConfig):
+        return
+    if isinstance(cfg, str) and len(cfg) <= SHORT:
+        fix = f"build one first: build_config({cfg!r}, devices=N) (cent_serve.config)"
+    else:
+        fix = "give a CentConfig: cent_serve.config.build_config(model, devices=N, ...)"
+    raise wrong(call, name, cfg, fix)
