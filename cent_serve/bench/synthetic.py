@@ -151,8 +151,9 @@ class TraceLengths:
         try:
             return cls._of(load_trace(path, fmt, options, **load_kwargs))
         except LengthsOnlyError as exc:  # raised at the header, before any row
-            return cls._of(apply_options(lambda: read_csv(Path(path), exc.fmt, lengths_only=True),
-                                         options or TraceOptions(), source=str(path)))
+            lengths_fmt = exc.fmt  # bound here: the lambda may run after `exc` is gone
+        return cls._of(apply_options(lambda: read_csv(Path(path), lengths_fmt, lengths_only=True),
+                                     options or TraceOptions(), source=str(path)))
 
     @classmethod
     def _of(cls, requests: Iterable[Request]) -> TraceLengths:
