@@ -76,7 +76,8 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
     out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
-               table=table, notes=compare_notes(results, sides, cent_cfg, gpu_cfg), sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
+               table=table, notes=compare_notes(results, sides, cent_cfg, gpu_cfg, swept=bool(rates_requests)),
+               sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
                config=dict(cent=config_to_dict(cent_cfg), gpu=config_to_dict(gpu_cfg)))  # each side's, resolved
     (out_dir / "compare.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     with open(out_dir / "compare.csv", "w", newline="") as f:
@@ -100,20 +101,28 @@ SLOW_PREFILL = 5.0
 """CENT's TTFT p50 this many times the GPUs' or more is explained (`compare_notes`)."""
 
 
-def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentConfig, gpu_cfg: CentConfig) -> list[str]:
+def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentConfig, gpu_cfg: CentConfig,
+                  swept: bool = False) -> list[str]:
     """What a reader of the table would ask, answered from the runs: a side that kept the trace's pace
     (its throughput and tokens per dollar follow the arrivals, not its capacity), CENT's token-by-token
-    prefill behind a TTFT far above the GPUs', and a GPU kind without a cost."""
+    prefill behind a TTFT far above the GPUs', and a GPU kind without a cost. `swept`: the run has
+    --rates (the note points at its sweep rather than suggesting the flag). A side that completed
+    nothing, or whose last completion comes before the last arrival (the later requests failed), kept
+    no pace: its duration (first arrival to last finish) says nothing of the trace's."""
     notes = []
-    last = max((r.arrival_s for r in results["CENT"].records), default=0.0)
-    paced = [name for name in ("CENT", "GPU") if last > 0 and sides[name]["duration"] <= KEPT_PACE * last]
+    arrivals = [r.arrival_s for r in results["CENT"].records]
+    last = max(arrivals, default=0.0)
+    span = last - min(arrivals, default=0.0)  # from the first arrival, as `summarize`'s duration counts
+    paced = [name for name in ("CENT", "GPU") if span > 0 and sides[name]["completed"] > 0
+             and span <= sides[name]["duration"] <= KEPT_PACE * span]
     if paced:
         who = " and ".join({"CENT": "CENT", "GPU": "the GPUs"}[n] for n in paced)
-        ends = " and ".join(f"{sides[n]['duration'] - last:.3g} s" for n in paced)
+        ends = " and ".join(f"{sides[n]['duration'] - span:.3g} s" for n in paced)
         notes.append(f"{who} kept the trace's pace (the run{'s' * (len(paced) > 1)} end{'' if len(paced) > 1 else 's'} "
                      f"{ends} after the last arrival, at {last:.3g} s): the throughput and tokens per dollar of "
-                     f"{who} are the trace's, not what the hardware can do; --rates R1,R2,... replays both at "
-                     "higher loads")
+                     f"{who} are the trace's, not what the hardware can do; "
+                     + ("the --rates sweep (compare.json's sweep) replays both at other loads" if swept else
+                        "--rates R1,R2,... replays both at higher loads"))
     ttft = sides["CENT"].get("median_ttft_ms"), sides["GPU"].get("median_ttft_ms")
     if cent_cfg.scheduler.prefill_chunk_tokens == 1 and None not in ttft and ttft[0] > SLOW_PREFILL * ttft[1]:
         notes.append("CENT prefills a prompt a token at a time round its pipeline, as the paper does "

@@ -225,3 +225,23 @@ def test_a_sides_power_and_tokens_per_tco_are_its_run_s(hardware, tco):
     tokens = s["total_input_tokens"] + s["total_output_tokens"]
     assert tokens == 6 * (20 + 5)
     assert s["tokens_per_tco"] == pytest.approx(tokens / s["duration"] / tco, rel=1e-12)
+
+
+@pytest.mark.parametrize("rows, rates, paced", [
+    ([TOO_LONG.format(t=0.0), TOO_LONG.format(t=100.0)], [], False),  # nothing completed: no pace was kept
+    (["0.0,16,4\n", TOO_LONG.format(t=100.0)], [], False),  # the last request failed: the run ends at ~0 s
+    (["0.0,16,4\n", "100.0,16,4\n"], ["--rates", "1"], True),  # kept; the sweep is run already, not suggested
+])
+def test_the_kept_pace_note_is_about_requests_that_completed(tmp_path, capsys, rows, rates, paced):
+    """Every request failed: a side's duration is 0, and the note said both "kept the trace's pace (the
+    runs end -100 s and -100 s after the last arrival)"; with --rates it suggested the flag just given."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "".join(rows))
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--no-plots", *rates,
+                 "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    notes = json.loads((tmp_path / "o" / "compare.json").read_text())["notes"]
+    kept = [n for n in notes if "kept the trace's pace" in n]
+    assert bool(kept) == paced, notes
+    for note in kept:
+        assert "s -" not in note and "end -" not in note and "--rates R1,R2" not in note and "the --rates sweep" in note, note
