@@ -230,6 +230,11 @@ def test_a_sharegpt_trace_is_refused_in_the_command_lines_words(tmp_path, capsys
     # a default of 0 means off or derived (no GPUs, a stage a block): not the example
     (["simulate", "--set", "gpu.count=x"], "gpu.count='x' is invalid: expected an integer, e.g. 4\n"),
     (["simulate", "--set", "model.head_dim=x"], "model.head_dim='x' is invalid: expected an integer, e.g. 128\n"),
+    # a default of 0 with a floor above 4 (the sequences a step holds), and a default of None: not 4
+    (["simulate", "--set", "gpu.max_num_batched_tokens=x"],
+     "gpu.max_num_batched_tokens='x' is invalid: expected an integer, e.g. 8192\n"),
+    (["simulate", "--set", "server.max_tokens_default=x"],
+     "server.max_tokens_default='x' is invalid: expected an integer, e.g. 4096\n"),
 ])
 def test_an_integer_fields_example_is_the_fields_own(args, says, tmp_path, capsys):
     """A device count was told `e.g. 4096`, every integer field's example: now the field's default."""

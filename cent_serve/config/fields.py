@@ -211,15 +211,17 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
 
 INTEGER_EXAMPLES = {"device.bytes_per_element": "1 (int8), 2 (bfloat16) or 4 (float32); sub-byte types such as "
                                                 "4-bit are not modelled",
-                    "model.head_dim": "128", "model.sliding_window": "4096", "gpu.max_num_seqs": "256"}
+                    "model.head_dim": "128", "model.sliding_window": "4096", "gpu.max_num_seqs": "256",
+                    "gpu.max_num_batched_tokens": "8192", "model.moe_intermediate_size": "14336",
+                    "model.rope_original_max_position": "8192"}
 """The example an integer field's type error gives, where its default would mislead (a default of 0
-means "off" or "derived", so those fields with no example here get 4)."""
+means "off" or "derived", so those fields with no example here get 4; a default of None, 4096)."""
 
 
 def _integer_example(name: str) -> str:
     """The example an integer field's type error gives: `INTEGER_EXAMPLES`' words, else the field's
     default when it is positive (a device count's 8, not a context length's 4096), else 4 (a default
-    of 0 is "off" or "derived": gpu.count 0 is no GPU)."""
+    of 0 is "off" or "derived": gpu.count 0 is no GPU), else (a default of None: unset) 4096."""
     if name in INTEGER_EXAMPLES:
         return INTEGER_EXAMPLES[name]
     from cent_serve.config.tree import CentConfig  # imported here: it imports this module
@@ -227,7 +229,9 @@ def _integer_example(name: str) -> str:
     for section in sections:
         cls = _sections(cls).get(section) if cls is not None else None
     default = next((f.default for f in fields(cls) if f.name == leaf), None) if cls is not None else None
-    return str(default) if isinstance(default, int) and not isinstance(default, bool) and default > 0 else "4"
+    if not isinstance(default, int) or isinstance(default, bool):
+        return "4096"  # unset by default (None): a count of tokens or blocks
+    return str(default) if default > 0 else "4"
 
 
 def _bool_text(text: str) -> bool | None:
