@@ -130,7 +130,7 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
                    slo_attainment=good / max(1, len(records)))
     clock = result.clock_s
     out.update(energy_per_token_mj=energy_mj / max(1, n_in + n_out),
-               energy_per_output_token_mj=energy_mj / max(1, n_out), energy_j=energy_mj / 1e3,
+               energy_per_output_token_mj=energy_mj / n_out if n_out else None, energy_j=energy_mj / 1e3,
                device_busy_fraction={_dev(d): busy_fraction(d, clock) for d in result.devices},
                preemptions=sum(r.preemptions for r in records),
                failure_reasons=failure_reasons(records),
@@ -152,8 +152,9 @@ ROWS = (  # (key of side_figures, label, unit, better)
     ("completed", "completed", "", "high"), ("failed", "failed", "", "low"),
 )
 """The figures `cent bench compare` sets side by side (`compare_table`)."""
-SLO_ROWS = ("request_goodput",)
-"""ROWS' keys a side has only with SLOs (`summarize`'s `slos`)."""
+OPTIONAL_ROWS = ("request_goodput", "energy_per_output_token_mj")
+"""ROWS' keys a side may lack: goodput without SLOs (`summarize`'s `slos`), energy per output token in
+a compare.json written before it was a row (its table shows "-" there)."""
 
 
 def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | None = None) -> dict:
@@ -184,8 +185,8 @@ def compare_table(cent: dict, gpu: dict) -> list[dict]:
     `cent_over_gpu`, `better`: which way is better) from two sides' `side_figures` (or compare.json's
     `cent` and `gpu`); a side without their figures is refused (it made a table of Nones)."""
     for name, side in (("cent", cent), ("gpu", gpu)):
-        missing = [key for key, *_ in ROWS if key not in SLO_ROWS] if not isinstance(side, dict) else \
-            [key for key, *_ in ROWS if key not in side and key not in SLO_ROWS]
+        missing = [key for key, *_ in ROWS if key not in OPTIONAL_ROWS] if not isinstance(side, dict) else \
+            [key for key, *_ in ROWS if key not in side and key not in OPTIONAL_ROWS]
         if missing:
             lacks = "" if not isinstance(side, dict) else \
                 f"it lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: "
@@ -308,8 +309,9 @@ def print_table(summary: dict, title: str | None = None) -> None:
     if "request_goodput" in summary:
         print(f"{'request goodput':<24}{summary['request_goodput']:>12.3f} req/s "
               f"({100 * summary['slo_attainment']:.1f}% of all requests meet {slos_text(summary['goodput_slos_ms'])})")
-    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens; "
-          f"{summary['energy_per_output_token_mj']:.3f} mJ an output token)")
+    per_out = summary["energy_per_output_token_mj"]
+    print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens"
+          + ("" if per_out is None else f"; {per_out:.3f} mJ an output token") + ")")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

@@ -50,6 +50,8 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
             assert len(gaps) == (int(row["num_output_tokens"]) - 1 if row["finish_reason"] == "length" else 0)
     for side in ("cent", "gpu"):
         assert saved[side]["failure_reasons"]["context_exceeded"]["count"] == failed
+        # no output token completed: no energy per output token (not the run's whole energy over 1)
+        assert (saved[side]["energy_per_output_token_mj"] is None) == (failed == len(rows))
         assert "9000 tokens" in saved[side]["failure_reasons"]["context_exceeded"]["example"]
         for row in (saved["sweep"] or {}).get(side, []):
             assert row["failure_reasons"]["context_exceeded"]["count"] == failed
@@ -115,6 +117,11 @@ def test_the_notes_answer_what_the_table_raises(tmp_path, capsys):
         s = saved[side]
         assert row[side] == s["energy_per_output_token_mj"] == pytest.approx(1e3 * s["energy_j"] / s["total_output_tokens"])
         assert s["energy_per_output_token_mj"] == pytest.approx(s["energy_per_token_mj"] * (2000 + 4) / 4)
+    # a compare.json written before the row: its sides still make a table, "-" there
+    from cent_serve.bench.report import compare_table
+    older = {k: v for k, v in saved["cent"].items() if k != "energy_per_output_token_mj"}
+    again = {r["metric"]: r for r in compare_table(older, saved["gpu"])}
+    assert again["energy per output token"]["cent"] is None and again["TTFT p50"]["cent"] == ttft[0]
 
 
 @pytest.mark.parametrize("xs", [
