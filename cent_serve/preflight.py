@@ -303,10 +303,12 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
         held = t.kv_blocks(block)
         fix = (f"raise it to {need} or more, or remove it" if held >= need else
                "raise or remove it and use more GPUs (gpu:KIND:N)")
+        why = (f"scheduler.num_kv_blocks_override={override} caps the GPUs at {have} (they hold {held})"
+               if override < held else f"the GPUs hold {held} (scheduler.num_kv_blocks_override={override} would cap "
+               "more of them)")
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
-                         f"tokens needs {need} blocks of {block} tokens, scheduler.num_kv_blocks_override={override} "
-                         f"caps the GPUs at {have} (they hold {held}): {fix}, or use fewer sequences, or a shorter "
-                         "context with --set model.max_seq_len=N")
+                         f"tokens needs {need} blocks of {block} tokens, {why}: {fix}, or use fewer sequences, or a "
+                         "shorter context with --set model.max_seq_len=N")
     if have < need:
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "

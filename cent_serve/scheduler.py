@@ -127,8 +127,9 @@ class Scheduler:
         devices = self.device_kv_blocks
         fix = (f"raise scheduler.num_kv_blocks_override to {need} or more, or remove it" if devices >= need else
                "raise or remove scheduler.num_kv_blocks_override and use more devices")
-        raise RequestRefused("kv_capacity", f"{said}, capped by scheduler.num_kv_blocks_override={override} (its "
-                             f"devices hold {devices}): shorten the prompt, or {fix}")
+        why = (f"capped by scheduler.num_kv_blocks_override={override} (its devices hold {devices})" if override < devices
+               else f"its devices' (scheduler.num_kv_blocks_override={override} would cap more of them)")
+        raise RequestRefused("kv_capacity", f"{said}, {why}: shorten the prompt, or {fix}")
 
     def blocks_for(self, num_tokens: int) -> int:
         if self.kv_tokens_cap is not None:

@@ -307,5 +307,9 @@ def test_a_prompt_beyond_the_override_is_told_to_raise_it_not_to_use_more_device
         return str(err.value)
     assert refusal(4, 2).endswith("shorten the prompt, or raise or remove scheduler.num_kv_blocks_override and "
                                   "use more devices")
+    # the devices hold fewer than the override: theirs is the count, and the override would cap more of them
+    assert refusal(4, 5).endswith("a replica holds 4, its devices' (scheduler.num_kv_blocks_override=5 would cap more "
+                                  "of them): shorten the prompt, or raise or remove scheduler.num_kv_blocks_override "
+                                  "and use more devices")
     for override in (None, 7, 50):  # the devices' own count is short: more of them is the fix
         assert refusal(4, override).endswith("a replica holds 4: shorten the prompt or use more devices")
