@@ -4,7 +4,8 @@ docs/python_api.md's contract: a mistake is a ValueError of one line naming the 
 A script that passes a string for a count, a dict for a `TraceOptions` or a list for a
 `BenchResult` got Python's own error from deep inside (`'<' not supported between instances of 'str'
 and 'int'`, `'dict' object has no attribute 'time_scale'`). The public functions check their
-arguments' kinds here, once a call where a script calls in (never in a loop):
+arguments' kinds here, once a call where a script calls in (about 0.6 us a check: `token_figures`,
+which `phase_figures` calls per context length, pays it there too):
 `wrong(call, name, value, fix)` is the error, `"{call}: {name} is {what it is}: {fix}"`.
 """
 from __future__ import annotations
@@ -21,18 +22,22 @@ def described(value: Any) -> str:
     "a list of 200 items (the first a Request)", "a CentConfig" (a repr longer than `SHORT` left out), "None"."""
     if value is None:
         return "None"
+    from cent_serve.timing.mapping import counted
+
     kind = type(value).__name__
-    article = "an" if kind[:1].lower() in "aeiou" else "a"
     if isinstance(value, (list, tuple)) and value:
-        first = type(value[0]).__name__
-        items = "1 item" if len(value) == 1 else f"{len(value)} items"
-        return f"{article} {kind} of {items} (the first {'an' if first[:1].lower() in 'aeiou' else 'a'} {first})"
+        return f"{_a(kind)} of {counted(len(value), 'item')} (the first {_a(type(value[0]).__name__)})"
     text = repr(value)
     if len(text) > SHORT:  # a long string is cut; an object's long repr (a config's) says nothing its type does not
         if not isinstance(value, str):
-            return f"{article} {kind}"
+            return _a(kind)
         text = text[:SHORT - 3] + "..."
-    return f"{article} {kind} ({text})"
+    return f"{_a(kind)} ({text})"
+
+
+def _a(noun: str) -> str:
+    """`a str`, `an int`."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def wrong(call: str, name: str, value: Any, fix: str) -> ValueError:

@@ -204,13 +204,14 @@ def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_i
 
 
 @pytest.mark.parametrize("family", ["mistral", "mixtral", "llama3"])
-def test_layer_types_mixing_full_and_sliding_attention_is_refused_where_the_window_would_hide_keys(
+def test_layer_types_mixing_full_and_sliding_attention_is_refused_or_said_where_the_window_would_hide_keys(
         tmp_path, capsys, caplog, family):
     """A Mistral config.json with layer_types mixing full and sliding attention (transformers reads it
     as Ministral's: a window on the sliding blocks only) was accepted and the window put on every
-    block; Llama's and Mixtral's were accepted silently too (their transformers classes ignore the
-    list). The reference model windows every block or none: a mix whose window hides keys is refused
-    in one line; a uniform list, or a window past the context, runs."""
+    block: the reference model windows every block or none, so a Mistral mix whose window hides keys
+    is refused in one line. Llama's and Mixtral's transformers classes ignore the list: theirs runs as
+    transformers runs it, with a warning that the list is not read. A uniform list, or a window past
+    the context, runs."""
     base = json.loads((ROOT / family / "config.json").read_text())
     mixed = {**base, "sliding_window": 8, "layer_types": ["full_attention", "sliding_attention"]}
     (tmp_path / "config.json").write_text(json.dumps(mixed))
