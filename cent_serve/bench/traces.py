@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
 import numbers
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from cent_serve.bench.errors import ParamError
 from cent_serve.bench.readers import (CSV_LAYOUTS, open_text, read_csv, read_mooncake, read_sharegpt,
                                       sniff_csv_format)
 from cent_serve.bench.request import Request
+from cent_serve.config.checks import _numeric_fields
 
 __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", "apply_options"]
 
@@ -101,7 +102,8 @@ class TraceOptions:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # the kind first: a str's comparison raised Python's TypeError
-            value, (integer, optional) = getattr(self, f.name), _KINDS[f.name]
+            value, (kind, optional) = getattr(self, f.name), _KINDS[f.name]
+            integer = kind is int
             number = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
             _check(number or optional and value is None, f.name, value,
                    f"give {'a whole number' if integer else 'a number'} (not a {type(value).__name__}): {_FIXES[f.name]}")
@@ -131,10 +133,8 @@ _FIXES = {
     "max_prompt_tokens": "use a cap >= 1, or {none} for no cap", "max_output_tokens": "use a cap >= 1, or {none} for no cap",
 }
 """Each `TraceOptions` field's fix, for a value of the wrong kind or out of range."""
-_KINDS = {"start_s": (False, False), "skip_requests": (True, False), "num_requests": (True, True),
-          "time_scale": (False, False), "request_rate": (False, True), "prompt_scale": (False, False),
-          "output_scale": (False, False), "max_prompt_tokens": (True, True), "max_output_tokens": (True, True)}
-"""Each `TraceOptions` field: (a whole number, None allowed)."""
+_KINDS = _numeric_fields(TraceOptions)
+"""Each `TraceOptions` field: (int or float, None allowed), from its annotation as the config's."""
 
 
 def trace_options(options: TraceOptions | dict | None, call: str = "load_trace(path, options=)") -> TraceOptions:
