@@ -14,7 +14,7 @@ from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
 from cent_serve.timing.mapping import counted, resolve_mapping
-from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, slowest_station, token_figures
+from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
@@ -178,10 +178,10 @@ def _run_gpu(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int
 def _bottleneck(cent: SystemTimer, context: int, batch: int) -> str | None:
     """Under the cent convention, the station that sets the pace at `context` with `batch` queries
     in flight, worded for `_other`; None when a token's trip round the ring does."""
-    if not period_s(cent, context, batch)[1]:
+    period, name = period_s(cent, context, batch)
+    if name is None:
         return None
-    (name, station), ring = slowest_station(cent, context), cent.token_s(context)
-    slow, trip = batch * station * 1e3, ring * 1e3
+    station, slow, trip = period / batch, period * 1e3, cent.token_s(context) * 1e3
     digits = next((d for d in range(3, 10) if f"{slow:.{d}g}" != f"{trip:.{d}g}"), 10)  # enough to tell them apart
     return (f"under the cent convention {name} is the bottleneck at {context} tokens: {_queries(batch)} x "
             f"{station * 1e3:.{digits}g} ms = {slow:.{digits}g} ms between a query's tokens, longer "

@@ -100,14 +100,15 @@ def slowest_station(timer: SystemTimer, context: int) -> tuple[str, float]:
     return name, stations[k]
 
 
-def period_s(timer: SystemTimer, context: int, batch: int) -> tuple[float, bool]:
-    """(a query's time between tokens at `context` with `batch` queries in flight, whether the
-    slowest station sets it) under the timer's convention (the module docstring)."""
+def period_s(timer: SystemTimer, context: int, batch: int) -> tuple[float, str | None]:
+    """(a query's time between tokens at `context` with `batch` queries in flight, the name of the
+    station that sets it, as `slowest_station` words it, or None when a token's trip round the
+    ring does) under the timer's convention (the module docstring)."""
     ring = timer.token_s(context)
     if timer.convention == "artifact":
-        return ring, False
-    slowest = batch * max(timer.stations_s(context))
-    return (slowest, True) if slowest > ring else (ring, False)
+        return ring, None
+    name, station = slowest_station(timer, context)
+    return (batch * station, name) if batch * station > ring else (ring, None)
 
 
 def token_figures(timer: SystemTimer, context: int, batch: int | None = None) -> TokenFigures:
@@ -127,7 +128,7 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     if not 1 <= batch <= mp.lanes:
         raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
                          f"as the paper runs them; this mapping has {mp.lanes} stages)")
-    token_s, bottleneck = period_s(timer, context, batch)
+    token_s, station = period_s(timer, context, batch)
     terms = token_energy_terms_j(timer, context)
     energy_j = sum(terms.values())
     block_pim_s = timer.block_pim_s(context) + timer.moe_expected_s
@@ -146,8 +147,8 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         avg_power_w=energy_j * mp.replicas * batch / token_s,
         devices_used=mp.devices_used, channels_per_block=mp.channels_per_block,
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
-        convention=timer.convention, bottleneck=bottleneck,
-        bottleneck_station=slowest_station(timer, context)[0] if bottleneck else None, breakdown_cycles=breakdown,
+        convention=timer.convention, bottleneck=station is not None, bottleneck_station=station,
+        breakdown_cycles=breakdown,
         accelerator_breakdown_cycles=accelerator_parts(m, timer.device, context),
         embed_lookup_ms=timer.embed_lookup_s * 1e3, lm_head_ms=timer.lm_head_s * 1e3,
         energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()}, moe=moe_figures(timer, context))

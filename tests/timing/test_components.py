@@ -309,3 +309,22 @@ def test_the_bottleneck_station_is_named(capsys):
     assert f.token_latency_ms == pytest.approx(1e3 * f.batch * timer.stations_s(2048)[0])
     even = token_figures(SystemTimer.from_config(build_config("llama2-70b", devices=32, pp=80, tp=1)), 2048)
     assert not even.bottleneck and even.bottleneck_station is None
+
+
+def test_the_pace_reads_the_stations_once(monkeypatch):
+    """Naming the station that sets the pace costs no second pass over the stations: `token_figures`
+    and `cent simulate`'s sentence on the other convention each read `stations_s` once."""
+    from cent_serve.config import build_config
+    from cent_serve.simulate_cli import _bottleneck
+    from cent_serve.timing.pipeline import token_figures
+    from cent_serve.timing.token import SystemTimer
+
+    calls = []
+    real = SystemTimer.stations_s
+    monkeypatch.setattr(SystemTimer, "stations_s", lambda self, context: calls.append(context) or real(self, context))
+    timer = SystemTimer.from_config(build_config("qwen3-8b", devices=8))
+    f = token_figures(timer, 4096)
+    assert f.bottleneck_station == "the LM-head unit" and calls == [4096]
+    calls.clear()
+    assert "the LM-head unit is the bottleneck at 4096 tokens" in _bottleneck(timer, 4096, f.batch)
+    assert calls == [4096]
