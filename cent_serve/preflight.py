@@ -229,14 +229,16 @@ def start_listening(sock: socket.socket, host: str, port: int, backlog: int = 20
                          "started; stop the other server or pick another port with --port N") from None
 
 
-def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | None = 1) -> Mapping:
+def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | None = 1, *,
+                   gpu_flag: str = "--hardware gpu:") -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens (None: one a pipeline stage, `check_devices_hold`), full
     numerics fits this machine and its checkpoint holds every tensor in its shape. Returns the
     mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences of the whole
-    context fit; a batch of None, one a stage, is CENT's alone: `paper.emulate` refuses GPUs)."""
+    context fit; a batch of None, one a stage, is CENT's alone: `paper.emulate` refuses GPUs).
+    `gpu_flag`: how the command names the GPUs in the fixes it gives (`GpuTimer`)."""
     if cfg.on_gpus:
-        mp = check_gpus_hold(cfg, context, batch)
+        mp = check_gpus_hold(cfg, context, batch, gpu_flag)
         check_host_memory(cfg, mp)
         check_checkpoint(cfg)
         check_tokenizer(cfg)
@@ -286,12 +288,12 @@ def check_checkpoint(cfg: CentConfig) -> None:
         check_hf_checkpoint(cfg.model)
 
 
-def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1):
+def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str = "--hardware gpu:"):
     """The GPUs hold the weights and the KV of `batch` sequences of `context` tokens (default one
     of the whole context). ValueError naming the sizes and the fix."""
     from cent_serve.gpu.timing import GpuTimer
 
-    t = GpuTimer(cfg)
+    t = GpuTimer(cfg, gpu_flag)
     t.check_fits()
     context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
     block = cfg.scheduler.kv_block_tokens
@@ -302,7 +304,7 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
     if have < need and override is not None and override < need:  # the override caps them: more GPUs do not help
         held = t.kv_blocks(block)
         fix = (f"raise it to {need} or more, or remove it" if held >= need else
-               "raise or remove it and use more GPUs (gpu:KIND:N)")
+               f"raise or remove it and use more GPUs ({gpu_flag}KIND:N)")
         why = (f"scheduler.num_kv_blocks_override={override} caps the GPUs at {have} (they hold {held})"
                if override < held else f"the GPUs hold {held} (scheduler.num_kv_blocks_override={override} would cap "
                "more of them)")
@@ -313,7 +315,7 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1)
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
                          f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "
-                         "sequences): use more GPUs (gpu:KIND:N), fewer sequences, a larger --set "
+                         f"sequences): use more GPUs ({gpu_flag}KIND:N), fewer sequences, a larger --set "
                          "gpu.memory_utilization=F, or a shorter context with --set model.max_seq_len=N")
     return t.mapping
 

@@ -487,10 +487,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     gpu_cfg = dataclasses.replace(cent_cfg, gpu=dataclasses.replace(cent_cfg.gpu, kind=kind, count=count))
     warn_gpu_run(gpu_cfg)  # its kind's constants (the CENT side's flags are read: no args)
     check_runnable(cent_cfg)  # here, not in run_compare: the trace is read below, before run_compare
-    try:
-        check_runnable(gpu_cfg)
-    except ValueError as exc:  # worded for --hardware gpu:KIND:N; compare's GPUs are --gpu KIND:N
-        raise ValueError(str(exc).replace("--hardware gpu:", "--gpu ")) from None
+    check_runnable(gpu_cfg, gpu_flag="--gpu ")
     slos = parse_goodput(args.goodput)
     requests, recorded = select_requests(args, cent_cfg)
     rates = None

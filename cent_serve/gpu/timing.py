@@ -82,10 +82,12 @@ class StepParts:
 class GpuTimer:
     """Step times, energy, memory and cost of `cfg.gpu` GPUs serving `cfg.model`."""
 
-    def __init__(self, cfg: CentConfig) -> None:
+    def __init__(self, cfg: CentConfig, gpu_flag: str = "--hardware gpu:") -> None:
+        """`gpu_flag`: how the command the user ran names the GPUs, before `KIND:N`, for the fixes
+        its refusals give (`cent bench compare`: `--gpu `)."""
         g, m = cfg.gpu, cfg.model
         self.cfg, self.model, self.kind = cfg, m, gpu_kind(g.kind)
-        self.gpu = g
+        self.gpu, self.gpu_flag = g, gpu_flag
         self.tp, self.pp = g.group_tp, g.pp
         if self.pp > m.num_layers:
             raise ValueError(f"gpu.pp={self.pp} exceeds the model's {m.num_layers} layers: use fewer stages")
@@ -109,8 +111,8 @@ class GpuTimer:
                     above = next((t for t in range(self.tp + 1, m.num_heads + 1) if fits(t)), None)
                     counts = " or :".join(str(t * self.pp) for t in (below, above) if t is not None)
                     stages = f" over gpu.pp={self.pp} stages" if self.pp > 1 else ""
-                    origin = f" (the GPUs of --hardware {cfg.hardware}{stages})"
-                    fix = f"use --hardware gpu:{g.kind}:{counts}"
+                    origin = f" (the GPUs of {gpu_flag}{g.kind}:{g.count}{stages})"
+                    fix = f"use {gpu_flag}{g.kind}:{counts}"
                 raise ValueError(f"gpu.tp={self.tp}{origin} does not divide {what} (a tensor-parallel group splits "
                                  f"them, as vLLM does): {fix}")
         base, extra = divmod(m.num_layers, self.pp)
@@ -230,8 +232,7 @@ class GpuTimer:
             raise ValueError(
                 f"{self.model.name} does not fit on {self.mapping.describe()}: a GPU of stage {s} holds "
                 f"{self.stage_weight_bytes(s) / 1e9:.1f} GB of weights in {self.kind.memory_bytes / 1e9:.0f} GB x "
-                f"gpu.memory_utilization={self.gpu.memory_utilization}: use more GPUs (--hardware gpu:KIND:N, or --gpu "
-                f"KIND:N with compare)" + (
+                f"gpu.memory_utilization={self.gpu.memory_utilization}: use more GPUs ({self.gpu_flag}KIND:N)" + (
                     f" or spread a replica over more of the {self.mapping.num_devices} (a larger gpu.tp or gpu.pp)"
                     if self.mapping.devices_used < self.mapping.num_devices else ""))
 

@@ -296,10 +296,23 @@ def test_gpu_tensor_parallel_splits_what_vllm_splits(model, tp, says):
     (["simulate", "--hardware", "gpu:a100-80gb:6", "--set", "gpu.tp=6"], "gpu.tp=6 does not divide the model's 64 "
      "attention heads (a tensor-parallel group splits them, as vLLM does): use a tp such as 4, e.g. --set gpu.tp=4 "
      "with gpu.count a multiple of tp x pp = 4"),
+    # GPUs too few for the weights or the KV: compare's flag (was "--gpu KIND:N, or --gpu KIND:N with
+    # compare" and "gpu:KIND:N", a reworded --hardware message)
+    (["bench", "compare", "--devices", "32", "--gpu", "a100-80gb:1"], "llama2-70b does not fit on 1 x a100-80gb: pp 1 "
+     "x tp 1: a GPU of stage 0 holds 138.0 GB of weights in 80 GB x gpu.memory_utilization=0.9: use more GPUs (--gpu "
+     "KIND:N)"),
+    (["simulate", "--hardware", "gpu:a100-80gb:1"], "llama2-70b does not fit on 1 x a100-80gb: pp 1 x tp 1: a GPU of "
+     "stage 0 holds 138.0 GB of weights in 80 GB x gpu.memory_utilization=0.9: use more GPUs (--hardware gpu:KIND:N)"),
+    (["bench", "compare", "--devices", "32", "--gpu", "a100-80gb:2", "--set", "gpu.memory_utilization=0.865"],
+     "llama2-70b on 2 x a100-80gb: pp 1 x tp 2 does not fit: the KV of 1 x 4096 tokens needs 256 blocks of 16 tokens, "
+     "the GPUs hold 85 after the weights in gpu.memory_utilization=0.865 of their memory (0 such sequences): use more "
+     "GPUs (--gpu KIND:N), fewer sequences, a larger --set gpu.memory_utilization=F, or a shorter context with --set "
+     "model.max_seq_len=N"),
 ])
-def test_a_tp_that_splits_no_heads_names_the_flag_that_set_it(args, says, capsys, tmp_path):
+def test_a_gpu_refusal_names_the_flag_that_set_the_gpus(args, says, capsys, tmp_path):
     """A tp taken from --hardware gpu:KIND:N's count was fixed with --set gpu.tp, which the user never gave,
-    "with a multiple of it GPUs"; the fix is the nearest counts that fit."""
+    "with a multiple of it GPUs"; the fix is the nearest counts that fit. Each fix names the GPUs as the
+    command the user ran does (`cent bench compare`: --gpu KIND:N)."""
     from cent_serve.cli import main
     assert main([*args, "--model", "llama2-70b", "--numerics", "off"]
                 + (["--out", str(tmp_path / "out")] if args[0] == "bench" else [])) == 2
