@@ -57,6 +57,12 @@ def check_int(call: str, name: str, value: Any, example: int, optional: bool = F
         raise wrong(call, name, value, f"give a whole number, e.g. {name}={example}{none}")
 
 
+def check_real(call: str, name: str, value: Any, example: float) -> None:
+    """ValueError unless `value` is a real number (numpy's too), not a bool; ranges are the caller's."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise wrong(call, name, value, f"give a number, e.g. {name}={example}")
+
+
 def check_config(call: str, cfg: Any, name: str = "cfg") -> None:
     """ValueError unless `cfg` is a `CentConfig`; a model's name is told to build one first (not
     built here: `build_config`'s other choices, devices and numerics, would be guessed)."""

@@ -234,7 +234,8 @@ def test_build_config_refuses_a_falsy_value_rather_than_reading_it_as_not_given(
 def _wrong_kinds():
     """(call, what its error says) for arguments of the wrong kind: each gave Python's own error
     from deep inside (a TypeError or an AttributeError), or, compare_table, a table of Nones."""
-    from cent_serve.bench import TraceOptions, load_trace, resolve_trace
+    from cent_serve.bench import (FixedLengths, TraceOptions, UniformLengths, arrival_times_s,
+                                  iter_arrival_times_s, load_trace, resolve_trace, synthetic_trace)
     from cent_serve.bench.report import compare_table, side_figures, summarize
     from cent_serve.bench.runner import BenchResult, run_in_process
     from cent_serve.config import build_config
@@ -290,6 +291,21 @@ def _wrong_kinds():
          "SystemTimer.from_config(cfg)"),
         (lambda: token_figures(SystemTimer.from_config(cfg), "4096"), "context is a str ('4096'): give a whole number"),
         (lambda: SystemTimer.from_config("tiny"), "SystemTimer.from_config(cfg): cfg is a str ('tiny'): build one first"),
+        (lambda: synthetic_trace("5", 1.0), "synthetic_trace(num_requests, rate): num_requests is a str ('5'): "
+         "give a whole number, e.g. num_requests=100"),
+        (lambda: synthetic_trace(5, "1"), "rate is a str ('1'): give a number, e.g. rate=2.0"),
+        (lambda: synthetic_trace(5, 1.0, burstiness=True), "burstiness is a bool (True): give a number"),
+        (lambda: synthetic_trace(5, 1.0, seed=1.5), "seed is a float (1.5): give a whole number, e.g. seed=0"),
+        (lambda: synthetic_trace(5, 1.0, lengths=(128, 128)), "lengths is a tuple of 2 items (the first an int): "
+         "give a LengthSampler: FixedLengths(128, 128), UniformLengths((64, 512), (16, 256)) or "
+         "TraceLengths.from_trace(path)"),
+        (lambda: FixedLengths("128"), "FixedLengths(num_prompt_tokens, num_output_tokens): num_prompt_tokens is a "
+         "str ('128'): give a whole number"),
+        (lambda: UniformLengths(64), "UniformLengths(prompt_range, output_range): prompt_range is an int (64): "
+         "give (low, high), two whole numbers, e.g. prompt_range=(64, 512)"),
+        (lambda: UniformLengths((64, 512), (16.0, 256)), "output_range is a tuple of 2 items (the first a float)"),
+        (lambda: arrival_times_s(3.0, 1.0), "arrival_times_s(num_requests, rate): num_requests is a float (3.0)"),
+        (lambda: next(iter_arrival_times_s("2")), "iter_arrival_times_s(rate): rate is a str ('2')"),
     ]
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cent_serve.arguments import check_int, check_real, is_int, wrong
 from cent_serve.bench.errors import ParamError
 from cent_serve.bench.readers import LengthsOnlyError, read_csv
 from cent_serve.bench.request import Request
@@ -37,7 +38,10 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream])))
 
 
-def _check_process(rate: float, burstiness: float) -> None:
+def _check_process(call: str, rate: float, burstiness: float, seed: int) -> None:
+    check_real(call, "rate", rate, 2.0)
+    check_real(call, "burstiness", burstiness, 1.0)
+    check_int(call, "seed", seed, 0)
     if not rate > 0:  # also refuses NaN
         raise ParamError(f"{{rate}}={rate!r} is invalid: use requests per second > 0 (inf: all at once)")
     if not (math.isfinite(burstiness) and burstiness > 0):
@@ -55,7 +59,7 @@ def iter_arrival_times_s(rate: float, burstiness: float = 1.0, seed: int = 0) ->
     """Unbounded arrival times in seconds (0 first); the prefix of length n equals
     `arrival_times_s(n, rate, burstiness, seed)`. Used for traces without timestamps (ShareGPT).
     """
-    _check_process(rate, burstiness)
+    _check_process("iter_arrival_times_s(rate)", rate, burstiness, seed)
     rng = _rng(seed, _ARRIVAL_STREAM)
     now_s = 0.0
     yield now_s
@@ -68,6 +72,9 @@ def iter_arrival_times_s(rate: float, burstiness: float = 1.0, seed: int = 0) ->
 def arrival_times_s(num_requests: int, rate: float, burstiness: float = 1.0,
                     seed: int = 0) -> np.ndarray:
     """`num_requests` arrival times in seconds, the first at 0, mean gap 1 / rate. Shape (n,)."""
+    call = "arrival_times_s(num_requests, rate)"
+    check_int(call, "num_requests", num_requests, 100)
+    _check_process(call, rate, burstiness, seed)
     if num_requests < 0:
         raise ParamError(f"{{num_requests}}={num_requests!r} is invalid: use a count >= 0")
     times = iter_arrival_times_s(rate, burstiness, seed)
@@ -92,6 +99,7 @@ class FixedLengths:
 
     def __post_init__(self) -> None:
         for name in ("num_prompt_tokens", "num_output_tokens"):
+            check_int("FixedLengths(num_prompt_tokens, num_output_tokens)", name, getattr(self, name), 128)
             if getattr(self, name) < 1:
                 raise ParamError(f"{{{name}}}={getattr(self, name)!r} is invalid: use a length >= 1")
 
@@ -111,7 +119,11 @@ class UniformLengths:
 
     def __post_init__(self) -> None:
         for name in ("prompt_range", "output_range"):
-            low, high = getattr(self, name)
+            pair = getattr(self, name)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_int, pair))):
+                raise wrong("UniformLengths(prompt_range, output_range)", name, pair,
+                            f"give (low, high), two whole numbers, e.g. {name}={getattr(UniformLengths, name)}")
+            low, high = pair
             if not 1 <= low <= high:
                 raise ValueError(f"{name}={(low, high)!r} is invalid: use (low, high) with "
                                  "1 <= low <= high")
@@ -174,7 +186,13 @@ def synthetic_trace(num_requests: int, rate: float, *, burstiness: float = 1.0,
     """`num_requests` requests with gamma arrivals (`rate` req/s) and lengths from `lengths`
     (default `FixedLengths()`), ids "0".."n-1", no prompt text. `options` apply as to a file.
     """
+    call = "synthetic_trace(num_requests, rate)"
     options = trace_options(options, "synthetic_trace(num_requests, rate, options=)")
+    check_int(call, "num_requests", num_requests, 100)
+    _check_process(call, rate, burstiness, seed)
+    if lengths is not None and not callable(getattr(lengths, "sample", None)):
+        raise wrong(call, "lengths", lengths, "give a LengthSampler: FixedLengths(128, 128), "
+                    "UniformLengths((64, 512), (16, 256)) or TraceLengths.from_trace(path) (cent_serve.bench)")
     if num_requests < 1:
         raise ParamError(f"{{num_requests}}={num_requests!r} is invalid: use a count >= 1")
     lengths = lengths or FixedLengths()
