@@ -45,6 +45,8 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
                 ways.append(f"{n} devices (the fewest that hold it){lanes}")
             elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
                 ways.append(_stages_or_tp_text(cfg, par))
+            if (small := _smaller_devices(cfg)) is not None:
+                ways.append(small)
             ways.append(f"a shorter context with {shorter}")
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
@@ -53,6 +55,20 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
+
+
+def _smaller_devices(cfg: CentConfig) -> str | None:
+    """The fix a device made smaller than the default by its fields (a `--set` of a researcher's)
+    adds to a KV cache that does not fit: larger devices, naming what sets the size; None at the
+    default size or above (serving users are not told to change the hardware)."""
+    from cent_serve.config import DeviceConfig
+    from cent_serve.timing.mapping import size_text
+
+    have, default = cfg.device.capacity_bytes, DeviceConfig().capacity_bytes
+    if have >= default:
+        return None
+    return (f"larger devices ({CAPACITY_FIELDS} make one {size_text(have)} here, {size_text(default)} by "
+            "default)")
 
 
 def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None,

@@ -586,3 +586,33 @@ def test_gpus_capped_by_the_kv_block_override_are_told_to_raise_it_not_to_use_mo
     assert "use more GPUs" not in err and len(err.strip().splitlines()) == 1, err
     assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=6912"]) == 0
     capsys.readouterr()
+
+
+def test_a_kv_cache_that_a_shrunk_device_cannot_hold_names_the_device_fields(capsys):
+    """A researcher's `--set device.rows_per_bank=8192` halves a device; the KV-cache refusal offered
+    fewer queries, more devices or a shorter context, never the field just set. It names the fields
+    that size a device when they make it smaller than the default, and not at the default (a
+    serving user is not told to change the hardware)."""
+    from cent_serve.cli import main
+
+    args = ["simulate", "--model", "llama2-7b", "--devices", "8", "--numerics", "off"]
+    assert main([*args, "--set", "device.rows_per_bank=8192"]) == 2
+    err = capsys.readouterr().err
+    assert ("11 devices (the fewest that hold it), larger devices (device.num_channels x banks_per_channel x "
+            "rows_per_bank x row_elements x bytes_per_element make one 8.00 GiB here, 16.00 GiB by default), or a "
+            "shorter context with --seqlen N") in err, err
+    assert main(["simulate", "--model", "llama2-13b", "--devices", "8", "--numerics", "off"]) == 2  # the default device
+    err = capsys.readouterr().err
+    assert "exceed the device's 16.00 GiB" in err and "larger devices" not in err, err
+    assert main([*args, "--set", "device.rows_per_bank=32768"]) == 0  # a larger device than the default
+    capsys.readouterr()
+
+
+def test_too_few_devices_for_a_pipeline_names_the_channel_field(capsys):
+    """A block takes a channel at least: the refusal names device.num_channels, the field that a
+    researcher's smaller device changes, beside the device count."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "2", "--numerics", "off"]) == 2
+    assert ("a device has 32 channels (device.num_channels), one for a block at least, so use at least 3 devices"
+            in capsys.readouterr().err)

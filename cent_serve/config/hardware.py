@@ -125,7 +125,9 @@ class DeviceConfig:
     """Elements per burst, and the bf16 MACs a bank's unit does per column command (32 B)."""
     bytes_per_element: int = 2
     """Bytes per stored element, bf16: the weights, KV cache, capacity and DMA lines are counted in it,
-    the PIM cycles per element (docs/hardware_model.md section 1, "The data type")."""
+    the PIM cycles per element (docs/hardware_model.md section 1, "The data type"). Alone it resizes the
+    rows, bursts and capacity in bytes too; a narrower type on the same DRAM (2 KB rows, 32 B bursts)
+    also sets row_elements and burst_elements to hold more elements."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns. Every PIM cycle count of the time model is at it, the
     DRAM's included (a column command every column_cycles, a row switch in gemv_row_cycles), so 4e9
@@ -194,7 +196,8 @@ class DeviceConfig:
     """Host CPU sampling cost per generated token (0.15 ms)."""
     dma_bytes_per_cycle: float = 32.0
     """DMA engine width: one 32 B line per cycle, serialized device-wide (the RMSNorm, rotary,
-    KV-append, softmax and SiLU passes move their data through it)."""
+    KV-append, softmax and SiLU passes move their data through it). The artifact's engine decodes one
+    line instruction a cycle, so a width above a burst's bytes models an engine that does more."""
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     """Energy constants."""
     unit_cost_usd: float = 2.69 + 1.10 + 24.38

@@ -120,8 +120,8 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
         bpd = cdiv(n, p.num_devices)
         if bpd > dev.num_channels:
             raise ValueError(f"parallel.num_devices={p.num_devices} is too few for {n} blocks in pure "
-                             f"pipeline: a device has {dev.num_channels} channels, so use at least "
-                             f"{cdiv(n, dev.num_channels)} devices")
+                             f"pipeline: a device has {dev.num_channels} channels (device.num_channels), one "
+                             f"for a block at least, so use at least {cdiv(n, dev.num_channels)} devices")
         cpb = dev.num_channels // bpd
         stages = tuple(Stage(index=i, blocks=(i,), device_ids=(i // bpd,), channel_group=i % bpd)
                        for i in range(n))
