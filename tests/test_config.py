@@ -89,6 +89,9 @@ def test_cli_info_says_whether_the_paper_batch_fits_beside_whether_serve_runs(ca
     assert "runs         yes (cent serve: the weights and one sequence of the whole context fit)" in out
     assert ("paper batch  32 queries of 4096 tokens (cent simulate's): do not fit: device 0: weights 3.26 GiB"
             in out and "the largest batch at context 4096 is 25" in out)
+    # its shorter context is cent simulate's --seqlen: model.max_seq_len does not move the 4096 tokens
+    line = next(line for line in out.splitlines() if line.startswith("paper batch"))
+    assert "a shorter context with cent simulate --seqlen N" in line and "model.max_seq_len" not in line
     assert main(["info", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["paper_batch"] == dict(batch=32, context=4096, fits=True, why=None)
 

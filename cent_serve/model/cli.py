@@ -87,7 +87,9 @@ def run_info(args: argparse.Namespace) -> int:
             if m.max_seq_len < context:  # cent simulate's default --seqlen refuses it too
                 raise ValueError(f"does not fit: the model's context is {m.max_seq_len} (model.max_seq_len), "
                                  f"under {context}: give cent simulate --seqlen {m.max_seq_len} or less")
-            check_devices_hold(cfg, context, None)  # one query a stage, `lanes`
+            # one query a stage, `lanes`, at cent simulate's --seqlen (not model.max_seq_len, which
+            # does not move this 4096-token context: the fix names the flag that does)
+            check_devices_hold(cfg, context, None, context_flag="cent simulate --seqlen N")
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
