@@ -53,6 +53,11 @@ _FEATURE_KEYS = (("kv_lora_rank", "multi-head latent attention (MLA)"),
 not in `UNMODELLED_FAMILIES` (a fine-tune's own name, a newer family)."""
 
 
+def announced_features(hf: dict) -> list[str]:
+    """The keys of `_FEATURE_KEYS` a config.json sets, each as "key (feature)"."""
+    return [f"{key} ({what})" for key, what in _FEATURE_KEYS if hf.get(key)]
+
+
 def unmodelled_features(model_type: str, hf: dict) -> str | None:
     """What the config.json of an unsupported `model_type` has that is not modelled: its family's
     known features, else the ones its keys announce; None when nothing is known."""

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
-from cent_serve.model.families import unmodelled_features, windowed_blocks
+from cent_serve.model.families import announced_features, unmodelled_features, windowed_blocks
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -275,6 +275,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **scaling,
         **moe,
     )
+    if ignored := announced_features(hf):  # a supported family's class does not read them: nor does cent
+        logging.getLogger("cent").warning(
+            "model.checkpoint: %s %s not read: transformers' %s model has no such feature and cent models it as "
+            "transformers runs it; if the checkpoint needs it, its model_type is not %s", ", ".join(ignored),
+            "are" if len(ignored) > 1 else "is", arch, arch)
     if arch in ("llama", "mistral", "mixtral"):  # their layer_types, within the context served
         context = overrides.get("max_seq_len", fields["max_seq_len"])
         fields["sliding_window"] = _layer_types_window(hf, arch, fields["num_layers"], context, fields["sliding_window"])

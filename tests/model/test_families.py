@@ -414,3 +414,28 @@ def test_a_key_a_config_leaves_out_takes_its_family_s_transformers_default(tmp_p
     if "sliding_window" in left_out:  # null is no window, as transformers reads it
         (tmp_path / "config.json").write_text(json.dumps(dict(base, sliding_window=None)))
         assert model_config_from_hf(tmp_path).sliding_window == 0
+
+
+@pytest.mark.parametrize("family, keys", [("mixtral", dict(n_shared_experts=2)),
+                                          ("llama3", dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0))])
+def test_a_supported_familys_config_with_a_feature_its_class_does_not_read_is_warned_of(tmp_path, caplog, family,
+                                                                                      keys):
+    """A Mixtral config.json with DeepSeek's n_shared_experts, or a Llama's with Gemma's soft-capping,
+    gave the plain family's figures with no word (a user reading them as the model with shared experts):
+    transformers' class of that model_type does not read the key either, so the model runs as it
+    runs, and a warning names the key, the feature and what it means for the figures."""
+    base = json.loads((ROOT / family / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, **keys}))
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        got = model_config_from_hf(tmp_path)
+    plain = model_config_from_hf(ROOT / family)
+    assert dataclasses.replace(got, name=plain.name, checkpoint=plain.checkpoint) == plain  # the same figures
+    arch = base["model_type"]
+    said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("model.checkpoint: " + ", ".join(
+        f"{k} ({'shared experts' if k == 'n_shared_experts' else 'logit soft-capping'})" for k in keys)), said
+    assert said[0].endswith(f"if the checkpoint needs it, its model_type is not {arch}"), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        model_config_from_hf(ROOT / family)
+    assert "not read" not in caplog.text  # the family's own config: no word
