@@ -115,12 +115,12 @@ class ApiContext:
         else:
             prompts = list(prompt)
         if not prompts:
-            raise ApiError("prompt is empty: give text or token ids", param)
+            raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
         return [self._encode(p, param, add_bos) if isinstance(p, str) else list(p) for p in prompts]
 
     def _encode(self, text: str, param: str, add_bos: bool = True) -> list[int]:
         if not text:
-            raise ApiError("prompt is empty: give text or token ids", param)
+            raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
         self.check_chars(len(text), param)
         return self.tokenizer.encode(text, add_bos=add_bos)
 
