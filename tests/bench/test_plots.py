@@ -42,3 +42,25 @@ def test_importing_and_plotting_keeps_the_users_backend_and_leaves_pyplot_unload
     assert proc.stdout.split() == ["svg", "False"], proc.stdout  # (the backend, pyplot loaded)
     for name in ("figures.png", "compare_sweep.png"):  # written as PNG whatever the backend
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_long_title_is_broken_to_the_figures_width():
+    """A changed preset's label ("llama2-7b (model.hidden_size=3072, model.intermediate_size=8192 and 2
+    more) on 8 CENT devices: ...") ran off both edges of utilization.png's 7-inch figure: each line is
+    broken at spaces to fit, measured in the font, and a short title is left alone."""
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    from cent_serve.bench.plots import _fit
+
+    fig = Figure(figsize=(7, 4.4))
+    title = ("llama2-7b (model.hidden_size=3072, model.intermediate_size=8192 and 2 more) on 8 CENT devices: "
+             "pipeline pp 24 x tp 1, 8 devices used\n4 completed, 0 failed")
+    fitted = _fit(title, fig, 10)
+    measure = TextToPath().get_text_width_height_descent
+    widths = [measure(line, FontProperties(size=10), ismath=False)[0] for line in fitted.split("\n")]
+    assert len(widths) > 2 and max(widths) <= 0.85 * 7 * 72, fitted
+    assert measure(title.split("\n")[0], FontProperties(size=10), ismath=False)[0] > 7 * 72  # it did not fit
+    assert fitted.replace("\n", " ") == title.replace("\n", " ")  # only spaces became breaks
+    assert _fit("4 completed, 0 failed", fig, 10) == "4 completed, 0 failed"
