@@ -584,6 +584,7 @@ def test_a_changed_preset_is_labelled_with_its_changes(capsys):
 
     assert model_label(model_preset("llama2-7b")) == "llama2-7b"
     assert model_label(model_preset("llama2-7b", seed=3, weight_dtype="float32")) == "llama2-7b"
+    assert model_label(model_preset("llama3.1-8b", extra_eos_token_ids=(128008, 128009))) == "llama3.1-8b"  # Instruct's
     assert model_label(model_preset("llama2-7b", num_layers=16)) == "llama2-7b (model.num_layers=16)"
     # a derived field (head_dim = hidden_size / heads) counts as set apart too
     assert model_label(model_preset("llama2-7b", num_layers=16, hidden_size=2048, vocab_size=128256)) == \

@@ -290,9 +290,11 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(name=name, **{**MODEL_PRESETS[name], **overrides})
 
 
-UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype"})
+UNLABELLED_MODEL_FIELDS = frozenset({"name", "checkpoint", "seed", "weight_dtype", "bos_token_id", "eos_token_id",
+                                     "extra_eos_token_ids"})
 """Model fields a run's header does not name when they differ from the preset's (they change no figure
-of the timing, or are the model's identity); but a mixture of experts' seed (`model_label`)."""
+of the timing, or are the model's identity: an Instruct checkpoint's end-of-sequence ids beside its base
+model's preset); but a mixture of experts' seed (`model_label`)."""
 
 
 @lru_cache(maxsize=None)
