@@ -252,3 +252,19 @@ def test_the_kept_pace_note_is_about_requests_that_completed(tmp_path, capsys, r
     assert bool(kept) == paced, notes
     for note in kept:
         assert "s -" not in note and "end -" not in note and "--rates R1,R2" not in note and "the --rates sweep" in note, note
+
+
+def test_a_side_that_queued_no_request_kept_the_pace_though_one_long_request_ends_late(tmp_path):
+    """GPUs that took every request as it came, ending one long request's decode after the last arrival
+    (1.36x the trace's span on azure_conv_2023's first 100), got no kept-pace note, so their throughput
+    read as capacity: a side whose requests did not queue kept the pace within 2x the span."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0.0,16,4\n1.0,16,4\n2.0,16,4\n3.0,16,4\n4.0,16,2000\n")
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--no-plots",
+                 "--out", str(tmp_path / "o")]) == 0
+    saved = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert 1.25 * 4.0 < saved["gpu"]["duration"] < 2 * 4.0  # past the first rule, within the second
+    with open(tmp_path / "o" / "requests_gpu.csv", newline="") as f:
+        rows = [{k: float(r[k]) for k in ("arrival_s", "scheduled_s", "finish_s")} for r in csv.DictReader(f)]
+    assert all(r["scheduled_s"] - r["arrival_s"] < 0.1 * (r["finish_s"] - r["arrival_s"]) for r in rows)  # none queued
+    assert saved["notes"][0].startswith("CENT and the GPUs kept the trace's pace"), saved["notes"]
