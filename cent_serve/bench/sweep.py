@@ -238,7 +238,9 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    output_throughput=s["output_throughput"],
                    total_token_throughput=s["total_token_throughput"], median_ttft_ms=s["median_ttft_ms"],
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
-                   energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"])
+                   energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"],
+                   lanes=mp["lanes"] * mp["max_seqs_per_stage"],  # the queries it runs at once when full
+                   mean_in_flight=mean_in_flight(res.samples))
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
                             against_paper=True)  # the command's purpose: the paper's baseline beside a trace
@@ -249,13 +251,16 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         print(f"pp {pp:>3} tp {tp:>2}: {s['completed']} done, {s['failed']} failed"
               + (f" ({reasons})" if reasons else "") + ", "
               f"{s['total_token_throughput']:>9.1f} tok/s, TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
-              f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}"
+              f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}, {row['mean_in_flight']:.3g} of {row['lanes']} "
+              f"{'lanes' if mp['max_seqs_per_stage'] == 1 else 'places'} in flight"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))
     if not rows:
         raise ValueError(f"no mapping of {cfg.model.name} on {cfg.parallel.num_devices} devices holds the model: "
                          f"{skipped[0]['reason']}")
     if any("throughput_ratio" in r for r in rows):  # say what "x GPU" is against
         print(_paper_baseline_note(gpu_baseline(cfg.model, cfg.device)))
+    if any(r["mean_in_flight"] < FULL_LANES * r["lanes"] for r in rows):
+        print(LANES_NOTE)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, cfg, bench)  # each row's pp and tp are its own (paper.json), the rest is this
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,
@@ -267,6 +272,24 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     if plots:
         _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device))
     return rows
+
+
+FULL_LANES = 0.75
+"""A mapping whose queries in flight average under this share of its lanes ran below its
+throughput (`LANES_NOTE`)."""
+LANES_NOTE = ("lanes in flight: the queries a mapping ran at once, averaged over the run (places: lanes x "
+              "scheduler.max_seqs_per_stage); its throughput is the paper's only with every lane full. A mapping of many lanes needs as many requests, and a finite trace ends with "
+              "its last ones running nearly alone at one query's pace (its TPOT): more --num-requests, or cent "
+              "simulate for the steady state")
+
+
+def mean_in_flight(samples: list) -> float:
+    """The sequences the engine ran at once, averaged over the run's rounds: each round's count after
+    it (`Sample.num_running`) held until the next, over the first to the last round's time."""
+    t = np.array([x.time_s for x in samples])
+    running = np.array([x.num_running for x in samples], dtype=np.float64)
+    span = t[-1] - t[0] if len(t) > 1 else 0.0
+    return float(running[:-1] @ np.diff(t) / span) if span > 0 else float(running.max(initial=0.0))
 
 
 def _paper_baseline_note(gpu: dict) -> str:
