@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import struct
+import threading
 import termios
 import time
 
@@ -616,7 +617,18 @@ def test_an_aborts_end_is_handed_over_at_once_under_the_flush_interval(monkeypat
     from cent_serve.serving import EngineLoop
 
     monkeypatch.setattr(serving, "FLUSH_EVERY_S", 3600.0)
-    loop = EngineLoop(Engine(CentConfig(numerics="off")))
+    engine = Engine(CentConfig(numerics="off"))
+    # the rounds after the first tokens wait for the abort: on a busy machine the engine thread ran all
+    # 2,000 tokens of both before this thread got to abort one (the check below met an unset request)
+    released, real_step = threading.Event(), engine.step
+
+    def step():
+        if engine.stats.generation_tokens:
+            assert released.wait(60), "the test never released the engine"
+        return real_step()
+
+    engine.step = step
+    loop = EngineLoop(engine)
     loop.start()
 
     async def run():
@@ -637,6 +649,7 @@ def test_an_aborts_end_is_handed_over_at_once_under_the_flush_interval(monkeypat
                                                       q)
         await asyncio.wait_for(q.get(), 60)  # the first round's, handed over at once
         loop.abort(aborted.request_id)
+        released.set()
         ended = set()
         while len(ended) < 2:
             tag, d = await asyncio.wait_for(q.get(), 60)  # a hang fails here; the run takes a few seconds
@@ -647,6 +660,7 @@ def test_an_aborts_end_is_handed_over_at_once_under_the_flush_interval(monkeypat
     try:
         seen = asyncio.run(run())
     finally:
+        released.set()
         loop.stop()
     assert seen == [False]  # handed over once, while the kept stream still ran
 
