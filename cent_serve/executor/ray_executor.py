@@ -340,6 +340,13 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
                              f"no host advertises {num_devices} {s.device_resource} units ({summary}): start "
                              f"the hosts with ray start --resources='{{\"{s.device_resource}\": "
                              f"{num_devices}}}' or more, or use --placement spread")
+    if s.placement == "replica" and replicas > 1:  # each replica whole on one node: count the nodes' room
+        room = sum(k // num_devices for k in units.values())
+        if room < replicas:
+            raise PlacementError(f"server.placement='replica' puts each replica's {num_devices} devices on one "
+                                 f"host; the hosts hold {room} of the {replicas} replicas ({summary}): start the "
+                                 f"hosts with more {s.device_resource} units, use --devices {room * num_devices}, "
+                                 "or use --placement spread")
     return units, summary
 
 

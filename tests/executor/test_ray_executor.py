@@ -345,3 +345,23 @@ def test_a_port_that_answers_but_not_as_a_ray_gcs_is_told_apart(monkeypatch, ans
         done.set()
         t.join(10)
         srv.close()
+
+
+def _replica_cfg() -> CentConfig:
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(12, 6, 1), numerics="off", executor="ray")
+    cfg.server.placement = "replica"
+    return cfg
+
+
+def test_replica_placement_is_refused_up_front_when_the_hosts_cannot_each_hold_a_whole_replica(monkeypatch):
+    """12 units as 8 + 4 for 2 replicas of 6: the units added up, so replica 0 started, the second was
+    warned it would share a host (none had room) and its placement timed out 30 s later. The hosts'
+    room in whole replicas is counted before anything starts; one host holding both still passes."""
+    from cent_serve.executor import ray_executor as rx
+
+    monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 8, "b": 4}, "A: 8, B: 4"))
+    with pytest.raises(rx.PlacementError, match=r"the hosts hold 1 of the 2 replicas \(A: 8, B: 4\).*use --devices 6"):
+        rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
+    for units in ({"a": 6, "b": 6}, {"a": 12, "b": 0}):
+        monkeypatch.setattr(rx, "_cluster_units", lambda cfg, units=units: (units, "..."))
+        rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
