@@ -19,7 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.metrics import Metrics
-from api.shutdown import current_handlers, exit_now, on_signals, restore, stop_starting
+from api.shutdown import current_handlers, exit_now, on_signals, restore, stop_and_reap, stop_starting
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
 from cent_serve.executor.watch import ClusterLost
@@ -213,7 +213,9 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
             loop.engine.shutdown(EXIT_JOIN_S)  # the process ends next: a replica's start-up is not waited out
         if cfg.executor == "ray":
             import ray
-            ray.shutdown()
+            reaped = stop_and_reap(ray.shutdown)  # a local Ray's workers still starting outlive its raylet
+            if reaped:
+                log.info("killed %d Ray processes that outlived the Ray shutdown", reaped)
         release_gil()
         restore(callers)
         log.info("stopped: engine thread and device actors are gone%s", " (with their cluster)" if lost

@@ -101,6 +101,50 @@ def _kill(pid: int, fd: int | None) -> None:
             os.close(fd)
 
 
+def ray_processes(root: int | None = None) -> list[tuple[int, int]]:
+    """`own_processes(root)` started by Ray: `root`'s children whose command runs from Ray's package (the
+    GCS, the raylet, its agents and monitors) and every process under them; not the rest (a log pipe a
+    wrapper script left under the server, a user's subprocess)."""
+    root = os.getpid() if root is None else root
+    found, mine = [], set()
+    for pid, started in own_processes(root):  # parents before children
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        parent = int(fields[1])
+        if parent in mine or (parent == root and f"{os.sep}ray{os.sep}" in _cmdline(pid)):
+            mine.add(pid)
+            found.append((pid, started))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stop_and_reap(stop: Callable[[], None], root: int | None = None) -> int:
+    """Run `stop` (`ray.shutdown` of a local Ray), then SIGKILL the Ray processes `root` (default: this
+    process) had started before it that outlived it (`ray_processes`); the number killed.
+    `ray.shutdown` stops the GCS and the raylet, but worker processes still starting (a replica's
+    devices being re-created when the server was stopped: 27 for Llama2-70B) lose their parent and
+    live on for a minute or more, tens of MB each, after "stopped: ... device actors are gone".
+    Listed (and pinned) before `stop`, as they are reparented once the raylet is gone. A cluster the
+    server joined (`--ray-address`) runs under no process of the server's: nothing of it is touched."""
+    procs = pinned(ray_processes(root))
+    try:
+        stop()
+    finally:
+        killed = 0
+        for pid, fd in procs:
+            fields = _stat(pid)
+            killed += fields is not None and fields[0] != "Z"
+            _kill(pid, fd)
+    return killed
+
+
 def exit_now(signum: int, frame=None, said: bool = False) -> None:
     """A signal after the first: kill every process this one started (SIGKILL: nothing is waited
     for; each pinned first, `pinned`) and exit with 128 + `signum`, as a process the signal ended.

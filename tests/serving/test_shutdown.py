@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,56 @@ def test_a_pinned_process_reaped_before_the_kill_leaves_no_fd_open():
     shutdown._kill(pid, fd)
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+_SLEEP = "import time; time.sleep(300)"
+# a "raylet" (its command names Ray's package) that starts a "worker" and prints its pid; killed, the worker is orphaned
+_RAYLET = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', %r]); "
+           "print(w.pid, flush=True); time.sleep(300)" % _SLEEP)
+# the "server": its raylet, and a process of its own that is not Ray's (a wrapper's log pipe); prints every pid
+_SERVER = ("import subprocess, sys, time; "
+           "r = subprocess.Popen([sys.executable, '-c', %r, '/venv/site-packages/ray/core/raylet'], "
+           "stdout=subprocess.PIPE, text=True); w = r.stdout.readline().strip(); "
+           "p = subprocess.Popen([sys.executable, '-c', %r]); print(r.pid, w, p.pid, flush=True); time.sleep(300)"
+           % (_RAYLET, _SLEEP))
+REAP_WAIT_S = 10.0
+"""A killed process leaves /proc within milliseconds; 10 s for a loaded machine."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + REAP_WAIT_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_ray_processes_that_outlive_the_ray_shutdown_are_killed_and_nothing_else():
+    """A SIGTERM while a replica's devices were being re-created: ray.shutdown stopped the local Ray's
+    GCS and raylet, but the 27 workers still starting (Llama2-70B on 32 devices) were reparented to init
+    and lived on for about a minute after "stopped: ... device actors are gone". The server kills the Ray
+    processes it started that outlived the shutdown (`stop_and_reap`), and only those: not a log pipe
+    a wrapper script left under it."""
+    server = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, text=True)
+    raylet, worker, pipe = map(int, server.stdout.readline().split())
+    try:
+        def ray_shutdown():  # the raylet goes, its worker still starting does not
+            os.kill(raylet, signal.SIGKILL)
+            assert _gone(raylet)
+
+        assert shutdown.stop_and_reap(ray_shutdown, root=server.pid) == 1
+        assert _gone(worker), "the orphaned worker outlived the shutdown"
+        assert _alive(pipe), "a process that is not Ray's was killed"
+    finally:
+        for pid in (worker, raylet, pipe, server.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        server.wait()
