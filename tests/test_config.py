@@ -136,7 +136,7 @@ def test_cli_info_on_gpus_shows_the_gpus_not_a_cent_mapping(capsys):
     assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:1"]) == 2
     out, err = capsys.readouterr()
     assert "hardware     1 x a100-80gb: pp 1 x tp 1; numerics" in out and "does not fit on 1 x a100-80gb" in err
-    assert err.rstrip().endswith("with compare)")  # one GPU: no larger tp to suggest
+    assert err.rstrip().endswith("use more GPUs (--hardware gpu:KIND:N)")  # one GPU: no larger tp to suggest
     assert main(["info", "--model", "llama2-70b", "--hardware", "gpu:a100-80gb:4", "--set", "gpu.tp=1"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("over more of the 4 (a larger gpu.tp or gpu.pp)")
 
