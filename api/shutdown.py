@@ -101,10 +101,14 @@ def _kill(pid: int, fd: int | None) -> None:
             os.close(fd)
 
 
-def ray_processes(root: int | None = None) -> list[tuple[int, int]]:
-    """`own_processes(root)` started by Ray: `root`'s children whose command runs from Ray's package (the
-    GCS, the raylet, its agents and monitors) and every process under them; not the rest (a log pipe a
-    wrapper script left under the server, a user's subprocess)."""
+def ray_processes(root: int | None = None, package: str | None = None) -> list[tuple[int, int]]:
+    """`own_processes(root)` started by Ray: `root`'s children whose command runs from Ray's package
+    directory `package` (default: the installed one's; the GCS, the raylet, its agents and monitors) and
+    every process under them; not the rest (a log pipe a wrapper script left under the server, a user's
+    subprocess, whatever directory the project sits in)."""
+    if package is None:
+        import ray
+        package = os.path.dirname(ray.__file__) + os.sep
     root = os.getpid() if root is None else root
     found, mine = [], set()
     for pid, started in own_processes(root):  # parents before children
@@ -112,7 +116,7 @@ def ray_processes(root: int | None = None) -> list[tuple[int, int]]:
         if fields is None:
             continue
         parent = int(fields[1])
-        if parent in mine or (parent == root and f"{os.sep}ray{os.sep}" in _cmdline(pid)):
+        if parent in mine or (parent == root and package in _cmdline(pid)):
             mine.add(pid)
             found.append((pid, started))
     return found
@@ -125,7 +129,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def stop_and_reap(stop: Callable[[], None], root: int | None = None) -> int:
+def stop_and_reap(stop: Callable[[], None], root: int | None = None, package: str | None = None) -> int:
     """Run `stop` (`ray.shutdown` of a local Ray), then SIGKILL the Ray processes `root` (default: this
     process) had started before it that outlived it (`ray_processes`); the number killed.
     `ray.shutdown` stops the GCS and the raylet, but worker processes still starting (a replica's
@@ -133,14 +137,20 @@ def stop_and_reap(stop: Callable[[], None], root: int | None = None) -> int:
     live on for a minute or more, tens of MB each, after "stopped: ... device actors are gone".
     Listed (and pinned) before `stop`, as they are reparented once the raylet is gone. A cluster the
     server joined (`--ray-address`) runs under no process of the server's: nothing of it is touched."""
-    procs = pinned(ray_processes(root))
+    listed = ray_processes(root, package)
+    started = dict(listed)
+    procs = pinned(listed)
     try:
         stop()
     finally:
         killed = 0
         for pid, fd in procs:
-            fields = _stat(pid)
-            killed += fields is not None and fields[0] != "Z"
+            fields = _stat(pid)  # gone, a zombie its parent has not reaped, or (by number) another process now
+            if fields is None or fields[0] == "Z" or int(fields[19]) != started[pid]:
+                if fd is not None:
+                    os.close(fd)
+                continue
+            killed += 1
             _kill(pid, fd)
     return killed
 

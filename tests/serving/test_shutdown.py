@@ -83,11 +83,13 @@ _SLEEP = "import time; time.sleep(300)"
 # a "raylet" (its command names Ray's package) that starts a "worker" and prints its pid; killed, the worker is orphaned
 _RAYLET = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', %r]); "
            "print(w.pid, flush=True); time.sleep(300)" % _SLEEP)
-# the "server": its raylet, and a process of its own that is not Ray's (a wrapper's log pipe); prints every pid
+# the "server": its raylet, and a process of its own that is not Ray's (a wrapper's log pipe, run from a
+# directory named ray); prints every pid
 _SERVER = ("import subprocess, sys, time; "
            "r = subprocess.Popen([sys.executable, '-c', %r, '/venv/site-packages/ray/core/raylet'], "
            "stdout=subprocess.PIPE, text=True); w = r.stdout.readline().strip(); "
-           "p = subprocess.Popen([sys.executable, '-c', %r]); print(r.pid, w, p.pid, flush=True); time.sleep(300)"
+           "p = subprocess.Popen([sys.executable, '-c', %r, '/home/u/ray/cent-serve']); "  # a project under a ray/
+           "print(r.pid, w, p.pid, flush=True); time.sleep(300)"
            % (_RAYLET, _SLEEP))
 REAP_WAIT_S = 10.0
 """A killed process leaves /proc within milliseconds; 10 s for a loaded machine."""
@@ -120,7 +122,7 @@ def test_ray_processes_that_outlive_the_ray_shutdown_are_killed_and_nothing_else
             os.kill(raylet, signal.SIGKILL)
             assert _gone(raylet)
 
-        assert shutdown.stop_and_reap(ray_shutdown, root=server.pid) == 1
+        assert shutdown.stop_and_reap(ray_shutdown, root=server.pid, package="/venv/site-packages/ray/") == 1
         assert _gone(worker), "the orphaned worker outlived the shutdown"
         assert _alive(pipe), "a process that is not Ray's was killed"
     finally:
