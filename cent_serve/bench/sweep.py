@@ -239,8 +239,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    total_token_throughput=s["total_token_throughput"], median_ttft_ms=s["median_ttft_ms"],
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
                    energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"],
-                   lanes=mp["lanes"] * mp["max_seqs_per_stage"],  # the queries it runs at once when full
-                   mean_in_flight=mean_in_flight(res.samples))
+                   lanes=mp["lanes"] * mp["max_seqs_per_stage"])  # the queries it runs at once when full
+        row["mean_in_flight"] = mean_in_flight(res.records, row["lanes"])
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
                             against_paper=True)  # the command's purpose: the paper's baseline beside a trace
@@ -278,18 +278,23 @@ FULL_LANES = 0.75
 """A mapping whose queries in flight average under this share of its lanes ran below its
 throughput (`LANES_NOTE`)."""
 LANES_NOTE = ("lanes in flight: the queries a mapping ran at once, averaged over the run (places: lanes x "
-              "scheduler.max_seqs_per_stage); its throughput is the paper's only with every lane full. A mapping of many lanes needs as many requests, and a finite trace ends with "
-              "its last ones running nearly alone at one query's pace (its TPOT): more --num-requests, or cent "
-              "simulate for the steady state")
+              "scheduler.max_seqs_per_stage); its throughput is the paper's only with every lane full. A mapping of "
+              "many lanes needs as many requests, and a finite trace ends with its last ones running nearly alone at "
+              "one query's pace (its TPOT): more --num-requests, or cent simulate for the steady state")
 
 
-def mean_in_flight(samples: list) -> float:
-    """The sequences the engine ran at once, averaged over the run's rounds: each round's count after
-    it (`Sample.num_running`) held until the next, over the first to the last round's time."""
-    t = np.array([x.time_s for x in samples])
-    running = np.array([x.num_running for x in samples], dtype=np.float64)
-    span = t[-1] - t[0] if len(t) > 1 else 0.0
-    return float(running[:-1] @ np.diff(t) / span) if span > 0 else float(running.max(initial=0.0))
+def mean_in_flight(records: list, places: int) -> float:
+    """The queries a run held at once, averaged over it (Little's law): each request's time from its
+    first step to its end (a failed one's too), summed, over the first step to the last end; at most
+    `places` (a request's end counts the host's sampling after its last round, while the next one's
+    first round may already run: 1.03 of one lane, read as 1). 0 for a run that held none."""
+    held = [(r.scheduled_s, r.finish_s) for r in records if r.scheduled_s is not None and r.finish_s is not None]
+    if not held:
+        return 0.0
+    span = max(end for _, end in held) - min(start for start, _ in held)
+    if span <= 0:
+        return float(min(places, len(held)))
+    return min(float(places), sum(end - start for start, end in held) / span)
 
 
 def _paper_baseline_note(gpu: dict) -> str:

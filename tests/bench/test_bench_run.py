@@ -500,3 +500,8 @@ def test_paper_says_how_full_each_mappings_lanes_ran(tmp_path, capsys):
     assert rows[1, 8]["lanes"] == 1 and rows[1, 8]["mean_in_flight"] == pytest.approx(1.0, rel=0.01)  # one after the other
     assert "TPOT p50 " in printed and ", 2 of 32 lanes in flight, " in printed and ", 1 of 1 lanes in flight" in printed
     assert "lanes in flight: the queries a mapping ran at once, averaged over the run" in printed
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,1,1\n0.0,1,1\n")  # done in a round or two
+    assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--trace",
+                 str(trace), "--out", str(out), "--no-plots"]) == 0
+    rows = {(r["pp"], r["tp"]): r for r in json.loads((out / "paper.json").read_text())["rows"]}
+    assert rows[1, 8]["mean_in_flight"] == 1.0 and rows[32, 1]["mean_in_flight"] > 1.5, rows  # read 0 from samples
