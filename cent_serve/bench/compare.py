@@ -143,7 +143,8 @@ def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentCo
 
 def _kept_pace(result: BenchResult, side: dict, span: float) -> bool:
     """Whether a side's throughput is the trace's: it completed requests and ended within `KEPT_PACE`
-    times the trace's span, or within `UNQUEUED_PACE` times it with few requests queued (`QUEUED`)."""
+    times the trace's span, or within `UNQUEUED_PACE` times it with few requests queued or failed
+    (`QUEUED` of them at most: a side that refused most of its requests did not keep the pace)."""
     duration = side["duration"]
     if not (span > 0 and side["completed"] > 0 and span <= duration):
         return False
@@ -151,7 +152,9 @@ def _kept_pace(result: BenchResult, side: dict, span: float) -> bool:
         return True
     done = [r for r in result.records if r.ok and r.scheduled_s is not None]
     queued = sum(r.scheduled_s - r.arrival_s > QUEUED * (r.finish_s - r.arrival_s) for r in done)
-    return duration <= UNQUEUED_PACE * span and bool(done) and queued <= QUEUED * len(done)
+    failed = len(result.records) - sum(r.ok for r in result.records)  # refusals may be overload's: not kept
+    return (duration <= UNQUEUED_PACE * span and bool(done) and queued <= QUEUED * len(done)
+            and failed <= QUEUED * len(result.records))
 
 
 def print_compare(out: dict) -> None:

@@ -268,3 +268,19 @@ def test_a_side_that_queued_no_request_kept_the_pace_though_one_long_request_end
         rows = [{k: float(r[k]) for k in ("arrival_s", "scheduled_s", "finish_s")} for r in csv.DictReader(f)]
     assert all(r["scheduled_s"] - r["arrival_s"] < 0.1 * (r["finish_s"] - r["arrival_s"]) for r in rows)  # none queued
     assert saved["notes"][0].startswith("CENT and the GPUs kept the trace's pace"), saved["notes"]
+
+
+def test_a_side_that_refused_most_requests_did_not_keep_the_pace():
+    """10 completed without queueing and 90 refused, ending 1.5x the span: the second rule (few
+    queued, within 2x) read it as having kept the pace; refusals may be overload's, so more than a
+    tenth failed keeps the note off (the first rule, within 1.25x, is as it was)."""
+    from cent_serve.bench.compare import _kept_pace
+    from cent_serve.bench.runner import BenchResult, RequestRecord
+
+    ok = [RequestRecord(f"ok{i}", float(i), 16, 4, scheduled_s=float(i), first_token_s=i + 0.5, finish_s=i + 1.0,
+                        finish_reason="length") for i in range(10)]
+    refused = [RequestRecord(f"no{i}", 0.1 * i, 16, finish_reason="error", failure_reason="queue_full")
+               for i in range(90)]
+    side = dict(duration=1.5 * 9.0, completed=10)
+    assert _kept_pace(BenchResult(ok, [], [], 0.0, 0.0, {}), side, 9.0)  # alone: kept
+    assert not _kept_pace(BenchResult(ok + refused, [], [], 0.0, 0.0, {}), side, 9.0)
