@@ -305,7 +305,7 @@ def _wrong_kinds():
          "give (low, high), two whole numbers, e.g. prompt_range=(64, 512)"),
         (lambda: UniformLengths((64, 512), (16.0, 256)), "output_range is a tuple of 2 items (the first a float)"),
         (lambda: arrival_times_s(3.0, 1.0), "arrival_times_s(num_requests, rate): num_requests is a float (3.0)"),
-        (lambda: next(iter_arrival_times_s("2")), "iter_arrival_times_s(rate): rate is a str ('2')"),
+        (lambda: iter_arrival_times_s("2"), "iter_arrival_times_s(rate): rate is a str ('2')"),  # at the call
     ]
 
 

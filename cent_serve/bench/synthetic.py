@@ -59,7 +59,11 @@ def iter_arrival_times_s(rate: float, burstiness: float = 1.0, seed: int = 0) ->
     """Unbounded arrival times in seconds (0 first); the prefix of length n equals
     `arrival_times_s(n, rate, burstiness, seed)`. Used for traces without timestamps (ShareGPT).
     """
-    _check_process("iter_arrival_times_s(rate)", rate, burstiness, seed)
+    _check_process("iter_arrival_times_s(rate)", rate, burstiness, seed)  # at the call, not at the first next()
+    return _arrivals(rate, burstiness, seed)
+
+
+def _arrivals(rate: float, burstiness: float, seed: int) -> Iterator[float]:
     rng = _rng(seed, _ARRIVAL_STREAM)
     now_s = 0.0
     yield now_s
@@ -120,7 +124,7 @@ class UniformLengths:
     def __post_init__(self) -> None:
         for name in ("prompt_range", "output_range"):
             pair = getattr(self, name)
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_int, pair))):
+            if not (isinstance(pair, (tuple, list, np.ndarray)) and len(pair) == 2 and all(map(is_int, pair))):
                 raise wrong("UniformLengths(prompt_range, output_range)", name, pair,
                             f"give (low, high), two whole numbers, e.g. {name}={getattr(UniformLengths, name)}")
             low, high = pair
