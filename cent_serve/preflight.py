@@ -246,13 +246,13 @@ def start_listening(sock: socket.socket, host: str, port: int, backlog: int = 20
 
 
 def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | None = 1, *,
-                   gpu_flag: str = "--hardware gpu:") -> Mapping:
+                   gpu_flag: str | None = None) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens (None: one a pipeline stage, `check_devices_hold`), full
     numerics fits this machine and its checkpoint holds every tensor in its shape. Returns the
     mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences of the whole
     context fit; a batch of None, one a stage, is CENT's alone: `paper.emulate` refuses GPUs).
-    `gpu_flag`: how the command names the GPUs in the fixes it gives (`GpuTimer`)."""
+    `gpu_flag`: how the command names the GPUs in the fixes it gives (default `gpu.timing.HARDWARE_FLAG`)."""
     if cfg.on_gpus:
         mp = check_gpus_hold(cfg, context, batch, gpu_flag)
         check_host_memory(cfg, mp)
@@ -304,11 +304,13 @@ def check_checkpoint(cfg: CentConfig) -> None:
         check_hf_checkpoint(cfg.model)
 
 
-def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str = "--hardware gpu:"):
+def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str | None = None):
     """The GPUs hold the weights and the KV of `batch` sequences of `context` tokens (default one
-    of the whole context). ValueError naming the sizes and the fix."""
-    from cent_serve.gpu.timing import GpuTimer
+    of the whole context). ValueError naming the sizes and the fix, the GPUs named by `gpu_flag`
+    (default `gpu.timing.HARDWARE_FLAG`)."""
+    from cent_serve.gpu.timing import HARDWARE_FLAG, GpuTimer
 
+    gpu_flag = HARDWARE_FLAG if gpu_flag is None else gpu_flag
     t = GpuTimer(cfg, gpu_flag)
     t.check_fits()
     context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)

@@ -79,10 +79,15 @@ class StepParts:
         return np.maximum(self.memory_s, self.compute_s) + self.overhead_s + self.allreduce_s
 
 
+HARDWARE_FLAG = "--hardware gpu:"
+"""How the commands but `cent bench compare` (`--gpu `) name the GPUs before `KIND:N`, in the fixes
+their refusals give (`GpuTimer`'s and `preflight.check_runnable`'s `gpu_flag`)."""
+
+
 class GpuTimer:
     """Step times, energy, memory and cost of `cfg.gpu` GPUs serving `cfg.model`."""
 
-    def __init__(self, cfg: CentConfig, gpu_flag: str = "--hardware gpu:") -> None:
+    def __init__(self, cfg: CentConfig, gpu_flag: str = HARDWARE_FLAG) -> None:
         """`gpu_flag`: how the command the user ran names the GPUs, before `KIND:N`, for the fixes
         its refusals give (`cent bench compare`: `--gpu `)."""
         g, m = cfg.gpu, cfg.model
