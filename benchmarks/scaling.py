@@ -31,6 +31,17 @@ HYBRID_TP = 8
 """Hybrid mappings: tp 8 (one Llama2-70B KV-head group per device), pp = devices / 8."""
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """--devices: positive whole numbers separated by commas."""
+    try:
+        counts = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: give device counts separated by commas, e.g. 8,16")
+    return counts
+
+
 def mappings(devices: int) -> list[tuple[str, int, int]]:
     return [("pipeline", 0, 1), (f"hybrid tp{HYBRID_TP}", devices // HYBRID_TP, HYBRID_TP)]
 
@@ -40,23 +51,21 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="device actors on a local Ray (default: in-process)")
     ap.add_argument("--seqlen", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=3, help="rounds before the measured one")
-    ap.add_argument("--devices", default=",".join(map(str, DEVICES)),
-                    help="device counts, comma-separated (default: %(default)s)")
+    ap.add_argument("--devices", type=_counts, default=DEVICES,
+                    help=f"device counts, comma-separated (default: {','.join(map(str, DEVICES))})")
     ap.add_argument("--out", default="bench-scaling")
     args = ap.parse_args()
     model = model_preset("llama2-70b")
-    counts = sorted({int(d) for d in args.devices.split(",")})
+    counts = sorted(set(args.devices))
     configs = [(devices, name, CentConfig(model=model, parallel=ParallelConfig(devices, pp, tp), numerics="off"))
                for devices in counts for name, pp, tp in mappings(devices)]
     _warm_up(configs, args)
     rows = []
     for devices, name, cfg in configs:
         mp = resolve_mapping(model, cfg.parallel, cfg.device)
-        try:
-            check_capacity(model, mp, cfg.device, args.seqlen)
-        except ValueError as exc:
-            print(f"{devices:>4} devices {name:<12} does not fit: {exc}")
-            rows.append(dict(devices=devices, mapping=name, fits=False, reason=str(exc)))
+        if (why := _does_not_fit(cfg, args.seqlen)) is not None:
+            print(f"{devices:>4} devices {name:<12} does not fit: {why}")
+            rows.append(dict(devices=devices, mapping=name, fits=False, reason=why))
             continue
         t0 = time.perf_counter()
         ex = make_executor(cfg, "ray" if args.ray else "local")
@@ -90,14 +99,20 @@ def main() -> None:
     print(f"results in {out_dir}/")
 
 
+def _does_not_fit(cfg: CentConfig, seqlen: int) -> str | None:
+    """Why the devices cannot hold a query a stage at `seqlen`, or None."""
+    try:
+        check_capacity(cfg.model, resolve_mapping(cfg.model, cfg.parallel, cfg.device), cfg.device, seqlen)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _warm_up(configs: list, args: argparse.Namespace) -> None:
     """One run of the first configuration that fits, not measured: the kernels' loading and the
     executor's first start land here, not on the baseline of the ratios."""
     for _, _, cfg in configs:
-        mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-        try:
-            check_capacity(cfg.model, mp, cfg.device, args.seqlen)
-        except ValueError:
+        if _does_not_fit(cfg, args.seqlen) is not None:
             continue
         print(f"warming up on {cfg.parallel.num_devices} devices (not measured) ...", flush=True)
         ex = make_executor(cfg, "ray" if args.ray else "local")
