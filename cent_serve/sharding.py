@@ -23,6 +23,11 @@ adds them in expert order (the reference model's order: the same floats):
 
     attn heads (H*hd) -> o_proj slice (D) -> experts' outputs (their tokens x D) -> sum
 
+A shared expert (Qwen 2 MoE: a SwiGLU every token runs, scaled by a sigmoid gate) sits whole on every
+device of the stage, like the router: each device runs it on the normed input it already holds and
+adds it to the combined sum, so it exchanges nothing (its weights are held tp times, and it runs on
+one device's banks: `cent_serve.timing.pim.shared_expert_cycles`).
+
 `tp_block_forward` runs the block for one rank given an `all_gather`
 callable; the tests pass a local concatenation, the device actors pass the
 fabric.
@@ -36,7 +41,7 @@ import numpy as np
 
 from cent_serve.config import ModelConfig
 from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, project_qkv, rms_norm, route,
-                                     silu, softmax)
+                                     shared_expert, silu, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -80,6 +85,10 @@ class LayerShard:
     experts_gate: np.ndarray | None = None  # (n_local, F_e, D) this rank's experts, stacked
     experts_up: np.ndarray | None = None  # (n_local, F_e, D)
     experts_down: np.ndarray | None = None  # (n_local, D, F_e)
+    shared_gate: np.ndarray | None = None  # (F_s, D) the shared expert (Qwen 2 MoE), whole on every rank
+    shared_up: np.ndarray | None = None  # (F_s, D)
+    shared_down: np.ndarray | None = None  # (D, F_s)
+    shared_expert_gate: np.ndarray | None = None  # (1, D)
 
     @property
     def num_q_heads(self) -> int:
@@ -93,7 +102,8 @@ class LayerShard:
         """Weight bytes this rank stores (bf16 on a CENT device)."""
         mats = (self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
                 self.w_gate, self.w_up, self.w_down, *(self.qkv_bias or ()), *(self.qk_norms or ()),
-                self.router, self.experts_gate, self.experts_up, self.experts_down)
+                self.router, self.experts_gate, self.experts_up, self.experts_down, self.shared_gate, self.shared_up,
+                self.shared_down, self.shared_expert_gate)
         return sum(m.size for m in mats if m is not None) * bytes_per_element
 
 
@@ -135,6 +145,9 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
         mine = experts_of(cfg, rank, tp)
         mlp.update(experts=mine, router=w.router, experts_gate=w.experts_gate[list(mine)],
                    experts_up=w.experts_up[list(mine)], experts_down=w.experts_down[list(mine)])
+        if cfg.shared_expert_intermediate_size:  # whole on every rank, as the router
+            mlp.update(shared_gate=w.shared_gate, shared_up=w.shared_up, shared_down=w.shared_down,
+                       shared_expert_gate=w.shared_expert_gate)
     else:
         mlp.update(w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb], w_down=w.w_down[da:db])
     return LayerShard(
@@ -199,7 +212,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
     if cfg.is_moe:
         local, experts = moe_local(cfg, s, h)
-        return x + moe_combine(cfg, s.tp, all_gather("experts", local), experts)
+        return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
     act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
@@ -231,3 +244,13 @@ def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.nda
                 at += n
     assert at == flat.size, (at, flat.size)
     return combine((experts.shape[0], d), parts)
+
+
+def moe_finish(cfg: ModelConfig, s: LayerShard, gathered: np.ndarray, experts: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """A rank's MoE output (seq, D) after the experts' all-gather: the routed experts' combined sum, plus
+    the shared expert on normed input h when the model has one (run here: every rank holds it), added
+    after the routed sum as the reference model adds it."""
+    out = moe_combine(cfg, s.tp, gathered, experts)
+    if cfg.shared_expert_intermediate_size:
+        out = out + shared_expert(h, s.shared_gate, s.shared_up, s.shared_down, s.shared_expert_gate)
+    return out

@@ -101,7 +101,8 @@ class DeviceWorker:
                 sh = shard_layer(self.cfg.model, w.layers[b], self.rank, self.tp)
                 self.shards[b] = replace(sh, **{k: np.ascontiguousarray(getattr(sh, k)) for k in (
                     "input_norm", "wq", "wk", "wv", "wo", "post_norm", "w_gate", "w_up", "w_down", "router",
-                    "experts_gate", "experts_up", "experts_down") if getattr(sh, k) is not None})
+                    "experts_gate", "experts_up", "experts_down", "shared_gate", "shared_up", "shared_down",
+                    "shared_expert_gate") if getattr(sh, k) is not None})
         self.embed = np.ascontiguousarray(w.embed) if self.has_embedding else None
         if self.has_lm_head:
             self.final_norm = np.ascontiguousarray(w.final_norm)
@@ -270,7 +271,7 @@ class DeviceWorker:
     def _block(self, b: int, x: np.ndarray, seqs, bounds) -> Generator[Exchange, np.ndarray, np.ndarray]:
         """One block for all sequences: shared projections, per-sequence attention."""
         from cent_serve.model.layers import silu
-        from cent_serve.sharding import moe_combine, moe_local, shard_attention
+        from cent_serve.sharding import moe_finish, moe_local, shard_attention
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
@@ -283,7 +284,7 @@ class DeviceWorker:
         if cfg.is_moe:
             local, experts = moe_local(cfg, sh, h)
             outputs = yield from self._gather("experts", local)
-            return x + moe_combine(cfg, self.tp, outputs, experts)
+            return x + moe_finish(cfg, sh, outputs, experts, h)
         act = yield from self._gather("act", silu(h @ sh.w_gate.T) * (h @ sh.w_up.T))
         down = yield from self._gather("down", act @ sh.w_down.T)
         return x + down

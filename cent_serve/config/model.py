@@ -11,9 +11,9 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _ids_text
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe")
 """Families the reference model runs (Hugging Face `model_type`)."""
-MOE_TYPES = ("mixtral", "qwen3_moe")
+MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 """Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
@@ -22,7 +22,7 @@ ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 @dataclass
 class ModelConfig:
     """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3) or a mixture of experts
-    (Mixtral, Qwen 3 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
+    (Mixtral, Qwen 3 MoE, Qwen 2 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
     """Preset name, or the checkpoint directory's name when loaded from disk (chosen with `--model`
@@ -52,8 +52,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
-    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral` or
-    `qwen3_moe`. The families differ only by the named variations below, which a checkpoint's
+    """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral`,
+    `qwen3_moe` or `qwen2_moe`. The families differ only by the named variations below, which a checkpoint's
     config.json sets."""
     attention_bias: bool = False
     """Biases on the q, k and v projections (Qwen 2.5)."""
@@ -68,7 +68,10 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     """An expert's SwiGLU width; 0: model.intermediate_size (Mixtral's experts are full-size MLPs)."""
     norm_topk_prob: bool = True
-    """Divide the top-k router probabilities by their sum (Mixtral always; Qwen 3 MoE's config says)."""
+    """Divide the top-k router probabilities by their sum (Mixtral always; Qwen 3 and 2 MoE's config says)."""
+    shared_expert_intermediate_size: int = 0
+    """A shared expert's SwiGLU width (Qwen 2 MoE): every token runs it beside its k routed experts, its
+    output scaled by sigmoid(shared_expert_gate(x)), a D -> 1 projection; 0: none (the other families)."""
     expert_skew: float = 0.0
     """Timing's router: with numerics off there are no router logits, so the time model routes each
     (sequence, position, block) to k experts by a seeded draw without replacement, the weight of
@@ -167,6 +170,11 @@ class ModelConfig:
         if self.num_experts:
             _check(1 <= self.num_experts_per_tok <= self.num_experts, "model.num_experts_per_tok",
                    self.num_experts_per_tok, f"use 1 .. model.num_experts={self.num_experts}")
+        shared = self.model_type == "qwen2_moe"
+        _check(self.shared_expert_intermediate_size >= 0 and shared == bool(self.shared_expert_intermediate_size),
+               "model.shared_expert_intermediate_size", self.shared_expert_intermediate_size,
+               "model_type='qwen2_moe' has a shared expert: set its positive width" if shared else
+               "only model_type='qwen2_moe' has a shared expert: use 0, or model.model_type=qwen2_moe")
         moe_type = self.model_type in MOE_TYPES
         _check(moe_type == bool(self.num_experts), "model.num_experts", self.num_experts,
                f"model_type={self.model_type!r} is a mixture of experts: set a positive count" if moe_type else
@@ -199,6 +207,12 @@ class ModelConfig:
         """Parameters of one expert: gate, up and down (3 D F_e)."""
         return 3 * self.hidden_size * self.expert_size
 
+    def shared_expert_param_count(self) -> int:
+        """Parameters of a block's shared expert and its gate: gate, up and down (3 D F_s) and the
+        D -> 1 gate (D); 0 without one."""
+        fs = self.shared_expert_intermediate_size
+        return 3 * self.hidden_size * fs + self.hidden_size if fs else 0
+
     def attention_param_count(self) -> int:
         """Parameters of a block's attention (with its biases and q/k norms) and its two norms."""
         d = self.hidden_size
@@ -207,17 +221,18 @@ class ModelConfig:
         return attn + 2 * d
 
     def block_param_count(self) -> int:
-        """Parameters of one transformer block (attention with its biases and q/k norms, MLP or router
-        and every expert, two norms)."""
+        """Parameters of one transformer block (attention with its biases and q/k norms, MLP or router,
+        every expert and a shared expert, two norms)."""
         if self.is_moe:
-            return self.attention_param_count() + self.num_experts * (self.hidden_size + self.expert_param_count())
+            return (self.attention_param_count() + self.num_experts * (self.hidden_size + self.expert_param_count())
+                    + self.shared_expert_param_count())
         return self.attention_param_count() + 3 * self.hidden_size * self.intermediate_size
 
     def active_block_param_count(self) -> int:
-        """Parameters one token reads in a block: the router and its k experts for a MoE."""
+        """Parameters one token reads in a block: the router, its k experts and a shared expert for a MoE."""
         if self.is_moe:
             return (self.attention_param_count() + self.num_experts * self.hidden_size
-                    + self.num_experts_per_tok * self.expert_param_count())
+                    + self.num_experts_per_tok * self.expert_param_count() + self.shared_expert_param_count())
         return self.block_param_count()
 
     def param_count(self, active: bool = False) -> int:

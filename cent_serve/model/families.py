@@ -13,7 +13,6 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "deepseek_v3": "multi-head latent attention (MLA: kv_lora_rank, q_lora_rank), shared experts "
                    "(n_shared_experts), dense first blocks (first_k_dense_replace) and a sigmoid router "
                    "choosing within groups of experts (n_group, topk_group)",
-    "qwen2_moe": "a shared expert with a sigmoid gate beside the routed ones (shared_expert_intermediate_size)",
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",
@@ -53,9 +52,15 @@ _FEATURE_KEYS = (("kv_lora_rank", "multi-head latent attention (MLA)"),
 not in `UNMODELLED_FAMILIES` (a fine-tune's own name, a newer family)."""
 
 
-def announced_features(hf: dict) -> list[str]:
-    """The keys of `_FEATURE_KEYS` a config.json sets, each as "key (feature)"."""
-    return [f"{key} ({what})" for key, what in _FEATURE_KEYS if hf.get(key)]
+_READ_BY = {"shared_expert_intermediate_size": ("qwen2_moe",)}
+"""Keys of `_FEATURE_KEYS` that a supported family's class reads (its shared expert is modelled)."""
+
+
+def announced_features(hf: dict, model_type: str | None = None) -> list[str]:
+    """The keys of `_FEATURE_KEYS` a config.json sets, each as "key (feature)", but those the class
+    of `model_type` reads (Qwen 2 MoE's shared_expert_intermediate_size)."""
+    return [f"{key} ({what})" for key, what in _FEATURE_KEYS
+            if hf.get(key) and model_type not in _READ_BY.get(key, ())]
 
 
 def unmodelled_features(model_type: str, hf: dict) -> str | None:
@@ -71,7 +76,7 @@ def windowed_blocks(hf: dict, num_layers: int, context: int, per_block: bool = T
     """The blocks of a Qwen config.json whose sliding window would hide keys within `context`:
     transformers' Qwen 2 and 3 give a window only with use_sliding_window, to the blocks their
     layer_types name "sliding_attention" (by default those from max_window_layers on); without
-    `per_block` (Qwen 3 MoE, read conservatively) every block. A window at least the context never
+    `per_block` (Qwen 3 MoE and Qwen 2 MoE, read conservatively) every block. A window at least the context never
     hides a key, so such a config runs as full attention."""
     window = hf.get("sliding_window")
     if not hf.get("use_sliding_window") or not isinstance(window, (int, float)) or not 0 < window < context:

@@ -12,7 +12,8 @@ from cent_serve.model.families import announced_features, unmodelled_features, w
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                 "qwen2_moe": "Qwen2MoeForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -22,7 +23,7 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                    "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
-_FAMILY_FEATURES = dict(attention_bias=("qwen2",), qk_norm=("qwen3", "qwen3_moe"), sliding_window=("mistral", "mixtral"))
+_FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"), sliding_window=("mistral", "mixtral"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 
 
@@ -105,7 +106,8 @@ def json_object(file: Path, field: str, alternative: str) -> dict:
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
-    (q/k norms), and the mixtures of experts Mixtral and Qwen 3 MoE. What the reference model cannot
+    (q/k norms), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE (Qwen1.5-MoE, Qwen2-57B-A14B:
+    a shared expert beside the routed ones). What the reference model cannot
     run is refused by name."""
     path = Path(path)
     if path.is_file():  # a checkpoint is a directory (the weights and tokenizer sit beside config.json)
@@ -116,10 +118,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     cfg_file = path / "config.json"
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
-                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
+                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
-                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral or Qwen 3 MoE)")
+                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
@@ -161,7 +163,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     family = _FAMILY_DEFAULTS.get(arch, {})
     moe = {}
     if arch in MOE_TYPES:
-        if hf.get("shared_expert_intermediate_size"):
+        if hf.get("shared_expert_intermediate_size") and arch != "qwen2_moe":
             _refuse("shared_expert_intermediate_size", hf["shared_expert_intermediate_size"], "shared experts are not modelled")
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
             _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
@@ -173,9 +175,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             _refuse("num_local_experts / num_experts", None, "a mixture of experts' config.json names its experts")
         moe = dict(num_experts=_num("num_local_experts" if hf.get("num_local_experts") else "num_experts"),
                    num_experts_per_tok=_num("num_experts_per_tok"),
-                   # transformers' Qwen3MoeConfig defaults: 768-wide experts, weights not renormalised
-                   moe_intermediate_size=(_num("moe_intermediate_size", 768) or 768) if arch == "qwen3_moe" else 0,
-                   norm_topk_prob=_bool("norm_topk_prob", False) if arch == "qwen3_moe" else True)
+                   # transformers' Qwen3MoeConfig defaults: 768-wide experts, weights not renormalised;
+                   # Qwen2MoeConfig's: 1408-wide experts and a 5632-wide shared expert, not renormalised
+                   moe_intermediate_size=(_num("moe_intermediate_size", _EXPERT_WIDTH[arch]) or _EXPERT_WIDTH[arch])
+                   if arch in _EXPERT_WIDTH else 0,
+                   norm_topk_prob=_bool("norm_topk_prob", False) if arch in _EXPERT_WIDTH else True)
+        if arch == "qwen2_moe":
+            moe["shared_expert_intermediate_size"] = _num("shared_expert_intermediate_size", 5632) or 5632
     if hf.get("quantization_config"):
         quant = hf["quantization_config"]
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
@@ -262,7 +268,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
         tie_word_embeddings=_bool("tie_word_embeddings", False),
-        attention_bias=arch == "qwen2",
+        attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
         if arch in ("mistral", "mixtral") else 0,  # null: no window
@@ -275,7 +281,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **scaling,
         **moe,
     )
-    if ignored := announced_features(hf):  # a supported family's class does not read them: nor does cent
+    if ignored := announced_features(hf, arch):  # a supported family's class does not read them: nor does cent
         logging.getLogger("cent").warning(
             "model.checkpoint: %s %s not read: transformers' %s model has no such feature and cent models it as "
             "transformers runs it; if the checkpoint needs it, its model_type is not %s", ", ".join(ignored),
@@ -284,9 +290,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         context = overrides.get("max_seq_len", fields["max_seq_len"])
         fields["sliding_window"] = _layer_types_window(hf, arch, fields["num_layers"], context, fields["sliding_window"])
     fields.update(overrides)
-    if arch in ("qwen2", "qwen3", "qwen3_moe"):  # Mistral's window is modelled; Llama has none. Within the
-        # context served (a yarn rope's, --set model.max_seq_len's)
-        _check_qwen_window(hf, fields["num_layers"], fields["max_seq_len"], arch != "qwen3_moe")
+    if arch in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):  # Mistral's window is modelled; Llama has none.
+        # Within the context served (a yarn rope's, --set model.max_seq_len's)
+        _check_qwen_window(hf, fields["num_layers"], fields["max_seq_len"], arch not in ("qwen3_moe", "qwen2_moe"))
     try:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
@@ -300,10 +306,16 @@ _FAMILY_DEFAULTS = {
     "qwen2": dict(num_key_value_heads=32, max_position_embeddings=32768),
     "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
     "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
+    "qwen2_moe": dict(num_key_value_heads=16, max_position_embeddings=32768),
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
 1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
+
+
+_EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}
+"""The expert width (moe_intermediate_size) a family's config class takes when its config.json leaves
+it out; the families without the key (Mixtral) size their experts by intermediate_size."""
 
 
 _STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)
@@ -371,10 +383,13 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out["sliding_window"] = cfg.sliding_window or None
     if cfg.model_type == "mixtral":
         out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
-    if cfg.model_type == "qwen3_moe":
+    if cfg.model_type in ("qwen3_moe", "qwen2_moe"):
         out.update(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
                    moe_intermediate_size=cfg.expert_size, norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1,
                    mlp_only_layers=[])
+    if cfg.model_type == "qwen2_moe":
+        out.update(shared_expert_intermediate_size=cfg.shared_expert_intermediate_size, qkv_bias=cfg.attention_bias,
+                   use_sliding_window=False)
     if cfg.rope_type != "default":
         values = {theirs: getattr(cfg, _ROPE_KEYS[theirs]) for theirs in _ROPE_TYPE_KEYS[cfg.rope_type]}
         if cfg.rope_type == "yarn":  # 0 means "derive it" for these: leave them out, as transformers does

@@ -169,6 +169,14 @@ def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarr
     return (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
 
 
+def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,
+                  gate: np.ndarray) -> np.ndarray:
+    """Qwen 2 MoE's shared expert on normed input h (seq, D), as transformers' sparse block runs it beside
+    the routed experts: a SwiGLU every token goes through, scaled by sigmoid(h @ gate^T), gate (1, D)."""
+    scale = F32(1.0) / (F32(1.0) + np.exp(-(h @ gate.T)))  # (seq, 1)
+    return scale * swiglu(h, w_gate, w_up, w_down)  # (seq, D)
+
+
 def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
     """A mixture of experts' router on normed input h (seq, D), as transformers' Mixtral and Qwen 3
     MoE routers do it: softmax over the router's logits (seq, E), the k largest probabilities

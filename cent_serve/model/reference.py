@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import attention, moe, project_qkv, rms_norm, swiglu
+from cent_serve.model.layers import attention, moe, project_qkv, rms_norm, shared_expert, swiglu
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -81,10 +81,14 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
 
 
 def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
-    """The block's MLP on normed input h (seq, D): SwiGLU, or a mixture of SwiGLU experts."""
+    """The block's MLP on normed input h (seq, D): SwiGLU, or a mixture of SwiGLU experts (plus a gated
+    shared expert, Qwen 2 MoE: the routed experts' sum, then the shared expert's output added)."""
     if cfg.is_moe:
-        return moe(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, w.experts_gate, w.experts_up,
-                   w.experts_down)
+        out = moe(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, w.experts_gate, w.experts_up,
+                  w.experts_down)
+        if cfg.shared_expert_intermediate_size:
+            out = out + shared_expert(h, w.shared_gate, w.shared_up, w.shared_down, w.shared_expert_gate)
+        return out
     return swiglu(h, w.w_gate, w.w_up, w.w_down)
 
 

@@ -49,6 +49,10 @@ class LayerWeights:
     experts_gate: np.ndarray | None = None  # (E, F_e, D) every expert's gate, up and down, stacked
     experts_up: np.ndarray | None = None  # (E, F_e, D)
     experts_down: np.ndarray | None = None  # (E, D, F_e)
+    shared_gate: np.ndarray | None = None  # (F_s, D) the shared expert's gate, up and down (Qwen 2 MoE)
+    shared_up: np.ndarray | None = None  # (F_s, D)
+    shared_down: np.ndarray | None = None  # (D, F_s)
+    shared_expert_gate: np.ndarray | None = None  # (1, D) its output's sigmoid gate
 
     @property
     def qkv_bias(self) -> tuple | None:
@@ -137,6 +141,10 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
                 experts_gate=np.stack([mat(fe, d) for _ in range(n)]),
                 experts_up=np.stack([mat(fe, d) for _ in range(n)]),
                 experts_down=np.stack([mat(d, fe) for _ in range(n)])))
+            if cfg.shared_expert_intermediate_size:
+                fs = cfg.shared_expert_intermediate_size
+                layers[-1].shared_gate, layers[-1].shared_up, layers[-1].shared_down = mat(fs, d), mat(fs, d), mat(d, fs)
+                layers[-1].shared_expert_gate = mat(1, d)
         else:
             layers.append(LayerWeights(**attn, w_gate=mat(f, d), w_up=mat(f, d), w_down=mat(d, f)))
         if cfg.attention_bias:
@@ -163,10 +171,14 @@ _LAYER_NAMES = {
 }
 _BIAS_NAMES = {"bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias", "bv": "self_attn.v_proj.bias"}
 _QK_NORM_NAMES = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
+_SHARED_NAMES = {"shared_gate": "mlp.shared_expert.gate_proj.weight", "shared_up": "mlp.shared_expert.up_proj.weight",
+                 "shared_down": "mlp.shared_expert.down_proj.weight", "shared_expert_gate": "mlp.shared_expert_gate.weight"}
+"""Qwen 2 MoE's shared expert and its gate (model.shared_expert_intermediate_size)."""
 
 
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", dict(experts_gate="w1", experts_up="w3", experts_down="w2")),
-              "qwen3_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj"))}
+              "qwen3_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj")),
+              "qwen2_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj"))}
 """A mixture of experts' module and expert projection names per family, as `save_pretrained` writes
 them: `model.layers.{i}.{module}.gate.weight` (the router), `...{module}.experts.{j}.{proj}.weight`."""
 _EXPERT_NAME = re.compile(r"^(block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight$")
@@ -184,6 +196,8 @@ def _layer_names(cfg: ModelConfig) -> dict[str, str]:
         for key in ("w_gate", "w_up", "w_down"):
             del names[key]
         names["router"] = f"{_MOE_NAMES[cfg.model_type][0]}.gate.weight"
+    if cfg.shared_expert_intermediate_size:
+        names.update(_SHARED_NAMES)
     return names
 
 
@@ -304,6 +318,8 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
     shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), q_norm=(hd,), k_norm=(hd,))
     fe = cfg.expert_size
     shapes.update(router=(cfg.num_experts, d), experts_gate=(fe, d), experts_up=(fe, d), experts_down=(d, fe))
+    fs = cfg.shared_expert_intermediate_size
+    shapes.update(shared_gate=(fs, d), shared_up=(fs, d), shared_down=(d, fs), shared_expert_gate=(1, d))
     by_suffix = {v: k for k, v in _layer_names(cfg).items()}
     if cfg.model_type == "mixtral":  # transformers 5 names Mixtral's router like Qwen's, beside fused experts
         by_suffix["mlp.gate.weight"] = "router"

@@ -13,7 +13,9 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - qwen3: Qwen 3 (per-head q/k RMSNorm, head_dim 32 with hidden 64 and 4 heads);
 - mixtral: Mixtral (top-2 of 4 full-size experts, softmax router, top-k renormalized);
 - qwen3_moe: Qwen 3 MoE (top-3 of 6 narrow experts, norm_topk_prob off: the other branch of the
-  router; q/k norms).
+  router; q/k norms);
+- qwen2_moe: Qwen 2 MoE (Qwen1.5-MoE: top-3 of 6 narrow experts, norm_topk_prob off, q/k/v biases,
+  and a shared expert wider than the routed ones behind its sigmoid gate).
 
 Every model: hidden 64, 2 layers, 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -55,6 +57,9 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
         head_dim=32, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48, norm_topk_prob=False,
         rope_theta=1000000.0)),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48, shared_expert_intermediate_size=80,
+        norm_topk_prob=False, rope_theta=1000000.0)),
 }
 
 

@@ -4,7 +4,8 @@ tests/data/hf_families/<family>/ were written by tests/data/make_hf_family_fixtu
 transformers: each a small random checkpoint saved by `save_pretrained` with the family's special
 features on (Llama 3 rope scaling and tied embeddings, linear / dynamic / yarn rope, Mistral's
 sliding window shorter than the prompts, Qwen 2.5's q/k/v biases, Qwen 3's q/k norms and a head
-size that is not hidden / heads), and transformers' greedy tokens and logits for two prompts.
+size that is not hidden / heads, Mixtral's and Qwen 3 MoE's experts, Qwen 2 MoE's gated shared expert), and
+transformers' greedy tokens and logits for two prompts.
 CI has no torch, so these files are the reference; the `hf` test rebuilds them live.
 """
 from __future__ import annotations
@@ -45,6 +46,10 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
                 dict(norm_topk_prob=False)),
     "qwen3_moe": (dict(model_type="qwen3_moe", num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48,
                        norm_topk_prob=False, qk_norm=True), dict(norm_topk_prob=True)),
+    # Qwen 2 MoE's: a shared expert beside the routed ones (its own test drops it), q/k/v biases
+    "qwen2_moe": (dict(model_type="qwen2_moe", num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48,
+                       shared_expert_intermediate_size=80, norm_topk_prob=False, attention_bias=True),
+                  dict(norm_topk_prob=True)),
 }
 
 
@@ -83,6 +88,19 @@ def test_the_feature_is_what_makes_the_tokens_right(family):
     case = expected(family)[0]
     logits = LlamaModel(off, weights).forward(case["prompt_ids"], LlamaModel(off, weights).new_cache())[-1]
     assert rel(logits, case["last_logits"]) > 1e-3
+
+
+def test_qwen2_moe_shared_expert_is_what_makes_the_tokens_right():
+    """Without its shared expert (its down projection zeroed) or with its sigmoid gate flat (weights
+    zeroed: 0.5 for every token), the Qwen 2 MoE fixture's logits move away from transformers'."""
+    cfg = model_config_from_hf(ROOT / "qwen2_moe")
+    case = expected("qwen2_moe")[0]
+    for part in ("shared_down", "shared_expert_gate"):
+        weights = load_weights(cfg)
+        for layer in weights.layers:  # the expert's output dropped; the gate's sigmoid a flat 0.5
+            setattr(layer, part, np.zeros_like(getattr(layer, part)))
+        model = LlamaModel(cfg, weights)
+        assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3, part
 
 
 def test_qwen_features_change_the_tokens_too():
@@ -124,8 +142,8 @@ def test_cli_generate_gives_transformers_tokens(family, capsys):
 def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     base = json.loads((ROOT / "qwen3" / "config.json").read_text())
     for change, message in (
-            (dict(model_type="qwen2_moe", num_experts=64), "model_type='qwen2_moe' is not supported: not modelled: a "
-             "shared expert"),
+            (dict(model_type="qwen2_moe", num_experts=8, num_experts_per_tok=2, decoder_sparse_step=2),
+             r"decoder_sparse_step / mlp_only_layers=\(2, None\) is not supported: every block must be a mixture"),
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              "mlp_only_layers.* every block must be a mixture of experts"),
             (dict(model_type="gemma"), "model_type='gemma' is not supported: not modelled: a GeGLU MLP.*; supported "
@@ -146,7 +164,7 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
 @pytest.mark.parametrize("model_type, keys, says", [
     ("deepseek_v3", {}, r"multi-head latent attention \(MLA.*shared experts \(n_shared_experts\)"),
     ("deepseek_v2", {}, r"multi-head latent attention \(MLA.*shared experts"),
-    ("qwen2_moe", {}, r"a shared expert with a sigmoid gate"),
+    ("qwen3_next", {}, r"Gated DeltaNet linear-attention layers, gated attention and a shared expert"),
     ("gemma2", {}, r"logit soft-capping.*sliding-window attention in alternate blocks, extra norms"),
     ("phi3", {}, r"fused projections \(self_attn\.qkv_proj, mlp\.gate_up_proj\)"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
@@ -417,7 +435,8 @@ def test_a_key_a_config_leaves_out_takes_its_family_s_transformers_default(tmp_p
 
 
 @pytest.mark.parametrize("family, keys", [("mixtral", dict(n_shared_experts=2)),
-                                          ("llama3", dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0))])
+                                          ("llama3", dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
+                                          ("qwen3", dict(shared_expert_intermediate_size=5632))])
 def test_a_supported_familys_config_with_a_feature_its_class_does_not_read_is_warned_of(tmp_path, caplog, family,
                                                                                       keys):
     """A Mixtral config.json with DeepSeek's n_shared_experts, or a Llama's with Gemma's soft-capping,
@@ -433,9 +452,22 @@ def test_a_supported_familys_config_with_a_feature_its_class_does_not_read_is_wa
     arch = base["model_type"]
     said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("model.checkpoint: " + ", ".join(
-        f"{k} ({'shared experts' if k == 'n_shared_experts' else 'logit soft-capping'})" for k in keys)), said
+        f"{k} ({'logit soft-capping' if 'softcapping' in k else 'shared experts'})" for k in keys)), said
     assert said[0].endswith(f"if the checkpoint needs it, its model_type is not {arch}"), said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cent"):
         model_config_from_hf(ROOT / family)
     assert "not read" not in caplog.text  # the family's own config: no word
+
+
+def test_qwen2_moe_reads_its_shared_expert_key_without_a_warning(tmp_path, caplog):
+    """shared_expert_intermediate_size announces a feature cent does not model for other families (a
+    warning for a Qwen 3's config.json above; a refusal for Mixtral's and Qwen 3 MoE's); Qwen 2 MoE's
+    class reads it and cent models it: no warning, the width in the config."""
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        cfg = model_config_from_hf(ROOT / "qwen2_moe")
+    assert cfg.shared_expert_intermediate_size == 80 and "not read" not in caplog.text
+    base = json.loads((ROOT / "mixtral" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "shared_expert_intermediate_size": 5632}))
+    with pytest.raises(ValueError, match="shared_expert_intermediate_size=5632 is not supported: shared experts"):
+        model_config_from_hf(tmp_path)

@@ -1,7 +1,7 @@
 """Mixtures of experts: the router's math, experts spread over devices, checkpoints in both layouts.
 
-Equality with transformers' own tokens is in test_families.py (the `mixtral` and `qwen3_moe`
-fixtures, also sharded over 4 devices as pp 2 x tp 2); here the pieces and the edge cases.
+Equality with transformers' own tokens is in test_families.py (the `mixtral`, `qwen3_moe` and
+`qwen2_moe` fixtures, also sharded over 4 devices as pp 2 x tp 2); here the pieces and the edge cases.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from cent_serve.executor.generate import generate_batch
 from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
 from cent_serve.model.generate import generate
 from cent_serve.model.layers import route, softmax
-from cent_serve.model.weights import random_weights, save_hf_checkpoint
-from cent_serve.sharding import experts_of
+from cent_serve.model.reference import mlp
+from cent_serve.model.weights import hf_tensor_names, random_weights, save_hf_checkpoint
+from cent_serve.sharding import experts_of, shard_layer
 from tests.factories import tiny_model_config
 
 F32 = np.float32
@@ -96,16 +97,138 @@ def test_weights_hold_every_expert():
 
 
 @pytest.mark.parametrize("fields", [dict(), dict(model_type="qwen3_moe", qk_norm=True, moe_intermediate_size=40,
-                                                 norm_topk_prob=False, head_dim=32)], ids=["mixtral", "qwen3_moe"])
+                                                 norm_topk_prob=False, head_dim=32),
+                                    dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False)],
+                         ids=["mixtral", "qwen3_moe", "qwen2_moe"])
 def test_a_saved_moe_checkpoint_reloads_with_the_same_tokens(fields, tmp_path):
     cfg = moe_config(**fields)
     weights = random_weights(cfg)
     save_hf_checkpoint(cfg, weights, tmp_path)
     back = model_config_from_hf(tmp_path)
-    for key in ("model_type", "num_experts", "num_experts_per_tok", "expert_size", "norm_topk_prob", "qk_norm"):
+    for key in ("model_type", "num_experts", "num_experts_per_tok", "expert_size", "norm_topk_prob", "qk_norm",
+                "attention_bias", "shared_expert_intermediate_size"):
         assert getattr(back, key) == getattr(cfg, key), key
     a = generate(LlamaModel(cfg, weights), [1, 5, 9], 8, ignore_eos=True).token_ids
     assert generate(LlamaModel(back, load_weights(back)), [1, 5, 9], 8, ignore_eos=True).token_ids == a
+
+
+def test_a_qwen2_moe_checkpoint_holds_its_shared_expert_and_needs_it(tmp_path):
+    """Qwen 2 MoE's shared expert and its gate are saved under transformers' names, read back to the
+    same arrays, and a checkpoint without them is refused by name."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False))
+    weights = random_weights(cfg)
+    save_hf_checkpoint(cfg, weights, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    shapes = {"mlp.shared_expert.gate_proj.weight": (56, 64), "mlp.shared_expert.up_proj.weight": (56, 64),
+              "mlp.shared_expert.down_proj.weight": (64, 56), "mlp.shared_expert_gate.weight": (1, 64)}
+    for i in range(cfg.num_layers):
+        for suffix, shape in shapes.items():
+            assert tensors[f"model.layers.{i}.{suffix}"].shape == shape
+    assert set(tensors) == set(hf_tensor_names(cfg))
+    back = load_weights(model_config_from_hf(tmp_path))
+    for mine, theirs in zip(weights.layers, back.layers):
+        for key in ("shared_gate", "shared_up", "shared_down", "shared_expert_gate"):
+            assert np.array_equal(getattr(mine, key), getattr(theirs, key)), key
+    del tensors["model.layers.1.mlp.shared_expert_gate.weight"]
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"lacks tensors \['model.layers.1.mlp.shared_expert_gate.weight'\]"):
+        load_weights(model_config_from_hf(tmp_path))
+
+
+def test_a_qwen2_moe_block_is_routed_experts_plus_the_gated_shared_expert():
+    """One block's MLP against a token-by-token numpy computation written from transformers' Qwen 2
+    MoE sparse block: softmax over the 6 router logits, the top 2 probabilities as they are
+    (norm_topk_prob false), each expert SwiGLU(x) times its probability, plus the shared expert's
+    SwiGLU(x) times sigmoid(gate . x)."""
+    cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False))
+    w = random_weights(cfg).layers[0]
+    h = np.random.default_rng(3).standard_normal((5, 64)).astype(F32)
+
+    def swiglu(x, gate, up, down):
+        a = x @ gate.T
+        return (a / (1 + np.exp(-a)) * (x @ up.T)) @ down.T
+
+    want = np.zeros((5, 64))
+    for t, x in enumerate(h.astype(np.float64)):
+        logits = w.router @ x
+        p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        for e in np.argsort(-p)[:2]:
+            want[t] += p[e] * swiglu(x, w.experts_gate[e], w.experts_up[e], w.experts_down[e])
+        want[t] += swiglu(x, w.shared_gate, w.shared_up, w.shared_down) / (1 + np.exp(-(w.shared_expert_gate[0] @ x)))
+    got = mlp(cfg, w, h)
+    assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
+    routed = mlp(moe_config(norm_topk_prob=False), w, h)  # the same weights without the shared expert
+    assert np.max(np.abs(got - routed - (want - routed))) < 1e-4 * np.max(np.abs(want))
+    assert np.max(np.abs(got - routed)) > 0.1 * np.max(np.abs(want))  # and the shared expert is no rounding error
+
+
+def test_every_rank_holds_the_shared_expert():
+    """Sharded over a stage's 4 devices, the routed experts spread round robin and the shared expert
+    and its gate sit whole on every rank, as the router does."""
+    cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False))
+    w = random_weights(cfg).layers[0]
+    shards = [shard_layer(cfg, w, r, 4) for r in range(4)]
+    assert [s.experts for s in shards] == [(0, 4), (1, 5), (2,), (3,)]
+    for s in shards:
+        for key in ("shared_gate", "shared_up", "shared_down", "shared_expert_gate"):
+            assert np.array_equal(getattr(s, key), getattr(w, key)), key
+    held = 2 * (3 * 64 * 56 + 64)  # the shared expert and its gate in bf16
+    plain = [shard_layer(moe_config(model_type="qwen3_moe", attention_bias=True, moe_intermediate_size=40),
+                         w, r, 4).nbytes() for r in range(4)]
+    assert [s.nbytes() - p for s, p in zip(shards, plain)] == [held] * 4
+
+
+def test_a_qwen1_5_moe_config_json_reads_as_published(tmp_path):
+    """Qwen1.5-MoE-A2.7B's config.json (Hugging Face hub, Qwen/Qwen1.5-MoE-A2.7B) reads to its shape;
+    its parameters are the published 14.3 B in total and 2.7 B activated (Qwen's blog, "Qwen1.5-MoE")."""
+    hf = dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", hidden_size=2048, intermediate_size=5632,
+              num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, vocab_size=151936,
+              max_position_embeddings=8192, rope_theta=1000000.0, rms_norm_eps=1e-6, num_experts=60,
+              num_experts_per_tok=4, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+              norm_topk_prob=False, decoder_sparse_step=1, use_sliding_window=False, sliding_window=32768,
+              max_window_layers=21, tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151643,
+              torch_dtype="bfloat16")
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    m = model_config_from_hf(tmp_path)
+    assert (m.model_type, m.num_experts, m.num_experts_per_tok, m.expert_size, m.shared_expert_intermediate_size,
+            m.norm_topk_prob, m.attention_bias, m.qk_norm, m.sliding_window, m.head_dim) == \
+        ("qwen2_moe", 60, 4, 1408, 5632, False, True, False, 0, 128)
+    assert round(m.param_count() / 1e9, 1) == 14.3 and round(m.param_count(active=True) / 1e9, 1) == 2.7
+    # what transformers' Qwen2MoeConfig takes for keys left out: 1408-wide experts, a 5632-wide shared
+    # expert, weights not renormalised, q/k/v biases (qkv_bias); qkv_bias false drops them
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob"):
+        del hf[key]
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "qkv_bias": False}))
+    bare = model_config_from_hf(tmp_path)
+    assert (bare.expert_size, bare.shared_expert_intermediate_size, bare.norm_topk_prob, bare.attention_bias) == \
+        (1408, 5632, False, False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(decoder_sparse_step=2), r"decoder_sparse_step / mlp_only_layers=\(2, \[\]\) is not supported: every "
+     r"block must be a mixture of experts \(decoder_sparse_step 1, no mlp_only_layers\)"),
+    (dict(mlp_only_layers=[0]), r"decoder_sparse_step / mlp_only_layers=\(1, \[0\]\) is not supported"),
+    (dict(use_sliding_window=True, sliding_window=16), "use_sliding_window=True is not supported: sliding_window=16"),
+    (dict(shared_expert_intermediate_size=0), "shared_expert_intermediate_size=0 is invalid: use a positive integer")])
+def test_what_a_qwen2_moe_config_cannot_run_is_refused_in_one_line(tmp_path, change, message):
+    """Dense blocks among the sparse ones (decoder_sparse_step, mlp_only_layers) are not modelled
+    (every block is a mixture of experts), nor a window that hides keys within the context."""
+    cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False))
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**{k: v for k, v in raw.items() if k not in change}, **change}))
+    with pytest.raises(ValueError, match=message) as err:
+        model_config_from_hf(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("fields", [dict(), dict(model_type="qwen3_moe", qk_norm=True, moe_intermediate_size=40,
@@ -154,6 +277,10 @@ def test_a_checkpoint_whose_experts_disagree_with_its_config_is_refused(tmp_path
     (dict(model_type="llama", num_experts=4, num_experts_per_tok=2), "model.num_experts=4 is invalid.*is dense"),
     (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=5), "model.num_experts_per_tok=5 is invalid"),
     (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, expert_skew=-1), "model.expert_skew=-1"),
+    (dict(model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2),
+     "model.shared_expert_intermediate_size=0 is invalid: model_type='qwen2_moe' has a shared expert"),
+    (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, shared_expert_intermediate_size=64),
+     "model.shared_expert_intermediate_size=64 is invalid: only model_type='qwen2_moe' has a shared expert"),
 ])
 def test_bad_moe_fields_are_refused_by_name(fields, message):
     with pytest.raises(ValueError, match=message):
