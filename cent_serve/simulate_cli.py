@@ -297,6 +297,9 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
               f"experts {moe['experts_ms'] * 1e3:.2f} us ({moe['expected_busiest_load']:.3g} x "
               f"{moe['one_expert_ms'] * 1e3:.2f} us on the busiest banks), combine {moe['combine_ms'] * 1e3:.2f} us; "
               f"energy: router {moe['router_mj'] * 1e3:.2f} uJ, experts {moe['experts_mj'] * 1e3:.2f} uJ")
+        if "shared_expert_ms" in moe:
+            print(f"  shared expert, every token: {moe['shared_expert_ms'] * 1e3:.2f} us, "
+                  f"{moe['shared_expert_mj'] * 1e3:.2f} uJ a block")
     print("  token energy by term (mJ, the whole token; --json for all):")
     for term, mj in sorted(fig["energy_breakdown_mj"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {term:<18}{mj:>10.3f}  {100 * mj / fig['token_energy_mj']:5.1f}%")

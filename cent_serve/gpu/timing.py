@@ -6,7 +6,8 @@ a pipeline stage of `layers` blocks on `tp` GPUs. Per GPU of the stage:
 - bytes: the stage's weights once (bf16, split over tp), every sequence's KV read once per
   attention pass (`c + n` tokens; once per query head with `attention_reads = query_heads`), the
   new tokens' KV written;
-- a mixture of experts: the attention and router weights once, and of the experts only those
+- a mixture of experts: the attention and router weights once (and a shared expert's, which every
+  token runs: Qwen 2 MoE), and of the experts only those
   the step's tokens chose (expected distinct experts of `tokens` draws of the time model's
   router: sum over e of 1 - (1 - pi_e)^tokens, pi_e the chance a token picks expert e);
 - FLOPs: 2 per weight per token (a MoE's: the ones a token uses), 4 x head_dim x heads per (token, attended
@@ -97,15 +98,17 @@ class GpuTimer:
         if self.pp > m.num_layers:
             raise ValueError(f"gpu.pp={self.pp} exceeds the model's {m.num_layers} layers: use fewer stages")
         # what vLLM's tensor parallelism splits: the query heads, the KV heads (or copies them to
-        # the GPUs that share one: tp a multiple of them), the MLP's width (each expert's for a MoE)
-        width = m.expert_size
+        # the GPUs that share one: tp a multiple of them), the MLP's width (each expert's for a MoE,
+        # and a shared expert's)
+        width, shared = m.expert_size, m.shared_expert_intermediate_size
         for splits, what in ((m.num_heads % self.tp, f"the model's {m.num_heads} attention heads"),
                              (m.num_kv_heads % self.tp and self.tp % m.num_kv_heads,
                               f"the model's {m.num_kv_heads} KV heads, nor is it a multiple of them"),
-                             (width % self.tp, f"the MLP's width of {width}")):
+                             (width % self.tp, f"the MLP's width of {width}"),
+                             (shared % self.tp, f"the shared expert's width of {shared}")):
             if splits:
                 def fits(t: int) -> bool:
-                    return (not m.num_heads % t and not width % t
+                    return (not m.num_heads % t and not width % t and not shared % t
                             and (not m.num_kv_heads % t or not t % m.num_kv_heads))
                 below = max(t for t in range(1, self.tp) if fits(t))
                 origin = ""
@@ -192,13 +195,15 @@ class GpuTimer:
 
     def read_weight_bytes(self, tokens):
         """A block's weight bytes a step of `tokens` tokens reads (all of them; a mixture of experts'
-        attention and router, and the experts its tokens chose, expected). Elementwise."""
+        attention and router, a shared expert and its gate, and the experts its tokens chose, expected).
+        Elementwise."""
         if self.expert_pick is None:
             return self.block_weight_bytes
         m = self.model
         tokens = np.asarray(tokens, dtype=np.float64)
         hit = (1.0 - (1.0 - self.expert_pick[:, None]) ** tokens.reshape(1, -1)).sum(axis=0).reshape(tokens.shape)
-        out = (m.attention_param_count() + m.num_experts * m.hidden_size + hit * m.expert_param_count()) * BYTES
+        out = (m.attention_param_count() + m.num_experts * m.hidden_size + m.shared_expert_param_count()
+               + hit * m.expert_param_count()) * BYTES
         return out if out.shape else float(out)
 
     def step_s(self, stage: int, new, cached, logit_rows: int = 0) -> float:

@@ -34,13 +34,13 @@ import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig
 from cent_serve.timing.pim import (BANK_GROUPS, BlockGeometry, attended, cdiv, context_rows, elementwise_split,
-                                   v_rows)
+                                   router_outputs, v_rows)
 
 CMDS = ("act", "act16", "pre", "prea", "tmod", "mac16", "ewmul16", "af16", "wra16", "wrgb", "wrmac16",
         "rdmac16", "rdaf16", "rdcp", "wrcp", "wr", "rd")
 FIELDS = (*CMDS, "lines")
 IDX = {name: i for i, name in enumerate(FIELDS)}
-BLOCK_OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act", "router", "experts")
+BLOCK_OPS = ("norm", "qkvo", "rotary", "kv", "score", "softmax", "sv", "ffn", "act", "router", "experts", "shared")
 """The operations of a block, keyed like the PIM time breakdown (`BlockBreakdown`)."""
 
 
@@ -113,18 +113,24 @@ def _gemvs(m: ModelConfig, banks: int, dev: DeviceConfig, fc_only: bool) -> tupl
     return qkvo, ffn
 
 
-def moe_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, tb: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the router, the token's k experts) of a mixture-of-experts block: the router's D -> E GEMV
-    and, per expert, its gate (with the lookup), up and down GEMVs of width F_e and SiLU x up, on
-    one device's banks of the block (`pim.router_cycles`, `pim.expert_cycles`). A token runs k
-    experts wherever they sit, so their commands (and energy) do not depend on the routing."""
+def moe_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
+                 tb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the router, the token's k experts, a shared expert) of a mixture-of-experts block: the router's
+    D -> E GEMV (E + 1 with a shared expert's gate) and, per expert, its gate (with the lookup), up and
+    down GEMVs of width F_e and SiLU x up, on one device's banks of the block (`pim.router_cycles`,
+    `pim.expert_cycles`); the shared expert the same at width F_s (`pim.shared_expert_cycles`). A
+    token runs k experts wherever they sit, so their commands (and energy) do not depend on the routing."""
     if not m.is_moe:
-        return vec(), vec()
-    d, f, b = m.hidden_size, m.expert_size, g.banks_per_device
-    router = gemv(d, m.num_experts, b, dev, from_normal_mode=True)
-    one = (gemv(d, f, b, dev, af=True, from_normal_mode=True) + gemv(d, f, b, dev)
-           + gemv(f, d, b, dev, from_normal_mode=True) + _silu_commands(f, g, dev, tb))
-    return router, m.num_experts_per_tok * one
+        return vec(), vec(), vec()
+    d, b = m.hidden_size, g.banks_per_device
+    router = gemv(d, router_outputs(m), b, dev, from_normal_mode=True)
+
+    def swiglu(f: int) -> np.ndarray:
+        return (gemv(d, f, b, dev, af=True, from_normal_mode=True) + gemv(d, f, b, dev)
+                + gemv(f, d, b, dev, from_normal_mode=True) + _silu_commands(f, g, dev, tb))
+
+    fs = m.shared_expert_intermediate_size
+    return router, m.num_experts_per_tok * swiglu(m.expert_size), swiglu(fs) if fs else vec()
 
 
 def _silu_commands(f: int, g: BlockGeometry, dev: DeviceConfig, tb: int) -> np.ndarray:
@@ -181,16 +187,19 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
              act16=v_writes, prea=kv_channels(m, g)[1] * kv_copies, lines=v_writes)
     # SiLU x up: both inputs stored, the elementwise product with copies, the result read back.
     act = vec() if m.is_moe else _silu_commands(f, g, dev, tb)
-    router, experts = moe_commands(m, g, dev, tb)
+    router, experts, shared = moe_commands(m, g, dev, tb)
     tail = vec(lines=3)  # two residual adds and the end of the step: instructions, no commands
-    return dict(norm=norm + tail, qkvo=qkvo, rotary=rotary, kv=kv, ffn=ffn, act=act, router=router, experts=experts)
+    return dict(norm=norm + tail, qkvo=qkvo, rotary=rotary, kv=kv, ffn=ffn, act=act, router=router, experts=experts,
+                shared=shared)
 
 
 def partner_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> np.ndarray:
     """One tensor-parallel partner's trace: its share of the seven weight GEMVs only (the block's
-    first device runs attention, norms and SiLU, as the artifact splits a block)."""
+    first device runs attention, norms and SiLU, as the artifact splits a block), a mixture of experts'
+    router and a shared expert (every device runs its own copy)."""
     qkvo, ffn = _gemvs(m, g.banks, dev, fc_only=True)
-    return qkvo + ffn + moe_commands(m, g, dev, 1)[0] + vec(lines=1)
+    router, _, shared = moe_commands(m, g, dev, 1)
+    return qkvo + ffn + router + shared + vec(lines=1)
 
 
 def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> dict[str, np.ndarray]:

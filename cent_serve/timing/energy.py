@@ -39,7 +39,8 @@ import numpy as np
 from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
-from cent_serve.timing.pim import attended, cdiv, expert_cycles, ffn_cycles, qkvo_cycles, router_cycles
+from cent_serve.timing.pim import (attended, cdiv, expert_cycles, ffn_cycles, qkvo_cycles, router_cycles,
+                                   shared_expert_cycles)
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -57,11 +58,12 @@ TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby
          "device_controller", "pcie")
 """The named parts of a token's energy (`cent simulate --json`: energy_breakdown_mj)."""
 T = {name: i for i, name in enumerate(TERMS)}
-OPS = (*(op for op in BLOCK_OPS if op not in ("router", "experts")), "background")
+OPS = (*(op for op in BLOCK_OPS if op not in ("router", "experts", "shared")), "background")
 """`block_energy_by_op_j`'s keys for a dense block: the commands of each operation, and what the step
 draws for its duration or per step (standby, leakage, accelerator, instruction buffer, links)."""
 MOE_OPS = (*(op for op in BLOCK_OPS if op not in ("ffn", "act")), "background")
-"""The same for a mixture-of-experts block: the router and the token's experts instead of the MLP."""
+"""The same for a mixture-of-experts block: the router and the token's experts instead of the MLP, and a
+shared expert (Qwen 2 MoE; left out for a family without one)."""
 
 DATA_COMMANDS = ("rd", "wr", "mac16", "af16", "ewmul16", "rdcp", "wrcp", "wrgb", "rdmac16", "rdaf16",
                  "wrmac16", "wra16")
@@ -136,7 +138,8 @@ class EnergyModel:
         if not self.pipeline:
             self.partner_counts = counts = partner_commands(m, g, dev)
             self.partner = self.matrix @ counts + self._over_time(
-                counts, qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev) + router_cycles(m, g, dev))
+                counts, qkvo_cycles(m, g, dev) + ffn_cycles(m, g, dev) + router_cycles(m, g, dev)
+                + shared_expert_cycles(m, g, dev))
         d, f = m.hidden_size, m.intermediate_size
         self.pcie = np.zeros(len(TERMS))
         if self.artifact:
@@ -244,12 +247,13 @@ class EnergyModel:
         m, dev, g = self.model, self.dev, self.geometry
         per_op = {**self.static_ops, **attention_commands(m, g, dev, context)}
         scale = 1 / g.tb if self.pipeline else 1.0
-        out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in (MOE_OPS if m.is_moe else OPS)[:-1]}
+        ops = [op for op in (MOE_OPS if m.is_moe else OPS)[:-1] if op != "shared" or m.shared_expert_intermediate_size]
+        out = {op: float((self.matrix @ per_op[op]).sum()) * scale for op in ops}
         if not self.pipeline:
             partner = self.matrix @ self.partner_counts * (g.tp - 1)
-            qkvo, ffn, router = self.static_ops["qkvo"], self.static_ops["ffn"], self.static_ops["router"]
-            parts = [float((self.matrix @ c).sum()) for c in (qkvo, ffn, router)]
-            for op, part in zip(("qkvo", "ffn", "router"), parts):
+            ops = ("qkvo", "ffn", "router", "shared")  # what a partner runs (`partner_commands`)
+            parts = [float((self.matrix @ self.static_ops[op]).sum()) for op in ops]
+            for op, part in zip(ops, parts):
                 if part:
                     out[op] += float(partner.sum()) * part / sum(parts)
         out["background"] = float(self.block(context).sum()) - sum(out.values())

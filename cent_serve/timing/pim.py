@@ -185,11 +185,30 @@ def _swiglu_gemvs(d: int, f: int, banks: int, dev: DeviceConfig) -> float:
     return gemv_cycles(d, f, banks, dev, af=True) + gemv_cycles(d, f, banks, dev) + gemv_cycles(f, d, banks, dev)
 
 
+def router_outputs(m: ModelConfig) -> int:
+    """The router GEMV's outputs: the E router logits, and a shared expert's gate logit (Qwen 2 MoE),
+    which reads the same normed input: one D -> E + 1 GEMV."""
+    return m.num_experts + (1 if m.shared_expert_intermediate_size else 0)
+
+
 def router_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """A mixture of experts' router, a D -> E GEMV on one device's banks of the block (every device
-    of a tensor-parallel stage runs it on its own copy: each needs the routing). Its softmax and
-    top-k over E values are not charged (E <= 128 values against the GEMVs' D x E)."""
-    return gemv_cycles(m.hidden_size, m.num_experts, g.banks_per_device, dev) if m.is_moe else 0.0
+    """A mixture of experts' router (with a shared expert's gate: `router_outputs`), a D -> E GEMV on one
+    device's banks of the block (every device of a tensor-parallel stage runs it on its own copy: each
+    needs the routing). Its softmax and top-k over E values, and the gate's sigmoid, are not charged
+    (E <= 128 values against the GEMVs' D x E)."""
+    return gemv_cycles(m.hidden_size, router_outputs(m), g.banks_per_device, dev) if m.is_moe else 0.0
+
+
+def shared_expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
+    """A shared expert (Qwen 2 MoE) for one token: gate (with the activation lookup), up and down GEMVs
+    of width F_s and SiLU x up, as one routed expert's but wider, on one device's banks of the block:
+    it sits whole on every device of a tensor-parallel stage, as the router does, so every device runs
+    it on the input it holds and nothing is exchanged (`cent_serve.sharding`). Scaling its output by
+    the gate's sigmoid and adding it (D values) is not charged, as an expert's weighting is not."""
+    fs = m.shared_expert_intermediate_size
+    if not fs:
+        return 0.0
+    return _swiglu_gemvs(m.hidden_size, fs, g.banks_per_device, dev) + _silu_mul(fs, g, dev)
 
 
 def expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
@@ -236,6 +255,8 @@ class BlockBreakdown:
     """A mixture of experts' k experts for the token, when they run on the block's banks one after the
     other (pure pipeline); on a tensor-parallel stage the experts' time depends on the round's routing
     and is charged per round (`SystemTimer.moe_lane_s`), so it is 0 here."""
+    shared: float = 0.0
+    """A shared expert every token runs (Qwen 2 MoE: `shared_expert_cycles`), whatever the routing."""
 
     @property
     def total(self) -> float:
@@ -244,7 +265,7 @@ class BlockBreakdown:
     def as_dict(self) -> dict[str, float]:
         """Every operation's cycles: a dense block's MLP (ffn, act), or a mixture of experts' router
         and experts."""
-        skip = ("ffn", "act") if self.router else ("router", "experts")
+        skip = (("ffn", "act") if self.router else ("router", "experts")) + (() if self.shared else ("shared",))
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -261,7 +282,8 @@ class BlockTimer:
                             rotary=rotary_cycles(m, g, dev), kv=kv_append_cycles(m, g, dev),
                             ffn=ffn_cycles(m, g, dev), act=silu_mul_cycles(m, g, dev),
                             router=router_cycles(m, g, dev),
-                            experts=m.num_experts_per_tok * expert_cycles(m, g, dev) if g.tp == 1 else 0.0)
+                            experts=m.num_experts_per_tok * expert_cycles(m, g, dev) if g.tp == 1 else 0.0,
+                            shared=shared_expert_cycles(m, g, dev))
         self._by_context: dict[int, BlockBreakdown] = {}
 
     def breakdown(self, context: int) -> BlockBreakdown:

@@ -83,7 +83,8 @@ class TokenFigures:
     experts_ms (k experts on the block's banks; on a tp stage the expected busiest device's
     assignments, `expected_busiest_load` of them), combine_ms (the tp stage's gather of partial
     sums; dispatch costs nothing: the input is on every device already), and router_mj and
-    experts_mj of the block's energy."""
+    experts_mj of the block's energy; with a shared expert (Qwen 2 MoE) shared_expert_ms and
+    shared_expert_mj too."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -170,9 +171,13 @@ def moe_figures(timer: SystemTimer, context: int) -> dict | None:
     else:
         experts_s, load, combine_s = timer.pim.breakdown(context).experts / clock, float(m.num_experts_per_tok), 0.0
     by_op = block_energy_by_op_j(timer, context)
-    return dict(num_experts=m.num_experts, top_k=m.num_experts_per_tok, router_ms=router_s * 1e3,
-                experts_ms=experts_s * 1e3, one_expert_ms=timer.expert_s * 1e3, expected_busiest_load=load,
-                combine_ms=combine_s * 1e3, router_mj=by_op["router"] * 1e3, experts_mj=by_op["experts"] * 1e3)
+    out = dict(num_experts=m.num_experts, top_k=m.num_experts_per_tok, router_ms=router_s * 1e3,
+               experts_ms=experts_s * 1e3, one_expert_ms=timer.expert_s * 1e3, expected_busiest_load=load,
+               combine_ms=combine_s * 1e3, router_mj=by_op["router"] * 1e3, experts_mj=by_op["experts"] * 1e3)
+    if m.shared_expert_intermediate_size:  # Qwen 2 MoE's, every token (its gate is in the router's GEMV)
+        out.update(shared_expert_ms=timer.pim.breakdown(context).shared / clock * 1e3,
+                   shared_expert_mj=by_op["shared"] * 1e3)
+    return out
 
 
 PHASES = ("prefill", "decoding", "end2end")

@@ -79,6 +79,36 @@ def test_mixtral_replays_a_trace_timing_only_with_an_experts_plot(tmp_path):
     assert (out / "experts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cent_simulate_runs_a_qwen2_moe_config_json_on_cent_and_gpus(tmp_path, capsys):
+    """A Qwen1.5-MoE-A2.7B-shaped config.json (no weights: timing only) through `cent simulate`: on CENT
+    the shared expert is a per-token share of each block beside the router and experts; on 4 A100s the
+    GPU model's phases."""
+    from tests.timing.test_moe_timing import QWEN15_MOE
+
+    hf = dict(model_type="qwen2_moe", hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+              num_attention_heads=16, num_key_value_heads=16, vocab_size=151936, max_position_embeddings=8192,
+              rope_theta=1e6, rms_norm_eps=1e-6, num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408,
+              shared_expert_intermediate_size=5632, norm_topk_prob=False, bos_token_id=151643, eos_token_id=151643)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    assert main(["simulate", "--model", str(tmp_path), "--numerics", "off", "--devices", "24", "--seqlen", "1024",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {k: out["config"]["model"][k] for k in QWEN15_MOE} == QWEN15_MOE
+    fig = out["moe"]
+    assert (fig["num_experts"], fig["top_k"], fig["combine_ms"]) == (60, 4, 0)
+    assert fig["shared_expert_ms"] == pytest.approx(19945.4 / 2e9 * 1e3, rel=1e-12)  # test_moe_timing's hand sum
+    assert out["breakdown_cycles"]["shared"] == pytest.approx(19945.4, rel=1e-12)
+    assert fig["shared_expert_mj"] > 0
+    assert main(["simulate", "--model", str(tmp_path), "--numerics", "off", "--hardware", "gpu:a100-80gb:4",
+                 "--prompt", "512", "--decode", "512", "--json"]) == 0
+    gpu = json.loads(capsys.readouterr().out)
+    assert gpu["mapping"] == "4 x a100-80gb: pp 1 x tp 4"
+    assert all(gpu[phase]["throughput_tok_s"] > 0 for phase in ("prefill", "decoding", "end2end"))
+    assert main(["simulate", "--model", str(tmp_path), "--numerics", "off", "--devices", "24", "--seqlen",
+                 "1024"]) == 0
+    assert "shared expert, every token: 9.97 us" in capsys.readouterr().out
+
+
 def test_cent_simulate_runs_mixtral_on_32_devices(capsys):
     assert main(["simulate", "--model", "mixtral-8x7b", "--devices", "32", "--seqlen", "2048", "--json"]) == 0
     fig = json.loads(capsys.readouterr().out)["moe"]

@@ -189,3 +189,81 @@ def test_a_hot_expert_workload_loads_the_busiest_device_more(preset, tp):
         experts = r.experts(list(range(64)), [100] * 64, [1] * 64, list(range(48)))
         loads.append(lane_max_loads(experts, np.zeros(64, dtype=np.int64), 1, tp)[0])
     assert loads[0] < loads[1] < loads[2], loads
+
+
+# Qwen1.5-MoE-A2.7B (its config.json on the Hugging Face hub), and the same blocks without the shared
+# expert (a qwen3_moe-typed config has none)
+QWEN15_MOE = dict(model_type="qwen2_moe", hidden_size=2048, intermediate_size=5632, num_layers=24, num_heads=16,
+                  num_kv_heads=16, vocab_size=151936, max_seq_len=8192, rope_theta=1e6, rms_norm_eps=1e-6,
+                  attention_bias=True, num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408,
+                  shared_expert_intermediate_size=5632, norm_topk_prob=False)
+NO_SHARED = dict(QWEN15_MOE, model_type="qwen3_moe", shared_expert_intermediate_size=0)
+# One block per device (24 devices, pure pipeline): its 32 channels x 16 banks = 512 banks hold the
+# shared expert, D 2048 -> F_s 5632, by hand as above: 11 outputs a bank, 2 input rows of 1024
+S_GATE = 2 * (2 * 64 + 54.5 + 11 * (103 + 128)) + 72.4 * 11
+S_UP = 2 * (2 * 64 + 54.5 + 11 * (103 + 128))
+S_DOWN = 5 * (2 * 64 + 54.5 + 4 * (103 + 128)) + (2 * 32 + 54.5 + 4 * (103 + 64))  # 5632 in: 5 rows + 512 values
+S_SILU = 4 * 3 * 128 + 400  # 5632 values over 128 lanes: 44 each, 3 bursts of 4 cycles, + fixed
+SHARED_BYTES = (3 * 2048 * 5632 + 2048) * 2  # gate, up, down and the D -> 1 gate, bf16
+
+
+def qwen_timer(fields: dict, devices: int = 24, pp: int = 0, tp: int = 1) -> SystemTimer:
+    from cent_serve.config import ModelConfig
+    return SystemTimer.from_config(CentConfig(model=ModelConfig(**fields), parallel=ParallelConfig(devices, pp, tp)))
+
+
+@pytest.mark.parametrize("devices, pp, tp", [(24, 0, 1), (32, 8, 4)])
+def test_the_shared_expert_costs_its_gemvs_on_every_token(devices, pp, tp):
+    """Qwen 2 MoE's shared expert is a dense SwiGLU every token runs on one device's banks of its
+    block (whole on each device of a tp stage, as the router), its gate one more router output (60
+    -> 61 still one a bank): a block's PIM time grows by exactly its hand-derived cycles."""
+    assert (S_GATE, S_UP, S_DOWN, S_SILU) == (6243.4, 5447.0, 6319.0, 1936)
+    with_, without = qwen_timer(QWEN15_MOE, devices, pp, tp), qwen_timer(NO_SHARED, devices, pp, tp)
+    assert with_.mapping.geometry.banks_per_device == 512
+    b, plain = with_.pim.breakdown(1024), without.pim.breakdown(1024)
+    assert b.shared == pytest.approx(S_GATE + S_UP + S_DOWN + S_SILU, rel=1e-12)
+    assert b.router == plain.router == 2 * (2 * 64 + 54.5 + 1 * (103 + 128)) == 827.0  # D 2048 -> 61 (60) outputs
+    assert b.total - plain.total == pytest.approx(b.shared, rel=1e-12)
+    assert "shared" in b.as_dict() and "shared" not in plain.as_dict()
+    from cent_serve.timing.energy import block_energy_by_op_j
+    by_op = block_energy_by_op_j(with_, 1024)
+    assert by_op["shared"] > 0 and "shared" not in block_energy_by_op_j(without, 1024)
+
+
+def test_every_device_holds_the_shared_expert():
+    """A device's weight bytes: one block per device, and on a tp 4 stage each device of it (its own
+    copy beside its experts), hold the shared expert and its gate."""
+    for devices, pp, tp, blocks in ((24, 0, 1, 1), (32, 8, 4, 3)):
+        a, b = qwen_timer(QWEN15_MOE, devices, pp, tp), qwen_timer(NO_SHARED, devices, pp, tp)
+        for d in range(tp):
+            assert device_weight_bytes(a.model, a.mapping, d + tp) - device_weight_bytes(b.model, b.mapping, d + tp) \
+                == blocks * SHARED_BYTES
+        from cent_serve.timing.mapping import expert_placement
+        assert expert_placement(a.model, a.mapping)["describe"].endswith(
+            "a shared expert of width 5632 (66 MiB) that every token runs, whole on "
+            + ("the block's device" if tp == 1 else "every device of the stage, as the router"))
+
+
+def test_a_gpu_step_reads_and_multiplies_the_shared_expert_for_every_token():
+    """On GPUs the shared expert's weights are read every step (every token runs it), and each token
+    does its 2 FLOPs a weight."""
+    from cent_serve.config import GpuConfig, ModelConfig
+    from cent_serve.gpu.timing import GpuTimer
+
+    def gpu(fields):
+        return GpuTimer(CentConfig(model=ModelConfig(**fields), gpu=GpuConfig(kind="a100-80gb", count=4)))
+
+    a, b = gpu(QWEN15_MOE), gpu(NO_SHARED)
+    for tokens in (1, 64, 4096):
+        assert a.read_weight_bytes(tokens) - b.read_weight_bytes(tokens) == pytest.approx(SHARED_BYTES, rel=1e-12)
+    assert a.block_params - b.block_params == SHARED_BYTES // 2
+    assert a.block_weight_bytes - b.block_weight_bytes == SHARED_BYTES
+    one, plain = a.parts(0, 4096.0, 4096.0, 4096.0), b.parts(0, 4096.0, 4096.0, 4096.0)  # compute-bound
+    k = a.kind
+    assert one.compute_s - plain.compute_s == pytest.approx(
+        24 * 2 * (SHARED_BYTES // 2) * 4096 / 4 / (k.peak_flops * k.compute_efficiency), rel=1e-9)
+    assert one.memory_s - plain.memory_s == pytest.approx(
+        24 * SHARED_BYTES / 4 / (k.hbm_bytes_per_s * k.mem_efficiency), rel=1e-9)
+    with pytest.raises(ValueError, match="gpu.tp=4 .* does not divide the shared expert's width of 5630 .*: use "
+                                         "--hardware gpu:a100-80gb:2"):
+        gpu(dict(QWEN15_MOE, shared_expert_intermediate_size=5630))  # vLLM splits it over tp as any MLP
