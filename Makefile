@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ARGS ?=
+# `make run ARGS="--port 8001 --numerics off"` passes flags to `cent serve`.
 
 .PHONY: run test install clean bench
 
@@ -18,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/cent serve
+	$(BIN)/cent serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -119,6 +119,24 @@ def _commands(path: Path) -> list[str]:
     return [re.split(r"\s[>|]\s", c)[0] for c in found]  # the command, not where its output goes
 
 
+def test_make_run_passes_the_readmes_args_to_cent_serve():
+    """README: `make run ARGS="..."` passes flags to `cent serve`; `make -n` prints the command without
+    running it (nor installing: a missing .venv's steps print first)."""
+    import shutil
+    import subprocess
+
+    args = re.search(r'`make run ARGS="([^"]+)"`', (ROOT / "README.md").read_text())
+    assert args, "README no longer shows make run ARGS"
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make test
+    out = subprocess.run(["make", "-n", "run", f"ARGS={args.group(1)}"], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env=env).stdout
+    assert f".venv/bin/cent serve {args.group(1)}" in out.splitlines()[-1]
+
+
 def test_docs_contain_commands():
     assert len([c for p in _doc_files() for c in _commands(p)]) >= 15
 

@@ -1,6 +1,7 @@
 """`cent serve` as a user runs it: a subprocess on a free port, a request, SIGTERM, a clean exit."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -215,9 +216,11 @@ def test_serve_on_modelled_gpus_answers_with_gpu_timing():
     assert "1 replica x 2 GPUs used = 2 in use" in out  # not "devices"
 
 
-def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog):
+@pytest.mark.parametrize("count, gone", [(0, "device actors are gone"), (1, "the modelled GPUs' engine is gone")])
+def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog, count, gone):
     """The app's lifespan failing at startup: uvicorn's exit code 3 (uvicorn.run's, whichever way the
-    installed uvicorn reports it), and the engine and devices are still torn down."""
+    installed uvicorn reports it), and the engine and devices are still torn down; on modelled GPUs
+    the last line names no device actors (there are none)."""
     import contextlib
     import logging
 
@@ -239,12 +242,14 @@ def test_a_failed_startup_exits_3_through_the_teardown(monkeypatch, caplog):
 
     monkeypatch.setattr(srv, "build", failing_build)
     cfg = server_cfg()
+    cfg.gpu = dataclasses.replace(cfg.gpu, kind="a100-80gb", count=count)
     cfg.server.port = 0
     caplog.set_level(logging.INFO, logger="cent.server")
     with pytest.raises(SystemExit) as exc:
         srv.run_server(cfg)
     assert exc.value.code == 3
-    assert "stopped: engine thread and device actors are gone" in caplog.text
+    assert f"stopped: engine thread and {gone}" in caplog.text
+    assert count == 0 or "device actors" not in caplog.text
 
 
 def test_a_startup_uvicorn_returns_from_exits_3_too(monkeypatch):
