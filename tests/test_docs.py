@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -122,15 +125,10 @@ def _commands(path: Path) -> list[str]:
 def test_make_run_passes_the_readmes_args_to_cent_serve():
     """README: `make run ARGS="..."` passes flags to `cent serve`; `make -n` prints the command without
     running it (nor installing: a missing .venv's steps print first)."""
-    import shutil
-    import subprocess
-
     args = re.search(r'`make run ARGS="([^"]+)"`', (ROOT / "README.md").read_text())
     assert args, "README no longer shows make run ARGS"
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make test
     out = subprocess.run(["make", "-n", "run", f"ARGS={args.group(1)}"], cwd=ROOT, capture_output=True,
                          text=True, check=True, env=env).stdout
