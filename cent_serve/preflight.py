@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from cent_serve.config import MAX_DEVICES, CentConfig, ParallelConfig
+from cent_serve.config.model import rope_numerics_refusal
 from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted,
                                       resolve_mapping)
 
@@ -249,10 +250,13 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | Non
                    gpu_flag: str | None = None) -> Mapping:
     """Everything that can be known before starting: the devices hold the model and the KV of
     `batch` sequences of `context` tokens (None: one a pipeline stage, `check_devices_hold`), full
-    numerics fits this machine and its checkpoint holds every tensor in its shape. Returns the
+    numerics fits this machine, computes the model's rotary embedding, and its checkpoint holds every
+    tensor in its shape. Returns the
     mapping (GPUs: their `GpuMapping`, after checking the weights and `batch` sequences of the whole
     context fit; a batch of None, one a stage, is CENT's alone: `paper.emulate` refuses GPUs).
     `gpu_flag`: how the command names the GPUs in the fixes it gives (default `gpu.timing.HARDWARE_FLAG`)."""
+    if cfg.resolved_numerics == "full" and (why := rope_numerics_refusal(cfg.model)):
+        raise ValueError(why)
     if cfg.on_gpus:
         mp = check_gpus_hold(cfg, context, batch, gpu_flag)
         check_host_memory(cfg, mp)

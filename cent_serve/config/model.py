@@ -11,17 +11,21 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _ids_text
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
-"""Rotary embeddings the reference model computes (Hugging Face `rope_type`)."""
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+"""Rotary embeddings of a model (Hugging Face `rope_type`); the reference model computes all but
+`TIMING_ONLY_ROPE_TYPES`."""
+TIMING_ONLY_ROPE_TYPES = ("longrope",)
+"""Rotary scalings timed (the time does not depend on the rotary embedding) but not computed: full
+numerics refuses them (`rope_numerics_refusal`)."""
 
 
 @dataclass
 class ModelConfig:
-    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3) or a mixture of experts
+    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3, Phi-3) or a mixture of experts
     (Mixtral, Qwen 3 MoE, Qwen 2 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
@@ -53,14 +57,15 @@ class ModelConfig:
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
     """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral`,
-    `qwen3_moe` or `qwen2_moe`. The families differ only by the named variations below, which a checkpoint's
-    config.json sets."""
+    `qwen3_moe`, `qwen2_moe` or `phi3`. The families differ only by the named variations below, which a
+    checkpoint's config.json sets (Phi-3's checkpoints also fuse q/k/v and gate/up into one tensor each:
+    split on load)."""
     attention_bias: bool = False
     """Biases on the q, k and v projections (Qwen 2.5)."""
     qk_norm: bool = False
     """An RMSNorm over each head of q and k before the rotary embedding (Qwen 3)."""
     sliding_window: int = 0
-    """Attend to the last `sliding_window` positions only (Mistral); 0: the whole context."""
+    """Attend to the last `sliding_window` positions only (Mistral, Phi-3 mini); 0: the whole context."""
     num_experts: int = 0
     """Experts of each block's MLP (Mixtral 8, Qwen3-30B-A3B 128); 0: a dense SwiGLU MLP."""
     num_experts_per_tok: int = 0
@@ -78,10 +83,15 @@ class ModelConfig:
     the expert of rank r in a seeded order 1 / (r + 1)^expert_skew: 0 is uniform, larger piles
     tokens on a few hot experts (a hot-expert workload; they share devices as the seeded order
     places them). The same draw with numerics on, so timing never depends on numerics."""
+    partial_rotary_factor: float = 1.0
+    """The share of each head's dimensions the rotary embedding turns, the first ones (Phi-4-mini 0.75);
+    the rest pass unrotated. Below 1.0 for `phi3` only."""
     rope_type: str = "default"
-    """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn` or `llama3`."""
+    """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn`, `llama3`,
+    or `longrope` (Phi-3's 128k variants: timed only, full numerics refuses it)."""
     rope_factor: float = 1.0
-    """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings."""
+    """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings (longrope: the context over
+    the original one)."""
     rope_original_max_position: int = 0
     """The context the model was pretrained for (`original_max_position_embeddings`; for linear and
     dynamic, and yarn without it, the checkpoint's `max_position_embeddings`); 0: model.max_seq_len."""
@@ -124,7 +134,7 @@ class ModelConfig:
 
     _positive = frozenset({"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                            "vocab_size", "max_seq_len", "rope_theta", "rms_norm_eps", "rope_low_freq_factor",
-                           "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow"})
+                           "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "partial_rotary_factor"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:
@@ -139,6 +149,9 @@ class ModelConfig:
             self.head_dim = self.hidden_size // self.num_heads
         _check(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", self.head_dim,
                "use a positive even number (rotary embeddings rotate pairs)")
+        _check(0 < self.partial_rotary_factor <= 1 and self.rotary_dim % 2 == 0 and self.rotary_dim > 0,
+               "model.partial_rotary_factor", self.partial_rotary_factor,
+               f"use a share in (0, 1] that turns an even number of model.head_dim={self.head_dim} dimensions")
         _check(self.num_heads % self.num_kv_heads == 0, "model.num_kv_heads", self.num_kv_heads,
                f"it must divide model.num_heads={self.num_heads}")
         _check(self.weight_dtype in ("bfloat16", "float32"), "model.weight_dtype", self.weight_dtype,
@@ -149,6 +162,9 @@ class ModelConfig:
                f"use one of {', '.join(MODEL_TYPES)} (other families are not supported)")
         _check(self.rope_type in ROPE_TYPES, "model.rope_type", self.rope_type,
                f"use one of {', '.join(ROPE_TYPES)}")
+        _check(self.partial_rotary_factor == 1 or self.model_type == "phi3", "model.partial_rotary_factor",
+               self.partial_rotary_factor, f"use 1.0: model_type={self.model_type!r} turns every dimension of a "
+               "head (a partial rotary embedding is phi3's)")
         if self.rope_type != "default":
             _check(self.rope_factor > 0, "model.rope_factor", self.rope_factor, "use a positive number")
         if self.rope_type == "llama3":  # its smoothing divides by the difference
@@ -185,6 +201,11 @@ class ModelConfig:
     def num_rep(self) -> int:
         """nrep = H / Hkv: query heads per KV head (the GQA group)."""
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """The dimensions of a head the rotary embedding turns (transformers' int(head_dim x factor))."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def q_size(self) -> int:
@@ -250,6 +271,16 @@ class ModelConfig:
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes per token over all layers (bf16, CENT's data type)."""
         return 2 * self.num_layers * self.kv_size * 2
+
+
+def rope_numerics_refusal(model: ModelConfig) -> str | None:
+    """Why full numerics cannot run `model` (its rotary scaling is `TIMING_ONLY_ROPE_TYPES`'), in one
+    line with the fix; None when it can. Preflight and the reference model's rotary embedding say it."""
+    if model.rope_type not in TIMING_ONLY_ROPE_TYPES:
+        return None
+    return (f"model.rope_type={model.rope_type!r} (config.json rope_scaling) is not computed by the reference "
+            "model: run timing-only with --numerics off (the simulated times do not depend on the rotary "
+            "embedding)")
 
 
 _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,

@@ -25,8 +25,6 @@ UNMODELLED_FAMILIES: dict[str, str] = {
                    "and a GeGLU MLP",
     "gemma3": "a vision encoder and, in its text model, sliding-window attention in five blocks of six, "
               "q/k norms, extra norms after attention and around the MLP, and a GeGLU MLP",
-    "phi3": "fused projections (self_attn.qkv_proj, mlp.gate_up_proj) and, in its 128k variants, "
-            "longrope scaling",
     "phi": "attention and MLP in parallel from one LayerNorm, a partial rotary embedding and a GELU "
            "MLP with biases",
     "gpt_oss": "attention sinks, sliding-window attention in alternate blocks, biases on attention and "

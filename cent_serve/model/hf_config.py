@@ -13,7 +13,7 @@ from cent_serve.model.families import announced_features, unmodelled_features, w
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                 "qwen2_moe": "Qwen2MoeForCausalLM"}
+                 "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -23,7 +23,8 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                    "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
-_FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"), sliding_window=("mistral", "mixtral"))
+_FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"),
+                        sliding_window=("mistral", "mixtral", "phi3"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 
 
@@ -106,9 +107,10 @@ def json_object(file: Path, field: str, alternative: str) -> dict:
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
-    (q/k norms), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE (Qwen1.5-MoE, Qwen2-57B-A14B:
-    a shared expert beside the routed ones). What the reference model cannot
-    run is refused by name."""
+    (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding; its 128k
+    variants' longrope timed only), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
+    cannot run is refused by name."""
     path = Path(path)
     if path.is_file():  # a checkpoint is a directory (the weights and tokenizer sit beside config.json)
         if path.name != "config.json":
@@ -118,10 +120,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     cfg_file = path / "config.json"
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
-                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     if not cfg_file.is_file():
-        raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a "
-                         "Hugging Face checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+        raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
+                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
@@ -194,8 +196,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
     partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
-    if partial not in (None, 1, 1.0):  # transformers rotates only this share of each head's dims
-        _refuse("partial_rotary_factor", partial, "the rotary embedding turns every dimension of a head (1.0)")
+    partial = 1.0 if partial is None else partial
+    if partial not in (1, 1.0) and arch != "phi3":  # transformers rotates only this share of each head's dims
+        _refuse("partial_rotary_factor", partial, "the rotary embedding turns every dimension of a head (1.0) "
+                "but in a phi3 model")
+    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+        raise ValueError(f"{cfg_file}: partial_rotary_factor={partial!r} is invalid: use a number in (0, 1] (a "
+                         "JSON number, without quotes)")
     # transformers < 5 writes `rope_theta` and `rope_scaling`; 5.x writes both inside
     # `rope_parameters` ({"rope_type": "default" | "llama3" | ..., "rope_theta": ..., ...}).
     for key in ("rope_scaling", "rope_parameters"):
@@ -216,10 +223,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                                     ("factor", "original_max_position_embeddings") else "a number")
                                  + " (JSON, without quotes)")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
+    if arch == "phi3" and rope_type in ("su", "yarn"):  # Phi3Config's older names of longrope
+        rope_type = "longrope"
+    kinds = [kind for kind in ROPE_TYPES if kind != "longrope" or arch == "phi3"]  # longrope: Phi-3's, timed only
+    if rope_type not in kinds:
         where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
         _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
-                f"supported: {', '.join(ROPE_TYPES)}")
+                f"supported: {', '.join(kinds)}" + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else ""))
     scaling = {}
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
@@ -231,6 +241,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings",
                                                                          family.get("max_position_embeddings"))
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
+        if rope_type == "longrope":  # Phi-3 128k: max_position_embeddings is the context already; transformers
+            # reads the original from the config's top level (Phi3Config) and divides the two for the factor
+            original = _num("original_max_position_embeddings", rope.get("original_max_position_embeddings")
+                            or (4096 if arch == "phi3" else None))  # Phi3Config's default
+            if original:
+                scaling.update(rope_original_max_position=original, rope_factor=_num(
+                    "max_position_embeddings", family.get("max_position_embeddings", 4096)) / original)
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", family.get("rope_theta", 10000.0)))
 
@@ -268,10 +285,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
         tie_word_embeddings=_bool("tie_word_embeddings", False),
+        partial_rotary_factor=float(partial),
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
-        if arch in ("mistral", "mixtral") else 0,  # null: no window
+        if arch in ("mistral", "mixtral", "phi3") else 0,  # null: no window
         bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
                                   _ids("bos_token_id", gen, gen_file), eos)[0],
         eos_token_id=eos[0],
@@ -307,6 +325,7 @@ _FAMILY_DEFAULTS = {
     "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
     "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
     "qwen2_moe": dict(num_key_value_heads=16, max_position_embeddings=32768),
+    "phi3": dict(max_position_embeddings=4096),  # Phi3Config's; no window unless given (its default None)
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
@@ -358,6 +377,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
             raise ValueError(f"model.{feature}={getattr(cfg, feature)!r} cannot be saved as a model_type="
                              f"{cfg.model_type!r} checkpoint: only {' and '.join(map(repr, families))} configs have it "
                              "(set model.model_type)")
+    if cfg.rope_type == "longrope":
+        raise ValueError("model.rope_type='longrope' cannot be saved: its short_factor and long_factor lists are not "
+                         "kept (copy the checkpoint's config.json instead)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
@@ -379,8 +401,12 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     }
     if cfg.model_type != "qwen2":
         out["attention_bias"] = False
-    if cfg.model_type in ("mistral", "mixtral"):
+    if cfg.model_type in ("mistral", "mixtral", "phi3"):
         out["sliding_window"] = cfg.sliding_window or None
+    if cfg.model_type == "phi3":  # Phi3Config has neither bias key (transformers' Phi3 has no biases), and
+        # its default pad id, 32000, is outside a smaller vocabulary (transformers refuses it); cent pads nothing
+        del out["attention_bias"], out["mlp_bias"]
+        out.update(partial_rotary_factor=cfg.partial_rotary_factor, pad_token_id=None)
     if cfg.model_type == "mixtral":
         out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
     if cfg.model_type in ("qwen3_moe", "qwen2_moe"):

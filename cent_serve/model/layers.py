@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from cent_serve.config import ModelConfig
+from cent_serve.config.model import rope_numerics_refusal
 
 F32 = np.float32
 
@@ -24,9 +25,9 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 def _tables(positions: np.ndarray, inv_freq: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin as Hugging Face's rotary embedding builds them: freqs = positions x inv_freq,
     emb = concat(freqs, freqs) (the two halves of a head share frequencies: the rotate-half
-    layout), both scaled by the attention factor. Returns two (seq, head_dim) float32 arrays."""
-    freqs = positions.astype(F32)[:, None] * inv_freq[None, :]  # (seq, head_dim/2)
-    emb = np.concatenate([freqs, freqs], axis=-1)  # (seq, head_dim)
+    layout), both scaled by the attention factor. Returns two (seq, rotary_dim) float32 arrays."""
+    freqs = positions.astype(F32)[:, None] * inv_freq[None, :]  # (seq, rotary_dim/2)
+    emb = np.concatenate([freqs, freqs], axis=-1)  # (seq, rotary_dim)
     cos, sin = np.cos(emb).astype(F32), np.sin(emb).astype(F32)
     if scale != 1.0:
         cos, sin = cos * F32(scale), sin * F32(scale)
@@ -34,13 +35,17 @@ def _tables(positions: np.ndarray, inv_freq: np.ndarray, scale: float) -> tuple[
 
 
 def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
-    """(inverse frequencies (head_dim/2,) float32, attention factor) of the model's rotary
-    embedding for a forward pass reaching `seq_len` positions. The scalings, as transformers
+    """(inverse frequencies (rotary_dim/2,) float32, attention factor) of the model's rotary
+    embedding for a forward pass reaching `seq_len` positions (rotary_dim: head_dim, or its share
+    `partial_rotary_factor`, whose dimensions every scaling divides, as transformers'). The scalings, as transformers
     defines them (`modeling_rope_utils`): `linear` divides every frequency by the factor;
     `dynamic` (NTK) raises the base once the context passes the original one; `yarn` blends
     interpolated and original frequencies over a ramp of dimensions and scales cos / sin;
     `llama3` divides the low frequencies by the factor, keeps the high ones and blends between."""
-    dim, base, kind, factor = cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor
+    why = rope_numerics_refusal(cfg)
+    if why:
+        raise ValueError(why)
+    dim, base, kind, factor = cfg.rotary_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor
     original = cfg.rope_original_max_position or cfg.max_seq_len
     if kind == "dynamic":
         seq_len = max(seq_len, original)
@@ -86,17 +91,21 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
 
 
 def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin (seq, head_dim) of the model's rotary embedding at `positions` (one forward pass:
+    """cos/sin (seq, rotary_dim) of the model's rotary embedding at `positions` (one forward pass:
     a dynamic scaling sees the pass's last position, as transformers' does)."""
     inv_freq, scale = rope_inv_freq(cfg, int(positions.max()) + 1 if positions.size else 0)
     return _tables(positions, inv_freq, scale)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate-half rotary embedding: x * cos + rotate_half(x) * sin.
+    """Rotate-half rotary embedding: x * cos + rotate_half(x) * sin on the first rotary_dim
+    dimensions of each head, the rest passed unchanged (a partial rotary embedding, Phi-4-mini's).
 
-    x: (heads, seq, head_dim); cos, sin: (seq, head_dim).
+    x: (heads, seq, head_dim); cos, sin: (seq, rotary_dim), rotary_dim <= head_dim.
     """
+    dim = cos.shape[-1]
+    if dim < x.shape[-1]:
+        return np.concatenate([apply_rope(x[..., :dim], cos, sin), x[..., dim:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)  # (heads, seq, head_dim)
     return x * cos[None] + rotated * sin[None]

@@ -176,6 +176,30 @@ _SHARED_NAMES = {"shared_gate": "mlp.shared_expert.gate_proj.weight", "shared_up
 """Qwen 2 MoE's shared expert and its gate (model.shared_expert_intermediate_size)."""
 
 
+_FUSED_LAYER_NAMES = {"self_attn.qkv_proj.weight": ("wq", "wk", "wv"), "mlp.gate_up_proj.weight": ("w_gate", "w_up")}
+"""Phi-3's fused projections -> the LayerWeights fields their rows hold, in order: transformers'
+Phi3Attention slices q (H hd rows), k then v (Hkv hd each); Phi3MLP chunks gate then up (F each)."""
+
+
+def split_fused(cfg: ModelConfig, suffix: str, arr: np.ndarray, name: str = "") -> dict[str, np.ndarray]:
+    """The parts (LayerWeights field -> (out, D) rows) of a block's Phi-3 fused tensor `suffix`
+    (`self_attn.qkv_proj.weight`, `mlp.gate_up_proj.weight`): ValueError naming the tensor (`name`)
+    when its shape is not theirs stacked."""
+    keys = _FUSED_LAYER_NAMES[suffix]
+    rows = [_shape(cfg, key)[0] for key in keys]
+    want = (sum(rows), cfg.hidden_size)
+    if arr.shape != want:
+        raise ValueError(f"checkpoint tensor {name or suffix} has shape {arr.shape}, expected {want} ({' + '.join(map(str, rows))} "
+                         "rows) from config.json: the checkpoint and its config disagree")
+    ends = np.cumsum(rows)
+    return {key: arr[end - n:end] for key, n, end in zip(keys, rows, ends)}
+
+
+def _shape(cfg: ModelConfig, key: str) -> tuple[int, int]:
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    return dict(wq=(cfg.q_size, d), wk=(cfg.kv_size, d), wv=(cfg.kv_size, d), w_gate=(f, d), w_up=(f, d))[key]
+
+
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", dict(experts_gate="w1", experts_up="w3", experts_down="w2")),
               "qwen3_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj")),
               "qwen2_moe": ("mlp", dict(experts_gate="gate_proj", experts_up="up_proj", experts_down="down_proj"))}
@@ -192,6 +216,9 @@ def _layer_names(cfg: ModelConfig) -> dict[str, str]:
     of experts: its router instead of the MLP; the experts are `_expert_names`)."""
     names = {**_LAYER_NAMES, **(_BIAS_NAMES if cfg.attention_bias else {}),
              **(_QK_NORM_NAMES if cfg.qk_norm else {})}
+    if cfg.model_type == "phi3":  # its fused tensors (`_FUSED_LAYER_NAMES`) hold these
+        for key in ("wq", "wk", "wv", "w_gate", "w_up"):
+            del names[key]
     if cfg.is_moe:
         for key in ("w_gate", "w_up", "w_down"):
             del names[key]
@@ -199,6 +226,11 @@ def _layer_names(cfg: ModelConfig) -> dict[str, str]:
     if cfg.shared_expert_intermediate_size:
         names.update(_SHARED_NAMES)
     return names
+
+
+def _fused_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """The fused tensor name suffixes of a block (Phi-3's), none for the other families."""
+    return tuple(_FUSED_LAYER_NAMES) if cfg.model_type == "phi3" else ()
 
 
 def _expert_names(cfg: ModelConfig) -> list[tuple[str, int, str]]:
@@ -217,6 +249,7 @@ def hf_tensor_names(cfg: ModelConfig) -> list[str]:
         names.append("lm_head.weight")
     for i in range(cfg.num_layers):
         names += [f"model.layers.{i}.{n}" for n in _layer_names(cfg).values()]
+        names += [f"model.layers.{i}.{n}" for n in _fused_names(cfg)]
         names += [f"model.layers.{i}.{n}" for _, _, n in _expert_names(cfg)]
     return names
 
@@ -340,10 +373,14 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
                 raise ValueError(f"checkpoint tensor {name} is an expert's or a router's, but model.num_experts="
                                  f"{cfg.num_experts} (model_type={cfg.model_type!r}): the checkpoint and its config.json "
                                  "disagree")
+            if rest in _fused_names(cfg) and int(idx) < cfg.num_layers:
+                layer_parts[int(idx)].update(split_fused(cfg, rest, arr, name))
+                continue
             key = by_suffix.get(rest)
             if key is None and rest in known:  # a bias or norm the family's config does not announce
                 raise ValueError(f"checkpoint tensor {name} is not part of a model_type={cfg.model_type!r} config: the "
-                                 "checkpoint and its config.json disagree (biases: qwen2; q/k norms: qwen3)")
+                                 "checkpoint and its config.json disagree (biases: qwen2; q/k norms: qwen3; phi3 holds q/k/v and "
+                                 "gate/up fused)")
             if key is None or int(idx) >= cfg.num_layers:
                 extra[name] = arr
                 continue
@@ -417,6 +454,8 @@ def _has(name: str, top: dict, layer_parts: list[dict], by_suffix: dict, experts
     _, _, idx, rest = name.split(".", 3)
     if rest in experts:
         return experts[rest] in expert_parts[int(idx)]
+    if rest in _FUSED_LAYER_NAMES:
+        return all(key in layer_parts[int(idx)] for key in _FUSED_LAYER_NAMES[rest])
     return by_suffix[rest] in layer_parts[int(idx)]
 
 
@@ -438,6 +477,8 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
     for i, layer in enumerate(weights.layers):
         for key, suffix in _layer_names(cfg).items():
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)
+        for suffix in _fused_names(cfg):  # Phi-3's, fused as transformers loads them
+            tensors[f"model.layers.{i}.{suffix}"] = np.concatenate([getattr(layer, k) for k in _FUSED_LAYER_NAMES[suffix]])
         for key, j, suffix in _expert_names(cfg):
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)[j]
     tensors = {k: np.ascontiguousarray(v.astype(store)) for k, v in tensors.items()}

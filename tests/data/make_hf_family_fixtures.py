@@ -15,7 +15,9 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - qwen3_moe: Qwen 3 MoE (top-3 of 6 narrow experts, norm_topk_prob off: the other branch of the
   router; q/k norms);
 - qwen2_moe: Qwen 2 MoE (Qwen1.5-MoE: top-3 of 6 narrow experts, norm_topk_prob off, q/k/v biases,
-  and a shared expert wider than the routed ones behind its sigmoid gate).
+  and a shared expert wider than the routed ones behind its sigmoid gate);
+- phi3: Phi-3 / Phi-4-mini (fused qkv_proj and gate_up_proj, a sliding window of 8, a partial rotary
+  embedding turning 12 of 16 dimensions a head, tied embeddings).
 
 Every model: hidden 64, 2 layers, 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -60,6 +62,8 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
         num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48, shared_expert_intermediate_size=80,
         norm_topk_prob=False, rope_theta=1000000.0)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True,
+                                                  rope_theta=10000.0, pad_token_id=0)),
 }
 
 

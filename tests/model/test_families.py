@@ -50,6 +50,9 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     "qwen2_moe": (dict(model_type="qwen2_moe", num_experts=6, num_experts_per_tok=3, moe_intermediate_size=48,
                        shared_expert_intermediate_size=80, norm_topk_prob=False, attention_bias=True),
                   dict(norm_topk_prob=True)),
+    # fused qkv_proj / gate_up_proj split on load, a window of 8, rotary on 12 of 16 dimensions a head
+    "phi3": (dict(model_type="phi3", sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True),
+             dict(partial_rotary_factor=1.0)),
 }
 
 
@@ -166,7 +169,6 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     ("deepseek_v2", {}, r"multi-head latent attention \(MLA.*shared experts"),
     ("qwen3_next", {}, r"Gated DeltaNet linear-attention layers, gated attention and a shared expert"),
     ("gemma2", {}, r"logit soft-capping.*sliding-window attention in alternate blocks, extra norms"),
-    ("phi3", {}, r"fused projections \(self_attn\.qkv_proj, mlp\.gate_up_proj\)"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
     ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
     ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
@@ -273,7 +275,8 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe",
+                                    "phi3"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

@@ -1,0 +1,199 @@
+"""Phi-3 (`model_type: phi3`: Phi-3-mini/medium, Phi-3.5-mini, Phi-4-mini): a Mistral block whose
+checkpoints fuse q/k/v (`self_attn.qkv_proj`) and gate/up (`mlp.gate_up_proj`), with a partial rotary
+embedding in Phi-4-mini and longrope scaling in the 128k variants (timed, not computed).
+
+transformers' own tokens and logits for a tiny Phi-3 are tests/data/hf_families/phi3 (test_families.py);
+here: the published configs' shapes, the split of the fused tensors, the equality with the same weights
+as an unfused Mistral checkpoint, and the timing, which is the Mistral's of the same sizes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cent_serve.cli import main
+from cent_serve.config import CentConfig
+from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
+from cent_serve.model.weights import iter_checkpoint_tensors, random_weights, save_hf_checkpoint, split_fused
+from cent_serve.preflight import check_runnable
+from tests.factories import tiny_model_config
+
+ROOT = Path(__file__).resolve().parent.parent / "data" / "hf_families"
+
+PHI3_MINI_4K = {  # microsoft/Phi-3-mini-4k-instruct config.json (the keys that shape the model)
+    "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+    "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "sliding_window": 2047,
+    "rope_theta": 10000.0, "rope_scaling": None, "rms_norm_eps": 1e-05, "hidden_act": "silu",
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
+    "torch_dtype": "bfloat16"}
+LONGROPE = {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.5] * 48}
+"""A 128k variant's rope_scaling (48 factors: half of a 96-wide head); the values do not matter here."""
+PHI3_MINI_128K = {**PHI3_MINI_4K, "max_position_embeddings": 131072, "sliding_window": 262144, "rope_scaling": LONGROPE}
+PHI4_MINI = {**PHI3_MINI_4K, "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064,
+             "max_position_embeddings": 131072, "partial_rotary_factor": 0.75, "sliding_window": 262144,
+             "tie_word_embeddings": True, "eos_token_id": 199999, "bos_token_id": 199999, "pad_token_id": 199999,
+             "rope_scaling": {**LONGROPE, "short_factor": [1.0] * 48, "long_factor": [1.5] * 48}}
+"""microsoft/Phi-4-mini-instruct: 24 query / 8 KV heads of 128, rotary on 96 of them, tied embeddings."""
+
+
+def _write(directory: Path, config: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_a_tiny_phi3_config_reads_as_the_model_transformers_builds():
+    m = model_config_from_hf(ROOT / "phi3")
+    assert (m.model_type, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim,
+            m.vocab_size, m.max_seq_len, m.sliding_window, m.partial_rotary_factor, m.rotary_dim,
+            m.tie_word_embeddings, m.rope_type) == ("phi3", 64, 176, 2, 4, 2, 16, 512, 256, 8, 0.75, 12, True, "default")
+
+
+def test_phi3_mini_4k_reads_as_published(tmp_path):
+    m = model_config_from_hf(_write(tmp_path / "phi3-mini-4k", PHI3_MINI_4K))
+    assert (m.model_type, m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim, m.intermediate_size,
+            m.vocab_size, m.max_seq_len, m.sliding_window, m.rope_type, m.rotary_dim) == (
+        "phi3", 3072, 32, 32, 32, 96, 8192, 32064, 4096, 2047, "default", 96)
+    assert round(m.param_count() / 1e9, 2) == 3.82  # "3.8B parameters" (the model card)
+
+
+def test_the_128k_variants_read_with_longrope_and_phi4_mini_with_its_partial_rotary(tmp_path):
+    m = model_config_from_hf(_write(tmp_path / "a", PHI3_MINI_128K))
+    assert (m.rope_type, m.max_seq_len, m.rope_original_max_position, m.rope_factor) == ("longrope", 131072, 4096, 32.0)
+    old = {**PHI3_MINI_128K, "rope_scaling": {**LONGROPE, "type": "su"}}  # Phi3Config's older name of it
+    assert model_config_from_hf(_write(tmp_path / "b", old)).rope_type == "longrope"
+    p = model_config_from_hf(_write(tmp_path / "c", PHI4_MINI))
+    assert (p.num_heads, p.num_kv_heads, p.head_dim, p.rotary_dim, p.tie_word_embeddings, p.vocab_size,
+            p.rope_type) == (24, 8, 128, 96, True, 200064, "longrope")
+    assert round(p.param_count() / 1e9, 2) == 3.84  # Phi-4-mini: "3.8B parameters"
+
+
+def test_the_fused_tensors_split_into_exactly_their_parts():
+    cfg = tiny_model_config(model_type="phi3", num_heads=4, num_kv_heads=2)
+    rng = np.random.default_rng(0)
+    d, q, kv, f = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    wq, wk, wv = (rng.standard_normal((n, d)).astype(np.float32) for n in (q, kv, kv))
+    gate, up = (rng.standard_normal((f, d)).astype(np.float32) for _ in range(2))
+    parts = split_fused(cfg, "self_attn.qkv_proj.weight", np.concatenate([wq, wk, wv]))
+    assert list(parts) == ["wq", "wk", "wv"]
+    assert all(np.array_equal(parts[k], w) for k, w in zip(parts, (wq, wk, wv)))
+    parts = split_fused(cfg, "mlp.gate_up_proj.weight", np.concatenate([gate, up]))
+    assert np.array_equal(parts["w_gate"], gate) and np.array_equal(parts["w_up"], up)
+    with pytest.raises(ValueError, match=r"gate_up_proj.weight has shape .* expected \(.*\) \(.* \+ .* rows\)"):
+        split_fused(cfg, "mlp.gate_up_proj.weight", gate)
+
+
+def test_a_phi3_checkpoint_is_saved_fused_and_runs_as_the_same_weights_unfused_in_a_mistral(tmp_path):
+    """Full numerics: the phi3 checkpoint (fused, as transformers writes it) and the same weights
+    saved unfused as a Mistral give the same logits, bit for bit (the same float32 arrays in the same
+    math: the split is row slices of the fused tensors)."""
+    phi3 = tiny_model_config(model_type="phi3", sliding_window=8, num_heads=4, num_kv_heads=2)
+    weights = random_weights(phi3)
+    save_hf_checkpoint(phi3, weights, tmp_path / "phi3")
+    names = {name for name, _ in iter_checkpoint_tensors(tmp_path / "phi3", shapes_only=True)}
+    assert "model.layers.0.self_attn.qkv_proj.weight" in names and "model.layers.0.mlp.gate_up_proj.weight" in names
+    assert not any(n.endswith((".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".gate_proj.weight", ".up_proj.weight"))
+                   for n in names)
+    mistral = dataclasses.replace(phi3, model_type="mistral")
+    save_hf_checkpoint(mistral, weights, tmp_path / "mistral")
+    a, b = model_config_from_hf(tmp_path / "phi3"), model_config_from_hf(tmp_path / "mistral")
+    assert (a.model_type, a.sliding_window) == ("phi3", 8) and b.model_type == "mistral"
+    ids = [1, 5, 9, 20, 7, 43, 88, 30, 12, 51, 64, 3, 25, 17]  # past the window of 8
+    ma, mb = LlamaModel(a, load_weights(a)), LlamaModel(b, load_weights(b))
+    ca, cb = ma.new_cache(), mb.new_cache()
+    assert np.array_equal(ma.forward(ids, ca), mb.forward(ids, cb))
+    assert np.array_equal(ma.forward([7], ca), mb.forward([7], cb))  # a decode step from the cache
+
+
+def test_a_phi3_checkpoint_holding_unfused_tensors_is_refused_by_name(tmp_path):
+    mistral = tiny_model_config(model_type="mistral", num_heads=4, num_kv_heads=2)
+    save_hf_checkpoint(mistral, random_weights(mistral), tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "model_type": "phi3"}))
+    with pytest.raises(ValueError, match=r"(q|k|v|gate|up)_proj\.weight is not part of a model_type='phi3' config.*"
+                                         r"phi3 holds q/k/v and gate/up fused"):
+        load_weights(model_config_from_hf(tmp_path))
+
+
+def test_longrope_is_timed_but_full_numerics_refuses_it_in_one_line(tmp_path, capsys):
+    small = {**PHI3_MINI_128K, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "eos_token_id": 2,
+             "pad_token_id": 0, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}}
+    ckpt = _write(tmp_path / "phi3-128k-small", small)
+    model = model_config_from_hf(ckpt)
+    with pytest.raises(ValueError, match=r"model.rope_type='longrope' \(config.json rope_scaling\) is not computed.*"
+                                         r"--numerics off"):
+        check_runnable(CentConfig(model=dataclasses.replace(model, checkpoint=None), numerics="full"))
+    check_runnable(CentConfig(model=model, numerics="off"))
+    for command in ("info", "serve"):
+        assert main([command, "--model", str(ckpt), "--numerics", "full"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
+    assert main(["info", "--model", str(ckpt), "--numerics", "off"]) == 0
+    assert main(["simulate", "--model", str(ckpt), "--numerics", "off", "--seqlen", "64", "--json"]) == 0
+    with pytest.raises(ValueError, match="longrope' cannot be saved"):
+        save_hf_checkpoint(model, random_weights(dataclasses.replace(model, rope_type="default")), tmp_path / "out")
+
+
+@pytest.mark.parametrize("hardware", [[], ["--hardware", "gpu:a100-80gb:4"]], ids=["cent", "gpu"])
+def test_cent_simulate_times_phi3_mini_as_the_mistral_of_its_sizes(tmp_path, capsys, hardware):
+    """Phi-3's block is a Mistral's (RMSNorm, SwiGLU, rope, a sliding window): the same figures, on
+    CENT devices and on GPUs, as a Mistral config.json of the same sizes and window."""
+    mistral = {k: v for k, v in PHI3_MINI_4K.items() if k not in ("original_max_position_embeddings", "rope_scaling")}
+    mistral.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    out = []
+    for name, config in (("phi3", PHI3_MINI_4K), ("mistral", mistral)):
+        ckpt = _write(tmp_path / "m", config)  # one directory: the model's name is in the figures' header
+        assert main(["simulate", "--model", str(ckpt), "--prompt", "512", "--decode", "512", "--json", *hardware]) == 0
+        out.append(json.loads(capsys.readouterr().out))
+    phi3, mistral = out
+    assert phi3["config"]["model"].pop("model_type") == "phi3"
+    assert mistral["config"]["model"].pop("model_type") == "mistral"
+    assert phi3 == mistral
+    assert phi3["decoding"]["latency_s"] > 0
+
+
+def test_partial_rotary_turns_only_the_first_dimensions_of_each_head():
+    """Rotary on 12 of 16 dimensions: those are the full rotary embedding of a 12-wide head (the same
+    frequencies, base ** (-2i / 12)), the other 4 pass unchanged."""
+    from cent_serve.model.layers import apply_rope, rope_tables
+
+    part = tiny_model_config(model_type="phi3", hidden_size=64, num_heads=4, num_kv_heads=2, partial_rotary_factor=0.75)
+    x = np.random.default_rng(1).standard_normal((4, 5, 16)).astype(np.float32)  # (heads, seq, head_dim)
+    positions = np.arange(3, 8)
+    cos, sin = rope_tables(part, positions)
+    assert cos.shape == (5, 12)
+    inv = 1.0 / part.rope_theta ** (np.arange(0, 12, 2) / 12)
+    angles = positions[:, None] * inv[None, :]  # (seq, 6)
+    assert np.allclose(cos[:, :6], np.cos(angles), atol=1e-6) and np.allclose(cos[:, 6:], np.cos(angles), atol=1e-6)
+    got = apply_rope(x, cos, sin)
+    assert np.array_equal(got[..., 12:], x[..., 12:])
+    rot = x[..., :12]
+    want = rot * np.cos(np.concatenate([angles, angles], -1)) + np.concatenate([-rot[..., 6:], rot[..., :6]], -1) \
+        * np.sin(np.concatenate([angles, angles], -1))
+    assert np.allclose(got[..., :12], want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"model.partial_rotary_factor=0.75 .* use 1.0: model_type='llama'"):
+        tiny_model_config(partial_rotary_factor=0.75)
+
+
+@pytest.mark.hf
+def test_a_phi3_checkpoint_cent_saves_loads_in_transformers_with_the_same_logits(tmp_path):
+    """Saved fused (qkv_proj, gate_up_proj) with its window and partial rotary: transformers'
+    Phi3ForCausalLM loads it and gives the reference model's logits (float32 both; to float tolerance:
+    the two sum their products in different orders)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny_model_config(model_type="phi3", sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True)
+    weights = random_weights(cfg)
+    save_hf_checkpoint(cfg, weights, tmp_path)
+    ids = [1, 5, 9, 20, 7, 43, 88, 30, 12, 51, 64, 3, 25, 17]
+    want = LlamaModel(cfg, weights).forward(ids, LlamaModel(cfg, weights).new_cache())
+    model = transformers.Phi3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
