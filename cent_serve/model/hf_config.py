@@ -229,7 +229,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if rope_type not in kinds:
         where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
         _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
-                f"supported: {', '.join(kinds)}" + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else ""))
+                f"supported: {', '.join(kinds)}"
+                + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else ""))
     scaling = {}
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}

@@ -189,8 +189,8 @@ def split_fused(cfg: ModelConfig, suffix: str, arr: np.ndarray, name: str = "") 
     rows = [_shape(cfg, key)[0] for key in keys]
     want = (sum(rows), cfg.hidden_size)
     if arr.shape != want:
-        raise ValueError(f"checkpoint tensor {name or suffix} has shape {arr.shape}, expected {want} ({' + '.join(map(str, rows))} "
-                         "rows) from config.json: the checkpoint and its config disagree")
+        raise ValueError(f"checkpoint tensor {name or suffix} has shape {arr.shape}, expected {want} "
+                         f"({' + '.join(map(str, rows))} rows) from config.json: the checkpoint and its config disagree")
     ends = np.cumsum(rows)
     return {key: arr[end - n:end] for key, n, end in zip(keys, rows, ends)}
 
@@ -379,8 +379,8 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
             key = by_suffix.get(rest)
             if key is None and rest in known:  # a bias or norm the family's config does not announce
                 raise ValueError(f"checkpoint tensor {name} is not part of a model_type={cfg.model_type!r} config: the "
-                                 "checkpoint and its config.json disagree (biases: qwen2; q/k norms: qwen3; phi3 holds q/k/v and "
-                                 "gate/up fused)")
+                                 "checkpoint and its config.json disagree (biases: qwen2; q/k norms: qwen3; phi3 holds "
+                                 "q/k/v and gate/up fused)")
             if key is None or int(idx) >= cfg.num_layers:
                 extra[name] = arr
                 continue
@@ -478,7 +478,8 @@ def save_hf_checkpoint(cfg: ModelConfig, weights: LlamaWeights, out_dir: str | P
         for key, suffix in _layer_names(cfg).items():
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)
         for suffix in _fused_names(cfg):  # Phi-3's, fused as transformers loads them
-            tensors[f"model.layers.{i}.{suffix}"] = np.concatenate([getattr(layer, k) for k in _FUSED_LAYER_NAMES[suffix]])
+            tensors[f"model.layers.{i}.{suffix}"] = np.concatenate([getattr(layer, k)
+                                                                    for k in _FUSED_LAYER_NAMES[suffix]])
         for key, j, suffix in _expert_names(cfg):
             tensors[f"model.layers.{i}.{suffix}"] = getattr(layer, key)[j]
     tensors = {k: np.ascontiguousarray(v.astype(store)) for k, v in tensors.items()}
