@@ -279,8 +279,8 @@ def rope_numerics_refusal(model: ModelConfig) -> str | None:
     if model.rope_type not in TIMING_ONLY_ROPE_TYPES:
         return None
     return (f"model.rope_type={model.rope_type!r} (config.json rope_scaling) is not computed by the reference "
-            "model: run timing-only with --numerics off (the simulated times do not depend on the rotary "
-            "embedding)")
+            "model: time it with --numerics off (cent serve, cent bench) or cent simulate; the simulated times do not "
+            "depend on the rotary embedding")
 
 
 _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,

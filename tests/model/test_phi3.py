@@ -135,6 +135,14 @@ def test_longrope_is_timed_but_full_numerics_refuses_it_in_one_line(tmp_path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
     assert main(["info", "--model", str(ckpt), "--numerics", "off"]) == 0
+    weighted = tmp_path / "with-weights"  # cent generate always runs the math: refused at the first rotary table
+    tiny = tiny_model_config(model_type="phi3", eos_token_id=2)
+    save_hf_checkpoint(tiny, random_weights(tiny), weighted)
+    raw = json.loads((weighted / "config.json").read_text())
+    _write(weighted, {**raw, "rope_scaling": small["rope_scaling"], "original_max_position_embeddings": 32})
+    assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
     assert main(["simulate", "--model", str(ckpt), "--numerics", "off", "--seqlen", "64", "--json"]) == 0
     with pytest.raises(ValueError, match="longrope' cannot be saved"):
         save_hf_checkpoint(model, random_weights(dataclasses.replace(model, rope_type="default")), tmp_path / "out")
