@@ -93,10 +93,10 @@ def run_info(args: argparse.Namespace) -> int:
             paper_batch = dict(batch=lanes, context=context, fits=True, why=None)
         except ValueError as exc:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
-    kv_room = kv_stored = None
+    kv_room = kv_stored = weights_stored = None
     if refusal is None and not cfg.on_gpus:  # what the scheduler admits against: each replica's KV blocks
         from cent_serve.scheduler import kv_blocks_per_replica
-        from cent_serve.timing.mapping import device_kv_bytes_per_token, resolve_mapping
+        from cent_serve.timing.mapping import device_kv_bytes_per_token, device_weight_bytes, resolve_mapping
 
         mp = resolve_mapping(m, cfg.parallel, cfg.device)
         blocks = kv_blocks_per_replica(cfg, mp)
@@ -105,6 +105,9 @@ def run_info(args: argparse.Namespace) -> int:
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
         kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
                         for d in {d for s in mp.stages for d in s.device_ids})
+        # what a replica's devices hold of the weights (a MoE's router and shared expert on each tp device)
+        weights_stored = sum(device_weight_bytes(m, mp, d, cfg.device.bytes_per_element)
+                             for d in {d for s in mp.stages for d in s.device_ids})
     out = {
         "config": config_to_dict(cfg),
         "experts": experts,
@@ -114,6 +117,7 @@ def run_info(args: argparse.Namespace) -> int:
         "weight_bytes": m.weight_bytes(),
         "kv_bytes_per_token": m.kv_bytes_per_token(),
         "kv_stored_bytes_per_token": kv_stored,  # on a replica's devices, replicated KV heads included
+        "weights_stored_bytes": weights_stored,  # on a replica's devices, tp copies included
         "numerics": cfg.resolved_numerics,
         "runnable": refusal is None,
         "refusal": refusal,
@@ -140,7 +144,11 @@ def _print_info(cfg, out: dict) -> None:
     # the reference model computes in float32 whatever the checkpoint stores (bfloat16, float16)
     host = f"; full numerics' host copy {m.param_count() * 4 / 2**30:.3f} GiB of float32" \
         if cfg.resolved_numerics == "full" else ""
-    print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{host}){active}")
+    stored = out.get("weights_stored_bytes")
+    copies = (f"; with its copies {stored / 2**30:.3f} GiB stored on a replica's devices (the router and a shared "
+              f"expert whole on each of a stage's {cfg.parallel.tp} devices)") \
+        if stored and stored > 1.01 * m.param_count() * size else ""  # (norms and the like: within 1%)
+    print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{copies}{host}){active}")
     logical = m.kv_bytes_per_token() // 2 * size
     stored = out.get("kv_stored_bytes_per_token") or logical
     if stored == logical:

@@ -99,8 +99,11 @@ def test_weights_hold_every_expert():
 @pytest.mark.parametrize("fields", [dict(), dict(model_type="qwen3_moe", qk_norm=True, moe_intermediate_size=40,
                                                  norm_topk_prob=False, head_dim=32),
                                     dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
-                                                 shared_expert_intermediate_size=56, norm_topk_prob=False)],
-                         ids=["mixtral", "qwen3_moe", "qwen2_moe"])
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=False),
+                                    # qkv_bias false is written (Qwen2MoeConfig's default is true)
+                                    dict(model_type="qwen2_moe", attention_bias=False, moe_intermediate_size=40,
+                                                 shared_expert_intermediate_size=56, norm_topk_prob=True)],
+                         ids=["mixtral", "qwen3_moe", "qwen2_moe", "qwen2_moe-no-bias"])
 def test_a_saved_moe_checkpoint_reloads_with_the_same_tokens(fields, tmp_path):
     cfg = moe_config(**fields)
     weights = random_weights(cfg)

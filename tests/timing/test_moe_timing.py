@@ -267,3 +267,35 @@ def test_a_gpu_step_reads_and_multiplies_the_shared_expert_for_every_token():
     with pytest.raises(ValueError, match="gpu.tp=4 .* does not divide the shared expert's width of 5630 .*: use "
                                          "--hardware gpu:a100-80gb:2"):
         gpu(dict(QWEN15_MOE, shared_expert_intermediate_size=5630))  # vLLM splits it over tp as any MLP
+
+
+def test_each_tp_device_spends_its_own_shared_expert_copy_s_energy():
+    """On a tp 4 stage every device runs its copy of the shared expert (its partners' traces hold it:
+    `commands.partner_commands`), so the block's shared-expert energy is 4 times one copy's: that of a
+    block alone on a device of the same 512 banks, where one device runs it."""
+    from cent_serve.timing.energy import block_energy_by_op_j
+    one = block_energy_by_op_j(qwen_timer(QWEN15_MOE, 24, 0, 1), 1024)["shared"]
+    four = block_energy_by_op_j(qwen_timer(QWEN15_MOE, 32, 8, 4), 1024)["shared"]
+    assert four == pytest.approx(4 * one, rel=1e-4)  # (the partners' standby over its time: 5e-6 more)
+
+
+def test_cent_info_says_what_the_shared_expert_s_tp_copies_store(tmp_path, capsys):
+    """cent info's parameters are the model's; on a tp 4 stage its devices also hold 3 more copies of each
+    block's router and shared expert (`device_weight_bytes`): 24 blocks x 3 x their bytes."""
+    import json
+    from cent_serve.cli import main
+    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.config import ModelConfig
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(ModelConfig(**QWEN15_MOE))))
+    stored = {}
+    for devices, pp, tp in ((24, 0, 1), (32, 8, 4)):
+        assert main(["info", "--model", str(tmp_path), "--numerics", "off", "--devices", str(devices), "--pp", str(pp),
+                     "--tp", str(tp), "--json"]) == 0
+        stored[tp] = json.loads(capsys.readouterr().out)["weights_stored_bytes"]
+    assert stored[4] - stored[1] == 3 * 24 * (SHARED_BYTES + 60 * 2048 * 2)
+    assert main(["info", "--model", str(tmp_path), "--numerics", "off", "--devices", "32", "--pp", "8", "--tp", "4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("parameters"))
+    assert f"with its copies {stored[4] / 2**30:.3f} GiB stored on a replica's devices (the router and a shared " \
+           "expert whole on each of a stage's 4 devices)" in line, line
+    assert main(["info", "--model", str(tmp_path), "--numerics", "off", "--devices", "24"]) == 0
+    assert "copies" not in capsys.readouterr().out  # one device a block: the model's bytes, no copies
