@@ -299,3 +299,12 @@ def test_cent_info_says_what_the_shared_expert_s_tp_copies_store(tmp_path, capsy
            "expert whole on each of a stage's 4 devices)" in line, line
     assert main(["info", "--model", str(tmp_path), "--numerics", "off", "--devices", "24"]) == 0
     assert "copies" not in capsys.readouterr().out  # one device a block: the model's bytes, no copies
+
+
+def test_the_shared_expert_s_gate_is_one_more_router_output():
+    """The gate's D -> 1 logit rides in the router's GEMV (`pim.router_outputs`): with 512 experts on
+    512 banks the 513th output takes a second one a bank, c 1 -> 2 (D 2048: 2 rows of 1024)."""
+    wide = dict(QWEN15_MOE, num_experts=512)
+    b = qwen_timer(wide).pim.breakdown(1024)
+    plain = qwen_timer(dict(wide, model_type="qwen3_moe", shared_expert_intermediate_size=0)).pim.breakdown(1024)
+    assert (plain.router, b.router) == (2 * (2 * 64 + 54.5 + 1 * (103 + 128)), 2 * (2 * 64 + 54.5 + 2 * (103 + 128)))
