@@ -192,7 +192,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
     if _bool("mlp_bias", False):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
-    if arch != "qwen2" and _bool("attention_bias", False):
+    if arch not in ("qwen2", "qwen2_moe") and _bool("attention_bias", False):  # their classes never read it
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
     partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
@@ -400,7 +400,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "hidden_act": "silu", "mlp_bias": False,
         "torch_dtype": cfg.weight_dtype,
     }
-    if cfg.model_type != "qwen2":
+    if cfg.model_type not in ("qwen2", "qwen2_moe"):  # Qwen 2 MoE's biases are qkv_bias's
         out["attention_bias"] = False
     if cfg.model_type in ("mistral", "mixtral", "phi3"):
         out["sliding_window"] = cfg.sliding_window or None

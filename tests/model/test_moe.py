@@ -289,3 +289,18 @@ def test_a_checkpoint_whose_experts_disagree_with_its_config_is_refused(tmp_path
 def test_bad_moe_fields_are_refused_by_name(fields, message):
     with pytest.raises(ValueError, match=message):
         tiny_model_config(**fields)
+
+
+def test_qwen2_moe_s_config_has_no_attention_bias_key(tmp_path):
+    """Qwen2MoeAttention reads qkv_bias, never attention_bias (its o_proj has no bias): a config.json that
+    says attention_bias true runs in transformers as without it, so it loads (as Qwen 2.5's does); cent
+    writes qkv_bias alone."""
+    from tests.model.test_families import ROOT
+    raw = json.loads((ROOT / "qwen2_moe" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "attention_bias": True}))
+    assert model_config_from_hf(tmp_path).attention_bias is True  # from qkv_bias
+    cfg = moe_config(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
+                     shared_expert_intermediate_size=56, norm_topk_prob=False)
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["qkv_bias"] is True and "attention_bias" not in saved
