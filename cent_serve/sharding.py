@@ -40,8 +40,8 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, project_qkv, rms_norm, route,
-                                     shared_expert, silu, softmax)
+from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, hides_any, project_qkv, rms_norm,
+                                     route, shared_expert, silu, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -196,11 +196,28 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     seq, hd = h.shape[0], cfg.head_dim
     q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)  # (nq | nkv, seq, hd)
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
-    kv_of_q = np.arange(s.q_heads[0], s.q_heads[1]) // cfg.num_rep - s.kv_heads[0]  # (nq,)
-    scores = q @ keys[kv_of_q].transpose(0, 2, 1) * F32(1.0 / np.sqrt(hd))  # (nq, seq, L)
-    scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
-    out = softmax(scores, axis=-1).astype(F32) @ values[kv_of_q]  # (nq, seq, hd)
-    return out.transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
+    r, kv_of_q = query_groups(cfg, s)
+    if kv_of_q is not None:
+        keys, values = keys[kv_of_q], values[kv_of_q]  # (nq, L, hd): a copy per query head
+    # a group's r query heads read its KV head in place, broadcast (copying the KV per query head
+    # was a third of a long context's round); each head's matmul is the one a copy would get
+    q = q.reshape(-1, r, seq, hd)  # (groups, r, seq, hd)
+    scores = q @ keys[:, None].transpose(0, 1, 3, 2) * F32(1.0 / np.sqrt(hd))  # (groups, r, seq, L)
+    if hides_any(start, seq, keys.shape[1], cfg.sliding_window):
+        scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
+    out = softmax(scores, axis=-1).astype(F32) @ values[:, None]  # (groups, r, seq, hd)
+    return out.reshape(-1, seq, hd).transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
+
+
+def query_groups(cfg: ModelConfig, s: LayerShard) -> tuple[int, np.ndarray | None]:
+    """How `shard_attention` pairs the shard's query heads with its KV heads: (r, None) when each of
+    its KV heads serves r of its (consecutive) query heads, the usual split; else (1, the KV head of
+    each query head, (nq,)), an uneven split (12 heads on 3 KV heads over tp 2: 4 and 2 on rank 0)."""
+    (qa, qb), (ka, kb), rep = s.q_heads, s.kv_heads, cfg.num_rep
+    counts = {min(qb, (g + 1) * rep) - max(qa, g * rep) for g in range(ka, kb)}
+    if len(counts) == 1:
+        return counts.pop(), None
+    return 1, np.arange(qa, qb) // rep - ka
 
 
 def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int, kv: ShardKV,

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from cent_serve.model import LlamaModel
-from cent_serve.model.layers import rms_norm
-from cent_serve.sharding import ShardKV, head_ranges, shard_layer, split_bounds, tp_block_forward
+from cent_serve.model.layers import hidden_keys, hides_any, project_qkv, rms_norm, softmax
+from cent_serve.model.weights import random_weights
+from cent_serve.sharding import (ShardKV, head_ranges, query_groups, shard_attention, shard_layer, split_bounds,
+                                 tp_block_forward)
 from tests.factories import tiny_model_config
 
 
@@ -75,3 +77,52 @@ def test_tp8_on_gqa_matches_reference():
     model.forward([1, 2, 3], cache)
     ref = model.forward([4], cache)
     assert np.max(np.abs(got[1] - ref)) / np.max(np.abs(ref)) < 1e-5
+
+
+def attention_head_by_head(cfg, s, h, start, kv, layer):
+    """`shard_attention` with every query head's keys and values copied out for it, the mask always
+    applied: the floats the in-place read must give, bit for bit."""
+    seq, hd = h.shape[0], cfg.head_dim
+    q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)
+    keys, values = kv.write(layer, k, v, start)
+    kv_of_q = np.arange(s.q_heads[0], s.q_heads[1]) // cfg.num_rep - s.kv_heads[0]
+    scores = q @ keys[kv_of_q].transpose(0, 2, 1) * np.float32(1.0 / np.sqrt(hd))
+    scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), np.float32(-np.inf), scores)
+    out = softmax(scores, axis=-1).astype(np.float32) @ values[kv_of_q]
+    return out.transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
+
+
+@pytest.mark.parametrize("heads, kv_heads, tp, window", [
+    (8, 2, 1, 0), (8, 2, 2, 0), (8, 2, 8, 0), (12, 3, 2, 0), (12, 3, 4, 0), (4, 4, 2, 0), (4, 1, 1, 0), (8, 2, 1, 5)])
+def test_shard_attention_reads_kv_heads_in_place_with_the_same_floats(heads, kv_heads, tp, window):
+    cfg = tiny_model_config(hidden_size=96, num_heads=heads, num_kv_heads=kv_heads, head_dim=8, sliding_window=window)
+    w = random_weights(cfg)
+    rng = np.random.default_rng(0)
+    for rank in range(tp):
+        s = shard_layer(cfg, w.layers[0], rank, tp)
+        kv, kv_ref = (ShardKV(1, s.num_kv_heads, cfg.head_dim) for _ in range(2))
+        start = 0
+        for seq in (7, 1, 1, 3, 1, 16, 1):  # a prompt, decode steps, chunks; past the window and a KV regrowth
+            h = rng.standard_normal((seq, cfg.hidden_size)).astype(np.float32)
+            got = shard_attention(cfg, s, h, start, kv, 0)
+            assert np.array_equal(got, attention_head_by_head(cfg, s, h, start, kv_ref, 0)), (rank, start, seq)
+            start += seq
+
+
+def test_query_groups_of_even_and_uneven_splits():
+    tiny = tiny_model_config(num_heads=8, num_kv_heads=2)
+    assert query_groups(tiny, shard_layer(tiny, random_weights(tiny).layers[0], 0, 1)) == (4, None)
+    assert query_groups(tiny, shard_layer(tiny, random_weights(tiny).layers[0], 3, 8)) == (1, None)
+    cfg = tiny_model_config(hidden_size=96, num_heads=12, num_kv_heads=3, head_dim=8)  # 4 query heads a KV head
+    r, kv_of_q = query_groups(cfg, shard_layer(cfg, random_weights(cfg).layers[0], 0, 2))  # heads 0-5: 4 + 2
+    assert (r, kv_of_q.tolist()) == (1, [0, 0, 0, 0, 1, 1])
+
+
+def test_hides_any_says_whether_the_mask_hides_a_key():
+    for start in range(6):
+        for seq in range(1, 4):
+            for extra in (0, 2):  # keys up to the last query's, or more
+                for window in (0, 1, 3, 5):
+                    n = start + seq + extra
+                    assert hides_any(start, seq, n, window) == bool(hidden_keys(start, seq, n, window).any()), \
+                        (start, seq, n, window)

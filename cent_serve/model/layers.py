@@ -150,6 +150,12 @@ def hidden_keys(q_start: int, seq_q: int, seq_k: int, window: int = 0) -> np.nda
     return hidden
 
 
+def hides_any(q_start: int, seq_q: int, seq_k: int, window: int = 0) -> bool:
+    """Whether `hidden_keys` hides any key: not for one query at the last key within the window
+    (a decode step, or a prompt token by token), whose mask a caller may skip."""
+    return seq_k > q_start + 1 or bool(window) and q_start + seq_q - 1 >= window
+
+
 def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, start: int,
                 bias: tuple | None = None, qk_norm: tuple | None = None) -> tuple[np.ndarray, ...]:
     """q (heads, seq, hd), k and v (kv_heads, seq, hd) of normed input h (seq, D) for whatever heads
