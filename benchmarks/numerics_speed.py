@@ -11,7 +11,8 @@ The default model (tiny) with full numerics on 8 devices in a pipeline (pp 8), t
 A round is one `Engine.step` (one executor round). Each workload runs in a fresh process per tree,
 after an untimed short one in that process (imports, weights, numba's cache). With `--against REF`
 the trees alternate (REF, this checkout, REF, ...) `--repeat` times, so both see the same machine
-load; the script prints each run's wall milliseconds per round, the ratio of each pair, the load
+load; the script prints each run's wall and CPU milliseconds per round (the CPU time of the
+workload's process moves less with other processes' load), the ratios of each pair, the load
 average, and whether the outputs are the same bit for bit: a digest of every token id, logprob
 (and its top alternatives), logits row, token time, finish time and energy.
 
@@ -57,7 +58,7 @@ def replay(num_requests: int, prompt_len: int, output_len: int) -> dict:
     pending = list(synthetic_trace(num_requests, RATE, lengths=FixedLengths(prompt_len, output_len)))[::-1]
     params = RequestParams(max_tokens=output_len, ignore_eos=True, logprobs=1)
     reqs, rounds = [], 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while pending or engine.has_work():  # run_in_process's loop: arrivals join at round boundaries
         horizon = engine.now_s
         if not engine.scheduler.num_running and pending:
@@ -68,13 +69,13 @@ def replay(num_requests: int, prompt_len: int, output_len: int) -> dict:
             reqs.append(engine.add_request(ids, params, arrival_s=tr.arrival_s))
         engine.step()
         rounds += 1
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     h = hashlib.sha256()
     for r in reqs:
         _digest(h, r.output_ids, r.logprobs, r.token_times_s, r.finish_s, r.energy_j)
     _digest(h, engine.now_s, [d["energy_j"] for d in engine.device_stats()])
     engine.shutdown()
-    return dict(rounds=rounds, wall_s=wall, digest=h.hexdigest()[:16])
+    return dict(rounds=rounds, wall_s=wall, cpu_s=cpu, digest=h.hexdigest()[:16])
 
 
 def generate(prompt_len: int, output_len: int) -> dict:
@@ -89,14 +90,14 @@ def generate(prompt_len: int, output_len: int) -> dict:
     cfg = build_config(numerics="full")
     ex = LocalExecutor(cfg)
     prompt = prompt_ids(prompt_len, (0, 0), [cfg.model.bos_token_id])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = generate_batch(ex, [prompt], output_len, prefill_chunk=1)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     h = hashlib.sha256()
     _digest(h, out.token_ids, out.token_times_s, [d["energy_j"] for d in ex.stats()["devices"]])
     for row in out.logits[0]:
         h.update(np.ascontiguousarray(row).tobytes())
-    return dict(rounds=prompt_len + output_len - 1, wall_s=wall, digest=h.hexdigest()[:16])
+    return dict(rounds=prompt_len + output_len - 1, wall_s=wall, cpu_s=cpu, digest=h.hexdigest()[:16])
 
 
 def child(args: argparse.Namespace) -> None:
@@ -144,16 +145,19 @@ def main() -> None:
         for workload in workloads:
             digests = set()
             for i in range(args.repeat):
-                ms = {}
+                ms, cpu = {}, {}
                 for name, tree in trees:
                     load = os.getloadavg()[0]
                     out = run(tree, workload, args)
-                    ms[name] = 1e3 * out["wall_s"] / out["rounds"]
+                    ms[name], cpu[name] = (1e3 * out[k] / out["rounds"] for k in ("wall_s", "cpu_s"))
                     digests.add(out["digest"])
-                    print(f"  {workload:<8} {name:<14} {ms[name]:7.3f} ms per round ({out['rounds']} rounds, "
-                          f"{out['wall_s']:.1f} s; load {load:.2f} before) digest {out['digest']}", flush=True)
+                    print(f"  {workload:<8} {name:<14} {ms[name]:7.3f} wall ms per round, {cpu[name]:7.3f} CPU ms "
+                          f"({out['rounds']} rounds, {out['wall_s']:.1f} s; load {load:.2f} before) digest "
+                          f"{out['digest']}", flush=True)
                 if old:
-                    print(f"  {workload:<8} run {i + 1}: new / old = {ms['this checkout'] / ms[args.against[:8]]:.3f}")
+                    new_, old_ = "this checkout", args.against[:8]
+                    print(f"  {workload:<8} pair {i + 1}: new / old = {ms[new_] / ms[old_]:.3f} wall, "
+                          f"{cpu[new_] / cpu[old_]:.3f} CPU")
             print(f"  {workload}: outputs {'identical' if len(digests) == 1 else 'DIFFERENT'} in every run")
 
 
