@@ -276,7 +276,7 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe",
-                                    "phi3"])
+                                    "qwen2_moe", "phi3"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
