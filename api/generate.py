@@ -9,6 +9,7 @@ response (uvicorn's flow control pauses that handler)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -21,6 +22,7 @@ from api.context import ApiContext, FieldNames, refusal, sse, summary, usage
 from api.logprobs import prompt_logprobs as format_prompt_logprobs
 from api.errors import EventStream, record, record_finished
 from api.protocol import ApiError
+from cent_serve.replicas import NO_REPLICA, NoReplica
 from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
 from cent_serve.scheduler import QueueFull
 from cent_serve.serving import ENGINE_THREAD_FAILED, Delta, EngineStopped
@@ -45,6 +47,22 @@ reads it (vLLM's bench, the openai client, SSE)."""
 DEVICE_FAULT_CODE = "device_fault"
 """The error `code` of a request the emulated devices failed (it was null, as a bug's is): a client
 tells a fault it may retry from a bug."""
+
+
+def no_replica(message: str, retry_after_s: float) -> ApiError:
+    """The 503 of a request no replica can serve soon (every one down, each one's re-creation failed
+    at least once: one waiting for a replica is failed, a new one refused at once), with
+    `Retry-After` in whole seconds: the re-creations' retry interval."""
+    return ApiError(message, None, 503, "server_error", NO_REPLICA,
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+def failure(error: str, retry_after_s: float | None) -> ApiError:
+    """What a choice the engine failed becomes: a device fault's 500, or `no_replica`'s 503 (the
+    error event of a stream, without its status and headers)."""
+    if retry_after_s is not None:
+        return no_replica(error, retry_after_s)
+    return ApiError(error, None, 500, "server_error", DEVICE_FAULT_CODE)
 
 
 @dataclass(frozen=True)
@@ -226,7 +244,7 @@ async def submit(ctx: ApiContext, body, choices: list[Choice],
     """Queue every choice; their progress arrives on the returned queue as (choice index, Delta).
     All or none, at one moment of the engine thread (`EngineLoop.submit_all`): a refused request's
     choices never ran. Raises ApiError: 429 (queue full, with Retry-After), 400 (a refusal), 503
-    (engine stopped)."""
+    (engine stopped, or no replica can serve soon: with Retry-After)."""
     scheduler = ctx.engine.scheduler
     if body.arrival_s is None and scheduler.is_full(len(choices)):  # a fast 429 (racy; the engine decides)
         raise queue_full(scheduler.queue_full(len(choices)))
@@ -235,7 +253,7 @@ async def submit(ctx: ApiContext, body, choices: list[Choice],
         reqs = await ctx.loop.submit_all([(c.prompt_ids, c.params, c.index) for c in choices], q,
                                          arrival_s=body.arrival_s, hold_until_s=body.hold_until_s,
                                          final_only=not body.stream)
-    except (ValueError, EngineStopped) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
+    except (ValueError, EngineStopped, NoReplica) as exc:  # ValueError: RequestRefused, QueueFull, the loop's own
         raise _submit_error(exc, fields) from None
     return reqs, q
 
@@ -248,6 +266,8 @@ def _submit_error(exc: Exception, fields: FieldNames) -> ApiError:
         return refusal(exc, fields)
     if isinstance(exc, EngineStopped):
         return ApiError(str(exc), None, 503, "server_error", "engine_stopped")
+    if isinstance(exc, NoReplica):
+        return no_replica(str(exc), exc.retry_after_s)
     # the loop's own ValueError: replay fields on the paced clock
     return ApiError(str(exc), "arrival_s" if str(exc).startswith("arrival_s") else fields.prompt)
 
@@ -263,8 +283,8 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
     """Every choice's output (token_ids, text, times, finish_reason, error, timing) by index,
     once all have finished (with `echo_only`, none of the output: `prompt_only`). Aborts them all
     if the client goes away (checked every DISCONNECT_POLL_S: a non-streaming handler sends
-    nothing that would notice); raises ApiError 500 if a choice failed in the engine, 503 if the
-    engine stopped under it (shutdown)."""
+    nothing that would notice); raises ApiError 500 if a choice failed in the engine (503 with
+    Retry-After when no replica could serve it), 503 if the engine stopped under it (shutdown)."""
     wants_logprobs = reqs[0].params.logprobs is not None
     out = {index: {"token_ids": [], "text": "", "times": [], "logprobs": [] if wants_logprobs else None}
            for index in range(len(reqs))}
@@ -303,7 +323,8 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
                 o["prompt_logprobs"] = d.prompt_logprobs
             if d.finished:
                 left -= 1
-                o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing, stop_reason=d.stop_reason)
+                o.update(finish_reason=d.finish_reason, error=d.error, timing=d.timing, stop_reason=d.stop_reason,
+                         retry_after_s=d.retry_after_s)
     except asyncio.CancelledError:  # cancelled under us: nobody will read these choices
         ctx.abort_all(reqs)
         record(raw, "aborted", "client_disconnect")
@@ -312,9 +333,9 @@ async def collect(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, n: int,
         gone.cancel()
         if getter is not None:  # cancelled while waiting (a shutdown): no get left pending on the queue
             getter.cancel()
-    failed = [o["error"] for o in out.values() if o.get("finish_reason") == "error"]
+    failed = [o for o in out.values() if o.get("finish_reason") == "error"]
     if failed:
-        raise ApiError(failed[0], None, 500, "server_error", DEVICE_FAULT_CODE)
+        raise failure(failed[0]["error"], failed[0]["retry_after_s"])
     reasons = [o["finish_reason"] for o in out.values()]
     record_finished(raw, reasons, n, made)
     if "abort" in reasons:  # the engine stopped under it: no whole answer
@@ -479,7 +500,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                 opened = True  # it: a client timing its first token by the first chunk with choices (vLLM's
                 out += opening()  # bench) would otherwise measure the time to the headers, not the TTFT
             if d.error:
-                out.append(sse(ApiError(d.error, None, 500, "server_error", DEVICE_FAULT_CODE).body()))
+                out.append(sse(failure(d.error, d.retry_after_s).body()))
             elif d.finished and d.finish_reason == "abort" and "abort" not in reasons:
                 # the engine stopped under the stream: an error event (once), so a client that reads
                 # no finish_reason does not count the cut answer as a success (a 503 when not streamed)

@@ -122,7 +122,8 @@ def errors(*codes: int) -> dict:
 ERROR_TEXT = {400: "invalid request: a value out of range, a wrong type or a missing field (the message names it)",
               401: "missing or wrong API key", 404: "no such model", 413: "body too large", 415: "compressed body",
               429: "queue full (Retry-After)", 500: "the emulated devices failed",
-              503: "engine stopped (status and metrics: busy in a round, no snapshot yet)"}
+              503: "engine stopped, or no replica can serve soon (Retry-After; status and metrics: busy in a "
+                   "round, no snapshot yet)"}
 GENERATION_ERRORS = errors(400, 401, 404, 413, 415, 429, 500, 503)
 
 

@@ -32,7 +32,7 @@ from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput
 from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
-from cent_serve.replicas import Replicas, describe_fault
+from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
 from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_replica
 from cent_serve.timing import SystemTimer
@@ -74,7 +74,10 @@ class Engine:
     """Owns the executors (one per data-parallel replica), the scheduler and the tokenizer."""
 
     def __init__(self, cfg: CentConfig, executors: list | None = None, tokenizer: Tokenizer | None = None,
-                 weights=None) -> None:
+                 weights=None, remake: Callable[[], object] | None = None) -> None:
+        """`executors`: the replicas' executors, built already (default: built from `cfg`); `remake`
+        re-creates one failed replica's executor (default: the configured kind's, for one replica;
+        tests pass a fake that blocks or fails)."""
         from cent_serve.executor import executor_factory
 
         self.cfg = cfg
@@ -87,7 +90,7 @@ class Engine:
         # the first build places every replica (a cluster too small for them all is refused at once);
         # a re-created one asks for its own devices alone (the others hold theirs)
         self.replicas = Replicas(lambda: next(given, None) or make(num_replicas), num_replicas,
-                                 remake=lambda: make(1))
+                                 remake=remake or (lambda: make(1)))
         self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
         self.last_fault: str | None = None
@@ -211,6 +214,37 @@ class Engine:
     def degraded(self) -> str | None:
         """Why the engine runs short of devices, or None."""
         return self.replicas.degraded
+
+    def unservable(self) -> str | None:
+        """Why no request can be served soon, as the 503's message: no replica is up and every one's
+        re-creation has failed at least once (`Replicas.none_can_serve`, its errors as /health gives
+        them); None otherwise, also while a first re-creation is in flight. Engine thread."""
+        why = self.replicas.none_can_serve()
+        if why is None:
+            return None
+        return (f"no replica of the emulated devices can serve: {why}; the re-creation is retried every "
+                f"{self.replicas.retry_s:g} s: retry later")
+
+    def check_serving(self) -> None:
+        """Raise NoReplica while `unservable`: a new request is refused before anything is queued."""
+        why = self.unservable()
+        if why is not None:
+            raise NoReplica(why, self.replicas.retry_s)
+
+    def fail_waiting(self) -> list[Request]:
+        """While `unservable`, fail every request waiting for a replica (its `retry_after_s` set: the
+        API answers 503 with Retry-After) rather than let it wait with no limit; returns them. None
+        runs then (no replica is up). The engine loop calls it on every pass."""
+        if not self.scheduler.num_waiting:
+            return []
+        why = self.unservable()
+        if why is None:
+            return []
+        reqs = list(self.scheduler.waiting)
+        for req in reqs:
+            req.retry_after_s = self.replicas.retry_s
+        log.warning("failing %d waiting request(s): %s", len(reqs), why)
+        return self._fail(reqs, why)
 
     def can_step(self) -> bool:
         """Whether a round could run now: something is running, or waits with a replica up."""

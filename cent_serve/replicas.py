@@ -4,7 +4,10 @@ A replica whose round failed (a device actor or the switch died, or raised) is t
 and re-created on a background thread, so the engine goes on serving the other replicas and
 answering status calls while new actors start and load their weights (tens of seconds on Ray).
 The engine swaps the new executor in between rounds (`poll`). A re-creation that fails is retried
-every `RETRY_S`; meanwhile `degraded` says why the system runs short.
+every `RETRY_S`; meanwhile `degraded` says why the system runs short. When no replica is up and
+every down one's re-creation has failed at least once (a lost worker host: each waits to retry,
+known not to come back soon), `none_can_serve` says why, and the engine fails the requests waiting
+for a replica rather than have them wait with no limit (`NoReplica`, a 503 at the API).
 """
 from __future__ import annotations
 
@@ -32,6 +35,20 @@ a job's actors when its driver leaves)."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FAULT_TEXT_MAX = 600
 """Longest fault description kept (characters): Ray's errors carry pages of advice."""
+
+
+NO_REPLICA = "no_replica"
+"""The error `code` of a request no replica can serve soon (the API's 503, a stream's error event; a
+`cent bench` HTTP run counts it as a `server_error`)."""
+
+
+class NoReplica(RuntimeError):
+    """No replica can serve soon (`Replicas.none_can_serve`): a new request is refused before it is
+    queued. The API answers 503 with `Retry-After: retry_after_s` (the re-creations' retry interval)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def _shut_down(executor, replica: int) -> None:
@@ -69,8 +86,8 @@ def describe_fault(exc: BaseException) -> str:
 class Replicas:
     """`executors[r]` is replica r's executor, or None while it is being re-created.
 
-    Only the engine thread calls `fail`, `poll` and `shutdown`; `recovering` and `degraded` may be
-    read from any thread (the health endpoint)."""
+    Only the engine thread calls `fail`, `poll`, `none_can_serve` and `shutdown`; `recovering` and
+    `degraded` may be read from any thread (the health endpoint)."""
 
     def __init__(self, make: Callable[[], object], num_replicas: int, retry_s: float = RETRY_S,
                  remake: Callable[[], object] | None = None) -> None:
@@ -115,6 +132,20 @@ class Replicas:
         with self._lock:
             errors = [f"replica {r}: {self._errors[r]}" for r in down if r in self._errors]
         return "; ".join(errors) if errors else f"re-creating the devices of replica(s) {down}"
+
+    def none_can_serve(self) -> str | None:
+        """Why no replica will serve soon, as `degraded` says it (each down replica's last re-creation
+        error), or None. Not None only while no replica is up and every one's re-creation has failed at
+        least once, so each waits `retry_s` to try again; None while one is up or a first re-creation is
+        in flight (the normal short recovery, which requests wait for). A replica that comes back and
+        fails again starts afresh: its error goes when its re-creation succeeds."""
+        if any(ex is not None for ex in self.executors):
+            return None
+        with self._lock:
+            errors = [self._errors.get(r) for r in range(len(self.executors))]
+        if None in errors:
+            return None
+        return "; ".join(f"replica {r}: {e}" for r, e in enumerate(errors))
 
     def fail(self, replica: int, exc: BaseException) -> None:
         """Take replica `replica` out and start re-creating it; its executor is shut down on the

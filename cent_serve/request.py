@@ -100,6 +100,9 @@ class Request:
     finish_reason: str | None = None
     """'stop', 'length' or 'abort'; 'error' when a fault failed it."""
     error: str | None = None
+    retry_after_s: float | None = None
+    """Set on a request failed because no replica can serve soon (`Engine.fail_waiting`): when to
+    retry (the API's 503 and `Retry-After`); None for a device fault (500)."""
     energy_j: float = 0.0
     num_preemptions: int = 0
     text: str = ""

@@ -196,6 +196,9 @@ class Delta:
     prompt_logprobs: list | None = None
     """The prompt's log-probabilities, on the first delta with tokens (when asked for)."""
     stop_reason: str | int | None = None
+    retry_after_s: float | None = None
+    """With `error`: the request failed because no replica can serve soon, retry after this long
+    (`Request.retry_after_s`); None: a device fault."""
 
 
 class EngineLoop:
@@ -353,6 +356,7 @@ class EngineLoop:
         try:
             for prompt_ids, params, _ in choices:  # every check before any is queued: all or none
                 eng.check_request(prompt_ids, params.max_tokens)
+            eng.check_serving()  # no replica can come back soon: refused now (NoReplica), not left to wait
             if eng.scheduler.is_full(len(choices)):
                 raise eng.scheduler.queue_full(len(choices))
             reqs = [eng.add_request(prompt_ids, params, arrival_s=arrival_s) for prompt_ids, params, _ in choices]
@@ -466,6 +470,8 @@ class EngineLoop:
                 return
             self._flush(force=False)  # what the last passes delivered
             self._admit_due()
+            for req in eng.fail_waiting():  # no replica can come back soon: the waiting are told so, not left
+                self._deliver(req)
             held = self._held(eng)
             if not held and not eng.can_step():
                 try:  # before the commands: a status read sees the devices emptied
@@ -579,7 +585,7 @@ class EngineLoop:
             text = _stable(text, req.params.stop, partial)
         delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
-                      logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason,
+                      logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason, retry_after_s=req.retry_after_s,
                       prompt_logprobs=req.prompt_logprobs if n_tok == 0 and req.output_ids else None)
         sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
         if req.is_finished:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -228,3 +229,72 @@ class FakeStreamRaw:
         self.scope = {"path": "/v1/completions", "method": "POST"}
         self.metrics = FakeMetrics()
         self.app = type("App", (), {"state": type("State", (), {"metrics": self.metrics})})()
+
+
+# ---- replicas whose devices a test breaks and whose re-creation it decides (tests/serving/test_no_replica.py,
+# tests/bench/test_bench_http.py)
+
+OK = "ok"
+"""A `Rebuild` outcome: the re-creation gives a working executor."""
+
+
+class Breakable:
+    """A replica's executor (a `LocalExecutor`) whose devices die when `broken` is set: its next
+    round raises, as a lost actor's does."""
+
+    def __init__(self, cfg) -> None:
+        from cent_serve.executor import LocalExecutor  # here: the server probes above import no engine
+
+        self.inner = LocalExecutor(cfg)
+        self.broken = False
+
+    def submit(self, plan):
+        if self.broken:
+            raise RuntimeError("the device actor died")
+        return self.inner.submit(plan)
+
+    def stats(self) -> dict:
+        return self.inner.stats()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+class Rebuild:
+    """The engine's `remake`: each re-creation (on its own thread) takes the next outcome the test
+    puts into `plan`, waiting for it: `OK` (a working executor, kept in `made`) or an exception,
+    raised as a failed re-creation raises. `calls` counts the re-creations started."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.plan: queue.Queue = queue.Queue()
+        self.calls = 0
+        self.made: list[Breakable] = []
+
+    def __call__(self) -> Breakable:
+        from cent_serve.executor.base import check_start
+
+        self.calls += 1
+        while True:  # as a start-up does, it gives up once the server stops (a retry nobody waits for)
+            try:
+                outcome = self.plan.get(timeout=0.02)
+                break
+            except queue.Empty:
+                check_start()
+        if outcome is not OK:
+            raise outcome
+        self.made.append(Breakable(self.cfg))
+        return self.made[-1]
+
+
+def breakable_replicas(num_replicas: int, retry_s: float = 3600.0):
+    """(server config, devices, re-creation, engine): `num_replicas` replicas of one device and lane
+    each, none started yet; a failed re-creation is retried every `retry_s`."""
+    from cent_serve.engine import Engine
+
+    cfg = server_cfg(devices=num_replicas, pp=1)
+    devices = [Breakable(cfg) for _ in range(num_replicas)]
+    rebuild = Rebuild(cfg)
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    eng.replicas.retry_s = retry_s
+    return cfg, devices, rebuild, eng
