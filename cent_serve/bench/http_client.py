@@ -29,6 +29,7 @@ from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
 from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
                                      engine_id)
+from cent_serve.replicas import NO_REPLICA
 from cent_serve.request import REFUSAL_REASONS, prompt_too_long
 from cent_serve.serving import HOLD_EXPIRY_S, RELEASE_HOLD_S  # RELEASE_HOLD_S: the last request's hold, released
 
@@ -39,12 +40,13 @@ STATUS_POLL_S = 0.25
 """Wall seconds between samples of the server's queues."""
 
 
-ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT}
-"""OpenAI error codes (`error.code`) that name a refusal reason differently, and cent-serve's for a
-request its devices failed (a 500, not a bug's); the reason codes themselves (`REFUSAL_REASONS`)
-map to themselves."""
 SERVER_ERROR = "server_error"
 """The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
+ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT, NO_REPLICA: SERVER_ERROR}
+"""OpenAI error codes (`error.code`) that name a refusal reason differently, cent-serve's for a
+request its devices failed (a 500, not a bug's) and for one no replica could serve (a 503, or a
+stream's error event, while every replica is down and none comes back soon); the reason codes
+themselves (`REFUSAL_REASONS`) map to themselves."""
 CONNECTION_ERROR = "connection_error"
 """The reason of a request whose connection failed (timeout, reset)."""
 BAD_REQUEST = "bad_request"
@@ -112,8 +114,9 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if "error" in chunk:  # cent-serve ends a stream this way when the devices failed
-                    rec.finish_reason, rec.failure_reason = "error", DEVICE_FAULT
+                if "error" in chunk:  # cent-serve ends a stream this way when the devices failed (or none serve)
+                    rec.finish_reason = "error"
+                    rec.failure_reason = ERROR_CODES.get(chunk["error"].get("code"), DEVICE_FAULT)
                     rec.error = chunk["error"].get("message", "error")
                     continue
                 now = time.perf_counter()

@@ -15,6 +15,7 @@ from cent_serve.bench.report import summarize
 from cent_serve.bench.runner import run_in_process
 from cent_serve.cli import main
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from tests.serving.utils import HANG_GUARD_S, body, breakable_replicas, wait_for
 
 OPTIONS = TraceOptions(num_requests=50, max_prompt_tokens=96, max_output_tokens=32, time_scale=0.05)
 
@@ -498,3 +499,37 @@ def test_a_replay_keeps_per_token_times_once_and_compactly():
     assert other.records_in_trace_time() == recs  # a second call: the same records (the chunks went to them)
     assert all(getattr(r.token_times_s, "typecode", None) == "d" and w.chunks is None
                for r, w in zip(other.records.values(), other.walls.values()))  # moved, not copied
+
+
+def test_a_url_replay_counts_requests_no_replica_can_serve_as_failed_with_the_503_message():
+    """A replay against a server whose one replica is down for good: the requests queued while its
+    first re-creation ran get the stream's error event once it fails, a later replay's are refused
+    with the 503 at once; each counts as failed (`server_error`) with the server's message, and
+    neither replay waits for the client's timeout."""
+    from cent_serve.bench import Request
+
+    cfg, (device,), rebuild, eng = breakable_replicas(1)
+    reqs = [Request(str(i), 0.001 * i, 8, 4) for i in range(3)]
+    with Server(cfg, "local", engine=eng) as s:
+        device.broken = True
+        assert httpx.post(s.url + "/v1/completions", json=body(), timeout=HANG_GUARD_S).status_code == 500
+        wait_for(lambda: rebuild.calls == 1, "the re-creation started")
+
+        async def queued():
+            replay = asyncio.ensure_future(replay_http(s.url, reqs, progress=False))
+            async with httpx.AsyncClient(base_url=s.url, timeout=HANG_GUARD_S) as client:
+                while (await client.get("/v1/cent/status")).json()["num_waiting"] < len(reqs):
+                    await asyncio.sleep(0.02)
+            rebuild.plan.put(RuntimeError("the worker host was lost"))
+            return (await replay)[0]
+
+        first = asyncio.run(queued())
+        second, _ = asyncio.run(replay_http(s.url, reqs, progress=False))
+    for result, finish in ((first, "error"), (second, "invalid")):  # a stream's error event; a 503
+        assert [r.finish_reason for r in result.records] == [finish] * 3
+        summary = summarize(result)
+        assert summary["completed"] == 0 and summary["failed"] == 3
+        assert list(summary["failure_reasons"]) == ["server_error"], summary["failure_reasons"]
+        example = summary["failure_reasons"]["server_error"]["example"]
+        assert "replica 0: could not be re-created: RuntimeError: the worker host was lost" in example
+        assert example.endswith("retry later"), example
