@@ -174,3 +174,48 @@ def test_with_a_replica_serving_nothing_is_refused_until_the_last_one_is_down_fo
         assert r.status_code == 503 and r.headers["Retry-After"] == "3600", r.text
         _check_no_replica(r.json()["error"], reason)
         assert "replica 0: could not be re-created" in reason and "replica 1: could not be re-created" in reason
+
+
+def test_none_can_serve_only_once_every_down_replica_s_re_creation_has_failed():
+    """`Replicas.none_can_serve` alone: None while a replica is up or a first re-creation runs; the
+    errors once every one has failed, also while their retries run; None again once one is built."""
+    import queue
+
+    from cent_serve.replicas import Replicas
+
+    class Made:
+        def shutdown(self) -> None:
+            pass
+
+    plan: queue.Queue = queue.Queue()
+    calls = []
+
+    def remake():
+        calls.append(1)
+        outcome = plan.get(timeout=HANG_GUARD_S)  # a hang guard: the test says what happens
+        if outcome is not OK:
+            raise outcome
+        return Made()
+
+    reps = Replicas(Made, 2, retry_s=0.0, remake=remake)
+    failed = lambda r: f"replica {r}: could not" in (reps.degraded or "")  # noqa: E731
+    reps.fail(0, RuntimeError("gone"))
+    plan.put(RuntimeError(LOST))
+    wait_for(lambda: failed(0), "replica 0's re-creation failed")
+    assert reps.none_can_serve() is None  # replica 1 serves
+    reps.fail(1, RuntimeError("gone"))
+    assert reps.none_can_serve() is None  # replica 1's first re-creation runs
+    plan.put(RuntimeError(LOST))
+    wait_for(lambda: failed(1), "replica 1's re-creation failed")
+    why = reps.none_can_serve()
+    assert why == f"replica 0: could not be re-created: RuntimeError: {LOST}; replica 1: could not be re-created: " \
+                  f"RuntimeError: {LOST}" == reps.degraded
+    reps.poll()  # both retried now (retry_s 0): still known not to come back soon while they run
+    wait_for(lambda: len(calls) == 4, "both retries started")
+    assert reps.none_can_serve() == why
+    plan.put(OK)
+    wait_for(lambda: reps.none_can_serve() is None, "a retry built its replica")
+    wait_for(lambda: reps.poll(), "the built replica swapped in")
+    assert sum(ex is not None for ex in reps.executors) == 1 and reps.none_can_serve() is None
+    plan.put(RuntimeError(LOST))  # the other retry ends
+    reps.shutdown()
