@@ -385,6 +385,8 @@ def test_llama3_rope_needs_a_high_frequency_factor_above_the_low_one():
     ("mixtral-8x7b", 46.7e9, 12.9e9),  # Mistral AI's announcement: 46.7 B total, 12.9 B used per token
     ("qwen3-30b-a3b", 30.5e9, 3.3e9),  # Qwen3's model card: 30.5 B total, 3.3 B activated
     ("llama2-7b", 6.74e9, 6.74e9),     # dense: every parameter is active
+    ("qwen1.5-moe-a2.7b", 14.3e9, 2.7e9),  # Qwen1.5-MoE's model card: 14.3 B in total, 2.7 B activated
+    ("phi3-mini-4k", 3_821_079_552, 3_821_079_552),  # keras-hub's Phi-3 presets: 3,821,079,552 parameters
 ])
 def test_active_parameters_are_the_published_ones(name, total, active):
     m = model_preset(name)

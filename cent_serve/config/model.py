@@ -325,6 +325,16 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                           num_kv_heads=4, head_dim=128, vocab_size=151936, max_seq_len=40960, rope_theta=1000000.0,
                           rms_norm_eps=1e-6, qk_norm=True, num_experts=128, num_experts_per_tok=8,
                           moe_intermediate_size=768, norm_topk_prob=True, bos_token_id=151643, eos_token_id=151645),
+    # Qwen/Qwen1.5-MoE-A2.7B config.json: 60 routed experts (top 4, not renormalised) beside a shared one
+    "qwen1.5-moe-a2.7b": dict(model_type="qwen2_moe", hidden_size=2048, intermediate_size=5632, num_layers=24,
+                              num_heads=16, num_kv_heads=16, vocab_size=151936, max_seq_len=8192,
+                              rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True, num_experts=60,
+                              num_experts_per_tok=4, moe_intermediate_size=1408, norm_topk_prob=False,
+                              shared_expert_intermediate_size=5632, bos_token_id=151643, eos_token_id=151643),
+    # microsoft/Phi-3-mini-4k-instruct config.json: a Mistral-like block (fused tensors in its checkpoints)
+    "phi3-mini-4k": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_layers=32, num_heads=32,
+                         num_kv_heads=32, vocab_size=32064, max_seq_len=4096, sliding_window=2047,
+                         bos_token_id=1, eos_token_id=32000),
 }
 
 

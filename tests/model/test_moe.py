@@ -5,12 +5,13 @@ Equality with transformers' own tokens is in test_families.py (the `mixtral`, `q
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from cent_serve.config import CentConfig, ModelConfig, ParallelConfig
+from cent_serve.config import CentConfig, ModelConfig, ParallelConfig, model_preset
 from cent_serve.executor import LocalExecutor
 from cent_serve.executor.generate import generate_batch
 from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
@@ -206,6 +207,7 @@ def test_a_qwen1_5_moe_config_json_reads_as_published(tmp_path):
             m.norm_topk_prob, m.attention_bias, m.qk_norm, m.sliding_window, m.head_dim) == \
         ("qwen2_moe", 60, 4, 1408, 5632, False, True, False, 0, 128)
     assert round(m.param_count() / 1e9, 1) == 14.3 and round(m.param_count(active=True) / 1e9, 1) == 2.7
+    assert dataclasses.replace(m, name="qwen1.5-moe-a2.7b", checkpoint=None) == model_preset("qwen1.5-moe-a2.7b")  # the preset is it
     # what transformers' Qwen2MoeConfig takes for keys left out: 1408-wide experts, a 5632-wide shared
     # expert, weights not renormalised, q/k/v biases (qkv_bias); qkv_bias false drops them
     for key in ("moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob"):

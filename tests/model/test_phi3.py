@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cent_serve.cli import main
-from cent_serve.config import CentConfig
+from cent_serve.config import CentConfig, model_preset
 from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
 from cent_serve.model.weights import iter_checkpoint_tensors, random_weights, save_hf_checkpoint, split_fused
 from cent_serve.preflight import check_runnable
@@ -60,6 +60,7 @@ def test_phi3_mini_4k_reads_as_published(tmp_path):
             m.vocab_size, m.max_seq_len, m.sliding_window, m.rope_type, m.rotary_dim) == (
         "phi3", 3072, 32, 32, 32, 96, 8192, 32064, 4096, 2047, "default", 96)
     assert round(m.param_count() / 1e9, 2) == 3.82  # "3.8B parameters" (the model card)
+    assert dataclasses.replace(m, name="phi3-mini-4k", checkpoint=None) == model_preset("phi3-mini-4k")  # the preset is it
 
 
 def test_the_128k_variants_read_with_longrope_and_phi4_mini_with_its_partial_rotary(tmp_path):
