@@ -26,6 +26,9 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
 _FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"),
                         sliding_window=("mistral", "mixtral", "phi3"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
+PHI3_ROPE_TYPES = ("default", "longrope")
+"""The rotary scalings transformers' Phi3Config takes (it renames the older su and yarn to longrope,
+and refuses the others)."""
 
 
 _REQUIRED = object()
@@ -225,12 +228,14 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if arch == "phi3" and rope_type in ("su", "yarn"):  # Phi3Config's older names of longrope
         rope_type = "longrope"
-    kinds = [kind for kind in ROPE_TYPES if kind != "longrope" or arch == "phi3"]  # longrope: Phi-3's, timed only
+    # longrope: Phi-3's, timed only; Phi3Config refuses every other scaling (`PHI3_ROPE_TYPES`)
+    kinds = PHI3_ROPE_TYPES if arch == "phi3" else [kind for kind in ROPE_TYPES if kind != "longrope"]
     if rope_type not in kinds:
         where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
         _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
                 f"supported: {', '.join(kinds)}"
-                + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else ""))
+                + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else
+                   " (transformers' Phi3Config takes no other scaling)"))
     scaling = {}
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
@@ -381,6 +386,10 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     if cfg.rope_type == "longrope":
         raise ValueError("model.rope_type='longrope' cannot be saved: its short_factor and long_factor lists are not "
                          "kept (copy the checkpoint's config.json instead)")
+    if cfg.model_type == "phi3" and cfg.rope_type not in PHI3_ROPE_TYPES:
+        raise ValueError(f"model.rope_type={cfg.rope_type!r} cannot be saved as a model_type='phi3' checkpoint: "
+                         "transformers' Phi3Config takes no scaling but longrope (and reads yarn as longrope): "
+                         "set model.rope_type='default' or another model.model_type")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:

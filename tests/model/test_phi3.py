@@ -206,3 +206,22 @@ def test_a_phi3_checkpoint_cent_saves_loads_in_transformers_with_the_same_logits
     with torch.no_grad():
         got = model(torch.tensor([ids])).logits[0].numpy()
     assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+@pytest.mark.parametrize("kind, extra", [("yarn", dict(rope_factor=2.0, rope_original_max_position=64)),
+                                         ("linear", dict(rope_factor=2.0)), ("dynamic", dict(rope_factor=2.0))])
+def test_a_phi3_with_a_scaling_phi3config_refuses_is_neither_saved_nor_read(tmp_path, kind, extra):
+    """transformers' Phi3Config takes default and longrope only (yarn and su are read as longrope):
+    a phi3 saved with yarn read back as longrope (refused by full numerics), and one with linear or
+    dynamic scaling was a config.json transformers refuses to load."""
+    cfg = tiny_model_config(model_type="phi3", rope_type=kind, **extra)
+    with pytest.raises(ValueError, match=rf"model.rope_type='{kind}' cannot be saved as a model_type='phi3'"):
+        save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "out")
+    raw = {**PHI3_MINI_4K, "rope_scaling": {"rope_type": kind, "factor": 2.0}}
+    if kind == "yarn":  # Phi3Config's older name of longrope, as transformers reads it
+        raw["rope_scaling"].update(short_factor=[1.0] * 48, long_factor=[1.5] * 48)
+        assert model_config_from_hf(_write(tmp_path / "in", raw)).rope_type == "longrope"
+        return
+    with pytest.raises(ValueError, match=rf"rope_scaling.rope_type='{kind}' is not supported: supported: default, "
+                                         r"longrope \(transformers' Phi3Config takes no other scaling\)"):
+        model_config_from_hf(_write(tmp_path / "in", raw))
