@@ -104,6 +104,8 @@ CLOSED_FORM_IGNORES = {
                            "device.bytes_per_element)", SERVED_ONLY),
     "model.seed": ("the random weights of a served model", SERVED_ONLY),
     "model.rope_": ("the rotary embedding, which the numerics compute and the timing does not price", SERVED_ONLY),
+    "model.partial_rotary_factor": ("the rotary embedding, which the numerics compute and the timing does not "
+                                    "price", SERVED_ONLY),
     "model.rms_norm_eps": ("the numerics' RMSNorm", SERVED_ONLY),
     "model.bos_token_id": ("the tokenizer", SERVED_ONLY),
     "model.eos_token_id": ("when a served generation stops", REPLAYED),

@@ -464,6 +464,8 @@ def test_a_device_made_small_says_its_size_not_0_gib(capsys):
      "--set scheduler.max_seqs_per_stage: the closed form does not read it"),
     (["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "model.weight_dtype=bfloat16,float32",
       "--no-plots"], "--vary model.weight_dtype: the closed form does not read it"),
+    (["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "model.model_type=phi3", "--set",
+      "model.partial_rotary_factor=0.75"], "--set model.partial_rotary_factor: the closed form does not read it"),
 ])
 def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplog, capsys, tmp_path):
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "sweep" else [])) == 0
