@@ -331,7 +331,7 @@ _FAMILY_DEFAULTS = {
     "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
     "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
     "qwen2_moe": dict(num_key_value_heads=16, max_position_embeddings=32768),
-    "phi3": dict(max_position_embeddings=4096),  # Phi3Config's; no window unless given (its default None)
+    "phi3": dict(max_position_embeddings=4096, rms_norm_eps=1e-5),  # Phi3Config's; no window unless given (None)
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta

@@ -225,3 +225,13 @@ def test_a_phi3_with_a_scaling_phi3config_refuses_is_neither_saved_nor_read(tmp_
     with pytest.raises(ValueError, match=rf"rope_scaling.rope_type='{kind}' is not supported: supported: default, "
                                          r"longrope \(transformers' Phi3Config takes no other scaling\)"):
         model_config_from_hf(_write(tmp_path / "in", raw))
+
+
+def test_a_phi3_config_json_leaving_keys_out_reads_as_phi3config_fills_them(tmp_path):
+    """Phi3Config's defaults, not the general ones: RMSNorm's eps 1e-5 (LlamaConfig's is 1e-6), a
+    4,096-token context, no window, as many KV heads as query heads."""
+    sparse = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 512, "bos_token_id": 1,
+              "eos_token_id": 2}
+    m = model_config_from_hf(_write(tmp_path, sparse))
+    assert (m.rms_norm_eps, m.max_seq_len, m.sliding_window, m.num_kv_heads, m.rope_theta) == (1e-5, 4096, 0, 4, 1e4)
