@@ -204,6 +204,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from cent_serve.model.generate import generate
 
     from cent_serve.config import checkpoint_has_weights
+    from cent_serve.config.model import rope_numerics_refusal
     from cent_serve.preflight import check_reference_fits
 
     cfg = config_from_args(args)  # checked as resolved: the flags, --set and a --config file alike
@@ -214,6 +215,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"gpu.count={cfg.gpu.count} (--hardware gpu:...): cent generate runs the reference model on "
                          "this machine, whatever the hardware; leave the hardware out (it applies to simulate, serve "
                          "and bench)")
+    if why := rope_numerics_refusal(cfg.model):  # before its weights load (a 128k Phi-3's are 15 GB of float32)
+        raise ValueError(why)
     if cfg.model.checkpoint and not checkpoint_has_weights(cfg.model.checkpoint):
         raise ValueError(f"model.checkpoint={cfg.model.checkpoint!r} has no weights (model.safetensors or "
                          "its sharded index): cent generate runs the real math; save the weights beside "

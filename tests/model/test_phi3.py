@@ -144,6 +144,10 @@ def test_longrope_is_timed_but_full_numerics_refuses_it_in_one_line(tmp_path, ca
     assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
+    (weighted / "model.safetensors").write_bytes(b"not read")  # refused before its weights load
+    assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
     assert main(["simulate", "--model", str(ckpt), "--numerics", "off", "--seqlen", "64", "--json"]) == 0
     with pytest.raises(ValueError, match="longrope' cannot be saved"):
         save_hf_checkpoint(model, random_weights(dataclasses.replace(model, rope_type="default")), tmp_path / "out")
