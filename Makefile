@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-ARGS ?=
-# `make run ARGS="--port 8001 --numerics off"` passes flags to `cent serve`.
+ARGS =
+# `make run ARGS="--port 8001 --numerics off"` passes flags to `cent serve` (only make's command line
+# sets it: an ARGS exported in the shell is not passed).
 
 .PHONY: run test install clean bench
 

@@ -133,6 +133,10 @@ def test_make_run_passes_the_readmes_args_to_cent_serve():
     out = subprocess.run(["make", "-n", "run", f"ARGS={args.group(1)}"], cwd=ROOT, capture_output=True,
                          text=True, check=True, env=env).stdout
     assert f".venv/bin/cent serve {args.group(1)}" in out.splitlines()[-1]
+    # an ARGS exported in the shell (a common name) is not passed: only make's command line sets it
+    plain = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env=dict(env, ARGS="--port 1")).stdout
+    assert plain.splitlines()[-1].rstrip().endswith(".venv/bin/cent serve"), plain
 
 
 def test_docs_contain_commands():
