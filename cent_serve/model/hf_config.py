@@ -198,7 +198,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if arch not in ("qwen2", "qwen2_moe") and _bool("attention_bias", False):  # their classes never read it
         _refuse("attention_bias", True, "an o_proj bias is not modelled (Qwen 2.5's q/k/v biases are)")
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
-    partial = hf.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
+    # transformers 5 writes it in both places and reads rope_parameters' (older versions: the top level's)
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     partial = 1.0 if partial is None else partial
     if partial not in (1, 1.0) and arch != "phi3":  # transformers rotates only this share of each head's dims
         _refuse("partial_rotary_factor", partial, "the rotary embedding turns every dimension of a head (1.0) "

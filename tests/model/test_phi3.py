@@ -239,3 +239,12 @@ def test_a_phi3_config_json_leaving_keys_out_reads_as_phi3config_fills_them(tmp_
               "eos_token_id": 2}
     m = model_config_from_hf(_write(tmp_path, sparse))
     assert (m.rms_norm_eps, m.max_seq_len, m.sliding_window, m.num_kv_heads, m.rope_theta) == (1e-5, 4096, 0, 4, 1e4)
+
+
+def test_partial_rotary_factor_is_rope_parameters_one_when_the_config_says_two(tmp_path):
+    """transformers 5 writes the factor at the top level and in rope_parameters, and reads the latter
+    (Phi3Config: `rope_parameters.setdefault(...)`); a config whose two disagree rotates what it says."""
+    raw = json.loads((ROOT / "phi3" / "config.json").read_text())
+    assert model_config_from_hf(_write(tmp_path / "a", {**raw, "partial_rotary_factor": 0.5})).rotary_dim == 12
+    alone = {k: v for k, v in raw.items() if k != "rope_parameters"}  # transformers 4's: the top level only
+    assert model_config_from_hf(_write(tmp_path / "b", {**alone, "partial_rotary_factor": 0.5})).rotary_dim == 8
