@@ -106,7 +106,8 @@ async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: 
                     err = {"message": raw[:200].decode(errors="replace")}
                 if not isinstance(err, dict):
                     err = {"message": str(err)}
-                rec.finish_reason = "rejected" if r.status_code == 429 else "invalid"
+                # a 5xx is the server's failure ("error", as a stream's error event and in-process), a 4xx a refusal
+                rec.finish_reason = "rejected" if r.status_code == 429 else "error" if r.status_code >= 500 else "invalid"
                 rec.failure_reason = failure_reason(r.status_code, err)
                 rec.error = str(err.get("message", "")) or f"HTTP {r.status_code}"  # as in-process: the reason
                 return rec
