@@ -218,8 +218,8 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
                 log.info("killed %d Ray processes that outlived the Ray shutdown", reaped)
         release_gil()
         restore(callers)
-        log.info("stopped: engine thread and %s gone%s", "the modelled GPUs' engine is" if cfg.on_gpus else
-                 "device actors are", " (with their cluster)" if lost else "")
+        log.info("stopped: %s%s", "engine thread is gone (modelled GPUs: no device actors)" if cfg.on_gpus else
+                 "engine thread and device actors are gone", " (with their cluster)" if lost else "")
     if lost:
         raise ClusterLost(lost)
 
