@@ -144,6 +144,11 @@ def test_longrope_is_timed_but_full_numerics_refuses_it_in_one_line(tmp_path, ca
     assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
+    auto = CentConfig(model=model_config_from_hf(weighted))  # numerics auto: small, weights there, but longrope
+    assert auto.numerics_why == ("off", "auto: model.rope_type='longrope' is timed, not computed; the text is a "
+                                        "stand-in, the times are the model's")
+    assert main(["info", "--model", str(weighted)]) == 0  # auto runs it timed, not refused as --numerics full is
+    capsys.readouterr()
     (weighted / "model.safetensors").write_bytes(b"not read")  # refused before its weights load
     assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err
