@@ -91,12 +91,25 @@ class WallTimes:
     here for nothing was about half of what a long replay held per request (~9 kB for 260 tokens)."""
 
 
-async def _one(client: httpx.AsyncClient, body: dict, rec: RequestRecord, wall: WallTimes,
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _encoded(body: dict) -> bytes:
+    """`body` as httpx's `json=` sends it (compact UTF-8), encoded before the request is sent so that
+    only these bytes stay while it streams: a request in flight held its prompt as a list of ids too
+    (8 bytes a token, ~9 kB of the ~40 kB an Azure conversation request holds in flight), and an
+    overloaded replay has as many in flight as the server queues (up to `scheduler.max_waiting`)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def _one(client: httpx.AsyncClient, content: bytes, rec: RequestRecord, wall: WallTimes,
                submitted: asyncio.Event) -> RequestRecord:
-    """Send one request and fill `rec` and `wall` from its stream; returns `rec`."""
+    """Send one request (`content`: its JSON body, `_encoded`) and fill `rec` and `wall` from its
+    stream; returns `rec`."""
     wall.sent = time.perf_counter()
     try:
-        async with client.stream("POST", "/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S) as r:
+        async with client.stream("POST", "/v1/completions", content=content, headers=JSON_HEADERS,
+                                 timeout=REQUEST_TIMEOUT_S) as r:
             submitted.set()
             if r.status_code != 200:
                 raw = await r.aread()
@@ -298,16 +311,9 @@ class _Replay:
             rec.finish_reason, rec.failure_reason, rec.error = "invalid", too_long.reason, str(too_long)
             self.bar.done(rec)
             return
-        # the server's own start (a prompt of ids is not given one by the server)
-        ids = prompt_ids(max(1, tr.num_prompt_tokens), (self.seed, i), self.srv.bos)
-        body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
-                    stream=True, stream_options={"include_usage": True})
         submitted = asyncio.Event()
         if srv.virtual:
-            j = self.next_sent[i]  # the next request the server will see (a refused one is not sent)
-            nxt = self.requests[j].arrival_s + srv.offset if j is not None else RELEASE_HOLD_S
-            body.update(arrival_s=tr.arrival_s + srv.offset, hold_until_s=nxt)
-            task = asyncio.create_task(self._counted(_one(self.client, body, rec, wall, submitted)))
+            task = asyncio.create_task(self._counted(_one(self.client, self.body(i, tr), rec, wall, submitted)))
             await submitted.wait()  # in order: the engine must see request i before i + 1
             self.tasks.add(task)
             task.add_done_callback(self._ended)
@@ -316,8 +322,21 @@ class _Replay:
         if delay > 0:
             await asyncio.sleep(delay)
         async with self.sem:
-            await _one(self.client, body, rec, wall, submitted)
+            await _one(self.client, self.body(i, tr), rec, wall, submitted)
         self.bar.done(rec)
+
+    def body(self, i: int, tr: TraceRequest) -> bytes:
+        """Request `i`'s JSON body, encoded (`_encoded`: its list of prompt ids goes once this returns)."""
+        srv = self.srv
+        # the server's own start (a prompt of ids is not given one by the server)
+        ids = prompt_ids(max(1, tr.num_prompt_tokens), (self.seed, i), srv.bos)
+        body = dict(model=srv.model, prompt=ids, max_tokens=max(1, tr.num_output_tokens), ignore_eos=True,
+                    stream=True, stream_options={"include_usage": True})
+        if srv.virtual:
+            j = self.next_sent[i]  # the next request the server will see (a refused one is not sent)
+            nxt = self.requests[j].arrival_s + srv.offset if j is not None else RELEASE_HOLD_S
+            body.update(arrival_s=tr.arrival_s + srv.offset, hold_until_s=nxt)
+        return _encoded(body)
 
     def _ended(self, task: asyncio.Task) -> None:
         """Let a finished request's task go: kept to the end, each held its coroutine, context and

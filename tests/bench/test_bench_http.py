@@ -501,6 +501,43 @@ def test_a_replay_keeps_per_token_times_once_and_compactly():
                for r, w in zip(other.records.values(), other.walls.values()))  # moved, not copied
 
 
+def test_a_request_in_flight_holds_its_body_s_bytes_not_its_list_of_prompt_ids():
+    """While a request streams, its prompt is held once, as the JSON bytes sent (httpx keeps them on
+    the request), not also as the list of ids they were made from: 8 bytes a token, ~9 kB of the
+    ~40 kB an Azure conversation request held in flight, and an overloaded replay has as many in
+    flight as the server queues. The fake server looks, while answering, for any other list of
+    those ids still alive."""
+    import gc
+
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    alive = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404)
+        body = json.loads(request.content)
+        prompt = body["prompt"]
+        alive.append(sum(1 for o in gc.get_objects() if type(o) is list and o is not prompt and o == prompt))
+        chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n",
+                              headers={"content-type": "text/event-stream"})
+
+    async def replay() -> http_client._Replay:
+        async with httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(answer)) as client:
+            r = http_client._Replay(client, await http_client._server(client, "http://x"), reqs, 4, 0, False)
+            await r.run()
+            return r
+
+    reqs = [Request(str(i), 0.001 * i, 300 + i, 1) for i in range(3)]
+    done = asyncio.run(replay())
+    assert [r.finish_reason for r in done.records.values()] == ["length"] * 3
+    assert alive == [0, 0, 0], alive
+
+
 def test_a_url_replay_counts_requests_no_replica_can_serve_as_failed_with_the_503_message():
     """A replay against a server whose one replica is down for good: the requests queued while its
     first re-creation ran get the stream's error event once it fails, a later replay's are refused
