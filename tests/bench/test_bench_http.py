@@ -538,6 +538,40 @@ def test_a_request_in_flight_holds_its_body_s_bytes_not_its_list_of_prompt_ids()
     assert alive == [0, 0, 0], alive
 
 
+def test_a_replay_gives_the_free_heap_back_every_so_many_requests():
+    """The heap's free space grew ~18 kB a request of an Azure conversation replay, without end (the
+    socket reads' freed tails, which the records' token times pin: `release_free_heap`), and the
+    resident memory with it: every RELEASE_EVERY_REQUESTS requests that end, refused ones included,
+    the replay hands the free pages back. A fake release is passed in and counted."""
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 64}]})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404)
+        chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n",
+                              headers={"content-type": "text/event-stream"})
+
+    n = 2 * http_client.RELEASE_EVERY_REQUESTS + 3
+    reqs = [Request(str(i), 0.0001 * i, 100 if i == 5 else 4, 1) for i in range(n)]  # request 5: past the context
+    released = []
+
+    async def replay() -> http_client._Replay:
+        async with httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(answer)) as client:
+            r = http_client._Replay(client, await http_client._server(client, "http://x"), reqs, 8, 0, False,
+                                    release_heap=lambda: released.append(len(r.records)))
+            await r.run()
+            return r
+
+    done = asyncio.run(replay())
+    assert done.num_ended == n and len(released) == 2, released
+    assert done.records["trace-5"].failure_reason == "context_exceeded"
+    http_client.release_free_heap()  # the real one runs here too (glibc's malloc_trim; a no-op elsewhere)
+
+
 def test_a_url_replay_counts_requests_no_replica_can_serve_as_failed_with_the_503_message():
     """A replay against a server whose one replica is down for good: the requests queued while its
     first re-creation ran get the stream's error event once it fails, a later replay's are refused
