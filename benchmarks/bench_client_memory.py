@@ -14,12 +14,26 @@ every run holds (the interpreter, the imports, the trace). With `--against REF` 
 temporary git worktree of REF first (with this checkout's interpreter and the worktree on
 PYTHONPATH), and the ratio follows.
 
+The slope is not only what is kept per request (a record: ~0.75 kB and 8 bytes a token, ~2.8 kB
+for the trace's ~260 output tokens). Before `http_client.release_free_heap` most of it (~18 of
+~27 kB) was free space inside the C heap, which grew with every request (the socket reads' freed
+tails, pinned by the records' token times) and stayed resident. What is left beside the records
+is the requests in flight at the replay's peak: each holds its connection, stream and body (~30
+kB from httpx, httpcore and anyio; ~40 kB while it also held its list of prompt ids), and the
+allocator keeps that high-water mark. On the virtual clock a request is in flight while the
+engine queues it, so their number is the simulated queue's (at most `scheduler.max_waiting`
+waiting, 1024 by default, plus those running): it grows with the trace while the server is
+overloaded, then no more. Hence each replay's peak in flight (from requests.csv: the most
+requests between their arrival and their finish at once) is printed beside its memory;
+`--time-scale 20` keeps it low.
+
     .venv/bin/python benchmarks/bench_client_memory.py [--requests 2000] [--base 200]
         [--time-scale 4] [--against COMMIT]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -66,7 +80,23 @@ def _client(tree: Path, url: str, num_requests: int, time_scale: float, out: Pat
                              f"{_read(log)[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     return dict(rss_bytes=usage.ru_maxrss * 1024, completed=summary["completed"], failed=summary["failed"],
-                output_tokens=summary["total_output_tokens"])  # Linux counts ru_maxrss in KiB
+                output_tokens=summary["total_output_tokens"],  # Linux counts ru_maxrss in KiB
+                peak_in_flight=_peak_in_flight(out / "requests.csv"))
+
+
+def _peak_in_flight(requests_csv: Path) -> int:
+    """The most requests between their arrival and their finish at once, in simulated time: on the
+    virtual clock, the most the replay's client had in flight (a refused request never was)."""
+    events = []
+    with open(requests_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["finish_s"]:
+                events += [(float(row["arrival_s"]), 1), (float(row["finish_s"]), -1)]
+    peak = now = 0
+    for _, step in sorted(events):  # at a tie the finish (-1) comes first: it was no longer in flight
+        now += step
+        peak = max(peak, now)
+    return peak
 
 
 def run(tree: Path, base: int, requests: int, time_scale: float) -> dict:
@@ -110,10 +140,11 @@ def main() -> None:
     results["this checkout"] = run(REPO, a.base, a.requests, a.time_scale)
     for name, r in results.items():
         large = r["large"]
-        print(f"{name:>14}: peak RSS {r['base']['rss_bytes'] / 2**20:.1f} MiB ({a.base} requests), "
-              f"{large['rss_bytes'] / 2**20:.1f} MiB ({a.requests}: {large['completed']} completed, "
-              f"{large['output_tokens'] / max(1, large['completed']):.0f} output tokens each); "
-              f"{r['bytes_per_request'] / 1e3:.1f} kB per request")
+        print(f"{name:>14}: peak RSS {r['base']['rss_bytes'] / 2**20:.1f} MiB ({a.base} requests, "
+              f"{r['base']['peak_in_flight']} in flight at most), {large['rss_bytes'] / 2**20:.1f} MiB "
+              f"({a.requests}: {large['completed']} completed, "
+              f"{large['output_tokens'] / max(1, large['completed']):.0f} output tokens each, "
+              f"{large['peak_in_flight']} in flight at most); {r['bytes_per_request'] / 1e3:.1f} kB per request")
     if a.against:
         old, new = results[a.against]["bytes_per_request"], results["this checkout"]["bytes_per_request"]
         print(f"ratio old/new: bytes per request {old / max(new, 1.0):.1f}x")
