@@ -186,7 +186,8 @@ def split_fused(cfg: ModelConfig, suffix: str, arr: np.ndarray, name: str = "") 
     (`self_attn.qkv_proj.weight`, `mlp.gate_up_proj.weight`): ValueError naming the tensor (`name`)
     when its shape is not theirs stacked."""
     keys = _FUSED_LAYER_NAMES[suffix]
-    rows = [_shape(cfg, key)[0] for key in keys]
+    shapes = _dense_layer_shapes(cfg)
+    rows = [shapes[key][0] for key in keys]
     want = (sum(rows), cfg.hidden_size)
     if arr.shape != want:
         raise ValueError(f"checkpoint tensor {name or suffix} has shape {arr.shape}, expected {want} "
@@ -195,9 +196,12 @@ def split_fused(cfg: ModelConfig, suffix: str, arr: np.ndarray, name: str = "") 
     return {key: arr[end - n:end] for key, n, end in zip(keys, rows, ends)}
 
 
-def _shape(cfg: ModelConfig, key: str) -> tuple[int, int]:
-    d, f = cfg.hidden_size, cfg.intermediate_size
-    return dict(wq=(cfg.q_size, d), wk=(cfg.kv_size, d), wv=(cfg.kv_size, d), w_gate=(f, d), w_up=(f, d))[key]
+def _dense_layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of a dense block's tensors (LayerWeights field -> shape), as config.json sizes them."""
+    d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    return {"input_norm": (d,), "post_norm": (d,), "wq": (cfg.num_heads * hd, d), "wk": (cfg.num_kv_heads * hd, d),
+            "wv": (cfg.num_kv_heads * hd, d), "wo": (d, cfg.num_heads * hd), "w_gate": (f, d), "w_up": (f, d),
+            "w_down": (d, f)}
 
 
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", dict(experts_gate="w1", experts_up="w3", experts_down="w2")),
@@ -342,12 +346,7 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
     after checking that every expected one is there with its shape."""
     assert cfg.checkpoint, "a checkpoint's tensors need cfg.checkpoint"
     d, hd = cfg.hidden_size, cfg.head_dim
-    shapes = {
-        "input_norm": (d,), "post_norm": (d,), "wq": (cfg.num_heads * hd, d),
-        "wk": (cfg.num_kv_heads * hd, d), "wv": (cfg.num_kv_heads * hd, d),
-        "wo": (d, cfg.num_heads * hd), "w_gate": (cfg.intermediate_size, d),
-        "w_up": (cfg.intermediate_size, d), "w_down": (d, cfg.intermediate_size),
-    }
+    shapes = _dense_layer_shapes(cfg)
     shapes.update(bq=(cfg.q_size,), bk=(cfg.kv_size,), bv=(cfg.kv_size,), q_norm=(hd,), k_norm=(hd,))
     fe = cfg.expert_size
     shapes.update(router=(cfg.num_experts, d), experts_gate=(fe, d), experts_up=(fe, d), experts_down=(d, fe))
