@@ -23,10 +23,15 @@ adds them in expert order (the reference model's order: the same floats):
 
     attn heads (H*hd) -> o_proj slice (D) -> experts' outputs (their tokens x D) -> sum
 
-A shared expert (Qwen 2 MoE: a SwiGLU every token runs, scaled by a sigmoid gate) sits whole on every
-device of the stage, like the router: each device runs it on the normed input it already holds and
-adds it to the combined sum, so it exchanges nothing (its weights are held tp times, and it runs on
-one device's banks: `cent_serve.timing.pim.shared_expert_cycles`).
+A shared expert (Qwen 2 MoE: a SwiGLU every token runs, scaled by a sigmoid gate) is split over the
+stage like a dense MLP: each device holds the F_s / tp rows of its gate and up and the D / tp rows of
+its down (`split_bounds`, uneven widths as the dense MLP's), runs them on the normed input it already
+holds, and the silu(gate)*up slices are all-gathered before the down; each device's down slice then
+rides in the combine's all-gather beside its experts' outputs, and every device adds the gathered
+shared output, scaled by its sigmoid gate, after the routed sum. The gate (1 x D, one output) stays
+whole on every device with the router, whose GEMV computes it (`cent_serve.timing.pim.router_outputs`):
+
+    ... o_proj slice (D) -> shared silu(gate)*up slice (F_s) -> experts' outputs + shared down slice -> sum
 
 `tp_block_forward` runs the block for one rank given an `all_gather`
 callable; the tests pass a local concatenation, the device actors pass the
@@ -41,7 +46,7 @@ import numpy as np
 
 from cent_serve.config import ModelConfig
 from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, hides_any, project_qkv, rms_norm,
-                                     route, shared_expert, silu, softmax)
+                                     route, shared_gate_scale, silu, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -85,10 +90,10 @@ class LayerShard:
     experts_gate: np.ndarray | None = None  # (n_local, F_e, D) this rank's experts, stacked
     experts_up: np.ndarray | None = None  # (n_local, F_e, D)
     experts_down: np.ndarray | None = None  # (n_local, D, F_e)
-    shared_gate: np.ndarray | None = None  # (F_s, D) the shared expert (Qwen 2 MoE), whole on every rank
-    shared_up: np.ndarray | None = None  # (F_s, D)
-    shared_down: np.ndarray | None = None  # (D, F_s)
-    shared_expert_gate: np.ndarray | None = None  # (1, D)
+    shared_gate: np.ndarray | None = None  # (F_s_r, D) this rank's rows of the shared expert (Qwen 2 MoE)
+    shared_up: np.ndarray | None = None  # (F_s_r, D)
+    shared_down: np.ndarray | None = None  # (D_r, F_s): its output rows of the down
+    shared_expert_gate: np.ndarray | None = None  # (1, D) the shared expert's gate, whole on every rank
 
     @property
     def num_q_heads(self) -> int:
@@ -145,8 +150,9 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
         mine = experts_of(cfg, rank, tp)
         mlp.update(experts=mine, router=w.router, experts_gate=w.experts_gate[list(mine)],
                    experts_up=w.experts_up[list(mine)], experts_down=w.experts_down[list(mine)])
-        if cfg.shared_expert_intermediate_size:  # whole on every rank, as the router
-            mlp.update(shared_gate=w.shared_gate, shared_up=w.shared_up, shared_down=w.shared_down,
+        if cfg.shared_expert_intermediate_size:  # split by outputs as a dense MLP; its gate whole, as the router
+            sa, sb = split_bounds(cfg.shared_expert_intermediate_size, tp)[rank]
+            mlp.update(shared_gate=w.shared_gate[sa:sb], shared_up=w.shared_up[sa:sb], shared_down=w.shared_down[da:db],
                        shared_expert_gate=w.shared_expert_gate)
     else:
         mlp.update(w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb], w_down=w.w_down[da:db])
@@ -228,30 +234,49 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
     h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
     if cfg.is_moe:
-        local, experts = moe_local(cfg, s, h)
+        act = shared_act(cfg, s, h)
+        if act is not None:
+            act = all_gather("shared_act", act)  # (seq, F_s)
+        local, experts = moe_local(cfg, s, h, act)
         return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
     act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
 
 
-def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def shared_act(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray | None:
+    """This rank's silu(gate) * up slice of a shared expert on normed input h (seq, D): (seq, F_s_r),
+    all-gathered before the down; None when the model has no shared expert."""
+    if not cfg.shared_expert_intermediate_size:
+        return None
+    return silu(h @ s.shared_gate.T) * (h @ s.shared_up.T)
+
+
+def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray,
+              act: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """This rank's experts on normed input h (seq, D): route every token (the router is on every
-    rank, h the same on each), run the experts held here for their tokens. Returns (their weighted
-    outputs flat, expert after expert, as a (1, rows x D) row for the combine's all-gather; every
-    token's experts (seq, k))."""
+    rank, h the same on each), run the experts held here for their tokens, and with a shared expert
+    its down slice on the gathered silu(gate) * up `act` (seq, F_s). Returns (their weighted outputs
+    flat, expert after expert, then the shared down slice (seq x D_r), as a (1, n) row for the
+    combine's all-gather; every token's experts (seq, k))."""
     experts, weights = route(h, s.router, cfg.num_experts_per_tok, cfg.norm_topk_prob)
     parts = expert_outputs(h, experts, weights, s.experts, s.experts_gate, s.experts_up, s.experts_down)
-    flat = np.concatenate([y.ravel() for _, _, y in parts]) if parts else np.zeros(0, np.float32)
+    flat = [y.ravel() for _, _, y in parts]
+    if act is not None:
+        flat.append((act @ s.shared_down.T).ravel())  # (seq, D_r)
+    flat = np.concatenate(flat) if flat else np.zeros(0, np.float32)
     return flat.reshape(1, -1), experts
 
 
-def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.ndarray) -> np.ndarray:
+def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Every rank's `moe_local` rows side by side, rank after rank (1, total): each rank's experts'
     outputs cut out again (every rank knows the routing, so how many rows each expert sent), then
-    added in expert order (seq, D)."""
+    added in expert order (seq, D); and a shared expert's down slices put side by side, its output
+    before the gate (seq, D), or None without one."""
     d, at, parts = cfg.hidden_size, 0, []
-    flat = gathered.reshape(-1)
+    seq, flat = experts.shape[0], gathered.reshape(-1)
+    has_shared = bool(cfg.shared_expert_intermediate_size)
+    shared = np.zeros((seq, d), np.float32) if has_shared else None
     for r in range(tp):
         for e in experts_of(cfg, r, tp):
             rows, _ = expert_rows(experts, e)
@@ -259,15 +284,19 @@ def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.nda
             if n:
                 parts.append((e, rows, flat[at:at + n].reshape(rows.size, d)))
                 at += n
+        if has_shared:
+            da, db = split_bounds(d, tp)[r]
+            shared[:, da:db] = flat[at:at + seq * (db - da)].reshape(seq, db - da)
+            at += seq * (db - da)
     assert at == flat.size, (at, flat.size)
-    return combine((experts.shape[0], d), parts)
+    return combine((seq, d), parts), shared
 
 
 def moe_finish(cfg: ModelConfig, s: LayerShard, gathered: np.ndarray, experts: np.ndarray, h: np.ndarray) -> np.ndarray:
     """A rank's MoE output (seq, D) after the experts' all-gather: the routed experts' combined sum, plus
-    the shared expert on normed input h when the model has one (run here: every rank holds it), added
-    after the routed sum as the reference model adds it."""
-    out = moe_combine(cfg, s.tp, gathered, experts)
-    if cfg.shared_expert_intermediate_size:
-        out = out + shared_expert(h, s.shared_gate, s.shared_up, s.shared_down, s.shared_expert_gate)
+    a shared expert's gathered output scaled by sigmoid(h @ gate^T) (the gate is on every rank), added
+    after the routed sum as the reference model adds it (`cent_serve.model.layers.shared_expert`)."""
+    out, shared = moe_combine(cfg, s.tp, gathered, experts)
+    if shared is not None:
+        out = out + shared_gate_scale(h, s.shared_expert_gate) * shared
     return out

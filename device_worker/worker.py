@@ -271,7 +271,7 @@ class DeviceWorker:
     def _block(self, b: int, x: np.ndarray, seqs, bounds) -> Generator[Exchange, np.ndarray, np.ndarray]:
         """One block for all sequences: shared projections, per-sequence attention."""
         from cent_serve.model.layers import silu
-        from cent_serve.sharding import moe_finish, moe_local, shard_attention
+        from cent_serve.sharding import moe_finish, moe_local, shard_attention, shared_act
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
@@ -282,7 +282,10 @@ class DeviceWorker:
         x = x + o
         h = rms_norm(x, sh.post_norm, cfg.rms_norm_eps)
         if cfg.is_moe:
-            local, experts = moe_local(cfg, sh, h)
+            act = shared_act(cfg, sh, h)  # a shared expert's slice, gathered before its down
+            if act is not None:
+                act = yield from self._gather("shared_act", act)
+            local, experts = moe_local(cfg, sh, h, act)
             outputs = yield from self._gather("experts", local)
             return x + moe_finish(cfg, sh, outputs, experts, h)
         act = yield from self._gather("act", silu(h @ sh.w_gate.T) * (h @ sh.w_up.T))

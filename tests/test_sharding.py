@@ -12,8 +12,9 @@ from cent_serve.sharding import (ShardKV, head_ranges, query_groups, shard_atten
 from tests.factories import tiny_model_config
 
 
-def run_tp(model, tp, ids_steps):
-    """Run the whole model with every block split over tp ranks; returns logits per step."""
+def run_tp(model, tp, ids_steps, tags: set | None = None):
+    """Run the whole model with every block split over tp ranks; returns logits per step (and puts
+    the exchanges' tags in `tags` when given)."""
     cfg, w = model.cfg, model.weights
     shards = [[shard_layer(cfg, layer, r, tp) for layer in w.layers] for r in range(tp)]
     kvs = [ShardKV(cfg.num_layers, shards[r][0].num_kv_heads, cfg.head_dim) for r in range(tp)]
@@ -27,6 +28,8 @@ def run_tp(model, tp, ids_steps):
             barrier = threading.Barrier(tp)
 
             def gather(tag, local, rank):
+                if tags is not None:
+                    tags.add(tag)
                 slots[(tag, rank)] = local
                 barrier.wait()
                 full = np.concatenate([slots[(tag, r)] for r in range(tp)], axis=-1)
@@ -53,6 +56,34 @@ def test_tp_sharded_logits_equal_reference(tp):
     model = LlamaModel(cfg)
     steps = [[1, 7, 9, 30], [12], [44], [5]]
     sharded = run_tp(model, tp, steps)
+    cache = model.new_cache()
+    for ids, got in zip(steps, sharded):
+        ref = model.forward(ids, cache)
+        assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-5
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_shared_expert_split_over_tp_equals_reference(tp):
+    """Qwen 2 MoE's shared expert split as a dense MLP (each rank its rows of gate and up, uneven: 58 over
+    4 is 15, 15, 14, 14, and of the down; its D -> 1 gate whole): its silu(gate) x up slices are
+    all-gathered, its down slices ride in the combine, and the logits are the reference model's."""
+    cfg = tiny_model_config(model_type="qwen2_moe", num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40,
+                            shared_expert_intermediate_size=58, norm_topk_prob=False, attention_bias=True)
+    model = LlamaModel(cfg)
+    w = model.weights.layers[1]
+    shards = [shard_layer(cfg, w, r, tp) for r in range(tp)]
+    for r, sh in enumerate(shards):
+        (fa, fb), (da, db) = split_bounds(58, tp)[r], split_bounds(64, tp)[r]
+        assert np.array_equal(sh.shared_gate, w.shared_gate[fa:fb]) and np.array_equal(sh.shared_up, w.shared_up[fa:fb])
+        assert np.array_equal(sh.shared_down, w.shared_down[da:db])
+        assert np.array_equal(sh.shared_expert_gate, w.shared_expert_gate)
+    plain = tiny_model_config(model_type="qwen3_moe", num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40,
+                              attention_bias=True)
+    held = sum(sh.nbytes() - shard_layer(plain, w, r, tp).nbytes() for r, sh in enumerate(shards))
+    assert held == 2 * (3 * 64 * 58 + tp * 64)  # the stage holds the shared expert once, its gate on every rank
+    steps, tags = [[1, 7, 9, 30], [12], [44]], set()
+    sharded = run_tp(model, tp, steps, tags)
+    assert tags == {"attn", "o_proj", "shared_act", "experts"}
     cache = model.new_cache()
     for ids, got in zip(steps, sharded):
         ref = model.forward(ids, cache)

@@ -188,8 +188,13 @@ def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: n
                   gate: np.ndarray) -> np.ndarray:
     """Qwen 2 MoE's shared expert on normed input h (seq, D), as transformers' sparse block runs it beside
     the routed experts: a SwiGLU every token goes through, scaled by sigmoid(h @ gate^T), gate (1, D)."""
-    scale = F32(1.0) / (F32(1.0) + np.exp(-(h @ gate.T)))  # (seq, 1)
-    return scale * swiglu(h, w_gate, w_up, w_down)  # (seq, D)
+    return shared_gate_scale(h, gate) * swiglu(h, w_gate, w_up, w_down)  # (seq, D)
+
+
+def shared_gate_scale(h: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """A shared expert's scale sigmoid(h @ gate^T) (seq, 1) on normed input h (seq, D), gate (1, D): the
+    reference model and a tensor-parallel stage's ranks (which gather the SwiGLU's slices) apply it."""
+    return F32(1.0) / (F32(1.0) + np.exp(-(h @ gate.T)))
 
 
 def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -174,18 +174,20 @@ def test_a_qwen2_moe_block_is_routed_experts_plus_the_gated_shared_expert():
     assert np.max(np.abs(shared)) > 0.1 * np.max(np.abs(want))  # and it is no rounding error
 
 
-def test_every_rank_holds_the_shared_expert():
-    """Sharded over a stage's 4 devices, the routed experts spread round robin and the shared expert
-    and its gate sit whole on every rank, as the router does."""
+def test_a_stage_s_ranks_split_the_shared_expert_and_each_holds_its_gate():
+    """Sharded over a stage's 4 devices, the routed experts spread round robin, the shared expert is split
+    by outputs as a dense MLP (its gate and up by rows of F_s, its down by rows of D: put side by side they
+    are the whole) and its D -> 1 gate sits whole on every rank, as the router does."""
     cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
                                                  shared_expert_intermediate_size=56, norm_topk_prob=False))
     w = random_weights(cfg).layers[0]
     shards = [shard_layer(cfg, w, r, 4) for r in range(4)]
     assert [s.experts for s in shards] == [(0, 4), (1, 5), (2,), (3,)]
-    for s in shards:
-        for key in ("shared_gate", "shared_up", "shared_down", "shared_expert_gate"):
-            assert np.array_equal(getattr(s, key), getattr(w, key)), key
-    held = 2 * (3 * 64 * 56 + 64)  # the shared expert and its gate in bf16
+    assert [s.shared_gate.shape for s in shards] == [(14, 64)] * 4 and [s.shared_down.shape for s in shards] == [(16, 56)] * 4
+    for key in ("shared_gate", "shared_up", "shared_down"):
+        assert np.array_equal(np.concatenate([getattr(s, key) for s in shards]), getattr(w, key)), key
+    assert all(np.array_equal(s.shared_expert_gate, w.shared_expert_gate) for s in shards)
+    held = 2 * (3 * 64 * 56 // 4 + 64)  # a quarter of the shared expert and its whole gate in bf16
     plain = [shard_layer(moe_config(model_type="qwen3_moe", attention_bias=True, moe_intermediate_size=40),
                          w, r, 4).nbytes() for r in range(4)]
     assert [s.nbytes() - p for s, p in zip(shards, plain)] == [held] * 4
