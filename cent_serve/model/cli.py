@@ -105,7 +105,7 @@ def run_info(args: argparse.Namespace) -> int:
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
         kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
                         for d in {d for s in mp.stages for d in s.device_ids})
-        # what a replica's devices hold of the weights (a MoE's router and shared expert on each tp device)
+        # what a replica's devices hold of the weights (a MoE's router on each tp device)
         weights_stored = sum(device_weight_bytes(m, mp, d, cfg.device.bytes_per_element)
                              for d in {d for s in mp.stages for d in s.device_ids})
     out = {
@@ -145,8 +145,8 @@ def _print_info(cfg, out: dict) -> None:
     host = f"; full numerics' host copy {m.param_count() * 4 / 2**30:.3f} GiB of float32" \
         if cfg.resolved_numerics == "full" else ""
     stored = out.get("weights_stored_bytes")
-    copies = (f"; with its copies {stored / 2**30:.3f} GiB stored on a replica's devices (the router and a shared "
-              f"expert whole on each of a stage's {cfg.parallel.tp} devices)") \
+    copies = (f"; with its copies {stored / 2**30:.3f} GiB stored on a replica's devices (the router whole on "
+              f"each of a stage's {cfg.parallel.tp} devices)") \
         if stored and stored > 1.01 * m.param_count() * size else ""  # (norms and the like: within 1%)
     print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{copies}{host}){active}")
     logical = m.kv_bytes_per_token() // 2 * size

@@ -118,19 +118,22 @@ def moe_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
     """(the router, the token's k experts, a shared expert) of a mixture-of-experts block: the router's
     D -> E GEMV (E + 1 with a shared expert's gate) and, per expert, its gate (with the lookup), up and
     down GEMVs of width F_e and SiLU x up, on one device's banks of the block (`pim.router_cycles`,
-    `pim.expert_cycles`); the shared expert the same at width F_s (`pim.shared_expert_cycles`). A
-    token runs k experts wherever they sit, so their commands (and energy) do not depend on the routing."""
+    `pim.expert_cycles`); the shared expert the same at width F_s, but split over the stage's B banks as
+    a dense MLP's GEMVs, its SiLU x up over a device's cdiv(F_s, tp) values (`pim.shared_expert_cycles`):
+    one device's slice. A token runs k experts wherever they sit, so their commands (and energy) do not
+    depend on the routing."""
     if not m.is_moe:
         return vec(), vec(), vec()
     d, b = m.hidden_size, g.banks_per_device
     router = gemv(d, router_outputs(m), b, dev, from_normal_mode=True)
 
-    def swiglu(f: int) -> np.ndarray:
-        return (gemv(d, f, b, dev, af=True, from_normal_mode=True) + gemv(d, f, b, dev)
-                + gemv(f, d, b, dev, from_normal_mode=True) + _silu_commands(f, g, dev, tb))
+    def swiglu(f: int, banks: int, act: int) -> np.ndarray:
+        return (gemv(d, f, banks, dev, af=True, from_normal_mode=True) + gemv(d, f, banks, dev)
+                + gemv(f, d, banks, dev, from_normal_mode=True) + _silu_commands(act, g, dev, tb))
 
     fs = m.shared_expert_intermediate_size
-    return router, m.num_experts_per_tok * swiglu(m.expert_size), swiglu(fs) if fs else vec()
+    return (router, m.num_experts_per_tok * swiglu(m.expert_size, b, m.expert_size),
+            swiglu(fs, g.banks, cdiv(fs, g.tp)) if fs else vec())
 
 
 def _silu_commands(f: int, g: BlockGeometry, dev: DeviceConfig, tb: int) -> np.ndarray:
@@ -196,7 +199,7 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
 def partner_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> np.ndarray:
     """One tensor-parallel partner's trace: its share of the seven weight GEMVs only (the block's
     first device runs attention, norms and SiLU, as the artifact splits a block), a mixture of experts'
-    router and a shared expert (every device runs its own copy)."""
+    router (every device runs its own copy) and its slice of a shared expert."""
     qkvo, ffn = _gemvs(m, g.banks, dev, fc_only=True)
     router, _, shared = moe_commands(m, g, dev, 1)
     return qkvo + ffn + router + shared + vec(lines=1)

@@ -145,16 +145,18 @@ class EnergyModel:
         if self.artifact:
             # the artifact counts D values a pipeline step, 10 D + 2 F a tensor-parallel one (on
             # every device's step), and charges the count as bits
-            # (a mixture of experts has no F-sized exchange)
-            values = d if self.pipeline else 10 * d + (0 if m.is_moe else 2 * f)
+            # (a mixture of experts has no F-sized exchange but a shared expert's, of F_s, when tp > 1 splits it)
+            width = (m.shared_expert_intermediate_size if g.tp > 1 else 0) if m.is_moe else f
+            values = d if self.pipeline else 10 * d + 2 * width
             self.pcie[T["pcie"]] = values * dev.energy.pcie_pj_per_bit * 1e-12
         else:
             # a block's output moving on (D values), and with tp > 1 the four exchanges of its
             # slices (attention heads, o, SiLU x up, down: every device receives the others'); a
-            # mixture of experts has no SiLU x up exchange, its combine takes the down's place; an
-            # output staying on its device (`fabric.charge_local_hops` false) uses no link, so a
-            # block carries its mean share of the token's hops that cross the switch
-            values = d * timer.switch_hop_share + (g.tp - 1) * (m.q_size + 2 * d + (0 if m.is_moe else f))
+            # mixture of experts has no SiLU x up exchange but a shared expert's (F_s values), its
+            # combine takes the down's place; an output staying on its device (`fabric.charge_local_hops`
+            # false) uses no link, so a block carries its mean share of the token's hops that cross the switch
+            width = m.shared_expert_intermediate_size if m.is_moe else f
+            values = d * timer.switch_hop_share + (g.tp - 1) * (m.q_size + 2 * d + width)
             # `fabric.activation_bytes` a value on the links (bf16) whatever the banks hold
             # (docs/hardware_model.md section 1, "The data type")
             self.pcie[T["pcie"]] = values * timer.fabric.activation_bytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12

@@ -149,17 +149,27 @@ MOE_TP_BLOCK_EXCHANGES = (
 """A mixture of experts' tensor-parallel block (experts spread over the stage's devices): the
 attention's exchanges, then no dispatch (the o_proj all-gather already put the normed input on every
 device) and one combine: each device's partial sum of its experts' outputs (D values) gathered at the
-stage's first device, which adds them; the block's hop broadcasts the sum. The numerics gather the
-experts' outputs one by one instead, to add them in expert order (`cent_serve.sharding.moe_combine`):
-with numerics on, the switch's `wire_bytes` counts those, about k times the partial sums; the time is
-the partial sums'."""
+stage's first device, which adds them; the block's hop broadcasts the sum. A shared expert (Qwen 2
+MoE), split over the devices as a dense MLP, adds the dense MLP's `act` all-gather at its width F_s
+before the combine (`MOE_SHARED_EXCHANGE`); each device adds its D / tp outputs of the shared down
+into its partial sum, so the combine's payload does not grow. The numerics gather the experts'
+outputs one by one instead, to add them in expert order (`cent_serve.sharding.moe_combine`), the
+shared down's slices beside them: with numerics on, the switch's `wire_bytes` counts those, about k
+times the partial sums; the time is the partial sums'."""
+
+MOE_SHARED_EXCHANGE = TP_BLOCK_EXCHANGES[4]
+"""A shared expert's silu(gate) x up slices all-gathered before its down: the dense MLP's `act`
+exchange, at the shared expert's width (data: `shared_act` in the numerics)."""
 
 
 def moe_collectives_s(hidden: int, tp: int, port: PortModel, fab: FabricConfig, tokens: int = 1,
-                      heads: int | None = None) -> float:
+                      heads: int | None = None, shared: int = 0) -> float:
     """`MOE_TP_BLOCK_EXCHANGES` for `tokens` token vectors: 4 Eb + 4 Eg + the combine, one of the
-    four all-gathers the heads' outputs (`heads`, H hd values; None: D)."""
-    return (_exchanges_s(MOE_TP_BLOCK_EXCHANGES[:-1], hidden, 0, tp, port, fab, tokens, heads)
+    four all-gathers the heads' outputs (`heads`, H hd values; None: D); with a shared expert of
+    width `shared` (F_s; 0: none) its all-gather too, Sb + Sg as the dense MLP's Fb + Fg, when tp > 1
+    splits it (a tp 1 stage, whose exchanges the `artifact` convention charges, holds it whole)."""
+    attention = MOE_TP_BLOCK_EXCHANGES[:-1] + ((MOE_SHARED_EXCHANGE,) if shared and tp > 1 else ())
+    return (_exchanges_s(attention, hidden, shared, tp, port, fab, tokens, heads)
             + moe_combine_s(hidden, tp, port, fab, tokens))
 
 

@@ -152,12 +152,13 @@ def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int, element_byt
     stages = mp.stages_on_device(device_id)
     blocks = sum(len(s.blocks) for s in stages)
     per_block = m.block_param_count() * element_bytes / mp.tp
-    if m.is_moe and stages:  # attention split, the router and a shared expert on every device, whole experts e
-        # with e mod tp == rank
+    if m.is_moe and stages:  # attention and a shared expert split, the router and the shared expert's gate
+        # (D) on every device, whole experts e with e mod tp == rank
         rank = stages[0].device_ids.index(device_id)
         local = len(range(rank, m.num_experts, mp.tp))
-        per_block = (m.attention_param_count() / mp.tp + m.num_experts * m.hidden_size
-                     + local * m.expert_param_count() + m.shared_expert_param_count()) * element_bytes
+        gate = m.hidden_size if m.shared_expert_intermediate_size else 0
+        per_block = (m.attention_param_count() / mp.tp + m.num_experts * m.hidden_size + gate
+                     + local * m.expert_param_count() + (m.shared_expert_param_count() - gate) / mp.tp) * element_bytes
     table = m.vocab_size * m.hidden_size * element_bytes / mp.tp
     extra = 0.0
     if any(s.index == 0 for s in stages):
@@ -246,8 +247,9 @@ def expert_placement(m: ModelConfig, mp: Mapping, element_bytes: int = 2) -> dic
                  "sum)" + (f"; ranks {idle} hold no expert" if idle else ""))
     if m.shared_expert_intermediate_size:
         where += (f"; a shared expert of width {m.shared_expert_intermediate_size} "
-                  f"({m.shared_expert_param_count() * element_bytes / 2**20:.3g} MiB) that every token runs, whole on "
-                  + ("the block's device" if tp == 1 else "every device of the stage, as the router"))
+                  f"({m.shared_expert_param_count() * element_bytes / 2**20:.3g} MiB) that every token runs, "
+                  + ("whole on the block's device" if tp == 1 else
+                     f"split over the stage's {tp} devices as a dense MLP (its gate on every device, as the router)"))
     return dict(num_experts=n, top_k=k, expert_mib=expert_mib, experts_by_rank=ranks, describe=where,
                 weights_per_device_gib={d: device_weight_bytes(m, mp, d, element_bytes) / 2**30
                                         for d in sorted({d for s in mp.stages[:1] for d in s.device_ids})})

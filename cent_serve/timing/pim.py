@@ -201,14 +201,15 @@ def router_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 def shared_expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """A shared expert (Qwen 2 MoE) for one token: gate (with the activation lookup), up and down GEMVs
-    of width F_s and SiLU x up, as one routed expert's but wider, on one device's banks of the block:
-    it sits whole on every device of a tensor-parallel stage, as the router does, so every device runs
-    it on the input it holds and nothing is exchanged (`cent_serve.sharding`). Scaling its output by
-    the gate's sigmoid and adding it (D values) is not charged, as an expert's weighting is not."""
+    of width F_s split by their outputs over the stage's B banks as a dense MLP's (`ffn_cycles`: each
+    of the tp devices runs its 1/tp slice on its own banks; with tp = 1 one device's banks of the block),
+    and SiLU x up over a device's slice, cdiv(F_s, tp) values (`cent_serve.sharding`; the all-gather of
+    those slices is the fabric's, `fabric.moe_collectives_s`). Scaling its output by the gate's sigmoid
+    and adding it (D values) is not charged, as an expert's weighting is not."""
     fs = m.shared_expert_intermediate_size
     if not fs:
         return 0.0
-    return _swiglu_gemvs(m.hidden_size, fs, g.banks_per_device, dev) + _silu_mul(fs, g, dev)
+    return _swiglu_gemvs(m.hidden_size, fs, g.banks, dev) + _silu_mul(cdiv(fs, g.tp), g, dev)
 
 
 def expert_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:

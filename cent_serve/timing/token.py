@@ -186,7 +186,7 @@ class SystemTimer:
             m = self.model
             hit = self._coll[tokens] = (
                 moe_collectives_s(m.hidden_size, self.mapping.tp, self.port, self.fabric, tokens,
-                                  m.q_size) if m.is_moe else
+                                  m.q_size, m.shared_expert_intermediate_size) if m.is_moe else
                 tensor_collectives_s(m.hidden_size, m.intermediate_size, self.mapping.tp, self.port, self.fabric, tokens,
                                      m.q_size))
         return hit
