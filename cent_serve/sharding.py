@@ -29,7 +29,8 @@ its down (`split_bounds`, uneven widths as the dense MLP's), runs them on the no
 holds, and the silu(gate)*up slices are all-gathered before the down; each device's down slice then
 rides in the combine's all-gather beside its experts' outputs, and every device adds the gathered
 shared output, scaled by its sigmoid gate, after the routed sum. The gate (1 x D, one output) stays
-whole on every device with the router, whose GEMV computes it (`cent_serve.timing.pim.router_outputs`):
+whole on every device with the router (the time model counts its one output in the router's GEMV:
+`cent_serve.timing.pim.router_outputs`):
 
     ... o_proj slice (D) -> shared silu(gate)*up slice (F_s) -> experts' outputs + shared down slice -> sum
 
