@@ -165,8 +165,13 @@ async def _one(client: httpx.AsyncClient, content: bytes, rec: RequestRecord, wa
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    """glibc's `malloc_trim`, None where the C library has none (musl, macOS)."""
-    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    """glibc's `malloc_trim`, None where the C library has none (musl, macOS) or cannot be opened
+    by name None (Windows, where `ctypes.CDLL(None)` raises)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):
+        return None
+    return getattr(libc, "malloc_trim", None)
 
 
 def release_free_heap() -> None:

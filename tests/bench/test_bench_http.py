@@ -572,6 +572,23 @@ def test_a_replay_gives_the_free_heap_back_every_so_many_requests():
     http_client.release_free_heap()  # the real one runs here too (glibc's malloc_trim; a no-op elsewhere)
 
 
+def test_releasing_the_free_heap_does_nothing_where_the_c_library_cannot_be_opened(monkeypatch):
+    """On Windows `ctypes.CDLL(None)` raises (there is no C library to open by name None): a
+    replay's 64th ended request must not fail there; there is just no heap to trim."""
+    from cent_serve.bench import http_client
+
+    def no_library(name, *args, **kwargs):
+        raise TypeError("expected str, bytes or os.PathLike object, not NoneType")
+
+    monkeypatch.setattr(http_client.ctypes, "CDLL", no_library)
+    http_client._malloc_trim.cache_clear()
+    try:
+        assert http_client._malloc_trim() is None
+        http_client.release_free_heap()
+    finally:
+        http_client._malloc_trim.cache_clear()  # the next caller opens the real library again
+
+
 def test_a_url_replay_counts_requests_no_replica_can_serve_as_failed_with_the_503_message():
     """A replay against a server whose one replica is down for good: the requests queued while its
     first re-creation ran get the stream's error event once it fails, a later replay's are refused
