@@ -221,8 +221,9 @@ class DeviceConfig:
     @property
     def peak_pim_bytes_per_s(self) -> float:
         """Weights streamed per second by all banks: each bank reads a burst per all-bank MAC,
-        one every 2 cycles (512 GB/s a channel, 16.4 TB/s a device)."""
-        return self.num_channels * self.banks_per_channel * self.burst_elements * self.bytes_per_element * self.clock_hz / 2
+        one every column_cycles (2: 512 GB/s a channel, 16.4 TB/s a device)."""
+        return (self.num_channels * self.banks_per_channel * self.burst_elements * self.bytes_per_element
+                * self.clock_hz / self.column_cycles)
 
     @property
     def dma_line_cycles(self) -> float:

@@ -31,6 +31,15 @@ def test_derived_quantities_come_from_the_geometry():
     assert dataclasses.replace(dev, row_elements=2048).row_column_ops == 128
 
 
+def test_the_peak_rate_follows_the_column_interval():
+    """A column command every column_cycles: 1 cycle streams twice the bytes a second of the default 2
+    (the knob README and section 4 offer for "twice the DRAM's column rate"), 4 half; so does the clock."""
+    dev = DeviceConfig()
+    assert dataclasses.replace(dev, column_cycles=1.0).peak_pim_bytes_per_s == 2 * dev.peak_pim_bytes_per_s
+    assert dataclasses.replace(dev, column_cycles=4.0).peak_pim_bytes_per_s == dev.peak_pim_bytes_per_s / 2
+    assert dataclasses.replace(dev, clock_hz=4e9).peak_pim_bytes_per_s == 2 * dev.peak_pim_bytes_per_s
+
+
 def test_the_clocks_scale_their_own_work_only():
     base, fast_pim, fast_acc = _timer(), _timer(device__clock_hz=4e9), _timer(device__acc_clock_hz=4e9)
     assert fast_pim.block_pim_s(L) == base.block_pim_s(L) / 2  # PIM time halves ...
