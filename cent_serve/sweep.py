@@ -317,8 +317,6 @@ def run(args: argparse.Namespace) -> int:
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode))
             row.update(figs)
-            cost = figs.get("system_device_cost_usd")
-            row["tok_s_per_usd"] = figs["throughput_tok_s"] / cost if cost else None
         except ValueError as exc:  # this point cannot run: say why, go on
             row["error"] = " ".join(str(exc).split())
         rows.append(row)

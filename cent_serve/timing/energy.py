@@ -356,7 +356,9 @@ def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throug
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
     caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
     tco_cent = cent_tco(num_devices)
-    out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=dev.unit_cost_usd * num_devices,
+    system_usd = dev.unit_cost_usd * num_devices  # every device bought, also those a mapping leaves idle
+    out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=system_usd,
+               tok_s_per_usd=throughput_tok_s / system_usd if system_usd else None,  # follows unit_cost_usd
                tokens_per_joule=1000.0 / energy_per_token_mj if energy_per_token_mj else None,
                tokens_per_tco=throughput_tok_s / tco_cent)  # the TCO convention's units, as the GPU side's
     base = gpu_baseline(model, dev)

@@ -25,6 +25,24 @@ def test_tco_ratio_by_hand():
     assert c["tokens_per_joule"] == pytest.approx(10.0)
 
 
+def test_tokens_per_device_dollar_follow_the_unit_cost():
+    """`cent simulate`'s phases price the devices as the sweep does (`tok_s_per_usd`: tokens/s over
+    unit_cost_usd x every device bought): twice the price, half the tokens per dollar, while the TCO
+    ratio against the paper's GPUs stays (its convention does not read the price)."""
+    from cent_serve.config import build_config
+    from cent_serve.paper import closed_form
+
+    base, dear = (closed_form(build_config("llama2-70b", devices=32, pp=80, numerics="off",
+                                           overrides=[f"device.unit_cost_usd={usd}"]))["end2end"]
+                  for usd in (28.17, 56.34))
+    assert base["tok_s_per_usd"] == pytest.approx(base["throughput_tok_s"] / (28.17 * 32), rel=1e-12)
+    assert dear["tok_s_per_usd"] == pytest.approx(base["tok_s_per_usd"] / 2, rel=1e-12)
+    assert dear["tokens_per_dollar_ratio"] == base["tokens_per_dollar_ratio"]
+    free = cost_figures(model_preset("llama2-7b"), 8, 8, 1000.0, "end2end", 100.0,
+                        DeviceConfig(unit_cost_usd=0.0), against_paper=False)
+    assert free["tok_s_per_usd"] is None  # no price, no figure (not a division by zero)
+
+
 def test_headline_geomeans_with_the_pure_pipeline():
     """The paper: 2.3x end-to-end throughput and 5.2x tokens per dollar (geomean over 7B, 13B,
     70B). This includes Llama2-70B, whose per-row figures are held out of our tables."""
