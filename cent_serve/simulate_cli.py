@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", type=int, help="prompt tokens of the paper's workload (e.g. 512)")
     p.add_argument("--decode", type=int, help="generated tokens of the paper's workload (e.g. 3584)")
     p.add_argument("--seqlen-gap", type=int, default=None,
-                   help="spacing of the context lengths averaged (a phase shorter than it: its middle one; "
-                        "default 128)")
+                   help="with --prompt/--decode or --sweep: spacing of the context lengths a phase averages (a "
+                        "phase shorter than it: its middle one; default 128)")
     p.add_argument("--batch", type=int, help="queries in flight, at most one per pipeline stage (default: one per "
                                              "stage, the paper's); the KV capacity is checked at this batch")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         if args.seqlen_gap is not None:
             raise ValueError(f"--seqlen-gap {args.seqlen_gap} spaces the contexts CENT's closed form averages: the "
                              "GPU model (--hardware gpu:...) times every step of its phases; drop --seqlen-gap")
+    if args.seqlen_gap is not None and args.prompt is None and not args.sweep:  # it went unread
+        raise ValueError(f"--seqlen-gap {args.seqlen_gap} spaces the context lengths the phases of --prompt and "
+                         f"--decode average: the one-token form (--seqlen, default {DEFAULT_SEQLEN}) times one "
+                         "context; drop --seqlen-gap, or give --prompt and --decode")
     if args.seqlen_gap is None:
         args.seqlen_gap = 128
     if args.emulate:

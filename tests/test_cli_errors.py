@@ -142,6 +142,10 @@ def test_version():
     (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
     (["--prompt", "100", "--decode", "0", "--seqlen-gap", "0"], ["--seqlen-gap 0", "positive"]),
+    # the one-token form times one context: a spacing of contexts to average went unread
+    (["--seqlen", "1024", "--seqlen-gap", "64"], ["--seqlen-gap 64", "--prompt and --decode", "drop --seqlen-gap"]),
+    (["--seqlen-gap", "64"], ["--seqlen-gap 64", "--prompt and --decode", "drop --seqlen-gap"]),
+    (["--seqlen-gap", "64", "--emulate", "--local"], ["--seqlen-gap 64", "--prompt and --decode"]),
     (["--hardware", "gpu:a100-80gb:4", "--prompt", "100", "--decode", "-1"], ["--decode -1", "0 or more"]),
     # --sweep runs the paper's every mapping: a --pp / --tp was dropped without a word
     (["--pp", "1", "--tp", "8", "--sweep"], ["--pp 1 --tp 8 is one mapping", "drop --pp and --tp"]),
