@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.on_gpus:
         return _run_gpu(cfg, args, *workload)
     warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
+    warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", cfg.model.is_moe)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args, *workload)

@@ -296,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         moe = _any_moe(base, vary)
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
+        warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     hybrid_pp = follows_tp(base, vary)

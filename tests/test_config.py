@@ -466,6 +466,11 @@ def test_a_device_made_small_says_its_size_not_0_gib(capsys):
       "--no-plots"], "--vary model.weight_dtype: the closed form does not read it"),
     (["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "model.model_type=phi3", "--set",
       "model.partial_rotary_factor=0.75"], "--set model.partial_rotary_factor: the closed form does not read it"),
+    # the flag sets the same field as --set model.seed, which was warned of while --seed went unread in silence
+    (["simulate", "--model", "llama2-7b", "--devices", "8", "--seed", "3"],
+     "--seed model.seed: the closed form does not read it"),
+    (["sweep", "--model", "llama2-7b", "--seed", "3", "--vary", "devices=8", "--no-plots"],
+     "--seed model.seed: the closed form does not read it"),
 ])
 def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplog, capsys, tmp_path):
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "sweep" else [])) == 0
@@ -491,6 +496,8 @@ def test_model_seed_moves_a_mixture_of_experts_closed_form_so_it_is_not_called_u
         assert main(moe + ["--set", f"model.seed={seed}"]) == 0
         figures.append(json.loads(capsys.readouterr().out)["end2end"]["token_latency_ms"])
     assert figures[0] != figures[1]
+    assert main(moe + ["--seed", "2"]) == 0  # the flag sets the same field
+    assert json.loads(capsys.readouterr().out)["end2end"]["token_latency_ms"] == figures[1]
     assert not [r for r in caplog.records if "closed form does not read" in r.getMessage()]
     assert main(["sweep", "--model", "qwen3-30b-a3b", "--devices", "8", "--pp", "4", "--tp", "2",
                  "--vary", "model.seed=1,2", "--no-plots", "--out", str(tmp_path)]) == 0
