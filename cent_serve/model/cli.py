@@ -105,7 +105,8 @@ def run_info(args: argparse.Namespace) -> int:
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
         kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
                         for d in {d for s in mp.stages for d in s.device_ids})
-        # what a replica's devices hold of the weights (a MoE's router on each tp device)
+        # what a replica's devices hold of the weights (a MoE's router on each tp device, a tied table on the
+        # first and the last stage: copies_reason)
         weights_stored = sum(device_weight_bytes(m, mp, d, cfg.device.bytes_per_element)
                              for d in {d for s in mp.stages for d in s.device_ids})
     out = {
@@ -131,6 +132,19 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def copies_reason(m, pp: int, tp: int) -> str:
+    """Why a replica's devices store more weight bytes than the model has (`device_weight_bytes`), in
+    the words `cent info` prints: a mixture of experts' router (and a shared expert's gate) whole on
+    each of a stage's `tp` devices, and a tied embedding table held twice when the pipeline has `pp` > 1 stages
+    (on the first stage for the lookup, on the last as the LM head). "" when neither applies."""
+    reasons = []
+    if m.is_moe and tp > 1:
+        reasons.append(f"the router whole on each of a stage's {tp} devices")
+    if m.tie_word_embeddings and pp > 1:
+        reasons.append("the tied embedding table on the first stage and again on the last as its LM head")
+    return "; ".join(reasons)
+
+
 def _print_info(cfg, out: dict) -> None:
     m = cfg.model
     width = f"E={m.num_experts} k={m.num_experts_per_tok} F_e={m.expert_size}" if m.is_moe else f"F={m.intermediate_size}"
@@ -145,8 +159,8 @@ def _print_info(cfg, out: dict) -> None:
     host = f"; full numerics' host copy {m.param_count() * 4 / 2**30:.3f} GiB of float32" \
         if cfg.resolved_numerics == "full" else ""
     stored = out.get("weights_stored_bytes")
-    copies = (f"; with its copies {stored / 2**30:.3f} GiB stored on a replica's devices (the router whole on "
-              f"each of a stage's {cfg.parallel.tp} devices)") \
+    copies = (f"; with its copies {stored / 2**30:.3f} GiB stored on a replica's devices "
+              f"({copies_reason(m, cfg.parallel.pp or m.num_layers, cfg.parallel.tp)})") \
         if stored and stored > 1.01 * m.param_count() * size else ""  # (norms and the like: within 1%)
     print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{copies}{host}){active}")
     logical = m.kv_bytes_per_token() // 2 * size

@@ -162,3 +162,24 @@ def test_cli_presets_count_devices_of_the_device_set(capsys):
     assert big["llama2-70b"]["devices_context"] == 3
     assert main(["info", "--presets", "--set", "device.rows_per_bank=65536"]) == 0
     assert "(64 GiB)" in capsys.readouterr().out
+
+
+def test_cent_info_says_a_tied_table_is_what_its_copies_store(capsys):
+    """Llama 3.2 1B ties its LM head to its embedding; in a pipeline of 16 stages the first holds the
+    table for the lookup and the last again as the LM head (`device_weight_bytes`): one more
+    vocab x D table. cent info said the copies were "the router and a shared expert", which a dense
+    model has none of."""
+    import json
+    from cent_serve.cli import main
+    m = model_preset("llama3.2-1b")
+    assert main(["info", "--model", "llama3.2-1b", "--numerics", "off", "--devices", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # (the final norm's D weights are not in device_weight_bytes: 4 kB of 525 MB)
+    assert out["weights_stored_bytes"] - 2 * m.param_count() == pytest.approx(2 * m.vocab_size * m.hidden_size, rel=1e-4)
+    assert main(["info", "--model", "llama3.2-1b", "--numerics", "off", "--devices", "16"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("parameters"))
+    assert (f"with its copies {out['weights_stored_bytes'] / 2**30:.3f} GiB stored on a replica's devices (the tied "
+            "embedding table on the first stage and again on the last as its LM head)") in line, line
+    assert "router" not in line
+    assert main(["info", "--model", "llama3.2-1b", "--numerics", "off", "--devices", "1", "--pp", "1"]) == 0
+    assert "copies" not in capsys.readouterr().out  # one stage: the table once, the lookup and the head alike
