@@ -232,12 +232,33 @@ def _as_layout_names(names: list[str], layout) -> list[str]:
     return [n if n in known.values() else known.get(n.casefold(), n) for n in names]
 
 
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+"""Separators a table is saved with instead of commas (Excel's semicolons where the comma is the decimal
+mark, a TSV), by what a message calls them."""
+
+
+def _check_commas(path: Path, line: int, names: list[str]) -> None:
+    """Refuse a header read as one field that holds another separator: the file is not comma-separated,
+    which no format name fixes (the format's own error would say to name one)."""
+    if len(names) != 1:
+        return
+    for sep, what in _OTHER_SEPARATORS.items():
+        if sep in names[0]:
+            plain = Path(str(path).removesuffix(".gz"))
+            after = ", after gunzip" if str(plain) != str(path) else ""
+            raise ValueError(f"{path}:{line}: the header {names[0]!r} is separated by {what}, not commas: save "
+                             f"the trace as comma-separated (e.g. tr {sep!r} ',' < {plain} > "
+                             f"{plain.with_name(plain.stem + '-comma.csv')}{after})")
+
+
 def sniff_csv_format(path: Path) -> str:
     """The CSV format whose columns the header of `path` holds; ValueError when none does."""
     with open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = _header(path, reader)
     fmt = _csv_format_of(header)
+    if fmt is None:
+        _check_commas(path, reader.line_num, header)
     if fmt is None and (lengths := _lengths_only_format(header)) is not None:
         raise LengthsOnlyError(path, reader.line_num, lengths)
     if fmt is None:
@@ -261,6 +282,7 @@ def read_csv(path: Path, fmt: str, lengths_only: bool = False) -> Iterator[Reque
                 raise LengthsOnlyError(path, reader.line_num, fmt)
             missing = []
         if missing:
+            _check_commas(path, reader.line_num, names)
             other = _csv_format_of(names)
             fix = (f"it is a {other} header: give {other} as the format ({{fmt}}), or {{none}} to detect it"
                    if other else "rename the column(s), or give the file's own format with {fmt=} (or {none} to "

@@ -598,3 +598,18 @@ def test_a_utf16_file_and_a_sharegpt_list_as_jsonl_are_named(tmp_path):
     sg = write(tmp_path, "sg.jsonl", '[{"conversations": [{"from": "human", "value": "hi"}]}]\n')
     with pytest.raises(ValueError, match="a JSON list, not a dict: .*read it as the sharegpt format"):
         list(load_trace(sg))
+
+
+@pytest.mark.parametrize("sep, what", [(";", "semicolons"), ("\t", "tabs")])
+@pytest.mark.parametrize("fmt", [None, "vidur"])
+def test_a_trace_separated_otherwise_than_by_commas_says_so(tmp_path, sep, what, fmt):
+    """Excel saves "CSV" with semicolons where the comma is the decimal mark, and a TSV has tabs: the
+    header is then one field, and the error said to name the format (--format), which cannot help
+    (with --format vidur: to rename the columns). It names the separator and the fix instead."""
+    path = write(tmp_path, "x.csv", sep.join(("arrived_at", "num_prefill_tokens", "num_decode_tokens")) + "\n0"
+                 + sep + "10" + sep + "5")
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path, fmt))
+    assert str(info.value) == (f"{path}:1: the header {sep.join(('arrived_at', 'num_prefill_tokens', 'num_decode_tokens'))!r}"
+                               f" is separated by {what}, not commas: save the trace as comma-separated (e.g. tr "
+                               f"{sep!r} ',' < {path} > {tmp_path / 'x-comma.csv'})")
