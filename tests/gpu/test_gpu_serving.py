@@ -276,9 +276,27 @@ def test_gpu_tensor_parallel_splits_what_vllm_splits(model, tp, says):
     with pytest.raises(ValueError, match=says + r".*use a tp such as \d+"):
         GpuTimer(_gpu_cfg(model=model_preset(model), count=tp, tp=tp, numerics="off"))
     m = dataclasses.replace(model_preset("tiny"), intermediate_size=690)  # heads divide by 4, the width does not
-    with pytest.raises(ValueError, match="does not divide the MLP's width of 690.*--hardware gpu:a100-80gb:2$"):
+    with pytest.raises(ValueError, match="does not divide the MLP's width of 690.*--hardware gpu:a100-80gb:2, or "
+                       "--set gpu.tp=2 to run the 4 GPUs as 2 data-parallel replicas$"):
         GpuTimer(_gpu_cfg(model=m, count=4, numerics="off"))
     assert GpuTimer(_gpu_cfg(model=model_preset("tiny"), count=4, numerics="off")).tp == 4  # 2 KV heads, copied
+
+
+def test_a_tp_the_heads_refuse_names_the_replicas_that_keep_every_gpu():
+    """Qwen2.5-0.5B's 14 heads on gpu:a100-80gb:4 (tp 4 from the count): the fix offered only 2 GPUs
+    (:2); a serving engineer with 4 runs them as 2 replicas of tp 2, which `gpu.tp` gives (vLLM's data
+    parallelism). Named when the count divides; 3 GPUs (tp 2 would leave one idle) get the counts alone."""
+    m = dataclasses.replace(model_preset("tiny"), num_heads=14, num_kv_heads=2, hidden_size=14 * 16,
+                            head_dim=16, intermediate_size=4864)
+    with pytest.raises(ValueError) as info:
+        GpuTimer(_gpu_cfg(model=m, count=4, numerics="off"))
+    assert str(info.value).endswith("does not divide the model's 14 attention heads (a tensor-parallel group splits "
+                                    "them, as vLLM does): use --hardware gpu:a100-80gb:2, or --set gpu.tp=2 to run "
+                                    "the 4 GPUs as 2 data-parallel replicas"), info.value
+    assert GpuTimer(_gpu_cfg(model=m, count=4, tp=2, numerics="off")).mapping.replicas == 2  # the fix runs
+    with pytest.raises(ValueError) as info:
+        GpuTimer(_gpu_cfg(model=m, count=3, numerics="off"))
+    assert str(info.value).endswith("use --hardware gpu:a100-80gb:2"), info.value
 
 
 @pytest.mark.parametrize("args, says", [
