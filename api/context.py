@@ -96,8 +96,8 @@ class ApiContext:
 
     def check_model(self, name: str) -> None:
         """Raise ApiError 404 unless `name` is the model this server serves: its id, or for a checkpoint
-        the directory as given to --model or as an absolute path (vLLM serves a model by the path it
-        was given, so `vllm bench serve --model DIR` names it so)."""
+        the directory (or its config.json) as given to --model or as an absolute path (vLLM serves a model
+        by the path it was given, so `vllm bench serve --model DIR` names it so)."""
         ckpt = self.cfg.model.checkpoint
         if name != self.model_name and not (ckpt and name.rstrip("/") and _same_path(name, ckpt)):
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
@@ -220,8 +220,11 @@ def summary(timings: list[dict]) -> dict:
 
 def _same_path(name: str, directory: str) -> bool:
     """Whether `name` names `directory`: as given, or as an absolute path (from this process's working
-    directory). Strings only: a client's name never walks the filesystem (resolving a name of
+    directory), or its `config.json` so (`--model DIR/config.json` serves DIR, and a client is given the
+    same string). Strings only: a client's name never walks the filesystem (resolving a name of
     300,000 components held the event loop ~10 s; a symlink loop raised RuntimeError, a 500)."""
+    if name == "config.json" or name.endswith("/config.json"):
+        name = name.removesuffix("config.json") or "."
     if name.rstrip("/") == directory.rstrip("/"):
         return True
     if len(name) > 4096 or "\0" in name:  # longer than any path (PATH_MAX), or no path at all

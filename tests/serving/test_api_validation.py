@@ -109,7 +109,30 @@ def test_a_checkpoint_is_served_by_its_id_and_by_the_directory_as_vllm_names_it(
     preset = SimpleNamespace(model_name="tiny", cfg=SimpleNamespace(model=SimpleNamespace(checkpoint=None)))
     ApiContext.check_model(preset, "tiny")
     with pytest.raises(ApiError):
+        ApiContext.check_model(preset, "config.json")
+    with pytest.raises(ApiError):
         ApiContext.check_model(preset, str(tmp_path))
+
+
+def test_a_checkpoint_given_as_its_config_json_is_served_by_that_path_too(tmp_path, monkeypatch):
+    """`cent serve --model my_llama/config.json` serves the directory (hf_config loads a config.json as
+    its directory); a client given the same string (`vllm bench serve --model my_llama/config.json`)
+    got 404 model_not_found. The file's path, as given or absolute, names the checkpoint; another file
+    in it does not."""
+    from types import SimpleNamespace
+
+    from api.context import ApiContext
+    from api.errors import ApiError
+    ckpt = tmp_path / "my_llama"
+    ckpt.mkdir()
+    monkeypatch.chdir(tmp_path)
+    ctx = SimpleNamespace(model_name="my_llama", cfg=SimpleNamespace(model=SimpleNamespace(checkpoint=str(ckpt))))
+    for name in ("my_llama/config.json", "./my_llama/config.json", str(ckpt / "config.json")):
+        ApiContext.check_model(ctx, name)
+    for name in ("my_llama/tokenizer.json", "my_llama/config.json/", "config.json", "other/config.json"):
+        with pytest.raises(ApiError) as err:
+            ApiContext.check_model(ctx, name)
+        assert err.value.status == 404
 
 
 def test_a_model_name_is_compared_as_a_string_never_resolved_on_the_filesystem(tmp_path, monkeypatch):
