@@ -204,7 +204,7 @@ async def _probe(client: httpx.AsyncClient, url: str) -> tuple[str, int | None]:
         return model["id"], context if isinstance(context, int) and not isinstance(context, bool) else None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ValueError(f"--url {url}: GET /v1/models answered {r.status_code} without a model list: "
-                         "point --url at an OpenAI-compatible server (e.g. `cent serve`), without /v1") from None
+                         "point --url at an OpenAI-compatible server (e.g. `cent serve`): http://HOST:PORT, or its /v1") from None
 
 
 @dataclass
@@ -456,6 +456,14 @@ def _over_replay(start: list[dict], end: list[dict], offset: float) -> list[dict
     return out
 
 
+def server_root(url: str) -> str:
+    """The server's root, which the replay's paths (`/v1/completions`, `/tokenize`) follow: `url` without
+    a trailing slash, nor a trailing `/v1`, the OpenAI client's `base_url` form that `cent serve` logs
+    ("listening on http://HOST:PORT/v1"), so that URL copied to --url is the server it names."""
+    root = url.rstrip("/")
+    return root.removesuffix("/v1").rstrip("/") if root.endswith("/v1") else root
+
+
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,
                       api_key: str | None = None, progress: bool = True) -> tuple[BenchResult, dict]:
     """Replay over HTTP; returns the result (simulated times when the server gives them) and the
@@ -465,7 +473,7 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     # (a cap would hold back the request the engine's clock is waiting for)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     try:
-        client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=30)
+        client = httpx.AsyncClient(base_url=server_root(url), headers=headers, limits=limits, timeout=30)
     except httpx.InvalidURL as exc:
         raise ValueError(f"--url {url!r} is invalid ({exc}): use e.g. http://127.0.0.1:8000") from None
     async with client:

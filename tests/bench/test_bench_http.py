@@ -73,6 +73,19 @@ def test_url_says_the_flags_of_the_hardware_change_nothing_on_the_server(tmp_pat
     assert len(said) == 1 and said[0].startswith("--model --devices: the server at") and "(tiny)" in said[0]
 
 
+def test_url_takes_the_openai_base_url_the_server_logs(tmp_path):
+    """`cent serve` logs "listening on http://HOST:PORT/v1" and the openai client's base_url ends in /v1:
+    that URL given to --url was refused (GET /v1/v1/models answered 404). It names the same server."""
+    from cent_serve.bench.http_client import server_root
+    assert [server_root(u) for u in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/", "http://h:1/x/v1")] \
+        == ["http://h:1", "http://h:1", "http://h:1", "http://h:1", "http://h:1/x"]
+    with Server(_cfg(), "local") as s:
+        assert main(["bench", "run", "--url", s.url + "/v1/", "--num-requests", "3", "--max-prompt-tokens", "16",
+                     "--max-output-tokens", "4", "--no-plots", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] == 3 and summary["model"] == "tiny"
+
+
 def test_a_paced_server_that_ran_before_reports_in_trace_time():
     """On the paced clock the server's simulated times run from its own start: the replay shifts them
     to the trace's time 0, as it does the virtual clock's, and leaves a refused request's trace arrival
