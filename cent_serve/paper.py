@@ -98,7 +98,7 @@ def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | Non
     total = prompt + decode
     t = GpuTimer(cfg)
     batch = min(128, t.max_batch(total)) if batch is None else batch
-    check_gpus_hold(cfg, total, max(1, batch))
+    check_gpus_hold(cfg, total, max(1, batch), context_flag="a smaller --prompt or --decode")
     f = t.phase_figures(batch, prompt, decode)
     tco, k = t.tco(), t.mapping.replicas
     for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them

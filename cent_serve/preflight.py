@@ -308,10 +308,12 @@ def check_checkpoint(cfg: CentConfig) -> None:
         check_hf_checkpoint(cfg.model)
 
 
-def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str | None = None):
+def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str | None = None,
+                    context_flag: str | None = None):
     """The GPUs hold the weights and the KV of `batch` sequences of `context` tokens (default one
     of the whole context). ValueError naming the sizes and the fix, the GPUs named by `gpu_flag`
-    (default `gpu.timing.HARDWARE_FLAG`)."""
+    (default `gpu.timing.HARDWARE_FLAG`), the context by `context_flag` (default model.max_seq_len),
+    with the longest context that fits."""
     from cent_serve.gpu.timing import HARDWARE_FLAG, GpuTimer
 
     gpu_flag = HARDWARE_FLAG if gpu_flag is None else gpu_flag
@@ -334,11 +336,16 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
                          f"tokens needs {need} blocks of {block} tokens, {why}: {fix}, or use fewer sequences, or a "
                          "shorter context with --set model.max_seq_len=N")
     if have < need:
+        # the N that fits (vLLM's refusal names the KV cache's tokens likewise): a long-context model's
+        # config.json (Mistral-Nemo's 1,024,000) on few GPUs needs it
+        largest = have // batch * block
+        shorter = f"a shorter context with {context_flag or '--set model.max_seq_len=N'}" + (
+            f" (at most {largest} tokens at {batch} sequence{'s' if batch > 1 else ''})" if largest else "")
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
                          f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "
                          f"sequences): use more GPUs ({gpu_flag}KIND:N), fewer sequences, a larger --set "
-                         "gpu.memory_utilization=F, or a shorter context with --set model.max_seq_len=N")
+                         f"gpu.memory_utilization=F, or {shorter}")
     return t.mapping
 
 

@@ -325,7 +325,7 @@ def test_a_tp_the_heads_refuse_names_the_replicas_that_keep_every_gpu():
      "llama2-70b on 2 x a100-80gb: pp 1 x tp 2 does not fit: the KV of 1 x 4096 tokens needs 256 blocks of 16 tokens, "
      "the GPUs hold 85 after the weights in gpu.memory_utilization=0.865 of their memory (0 such sequences): use more "
      "GPUs (--gpu KIND:N), fewer sequences, a larger --set gpu.memory_utilization=F, or a shorter context with --set "
-     "model.max_seq_len=N"),
+     "model.max_seq_len=N (at most 1360 tokens at 1 sequence)"),
 ])
 def test_a_gpu_refusal_names_the_flag_that_set_the_gpus(args, says, capsys, tmp_path):
     """A tp taken from --hardware gpu:KIND:N's count was fixed with --set gpu.tp, which the user never gave,
@@ -421,3 +421,28 @@ def test_a_gpu_round_charges_its_lane_and_splits_it_by_tokens():
     devices = ex.stats()["devices"]
     assert [d["energy_j"] - b for d, b in zip(devices, before)] == pytest.approx([lane_j / 2] * 2, rel=1e-9)
     assert ex.stats()["fabric"]["wire_bytes"] == 2 * 32 * (20 + 2001) * 4096 * 2  # both rounds' tokens
+
+
+def test_a_context_the_gpus_cannot_hold_names_the_longest_they_can():
+    """A long-context config.json (Mistral-Nemo's 1,024,000 tokens on one A100) was refused with "a shorter
+    context with --set model.max_seq_len=N" and no N; vLLM's refusal names the tokens its KV cache holds.
+    The N named is the longest that fits: it runs, one token more is refused again."""
+    import re
+
+    from cent_serve.config import apply_overrides, build_config
+    from cent_serve.preflight import check_gpus_hold
+    cfg = build_config("llama3.1-8b", hardware="gpu:a100-80gb:1", numerics="off",
+                       overrides=["gpu.memory_utilization=0.3"])  # 24 GB: 16 of weights, ~60k tokens of KV
+    with pytest.raises(ValueError) as info:
+        check_gpus_hold(cfg)
+    largest = int(re.search(r"--set model.max_seq_len=N \(at most (\d+) tokens at 1 sequence\)$", str(info.value)).group(1))
+    assert largest % cfg.scheduler.kv_block_tokens == 0 and 50_000 < largest < 131_072
+    check_gpus_hold(apply_overrides(cfg, [f"model.max_seq_len={largest}"]))
+    with pytest.raises(ValueError, match=f"at most {largest} tokens at 1 sequence"):
+        check_gpus_hold(apply_overrides(cfg, [f"model.max_seq_len={largest + 1}"]))
+    # cent simulate's context is --prompt + --decode, which model.max_seq_len does not move: named so
+    from cent_serve.paper import closed_form
+    with pytest.raises(ValueError) as info:
+        closed_form(build_config("llama3.1-8b", hardware="gpu:a100-80gb:1", numerics="off"), 100_000, 30_000, batch=64)
+    assert str(info.value).endswith("or a shorter context with a smaller --prompt or --decode (at most 6656 tokens at "
+                                    "64 sequences)"), info.value
