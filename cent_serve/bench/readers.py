@@ -251,6 +251,20 @@ def _check_commas(path: Path, line: int, names: list[str]) -> None:
                              f"{plain.with_name(plain.stem + '-comma.csv')}{after})")
 
 
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+"""A Mooncake trace's keys: its lines' JSON keys, which a CSV made from it keeps as column names."""
+
+
+def _check_not_mooncake(path: Path, line: int, names: list[str]) -> None:
+    """Refuse a CSV whose columns are Mooncake's keys with the two ways to replay it: Mooncake is read as
+    JSON lines (its timestamps in milliseconds), and no CSV format has those columns."""
+    if set(MOONCAKE_KEYS) <= {n.casefold() for n in names}:
+        raise ValueError(f"{path}:{line}: the columns {', '.join(MOONCAKE_KEYS)} are Mooncake's keys, whose trace is "
+                         "JSON lines: write one {\"timestamp\": MS, \"input_length\": N, \"output_length\": N} object a "
+                         "line (a .jsonl file), or rename the columns to vidur's arrived_at (seconds), "
+                         "num_prefill_tokens, num_decode_tokens")
+
+
 def sniff_csv_format(path: Path) -> str:
     """The CSV format whose columns the header of `path` holds; ValueError when none does."""
     with open_text(path, newline="") as f:
@@ -259,6 +273,7 @@ def sniff_csv_format(path: Path) -> str:
     fmt = _csv_format_of(header)
     if fmt is None:
         _check_commas(path, reader.line_num, header)
+        _check_not_mooncake(path, reader.line_num, header)
     if fmt is None and (lengths := _lengths_only_format(header)) is not None:
         raise LengthsOnlyError(path, reader.line_num, lengths)
     if fmt is None:
@@ -391,7 +406,7 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             obj = _parse_json(line.rstrip(), path, line_no, dict, 'write one {"timestamp", '
                               '"input_length", "output_length"} object per line (a ShareGPT file is one JSON '
                               'list of conversations: read it as the sharegpt format)')
-            for key in ("timestamp", "input_length", "output_length"):
+            for key in MOONCAKE_KEYS:
                 if key not in obj:
                     raise ValueError(f"{where}: no {key!r} key: a JSON-lines trace is Mooncake's, every line "
                                      "with timestamp (ms), input_length and output_length (other layouts: "

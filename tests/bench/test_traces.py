@@ -613,3 +613,15 @@ def test_a_trace_separated_otherwise_than_by_commas_says_so(tmp_path, sep, what,
     assert str(info.value) == (f"{path}:1: the header {sep.join(('arrived_at', 'num_prefill_tokens', 'num_decode_tokens'))!r}"
                                f" is separated by {what}, not commas: save the trace as comma-separated (e.g. tr "
                                f"{sep!r} ',' < {path} > {tmp_path / 'x-comma.csv'})")
+
+
+def test_a_csv_of_mooncake_s_keys_says_mooncake_is_json_lines(tmp_path):
+    """A Mooncake trace turned into a CSV keeps its keys as columns: it was refused as matching no format,
+    "or name the format with --format", which none fits (mooncake reads JSON lines). The error says so."""
+    path = write(tmp_path, "m.csv", "timestamp,input_length,output_length,hash_ids\n0,10,5,\n1000,10,5,")
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path))
+    assert str(info.value) == (f"{path}:1: the columns timestamp, input_length, output_length are Mooncake's keys, whose "
+                               'trace is JSON lines: write one {"timestamp": MS, "input_length": N, "output_length": N} '
+                               "object a line (a .jsonl file), or rename the columns to vidur's arrived_at (seconds), "
+                               "num_prefill_tokens, num_decode_tokens")
