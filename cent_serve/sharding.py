@@ -41,6 +41,7 @@ fabric.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -75,6 +76,7 @@ class LayerShard:
     tp: int
     q_heads: tuple[int, int]  # query heads [a, b)
     kv_heads: tuple[int, int]  # the KV heads those query heads read [a, b)
+    num_rep: int  # the model's query heads per KV head (ModelConfig.num_rep)
     input_norm: np.ndarray  # (D,)
     wq: np.ndarray  # (nq*hd, D)
     wk: np.ndarray  # (nkv*hd, D)
@@ -103,6 +105,18 @@ class LayerShard:
     @property
     def num_kv_heads(self) -> int:
         return self.kv_heads[1] - self.kv_heads[0]
+
+    @cached_property
+    def query_groups(self) -> tuple[int, np.ndarray | None]:
+        """How `shard_attention` pairs the shard's query heads with its KV heads: (r, None) when each of
+        its KV heads serves r of its (consecutive) query heads, the usual split; else (1, the KV head of
+        each query head, (nq,)), an uneven split (12 heads on 3 KV heads over tp 2: 4 and 2 on rank 0).
+        Computed once per shard: every attention call of every round reads it."""
+        (qa, qb), (ka, kb), rep = self.q_heads, self.kv_heads, self.num_rep
+        counts = {min(qb, (g + 1) * rep) - max(qa, g * rep) for g in range(ka, kb)}
+        if len(counts) == 1:
+            return counts.pop(), None
+        return 1, np.arange(qa, qb) // rep - ka
 
     def nbytes(self, bytes_per_element: int = 2) -> int:
         """Weight bytes this rank stores (bf16 on a CENT device)."""
@@ -158,7 +172,7 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
     else:
         mlp.update(w_gate=w.w_gate[fa:fb], w_up=w.w_up[fa:fb], w_down=w.w_down[da:db])
     return LayerShard(
-        rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), input_norm=w.input_norm,
+        rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), num_rep=cfg.num_rep, input_norm=w.input_norm,
         wq=w.wq[q_rows], wk=w.wk[kv_rows], wv=w.wv[kv_rows],
         wo=w.wo[da:db], post_norm=w.post_norm, qk_norms=w.qk_norms,
         qkv_bias=None if bias is None else (bias[0][q_rows], bias[1][kv_rows], bias[2][kv_rows]), **mlp)
@@ -203,7 +217,7 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     seq, hd = h.shape[0], cfg.head_dim
     q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)  # (nq | nkv, seq, hd)
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
-    r, kv_of_q = query_groups(cfg, s)
+    r, kv_of_q = s.query_groups
     if kv_of_q is not None:
         keys, values = keys[kv_of_q], values[kv_of_q]  # (nq, L, hd): a copy per query head
     # a group's r query heads read its KV head in place, broadcast (copying the KV per query head
@@ -214,17 +228,6 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
         scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
     out = softmax(scores, axis=-1).astype(F32) @ values[:, None]  # (groups, r, seq, hd)
     return out.reshape(-1, seq, hd).transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
-
-
-def query_groups(cfg: ModelConfig, s: LayerShard) -> tuple[int, np.ndarray | None]:
-    """How `shard_attention` pairs the shard's query heads with its KV heads: (r, None) when each of
-    its KV heads serves r of its (consecutive) query heads, the usual split; else (1, the KV head of
-    each query head, (nq,)), an uneven split (12 heads on 3 KV heads over tp 2: 4 and 2 on rank 0)."""
-    (qa, qb), (ka, kb), rep = s.q_heads, s.kv_heads, cfg.num_rep
-    counts = {min(qb, (g + 1) * rep) - max(qa, g * rep) for g in range(ka, kb)}
-    if len(counts) == 1:
-        return counts.pop(), None
-    return 1, np.arange(qa, qb) // rep - ka
 
 
 def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int, kv: ShardKV,

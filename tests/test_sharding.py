@@ -7,8 +7,7 @@ import pytest
 from cent_serve.model import LlamaModel
 from cent_serve.model.layers import hidden_keys, hides_any, project_qkv, rms_norm, softmax
 from cent_serve.model.weights import random_weights
-from cent_serve.sharding import (ShardKV, head_ranges, query_groups, shard_attention, shard_layer, split_bounds,
-                                 tp_block_forward)
+from cent_serve.sharding import ShardKV, head_ranges, shard_attention, shard_layer, split_bounds, tp_block_forward
 from tests.factories import tiny_model_config
 
 
@@ -140,13 +139,15 @@ def test_shard_attention_reads_kv_heads_in_place_with_the_same_floats(heads, kv_
             start += seq
 
 
-def test_query_groups_of_even_and_uneven_splits():
+def test_query_groups_of_even_and_uneven_splits_are_computed_once_per_shard():
     tiny = tiny_model_config(num_heads=8, num_kv_heads=2)
-    assert query_groups(tiny, shard_layer(tiny, random_weights(tiny).layers[0], 0, 1)) == (4, None)
-    assert query_groups(tiny, shard_layer(tiny, random_weights(tiny).layers[0], 3, 8)) == (1, None)
+    assert shard_layer(tiny, random_weights(tiny).layers[0], 0, 1).query_groups == (4, None)
+    assert shard_layer(tiny, random_weights(tiny).layers[0], 3, 8).query_groups == (1, None)
     cfg = tiny_model_config(hidden_size=96, num_heads=12, num_kv_heads=3, head_dim=8)  # 4 query heads a KV head
-    r, kv_of_q = query_groups(cfg, shard_layer(cfg, random_weights(cfg).layers[0], 0, 2))  # heads 0-5: 4 + 2
+    s = shard_layer(cfg, random_weights(cfg).layers[0], 0, 2)  # heads 0-5: 4 + 2
+    r, kv_of_q = s.query_groups
     assert (r, kv_of_q.tolist()) == (1, [0, 0, 0, 0, 1, 1])
+    assert s.query_groups[1] is kv_of_q  # kept, not rebuilt at every attention call
 
 
 def test_hides_any_says_whether_the_mask_hides_a_key():
