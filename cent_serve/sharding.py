@@ -226,7 +226,7 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     scores = q @ keys[:, None].transpose(0, 1, 3, 2) * F32(1.0 / np.sqrt(hd))  # (groups, r, seq, L)
     if hides_any(start, seq, keys.shape[1], cfg.sliding_window):
         scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
-    out = softmax(scores, axis=-1).astype(F32) @ values[:, None]  # (groups, r, seq, hd)
+    out = softmax(scores, axis=-1).astype(F32, copy=False) @ values[:, None]  # (groups, r, seq, hd)
     return out.reshape(-1, seq, hd).transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
 
 

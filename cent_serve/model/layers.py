@@ -112,9 +112,14 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x - np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    """exp(x - max) / sum over `axis` of float x, in x's dtype: a new array (x is left as it is), the
+    only one made: the shift, exp and division work in it. Every sequence's attention runs this on its
+    (heads, seq, context) scores every round, where each temporary was an allocation and a pass more;
+    each step is the same ufunc on the same dtypes, so the same floats."""
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True))
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window: int = 0) -> np.ndarray:
@@ -134,7 +139,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window:
     scores = qg @ k.transpose(0, 2, 1) * F32(1.0 / np.sqrt(head_dim))  # (kv_heads, rep*seq_q, seq_k)
     scores = scores.reshape(kv_heads, rep, seq_q, seq_k)
     scores = np.where(hidden_keys(q_start, seq_q, seq_k, window), F32(-np.inf), scores)
-    probs = softmax(scores, axis=-1).astype(F32).reshape(kv_heads, rep * seq_q, seq_k)
+    probs = softmax(scores, axis=-1).astype(F32, copy=False).reshape(kv_heads, rep * seq_q, seq_k)
     out = probs @ v  # (kv_heads, rep*seq_q, head_dim)
     return out.reshape(heads, seq_q, head_dim)
 
@@ -202,7 +207,7 @@ def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[n
     MoE routers do it: softmax over the router's logits (seq, E), the k largest probabilities
     (ties to the lower expert), divided by their sum when `normalize`. Returns (experts (seq, k)
     int64, weights (seq, k) float32)."""
-    probs = softmax(h @ router.T, axis=-1).astype(F32)  # (seq, E)
+    probs = softmax(h @ router.T, axis=-1).astype(F32, copy=False)  # (seq, E)
     top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (seq, k)
     weights = np.take_along_axis(probs, top, axis=-1)
     if normalize:
