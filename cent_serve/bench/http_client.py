@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import time
+import urllib.parse
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -461,7 +462,8 @@ def server_root(url: str) -> str:
     a trailing slash, nor a trailing `/v1`, the OpenAI client's `base_url` form that `cent serve` logs
     ("listening on http://HOST:PORT/v1"), so that URL copied to --url is the server it names."""
     root = url.rstrip("/")
-    return root.removesuffix("/v1").rstrip("/") if root.endswith("/v1") else root
+    path = urllib.parse.urlsplit(root).path  # only the path's /v1: a host named v1 (http://v1) is the server's
+    return root.removesuffix("/v1").rstrip("/") if path.endswith("/v1") else root
 
 
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,

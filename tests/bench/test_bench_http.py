@@ -79,6 +79,9 @@ def test_url_takes_the_openai_base_url_the_server_logs(tmp_path):
     from cent_serve.bench.http_client import server_root
     assert [server_root(u) for u in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/", "http://h:1/x/v1")] \
         == ["http://h:1", "http://h:1", "http://h:1", "http://h:1", "http://h:1/x"]
+    # a host named v1 is the server's host, not an OpenAI base path (it became "http:")
+    assert [server_root(u) for u in ("http://v1", "http://v1/", "https://v1:8000/v1")] == \
+        ["http://v1", "http://v1", "https://v1:8000"]
     with Server(_cfg(), "local") as s:
         assert main(["bench", "run", "--url", s.url + "/v1/", "--num-requests", "3", "--max-prompt-tokens", "16",
                      "--max-output-tokens", "4", "--no-plots", "--out", str(tmp_path)]) == 0
