@@ -261,8 +261,8 @@ def _check_not_mooncake(path: Path, line: int, names: list[str]) -> None:
     if set(MOONCAKE_KEYS) <= {n.casefold() for n in names}:
         raise ValueError(f"{path}:{line}: the columns {', '.join(MOONCAKE_KEYS)} are Mooncake's keys, whose trace is "
                          "JSON lines: write one {\"timestamp\": MS, \"input_length\": N, \"output_length\": N} object a "
-                         "line (a .jsonl file), or rename the columns to vidur's arrived_at (seconds), "
-                         "num_prefill_tokens, num_decode_tokens")
+                         "line (a .jsonl file), or make it vidur's columns: arrived_at (seconds: timestamp / 1000, "
+                         "Mooncake's are milliseconds), num_prefill_tokens, num_decode_tokens")
 
 
 def sniff_csv_format(path: Path) -> str:

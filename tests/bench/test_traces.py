@@ -623,5 +623,5 @@ def test_a_csv_of_mooncake_s_keys_says_mooncake_is_json_lines(tmp_path):
         list(load_trace(path))
     assert str(info.value) == (f"{path}:1: the columns timestamp, input_length, output_length are Mooncake's keys, whose "
                                'trace is JSON lines: write one {"timestamp": MS, "input_length": N, "output_length": N} '
-                               "object a line (a .jsonl file), or rename the columns to vidur's arrived_at (seconds), "
-                               "num_prefill_tokens, num_decode_tokens")
+                               "object a line (a .jsonl file), or make it vidur's columns: arrived_at (seconds: "
+                               "timestamp / 1000, Mooncake's are milliseconds), num_prefill_tokens, num_decode_tokens")
