@@ -296,9 +296,13 @@ def test_a_tp_stage_all_gathers_the_shared_expert_s_slices():
     (docs/hardware_model.md section 6): a broadcast of flits(5632) = ceil(2 x 5632 / 192) = 59 flits and
     a gather of ceil(2 x 5632 / 4 / 192) x 3 = 45, each t(f) = 180 ns + f x 256 B / (4 GiB/s x 4 lanes)
     (32 devices: 144 // 32 lanes); its down slices ride in the combine's partial sums (no more bytes).
-    The links carry 3 x 5632 more values a block at 16 bits and 4.4 pJ a bit (section 8)."""
+    The links carry 3 x 5632 more values a block at 16 bits and 4.4 pJ a bit (section 8); under the
+    `artifact` convention 2 x 5632 more values on every device's step of a block (10 D + 2 F_s), as bits."""
     from cent_serve.timing.energy import token_energy_terms_j
     with_, without = qwen_timer(QWEN15_MOE, 32, 8, 4), qwen_timer(NO_SHARED, 32, 8, 4)
+    artifact = [SystemTimer(w.model, w.mapping, w.device, w.fabric, "artifact") for w in (with_, without)]
+    pcie = token_energy_terms_j(artifact[0], 1024)["pcie"] - token_energy_terms_j(artifact[1], 1024)["pcie"]
+    assert pcie == pytest.approx(24 * 4 * 2 * 5632 * 4.4e-12, rel=1e-9)  # 24 blocks x 4 devices' steps
     t = lambda flits: 180e-9 + flits * 256 / (4 * 2**30 * 4)  # noqa: E731
     assert with_.collectives_s(1) - without.collectives_s(1) == pytest.approx(t(59) + t(45), rel=1e-9)
     assert with_.collectives_s(8) - without.collectives_s(8) == pytest.approx(t(470) + t(3 * 118), rel=1e-9)  # 8 tokens
