@@ -339,13 +339,17 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
         # the N that fits (vLLM's refusal names the KV cache's tokens likewise): a long-context model's
         # config.json (Mistral-Nemo's 1,024,000) on few GPUs needs it
         largest = have // batch * block
-        shorter = f"a shorter context with {context_flag or '--set model.max_seq_len=N'}" + (
-            f" (at most {largest} tokens at {batch} sequence{'s' if batch > 1 else ''})" if largest else "")
+        if largest:
+            fix = (f"fewer sequences, a larger --set gpu.memory_utilization=F, or a shorter context with "
+                   f"{context_flag or '--set model.max_seq_len=N'} (at most {largest} tokens at {batch} "
+                   f"sequence{'s' if batch > 1 else ''})")
+        else:  # no context fits: more sequences than blocks (a sequence takes one at least), or no block at all
+            fix = (f"a larger --set gpu.memory_utilization=F, or fewer sequences: {batch} fit at no context (a "
+                   "sequence takes one block at least)") if have else "or a larger --set gpu.memory_utilization=F"
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
                          f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "
-                         f"sequences): use more GPUs ({gpu_flag}KIND:N), fewer sequences, a larger --set "
-                         f"gpu.memory_utilization=F, or {shorter}")
+                         f"sequences): use more GPUs ({gpu_flag}KIND:N), {fix}")
     return t.mapping
 
 

@@ -446,3 +446,9 @@ def test_a_context_the_gpus_cannot_hold_names_the_longest_they_can():
         closed_form(build_config("llama3.1-8b", hardware="gpu:a100-80gb:1", numerics="off"), 100_000, 30_000, batch=64)
     assert str(info.value).endswith("or a shorter context with a smaller --prompt or --decode (at most 6656 tokens at "
                                     "64 sequences)"), info.value
+    # more sequences than blocks: no context fits them, so no shorter context is offered
+    with pytest.raises(ValueError) as info:
+        check_gpus_hold(cfg, 1024, batch=100_000)
+    assert str(info.value).endswith("a larger --set gpu.memory_utilization=F, or fewer sequences: 100000 fit at no "
+                                    "context (a sequence takes one block at least)"), info.value
+    assert "shorter context" not in str(info.value)
