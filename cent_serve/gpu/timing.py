@@ -121,9 +121,12 @@ class GpuTimer:
                     stages = f" over gpu.pp={self.pp} stages" if self.pp > 1 else ""
                     origin = f" (the GPUs of {gpu_flag}{g.kind}:{g.count}{stages})"
                     fix = f"use {gpu_flag}{g.kind}:{counts}"
-                    if g.count % (below * self.pp) == 0:  # the GPUs given, as data-parallel replicas of that tp
-                        fix += (f", or --set gpu.tp={below} to run the {g.count} GPUs as "
-                                f"{g.count // (below * self.pp)} data-parallel replicas")
+                    # the GPUs given, as data-parallel replicas of the largest tp > 1 that fits and divides them
+                    # (6 GPUs, 32 heads: tp 2 x 3, where `below`, 4, would leave 2 idle)
+                    keep = max((t for t in range(2, self.tp) if fits(t) and g.count % (t * self.pp) == 0), default=None)
+                    if keep:
+                        fix += (f", or --set gpu.tp={keep} to run the {g.count} GPUs as "
+                                f"{g.count // (keep * self.pp)} data-parallel replicas")
                 raise ValueError(f"gpu.tp={self.tp}{origin} does not divide {what} (a tensor-parallel group splits "
                                  f"them, as vLLM does): {fix}")
         base, extra = divmod(m.num_layers, self.pp)

@@ -285,7 +285,8 @@ def test_gpu_tensor_parallel_splits_what_vllm_splits(model, tp, says):
 def test_a_tp_the_heads_refuse_names_the_replicas_that_keep_every_gpu():
     """Qwen2.5-0.5B's 14 heads on gpu:a100-80gb:4 (tp 4 from the count): the fix offered only 2 GPUs
     (:2); a serving engineer with 4 runs them as 2 replicas of tp 2, which `gpu.tp` gives (vLLM's data
-    parallelism). Named when the count divides; 3 GPUs (tp 2 would leave one idle) get the counts alone."""
+    parallelism). Named for the largest such tp > 1 that divides the count (6 GPUs on 32 heads: tp 2, not 4);
+    3 GPUs (tp 2 would leave one idle) get the counts alone."""
     m = dataclasses.replace(model_preset("tiny"), num_heads=14, num_kv_heads=2, hidden_size=14 * 16,
                             head_dim=16, intermediate_size=4864)
     with pytest.raises(ValueError) as info:
@@ -297,6 +298,12 @@ def test_a_tp_the_heads_refuse_names_the_replicas_that_keep_every_gpu():
     with pytest.raises(ValueError) as info:
         GpuTimer(_gpu_cfg(model=m, count=3, numerics="off"))
     assert str(info.value).endswith("use --hardware gpu:a100-80gb:2"), info.value
+    # 6 GPUs on 32 heads: tp 4 (the nearest below) would leave 2 idle, tp 2 keeps all 6 as 3 replicas
+    with pytest.raises(ValueError) as info:
+        GpuTimer(_gpu_cfg(model=model_preset("llama3.2-1b"), count=6, numerics="off"))
+    assert str(info.value).endswith("use --hardware gpu:a100-80gb:4 or :8, or --set gpu.tp=2 to run the 6 GPUs as 3 "
+                                    "data-parallel replicas"), info.value
+    assert GpuTimer(_gpu_cfg(model=model_preset("llama3.2-1b"), count=6, tp=2, numerics="off")).mapping.replicas == 3
 
 
 @pytest.mark.parametrize("args, says", [
