@@ -47,8 +47,8 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (combine, expert_outputs, expert_rows, hidden_keys, hides_any, project_qkv, rms_norm,
-                                     route, shared_gate_scale, silu, softmax)
+from cent_serve.model.layers import (combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any, project_qkv,
+                                     rms_norm, route, shared_gate_scale, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -243,7 +243,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
             act = all_gather("shared_act", act)  # (seq, F_s)
         local, experts = moe_local(cfg, s, h, act)
         return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
-    act = silu(h @ s.w_gate.T) * (h @ s.w_up.T)  # (seq, F_r)
+    act = gated(h, s.w_gate, s.w_up)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
 
@@ -253,7 +253,7 @@ def shared_act(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray | N
     all-gathered before the down; None when the model has no shared expert."""
     if not cfg.shared_expert_intermediate_size:
         return None
-    return silu(h @ s.shared_gate.T) * (h @ s.shared_up.T)
+    return gated(h, s.shared_gate, s.shared_up)
 
 
 def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray,
@@ -272,7 +272,8 @@ def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray,
     return flat.reshape(1, -1), experts
 
 
-def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def moe_combine(cfg: ModelConfig, tp: int, gathered: np.ndarray,
+                experts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Every rank's `moe_local` rows side by side, rank after rank (1, total): each rank's experts'
     outputs cut out again (every rank knows the routing, so how many rows each expert sent), then
     added in expert order (seq, D); and a shared expert's down slices put side by side, its output

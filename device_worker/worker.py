@@ -270,7 +270,7 @@ class DeviceWorker:
 
     def _block(self, b: int, x: np.ndarray, seqs, bounds) -> Generator[Exchange, np.ndarray, np.ndarray]:
         """One block for all sequences: shared projections, per-sequence attention."""
-        from cent_serve.model.layers import silu
+        from cent_serve.model.layers import gated
         from cent_serve.sharding import moe_finish, moe_local, shard_attention, shared_act
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
@@ -288,7 +288,7 @@ class DeviceWorker:
             local, experts = moe_local(cfg, sh, h, act)
             outputs = yield from self._gather("experts", local)
             return x + moe_finish(cfg, sh, outputs, experts, h)
-        act = yield from self._gather("act", silu(h @ sh.w_gate.T) * (h @ sh.w_up.T))
+        act = yield from self._gather("act", gated(h, sh.w_gate, sh.w_up))
         down = yield from self._gather("down", act @ sh.w_down.T)
         return x + down
 

@@ -184,9 +184,15 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (F32(1.0) + np.exp(-x))
 
 
+def gated(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray) -> np.ndarray:
+    """A SwiGLU's activation silu(gate(x)) * up(x) (seq, F), before its down; weights in (out, in)
+    layout. A tensor-parallel rank runs it on its rows of gate and up, and gathers the slices."""
+    return silu(x @ w_gate.T) * (x @ w_up.T)
+
+
 def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
     """Llama MLP: down(silu(gate(x)) * up(x)); weights in (out, in) layout."""
-    return (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+    return gated(x, w_gate, w_up) @ w_down.T
 
 
 def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,
@@ -230,7 +236,7 @@ def expert_outputs(h: np.ndarray, experts: np.ndarray, weights: np.ndarray, expe
         rows, slot = expert_rows(experts, e)
         if rows.size:
             x = h[rows]
-            y = (silu(x @ gate[j].T) * (x @ up[j].T)) @ down[j].T  # (tokens, D)
+            y = swiglu(x, gate[j], up[j], down[j])  # (tokens, D)
             out.append((e, rows, y * weights[rows, slot][:, None]))
     return out
 
