@@ -344,8 +344,8 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
                    f"{context_flag or '--set model.max_seq_len=N'} (at most {largest} tokens at {batch} "
                    f"sequence{'s' if batch > 1 else ''})")
         else:  # no context fits: more sequences than blocks (a sequence takes one at least), or no block at all
-            fix = (f"a larger --set gpu.memory_utilization=F, or fewer sequences: {batch} fit at no context (a "
-                   "sequence takes one block at least)") if have else "or a larger --set gpu.memory_utilization=F"
+            fix = (f"a larger --set gpu.memory_utilization=F, or fewer sequences (no shorter context fits {batch}: "
+                   "a sequence takes one block at least)") if have else "or a larger --set gpu.memory_utilization=F"
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
                          f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "

@@ -456,6 +456,6 @@ def test_a_context_the_gpus_cannot_hold_names_the_longest_they_can():
     # more sequences than blocks: no context fits them, so no shorter context is offered
     with pytest.raises(ValueError) as info:
         check_gpus_hold(cfg, 1024, batch=100_000)
-    assert str(info.value).endswith("a larger --set gpu.memory_utilization=F, or fewer sequences: 100000 fit at no "
-                                    "context (a sequence takes one block at least)"), info.value
-    assert "shorter context" not in str(info.value)
+    assert str(info.value).endswith("a larger --set gpu.memory_utilization=F, or fewer sequences (no shorter context "
+                                    "fits 100000: a sequence takes one block at least)"), info.value
+    assert "shorter context with" not in str(info.value)
