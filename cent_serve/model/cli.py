@@ -47,11 +47,15 @@ def run_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
-        print(f"{'preset':<14}{'family':<10}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
+        # the name and family columns as wide as their longest entry plus a space (a preset's name
+        # overran a fixed 14 before); each row's figures end under their heading
+        name_w = max(len("preset"), *(len(r["preset"]) for r in rows)) + 1
+        family_w = max(len("family"), *(len(r["model_type"]) for r in rows)) + 1
+        print(f"{'preset':<{name_w}}{'family':<{family_w}}{'params':>9}{'context':>9}{'weights':>11}{'KV/token':>10}"
               f"{'devices, batch @4k':>20}{'devices, 1 query @context':>27}")
         for r in rows:
-            print(f"{r['preset']:<14}{r['model_type']:<10}{r['params_b']:>8.2f}B{r['context']:>9}"
-                  f"{r['weights_gib']:>8.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>20}"
+            print(f"{r['preset']:<{name_w}}{r['model_type']:<{family_w}}{r['params_b']:>8.2f}B{r['context']:>9}"
+                  f"{r['weights_gib']:>7.1f} GiB{r['kv_kib_per_token']:>6g} KiB{r['devices_4k'] or '-':>20}"
                   f"{r['devices_context'] or '>1024':>27}")
         print(f"devices, batch @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's "
               "pipeline (a stage per block) holding the weights and the paper's batch, a 4,096-token query per "

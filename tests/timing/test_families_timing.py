@@ -183,3 +183,18 @@ def test_cent_info_says_a_tied_table_is_what_its_copies_store(capsys):
     assert "router" not in line
     assert main(["info", "--model", "llama3.2-1b", "--numerics", "off", "--devices", "1", "--pp", "1"]) == 0
     assert "copies" not in capsys.readouterr().out  # one stage: the table once, the lookup and the head alike
+
+
+def test_cli_presets_table_keeps_every_column_apart_and_aligned(capsys):
+    """`qwen1.5-moe-a2.7b` (17 characters) overran a 14-wide name column and ran into its family
+    ('qwen1.5-moe-a2.7bqwen2_moe'), shifting its row: every name and family is its own word and every
+    row's columns end where the header's do."""
+    from cent_serve.cli import main
+
+    assert main(["info", "--presets"]) == 0
+    header, *rows, _note = capsys.readouterr().out.splitlines()
+    assert len(rows) == len(MODEL_PRESETS)
+    for row in rows:
+        name, family = row.split()[:2]
+        assert name in MODEL_PRESETS and family == model_preset(name).model_type, row
+        assert len(row) == len(header), (row, header)
