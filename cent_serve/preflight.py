@@ -40,10 +40,11 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
         n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)  # None: more devices only add copies
         shorter = context_flag or "--set model.max_seq_len=N"
         lanes = "" if n is None else _lanes(cfg, n)
+        held = _held_beside_weights(context, batch)
         if exc.max_batch is not None:  # the weights fit: fewer sequences, more devices or less context
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
             if n is not None:
-                ways.append(f"{n} devices (the fewest that hold it){lanes}")
+                ways.append(f"{n} devices (the fewest that hold it{held}){lanes}")
             elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
                 ways.append(_stages_or_tp_text(cfg, par))
             if (small := _smaller_devices(cfg)) is not None:
@@ -52,7 +53,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
         else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
-            why = f"{exc}: {_weights_fix(cfg, n, lanes, cfg.kv_tokens(context), batch, shorter)}"
+            why = f"{exc}: {_weights_fix(cfg, n, lanes + held, cfg.kv_tokens(context), batch, shorter)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
@@ -104,6 +105,17 @@ def _stages_or_tp_text(cfg: CentConfig, par: ParallelConfig, what: str = "it") -
         return (f"--pp {par.pp} --tp {par.tp} (a copy on {par.num_devices} of your {cfg.parallel.num_devices} "
                 f"devices, {fewest})")
     return f"{par.num_devices} devices with --pp {par.pp} --tp {par.tp} ({fewest}){_lanes(cfg, par.num_devices)}"
+
+
+def _held_beside_weights(context: int, batch: int | None) -> str:
+    """What a fix's "the fewest that hold it" holds besides the weights, when it is not the one
+    sequence of `cent serve` and `cent info`: `cent simulate` checks a query a stage (the paper's
+    batch), so its count (16 for llama2-70b) was read as the weights' and contradicted info's (9)."""
+    if batch == 1:
+        return ""
+    if batch is None:
+        return f" with a {context:,}-token query a stage"
+    return f" with {batch} queries of {context:,} tokens"
 
 
 def _lanes(cfg: CentConfig, n: int) -> str:

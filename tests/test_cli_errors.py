@@ -101,9 +101,11 @@ def test_a_ray_cluster_that_is_gone():
 def test_a_model_the_devices_cannot_hold_is_refused_everywhere_alike(command):
     proc, wall = _cent(*command, "--model", "llama2-70b", "--devices", "8", "--numerics", "off")
     # the fewest that hold one sequence of the context (serve, bench, info), or simulate's 80 queries
-    fewest = 16 if command[0] == "simulate" else 9
+    # (simulate says so: its 16 read as the weights' count beside info's 9)
+    fewest = "16 devices (the fewest that hold it with a 4,096-token query a stage)" if command[0] == "simulate" \
+        else "9 devices (the fewest that hold it)"
     line = _one_line_error(proc, "llama2-70b on 8 devices", "does not fit", "16.43 GiB",
-                           f"use {fewest} devices (the fewest that hold it), or larger devices: ")
+                           f"use {fewest}, or larger devices: ")
     assert line.split("error: ", 1)[1].startswith("llama2-70b on 8 devices")  # the same message
     assert wall < REFUSE_WITHIN_S, wall
 
@@ -439,9 +441,13 @@ def test_a_copy_too_big_for_its_devices_is_told_to_spread_over_the_devices_it_ha
     assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "4", *work]) == 0
     capsys.readouterr()
     assert main(["simulate", "--model", "llama2-70b", "--devices", "8"]) == 2
-    assert "use 16 devices (the fewest that hold it), or larger devices: " in capsys.readouterr().err
+    assert "use 16 devices (the fewest that hold it with a 4,096-token query a stage), or larger devices: " \
+        in capsys.readouterr().err
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "8", "--batch", "20"]) == 2
+    assert "use 10 devices (the fewest that hold it with 20 queries of 4,096 tokens), or larger devices: " \
+        in capsys.readouterr().err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "15"]) == 2  # the KV of 80 queries, now
-    assert "16 devices (the fewest that hold it)" in capsys.readouterr().err
+    assert "16 devices (the fewest that hold it with a 4,096-token query a stage)" in capsys.readouterr().err
     assert main(["simulate", "--model", "llama2-70b", "--devices", "16"]) == 0
     capsys.readouterr()
 
@@ -602,7 +608,7 @@ def test_a_kv_cache_that_a_shrunk_device_cannot_hold_names_the_device_fields(cap
     args = ["simulate", "--model", "llama2-7b", "--devices", "8", "--numerics", "off"]
     assert main([*args, "--set", "device.rows_per_bank=8192"]) == 2
     err = capsys.readouterr().err
-    assert ("11 devices (the fewest that hold it), larger devices (device.num_channels x banks_per_channel x "
+    assert ("11 devices (the fewest that hold it with a 4,096-token query a stage), larger devices (device.num_channels x banks_per_channel x "
             "rows_per_bank x row_elements x bytes_per_element make one 8.00 GiB here, 16.00 GiB by default), or a "
             "shorter context with --seqlen N") in err, err
     assert main(["simulate", "--model", "llama2-13b", "--devices", "8", "--numerics", "off"]) == 2  # the default device

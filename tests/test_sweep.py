@@ -451,7 +451,7 @@ def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
     capsys.readouterr()
     row_error = next(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))["error"]
     for error in (sweep_error, row_error):
-        assert "the largest batch at context 4096 is 16" in error and "27 devices (the fewest that hold it)" in error
+        assert "the largest batch at context 4096 is 16" in error and "27 devices (the fewest that hold it with a 4,096-token query a stage)" in error
         assert "--batch" not in error, error
     assert main(["simulate", *small, "--pp", "80", "--set", "device.rows_per_bank=10000"]) == 2
     assert "use --batch 16, 27 devices" in capsys.readouterr().err  # its own flag: the fix it names

@@ -37,7 +37,7 @@ def test_long_context_runs_at_a_batch_that_fits(capsys):
     args = ["simulate", "--model", "llama2-70b", "--devices", "32", "--seqlen", "30976",
             "--set", "model.max_seq_len=32768", "--json"]
     assert main(args) == 2
-    assert ("the largest batch at context 30976 is 30; or use --batch 30, 80 devices (the fewest that hold it), or "
+    assert ("the largest batch at context 30976 is 30; or use --batch 30, 80 devices (the fewest that hold it with a 30,976-token query a stage), or "
             "a shorter context") in capsys.readouterr().err  # it said "more devices", not how many (scale audit)
     assert main(args + ["--batch", "30"]) == 0
     capsys.readouterr()
@@ -116,6 +116,6 @@ def test_a_named_device_count_past_the_switch_says_to_raise_its_lanes(capsys):
     args = ["simulate", "--model", "llama2-7b", "--set", "model.num_layers=200", "--seqlen", "4096", "--json"]
     assert main([*args, "--devices", "100"]) == 2
     err = capsys.readouterr().err
-    assert "or use --batch 120, 200 devices (the fewest that hold it) with --set fabric.switch_lanes=200, or" in err, err
+    assert "or use --batch 120, 200 devices (the fewest that hold it with a 4,096-token query a stage) with --set fabric.switch_lanes=200, or" in err, err
     assert main([*args, "--devices", "200", "--set", "fabric.switch_lanes=200"]) == 0
     assert main([*args, "--devices", "199", "--set", "fabric.switch_lanes=200"]) == 2
