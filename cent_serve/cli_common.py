@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cent_serve.config import CentConfig, build_config
+from cent_serve.config import CentConfig, ParallelConfig, build_config
 
 
 def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True, requests: bool = False) -> None:
@@ -16,16 +16,19 @@ def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True, requ
             "(default 0)") if requests else ""
     p.add_argument("--seed", type=int, help="seed of the random weights of a preset (and of a mixture of experts' "
                    f"timing router, which its simulated times follow{made})")
-    p.add_argument("--numerics", choices=["full", "off", "auto"], help="real math or timing only")
+    p.add_argument("--numerics", choices=["full", "off", "auto"],
+                   help="full: real weights and math; off: timing only (the same simulated times); auto (the "
+                        "default): full up to 1B parameters, else off")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
     p.add_argument("--hardware", default=None, metavar="cent|gpu:KIND:N",
                    help="what serves: 'cent' (the default: emulated CENT devices) or N modelled GPUs, e.g. "
                         "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb; --set gpu.tp=, gpu.pp=)")
     if with_parallel:
-        p.add_argument("--devices", type=int, help="emulated CENT devices")
-        p.add_argument("--pp", type=int, help="pipeline stages (0 = one per block)")
-        p.add_argument("--tp", type=int, help="devices per stage (tensor parallel)")
+        par = ParallelConfig()  # the defaults a flag left out keeps (a --config file's when given)
+        p.add_argument("--devices", type=int, help=f"emulated CENT devices (default {par.num_devices})")
+        p.add_argument("--pp", type=int, help=f"pipeline stages (default {par.pp}: one per block)")
+        p.add_argument("--tp", type=int, help=f"devices per stage (tensor parallel; default {par.tp})")
 
 
 def config_from_args(args: argparse.Namespace) -> CentConfig:

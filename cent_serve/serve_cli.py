@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument("--clock", choices=["virtual", "paced"], help="simulated clock mode (default virtual)")
-    p.add_argument("--pace-factor", type=float, help="paced mode: wall seconds per simulated second")
+    p.add_argument("--pace-factor", type=float, help="paced mode: wall seconds per simulated second (default 1)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--placement", choices=PLACEMENTS,
                    help="on a cluster advertising cent_device: spread devices over nodes, pack them, or a node "

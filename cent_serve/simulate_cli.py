@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --prompt/--decode or --sweep: spacing of the context lengths a phase averages (a "
                         "phase shorter than it: its middle one; default 128)")
     p.add_argument("--batch", type=int, help="queries in flight, at most one per pipeline stage (default: one per "
-                                             "stage, the paper's); the KV capacity is checked at this batch")
+                                             "stage, the paper's); the KV capacity is checked at this batch. On "
+                                             "GPUs (--hardware gpu:KIND:N): the static batch, by default the "
+                                             "largest that fits, at most 128")
     p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
     p.add_argument("--emulate", action="store_true",
                    help="run the workload through the device and fabric actors (Ray) instead of the formulas")

@@ -232,3 +232,32 @@ def test_hardware_model_md_says_how_to_get_a_blocks_energy_by_operation():
     assert tuple(by_op) == OPS and sum(by_op.values()) == pytest.approx(block_energy_j(ns["timer"], 2048))
     assert f'"qkvo": {by_op["qkvo"]:.2e}' in code[0] and f'"ffn": {by_op["ffn"]:.2e}' in code[0]
     assert f'"background": {by_op["background"]:.2e}' in code[0]
+
+
+def _flag_help(parser: argparse.ArgumentParser, flag: str) -> str | None:
+    return next((a.help for a in parser._actions if flag in a.option_strings), None)
+
+
+def test_the_mapping_numerics_and_batch_flags_say_their_defaults():
+    """`--devices`, `--pp`, `--tp` and `--numerics` said no default (README and docs/config.md give 8, 0,
+    1 and auto, and what auto does), `cent serve --pace-factor` neither, and `cent simulate --batch`
+    told only CENT's batch, though README's GPU examples give --batch 128 and leave it out for the
+    largest that fits: every page says the defaults the config gives."""
+    from cent_serve.config import ParallelConfig, ServerConfig
+
+    par = ParallelConfig()
+    wanted = {"--devices": f"(default {par.num_devices})", "--pp": f"(default {par.pp}: one per block)",
+              "--tp": f"default {par.tp})", "--numerics": "auto (the default): full up to 1B parameters, else off"}
+    seen = set()
+    for p in _parsers(build_parser()):
+        for flag, text in wanted.items():
+            said = _flag_help(p, flag)
+            if said is not None:
+                assert text in said, (p.prog, flag, said)
+                seen.add(flag)
+    assert seen == set(wanted)
+    assert CentConfig().numerics == "auto"
+    sub = {p.prog: p for p in _parsers(build_parser())}
+    assert f"(default {ServerConfig().pace_factor:g})" in _flag_help(sub["cent serve"], "--pace-factor")
+    assert "On GPUs (--hardware gpu:KIND:N): the static batch, by default the largest that fits, at most 128" \
+        in " ".join(_flag_help(sub["cent simulate"], "--batch").split())
