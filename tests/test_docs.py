@@ -1,6 +1,7 @@
 """The docs stay true: docs/config.md is what `cent info --describe` prints from the config's own
 docstrings, every config field has one, every example config loads, maps and fits its devices,
-every `cent` command line in docs/ parses, and docs/ cites only files that are in the repo."""
+every `cent` command line in README.md and docs/ (backticked, or in a bash block) parses, and they cite only
+files that are in the repo."""
 from __future__ import annotations
 
 import argparse
@@ -109,14 +110,27 @@ def test_every_example_is_indexed_and_the_cluster_example_names_its_cluster():
 # ----------------------------------------------------------------------------- commands and citations
 
 def _doc_files() -> list[Path]:
-    return sorted(DOCS.rglob("*.md")) + sorted((DOCS / "examples").glob("*.yaml"))
+    """docs/ and the repo's README.md, the tour a new user runs first."""
+    return [ROOT / "README.md"] + sorted(DOCS.rglob("*.md")) + sorted((DOCS / "examples").glob("*.yaml"))
+
+
+def _block_commands(text: str) -> list[str]:
+    """`cent ...` lines of a Markdown file's ```bash blocks (a line continued with a backslash joined),
+    the way a reader pastes them; an environment assignment before `cent` dropped."""
+    lines = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            found = re.match(r"^(?:[A-Z_]+=\S+\s+)*(cent \S.*)$", line.strip())
+            if found:
+                lines.append(" ".join(found.group(1).split()))
+    return lines
 
 
 def _commands(path: Path) -> list[str]:
-    """`cent ...` command lines: backticked in Markdown, comment lines in YAML."""
+    """`cent ...` command lines: backticked in Markdown and in its bash blocks, comment lines in YAML."""
     text = path.read_text()
     if path.suffix == ".md":
-        found = [" ".join(m.split()) for m in re.findall(r"`(cent [^`]+)`", text)]
+        found = [" ".join(m.split()) for m in re.findall(r"`(cent [^`]+)`", text)] + _block_commands(text)
     else:
         found = [m.strip() for m in re.findall(r"^#\s+(?:[A-Z_]+=\S+\s+)?(cent \S.*)$", text, re.M)]
     return [re.split(r"\s[>|]\s", c)[0] for c in found]  # the command, not where its output goes
@@ -170,7 +184,7 @@ def test_every_help_reads_as_written():
         assert "%%" not in text and "%(" not in text, (p.prog, [x for x in text.splitlines() if "%" in x])
 
 
-@pytest.mark.parametrize("path", _doc_files(), ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("path", _doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_cent_command_in_the_docs_parses(path):
     """A span with flags is an invocation and must parse; one without names a (sub)command."""
     parser = build_parser()
@@ -182,8 +196,10 @@ def test_every_cent_command_in_the_docs_parses(path):
             continue
         try:
             args = parser.parse_args(argv)
-        except SystemExit:
-            pytest.fail(f"{path.relative_to(ROOT)}: `{command}` does not parse")
+        except SystemExit as exc:  # 0: --version or --help, which print and end
+            if exc.code:
+                pytest.fail(f"{path.relative_to(ROOT)}: `{command}` does not parse")
+            continue
         config = getattr(args, "config", None)
         if config:
             assert (ROOT / config).is_file(), f"{path.relative_to(ROOT)}: `{command}`: no file {config}"
@@ -194,7 +210,7 @@ OUTSIDE = ("CENT_MODEL.md", "SERVING.md", "DESIGN.md", "STYLE.md", "../shared", 
 
 
 @pytest.mark.parametrize("path", [p for p in _doc_files() if p.name != "config.md"],
-                         ids=lambda p: str(p.relative_to(DOCS)))
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_cite_only_files_in_the_repo(path):
     """(docs/config.md is generated from cent_serve/config/: its citations are the code's.)"""
     text = path.read_text()
