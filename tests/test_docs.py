@@ -277,3 +277,28 @@ def test_the_mapping_numerics_and_batch_flags_say_their_defaults():
     assert f"(default {ServerConfig().pace_factor:g})" in _flag_help(sub["cent serve"], "--pace-factor")
     assert "On GPUs (--hardware gpu:KIND:N): the static batch, by default the largest that fits, at most 128" \
         in " ".join(_flag_help(sub["cent simulate"], "--batch").split())
+
+
+def _simulate_json(capsys, *argv: str) -> dict:
+    import json
+
+    assert main(["simulate", *argv, "--prompt", "512", "--decode", "3584", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_readmes_closed_form_figures_are_what_cent_simulate_prints(capsys):
+    """README quotes figures of closed-form commands (each under a second) that no test pinned: a change
+    to the GPU model or the CENT timing would have left them stale. Each figure is computed here by the
+    command the README shows beside it and must read as written."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    serving = " ".join((DOCS / "serving.md").read_text().split())
+    gpu = ["--model", "llama2-70b", "--hardware", "gpu:a100-80gb:4"]
+    out = _simulate_json(capsys, *gpu)
+    assert f"# {out['end2end']['throughput_tok_s']:,.0f} tok/s, batch {out['batch']}" in readme
+    out = _simulate_json(capsys, *gpu, "--set", "gpu.attention_reads=query_heads",
+                         "--set", "gpu.memory_utilization=0.97", "--batch", "128")
+    assert f"# the artifact's set-up: {out['end2end']['throughput_tok_s']:,.0f}" in readme
+    cent = {pp: _simulate_json(capsys, "--model", "llama2-70b", "--devices", "32", "--pp", str(pp))["end2end"]
+            for pp in (80, 32)}
+    assert f"{cent[80]['throughput_ratio']:.2f}x for 32 devices" in readme
+    assert (f"gives {cent[80]['throughput_tok_s']:,.0f} and {cent[32]['throughput_tok_s']:,.0f})") in serving
