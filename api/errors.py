@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.guard import is_generation, is_preflight, send_error
 from api.protocol import ApiError, prompt_error, schema_param, short
@@ -44,6 +45,23 @@ def _prompt_of(errs: list[dict]):
     """The `prompt` a validation failed on: the input of its string branch's error, the whole value."""
     return next((e.get("input") for e in errs if tuple(e.get("loc", ()))[:3] == ("body", "prompt", "str")),
                 errs[0].get("input"))
+
+
+METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""The order a 405 lists the allowed methods in: reading first."""
+
+
+def allowed_methods(raw: Request) -> str:
+    """Every method some route answers at the request's path, for a 405's message and its `Allow`
+    header (RFC 9110 requires it). Starlette's own names the first partial match's alone: a path whose
+    GET and HEAD are two routes (`api.routes.read`) told a DELETE "use HEAD", and dropped the header.
+    The API's routes are read from `api.routes.router` itself (FastAPI wraps an included router)."""
+    from api.routes import router  # api.routes imports the handlers that import this module
+
+    routes = [*raw.app.router.routes, *router.routes]
+    methods = {m for route in routes if getattr(route, "methods", None)
+               and route.matches(raw.scope)[0] != Match.NONE for m in route.methods}
+    return ", ".join(sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)))
 
 
 def error_response(raw: Request, err: ApiError) -> JSONResponse:
@@ -129,8 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 f"a browser page on {origin} asked to call {raw.url.path} (CORS preflight); this server allows no "
                 f"web origins (server.allowed_origins is empty): {fix}", "origin", 400))
         elif exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow")
+            allow = allowed_methods(raw)
             message = f"{raw.method} is not allowed on {raw.url.path}: " + (f"use {allow}" if allow else "see /docs")
+            return error_response(raw, ApiError(message, None, 405, headers={"Allow": allow} if allow else None))
         err = ApiError(message, None, exc.status_code, "not_found_error" if exc.status_code == 404
                        else "invalid_request_error")
         return error_response(raw, err)

@@ -394,6 +394,19 @@ def test_an_unknown_path_or_method_says_which_and_where_the_api_is(server, http)
     assert r.json()["error"]["message"].startswith("GET /v1/completion is not a path of this server: the OpenAI API")
     r = http.get("/v1/completions")
     assert r.status_code == 405 and r.json()["error"]["message"] == "GET is not allowed on /v1/completions: use POST"
+    assert r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("path, allow", [("/v1/models", "GET, HEAD"), ("/health", "GET, HEAD"),
+                                         ("/metrics", "GET, HEAD"), ("/ping", "GET, HEAD, POST"),
+                                         ("/tokenize", "POST")])
+def test_a_405_names_every_method_the_path_answers_and_sends_allow(server, http, path, allow):
+    """A path whose GET and HEAD are two routes told a DELETE "use HEAD" (Starlette names the first
+    route that matches the path alone) and the 405 carried no Allow header, which RFC 9110 requires."""
+    r = http.delete(path)
+    assert r.status_code == 405 and r.json()["error"]["message"] == f"DELETE is not allowed on {path}: use {allow}"
+    assert r.headers["allow"] == allow
+    assert all(http.request(m, path).status_code != 405 for m in allow.split(", ") if m != "POST")
 
 
 def test_an_arrival_the_engine_has_passed_is_taken_as_the_last_round_s_start(server, http):
