@@ -302,3 +302,13 @@ def test_the_readmes_closed_form_figures_are_what_cent_simulate_prints(capsys):
             for pp in (80, 32)}
     assert f"{cent[80]['throughput_ratio']:.2f}x for 32 devices" in readme
     assert (f"gives {cent[80]['throughput_tok_s']:,.0f} and {cent[32]['throughput_tok_s']:,.0f})") in serving
+
+
+def test_cent_help_says_what_cent_info_prints():
+    """`cent --help` said info prints "the resolved config, parameter count and weight bytes", leaving out
+    the KV room and whether the mapping fits (its `runs` line), which README's tour names it for, and its
+    --presets and --describe."""
+    listing = " ".join(build_parser().format_help().split())
+    assert "info the resolved config, parameters, KV room and whether it fits; --presets, --describe" in listing
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "# resolved config, parameters, KV room, whether it fits" in readme

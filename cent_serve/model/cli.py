@@ -10,7 +10,8 @@ from cent_serve.config import config_to_dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print the resolved config, parameter count and weight bytes")
+    p = sub.add_parser("info", help="the resolved config, parameters, KV room and whether it fits; --presets, "
+                                    "--describe: every preset, every field")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--presets", action="store_true",
