@@ -369,7 +369,7 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
     """The fewest devices on which `m` runs in pure pipeline (the paper's mapping: one block a stage)
     holding the weights and the KV cache of `batch` queries of `context` tokens (default: one per
     stage, the paper's batch); None when more than `most` would be needed."""
-    if m.sliding_window:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
+    if m.is_all_windowed:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
         context = min(context, m.sliding_window + 1 + 16)
 
     def counts():

@@ -212,8 +212,9 @@ class ShardKV:
 
 
 def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, kv: ShardKV,
-                    layer: int) -> np.ndarray:
-    """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd)."""
+                    layer: int, window: int) -> np.ndarray:
+    """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd). `layer` indexes
+    `kv` (the blocks resident here); `window` is the block's own (`ModelConfig.block_window`; 0: none)."""
     seq, hd = h.shape[0], cfg.head_dim
     q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)  # (nq | nkv, seq, hd)
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
@@ -224,17 +225,19 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     # was a third of a long context's round); each head's matmul is the one a copy would get
     q = q.reshape(-1, r, seq, hd)  # (groups, r, seq, hd)
     scores = q @ keys[:, None].transpose(0, 1, 3, 2) * F32(1.0 / np.sqrt(hd))  # (groups, r, seq, L)
-    if hides_any(start, seq, keys.shape[1], cfg.sliding_window):
-        scores = np.where(hidden_keys(start, seq, keys.shape[1], cfg.sliding_window), F32(-np.inf), scores)
+    if hides_any(start, seq, keys.shape[1], window):
+        scores = np.where(hidden_keys(start, seq, keys.shape[1], window), F32(-np.inf), scores)
     out = softmax(scores, axis=-1).astype(F32, copy=False) @ values[:, None]  # (groups, r, seq, hd)
     return out.reshape(-1, seq, hd).transpose(1, 0, 2).reshape(seq, s.num_q_heads * hd)
 
 
 def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int, kv: ShardKV,
-                     layer: int, all_gather: AllGather) -> np.ndarray:
-    """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result."""
+                     layer: int, all_gather: AllGather, block: int | None = None) -> np.ndarray:
+    """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result.
+    `layer` indexes `kv`; `block` is the model's block index, which sets its window (default: `layer`)."""
     h = rms_norm(x, s.input_norm, cfg.rms_norm_eps)
-    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer))  # (seq, H*hd)
+    window = cfg.block_window(layer if block is None else block)
+    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, window))  # (seq, H*hd)
     x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
     h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
     if cfg.is_moe:

@@ -275,7 +275,8 @@ class DeviceWorker:
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
-        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer)
+        window = cfg.block_window(b)
+        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer, window)
                  for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
         o = yield from self._gather("o_proj", attn @ sh.wo.T)

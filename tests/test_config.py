@@ -602,3 +602,30 @@ def test_a_changed_preset_is_labelled_with_its_changes(capsys):
         "llama2-7b (model.hidden_size=2048, model.num_layers=16 and 2 more)"
     assert main(["simulate", "--model", "llama2-7b", "--set", "model.num_layers=16"]) == 0
     assert capsys.readouterr().out.startswith("llama2-7b (model.num_layers=16) on 8 devices")
+
+
+def test_layer_types_set_each_blocks_window_and_are_checked_in_one_line():
+    cfg = apply_overrides(CentConfig(), ["model.sliding_window=16",
+                                         "model.layer_types=" + ",".join(["full_attention"] + ["sliding_attention"] * 7)])
+    assert cfg.model.block_windows == (0,) + (16,) * 7
+    assert cfg.kv_tokens_cap is None  # block 0 reads every key: no sequence's KV is capped by the window
+    every = apply_overrides(cfg, ["model.layer_types=" + ",".join(["sliding_attention"] * 8)])
+    assert every.kv_tokens_cap == 16 + every.scheduler.prefill_chunk_tokens + every.scheduler.kv_block_tokens
+    assert apply_overrides(cfg, ["model.layer_types=none"]).model.block_windows == (16,) * 8  # today's rule
+    for bad, message in [("model.layer_types=full_attention", r"model.layer_types='1 entry' is invalid: give one "
+                          r"entry a block, 8 \(model.num_layers\), or none"),
+                         ("model.layer_types=" + ",".join(["global"] * 8), r"model.layer_types='global' is invalid: use "
+                          "full_attention or sliding_attention for each block")]:
+        with pytest.raises(ValueError, match=message):
+            apply_overrides(cfg, [bad])
+    with pytest.raises(ValueError, match=r"model.sliding_window=0 is invalid: model.layer_types names sliding_attention"):
+        apply_overrides(cfg, ["model.sliding_window=0"])
+
+
+def test_layer_types_in_a_file_take_a_list(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {name: tiny, num_layers: 2, sliding_window: 4, "
+                                     "layer_types: [sliding_attention, full_attention]}\n")
+    assert load_config(tmp_path / "c.yaml").model.block_windows == (4, 0)
+    (tmp_path / "c.yaml").write_text("model: {name: tiny, num_layers: 2, sliding_window: 4, layer_types: [1, 2]}\n")
+    with pytest.raises(ValueError, match=r"model.layer_types=\[1, 2\] is invalid: expected words"):
+        load_config(tmp_path / "c.yaml")

@@ -109,6 +109,27 @@ def test_tp8_on_gqa_matches_reference():
     assert np.max(np.abs(got[1] - ref)) / np.max(np.abs(ref)) < 1e-5
 
 
+def test_tp_sharded_logits_equal_reference_with_a_window_on_some_blocks():
+    """A model windowing blocks 1 and 2 of 3 only (Qwen 2's layer_types): each rank masks a block by its
+    own window, as the reference model does; the window (4) is shorter than the context (9), so a
+    block that took the model's window for its own would give other logits."""
+    types = ("full_attention", "sliding_attention", "sliding_attention")
+    cfg = tiny_model_config(num_layers=3, num_heads=4, num_kv_heads=2, sliding_window=4, layer_types=types)
+    model = LlamaModel(cfg)
+    steps = [[1, 7, 9, 30, 2, 8], [12], [44], [5]]
+    sharded = run_tp(model, 2, steps)
+    cache = model.new_cache()
+    for ids, got in zip(steps, sharded):
+        ref = model.forward(ids, cache)
+        assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-5
+    everywhere = LlamaModel(tiny_model_config(num_layers=3, num_heads=4, num_kv_heads=2, sliding_window=4),
+                            model.weights)
+    cache = everywhere.new_cache()
+    for ids in steps:
+        other = everywhere.forward(ids, cache)
+    assert np.max(np.abs(other - ref)) / np.max(np.abs(ref)) > 1e-3  # the windows matter at this context
+
+
 def attention_head_by_head(cfg, s, h, start, kv, layer):
     """`shard_attention` with every query head's keys and values copied out for it, the mask always
     applied: the floats the in-place read must give, bit for bit."""
@@ -134,7 +155,7 @@ def test_shard_attention_reads_kv_heads_in_place_with_the_same_floats(heads, kv_
         start = 0
         for seq in (7, 1, 1, 3, 1, 16, 1):  # a prompt, decode steps, chunks; past the window and a KV regrowth
             h = rng.standard_normal((seq, cfg.hidden_size)).astype(np.float32)
-            got = shard_attention(cfg, s, h, start, kv, 0)
+            got = shard_attention(cfg, s, h, start, kv, 0, cfg.sliding_window)
             assert np.array_equal(got, attention_head_by_head(cfg, s, h, start, kv_ref, 0)), (rank, start, seq)
             start += seq
 

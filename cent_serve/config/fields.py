@@ -166,6 +166,20 @@ def _ids_text(value: Any, name: str) -> tuple[int, ...]:
                          f"(e.g. {name}=128008,128009), or none") from None
 
 
+def _words_text(value: Any, name: str) -> tuple[str, ...]:
+    """A tuple of words from a list, or text `a,b` (nothing or none: no words)."""
+    if isinstance(value, str):
+        items = [] if _is_null(value) else [x.strip() for x in value.split(",") if x.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{name}={value!r} is invalid: expected words separated by commas "
+                         f"(e.g. {name}=full_attention,sliding_attention), or none")
+    return tuple(items)
+
+
 def _typed(value: Any, hint: Any, name: str) -> Any:
     """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string; `--set`
     gives strings); `X | None` takes None or an X."""
@@ -205,7 +219,7 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                  if isinstance(value, bool) else "")
         raise ValueError(f"{name}={value!r} is invalid: expected a string{quote}")
     if getattr(hint, "__origin__", None) is tuple:
-        return _ids_text(value, name)
+        return _words_text(value, name) if hint.__args__[0] is str else _ids_text(value, name)
     return value
 
 
@@ -249,8 +263,8 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         return flag
     if current is None:
         return None if _is_null(text) else text
-    if isinstance(current, tuple):  # ids, comma-separated; empty or none for none
-        return _ids_text(text, name)
+    if isinstance(current, tuple):  # ids or words, comma-separated: typed by the field's hint (`_typed`)
+        return text
     try:
         if isinstance(current, int):
             return _int_text(text)

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cent_serve.config.checks import _check, _check_numbers
-from cent_serve.config.fields import _ids_text
+from cent_serve.config.fields import _ids_text, _words_text
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
+LAYER_TYPES = ("full_attention", "sliding_attention")
+"""The kinds of attention block (transformers' `layer_types` words)."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 """Rotary embeddings of a model (Hugging Face `rope_type`); the reference model computes all but
 `TIMING_ONLY_ROPE_TYPES`."""
@@ -65,7 +67,12 @@ class ModelConfig:
     qk_norm: bool = False
     """An RMSNorm over each head of q and k before the rotary embedding (Qwen 3)."""
     sliding_window: int = 0
-    """Attend to the last `sliding_window` positions only (Mistral, Phi-3 mini); 0: the whole context."""
+    """Attend to the last `sliding_window` positions only (Mistral, Phi-3 mini); 0: the whole context.
+    On every block, or on those `layer_types` names sliding_attention."""
+    layer_types: tuple[str, ...] = ()
+    """Each block's attention, one entry a block: full_attention or sliding_attention (transformers'
+    `layer_types`: Qwen 2 and 3 with use_sliding_window, Ministral); empty: every block windowed when
+    sliding_window > 0. --set takes them comma-separated."""
     num_experts: int = 0
     """Experts of each block's MLP (Mixtral 8, Qwen3-30B-A3B 128); 0: a dense SwiGLU MLP."""
     num_experts_per_tok: int = 0
@@ -172,6 +179,7 @@ class ModelConfig:
                    self.rope_high_freq_factor, f"use more than model.rope_low_freq_factor={self.rope_low_freq_factor}")
         _check(self.sliding_window >= 0, "model.sliding_window", self.sliding_window,
                "use a positive window, or 0 for the whole context")
+        self._check_layer_types()
         _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
                self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
         self.extra_eos_token_ids = _ids_text(self.extra_eos_token_ids, "model.extra_eos_token_ids")
@@ -196,6 +204,37 @@ class ModelConfig:
                f"model_type={self.model_type!r} is a mixture of experts: set a positive count" if moe_type else
                f"model_type={self.model_type!r} is dense: use 0, or a model_type of {', '.join(MOE_TYPES)}")
         _check_numbers(self, "model")
+
+    def _check_layer_types(self) -> None:
+        self.layer_types = _words_text(self.layer_types, "model.layer_types")
+        if not self.layer_types:
+            return
+        odd = [t for t in self.layer_types if t not in LAYER_TYPES]
+        _check(not odd, "model.layer_types", odd[0] if odd else None,
+               f"use {' or '.join(LAYER_TYPES)} for each block")
+        _check(len(self.layer_types) == self.num_layers, "model.layer_types", f"{len(self.layer_types)} entr{'y' if len(self.layer_types) == 1 else 'ies'}",
+               f"give one entry a block, {self.num_layers} (model.num_layers), or none")
+        _check(self.sliding_window > 0 or "sliding_attention" not in self.layer_types, "model.sliding_window",
+               self.sliding_window, "model.layer_types names sliding_attention blocks: set a positive window, or "
+               "make every entry full_attention")
+
+    def block_window(self, block: int) -> int:
+        """The window of block `block` (0: it attends to the whole context): `sliding_window` on every
+        block, or on those `layer_types` names sliding_attention."""
+        if not self.layer_types:
+            return self.sliding_window
+        return self.sliding_window if self.layer_types[block] == "sliding_attention" else 0
+
+    @property
+    def block_windows(self) -> tuple[int, ...]:
+        """Every block's window (`block_window`), in block order."""
+        return tuple(self.block_window(b) for b in range(self.num_layers))
+
+    @property
+    def is_all_windowed(self) -> bool:
+        """Whether every block has a window: only then is a sequence's KV bounded by it (a full-attention
+        block reads every key)."""
+        return self.sliding_window > 0 and all(self.block_windows)
 
     @property
     def num_rep(self) -> int:

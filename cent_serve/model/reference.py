@@ -94,12 +94,13 @@ def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
 
 def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
                    cache: KVCache, layer: int) -> np.ndarray:
-    """Attention of normed input h (seq, D) using the heads present in w; returns h @ Wo^T."""
+    """Attention of normed input h (seq, D) using the heads present in w; returns h @ Wo^T. `layer` is
+    the model's block index: it sets the block's window (`ModelConfig.block_window`)."""
     seq = h.shape[0]
     q, k, v = project_qkv(cfg, h, w.wq, w.wk, w.wv, start, w.qkv_bias, w.qk_norms)  # (heads | kv_heads, seq, hd)
     cache.append(layer, k, v, start)
     keys, values = cache.view(layer, start + seq)
-    out = attention(q, keys, values, start, cfg.sliding_window)  # (heads, seq, hd)
+    out = attention(q, keys, values, start, cfg.block_window(layer))  # (heads, seq, hd)
     return out.transpose(1, 0, 2).reshape(seq, -1) @ w.wo.T
 
 
