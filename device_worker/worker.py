@@ -73,7 +73,7 @@ class DeviceWorker:
                                  mp.tb, cfg.scheduler.kv_block_tokens, (self.has_embedding, self.timer.embed_lookup_s),
                                  (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp,
                                   mp.lm_head == "last_stage"),
-                                 self.timer.host_s)
+                                 self.timer.host_s, block_windows=[self.timer.table_windows[b] for b in self._blocks])
         """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
         self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)
         """Each sequence's position."""

@@ -10,7 +10,8 @@ The kernels, each one call per round:
 
 - `device_round`: a device's whole time pass. Each lane's block costs are read from the timer's
   context table (`SystemTimer.context_table`: PIM s, own accelerator s, joules of one block for
-  one token at context L) and added token by token; a lane's block step is PIM + accelerator x tb
+  one token at context L; a block with a window of its own, `model.layer_types`, at min(L, window))
+  and added token by token, once per kind of block on the device; a lane's block step is PIM + accelerator x tb
   + the in-block collectives; the lanes then go through the device's clocks; its sequences'
   positions move on, and the sequences whose KV cache crosses into a new block are reported.
 - `transfer`: a switch transfer from one port to a group of ports (`fabric.switch.Fabric`), the
@@ -46,8 +47,10 @@ BYTES_OUT, BYTES_IN, FLITS_OUT, MESSAGES_OUT, MESSAGES_IN = 0, 1, 2, 3, 4
 # and the channel groups' clocks (groups)
 F_TB, F_JOULES, F_HOST_S, F_LATENCY, F_EMBED, F_HEAD, F_BUSY = 0, 1, 2, 3, 4, 7, 12
 # a device's int state (`DeviceClock.i`): counters, sizes, then blocks per group (groups), whether
-# each block's output leaves the device (blocks), and the next unit's devices (its route)
-I_CALLS, I_TOKENS, I_BLOCK_STEPS, I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_REST = range(10)
+# each block's output leaves the device (blocks), the windows of its kinds of block (kinds: 0, the
+# table's context as it is), each block's kind (blocks), and the next unit's devices (its route)
+(I_CALLS, I_TOKENS, I_BLOCK_STEPS, I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_KINDS,
+ I_REST) = range(11)
 
 
 @njit(cache=True)
@@ -63,53 +66,64 @@ def _unit(f, at, t, count, busy, slot):  # pragma: no cover - compiled; tested t
 
 
 @njit(cache=True)
-def _missing_context(starts, seq_tokens, filled):  # pragma: no cover - compiled; tested through device_round
-    """The largest context a round needs if the table lacks any it needs, else 0."""
+def _missing_context(starts, seq_tokens, filled, windows):  # pragma: no cover - compiled; tested through device_round
+    """The largest context a round needs if the table lacks any it needs (a windowed kind of block's
+    min(L, w) too: `SystemTimer.fill_contexts` fills those with L), else 0."""
     need = 0
     for k in range(starts.shape[0]):
         for L in range(starts[k] + 1, starts[k] + seq_tokens[k] + 1):
-            if L >= filled.shape[0] or not filled[L]:
+            lacks = L >= filled.shape[0] or not filled[L]
+            for w in windows:
+                lacks = lacks or (w > 0 and L > w and (w >= filled.shape[0] or not filled[w]))
+            if lacks:
                 need = max(need, starts[k] + seq_tokens[k])
                 break
     return need
 
 
 @njit(cache=True)
-def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, blocks, head_j):  # pragma: no cover
-    """Each lane's block step, own accelerator s and joules of one block, and tokens; each
-    sequence's joules on the device (its blocks, and its share of the LM head): the sequences'
-    tokens added in order (a lane of one token: its table row)."""
-    n_lanes = lanes_f.shape[1]
-    step, acc, energy = np.empty(n_lanes), np.empty(n_lanes), np.empty(n_lanes)
+def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_blocks, head_j):  # pragma: no cover
+    """Each lane's block step, own accelerator s and joules of one block of each kind (kinds,
+    lanes), and tokens; each sequence's joules on the device (its blocks, and its share of the LM
+    head): the sequences' tokens added in order (a lane of one token: its table row). A kind of
+    block with window w > 0 reads the table at min(L, w), the keys it attends to (the table's costs
+    depend on the context through those only); `kind_blocks`: the device's blocks of each kind."""
+    n_lanes, n_kinds = lanes_f.shape[1], windows.shape[0]
+    step, acc, energy = np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes))
     tokens = np.empty(n_lanes, dtype=np.int64)
-    own = np.empty(starts.shape[0])
-    for a in range(n_lanes):
-        p_sum = 0.0
-        a_sum = 0.0
-        e_sum = 0.0
-        n_tok = 0
-        for k in range(lanes_i[a], lanes_i[a + 1]):
-            s_e = 0.0
-            for L in range(starts[k] + 1, starts[k] + seq_tokens[k] + 1):
-                p_sum = p_sum + table[0, L]
-                a_sum = a_sum + table[1, L]
-                e_sum = e_sum + table[2, L]
-                s_e = s_e + table[2, L]
-            own[k] = s_e * blocks + head_j
-            n_tok += seq_tokens[k]
-        step[a] = p_sum + a_sum * tb + lanes_f[0, a]
-        acc[a] = a_sum
-        energy[a] = e_sum
-        tokens[a] = n_tok
+    own = np.full(starts.shape[0], head_j)
+    for kd in range(n_kinds):
+        w = windows[kd]
+        for a in range(n_lanes):
+            p_sum = 0.0
+            a_sum = 0.0
+            e_sum = 0.0
+            n_tok = 0
+            for k in range(lanes_i[a], lanes_i[a + 1]):
+                s_e = 0.0
+                for L in range(starts[k] + 1, starts[k] + seq_tokens[k] + 1):
+                    c = L if w == 0 or L < w else w
+                    p_sum = p_sum + table[0, c]
+                    a_sum = a_sum + table[1, c]
+                    e_sum = e_sum + table[2, c]
+                    s_e = s_e + table[2, c]
+                own[k] = s_e * kind_blocks[kd] + own[k] if kd else s_e * kind_blocks[kd] + head_j
+                n_tok += seq_tokens[k]
+            step[kd, a] = p_sum + a_sum * tb + lanes_f[0, a]
+            acc[kd, a] = a_sum
+            energy[kd, a] = e_sum
+            tokens[a] = n_tok
     return step, acc, energy, tokens, own
 
 
 @njit(cache=True)
-def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  # pragma: no cover
-    """The lanes through the device's clocks, in arrival order; returns when each leaves."""
-    groups, blocks = i[I_GROUPS], i[I_BLOCKS]
+def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks):  # pragma: no cover
+    """The lanes through the device's clocks, in arrival order; returns when each leaves. A block's
+    step is its kind's (`_lane_costs`)."""
+    groups, blocks, kinds = i[I_GROUPS], i[I_BLOCKS], i[I_KINDS]
     group_blocks = i[I_REST:I_REST + groups]
     block_last = i[I_REST + groups:I_REST + groups + blocks]
+    block_kind = i[I_REST + groups + blocks + kinds:I_REST + groups + 2 * blocks + kinds]
     busy = f[F_BUSY:F_BUSY + 4 + groups]
     group_free = f[F_BUSY + 4 + groups:F_BUSY + 4 + 2 * groups]
     done = np.empty(ready.shape[0])
@@ -122,9 +136,11 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  
         b = 0
         for j in range(groups):
             free = group_free[j]
+            held = 0.0  # the group's steps, of blocks of more than one kind
             for _ in range(group_blocks[j]):
                 start = free if free > t else t
-                free = start + step[a]
+                free = start + step[block_kind[b], a]
+                held += step[block_kind[b], a]
                 if block_last[b]:
                     t = free
                 else:
@@ -132,9 +148,13 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i):  
                     busy[DMA] += hop
                 b += 1
             group_free[j] = free
-            busy[GROUPS + j] += step[a] * group_blocks[j]
-        busy[ACCELERATOR] += acc[a] * blocks
-        joules += energy[a] * blocks
+            if kinds == 1:
+                busy[GROUPS + j] += step[0, a] * group_blocks[j]
+            else:
+                busy[GROUPS + j] += held
+        for kd in range(kinds):
+            busy[ACCELERATOR] += acc[kd, a] * kind_blocks[kd]
+            joules += energy[kd, a] * kind_blocks[kd]
         if f[F_HEAD]:
             n_lane_seqs = lanes_i[a + 1] - lanes_i[a]
             if f[F_HEAD + 4]:  # on the last stage's channel group: held from its last block's end (the
@@ -189,13 +209,19 @@ def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: 
     is that context (else 0): fill the table and call again."""
     n_lanes, n_seqs = ready.shape[0], seq.shape[1]
     seq_tokens = lanes_i[n_lanes + 1:n_lanes + 1 + n_seqs]
-    need = _missing_context(seq[0], seq_tokens, filled)
+    groups, blocks, kinds = i[I_GROUPS], i[I_BLOCKS], i[I_KINDS]
+    windows = i[I_REST + groups + blocks:I_REST + groups + blocks + kinds]
+    need = _missing_context(seq[0], seq_tokens, filled, windows)
     if need:
         return np.empty(n_lanes), np.empty(n_seqs), 0, need
     head_j = f[F_HEAD + 3] if f[F_HEAD] else 0.0
-    step, acc, energy, tokens, own = _lane_costs(table, seq[0], seq_tokens, lanes_i, lanes_f, f[F_TB],
-                                                 i[I_BLOCKS], head_j)
-    done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i)
+    block_kind = i[I_REST + groups + blocks + kinds:I_REST + groups + 2 * blocks + kinds]
+    kind_blocks = np.zeros(kinds, dtype=np.int64)
+    for b in range(blocks):
+        kind_blocks[block_kind[b]] += 1
+    step, acc, energy, tokens, own = _lane_costs(table, seq[0], seq_tokens, lanes_i, lanes_f, f[F_TB], windows,
+                                                 kind_blocks, head_j)
+    done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks)
     n_crossed = _advance(seq, seq_tokens, i[I_BLOCK_TOKENS])
     i[I_CALLS] += 1
     return done, own, n_crossed, 0
@@ -261,8 +287,8 @@ def hand_on_tick(y, lanes_i, lanes_f, f, i, ports, counts):  # pragma: no cover 
     out[n_lanes:n_lanes + n_seqs] = y[n_lanes:]
     done = y[:n_lanes]
     if n_dsts:
-        groups, blocks = i[I_GROUPS], i[I_BLOCKS]
-        dsts = i[I_REST + groups + blocks:I_REST + groups + blocks + n_dsts]
+        at = I_REST + i[I_GROUPS] + 2 * i[I_BLOCKS] + i[I_KINDS]
+        dsts = i[at:at + n_dsts]
         flits = lanes_i[lanes_i.shape[0] - n_lanes:]
         out[:n_lanes] = transfer(i[I_SRC], dsts, flits, lanes_f[2], done, f[F_LATENCY], i[I_FLIT_BYTES], ports,
                                  counts)
@@ -318,8 +344,14 @@ class DeviceClock:
     def __init__(self, group_blocks: list[int], block_last: list[bool], tb: int, block_tokens: int,
                  embed: tuple[bool, float], head: tuple[bool, float, float] | tuple[bool, float, float, bool],
                  host_s: float = 0.0,
-                 route: tuple[int, tuple[int, ...], float, int] | None = None) -> None:
+                 route: tuple[int, tuple[int, ...], float, int] | None = None,
+                 block_windows: list[int] | None = None) -> None:
+        """`block_windows`: each block's window as the timer's table reads it (`SystemTimer.table_windows`;
+        None: 0 for every block, the table's context as it is)."""
         groups, blocks = len(group_blocks), len(block_last)
+        windows = list(block_windows) if block_windows is not None else [0] * blocks
+        kinds = sorted(set(windows))
+        assert len(windows) == blocks, (windows, blocks)
         src, dsts, latency, flit_bytes = route or (0, (), 0.0, 0)
         self.f = np.zeros(F_BUSY + 4 + 2 * groups)
         self.f[[F_TB, F_HOST_S, F_LATENCY]] = tb, host_s, latency
@@ -327,10 +359,10 @@ class DeviceClock:
         self.f[F_HEAD:F_HEAD + 2] = head[:2]
         self.f[F_HEAD + 3] = head[2]
         self.f[F_HEAD + 4] = len(head) > 3 and head[3]  # on the last channel group's channels
-        self.i = np.zeros(I_REST + groups + blocks + len(dsts), dtype=np.int64)
-        self.i[[I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES]] = (
-            block_tokens, groups, blocks, src, len(dsts), flit_bytes)
-        self.i[I_REST:] = [*group_blocks, *block_last, *dsts]
+        self.i = np.zeros(I_REST + groups + 2 * blocks + len(kinds) + len(dsts), dtype=np.int64)
+        self.i[[I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_KINDS]] = (
+            block_tokens, groups, blocks, src, len(dsts), flit_bytes, len(kinds))
+        self.i[I_REST:] = [*group_blocks, *block_last, *kinds, *(kinds.index(w) for w in windows), *dsts]
         self._views()
 
     def _views(self) -> None:
@@ -351,7 +383,7 @@ class DeviceClock:
 
     def set_route(self, src: int, dsts: tuple[int, ...], latency_s: float, flit_bytes: int) -> None:
         """Where `tick` hands a round on: from port `src` to the ports `dsts` (the next unit)."""
-        rest = self.i[:I_REST + self.i[I_GROUPS] + self.i[I_BLOCKS]]
+        rest = self.i[:I_REST + self.i[I_GROUPS] + 2 * self.i[I_BLOCKS] + self.i[I_KINDS]]
         self.i = np.concatenate([rest, np.array(dsts, dtype=np.int64)])
         self.i[[I_SRC, I_DSTS, I_FLIT_BYTES]] = src, len(dsts), flit_bytes
         self.f[F_LATENCY] = latency_s

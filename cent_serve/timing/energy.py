@@ -122,7 +122,7 @@ class EnergyModel:
 
     def __init__(self, timer) -> None:
         self.timer = timer
-        m, dev, g = timer.model, timer.device, timer.mapping.geometry
+        m, dev, g = timer.cost_model, timer.device, timer.mapping.geometry  # a block's: `SystemTimer.cost_model`
         self.model, self.dev, self.geometry = m, dev, g
         self.pipeline = timer.mapping.mode == "pipeline"
         self.matrix = command_energies_j(dev)
@@ -237,12 +237,18 @@ class EnergyModel:
         return self.head
 
     def token(self, context: int) -> np.ndarray:
-        """Terms of one token at `context` over the whole model, by the timer's convention."""
+        """Terms of one token at `context` over the whole model, by the timer's convention: each block
+        at its own context (`SystemTimer.key_groups`: a window on some blocks only)."""
         n = self.model.num_layers
+        groups = self.timer.key_groups(context)
         if self.artifact:
             tb = self.geometry.tb
-            return cdiv(n, tb) * tb * self.block(context)
-        return n * self.block(context) + self.head_terms()
+            if len(groups) == 1:
+                return cdiv(n, tb) * tb * self.block(groups[0][0])
+            return cdiv(n, tb) * tb * (sum(count * self.block(keys) for keys, count in groups) / n)
+        if len(groups) == 1:
+            return n * self.block(groups[0][0]) + self.head_terms()
+        return sum(count * self.block(keys) for keys, count in groups) + self.head_terms()
 
     def block_by_op(self, context: int) -> dict[str, float]:
         """One block's joules by operation (`OPS`), over all tp devices."""

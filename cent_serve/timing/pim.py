@@ -9,7 +9,7 @@ CENT artifact's AiM cycle model in closed form.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from cent_serve.config import DeviceConfig, ModelConfig
 
@@ -104,8 +104,26 @@ def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> flo
 
 
 def attended(m: ModelConfig, context: int) -> int:
-    """The keys a query attends to at `context`: all of them, or the last `sliding_window`."""
+    """The keys a query attends to at `context`: all of them, or the last `sliding_window` (a model
+    windowing every block; one windowing some is timed as `timed_windows` says)."""
     return min(context, m.sliding_window) if m.sliding_window else context
+
+
+def timed_windows(m: ModelConfig) -> tuple[ModelConfig, tuple[int, ...]]:
+    """(the model a block's costs are computed for, each block's window on top of them). Every cost
+    of a block depends on its context only through the keys it attends to (`attended`), so a model
+    windowing some blocks only (`model.layer_types`) is timed as its full-attention twin, a windowed
+    block's costs read at min(L, window); a model windowing every block or none as it is (windows 0:
+    its costs as they are; a `layer_types` naming one kind for every block, its window or none on all)."""
+    windows = m.block_windows
+    if len(set(windows)) == 1:
+        return (m if not m.layer_types else replace(m, sliding_window=windows[0], layer_types=())), (0,) * m.num_layers
+    return replace(m, sliding_window=0, layer_types=()), windows
+
+
+def window_keys(context: int, window: int) -> int:
+    """The context a block with `window` (0: none, as `timed_windows` gives them) reads its costs at."""
+    return min(context, window) if window else context
 
 
 def score_slot_cycles(m: ModelConfig, dev: DeviceConfig, first: bool) -> float:

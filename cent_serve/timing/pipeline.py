@@ -134,7 +134,7 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     energy_j = sum(terms.values())
     block_pim_s = timer.block_pim_s(context) + timer.moe_expected_s
     step_s = m.num_layers / mp.pp * block_pim_s * mp.lanes / batch  # the module docstring
-    breakdown = timer.pim.breakdown(context).as_dict()
+    breakdown = block_parts(timer, context, lambda keys: timer.pim.breakdown(keys).as_dict())
     if timer.moe_per_round:  # the experts' expected cycles, as the closed form charges them
         breakdown["experts"] = timer.moe_expected_s * timer.device.clock_hz
     return TokenFigures(
@@ -150,9 +150,20 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
         blocks_per_device=mp.blocks_per_device, batch=batch, replicas=mp.replicas,
         convention=timer.convention, bottleneck=station is not None, bottleneck_station=station,
         breakdown_cycles=breakdown,
-        accelerator_breakdown_cycles=accelerator_parts(m, timer.device, context),
+        accelerator_breakdown_cycles=block_parts(timer, context,
+                                                 lambda keys: accelerator_parts(timer.cost_model, timer.device, keys)),
         embed_lookup_ms=timer.embed_lookup_s * 1e3, lm_head_ms=timer.lm_head_s * 1e3,
         energy_breakdown_mj={k: v * 1e3 for k, v in terms.items()}, moe=moe_figures(timer, context))
+
+
+def block_parts(timer: SystemTimer, context: int, parts: Callable[[int], dict[str, float]]) -> dict[str, float]:
+    """One block's `parts(keys)` (cycles by part) at `context`; of a model windowing some blocks only,
+    a block's mean (`SystemTimer.per_block`)."""
+    groups = timer.key_groups(context)
+    if len(groups) == 1:
+        return parts(groups[0][0])
+    each = [(count, parts(keys)) for keys, count in groups]
+    return {k: sum(count * p[k] for count, p in each) / timer.model.num_layers for k in each[0][1]}
 
 
 def moe_figures(timer: SystemTimer, context: int) -> dict | None:

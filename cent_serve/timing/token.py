@@ -15,7 +15,8 @@ from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfi
 from cent_serve.timing.accelerator import accelerator_cycles
 from cent_serve.timing.fabric import hop_size, moe_collectives_s, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
-from cent_serve.timing.pim import BlockTimer, embed_lookup_cycles, expert_cycles, gemv_cycles, lm_head_cycles
+from cent_serve.timing.pim import (BlockTimer, embed_lookup_cycles, expert_cycles, gemv_cycles, lm_head_cycles,
+                                   timed_windows, window_keys)
 
 
 CONVENTIONS = ("cent", "artifact")
@@ -101,7 +102,10 @@ class SystemTimer:
         self.convention = convention
         """`cent` (the pipeline the devices run) or `artifact` (the CENT artifact's accounting:
         `cent_serve.timing.pipeline`)."""
-        self.pim = BlockTimer(model, mapping.geometry, device)
+        self.cost_model, self.table_windows = timed_windows(model)
+        """The model a block's costs are computed for, and each block's window the clocks read them at
+        on top (`pim.timed_windows`: the full-attention twin of a model windowing some blocks only)."""
+        self.pim = BlockTimer(self.cost_model, mapping.geometry, device)
         self.port = port_model(fabric, mapping.num_devices)
         # The emulation runs the embedding lookup on the first stage and the LM head (with the
         # final norm) on the last; together they are embedding_s. The embedding is a row read;
@@ -136,21 +140,44 @@ class SystemTimer:
 
     # ------------------------------------------------------------------ per block
 
+    def key_groups(self, context: int, blocks=None) -> list[tuple[int, int]]:
+        """(the context `block_cost` is read at, how many of `blocks` read it; default every block)
+        for one token at `context`: one group unless the model windows some blocks only."""
+        out: dict[int, int] = {}
+        for b in range(self.model.num_layers) if blocks is None else blocks:
+            keys = window_keys(context, self.table_windows[b])
+            out[keys] = out.get(keys, 0) + 1
+        return list(out.items())
+
+    def per_block(self, context: int, value):
+        """`value(keys)` of one block at `context`, a block's mean over the model's blocks (of a
+        model windowing some: N blocks of it add up to theirs); for one kind of block, its own."""
+        groups = self.key_groups(context)
+        if len(groups) == 1:
+            return value(groups[0][0])
+        return sum(count * value(keys) for keys, count in groups) / self.model.num_layers
+
     def block_pim_s(self, context: int) -> float:
-        return self.pim.cycles(context) / self.device.clock_hz
+        """A block's PIM seconds for one token at `context` (`per_block`)."""
+        return self.per_block(context, lambda keys: self.pim.cycles(keys) / self.device.clock_hz)
 
     def block_acc_s(self, context: int) -> float:
-        hit = self._acc.get(context)
+        """A block's own accelerator seconds for one token at `context` (`per_block`)."""
+        return self.per_block(context, self._acc_s)
+
+    def _acc_s(self, keys: int) -> float:
+        hit = self._acc.get(keys)
         if hit is None:
-            hit = self._acc[context] = accelerator_cycles(self.model, self.device, context) / self.device.acc_clock_hz
+            hit = self._acc[keys] = accelerator_cycles(self.cost_model, self.device, keys) / self.device.acc_clock_hz
         return hit
 
     def block_cost(self, context: int) -> tuple[float, float, float]:
-        """(PIM s, own accelerator s, joules on one tp device) of one block for one token."""
+        """(PIM s, own accelerator s, joules on one tp device) of one block of `cost_model` for one
+        token at `context` (a windowed block of a model windowing some reads it at `key_groups`')."""
         hit = self._block.get(context)
         if hit is None:
             from cent_serve.timing.energy import block_energy_j
-            hit = self._block[context] = (self.block_pim_s(context), self.block_acc_s(context),
+            hit = self._block[context] = (self.pim.cycles(context) / self.device.clock_hz, self._acc_s(context),
                                           block_energy_j(self, context) / self.mapping.tp)
         return hit
 
@@ -259,10 +286,14 @@ class SystemTimer:
         """Fill the context table for `contexts`, and `TABLE_AHEAD` contexts past the largest
         missing one in the same pass: decoding asks for one new context a round, and one pass
         through the cost model at a time is what a device process, woken for a round on a shared
-        core, does fastest."""
+        core, does fastest. With windows on some blocks (`table_windows`), min(L, window) too: the
+        context a windowed block reads."""
         contexts = np.asarray(contexts, dtype=np.int64)
         if contexts.size == 0:
             return
+        windows = sorted({w for w in self.table_windows if w})  # the contexts windowed blocks read them at
+        if windows:
+            contexts = np.concatenate([contexts, *(np.minimum(contexts, w) for w in windows)])
         need = int(contexts.max()) + 1
         upto = max(need, min(need + TABLE_AHEAD, self.model.max_seq_len + 1))
         t = self._table
@@ -307,10 +338,13 @@ class SystemTimer:
         """One token through the whole model at `context`, as the paper's perfect pipeline adds it."""
         from cent_serve.timing.energy import token_energy_j
 
+        pim_s = acc_s = 0.0
+        for keys, n in self.key_groups(context):
+            pim, acc, _ = self.block_cost(keys)
+            pim += self.moe_expected_s
+            pim_s, acc_s = pim_s + n * pim, acc_s + n * acc
         n = self.model.num_layers
-        pim, acc, _ = self.block_cost(context)
-        pim += self.moe_expected_s
-        return StepCost(pim_s=n * pim, accelerator_s=n * acc * self.mapping.tb,
+        return StepCost(pim_s=pim_s, accelerator_s=acc_s * self.mapping.tb,
                         collectives_s=n * self.collectives_s(1), hops_s=self._hops_s(),
                         embedding_s=self.embed_lookup_s, lm_head_s=self.lm_head_s, host_s=self.host_s,
                         energy_j=token_energy_j(self, context))
@@ -321,10 +355,13 @@ class SystemTimer:
         device; the last stage's also the LM head with `parallel.lm_head: last_stage`), the
         embedding and LM-head units and a switch port (its serialization); the
         pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
-        pim, acc, _ = self.block_cost(context)
-        step = pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
-        hop = self.local_hop_s(1)
-        stages = [len(s.blocks) * step + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
+        def step(keys: int) -> float:
+            pim, acc, _ = self.block_cost(keys)
+            return pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
+
+        hop = self.local_hop_s(1)  # a stage's blocks' steps: each its own (`key_groups`)
+        stages = [sum(n * step(keys) for keys, n in self.key_groups(context, s.blocks)) + (len(s.blocks) - 1) * hop
+                  for s in self.mapping.stages]
         head = self.lm_head_s
         if self.mapping.lm_head == "last_stage":  # on the last stage's channels: that station holds them
             # from its last block's end through the output's move to the head (the DMA's hop) and the head

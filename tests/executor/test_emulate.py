@@ -44,6 +44,35 @@ def test_seqlen_figures_match_closed_form(model, devices, pp, tp, numerics):
     assert out["seqlen"] == 300 and out["sim_tokens_per_wall_s"] > 0
 
 
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (8, 2, 4), (3, 3, 1)])
+def test_a_window_on_some_blocks_is_charged_alike_by_the_devices_and_the_closed_form(devices, pp, tp):
+    """Llama 2 7B windowing alternate blocks (128, `model.layer_types`) at a context of 300 past the
+    window: pure pipeline (4 blocks of both kinds a device), hybrid, and three uneven stages (11, 11, 10
+    blocks: stages of different mixes). The devices read each block's costs at its own keys; the
+    closed form adds them per stage; both agree, the latency between the model windowing none and every
+    block, the energy their mean (16 blocks of each)."""
+    from cent_serve.config import apply_overrides
+
+    types = ",".join("sliding_attention" if b % 2 else "full_attention" for b in range(32))
+    window = ["model.sliding_window=128"]
+    cfg = apply_overrides(_cfg("llama2-7b", devices, pp, tp), window + [f"model.layer_types={types}"])
+    out = emulate_seqlen(cfg, LocalExecutor(cfg), 300)
+    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "avg_power_w"):
+        assert _rel(out[key], out["closed_form"][key]) < TOL, key
+    every = apply_overrides(_cfg("llama2-7b", devices, pp, tp), window)
+    none = _cfg("llama2-7b", devices, pp, tp)
+    every, none = token_figures_of(every, 300), token_figures_of(none, 300)
+    assert every["token_latency_ms"] < out["closed_form"]["token_latency_ms"] < none["token_latency_ms"]
+    # half the blocks as the model windowing every block charges them, half as the one windowing none
+    assert out["closed_form"]["token_energy_mj"] == pytest.approx((every["token_energy_mj"] + none["token_energy_mj"]) / 2,
+                                                                  rel=1e-12)
+
+
+def token_figures_of(cfg: CentConfig, context: int) -> dict:
+    from cent_serve.timing import SystemTimer
+    return token_figures(SystemTimer.from_config(cfg), context).as_dict()
+
+
 @pytest.mark.parametrize("devices, pp, tp", [(8, 2, 4), (32, 4, 8), (32, 1, 32)])
 def test_without_multicast_the_devices_and_the_switch_send_once_a_receiver(devices, pp, tp):
     """fabric.multicast false: the stage-to-stage hops (the switch, one send to each device of the

@@ -198,3 +198,48 @@ def test_cli_presets_table_keeps_every_column_apart_and_aligned(capsys):
         name, family = row.split()[:2]
         assert name in MODEL_PRESETS and family == model_preset(name).model_type, row
         assert len(row) == len(header), (row, header)
+
+
+def test_a_two_stage_pipeline_charges_each_block_its_own_window():
+    """Two blocks of Llama 2 7B dims, one a stage (pure pipeline on 2 devices, 32 channels a block:
+    B = 512 banks), block 0 windowed (512) and block 1 not (`model.layer_types`), at a context of 2000
+    past the window. Block 0 attends to 512 keys, block 1 to 2000: q.K^T takes cdiv(512, 512) = 1 and
+    cdiv(2000, 512) = 4 bank-slots of keys, a slot 2 x 256 (the key's 4096 values, 2 cycles a burst) +
+    32 KV heads x (2 x 8 + 81) cycles (nrep 1). Each stage's time is its own block's step, as a
+    one-block model's at its keys; the token is both; the full block's stage (1) is the slowest
+    station, the one that sets the period when the stations, not the ring, do."""
+    from cent_serve.timing.pipeline import period_s, slowest_station
+
+    base = dataclasses.replace(model_preset("llama2-7b"), num_layers=2)
+    mixed = dataclasses.replace(base, sliding_window=512, layer_types=("sliding_attention", "full_attention"))
+    t = timer(mixed, 2)
+    slot = 2 * 256 + 32 * (2 * 8 + 81)
+    assert [g for g in t.key_groups(2000)] == [(512, 1), (2000, 1)]
+    assert t.pim.breakdown(512).score == 1 * slot and t.pim.breakdown(2000).score == 4 * slot
+    one = dataclasses.replace(base, num_layers=1)  # a block of its own, no window: its step at each context
+    alone = timer(one, 1)
+    stage0, stage1, *_ = t.stations_s(2000)
+    assert stage0 == alone.stations_s(512)[0] and stage1 == alone.stations_s(2000)[0]
+    assert stage1 - stage0 > 3 * slot / DEV.clock_hz  # at least q.K^T's three more slots
+    clock = DEV.clock_hz
+    assert t.token_cost(2000).pim_s == alone.pim.cycles(512) / clock + alone.pim.cycles(2000) / clock
+    assert slowest_station(t, 2000) == ("stage 1 (1 block)", stage1)
+    assert period_s(t, 2000, 2)[0] == max(t.token_s(2000), 2 * stage1)
+    # windowed on every block, or on none: the token costs what the two contexts' blocks do
+    every = timer(dataclasses.replace(mixed, layer_types=()), 2).token_cost(2000)
+    none = timer(base, 2).token_cost(2000)
+    assert every.pim_s < t.token_cost(2000).pim_s < none.pim_s
+    assert every.energy_j < t.token_cost(2000).energy_j < none.energy_j
+    # within the window both blocks see every key
+    assert timer(mixed, 2).token_cost(400).pim_s == timer(base, 2).token_cost(400).pim_s
+
+
+def test_layer_types_of_one_kind_time_as_the_window_on_every_block_or_on_none():
+    """`model.layer_types` all full_attention under a window is no window (and all sliding_attention
+    the window on every block): the table's costs follow the blocks' kind, not the window's field."""
+    mistral = model_preset("mistral-7b")
+    full = dataclasses.replace(mistral, layer_types=("full_attention",) * 32)
+    none = dataclasses.replace(mistral, sliding_window=0)
+    assert timer(full, 8).token_cost(32768) == timer(none, 8).token_cost(32768)
+    every = dataclasses.replace(mistral, layer_types=("sliding_attention",) * 32)
+    assert timer(every, 8).token_cost(32768) == timer(mistral, 8).token_cost(32768)
