@@ -23,6 +23,8 @@ step's time. The one place GPU time and energy are computed: the executor, `cent
 """
 from __future__ import annotations
 
+import collections
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +148,13 @@ class GpuTimer:
         # K and V of one token in one layer on one GPU: its share of the KV heads, each kept whole
         # (with tp > KV heads a head is copied to the GPUs that share it, as vLLM does)
         self.kv_layer_bytes = 2 * -(-m.num_kv_heads // self.tp) * m.head_dim * BYTES
-        self.window = m.sliding_window or None
+        self.window = m.sliding_window if any(m.block_windows) else None
+        """The model's sliding window (None: no block has one); each stage's blocks by their own
+        window in `stage_windows`."""
+        first = np.cumsum((0,) + layers)
+        self.stage_windows = tuple(tuple(collections.Counter(m.block_windows[first[s]:first[s + 1]]).items())
+                                   for s in range(self.pp))
+        """Per stage, (window, its blocks) of each kind of block it holds (window 0: full attention)."""
         # what attention reads of a cached token in a layer on one GPU: its KV heads once each, or
         # (transformers' eager repeat_kv) K and V once for each of its query heads
         heads_read = m.num_heads // self.tp if g.attention_reads == "query_heads" else -(-m.num_kv_heads // self.tp)
@@ -170,14 +178,29 @@ class GpuTimer:
         """Stage `stage`'s step for sequences with `new` tokens on top of `cached` ones."""
         new = np.asarray(new, dtype=np.float64)
         cached = np.asarray(cached, dtype=np.float64)
+        kinds = self.stage_windows[stage]
+        if len(kinds) == 1:
+            context, attended = self._reads(new, cached, kinds[0][0])
+        else:  # a window on some of the stage's blocks: each block's own reads, as a block's mean (`parts`
+            # charges them per block)
+            layers = self.mapping.stage_layers[stage]
+            each = [(n, self._reads(new, cached, w)) for w, n in kinds]
+            context = sum(n * c for n, (c, _) in each) / layers
+            attended = sum(n * a for n, (_, a) in each) / layers
+        return self.parts(stage, float(new.sum()), context, attended, logit_rows)
+
+    @staticmethod
+    def _reads(new: np.ndarray, cached: np.ndarray, window: int) -> tuple[float, float]:
+        """(the KV positions a block reads, the (token, position) pairs it scores) for sequences with
+        `new` tokens on top of `cached`, the block's `window` (0: none) bounding both."""
         # the i-th new token (i = 1..new) attends to cached + i positions: new x cached + new (new + 1) / 2
         attended = new * cached + new * (new + 1) / 2
-        if self.window is not None:  # a sliding window: the KV kept and the positions attended stop at it
-            w, first = self.window, cached + 1  # the i-th new token sees min(cached + i, w) keys
+        if window:  # a sliding window: the KV kept and the positions attended stop at it
+            w, first = window, cached + 1  # the i-th new token sees min(cached + i, w) keys
             below = np.clip(w - first + 1, 0, new)  # the tokens that see at most w keys (their own count)
             attended = (first + first + below - 1) * below / 2 + (new - below) * w
             cached = np.minimum(cached, w)
-        return self.parts(stage, float(new.sum()), float((cached + new).sum()), float(attended.sum()), logit_rows)
+        return float((cached + new).sum()), float(attended.sum())
 
     def parts(self, stage: int, tokens, context, attended, logit_rows: int = 0) -> StepParts:
         """A step from its sums: `tokens` new, `context` = the sequences' cached + new tokens

@@ -459,3 +459,26 @@ def test_a_context_the_gpus_cannot_hold_names_the_longest_they_can():
     assert str(info.value).endswith("a larger --set gpu.memory_utilization=F, or fewer sequences (no shorter context "
                                     "fits 100000: a sequence takes one block at least)"), info.value
     assert "shorter context with" not in str(info.value)
+
+
+def test_a_window_on_some_blocks_on_gpus_reads_each_blocks_own_keys():
+    """Mistral 7B windowing alternate blocks (`model.layer_types`): a decode step at 5 windows of
+    context reads, in its 16 windowed blocks, w + 1 positions' KV, not c + 1: 16 (c - w) positions
+    fewer than full attention on every block; within the window the same bytes. On two stages (16
+    blocks each) the same saving, each stage its own blocks'."""
+    types = tuple("sliding_attention" if b % 2 else "full_attention" for b in range(32))
+    m = dataclasses.replace(model_preset("mistral-7b"), layer_types=types)
+    full = dataclasses.replace(m, sliding_window=0, layer_types=())
+    w, c = m.sliding_window, 5 * m.sliding_window
+    for pp in (1, 2):
+        mixed_t, full_t = (GpuTimer(_gpu_cfg(model=x, count=pp, numerics="off", pp=pp)) for x in (m, full))
+        k = mixed_t.kind
+
+        def read(t, stage, cached):
+            return t.step(0 if stage is None else stage, [1], [cached]).memory_s * k.hbm_bytes_per_s * k.mem_efficiency
+
+        for stage in range(pp):
+            windowed = sum(types[b] == "sliding_attention" for b in range(32) if b // (32 // pp) == stage)
+            saved = read(full_t, stage, c) - read(mixed_t, stage, c)
+            assert saved == pytest.approx(windowed * (c - w) * mixed_t.kv_read_bytes, rel=1e-9)
+            assert read(mixed_t, stage, w - 1) == pytest.approx(read(full_t, stage, w - 1), rel=1e-12)
