@@ -70,19 +70,23 @@ def unmodelled_features(model_type: str, hf: dict) -> str | None:
     return ", ".join(dict.fromkeys(found)) or None
 
 
-def windowed_blocks(hf: dict, num_layers: int, context: int, per_block: bool = True) -> list[int]:
-    """The blocks of a Qwen config.json whose sliding window would hide keys within `context`:
-    transformers' Qwen 2 and 3 give a window only with use_sliding_window, to the blocks their
-    layer_types name "sliding_attention" (by default those from max_window_layers on); without
-    `per_block` (Qwen 3 MoE and Qwen 2 MoE, read conservatively) every block. A window at least the context never
-    hides a key, so such a config runs as full attention."""
+def windowed_blocks(hf: dict, arch: str, num_layers: int, context: int) -> list[int]:
+    """The blocks of a Qwen config.json whose sliding window would hide keys within `context`, as
+    transformers (5.x) reads it: a window only with use_sliding_window; Qwen 2 and 3 put it on the blocks
+    their layer_types name "sliding_attention" (by default those from max_window_layers on), Qwen 2 MoE
+    likewise (by default the even blocks below max_window_layers), Qwen 3 MoE on every block
+    (Qwen2Config, Qwen3Config, Qwen2MoeConfig and their attention modules). A window at least the context
+    never hides a key, so such a config runs as full attention."""
     window = hf.get("sliding_window")
     if not hf.get("use_sliding_window") or not isinstance(window, (int, float)) or not 0 < window < context:
         return []
-    if not per_block:
+    if arch == "qwen3_moe":
         return list(range(num_layers))
     types = hf.get("layer_types")
     if isinstance(types, list):
         return [i for i, kind in enumerate(types[:num_layers]) if kind == "sliding_attention"]
-    first = hf.get("max_window_layers", 28)  # Qwen2Config's and Qwen3Config's default
-    return list(range(first if isinstance(first, int) else 0, num_layers))
+    first = hf.get("max_window_layers", 28)  # the configs' default
+    first = first if isinstance(first, int) else 0
+    if arch == "qwen2_moe":
+        return [i for i in range(num_layers) if i % 2 == 0 and i < first]
+    return list(range(first, num_layers))

@@ -24,8 +24,10 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
 _FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"),
-                        sliding_window=("mistral", "mixtral", "phi3"))
+                        sliding_window=("mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe", "qwen2_moe"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
+_PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe")
+"""The families whose config.json can window some blocks only (`layer_types`: Mistral's read as Ministral's)."""
 PHI3_ROPE_TYPES = ("default", "longrope")
 """The rotary scalings transformers' Phi3Config takes (it renames the older su and yarn to longrope,
 and refuses the others)."""
@@ -39,16 +41,21 @@ def _refuse(field: str, value, why: str) -> None:
     raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
-def _check_qwen_window(hf: dict, num_layers: int, context: int, per_block: bool) -> None:
-    """Refuse a Qwen sliding window that hides keys within the context: the reference model has
-    Mistral's window on every block, not Qwen's on some (a window it never reaches is harmless)."""
-    blocks = windowed_blocks(hf, num_layers, context, per_block)
-    if blocks:
-        window = hf["sliding_window"]
-        _refuse("use_sliding_window", True, f"sliding_window={window} on {len(blocks)} of {num_layers} blocks "
-                f"(from block {blocks[0]}) is not modelled (Mistral's window on every block is): set "
-                f"use_sliding_window to false in config.json to run full attention (the same tokens while a "
-                f"sequence stays within {window} tokens)")
+def _qwen_window(hf: dict, arch: str, num_layers: int, context: int) -> dict:
+    """The window fields of a Qwen config.json (`windowed_blocks`: transformers' blocks, a window that
+    hides no key within the context read as none): sliding_window, and layer_types when some blocks only
+    have it."""
+    blocks = windowed_blocks(hf, arch, num_layers, context)
+    if not blocks:
+        return dict(sliding_window=0, layer_types=())
+    return dict(sliding_window=int(hf["sliding_window"]), layer_types=_layer_types(blocks, num_layers))
+
+
+def _layer_types(sliding: list[int], num_layers: int) -> tuple[str, ...]:
+    """`ModelConfig.layer_types` of a model windowing the blocks `sliding`: () when it is every block."""
+    if len(sliding) == num_layers:
+        return ()
+    return tuple("sliding_attention" if b in sliding else "full_attention" for b in range(num_layers))
 
 
 _IGNORED_BY = {"llama": "LlamaForCausalLM ignores it and windows no block",
@@ -56,16 +63,16 @@ _IGNORED_BY = {"llama": "LlamaForCausalLM ignores it and windows no block",
 """What transformers does with the `layer_types` of a family whose config has none."""
 
 
-def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, window: int) -> int:
-    """The window of a Llama, Mistral or Mixtral config.json with `layer_types` (`window` without).
-    transformers reads a Mistral's as Ministral's (AutoConfig: a window on the blocks it names
-    "sliding_attention" only), so a Mistral's on no block is full attention; Llama and Mixtral
-    ignore theirs. The reference model windows every block or none: a Mistral list mixing the two
-    whose window hides keys within `context` is refused; a Llama's or Mixtral's runs as transformers
-    runs it, with a warning that the list is not read; a kind of block that is not modelled is refused."""
+def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, window: int) -> dict:
+    """The window fields (sliding_window, layer_types) of a Llama, Mistral or Mixtral config.json with
+    `layer_types` (`window` on every block without). transformers reads a Mistral's as Ministral's
+    (AutoConfig: a window on the blocks it names "sliding_attention" only), so a Mistral's on no block is
+    full attention and a mix windows its sliding blocks; Llama and Mixtral ignore theirs: they run as
+    transformers runs them, with a warning that the list is not read. A kind of block that is not
+    modelled is refused."""
     types = hf.get("layer_types")
     if types is None:
-        return window
+        return dict(sliding_window=window, layer_types=())
     kinds = ("full_attention", "sliding_attention")
     odd = sorted({str(t) for t in types} - set(kinds)) if isinstance(types, list) else [types]
     if odd:
@@ -77,18 +84,16 @@ def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, wind
     sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
     size = hf.get("sliding_window") if arch == "llama" else window  # a Llama's window is never applied
     hides = isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < context
-    if 0 < len(sliding) < num_layers and hides:
+    if 0 < len(sliding) < num_layers and hides and arch != "mistral":  # transformers runs it without the list
         mix = f"{len(sliding)} sliding_attention, {num_layers - len(sliding)} full_attention"
-        if arch != "mistral":  # transformers runs it without the list: so does cent, saying so
-            logging.getLogger("cent").warning(
-                "model.checkpoint: layer_types (%s) is not read: %s, as cent does (sliding_window=%s); remove "
-                "layer_types to silence this", mix, _IGNORED_BY[arch], size)
-            return window
-        _refuse("layer_types", mix,
-                f"sliding_window={size} on {len(sliding)} of {num_layers} blocks (from block {sliding[0]}) is not "
-                "modelled (a window on every block or none is): make every entry sliding_attention for the window "
-                "on every block, or full_attention for none")
-    return 0 if arch == "mistral" and not sliding else window
+        logging.getLogger("cent").warning(
+            "model.checkpoint: layer_types (%s) is not read: %s, as cent does (sliding_window=%s); remove "
+            "layer_types to silence this", mix, _IGNORED_BY[arch], size)
+    if arch != "mistral" or not window:
+        return dict(sliding_window=window, layer_types=())
+    if not sliding or not hides:  # no block windowed, or a window that hides no key: full attention
+        return dict(sliding_window=0 if not sliding else window, layer_types=())
+    return dict(sliding_window=window, layer_types=_layer_types(sliding, num_layers))
 
 
 def json_object(file: Path, field: str, alternative: str) -> dict:
@@ -313,11 +318,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             "are" if len(ignored) > 1 else "is", arch, arch)
     if arch in ("llama", "mistral", "mixtral"):  # their layer_types, within the context served
         context = overrides.get("max_seq_len", fields["max_seq_len"])
-        fields["sliding_window"] = _layer_types_window(hf, arch, fields["num_layers"], context, fields["sliding_window"])
+        fields.update(_layer_types_window(hf, arch, fields["num_layers"], context, fields["sliding_window"]))
+    if arch in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):  # within the context served (a yarn rope's,
+        # --set model.max_seq_len's)
+        fields.update(_qwen_window(hf, arch, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
     fields.update(overrides)
-    if arch in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):  # Mistral's window is modelled; Llama has none.
-        # Within the context served (a yarn rope's, --set model.max_seq_len's)
-        _check_qwen_window(hf, fields["num_layers"], fields["max_seq_len"], arch not in ("qwen3_moe", "qwen2_moe"))
     try:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
@@ -391,6 +396,10 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         raise ValueError(f"model.rope_type={cfg.rope_type!r} cannot be saved as a model_type='phi3' checkpoint: "
                          "transformers' Phi3Config takes no scaling but longrope (and reads yarn as longrope): "
                          "set model.rope_type='default' or another model.model_type")
+    if cfg.layer_types and len(set(cfg.block_windows)) > 1 and cfg.model_type not in _PER_BLOCK_WINDOWS:
+        raise ValueError(f"model.layer_types (a window on some blocks) cannot be saved as a model_type="
+                         f"{cfg.model_type!r} checkpoint: transformers windows every block of it or none; use "
+                         f"model.model_type {' or '.join(map(repr, _PER_BLOCK_WINDOWS))}")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
@@ -412,8 +421,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     }
     if cfg.model_type not in ("qwen2", "qwen2_moe"):  # Qwen 2 MoE's biases are qkv_bias's
         out["attention_bias"] = False
-    if cfg.model_type in ("mistral", "mixtral", "phi3"):
-        out["sliding_window"] = cfg.sliding_window or None
+    out.update(_window_keys(cfg))
     if cfg.model_type == "phi3":  # Phi3Config has neither bias key (transformers' Phi3 has no biases), and
         # its default pad id, 32000, is outside a smaller vocabulary (transformers refuses it); cent pads nothing
         del out["attention_bias"], out["mlp_bias"]
@@ -425,8 +433,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                    moe_intermediate_size=cfg.expert_size, norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1,
                    mlp_only_layers=[])
     if cfg.model_type == "qwen2_moe":
-        out.update(shared_expert_intermediate_size=cfg.shared_expert_intermediate_size, qkv_bias=cfg.attention_bias,
-                   use_sliding_window=False)
+        out.update(shared_expert_intermediate_size=cfg.shared_expert_intermediate_size, qkv_bias=cfg.attention_bias)
     if cfg.rope_type != "default":
         values = {theirs: getattr(cfg, _ROPE_KEYS[theirs]) for theirs in _ROPE_TYPE_KEYS[cfg.rope_type]}
         if cfg.rope_type == "yarn":  # 0 means "derive it" for these: leave them out, as transformers does
@@ -436,4 +443,27 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out["rope_scaling"] = {"rope_type": cfg.rope_type, **values}
         if cfg.rope_type in ("dynamic", "linear"):  # their original context is max_position_embeddings
             out["max_position_embeddings"] = cfg.rope_original_max_position or round(cfg.max_seq_len / cfg.rope_factor)
+    return out
+
+
+def _window_keys(cfg: ModelConfig) -> dict:
+    """The window keys of `hf_config_dict`, so that transformers windows the blocks cent does: Mistral,
+    Mixtral and Phi-3 a sliding_window (and a Mistral windowing some blocks its layer_types, which
+    transformers reads as Ministral's); the Qwen families use_sliding_window with the window and, but for
+    Qwen 3 MoE (every block), layer_types naming every block's attention (read instead of
+    max_window_layers)."""
+    windows = cfg.block_windows
+    types = ["sliding_attention" if w else "full_attention" for w in windows]
+    if cfg.model_type in ("mistral", "mixtral", "phi3"):
+        out = dict(sliding_window=cfg.sliding_window or None)
+        if cfg.model_type == "mistral" and len(set(windows)) > 1:
+            out["layer_types"] = types
+        return out
+    if cfg.model_type not in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
+        return {}
+    if not any(windows):
+        return dict(use_sliding_window=False)
+    out = dict(use_sliding_window=True, sliding_window=cfg.sliding_window, max_window_layers=0)
+    if cfg.model_type != "qwen3_moe":
+        out["layer_types"] = types
     return out

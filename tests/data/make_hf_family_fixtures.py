@@ -11,6 +11,8 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - mistral: a sliding window of 8, shorter than every prompt;
 - qwen2: Qwen 2.5 (q/k/v biases), tied embeddings;
 - qwen3: Qwen 3 (per-head q/k RMSNorm, head_dim 32 with hidden 64 and 4 heads);
+- qwen2_window: Qwen 2 with use_sliding_window: a window of 8 (shorter than every prompt) on blocks 1
+  and 2 of 3 (max_window_layers 1: transformers derives layer_types from it), full attention on block 0;
 - mixtral: Mixtral (top-2 of 4 full-size experts, softmax router, top-k renormalized);
 - qwen3_moe: Qwen 3 MoE (top-3 of 6 narrow experts, norm_topk_prob off: the other branch of the
   router; q/k norms);
@@ -19,7 +21,7 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - phi3: Phi-3 / Phi-4-mini (fused qkv_proj and gate_up_proj, a sliding window of 8, a partial rotary
   embedding turning 12 of 16 dimensions a head, tied embeddings).
 
-Every model: hidden 64, 2 layers, 4 query / 2 KV heads, vocabulary 512, random norms and biases.
+Every model: hidden 64, 2 layers (qwen2_window 3), 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
 make_hf_fixture.py). Regenerate (CI never does; the suite reads the committed files):
 
@@ -54,6 +56,9 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=8, rope_theta=10000.0)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True, rope_theta=1000000.0)),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, rope_theta=1000000.0)),
+    "qwen2_window": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        num_hidden_layers=3, use_sliding_window=True, sliding_window=8, max_window_layers=1,
+        rope_theta=1000000.0)),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2,
                                                             sliding_window=None, rope_theta=1000000.0)),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(

@@ -4,7 +4,8 @@ tests/data/hf_families/<family>/ were written by tests/data/make_hf_family_fixtu
 transformers: each a small random checkpoint saved by `save_pretrained` with the family's special
 features on (Llama 3 rope scaling and tied embeddings, linear / dynamic / yarn rope, Mistral's
 sliding window shorter than the prompts, Qwen 2.5's q/k/v biases, Qwen 3's q/k norms and a head
-size that is not hidden / heads, Mixtral's and Qwen 3 MoE's experts, Qwen 2 MoE's gated shared expert), and
+size that is not hidden / heads, Mixtral's and Qwen 3 MoE's experts, Qwen 2 MoE's gated shared expert, Qwen 2's
+sliding window on some blocks only: qwen2_window), and
 transformers' greedy tokens and logits for two prompts.
 CI has no torch, so these files are the reference; the `hf` test rebuilds them live.
 """
@@ -14,7 +15,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,10 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     "mistral": (dict(model_type="mistral", sliding_window=8), dict(sliding_window=0)),
     "qwen2": (dict(model_type="qwen2", attention_bias=True, tie_word_embeddings=True), None),
     "qwen3": (dict(model_type="qwen3", qk_norm=True, head_dim=32, hidden_size=64, num_heads=4), None),
+    # a window of 8 on blocks 1 and 2 of 3 (use_sliding_window, max_window_layers 1): off, on every block
+    "qwen2_window": (dict(model_type="qwen2", sliding_window=8,
+                          layer_types=("full_attention", "sliding_attention", "sliding_attention")),
+                     dict(layer_types=())),
     # the experts are the feature: routed to the top k with renormalized weights, or (Qwen 3 MoE's
     # fixture) with the raw softmax probabilities
     "mixtral": (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, norm_topk_prob=True),
@@ -152,8 +156,6 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
             (dict(model_type="gemma"), "model_type='gemma' is not supported: not modelled: a GeGLU MLP.*; supported "
              "families: llama, mistral"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
-            (dict(use_sliding_window=True, sliding_window=8, layer_types=["full_attention", "sliding_attention"]),
-             "use_sliding_window=True is not supported: sliding_window=8 on 1 of 2 blocks"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
             (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
             (dict(partial_rotary_factor=0.5), "partial_rotary_factor=0.5 is not supported"),
@@ -190,10 +192,11 @@ def test_a_refused_family_names_what_is_not_modelled(tmp_path, capsys, model_typ
     assert errs[0] == errs[1]
 
 
-def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_it_would(tmp_path):
-    """transformers windows a Qwen block only with use_sliding_window, from max_window_layers on (or
-    where layer_types says): a window past the context, or on no block, is full attention and runs;
-    one that hides keys is refused naming the value and the fix."""
+def test_a_qwen_sliding_window_runs_on_the_blocks_transformers_windows(tmp_path):
+    """transformers windows a Qwen block only with use_sliding_window: Qwen 2 and 3 from
+    max_window_layers on (or where layer_types says), Qwen 2 MoE the even blocks below it, Qwen 3 MoE
+    every block. A window past the context, or on no block, is full attention; one that hides keys
+    windows those blocks (`model.layer_types` when not every block: it was refused before)."""
     base = json.loads((ROOT / "qwen3" / "config.json").read_text())
     del base["layer_types"]
     for change in (dict(use_sliding_window=False, sliding_window=8, max_window_layers=0),
@@ -203,46 +206,45 @@ def test_a_qwen_sliding_window_runs_where_it_hides_no_key_and_is_refused_where_i
                         layer_types=["full_attention"] * 2)):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
         assert model_config_from_hf(tmp_path).sliding_window == 0, change
-    for change, blocks in ((dict(max_window_layers=1), "1 of 2 blocks (from block 1)"),
-                           (dict(max_window_layers=0), "2 of 2 blocks (from block 0)"),
-                           (dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2), "2 of 2 blocks")):
+    moe = dict(num_experts=4, num_experts_per_tok=2)
+    for change, windows in ((dict(max_window_layers=1), (0, 8)),
+                            (dict(max_window_layers=0), (8, 8)),
+                            (dict(max_window_layers=0, layer_types=["sliding_attention", "full_attention"]), (8, 0)),
+                            (dict(model_type="qwen3_moe", max_window_layers=1, **moe), (8, 8)),
+                            (dict(model_type="qwen2_moe", max_window_layers=28, **moe), (8, 0)),
+                            (dict(model_type="qwen2_moe", max_window_layers=0, **moe), (0, 0))):
         (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8,
                                                           **change}))
-        with pytest.raises(ValueError, match=rf"use_sliding_window=True is not supported: sliding_window=8 on "
-                                             rf"{re.escape(blocks)}.*set use_sliding_window to false in config.json"):
-            model_config_from_hf(tmp_path)
+        cfg = model_config_from_hf(tmp_path)
+        assert cfg.block_windows == windows, change
+        assert cfg.layer_types == (() if len(set(windows)) == 1 else
+                                   tuple("sliding_attention" if w else "full_attention" for w in windows)), change
     # a window of the whole max_position_embeddings hides keys in the longer context a yarn rope serves
-    long = {**base, "use_sliding_window": True, "sliding_window": 256, "max_window_layers": 0}
+    long = {**base, "use_sliding_window": True, "sliding_window": 256, "max_window_layers": 1}
     (tmp_path / "config.json").write_text(json.dumps(long))
-    assert model_config_from_hf(tmp_path).max_seq_len == 256
+    assert model_config_from_hf(tmp_path).block_windows == (0, 0)
     (tmp_path / "config.json").write_text(json.dumps({**long, "rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn",
                                                                               "factor": 2.0}}))
-    with pytest.raises(ValueError, match="sliding_window=256 on 2 of 2 blocks"):
-        model_config_from_hf(tmp_path)
-    assert model_config_from_hf(tmp_path, max_seq_len=256).max_seq_len == 256  # served within the window: runs
-
+    assert model_config_from_hf(tmp_path).block_windows == (0, 256)
+    assert model_config_from_hf(tmp_path, max_seq_len=256).block_windows == (0, 0)  # served within the window
 
 
 @pytest.mark.parametrize("family", ["mistral", "mixtral", "llama3"])
-def test_layer_types_mixing_full_and_sliding_attention_is_refused_or_said_where_the_window_would_hide_keys(
+def test_layer_types_mixing_full_and_sliding_attention_window_some_blocks_or_are_said_not_read(
         tmp_path, capsys, caplog, family):
     """A Mistral config.json with layer_types mixing full and sliding attention (transformers reads it
-    as Ministral's: a window on the sliding blocks only) was accepted and the window put on every
-    block: the reference model windows every block or none, so a Mistral mix whose window hides keys
-    is refused in one line. Llama's and Mixtral's transformers classes ignore the list: theirs runs as
-    transformers runs it, with a warning that the list is not read. A uniform list, or a window past
-    the context, runs."""
+    as Ministral's: a window on the sliding blocks only) windows those blocks (`model.layer_types`).
+    Llama's and Mixtral's transformers classes ignore the list: theirs runs as transformers runs it,
+    with a warning that the list is not read. A uniform list, or a window past the context, runs."""
     base = json.loads((ROOT / family / "config.json").read_text())
     mixed = {**base, "sliding_window": 8, "layer_types": ["full_attention", "sliding_attention"]}
     (tmp_path / "config.json").write_text(json.dumps(mixed))
     window = 8 if family != "llama3" else 0  # a Llama has no window; Mixtral's applies to every block
-    if family == "mistral":
-        with pytest.raises(ValueError, match=r"layer_types='1 sliding_attention, 1 full_attention' is not supported: "
-                                             r"sliding_window=8 on 1 of 2 blocks \(from block 1\)"):
-            model_config_from_hf(tmp_path)
-        assert main(["info", "--model", str(tmp_path)]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "Traceback" not in err and "layer_types=" in err
+    if family == "mistral":  # read as Ministral's: the window on block 1 only (it was refused before)
+        cfg = model_config_from_hf(tmp_path)
+        assert (cfg.sliding_window, cfg.layer_types) == (8, ("full_attention", "sliding_attention"))
+        assert main(["info", "--model", str(tmp_path)]) == 0
+        capsys.readouterr()
     else:  # transformers' class ignores the list: runs as it runs, the list not read, said
         with caplog.at_level(logging.WARNING, logger="cent"):
             assert model_config_from_hf(tmp_path).sliding_window == window
@@ -259,23 +261,25 @@ def test_layer_types_mixing_full_and_sliding_attention_is_refused_or_said_where_
 
 def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp_path, capsys):
     """`cent info --model DIR` refuses what `cent serve` refuses, in the same line and exit code 2,
-    and says "runs yes" of a window that hides no key (serve starts on it: not run here)."""
+    and says "runs yes" of a window that hides no key and of one on some blocks (serve starts on them:
+    not run here)."""
     base = json.loads((ROOT / "qwen3" / "config.json").read_text())
     del base["layer_types"]
-    (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8,
-                                                      "max_window_layers": 1}))
+    (tmp_path / "config.json").write_text(json.dumps({**base, "hidden_act": "gelu"}))
     lines = []
     for command in ("info", "serve"):
         assert main([command, "--model", str(tmp_path)]) == 2
         lines.append(capsys.readouterr().err.split(": error: ", 1)[1])
-    assert lines[0] == lines[1] and "sliding_window=8 on 1 of 2 blocks" in lines[0]
-    (tmp_path / "config.json").write_text(json.dumps({**base, "use_sliding_window": True, "sliding_window": 8}))
-    assert main(["info", "--model", str(tmp_path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["runnable"] is True
+    assert lines[0] == lines[1] and "hidden_act='gelu'" in lines[0]
+    for keys in (dict(use_sliding_window=True, sliding_window=8), dict(use_sliding_window=True, sliding_window=8,
+                                                                      max_window_layers=1)):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **keys}))
+        assert main(["info", "--model", str(tmp_path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["runnable"] is True
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "llama_yarn", "mixtral", "qwen3_moe",
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral", "qwen3_moe",
                                     "qwen2_moe", "phi3"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
@@ -474,3 +478,56 @@ def test_qwen2_moe_reads_its_shared_expert_key_without_a_warning(tmp_path, caplo
     (tmp_path / "config.json").write_text(json.dumps({**base, "shared_expert_intermediate_size": 5632}))
     with pytest.raises(ValueError, match="shared_expert_intermediate_size=5632 is not supported: shared experts"):
         model_config_from_hf(tmp_path)
+
+
+WINDOW_MIXES = {  # model_type: its fields beside a window of 8 on block 1 of 3 (of 2: Qwen 2 MoE's even blocks)
+    "qwen2": dict(attention_bias=True),
+    "qwen3": dict(qk_norm=True),
+    "mistral": dict(),
+    "qwen2_moe": dict(attention_bias=True, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                      shared_expert_intermediate_size=32),
+}
+
+
+def window_mix(model_type: str):
+    from tests.factories import tiny_model_config
+
+    types = ("full_attention", "sliding_attention", "full_attention")
+    return tiny_model_config(model_type=model_type, num_layers=3, sliding_window=8, layer_types=types,
+                             **WINDOW_MIXES[model_type])
+
+
+@pytest.mark.parametrize("model_type", sorted(WINDOW_MIXES))
+def test_a_window_on_some_blocks_is_saved_as_transformers_reads_it_and_read_back(model_type, tmp_path):
+    """The checkpoint writer names every block's attention in layer_types (with use_sliding_window for
+    the Qwen families), so cent reads back the same windows (a Qwen 2 MoE's windows on block 1 only:
+    not its default even blocks); a family whose transformers class windows every block or none
+    (Phi-3, Qwen 3 MoE) cannot say it and is refused by name."""
+    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+
+    cfg = window_mix(model_type)
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
+    back = model_config_from_hf(tmp_path)
+    assert (back.sliding_window, back.layer_types, back.block_windows) == (8, cfg.layer_types, (0, 8, 0))
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["layer_types"] == list(cfg.layer_types)
+    from tests.factories import tiny_model_config
+
+    for other, fields in (("phi3", {}), ("qwen3_moe", dict(qk_norm=True, num_experts=4, num_experts_per_tok=2))):
+        one = tiny_model_config(model_type=other, num_layers=3, sliding_window=8, layer_types=cfg.layer_types, **fields)
+        with pytest.raises(ValueError, match=rf"model.layer_types \(a window on some blocks\) cannot be saved as a "
+                                             rf"model_type='{other}' checkpoint"):
+            hf_config_dict(one)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("model_type", sorted(WINDOW_MIXES))
+def test_transformers_windows_the_blocks_the_writer_names(model_type, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from cent_serve.model.hf_config import hf_config_dict
+
+    cfg = window_mix(model_type)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
+    hf = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert hf.layer_types == list(cfg.layer_types) and hf.sliding_window == 8

@@ -224,11 +224,10 @@ def test_a_qwen1_5_moe_config_json_reads_as_published(tmp_path):
     (dict(decoder_sparse_step=2), r"decoder_sparse_step / mlp_only_layers=\(2, \[\]\) is not supported: every "
      r"block must be a mixture of experts \(decoder_sparse_step 1, no mlp_only_layers\)"),
     (dict(mlp_only_layers=[0]), r"decoder_sparse_step / mlp_only_layers=\(1, \[0\]\) is not supported"),
-    (dict(use_sliding_window=True, sliding_window=16), "use_sliding_window=True is not supported: sliding_window=16"),
     (dict(shared_expert_intermediate_size=0), "shared_expert_intermediate_size=0 is invalid: use a positive integer")])
 def test_what_a_qwen2_moe_config_cannot_run_is_refused_in_one_line(tmp_path, change, message):
     """Dense blocks among the sparse ones (decoder_sparse_step, mlp_only_layers) are not modelled
-    (every block is a mixture of experts), nor a window that hides keys within the context."""
+    (every block is a mixture of experts)."""
     cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
                                                  shared_expert_intermediate_size=56, norm_topk_prob=False))
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
