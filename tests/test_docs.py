@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cent_serve.cli import build_parser, main
-from cent_serve.config import CentConfig, load_config
+from cent_serve.config import CentConfig, DeviceConfig, load_config
 from cent_serve.config_doc import UNDOCUMENTED, describe_config, field_docs, sections, undocumented_fields
 from cent_serve.timing import check_capacity, resolve_mapping
 
@@ -71,6 +71,15 @@ class _Sample:
 def test_field_docs_reads_the_literal_below_each_field_and_spots_a_missing_one():
     assert field_docs(_Sample) == {"documented": "A field with a docstring spread over two lines.",
                                    "also": "Another one."}
+
+
+def test_element_count_fields_say_whose_width_an_element_is():
+    """A row or a burst holds device.bytes_per_element-wide elements (8-bit weights fit 2048 a row), not
+    always bf16 ones: their help names the width field and the bf16 count only as the paper's."""
+    docs = field_docs(DeviceConfig)
+    for name in ("row_elements", "burst_elements"):
+        assert "device.bytes_per_element" in docs[name], (name, docs[name])
+        assert "8-bit" in docs[name] and not docs[name].startswith("bf16"), (name, docs[name])
 
 
 # ----------------------------------------------------------------------------- example configs

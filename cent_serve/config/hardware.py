@@ -120,14 +120,16 @@ class DeviceConfig:
     rows_per_bank: int = 16384
     """DRAM rows per bank (with the row size and the channels and banks: the capacity)."""
     row_elements: int = 1024
-    """bf16 elements per DRAM row of a bank (1024 columns x 2 B)."""
+    """Elements per DRAM row of a bank, each device.bytes_per_element bytes (the paper's 2 KB row: 1024 bf16
+    elements; 2048 for an 8-bit type on the same row)."""
     burst_elements: int = 16
-    """Elements per burst, and the bf16 MACs a bank's unit does per column command (32 B)."""
+    """Elements per burst, each device.bytes_per_element bytes, and the MACs a bank's unit does per column
+    command (the paper's 32 B burst: 16 bf16 elements; 32 for an 8-bit type on the same burst)."""
     bytes_per_element: int = 2
-    """Bytes per stored element, bf16: the weights, KV cache, capacity and DMA lines are counted in it,
-    the PIM cycles per element (docs/hardware_model.md section 1, "The data type"). Alone it resizes the
-    rows, bursts and capacity in bytes too; a narrower type on the same DRAM (2 KB rows, 32 B bursts)
-    also sets row_elements and burst_elements to hold more elements."""
+    """Bytes per stored element, 2 (bf16, CENT's type): the weights, KV cache, capacity and DMA lines are
+    counted in it, the PIM cycles per element (docs/hardware_model.md section 1, "The data type"). Alone
+    it resizes the rows, bursts and capacity in bytes too; a narrower type on the same DRAM (2 KB rows,
+    32 B bursts) also sets row_elements and burst_elements to hold more elements."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns. Every PIM cycle count of the time model is at it, the
     DRAM's included (a column command every column_cycles, a row switch in gemv_row_cycles), so 4e9

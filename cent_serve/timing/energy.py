@@ -74,7 +74,8 @@ PIN_COMMANDS = ("rd", "wr", "wrgb", "rdmac16", "rdaf16", "wrmac16", "wra16")
 
 
 QUOTED_ROW_BYTES = 2048
-"""The row `device.energy.act_mw` is quoted for: the paper's 1024 bf16 elements."""
+"""The row bytes `device.energy.act_mw` is quoted for: the paper's 2 KB row (1024 bf16 elements); a row
+of other bytes (`device.row_elements` x `device.bytes_per_element`) scales it."""
 
 
 def command_energies_j(dev: DeviceConfig) -> np.ndarray:
@@ -85,8 +86,8 @@ def command_energies_j(dev: DeviceConfig) -> np.ndarray:
     e, b = dev.energy, dev.banks_per_channel
     cycle_ns = 1e9 / e.access_clock_hz
     share = dev.burst_elements * dev.bytes_per_element / 32  # of the 32 B burst the times are quoted for
-    # of the 2 KB row act_mw is quoted for (1024 bf16 elements): an activation senses the whole row, so a
-    # wider row costs more a row opened and the same a byte streamed
+    # of the 2 KB row act_mw is quoted for (whatever its elements' width): an activation senses the whole
+    # row, so a wider row costs more a row opened and the same a byte streamed
     act = e.act_mw * e.t_rc_ns * 1e-12 * dev.row_elements * dev.bytes_per_element / QUOTED_ROW_BYTES
     rd, wr = e.rd_mw * e.t_burst_ns * share * 1e-12, e.wr_mw * e.t_burst_ns * share * 1e-12
     mac = b * e.mac_bank_read_share * e.rd_mw * e.t_ccd_ns * share * 1e-12
@@ -157,7 +158,7 @@ class EnergyModel:
             # false) uses no link, so a block carries its mean share of the token's hops that cross the switch
             width = m.shared_expert_intermediate_size if m.is_moe else f
             values = d * timer.switch_hop_share + (g.tp - 1) * (m.q_size + 2 * d + width)
-            # `fabric.activation_bytes` a value on the links (bf16) whatever the banks hold
+            # `fabric.activation_bytes` a value on the links (2, bf16, by default) whatever the banks hold
             # (docs/hardware_model.md section 1, "The data type")
             self.pcie[T["pcie"]] = values * timer.fabric.activation_bytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
