@@ -118,10 +118,16 @@ CLOSED_FORM_IGNORES = {
 }
 """Config fields (a prefix ends in "." or "_") the CENT closed form (`cent simulate`, `cent sweep`
 without --trace) does not read: what they set instead, and where to see them."""
+CLOSED_FORM_CAPACITY_ONLY = {
+    "device.rows_per_bank": "it sizes the KV blocks a replay's scheduler admits and preempts by",
+}
+"""Config fields the closed form reads only to decide whether the model and its queries (one a lane, at
+the whole context) fit the devices: no time or energy moves with them. What they move in a replay."""
 
 
 def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:
-    """One warning per field in `paths` that the closed form does not read (`how`: the flag that set it).
+    """One warning per field in `paths` that the closed form does not read, or reads only for capacity
+    (`how`: the flag that set it).
     `moe`: a mixture of experts is among the models, whose time model routes by a draw from model.seed
     (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
     import logging
@@ -135,3 +141,8 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> N
             logging.getLogger("cent").warning(
                 "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every "
                 "value; to see it, %s", how, path, *hit)
+        elif path in CLOSED_FORM_CAPACITY_ONLY:
+            logging.getLogger("cent").warning(
+                "%s %s: the closed form reads it only for capacity (whether the weights and a query a lane at the "
+                "whole context fit), so its time and energy are the same for every value that fits; to see it move "
+                "time, %s whose sequences fill the KV cache (%s)", how, path, REPLAYED, CLOSED_FORM_CAPACITY_ONLY[path])

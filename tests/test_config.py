@@ -1,6 +1,7 @@
 """The config tree: presets, YAML, overrides and errors that name field, value and fix."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import re
@@ -476,6 +477,27 @@ def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplo
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "sweep" else [])) == 0
     capsys.readouterr()
     assert [r.getMessage() for r in caplog.records if says in r.getMessage()]
+
+
+def test_rows_per_bank_moves_only_which_closed_form_points_fit_and_says_so(caplog, capsys, tmp_path):
+    """The closed form reads device.rows_per_bank only for capacity (one query a lane at the whole context):
+    a sweep over it gave the same time and energy for every point that fit, in silence. It warns now, in
+    one line, that only fit moves and that a replay filling the KV cache moves time."""
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "device.rows_per_bank=64,16384,65536",
+                 "--no-plots", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    rows = {int(r["device.rows_per_bank"]): r for r in csv.DictReader(open(tmp_path / "sweep.csv"))}
+    assert "does not fit" in rows[64]["error"] and not rows[16384]["error"]
+    for figure in ("throughput_tok_s", "energy_per_token_mj", "token_latency_ms"):
+        assert rows[16384][figure] == rows[65536][figure], figure  # what the warning claims
+    says = [r.getMessage() for r in caplog.records if "--vary device.rows_per_bank: the closed form reads it only "
+            "for capacity" in r.getMessage()]
+    assert len(says) == 1 and "\n" not in says[0] and "cent sweep --trace" in says[0], says
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "device.rows_per_bank=32768"]) == 0
+    capsys.readouterr()
+    assert [r for r in caplog.records if "--set device.rows_per_bank: the closed form reads it only for capacity"
+            in r.getMessage()]
 
 
 def test_a_field_the_closed_form_reads_is_not_warned_about(caplog, capsys):
