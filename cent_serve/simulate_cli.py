@@ -318,6 +318,9 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
 
 
 def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int) -> int:
+    """Every mapping of `sweep_mappings` in the closed form: a table, or with --json an object as
+    `_run_phases`' (`convention`, `workload`, `config`, the base every point sets parallel.pp / tp of)
+    whose `points` are the rows, one a mapping, an `error` where it does not fit."""
     if args.seqlen is not None:
         raise ValueError("--seqlen is the one-token form; --sweep runs the paper's phases: give --prompt and "
                          f"--decode, or neither ({PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]})")
@@ -336,7 +339,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(dict(convention=args.convention, points=rows,
+                              **_record(cfg, args, prompt=prompt, decode=decode, seqlen_gap=args.seqlen_gap)),
+                         indent=2))
         return 0
     print(f"{model_label(cfg.model)} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode} "
           f"(end-to-end averages, {args.convention} convention)")

@@ -555,7 +555,7 @@ def test_sweep_rows_whose_kv_cache_does_not_fit_name_the_stages_or_tp_that_hold_
 
     work = ["--prompt", "65536", "--decode", "65536", "--set", "model.max_seq_len=131072"]
     assert main(["simulate", "--sweep", "--model", "llama2-70b", "--devices", "32", *work, "--json"]) == 0
-    rows = {(r["pp"], r["tp"]): r.get("error") for r in json.loads(capsys.readouterr().out)}
+    rows = {(r["pp"], r["tp"]): r.get("error") for r in json.loads(capsys.readouterr().out)["points"]}
     assert "use 64 devices with --pp 16 --tp 4 (the fewest that hold it with more stages or a larger tp), or a " \
            "shorter context with a smaller --prompt or --decode" in rows[(16, 2)], rows
     assert main(["simulate", "--model", "llama2-70b", "--devices", "64", "--pp", "16", "--tp", "4", *work]) == 0
@@ -569,7 +569,7 @@ def test_sweep_rows_that_do_not_fit_name_the_devices_that_hold_them_as_simulate_
     from cent_serve.cli import main
 
     assert main(["simulate", "--sweep", "--model", "llama2-70b", "--devices", "8", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["points"]
     assert [(r["pp"], r["tp"]) for r in rows] == [(80, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
     assert all("error" in r and "more stages (--pp)" not in r["error"] for r in rows)
     for r in rows[1:]:

@@ -445,7 +445,7 @@ def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
     the devices and the context instead (they said "use --batch 16" since they called closed_form)."""
     small = ["--model", "llama2-70b", "--devices", "16", "--numerics", "off"]
     assert main(["simulate", "--sweep", *small, "--set", "device.rows_per_bank=10000", "--json"]) == 0
-    sweep_error = next(r["error"] for r in json.loads(capsys.readouterr().out) if r["pp"] == 80)
+    sweep_error = next(r["error"] for r in json.loads(capsys.readouterr().out)["points"] if r["pp"] == 80)
     assert main(["sweep", *small, "--pp", "80", "--vary", "device.rows_per_bank=10000", "--no-plots",
                  "--out", str(tmp_path / "out")]) == 2
     capsys.readouterr()

@@ -284,5 +284,5 @@ def test_parallel_lm_head_survives_the_flags_and_the_sweeps_that_set_a_mapping(t
     rows = {}
     for placement in ("unit", "last_stage"):
         assert main(sweep + ["--set", f"parallel.lm_head={placement}"]) == 0
-        rows[placement] = json.loads(capsys.readouterr().out)
+        rows[placement] = json.loads(capsys.readouterr().out)["points"]
     assert rows["unit"] != rows["last_stage"]

@@ -156,7 +156,7 @@ def test_cli_phases_and_sweep(capsys):
     # published: llama2-7b pp32 end2end 3006 tok/s (cent_phases_7b_13b.csv)
     assert abs(out["end2end"]["throughput_tok_s"] / 3006.2 - 1) < 0.02
     assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["points"]
     assert [(r["pp"], r["tp"]) for r in rows] == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
     # pp 8 x tp 1 on whole devices is mode "tensor" (how blocks use channels), a pipeline to a reader
     assert [(r["mode"], r["parallelism"]) for r in rows] == [
@@ -195,6 +195,25 @@ def test_a_workload_of_neither_form_is_refused_alike_in_closed_form_and_emulated
         assert says in err and len(err.strip().splitlines()) == 1, (form, err)
     with pytest.raises(ValueError, match=says):
         emulate(build_config("tiny", numerics="off"), **given)
+
+
+def test_sweep_json_carries_its_config_and_workload_as_one_mapping_s_does(tmp_path, capsys):
+    """`cent simulate --sweep --json` printed a bare list of rows, without the config or the workload
+    that `cent simulate --json` carries: it is an object now, and a point reruns from it alone."""
+    argv = ["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8", "--prompt", "256", "--decode", "768",
+            "--set", "device.clock_hz=1e9", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"convention", "points", "workload", "config"}
+    assert out["workload"] == {"prompt": 256, "decode": 768, "seqlen_gap": 128} and out["convention"] == "cent"
+    assert out["config"]["device"]["clock_hz"] == 1e9 and out["config"]["parallel"]["num_devices"] == 8
+    point = out["points"][2]
+    config = dict(out["config"], parallel=dict(out["config"]["parallel"], pp=point["pp"], tp=point["tp"]))
+    (tmp_path / "point.json").write_text(json.dumps(config))
+    assert main(["simulate", "--config", str(tmp_path / "point.json"), "--prompt", "256", "--decode", "768",
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["end2end"]
+    assert again["throughput_tok_s"] == point["throughput_tok_s"] and point["pp"] * point["tp"] == 8
 
 
 def test_sweep_refuses_the_one_token_form(capsys):
