@@ -435,6 +435,23 @@ def read_mooncake(path: Path) -> Iterator[Request]:
                          "line")
 
 
+MOONCAKE_RATE_SAMPLE = 1000
+"""Rows from a Mooncake file's start whose mean rate tells its timestamps' unit (`mooncake_rate_per_s`):
+enough to smooth a burst, few enough to read at once."""
+
+
+def mooncake_rate_per_s(path: Path, sample: int = MOONCAKE_RATE_SAMPLE) -> tuple[int, float] | None:
+    """(rows, requests per second) of the first `sample` rows of a Mooncake file, its timestamps read
+    as milliseconds: (rows - 1) / their span. None when they all arrive at once (or only one): no rate,
+    and no unit changes their replay. Read by `read_mooncake`, so a bad row is refused as a replay's."""
+    rows, last_s = 0, 0.0
+    for rows, req in enumerate(read_mooncake(path), start=1):
+        last_s = req.arrival_s
+        if rows == sample:
+            break
+    return (rows, (rows - 1) / last_s) if last_s > 0 else None
+
+
 def _first_exchange(turns: list, where: str) -> tuple[str, str] | None:
     """(prompt, answer): turns 0 and 1 whoever speaks them, as vLLM's benchmark takes them (its
     ShareGPT dataset: `conversations[0]` and `[1]`'s values); None with fewer than two turns."""

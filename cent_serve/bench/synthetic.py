@@ -165,7 +165,7 @@ class TraceLengths:
         that has a format's length columns and no time column (Vidur's length traces, e.g.
         `num_prefill_tokens, num_decode_tokens, num_total_tokens, pd_ratio`): only lengths are taken."""
         try:
-            return cls._of(load_trace(path, fmt, options, **load_kwargs))
+            return cls._of(load_trace(path, fmt, options, check_unit=False, **load_kwargs))  # no arrivals used
         except LengthsOnlyError as exc:  # raised at the header, before any row
             lengths_fmt = exc.fmt  # bound here: the lambda may run after `exc` is gone
         return cls._of(apply_options(lambda: read_csv(Path(path), lengths_fmt, lengths_only=True),

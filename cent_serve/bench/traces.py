@@ -11,7 +11,8 @@ Formats, in the column layout their publishers ship (docs/serving.md):
 - `burstgpt`: CSV `Timestamp, Model, Request tokens, Response tokens, Total tokens, Log Type`,
   seconds.
 - `mooncake`: JSONL `{"timestamp": ms, "input_length", "output_length", "hash_ids"?}` (`hash_ids`
-  unused: no prefix cache is modelled).
+  unused: no prefix cache is modelled). Timestamps that look like seconds are warned about
+  (`check_mooncake_unit`).
 - `sharegpt`: JSON list of `{"id", "conversations": [{"from", "value"}, ...]}`; no timestamps,
   so arrivals come from a synthetic process (`cent_serve.bench.synthetic`).
 
@@ -46,8 +47,8 @@ from pathlib import Path
 
 from cent_serve.arguments import wrong
 from cent_serve.bench.errors import ParamError
-from cent_serve.bench.readers import (CSV_LAYOUTS, open_text, read_csv, read_mooncake, read_sharegpt,
-                                      sniff_csv_format)
+from cent_serve.bench.readers import (CSV_LAYOUTS, mooncake_rate_per_s, open_text, read_csv, read_mooncake,
+                                      read_sharegpt, sniff_csv_format)
 from cent_serve.bench.request import Request
 from cent_serve.config.checks import _numeric_fields
 
@@ -68,6 +69,32 @@ MAX_ARRIVAL_S = 1e8
 """Latest arrival a replay takes, in seconds after the first (3.2 years; BurstGPT's 121 days are
 1.05e7 s). Simulated time is one float of seconds: at 1e8 s it resolves 15 ns, so a TTFT of a
 millisecond keeps its digits; at 1e12 s it resolves 0.1 ms, and a 1.9 ms TTFT read 1.2 ms."""
+
+
+MOONCAKE_MAX_RATE = 250.0
+"""Requests per second above which a Mooncake file's timestamps, read as its milliseconds, are
+taken for seconds. Mooncake's published traces run about 1 to tens of requests a second (their
+timestamps are integer milliseconds: mooncake_trace.jsonl opens 0, 0, 3052, 3052), so the same
+arrivals written in seconds read 1,000 to tens of thousands a second; 250 lies between with
+margin both ways (a seconds trace down to 0.25 requests a second is caught)."""
+
+
+def check_mooncake_unit(path: Path, time_scale: float) -> None:
+    """Warn in one line when the first rows of a Mooncake file (`mooncake_rate_per_s`), at `time_scale`,
+    would replay faster than `MOONCAKE_MAX_RATE`: timestamps in seconds, read as milliseconds, replay
+    every arrival 1000x too early in silence. A warning, not a refusal: a real file of such a rate
+    (a stress test) replays as written."""
+    import logging
+
+    measured = mooncake_rate_per_s(path)
+    if measured is None or measured[1] / time_scale <= MOONCAKE_MAX_RATE:
+        return
+    rows, rate = measured
+    logging.getLogger("cent.bench").warning(
+        "%s: its first %d requests arrive at %s requests/s with their timestamps read as milliseconds, as "
+        "Mooncake's are (its traces run about 1 to tens a second): if they are seconds, replay them with "
+        "time_scale=%g (cent bench: --time-scale %g), or multiply them by 1000", path, rows,
+        f"{rate / time_scale:,.0f}", 1000 * time_scale, 1000 * time_scale)
 
 
 def check_rate_or_time_scale(rate: float | None, time_scale: float) -> None:
@@ -188,7 +215,8 @@ def _first_character(path: Path, limit: int = 1 << 16) -> str:
 def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions | dict | None = None, *,
                count_tokens: Callable[[str], int] | None = None,
                arrivals_s: Callable[[], Iterable[float]] | None = None,
-               span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None) -> Iterator[Request]:
+               span_progress: Callable[[Iterable[Request]], Iterable[Request]] | None = None,
+               check_unit: bool = True) -> Iterator[Request]:
     """Stream the requests of a trace file with `options` applied.
 
     `fmt` is one of FORMATS (None: `detect_format`); the file may be gzip'd. ShareGPT needs `count_tokens` (text ->
@@ -199,6 +227,9 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     factory because a rate override reads the source twice. The format and the path are checked
     here; bad rows raise ValueError when iteration reaches them. `span_progress` wraps the rows of a
     rate override's first pass (e.g. in a progress bar), which runs here, before anything is yielded.
+    A Mooncake file replayed at its own pace (no `request_rate`) has its first rows read here too, to
+    warn when its timestamps look like seconds (`check_mooncake_unit`); `check_unit` False skips
+    that where only the lengths are used (`TraceLengths.from_trace`).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise wrong("load_trace(path)", "path", path, "give a trace file's path, or resolve_trace(NAME) for a "
@@ -218,6 +249,9 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
         def make() -> Iterator[Request]:
             return read_csv(path, fmt)
     elif fmt == "mooncake":
+        if check_unit and options.request_rate is None:  # a rate replaces the file's pace whatever its unit
+            check_mooncake_unit(path, options.time_scale)
+
         def make() -> Iterator[Request]:
             return read_mooncake(path)
     else:

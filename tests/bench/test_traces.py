@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cent_serve.bench import (SAMPLE_TRACE_NUM_REQUESTS, Request, TraceOptions, apply_options,
+from cent_serve.bench import (SAMPLE_TRACE_NUM_REQUESTS, Request, TraceLengths, TraceOptions, apply_options,
                               detect_format, iter_arrival_times_s, arrival_times_s, load_trace,
                               sample_trace_path)
 from cent_serve.bench.errors import CLI_FLAGS, ParamError
@@ -100,6 +100,53 @@ def test_mooncake_milliseconds_and_optional_hash_ids(tmp_path):
     assert list(load_trace(path)) == [Request("0", 0.0, 6955, 52, trace_arrival_s=0.0),
                                       Request("1", 1.5, 6472, 26, trace_arrival_s=1.5),
                                       Request("2", 1.502, 8767, 23, trace_arrival_s=1.502)]
+
+
+def mooncake_lines(stamps: list) -> str:
+    """Mooncake JSON lines at `stamps`, the lengths of its published opening rows, cycled."""
+    lengths = [(6755, 500), (7319, 490), (7234, 794), (2287, 316)]
+    return "\n".join(json.dumps({"timestamp": t, "input_length": lengths[i % 4][0],
+                                  "output_length": lengths[i % 4][1], "hash_ids": [0, i + 1]})
+                      for i, t in enumerate(stamps)) + "\n"
+
+
+# mooncake_trace.jsonl's opening arrivals (0, 0, 3052, 3052 ms), then pairs and bursts at ~6 requests/s
+MOONCAKE_MS = [0, 0, 3052, 3052] + [3052 + 160 * i + (i % 3 == 0) * 7 for i in range(1, 397)]
+
+
+def _unit_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "read as milliseconds" in r.getMessage()]
+
+
+def test_a_real_mooncake_trace_in_milliseconds_reads_in_silence(tmp_path, caplog):
+    path = tmp_path / "mooncake_trace.jsonl"
+    path.write_text(mooncake_lines(MOONCAKE_MS))
+    reqs = list(load_trace(path))
+    assert len(reqs) == 400 and reqs[2].arrival_s == 3.052 and reqs[-1].arrival_s == pytest.approx(66.419)
+    assert list(load_trace(path, options=TraceOptions(num_requests=3)))[-1].arrival_s == 3.052
+    assert not _unit_warnings(caplog)
+
+
+@pytest.mark.parametrize("stamps", [[t / 1000 for t in MOONCAKE_MS],     # seconds, as floats
+                                    [t // 1000 for t in MOONCAKE_MS]])   # whole seconds
+def test_a_mooncake_trace_in_seconds_is_warned_about_with_the_fix(tmp_path, caplog, stamps):
+    """Timestamps in seconds were read as milliseconds in silence: 400 requests in 66 "ms", every
+    arrival 1000x too early. One warning names the unit and the fix; the fix (a time scale of 1000)
+    replays them at their pace in silence, and so does a rate, which sets the pace whatever the unit."""
+    path = tmp_path / "seconds.jsonl"
+    path.write_text(mooncake_lines(stamps))
+    reqs = list(load_trace(path, options=TraceOptions(num_requests=5)))
+    assert reqs[-1].arrival_s == pytest.approx(stamps[4] / 1000)  # still read as written: a warning, not a guess
+    said = _unit_warnings(caplog)
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert f"{path}: its first 400 requests arrive at " in said[0]
+    assert "if they are seconds, replay them with time_scale=1000 (cent bench: --time-scale 1000)" in said[0]
+    caplog.clear()
+    fixed = list(load_trace(path, options=TraceOptions(time_scale=1000)))
+    assert fixed[-1].arrival_s == pytest.approx(stamps[-1])
+    list(load_trace(path, options=TraceOptions(request_rate=5.0)))
+    assert TraceLengths.from_trace(path).prompt_tokens[0] == 6755  # its lengths alone: no arrival replayed
+    assert not _unit_warnings(caplog)
 
 
 def test_sharegpt_turns_0_and_1_and_synthetic_arrivals(tmp_path, caplog):
