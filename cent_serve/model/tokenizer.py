@@ -175,9 +175,12 @@ class ByteTokenizer:
     """The stand-in sampler's bytes: printable ASCII without space, so every generated token is
     one visible character (`!` .. `~`)."""
 
-    def __init__(self, vocab_size: int = 259, bos_token_id: int = 1, eos_token_id: int = 2) -> None:
+    def __init__(self, vocab_size: int = 259, bos_token_id: int = 1, eos_token_id: int = 2,
+                 add_bos_token: bool = True) -> None:
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
+        self.add_bos_token = add_bos_token  # `encode` puts the BOS first: as the tokenizer it stands in for
+        # does (`stand_in_adds_bos`; Qwen's puts none), transformers' name for it
         self.eos_token_id = eos_token_id
         # one name per id: a model whose BOS is its EOS (Qwen 2.5) has `</s>` for both, no `<s>`
         self.bos_token = self.SPECIALS[1] if bos_token_id != eos_token_id else self.SPECIALS[2]
@@ -205,11 +208,11 @@ class ByteTokenizer:
 
     @property
     def start_ids(self) -> list[int]:
-        return [self.bos_token_id]
+        return [self.bos_token_id] if self.add_bos_token else []
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         self.warn_stand_in()
-        ids = [self.bos_token_id] if add_bos else []
+        ids = [self.bos_token_id] if add_bos and self.add_bos_token else []
         pos = 0
         for m in self._special_re.finditer(text):
             ids += [b + self.OFFSET for b in text[pos:m.start()].encode("utf-8")]
@@ -539,14 +542,37 @@ def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
                       add_bos=add_special_tokens)
 
 
+FAMILIES_WITHOUT_BOS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+"""Families (`model.model_type`) whose own tokenizer puts no BOS first: Qwen 2, 2.5, 3 and their MoE
+share transformers' Qwen2Tokenizer, whose bos_token is None and whose tokenizer.json's post-processor
+adds nothing. Llama's (LlamaTokenizer's add_bos_token defaults to true; Llama 3's post-processor puts
+<|begin_of_text|> first), Mistral's and Mixtral's put one."""
+
+
+def stand_in_adds_bos(ckpt: Path, model_type: str) -> bool:
+    """Whether the byte-level stand-in for `ckpt`'s missing tokenizer.json puts a BOS first, as its own
+    tokenizer would, so a prompt is no token longer than the user's tokenizer makes it: its
+    tokenizer_config.json's add_bos_token when that says (a null bos_token: none), else the family's
+    (`FAMILIES_WITHOUT_BOS`)."""
+    config = ckpt / "tokenizer_config.json"
+    settings = json_object(config, "add_bos_token", "or download it again") if config.is_file() else {}
+    if isinstance(settings.get("add_bos_token"), bool):
+        return settings["add_bos_token"]
+    if special_token_text(special_tokens(ckpt, settings), "bos_token") == "":
+        return False
+    return model_type not in FAMILIES_WITHOUT_BOS
+
+
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
     """The checkpoint's tokenizer.json when present, else the byte-level tokenizer (standing in for
-    a checkpoint's missing one, it warns when it first encodes text: `ByteTokenizer.encode`)."""
+    a checkpoint's missing one, with its BOS or none as the checkpoint's would (`stand_in_adds_bos`),
+    it warns when it first encodes text: `ByteTokenizer.encode`)."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint) / "tokenizer.json"
         if path.is_file():
             return HFTokenizer(path, cfg.bos_token_id, cfg.eos_token_id)
-        tok = ByteTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)
+        tok = ByteTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id,
+                            add_bos_token=stand_in_adds_bos(Path(cfg.checkpoint), cfg.model_type))
         tok.stands_in_for = cfg.checkpoint
         return tok
     return ByteTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)

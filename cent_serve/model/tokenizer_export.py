@@ -11,7 +11,8 @@ so it must count exactly as the server does. For a preset that is the byte-level
 - `<unk>` as id 0, `<s>` and `</s>` at the model's BOS and EOS ids (1 and 2, or e.g. Llama 3's
   128000 and 128001; `</s>` alone when BOS is EOS), all special tokens (text that spells them is them, as the server parses
   it); the other ids from 259 up (and 1, 2 when unused) as `<extra_ID>` pieces no text encodes to;
-- a post-processor that puts `<s>` first, as `ByteTokenizer.encode` does;
+- a post-processor that puts `<s>` first, as `ByteTokenizer.encode` does (none when it stands in for
+  a tokenizer that adds no BOS, Qwen's: `tokenizer.stand_in_adds_bos`);
 - a `tokenizer_config.json` naming the special tokens and carrying the server's chat template;
 - the model's `config.json` (its shape, no weights), which vLLM reads beside a tokenizer (without it
   its benchmark logs an ERROR per attempt, "Unrecognized model ... Should have a model_type key").
@@ -63,16 +64,18 @@ def byte_tokenizer_json(tok: ByteTokenizer) -> str:
     # the unused low ids decode to nothing on the server, so they are special here (skipped in decoding)
     hf.add_special_tokens([AddedToken(name, special=True, normalized=False)
                            for name in [*specials.values(), *(f"<extra_{i}>" for i in unused_low)]])
-    bos = specials[tok.bos_token_id]
-    hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1",
-                                                      special_tokens=[(bos, tok.bos_token_id)])
+    if tok.add_bos_token:  # a stand-in for a tokenizer that adds none (Qwen's) has no post-processor
+        bos = specials[tok.bos_token_id]
+        hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1",
+                                                          special_tokens=[(bos, tok.bos_token_id)])
     return hf.to_str(pretty=True)
 
 
 def tokenizer_config(tok, max_len: int) -> dict:
     """What `transformers` reads beside `tokenizer.json`."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
-            "unk_token": "<unk>", "pad_token": None, "add_bos_token": True, "add_eos_token": False,
+            "unk_token": "<unk>", "pad_token": None, "add_bos_token": tok.add_bos_token,
+            "add_eos_token": False,
             "clean_up_tokenization_spaces": False, "model_max_length": max_len,
             "chat_template": tok.chat_template}
 

@@ -289,6 +289,41 @@ def test_a_checkpoint_without_tokenizer_json_warns_once_when_text_is_counted_a_b
     assert not caplog.records
 
 
+@pytest.mark.parametrize("family, adds_bos", [("qwen2", False), ("qwen3", False), ("qwen2_moe", False),
+                                              ("qwen3_moe", False), ("llama3", True), ("mistral", True),
+                                              ("mixtral", True)])
+def test_a_config_only_stand_in_adds_a_bos_as_the_family_s_own_tokenizer_does(tmp_path, family, adds_bos):
+    """A directory with only a Qwen config.json got a stand-in that put a BOS first, where Qwen's own
+    tokenizer (transformers' Qwen2Tokenizer: bos_token None) puts none: every prompt one token longer
+    than the user's tokenizer counts it. Llama's, Mistral's and Mixtral's put one."""
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_families" / family / "config.json", tmp_path)
+    tok = load_tokenizer(model_config_from_hf(tmp_path))
+    assert isinstance(tok, ByteTokenizer)
+    bos = [tok.bos_token_id] if adds_bos else []
+    assert tok.encode("hi") == bos + [ord("h") + 3, ord("i") + 3] and tok.start_ids == bos
+    assert tok.encode("hi", add_bos=False) == [ord("h") + 3, ord("i") + 3]
+
+
+@pytest.mark.parametrize("family, settings, adds_bos", [
+    ("qwen2", {"add_bos_token": True}, True),           # the file says: it wins over the family
+    ("llama3", {"add_bos_token": False}, False),
+    ("llama3", {"bos_token": None}, False),             # no BOS token at all (Qwen 2.5's null)
+    ("qwen3", {"eos_token": "<|im_end|>"}, False),      # the file says nothing of it: the family's
+])
+def test_a_stand_in_follows_tokenizer_config_s_add_bos_token(tmp_path, capsys, family, settings, adds_bos):
+    import tokenizers
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_families" / family / "config.json", tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    tok = load_tokenizer(model_config_from_hf(tmp_path))
+    assert isinstance(tok, ByteTokenizer) and (tok.encode("hi")[0] == tok.bos_token_id) == adds_bos
+    # the exported files count as the server does, BOS or none (a client loads them)
+    assert main(["tokenizer", "export", str(tmp_path / "out"), "--model", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert tokenizers.Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json")).encode("hi").ids == tok.encode("hi")
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["add_bos_token"] is adds_bos
+
+
 def test_the_model_card_and_the_export_say_when_the_tokenizer_stands_in(tmp_path, capsys):
     """/v1/models names a checkpoint's own tokenizer.json by its directory, and a byte-level stand-in
     by the command that writes it (the directory would not load in a client); export says so too."""
