@@ -2,6 +2,7 @@
 removed fields with what was meant, and values coerced from YAML and `--set` text to each field's type."""
 from __future__ import annotations
 
+import math
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Any, get_type_hints
@@ -180,6 +181,27 @@ def _words_text(value: Any, name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+FACTOR_LISTS = frozenset({"model.rope_short_factor", "model.rope_long_factor"})
+"""Tuple fields of numbers, not ids (`_factors_text` reads them)."""
+
+
+def _factors_text(value: Any, name: str) -> tuple[float, ...]:
+    """A tuple of positive numbers from a list or text `1,1.5` (nothing or none: no numbers)."""
+    items = value if isinstance(value, (list, tuple)) else [] if value is None or _is_null(str(value)) \
+        else [v for v in str(value).split(",") if v.strip()]
+    out = []
+    for v in items:
+        try:
+            number = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{name}={value!r} is invalid: expected positive numbers separated by commas "
+                             f"(e.g. {name}=1.0,1.5,2.0), or none")
+        out.append(number)
+    return tuple(out)
+
+
 def _typed(value: Any, hint: Any, name: str) -> Any:
     """Coerce YAML/JSON scalars to the field's type (PyYAML reads `1.0e9` as a string; `--set`
     gives strings); `X | None` takes None or an X."""
@@ -219,6 +241,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                  if isinstance(value, bool) else "")
         raise ValueError(f"{name}={value!r} is invalid: expected a string{quote}")
     if getattr(hint, "__origin__", None) is tuple:
+        if name in FACTOR_LISTS:
+            return _factors_text(value, name)
         return _words_text(value, name) if hint.__args__[0] is str else _ids_text(value, name)
     return value
 
@@ -263,7 +287,7 @@ def _coerce(text: str, current: Any, name: str) -> Any:
         return flag
     if current is None:
         return None if _is_null(text) else text
-    if isinstance(current, tuple):  # ids or words, comma-separated: typed by the field's hint (`_typed`)
+    if isinstance(current, tuple):  # ids, words or factors, comma-separated: typed by the field's hint (`_typed`)
         return text
     try:
         if isinstance(current, int):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cent_serve.config.checks import _check, _check_numbers
-from cent_serve.config.fields import _ids_text, _words_text
+from cent_serve.config.fields import _factors_text, _ids_text, _words_text
 
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
@@ -18,11 +18,8 @@ MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 """The kinds of attention block (transformers' `layer_types` words)."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
-"""Rotary embeddings of a model (Hugging Face `rope_type`); the reference model computes all but
-`TIMING_ONLY_ROPE_TYPES`."""
-TIMING_ONLY_ROPE_TYPES = ("longrope",)
-"""Rotary scalings timed (the time does not depend on the rotary embedding) but not computed: full
-numerics refuses them (`rope_numerics_refusal`)."""
+"""Rotary embeddings of a model (Hugging Face `rope_type`); the reference model computes all (longrope
+given its factors: `rope_numerics_refusal`)."""
 
 
 @dataclass
@@ -95,7 +92,7 @@ class ModelConfig:
     the rest pass unrotated. Below 1.0 for `phi3` only."""
     rope_type: str = "default"
     """Rotary scaling (Hugging Face `rope_type`): `default`, `linear`, `dynamic` (NTK), `yarn`, `llama3`,
-    or `longrope` (Phi-3's 128k variants: timed only, full numerics refuses it)."""
+    or `longrope` (Phi-3's 128k variants, Phi-3.5-mini, Phi-4-mini)."""
     rope_factor: float = 1.0
     """Scaling factor of linear, dynamic, yarn and llama3 rotary embeddings (longrope: the context over
     the original one)."""
@@ -115,9 +112,14 @@ class ModelConfig:
     rope_mscale_all_dim: float = 0.0
     """yarn: see rope_mscale."""
     rope_attention_factor: float = 0.0
-    """yarn: the cos / sin scale; 0: derived from the factor (and mscales)."""
+    """yarn and longrope: the cos / sin scale; 0: derived from the factor (yarn: and mscales)."""
     rope_truncate: bool = True
     """yarn: round the correction range to whole dimensions."""
+    rope_short_factor: tuple[float, ...] = ()
+    """longrope: what each rotary frequency is divided by while a pass stays within the original context
+    (model.rope_original_max_position), one per pair of rotated dimensions; () with numerics off only."""
+    rope_long_factor: tuple[float, ...] = ()
+    """longrope: the same once a pass reaches past the original context."""
     bos_token_id: int = 1
     """Beginning-of-sequence token id."""
     eos_token_id: int = 2
@@ -183,6 +185,12 @@ class ModelConfig:
         _check(self.rope_original_max_position >= 0, "model.rope_original_max_position",
                self.rope_original_max_position, "use a positive context, or 0 for model.max_seq_len")
         self.extra_eos_token_ids = _ids_text(self.extra_eos_token_ids, "model.extra_eos_token_ids")
+        for name in ("rope_short_factor", "rope_long_factor"):
+            factors = _factors_text(getattr(self, name), f"model.{name}")
+            setattr(self, name, factors)
+            _check(not factors or len(factors) == self.rotary_dim // 2, f"model.{name}", factors,
+                   f"give one factor per pair of rotated dimensions: {self.rotary_dim // 2} (model.head_dim x "
+                   "model.partial_rotary_factor / 2)")
         for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + \
                 [("extra_eos_token_ids", v) for v in self.extra_eos_token_ids]:
             _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
@@ -313,13 +321,15 @@ class ModelConfig:
 
 
 def rope_numerics_refusal(model: ModelConfig) -> str | None:
-    """Why full numerics cannot run `model` (its rotary scaling is `TIMING_ONLY_ROPE_TYPES`'), in one
-    line with the fix; None when it can. Preflight and the reference model's rotary embedding say it."""
-    if model.rope_type not in TIMING_ONLY_ROPE_TYPES:
+    """Why full numerics cannot run `model` (a longrope scaling without its short and long factors, as
+    `--set model.rope_type=longrope` makes one), in one line with the fix; None when it can. Preflight,
+    `numerics: auto` and the reference model's rotary embedding say it."""
+    if model.rope_type != "longrope" or (model.rope_short_factor and model.rope_long_factor):
         return None
-    return (f"model.rope_type={model.rope_type!r} (config.json rope_scaling) is not computed by the reference "
-            "model: time it with --numerics off (cent serve, cent bench) or cent simulate; the simulated times do not "
-            "depend on the rotary embedding")
+    missing = "model.rope_short_factor" if not model.rope_short_factor else "model.rope_long_factor"
+    return (f"model.rope_type='longrope' without {missing} cannot be computed: give both factor lists (a checkpoint's "
+            "config.json rope_scaling has them), or time it with --numerics off (cent serve, cent bench) or cent "
+            "simulate; the simulated times do not depend on the rotary embedding")
 
 
 _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,

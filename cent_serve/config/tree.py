@@ -8,7 +8,7 @@ from cent_serve.config.checks import _check
 from cent_serve.config.fields import _SECTION_FIX, _sections
 from cent_serve.config.gpu import GpuConfig
 from cent_serve.config.hardware import DeviceConfig, FabricConfig
-from cent_serve.config.model import TIMING_ONLY_ROPE_TYPES, ModelConfig
+from cent_serve.config.model import ModelConfig, rope_numerics_refusal
 from cent_serve.config.runtime import ParallelConfig, SchedulerConfig, ServerConfig
 
 
@@ -48,7 +48,7 @@ class CentConfig:
     numerics: str = "auto"
     """`full` (real weights and math), `off` (timing only), `auto` (full up to 1B params when the
     weights are there: a checkpoint directory with only its config.json, or a rotary scaling the
-    reference model only times (`longrope`), runs timing only)."""
+    reference model only times (`longrope` without its factor lists), runs timing only)."""
     executor: str = "local"
     """Where the devices run: `local` (all in this process) or `ray` (each device a Ray actor, the
     switch a fabric actor). `cent serve` picks `ray` unless given --local."""
@@ -114,9 +114,9 @@ class CentConfig:
             return self.numerics, "as set"
         if self.model.checkpoint and not checkpoint_has_weights(self.model.checkpoint):
             return "off", "auto: the checkpoint has no weight files"  # a config.json alone: its shape, timed
-        if self.model.rope_type in TIMING_ONLY_ROPE_TYPES:  # full numerics would refuse it (rope_numerics_refusal)
-            return "off", (f"auto: model.rope_type={self.model.rope_type!r} is timed, not computed; the text is a "
-                           "stand-in, the times are the model's")
+        if rope_numerics_refusal(self.model):  # full numerics would refuse it
+            return "off", (f"auto: model.rope_type={self.model.rope_type!r} without its factors is timed, not "
+                           "computed; the text is a stand-in, the times are the model's")
         n = self.model.param_count()
         if n <= 1_000_000_000:
             return "full", "auto: 1B parameters or fewer"

@@ -115,8 +115,8 @@ def json_object(file: Path, field: str, alternative: str) -> dict:
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
-    (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding; its 128k
-    variants' longrope timed only), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding, its 128k
+    variants' longrope), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
     (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
     cannot run is refused by name."""
     path = Path(path)
@@ -234,13 +234,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if arch == "phi3" and rope_type in ("su", "yarn"):  # Phi3Config's older names of longrope
         rope_type = "longrope"
-    # longrope: Phi-3's, timed only; Phi3Config refuses every other scaling (`PHI3_ROPE_TYPES`)
+    # longrope: Phi-3's; Phi3Config refuses every other scaling (`PHI3_ROPE_TYPES`)
     kinds = PHI3_ROPE_TYPES if arch == "phi3" else [kind for kind in ROPE_TYPES if kind != "longrope"]
     if rope_type not in kinds:
         where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"  # the key the file uses
         _refuse(f"{where}.{'rope_type' if 'rope_type' in rope else 'type'}", rope_type,
                 f"supported: {', '.join(kinds)}"
-                + ("; longrope in a phi3 model (timed only)" if arch != "phi3" else
+                + ("; longrope in a phi3 model" if arch != "phi3" else
                    " (transformers' Phi3Config takes no other scaling)"))
     scaling = {}
     if rope_type != "default":
@@ -257,9 +257,12 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             # reads the original from the config's top level (Phi3Config) and divides the two for the factor
             original = _num("original_max_position_embeddings", rope.get("original_max_position_embeddings")
                             or (4096 if arch == "phi3" else None))  # Phi3Config's default
-            if original:
-                scaling.update(rope_original_max_position=original, rope_factor=_num(
+            if original:  # transformers 5 takes rope_parameters' factor when it has one, else the ratio
+                scaling.update(rope_original_max_position=original, rope_factor=rope.get("factor") or _num(
                     "max_position_embeddings", family.get("max_position_embeddings", 4096)) / original)
+            for key in ("short_factor", "long_factor"):  # lists of numbers: checked as model.rope_* fields
+                if rope.get(key) is not None:
+                    scaling[f"rope_{key}"] = rope[key]
     heads, hidden = _num("num_attention_heads"), _num("hidden_size")
     theta = hf.get("rope_theta", rope.get("rope_theta", family.get("rope_theta", 10000.0)))
 
@@ -390,8 +393,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                              f"{cfg.model_type!r} checkpoint: only {' and '.join(map(repr, families))} configs have it "
                              "(set model.model_type)")
     if cfg.rope_type == "longrope":
-        raise ValueError("model.rope_type='longrope' cannot be saved: its short_factor and long_factor lists are not "
-                         "kept (copy the checkpoint's config.json instead)")
+        raise ValueError("model.rope_type='longrope' cannot be saved: its Phi3Config layout (factor lists, the "
+                         "original context at the top level) is not written here; copy the checkpoint's config.json "
+                         "instead")
     if cfg.model_type == "phi3" and cfg.rope_type not in PHI3_ROPE_TYPES:
         raise ValueError(f"model.rope_type={cfg.rope_type!r} cannot be saved as a model_type='phi3' checkpoint: "
                          "transformers' Phi3Config takes no scaling but longrope (and reads yarn as longrope): "

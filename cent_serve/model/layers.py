@@ -41,7 +41,8 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     defines them (`modeling_rope_utils`): `linear` divides every frequency by the factor;
     `dynamic` (NTK) raises the base once the context passes the original one; `yarn` blends
     interpolated and original frequencies over a ramp of dimensions and scales cos / sin;
-    `llama3` divides the low frequencies by the factor, keeps the high ones and blends between."""
+    `llama3` divides the low frequencies by the factor, keeps the high ones and blends between;
+    `longrope` (Phi-3's) divides each by a short or a long factor of its own (`_longrope`)."""
     why = rope_numerics_refusal(cfg)
     if why:
         raise ValueError(why)
@@ -55,6 +56,8 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     inv_freq = (F32(1.0) / powers).astype(F32)
     if kind in ("default", "dynamic"):
         return inv_freq, 1.0
+    if kind == "longrope":
+        return _longrope(cfg, seq_len, powers, original)
     if kind == "linear":
         return (inv_freq / F32(factor)).astype(F32), 1.0
     if kind == "llama3":
@@ -88,6 +91,20 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     keep = (F32(1) - ramp).astype(F32)  # the share of the original (extrapolated) frequency
     interpolated = (F32(1.0) / (F32(factor) * powers)).astype(F32)
     return (interpolated * (F32(1) - keep) + inv_freq * keep).astype(F32), float(attention)
+
+
+def _longrope(cfg: ModelConfig, seq_len: int, powers: np.ndarray, original: int) -> tuple[np.ndarray, float]:
+    """Phi-3's longrope, as transformers computes it (`_compute_longrope_parameters` and Phi3's
+    `longrope_frequency_update`): every frequency divided by its short factor while the pass reaches no
+    further than the original context, by its long factor once it does (the whole pass: positions
+    cached before keep the factors they were turned with); cos / sin scaled by the attention factor,
+    sqrt(1 + ln(factor) / ln(original)) for a factor over 1 unless the config gives it."""
+    factors = cfg.rope_long_factor if seq_len > original else cfg.rope_short_factor
+    inv_freq = (F32(1.0) / (np.asarray(factors, dtype=F32) * powers)).astype(F32)  # (dim/2,)
+    factor = cfg.rope_factor
+    attention = cfg.rope_attention_factor or (
+        1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original)))
+    return inv_freq, float(attention)
 
 
 def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

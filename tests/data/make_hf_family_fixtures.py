@@ -19,7 +19,13 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - qwen2_moe: Qwen 2 MoE (Qwen1.5-MoE: top-3 of 6 narrow experts, norm_topk_prob off, q/k/v biases,
   and a shared expert wider than the routed ones behind its sigmoid gate);
 - phi3: Phi-3 / Phi-4-mini (fused qkv_proj and gate_up_proj, a sliding window of 8, a partial rotary
-  embedding turning 12 of 16 dimensions a head, tied embeddings).
+  embedding turning 12 of 16 dimensions a head, tied embeddings);
+- phi3_longrope: Phi-3-mini-128k / Phi-3.5-mini / Phi-4-mini's `longrope` scaling (original context 16
+  of 64), a rotary embedding on 12 of 16 dimensions a head; its own prompts (`FAMILY_PROMPTS`): the
+  21-token one runs on the long factors from its prefill, a 6-token one with 10 new tokens on the short
+  factors throughout. None crosses 16 while it generates: there transformers' Phi3 `generate` drops its
+  cache and prefills the whole sequence again on the long factors, which cent-serve does not (its keys
+  keep the factors they were turned with, as transformers' forward with a kept cache).
 
 Every model: hidden 64, 2 layers (qwen2_window 3), 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -69,7 +75,17 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
         norm_topk_prob=False, rope_theta=1000000.0)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True,
                                                   rope_theta=10000.0, pad_token_id=0)),
+    "phi3_longrope": ("Phi3Config", "Phi3ForCausalLM", dict(
+        max_position_embeddings=64, original_max_position_embeddings=16, partial_rotary_factor=0.75,
+        sliding_window=None, pad_token_id=0,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                             short_factor=[1.0, 1.2, 1.5, 1.9, 2.4, 3.0],
+                             long_factor=[1.0, 1.8, 3.5, 6.0, 10.0, 16.0]))),
 }
+
+
+FAMILY_PROMPTS = {"phi3_longrope": ([PROMPTS[0], [1, 77, 301, 45, 128, 9]], 10)}
+"""A family's own (prompts, new tokens) where the shared ones would not test what it is for."""
 
 
 def _base():
@@ -98,22 +114,42 @@ def build(name: str, seed: int = 0):
     return model.to(torch.bfloat16).eval(), model_cls
 
 
-def reference(ckpt: Path, model_cls: str) -> list[dict]:
+def reference(ckpt: Path, model_cls: str, prompts: list = PROMPTS, num_new_tokens: int = NUM_NEW_TOKENS) -> list[dict]:
     import torch
     import transformers
 
     model = getattr(transformers, model_cls).from_pretrained(ckpt, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     out = []
-    for ids in PROMPTS:
+    for ids in prompts:
         x = torch.tensor([ids])
         with torch.no_grad():
             logits = model(x).logits[0, -1]
-            gen = model.generate(x, max_new_tokens=NUM_NEW_TOKENS, do_sample=False, pad_token_id=0)
+            gen = model.generate(x, max_new_tokens=num_new_tokens, do_sample=False, pad_token_id=0)
         new = gen[0, len(ids):].tolist()
-        assert len(new) == NUM_NEW_TOKENS
+        assert len(new) == num_new_tokens
         out.append(dict(prompt_ids=ids, greedy_ids=new, last_logits=logits.tolist()))
     return out
+
+
+def crossing(ckpt: Path, model_cls: str, ids: list[int], num_new_tokens: int = NUM_NEW_TOKENS) -> dict:
+    """A longrope prompt under the original context whose greedy tokens pass it, two ways: `generate`'s
+    (Phi3's drops its cache there and prefills the whole sequence on the long factors) and a loop of
+    forward passes over a kept cache (each key keeps the factors it was turned with, as cent-serve's)."""
+    import torch
+    import transformers
+
+    model = getattr(transformers, model_cls).from_pretrained(ckpt, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([ids]), max_new_tokens=num_new_tokens, do_sample=False, pad_token_id=0)
+        out = model(torch.tensor([ids]), use_cache=True)
+        kept = []
+        for i in range(num_new_tokens):
+            kept.append(int(out.logits[0, -1].argmax()))
+            out = model(torch.tensor([[kept[-1]]]), past_key_values=out.past_key_values, use_cache=True,
+                        position_ids=torch.tensor([[len(ids) + i]]))
+    return dict(prompt_ids=ids, generate_ids=gen[0, len(ids):].tolist(), kept_cache_ids=kept)
 
 
 def write(name: str, out_dir: Path, seed: int = 0) -> dict:
@@ -124,7 +160,9 @@ def write(name: str, out_dir: Path, seed: int = 0) -> dict:
     model, model_cls = build(name, seed)
     base.save_checkpoint(model, base.build_tokenizer(), out_dir)
     expected = dict(generated_by=dict(torch=torch.__version__, transformers=transformers.__version__, seed=seed),
-                    family=name, cases=reference(out_dir, model_cls))
+                    family=name, cases=reference(out_dir, model_cls, *FAMILY_PROMPTS.get(name, ())))
+    if name == "phi3_longrope":  # the 14-token prompt passes the original 16 positions as it generates
+        expected["crossing"] = crossing(out_dir, model_cls, PROMPTS[1])
     (out_dir / "expected.json").write_text(json.dumps(expected))
     return expected
 

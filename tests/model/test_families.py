@@ -57,6 +57,12 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     # fused qkv_proj / gate_up_proj split on load, a window of 8, rotary on 12 of 16 dimensions a head
     "phi3": (dict(model_type="phi3", sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True),
              dict(partial_rotary_factor=1.0)),
+    # longrope on 12 of 16 dimensions a head: one prompt past the original 16 positions from its prefill,
+    # the other crossing it while it generates; the short factors alone (no long ones) are wrong
+    "phi3_longrope": (dict(model_type="phi3", rope_type="longrope", rope_original_max_position=16, rope_factor=4.0,
+                           partial_rotary_factor=0.75, rope_short_factor=(1.0, 1.2, 1.5, 1.9, 2.4, 3.0),
+                           rope_long_factor=(1.0, 1.8, 3.5, 6.0, 10.0, 16.0)),
+                      dict(rope_long_factor=(1.0, 1.2, 1.5, 1.9, 2.4, 3.0))),
 }
 
 
@@ -84,6 +90,19 @@ def test_reference_model_gives_transformers_tokens_and_logits(family):
         assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) < 1e-4
         assert generate(model, case["prompt_ids"], len(case["greedy_ids"]), ignore_eos=True).token_ids == \
             case["greedy_ids"]
+
+
+def test_a_longrope_sequence_passing_its_original_context_keeps_the_keys_it_has():
+    """Phi-3's longrope at the step a generation first passes the original context: transformers'
+    `generate` drops its cache and prefills the whole sequence again on the long factors; the reference
+    model keeps the keys turned with the short factors, as transformers' forward over a kept cache does
+    (docs/serving.md says so). Both recorded by the fixture; they part at the third token."""
+    cfg = model_config_from_hf(ROOT / "phi3_longrope")
+    model = LlamaModel(cfg, load_weights(cfg))
+    case = json.loads((ROOT / "phi3_longrope" / "expected.json").read_text())["crossing"]
+    ours = generate(model, case["prompt_ids"], len(case["kept_cache_ids"]), ignore_eos=True).token_ids
+    assert ours == case["kept_cache_ids"]
+    assert ours[:3] == case["generate_ids"][:3] and ours[3] != case["generate_ids"][3]
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if FEATURES[f][1]])

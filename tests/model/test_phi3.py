@@ -1,6 +1,6 @@
 """Phi-3 (`model_type: phi3`: Phi-3-mini/medium, Phi-3.5-mini, Phi-4-mini): a Mistral block whose
 checkpoints fuse q/k/v (`self_attn.qkv_proj`) and gate/up (`mlp.gate_up_proj`), with a partial rotary
-embedding in Phi-4-mini and longrope scaling in the 128k variants (timed, not computed).
+embedding in Phi-4-mini and longrope scaling in the 128k variants.
 
 transformers' own tokens and logits for a tiny Phi-3 are tests/data/hf_families/phi3 (test_families.py);
 here: the published configs' shapes, the split of the fused tensors, the equality with the same weights
@@ -121,107 +121,58 @@ def test_a_phi3_checkpoint_holding_unfused_tensors_is_refused_by_name(tmp_path):
         load_weights(model_config_from_hf(tmp_path))
 
 
-def test_longrope_is_timed_but_full_numerics_refuses_it_in_one_line(tmp_path, capsys):
+def test_longrope_is_computed_and_without_its_factors_refused_by_full_numerics_in_one_line(tmp_path, capsys):
+    """longrope was timed only. Its numerics are tests/data/hf_families/phi3_longrope's (test_families.py);
+    here: a 128k variant's config.json runs full numerics; a longrope without its factor lists (a config.json
+    that leaves them out, `--set model.rope_type=longrope`) is timed, and full numerics refuses it in one line;
+    a list of the wrong length is refused naming the field and the count."""
     small = {**PHI3_MINI_128K, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "eos_token_id": 2,
              "pad_token_id": 0, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}}
-    ckpt = _write(tmp_path / "phi3-128k-small", small)
-    model = model_config_from_hf(ckpt)
-    with pytest.raises(ValueError, match=r"model.rope_type='longrope' \(config.json rope_scaling\) is not computed.*"
-                                         r"--numerics off"):
-        check_runnable(CentConfig(model=dataclasses.replace(model, checkpoint=None), numerics="full"))
-    check_runnable(CentConfig(model=model, numerics="off"))
+    model = model_config_from_hf(_write(tmp_path / "phi3-128k-small", small))
+    assert (model.rope_short_factor, model.rope_long_factor) == ((1.0,) * 8, (2.0,) * 8)
+    check_runnable(CentConfig(model=dataclasses.replace(model, checkpoint=None), numerics="full"))
+    bare = _write(tmp_path / "no-factors", {**small, "rope_scaling": {"type": "longrope"}})
+    with pytest.raises(ValueError, match=r"model.rope_type='longrope' without model.rope_short_factor cannot be "
+                                         r"computed.*--numerics off"):
+        check_runnable(CentConfig(model=dataclasses.replace(model_config_from_hf(bare), checkpoint=None),
+                                  numerics="full"))
     for command in ("info", "serve"):
-        assert main([command, "--model", str(ckpt), "--numerics", "full"]) == 2
+        assert main([command, "--model", str(bare), "--numerics", "full"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
-    assert main(["info", "--model", str(ckpt), "--numerics", "off"]) == 0
-    weighted = tmp_path / "with-weights"  # cent generate always runs the math: refused at the first rotary table
+    assert main(["info", "--model", str(bare), "--numerics", "off"]) == 0
+    capsys.readouterr()
+    weighted = tmp_path / "with-weights"
     tiny = tiny_model_config(model_type="phi3", eos_token_id=2)
     save_hf_checkpoint(tiny, random_weights(tiny), weighted)
     raw = json.loads((weighted / "config.json").read_text())
-    _write(weighted, {**raw, "rope_scaling": small["rope_scaling"], "original_max_position_embeddings": 32})
+    _write(weighted, {**raw, "rope_scaling": {"type": "longrope"}, "original_max_position_embeddings": 32})
+    auto = CentConfig(model=model_config_from_hf(weighted))  # numerics auto: small, weights there, no factors
+    assert auto.numerics_why == ("off", "auto: model.rope_type='longrope' without its factors is timed, not computed; "
+                                        "the text is a stand-in, the times are the model's")
+    (weighted / "model.safetensors").write_bytes(b"not read")  # cent generate: refused before its weights load
     assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
-    auto = CentConfig(model=model_config_from_hf(weighted))  # numerics auto: small, weights there, but longrope
-    assert auto.numerics_why == ("off", "auto: model.rope_type='longrope' is timed, not computed; the text is a "
-                                        "stand-in, the times are the model's")
-    assert main(["info", "--model", str(weighted)]) == 0  # auto runs it timed, not refused as --numerics full is
+    assert main(["simulate", "--model", str(bare), "--numerics", "off", "--seqlen", "64", "--json"]) == 0
     capsys.readouterr()
-    (weighted / "model.safetensors").write_bytes(b"not read")  # refused before its weights load
-    assert main(["generate", "--model", str(weighted), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "rope_scaling" in err and "--numerics off" in err, err
-    assert main(["simulate", "--model", str(ckpt), "--numerics", "off", "--seqlen", "64", "--json"]) == 0
+    with pytest.raises(ValueError, match=r"model.rope_short_factor=\(1.0, 1.0\) is invalid: give one factor per "
+                                         r"pair of rotated dimensions: 8"):
+        dataclasses.replace(model, rope_short_factor=(1.0, 1.0))
+    longs = dataclasses.replace(model, rope_long_factor="1,2,3,4,5,6,7,8").rope_long_factor  # --set's text
+    assert longs == tuple(map(float, range(1, 9)))
+    assert main(["info", "--model", "tiny", "--set", "model.rope_short_factor=1,x"]) == 2  # --set's text, one line
+    assert "model.rope_short_factor='1,x' is invalid: expected positive numbers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="longrope' cannot be saved"):
         save_hf_checkpoint(model, random_weights(dataclasses.replace(model, rope_type="default")), tmp_path / "out")
-
-
-@pytest.mark.parametrize("hardware", [[], ["--hardware", "gpu:a100-80gb:4"]], ids=["cent", "gpu"])
-def test_cent_simulate_times_phi3_mini_as_the_mistral_of_its_sizes(tmp_path, capsys, hardware):
-    """Phi-3's block is a Mistral's (RMSNorm, SwiGLU, rope, a sliding window): the same figures, on
-    CENT devices and on GPUs, as a Mistral config.json of the same sizes and window."""
-    mistral = {k: v for k, v in PHI3_MINI_4K.items() if k not in ("original_max_position_embeddings", "rope_scaling")}
-    mistral.update(model_type="mistral", architectures=["MistralForCausalLM"])
-    out = []
-    for name, config in (("phi3", PHI3_MINI_4K), ("mistral", mistral)):
-        ckpt = _write(tmp_path / "m", config)  # one directory: the model's name is in the figures' header
-        assert main(["simulate", "--model", str(ckpt), "--prompt", "512", "--decode", "512", "--json", *hardware]) == 0
-        out.append(json.loads(capsys.readouterr().out))
-    phi3, mistral = out
-    assert phi3["config"]["model"].pop("model_type") == "phi3"
-    assert mistral["config"]["model"].pop("model_type") == "mistral"
-    assert phi3 == mistral
-    assert phi3["decoding"]["latency_s"] > 0
-
-
-def test_partial_rotary_turns_only_the_first_dimensions_of_each_head():
-    """Rotary on 12 of 16 dimensions: those are the full rotary embedding of a 12-wide head (the same
-    frequencies, base ** (-2i / 12)), the other 4 pass unchanged."""
-    from cent_serve.model.layers import apply_rope, rope_tables
-
-    part = tiny_model_config(model_type="phi3", hidden_size=64, num_heads=4, num_kv_heads=2, partial_rotary_factor=0.75)
-    x = np.random.default_rng(1).standard_normal((4, 5, 16)).astype(np.float32)  # (heads, seq, head_dim)
-    positions = np.arange(3, 8)
-    cos, sin = rope_tables(part, positions)
-    assert cos.shape == (5, 12)
-    inv = 1.0 / part.rope_theta ** (np.arange(0, 12, 2) / 12)
-    angles = positions[:, None] * inv[None, :]  # (seq, 6)
-    assert np.allclose(cos[:, :6], np.cos(angles), atol=1e-6) and np.allclose(cos[:, 6:], np.cos(angles), atol=1e-6)
-    got = apply_rope(x, cos, sin)
-    assert np.array_equal(got[..., 12:], x[..., 12:])
-    rot = x[..., :12]
-    want = rot * np.cos(np.concatenate([angles, angles], -1)) + np.concatenate([-rot[..., 6:], rot[..., :6]], -1) \
-        * np.sin(np.concatenate([angles, angles], -1))
-    assert np.allclose(got[..., :12], want, atol=1e-5)
-    with pytest.raises(ValueError, match=r"model.partial_rotary_factor=0.75 .* use 1.0: model_type='llama'"):
-        tiny_model_config(partial_rotary_factor=0.75)
-
-
-@pytest.mark.hf
-def test_a_phi3_checkpoint_cent_saves_loads_in_transformers_with_the_same_logits(tmp_path):
-    """Saved fused (qkv_proj, gate_up_proj) with its window and partial rotary: transformers'
-    Phi3ForCausalLM loads it and gives the reference model's logits (float32 both; to float tolerance:
-    the two sum their products in different orders)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    cfg = tiny_model_config(model_type="phi3", sliding_window=8, partial_rotary_factor=0.75, tie_word_embeddings=True)
-    weights = random_weights(cfg)
-    save_hf_checkpoint(cfg, weights, tmp_path)
-    ids = [1, 5, 9, 20, 7, 43, 88, 30, 12, 51, 64, 3, 25, 17]
-    want = LlamaModel(cfg, weights).forward(ids, LlamaModel(cfg, weights).new_cache())
-    model = transformers.Phi3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        got = model(torch.tensor([ids])).logits[0].numpy()
-    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
 
 
 @pytest.mark.parametrize("kind, extra", [("yarn", dict(rope_factor=2.0, rope_original_max_position=64)),
                                          ("linear", dict(rope_factor=2.0)), ("dynamic", dict(rope_factor=2.0))])
 def test_a_phi3_with_a_scaling_phi3config_refuses_is_neither_saved_nor_read(tmp_path, kind, extra):
     """transformers' Phi3Config takes default and longrope only (yarn and su are read as longrope):
-    a phi3 saved with yarn read back as longrope (refused by full numerics), and one with linear or
+    a phi3 saved with yarn read back as longrope, and one with linear or
     dynamic scaling was a config.json transformers refuses to load."""
     cfg = tiny_model_config(model_type="phi3", rope_type=kind, **extra)
     with pytest.raises(ValueError, match=rf"model.rope_type='{kind}' cannot be saved as a model_type='phi3'"):
