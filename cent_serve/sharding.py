@@ -47,8 +47,8 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any, project_qkv,
-                                     rms_norm, route, shared_gate_scale, softmax)
+from cent_serve.model.layers import (combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any, model_norm,
+                                     project_qkv, route, shared_gate_scale, softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -235,18 +235,18 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
                      layer: int, all_gather: AllGather, block: int | None = None) -> np.ndarray:
     """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result.
     `layer` indexes `kv`; `block` is the model's block index, which sets its window (default: `layer`)."""
-    h = rms_norm(x, s.input_norm, cfg.rms_norm_eps)
+    h = model_norm(cfg, x, s.input_norm)
     window = cfg.block_window(layer if block is None else block)
     attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, window))  # (seq, H*hd)
     x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
-    h = rms_norm(x, s.post_norm, cfg.rms_norm_eps)
+    h = model_norm(cfg, x, s.post_norm)
     if cfg.is_moe:
         act = shared_act(cfg, s, h)
         if act is not None:
             act = all_gather("shared_act", act)  # (seq, F_s)
         local, experts = moe_local(cfg, s, h, act)
         return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
-    act = gated(h, s.w_gate, s.w_up)  # (seq, F_r)
+    act = gated(h, s.w_gate, s.w_up, cfg.hidden_act)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
     return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
 

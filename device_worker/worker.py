@@ -31,7 +31,7 @@ import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput, RoundPlan
-from cent_serve.model.layers import rms_norm
+from cent_serve.model.layers import embed_rows, model_norm
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
@@ -242,7 +242,7 @@ class DeviceWorker:
             ids = np.asarray(plan.token_ids, dtype=np.int64)
             if ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
                 raise ValueError(f"token id outside the vocabulary [0, {m.vocab_size})")
-            h = self.embed[ids].astype(np.float32)  # (tokens, D)
+            h = embed_rows(m, self.embed, ids)  # (tokens, D)
         else:
             h = np.concatenate(x.hidden)  # (tokens, D)
         seqs = list(zip(layout.seq_ids, starts, layout.seq_tokens))
@@ -260,7 +260,7 @@ class DeviceWorker:
             last = np.concatenate([np.arange(end - k, end) for end, k in zip(bounds[1:], rows) if k]
                                   or [np.zeros(0, np.int64)])
             if last.size:
-                normed = rms_norm(h[last], self.final_norm, m.rms_norm_eps)
+                normed = model_norm(m, h[last], self.final_norm)
                 out.logits = yield from self._gather("logits", normed @ self.lm_head.T)  # (wanted, vocab)
             else:
                 out.logits = np.zeros((0, m.vocab_size), np.float32)
@@ -274,14 +274,14 @@ class DeviceWorker:
         from cent_serve.sharding import moe_finish, moe_local, shard_attention, shared_act
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
-        h = rms_norm(x, sh.input_norm, cfg.rms_norm_eps)
+        h = model_norm(cfg, x, sh.input_norm)
         window = cfg.block_window(b)
         parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer, window)
                  for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
         o = yield from self._gather("o_proj", attn @ sh.wo.T)
         x = x + o
-        h = rms_norm(x, sh.post_norm, cfg.rms_norm_eps)
+        h = model_norm(cfg, x, sh.post_norm)
         if cfg.is_moe:
             act = shared_act(cfg, sh, h)  # a shared expert's slice, gathered before its down
             if act is not None:
@@ -289,7 +289,7 @@ class DeviceWorker:
             local, experts = moe_local(cfg, sh, h, act)
             outputs = yield from self._gather("experts", local)
             return x + moe_finish(cfg, sh, outputs, experts, h)
-        act = yield from self._gather("act", gated(h, sh.w_gate, sh.w_up))
+        act = yield from self._gather("act", gated(h, sh.w_gate, sh.w_up, cfg.hidden_act))
         down = yield from self._gather("down", act @ sh.w_down.T)
         return x + down
 

@@ -24,6 +24,31 @@ def test_presets_have_the_paper_dimensions():
     assert abs(m.param_count() - 68.98e9) / 68.98e9 < 0.002
 
 
+GEMMA_PARAMS = {"gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896}
+"""The parameters of google/gemma-2b and gemma-7b (their safetensors, as the Hugging Face hub counts them;
+the embedding tied to the LM head, counted once)."""
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA_PARAMS))
+def test_gemma_presets_have_the_published_parameter_counts(name):
+    m = model_preset(name)
+    assert m.param_count() == GEMMA_PARAMS[name]
+    assert (m.model_type, m.hidden_act, m.scale_embeddings, m.norm_offset, m.tie_word_embeddings) == \
+        ("gemma", "gelu_pytorch_tanh", True, 1.0, True)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(hidden_act="gelu"), "model.hidden_act='gelu'"),
+    (dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, hidden_act="gelu_pytorch_tanh"),
+     "model.hidden_act='gelu_pytorch_tanh'"),
+    (dict(norm_offset=0.5), "model.norm_offset=0.5"),
+])
+def test_gemma_fields_are_checked_in_one_line(kwargs, field):
+    with pytest.raises(ValueError) as err:
+        ModelConfig(**kwargs)
+    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+
+
 def test_tiny_is_small_gqa():
     m = model_preset("tiny")
     assert m.num_kv_heads < m.num_heads and m.param_count() < 10_000_000

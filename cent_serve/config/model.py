@@ -11,12 +11,16 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _factors_text, _ids_text, _words_text
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3", "gemma")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
 LAYER_TYPES = ("full_attention", "sliding_attention")
 """The kinds of attention block (transformers' `layer_types` words)."""
+GEMMA_TYPES = ("gemma",)
+"""Google's Gemma families: a GeGLU MLP, embeddings scaled by sqrt(D), norms weighting by 1 + w."""
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+"""The gated MLP's activations (transformers' `ACT2FN` names): SwiGLU's, and Gemma's GeGLU's."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 """Rotary embeddings of a model (Hugging Face `rope_type`); the reference model computes all (longrope
 given its factors: `rope_numerics_refusal`)."""
@@ -24,7 +28,7 @@ given its factors: `rope_numerics_refusal`)."""
 
 @dataclass
 class ModelConfig:
-    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3, Phi-3) or a mixture of experts
+    """A Llama-family decoder (Llama 2 and 3.x, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma) or a mixture of experts
     (Mixtral, Qwen 3 MoE, Qwen 2 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
@@ -56,7 +60,7 @@ class ModelConfig:
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
     """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral`,
-    `qwen3_moe`, `qwen2_moe` or `phi3`. The families differ only by the named variations below, which a
+    `qwen3_moe`, `qwen2_moe`, `phi3` or `gemma`. The families differ only by the named variations below, which a
     checkpoint's config.json sets (Phi-3's checkpoints also fuse q/k/v and gate/up into one tensor each:
     split on load)."""
     attention_bias: bool = False
@@ -81,6 +85,13 @@ class ModelConfig:
     shared_expert_intermediate_size: int = 0
     """A shared expert's SwiGLU width (Qwen 2 MoE): every token runs it beside its k routed experts, its
     output scaled by sigmoid(shared_expert_gate(x)), a D -> 1 projection; 0: none (the other families)."""
+    hidden_act: str = "silu"
+    """The gated MLP's activation: `silu` (SwiGLU) or `gelu_pytorch_tanh` (Gemma's GeGLU, GELU's tanh
+    approximation); a mixture of experts' experts are SwiGLU."""
+    scale_embeddings: bool = False
+    """Multiply the embedding rows by sqrt(hidden_size) (Gemma), as float32: the compute dtype."""
+    norm_offset: float = 0.0
+    """What every RMSNorm adds to its weight before scaling: 0 (x w, Llama) or 1 (x (1 + w), Gemma)."""
     expert_skew: float = 0.0
     """Timing's router: with numerics off there are no router logits, so the time model routes each
     (sequence, position, block) to k experts by a seeded draw without replacement, the weight of
@@ -195,6 +206,11 @@ class ModelConfig:
                 [("extra_eos_token_ids", v) for v in self.extra_eos_token_ids]:
             _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.vocab_size,
                    f"model.{name}", value, f"use an id in [0, {self.vocab_size})")
+        _check(self.hidden_act in ACTIVATIONS and (self.hidden_act == "silu" or not self.num_experts),
+               "model.hidden_act", self.hidden_act, "use 'silu' (experts are SwiGLU)" if self.num_experts else
+               f"use one of {', '.join(ACTIVATIONS)}")
+        _check(self.norm_offset in (0, 1), "model.norm_offset", self.norm_offset,
+               "use 0 (weight w, Llama) or 1 (weight 1 + w, Gemma)")
         _check(self.num_experts >= 0, "model.num_experts", self.num_experts, "use 0 (dense) or a positive count")
         _check(self.expert_skew >= 0, "model.expert_skew", self.expert_skew, "use 0 (uniform) or a positive skew")
         _check(self.moe_intermediate_size >= 0, "model.moe_intermediate_size", self.moe_intermediate_size,
@@ -335,6 +351,9 @@ def rope_numerics_refusal(model: ModelConfig) -> str | None:
 _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
                      rope_original_max_position=8192)
 """Llama 3.1's rotary scaling (its config.json `rope_scaling`)."""
+_GEMMA = dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=256, vocab_size=256000,
+              max_seq_len=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1)
+"""What every Gemma's config.json sets alike (transformers' GemmaConfig defaults, google/gemma-* configs)."""
 # docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
@@ -384,6 +403,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "phi3-mini-4k": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_layers=32, num_heads=32,
                          num_kv_heads=32, vocab_size=32064, max_seq_len=4096, sliding_window=2047,
                          bos_token_id=1, eos_token_id=32000),
+    # google/gemma-2b and gemma-7b config.json: GeGLU, head_dim 256 (not D / H on 7B), tied embeddings, a
+    # 256,000-token vocabulary (bos 2, eos 1); 2,506,172,416 and 8,537,680,896 parameters (their safetensors)
+    "gemma-2b": dict(model_type="gemma", **_GEMMA, hidden_size=2048, intermediate_size=16384, num_layers=18,
+                     num_heads=8, num_kv_heads=1),
+    "gemma-7b": dict(model_type="gemma", **_GEMMA, hidden_size=3072, intermediate_size=24576, num_layers=28,
+                     num_heads=16, num_kv_heads=16),
 }
 
 

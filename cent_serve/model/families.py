@@ -16,8 +16,6 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",
-    "gemma": "a GeGLU MLP (gelu_pytorch_tanh), embeddings scaled by sqrt(hidden_size) and norms "
-             "weighting by 1 + w",
     "gemma2": "logit soft-capping (attn_logit_softcapping, final_logit_softcapping), sliding-window "
               "attention in alternate blocks, extra norms after attention and around the MLP, and a GeGLU MLP",
     "gemma3_text": "sliding-window attention in five blocks of six with their own rope base "

@@ -8,12 +8,13 @@ import math
 from pathlib import Path
 
 from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
+from cent_serve.config.model import GEMMA_TYPES
 from cent_serve.model.families import announced_features, unmodelled_features, windowed_blocks
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                 "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM"}
+                 "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -116,7 +117,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
     (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding, its 128k
-    variants' longrope), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    variants' longrope), Gemma (GeGLU, embeddings times sqrt(D), norms weighting by 1 + w), and the mixtures
+    of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
     (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
     cannot run is refused by name."""
     path = Path(path)
@@ -128,10 +130,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     cfg_file = path / "config.json"
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
-                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
-                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
@@ -196,8 +198,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         quant = hf["quantization_config"]
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
-    if hf.get("hidden_act", "silu") != "silu":
-        _refuse("hidden_act", hf["hidden_act"], "the MLP is SwiGLU (silu)")
+    act_key, act = _activation(hf, arch)
+    if act not in (GELU_TANH_NAMES if arch in GEMMA_TYPES else ("silu",)):
+        _refuse(act_key, act, "the MLP is GeGLU (gelu_pytorch_tanh)" if arch in GEMMA_TYPES else "the MLP is SwiGLU (silu)")
     if _bool("mlp_bias", False):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
     if arch not in ("qwen2", "qwen2_moe") and _bool("attention_bias", False):  # their classes never read it
@@ -294,15 +297,16 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         num_layers=_num("num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=_num("num_key_value_heads", family.get("num_key_value_heads")) or heads,  # null: heads
-        head_dim=_num("head_dim", None) or (128 if arch == "qwen3" else hidden // heads),  # Qwen3Config's default
+        head_dim=_num("head_dim", None) or family.get("head_dim") or hidden // heads,
         vocab_size=vocab,
         max_seq_len=_num("max_position_embeddings", family.get("max_position_embeddings", 4096)),
         rope_theta=float(_num("rope_theta", theta, float) or 10000.0),
         rms_norm_eps=float(_num("rms_norm_eps", family.get("rms_norm_eps", 1e-6), float) or 1e-6),
-        tie_word_embeddings=_bool("tie_word_embeddings", False),
+        tie_word_embeddings=_bool("tie_word_embeddings", family.get("tie_word_embeddings", False)),
         partial_rotary_factor=float(partial),
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
+        **(_gemma_fields() if arch in GEMMA_TYPES else {}),
         sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
         if arch in ("mistral", "mixtral", "phi3") else 0,  # null: no window
         bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
@@ -337,14 +341,34 @@ _FAMILY_DEFAULTS = {
     "mistral": dict(num_key_value_heads=8, sliding_window=4096, max_position_embeddings=4096 * 32),
     "mixtral": dict(num_key_value_heads=8, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32),
     "qwen2": dict(num_key_value_heads=32, max_position_embeddings=32768),
-    "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768),
+    "qwen3": dict(num_key_value_heads=32, max_position_embeddings=32768, head_dim=128),
     "qwen3_moe": dict(num_key_value_heads=4, max_position_embeddings=32768),
     "qwen2_moe": dict(num_key_value_heads=16, max_position_embeddings=32768),
     "phi3": dict(max_position_embeddings=4096, rms_norm_eps=1e-5),  # Phi3Config's; no window unless given (None)
+    "gemma": dict(num_key_value_heads=16, max_position_embeddings=8192, head_dim=256, tie_word_embeddings=True),
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
 1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
+
+
+def _gemma_fields() -> dict:
+    """The variations every Gemma has (transformers' modeling_gemma.py): a GeGLU MLP, embeddings times
+    sqrt(hidden_size) (GemmaTextScaledWordEmbedding) and norms weighting by 1 + w (GemmaRMSNorm)."""
+    return dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0)
+
+
+GELU_TANH_NAMES = ("gelu_pytorch_tanh", "gelu")
+"""The activations a Gemma config.json may name: transformers' GemmaConfig reads the legacy `gelu` of the
+first releases as gelu_pytorch_tanh (configuration_gemma.py, `__post_init__`)."""
+
+
+def _activation(hf: dict, arch: str) -> tuple[str, object]:
+    """(the key, its value) of the MLP's activation as the family's class reads it: GemmaMLP reads
+    hidden_act (default gelu_pytorch_tanh); the others hidden_act (default silu)."""
+    default = "gelu_pytorch_tanh" if arch in GEMMA_TYPES else "silu"
+    value = hf.get("hidden_act")
+    return "hidden_act", default if value is None else value
 
 
 _EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}
@@ -404,6 +428,12 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         raise ValueError(f"model.layer_types (a window on some blocks) cannot be saved as a model_type="
                          f"{cfg.model_type!r} checkpoint: transformers windows every block of it or none; use "
                          f"model.model_type {' or '.join(map(repr, _PER_BLOCK_WINDOWS))}")
+    gemma = cfg.model_type in GEMMA_TYPES
+    if (cfg.hidden_act, cfg.scale_embeddings, cfg.norm_offset) != (("gelu_pytorch_tanh", True, 1.0) if gemma else ("silu", False, 0.0)):
+        raise ValueError(f"model.hidden_act={cfg.hidden_act!r}, model.scale_embeddings={cfg.scale_embeddings} and "
+                         f"model.norm_offset={cfg.norm_offset} cannot be saved as a model_type={cfg.model_type!r} "
+                         "checkpoint: a gemma config has gelu_pytorch_tanh, True and 1.0, the other families silu, False "
+                         "and 0.0 (set them, or model.model_type)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
@@ -420,7 +450,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_word_embeddings, "bos_token_id": cfg.bos_token_id,
         "eos_token_id": [cfg.eos_token_id, *cfg.extra_eos_token_ids] if cfg.extra_eos_token_ids else cfg.eos_token_id,
-        "hidden_act": "silu", "mlp_bias": False,
+        "hidden_act": cfg.hidden_act, "mlp_bias": False,
         "torch_dtype": cfg.weight_dtype,
     }
     if cfg.model_type not in ("qwen2", "qwen2_moe"):  # Qwen 2 MoE's biases are qkv_bias's
@@ -430,6 +460,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         # its default pad id, 32000, is outside a smaller vocabulary (transformers refuses it); cent pads nothing
         del out["attention_bias"], out["mlp_bias"]
         out.update(partial_rotary_factor=cfg.partial_rotary_factor, pad_token_id=None)
+    if cfg.model_type in GEMMA_TYPES:  # GemmaConfig has no mlp_bias (GemmaMLP has no biases)
+        del out["mlp_bias"]
     if cfg.model_type == "mixtral":
         out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
     if cfg.model_type in ("qwen3_moe", "qwen2_moe"):

@@ -16,10 +16,28 @@ from cent_serve.config.model import rope_numerics_refusal
 F32 = np.float32
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Llama RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight."""
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, offset: float = 0.0) -> np.ndarray:
+    """Llama RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; with `offset` 1, Gemma's
+    x / sqrt(mean(x^2) + eps) * (1 + weight), the sum taken in float32 at each call as transformers'
+    GemmaRMSNorm and Gemma2RMSNorm take it (`output * (1.0 + self.weight.float())`, modeling_gemma.py)."""
     var = np.mean(np.square(x), axis=-1, keepdims=True)  # (..., 1)
-    return (x / np.sqrt(var + F32(eps))).astype(F32) * weight
+    scale = (F32(offset) + weight).astype(F32) if offset else weight
+    return (x / np.sqrt(var + F32(eps))).astype(F32) * scale
+
+
+def model_norm(cfg: ModelConfig, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The model's RMSNorm (its eps and weight offset) of x over the last axis: every block norm and the
+    final norm of the reference model, a tensor-parallel rank and the device worker."""
+    return rms_norm(x, weight, cfg.rms_norm_eps, cfg.norm_offset)
+
+
+def embed_rows(cfg: ModelConfig, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The embedding rows (seq, D) float32 of token `ids`, times sqrt(D) for Gemma. transformers'
+    GemmaTextScaledWordEmbedding multiplies by its normalizer `hidden_size ** 0.5` cast to the weights'
+    dtype (modeling_gemma.py): the compute dtype, float32 here (a bfloat16 run of transformers rounds
+    sqrt(3072) = 55.43 to 55.5; the fixtures run float32, as this model computes)."""
+    rows = table[ids].astype(F32)
+    return rows * F32(cfg.hidden_size ** 0.5) if cfg.scale_embeddings else rows
 
 
 def _tables(positions: np.ndarray, inv_freq: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +210,7 @@ def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray,
     k = k.reshape(seq, -1, hd).transpose(1, 0, 2)
     v = v.reshape(seq, -1, hd).transpose(1, 0, 2)
     if qk_norm is not None:
-        q, k = rms_norm(q, qk_norm[0], cfg.rms_norm_eps), rms_norm(k, qk_norm[1], cfg.rms_norm_eps)
+        q, k = model_norm(cfg, q, qk_norm[0]), model_norm(cfg, k, qk_norm[1])
     cos, sin = rope_tables(cfg, np.arange(start, start + seq))
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -201,15 +219,30 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (F32(1.0) + np.exp(-x))
 
 
-def gated(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray) -> np.ndarray:
-    """A SwiGLU's activation silu(gate(x)) * up(x) (seq, F), before its down; weights in (out, in)
-    layout. A tensor-parallel rank runs it on its rows of gate and up, and gathers the slices."""
-    return silu(x @ w_gate.T) * (x @ w_up.T)
+_GELU_TANH_C = F32(math.sqrt(2.0 / math.pi))
 
 
-def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
-    """Llama MLP: down(silu(gate(x)) * up(x)); weights in (out, in) layout."""
-    return gated(x, w_gate, w_up) @ w_down.T
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation, transformers' `gelu_pytorch_tanh` (torch's gelu(approximate="tanh"),
+    activations.py): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float32."""
+    inner = _GELU_TANH_C * (x + F32(0.044715) * x * x * x)
+    return F32(0.5) * x * (F32(1.0) + np.tanh(inner))
+
+
+ACTIVATION_FNS = {"silu": silu, "gelu_pytorch_tanh": gelu_tanh}
+"""`ModelConfig.hidden_act` -> the function: transformers' ACT2FN of the same name."""
+
+
+def gated(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, act: str = "silu") -> np.ndarray:
+    """A gated MLP's activation act(gate(x)) * up(x) (seq, F), before its down: SwiGLU's silu, or
+    Gemma's GeGLU's gelu_pytorch_tanh (`ModelConfig.hidden_act`); weights in (out, in) layout. A
+    tensor-parallel rank runs it on its rows of gate and up, and gathers the slices."""
+    return ACTIVATION_FNS[act](x @ w_gate.T) * (x @ w_up.T)
+
+
+def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, act: str = "silu") -> np.ndarray:
+    """Llama MLP: down(silu(gate(x)) * up(x)), or with `act` Gemma's GeGLU; weights in (out, in) layout."""
+    return gated(x, w_gate, w_up, act) @ w_down.T
 
 
 def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import attention, moe, project_qkv, rms_norm, shared_expert, swiglu
+from cent_serve.model.layers import attention, embed_rows, model_norm, moe, project_qkv, shared_expert, swiglu
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -72,16 +72,16 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
     """
     seq = x.shape[0]
     hd = cfg.head_dim
-    h = rms_norm(x, w.input_norm, cfg.rms_norm_eps)  # (seq, D)
+    h = model_norm(cfg, x, w.input_norm)  # (seq, D)
     attn = attention_part(cfg, w, h, start, cache, layer)  # (seq, D)
     x = x + attn
-    h = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
+    h = model_norm(cfg, x, w.post_norm)
     assert h.shape == (seq, cfg.hidden_size) and hd > 0
     return x + mlp(cfg, w, h)
 
 
 def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
-    """The block's MLP on normed input h (seq, D): SwiGLU, or a mixture of SwiGLU experts (plus a gated
+    """The block's MLP on normed input h (seq, D): SwiGLU (GeGLU: `ModelConfig.hidden_act`), or a mixture of SwiGLU experts (plus a gated
     shared expert, Qwen 2 MoE: the routed experts' sum, then the shared expert's output added)."""
     if cfg.is_moe:
         out = moe(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, w.experts_gate, w.experts_up,
@@ -89,7 +89,7 @@ def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
         if cfg.shared_expert_intermediate_size:
             out = out + shared_expert(h, w.shared_gate, w.shared_up, w.shared_down, w.shared_expert_gate)
         return out
-    return swiglu(h, w.w_gate, w.w_up, w.w_down)
+    return swiglu(h, w.w_gate, w.w_up, w.w_down, cfg.hidden_act)
 
 
 def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
@@ -123,10 +123,10 @@ class LlamaModel:
         if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
             raise ValueError(f"token id {int(ids.max() if ids.max() >= self.cfg.vocab_size else ids.min())} "
                              f"is outside the vocabulary [0, {self.cfg.vocab_size})")
-        return self.weights.embed[ids].astype(F32)  # (seq, D)
+        return embed_rows(self.cfg, self.weights.embed, ids)  # (seq, D)
 
     def head(self, x: np.ndarray) -> np.ndarray:
-        h = rms_norm(x, self.weights.final_norm, self.cfg.rms_norm_eps)
+        h = model_norm(self.cfg, x, self.weights.final_norm)
         return h @ self.weights.lm_head.T  # (seq, vocab)
 
     def forward(self, token_ids, cache: KVCache) -> np.ndarray:

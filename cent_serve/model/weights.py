@@ -123,8 +123,8 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
         w = rng.standard_normal((out_dim, in_dim), dtype=F32) * F32(1.0 / np.sqrt(in_dim))
         return _to_storage(w, cfg.weight_dtype)
 
-    def norm(n: int = d) -> np.ndarray:
-        return _to_storage(1.0 + 0.1 * rng.standard_normal(n, dtype=F32), cfg.weight_dtype)
+    def norm(n: int = d) -> np.ndarray:  # an effective weight near 1 (Gemma's norms add 1 to theirs)
+        return _to_storage((1.0 - cfg.norm_offset) + 0.1 * rng.standard_normal(n, dtype=F32), cfg.weight_dtype)
 
     def bias(n: int) -> np.ndarray:
         return _to_storage(0.1 * rng.standard_normal(n, dtype=F32), cfg.weight_dtype)

@@ -26,6 +26,8 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
   factors throughout. None crosses 16 while it generates: there transformers' Phi3 `generate` drops its
   cache and prefills the whole sequence again on the long factors, which cent-serve does not (its keys
   keep the factors they were turned with, as transformers' forward with a kept cache).
+- gemma: Gemma (GeGLU MLP, embeddings times sqrt(64) = 8, norms weighting by 1 + w, head_dim 32 with
+  hidden 64 and 4 heads, tied embeddings).
 
 Every model: hidden 64, 2 layers (qwen2_window 3), 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -81,7 +83,11 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
                              short_factor=[1.0, 1.2, 1.5, 1.9, 2.4, 3.0],
                              long_factor=[1.0, 1.8, 3.5, 6.0, 10.0, 16.0]))),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=32, hidden_act="gelu_pytorch_tanh", rope_theta=10000.0,
+                                                    tie_word_embeddings=True)),
 }
+OFFSET_NORMS = ("gemma",)
+"""Families whose norms weight by 1 + w: their random norm weights are drawn around 0, not 1."""
 
 
 FAMILY_PROMPTS = {"phi3_longrope": ([PROMPTS[0], [1, 77, 301, 45, 128, 9]], 10)}
@@ -106,7 +112,7 @@ def build(name: str, seed: int = 0):
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.endswith("norm.weight"):  # random norms (q/k norms too), so they are on the checked path
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_((0.0 if name in OFFSET_NORMS else 1.0) + 0.2 * torch.randn_like(p))
             elif pname.endswith("bias"):
                 p.copy_(0.3 * torch.randn_like(p))
             elif p.dim() >= 2:  # matrices, and transformers 5's fused expert stacks (E, out, in)

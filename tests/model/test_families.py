@@ -63,6 +63,9 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
                            partial_rotary_factor=0.75, rope_short_factor=(1.0, 1.2, 1.5, 1.9, 2.4, 3.0),
                            rope_long_factor=(1.0, 1.8, 3.5, 6.0, 10.0, 16.0)),
                       dict(rope_long_factor=(1.0, 1.2, 1.5, 1.9, 2.4, 3.0))),
+    # GeGLU, embeddings times sqrt(64), norms weighting by 1 + w; head_dim 32, not hidden / heads = 16
+    "gemma": (dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+                   head_dim=32, tie_word_embeddings=True), dict(hidden_act="silu")),
 }
 
 
@@ -172,8 +175,9 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
              r"decoder_sparse_step / mlp_only_layers=\(2, None\) is not supported: every block must be a mixture"),
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              "mlp_only_layers.* every block must be a mixture of experts"),
-            (dict(model_type="gemma"), "model_type='gemma' is not supported: not modelled: a GeGLU MLP.*; supported "
-             "families: llama, mistral"),
+            (dict(model_type="gemma3_text"), "model_type='gemma3_text' is not supported: not modelled: sliding-window "
+             "attention in five blocks of six.*; supported families: llama, mistral"),
+            (dict(model_type="gemma", hidden_act="silu"), "hidden_act='silu' is not supported: the MLP is GeGLU"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
             (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
@@ -298,8 +302,8 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral", "qwen3_moe",
-                                    "qwen2_moe", "phi3"])
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral",
+                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -348,7 +352,8 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32, rope_truncate=False),
     dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32, rope_mscale=1.0, rope_mscale_all_dim=0.5),
     dict(model_type="mistral", sliding_window=8), dict(model_type="qwen2", attention_bias=True),
-    dict(model_type="qwen3", qk_norm=True, head_dim=32)], ids=str)
+    dict(model_type="qwen3", qk_norm=True, head_dim=32),
+    dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64)], ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
     from tests.factories import tiny_model_config
@@ -356,7 +361,8 @@ def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     cfg = tiny_model_config(**fields)
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
     back = model_config_from_hf(tmp_path)
-    names = ["model_type", "attention_bias", "qk_norm", "sliding_window", "head_dim", "max_seq_len",
+    names = ["model_type", "attention_bias", "qk_norm", "sliding_window", "head_dim", "max_seq_len", "hidden_act",
+             "scale_embeddings", "norm_offset",
              *(f.name for f in dataclasses.fields(cfg) if f.name.startswith("rope_"))]
     assert {k: getattr(back, k) for k in names} == {k: getattr(cfg, k) for k in names}
 
@@ -550,3 +556,26 @@ def test_transformers_windows_the_blocks_the_writer_names(model_type, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
     hf = transformers.AutoConfig.from_pretrained(tmp_path)
     assert hf.layer_types == list(cfg.layer_types) and hf.sliding_window == 8
+
+
+@pytest.mark.parametrize("off", [dict(hidden_act="silu"), dict(scale_embeddings=False), dict(norm_offset=0.0)])
+def test_each_gemma_variation_is_what_makes_its_tokens_right(off):
+    """Gemma's GeGLU, its sqrt(D) embedding scale and its 1 + w norms each move the fixture's logits
+    away from transformers' when switched off: each is exercised (the norm weights are drawn around 0,
+    so without the offset they scale by about 0)."""
+    cfg = model_config_from_hf(ROOT / "gemma")
+    weights, case = load_weights(cfg), expected("gemma")[0]
+    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
+    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+
+
+def test_a_gemma_config_of_the_first_releases_reads_as_transformers_reads_it(tmp_path):
+    """google/gemma-7b's config.json says hidden_act "gelu", which transformers' GemmaConfig reads as
+    gelu_pytorch_tanh (configuration_gemma.py); one without head_dim or tie_word_embeddings takes
+    GemmaConfig's 256 and true."""
+    base = json.loads((ROOT / "gemma" / "config.json").read_text())
+    base.update(hidden_act="gelu", num_attention_heads=2)
+    del base["head_dim"], base["tie_word_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    m = model_config_from_hf(tmp_path)
+    assert (m.hidden_act, m.head_dim, m.tie_word_embeddings, m.norm_offset) == ("gelu_pytorch_tanh", 256, True, 1.0)

@@ -347,3 +347,20 @@ def test_the_pace_reads_the_stations_once(monkeypatch):
     calls.clear()
     assert "the LM-head unit is the bottleneck at 4096 tokens" in _bottleneck(timer, 4096, f.batch)
     assert calls == [4096]
+
+
+def test_gemma_geglu_scaled_embeddings_and_offset_norms_are_charged_as_a_llama_of_its_sizes():
+    """GELU-tanh is looked up in the banks as SiLU is (the AF GEMV's table holds any function), the
+    sqrt(D) embedding scale rides the DMA's row read, and 1 + w norms are norms: gemma-7b's block and
+    token cost what a Llama of the same sizes costs (docs/hardware_model.md section 4)."""
+    import dataclasses
+
+    from cent_serve.timing.pim import BlockGeometry, block_pim_breakdown, embed_lookup_cycles, lm_head_cycles
+
+    gemma = model_preset("gemma-7b")
+    llama = dataclasses.replace(gemma, model_type="llama", hidden_act="silu", scale_embeddings=False, norm_offset=0.0)
+    g = BlockGeometry(cpb=8, tb=1, tp=4)
+    for context in (1, 1000, 4097):
+        assert block_pim_breakdown(gemma, g, DEV, context) == block_pim_breakdown(llama, g, DEV, context)
+    assert (embed_lookup_cycles(gemma, DEV), lm_head_cycles(gemma, g, DEV)) == \
+        (embed_lookup_cycles(llama, DEV), lm_head_cycles(llama, g, DEV))
