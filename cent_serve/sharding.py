@@ -47,8 +47,9 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any, model_norm,
-                                     project_qkv, route, shared_gate_scale, softmax)
+from cent_serve.model.layers import (attention_scale, combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any,
+                                     model_norm, out_norm, project_qkv, route, shared_gate_scale, softcap,
+                                     softmax)
 from cent_serve.model.weights import LayerWeights
 
 F32 = np.float32
@@ -97,6 +98,8 @@ class LayerShard:
     shared_up: np.ndarray | None = None  # (F_s_r, D)
     shared_down: np.ndarray | None = None  # (D_r, F_s): its output rows of the down
     shared_expert_gate: np.ndarray | None = None  # (1, D) the shared expert's gate, whole on every rank
+    attn_out_norm: np.ndarray | None = None  # (D,) Gemma 2's norms of the attention's and the MLP's outputs,
+    mlp_out_norm: np.ndarray | None = None  # (D,) on every rank (each applies them after the all-gather)
 
     @property
     def num_q_heads(self) -> int:
@@ -123,7 +126,7 @@ class LayerShard:
         mats = (self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
                 self.w_gate, self.w_up, self.w_down, *(self.qkv_bias or ()), *(self.qk_norms or ()),
                 self.router, self.experts_gate, self.experts_up, self.experts_down, self.shared_gate, self.shared_up,
-                self.shared_down, self.shared_expert_gate)
+                self.shared_down, self.shared_expert_gate, self.attn_out_norm, self.mlp_out_norm)
         return sum(m.size for m in mats if m is not None) * bytes_per_element
 
 
@@ -174,7 +177,8 @@ def shard_layer(cfg: ModelConfig, w: LayerWeights, rank: int, tp: int) -> LayerS
     return LayerShard(
         rank=rank, tp=tp, q_heads=(qa, qb), kv_heads=(ka, kb), num_rep=cfg.num_rep, input_norm=w.input_norm,
         wq=w.wq[q_rows], wk=w.wk[kv_rows], wv=w.wv[kv_rows],
-        wo=w.wo[da:db], post_norm=w.post_norm, qk_norms=w.qk_norms,
+        wo=w.wo[da:db], post_norm=w.post_norm, qk_norms=w.qk_norms, attn_out_norm=w.attn_out_norm,
+        mlp_out_norm=w.mlp_out_norm,
         qkv_bias=None if bias is None else (bias[0][q_rows], bias[1][kv_rows], bias[2][kv_rows]), **mlp)
 
 
@@ -224,7 +228,8 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     # a group's r query heads read its KV head in place, broadcast (copying the KV per query head
     # was a third of a long context's round); each head's matmul is the one a copy would get
     q = q.reshape(-1, r, seq, hd)  # (groups, r, seq, hd)
-    scores = q @ keys[:, None].transpose(0, 1, 3, 2) * F32(1.0 / np.sqrt(hd))  # (groups, r, seq, L)
+    scores = softcap(q @ keys[:, None].transpose(0, 1, 3, 2) * attention_scale(cfg),
+                     cfg.attn_logit_softcapping)  # (groups, r, seq, L)
     if hides_any(start, seq, keys.shape[1], window):
         scores = np.where(hidden_keys(start, seq, keys.shape[1], window), F32(-np.inf), scores)
     out = softmax(scores, axis=-1).astype(F32, copy=False) @ values[:, None]  # (groups, r, seq, hd)
@@ -238,7 +243,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     h = model_norm(cfg, x, s.input_norm)
     window = cfg.block_window(layer if block is None else block)
     attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, window))  # (seq, H*hd)
-    x = x + all_gather("o_proj", attn @ s.wo.T)  # (seq, D)
+    x = x + out_norm(cfg, all_gather("o_proj", attn @ s.wo.T), s.attn_out_norm)  # (seq, D)
     h = model_norm(cfg, x, s.post_norm)
     if cfg.is_moe:
         act = shared_act(cfg, s, h)
@@ -248,7 +253,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
         return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
     act = gated(h, s.w_gate, s.w_up, cfg.hidden_act)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
-    return x + all_gather("down", act @ s.w_down.T)  # (seq, D)
+    return x + out_norm(cfg, all_gather("down", act @ s.w_down.T), s.mlp_out_norm)  # (seq, D)
 
 
 def shared_act(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray | None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput, RoundPlan
-from cent_serve.model.layers import embed_rows, model_norm
+from cent_serve.model.layers import embed_rows, model_norm, out_norm, softcap
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
@@ -102,7 +102,7 @@ class DeviceWorker:
                 self.shards[b] = replace(sh, **{k: np.ascontiguousarray(getattr(sh, k)) for k in (
                     "input_norm", "wq", "wk", "wv", "wo", "post_norm", "w_gate", "w_up", "w_down", "router",
                     "experts_gate", "experts_up", "experts_down", "shared_gate", "shared_up", "shared_down",
-                    "shared_expert_gate") if getattr(sh, k) is not None})
+                    "shared_expert_gate", "attn_out_norm", "mlp_out_norm") if getattr(sh, k) is not None})
         self.embed = np.ascontiguousarray(w.embed) if self.has_embedding else None
         if self.has_lm_head:
             self.final_norm = np.ascontiguousarray(w.final_norm)
@@ -261,7 +261,8 @@ class DeviceWorker:
                                   or [np.zeros(0, np.int64)])
             if last.size:
                 normed = model_norm(m, h[last], self.final_norm)
-                out.logits = yield from self._gather("logits", normed @ self.lm_head.T)  # (wanted, vocab)
+                logits = yield from self._gather("logits", normed @ self.lm_head.T)  # (wanted, vocab)
+                out.logits = softcap(logits, m.final_logit_softcapping)  # elementwise: on the gathered logits
             else:
                 out.logits = np.zeros((0, m.vocab_size), np.float32)
         else:
@@ -280,7 +281,7 @@ class DeviceWorker:
                  for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
         o = yield from self._gather("o_proj", attn @ sh.wo.T)
-        x = x + o
+        x = x + out_norm(cfg, o, sh.attn_out_norm)
         h = model_norm(cfg, x, sh.post_norm)
         if cfg.is_moe:
             act = shared_act(cfg, sh, h)  # a shared expert's slice, gathered before its down
@@ -291,7 +292,7 @@ class DeviceWorker:
             return x + moe_finish(cfg, sh, outputs, experts, h)
         act = yield from self._gather("act", gated(h, sh.w_gate, sh.w_up, cfg.hidden_act))
         down = yield from self._gather("down", act @ sh.w_down.T)
-        return x + down
+        return x + out_norm(cfg, down, sh.mlp_out_norm)
 
     # ------------------------------------------------------------------ reporting
 

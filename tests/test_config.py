@@ -24,7 +24,8 @@ def test_presets_have_the_paper_dimensions():
     assert abs(m.param_count() - 68.98e9) / 68.98e9 < 0.002
 
 
-GEMMA_PARAMS = {"gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896}
+GEMMA_PARAMS = {"gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896, "gemma-2-9b": 9_241_705_984,
+                "gemma-2-27b": 27_227_128_320}
 """The parameters of google/gemma-2b and gemma-7b (their safetensors, as the Hugging Face hub counts them;
 the embedding tied to the LM head, counted once)."""
 
@@ -33,8 +34,27 @@ the embedding tied to the LM head, counted once)."""
 def test_gemma_presets_have_the_published_parameter_counts(name):
     m = model_preset(name)
     assert m.param_count() == GEMMA_PARAMS[name]
-    assert (m.model_type, m.hidden_act, m.scale_embeddings, m.norm_offset, m.tie_word_embeddings) == \
-        ("gemma", "gelu_pytorch_tanh", True, 1.0, True)
+    assert (m.model_type in ("gemma", "gemma2"), m.hidden_act, m.scale_embeddings, m.norm_offset,
+            m.tie_word_embeddings) == (True, "gelu_pytorch_tanh", True, 1.0, True)
+    assert m.sandwich_norms == (m.model_type == "gemma2")  # two more norms a block: 2 D counted (9B: 301,056)
+
+
+@pytest.mark.parametrize("name", ["gemma-2-9b", "gemma-2-27b"])
+def test_gemma2_presets_serve_the_context_their_window_covers(name, tmp_path):
+    """A Gemma 2 preset serves 4096 tokens, its window: saved as a checkpoint, it reads back (an
+    8192-token context would be refused: its window would hide keys on alternate blocks)."""
+    import dataclasses
+
+    from cent_serve.model.hf_config import hf_config_dict, model_config_from_hf
+
+    m = model_preset(name)
+    assert m.max_seq_len == 4096 and m.sliding_window == 0
+    (tmp_path / "config.json").write_text(json.dumps(dict(hf_config_dict(m), sliding_window=4096)))
+    assert dataclasses.replace(model_config_from_hf(tmp_path), name=name, checkpoint=None, weight_dtype=m.weight_dtype) == m
+    (tmp_path / "config.json").write_text(json.dumps(dict(hf_config_dict(m), sliding_window=4096,
+                                                          max_position_embeddings=8192)))
+    with pytest.raises(ValueError, match="sliding_window=4096 is not supported"):
+        model_config_from_hf(tmp_path)
 
 
 @pytest.mark.parametrize("kwargs, field", [

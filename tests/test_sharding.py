@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cent_serve.model import LlamaModel
-from cent_serve.model.layers import hidden_keys, hides_any, project_qkv, rms_norm, softmax
+from cent_serve.model.layers import embed_rows, hidden_keys, hides_any, model_norm, project_qkv, softcap, softmax
 from cent_serve.model.weights import random_weights
 from cent_serve.sharding import ShardKV, head_ranges, shard_attention, shard_layer, split_bounds, tp_block_forward
 from tests.factories import tiny_model_config
@@ -19,7 +19,7 @@ def run_tp(model, tp, ids_steps, tags: set | None = None):
     kvs = [ShardKV(cfg.num_layers, shards[r][0].num_kv_heads, cfg.head_dim) for r in range(tp)]
     out, pos = [], 0
     for ids in ids_steps:
-        x = w.embed[np.asarray(ids)]
+        x = embed_rows(cfg, w.embed, np.asarray(ids))
         for li in range(cfg.num_layers):
             # lockstep ranks: run each rank up to an exchange point, then concatenate
             import threading
@@ -44,14 +44,21 @@ def run_tp(model, tp, ids_steps, tags: set | None = None):
             for r in range(1, tp):
                 assert np.array_equal(results[0], results[r])
             x = results[0]
-        out.append(rms_norm(x, w.final_norm, cfg.rms_norm_eps) @ w.lm_head.T)
+        out.append(softcap(model_norm(cfg, x, w.final_norm) @ w.lm_head.T, cfg.final_logit_softcapping))
         pos += len(ids)
     return out
 
 
-@pytest.mark.parametrize("tp", [1, 2, 4])
-def test_tp_sharded_logits_equal_reference(tp):
-    cfg = tiny_model_config(num_heads=4, num_kv_heads=2, intermediate_size=150)  # uneven F split
+GEMMA2 = dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+              sandwich_norms=True, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24.0)
+"""Every Gemma 2 variation on, soft-caps small enough to bite."""
+
+
+@pytest.mark.parametrize("tp, fields", [(1, {}), (2, {}), (4, {}), (2, GEMMA2), (4, GEMMA2)])
+def test_tp_sharded_logits_equal_reference(tp, fields):
+    """Gemma 2's norms of the attention's and MLP's outputs are applied to the gathered outputs, its
+    soft-capping and scale in each rank's heads: the same logits as the reference model's."""
+    cfg = tiny_model_config(num_heads=4, num_kv_heads=2, intermediate_size=150, **fields)  # uneven F split
     model = LlamaModel(cfg)
     steps = [[1, 7, 9, 30], [12], [44], [5]]
     sharded = run_tp(model, tp, steps)

@@ -11,14 +11,15 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _factors_text, _ids_text, _words_text
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3", "gemma")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
 LAYER_TYPES = ("full_attention", "sliding_attention")
 """The kinds of attention block (transformers' `layer_types` words)."""
-GEMMA_TYPES = ("gemma",)
-"""Google's Gemma families: a GeGLU MLP, embeddings scaled by sqrt(D), norms weighting by 1 + w."""
+GEMMA_TYPES = ("gemma", "gemma2")
+"""Google's Gemma families: a GeGLU MLP, embeddings scaled by sqrt(D), norms weighting by 1 + w (Gemma 2
+adds logit soft-capping, its own attention scale and norms after attention and around the MLP)."""
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 """The gated MLP's activations (transformers' `ACT2FN` names): SwiGLU's, and Gemma's GeGLU's."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
@@ -60,7 +61,7 @@ class ModelConfig:
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
     """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral`,
-    `qwen3_moe`, `qwen2_moe`, `phi3` or `gemma`. The families differ only by the named variations below, which a
+    `qwen3_moe`, `qwen2_moe`, `phi3`, `gemma` or `gemma2`. The families differ only by the named variations below, which a
     checkpoint's config.json sets (Phi-3's checkpoints also fuse q/k/v and gate/up into one tensor each:
     split on load)."""
     attention_bias: bool = False
@@ -92,6 +93,16 @@ class ModelConfig:
     """Multiply the embedding rows by sqrt(hidden_size) (Gemma), as float32: the compute dtype."""
     norm_offset: float = 0.0
     """What every RMSNorm adds to its weight before scaling: 0 (x w, Llama) or 1 (x (1 + w), Gemma)."""
+    attn_logit_softcapping: float = 0.0
+    """c: attention scores soft-capped to tanh(s / c) c before the mask and softmax (Gemma 2: 50); 0: none."""
+    final_logit_softcapping: float = 0.0
+    """c: the LM head's logits soft-capped to tanh(z / c) c (Gemma 2: 30); 0: none."""
+    query_pre_attn_scalar: float = 0.0
+    """The attention scale is query_pre_attn_scalar^-0.5 (Gemma 2: 256, 144 on 27B); 0: head_dim^-0.5."""
+    sandwich_norms: bool = False
+    """Two more RMSNorms a block (Gemma 2): one on the attention's output before the residual add
+    (post_attention_layernorm) and one on the MLP's (post_feedforward_layernorm); the MLP's input norm is
+    then pre_feedforward_layernorm."""
     expert_skew: float = 0.0
     """Timing's router: with numerics off there are no router logits, so the time model routes each
     (sequence, position, block) to k experts by a seeded draw without replacement, the weight of
@@ -211,6 +222,8 @@ class ModelConfig:
                f"use one of {', '.join(ACTIVATIONS)}")
         _check(self.norm_offset in (0, 1), "model.norm_offset", self.norm_offset,
                "use 0 (weight w, Llama) or 1 (weight 1 + w, Gemma)")
+        _check(not (self.sandwich_norms and self.num_experts), "model.sandwich_norms", self.sandwich_norms,
+               "use false: a mixture of experts' block has its two norms (the extra norms are Gemma 2's)")
         _check(self.num_experts >= 0, "model.num_experts", self.num_experts, "use 0 (dense) or a positive count")
         _check(self.expert_skew >= 0, "model.expert_skew", self.expert_skew, "use 0 (uniform) or a positive skew")
         _check(self.moe_intermediate_size >= 0, "model.moe_intermediate_size", self.moe_intermediate_size,
@@ -298,11 +311,12 @@ class ModelConfig:
         return 3 * self.hidden_size * fs + self.hidden_size if fs else 0
 
     def attention_param_count(self) -> int:
-        """Parameters of a block's attention (with its biases and q/k norms) and its two norms."""
+        """Parameters of a block's attention (with its biases and q/k norms) and its norms (two, four with
+        `sandwich_norms`)."""
         d = self.hidden_size
         attn = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
         attn += (self.q_size + 2 * self.kv_size if self.attention_bias else 0) + (2 * self.head_dim if self.qk_norm else 0)
-        return attn + 2 * d
+        return attn + (4 if self.sandwich_norms else 2) * d
 
     def block_param_count(self) -> int:
         """Parameters of one transformer block (attention with its biases and q/k norms, MLP or router,
@@ -354,6 +368,8 @@ _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1
 _GEMMA = dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=256, vocab_size=256000,
               max_seq_len=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1)
 """What every Gemma's config.json sets alike (transformers' GemmaConfig defaults, google/gemma-* configs)."""
+_GEMMA2 = dict(sandwich_norms=True, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_seq_len=4096)
+"""What Gemma 2 adds (google/gemma-2-* config.json), its context the window's (`MODEL_PRESETS`)."""
 # docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
@@ -409,6 +425,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                      num_heads=8, num_kv_heads=1),
     "gemma-7b": dict(model_type="gemma", **_GEMMA, hidden_size=3072, intermediate_size=24576, num_layers=28,
                      num_heads=16, num_kv_heads=16),
+    # google/gemma-2-9b and gemma-2-27b config.json (9,241,705,984 and 27,227,128,320 parameters). Their
+    # 4096-token window on alternate blocks is not modelled: served at 4096 tokens, not their 8192, the
+    # window hides no key and the blocks run as transformers runs them (`hf_config._check_gemma2_window`)
+    "gemma-2-9b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2}, hidden_size=3584, intermediate_size=14336,
+                       num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256.0),
+    "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608, intermediate_size=36864,
+                        num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144.0),
 }
 
 

@@ -16,8 +16,6 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",
-    "gemma2": "logit soft-capping (attn_logit_softcapping, final_logit_softcapping), sliding-window "
-              "attention in alternate blocks, extra norms after attention and around the MLP, and a GeGLU MLP",
     "gemma3_text": "sliding-window attention in five blocks of six with their own rope base "
                    "(rope_local_base_freq), q/k norms, extra norms after attention and around the MLP, "
                    "and a GeGLU MLP",
@@ -48,8 +46,10 @@ _FEATURE_KEYS = (("kv_lora_rank", "multi-head latent attention (MLA)"),
 not in `UNMODELLED_FAMILIES` (a fine-tune's own name, a newer family)."""
 
 
-_READ_BY = {"shared_expert_intermediate_size": ("qwen2_moe",)}
-"""Keys of `_FEATURE_KEYS` that a supported family's class reads (its shared expert is modelled)."""
+_READ_BY = {"shared_expert_intermediate_size": ("qwen2_moe",), "attn_logit_softcapping": ("gemma2",),
+            "final_logit_softcapping": ("gemma2",)}
+"""Keys of `_FEATURE_KEYS` that a supported family's class reads (Qwen 2 MoE's shared expert, Gemma 2's
+soft-capping: modelled)."""
 
 
 def announced_features(hf: dict, model_type: str | None = None) -> list[str]:

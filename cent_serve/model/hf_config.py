@@ -14,7 +14,8 @@ from cent_serve.model.families import announced_features, unmodelled_features, w
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-                 "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM"}
+                 "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM",
+                 "gemma2": "Gemma2ForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -117,8 +118,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
     (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding, its 128k
-    variants' longrope), Gemma (GeGLU, embeddings times sqrt(D), norms weighting by 1 + w), and the mixtures
-    of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    variants' longrope), Gemma (GeGLU, embeddings times sqrt(D), norms weighting by 1 + w), Gemma 2
+    (soft-capping, its attention scale, norms after attention and around the MLP; its window within the context
+    refused), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
     (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
     cannot run is refused by name."""
     path = Path(path)
@@ -130,10 +132,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     cfg_file = path / "config.json"
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
-                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
-                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
@@ -199,7 +201,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
     act_key, act = _activation(hf, arch)
-    if act not in (GELU_TANH_NAMES if arch in GEMMA_TYPES else ("silu",)):
+    if act not in ({"gemma": GELU_TANH_NAMES, "gemma2": GELU_TANH_NAMES[:1]}.get(arch, ("silu",))):
         _refuse(act_key, act, "the MLP is GeGLU (gelu_pytorch_tanh)" if arch in GEMMA_TYPES else "the MLP is SwiGLU (silu)")
     if _bool("mlp_bias", False):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
@@ -307,6 +309,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         **(_gemma_fields() if arch in GEMMA_TYPES else {}),
+        **(dict(sandwich_norms=True, query_pre_attn_scalar=float(_num("query_pre_attn_scalar", 256, float)),
+                # Gemma2Config's defaults 50 and 30; null: none
+                attn_logit_softcapping=float(_num("attn_logit_softcapping", 50.0, float) or 0.0),
+                final_logit_softcapping=float(_num("final_logit_softcapping", 30.0, float) or 0.0))
+           if arch == "gemma2" else {}),
         sliding_window=(_num("sliding_window", family.get("sliding_window", 0), positive=False) or 0)
         if arch in ("mistral", "mixtral", "phi3") else 0,  # null: no window
         bos_token_id=_special_ids(cfg_file, "bos_token_id", _ids("bos_token_id"),
@@ -330,6 +337,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         # --set model.max_seq_len's)
         fields.update(_qwen_window(hf, arch, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
     fields.update(overrides)
+    if arch == "gemma2":
+        _check_gemma2_window(hf, fields["num_layers"], fields["max_seq_len"])
     try:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
@@ -346,6 +355,7 @@ _FAMILY_DEFAULTS = {
     "qwen2_moe": dict(num_key_value_heads=16, max_position_embeddings=32768),
     "phi3": dict(max_position_embeddings=4096, rms_norm_eps=1e-5),  # Phi3Config's; no window unless given (None)
     "gemma": dict(num_key_value_heads=16, max_position_embeddings=8192, head_dim=256, tie_word_embeddings=True),
+    "gemma2": dict(num_key_value_heads=4, max_position_embeddings=8192, head_dim=256, tie_word_embeddings=True),
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
@@ -365,10 +375,30 @@ first releases as gelu_pytorch_tanh (configuration_gemma.py, `__post_init__`).""
 
 def _activation(hf: dict, arch: str) -> tuple[str, object]:
     """(the key, its value) of the MLP's activation as the family's class reads it: GemmaMLP reads
-    hidden_act (default gelu_pytorch_tanh); the others hidden_act (default silu)."""
+    hidden_act, Gemma2MLP hidden_activation (both default gelu_pytorch_tanh: modeling_gemma.py,
+    modeling_gemma2.py); the others hidden_act (default silu)."""
+    key = "hidden_activation" if arch == "gemma2" else "hidden_act"
     default = "gelu_pytorch_tanh" if arch in GEMMA_TYPES else "silu"
-    value = hf.get("hidden_act")
-    return "hidden_act", default if value is None else value
+    value = hf.get(key)
+    return key, default if value is None else value
+
+
+def _check_gemma2_window(hf: dict, num_layers: int, context: int) -> None:
+    """Refuse a Gemma 2 sliding window that hides keys within the context: transformers' Gemma2Config
+    windows the blocks its layer_types name sliding_attention (by default every other one from block 0)
+    by sliding_window (default 4096); the reference model has no window on some blocks only. A window
+    at least the context hides no key: such a config runs as full attention."""
+    window = hf.get("sliding_window", 4096)
+    if not isinstance(window, (int, float)) or isinstance(window, bool) or not 0 < window < context:
+        return
+    types = hf.get("layer_types")
+    if not isinstance(types, list):
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    blocks = [i for i, kind in enumerate(types[:num_layers]) if kind == "sliding_attention"]
+    if blocks:
+        _refuse("sliding_window", window, f"a window on {len(blocks)} of {num_layers} blocks (from block {blocks[0]}) "
+                f"hides keys within the context of {context} tokens and is not modelled: set max_position_embeddings "
+                f"in config.json to at most {window}, which runs the same tokens")
 
 
 _EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}
@@ -434,6 +464,12 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                          f"model.norm_offset={cfg.norm_offset} cannot be saved as a model_type={cfg.model_type!r} "
                          "checkpoint: a gemma config has gelu_pytorch_tanh, True and 1.0, the other families silu, False "
                          "and 0.0 (set them, or model.model_type)")
+    gemma2 = (cfg.sandwich_norms, bool(cfg.query_pre_attn_scalar)) != (False, False) or cfg.attn_logit_softcapping \
+        or cfg.final_logit_softcapping
+    if cfg.model_type == "gemma2" and not cfg.sandwich_norms or cfg.model_type != "gemma2" and gemma2:
+        raise ValueError(f"model.sandwich_norms={cfg.sandwich_norms} cannot be saved as a model_type={cfg.model_type!r} "
+                         "checkpoint: gemma2 has the extra norms (true), and only gemma2 has them, soft-capping or "
+                         "query_pre_attn_scalar (set them, or model.model_type)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
@@ -462,6 +498,12 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out.update(partial_rotary_factor=cfg.partial_rotary_factor, pad_token_id=None)
     if cfg.model_type in GEMMA_TYPES:  # GemmaConfig has no mlp_bias (GemmaMLP has no biases)
         del out["mlp_bias"]
+    if cfg.model_type == "gemma2":  # Gemma2MLP reads hidden_activation; a window of the whole context windows
+        # nothing (the reference model's full attention), on the blocks Gemma2Config's layer_types window
+        out["hidden_activation"] = out.pop("hidden_act")
+        out.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim, sliding_window=cfg.max_seq_len,
+                   attn_logit_softcapping=cfg.attn_logit_softcapping or None,
+                   final_logit_softcapping=cfg.final_logit_softcapping or None)
     if cfg.model_type == "mixtral":
         out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok)
     if cfg.model_type in ("qwen3_moe", "qwen2_moe"):

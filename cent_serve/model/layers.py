@@ -31,6 +31,14 @@ def model_norm(cfg: ModelConfig, x: np.ndarray, weight: np.ndarray) -> np.ndarra
     return rms_norm(x, weight, cfg.rms_norm_eps, cfg.norm_offset)
 
 
+def out_norm(cfg: ModelConfig, y: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """y (seq, D), the attention's or the MLP's output, through its own norm before the residual add
+    (Gemma 2's post_attention_layernorm and post_feedforward_layernorm: `ModelConfig.sandwich_norms`,
+    Gemma2DecoderLayer in modeling_gemma2.py); y as it is without one. A tensor-parallel rank and the
+    device worker apply it after the all-gather that makes y whole."""
+    return y if weight is None else model_norm(cfg, y, weight)
+
+
 def embed_rows(cfg: ModelConfig, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The embedding rows (seq, D) float32 of token `ids`, times sqrt(D) for Gemma. transformers'
     GemmaTextScaledWordEmbedding multiplies by its normalizer `hidden_size ** 0.5` cast to the weights'
@@ -157,7 +165,24 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window: int = 0) -> np.ndarray:
+def attention_scale(cfg: ModelConfig) -> np.float32:
+    """What q.K^T is multiplied by: head_dim^-0.5, or Gemma 2's query_pre_attn_scalar^-0.5 (transformers'
+    Gemma2Attention `self.scaling = config.query_pre_attn_scalar**-0.5`, modeling_gemma2.py)."""
+    if cfg.query_pre_attn_scalar:
+        return F32(cfg.query_pre_attn_scalar ** -0.5)
+    return F32(1.0 / np.sqrt(cfg.head_dim))
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """Gemma 2's soft-capping tanh(x / cap) * cap in float32 (transformers' eager_attention_forward for
+    the scores, Gemma2ForCausalLM for the logits, modeling_gemma2.py); x unchanged for cap 0."""
+    if not cap:
+        return x
+    return np.tanh(x / F32(cap)) * F32(cap)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window: int = 0,
+              scale: np.float32 | None = None, cap: float = 0.0) -> np.ndarray:
     """Causal grouped-query attention for one sequence.
 
     q: (heads, seq_q, head_dim) at positions q_start .. q_start + seq_q - 1;
@@ -165,13 +190,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int, window:
     heads is a multiple of kv_heads (each KV head serves heads/kv_heads
     consecutive query heads, as Hugging Face's repeat_kv does). With `window`,
     a query sees only keys less than `window` positions behind it (Mistral's
-    sliding window). Returns (heads, seq_q, head_dim).
+    sliding window). `scale` multiplies the scores (head_dim^-0.5 by default: `attention_scale`),
+    `cap` soft-caps them before the mask (Gemma 2). Returns (heads, seq_q, head_dim).
     """
     heads, seq_q, head_dim = q.shape
     kv_heads, seq_k, _ = k.shape
     rep = heads // kv_heads
     qg = q.reshape(kv_heads, rep * seq_q, head_dim)  # (kv_heads, rep*seq_q, head_dim)
-    scores = qg @ k.transpose(0, 2, 1) * F32(1.0 / np.sqrt(head_dim))  # (kv_heads, rep*seq_q, seq_k)
+    scale = F32(1.0 / np.sqrt(head_dim)) if scale is None else scale
+    scores = softcap(qg @ k.transpose(0, 2, 1) * scale, cap)  # (kv_heads, rep*seq_q, seq_k)
     scores = scores.reshape(kv_heads, rep, seq_q, seq_k)
     scores = np.where(hidden_keys(q_start, seq_q, seq_k, window), F32(-np.inf), scores)
     probs = softmax(scores, axis=-1).astype(F32, copy=False).reshape(kv_heads, rep * seq_q, seq_k)

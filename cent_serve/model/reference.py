@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import attention, embed_rows, model_norm, moe, project_qkv, shared_expert, swiglu
+from cent_serve.model.layers import (attention, attention_scale, embed_rows, model_norm, moe, out_norm, project_qkv,
+                                     shared_expert, softcap, swiglu)
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -74,10 +75,11 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
     hd = cfg.head_dim
     h = model_norm(cfg, x, w.input_norm)  # (seq, D)
     attn = attention_part(cfg, w, h, start, cache, layer)  # (seq, D)
-    x = x + attn
+    x = x + out_norm(cfg, attn, w.attn_out_norm)
     h = model_norm(cfg, x, w.post_norm)
     assert h.shape == (seq, cfg.hidden_size) and hd > 0
-    return x + mlp(cfg, w, h)
+    return x + out_norm(cfg, mlp(cfg, w, h), w.mlp_out_norm)
+
 
 
 def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
@@ -100,7 +102,8 @@ def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
     q, k, v = project_qkv(cfg, h, w.wq, w.wk, w.wv, start, w.qkv_bias, w.qk_norms)  # (heads | kv_heads, seq, hd)
     cache.append(layer, k, v, start)
     keys, values = cache.view(layer, start + seq)
-    out = attention(q, keys, values, start, cfg.block_window(layer))  # (heads, seq, hd)
+    out = attention(q, keys, values, start, cfg.block_window(layer), attention_scale(cfg),
+                    cfg.attn_logit_softcapping)  # (heads, seq, hd)
     return out.transpose(1, 0, 2).reshape(seq, -1) @ w.wo.T
 
 
@@ -127,7 +130,7 @@ class LlamaModel:
 
     def head(self, x: np.ndarray) -> np.ndarray:
         h = model_norm(self.cfg, x, self.weights.final_norm)
-        return h @ self.weights.lm_head.T  # (seq, vocab)
+        return softcap(h @ self.weights.lm_head.T, self.cfg.final_logit_softcapping)  # (seq, vocab)
 
     def forward(self, token_ids, cache: KVCache) -> np.ndarray:
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)

@@ -53,6 +53,8 @@ class LayerWeights:
     shared_up: np.ndarray | None = None  # (F_s, D)
     shared_down: np.ndarray | None = None  # (D, F_s)
     shared_expert_gate: np.ndarray | None = None  # (1, D) its output's sigmoid gate
+    attn_out_norm: np.ndarray | None = None  # (D,) norms of the attention's and the MLP's outputs (Gemma 2:
+    mlp_out_norm: np.ndarray | None = None  # (D,) model.sandwich_norms)
 
     @property
     def qkv_bias(self) -> tuple | None:
@@ -151,6 +153,8 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
             layers[-1].bq, layers[-1].bk, layers[-1].bv = (bias(cfg.q_size), bias(cfg.kv_size), bias(cfg.kv_size))
         if cfg.qk_norm:
             layers[-1].q_norm, layers[-1].k_norm = norm(hd), norm(hd)
+        if cfg.sandwich_norms:
+            layers[-1].attn_out_norm, layers[-1].mlp_out_norm = norm(), norm()
     final_norm = norm()
     lm_head = embed if cfg.tie_word_embeddings else mat(cfg.vocab_size, d)
     return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
@@ -174,6 +178,10 @@ _QK_NORM_NAMES = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_no
 _SHARED_NAMES = {"shared_gate": "mlp.shared_expert.gate_proj.weight", "shared_up": "mlp.shared_expert.up_proj.weight",
                  "shared_down": "mlp.shared_expert.down_proj.weight", "shared_expert_gate": "mlp.shared_expert_gate.weight"}
 """Qwen 2 MoE's shared expert and its gate (model.shared_expert_intermediate_size)."""
+_SANDWICH_NAMES = {"post_norm": "pre_feedforward_layernorm.weight", "attn_out_norm": "post_attention_layernorm.weight",
+                   "mlp_out_norm": "post_feedforward_layernorm.weight"}
+"""Gemma 2's block norms (model.sandwich_norms, Gemma2DecoderLayer): its post_attention_layernorm norms the
+attention's output, and the MLP's input norm is pre_feedforward_layernorm."""
 
 
 _FUSED_LAYER_NAMES = {"self_attn.qkv_proj.weight": ("wq", "wk", "wv"), "mlp.gate_up_proj.weight": ("w_gate", "w_up")}
@@ -201,7 +209,7 @@ def _dense_layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     return {"input_norm": (d,), "post_norm": (d,), "wq": (cfg.num_heads * hd, d), "wk": (cfg.num_kv_heads * hd, d),
             "wv": (cfg.num_kv_heads * hd, d), "wo": (d, cfg.num_heads * hd), "w_gate": (f, d), "w_up": (f, d),
-            "w_down": (d, f)}
+            "w_down": (d, f), "attn_out_norm": (d,), "mlp_out_norm": (d,)}
 
 
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", dict(experts_gate="w1", experts_up="w3", experts_down="w2")),
@@ -229,6 +237,8 @@ def _layer_names(cfg: ModelConfig) -> dict[str, str]:
         names["router"] = f"{_MOE_NAMES[cfg.model_type][0]}.gate.weight"
     if cfg.shared_expert_intermediate_size:
         names.update(_SHARED_NAMES)
+    if cfg.sandwich_norms:
+        names.update(_SANDWICH_NAMES)
     return names
 
 

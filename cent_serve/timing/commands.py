@@ -34,7 +34,7 @@ import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig
 from cent_serve.timing.pim import (BANK_GROUPS, BlockGeometry, attended, cdiv, context_rows, elementwise_split,
-                                   router_outputs, v_rows)
+                                   norms_per_block, router_outputs, v_rows)
 
 CMDS = ("act", "act16", "pre", "prea", "tmod", "mac16", "ewmul16", "af16", "wra16", "wrgb", "wrmac16",
         "rdmac16", "rdaf16", "rdcp", "wrcp", "wr", "rd")
@@ -174,9 +174,11 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
                    rd=_bursts(ew, dev) * ewb * tb, mac16=_bursts(nb, dev) * cb, wrmac16=cb, rdmac16=cb,
                    ewmul16=2 * _bursts(ew, dev) * cb, rdcp=b // 4 * _bursts(ew, dev) * cb,
                    wrcp=b // 4 * _bursts(ew, dev) * cb, lines=3 + 2 + 2 * (b // 4) + 1)
+    ffn_rows = vec(act=(b + b // 4) * cb, pre=(b + b // 4) * cb, prea=cb, act16=cb, tmod=5 * cb)
     norm = (2 * norm_one + vec(act=(b + b // 2 + b // 4) * cb, pre=(b // 2 + b // 4) * cb, prea=2 * cb,
-                               act16=2 * cb, tmod=4 * cb)
-            + vec(act=(b + b // 4) * cb, pre=(b + b // 4) * cb, prea=cb, act16=cb, tmod=5 * cb))
+                               act16=2 * cb, tmod=4 * cb) + ffn_rows)
+    # Gemma 2's norms of the attention's and the MLP's outputs: each as the FFN norm (`norms_per_block`)
+    norm = norm + (norms_per_block(m) - 2) * (norm_one + ffn_rows)
     qkvo, ffn = _gemvs(m, g.banks, dev, fc_only=False)
     qw, qwb = elementwise_split(m.q_size, lanes // 4)  # q's H hd values (D where they agree), as the time's
     rotary = vec(wr=2 * (_bursts(2 * qw, dev) + _bursts(2 * (qw // m.num_rep), dev)) * qwb * tb,

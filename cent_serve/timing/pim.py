@@ -77,13 +77,20 @@ def elementwise_split(n: int, lanes: int) -> tuple[int, int]:
     return per, cdiv(n, per)
 
 
+def norms_per_block(m: ModelConfig) -> int:
+    """A block's RMSNorms: attention's and the MLP's inputs, and with `sandwich_norms` (Gemma 2) the
+    attention's and the MLP's outputs too."""
+    return 4 if m.sandwich_norms else 2
+
+
 def norm_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
-    """Two RMSNorms: square-and-reduce then scale, over TB/2 and TB/4 lanes."""
+    """The block's RMSNorms (`norms_per_block`), each a square-and-reduce then a scale over TB/2 and
+    TB/4 lanes: Gemma 2's extra two cost what the two of every block cost."""
     nb, nbb = elementwise_split(m.hidden_size, g.banks_per_device // 2)
     ew, ewb = elementwise_split(m.hidden_size, g.banks_per_device // 4)
     bl = dev.burst_elements
     one = (2 * cdiv(nb, bl) * nbb * g.tb + 3 * cdiv(ew, bl) * ewb * g.tb) * dev.dma_line_cycles + dev.norm_fixed_cycles
-    return 2 * one
+    return norms_per_block(m) * one
 
 
 def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
@@ -151,7 +158,8 @@ def context_rows(context: int, row: int) -> list[int]:
 
 def softmax_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
     """Score vectors cross the DMA six times (to the accelerator and back); per head group, two
-    all-bank elementwise passes over the row (`column_cycles` a burst)."""
+    all-bank elementwise passes over the row (`column_cycles` a burst). Gemma 2's soft-capping is the
+    accelerator's (`accelerator_parts`): the scores cross the DMA as they do without it."""
     bl = dev.burst_elements
     nhpb = cdiv(m.num_heads, BANK_GROUPS * g.cpb)
     return sum(dev.softmax_dma_passes * m.num_heads * cdiv(size, bl) * g.tb * dev.dma_line_cycles

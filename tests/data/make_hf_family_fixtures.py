@@ -27,7 +27,10 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
   cache and prefills the whole sequence again on the long factors, which cent-serve does not (its keys
   keep the factors they were turned with, as transformers' forward with a kept cache).
 - gemma: Gemma (GeGLU MLP, embeddings times sqrt(64) = 8, norms weighting by 1 + w, head_dim 32 with
-  hidden 64 and 4 heads, tied embeddings).
+  hidden 64 and 4 heads, tied embeddings);
+- gemma2: Gemma 2 (Gemma's, and soft-caps small enough to bite: attention 2.0, logits 3.0; the attention
+  scale 24^-0.5, not head_dim 32's; norms after attention and around the MLP; its window on alternate
+  blocks of 256, the whole context, so it runs as full attention).
 
 Every model: hidden 64, 2 layers (qwen2_window 3), 4 query / 2 KV heads, vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
@@ -85,8 +88,11 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
                              long_factor=[1.0, 1.8, 3.5, 6.0, 10.0, 16.0]))),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=32, hidden_act="gelu_pytorch_tanh", rope_theta=10000.0,
                                                     tie_word_embeddings=True)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=32, hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0, tie_word_embeddings=True,
+        query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=256)),
 }
-OFFSET_NORMS = ("gemma",)
+OFFSET_NORMS = ("gemma", "gemma2")
 """Families whose norms weight by 1 + w: their random norm weights are drawn around 0, not 1."""
 
 

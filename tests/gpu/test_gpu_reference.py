@@ -181,3 +181,22 @@ def test_alternatives_script_scores_the_shipped_model():
         b = batch(timer(model, gpus), model)
         assert issue[f"{model[7:]} b{b} {name} {key}"] == pytest.approx(err(phase(model, gpus, name)[key], measured),
                                                                         abs=0.005)
+
+
+def test_gemma2_s_extra_norms_are_weights_a_gpu_step_reads_and_its_elementwise_work_is_not_counted():
+    """The GPU model counts weight bytes and matmul / attention FLOPs only: Gemma 2's two more norms a
+    block are 2 D weights more (bf16: 4 D bytes, 14,336 for gemma-2-9b), read every step; its
+    soft-capping, GeGLU and embedding scale are elementwise, and add nothing, as SiLU and the norms'
+    arithmetic add nothing."""
+    import dataclasses
+
+    m = model_preset("gemma-2-9b")
+    plain = dataclasses.replace(m, sandwich_norms=False, attn_logit_softcapping=0.0, final_logit_softcapping=0.0)
+
+    def gpu(model):
+        return GpuTimer(CentConfig(model=model, numerics="off", gpu=GpuConfig(kind="a100-80gb", count=1)))
+
+    ours, theirs = gpu(m), gpu(plain)
+    assert ours.block_weight_bytes - theirs.block_weight_bytes == 4 * 3584 == 14336
+    assert ours.block_params - theirs.block_params == 2 * 3584
+    assert ours.attn_flops == theirs.attn_flops == 4 * 16 * 256

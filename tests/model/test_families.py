@@ -66,6 +66,11 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     # GeGLU, embeddings times sqrt(64), norms weighting by 1 + w; head_dim 32, not hidden / heads = 16
     "gemma": (dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
                    head_dim=32, tie_word_embeddings=True), dict(hidden_act="silu")),
+    # Gemma's, and soft-capped scores (2.0) and logits (3.0), the scale 24^-0.5, norms after attention and
+    # around the MLP; its window (256, on alternate blocks) is the whole context: full attention
+    "gemma2": (dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24.0,
+                    sandwich_norms=True, sliding_window=0, head_dim=32), dict(attn_logit_softcapping=0.0)),
 }
 
 
@@ -193,7 +198,6 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     ("deepseek_v3", {}, r"multi-head latent attention \(MLA.*shared experts \(n_shared_experts\)"),
     ("deepseek_v2", {}, r"multi-head latent attention \(MLA.*shared experts"),
     ("qwen3_next", {}, r"Gated DeltaNet linear-attention layers, gated attention and a shared expert"),
-    ("gemma2", {}, r"logit soft-capping.*sliding-window attention in alternate blocks, extra norms"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
     ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
     ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
@@ -303,7 +307,7 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral",
-                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma"])
+                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -353,7 +357,10 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     dict(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32, rope_mscale=1.0, rope_mscale_all_dim=0.5),
     dict(model_type="mistral", sliding_window=8), dict(model_type="qwen2", attention_bias=True),
     dict(model_type="qwen3", qk_norm=True, head_dim=32),
-    dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64)], ids=str)
+    dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64),
+    dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64,
+         sandwich_norms=True, query_pre_attn_scalar=48.0, attn_logit_softcapping=2.0, final_logit_softcapping=0.0)],
+    ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
     from tests.factories import tiny_model_config
@@ -362,7 +369,8 @@ def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
     back = model_config_from_hf(tmp_path)
     names = ["model_type", "attention_bias", "qk_norm", "sliding_window", "head_dim", "max_seq_len", "hidden_act",
-             "scale_embeddings", "norm_offset",
+             "scale_embeddings", "norm_offset", "sandwich_norms", "query_pre_attn_scalar", "attn_logit_softcapping",
+             "final_logit_softcapping",
              *(f.name for f in dataclasses.fields(cfg) if f.name.startswith("rope_"))]
     assert {k: getattr(back, k) for k in names} == {k: getattr(cfg, k) for k in names}
 
@@ -579,3 +587,53 @@ def test_a_gemma_config_of_the_first_releases_reads_as_transformers_reads_it(tmp
     (tmp_path / "config.json").write_text(json.dumps(base))
     m = model_config_from_hf(tmp_path)
     assert (m.hidden_act, m.head_dim, m.tie_word_embeddings, m.norm_offset) == ("gelu_pytorch_tanh", 256, True, 1.0)
+
+
+@pytest.mark.parametrize("off", [dict(final_logit_softcapping=0.0), dict(query_pre_attn_scalar=0.0),
+                                 dict(scale_embeddings=False)])
+def test_each_gemma2_variation_is_what_makes_its_tokens_right(off):
+    """Gemma 2's logit soft-cap, its query_pre_attn_scalar scale (24^-0.5, not head_dim 32's) and its
+    embedding scale each move the fixture's logits away from transformers' when switched off."""
+    cfg = model_config_from_hf(ROOT / "gemma2")
+    weights, case = load_weights(cfg), expected("gemma2")[0]
+    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
+    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+
+
+def test_gemma2_extra_norms_are_what_makes_its_tokens_right():
+    """Without the norms of the attention's and the MLP's outputs (dropped from the weights), the
+    Gemma 2 fixture's logits move away from transformers'."""
+    cfg = model_config_from_hf(ROOT / "gemma2")
+    weights, case = load_weights(cfg), expected("gemma2")[0]
+    for layer in weights.layers:
+        layer.attn_out_norm = layer.mlp_out_norm = None
+    model = LlamaModel(cfg, weights)
+    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+
+
+def test_a_gemma2_window_that_hides_keys_is_refused_and_one_past_the_context_runs(tmp_path):
+    """Gemma2Config windows alternate blocks (layer_types, by default from block 0) by sliding_window
+    (default 4096): one within the context is refused in one line naming it and the fix; at least the
+    context (or null, or on no block) it hides no key and runs as full attention."""
+    base = json.loads((ROOT / "gemma2" / "config.json").read_text())
+    for change in (dict(sliding_window=256), dict(sliding_window=None), dict(sliding_window=8, max_position_embeddings=8),
+                   dict(sliding_window=8, layer_types=["full_attention"] * 2)):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+        assert model_config_from_hf(tmp_path).sliding_window == 0, change
+    for change, blocks in ((dict(sliding_window=8), "1 of 2 blocks (from block 0)"),
+                           ({"sliding_window": 8, "layer_types": None}, "1 of 2 blocks (from block 0)"),
+                           (dict(sliding_window=100, layer_types=["sliding_attention"] * 2), "2 of 2 blocks")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+        with pytest.raises(ValueError, match=rf"sliding_window={change['sliding_window']} is not supported: a window on "
+                                             rf"{re.escape(blocks)}.*set max_position_embeddings in config.json to at "
+                                             rf"most {change['sliding_window']}, which runs the same tokens$"):
+            model_config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k != "sliding_window"}))
+    with pytest.raises(ValueError, match="sliding_window=4096 is not supported"):  # Gemma2Config's default window
+        model_config_from_hf(tmp_path, max_seq_len=8192)
+
+
+def test_gemma2_reads_its_soft_capping_keys_without_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        assert model_config_from_hf(ROOT / "gemma2").attn_logit_softcapping == 2.0
+    assert "not read" not in caplog.text

@@ -364,3 +364,28 @@ def test_gemma_geglu_scaled_embeddings_and_offset_norms_are_charged_as_a_llama_o
         assert block_pim_breakdown(gemma, g, DEV, context) == block_pim_breakdown(llama, g, DEV, context)
     assert (embed_lookup_cycles(gemma, DEV), lm_head_cycles(gemma, g, DEV)) == \
         (embed_lookup_cycles(llama, DEV), lm_head_cycles(llama, g, DEV))
+
+
+def test_a_gemma2_block_by_hand():
+    """gemma-2-9b (D 3584, H 16) on 2 channels a block: its four RMSNorms are each a square-and-reduce
+    over TB/2 = 16 lanes (nb 224, nbb 16) and a scale over TB/4 = 8 (ew 448, ewb 8), 850 fixed:
+    4 [(2 cdiv(224, 16) 16 + 3 cdiv(448, 16) 8) dma + 850] = 4 (1120 dma + 850). On the accelerator its
+    four norms cost twice the two, and soft-capping adds to softmax one exp pass (32 units x 1 buffer
+    cycle + 11 exp + 1 write = 44) and one add pass (32 x 2 + 1 + 1 = 66) per L H / (16 lanes x 32
+    units) vectors: at L = 1024, 32 x 110 = 3,520 cycles. Nothing else of the block moves."""
+    import dataclasses
+
+    from cent_serve.timing.accelerator import accelerator_parts
+    from cent_serve.timing.pim import BlockGeometry, block_pim_breakdown, norm_cycles
+
+    m = model_preset("gemma-2-9b")
+    g = BlockGeometry(cpb=2, tb=1, tp=1)
+    assert norm_cycles(m, g, DEV) == 4 * (1120 * DEV.dma_line_cycles + 850)
+    plain = dataclasses.replace(m, sandwich_norms=False, attn_logit_softcapping=0.0)
+    assert norm_cycles(plain, g, DEV) == 2 * (1120 * DEV.dma_line_cycles + 850)
+    ours, theirs = block_pim_breakdown(m, g, DEV, 1024), block_pim_breakdown(plain, g, DEV, 1024)
+    assert dataclasses.replace(ours, norm=0.0) == dataclasses.replace(theirs, norm=0.0)
+    acc, acc_plain = accelerator_parts(m, DEV, 1024), accelerator_parts(plain, DEV, 1024)
+    assert acc["norm"] == 2 * acc_plain["norm"]
+    assert acc["softmax"] - acc_plain["softmax"] == 1024 * 16 / (16 * 32) * (44 + 66) == 3520
+    assert (acc["rotary"], acc["qk_norm"]) == (acc_plain["rotary"], acc_plain["qk_norm"])
