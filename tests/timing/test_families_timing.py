@@ -243,3 +243,25 @@ def test_layer_types_of_one_kind_time_as_the_window_on_every_block_or_on_none():
     assert timer(full, 8).token_cost(32768) == timer(none, 8).token_cost(32768)
     every = dataclasses.replace(mistral, layer_types=("sliding_attention",) * 32)
     assert timer(every, 8).token_cost(32768) == timer(mistral, 8).token_cost(32768)
+
+
+def test_gemma2_s_two_more_norms_issue_the_ffn_norm_s_commands_twice_more():
+    """The energy's DRAM commands of gemma-2-9b's norms (2 channels a block, one block a device): its
+    norms of the attention's and the MLP's outputs each issue the FFN norm's: square-sum writes of
+    2 cdiv(224, 16) 16 + 2 cdiv(448, 16) 8 = 896 bursts, cdiv(224, 16) = 14 MAC steps and 2 x 28
+    elementwise products on each of the 2 channels, and its rows (16 + 4 banks opened and closed a
+    channel) apiece; attention's commands
+    (soft-capping is the accelerator's) are those of the same model without the Gemma 2 features."""
+    import dataclasses
+
+    from cent_serve.timing.commands import IDX, attention_commands, static_commands
+    from cent_serve.timing.pim import BlockGeometry
+
+    m = model_preset("gemma-2-9b")
+    plain = dataclasses.replace(m, sandwich_norms=False, attn_logit_softcapping=0.0)
+    g = BlockGeometry(cpb=2, tb=1, tp=1)
+    more = static_commands(m, g, DEV)["norm"] - static_commands(plain, g, DEV)["norm"]
+    assert (more[IDX["wr"]], more[IDX["mac16"]], more[IDX["ewmul16"]]) == (2 * 896, 2 * 14 * 2, 2 * 2 * 28 * 2)
+    assert (more[IDX["act"]], more[IDX["pre"]]) == (2 * 20 * 2, 2 * 20 * 2)
+    for op, cmds in attention_commands(m, g, DEV, 1000).items():
+        assert (cmds == attention_commands(plain, g, DEV, 1000)[op]).all(), op
