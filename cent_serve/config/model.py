@@ -477,13 +477,14 @@ def model_label(model: ModelConfig, most: int = 2) -> str:
     more = f" and {len(changed) - most} more" if len(changed) > most else ""
     return f"{model.name} ({', '.join(changed[:most])}{more})"
 
-def resolve_model(name_or_path: str) -> ModelConfig:
+def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
     """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
-    config.json is enough for timing), as `--model` takes it."""
+    config.json is enough for timing, read with `checkpoint_fields` set: `--set model.max_seq_len`'s
+    context), as `--model` takes it."""
     if name_or_path in MODEL_PRESETS:
         return model_preset(name_or_path)
     if name_or_path.strip() and Path(name_or_path).exists():  # Path("") is the current directory
         from cent_serve.model.hf_config import model_config_from_hf
-        return model_config_from_hf(name_or_path)
+        return model_config_from_hf(name_or_path, **checkpoint_fields)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
                      "nor an existing checkpoint directory")

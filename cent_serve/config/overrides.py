@@ -58,6 +58,18 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
     return node, name, value
 
 
+def _served_context(overrides: list[str]) -> dict[str, int]:
+    """{"max_seq_len": N} when `overrides` set model.max_seq_len to an integer (the last one), else {}: a
+    checkpoint's config.json is read within the context served, so a sliding window that would hide keys
+    only beyond it (Qwen's, Gemma 2's) runs. A value that is no integer is left to `apply_overrides`'s refusal."""
+    found: dict[str, int] = {}
+    for item in overrides:
+        path, _, value = item.partition("=")
+        if path.strip() == "model.max_seq_len" and value.strip().isdigit():
+            found = {"max_seq_len": int(value.strip())}
+    return found
+
+
 def build_config(model: str | None = None, *, config: str | Path | None = None, devices: int | None = None,
                  pp: int | None = None, tp: int | None = None, hardware: str | None = None,
                  numerics: str | None = None, seed: int | None = None, overrides: list[str] | tuple = ()) -> CentConfig:
@@ -69,8 +81,10 @@ def build_config(model: str | None = None, *, config: str | Path | None = None, 
     every `overrides` item (`section.field=value`). ValueError, one line naming the field, the value and
     the fix (worded with the flags: `--model` is `model`, `--set` is `overrides`)."""
     cfg = load_config(config) if config else CentConfig()
+    if isinstance(overrides, str):  # one item given bare: a list of its characters would be refused one by one
+        overrides = [overrides]
     if model is not None:  # "" is refused by name, not read as "not given" (the default model)
-        cfg.model = resolve_model(str(model))
+        cfg.model = resolve_model(str(model), **_served_context(list(overrides or ())))
     if seed is not None:
         cfg.model.seed = seed
     if numerics is not None:  # False or "" are refused, not read as "not given" (auto)
@@ -85,8 +99,6 @@ def build_config(model: str | None = None, *, config: str | Path | None = None, 
     if hardware is not None:
         gpu = parse_hardware(hardware)
         cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
-    if isinstance(overrides, str):  # one item given bare: a list of its characters would be refused one by one
-        overrides = [overrides]
     cfg = apply_overrides(cfg, list(overrides or ()))
     if hardware is not None:
         _check_hardware(hardware, cfg)

@@ -398,7 +398,7 @@ def _check_gemma2_window(hf: dict, num_layers: int, context: int) -> None:
     if blocks:
         _refuse("sliding_window", window, f"a window on {len(blocks)} of {num_layers} blocks (from block {blocks[0]}) "
                 f"hides keys within the context of {context} tokens and is not modelled: set max_position_embeddings "
-                f"in config.json to at most {window}, which runs the same tokens")
+                f"in config.json, or --set model.max_seq_len, to at most {window}, which runs the same tokens")
 
 
 _EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}

@@ -625,7 +625,8 @@ def test_a_gemma2_window_that_hides_keys_is_refused_and_one_past_the_context_run
                            (dict(sliding_window=100, layer_types=["sliding_attention"] * 2), "2 of 2 blocks")):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
         with pytest.raises(ValueError, match=rf"sliding_window={change['sliding_window']} is not supported: a window on "
-                                             rf"{re.escape(blocks)}.*set max_position_embeddings in config.json to at "
+                                             rf"{re.escape(blocks)}.*set max_position_embeddings in config.json, or --set "
+                                             rf"model.max_seq_len, to at "
                                              rf"most {change['sliding_window']}, which runs the same tokens$"):
             model_config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k != "sliding_window"}))
@@ -637,3 +638,19 @@ def test_gemma2_reads_its_soft_capping_keys_without_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="cent"):
         assert model_config_from_hf(ROOT / "gemma2").attn_logit_softcapping == 2.0
     assert "not read" not in caplog.text
+
+
+def test_a_gemma2_window_runs_served_within_it_by_set_model_max_seq_len(tmp_path, capsys):
+    """The refusal's fix works as it says: `--set model.max_seq_len=8` serves the checkpoint within its
+    window of 8 (the config.json is read within that context), in `cent info` as in build_config."""
+    from cent_serve.config import build_config
+
+    base = json.loads((ROOT / "gemma2" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "sliding_window": 8}))
+    assert main(["info", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sliding_window=8 is not supported" in err and "--set model.max_seq_len" in err
+    assert build_config(str(tmp_path), overrides=["model.max_seq_len=8"]).model.max_seq_len == 8
+    assert main(["info", "--model", str(tmp_path), "--set", "model.max_seq_len=8"]) == 0
+    with pytest.raises(ValueError, match="sliding_window=8 is not supported"):
+        build_config(str(tmp_path), overrides=["model.max_seq_len=9"])
