@@ -3,9 +3,12 @@
 `model_config_from_hf` refuses such a config; a researcher bringing their own model reads in the
 one-line refusal which feature is missing (so whether a supported family would stand in for its
 shape), not only which families are supported. The facts are those of transformers' model
-definitions for each `model_type`.
+definitions for each `model_type`. Beside them, how a modelled family's class reads the keys it
+varies by (Gemma's activation, Gemma 2's windowed blocks, Qwen's).
 """
 from __future__ import annotations
+
+from cent_serve.config.model import GEMMA_TYPES
 
 UNMODELLED_FAMILIES: dict[str, str] = {
     "deepseek_v2": "multi-head latent attention (MLA: kv_lora_rank, q_lora_rank), shared experts "
@@ -88,3 +91,38 @@ def windowed_blocks(hf: dict, arch: str, num_layers: int, context: int) -> list[
     if arch == "qwen2_moe":
         return [i for i in range(num_layers) if i % 2 == 0 and i < first]
     return list(range(first, num_layers))
+
+
+def gemma_fields() -> dict:
+    """The variations every Gemma has (transformers' modeling_gemma.py): a GeGLU MLP, embeddings times
+    sqrt(hidden_size) (GemmaTextScaledWordEmbedding) and norms weighting by 1 + w (GemmaRMSNorm)."""
+    return dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0)
+
+
+GELU_TANH_NAMES = ("gelu_pytorch_tanh", "gelu")
+"""The activations a Gemma config.json may name: transformers' GemmaConfig reads the legacy `gelu` of the
+first releases as gelu_pytorch_tanh (configuration_gemma.py, `__post_init__`)."""
+
+
+def activation(hf: dict, arch: str) -> tuple[str, object]:
+    """(the key, its value) of the MLP's activation as the family's class reads it: GemmaMLP reads
+    hidden_act, Gemma2MLP hidden_activation (both default gelu_pytorch_tanh: modeling_gemma.py,
+    modeling_gemma2.py); the others hidden_act (default silu)."""
+    key = "hidden_activation" if arch == "gemma2" else "hidden_act"
+    default = "gelu_pytorch_tanh" if arch in GEMMA_TYPES else "silu"
+    value = hf.get(key)
+    return key, default if value is None else value
+
+
+def gemma2_windowed_blocks(hf: dict, num_layers: int, context: int) -> list[int]:
+    """The blocks of a Gemma 2 config.json whose sliding window would hide keys within `context`:
+    transformers' Gemma2Config windows the blocks its layer_types name "sliding_attention" (by default
+    every other one, from block 0) by sliding_window (default 4096; null: none), configuration_gemma2.py.
+    A window at least the context never hides a key."""
+    window = hf.get("sliding_window", 4096)
+    if not isinstance(window, (int, float)) or isinstance(window, bool) or not 0 < window < context:
+        return []
+    types = hf.get("layer_types")
+    if not isinstance(types, list):
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    return [i for i, kind in enumerate(types[:num_layers]) if kind == "sliding_attention"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
 from cent_serve.config.model import GEMMA_TYPES
-from cent_serve.model.families import announced_features, unmodelled_features, windowed_blocks
+from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, gemma2_windowed_blocks,
+                                       gemma_fields, unmodelled_features, windowed_blocks)
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -200,7 +201,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         quant = hf["quantization_config"]
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
-    act_key, act = _activation(hf, arch)
+    act_key, act = activation(hf, arch)
     if act not in ({"gemma": GELU_TANH_NAMES, "gemma2": GELU_TANH_NAMES[:1]}.get(arch, ("silu",))):
         _refuse(act_key, act, "the MLP is GeGLU (gelu_pytorch_tanh)" if arch in GEMMA_TYPES else "the MLP is SwiGLU (silu)")
     if _bool("mlp_bias", False):
@@ -308,7 +309,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         partial_rotary_factor=float(partial),
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
-        **(_gemma_fields() if arch in GEMMA_TYPES else {}),
+        **(gemma_fields() if arch in GEMMA_TYPES else {}),
         **(dict(sandwich_norms=True, query_pre_attn_scalar=float(_num("query_pre_attn_scalar", 256, float)),
                 # Gemma2Config's defaults 50 and 30; null: none
                 attn_logit_softcapping=float(_num("attn_logit_softcapping", 50.0, float) or 0.0),
@@ -362,40 +363,12 @@ config.json leaves out, where that is not the general default (KV heads: the que
 1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
 
 
-def _gemma_fields() -> dict:
-    """The variations every Gemma has (transformers' modeling_gemma.py): a GeGLU MLP, embeddings times
-    sqrt(hidden_size) (GemmaTextScaledWordEmbedding) and norms weighting by 1 + w (GemmaRMSNorm)."""
-    return dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0)
-
-
-GELU_TANH_NAMES = ("gelu_pytorch_tanh", "gelu")
-"""The activations a Gemma config.json may name: transformers' GemmaConfig reads the legacy `gelu` of the
-first releases as gelu_pytorch_tanh (configuration_gemma.py, `__post_init__`)."""
-
-
-def _activation(hf: dict, arch: str) -> tuple[str, object]:
-    """(the key, its value) of the MLP's activation as the family's class reads it: GemmaMLP reads
-    hidden_act, Gemma2MLP hidden_activation (both default gelu_pytorch_tanh: modeling_gemma.py,
-    modeling_gemma2.py); the others hidden_act (default silu)."""
-    key = "hidden_activation" if arch == "gemma2" else "hidden_act"
-    default = "gelu_pytorch_tanh" if arch in GEMMA_TYPES else "silu"
-    value = hf.get(key)
-    return key, default if value is None else value
-
-
 def _check_gemma2_window(hf: dict, num_layers: int, context: int) -> None:
-    """Refuse a Gemma 2 sliding window that hides keys within the context: transformers' Gemma2Config
-    windows the blocks its layer_types name sliding_attention (by default every other one from block 0)
-    by sliding_window (default 4096); the reference model has no window on some blocks only. A window
-    at least the context hides no key: such a config runs as full attention."""
-    window = hf.get("sliding_window", 4096)
-    if not isinstance(window, (int, float)) or isinstance(window, bool) or not 0 < window < context:
-        return
-    types = hf.get("layer_types")
-    if not isinstance(types, list):
-        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
-    blocks = [i for i, kind in enumerate(types[:num_layers]) if kind == "sliding_attention"]
+    """Refuse a Gemma 2 sliding window that hides keys within the context (`gemma2_windowed_blocks`): the
+    reference model has no window on some blocks only. One at least the context runs as full attention."""
+    blocks = gemma2_windowed_blocks(hf, num_layers, context)
     if blocks:
+        window = hf.get("sliding_window", 4096)
         _refuse("sliding_window", window, f"a window on {len(blocks)} of {num_layers} blocks (from block {blocks[0]}) "
                 f"hides keys within the context of {context} tokens and is not modelled: set max_position_embeddings "
                 f"in config.json, or --set model.max_seq_len, to at most {window}, which runs the same tokens")
