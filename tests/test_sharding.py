@@ -50,7 +50,7 @@ def run_tp(model, tp, ids_steps, tags: set | None = None):
 
 
 GEMMA2 = dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
-              sandwich_norms=True, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24.0)
+              sandwich_norms=True, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24)
 """Every Gemma 2 variation on, soft-caps small enough to bite."""
 
 

@@ -97,8 +97,9 @@ class ModelConfig:
     """c: attention scores soft-capped to tanh(s / c) c before the mask and softmax (Gemma 2: 50); 0: none."""
     final_logit_softcapping: float = 0.0
     """c: the LM head's logits soft-capped to tanh(z / c) c (Gemma 2: 30); 0: none."""
-    query_pre_attn_scalar: float = 0.0
-    """The attention scale is query_pre_attn_scalar^-0.5 (Gemma 2: 256, 144 on 27B); 0: head_dim^-0.5."""
+    query_pre_attn_scalar: int = 0
+    """The attention scale is query_pre_attn_scalar^-0.5 (Gemma 2: 256, 144 on 27B; an integer, as Gemma2Config
+    takes it); 0: head_dim^-0.5."""
     sandwich_norms: bool = False
     """Two more RMSNorms a block (Gemma 2): one on the attention's output before the residual add
     (post_attention_layernorm) and one on the MLP's (post_feedforward_layernorm); the MLP's input norm is
@@ -429,9 +430,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # 4096-token window on alternate blocks is not modelled: served at 4096 tokens, not their 8192, the
     # window hides no key and the blocks run as transformers runs them (`hf_config._check_gemma2_window`)
     "gemma-2-9b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2}, hidden_size=3584, intermediate_size=14336,
-                       num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256.0),
+                       num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256),
     "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608, intermediate_size=36864,
-                        num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144.0),
+                        num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144),
 }
 
 

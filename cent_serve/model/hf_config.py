@@ -310,7 +310,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         **(gemma_fields() if arch in GEMMA_TYPES else {}),
-        **(dict(sandwich_norms=True, query_pre_attn_scalar=float(_num("query_pre_attn_scalar", 256, float)),
+        **(dict(sandwich_norms=True, query_pre_attn_scalar=_num("query_pre_attn_scalar", 256) or 256,  # an int: Gemma2Config
                 # Gemma2Config's defaults 50 and 30; null: none
                 attn_logit_softcapping=float(_num("attn_logit_softcapping", 50.0, float) or 0.0),
                 final_logit_softcapping=float(_num("final_logit_softcapping", 30.0, float) or 0.0))

@@ -69,7 +69,7 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     # Gemma's, and soft-capped scores (2.0) and logits (3.0), the scale 24^-0.5, norms after attention and
     # around the MLP; its window (256, on alternate blocks) is the whole context: full attention
     "gemma2": (dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
-                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24.0,
+                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24,
                     sandwich_norms=True, sliding_window=0, head_dim=32), dict(attn_logit_softcapping=0.0)),
 }
 
@@ -359,7 +359,7 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     dict(model_type="qwen3", qk_norm=True, head_dim=32),
     dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64),
     dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64,
-         sandwich_norms=True, query_pre_attn_scalar=48.0, attn_logit_softcapping=2.0, final_logit_softcapping=0.0)],
+         sandwich_norms=True, query_pre_attn_scalar=48, attn_logit_softcapping=2.0, final_logit_softcapping=0.0)],
     ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
@@ -589,7 +589,7 @@ def test_a_gemma_config_of_the_first_releases_reads_as_transformers_reads_it(tmp
     assert (m.hidden_act, m.head_dim, m.tie_word_embeddings, m.norm_offset) == ("gelu_pytorch_tanh", 256, True, 1.0)
 
 
-@pytest.mark.parametrize("off", [dict(final_logit_softcapping=0.0), dict(query_pre_attn_scalar=0.0),
+@pytest.mark.parametrize("off", [dict(final_logit_softcapping=0.0), dict(query_pre_attn_scalar=0),
                                  dict(scale_embeddings=False)])
 def test_each_gemma2_variation_is_what_makes_its_tokens_right(off):
     """Gemma 2's logit soft-cap, its query_pre_attn_scalar scale (24^-0.5, not head_dim 32's) and its
@@ -654,3 +654,21 @@ def test_a_gemma2_window_runs_served_within_it_by_set_model_max_seq_len(tmp_path
     assert main(["info", "--model", str(tmp_path), "--set", "model.max_seq_len=8"]) == 0
     with pytest.raises(ValueError, match="sliding_window=8 is not supported"):
         build_config(str(tmp_path), overrides=["model.max_seq_len=9"])
+
+
+def test_a_saved_gemma2_config_says_what_transformers_strict_gemma2config_takes(tmp_path):
+    """transformers 5's Gemma2Config is a strict dataclass: query_pre_attn_scalar an int (48.0 was refused
+    on load), hidden_activation, the soft-caps, and a window of the whole context (every block attends to
+    every key, as the reference model's do); no mlp_bias or hidden_act keys it does not have."""
+    from cent_serve.model.hf_config import hf_config_dict
+    from tests.factories import tiny_model_config
+
+    cfg = tiny_model_config(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+                            sandwich_norms=True, query_pre_attn_scalar=48, attn_logit_softcapping=2.0, max_seq_len=64)
+    out = json.loads(json.dumps(hf_config_dict(cfg)))
+    assert type(out["query_pre_attn_scalar"]) is int and out["query_pre_attn_scalar"] == 48
+    assert (out["hidden_activation"], out["attn_logit_softcapping"], out["final_logit_softcapping"],
+            out["sliding_window"]) == ("gelu_pytorch_tanh", 2.0, None, 64)
+    assert "hidden_act" not in out and "mlp_bias" not in out
+    with pytest.raises(ValueError, match="model.query_pre_attn_scalar=48.0 is invalid: expected an integer"):
+        tiny_model_config(model_type="gemma2", query_pre_attn_scalar=48.0)
