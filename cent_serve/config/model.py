@@ -431,8 +431,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # window hides no key and the blocks run as transformers runs them (`hf_config._check_gemma2_window`)
     "gemma-2-9b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2}, hidden_size=3584, intermediate_size=14336,
                        num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256),
-    "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608, intermediate_size=36864,
-                        num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144),
+    "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608,
+                        intermediate_size=36864, num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144),
 }
 
 

@@ -310,8 +310,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         attention_bias=arch == "qwen2" or (arch == "qwen2_moe" and _bool("qkv_bias", True)),  # Qwen2MoeConfig's key
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         **(gemma_fields() if arch in GEMMA_TYPES else {}),
-        **(dict(sandwich_norms=True, query_pre_attn_scalar=_num("query_pre_attn_scalar", 256) or 256,  # an int: Gemma2Config
-                # Gemma2Config's defaults 50 and 30; null: none
+        # Gemma2Config's defaults: the scale 256 (an int), soft-caps 50 and 30 (null: none)
+        **(dict(sandwich_norms=True, query_pre_attn_scalar=_num("query_pre_attn_scalar", 256) or 256,
                 attn_logit_softcapping=float(_num("attn_logit_softcapping", 50.0, float) or 0.0),
                 final_logit_softcapping=float(_num("final_logit_softcapping", 30.0, float) or 0.0))
            if arch == "gemma2" else {}),
@@ -432,7 +432,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                          f"{cfg.model_type!r} checkpoint: transformers windows every block of it or none; use "
                          f"model.model_type {' or '.join(map(repr, _PER_BLOCK_WINDOWS))}")
     gemma = cfg.model_type in GEMMA_TYPES
-    if (cfg.hidden_act, cfg.scale_embeddings, cfg.norm_offset) != (("gelu_pytorch_tanh", True, 1.0) if gemma else ("silu", False, 0.0)):
+    if (cfg.hidden_act, cfg.scale_embeddings, cfg.norm_offset) != \
+            (("gelu_pytorch_tanh", True, 1.0) if gemma else ("silu", False, 0.0)):
         raise ValueError(f"model.hidden_act={cfg.hidden_act!r}, model.scale_embeddings={cfg.scale_embeddings} and "
                          f"model.norm_offset={cfg.norm_offset} cannot be saved as a model_type={cfg.model_type!r} "
                          "checkpoint: a gemma config has gelu_pytorch_tanh, True and 1.0, the other families silu, False "

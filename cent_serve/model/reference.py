@@ -83,8 +83,9 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
 
 
 def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
-    """The block's MLP on normed input h (seq, D): SwiGLU (GeGLU: `ModelConfig.hidden_act`), or a mixture of SwiGLU experts (plus a gated
-    shared expert, Qwen 2 MoE: the routed experts' sum, then the shared expert's output added)."""
+    """The block's MLP on normed input h (seq, D): SwiGLU (Gemma's GeGLU: `ModelConfig.hidden_act`), or a
+    mixture of SwiGLU experts (plus a gated shared expert, Qwen 2 MoE: the routed experts' sum, then the
+    shared expert's output added)."""
     if cfg.is_moe:
         out = moe(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, w.experts_gate, w.experts_up,
                   w.experts_down)
