@@ -40,21 +40,24 @@ def test_gemma_presets_have_the_published_parameter_counts(name):
 
 
 @pytest.mark.parametrize("name", ["gemma-2-9b", "gemma-2-27b"])
-def test_gemma2_presets_serve_the_context_their_window_covers(name, tmp_path):
-    """A Gemma 2 preset serves 4096 tokens, its window: saved as a checkpoint, it reads back (an
-    8192-token context would be refused: its window would hide keys on alternate blocks)."""
+def test_gemma2_presets_window_every_other_block_and_save_as_transformers_reads_them(name, tmp_path):
+    """A Gemma 2 preset serves the published 8192 tokens with its 4096-token window on blocks 0, 2, 4,
+    ... (Gemma2Config's default layer_types); saved as a checkpoint it reads back the same, and so does
+    its config.json without layer_types (the default pattern) or with the window left out (4096)."""
     import dataclasses
 
     from cent_serve.model.hf_config import hf_config_dict, model_config_from_hf
 
     m = model_preset(name)
-    assert m.max_seq_len == 4096 and m.sliding_window == 0
-    (tmp_path / "config.json").write_text(json.dumps(dict(hf_config_dict(m), sliding_window=4096)))
-    assert dataclasses.replace(model_config_from_hf(tmp_path), name=name, checkpoint=None, weight_dtype=m.weight_dtype) == m
-    (tmp_path / "config.json").write_text(json.dumps(dict(hf_config_dict(m), sliding_window=4096,
-                                                          max_position_embeddings=8192)))
-    with pytest.raises(ValueError, match="sliding_window=4096 is not supported"):
-        model_config_from_hf(tmp_path)
+    assert (m.max_seq_len, m.sliding_window) == (8192, 4096)
+    assert m.block_windows == tuple(4096 if b % 2 == 0 else 0 for b in range(m.num_layers))
+    written = hf_config_dict(m)
+    assert written["layer_types"][:3] == ["sliding_attention", "full_attention", "sliding_attention"]
+    for change in ({}, dict(layer_types=None), dict(sliding_window=None)):
+        cfg = {k: v for k, v in {**written, **change}.items() if v is not None}
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        back = model_config_from_hf(tmp_path)
+        assert dataclasses.replace(back, name=name, checkpoint=None, weight_dtype=m.weight_dtype) == m, change
 
 
 @pytest.mark.parametrize("kwargs, field", [

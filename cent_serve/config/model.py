@@ -369,8 +369,14 @@ _LLAMA31_ROPE = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1
 _GEMMA = dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=256, vocab_size=256000,
               max_seq_len=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1)
 """What every Gemma's config.json sets alike (transformers' GemmaConfig defaults, google/gemma-* configs)."""
-_GEMMA2 = dict(sandwich_norms=True, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_seq_len=4096)
-"""What Gemma 2 adds (google/gemma-2-* config.json), its context the window's (`MODEL_PRESETS`)."""
+_GEMMA2 = dict(sandwich_norms=True, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096)
+"""What Gemma 2 adds (google/gemma-2-* config.json): its window on every other block (`_alternate`)."""
+
+
+def _alternate(num_layers: int) -> tuple[str, ...]:
+    """Gemma2Config's default layer_types: a window on every other block, from block 0."""
+    return tuple("sliding_attention" if b % 2 == 0 else "full_attention" for b in range(num_layers))
+
 # docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
@@ -426,13 +432,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                      num_heads=8, num_kv_heads=1),
     "gemma-7b": dict(model_type="gemma", **_GEMMA, hidden_size=3072, intermediate_size=24576, num_layers=28,
                      num_heads=16, num_kv_heads=16),
-    # google/gemma-2-9b and gemma-2-27b config.json (9,241,705,984 and 27,227,128,320 parameters). Their
-    # 4096-token window on alternate blocks is not modelled: served at 4096 tokens, not their 8192, the
-    # window hides no key and the blocks run as transformers runs them (`hf_config._check_gemma2_window`)
+    # google/gemma-2-9b and gemma-2-27b config.json (9,241,705,984 and 27,227,128,320 parameters): an
+    # 8192-token context, a 4096-token window on every other block
     "gemma-2-9b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2}, hidden_size=3584, intermediate_size=14336,
-                       num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256),
+                       num_layers=42, num_heads=16, num_kv_heads=8, query_pre_attn_scalar=256, layer_types=_alternate(42)),
     "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608,
-                        intermediate_size=36864, num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144),
+                        intermediate_size=36864, num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144,
+                        layer_types=_alternate(46)),
 }
 
 

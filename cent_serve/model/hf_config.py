@@ -27,9 +27,10 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
 _FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"),
-                        sliding_window=("mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe", "qwen2_moe"))
+                        sliding_window=("mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe", "qwen2_moe",
+                                        "gemma2"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
-_PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe")
+_PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe", "gemma2")
 """The families whose config.json can window some blocks only (`layer_types`: Mistral's read as Ministral's)."""
 PHI3_ROPE_TYPES = ("default", "longrope")
 """The rotary scalings transformers' Phi3Config takes (it renames the older su and yarn to longrope,
@@ -66,6 +67,19 @@ _IGNORED_BY = {"llama": "LlamaForCausalLM ignores it and windows no block",
 """What transformers does with the `layer_types` of a family whose config has none."""
 
 
+def _check_layer_types(types, num_layers: int) -> None:
+    """Refuse a config.json's layer_types naming a kind of attention that is not modelled, or not one
+    entry a block."""
+    kinds = ("full_attention", "sliding_attention")
+    odd = sorted({str(t) for t in types} - set(kinds)) if isinstance(types, list) else [types]
+    if odd:
+        _refuse("layer_types", odd[0] if len(odd) == 1 else odd, f"a list of {' and '.join(kinds)} blocks is "
+                "modelled (other kinds of attention are not): fix the list, or remove layer_types")
+    if len(types) != num_layers:
+        raise ValueError(f"model.checkpoint: layer_types names {len(types)} blocks, not num_hidden_layers="
+                         f"{num_layers}: give one entry a block (transformers requires it), or remove layer_types")
+
+
 def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, window: int) -> dict:
     """The window fields (sliding_window, layer_types) of a Llama, Mistral or Mixtral config.json with
     `layer_types` (`window` on every block without). transformers reads a Mistral's as Ministral's
@@ -76,14 +90,7 @@ def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, wind
     types = hf.get("layer_types")
     if types is None:
         return dict(sliding_window=window, layer_types=())
-    kinds = ("full_attention", "sliding_attention")
-    odd = sorted({str(t) for t in types} - set(kinds)) if isinstance(types, list) else [types]
-    if odd:
-        _refuse("layer_types", odd[0] if len(odd) == 1 else odd, f"a list of {' and '.join(kinds)} blocks is "
-                "modelled (other kinds of attention are not): fix the list, or remove layer_types")
-    if len(types) != num_layers:
-        raise ValueError(f"model.checkpoint: layer_types names {len(types)} blocks, not num_hidden_layers="
-                         f"{num_layers}: give one entry a block (transformers requires it), or remove layer_types")
+    _check_layer_types(types, num_layers)
     sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
     size = hf.get("sliding_window") if arch == "llama" else window  # a Llama's window is never applied
     hides = isinstance(size, (int, float)) and not isinstance(size, bool) and 0 < size < context
@@ -120,8 +127,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
     (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding, its 128k
     variants' longrope), Gemma (GeGLU, embeddings times sqrt(D), norms weighting by 1 + w), Gemma 2
-    (soft-capping, its attention scale, norms after attention and around the MLP; its window within the context
-    refused), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    (soft-capping, its attention scale, norms after attention and around the MLP, a window on alternate
+    blocks), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
     (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
     cannot run is refused by name."""
     path = Path(path)
@@ -337,9 +344,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if arch in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):  # within the context served (a yarn rope's,
         # --set model.max_seq_len's)
         fields.update(_qwen_window(hf, arch, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
+    if arch == "gemma2":  # its window on the blocks Gemma2Config's layer_types name, within the context served
+        fields.update(_gemma2_window(hf, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
     fields.update(overrides)
-    if arch == "gemma2":
-        _check_gemma2_window(hf, fields["num_layers"], fields["max_seq_len"])
     try:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from
@@ -363,15 +370,15 @@ config.json leaves out, where that is not the general default (KV heads: the que
 1e4; rms_norm_eps 1e-6; no window); a key given as null reads as that general default."""
 
 
-def _check_gemma2_window(hf: dict, num_layers: int, context: int) -> None:
-    """Refuse a Gemma 2 sliding window that hides keys within the context (`gemma2_windowed_blocks`): the
-    reference model has no window on some blocks only. One at least the context runs as full attention."""
+def _gemma2_window(hf: dict, num_layers: int, context: int) -> dict:
+    """The window fields of a Gemma 2 config.json (`gemma2_windowed_blocks`: Gemma2Config's blocks, by
+    default every other one from block 0; a window that hides no key within the context read as none)."""
+    if isinstance(types := hf.get("layer_types"), list):
+        _check_layer_types(types, num_layers)
     blocks = gemma2_windowed_blocks(hf, num_layers, context)
-    if blocks:
-        window = hf.get("sliding_window", 4096)
-        _refuse("sliding_window", window, f"a window on {len(blocks)} of {num_layers} blocks (from block {blocks[0]}) "
-                f"hides keys within the context of {context} tokens and is not modelled: set max_position_embeddings "
-                f"in config.json, or --set model.max_seq_len, to at most {window}, which runs the same tokens")
+    if not blocks:
+        return dict(sliding_window=0, layer_types=())
+    return dict(sliding_window=int(hf.get("sliding_window", 4096)), layer_types=_layer_types(blocks, num_layers))
 
 
 _EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}
@@ -472,10 +479,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out.update(partial_rotary_factor=cfg.partial_rotary_factor, pad_token_id=None)
     if cfg.model_type in GEMMA_TYPES:  # GemmaConfig has no mlp_bias (GemmaMLP has no biases)
         del out["mlp_bias"]
-    if cfg.model_type == "gemma2":  # Gemma2MLP reads hidden_activation; a window of the whole context windows
-        # nothing (the reference model's full attention), on the blocks Gemma2Config's layer_types window
+    if cfg.model_type == "gemma2":  # Gemma2MLP reads hidden_activation; its window: `_window_keys`
         out["hidden_activation"] = out.pop("hidden_act")
-        out.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim, sliding_window=cfg.max_seq_len,
+        out.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
                    attn_logit_softcapping=cfg.attn_logit_softcapping or None,
                    final_logit_softcapping=cfg.final_logit_softcapping or None)
     if cfg.model_type == "mixtral":
@@ -503,7 +509,7 @@ def _window_keys(cfg: ModelConfig) -> dict:
     Mixtral and Phi-3 a sliding_window (and a Mistral windowing some blocks its layer_types, which
     transformers reads as Ministral's); the Qwen families use_sliding_window with the window and, but for
     Qwen 3 MoE (every block), layer_types naming every block's attention (read instead of
-    max_window_layers)."""
+    max_window_layers); Gemma 2 its window and layer_types."""
     windows = cfg.block_windows
     types = ["sliding_attention" if w else "full_attention" for w in windows]
     if cfg.model_type in ("mistral", "mixtral", "phi3"):
@@ -511,6 +517,9 @@ def _window_keys(cfg: ModelConfig) -> dict:
         if cfg.model_type == "mistral" and len(set(windows)) > 1:
             out["layer_types"] = types
         return out
+    if cfg.model_type == "gemma2":  # Gemma2Config has no null window: the whole context's windows nothing
+        return dict(sliding_window=cfg.sliding_window, layer_types=types) if any(windows) else \
+            dict(sliding_window=cfg.max_seq_len)
     if cfg.model_type not in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
         return {}
     if not any(windows):

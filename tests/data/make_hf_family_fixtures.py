@@ -30,9 +30,12 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
   hidden 64 and 4 heads, tied embeddings);
 - gemma2: Gemma 2 (Gemma's, and soft-caps small enough to bite: attention 2.0, logits 3.0; the attention
   scale 24^-0.5, not head_dim 32's; norms after attention and around the MLP; its window on alternate
-  blocks of 256, the whole context, so it runs as full attention).
+  blocks of 256, the whole context, so it runs as full attention);
+- gemma2_window: Gemma 2's of 3 blocks with its window of 8, shorter than every prompt, on the blocks
+  Gemma2Config's layer_types windows by default (every other one from block 0: blocks 0 and 2).
 
-Every model: hidden 64, 2 layers (qwen2_window 3), 4 query / 2 KV heads, vocabulary 512, random norms and biases.
+Every model: hidden 64, 2 layers (qwen2_window and gemma2_window 3), 4 query / 2 KV heads, vocabulary 512,
+random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
 make_hf_fixture.py). Regenerate (CI never does; the suite reads the committed files):
 
@@ -91,8 +94,12 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=32, hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0, tie_word_embeddings=True,
         query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=256)),
+    "gemma2_window": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        num_hidden_layers=3, head_dim=32, hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0,
+        tie_word_embeddings=True, query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+        sliding_window=8)),
 }
-OFFSET_NORMS = ("gemma", "gemma2")
+OFFSET_NORMS = ("gemma", "gemma2", "gemma2_window")
 """Families whose norms weight by 1 + w: their random norm weights are drawn around 0, not 1."""
 
 

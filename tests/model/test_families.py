@@ -71,6 +71,10 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     "gemma2": (dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
                     attn_logit_softcapping=2.0, final_logit_softcapping=3.0, query_pre_attn_scalar=24,
                     sandwich_norms=True, sliding_window=0, head_dim=32), dict(attn_logit_softcapping=0.0)),
+    # Gemma 2's window (8, shorter than the prompts) on the blocks Gemma2Config windows: 0 and 2 of 3
+    "gemma2_window": (dict(model_type="gemma2", attn_logit_softcapping=2.0, sandwich_norms=True, sliding_window=8,
+                           layer_types=("sliding_attention", "full_attention", "sliding_attention")),
+                      dict(layer_types=())),
 }
 
 
@@ -307,7 +311,7 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral",
-                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2"])
+                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2", "gemma2_window"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -611,27 +615,29 @@ def test_gemma2_extra_norms_are_what_makes_its_tokens_right():
     assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
 
 
-def test_a_gemma2_window_that_hides_keys_is_refused_and_one_past_the_context_runs(tmp_path):
-    """Gemma2Config windows alternate blocks (layer_types, by default from block 0) by sliding_window
-    (default 4096): one within the context is refused in one line naming it and the fix; at least the
-    context (or null, or on no block) it hides no key and runs as full attention."""
+def test_a_gemma2_window_falls_on_the_blocks_its_layer_types_name(tmp_path):
+    """Gemma2Config windows the blocks its layer_types name sliding_attention (by default every other
+    one from block 0) by sliding_window (default 4096): read so, with one entry a block of the two kinds
+    (else refused in one line); a window at least the context (or null, or on no block) hides no key
+    and runs as full attention."""
     base = json.loads((ROOT / "gemma2" / "config.json").read_text())
     for change in (dict(sliding_window=256), dict(sliding_window=None), dict(sliding_window=8, max_position_embeddings=8),
                    dict(sliding_window=8, layer_types=["full_attention"] * 2)):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
-        assert model_config_from_hf(tmp_path).sliding_window == 0, change
-    for change, blocks in ((dict(sliding_window=8), "1 of 2 blocks (from block 0)"),
-                           ({"sliding_window": 8, "layer_types": None}, "1 of 2 blocks (from block 0)"),
-                           (dict(sliding_window=100, layer_types=["sliding_attention"] * 2), "2 of 2 blocks")):
+        assert model_config_from_hf(tmp_path).block_windows == (0, 0), change
+    for change, windows in ((dict(sliding_window=8), (8, 0)), ({"sliding_window": 8, "layer_types": None}, (8, 0)),
+                            (dict(sliding_window=8, layer_types=["full_attention", "sliding_attention"]), (0, 8)),
+                            (dict(sliding_window=100, layer_types=["sliding_attention"] * 2), (100, 100))):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
-        with pytest.raises(ValueError, match=rf"sliding_window={change['sliding_window']} is not supported: a window on "
-                                             rf"{re.escape(blocks)}.*set max_position_embeddings in config.json, or --set "
-                                             rf"model.max_seq_len, to at "
-                                             rf"most {change['sliding_window']}, which runs the same tokens$"):
-            model_config_from_hf(tmp_path)
+        assert model_config_from_hf(tmp_path).block_windows == windows, change
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in base.items() if k != "sliding_window"}))
-    with pytest.raises(ValueError, match="sliding_window=4096 is not supported"):  # Gemma2Config's default window
-        model_config_from_hf(tmp_path, max_seq_len=8192)
+    assert model_config_from_hf(tmp_path, max_seq_len=8192).block_windows == (4096, 0)  # Gemma2Config's default
+    for types, what in ((["global", "full_attention"], "layer_types='global' is not supported"),
+                        (["full_attention"] * 3, "layer_types names 3 blocks, not num_hidden_layers=2")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "sliding_window": 8, "layer_types": types}))
+        with pytest.raises(ValueError, match=what) as err:
+            model_config_from_hf(tmp_path)
+        assert "\n" not in str(err.value)
 
 
 def test_gemma2_reads_its_soft_capping_keys_without_a_warning(caplog):
@@ -640,26 +646,23 @@ def test_gemma2_reads_its_soft_capping_keys_without_a_warning(caplog):
     assert "not read" not in caplog.text
 
 
-def test_a_gemma2_window_runs_served_within_it_by_set_model_max_seq_len(tmp_path, capsys):
-    """The refusal's fix works as it says: `--set model.max_seq_len=8` serves the checkpoint within its
-    window of 8 (the config.json is read within that context), in `cent info` as in build_config."""
+def test_a_gemma2_window_is_read_within_the_context_set_model_max_seq_len_serves(tmp_path, capsys):
+    """`--set model.max_seq_len` reaches the config.json's reading: served within its window of 8 the
+    checkpoint has no window (it hides no key), past it block 0 has it, in `cent info` as in build_config."""
     from cent_serve.config import build_config
 
     base = json.loads((ROOT / "gemma2" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**base, "sliding_window": 8}))
-    assert main(["info", "--model", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sliding_window=8 is not supported" in err and "--set model.max_seq_len" in err
-    assert build_config(str(tmp_path), overrides=["model.max_seq_len=8"]).model.max_seq_len == 8
+    assert main(["info", "--model", str(tmp_path)]) == 0
+    assert build_config(str(tmp_path), overrides=["model.max_seq_len=8"]).model.block_windows == (0, 0)
+    assert build_config(str(tmp_path), overrides=["model.max_seq_len=9"]).model.block_windows == (8, 0)
     assert main(["info", "--model", str(tmp_path), "--set", "model.max_seq_len=8"]) == 0
-    with pytest.raises(ValueError, match="sliding_window=8 is not supported"):
-        build_config(str(tmp_path), overrides=["model.max_seq_len=9"])
 
 
 def test_a_saved_gemma2_config_says_what_transformers_strict_gemma2config_takes(tmp_path):
     """transformers 5's Gemma2Config is a strict dataclass: query_pre_attn_scalar an int (48.0 was refused
-    on load), hidden_activation, the soft-caps, and a window of the whole context (every block attends to
-    every key, as the reference model's do); no mlp_bias or hidden_act keys it does not have."""
+    on load), hidden_activation, the soft-caps, and without a window one of the whole context (every block
+    attends to every key, as the reference model's do); no mlp_bias or hidden_act keys it does not have."""
     from cent_serve.model.hf_config import hf_config_dict
     from tests.factories import tiny_model_config
 
