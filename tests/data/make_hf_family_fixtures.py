@@ -130,6 +130,11 @@ def build(name: str, seed: int = 0):
                 p.copy_(0.3 * torch.randn_like(p))
             elif p.dim() >= 2:  # matrices, and transformers 5's fused expert stacks (E, out, in)
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+                if name in OFFSET_NORMS and pname.endswith("embed_tokens.weight"):
+                    # Gemma multiplies its embeddings by sqrt(hidden): drawn as the others', they would
+                    # outweigh the blocks and, tied to the head, every greedy token would echo the last
+                    # one, which checks no decode step; divided by it, the stream starts as the others'
+                    p.div_(config.hidden_size ** 0.5)
     return model.to(torch.bfloat16).eval(), model_cls
 
 
