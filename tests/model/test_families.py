@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
