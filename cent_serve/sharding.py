@@ -216,11 +216,12 @@ class ShardKV:
 
 
 def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, kv: ShardKV,
-                    layer: int, window: int) -> np.ndarray:
+                    layer: int, window: int, local_rope: bool = False) -> np.ndarray:
     """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd). `layer` indexes
-    `kv` (the blocks resident here); `window` is the block's own (`ModelConfig.block_window`; 0: none)."""
+    `kv` (the blocks resident here); `window` is the block's own (`ModelConfig.block_window`; 0: none),
+    and so is `local_rope` (`ModelConfig.is_local_rope`: Gemma 3's sliding blocks' rotary table)."""
     seq, hd = h.shape[0], cfg.head_dim
-    q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms)  # (nq | nkv, seq, hd)
+    q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms, local_rope)  # (nq | nkv, seq, hd)
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
     r, kv_of_q = s.query_groups
     if kv_of_q is not None:
@@ -241,8 +242,9 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result.
     `layer` indexes `kv`; `block` is the model's block index, which sets its window (default: `layer`)."""
     h = model_norm(cfg, x, s.input_norm)
-    window = cfg.block_window(layer if block is None else block)
-    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, window))  # (seq, H*hd)
+    b = layer if block is None else block
+    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, cfg.block_window(b),
+                                              cfg.is_local_rope(b)))  # (seq, H*hd)
     x = x + out_norm(cfg, all_gather("o_proj", attn @ s.wo.T), s.attn_out_norm)  # (seq, D)
     h = model_norm(cfg, x, s.post_norm)
     if cfg.is_moe:

@@ -276,9 +276,9 @@ class DeviceWorker:
 
         cfg, sh, layer = self.cfg.model, self.shards[b], self._local_layer[b]
         h = model_norm(cfg, x, sh.input_norm)
-        window = cfg.block_window(b)
-        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer, window)
-                 for i, s in enumerate(seqs)]
+        window, local_rope = cfg.block_window(b), cfg.is_local_rope(b)
+        parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer, window,
+                                 local_rope) for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
         o = yield from self._gather("o_proj", attn @ sh.wo.T)
         x = x + out_norm(cfg, o, sh.attn_out_norm)

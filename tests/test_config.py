@@ -39,6 +39,33 @@ def test_gemma_presets_have_the_published_parameter_counts(name):
     assert m.sandwich_norms == (m.model_type == "gemma2")  # two more norms a block: 2 D counted (9B: 301,056)
 
 
+GEMMA3_PARAMS = {"gemma-3-1b": 999_885_952, "gemma-3-4b": 3_880_263_168, "gemma-3-12b": 11_766_034_176,
+                 "gemma-3-27b": 27_009_346_304}
+"""Gemma 3's text models: google/gemma-3-1b-pt's parameters (the hub's 1.0 B), and the language models of
+gemma-3-4b-pt, 12b-pt and 27b-pt (the hub's 4.3 B, 12.2 B and 27.4 B with the 0.4 B SigLIP vision tower)."""
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA3_PARAMS))
+def test_gemma3_presets_have_their_text_models_parameter_counts(name, tmp_path):
+    """A Gemma 3 preset's parameters: Gemma 2's block (four norms of D) with q/k norms (2 head_dim) and
+    no soft-capping, counted by hand for the 1B (D 1152, H 4, Hkv 1, hd 256, F 6912, 26 blocks, 262,144
+    tokens); its window on five blocks of six, the full ones' rope scaled; saved as a config.json, it reads
+    back as itself."""
+    import dataclasses
+
+    from cent_serve.model.hf_config import hf_config_dict, model_config_from_hf
+
+    m = model_preset(name)
+    assert m.param_count() == GEMMA3_PARAMS[name]
+    block = 1152 * 1024 * 2 + 2 * 1152 * 256 + 2 * 256 + 4 * 1152 + 3 * 1152 * 6912
+    assert GEMMA3_PARAMS["gemma-3-1b"] == 26 * block + 262144 * 1152 + 1152
+    assert (m.attn_logit_softcapping, m.final_logit_softcapping, m.qk_norm, m.sandwich_norms) == (0.0, 0.0, True, True)
+    assert [b for b, w in enumerate(m.block_windows) if not w] == list(range(5, m.num_layers, 6))
+    assert (m.rope_type, m.rope_theta, m.rope_local_theta) == ("default" if name == "gemma-3-1b" else "linear", 1e6, 1e4)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(m)))
+    assert dataclasses.replace(model_config_from_hf(tmp_path), name=name, checkpoint=None, weight_dtype=m.weight_dtype) == m
+
+
 @pytest.mark.parametrize("name", ["gemma-2-9b", "gemma-2-27b"])
 def test_gemma2_presets_window_every_other_block_and_save_as_transformers_reads_them(name, tmp_path):
     """A Gemma 2 preset serves the published 8192 tokens with its 4096-token window on blocks 0, 2, 4,

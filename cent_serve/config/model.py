@@ -11,15 +11,17 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _factors_text, _ids_text, _words_text
 
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2",
+               "gemma3_text")
 """Families the reference model runs (Hugging Face `model_type`)."""
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe")
 """The mixture-of-experts families among them."""
 LAYER_TYPES = ("full_attention", "sliding_attention")
 """The kinds of attention block (transformers' `layer_types` words)."""
-GEMMA_TYPES = ("gemma", "gemma2")
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 """Google's Gemma families: a GeGLU MLP, embeddings scaled by sqrt(D), norms weighting by 1 + w (Gemma 2
-adds logit soft-capping, its own attention scale and norms after attention and around the MLP)."""
+adds logit soft-capping, its own attention scale and norms after attention and around the MLP; Gemma 3's
+text model drops the soft-capping and adds q/k norms and a rope base of its own on the windowed blocks)."""
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 """The gated MLP's activations (transformers' `ACT2FN` names): SwiGLU's, and Gemma's GeGLU's."""
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
@@ -55,13 +57,16 @@ class ModelConfig:
     context times the factor (Qwen3 with yarn 4x: 32,768 x 4 = 131,072)."""
     rope_theta: float = 10000.0
     """Rotary embedding base (Hugging Face `rope_theta`)."""
+    rope_local_theta: float = 0.0
+    """The rotary base of the sliding_attention blocks, with no scaling (Gemma 3's rope_local_base_freq,
+    10,000; its full blocks take rope_theta, 1e6, and the rope scaling); 0: every block as rope_theta."""
     rms_norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     tie_word_embeddings: bool = False
     """Whether the LM head reuses the embedding matrix."""
     model_type: str = "llama"
     """The family (Hugging Face `model_type`): `llama`, `mistral`, `qwen2`, `qwen3`, `mixtral`,
-    `qwen3_moe`, `qwen2_moe`, `phi3`, `gemma` or `gemma2`. The families differ only by the named variations below, which a
+    `qwen3_moe`, `qwen2_moe`, `phi3`, `gemma`, `gemma2` or `gemma3_text`. The families differ only by the named variations below, which a
     checkpoint's config.json sets (Phi-3's checkpoints also fuse q/k/v and gate/up into one tensor each:
     split on load)."""
     attention_bias: bool = False
@@ -263,6 +268,11 @@ class ModelConfig:
             return self.sliding_window
         return self.sliding_window if self.layer_types[block] == "sliding_attention" else 0
 
+    def is_local_rope(self, block: int) -> bool:
+        """Whether block `block` turns q and k by `rope_local_theta` unscaled (a windowed block of a model
+        that sets it: Gemma 3's sliding_attention blocks) rather than by rope_theta and the rope scaling."""
+        return bool(self.rope_local_theta) and self.block_window(block) > 0
+
     @property
     def block_windows(self) -> tuple[int, ...]:
         """Every block's window (`block_window`), in block order."""
@@ -377,6 +387,23 @@ def _alternate(num_layers: int) -> tuple[str, ...]:
     """Gemma2Config's default layer_types: a window on every other block, from block 0."""
     return tuple("sliding_attention" if b % 2 == 0 else "full_attention" for b in range(num_layers))
 
+
+_GEMMA3 = dict(model_type="gemma3_text", sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=256,
+               rope_theta=1e6, rope_local_theta=1e4, sliding_window=1024, max_seq_len=131072, vocab_size=262208,
+               extra_eos_token_ids=(106,))
+"""What Gemma 3's text models add (google/gemma-3-*: text_config of the 4B, 12B and 27B config.json, the 1B's
+own): q/k norms, Gemma 2's norms and scale without soft-capping, a 1024 window on five blocks of six
+(`gemma3_layer_types`) whose rope base is 10,000, the full blocks' 1e6 scaled linearly by 8; eos 1 and
+<end_of_turn> 106."""
+_GEMMA3_SCALED = dict(rope_type="linear", rope_factor=8.0, rope_original_max_position=0)
+
+
+def gemma3_layer_types(num_layers: int) -> tuple[str, ...]:
+    """Gemma 3's blocks: every sixth full attention, the others windowed (Gemma3TextConfig's default
+    layer_types from sliding_window_pattern 6, configuration_gemma3.py)."""
+    return tuple("sliding_attention" if (b + 1) % 6 else "full_attention" for b in range(num_layers))
+
+
 # docs/hardware_model.md section 2 (Llama2 dimensions); rope/eps/max_seq_len from the Llama 2 release configs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_layers=8, num_heads=8, num_kv_heads=2,
@@ -439,6 +466,19 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "gemma-2-27b": dict(model_type="gemma2", **{**_GEMMA, **_GEMMA2, "head_dim": 128}, hidden_size=4608,
                         intermediate_size=36864, num_layers=46, num_heads=32, num_kv_heads=16, query_pre_attn_scalar=144,
                         layer_types=_alternate(46)),
+    # Gemma 3's text models: google/gemma-3-1b-pt config.json (999,885,952 parameters), and the text_config of
+    # gemma-3-4b-pt, 12b-pt and 27b-pt (their language models' 3,880,263,168, 11,766,034,176 and 27,009,346,304,
+    # counted from the config; the hub's 4.3 B, 12.2 B and 27.4 B add the SigLIP vision tower, not modelled)
+    "gemma-3-1b": dict(**{**_GEMMA, **_GEMMA3, "sliding_window": 512, "max_seq_len": 32768, "vocab_size": 262144},
+                       hidden_size=1152, intermediate_size=6912, num_layers=26, num_heads=4, num_kv_heads=1,
+                       layer_types=gemma3_layer_types(26)),
+    "gemma-3-4b": dict(**{**_GEMMA, **_GEMMA3, **_GEMMA3_SCALED}, hidden_size=2560, intermediate_size=10240,
+                       num_layers=34, num_heads=8, num_kv_heads=4, layer_types=gemma3_layer_types(34)),
+    "gemma-3-12b": dict(**{**_GEMMA, **_GEMMA3, **_GEMMA3_SCALED}, hidden_size=3840, intermediate_size=15360,
+                        num_layers=48, num_heads=16, num_kv_heads=8, layer_types=gemma3_layer_types(48)),
+    "gemma-3-27b": dict(**{**_GEMMA, **_GEMMA3, **_GEMMA3_SCALED, "head_dim": 128, "query_pre_attn_scalar": 168},
+                        hidden_size=5376, intermediate_size=21504, num_layers=62, num_heads=32, num_kv_heads=16,
+                        layer_types=gemma3_layer_types(62)),
 }
 
 

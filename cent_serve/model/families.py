@@ -19,11 +19,8 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",
-    "gemma3_text": "sliding-window attention in five blocks of six with their own rope base "
-                   "(rope_local_base_freq), q/k norms, extra norms after attention and around the MLP, "
-                   "and a GeGLU MLP",
-    "gemma3": "a vision encoder and, in its text model, sliding-window attention in five blocks of six, "
-              "q/k norms, extra norms after attention and around the MLP, and a GeGLU MLP",
+    "gemma3": "a vision encoder (vision_config: Gemma3ForConditionalGeneration); its language model is a "
+              "gemma3_text one, which runs (its text_config as config.json, the model.language_model tensors)",
     "phi": "attention and MLP in parallel from one LayerNorm, a partial rotary embedding and a GELU "
            "MLP with biases",
     "gpt_oss": "attention sinks, sliding-window attention in alternate blocks, biases on attention and "
@@ -50,9 +47,10 @@ not in `UNMODELLED_FAMILIES` (a fine-tune's own name, a newer family)."""
 
 
 _READ_BY = {"shared_expert_intermediate_size": ("qwen2_moe",), "attn_logit_softcapping": ("gemma2",),
-            "final_logit_softcapping": ("gemma2",)}
+            "final_logit_softcapping": ("gemma2", "gemma3_text")}
 """Keys of `_FEATURE_KEYS` that a supported family's class reads (Qwen 2 MoE's shared expert, Gemma 2's
-soft-capping: modelled)."""
+soft-capping, Gemma 3's final one: modelled; Gemma3Attention never passes attn_logit_softcapping to its
+attention, modeling_gemma3.py, so a gemma3_text config's is warned as not read)."""
 
 
 def announced_features(hf: dict, model_type: str | None = None) -> list[str]:
@@ -108,7 +106,7 @@ def activation(hf: dict, arch: str) -> tuple[str, object]:
     """(the key, its value) of the MLP's activation as the family's class reads it: GemmaMLP reads
     hidden_act, Gemma2MLP hidden_activation (both default gelu_pytorch_tanh: modeling_gemma.py,
     modeling_gemma2.py); the others hidden_act (default silu)."""
-    key = "hidden_activation" if arch == "gemma2" else "hidden_act"
+    key = "hidden_activation" if arch in ("gemma2", "gemma3_text") else "hidden_act"  # Gemma3MLP's too
     default = "gelu_pytorch_tanh" if arch in GEMMA_TYPES else "silu"
     value = hf.get(key)
     return key, default if value is None else value

@@ -11,12 +11,13 @@ from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
 from cent_serve.config.model import GEMMA_TYPES
 from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, gemma2_windowed_blocks,
                                        gemma_fields, unmodelled_features, windowed_blocks)
+from cent_serve.model import gemma3
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
                  "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM",
-                 "gemma2": "Gemma2ForCausalLM"}
+                 "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -26,11 +27,11 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
                    "yarn": ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
                             "truncate", "original_max_position_embeddings")}
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
-_FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe"),
+_FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe", "gemma3_text"),
                         sliding_window=("mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe", "qwen2_moe",
-                                        "gemma2"))
+                                        "gemma2", "gemma3_text"), rope_local_theta=("gemma3_text",))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
-_PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe", "gemma2")
+_PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text")
 """The families whose config.json can window some blocks only (`layer_types`: Mistral's read as Ministral's)."""
 PHI3_ROPE_TYPES = ("default", "longrope")
 """The rotary scalings transformers' Phi3Config takes (it renames the older su and yarn to longrope,
@@ -183,6 +184,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
                 + f"supported families: {', '.join(ARCHITECTURES)}")
     family = _FAMILY_DEFAULTS.get(arch, {})
+    if arch == "gemma3_text":  # its rope per layer type: the full blocks' read as every family's
+        hf, local_theta = gemma3.flattened(hf)
     moe = {}
     if arch in MOE_TYPES:
         if hf.get("shared_expert_intermediate_size") and arch != "qwen2_moe":
@@ -209,7 +212,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
                 "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
     act_key, act = activation(hf, arch)
-    if act not in ({"gemma": GELU_TANH_NAMES, "gemma2": GELU_TANH_NAMES[:1]}.get(arch, ("silu",))):
+    if act not in ({"gemma": GELU_TANH_NAMES, "gemma2": GELU_TANH_NAMES[:1],
+                    "gemma3_text": GELU_TANH_NAMES[:1]}.get(arch, ("silu",))):
         _refuse(act_key, act, "the MLP is GeGLU (gelu_pytorch_tanh)" if arch in GEMMA_TYPES else "the MLP is SwiGLU (silu)")
     if _bool("mlp_bias", False):
         _refuse("mlp_bias", True, "MLP biases are not modelled")
@@ -259,9 +263,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if rope_type != "default":
         scaling = {ours: rope[theirs] for theirs, ours in _ROPE_KEYS.items() if rope.get(theirs) is not None}
         scaling["rope_type"] = rope_type
-        if rope_type in ("dynamic", "linear", "yarn"):  # they scale the original context factor times: the
-            # context is that product, as vLLM derives it (yarn's original is its own key, the others' the
-            # checkpoint's max_position_embeddings; llama3's context is max_position_embeddings already)
+        if rope_type in ("dynamic", "linear", "yarn") and (arch, rope_type) != ("gemma3_text", "linear"):
+            # they scale the original context factor times: the context is that product, as vLLM derives it
+            # (yarn's original is its own key, the others' the checkpoint's max_position_embeddings; llama3's
+            # context is max_position_embeddings already, and so is Gemma 3's: 131,072 with linear 8)
             original = rope.get("original_max_position_embeddings") if rope_type == "yarn" else None
             scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings",
                                                                          family.get("max_position_embeddings"))
@@ -346,6 +351,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         fields.update(_qwen_window(hf, arch, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
     if arch == "gemma2":  # its window on the blocks Gemma2Config's layer_types name, within the context served
         fields.update(_gemma2_window(hf, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
+    if arch == "gemma3_text":
+        fields.update(gemma3.fields(hf, fields["num_layers"], local_theta, _num))
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
@@ -364,6 +371,7 @@ _FAMILY_DEFAULTS = {
     "phi3": dict(max_position_embeddings=4096, rms_norm_eps=1e-5),  # Phi3Config's; no window unless given (None)
     "gemma": dict(num_key_value_heads=16, max_position_embeddings=8192, head_dim=256, tie_word_embeddings=True),
     "gemma2": dict(num_key_value_heads=4, max_position_embeddings=8192, head_dim=256, tie_word_embeddings=True),
+    "gemma3_text": dict(num_key_value_heads=4, max_position_embeddings=131072, head_dim=256, tie_word_embeddings=True),
 }
 """What a family's transformers config class (LlamaConfig, MistralConfig, ...) takes for a key its
 config.json leaves out, where that is not the general default (KV heads: the query heads; rope_theta
@@ -447,7 +455,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                          "and 0.0 (set them, or model.model_type)")
     gemma2 = (cfg.sandwich_norms, bool(cfg.query_pre_attn_scalar)) != (False, False) or cfg.attn_logit_softcapping \
         or cfg.final_logit_softcapping
-    if cfg.model_type == "gemma2" and not cfg.sandwich_norms or cfg.model_type != "gemma2" and gemma2:
+    sandwich = ("gemma2", "gemma3_text")  # gemma3_text: the extra norms and query_pre_attn_scalar, no attention cap
+    if cfg.model_type in sandwich and not cfg.sandwich_norms or cfg.model_type not in sandwich and gemma2 \
+            or cfg.model_type == "gemma3_text" and cfg.attn_logit_softcapping:
         raise ValueError(f"model.sandwich_norms={cfg.sandwich_norms} cannot be saved as a model_type={cfg.model_type!r} "
                          "checkpoint: gemma2 has the extra norms (true), and only gemma2 has them, soft-capping or "
                          "query_pre_attn_scalar (set them, or model.model_type)")
@@ -501,6 +511,11 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out["rope_scaling"] = {"rope_type": cfg.rope_type, **values}
         if cfg.rope_type in ("dynamic", "linear"):  # their original context is max_position_embeddings
             out["max_position_embeddings"] = cfg.rope_original_max_position or round(cfg.max_seq_len / cfg.rope_factor)
+    if cfg.model_type == "gemma3_text":  # its rope per layer type replaces the shared keys (`gemma3.config_keys`)
+        out["hidden_activation"] = out.pop("hidden_act")
+        scaling = out.pop("rope_scaling", {})
+        out.update(gemma3.config_keys(cfg, {**scaling, "rope_type": cfg.rope_type, "rope_theta": out.pop("rope_theta")}))
+        out["max_position_embeddings"] = cfg.max_seq_len
     return out
 
 

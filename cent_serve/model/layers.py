@@ -60,7 +60,7 @@ def _tables(positions: np.ndarray, inv_freq: np.ndarray, scale: float) -> tuple[
     return cos, sin
 
 
-def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
+def rope_inv_freq(cfg: ModelConfig, seq_len: int, local: bool = False) -> tuple[np.ndarray, float]:
     """(inverse frequencies (rotary_dim/2,) float32, attention factor) of the model's rotary
     embedding for a forward pass reaching `seq_len` positions (rotary_dim: head_dim, or its share
     `partial_rotary_factor`, whose dimensions every scaling divides, as transformers'). The scalings, as transformers
@@ -68,7 +68,12 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     `dynamic` (NTK) raises the base once the context passes the original one; `yarn` blends
     interpolated and original frequencies over a ramp of dimensions and scales cos / sin;
     `llama3` divides the low frequencies by the factor, keeps the high ones and blends between;
-    `longrope` (Phi-3's) divides each by a short or a long factor of its own (`_longrope`)."""
+    `longrope` (Phi-3's) divides each by a short or a long factor of its own (`_longrope`). With `local`, a
+    Gemma 3 sliding block's: base `rope_local_theta`, unscaled (transformers' Gemma3RotaryEmbedding builds
+    one table a layer type, the sliding_attention one from rope_parameters["sliding_attention"], its
+    rope_type default: configuration_gemma3.py `convert_rope_params_to_dict`, modeling_gemma3.py)."""
+    if local:
+        return _inv_freq(cfg.rotary_dim, cfg.rope_local_theta)[1], 1.0
     why = rope_numerics_refusal(cfg)
     if why:
         raise ValueError(why)
@@ -77,9 +82,7 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     if kind == "dynamic":
         seq_len = max(seq_len, original)
         base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
-    powers = (base ** exponents).astype(F32)  # (dim/2,)
-    inv_freq = (F32(1.0) / powers).astype(F32)
+    powers, inv_freq = _inv_freq(dim, base)  # (dim/2,) each
     if kind in ("default", "dynamic"):
         return inv_freq, 1.0
     if kind == "longrope":
@@ -119,6 +122,13 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, float]:
     return (interpolated * (F32(1) - keep) + inv_freq * keep).astype(F32), float(attention)
 
 
+def _inv_freq(dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """(base^(2i/dim), its inverse) (dim/2,) float32 each: the unscaled rotary frequencies."""
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
+    powers = (base ** exponents).astype(F32)  # (dim/2,)
+    return powers, (F32(1.0) / powers).astype(F32)
+
+
 def _longrope(cfg: ModelConfig, seq_len: int, powers: np.ndarray, original: int) -> tuple[np.ndarray, float]:
     """Phi-3's longrope, as transformers computes it (`_compute_longrope_parameters` and Phi3's
     `longrope_frequency_update`): every frequency divided by its short factor while the pass reaches no
@@ -133,10 +143,11 @@ def _longrope(cfg: ModelConfig, seq_len: int, powers: np.ndarray, original: int)
     return inv_freq, float(attention)
 
 
-def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(cfg: ModelConfig, positions: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin (seq, rotary_dim) of the model's rotary embedding at `positions` (one forward pass:
-    a dynamic scaling sees the pass's last position, as transformers' does)."""
-    inv_freq, scale = rope_inv_freq(cfg, int(positions.max()) + 1 if positions.size else 0)
+    a dynamic scaling sees the pass's last position, as transformers' does); `local`: a Gemma 3 sliding
+    block's (`ModelConfig.is_local_rope`)."""
+    inv_freq, scale = rope_inv_freq(cfg, int(positions.max()) + 1 if positions.size else 0, local)
     return _tables(positions, inv_freq, scale)
 
 
@@ -224,11 +235,13 @@ def hides_any(q_start: int, seq_q: int, seq_k: int, window: int = 0) -> bool:
 
 
 def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, start: int,
-                bias: tuple | None = None, qk_norm: tuple | None = None) -> tuple[np.ndarray, ...]:
+                bias: tuple | None = None, qk_norm: tuple | None = None,
+                local_rope: bool = False) -> tuple[np.ndarray, ...]:
     """q (heads, seq, hd), k and v (kv_heads, seq, hd) of normed input h (seq, D) for whatever heads
     the weights hold, at positions start..: the projections (+ biases, Qwen 2.5), a per-head RMSNorm
-    of q and k (Qwen 3), then the rotary embedding of q and k. The reference model and every
-    tensor-parallel shard call this."""
+    of q and k (Qwen 3; Gemma 3's weighting by 1 + w, the model's norm offset: Gemma3RMSNorm q_norm and
+    k_norm, modeling_gemma3.py), then the rotary embedding of q and k (`local_rope`: the block's own,
+    `ModelConfig.is_local_rope`). The reference model and every tensor-parallel shard call this."""
     seq, hd = h.shape[0], cfg.head_dim
     q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
     if bias is not None:
@@ -238,7 +251,7 @@ def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray,
     v = v.reshape(seq, -1, hd).transpose(1, 0, 2)
     if qk_norm is not None:
         q, k = model_norm(cfg, q, qk_norm[0]), model_norm(cfg, k, qk_norm[1])
-    cos, sin = rope_tables(cfg, np.arange(start, start + seq))
+    cos, sin = rope_tables(cfg, np.arange(start, start + seq), local_rope)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 

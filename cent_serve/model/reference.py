@@ -98,9 +98,11 @@ def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
 def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
                    cache: KVCache, layer: int) -> np.ndarray:
     """Attention of normed input h (seq, D) using the heads present in w; returns h @ Wo^T. `layer` is
-    the model's block index: it sets the block's window (`ModelConfig.block_window`)."""
+    the model's block index: it sets the block's window (`ModelConfig.block_window`) and rotary table
+    (`ModelConfig.is_local_rope`)."""
     seq = h.shape[0]
-    q, k, v = project_qkv(cfg, h, w.wq, w.wk, w.wv, start, w.qkv_bias, w.qk_norms)  # (heads | kv_heads, seq, hd)
+    q, k, v = project_qkv(cfg, h, w.wq, w.wk, w.wv, start, w.qkv_bias, w.qk_norms,
+                          cfg.is_local_rope(layer))  # (heads | kv_heads, seq, hd)
     cache.append(layer, k, v, start)
     keys, values = cache.view(layer, start + seq)
     out = attention(q, keys, values, start, cfg.block_window(layer), attention_scale(cfg),

@@ -32,10 +32,14 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
   scale 24^-0.5, not head_dim 32's; norms after attention and around the MLP; its window on alternate
   blocks of 256, the whole context, so it runs as full attention);
 - gemma2_window: Gemma 2's of 3 blocks with its window of 8, shorter than every prompt, on the blocks
-  Gemma2Config's layer_types windows by default (every other one from block 0: blocks 0 and 2).
+  Gemma2Config's layer_types windows by default (every other one from block 0: blocks 0 and 2);
+- gemma3_text: Gemma 3's text model (Gemma 2's block without soft-capping, q/k norms weighting by 1 + w;
+  6 blocks, so its default layer_types window blocks 0-4 and not 5, by 8, shorter than every prompt; the
+  windowed blocks' rotary base 100, unscaled, the full block's 10,000 with a linear scaling of 4, written
+  in transformers 5's rope_parameters per layer type).
 
-Every model: hidden 64, 2 layers (qwen2_window and gemma2_window 3), 4 query / 2 KV heads, vocabulary 512,
-random norms and biases.
+Every model: hidden 64, 2 layers (qwen2_window and gemma2_window 3, gemma3_text 6), 4 query / 2 KV heads,
+vocabulary 512, random norms and biases.
 Written to tests/data/hf_families/<name>/ (about 0.3 MB each, with the BPE tokenizer of
 make_hf_fixture.py). Regenerate (CI never does; the suite reads the committed files):
 
@@ -98,8 +102,13 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
         num_hidden_layers=3, head_dim=32, hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0,
         tie_word_embeddings=True, query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
         sliding_window=8)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_hidden_layers=6, head_dim=32, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        query_pre_attn_scalar=24, sliding_window=8,
+        rope_parameters=dict(sliding_attention=dict(rope_type="default", rope_theta=100.0),
+                             full_attention=dict(rope_type="linear", factor=4.0, rope_theta=10000.0)))),
 }
-OFFSET_NORMS = ("gemma", "gemma2", "gemma2_window")
+OFFSET_NORMS = ("gemma", "gemma2", "gemma2_window", "gemma3_text")
 """Families whose norms weight by 1 + w: their random norm weights are drawn around 0, not 1."""
 
 

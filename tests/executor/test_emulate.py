@@ -36,6 +36,7 @@ def _rel(a: float, b: float) -> float:
     ("tiny", 8, 2, 4, "full"),          # real weights through the fabric
     ("llama2-7b", 16, 8, 1, "off"),     # two replicas of 8 devices: the figures of both
     ("gemma-2-9b", 8, 2, 4, "off"),     # four norms a block and soft-capped scores, charged by both alike
+    ("gemma-3-4b", 8, 2, 4, "off"),     # q/k norms, four norms, a window on five blocks of six: both alike
 ])
 def test_seqlen_figures_match_closed_form(model, devices, pp, tp, numerics):
     cfg = _cfg(model, devices, pp, tp, numerics)

@@ -200,3 +200,20 @@ def test_gemma2_s_extra_norms_are_weights_a_gpu_step_reads_and_its_elementwise_w
     assert ours.block_weight_bytes - theirs.block_weight_bytes == 4 * 3584 == 14336
     assert ours.block_params - theirs.block_params == 2 * 3584
     assert ours.attn_flops == theirs.attn_flops == 4 * 16 * 256
+
+
+def test_gemma3_s_q_k_norms_are_weights_a_gpu_step_reads_as_qwen3_s():
+    """Gemma 3's q/k norms are 2 head_dim weights a block (gemma-3-4b: 512, bf16 1,024 bytes) beside
+    Gemma 2's four norms, read every step as Qwen 3's; its rope bases change no FLOP or byte."""
+    import dataclasses
+
+    m = model_preset("gemma-3-4b")
+
+    def gpu(model):
+        return GpuTimer(CentConfig(model=model, numerics="off", gpu=GpuConfig(kind="a100-80gb", count=1)))
+
+    ours, theirs = gpu(m), gpu(dataclasses.replace(m, qk_norm=False))
+    assert ours.block_params - theirs.block_params == 2 * 256
+    assert ours.block_weight_bytes - theirs.block_weight_bytes == 2 * 2 * 256
+    local = gpu(dataclasses.replace(m, rope_local_theta=0.0))
+    assert (local.block_weight_bytes, local.attn_flops) == (ours.block_weight_bytes, ours.attn_flops)

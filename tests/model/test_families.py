@@ -76,6 +76,14 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
     "gemma2_window": (dict(model_type="gemma2", attn_logit_softcapping=2.0, sandwich_norms=True, sliding_window=8,
                            layer_types=("sliding_attention", "full_attention", "sliding_attention")),
                       dict(layer_types=())),
+    # Gemma 2's block without soft-capping, q/k norms by 1 + w; a window of 8 on blocks 0-4 of 6 (the
+    # default layer_types), whose rope base is 100 unscaled, block 5's 10,000 with a linear scaling of 4
+    "gemma3_text": (dict(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True,
+                         norm_offset=1.0, qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=24,
+                         attn_logit_softcapping=0.0, final_logit_softcapping=0.0, head_dim=32, sliding_window=8,
+                         layer_types=("sliding_attention",) * 5 + ("full_attention",), rope_theta=10000.0,
+                         rope_local_theta=100.0, rope_type="linear", rope_factor=4.0, max_seq_len=256),
+                    dict(rope_local_theta=0.0)),
 }
 
 
@@ -185,8 +193,8 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
              r"decoder_sparse_step / mlp_only_layers=\(2, None\) is not supported: every block must be a mixture"),
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              "mlp_only_layers.* every block must be a mixture of experts"),
-            (dict(model_type="gemma3_text"), "model_type='gemma3_text' is not supported: not modelled: sliding-window "
-             "attention in five blocks of six.*; supported families: llama, mistral"),
+            (dict(model_type="gemma3"), "model_type='gemma3' is not supported: not modelled: a vision encoder "
+             r"\(vision_config.*its language model is a gemma3_text one, which runs.*; supported families: llama"),
             (dict(model_type="gemma", hidden_act="silu"), "hidden_act='silu' is not supported: the MLP is GeGLU"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
@@ -312,7 +320,7 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral",
-                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2", "gemma2_window"])
+                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2", "gemma2_window", "gemma3_text"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -364,7 +372,10 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
     dict(model_type="qwen3", qk_norm=True, head_dim=32),
     dict(model_type="gemma", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64),
     dict(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, head_dim=64,
-         sandwich_norms=True, query_pre_attn_scalar=48, attn_logit_softcapping=2.0, final_logit_softcapping=0.0)],
+         sandwich_norms=True, query_pre_attn_scalar=48, attn_logit_softcapping=2.0, final_logit_softcapping=0.0),
+    dict(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+         head_dim=64, qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=48, final_logit_softcapping=5.0,
+         sliding_window=8, rope_local_theta=100.0, rope_type="linear", rope_factor=8.0)],
     ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
@@ -375,7 +386,7 @@ def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     back = model_config_from_hf(tmp_path)
     names = ["model_type", "attention_bias", "qk_norm", "sliding_window", "head_dim", "max_seq_len", "hidden_act",
              "scale_embeddings", "norm_offset", "sandwich_norms", "query_pre_attn_scalar", "attn_logit_softcapping",
-             "final_logit_softcapping",
+             "final_logit_softcapping", "layer_types",
              *(f.name for f in dataclasses.fields(cfg) if f.name.startswith("rope_"))]
     assert {k: getattr(back, k) for k in names} == {k: getattr(cfg, k) for k in names}
 
@@ -524,6 +535,8 @@ WINDOW_MIXES = {  # model_type: its fields beside a window of 8 on block 1 of 3 
     "mistral": dict(),
     "qwen2_moe": dict(attention_bias=True, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                       shared_expert_intermediate_size=32),
+    "gemma3_text": dict(hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0, qk_norm=True,
+                        sandwich_norms=True, rope_local_theta=100.0),
 }
 
 
@@ -676,3 +689,70 @@ def test_a_saved_gemma2_config_says_what_transformers_strict_gemma2config_takes(
     assert "hidden_act" not in out and "mlp_bias" not in out
     with pytest.raises(ValueError, match="model.query_pre_attn_scalar=48.0 is invalid: expected an integer"):
         tiny_model_config(model_type="gemma2", query_pre_attn_scalar=48.0)
+
+
+@pytest.mark.parametrize("off", [dict(layer_types=()), dict(rope_type="default"), dict(query_pre_attn_scalar=0)])
+def test_each_gemma3_variation_is_what_makes_its_tokens_right(off):
+    """Gemma 3's window on five blocks of six (not every block), its full block's linear rope scaling and
+    its query_pre_attn_scalar scale each move the fixture's logits away from transformers' when undone
+    (its sliding blocks' own rope base: `FEATURES`)."""
+    cfg = model_config_from_hf(ROOT / "gemma3_text")
+    weights, case = load_weights(cfg), expected("gemma3_text")[0]
+    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
+    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+
+
+def test_gemma3_q_k_norms_are_what_makes_its_tokens_right():
+    """Without its q/k norms (dropped from the weights) the Gemma 3 fixture's logits move away from
+    transformers'."""
+    cfg = model_config_from_hf(ROOT / "gemma3_text")
+    weights, case = load_weights(cfg), expected("gemma3_text")[0]
+    for layer in weights.layers:
+        layer.q_norm = layer.k_norm = None
+    model = LlamaModel(cfg, weights)
+    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+
+
+def test_a_gemma3_config_of_the_first_releases_reads_as_transformers_5_writes_it(tmp_path):
+    """google/gemma-3-* config.json files say the rope at the top level (rope_theta the full blocks',
+    rope_local_base_freq the sliding ones', rope_scaling the full ones' scaling) and the windowed blocks by
+    sliding_window_pattern; transformers 5.25's Gemma3TextConfig reads them into the rope_parameters per
+    layer type and layer_types the fixture has: the same ModelConfig."""
+    new = json.loads((ROOT / "gemma3_text" / "config.json").read_text())
+    old = {k: v for k, v in new.items() if k not in ("rope_parameters", "layer_types", "_sliding_window_pattern")}
+    old.update(rope_theta=10000.0, rope_local_base_freq=100.0, sliding_window_pattern=6,
+               rope_scaling=dict(rope_type="linear", factor=4.0))
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert model_config_from_hf(tmp_path) == dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"),
+                                                                 name=tmp_path.name, checkpoint=str(tmp_path))
+    del old["rope_theta"], old["rope_local_base_freq"], old["rope_scaling"]  # Gemma3TextConfig's default bases
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    m = model_config_from_hf(tmp_path)
+    assert (m.rope_theta, m.rope_local_theta, m.rope_type) == (1e6, 1e4, "default")
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(rope_parameters=dict(rope_type="linear", factor=8.0)), r"rope_parameters=.* keys it by layer type"),
+    (dict(rope_parameters=dict(sliding_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e4))),
+     r"rope_parameters.sliding_attention.rope_type='linear' is not supported"),
+    (dict(sliding_window=None), r"sliding_window=None is not supported: 5 blocks are sliding_attention"),
+    (dict(use_bidirectional_attention=True), r"use_bidirectional_attention=True is not supported")])
+def test_what_a_gemma3_config_says_that_is_not_modelled_is_refused_in_one_line(tmp_path, change, says):
+    base = json.loads((ROOT / "gemma3_text" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+    with pytest.raises(ValueError, match=says) as err:
+        model_config_from_hf(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_gemma3_attention_soft_cap_is_warned_as_not_read_and_its_final_one_read(tmp_path, caplog):
+    """Gemma3Attention never passes attn_logit_softcapping to its attention (modeling_gemma3.py): a
+    config.json that sets it is warned of and runs without it; final_logit_softcapping is applied."""
+    base = json.loads((ROOT / "gemma3_text" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "attn_logit_softcapping": 50.0,
+                                                      "final_logit_softcapping": 30.0}))
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        m = model_config_from_hf(tmp_path)
+    assert (m.attn_logit_softcapping, m.final_logit_softcapping) == (0.0, 30.0)
+    assert "attn_logit_softcapping (logit soft-capping) is not read" in caplog.text
+    assert "final_logit_softcapping" not in caplog.text

@@ -389,3 +389,32 @@ def test_a_gemma2_block_by_hand():
     assert acc["norm"] == 2 * acc_plain["norm"]
     assert acc["softmax"] - acc_plain["softmax"] == 1024 * 16 / (16 * 32) * (44 + 66) == 3520
     assert (acc["rotary"], acc["qk_norm"]) == (acc_plain["rotary"], acc_plain["qk_norm"])
+
+
+def test_a_gemma3_block_is_gemma2_s_with_qwen3_s_q_k_norms_and_its_rope_bases_cost_nothing():
+    """gemma-3-4b (H 8, Hkv 4, hd 256): its q/k norms are charged on the accelerator as Qwen 3's, over
+    (H + Hkv) hd = 3,072 values and 12 heads' rsqrt (12 x 256 / 16 lanes / 16 / 32 units x 66 + 12 x 26 / 8
+    cores = 63.75 cycles), its four norms twice the two, and its sliding
+    blocks' own rope base moves no cycle anywhere (a rotation costs what it costs whatever its angles):
+    the block is a Llama block's but for those, and a soft-cap it does not have."""
+    import dataclasses
+
+    from cent_serve.timing.accelerator import accelerator_parts
+    from cent_serve.timing.pim import BlockGeometry, block_pim_breakdown
+
+    m = model_preset("gemma-3-4b")
+    g = BlockGeometry(cpb=2, tb=1, tp=1)
+    qwen = dataclasses.replace(m, model_type="qwen3", hidden_act="silu", scale_embeddings=False, norm_offset=0.0,
+                               sandwich_norms=False, query_pre_attn_scalar=0, rope_local_theta=0.0)
+    ours, theirs = accelerator_parts(m, DEV, 1024), accelerator_parts(qwen, DEV, 1024)
+    assert ours["qk_norm"] == theirs["qk_norm"] > 0 and ours["norm"] == 2 * theirs["norm"]
+    assert (ours["softmax"], ours["rotary"]) == (theirs["softmax"], theirs["rotary"])
+    units, lanes, buf = DEV.num_channels, DEV.acc_simd_lanes, DEV.acc_buffer_cycles
+    add_pass = units * 2 * buf + 1 + buf  # two reads, add, write
+    assert ours["qk_norm"] == 12 * 256 / lanes / DEV.burst_elements / units * add_pass \
+        + 12 * DEV.acc_norm_riscv_cycles / DEV.acc_riscv_cores
+    for context in (512, 4096):
+        a, b = block_pim_breakdown(m, g, DEV, context), block_pim_breakdown(qwen, g, DEV, context)
+        assert dataclasses.replace(a, norm=0.0) == dataclasses.replace(b, norm=0.0)
+        assert block_pim_breakdown(dataclasses.replace(m, rope_local_theta=0.0), g, DEV, context) == a
+    assert accelerator_parts(dataclasses.replace(m, rope_local_theta=0.0), DEV, 1024) == ours

@@ -1,0 +1,104 @@
+"""Gemma 3's text model (`model_type` gemma3_text) in a config.json, both ways: what `hf_config` reads
+beyond the keys every family shares, and what it writes. The facts are transformers 5.25's
+configuration_gemma3.py (Gemma3TextConfig) and modeling_gemma3.py."""
+from __future__ import annotations
+
+from cent_serve.config import ModelConfig
+
+KINDS = ("sliding_attention", "full_attention")
+"""The layer types Gemma3TextConfig keys its rope_parameters by."""
+DEFAULT_THETA = dict(full_attention=1_000_000.0, sliding_attention=10_000.0)
+"""Gemma3TextConfig.default_theta: the full blocks' rope_theta and the sliding ones' rope_local_base_freq."""
+DEFAULT_WINDOW = 4096
+"""Gemma3TextConfig's sliding_window."""
+DEFAULT_PATTERN = 6
+"""Gemma3TextConfig's sliding_window_pattern of older configs: every sixth block is full attention."""
+
+
+def _refuse(field: str, value, why: str) -> None:
+    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
+
+
+def rope_by_kind(hf: dict) -> dict[str, dict]:
+    """{layer type: its rope parameters} as Gemma3TextConfig.convert_rope_params_to_dict builds them, from
+    either layout a config.json has: transformers 5's rope_parameters keyed by layer type, or the older
+    top-level rope_theta, rope_local_base_freq and rope_scaling (which is the full blocks')."""
+    given = hf.get("rope_parameters")
+    if given is not None and not (isinstance(given, dict) and set(given) <= set(KINDS)):
+        _refuse("rope_parameters", given, "a gemma3_text config keys it by layer type (sliding_attention, "
+                "full_attention), as transformers 5 writes it: fix it, or write rope_theta, rope_local_base_freq and "
+                "rope_scaling instead")
+    out = {kind: dict((given or {}).get(kind) or {"rope_type": "default"}) for kind in KINDS}
+    if isinstance(hf.get("rope_scaling"), dict):
+        out["full_attention"].update(hf["rope_scaling"])
+    out["full_attention"].setdefault("rope_theta", hf.get("rope_theta") or DEFAULT_THETA["full_attention"])
+    out["sliding_attention"].setdefault("rope_theta", hf.get("rope_local_base_freq")
+                                        or DEFAULT_THETA["sliding_attention"])
+    return out
+
+
+def flattened(hf: dict) -> tuple[dict, float]:
+    """(hf with the full blocks' rope as a one-rope family's rope_parameters, which the shared reading
+    takes: its rope_theta and scaling; the sliding blocks' base). The sliding blocks' rope must be
+    unscaled: `ModelConfig.rope_local_theta` has no scaling of its own."""
+    rope = rope_by_kind(hf)
+    local = rope["sliding_attention"]
+    kind = local.get("rope_type", local.get("type", "default"))
+    if kind != "default":
+        _refuse("rope_parameters.sliding_attention.rope_type", kind, "the sliding blocks' rotary embedding is "
+                "modelled unscaled (default), as every Gemma 3 has it")
+    flat = {k: v for k, v in hf.items() if k not in ("rope_scaling", "rope_local_base_freq")}
+    flat["rope_parameters"] = rope["full_attention"]
+    flat["rope_theta"] = rope["full_attention"]["rope_theta"]
+    return flat, float(local["rope_theta"])
+
+
+def sliding_blocks(hf: dict, num_layers: int) -> list[int]:
+    """The blocks Gemma3TextConfig windows: those its layer_types name sliding_attention, by default all
+    but every sixth (sliding_window_pattern, 6: `(i + 1) % pattern` nonzero)."""
+    types = hf.get("layer_types")
+    if types is None:
+        pattern = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", DEFAULT_PATTERN))
+        return [i for i in range(num_layers) if (i + 1) % pattern]
+    odd = sorted({str(t) for t in types} - set(KINDS)) if isinstance(types, list) else [types]
+    if odd or len(types) != num_layers:
+        _refuse("layer_types", types if not isinstance(types, list) else odd or f"{len(types)} entries",
+                f"give one entry a block ({num_layers}), each sliding_attention or full_attention")
+    return [i for i, t in enumerate(types) if t == "sliding_attention"]
+
+
+def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
+    """The ModelConfig fields of a gemma3_text config.json beyond the shared keys: Gemma 2's sandwich
+    norms and query_pre_attn_scalar (default 256), q/k norms (Gemma3Attention q_norm, k_norm), the
+    final soft-cap if given (default none; Gemma3Attention does not pass attn_logit_softcapping to its
+    attention, so it is not read: `families._READ_BY`), the window on the sliding blocks (default 4096)
+    and their rope base. `num(key, default, kind)` reads a number as `model_config_from_hf` does."""
+    if hf.get("use_bidirectional_attention"):
+        _refuse("use_bidirectional_attention", True, "attention is causal here (EmbeddingGemma's bidirectional "
+                "attention is not modelled)")
+    sliding = sliding_blocks(hf, num_layers)
+    window = hf.get("sliding_window", DEFAULT_WINDOW)
+    if sliding and window is None:  # transformers' create_sliding_window_causal_mask refuses it too
+        _refuse("sliding_window", None, f"{len(sliding)} blocks are sliding_attention: give their window")
+    out = dict(sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=num("query_pre_attn_scalar", 256) or 256,
+               final_logit_softcapping=float(num("final_logit_softcapping", 0.0, float) or 0.0))
+    if not sliding:
+        return dict(out, sliding_window=0, layer_types=())
+    out.update(sliding_window=num("sliding_window", DEFAULT_WINDOW), rope_local_theta=local_theta)
+    if len(sliding) < num_layers:
+        out["layer_types"] = tuple(KINDS[0] if b in sliding else KINDS[1] for b in range(num_layers))
+    return out
+
+
+def config_keys(cfg: ModelConfig, rope_full: dict) -> dict:
+    """What a gemma3_text config.json says beyond the shared keys (`hf_config_dict`): Gemma3TextConfig's
+    names (hidden_activation), every block's layer type, the window, and the rope per layer type as
+    transformers 5 writes it (`rope_full`: the full blocks', the shared writer's rope_scaling and theta)."""
+    windows = cfg.block_windows
+    local = cfg.rope_local_theta or cfg.rope_theta
+    return dict(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+                sliding_window=cfg.sliding_window or None, use_bidirectional_attention=False,
+                layer_types=[KINDS[0] if w else KINDS[1] for w in windows], attn_logit_softcapping=None,
+                final_logit_softcapping=cfg.final_logit_softcapping or None,
+                rope_parameters=dict(full_attention=rope_full,
+                                     sliding_attention=dict(rope_type="default", rope_theta=local)))
