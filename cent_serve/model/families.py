@@ -19,8 +19,6 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",
-    "gemma3": "a vision encoder (vision_config: Gemma3ForConditionalGeneration); its language model is a "
-              "gemma3_text one, which runs (its text_config as config.json, the model.language_model tensors)",
     "phi": "attention and MLP in parallel from one LayerNorm, a partial rotary embedding and a GELU "
            "MLP with biases",
     "gpt_oss": "attention sinks, sliding-window attention in alternate blocks, biases on attention and "

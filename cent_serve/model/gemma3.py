@@ -19,6 +19,32 @@ def _refuse(field: str, value, why: str) -> None:
     raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
+_TOP_LEVEL = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings",
+              "quantization_config")
+"""Gemma3Config's own keys that its language model runs by (ids, dtype, the tied LM head), over text_config's."""
+
+
+def text_config(hf: dict, cfg_file) -> dict:
+    """The config.json of the multimodal Gemma 3 (model_type gemma3, Gemma3ForConditionalGeneration) read
+    as its language model's: text_config as a gemma3_text config.json (Gemma3TextConfig's defaults for what it
+    leaves out), with the top level's ids, dtype and tied LM head. Its vision tower is not modelled: an image
+    cannot be sent, and the tower's tensors are ignored with a warning (`weights._warn_unused`)."""
+    text = hf.get("text_config")
+    if text is None:
+        text = {}
+    if not isinstance(text, dict):
+        raise ValueError(f"{cfg_file}: text_config={text!r} is invalid: a gemma3 config.json gives its language "
+                         "model's keys as a JSON object; fix it, or point --model at a gemma3_text checkpoint")
+    top = {k: hf[k] for k in _TOP_LEVEL if hf.get(k) is not None}
+    return {"vocab_size": DEFAULT_VOCAB, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+            "num_attention_heads": 8, **text, **top, "model_type": "gemma3_text"}
+
+
+DEFAULT_VOCAB = 262_208
+"""Gemma3TextConfig's vocab_size (with Gemma3TextConfig's other size defaults: hidden 2304, MLP 9216, 26
+blocks, 8 heads), what a multimodal config.json's text_config leaves out."""
+
+
 def rope_by_kind(hf: dict) -> dict[str, dict]:
     """{layer type: its rope parameters} as Gemma3TextConfig.convert_rope_params_to_dict builds them, from
     either layout a config.json has: transformers 5's rope_parameters keyed by layer type, or the older

@@ -129,7 +129,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     (q/k norms), Phi-3 (fused projections, a sliding window, a partial rotary embedding, its 128k
     variants' longrope), Gemma (GeGLU, embeddings times sqrt(D), norms weighting by 1 + w), Gemma 2
     (soft-capping, its attention scale, norms after attention and around the MLP, a window on alternate
-    blocks), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
+    blocks), Gemma 3 (q/k norms, a window on five blocks of six with a rope base of its own; a multimodal
+    gemma3's language model, `gemma3.text_config`), and the mixtures of experts Mixtral, Qwen 3 MoE and Qwen 2 MoE
     (Qwen1.5-MoE, Qwen2-57B-A14B: a shared expert beside the routed ones). What the reference model
     cannot run is refused by name."""
     path = Path(path)
@@ -179,6 +180,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         raise ValueError(f"{cfg_file}: model_type is missing: a Hugging Face config.json names its family; add "
                          f"it (e.g. \"model_type\": \"llama\"; supported: {', '.join(ARCHITECTURES)})")
     arch = hf["model_type"]
+    if arch == "gemma3":  # the multimodal Gemma 3: its language model, a gemma3_text
+        hf = gemma3.text_config(hf, cfg_file)
+        arch = "gemma3_text"
     if arch not in ARCHITECTURES:
         missing = unmodelled_features(arch, hf)
         _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")

@@ -372,6 +372,7 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
     top: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
     for name, arr in iter_checkpoint_tensors(cfg.checkpoint, shapes_only):
+        name = text_model_name(name)
         if name.startswith("model.layers."):
             _, _, idx, rest = name.split(".", 3)
             if cfg.is_moe and int(idx) < cfg.num_layers and (rest in experts or _FUSED_NAME.match(rest)):
@@ -415,6 +416,22 @@ def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[di
     return top, layer_parts, expert_parts, extra
 
 
+_TEXT_MODEL_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                        ("language_model.lm_head.", "lm_head."))
+"""A multimodal checkpoint's language model (Gemma3ForConditionalGeneration: transformers 5.25 saves it as
+language_model.model.*, the name it loads as model.language_model.*, conversion_mapping.py's llava rules) ->
+the text model's names; its vision tower and projector keep theirs, unused (`_warn_unused`)."""
+
+
+def text_model_name(name: str) -> str:
+    """A checkpoint tensor's name as a text model's: a multimodal one's language model tensors renamed
+    (`_TEXT_MODEL_PREFIXES`), every other name as it is."""
+    for prefix, ours in _TEXT_MODEL_PREFIXES:
+        if name.startswith(prefix):
+            return ours + name[len(prefix):]
+    return name
+
+
 def _warn_unused(cfg: ModelConfig, names: list[str]) -> None:
     """Warn once a checkpoint about tensors its config.json does not use (blocks past
     num_hidden_layers, a vision tower, a multi-token-prediction head): dropped silently, they hid a
@@ -428,10 +445,16 @@ def _warn_unused(cfg: ModelConfig, names: list[str]) -> None:
     groups = {".".join(re.sub(r"\d+", "N", n).split(".")[:2]): n for n in reversed(unused)}  # the first of each
     shown = list(dict.fromkeys([*sorted(groups.values()), *unused]))[:3]
     more = f" and {len(unused) - len(shown)} more" if len(unused) > len(shown) else ""
+    vision = all(n.removeprefix("model.").startswith(_VISION_PREFIXES) for n in unused)
+    fix = ("its vision tower is not modelled: the language model runs on text alone" if vision else
+           "if the model runs them, its config.json disagrees with its weights: fix config.json")
     log.warning("model.checkpoint=%r holds %d tensors its config.json does not use (model_type=%r, "
-                "num_hidden_layers=%d%s), ignored: %s%s; if the model runs them, its config.json disagrees with "
-                "its weights: fix config.json", cfg.checkpoint, len(unused), cfg.model_type,
-                cfg.num_layers, f", num_experts={cfg.num_experts}" if cfg.is_moe else "", ", ".join(shown), more)
+                "num_hidden_layers=%d%s), ignored: %s%s; %s", cfg.checkpoint, len(unused), cfg.model_type,
+                cfg.num_layers, f", num_experts={cfg.num_experts}" if cfg.is_moe else "", ", ".join(shown), more, fix)
+
+
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
+"""A multimodal checkpoint's image tensors (Gemma3ForConditionalGeneration's SigLIP tower and projector)."""
 
 
 def _take_experts(cfg: ModelConfig, name: str, rest: str, arr: np.ndarray, experts: dict,

@@ -36,7 +36,10 @@ weights loaded back as float32; `generate` with eos_token_id None, so it never s
 - gemma3_text: Gemma 3's text model (Gemma 2's block without soft-capping, q/k norms weighting by 1 + w;
   6 blocks, so its default layer_types window blocks 0-4 and not 5, by 8, shorter than every prompt; the
   windowed blocks' rotary base 100, unscaled, the full block's 10,000 with a linear scaling of 4, written
-  in transformers 5's rope_parameters per layer type).
+  in transformers 5's rope_parameters per layer type);
+- gemma3: the multimodal Gemma3ForConditionalGeneration around gemma3_text's model, with a tiny SigLIP
+  vision tower (one 16-wide layer, 28-pixel images of 14-pixel patches) whose tensors a text prompt never
+  reads; its image token (262,144) is outside the vocabulary, as Gemma 3's.
 
 Every model: hidden 64, 2 layers (qwen2_window and gemma2_window 3, gemma3_text 6), 4 query / 2 KV heads,
 vocabulary 512, random norms and biases.
@@ -107,8 +110,13 @@ FAMILIES = {  # name: (config class, causal-LM class, config fields beyond COMMO
         query_pre_attn_scalar=24, sliding_window=8,
         rope_parameters=dict(sliding_attention=dict(rope_type="default", rope_theta=100.0),
                              full_attention=dict(rope_type="linear", factor=4.0, rope_theta=10000.0)))),
+    "gemma3": ("Gemma3Config", "Gemma3ForConditionalGeneration", dict(
+        text_config="gemma3_text", vision_config=dict(model_type="siglip_vision_model", hidden_size=16,
+                                                      intermediate_size=32, num_hidden_layers=1,
+                                                      num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, eos_token_id=2, bos_token_id=1, pad_token_id=0)),
 }
-OFFSET_NORMS = ("gemma", "gemma2", "gemma2_window", "gemma3_text")
+OFFSET_NORMS = ("gemma", "gemma2", "gemma2_window", "gemma3_text", "gemma3")
 """Families whose norms weight by 1 + w: their random norm weights are drawn around 0, not 1."""
 
 
@@ -129,7 +137,12 @@ def build(name: str, seed: int = 0):
 
     config_cls, model_cls, extra = FAMILIES[name]
     torch.manual_seed(seed)
-    config = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    if "text_config" in extra:  # a multimodal model: its text model is another family's (COMMON goes there)
+        text_cls, _, text_extra = FAMILIES[extra["text_config"]]
+        text = getattr(transformers, text_cls)(**{**COMMON, **text_extra})
+        config = getattr(transformers, config_cls)(**{**extra, "text_config": text.to_dict()})
+    else:
+        config = getattr(transformers, config_cls)(**{**COMMON, **extra})
     model = getattr(transformers, model_cls)(config)
     with torch.no_grad():
         for pname, p in model.named_parameters():

@@ -85,6 +85,9 @@ FEATURES = {  # family: (what its config.json must turn on, the same feature swi
                          rope_local_theta=100.0, rope_type="linear", rope_factor=4.0, max_seq_len=256),
                     dict(rope_local_theta=0.0)),
 }
+# the multimodal Gemma 3 (Gemma3ForConditionalGeneration, a tiny vision tower) around gemma3_text's model:
+# its language model runs, read from text_config and the language_model.model.* tensors
+FEATURES["gemma3"] = FEATURES["gemma3_text"]
 
 
 def expected(family: str) -> list[dict]:
@@ -193,8 +196,6 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
              r"decoder_sparse_step / mlp_only_layers=\(2, None\) is not supported: every block must be a mixture"),
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              "mlp_only_layers.* every block must be a mixture of experts"),
-            (dict(model_type="gemma3"), "model_type='gemma3' is not supported: not modelled: a vision encoder "
-             r"\(vision_config.*its language model is a gemma3_text one, which runs.*; supported families: llama"),
             (dict(model_type="gemma", hidden_act="silu"), "hidden_act='silu' is not supported: the MLP is GeGLU"),
             (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
@@ -320,7 +321,8 @@ def test_cent_info_says_what_cent_serve_would_of_a_config_it_refuses_or_runs(tmp
 
 @pytest.mark.hf
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen2_window", "qwen3", "llama_yarn", "mixtral",
-                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2", "gemma2_window", "gemma3_text"])
+                                    "qwen3_moe", "qwen2_moe", "phi3", "gemma", "gemma2", "gemma2_window", "gemma3_text",
+                                    "gemma3"])
 def test_live_against_transformers(family, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -756,3 +758,32 @@ def test_gemma3_attention_soft_cap_is_warned_as_not_read_and_its_final_one_read(
     assert (m.attn_logit_softcapping, m.final_logit_softcapping) == (0.0, 30.0)
     assert "attn_logit_softcapping (logit soft-capping) is not read" in caplog.text
     assert "final_logit_softcapping" not in caplog.text
+
+
+def test_a_multimodal_gemma3_serves_its_language_model_and_warns_once_of_its_vision_tower(caplog, tmp_path):
+    """Gemma3ForConditionalGeneration's config.json (model_type gemma3) is read as its text_config with the
+    top level's ids and dtype; its vision tower's and projector's 34 tensors are ignored with one warning
+    naming them; the language model's, saved as language_model.model.* by transformers 5.25 and loaded by it
+    as model.language_model.*, read under either name."""
+    import shutil
+
+    from cent_serve.model.weights import text_model_name
+
+    shutil.copytree(ROOT / "gemma3", tmp_path / "gemma3")  # a path of its own: warned once a checkpoint path
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        cfg = model_config_from_hf(tmp_path / "gemma3")
+        load_weights(cfg)
+        load_weights(cfg)
+    assert dataclasses.replace(cfg, name="gemma3_text", checkpoint=None) == \
+        dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), checkpoint=None)
+    assert caplog.text.count("holds 34 tensors its config.json does not use") == 1
+    assert "ignored: multi_modal_projector.mm_input_projection_weight" in caplog.text
+    assert "its vision tower is not modelled: the language model runs on text alone" in caplog.text
+    assert [text_model_name(n) for n in ("language_model.model.norm.weight", "model.language_model.layers.0.x",
+                                         "language_model.lm_head.weight", "model.vision_tower.a", "model.norm.weight")] \
+        == ["model.norm.weight", "model.layers.0.x", "lm_head.weight", "model.vision_tower.a", "model.norm.weight"]
+    base = json.loads((ROOT / "gemma3" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "text_config": "gemma3_text"}))
+    with pytest.raises(ValueError, match=r"text_config='gemma3_text' is invalid: a gemma3 config.json gives its "
+                                         r"language model's keys as a JSON object"):
+        model_config_from_hf(tmp_path)
