@@ -121,6 +121,10 @@ def config_keys(cfg: ModelConfig, rope_full: dict) -> dict:
     names (hidden_activation), every block's layer type, the window, and the rope per layer type as
     transformers 5 writes it (`rope_full`: the full blocks', the shared writer's rope_scaling and theta)."""
     windows = cfg.block_windows
+    if any(windows) and not cfg.rope_local_theta and cfg.rope_type != "default":
+        raise ValueError(f"model.rope_local_theta=0 cannot be saved as a model_type='gemma3_text' checkpoint with "
+                         f"model.rope_type={cfg.rope_type!r}: its windowed blocks' rope is unscaled in transformers; set "
+                         "model.rope_local_theta (Gemma 3's 10000.0)")
     local = cfg.rope_local_theta or cfg.rope_theta
     return dict(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
                 sliding_window=cfg.sliding_window or None, use_bidirectional_attention=False,

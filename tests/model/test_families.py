@@ -787,3 +787,16 @@ def test_a_multimodal_gemma3_serves_its_language_model_and_warns_once_of_its_vis
     with pytest.raises(ValueError, match=r"text_config='gemma3_text' is invalid: a gemma3 config.json gives its "
                                          r"language model's keys as a JSON object"):
         model_config_from_hf(tmp_path)
+
+
+def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved():
+    """With rope_local_theta 0 the windowed blocks turn by rope_theta and the scaling, which a gemma3_text
+    config.json cannot say (its sliding_attention rope is unscaled): refused in one line naming the fix."""
+    from cent_serve.model.hf_config import hf_config_dict
+
+    cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), rope_local_theta=0.0)
+    with pytest.raises(ValueError, match=r"^model.rope_local_theta=0 cannot be saved as a model_type='gemma3_text' "
+                                         r"checkpoint with model.rope_type='linear'.*set model.rope_local_theta"):
+        hf_config_dict(cfg)
+    assert hf_config_dict(dataclasses.replace(cfg, rope_type="default"))["rope_parameters"]["sliding_attention"] == \
+        dict(rope_type="default", rope_theta=10000.0)
