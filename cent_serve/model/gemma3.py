@@ -107,7 +107,7 @@ def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
     if sliding and window is None:  # transformers' create_sliding_window_causal_mask refuses it too
         _refuse("sliding_window", None, f"{len(sliding)} blocks are sliding_attention: give their window")
     out = dict(sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=num("query_pre_attn_scalar", 256) or 256,
-               final_logit_softcapping=float(num("final_logit_softcapping", 0.0, float) or 0.0))
+               final_logit_softcapping=float(num("final_logit_softcapping", None, float) or 0.0))
     if not sliding:
         return dict(out, sliding_window=0, layer_types=())
     out.update(sliding_window=num("sliding_window", DEFAULT_WINDOW), rope_local_theta=local_theta)

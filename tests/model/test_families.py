@@ -800,3 +800,25 @@ def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved
         hf_config_dict(cfg)
     assert hf_config_dict(dataclasses.replace(cfg, rope_type="default"))["rope_parameters"]["sliding_attention"] == \
         dict(rope_type="default", rope_theta=10000.0)
+
+
+GEMMA3_27B_CONFIG = {  # google/gemma-3-27b-it's config.json (transformers 4.50), the vision tower's keys cut short
+    "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+    "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
+    "model_type": "gemma3", "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+    "text_config": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
+                    "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+                    "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "model_type": "siglip_vision_model", "patch_size": 14}}
+
+
+def test_the_published_gemma3_27b_config_reads_as_its_preset(tmp_path):
+    """Gemma 3 27B's config.json gives its text_config's sizes, window and rope scaling only; the rest is
+    Gemma3TextConfig's defaults (no soft-capping, rope bases 1e6 and 1e4, 131,072 positions, 262,208 tokens,
+    layer_types from sliding_window_pattern 6), as transformers 5.25 reads it: the gemma-3-27b preset."""
+    from cent_serve.config import model_preset
+
+    (tmp_path / "config.json").write_text(json.dumps(GEMMA3_27B_CONFIG))
+    m, preset = model_config_from_hf(tmp_path), model_preset("gemma-3-27b")
+    assert dataclasses.replace(m, name=preset.name, checkpoint=None, bos_token_id=preset.bos_token_id) == preset
