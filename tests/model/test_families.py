@@ -813,12 +813,25 @@ GEMMA3_27B_CONFIG = {  # google/gemma-3-27b-it's config.json (transformers 4.50)
     "vision_config": {"hidden_size": 1152, "image_size": 896, "model_type": "siglip_vision_model", "patch_size": 14}}
 
 
-def test_the_published_gemma3_27b_config_reads_as_its_preset(tmp_path):
+GEMMA3_1B_CONFIG = {  # google/gemma-3-1b-pt's config.json (transformers 4.50): a gemma3_text of its own
+    "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106],
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+    "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+    "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+    "use_cache": True, "vocab_size": 262144}
+
+
+@pytest.mark.parametrize("name, config", [("gemma-3-27b", GEMMA3_27B_CONFIG), ("gemma-3-1b", GEMMA3_1B_CONFIG)])
+def test_the_published_gemma3_configs_read_as_their_presets(tmp_path, name, config):
     """Gemma 3 27B's config.json gives its text_config's sizes, window and rope scaling only; the rest is
     Gemma3TextConfig's defaults (no soft-capping, rope bases 1e6 and 1e4, 131,072 positions, 262,208 tokens,
-    layer_types from sliding_window_pattern 6), as transformers 5.25 reads it: the gemma-3-27b preset."""
+    layer_types from sliding_window_pattern 6), as transformers 5.25 reads it; 1B's is a text model's with the
+    older rope keys: each reads as its preset."""
     from cent_serve.config import model_preset
 
-    (tmp_path / "config.json").write_text(json.dumps(GEMMA3_27B_CONFIG))
-    m, preset = model_config_from_hf(tmp_path), model_preset("gemma-3-27b")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    m, preset = model_config_from_hf(tmp_path), model_preset(name)
     assert dataclasses.replace(m, name=preset.name, checkpoint=None, bos_token_id=preset.bos_token_id) == preset
