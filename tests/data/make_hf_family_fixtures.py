@@ -156,7 +156,7 @@ def build(name: str, seed: int = 0):
                     # Gemma multiplies its embeddings by sqrt(hidden): drawn as the others', they would
                     # outweigh the blocks and, tied to the head, every greedy token would echo the last
                     # one, which checks no decode step; divided by it, the stream starts as the others'
-                    p.div_(config.hidden_size ** 0.5)
+                    p.div_(getattr(config, "text_config", config).hidden_size ** 0.5)
     return model.to(torch.bfloat16).eval(), model_cls
 
 

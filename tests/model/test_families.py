@@ -15,7 +15,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
