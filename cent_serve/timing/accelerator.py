@@ -33,8 +33,7 @@ def accelerator_parts(m: ModelConfig, dev: DeviceConfig, context: int) -> dict[s
     # RMSNorm: D values / the lanes / the banks' 16-to-1 products, over the units; a reduction; rsqrt
     norm = d / lanes / dev.burst_elements / units * add_pass + buf + buf + 1 + dev.acc_norm_riscv_cycles
     passes = attended(m, context) * h / lanes / units  # softmax's vectors: every head's keys, over the units
-    caps = 2 if m.attn_logit_softcapping else 1  # soft-capping's exp and add passes beside softmax's
-    softmax = (caps * (passes * exp_pass + passes * add_pass) + h * buf
+    softmax = (score_passes(m) * (passes * exp_pass + passes * add_pass) + h * buf
                + h * (dev.acc_softmax_writes * buf + dev.acc_softmax_riscv_cycles / cores + buf))
     # q's and k's elements, (1 + Hkv / H) H hd: the artifact's (1 + Hkv / H) D where H hd = D (Llama 2),
     # and what q and k hold where it is not (Qwen3-30B-A3B: 32 x 128 = 4096 beside D = 2048)
@@ -43,6 +42,13 @@ def accelerator_parts(m: ModelConfig, dev: DeviceConfig, context: int) -> dict[s
     qk_norm = (qk_heads * m.head_dim / lanes / dev.burst_elements / units * add_pass
                + qk_heads * dev.acc_norm_riscv_cycles / cores) if qk_heads else 0.0
     return dict(norm=norms_per_block(m) * norm, softmax=softmax, rotary=rotary, qk_norm=qk_norm)
+
+
+def score_passes(m: ModelConfig) -> int:
+    """The exp-and-add passes over every attention score a block makes: softmax's, and with Gemma 2's
+    attention logit soft-capping (`model.attn_logit_softcapping`) as many again (`accelerator_parts`).
+    Its time and its energy (`energy.EnergyModel`) both count them."""
+    return 2 if m.attn_logit_softcapping else 1
 
 
 def accelerator_cycles(m: ModelConfig, dev: DeviceConfig, context: int) -> float:

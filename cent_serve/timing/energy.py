@@ -39,8 +39,9 @@ import numpy as np
 from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
-from cent_serve.timing.pim import (attended, cdiv, expert_cycles, ffn_cycles, qkvo_cycles, router_cycles,
-                                   shared_expert_cycles)
+from cent_serve.timing.accelerator import score_passes
+from cent_serve.timing.pim import (attended, cdiv, expert_cycles, ffn_cycles, norms_per_block, qkvo_cycles,
+                                   router_cycles, shared_expert_cycles)
 
 # docs/hardware_model.md section 9: measured A100-80GB throughput (prefill, decode, end-to-end tok/s)
 # and how many A100s the paper's baseline uses per model.
@@ -183,30 +184,32 @@ class EnergyModel:
         return out
 
     def _accelerator(self, context: int) -> np.ndarray:
-        """The accelerator's work for one block (two RMSNorms, softmax over every head's scores, the
+        """The accelerator's work for one block (its RMSNorms, two or Gemma 2's four: `norms_per_block`;
+        softmax over every head's scores, its passes twice with soft-capping: `score_passes`; the
         rotary of q and k, and Qwen 3's q/k norms: one more RMSNorm pass over every q and k head) and
         its buffers' traffic, by the artifact's counts of accesses and cycles, each access one
-        cycle of its unit's power at `access_clock_hz`."""
+        cycle of its unit's power at `access_clock_hz`: the work `accelerator_parts` times."""
         m, dev, e = self.model, self.dev, self.dev.energy
         d, h, lanes = m.hidden_size, m.num_heads, dev.acc_simd_lanes
         sb_rd, sb_wr = e.shared_buffer_read_mw, e.shared_buffer_write_mw
+        norms = norms_per_block(m)
         norm = d / (lanes * dev.burst_elements) + 2  # one RMSNorm's shared-buffer passes
-        exps = attended(m, context) * h / lanes  # softmax's SIMD passes over every head's scores
+        exps = score_passes(m) * attended(m, context) * h / lanes  # SIMD passes over every head's scores
         rotated = (1 + 1 / m.num_rep) * m.q_size  # q and k elements (H hd is D in Llama 2; not in all)
         qk_heads = h + m.num_kv_heads if m.qk_norm else 0
         qk = qk_heads * m.head_dim / (lanes * dev.burst_elements)  # the q/k norms' passes, as an RMSNorm's
         out = np.zeros(len(TERMS))
-        ib_reads = 2 * norm + 2 * exps + 2 * h + rotated + qk
-        sb = ((2 * norm + qk) * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
+        ib_reads = norms * norm + 2 * exps + 2 * h + rotated + qk
+        sb = ((norms * norm + qk) * (2 * sb_rd + sb_wr) + (3 * exps + 2 * h) * sb_rd + (2 * exps + 2 * h) * sb_wr
               + rotated / lanes * (sb_rd + 2 * sb_wr))
         out[T["sram_dynamic"]] = (ib_reads * e.instruction_buffer_read_mw + sb) * 1e-3 / e.access_clock_hz
-        riscv_cycles = ((2 + qk_heads) * dev.acc_norm_riscv_cycles
+        riscv_cycles = ((norms + qk_heads) * dev.acc_norm_riscv_cycles
                         + h * (dev.acc_softmax_writes * dev.acc_buffer_cycles + dev.acc_softmax_riscv_cycles
                                + dev.acc_buffer_cycles)
                         + rotated * dev.acc_rotary_riscv_cycles / dev.acc_riscv_cores)
         out[T["riscv"]] = e.riscv_core_mw * 1e-3 * riscv_cycles / e.access_clock_hz
-        out[T["accelerator_dynamic"]] = (e.reduction_mw * (2 + h) + e.exp_mw * exps
-                                         + e.vector_mw * (2 * d / (lanes * dev.burst_elements) + exps + qk)
+        out[T["accelerator_dynamic"]] = (e.reduction_mw * (norms + h) + e.exp_mw * exps
+                                         + e.vector_mw * (norms * d / (lanes * dev.burst_elements) + exps + qk)
                                          ) * 1e-3 / e.access_clock_hz
         return out
 

@@ -272,3 +272,38 @@ def test_a_wider_row_costs_more_a_row_opened_and_the_same_a_byte():
     assert act == pytest.approx(66.3e-3 * 44.5e-9)  # the paper's row: act_mw x tRC, as quoted
     int8 = DeviceConfig(bytes_per_element=1, row_elements=2048, burst_elements=32)
     assert command_energies_j(int8)[T["activate"], IDX["act"]] == pytest.approx(act)  # the same 2 KB row
+
+
+def test_gemma2_s_accelerator_energy_follows_the_work_its_time_charges():
+    """The accelerator's time charges Gemma 2's four norms a block and soft-capping's second exp and add
+    pass over every score (`accelerator_parts`); its energy counted two norms and one pass, so gemma-2-9b's
+    accelerator drew a plain block's joules for 1.58x the cycles. Norms and score passes: the norms' and
+    the exps' accesses of the artifact's counts, each scaled as the time is."""
+    import dataclasses
+
+    from cent_serve.timing.energy import T, energy_model
+
+    gemma = model_preset("gemma-2-9b")
+    plain = dataclasses.replace(gemma, sandwich_norms=False, attn_logit_softcapping=0.0)
+    capped = dataclasses.replace(plain, attn_logit_softcapping=50.0)
+    normed = dataclasses.replace(plain, sandwich_norms=True)
+    mp = resolve_mapping(gemma, ParallelConfig(42, 0, 1), DEV)
+
+    def acc(m):  # a block's accelerator terms (pure pipeline: its DRAM commands draw none of them)
+        terms = energy_model(SystemTimer(m, mp, DEV, FabricConfig())).block(1024)
+        return {k: terms[T[k]] for k in ("riscv", "accelerator_dynamic")}
+
+    e, base, cap, norm = acc(gemma), acc(plain), acc(capped), acc(normed)
+    e_dev, lanes, d, h = DEV.energy, DEV.acc_simd_lanes, gemma.hidden_size, gemma.num_heads
+    exps = 1024 * h / lanes  # softmax's SIMD passes; soft-capping adds as many exp and add passes
+    assert cap["accelerator_dynamic"] - base["accelerator_dynamic"] == pytest.approx(
+        (e_dev.exp_mw + e_dev.vector_mw) * exps * 1e-3 / e_dev.access_clock_hz, rel=1e-12, abs=0)
+    # two more norms: their rsqrt on a RISC-V core and a reduction each, as the two others'
+    assert norm["riscv"] - base["riscv"] == pytest.approx(
+        e_dev.riscv_core_mw * 1e-3 * 2 * DEV.acc_norm_riscv_cycles / e_dev.access_clock_hz, rel=1e-12, abs=0)
+    assert norm["accelerator_dynamic"] - base["accelerator_dynamic"] == pytest.approx(
+        (e_dev.reduction_mw * 2 + e_dev.vector_mw * 2 * d / (lanes * DEV.burst_elements)) * 1e-3
+        / e_dev.access_clock_hz, rel=1e-12, abs=0)
+    for k in e:  # gemma-2-9b draws both: what each adds
+        assert e[k] - base[k] == pytest.approx((cap[k] - base[k]) + (norm[k] - base[k]), rel=1e-9, abs=0), k
+        assert e[k] > base[k], k
