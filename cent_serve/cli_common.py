@@ -110,6 +110,11 @@ CLOSED_FORM_IGNORES = {
     "model.partial_rotary_factor": ("the rotary embedding, which the numerics compute and the timing does not "
                                     "price", SERVED_ONLY),
     "model.rms_norm_eps": ("the numerics' RMSNorm", SERVED_ONLY),
+    "model.norm_offset": ("the numerics' RMSNorm weights (1 + w is added once, on load)", SERVED_ONLY),
+    "model.hidden_act": ("the MLP's activation, which the banks' lookup table holds whatever it is", SERVED_ONLY),
+    "model.scale_embeddings": ("the embedding rows' values (the scale rides the DMA's row read)", SERVED_ONLY),
+    "model.final_logit_softcapping": ("the logits' values (the host's, beside sampling)", SERVED_ONLY),
+    "model.query_pre_attn_scalar": ("the constant the attention scores are scaled by", SERVED_ONLY),
     "model.bos_token_id": ("the tokenizer", SERVED_ONLY),
     "model.eos_token_id": ("when a served generation stops", REPLAYED),
     "model.extra_eos_token_ids": ("when a served generation stops", REPLAYED),

@@ -554,6 +554,36 @@ def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplo
     assert [r.getMessage() for r in caplog.records if says in r.getMessage()]
 
 
+GEMMA_NUMERICS_ONLY = {"model.hidden_act": "gelu_pytorch_tanh", "model.scale_embeddings": "true",
+                       "model.norm_offset": "1", "model.final_logit_softcapping": "30",
+                       "model.query_pre_attn_scalar": "64"}
+"""Gemma's fields the CENT timing charges nothing for (docs/hardware_model.md section 4): each a value."""
+
+
+def test_gemma_numerics_fields_leave_the_closed_form_unmoved_and_say_so(caplog, capsys):
+    """GeGLU, the embedding scale, 1 + w norms, the final soft-cap and Gemma 2's attention scale are
+    numerics only: `cent simulate --set` of each gave the same figures in silence, as rms_norm_eps's warns.
+    Soft-capping the scores and the sandwich norms are priced: not warned of."""
+    import json
+
+    def run(*extra: str) -> dict:
+        assert main(["simulate", "--model", "llama2-7b", "--devices", "8", *extra, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        return {k: out[k] for k in ("throughput_tok_s", "token_energy_mj", "token_latency_ms")}
+
+    base = run()
+    for field, value in GEMMA_NUMERICS_ONLY.items():
+        caplog.clear()
+        assert run("--set", f"{field}={value}") == base, field
+        says = [r.getMessage() for r in caplog.records if f"--set {field}: the closed form does not read it"
+                in r.getMessage()]
+        assert len(says) == 1 and "\n" not in says[0], (field, says)
+    for field, value in (("model.attn_logit_softcapping", "50"), ("model.sandwich_norms", "true")):
+        caplog.clear()
+        assert run("--set", f"{field}={value}") != base, field
+        assert not [r for r in caplog.records if "closed form does not read" in r.getMessage()], field
+
+
 def test_rows_per_bank_moves_only_which_closed_form_points_fit_and_says_so(caplog, capsys, tmp_path):
     """The closed form reads device.rows_per_bank only for capacity (one query a lane at the whole context):
     a sweep over it gave the same time and energy for every point that fit, in silence. It warns now, in

@@ -323,7 +323,8 @@ def cent_tco(num_devices: int) -> float:
 
 UNPRICED_MODEL_FIELDS = frozenset({"name", "checkpoint", "max_seq_len", "weight_dtype", "seed", "rms_norm_eps",
                                    "bos_token_id", "eos_token_id", "extra_eos_token_ids",
-                                   "partial_rotary_factor"})
+                                   "partial_rotary_factor", "norm_offset", "hidden_act", "scale_embeddings",
+                                   "final_logit_softcapping", "query_pre_attn_scalar"})
 """Model fields (and every `rope_*`) that leave a preset the model the paper's GPUs ran: its weights'
 values, numerics, tokens and how long a context it admits; every other field changes what a token
 costs (`cli_common.CLOSED_FORM_IGNORES` lists those the timing does not read)."""
