@@ -49,7 +49,9 @@ def _refuse(field: str, value, why: str) -> None:
 def _qwen_window(hf: dict, arch: str, num_layers: int, context: int) -> dict:
     """The window fields of a Qwen config.json (`windowed_blocks`: transformers' blocks, a window that
     hides no key within the context read as none): sliding_window, and layer_types when some blocks only
-    have it."""
+    have it. The layer_types of a family that reads it (all but Qwen 3 MoE) is checked as Mistral's."""
+    if arch != "qwen3_moe" and hf.get("layer_types") is not None:
+        _check_layer_types(hf["layer_types"], num_layers)
     blocks = windowed_blocks(hf, arch, num_layers, context)
     if not blocks:
         return dict(sliding_window=0, layer_types=())

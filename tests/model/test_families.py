@@ -269,6 +269,28 @@ def test_a_qwen_sliding_window_runs_on_the_blocks_transformers_windows(tmp_path)
     assert model_config_from_hf(tmp_path, max_seq_len=256).block_windows == (0, 0)  # served within the window
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "qwen2_moe"])
+def test_a_qwen_layer_types_is_checked_as_mistral_s_and_gemma_2_s(tmp_path, model_type):
+    """Qwen 2, 3 and 2 MoE read layer_types for their windowed blocks; it was taken unchecked: a list of
+    two for three blocks windowed block 1 only (transformers refuses the config: one entry a block), a
+    chunked_attention block ran as full attention, and a bare string fell back to max_window_layers.
+    Refused now in one line, as a Mistral's or a Gemma 2's is; a list of one entry a block still runs."""
+    base = json.loads((ROOT / "qwen2_window" / "config.json").read_text())
+    if model_type == "qwen2_moe":
+        base.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16)
+    base["model_type"] = model_type
+    for types, says in ((["full_attention", "sliding_attention"], "layer_types names 2 blocks, not num_hidden_layers=3"),
+                        (["full_attention", "chunked_attention", "sliding_attention"],
+                         "layer_types='chunked_attention' is not supported"),
+                        ("sliding_attention", "layer_types='sliding_attention' is not supported")):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": types}))
+        with pytest.raises(ValueError, match=says) as caught:
+            model_config_from_hf(tmp_path)
+        assert "\n" not in str(caught.value)
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    assert model_config_from_hf(tmp_path).block_windows == (0, 8, 8)
+
+
 @pytest.mark.parametrize("family", ["mistral", "mixtral", "llama3"])
 def test_layer_types_mixing_full_and_sliding_attention_window_some_blocks_or_are_said_not_read(
         tmp_path, capsys, caplog, family):
