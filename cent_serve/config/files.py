@@ -88,10 +88,11 @@ def bench_flags(bench: dict) -> str:
     return " ".join(out)
 
 
-def load_config(path: str | Path) -> CentConfig:
+def load_config(path: str | Path, served: dict[str, int] | None = None) -> CentConfig:
     """Load a YAML (or JSON) config; a `model: {name: llama2-7b}` pulls in that preset. A relative
     `model.checkpoint` is the config file's directory's (as docker-compose and tsconfig read paths),
-    not the current directory's."""
+    not the current directory's. `served`: {"max_seq_len": N} of a --set that will override the file's
+    (`overrides._served_context`), the context a checkpoint's config.json is read within."""
     import yaml
 
     try:
@@ -142,7 +143,7 @@ def load_config(path: str | Path) -> CentConfig:
     model = data.get("model")
     if isinstance(model, dict):
         try:
-            data["model"] = _model_section(model, _paths_dir(path), str(path))
+            data["model"] = _model_section(model, _paths_dir(path), str(path), served)
         except ValueError as exc:
             raise ValueError(f"config file {path}: {exc}") from None
     try:
@@ -162,9 +163,12 @@ def _paths_dir(path: str | Path) -> Path:
     return p.parent
 
 
-def _model_section(model: dict[str, Any], base_dir: Path, source: str = "") -> dict[str, Any]:
+def _model_section(model: dict[str, Any], base_dir: Path, source: str = "",
+                   served: dict[str, int] | None = None) -> dict[str, Any]:
     """A YAML `model:` section with what it names filled in, as `--model` would: `checkpoint: DIR`
-    loads the checkpoint's config.json (a relative DIR is `base_dir`'s, the config file's directory),
+    loads the checkpoint's config.json (a relative DIR is `base_dir`'s, the config file's directory)
+    within the context served (`served`, else the section's max_seq_len: a window that hides keys only
+    beyond the config.json's own context is read as `--model DIR --set model.max_seq_len` reads it),
     `name: PRESET` the preset; the fields given beside them override. Another name is a model of one's
     own and needs its shape beside it (`_SHAPE_FIELDS`); alone it is refused: it would only relabel
     the default model."""
@@ -184,7 +188,10 @@ def _model_section(model: dict[str, Any], base_dir: Path, source: str = "") -> d
         if not os.path.exists(where):
             raise ValueError(f"model.checkpoint={ckpt!r}: {where} does not exist: give the checkpoint directory's "
                              f"path, absolute or relative to the config file's directory ({os.path.abspath(base_dir)})")
-        base = dataclasses.asdict(model_config_from_hf(where))
+        context = model.get("max_seq_len")
+        served = served or ({"max_seq_len": context} if isinstance(context, int) and not isinstance(context, bool)
+                            and context > 0 else {})
+        base = dataclasses.asdict(model_config_from_hf(where, **served))
         _check(name is None or name == base["name"], "model.name", name,
                f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "
                f"model.checkpoint")

@@ -80,11 +80,12 @@ def build_config(model: str | None = None, *, config: str | Path | None = None, 
     `devices`, `pp`, `tp` (None: the file's or the default), `hardware` (`cent` or `gpu:KIND:N`), then
     every `overrides` item (`section.field=value`). ValueError, one line naming the field, the value and
     the fix (worded with the flags: `--model` is `model`, `--set` is `overrides`)."""
-    cfg = load_config(config) if config else CentConfig()
     if isinstance(overrides, str):  # one item given bare: a list of its characters would be refused one by one
         overrides = [overrides]
+    served = _served_context(list(overrides or ()))  # the context a checkpoint's config.json is read within
+    cfg = load_config(config, served) if config else CentConfig()
     if model is not None:  # "" is refused by name, not read as "not given" (the default model)
-        cfg.model = resolve_model(str(model), **_served_context(list(overrides or ())))
+        cfg.model = resolve_model(str(model), **served)
     if seed is not None:
         cfg.model.seed = seed
     if numerics is not None:  # False or "" are refused, not read as "not given" (auto)

@@ -856,3 +856,27 @@ def test_the_published_gemma3_configs_read_as_their_presets(tmp_path, name, conf
     (tmp_path / "config.json").write_text(json.dumps(config))
     m, preset = model_config_from_hf(tmp_path), model_preset(name)
     assert dataclasses.replace(m, name=preset.name, checkpoint=None, bos_token_id=preset.bos_token_id) == preset
+
+
+def test_a_config_file_s_max_seq_len_reads_a_checkpoint_window_as_set_model_max_seq_len_does(tmp_path):
+    """A Qwen 2 window of 8 on blocks 1 and 2 in a config.json whose own context is 8 hides nothing there,
+    so the window is read as none; served at 64 it hides keys. `--model DIR --set model.max_seq_len=64`
+    read the config.json within 64 and windowed the blocks, but a config file's `model: {checkpoint: DIR,
+    max_seq_len: 64}` (and `--config` with that --set) read it within 8 and served 64 tokens on full
+    attention: another model than transformers'. Every way of naming the context now reads the same."""
+    from cent_serve.config import build_config, load_config
+
+    ckpt = tmp_path / "q"
+    ckpt.mkdir()
+    hf = json.loads((ROOT / "qwen2_window" / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 8}))
+    assert model_config_from_hf(ckpt).block_windows == (0, 0, 0)  # within 8: no key hidden
+    (tmp_path / "served.yaml").write_text(f"model:\n  checkpoint: {ckpt}\n  max_seq_len: 64\n")
+    (tmp_path / "plain.yaml").write_text(f"model:\n  checkpoint: {ckpt}\n")
+    for model in (build_config(str(ckpt), overrides=["model.max_seq_len=64"]).model,
+                  load_config(tmp_path / "served.yaml").model,
+                  build_config(config=tmp_path / "plain.yaml", overrides=["model.max_seq_len=64"]).model,
+                  build_config(config=tmp_path / "served.yaml", overrides=["model.max_seq_len=64"]).model):
+        assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8))
+    assert build_config(config=tmp_path / "served.yaml", overrides=["model.max_seq_len=8"]).model.block_windows == \
+        (0, 0, 0)  # the --set context is the one served
