@@ -321,3 +321,17 @@ def test_cent_help_says_what_cent_info_prints():
     assert "info the resolved config, parameters, KV room and whether it fits; --presets, --describe" in listing
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "# resolved config, parameters, KV room, whether it fits" in readme
+
+
+def test_the_readme_says_gemma_2_s_window_as_its_presets_serve_it():
+    """README's reference-model list said Gemma 2 is "served within its window" after its presets came to
+    serve their published 8192 tokens with the 4096 window on alternate blocks (`model.layer_types`), and
+    named a sliding window for Mistral and Phi-3 only. It says the window on some blocks now."""
+    from cent_serve.config import model_preset
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for name in ("gemma-2-9b", "gemma-2-27b"):
+        m = model_preset(name)
+        assert m.max_seq_len > m.sliding_window and 0 < sum(map(bool, m.block_windows)) < m.num_layers, name
+    assert "served within its window" not in readme
+    assert "a sliding window on every block (Mistral, Phi-3) or on some (`model.layer_types`" in readme
