@@ -880,3 +880,7 @@ def test_a_config_file_s_max_seq_len_reads_a_checkpoint_window_as_set_model_max_
         assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8))
     assert build_config(config=tmp_path / "served.yaml", overrides=["model.max_seq_len=8"]).model.block_windows == \
         (0, 0, 0)  # the --set context is the one served
+    # written as --set takes any integer (6.4e1, 64.0: `_int_text`), the same context, the same windows
+    for text in ("6.4e1", "64.0", " 64 "):
+        model = build_config(str(ckpt), overrides=[f"model.max_seq_len={text}"]).model
+        assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8)), text
