@@ -150,6 +150,20 @@ def _int_text(text: str) -> int:
         return int(value)
 
 
+def served_context(value: Any) -> dict[str, int]:
+    """{"max_seq_len": N} of a model.max_seq_len value that is a positive integer (an int, or text as
+    `_int_text` reads it: 64, 64.0, 6.4e1), else {}: the context a checkpoint's config.json is read
+    within (`overrides.build_config`, `files.load_config`). Any other value is refused where the field
+    is set, not here."""
+    if isinstance(value, bool):
+        return {}
+    try:
+        context = value if isinstance(value, int) else _int_text(str(value).strip())
+    except (ValueError, OverflowError):
+        return {}
+    return {"max_seq_len": context} if context > 0 else {}
+
+
 def _ids_text(value: Any, name: str) -> tuple[int, ...]:
     """A tuple of ids from a list, one id, or text `5,9` (nothing or none: no ids)."""
     if isinstance(value, (list, tuple)):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cent_serve.config.checks import _check
-from cent_serve.config.fields import _from_dict, _sections
+from cent_serve.config.fields import _from_dict, _sections, served_context
 from cent_serve.config.model import MODEL_PRESETS
 from cent_serve.config.tree import CentConfig
 
@@ -188,9 +188,7 @@ def _model_section(model: dict[str, Any], base_dir: Path, source: str = "",
         if not os.path.exists(where):
             raise ValueError(f"model.checkpoint={ckpt!r}: {where} does not exist: give the checkpoint directory's "
                              f"path, absolute or relative to the config file's directory ({os.path.abspath(base_dir)})")
-        context = model.get("max_seq_len")
-        served = served or ({"max_seq_len": context} if isinstance(context, int) and not isinstance(context, bool)
-                            and context > 0 else {})
+        served = served or served_context(model.get("max_seq_len"))
         base = dataclasses.asdict(model_config_from_hf(where, **served))
         _check(name is None or name == base["name"], "model.name", name,
                f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from cent_serve.config.checks import _check, _number_fix, _numeric_fields
-from cent_serve.config.fields import (DERIVED_FIELDS, _SECTION_FIX, _coerce, _from_dict, _int_text, _is_null, _join,
-                                      _not_a_field, _sections, _typed)
+from cent_serve.config.fields import (DERIVED_FIELDS, _SECTION_FIX, _coerce, _from_dict, _is_null, _join, _not_a_field,
+                                      _sections, _typed, served_context)
 from cent_serve.config.files import load_config
 from cent_serve.config.gpu import parse_hardware
 from cent_serve.config.model import resolve_model
@@ -59,21 +59,14 @@ def _parse_override(data: dict[str, Any], item: str) -> tuple[dict[str, Any], st
 
 
 def _served_context(overrides: list[str]) -> dict[str, int]:
-    """{"max_seq_len": N} when `overrides` set model.max_seq_len to an integer (the last one; written as
-    --set takes one, `_int_text`: 64, 64.0, 6.4e1), else {}: a checkpoint's config.json is read within the
-    context served, so a sliding window that would hide keys only beyond it (Qwen's, Gemma 2's) runs. A
-    value that is no positive integer is left to `apply_overrides`'s refusal."""
+    """`fields.served_context` of the last model.max_seq_len `overrides` set, else {}: a checkpoint's
+    config.json is read within the context served, so a sliding window that would hide keys only beyond it
+    (Qwen's, Gemma 2's) runs. A value that is no positive integer is left to `apply_overrides`'s refusal."""
     found: dict[str, int] = {}
     for item in overrides:
         path, _, value = item.partition("=")
-        if path.strip() != "model.max_seq_len":
-            continue
-        try:
-            context = _int_text(value.strip())
-        except (ValueError, OverflowError):
-            continue
-        if context > 0:
-            found = {"max_seq_len": context}
+        if path.strip() == "model.max_seq_len":
+            found = served_context(value)
     return found
 
 

@@ -884,3 +884,6 @@ def test_a_config_file_s_max_seq_len_reads_a_checkpoint_window_as_set_model_max_
     for text in ("6.4e1", "64.0", " 64 "):
         model = build_config(str(ckpt), overrides=[f"model.max_seq_len={text}"]).model
         assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8)), text
+        (tmp_path / "text.yaml").write_text(f"model:\n  checkpoint: {ckpt}\n  max_seq_len: {text.strip()}\n")
+        model = load_config(tmp_path / "text.yaml").model  # PyYAML reads 6.4e1 as text, as --set gives it
+        assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8)), text
