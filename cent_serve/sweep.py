@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_closed_form_ignores
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
+from cent_serve.config.overrides import _served_context
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
@@ -172,9 +173,9 @@ def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] 
     the devices left over hold replicas, as a tp 1 point's do)."""
     cfg = CentConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     sets = [f"{k}={v}" for k, v in point.items() if k != "model"]
-    if "model" in point:
-        cfg.model = resolve_model(point["model"])
+    if "model" in point:  # a checkpoint read within the context the point serves, as build_config reads one
         sets = [*model_sets, *sets]
+        cfg.model = resolve_model(point["model"], **_served_context(sets))
     if hybrid_pp and int(point.get("parallel.tp", base.parallel.tp)) > 1:  # checked as integers (`check_vary`)
         one = apply_overrides(cfg, [*sets, "parallel.pp=1"])  # the point's devices, tp and model (its blocks)
         p = one.parallel

@@ -887,3 +887,23 @@ def test_a_config_file_s_max_seq_len_reads_a_checkpoint_window_as_set_model_max_
         (tmp_path / "text.yaml").write_text(f"model:\n  checkpoint: {ckpt}\n  max_seq_len: {text.strip()}\n")
         model = load_config(tmp_path / "text.yaml").model  # PyYAML reads 6.4e1 as text, as --set gives it
         assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8)), text
+
+
+def test_a_swept_checkpoint_is_read_within_the_context_the_sweep_sets(tmp_path):
+    """`cent sweep --vary model=DIR --set model.max_seq_len=64` resolved each varied checkpoint at its
+    config.json's own context (8: the window of blocks 1 and 2 hides nothing there, read as none) and then
+    served 64 tokens on full attention, where `cent simulate --model DIR --set model.max_seq_len=64`
+    windows them: a point is read within the context its sets give, as build_config reads it."""
+    from cent_serve.config import build_config
+    from cent_serve.sweep import point_config
+
+    ckpt = tmp_path / "q"
+    ckpt.mkdir()
+    hf = json.loads((ROOT / "qwen2_window" / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 8}))
+    base = build_config("tiny", numerics="off")
+    for sets, point in ((["model.max_seq_len=64"], {"model": str(ckpt)}),
+                        ([], {"model": str(ckpt), "model.max_seq_len": "64"})):
+        model = point_config(base, point, sets).model
+        assert (model.max_seq_len, model.block_windows) == (64, (0, 8, 8)), (sets, point)
+    assert point_config(base, {"model": str(ckpt)}).model.block_windows == (0, 0, 0)  # its own 8
