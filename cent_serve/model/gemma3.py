@@ -119,7 +119,9 @@ def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
 def config_keys(cfg: ModelConfig, rope_full: dict) -> dict:
     """What a gemma3_text config.json says beyond the shared keys (`hf_config_dict`): Gemma3TextConfig's
     names (hidden_activation), every block's layer type, the window, and the rope per layer type as
-    transformers 5 writes it (`rope_full`: the full blocks', the shared writer's rope_scaling and theta)."""
+    transformers 5 writes it (`rope_full`: the full blocks', the shared writer's rope_scaling and theta).
+    Without a window, one of the whole context: Gemma3TextModel builds its sliding_attention mask whatever
+    layer_types say, and create_sliding_window_causal_mask refuses a null one (modeling_gemma3.py)."""
     windows = cfg.block_windows
     if any(windows) and not cfg.rope_local_theta and cfg.rope_type != "default":
         raise ValueError(f"model.rope_local_theta=0 cannot be saved as a model_type='gemma3_text' checkpoint with "
@@ -127,7 +129,7 @@ def config_keys(cfg: ModelConfig, rope_full: dict) -> dict:
                          "model.rope_local_theta (Gemma 3's 10000.0)")
     local = cfg.rope_local_theta or cfg.rope_theta
     return dict(query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
-                sliding_window=cfg.sliding_window or None, use_bidirectional_attention=False,
+                sliding_window=cfg.sliding_window or cfg.max_seq_len, use_bidirectional_attention=False,
                 layer_types=[KINDS[0] if w else KINDS[1] for w in windows], attn_logit_softcapping=None,
                 final_logit_softcapping=cfg.final_logit_softcapping or None,
                 rope_parameters=dict(full_attention=rope_full,

@@ -823,6 +823,23 @@ def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved
         dict(rope_type="default", rope_theta=10000.0)
 
 
+def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_path):
+    """transformers 5.25's Gemma3TextModel builds its sliding_attention mask whatever layer_types say, and
+    create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
+    is saved with a window of the whole context (it hides no key, as Gemma 2's writer does), and reads
+    back with none."""
+    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from tests.factories import tiny_model_config
+
+    cfg = tiny_model_config(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True,
+                            norm_offset=1.0, qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=48)
+    out = hf_config_dict(cfg)
+    assert (out["sliding_window"], out["layer_types"]) == (cfg.max_seq_len, ["full_attention"] * cfg.num_layers)
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
+    assert model_config_from_hf(tmp_path).block_windows == (0,) * cfg.num_layers
+
+
 GEMMA3_27B_CONFIG = {  # google/gemma-3-27b-it's config.json (transformers 4.50), the vision tower's keys cut short
     "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
     "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
