@@ -521,7 +521,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         out["hidden_activation"] = out.pop("hidden_act")
         scaling = out.pop("rope_scaling", {})
         out.update(gemma3.config_keys(cfg, {**scaling, "rope_type": cfg.rope_type, "rope_theta": out.pop("rope_theta")}))
-        out["max_position_embeddings"] = cfg.max_seq_len
+        if cfg.rope_type == "linear":  # Gemma 3's linear rope serves max_position_embeddings (as it is read);
+            out["max_position_embeddings"] = cfg.max_seq_len  # a dynamic one's is its original context
     return out
 
 

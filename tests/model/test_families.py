@@ -398,7 +398,11 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
          sandwich_norms=True, query_pre_attn_scalar=48, attn_logit_softcapping=2.0, final_logit_softcapping=0.0),
     dict(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
          head_dim=64, qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=48, final_logit_softcapping=5.0,
-         sliding_window=8, rope_local_theta=100.0, rope_type="linear", rope_factor=8.0)],
+         sliding_window=8, rope_local_theta=100.0, rope_type="linear", rope_factor=8.0),
+    # Gemma 3 with a dynamic rope: its original context is max_position_embeddings, as every family's
+    dict(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
+         head_dim=64, qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=48, sliding_window=8,
+         rope_local_theta=100.0, rope_type="dynamic", rope_factor=2.0, rope_original_max_position=64)],
     ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
