@@ -827,6 +827,25 @@ def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved
         dict(rope_type="default", rope_theta=10000.0)
 
 
+def test_a_gemma3_without_layer_types_windows_by_sliding_window_pattern_alone(tmp_path):
+    """Without layer_types, Gemma3TextConfig windows all but every sliding_window_pattern-th block (default
+    6); the _sliding_window_pattern transformers 5 writes beside layer_types is not read for it (checked in
+    transformers 5.25: a config of 6 blocks with _sliding_window_pattern 3 windows blocks 0-4). A pattern
+    that is not a positive integer (transformers divides by it) is refused in one line."""
+    base = {k: v for k, v in json.loads((ROOT / "gemma3_text" / "config.json").read_text()).items()
+            if k not in ("layer_types", "_sliding_window_pattern")}
+    for change, windows in ((dict(_sliding_window_pattern=3), (8,) * 5 + (0,)),
+                            (dict(sliding_window_pattern=3), (8, 8, 0, 8, 8, 0))):
+        (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
+        assert model_config_from_hf(tmp_path).block_windows == windows, change
+    for pattern in (None, 0, "6", 2.5):
+        (tmp_path / "config.json").write_text(json.dumps({**base, "sliding_window_pattern": pattern}))
+        with pytest.raises(ValueError, match=rf"sliding_window_pattern={pattern!r} is not supported: give a "
+                                             "positive integer") as err:
+            model_config_from_hf(tmp_path)
+        assert "\n" not in str(err.value)
+
+
 def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_path):
     """transformers 5.25's Gemma3TextModel builds its sliding_attention mask whatever layer_types say, and
     create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
