@@ -469,7 +469,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                          "query_pre_attn_scalar (set them, or model.model_type)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
-    if cfg.model_type in ("qwen3", "qwen3_moe") and not cfg.qk_norm:
+    if cfg.model_type in ("qwen3", "qwen3_moe", "gemma3_text") and not cfg.qk_norm:
         raise ValueError(f"model.model_type={cfg.model_type!r} has q/k norms: set model.qk_norm=true to save it")
     if cfg.model_type == "mixtral" and (not cfg.norm_topk_prob or cfg.moe_intermediate_size not in (0, cfg.intermediate_size)):
         raise ValueError("model.model_type='mixtral' always renormalizes its top-k and sizes its experts by "

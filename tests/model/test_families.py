@@ -846,6 +846,17 @@ def test_a_gemma3_without_layer_types_windows_by_sliding_window_pattern_alone(tm
         assert "\n" not in str(err.value)
 
 
+def test_a_gemma3_without_q_k_norms_is_not_saved_as_one():
+    """Gemma3Attention always has q_norm and k_norm (modeling_gemma3.py): a gemma3_text checkpoint saved
+    without them would load in transformers with fresh norms (1 + 0: q and k still RMS-normalised) and run
+    other numbers than cent's; refused as Qwen 3's is, naming the fix."""
+    from cent_serve.model.hf_config import hf_config_dict
+
+    cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), qk_norm=False)
+    with pytest.raises(ValueError, match=r"^model.model_type='gemma3_text' has q/k norms: set model.qk_norm=true"):
+        hf_config_dict(cfg)
+
+
 def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_path):
     """transformers 5.25's Gemma3TextModel builds its sliding_attention mask whatever layer_types say, and
     create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
