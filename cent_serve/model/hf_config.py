@@ -462,11 +462,14 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     gemma2 = (cfg.sandwich_norms, bool(cfg.query_pre_attn_scalar)) != (False, False) or cfg.attn_logit_softcapping \
         or cfg.final_logit_softcapping
     sandwich = ("gemma2", "gemma3_text")  # gemma3_text: the extra norms and query_pre_attn_scalar, no attention cap
-    if cfg.model_type in sandwich and not cfg.sandwich_norms or cfg.model_type not in sandwich and gemma2 \
-            or cfg.model_type == "gemma3_text" and cfg.attn_logit_softcapping:
+    if cfg.model_type == "gemma3_text" and cfg.attn_logit_softcapping:
+        raise ValueError(f"model.attn_logit_softcapping={cfg.attn_logit_softcapping} cannot be saved as a "
+                         "model_type='gemma3_text' checkpoint: transformers' Gemma3Attention does not cap its attention "
+                         "logits; set model.attn_logit_softcapping=0.0, or model.model_type='gemma2'")
+    if cfg.model_type in sandwich and not cfg.sandwich_norms or cfg.model_type not in sandwich and gemma2:
         raise ValueError(f"model.sandwich_norms={cfg.sandwich_norms} cannot be saved as a model_type={cfg.model_type!r} "
-                         "checkpoint: gemma2 has the extra norms (true), and only gemma2 has them, soft-capping or "
-                         "query_pre_attn_scalar (set them, or model.model_type)")
+                         "checkpoint: gemma2 and gemma3_text have the extra norms (true), and only they have them, "
+                         "soft-capping or query_pre_attn_scalar (set them, or model.model_type)")
     if cfg.model_type == "qwen2" and not cfg.attention_bias:
         raise ValueError("model.model_type='qwen2' has q/k/v biases: set model.attention_bias=true to save it")
     if cfg.model_type in ("qwen3", "qwen3_moe", "gemma3_text") and not cfg.qk_norm:

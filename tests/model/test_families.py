@@ -857,6 +857,22 @@ def test_a_gemma3_without_q_k_norms_is_not_saved_as_one():
         hf_config_dict(cfg)
 
 
+@pytest.mark.parametrize("change, says", [
+    (dict(attn_logit_softcapping=50.0), r"^model.attn_logit_softcapping=50.0 cannot be saved as a "
+     r"model_type='gemma3_text' checkpoint: .*set model.attn_logit_softcapping=0.0, or model.model_type='gemma2'"),
+    (dict(sandwich_norms=False), r"^model.sandwich_norms=False cannot be saved as a model_type='gemma3_text' "
+     r"checkpoint: gemma2 and gemma3_text have the extra norms")])
+def test_what_a_gemma3_checkpoint_cannot_say_is_refused_by_its_own_field(change, says):
+    """A gemma3_text model that caps its attention logits (Gemma3Attention does not) is refused naming
+    attn_logit_softcapping, not sandwich_norms; one without the extra norms says gemma3_text has them."""
+    from cent_serve.model.hf_config import hf_config_dict
+
+    cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), **change)
+    with pytest.raises(ValueError, match=says) as err:
+        hf_config_dict(cfg)
+    assert "\n" not in str(err.value)
+
+
 def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_path):
     """transformers 5.25's Gemma3TextModel builds its sliding_attention mask whatever layer_types say, and
     create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
