@@ -82,7 +82,8 @@ def flattened(hf: dict) -> tuple[dict, float]:
 def sliding_blocks(hf: dict, num_layers: int) -> list[int]:
     """The blocks Gemma3TextConfig windows: those its layer_types name sliding_attention, by default all
     but every sixth (sliding_window_pattern, 6: `(i + 1) % pattern` nonzero; the _sliding_window_pattern
-    transformers 5 writes beside layer_types is not read for it, as Gemma3TextConfig does not)."""
+    transformers 5 writes beside layer_types is not read for it, as Gemma3TextConfig does not). A given
+    layer_types is one entry a block of the two kinds: `hf_config` checked it as every family's."""
     types = hf.get("layer_types")
     if types is None:
         pattern = hf.get("sliding_window_pattern", DEFAULT_PATTERN)
@@ -90,10 +91,6 @@ def sliding_blocks(hf: dict, num_layers: int) -> list[int]:
             _refuse("sliding_window_pattern", pattern, "give a positive integer (every so many blocks one is "
                     "full_attention, Gemma 3's 6), or layer_types naming each block's attention")
         return [i for i in range(num_layers) if (i + 1) % pattern]
-    odd = sorted({str(t) for t in types} - set(KINDS)) if isinstance(types, list) else [types]
-    if odd or len(types) != num_layers:
-        _refuse("layer_types", types if not isinstance(types, list) else odd or f"{len(types)} entries",
-                f"give one entry a block ({num_layers}), each sliding_attention or full_attention")
     return [i for i, t in enumerate(types) if t == "sliding_attention"]
 
 

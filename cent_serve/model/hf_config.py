@@ -357,7 +357,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         fields.update(_qwen_window(hf, arch, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
     if arch == "gemma2":  # its window on the blocks Gemma2Config's layer_types name, within the context served
         fields.update(_gemma2_window(hf, fields["num_layers"], overrides.get("max_seq_len", fields["max_seq_len"])))
-    if arch == "gemma3_text":
+    if arch == "gemma3_text":  # its window and rope on the blocks Gemma3TextConfig's layer_types name
+        if hf.get("layer_types") is not None:
+            _check_layer_types(hf["layer_types"], fields["num_layers"])
         fields.update(gemma3.fields(hf, fields["num_layers"], local_theta, _num))
     fields.update(overrides)
     try:

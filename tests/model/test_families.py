@@ -827,6 +827,20 @@ def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved
         dict(rope_type="default", rope_theta=10000.0)
 
 
+@pytest.mark.parametrize("types, says", [
+    (["global"] * 6, r"layer_types='global' is not supported: a list of full_attention and sliding_attention blocks"),
+    (["full_attention"] * 3, r"layer_types names 3 blocks, not num_hidden_layers=6: give one entry a block"),
+    ("sliding_attention", r"layer_types='sliding_attention' is not supported: a list of")])
+def test_a_gemma3_layer_types_is_checked_as_every_family_s(tmp_path, types, says):
+    """A gemma3_text config.json's layer_types is refused by the one check every family's goes through
+    (`hf_config._check_layer_types`), in the same words as Gemma 2's and Qwen's, in one line."""
+    base = json.loads((ROOT / "gemma3_text" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**base, "layer_types": types}))
+    with pytest.raises(ValueError, match=says) as err:
+        model_config_from_hf(tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_a_gemma3_without_layer_types_windows_by_sliding_window_pattern_alone(tmp_path):
     """Without layer_types, Gemma3TextConfig windows all but every sliding_window_pattern-th block (default
     6); the _sliding_window_pattern transformers 5 writes beside layer_types is not read for it (checked in
