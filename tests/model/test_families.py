@@ -887,6 +887,29 @@ def test_what_a_gemma3_checkpoint_cannot_say_is_refused_by_its_own_field(change,
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.hf
+@pytest.mark.parametrize("change", [dict(sliding_window=0, layer_types=()),
+                                    dict(rope_type="dynamic", rope_factor=2.0, rope_original_max_position=8)],
+                         ids=["no window", "dynamic rope"])
+def test_transformers_runs_a_saved_gemma3_as_the_reference_model(change, tmp_path):
+    """The gemma3_text fixture's weights saved under a config with no window, or with a dynamic rope past
+    its original 8 positions: transformers 5.25 loads the checkpoint and its logits are the reference
+    model's (it refused the null window the writer gave the first, and ran the second's rope unscaled)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from cent_serve.model.weights import save_hf_checkpoint
+
+    cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), **change)
+    weights, ids = load_weights(cfg), expected("gemma3_text")[0]["prompt_ids"]
+    save_hf_checkpoint(cfg, weights, tmp_path)
+    model = LlamaModel(cfg, weights)
+    ours = model.forward(ids, model.new_cache())[-1]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0, -1].numpy()
+    assert len(ids) > 8 and rel(ours, theirs) < 1e-5
+
+
 def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_path):
     """transformers 5.25's Gemma3TextModel builds its sliding_attention mask whatever layer_types say, and
     create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
