@@ -21,7 +21,8 @@ def _refuse(field: str, value, why: str) -> None:
 
 _TOP_LEVEL = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings",
               "quantization_config")
-"""Gemma3Config's own keys that its language model runs by (ids, dtype, the tied LM head), over text_config's."""
+"""Gemma3Config's own keys that its language model runs by (ids, dtype, the tied LM head), over text_config's:
+transformers ties the head by Gemma3Config.tie_word_embeddings (default true), whatever text_config says."""
 
 
 def text_config(hf: dict, cfg_file) -> dict:
@@ -35,7 +36,7 @@ def text_config(hf: dict, cfg_file) -> dict:
     if not isinstance(text, dict):
         raise ValueError(f"{cfg_file}: text_config={text!r} is invalid: a gemma3 config.json gives its language "
                          "model's keys as a JSON object; fix it, or point --model at a gemma3_text checkpoint")
-    top = {k: hf[k] for k in _TOP_LEVEL if hf.get(k) is not None}
+    top = {"tie_word_embeddings": True, **{k: hf[k] for k in _TOP_LEVEL if hf.get(k) is not None}}
     return {"vocab_size": DEFAULT_VOCAB, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
             "num_attention_heads": 8, **text, **top, "model_type": "gemma3_text"}
 

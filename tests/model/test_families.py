@@ -814,6 +814,19 @@ def test_a_multimodal_gemma3_serves_its_language_model_and_warns_once_of_its_vis
         model_config_from_hf(tmp_path)
 
 
+def test_a_multimodal_gemma3_ties_its_head_by_its_own_flag(tmp_path):
+    """Gemma3ForConditionalGeneration ties its LM head by Gemma3Config.tie_word_embeddings (default true),
+    not by text_config's (transformers 5.25: a config.json whose text_config says false and whose top
+    level says nothing is tied): read so, and an explicit top-level false unties it."""
+    base = json.loads((ROOT / "gemma3" / "config.json").read_text())
+    del base["tie_word_embeddings"]
+    base["text_config"]["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    assert model_config_from_hf(tmp_path).tie_word_embeddings is True
+    (tmp_path / "config.json").write_text(json.dumps({**base, "tie_word_embeddings": False}))
+    assert model_config_from_hf(tmp_path).tie_word_embeddings is False
+
+
 def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved():
     """With rope_local_theta 0 the windowed blocks turn by rope_theta and the scaling, which a gemma3_text
     config.json cannot say (its sliding_attention rope is unscaled): refused in one line naming the fix."""
