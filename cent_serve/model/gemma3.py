@@ -73,7 +73,7 @@ def flattened(hf: dict) -> tuple[dict, float]:
     kind = local.get("rope_type", local.get("type", "default"))
     if kind != "default":
         _refuse("rope_parameters.sliding_attention.rope_type", kind, "the sliding blocks' rotary embedding is "
-                "modelled unscaled (default), as every Gemma 3 has it")
+                "modelled unscaled (default), as every Gemma 3 has it; set it to 'default' (Gemma 3's)")
     flat = {k: v for k, v in hf.items() if k not in ("rope_scaling", "rope_local_base_freq")}
     flat["rope_parameters"] = rope["full_attention"]
     flat["rope_theta"] = rope["full_attention"]["rope_theta"]
@@ -103,7 +103,7 @@ def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
     and their rope base. `num(key, default, kind)` reads a number as `model_config_from_hf` does."""
     if hf.get("use_bidirectional_attention"):
         _refuse("use_bidirectional_attention", True, "attention is causal here (EmbeddingGemma's bidirectional "
-                "attention is not modelled)")
+                "attention is not modelled); serve a causal Gemma 3 checkpoint (the key false or absent)")
     sliding = sliding_blocks(hf, num_layers)
     window = hf.get("sliding_window", DEFAULT_WINDOW)
     if sliding and window is None:  # transformers' create_sliding_window_causal_mask refuses it too

@@ -761,9 +761,10 @@ def test_a_gemma3_config_of_the_first_releases_reads_as_transformers_5_writes_it
 @pytest.mark.parametrize("change, says", [
     (dict(rope_parameters=dict(rope_type="linear", factor=8.0)), r"rope_parameters=.* keys it by layer type"),
     (dict(rope_parameters=dict(sliding_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e4))),
-     r"rope_parameters.sliding_attention.rope_type='linear' is not supported"),
+     r"rope_parameters.sliding_attention.rope_type='linear' is not supported: .*; set it to 'default' \(Gemma 3's\)"),
     (dict(sliding_window=None), r"sliding_window=None is not supported: 5 blocks are sliding_attention"),
-    (dict(use_bidirectional_attention=True), r"use_bidirectional_attention=True is not supported")])
+    (dict(use_bidirectional_attention=True), r"use_bidirectional_attention=True is not supported: .*; serve a "
+     r"causal Gemma 3 checkpoint \(the key false or absent\)")])
 def test_what_a_gemma3_config_says_that_is_not_modelled_is_refused_in_one_line(tmp_path, change, says):
     base = json.loads((ROOT / "gemma3_text" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
