@@ -759,12 +759,13 @@ def test_layer_types_in_a_file_take_a_list(tmp_path):
 
 
 def test_layer_types_help_names_every_family_whose_config_json_windows_some_blocks():
-    """model.layer_types' help named Qwen 2 and 3 and Ministral; a Qwen 2 MoE's and a Gemma 2's config.json
-    are read into it too (hf_config._PER_BLOCK_WINDOWS), Gemma 2's presets by default."""
+    """model.layer_types' help named Qwen 2 and 3 and Ministral; a Qwen 2 MoE's, a Gemma 2's and a Gemma 3's
+    config.json are read into it too (hf_config._PER_BLOCK_WINDOWS), their presets by default."""
     from cent_serve.config_doc import field_docs
     from cent_serve.model.hf_config import _PER_BLOCK_WINDOWS
 
     said = " ".join(field_docs(ModelConfig)["layer_types"].split())
-    names = {"mistral": "Ministral", "qwen2": "Qwen 2", "qwen3": "Qwen 3", "qwen2_moe": "Qwen 2 MoE", "gemma2": "Gemma 2"}
+    names = {"mistral": "Ministral", "qwen2": "Qwen 2", "qwen3": "Qwen 3", "qwen2_moe": "Qwen 2 MoE", "gemma2": "Gemma 2",
+             "gemma3_text": "Gemma 3"}
     assert set(names) == set(_PER_BLOCK_WINDOWS)
     assert all(name in said for name in names.values()), said

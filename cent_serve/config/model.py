@@ -79,7 +79,8 @@ class ModelConfig:
     layer_types: tuple[str, ...] = ()
     """Each block's attention, one entry a block: full_attention or sliding_attention (transformers'
     `layer_types`: Qwen 2, Qwen 3 and Qwen 2 MoE with use_sliding_window, Ministral, Gemma 2: every other
-    block by default); empty: every block windowed when sliding_window > 0. --set takes them comma-separated."""
+    block by default, Gemma 3: five blocks of six); empty: every block windowed when sliding_window > 0.
+    --set takes them comma-separated."""
     num_experts: int = 0
     """Experts of each block's MLP (Mixtral 8, Qwen3-30B-A3B 128); 0: a dense SwiGLU MLP."""
     num_experts_per_tok: int = 0
