@@ -190,9 +190,9 @@ class GpuTimer:
         return self.parts(stage, float(new.sum()), context, attended, logit_rows)
 
     @staticmethod
-    def _reads(new: np.ndarray, cached: np.ndarray, window: int) -> tuple[float, float]:
-        """(the KV positions a block reads, the (token, position) pairs it scores) for sequences with
-        `new` tokens on top of `cached`, the block's `window` (0: none) bounding both."""
+    def _reads_each(new: np.ndarray, cached: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the KV positions a block reads, the (token, position) pairs it scores) for each sequence
+        with `new` tokens on top of `cached`, the block's `window` (0: none) bounding both."""
         # the i-th new token (i = 1..new) attends to cached + i positions: new x cached + new (new + 1) / 2
         attended = new * cached + new * (new + 1) / 2
         if window:  # a sliding window: the KV kept and the positions attended stop at it
@@ -200,7 +200,13 @@ class GpuTimer:
             below = np.clip(w - first + 1, 0, new)  # the tokens that see at most w keys (their own count)
             attended = (first + first + below - 1) * below / 2 + (new - below) * w
             cached = np.minimum(cached, w)
-        return float((cached + new).sum()), float(attended.sum())
+        return cached + new, attended
+
+    @classmethod
+    def _reads(cls, new: np.ndarray, cached: np.ndarray, window: int) -> tuple[float, float]:
+        """`_reads_each` summed over the sequences."""
+        context, attended = cls._reads_each(new, cached, window)
+        return float(context.sum()), float(attended.sum())
 
     def parts(self, stage: int, tokens, context, attended, logit_rows: int = 0) -> StepParts:
         """A step from its sums: `tokens` new, `context` = the sequences' cached + new tokens
@@ -295,22 +301,32 @@ class GpuTimer:
     def static_batch(self, batch: int, prompt: int, decode: int) -> dict:
         """A static batch as transformers' `generate` runs it (the artifact's measurements): the
         whole batch's prompts in one step, then `decode` steps of one token each. Returns seconds
-        and joules per phase."""
-        if self.window is not None and prompt + decode > self.window:
-            raise ValueError(f"the static batch assumes every position is attended; {self.model.name}'s sliding "
-                             f"window ({self.window}) is shorter than {prompt} + {decode}: serve it through the "
-                             "engine (cent bench run --hardware gpu:...) instead")
-        p_s, p_busy = self._pipelined(batch * prompt, batch * prompt, batch * prompt * (prompt + 1) / 2, batch)
+        and joules per phase. Each block reads and scores within its own window, as `step` charges."""
+        p_s, p_busy = self._pipelined(batch * prompt, self._batch_reads(batch, prompt, 0.0), batch)
         cached = prompt + np.arange(decode, dtype=np.float64)  # every sequence's cache before each step
-        d_s, d_busy = self._pipelined(batch, batch * (cached + 1), batch * (cached + 1), batch)
+        d_s, d_busy = self._pipelined(batch, self._batch_reads(batch, 1.0, cached), batch)
         # energy as the executor charges it: each stage's tp GPUs while that stage computes
         return dict(prefill_s=float(p_s), decode_s=float(d_s.sum()),
                     prefill_j=float(self.step_energy_j(p_busy)), decode_j=float(self.step_energy_j(d_busy.sum())))
 
-    def _pipelined(self, tokens, context, attended, rows: int):
-        """One batch through every stage in turn (one micro-batch: the stages wait for each other):
-        its time, and the stages' busy time summed."""
-        busy = sum(self.parts(s, tokens, context, attended, rows).total_s for s in range(self.pp))
+    def _batch_reads(self, batch: int, new, cached):
+        """Per stage, (KV positions read, pairs scored) of `batch` equal sequences with `new` tokens on
+        `cached` (arrays: one entry a step), each block within its window, as a block's mean (`step`)."""
+        out = []
+        for s, kinds in enumerate(self.stage_windows):
+            each = [(n, self._reads_each(new, cached, w)) for w, n in kinds]
+            if len(each) == 1:
+                out.append((batch * each[0][1][0], batch * each[0][1][1]))
+            else:
+                layers = self.mapping.stage_layers[s]
+                out.append((batch * sum(n * c for n, (c, _) in each) / layers,
+                            batch * sum(n * a for n, (_, a) in each) / layers))
+        return out
+
+    def _pipelined(self, tokens, reads, rows: int):
+        """One batch through every stage in turn (one micro-batch: the stages wait for each other),
+        `reads` each stage's (context, attended): its time, and the stages' busy time summed."""
+        busy = sum(self.parts(s, tokens, *reads[s], rows).total_s for s in range(self.pp))
         return busy + (self.pp - 1) * self.hop_s(tokens), busy
 
     def phase_figures(self, batch: int, prompt: int, decode: int) -> dict:

@@ -235,6 +235,30 @@ def test_sliding_window_on_gpus():
         assert t.step(0, new, cached) == want, (new, cached)
 
 
+@pytest.mark.parametrize("name, pp", [("mistral-7b", 1), ("gemma-2-9b", 1), ("gemma-2-9b", 2)])
+def test_a_windowed_static_batch_is_its_steps_each_block_in_its_window(name, pp):
+    """`cent simulate --hardware gpu:...` on a windowed model whose prompt + decode passes the window
+    (Mistral's on every block, Gemma 2's on every other one) was refused ("the static batch assumes
+    every position is attended"); the batch is now the engine's steps: its prefill one step of the
+    prompts, its decode one step a token, each stage's time `step` charges for the batch, the stages in
+    turn with a hop between them."""
+    m = model_preset(name)
+    cfg = _gpu_cfg(model=m, numerics="off", count=pp, pp=pp)
+    t = GpuTimer(cfg)
+    batch, prompt, decode = 3, m.sliding_window - 40, 100  # the decode passes the window
+    r = t.static_batch(batch, prompt, decode)
+
+    def trip(new: int, cached: int) -> float:  # one batch through every stage
+        return sum(t.step(s, [new] * batch, [cached] * batch, batch).total_s
+                   for s in range(pp)) + (pp - 1) * t.hop_s(batch * new)
+
+    assert r["prefill_s"] == pytest.approx(trip(prompt, 0), rel=1e-12)
+    assert r["decode_s"] == pytest.approx(sum(trip(1, prompt + i) for i in range(decode)), rel=1e-12)
+    whole = GpuTimer(_gpu_cfg(model=dataclasses.replace(m, sliding_window=0, layer_types=()), numerics="off",
+                              count=pp, pp=pp)).static_batch(batch, prompt, decode)
+    assert r["prefill_s"] == whole["prefill_s"] and r["decode_s"] < whole["decode_s"]  # the window bites late
+
+
 def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
     for extra, msg in ((["--set", "gpu.count=2"], "gpu.count=2 makes the CENT side GPUs"),
                        (["--gpu", "v100:2"], "--gpu 'v100:2' is invalid"),
