@@ -238,13 +238,12 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
 
 
 def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int, kv: ShardKV,
-                     layer: int, all_gather: AllGather, block: int | None = None) -> np.ndarray:
+                     layer: int, all_gather: AllGather) -> np.ndarray:
     """One block on rank s.rank; x (seq, D) is replicated on every rank, and so is the result.
-    `layer` indexes `kv`; `block` is the model's block index, which sets its window (default: `layer`)."""
+    `layer` is the model's block index: it indexes `kv` and sets the block's window and rope."""
     h = model_norm(cfg, x, s.input_norm)
-    b = layer if block is None else block
-    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, cfg.block_window(b),
-                                              cfg.is_local_rope(b)))  # (seq, H*hd)
+    attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, cfg.block_window(layer),
+                                              cfg.is_local_rope(layer)))  # (seq, H*hd)
     x = x + out_norm(cfg, all_gather("o_proj", attn @ s.wo.T), s.attn_out_norm)  # (seq, D)
     h = model_norm(cfg, x, s.post_norm)
     if cfg.is_moe:
