@@ -51,6 +51,12 @@ soft-capping, Gemma 3's final one: modelled; Gemma3Attention never passes attn_l
 attention, modeling_gemma3.py, so a gemma3_text config's is warned as not read)."""
 
 
+def refuse(field: str, value, why: str) -> None:
+    """A config.json key whose value the reference model does not run, in one line: the key, its
+    value and why (with the fix)."""
+    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
+
+
 def announced_features(hf: dict, model_type: str | None = None) -> list[str]:
     """The keys of `_FEATURE_KEYS` a config.json sets, each as "key (feature)", but those the class
     of `model_type` reads (Qwen 2 MoE's shared_expert_intermediate_size)."""

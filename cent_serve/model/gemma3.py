@@ -4,6 +4,7 @@ configuration_gemma3.py (Gemma3TextConfig) and modeling_gemma3.py."""
 from __future__ import annotations
 
 from cent_serve.config import ModelConfig
+from cent_serve.model.families import refuse as _refuse
 
 KINDS = ("sliding_attention", "full_attention")
 """The layer types Gemma3TextConfig keys its rope_parameters by."""
@@ -13,10 +14,6 @@ DEFAULT_WINDOW = 4096
 """Gemma3TextConfig's sliding_window."""
 DEFAULT_PATTERN = 6
 """Gemma3TextConfig's sliding_window_pattern of older configs: every sixth block is full attention."""
-
-
-def _refuse(field: str, value, why: str) -> None:
-    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
 _TOP_LEVEL = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings",

@@ -11,6 +11,7 @@ from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
 from cent_serve.config.model import GEMMA_TYPES
 from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, gemma2_windowed_blocks,
                                        gemma_fields, unmodelled_features, windowed_blocks)
+from cent_serve.model.families import refuse as _refuse
 from cent_serve.model import gemma3
 
 
@@ -40,10 +41,6 @@ and refuses the others)."""
 
 _REQUIRED = object()
 """The default of a config.json key every checkpoint has (`model_config_from_hf`)."""
-
-
-def _refuse(field: str, value, why: str) -> None:
-    raise ValueError(f"model.checkpoint: {field}={value!r} is not supported: {why}")
 
 
 def _qwen_window(hf: dict, arch: str, num_layers: int, context: int) -> dict:
