@@ -175,9 +175,10 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                              "without quotes)")
         return value
 
+    families = ", ".join([*ARCHITECTURES, "gemma3 (its language model)"])
     if "model_type" not in hf:  # as transformers refuses it: the family decides what the keys mean
         raise ValueError(f"{cfg_file}: model_type is missing: a Hugging Face config.json names its family; add "
-                         f"it (e.g. \"model_type\": \"llama\"; supported: {', '.join(ARCHITECTURES)})")
+                         f"it (e.g. \"model_type\": \"llama\"; supported: {families})")
     arch = hf["model_type"]
     if arch == "gemma3":  # the multimodal Gemma 3: its language model, a gemma3_text
         hf = gemma3.text_config(hf, cfg_file)
@@ -185,7 +186,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if arch not in ARCHITECTURES:
         missing = unmodelled_features(arch, hf)
         _refuse("model_type", arch, (f"not modelled: {missing}; " if missing else "")
-                + f"supported families: {', '.join(ARCHITECTURES)}")
+                + f"supported families: {families}")
     family = _FAMILY_DEFAULTS.get(arch, {})
     if arch == "gemma3_text":  # its rope per layer type: the full blocks' read as every family's
         hf, local_theta = gemma3.flattened(hf)

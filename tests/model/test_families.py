@@ -215,7 +215,8 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
     ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
      r"shared experts; supported"),  # an unknown family: what its keys announce
-    ("my_model", {}, r"model_type='my_model' is not supported: supported families: llama, mistral")])
+    ("my_model", {}, r"model_type='my_model' is not supported: supported families: llama, mistral.*, gemma3_text, "
+                     r"gemma3 \(its language model\)$")])
 def test_a_refused_family_names_what_is_not_modelled(tmp_path, capsys, model_type, keys, says):
     """A researcher bringing their own model learns which feature is missing, in one line, from
     `cent info` as from `cent serve` (exit 2, no traceback), not only the families that run."""
