@@ -612,15 +612,34 @@ def test_transformers_windows_the_blocks_the_writer_names(model_type, tmp_path):
     assert hf.layer_types == list(cfg.layer_types) and hf.sliding_window == 8
 
 
-@pytest.mark.parametrize("off", [dict(hidden_act="silu"), dict(scale_embeddings=False), dict(norm_offset=0.0)])
-def test_each_gemma_variation_is_what_makes_its_tokens_right(off):
-    """Gemma's GeGLU, its sqrt(D) embedding scale and its 1 + w norms each move the fixture's logits
-    away from transformers' when switched off: each is exercised (the norm weights are drawn around 0,
-    so without the offset they scale by about 0)."""
-    cfg = model_config_from_hf(ROOT / "gemma")
-    weights, case = load_weights(cfg), expected("gemma")[0]
-    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
-    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
+def drift(family: str, dropped: tuple[str, ...] = (), **fields) -> float:
+    """How far a fixture's first last-position logits move from transformers' with `fields` changed in
+    its config and the block weights `dropped` left out."""
+    cfg = model_config_from_hf(ROOT / family)
+    weights, case = load_weights(cfg), expected(family)[0]
+    for layer in weights.layers:
+        for name in dropped:
+            setattr(layer, name, None)
+    model = LlamaModel(dataclasses.replace(cfg, **fields), weights)
+    return rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"])
+
+
+@pytest.mark.parametrize("family, dropped, off", [
+    ("gemma", (), dict(hidden_act="silu")), ("gemma", (), dict(scale_embeddings=False)),
+    ("gemma", (), dict(norm_offset=0.0)),
+    ("gemma2", (), dict(final_logit_softcapping=0.0)), ("gemma2", (), dict(query_pre_attn_scalar=0)),
+    ("gemma2", (), dict(scale_embeddings=False)), ("gemma2", ("attn_out_norm", "mlp_out_norm"), {}),
+    ("gemma3_text", (), dict(layer_types=())), ("gemma3_text", (), dict(rope_type="default")),
+    ("gemma3_text", (), dict(query_pre_attn_scalar=0)), ("gemma3_text", ("q_norm", "k_norm"), {})], ids=str)
+def test_each_gemma_feature_is_what_makes_its_tokens_right(family, dropped, off):
+    """Each feature of a Gemma moves its fixture's logits away from transformers' when undone, so each is
+    exercised: Gemma's GeGLU, sqrt(D) embedding scale and 1 + w norms (its norm weights are drawn around
+    0: without the offset they scale by about 0); Gemma 2's logit soft-cap, its query_pre_attn_scalar
+    scale (24^-0.5, not head_dim 32's), its embedding scale and the norms of the attention's and the MLP's
+    outputs; Gemma 3's window on five blocks of six (not every block), its full block's linear rope
+    scaling, its scale and its q/k norms (its sliding blocks' own rope base and Gemma 2's attention
+    soft-cap: `FEATURES`)."""
+    assert drift(family, dropped, **off) > 1e-3
 
 
 def test_a_gemma_config_of_the_first_releases_reads_as_transformers_reads_it(tmp_path):
@@ -633,28 +652,6 @@ def test_a_gemma_config_of_the_first_releases_reads_as_transformers_reads_it(tmp
     (tmp_path / "config.json").write_text(json.dumps(base))
     m = model_config_from_hf(tmp_path)
     assert (m.hidden_act, m.head_dim, m.tie_word_embeddings, m.norm_offset) == ("gelu_pytorch_tanh", 256, True, 1.0)
-
-
-@pytest.mark.parametrize("off", [dict(final_logit_softcapping=0.0), dict(query_pre_attn_scalar=0),
-                                 dict(scale_embeddings=False)])
-def test_each_gemma2_variation_is_what_makes_its_tokens_right(off):
-    """Gemma 2's logit soft-cap, its query_pre_attn_scalar scale (24^-0.5, not head_dim 32's) and its
-    embedding scale each move the fixture's logits away from transformers' when switched off."""
-    cfg = model_config_from_hf(ROOT / "gemma2")
-    weights, case = load_weights(cfg), expected("gemma2")[0]
-    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
-    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
-
-
-def test_gemma2_extra_norms_are_what_makes_its_tokens_right():
-    """Without the norms of the attention's and the MLP's outputs (dropped from the weights), the
-    Gemma 2 fixture's logits move away from transformers'."""
-    cfg = model_config_from_hf(ROOT / "gemma2")
-    weights, case = load_weights(cfg), expected("gemma2")[0]
-    for layer in weights.layers:
-        layer.attn_out_norm = layer.mlp_out_norm = None
-    model = LlamaModel(cfg, weights)
-    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
 
 
 def test_a_gemma2_window_falls_on_the_blocks_its_layer_types_name(tmp_path):
@@ -717,28 +714,6 @@ def test_a_saved_gemma2_config_says_what_transformers_strict_gemma2config_takes(
     assert "hidden_act" not in out and "mlp_bias" not in out
     with pytest.raises(ValueError, match="model.query_pre_attn_scalar=48.0 is invalid: expected an integer"):
         tiny_model_config(model_type="gemma2", query_pre_attn_scalar=48.0)
-
-
-@pytest.mark.parametrize("off", [dict(layer_types=()), dict(rope_type="default"), dict(query_pre_attn_scalar=0)])
-def test_each_gemma3_variation_is_what_makes_its_tokens_right(off):
-    """Gemma 3's window on five blocks of six (not every block), its full block's linear rope scaling and
-    its query_pre_attn_scalar scale each move the fixture's logits away from transformers' when undone
-    (its sliding blocks' own rope base: `FEATURES`)."""
-    cfg = model_config_from_hf(ROOT / "gemma3_text")
-    weights, case = load_weights(cfg), expected("gemma3_text")[0]
-    model = LlamaModel(dataclasses.replace(cfg, **off), weights)
-    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
-
-
-def test_gemma3_q_k_norms_are_what_makes_its_tokens_right():
-    """Without its q/k norms (dropped from the weights) the Gemma 3 fixture's logits move away from
-    transformers'."""
-    cfg = model_config_from_hf(ROOT / "gemma3_text")
-    weights, case = load_weights(cfg), expected("gemma3_text")[0]
-    for layer in weights.layers:
-        layer.q_norm = layer.k_norm = None
-    model = LlamaModel(cfg, weights)
-    assert rel(model.forward(case["prompt_ids"], model.new_cache())[-1], case["last_logits"]) > 1e-3
 
 
 def test_a_gemma3_config_of_the_first_releases_reads_as_transformers_5_writes_it(tmp_path):
