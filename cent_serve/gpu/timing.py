@@ -148,9 +148,6 @@ class GpuTimer:
         # K and V of one token in one layer on one GPU: its share of the KV heads, each kept whole
         # (with tp > KV heads a head is copied to the GPUs that share it, as vLLM does)
         self.kv_layer_bytes = 2 * -(-m.num_kv_heads // self.tp) * m.head_dim * BYTES
-        self.window = m.sliding_window if any(m.block_windows) else None
-        """The model's sliding window (None: no block has one); each stage's blocks by their own
-        window in `stage_windows`."""
         first = np.cumsum((0,) + layers)
         self.stage_windows = tuple(tuple(collections.Counter(m.block_windows[first[s]:first[s + 1]]).items())
                                    for s in range(self.pp))
