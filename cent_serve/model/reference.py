@@ -81,7 +81,6 @@ def block_forward(cfg: ModelConfig, w: LayerWeights, x: np.ndarray, start: int,
     return x + out_norm(cfg, mlp(cfg, w, h), w.mlp_out_norm)
 
 
-
 def mlp(cfg: ModelConfig, w: LayerWeights, h: np.ndarray) -> np.ndarray:
     """The block's MLP on normed input h (seq, D): SwiGLU (Gemma's GeGLU: `ModelConfig.hidden_act`), or a
     mixture of SwiGLU experts (plus a gated shared expert, Qwen 2 MoE: the routed experts' sum, then the
