@@ -105,6 +105,8 @@ class SystemTimer:
         self.cost_model, self.table_windows = timed_windows(model)
         """The model a block's costs are computed for, and each block's window the clocks read them at
         on top (`pim.timed_windows`: the full-attention twin of a model windowing some blocks only)."""
+        self._one_kind = not any(self.table_windows)
+        """No window on some blocks only: every block reads its costs at the token's context."""
         self.pim = BlockTimer(self.cost_model, mapping.geometry, device)
         self.port = port_model(fabric, mapping.num_devices)
         # The emulation runs the embedding lookup on the first stage and the LM head (with the
@@ -143,6 +145,8 @@ class SystemTimer:
     def key_groups(self, context: int, blocks=None) -> list[tuple[int, int]]:
         """(the context `block_cost` is read at, how many of `blocks` read it; default every block)
         for one token at `context`: one group unless the model windows some blocks only."""
+        if self._one_kind:  # every block reads `context` (the common case, on the closed form's path)
+            return [(context, self.model.num_layers if blocks is None else len(blocks))]
         out: dict[int, int] = {}
         for b in range(self.model.num_layers) if blocks is None else blocks:
             keys = window_keys(context, self.table_windows[b])
@@ -355,13 +359,21 @@ class SystemTimer:
         device; the last stage's also the LM head with `parallel.lm_head: last_stage`), the
         embedding and LM-head units and a switch port (its serialization); the
         pipeline's pace when it is the bottleneck (`cent_serve.timing.pipeline`)."""
-        def step(keys: int) -> float:
-            pim, acc, _ = self.block_cost(keys)
-            return pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
+        steps: dict[int, float] = {}
+
+        def step(keys: int) -> float:  # a block's step at the context it reads, once a context
+            if keys not in steps:
+                pim, acc, _ = self.block_cost(keys)
+                steps[keys] = pim + self.moe_expected_s + acc * self.mapping.tb + self.collectives_s(1)
+            return steps[keys]
 
         hop = self.local_hop_s(1)  # a stage's blocks' steps: each its own (`key_groups`)
-        stages = [sum(n * step(keys) for keys, n in self.key_groups(context, s.blocks)) + (len(s.blocks) - 1) * hop
-                  for s in self.mapping.stages]
+        if self._one_kind:  # every block's step the same: once for all stages (once a context, on the closed form)
+            one = step(context)
+            stages = [len(s.blocks) * one + (len(s.blocks) - 1) * hop for s in self.mapping.stages]
+        else:
+            stages = [sum(n * step(keys) for keys, n in self.key_groups(context, s.blocks)) + (len(s.blocks) - 1) * hop
+                      for s in self.mapping.stages]
         head = self.lm_head_s
         if self.mapping.lm_head == "last_stage":  # on the last stage's channels: that station holds them
             # from its last block's end through the output's move to the head (the DMA's hop) and the head
