@@ -39,6 +39,7 @@ import csv
 import itertools
 import json
 import os
+from dataclasses import fields, replace
 
 from tqdm import tqdm
 
@@ -176,11 +177,27 @@ def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] 
     if "model" in point:  # a checkpoint read within the context the point serves, as build_config reads one
         sets = [*model_sets, *sets]
         cfg.model = resolve_model(point["model"], **_served_context(sets))
+    elif base.model.checkpoint and "model.max_seq_len" in point:  # its window read within the point's context
+        sets = [*model_sets, *sets]  # then the command line's model settings, as over a varied model
+        cfg.model = _read_within(base.model, _served_context(sets))
     if hybrid_pp and int(point.get("parallel.tp", base.parallel.tp)) > 1:  # checked as integers (`check_vary`)
         one = apply_overrides(cfg, [*sets, "parallel.pp=1"])  # the point's devices, tp and model (its blocks)
         p = one.parallel
         sets.append(f"parallel.pp={min(max(1, p.num_devices // p.tp), one.model.num_layers)}")
     return apply_overrides(cfg, sets)
+
+
+def _read_within(model, served: dict[str, int]):
+    """`model`, a checkpoint's, with the fields its config.json gives otherwise within the context `served`
+    (its window: one at least the context hides no key) than within the model's own context; every other
+    field as it was."""
+    if not served:
+        return model
+    now = resolve_model(model.checkpoint, max_seq_len=model.max_seq_len)
+    then = resolve_model(model.checkpoint, **served)
+    moved = {f.name: getattr(then, f.name) for f in fields(then)
+             if f.name != "max_seq_len" and getattr(then, f.name) != getattr(now, f.name)}
+    return replace(model, **moved)
 
 
 def follows_tp(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:

@@ -465,3 +465,23 @@ def test_a_trace_sweep_point_s_config_is_the_one_it_replayed(tmp_path):
                  "--out", str(tmp_path), "--no-plots"]) == 0
     config = json.loads(next(csv.DictReader(open(tmp_path / "sweep.csv")))["config"])
     assert (config["numerics"], config["executor"]) == ("off", "local")
+
+
+def test_a_varied_context_reads_a_checkpoints_window_again_at_each_point(tmp_path, capsys):
+    """A Qwen checkpoint's window is read within the context served (a window at least the context hides
+    no key: full attention); varying model.max_seq_len reads it again at each point, as `--set` does."""
+    from pathlib import Path
+
+    ckpt = Path(__file__).parent / "data" / "hf_families" / "qwen2_window"  # window 8, blocks 1 and 2
+    (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, max_seq_len: 8}}\n")  # read at 8: no window
+    for base in (["--model", str(ckpt)], ["--config", str(tmp_path / "c.yaml")]):
+        assert main(["sweep", *base, "--vary", "model.max_seq_len=8,64", "--devices", "3", "--prompt", "4",
+                     "--decode", "4", "--out", str(tmp_path), "--no-plots"]) == 0
+        capsys.readouterr()
+        windows = {}
+        for r in csv.DictReader(open(tmp_path / "sweep.csv")):
+            recorded = json.loads(r["config"])
+            recorded.pop("workload")
+            m = _from_dict(CentConfig, recorded, "").model
+            windows[m.max_seq_len] = m.block_windows
+        assert windows == {8: (0, 0, 0), 64: (0, 8, 8)}, base
