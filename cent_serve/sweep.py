@@ -277,6 +277,18 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
     return out
 
 
+def workload_text(args: argparse.Namespace) -> str:
+    """What every point ran, as the plots' titles say it: the trace replayed, or the closed form's
+    prompt and decode (the flags', not always the paper's)."""
+    from cent_serve.timing.energy import PAPER_WORKLOAD
+
+    if args.trace:
+        return f"trace replay of {args.trace}"
+    tokens = f"prompt {args.prompt} + decode {args.decode}"
+    paper = (args.prompt, args.decode) == PAPER_WORKLOAD
+    return f"closed form, the paper's workload: {tokens}" if paper else f"closed form, {tokens}"
+
+
 def run(args: argparse.Namespace) -> int:
     from cent_serve.bench.cli import selection_flags_given
     from cent_serve.bench.report import reasons_text
@@ -363,6 +375,6 @@ def run(args: argparse.Namespace) -> int:
         labels = [n for n, _ in vary]
         plots = [plot_pareto(ok, labels, out / "pareto.png"),
                  plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png"),
-                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace))]
+                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=workload_text(args))]
         print(f"plots: {', '.join(str(p) for p in plots if p)}")
     return 0

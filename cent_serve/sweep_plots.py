@@ -170,9 +170,10 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path) -> P
     return _save(fig, [ax], path, 7)
 
 
-def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool) -> Path | None:
+def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, how: str) -> Path | None:
     """Throughput, latency, energy per token and average power against the varied field (`x_field`),
-    one line per combination of the others; None when no varied field has numbers."""
+    one line per combination of the others; None when no varied field has numbers. `how`: what the
+    points ran, for the title (`sweep.workload_text`)."""
     x = x_field(rows, fields)
     if x is None:
         return None
@@ -185,6 +186,5 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool) -
     for ax, (key, label) in zip(axes.flat, panels):
         _lines(ax, rows, fields, x, key)
         ax.set_ylabel(label)
-    how = "trace replay" if trace else "closed form, the paper's workload"
     fig.suptitle(f"{', '.join(sorted({r['model_name'] for r in rows}))}: the figures against {x} ({how})", fontsize=11)
     return _save(fig, axes.flat, path, 7)

@@ -485,3 +485,32 @@ def test_a_varied_context_reads_a_checkpoints_window_again_at_each_point(tmp_pat
             m = _from_dict(CentConfig, recorded, "").model
             windows[m.max_seq_len] = m.block_windows
         assert windows == {8: (0, 0, 0), 64: (0, 8, 8)}, base
+
+
+def _plot_titles(monkeypatch) -> dict[str, str]:
+    """{a sweep plot's file name: its figure's title and its panels' titles}, filled as the plots are saved."""
+    import cent_serve.sweep_plots as plots
+
+    titles: dict[str, str] = {}
+    real = plots._save
+
+    def save(fig, axes, path, *args, **kwargs):
+        texts = [fig._suptitle.get_text()] if fig._suptitle else []
+        titles[path.name] = "\n".join(texts + [ax.get_title() for ax in fig.axes])
+        return real(fig, axes, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return titles
+
+
+def test_the_figures_title_names_the_workload_the_points_ran(tmp_path, capsys, monkeypatch):
+    """figures.png's title said "the paper's workload" whatever --prompt and --decode gave (audit: a
+    1024 + 1024 sweep read as 512 + 3584)."""
+    titles = _plot_titles(monkeypatch)
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--prompt", "1024", "--decode", "1024",
+                 "--vary", "device.clock_hz=2e9,4e9", "--out", str(tmp_path / "own")]) == 0
+    assert "prompt 1024 + decode 1024" in titles["figures.png"] and "paper" not in titles["figures.png"]
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8",
+                 "--vary", "device.clock_hz=2e9,4e9", "--out", str(tmp_path / "paper")]) == 0
+    capsys.readouterr()
+    assert "the paper's workload: prompt 512 + decode 3584" in titles["figures.png"]

@@ -26,7 +26,7 @@ import cent_serve.sweep_plots
 out = Path(sys.argv[1])
 rows = [dict(model_name="m", **{"parallel.num_devices": n}, throughput_tok_s=100.0 * n, token_latency_ms=5.0 / n,
              energy_per_token_mj=1.0 + n, avg_power_w=10.0 * n) for n in (8, 16)]
-cent_serve.sweep_plots.plot_figures(rows, ["parallel.num_devices"], out / "figures.png", trace=False)
+cent_serve.sweep_plots.plot_figures(rows, ["parallel.num_devices"], out / "figures.png", trace=False, how="closed form")
 sweep = {k: [dict(rate=r, output_throughput=t * r, median_tpot_ms=20.0, p99_tpot_ms=30.0, median_e2el_ms=900.0,
                   p99_e2el_ms=1500.0) for r in (0.5, 1.0)] for k, t in (("CENT", 10.0), ("GPU", 30.0))}
 side = dict(hardware="hw")
