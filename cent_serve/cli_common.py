@@ -96,6 +96,13 @@ def check_out_dir(out: str, flag: str = "--out") -> Path:
     return path
 
 
+def given_overrides(args: argparse.Namespace) -> str:
+    """What changed the config from the defaults, as a run's text and plots name it: `--config FILE
+    --set device.clock_hz=4e9`; "" when nothing did."""
+    given = ([f"--config {args.config}"] if getattr(args, "config", None) else [])
+    return " ".join(given + [f"--set {s.strip()}" for s in getattr(args, "set", None) or []])
+
+
 SERVED_ONLY = "serve it or replay a trace with full numerics (cent serve, cent bench run)"
 REPLAYED = "replay a trace (cent bench run, cent sweep --trace)"
 CLOSED_FORM_IGNORES = {

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from cent_serve.cli_common import add_config_args, config_from_args, warn_closed_form_ignores
+from cent_serve.cli_common import add_config_args, config_from_args, given_overrides, warn_closed_form_ignores
 from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
@@ -145,9 +145,9 @@ def _record(cfg: CentConfig, args: argparse.Namespace, **workload) -> dict:
 def _print_overrides(args: argparse.Namespace) -> None:
     """The text output's line of what changed the config from the defaults (the --json `config` has
     all of it): `given: --config FILE --set device.clock_hz=4e9`, nothing when nothing was."""
-    given = ([f"--config {args.config}"] if getattr(args, "config", None) else []) + [f"--set {s}" for s in args.set]
+    given = given_overrides(args)
     if given:
-        print("given: " + " ".join(given))
+        print("given: " + given)
 
 
 def _run_gpu(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int) -> int:

@@ -43,7 +43,8 @@ from dataclasses import fields, replace
 
 from tqdm import tqdm
 
-from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_closed_form_ignores
+from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
+                                   warn_closed_form_ignores)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 
@@ -373,8 +374,10 @@ def run(args: argparse.Namespace) -> int:
         from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar
 
         labels = [n for n, _ in vary]
-        plots = [plot_pareto(ok, labels, out / "pareto.png"),
-                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png"),
-                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=workload_text(args))]
+        given = given_overrides(args)  # every point's, unvaried: a 4 GHz device's plots are not the paper's
+        plots = [plot_pareto(ok, labels, out / "pareto.png", given),
+                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given),
+                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=workload_text(args),
+                              given=given)]
         print(f"plots: {', '.join(str(p) for p in plots if p)}")
     return 0

@@ -514,3 +514,19 @@ def test_the_figures_title_names_the_workload_the_points_ran(tmp_path, capsys, m
                  "--vary", "device.clock_hz=2e9,4e9", "--out", str(tmp_path / "paper")]) == 0
     capsys.readouterr()
     assert "the paper's workload: prompt 512 + decode 3584" in titles["figures.png"]
+
+
+def test_every_plot_names_the_settings_every_point_shares(tmp_path, capsys, monkeypatch):
+    """A sweep of a 4 GHz device over its channels drew plots titled as the paper's 2 GHz device's (audit):
+    each plot names the --set fields (and --config file) every point shares, as cent simulate's 'given:'
+    line does."""
+    titles = _plot_titles(monkeypatch)
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--set", "device.clock_hz=4e9",
+                 "--set", "fabric.lane_gbps=16", "--vary", "device.num_channels=32,64", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert sorted(titles) == ["figures.png", "pareto.png", "tokens_per_dollar.png"]
+    for name, title in titles.items():
+        assert "given: --set device.clock_hz=4e9 --set fabric.lane_gbps=16" in " ".join(title.split()), name
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "device.num_channels=32,64",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert not any("given:" in title for title in titles.values())
