@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, warn_gpu_run
+from cent_serve.cli_common import add_config_args, check_out_dir, config_from_args, given_overrides, warn_gpu_run
 from cent_serve.config import PLACEMENTS
 from cent_serve.preflight import check_runnable
 
@@ -452,7 +452,7 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
                          "on one trace use cent bench compare --gpu KIND:N)")
     requests, recorded = select_requests(args, cfg)
     run_paper(cfg, requests, sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers), Path(args.out),
-              bench=recorded, plots=not args.no_plots)
+              bench=recorded, plots=not args.no_plots, given=given_overrides(args))
     print(f"results in {Path(args.out)}/")
     return 0
 

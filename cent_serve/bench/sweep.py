@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
 from matplotlib.transforms import ScaledTranslation
 
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, place_rate_labels, plain_axis,
-                                    widen_if_flat)
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, _fit, fmt_in, fmt_ms, latency_unit, place_rate_labels,
+                                    plain_axis, widen_if_flat)
 from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, source_text, summarize
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing.mapping import parallelism
@@ -212,11 +212,16 @@ def _outcomes(ax, rows: list[dict]) -> None:
 
 
 def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], out_dir: Path,
-              bench: dict | None = None, plots: bool = True) -> list[dict]:
+              bench: dict | None = None, plots: bool = True, given: str = "") -> list[dict]:
     """The same trace on every mapping; a table (paper.json, paper.csv) and, with `plots`, a plot, with
     the GPU baseline of docs/hardware_model.md section 9 beside the emulated throughput. `bench`: the
-    options that shaped the requests, recorded in paper.json."""
+    options that shaped the requests, recorded in paper.json; `given`: the settings that changed the
+    config (`cli_common.given_overrides`), printed and in the plot's title: a changed device is not
+    the paper's, whose GPU ratios these are."""
     from cent_serve.timing.energy import cost_figures, gpu_baseline
+
+    if given:
+        print(f"given: {given}")
 
     rows, skipped = [], []
     for pp, tp in mappings:
@@ -270,7 +275,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     (out_dir / "paper.csv").write_text("\n".join(lines) + "\n")
     if plots:
-        _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device))
+        _plot_paper(out_dir, cfg, rows, gpu_baseline(cfg.model, cfg.device), given)
     return rows
 
 
@@ -305,7 +310,7 @@ def _paper_baseline_note(gpu: dict) -> str:
             "attention), not this trace on GPUs: cent bench compare --gpu KIND:N replays it on modelled GPUs")
 
 
-def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | None) -> None:
+def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | None, given: str = "") -> None:
     """Throughput per mapping beside the GPU baseline, then TTFT and TPOT p50/p99 per mapping;
     every bar labelled with its value."""
     from cent_serve.timing.energy import PAPER_WORKLOAD
@@ -335,8 +340,9 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
         plain_axis(ax.yaxis)
         ax.grid(axis="y", alpha=0.3)
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
-    fig.suptitle(f"{model_label(cfg.model)} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
-                 f"{n} requests each\n{_paper_failures(rows)}", fontsize=11)
+    title = (f"{model_label(cfg.model)} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
+             f"{n} requests each\n{_paper_failures(rows)}" + (f"\ngiven: {given}" if given else ""))
+    fig.suptitle(_fit(title, fig, 11), fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "paper.png", dpi=DPI)
 

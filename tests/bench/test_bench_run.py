@@ -505,3 +505,20 @@ def test_paper_says_how_full_each_mappings_lanes_ran(tmp_path, capsys):
                  str(trace), "--out", str(out), "--no-plots"]) == 0
     rows = {(r["pp"], r["tp"]): r for r in json.loads((out / "paper.json").read_text())["rows"]}
     assert rows[1, 8]["mean_in_flight"] == 1.0 and rows[32, 1]["mean_in_flight"] > 1.5, rows  # read 0 from samples
+
+
+def test_paper_names_the_settings_its_mappings_share(tmp_path, capsys, monkeypatch):
+    """bench paper on a 4 GHz device printed and plotted 'llama2-7b on 8 CENT devices ... 2.3x GPU' with no word
+    that the device was not the paper's (audit): the terminal and paper.png's title give cent simulate's
+    'given:' line."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig._suptitle.get_text()),
+                                                                  real(fig, *a, **k))[1])
+    assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off",
+                 "--num-requests", "2", "--max-prompt-tokens", "8", "--max-output-tokens", "2",
+                 "--set", "device.clock_hz=4e9", "--out", str(tmp_path)]) == 0
+    assert "given: --set device.clock_hz=4e9" in capsys.readouterr().out
+    assert len(titles) == 1 and "given: --set device.clock_hz=4e9" in " ".join(titles[0].split())
