@@ -130,6 +130,8 @@ CLOSED_FORM_IGNORES = {
 }
 """Config fields (a prefix ends in "." or "_") the CENT closed form (`cent simulate`, `cent sweep`
 without --trace) does not read: what they set instead, and where to see them."""
+MOE_ONLY = ("model.expert_skew", "model.num_experts_per_tok", "model.moe_intermediate_size", "model.norm_topk_prob")
+"""A mixture of experts' fields (its experts and router): a dense model has none for them to set."""
 CLOSED_FORM_CAPACITY_ONLY = {
     "device.rows_per_bank": "it sizes the KV blocks a replay's scheduler admits and preempts by",
 }
@@ -141,7 +143,8 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> N
     """One warning per field in `paths` that the closed form does not read, or reads only for capacity
     (`how`: the flag that set it).
     `moe`: a mixture of experts is among the models, whose time model routes by a draw from model.seed
-    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
+    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it;
+    without one, the experts' fields (`MOE_ONLY`) are read by nothing."""
     import logging
 
     for path in paths:
@@ -149,6 +152,9 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> N
             continue
         hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                     if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
+        if not moe and path in MOE_ONLY:
+            hit = ("a mixture of experts' experts or router, and no model here has experts",
+                   "run a mixture of experts (e.g. --model mixtral-8x7b)")
         if hit:
             logging.getLogger("cent").warning(
                 "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every "

@@ -769,3 +769,27 @@ def test_layer_types_help_names_every_family_whose_config_json_windows_some_bloc
              "gemma3_text": "Gemma 3"}
     assert set(names) == set(_PER_BLOCK_WINDOWS)
     assert all(name in said for name in names.values()), said
+
+
+@pytest.mark.parametrize("field, value", [("model.expert_skew", "2"), ("model.num_experts_per_tok", "2"),
+                                          ("model.moe_intermediate_size", "1024")])
+def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about(field, value, caplog, capsys):
+    """--set model.expert_skew=2 on llama2-7b gave the same figures in silence (audit), its header naming
+    'llama2-7b (model.expert_skew=2.0)' as if it had been read: a dense model has no experts nor router.
+    A mixture of experts reads it: no warning there."""
+    import json
+
+    def run(model: str, *extra: str) -> tuple[dict, list[str]]:
+        caplog.clear()
+        assert main(["simulate", "--model", model, "--devices", "32", "--pp", "4", "--tp", "8", *extra,
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        said = [r.getMessage() for r in caplog.records
+                if f"--set {field}: the closed form does not read it" in r.getMessage()]
+        return {k: out[k] for k in ("throughput_tok_s", "token_energy_mj")}, said
+
+    base, _ = run("llama2-7b")
+    figures, said = run("llama2-7b", "--set", f"{field}={value}")
+    assert figures == base and len(said) == 1 and "mixture of experts" in said[0], said
+    _, said = run("mixtral-8x7b", "--set", f"{field}={value}")
+    assert said == []
