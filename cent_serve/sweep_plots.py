@@ -149,8 +149,9 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
 FLAT_SHARE = 0.01
 """A figure whose points differ by less than this share of their value is drawn on an axis this wide."""
 
-UNITS = {"_hz": "Hz", "_ns": "ns", "_mw": "mW", "_usd": "$", "_gbps": "GiB/s a lane", "_cycles": "cycles",
-         "_pj_per_bit": "pJ/bit"}
+UNITS = {"_hz": "Hz", "_ns": "ns", "_s": "s", "_mw": "mW", "_usd": "$", "_gbps": "GiB/s a lane", "_cycles": "cycles",
+         "_pj_per_bit": "pJ/bit", "_bytes": "bytes", "bytes_per_element": "bytes", "_bytes_per_cycle": "bytes a cycle",
+         "_cycles_per_burst": "cycles a burst"}
 """Config fields' units by the end of their name (docs/config.md gives each field's)."""
 
 

@@ -408,6 +408,13 @@ def test_a_spread_under_one_percent_is_drawn_flat_and_axes_carry_units():
     assert high - low >= 0.0199 * 1813.8 and low < 1813.65 and high > 1813.95
     assert ax.get_xlabel() == "fabric.lane_gbps (GiB/s a lane)"
     assert axis_label("device.clock_hz") == "device.clock_hz (Hz)" and axis_label("devices") == "devices"
+    # a DMA width, a host time and a wire format were bare on the axis (audit); counts stay bare
+    assert axis_label("device.dma_bytes_per_cycle") == "device.dma_bytes_per_cycle (bytes a cycle)"
+    assert axis_label("device.host_sample_s") == "device.host_sample_s (s)"
+    assert axis_label("fabric.activation_bytes") == "fabric.activation_bytes (bytes)"
+    assert axis_label("device.bytes_per_element") == "device.bytes_per_element (bytes)"
+    assert axis_label("device.silu_cycles_per_burst") == "device.silu_cycles_per_burst (cycles a burst)"
+    assert axis_label("device.acc_simd_lanes") == "device.acc_simd_lanes"
 
 
 def test_two_checkpoints_of_one_basename_are_two_points(tmp_path):
