@@ -13,7 +13,8 @@ runs, every `--vary` field and value is checked on its own (an unknown field, a 
 or also set by a flag or `--set`, a value given twice, a value of the wrong type or against the
 config's rule for numbers, an unknown model: one line, exit 2; so is `--prompt`/`--decode` beside
 `--trace`). A point that cannot run (the model does not fit, an invalid
-mapping, values that clash, a replay where no request completes) is a row with its error; the sweep goes on, and fails (exit 2) only
+mapping, values that clash, a replay where no request completes) is a row with its error and a line on the
+terminal; the sweep goes on, and fails (exit 2) only
 when no point could run. A replay's failed requests (a prompt over the context, ...) are a count
 in the CSV and a line per point on the terminal with their reasons. Written to `--out`:
 
@@ -364,9 +365,11 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         raise ValueError(f"none of the {len(rows)} points could run (the first: {rows[0]['error']}): change the "
                          f"--vary values or the flags; every point's error is in {out / 'sweep.csv'}")
-    for r in ok:  # a replay's failed requests, why (the CSV has their count only)
-        if r.get("failed"):
-            point = ", ".join(f"{name}={r[name]}" for name, _ in vary)
+    for r in rows:  # why a point could not run, and a replay's failed requests (the CSV has their count only)
+        point = ", ".join(f"{name}={r[name]}" for name, _ in vary)
+        if "error" in r:  # as cent bench paper prints a mapping it skips
+            print(f"{point}: could not run: {r['error']}")
+        elif r.get("failed"):
             print(f"{point}: {r['failed']} of {r['completed'] + r['failed']} requests failed: "
                   f"{reasons_text(r['failure_reasons'], examples=True)}")
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")

@@ -537,3 +537,15 @@ def test_every_plot_names_the_settings_every_point_shares(tmp_path, capsys, monk
     assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "device.num_channels=32,64",
                  "--out", str(tmp_path / "plain")]) == 0
     assert not any("given:" in title for title in titles.values())
+
+
+def test_a_point_that_cannot_run_says_why_on_the_terminal(tmp_path, capsys):
+    """'6 points, 4 evaluated, 2 could not run' and nothing more (audit): the reason was in sweep.csv only,
+    while cent bench paper prints a skipped mapping's. Each such point is a line: its values and its error."""
+    assert main(["sweep", "--model", "llama2-70b", "--devices", "32", "--vary", "device.num_channels=16,32",
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    why = [line for line in lines if ": could not run: " in line]
+    assert len(why) == 1 and why[0].startswith("device.num_channels=16: could not run: llama2-70b on 32 devices")
+    assert "does not fit" in why[0]
+    assert "2 points, 1 evaluated, 1 could not run" in lines[-1]
