@@ -390,6 +390,8 @@ def run_bench(args: argparse.Namespace) -> int:
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
         if model_label(cfg.model) != cfg.model.name:  # a changed preset: the plots' titles say how
             summary["model_label"] = model_label(cfg.model)
+        if given_overrides(args):  # a changed device or fabric: the titles say how, as for a changed preset
+            summary["given"] = given_overrides(args)
     out = Path(args.out)
     if args.url:  # the server's config when it serves it (`--config` reruns the replay in-process), its status
         config = dict(client["server_config"] or {}, bench=dict(recorded, url=args.url),

@@ -334,14 +334,16 @@ def mapping_text(status: dict) -> str:
 
 
 def run_title(status: dict, summary: dict) -> str:
-    """Two lines: model, devices and mapping; completed and failed requests by reason."""
+    """Two lines: model, devices and mapping (and what changed the config: `summary`'s `given`, as
+    cent simulate's line says it); completed and failed requests by reason."""
     mp = status.get("mapping") or {}
     model = summary.get("model_label") or status.get("model") or summary.get("model", "?")
     devices = mp.get("devices", summary.get("devices", "?"))
     failed = summary.get("failed", 0)
     counts = reasons_text(summary.get("failure_reasons", {}))
     outcome = f"{summary.get('completed', 0)} completed, {failed} failed" + (f" ({counts})" if counts else "")
-    return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}\n{outcome}"
+    given = f"; given: {summary['given']}" if summary.get("given") else ""
+    return f"{model} on {hardware_text(status, devices)}: {mapping_text(status)}{given}\n{outcome}"
 
 
 def _trace_name(trace: str) -> str:

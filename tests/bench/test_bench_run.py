@@ -522,3 +522,19 @@ def test_paper_names_the_settings_its_mappings_share(tmp_path, capsys, monkeypat
                  "--set", "device.clock_hz=4e9", "--out", str(tmp_path)]) == 0
     assert "given: --set device.clock_hz=4e9" in capsys.readouterr().out
     assert len(titles) == 1 and "given: --set device.clock_hz=4e9" in " ".join(titles[0].split())
+
+
+def test_a_runs_titles_name_the_settings_that_changed_its_device(tmp_path, capsys):
+    """bench run on a 4 GHz device titled its table and plots 'llama2-7b on 8 CENT devices' as the paper's
+    (audit; a changed preset's fields were named, a changed device's not): the title's first line ends with
+    cent simulate's 'given:' line, and summary.json keeps it."""
+    from cent_serve.bench.report import run_title
+
+    assert main(["bench", "run", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--num-requests", "2",
+                 "--max-prompt-tokens", "8", "--max-output-tokens", "2", "--set", "device.clock_hz=4e9",
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    assert "given: --set device.clock_hz=4e9" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["given"] == "--set device.clock_hz=4e9"
+    assert run_title({}, summary).splitlines()[0].endswith("; given: --set device.clock_hz=4e9")
+    assert "given" not in run_title({}, dict(summary, given=""))
