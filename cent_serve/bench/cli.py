@@ -429,7 +429,8 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         recorded.update(shaped, rate=None, rates=rates)  # the rates are the sweep's
         return requests
 
-    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots, bench=recorded)
+    sweep = run_sweep(cfg, requests_at, rates, slos, Path(args.out), plots=not args.no_plots, bench=recorded,
+                      given=given_overrides(args))
     g, share = sweep["distserve_goodput_rate"], f"{100 * sweep['attainment_threshold']:.0f}%"
     if not slos:
         goodput = "DistServe goodput: give --goodput ttft:MS tpot:MS for it"

@@ -30,9 +30,10 @@ LABEL_ZORDER = 4
 
 
 def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list[float], slos: dict[str, float],
-              out_dir: Path, plots: bool = True, bench: dict | None = None) -> dict:
+              out_dir: Path, plots: bool = True, bench: dict | None = None, given: str = "") -> dict:
     """One in-process replay per rate; writes sweep.json and (`plots`) sweep.png; returns the sweep.
-    `bench`: the options that shaped the requests, recorded in sweep.json (read when it is written).
+    `bench`: the options that shaped the requests, recorded in sweep.json (read when it is written);
+    `given`: what changed the config (`cli_common.given_overrides`), in sweep.json and the titles.
     What cannot run is refused first (`preflight.check_runnable(cfg)`, once: before `requests_at` reads
     the trace and before anything is written; the replays do not check it again).
 
@@ -44,7 +45,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     for i, rate in enumerate(rates):  # the rates replay one trace: its 0-token warning once
         requests = requests_at(rate)
         if i == 0:  # after the first selection, which fills in `bench`
-            print(sweep_title(cfg, rates, bench or {}))
+            print(sweep_title(cfg, rates, bench or {}, given))
         result = run_in_process(cfg, requests, total=len(requests), warn=i == 0, desc=f"rate {rate:g}",
                                 checked=True)
         status = result.status
@@ -58,7 +59,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                  hardware=cfg.hardware,
                  mapping=status.get("mapping", {}),
                  distserve_goodput_rate=max(ok) if ok else None, attainment_threshold=DISTSERVE_ATTAINMENT,
-                 bench=bench)
+                 bench=bench, given=given)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
     write_config(out_dir, cfg, bench)
@@ -67,7 +68,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
     return sweep
 
 
-def sweep_title(cfg: CentConfig, rates: list[float], bench: dict) -> str:
+def sweep_title(cfg: CentConfig, rates: list[float], bench: dict, given: str = "") -> str:
     """What the sweep replays, before its first rate: bench run's title line and the rates."""
     from cent_serve.engine import hardware_timer
 
@@ -77,7 +78,7 @@ def sweep_title(cfg: CentConfig, rates: list[float], bench: dict) -> str:
     devices = cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices
     source = f"; {source_text(bench)}" if bench.get("trace") else ""
     return (f"{model_label(cfg.model)} on {hardware_text(status, devices)}: {mapping_text(status)}{source}; "
-            f"rates {', '.join(f'{r:g}' for r in rates)} req/s")
+            f"rates {', '.join(f'{r:g}' for r in rates)} req/s" + (f"; given: {given}" if given else ""))
 
 
 def write_config(out_dir: Path, cfg: CentConfig, bench: dict | None) -> None:
@@ -115,9 +116,9 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
     status = dict(model=sweep["model"], mapping=sweep["mapping"], hardware=sweep.get("hardware", "cent"))
     model = sweep.get("model_label") or sweep["model"]
-    fig.suptitle(f"{model} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
-                 f"{mapping_text(status)}"
-                 f"\n{n} requests per rate; SLOs: {slo_text}", fontsize=11)
+    given = f"\ngiven: {sweep['given']}" if sweep.get("given") else ""
+    fig.suptitle(_fit(f"{model} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
+                      f"{mapping_text(status)}\n{n} requests per rate; SLOs: {slo_text}{given}", fig, 11), fontsize=11)
     fig.tight_layout()
     for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
         place_rate_labels(ax, [("black", points)])

@@ -538,3 +538,20 @@ def test_a_runs_titles_name_the_settings_that_changed_its_device(tmp_path, capsy
     assert summary["given"] == "--set device.clock_hz=4e9"
     assert run_title({}, summary).splitlines()[0].endswith("; given: --set device.clock_hz=4e9")
     assert "given" not in run_title({}, dict(summary, given=""))
+
+
+def test_a_rate_sweep_names_the_settings_that_changed_its_device(tmp_path, capsys, monkeypatch):
+    """bench sweep on a 4 GHz device: its first line, sweep.json and sweep.png's title named the model and
+    mapping only (audit), as bench run's did: each gives cent simulate's 'given:' line."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig._suptitle.get_text()),
+                                                                  real(fig, *a, **k))[1])
+    assert main(["bench", "sweep", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--num-requests",
+                 "2", "--max-prompt-tokens", "8", "--max-output-tokens", "2", "--rates", "5",
+                 "--set", "device.clock_hz=4e9", "--out", str(tmp_path)]) == 0
+    assert "; given: --set device.clock_hz=4e9" in capsys.readouterr().out
+    assert json.loads((tmp_path / "sweep.json").read_text())["given"] == "--set device.clock_hz=4e9"
+    assert len(titles) == 1 and "given: --set device.clock_hz=4e9" in " ".join(titles[0].split())
