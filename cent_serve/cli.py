@@ -55,6 +55,11 @@ def _stdout_gone() -> bool:
 UNKNOWN_FLAG_HINTS = {
     ("simulate", "--trace"): "cent simulate is the closed form of one workload; to replay a trace use cent bench run "
                              "--trace FILE (or cent bench compare for CENT vs GPUs)",
+    # set by a --config file or --set, numerics off and GPUs are refused by run_generate
+    ("generate", "--numerics"): "cent generate always runs the reference model's real math; cent simulate or "
+                                "cent serve --numerics off time a model without it",
+    ("generate", "--hardware"): "cent generate runs the reference model on this machine; --hardware applies to "
+                                "simulate, serve and bench",
 }
 """(command, flag) -> what to do instead, added to the error for a flag the command does not take."""
 

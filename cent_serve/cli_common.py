@@ -7,28 +7,31 @@ from pathlib import Path
 from cent_serve.config import CentConfig, ParallelConfig, build_config
 
 
-def add_config_args(p: argparse.ArgumentParser, with_parallel: bool = True, requests: bool = False) -> None:
-    """--config, --model, --set (and the mapping flags) on a subcommand; `requests`: it makes requests
-    (the bench commands), whose random arrivals and lengths --seed seeds too."""
+def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: bool = False) -> None:
+    """--config, --model, --seed, --set on a subcommand, and, `served`, what serves it: --numerics, --hardware and
+    the mapping flags (`cent generate`, the reference model's math on this machine, takes none of them: it
+    would refuse --numerics off and --hardware gpu:..., and reads no mapping); `requests`: it makes
+    requests (the bench commands), whose random arrivals and lengths --seed seeds too."""
     p.add_argument("--config", help="YAML config file (fields of cent_serve.config.CentConfig)")
     p.add_argument("--model", help="preset name or Hugging Face checkpoint directory (default: tiny)")
     made = (", and of the requests made: --synthetic arrivals and lengths, a ShareGPT file's Poisson arrivals "
             "(default 0)") if requests else ""
     p.add_argument("--seed", type=int, help="seed of the random weights of a preset (and of a mixture of experts' "
                    f"timing router, which its simulated times follow{made})")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
+    if not served:
+        return
     p.add_argument("--numerics", choices=["full", "off", "auto"],
                    help="full: real weights and math; off: timing only (the same simulated times); auto (the "
                         "default): full up to 1B parameters, else off")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
     p.add_argument("--hardware", default=None, metavar="cent|gpu:KIND:N",
                    help="what serves: 'cent' (the default: emulated CENT devices) or N modelled GPUs, e.g. "
                         "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb; --set gpu.tp=, gpu.pp=)")
-    if with_parallel:
-        par = ParallelConfig()  # the defaults a flag left out keeps (a --config file's when given)
-        p.add_argument("--devices", type=int, help=f"emulated CENT devices (default {par.num_devices})")
-        p.add_argument("--pp", type=int, help=f"pipeline stages (default {par.pp}: one per block)")
-        p.add_argument("--tp", type=int, help=f"devices per stage (tensor parallel; default {par.tp})")
+    par = ParallelConfig()  # the defaults a flag left out keeps (a --config file's when given)
+    p.add_argument("--devices", type=int, help=f"emulated CENT devices (default {par.num_devices})")
+    p.add_argument("--pp", type=int, help=f"pipeline stages (default {par.pp}: one per block)")
+    p.add_argument("--tp", type=int, help=f"devices per stage (tensor parallel; default {par.tp})")
 
 
 def config_from_args(args: argparse.Namespace) -> CentConfig:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_info)
 
     g = sub.add_parser("generate", help="generate with the single-process reference model")
-    add_config_args(g, with_parallel=False)
+    add_config_args(g, served=False)
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
     src.add_argument("--prompt-ids", help="prompt token ids, comma separated: 1,2,3")
@@ -228,12 +228,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)  # checked as resolved: the flags, --set and a --config file alike
     if cfg.numerics == "off":
-        raise ValueError("numerics='off' (--numerics off): cent generate is the reference model's real math and has "
-                         "nothing to do without it; leave numerics at full or auto (cent simulate gives the timing)")
+        raise ValueError("numerics='off': cent generate is the reference model's real math and has nothing to do "
+                         "without it; leave numerics at full or auto (cent simulate gives the timing)")
     if cfg.on_gpus:
-        raise ValueError(f"gpu.count={cfg.gpu.count} (--hardware gpu:...): cent generate runs the reference model on "
-                         "this machine, whatever the hardware; leave the hardware out (it applies to simulate, serve "
-                         "and bench)")
+        raise ValueError(f"gpu.count={cfg.gpu.count}: cent generate runs the reference model on this machine, "
+                         "whatever the hardware; leave the hardware out (it applies to simulate, serve and bench)")
     if why := rope_numerics_refusal(cfg.model):  # before its weights load (a 128k Phi-3's are 15 GB of float32)
         raise ValueError(why)
     if cfg.model.checkpoint and not checkpoint_has_weights(cfg.model.checkpoint):

@@ -10,10 +10,8 @@ from cent_serve.cli import main
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--numerics", "off"], "numerics='off' (--numerics off): cent generate is the reference model's real math"),
-    (["--set", "numerics=off"], "numerics='off' (--numerics off): cent generate"),
-    (["--hardware", "gpu:a100-80gb:1"], "gpu.count=1 (--hardware gpu:...): cent generate runs the reference model"),
-    (["--set", "gpu.count=2"], "gpu.count=2 (--hardware gpu:...): cent generate"),
+    (["--set", "numerics=off"], "numerics='off': cent generate is the reference model's real math"),
+    (["--set", "gpu.count=2"], "gpu.count=2: cent generate runs the reference model on this machine"),
     (["--max-tokens", "100000", "--prompt-ids", "1,2"], "--max-tokens 100000 is invalid with a prompt of 2 tokens in "
                                                         "model.max_seq_len=8192: use 1..8190"),
     (["--sample-seed", "-1"], "--sample-seed -1 is invalid: use an integer >= 0"),
@@ -21,6 +19,29 @@ from cent_serve.cli import main
 def test_options_generate_cannot_honour_are_refused(args, says, capsys):
     assert main(["generate", *args]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_help_offers_no_flag_generate_refuses(capsys):
+    """--numerics and --hardware were offered by `cent generate --help` and then refused (off, gpu:...): the
+    reference model runs its math on this machine whatever they say, so it does not take them."""
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    usage = capsys.readouterr().out
+    assert "--prompt" in usage and "--set" in usage
+    for flag in ("--numerics", "--hardware", "--devices", "--pp", "--tp"):
+        assert flag not in usage
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--numerics", "off"], "unrecognized arguments: --numerics off (see cent generate --help); cent generate always "
+                            "runs the reference model's real math"),
+    (["--hardware", "gpu:a100-80gb:1"], "unrecognized arguments: --hardware gpu:a100-80gb:1 (see cent generate "
+                                        "--help); cent generate runs the reference model on this machine"),
+])
+def test_a_flag_generate_does_not_take_says_what_to_run_instead(args, says, capsys):
+    assert main(["generate", *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_model_larger_than_the_memory_is_refused_before_it_is_built(monkeypatch, capsys):
