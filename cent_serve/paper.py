@@ -68,7 +68,7 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
         check_int(call, name, value, example)
     check_int(call, "batch", batch, 16, optional=True)
     if cfg.on_gpus:
-        return _closed_form_gpu(cfg, prompt, decode, batch)
+        return _closed_form_gpu(cfg, prompt, decode, batch, batch_flag)
     from cent_serve.preflight import check_devices_hold
     from cent_serve.timing.pipeline import phase_figures, token_figures
     from cent_serve.timing.token import SystemTimer
@@ -85,7 +85,7 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     return dict(phases, batch=batch)
 
 
-def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | None) -> dict:
+def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | None, batch_flag: bool) -> dict:
     """`closed_form` on GPUs: a static batch as transformers runs it (the artifact's GPU measurements),
     per phase, from the GPU model (docs/gpu_model.md); throughput and power of every replica."""
     from cent_serve.gpu.timing import GpuTimer
@@ -98,7 +98,8 @@ def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | Non
     total = prompt + decode
     t = GpuTimer(cfg)
     batch = min(128, t.max_batch(total)) if batch is None else batch
-    check_gpus_hold(cfg, total, max(1, batch), context_flag="a smaller --prompt or --decode")
+    check_gpus_hold(cfg, total, max(1, batch), context_flag="a smaller --prompt or --decode",
+                    batch_flag="--batch" if batch_flag else None)
     f = t.phase_figures(batch, prompt, decode)
     tco, k = t.tco(), t.mapping.replicas
     for phase in (p for p in PHASES if p in f):  # every replica runs the batch: throughput and power of all of them

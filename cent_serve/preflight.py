@@ -321,11 +321,13 @@ def check_checkpoint(cfg: CentConfig) -> None:
 
 
 def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1, gpu_flag: str | None = None,
-                    context_flag: str | None = None):
+                    context_flag: str | None = None, batch_flag: str | None = None):
     """The GPUs hold the weights and the KV of `batch` sequences of `context` tokens (default one
     of the whole context). ValueError naming the sizes and the fix, the GPUs named by `gpu_flag`
     (default `gpu.timing.HARDWARE_FLAG`), the context by `context_flag` (default model.max_seq_len),
-    with the longest context that fits."""
+    with the longest context that fits; `batch_flag`: the flag that sets the batch (cent simulate's
+    --batch), named with the most sequences that fit; None where the batch is no user's to change
+    (one sequence of the whole context, what serving needs)."""
     from cent_serve.gpu.timing import HARDWARE_FLAG, GpuTimer
 
     gpu_flag = HARDWARE_FLAG if gpu_flag is None else gpu_flag
@@ -337,6 +339,8 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
     have = t.kv_blocks(block, override)  # as the engine counts them
     per_seq = -(-context // block)
     need = batch * per_seq
+    fits = have // per_seq  # sequences of this context the blocks hold
+    fewer = [f"{batch_flag} {fits} (the most of {context} tokens that fit)"] if batch_flag and fits else []
     if have < need and override is not None and override < need:  # the override caps them: more GPUs do not help
         held = t.kv_blocks(block)
         fix = (f"raise it to {need} or more, or remove it" if held >= need else
@@ -345,23 +349,20 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
                if override < held else f"the GPUs hold {held} (scheduler.num_kv_blocks_override={override} would cap "
                "more of them)")
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
-                         f"tokens needs {need} blocks of {block} tokens, {why}: {fix}, or use fewer sequences, or a "
-                         "shorter context with --set model.max_seq_len=N")
+                         f"tokens needs {need} blocks of {block} tokens, {why}: {', or use '.join([fix, *fewer])}, or "
+                         f"a shorter context with {context_flag or '--set model.max_seq_len=N'}")
     if have < need:
         # the N that fits (vLLM's refusal names the KV cache's tokens likewise): a long-context model's
         # config.json (Mistral-Nemo's 1,024,000) on few GPUs needs it
         largest = have // batch * block
-        if largest:
-            fix = (f"fewer sequences, a larger --set gpu.memory_utilization=F, or a shorter context with "
-                   f"{context_flag or '--set model.max_seq_len=N'} (at most {largest} tokens at {batch} "
-                   f"sequence{'s' if batch > 1 else ''})")
-        else:  # no context fits: more sequences than blocks (a sequence takes one at least), or no block at all
-            fix = (f"a larger --set gpu.memory_utilization=F, or fewer sequences (no shorter context fits {batch}: "
-                   "a sequence takes one block at least)") if have else "or a larger --set gpu.memory_utilization=F"
+        ways = [f"more GPUs ({gpu_flag}KIND:N)", *fewer, "a larger --set gpu.memory_utilization=F"]
+        if largest:  # else more sequences than blocks (a sequence takes one at least): no shorter context fits
+            ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'} (at most {largest} "
+                        f"tokens at {batch} sequence{'s' if batch > 1 else ''})")
         raise ValueError(f"{cfg.model.name} on {t.mapping.describe()} does not fit: the KV of {batch} x {context} "
                          f"tokens needs {need} blocks of {block} tokens, the GPUs hold {have} after the weights in "
-                         f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory ({have // per_seq} such "
-                         f"sequences): use more GPUs ({gpu_flag}KIND:N), {fix}")
+                         f"gpu.memory_utilization={cfg.gpu.memory_utilization} of their memory: use "
+                         f"{', '.join(ways[:-1])}, or {ways[-1]}")
     return t.mapping
 
 

@@ -354,9 +354,9 @@ def test_a_tp_the_heads_refuse_names_the_replicas_that_keep_every_gpu():
      "stage 0 holds 138.0 GB of weights in 80 GB x gpu.memory_utilization=0.9: use more GPUs (--hardware gpu:KIND:N)"),
     (["bench", "compare", "--devices", "32", "--gpu", "a100-80gb:2", "--set", "gpu.memory_utilization=0.865"],
      "llama2-70b on 2 x a100-80gb: pp 1 x tp 2 does not fit: the KV of 1 x 4096 tokens needs 256 blocks of 16 tokens, "
-     "the GPUs hold 85 after the weights in gpu.memory_utilization=0.865 of their memory (0 such sequences): use more "
-     "GPUs (--gpu KIND:N), fewer sequences, a larger --set gpu.memory_utilization=F, or a shorter context with --set "
-     "model.max_seq_len=N (at most 1360 tokens at 1 sequence)"),
+     "the GPUs hold 85 after the weights in gpu.memory_utilization=0.865 of their memory: use more GPUs (--gpu "
+     "KIND:N), a larger --set gpu.memory_utilization=F, or a shorter context with --set model.max_seq_len=N (at most "
+     "1360 tokens at 1 sequence)"),
 ])
 def test_a_gpu_refusal_names_the_flag_that_set_the_gpus(args, says, capsys, tmp_path):
     """A tp taken from --hardware gpu:KIND:N's count was fixed with --set gpu.tp, which the user never gave,
@@ -479,10 +479,35 @@ def test_a_context_the_gpus_cannot_hold_names_the_longest_they_can():
                                     "64 sequences)"), info.value
     # more sequences than blocks: no context fits them, so no shorter context is offered
     with pytest.raises(ValueError) as info:
-        check_gpus_hold(cfg, 1024, batch=100_000)
-    assert str(info.value).endswith("a larger --set gpu.memory_utilization=F, or fewer sequences (no shorter context "
-                                    "fits 100000: a sequence takes one block at least)"), info.value
+        check_gpus_hold(cfg, 1024, batch=100_000, batch_flag="--batch")
+    assert str(info.value).endswith("use more GPUs (--hardware gpu:KIND:N), --batch 59 (the most of 1024 tokens that "
+                                    "fit), or a larger --set gpu.memory_utilization=F"), info.value
     assert "shorter context with" not in str(info.value)
+
+
+def test_a_batch_the_gpus_cannot_hold_names_the_flag_and_the_batch_that_fits(capsys):
+    """The refusal said "(12 such sequences)" and "fewer sequences", not the flag the user passes: cent
+    simulate's --batch. The batch it names runs; one more is refused again."""
+    import re
+
+    from cent_serve.cli import main
+
+    gpu = ["simulate", "--model", "llama3.1-8b", "--hardware", "gpu:a100-80gb:1", "--numerics", "off",
+           "--prompt", "2048", "--decode", "2048", "--set", "gpu.memory_utilization=0.3", "--json"]
+    assert main([*gpu, "--batch", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "such sequences" not in err and "fewer sequences" not in err and len(err.strip().splitlines()) == 1, err
+    fits = int(re.search(r"use more GPUs \(--hardware gpu:KIND:N\), --batch (\d+) \(the most of 4096 tokens that "
+                         r"fit\), a larger --set gpu.memory_utilization=F, or a shorter context", err).group(1))
+    assert 1 < fits < 64
+    assert main([*gpu, "--batch", str(fits)]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == fits
+    assert main([*gpu, "--batch", str(fits + 1)]) == 2
+    assert f"--batch {fits} (the most" in capsys.readouterr().err
+    # a KV-block override that caps the GPUs: the batch it holds is named too, and the context by its flags
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 2
+    assert ("raise it to 3584 or more, or remove it, or use --batch 7 (the most of 4096 tokens that fit), or a shorter "
+            "context with a smaller --prompt or --decode") in capsys.readouterr().err
 
 
 def test_a_window_on_some_blocks_on_gpus_reads_each_blocks_own_keys():
