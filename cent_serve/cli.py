@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
     run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
     args, unknown = build_parser().parse_known_args(argv)
-    if unknown:  # named by the subcommand they were given to, not by `cent`
-        command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None),
-                                         getattr(args, "action", None))))
+    # an error is named by the subcommand it was given to ("cent bench compare"), not by `cent` or `cent bench`
+    command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None), getattr(args, "action", None))))
+    if unknown:
         hints = [UNKNOWN_FLAG_HINTS[command, flag] for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
                  if (command, flag) in UNKNOWN_FLAG_HINTS]
         _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)"
@@ -81,17 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
         return code
     except ValueError as exc:
-        _error(args.command, str(exc))
+        _error(command, str(exc))
         return 2
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `cent simulate ... | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 141  # silent, as `cat` or `git log` under `| head`, with the code a shell reports for SIGPIPE
         where = f" {exc.filename!r}" if exc.filename else ""
-        _error(args.command, f"{exc.strerror or exc}{where}: check the path or address and that you may use it")
+        _error(command, f"{exc.strerror or exc}{where}: check the path or address and that you may use it")
         return 2
     except KeyboardInterrupt:
-        _error(args.command, "interrupted")
+        _error(command, "interrupted")
         return 130
 
 

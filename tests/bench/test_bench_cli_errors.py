@@ -31,7 +31,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("cent bench: error: "), lines[0]
+    assert lines[0].startswith("cent bench run: error: "), lines[0]
     return lines[0]
 
 
@@ -214,7 +214,7 @@ def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, comma
     args = [str(tmp_path / a) if a in TRACES else a for a in args]
     assert main(["bench", command, "--numerics", "off", *args, "--out", str(tmp_path / "out")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cent bench: error: "), lines
+    assert len(lines) == 1 and lines[0].startswith(f"cent bench {command}: error: "), lines
     assert expected.format(dir=tmp_path) in lines[0]
     assert not any(re.search(rf"\b{name}\b", lines[0]) for name in PYTHON_NAMES), lines[0]
 
@@ -249,7 +249,17 @@ def test_a_gzipped_trace_replays_and_unreadable_ones_are_one_line(tmp_path, caps
         assert main(["bench", "run", "--numerics", "off", "--trace", str(tmp_path / trace),
                      "--out", str(tmp_path / "bad")]) == 2
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-        assert lines == [f"cent bench: error: {expected}"]
+        assert lines == [f"cent bench run: error: {expected}"]
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "paper", "compare"])
+def test_an_error_names_the_bench_subcommand(tmp_path, capsys, command):
+    """Errors of every bench subcommand began "cent bench: error:", where the other commands name
+    themselves ("cent simulate: error:") and bench's unknown flags named the subcommand already."""
+    assert main(["bench", command, "--numerics", "off", *(["--rates", "1"] if command == "sweep" else []),
+                 "--num-requests", "0", "--out", str(tmp_path)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"cent bench {command}: error: --num-requests=0"), lines
 
 
 @pytest.mark.parametrize("command", ["run", "sweep", "compare"])
