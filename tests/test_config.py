@@ -318,6 +318,18 @@ def test_extra_eos_ids_are_refused_by_name_in_a_file_and_unset_by_set(tmp_path):
     assert apply_overrides(cfg, ["model.extra_eos_token_ids=none"]).model.extra_eos_token_ids == ()
 
 
+@pytest.mark.parametrize("hint, text, typed", [(tuple[float, ...], "1,1.5", (1.0, 1.5)),
+                                                (tuple[int, ...], "5,9", (5, 9)),
+                                                (tuple[str, ...], "full_attention,sliding_attention",
+                                                 ("full_attention", "sliding_attention"))])
+def test_a_tuple_field_is_read_by_its_element_type(hint, text, typed):
+    """Words and ids went by the field's type hint, factors by a list of names (FACTOR_LISTS), so a
+    `tuple[float, ...]` field under another name was read as ids and refused "1.5" as no integer."""
+    from cent_serve.config.fields import _typed
+
+    assert _typed(text, hint, "model.some_new_list") == typed
+
+
 def test_a_seed_may_be_any_size():
     """A seed names a stream of random numbers; the range rule is for magnitudes."""
     cfg = apply_overrides(CentConfig(), ["model.seed=12345678901234567", "scheduler.seed=98765432109876543"])

@@ -195,10 +195,6 @@ def _words_text(value: Any, name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-FACTOR_LISTS = frozenset({"model.rope_short_factor", "model.rope_long_factor"})
-"""Tuple fields of numbers, not ids (`_factors_text` reads them)."""
-
-
 def _factors_text(value: Any, name: str) -> tuple[float, ...]:
     """A tuple of positive numbers from a list or text `1,1.5` (nothing or none: no numbers)."""
     items = value if isinstance(value, (list, tuple)) else [] if value is None or _is_null(str(value)) \
@@ -254,10 +250,9 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                  f"so quote the word ({name.rsplit('.', 1)[-1]}: \"{'on' if value else 'off'}\")"
                  if isinstance(value, bool) else "")
         raise ValueError(f"{name}={value!r} is invalid: expected a string{quote}")
-    if getattr(hint, "__origin__", None) is tuple:
-        if name in FACTOR_LISTS:
-            return _factors_text(value, name)
-        return _words_text(value, name) if hint.__args__[0] is str else _ids_text(value, name)
+    if getattr(hint, "__origin__", None) is tuple:  # by the element type: words, factors (longrope's) or ids
+        read = {str: _words_text, float: _factors_text}.get(hint.__args__[0], _ids_text)
+        return read(value, name)
     return value
 
 
