@@ -8,12 +8,21 @@ from cent_serve.model.families import refuse as _refuse
 
 KINDS = ("sliding_attention", "full_attention")
 """The layer types Gemma3TextConfig keys its rope_parameters by."""
+
+# What a config.json leaves out, Gemma3TextConfig's defaults (transformers 5.25 configuration_gemma3.py);
+# its KV heads (4), head size (256) and context (131,072) are hf_config's family defaults for gemma3_text.
+SIZE_DEFAULTS = dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                     num_attention_heads=8)
+"""Gemma3TextConfig's vocab_size, hidden_size, intermediate_size, num_hidden_layers and num_attention_heads:
+what a multimodal config.json's text_config leaves out (Gemma3Config builds a Gemma3TextConfig from it)."""
 DEFAULT_THETA = dict(full_attention=1_000_000.0, sliding_attention=10_000.0)
 """Gemma3TextConfig.default_theta: the full blocks' rope_theta and the sliding ones' rope_local_base_freq."""
 DEFAULT_WINDOW = 4096
 """Gemma3TextConfig's sliding_window."""
 DEFAULT_PATTERN = 6
 """Gemma3TextConfig's sliding_window_pattern of older configs: every sixth block is full attention."""
+DEFAULT_QUERY_PRE_ATTN_SCALAR = 256
+"""Gemma3TextConfig's query_pre_attn_scalar: the attention scores are scaled by its inverse square root."""
 
 
 _TOP_LEVEL = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings",
@@ -34,13 +43,7 @@ def text_config(hf: dict, cfg_file) -> dict:
         raise ValueError(f"{cfg_file}: text_config={text!r} is invalid: a gemma3 config.json gives its language "
                          "model's keys as a JSON object; fix it, or point --model at a gemma3_text checkpoint")
     top = {"tie_word_embeddings": True, **{k: hf[k] for k in _TOP_LEVEL if hf.get(k) is not None}}
-    return {"vocab_size": DEFAULT_VOCAB, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-            "num_attention_heads": 8, **text, **top, "model_type": "gemma3_text"}
-
-
-DEFAULT_VOCAB = 262_208
-"""Gemma3TextConfig's vocab_size (with Gemma3TextConfig's other size defaults: hidden 2304, MLP 9216, 26
-blocks, 8 heads), what a multimodal config.json's text_config leaves out."""
+    return {**SIZE_DEFAULTS, **text, **top, "model_type": "gemma3_text"}
 
 
 def rope_by_kind(hf: dict) -> dict[str, dict]:
@@ -94,10 +97,11 @@ def sliding_blocks(hf: dict, num_layers: int) -> list[int]:
 
 def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
     """The ModelConfig fields of a gemma3_text config.json beyond the shared keys: Gemma 2's sandwich
-    norms and query_pre_attn_scalar (default 256), q/k norms (Gemma3Attention q_norm, k_norm), the
+    norms and query_pre_attn_scalar, q/k norms (Gemma3Attention q_norm, k_norm), the
     final soft-cap if given (default none; Gemma3Attention does not pass attn_logit_softcapping to its
-    attention, so it is not read: `families._READ_BY`), the window on the sliding blocks (default 4096)
-    and their rope base. `num(key, default, kind)` reads a number as `model_config_from_hf` does."""
+    attention, so it is not read: `families._READ_BY`), the window on the sliding blocks and their rope
+    base (Gemma3TextConfig's defaults above). `num(key, default, kind)` reads a number as `model_config_from_hf`
+    does."""
     if hf.get("use_bidirectional_attention"):
         _refuse("use_bidirectional_attention", True, "attention is causal here (EmbeddingGemma's bidirectional "
                 "attention is not modelled); serve a causal Gemma 3 checkpoint (the key false or absent)")
@@ -105,7 +109,8 @@ def fields(hf: dict, num_layers: int, local_theta: float, num) -> dict:
     window = hf.get("sliding_window", DEFAULT_WINDOW)
     if sliding and window is None:  # transformers' create_sliding_window_causal_mask refuses it too
         _refuse("sliding_window", None, f"{len(sliding)} blocks are sliding_attention: give their window")
-    out = dict(sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=num("query_pre_attn_scalar", 256) or 256,
+    scalar = num("query_pre_attn_scalar", DEFAULT_QUERY_PRE_ATTN_SCALAR) or DEFAULT_QUERY_PRE_ATTN_SCALAR
+    out = dict(sandwich_norms=True, qk_norm=True, query_pre_attn_scalar=scalar,
                final_logit_softcapping=float(num("final_logit_softcapping", None, float) or 0.0))
     if not sliding:
         return dict(out, sliding_window=0, layer_types=())

@@ -791,6 +791,26 @@ def test_a_multimodal_gemma3_serves_its_language_model_and_warns_once_of_its_vis
         model_config_from_hf(tmp_path)
 
 
+def test_gemma3_defaults_are_transformers_gemma3textconfig_s(tmp_path):
+    """The Gemma3TextConfig defaults a config.json may leave out, kept together in gemma3.py, are transformers'
+    (5.25's Gemma3TextConfig()); a multimodal config.json whose text_config says nothing reads as that default."""
+    transformers = pytest.importorskip("transformers")
+    from cent_serve.model import gemma3
+
+    ref = transformers.Gemma3TextConfig()
+    assert gemma3.SIZE_DEFAULTS == {k: getattr(ref, k) for k in gemma3.SIZE_DEFAULTS}
+    assert (gemma3.DEFAULT_WINDOW, gemma3.DEFAULT_QUERY_PRE_ATTN_SCALAR) == (ref.sliding_window,
+                                                                            ref.query_pre_attn_scalar)
+    assert gemma3.DEFAULT_THETA == {k: ref.rope_parameters[k]["rope_theta"] for k in gemma3.KINDS}
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
+    m = model_config_from_hf(tmp_path)
+    assert (m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim,
+            m.max_seq_len, m.query_pre_attn_scalar, m.sliding_window, m.rope_theta, m.rope_local_theta) == \
+        (ref.vocab_size, ref.hidden_size, ref.intermediate_size, ref.num_hidden_layers, ref.num_attention_heads,
+         ref.num_key_value_heads, ref.head_dim, ref.max_position_embeddings, ref.query_pre_attn_scalar,
+         ref.sliding_window, *(ref.rope_parameters[k]["rope_theta"] for k in gemma3.KINDS[::-1]))
+
+
 def test_a_multimodal_gemma3_ties_its_head_by_its_own_flag(tmp_path):
     """Gemma3ForConditionalGeneration ties its LM head by Gemma3Config.tie_word_embeddings (default true),
     not by text_config's (transformers 5.25: a config.json whose text_config says false and whose top
