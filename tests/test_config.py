@@ -99,6 +99,18 @@ def test_gemma_fields_are_checked_in_one_line(kwargs, field):
     assert str(err.value).startswith(field) and "\n" not in str(err.value)
 
 
+def test_a_local_rope_base_is_refused_on_a_family_that_has_none(capsys):
+    """model.rope_local_theta is Gemma 3's (its sliding blocks' rope_local_base_freq); on another family the
+    numerics turned its windowed blocks by it all the same, a model no transformers config can say."""
+    for model in ("llama2-7b", "mistral-7b", "gemma-2-9b"):
+        assert main(["info", "--model", model, "--numerics", "off", "--set", "model.rope_local_theta=1e4"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "model.rope_local_theta=10000.0 is invalid: use 0" in err, err
+        assert "the sliding blocks' own base is gemma3_text's" in err, err
+    assert main(["info", "--model", "gemma-3-1b", "--numerics", "off", "--set", "model.rope_local_theta=2e4"]) == 0
+    capsys.readouterr()
+
+
 def test_tiny_is_small_gqa():
     m = model_preset("tiny")
     assert m.num_kv_heads < m.num_heads and m.param_count() < 10_000_000

@@ -59,7 +59,8 @@ class ModelConfig:
     """Rotary embedding base (Hugging Face `rope_theta`)."""
     rope_local_theta: float = 0.0
     """The rotary base of the sliding_attention blocks, with no scaling (Gemma 3's rope_local_base_freq,
-    10,000; its full blocks take rope_theta, 1e6, and the rope scaling); 0: every block as rope_theta."""
+    10,000; its full blocks take rope_theta, 1e6, and the rope scaling); 0: every block as rope_theta, as
+    every other family turns them."""
     rms_norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     tie_word_embeddings: bool = False
@@ -203,6 +204,9 @@ class ModelConfig:
         _check(self.partial_rotary_factor == 1 or self.model_type == "phi3", "model.partial_rotary_factor",
                self.partial_rotary_factor, f"use 1.0: model_type={self.model_type!r} turns every dimension of a "
                "head (a partial rotary embedding is phi3's)")
+        _check(not self.rope_local_theta or self.model_type == "gemma3_text", "model.rope_local_theta",
+               self.rope_local_theta, f"use 0: model_type={self.model_type!r} turns every block by model.rope_theta "
+               "(the sliding blocks' own base is gemma3_text's rope_local_base_freq)")
         if self.rope_type != "default":
             _check(self.rope_factor > 0, "model.rope_factor", self.rope_factor, "use a positive number")
         if self.rope_type == "llama3":  # its smoothing divides by the difference

@@ -30,7 +30,7 @@ _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),
 """The keys each rope type has in a config.json (what `hf_config_dict` writes)."""
 _FAMILY_FEATURES = dict(attention_bias=("qwen2", "qwen2_moe"), qk_norm=("qwen3", "qwen3_moe", "gemma3_text"),
                         sliding_window=("mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe", "qwen2_moe",
-                                        "gemma2", "gemma3_text"), rope_local_theta=("gemma3_text",))
+                                        "gemma2", "gemma3_text"))
 """The family whose config.json can say each variation (q/k/v biases, q/k norms, a window)."""
 _PER_BLOCK_WINDOWS = ("mistral", "qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text")
 """The families whose config.json can window some blocks only (`layer_types`: Mistral's read as Ministral's)."""
