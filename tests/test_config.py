@@ -730,13 +730,33 @@ def test_auto_numerics_says_why_it_chose(tmp_path):
     from cent_serve.model import model_config_from_hf
 
     big = CentConfig(model=model_preset("llama2-7b"))
-    assert big.numerics_why[0] == "off" and "6.7B parameters, over the 1B" in big.numerics_why[1]
-    assert CentConfig(model=model_preset("tiny")).numerics_why == ("full", "auto: 1B parameters or fewer")
+    assert big.numerics_why[0] == "off" and "25.10 GiB of float32 weights, over the 1 GiB" in big.numerics_why[1]
+    assert CentConfig(model=model_preset("tiny")).numerics_why == \
+        ("full", "auto: 21.6 MiB of float32 weights, at most the 1 GiB auto computes")
     assert CentConfig(model=model_preset("llama2-7b"), numerics="full").numerics_why == ("full", "as set")
     ckpt = tmp_path / "shape_only"
     ckpt.mkdir()
     shutil.copy(Path(__file__).parent / "data" / "hf_tiny_llama" / "config.json", ckpt)
     assert CentConfig(model=model_config_from_hf(ckpt)).numerics_why == ("off", "auto: the checkpoint has no weight files")
+
+
+def test_auto_numerics_goes_by_the_float32_bytes_the_host_holds(tmp_path):
+    """`numerics: auto` ran full up to 1e9 parameters: gemma-3-1b (999,885,952) built 3.7 GiB of float32
+    random weights, once more in each of cent serve's device actors (29.8 GiB on 7, refused here). The line
+    is 1 GiB of float32 weights (AUTO_FULL_BYTES): tiny and the test checkpoints run full, gemma-3-1b times."""
+    from cent_serve.config.tree import AUTO_FULL_BYTES
+
+    assert AUTO_FULL_BYTES == 2**30
+    one_b = CentConfig(model=model_preset("gemma-3-1b"))
+    assert one_b.numerics_why == ("off", "auto: 3.72 GiB of float32 weights, over the 1 GiB auto computes, as each "
+                                         "device actor holds a copy; the text is a stand-in, the times are the "
+                                         "model's; --numerics full computes it")
+    assert CentConfig(model=model_preset("gemma-3-1b"), numerics="full").resolved_numerics == "full"
+    from cent_serve.model import model_config_from_hf
+    for ckpt in ("hf_tiny_llama", *(f"hf_families/{f.name}" for f in (Path(__file__).parent / "data" /
+                                                                       "hf_families").iterdir() if f.is_dir())):
+        assert CentConfig(model=model_config_from_hf(Path(__file__).parent / "data" / ckpt)).resolved_numerics == \
+            "full", ckpt
 
 
 def test_a_changed_preset_is_labelled_with_its_changes(capsys):

@@ -61,7 +61,8 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"devices, batch @4k: the fewest CENT devices ({dev.capacity_bytes / 2**30:g} GiB) in the paper's "
               "pipeline (a stage per block) holding the weights and the paper's batch, a 4,096-token query per "
               "stage (80 queries for llama2-70b); devices, 1 query @context: the weights and a single query of the "
-              "whole context. Timing-only (numerics off) above 1e9 parameters by default.")
+              "whole context. Timing-only (numerics off) above 1 GiB of float32 weights (about 268M parameters) by "
+              "default.")
         return 0
     from cent_serve.preflight import check_runnable
 
