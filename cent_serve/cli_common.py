@@ -24,7 +24,8 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
         return
     p.add_argument("--numerics", choices=["full", "off", "auto"],
                    help="full: real weights and math; off: timing only (the same simulated times); auto (the "
-                        "default): full up to 1 GiB of float32 weights (about 268M parameters), else off")
+                        "default): full for a checkpoint's weights up to 1B parameters and a preset's random "
+                        "weights up to 1 GiB of float32 (about 268M parameters), else off")
     p.add_argument("--hardware", default=None, metavar="cent|gpu:KIND:N",
                    help="what serves: 'cent' (the default: emulated CENT devices) or N modelled GPUs, e.g. "
                         "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb; --set gpu.tp=, gpu.pp=)")

@@ -730,9 +730,9 @@ def test_auto_numerics_says_why_it_chose(tmp_path):
     from cent_serve.model import model_config_from_hf
 
     big = CentConfig(model=model_preset("llama2-7b"))
-    assert big.numerics_why[0] == "off" and "25.10 GiB of float32 weights, over the 1 GiB" in big.numerics_why[1]
+    assert big.numerics_why[0] == "off" and "25.10 GiB of float32 random weights, over the 1 GiB" in big.numerics_why[1]
     assert CentConfig(model=model_preset("tiny")).numerics_why == \
-        ("full", "auto: 21.6 MiB of float32 weights, at most the 1 GiB auto computes")
+        ("full", "auto: 21.6 MiB of float32 random weights, at most the 1 GiB auto computes")
     assert CentConfig(model=model_preset("llama2-7b"), numerics="full").numerics_why == ("full", "as set")
     ckpt = tmp_path / "shape_only"
     ckpt.mkdir()
@@ -742,16 +742,25 @@ def test_auto_numerics_says_why_it_chose(tmp_path):
 
 def test_auto_numerics_goes_by_the_float32_bytes_the_host_holds(tmp_path):
     """`numerics: auto` ran full up to 1e9 parameters: gemma-3-1b (999,885,952) built 3.7 GiB of float32
-    random weights, once more in each of cent serve's device actors (29.8 GiB on 7, refused here). The line
-    is 1 GiB of float32 weights (AUTO_FULL_BYTES): tiny and the test checkpoints run full, gemma-3-1b times."""
+    random weights, once more in each of cent serve's device actors (29.8 GiB on 7, refused here). A preset's
+    line is 1 GiB of float32 weights (AUTO_FULL_BYTES): tiny runs full, gemma-3-1b times; a checkpoint's own
+    weights, whose text is the model's, keep the 1B-parameter line (AUTO_FULL_PARAMS)."""
     from cent_serve.config.tree import AUTO_FULL_BYTES
 
     assert AUTO_FULL_BYTES == 2**30
     one_b = CentConfig(model=model_preset("gemma-3-1b"))
-    assert one_b.numerics_why == ("off", "auto: 3.72 GiB of float32 weights, over the 1 GiB auto computes, as each "
-                                         "device actor holds a copy; the text is a stand-in, the times are the "
-                                         "model's; --numerics full computes it")
+    assert one_b.numerics_why == ("off", "auto: 3.72 GiB of float32 random weights, over the 1 GiB auto computes, "
+                                         "as each device actor holds a copy; the text is a stand-in, the times are "
+                                         "the model's; --numerics full computes it")
     assert CentConfig(model=model_preset("gemma-3-1b"), numerics="full").resolved_numerics == "full"
+    # a checkpoint's own weights give the model's text: auto computes them up to 1B parameters
+    (tmp_path / "model.safetensors").write_bytes(b"")  # weights there (checkpoint_has_weights)
+    for preset, says in (("gemma-3-1b", ("full", "auto: a checkpoint's weights of 1B parameters or fewer")),
+                         ("llama3.2-1b", ("off", "auto: a checkpoint's weights of 1.2B parameters, over the 1B auto "
+                                                 "computes; the text is a stand-in, the times are the model's; "
+                                                 "--numerics full computes it"))):
+        real = dataclasses.replace(model_preset(preset), checkpoint=str(tmp_path))
+        assert CentConfig(model=real).numerics_why == says, preset
     from cent_serve.model import model_config_from_hf
     for ckpt in ("hf_tiny_llama", *(f"hf_families/{f.name}" for f in (Path(__file__).parent / "data" /
                                                                        "hf_families").iterdir() if f.is_dir())):

@@ -272,7 +272,7 @@ def test_the_mapping_numerics_and_batch_flags_say_their_defaults():
 
     par = ParallelConfig()
     wanted = {"--devices": f"(default {par.num_devices})", "--pp": f"(default {par.pp}: one per block)",
-              "--tp": f"default {par.tp})", "--numerics": "auto (the default): full up to 1 GiB of float32 weights"}
+              "--tp": f"default {par.tp})", "--numerics": "auto (the default): full for a checkpoint's weights up to 1B parameters"}
     seen = set()
     for p in _parsers(build_parser()):
         for flag, text in wanted.items():

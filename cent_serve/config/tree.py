@@ -46,11 +46,11 @@ class CentConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     """GPUs in place of the CENT devices when gpu.count > 0 (`--hardware gpu:KIND:N`)."""
     numerics: str = "auto"
-    """`full` (real weights and math), `off` (timing only), `auto` (full up to 1 GiB of float32 weights,
-    about 268M parameters: the host holds them once here and once more in each device actor, and they
-    buy only the text, a preset's noise; and when the weights are there: a checkpoint directory with
-    only its config.json, or a rotary scaling the reference model only times (`longrope` without its
-    factor lists), runs timing only)."""
+    """`full` (real weights and math), `off` (timing only), `auto` (full for a checkpoint's weights up to 1B
+    parameters, whose text is the model's, and for a preset's random weights up to 1 GiB of float32, about
+    268M parameters: the host holds them once here and once more in each device actor, for text that is
+    noise; a checkpoint directory with only its config.json, or a rotary scaling the reference model only
+    times (`longrope` without its factor lists), runs timing only)."""
     executor: str = "local"
     """Where the devices run: `local` (all in this process) or `ray` (each device a Ray actor, the
     switch a fabric actor). `cent serve` picks `ray` unless given --local."""
@@ -106,7 +106,8 @@ class CentConfig:
 
     @property
     def resolved_numerics(self) -> str:
-        """`full` or `off` once `auto` is resolved (full up to `AUTO_FULL_BYTES` of float32 weights)."""
+        """`full` or `off` once `auto` is resolved (a checkpoint's weights up to `AUTO_FULL_PARAMS`, a
+        preset's random ones up to `AUTO_FULL_BYTES` of float32)."""
         return self.numerics_why[0]
 
     @property
@@ -121,21 +122,31 @@ class CentConfig:
                            "computed; the text is a stand-in, the times are the model's")
         from cent_serve.timing.mapping import size_text  # imported here: it imports the config
 
-        held = self.model.param_count() * 4  # full numerics' weights are float32 (`model.weights`)
+        n = self.model.param_count()
+        if self.model.checkpoint:  # its own weights (checked above): full numerics give the model's text
+            if n <= AUTO_FULL_PARAMS:
+                return "full", "auto: a checkpoint's weights of 1B parameters or fewer"
+            return "off", (f"auto: a checkpoint's weights of {n / 1e9:.1f}B parameters, over the 1B auto computes; "
+                           "the text is a stand-in, the times are the model's; --numerics full computes it")
+        held = n * 4  # full numerics' weights are float32 (`model.weights`)
         if held <= AUTO_FULL_BYTES:
-            return "full", f"auto: {size_text(held)} of float32 weights, at most the 1 GiB auto computes"
-        return "off", (f"auto: {size_text(held)} of float32 weights, over the 1 GiB auto computes, as each device "
-                       "actor holds a copy; the text is a stand-in, the times are the model's; --numerics full "
-                       "computes it")
+            return "full", f"auto: {size_text(held)} of float32 random weights, at most the 1 GiB auto computes"
+        return "off", (f"auto: {size_text(held)} of float32 random weights, over the 1 GiB auto computes, as each "
+                       "device actor holds a copy; the text is a stand-in, the times are the model's; --numerics "
+                       "full computes it")
 
 
 AUTO_FULL_BYTES = 2**30
-"""`numerics: auto` computes a model whose float32 weights are at most this (about 268M parameters;
-tiny, 21.6 MiB, and the test checkpoints), and times one above it. Full numerics holds the float32
-weights on this machine once in this process and once more in each device actor on Ray (`cent serve`'s
-default: 9 GiB on its 8 devices at this line, a laptop's memory), and buys only the text, noise from a
-preset's seeded random weights; the simulated times are the same either way. gemma-3-1b (999,885,952
-parameters, 3.72 GiB) is timed: `cent serve` held 8 copies of it, 29.8 GiB."""
+"""`numerics: auto` computes a preset whose float32 random weights are at most this (about 268M
+parameters: tiny, 21.6 MiB), and times one above it. Full numerics holds the float32 weights on this
+machine once in this process and once more in each device actor on Ray (`cent serve`'s default: 9 GiB on
+its 8 devices at this line, a laptop's memory), and buys only the text, noise from seeded random
+weights; the simulated times are the same either way. gemma-3-1b (999,885,952 parameters, 3.72 GiB) is
+timed: `cent serve` held 8 copies of it, 29.8 GiB."""
+
+AUTO_FULL_PARAMS = 1_000_000_000
+"""`numerics: auto` computes a checkpoint's own weights up to this many parameters: there full numerics
+give the model's real text, worth the memory (`preflight` refuses what this machine cannot hold)."""
 
 
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.gguf")
