@@ -92,17 +92,18 @@ def _section_title(prefix: str, cls: type) -> str:
 def preset_rows(dev=None) -> list[dict]:
     """Every preset: family, size, context, and the fewest devices `dev` (default: the paper's
     16 GiB device) that hold it (`fewest_devices`)."""
-    from cent_serve.config import DeviceConfig
+    from cent_serve.config import CentConfig, DeviceConfig
     from cent_serve.preflight import fewest_devices
 
     dev, rows = dev or DeviceConfig(), []
     for name in MODEL_PRESETS:
         m = model_preset(name)
+        cfg = CentConfig(model=m, device=dev)  # the scheduler's defaults: what a windowed block keeps
         rows.append(dict(preset=name, model_type=m.model_type, params_b=m.param_count() / 1e9,
                          context=m.max_seq_len, weights_gib=m.weight_bytes() / 2**30,
                          kv_kib_per_token=m.kv_bytes_per_token() / 1024,
-                         devices_4k=fewest_devices(m, dev, min(4096, m.max_seq_len)),
-                         devices_context=fewest_devices(m, dev, m.max_seq_len, batch=1)))
+                         devices_4k=fewest_devices(cfg, min(4096, m.max_seq_len)),
+                         devices_context=fewest_devices(cfg, m.max_seq_len, batch=1)))
     return rows
 
 

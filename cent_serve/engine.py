@@ -34,7 +34,7 @@ from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generat
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
-from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_blocks_per_replica
+from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_room
 from cent_serve.timing import SystemTimer
 
 log = logging.getLogger("cent.engine")
@@ -105,15 +105,13 @@ class Engine:
         sc = cfg.scheduler
         if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
             g = cfg.gpu
-            blocks = self.timer.kv_blocks(sc.kv_block_tokens)  # the override caps it in the scheduler
-            self.scheduler = Scheduler(num_replicas, mp.lanes, g.num_seqs, blocks, g.num_batched_tokens,
-                                       sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
-                                       max_batched_tokens=g.num_batched_tokens,
+            room = self.timer.kv_room(sc.kv_block_tokens)  # the override caps it in the scheduler
+            self.scheduler = Scheduler(num_replicas, mp.lanes, g.num_seqs, room, g.num_batched_tokens,
+                                       sc.max_waiting, self.full, max_batched_tokens=g.num_batched_tokens,
                                        kv_blocks_override=sc.num_kv_blocks_override)
         else:
-            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage,
-                                       kv_blocks_per_replica(cfg, mp, capped=False), sc.prefill_chunk_tokens,
-                                       sc.max_waiting, sc.kv_block_tokens, self.full, cfg.kv_tokens_cap,
+            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_room(cfg, mp),
+                                       sc.prefill_chunk_tokens, sc.max_waiting, self.full,
                                        kv_blocks_override=sc.num_kv_blocks_override)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
@@ -430,7 +428,7 @@ class Engine:
                     self._finish(req, "stop", t)
                     return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
-                or self.scheduler.blocks_for(req.num_tokens + 1) > self.scheduler.kv_blocks):  # no room even alone
+                or not self.scheduler.fits_alone(req.num_tokens + 1)):  # no room even alone
             self._finish(req, "length", t)
 
     def text(self, req: Request) -> str:

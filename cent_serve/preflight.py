@@ -35,9 +35,9 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     context = cfg.model.max_seq_len if context is None else context
     try:
-        check_capacity(cfg.model, mp, cfg.device, cfg.kv_tokens(context), batch)
+        check_capacity(cfg.model, mp, cfg.device, context, batch, cfg.kv_tokens_cap)
     except CapacityError as exc:
-        n = devices_that_hold(cfg, cfg.kv_tokens(context), batch)  # None: more devices only add copies
+        n = devices_that_hold(cfg, context, batch)  # None: more devices only add copies
         shorter = context_flag or "--set model.max_seq_len=N"
         lanes = "" if n is None else _lanes(cfg, n)
         held = _held_beside_weights(context, batch)
@@ -45,7 +45,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             ways = [f"--batch {exc.max_batch}"] if batch_flag and exc.max_batch else []
             if n is not None:
                 ways.append(f"{n} devices (the fewest that hold it{held}){lanes}")
-            elif (par := _more_stages_or_tp(cfg, cfg.kv_tokens(context), batch)) is not None:  # more only copy
+            elif (par := _more_stages_or_tp(cfg, context, batch)) is not None:  # more only copy
                 ways.append(_stages_or_tp_text(cfg, par))
             if (small := _smaller_devices(cfg)) is not None:
                 ways.append(small)
@@ -53,7 +53,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             fix = "; or use " + ", ".join(ways[:-1] + [("or " if len(ways) > 1 else "") + ways[-1]])
             why = f"{exc}{fix}"
         else:  # the weights alone do not fit: how many devices hold them, or what changes the shard
-            why = f"{exc}: {_weights_fix(cfg, n, lanes + held, cfg.kv_tokens(context), batch, shorter)}"
+            why = f"{exc}: {_weights_fix(cfg, n, lanes + held, context, batch, shorter)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
     return mp
@@ -73,7 +73,7 @@ def _smaller_devices(cfg: CentConfig) -> str | None:
             "default)")
 
 
-def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, batch: int | None,
+def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, context: int, batch: int | None,
                  shorter: str) -> str:
     """The fix for weights a device cannot hold: the fewest devices that hold them with the user's
     pp and tp settings (`n`, from `devices_that_hold`: only with one stage a block, where a larger
@@ -87,7 +87,7 @@ def _weights_fix(cfg: CentConfig, n: int | None, lanes: str, kv_tokens: int, bat
         return f"use {n} devices (the fewest that hold it{lanes}), or {larger}"
     pp = f"--pp {cfg.parallel.pp}" if cfg.parallel.pp else "one stage a block"
     given = f"no count of devices up to {MAX_DEVICES:,} holds it with {pp} and --tp {cfg.parallel.tp}"
-    par = _more_stages_or_tp(cfg, kv_tokens, batch)
+    par = _more_stages_or_tp(cfg, context, batch)
     if par is not None:
         return f"{given}: use {_stages_or_tp_text(cfg, par)}, or {larger}"
     par = _more_stages_or_tp(cfg, 1, batch)  # the weights, and the least KV a sequence has
@@ -123,9 +123,9 @@ def _lanes(cfg: CentConfig, n: int) -> str:
     return f" with --set fabric.switch_lanes={n}" if n > cfg.fabric.switch_lanes else ""
 
 
-def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> ParallelConfig | None:
+def _more_stages_or_tp(cfg: CentConfig, context: int, batch: int | None) -> ParallelConfig | None:
     """The fewest devices, with their pp and tp, that hold the weights and the KV cache of `batch`
-    sequences (None: one a stage) of `kv_tokens` tokens with more stages than the user's pp (the
+    sequences (None: one a stage) of `context` tokens with more stages than the user's pp (the
     same tp) or a larger tp dividing the heads (the same pp), each on pp x tp devices; at a tie, more
     stages. None if none up to `MAX_DEVICES` does. For weights, or a KV cache, no count of devices
     holds with the user's pp and tp (more devices only add copies); a larger tp splits each block's
@@ -136,30 +136,31 @@ def _more_stages_or_tp(cfg: CentConfig, kv_tokens: int, batch: int | None) -> Pa
     pp = par.pp or m.num_layers
     more_stages = [(s * par.tp, s, par.tp) for s in range(pp + 1, m.num_layers + 1)]
     larger_tp = [(pp * t, pp, t) for t in range(par.tp + 1, m.num_heads + 1) if m.num_heads % t == 0]
-    return _first_that_holds(m, cfg.device, kv_tokens, batch,
+    return _first_that_holds(m, cfg.device, context, batch, cfg.kv_tokens_cap,
                              (dataclasses.replace(par, num_devices=n, pp=s, tp=t)
                               for n, s, t in sorted(more_stages + larger_tp, key=lambda c: (c[0], c[2]))
                               if n <= MAX_DEVICES))
 
 
-def devices_that_hold(cfg: CentConfig, kv_tokens: int, batch: int | None) -> int | None:
+def devices_that_hold(cfg: CentConfig, context: int, batch: int | None) -> int | None:
     """The fewest devices, more than `cfg.parallel.num_devices`, whose mapping (the same pp and tp
     settings) holds the weights and the KV cache of `batch` sequences (None: one a stage) of
-    `kv_tokens` tokens; None if none up to `MAX_DEVICES` does (a few ms a count). The switch is not asked:
+    `context` tokens; None if none up to `MAX_DEVICES` does (a few ms a count). The switch is not asked:
     a count past `fabric.switch_lanes` needs it raised, which the caller says. Unlike
     `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
     start = cfg.parallel.num_devices + 1
-    par = _first_that_holds(cfg.model, cfg.device, kv_tokens, batch,
+    par = _first_that_holds(cfg.model, cfg.device, context, batch, cfg.kv_tokens_cap,
                             (dataclasses.replace(cfg.parallel, num_devices=n) for n in range(start, MAX_DEVICES + 1)))
     return None if par is None else par.num_devices
 
 
-def _first_that_holds(m, dev, context: int, batch: int | None, parallels) -> ParallelConfig | None:
+def _first_that_holds(m, dev, context: int, batch: int | None, window_tokens: int | None,
+                      parallels) -> ParallelConfig | None:
     """The first of `parallels` whose mapping holds the weights and the KV cache of `batch`
-    sequences of `context` tokens, or None."""
+    sequences of `context` tokens (a windowed block's `window_tokens` at most), or None."""
     for par in parallels:
         try:
-            check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch)
+            check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch, window_tokens)
         except ValueError:  # CapacityError among them: it does not hold it, or cannot map it
             continue
         return par
@@ -333,16 +334,16 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
     gpu_flag = HARDWARE_FLAG if gpu_flag is None else gpu_flag
     t = GpuTimer(cfg, gpu_flag)
     t.check_fits()
-    context = cfg.kv_tokens(cfg.model.max_seq_len if context is None else context)
+    context = cfg.model.max_seq_len if context is None else context
     block = cfg.scheduler.kv_block_tokens
     override = cfg.scheduler.num_kv_blocks_override
-    have = t.kv_blocks(block, override)  # as the engine counts them
-    per_seq = -(-context // block)
-    need = batch * per_seq
-    fits = have // per_seq  # sequences of this context the blocks hold
+    room = t.kv_room(block)
+    kv = room.capped(override)  # as the engine counts them: on the stage the sequences fill the most
+    need, have = kv.tightest(context, batch)
+    fits = kv.most_sequences(context)  # sequences of this context the blocks hold
     fewer = [f"{batch_flag} {fits} (the most of {context} tokens that fit)"] if batch_flag and fits else []
     if have < need and override is not None and override < need:  # the override caps them: more GPUs do not help
-        held = t.kv_blocks(block)
+        held = room.tightest(context, batch)[1]
         fix = (f"raise it to {need} or more, or remove it" if held >= need else
                f"raise or remove it and use more GPUs ({gpu_flag}KIND:N)")
         why = (f"scheduler.num_kv_blocks_override={override} caps the GPUs at {have} (they hold {held})"
@@ -354,7 +355,7 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
     if have < need:
         # the N that fits (vLLM's refusal names the KV cache's tokens likewise): a long-context model's
         # config.json (Mistral-Nemo's 1,024,000) on few GPUs needs it
-        largest = have // batch * block
+        largest = kv.longest(batch) or 0
         ways = [f"more GPUs ({gpu_flag}KIND:N)", *fewer, "a larger --set gpu.memory_utilization=F"]
         if largest:  # else more sequences than blocks (a sequence takes one at least): no shorter context fits
             ways.append(f"a shorter context with {context_flag or '--set model.max_seq_len=N'} (at most {largest} "
@@ -366,12 +367,12 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
     return t.mapping
 
 
-def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1024) -> int | None:
-    """The fewest devices on which `m` runs in pure pipeline (the paper's mapping: one block a stage)
-    holding the weights and the KV cache of `batch` queries of `context` tokens (default: one per
-    stage, the paper's batch); None when more than `most` would be needed."""
-    if m.is_all_windowed:  # token by token, a sequence keeps its window's KV (`CentConfig.kv_tokens_cap`)
-        context = min(context, m.sliding_window + 1 + 16)
+def fewest_devices(cfg: CentConfig, context: int, batch: int | None = None, most: int = 1024) -> int | None:
+    """The fewest devices on which `cfg.model` runs in pure pipeline (the paper's mapping: one block a
+    stage) holding the weights and the KV cache of `batch` queries of `context` tokens (default: one
+    per stage, the paper's batch), a windowed block keeping `CentConfig.kv_tokens_cap` of each (the
+    scheduler's figure); None when more than `most` would be needed."""
+    m, dev = cfg.model, cfg.device
 
     def counts():
         n = -(-m.num_layers // dev.num_channels)  # fewer cannot place the blocks
@@ -379,5 +380,5 @@ def fewest_devices(m, dev, context: int, batch: int | None = None, most: int = 1
             yield ParallelConfig(n, m.num_layers, 1)
             n += 1 if n < 64 else n // 16  # coarser steps beyond 64 devices
 
-    par = _first_that_holds(m, dev, context, batch, counts())
+    par = _first_that_holds(m, dev, context, batch, cfg.kv_tokens_cap, counts())
     return None if par is None else par.num_devices

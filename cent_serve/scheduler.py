@@ -7,7 +7,9 @@ paper's choice is one); with tensor parallelism the lanes are the pp
 micro-batches of the tp groups. Data-parallel replicas multiply the lanes.
 
 Policy (vLLM's, in rounds): running sequences first, each with one decode
-token or its next prefill chunk; KV blocks are reserved before a round; when
+token or its next prefill chunk; KV blocks are reserved before a round (on every
+kind of device of the replica: `cent_serve.kv_room`, a windowed block keeping a
+sequence's window only); when
 the pool runs dry the most recently admitted sequence of the same replica is
 preempted (its KV freed, recomputed later from its prompt and output so far).
 Then waiting requests, first come first served, that have arrived by the
@@ -28,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import CentConfig
+from cent_serve.kv_room import KVRoom
 from cent_serve.messages import Layout, RoundPlan
 from cent_serve.request import Request, RequestRefused, Status
-from cent_serve.timing.mapping import Mapping, device_kv_bytes_per_token, device_weight_bytes
+from cent_serve.timing.mapping import Mapping, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
 
 
 class QueueFull(RequestRefused):
@@ -40,18 +43,25 @@ class QueueFull(RequestRefused):
         super().__init__("queue_full", message)
 
 
-def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping, capped: bool = True) -> int:
-    """Blocks every device of a replica can hold: the smallest device's count (each
-    sequence takes the same number of blocks on every device that holds its layers), or
-    `scheduler.num_kv_blocks_override` when that is fewer (unless `capped` is False: the devices' own)."""
-    counts = []
+def kv_room(cfg: CentConfig, mp: Mapping) -> KVRoom:
+    """What a replica's devices hold of KV (`KVRoom`), each device's count as its paged cache makes it
+    (`device_worker.kv_cache.PagedKVCache`): what DRAM holds after its weight shard, in blocks of
+    `scheduler.kv_block_tokens` tokens of every block it holds. Not capped by the override."""
     block = cfg.scheduler.kv_block_tokens
+    devices = []
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         per_token = device_kv_bytes_per_token(cfg.model, mp, d, cfg.device.bytes_per_element)
         free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d, cfg.device.bytes_per_element)
-        counts.append(max(0, free) // (block * per_token))
-    override = cfg.scheduler.num_kv_blocks_override
-    return min(counts) if override is None or not capped else min(min(counts), override)
+        devices.append((*device_block_kinds(cfg.model, mp, d), max(0, free) // (block * per_token)))
+    return KVRoom.of(block, cfg.kv_tokens_cap, devices)
+
+
+def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping, capped: bool = True) -> int:
+    """Blocks every device of a replica can hold: the smallest device's count (a sequence of n
+    tokens takes ceil(n / block) on each device of a model without a window), or
+    `scheduler.num_kv_blocks_override` when that is fewer (unless `capped` is False: the devices' own)."""
+    room = kv_room(cfg, mp)
+    return (room.capped(cfg.scheduler.num_kv_blocks_override) if capped else room).num_blocks
 
 
 @dataclass
@@ -75,17 +85,14 @@ class Scheduler:
     """Waiting and running queues over `num_replicas` x `lanes_per_replica` lanes."""
 
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
-                 kv_blocks: int, prefill_chunk_tokens: int, max_waiting: int, block_tokens: int = 16,
-                 with_token_ids: bool = False, kv_tokens_cap: int | None = None,
+                 kv: KVRoom, prefill_chunk_tokens: int, max_waiting: int, with_token_ids: bool = False,
                  max_batched_tokens: int | None = None, kv_blocks_override: int | None = None) -> None:
-        self.block_tokens = block_tokens
+        self.block_tokens = kv.block_tokens
         self.kv_blocks_override = kv_blocks_override
-        """scheduler.num_kv_blocks_override, or None: `kv_blocks` is what the devices hold, capped at it."""
+        """scheduler.num_kv_blocks_override, or None: `kv` is what the devices hold, capped at it."""
         self.max_batched_tokens = max_batched_tokens
         """Tokens a lane (a micro-batch) runs at most in a round (GPUs: vLLM's max_num_batched_tokens;
         the decodes first, prefill chunks in what is left), or None (CENT: no budget)."""
-        self.kv_tokens_cap = kv_tokens_cap
-        """A sliding-window model's KV per sequence (`CentConfig.kv_tokens_cap`), else None."""
         self.with_token_ids = with_token_ids
         """Full numerics: plans carry the input ids and which sequences want logits."""
         self._freed: dict[int, list[int]] = {}  # per replica with any, seq ids its devices may forget
@@ -95,17 +102,25 @@ class Scheduler:
         self._round_ids = itertools.count()
         self.num_replicas, self.lanes_per_replica = num_replicas, lanes_per_replica
         self.seqs_per_lane = seqs_per_lane
-        self.device_kv_blocks = kv_blocks
-        """Blocks a replica's devices hold, before `kv_blocks_override` (the refusal's fix names what caps it)."""
-        self.kv_blocks = kv_blocks if kv_blocks_override is None else min(kv_blocks, kv_blocks_override)
-        self.free_blocks = [self.kv_blocks] * num_replicas
+        self.device_kv = kv
+        """What a replica's devices hold, before `kv_blocks_override` (the refusal's fix names what caps it)."""
+        self.device_kv_blocks = kv.num_blocks
+        """The fewest blocks a device of a replica holds, before `kv_blocks_override`."""
+        self.kv = kv.capped(kv_blocks_override)
+        """What admission counts against: every row of it (`KVRoom`), the blocks the devices' paged caches
+        allocate, so what is admitted fits every device of the replica (exactly on a device of one kind of
+        block; on one holding both kinds, at most one block a sequence above its bytes: `kv_room.seq_blocks`)."""
+        self.kv_blocks = self.kv.num_blocks
+        """The fewest blocks a device of a replica holds (the status's and the API's pool size)."""
+        self._free = [[r.blocks for r in self.kv.rows] for _ in range(num_replicas)]
+        """Per replica, the free blocks of each row's devices."""
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_waiting = max_waiting
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order (the last is preempted first)
         self.lanes: list[list[list[Request]]] = [[[] for _ in range(lanes_per_replica)]
                                                  for _ in range(num_replicas)]
-        self._held: dict[Request, int] = {}  # KV blocks held per running request
+        self._held: dict[Request, int] = {}  # per running request, its keys' blocks reserved (ceil(n / block))
         self._next_seq_id = 0
         self.num_preemptions = 0
         self.up = [True] * num_replicas
@@ -115,16 +130,19 @@ class Scheduler:
 
     def check_fits(self, num_prompt_tokens: int) -> None:
         """Raise ValueError when a request could never be served (its KV exceeds a replica)."""
-        need = self.blocks_for(num_prompt_tokens + 1)
-        if need <= self.kv_blocks:
+        need, have = self.kv.tightest(num_prompt_tokens + 1)
+        if need <= have:
             return
+        mixed = len(self.kv.rows) > 1 or (self.kv.rows[0].full and self.kv.rows[0].windowed)
+        where = (f" on a device of its replica (a windowed block keeps {self.kv.cap} of its tokens, a full-attention "
+                 "one all)" if mixed else "")
         said = (f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of {self.block_tokens} tokens "
-                f"(scheduler.kv_block_tokens); a replica holds {self.kv_blocks}")
+                f"(scheduler.kv_block_tokens){where}; {'that device' if mixed else 'a replica'} holds {have}")
         override = self.kv_blocks_override
         if override is None or override >= need:  # the devices' own count is short: more of them hold more
             raise RequestRefused("kv_capacity", f"{said}: shorten the prompt or use more devices")
         # the override caps the blocks: more devices do not help while it is set
-        devices = self.device_kv_blocks
+        devices = self.device_kv.tightest(num_prompt_tokens + 1)[1]
         fix = (f"raise scheduler.num_kv_blocks_override to {need} or more, or remove it" if devices >= need else
                "raise or remove scheduler.num_kv_blocks_override and use more devices")
         why = (f"capped by scheduler.num_kv_blocks_override={override} (its devices hold {devices})" if override < devices
@@ -132,9 +150,18 @@ class Scheduler:
         raise RequestRefused("kv_capacity", f"{said}, {why}: shorten the prompt, or {fix}")
 
     def blocks_for(self, num_tokens: int) -> int:
-        if self.kv_tokens_cap is not None:
-            num_tokens = min(num_tokens, self.kv_tokens_cap)
-        return -(-num_tokens // self.block_tokens)
+        """KV blocks a sequence of `num_tokens` tokens takes on the device it fills the most."""
+        return self.kv.tightest(num_tokens)[0]
+
+    def fits_alone(self, num_tokens: int) -> bool:
+        """Whether a sequence of `num_tokens` tokens fits an empty replica."""
+        need, have = self.kv.tightest(num_tokens)
+        return need <= have
+
+    @property
+    def free_blocks(self) -> list[int]:
+        """Per replica, the free KV blocks of its fullest device (of the row with the fewest)."""
+        return [min(free) for free in self._free]
 
     def set_up(self, replica: int, up: bool) -> None:
         """Mark a replica up or down (its running sequences must be finished before it goes down;
@@ -194,8 +221,13 @@ class Scheduler:
         return len(self.running)
 
     def kv_usage(self) -> float:
-        total = self.kv_blocks * self.num_replicas
-        return 0.0 if total == 0 else 1.0 - sum(self.free_blocks) / total
+        """The share of KV blocks in use on the fullest kind of device, over the replicas."""
+        usage = 0.0
+        for k, row in enumerate(self.kv.rows):
+            total = row.blocks * self.num_replicas
+            if total:
+                usage = max(usage, 1.0 - sum(free[k] for free in self._free) / total)
+        return usage
 
     def next_arrival_s(self) -> float | None:
         return min((r.arrival_s for r in self.waiting), default=None)
@@ -237,7 +269,7 @@ class Scheduler:
         for req in self.waiting:
             if req.arrival_s > now_s:
                 continue  # FCFS among arrived requests; later ones may still be ahead in the deque
-            slot = self._free_lane(self.blocks_for(len(req.all_ids) + 1), budget)
+            slot = self._free_lane(self.kv.need(len(req.all_ids) + 1), budget)
             if slot is None:
                 break  # no lane, or the oldest arrived request does not fit yet: keep order
             admitted.append(req)
@@ -311,16 +343,17 @@ class Scheduler:
         if budget is not None:
             budget[req.replica, req.lane] -= n
 
-    def _free_lane(self, need_blocks: int, budget: dict[tuple[int, int], int] | None) -> tuple[int, int] | None:
-        """The emptiest lane with room on a replica that has `need_blocks` free KV blocks and
-        tokens left in its round's budget (ties: the replica with the most free blocks, then the
-        lowest ids)."""
+    def _free_lane(self, need: tuple[int, ...], budget: dict[tuple[int, int], int] | None) -> tuple[int, int] | None:
+        """The emptiest lane with room on a replica whose devices have the KV blocks `need` (one a
+        row) free and tokens left in its round's budget (ties: the replica with the most free
+        blocks on its fullest device, then the lowest ids)."""
         best = None
         for r in range(self.num_replicas):
-            if not self.up[r] or self.free_blocks[r] < need_blocks:
+            free = self._free[r]
+            if not self.up[r] or any(n > f for n, f in zip(need, free)):
                 continue
             for l_id, members in enumerate(self.lanes[r]):
-                key = (len(members), -self.free_blocks[r], r, l_id)
+                key = (len(members), -min(free), r, l_id)
                 if (len(members) < self.seqs_per_lane and (budget is None or budget[r, l_id] >= 1)
                         and (best is None or key < best)):
                     best = key
@@ -336,16 +369,26 @@ class Scheduler:
         self._held[req] = 0
 
     def _reserve(self, req: Request, num_tokens: int) -> bool:
-        extra = self.blocks_for(num_tokens) - self._held[req]
-        if extra > self.free_blocks[req.replica]:
-            return False
-        if extra > 0:
-            self.free_blocks[req.replica] -= extra
-            self._held[req] += extra
+        blocks, held = -(-num_tokens // self.block_tokens), self._held[req]
+        if blocks <= held:
+            return True
+        free = self._free[req.replica]
+        if len(free) == 1:  # one kind of device (every model of one kind of block): one count
+            extra = self.kv.need_blocks(blocks)[0] - self.kv.need_blocks(held)[0]
+            if extra > free[0]:
+                return False
+            free[0] -= extra
+        else:
+            extra = [a - b for a, b in zip(self.kv.need_blocks(blocks), self.kv.need_blocks(held))]
+            if any(e > f for e, f in zip(extra, free)):
+                return False
+            free[:] = [f - e for e, f in zip(extra, free)]
+        self._held[req] = blocks
         return True
 
     def _release(self, req: Request) -> None:
-        self.free_blocks[req.replica] += self._held.pop(req)
+        free = self._free[req.replica]
+        free[:] = [f + n for f, n in zip(free, self.kv.need_blocks(self._held.pop(req)))]
         self._freed.setdefault(req.replica, []).append(req.seq_id)  # the devices forget it with the next plan
         self.running.remove(req)
         self.lanes[req.replica][req.lane].remove(req)

@@ -23,7 +23,8 @@ class SeqTable:
     def __init__(self, block_tokens: int, kv_tokens_cap: int | None = None) -> None:
         self.block_tokens = block_tokens
         self.kv_tokens_cap = kv_tokens_cap
-        """A sliding-window model's KV per sequence: past it, blocks are reused, never added."""
+        """A sequence's KV here when every block the device holds is windowed (`CentConfig.kv_tokens_cap`):
+        past it, blocks are reused, never added; None: it grows with the sequence."""
         self.pos: dict[int, int] = {}
         """Position of each sequence's next token (tokens its KV cache holds), but for those of the
         current layout, whose positions are in `starts`."""

@@ -36,7 +36,8 @@ from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
 from cent_serve.timing.energy import head_energy_j
-from cent_serve.timing.mapping import Stage, device_kv_bytes_per_token, device_weight_bytes
+from cent_serve.kv_room import seq_blocks
+from cent_serve.timing.mapping import Stage, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import FOREVER, SeqTable
 
@@ -75,8 +76,13 @@ class DeviceWorker:
                                   mp.lm_head == "last_stage"),
                                  self.timer.host_s, block_windows=[self.timer.table_windows[b] for b in self._blocks])
         """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
-        self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)
-        """Each sequence's position."""
+        full, windowed = device_block_kinds(cfg.model, mp, device_id)
+        cap = cfg.kv_tokens_cap if windowed else None
+        self.kv_kinds = (full, windowed, None if cap is None else -(-cap // cfg.scheduler.kv_block_tokens))
+        """(full-attention blocks, windowed blocks, the KV blocks a windowed one keeps at most) held
+        here: a sequence's KV blocks, as the scheduler reserves them (`cent_serve.kv_room.seq_blocks`)."""
+        self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, None if full else cap)
+        """Each sequence's position (its KV stops growing at the window's cap when every block here has one)."""
         m = cfg.model
         elem = cfg.device.bytes_per_element
         self.weight_bytes = device_weight_bytes(m, mp, device_id, elem)
@@ -207,10 +213,11 @@ class DeviceWorker:
     def kv_wanted(self, crossed: np.ndarray) -> list[tuple[int, int]]:
         """(sequence, tokens its KV blocks must hold) of each crossing sequence (`grow_kv`)."""
         ids, starts = self.seqs.layout.seq_ids, self.seqs.state[0].tolist()  # Python ints, read once
-        cap = self.seqs.kv_tokens_cap
-        if cap is None:
+        full, windowed, cap_blocks = self.kv_kinds
+        if not windowed:
             return [(ids[k], starts[k]) for k in crossed.tolist()]
-        return [(ids[k], min(starts[k], cap)) for k in crossed.tolist()]
+        bt = self.seqs.block_tokens
+        return [(ids[k], bt * seq_blocks(-(-starts[k] // bt), full, windowed, cap_blocks)) for k in crossed.tolist()]
 
     def grow_kv(self, crossed: np.ndarray, wanted: list[tuple[int, int]] | None = None) -> None:
         """A new KV block for each sequence that crossed into one (`crossed`: their indexes in

@@ -788,9 +788,11 @@ def test_layer_types_set_each_blocks_window_and_are_checked_in_one_line():
     cfg = apply_overrides(CentConfig(), ["model.sliding_window=16",
                                          "model.layer_types=" + ",".join(["full_attention"] + ["sliding_attention"] * 7)])
     assert cfg.model.block_windows == (0,) + (16,) * 7
-    assert cfg.kv_tokens_cap is None  # block 0 reads every key: no sequence's KV is capped by the window
+    # what the windowed blocks keep of a sequence (block 0 keeps every key: `cent_serve.kv_room`)
+    assert cfg.kv_tokens_cap == 16 + cfg.scheduler.prefill_chunk_tokens + cfg.scheduler.kv_block_tokens
     every = apply_overrides(cfg, ["model.layer_types=" + ",".join(["sliding_attention"] * 8)])
-    assert every.kv_tokens_cap == 16 + every.scheduler.prefill_chunk_tokens + every.scheduler.kv_block_tokens
+    assert every.kv_tokens_cap == cfg.kv_tokens_cap
+    assert apply_overrides(cfg, ["model.layer_types=" + ",".join(["full_attention"] * 8)]).kv_tokens_cap is None
     assert apply_overrides(cfg, ["model.layer_types=none"]).model.block_windows == (16,) * 8  # today's rule
     for bad, message in [("model.layer_types=full_attention", r"model.layer_types='1 entry' is invalid: give one "
                           r"entry a block, 8 \(model.num_layers\), or none"),

@@ -284,12 +284,6 @@ class ModelConfig:
         return tuple(self.block_window(b) for b in range(self.num_layers))
 
     @property
-    def is_all_windowed(self) -> bool:
-        """Whether every block has a window: only then is a sequence's KV bounded by it (a full-attention
-        block reads every key)."""
-        return self.sliding_window > 0 and all(self.block_windows)
-
-    @property
     def num_rep(self) -> int:
         """nrep = H / Hkv: query heads per KV head (the GQA group)."""
         return self.num_heads // self.num_kv_heads

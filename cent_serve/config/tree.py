@@ -90,19 +90,13 @@ class CentConfig:
 
     @property
     def kv_tokens_cap(self) -> int | None:
-        """The KV a sequence of a sliding-window model keeps (None: all of it): the window, a
-        step's tokens (`scheduler.prefill_chunk_tokens`; on GPUs `gpu.max_num_batched_tokens`) and
-        one block for the alignment; the blocks of older positions are reused as it moves on. Only
-        when every block is windowed: a full-attention block (`model.layer_types`) reads every key,
-        and a sequence's KV blocks hold all its blocks' keys."""
+        """The KV a windowed block keeps of a sequence (None: no block has a window): the window, a
+        step's tokens (`scheduler.prefill_chunk_tokens`; on GPUs `gpu.max_num_batched_tokens`) and one
+        block for the alignment; the blocks of older positions are reused as it moves on. A
+        full-attention block (`model.layer_types`) keeps every token (`cent_serve.kv_room`)."""
         m, sc = self.model, self.scheduler
         step = self.gpu.num_batched_tokens if self.on_gpus else sc.prefill_chunk_tokens
-        return m.sliding_window + step + sc.kv_block_tokens if m.is_all_windowed else None
-
-    def kv_tokens(self, tokens: int) -> int:
-        """The tokens of a sequence's KV that take room: all, or the cap of a sliding window."""
-        cap = self.kv_tokens_cap
-        return tokens if cap is None else min(tokens, cap)
+        return m.sliding_window + step + sc.kv_block_tokens if any(m.block_windows) else None
 
     @property
     def resolved_numerics(self) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.gpu.kinds import gpu_kind
+from cent_serve.kv_room import KVRoom
 
 BYTES = 2  # bf16 weights, activations and KV
 
@@ -261,11 +262,23 @@ class GpuTimer:
         room = self.kind.memory_bytes * self.gpu.memory_utilization
         return int(min((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s) for s in range(self.pp)))
 
+    def kv_room(self, block_tokens: int) -> KVRoom:
+        """What a replica's stages hold of KV, in blocks of `block_tokens` tokens of every layer a GPU of
+        the stage holds, a windowed layer keeping `CentConfig.kv_tokens_cap` tokens of a sequence (vLLM's
+        hybrid KV cache manager, `cent_serve.kv_room`): what the scheduler admits against, every stage."""
+        room = self.kind.memory_bytes * self.gpu.memory_utilization
+        stages = []
+        for s in range(self.pp):
+            windowed = sum(n for window, n in self.stage_windows[s] if window)
+            tokens = int((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s))
+            stages.append((self.mapping.stage_layers[s] - windowed, windowed, tokens // block_tokens))
+        return KVRoom.of(block_tokens, self.cfg.kv_tokens_cap, stages)
+
     def kv_blocks(self, block_tokens: int, override: int | None = None) -> int:
-        """KV blocks of `block_tokens` a replica holds (at most `override`,
-        scheduler.num_kv_blocks_override): what the scheduler admits against."""
-        blocks = self.kv_tokens() // block_tokens
-        return blocks if override is None else min(blocks, override)
+        """KV blocks of `block_tokens` the fullest stage of a replica holds (at most `override`,
+        scheduler.num_kv_blocks_override): a sequence of n tokens takes ceil(n / block_tokens) of them
+        when no layer has a window (`kv_room` counts the others)."""
+        return self.kv_room(block_tokens).capped(override).num_blocks
 
     def check_fits(self) -> None:
         """ValueError naming the fix when the weights alone do not fit."""

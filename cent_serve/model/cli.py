@@ -101,13 +101,15 @@ def run_info(args: argparse.Namespace) -> int:
             paper_batch = dict(batch=lanes, context=context, fits=False, why=str(exc))
     kv_room = kv_stored = weights_stored = None
     if refusal is None and not cfg.on_gpus:  # what the scheduler admits against: each replica's KV blocks
-        from cent_serve.scheduler import kv_blocks_per_replica
+        from cent_serve.scheduler import kv_room as replica_kv
         from cent_serve.timing.mapping import device_kv_bytes_per_token, device_weight_bytes, resolve_mapping
 
         mp = resolve_mapping(m, cfg.parallel, cfg.device)
-        blocks = kv_blocks_per_replica(cfg, mp)
-        kv_room = dict(blocks=blocks, block_tokens=cfg.scheduler.kv_block_tokens,
-                       tokens=blocks * cfg.scheduler.kv_block_tokens, replicas=mp.replicas)
+        room = replica_kv(cfg, mp).capped(cfg.scheduler.num_kv_blocks_override)
+        kv_room = dict(blocks=room.num_blocks, block_tokens=cfg.scheduler.kv_block_tokens,
+                       tokens=room.num_blocks * cfg.scheduler.kv_block_tokens, replicas=mp.replicas)
+        if room.cap is not None:  # a windowed block keeps a sequence's window only (`cent_serve.kv_room`)
+            kv_room.update(window_tokens=room.cap, sequences_at_context=room.most_sequences(m.max_seq_len))
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
         kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
                         for d in {d for s in mp.stages for d in s.device_ids})
@@ -183,13 +185,19 @@ def _print_info(cfg, out: dict) -> None:
         try:
             gt = GpuTimer(cfg)
             room = f"; KV room {gt.kv_tokens():,} tokens a replica" if out["runnable"] else ""
+            if room and cfg.kv_tokens_cap:  # a windowed layer keeps a sequence's window (`cent_serve.kv_room`)
+                fit = gt.kv_room(cfg.scheduler.kv_block_tokens).capped(cfg.scheduler.num_kv_blocks_override)
+                room += (f" (a windowed layer keeps {cfg.kv_tokens_cap:,} tokens of a sequence: "
+                         f"{fit.most_sequences(m.max_seq_len):,} of the whole context fit)")
             print(f"hardware     {gt.mapping.describe()}{room}; numerics={cfg.resolved_numerics}")
         except ValueError:  # the layout itself cannot be made: the refusal says why
             print(f"hardware     {cfg.gpu.count} x {cfg.gpu.kind}; numerics={cfg.resolved_numerics}")
     else:
         room = out.get("kv_room")
-        room = (f"; KV room {room['tokens']:,} tokens a replica ({room['blocks']:,} blocks of {room['block_tokens']})"
-                + (f", {room['replicas']} replicas" if room["replicas"] > 1 else "")) if room else ""
+        window = (f"; a windowed block keeps {room['window_tokens']:,} tokens of a sequence: "
+                  f"{room['sequences_at_context']:,} of the whole context fit") if room and room.get("window_tokens") else ""
+        room = (f"; KV room {room['tokens']:,} tokens a replica ({room['blocks']:,} blocks of {room['block_tokens']}"
+                f"{window})" + (f", {room['replicas']} replicas" if room["replicas"] > 1 else "")) if room else ""
         print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
               f"tp={cfg.parallel.tp}{room}; numerics={cfg.resolved_numerics}")
     ex = out.get("experts")

@@ -176,6 +176,23 @@ def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, eleme
     return 2 * kv_heads * m.head_dim * element_bytes * blocks
 
 
+def device_block_kinds(m: ModelConfig, mp: Mapping, device_id: int) -> tuple[int, int]:
+    """(full-attention blocks, windowed blocks) a device holds (`ModelConfig.block_window`)."""
+    blocks = [b for s in mp.stages_on_device(device_id) for b in s.blocks]
+    windowed = sum(1 for b in blocks if m.block_window(b))
+    return len(blocks) - windowed, windowed
+
+
+def device_kv_bytes(m: ModelConfig, mp: Mapping, device_id: int, tokens: int, window_tokens: int | None = None,
+                    element_bytes: int = 2) -> int:
+    """KV bytes a sequence of `tokens` tokens takes on a device: its full-attention blocks' for every
+    token, its windowed blocks' for `window_tokens` at most (`CentConfig.kv_tokens_cap`; None: all)."""
+    full, windowed = device_block_kinds(m, mp, device_id)
+    per_block = device_kv_bytes_per_token(m, mp, device_id, element_bytes) // max(1, full + windowed)
+    kept = tokens if window_tokens is None else min(tokens, window_tokens)
+    return per_block * (full * tokens + windowed * kept)
+
+
 class CapacityError(ValueError):
     """A device does not hold what it must; `max_batch`: the most queries that fit at the context
     (None when the weights alone do not fit: the message says what does not fit, and the caller, which
@@ -187,8 +204,9 @@ class CapacityError(ValueError):
 
 
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
-                   batch: int | None = None) -> None:
-    """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device.
+                   batch: int | None = None, window_tokens: int | None = None) -> None:
+    """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device, a
+    windowed block keeping `window_tokens` of each at most (`CentConfig.kv_tokens_cap`; None: all).
 
     Raises `CapacityError` naming the device and what does not fit: the weight shard alone, or the
     weights and the KV cache with the largest context (at this batch) and batch (at this context)
@@ -197,20 +215,32 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
     batch = mp.lanes if batch is None else batch
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
-        kv_tok = device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
-        need = w + kv_tok * context * batch
+        kv_seq = device_kv_bytes(m, mp, d, context, window_tokens, dev.bytes_per_element)
+        need = w + kv_seq * batch
         if need <= dev.capacity_bytes:
             continue
         cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
             raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}")
         room = dev.capacity_bytes - w
-        max_ctx = room // (kv_tok * batch)
-        max_batch = room // (kv_tok * context)
+        max_ctx = _longest_context(m, mp, d, room // batch, window_tokens, dev.bytes_per_element)
+        max_batch = room // kv_seq
         raise CapacityError(f"device {d}: weights {size_text(w)} + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
-                            f"{context} tokens ({size_text(kv_tok * context * batch)}) exceed the device's {cap}: the "
+                            f"{context} tokens ({size_text(kv_seq * batch)}) exceed the device's {cap}: the "
                             f"largest context at batch {batch} is {max_ctx}, the largest batch at context {context} "
                             f"is {max_batch}", max_batch)
+
+
+def _longest_context(m: ModelConfig, mp: Mapping, d: int, room: int, window_tokens: int | None,
+                     element_bytes: int) -> int:
+    """The most tokens of one sequence whose KV fits `room` bytes of device `d` (`device_kv_bytes`),
+    called when `window_tokens` of them do not all fit, or the device has a full-attention block."""
+    full, windowed = device_block_kinds(m, mp, d)
+    per_block = device_kv_bytes_per_token(m, mp, d, element_bytes) // max(1, full + windowed)
+    every = room // (per_block * (full + windowed))  # the context that fits with every block keeping it all
+    if window_tokens is None or every <= window_tokens or not full:
+        return every
+    return (room - per_block * windowed * window_tokens) // (per_block * full)
 
 
 CAPACITY_FIELDS = ("device.num_channels x banks_per_channel x rows_per_bank x row_elements x bytes_per_element")

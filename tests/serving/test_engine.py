@@ -288,6 +288,7 @@ def test_a_prompt_beyond_the_override_is_told_to_raise_it_not_to_use_more_device
     prompt or use more devices": more devices hold more blocks, but the override caps them still. The
     fix names the override (and more devices too when the devices alone hold too few)."""
     from cent_serve.request import RequestRefused
+    from cent_serve.kv_room import KVRoom
     from cent_serve.scheduler import Scheduler
 
     eng = _engine(numerics="off", num_kv_blocks_override=2)
@@ -301,7 +302,7 @@ def test_a_prompt_beyond_the_override_is_told_to_raise_it_not_to_use_more_device
                         "scheduler.num_kv_blocks_override to 3 or more, or remove it"), msg
 
     def refusal(devices: int, override: int | None) -> str:
-        s = Scheduler(1, 1, 1, devices, 16, 8, 16, kv_blocks_override=override)
+        s = Scheduler(1, 1, 1, KVRoom.uniform(devices), 16, 8, kv_blocks_override=override)
         with pytest.raises(RequestRefused) as err:
             s.check_fits(100)  # 7 blocks
         return str(err.value)

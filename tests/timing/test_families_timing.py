@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cent_serve.config import MODEL_PRESETS, DeviceConfig, FabricConfig, ParallelConfig, model_preset
+from cent_serve.config import MODEL_PRESETS, CentConfig, DeviceConfig, FabricConfig, ParallelConfig, model_preset
 from cent_serve.timing import SystemTimer, resolve_mapping, token_figures
 from cent_serve.timing.accelerator import accelerator_parts
 from cent_serve.timing.pim import BlockGeometry, score_cycles, score_v_cycles
@@ -113,8 +113,7 @@ def test_llama2_figures_do_not_move_under_the_artifact_convention():
 def test_every_preset_simulates(name):
     from cent_serve.preflight import fewest_devices
 
-    m = model_preset(name)
-    devices = fewest_devices(m, DEV, 4096)
+    devices = fewest_devices(CentConfig(model=model_preset(name), device=DEV), 4096)
     assert devices is not None
     f = token_figures(timer(name, devices), 4096)
     assert f.token_latency_ms > 0 and f.token_energy_mj > 0 and f.throughput_tok_s > 0

@@ -1,0 +1,171 @@
+"""A model that windows some blocks only (Gemma 2, Gemma 3, Qwen's mixes) keeps a sequence's whole
+KV in its full-attention blocks and its window in the others (vLLM's hybrid KV cache manager), so
+admission lets in more sequences than when every block kept them all; where devices (or GPU stages)
+hold different mixes of blocks, the tightest one for the sequences decides. Figures by hand from
+the bytes a block keeps of a token."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.engine import Engine
+from cent_serve.kv_room import KVRoom, Row
+from cent_serve.request import RequestParams, RequestRefused
+from cent_serve.scheduler import Scheduler, kv_room
+from cent_serve.timing.mapping import device_weight_bytes, resolve_mapping
+
+S, F = "sliding_attention", "full_attention"
+TINY = model_preset("tiny")
+BLOCK_TOKEN_BYTES = 2 * 2 * 32 * 2
+"""What one block keeps of a token: K and V of tiny's 2 KV heads of 32, bf16."""
+GEMMA2_LIKE = dataclasses.replace(TINY, sliding_window=16, layer_types=(S, F) * 4, model_type="gemma2")
+GEMMA3_LIKE = dataclasses.replace(TINY, sliding_window=16, layer_types=(S,) * 5 + (F,) + (S,) * 2,
+                                  model_type="gemma3_text")
+CAP_BLOCKS = 3
+"""A windowed block keeps 16 + 1 + 16 = 33 tokens of a sequence (window, a step, a block): 3 blocks."""
+PROMPT = [5] * 159  # admitted with its first token: 160 tokens, 10 blocks of keys
+
+
+def _cfg(model, devices: int = 1, pp: int = 1) -> CentConfig:
+    cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, 1), numerics="off")
+    # 12 MiB devices holding all of tiny, 6 MiB holding half: room for a few dozen KV blocks after the weights
+    cfg.device.rows_per_bank = 12 // pp
+    cfg.scheduler.max_seqs_per_stage = 64  # the KV, not the lanes, decides
+    return cfg
+
+
+def _room_bytes(cfg: CentConfig, device: int) -> int:
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    return cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, device)
+
+
+def _admitted(eng: Engine, n: int = 64) -> int:
+    for _ in range(n):
+        eng.add_request(PROMPT, RequestParams(max_tokens=24, ignore_eos=True))
+    eng.step()
+    return eng.scheduler.num_running
+
+
+def _run_checking_devices(eng: Engine) -> None:
+    """To the end: every request ends by its length (no round fails for KV), and no device holds
+    more blocks than the scheduler reserved on its row (after a round where none finished: a finished
+    sequence's blocks are free in the scheduler at once, on the devices with the next plan)."""
+    workers = list(eng.executors[0].workers.values())
+    while eng.has_work():
+        done = sum(r.finish_reason is not None for r in eng.requests.values())
+        eng.step()
+        if sum(r.finish_reason is not None for r in eng.requests.values()) > done:
+            continue
+        for w in workers:
+            row = eng.scheduler.kv.rows.index(next(r for r in eng.scheduler.kv.rows if _is_row(w, r)))
+            used = w.kv.num_blocks - w.kv.num_free_blocks
+            assert used <= eng.scheduler.kv.rows[row].blocks - eng.scheduler._free[0][row], (w.device_id, used)
+    assert all(r.finish_reason == "length" for r in eng.requests.values())
+
+
+def _is_row(worker, row: Row) -> bool:
+    full, windowed, _ = worker.kv_kinds
+    return (row.full == 0) == (full == 0)
+
+
+def test_alternate_windows_admit_more_sequences_than_every_block_keeping_all():
+    cfg = _cfg(GEMMA2_LIKE)
+    blocks = _room_bytes(cfg, 0) // (16 * 8 * BLOCK_TOKEN_BYTES)  # a KV block: 16 tokens of the device's 8 blocks
+    # 4 full-attention blocks keep 10 blocks of keys, 4 windowed ones 3: (40 + 12) / 8, rounded up
+    need = -(-(4 * 10 + 4 * CAP_BLOCKS) // 8)
+    assert need == 7 and blocks // need > blocks // 10 > 0
+    eng = Engine(cfg)
+    assert eng.scheduler.blocks_for(160) == need and eng.scheduler.kv_blocks == blocks
+    assert _admitted(eng) == blocks // need
+    _run_checking_devices(eng)
+
+
+def test_stages_of_different_mixes_the_tightest_decides():
+    cfg = _cfg(GEMMA3_LIKE, devices=2, pp=2)  # device 0: blocks 0-3, all windowed; device 1: 4-7, one of them full
+    blocks = [_room_bytes(cfg, d) // (16 * 4 * BLOCK_TOKEN_BYTES) for d in (0, 1)]
+    need = [CAP_BLOCKS, -(-(1 * 10 + 3 * CAP_BLOCKS) // 4)]  # (3, 5)
+    assert kv_room(cfg, resolve_mapping(cfg.model, cfg.parallel, cfg.device)).rows == \
+        (Row(1, 3, blocks[1]), Row(0, 1, blocks[0]))
+    assert blocks[1] // need[1] < blocks[0] // need[0]  # device 1 is the tightest for these sequences
+    eng = Engine(cfg)
+    assert _admitted(eng) == blocks[1] // need[1] > min(blocks) // 10  # every block keeping all: 10 each
+    _run_checking_devices(eng)
+
+
+def test_a_refusal_quotes_the_tightest_devices_blocks():
+    cfg = _cfg(GEMMA3_LIKE, devices=2, pp=2)
+    cfg.scheduler.num_kv_blocks_override = 4
+    eng = Engine(cfg)
+    eng.add_request([5] * 99, RequestParams(max_tokens=1))  # 100 tokens: 7 blocks of keys, (7 + 9) / 4 = 4 on device 1
+    with pytest.raises(RequestRefused) as err:
+        eng.add_request(PROMPT, RequestParams(max_tokens=1))  # 160: 5 on device 1, 3 on device 0
+    assert ("the prompt (159 tokens) needs 5 KV blocks of 16 tokens (scheduler.kv_block_tokens) on a device of its "
+            "replica (a windowed block keeps 33 of its tokens, a full-attention one all); that device holds 4, capped "
+            "by scheduler.num_kv_blocks_override=4") in str(err.value)
+
+
+def test_gpu_stages_admit_by_the_tightest_stage():
+    from cent_serve.gpu.timing import GpuTimer
+    from cent_serve.preflight import check_gpus_hold
+
+    cfg = CentConfig(model=GEMMA3_LIKE, numerics="off")
+    cfg.gpu.count, cfg.gpu.pp, cfg.gpu.memory_utilization, cfg.gpu.max_num_batched_tokens = 2, 2, 8e-5, 16
+    t = GpuTimer(cfg)
+    # 80 GB x 8e-5 = 6.4 MB a GPU, less its stage's weights, in tokens of its 4 layers, in blocks of 16
+    blocks = [int((80e9 * 8e-5 - t.stage_weight_bytes(s)) // (4 * BLOCK_TOKEN_BYTES)) // 16 for s in (0, 1)]
+    assert blocks == [44, 44]  # a window of 16 + a step's 16 + a block of 16 = 48 tokens: 3 blocks
+    assert t.kv_room(16).rows == (Row(1, 3, 44), Row(0, 1, 44))
+    s = Scheduler(1, 1, 64, t.kv_room(16), 16, 64)
+    for i in range(20):
+        s.add(_request(i))
+    s.schedule(0.0)
+    assert s.num_running == 44 // 5 == 8  # stage 1's (10 + 3 x 3) / 4 = 5 blocks a sequence; every layer's KV: 4
+    assert Engine(cfg).scheduler.kv.rows == t.kv_room(16).rows  # what the engine admits against
+    check_gpus_hold(cfg, 160, 8)
+    with pytest.raises(ValueError, match=r"the KV of 9 x 160 tokens needs 45 blocks of 16 tokens, the GPUs hold 44 "
+                                         r".* \(8 such sequences\)"):
+        check_gpus_hold(cfg, 160, 9)
+
+
+def _request(i: int):
+    from cent_serve.request import Request
+    return Request(f"r{i}", PROMPT, RequestParams(max_tokens=4), 0.0, np.random.default_rng(i))
+
+
+def test_fewest_devices_of_a_mixed_model_count_the_window_on_its_windowed_blocks():
+    from cent_serve.preflight import fewest_devices
+
+    m = model_preset("gemma-3-27b")
+    cfg = CentConfig(model=m)
+    every_full = CentConfig(model=dataclasses.replace(m, layer_types=(F,) * m.num_layers))
+    n = fewest_devices(cfg, m.max_seq_len, batch=1)
+    assert (n, fewest_devices(every_full, m.max_seq_len, batch=1)) == (5, 9)  # 9: the old rule's
+    cap = m.sliding_window + 1 + 16  # the scheduler's defaults: a token a step, blocks of 16
+    per_token = 2 * m.num_kv_heads * m.head_dim * 2  # one block's K and V of a token, bf16
+
+    def holds(devices: int) -> bool:
+        mp = resolve_mapping(m, ParallelConfig(devices, m.num_layers, 1), cfg.device)
+        for d in range(devices):
+            blocks = [b for s in mp.stages_on_device(d) for b in s.blocks]
+            kv = sum(per_token * (min(m.max_seq_len, cap) if m.block_window(b) else m.max_seq_len) for b in blocks)
+            if device_weight_bytes(m, mp, d) + kv > cfg.device.capacity_bytes:
+                return False
+        return True
+    assert holds(n) and not holds(n - 1)
+
+
+@pytest.mark.parametrize("model", [TINY, dataclasses.replace(TINY, sliding_window=16, model_type="mistral")])
+def test_a_model_of_one_kind_of_block_keeps_one_pool(model):
+    """No window, or a window on every block: one row, a sequence's ceil(min(n, cap) / 16) blocks."""
+    cfg = _cfg(model, devices=2, pp=2)
+    mp = resolve_mapping(model, cfg.parallel, cfg.device)
+    blocks = min(_room_bytes(cfg, d) // (16 * 4 * BLOCK_TOKEN_BYTES) for d in (0, 1))
+    windowed = bool(model.sliding_window)
+    row = Row(0, 1, blocks) if windowed else Row(1, 0, blocks)
+    assert kv_room(cfg, mp) == KVRoom(16, 33 if windowed else None, (row,))
+    eng = Engine(cfg)
+    assert eng.scheduler.blocks_for(160) == (CAP_BLOCKS if windowed else 10)
+    assert _admitted(eng) == min(64, blocks // (CAP_BLOCKS if windowed else 10))
