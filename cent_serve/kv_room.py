@@ -98,11 +98,23 @@ class KVRoom:
         cap = self.cap_blocks
         return tuple(seq_blocks(blocks, r.full, r.windowed, cap) for r in self.rows)
 
+    def tightest_row(self, num_tokens: int) -> int:
+        """The index of the row sequences of `num_tokens` tokens fill the most (whatever their count).
+        The rows keep their order when `capped`: a refusal names the same devices' own count."""
+        need = self.need(num_tokens)
+        return max(range(len(self.rows)), key=lambda k: (need[k] / self.rows[k].blocks if self.rows[k].blocks
+                                                         else math.inf, need[k]))
+
     def tightest(self, num_tokens: int, count: int = 1) -> tuple[int, int]:
         """(blocks `count` sequences of `num_tokens` take, blocks held) on the row they fill the most:
-        they fit a replica alone iff the first is at most the second."""
-        return max(((count * n, r.blocks) for n, r in zip(self.need(num_tokens), self.rows)),
-                   key=lambda x: (x[0] / x[1] if x[1] else math.inf, x[0]))
+        they fit a replica alone iff the first is at most the second (`fits`)."""
+        k = self.tightest_row(num_tokens)
+        return count * self.need(num_tokens)[k], self.rows[k].blocks
+
+    def fits(self, num_tokens: int, count: int = 1) -> bool:
+        """Whether `count` sequences of `num_tokens` tokens fit an empty replica."""
+        need, have = self.tightest(num_tokens, count)
+        return need <= have
 
     def most_sequences(self, num_tokens: int) -> int:
         """Sequences of `num_tokens` tokens a replica holds at once."""

@@ -142,8 +142,9 @@ class Scheduler:
         if override is None or override >= need:  # the devices' own count is short: more of them hold more
             raise RequestRefused("kv_capacity", f"{said}: shorten the prompt or use more devices")
         # the override caps the blocks: more devices do not help while it is set
-        devices = self.device_kv.tightest(num_prompt_tokens + 1)[1]
-        fix = (f"raise scheduler.num_kv_blocks_override to {need} or more, or remove it" if devices >= need else
+        devices = self.device_kv.rows[self.kv.tightest_row(num_prompt_tokens + 1)].blocks  # that row's own count
+        fix = (f"raise scheduler.num_kv_blocks_override to {need} or more, or remove it"
+               if self.device_kv.fits(num_prompt_tokens + 1) else
                "raise or remove scheduler.num_kv_blocks_override and use more devices")
         why = (f"capped by scheduler.num_kv_blocks_override={override} (its devices hold {devices})" if override < devices
                else f"its devices' (scheduler.num_kv_blocks_override={override} would cap more of them)")
@@ -155,8 +156,7 @@ class Scheduler:
 
     def fits_alone(self, num_tokens: int) -> bool:
         """Whether a sequence of `num_tokens` tokens fits an empty replica."""
-        need, have = self.kv.tightest(num_tokens)
-        return need <= have
+        return self.kv.fits(num_tokens)
 
     @property
     def free_blocks(self) -> list[int]:

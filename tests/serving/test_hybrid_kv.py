@@ -169,3 +169,64 @@ def test_a_model_of_one_kind_of_block_keeps_one_pool(model):
     eng = Engine(cfg)
     assert eng.scheduler.blocks_for(160) == (CAP_BLOCKS if windowed else 10)
     assert _admitted(eng) == min(64, blocks // (CAP_BLOCKS if windowed else 10))
+
+
+@pytest.mark.parametrize("model,devices,pp,tp", [(GEMMA2_LIKE, 1, 1, 1), (GEMMA3_LIKE, 1, 1, 1),
+                                                 (GEMMA3_LIKE, 2, 2, 1), (GEMMA3_LIKE, 2, 1, 2)])
+def test_each_device_holds_exactly_the_blocks_the_scheduler_counts_for_its_sequences(model, devices, pp, tp):
+    """Sequence by sequence, a device's block table is as long as the scheduler's count of its row
+    for the keys the sequence has (`KVRoom.need_blocks`): the reservation and the allocation are one rule."""
+    cfg = _cfg(model, devices, pp)
+    cfg.parallel = ParallelConfig(devices, pp, tp)
+    eng = Engine(cfg)
+    for _ in range(6):
+        eng.add_request(PROMPT, RequestParams(max_tokens=40, ignore_eos=True))
+    workers = [w for ex in eng.executors for w in ex.workers.values()]
+    checked = 0
+    while eng.has_work():
+        eng.step()
+        for w in workers:
+            full, windowed, _ = w.kv_kinds
+            mix = KVRoom.of(16, eng.cfg.kv_tokens_cap, [(full, windowed, 0)]).rows[0]
+            row = next(k for k, r in enumerate(eng.scheduler.kv.rows) if (r.full, r.windowed) == (mix.full, mix.windowed))
+            for req in eng.scheduler.running:
+                table = w.kv.block_tables.get(req.seq_id)
+                if table is not None:
+                    assert len(table) == eng.scheduler.kv.need_blocks(-(-req.num_computed // 16))[row], \
+                        (w.device_id, req.num_computed)
+                    checked += 1
+    assert checked and all(r.finish_reason == "length" for r in eng.requests.values())
+
+
+def test_an_override_refusal_quotes_the_tightest_rows_devices_and_raises_it_when_that_suffices():
+    """Rows of different sizes: the sequence fills the full-attention row most once the override caps
+    both, but a smaller windowed row is the tightest of the devices' own counts. The refusal quoted
+    that other row's blocks and, as they are fewer than the prompt needs, asked for more devices,
+    though raising the override alone lets it in."""
+    room = KVRoom(16, 48, (Row(1, 3, 100), Row(0, 1, 8)))  # a windowed block keeps 3 blocks of keys
+    s = Scheduler(1, 1, 1, room, 16, 8, kv_blocks_override=5)
+    with pytest.raises(RequestRefused) as err:
+        s.check_fits(495)  # 31 blocks of keys: (31 + 3 x 3) / 4 = 10 on the first row, 3 on the second
+    assert str(err.value).endswith("that device holds 5, capped by scheduler.num_kv_blocks_override=5 (its devices hold "
+                                   "100): shorten the prompt, or raise scheduler.num_kv_blocks_override to 10 or more, "
+                                   "or remove it"), str(err.value)
+    Scheduler(1, 1, 1, room, 16, 8, kv_blocks_override=10).check_fits(495)  # as the fix says
+
+
+def test_a_gpu_override_refusal_quotes_the_tightest_stages_own_blocks():
+    """As the scheduler's refusal: stage 2 (a full-attention layer and a windowed one) is the
+    tightest once the override caps every stage, the small all-windowed stages without it."""
+    from cent_serve.gpu.timing import GpuTimer
+    from cent_serve.preflight import check_gpus_hold
+
+    cfg = CentConfig(model=dataclasses.replace(GEMMA3_LIKE, layer_types=(S,) * 6 + (F, S)), numerics="off")
+    cfg.gpu.count, cfg.gpu.pp, cfg.gpu.memory_utilization, cfg.gpu.max_num_batched_tokens = 3, 3, 5.44e-5, 16
+    cfg.scheduler.num_kv_blocks_override = 8
+    rows = GpuTimer(cfg).kv_room(16).rows
+    assert [(r.full, r.windowed) for r in rows] == [(1, 1), (0, 1)] and rows[1].blocks == 5 < 10 <= rows[0].blocks
+    with pytest.raises(ValueError) as err:
+        check_gpus_hold(cfg, 272)  # 17 blocks of keys: (17 + 3) / 2 = 10 on stage 2, 3 on the others
+    assert (f"needs 10 blocks of 16 tokens, scheduler.num_kv_blocks_override=8 caps the GPUs at 8 (they hold "
+            f"{rows[0].blocks}): raise it to 10 or more, or remove it") in str(err.value), str(err.value)
+    cfg.scheduler.num_kv_blocks_override = 10
+    check_gpus_hold(cfg, 272)
