@@ -81,6 +81,12 @@ class KVRoom:
         return replace(self, rows=tuple(replace(r, blocks=min(r.blocks, override)) for r in self.rows))
 
     @property
+    def is_hybrid(self) -> bool:
+        """Whether the model has full-attention blocks and windowed ones: a sequence's blocks then
+        depend on the device (a model of one kind has one row, as before this rule)."""
+        return len(self.rows) > 1 or bool(self.rows[0].full and self.rows[0].windowed)
+
+    @property
     def num_blocks(self) -> int:
         """The fewest blocks a device of the replica holds: the sequences of a whole model's KV it admits."""
         return min(r.blocks for r in self.rows)

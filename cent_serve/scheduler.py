@@ -133,7 +133,7 @@ class Scheduler:
         need, have = self.kv.tightest(num_prompt_tokens + 1)
         if need <= have:
             return
-        mixed = len(self.kv.rows) > 1 or (self.kv.rows[0].full and self.kv.rows[0].windowed)
+        mixed = self.kv.is_hybrid
         where = (f" on a device of its replica (a windowed block keeps {self.kv.cap} of its tokens, a full-attention "
                  "one all)" if mixed else "")
         said = (f"the prompt ({num_prompt_tokens} tokens) needs {need} KV blocks of {self.block_tokens} tokens "

@@ -108,7 +108,7 @@ def run_info(args: argparse.Namespace) -> int:
         room = replica_kv(cfg, mp).capped(cfg.scheduler.num_kv_blocks_override)
         kv_room = dict(blocks=room.num_blocks, block_tokens=cfg.scheduler.kv_block_tokens,
                        tokens=room.num_blocks * cfg.scheduler.kv_block_tokens, replicas=mp.replicas)
-        if room.cap is not None:  # a windowed block keeps a sequence's window only (`cent_serve.kv_room`)
+        if room.is_hybrid:  # a windowed block keeps a sequence's window only (`cent_serve.kv_room`)
             kv_room.update(window_tokens=room.cap, sequences_at_context=room.most_sequences(m.max_seq_len))
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
         kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
@@ -185,8 +185,8 @@ def _print_info(cfg, out: dict) -> None:
         try:
             gt = GpuTimer(cfg)
             room = f"; KV room {gt.kv_tokens():,} tokens a replica" if out["runnable"] else ""
-            if room and cfg.kv_tokens_cap:  # a windowed layer keeps a sequence's window (`cent_serve.kv_room`)
-                fit = gt.kv_room(cfg.scheduler.kv_block_tokens).capped(cfg.scheduler.num_kv_blocks_override)
+            fit = gt.kv_room(cfg.scheduler.kv_block_tokens).capped(cfg.scheduler.num_kv_blocks_override)
+            if room and fit.is_hybrid:  # a windowed layer keeps a sequence's window (`cent_serve.kv_room`)
                 room += (f" (a windowed layer keeps {cfg.kv_tokens_cap:,} tokens of a sequence: "
                          f"{fit.most_sequences(m.max_seq_len):,} of the whole context fit)")
             print(f"hardware     {gt.mapping.describe()}{room}; numerics={cfg.resolved_numerics}")

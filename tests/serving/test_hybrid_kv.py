@@ -230,3 +230,18 @@ def test_a_gpu_override_refusal_quotes_the_tightest_stages_own_blocks():
             f"{rows[0].blocks}): raise it to 10 or more, or remove it") in str(err.value), str(err.value)
     cfg.scheduler.num_kv_blocks_override = 10
     check_gpus_hold(cfg, 272)
+
+
+@pytest.mark.parametrize("hardware", [["--devices", "2"], ["--hardware", "gpu:a100-80gb:1"]])
+def test_cli_info_names_the_window_only_for_a_model_that_mixes_both_kinds(capsys, hardware):
+    """A model windowing every block kept its old line (a sequence's KV was capped before this rule);
+    one windowing some blocks only says what a windowed block keeps."""
+    from cent_serve.cli import main
+
+    assert main(["info", "--model", "mistral-7b", *hardware]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "KV room" in x)
+    assert "windowed" not in line and line.endswith(" a replica; numerics=off" if "--hardware" in hardware
+                                                    else " blocks of 16); numerics=off"), line
+    assert main(["info", "--model", "gemma-3-4b", *hardware]) == 0
+    said = "a windowed layer keeps 3,088" if "--hardware" in hardware else "a windowed block keeps 1,041"
+    assert f"{said} tokens of a sequence: " in capsys.readouterr().out
