@@ -9,8 +9,9 @@ A device (a GPU stage) holding `full` full-attention and `windowed` windowed blo
 KV in blocks of `block_tokens` tokens of all of them, as its paged cache allocates
 (`device_worker.kv_cache.PagedKVCache`), so a sequence whose keys fill b such blocks of a
 full-attention block takes ceil((full x b + windowed x min(b, cap blocks)) / (full + windowed))
-of them (`seq_blocks`): exact on a device of one kind of block, conservative by less than one
-block a sequence on a mixed one.
+of them (`seq_blocks`): exact on a device of one kind of block; on a mixed one never fewer than
+its bytes take, rounded up to a block, and at most one block more (b and cap blocks each round up,
+so up to two blocks above the bytes themselves).
 
 Devices hold different mixes (a pipeline stage of Gemma 3's sixth, full-attention, block against
 one of five windowed ones), so a replica is one row per kind of device (`KVRoom.rows`), and a set

@@ -109,7 +109,8 @@ class Scheduler:
         self.kv = kv.capped(kv_blocks_override)
         """What admission counts against: every row of it (`KVRoom`), the blocks the devices' paged caches
         allocate, so what is admitted fits every device of the replica (exactly on a device of one kind of
-        block; on one holding both kinds, at most one block a sequence above its bytes: `kv_room.seq_blocks`)."""
+        block; on one holding both kinds, at most one block a sequence above its bytes rounded up to a block:
+        `kv_room.seq_blocks`)."""
         self.kv_blocks = self.kv.num_blocks
         """The fewest blocks a device of a replica holds (the status's and the API's pool size)."""
         self._free = [[r.blocks for r in self.kv.rows] for _ in range(num_replicas)]

@@ -245,3 +245,22 @@ def test_cli_info_names_the_window_only_for_a_model_that_mixes_both_kinds(capsys
     assert main(["info", "--model", "gemma-3-4b", *hardware]) == 0
     said = "a windowed layer keeps 3,088" if "--hardware" in hardware else "a windowed block keeps 1,041"
     assert f"{said} tokens of a sequence: " in capsys.readouterr().out
+
+
+def test_a_sequences_count_on_a_mixed_device_is_its_bytes_rounded_up_and_one_block_more_at_most():
+    """`seq_blocks` against the bytes a sequence's keys take (full blocks all n tokens, windowed ones
+    min(n, cap)), in blocks of 16 tokens of every block: never short, at most one block over their
+    round-up; not "less than one block" over the bytes themselves (33 tokens, a cap of 17: 3 vs 1.56)."""
+    from fractions import Fraction
+
+    from cent_serve.kv_room import seq_blocks
+
+    worst = 0
+    for full, windowed in [(1, 1), (1, 3), (1, 5), (2, 7)]:
+        for cap in (1, 16, 17, 33, 48, 100):
+            for n in range(1, 300):
+                exact = Fraction(full * n + windowed * min(n, cap), 16 * (full + windowed))
+                count = seq_blocks(-(-n // 16), full, windowed, -(-cap // 16))
+                assert -(-exact.numerator // exact.denominator) <= count <= -(-exact.numerator // exact.denominator) + 1
+                worst = max(worst, count - exact)
+    assert seq_blocks(3, 1, 1, 2) == 3 and 1 < worst < 2
