@@ -374,16 +374,10 @@ class Scheduler:
         if blocks <= held:
             return True
         free = self._free[req.replica]
-        if len(free) == 1:  # one kind of device (every model of one kind of block): one count
-            extra = self.kv.need_blocks(blocks)[0] - self.kv.need_blocks(held)[0]
-            if extra > free[0]:
-                return False
-            free[0] -= extra
-        else:
-            extra = [a - b for a, b in zip(self.kv.need_blocks(blocks), self.kv.need_blocks(held))]
-            if any(e > f for e, f in zip(extra, free)):
-                return False
-            free[:] = [f - e for e, f in zip(extra, free)]
+        extra = [a - b for a, b in zip(self.kv.need_blocks(blocks), self.kv.need_blocks(held))]
+        if any(e > f for e, f in zip(extra, free)):
+            return False
+        free[:] = [f - e for e, f in zip(extra, free)]
         self._held[req] = blocks
         return True
 

@@ -256,22 +256,24 @@ class GpuTimer:
         """KV one GPU of `stage` keeps per token."""
         return self.mapping.stage_layers[stage] * self.kv_layer_bytes
 
-    def kv_tokens(self) -> int:
-        """Tokens of KV a replica holds: the tightest stage's room after weights, in the share
-        `gpu.memory_utilization` of each GPU's memory."""
+    def stage_kv_tokens(self, stage: int) -> int:
+        """Tokens of every layer's KV a GPU of `stage` holds: its room after the weights, in the share
+        `gpu.memory_utilization` of its memory."""
         room = self.kind.memory_bytes * self.gpu.memory_utilization
-        return int(min((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s) for s in range(self.pp)))
+        return int((room - self.stage_weight_bytes(stage)) // self.kv_bytes_per_token(stage))
+
+    def kv_tokens(self) -> int:
+        """Tokens of KV a replica holds: the tightest stage's (`stage_kv_tokens`)."""
+        return min(self.stage_kv_tokens(s) for s in range(self.pp))
 
     def kv_room(self, block_tokens: int) -> KVRoom:
         """What a replica's stages hold of KV, in blocks of `block_tokens` tokens of every layer a GPU of
         the stage holds, a windowed layer keeping `CentConfig.kv_tokens_cap` tokens of a sequence (vLLM's
         hybrid KV cache manager, `cent_serve.kv_room`): what the scheduler admits against, every stage."""
-        room = self.kind.memory_bytes * self.gpu.memory_utilization
         stages = []
         for s in range(self.pp):
             windowed = sum(n for window, n in self.stage_windows[s] if window)
-            tokens = int((room - self.stage_weight_bytes(s)) // self.kv_bytes_per_token(s))
-            stages.append((self.mapping.stage_layers[s] - windowed, windowed, tokens // block_tokens))
+            stages.append((self.mapping.stage_layers[s] - windowed, windowed, self.stage_kv_tokens(s) // block_tokens))
         return KVRoom.of(block_tokens, self.cfg.kv_tokens_cap, stages)
 
     def kv_blocks(self, block_tokens: int, override: int | None = None) -> int:
