@@ -56,14 +56,6 @@ def kv_room(cfg: CentConfig, mp: Mapping) -> KVRoom:
     return KVRoom.of(block, cfg.kv_tokens_cap, devices)
 
 
-def kv_blocks_per_replica(cfg: CentConfig, mp: Mapping, capped: bool = True) -> int:
-    """Blocks every device of a replica can hold: the smallest device's count (a sequence of n
-    tokens takes ceil(n / block) on each device of a model without a window), or
-    `scheduler.num_kv_blocks_override` when that is fewer (unless `capped` is False: the devices' own)."""
-    room = kv_room(cfg, mp)
-    return (room.capped(cfg.scheduler.num_kv_blocks_override) if capped else room).num_blocks
-
-
 @dataclass
 class ReplicaRound:
     """One replica's part of a round: the plan for its devices, and the engine's side of it."""
@@ -104,8 +96,6 @@ class Scheduler:
         self.seqs_per_lane = seqs_per_lane
         self.device_kv = kv
         """What a replica's devices hold, before `kv_blocks_override` (the refusal's fix names what caps it)."""
-        self.device_kv_blocks = kv.num_blocks
-        """The fewest blocks a device of a replica holds, before `kv_blocks_override`."""
         self.kv = kv.capped(kv_blocks_override)
         """What admission counts against: every row of it (`KVRoom`), the blocks the devices' paged caches
         allocate, so what is admitted fits every device of the replica (exactly on a device of one kind of

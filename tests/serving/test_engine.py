@@ -9,7 +9,7 @@ from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.generate import generate
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
-from cent_serve.scheduler import QueueFull, kv_blocks_per_replica
+from cent_serve.scheduler import QueueFull, kv_room
 
 TINY = model_preset("tiny")
 WEIGHTS = load_weights(TINY)
@@ -78,7 +78,7 @@ def test_preemption_by_recomputation_keeps_the_tokens():
     cfg.scheduler.max_seqs_per_stage = 4
     cfg.scheduler.num_kv_blocks_override = 12  # 12 blocks of 16 tokens per replica
     eng = Engine(cfg, weights=WEIGHTS)
-    assert kv_blocks_per_replica(cfg, eng.timer.mapping) == eng.scheduler.kv_blocks == 12
+    assert kv_room(cfg, eng.timer.mapping).capped(12).num_blocks == eng.scheduler.kv_blocks == 12
     prompts = [[1] + [50 + i] * 20 for i in range(6)]  # 6 x (21 prompt + 30 out) tokens >> 12 x 16
     reqs = [eng.add_request(p, RequestParams(max_tokens=30, ignore_eos=True, sampling=GREEDY)) for p in prompts]
     rounds_victims = []  # per round with preemptions, which requests it preempted
@@ -292,13 +292,13 @@ def test_a_prompt_beyond_the_override_is_told_to_raise_it_not_to_use_more_device
     from cent_serve.scheduler import Scheduler
 
     eng = _engine(numerics="off", num_kv_blocks_override=2)
-    assert eng.scheduler.kv_blocks == 2 and eng.scheduler.device_kv_blocks > 2
+    assert eng.scheduler.kv_blocks == 2 and eng.scheduler.device_kv.num_blocks > 2
     with pytest.raises(RequestRefused) as err:
         eng.add_request([5] * 40, RequestParams(max_tokens=4))  # 41 tokens: 3 blocks of 16
     msg = str(err.value)
     assert "use more devices" not in msg, msg
     assert msg.endswith(f"a replica holds 2, capped by scheduler.num_kv_blocks_override=2 (its devices hold "
-                        f"{eng.scheduler.device_kv_blocks}): shorten the prompt, or raise "
+                        f"{eng.scheduler.device_kv.num_blocks}): shorten the prompt, or raise "
                         "scheduler.num_kv_blocks_override to 3 or more, or remove it"), msg
 
     def refusal(devices: int, override: int | None) -> str:

@@ -245,14 +245,14 @@ def test_the_data_type_width_counts_the_weights_and_kv_cache_too():
     """device.bytes_per_element is the width of what the banks hold: halving it halves the capacity
     and the weight and KV bytes alike (the same KV blocks fit), and with the rows and bursts holding
     twice the elements (8-bit data on the same DRAM) twice the tokens fit and a token runs faster."""
-    from cent_serve.scheduler import kv_blocks_per_replica
+    from cent_serve.scheduler import kv_room
     from cent_serve.timing.mapping import resolve_mapping
 
     def blocks_and_token(*sets):
         cfg = apply_overrides(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(4, 0, 1),
                                          numerics="off"), list(sets))
         mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-        return kv_blocks_per_replica(cfg, mp), SystemTimer.from_config(cfg).block_pim_s(L)
+        return kv_room(cfg, mp).num_blocks, SystemTimer.from_config(cfg).block_pim_s(L)
 
     bf16_blocks, bf16_s = blocks_and_token()
     half_blocks, _ = blocks_and_token("device.bytes_per_element=1")
