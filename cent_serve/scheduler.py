@@ -151,7 +151,7 @@ class Scheduler:
 
     @property
     def free_blocks(self) -> list[int]:
-        """Per replica, the free KV blocks of its fullest device (of the row with the fewest)."""
+        """Per replica, the fewest free KV blocks of its rows (`KVRoom.rows`; one row: its free blocks)."""
         return [min(free) for free in self._free]
 
     def set_up(self, replica: int, up: bool) -> None:
@@ -337,7 +337,7 @@ class Scheduler:
     def _free_lane(self, need: tuple[int, ...], budget: dict[tuple[int, int], int] | None) -> tuple[int, int] | None:
         """The emptiest lane with room on a replica whose devices have the KV blocks `need` (one a
         row) free and tokens left in its round's budget (ties: the replica with the most free
-        blocks on its fullest device, then the lowest ids)."""
+        blocks on its row with the fewest, then the lowest ids)."""
         best = None
         for r in range(self.num_replicas):
             free = self._free[r]

@@ -276,12 +276,6 @@ class GpuTimer:
             stages.append((self.mapping.stage_layers[s] - windowed, windowed, self.stage_kv_tokens(s) // block_tokens))
         return KVRoom.of(block_tokens, self.cfg.kv_tokens_cap, stages)
 
-    def kv_blocks(self, block_tokens: int, override: int | None = None) -> int:
-        """KV blocks of `block_tokens` the fullest stage of a replica holds (at most `override`,
-        scheduler.num_kv_blocks_override): a sequence of n tokens takes ceil(n / block_tokens) of them
-        when no layer has a window (`kv_room` counts the others)."""
-        return self.kv_room(block_tokens).capped(override).num_blocks
-
     def check_fits(self) -> None:
         """ValueError naming the fix when the weights alone do not fit."""
         if self.kv_tokens() < 1:
