@@ -178,13 +178,16 @@ def test_each_device_holds_exactly_the_blocks_the_scheduler_counts_for_its_seque
     for the keys the sequence has (`KVRoom.need_blocks`): the reservation and the allocation are one rule."""
     cfg = _cfg(model, devices, pp)
     cfg.parallel = ParallelConfig(devices, pp, tp)
+    cfg.scheduler.num_kv_blocks_override = 22  # a few sequences at once: some are preempted as they grow
     eng = Engine(cfg)
-    for _ in range(6):
-        eng.add_request(PROMPT, RequestParams(max_tokens=40, ignore_eos=True))
+    ids = [eng.add_request(PROMPT, RequestParams(max_tokens=40, ignore_eos=True)).request_id for _ in range(6)]
     workers = [w for ex in eng.executors for w in ex.workers.values()]
     checked = 0
     while eng.has_work():
         eng.step()
+        if eng.scheduler.num_preemptions and ids:  # and one aborted while it runs
+            eng.abort(next(r for r in ids if eng.requests[r].finish_reason is None))
+            ids = []
         for w in workers:
             full, windowed, _ = w.kv_kinds
             mix = KVRoom.of(16, eng.cfg.kv_tokens_cap, [(full, windowed, 0)]).rows[0]
@@ -195,7 +198,11 @@ def test_each_device_holds_exactly_the_blocks_the_scheduler_counts_for_its_seque
                     assert len(table) == eng.scheduler.kv.need_blocks(-(-req.num_computed // 16))[row], \
                         (w.device_id, req.num_computed)
                     checked += 1
-    assert checked and all(r.finish_reason == "length" for r in eng.requests.values())
+    reasons = sorted(r.finish_reason for r in eng.requests.values())
+    assert checked and eng.scheduler.num_preemptions and reasons == ["abort"] + ["length"] * 5, reasons
+    eng.step()  # idle: the devices forget the last finished
+    assert all(w.kv.num_free_blocks == w.kv.num_blocks for w in workers)  # every block back ...
+    assert eng.scheduler.kv_usage() == 0.0 and eng.scheduler._free == [[r.blocks for r in eng.scheduler.kv.rows]]
 
 
 def test_an_override_refusal_quotes_the_tightest_rows_devices_and_raises_it_when_that_suffices():
