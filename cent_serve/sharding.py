@@ -48,7 +48,7 @@ import numpy as np
 
 from cent_serve.config import ModelConfig
 from cent_serve.model.layers import (attention_scale, combine, expert_outputs, expert_rows, gated, hidden_keys, hides_any,
-                                     model_norm, out_norm, project_qkv, route, shared_gate_scale, softcap,
+                                     linear, model_norm, out_norm, project_qkv, route, shared_gate_scale, softcap,
                                      softmax)
 from cent_serve.model.weights import LayerWeights
 
@@ -244,7 +244,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
     h = model_norm(cfg, x, s.input_norm)
     attn = all_gather("attn", shard_attention(cfg, s, h, start, kv, layer, cfg.block_window(layer),
                                               cfg.is_local_rope(layer)))  # (seq, H*hd)
-    x = x + out_norm(cfg, all_gather("o_proj", attn @ s.wo.T), s.attn_out_norm)  # (seq, D)
+    x = x + out_norm(cfg, all_gather("o_proj", linear(attn, s.wo)), s.attn_out_norm)  # (seq, D)
     h = model_norm(cfg, x, s.post_norm)
     if cfg.is_moe:
         act = shared_act(cfg, s, h)
@@ -254,7 +254,7 @@ def tp_block_forward(cfg: ModelConfig, s: LayerShard, x: np.ndarray, start: int,
         return x + moe_finish(cfg, s, all_gather("experts", local), experts, h)
     act = gated(h, s.w_gate, s.w_up, cfg.hidden_act)  # (seq, F_r)
     act = all_gather("act", act)  # (seq, F)
-    return x + out_norm(cfg, all_gather("down", act @ s.w_down.T), s.mlp_out_norm)  # (seq, D)
+    return x + out_norm(cfg, all_gather("down", linear(act, s.w_down)), s.mlp_out_norm)  # (seq, D)
 
 
 def shared_act(cfg: ModelConfig, s: LayerShard, h: np.ndarray) -> np.ndarray | None:
@@ -276,7 +276,7 @@ def moe_local(cfg: ModelConfig, s: LayerShard, h: np.ndarray,
     parts = expert_outputs(h, experts, weights, s.experts, s.experts_gate, s.experts_up, s.experts_down)
     flat = [y.ravel() for _, _, y in parts]
     if act is not None:
-        flat.append((act @ s.shared_down.T).ravel())  # (seq, D_r)
+        flat.append(linear(act, s.shared_down).ravel())  # (seq, D_r)
     flat = np.concatenate(flat) if flat else np.zeros(0, np.float32)
     return flat.reshape(1, -1), experts
 

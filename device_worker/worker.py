@@ -31,7 +31,7 @@ import numpy as np
 
 from cent_serve.config import CentConfig
 from cent_serve.messages import RoundOutput, RoundPlan
-from cent_serve.model.layers import embed_rows, model_norm, out_norm, softcap
+from cent_serve.model.layers import embed_rows, linear, model_norm, out_norm, softcap
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
@@ -268,7 +268,7 @@ class DeviceWorker:
                                   or [np.zeros(0, np.int64)])
             if last.size:
                 normed = model_norm(m, h[last], self.final_norm)
-                logits = yield from self._gather("logits", normed @ self.lm_head.T)  # (wanted, vocab)
+                logits = yield from self._gather("logits", linear(normed, self.lm_head))  # (wanted, vocab)
                 out.logits = softcap(logits, m.final_logit_softcapping)  # elementwise: on the gathered logits
             else:
                 out.logits = np.zeros((0, m.vocab_size), np.float32)
@@ -287,7 +287,7 @@ class DeviceWorker:
         parts = [shard_attention(cfg, sh, h[bounds[i]:bounds[i + 1]], s[1], self.seq_kv[s[0]], layer, window,
                                  local_rope) for i, s in enumerate(seqs)]
         attn = yield from self._gather("attn", np.concatenate(parts))
-        o = yield from self._gather("o_proj", attn @ sh.wo.T)
+        o = yield from self._gather("o_proj", linear(attn, sh.wo))
         x = x + out_norm(cfg, o, sh.attn_out_norm)
         h = model_norm(cfg, x, sh.post_norm)
         if cfg.is_moe:
@@ -298,7 +298,7 @@ class DeviceWorker:
             outputs = yield from self._gather("experts", local)
             return x + moe_finish(cfg, sh, outputs, experts, h)
         act = yield from self._gather("act", gated(h, sh.w_gate, sh.w_up, cfg.hidden_act))
-        down = yield from self._gather("down", act @ sh.w_down.T)
+        down = yield from self._gather("down", linear(act, sh.w_down))
         return x + out_norm(cfg, down, sh.mlp_out_norm)
 
     # ------------------------------------------------------------------ reporting

@@ -16,6 +16,24 @@ from cent_serve.config.model import rope_numerics_refusal
 F32 = np.float32
 
 
+SWAPPED_MAX_ROWS = 32
+"""Rows up to which `linear` multiplies as (w @ x.T).T: measured on the project's 2-core host (OpenBLAS 0.3.31,
+its SkylakeX kernels), the tiny model's gate (688 x 256) took 180-210 us for 2 to 8 rows as x @ w.T and 40-120 us
+so, 4x sooner at 16 rows, even at 48 to 64, slower from 256 rows (and the same at 1: both are a gemv)."""
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (seq, in) @ w.T (seq, out), w a weight in (out, in) layout: every projection of the model. Up to
+    `SWAPPED_MAX_ROWS` rows (a decode round's few sequences) it computes (w @ x.T).T, which OpenBLAS runs as
+    the same sgemm with its two operands swapped: each output the same products summed in the same order,
+    the same floats (tests/model/test_layers.py checks it over the models' shapes), several times sooner.
+    Returns a C-contiguous array, as x @ w.T, so whatever reads it next (a matmul, a reduction) sees the
+    layout it always saw."""
+    if 1 < x.shape[0] <= SWAPPED_MAX_ROWS and x.flags.c_contiguous and w.flags.c_contiguous:
+        return np.ascontiguousarray((w @ x.T).T)
+    return x @ w.T
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, offset: float = 0.0) -> np.ndarray:
     """Llama RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; with `offset` 1, Gemma's
     x / sqrt(mean(x^2) + eps) * (1 + weight), the sum taken in float32 at each call as transformers'
@@ -243,7 +261,7 @@ def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray,
     k_norm, modeling_gemma3.py), then the rotary embedding of q and k (`local_rope`: the block's own,
     `ModelConfig.is_local_rope`). The reference model and every tensor-parallel shard call this."""
     seq, hd = h.shape[0], cfg.head_dim
-    q, k, v = h @ wq.T, h @ wk.T, h @ wv.T
+    q, k, v = linear(h, wq), linear(h, wk), linear(h, wv)
     if bias is not None:
         q, k, v = q + bias[0], k + bias[1], v + bias[2]
     q = q.reshape(seq, -1, hd).transpose(1, 0, 2)
@@ -277,12 +295,12 @@ def gated(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, act: str = "silu"
     """A gated MLP's activation act(gate(x)) * up(x) (seq, F), before its down: SwiGLU's silu, or
     Gemma's GeGLU's gelu_pytorch_tanh (`ModelConfig.hidden_act`); weights in (out, in) layout. A
     tensor-parallel rank runs it on its rows of gate and up, and gathers the slices."""
-    return ACTIVATION_FNS[act](x @ w_gate.T) * (x @ w_up.T)
+    return ACTIVATION_FNS[act](linear(x, w_gate)) * linear(x, w_up)
 
 
 def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, act: str = "silu") -> np.ndarray:
     """Llama MLP: down(silu(gate(x)) * up(x)), or with `act` Gemma's GeGLU; weights in (out, in) layout."""
-    return gated(x, w_gate, w_up, act) @ w_down.T
+    return linear(gated(x, w_gate, w_up, act), w_down)
 
 
 def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,
@@ -295,7 +313,7 @@ def shared_expert(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: n
 def shared_gate_scale(h: np.ndarray, gate: np.ndarray) -> np.ndarray:
     """A shared expert's scale sigmoid(h @ gate^T) (seq, 1) on normed input h (seq, D), gate (1, D): the
     reference model and a tensor-parallel stage's ranks (which gather the SwiGLU's slices) apply it."""
-    return F32(1.0) / (F32(1.0) + np.exp(-(h @ gate.T)))
+    return F32(1.0) / (F32(1.0) + np.exp(-linear(h, gate)))
 
 
 def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -303,7 +321,7 @@ def route(h: np.ndarray, router: np.ndarray, k: int, normalize: bool) -> tuple[n
     MoE routers do it: softmax over the router's logits (seq, E), the k largest probabilities
     (ties to the lower expert), divided by their sum when `normalize`. Returns (experts (seq, k)
     int64, weights (seq, k) float32)."""
-    probs = softmax(h @ router.T, axis=-1).astype(F32, copy=False)  # (seq, E)
+    probs = softmax(linear(h, router), axis=-1).astype(F32, copy=False)  # (seq, E)
     top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (seq, k)
     weights = np.take_along_axis(probs, top, axis=-1)
     if normalize:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.layers import (attention, attention_scale, embed_rows, model_norm, moe, out_norm, project_qkv,
-                                     shared_expert, softcap, swiglu)
+from cent_serve.model.layers import (attention, attention_scale, embed_rows, linear, model_norm, moe, out_norm,
+                                     project_qkv, shared_expert, softcap, swiglu)
 from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
 
 F32 = np.float32
@@ -106,7 +106,7 @@ def attention_part(cfg: ModelConfig, w: LayerWeights, h: np.ndarray, start: int,
     keys, values = cache.view(layer, start + seq)
     out = attention(q, keys, values, start, cfg.block_window(layer), attention_scale(cfg),
                     cfg.attn_logit_softcapping)  # (heads, seq, hd)
-    return out.transpose(1, 0, 2).reshape(seq, -1) @ w.wo.T
+    return linear(out.transpose(1, 0, 2).reshape(seq, -1), w.wo)
 
 
 class LlamaModel:
@@ -132,7 +132,7 @@ class LlamaModel:
 
     def head(self, x: np.ndarray) -> np.ndarray:
         h = model_norm(self.cfg, x, self.weights.final_norm)
-        return softcap(h @ self.weights.lm_head.T, self.cfg.final_logit_softcapping)  # (seq, vocab)
+        return softcap(linear(h, self.weights.lm_head), self.cfg.final_logit_softcapping)  # (seq, vocab)
 
     def forward(self, token_ids, cache: KVCache) -> np.ndarray:
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
