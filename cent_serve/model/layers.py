@@ -6,7 +6,11 @@ its slice of the weights, which is why sharded and reference results agree.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -161,12 +165,84 @@ def _longrope(cfg: ModelConfig, seq_len: int, powers: np.ndarray, original: int)
     return inv_freq, float(attention)
 
 
-def rope_tables(cfg: ModelConfig, positions: np.ndarray, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin (seq, rotary_dim) of the model's rotary embedding at `positions` (one forward pass:
-    a dynamic scaling sees the pass's last position, as transformers' does); `local`: a Gemma 3 sliding
-    block's (`ModelConfig.is_local_rope`)."""
-    inv_freq, scale = rope_inv_freq(cfg, int(positions.max()) + 1 if positions.size else 0, local)
-    return _tables(positions, inv_freq, scale)
+ROPE_TABLES_KEPT = 16
+"""Rotary tables `rope_tables` keeps, the least recently used dropped first: a model needs one or two (Gemma 3's
+global and local, a longrope's short and long; a dynamic rope one a pass once past its original context)."""
+ROPE_MIN_ROWS = 256
+"""Positions a new table covers at least (within model.max_seq_len): decode grows it by doubling, not a row a step."""
+
+
+class RopeTables:
+    """A bounded LRU of rotary tables: `_rope_key` -> (first position, cos, sin), read-only (n, rotary_dim)
+    rows of positions first.. first + n - 1. Locked: the API's engine thread and another may share it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._tables: OrderedDict[tuple, tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def get(self, key: tuple) -> tuple[int, np.ndarray, np.ndarray] | None:
+        with self._lock:
+            entry = self._tables.get(key)
+            if entry is not None:
+                self._tables.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple, entry: tuple[int, np.ndarray, np.ndarray]) -> None:
+        with self._lock:
+            self._tables[key] = entry
+            self._tables.move_to_end(key)
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+
+
+ROPE_TABLES = RopeTables(ROPE_TABLES_KEPT)
+"""The process's rotary tables: every block, shard and device worker in it cuts its rows from them."""
+
+
+_rope_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(ModelConfig) if f.name.startswith("rope_")))
+"""cfg -> the tuple of its model.rope_* fields (every one, by name: read at each pass, so one getter)."""
+
+
+def _rope_key(cfg: ModelConfig, reach: int, local: bool) -> tuple[tuple, bool]:
+    """(key, whether the table is the pass's own) of the rotary table of a pass reaching `reach` positions.
+    The key holds every input of `rope_inv_freq`: for a Gemma 3 sliding block its dimensions and local base;
+    else the dimensions, the original context, every model.rope_* field (type, base, factors, longrope's
+    lists; a field added later joins by its name) and of the reach what the scaling reads of it: longrope
+    whether it passes the original context (its long factors, or its short), dynamic the context its base is
+    raised for (the original one; past it the reach, which makes the table the pass's own)."""
+    if local:
+        return ("local", cfg.rotary_dim, cfg.rope_local_theta), False
+    original = cfg.rope_original_max_position or cfg.max_seq_len
+    kind = cfg.rope_type
+    reach_read = max(reach, original) if kind == "dynamic" else reach > original if kind == "longrope" else None
+    return ("global", cfg.rotary_dim, original, reach_read, _rope_fields(cfg)), kind == "dynamic" and reach > original
+
+
+def rope_tables(cfg: ModelConfig, start: int, seq: int, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (seq, rotary_dim) of the model's rotary embedding at positions start .. start + seq - 1 (one
+    forward pass: a dynamic scaling sees the pass's reach, as transformers' does); `local`: a Gemma 3 sliding
+    block's (`ModelConfig.is_local_rope`). Read-only rows of a table in ROPE_TABLES: positions 0 .. n - 1, built
+    anew twice as long (within model.max_seq_len) when a pass reaches past it; a dynamic rope's past its
+    original context, the pass's own, its pass's rows. Every element is cos / sin of its position times its
+    frequency (times the attention factor) alone, so a row is the same floats whichever table it is cut from.
+    Every block of every device built its pass's table before: 8 us a call for the tiny model, 2 us now."""
+    reach = start + seq
+    key, own = _rope_key(cfg, reach, local)
+    entry = ROPE_TABLES.get(key)
+    if entry is None or start < entry[0] or reach > entry[0] + len(entry[1]):
+        held = 0 if entry is None or own else len(entry[1])
+        first, end = (start, reach) if own else (0, max(reach, min(max(2 * held, ROPE_MIN_ROWS), cfg.max_seq_len)))
+        cos, sin = _tables(np.arange(first, end), *rope_inv_freq(cfg, reach, local))  # (end - first, rotary_dim)
+        cos.setflags(write=False)
+        sin.setflags(write=False)
+        entry = (first, cos, sin)
+        ROPE_TABLES.put(key, entry)
+    first, cos, sin = entry
+    return cos[start - first:reach - first], sin[start - first:reach - first]
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -269,7 +345,7 @@ def project_qkv(cfg: ModelConfig, h: np.ndarray, wq: np.ndarray, wk: np.ndarray,
     v = v.reshape(seq, -1, hd).transpose(1, 0, 2)
     if qk_norm is not None:
         q, k = model_norm(cfg, q, qk_norm[0]), model_norm(cfg, k, qk_norm[1])
-    cos, sin = rope_tables(cfg, np.arange(start, start + seq), local_rope)
+    cos, sin = rope_tables(cfg, start, seq, local_rope)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 

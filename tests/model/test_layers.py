@@ -5,7 +5,9 @@ import tracemalloc
 
 import numpy as np
 
-from cent_serve.model.layers import SWAPPED_MAX_ROWS, linear, softmax
+from cent_serve.model.layers import (ROPE_TABLES, ROPE_TABLES_KEPT, SWAPPED_MAX_ROWS, _tables, linear, rope_inv_freq,
+                                     rope_tables, softmax)
+from tests.factories import tiny_model_config
 
 
 def test_softmax_makes_only_its_result_and_the_textbook_floats():
@@ -51,3 +53,56 @@ def test_linear_is_x_at_w_transposed_bit_for_bit():
     x = rng.standard_normal((in_dim, 4)).astype(np.float32).T  # rows not contiguous: x @ w.T as it is
     assert np.array_equal(linear(x, w), x @ w.T)
 
+
+ROPE_KINDS = {
+    "default": (tiny_model_config(), False),
+    "linear": (tiny_model_config(rope_type="linear", rope_factor=2.0), False),
+    "linear x4": (tiny_model_config(rope_type="linear", rope_factor=4.0), False),  # a factor alone moves the key
+    "dynamic": (tiny_model_config(rope_type="dynamic", rope_factor=2.0, rope_original_max_position=32), False),
+    "yarn": (tiny_model_config(rope_type="yarn", rope_factor=4.0, rope_original_max_position=32), False),
+    "llama3": (tiny_model_config(rope_type="llama3", rope_factor=8.0, rope_original_max_position=32), False),
+    "longrope": (tiny_model_config(rope_type="longrope", rope_factor=4.0, rope_original_max_position=32,
+                                   rope_short_factor=tuple(1.0 + i / 8 for i in range(8)),
+                                   rope_long_factor=tuple(2.0 + i for i in range(8))), False),
+    "partial": (tiny_model_config(model_type="phi3", partial_rotary_factor=0.5), False),
+    "local": (tiny_model_config(rope_theta=1e6, rope_local_theta=100.0), True),  # Gemma 3's sliding blocks'
+    "global beside local": (tiny_model_config(rope_theta=1e6, rope_local_theta=100.0), False),
+}
+"""One model per rotary embedding (tiny: head_dim 16, max_seq_len 128), the scalings' original context 32."""
+
+
+def _fresh_rope(cfg, start: int, seq: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The pass's own table, as rope_tables built it at every call before it kept them."""
+    return _tables(np.arange(start, start + seq), *rope_inv_freq(cfg, start + seq, local))
+
+
+def test_a_kept_rope_table_is_a_fresh_one_for_every_rope_kind():
+    """The rows rope_tables cuts from its kept tables are the pass's own table bit for bit, for every kind (and
+    its factors, Phi-3's short and long lists by reach, Gemma 3's local base), the kinds taking turns so that a
+    kept table of one would show in another's; and they are kept: two decode steps read one table (a dynamic
+    rope past its original context: one pass's, read by every block)."""
+    passes = [(0, 20), (20, 1), (21, 1), (22, 15), (37, 1), (38, 1), (0, 40), (90, 3), (127, 1), (5, 2)]
+    for start, seq in passes:  # across the original context (32) both ways, up to max_seq_len
+        for name, (cfg, local) in ROPE_KINDS.items():
+            got, want = rope_tables(cfg, start, seq, local), _fresh_rope(cfg, start, seq, local)
+            for g, w in zip(got, want):
+                assert g.dtype == np.float32 and g.shape == (seq, cfg.rotary_dim), (name, start, seq)
+                assert np.array_equal(g, w), (name, start, seq)
+    for name, (cfg, local) in ROPE_KINDS.items():
+        one, two = rope_tables(cfg, 40, 1, local)[0], rope_tables(cfg, 41, 1, local)[0]
+        assert (one.base is two.base) == (name != "dynamic"), name  # one table (dynamic at 41: a base of its own)
+        assert np.shares_memory(one, rope_tables(cfg, 40, 1, local)[0]), name
+        assert not one.flags.writeable, name
+
+
+def test_the_rope_tables_kept_stay_bounded():
+    """ROPE_TABLES keeps ROPE_TABLES_KEPT tables however many models ask, dropping the least recently used, and
+    a table no longer than model.max_seq_len."""
+    cfgs = [tiny_model_config(rope_theta=1000.0 + i) for i in range(3 * ROPE_TABLES_KEPT)]
+    first = [rope_tables(cfg, 3, 1)[0] for cfg in cfgs]
+    assert len(ROPE_TABLES) == ROPE_TABLES_KEPT
+    assert np.shares_memory(first[-1], rope_tables(cfgs[-1], 3, 1)[0])  # kept
+    assert not np.shares_memory(first[0], rope_tables(cfgs[0], 3, 1)[0])  # dropped, built again
+    assert len(ROPE_TABLES) == ROPE_TABLES_KEPT
+    cfg = cfgs[0]
+    assert rope_tables(cfg, 127, 1)[0].base.shape[0] == cfg.max_seq_len == 128  # ROPE_MIN_ROWS is 256
