@@ -30,7 +30,8 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x (seq, in) @ w.T (seq, out), w a weight in (out, in) layout: every projection of the model. Up to
     `SWAPPED_MAX_ROWS` rows (a decode round's few sequences) it computes (w @ x.T).T, which OpenBLAS runs as
     the same sgemm with its two operands swapped: each output the same products summed in the same order,
-    the same floats (tests/model/test_layers.py checks it over the models' shapes), several times sooner.
+    the same floats on the OpenBLAS measured (benchmarks/numerics_speed.py compares outputs), several times
+    sooner.
     Returns a C-contiguous array, as x @ w.T, so whatever reads it next (a matmul, a reduction) sees the
     layout it always saw."""
     if 1 < x.shape[0] <= SWAPPED_MAX_ROWS and x.flags.c_contiguous and w.flags.c_contiguous:
