@@ -100,10 +100,14 @@ def check_out_dir(out: str, flag: str = "--out") -> Path:
     return path
 
 
-def given_overrides(args: argparse.Namespace) -> str:
+def given_overrides(args: argparse.Namespace, flags: tuple[str, ...] = ()) -> str:
     """What changed the config from the defaults, as a run's text and plots name it: `--config FILE
-    --set device.clock_hz=4e9`; "" when nothing did."""
+    --set device.clock_hz=4e9`, with the config flags among `flags` (argparse names, e.g. "devices") given
+    between them, in the order they apply (`config_from_args`): a caller whose header does not name the
+    devices or mapping (cent sweep's plots) passes them; "" when nothing did."""
     given = ([f"--config {args.config}"] if getattr(args, "config", None) else [])
+    given += [f"--{flag} {value}" for flag in flags if (value := getattr(args, flag, None)) is not None
+              and not (flag == "devices" and getattr(args, "devices_defaulted", False))]  # the paper's, not given
     return " ".join(given + [f"--set {s.strip()}" for s in getattr(args, "set", None) or []])
 
 

@@ -56,6 +56,9 @@ SHORT = {"devices": "parallel.num_devices", "pp": "parallel.pp", "tp": "parallel
 SHORT_OF = {path: name for name, path in SHORT.items()}
 FLAG_FIELDS = {"model": "model", **SHORT, "seed": "model.seed", "numerics": "numerics"}
 """The command line's flags that set a field `--vary` can vary."""
+SHARED_FLAGS = ("seed", "hardware", "devices", "pp", "tp")
+"""The config flags the plots' 'given:' line names (the titles name the models and workload; --numerics
+leaves every simulated figure as it is)."""
 _MAPPING = ("model_name", "devices", "mode", "parallelism", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
 _COST = ("energy_per_token_mj", "tokens_per_joule")
 _PRICE = ("system_device_cost_usd", "tok_s_per_usd")
@@ -377,7 +380,8 @@ def run(args: argparse.Namespace) -> int:
         from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar
 
         labels = [n for n, _ in vary]
-        given = given_overrides(args)  # every point's, unvaried: a 4 GHz device's plots are not the paper's
+        # every point's, unvaried: a 4 GHz device's plots are not the paper's, nor a 16-device sweep's the default's
+        given = given_overrides(args, SHARED_FLAGS)
         plots = [plot_pareto(ok, labels, out / "pareto.png", given),
                  plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given),
                  plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=workload_text(args),

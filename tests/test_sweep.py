@@ -528,13 +528,13 @@ def test_every_plot_names_the_settings_every_point_shares(tmp_path, capsys, monk
     each plot names the --set fields (and --config file) every point shares, as cent simulate's 'given:'
     line does."""
     titles = _plot_titles(monkeypatch)
-    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--set", "device.clock_hz=4e9",
+    assert main(["sweep", "--model", "llama2-7b", "--set", "device.clock_hz=4e9",
                  "--set", "fabric.lane_gbps=16", "--vary", "device.num_channels=32,64", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     assert sorted(titles) == ["figures.png", "pareto.png", "tokens_per_dollar.png"]
     for name, title in titles.items():
         assert "given: --set device.clock_hz=4e9 --set fabric.lane_gbps=16" in " ".join(title.split()), name
-    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--vary", "device.num_channels=32,64",
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "device.num_channels=32,64",
                  "--out", str(tmp_path / "plain")]) == 0
     assert not any("given:" in title for title in titles.values())
 
@@ -549,3 +549,15 @@ def test_a_point_that_cannot_run_says_why_on_the_terminal(tmp_path, capsys):
     assert len(why) == 1 and why[0].startswith("device.num_channels=16: could not run: llama2-70b on 32 devices")
     assert "does not fit" in why[0]
     assert "2 points, 1 evaluated, 1 could not run" in lines[-1]
+
+
+def test_the_plots_name_the_mapping_and_hardware_flags_every_point_shares(tmp_path, capsys, monkeypatch):
+    """A sweep of 16 devices at tp 2 drew plots that named neither (their 'given:' line named --config and
+    --set only), so they read as the default 8-device pipeline's: the config flags given on the command line
+    (--seed, --hardware, --devices, --pp, --tp) are named too, before the --set ones, in the order they apply."""
+    titles = _plot_titles(monkeypatch)
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "16", "--tp", "2", "--pp", "8", "--seed", "3", "--hardware", "cent",
+                 "--set", "device.clock_hz=4e9", "--vary", "device.num_channels=32,64", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for name, title in titles.items():
+        assert "given: --seed 3 --hardware cent --devices 16 --pp 8 --tp 2 --set device.clock_hz=4e9" in " ".join(title.split()), name
