@@ -32,6 +32,9 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
   per second per device dollar) against the device count, or the first varied field with numbers;
 - `figures.png`: throughput, latency, energy per token and average power against that field,
   one line per combination of the others (when a varied field has numbers).
+
+Each plot's title names the workload the points ran and what every point shares ('given:' the --config
+file, the config flags and --set, as `cent simulate`'s line).
 """
 from __future__ import annotations
 
@@ -382,9 +385,9 @@ def run(args: argparse.Namespace) -> int:
         labels = [n for n, _ in vary]
         # every point's, unvaried: a 4 GHz device's plots are not the paper's, nor a 16-device sweep's the default's
         given = given_overrides(args, SHARED_FLAGS)
-        plots = [plot_pareto(ok, labels, out / "pareto.png", given),
-                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given),
-                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=workload_text(args),
-                              given=given)]
+        how = workload_text(args)  # every plot's throughput moves with it
+        plots = [plot_pareto(ok, labels, out / "pareto.png", given, how),
+                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given, how),
+                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=how, given=given)]
         print(f"plots: {', '.join(str(p) for p in plots if p)}")
     return 0

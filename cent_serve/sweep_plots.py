@@ -12,9 +12,11 @@ NAME_ALL_POINTS = 12
 """The Pareto plot numbers every point up to this many per model, else only its front."""
 
 
-def _given(note: str) -> str:
-    """A title's line naming the settings every point shares (`cli_common.given_overrides`), or ""."""
-    return f"\ngiven: {note}" if note else ""
+def _given(note: str, how: str = "") -> str:
+    """A title's line naming what every point ran (`how`, `sweep.workload_text`) and the settings every
+    point shares (`note`, `cli_common.given_overrides`), or "" when neither is given."""
+    line = "; ".join(filter(None, [how, f"given: {note}" if note else ""]))
+    return f"\n{line}" if line else ""
 
 
 def _label(row: dict, fields: list[str]) -> str:
@@ -44,15 +46,15 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return sorted(front, key=lambda r: r["throughput_tok_s"])
 
 
-def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = "") -> Path:
+def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "") -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
     not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled;
-    `given`: the settings every point shares, named in the title."""
-    fig, axes = pareto_figure(rows, fields, given)
+    `given`: the settings every point shares, `how`: what the points ran, named in the title."""
+    fig, axes = pareto_figure(rows, fields, given, how)
     return _save(fig, axes, path, 8, below=True)  # inside, a legend of many points covered some of them
 
 
-def pareto_figure(rows: list[dict], fields: list[str], given: str = ""):
+def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str = ""):
     """`plot_pareto`'s figure and its panels, before the legends and the file."""
     models: dict[str, list[dict]] = {}
     for r in rows:
@@ -82,7 +84,7 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = ""):
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
         ax.ticklabel_format(useOffset=False, axis="both")  # values, not an offset and its small differences
     title = (f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
-             f"and cheaper in energy){_given(given)}")  # two lines at least: one panel is narrow
+             f"and cheaper in energy){_given(given, how)}")  # two lines at least: one panel is narrow
     # from its last line up, above the panels' titles however many lines it has ("tight" bounds keep it)
     fig.suptitle(_fit(title, fig, 10), fontsize=10, va="bottom", y=0.93)
     return fig, axes[0]
@@ -161,11 +163,11 @@ def axis_label(field: str) -> str:
     return f"{field} ({unit})" if unit else field
 
 
-def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, given: str = "") -> Path:
+def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "") -> Path:
     """Tokens per dollar against the devices (or the varied field, `x_field`), one line per combination
     of the other varied fields: against the paper's GPUs in the artifact's TCO convention, or per
     device dollar (`device.unit_cost_usd`) when the model has no GPU figure or the price is varied
-    (the TCO convention prices every device as the paper's); `given` as `plot_pareto`'s."""
+    (the TCO convention prices every device as the paper's); `given` and `how` as `plot_pareto`'s."""
     ratio = (all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
              and "device.unit_cost_usd" not in fields)
     key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
@@ -177,7 +179,7 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
         ax.set_xlabel("CENT devices in the system (every replica's)")
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
                   else "tokens/s per device dollar (device.unit_cost_usd)")
-    ax.set_title(_fit(f"tokens per dollar against {ax.get_xlabel()}{_given(given)}", fig, 12))
+    ax.set_title(_fit(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
     return _save(fig, [ax], path, 7)
 
 

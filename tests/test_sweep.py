@@ -561,3 +561,15 @@ def test_the_plots_name_the_mapping_and_hardware_flags_every_point_shares(tmp_pa
     capsys.readouterr()
     for name, title in titles.items():
         assert "given: --seed 3 --hardware cent --devices 16 --pp 8 --tp 2 --set device.clock_hz=4e9" in " ".join(title.split()), name
+
+
+def test_every_plot_names_the_workload_the_points_ran(tmp_path, capsys, monkeypatch):
+    """figures.png named the workload, pareto.png and tokens_per_dollar.png did not, though their throughput
+    moves with it: a 1024 + 1024 sweep's Pareto front read as the paper's 512 + 3584."""
+    titles = _plot_titles(monkeypatch)
+    assert main(["sweep", "--model", "llama2-7b", "--prompt", "1024", "--decode", "1024",
+                 "--vary", "device.num_channels=32,64", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert sorted(titles) == ["figures.png", "pareto.png", "tokens_per_dollar.png"]
+    for name, title in titles.items():
+        assert "closed form, prompt 1024 + decode 1024" in " ".join(title.split()), name
