@@ -344,8 +344,11 @@ def check_gpus_hold(cfg: CentConfig, context: int | None = None, batch: int = 1,
     fewer = [f"{batch_flag} {fits} (the most of {context} tokens that fit)"] if batch_flag and fits else []
     if have < need and override is not None and override < need:  # the override caps them: more GPUs do not help
         held = room.rows[kv.tightest_row(context)].blocks  # that stage's own count
+        held_seqs = room.most_sequences(context)  # without the override: a smaller batch is a fix too
         fix = (f"raise it to {need} or more, or remove it" if room.fits(context, batch) else
-               f"raise or remove it and use more GPUs ({gpu_flag}KIND:N)")
+               f"raise or remove it and use more GPUs ({gpu_flag}KIND:N)" + (
+                   f" or {batch_flag} {held_seqs} (the most of {context} tokens the GPUs hold)"
+                   if batch_flag and held_seqs else ""))
         why = (f"scheduler.num_kv_blocks_override={override} caps the GPUs at {have} (they hold {held})"
                if override < held else f"the GPUs hold {held} (scheduler.num_kv_blocks_override={override} would cap "
                "more of them)")

@@ -508,6 +508,12 @@ def test_a_batch_the_gpus_cannot_hold_names_the_flag_and_the_batch_that_fits(cap
     assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 2
     assert ("raise it to 3584 or more, or remove it, or use --batch 7 (the most of 4096 tokens that fit), or a shorter "
             "context with a smaller --prompt or --decode") in capsys.readouterr().err
+    # an override that caps them below one sequence, on GPUs that do not hold the batch either: removing it and
+    # a smaller --batch fits too (before the merge with the --batch wording 'or use fewer sequences' said so)
+    assert main([*gpu, "--batch", "64", "--set", "scheduler.num_kv_blocks_override=100"]) == 2
+    err = capsys.readouterr().err
+    assert (f"raise or remove it and use more GPUs (--hardware gpu:KIND:N) or --batch {fits} (the most of 4096 tokens "
+            "the GPUs hold)") in err, err
 
 
 def test_a_window_on_some_blocks_on_gpus_reads_each_blocks_own_keys():
