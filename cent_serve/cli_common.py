@@ -16,8 +16,8 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
     p.add_argument("--model", help="preset name or Hugging Face checkpoint directory (default: tiny)")
     made = (", and of the requests made: --synthetic arrivals and lengths, a ShareGPT file's Poisson arrivals "
             "(default 0)") if requests else ""
-    p.add_argument("--seed", type=int, help="seed of the random weights of a preset (and of a mixture of experts' "
-                   f"timing router, which its simulated times follow{made})")
+    timed = f" (and of a mixture of experts' timing router, which its simulated times follow{made})" if served else ""
+    p.add_argument("--seed", type=int, help=f"seed of the random weights of a preset{timed}")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set device.clock_hz=1e9 (repeatable)")
     if not served:

@@ -28,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt-ids", help="prompt token ids, comma separated: 1,2,3")
     g.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (default 16)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=-1)
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: the most likely tokens whose probabilities sum to this, in (0, 1] "
+                        "(default 1: all)")
+    g.add_argument("--top-k", type=int, default=-1, help="the k most likely tokens (default -1 or 0: all)")
     g.add_argument("--sample-seed", type=int, default=None, help="sampling seed (default: 0)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past </s>")
     g.add_argument("--json", action="store_true", help="print one JSON object")

@@ -32,6 +32,16 @@ def test_help_offers_no_flag_generate_refuses(capsys):
         assert flag not in usage
 
 
+def test_help_says_what_each_flag_does_in_generate(capsys):
+    """--seed's help spoke of a mixture of experts' timing router 'which its simulated times follow', though
+    cent generate times nothing, and --top-p and --top-k had none."""
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "simulated" not in usage and "--seed SEED seed of the random weights of a preset" in usage
+    assert "--top-p TOP_P nucleus sampling" in usage and "--top-k TOP_K the" in usage
+
+
 @pytest.mark.parametrize("args, says", [
     (["--numerics", "off"], "unrecognized arguments: --numerics off (see cent generate --help); cent generate always "
                             "runs the reference model's real math"),
