@@ -328,7 +328,8 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
 def _fit(title: str, fig: Figure, fontsize: float, share: float = 0.85) -> str:
     """`title` with each line broken at spaces to `share` of the figure's width, measured in the
     font (a changed preset's label made a 7-inch figure's title run off both edges; an axes' title
-    is centred on the axes, which the y label pushes right, hence less than the whole width)."""
+    is centred on the axes, which the y label pushes right, hence less than the whole width); never
+    between a flag and its value (`given: --set device.clock_hz=4e9` reads as one setting)."""
     font, widest = FontProperties(size=fontsize), share * fig.get_figwidth() * 72  # points
 
     def width(text: str) -> float:
@@ -336,7 +337,12 @@ def _fit(title: str, fig: Figure, fontsize: float, share: float = 0.85) -> str:
 
     lines = []
     for line in title.split("\n"):
-        words, now = line.split(" "), ""
+        words, now = [], ""
+        for word in line.split(" "):  # "--set" and the value after it are one word
+            if words and words[-1].startswith("--") and " " not in words[-1] and not word.startswith("--"):
+                words[-1] += f" {word}"
+            else:
+                words.append(word)
         for word in words:
             if now and width(f"{now} {word}") > widest:
                 lines.append(now)

@@ -64,3 +64,17 @@ def test_a_long_title_is_broken_to_the_figures_width():
     assert measure(title.split("\n")[0], FontProperties(size=10), ismath=False)[0] > 7 * 72  # it did not fit
     assert fitted.replace("\n", " ") == title.replace("\n", " ")  # only spaces became breaks
     assert _fit("4 completed, 0 failed", fig, 10) == "4 completed, 0 failed"
+
+
+def test_a_title_is_never_broken_between_a_flag_and_its_value():
+    """sweep's pareto.png read 'given: --devices 16 --set' over 'device.clock_hz=4e9': a break between a
+    flag and its value. A flag and the word after it (not itself a flag) stay on one line."""
+    from matplotlib.figure import Figure
+
+    from cent_serve.bench.plots import _fit
+
+    title = "given: " + " ".join(f"--set device.field_{i}=1e9" for i in range(12)) + " --ignore-eos --json"
+    fitted = _fit(title, Figure(figsize=(7, 4.4)), 10)
+    lines = fitted.split("\n")
+    assert len(lines) > 2 and fitted.replace("\n", " ") == title, fitted
+    assert not any(line.split(" ")[-1] == "--set" for line in lines), fitted
