@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cent_serve.cli import main
-from cent_serve.config import (CentConfig, ModelConfig, ParallelConfig, apply_overrides,
+from cent_serve.config import (CentConfig, ModelConfig, ParallelConfig, apply_overrides, build_config,
                                config_to_dict, load_config, model_label, model_preset)
 
 
@@ -748,10 +748,16 @@ def test_auto_numerics_goes_by_the_float32_bytes_the_host_holds(tmp_path):
     from cent_serve.config.tree import AUTO_FULL_BYTES
 
     assert AUTO_FULL_BYTES == 2**30
-    one_b = CentConfig(model=model_preset("gemma-3-1b"))
+    one_b = CentConfig(model=model_preset("gemma-3-1b"), executor="ray")
     assert one_b.numerics_why == ("off", "auto: 3.72 GiB of float32 random weights, over the 1 GiB auto computes, "
                                          "as each device actor holds a copy; the text is a stand-in, the times are "
                                          "the model's; --numerics full computes it")
+    # in one process (cent serve --local, modelled GPUs) the devices read the host's copy: no actor holds one
+    for one_process in (CentConfig(model=model_preset("gemma-3-1b")),
+                        build_config("gemma-3-1b", hardware="gpu:a100-80gb:1", overrides=["executor=ray"])):
+        assert one_process.numerics_why == ("off", "auto: 3.72 GiB of float32 random weights, over the 1 GiB auto "
+                                                   "computes; the text is a stand-in, the times are the model's; "
+                                                   "--numerics full computes it")
     assert CentConfig(model=model_preset("gemma-3-1b"), numerics="full").resolved_numerics == "full"
     # a checkpoint's own weights give the model's text: auto computes them up to 1B parameters
     (tmp_path / "model.safetensors").write_bytes(b"")  # weights there (checkpoint_has_weights)

@@ -125,9 +125,10 @@ class CentConfig:
         held = n * 4  # full numerics' weights are float32 (`model.weights`)
         if held <= AUTO_FULL_BYTES:
             return "full", f"auto: {size_text(held)} of float32 random weights, at most the 1 GiB auto computes"
-        return "off", (f"auto: {size_text(held)} of float32 random weights, over the 1 GiB auto computes, as each "
-                       "device actor holds a copy; the text is a stand-in, the times are the model's; --numerics "
-                       "full computes it")
+        # in one process (the local executor, modelled GPUs) the devices read the host's copy
+        copies = ", as each device actor holds a copy" if self.executor == "ray" and not self.on_gpus else ""
+        return "off", (f"auto: {size_text(held)} of float32 random weights, over the 1 GiB auto computes{copies}; "
+                       "the text is a stand-in, the times are the model's; --numerics full computes it")
 
 
 AUTO_FULL_BYTES = 2**30
