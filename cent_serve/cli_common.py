@@ -35,9 +35,11 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
     p.add_argument("--tp", type=int, help=f"devices per stage (tensor parallel; default {par.tp})")
 
 
-def config_from_args(args: argparse.Namespace) -> CentConfig:
+def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConfig:
     """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides
-    (`cent_serve.config.build_config`, which scripts call with the same names as keywords)."""
+    (`cent_serve.config.build_config`, which scripts call with the same names as keywords). `experts`:
+    warn of a --set of a mixture of experts' field on a dense model (`warn_experts_unread`); cent sweep,
+    whose points may vary the model, warns over them instead."""
     cfg = build_config(getattr(args, "model", None), config=getattr(args, "config", None),
                        devices=getattr(args, "devices", None), pp=getattr(args, "pp", None),
                        tp=getattr(args, "tp", None), hardware=getattr(args, "hardware", None),
@@ -45,6 +47,9 @@ def config_from_args(args: argparse.Namespace) -> CentConfig:
                        overrides=list(getattr(args, "set", []) or []))
     if cfg.on_gpus:
         warn_gpu_run(cfg, args)
+    if experts:
+        warn_experts_unread([item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []], "--set",
+                            cfg.model.is_moe)
     return cfg
 
 
@@ -147,12 +152,22 @@ CLOSED_FORM_CAPACITY_ONLY = {
 the whole context) fit the devices: no time or energy moves with them. What they move in a replay."""
 
 
+def warn_experts_unread(paths: list[str], how: str, moe: bool) -> None:
+    """One warning per field in `paths` among a mixture of experts' (`MOE_ONLY`, `how`: the flag that set it)
+    when no model of the run has experts (`moe` False): nothing reads it, closed form, replay or numerics."""
+    import logging
+
+    for path in [] if moe else [p for p in paths if p in MOE_ONLY]:
+        logging.getLogger("cent").warning(
+            "%s %s: no model here has experts, so nothing reads it (it sets a mixture of experts' experts or router); "
+            "to see it, run a mixture of experts (e.g. --model mixtral-8x7b)", how, path)
+
+
 def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:
     """One warning per field in `paths` that the closed form does not read, or reads only for capacity
     (`how`: the flag that set it).
     `moe`: a mixture of experts is among the models, whose time model routes by a draw from model.seed
-    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it;
-    without one, the experts' fields (`MOE_ONLY`) are read by nothing."""
+    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
     import logging
 
     for path in paths:
@@ -160,9 +175,6 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> N
             continue
         hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                     if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
-        if not moe and path in MOE_ONLY:
-            hit = ("a mixture of experts' experts or router, and no model here has experts",
-                   "run a mixture of experts (e.g. --model mixtral-8x7b)")
         if hit:
             logging.getLogger("cent").warning(
                 "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every "

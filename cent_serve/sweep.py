@@ -48,7 +48,7 @@ from dataclasses import fields, replace
 from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
-                                   warn_closed_form_ignores)
+                                   warn_closed_form_ignores, warn_experts_unread)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     vary = parse_vary(args.vary)
     check_not_set_and_varied(args, vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
-    base = config_from_args(args)
+    base = config_from_args(args, experts=False)  # warned below, over every point's model
     if base.on_gpus:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")
@@ -330,8 +330,10 @@ def run(args: argparse.Namespace) -> int:
         args.decode = PAPER_WORKLOAD[1] if args.decode is None else args.decode
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
     check_vary(base, vary)
+    moe = _any_moe(base, vary)
+    warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
+    warn_experts_unread([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
     if not args.trace:
-        moe = _any_moe(base, vary)
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)

@@ -846,7 +846,7 @@ def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about(field, valu
                      "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         said = [r.getMessage() for r in caplog.records
-                if f"--set {field}: the closed form does not read it" in r.getMessage()]
+                if f"--set {field}: no model here has experts" in r.getMessage()]
         return {k: out[k] for k in ("throughput_tok_s", "token_energy_mj")}, said
 
     base, _ = run("llama2-7b")
@@ -854,3 +854,19 @@ def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about(field, valu
     assert figures == base and len(said) == 1 and "mixture of experts" in said[0], said
     _, said = run("mixtral-8x7b", "--set", f"{field}={value}")
     assert said == []
+
+
+def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about_in_a_replay_too(tmp_path, caplog, capsys):
+    """cent simulate and cent sweep warned of --set model.expert_skew on a dense model; cent bench run (and
+    serve, compare, a sweep's --trace replay) took it in silence, titled 'tiny (model.expert_skew=2.0)' as if
+    read: nothing reads it, replay or closed form, so every command that builds the config warns, once."""
+    assert main(["bench", "run", "--model", "tiny", "--numerics", "off", "--set", "model.expert_skew=2",
+                 "--synthetic", "poisson", "--rate", "10", "--num-requests", "2", "--in-process", "--no-plots",
+                 "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records if "model.expert_skew" in r.getMessage()]
+    assert len(said) == 1 and "no model here has experts, so nothing reads it" in said[0], said
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-7b", "--set", "model.expert_skew=2"]) == 0
+    capsys.readouterr()
+    assert len([r for r in caplog.records if "model.expert_skew" in r.getMessage()]) == 1
