@@ -34,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.register(sub)
     from cent_serve.model import tokenizer_export
     tokenizer_export.register(sub)
+    _name_by_choices(parser)
     return parser
+
+
+def _name_by_choices(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand slot, here and below, named by its choices (`{run,sweep,paper,compare}`, as its usage
+    shows them): a missing one's error named it by its dest ('required: bench_command')."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = action.metavar or "{" + ",".join(action.choices) + "}"
+            for child in dict.fromkeys(action.choices.values()):  # an alias maps to the same parser
+                _name_by_choices(child)
 
 
 def _error(command: str, message: str) -> None:

@@ -626,3 +626,19 @@ def test_too_few_devices_for_a_pipeline_names_the_channel_field(capsys):
     assert main(["simulate", "--model", "llama2-70b", "--devices", "2", "--numerics", "off"]) == 2
     assert ("a device has 32 channels (device.num_channels), one for a block at least, so use at least 3 devices"
             in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "cent: error: the following arguments are required: {info,generate,"),
+    (["bench"], "cent bench: error: the following arguments are required: {run,sweep,paper,compare}"),
+    (["tokenizer"], "cent tokenizer: error: the following arguments are required: {export"),
+])
+def test_a_missing_subcommand_is_named_by_its_choices(argv, says, capsys):
+    """`cent bench` alone said 'the following arguments are required: bench_command', the parser's own
+    name for it (and 'command', 'action'): the error lists the subcommands to choose from."""
+    from cent_serve.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and says in err and "bench_command" not in err, err
