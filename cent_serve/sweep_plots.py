@@ -6,7 +6,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cent_serve.bench.plots import _fit
+from cent_serve.bench.plots import fit_title
 
 NAME_ALL_POINTS = 12
 """The Pareto plot numbers every point up to this many per model, else only its front."""
@@ -86,7 +86,7 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
     title = (f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
              f"and cheaper in energy){_given(given, how)}")  # two lines at least: one panel is narrow
     # from its last line up, above the panels' titles however many lines it has ("tight" bounds keep it)
-    fig.suptitle(_fit(title, fig, 10), fontsize=10, va="bottom", y=0.93)
+    fig.suptitle(fit_title(title, fig, 10), fontsize=10, va="bottom", y=0.93)
     return fig, axes[0]
 
 
@@ -179,7 +179,7 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
         ax.set_xlabel("CENT devices in the system (every replica's)")
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
                   else "tokens/s per device dollar (device.unit_cost_usd)")
-    ax.set_title(_fit(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
+    ax.set_title(fit_title(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
     return _save(fig, [ax], path, 7)
 
 
@@ -201,5 +201,5 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
         _lines(ax, rows, fields, x, key)
         ax.set_ylabel(label)
     models = ", ".join(sorted({r["model_name"] for r in rows}))
-    fig.suptitle(_fit(f"{models}: the figures against {x} ({how}){_given(given)}", fig, 11), fontsize=11)
+    fig.suptitle(fit_title(f"{models}: the figures against {x} ({how}){_given(given)}", fig, 11), fontsize=11)
     return _save(fig, axes.flat, path, 7)

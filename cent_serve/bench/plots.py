@@ -176,7 +176,7 @@ def plot_latency_cdfs(path: Path, result: BenchResult, summary: dict) -> None:
          slos.get("tpot"), clock)
     _cdf(axes[2], "end-to-end latency", "E2E latency", [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None],
          slos.get("e2el"), clock)
-    fig.suptitle(_fit(run_title(result.status, summary), fig, 11), fontsize=11)
+    fig.suptitle(fit_title(run_title(result.status, summary), fig, 11), fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
@@ -225,7 +225,7 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
         if integer:
             plain_axis(ax.yaxis, integer=True)
     plain_axis(axes[2].xaxis)
-    fig.suptitle(_fit(run_title(result.status, summary), fig, 11), fontsize=11)
+    fig.suptitle(fit_title(run_title(result.status, summary), fig, 11), fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
@@ -263,7 +263,7 @@ def plot_utilization(path: Path, result: BenchResult, summary: dict) -> None:
     ax.set_ylim(0, 100)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}%"))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(_fit(f"{run_title(result.status, summary)}\n{_utilization_note(result, devs, clock)}", fig, 10),
+    ax.set_title(fit_title(f"{run_title(result.status, summary)}\n{_utilization_note(result, devs, clock)}", fig, 10),
                  fontsize=10)
     fig.tight_layout()
     _save(fig, path)
@@ -320,16 +320,17 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
     note = (f"top {ex['top_k']} of {n} experts, {int(tokens.sum()):,} token-expert assignments over all blocks;\n"
             f"busiest expert {ex['imbalance']:.2f}x the mean\n(the time model's router, docs/hardware_model.md "
             "section 10)")  # a line each: a figure of 8 experts is 7 inches wide
-    axes[0, 0].set_title(_fit(f"{run_title(result.status, summary)}\n{note}", fig, 10), fontsize=10)
+    axes[0, 0].set_title(fit_title(f"{run_title(result.status, summary)}\n{note}", fig, 10), fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
 
-def _fit(title: str, fig: Figure, fontsize: float, share: float = 0.85) -> str:
+def fit_title(title: str, fig: Figure, fontsize: float, share: float = 0.85) -> str:
     """`title` with each line broken at spaces to `share` of the figure's width, measured in the
     font (a changed preset's label made a 7-inch figure's title run off both edges; an axes' title
     is centred on the axes, which the y label pushes right, hence less than the whole width); never
-    between a flag and its value (`given: --set device.clock_hz=4e9` reads as one setting)."""
+    between a flag and its value (`given: --set device.clock_hz=4e9` reads as one setting). Every
+    title of bench's plots and of cent sweep's (`sweep_plots`) goes through it."""
     font, widest = FontProperties(size=fontsize), share * fig.get_figwidth() * 72  # points
 
     def width(text: str) -> float:
@@ -354,7 +355,7 @@ def _fit(title: str, fig: Figure, fontsize: float, share: float = 0.85) -> str:
 
 
 _TEXT = TextToPath()
-"""Measures a title's lines in points (`_fit`)."""
+"""Measures a title's lines in points (`fit_title`)."""
 
 
 def plot_all(out_dir: Path, result: BenchResult, summary: dict) -> list[Path]:

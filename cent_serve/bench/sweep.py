@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
 from matplotlib.transforms import ScaledTranslation
 
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, _fit, fmt_in, fmt_ms, latency_unit, place_rate_labels,
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit, place_rate_labels,
                                     plain_axis, widen_if_flat)
 from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, source_text, summarize
 from cent_serve.bench.runner import run_in_process
@@ -117,7 +117,7 @@ def _plot_sweep(out_dir: Path, sweep: dict) -> None:
     status = dict(model=sweep["model"], mapping=sweep["mapping"], hardware=sweep.get("hardware", "cent"))
     model = sweep.get("model_label") or sweep["model"]
     given = f"\ngiven: {sweep['given']}" if sweep.get("given") else ""
-    fig.suptitle(_fit(f"{model} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
+    fig.suptitle(fit_title(f"{model} on {hardware_text(status, sweep['mapping'].get('devices', '?'))}: "
                       f"{mapping_text(status)}\n{n} requests per rate; SLOs: {slo_text}{given}", fig, 11), fontsize=11)
     fig.tight_layout()
     for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
@@ -343,7 +343,7 @@ def _plot_paper(out_dir: Path, cfg: CentConfig, rows: list[dict], gpu: dict | No
     n = rows[0]["completed"] + rows[0]["failed"] if rows else 0
     title = (f"{model_label(cfg.model)} on {cfg.parallel.num_devices} CENT devices, the paper's mappings: "
              f"{n} requests each\n{_paper_failures(rows)}" + (f"\ngiven: {given}" if given else ""))
-    fig.suptitle(_fit(title, fig, 11), fontsize=11)
+    fig.suptitle(fit_title(title, fig, 11), fontsize=11)
     fig.tight_layout()
     fig.savefig(out_dir / "paper.png", dpi=DPI)
 

@@ -52,18 +52,18 @@ def test_a_long_title_is_broken_to_the_figures_width():
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextToPath
 
-    from cent_serve.bench.plots import _fit
+    from cent_serve.bench.plots import fit_title
 
     fig = Figure(figsize=(7, 4.4))
     title = ("llama2-7b (model.hidden_size=3072, model.intermediate_size=8192 and 2 more) on 8 CENT devices: "
              "pipeline pp 24 x tp 1, 8 devices used\n4 completed, 0 failed")
-    fitted = _fit(title, fig, 10)
+    fitted = fit_title(title, fig, 10)
     measure = TextToPath().get_text_width_height_descent
     widths = [measure(line, FontProperties(size=10), ismath=False)[0] for line in fitted.split("\n")]
     assert len(widths) > 2 and max(widths) <= 0.85 * 7 * 72, fitted
     assert measure(title.split("\n")[0], FontProperties(size=10), ismath=False)[0] > 7 * 72  # it did not fit
     assert fitted.replace("\n", " ") == title.replace("\n", " ")  # only spaces became breaks
-    assert _fit("4 completed, 0 failed", fig, 10) == "4 completed, 0 failed"
+    assert fit_title("4 completed, 0 failed", fig, 10) == "4 completed, 0 failed"
 
 
 def test_a_title_is_never_broken_between_a_flag_and_its_value():
@@ -71,10 +71,10 @@ def test_a_title_is_never_broken_between_a_flag_and_its_value():
     flag and its value. A flag and the word after it (not itself a flag) stay on one line."""
     from matplotlib.figure import Figure
 
-    from cent_serve.bench.plots import _fit
+    from cent_serve.bench.plots import fit_title
 
     title = "given: " + " ".join(f"--set device.field_{i}=1e9" for i in range(12)) + " --ignore-eos --json"
-    fitted = _fit(title, Figure(figsize=(7, 4.4)), 10)
+    fitted = fit_title(title, Figure(figsize=(7, 4.4)), 10)
     lines = fitted.split("\n")
     assert len(lines) > 2 and fitted.replace("\n", " ") == title, fitted
     assert not any(line.split(" ")[-1] == "--set" for line in lines), fitted
