@@ -500,7 +500,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
                                     rate_flag="--rates")[0]
                  for r in _rates(args.rates)}
     out = run_compare(cent_cfg, gpu_cfg, requests, slos, Path(args.out), rates, args.save_detailed, not args.no_plots,
-                      bench=dict(recorded, rates=list(rates or ())), checked=True)
+                      bench=dict(recorded, rates=list(rates or ())), checked=True, given=given_overrides(args))
     print_compare(out)
     print(f"results in {Path(args.out)}/")
     return 0

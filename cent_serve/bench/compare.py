@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fmt_in, fmt_ms, latency_unit, place_rate_labels,
-                                    plain_axis)
+from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
+                                    place_rate_labels, plain_axis)
 from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,
                                      source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process
@@ -43,13 +43,15 @@ def _flat(s: dict) -> dict:
 
 def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos: dict, out_dir: Path,
                 rates_requests: dict[float, list] | None = None, detailed: bool = False, plots: bool = True,
-                bench: dict | None = None, checked: bool = False) -> dict:
+                bench: dict | None = None, checked: bool = False, given: str = "") -> dict:
     """Replay `requests` on both; with `rates_requests` ({rate: requests}) also a rate sweep; `detailed`
     adds each request's inter-token latencies to requests_*.csv; `plots` False skips the PNGs; `bench`
     (what shaped the requests: the trace and its options) is written into compare.json as it is. What
     cannot run on either side is refused first (`preflight.check_runnable` of each config, once): no
     side's replay begins, and nothing is written, before both are known to run. `checked`: the caller
-    ran both checks already (`cent bench compare`, before it read its trace), so they are not run again."""
+    ran both checks already (`cent bench compare`, before it read its trace), so they are not run again.
+    `given`: what changed the config (`cli_common.given_overrides`), in compare.json, the table's header
+    and the plots' titles, as bench run's."""
     if not checked:
         check_runnable(cent_cfg)
         check_runnable(gpu_cfg)
@@ -74,7 +76,7 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
                 print(f"  rate {rate:g} req/s {name}: {s['output_throughput']:.1f} output tok/s, TPOT p50 "
                       f"{fmt_ms(s['median_tpot_ms'])}, E2E p99 {fmt_ms(s['p99_e2el_ms'])}"
                       + (f", {s['failed']} failed ({reasons})" if reasons else ""))
-    out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, slos_ms=slos,
+    out = dict(model=cent_cfg.model.name, requests=len(requests), bench=bench, given=given, slos_ms=slos,
                cent=_flat(sides["CENT"]), gpu=_flat(sides["GPU"]),
                table=table, notes=compare_notes(results, sides, cent_cfg, gpu_cfg, swept=bool(rates_requests)),
                sweep={k.lower(): v for k, v in sweep.items()} if sweep else None,
@@ -88,9 +90,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
     for name, res in results.items():  # each side's requests, as bench run's requests.csv
         write_requests_csv(out_dir / f"requests_{name.lower()}.csv", res.records, detailed)
     if plots:
-        plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos)
+        plot_cdfs(out_dir / "compare_cdfs.png", results, sides, cent_cfg.model.name, slos, given)
     if plots and sweep:
-        plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name)
+        plot_sweep(out_dir / "compare_sweep.png", sweep, sides, cent_cfg.model.name, given)
     return out
 
 
@@ -170,8 +172,9 @@ def print_compare(out: dict) -> None:
     if out.get("sweep"):
         at += " (the rates above are the sweep's)"
     source = f" of {source_text(shaped)}" if shaped.get("trace") else ""
+    given = f"; given: {out['given']}" if out.get("given") else ""
     print(f"{out['model']}, {out['requests']} requests{source}{at}: CENT = {out['cent']['hardware']}; "
-          f"GPU = {out['gpu']['hardware']}")
+          f"GPU = {out['gpu']['hardware']}{given}")
     # goodput is counted against --goodput's SLOs: without them the row is nulls (compare.json keeps it)
     table = [r for r in out["table"] if out.get("slos_ms") or r["metric"] != "request goodput"]
     labels = [f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"] for r in table]
@@ -195,7 +198,8 @@ def print_compare(out: dict) -> None:
           "run; tokens per dollar in the CENT artifact's TCO units)")
 
 
-def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict) -> None:
+def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: str, slos: dict,
+              given: str = "") -> None:
     fig = Figure(figsize=(15, 5.6))
     axes = fig.subplots(1, 3)
     for ax, (metric, name, get) in zip(axes, (
@@ -239,14 +243,15 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         else:  # no side completed a request: nothing to draw (a legend would warn that it is empty)
             ax.text(0.5, 0.5, "no completed requests", transform=ax.transAxes, ha="center", va="center",
                     color="gray")
-    fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}\n"
-                 f"CENT {sides['CENT']['completed']} completed, {sides['CENT']['failed']} failed; "
-                 f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed", fontsize=11)
+    fig.suptitle(fit_title(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}\n"
+                           f"CENT {sides['CENT']['completed']} completed, {sides['CENT']['failed']} failed; "
+                           f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed"
+                           + (f"\ngiven: {given}" if given else ""), fig, 11), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
 
 
-def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
+def plot_sweep(path: Path, sweep: dict, sides: dict, model: str, given: str = "") -> None:
     fig = Figure(figsize=(13, 4.8))
     axes = fig.subplots(1, 2)
     labels = {}
@@ -272,7 +277,8 @@ def plot_sweep(path: Path, sweep: dict, sides: dict, model: str) -> None:
         plain_axis(ax.yaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}", fontsize=11)
+    fig.suptitle(fit_title(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}"
+                           + (f"\ngiven: {given}" if given else ""), fig, 11), fontsize=11)
     fig.tight_layout()
     for ax, points in labels.items():  # once the layout is final: the overlap test is in display space
         place_rate_labels(ax, points)

@@ -284,3 +284,28 @@ def test_a_side_that_refused_most_requests_did_not_keep_the_pace():
     side = dict(duration=1.5 * 9.0, completed=10)
     assert _kept_pace(BenchResult(ok, [], [], 0.0, 0.0, {}), side, 9.0)  # alone: kept
     assert not _kept_pace(BenchResult(ok + refused, [], [], 0.0, 0.0, {}), side, 9.0)
+
+
+def test_compare_names_the_settings_that_changed_its_device(tmp_path, capsys, monkeypatch):
+    """bench compare on a 4 GHz device titled its table and plots 'tiny: 8 CENT devices ... vs 4 x a100-80gb' as
+    the paper's device, where bench run, sweep and paper end theirs with cent simulate's 'given:' line: the
+    table's header, compare.json and both plots' titles now give it too."""
+    titles = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.append(fig._suptitle.get_text()),
+                                                                  real(fig, *a, **k))[1])
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0.0,16,4\n1.0,16,4\n")
+    out = tmp_path / "cmp"
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--rates", "1",
+                 "--set", "device.clock_hz=4e9", "--out", str(out)]) == 0
+    head = next(x for x in capsys.readouterr().out.splitlines() if ": CENT = " in x)
+    assert head.endswith("; given: --set device.clock_hz=4e9"), head
+    assert json.loads((out / "compare.json").read_text())["given"] == "--set device.clock_hz=4e9"
+    assert len(titles) == 2 and all("given: --set device.clock_hz=4e9" in " ".join(t.split()) for t in titles), titles
+    titles.clear()
+    assert main(["bench", "compare", "--numerics", "off", "--trace", str(trace), "--rates", "1",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert "given:" not in capsys.readouterr().out
+    assert len(titles) == 2 and not any("given:" in t for t in titles), titles
+    assert json.loads((tmp_path / "plain" / "compare.json").read_text())["given"] == ""
