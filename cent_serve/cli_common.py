@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cent_serve.config import CentConfig, ParallelConfig, build_config
+from cent_serve.config import CentConfig, ModelConfig, ParallelConfig, build_config
 
 
 def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: bool = False) -> None:
@@ -38,8 +38,8 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
 def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConfig:
     """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides
     (`cent_serve.config.build_config`, which scripts call with the same names as keywords). `experts`:
-    warn of a --set of a mixture of experts' field on a dense model (`warn_experts_unread`); cent sweep,
-    whose points may vary the model, warns over them instead."""
+    warn of a mixture of experts' field set on a dense model, by --set or the --config file
+    (`warn_experts_given`); cent sweep, whose points may vary the model, warns over them instead."""
     cfg = build_config(getattr(args, "model", None), config=getattr(args, "config", None),
                        devices=getattr(args, "devices", None), pp=getattr(args, "pp", None),
                        tp=getattr(args, "tp", None), hardware=getattr(args, "hardware", None),
@@ -48,8 +48,7 @@ def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConf
     if cfg.on_gpus:
         warn_gpu_run(cfg, args)
     if experts:
-        warn_experts_unread([item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []], "--set",
-                            cfg.model.is_moe)
+        warn_experts_given(args, cfg, cfg.model.is_moe)
     return cfg
 
 
@@ -161,6 +160,19 @@ def warn_experts_unread(paths: list[str], how: str, moe: bool) -> None:
         logging.getLogger("cent").warning(
             "%s %s: no model here has experts, so nothing reads it (it sets a mixture of experts' experts or router); "
             "to see it, run a mixture of experts (e.g. --model mixtral-8x7b)", how, path)
+
+
+def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool) -> None:
+    """`warn_experts_unread` of the mixture of experts' fields `args` set: each --set one, and each the --config
+    file moved off its default in `cfg` (the config it resolved) and no --set sets. A file's field at its default
+    changes nothing and is not warned of: a config.json a dense run wrote holds every field."""
+    sets = [item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []]
+    warn_experts_unread(sets, "--set", moe)
+    if getattr(args, "config", None):
+        dense = ModelConfig()  # a dense preset's or checkpoint's experts' fields are these defaults
+        moved = [path for path in MOE_ONLY if path not in sets
+                 and getattr(cfg.model, path.split(".")[1]) != getattr(dense, path.split(".")[1])]
+        warn_experts_unread(moved, f"--config {args.config}", moe)
 
 
 def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:

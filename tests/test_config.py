@@ -870,3 +870,37 @@ def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about_in_a_replay
     assert main(["simulate", "--model", "llama2-7b", "--set", "model.expert_skew=2"]) == 0
     capsys.readouterr()
     assert len([r for r in caplog.records if "model.expert_skew" in r.getMessage()]) == 1
+
+
+def test_a_mixture_of_experts_field_of_a_config_file_on_a_dense_model_is_warned_about(tmp_path, caplog, capsys):
+    """--set model.expert_skew=2 on a dense model was warned of; the same field in a --config file was taken in
+    silence (cent simulate --config f.yaml with `model: {name: llama2-7b, expert_skew: 2}`). The file's is warned
+    of too, naming it; once when --set sets it as well; not when the file's model has experts, nor for a
+    config.json a dense run wrote (every field there, the experts' at their defaults)."""
+    def said(*argv: str) -> list[str]:
+        caplog.clear()
+        assert main(list(argv)) == 0
+        capsys.readouterr()
+        return [r.getMessage() for r in caplog.records if "no model here has experts" in r.getMessage()]
+
+    dense = tmp_path / "dense.yaml"
+    dense.write_text("model: {name: llama2-7b, expert_skew: 2, norm_topk_prob: false}\n")
+    for argv in (["simulate"], ["bench", "run", "--numerics", "off", "--synthetic", "poisson", "--rate", "10",
+                                "--num-requests", "2", "--in-process", "--no-plots", "--out", str(tmp_path / "run")]):
+        got = said(*argv, "--config", str(dense), "--devices", "32")
+        assert sorted(got) == [f"--config {dense} model.{f}: no model here has experts, so nothing reads it (it sets a "
+                               "mixture of experts' experts or router); to see it, run a mixture of experts (e.g. "
+                               "--model mixtral-8x7b)" for f in ("expert_skew", "norm_topk_prob")], got
+    got = said("simulate", "--config", str(dense), "--devices", "32", "--set", "model.expert_skew=3")
+    assert [m.split(":")[0] for m in got] == ["--set model.expert_skew", f"--config {dense} model.norm_topk_prob"], got
+    moe = tmp_path / "moe.yaml"
+    moe.write_text("model: {name: mixtral-8x7b, expert_skew: 2}\n")
+    assert said("simulate", "--config", str(moe), "--devices", "32") == []
+    from cent_serve.config import config_to_dict
+    written = config_to_dict(build_config("llama2-7b"))  # a dense run's config.json, read back
+    assert {"expert_skew", "norm_topk_prob"} <= set(written["model"])
+    (tmp_path / "written.json").write_text(json.dumps(written))
+    assert said("simulate", "--config", str(tmp_path / "written.json"), "--devices", "32") == []
+    got = said("sweep", "--config", str(dense), "--devices", "32", "--vary", "device.clock_hz=1e9,2e9",
+               "--out", str(tmp_path / "sweep"))
+    assert len(got) == 2 and all(m.startswith(f"--config {dense} model.") for m in got), got
