@@ -42,14 +42,13 @@ def measured(tanh: float = 1.0) -> list[dict]:
     at the compute roofline (`extra_s`) and the step's time with them added (`with_s`)."""
     t = GpuTimer(build_config("gemma-2-9b", hardware="gpu:a100-80gb:1", numerics="off"))
     assert t.pp == 1, t.mapping
+    roofline_flops_s = t.kind.peak_flops * t.kind.compute_efficiency
     out = []
     for label, batch, new, cached in STEPS:
         new_a, cached_a = np.full(batch, new, dtype=float), np.full(batch, cached, dtype=float)
         p = t.step(0, new_a, cached_a, logit_rows=batch)
-        # the pairs each block scores, as `GpuTimer.step` sums them (windowed blocks within their window)
-        attended = sum(n * t._reads(new_a, cached_a, w)[1] for w, n in t.stage_windows[0])
-        extra_s = uncounted_flops(t, batch * new, attended / t.mapping.stage_layers[0], batch, tanh) \
-            / (t.kind.peak_flops * t.kind.compute_efficiency)
+        attended = t.stage_reads(0, new_a, cached_a)[1]  # a block's pairs scored, as `step` charges them
+        extra_s = uncounted_flops(t, batch * new, attended, batch, tanh) / roofline_flops_s
         with_s = float(np.maximum(p.memory_s, p.compute_s + extra_s) + p.overhead_s + p.allreduce_s)
         out.append(dict(label=label, parts=p, extra_s=extra_s, with_s=with_s))
     return out

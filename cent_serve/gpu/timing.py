@@ -175,17 +175,21 @@ class GpuTimer:
     def step(self, stage: int, new, cached, logit_rows: int = 0) -> StepParts:
         """Stage `stage`'s step for sequences with `new` tokens on top of `cached` ones."""
         new = np.asarray(new, dtype=np.float64)
+        return self.parts(stage, float(new.sum()), *self.stage_reads(stage, new, cached), logit_rows)
+
+    def stage_reads(self, stage: int, new, cached) -> tuple[float, float]:
+        """(context, attended) a block of `stage` reads and scores in a step of sequences with `new` tokens
+        on top of `cached` ones, summed over the sequences: the KV positions attention reads and the
+        (token, position) pairs it scores, each block within its own window, as a mean over the stage's
+        blocks (what `step` hands `parts`, which charges them per block)."""
+        new = np.asarray(new, dtype=np.float64)
         cached = np.asarray(cached, dtype=np.float64)
         kinds = self.stage_windows[stage]
         if len(kinds) == 1:
-            context, attended = self._reads(new, cached, kinds[0][0])
-        else:  # a window on some of the stage's blocks: each block's own reads, as a block's mean (`parts`
-            # charges them per block)
-            layers = self.mapping.stage_layers[stage]
-            each = [(n, self._reads(new, cached, w)) for w, n in kinds]
-            context = sum(n * c for n, (c, _) in each) / layers
-            attended = sum(n * a for n, (_, a) in each) / layers
-        return self.parts(stage, float(new.sum()), context, attended, logit_rows)
+            return self._reads(new, cached, kinds[0][0])
+        layers = self.mapping.stage_layers[stage]  # a window on some of the stage's blocks: each block's own
+        each = [(n, self._reads(new, cached, w)) for w, n in kinds]
+        return sum(n * c for n, (c, _) in each) / layers, sum(n * a for n, (_, a) in each) / layers
 
     @staticmethod
     def _reads_each(new: np.ndarray, cached: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -220,6 +220,22 @@ def test_gemma2_s_uncounted_elementwise_flops_move_no_step_by_a_tenth_of_a_perce
     assert all(0.0005 < moved < 0.0006 and 0.0005 < share < 0.0006 for moved, share in prefill)  # 0.05%
 
 
+def test_a_stages_reads_are_its_blocks_counted_one_by_one_and_what_a_step_charges():
+    """benchmarks/gpu_uncounted_flops.py summed the private `GpuTimer._reads` over a stage's kinds of block
+    to get what a step scores; `stage_reads` is that figure, public: gemma-2-9b (a 4,096 window on every
+    other block) on one GPU, two sequences past the window and one within it, against every block's keys
+    and scored pairs counted token by token, and the very (context, attended) `step` hands `parts`."""
+    t = timer("gemma-2-9b", 1)
+    new, cached = [3, 1, 200], [5000, 4095, 10]
+    windows = t.model.block_windows
+    assert len(set(windows)) == 2  # full and windowed blocks on the one stage
+    context = sum(min(c, w or c) + n for w in windows for n, c in zip(new, cached)) / len(windows)
+    attended = sum(min(c + i, w or c + i) for w in windows for n, c in zip(new, cached)
+                   for i in range(1, n + 1)) / len(windows)
+    assert t.stage_reads(0, new, cached) == pytest.approx((context, attended), rel=1e-12)
+    assert t.step(0, new, cached, logit_rows=3) == t.parts(0, 204.0, *t.stage_reads(0, new, cached), logit_rows=3)
+
+
 def test_gemma3_s_q_k_norms_are_weights_a_gpu_step_reads_as_qwen3_s():
     """Gemma 3's q/k norms are 2 head_dim weights a block (gemma-3-4b: 512, bf16 1,024 bytes) beside
     Gemma 2's four norms, read every step as Qwen 3's; its rope bases change no FLOP or byte."""
