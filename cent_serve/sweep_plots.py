@@ -1,8 +1,10 @@
 """The plots of `cent sweep` (matplotlib, written to files)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from matplotlib import rcParams
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -10,6 +12,9 @@ from cent_serve.bench.plots import fit_title
 
 NAME_ALL_POINTS = 12
 """The Pareto plot numbers every point up to this many per model, else only its front."""
+LABEL_GAP_PT = 3.0
+"""Clear space between a Pareto point's marker and its number (points): at 5 points beside the centre
+the digits touched the marker's edge."""
 
 
 def _given(note: str, how: str = "") -> str:
@@ -72,11 +77,13 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
         # numbered on the plot, named in the legend (close points stay legible): the front, and every point
         # when there are few enough to read
         named = front + [r for r in group if r not in front] if len(group) <= NAME_ALL_POINTS else front
-        # points that fall on one spot (a field that moves neither figure) share one label, "1,3,5"
+        # points that fall on one spot (a field that moves neither figure) share one label, "1,3,5", below
+        # right or above left of it in turn: the label's nearest corner LABEL_GAP_PT clear of the marker
+        d = (_marker_reach_pt() + LABEL_GAP_PT) / math.sqrt(2)
         for k, (spot, ks) in enumerate(_spots(named).items()):
             ax.annotate(",".join(map(str, ks)), spot, fontsize=8, fontweight="bold" if ks[0] <= len(front) else "normal",
-                        xytext=(5, -3) if k % 2 == 0 else (-5, 3), textcoords="offset points",
-                        ha="left" if k % 2 == 0 else "right")
+                        xytext=(d, -d) if k % 2 == 0 else (-d, d), textcoords="offset points",
+                        ha="left" if k % 2 == 0 else "right", va="top" if k % 2 == 0 else "bottom")
         for k, r in enumerate(named, 1):
             ax.plot([], [], " ", label=f"{k}: {_label(r, others)}" + ("" if k <= len(front) else " (off the front)"))
         ax.set_title(model, fontsize=10)
@@ -88,6 +95,11 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
     # from its last line up, above the panels' titles however many lines it has ("tight" bounds keep it)
     fig.suptitle(fit_title(title, fig, 10), fontsize=10, va="bottom", y=0.93)
     return fig, axes[0]
+
+
+def _marker_reach_pt() -> float:
+    """How far a front marker ("o", matplotlib's default size and edge) reaches from its centre (points)."""
+    return (rcParams["lines.markersize"] + rcParams["lines.markeredgewidth"]) / 2
 
 
 SPOT = 0.01

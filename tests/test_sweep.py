@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -113,6 +114,26 @@ def test_points_on_one_spot_share_the_pareto_plots_label():
     fig, axes = pareto_figure(rows, ["x"])
     # numbered front first, by energy: 1 (687.2, 1189.6), 2 (694.6, 1847), 3 (694.7, 1860.3); then 4, off it
     assert sorted(t.get_text() for t in axes[0].texts) == ["1,4", "2", "3"]
+
+
+def test_the_pareto_plots_numbers_stand_clear_of_their_markers():
+    """pareto.png's numbers sat 5 points right of (or left of) their points' centres, touching the markers
+    (cent sweep --model llama2-7b --devices 16 --vary device.num_channels=16,32,64 --vary device.clock_hz=1e9,
+    2e9). Every label's box now keeps LABEL_GAP_PT clear of its marker's edge."""
+    from cent_serve.sweep_plots import LABEL_GAP_PT, _marker_reach_pt, pareto_figure
+
+    pts = [(72.4, 3500), (73.2, 5870), (76.2, 8850), (73.6, 1820), (73.9, 3140), (76.6, 4850)]
+    rows = [dict(energy_per_token_mj=e, throughput_tok_s=t, model_name="m", x=k) for k, (e, t) in enumerate(pts)]
+    fig, axes = pareto_figure(rows, ["x"])
+    ax = axes[0]
+    fig.tight_layout()
+    px = fig.dpi / 72  # pixels a point
+    assert len(ax.texts) == len(pts)
+    for text in ax.texts:
+        box = text.get_window_extent()
+        x, y = ax.transData.transform(text.xy)
+        dx, dy = max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1)
+        assert math.hypot(dx, dy) >= (_marker_reach_pt() + LABEL_GAP_PT) * px - 1e-6, (text.get_text(), dx, dy)
 
 
 def test_the_pareto_front_is_what_nothing_beats_on_both():
