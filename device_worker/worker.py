@@ -30,13 +30,13 @@ from typing import Generator
 import numpy as np
 
 from cent_serve.config import CentConfig
+from cent_serve.kv_room import seq_blocks
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.model.layers import embed_rows, linear, model_norm, out_norm, softcap
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
 from cent_serve.timing.energy import head_energy_j
-from cent_serve.kv_room import seq_blocks
 from cent_serve.timing.mapping import Stage, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import FOREVER, SeqTable
