@@ -186,9 +186,12 @@ def _print_info(cfg, out: dict) -> None:
         from cent_serve.gpu.timing import GpuTimer
         try:
             gt = GpuTimer(cfg)
-            room = f"; KV room {gt.kv_tokens():,} tokens a replica" if out["runnable"] else ""
             fit = gt.kv_room(cfg.scheduler.kv_block_tokens).capped(cfg.scheduler.num_kv_blocks_override)
-            if room and fit.is_hybrid:  # a windowed layer keeps a sequence's window (`cent_serve.kv_room`)
+            # the tokens count each in every layer: with a window on some layers a replica holds more of
+            # the sequences' tokens than that (`cent_serve.kv_room`), so it is said, and what fits
+            each = " of every layer's KV" if fit.is_hybrid else ""
+            room = f"; KV room {gt.kv_tokens():,} tokens{each} a replica" if out["runnable"] else ""
+            if room and fit.is_hybrid:  # a windowed layer keeps a sequence's window
                 room += (f" (a windowed layer keeps {cfg.kv_tokens_cap:,} tokens of a sequence: "
                          f"{fit.most_sequences(m.max_seq_len):,} of the whole context fit)")
             print(f"hardware     {gt.mapping.describe()}{room}; numerics={cfg.resolved_numerics}")
@@ -196,10 +199,13 @@ def _print_info(cfg, out: dict) -> None:
             print(f"hardware     {cfg.gpu.count} x {cfg.gpu.kind}; numerics={cfg.resolved_numerics}")
     else:
         room = out.get("kv_room")
+        hybrid = bool(room and room.get("window_tokens"))  # the tokens count each in every block: say so
         window = (f"; a windowed block keeps {room['window_tokens']:,} tokens of a sequence: "
-                  f"{room['sequences_at_context']:,} of the whole context fit") if room and room.get("window_tokens") else ""
-        room = (f"; KV room {room['tokens']:,} tokens a replica ({room['blocks']:,} blocks of {room['block_tokens']}"
-                f"{window})" + (f", {room['replicas']} replicas" if room["replicas"] > 1 else "")) if room else ""
+                  f"{room['sequences_at_context']:,} of the whole context fit") if hybrid else ""
+        each = " of every block's KV" if hybrid else ""
+        replicas = f", {room['replicas']} replicas" if room and room["replicas"] > 1 else ""
+        room = (f"; KV room {room['tokens']:,} tokens{each} a replica ({room['blocks']:,} blocks of "
+                f"{room['block_tokens']}{window}){replicas}") if room else ""
         print(f"mapping      devices={cfg.parallel.num_devices} pp={cfg.parallel.pp or m.num_layers} "
               f"tp={cfg.parallel.tp}{room}; numerics={cfg.resolved_numerics}")
     ex = out.get("experts")

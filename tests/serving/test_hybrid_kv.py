@@ -6,6 +6,7 @@ the bytes a block keeps of a token."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -252,6 +253,29 @@ def test_cli_info_names_the_window_only_for_a_model_that_mixes_both_kinds(capsys
     assert main(["info", "--model", "gemma-3-4b", *hardware]) == 0
     said = "a windowed layer keeps 3,088" if "--hardware" in hardware else "a windowed block keeps 1,041"
     assert f"{said} tokens of a sequence: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hardware, kind", [(["--devices", "16"], "block"), (["--hardware", "gpu:a100-80gb:2"], "layer")])
+def test_cli_info_says_its_kv_room_counts_each_token_in_every_block(capsys, hardware, kind):
+    """cent info --model gemma-3-27b --devices 16 said 'KV room 337,440 tokens a replica' beside '12 of the
+    whole context fit': 12 sequences of 131,072 tokens, 1.5M tokens, where a window on 52 of its 62 blocks
+    keeps 1,041 a sequence. The figure counts each token in every block, and now says so; a model with no
+    window keeps its line (tests/test_config.py)."""
+    import json
+
+    from cent_serve.cli import main
+
+    assert main(["info", "--model", "gemma-3-27b", *hardware]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "KV room" in x)
+    fit = re.search(r"KV room ([\d,]+) tokens of every (\w+)'s KV a replica .* ([\d,]+) of the whole context fit",
+                    line)
+    assert fit and fit[2] == kind and "tokens a replica" not in line, line
+    tokens, sequences = (int(fit[k].replace(",", "")) for k in (1, 3))
+    assert sequences * model_preset("gemma-3-27b").max_seq_len > tokens  # more of the sequences' tokens than it
+    if kind == "block":
+        assert main(["info", "--model", "gemma-3-27b", *hardware, "--json"]) == 0
+        room = json.loads(capsys.readouterr().out)["kv_room"]
+        assert tokens == room["tokens"] == 16 * room["blocks"]
 
 
 def test_a_sequences_count_on_a_mixed_device_is_its_bytes_rounded_up_and_one_block_more_at_most():
