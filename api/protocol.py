@@ -44,11 +44,13 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
-               "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,)}
+               "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
+               "logprob_token_ids": ([],), "repetition_detection": ()}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
 mean "off" (null is off too; `()`: only null): `vllm bench serve` sends repetition_penalty 1.0, which
 passes. vLLM's structured outputs (`guided_*`, `structured_outputs`) are refused as `response_format`'s
-JSON is."""
+JSON is; vLLM 0.33's `logprob_token_ids` (those ids' logprobs instead of the top ones) and
+`repetition_detection` (an early stop) too."""
 
 
 class ApiError(Exception):

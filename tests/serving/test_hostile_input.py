@@ -276,6 +276,10 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     ("bad_words", ["x"], []),
     ("truncate_prompt_tokens", 2, None),
     ("return_tokens_as_token_ids", True, False),  # the logprobs' tokens as "token_id:N": not written here
+    # vLLM 0.33 (vllm/entrypoints/openai/completion/protocol.py): the logprobs of these ids in place of the
+    # top ones (an empty list is unset there), and an early stop on repeated n-grams
+    ("logprob_token_ids", [5, 6], []),
+    ("repetition_detection", {"max_pattern_size": 2, "min_count": 2}, None),
 ])
 def test_vllm_extensions_that_would_change_the_answer_are_refused(server, http, field, value, neutral):
     for path, sent in (("/v1/completions", body()), ("/v1/chat/completions", {
