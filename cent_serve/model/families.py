@@ -26,6 +26,8 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "olmo2": "norms after attention and MLP instead of before, and q/k norms over the whole projection",
     "olmoe": "q/k norms over the whole projection (not per head, as Qwen 3's) and, when set, clip_qkv "
              "clamping the projections",
+    "phimoe": "LayerNorm (weight and bias) instead of RMSNorm, the sparsemixer router (its second expert "
+              "chosen with the first masked out) and biases on attention and the LM head",
     "granite": "scaling multipliers (embedding_multiplier, residual_multiplier, attention_multiplier, "
                "logits_scaling)",
     "cohere": "attention and MLP in parallel from one LayerNorm, and a logit_scale",

@@ -213,6 +213,7 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
     ("qwen3_next", {}, r"Gated DeltaNet linear-attention layers, gated attention and a shared expert"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
     ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
+    ("phimoe", {}, r"not modelled: LayerNorm.* instead of RMSNorm, the sparsemixer router"),  # Phi-3.5-MoE
     ("my_moe", dict(kv_lora_rank=512, n_shared_experts=2), r"not modelled: multi-head latent attention \(MLA\), "
      r"shared experts; supported"),  # an unknown family: what its keys announce
     ("my_model", {}, r"model_type='my_model' is not supported: supported families: llama, mistral.*, gemma3_text, "
