@@ -169,6 +169,17 @@ def test_cli_info_and_generate(capsys):
     assert "neither a preset" in capsys.readouterr().err
 
 
+def test_a_hub_id_as_model_says_how_to_bring_the_model_without_a_download(capsys):
+    """`cent info --model meta-llama/Llama-3.1-8B-Instruct` (a Hub id, as vLLM takes it) said only
+    "neither a preset nor an existing checkpoint directory": a user without the weights did not learn
+    that nothing is downloaded and that the model's config.json in a directory is enough to time it."""
+    assert main(["info", "--model", "meta-llama/Llama-3.1-8B-Instruct"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'meta-llama/Llama-3.1-8B-Instruct' is neither a preset" in err
+    assert "nothing is downloaded" in err and "config.json" in err and "--numerics off" in err
+
+
 def test_cli_info_says_whether_the_paper_batch_fits_beside_whether_serve_runs(capsys):
     """llama2-7b on 4 devices: cent serve runs (one sequence fits), cent simulate refuses its 32 queries
     of 4,096 tokens; info said only "runs yes" (research audit)."""
