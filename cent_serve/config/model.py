@@ -35,8 +35,9 @@ class ModelConfig:
     (Mixtral, Qwen 3 MoE, Qwen 2 MoE: `num_experts` > 0). Presets: `MODEL_PRESETS` (`cent info --presets`)."""
 
     name: str = "tiny"
-    """Preset name, or the checkpoint directory's name when loaded from disk (chosen with `--model`
-    or a YAML `model:` section, not `--set`: the top level says how)."""
+    """Preset name, or the checkpoint directory's name when loaded from disk (a snapshot in the Hugging
+    Face cache, models--ORG--NAME/snapshots/COMMIT: NAME; chosen with `--model` or a YAML `model:`
+    section, not `--set`: the top level says how)."""
     hidden_size: int = 256
     """D: model width."""
     intermediate_size: int = 688

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
@@ -120,6 +121,17 @@ def json_object(file: Path, field: str, alternative: str) -> dict:
         raise ValueError(f"{file}: expected a JSON object of fields (\"{field}\": ..., ...), not a "
                          f"{type(data).__name__}: fix the file, {alternative}")
     return data
+
+
+def checkpoint_name(directory: Path) -> str:
+    """The model name of a checkpoint directory: its own name (`.` resolved), but for a snapshot in the
+    Hugging Face cache, hub/models--ORG--NAME/snapshots/COMMIT (huggingface_hub's file_download.py
+    layout), its repository's NAME, not the commit hash."""
+    directory = Path(os.path.abspath(directory))  # not resolve(): a symlink's own name stays the name
+    repo = directory.parent.parent.name
+    if directory.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo[len("models--"):].split("--", 1)[-1]
+    return directory.name
 
 
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
@@ -309,7 +321,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
 
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
-        name=cfg_file.parent.name,
+        name=checkpoint_name(path),
         model_type=arch,
         hidden_size=hidden,
         intermediate_size=_num("intermediate_size"),

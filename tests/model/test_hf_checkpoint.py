@@ -262,3 +262,24 @@ def test_the_chat_template_s_special_tokens_are_read_as_transformers_reads_them(
         ours = load_tokenizer(model_config_from_hf(ckpt))
         theirs = transformers.PreTrainedTokenizerFast.from_pretrained(str(ckpt))
         assert (ours.bos_token, ours.eos_token) == (theirs.bos_token, theirs.eos_token), special_map
+
+
+def test_a_checkpoint_in_the_hugging_face_cache_is_named_by_its_repository(tmp_path, capsys, monkeypatch):
+    """`huggingface-cli download` keeps a model in hub/models--ORG--NAME/snapshots/COMMIT/: cent bench
+    run --model that directory headed its table, plots and served model id with the commit hash, and
+    `--model .` with an empty name. A snapshot is named by its repository's NAME; any other directory
+    by itself, as given or as `.`."""
+    snap = tmp_path / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots" / ("0e9e39f2" * 5)
+    shutil.copytree(FIXTURE, snap)
+    assert model_config_from_hf(snap).name == "Llama-3.1-8B-Instruct"
+    assert model_config_from_hf(snap / "config.json").name == "Llama-3.1-8B-Instruct"
+    assert model_config_from_hf(FIXTURE).name == "hf_tiny_llama"
+    other = tmp_path / "snapshots" / "mine"  # not in a cache's layout: its own name
+    shutil.copytree(FIXTURE, other)
+    assert model_config_from_hf(other).name == "mine"
+    assert main(["info", "--model", str(snap), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["model"]["name"] == "Llama-3.1-8B-Instruct"
+    monkeypatch.chdir(other)
+    assert model_config_from_hf(".").name == model_config_from_hf("config.json").name == "mine"
+    monkeypatch.chdir(snap)
+    assert model_config_from_hf(".").name == "Llama-3.1-8B-Instruct"
