@@ -283,3 +283,14 @@ def test_a_checkpoint_in_the_hugging_face_cache_is_named_by_its_repository(tmp_p
     assert model_config_from_hf(".").name == model_config_from_hf("config.json").name == "mine"
     monkeypatch.chdir(snap)
     assert model_config_from_hf(".").name == "Llama-3.1-8B-Instruct"
+
+
+def test_a_hugging_face_cache_entry_is_refused_naming_its_snapshot(tmp_path, capsys):
+    """--model hub/models--ORG--NAME (the cache's folder of a repository, not a checkpoint) was refused
+    as having no config.json, with no word of the snapshots/COMMIT directory beside it that has one."""
+    repo = tmp_path / "models--meta-llama--Llama-3.1-8B-Instruct"
+    shutil.copytree(FIXTURE, repo / "snapshots" / "abc123")
+    assert main(["info", "--model", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"--model {repo / 'snapshots' / 'abc123'}" in err
