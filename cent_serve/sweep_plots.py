@@ -24,8 +24,17 @@ def _given(note: str, how: str = "") -> str:
     return f"\n{line}" if line else ""
 
 
-def _label(row: dict, fields: list[str]) -> str:
-    return ", ".join(f"{f.split('.')[-1]}={row[f]}" for f in fields)
+def _model_names(rows: list[dict]) -> dict[str, str]:
+    """Each model as the plots name it, by the value that chose it (`--vary model=`'s preset or checkpoint
+    path, else its name): its model name, but as given where two share a name (runs/1/ckpt, runs/2/ckpt)."""
+    given = {r.get("model", r["model_name"]): r["model_name"] for r in rows}
+    names = list(given.values())
+    return {value: value if names.count(name) > 1 else name for value, name in given.items()}
+
+
+def _label(row: dict, fields: list[str], names: dict[str, str]) -> str:
+    """The point's values of `fields`, a model by its name in `names` (`_model_names`)."""
+    return ", ".join(f"{f.split('.')[-1]}={names[row[f]] if f == 'model' else row[f]}" for f in fields)
 
 
 def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
@@ -62,8 +71,9 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = ""
 def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str = ""):
     """`plot_pareto`'s figure and its panels, before the legends and the file."""
     models: dict[str, list[dict]] = {}
+    names = _model_names(rows)
     for r in rows:
-        models.setdefault(r["model_name"], []).append(r)
+        models.setdefault(names[r.get("model", r["model_name"])], []).append(r)
     fig = Figure(figsize=(min(6.5 * len(models), 19), 6))
     axes = fig.subplots(1, len(models), squeeze=False)
     others = [f for f in fields if f != "model"]
@@ -85,7 +95,7 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
                         xytext=(d, -d) if k % 2 == 0 else (-d, d), textcoords="offset points",
                         ha="left" if k % 2 == 0 else "right", va="top" if k % 2 == 0 else "bottom")
         for k, r in enumerate(named, 1):
-            ax.plot([], [], " ", label=f"{k}: {_label(r, others)}" + ("" if k <= len(front) else " (off the front)"))
+            ax.plot([], [], " ", label=f"{k}: {_label(r, others, names)}" + ("" if k <= len(front) else " (off the front)"))
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
@@ -139,8 +149,9 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
     """`key` against `x`, one line per combination of the other varied fields."""
     others = [f for f in fields if f != x]
     groups: dict[str, list[dict]] = {}
+    names = _model_names(rows) if "model" in others else {}
     for r in rows:
-        groups.setdefault(_label(r, others) or "all points", []).append(r)
+        groups.setdefault(_label(r, others, names) or "all points", []).append(r)
     for name, group in groups.items():
         group = sorted((r for r in group if r.get(key) is not None), key=lambda r: _number(r[x]))
         ax.plot([_number(r[x]) for r in group], [r[key] for r in group], "o-", label=name)

@@ -594,3 +594,29 @@ def test_every_plot_names_the_workload_the_points_ran(tmp_path, capsys, monkeypa
     assert sorted(titles) == ["figures.png", "pareto.png", "tokens_per_dollar.png"]
     for name, title in titles.items():
         assert "closed form, prompt 1024 + decode 1024" in " ".join(title.split()), name
+
+
+def test_the_plots_name_a_checkpoint_by_its_model_name_and_keep_two_of_one_name_apart(tmp_path):
+    """--vary model=DIR1,DIR2: figures.png's legend read 'model=/tmp/.../snapshots/0e9e39f2...' (the path
+    as given) where the title and the Pareto panels said the model's name; and two checkpoints of one
+    name (runs/1/ckpt, runs/2/ckpt) shared one Pareto panel, their points mixed. Each model is its name,
+    or the path as given where two share a name."""
+    from matplotlib.figure import Figure
+
+    from cent_serve.sweep_plots import _lines, pareto_figure
+
+    row = dict(throughput_tok_s=1.0, energy_per_token_mj=1.0)
+    rows = [dict(row, model=path, model_name=name, devices=d, throughput_tok_s=d)
+            for path, name in (("/m/llama31_8b", "llama31_8b"), ("llama2-7b", "llama2-7b"))
+            for d in (8, 16)]
+    ax = Figure().subplots()
+    _lines(ax, rows, ["model", "devices"], "devices", "throughput_tok_s")
+    assert ax.get_legend_handles_labels()[1] == ["model=llama31_8b", "model=llama2-7b"]
+    _, axes = pareto_figure(rows, ["model", "devices"])
+    assert [a.get_title() for a in axes] == ["llama31_8b", "llama2-7b"]
+    twins = [dict(r, model=f"runs/{i}/ckpt", model_name="ckpt") for i, r in enumerate(rows[:2], 1)]
+    ax = Figure().subplots()
+    _lines(ax, twins + rows[2:], ["model", "devices"], "devices", "throughput_tok_s")
+    assert ax.get_legend_handles_labels()[1] == ["model=runs/1/ckpt", "model=runs/2/ckpt", "model=llama2-7b"]
+    _, axes = pareto_figure(twins + rows[2:], ["model", "devices"])
+    assert [a.get_title() for a in axes] == ["runs/1/ckpt", "runs/2/ckpt", "llama2-7b"]
