@@ -22,6 +22,7 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.model.hf_config import hub_repo_id
 from cent_serve.model.sampling import checkpoint_sampling_defaults
 from cent_serve.model.tokenizer import TEMPLATE_VARIABLES, Tokenizer, encode_chat
 from cent_serve.request import RequestRefused
@@ -97,9 +98,11 @@ class ApiContext:
     def check_model(self, name: str) -> None:
         """Raise ApiError 404 unless `name` is the model this server serves: its id, or for a checkpoint
         the directory (or its config.json) as given to --model or as an absolute path (vLLM serves a model
-        by the path it was given, so `vllm bench serve --model DIR` names it so)."""
+        by the path it was given, so `vllm bench serve --model DIR` names it so), and a snapshot of the
+        Hugging Face cache by its repository id, ORG/NAME, as vLLM serves a model from the Hub."""
         ckpt = self.cfg.model.checkpoint
-        if name != self.model_name and not (ckpt and name.rstrip("/") and _same_path(name, ckpt)):
+        if name != self.model_name and not (ckpt and name.rstrip("/") and _same_path(name, ckpt)) \
+                and not (ckpt and name == hub_repo_id(ckpt)):
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
                            404, "not_found_error", "model_not_found")
 

@@ -123,15 +123,21 @@ def json_object(file: Path, field: str, alternative: str) -> dict:
     return data
 
 
-def checkpoint_name(directory: Path) -> str:
-    """The model name of a checkpoint directory: its own name (`.` resolved), but for a snapshot in the
-    Hugging Face cache, hub/models--ORG--NAME/snapshots/COMMIT (huggingface_hub's file_download.py
-    layout), its repository's NAME, not the commit hash."""
+def hub_repo_id(directory: str | Path) -> str | None:
+    """ORG/NAME of a snapshot in the Hugging Face cache, hub/models--ORG--NAME/snapshots/COMMIT
+    (huggingface_hub's file_download.py layout), else None. From the path alone: no file is read."""
     directory = Path(os.path.abspath(directory))  # not resolve(): a symlink's own name stays the name
     repo = directory.parent.parent.name
     if directory.parent.name == "snapshots" and repo.startswith("models--"):
-        return repo[len("models--"):].split("--", 1)[-1]
-    return directory.name
+        return repo[len("models--"):].replace("--", "/", 1)
+    return None
+
+
+def checkpoint_name(directory: str | Path) -> str:
+    """The model name of a checkpoint directory: its own name (`.` resolved), but for a snapshot in the
+    Hugging Face cache its repository's NAME (`hub_repo_id`), not the commit hash."""
+    repo = hub_repo_id(directory)
+    return repo.split("/")[-1] if repo else Path(os.path.abspath(directory)).name
 
 
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:

@@ -170,3 +170,25 @@ def test_a_prompt_of_no_shape_names_the_element_that_breaks_it(server, prompt, p
     status, err = _error(server, "/v1/completions", body(prompt=prompt))
     assert (status, err["param"]) == (400, param), err
     assert says in err["message"] and "valid string" not in err["message"], err
+
+
+def test_a_snapshot_of_the_hugging_face_cache_is_served_by_its_repository_id_too(tmp_path):
+    """cent serve --model hub/models--meta-llama--Llama-3.1-8B-Instruct/snapshots/COMMIT answered a client
+    naming the model as vLLM serves it from the Hub, meta-llama/Llama-3.1-8B-Instruct, with 404
+    model_not_found. The repository id names a cache snapshot; another checkpoint keeps its names."""
+    from types import SimpleNamespace
+
+    from api.context import ApiContext
+    from api.errors import ApiError
+    snap = tmp_path / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots" / "0e9e39f2"
+    ctx = SimpleNamespace(model_name="Llama-3.1-8B-Instruct",
+                          cfg=SimpleNamespace(model=SimpleNamespace(checkpoint=str(snap))))
+    for name in ("Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", str(snap)):
+        ApiContext.check_model(ctx, name)
+    other = SimpleNamespace(model_name="Llama-3.1-8B-Instruct",
+                            cfg=SimpleNamespace(model=SimpleNamespace(checkpoint=str(tmp_path / "Llama-3.1-8B-Instruct"))))
+    for ctx, name in ((ctx, "meta-llama/Llama-3.1-8B"), (ctx, "other/Llama-3.1-8B-Instruct"),
+                      (other, "meta-llama/Llama-3.1-8B-Instruct")):
+        with pytest.raises(ApiError) as err:
+            ApiContext.check_model(ctx, name)
+        assert err.value.status == 404
