@@ -56,10 +56,11 @@ def paper_defaults(args: argparse.Namespace) -> None:
 
 
 def sweep_mappings(num_devices: int, num_layers: int) -> list[tuple[int, int]]:
-    """(pp, tp) of every mapping the paper evaluates: pure pipeline and tp | devices."""
+    """(pp, tp) of every mapping the paper evaluates: pure pipeline and tp | devices, each once (with
+    as many devices as blocks the pure pipeline is pp = devices x tp 1)."""
     out = [(num_layers, 1)]
     for tp in range(num_devices, 0, -1):
-        if num_devices % tp == 0 and num_devices // tp <= num_layers:
+        if num_devices % tp == 0 and num_devices // tp <= num_layers and (num_devices // tp, tp) not in out:
             out.append((num_devices // tp, tp))
     return out
 

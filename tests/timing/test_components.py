@@ -176,6 +176,19 @@ def test_cli_phases_and_sweep(capsys):
     assert "--prompt and --decode go together" in capsys.readouterr().err
 
 
+def test_a_sweep_runs_each_mapping_once_when_the_devices_are_the_blocks(capsys):
+    """Llama2-7B (32 blocks) on 32 devices: the pure pipeline, pp 32 x tp 1, is also the mapping of one
+    device a stage, and `cent simulate --sweep` printed it twice (first and last), `cent bench paper`
+    replayed the trace on it twice."""
+    from cent_serve.simulate_cli import sweep_mappings
+
+    assert sweep_mappings(32, 32) == [(32, 1), (1, 32), (2, 16), (4, 8), (8, 4), (16, 2)]
+    assert sweep_mappings(8, 32) == [(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)]  # pp 8 x tp 1: another mapping
+    assert main(["simulate", "--sweep", "--model", "llama2-7b", "--devices", "32", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["points"]
+    assert len({(r["pp"], r["tp"]) for r in rows}) == len(rows) == 6
+
+
 @pytest.mark.parametrize("given, says", [
     (dict(prompt=512), "--prompt and --decode go together: give both"),
     (dict(decode=512), "--prompt and --decode go together: give both"),
