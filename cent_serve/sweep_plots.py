@@ -95,7 +95,8 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
                         xytext=(d, -d) if k % 2 == 0 else (-d, d), textcoords="offset points",
                         ha="left" if k % 2 == 0 else "right", va="top" if k % 2 == 0 else "bottom")
         for k, r in enumerate(named, 1):
-            ax.plot([], [], " ", label=f"{k}: {_label(r, others, names)}" + ("" if k <= len(front) else " (off the front)"))
+            off = "" if k <= len(front) else " (off the front)"
+            ax.plot([], [], " ", label=f"{k}: {_label(r, others, names)}{off}")
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")

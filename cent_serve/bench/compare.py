@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
                                     place_rate_labels, plain_axis)
-from cent_serve.bench.report import (compare_table, reasons_text, short_example, side_figures,
+from cent_serve.bench.report import (compare_table, reasons_text, replay_fixes, short_example, side_figures,
                                      source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
@@ -192,6 +192,8 @@ def print_compare(out: dict) -> None:
     for side in ("cent", "gpu"):  # why requests failed, per side (compare.json keeps the whole messages)
         for reason, f in out[side].get("failure_reasons", {}).items():
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
+    for line in replay_fixes({**out["cent"].get("failure_reasons", {}), **out["gpu"].get("failure_reasons", {})}):
+        print(f"  {line}")
     for note in out.get("notes") or ():
         print(f"note: {note}")
     print("(simulated time; energy per token: over prompt and output tokens; power = the steps' energy over the "

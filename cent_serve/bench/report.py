@@ -283,6 +283,23 @@ def reasons_text(reasons: dict[str, dict], examples: bool = False) -> str:
                      for k, v in reasons.items())
 
 
+REPLAY_FIXES = {
+    # the figures are of an overloaded system
+    "queue_full": "the requests arrive faster than the server serves them; replay them slower (--time-scale "
+                  "over 1, or a lower --rate) or on more capacity (more devices; cent-serve's "
+                  "scheduler.max_waiting queues more)",
+    # the engine's example says to shorten the prompt or lower max_tokens, which a replay does with its flags
+    "context_exceeded": "clip the trace's lengths with --max-prompt-tokens and --max-output-tokens (a prompt "
+                        "plus its output within the model's context, model.max_seq_len)",
+}
+"""What a replay's flags do about a failure reason, for the tables under its examples."""
+
+
+def replay_fixes(reasons: dict) -> list[str]:
+    """`reason: fix` for each reason of `reasons` (failure_reasons, or their names) `REPLAY_FIXES` has."""
+    return [f"{reason}: {fix}" for reason, fix in REPLAY_FIXES.items() if reason in reasons]
+
+
 def slos_text(slos_ms: dict) -> str:
     """`ttft <= 5000 ms, tpot <= 100 ms`: the --goodput SLOs."""
     return ", ".join(f"{k} <= {v:g} ms" for k, v in slos_ms.items())
@@ -295,10 +312,8 @@ def print_table(summary: dict, title: str | None = None) -> None:
     print(f"{'completed':<24}{summary['completed']:>12}   failed {summary['failed']}")
     for reason, f in summary.get("failure_reasons", {}).items():
         print(f"  {reason:<22}{f['count']:>12}   e.g. {short_example(f['example'])}")
-    if "queue_full" in summary.get("failure_reasons", {}):  # the figures below are of an overloaded system
-        print(f"  {'':<22}{'':>12}   queue_full: the requests arrive faster than the server serves them; replay "
-              "them slower (--time-scale over 1, or a lower --rate) or on more capacity (more devices; "
-              "cent-serve's scheduler.max_waiting queues more)")
+    for line in replay_fixes(summary.get("failure_reasons", {})):
+        print(f"  {'':<22}{'':>12}   {line}")
     if summary.get("raised_to_one_token"):
         print(f"{'raised to 1 token':<24}{summary['raised_to_one_token']:>12}   requests with 0 prompt or output "
               "tokens in the trace, sent with 1")

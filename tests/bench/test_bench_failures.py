@@ -129,6 +129,9 @@ def test_the_table_prints_each_reason_with_its_count_and_example(capsys):
     assert "device_fault" in out and "28.6% of all requests meet ttft <= 500 ms)" in out  # not a Python dict
     # a queue that overflowed: the figures are an overloaded system's, and the table says how to replay it
     assert "queue_full: the requests arrive faster than the server serves them; replay them slower" in out
+    # a trace longer than the model's context: the engine's example says "shorten the prompt", which a
+    # replay does with its flags
+    assert "context_exceeded: clip the trace's lengths with --max-prompt-tokens and --max-output-tokens" in out
 
 
 def test_the_progress_bar_counts_failures(capsys):
