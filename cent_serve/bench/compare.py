@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
                                     place_rate_labels, plain_axis)
@@ -235,6 +236,7 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         ax.set_ylim(0, 1.02)
         ax.set_title(name)
         ax.set_ylabel("share of completed requests")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))  # as bench run's CDFs
         if ax.get_xscale() == "linear":
             plain_axis(ax.xaxis)
         ax.grid(alpha=0.3)

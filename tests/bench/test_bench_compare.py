@@ -174,6 +174,22 @@ def test_an_slo_beyond_the_values_widens_the_axis_or_is_named(tmp_path, monkeypa
         assert ax.get_xlim()[1] < slo_ms and any(label.endswith("(right of the axis)") for label in labels)
 
 
+def test_the_cdfs_share_axis_reads_in_percent_as_bench_runs_does(tmp_path, monkeypatch):
+    """bench run's CDFs label the share of requests 0% .. 100%; compare's read 0.0 .. 1.0 beside them."""
+    from types import SimpleNamespace
+
+    from cent_serve.bench.compare import plot_cdfs
+
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    records = [SimpleNamespace(ok=True, ttft_s=0.2, tpot_s=0.05, e2e_s=5.0)]
+    side = dict(hardware="hw", completed=1, failed=0)
+    plot_cdfs(tmp_path / "cdfs.png", {"CENT": SimpleNamespace(records=records), "GPU": SimpleNamespace(records=[])},
+              {"CENT": side, "GPU": side}, "m", {})
+    for ax in figs[0].axes:
+        assert ax.yaxis.get_major_formatter()(0.5, 0) == "50%", ax.get_title()
+
+
 def test_the_table_prints_large_figures_as_whole_numbers_and_small_ratios_with_their_digits(capsys):
     from cent_serve.bench.compare import print_compare
     side = dict(hardware="x", failure_reasons={})
