@@ -1,12 +1,12 @@
-"""The reference model's layer functions (cent_serve.model.layers) on their own."""
+"""The reference model's layer functions (cent_serve.model.layers, cent_serve.model.rope) on their own."""
 from __future__ import annotations
 
 import tracemalloc
 
 import numpy as np
 
-from cent_serve.model.layers import (ROPE_TABLES, ROPE_TABLES_KEPT, SWAPPED_MAX_ROWS, _tables, linear, rope_inv_freq,
-                                     rope_tables, softmax)
+from cent_serve.model.layers import SWAPPED_MAX_ROWS, linear, softmax
+from cent_serve.model.rope import ROPE_TABLES, ROPE_TABLES_KEPT, _tables, rope_inv_freq, rope_tables
 from tests.factories import tiny_model_config
 
 
