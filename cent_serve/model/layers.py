@@ -38,10 +38,19 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, offset: float = 0.0) -> np.ndarray:
     """Llama RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; with `offset` 1, Gemma's
     x / sqrt(mean(x^2) + eps) * (1 + weight), the sum taken in float32 at each call as transformers'
-    GemmaRMSNorm and Gemma2RMSNorm take it (`output * (1.0 + self.weight.float())`, modeling_gemma.py)."""
-    var = np.mean(np.square(x), axis=-1, keepdims=True)  # (..., 1)
-    scale = (F32(offset) + weight).astype(F32) if offset else weight
-    return (x / np.sqrt(var + F32(eps))).astype(F32) * scale
+    GemmaRMSNorm and Gemma2RMSNorm take it (`output * (1.0 + self.weight.float())`, modeling_gemma.py).
+    x float32: every block runs this twice a round, where np.mean's Python wrapper and three temporaries as
+    large as x cost more than the arithmetic. The result is the one array made (the squares, then the
+    quotient, then the product in it); the mean is np.mean's own sum (np.add.reduce) divided by the count in
+    float32, where np.mean divides in float64 and rounds: the same float (a float64 quotient of two float32s
+    rounds to the float32 one, 53 >= 2 x 24 + 2 bits)."""
+    out = np.square(x)
+    var = np.add.reduce(out, axis=-1, keepdims=True)  # (..., 1)
+    var /= F32(x.shape[-1])
+    var += F32(eps)
+    np.divide(x, np.sqrt(var, out=var), out=out)
+    out *= (F32(offset) + weight).astype(F32) if offset else weight
+    return out
 
 
 def model_norm(cfg: ModelConfig, x: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 
-from cent_serve.model.layers import SWAPPED_MAX_ROWS, linear, softmax
+from cent_serve.model.layers import SWAPPED_MAX_ROWS, linear, rms_norm, softmax
 from cent_serve.model.rope import ROPE_TABLES, ROPE_TABLES_KEPT, _tables, rope_inv_freq, rope_tables
 from tests.factories import tiny_model_config
 
@@ -110,3 +110,33 @@ def test_the_rope_tables_kept_stay_bounded():
     assert len(ROPE_TABLES) == ROPE_TABLES_KEPT
     cfg = cfgs[0]
     assert rope_tables(cfg, 127, 1)[0].base.shape[0] == cfg.max_seq_len == 128  # ROPE_MIN_ROWS is 256
+
+
+def test_rms_norm_makes_only_its_result_and_the_textbook_floats():
+    """x / sqrt(mean(x^2) + eps) * weight (Gemma's 1 + weight) over the last axis, as np.mean takes it, bit for
+    bit: a round's rows, a head's (Qwen 3's q and k norms, on a transposed view), a 3072-wide one, the squares
+    large and small; and no temporary as large as x beside the result (two such arrays before: the quotient
+    and its float32 copy)."""
+    rng = np.random.default_rng(0)
+    for shape, transposed in [((3, 256), False), ((1, 256), False), ((300, 256), False), ((7, 3072), False),
+                              ((5, 8, 32), True), ((4, 1, 16), True)]:
+        for scale in (1e-3, 1.0, 1e3):
+            x = (rng.standard_normal(shape) * scale).astype(np.float32)
+            x = x.transpose(1, 0, 2) if transposed else x
+            weight = rng.standard_normal(shape[-1]).astype(np.float32)
+            for offset in (0.0, 1.0):
+                w = (np.float32(offset) + weight).astype(np.float32) if offset else weight
+                want = (x / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + np.float32(1e-6))).astype(
+                    np.float32) * w
+                got = rms_norm(x, weight, 1e-6, offset)
+                assert got.dtype == np.float32 and np.array_equal(got, want), (shape, scale, offset)
+    x, weight = rng.standard_normal((64, 4096)).astype(np.float32), rng.standard_normal(4096).astype(np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        rms_norm(x, weight, 1e-6)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert x.nbytes <= peak < 1.5 * x.nbytes, peak / x.nbytes
