@@ -220,8 +220,15 @@ def shard_attention(cfg: ModelConfig, s: LayerShard, h: np.ndarray, start: int, 
     """This rank's attention heads for normed input h (seq, D); returns (seq, nq*hd). `layer` indexes
     `kv` (the blocks resident here); `window` is the block's own (`ModelConfig.block_window`; 0: none),
     and so is `local_rope` (`ModelConfig.is_local_rope`: Gemma 3's sliding blocks' rotary table)."""
-    seq, hd = h.shape[0], cfg.head_dim
     q, k, v = project_qkv(cfg, h, s.wq, s.wk, s.wv, start, s.qkv_bias, s.qk_norms, local_rope)  # (nq | nkv, seq, hd)
+    return shard_attend(cfg, s, q, k, v, start, kv, layer, window)
+
+
+def shard_attend(cfg: ModelConfig, s: LayerShard, q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int,
+                 kv: ShardKV, layer: int, window: int) -> np.ndarray:
+    """`shard_attention` of one sequence's q (nq, seq, hd), k and v (nkv, seq, hd), projected and rotated
+    (`project_qkv`, or a round's single tokens at once: `project_qkv_rows`): store k, v; attend."""
+    seq, hd = q.shape[1], cfg.head_dim
     keys, values = kv.write(layer, k, v, start)  # (nkv, L, hd)
     r, kv_of_q = s.query_groups
     if kv_of_q is not None:

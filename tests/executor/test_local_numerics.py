@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.executor import LocalExecutor
 from cent_serve.executor.generate import generate_batch
-from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
+from cent_serve import sharding
+from cent_serve.model import LlamaModel, layers, load_weights, model_config_from_hf
 from cent_serve.model.generate import generate
 
 TINY = model_preset("tiny")
@@ -42,6 +44,37 @@ def test_chunked_prefill_matches_too(reference):
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 2, 4), numerics="full")
     got = generate_batch(LocalExecutor(cfg, weights=WEIGHTS), PROMPTS, 8, prefill_chunk=2)
     assert [t for t in got.token_ids] == [r.token_ids[:8] for r in reference]
+
+
+def test_a_round_of_single_tokens_is_projected_in_one_call_a_block_with_the_same_floats(monkeypatch):
+    """A round of one token a sequence (decode, or prompts token by token, as a replay feeds them) projected and
+    rotated each sequence's q, k, v in a call of its own on every block. A device makes one call a block for
+    them all (`layers.project_qkv_rows`), none a sequence, and its tokens and logits are those of the calls a
+    sequence (project_qkv on each row), bit for bit."""
+    prompts = [[1, 40, 41, 42], [1, 100, 7, 8], [1, 200, 201, 9]]  # as long: every round holds all three
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(2, 2, 1), numerics="full")
+    calls = Counter()
+
+    def counted(name, fn):
+        def call(*args):
+            calls[name] += 1
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(sharding, "project_qkv", counted("a sequence", sharding.project_qkv))
+    monkeypatch.setattr(layers, "project_qkv_rows", counted("a round", layers.project_qkv_rows))
+    got = generate_batch(LocalExecutor(cfg, weights=WEIGHTS), prompts, 6, prefill_chunk=1)
+    assert calls == {"a round": (4 + 6 - 1) * TINY.num_layers}
+
+    def a_row_at_a_time(model, h, wq, wk, wv, starts, *rest):
+        rows = [layers.project_qkv(model, h[i:i + 1], wq, wk, wv, p, *rest) for i, p in enumerate(starts)]
+        return tuple(np.concatenate(t, axis=1) for t in zip(*rows))
+
+    monkeypatch.setattr(layers, "project_qkv_rows", a_row_at_a_time)
+    want = generate_batch(LocalExecutor(cfg, weights=WEIGHTS), prompts, 6, prefill_chunk=1)
+    assert got.token_ids == want.token_ids
+    for g, w in zip(got.logits, want.logits):
+        assert len(g) == len(w) == 6 and all(np.array_equal(a, b) for a, b in zip(g, w))
 
 
 HF = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"

@@ -5,7 +5,8 @@ import tracemalloc
 
 import numpy as np
 
-from cent_serve.model.layers import SWAPPED_MAX_ROWS, linear, rms_norm, softmax
+from cent_serve.model.layers import (SWAPPED_MAX_ROWS, linear, linear_rows, project_qkv, project_qkv_rows,
+                                     rms_norm, softmax)
 from cent_serve.model.rope import ROPE_TABLES, ROPE_TABLES_KEPT, _tables, rope_inv_freq, rope_tables
 from tests.factories import tiny_model_config
 
@@ -140,3 +141,32 @@ def test_rms_norm_makes_only_its_result_and_the_textbook_floats():
     finally:
         tracemalloc.stop()
     assert x.nbytes <= peak < 1.5 * x.nbytes, peak / x.nbytes
+
+
+def test_project_qkv_rows_is_project_qkv_a_row_at_a_time_bit_for_bit():
+    """Rows of a round's sequences, one token each, projected and rotated at once are what project_qkv gives a
+    row at a time, bit for bit: every rope kind (a dynamic one's rows at positions either side of its original
+    context, each its own reach's table; a partial one; Gemma 3's local), Qwen 2.5's biases and Qwen 3's q and k
+    norms (Gemma 3's with their offset), one row or several; and linear_rows is linear a row at a time."""
+    rng = np.random.default_rng(0)
+    qwen = {"qwen2 biases": (tiny_model_config(attention_bias=True), False),
+            "qwen3 norms": (tiny_model_config(qk_norm=True), False),
+            "gemma3 norms": (tiny_model_config(model_type="gemma3_text", qk_norm=True, norm_offset=1.0,
+                                               rope_theta=1e6, rope_local_theta=100.0), True)}
+    for name, (cfg, local) in {**ROPE_KINDS, **qwen}.items():
+        d, hd, nq, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        wq, wk, wv = (rng.standard_normal((n * hd, d)).astype(np.float32) for n in (nq, nkv, nkv))
+        bias = tuple(rng.standard_normal(n * hd).astype(np.float32) for n in (nq, nkv, nkv))
+        norms = tuple(rng.standard_normal(hd).astype(np.float32) for _ in range(2))
+        extra = (bias if cfg.attention_bias else None, norms if cfg.qk_norm else None, local)
+        for starts in ([5], [0, 31, 32, 90], [127, 3, 40]):
+            h = rng.standard_normal((len(starts), d)).astype(np.float32)
+            got = project_qkv_rows(cfg, h, wq, wk, wv, starts, *extra)
+            for i, p in enumerate(starts):
+                want = project_qkv(cfg, h[i:i + 1], wq, wk, wv, p, *extra)
+                for g, w in zip(got, want):
+                    assert g.dtype == np.float32 and np.array_equal(g[:, i:i + 1], w), (name, starts, i)
+    for out_dim, in_dim in [(688, 256), (256, 688), (64, 256), (176, 64), (1, 64)]:
+        w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+        x = rng.standard_normal((7, in_dim)).astype(np.float32)
+        assert np.array_equal(linear_rows(x, w), np.concatenate([linear(x[i:i + 1], w) for i in range(7)]))
