@@ -190,10 +190,12 @@ def _model_section(model: dict[str, Any], base_dir: Path, source: str = "",
                              f"path, absolute or relative to the config file's directory ({os.path.abspath(base_dir)})")
         served = served or served_context(model.get("max_seq_len"))
         base = dataclasses.asdict(model_config_from_hf(where, **served))
-        _check(name is None or name == base["name"], "model.name", name,
+        # the directory's own name too: a config cent wrote when a Hugging Face cache snapshot was named by
+        # its commit (`hf_config.checkpoint_name` names it by its repository now) loads as it ran
+        _check(name in (None, base["name"], Path(base["checkpoint"]).name), "model.name", name,
                f"a checkpoint's model is named after its directory ({base['name']!r}): drop model.name beside "
                f"model.checkpoint")
-        return {**base, **model, "checkpoint": base["checkpoint"]}
+        return {**base, **model, "name": base["name"], "checkpoint": base["checkpoint"]}
     if name is None:
         return model
     if isinstance(name, str) and name in MODEL_PRESETS:

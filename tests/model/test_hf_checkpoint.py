@@ -294,3 +294,23 @@ def test_a_hugging_face_cache_entry_is_refused_naming_its_snapshot(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--model {repo / 'snapshots' / 'abc123'}" in err
+
+
+def test_a_config_written_when_a_snapshot_was_named_by_its_commit_still_loads(tmp_path, capsys):
+    """A config.json that cent wrote for a snapshot of the Hugging Face cache before snapshots were named
+    by their repository holds the commit hash as model.name: cent simulate --config run/config.json refused
+    it ('a checkpoint's model is named after its directory ('Llama-3.1-8B-Instruct')'). The directory's own
+    name still loads, as the repository's; another name is still refused."""
+    from cent_serve.config import load_config
+
+    commit = "0e9e39f2" * 5
+    snap = tmp_path / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots" / commit
+    shutil.copytree(FIXTURE, snap)
+    written = tmp_path / "config.json"
+    written.write_text(json.dumps({"model": {"name": commit, "checkpoint": str(snap)}}))
+    assert load_config(written).model.name == "Llama-3.1-8B-Instruct"
+    assert main(["info", "--config", str(written), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["model"]["name"] == "Llama-3.1-8B-Instruct"
+    written.write_text(json.dumps({"model": {"name": "snapshots", "checkpoint": str(snap)}}))
+    with pytest.raises(ValueError, match="model.name='snapshots' is invalid: .*drop model.name"):
+        load_config(written)
