@@ -177,7 +177,11 @@ def test_a_hub_id_as_model_says_how_to_bring_the_model_without_a_download(capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "'meta-llama/Llama-3.1-8B-Instruct' is neither a preset" in err
-    assert "nothing is downloaded" in err and "config.json" in err and "--numerics off" in err
+    assert "nothing is downloaded" in err and "config.json" in err and "enough to time it" in err
+    # cent generate has no --numerics flag and runs the real math: the hint names no flag and says so
+    assert main(["generate", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--prompt-ids", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing is downloaded" in err and "--numerics" not in err and "cent generate" in err, err
 
 
 def test_cli_info_says_whether_the_paper_batch_fits_beside_whether_serve_runs(capsys):

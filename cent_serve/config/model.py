@@ -535,4 +535,5 @@ def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
         return model_config_from_hf(name_or_path, **checkpoint_fields)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
                      "nor an existing checkpoint directory: nothing is downloaded; save a Hugging Face model's "
-                     "config.json in a directory and give that (the config alone times it, --numerics off)")
+                     "config.json in a directory and give that (it alone is enough to time it: cent generate and "
+                     "full numerics need the weights beside it)")
