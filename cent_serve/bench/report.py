@@ -289,7 +289,7 @@ REPLAY_FIXES = {
                   "over 1, or a lower --rate) or on more capacity (more devices; cent-serve's "
                   "scheduler.max_waiting queues more)",
     # the engine's example says to shorten the prompt or lower max_tokens, which a replay does with its flags
-    "context_exceeded": "clip the trace's lengths with --max-prompt-tokens and --max-output-tokens (a prompt "
+    "context_exceeded": "clip the requests' lengths with --max-prompt-tokens and --max-output-tokens (a prompt "
                         "plus its output within the model's context, model.max_seq_len)",
 }
 """What a replay's flags do about a failure reason, for the tables under its examples."""

@@ -35,7 +35,7 @@ def test_compare_says_why_requests_failed(tmp_path, capsys, recwarn, rows, rates
     for side in ("CENT", "GPU"):
         line = next((x for x in printed if x.startswith(f"  {side} ")), "")
         assert line.split()[1:4] == ["context_exceeded", str(failed), "e.g."] and "9000 tokens" in line
-    assert sum("context_exceeded: clip the trace's lengths with --max-prompt-tokens" in x for x in printed) == 1
+    assert sum("context_exceeded: clip the requests' lengths with --max-prompt-tokens" in x for x in printed) == 1
     assert b"\r" not in (out / "compare.csv").read_bytes()  # \n lines (csv's default \r\n trips cut and awk)
     saved = json.loads((out / "compare.json").read_text())
     assert saved["bench"] == dict(trace=str(trace), format="vidur", start_s=0.0, num_requests=None, time_scale=1.0,

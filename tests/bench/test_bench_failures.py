@@ -131,7 +131,7 @@ def test_the_table_prints_each_reason_with_its_count_and_example(capsys):
     assert "queue_full: the requests arrive faster than the server serves them; replay them slower" in out
     # a trace longer than the model's context: the engine's example says "shorten the prompt", which a
     # replay does with its flags
-    assert "context_exceeded: clip the trace's lengths with --max-prompt-tokens and --max-output-tokens" in out
+    assert "context_exceeded: clip the requests' lengths with --max-prompt-tokens and --max-output-tokens" in out
 
 
 def test_the_progress_bar_counts_failures(capsys):
@@ -375,3 +375,21 @@ def test_outcome_bars_name_failed_only_when_a_rate_has_failures():
         _outcomes(ax, [dict(rate=r, completed=10 - f, failed=f) for r, f in zip((1.0, 2.0), failed)])
         assert [t.get_text() for t in ax.get_legend().get_texts()] == legend
         assert ax.get_title() == title
+
+
+def test_the_context_exceeded_fix_speaks_of_the_requests_whatever_made_them(tmp_path, capsys):
+    """--synthetic requests of 300-token prompts on a 256-token context failed as context_exceeded, and the
+    table said to 'clip the trace's lengths' of a run with no trace. The flags it names clip --synthetic
+    lengths too (`TraceOptions`): the line speaks of the requests' lengths."""
+    from cent_serve.cli import main
+
+    assert main(["bench", "run", "--numerics", "off", "--synthetic", "poisson", "--rate", "10", "--num-requests", "2",
+                 "--prompt-len", "300", "--output-len", "4", "--set", "model.max_seq_len=256", "--in-process",
+                 "--no-plots", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "context_exceeded: clip the requests' lengths with --max-prompt-tokens and --max-output-tokens" in out, out
+    assert main(["bench", "run", "--numerics", "off", "--synthetic", "poisson", "--rate", "10", "--num-requests", "2",
+                 "--prompt-len", "300", "--output-len", "4", "--max-prompt-tokens", "200",
+                 "--set", "model.max_seq_len=256", "--in-process", "--no-plots", "--out", str(tmp_path / "clipped")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "clipped" / "summary.json").read_text())["failed"] == 0  # the flags named clip them
