@@ -160,8 +160,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
                          "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
-    snapshots = list((path / "snapshots").glob("*/config.json"))
-    if not cfg_file.is_file() and snapshots:  # the Hugging Face cache's folder of a repository
+    snapshots = [] if cfg_file.is_file() else list((path / "snapshots").glob("*/config.json"))
+    if snapshots:  # the Hugging Face cache's folder of a repository
         newest = max(snapshots, key=lambda f: f.stat().st_mtime).parent
         raise ValueError(f"model.checkpoint={str(path)!r} is a Hugging Face cache entry, not a checkpoint: give "
                          f"one of its snapshots, e.g. the newest, --model {newest}")
