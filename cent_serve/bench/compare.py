@@ -247,12 +247,21 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         else:  # no side completed a request: nothing to draw (a legend would warn that it is empty)
             ax.text(0.5, 0.5, "no completed requests", transform=ax.transAxes, ha="center", va="center",
                     color="gray")
-    fig.suptitle(fit_title(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}\n"
+    fig.suptitle(fit_title(f"{_sides_title(model, sides, fig)}\n"
                            f"CENT {sides['CENT']['completed']} completed, {sides['CENT']['failed']} failed; "
                            f"GPU {sides['GPU']['completed']} completed, {sides['GPU']['failed']} failed"
                            + (f"\ngiven: {given}" if given else ""), fig, 11), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
+
+
+def _sides_title(model: str, sides: dict, fig: Figure) -> str:
+    """`model: CENT's hardware vs the GPUs'` on one line where it fits, else with `vs` beginning a second
+    line: broken only where it reached the width, compare_sweep.png's title read 'pp 1 x' over a lone
+    'tp 4', the GPUs' mapping cut in two."""
+    cent, gpu = sides["CENT"]["hardware"], sides["GPU"]["hardware"]
+    one = f"{model}: {cent} vs {gpu}"
+    return one if "\n" not in fit_title(one, fig, 11) else f"{model}: {cent}\nvs {gpu}"
 
 
 def plot_sweep(path: Path, sweep: dict, sides: dict, model: str, given: str = "") -> None:
@@ -281,7 +290,7 @@ def plot_sweep(path: Path, sweep: dict, sides: dict, model: str, given: str = ""
         plain_axis(ax.yaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(fit_title(f"{model}: {sides['CENT']['hardware']} vs {sides['GPU']['hardware']}"
+    fig.suptitle(fit_title(_sides_title(model, sides, fig)
                            + (f"\ngiven: {given}" if given else ""), fig, 11), fontsize=11)
     fig.tight_layout()
     for ax, points in labels.items():  # once the layout is final: the overlap test is in display space

@@ -326,3 +326,27 @@ def test_compare_names_the_settings_that_changed_its_device(tmp_path, capsys, mo
     assert "given:" not in capsys.readouterr().out
     assert len(titles) == 2 and not any("given:" in t for t in titles), titles
     assert json.loads((tmp_path / "plain" / "compare.json").read_text())["given"] == ""
+
+
+def test_the_sweeps_title_keeps_each_sides_hardware_on_one_line(tmp_path, monkeypatch):
+    """README's `cent bench compare --model llama2-70b --devices 32 --pp 80 --gpu a100-80gb:4 ... --rates`
+    wrote compare_sweep.png titled '... vs 4 x a100-80gb: pp 1 x' over a lone 'tp 4': the 13-inch title
+    was broken where it reached the width, inside the GPUs' mapping. `vs` now begins the second line;
+    a title that fits (compare_cdfs.png's 15 inches) stays one line."""
+    from types import SimpleNamespace
+
+    from cent_serve.bench.compare import plot_cdfs, plot_sweep
+
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    cent = "32 CENT devices (pipeline: 80 stages of 1 block, 3 blocks/device on 10 channels each, 27 devices used)"
+    gpu = "4 x a100-80gb: pp 1 x tp 4"
+    sides = {"CENT": dict(hardware=cent, completed=1, failed=0), "GPU": dict(hardware=gpu, completed=1, failed=0)}
+    sweep = {k: [dict(rate=r, output_throughput=t * r, median_tpot_ms=20.0, p99_tpot_ms=30.0, median_e2el_ms=900.0,
+                      p99_e2el_ms=1500.0) for r in (0.5, 1.0)] for k, t in (("CENT", 10.0), ("GPU", 30.0))}
+    plot_sweep(tmp_path / "compare_sweep.png", sweep, sides, "llama2-70b")
+    lines = figs[0]._suptitle.get_text().split("\n")
+    assert lines == [f"llama2-70b: {cent}", f"vs {gpu}"], lines
+    result = SimpleNamespace(records=[SimpleNamespace(ok=True, ttft_s=0.2, tpot_s=0.05, e2e_s=5.0)])
+    plot_cdfs(tmp_path / "cdfs.png", {"CENT": result, "GPU": result}, sides, "llama2-70b", {})
+    assert figs[1]._suptitle.get_text().split("\n")[0] == f"llama2-70b: {cent} vs {gpu}"
