@@ -5,13 +5,27 @@ import argparse
 import os
 import select
 import sys
+import textwrap
 
 from cent_serve import __version__
 
 
+class _WholeFlags:
+    """Mixed into every parser's help formatter: a flag's help breaks at spaces only (textwrap's default
+    also breaks after a hyphen: `cent bench run --help` printed "before --max-" over "prompt-tokens)")."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser (every subcommand's too: subparsers take their parent's class) whose
-    errors are one line naming the (sub)command and where its help is, not the whole usage."""
+    errors are one line naming the (sub)command and where its help is, not the whole usage, and whose
+    help never splits a flag's name (`_WholeFlags`)."""
+
+    def __init__(self, *args, formatter_class=argparse.HelpFormatter, **kwargs):
+        formatter_class = type(f"_WholeFlags{formatter_class.__name__}", (_WholeFlags, formatter_class), {})
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

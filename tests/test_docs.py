@@ -335,3 +335,12 @@ def test_the_readme_says_gemma_2_s_window_as_its_presets_serve_it():
         assert m.max_seq_len > m.sliding_window and 0 < sum(map(bool, m.block_windows)) < m.num_layers, name
     assert "served within its window" not in readme
     assert "a sliding window on every block (Mistral, Phi-3) or on some (`model.layer_types`" in readme
+
+
+def test_no_help_line_splits_a_word_at_its_hyphen():
+    """argparse wraps a flag's help with textwrap, which also breaks after a hyphen: `cent bench run --help`
+    printed "(rounded; before --max-" over "prompt-tokens)" and `cent sweep --help` "(default: sweep-" over
+    "results)", the flag and the directory a user copies cut in two. Help lines now break at spaces."""
+    for p in _parsers(build_parser()):
+        split = [line for line in p.format_help().splitlines() if re.search(r"\w-$", line)]
+        assert not split, (p.prog, split)
