@@ -50,6 +50,11 @@ def run_serve(args: argparse.Namespace) -> int:
             setattr(s, field, value)
     s.__post_init__()
     cfg.executor = "local" if args.local or cfg.on_gpus else "ray"  # modelled GPUs run in this process
+    unread = [f"--{flag.replace('_', '-')} {value}" for flag in ("ray_address", "placement")
+              if args.local and not cfg.on_gpus and (value := getattr(args, flag)) is not None]
+    if unread:  # GPUs' runs are warned of with the config (warn_gpu_run)
+        logging.getLogger("cent").warning("%s: not read with --local (the devices run in this process, no Ray): "
+                                          "drop --local to run them on the cluster", " ".join(unread))
     sock = bind_listen_socket(s.host, s.port)  # refused before anything starts, then held while Ray and the devices do
     try:
         check_runnable(cfg)

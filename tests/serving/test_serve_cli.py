@@ -481,3 +481,32 @@ def test_a_second_ctrl_c_exits_at_once_in_one_line_leaving_no_process(first_afte
     assert [x for x in lines if "SIGINT again: exiting now" in x], out
     assert left == [], (left, out)
     assert waited_s < SECOND_SIGNAL_EXIT_S, out
+
+
+@pytest.mark.parametrize("extra, warned", [(["--ray-address", "10.0.0.1:6379", "--placement", "pack"], True),
+                                           ([], False)])
+def test_local_warns_of_the_ray_flags_it_does_not_read(monkeypatch, caplog, extra, warned):
+    """`cent serve --local --ray-address 10.0.0.1:6379` served from this process without a word: the
+    address (and --placement) silently dropped, read as if the devices ran on that cluster. One warning
+    names them and the fix; --local alone says nothing."""
+    import argparse
+
+    import api.server as srv
+    from cent_serve import serve_cli
+
+    monkeypatch.setattr(srv, "run_server", lambda cfg, sock=None: sock.close())
+    monkeypatch.setattr(serve_cli, "check_runnable", lambda cfg: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    parser = argparse.ArgumentParser()
+    serve_cli.register(parser.add_subparsers())
+    ns = parser.parse_args(["serve", "--local", "--numerics", "off", "--port", str(port), *extra])
+    with caplog.at_level("WARNING", logger="cent"):
+        assert serve_cli.run_serve(ns) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "cent"]
+    if warned:
+        assert lines == ["--ray-address 10.0.0.1:6379 --placement pack: not read with --local (the devices run in "
+                         "this process, no Ray): drop --local to run them on the cluster"], lines
+    else:
+        assert lines == [], lines
