@@ -255,9 +255,23 @@ class Engine:
 
     def step(self) -> list[Request]:
         """One round: schedule, run, update. Returns the requests that advanced (or failed)."""
+        self._check_links()
         scheduled = self.scheduler.schedule(self.now_s)
         outputs = self._run(scheduled)
         return self._update(scheduled, outputs)
+
+    def _check_links(self) -> None:
+        """Take out, before scheduling, a replica whose links show a device died since its last round
+        (executors that can tell without waiting): the requests that would go to it wait for its
+        re-creation instead of failing with it."""
+        for r, ex in enumerate(self.executors):
+            check = getattr(ex, "check_links", None)
+            if check is None:
+                continue
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001
+                self._recover(r, exc)
 
     def _run(self, scheduled: SchedulerOutput) -> dict[int, RoundOutput]:
         """Every replica's plan to its executor (all sent before any is awaited); a replica whose

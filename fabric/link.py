@@ -401,6 +401,10 @@ class Link:
         assert not self.buffered(), "unread with bytes already buffered"
         self._buf += data
 
+    def readable(self) -> bool:
+        """Whether a receive would not wait: bytes buffered or arriving, or the link closed."""
+        return self._closed or bool(self.buffered()) or bool(self._poll.poll(0))
+
     def peer_closed(self) -> bool:
         """Whether the other end has closed the link (or this end did), without waiting or
         reading a message: for a link that carries nothing and is kept open to watch its peer."""

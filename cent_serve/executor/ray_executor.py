@@ -33,6 +33,7 @@ from device_worker.steady import warm as warm_steady
 from fabric.link import HEADER, Link
 from fabric.rounds import HostEnd, chain_places, execution_units
 from fabric.switch import merge_stats
+from fabric.wire import remote_error
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ STARTUP_TIMEOUT_S = 300.0
 """Longest wait for every actor to come up (weights loaded)."""
 CHECK_TIMEOUT_S = 10.0
 """Longest wait for the actors to answer a health check."""
+STRAY_REPLY_S = 1.0
+"""Longest wait for the rest of a message the last device sent with no round asked (a device's error,
+one small frame, is whole at once)."""
 JOIN_PROBE_TIMEOUT_S = 5.0
 """Longest wait for a TCP answer from a cluster's address before `ray.init` (which would retry a
 dead address for minutes)."""
@@ -568,6 +572,28 @@ class RayExecutor(Executor):
     def _check_open(self) -> None:
         if self.output is None or self.fabric is None:
             raise DevicesGone("this replica's device actors were shut down")
+
+    def check_links(self) -> None:
+        """Between rounds, without waiting on Ray: raise if this replica's links say a device or the
+        switch is gone (a link its peer closed, or a reply with no round asked: the error a device
+        sends down the chain when its input link closes). An idle replica's dead device was found only
+        by the idle check (`check`, every few seconds) or by the next round, whose requests, sent after
+        the device died, then failed with it."""
+        with self._lock:
+            self._check_open()
+            if self.switch_link.peer_closed():
+                raise SwitchGone("the switch (fabric actor) of this replica is gone")
+            if any(link.peer_closed() for link in self.inputs):
+                raise DevicesGone("a first device's input link from the host closed (the device is gone)")
+            if self._received == self._sent and self.output.readable():
+                try:  # the device's own words (which input link closed), or the link's LinkClosed
+                    msg = self.output.recv(STRAY_REPLY_S)
+                except TimeoutError:
+                    msg = None
+                if isinstance(msg, dict) and msg.get("kind") == "error":
+                    raise remote_error(msg.get("error"))
+                raise DevicesGone("the last device sent the host a reply with no round asked (a device or a "
+                                  "link is gone)")
 
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""

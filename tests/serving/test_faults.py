@@ -68,6 +68,35 @@ def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cl
     assert r["choices"][0]["token_ids"] == ref.token_ids  # the re-created devices compute correctly
 
 
+def test_a_request_after_an_idle_device_died_waits_for_the_re_created_devices(ray_cluster, monkeypatch):
+    """A device dies while nothing runs, before the idle check looks (kill -9 of its actor, then a
+    request within seconds): the request is not sent to the broken chain to fail with 500
+    `device_fault`; the host's links show the death, so it waits for the re-created devices."""
+    import select
+
+    from cent_serve import serving
+
+    monkeypatch.setattr(serving, "HEALTH_CHECK_S", 1e9)  # the idle check never comes: the links must tell
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="full")
+    cfg.server.port = 0
+    body = {"model": "tiny", "prompt": [1, 5, 6], "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+    with Server(cfg, "ray") as s:
+        assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
+        ex = s.loop.engine.executors[0]
+        ray.kill(ex.actors[2])
+        # the next device's error for its closed input link reaches the host with no round asked
+        wait_for(lambda: select.select([ex.output.fileno()], [], [], 0)[0], "the error at the host's link")
+        r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        st = httpx.get(s.url + "/v1/cent/status").json()
+        assert st["num_recoveries"] == 1 and st["num_failed"] == 0
+        assert "device 3's input link from device 2 closed" in st["last_fault"], st["last_fault"]  # the device's words
+        assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]
+    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
+    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
+
+
 def test_status_and_metrics_answer_while_a_replica_is_re_created(ray_cluster):
     """An actor dies between rounds (as when Ray's memory monitor takes it): the next /metrics
     notices, the replica is re-created in the background, and /metrics and /v1/cent/status keep
