@@ -264,8 +264,13 @@ class Engine:
         """Take out, before scheduling, a replica whose links show a device died since its last round
         (executors that can tell without waiting): the requests that would go to it wait for its
         re-creation instead of failing with it."""
+        self._check_each("check_links")
+
+    def _check_each(self, method: str) -> None:
+        """Call `method` of each replica's executor that has one (a replica being re-created has none);
+        recover a replica it raises for."""
         for r, ex in enumerate(self.executors):
-            check = getattr(ex, "check_links", None)
+            check = getattr(ex, method, None)
             if check is None:
                 continue
             try:
@@ -329,14 +334,7 @@ class Engine:
         """Look for dead devices between rounds (executors that can tell) and recover them;
         returns the requests that failed with them."""
         self._poll_replicas()
-        for r, ex in enumerate(self.executors):
-            check = getattr(ex, "check", None)
-            if check is None:
-                continue
-            try:
-                check()
-            except Exception as exc:  # noqa: BLE001
-                self._recover(r, exc)
+        self._check_each("check")
         failed, self._failed = self._failed, []
         return failed
 
