@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
-                                    place_rate_labels, plain_axis)
+                                    place_rate_labels, plain_axis, share_axis)
 from cent_serve.bench.report import (compare_table, reasons_text, replay_fixes, short_example, side_figures,
                                      source_text, write_requests_csv)
 from cent_serve.bench.runner import BenchResult, run_in_process
@@ -233,10 +232,8 @@ def plot_cdfs(path: Path, results: dict[str, BenchResult], sides: dict, model: s
         else:
             ax.set_xlim(0, 1.05 * top / div)
             ax.set_xlabel(f"{metric.upper()} ({unit}, simulated)")
-        ax.set_ylim(0, 1.02)
         ax.set_title(name)
-        ax.set_ylabel("share of completed requests")
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))  # as bench run's CDFs
+        share_axis(ax)
         if ax.get_xscale() == "linear":
             plain_axis(ax.xaxis)
         ax.grid(alpha=0.3)

@@ -130,12 +130,18 @@ def _clock(result: BenchResult) -> str:
 
 # ------------------------------------------------------------------ latency CDFs
 
-def _cdf(ax, name: str, short: str, values_ms: list[float], slo_ms: float | None, clock: str) -> None:
-    """One CDF panel: the curve, p50 and p99 lines, the SLO line and the share within it."""
-    ax.set_title(name)
+def share_axis(ax) -> None:
+    """A latency CDF's y axis, bench run's and bench compare's alike: the share of completed
+    requests, 0% to 100%."""
     ax.set_ylabel("share of completed requests")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylim(0, 1.02)
+
+
+def _cdf(ax, name: str, short: str, values_ms: list[float], slo_ms: float | None, clock: str) -> None:
+    """One CDF panel: the curve, p50 and p99 lines, the SLO line and the share within it."""
+    ax.set_title(name)
+    share_axis(ax)
     ax.grid(alpha=0.3)
     if not values_ms:
         ax.text(0.5, 0.5, "no completed requests", ha="center", va="center", transform=ax.transAxes)

@@ -541,9 +541,7 @@ class RayExecutor(Executor):
         """Send a whole round to the first unit's devices without waiting; rounds run in the order
         they are sent."""
         with self._lock:
-            self._check_open()
-            if self.switch_link.peer_closed():
-                raise SwitchGone("the switch (fabric actor) of this replica is gone")
+            self._check_sendable()
             blob = self.host.message(plan)
             self.sent += (len(self.inputs), len(self.inputs) * (HEADER.size + len(blob)))
             for link in self.inputs:
@@ -573,6 +571,12 @@ class RayExecutor(Executor):
         if self.output is None or self.fabric is None:
             raise DevicesGone("this replica's device actors were shut down")
 
+    def _check_sendable(self) -> None:
+        """Raise unless a round can go out: the actors are up and the switch's link is open."""
+        self._check_open()
+        if self.switch_link.peer_closed():
+            raise SwitchGone("the switch (fabric actor) of this replica is gone")
+
     def check_links(self) -> None:
         """Between rounds, without waiting on Ray: raise if this replica's links say a device or the
         switch is gone (a link its peer closed, or a reply with no round asked: the error a device
@@ -580,9 +584,7 @@ class RayExecutor(Executor):
         by the idle check (`check`, every few seconds) or by the next round, whose requests, sent after
         the device died, then failed with it."""
         with self._lock:
-            self._check_open()
-            if self.switch_link.peer_closed():
-                raise SwitchGone("the switch (fabric actor) of this replica is gone")
+            self._check_sendable()
             if any(link.peer_closed() for link in self.inputs):
                 raise DevicesGone("a first device's input link from the host closed (the device is gone)")
             if self._received == self._sent and self.output.readable():
