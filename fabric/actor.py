@@ -3,7 +3,8 @@
 It listens (`fabric.listener`: TCP on 127.0.0.1 on a single node or on the node's address on a
 cluster, and a Unix socket for peers on its node); each device actor opens a link to it for its
 unit's exchanges, and the host one that it keeps open
-while the switch lives (a round submitted after the switch is gone fails at once). Every link
+while the switch lives (a round submitted after the switch is gone fails at once) and on which
+the switch says when a device's link closes (`Relay.attach_host`). Every link
 proves the run's secret first (`fabric.listener`): a connection that fails is closed, logged and
 counted; nothing it sent is interpreted. The rounds' hops do not pass through this process: each
 unit's leader clocks its own switch port and sends to the next unit directly (`device_worker.port`).
@@ -28,7 +29,6 @@ log = logging.getLogger("cent.switch")
 class FabricActor:
     def __init__(self, cfg: CentConfig, units: list[tuple[int, ...]], secret: bytes, host: str | None = None) -> None:
         self.relay = Relay(Fabric(cfg), units)
-        self._hosts: list[Link] = []  # kept open: the host watches them close when this process ends
         self.listener = Listener(host or ray.util.get_node_ip_address(), secret, self._admit, "switch",
                                  ray.get_runtime_context().get_node_id())
 
@@ -37,7 +37,7 @@ class FabricActor:
         if role == "device" and isinstance(hello.get("device_id"), int):
             self.relay.attach(hello["device_id"], link)
         elif role == "host":
-            self._hosts.append(link)
+            self.relay.attach_host(link)
         else:
             log.warning("a link introduced itself as %r: closed", hello)
             link.close()

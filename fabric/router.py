@@ -7,6 +7,12 @@ concatenation to every rank once all have offered, or an abort when a rank faile
 lockstep, or its device is gone. The exchanges' data crosses the switch here
 (`Fabric.all_gather_data`); their simulated time is charged by the devices as part of a block's
 step (`TP_BLOCK_EXCHANGES`, the switch's primitives evaluated without data).
+
+The host's links to the switch (`attach_host`) carry one kind of message, switch -> host, never an
+exchange: {"kind": "gone", "device_id": d} when device d's link to the switch closes (the device
+died). Every device has such a link, so the host learns of a death between rounds that no link of
+its own shows (a tensor-parallel rank other than a unit's leader, outside the first unit), and
+re-creates the replica before sending it a round (`RayExecutor.check_links`).
 """
 from __future__ import annotations
 
@@ -33,6 +39,10 @@ class Relay:
         """Serializes the rendezvous; readers of the fabric's counters take it too."""
         self._links: dict[int, Link] = {}
         self._send_locks: dict[int, threading.Lock] = {}
+        self._hosts: list[Link] = []
+        self.gone_ids: list[int] = []
+        """Devices whose link to the switch closed, in the order seen (a host attached later is told too)."""
+        self._hosts_lock = threading.Lock()  # one sender at a time on a host link; a death told once to each
 
     def attach(self, device_id: int, link: Link) -> None:
         """A device's link to the switch: its exchanges are read on a thread of their own."""
@@ -45,6 +55,28 @@ class Relay:
         threading.Thread(target=self._serve, args=(device_id, link), daemon=True,
                          name=f"switch-device{device_id}").start()
 
+    def attach_host(self, link: Link) -> None:
+        """A host's link to the switch: kept open (the host sees it close when the switch ends) and
+        told of every device gone, those gone before it came included."""
+        with self._hosts_lock:
+            self._hosts.append(link)
+            for d in self.gone_ids:
+                self._tell(link, d)
+
+    def _gone(self, device_id: int) -> None:
+        """Device `device_id`'s link closed: say so on every host link."""
+        with self._hosts_lock:
+            self.gone_ids.append(device_id)
+            for link in self._hosts:
+                self._tell(link, device_id)
+
+    @staticmethod
+    def _tell(link: Link, device_id: int) -> None:
+        try:
+            link.send({"kind": "gone", "device_id": device_id})
+        except LinkClosed:
+            pass  # that host is gone (its replica shut down): nobody to tell
+
     def _serve(self, device_id: int, link: Link) -> None:
         unit, rank = self.place[device_id]
         rv = self.rendezvous[unit]
@@ -55,6 +87,7 @@ class Relay:
                 with self.lock:
                     replies = rv.close(f"device {device_id} is gone")
                 self._deliver(unit, replies)
+                self._gone(device_id)
                 return
             except WireError as exc:
                 log.warning("device %d sent an unreadable message: %s", device_id, exc)

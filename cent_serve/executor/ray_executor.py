@@ -30,10 +30,10 @@ from cent_serve.timing import SystemTimer
 from cent_serve.timing.token import PRELOAD_CONTEXTS
 from cent_serve.timing.clock import warm
 from device_worker.steady import warm as warm_steady
-from fabric.link import HEADER, Link
+from fabric.link import HEADER, Link, LinkClosed
 from fabric.rounds import HostEnd, chain_places, execution_units
 from fabric.switch import merge_stats
-from fabric.wire import remote_error
+from fabric.wire import WireError, remote_error
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ CHECK_TIMEOUT_S = 10.0
 """Longest wait for the actors to answer a health check."""
 STRAY_REPLY_S = 1.0
 """Longest wait for the rest of a message the last device sent with no round asked (a device's error,
-one small frame, is whole at once)."""
+one small frame, is whole at once), or of the switch's word of a device gone (as small)."""
 JOIN_PROBE_TIMEOUT_S = 5.0
 """Longest wait for a TCP answer from a cluster's address before `ray.init` (which would retry a
 dead address for minutes)."""
@@ -578,11 +578,13 @@ class RayExecutor(Executor):
             raise SwitchGone("the switch (fabric actor) of this replica is gone")
 
     def check_links(self) -> None:
-        """Between rounds, without waiting on Ray: raise if this replica's links say a device or the
-        switch is gone (a link its peer closed, or a reply with no round asked: the error a device
-        sends down the chain when its input link closes). An idle replica's dead device was found only
-        by the idle check (`check`, every few seconds) or by the next round, whose requests, sent after
-        the device died, then failed with it."""
+        """Between rounds, without waiting on Ray (polls of the host's links, nothing read unless one
+        has bytes): raise if this replica's links say a device or the switch is gone (a link its peer
+        closed; a reply with no round asked: the error a device sends down the chain when its input
+        link closes; the switch's word that a device's link to it closed, for any device, the ranks no
+        host link reaches included). An idle replica's dead device was found only by the idle check
+        (`check`, every few seconds) or by the next round, whose requests, sent after the device died,
+        then failed with it."""
         with self._lock:
             self._check_sendable()
             if any(link.peer_closed() for link in self.inputs):
@@ -596,6 +598,22 @@ class RayExecutor(Executor):
                     raise remote_error(msg.get("error"))
                 raise DevicesGone("the last device sent the host a reply with no round asked (a device or a "
                                   "link is gone)")
+            if self.switch_link.readable():
+                self._read_switch()
+
+    def _read_switch(self) -> None:
+        """The switch's message to the host (`fabric.router.Relay.attach_host`: only ever a device's
+        death; the exchanges travel on the devices' own switch links), raised as DevicesGone naming
+        the device; SwitchGone if the link closed instead."""
+        try:
+            msg = self.switch_link.recv(STRAY_REPLY_S)
+        except LinkClosed:
+            raise SwitchGone("the switch (fabric actor) of this replica is gone") from None
+        except (TimeoutError, WireError) as exc:
+            raise DevicesGone(f"the switch's message to the host could not be read ({exc})") from None
+        if isinstance(msg, dict) and msg.get("kind") == "gone":
+            raise DevicesGone(f"device {msg.get('device_id')} is gone: its link to the switch closed")
+        raise DevicesGone(f"the switch sent the host an unexpected message ({msg!r:.120})")
 
     def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""
