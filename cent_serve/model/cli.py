@@ -64,7 +64,8 @@ def run_info(args: argparse.Namespace) -> int:
               "pipeline (a stage per block) holding the weights and the paper's batch, a 4,096-token query per "
               "stage (80 queries for llama2-70b); devices, 1 query @context: the weights and a single query of the "
               "whole context. Timing-only (numerics off) above 1 GiB of float32 weights (about 268M parameters) by "
-              "default.")
+              "default." + (f" weights, KV/token: as the devices store them, {dev.bytes_per_element} B an element "
+                            "(device.bytes_per_element)." if dev.bytes_per_element != 2 else ""))
         return 0
     from cent_serve.preflight import check_runnable
 

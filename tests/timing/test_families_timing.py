@@ -163,6 +163,28 @@ def test_cli_presets_count_devices_of_the_device_set(capsys):
     assert "(64 GiB)" in capsys.readouterr().out
 
 
+def test_cli_presets_sizes_follow_the_device_element_width(capsys):
+    """"What if the weights were 8-bit?": with --set device.bytes_per_element=1 (and row_elements=2048,
+    burst_elements=32: the same DRAM) the table counted the devices at 1 byte an element (llama2-70b: 8
+    instead of 16) but still printed the bf16 weights (128.5 GiB) and KV cache (320 KiB a token) beside
+    them: every size of a row is what the devices store."""
+    from cent_serve.cli import main
+    import json
+
+    assert main(["info", "--presets", "--json"]) == 0
+    base = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["info", "--presets", "--json", "--set", "device.bytes_per_element=1"]) == 0
+    narrow = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
+    m = model_preset("llama2-70b")
+    assert narrow["llama2-70b"]["weights_gib"] == pytest.approx(m.param_count() / 2**30)
+    assert narrow["llama2-70b"]["kv_kib_per_token"] == 2 * m.num_layers * m.num_kv_heads * m.head_dim / 1024  # 160
+    assert base["llama2-70b"]["weights_gib"] == pytest.approx(2 * m.param_count() / 2**30)
+    assert base["llama2-70b"]["kv_kib_per_token"] == 320
+    assert main(["info", "--presets", "--set", "device.bytes_per_element=1"]) == 0
+    seventy = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("llama2-70b ")).split()
+    assert seventy[4:8] == ["64.2", "GiB", "160", "KiB"], seventy
+
+
 def test_cent_info_says_a_tied_table_is_what_its_copies_store(capsys):
     """Llama 3.2 1B ties its LM head to its embedding; in a pipeline of 16 stages the first holds the
     table for the lookup and the last again as the LM head (`device_weight_bytes`): one more
