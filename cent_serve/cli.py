@@ -80,6 +80,13 @@ def _stdout_gone() -> bool:
 UNKNOWN_FLAG_HINTS = {
     ("simulate", "--trace"): "cent simulate is the closed form of one workload; to replay a trace use cent bench run "
                              "--trace FILE (or cent bench compare for CENT vs GPUs)",
+    # "what if the device had X?" over several values is cent sweep's (docs: README, "What if the device had X?")
+    ("simulate", "--vary"): "cent simulate evaluates one config (--sweep: its mappings); cent sweep --vary "
+                            "FIELD=V1,V2,... evaluates every value (the paper's workload, or a trace with --trace)",
+    ("bench compare", "--vary"): "cent bench compare replays one CENT config: run it once a value with --set "
+                                 "FIELD=VALUE, or cent sweep --vary FIELD=V1,V2,... --trace FILE for CENT alone",
+    ("bench run", "--vary"): "cent bench run replays one config: cent sweep --vary FIELD=V1,V2,... --trace FILE "
+                             "replays it at every value",
     # set by a --config file or --set, numerics off and GPUs are refused by run_generate
     ("generate", "--numerics"): "cent generate always runs the reference model's real math; cent simulate or "
                                 "cent serve --numerics off time a model without it",

@@ -282,6 +282,14 @@ def test_the_papers_workloads_keep_the_artifacts_plain_mean_float_for_float(mode
      "simulate --help); cent simulate is the closed form of one workload; to replay a trace use cent bench run "
      "--trace FILE (or cent bench compare for CENT vs GPUs)"),
     (["simulate", "--trace=my.csv"], "to replay a trace use cent bench run --trace FILE"),
+    # "what if the clock were 1, 2, 4 GHz?" asked of simulate or compare: the line names the command that varies
+    (["simulate", "--sweep", "--vary", "device.clock_hz=1e9,2e9"], "cent simulate: error: unrecognized arguments: "
+     "--vary device.clock_hz=1e9,2e9 (see cent simulate --help); cent simulate evaluates one config (--sweep: "
+     "its mappings); cent sweep --vary FIELD=V1,V2,... evaluates every value"),
+    (["bench", "compare", "--vary=device.clock_hz=1e9,2e9"], "cent bench compare replays one CENT config: run it "
+     "once a value with --set FIELD=VALUE, or cent sweep --vary FIELD=V1,V2,... --trace FILE"),
+    (["bench", "run", "--vary", "devices=8,16"], "cent bench run replays one config: cent sweep --vary "
+     "FIELD=V1,V2,... --trace FILE replays it at every value"),
 ])
 def test_argument_errors_are_one_line_naming_the_subcommand(args, says, capsys):
     from cent_serve.cli import main
