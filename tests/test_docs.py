@@ -316,11 +316,11 @@ def test_the_readmes_closed_form_figures_are_what_cent_simulate_prints(capsys):
 def test_cent_help_says_what_cent_info_prints():
     """`cent --help` said info prints "the resolved config, parameter count and weight bytes", leaving out
     the KV room and whether the mapping fits (its `runs` line), which README's tour names it for, and its
-    --presets and --describe."""
+    --presets and --describe; and the device line (capacity, PIM peak) once it printed one."""
     listing = " ".join(build_parser().format_help().split())
-    assert "info the resolved config, parameters, KV room and whether it fits; --presets, --describe" in listing
+    assert "info the resolved config, parameters, the device, KV room and whether it fits; --presets, --describe" in listing
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "# resolved config, parameters, KV room, whether it fits" in readme
+    assert "# resolved config, parameters, the device, KV room, whether it fits" in readme
 
 
 def test_the_readme_says_gemma_2_s_window_as_its_presets_serve_it():

@@ -228,6 +228,12 @@ class DeviceConfig:
                 * self.clock_hz / self.column_cycles)
 
     @property
+    def peak_macs_per_s(self) -> float:
+        """MACs a second of all banks' units: burst_elements each per all-bank MAC, one every
+        column_cycles (16 a bank every 1 ns: 8.2 TMAC/s a device, docs/hardware_model.md section 1)."""
+        return self.num_channels * self.banks_per_channel * self.burst_elements * self.clock_hz / self.column_cycles
+
+    @property
     def dma_line_cycles(self) -> float:
         """Cycles the DMA engine takes per 32 B line (a burst): burst bytes / its width."""
         return self.burst_elements * self.bytes_per_element / self.dma_bytes_per_cycle

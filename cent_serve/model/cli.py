@@ -10,7 +10,7 @@ from cent_serve.config import config_to_dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="the resolved config, parameters, KV room and whether it fits; --presets, "
+    p = sub.add_parser("info", help="the resolved config, parameters, the device, KV room and whether it fits; --presets, "
                                     "--describe: every preset, every field")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -120,8 +120,13 @@ def run_info(args: argparse.Namespace) -> int:
         # first and the last stage: copies_reason)
         weights_stored = sum(device_weight_bytes(m, mp, d, cfg.device.bytes_per_element)
                              for d in {d for s in mp.stages for d in s.device_ids})
+    dev = cfg.device  # the device the config makes (CENT only): what a --set device.* changed
+    device = None if cfg.on_gpus else dict(capacity_bytes=dev.capacity_bytes,
+                                           peak_pim_bytes_per_s=dev.peak_pim_bytes_per_s,
+                                           peak_macs_per_s=dev.peak_macs_per_s)
     out = {
         "config": config_to_dict(cfg),
+        "device": device,
         "experts": experts,
         "kv_room": kv_room,
         "paper_batch": paper_batch,
@@ -199,6 +204,11 @@ def _print_info(cfg, out: dict) -> None:
         except ValueError:  # the layout itself cannot be made: the refusal says why
             print(f"hardware     {cfg.gpu.count} x {cfg.gpu.kind}; numerics={cfg.resolved_numerics}")
     else:
+        d = cfg.device
+        print(f"device       {d.capacity_bytes / 2**30:g} GiB: {d.num_channels} channels x {d.banks_per_channel} banks "
+              f"x {d.rows_per_bank:,} rows x {d.row_elements:,} elements of {d.bytes_per_element} B; PIM peak "
+              f"{d.peak_pim_bytes_per_s / 1e12:.3g} TB/s of weights, {d.peak_macs_per_s / 1e12:.3g} TMAC/s (a column "
+              f"command every {d.column_cycles:g} cycles at {d.clock_hz / 1e9:g} GHz)")
         room = out.get("kv_room")
         hybrid = bool(room and room.get("window_tokens"))  # the tokens count each in every block: say so
         window = (f"; a windowed block keeps {room['window_tokens']:,} tokens of a sequence: "

@@ -261,3 +261,27 @@ def test_the_data_type_width_counts_the_weights_and_kv_cache_too():
     assert half_blocks == bf16_blocks  # capacity, weights and KV all halve
     assert int8_blocks >= 2 * bf16_blocks
     assert int8_s < 0.6 * bf16_s  # half the rows stream
+
+
+def test_cent_info_says_what_the_device_set_is(capsys):
+    """"What if the DRAM were HBM-like?": after --set device.num_channels=64 cent info printed the model,
+    the mapping and the config but nothing of the device it made: its capacity and PIM peak (section 1:
+    16 GiB, 16.4 TB/s of weights, 8.2 TMAC/s) were left for the reader to derive. A line says them."""
+    import json
+    from cent_serve.cli import main
+
+    assert main(["info", "--model", "llama2-7b", "--devices", "8", "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)["device"]
+    assert base == dict(capacity_bytes=16 * 2**30, peak_pim_bytes_per_s=32 * 16 * 32 * 2e9 / 2,
+                        peak_macs_per_s=32 * 16 * 16 * 2e9 / 2)
+    assert main(["info", "--model", "llama2-7b", "--devices", "8", "--json", "--set", "device.num_channels=64",
+                 "--set", "device.column_cycles=1"]) == 0
+    hbm = json.loads(capsys.readouterr().out)["device"]
+    assert hbm == dict(capacity_bytes=32 * 2**30, peak_pim_bytes_per_s=4 * base["peak_pim_bytes_per_s"],
+                       peak_macs_per_s=4 * base["peak_macs_per_s"])
+    assert main(["info", "--model", "llama2-7b", "--devices", "8"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("device "))
+    assert line == ("device       16 GiB: 32 channels x 16 banks x 16,384 rows x 1,024 elements of 2 B; PIM peak "
+                    "16.4 TB/s of weights, 8.19 TMAC/s (a column command every 2 cycles at 2 GHz)"), line
+    assert main(["info", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] is None  # no CENT device on GPUs
