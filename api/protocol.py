@@ -45,12 +45,13 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
-               "logprob_token_ids": ([],), "repetition_detection": ()}
+               "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
-mean "off" (null is off too; `()`: only null): `vllm bench serve` sends repetition_penalty 1.0, which
-passes. vLLM's structured outputs (`guided_*`, `structured_outputs`) are refused as `response_format`'s
-JSON is; vLLM 0.33's `logprob_token_ids` (those ids' logprobs instead of the top ones) and
-`repetition_detection` (an early stop) too."""
+mean "off" (null is off too; `()`: only null; `OFF_TESTS` holds the rule where "off" is more than one
+value): `vllm bench serve` sends repetition_penalty 1.0, which passes. vLLM's structured outputs
+(`guided_*`, `structured_outputs`) are refused as `response_format`'s JSON is; vLLM 0.33's
+`logprob_token_ids` (those ids' logprobs instead of the top ones) and `repetition_detection` (an early
+stop) too, unless its `max_pattern_size` is 0 (or left out)."""
 
 
 class ApiError(Exception):
@@ -71,6 +72,34 @@ def short(value, limit: int = 80) -> str:
     """`repr(value)` cut to `limit` characters, for error messages that quote client input."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _repetition_detection_is_off(value) -> bool:
+    """Whether vLLM 0.33's `repetition_detection` object asks for nothing. The facts are vLLM's
+    (vllm/sampling_params.py `RepetitionDetectionParams`, vllm/v1/core/sched/utils.py
+    `check_sequence_repetition`): a field left out is 0, `max_pattern_size` 0 detects nothing, negative
+    sizes and a `min_pattern_size` over `max_pattern_size` are refused. A null field is taken as left
+    out. Raise ApiError (400, the field's path) for a value vLLM would refuse as malformed."""
+    if not isinstance(value, dict):
+        raise ApiError(f"repetition_detection={short(value)} is invalid: send an object (or null)",
+                       "repetition_detection")
+    got = {}
+    for name in ("max_pattern_size", "min_pattern_size", "min_count"):
+        number = 0 if value.get(name) is None else value[name]
+        is_size = name != "min_count"  # vLLM checks min_count (>= 2) only when detection is on
+        if not isinstance(number, int) or isinstance(number, bool) or (is_size and number < 0):
+            raise ApiError(f"repetition_detection.{name}={short(number)} is invalid: use an integer"
+                           + (" >= 0" if is_size else ""), f"repetition_detection.{name}")
+        got[name] = number
+    if got["min_pattern_size"] > got["max_pattern_size"]:
+        raise ApiError(f"repetition_detection.min_pattern_size={got['min_pattern_size']} is invalid: it cannot "
+                       f"exceed max_pattern_size ({got['max_pattern_size']})", "repetition_detection.min_pattern_size")
+    return got["max_pattern_size"] == 0
+
+
+OFF_TESTS = {"repetition_detection": _repetition_detection_is_off}
+"""`UNSUPPORTED` parameters whose "off" is a rule rather than a value: name -> a test of the value
+(True: off, passes; False: it would act, refused; ApiError: malformed)."""
 
 
 def _check_unicode(value, path: str) -> None:
@@ -151,8 +180,10 @@ class _Common(BaseModel):
         """Per-field checks that need no prompt (raise ApiError 400 naming the field)."""
         for name, neutral in UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
-            if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool)
-                                             for v in neutral):  # true is not the 1 that means off
+            if value is None or (name in OFF_TESTS and OFF_TESTS[name](value)):
+                continue
+            if not any(value == v and isinstance(value, bool) == isinstance(v, bool)
+                       for v in neutral):  # true is not the 1 that means off
                 raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset"
                                + (f" (or {json.dumps(neutral[0])})" if neutral else ""), name)
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:

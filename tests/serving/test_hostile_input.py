@@ -291,6 +291,30 @@ def test_vllm_extensions_that_would_change_the_answer_are_refused(server, http, 
         assert got == 200, err  # the value that means "off" (or null) passes
 
 
+# vLLM 0.33's repetition_detection (vllm/sampling_params.py, RepetitionDetectionParams): a missing or null
+# field is 0, max_pattern_size 0 detects nothing; negative sizes and min_pattern_size > max_pattern_size are
+# refused there too
+REPETITION_OFF = [{}, {"max_pattern_size": 0}, {"max_pattern_size": None, "min_count": 3},
+                  {"max_pattern_size": 0, "min_pattern_size": 0, "min_count": 0}, {"min_count": 2, "other": 1}]
+REPETITION_REFUSED = [({"max_pattern_size": 2, "min_count": 2}, "repetition_detection", "not supported"),
+                      ({"max_pattern_size": 1}, "repetition_detection", "not supported"),
+                      ({"max_pattern_size": -1}, "repetition_detection.max_pattern_size", "integer >= 0"),
+                      ({"max_pattern_size": "2"}, "repetition_detection.max_pattern_size", "integer >= 0"),
+                      ({"max_pattern_size": True}, "repetition_detection.max_pattern_size", "integer >= 0"),
+                      ({"min_pattern_size": 1}, "repetition_detection.min_pattern_size", "max_pattern_size"),
+                      ({"min_count": 1.5}, "repetition_detection.min_count", "integer"),
+                      ([1], "repetition_detection", "an object")]
+
+
+def test_repetition_detection_that_asks_for_nothing_passes(server, http):
+    for value in REPETITION_OFF:
+        got, err, _ = _post(http, "/v1/completions", json.dumps(body(repetition_detection=value)).encode())
+        assert got == 200, (value, err)
+    for value, param, says in REPETITION_REFUSED:
+        got, err, _ = _post(http, "/v1/completions", json.dumps(body(repetition_detection=value)).encode())
+        assert (got, err["param"]) == (400, param) and says in err["message"], (value, err)
+
+
 NULLABLE = {"/v1/completions": ("n", "stream", "echo", "presence_penalty", "frequency_penalty"),
             "/v1/chat/completions": ("n", "stream", "presence_penalty", "frequency_penalty")}
 """Fields OpenAI's API declares nullable (and vLLM's `Optional`), which clients send as an explicit null."""
