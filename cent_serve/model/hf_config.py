@@ -140,6 +140,20 @@ def checkpoint_name(directory: str | Path) -> str:
     return repo.split("/")[-1] if repo else Path(os.path.abspath(directory)).name
 
 
+def _suggested_snapshot(repo: Path, snapshots: list[Path]) -> tuple[str, Path]:
+    """(how it was chosen, directory) of the snapshot to offer for the cache folder `repo`, given its
+    snapshots' config.json files: the one refs/main names (a file holding the commit that the branch main
+    last downloaded was at: huggingface.co/docs/hub/local-cache), else the one modified last."""
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        commit = ""
+    by_main = [f.parent for f in snapshots if commit and f.parent.name == commit]
+    if by_main:
+        return "the one refs/main names", by_main[0]
+    return "the newest", max(snapshots, key=lambda f: f.stat().st_mtime).parent
+
+
 def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (file or its directory) of a supported family:
     Llama (2, 3.x, with rope scaling), Mistral (sliding window), Qwen 2.5 (q/k/v biases), Qwen 3
@@ -162,9 +176,9 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                          "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
     snapshots = [] if cfg_file.is_file() else list((path / "snapshots").glob("*/config.json"))
     if snapshots:  # the Hugging Face cache's folder of a repository
-        newest = max(snapshots, key=lambda f: f.stat().st_mtime).parent
+        which, snapshot = _suggested_snapshot(path, snapshots)
         raise ValueError(f"model.checkpoint={str(path)!r} is a Hugging Face cache entry, not a checkpoint: give "
-                         f"one of its snapshots, e.g. the newest, --model {newest}")
+                         f"one of its snapshots, e.g. {which}, --model {snapshot}")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
                          "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -294,6 +295,32 @@ def test_a_hugging_face_cache_entry_is_refused_naming_its_snapshot(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--model {repo / 'snapshots' / 'abc123'}" in err
+
+
+def test_a_cache_entry_hint_names_the_snapshot_refs_main_points_at(tmp_path, capsys):
+    """The hint named the snapshot whose config.json was modified last, whatever the cache's refs/main (the
+    commit of the branch main last downloaded: huggingface.co/docs/hub/local-cache) says: a snapshot touched
+    later (an older revision fetched or edited after) was offered in place of main's. refs/main names the
+    snapshot when it holds one; the newest by mtime is the fall-back."""
+    repo = tmp_path / "models--meta-llama--Llama-3.1-8B-Instruct"
+    main_commit, old_commit = "a" * 40, "b" * 40
+    for commit, mtime in ((main_commit, 1_000_000), (old_commit, 2_000_000)):
+        shutil.copytree(FIXTURE, repo / "snapshots" / commit)
+        os.utime(repo / "snapshots" / commit / "config.json", (mtime, mtime))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main_commit)  # huggingface_hub writes the hash with no newline
+
+    def hint() -> str:
+        assert main(["info", "--model", str(repo)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    assert f"--model {repo / 'snapshots' / main_commit}\n" in hint()
+    (repo / "refs" / "main").write_text("c" * 40 + "\n")  # a commit with no snapshot here: by mtime
+    assert f"--model {repo / 'snapshots' / old_commit}\n" in hint()
+    (repo / "refs" / "main").unlink()
+    assert f"--model {repo / 'snapshots' / old_commit}\n" in hint()
 
 
 def test_a_config_written_when_a_snapshot_was_named_by_its_commit_still_loads(tmp_path, capsys):
