@@ -47,9 +47,35 @@ def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConf
                        overrides=list(getattr(args, "set", []) or []))
     if cfg.on_gpus:
         warn_gpu_run(cfg, args)
+    if getattr(args, "model", None) is not None:
+        warn_file_model_replaced(args, f"--model {args.model}", "this model")
     if experts:
         warn_experts_given(args, cfg, cfg.model.is_moe)
     return cfg
+
+
+def warn_file_model_replaced(args: argparse.Namespace, by: str, target: str) -> None:
+    """One warning naming the fields the --config file's model section sets beside the preset or checkpoint
+    it names (`files.model_settings`), when `by` (`--model NAME`, cent sweep's `--vary model`) replaces that
+    section: the model is chosen whole (docs/config.md's precedence) and takes none of them, while every
+    `--set model.F=V` applies to it (`target`: what it applies to). A field a --set or --seed gives is not named."""
+    import json
+    import logging
+
+    from cent_serve.config.files import model_settings
+
+    if not getattr(args, "config", None):
+        return
+    given = {item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []}
+    given |= {"model.seed"} if getattr(args, "seed", None) is not None else set()
+    pairs = [f"model.{k}={v if isinstance(v, str) else json.dumps(v)}"
+             for k, v in model_settings(args.config).items() if f"model.{k}" not in given]
+    if pairs:
+        logging.getLogger("cent").warning(
+            "--config %s %s: %s replaces the file's model section (the model chosen whole, as --model chooses it), "
+            "so %s not read; to apply %s to %s, give %s", args.config, ", ".join(pairs), by,
+            "it is" if len(pairs) == 1 else "they are", "it" if len(pairs) == 1 else "them", target,
+            " ".join(f"--set {p}" for p in pairs))
 
 
 CENT_ONLY_FIELDS = ("device.", "fabric.", "parallel.", "scheduler.prefill_chunk_tokens", "scheduler.max_seqs_per_stage",
@@ -162,13 +188,14 @@ def warn_experts_unread(paths: list[str], how: str, moe: bool) -> None:
             "to see it, run a mixture of experts (e.g. --model mixtral-8x7b)", how, path)
 
 
-def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool) -> None:
+def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool, file_model: bool = True) -> None:
     """`warn_experts_unread` of the mixture of experts' fields `args` set: each --set one, and each the --config
     file moved off its default in `cfg` (the config it resolved) and no --set sets. A file's field at its default
-    changes nothing and is not warned of: a config.json a dense run wrote holds every field."""
+    changes nothing and is not warned of: a config.json a dense run wrote holds every field. `file_model` False:
+    the file's model section is replaced (`warn_file_model_replaced` names its fields)."""
     sets = [item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []]
     warn_experts_unread(sets, "--set", moe)
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) and file_model:
         dense = ModelConfig()  # a dense preset's or checkpoint's experts' fields are these defaults
         moved = [path for path in MOE_ONLY if path not in sets
                  and getattr(cfg.model, path.split(".")[1]) != getattr(dense, path.split(".")[1])]

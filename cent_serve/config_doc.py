@@ -138,7 +138,9 @@ def describe_config() -> str:
              "refused. `model: {name: PRESET}` fills the other model fields from the preset; fields given "
              "beside `name` override it. Quote `'off'` in YAML: unquoted, YAML reads it as false.", "",
              "Order of precedence: the `--config` file, then the flags `--model` (which replaces the "
-             "whole `model` section), `--seed`, `--numerics`, `--devices`, `--pp`, `--tp`, then every `--set`; "
+             "whole `model` section, as `cent sweep --vary model=...` does: the file's model fields beside its "
+             "preset or checkpoint are warned of, not read; `--set model.F=V` applies to the model chosen), "
+             "`--seed`, `--numerics`, `--devices`, `--pp`, `--tp`, then every `--set`; "
              "`cent serve`'s own flags (`--host`, `--port`, `--clock`, `--pace-factor`, `--ray-address`, "
              "`--placement`, `--api-key`) come last. `cent info` prints the resolved config; `cent bench` "
              "writes it beside its results (`config.json`).", ""]

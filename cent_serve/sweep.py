@@ -48,7 +48,8 @@ from dataclasses import fields, replace
 from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
-                                   warn_closed_form_ignores, warn_experts_given, warn_experts_unread)
+                                   warn_closed_form_ignores, warn_experts_given, warn_experts_unread,
+                                   warn_file_model_replaced)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 
@@ -332,7 +333,10 @@ def run(args: argparse.Namespace) -> int:
     check_vary(base, vary)
     moe = _any_moe(base, vary)
     warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
-    warn_experts_given(args, base, moe)
+    varies_model = any(name == "model" for name, _ in vary)
+    if varies_model:
+        warn_file_model_replaced(args, "--vary model", "every varied model")
+    warn_experts_given(args, base, moe, file_model=not varies_model)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)

@@ -620,3 +620,40 @@ def test_the_plots_name_a_checkpoint_by_its_model_name_and_keep_two_of_one_name_
     assert ax.get_legend_handles_labels()[1] == ["model=runs/1/ckpt", "model=runs/2/ckpt", "model=llama2-7b"]
     _, axes = pareto_figure(twins + rows[2:], ["model", "devices"])
     assert [a.get_title() for a in axes] == ["runs/1/ckpt", "runs/2/ckpt", "llama2-7b"]
+
+
+def test_a_config_file_s_model_fields_under_a_varied_model_are_named(tmp_path, capsys, caplog):
+    """`cent sweep --config f.yaml --vary model=...` dropped the file's model fields (its `max_seq_len: 8192`
+    beside `name: llama2-70b`) in silence: a varied model is chosen whole, as `--model` chooses it (docs/config.md:
+    it replaces the model section), and only --set model.F=V applies to it. The fields are named in one warning
+    with the --set that applies them, as they are under --model; a --set of the same field applies and is not
+    named; a config.json a run wrote (every field at its model's own value) names none."""
+    from cent_serve.config import build_config, config_to_dict
+
+    def run(*argv: str) -> list[str]:
+        caplog.clear()
+        assert main(list(argv)) == 0
+        capsys.readouterr()
+        return [r.getMessage() for r in caplog.records if "replaces the file's model section" in r.getMessage()]
+
+    f = tmp_path / "f.yaml"
+    f.write_text("model: {name: llama2-70b, max_seq_len: 8192, expert_skew: 2}\nparallel: {num_devices: 32}\n")
+    vary = ["--vary", "model=llama2-7b,llama2-13b", "--no-plots"]
+    said = run("sweep", "--config", str(f), *vary, "--out", str(tmp_path / "a"))
+    assert said == [f"--config {f} model.max_seq_len=8192, model.expert_skew=2: --vary model replaces the file's model "
+                    "section (the model chosen whole, as --model chooses it), so they are not read; to apply them "
+                    "to every varied model, give --set model.max_seq_len=8192 --set model.expert_skew=2"], said
+    assert not any("no model here has experts" in r.getMessage() for r in caplog.records)  # named once, above
+    rows = list(csv.DictReader(open(tmp_path / "a" / "sweep.csv")))
+    assert [json.loads(r["config"])["model"]["max_seq_len"] for r in rows] == [4096, 4096]
+    said = run("sweep", "--config", str(f), *vary, "--set", "model.max_seq_len=8192", "--out", str(tmp_path / "b"))
+    assert len(said) == 1 and "model.max_seq_len" not in said[0] and "model.expert_skew=2" in said[0], said
+    rows = list(csv.DictReader(open(tmp_path / "b" / "sweep.csv")))
+    assert [json.loads(r["config"])["model"]["max_seq_len"] for r in rows] == [8192, 8192]
+    said = run("simulate", "--config", str(f), "--model", "llama2-7b")
+    assert len(said) == 1 and said[0].startswith(f"--config {f} model.max_seq_len=8192, model.expert_skew=2: "
+                                                 "--model llama2-7b replaces"), said
+    written = tmp_path / "written.json"
+    written.write_text(json.dumps(config_to_dict(build_config("llama2-70b", devices=32))))
+    assert run("sweep", "--config", str(written), *vary, "--out", str(tmp_path / "c")) == []
+    assert run("simulate", "--config", str(f)) == []  # its own model: every field read

@@ -152,6 +152,28 @@ def load_config(path: str | Path, served: dict[str, int] | None = None) -> CentC
         raise ValueError(f"config file {path}: {exc}") from None
 
 
+def model_settings(path: str | Path) -> dict[str, Any]:
+    """The fields a config file's `model:` section moves off the preset or checkpoint it names, as the file
+    writes them (`{"max_seq_len": 8192}`): what a model chosen in its place (`--model`, cent sweep's `--vary
+    model`) does not take. {} for a file with no such section, or one that names no preset nor checkpoint
+    (a model of one's own, replaced whole). Called after `load_config` read the file without error."""
+    import yaml
+
+    from cent_serve.config.model import ModelConfig
+
+    try:
+        model = (yaml.load(Path(path).read_text(), Loader=_unique_keys_loader()) or {}).get("model")
+        if not isinstance(model, dict) or (model.get("name") not in MODEL_PRESETS and model.get("checkpoint") is None):
+            return {}
+        served = served_context(model.get("max_seq_len"))  # both read within one context: the same window
+        named = {k: model[k] for k in ("name", "checkpoint") if model.get(k) is not None}
+        full, bare = (dataclasses.asdict(_from_dict(ModelConfig, _model_section(m, _paths_dir(path), str(path), served),
+                                                    "model")) for m in (model, named))
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in model.items() if k not in ("name", "checkpoint") and full.get(k) != bare.get(k)}
+
+
 def _paths_dir(path: str | Path) -> Path:
     """The directory a config file's relative paths are read from: the file's own, or the current
     directory for a config read from a stream (`--config /dev/stdin`, `--config <(...)`: a pipe, or
