@@ -202,6 +202,36 @@ def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool, fil
         warn_experts_unread(moved, f"--config {args.config}", moe)
 
 
+def warn_file_closed_form_ignores(args: argparse.Namespace, cfg: CentConfig, moe: bool, file_model: bool = True,
+                                  exclude: tuple[str, ...] | list[str] = ()) -> None:
+    """`warn_closed_form_ignores` of the fields the --config file sets off their defaults, as `warn_experts_given`
+    does the experts' (`cfg`: the config resolved): a model field off the preset or checkpoint its model section
+    names (`files.model_settings`; none when `file_model` is False: --model or --vary model replaced it), `numerics`
+    when it resolves otherwise than `auto` would, any other field off CentConfig's default. A config.json a run
+    wrote holds every field: those at their defaults are not named; nor a field a --set, --seed, --numerics or one
+    of `exclude` (cent sweep's varied fields) gives, which says so itself."""
+    import dataclasses
+
+    from cent_serve.config.files import model_settings
+
+    if not getattr(args, "config", None):
+        return
+    given = {item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []} | set(exclude)
+    given |= {path for path, flag in (("model.seed", "seed"), ("numerics", "numerics"))
+              if getattr(args, flag, None) is not None}
+    moved = [f"model.{k}" for k in model_settings(args.config)] if file_model else []
+    default, ran = dataclasses.asdict(CentConfig()), dataclasses.asdict(cfg)
+    for section, value in ran.items():
+        if isinstance(value, dict) and section != "model":
+            moved += [f"{section}.{k}" for k, v in value.items() if v != default[section][k]]
+        elif section == "numerics":  # 'off' for a model auto times anyway changes nothing
+            if cfg.resolved_numerics != dataclasses.replace(cfg, numerics="auto").resolved_numerics:
+                moved.append(section)
+        elif section != "model" and value != default[section]:
+            moved.append(section)
+    warn_closed_form_ignores([p for p in moved if p not in given], f"--config {args.config}", moe)
+
+
 def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:
     """One warning per field in `paths` that the closed form does not read, or reads only for capacity
     (`how`: the flag that set it).

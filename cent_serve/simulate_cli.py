@@ -7,7 +7,8 @@ import dataclasses
 import json
 import sys
 
-from cent_serve.cli_common import add_config_args, config_from_args, given_overrides, warn_closed_form_ignores
+from cent_serve.cli_common import (add_config_args, config_from_args, given_overrides, warn_closed_form_ignores,
+                                   warn_file_closed_form_ignores)
 from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_gpu(cfg, args, *workload)
     warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
     warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", cfg.model.is_moe)
+    warn_file_closed_form_ignores(args, cfg, cfg.model.is_moe, file_model=args.model is None)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args, *workload)

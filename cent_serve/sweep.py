@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
                                    warn_closed_form_ignores, warn_experts_given, warn_experts_unread,
-                                   warn_file_model_replaced)
+                                   warn_file_closed_form_ignores, warn_file_model_replaced)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 
@@ -341,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
+        warn_file_closed_form_ignores(args, base, moe, file_model=not varies_model, exclude=[n for n, _ in vary])
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     hybrid_pp = follows_tp(base, vary)

@@ -919,3 +919,39 @@ def test_a_mixture_of_experts_field_of_a_config_file_on_a_dense_model_is_warned_
     got = said("sweep", "--config", str(dense), "--devices", "32", "--vary", "device.clock_hz=1e9,2e9",
                "--out", str(tmp_path / "sweep"))
     assert len(got) == 2 and all(m.startswith(f"--config {dense} model.") for m in got), got
+
+
+def test_a_field_the_closed_form_does_not_read_is_warned_about_in_a_config_file_too(tmp_path, caplog, capsys):
+    """--set model.rms_norm_eps (or scheduler.max_seqs_per_stage) on cent simulate or cent sweep was warned of as
+    unread by the closed form; the same fields in a --config file were taken in silence. The file's are warned of
+    the same way, naming the file, when it moves them off their defaults (a model field off the preset it names,
+    `numerics` off what auto resolves to): not a config.json a run wrote, nor docs/examples/paper-70b.yaml (its
+    numerics 'off' is auto's for 70B); a field a --set gives is named once, as the --set's; under --vary model the
+    file's model fields are not read at all, and said so elsewhere (test_sweep)."""
+    def said(*argv: str) -> list[str]:
+        caplog.clear()
+        assert main(list(argv)) == 0
+        capsys.readouterr()
+        return sorted(r.getMessage().split(":")[0] for r in caplog.records
+                      if "the closed form does not read it" in r.getMessage())
+
+    f = tmp_path / "f.yaml"
+    f.write_text("model: {name: llama2-7b, rms_norm_eps: 1.0e-6}\nscheduler: {max_seqs_per_stage: 4}\n"
+                 "server: {port: 8000}\nnumerics: 'off'\n")
+    both = [f"--config {f} model.rms_norm_eps", f"--config {f} scheduler.max_seqs_per_stage"]
+    assert said("simulate", "--config", str(f), "--devices", "8") == both
+    sweep = ["sweep", "--config", str(f), "--devices", "8", "--no-plots", "--out", str(tmp_path / "s")]
+    assert said(*sweep, "--vary", "device.clock_hz=1e9,2e9") == both
+    assert said("simulate", "--config", str(f), "--devices", "8", "--set", "scheduler.max_seqs_per_stage=2") == [
+        f"--config {f} model.rms_norm_eps", "--set scheduler.max_seqs_per_stage"]
+    assert said(*sweep, "--vary", "model=llama2-7b,llama2-13b") == [f"--config {f} scheduler.max_seqs_per_stage"]
+    assert said(*sweep, "--vary", "scheduler.max_seqs_per_stage=1,2") == [
+        f"--config {f} model.rms_norm_eps", "--vary scheduler.max_seqs_per_stage"]
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("model: {name: tiny}\nnumerics: 'off'\n")  # auto is full for tiny
+    assert said("simulate", "--config", str(tiny)) == [f"--config {tiny} numerics"]
+    from cent_serve.config import config_to_dict
+    written = tmp_path / "written.json"
+    written.write_text(json.dumps(config_to_dict(build_config("gemma-2b", devices=8))))  # Gemma's own numerics fields
+    assert said("simulate", "--config", str(written)) == []
+    assert said("simulate", "--config", str(Path(__file__).parents[1] / "docs" / "examples" / "paper-70b.yaml")) == []
