@@ -50,7 +50,9 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, offset: float = 0.0)
     large as x cost more than the arithmetic. The result is the one array made (the squares, then the
     quotient, then the product in it); the mean is np.mean's own sum (np.add.reduce) divided by the count in
     float32, where np.mean divides in float64 and rounds: the same float (a float64 quotient of two float32s
-    rounds to the float32 one, 53 >= 2 x 24 + 2 bits)."""
+    rounds to the float32 one, 53 >= 2 x 24 + 2 bits). Returns float32 whatever x's dtype: another x is taken
+    as its float32 values first (a float32 x is used as it is, not copied)."""
+    x = x.astype(F32, copy=False)  # (..., D)
     out = np.square(x)
     var = np.add.reduce(out, axis=-1, keepdims=True)  # (..., 1)
     var /= F32(x.shape[-1])

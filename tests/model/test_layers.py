@@ -131,6 +131,14 @@ def test_rms_norm_makes_only_its_result_and_the_textbook_floats():
                     np.float32) * w
                 got = rms_norm(x, weight, 1e-6, offset)
                 assert got.dtype == np.float32 and np.array_equal(got, want), (shape, scale, offset)
+    # the float32 its docstring promises for any x (a float64 or float16 x returned its own dtype): x's float32
+    # values normed, bit for bit the float32 call's
+    x, weight = rng.standard_normal((3, 256)), rng.standard_normal(256).astype(np.float32)
+    for dtype in (np.float64, np.float16):
+        for offset in (0.0, 1.0):
+            got = rms_norm(x.astype(dtype), weight, 1e-6, offset)
+            want = rms_norm(x.astype(dtype).astype(np.float32), weight, 1e-6, offset)
+            assert got.dtype == np.float32 and np.array_equal(got, want), (dtype, offset)
     x, weight = rng.standard_normal((64, 4096)).astype(np.float32), rng.standard_normal(4096).astype(np.float32)
     tracemalloc.start()
     try:
