@@ -388,7 +388,7 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         summary.update(source=source, model=cfg.model.name, hardware=cfg.hardware,
                        devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
-        if model_label(cfg.model) != cfg.model.name:  # a changed preset: the plots' titles say how
+        if model_label(cfg.model) != cfg.model.name:  # a changed preset (or a checkpoint named like one): titles say so
             summary["model_label"] = model_label(cfg.model)
         if given_overrides(args):  # a changed device or fabric: the titles say how, as for a changed preset
             summary["given"] = given_overrides(args)

@@ -516,7 +516,10 @@ def preset_changes(model: ModelConfig, skip: Callable[[str], bool]) -> list[str]
 def model_label(model: ModelConfig, most: int = 2) -> str:
     """The model as a run's header names it: a preset's name, with the fields set apart from it
     (`llama2-7b (model.num_layers=16)`; after `most` of them, how many more), so a changed preset is
-    not read as the published one."""
+    not read as the published one. A checkpoint is named by its directory, which may be a preset's name
+    (a folder called `llama2-7b`): it is labelled a checkpoint, not that preset changed in every field."""
+    if model.checkpoint and model.name in MODEL_PRESETS:
+        return f"{model.name} (checkpoint)"
     # a mixture of experts' seed is its timing router's too (`ModelConfig.seed`): named, as its figures follow it
     changed = preset_changes(model, lambda name: name in UNLABELLED_MODEL_FIELDS and not (name == "seed" and model.is_moe))
     if not changed:

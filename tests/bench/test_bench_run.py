@@ -555,3 +555,23 @@ def test_a_rate_sweep_names_the_settings_that_changed_its_device(tmp_path, capsy
     assert "; given: --set device.clock_hz=4e9" in capsys.readouterr().out
     assert json.loads((tmp_path / "sweep.json").read_text())["given"] == "--set device.clock_hz=4e9"
     assert len(titles) == 1 and "given: --set device.clock_hz=4e9" in " ".join(titles[0].split())
+
+
+def test_a_checkpoint_named_like_a_preset_is_titled_a_checkpoint(tmp_path, capsys):
+    """A checkpoint directory called `llama2-7b` (its model is named after its directory) was titled as the
+    preset changed in every field: 'llama2-7b (model.hidden_size=64, model.intermediate_size=... and N more)',
+    in bench run's summary.json and plots and cent simulate's header. It is titled a checkpoint; the preset
+    changed by --set keeps its label."""
+    import shutil
+
+    from cent_serve.config import model_label, model_preset
+    from cent_serve.model import model_config_from_hf
+
+    ckpt = tmp_path / "llama2-7b"
+    shutil.copytree(Path(__file__).parents[1] / "data" / "hf_tiny_llama", ckpt)
+    assert model_label(model_config_from_hf(ckpt)) == "llama2-7b (checkpoint)"
+    assert model_label(model_preset("llama2-7b", num_layers=16)) == "llama2-7b (model.num_layers=16)"
+    assert main(["bench", "run", "--model", str(ckpt), "--numerics", "off", "--synthetic", "poisson", "--rate", "10",
+                 "--num-requests", "2", "--in-process", "--no-plots", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_label"] == "llama2-7b (checkpoint)"
