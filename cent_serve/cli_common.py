@@ -239,17 +239,21 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> N
     (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
     import logging
 
+    unread: dict[tuple[str, str], list[str]] = {}  # fields of one reason share a line (a file may set several)
     for path in paths:
         if moe and path == "model.seed":
             continue
         hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                     if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
         if hit:
-            logging.getLogger("cent").warning(
-                "%s %s: the closed form does not read it (it sets %s), so its figures are the same for every "
-                "value; to see it, %s", how, path, *hit)
+            unread.setdefault(hit, []).append(path)
         elif path in CLOSED_FORM_CAPACITY_ONLY:
             logging.getLogger("cent").warning(
                 "%s %s: the closed form reads it only for capacity (whether the weights and a query a lane at the "
                 "whole context fit), so its time and energy are the same for every value that fits; to see it move "
                 "time, %s whose sequences fill the KV cache (%s)", how, path, REPLAYED, CLOSED_FORM_CAPACITY_ONLY[path])
+    for (sets, where), names in unread.items():
+        it = "it" if len(names) == 1 else "them"
+        logging.getLogger("cent").warning(
+            "%s %s: the closed form does not read %s (%s %s), so its figures are the same for every value; to see "
+            "%s, %s", how, ", ".join(names), it, "it sets" if it == "it" else "they set", sets, it, where)

@@ -955,3 +955,21 @@ def test_a_field_the_closed_form_does_not_read_is_warned_about_in_a_config_file_
     written.write_text(json.dumps(config_to_dict(build_config("gemma-2b", devices=8))))  # Gemma's own numerics fields
     assert said("simulate", "--config", str(written)) == []
     assert said("simulate", "--config", str(Path(__file__).parents[1] / "docs" / "examples" / "paper-70b.yaml")) == []
+
+
+def test_fields_a_config_file_sets_for_one_reason_share_one_warning(tmp_path, caplog, capsys):
+    """A config file kept for cent serve too (docs/examples/serve-70b.yaml) sets several server fields: cent
+    simulate warned of each on its own line. Fields the closed form leaves unread for one reason now share a
+    line, naming each; another reason keeps its own line."""
+    f = tmp_path / "serve.yaml"
+    f.write_text("model: {name: llama2-7b}\nserver: {port: 8001, max_tokens_default: 64}\n"
+                 "scheduler: {max_waiting: 9}\n")
+    caplog.clear()
+    assert main(["simulate", "--config", str(f), "--devices", "8"]) == 0
+    capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records if "the closed form does not read" in r.getMessage()]
+    assert len(said) == 2, said
+    server = next(m for m in said if "server." in m)
+    assert server.startswith(f"--config {f} server.port, server.max_tokens_default: the closed form does not "
+                             "read them (they set the HTTP server)")
+    assert "scheduler.max_waiting: the closed form does not read it (it sets" in next(m for m in said if m != server)
