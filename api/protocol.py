@@ -55,7 +55,11 @@ stop) too, unless its `max_pattern_size` is 0 (or left out)."""
 
 
 class ApiError(Exception):
-    """A client mistake: becomes `{"error": {...}}` with `status`."""
+    """A client mistake (or a server fault): becomes `{"error": {...}}` with `status`. `code` is
+    this server's machine-readable reason (`context_length_exceeded`, `device_fault`, ...; None for
+    most 400s): the body sends it as `error.cent.code`, and `error.code` is the status, as vLLM
+    sends it (its ErrorInfo.code is the integer HTTP status: vLLM 0.33,
+    vllm/entrypoints/serve/engine/protocol.py and OpenAIServing.create_error_response)."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400,
                  type_: str = "invalid_request_error", code: str | None = None,
@@ -65,7 +69,8 @@ class ApiError(Exception):
         self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status,
+                          "cent": {"code": self.code}}}
 
 
 def short(value, limit: int = 80) -> str:
@@ -441,11 +446,18 @@ def schema_param(loc) -> str | None:
     return ".".join(parts) or None
 
 
+class ErrorReason(BaseModel):
+    code: str | None = None
+    """This server's reason (`context_length_exceeded`, `queue_full`, `device_fault`, ...; docs/serving.md)."""
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
-    code: str | None = None
+    code: int
+    """The HTTP status, as vLLM sends it."""
+    cent: ErrorReason
 
 
 class ErrorResponse(BaseModel):

@@ -49,7 +49,7 @@ RELEASE_EVERY_REQUESTS = 64
 SERVER_ERROR = "server_error"
 """The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
 ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT, NO_REPLICA: SERVER_ERROR}
-"""OpenAI error codes (`error.code`) that name a refusal reason differently, cent-serve's for a
+"""Error codes (`error_code`) that name a refusal reason differently, cent-serve's for a
 request its devices failed (a 500, not a bug's) and for one no replica could serve (a 503, or a
 stream's error event, while every replica is down and none comes back soon); the reason codes
 themselves (`REFUSAL_REASONS`) map to themselves."""
@@ -59,6 +59,17 @@ BAD_REQUEST = "bad_request"
 """The reason of a 4xx answer that names none of the refusal reasons."""
 
 
+def error_code(err: dict) -> str | None:
+    """The machine-readable reason of OpenAI's `error` object: cent-serve's `cent.code` (its `code` is
+    the HTTP status, as vLLM's is), else a string `code` (OpenAI's, an older cent-serve's); None for
+    a server that names none (vLLM: only the status)."""
+    cent = err.get("cent")
+    if isinstance(cent, dict) and isinstance(cent.get("code"), str):
+        return cent["code"]
+    code = err.get("code")
+    return code if isinstance(code, str) else None
+
+
 def failure_reason(status: int, err: dict) -> str:
     """The bench failure reason of an HTTP error answer (`err` is OpenAI's `error` object),
     in the engine's refusal names so HTTP and in-process runs group failures alike.
@@ -66,7 +77,7 @@ def failure_reason(status: int, err: dict) -> str:
     The error code decides; without one (servers that do not set it, vLLM's context error),
     the status, then the message and param, which is the best such servers give.
     """
-    code = err.get("code")
+    code = error_code(err)
     if status == 429 or code == "queue_full":
         return "queue_full"
     if code in REFUSAL_REASONS:
@@ -136,7 +147,7 @@ async def _one(client: httpx.AsyncClient, content: bytes, rec: RequestRecord, wa
                 chunk = json.loads(line[6:])
                 if "error" in chunk:  # cent-serve ends a stream this way when the devices failed (or none serve)
                     rec.finish_reason = "error"
-                    rec.failure_reason = ERROR_CODES.get(chunk["error"].get("code"), DEVICE_FAULT)
+                    rec.failure_reason = ERROR_CODES.get(error_code(chunk["error"]), DEVICE_FAULT)
                     rec.error = chunk["error"].get("message", "error")
                     continue
                 now = time.perf_counter()

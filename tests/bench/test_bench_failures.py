@@ -154,6 +154,15 @@ def test_the_progress_bar_counts_failures(capsys):
      "invalid_prompt"),
     (500, {"code": None, "message": "internal error"}, "server_error"),
     (500, {"code": "device_fault", "message": "the emulated devices of replica 0 failed"}, "device_fault"),
+    # cent-serve's own: `code` the status (as vLLM's), the reason in `cent.code`
+    (400, {"code": 400, "cent": {"code": "kv_capacity"}, "message": "x"}, "kv_capacity"),
+    (400, {"code": 400, "cent": {"code": "context_length_exceeded"}, "message": "x"}, "context_exceeded"),
+    (500, {"code": 500, "cent": {"code": "device_fault"}, "message": "x"}, "device_fault"),
+    (503, {"code": 503, "cent": {"code": "no_replica"}, "message": "x"}, "server_error"),
+    (400, {"code": 400, "cent": {"code": None}, "param": "n", "message": "n=0 is invalid: use 1..16"}, "bad_request"),
+    # vLLM's: the status alone
+    (400, {"code": 400, "type": "BadRequestError", "message": "This model's maximum context length is 4096 tokens"},
+     "context_exceeded"),
 ])
 def test_http_errors_map_to_the_engines_reason_names(status, err, reason):
     assert failure_reason(status, err) == reason

@@ -184,7 +184,7 @@ def test_a_bug_is_a_500_in_openai_json_that_pages_can_read_and_the_server_serves
                 r = httpx.request(method, s.url + path, json=body(), headers={"Origin": page})
                 assert r.status_code == 500 and r.headers["access-control-allow-origin"] == page, r.text
                 assert r.json()["error"] == {"message": "internal error: RuntimeError", "type": "server_error",
-                                             "param": None, "code": None}
+                                             "param": None, "code": 500, "cent": {"code": None}}
         assert [rec.exc_info[0] for rec in caplog.records if "internal error" in rec.getMessage()] == [
             RuntimeError, ExceptionGroup]
         monkeypatch.undo()

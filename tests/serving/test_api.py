@@ -339,7 +339,7 @@ def test_paced_mode_releases_tokens_at_their_simulated_time_and_bounds_the_queue
                 first.cancel(), second.cancel()
                 return third
         third = asyncio.run(burst())
-        assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
+        assert third.status_code == 429 and third.json()["error"]["cent"]["code"] == "queue_full"
         _wait_idle(s)  # both clients went away: their requests were aborted, KV freed
         with httpx.stream("POST", s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True,
                           "max_tokens": 400, "ignore_eos": True}) as r:

@@ -51,7 +51,7 @@ def test_refusals_name_the_clients_field():
 ])
 def test_engine_refusals_are_400s_naming_the_field(server, path, sent, param, code):
     got, err = _error(server, path, {k: v for k, v in sent.items() if v is not None})
-    assert (got, err["param"], err["code"]) == (400, param, code), err
+    assert (got, err["param"], err["cent"]["code"]) == (400, param, code), err
     assert param in err["message"] or param in ("prompt", "messages"), err
 
 
@@ -76,7 +76,7 @@ def test_the_engines_validator_decides(server, monkeypatch):
 
     monkeypatch.setattr(engine, "check_request", check)
     got, err = _error(server, "/v1/completions", body(prompt=[1, 200, 201]))
-    assert (got, err["param"], err["code"]) == (400, "prompt", "kv_capacity"), err
+    assert (got, err["param"], err["cent"]["code"]) == (400, "prompt", "kv_capacity"), err
     got, err = _error(server, "/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "hi"}]))
     assert got == 200, err  # the real validator still passes what fits
 

@@ -392,7 +392,7 @@ def small_server():
 def test_a_body_over_the_limit_is_a_413_by_content_length(small_server):
     big = json.dumps(body(prompt="x" * LIMIT_BYTES)).encode()
     r = httpx.post(small_server.url + "/v1/completions", content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert r.status_code == 413 and r.json()["error"]["cent"]["code"] == "request_too_large"
     assert "server.max_body_bytes" in r.json()["error"]["message"]
 
 

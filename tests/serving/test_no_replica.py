@@ -30,7 +30,7 @@ def _fault(url: str, device: Breakable, n: int = 1) -> None:
     choices admitted together, one on each idle replica. It fails as any device fault does."""
     device.broken = True
     r = _post(url, n=n, max_tokens=8)
-    assert r.status_code == 500 and r.json()["error"]["code"] == "device_fault", r.text
+    assert r.status_code == 500 and r.json()["error"]["cent"]["code"] == "device_fault", r.text
 
 
 def _health(url: str) -> tuple[int, dict]:
@@ -47,7 +47,7 @@ def _down_for_good(url: str, rebuild: Rebuild, replica: int) -> str:
 
 def _check_no_replica(error: dict, health_reason: str) -> None:
     """The 503's error: OpenAI's shape, the code a client can tell, why (as /health says it) and to retry."""
-    assert error["type"] == "server_error" and error["code"] == NO_REPLICA and error["param"] is None, error
+    assert error["type"] == "server_error" and (error["code"], error["cent"]["code"]) == (503, NO_REPLICA) and error["param"] is None, error
     assert health_reason in error["message"], (error["message"], health_reason)
     assert f"RuntimeError: {LOST}" in error["message"] and error["message"].endswith("retry later"), error
 

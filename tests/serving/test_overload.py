@@ -64,7 +64,7 @@ def test_a_full_server_refuses_a_ten_times_burst_without_waiting_for_a_slot():
         assert [r.status_code for r in burst] == [429] * (10 * capacity)
         for r in burst:
             assert r.headers["retry-after"] == str(RETRY_AFTER_S)
-            assert r.json()["error"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
+            assert r.json()["error"]["cent"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
         # no slot freed while the burst was answered: nothing waited for one
         assert (after["num_running"], after["num_waiting"]) == (lanes, max_waiting)
         st = wait_idle(s.url)
@@ -185,7 +185,7 @@ def test_choices_that_fit_the_free_lanes_and_the_queue_are_admitted_and_only_mor
             assert holder.status_code == 200
             wait_for(lambda: status(s.url)["num_running"] == 1, "the lane held")
             r = h.post("/v1/completions", json=body(n=3))
-            assert (r.status_code, r.json()["error"]["code"]) == (429, "queue_full")
+            assert (r.status_code, r.json()["error"]["cent"]["code"]) == (429, "queue_full")
         wait_idle(s.url)
 
 
@@ -266,7 +266,7 @@ def test_token_counters_move_with_the_rounds_and_count_only_prompts_that_ran():
                 assert metric(h.get("/metrics").text, "vllm:num_requests_waiting") == 1
             wait_for(lambda: status(s.url)["num_waiting"] == 0, "the waiting request aborted")
             r = h.post("/v1/completions", json=body(prompt="three", n=3))
-            assert (r.status_code, r.json()["error"]["code"]) == (429, "queue_full")
+            assert (r.status_code, r.json()["error"]["cent"]["code"]) == (429, "queue_full")
             text = h.get("/metrics").text
             assert metric(text, "vllm:prompt_tokens_total") == 5
             assert metric(text, "vllm:request_success_total", finished_reason="abort") == 1  # the waiting one
@@ -404,7 +404,7 @@ def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
 
         s.loop.engine.next_start_s = failing
         r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=400), timeout=60)
-        assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_stopped"), r.text
+        assert (r.status_code, r.json()["error"]["cent"]["code"]) == (503, "engine_stopped"), r.text
         assert r.json()["error"]["message"].startswith("its engine thread failed: the request was aborted"), r.text
     assert "the engine thread failed" in caplog.text and "a bug in the engine loop" in caplog.text
 

@@ -75,9 +75,9 @@ def test_sigterm_aborts_running_generations_at_once_and_the_server_exits():
     assert events[-1] == "[DONE]", events
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "abort", events
     errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
-    assert [e["code"] for e in errors] == ["engine_stopped"] and json.loads(events[-3]).get("error"), events
+    assert [e["cent"]["code"] for e in errors] == ["engine_stopped"] and json.loads(events[-3]).get("error"), events
     plain = got["plain"]
-    assert (plain.status_code, plain.json()["error"]["code"]) == (503, "engine_stopped"), plain.text
+    assert (plain.status_code, plain.json()["error"]["cent"]["code"]) == (503, "engine_stopped"), plain.text
     assert "SIGTERM: aborting the running generations" in out, out
     assert "Traceback" not in out and "CancelledError" not in out, out
 

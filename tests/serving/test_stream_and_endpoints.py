@@ -396,7 +396,7 @@ def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
 
         monkeypatch.setattr(eng, "device_stats", held)
         first = httpx.get(s.url + "/metrics", timeout=60)
-        assert first.status_code == 503 and first.json()["error"]["code"] == "engine_busy", first.text
+        assert first.status_code == 503 and first.json()["error"]["cent"]["code"] == "engine_busy", first.text
         release.set()
         deadline = time.monotonic() + 60
         while httpx.get(s.url + "/v1/cent/status", timeout=60).status_code != 200:

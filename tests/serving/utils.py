@@ -170,7 +170,7 @@ async def read_stream(r: httpx.Response, on_token=None) -> dict:
         elif line.startswith("data: "):
             chunk = json.loads(line[6:])
             if "error" in chunk:
-                out["error"], out["code"] = chunk["error"]["message"], chunk["error"]["code"]
+                out["error"], out["code"] = chunk["error"]["message"], chunk["error"]["cent"]["code"]
             if chunk.get("usage"):
                 out["tokens"] = chunk["usage"]["completion_tokens"]
             for c in chunk.get("choices", []):

@@ -1,0 +1,126 @@
+"""The response shapes clients of vLLM's OpenAI server read, as vLLM 0.33 sends them (read in its
+wheel: vllm/entrypoints/serve/engine/protocol.py, vllm/entrypoints/openai/chat_completion/protocol.py
+and serving.py, vllm/entrypoints/openai/completion/serving.py, vllm/v1/engine/output_processor.py):
+the error `code` is the HTTP status, usage and chat messages carry vLLM's default keys, and the
+request fields vLLM acts on are honoured or refused, not ignored."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from api.generate import failure
+from api.server import Server
+from tests.serving.utils import body, server_cfg
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "ignore_eos": True}
+CONTEXT = server_cfg().model.max_seq_len
+
+
+@pytest.fixture(scope="module")
+def server():
+    with Server(server_cfg(), "local") as s:
+        yield s
+
+
+def _post(server, path: str, sent: dict) -> httpx.Response:
+    return httpx.post(server.url + path, json=sent, timeout=60)
+
+
+def _events(r: httpx.Response) -> list[dict]:
+    return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("path, sent, status, reason", [
+    ("/v1/completions", body(model="other"), 404, "model_not_found"),
+    ("/v1/completions", body(max_tokens=CONTEXT), 400, "context_length_exceeded"),
+    ("/v1/completions", body(n=0), 400, None),
+    ("/v1/chat/completions", dict(CHAT, messages=[{"role": "user", "content": "x" * CONTEXT}]), 400,
+     "context_length_exceeded"),
+])
+def test_error_code_is_the_http_status_and_the_reason_stays(server, path, sent, status, reason):
+    r = _post(server, path, sent)
+    err = r.json()["error"]
+    assert (r.status_code, err["code"], err["cent"]) == (status, status, {"code": reason}), err
+    assert set(err) == {"message", "type", "param", "code", "cent"}, err
+
+
+def test_a_streams_error_event_carries_the_status_as_its_code():
+    fault, gone = failure("the emulated devices of replica 0 failed", None).body(), failure("none", 9.5).body()
+    assert (fault["error"]["code"], fault["error"]["cent"]["code"]) == (500, "device_fault")
+    assert (gone["error"]["code"], gone["error"]["cent"]["code"]) == (503, "no_replica")
+
+
+def test_the_openai_client_reads_the_integer_code(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="hi", max_tokens=CONTEXT)
+    assert caught.value.code == "400" and caught.value.body["cent"]["code"] == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="other", prompt="hi", max_tokens=2)
+    assert caught.value.code == "404" and caught.value.param == "model"
+
+
+USAGE_KEYS = {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+def test_usage_carries_vllms_null_details_when_not_streamed(server, path, sent):
+    """No prefix cache here, so no cached tokens to count: null, as vLLM without
+    --enable-prompt-tokens-details (and without a reasoning parser) sends both details."""
+    usage = _post(server, path, sent).json()["usage"]
+    assert set(usage) == USAGE_KEYS | {"prompt_tokens_details", "completion_tokens_details"}, usage
+    assert usage["prompt_tokens_details"] is None and usage["completion_tokens_details"] is None
+    streamed = _events(_post(server, path, dict(sent, stream=True, stream_options={"include_usage": True})))
+    assert set(streamed[-1]["usage"]) == USAGE_KEYS, streamed[-1]  # vLLM's usage chunk leaves the nulls out
+
+
+def test_chat_message_has_vllms_default_keys(server):
+    message = _post(server, "/v1/chat/completions", CHAT).json()["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+    # vLLM 0.33 drops an empty tool_calls list from the message (its ChatMessage serializer)
+    assert rest == dict.fromkeys(("refusal", "annotations", "audio", "function_call", "reasoning")), message
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+def test_priority_is_an_int64_taken_as_vllm_takes_it_without_priority_scheduling(server, path, sent):
+    assert _post(server, path, dict(sent, priority=-5)).status_code == 200
+    for bad in ("high", 2 ** 63, 1.5):
+        r = _post(server, path, dict(sent, priority=bad))
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "priority"), (bad, r.text)
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+def test_skip_special_tokens_false_is_refused(server, path, sent):
+    assert _post(server, path, dict(sent, skip_special_tokens=True)).status_code == 200
+    r = _post(server, path, dict(sent, skip_special_tokens=False))
+    err = r.json()["error"]
+    assert (r.status_code, err["param"]) == (400, "skip_special_tokens") and "skip_special_tokens" in err["message"]
+
+
+def _tokens_per_chunk(events: list[dict]) -> list[int]:
+    return [len(c["token_ids"]) for e in events for c in e.get("choices", []) if "token_ids" in c]
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+@pytest.mark.parametrize("max_tokens, interval, chunks", [(7, 3, [1, 3, 3]), (6, 3, [1, 3, 2]), (4, 1, [1, 1, 1, 1]),
+                                                          (4, 9, [1, 3])])
+def test_stream_interval_batches_tokens_as_vllm(server, path, sent, max_tokens, interval, chunks):
+    """vLLM's rule: the first output goes out at once, then one chunk per `stream_interval` tokens,
+    and the rest with the finish."""
+    sent = dict(sent, max_tokens=max_tokens, stream=True, stream_interval=interval, return_token_ids=True)
+    events = _events(_post(server, path, sent))
+    assert _tokens_per_chunk(events) == chunks, events
+    whole = _post(server, path, dict(sent, stream=False, seed=1)).json()["choices"][0]
+    again = _events(_post(server, path, dict(sent, seed=1)))
+    text = "".join(c.get("text", c.get("delta", {}).get("content", "")) or "" for e in again for c in e["choices"])
+    assert text == whole.get("text", (whole.get("message") or {}).get("content"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
+def test_stream_interval_out_of_range_is_refused(server, bad):
+    r = _post(server, "/v1/completions", body(stream=True, stream_interval=bad))
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "stream_interval"), r.text
