@@ -201,12 +201,20 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-def usage(prompts: list[list[int]], outs: dict[int, dict]) -> dict:
+USAGE_DETAILS = {"prompt_tokens_details": None, "completion_tokens_details": None}
+"""The details a whole (not streamed) response's `usage` carries, as vLLM 0.33 sends them by default:
+null `prompt_tokens_details` (its `cached_tokens` only with --enable-prompt-tokens-details; no prefix
+cache is modelled here, so none are cached) and null `completion_tokens_details` (reasoning tokens, only
+with a reasoning parser). Its stream's usage chunk leaves both out (serialized without nulls).
+Source: vllm/entrypoints/serve/engine/protocol.py (UsageInfo) and the completion and chat serving.py."""
+
+
+def usage(prompts: list[list[int]], outs: dict[int, dict], details: bool = False) -> dict:
     """OpenAI's `usage`: each prompt's tokens once (however many choices it has), completion
-    tokens over every choice."""
+    tokens over every choice; with `details`, vLLM's `USAGE_DETAILS` (a whole response's)."""
     p = sum(len(x) for x in prompts)
     c = sum(len(o["token_ids"]) for o in outs.values())
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, **(USAGE_DETAILS if details else {})}
 
 
 def summary(timings: list[dict]) -> dict:

@@ -375,7 +375,7 @@ def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
         if endpoint.prompt_on_choice:
             c.update(reply.prompt_fields(ctx, index, o.get("prompt_logprobs")))
         choices.append(c)
-    response = dict(reply.base, object=endpoint.object, choices=choices, usage=usage(reply.prompts, outs),
+    response = dict(reply.base, object=endpoint.object, choices=choices, usage=usage(reply.prompts, outs, details=True),
                     cent=summary([c["cent"] for c in choices]))
     if not endpoint.prompt_on_choice:
         response.update(reply.prompt_fields(ctx, 0, outs[0].get("prompt_logprobs")))

@@ -214,7 +214,8 @@ def test_echo_with_no_tokens_scores_the_prompt(full, reference):
     c = r["choices"][0]
     tok = ByteTokenizer()
     assert c["text"] == tok.decode(PROMPT[1:]) and c["finish_reason"] == "length"
-    assert r["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 0, "total_tokens": len(PROMPT)}
+    assert r["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 0, "total_tokens": len(PROMPT),
+                          "prompt_tokens_details": None, "completion_tokens_details": None}
     lp = _ref_logprobs(reference, PROMPT)
     got = c["logprobs"]
     assert len(got["tokens"]) == len(PROMPT) and got["token_logprobs"][0] is None
