@@ -72,6 +72,12 @@ class Completions(Endpoint):
         return fields
 
 
+MESSAGE_DEFAULTS = dict.fromkeys(("refusal", "annotations", "audio", "function_call", "reasoning"))
+"""The keys of a chat reply's message besides role and content, null, as vLLM 0.33 sends them without
+tool or reasoning parsers (vllm/entrypoints/openai/chat_completion/protocol.py, ChatMessage). It drops
+`tool_calls` when the list is empty, as OpenAI does; so does this server, which calls no tools."""
+
+
 class Chat(Endpoint):
     """`/v1/chat/completions`: the prompt is the messages in the chat template; a choice is an
     assistant `message`, a chunk a `delta`."""
@@ -105,7 +111,7 @@ class Chat(Endpoint):
         return chat_logprobs(ctx.tokenizer, entries)
 
     def whole(self, ctx: ApiContext, body: ChatCompletionRequest, prompt_ids: list[int], out: dict) -> dict:
-        fields = {"message": {"role": body.reply_role(), "content": body.echoed() + out["text"]}}
+        fields = {"message": {"role": body.reply_role(), "content": body.echoed() + out["text"], **MESSAGE_DEFAULTS}}
         if out.get("logprobs") is not None:
             fields["logprobs"] = chat_logprobs(ctx.tokenizer, out["logprobs"])
         return fields
