@@ -387,7 +387,8 @@ class _Pending:
     """A streamed choice's output not yet sent. Every output with tokens goes out as its own chunk,
     as vLLM streams (a token whose text is held back, an incomplete character or a possible stop
     string, goes out with empty text and its text with a later chunk), so a client timing chunks
-    sees each token when it is made; the last token's chunk carries the finish_reason."""
+    sees each token when it is made (with the request's `stream_interval`, every that many tokens
+    after the first); the last token's chunk carries the finish_reason."""
 
     token_ids: list[int] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
@@ -417,7 +418,8 @@ class _Pending:
 
 def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: Reply) -> EventStream:
     """SSE: the endpoint's opening chunk per choice with the first output, one chunk per output
-    (empty text while a token's text is held back, as vLLM streams), the last token's chunk with
+    (empty text while a token's text is held back, as vLLM streams; with `stream_interval` N, a
+    choice's first output, then one per N tokens, as vLLM batches them), the last token's chunk with
     the finish_reason, usage if asked, then [DONE]. A fault's or a stop's error event comes before its
     choice's last chunk. If the client leaves first, its choices are aborted and the request counts as
     aborted."""
@@ -426,6 +428,7 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
     prompt_tokens = [len(p) for p in reply.prompts]
     continuous = body.include_usage and body.stream_options.continuous_usage_stats
     wants_logprobs = reqs[0].params.logprobs is not None
+    interval = body.stream_interval or 1  # tokens per chunk after a choice's first (vLLM's `stream_interval`)
 
     def chunk(index: int, p: _Pending, d, echoed: str | None) -> dict:
         timing = dict(d.timing, times_s=p.times_s) if d.finished else {"times_s": p.times_s}
@@ -510,7 +513,8 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
             if d.finished:
                 left[0] -= 1
                 reasons.append(d.finish_reason)
-            if d.finished or p.token_ids:  # a choice's first chunk starts with its echo (vLLM's)
+            if d.finished or (p.token_ids and (not p.started or len(p.token_ids) >= interval)):
+                # a choice's first chunk starts with its echo (vLLM's)
                 echoed = None if p.started else endpoint.echo(ctx, body, reply.prompts[index // body.n])
                 out.append(sse(chunk(index, p, d, echoed)))
                 p.flush(echoed)

@@ -31,8 +31,8 @@ MAX_STOP_TOKEN_IDS = 256
 MAX_LOGPROBS = 20
 """Most likely alternatives per token at most (`logprobs`, `top_logprobs`, `prompt_logprobs`): OpenAI's
 chat limit and vLLM's default `max_logprobs`."""
-SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
-"""`seed` is an int64 (OpenAI, vLLM); negative seeds are taken modulo 2**64."""
+INT64_RANGE = (-2 ** 63, 2 ** 63 - 1)
+"""`seed` and `priority` are int64s (OpenAI, vLLM); negative seeds are taken modulo 2**64."""
 MAX_ARRIVAL_S = 1e9
 """Largest `arrival_s` (simulated seconds, ~32 years): a replay arrival, not a clock jump to 1e300."""
 NULLABLE = ("n", "stream", "echo", "presence_penalty", "frequency_penalty")
@@ -45,13 +45,15 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
-               "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
+               "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},),
+               "skip_special_tokens": (True,)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
 mean "off" (null is off too; `()`: only null; `OFF_TESTS` holds the rule where "off" is more than one
 value): `vllm bench serve` sends repetition_penalty 1.0, which passes. vLLM's structured outputs
 (`guided_*`, `structured_outputs`) are refused as `response_format`'s JSON is; vLLM 0.33's
 `logprob_token_ids` (those ids' logprobs instead of the top ones) and `repetition_detection` (an early
-stop) too, unless its `max_pattern_size` is 0 (or left out)."""
+stop) too, unless its `max_pattern_size` is 0 (or left out); `skip_special_tokens` false (vLLM then writes
+`</s>` and the like into the text; this server's detokenizer always leaves them out)."""
 
 
 class ApiError(Exception):
@@ -167,6 +169,13 @@ class _Common(BaseModel):
     prompt_logprobs: int | None = None
     """vLLM's: log-probabilities of the prompt tokens, with this many alternatives."""
     user: str | None = None
+    priority: int = 0
+    """vLLM's: accepted and not acted on, as vLLM 0.33 does under its default first-come-first-served
+    policy (it reads `priority` only with --scheduling-policy priority; no check refuses it: its
+    InputProcessor and Scheduler, vllm/v1/). This scheduler is first come first served."""
+    stream_interval: int | None = None
+    """vLLM 0.33's: a stream sends a choice's first output at once, then a chunk per this many tokens,
+    the rest with the finish (vllm/v1/engine/output_processor.py); null or 1: a chunk per output."""
     arrival_s: float | None = None
     """cent-serve replay extension (virtual clock): the request's arrival in simulated seconds."""
     hold_until_s: float | None = None
@@ -197,8 +206,13 @@ class _Common(BaseModel):
                            "stream_options")
         if not 1 <= self.n <= MAX_N:
             raise ApiError(f"n={short(self.n)} is invalid: use 1..{MAX_N}", "n")
-        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
-            raise ApiError(f"seed={short(self.seed)} is invalid: use a 64-bit signed integer", "seed")
+        for name in ("seed", "priority"):  # int64s, as vLLM declares them
+            value = getattr(self, name)
+            if value is not None and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+                raise ApiError(f"{name}={short(value)} is invalid: use a 64-bit signed integer", name)
+        if self.stream_interval is not None and self.stream_interval < 1:
+            raise ApiError(f"stream_interval={short(self.stream_interval)} is invalid: use a number of tokens >= 1 "
+                           "(or leave it unset)", "stream_interval")
         ids = self.stop_token_ids or []
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if len(ids) > MAX_STOP_TOKEN_IDS or bad:
