@@ -184,7 +184,8 @@ def test_chat_echo_puts_the_last_message_of_the_reply_s_role_first(off):
         return r.json()["choices"][0]["message"]
 
     plain = reply(messages=BEGUN)["content"]
-    assert reply(messages=BEGUN, echo=True) == {"role": "assistant", "content": "Hello there, " + plain}
+    echoed = reply(messages=BEGUN, echo=True)
+    assert (echoed["role"], echoed["content"]) == ("assistant", "Hello there, " + plain), echoed
     assert reply(messages=CHAT, echo=True)["content"] == reply(messages=CHAT)["content"]  # a user's last: no echo
     as_user = reply(messages=CHAT, echo=True, add_generation_prompt=False)
     assert as_user["role"] == "user" and as_user["content"].startswith("hi")  # vLLM's role rule
