@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cent_serve.config import MAX_DEVICES, CentConfig, ParallelConfig
 from cent_serve.config.model import rope_numerics_refusal
-from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted,
+from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted, kv_room,
                                       resolve_mapping)
 
 GIB = 2**30
@@ -35,7 +35,7 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     context = cfg.model.max_seq_len if context is None else context
     try:
-        check_capacity(cfg.model, mp, cfg.device, context, batch, cfg.kv_tokens_cap)
+        check_capacity(cfg.model, mp, cfg.device, context, batch, cfg.kv_tokens_cap, cfg.scheduler.kv_block_tokens)
     except CapacityError as exc:
         n = devices_that_hold(cfg, context, batch)  # None: more devices only add copies
         shorter = context_flag or "--set model.max_seq_len=N"
@@ -56,7 +56,26 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             why = f"{exc}: {_weights_fix(cfg, n, lanes + held, context, batch, shorter)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
+    _check_override(cfg, mp, context, mp.lanes if batch is None else batch)
     return mp
+
+
+def _check_override(cfg: CentConfig, mp: Mapping, context: int, batch: int) -> None:
+    """`scheduler.num_kv_blocks_override` caps the blocks the scheduler admits against on every device
+    (`KVRoom.capped`): ValueError when it leaves too few for `batch` sequences of `context` tokens,
+    which the devices themselves hold (`check_capacity` passed), so raising or removing it is the fix."""
+    override = cfg.scheduler.num_kv_blocks_override
+    if override is None:
+        return
+    block = cfg.scheduler.kv_block_tokens
+    room = kv_room(cfg.model, mp, cfg.device, block, cfg.kv_tokens_cap)
+    need, have = room.capped(override).tightest(context, batch)
+    if need > have:
+        enough = batch * max(room.need(context))  # every kind of device's count fits under it
+        raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
+                         f"fit: the KV of {batch} x {context} tokens needs {need} blocks of {block} tokens on a device, "
+                         f"scheduler.num_kv_blocks_override={override} caps it at {have}: raise it to {enough} or more, "
+                         "or remove it")
 
 
 def _smaller_devices(cfg: CentConfig) -> str | None:
@@ -136,7 +155,7 @@ def _more_stages_or_tp(cfg: CentConfig, context: int, batch: int | None) -> Para
     pp = par.pp or m.num_layers
     more_stages = [(s * par.tp, s, par.tp) for s in range(pp + 1, m.num_layers + 1)]
     larger_tp = [(pp * t, pp, t) for t in range(par.tp + 1, m.num_heads + 1) if m.num_heads % t == 0]
-    return _first_that_holds(m, cfg.device, context, batch, cfg.kv_tokens_cap,
+    return _first_that_holds(cfg, context, batch,
                              (dataclasses.replace(par, num_devices=n, pp=s, tp=t)
                               for n, s, t in sorted(more_stages + larger_tp, key=lambda c: (c[0], c[2]))
                               if n <= MAX_DEVICES))
@@ -149,18 +168,19 @@ def devices_that_hold(cfg: CentConfig, context: int, batch: int | None) -> int |
     a count past `fabric.switch_lanes` needs it raised, which the caller says. Unlike
     `fewest_devices` (the presets table's pure pipeline), the mapping is the user's."""
     start = cfg.parallel.num_devices + 1
-    par = _first_that_holds(cfg.model, cfg.device, context, batch, cfg.kv_tokens_cap,
+    par = _first_that_holds(cfg, context, batch,
                             (dataclasses.replace(cfg.parallel, num_devices=n) for n in range(start, MAX_DEVICES + 1)))
     return None if par is None else par.num_devices
 
 
-def _first_that_holds(m, dev, context: int, batch: int | None, window_tokens: int | None,
-                      parallels) -> ParallelConfig | None:
-    """The first of `parallels` whose mapping holds the weights and the KV cache of `batch`
-    sequences of `context` tokens (a windowed block's `window_tokens` at most), or None."""
+def _first_that_holds(cfg: CentConfig, context: int, batch: int | None, parallels) -> ParallelConfig | None:
+    """The first of `parallels` whose mapping of `cfg.model` on `cfg.device` holds the weights and the KV
+    cache of `batch` sequences of `context` tokens, in the scheduler's blocks (`check_capacity`), or None."""
+    m, dev = cfg.model, cfg.device
     for par in parallels:
         try:
-            check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch, window_tokens)
+            check_capacity(m, resolve_mapping(m, par, dev), dev, context, batch, cfg.kv_tokens_cap,
+                           cfg.scheduler.kv_block_tokens)
         except ValueError:  # CapacityError among them: it does not hold it, or cannot map it
             continue
         return par
@@ -383,5 +403,5 @@ def fewest_devices(cfg: CentConfig, context: int, batch: int | None = None, most
             yield ParallelConfig(n, m.num_layers, 1)
             n += 1 if n < 64 else n // 16  # coarser steps beyond 64 devices
 
-    par = _first_that_holds(m, dev, context, batch, cfg.kv_tokens_cap, counts())
+    par = _first_that_holds(cfg, context, batch, counts())
     return None if par is None else par.num_devices

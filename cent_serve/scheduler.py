@@ -33,7 +33,8 @@ from cent_serve.config import CentConfig
 from cent_serve.kv_room import KVRoom
 from cent_serve.messages import Layout, RoundPlan
 from cent_serve.request import Request, RequestRefused, Status
-from cent_serve.timing.mapping import Mapping, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
+from cent_serve.timing.mapping import Mapping
+from cent_serve.timing.mapping import kv_room as mapping_kv_room
 
 
 class QueueFull(RequestRefused):
@@ -45,15 +46,9 @@ class QueueFull(RequestRefused):
 
 def kv_room(cfg: CentConfig, mp: Mapping) -> KVRoom:
     """What a replica's devices hold of KV (`KVRoom`), each device's count as its paged cache makes it
-    (`device_worker.kv_cache.PagedKVCache`): what DRAM holds after its weight shard, in blocks of
+    (`timing.mapping.device_kv_blocks`): what DRAM holds after its weight shard, in blocks of
     `scheduler.kv_block_tokens` tokens of every block it holds. Not capped by the override."""
-    block = cfg.scheduler.kv_block_tokens
-    devices = []
-    for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        per_token = device_kv_bytes_per_token(cfg.model, mp, d, cfg.device.bytes_per_element)
-        free = cfg.device.capacity_bytes - device_weight_bytes(cfg.model, mp, d, cfg.device.bytes_per_element)
-        devices.append((*device_block_kinds(cfg.model, mp, d), max(0, free) // (block * per_token)))
-    return KVRoom.of(block, cfg.kv_tokens_cap, devices)
+    return mapping_kv_room(cfg.model, mp, cfg.device, cfg.scheduler.kv_block_tokens, cfg.kv_tokens_cap)
 
 
 @dataclass

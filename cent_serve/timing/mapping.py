@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig
+from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from cent_serve.kv_room import KVRoom
 from cent_serve.timing.pim import BlockGeometry, cdiv
 
 
@@ -145,6 +146,9 @@ def resolve_mapping(m: ModelConfig, p: ParallelConfig, dev: DeviceConfig) -> Map
 
 # ----------------------------------------------------------------------------- capacity
 
+DEFAULT_BLOCK_TOKENS = SchedulerConfig.kv_block_tokens
+"""`scheduler.kv_block_tokens`' default, for `check_capacity`'s callers that have no config."""
+
 
 def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int, element_bytes: int = 2) -> int:
     """Weight bytes a device stores: its blocks' slices plus embedding / LM head shares, each weight
@@ -183,14 +187,23 @@ def device_block_kinds(m: ModelConfig, mp: Mapping, device_id: int) -> tuple[int
     return len(blocks) - windowed, windowed
 
 
-def device_kv_bytes(m: ModelConfig, mp: Mapping, device_id: int, tokens: int, window_tokens: int | None = None,
-                    element_bytes: int = 2) -> int:
-    """KV bytes a sequence of `tokens` tokens takes on a device: its full-attention blocks' for every
-    token, its windowed blocks' for `window_tokens` at most (`CentConfig.kv_tokens_cap`; None: all)."""
-    full, windowed = device_block_kinds(m, mp, device_id)
-    per_block = device_kv_bytes_per_token(m, mp, device_id, element_bytes) // max(1, full + windowed)
-    kept = tokens if window_tokens is None else min(tokens, window_tokens)
-    return per_block * (full * tokens + windowed * kept)
+def device_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int) -> dict[int, tuple[int, int, int]]:
+    """Per device of a replica: (full-attention blocks, windowed blocks, the KV blocks of `block_tokens`
+    tokens of every block it holds that fit beside its weight shard), as its paged cache allocates them
+    (`device_worker.kv_cache.PagedKVCache`): what the scheduler admits against (`kv_room`) and the
+    preflight checks (`check_capacity`)."""
+    out = {}
+    for d in sorted({d for s in mp.stages for d in s.device_ids}):
+        per_token = device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
+        free = dev.capacity_bytes - device_weight_bytes(m, mp, d, dev.bytes_per_element)
+        out[d] = (*device_block_kinds(m, mp, d), max(0, free) // (block_tokens * per_token))
+    return out
+
+
+def kv_room(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int, window_tokens: int | None) -> KVRoom:
+    """What a replica's devices hold of KV (`device_kv_blocks`), a windowed block keeping `window_tokens`
+    of a sequence (`CentConfig.kv_tokens_cap`): one row per kind of device (`cent_serve.kv_room`)."""
+    return KVRoom.of(block_tokens, window_tokens, device_kv_blocks(m, mp, dev, block_tokens).values())
 
 
 class CapacityError(ValueError):
@@ -204,43 +217,34 @@ class CapacityError(ValueError):
 
 
 def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
-                   batch: int | None = None, window_tokens: int | None = None) -> None:
-    """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device, a
-    windowed block keeping `window_tokens` of each at most (`CentConfig.kv_tokens_cap`; None: all).
+                   batch: int | None = None, window_tokens: int | None = None,
+                   block_tokens: int = DEFAULT_BLOCK_TOKENS) -> None:
+    """Weights plus the KV cache of `batch` queries at `context` tokens must fit every device, in
+    whole KV blocks of `block_tokens` tokens (`scheduler.kv_block_tokens`), a windowed block keeping
+    `window_tokens` of each at most (`CentConfig.kv_tokens_cap`; None: all): exactly what the scheduler
+    admits on an empty replica (`KVRoom.fits` of the device's own count, `device_kv_blocks`).
 
     Raises `CapacityError` naming the device and what does not fit: the weight shard alone, or the
     weights and the KV cache with the largest context (at this batch) and batch (at this context)
     that would.
     """
     batch = mp.lanes if batch is None else batch
-    for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
-        kv_seq = device_kv_bytes(m, mp, d, context, window_tokens, dev.bytes_per_element)
-        need = w + kv_seq * batch
-        if need <= dev.capacity_bytes:
+    for d, (full, windowed, blocks) in device_kv_blocks(m, mp, dev, block_tokens).items():
+        room = KVRoom.of(block_tokens, window_tokens, [(full, windowed, blocks)])  # this device alone
+        if room.fits(context, batch):
             continue
+        w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
         cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
             raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}")
-        room = dev.capacity_bytes - w
-        max_ctx = _longest_context(m, mp, d, room // batch, window_tokens, dev.bytes_per_element)
-        max_batch = room // kv_seq
+        need, _ = room.tightest(context, batch)
+        block_bytes = block_tokens * device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
+        max_batch = room.most_sequences(context)
         raise CapacityError(f"device {d}: weights {size_text(w)} + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
-                            f"{context} tokens ({size_text(kv_seq * batch)}) exceed the device's {cap}: the "
-                            f"largest context at batch {batch} is {max_ctx}, the largest batch at context {context} "
+                            f"{context} tokens ({need} blocks of {block_tokens} tokens, {size_text(need * block_bytes)}) "
+                            f"exceed the device's {cap} ({blocks} blocks beside the weights): the largest context at "
+                            f"batch {batch} is {room.longest(batch)}, the largest batch at context {context} "
                             f"is {max_batch}", max_batch)
-
-
-def _longest_context(m: ModelConfig, mp: Mapping, d: int, room: int, window_tokens: int | None,
-                     element_bytes: int) -> int:
-    """The most tokens of one sequence whose KV fits `room` bytes of device `d` (`device_kv_bytes`),
-    called when `window_tokens` of them do not all fit, or the device has a full-attention block."""
-    full, windowed = device_block_kinds(m, mp, d)
-    per_block = device_kv_bytes_per_token(m, mp, d, element_bytes) // max(1, full + windowed)
-    every = room // (per_block * (full + windowed))  # the context that fits with every block keeping it all
-    if window_tokens is None or every <= window_tokens or not full:
-        return every
-    return (room - per_block * windowed * window_tokens) // (per_block * full)
 
 
 CAPACITY_FIELDS = ("device.num_channels x banks_per_channel x rows_per_bank x row_elements x bytes_per_element")

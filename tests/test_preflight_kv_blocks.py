@@ -1,0 +1,84 @@
+"""The preflight counts a sequence's KV as the scheduler admits it: whole KV blocks of
+`scheduler.kv_block_tokens` tokens per kind of device (`cent_serve.kv_room`), not bytes. Counted in
+bytes, tiny on one 12-row device held 602 tokens of KV, so `model.max_seq_len=600` passed the
+preflight, while the device holds 37 blocks (592 tokens) and the engine refused every prompt
+of 592 tokens or more ("needs 38 KV blocks ... a replica holds 37")."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, apply_overrides, model_preset
+from cent_serve.engine import Engine
+from cent_serve.preflight import check_devices_hold
+from cent_serve.request import RequestParams
+from cent_serve.scheduler import kv_room
+from cent_serve.timing.mapping import CapacityError, check_capacity, resolve_mapping
+
+S, F = "sliding_attention", "full_attention"
+TINY = model_preset("tiny")
+GEMMA2_LIKE = dataclasses.replace(TINY, sliding_window=16, layer_types=(S, F) * 4, model_type="gemma2")
+GEMMA3_LIKE = dataclasses.replace(TINY, sliding_window=16, layer_types=(S,) * 5 + (F,) + (S,) * 2,
+                                  model_type="gemma3_text")
+
+
+def _cfg(model, devices: int = 1, pp: int = 1, rows: int = 12) -> CentConfig:
+    cfg = CentConfig(model=model, parallel=ParallelConfig(devices, pp, 1), numerics="off")
+    cfg.device.rows_per_bank = rows  # 12 MiB: tiny's weights and a few dozen KV blocks
+    return cfg
+
+
+def _preflight_passes(cfg: CentConfig, context: int, batch: int = 1) -> bool:
+    """`check_devices_hold`'s verdict (its check: `check_capacity`, without the fix's search for
+    device counts, which a refusal runs: seconds a context)."""
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    try:
+        check_capacity(cfg.model, mp, cfg.device, context, batch, cfg.kv_tokens_cap, cfg.scheduler.kv_block_tokens)
+    except CapacityError:
+        return False
+    return True
+
+
+def test_a_context_the_bytes_hold_but_the_blocks_do_not_is_refused_before_start():
+    cfg = apply_overrides(_cfg(TINY), ["model.max_seq_len=600"])
+    room = kv_room(cfg, resolve_mapping(cfg.model, cfg.parallel, cfg.device))
+    assert room.num_blocks == 37 and not room.fits(600)  # 38 blocks of 16 tokens
+    with pytest.raises(ValueError, match="38 blocks of 16 tokens"):
+        check_devices_hold(cfg)
+    fits = apply_overrides(cfg, ["model.max_seq_len=592"])
+    check_devices_hold(fits)  # what passes, the engine admits: its longest prompt, and one token more
+    eng = Engine(fits)
+    eng.add_request([5] * 591, RequestParams(max_tokens=1, ignore_eos=True))
+    while eng.has_work():
+        eng.step()
+    assert [r.finish_reason for r in eng.requests.values()] == ["length"]
+
+
+@pytest.mark.parametrize("model,devices,pp", [(TINY, 1, 1), (GEMMA2_LIKE, 1, 1), (GEMMA3_LIKE, 2, 2)])
+def test_the_preflight_passes_exactly_what_the_scheduler_admits(model, devices, pp):
+    """Context by context around where the KV runs out (a mixed device rounds up each kind's blocks,
+    `kv_room.seq_blocks`), and at a batch of three: the preflight and the scheduler's room agree."""
+    cfg = _cfg(model, devices, pp, rows=12 // pp)
+    room = kv_room(cfg, resolve_mapping(cfg.model, cfg.parallel, cfg.device))
+    longest = room.longest(1)
+    contexts = range(max(1, longest - 40), longest + 40)
+    for batch in (1, 3):
+        got = [_preflight_passes(cfg, n, batch) for n in contexts]
+        want = [room.fits(n, batch) for n in contexts]
+        assert got == want, [n for n, g, w in zip(contexts, got, want) if g != w]
+    check_devices_hold(cfg, longest)  # the command's check itself, at the edge
+    with pytest.raises(ValueError, match=f"the largest context at batch 1 is {longest},"):
+        check_devices_hold(cfg, longest + 1)
+
+
+def test_the_override_caps_what_the_preflight_passes_as_it_caps_admission():
+    """scheduler.num_kv_blocks_override=30 on a device of 37 blocks: a 592-token context (37 blocks)
+    passed the preflight, and the engine then refused every prompt past 480 tokens."""
+    cfg = apply_overrides(_cfg(TINY), ["model.max_seq_len=592", "scheduler.num_kv_blocks_override=30"])
+    with pytest.raises(ValueError) as err:
+        check_devices_hold(cfg)
+    assert str(err.value).endswith("needs 37 blocks of 16 tokens on a device, scheduler.num_kv_blocks_override=30 caps "
+                                   "it at 30: raise it to 37 or more, or remove it"), str(err.value)
+    check_devices_hold(apply_overrides(cfg, ["scheduler.num_kv_blocks_override=37"]))  # as the fix says
+    check_devices_hold(apply_overrides(cfg, ["model.max_seq_len=480"]))
