@@ -292,8 +292,12 @@ class GpuTimer:
                     if self.mapping.devices_used < self.mapping.num_devices else ""))
 
     def max_batch(self, seq_tokens: int) -> int:
-        """Sequences of `seq_tokens` whose KV fits in a replica at once."""
-        return self.kv_tokens() // seq_tokens
+        """Sequences of `seq_tokens` whose KV fits in a replica at once, counted as the scheduler admits
+        them and `preflight.check_gpus_hold` checks them (`kv_room`, capped by
+        `scheduler.num_kv_blocks_override`): whole blocks of `scheduler.kv_block_tokens` on every stage,
+        a windowed layer keeping min(seq_tokens, `CentConfig.kv_tokens_cap`) of a sequence."""
+        sc = self.cfg.scheduler
+        return self.kv_room(sc.kv_block_tokens).capped(sc.num_kv_blocks_override).most_sequences(seq_tokens)
 
     # ------------------------------------------------------------------ cost
 

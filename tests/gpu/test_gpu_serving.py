@@ -505,9 +505,13 @@ def test_a_batch_the_gpus_cannot_hold_names_the_flag_and_the_batch_that_fits(cap
     assert main([*gpu, "--batch", str(fits + 1)]) == 2
     assert f"--batch {fits} (the most" in capsys.readouterr().err
     # a KV-block override that caps the GPUs: the batch it holds is named too, and the context by its flags
-    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 2
+    assert main([*gpu, "--batch", "14", "--set", "scheduler.num_kv_blocks_override=2000"]) == 2
     assert ("raise it to 3584 or more, or remove it, or use --batch 7 (the most of 4096 tokens that fit), or a shorter "
             "context with a smaller --prompt or --decode") in capsys.readouterr().err
+    # without --batch the largest that fits is counted under the override too (it took 14, the GPUs' own, and
+    # refused it)
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == 7
     # an override that caps them below one sequence, on GPUs that do not hold the batch either: removing it and
     # a smaller --batch fits too (before the merge with the --batch wording 'or use fewer sequences' said so)
     assert main([*gpu, "--batch", "64", "--set", "scheduler.num_kv_blocks_override=100"]) == 2
