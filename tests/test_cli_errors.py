@@ -599,11 +599,14 @@ def test_gpus_capped_by_the_kv_block_override_are_told_to_raise_it_not_to_use_mo
     gpu = ["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--json"]
     assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=20"]) == 2
     err = capsys.readouterr().err
-    assert "scheduler.num_kv_blocks_override=20 caps the GPUs at 20 (they hold 6976): raise it to 6912 or more, " \
+    # the default batch is the largest the override lets in (GpuTimer.max_batch): none, so one sequence is asked
+    assert "scheduler.num_kv_blocks_override=20 caps the GPUs at 20 (they hold 6976): raise it to 256 or more, " \
            "or remove it" in err, err
     assert "use more GPUs" not in err and len(err.strip().splitlines()) == 1, err
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=256"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == 1
     assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=6912"]) == 0
-    capsys.readouterr()
+    assert json.loads(capsys.readouterr().out)["batch"] == 27  # the GPU's own largest (6976 // 256)
 
 
 def test_a_kv_cache_that_a_shrunk_device_cannot_hold_names_the_device_fields(capsys):
