@@ -295,3 +295,15 @@ def test_a_sequences_count_on_a_mixed_device_is_its_bytes_rounded_up_and_one_blo
                 assert -(-exact.numerator // exact.denominator) <= count <= -(-exact.numerator // exact.denominator) + 1
                 worst = max(worst, count - exact)
     assert seq_blocks(3, 1, 1, 2) == 3 and 1 < worst < 2
+
+
+def test_kv_usage_is_the_fullest_kind_of_devices_share_as_docs_serving_says():
+    """vllm:kv_cache_usage_perc and the status's kv_usage (docs/serving.md): blocks in use over all
+    replicas, of the kind of device the sequences fill the most, not of the smallest one's count."""
+    room = KVRoom(16, 48, (Row(1, 3, 100), Row(0, 1, 8)))  # 160 tokens: 5 blocks on the first, 3 on the second
+    s = Scheduler(2, 1, 4, room, 160, 8)
+    for i in range(2):
+        s.add(_request(i))
+    s.schedule(0.0)
+    assert s.num_running == 2 and s.kv_blocks == 8  # on either replica: the share is over both
+    assert s.kv_usage() == max(2 * 5 / 200, 2 * 3 / 16) == 3 / 8
