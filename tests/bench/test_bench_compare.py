@@ -350,3 +350,24 @@ def test_the_sweeps_title_keeps_each_sides_hardware_on_one_line(tmp_path, monkey
     result = SimpleNamespace(records=[SimpleNamespace(ok=True, ttft_s=0.2, tpot_s=0.05, e2e_s=5.0)])
     plot_cdfs(tmp_path / "cdfs.png", {"CENT": result, "GPU": result}, sides, "llama2-70b", {})
     assert figs[1]._suptitle.get_text().split("\n")[0] == f"llama2-70b: {cent} vs {gpu}"
+
+
+def test_a_side_that_refused_requests_for_a_full_queue_did_not_keep_the_pace():
+    """The whole azure_conv_2023 (19,366 requests over 3,501 s) on 4 A100s: 3,580 refused with
+    queue_full, TTFT p50 251 s, the run ending 314 s after the last arrival (1.09x the span); the
+    first rule (within 1.25x) said the GPUs kept the trace's pace, so their throughput read as the
+    trace's. A full queue is overload: a side that refused a request for it kept no pace, whatever
+    its end (a long trace's span leaves a queue's drain within 1.25x)."""
+    from cent_serve.bench.compare import _kept_pace
+    from cent_serve.bench.runner import BenchResult, RequestRecord
+
+    ok = [RequestRecord(f"ok{i}", float(i), 16, 4, scheduled_s=float(i), first_token_s=i + 0.5, finish_s=i + 1.0,
+                        finish_reason="length") for i in range(95)]
+    refused = [RequestRecord(f"no{i}", 10.0 + i, 16, finish_reason="rejected", failure_reason="queue_full")
+               for i in range(5)]
+    too_long = [RequestRecord(f"long{i}", 20.0 + i, 5000, finish_reason="invalid", failure_reason="context_exceeded")
+                for i in range(5)]
+    side = dict(duration=1.1 * 94.0, completed=95)
+    assert _kept_pace(BenchResult(ok, [], [], 0.0, 0.0, {}), side, 94.0)  # alone: kept (the first rule)
+    assert _kept_pace(BenchResult(ok + too_long, [], [], 0.0, 0.0, {}), side, 94.0)  # too long for any hardware
+    assert not _kept_pace(BenchResult(ok + refused, [], [], 0.0, 0.0, {}), side, 94.0)
