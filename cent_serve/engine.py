@@ -514,6 +514,14 @@ class Engine:
     def device_stats(self) -> list[dict]:
         return [dict(d, replica=r) for r, st in self._replica_stats() for d in st["devices"]]
 
+    def energy_terms_j(self) -> dict[str, float] | None:
+        """The replicas' devices' joules by term (`Executor.energy_terms_j`), added; None when the
+        hardware has no split (GPUs). A replica being re-created is left out, as in `device_stats`."""
+        from cent_serve.executor.base import sum_terms
+
+        parts = [ex.energy_terms_j() for ex in self.executors if ex is not None]
+        return None if not parts or any(p is None for p in parts) else sum_terms(parts)
+
     def fabric_stats(self) -> list[dict]:
         return [dict(st["fabric"], replica=r) for r, st in self._replica_stats()]
 

@@ -91,8 +91,9 @@ class DeviceActor:
 
     def stats(self) -> dict:
         """{"device": the worker's counters, "fabric": the switch ports this device clocks, "sent":
-        messages and bytes it sent on its links}."""
+        messages and bytes it sent on its links, "energy_terms_j": the worker's joules by term}."""
         with self.lock:
             device = dict(self.worker.stats(), host=ray.util.get_node_ip_address(),
                           node_id=ray.get_runtime_context().get_node_id())
-            return dict(device=device, fabric=self.port.fabric.stats(), sent=self.port.sent.tolist())
+            return dict(device=device, fabric=self.port.fabric.stats(), sent=self.port.sent.tolist(),
+                        energy_terms_j=self.worker.energy_terms_j())

@@ -36,7 +36,7 @@ from cent_serve.model.layers import embed_rows, linear, model_norm, out_norm, so
 from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
-from cent_serve.timing.energy import head_energy_j
+from cent_serve.timing.energy import TERMS, head_energy_j, head_energy_terms_j
 from cent_serve.timing.mapping import Stage, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import FOREVER, SeqTable
@@ -74,7 +74,8 @@ class DeviceWorker:
                                  mp.tb, cfg.scheduler.kv_block_tokens, (self.has_embedding, self.timer.embed_lookup_s),
                                  (self.has_lm_head, self.timer.lm_head_s, head_energy_j(self.timer) / self.tp,
                                   mp.lm_head == "last_stage"),
-                                 self.timer.host_s, block_windows=[self.timer.table_windows[b] for b in self._blocks])
+                                 self.timer.host_s, block_windows=[self.timer.table_windows[b] for b in self._blocks],
+                                 head_terms=head_energy_terms_j(self.timer) / self.tp if self.has_lm_head else None)
         """Busy-until clocks in simulated seconds, busy seconds, joules, counters (`device_round`)."""
         full, windowed = device_block_kinds(cfg.model, mp, device_id)
         cap = cfg.kv_tokens_cap if windowed else None
@@ -310,6 +311,11 @@ class DeviceWorker:
         return x + out_norm(cfg, down, sh.mlp_out_norm)
 
     # ------------------------------------------------------------------ reporting
+
+    def energy_terms_j(self) -> dict[str, float]:
+        """The joules this device charged by term (`energy.TERMS`): charged where `stats`' `energy_j`
+        is, they add up to it."""
+        return dict(zip(TERMS, self.clock.terms.tolist()))
 
     def stats(self) -> dict:
         c = self.clock.counters()

@@ -29,7 +29,7 @@ from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
 from cent_serve.preflight import check_runnable
 
-KEPT_DICTS = ("failure_reasons",)
+KEPT_DICTS = ("failure_reasons", "energy_by_term_j", "energy_share_by_term")
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
 COLORS = {"CENT": "tab:blue", "GPU": "tab:red"}
 LOG_RATIO = 20.0
@@ -198,6 +198,10 @@ def print_compare(out: dict) -> None:
             print(f"  {side.upper():<6}{reason:<22}{f['count']:>6}   e.g. {short_example(f['example'])}")
     for line in replay_fixes({**out["cent"].get("failure_reasons", {}), **out["gpu"].get("failure_reasons", {})}):
         print(f"  {line}")
+    from cent_serve.bench.report import terms_text
+    print(f"energy by term: CENT {terms_text(out['cent'])}; GPU: "
+          + ("n/a (the GPU model charges one power over a step's time)" if out["gpu"].get("energy_share_by_term")
+             is None else terms_text(out["gpu"])))
     for note in out.get("notes") or ():
         print(f"note: {note}")
     print("(simulated time; energy per token: over prompt and output tokens; power = the steps' energy over the "

@@ -136,7 +136,35 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
                failure_reasons=failure_reasons(records),
                raised_to_one_token=result.raised_to_one_token,
                time_unit="simulated seconds", wall_s=result.wall_s)
+    out.update(energy_terms(result.energy_terms_j))
     return out
+
+
+def energy_terms(terms_j: dict[str, float] | None) -> dict:
+    """`energy_by_term_j` (the run's joules by term, `timing.energy.TERMS`, largest first) and
+    `energy_share_by_term` (each one's share of their sum); both None where the run has no split (GPUs,
+    --url runs)."""
+    if terms_j is None:
+        return dict(energy_by_term_j=None, energy_share_by_term=None)
+    ordered = dict(sorted(terms_j.items(), key=lambda kv: -kv[1]))  # stable: ties keep TERMS' order
+    total = sum(ordered.values())
+    return dict(energy_by_term_j=ordered,
+                energy_share_by_term={k: v / total if total > 0 else 0.0 for k, v in ordered.items()})
+
+
+TERMS_SHOWN = 5
+"""Terms the table names (the largest); summary.json has them all."""
+
+
+def terms_text(summary: dict) -> str:
+    """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `TERMS_SHOWN` terms' shares; "n/a"
+    and why for a run without a split."""
+    shares = summary.get("energy_share_by_term")
+    if shares is None:
+        return "n/a (no split by term: a GPU run, or a run against a server)"
+    top = list(shares.items())[:TERMS_SHOWN]
+    rest = sum(list(shares.values())[TERMS_SHOWN:])
+    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + (f" (others {100 * rest:.1f}%)" if rest else "")
 
 
 ROWS = (  # (key of side_figures, label, unit, better)
@@ -327,6 +355,7 @@ def print_table(summary: dict, title: str | None = None) -> None:
     per_out = summary["energy_per_output_token_mj"]
     print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens"
           + ("" if per_out is None else f"; {per_out:.3f} mJ an output token") + ")")
+    print(f"{'energy by term':<24}{summary['energy_j']:>12.4g} J: {terms_text(summary)}")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

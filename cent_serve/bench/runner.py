@@ -136,6 +136,9 @@ class BenchResult:
     """Requests the trace gave 0 prompt or 0 output tokens, sent with 1 (see `ZeroTokens`)."""
     interrupted: bool = False
     """Ctrl-C stopped the replay: `records` are the requests that ended before it (partial)."""
+    energy_terms_j: dict[str, float] | None = None
+    """The devices' joules by term (`Engine.energy_terms_j`), charged where the requests' energy is:
+    they add up to the records' when every request ended; None on GPUs and for --url runs."""
 
     def __repr__(self) -> str:
         """Counts, not every record (a 200-request replay's records and samples are ~130 kB of text,
@@ -285,13 +288,13 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
             interrupted = True
         wall = time.perf_counter() - t0
         try:
-            devices, status = engine.device_stats(), engine.status()
+            devices, status, terms = engine.device_stats(), engine.status(), engine.energy_terms_j()
         except Exception:  # noqa: BLE001 - after Ctrl-C the devices may be gone too (Ray's workers get it)
             if not interrupted:
                 raise
-            devices, status = [], {}
+            devices, status, terms = [], {}, None
         out = BenchResult(list(records.values()), samples, devices, engine.now_s, wall, status, zeros.requests,
-                          interrupted)
+                          interrupted, terms)
     finally:
         bar.close()
         if own:

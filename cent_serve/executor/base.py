@@ -36,8 +36,22 @@ class Executor(ABC):
     def stats(self) -> dict:
         """{"devices": [per-device counters], "fabric": the switch's counters}."""
 
+    def energy_terms_j(self) -> dict[str, float] | None:
+        """The devices' joules by term (`cent_serve.timing.energy.TERMS`) over the run, charged where
+        their `energy_j` is (so they add up to it); None where the hardware has no such split (GPUs)."""
+        return None
+
     def shutdown(self) -> None:
         """Stop the devices and give back what they hold; safe to call twice."""
+
+
+def sum_terms(parts) -> dict[str, float]:
+    """Joules by term added over `parts` (dicts of the same terms), in the order given."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for term, j in part.items():
+            out[term] = out.get(term, 0.0) + j
+    return out
 
 
 def busy_fraction(device: dict, clock_s: float) -> float:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Done, Executor
+from cent_serve.executor.base import Done, Executor, sum_terms
 from cent_serve.messages import RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.worker import DeviceWorker
@@ -43,6 +43,9 @@ class LocalExecutor(Executor):
                 return Done(out)
         return Done(run_round(plan, self.units, self.workers, self.fabric, self.timer, self.relays,
                               self.locksteps))
+
+    def energy_terms_j(self) -> dict[str, float]:
+        return sum_terms(w.energy_terms_j() for w in self.workers.values())
 
     def stats(self) -> dict:
         return dict(devices=[w.stats() for w in self.workers.values()], fabric=self.fabric.stats())

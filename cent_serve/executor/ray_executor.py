@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Executor, check_start
+from cent_serve.executor.base import Executor, check_start, sum_terms
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.token import PRELOAD_CONTEXTS
@@ -645,6 +645,12 @@ class RayExecutor(Executor):
         sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
         return dict(devices=[g["device"] for g in got[:-1]], fabric=dict(merge_stats(views), **self.switch_where),
                     links=dict(messages=int(sent[0]), bytes=int(sent[1])))
+
+    def energy_terms_j(self) -> dict[str, float]:
+        """The devices' joules by term (`Executor.energy_terms_j`), from their stats answers."""
+        self._check_open()
+        got = self._ask("stats", "a stats call", CHECK_TIMEOUT_S)
+        return sum_terms(g["energy_terms_j"] for g in got[:-1])
 
     def shutdown(self) -> None:
         """Kill the actors and give the devices back; safe to call twice or half-built."""

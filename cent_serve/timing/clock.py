@@ -38,19 +38,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from cent_serve.timing.energy import TERMS
+
 # busy slots of a device, in its busy array: then one per channel group
 EMBEDDING, LM_HEAD, ACCELERATOR, DMA, GROUPS = 0, 1, 2, 3, 4
 # a switch port's counters, in the columns of `Fabric.counts`
 BYTES_OUT, BYTES_IN, FLITS_OUT, MESSAGES_OUT, MESSAGES_IN = 0, 1, 2, 3, 4
 # a device's float state (`DeviceClock.f`): scalars, then the embedding unit [has, s, clock] and the
-# LM head [has, s, clock, joules, on the last group's channels], then the busy seconds (4 + groups)
-# and the channel groups' clocks (groups)
+# LM head [has, s, clock, joules, on the last group's channels], then the busy seconds (4 + groups),
+# the channel groups' clocks (groups), the joules charged by term (NUM_TERMS) and the LM head's joules
+# a sequence by term (NUM_TERMS)
 F_TB, F_JOULES, F_HOST_S, F_LATENCY, F_EMBED, F_HEAD, F_BUSY = 0, 1, 2, 3, 4, 7, 12
 # a device's int state (`DeviceClock.i`): counters, sizes, then blocks per group (groups), whether
 # each block's output leaves the device (blocks), the windows of its kinds of block (kinds: 0, the
 # table's context as it is), each block's kind (blocks), and the next unit's devices (its route)
 (I_CALLS, I_TOKENS, I_BLOCK_STEPS, I_BLOCK_TOKENS, I_GROUPS, I_BLOCKS, I_SRC, I_DSTS, I_FLIT_BYTES, I_KINDS,
  I_REST) = range(11)
+NUM_TERMS = len(TERMS)
 
 
 @njit(cache=True)
@@ -82,13 +86,16 @@ def _missing_context(starts, seq_tokens, filled, windows):  # pragma: no cover -
 
 
 @njit(cache=True)
-def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_blocks, head_j):  # pragma: no cover
+def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_blocks, head_j, terms):  # pragma: no cover
     """Each lane's block step, own accelerator s and joules of one block of each kind (kinds,
     lanes), and tokens; each sequence's joules on the device (its blocks, and its share of the LM
     head): the sequences' tokens added in order (a lane of one token: its table row). A kind of
     block with window w > 0 reads the table at min(L, w), the keys it attends to (the table's costs
-    depend on the context through those only); `kind_blocks`: the device's blocks of each kind."""
+    depend on the context through those only); `kind_blocks`: the device's blocks of each kind.
+    `terms`: the device's joules by term (`DeviceClock.terms`), each token's blocks' added from the
+    table's term rows when it has them (a table of three rows charges none)."""
     n_lanes, n_kinds = lanes_f.shape[1], windows.shape[0]
+    n_terms = terms.shape[0]
     step, acc, energy = np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes))
     tokens = np.empty(n_lanes, dtype=np.int64)
     own = np.full(starts.shape[0], head_j)
@@ -107,6 +114,8 @@ def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_b
                     a_sum = a_sum + table[1, c]
                     e_sum = e_sum + table[2, c]
                     s_e = s_e + table[2, c]
+                    for q in range(n_terms):  # the same joules by term, where the total is charged
+                        terms[q] += table[3 + q, c] * kind_blocks[kd]
                 own[k] = s_e * kind_blocks[kd] + own[k] if kd else s_e * kind_blocks[kd] + head_j
                 n_tok += seq_tokens[k]
             step[kd, a] = p_sum + a_sum * tb + lanes_f[0, a]
@@ -117,9 +126,11 @@ def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_b
 
 
 @njit(cache=True)
-def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks):  # pragma: no cover
+def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks, terms,
+                    head_terms):  # pragma: no cover
     """The lanes through the device's clocks, in arrival order; returns when each leaves. A block's
-    step is its kind's (`_lane_costs`)."""
+    step is its kind's (`_lane_costs`); the LM head's joules by term (`head_terms`) are added to
+    `terms` as its joules to the total."""
     groups, blocks, kinds = i[I_GROUPS], i[I_BLOCKS], i[I_KINDS]
     group_blocks = i[I_REST:I_REST + groups]
     block_last = i[I_REST + groups:I_REST + groups + blocks]
@@ -168,6 +179,8 @@ def _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, ki
             else:
                 t = _unit(f, F_HEAD, t, n_lane_seqs, busy, LM_HEAD)
             joules += f[F_HEAD + 3] * n_lane_seqs
+            for q in range(head_terms.shape[0]):  # (not `t`: the lane's time)
+                terms[q] += head_terms[q] * n_lane_seqs
         done[a] = t
         i[I_TOKENS] += tokens[a]
         i[I_BLOCK_STEPS] += blocks
@@ -219,9 +232,14 @@ def device_round(ready, table, filled, seq, lanes_i, lanes_f, f, i):  # pragma: 
     kind_blocks = np.zeros(kinds, dtype=np.int64)
     for b in range(blocks):
         kind_blocks[block_kind[b]] += 1
+    # the joules by term (`DeviceClock.terms`): after the busy seconds and clocks, then the LM head's
+    at = F_BUSY + 4 + 2 * groups
+    n_terms = min((f.shape[0] - at) // 2, table.shape[0] - 3)
+    terms, head_terms = f[at:at + n_terms], f[at + n_terms:at + 2 * n_terms]
     step, acc, energy, tokens, own = _lane_costs(table, seq[0], seq_tokens, lanes_i, lanes_f, f[F_TB], windows,
-                                                 kind_blocks, head_j)
-    done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks)
+                                                 kind_blocks, head_j, terms)
+    done = _through_clocks(ready, step, acc, energy, tokens, lanes_i, lanes_f, f, i, kind_blocks, terms,
+                           head_terms)
     n_crossed = _advance(seq, seq_tokens, i[I_BLOCK_TOKENS])
     i[I_CALLS] += 1
     return done, own, n_crossed, 0
@@ -345,15 +363,18 @@ class DeviceClock:
                  embed: tuple[bool, float], head: tuple[bool, float, float] | tuple[bool, float, float, bool],
                  host_s: float = 0.0,
                  route: tuple[int, tuple[int, ...], float, int] | None = None,
-                 block_windows: list[int] | None = None) -> None:
+                 block_windows: list[int] | None = None, head_terms: np.ndarray | None = None) -> None:
         """`block_windows`: each block's window as the timer's table reads it (`SystemTimer.table_windows`;
-        None: 0 for every block, the table's context as it is)."""
+        None: 0 for every block, the table's context as it is). `head_terms`: the LM head's joules a
+        sequence by term (`energy.TERMS`; they add up to `head`'s joules; None: zeros)."""
         groups, blocks = len(group_blocks), len(block_last)
         windows = list(block_windows) if block_windows is not None else [0] * blocks
         kinds = sorted(set(windows))
         assert len(windows) == blocks, (windows, blocks)
         src, dsts, latency, flit_bytes = route or (0, (), 0.0, 0)
-        self.f = np.zeros(F_BUSY + 4 + 2 * groups)
+        self.f = np.zeros(F_BUSY + 4 + 2 * groups + 2 * NUM_TERMS)
+        if head_terms is not None:
+            self.f[F_BUSY + 4 + 2 * groups + NUM_TERMS:] = head_terms
         self.f[[F_TB, F_HOST_S, F_LATENCY]] = tb, host_s, latency
         self.f[F_EMBED:F_EMBED + 2] = embed
         self.f[F_HEAD:F_HEAD + 2] = head[:2]
@@ -369,8 +390,10 @@ class DeviceClock:
         groups = int(self.i[I_GROUPS])
         self.busy = self.f[F_BUSY:F_BUSY + 4 + groups]
         """Busy seconds: embedding, LM head, accelerator, DMA, then each channel group."""
-        self.group_free = self.f[F_BUSY + 4 + groups:]
+        self.group_free = self.f[F_BUSY + 4 + groups:F_BUSY + 4 + 2 * groups]
         """Each channel group's busy-until clock."""
+        self.terms = self.f[F_BUSY + 4 + 2 * groups:F_BUSY + 4 + 2 * groups + NUM_TERMS]
+        """The joules charged by term (`energy.TERMS`), beside `joules` (`device_round`): they add up to it."""
 
     def keep_in(self, f: np.ndarray, i: np.ndarray) -> None:
         """Hold the state in `f` and `i` from now on, its values copied there: rows of the state
@@ -407,7 +430,7 @@ def warm() -> None:
     from a link too (read-only)."""
     clock = DeviceClock([1], [True], 1, 16, (False, 0.0), (False, 0.0, 0.0), route=(0, (1,), 1e-7, 256))
     lanes_i, lanes_f = np.array([0, 1, 1, 1], dtype=np.int64), np.zeros((3, 1))
-    table, filled = np.zeros((3, 3)), np.ones(3, dtype=np.bool_)
+    table, filled = np.zeros((3 + NUM_TERMS, 3)), np.ones(3, dtype=np.bool_)
     ports, counts = np.zeros((3, 2)), np.zeros((2, 5), dtype=np.int64)
     for x in (np.zeros(2), np.frombuffer(np.zeros(2).tobytes())):
         device_round(x[:1], table, filled, np.zeros((3, 1), dtype=np.int64), lanes_i, lanes_f, clock.f, clock.i)

@@ -297,6 +297,13 @@ def head_energy_j(timer) -> float:
     return float(energy_model(timer).head_terms().sum())
 
 
+def head_energy_terms_j(timer) -> np.ndarray:
+    """`head_energy_j` by term (`TERMS`): (len(TERMS),) joules, zeros under the `artifact` convention."""
+    if timer.convention == "artifact":
+        return np.zeros(len(TERMS))
+    return energy_model(timer).head_terms()
+
+
 def token_energy_terms_j(timer, context: int) -> dict[str, float]:
     """One token's energy at `context` by term (`TERMS`), joules."""
     return dict(zip(TERMS, energy_model(timer).token(context).tolist()))

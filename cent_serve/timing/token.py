@@ -13,6 +13,7 @@ import numpy as np
 from cent_serve.arguments import check_config
 from cent_serve.config import CentConfig, DeviceConfig, FabricConfig, ModelConfig
 from cent_serve.timing.accelerator import accelerator_cycles
+from cent_serve.timing.energy import TERMS, energy_model
 from cent_serve.timing.fabric import hop_size, moe_collectives_s, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
 from cent_serve.timing.pim import (BlockTimer, embed_lookup_cycles, expert_cycles, gemv_cycles, lm_head_cycles,
@@ -23,6 +24,8 @@ CONVENTIONS = ("cent", "artifact")
 """How a closed form accounts a mapping (`cent_serve.timing.pipeline`)."""
 TABLE_AHEAD = 32
 """Contexts past a missing one that `SystemTimer.fill_contexts` fills in the same pass."""
+TABLE_ROWS = 3 + len(TERMS)
+"""A context table's rows (`ContextTable`): PIM s, own accelerator s, joules, then the joules by term."""
 PRELOAD_CONTEXTS = 8192
 """Contexts a driver fills before handing the table to its device processes (`load_table`);
 longer ones are filled where they are first needed."""
@@ -76,12 +79,13 @@ class LanePlan:
 
 class ContextTable:
     """`SystemTimer.block_cost` by context, filled as rounds reach contexts (`SystemTimer.context_table`):
-    `costs` (3, n) float64 holds (PIM s, own accelerator s, joules on one tp device) at column L
-    for the contexts `filled` (n,) marks. Timers of one model, mapping and device may share one
+    `costs` (TABLE_ROWS, n) float64 holds (PIM s, own accelerator s, joules on one tp device) at column
+    L, then those joules by term (`energy.TERMS`, the vector whose sum they are), for the contexts
+    `filled` (n,) marks. Timers of one model, mapping and device may share one
     (`SystemTimer.share_table`): the values are the same."""
 
     def __init__(self) -> None:
-        self.costs = np.zeros((3, 0))
+        self.costs = np.zeros((TABLE_ROWS, 0))
         self.filled = np.zeros(0, dtype=bool)
 
 
@@ -273,8 +277,8 @@ class SystemTimer:
         return self._moe_expected
 
     def context_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(table, filled): table (3, n) float64 holds `block_cost(L)` (PIM s, own accelerator s,
-        joules on one tp device) at column L for the contexts `filled` (n,) marks. Devices read it
+        """(table, filled): table (TABLE_ROWS, n) float64 holds `block_cost(L)` (PIM s, own accelerator
+        s, joules on one tp device) and those joules by term (`ContextTable`) at column L for the contexts `filled` (n,) marks. Devices read it
         in `device_round`; `fill_contexts` adds what a round lacks."""
         return self._table.costs, self._table.filled
 
@@ -303,12 +307,16 @@ class SystemTimer:
         t = self._table
         if upto > t.filled.shape[0]:
             grow = max(upto, 2 * t.filled.shape[0])
-            t.costs = np.concatenate([t.costs, np.zeros((3, grow - t.costs.shape[1]))], axis=1)
+            t.costs = np.concatenate([t.costs, np.zeros((TABLE_ROWS, grow - t.costs.shape[1]))], axis=1)
             t.filled = np.concatenate([t.filled, np.zeros(grow - t.filled.shape[0], bool)])
         missing = np.unique(contexts[~t.filled[contexts]])
         ahead = np.arange(int(missing.max()) + 1, upto) if missing.size else np.zeros(0, np.int64)
+        energy = energy_model(self)
         for L in np.concatenate([missing, ahead[~t.filled[ahead]]]).tolist():
-            t.costs[:, L] = self.block_cost(L)
+            t.costs[:3, L] = self.block_cost(L)
+            # the terms block_cost's joules add up (`block_energy_j`: the same cached vector), so a
+            # device charges them beside the total (`clock.device_round`)
+            t.costs[3:, L] = energy.block(L) / self.mapping.tp
             t.filled[L] = True
 
     def load_table(self, table: np.ndarray, filled: np.ndarray) -> None:
@@ -316,7 +324,7 @@ class SystemTimer:
         driver fills it once and hands it to every device process, which would otherwise each
         evaluate the cost model for every context. A timer sharing another's table (`share_table`)
         takes a table of its own here, leaving the other's as it was."""
-        assert table.shape == (3, filled.shape[0]), (table.shape, filled.shape)
+        assert table.shape == (TABLE_ROWS, filled.shape[0]), (table.shape, filled.shape)
         self._table = ContextTable()
         self._table.costs, self._table.filled = np.array(table), np.array(filled)
 

@@ -10,6 +10,8 @@ from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.messages import Layout
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import ACCELERATOR, DeviceClock, device_round
+from cent_serve.timing.energy import TERMS, block_energy_by_op_j, token_energy_terms_j
+from cent_serve.timing.token import TABLE_ROWS
 
 
 def _by_hand(timer: SystemTimer, lane, starts) -> dict:
@@ -72,6 +74,31 @@ def test_timers_sharing_a_context_table_fill_it_once_and_a_loaded_table_unshares
     b.share_table(a)
     a.fill_contexts(np.array([100]))
     table, filled = b.context_table()
-    assert filled[100] and table[:, 100].tolist() == list(a.block_cost(100))
-    b.load_table(np.zeros((3, 8)), np.zeros(8, dtype=bool))
+    assert filled[100] and table[:3, 100].tolist() == list(a.block_cost(100))
+    b.load_table(np.zeros((TABLE_ROWS, 8)), np.zeros(8, dtype=bool))
     assert b.context_table()[1].shape == (8,) and a.context_table()[1][100]  # a's table as it was
+
+
+def test_a_devices_joules_by_term_add_up_to_its_joules_and_to_the_closed_forms_terms():
+    """A device charges each block's joules by term beside the total (`DeviceClock.terms`): over a
+    one-device pipeline of a tensor-parallel-free mapping they are the closed form's token terms, less
+    the embedding's and LM head's (charged on the head's device only)."""
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(1, 1, 1), numerics="off")
+    timer = SystemTimer.from_config(cfg)
+    n = timer.model.num_layers
+    timer.fill_contexts(np.array([40]))
+    table = timer.context_table()[0]
+    assert table.shape[0] == 3 + len(TERMS)
+    assert abs(table[3:, 40].sum() / table[2, 40] - 1) < 1e-12
+    assert abs(sum(block_energy_by_op_j(timer, 40).values()) / table[2, 40] - 1) < 1e-12
+    clock = DeviceClock([n], [False] * (n - 1) + [True], 1, 16, (False, 0.0), (False, 0.0, 0.0))
+    lp = timer.lane_plan(Layout((0,), (((7, 1),),)))
+    st = np.array([39], dtype=np.int64)
+    *_, need = device_round(np.zeros(1), *timer.context_table(), np.stack([st, st, st]), lp.ints, lp.floats,
+                            clock.f, clock.i)
+    assert need == 0
+    want = token_energy_terms_j(timer, 40)
+    head = timer.__dict__["_energy"].head_terms()
+    for k, term in enumerate(TERMS):
+        assert abs(clock.terms[k] - (want[term] - head[k])) <= 1e-12 * clock.joules, term
+    assert abs(clock.terms.sum() / clock.joules - 1) < 1e-12

@@ -1,0 +1,80 @@
+"""A replay's energy by term (`summarize`'s `energy_by_term_j`, `energy_share_by_term`): charged by the
+devices where they charge the total, so the terms add up to the run's `energy_j` whatever the path a
+round takes (a pure pipeline's compiled ticks, a tensor-parallel unit's twin ranks, the general loop)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cent_serve.bench import FixedLengths, synthetic_trace
+from cent_serve.bench.report import print_table, summarize
+from cent_serve.bench.runner import run_in_process
+from cent_serve.cli import main
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.timing.energy import TERMS
+
+
+def _cfg(model="tiny", devices=8, pp=0, tp=1, **kw) -> CentConfig:
+    return CentConfig(model=model_preset(model), parallel=ParallelConfig(devices, pp, tp), numerics="off", **kw)
+
+
+def _trace(n=12):
+    return synthetic_trace(n, rate=50.0, burstiness=1.0, lengths=FixedLengths(20, 9), seed=4)
+
+
+@pytest.mark.parametrize("devices, pp, tp", [
+    (8, 0, 1),   # pure pipeline, one device a unit: compiled ticks
+    (8, 2, 4),   # hybrid: tensor-parallel twins in lockstep
+    (4, 4, 1),   # a pipeline of 4 over 4 devices (several blocks a device)
+])
+def test_the_terms_add_up_to_the_runs_energy(devices, pp, tp):
+    s = summarize(run_in_process(_cfg("tiny", devices, pp, tp), _trace(), progress=False))
+    terms = s["energy_by_term_j"]
+    assert list(terms) and set(terms) <= set(TERMS)
+    assert s["energy_j"] > 0
+    assert sum(terms.values()) == pytest.approx(s["energy_j"], rel=1e-9)
+    assert sum(s["energy_share_by_term"].values()) == pytest.approx(1.0, rel=1e-9)
+    assert all(v >= 0 for v in terms.values())
+    # the PIM banks and the rows they open are a decode step's energy: both are charged
+    assert terms["pim"] > 0 and terms["activate"] > 0
+
+
+def test_the_terms_follow_the_closed_form_of_one_request():
+    """One request alone: its tokens are charged at contexts 1 .. P + n - 1, the closed form's terms."""
+    from cent_serve.bench import Request
+    from cent_serve.engine import Engine
+    from cent_serve.timing.energy import token_energy_terms_j
+
+    cfg = _cfg("llama2-7b", 32, 32)
+    P, n = 16, 5
+    s = summarize(run_in_process(cfg, [Request("0", 0.0, P, n)], progress=False))
+    timer = Engine(cfg).timer
+    want = {t: 0.0 for t in TERMS}
+    for L in range(1, P + n):
+        for t, j in token_energy_terms_j(timer, L).items():
+            want[t] += j
+    for t in TERMS:
+        assert s["energy_by_term_j"].get(t, 0.0) == pytest.approx(want[t], rel=1e-9, abs=1e-15), t
+
+
+def test_the_table_prints_the_largest_terms_and_their_shares(capsys):
+    s = summarize(run_in_process(_cfg(), _trace(), progress=False))
+    s["wall_s"] = 0.0
+    print_table(s)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("energy by term"))
+    top = max(s["energy_share_by_term"], key=s["energy_share_by_term"].get)
+    assert f"{top} {100 * s['energy_share_by_term'][top]:.1f}%" in line
+
+
+def test_compare_json_has_the_cent_sides_terms_and_none_for_the_gpus(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    main(["bench", "compare", "--model", "tiny", "--devices", "8", "--numerics", "off", "--synthetic", "poisson",
+          "--rate", "20", "--num-requests", "6", "--prompt-len", "16", "--output-len", "6", "--gpu", "a100-80gb:1",
+          "--out", str(out), "--no-plots"])
+    cmp = json.loads((out / "compare.json").read_text())
+    cent, gpu = cmp["cent"], cmp["gpu"]
+    assert sum(cent["energy_by_term_j"].values()) == pytest.approx(cent["energy_j"], rel=1e-9)
+    assert gpu["energy_by_term_j"] is None and gpu["energy_share_by_term"] is None
+    text = capsys.readouterr().out
+    assert "energy by term" in text and "GPU: n/a" in text
