@@ -261,7 +261,8 @@ async def _snapshot(ctx: ApiContext):
     loop = ctx.loop
     if loop.snapshot_task is None or loop.snapshot_task.done():
         async def read():
-            got = await loop.call(lambda e: (loop.status(), e.device_stats(), e.fabric_stats()))
+            got = await loop.call(lambda e: (dict(loop.status(), energy_by_term_j=e.energy_terms_j()), e.device_stats(),
+                                             e.fabric_stats()))
             loop.snapshot = (time.monotonic(), got)
             return got
         loop.snapshot_task = asyncio.ensure_future(read())

@@ -519,7 +519,14 @@ class Engine:
         hardware has no split (GPUs). A replica being re-created is left out, as in `device_stats`."""
         from cent_serve.executor.base import sum_terms
 
-        parts = [ex.energy_terms_j() for ex in self.executors if ex is not None]
+        parts = []
+        for r, ex in enumerate(self.executors):
+            if ex is None:
+                continue
+            try:
+                parts.append(ex.energy_terms_j())
+            except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call (`_replica_stats`)
+                self._recover(r, exc)
         return None if not parts or any(p is None for p in parts) else sum_terms(parts)
 
     def fabric_stats(self) -> list[dict]:

@@ -468,6 +468,14 @@ def _over_replay(start: list[dict], end: list[dict], offset: float) -> list[dict
     return out
 
 
+def _terms_over_replay(start: dict | None, end: dict | None) -> dict[str, float] | None:
+    """The devices' joules by term charged during this replay (the status's `energy_by_term_j` at its end
+    less at its start); None when the server gives none (GPUs, not cent-serve)."""
+    if start is None or end is None:
+        return None
+    return {k: v - start.get(k, 0.0) for k, v in end.items()}
+
+
 def server_root(url: str) -> str:
     """The server's root, which the replay's paths (`/v1/completions`, `/tokenize`) follow: `url` without
     a trailing slash, nor a trailing `/v1`, the OpenAI client's `base_url` form that `cent serve` logs
@@ -502,7 +510,9 @@ async def replay_http(url: str, requests: list[TraceRequest], concurrency: int =
     else:
         clock = wall_s
     devices = _over_replay(srv.status.get("devices", []), end.get("devices", []), srv.offset)
-    result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests)
+    result = BenchResult(recs, replay.samples, devices, clock, wall_s, end, replay.zeros.requests,
+                         energy_terms_j=_terms_over_replay(srv.status.get("energy_by_term_j"),
+                                                           end.get("energy_by_term_j")))
     replay.zeros.warn()
     # what the server counted during this replay that makes it not the in-process one (`EngineLoop`)
     # None where the server keeps no such count (no virtual clock: paced, or not cent-serve), not a 0 that reads as exact

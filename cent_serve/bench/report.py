@@ -143,7 +143,7 @@ def summarize(result: BenchResult, slos: dict[str, float] | None = None) -> dict
 def energy_terms(terms_j: dict[str, float] | None) -> dict:
     """`energy_by_term_j` (the run's joules by term, `timing.energy.TERMS`, largest first) and
     `energy_share_by_term` (each one's share of their sum); both None where the run has no split (GPUs,
-    --url runs)."""
+    a --url run against a server that gives none)."""
     if terms_j is None:
         return dict(energy_by_term_j=None, energy_share_by_term=None)
     ordered = dict(sorted(terms_j.items(), key=lambda kv: -kv[1]))  # stable: ties keep TERMS' order
@@ -161,7 +161,7 @@ def terms_text(summary: dict) -> str:
     and why for a run without a split."""
     shares = summary.get("energy_share_by_term")
     if shares is None:
-        return "n/a (no split by term: a GPU run, or a run against a server)"
+        return "n/a (no split by term: a GPU run, or a server that gives none)"
     top = list(shares.items())[:TERMS_SHOWN]
     rest = sum(list(shares.values())[TERMS_SHOWN:])
     return ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + (f" (others {100 * rest:.1f}%)" if rest else "")

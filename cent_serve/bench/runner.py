@@ -138,7 +138,8 @@ class BenchResult:
     """Ctrl-C stopped the replay: `records` are the requests that ended before it (partial)."""
     energy_terms_j: dict[str, float] | None = None
     """The devices' joules by term (`Engine.energy_terms_j`), charged where the requests' energy is:
-    they add up to the records' when every request ended; None on GPUs and for --url runs."""
+    they add up to the records' when every request ended; None on GPUs (and for a --url run, from a
+    server whose status has none: `http_client.replay_http`)."""
 
     def __repr__(self) -> str:
         """Counts, not every record (a 200-request replay's records and samples are ~130 kB of text,

@@ -16,15 +16,20 @@ pytestmark = pytest.mark.ray
 def test_ray_equals_local_executor(ray_cluster, devices, pp, tp):
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
     prompts = [[1, 9, 8, 7], [1, 50]]
-    local = generate_batch(LocalExecutor(cfg), prompts, 12)
+    local_ex = LocalExecutor(cfg)
+    local = generate_batch(local_ex, prompts, 12)
     ex = make_executor(cfg, "ray")
     try:
         remote = generate_batch(ex, prompts, 12)
         stats = ex.stats()
+        terms = ex.energy_terms_j()
     finally:
         ex.shutdown()
     assert remote.token_ids == local.token_ids
     assert remote.token_times_s == local.token_times_s  # bit-identical simulated time
+    # the devices' joules by term, charged beside their joules: as in this process, and adding up to them
+    assert terms == local_ex.energy_terms_j()
+    assert sum(terms.values()) == pytest.approx(sum(d["energy_j"] for d in stats["devices"]), rel=1e-9)
     assert len(stats["devices"]) == devices
     assert sum(d["tokens"] for d in stats["devices"]) > 0
     if devices == 8:  # pipeline: activations crossed the switch between all 8 devices
