@@ -93,9 +93,12 @@ def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_b
     block with window w > 0 reads the table at min(L, w), the keys it attends to (the table's costs
     depend on the context through those only); `kind_blocks`: the device's blocks of each kind.
     `terms`: the device's joules by term (`DeviceClock.terms`), each token's blocks' added from the
-    table's term rows when it has them (a table of three rows charges none)."""
+    table's term rows when it has them (a table of three rows charges none), which hold context
+    after context (`token.ContextTable`)."""
     n_lanes, n_kinds = lanes_f.shape[1], windows.shape[0]
     n_terms = terms.shape[0]
+    flat = table.reshape(table.size)
+    base = 3 * table.shape[1]
     step, acc, energy = np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes)), np.empty((n_kinds, n_lanes))
     tokens = np.empty(n_lanes, dtype=np.int64)
     own = np.full(starts.shape[0], head_j)
@@ -114,8 +117,9 @@ def _lane_costs(table, starts, seq_tokens, lanes_i, lanes_f, tb, windows, kind_b
                     a_sum = a_sum + table[1, c]
                     e_sum = e_sum + table[2, c]
                     s_e = s_e + table[2, c]
+                    at = base + c * n_terms
                     for q in range(n_terms):  # the same joules by term, where the total is charged
-                        terms[q] += table[3 + q, c] * kind_blocks[kd]
+                        terms[q] += flat[at + q] * kind_blocks[kd]
                 own[k] = s_e * kind_blocks[kd] + own[k] if kd else s_e * kind_blocks[kd] + head_j
                 n_tok += seq_tokens[k]
             step[kd, a] = p_sum + a_sum * tb + lanes_f[0, a]

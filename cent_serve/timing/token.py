@@ -24,8 +24,14 @@ CONVENTIONS = ("cent", "artifact")
 """How a closed form accounts a mapping (`cent_serve.timing.pipeline`)."""
 TABLE_AHEAD = 32
 """Contexts past a missing one that `SystemTimer.fill_contexts` fills in the same pass."""
-TABLE_ROWS = 3 + len(TERMS)
+NUM_TERMS = len(TERMS)
+TABLE_ROWS = 3 + NUM_TERMS
 """A context table's rows (`ContextTable`): PIM s, own accelerator s, joules, then the joules by term."""
+
+
+def context_terms(table: np.ndarray, context: int) -> np.ndarray:
+    """(NUM_TERMS,) the joules by term of one block at `context` in a context table (`ContextTable`)."""
+    return table[3:].reshape(-1)[context * NUM_TERMS:(context + 1) * NUM_TERMS]
 PRELOAD_CONTEXTS = 8192
 """Contexts a driver fills before handing the table to its device processes (`load_table`);
 longer ones are filled where they are first needed."""
@@ -80,8 +86,9 @@ class LanePlan:
 class ContextTable:
     """`SystemTimer.block_cost` by context, filled as rounds reach contexts (`SystemTimer.context_table`):
     `costs` (TABLE_ROWS, n) float64 holds (PIM s, own accelerator s, joules on one tp device) at column
-    L, then those joules by term (`energy.TERMS`, the vector whose sum they are), for the contexts
-    `filled` (n,) marks. Timers of one model, mapping and device may share one
+    L, for the contexts `filled` (n,) marks; its other rows, read as one run of n x len(TERMS) values,
+    those joules by term (`energy.TERMS`, the vector whose sum they are), context after context
+    (`context_terms`): a device adds a token's terms from one or two cache lines, not one a row. Timers of one model, mapping and device may share one
     (`SystemTimer.share_table`): the values are the same."""
 
     def __init__(self) -> None:
@@ -307,16 +314,19 @@ class SystemTimer:
         t = self._table
         if upto > t.filled.shape[0]:
             grow = max(upto, 2 * t.filled.shape[0])
-            t.costs = np.concatenate([t.costs, np.zeros((TABLE_ROWS, grow - t.costs.shape[1]))], axis=1)
+            costs = np.zeros((TABLE_ROWS, grow))
+            costs[:3, :t.costs.shape[1]] = t.costs[:3]
+            costs[3:].reshape(-1)[:t.costs[3:].size] = t.costs[3:].reshape(-1)  # context-major: a prefix
+            t.costs = costs
             t.filled = np.concatenate([t.filled, np.zeros(grow - t.filled.shape[0], bool)])
         missing = np.unique(contexts[~t.filled[contexts]])
         ahead = np.arange(int(missing.max()) + 1, upto) if missing.size else np.zeros(0, np.int64)
-        energy = energy_model(self)
+        energy, terms = energy_model(self), t.costs[3:].reshape(-1)  # a view: the rows are contiguous
         for L in np.concatenate([missing, ahead[~t.filled[ahead]]]).tolist():
             t.costs[:3, L] = self.block_cost(L)
             # the terms block_cost's joules add up (`block_energy_j`: the same cached vector), so a
             # device charges them beside the total (`clock.device_round`)
-            t.costs[3:, L] = energy.block(L) / self.mapping.tp
+            terms[L * NUM_TERMS:(L + 1) * NUM_TERMS] = energy.block(L) / self.mapping.tp
             t.filled[L] = True
 
     def load_table(self, table: np.ndarray, filled: np.ndarray) -> None:

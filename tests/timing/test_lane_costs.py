@@ -11,7 +11,7 @@ from cent_serve.messages import Layout
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import ACCELERATOR, DeviceClock, device_round
 from cent_serve.timing.energy import TERMS, block_energy_by_op_j, token_energy_terms_j
-from cent_serve.timing.token import TABLE_ROWS
+from cent_serve.timing.token import TABLE_ROWS, context_terms
 
 
 def _by_hand(timer: SystemTimer, lane, starts) -> dict:
@@ -89,7 +89,11 @@ def test_a_devices_joules_by_term_add_up_to_its_joules_and_to_the_closed_forms_t
     timer.fill_contexts(np.array([40]))
     table = timer.context_table()[0]
     assert table.shape[0] == 3 + len(TERMS)
-    assert abs(table[3:, 40].sum() / table[2, 40] - 1) < 1e-12
+    assert abs(context_terms(table, 40).sum() / table[2, 40] - 1) < 1e-12
+    before = context_terms(table, 40).tolist()
+    timer.fill_contexts(np.array([400]))  # the table grows: each context keeps its terms
+    assert context_terms(timer.context_table()[0], 40).tolist() == before
+    timer.fill_contexts(np.array([40]))
     assert abs(sum(block_energy_by_op_j(timer, 40).values()) / table[2, 40] - 1) < 1e-12
     clock = DeviceClock([n], [False] * (n - 1) + [True], 1, 16, (False, 0.0), (False, 0.0, 0.0))
     lp = timer.lane_plan(Layout((0,), (((7, 1),),)))
