@@ -50,8 +50,8 @@ SERVER_ERROR = "server_error"
 """The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
 ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT, NO_REPLICA: SERVER_ERROR}
 """Error codes (`error_code`) that name a refusal reason differently, cent-serve's for a
-request its devices failed (a 500, not a bug's) and for one no replica could serve (a 503, or a
-stream's error event, while every replica is down and none comes back soon); the reason codes
+request its devices failed (a 500, not a bug's) and for one no replica could serve (a 503, answered or
+as a stream's error event, `event_reason`, while every replica is down and none comes back soon); the reason codes
 themselves (`REFUSAL_REASONS`) map to themselves."""
 CONNECTION_ERROR = "connection_error"
 """The reason of a request whose connection failed (timeout, reset)."""
@@ -92,6 +92,17 @@ def failure_reason(status: int, err: dict) -> str:
     if "kv blocks" in message:
         return "kv_capacity"
     return "invalid_prompt" if err.get("param") == "prompt" else BAD_REQUEST
+
+
+def event_reason(err: dict) -> str:
+    """The bench failure reason of a stream's error event (`err`: its `error` object), as
+    `failure_reason` gives for the same error answered before the stream began: its status is the
+    integer `code` (cent-serve's and vLLM 0.33's, `ErrorInfo.code`), else 500 (the stream was cut
+    under way: the server's failure). cent-serve's device fault stays `device_fault` by its
+    `cent.code`; a vLLM server's 500 is a `server_error`, never a device's."""
+    code = err.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
+    return failure_reason(status, err)
 
 
 @dataclass
@@ -147,7 +158,7 @@ async def _one(client: httpx.AsyncClient, content: bytes, rec: RequestRecord, wa
                 chunk = json.loads(line[6:])
                 if "error" in chunk:  # cent-serve ends a stream this way when the devices failed (or none serve)
                     rec.finish_reason = "error"
-                    rec.failure_reason = ERROR_CODES.get(error_code(chunk["error"]), DEVICE_FAULT)
+                    rec.failure_reason = event_reason(chunk["error"])
                     rec.error = chunk["error"].get("message", "error")
                     continue
                 now = time.perf_counter()

@@ -637,3 +637,44 @@ def test_a_url_replay_counts_requests_no_replica_can_serve_as_failed_with_the_50
         example = summary["failure_reasons"]["server_error"]["example"]
         assert "replica 0: could not be re-created: RuntimeError: the worker host was lost" in example
         assert example.endswith("retry later"), example
+
+
+@pytest.mark.parametrize("error, reason", [
+    # cent-serve's: the reason in cent.code, the status in code
+    ({"message": "the emulated devices of replica 0 failed", "code": 500, "cent": {"code": "device_fault"}},
+     "device_fault"),
+    ({"message": "no replica", "code": 503, "cent": {"code": "no_replica"}}, "server_error"),
+    ({"message": "the engine stopped", "code": 503, "cent": {"code": "engine_stopped"}}, "server_error"),
+    # vLLM 0.33's (the status alone): no emulated devices there, so never a device fault
+    ({"message": "EngineCore encountered an issue", "type": "InternalServerError", "code": 500}, "server_error"),
+    ({"message": "This model's maximum context length is 64 tokens", "type": "BadRequestError", "code": 400},
+     "context_exceeded"),
+    # an older cent-serve's: the reason as a string code
+    ({"message": "the emulated devices of replica 0 failed", "code": "device_fault"}, "device_fault"),
+])
+def test_a_streams_error_event_is_read_as_the_same_error_answered_before_the_stream(error, reason):
+    """A stream's error event carries the error body a refusal before the stream would (its `code` the
+    HTTP status, as vLLM 0.33's `ErrorInfo.code` and cent-serve's are): it is grouped as that answer is,
+    not as a device fault whatever it says (a vLLM server's 500 is its own failure, cent-serve's
+    engine_stopped the server's, as their 5xx answers are)."""
+    import cent_serve.bench.http_client as http_client
+    from cent_serve.bench import Request
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 64}]})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404)
+        chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": None}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: {json.dumps({'error': error})}\n\n"
+                              "data: [DONE]\n\n", headers={"content-type": "text/event-stream"})
+
+    async def replay() -> http_client._Replay:
+        async with httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(answer)) as client:
+            r = http_client._Replay(client, await http_client._server(client, "http://x"), [Request("0", 0.0, 4, 2)],
+                                    1, 0, False)
+            await r.run()
+            return r
+
+    (rec,) = asyncio.run(replay()).records.values()
+    assert (rec.finish_reason, rec.failure_reason, rec.error) == ("error", reason, error["message"])
