@@ -45,8 +45,8 @@ streams. Each event stays whole and its own, as a client that splits the stream 
 reads it (vLLM's bench, the openai client, SSE)."""
 
 DEVICE_FAULT_CODE = "device_fault"
-"""The error `code` of a request the emulated devices failed (it was null, as a bug's is): a client
-tells a fault it may retry from a bug."""
+"""The error body's `cent.code` of a request the emulated devices failed (it was null, as a bug's is):
+a client tells a fault it may retry from a bug (`code` is the status, 500 for both)."""
 
 
 def no_replica(message: str, retry_after_s: float) -> ApiError:

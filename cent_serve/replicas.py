@@ -38,7 +38,7 @@ FAULT_TEXT_MAX = 600
 
 
 NO_REPLICA = "no_replica"
-"""The error `code` of a request no replica can serve soon (the API's 503, a stream's error event; a
+"""The error body's `cent.code` of a request no replica can serve soon (the API's 503, a stream's error event; a
 `cent bench` HTTP run counts it as a `server_error`)."""
 
 

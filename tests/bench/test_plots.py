@@ -82,7 +82,6 @@ def test_a_title_is_never_broken_between_a_flag_and_its_value():
     assert not any(line.split(" ")[-1] == "--set" for line in lines), fitted
 
 
-
 @pytest.mark.parametrize("num_devices", [4, 27])
 def test_utilization_labels_of_a_busy_device_stay_inside_the_axes(tmp_path, monkeypatch, num_devices):
     """The whole azure_conv_2023 on 4 A100s kept them 99.9% busy: each bar's label sat above the
