@@ -97,8 +97,9 @@ def run_compare(cent_cfg: CentConfig, gpu_cfg: CentConfig, requests: list, slos:
 
 
 KEPT_PACE = 1.25
-"""A side whose run ends within this many times the last arrival's time kept the trace's pace: its
-throughput is the trace's, not what the hardware could do (`compare_notes`)."""
+"""A side whose run ends within this many times the last arrival's time (and refused no request for a
+full queue) kept the trace's pace: its throughput is the trace's, not what the hardware could do
+(`compare_notes`)."""
 QUEUED = 0.1
 """A request queued when it waited for its first step more than this share of its time in the system; a
 side whose completed requests queued at most this share of the time, ending within `UNQUEUED_PACE`
@@ -118,7 +119,8 @@ def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentCo
     prefill behind a TTFT far above the GPUs', and a GPU kind without a cost. `swept`: the run has
     --rates (the note points at its sweep rather than suggesting the flag). A side that completed
     nothing, or whose last completion comes before the last arrival (the later requests failed), kept
-    no pace: its duration (first arrival to last finish) says nothing of the trace's."""
+    no pace: its duration (first arrival to last finish) says nothing of the trace's; nor did one that
+    refused a request for a full queue (overloaded, `_kept_pace`)."""
     notes = []
     arrivals = [r.arrival_s for r in results["CENT"].records]
     last = max(arrivals, default=0.0)
