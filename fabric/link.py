@@ -407,7 +407,9 @@ class Link:
 
     def peer_closed(self) -> bool:
         """Whether the other end has closed the link (or this end did), without waiting or
-        reading a message: for a link that carries nothing and is kept open to watch its peer."""
+        reading a message: for a link kept open to watch its peer (the host's link to the switch,
+        which carries only the switch's rare word of a device gone). Bytes not yet read count as
+        open: the end is seen once they are read."""
         if self._closed:
             return True
         if not self._poll.poll(0):
