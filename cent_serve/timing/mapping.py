@@ -14,6 +14,7 @@ Lanes = pp queries in flight, one per stage (the paper's batch).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
@@ -187,23 +188,22 @@ def device_block_kinds(m: ModelConfig, mp: Mapping, device_id: int) -> tuple[int
     return len(blocks) - windowed, windowed
 
 
-def device_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int) -> dict[int, tuple[int, int, int]]:
-    """Per device of a replica: (full-attention blocks, windowed blocks, the KV blocks of `block_tokens`
-    tokens of every block it holds that fit beside its weight shard), as its paged cache allocates them
-    (`device_worker.kv_cache.PagedKVCache`): what the scheduler admits against (`kv_room`) and the
-    preflight checks (`check_capacity`)."""
-    out = {}
+def device_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int) -> Iterator[tuple[int, int, int, int]]:
+    """Per device of a replica, in order: (device, full-attention blocks, windowed blocks, the KV blocks of
+    `block_tokens` tokens of every block it holds that fit beside its weight shard), as its paged cache
+    allocates them (`device_worker.kv_cache.PagedKVCache`): what the scheduler admits against (`kv_room`)
+    and the preflight checks (`check_capacity`). Counted as asked, so a check stops at its first refusal
+    (`fewest_devices` tries many counts that do not hold)."""
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
         per_token = device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
         free = dev.capacity_bytes - device_weight_bytes(m, mp, d, dev.bytes_per_element)
-        out[d] = (*device_block_kinds(m, mp, d), max(0, free) // (block_tokens * per_token))
-    return out
+        yield (d, *device_block_kinds(m, mp, d), max(0, free) // (block_tokens * per_token))
 
 
 def kv_room(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int, window_tokens: int | None) -> KVRoom:
     """What a replica's devices hold of KV (`device_kv_blocks`), a windowed block keeping `window_tokens`
     of a sequence (`CentConfig.kv_tokens_cap`): one row per kind of device (`cent_serve.kv_room`)."""
-    return KVRoom.of(block_tokens, window_tokens, device_kv_blocks(m, mp, dev, block_tokens).values())
+    return KVRoom.of(block_tokens, window_tokens, (kinds for _, *kinds in device_kv_blocks(m, mp, dev, block_tokens)))
 
 
 class CapacityError(ValueError):
@@ -229,7 +229,7 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
     that would.
     """
     batch = mp.lanes if batch is None else batch
-    for d, (full, windowed, blocks) in device_kv_blocks(m, mp, dev, block_tokens).items():
+    for d, full, windowed, blocks in device_kv_blocks(m, mp, dev, block_tokens):
         room = KVRoom.of(block_tokens, window_tokens, [(full, windowed, blocks)])  # this device alone
         if room.fits(context, batch):
             continue
