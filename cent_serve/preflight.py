@@ -56,14 +56,15 @@ def check_devices_hold(cfg: CentConfig, context: int | None = None, batch: int |
             why = f"{exc}: {_weights_fix(cfg, n, lanes + held, context, batch, shorter)}"
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: {why}") from None
-    _check_override(cfg, mp, context, mp.lanes if batch is None else batch)
     return mp
 
 
 def _check_override(cfg: CentConfig, mp: Mapping, context: int, batch: int) -> None:
     """`scheduler.num_kv_blocks_override` caps the blocks the scheduler admits against on every device
     (`KVRoom.capped`): ValueError when it leaves too few for `batch` sequences of `context` tokens,
-    which the devices themselves hold (`check_capacity` passed), so raising or removing it is the fix."""
+    which the devices themselves hold (`check_capacity` passed), so raising or removing it is the fix.
+    `check_runnable`'s alone: the closed form and `paper.emulate` never meet the scheduler (cent simulate
+    warns the override is not read, and must not then refuse for it)."""
     override = cfg.scheduler.num_kv_blocks_override
     if override is None:
         return
@@ -297,6 +298,8 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | Non
         check_tokenizer(cfg)
         return mp
     mp = check_devices_hold(cfg, context, batch)
+    if batch is not None:  # the engine's scheduler admits them (None: `paper.emulate`, which has none)
+        _check_override(cfg, mp, cfg.model.max_seq_len if context is None else context, batch)
     if cfg.resolved_numerics == "full":  # the numerics split each block's heads over a stage's devices
         from cent_serve.sharding import check_tp
         check_tp(cfg.model, mp.tp)

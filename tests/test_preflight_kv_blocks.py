@@ -6,6 +6,7 @@ of 592 tokens or more ("needs 38 KV blocks ... a replica holds 37")."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -74,14 +75,17 @@ def test_the_preflight_passes_exactly_what_the_scheduler_admits(model, devices, 
 
 def test_the_override_caps_what_the_preflight_passes_as_it_caps_admission():
     """scheduler.num_kv_blocks_override=30 on a device of 37 blocks: a 592-token context (37 blocks)
-    passed the preflight, and the engine then refused every prompt past 480 tokens."""
+    passed the preflight, and the engine then refused every prompt past 480 tokens. Checked where the
+    engine's scheduler runs (check_runnable: cent serve, cent bench, cent sweep --trace)."""
+    from cent_serve.preflight import check_runnable
+
     cfg = apply_overrides(_cfg(TINY), ["model.max_seq_len=592", "scheduler.num_kv_blocks_override=30"])
     with pytest.raises(ValueError) as err:
-        check_devices_hold(cfg)
+        check_runnable(cfg)
     assert str(err.value).endswith("needs 37 blocks of 16 tokens on a device, scheduler.num_kv_blocks_override=30 caps "
                                    "it at 30: raise it to 37 or more, or remove it"), str(err.value)
-    check_devices_hold(apply_overrides(cfg, ["scheduler.num_kv_blocks_override=37"]))  # as the fix says
-    check_devices_hold(apply_overrides(cfg, ["model.max_seq_len=480"]))
+    check_runnable(apply_overrides(cfg, ["scheduler.num_kv_blocks_override=37"]))  # as the fix says
+    check_runnable(apply_overrides(cfg, ["model.max_seq_len=480"]))
 
 
 def test_check_capacity_stops_at_the_first_device_that_does_not_hold(monkeypatch):
@@ -100,3 +104,28 @@ def test_check_capacity_stops_at_the_first_device_that_does_not_hold(monkeypatch
     devices = sorted({d for s in mp.stages for d in s.device_ids})
     assert failing < devices[-1]  # else this test could not tell
     assert set(asked) == {d for d in devices if d <= failing}, (failing, sorted(set(asked)))
+
+
+def test_the_closed_form_which_does_not_read_the_override_is_not_refused_by_it(capsys, caplog):
+    """cent simulate warned that scheduler.num_kv_blocks_override is not read by the closed form (it caps
+    what the serving engine's scheduler admits), then refused the run for it: the closed form's batch, one
+    query a lane at the whole context, never meets the scheduler. Serving's check (check_runnable's one
+    sequence of the whole context, which the engine then admits alone) still refuses it."""
+    from cent_serve.cli import main
+    from cent_serve.preflight import check_runnable
+
+    given = ["simulate", "--model", "tiny", "--numerics", "off", "--seqlen", "592", "--json"]
+    assert main(given) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*given, "--set", "scheduler.num_kv_blocks_override=30"]) == 0
+    out = capsys.readouterr()
+    assert any("--set scheduler.num_kv_blocks_override: the closed form does not read it" in r.getMessage()
+               for r in caplog.records)
+    got = json.loads(out.out)
+    assert got.pop("config")["scheduler"]["num_kv_blocks_override"] == 30
+    plain.pop("config")
+    assert got == plain  # the same figures, as the warning says
+    cfg = apply_overrides(_cfg(TINY), ["model.max_seq_len=592", "scheduler.num_kv_blocks_override=30"])
+    check_devices_hold(cfg)  # the devices hold it: the override is no device's
+    with pytest.raises(ValueError, match="scheduler.num_kv_blocks_override=30 caps it at 30"):
+        check_runnable(cfg)
