@@ -102,7 +102,7 @@ def preset_rows(dev=None) -> list[dict]:
         cfg = CentConfig(model=m, device=dev)  # the scheduler's defaults: what a windowed block keeps
         rows.append(dict(preset=name, model_type=m.model_type, params_b=m.param_count() / 1e9,
                          context=m.max_seq_len, weights_gib=m.param_count() * dev.bytes_per_element / 2**30,
-                         kv_kib_per_token=2 * m.num_layers * m.kv_size * dev.bytes_per_element / 1024,
+                         kv_kib_per_token=m.kv_bytes_per_token(dev.bytes_per_element) / 1024,
                          devices_4k=fewest_devices(cfg, min(4096, m.max_seq_len)),
                          devices_context=fewest_devices(cfg, m.max_seq_len, batch=1)))
     return rows

@@ -356,9 +356,10 @@ class ModelConfig:
     def weight_bytes(self) -> int:
         return self.param_count() * (2 if self.weight_dtype == "bfloat16" else 4)
 
-    def kv_bytes_per_token(self) -> int:
-        """KV cache bytes per token over all layers (bf16, CENT's data type)."""
-        return 2 * self.num_layers * self.kv_size * 2
+    def kv_bytes_per_token(self, element_bytes: int = 2) -> int:
+        """KV cache bytes per token over all layers, `element_bytes` an element (default bf16, CENT's data
+        type; `device.bytes_per_element` for what the devices store)."""
+        return 2 * self.num_layers * self.kv_size * element_bytes
 
 
 def rope_numerics_refusal(model: ModelConfig) -> str | None:
