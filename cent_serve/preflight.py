@@ -70,13 +70,16 @@ def _check_override(cfg: CentConfig, mp: Mapping, context: int, batch: int) -> N
         return
     block = cfg.scheduler.kv_block_tokens
     room = kv_room(cfg.model, mp, cfg.device, block, cfg.kv_tokens_cap)
-    need, have = room.capped(override).tightest(context, batch)
+    capped = room.capped(override)
+    need, have = capped.tightest(context, batch)
     if need > have:
         enough = batch * max(room.need(context))  # every kind of device's count fits under it
+        longest = capped.longest(batch)  # a test of preemption keeps the override and shortens the context
+        shorter = f", or a shorter context with --set model.max_seq_len=N (at most {longest} tokens)" if longest else ""
         raise ValueError(f"{cfg.model.name} on {counted(cfg.parallel.num_devices, 'device')} ({mp.describe()}) does not "
                          f"fit: the KV of {batch} x {context} tokens needs {need} blocks of {block} tokens on a device, "
                          f"scheduler.num_kv_blocks_override={override} caps it at {have}: raise it to {enough} or more, "
-                         "or remove it")
+                         f"or remove it{shorter}")
 
 
 def _smaller_devices(cfg: CentConfig) -> str | None:

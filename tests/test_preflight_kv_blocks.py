@@ -83,7 +83,8 @@ def test_the_override_caps_what_the_preflight_passes_as_it_caps_admission():
     with pytest.raises(ValueError) as err:
         check_runnable(cfg)
     assert str(err.value).endswith("needs 37 blocks of 16 tokens on a device, scheduler.num_kv_blocks_override=30 caps "
-                                   "it at 30: raise it to 37 or more, or remove it"), str(err.value)
+                                   "it at 30: raise it to 37 or more, or remove it, or a shorter context with --set "
+                                   "model.max_seq_len=N (at most 480 tokens)"), str(err.value)  # a test of preemption's fix
     check_runnable(apply_overrides(cfg, ["scheduler.num_kv_blocks_override=37"]))  # as the fix says
     check_runnable(apply_overrides(cfg, ["model.max_seq_len=480"]))
 
