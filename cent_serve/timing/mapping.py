@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
-from cent_serve.kv_room import KVRoom
+from cent_serve.kv_room import KVRoom, seq_blocks
 from cent_serve.timing.pim import BlockGeometry, cdiv
 
 
@@ -229,10 +229,12 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
     that would.
     """
     batch = mp.lanes if batch is None else batch
+    keys = -(-context // block_tokens)  # blocks a full-attention block's keys fill
+    cap_blocks = None if window_tokens is None else -(-window_tokens // block_tokens)
     for d, full, windowed, blocks in device_kv_blocks(m, mp, dev, block_tokens):
-        room = KVRoom.of(block_tokens, window_tokens, [(full, windowed, blocks)])  # this device alone
-        if room.fits(context, batch):
-            continue
+        if batch * seq_blocks(keys, full, windowed, cap_blocks) <= blocks:  # KVRoom.fits of this device alone
+            continue  # (`fewest_devices` asks of many counts: no KVRoom built for a device that holds them)
+        room = KVRoom.of(block_tokens, window_tokens, [(full, windowed, blocks)])
         w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
         cap = size_text(dev.capacity_bytes)
         if w > dev.capacity_bytes:
