@@ -292,9 +292,7 @@ def block_energy_by_op_j(timer, context: int) -> dict[str, float]:
 
 def head_energy_j(timer) -> float:
     """Embedding and LM head of one token (0 under the `artifact` convention, which leaves them out)."""
-    if timer.convention == "artifact":
-        return 0.0
-    return float(energy_model(timer).head_terms().sum())
+    return float(head_energy_terms_j(timer).sum())
 
 
 def head_energy_terms_j(timer) -> np.ndarray:

@@ -27,14 +27,14 @@ TABLE_AHEAD = 32
 NUM_TERMS = len(TERMS)
 TABLE_ROWS = 3 + NUM_TERMS
 """A context table's rows (`ContextTable`): PIM s, own accelerator s, joules, then the joules by term."""
+PRELOAD_CONTEXTS = 8192
+"""Contexts a driver fills before handing the table to its device processes (`load_table`);
+longer ones are filled where they are first needed."""
 
 
 def context_terms(table: np.ndarray, context: int) -> np.ndarray:
     """(NUM_TERMS,) the joules by term of one block at `context` in a context table (`ContextTable`)."""
     return table[3:].reshape(-1)[context * NUM_TERMS:(context + 1) * NUM_TERMS]
-PRELOAD_CONTEXTS = 8192
-"""Contexts a driver fills before handing the table to its device processes (`load_table`);
-longer ones are filled where they are first needed."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,9 @@ class ContextTable:
     `costs` (TABLE_ROWS, n) float64 holds (PIM s, own accelerator s, joules on one tp device) at column
     L, for the contexts `filled` (n,) marks; its other rows, read as one run of n x len(TERMS) values,
     those joules by term (`energy.TERMS`, the vector whose sum they are), context after context
-    (`context_terms`): a device adds a token's terms from one or two cache lines, not one a row. Timers of one model, mapping and device may share one
-    (`SystemTimer.share_table`): the values are the same."""
+    (`context_terms`): a device adds a token's terms from one or two cache lines, not one a row.
+    Timers of one model, mapping and device may share one (`SystemTimer.share_table`): the values are
+    the same."""
 
     def __init__(self) -> None:
         self.costs = np.zeros((TABLE_ROWS, 0))
@@ -285,8 +286,9 @@ class SystemTimer:
 
     def context_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(table, filled): table (TABLE_ROWS, n) float64 holds `block_cost(L)` (PIM s, own accelerator
-        s, joules on one tp device) and those joules by term (`ContextTable`) at column L for the contexts `filled` (n,) marks. Devices read it
-        in `device_round`; `fill_contexts` adds what a round lacks."""
+        s, joules on one tp device) and those joules by term (`ContextTable`) at column L for the
+        contexts `filled` (n,) marks. Devices read it in `device_round`; `fill_contexts` adds what a
+        round lacks."""
         return self._table.costs, self._table.filled
 
     def share_table(self, other: "SystemTimer") -> None:
