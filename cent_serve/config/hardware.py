@@ -224,8 +224,7 @@ class DeviceConfig:
     def peak_pim_bytes_per_s(self) -> float:
         """Weights streamed per second by all banks: each bank reads a burst per all-bank MAC,
         one every column_cycles (2: 512 GB/s a channel, 16.4 TB/s a device)."""
-        return (self.num_channels * self.banks_per_channel * self.burst_elements * self.bytes_per_element
-                * self.clock_hz / self.column_cycles)
+        return self.peak_macs_per_s * self.bytes_per_element  # a weight element per MAC
 
     @property
     def peak_macs_per_s(self) -> float:
