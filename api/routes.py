@@ -254,6 +254,14 @@ SNAPSHOT_WAIT_S = 5.0
 (Prometheus gives a scrape 10 s)."""
 
 
+def _read_snapshot(loop, engine) -> tuple[dict, list[dict], list[dict]]:
+    """(loop status with the devices' joules by term, device stats, fabric stats) on the engine thread:
+    one stats call a replica (`Engine.stats_now`), then the status, which counts a replica that call
+    found gone."""
+    devices, fabrics, terms = engine.stats_now()
+    return dict(loop.status(), energy_by_term_j=terms), devices, fabrics
+
+
 async def _snapshot(ctx: ApiContext):
     """(loop status, device stats, fabric stats), read together on the engine thread between
     rounds, so the three describe the same moment. While a round holds the thread past
@@ -261,8 +269,7 @@ async def _snapshot(ctx: ApiContext):
     loop = ctx.loop
     if loop.snapshot_task is None or loop.snapshot_task.done():
         async def read():
-            got = await loop.call(lambda e: (dict(loop.status(), energy_by_term_j=e.energy_terms_j()), e.device_stats(),
-                                             e.fabric_stats()))
+            got = await loop.call(lambda e: _read_snapshot(loop, e))
             loop.snapshot = (time.monotonic(), got)
             return got
         loop.snapshot_task = asyncio.ensure_future(read())

@@ -498,39 +498,37 @@ class Engine:
                     **({} if self.expert_load is None else
                        dict(experts=self.expert_load.figures(self.now_s, self.num_replicas))))
 
-    def _replica_stats(self) -> list[tuple[int, dict]]:
-        """(replica, executor stats) of the replicas that are up. A replica that cannot answer
-        (an actor died since its last round) is recovered here, not reported as an error."""
-        out = []
-        for r, ex in enumerate(self.executors):
-            if ex is None:
-                continue
-            try:
-                out.append((r, ex.stats()))
-            except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
-                self._recover(r, exc)
-        return out
-
-    def device_stats(self) -> list[dict]:
-        return [dict(d, replica=r) for r, st in self._replica_stats() for d in st["devices"]]
-
-    def energy_terms_j(self) -> dict[str, float] | None:
-        """The replicas' devices' joules by term (`Executor.energy_terms_j`), added; None when the
-        hardware has no split (GPUs). A replica being re-created is left out, as in `device_stats`."""
+    def stats_now(self) -> tuple[list[dict], list[dict], dict[str, float] | None]:
+        """(device stats, fabric stats, the devices' joules by term added) of the replicas that are up,
+        read in one pass over them, so the three describe the same moment. The terms are None when the
+        hardware has no split (GPUs: `Executor.energy_terms_j`). A replica that cannot answer (an actor
+        died since its last round) is recovered here, not reported as an error."""
         from cent_serve.executor.base import sum_terms
 
-        parts = []
+        devices, fabrics, terms = [], [], []
         for r, ex in enumerate(self.executors):
             if ex is None:
                 continue
             try:
-                parts.append(ex.energy_terms_j())
-            except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call (`_replica_stats`)
+                st = ex.stats()
+                split = getattr(ex, "energy_terms_j", None)  # (an executor of one's own may have none)
+                terms.append(None if split is None else split())
+            except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
                 self._recover(r, exc)
-        return None if not parts or any(p is None for p in parts) else sum_terms(parts)
+                continue
+            devices += [dict(d, replica=r) for d in st["devices"]]
+            fabrics.append(dict(st["fabric"], replica=r))
+        return devices, fabrics, None if not terms or None in terms else sum_terms(terms)
+
+    def device_stats(self) -> list[dict]:
+        return self.stats_now()[0]
+
+    def energy_terms_j(self) -> dict[str, float] | None:
+        """The replicas' devices' joules by term (`stats_now`); None on GPUs."""
+        return self.stats_now()[2]
 
     def fabric_stats(self) -> list[dict]:
-        return [dict(st["fabric"], replica=r) for r, st in self._replica_stats()]
+        return self.stats_now()[1]
 
     def shutdown(self, join_s: float | None = None) -> None:
         """Stop the devices (`Replicas.shutdown`: a replica being re-created waited for up to `join_s`)."""

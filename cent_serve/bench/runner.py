@@ -289,7 +289,8 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
             interrupted = True
         wall = time.perf_counter() - t0
         try:
-            devices, status, terms = engine.device_stats(), engine.status(), engine.energy_terms_j()
+            devices, _, terms = engine.stats_now()
+            status = engine.status()
         except Exception:  # noqa: BLE001 - after Ctrl-C the devices may be gone too (Ray's workers get it)
             if not interrupted:
                 raise

@@ -134,7 +134,7 @@ def test_ctrl_c_keeps_the_results_of_the_requests_that_ended(tmp_path, capsys, m
     assert s["interrupted"] is True and 0 < s["completed"] == len(rows) < 40
     assert f"the results of the {len(rows)} of 40 requests that ended before Ctrl-C" in capsys.readouterr().out
     steps[0] = 0  # again, with the devices gone too (Ray's workers get the Ctrl-C): the records still count
-    monkeypatch.setattr(Engine, "device_stats", lambda self: (_ for _ in ()).throw(RuntimeError("actor died")))
+    monkeypatch.setattr(Engine, "stats_now", lambda self: (_ for _ in ()).throw(RuntimeError("actor died")))
     assert main(["bench", "run", "--numerics", "off", "--num-requests", "40", "--max-prompt-tokens", "64",
                  "--max-output-tokens", "16", "--out", str(out)]) == 130
     assert json.loads((out / "summary.json").read_text())["completed"] == s["completed"]

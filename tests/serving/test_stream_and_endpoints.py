@@ -389,13 +389,13 @@ def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
     monkeypatch.setattr(routes, "SNAPSHOT_WAIT_S", 0.2)
     with Server(server_cfg("off"), "local") as s:
         eng, release = s.loop.engine, threading.Event()
-        real = eng.device_stats
+        real = eng.stats_now  # what a snapshot reads on the engine thread
 
-        def held() -> list:  # the engine thread, kept as a stopped device keeps it
+        def held() -> tuple:  # the engine thread, kept as a stopped device keeps it
             release.wait(60)
             return real()
 
-        monkeypatch.setattr(eng, "device_stats", held)
+        monkeypatch.setattr(eng, "stats_now", held)
         first = httpx.get(s.url + "/metrics", timeout=60)
         assert first.status_code == 503 and first.json()["error"]["cent"]["code"] == "engine_busy", first.text
         release.set()
