@@ -132,7 +132,9 @@ def test_a_request_after_an_idle_tensor_rank_died_waits_for_the_re_created_devic
         assert r.status_code == 200, r.text
         st = httpx.get(s.url + "/v1/cent/status").json()
         assert st["num_recoveries"] == 1 and st["num_failed"] == 0
-        assert "device 3 is gone" in st["last_fault"], st["last_fault"]
+        # the switch's word, or, when its unit's leader closed its own link to the host first (a fresh run
+        # saw it: check_links reads that link before the switch's), that closed link
+        assert "device 3 is gone" in st["last_fault"] or "LinkClosed" in st["last_fault"], st["last_fault"]
         assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]
     ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
