@@ -139,7 +139,7 @@ def build(cfg: CentConfig, engine: Engine | None = None):
     sched = engine.scheduler  # vllm:cache_config_info's labels, those of vLLM's CacheConfig that apply here
     metrics = Metrics(cfg.model.name, cfg.model.max_seq_len,
                       dict(block_size=sched.block_tokens, num_gpu_blocks=sched.kv_blocks * engine.num_replicas,
-                           cache_dtype="16-bit" if cfg.on_gpus else f"{cfg.device.bytes_per_element * 8}-bit",
+                           cache_dtype="16-bit" if cfg.on_gpus else f"{cfg.device.kv_element_bytes * 8}-bit",
                            enable_prefix_caching=False))
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
                       on_tokens=metrics.observe_tokens, on_round=metrics.observe_round, watch=watch)

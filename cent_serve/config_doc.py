@@ -92,7 +92,8 @@ def _section_title(prefix: str, cls: type) -> str:
 def preset_rows(dev=None) -> list[dict]:
     """Every preset: family, size, context, and the fewest devices `dev` (default: the paper's
     16 GiB device) that hold it (`fewest_devices`). The weights and the KV cache a token are counted
-    as those devices store them, `dev.bytes_per_element` an element (bf16 by default), as the counts are."""
+    as those devices store them, `dev.bytes_per_element` an element (bf16 by default; the KV cache
+    `dev.kv_element_bytes`), as the counts are."""
     from cent_serve.config import CentConfig, DeviceConfig
     from cent_serve.preflight import fewest_devices
 
@@ -102,7 +103,7 @@ def preset_rows(dev=None) -> list[dict]:
         cfg = CentConfig(model=m, device=dev)  # the scheduler's defaults: what a windowed block keeps
         rows.append(dict(preset=name, model_type=m.model_type, params_b=m.param_count() / 1e9,
                          context=m.max_seq_len, weights_gib=m.param_count() * dev.bytes_per_element / 2**30,
-                         kv_kib_per_token=m.kv_bytes_per_token(dev.bytes_per_element) / 1024,
+                         kv_kib_per_token=m.kv_bytes_per_token(dev.kv_element_bytes) / 1024,
                          devices_4k=fewest_devices(cfg, min(4096, m.max_seq_len)),
                          devices_context=fewest_devices(cfg, m.max_seq_len, batch=1)))
     return rows

@@ -88,7 +88,8 @@ class DeviceWorker:
         elem = cfg.device.bytes_per_element
         self.weight_bytes = device_weight_bytes(m, mp, device_id, elem)
         self.kv = PagedKVCache(capacity_bytes=cfg.device.capacity_bytes - self.weight_bytes,
-                               bytes_per_token=device_kv_bytes_per_token(m, mp, device_id, elem),
+                               bytes_per_token=device_kv_bytes_per_token(m, mp, device_id,
+                                                                         cfg.device.kv_element_bytes),
                                block_tokens=cfg.scheduler.kv_block_tokens)
         self.shards: dict[int, LayerShard] = {}
         self.seq_kv: dict[int, ShardKV] = {}

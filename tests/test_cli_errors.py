@@ -140,6 +140,7 @@ def test_version():
     (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.pp=3"], ["gpu.pp=3 is invalid", "divide gpu.count=4"]),
     (["--hardware", "gpu:a100-80gb:4", "--set", "gpu.tp=3"], ["gpu.tp=3 is invalid", "divide gpu.count=4"]),
     (["--set", "device=5"], ["device='5'", "section"]),
+    (["--set", "device.kv_bytes_per_element=3"], ["device.kv_bytes_per_element=3 is invalid", "leave it unset"]),
     (["--set", "parallel.lm_head=own"], ["parallel.lm_head='own' is invalid", "unit, last_stage"]),
     (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),

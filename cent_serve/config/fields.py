@@ -258,6 +258,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
 
 INTEGER_EXAMPLES = {"device.bytes_per_element": "1 (int8), 2 (bfloat16) or 4 (float32); sub-byte types such as "
                                                 "4-bit are not modelled",
+                    "device.kv_bytes_per_element": "1 (int8), 2 (bfloat16) or 4 (float32), or null (the weights' "
+                                                   "device.bytes_per_element)",
                     "model.head_dim": "128", "model.sliding_window": "4096", "gpu.max_num_seqs": "256",
                     "gpu.max_num_batched_tokens": "8192", "model.moe_intermediate_size": "14336",
                     "model.rope_original_max_position": "8192"}

@@ -126,10 +126,15 @@ class DeviceConfig:
     """Elements per burst, each device.bytes_per_element bytes, and the MACs a bank's unit does per column
     command (the paper's 32 B burst: 16 bf16 elements; 32 for an 8-bit type on the same burst)."""
     bytes_per_element: int = 2
-    """Bytes per stored element, 2 (bf16, CENT's type): the weights, KV cache, capacity and DMA lines are
-    counted in it, the PIM cycles per element (docs/hardware_model.md section 1, "The data type"). Alone
+    """Bytes per stored element, 2 (bf16, CENT's type): the weights, KV cache (unless
+    device.kv_bytes_per_element sets it apart), capacity and DMA lines are counted in it, the PIM cycles per element (docs/hardware_model.md section 1, "The data type"). Alone
     it resizes the rows, bursts and capacity in bytes too; a narrower type on the same DRAM (2 KB rows,
     32 B bursts) also sets row_elements and burst_elements to hold more elements."""
+    kv_bytes_per_element: int | None = None
+    """Bytes per element of the KV cache alone, 1, 2 or 4; unset: device.bytes_per_element (weights and KV
+    alike). On the same DRAM rows and bursts, so 1 on a 16-bit device holds twice the keys a row and a
+    burst: twice the tokens fit, and q.K^T's and score x V's MAC columns and the K append's DMA lines
+    halve (docs/hardware_model.md section 1, "The KV cache's own type")."""
     clock_hz: float = 2e9
     """PIM command clock: one cycle is 0.5 ns. Every PIM cycle count of the time model is at it, the
     DRAM's included (a column command every column_cycles, a row switch in gemv_row_cycles), so 4e9
@@ -216,6 +221,22 @@ class DeviceConfig:
                 * self.bytes_per_element)
 
     @property
+    def kv_element_bytes(self) -> int:
+        """Bytes of one KV cache element: kv_bytes_per_element, or bytes_per_element when unset."""
+        return self.bytes_per_element if self.kv_bytes_per_element is None else self.kv_bytes_per_element
+
+    @property
+    def kv_burst_elements(self) -> int:
+        """KV elements one burst holds and a bank's unit MACs per column command: a burst's bytes
+        (burst_elements x bytes_per_element, 32 B) over the KV element's (16 bf16 keys, 32 8-bit ones)."""
+        return self.burst_elements * self.bytes_per_element // self.kv_element_bytes
+
+    @property
+    def kv_row_elements(self) -> int:
+        """KV elements one DRAM row of a bank holds: its bytes over the KV element's (1024 bf16, 2048 8-bit)."""
+        return self.row_elements * self.bytes_per_element // self.kv_element_bytes
+
+    @property
     def row_column_ops(self) -> int:
         """Column commands that stream one full row: row_elements / burst_elements (1024 / 16)."""
         return self.row_elements // self.burst_elements
@@ -238,7 +259,7 @@ class DeviceConfig:
         return self.burst_elements * self.bytes_per_element / self.dma_bytes_per_cycle
 
     _positive = frozenset({"num_channels", "banks_per_channel", "rows_per_bank", "row_elements", "burst_elements",
-                           "bytes_per_element", "clock_hz", "column_cycles", "accumulator_registers",
+                           "bytes_per_element", "kv_bytes_per_element", "clock_hz", "column_cycles", "accumulator_registers",
                            "gemv_af_group_size", "acc_clock_hz", "acc_simd_lanes", "acc_riscv_cores",
                            "dma_bytes_per_cycle"})
     """Numbers that must be > 0 (every other one, the cycle, time and cost terms, >= 0: `_number_fix`)."""
@@ -255,6 +276,14 @@ class DeviceConfig:
                "make it a multiple of 4 (a channel's 4 bank groups of equal size, e.g. 8, 16 or 32)")
         _check(self.bytes_per_element in (1, 2, 4), "device.bytes_per_element", self.bytes_per_element,
                "use 1 (int8), 2 (bfloat16) or 4 (float32): a burst holds whole elements")
+        kv = self.kv_bytes_per_element
+        _check(kv is None or kv in (1, 2, 4), "device.kv_bytes_per_element", kv,
+               "use 1 (int8), 2 (bfloat16) or 4 (float32), or leave it unset (null: device.bytes_per_element)")
+        if kv is not None and kv > self.bytes_per_element:
+            _check(self.burst_elements * self.bytes_per_element % kv == 0, "device.kv_bytes_per_element", kv,
+                   f"a burst of device.burst_elements={self.burst_elements} x bytes_per_element="
+                   f"{self.bytes_per_element} B does not hold whole {kv}-byte KV elements: use at most "
+                   f"{self.bytes_per_element}, or make device.burst_elements a multiple of {kv // self.bytes_per_element}")
         if self.gemv_af_group_size > self.accumulator_registers:  # name the one changed from its default
             if self.accumulator_registers != DeviceConfig.accumulator_registers:
                 _check(False, "device.accumulator_registers", self.accumulator_registers,

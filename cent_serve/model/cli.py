@@ -65,7 +65,9 @@ def run_info(args: argparse.Namespace) -> int:
               "stage (80 queries for llama2-70b); devices, 1 query @context: the weights and a single query of the "
               "whole context. Timing-only (numerics off) above 1 GiB of float32 weights (about 268M parameters) by "
               "default." + (f" weights, KV/token: as the devices store them, {dev.bytes_per_element} B an element "
-                            "(device.bytes_per_element)." if dev.bytes_per_element != 2 else ""))
+                            "(device.bytes_per_element)." if dev.bytes_per_element != 2 else "")
+              + (f" KV/token: {dev.kv_element_bytes} B an element (device.kv_bytes_per_element)."
+                 if dev.kv_element_bytes != dev.bytes_per_element else ""))
         return 0
     from cent_serve.preflight import check_runnable
 
@@ -114,7 +116,7 @@ def run_info(args: argparse.Namespace) -> int:
         if room.is_hybrid:  # a windowed block keeps a sequence's window only (`cent_serve.kv_room`)
             kv_room.update(window_tokens=room.cap, sequences_at_context=room.most_sequences(m.max_seq_len))
         # what a token's K and V take on a replica's devices (KV heads fewer than tp are held by several)
-        kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.bytes_per_element)
+        kv_stored = sum(device_kv_bytes_per_token(m, mp, d, cfg.device.kv_element_bytes)
                         for d in {d for s in mp.stages for d in s.device_ids})
         # what a replica's devices hold of the weights (a MoE's router on each tp device, a tied table on the
         # first and the last stage: copies_reason)
@@ -179,10 +181,13 @@ def _print_info(cfg, out: dict) -> None:
               f"({copies_reason(m, cfg.parallel.pp or m.num_layers, cfg.parallel.tp)})") \
         if stored and stored > 1.01 * m.param_count() * size else ""  # (norms and the like: within 1%)
     print(f"parameters   {m.param_count():,} ({m.param_count() * size / 2**30:.3f} GiB {where}{copies}{host}){active}")
-    logical = m.kv_bytes_per_token() // 2 * size
+    kv_size = 2 if cfg.on_gpus else cfg.device.kv_element_bytes  # the KV's own type (device.kv_bytes_per_element)
+    logical = m.kv_bytes_per_token() // 2 * kv_size
     stored = out.get("kv_stored_bytes_per_token") or logical
+    kv_where = where.split(' at ')[0] + ("" if kv_size == size else
+                                         f" at device.kv_bytes_per_element={kv_size} (weights at {size})")
     if stored == logical:
-        print(f"kv cache     {logical:,} bytes per token {where.split(' at ')[0]}")
+        print(f"kv cache     {logical:,} bytes per token {kv_where}")
     else:  # KV heads fewer than tp are replicated: the KV room below is of what is stored, so say both
         tp, heads = cfg.parallel.tp, m.num_kv_heads
         held = f"each held by {tp // heads} devices" if tp % heads == 0 else "some held by several devices"
@@ -206,7 +211,8 @@ def _print_info(cfg, out: dict) -> None:
     else:
         d = cfg.device
         print(f"device       {d.capacity_bytes / 2**30:g} GiB: {d.num_channels} channels x {d.banks_per_channel} banks "
-              f"x {d.rows_per_bank:,} rows x {d.row_elements:,} elements of {d.bytes_per_element} B; PIM peak "
+              f"x {d.rows_per_bank:,} rows x {d.row_elements:,} elements of {d.bytes_per_element} B"
+              + (f" (KV: {d.kv_row_elements:,} of {d.kv_element_bytes} B)" if d.kv_bytes_per_element else "") + "; PIM peak "
               f"{d.peak_pim_bytes_per_s / 1e12:.3g} TB/s of weights, {d.peak_macs_per_s / 1e12:.3g} TMAC/s (a column "
               f"command every {d.column_cycles:g} cycles at {d.clock_hz / 1e9:g} GHz)")
         room = out.get("kv_room")

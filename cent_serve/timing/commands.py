@@ -55,6 +55,11 @@ def _bursts(n: int, dev: DeviceConfig) -> int:
     return cdiv(n, dev.burst_elements)
 
 
+def _kv_bursts(n: int, dev: DeviceConfig) -> int:
+    """Bursts of n KV elements (`kv_burst_elements` a burst: a burst's bytes whatever the element)."""
+    return cdiv(n, dev.kv_burst_elements)
+
+
 def gemv_set_channels(dout: int, banks: int, dev: DeviceConfig, span: int | None = None) -> int:
     """The channels a GEMV's instructions reach: enough whole groups of the channels its
     outputs need to fill the `span` channels of the trace (default: the device's; all of them
@@ -186,9 +191,11 @@ def static_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig,
                  prea=2 * cb, act16=2 * cb, pre=b * cb, act=b * cb, tmod=cb, lines=2)
     # KV append: the token's K (its bursts, in rows of one bank) through the DMA, and V^T as an
     # all-bank write per 16 dimensions of each KV head on the head's channel.
-    k_rows = cdiv(m.kv_size, dev.row_elements)
+    # K's rows and bursts are of the KV element (`kv_row_elements`, `kv_burst_elements`); V^T's all-bank
+    # writes stay one per 16 dimensions, each writing the new token's value in its banks' rows.
+    k_rows = cdiv(m.kv_size, dev.kv_row_elements)
     v_writes = _bursts(m.head_dim, dev) * m.num_kv_heads * kv_copies
-    kv = vec(wr=_bursts(m.kv_size, dev) * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
+    kv = vec(wr=_kv_bursts(m.kv_size, dev) * tb, pre=k_rows * tb, act=k_rows * tb, wra16=v_writes,
              act16=v_writes, prea=kv_channels(m, g)[1] * kv_copies, lines=v_writes)
     # SiLU x up: both inputs stored, the elementwise product with copies, the result read back.
     act = vec() if m.is_moe else _silu_commands(f, g, dev, tb)
@@ -216,8 +223,10 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
     nch, banks = dev.num_channels, g.banks
     # q.K^T: keys one per bank, in slots of B banks; a slot's instructions reach whole groups of the
     # channels its keys occupy. Per key row and slot and query head of the group: the query's values
-    # into the buffer, then per KV head in the row a bias, an hd-wide MAC, a read.
-    k_rows = cdiv(m.kv_size, dev.row_elements)
+    # into the buffer, then per KV head in the row a bias, an hd-wide MAC, a read. The query's values
+    # fill buffer rows (`row_elements` activations: the instruction lines), the key's open K rows of the
+    # KV element (`kv_row_elements`) and MAC its bursts (`kv_burst_elements`).
+    k_rows, buffer_rows = cdiv(m.kv_size, dev.kv_row_elements), cdiv(m.kv_size, dev.row_elements)
     slots = cdiv(context, banks)
     bursts, heads = _bursts(m.kv_size, dev), m.num_kv_heads  # over all k_rows rows
 
@@ -227,12 +236,12 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
     full, last = reach(g.cpb * g.tp), reach(cdiv(context - banks * (slots - 1), dev.banks_per_channel))
     csum, cmax = (slots - 1) * full + last, max(full, last) if slots > 1 else last
     rep = nrep * csum
-    score = vec(wrgb=bursts * rep, mac16=heads * _bursts(hd, dev) * rep, wrmac16=heads * rep,
+    score = vec(wrgb=bursts * rep, mac16=heads * _kv_bursts(hd, dev) * rep, wrmac16=heads * rep,
                 rdmac16=heads * rep, act16=k_rows * csum,
                 # a channel the V append closed (auto-precharge), or that nothing opened yet, needs no
                 # precharge before its next all-bank row: here, or in softmax for KV channels q.K^T skips
                 prea=k_rows * csum - min(kv_chans, cmax) - max(0, cmax - cb), tmod=2 * heads * rep + cmax,
-                lines=(k_rows + 3 * heads) * slots * nrep)
+                lines=(buffer_rows + 3 * heads) * slots * nrep)
     # softmax: the scores of every head cross the DMA (4 writes, 2 reads a burst) around two
     # elementwise passes per head group and row; the single-bank row moves reopen rows.
     sizes = context_rows(context, dev.row_elements)
@@ -245,10 +254,12 @@ def attention_commands(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, cont
                   act16=cb * (2 * groups * rl - same),
                   tmod=min(cmax, cb), lines=2 * groups * rl + 2)
     # score x V: per KV-head slot of a channel, query head of the group and score row: the row into
-    # the buffer, then the head's V^T rows in a bank (`v_rows`) each with bias, MAC over the row, read.
+    # the buffer, then the head's V^T rows in a bank (`v_rows`) each with bias, MAC over the row's tokens
+    # (their V in KV bursts: `pim.score_v_cycles`), read.
     heads = kv_per_channel * nrep
     rows = v_rows(m, dev)
-    sv = vec(wrgb=heads * s16 * cb, mac16=rows * heads * s16 * cb, wrmac16=rows * heads * rl * cb,
+    v16 = sum(_kv_bursts(n, dev) for n in sizes)
+    sv = vec(wrgb=heads * s16 * cb, mac16=rows * heads * v16 * cb, wrmac16=rows * heads * rl * cb,
              rdmac16=rows * heads * rl * cb, act16=rows * heads * rl * cb, prea=rows * heads * rl * cb,
              tmod=(2 * rows * heads * rl + 1) * cb, lines=(1 + 3 * rows) * heads * rl)
     return dict(score=score, softmax=softmax, sv=sv)

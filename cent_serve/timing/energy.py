@@ -338,13 +338,16 @@ costs (`cli_common.CLOSED_FORM_IGNORES` lists those the timing does not read).""
 def baseline_changes(model: ModelConfig, dev: DeviceConfig | None = None) -> list[str]:
     """The fields (`model.F=value`) in which `model` differs from the preset of its name that the
     paper's GPUs ran (`GPU_BASELINES`), and `device.bytes_per_element` when `dev` stores other than
-    the bfloat16 they computed in (1: 8-bit weights and KV, another model's numbers); [] when it is
+    the bfloat16 they computed in (1: 8-bit weights and KV, another model's numbers), and
+    `device.kv_bytes_per_element` when the KV alone is stored otherwise; [] when it is
     that model or there is no such preset."""
     if model.name not in GPU_BASELINES:
         return []
     changes = preset_changes(model, lambda name: name in UNPRICED_MODEL_FIELDS or name.startswith("rope_"))
     if dev is not None and dev.bytes_per_element != GPU_BYTES_PER_ELEMENT:
         changes.append(f"device.bytes_per_element={dev.bytes_per_element}")
+    if dev is not None and dev.kv_bytes_per_element not in (None, dev.bytes_per_element, GPU_BYTES_PER_ELEMENT):
+        changes.append(f"device.kv_bytes_per_element={dev.kv_bytes_per_element}")
     return changes
 
 

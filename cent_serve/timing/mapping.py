@@ -175,7 +175,8 @@ def device_weight_bytes(m: ModelConfig, mp: Mapping, device_id: int, element_byt
 
 def device_kv_bytes_per_token(m: ModelConfig, mp: Mapping, device_id: int, element_bytes: int = 2) -> int:
     """KV bytes per token of context on a device (K and V of the KV heads it holds, each element
-    `element_bytes` wide: `device.bytes_per_element`)."""
+    `element_bytes` wide: `DeviceConfig.kv_element_bytes`, `device.kv_bytes_per_element` or else
+    `device.bytes_per_element`)."""
     blocks = sum(len(s.blocks) for s in mp.stages_on_device(device_id))
     kv_heads = max(1, -(-m.num_kv_heads // mp.tp))  # replicated when tp exceeds the KV heads
     return 2 * kv_heads * m.head_dim * element_bytes * blocks
@@ -195,7 +196,7 @@ def device_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_token
     and the preflight checks (`check_capacity`). Counted as asked, so a check stops at its first refusal
     (`fewest_devices` tries many counts that do not hold)."""
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        per_token = device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
+        per_token = device_kv_bytes_per_token(m, mp, d, dev.kv_element_bytes)
         free = dev.capacity_bytes - device_weight_bytes(m, mp, d, dev.bytes_per_element)
         yield (d, *device_block_kinds(m, mp, d), max(0, free) // (block_tokens * per_token))
 
@@ -240,7 +241,7 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
         if w > dev.capacity_bytes:
             raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}")
         need, _ = room.tightest(context, batch)
-        block_bytes = block_tokens * device_kv_bytes_per_token(m, mp, d, dev.bytes_per_element)
+        block_bytes = block_tokens * device_kv_bytes_per_token(m, mp, d, dev.kv_element_bytes)
         max_batch = room.most_sequences(context)
         raise CapacityError(f"device {d}: weights {size_text(w)} + KV cache of {batch} quer{'y' if batch == 1 else 'ies'} x "
                             f"{context} tokens ({need} blocks of {block_tokens} tokens, {size_text(need * block_bytes)}) "

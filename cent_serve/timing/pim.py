@@ -105,8 +105,9 @@ def rotary_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
 
 def kv_append_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> float:
     """Write this token's K and V into the cache banks: the K vector's bursts through the DMA, one
-    line each (a whole row of them for 1024 values), and a fixed cost per KV head and channel group."""
-    return (cdiv(m.kv_size, dev.burst_elements) * dev.dma_line_cycles * g.tb
+    line each (a whole row of them for 1024 values; bursts of `kv_burst_elements`, a burst's bytes
+    whatever the KV element), and a fixed cost per KV head and channel group."""
+    return (cdiv(m.kv_size, dev.kv_burst_elements) * dev.dma_line_cycles * g.tb
             + dev.kv_head_cycles * cdiv(m.num_kv_heads, g.cpb))
 
 
@@ -138,10 +139,11 @@ def score_slot_cycles(m: ModelConfig, dev: DeviceConfig, first: bool) -> float:
     (head_dim x KV heads values) with the matching query values into the global buffer (2 cycles
     a burst: `column_cycles`), then per KV head its MAC columns (2 cycles a burst) and its bias,
     result read and mode switches (1024-element rows of 128-wide heads: 904 cycles a row, 816 for
-    further heads)."""
+    further heads). The query's values are activations (`burst_elements` a burst), the key's MAC columns
+    KV (`kv_burst_elements` a burst: half the columns for 8-bit keys beside bf16 weights)."""
     per_head = dev.score_head_cycles if first else dev.score_rep_head_cycles
     bl, col = dev.burst_elements, dev.column_cycles
-    return col * cdiv(m.kv_size, bl) + m.num_kv_heads * (col * cdiv(m.head_dim, bl) + per_head)
+    return col * cdiv(m.kv_size, bl) + m.num_kv_heads * (col * cdiv(m.head_dim, dev.kv_burst_elements) + per_head)
 
 
 def score_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
@@ -174,12 +176,17 @@ def v_rows(m: ModelConfig, dev: DeviceConfig) -> int:
 
 def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> float:
     """score x V inside one device: per KV head group, per query head of the group, per score
-    row: the scores into the buffer, then each of the head's V^T rows in a bank MACed."""
+    row: the scores into the buffer, then each of the head's V^T rows in a bank MACed. A score row is
+    what the global buffer holds (`row_elements` activations); the V^T rows are opened once per score
+    row whatever V's element, and stream its tokens' V in `kv_burst_elements` bursts (8-bit V beside
+    bf16 scores: half the MAC columns, the same row switches)."""
     per_row = 0.0
     for size in context_rows(attended(m, context), dev.row_elements):
         op = dev.row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
         stream = dev.column_cycles * op
-        per_row += stream + v_rows(m, dev) * (dev.sv_row_cycles + stream)
+        v_stream = stream if dev.kv_burst_elements == dev.burst_elements else dev.column_cycles * cdiv(
+            size, dev.kv_burst_elements)
+        per_row += stream + v_rows(m, dev) * (dev.sv_row_cycles + v_stream)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
 
 

@@ -105,6 +105,22 @@ def test_an_8_bit_wire_format_moves_the_devices_and_the_closed_form_alike(device
     assert out["token_latency_ms"] < emulate_seqlen(bf16, LocalExecutor(bf16), 300)["token_latency_ms"]
 
 
+@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (32, 4, 8)])
+def test_an_8_bit_kv_cache_moves_the_devices_and_the_closed_form_alike(devices, pp, tp):
+    """device.kv_bytes_per_element=1 beside bf16 weights: the devices' attention steps (their own
+    per-context calls, apart from the closed form's table) charge half the MAC columns over K and V,
+    and both agree as they do for bf16; the token gets faster and cheaper."""
+    from cent_serve.config import apply_overrides
+
+    cfg = apply_overrides(_cfg("llama2-7b", devices, pp, tp), ["device.kv_bytes_per_element=1"])
+    out = emulate_seqlen(cfg, LocalExecutor(cfg), 2000)
+    for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "avg_power_w"):
+        assert _rel(out[key], out["closed_form"][key]) < TOL, key
+    bf16 = _cfg("llama2-7b", devices, pp, tp)
+    ref = emulate_seqlen(bf16, LocalExecutor(bf16), 2000)
+    assert out["token_latency_ms"] < ref["token_latency_ms"] and out["token_energy_mj"] < ref["token_energy_mj"]
+
+
 def test_context_is_exactly_the_closed_forms():
     """4096 sits on a tile boundary: one context more costs a visibly different amount."""
     cfg = _cfg("llama2-7b", 32, 32, 1)
