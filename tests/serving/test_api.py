@@ -308,6 +308,22 @@ def test_preemptions_reach_both_counters():
     assert metric(text, "vllm:num_preemptions_total") == metric(text, "cent:preemptions_total") == preempted
 
 
+def test_an_8_bit_kv_cache_is_what_the_cache_info_says_and_holds():
+    """device.kv_bytes_per_element=1 beside bf16 weights: vllm:cache_config_info's cache_dtype is the KV's,
+    8-bit, and its block count is the scheduler's, what the devices' paged caches hold of 8-bit KV."""
+    from cent_serve.config import apply_overrides
+    from cent_serve.scheduler import kv_room
+    from cent_serve.timing import resolve_mapping
+
+    cfg = apply_overrides(_cfg(), ["numerics=off", "device.kv_bytes_per_element=1"])
+    mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    with Server(cfg, "local") as s:
+        text = httpx.get(s.url + "/metrics", timeout=HANG_GUARD_S).text
+        blocks = s.loop.engine.scheduler.kv_blocks
+    assert blocks == kv_room(cfg, mp).num_blocks
+    assert metric(text, "vllm:cache_config_info", cache_dtype="8-bit", num_gpu_blocks=str(blocks)) == 1
+
+
 def test_token_count_buckets_are_vllms_1_2_5_series():
     from api.metrics import buckets_1_2_5
 
