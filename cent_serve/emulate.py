@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,10 +33,28 @@ class Trace:
     energy_j_at: dict[int, float]  # cumulative device energy after step k
     wall_s: float
     tokens: int
+    terms_j_at: dict[int, np.ndarray] = field(default_factory=dict)
+    """The same marks' cumulative device energy by term (`energy.TERMS`): the devices' own counts, charged
+    where `energy_j_at`'s joules are (`Executor.energy_terms_j`), so they add up to them."""
 
 
 def _total_energy(executor) -> float:
     return sum(d["energy_j"] for d in executor.stats()["devices"])
+
+
+def _terms(executor) -> np.ndarray:
+    """The devices' cumulative joules by term, in `energy.TERMS` order."""
+    from cent_serve.timing.energy import TERMS
+
+    got = executor.energy_terms_j()
+    return np.array([got.get(t, 0.0) for t in TERMS])
+
+
+def terms_mj(joules: np.ndarray, tokens: int) -> dict[str, float]:
+    """{term: mJ a token} of `joules` by term (`energy.TERMS` order) over `tokens` tokens."""
+    from cent_serve.timing.energy import TERMS
+
+    return dict(zip(TERMS, (1e3 * joules / tokens).tolist()))
 
 
 def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks: tuple[int, ...] = (),
@@ -65,6 +83,7 @@ def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks
                                np.array([t for p in prefix for t in p], dtype=np.int64), np.ones(queries, bool)))
         new = {}
     marks[0] = _total_energy(executor)
+    terms = {0: _terms(executor)}
     for k in range(steps):
         pos = start + k
         plan = RoundPlan(layout, ready, next(rounds), new)
@@ -78,14 +97,14 @@ def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks
                 next_ids[q] = (int(rng.integers(3, cfg.model.vocab_size)) if pos + 1 < prompt
                                else int(np.argmax(out.logits[q])))
         if k + 1 in energy_marks:
-            marks[k + 1] = _total_energy(executor)
+            marks[k + 1], terms[k + 1] = _total_energy(executor), _terms(executor)
         now = time.perf_counter()
         if now - last_log > PROGRESS_EVERY_S:
             log.info("step %d/%d (context %d), simulated %.3f s, %.0f sim tokens per wall s", k + 1, steps,
                      pos + 1, done[k].max(), (k + 1) * queries / (now - t0))
             last_log = now
-    marks[steps] = _total_energy(executor)
-    return Trace(done, marks, time.perf_counter() - t0, steps * queries)
+    marks[steps], terms[steps] = _total_energy(executor), _terms(executor)
+    return Trace(done, marks, time.perf_counter() - t0, steps * queries, terms)
 
 
 def _step_figures(trace: Trace, k: int, queries: int) -> tuple[float, float]:
@@ -114,8 +133,10 @@ def emulate_seqlen(cfg: CentConfig, executor, seqlen: int, warmup: int = 2) -> d
     energy = (trace.energy_j_at[steps] - trace.energy_j_at[steps - 1]) / queries
     out = token_figures(executor.timer, seqlen).as_dict()
     closed = {k: out[k] for k in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "power_w",
-                                  "avg_power_w")}
-    out.update(token_latency_ms=1e3 * lat, throughput_tok_s=thr, token_energy_mj=1e3 * energy,
+                                  "avg_power_w", "energy_breakdown_mj")}
+    # by term, the devices' own counts over the measured round (the closed form's under closed_form)
+    split = terms_mj(trace.terms_j_at[steps] - trace.terms_j_at[steps - 1], queries)
+    out.update(token_latency_ms=1e3 * lat, throughput_tok_s=thr, token_energy_mj=1e3 * energy, energy_breakdown_mj=split,
                power_w=energy * thr, avg_power_w=energy * thr, emulated=True, replicas=replicas, closed_form=closed,
                wall_s=trace.wall_s,
                sim_tokens_per_wall_s=trace.tokens / trace.wall_s)
@@ -156,6 +177,8 @@ def emulate_phases(cfg: CentConfig, executor, prompt: int, decode: int, gap: int
         sim_s = float(trace.done_s[b - 1].max() - (trace.done_s[a - 1].max() if a > 0 else 0.0))
         out[phase] = dict(latency_s=lat * counts[phase], throughput_tok_s=replicas * thr,
                           energy_per_token_mj=1e3 * energy_j / ((b - a) * queries),
+                          # the devices' joules by term over the phase's steps (the closed form's beside it)
+                          energy_breakdown_mj=terms_mj(trace.terms_j_at[b] - trace.terms_j_at[a], (b - a) * queries),
                           power_w=replicas * energy_j / sim_s, avg_power_w=replicas * energy_j / sim_s,
                           token_latency_ms=1e3 * lat,
                           num_seqlens=len({L for ls, _ in parts[phase] for L in ls}),

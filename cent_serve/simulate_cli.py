@@ -13,7 +13,7 @@ from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
-from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload
+from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text
 from cent_serve.timing.mapping import counted, resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
@@ -260,6 +260,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                   f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}{r['avg_power_w']:>10.1f}"
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
     print(POWER_NOTE)
+    print(f"energy by term, end2end: {shares_text(phases['end2end']['energy_breakdown_mj'])} (--json: every term "
+          "in mJ a token, each phase)")
     if not paper:
         _no_ratio_note(cfg.model, args.prompt, args.decode, cfg.device)
     print(f"the {other.convention} convention (--convention {other.convention}): end2end {alt['latency_s']:.3f} s, "
@@ -426,6 +428,11 @@ def _run_emulated(cfg: CentConfig, args: argparse.Namespace) -> int:
         c = r["closed_form"]
         print(f"{name:<10}{r['throughput_tok_s']:>11.1f}{c['throughput_tok_s']:>13.1f}"
               f"{r['token_latency_ms']:>10.3f}{c['token_latency_ms']:>13.3f}")
+    name, r = ("token", out) if args.prompt is None else ("end2end", out["end2end"])
+    mine, closed = r["energy_breakdown_mj"], r["closed_form"]["energy_breakdown_mj"]
+    apart = max(abs(mine[t] - closed[t]) for t in closed) / sum(closed.values())
+    print(f"energy by term, {name}, the devices' counts: {shares_text(mine)}; each term within {100 * apart:.2g}% of "
+          "the token's energy of the closed form's (--json: every term in mJ a token, both)")
     print(f"wall {out['wall_s']:.2f} s, {out['sim_tokens_per_wall_s']:.0f} simulated tokens per wall second")
     return 0
 

@@ -152,19 +152,15 @@ def energy_terms(terms_j: dict[str, float] | None) -> dict:
                 energy_share_by_term={k: v / total if total > 0 else 0.0 for k, v in ordered.items()})
 
 
-TERMS_SHOWN = 5
-"""Terms the table names (the largest); summary.json has them all."""
-
-
 def terms_text(summary: dict) -> str:
-    """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `TERMS_SHOWN` terms' shares; "n/a"
-    and why for a run without a split."""
+    """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `energy.TERMS_SHOWN` terms' shares
+    (`energy.shares_text`); "n/a" and why for a run without a split."""
+    from cent_serve.timing.energy import shares_text
+
     shares = summary.get("energy_share_by_term")
     if shares is None:
         return "n/a (no split by term: a GPU run, or a server that gives none)"
-    top = list(shares.items())[:TERMS_SHOWN]
-    rest = sum(list(shares.values())[TERMS_SHOWN:])
-    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + (f" (others {100 * rest:.1f}%)" if rest else "")
+    return shares_text(shares)
 
 
 ROWS = (  # (key of side_figures, label, unit, better)

@@ -307,6 +307,36 @@ def token_energy_terms_j(timer, context: int) -> dict[str, float]:
     return dict(zip(TERMS, energy_model(timer).token(context).tolist()))
 
 
+TERMS_SHOWN = 5
+"""Terms a printed table names (the largest); the JSON and CSV outputs have them all."""
+
+
+def shares_text(terms: dict[str, float], shown: int = TERMS_SHOWN) -> str:
+    """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `shown` of `terms` (joules, mJ, or
+    shares: any one unit) by their share of the sum, for a table's line (`cent bench run`'s `energy by
+    term`, `cent simulate`'s, `cent bench sweep`'s and `cent bench paper`'s)."""
+    total = sum(terms.values())
+    if total <= 0:
+        return "none charged"
+    ordered = sorted(terms.items(), key=lambda kv: -kv[1])  # stable: ties keep TERMS' order
+    rest = sum(v for _, v in ordered[shown:])
+    return (", ".join(f"{k} {100 * v / total:.1f}%" for k, v in ordered[:shown])
+            + (f" (others {100 * rest / total:.1f}%)" if rest else ""))
+
+
+def term_columns() -> tuple[str, ...]:
+    """A CSV's columns of energy per token by term: `energy_<term>_mj`, one a term of `TERMS`, in its
+    order (`cent sweep`'s sweep.csv, `cent bench paper`'s paper.csv); they add up to `energy_per_token_mj`."""
+    return tuple(f"energy_{t}_mj" for t in TERMS)
+
+
+def term_cells(per_token_mj: dict[str, float] | None) -> dict[str, float]:
+    """`term_columns`' cells of one row: mJ a token by term ({} without a split: the cells stay empty)."""
+    if per_token_mj is None:
+        return {}
+    return {f"energy_{t}_mj": per_token_mj.get(t, 0.0) for t in TERMS}
+
+
 def token_energy_j(timer, context: int) -> float:
     """Energy of one token over the whole model at `context` (the timer's convention)."""
     return float(energy_model(timer).token(context).sum())

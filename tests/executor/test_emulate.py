@@ -29,6 +29,27 @@ def _rel(a: float, b: float) -> float:
     return abs(a / b - 1)
 
 
+def _check_terms(fig: dict, total_key: str, per_term_rel: bool) -> None:
+    """The energy by term of an emulated figure (the devices' counts) and of the closed form beside it:
+    each adds up to its own total to 1e-9, and the two agree as their totals do (`TOL`): each term
+    relative to itself (`per_term_rel`: one context, the same contexts charged), else on the scale of the
+    token's energy, and relative to itself for a term of at least 1% of it (a phase: the closed form
+    averages sampled contexts, the devices charge every one; accelerator_dynamic, 1e-8 of the total and
+    growing with the context, is 2-26% apart on its own scale, 1e-9 on the total's)."""
+    from cent_serve.timing.energy import TERMS
+
+    mine, closed = fig["energy_breakdown_mj"], fig["closed_form"]["energy_breakdown_mj"]
+    assert list(mine) == list(closed) == list(TERMS)
+    assert sum(mine.values()) == pytest.approx(fig[total_key], rel=1e-9)
+    assert sum(closed.values()) == pytest.approx(fig["closed_form"][total_key], rel=1e-9)
+    total = fig["closed_form"][total_key]
+    for t in TERMS:
+        if per_term_rel or closed[t] >= 0.01 * total:
+            assert mine[t] == pytest.approx(closed[t], rel=TOL, abs=1e-12 * total), t
+        assert abs(mine[t] - closed[t]) < TOL * total, t
+    assert mine["pim"] > 0 and mine["activate"] > 0
+
+
 @pytest.mark.parametrize("model, devices, pp, tp, numerics", [
     ("llama2-7b", 32, 32, 1, "off"),    # pure pipeline, one block per channel group
     ("llama2-7b", 8, 2, 4, "off"),      # hybrid
@@ -44,6 +65,7 @@ def test_seqlen_figures_match_closed_form(model, devices, pp, tp, numerics):
     for key in ("token_latency_ms", "throughput_tok_s", "token_energy_mj", "avg_power_w"):
         assert _rel(out[key], out["closed_form"][key]) < TOL, key
     assert out["seqlen"] == 300 and out["sim_tokens_per_wall_s"] > 0
+    _check_terms(out, "token_energy_mj", per_term_rel=True)
 
 
 @pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (8, 2, 4), (3, 3, 1)])
@@ -142,6 +164,7 @@ def test_phases_match_closed_form(prompt, decode, gap, devices):
     for phase in ("prefill", "decoding", "end2end"):
         for key in ("latency_s", "throughput_tok_s", "token_latency_ms", "energy_per_token_mj"):
             assert _rel(out[phase][key], out[phase]["closed_form"][key]) < TOL, (phase, key)
+        _check_terms(out[phase], "energy_per_token_mj", per_term_rel=False)
     assert out["simulated_s"] > out["end2end"]["latency_s"] * 0.99
 
 
@@ -188,13 +211,29 @@ def test_cli_emulate_prints_the_closed_form_json_plus_wall_figures(capsys):
     assert set(closed) - {"other_convention"} <= set(emulated)
     assert emulated["wall_s"] > 0 and emulated["sim_tokens_per_wall_s"] > 0
     for phase in ("prefill", "decoding", "end2end"):
-        # the devices add joules, not terms: the energy breakdown is the closed form's (under closed_form)
-        assert set(closed[phase]) - {"energy_breakdown_mj"} <= set(emulated[phase]), phase
-        assert "energy_breakdown_mj" in emulated[phase]["closed_form"]
+        # every figure, the energy by term too: the devices' own counts, the closed form's under closed_form
+        assert set(closed[phase]) <= set(emulated[phase]), phase
+        assert emulated[phase]["closed_form"]["energy_breakdown_mj"] == closed[phase]["energy_breakdown_mj"]
         assert _rel(emulated[phase]["throughput_tok_s"], closed[phase]["throughput_tok_s"]) < TOL
     assert main(args + ["--seqlen", "64", "--emulate", "--local"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert one["seqlen"] == 64 and one["executor"] == "local"
+    _check_terms(one, "token_energy_mj", per_term_rel=True)
+
+
+def test_cli_text_names_the_largest_terms_of_the_closed_form_and_the_devices(capsys):
+    """The phases' table (closed form) and the emulated one end with a line of end2end's largest terms
+    and their shares of the token's energy."""
+    args = ["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "16", "--decode", "16",
+            "--seqlen-gap", "8"]
+    assert main(args + ["--json"]) == 0
+    split = json.loads(capsys.readouterr().out)["end2end"]["energy_breakdown_mj"]
+    top = max(split, key=split.get)
+    share = f"{top} {100 * split[top] / sum(split.values()):.1f}%"
+    for extra in ([], ["--emulate", "--local"]):
+        assert main(args + extra) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("energy by term, end2end"))
+        assert line.split(": ", 1)[1].startswith(share), (extra, line)
 
 
 def test_cli_local_without_emulate_is_an_error(capsys):
