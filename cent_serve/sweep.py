@@ -22,6 +22,7 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
   full resolved config as JSON (so any row can be rerun; a trace replay's has the trace and every
   option that shaped its requests under `bench`, as `cent bench run`'s config.json; the closed
   form's has the workload's prompt and decode under `workload`).
+  `energy_<term>_mj` (a column a term of `timing.energy.TERMS`) split the energy per token, adding up to it;
   `throughput_tok_s` counts prompt and generated tokens, as the energy per token does (a trace
   replay adds `output_throughput_tok_s`); `power_w` (closed form only) is the artifact's power, a
   token's energy over its blocks' PIM time, and `avg_power_w` energy per token x throughput;
@@ -52,6 +53,7 @@ from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_a
                                    warn_file_closed_form_ignores, warn_file_model_replaced)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
+from cent_serve.timing.energy import term_cells, term_columns
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
@@ -64,7 +66,9 @@ SHARED_FLAGS = ("seed", "hardware", "devices", "pp", "tp")
 """The config flags the plots' 'given:' line names (the titles name the models and workload; --numerics
 leaves every simulated figure as it is)."""
 _MAPPING = ("model_name", "devices", "mode", "parallelism", "pp", "tp", "devices_used", "replicas", "throughput_tok_s")
-_COST = ("energy_per_token_mj", "tokens_per_joule")
+_COST = ("energy_per_token_mj", *term_columns(), "tokens_per_joule")
+"""Energy per token, the same by term (`energy_<term>_mj`, one a term of `energy.TERMS`: they add up to
+it; the closed form's `energy_breakdown_mj`, a replay's devices' counts), tokens per joule."""
 _PRICE = ("system_device_cost_usd", "tok_s_per_usd")
 CLOSED_FIGURES = (_MAPPING + ("token_latency_ms",) + _COST + ("power_w", "avg_power_w") + _PRICE
                   + ("throughput_ratio", "tokens_per_dollar_ratio", "error"))
@@ -225,7 +229,8 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
 
     e2e = closed_form(cfg, prompt, decode, batch_flag=False)["end2end"]  # cent sweep has no --batch
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
-    return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used, replicas=mp.replicas)
+    return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used,
+                replicas=mp.replicas, **term_cells(e2e["energy_breakdown_mj"]))
 
 
 def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, dict]:
@@ -263,7 +268,7 @@ def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, 
 def replay_figures(cfg: CentConfig, requests: list) -> dict:
     """An in-process replay of the trace's requests at this point (`cfg` as `run` makes it: numerics
     off, executor local; the row's config records it so)."""
-    from cent_serve.bench.report import reasons_text, summarize
+    from cent_serve.bench.report import per_token_terms_mj, reasons_text, summarize
     from cent_serve.bench.runner import run_in_process
     from cent_serve.preflight import check_runnable
     from cent_serve.timing.energy import cost_figures
@@ -276,6 +281,8 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
                # prompt + output tokens, as the closed form's throughput and every energy per token count them
                throughput_tok_s=s["total_token_throughput"], output_throughput_tok_s=s["output_throughput"],
                energy_per_token_mj=s["energy_per_token_mj"],
+               # by term: each term's share of the devices' joules x the energy per token, so they add up to it
+               **term_cells(per_token_terms_mj(s)),
                avg_power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else None,
                ttft_p50_ms=s.get("median_ttft_ms"), ttft_p99_ms=s.get("p99_ttft_ms"),
                tpot_p50_ms=s.get("median_tpot_ms"), tpot_p99_ms=s.get("p99_tpot_ms"),

@@ -657,3 +657,29 @@ def test_a_config_file_s_model_fields_under_a_varied_model_are_named(tmp_path, c
     written.write_text(json.dumps(config_to_dict(build_config("llama2-70b", devices=32))))
     assert run("sweep", "--config", str(written), *vary, "--out", str(tmp_path / "c")) == []
     assert run("simulate", "--config", str(f)) == []  # its own model: every field read
+
+
+@pytest.mark.parametrize("trace", [None, "sample_conv"])
+def test_the_csv_splits_each_points_energy_per_token_by_term(tmp_path, capsys, trace):
+    """energy_<term>_mj, a column a term of energy.TERMS: they add up to the row's energy_per_token_mj; the
+    closed form's are cent simulate's end2end energy_breakdown_mj, a replay's its devices' shares of the
+    energy per token; a varied field that moves one term (the clock: standby over a step) moves it."""
+    from cent_serve.timing.energy import TERMS
+
+    extra = ["--trace", trace, "--num-requests", "20"] if trace else []
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "device.clock_hz=1e9,2e9", *extra,
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert len(rows) == 2
+    for r in rows:
+        terms = {t: float(r[f"energy_{t}_mj"]) for t in TERMS}
+        assert sum(terms.values()) == pytest.approx(float(r["energy_per_token_mj"]), rel=1e-9)
+        assert terms["pim"] > 0 and terms["activate"] > 0
+    if trace is None:
+        assert main(["simulate", "--model", "llama2-7b", "--set", "device.clock_hz=2e9", "--prompt", "512",
+                     "--decode", "3584", "--json"]) == 0
+        want = json.loads(capsys.readouterr().out)["end2end"]["energy_breakdown_mj"]
+        assert {t: float(rows[1][f"energy_{t}_mj"]) for t in TERMS} == pytest.approx(want, rel=1e-12)
+    # standby draws over the step's time: a faster clock, a shorter step, less of it a token
+    assert float(rows[1]["energy_active_standby_mj"]) < float(rows[0]["energy_active_standby_mj"])

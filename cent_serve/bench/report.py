@@ -152,6 +152,15 @@ def energy_terms(terms_j: dict[str, float] | None) -> dict:
                 energy_share_by_term={k: v / total if total > 0 else 0.0 for k, v in ordered.items()})
 
 
+def per_token_terms_mj(summary: dict) -> dict[str, float] | None:
+    """A summary's energy per token by term (`energy_share_by_term` x `energy_per_token_mj`, so they add up
+    to it: `cent sweep --trace`'s and `cent bench paper`'s `energy_<term>_mj` columns); None without a split."""
+    shares = summary.get("energy_share_by_term")
+    if shares is None:
+        return None
+    return {t: share * summary["energy_per_token_mj"] for t, share in shares.items()}
+
+
 def terms_text(summary: dict) -> str:
     """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `energy.TERMS_SHOWN` terms' shares
     (`energy.shares_text`); "n/a" and why for a run without a split."""

@@ -14,7 +14,8 @@ from matplotlib.transforms import ScaledTranslation
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit, place_rate_labels,
                                     plain_axis, widen_if_flat)
-from cent_serve.bench.report import hardware_text, mapping_text, reasons_text, source_text, summarize
+from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, reasons_text, source_text,
+                                     summarize)
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing.mapping import parallelism
 from cent_serve.config import CentConfig, config_to_dict, model_label
@@ -51,7 +52,9 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         status = result.status
         s = summarize(result, slos)
         rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
-                         failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()}))
+                         failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
+                         # summary.json's: the replay's joules by term and their shares (null on GPUs)
+                         energy_by_term_j=s["energy_by_term_j"], energy_share_by_term=s["energy_share_by_term"]))
         print(_sweep_line(rate, s, slos))
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
@@ -219,7 +222,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     options that shaped the requests, recorded in paper.json; `given`: the settings that changed the
     config (`cli_common.given_overrides`), printed and in the plot's title: a changed device is not
     the paper's, whose GPU ratios these are."""
-    from cent_serve.timing.energy import cost_figures, gpu_baseline
+    from cent_serve.timing.energy import cost_figures, gpu_baseline, term_cells
 
     if given:
         print(f"given: {given}")
@@ -244,7 +247,9 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    output_throughput=s["output_throughput"],
                    total_token_throughput=s["total_token_throughput"], median_ttft_ms=s["median_ttft_ms"],
                    p99_ttft_ms=s["p99_ttft_ms"], median_tpot_ms=s["median_tpot_ms"], p99_tpot_ms=s["p99_tpot_ms"],
-                   energy_per_token_mj=s["energy_per_token_mj"], wall_s=s["wall_s"],
+                   energy_per_token_mj=s["energy_per_token_mj"],
+                   **term_cells(per_token_terms_mj(s)),  # energy_<term>_mj: they add up to energy_per_token_mj
+                   wall_s=s["wall_s"],
                    lanes=mp["lanes"] * mp["max_seqs_per_stage"])  # the queries it runs at once when full
         row["mean_in_flight"] = mean_in_flight(res.records, row["lanes"])
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,

@@ -78,3 +78,36 @@ def test_compare_json_has_the_cent_sides_terms_and_none_for_the_gpus(tmp_path, c
     assert gpu["energy_by_term_j"] is None and gpu["energy_share_by_term"] is None
     text = capsys.readouterr().out
     assert "energy by term" in text and "GPU: n/a" in text
+
+
+def test_bench_sweep_gives_each_rates_terms(tmp_path, capsys):
+    """sweep.json's rows: summary.json's energy_by_term_j and energy_share_by_term for each rate."""
+    out = tmp_path / "sweep"
+    assert main(["bench", "sweep", "--model", "tiny", "--devices", "8", "--numerics", "off", "--synthetic", "poisson",
+                 "--num-requests", "8", "--prompt-len", "16", "--output-len", "6", "--rates", "5,50",
+                 "--out", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert len(rows) == 2
+    for r in rows:
+        assert set(r["energy_by_term_j"]) == set(TERMS)
+        assert sum(r["energy_by_term_j"].values()) == pytest.approx(r["energy_j"], rel=1e-9)
+        assert sum(r["energy_share_by_term"].values()) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_bench_paper_gives_each_mappings_energy_per_token_by_term(tmp_path, capsys):
+    """paper.csv and paper.json: energy_<term>_mj, a column a term, adding up to energy_per_token_mj."""
+    import csv
+
+    out = tmp_path / "paper"
+    assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off",
+                 "--num-requests", "6", "--max-prompt-tokens", "16", "--max-output-tokens", "4", "--rate", "100",
+                 "--out", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(out / "paper.csv")))
+    assert rows == [{k: str(v) for k, v in r.items() if not isinstance(v, dict)}
+                    for r in json.loads((out / "paper.json").read_text())["rows"]]
+    for r in rows:
+        terms = [float(r[f"energy_{t}_mj"]) for t in TERMS]
+        assert sum(terms) == pytest.approx(float(r["energy_per_token_mj"]), rel=1e-9)
+        assert float(r["energy_pim_mj"]) > 0
