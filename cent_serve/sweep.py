@@ -145,6 +145,8 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
     with another field's value is a point's error: its row says why)."""
     for path, values in vary:
         name = SHORT_OF.get(path, path)  # as most users write it: `devices`, not `parallel.num_devices`
+        if name != "model":
+            _refuse_section(base, path, values)
         seen: dict = {}
         for value in values:
             try:
@@ -159,6 +161,48 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
                 same = "" if seen[typed] == value else f" ({seen[typed]} and {value} are the same)"
                 raise ValueError(f"--vary {name}: the value {value} is given twice{same}: give each value once")
             seen[typed] = value
+
+
+def _refuse_section(base: CentConfig, path: str, values: list[str]) -> None:
+    """ValueError when `path` names a section of the config (`--vary device=1,2`), not a field: the fields
+    it holds, and one that takes every value given (its first such, in the section's order) as the example
+    (`--set`'s own wording suggests `--set device.FIELD=VALUE`, not a field to vary)."""
+    from cent_serve.config.fields import _sections
+
+    cls: type = CentConfig
+    for key in path.split("."):
+        cls = _sections(cls).get(key)
+        if cls is None:
+            return  # a field, or no such name: check_override says which
+    subs = _sections(cls)
+    own = [f.name for f in fields(cls) if f.name not in subs]
+
+    def takes_all(field: str) -> bool:
+        try:
+            for v in values:
+                check_override(base, f"{path}.{field}={v}")
+        except ValueError:
+            return False
+        return True
+
+    def numeric(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    section = base
+    for key in path.split("."):
+        section = getattr(section, key)
+    number = [f for f in own if isinstance(getattr(section, f), (int, float)) and not isinstance(getattr(section, f), bool)]
+    # numbers name a numeric field first (server.port for --vary server=1,2, not server.host)
+    order = number + [f for f in own if f not in number] if all(numeric(v) for v in values) else own
+    example = next((f for f in order if takes_all(f)), own[0])
+    more = "".join(f", and the section {path}.{sub}'s: {path}.{sub}.FIELD" for sub in subs)
+    raise ValueError(f"--vary {path}: {path} is a section of fields, not a value: vary one of its fields, e.g. --vary "
+                     f"{path}.{example}={','.join(values)} ({path}'s fields: {', '.join(own)}{more}; cent info "
+                     "--describe says what each is)")
 
 
 def model_overrides(args: argparse.Namespace) -> list[str]:

@@ -683,3 +683,20 @@ def test_the_csv_splits_each_points_energy_per_token_by_term(tmp_path, capsys, t
         assert {t: float(rows[1][f"energy_{t}_mj"]) for t in TERMS} == pytest.approx(want, rel=1e-12)
     # standby draws over the step's time: a faster clock, a shorter step, less of it a token
     assert float(rows[1]["energy_active_standby_mj"]) < float(rows[0]["energy_active_standby_mj"])
+
+
+@pytest.mark.parametrize("vary, example, listed", [
+    ("device=16,32", "--vary device.num_channels=16,32", ("clock_hz", "column_cycles", "device.energy.FIELD")),
+    ("device.energy=1e3,2e3", "--vary device.energy.act_mw=1e3,2e3", ("rd_mw", "pcie_pj_per_bit")),
+    ("fabric=true,false", "--vary fabric.multicast=true,false", ("lane_gbps", "charge_local_hops")),
+    ("server=1,2", "--vary server.port=1,2", ("host", "pace_factor")),  # numbers: a numeric field first
+])
+def test_a_section_given_to_vary_names_its_fields_and_one_that_takes_the_values(tmp_path, capsys, vary, example,
+                                                                                listed):
+    """--vary device=16,32 suggested `--set device.FIELD=VALUE`, neither a field nor --vary: one line naming
+    the section's fields and, as the example, the first of them that takes every value given."""
+    assert main(["sweep", "--model", "llama2-7b", "--vary", vary, "--out", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--set" not in err, err
+    assert example in err and all(name in err for name in listed), err
+    assert not (tmp_path / "sweep.csv").exists()
