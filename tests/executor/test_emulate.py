@@ -35,7 +35,7 @@ def _check_terms(fig: dict, total_key: str, per_term_rel: bool) -> None:
     relative to itself (`per_term_rel`: one context, the same contexts charged), else on the scale of the
     token's energy, and relative to itself for a term of at least 1% of it (a phase: the closed form
     averages sampled contexts, the devices charge every one; accelerator_dynamic, 1e-8 of the total and
-    growing with the context, is 2-26% apart on its own scale, 1e-9 on the total's)."""
+    growing with the context, is 2-26% apart on its own scale, under 1e-8 on the total's)."""
     from cent_serve.timing.energy import TERMS
 
     mine, closed = fig["energy_breakdown_mj"], fig["closed_form"]["energy_breakdown_mj"]
