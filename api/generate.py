@@ -44,6 +44,14 @@ behind the engine thread, and one write per token was a third of the event loop'
 streams. Each event stays whole and its own, as a client that splits the stream at blank lines
 reads it (vLLM's bench, the openai client, SSE)."""
 
+WHOLE_RESPONSE_NULLS = {"service_tier": None, "system_fingerprint": None}
+"""What vLLM 0.33's whole (not streamed) completion and chat responses carry besides the choices and
+usage (vllm/entrypoints/openai/completion/protocol.py and chat_completion/protocol.py, serialized with
+their nulls): no service tier, and the fingerprint vLLM sends with `--fingerprint-mode none` (its
+default `full` sends `vllm-<version>-<config hash>`; this server names no build that way). Its stream
+chunks carry neither then: it sets a fingerprint on a stream's last chunk only when it has one, and
+its chunk model has no service_tier."""
+
 DEVICE_FAULT_CODE = "device_fault"
 """The error body's `cent.code` of a request the emulated devices failed (it was null, as a bug's is):
 a client tells a fault it may retry from a bug (`code` is the status, 500 for both)."""
@@ -91,6 +99,11 @@ class Endpoint(ABC):
     prompt_on_choice: bool
     """Where vLLM puts `prompt_token_ids` and `prompt_logprobs`: on each choice (completions) or
     once on the response (chat)."""
+    chunk_usage_extra: dict = {}
+    """What a chunk's continuous usage (`stream_options.continuous_usage_stats`) carries besides the
+    three counts: chat's `completion_tokens_details` null (vLLM 0.33's chat serving sets it on every such
+    chunk, null without a reasoning parser; vllm/entrypoints/openai/chat_completion/serving.py), none
+    for completions (its completion serving sets the counts alone)."""
 
     @abstractmethod
     def prompts(self, ctx: ApiContext, body) -> Prompts:
@@ -375,8 +388,8 @@ def respond(ctx: ApiContext, reply: Reply, outs: dict[int, dict]) -> dict:
         if endpoint.prompt_on_choice:
             c.update(reply.prompt_fields(ctx, index, o.get("prompt_logprobs")))
         choices.append(c)
-    response = dict(reply.base, object=endpoint.object, choices=choices, usage=usage(reply.prompts, outs, details=True),
-                    cent=summary([c["cent"] for c in choices]))
+    response = dict(reply.base, object=endpoint.object, choices=choices, **WHOLE_RESPONSE_NULLS,
+                    usage=usage(reply.prompts, outs, details=True), cent=summary([c["cent"] for c in choices]))
     if not endpoint.prompt_on_choice:
         response.update(reply.prompt_fields(ctx, 0, outs[0].get("prompt_logprobs")))
     return response
@@ -451,7 +464,8 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
         if continuous:
             n = prompt_tokens[index // body.n]
             done = p.sent_tokens + len(p.token_ids)
-            c["usage"] = {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
+            c["usage"] = {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done,
+                          **endpoint.chunk_usage_extra}
         return c
 
     def opening() -> list[str]:
@@ -462,7 +476,8 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
                 c = reply.chunk(i, fields, None)
                 if continuous:
                     n = prompt_tokens[i // body.n]
-                    c["usage"] = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
+                    c["usage"] = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n,
+                                  **endpoint.chunk_usage_extra}
                 out.append(sse(c))
         return out
 

@@ -2,8 +2,9 @@
 `RequestParams`. Schema errors (wrong types, missing fields) come from pydantic; they and values out of range
 are answered 400 naming the parameter (as OpenAI and vLLM answer both; FastAPI's default is 422).
 
-Types are strict: `"5"` is not an integer, `1` is not a boolean and `5.0` is not a token
-count (an integer is accepted where a number is expected). Unknown fields are accepted and
+Integer fields (`LaxInt`) take what vLLM 0.33's pydantic models take in their default lax mode (`"5"`,
+`5.0`, `true` are 5, 5 and 1; `5.5` and `"1e3"` are refused); other types are strict: `1` is not a
+boolean and `"0.5"` is not a number (an integer is accepted where a number is expected). Unknown fields are accepted and
 ignored, as vLLM does (clients send vendor extensions), except OpenAI parameters whose
 silent loss would change the answer (`UNSUPPORTED`): those are rejected with 400 unless
 they hold their neutral value. Strings must be valid Unicode (a lone surrogate escape such
@@ -12,13 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
+
+LaxInt = Annotated[int, Strict(False)]
+"""An integer request field, validated as vLLM 0.33's request models validate theirs: pydantic's lax mode
+(vLLM's OpenAIBaseModel, vllm/entrypoints/serve/engine/protocol.py, sets no strictness), which takes a
+numeric string (`"5"`, `" 5 "`, `"+5"`), a float without a fraction (`5.0`) and a boolean (`true` is 1),
+and refuses `5.5`, `"5.5"`, `"1e3"` and `""` (a 400 naming the field, as any schema error)."""
 
 MAX_N = 16
 """Choices per request at most."""
@@ -149,31 +156,31 @@ class _Common(BaseModel):
     """What the error of a zero token limit adds (completions: the echo that allows it)."""
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: LaxInt | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
-    n: int = 1
+    top_k: LaxInt | None = None
+    n: LaxInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    stop_token_ids: list[LaxInt] | None = None
+    seed: LaxInt | None = None
     ignore_eos: bool = False
-    min_tokens: int = 0
+    min_tokens: LaxInt = 0
     return_token_ids: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: Union[bool, int, None] = None
     """Completions: how many alternatives per token (an integer); chat: whether to return them."""
-    prompt_logprobs: int | None = None
+    prompt_logprobs: LaxInt | None = None
     """vLLM's: log-probabilities of the prompt tokens, with this many alternatives."""
     user: str | None = None
-    priority: int = 0
+    priority: LaxInt = 0
     """vLLM's: accepted and not acted on, as vLLM 0.33 does under its default first-come-first-served
     policy (it reads `priority` only with --scheduling-policy priority; no check refuses it: its
     InputProcessor and Scheduler, vllm/v1/). This scheduler is first come first served."""
-    stream_interval: int | None = None
+    stream_interval: LaxInt | None = None
     """vLLM 0.33's: a stream sends a choice's first output at once, then a chunk per this many tokens,
     the rest with the finish (vllm/v1/engine/output_processor.py); null or 1: a chunk per output."""
     arrival_s: float | None = None
@@ -381,8 +388,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
-    top_logprobs: int | None = None
+    max_completion_tokens: LaxInt | None = None
+    top_logprobs: LaxInt | None = None
     add_generation_prompt: bool = True
     """vLLM's: end the prompt with the assistant's cue (the template's `add_generation_prompt`);
     false: the reply takes the last message's role (vLLM's rule)."""

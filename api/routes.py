@@ -84,6 +84,7 @@ class Chat(Endpoint):
 
     id_prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
     prompt_on_choice = False
+    chunk_usage_extra = {"completion_tokens_details": None}
 
     def prompts(self, ctx: ApiContext, body: ChatCompletionRequest) -> Prompts:
         newer = body.max_completion_tokens is not None  # OpenAI's newer name wins

@@ -120,7 +120,77 @@ def test_stream_interval_batches_tokens_as_vllm(server, path, sent, max_tokens, 
     assert text == whole.get("text", (whole.get("message") or {}).get("content"))
 
 
-@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
+@pytest.mark.parametrize("bad", [0, -1, "2.5", 1.5])
 def test_stream_interval_out_of_range_is_refused(server, bad):
     r = _post(server, "/v1/completions", body(stream=True, stream_interval=bad))
     assert (r.status_code, r.json()["error"]["param"]) == (400, "stream_interval"), r.text
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+def test_whole_responses_carry_vllms_null_service_tier_and_fingerprint(server, path, sent):
+    """vLLM 0.33 (completion/protocol.py, chat_completion/protocol.py) sends both, null without a
+    fingerprint (--fingerprint-mode none); its stream chunks then carry neither."""
+    whole = _post(server, path, sent).json()
+    assert whole["service_tier"] is None and whole["system_fingerprint"] is None, whole
+    assert list(whole)[list(whole).index("choices") + 1:][:3] == ["service_tier", "system_fingerprint", "usage"]
+    for options in ({"include_usage": True}, {"include_usage": False}):
+        events = _events(_post(server, path, dict(sent, stream=True, stream_options=options)))
+        assert events and not any({"service_tier", "system_fingerprint"} & set(e) for e in events), events
+
+
+LAX_INTS = [("max_tokens", "2", 2.0), ("n", "2", 2.0), ("seed", " 7 ", 7.0), ("priority", "5", True),
+            ("min_tokens", "+1", 1.0), ("top_k", "3", 3.0), ("stream_interval", "2", 2.0), ("prompt_logprobs", "1", True)]
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", body()), ("/v1/chat/completions", CHAT)])
+@pytest.mark.parametrize("name, text, number", LAX_INTS)
+def test_int_fields_take_what_vllms_lax_pydantic_takes(server, path, sent, name, text, number):
+    """vLLM 0.33's request models validate in pydantic's lax mode: a numeric string, a float without a
+    fraction and a boolean are integers; a fraction, an exponent or an empty string are refused, and
+    here with the one-line 400 naming the field."""
+    sent = dict(sent, max_tokens=3, stream=name == "stream_interval")
+    for value in (text, number):
+        r = _post(server, path, dict(sent, **{name: value}))
+        assert r.status_code == 200, (name, value, r.text)
+    for value in ("2.5", 2.5, "1e3", ""):
+        r = _post(server, path, dict(sent, **{name: value}))
+        err = r.json()["error"]
+        assert (r.status_code, err["param"]) == (400, name), (name, value, r.text)
+        assert "\n" not in err["message"], err
+
+
+def test_lax_ints_mean_the_number(server):
+    """The string is read as its number, not ignored: "2" tokens are two, and the stream batches by "2"."""
+    r = _post(server, "/v1/completions", body(max_tokens="2", ignore_eos=True, stop_token_ids=["1", 2.0]))
+    assert r.json()["usage"]["completion_tokens"] == 2, r.text
+    sent = body(max_tokens=5, ignore_eos=True, stream=True, stream_interval="2", return_token_ids=True)
+    assert _tokens_per_chunk(_events(_post(server, "/v1/completions", sent))) == [1, 2, 2]
+
+
+@pytest.mark.parametrize("name, value", [("temperature", "0.5"), ("top_p", "1"), ("ignore_eos", "true"),
+                                         ("stream", 1), ("echo", "false")])
+def test_floats_and_bools_stay_strict(server, name, value):
+    r = _post(server, "/v1/completions", body(**{name: value}))
+    assert (r.status_code, r.json()["error"]["param"]) == (400, name), r.text
+
+
+@pytest.mark.parametrize("path, sent, details", [("/v1/completions", body(), False),
+                                                 ("/v1/chat/completions", CHAT, True)])
+def test_continuous_usage_carries_chats_null_completion_tokens_details(server, path, sent, details):
+    """vLLM 0.33's chat serving sets `completion_tokens_details` (null without a reasoning parser) on
+    every chunk's continuous usage, the role chunk's too; its completion serving sets the counts alone.
+    The last usage chunk leaves the null out in both (serialized without nulls)."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    events = _events(_post(server, path, dict(sent, stream=True, stream_options=options)))
+    counted = [e["usage"] for e in events if e["choices"]]
+    assert counted and all(u.get("completion_tokens_details", "absent") is (None if details else "absent")
+                           for u in counted), counted
+    assert set(events[-1]["usage"]) == USAGE_KEYS, events[-1]
+
+
+@pytest.mark.parametrize("header", ["7", "-3", "high"])
+def test_vllms_priority_header_is_taken_as_the_body_priority_is(server, header):
+    """vLLM 0.33 reads X-Vllm-Priority over the body's priority, ignoring one that is not an integer
+    (vllm/entrypoints/generate/base/serving.py, _get_priority): accepted here, not acted on (FCFS)."""
+    r = httpx.post(server.url + "/v1/completions", json=body(), headers={"X-Vllm-Priority": header}, timeout=60)
+    assert r.status_code == 200, r.text
