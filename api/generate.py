@@ -19,7 +19,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from api.context import ApiContext, FieldNames, refusal, sse, summary, usage
-from api.logprobs import prompt_logprobs as format_prompt_logprobs
+from api.logprobs import prompt_logprobs as format_prompt_logprobs, text_lengths
 from api.errors import EventStream, record, record_finished
 from api.protocol import ApiError
 from cent_serve.replicas import NO_REPLICA, NoReplica
@@ -125,9 +125,11 @@ class Endpoint(ABC):
         ...
 
     @abstractmethod
-    def logprobs(self, ctx: ApiContext, entries: list, token_ids: list[int], offset: int) -> dict:
+    def logprobs(self, ctx: ApiContext, entries: list, token_ids: list[int], offset: int, output_from: int = 0,
+                 skip_special_tokens: bool = True) -> dict:
         """The `logprobs` of `token_ids` (their `TokenLogprob` entries), whose text starts at
-        character `offset` of the output."""
+        character `offset` of the output; those from `output_from` on are output tokens (before: an
+        echoed prompt's), whose special tokens are in the text unless `skip_special_tokens`."""
         ...
 
     def echo(self, ctx: ApiContext, body, prompt_ids: list[int]) -> str | None:
@@ -457,8 +459,9 @@ def event_stream(ctx: ApiContext, raw: Request, reqs, q: asyncio.Queue, reply: R
             ids, entries = with_prompt(echoed, reply.prompts[index // body.n], p.prompt_logprobs, p.token_ids,
                                        p.logprobs)
             start = 0 if echoed is not None else p.text_offset
-            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, entries, ids, start)
-            p.text_offset = start + sum(len(ctx.tokenizer.decode([t])) for t in ids)  # as completion_logprobs counts
+            first = len(ids) - len(p.token_ids)
+            c["choices"][0]["logprobs"] = endpoint.logprobs(ctx, entries, ids, start, first, body.skips_special_tokens)
+            p.text_offset = start + sum(text_lengths(ctx.tokenizer, ids, first, body.skips_special_tokens))
         if not p.started and not endpoint.prompt_on_choice and index == 0:
             c.update(reply.prompt_fields(ctx, 0, p.prompt_logprobs))
         if continuous:

@@ -18,17 +18,25 @@ def piece(tok: Tokenizer, token_id: int) -> str:
     return tok.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
+def text_lengths(tok: Tokenizer, token_ids: list[int], output_from: int = 0,
+                 skip_special_tokens: bool = True) -> list[int]:
+    """Each token's characters in the text: an echoed prompt's (before `output_from`) without special
+    tokens' text, as the echo writes it; the output's with it unless `skip_special_tokens`."""
+    return [len(tok.decode([tid], i < output_from or skip_special_tokens)) for i, tid in enumerate(token_ids)]
+
+
 def completion_logprobs(tok: Tokenizer, entries: list[TokenLogprob | None], token_ids: list[int],
-                        offset: int = 0) -> dict:
+                        offset: int = 0, output_from: int = 0, skip_special_tokens: bool = True) -> dict:
     """OpenAI's completions `logprobs` of `token_ids` (an entry None: the prompt's first token,
     which has none). `top_logprobs` holds the most likely tokens and the token itself, as vLLM
     writes it; `text_offset` counts characters from `offset`."""
     tokens, values, tops, offsets = [], [], [], []
-    for tid, e in zip(token_ids, entries):
+    lengths = text_lengths(tok, token_ids, output_from, skip_special_tokens)
+    for tid, e, length in zip(token_ids, entries, lengths):
         text = piece(tok, tid)
         tokens.append(text)
         offsets.append(offset)
-        offset += len(tok.decode([tid]))  # a special token is not in the text
+        offset += length  # a special token is in the text only when kept (`text_lengths`)
         if e is None:
             values.append(None)
             tops.append(None)

@@ -52,15 +52,13 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
-               "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},),
-               "skip_special_tokens": (True,)}
+               "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
 mean "off" (null is off too; `()`: only null; `OFF_TESTS` holds the rule where "off" is more than one
 value): `vllm bench serve` sends repetition_penalty 1.0, which passes. vLLM's structured outputs
 (`guided_*`, `structured_outputs`) are refused as `response_format`'s JSON is; vLLM 0.33's
 `logprob_token_ids` (those ids' logprobs instead of the top ones) and `repetition_detection` (an early
-stop) too, unless its `max_pattern_size` is 0 (or left out); `skip_special_tokens` false (vLLM then writes
-`</s>` and the like into the text; this server's detokenizer always leaves them out)."""
+stop) too, unless its `max_pattern_size` is 0 (or left out)."""
 
 
 class ApiError(Exception):
@@ -180,6 +178,11 @@ class _Common(BaseModel):
     """vLLM's: accepted and not acted on, as vLLM 0.33 does under its default first-come-first-served
     policy (it reads `priority` only with --scheduling-policy priority; no check refuses it: its
     InputProcessor and Scheduler, vllm/v1/). This scheduler is first come first served."""
+    skip_special_tokens: bool | None = None
+    """vLLM's: false writes the special tokens the model generates (an eos under ignore_eos) into the
+    output text, as vLLM 0.33 decodes them (vllm/v1/engine/detokenizer.py; a stop token that ends the
+    output is left out either way); null or true leave them out (vLLM's default without a
+    generation_config that sets it). An echoed prompt leaves them out either way."""
     stream_interval: LaxInt | None = None
     """vLLM 0.33's: a stream sends a choice's first output at once, then a chunk per this many tokens,
     the rest with the finish (vllm/v1/engine/output_processor.py); null or 1: a chunk per output."""
@@ -275,7 +278,8 @@ class _Common(BaseModel):
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),
                              stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
-                             min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+                             min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                             skip_special_tokens=self.skips_special_tokens)
 
     def logprob_counts(self) -> tuple[int | None, int | None]:
         """(alternatives per generated token, per prompt token), None where none are asked for;
@@ -289,6 +293,10 @@ class _Common(BaseModel):
             raise ApiError(f"logprobs={self.logprobs!r} is invalid here: completions take a number of alternatives, "
                            f"0..{MAX_LOGPROBS}", "logprobs")
         return _count(self.logprobs, "logprobs")
+
+    @property
+    def skips_special_tokens(self) -> bool:
+        return self.skip_special_tokens is not False
 
     @property
     def include_usage(self) -> bool:

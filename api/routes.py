@@ -53,8 +53,9 @@ class Completions(Endpoint):
     def end(self) -> dict:
         return {"text": ""}
 
-    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int) -> dict:
-        return completion_logprobs(ctx.tokenizer, entries, token_ids, offset)
+    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int, output_from: int = 0,
+                 skip_special_tokens: bool = True) -> dict:
+        return completion_logprobs(ctx.tokenizer, entries, token_ids, offset, output_from, skip_special_tokens)
 
     def echo(self, ctx: ApiContext, body: CompletionRequest, prompt_ids: list[int]) -> str | None:
         if not body.echo:
@@ -68,7 +69,8 @@ class Completions(Endpoint):
         if out.get("logprobs") is not None:
             ids, entries = with_prompt(echoed, prompt_ids, out.get("prompt_logprobs"), out["token_ids"],
                                        out["logprobs"])
-            fields["logprobs"] = completion_logprobs(ctx.tokenizer, entries, ids)
+            fields["logprobs"] = completion_logprobs(ctx.tokenizer, entries, ids, 0, len(ids) - len(out["token_ids"]),
+                                                     body.skips_special_tokens)
         return fields
 
 
@@ -108,7 +110,8 @@ class Chat(Endpoint):
     def end(self) -> dict:
         return {"delta": {}}
 
-    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int) -> dict:
+    def logprobs(self, ctx: ApiContext, entries, token_ids: list[int], offset: int, output_from: int = 0,
+                 skip_special_tokens: bool = True) -> dict:
         return chat_logprobs(ctx.tokenizer, entries)
 
     def whole(self, ctx: ApiContext, body: ChatCompletionRequest, prompt_ids: list[int], out: dict) -> dict:

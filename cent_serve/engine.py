@@ -417,12 +417,12 @@ class Engine:
             if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:
                 req.stop_reason = token  # vLLM's stop_reason: a stop id (its extra eos ids are ones), None for the eos
             if p.stop:
-                req.text = req.detok.decode(self.tokenizer, req.output_ids[:-1])
+                req.text = req.detok.decode(self.tokenizer, req.output_ids[:-1], p.skip_special_tokens)
             self._finish(req, "stop", t)
             return
         if p.stop:  # text at each token only when stop strings need it
             old, same = req.text, len(req.detok.text)  # the text no later token changes: old's and new's
-            req.text = new = req.detok.decode(self.tokenizer, req.output_ids)
+            req.text = new = req.detok.decode(self.tokenizer, req.output_ids, p.skip_special_tokens)
             if can_stop:
                 # where the new text parts from the last: the text before it was searched (and maybe
                 # streamed) already; past it, a character of several bytes that showed as U+FFFD is
@@ -448,7 +448,7 @@ class Engine:
         if req.params.stop:
             return req.text
         ids = req.output_ids[:-1] if req.ends_with_stop_token else req.output_ids
-        return req.detok.decode(self.tokenizer, ids)
+        return req.detok.decode(self.tokenizer, ids, req.params.skip_special_tokens)
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
         self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan

@@ -65,6 +65,10 @@ class RequestParams:
     the token's own only); None: none."""
     prompt_logprobs: int | None = None
     """The same for every prompt token after the first (vLLM's `prompt_logprobs`); None: none."""
+    skip_special_tokens: bool = True
+    """Leave special tokens (`</s>` generated under ignore_eos, `<s>`) out of the output text, as vLLM
+    does by default; False writes them, as vLLM's `skip_special_tokens: false` does. A stop token
+    (the eos, a stop id) that ends the output is never in its text, either way (vLLM's too)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -103,18 +103,20 @@ class IncrementalText:
     def __init__(self) -> None:
         self.done, self.text = 0, ""
 
-    def decode(self, tok: "Tokenizer", ids: list[int]) -> str:
+    def decode(self, tok: "Tokenizer", ids: list[int], skip_special_tokens: bool = True) -> str:
+        """`tok.decode(ids, skip_special_tokens)`; a sequence decodes with one `skip_special_tokens` always."""
+        skip = skip_special_tokens
         done = self.done if self.done <= len(ids) else 0
         if done and not tok.decode_context:  # the text after the cut is its own (the byte tokenizer's)
-            text = self.text + tok.decode(ids[done:])
+            text = self.text + tok.decode(ids[done:], skip)
         else:
             start = max(0, done - tok.decode_context)
-            head = tok.decode(ids[start:done]) if done > start else ""
-            tail = tok.decode(ids[start:])
+            head = tok.decode(ids[start:done], skip) if done > start else ""
+            tail = tok.decode(ids[start:], skip)
             # a window of tokens without text (special ones, left out) would let a decoder strip the
             # space of the first token after it, which the whole text keeps: decode all then
             fits = done and (head or start == 0) and tail.startswith(head)
-            text = self.text + tail[len(head):] if fits else tok.decode(ids) if done else tail
+            text = self.text + tail[len(head):] if fits else tok.decode(ids, skip) if done else tail
         if not text.endswith("\ufffd") and (not ids or tok.text_cuts_after(ids[-1])):
             self.done, self.text = len(ids), text
         return text
