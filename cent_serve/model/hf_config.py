@@ -20,6 +20,11 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "
                  "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
                  "qwen2_moe": "Qwen2MoeForCausalLM", "phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM",
                  "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen 2.5", "qwen3": "Qwen 3", "mixtral": "Mixtral",
+                "qwen3_moe": "Qwen 3 MoE", "qwen2_moe": "Qwen 2 MoE", "phi3": "Phi-3", "gemma": "Gemma",
+                "gemma2": "Gemma 2", "gemma3_text": "Gemma 3"}
+"""Each `ARCHITECTURES` family as a reader names it, for the messages of a directory that is not a checkpoint."""
+FAMILY_NAMES_TEXT = ", ".join(list(FAMILY_NAMES.values())[:-1]) + " or " + list(FAMILY_NAMES.values())[-1]
 _ROPE_KEYS = dict(factor="rope_factor", low_freq_factor="rope_low_freq_factor",
                   high_freq_factor="rope_high_freq_factor", beta_fast="rope_beta_fast", beta_slow="rope_beta_slow",
                   mscale="rope_mscale", mscale_all_dim="rope_mscale_all_dim", attention_factor="rope_attention_factor",
@@ -173,7 +178,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     cfg_file = path / "config.json"
     if not path.exists():
         raise ValueError(f"model.checkpoint={str(path)!r} does not exist: point it at a Hugging Face checkpoint "
-                         "directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         f"directory ({FAMILY_NAMES_TEXT})")
     snapshots = [] if cfg_file.is_file() else list((path / "snapshots").glob("*/config.json"))
     if snapshots:  # the Hugging Face cache's folder of a repository
         which, snapshot = _suggested_snapshot(path, snapshots)
@@ -181,7 +186,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                          f"one of its snapshots, e.g. {which}, --model {snapshot}")
     if not cfg_file.is_file():
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
-                         "checkpoint directory (Llama, Mistral, Qwen 2.5, Qwen 3, Phi-3, Gemma, Gemma 2, Mixtral, Qwen 3 MoE or Qwen 2 MoE)")
+                         f"checkpoint directory ({FAMILY_NAMES_TEXT})")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):

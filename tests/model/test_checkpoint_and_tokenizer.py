@@ -63,6 +63,19 @@ def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
         model_config_from_hf(tmp_path / "mistral_config.json")
 
 
+def test_a_directory_that_is_not_a_checkpoint_names_every_family_read(tmp_path):
+    """The messages of a missing directory and of one without config.json listed the families without
+    Gemma 3, which the reader takes: they name each family `ARCHITECTURES` holds."""
+    from cent_serve.model.hf_config import ARCHITECTURES, FAMILY_NAMES
+
+    assert set(FAMILY_NAMES) == set(ARCHITECTURES)
+    (tmp_path / "empty").mkdir()
+    for where in (tmp_path / "nowhere", tmp_path / "empty"):
+        with pytest.raises(ValueError) as err:
+            model_config_from_hf(where)
+        assert "Gemma 3" in str(err.value) and all(name in str(err.value) for name in FAMILY_NAMES.values())
+
+
 @pytest.mark.parametrize("name, rows", [("model.norm.weight", None), ("model.embed_tokens.weight", 7),
                                          ("lm_head.weight", 7)])
 def test_top_level_tensors_whose_shape_disagrees_with_config_are_named(tmp_path, name, rows):
