@@ -351,7 +351,7 @@ def workload_text(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from cent_serve.bench.cli import selection_flags_given
-    from cent_serve.bench.report import reasons_text
+    from cent_serve.bench.report import reasons_text, replay_fixes
     from cent_serve.simulate_cli import paper_defaults
 
     from cent_serve.timing.energy import PAPER_WORKLOAD
@@ -436,6 +436,8 @@ def run(args: argparse.Namespace) -> int:
         elif r.get("failed"):
             print(f"{point}: {r['failed']} of {r['completed'] + r['failed']} requests failed: "
                   f"{reasons_text(r['failure_reasons'], examples=True)}")
+    for line in replay_fixes({k for r in ok for k in r.get("failure_reasons", {})}):  # what the flags do about them
+        print(line)
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
     if not args.no_plots and ok:
         from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar

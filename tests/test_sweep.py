@@ -295,6 +295,19 @@ def test_a_trace_sweep_prints_each_points_failed_requests_and_why(tmp_path, caps
     assert "2 points, 2 evaluated, 0 could not run" in lines[-1]
 
 
+def test_a_trace_sweep_says_once_what_the_flags_do_about_failed_requests(tmp_path, capsys):
+    """Each point's context_exceeded requests were printed without the fix bench run prints under them
+    (--max-prompt-tokens, --max-output-tokens, which cent sweep takes too): now once, after the points."""
+    huge = tmp_path / "huge.csv"
+    huge.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,100000,10\n1,100,10\n")
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8,16", "--trace", str(huge),
+                 "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fixes = [line for line in lines if line.startswith("context_exceeded: clip the requests' lengths with "
+                                                       "--max-prompt-tokens and --max-output-tokens")]
+    assert len(fixes) == 1 and lines.index(fixes[0]) == len(lines) - 2, lines
+
+
 def test_the_pareto_legend_names_only_what_the_panel_shows():
     """No 'a point off the front' entry when every point is on it; the title fits a single narrow
     panel (two lines)."""

@@ -14,8 +14,8 @@ from matplotlib.transforms import ScaledTranslation
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit, place_rate_labels,
                                     plain_axis, widen_if_flat)
-from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, reasons_text, source_text,
-                                     summarize)
+from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, reasons_text, replay_fixes,
+                                     source_text, summarize)
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing.mapping import parallelism
 from cent_serve.config import CentConfig, config_to_dict, model_label
@@ -56,6 +56,8 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                          # summary.json's: the replay's joules by term and their shares (null on GPUs)
                          energy_by_term_j=s["energy_by_term_j"], energy_share_by_term=s["energy_share_by_term"]))
         print(_sweep_line(rate, s, slos))
+    for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
+        print(line)
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
                  model_label=model_label(cfg.model),
@@ -272,6 +274,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         print(_paper_baseline_note(gpu_baseline(cfg.model, cfg.device)))
     if any(r["mean_in_flight"] < FULL_LANES * r["lanes"] for r in rows):
         print(LANES_NOTE)
+    for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
+        print(line)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, cfg, bench)  # each row's pp and tp are its own (paper.json), the rest is this
     (out_dir / "paper.json").write_text(json.dumps(dict(model=cfg.model.name, devices=cfg.parallel.num_devices,

@@ -282,6 +282,22 @@ def test_paper_prints_why_requests_failed(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "paper.csv", "paper.json"]
 
 
+@pytest.mark.parametrize("command", [["bench", "sweep", "--rates", "1,2"],
+                                     ["bench", "paper", "--model", "llama2-7b", "--devices", "8"]])
+def test_sweep_and_paper_say_once_what_the_flags_do_about_failed_requests(command, tmp_path, capsys):
+    """bench run and compare print, under a context_exceeded count, that --max-prompt-tokens and
+    --max-output-tokens clip the requests; bench sweep and paper printed the count alone."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n0.1,9000,4\n")
+    assert main([*command, "--numerics", "off", "--trace", str(trace), "--out", str(tmp_path / "out"),
+                 "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "context_exceeded 1" in out
+    fixes = [x for x in out.splitlines() if x.startswith("context_exceeded: clip the requests' lengths with "
+                                                         "--max-prompt-tokens and --max-output-tokens")]
+    assert len(fixes) == 1, out
+
+
 @pytest.mark.parametrize("lengths, warn, raised, message", [
     ([(0, 4), (8, 0), (0, 0), (8, 4)], True, 3,
      "3 of 4 trace requests have 0 tokens (2 with an empty prompt, 2 with an empty output): sent with 1 token"),
