@@ -265,6 +265,25 @@ def test_an_integer_fields_example_is_the_fields_own(args, says, tmp_path, capsy
     assert err.endswith(says) and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("args, says", [
+    (["simulate", "--set", "server.pace_factor=fast"],
+     "cent simulate: error: server.pace_factor='fast' is invalid: expected a number, e.g. 1\n"),
+    (["simulate", "--set", "device.clock_hz=2GHz"], "device.clock_hz='2GHz' is invalid: expected a number, e.g. 2e9\n"),
+    (["simulate", "--config", "{yaml}"], "server.pace_factor='fast' is invalid: expected a number, e.g. 1\n"),
+    # a default of 0 is off: not the example
+    (["simulate", "--set", "model.expert_skew=lots"], "model.expert_skew='lots' is invalid: expected a number, e.g. 0.5\n"),
+    # unset by default: no example
+    (["simulate", "--set", "gpu.tco_per_gpu=x"], "gpu.tco_per_gpu='x' is invalid: expected a number\n"),
+])
+def test_a_number_fields_example_is_the_fields_own(args, says, tmp_path, capsys):
+    """Every number field's --set error said `e.g. 1.5e9` (a pace factor of 1.5e9) and a config file's
+    none: now the field's default, as an integer field's."""
+    (tmp_path / "c.yaml").write_text("server:\n  pace_factor: fast\n")
+    assert main([a.format(yaml=tmp_path / "c.yaml") for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(says) and err.count("\n") == 1, err
+
+
 def test_a_csv_of_lengths_only_is_refused_with_where_it_fits(tmp_path, capsys):
     """A Vidur length trace (no arrival column) has no arrivals to sweep: say so, and that cent bench's
     --lengths-from takes it."""

@@ -230,7 +230,7 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{name}={value!r} is invalid: expected a number") from None
+            raise ValueError(f"{name}={value!r} is invalid: expected {_a_number(name)}") from None
     if hint is int and not isinstance(value, int):
         try:
             if isinstance(value, float) and value.is_integer():
@@ -273,14 +273,31 @@ def _integer_example(name: str) -> str:
     of 0 is "off" or "derived": gpu.count 0 is no GPU), else (a default of None: unset) 4096."""
     if name in INTEGER_EXAMPLES:
         return INTEGER_EXAMPLES[name]
+    default = _field_default(name)
+    if not isinstance(default, int) or isinstance(default, bool):
+        return "4096"  # unset by default (None): a count of tokens or blocks
+    return str(default) if default > 0 else "4"
+
+
+def _a_number(name: str) -> str:
+    """What a number field's type error asks for: `a number, e.g. ` the field's default when it is
+    positive (a pace factor's 1, a clock's 2e+09; every such field once said 1.5e9), else 0.5 (a
+    default of 0 is "off"); a field unset by default (None) gets no example."""
+    default = _field_default(name)
+    if default is None:
+        return "a number"
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and math.isfinite(default) and default > 0:
+        return f"a number, e.g. {default:g}".replace("e+0", "e").replace("e+", "e")  # 2e9, as --set reads it
+    return "a number, e.g. 0.5"
+
+
+def _field_default(name: str) -> Any:
+    """The default of the config field `name` (`section.field`), or None when it has none or is not one."""
     from cent_serve.config.tree import CentConfig  # imported here: it imports this module
     cls, (*sections, leaf) = CentConfig, name.split(".")
     for section in sections:
         cls = _sections(cls).get(section) if cls is not None else None
-    default = next((f.default for f in fields(cls) if f.name == leaf), None) if cls is not None else None
-    if not isinstance(default, int) or isinstance(default, bool):
-        return "4096"  # unset by default (None): a count of tokens or blocks
-    return str(default) if default > 0 else "4"
+    return next((f.default for f in fields(cls) if f.name == leaf), None) if cls is not None else None
 
 
 def _bool_text(text: str) -> bool | None:
@@ -307,6 +324,6 @@ def _coerce(text: str, current: Any, name: str) -> Any:
             return float(text)
     except (ValueError, OverflowError):
         kind = (f"an integer, e.g. {_integer_example(name)}" if isinstance(current, int)
-                else "a number, e.g. 1.5e9")
+                else _a_number(name))
         raise ValueError(f"{name}={text!r} is invalid: expected {kind}") from None
     return text
