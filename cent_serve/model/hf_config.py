@@ -404,8 +404,13 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
-    except ValueError as exc:  # a value the model cannot take: say which file it came from
-        raise ValueError(f"{cfg_file}: {exc}") from None
+    except ValueError as exc:  # a value the model cannot take: say which file it came from, and its keys there
+        keys = [key for name, key in _HF_KEYS.items() if f"model.{name}=" in str(exc)]
+        raise ValueError(f"{cfg_file}: {exc}" + (f" (config.json's {' and '.join(keys)})" if keys else "")) from None
+
+
+_HF_KEYS = {"num_kv_heads": "num_key_value_heads", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers"}
+"""The config.json keys whose `ModelConfig` fields have other names, for the message of a value the model refuses."""
 
 
 _FAMILY_DEFAULTS = {

@@ -76,6 +76,24 @@ def test_a_directory_that_is_not_a_checkpoint_names_every_family_read(tmp_path):
         assert "Gemma 3" in str(err.value) and all(name in str(err.value) for name in FAMILY_NAMES.values())
 
 
+def test_a_shape_the_model_refuses_names_the_config_json_keys(tmp_path):
+    """A hand-written config.json's 41 heads over 8 KV heads was refused in ModelConfig's names only
+    (model.num_kv_heads, model.num_heads): the message names the file's keys too."""
+    shape = dict(model_type="llama", hidden_size=5248, intermediate_size=11008, num_hidden_layers=2,
+                 num_attention_heads=41, num_key_value_heads=8, vocab_size=32000)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(shape))
+    with pytest.raises(ValueError) as err:
+        model_config_from_hf(tmp_path / "m")
+    assert str(err.value).endswith("model.num_kv_heads=8 is invalid: it must divide model.num_heads=41 "
+                                   "(config.json's num_key_value_heads and num_attention_heads)"), err.value
+    shape.update(num_attention_heads=32, num_key_value_heads=8)  # a refusal naming neither: no keys added
+    (tmp_path / "m" / "config.json").write_text(json.dumps(shape))
+    with pytest.raises(ValueError) as err:
+        model_config_from_hf(tmp_path / "m", max_seq_len=-1)
+    assert "config.json's" not in str(err.value) and "model.max_seq_len=-1" in str(err.value), err.value
+
+
 @pytest.mark.parametrize("name, rows", [("model.norm.weight", None), ("model.embed_tokens.weight", 7),
                                          ("lm_head.weight", 7)])
 def test_top_level_tensors_whose_shape_disagrees_with_config_are_named(tmp_path, name, rows):
