@@ -125,6 +125,13 @@ def install_error_handlers(app: FastAPI) -> None:
         elif loc[:2] == ("body", "prompt") and len(loc) > 2:  # a union's every branch failed: say which shape broke
             param, message = prompt_error(_prompt_of(errs))
             err = ApiError(message, param, 400)
+        elif loc[:2] == ("body", "stop") and len(loc) > 2:  # str | list[str]: not the string branch's words alone
+            stop = next((e.get("input") for e in errs if tuple(e.get("loc", ()))[:3] == ("body", "stop", "str")),
+                        first.get("input"))
+            i = next((i for i, x in enumerate(stop) if not isinstance(x, str)), None) if isinstance(stop, list) else None
+            err = (ApiError(f"stop.{i}: a list of stop strings holds strings only (got {short(stop[i])})", f"stop.{i}",
+                            400) if i is not None else
+                   ApiError(f"stop must be a string or a list of strings (got {short(stop)})", "stop", 400))
         else:
             param = schema_param(first.get("loc", ()))
             err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 400)

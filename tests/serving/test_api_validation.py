@@ -172,6 +172,22 @@ def test_a_prompt_of_no_shape_names_the_element_that_breaks_it(server, prompt, p
     assert says in err["message"] and "valid string" not in err["message"], err
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("stop, param, says", [
+    (5, "stop", "stop must be a string or a list of strings (got 5)"),
+    ({"a": 1}, "stop", "stop must be a string or a list of strings"),
+    ([1], "stop.0", "stop.0: a list of stop strings holds strings only (got 1)"),
+    (["end", None], "stop.1", "stop.1: a list of stop strings holds strings only (got None)"),
+])
+def test_a_stop_of_no_shape_says_both_shapes(server, path, stop, param, says):
+    """`stop` is a string or a list of strings: the union's first branch answered "stop: Input should be a
+    valid string (got [1])", as if a list were wrong."""
+    sent = body(stop=stop) if path == "/v1/completions" else dict(CHAT, stop=stop)
+    status, err = _error(server, path, sent)
+    assert (status, err["param"]) == (400, param), err
+    assert says in err["message"] and "valid string" not in err["message"], err
+
+
 def test_a_snapshot_of_the_hugging_face_cache_is_served_by_its_repository_id_too(tmp_path):
     """cent serve --model hub/models--meta-llama--Llama-3.1-8B-Instruct/snapshots/COMMIT answered a client
     naming the model as vLLM serves it from the Hub, meta-llama/Llama-3.1-8B-Instruct, with 404
