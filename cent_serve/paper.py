@@ -39,6 +39,15 @@ def check_context(cfg: CentConfig, prompt: int, decode: int) -> None:
                          f"--set model.max_seq_len={total}")
 
 
+def check_seqlen(cfg: CentConfig, seqlen: int) -> None:
+    """ValueError unless --seqlen is a context the model serves (past it: how to raise the context, as
+    `check_context` says for --prompt and --decode)."""
+    if not 1 <= seqlen <= cfg.model.max_seq_len:
+        raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}"
+                         + (f", or raise the context with --set model.max_seq_len={seqlen}"
+                            if seqlen > cfg.model.max_seq_len else ""))
+
+
 def _with_costs(cfg: CentConfig, mp, phases: dict, prompt: int, decode: int) -> dict:
     """Each phase's row with its cost figures (and, for the paper's own workload on a model its GPUs
     ran, the ratios to them)."""
@@ -139,8 +148,7 @@ def emulate(cfg: CentConfig, prompt: int | None = None, decode: int | None = Non
         context = prompt + decode
     else:
         context = DEFAULT_SEQLEN if seqlen is None else seqlen
-        if not 1 <= context <= cfg.model.max_seq_len:
-            raise ValueError(f"--seqlen {context} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
+        check_seqlen(cfg, context)
     mp = check_runnable(cfg, context, None)  # the paper's batch: one query a stage
     own_ray = False
     if cfg.executor == "ray":

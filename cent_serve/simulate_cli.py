@@ -10,7 +10,7 @@ import sys
 from cent_serve.cli_common import (add_config_args, config_from_args, given_overrides, warn_closed_form_ignores,
                                    warn_file_closed_form_ignores)
 from cent_serve.config import CentConfig, model_label
-from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_workload, closed_form, emulate
+from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_seqlen, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text
@@ -273,8 +273,7 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
 def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -> int:
     mp = timer.mapping
     seqlen = DEFAULT_SEQLEN if args.seqlen is None else args.seqlen
-    if not 1 <= seqlen <= cfg.model.max_seq_len:
-        raise ValueError(f"--seqlen {seqlen} is invalid: use 1..model.max_seq_len={cfg.model.max_seq_len}")
+    check_seqlen(cfg, seqlen)
     batch = mp.lanes if args.batch is None else args.batch
     token_figures(timer, seqlen, batch)  # a --batch out of range is refused before the capacity check
     check_devices_hold(cfg, seqlen, args.batch, batch_flag=True, context_flag="--seqlen N")  # None: one a stage

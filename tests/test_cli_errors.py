@@ -144,6 +144,9 @@ def test_version():
     (["--set", "parallel.lm_head=own"], ["parallel.lm_head='own' is invalid", "unit, last_stage"]),
     (["--set", "device.energy=3"], ["device.energy='3'", "section"]),
     (["--prompt", "0", "--decode", "10"], ["--prompt 0", "at least 1"]),
+    # past the context: how to raise it, as --prompt + --decode past it say
+    (["--seqlen", "9000"], ["--seqlen 9000 is invalid", "raise the context with --set model.max_seq_len=9000"]),
+    (["--seqlen", "9000", "--emulate", "--local"], ["--seqlen 9000", "--set model.max_seq_len=9000"]),
     (["--prompt", "100", "--decode", "0", "--seqlen-gap", "0"], ["--seqlen-gap 0", "positive"]),
     # the one-token form times one context: a spacing of contexts to average went unread
     (["--seqlen", "1024", "--seqlen-gap", "64"], ["--seqlen-gap 64", "--prompt and --decode", "drop --seqlen-gap"]),
