@@ -178,13 +178,65 @@ class ZeroTokens:
             log.warning(self.message())
 
 
-class Progress:
-    """A replay's tqdm bar: one tick per request that ended, failed ones counted as `failed=N`."""
+def work_eta_s(elapsed_s: float, done: float, admitted: float, offered: int, total: int | None) -> float | None:
+    """Wall seconds left of an in-process replay, from the work done, not the requests ended: a request
+    the queue refused (`QueueFull`) ends at once and costs nothing, so under overload the request count
+    races ahead and tqdm's estimate from it was optimistic (the whole azure_conv_2023 on llama2-70b took
+    ~40% of its wall time over the last 4% of the requests, draining the queue). The work is counted in
+    request-rounds (a request advancing one engine round, about one a token): `done` so far, in
+    `elapsed_s`; `admitted` the output tokens of the `offered` requests the engine took; the
+    `total - offered` requests still to come are expected to bring as much work each as those offered
+    did, refusals included. None while nothing is done or the total is not known."""
+    if done <= 0 or total is None:
+        return None
+    ahead = max(0, total - offered) * (admitted / offered if offered else 0.0)
+    return elapsed_s * (max(0.0, admitted - done) + ahead) / done
 
-    def __init__(self, total: int | None, desc: str, enabled: bool = True) -> None:
+
+class _Bar(tqdm):
+    """tqdm whose `{work_left}` is the estimate of `eta` (a callable of the elapsed seconds)."""
+
+    eta = None
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        left = self.eta(d["elapsed"]) if self.eta is not None else None
+        d["work_left"] = "?" if left is None else self.format_interval(left)
+        return d
+
+
+class Progress:
+    """A replay's tqdm bar: one tick per request that ended, failed ones counted as `failed=N`. With
+    `by_work` (an in-process replay, which tells it `admitted` and `advanced`), the time left is
+    `work_eta_s`'s, not tqdm's from the requests ended."""
+
+    BAR_BY_WORK = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{work_left}, {rate_fmt}{postfix}]"
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, by_work: bool = False) -> None:
         self.failed = 0
-        self.bar = tqdm(total=total, unit="req", desc=desc, disable=not enabled, mininterval=1.0)
+        self.total = total
+        self.offered = 0
+        self.admitted_work = 0
+        self.done_work = 0
+        by_work = by_work and total is not None
+        self.bar = _Bar(total=total, unit="req", desc=desc, disable=not enabled, mininterval=1.0,
+                        bar_format=self.BAR_BY_WORK if by_work else None)
+        if by_work:
+            self.bar.eta = self.eta_s
         self.bar.set_postfix(failed=0, refresh=False)
+
+    def offer(self, work: int | None) -> None:
+        """A request was offered to the engine: `work` its output tokens when taken, None when refused."""
+        self.offered += 1
+        self.admitted_work += work or 0
+
+    def advanced(self, n: int) -> None:
+        """`n` requests advanced one engine round."""
+        self.done_work += n
+
+    def eta_s(self, elapsed_s: float) -> float | None:
+        return work_eta_s(elapsed_s, self.done_work, self.admitted_work, self.offered, self.total)
 
     def done(self, rec: RequestRecord) -> None:
         if not rec.ok:
@@ -252,7 +304,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     samples: list[Sample] = []
     index = steps = 0
     zeros = ZeroTokens()
-    bar = Progress(total, desc, progress)
+    bar = Progress(total, desc, progress, by_work=True)
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -264,6 +316,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                 while pending is not None and pending.arrival_s <= horizon:
                     zeros.add(pending)
                     refused = _add(engine, pending, index, seed)
+                    bar.offer(None if refused is not None else max(1, pending.num_output_tokens))
                     if refused is not None:
                         records[refused.request_id] = refused
                         bar.done(refused)
@@ -271,7 +324,9 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                         trace_arrivals[engine_id(pending)] = pending.trace_arrival_s
                     index += 1
                     pending = next(it, None)
-                for req in engine.step():  # finished, failed by a fault included (nothing aborts here)
+                advanced = engine.step()
+                bar.advanced(len(advanced))
+                for req in advanced:  # finished, failed by a fault included (nothing aborts here)
                     if req.is_finished:
                         rec = records[req.request_id] = RequestRecord.from_request(
                             req, trace_arrivals.pop(req.request_id, None))

@@ -143,6 +143,50 @@ def test_the_progress_bar_counts_failures(capsys):
     assert bar.failed == 2 and "3/3" in final and "failed=2" in final, final
 
 
+def test_the_time_left_comes_from_the_work_left_not_the_requests_ended():
+    """An overloaded replay: 96 of 100 requests offered in 10 s, 90 refused at once (a full queue), 6 taken
+    with 100 output tokens each, 240 of their 600 request-rounds done. By the requests ended (90 refused,
+    2 finished) tqdm said 10 s x 8/92 = 0.9 s were left; the work says 10 s x (360 + 4 x 600/96) / 240."""
+    from cent_serve.bench.runner import work_eta_s
+
+    left = work_eta_s(10.0, done=240, admitted=600, offered=96, total=100)
+    assert left == pytest.approx(10.0 * (360 + 4 * 600 / 96) / 240)
+    assert left > 10.0 * (100 - 92) / 92 * 10  # over ten times the estimate from the requests ended
+    assert work_eta_s(10.0, 600, 600, 100, 100) == 0.0  # all offered, all done
+    assert work_eta_s(10.0, 0, 600, 96, 100) is None and work_eta_s(10.0, 240, 600, 96, None) is None
+    # the bar keeps the counts it is told and estimates from them
+    bar = Progress(100, "replay", enabled=False, by_work=True)
+    for i in range(96):
+        bar.offer(100 if i < 6 else None)
+    bar.advanced(200)
+    bar.advanced(40)
+    assert bar.eta_s(10.0) == pytest.approx(left)
+
+
+def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
+    """run_in_process counts each request offered (its output tokens when taken, nothing when refused)
+    and each request-round: a queue of 1 refuses most of a burst, and at the end no work is left."""
+    from cent_serve.bench import runner
+
+    bars = []
+
+    class Kept(Progress):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(runner, "Progress", Kept)
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    cfg.scheduler.max_waiting = 1
+    reqs = [TraceRequest(str(i), 0.0, 16, 5 + i) for i in range(12)]
+    result = run_in_process(cfg, reqs, progress=False, total=len(reqs))
+    taken = [r for r in result.records if r.finish_reason != "rejected"]
+    assert 0 < len(taken) < len(reqs)
+    bar = bars[0]
+    assert bar.offered == 12 and bar.admitted_work == sum(r.num_output_tokens for r in taken)
+    assert bar.done_work >= bar.admitted_work and bar.eta_s(1.0) == 0.0
+
+
 @pytest.mark.parametrize("status, err, reason", [
     (400, {"code": "context_length_exceeded", "message": "the prompt has 9000 tokens"}, "context_exceeded"),
     (429, {"code": None, "message": "the server is overloaded"}, "queue_full"),
