@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -178,19 +179,37 @@ class ZeroTokens:
             log.warning(self.message())
 
 
-def work_eta_s(elapsed_s: float, done: float, admitted: float, offered: int, total: int | None) -> float | None:
-    """Wall seconds left of an in-process replay, from the work done, not the requests ended: a request
-    the queue refused (`QueueFull`) ends at once and costs nothing, so under overload the request count
-    races ahead and tqdm's estimate from it was optimistic (the whole azure_conv_2023 on llama2-70b took
-    ~40% of its wall time over the last 4% of the requests, draining the queue). The work is counted in
-    request-rounds (a request advancing one engine round, about one a token): `done` so far, in
-    `elapsed_s`; `admitted` the output tokens of the `offered` requests the engine took; the
-    `total - offered` requests still to come are expected to bring as much work each as those offered
-    did, refusals included. None while nothing is done or the total is not known."""
-    if done <= 0 or total is None:
+@dataclass(frozen=True)
+class WorkDone:
+    """Where an in-process replay stood at `elapsed_s` wall seconds (`Progress`): request-rounds done
+    (a request advancing one engine round, one a token), output tokens of the requests the engine
+    took, requests offered to it."""
+
+    elapsed_s: float
+    done: int
+    admitted: int
+    offered: int
+
+
+ETA_WINDOW_S = 10.0
+"""`work_eta_s` takes the pace of the last third of the replay, at least this many wall seconds of it."""
+
+
+def work_eta_s(now: WorkDone, then: WorkDone, total: int | None) -> float | None:
+    """Wall seconds left of an in-process replay of `total` requests, from the work left at the pace
+    of the work done since `then`, not from the requests ended: a request the queue refuses (`QueueFull`)
+    ends at once and costs nothing, so under overload the request count raced ahead and tqdm's
+    estimate from it was optimistic (the whole azure_conv_2023 on llama2-70b spent ~40% of its wall time
+    on the last 4% of the requests, draining the queue). The work left is the output tokens taken and
+    not yet made, and for each request still to come as much as each offered since `then` brought
+    (refusals count none: a full queue takes few). None while nothing was done since `then` or the
+    total is not known."""
+    if total is None or now.done <= then.done or now.elapsed_s <= then.elapsed_s:
         return None
-    ahead = max(0, total - offered) * (admitted / offered if offered else 0.0)
-    return elapsed_s * (max(0.0, admitted - done) + ahead) / done
+    offered, admitted = now.offered - then.offered, now.admitted - then.admitted
+    each = admitted / offered if offered else (now.admitted / now.offered if now.offered else 0.0)
+    left = max(0, now.admitted - now.done) + max(0, total - now.offered) * each
+    return left * (now.elapsed_s - then.elapsed_s) / (now.done - then.done)
 
 
 class _Bar(tqdm):
@@ -219,6 +238,7 @@ class Progress:
         self.offered = 0
         self.admitted_work = 0
         self.done_work = 0
+        self._points: deque[WorkDone] = deque([WorkDone(0.0, 0, 0, 0)])
         by_work = by_work and total is not None
         self.bar = _Bar(total=total, unit="req", desc=desc, disable=not enabled, mininterval=1.0,
                         bar_format=self.BAR_BY_WORK if by_work else None)
@@ -236,7 +256,15 @@ class Progress:
         self.done_work += n
 
     def eta_s(self, elapsed_s: float) -> float | None:
-        return work_eta_s(elapsed_s, self.done_work, self.admitted_work, self.offered, self.total)
+        """`work_eta_s` at `elapsed_s` against the oldest of the points this has been asked at (one a
+        redraw) within the last third of the replay or ETA_WINDOW_S, whichever is longer."""
+        now = WorkDone(elapsed_s, self.done_work, self.admitted_work, self.offered)
+        points = self._points
+        points.append(now)
+        window = max(ETA_WINDOW_S, elapsed_s / 3)
+        while len(points) > 2 and points[1].elapsed_s <= elapsed_s - window:
+            points.popleft()
+        return work_eta_s(now, points[0], self.total)
 
     def done(self, rec: RequestRecord) -> None:
         if not rec.ok:

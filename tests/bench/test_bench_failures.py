@@ -144,23 +144,34 @@ def test_the_progress_bar_counts_failures(capsys):
 
 
 def test_the_time_left_comes_from_the_work_left_not_the_requests_ended():
-    """An overloaded replay: 96 of 100 requests offered in 10 s, 90 refused at once (a full queue), 6 taken
-    with 100 output tokens each, 240 of their 600 request-rounds done. By the requests ended (90 refused,
-    2 finished) tqdm said 10 s x 8/92 = 0.9 s were left; the work says 10 s x (360 + 4 x 600/96) / 240."""
-    from cent_serve.bench.runner import work_eta_s
+    """An overloaded replay of 100 requests at 10 s: 96 offered, 90 of them refused at once (a full queue)
+    and 2 finished, so tqdm said 10 s x 8/92 = 0.9 s were left by the requests ended. The work: 6 taken
+    with 100 output tokens each, 240 of their 600 request-rounds done, 120 of them (and 12 offers, 2 taken)
+    in the last 4 s: 360 rounds left, and 4 requests to come at 200/12 rounds each, at 30 rounds a second."""
+    from cent_serve.bench.runner import WorkDone, work_eta_s
 
-    left = work_eta_s(10.0, done=240, admitted=600, offered=96, total=100)
-    assert left == pytest.approx(10.0 * (360 + 4 * 600 / 96) / 240)
-    assert left > 10.0 * (100 - 92) / 92 * 10  # over ten times the estimate from the requests ended
-    assert work_eta_s(10.0, 600, 600, 100, 100) == 0.0  # all offered, all done
-    assert work_eta_s(10.0, 0, 600, 96, 100) is None and work_eta_s(10.0, 240, 600, 96, None) is None
-    # the bar keeps the counts it is told and estimates from them
+    then, now = WorkDone(6.0, 120, 400, 84), WorkDone(10.0, 240, 600, 96)
+    left = work_eta_s(now, then, total=100)
+    assert left == pytest.approx((360 + 4 * 200 / 12) / 30)
+    assert left > 10 * (10.0 * (100 - 92) / 92)  # over ten times the estimate from the requests ended
+    # nothing offered since `then`: as much as each request offered so far brought
+    assert work_eta_s(WorkDone(10.0, 240, 600, 96), WorkDone(6.0, 120, 600, 96), 100) == pytest.approx(
+        (360 + 4 * 600 / 96) / 30)
+    assert work_eta_s(WorkDone(10.0, 600, 600, 100), then, 100) == 0.0  # all offered, all done
+    assert work_eta_s(now, WorkDone(6.0, 240, 400, 84), 100) is None  # no pace to go by
+    assert work_eta_s(now, then, None) is None
+    # the bar keeps the counts it is told and goes by the pace since the oldest point within its window
     bar = Progress(100, "replay", enabled=False, by_work=True)
     for i in range(96):
         bar.offer(100 if i < 6 else None)
     bar.advanced(200)
     bar.advanced(40)
-    assert bar.eta_s(10.0) == pytest.approx(left)
+    assert bar.eta_s(10.0) == pytest.approx(work_eta_s(now, WorkDone(0.0, 0, 0, 0), 100))
+    bar.advanced(60)
+    to_come = 4 * 600 / 96  # none offered since: as much as each offered so far
+    assert bar.eta_s(20.0) == pytest.approx((300 + to_come) * 10 / 60)  # since 10 s (the window: 10 s)
+    bar.advanced(60)
+    assert bar.eta_s(31.0) == pytest.approx((240 + to_come) * 11 / 60)  # since 20 s: the window is a third of 31 s
 
 
 def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
