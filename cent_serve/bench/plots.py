@@ -189,25 +189,74 @@ def plot_latency_cdfs(path: Path, result: BenchResult, summary: dict) -> None:
 
 # ------------------------------------------------------------------ the engine over time
 
+FAILURE_MARKERS_MAX = 200
+"""timeline.png marks each failed request at its arrival up to this many; more (14,709 of the whole
+azure_conv_2023 on llama2-70b merged into one red band) are drawn as a rate, failures a second by reason,
+in a row of their own (`failure_rates`)."""
+FAILURE_BINS = 120
+"""The failure-rate row's bins over the run."""
+FAILURE_COLORS = {"queue_full": "tab:red", "context_exceeded": "tab:orange", "device_fault": "tab:brown"}
+"""A failure reason's color in timeline.png (others: tab:gray)."""
+
+
+def failure_rates(records: list, span_s: float, bins: int = FAILURE_BINS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(bin edges in s, {reason: failed requests a second in each bin}) of the failed `records` by their
+    arrival, over 0..`span_s` (widened to the last failure), the reasons most frequent first."""
+    failed = [(r.arrival_s, r.reason) for r in records if not r.ok]
+    top = max([span_s] + [t for t, _ in failed])
+    edges = np.linspace(0.0, top if top > 0 else 1.0, bins + 1)
+    width = edges[1] - edges[0]
+    counts = Counter(reason for _, reason in failed)
+    rates = {}
+    for reason, _ in counts.most_common():
+        n, _ = np.histogram([t for t, why in failed if why == reason], bins=edges)
+        rates[reason] = n / width
+    return edges, rates
+
+
 def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
-    """Waiting requests (with failed requests marked at their arrival), running sequences and KV
-    usage over the run."""
+    """Waiting requests (with failed requests marked at their arrival, or above FAILURE_MARKERS_MAX of
+    them a row of their rate by reason), running sequences and KV usage over the run. The legends sit
+    right of the axes, off the data."""
     s = result.samples
     t = [x.time_s for x in s]
     failed_at = sorted(r.arrival_s for r in result.records if not r.ok)
-    fig = Figure(figsize=(11, 7.5))
-    axes = fig.subplots(3, 1, sharex=True)
+    as_rate = len(failed_at) > FAILURE_MARKERS_MAX
+    fig = Figure(figsize=(11, 9.0 if as_rate else 7.5))
+    grid = fig.add_gridspec(4 if as_rate else 3, 1, height_ratios=[3, 2, 3, 3] if as_rate else [1, 1, 1])
+    rows = [0, 2, 3] if as_rate else [0, 1, 2]  # the failure rate under the waiting requests
+    axes = [fig.add_subplot(grid[rows[0]])]
+    axes += [fig.add_subplot(grid[r], sharex=axes[0]) for r in rows[1:]]  # fig.axes: waiting, running, KV, rate
     waiting = [x.num_waiting for x in s]
     axes[0].step(t, waiting, where="post", color="tab:blue", label="waiting")
-    if failed_at:
+    if failed_at and not as_rate:
         axes[0].plot(failed_at, [0] * len(failed_at), "|", color="tab:red", ms=14, mew=1.5,
-                     label=f"failed request, at its arrival ({len(failed_at)})")
+                     label=f"failed request,\nat its arrival ({len(failed_at)})")
     if not any(waiting):
         axes[0].text(0.5, 0.55, "no request waited: the queue was empty after every round",
                      ha="center", va="center", transform=axes[0].transAxes, fontsize=9, color="tab:gray")
-    axes[0].legend(loc="upper right", fontsize=8)
+    if failed_at and not as_rate:  # else the axis's label names its one line
+        _legend_outside(axes[0])
     axes[0].set_ylabel("waiting requests")
     axes[0].set_ylim(-0.05 * max(1, max(waiting, default=0)), 1.1 * max(1, max(waiting, default=0)))
+    if as_rate:
+        ax = fig.add_subplot(grid[1], sharex=axes[0])
+        edges, rates = failure_rates(result.records, max(t, default=0.0))
+        bottom = np.zeros(len(edges) - 1)
+        counts = Counter(r.reason for r in result.records if not r.ok)
+        for reason, rate in rates.items():
+            n = counts[reason]
+            ax.bar(edges[:-1], rate, width=edges[1] - edges[0], bottom=bottom, align="edge", linewidth=0,
+                   color=FAILURE_COLORS.get(reason, "tab:gray"), label=f"{reason} ({n:,})")
+            bottom += rate
+        ax.set_ylabel("failed requests/s\n(at arrival)")
+        ax.set_ylim(0, 1.1 * max(float(bottom.max(initial=0.0)), 1e-9))
+        ax.set_title(f"{len(failed_at):,} failed in all; their rate in bins of {edges[1] - edges[0]:.3g} s",
+                     fontsize=9, loc="right")
+        _legend_outside(ax)
+        ax.grid(alpha=0.3)
+        plain_axis(ax.yaxis)
+        axes.append(ax)
     running = [x.num_running for x in s]
     axes[1].step(t, running, where="post", color="tab:green")
     axes[1].set_ylabel("running sequences")
@@ -230,10 +279,18 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
         ax.grid(alpha=0.3)
         if integer:
             plain_axis(ax.yaxis, integer=True)
+    for ax in axes:
+        if ax is not axes[2]:  # the times are read on the bottom row's axis
+            ax.tick_params(labelbottom=False)
     plain_axis(axes[2].xaxis)
     fig.suptitle(fit_title(run_title(result.status, summary), fig, 11), fontsize=11)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _legend_outside(ax) -> None:
+    """The axes' legend right of it, beside its top: on the data it covered the waiting line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
 
 
 def _percent_decimals(peak: float) -> int:

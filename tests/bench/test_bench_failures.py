@@ -426,6 +426,58 @@ def test_the_kv_axis_of_a_tiny_or_zero_peak_has_distinct_ticks(tmp_path, monkeyp
     assert seen["title"] == title
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_many_failures_are_drawn_as_a_rate_and_the_legend_is_off_the_data(tmp_path, monkeypatch, extra):
+    """The whole azure_conv_2023 on llama2-70b failed 14,709 requests: their markers merged into one red
+    band, and the legend covered the waiting line. Up to FAILURE_MARKERS_MAX failures are marked one
+    each; above it a row of their rate by reason (the bars' area is each reason's count) replaces the
+    markers. Every legend sits right of its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cent_serve.bench import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig))
+    n = plots.FAILURE_MARKERS_MAX + extra
+    busy = [refused(f"b{i}", 6.0 * i / n, QueueFull("full")) for i in range(n - 3)]
+    long = [refused(f"l{i}", 1.0 + i, RequestRefused("context_exceeded", "long")) for i in range(3)]
+    result = result_of([done("ok", 0.0, 0.1)] + busy + long)
+    plots.plot_timeline(tmp_path / "t.png", result, summarize(result))
+    fig = figs[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    waiting = fig.axes[0]
+    marks = [line for line in waiting.get_lines() if line.get_marker() == "|"]
+    assert fig.axes[2].get_ylabel() == "KV cache in use"  # the rows the other tests read stay where they were
+    if not extra:
+        assert len(fig.axes) == 3 and len(marks) == 1 and len(marks[0].get_xdata()) == n
+    else:
+        assert len(fig.axes) == 4 and not marks
+        rate = fig.axes[3]
+        width = rate.patches[0].get_width()
+        by_label = {}
+        for bars in rate.containers:
+            by_label[bars.get_label()] = sum(p.get_height() for p in bars) * width
+        assert by_label.keys() == {f"queue_full ({n - 3:,})", "context_exceeded (3)"}
+        assert by_label[f"queue_full ({n - 3:,})"] == pytest.approx(n - 3)
+        assert by_label["context_exceeded (3)"] == pytest.approx(3)
+        # the row sits between the waiting requests and the running sequences
+        assert fig.axes[0].get_position().y0 > rate.get_position().y0 > fig.axes[1].get_position().y0
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_failure_rates_count_each_failure_once_in_its_bin():
+    from cent_serve.bench.plots import failure_rates
+
+    records = [refused("a", 0.5, QueueFull("x")), refused("b", 9.5, QueueFull("x")), done("ok", 1.0, 0.1),
+               refused("c", 12.0, RequestRefused("context_exceeded", "y"))]
+    edges, rates = failure_rates(records, 10.0, bins=4)
+    assert list(edges) == [0.0, 3.0, 6.0, 9.0, 12.0]  # widened to the last failure
+    assert list(rates) == ["queue_full", "context_exceeded"]
+    assert list(rates["queue_full"] * 3.0) == [1, 0, 0, 1] and list(rates["context_exceeded"] * 3.0) == [0, 0, 0, 1]
+
+
 def test_outcome_bars_name_failed_only_when_a_rate_has_failures():
     """The rate sweep's outcome panel: a legend entry "failed" and its title say so only when some
     rate failed requests (a run with none showed an entry for a bar that was nowhere)."""
