@@ -203,13 +203,13 @@ def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool, fil
 
 
 def warn_file_closed_form_ignores(args: argparse.Namespace, cfg: CentConfig, moe: bool, file_model: bool = True,
-                                  exclude: tuple[str, ...] | list[str] = ()) -> None:
+                                  exclude: tuple[str, ...] | list[str] = (), gpus: bool = False) -> None:
     """`warn_closed_form_ignores` of the fields the --config file sets off their defaults, as `warn_experts_given`
     does the experts' (`cfg`: the config resolved): a model field off the preset or checkpoint its model section
     names (`files.model_settings`; none when `file_model` is False: --model or --vary model replaced it), `numerics`
     when it resolves otherwise than `auto` would, any other field off CentConfig's default. A config.json a run
     wrote holds every field: those at their defaults are not named; nor a field a --set, --seed, --numerics or one
-    of `exclude` (cent sweep's varied fields) gives, which says so itself."""
+    of `exclude` (cent sweep's varied fields) gives, which says so itself. `gpus`: as `warn_closed_form_ignores`'s."""
     import dataclasses
 
     from cent_serve.config.files import model_settings
@@ -229,23 +229,39 @@ def warn_file_closed_form_ignores(args: argparse.Namespace, cfg: CentConfig, moe
                 moved.append(section)
         elif section != "model" and value != default[section]:
             moved.append(section)
-    warn_closed_form_ignores([p for p in moved if p not in given], f"--config {args.config}", moe)
+    warn_closed_form_ignores([p for p in moved if p not in given], f"--config {args.config}", moe, gpus)
 
 
-def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False) -> None:
+GPU_CLOSED_FORM_READS = ("scheduler.kv_block_tokens",)
+"""Fields of CLOSED_FORM_IGNORES the GPUs' closed form reads: its static batch is the most sequences the GPUs
+hold in whole blocks (`GpuTimer.max_batch`)."""
+
+
+def on_gpus_unread(path: str) -> bool:
+    """Whether the GPUs' closed form leaves `path` unread for a reason `warn_closed_form_ignores` tells: not a
+    `gpu.` field (the GPUs' own), nor one of CENT_ONLY_FIELDS (`warn_gpu_run` says so), nor one it reads."""
+    return not (path.startswith("gpu.") or path in GPU_CLOSED_FORM_READS
+                or any(path == k or (k.endswith(".") and path.startswith(k)) for k in CENT_ONLY_FIELDS))
+
+
+def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False, gpus: bool = False) -> None:
     """One warning per field in `paths` that the closed form does not read, or reads only for capacity
     (`how`: the flag that set it).
     `moe`: a mixture of experts is among the models, whose time model routes by a draw from model.seed
-    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it."""
+    (`cent_serve.timing.experts`): the closed form reads the seed then, and its figures move with it.
+    `gpus`: the closed form of modelled GPUs (`cent simulate --hardware gpu:KIND:N`): only the fields
+    `on_gpus_unread` keeps."""
     import logging
 
     unread: dict[tuple[str, str], list[str]] = {}  # fields of one reason share a line (a file may set several)
     for path in paths:
-        if moe and path == "model.seed":
+        if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)):
             continue
         hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                     if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
         if hit:
+            if gpus and hit[1] == REPLAYED:  # cent sweep runs CENT's devices alone
+                hit = (hit[0], "replay a trace (cent bench run, cent bench compare)")
             unread.setdefault(hit, []).append(path)
         elif path in CLOSED_FORM_CAPACITY_ONLY:
             logging.getLogger("cent").warning(

@@ -10,6 +10,8 @@ config (`cent_serve.config.build_config`) and reads the dicts.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from cent_serve.arguments import check_config, check_int
 from cent_serve.config import CentConfig
 from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_workload
@@ -68,7 +70,8 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     `config`; the phases average the context lengths every `gap` tokens; `batch` defaults to one
     query per pipeline stage (the paper's); `convention` `artifact` is the CENT artifact's perfect
     pipeline. On GPUs (`gpu.count` > 0, `--hardware gpu:KIND:N`) a static batch as transformers
-    runs it (the largest that fits, at most 128, unless `batch`; `gap` and `convention` unused).
+    runs it (the largest the GPUs hold, at most 128, unless `batch`; `gap` and `convention` unused).
+    Neither reads `scheduler.num_kv_blocks_override` (it caps what a replay's scheduler admits).
     ValueError, one line, for a workload that does not fit the context or the devices (with
     `batch_flag`, a smaller `--batch` among the fixes; False for the sweeps, which have no --batch)."""
     call = "closed_form(cfg, prompt, decode)"
@@ -104,6 +107,10 @@ def _closed_form_gpu(cfg: CentConfig, prompt: int, decode: int, batch: int | Non
     if batch is not None and batch < 1:
         raise ValueError(f"--batch {batch} is invalid: use a positive number of sequences (e.g. --batch 16)")
     check_context(cfg, prompt, decode)
+    # the static batch meets no scheduler: `scheduler.num_kv_blocks_override`, which caps what the scheduler
+    # admits, is not read here, as CENT's closed form does not (cent simulate warns of it on both); a replay
+    # (the engine and `check_runnable`) still caps by it
+    cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, num_kv_blocks_override=None))
     total = prompt + decode
     t = GpuTimer(cfg)
     batch = min(128, t.max_batch(total)) if batch is None else batch

@@ -123,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     # the GPUs', the sweep's and the closed form's workload (its phases: `closed_form` checks them)
     check_workload(args.prompt, args.decode, args.seqlen)
     workload = PAPER_WORKLOAD if args.prompt is None else (args.prompt, args.decode)  # the GPUs' and the sweep's
+    # on GPUs too: their closed form reads no more of the scheduler than CENT's (`paper.closed_form`)
+    gpus = cfg.on_gpus
+    warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe, gpus)
+    warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", cfg.model.is_moe, gpus)
+    warn_file_closed_form_ignores(args, cfg, cfg.model.is_moe, file_model=args.model is None, gpus=gpus)
     if cfg.on_gpus:
         return _run_gpu(cfg, args, *workload)
-    warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe)
-    warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", cfg.model.is_moe)
-    warn_file_closed_form_ignores(args, cfg, cfg.model.is_moe, file_model=args.model is None)
     if args.sweep:
         refuse_one_mapping(args, cfg, "cent simulate --sweep", "cent simulate without --sweep")
         return _run_sweep(cfg, args, *workload)

@@ -595,22 +595,33 @@ def test_sweep_rows_that_do_not_fit_name_the_devices_that_hold_them_as_simulate_
         capsys.readouterr()
 
 
-def test_gpus_capped_by_the_kv_block_override_are_told_to_raise_it_not_to_use_more_gpus(capsys):
+def test_gpus_capped_by_the_kv_block_override_are_told_to_raise_it_not_to_use_more_gpus(capsys, caplog):
     """`--set scheduler.num_kv_blocks_override=20` on a GPU that holds thousands of blocks: the refusal
-    said "the GPUs hold 20 ...: use more GPUs", which the override caps all the same."""
+    said "the GPUs hold 20 ...: use more GPUs", which the override caps all the same. What serving checks
+    (cent info, cent serve) refuses it; cent simulate's closed form does not read it (its static batch meets
+    no scheduler, as CENT's closed form does not) and says so, as it does on CENT."""
     from cent_serve.cli import main
 
-    gpu = ["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--json"]
-    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=20"]) == 2
+    info = ["info", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--numerics", "off"]
+    assert main([*info, "--set", "scheduler.num_kv_blocks_override=20"]) == 2
     err = capsys.readouterr().err
-    # the default batch is the largest the override lets in (GpuTimer.max_batch): none, so one sequence is asked
     assert "scheduler.num_kv_blocks_override=20 caps the GPUs at 20 (they hold 6976): raise it to 256 or more, " \
            "or remove it" in err, err
     assert "use more GPUs" not in err and len(err.strip().splitlines()) == 1, err
-    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=256"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch"] == 1
-    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=6912"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch"] == 27  # the GPU's own largest (6976 // 256)
+    assert main([*info, "--set", "scheduler.num_kv_blocks_override=256"]) == 0
+    capsys.readouterr()
+    gpu = ["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--json"]
+    assert main(gpu) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["batch"] == 27  # the GPU's own largest (6976 // 256)
+    for blocks in (20, 256, 6912):
+        caplog.clear()
+        assert main([*gpu, "--set", f"scheduler.num_kv_blocks_override={blocks}"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got.pop("config")["scheduler"]["num_kv_blocks_override"] == blocks
+        assert got == {k: v for k, v in plain.items() if k != "config"}  # the same batch and figures
+        assert any("--set scheduler.num_kv_blocks_override: the closed form does not read it" in r.getMessage()
+                   for r in caplog.records)
 
 
 def test_a_kv_cache_that_a_shrunk_device_cannot_hold_names_the_device_fields(capsys):

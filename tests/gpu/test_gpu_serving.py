@@ -504,20 +504,31 @@ def test_a_batch_the_gpus_cannot_hold_names_the_flag_and_the_batch_that_fits(cap
     assert json.loads(capsys.readouterr().out)["batch"] == fits
     assert main([*gpu, "--batch", str(fits + 1)]) == 2
     assert f"--batch {fits} (the most" in capsys.readouterr().err
-    # a KV-block override that caps the GPUs: the batch it holds is named too, and the context by its flags
-    assert main([*gpu, "--batch", "14", "--set", "scheduler.num_kv_blocks_override=2000"]) == 2
+    # a KV-block override caps what a replay's scheduler admits (check_gpus_hold, as check_runnable asks it): the
+    # batch it holds is named too, and the context by the flags given
+    from cent_serve.config import build_config
+    from cent_serve.preflight import check_gpus_hold
+
+    def capped(blocks: int):
+        return build_config("llama3.1-8b", hardware="gpu:a100-80gb:1", numerics="off",
+                            overrides=["gpu.memory_utilization=0.3", f"scheduler.num_kv_blocks_override={blocks}"])
+
+    with pytest.raises(ValueError) as info:
+        check_gpus_hold(capped(2000), 4096, 14, context_flag="a smaller --prompt or --decode", batch_flag="--batch")
     assert ("raise it to 3584 or more, or remove it, or use --batch 7 (the most of 4096 tokens that fit), or a shorter "
-            "context with a smaller --prompt or --decode") in capsys.readouterr().err
-    # without --batch the largest that fits is counted under the override too (it took 14, the GPUs' own, and
-    # refused it)
-    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch"] == 7
+            "context with a smaller --prompt or --decode") in str(info.value)
     # an override that caps them below one sequence, on GPUs that do not hold the batch either: removing it and
     # a smaller --batch fits too (before the merge with the --batch wording 'or use fewer sequences' said so)
-    assert main([*gpu, "--batch", "64", "--set", "scheduler.num_kv_blocks_override=100"]) == 2
-    err = capsys.readouterr().err
+    with pytest.raises(ValueError) as info:
+        check_gpus_hold(capped(100), 4096, 64, batch_flag="--batch")
     assert (f"raise or remove it and use more GPUs (--hardware gpu:KIND:N) or --batch {fits} (the most of 4096 tokens "
-            "the GPUs hold)") in err, err
+            "the GPUs hold)") in str(info.value), info.value
+    # cent simulate's static batch meets no scheduler: the override is not read (as on CENT), the batch the
+    # GPUs hold runs under it and the default is theirs (it took the override's 7)
+    assert main([*gpu, "--batch", str(fits), "--set", "scheduler.num_kv_blocks_override=2000"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == fits
+    assert main([*gpu, "--set", "scheduler.num_kv_blocks_override=2000"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == fits
 
 
 def test_a_window_on_some_blocks_on_gpus_reads_each_blocks_own_keys():
