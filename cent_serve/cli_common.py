@@ -35,11 +35,12 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
     p.add_argument("--tp", type=int, help=f"devices per stage (tensor parallel; default {par.tp})")
 
 
-def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConfig:
+def config_from_args(args: argparse.Namespace, experts: bool = True, closed_form: bool = False) -> CentConfig:
     """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides
     (`cent_serve.config.build_config`, which scripts call with the same names as keywords). `experts`:
     warn of a mixture of experts' field set on a dense model, by --set or the --config file
-    (`warn_experts_given`); cent sweep, whose points may vary the model, warns over them instead."""
+    (`warn_experts_given`); cent sweep, whose points may vary the model, warns over them instead.
+    `closed_form`: the command runs the closed form (`warn_file_model_replaced` suggests what it reads)."""
     cfg = build_config(getattr(args, "model", None), config=getattr(args, "config", None),
                        devices=getattr(args, "devices", None), pp=getattr(args, "pp", None),
                        tp=getattr(args, "tp", None), hardware=getattr(args, "hardware", None),
@@ -48,17 +49,23 @@ def config_from_args(args: argparse.Namespace, experts: bool = True) -> CentConf
     if cfg.on_gpus:
         warn_gpu_run(cfg, args)
     if getattr(args, "model", None) is not None:
-        warn_file_model_replaced(args, f"--model {args.model}", "this model")
+        warn_file_model_replaced(args, f"--model {args.model}", "this model", closed_form, cfg.model.is_moe,
+                                 cfg.on_gpus)
     if experts:
         warn_experts_given(args, cfg, cfg.model.is_moe)
     return cfg
 
 
-def warn_file_model_replaced(args: argparse.Namespace, by: str, target: str) -> None:
+def warn_file_model_replaced(args: argparse.Namespace, by: str, target: str, closed_form: bool = False,
+                             moe: bool = True, gpus: bool = False) -> None:
     """One warning naming the fields the --config file's model section sets beside the preset or checkpoint
     it names (`files.model_settings`), when `by` (`--model NAME`, cent sweep's `--vary model`) replaces that
     section: the model is chosen whole (docs/config.md's precedence) and takes none of them, while every
-    `--set model.F=V` applies to it (`target`: what it applies to). A field a --set or --seed gives is not named."""
+    `--set model.F=V` applies to it (`target`: what it applies to). A field a --set or --seed gives is not named.
+    The `--set` it suggests is one the command reads: with `closed_form` (cent simulate, cent sweep without
+    --trace; `gpus`: on modelled GPUs) a field the closed form does not read (`closed_form_unread`) is said to
+    be unread on any model, with where to see it; with `moe` False (no model here has experts) a mixture of
+    experts' field (MOE_ONLY) is said to be read by none."""
     import json
     import logging
 
@@ -68,14 +75,35 @@ def warn_file_model_replaced(args: argparse.Namespace, by: str, target: str) -> 
         return
     given = {item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []}
     given |= {"model.seed"} if getattr(args, "seed", None) is not None else set()
-    pairs = [f"model.{k}={v if isinstance(v, str) else json.dumps(v)}"
-             for k, v in model_settings(args.config).items() if f"model.{k}" not in given]
-    if pairs:
-        logging.getLogger("cent").warning(
-            "--config %s %s: %s replaces the file's model section (the model chosen whole, as --model chooses it), "
-            "so %s not read; to apply %s to %s, give %s", args.config, ", ".join(pairs), by,
-            "it is" if len(pairs) == 1 else "they are", "it" if len(pairs) == 1 else "them", target,
-            " ".join(f"--set {p}" for p in pairs))
+    pairs = {f"model.{k}": f"model.{k}={v if isinstance(v, str) else json.dumps(v)}"
+             for k, v in model_settings(args.config).items() if f"model.{k}" not in given}
+    if not pairs:
+        return
+
+    def them(n: int) -> str:
+        return "it" if n == 1 else "them"
+
+    apply, unread, no_experts = [], {}, []
+    for path, pair in pairs.items():
+        why = closed_form_unread(path, moe, gpus) if closed_form else None
+        if why:
+            unread.setdefault(why, []).append(pair)
+        elif not moe and path in MOE_ONLY:
+            no_experts.append(pair)
+        else:
+            apply.append(pair)
+    what = them(len(apply)) if len(apply) == len(pairs) else ", ".join(apply)  # the others: why not, below
+    said = [f"to apply {what} to {target}, give " + " ".join(f"--set {p}" for p in apply)] if apply else []
+    for (sets, where), names in unread.items():
+        it = them(len(names))
+        said.append(f"{', '.join(names)}: the closed form does not read {it} on any model ({'it sets' if it == 'it' else 'they set'} "
+                    f"{sets}); to see {it}, {where}, with " + " ".join(f"--set {p}" for p in names))
+    if no_experts:
+        said.append(f"{', '.join(no_experts)}: no model here has experts, so nothing would read {them(len(no_experts))}")
+    logging.getLogger("cent").warning(
+        "--config %s %s: %s replaces the file's model section (the model chosen whole, as --model chooses it), "
+        "so %s not read; %s", args.config, ", ".join(pairs.values()), by,
+        "it is" if len(pairs) == 1 else "they are", "; ".join(said))
 
 
 CENT_ONLY_FIELDS = ("device.", "fabric.", "parallel.", "scheduler.prefill_chunk_tokens", "scheduler.max_seqs_per_stage",
@@ -244,6 +272,18 @@ def on_gpus_unread(path: str) -> bool:
                 or any(path == k or (k.endswith(".") and path.startswith(k)) for k in CENT_ONLY_FIELDS))
 
 
+def closed_form_unread(path: str, moe: bool = False, gpus: bool = False) -> tuple[str, str] | None:
+    """(what `path` sets, where to see it) when the closed form does not read it (CLOSED_FORM_IGNORES, except
+    model.seed with `moe` and, with `gpus`, what `on_gpus_unread` leaves out), else None."""
+    if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)):
+        return None
+    hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
+                if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
+    if hit and gpus and hit[1] == REPLAYED:  # cent sweep runs CENT's devices alone
+        hit = (hit[0], "replay a trace (cent bench run, cent bench compare)")
+    return hit
+
+
 def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False, gpus: bool = False) -> None:
     """One warning per field in `paths` that the closed form does not read, or reads only for capacity
     (`how`: the flag that set it).
@@ -257,11 +297,8 @@ def warn_closed_form_ignores(paths: list[str], how: str, moe: bool = False, gpus
     for path in paths:
         if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)):
             continue
-        hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
-                    if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)
+        hit = closed_form_unread(path, moe, gpus)
         if hit:
-            if gpus and hit[1] == REPLAYED:  # cent sweep runs CENT's devices alone
-                hit = (hit[0], "replay a trace (cent bench run, cent bench compare)")
             unread.setdefault(hit, []).append(path)
         elif path in CLOSED_FORM_CAPACITY_ONLY:
             logging.getLogger("cent").warning(

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     paper_defaults(args)
     if args.sweep:
         refuse_one_mapping(args, None, "cent simulate --sweep", "cent simulate without --sweep")
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, closed_form=not args.emulate)
     if args.batch is not None and (args.sweep or args.emulate):
         raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
                          "batch (one query per pipeline stage)")

@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     vary = parse_vary(args.vary)
     check_not_set_and_varied(args, vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
-    base = config_from_args(args, experts=False)  # warned below, over every point's model
+    base = config_from_args(args, experts=False, closed_form=not args.trace)  # warned below, over every point's model
     if base.on_gpus:
         raise ValueError("cent sweep explores CENT device designs: drop --hardware gpu:... (GPUs beside CENT: "
                          "cent bench compare --gpu KIND:N)")
@@ -386,13 +386,14 @@ def run(args: argparse.Namespace) -> int:
     warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
     varies_model = any(name == "model" for name, _ in vary)
     if varies_model:
-        warn_file_model_replaced(args, "--vary model", "every varied model")
-    warn_experts_given(args, base, moe, file_model=not varies_model)
+        warn_file_model_replaced(args, "--vary model", "every varied model", not args.trace, moe)
+    file_model = not varies_model and args.model is None  # else replaced: `warn_file_model_replaced` names its fields
+    warn_experts_given(args, base, moe, file_model=file_model)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
-        warn_file_closed_form_ignores(args, base, moe, file_model=not varies_model, exclude=[n for n, _ in vary])
+        warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     hybrid_pp = follows_tp(base, vary)

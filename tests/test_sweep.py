@@ -673,9 +673,11 @@ def test_a_config_file_s_model_fields_under_a_varied_model_are_named(tmp_path, c
     vary = ["--vary", "model=llama2-7b,llama2-13b", "--no-plots"]
     said = run("sweep", "--config", str(f), *vary, "--out", str(tmp_path / "a"))
     assert said == [f"--config {f} model.max_seq_len=8192, model.expert_skew=2: --vary model replaces the file's model "
-                    "section (the model chosen whole, as --model chooses it), so they are not read; to apply them "
-                    "to every varied model, give --set model.max_seq_len=8192 --set model.expert_skew=2"], said
-    assert not any("no model here has experts" in r.getMessage() for r in caplog.records)  # named once, above
+                    "section (the model chosen whole, as --model chooses it), so they are not read; to apply "
+                    "model.max_seq_len=8192 to every varied model, give --set model.max_seq_len=8192; "
+                    "model.expert_skew=2: no model here has experts, so nothing would read it"], said
+    assert not any("no model here has experts" in r.getMessage() and "replaces the file's model" not in r.getMessage()
+                   for r in caplog.records)  # named once, above
     rows = list(csv.DictReader(open(tmp_path / "a" / "sweep.csv")))
     assert [json.loads(r["config"])["model"]["max_seq_len"] for r in rows] == [4096, 4096]
     said = run("sweep", "--config", str(f), *vary, "--set", "model.max_seq_len=8192", "--out", str(tmp_path / "b"))
@@ -732,3 +734,37 @@ def test_a_section_given_to_vary_names_its_fields_and_one_that_takes_the_values(
     assert len(err.strip().splitlines()) == 1 and "--set" not in err, err
     assert example in err and all(name in err for name in listed), err
     assert not (tmp_path / "sweep.csv").exists()
+
+
+@pytest.mark.parametrize("argv, closed_form", [(["simulate"], True), (["simulate", "--hardware", "gpu:a100-80gb:4"], True),
+                                               (["sweep", "--vary", "devices=32", "--no-plots"], True),
+                                               (["info"], False)])
+def test_the_set_a_replaced_model_section_suggests_is_one_the_command_reads(tmp_path, capsys, caplog, argv,
+                                                                             closed_form):
+    """`cent simulate --config f.yaml --model llama2-7b`, the file's model section setting rms_norm_eps: the
+    warning said "to apply it to this model, give --set model.rms_norm_eps=1e-06", and that --set then drew the
+    closed form's own warning that it does not read it. A command that runs the closed form (cent simulate, on
+    CENT or GPUs, and cent sweep without --trace) suggests the --set of what it reads and says which it reads on no
+    model, and where to see them; a command that reads them all (cent info) suggests every one."""
+    f = tmp_path / "f.yaml"
+    f.write_text("model: {name: llama2-70b, max_seq_len: 8192, rms_norm_eps: 1.0e-6}\nparallel: {num_devices: 32}\n")
+    caplog.clear()
+    out = ["--out", str(tmp_path / "o")] if argv[0] == "sweep" else []
+    assert main([*argv, "--config", str(f), "--model", "llama2-7b", *out]) == 0
+    capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records if "replaces the file's model section" in r.getMessage()]
+    assert len(said) == 1, said
+    if closed_form:
+        assert said[0].endswith("so they are not read; to apply model.max_seq_len=8192 to this model, give --set "
+                                "model.max_seq_len=8192; model.rms_norm_eps=1e-06: the closed form does not read it on "
+                                "any model (it sets the numerics' RMSNorm); to see it, serve it or replay a trace with full "
+                                "numerics (cent serve, cent bench run), with --set model.rms_norm_eps=1e-06"), said
+    else:
+        assert said[0].endswith("so they are not read; to apply them to this model, give --set model.max_seq_len=8192 "
+                                "--set model.rms_norm_eps=1e-06"), said
+    # the --set it suggests draws no closed-form warning, nor is the file's replaced field warned of twice
+    caplog.clear()
+    assert main([*argv, "--config", str(f), "--model", "llama2-7b", "--set", "model.max_seq_len=8192", *out]) == 0
+    capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("the closed form does not read" in m and "replaces the file's model" not in m for m in said), said
