@@ -51,10 +51,11 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                                 checked=True)
         status = result.status
         s = summarize(result, slos)
-        rows.append(dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
-                         failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
-                         # summary.json's: the replay's joules by term and their shares (null on GPUs)
-                         energy_by_term_j=s["energy_by_term_j"], energy_share_by_term=s["energy_share_by_term"]))
+        row = dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)})
+        # summary.json's joules by term and their shares: dicts, or null on GPUs (then already in the row)
+        row.update(failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
+                   energy_by_term_j=s["energy_by_term_j"], energy_share_by_term=s["energy_share_by_term"])
+        rows.append(row)
         print(_sweep_line(rate, s, slos))
     for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
         print(line)

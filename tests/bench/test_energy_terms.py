@@ -95,6 +95,20 @@ def test_bench_sweep_gives_each_rates_terms(tmp_path, capsys):
         assert sum(r["energy_share_by_term"].values()) == pytest.approx(1.0, rel=1e-9)
 
 
+def test_bench_sweep_on_gpus_gives_null_terms(tmp_path, capsys):
+    """On GPUs summary.json's split is null, which the row's scalars already carry: the sweep's row was built
+    with the key twice (TypeError) until it took them apart."""
+    out = tmp_path / "sweep"
+    assert main(["bench", "sweep", "--model", "tiny", "--hardware", "gpu:a100-80gb:1", "--synthetic", "poisson",
+                 "--num-requests", "8", "--prompt-len", "16", "--output-len", "6", "--rates", "5,50",
+                 "--out", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["rate"] for r in rows] == [5, 50]
+    assert all(r["energy_by_term_j"] is None and r["energy_share_by_term"] is None for r in rows)
+    assert all(r["completed"] == 8 for r in rows)
+
+
 def test_bench_paper_gives_each_mappings_energy_per_token_by_term(tmp_path, capsys):
     """paper.csv and paper.json: energy_<term>_mj, a column a term, adding up to energy_per_token_mj."""
     import csv
