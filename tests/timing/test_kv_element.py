@@ -160,3 +160,23 @@ def test_a_sweep_varies_the_kv_element(tmp_path):
     assert float(rows["1"]["throughput_tok_s"]) > float(rows["2"]["throughput_tok_s"])
     assert float(rows["1"]["energy_per_token_mj"]) < float(rows["2"]["energy_per_token_mj"])
     assert rows["2"]["throughput_ratio"] and not rows["1"]["throughput_ratio"]
+
+
+def test_each_devices_paged_cache_holds_the_blocks_the_scheduler_counts():
+    """The devices' own paged caches (`DeviceWorker.kv`) hold what `device_kv_blocks` counts for them, the
+    count the scheduler's room and check_capacity read, at 8-bit KV as at the weights' width: a worker sizing
+    its cache at device.bytes_per_element would hold half the blocks the scheduler admits against."""
+    from cent_serve.executor import LocalExecutor
+
+    for kv in (None, 1):
+        cfg = apply_overrides(CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1)),
+                              ["numerics=off", f"device.kv_bytes_per_element={'null' if kv is None else kv}"])
+        ex = LocalExecutor(cfg)
+        counted = {d: blocks for d, _, _, blocks in
+                   device_kv_blocks(cfg.model, ex.timer.mapping, cfg.device, cfg.scheduler.kv_block_tokens)}
+        assert {d: w.kv.num_blocks for d, w in ex.workers.items()} == counted
+        # by hand, device 1 (4 of 7B's 32 blocks, no embedding): 16 GiB less their bf16 weights, over 16
+        # tokens x K and V of 32 heads x 128 x 4 blocks at the KV element
+        d, f = 4096, 11008
+        weights = 2 * 4 * (4 * d * d + 3 * d * f + 2 * d)
+        assert counted[1] == (2**34 - weights) // (16 * 2 * 4096 * 4 * cfg.device.kv_element_bytes)
