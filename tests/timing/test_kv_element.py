@@ -180,3 +180,19 @@ def test_each_devices_paged_cache_holds_the_blocks_the_scheduler_counts():
         d, f = 4096, 11008
         weights = 2 * 4 * (4 * d * d + 3 * d * f + 2 * d)
         assert counted[1] == (2**34 - weights) // (16 * 2 * 4096 * 4 * cfg.device.kv_element_bytes)
+
+
+def test_a_key_of_several_rows_opens_half_the_rows_at_8_bit():
+    """Llama2-7B's K is 4,096 values a token: four 2 KB rows of bf16 keys, two of 8-bit ones. On 32 devices
+    (a block a device on all 32 channels, B 512 banks) at L 4096 q.K^T has 8 slots, each reaching the 32
+    channels (csum 256 channel-slots): 4 x 256 all-bank activations over bf16 K, 2 x 256 over 8-bit K; the
+    K append opens 4 rows or 2 and writes 256 bursts or 128. The 70B figures above cannot tell
+    `kv_row_elements` from `row_elements` (its 1,024-value K is one row either way)."""
+    m7, g7, L = model_preset("llama2-7b"), BlockGeometry(cpb=32, tb=1, tp=1), 4096
+    bf16, int8 = attention_commands(m7, g7, BF16, L), attention_commands(m7, g7, INT8_KV, L)
+    assert bf16["score"][IDX["act16"]] == 4 * 256 and int8["score"][IDX["act16"]] == 2 * 256
+    # the query's 4,096 bf16 values still fill four buffer rows: the instruction lines do not move
+    assert int8["score"][IDX["lines"]] == bf16["score"][IDX["lines"]]
+    kv16, kv8 = static_commands(m7, g7, BF16)["kv"], static_commands(m7, g7, INT8_KV)["kv"]
+    assert (kv16[IDX["act"]], kv16[IDX["pre"]], kv16[IDX["wr"]]) == (4, 4, 256)
+    assert (kv8[IDX["act"]], kv8[IDX["pre"]], kv8[IDX["wr"]]) == (2, 2, 128)
