@@ -165,8 +165,8 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
 
 def _refuse_section(base: CentConfig, path: str, values: list[str]) -> None:
     """ValueError when `path` names a section of the config (`--vary device=1,2`), not a field: the fields
-    it holds, and one that takes every value given (its first such, in the section's order) as the example
-    (`--set`'s own wording suggests `--set device.FIELD=VALUE`, not a field to vary)."""
+    it holds, and one that takes every value given (its first such, in the section's order) as the example, or
+    `FIELD` when none does (`--set`'s own wording suggests `--set device.FIELD=VALUE`, not a field to vary)."""
     from cent_serve.config.fields import _sections
 
     cls: type = CentConfig
@@ -198,7 +198,7 @@ def _refuse_section(base: CentConfig, path: str, values: list[str]) -> None:
     number = [f for f in own if isinstance(getattr(section, f), (int, float)) and not isinstance(getattr(section, f), bool)]
     # numbers name a numeric field first (server.port for --vary server=1,2, not server.host)
     order = number + [f for f in own if f not in number] if all(numeric(v) for v in values) else own
-    example = next((f for f in order if takes_all(f)), own[0])
+    example = next((f for f in order if takes_all(f)), "FIELD")  # none takes them: no field to name
     more = "".join(f", and the section {path}.{sub}'s: {path}.{sub}.FIELD" for sub in subs)
     raise ValueError(f"--vary {path}: {path} is a section of fields, not a value: vary one of its fields, e.g. --vary "
                      f"{path}.{example}={','.join(values)} ({path}'s fields: {', '.join(own)}{more}; cent info "

@@ -768,3 +768,12 @@ def test_the_set_a_replaced_model_section_suggests_is_one_the_command_reads(tmp_
     capsys.readouterr()
     said = [r.getMessage() for r in caplog.records]
     assert not any("the closed form does not read" in m and "replaces the file's model" not in m for m in said), said
+
+
+def test_a_section_given_to_vary_with_values_no_field_takes_suggests_no_field(tmp_path, capsys):
+    """--vary device=a,b: no device field takes 'a', so the example is device.FIELD=a,b, not the section's
+    first field with values it refuses (it said --vary device.num_channels=a,b, itself an error)."""
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "device=a,b", "--out", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "e.g. --vary device.FIELD=a,b (device's fields: num_channels," in err, err
+    assert "device.num_channels=a,b" not in err
