@@ -313,8 +313,9 @@ TERMS_SHOWN = 5
 
 def shares_text(terms: dict[str, float], shown: int = TERMS_SHOWN) -> str:
     """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `shown` of `terms` (joules, mJ, or
-    shares: any one unit) by their share of the sum, for a table's line (`cent bench run`'s `energy by
-    term`, `cent simulate`'s, `cent bench sweep`'s and `cent bench paper`'s)."""
+    shares: any one unit) by their share of the sum, for a table's line (`cent bench run`'s and `cent bench
+    compare`'s `energy by term`, `cent simulate`'s phases' and `--emulate`'s; `cent bench sweep` and `cent bench
+    paper` print no energy: their JSON and CSV have the terms)."""
     total = sum(terms.values())
     if total <= 0:
         return "none charged"
