@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from cent_serve.config import CentConfig
+from cent_serve.executor.base import devices_lost
 from cent_serve.messages import RoundOutput
 from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
@@ -38,6 +39,10 @@ from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_room
 from cent_serve.timing import SystemTimer
 
 log = logging.getLogger("cent.engine")
+
+FAULT_RETRIES = 1
+"""Times a request a replica's devices died under, with nothing produced for it, is queued again
+(`Engine._recover`) before such a death fails it."""
 
 
 def greedy_stand_in_seed(prompt_ids: list[int]) -> int:
@@ -317,9 +322,24 @@ class Engine:
             cause = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
         message = f"{cause}; the request was stopped, retry it"
         on_it = [q for q in self.scheduler.running if q.replica == replica]
-        self.last_fault = message if on_it else f"{cause}; no request was on it"  # found between rounds
+        again = []
+        if not cluster and devices_lost(exc):
+            # the devices died (in the race before the host read their death, the round was sent to a dead
+            # chain): a request they produced nothing for starts again on the re-created devices, as one
+            # queued after the death waits for them; once only, so a request that itself kills its
+            # devices cannot re-create them for ever; one with tokens streamed fails (no recompute here)
+            again = [q for q in on_it if not q.output_ids and q.num_fault_retries < FAULT_RETRIES]
+            on_it = [q for q in on_it if q not in again]
+        waits = (f"; {len(again)} request{'s' if len(again) > 1 else ''} on it with nothing produced "
+                 f"wait{'' if len(again) > 1 else 's'} for the re-created devices") if again else ""
+        # found between rounds, or with no request on it
+        self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if again
+                           else f"{cause}; no request was on it")
         log.error("%s; re-creating the replica's devices", self.last_fault)
         self._failed += self._fail(on_it, message)
+        for q in again:
+            q.num_fault_retries += 1
+        self.scheduler.requeue(again)
         self.scheduler.set_up(replica, False)
         self.replicas.fail(replica, exc)
 

@@ -109,6 +109,9 @@ class Request:
     retry (the API's 503 and `Retry-After`); None for a device fault (500)."""
     energy_j: float = 0.0
     num_preemptions: int = 0
+    num_fault_retries: int = 0
+    """Times a replica's devices died under it with nothing produced for it, and it was queued
+    again (`Engine._recover`)."""
     text: str = ""
     """Detokenized output with the stop string cut, kept only when stop strings are given
     (read the text through `Engine.text`)."""

@@ -382,6 +382,16 @@ class Scheduler:
         self.running.remove(req)
         self.lanes[req.replica][req.lane].remove(req)
 
+    def requeue(self, reqs: list[Request]) -> None:
+        """Running requests whose replica failed with nothing produced for them: back to the front of
+        the queue, in order, to start again on a replica that is up (their KV went with the devices).
+        A preemption's move, not counted as one."""
+        for req in reversed(reqs):
+            self._release(req)
+            req.status = Status.WAITING
+            req.num_computed = 0
+            self.waiting.appendleft(req)
+
     def _preempt(self, req: Request) -> None:
         """Recompute later: KV gone, back to the front of the queue with its output kept."""
         self._release(req)

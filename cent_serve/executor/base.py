@@ -8,6 +8,7 @@ stops everything (safe twice). The config chooses the implementation (`cfg.execu
 """
 from __future__ import annotations
 
+import sys
 import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -43,6 +44,28 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         """Stop the devices and give back what they hold; safe to call twice."""
+
+
+class DevicesLost(RuntimeError):
+    """A replica's devices, or the links between them, are gone (an actor or the switch died)."""
+
+
+def devices_lost(exc: BaseException) -> bool:
+    """Whether a replica's failure is its devices gone: a link closed (on the host's send, its
+    receive, or a device's, passed down the chain as the error of its closed input link), the
+    executor's own `DevicesLost`, or Ray's word of an actor gone. Not an error a device raised while
+    computing (a full KV cache, a bad plan), nor a device that stays silent (`DevicesHung`): the
+    round itself may be what broke or hung it."""
+    from fabric.link import LinkClosed
+    from fabric.wire import RemoteError
+
+    if isinstance(exc, (LinkClosed, DevicesLost)):
+        return True
+    if isinstance(exc, RemoteError):  # a device's LinkClosed where this process has not registered it
+        return exc.remote_type == LinkClosed.__name__
+    ray = sys.modules.get("ray")  # looked up, not imported: an executor that raised it has imported Ray
+    actor_error = getattr(getattr(ray, "exceptions", None), "RayActorError", None)
+    return actor_error is not None and isinstance(exc, actor_error)
 
 
 def sum_terms(parts) -> dict[str, float]:

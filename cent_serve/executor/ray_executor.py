@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import Executor, check_start, sum_terms
+from cent_serve.executor.base import DevicesLost, Executor, check_start, sum_terms
 from cent_serve.messages import RoundOutput, RoundPlan
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.token import PRELOAD_CONTEXTS
@@ -287,7 +287,7 @@ def _single_node() -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
 
 
-class DevicesGone(RuntimeError):
+class DevicesGone(DevicesLost):
     """The executor was shut down (its replica is being re-created): nothing can run on it."""
 
 
@@ -455,7 +455,7 @@ _cpu_slots = itertools.count()
 """Each new replica's CPU slot (`server.pin_replica_cpu`): replicas take a node's CPUs in turn."""
 
 
-class SwitchGone(RuntimeError):
+class SwitchGone(DevicesLost):
     """The fabric actor (the CXL switch) is gone: no round can run on this replica."""
 
 
