@@ -145,6 +145,12 @@ class ServerConfig:
     second). Keep it below Ray's own limit (`gcs_rpc_server_reconnect_timeout_s`, 60 s), past which
     Ray's core ends the process itself (the server warns at start when it is not); a head back
     sooner (GCS fault tolerance) is served on."""
+    round_timeout_s: float = 300.0
+    """On Ray: longest wait (wall seconds) for a round's output. A device that never answers (its
+    process alive, its links open: stopped, hung, on a node that stopped answering) fails its
+    replica's requests in the round with 500 `device_fault` after this, and the replica is
+    re-created; the other replicas serve on. Long rounds (a long prompt on a large model, emulated
+    with full numerics) must fit in it."""
     pin_replica_cpu: bool = True
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other
@@ -167,7 +173,7 @@ class ServerConfig:
         given = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
         return [web_origin(o) or o for o in given]
 
-    _positive = frozenset({"pace_factor", "placement_timeout_s", "cluster_lost_s", "max_body_bytes",
+    _positive = frozenset({"pace_factor", "placement_timeout_s", "cluster_lost_s", "round_timeout_s", "max_body_bytes",
                            "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 

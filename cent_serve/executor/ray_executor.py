@@ -37,8 +37,6 @@ from fabric.wire import WireError, remote_error
 
 log = logging.getLogger(__name__)
 
-ROUND_TIMEOUT_S = 300.0
-"""Longest wait for one round's last output."""
 STARTUP_TIMEOUT_S = 300.0
 """Longest wait for every actor to come up (weights loaded)."""
 CHECK_TIMEOUT_S = 10.0
@@ -447,8 +445,10 @@ class RoundFuture:
     def __init__(self, executor: "RayExecutor", number: int) -> None:
         self.executor, self.number = executor, number
 
-    def result(self, timeout: float = ROUND_TIMEOUT_S) -> RoundOutput:
-        return self.executor._wait(self.number, timeout)
+    def result(self, timeout: float | None = None) -> RoundOutput:
+        """The round's output; DevicesHung after `timeout` (default: `server.round_timeout_s`)."""
+        return self.executor._wait(self.number, self.executor.cfg.server.round_timeout_s if timeout is None
+                                   else timeout)
 
 
 _cpu_slots = itertools.count()
@@ -560,8 +560,9 @@ class RayExecutor(Executor):
                 try:
                     self._replies[self._received] = self.output.recv(timeout_s)
                 except TimeoutError:
-                    raise DevicesHung(f"round {number} gave no output within {timeout_s:g} s: a device or the switch "
-                                      "stopped or hung (a process paused, a node that stopped answering)") from None
+                    raise DevicesHung(f"round {number} gave no output within {timeout_s:g} s (server.round_timeout_s): "
+                                      "a device or the switch stopped or hung (a process paused, a node that stopped "
+                                      "answering)") from None
                 self._received += 1
             msg = self._replies.pop(number)
             layout = self._layouts.pop(number)
@@ -671,5 +672,5 @@ class RayExecutor(Executor):
 
     def placement(self) -> dict[int, str]:
         """Device id -> Ray node id of its actor."""
-        ids = ray.get([a.node_id.remote() for a in self.actors.values()], timeout=ROUND_TIMEOUT_S)
+        ids = ray.get([a.node_id.remote() for a in self.actors.values()], timeout=STARTUP_TIMEOUT_S)
         return dict(zip(self.actors, ids))

@@ -213,3 +213,38 @@ def test_a_request_sent_to_a_device_dead_before_its_round_waits_for_the_re_creat
                                          "devices"), st["last_fault"]
     ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
+
+
+def test_a_device_hung_mid_round_fails_its_requests_after_the_round_timeout_and_the_server_serves_on(ray_cluster,
+                                                                                                   monkeypatch):
+    """A device whose process is alive with its links open but never answers (SIGSTOP: a paused
+    process, a hung one): no link shows it, so the round sent to it waits `server.round_timeout_s`
+    (here 5 s, for a round of milliseconds), then its request fails with 500 `device_fault` naming
+    the timeout, the replica is re-created, and the next request is served with correct tokens."""
+    import os
+    import signal
+
+    cfg, body = _idle_check_off(monkeypatch, ParallelConfig(4, 0, 1))
+    cfg.server.round_timeout_s = 5.0
+    with Server(cfg, "ray") as s:
+        assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
+        ex = s.loop.engine.executors[0]
+        pid = ray.get(ex.actors[2].__ray_call__.remote(lambda actor: os.getpid()), timeout=60)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+        finally:
+            try:  # the replica's re-creation has killed it (SIGKILL ends a stopped process) or will
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert r.status_code == 500 and r.json()["error"]["cent"]["code"] == "device_fault", r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("the emulated devices of replica 0 failed: DevicesHung: round ") and \
+            "gave no output within 5 s (server.round_timeout_s)" in message, message
+        r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        st = httpx.get(s.url + "/v1/cent/status").json()
+        assert st["num_recoveries"] == 1 and st["num_failed"] == 1, st
+    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
+    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
