@@ -329,10 +329,9 @@ class Engine:
             # queued after the death waits for them; once only, so a request that itself kills its
             # devices cannot re-create them for ever; one with tokens streamed fails (no recompute here)
             again = [q for q in on_it if not q.output_ids and q.num_fault_retries < FAULT_RETRIES]
-            on_it = [q for q in on_it if q not in again]
+            on_it = [q for q in on_it if q.output_ids or q.num_fault_retries >= FAULT_RETRIES]
         waits = (f"; {len(again)} request{'s' if len(again) > 1 else ''} on it with nothing produced "
                  f"wait{'' if len(again) > 1 else 's'} for the re-created devices") if again else ""
-        # found between rounds, or with no request on it
         self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if again
                            else f"{cause}; no request was on it")
         log.error("%s; re-creating the replica's devices", self.last_fault)
