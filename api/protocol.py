@@ -15,7 +15,7 @@ import json
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from cent_serve.model.sampling import SamplingParams
@@ -26,6 +26,8 @@ LaxInt = Annotated[int, Strict(False)]
 (vLLM's OpenAIBaseModel, vllm/entrypoints/serve/engine/protocol.py, sets no strictness), which takes a
 numeric string (`"5"`, `" 5 "`, `"+5"`), a float without a fraction (`5.0`) and a boolean (`true` is 1),
 and refuses `5.5`, `"5.5"`, `"1e3"` and `""` (a 400 naming the field, as any schema error)."""
+
+_LAX_INT = TypeAdapter(LaxInt)
 
 MAX_N = 16
 """Choices per request at most."""
@@ -316,6 +318,18 @@ class CompletionRequest(_Common):
     """vLLM's: false encodes a text prompt without the special tokens the tokenizer adds (a BOS for
     most; token ids are sent as given)."""
     zero_tokens_hint: ClassVar[str] = " (or 0 with echo: the prompt back, with its logprobs if asked)"
+    logprobs: Union[bool, LaxInt, None] = None
+    """How many alternatives per token: an integer, lax as vLLM 0.33's (`logprobs: int | None`, so "2"
+    and 2.0 are 2); a boolean stays one for `_logprobs`' rule (false off, true refused)."""
+
+    @field_validator("logprobs", mode="wrap")
+    @classmethod
+    def _lax_count(cls, value, handler):
+        """Booleans and null as sent; anything else an integer, its errors the integer's alone (the
+        union's would say "a valid boolean" first)."""
+        if value is None or isinstance(value, bool):
+            return value
+        return _LAX_INT.validate_python(value)
 
     @property
     def echo_only(self) -> bool:

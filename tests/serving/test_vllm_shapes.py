@@ -163,6 +163,22 @@ def test_int_fields_take_what_vllms_lax_pydantic_takes(server, path, sent, name,
         assert "\n" not in err["message"], err
 
 
+def test_completions_logprobs_is_a_lax_int_too(server):
+    """Completions' `logprobs` is an integer in vLLM 0.33 (completion/protocol.py `logprobs: int | None`),
+    so "2" and 2.0 are 2 alternatives there; here they were refused as "not a valid boolean" (the union
+    with chat's boolean). true stays refused and false off (tests/serving/test_logprobs.py)."""
+    for value in ("2", 2.0, " 2 "):
+        r = _post(server, "/v1/completions", body(max_tokens=2, logprobs=value))
+        assert r.status_code == 200, (value, r.text)
+        tops = r.json()["choices"][0]["logprobs"]["top_logprobs"]  # the 2 likeliest and the sampled token
+        assert len(tops) == 2 and all(len(t) in (2, 3) for t in tops), r.text
+    for value in ("2.5", 2.5, "1e3", "", "x"):
+        r = _post(server, "/v1/completions", body(max_tokens=2, logprobs=value))
+        err = r.json()["error"]
+        assert (r.status_code, err["param"]) == (400, "logprobs"), (value, r.text)
+        assert "valid integer" in err["message"] and "boolean" not in err["message"], err
+
+
 def test_lax_ints_mean_the_number(server):
     """The string is read as its number, not ignored: "2" tokens are two, and the stream batches by "2"."""
     r = _post(server, "/v1/completions", body(max_tokens="2", ignore_eos=True, stop_token_ids=["1", 2.0]))
