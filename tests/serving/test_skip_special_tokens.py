@@ -88,3 +88,23 @@ def test_chat_writes_them_too(server, with_special):
     ids = got[False][0]
     assert ids == got[True][0]
     assert got[False][1] == tok.decode(ids, skip_special_tokens=False) and got[True][1] == tok.decode(ids)
+
+
+def test_stop_strings_see_the_special_tokens_text(server, with_special):
+    """With stop strings the engine decodes at each token (its stop-string path): that text keeps the
+    special tokens too, so a stop string that never matches changes nothing, a stop token id after a
+    special token ends a text that holds it, and a stop string naming the special token stops at it, as
+    vLLM 0.33 checks stop strings against the text it detokenizes with the flag."""
+    tok = server.loop.engine.tokenizer
+    seed, ids, at = with_special
+    never = _complete(server, seed=seed, skip_special_tokens=False, stop=["\x00never\x00"])
+    assert never["token_ids"] == ids and never["text"] == tok.decode(ids, skip_special_tokens=False)
+    j = next((j for j in range(at[0] + 1, len(ids)) if ids[j] not in ids[:j] and ids[j] not in tok.special_names),
+             None)
+    assert j is not None, ids  # the output ends at the stop id, which is not in its text
+    cut = _complete(server, seed=seed, skip_special_tokens=False, stop=["\x00never\x00"], stop_token_ids=[ids[j]])
+    assert cut["token_ids"] == ids[:j + 1] and cut["text"] == tok.decode(ids[:j], skip_special_tokens=False)
+    name = tok.special_names[ids[at[0]]]
+    named = _complete(server, seed=seed, skip_special_tokens=False, stop=[name])
+    assert (named["finish_reason"], named["stop_reason"]) == ("stop", name), named
+    assert named["text"] == tok.decode(ids[:at[0]], skip_special_tokens=False), named
