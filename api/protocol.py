@@ -144,8 +144,9 @@ def _null_is_default(data, fields: tuple[str, ...]):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    include_usage: bool | None = True
-    """True unless set (vLLM's default: `{}` asks for the usage chunk); null is off, as in vLLM."""
+    include_usage: bool | None = False
+    """Off unless set true, as vLLM 0.33's StreamOptions (vllm/entrypoints/generate/base/protocol.py;
+    older vLLMs defaulted it to true): `{}` asks for no usage chunk; null is off."""
     continuous_usage_stats: bool | None = False
     """vLLM's: with include_usage, every chunk carries its choice's usage so far."""
 

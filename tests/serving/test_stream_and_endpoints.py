@@ -320,16 +320,21 @@ def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path, c
             assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
-def test_stream_options_given_empty_asks_for_the_usage_chunk_as_in_vllm(off):
-    """vLLM's StreamOptions defaults include_usage to true: `{}` gets the usage chunk; null or no
-    stream_options does not."""
-    def has_usage(**extra) -> bool:
-        chunks = events(off.url, "/v1/completions", prompt="hi", max_tokens=2, **extra)
-        return chunks[-1]["choices"] == [] and "usage" in chunks[-1]
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_stream_options_given_empty_asks_for_no_usage_chunk_as_in_vllm(off, path):
+    """vLLM 0.33's StreamOptions defaults include_usage to false (vllm/entrypoints/generate/base/protocol.py;
+    older vLLMs defaulted it to true, which this server followed): `{}` gets no usage chunk, and neither
+    does null or no stream_options; `{"include_usage": true}` does. continuous_usage_stats alone is off
+    too, as vLLM's should_include_usage needs include_usage for it."""
+    def usage_chunks(**extra) -> int:
+        sent = dict(prompt="hi") if path == "/v1/completions" else dict(messages=[{"role": "user", "content": "hi"}])
+        chunks = events(off.url, path, max_tokens=2, **sent, **extra)
+        return sum("usage" in c for c in chunks)
 
-    assert has_usage(stream_options={}) and has_usage(stream_options={"include_usage": True})
-    assert not has_usage() and not has_usage(stream_options={"include_usage": None})
-    assert not has_usage(stream_options={"include_usage": False})
+    assert usage_chunks(stream_options={"include_usage": True}) == 1
+    assert usage_chunks(stream_options={}) == 0 and usage_chunks() == 0
+    assert usage_chunks(stream_options={"include_usage": None}) == usage_chunks(stream_options={"include_usage": False}) == 0
+    assert usage_chunks(stream_options={"continuous_usage_stats": True}) == 0
 
 
 def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out(tmp_path, caplog):
