@@ -313,7 +313,9 @@ def _count(value: int | None, name: str) -> int | None:
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[str, list[str], list[LaxInt], list[list[LaxInt]]]
+    """Token ids are lax integers as vLLM 0.33's (`[1.0, "2"]` is [1, 2]); a list of strings alone
+    stays text prompts (pydantic's smart union takes the exact match)."""
     echo: bool = False
     add_special_tokens: bool = True
     """vLLM's: false encodes a text prompt without the special tokens the tokenizer adds (a BOS for
@@ -463,15 +465,20 @@ def prompt_error(prompt) -> tuple[str, str]:
     if not isinstance(prompt, list) or not prompt:
         return "prompt", f"prompt must be {shapes} (got {short(prompt)})"
 
-    def is_id(x) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
+    def is_id(x) -> bool:  # what the prompt's LaxInt takes: 5, "5", 5.0, true
+        try:
+            _LAX_INT.validate_python(x)
+        except ValueError:
+            return False
+        return True
 
     head = prompt[0]
-    if isinstance(head, str) or is_id(head):
-        kind, ok = ("a list of strings holds strings only", lambda x: isinstance(x, str)) if isinstance(head, str) \
-            else ("a token id is an integer", is_id)
-        i = next(i for i, x in enumerate(prompt) if not ok(x))
-        return f"prompt.{i}", f"prompt.{i}: {kind} (got {short(prompt[i])})"
+    if isinstance(head, str) or is_id(head):  # a numeric string starts a list of ids (a list of strings passed)
+        kind, ok = ("a token id is an integer", is_id) if is_id(head) else \
+            ("a list of strings holds strings only", lambda x: isinstance(x, str))
+        i = next((i for i, x in enumerate(prompt) if not ok(x)), None)
+        if i is not None:
+            return f"prompt.{i}", f"prompt.{i}: {kind} (got {short(prompt[i])})"
     if isinstance(head, list):
         for i, ids in enumerate(prompt):
             if not isinstance(ids, list):

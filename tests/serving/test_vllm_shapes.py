@@ -179,6 +179,23 @@ def test_completions_logprobs_is_a_lax_int_too(server):
         assert "valid integer" in err["message"] and "boolean" not in err["message"], err
 
 
+def test_token_id_prompts_are_lax_ints_too(server):
+    """vLLM 0.33's completions prompt is `list[int] | list[list[int]] | str | list[str]`, validated lax:
+    [1.0, 2.0] and ["104", 105] are token ids, ["104", "105"] stays two text prompts (a string list
+    matches exactly), a fraction or a word among ids is refused naming its element."""
+    def ids(prompt) -> list:
+        r = _post(server, "/v1/completions", body(prompt=prompt, max_tokens=1, return_token_ids=True))
+        assert r.status_code == 200, (prompt, r.text)
+        return [c["prompt_token_ids"] for c in r.json()["choices"]]
+
+    assert ids([104.0, 105]) == ids(["104", 105.0]) == ids([104, 105]) and len(ids([104, 105])) == 1
+    assert ids([[104.0, "105"], [106]]) == ids([[104, 105], [106]])
+    assert len(ids(["104", "105"])) == 2  # two text prompts
+    for prompt, param in (([104, 105.5], "prompt.1"), ([104, "105", "x"], "prompt.2"), ([[104], [105, "1e3"]], "prompt.1.1")):
+        r = _post(server, "/v1/completions", body(prompt=prompt))
+        assert (r.status_code, r.json()["error"]["param"]) == (400, param), (prompt, r.text)
+
+
 def test_lax_ints_mean_the_number(server):
     """The string is read as its number, not ignored: "2" tokens are two, and the stream batches by "2"."""
     r = _post(server, "/v1/completions", body(max_tokens="2", ignore_eos=True, stop_token_ids=["1", 2.0]))
