@@ -549,4 +549,5 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[LaxInt]
+    """Lax integers, as vLLM 0.33's `tokens: list[int]` (serve/tokenize/protocol.py): "5" and 5.0 are 5."""

@@ -103,6 +103,19 @@ def test_tokenize_and_detokenize_as_vllm(off):
     assert httpx.post(off.url + "/tokenize", json={}).status_code == 400
 
 
+def test_detokenize_takes_lax_integer_ids_as_vllm(off):
+    """vLLM 0.33's DetokenizeRequest.tokens is a list of ints, validated lax (serve/tokenize/protocol.py):
+    "104" and 105.0 are ids; a fraction or a word is a 400 naming the element."""
+    def detok(tokens) -> httpx.Response:
+        return httpx.post(off.url + "/detokenize", json={"model": "tiny", "tokens": tokens})
+
+    exact = detok([104, 105, 1])
+    assert exact.status_code == 200 and detok(["104", 105.0, True]).json() == exact.json(), exact.text
+    for tokens in ([104, 105.5], [104, "x"]):
+        r = detok(tokens)
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "tokens.1"), r.text
+
+
 def test_version_ping_model_card_and_head(off):
     assert httpx.get(off.url + "/version").json()["version"]
     for method in ("GET", "POST", "HEAD"):
