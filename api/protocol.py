@@ -99,10 +99,14 @@ def _repetition_detection_is_off(value) -> bool:
                        "repetition_detection")
     got = {}
     for name in ("max_pattern_size", "min_pattern_size", "min_count"):
-        number = 0 if value.get(name) is None else value[name]
+        sent = 0 if value.get(name) is None else value[name]
         is_size = name != "min_count"  # vLLM checks min_count (>= 2) only when detection is on
-        if not isinstance(number, int) or isinstance(number, bool) or (is_size and number < 0):
-            raise ApiError(f"repetition_detection.{name}={short(number)} is invalid: use an integer"
+        try:  # a dataclass's int in vLLM's pydantic request model: lax ("2", 2.0 and true are integers)
+            number = _LAX_INT.validate_python(sent)
+        except ValueError:
+            number = None
+        if number is None or (is_size and number < 0):
+            raise ApiError(f"repetition_detection.{name}={short(sent)} is invalid: use an integer"
                            + (" >= 0" if is_size else ""), f"repetition_detection.{name}")
         got[name] = number
     if got["min_pattern_size"] > got["max_pattern_size"]:

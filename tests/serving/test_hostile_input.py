@@ -293,14 +293,17 @@ def test_vllm_extensions_that_would_change_the_answer_are_refused(server, http, 
 
 # vLLM 0.33's repetition_detection (vllm/sampling_params.py, RepetitionDetectionParams): a missing or null
 # field is 0, max_pattern_size 0 detects nothing; negative sizes and min_pattern_size > max_pattern_size are
-# refused there too
+# refused there too; its fields are ints validated lax (a dataclass in a pydantic model): "0" and 0.0 are 0
 REPETITION_OFF = [{}, {"max_pattern_size": 0}, {"max_pattern_size": None, "min_count": 3},
-                  {"max_pattern_size": 0, "min_pattern_size": 0, "min_count": 0}, {"min_count": 2, "other": 1}]
+                  {"max_pattern_size": 0, "min_pattern_size": 0, "min_count": 0}, {"min_count": 2, "other": 1},
+                  {"max_pattern_size": "0"}, {"max_pattern_size": 0.0, "min_pattern_size": " 0 ", "min_count": "3"}]
 REPETITION_REFUSED = [({"max_pattern_size": 2, "min_count": 2}, "repetition_detection", "not supported"),
                       ({"max_pattern_size": 1}, "repetition_detection", "not supported"),
                       ({"max_pattern_size": -1}, "repetition_detection.max_pattern_size", "integer >= 0"),
-                      ({"max_pattern_size": "2"}, "repetition_detection.max_pattern_size", "integer >= 0"),
-                      ({"max_pattern_size": True}, "repetition_detection.max_pattern_size", "integer >= 0"),
+                      ({"max_pattern_size": "2"}, "repetition_detection", "not supported"),
+                      ({"max_pattern_size": True}, "repetition_detection", "not supported"),
+                      ({"max_pattern_size": "x"}, "repetition_detection.max_pattern_size", "integer >= 0"),
+                      ({"max_pattern_size": "-1"}, "repetition_detection.max_pattern_size", "integer >= 0"),
                       ({"min_pattern_size": 1}, "repetition_detection.min_pattern_size", "max_pattern_size"),
                       ({"min_count": 1.5}, "repetition_detection.min_count", "integer"),
                       ([1], "repetition_detection", "an object")]
