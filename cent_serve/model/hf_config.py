@@ -406,7 +406,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         return ModelConfig(**fields)
     except ValueError as exc:  # a value the model cannot take: say which file it came from, and its keys there
         keys = [key for name, key in _HF_KEYS.items() if f"model.{name}=" in str(exc)]
-        raise ValueError(f"{cfg_file}: {exc}" + (f" (config.json's {' and '.join(keys)})" if keys else "")) from None
+        where = f" (config.json's {' and '.join(keys)})" if keys else ""
+        if "model.head_dim=" in str(exc) and "head_dim" not in overrides and not (
+                _num("head_dim", None) or family.get("head_dim")):  # derived: the file has no such key
+            where += f" (config.json has no head_dim: hidden_size {hidden} // num_attention_heads {heads})"
+        raise ValueError(f"{cfg_file}: {exc}{where}") from None
 
 
 _HF_KEYS = {"num_kv_heads": "num_key_value_heads", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers"}

@@ -94,6 +94,25 @@ def test_a_shape_the_model_refuses_names_the_config_json_keys(tmp_path):
     assert "config.json's" not in str(err.value) and "model.max_seq_len=-1" in str(err.value), err.value
 
 
+def test_a_derived_head_dim_the_model_refuses_says_where_it_came_from(tmp_path):
+    """A config.json without head_dim whose hidden_size over its heads is odd (4000 / 32 = 125) was
+    refused as 'model.head_dim=125 is invalid', a key the file does not have: the message says the size
+    is hidden_size // num_attention_heads. With head_dim in the file, the message is the field's alone."""
+    shape = dict(model_type="llama", hidden_size=4000, intermediate_size=11008, num_hidden_layers=2,
+                 num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(shape))
+    with pytest.raises(ValueError) as err:
+        model_config_from_hf(tmp_path / "m")
+    assert "model.head_dim=125 is invalid" in str(err.value), err.value
+    assert str(err.value).endswith("(config.json has no head_dim: hidden_size 4000 // num_attention_heads 32)"), \
+        err.value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(dict(shape, head_dim=125)))
+    with pytest.raises(ValueError) as err:
+        model_config_from_hf(tmp_path / "m")
+    assert "model.head_dim=125 is invalid" in str(err.value) and "no head_dim" not in str(err.value), err.value
+
+
 @pytest.mark.parametrize("name, rows", [("model.norm.weight", None), ("model.embed_tokens.weight", 7),
                                          ("lm_head.weight", 7)])
 def test_top_level_tensors_whose_shape_disagrees_with_config_are_named(tmp_path, name, rows):
