@@ -402,10 +402,22 @@ class Engine:
             if p.prompt_logprobs is not None and req.prompt_logprobs is None:
                 req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
             return token
-        token = sample(row, p.sampling, req.rng)
+        token = sample(self._stops_masked(row, p) if len(req.output_ids) < p.min_tokens else row, p.sampling, req.rng)
         if p.logprobs is not None:
             req.logprobs.append(self._logprob(row, p, token, p.logprobs))
         return token
+
+    def _stops_masked(self, row, p: RequestParams) -> np.ndarray:
+        """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
+        ignore_eos) at -inf: before `min_tokens` they cannot be drawn, as vLLM 0.33's min-tokens logits
+        processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); the
+        log-probabilities are the row's as it came (vLLM's default raw_logprobs are taken before it)."""
+        m = self.cfg.model
+        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else {m.eos_token_id, *m.extra_eos_token_ids})
+        row = np.array(row, dtype=np.float64).reshape(-1)
+        ids = [t for t in stops if t is not None and 0 <= t < len(row)]
+        row[ids] = -np.inf
+        return row
 
     def _logprob(self, logits, p: RequestParams, token: int, n: int):
         """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as

@@ -1,6 +1,7 @@
 """The engine: continuous batching in simulated time over the device workers (local executor)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
@@ -196,6 +197,28 @@ def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
         req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
         _run(eng)
         assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
+
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_min_tokens_keeps_the_stop_tokens_from_being_drawn(ignore_eos):
+    """Before min_tokens, vLLM masks the tokens that would stop the request (its stop ids, the eos unless
+    ignore_eos) before sampling, greedy too; the engine drew them and kept them in the output (a `</s>` in
+    the text with skip_special_tokens false). Logprobs stay the row's own."""
+    eng = _engine(numerics="off")
+    eos, stop_id = eng.cfg.model.eos_token_id, 70
+    row = np.zeros(eng.cfg.model.vocab_size)
+    row[eos], row[stop_id], row[65] = 9.0, 8.0, 7.0  # the eos, then the stop id, then "A" (65) most likely
+    for sampling in (GREEDY, SamplingParams(temperature=0.05, seed=3)):
+        p = RequestParams(max_tokens=8, min_tokens=2, stop_token_ids=(stop_id,), ignore_eos=ignore_eos,
+                          sampling=sampling, logprobs=1)
+        req = eng.add_request([1, 72], p)
+        first = eng._sample(req, row)
+        assert first == (eos if ignore_eos else 65), sampling  # the stop id never; the eos only when ignored
+        assert req.logprobs[-1] == eng._logprob(row, p, first, 1)  # the unmasked row's
+        req.output_ids.extend([65, 65])  # min_tokens reached: the row as it came
+        assert eng._sample(req, row) == eos
+        eng.abort(req.request_id)
 
 
 def test_two_runs_are_bit_identical():
