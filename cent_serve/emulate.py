@@ -35,19 +35,21 @@ class Trace:
     tokens: int
     terms_j_at: dict[int, np.ndarray] = field(default_factory=dict)
     """The same marks' cumulative device energy by term (`energy.TERMS`): the devices' own counts, charged
-    where `energy_j_at`'s joules are (`Executor.energy_terms_j`), so they add up to them."""
+    where `energy_j_at`'s joules are (`Executor.energy_terms_j`), so they add up to them; empty from an
+    executor with no split."""
 
 
 def _total_energy(executor) -> float:
     return sum(d["energy_j"] for d in executor.stats()["devices"])
 
 
-def _terms(executor) -> np.ndarray:
-    """The devices' cumulative joules by term, in `energy.TERMS` order."""
+def _terms(executor) -> np.ndarray | None:
+    """The devices' cumulative joules by term, in `energy.TERMS` order; None from an executor with no
+    split (`Executor.energy_terms_j`)."""
     from cent_serve.timing.energy import TERMS
 
     got = executor.energy_terms_j()
-    return np.array([got.get(t, 0.0) for t in TERMS])
+    return None if got is None else np.array([got.get(t, 0.0) for t in TERMS])
 
 
 def terms_mj(joules: np.ndarray, tokens: int) -> dict[str, float]:
@@ -104,7 +106,8 @@ def run_workload(cfg: CentConfig, executor, start: int, steps: int, energy_marks
                      pos + 1, done[k].max(), (k + 1) * queries / (now - t0))
             last_log = now
     marks[steps], terms[steps] = _total_energy(executor), _terms(executor)
-    return Trace(done, marks, time.perf_counter() - t0, steps * queries, terms)
+    return Trace(done, marks, time.perf_counter() - t0, steps * queries,
+                 {k: v for k, v in terms.items() if v is not None})  # none without a split
 
 
 def _step_figures(trace: Trace, k: int, queries: int) -> tuple[float, float]:
