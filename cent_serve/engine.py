@@ -330,6 +330,15 @@ class Engine:
             # devices cannot re-create them for ever; one with tokens streamed fails (no recompute here)
             again = [q for q in on_it if not q.output_ids and q.num_fault_retries < FAULT_RETRIES]
             on_it = [q for q in on_it if q.output_ids or q.num_fault_retries >= FAULT_RETRIES]
+            # a choice of the same API request failing (now, or before) makes its reply an error whatever
+            # the others do: its choices with nothing produced fail with it, not half the reply computed
+            # again on re-created devices for no one (while the reply waited for them)
+            doomed = {id(q.choices) for q in on_it if q.choices is not None}
+            lost = [q for q in again if q.choices is not None and (
+                id(q.choices) in doomed or any(s.finish_reason == "error" for s in q.choices))]
+            if lost:
+                again = [q for q in again if q not in lost]
+                on_it += lost
         waits = (f"; {len(again)} request{'s' if len(again) > 1 else ''} on it with nothing produced "
                  f"wait{'' if len(again) > 1 else 's'} for the re-created devices") if again else ""
         self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if again

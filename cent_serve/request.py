@@ -112,6 +112,10 @@ class Request:
     num_fault_retries: int = 0
     """Times a replica's devices died under it with nothing produced for it, and it was queued
     again (`Engine._recover`)."""
+    choices: list | None = field(default=None, repr=False)
+    """The requests of the one API request this is a choice of (its n choices of each prompt; the
+    same list for each), or None: one fails, the reply is an error (`Engine._recover` queues none of
+    them again then)."""
     text: str = ""
     """Detokenized output with the stop string cut, kept only when stop strings are given
     (read the text through `Engine.text`)."""

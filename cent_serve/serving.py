@@ -360,6 +360,9 @@ class EngineLoop:
             if eng.scheduler.is_full(len(choices)):
                 raise eng.scheduler.queue_full(len(choices))
             reqs = [eng.add_request(prompt_ids, params, arrival_s=arrival_s) for prompt_ids, params, _ in choices]
+            if len(reqs) > 1:
+                for req in reqs:
+                    req.choices = reqs  # they answer together (`Engine._recover`)
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
         for req, (_, _, tag) in zip(reqs, choices):

@@ -106,3 +106,74 @@ def test_a_device_s_own_error_or_a_lost_cluster_fails_it_as_before(why):
         eng.cluster_fault = lambda: "the Ray cluster's head at 127.0.0.1:1 stopped answering"
     req = eng.add_request([1, 5, 6], PARAMS)
     assert eng.step() == [req] and req.finish_reason == "error" and eng.stats.num_failed == 1
+
+
+def test_a_choice_with_nothing_produced_fails_with_its_sibling_that_had_output():
+    """The choices of one API request (n, or a list of prompts) answer together: one that fails makes
+    the reply an error whatever the others do, so a choice with nothing produced is not queued again
+    to compute, on re-created devices, what nobody reads (the reply waited for it). A request alone,
+    on the same round, still is."""
+    cfg, _, rebuild, _ = breakable_replicas(1)
+    cfg.scheduler.max_seqs_per_stage = 3
+    from cent_serve.engine import Engine
+
+    dying = Dying(cfg)
+    eng = Engine(cfg, executors=[dying], remake=rebuild)
+    short, long_ = eng.add_request([1], PARAMS), eng.add_request([1, 5, 6, 7, 8], PARAMS)
+    short.choices = long_.choices = [short, long_]  # as the API queues a request's choices
+    alone = eng.add_request([1, 5, 6, 7, 9], PARAMS)
+    eng.step()  # one prompt token a round: the short prompt's choice has a token, the long one's none
+    assert short.output_ids and not long_.output_ids and not alone.output_ids
+    dying.broken = True
+    failed = eng.step()
+    assert set(failed) == {short, long_} and long_.finish_reason == "error" and long_.num_fault_retries == 0
+    assert alone in eng.scheduler.waiting and alone.num_fault_retries == 1
+    assert eng.stats.num_failed == 2 and not eng.scheduler.running
+
+
+class DyingAtSecondRound(Dying):
+    """Its devices die under its second round (a lost device's closed link)."""
+
+    rounds = 0
+
+    def submit(self, plan):
+        self.rounds += 1
+        self.broken = self.broken or self.rounds == 2
+        return super().submit(plan)
+
+
+def test_the_api_queues_a_request_s_choices_together():
+    """Over HTTP: two prompts in one completion, one with a token when the devices die, one without:
+    the reply is the device fault's 500, and the choice with nothing produced failed with it rather
+    than run again on the re-created devices (which are ready at once here)."""
+    import httpx
+
+    from api.server import Server
+    from cent_serve.engine import Engine
+    from tests.serving.utils import HANG_GUARD_S, OK, body, status
+
+    cfg, _, rebuild, _ = breakable_replicas(1)
+    cfg.scheduler.max_seqs_per_stage = 2
+    eng = Engine(cfg, executors=[DyingAtSecondRound(cfg)], remake=rebuild)
+    rebuild.plan.put(OK)
+    with Server(cfg, "local", engine=eng) as s:
+        r = httpx.post(s.url + "/v1/completions", json=body(prompt=[[1], [1, 5, 6, 7, 8]]), timeout=HANG_GUARD_S)
+        assert r.status_code == 500 and r.json()["error"]["cent"]["code"] == "device_fault", r.text
+        st = status(s.url)
+        assert (st["num_failed"], st["num_running"], st["num_waiting"]) == (2, 0, 0), st
+
+
+def test_a_choice_whose_sibling_failed_before_on_another_replica_is_not_queued_again():
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    from cent_serve.engine import Engine
+
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    short, long_ = eng.add_request([1], PARAMS), eng.add_request([1, 5, 6, 7, 8], PARAMS)
+    short.choices = long_.choices = [short, long_]
+    eng.step()
+    assert (short.replica, long_.replica) == (0, 1) and short.output_ids and not long_.output_ids
+    devices[0].broken = True
+    assert eng.step() == [short] and short.finish_reason == "error"
+    devices[1].broken = True
+    assert eng.step() == [long_] and long_.finish_reason == "error" and long_.num_fault_retries == 0
