@@ -405,7 +405,12 @@ class Engine:
         recorded when the request asks for them."""
         p = req.params
         if row is None:
-            token = int(self.stand_in_ids[req.rng.integers(len(self.stand_in_ids))])
+            ids = self.stand_in_ids
+            if p.stop_token_ids and len(req.output_ids) < p.min_tokens:  # as `_stops_masked` does a row
+                allowed = ids[~np.isin(ids, p.stop_token_ids)]
+                if 0 < len(allowed) < len(ids):
+                    ids = allowed
+            token = int(ids[req.rng.integers(len(ids))])
             if p.logprobs is not None:
                 req.logprobs.append(self._uniform.entry(token, p.logprobs))
             if p.prompt_logprobs is not None and req.prompt_logprobs is None:

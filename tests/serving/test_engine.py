@@ -221,6 +221,28 @@ def test_min_tokens_keeps_the_stop_tokens_from_being_drawn(ignore_eos):
         eng.abort(req.request_id)
 
 
+def test_the_stand_in_sampler_draws_no_stop_id_before_min_tokens_either():
+    """Timing-only runs follow the same rule: a stop id among the stand-in ids is not drawn before
+    min_tokens (it was, and stayed in the output and its text); after it, it may be and stops the
+    request. A request without stop ids draws exactly as before (the seeded draws unmoved)."""
+    eng = _engine(numerics="off")
+    ids = [int(i) for i in eng.stand_in_ids]
+    keep = ids[:2]
+    stops = tuple(ids[2:])  # every stand-in id but two
+    for seed in range(5):
+        p = RequestParams(max_tokens=12, min_tokens=6, stop_token_ids=stops, sampling=SamplingParams(seed=seed))
+        req = eng.add_request([1, 72], p)
+        _run(eng)
+        assert set(req.output_ids[:6]) <= set(keep), req.output_ids
+        assert req.finish_reason == "length" or req.output_ids[-1] in stops
+    plain = RequestParams(max_tokens=6, min_tokens=6, sampling=SamplingParams(seed=1))
+    a, b = _engine(numerics="off"), _engine(numerics="off")
+    ra = a.add_request([1, 72], plain)
+    rb = b.add_request([1, 72], RequestParams(max_tokens=6, min_tokens=0, sampling=SamplingParams(seed=1)))
+    _run(a), _run(b)
+    assert ra.output_ids == rb.output_ids
+
+
 def test_two_runs_are_bit_identical():
     def run():
         eng = _engine(numerics="off", max_seqs_per_stage=2)
