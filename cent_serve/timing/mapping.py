@@ -238,8 +238,9 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
         room = KVRoom.of(block_tokens, window_tokens, [(full, windowed, blocks)])
         w = device_weight_bytes(m, mp, d, dev.bytes_per_element)
         cap = size_text(dev.capacity_bytes)
-        if w > dev.capacity_bytes:
-            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}")
+        if w > dev.capacity_bytes:  # a shard just over reads "16.00 GiB of the device's 16.00 GiB": say by how much
+            over = f" ({size_text(w - dev.capacity_bytes)} too much)" if size_text(w) == cap else ""
+            raise CapacityError(f"device {d}: its weight shard alone needs {size_text(w)} of the device's {cap}{over}")
         need, _ = room.tightest(context, batch)
         block_bytes = block_tokens * device_kv_bytes_per_token(m, mp, d, dev.kv_element_bytes)
         max_batch = room.most_sequences(context)

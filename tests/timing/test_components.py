@@ -431,3 +431,21 @@ def test_a_gemma3_block_is_gemma2_s_with_qwen3_s_q_k_norms_and_its_rope_bases_co
         assert dataclasses.replace(a, norm=0.0) == dataclasses.replace(b, norm=0.0)
         assert block_pim_breakdown(dataclasses.replace(m, rope_local_theta=0.0), g, DEV, context) == a
     assert accelerator_parts(dataclasses.replace(m, rope_local_theta=0.0), DEV, 1024) == ours
+
+
+def test_a_weight_shard_just_over_the_device_says_by_how_much():
+    """Qwen2-57B-A14B on 8 devices: devices 0 and 6 hold 4 blocks and the embedding (or the LM head),
+    17,180,385,280 bytes, 516,096 over the 16 GiB device; both sizes print as 16.00 GiB, which read as if
+    the shard fitted. The message adds the excess when the two print alike, and only then."""
+    m = ModelConfig(name="q", model_type="qwen2_moe", hidden_size=3584, intermediate_size=18944, num_layers=28,
+                    num_heads=28, num_kv_heads=4, vocab_size=151936, max_seq_len=4096, attention_bias=True,
+                    num_experts=64, num_experts_per_tok=8, moe_intermediate_size=2560,
+                    shared_expert_intermediate_size=20480)
+    mp = resolve_mapping(m, ParallelConfig(8), DEV)
+    with pytest.raises(ValueError) as err:
+        check_capacity(m, mp, DEV, 4096)
+    assert str(err.value) == "device 0: its weight shard alone needs 16.00 GiB of the device's 16.00 GiB (0.492 MiB " \
+        "too much)"
+    with pytest.raises(ValueError) as err:  # sizes that print apart say nothing more
+        check_capacity(model_preset("llama2-70b"), resolve_mapping(model_preset("llama2-70b"), ParallelConfig(8), DEV), DEV, 4096)
+    assert str(err.value).endswith("of the device's 16.00 GiB"), str(err.value)
