@@ -97,6 +97,27 @@ def windowed_blocks(hf: dict, arch: str, num_layers: int, context: int) -> list[
     return list(range(first, num_layers))
 
 
+def dense_mlp_blocks(hf: dict, num_layers: int) -> list[int]:
+    """The blocks of a Qwen 2 MoE or Qwen 3 MoE config.json that transformers builds with a dense MLP (of
+    width intermediate_size) instead of a mixture of experts: Qwen2MoeDecoderLayer and Qwen3MoeDecoderLayer
+    (modeling_qwen2_moe.py, modeling_qwen3_moe.py) give block i experts when i is not in mlp_only_layers
+    and (i + 1) % decoder_sparse_step == 0, so a step of 1 and no listed block below num_hidden_layers
+    (the configs' defaults: 1 and []) makes every block a mixture of experts. The two keys are checked:
+    ValueError naming the key, its value and the fix."""
+    step = hf.get("decoder_sparse_step")
+    step = 1 if step is None else step
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"model.checkpoint: decoder_sparse_step={step!r} is invalid: use a positive integer (1: "
+                         "experts in every block; a JSON number, without quotes)")
+    listed = hf.get("mlp_only_layers")
+    listed = [] if listed is None else listed
+    if not isinstance(listed, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                               for i in listed):
+        raise ValueError(f"model.checkpoint: mlp_only_layers={listed!r} is invalid: use a list of block indices "
+                         "(JSON integers from 0), or [] for experts in every block")
+    return [i for i in range(num_layers) if i in listed or (i + 1) % step != 0]
+
+
 def gemma_fields() -> dict:
     """The variations every Gemma has (transformers' modeling_gemma.py): a GeGLU MLP, embeddings times
     sqrt(hidden_size) (GemmaTextScaledWordEmbedding) and norms weighting by 1 + w (GemmaRMSNorm)."""

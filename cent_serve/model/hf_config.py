@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
 from cent_serve.config.model import GEMMA_TYPES
-from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, gemma2_windowed_blocks,
-                                       gemma_fields, unmodelled_features, windowed_blocks)
+from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, dense_mlp_blocks,
+                                       gemma2_windowed_blocks, gemma_fields, unmodelled_features, windowed_blocks)
 from cent_serve.model.families import refuse as _refuse
 from cent_serve.model import gemma3
 
@@ -236,9 +236,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if arch in MOE_TYPES:
         if hf.get("shared_expert_intermediate_size") and arch != "qwen2_moe":
             _refuse("shared_expert_intermediate_size", hf["shared_expert_intermediate_size"], "shared experts are not modelled")
-        if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
-            _refuse("decoder_sparse_step / mlp_only_layers", (hf.get("decoder_sparse_step"), hf.get("mlp_only_layers")),
-                    "every block must be a mixture of experts (decoder_sparse_step 1, no mlp_only_layers)")
+        if arch in _EXPERT_WIDTH:  # Qwen's keys of dense blocks among the sparse ones (MixtralConfig has none)
+            _refuse_dense_blocks(hf, _num("num_hidden_layers"), _num("intermediate_size"))
         if not hf.get("num_experts_per_tok"):
             _refuse("num_experts_per_tok", hf.get("num_experts_per_tok"),
                     "a mixture of experts' config.json names how many experts a token runs")
@@ -449,6 +448,26 @@ def _gemma2_window(hf: dict, num_layers: int, context: int) -> dict:
 _EXPERT_WIDTH = {"qwen3_moe": 768, "qwen2_moe": 1408}
 """The expert width (moe_intermediate_size) a family's config class takes when its config.json leaves
 it out; the families without the key (Mixtral) size their experts by intermediate_size."""
+
+
+def _refuse_dense_blocks(hf: dict, num_layers: int, width: int) -> None:
+    """Refuse, in one line, a Qwen MoE config.json whose decoder_sparse_step or mlp_only_layers give some
+    blocks a dense MLP (`dense_mlp_blocks`, transformers' rule): cent runs every block of a mixture of
+    experts alike (`ModelConfig.is_moe` is the model's, read by its timing, sharding, weights and device
+    workers; docs/hardware_model.md section 10). Keys that leave every block sparse (a step of 1, blocks
+    listed past num_hidden_layers) are accepted, as transformers builds that model."""
+    dense = dense_mlp_blocks(hf, num_layers)
+    if not dense:
+        return
+    step, listed = hf.get("decoder_sparse_step") or 1, hf.get("mlp_only_layers") or []
+    keys = " and ".join(([f"decoder_sparse_step={step!r}"] if step != 1 else [])
+                        + ([f"mlp_only_layers={listed!r}"] if listed else []))
+    shown = ", ".join(map(str, dense[:6])) + (", ..." if len(dense) > 6 else "")
+    raise ValueError(f"model.checkpoint: {keys} {'are' if ' and ' in keys else 'is'} not supported: {len(dense)} of its {num_layers} blocks ({shown}) "
+                     f"would run a dense MLP of width intermediate_size={width} among the mixture-of-experts blocks "
+                     "(transformers' Qwen MoE decoder layer), and cent models every block of a mixture of experts "
+                     "alike: use decoder_sparse_step 1 and mlp_only_layers [] (as Qwen's released MoE checkpoints "
+                     "have)")
 
 
 _STAND_IN_IDS = dict(bos_token_id=1, eos_token_id=2)

@@ -221,13 +221,19 @@ def test_a_qwen1_5_moe_config_json_reads_as_published(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(decoder_sparse_step=2), r"decoder_sparse_step / mlp_only_layers=\(2, \[\]\) is not supported: every "
-     r"block must be a mixture of experts \(decoder_sparse_step 1, no mlp_only_layers\)"),
-    (dict(mlp_only_layers=[0]), r"decoder_sparse_step / mlp_only_layers=\(1, \[0\]\) is not supported"),
+    (dict(decoder_sparse_step=2), r"decoder_sparse_step=2 is not supported: 1 of its 2 blocks \(0\) would run a "
+     r"dense MLP of width intermediate_size=\d+ among the mixture-of-experts blocks .* use decoder_sparse_step 1 "
+     r"and mlp_only_layers \[\]"),
+    (dict(mlp_only_layers=[1]), r"mlp_only_layers=\[1\] is not supported: 1 of its 2 blocks \(1\) would run a dense"),
+    (dict(decoder_sparse_step=2, mlp_only_layers=[1]), r"decoder_sparse_step=2 and mlp_only_layers=\[1\] are not "
+     r"supported: 2 of its 2 blocks \(0, 1\)"),
+    (dict(decoder_sparse_step=0), r"decoder_sparse_step=0 is invalid: use a positive integer"),
+    (dict(mlp_only_layers=[-1]), r"mlp_only_layers=\[-1\] is invalid: use a list of block indices"),
     (dict(shared_expert_intermediate_size=0), "shared_expert_intermediate_size=0 is invalid: use a positive integer")])
 def test_what_a_qwen2_moe_config_cannot_run_is_refused_in_one_line(tmp_path, change, message):
     """Dense blocks among the sparse ones (decoder_sparse_step, mlp_only_layers) are not modelled
-    (every block is a mixture of experts)."""
+    (every block is a mixture of experts): the refusal names the key, the blocks transformers would make
+    dense and the fix."""
     cfg = moe_config(**dict(model_type="qwen2_moe", attention_bias=True, moe_intermediate_size=40,
                                                  shared_expert_intermediate_size=56, norm_topk_prob=False))
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
@@ -307,3 +313,21 @@ def test_qwen2_moe_s_config_has_no_attention_bias_key(tmp_path):
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path / "saved")
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved["qkv_bias"] is True and "attention_bias" not in saved
+
+
+@pytest.mark.parametrize("model_type, change", [
+    ("qwen2_moe", dict(mlp_only_layers=[2, 7])),  # blocks past num_hidden_layers=2: none dense
+    ("qwen3_moe", dict(mlp_only_layers=[5], decoder_sparse_step=1)),
+    ("mixtral", dict(decoder_sparse_step=2, mlp_only_layers=[0]))])  # keys MixtralConfig does not have
+def test_dense_block_keys_that_leave_every_block_sparse_are_read(tmp_path, model_type, change):
+    """transformers' Qwen MoE decoder layer puts experts in block i unless i is in mlp_only_layers or
+    (i + 1) % decoder_sparse_step != 0 (modeling_qwen2_moe.py): a list of blocks the model does not have
+    makes none dense, so the config runs as it is (it was refused); Mixtral's class never reads either key."""
+    extra = dict(attention_bias=True, shared_expert_intermediate_size=56, norm_topk_prob=False) \
+        if model_type == "qwen2_moe" else dict(qk_norm=True) if model_type == "qwen3_moe" else {}
+    cfg = moe_config(model_type=model_type, **({"moe_intermediate_size": 40} if model_type != "mixtral" else {}), **extra)
+    save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **change}))
+    got = model_config_from_hf(tmp_path)
+    assert (got.num_layers, got.num_experts, got.param_count()) == (2, cfg.num_experts, cfg.param_count())
