@@ -200,9 +200,11 @@ MOE_ONLY = ("model.expert_skew", "model.num_experts_per_tok", "model.moe_interme
 """A mixture of experts' fields (its experts and router): a dense model has none for them to set."""
 CLOSED_FORM_CAPACITY_ONLY = {
     "device.rows_per_bank": "it sizes the KV blocks a replay's scheduler admits and preempts by",
+    "scheduler.kv_block_tokens": "it is the KV block a replay's scheduler admits and preempts by",
 }
 """Config fields the closed form reads only to decide whether the model and its queries (one a lane, at
-the whole context) fit the devices: no time or energy moves with them. What they move in a replay."""
+the whole context) fit the devices (`check_capacity` counts whole KV blocks): no time or energy moves with
+them. What they move in a replay. Checked before CLOSED_FORM_IGNORES, whose prefixes may cover them."""
 
 
 def warn_experts_unread(paths: list[str], how: str, moe: bool) -> None:
@@ -274,8 +276,9 @@ def on_gpus_unread(path: str) -> bool:
 
 def closed_form_unread(path: str, moe: bool = False, gpus: bool = False) -> tuple[str, str] | None:
     """(what `path` sets, where to see it) when the closed form does not read it (CLOSED_FORM_IGNORES, except
-    model.seed with `moe` and, with `gpus`, what `on_gpus_unread` leaves out), else None."""
-    if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)):
+    model.seed with `moe`, what it reads for capacity (CLOSED_FORM_CAPACITY_ONLY) and, with `gpus`, what
+    `on_gpus_unread` leaves out), else None."""
+    if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)) or path in CLOSED_FORM_CAPACITY_ONLY:
         return None
     hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                 if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)

@@ -644,6 +644,28 @@ def test_rows_per_bank_moves_only_which_closed_form_points_fit_and_says_so(caplo
             in r.getMessage()]
 
 
+def test_kv_block_tokens_is_said_to_be_read_for_capacity_on_cent_not_unread(caplog, capsys):
+    """CENT's closed form checks capacity in whole KV blocks of scheduler.kv_block_tokens (`check_capacity`):
+    65,536-token blocks refuse llama2-70b on 32 devices. It warned that it did not read the field at all;
+    it says now that it reads it for capacity only, and the figures of a value that fits do not move."""
+    def run(block: int) -> tuple[int, str]:
+        caplog.clear()
+        code = main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set",
+                     f"scheduler.kv_block_tokens={block}", "--json"])
+        return code, capsys.readouterr().out
+
+    (code16, out16), (code1k, out1k) = run(16), run(1024)
+    assert code16 == code1k == 0
+    figures = ("token_latency_ms", "throughput_tok_s", "token_energy_mj")
+    assert [json.loads(out16)[f] for f in figures] == [json.loads(out1k)[f] for f in figures]
+    says = [r.getMessage() for r in caplog.records if "kv_block_tokens" in r.getMessage()]
+    assert len(says) == 1 and "--set scheduler.kv_block_tokens: the closed form reads it only for capacity" in says[0]
+    assert "does not read" not in says[0]
+    assert main(["simulate", "--model", "llama2-70b", "--devices", "32", "--set",
+                 "scheduler.kv_block_tokens=65536"]) == 2  # what it reads it for
+    assert "blocks of 65536 tokens" in capsys.readouterr().err
+
+
 def test_a_field_the_closed_form_reads_is_not_warned_about(caplog, capsys):
     assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--set", "device.clock_hz=4e9"]) == 0
     capsys.readouterr()
