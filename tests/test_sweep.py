@@ -274,6 +274,11 @@ def test_an_integer_fields_example_is_the_fields_own(args, says, tmp_path, capsy
     (["simulate", "--set", "model.expert_skew=lots"], "model.expert_skew='lots' is invalid: expected a number, e.g. 0.5\n"),
     # unset by default: no example
     (["simulate", "--set", "gpu.tco_per_gpu=x"], "gpu.tco_per_gpu='x' is invalid: expected a number\n"),
+    # the default exactly, as --set reads it back (:g said 267.708 and 28.17, neither of them the default)
+    (["simulate", "--set", "device.energy.controller_trx_mw=x"],
+     "device.energy.controller_trx_mw='x' is invalid: expected a number, e.g. 267.7082056\n"),
+    (["simulate", "--set", "device.unit_cost_usd=x"],
+     "device.unit_cost_usd='x' is invalid: expected a number, e.g. 28.169999999999998\n"),
 ])
 def test_a_number_fields_example_is_the_fields_own(args, says, tmp_path, capsys):
     """Every number field's --set error said `e.g. 1.5e9` (a pace factor of 1.5e9) and a config file's
@@ -282,6 +287,20 @@ def test_a_number_fields_example_is_the_fields_own(args, says, tmp_path, capsys)
     assert main([a.format(yaml=tmp_path / "c.yaml") for a in args]) == 2
     err = capsys.readouterr().err
     assert err.endswith(says) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("value, text", [
+    (1234567.0, "1234567"), (2e9, "2e9"), (1.5e9, "1.5e9"), (1e6, "1e6"), (123456.0, "123456"),
+    (12345678.0, "12345678"), (10000.0, "10000"), (3e-5, "3e-5"), (0.00015, "0.00015"), (54.5, "54.5"),
+    (1.0, "1"), (28.169999999999998, "28.169999999999998"), (267.7082056, "267.7082056"), (1e-15, "1e-15"),
+])
+def test_a_number_example_is_the_default_exactly_and_short_when_round(value, text):
+    """:g rounded an example to 6 digits (1234567.0 said 1.23457e+06, which --set reads as another number):
+    the text now reads back to the very float, and a round number stays short."""
+    from cent_serve.config.fields import _number_text
+
+    assert _number_text(value) == text
+    assert float(text) == value
 
 
 def test_a_csv_of_lengths_only_is_refused_with_where_it_fits(tmp_path, capsys):

@@ -3,6 +3,7 @@ removed fields with what was meant, and values coerced from YAML and `--set` tex
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Any, get_type_hints
@@ -281,14 +282,30 @@ def _integer_example(name: str) -> str:
 
 def _a_number(name: str) -> str:
     """What a number field's type error asks for: `a number, e.g. ` the field's default when it is
-    positive (a pace factor's 1, a clock's 2e+09; every such field once said 1.5e9), else 0.5 (a
-    default of 0 is "off"); a field unset by default (None) gets no example."""
+    positive (a pace factor's 1, a clock's 2e9; every such field once said 1.5e9), written exactly
+    (`_number_text`), else 0.5 (a default of 0 is "off"); a field unset by default (None) gets no example."""
     default = _field_default(name)
     if default is None:
         return "a number"
     if isinstance(default, (int, float)) and not isinstance(default, bool) and math.isfinite(default) and default > 0:
-        return f"a number, e.g. {default:g}".replace("e+0", "e").replace("e+", "e")  # 2e9, as --set reads it
+        return f"a number, e.g. {_number_text(default)}"
     return "a number, e.g. 0.5"
+
+
+def _number_text(value: float) -> str:
+    """A finite number as `--set` (and YAML) reads it back to the same float: repr's shortest digits, never
+    rounded (1234567.0 is 1234567, not :g's 1.23457e+06; 28.169999999999998 stays so), written positionally
+    for exponents -4 to 5 (:g's range) and otherwise whichever of positional and `<mantissa>e<exponent>` is
+    shorter (2e9, 1.5e9, 3e-5, 12345678)."""
+    exact = Decimal(repr(float(value))).normalize()  # repr: the fewest digits that give the float back
+    sign, digits, exp = exact.as_tuple()
+    plain = f"{exact:f}"
+    power = exp + len(digits) - 1  # of the leading digit
+    if -4 <= power < 6:
+        return plain
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    sci = f"{'-' if sign else ''}{mantissa}e{power}"
+    return sci if len(sci) < len(plain) else plain
 
 
 def _field_default(name: str) -> Any:
