@@ -184,8 +184,7 @@ def score_v_cycles(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context:
     for size in context_rows(attended(m, context), dev.row_elements):
         op = dev.row_column_ops if size == dev.row_elements else cdiv(size, dev.burst_elements)
         stream = dev.column_cycles * op
-        v_stream = stream if dev.kv_burst_elements == dev.burst_elements else dev.column_cycles * cdiv(
-            size, dev.kv_burst_elements)
+        v_stream = dev.column_cycles * cdiv(size, dev.kv_burst_elements)  # stream's at equal bursts (whole-burst rows)
         per_row += stream + v_rows(m, dev) * (dev.sv_row_cycles + v_stream)
     return cdiv(m.num_kv_heads, g.cpb) * m.num_rep * per_row
 
