@@ -28,13 +28,12 @@ class KVCacheFull(RuntimeError):
 class PagedKVCache:
     """Block allocator for one device.
 
-    `bytes_per_token` covers every layer resident on the device (K and V,
-    bf16, the KV heads this device holds). `num_blocks` = capacity //
-    (block_tokens x bytes_per_token).
+    `num_blocks`: the blocks of `block_tokens` tokens of every layer resident on the device (K and V of the
+    KV heads it holds) that fit beside its weight shard, counted by `cent_serve.timing.mapping.
+    device_num_kv_blocks`, the count the scheduler and the preflight read.
     """
 
-    capacity_bytes: int
-    bytes_per_token: int
+    num_blocks: int
     block_tokens: int = 16
     block_tables: dict[int, array] = field(default_factory=dict)
     """Each sequence's block ids, in order (arrays of int64: `_BLOCK_IDS`)."""
@@ -46,8 +45,7 @@ class PagedKVCache:
     16 GiB device, so they are not listed up front)."""
 
     def __post_init__(self) -> None:
-        assert self.bytes_per_token > 0 and self.block_tokens > 0, (self.bytes_per_token, self.block_tokens)
-        self.num_blocks = max(0, self.capacity_bytes) // (self.block_tokens * self.bytes_per_token)
+        assert self.num_blocks >= 0 and self.block_tokens > 0, (self.num_blocks, self.block_tokens)
         self._next_unused = 0
 
     @property

@@ -37,7 +37,7 @@ from cent_serve.sharding import LayerShard, ShardKV, shard_layer, shard_vocab
 from cent_serve.timing import SystemTimer
 from cent_serve.timing.clock import I_CALLS, DeviceClock, device_round
 from cent_serve.timing.energy import TERMS, head_energy_j, head_energy_terms_j
-from cent_serve.timing.mapping import Stage, device_block_kinds, device_kv_bytes_per_token, device_weight_bytes
+from cent_serve.timing.mapping import Stage, device_block_kinds, device_num_kv_blocks, device_weight_bytes
 from device_worker.kv_cache import PagedKVCache
 from device_worker.seqs import FOREVER, SeqTable
 
@@ -84,13 +84,10 @@ class DeviceWorker:
         here: a sequence's KV blocks, as the scheduler reserves them (`cent_serve.kv_room.seq_blocks`)."""
         self.seqs = SeqTable(cfg.scheduler.kv_block_tokens, None if full else cap)
         """Each sequence's position (its KV stops growing at the window's cap when every block here has one)."""
-        m = cfg.model
-        elem = cfg.device.bytes_per_element
-        self.weight_bytes = device_weight_bytes(m, mp, device_id, elem)
-        self.kv = PagedKVCache(capacity_bytes=cfg.device.capacity_bytes - self.weight_bytes,
-                               bytes_per_token=device_kv_bytes_per_token(m, mp, device_id,
-                                                                         cfg.device.kv_element_bytes),
-                               block_tokens=cfg.scheduler.kv_block_tokens)
+        self.weight_bytes = device_weight_bytes(cfg.model, mp, device_id, cfg.device.bytes_per_element)
+        block = cfg.scheduler.kv_block_tokens
+        self.kv = PagedKVCache(device_num_kv_blocks(cfg.model, mp, cfg.device, device_id, block), block)
+        """Its blocks counted as the scheduler's room and the preflight count them (`device_kv_blocks`)."""
         self.shards: dict[int, LayerShard] = {}
         self.seq_kv: dict[int, ShardKV] = {}
         if self.numerics:

@@ -196,9 +196,15 @@ def device_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_token
     and the preflight checks (`check_capacity`). Counted as asked, so a check stops at its first refusal
     (`fewest_devices` tries many counts that do not hold)."""
     for d in sorted({d for s in mp.stages for d in s.device_ids}):
-        per_token = device_kv_bytes_per_token(m, mp, d, dev.kv_element_bytes)
-        free = dev.capacity_bytes - device_weight_bytes(m, mp, d, dev.bytes_per_element)
-        yield (d, *device_block_kinds(m, mp, d), max(0, free) // (block_tokens * per_token))
+        yield (d, *device_block_kinds(m, mp, d), device_num_kv_blocks(m, mp, dev, d, block_tokens))
+
+
+def device_num_kv_blocks(m: ModelConfig, mp: Mapping, dev: DeviceConfig, device_id: int, block_tokens: int) -> int:
+    """The KV blocks of `block_tokens` tokens of every block a device holds that fit beside its weight shard:
+    the size of its paged cache (`device_worker.worker.DeviceWorker.kv`), one device's `device_kv_blocks`."""
+    per_token = device_kv_bytes_per_token(m, mp, device_id, dev.kv_element_bytes)
+    free = dev.capacity_bytes - device_weight_bytes(m, mp, device_id, dev.bytes_per_element)
+    return max(0, free) // (block_tokens * per_token)
 
 
 def kv_room(m: ModelConfig, mp: Mapping, dev: DeviceConfig, block_tokens: int, window_tokens: int | None) -> KVRoom:

@@ -7,7 +7,7 @@ from device_worker.kv_cache import KVCacheFull, PagedKVCache
 
 
 def test_blocks_are_taken_when_a_sequence_crosses_into_one():
-    kv = PagedKVCache(capacity_bytes=10 * 16 * 4, bytes_per_token=4, block_tokens=16)
+    kv = PagedKVCache(num_blocks=10, block_tokens=16)
     assert kv.num_blocks == 10
     kv.grow(1, 1)
     assert len(kv.block_tables[1]) == 1 and kv.capacity[1] == 16
@@ -23,7 +23,7 @@ def test_blocks_are_taken_when_a_sequence_crosses_into_one():
 
 
 def test_a_full_cache_names_the_sequence_and_changes_nothing():
-    kv = PagedKVCache(capacity_bytes=4 * 16 * 4, bytes_per_token=4, block_tokens=16)
+    kv = PagedKVCache(num_blocks=4, block_tokens=16)
     kv.grow(1, 48)
     with pytest.raises(KVCacheFull, match="sequence 2 needs 2 more KV blocks, 1 free of 4"):
         kv.grow(2, 20)
@@ -32,7 +32,7 @@ def test_a_full_cache_names_the_sequence_and_changes_nothing():
 
 
 def test_free_returns_every_block_for_reuse():
-    kv = PagedKVCache(capacity_bytes=4 * 16 * 4, bytes_per_token=4, block_tokens=16)
+    kv = PagedKVCache(num_blocks=4, block_tokens=16)
     kv.grow(1, 64)
     assert kv.num_free_blocks == 0
     assert kv.free(1) == 4
@@ -48,7 +48,7 @@ def test_block_tables_cost_about_eight_bytes_a_block():
     id). Kept as int64 arrays they take about 8 bytes an id (array growth slack aside)."""
     import tracemalloc
 
-    kv = PagedKVCache(capacity_bytes=1 << 40, bytes_per_token=4, block_tokens=16)
+    kv = PagedKVCache(num_blocks=(1 << 40) // 64, block_tokens=16)
     seqs, blocks = 64, 512
     tracemalloc.start()
     try:
