@@ -379,6 +379,11 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
     elif not paper:
         _no_ratio_note(cfg.model, prompt, decode, cfg.device)
+    if fits:  # cent sweep's energy_<term>_mj columns, as a table prints the split (`shares_text`)
+        print("energy by term, end2end (--json: every term in mJ a token, each point's energy_breakdown_mj):")
+        pp_w, tp_w = (max(len(str(r[k])) for r in fits) for k in ("pp", "tp"))
+        for r in fits:
+            print(f"pp {r['pp']:<{pp_w}} tp {r['tp']:<{tp_w}}  {shares_text(r['energy_breakdown_mj'])}")
     return 0
 
 

@@ -57,7 +57,9 @@ TCO_CENT_PER_32 = 0.73
 TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby", "precharge_standby",
          "sram_static", "sram_dynamic", "accelerator_static", "accelerator_dynamic", "riscv",
          "device_controller", "pcie")
-"""The named parts of a token's energy (`cent simulate --json`: energy_breakdown_mj)."""
+"""The named parts of a token's energy: `energy_breakdown_mj` (cent simulate), `energy_by_term_j` and
+`energy_share_by_term` (a replay's summary.json), `energy_<term>_mj` (CSV columns), one split under three
+names (docs/hardware_model.md section 8 lists them)."""
 T = {name: i for i, name in enumerate(TERMS)}
 OPS = (*(op for op in BLOCK_OPS if op not in ("router", "experts", "shared")), "background")
 """`block_energy_by_op_j`'s keys for a dense block: the commands of each operation, and what the step
@@ -314,8 +316,8 @@ TERMS_SHOWN = 5
 def shares_text(terms: dict[str, float], shown: int = TERMS_SHOWN) -> str:
     """`pim 41.2%, activate 20.1%, ... (others 3.0%)`: the largest `shown` of `terms` (joules, mJ, or
     shares: any one unit) by their share of the sum, for a table's line (`cent bench run`'s and `cent bench
-    compare`'s `energy by term`, `cent simulate`'s phases' and `--emulate`'s; `cent bench sweep` and `cent bench
-    paper` print no energy: their JSON and CSV have the terms)."""
+    compare`'s `energy by term`, `cent simulate`'s phases', each `--sweep` mapping's and `--emulate`'s; `cent bench
+    sweep` and `cent bench paper` print no energy: their JSON and CSV have the terms)."""
     total = sum(terms.values())
     if total <= 0:
         return "none charged"

@@ -229,6 +229,27 @@ def test_sweep_json_carries_its_config_and_workload_as_one_mapping_s_does(tmp_pa
     assert again["throughput_tok_s"] == point["throughput_tok_s"] and point["pp"] * point["tp"] == 8
 
 
+def test_sweep_table_splits_each_mappings_energy_by_term_as_its_json_does(capsys):
+    """`cent sweep`'s CSV splits a point's energy per token by term (`energy_<term>_mj`) and `cent simulate
+    --sweep --json` each point's (`energy_breakdown_mj`), but `cent simulate --sweep`'s table had no split:
+    a line a mapping now gives its largest terms' shares (`shares_text`, as the one-mapping table's line),
+    the shares of the JSON's mJ, which add up to the point's energy per token."""
+    from cent_serve.timing.energy import shares_text
+
+    argv = ["simulate", "--sweep", "--model", "llama2-7b", "--devices", "8"]
+    assert main(argv + ["--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["points"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out.splitlines()
+    at = table.index("energy by term, end2end (--json: every term in mJ a token, each point's energy_breakdown_mj):")
+    lines = table[at + 1:at + 1 + len(points)]
+    for r, line in zip(points, lines):
+        assert line.split()[:4] == ["pp", str(r["pp"]), "tp", str(r["tp"])], line
+        assert line.endswith("  " + shares_text(r["energy_breakdown_mj"])), line
+        assert sum(r["energy_breakdown_mj"].values()) == pytest.approx(r["energy_per_token_mj"], rel=1e-9)
+    assert "pim 51.3%, activate 30.0%" in lines[0]  # pp 32: the PIM commands, then the rows they open
+
+
 def test_sweep_refuses_the_one_token_form(capsys):
     """`cent simulate --sweep --seqlen N` ran the paper's 512 + 3584 and left --seqlen unread."""
     assert main(["simulate", "--model", "tiny", "--sweep", "--seqlen", "1024"]) == 2
