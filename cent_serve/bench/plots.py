@@ -199,19 +199,21 @@ FAILURE_COLORS = {"queue_full": "tab:red", "context_exceeded": "tab:orange", "de
 """A failure reason's color in timeline.png (others: tab:gray)."""
 
 
-def failure_rates(records: list, span_s: float, bins: int = FAILURE_BINS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(bin edges in s, {reason: failed requests a second in each bin}) of the failed `records` by their
-    arrival, over 0..`span_s` (widened to the last failure), the reasons most frequent first."""
+def failure_rates(records: list, span_s: float, bins: int = FAILURE_BINS
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """(bin edges in s, {reason: failed requests a second in each bin}, {reason: failed requests}) of the
+    failed `records` by their arrival, over 0..`span_s` (widened to the last failure), the reasons most
+    frequent first in both."""
     failed = [(r.arrival_s, r.reason) for r in records if not r.ok]
     top = max([span_s] + [t for t, _ in failed])
     edges = np.linspace(0.0, top if top > 0 else 1.0, bins + 1)
     width = edges[1] - edges[0]
-    counts = Counter(reason for _, reason in failed)
+    counts = dict(Counter(reason for _, reason in failed).most_common())
     rates = {}
-    for reason, _ in counts.most_common():
+    for reason in counts:
         n, _ = np.histogram([t for t, why in failed if why == reason], bins=edges)
         rates[reason] = n / width
-    return edges, rates
+    return edges, rates, counts
 
 
 def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
@@ -241,13 +243,11 @@ def plot_timeline(path: Path, result: BenchResult, summary: dict) -> None:
     axes[0].set_ylim(-0.05 * max(1, max(waiting, default=0)), 1.1 * max(1, max(waiting, default=0)))
     if as_rate:
         ax = fig.add_subplot(grid[1], sharex=axes[0])
-        edges, rates = failure_rates(result.records, max(t, default=0.0))
+        edges, rates, counts = failure_rates(result.records, max(t, default=0.0))
         bottom = np.zeros(len(edges) - 1)
-        counts = Counter(r.reason for r in result.records if not r.ok)
         for reason, rate in rates.items():
-            n = counts[reason]
             ax.bar(edges[:-1], rate, width=edges[1] - edges[0], bottom=bottom, align="edge", linewidth=0,
-                   color=FAILURE_COLORS.get(reason, "tab:gray"), label=f"{reason} ({n:,})")
+                   color=FAILURE_COLORS.get(reason, "tab:gray"), label=f"{reason} ({counts[reason]:,})")
             bottom += rate
         ax.set_ylabel("failed requests/s\n(at arrival)")
         ax.set_ylim(0, 1.1 * max(float(bottom.max(initial=0.0)), 1e-9))

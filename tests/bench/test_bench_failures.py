@@ -472,9 +472,10 @@ def test_failure_rates_count_each_failure_once_in_its_bin():
 
     records = [refused("a", 0.5, QueueFull("x")), refused("b", 9.5, QueueFull("x")), done("ok", 1.0, 0.1),
                refused("c", 12.0, RequestRefused("context_exceeded", "y"))]
-    edges, rates = failure_rates(records, 10.0, bins=4)
+    edges, rates, counts = failure_rates(records, 10.0, bins=4)
     assert list(edges) == [0.0, 3.0, 6.0, 9.0, 12.0]  # widened to the last failure
     assert list(rates) == ["queue_full", "context_exceeded"]
+    assert list(counts.items()) == [("queue_full", 2), ("context_exceeded", 1)]  # the legend's counts
     assert list(rates["queue_full"] * 3.0) == [1, 0, 0, 1] and list(rates["context_exceeded"] * 3.0) == [0, 0, 0, 1]
 
 
