@@ -293,11 +293,12 @@ def _a_number(name: str) -> str:
 
 
 def _number_text(value: float) -> str:
-    """A finite number as `--set` (and YAML) reads it back to the same float: repr's shortest digits, never
-    rounded (1234567.0 is 1234567, not :g's 1.23457e+06; 28.169999999999998 stays so), written positionally
+    """A finite number as a user would type it: its shortest digits at 15 significant figures (a sum's
+    binary rounding dropped: 2.69 + 1.10 + 24.38 reads 28.17, not 28.169999999999998), never :g's 6
+    (1234567.0 is 1234567, not 1.23457e+06; 267.7082056 stays so), written positionally
     for exponents -4 to 5 (:g's range) and otherwise whichever of positional and `<mantissa>e<exponent>` is
     shorter (2e9, 1.5e9, 3e-5, 12345678)."""
-    exact = Decimal(repr(float(value))).normalize()  # repr: the fewest digits that give the float back
+    exact = Decimal(repr(float(f"{value:.15g}"))).normalize()  # 15 figures: a double's exact decimal digits
     sign, digits, exp = exact.as_tuple()
     plain = f"{exact:f}"
     power = exp + len(digits) - 1  # of the leading digit
