@@ -74,7 +74,9 @@ class _Totals:
                 ("cent:preemptions", "num_preemptions", "Sequences preempted for KV space (vllm:num_preemptions_total's "
                  "older name here)."),
                 ("cent:rounds", "num_rounds", "Engine rounds run."),
-                ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."))
+                ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."),
+                ("cent:fault_retries", "num_fault_retries", "Sequences queued again after their replica's devices "
+                 "died, to start over or be recomputed with their output so far (not preemptions)."))
 
     FABRIC = ("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the tensor-parallel "
               "all-reduces over NVLink or PCIe (modelled GPUs).")

@@ -41,8 +41,8 @@ from cent_serve.timing import SystemTimer
 log = logging.getLogger("cent.engine")
 
 FAULT_RETRIES = 1
-"""Times a request a replica's devices died under, with nothing produced for it, is queued again
-(`Engine._recover`) before such a death fails it."""
+"""Times a request a replica's devices died under is queued again (`Engine._recover`: started over
+with nothing produced, recomputed with its output so far) before such a death fails it."""
 
 
 def greedy_stand_in_seed(prompt_ids: list[int]) -> int:
@@ -71,6 +71,9 @@ class EngineStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_failed: int = 0
+    num_fault_retries: int = 0
+    """Requests queued again after their replica's devices died under them (`Engine._recover`), to
+    start over or be recomputed with their output so far; not preemptions (those are for KV space)."""
     energy_j: float = 0.0
     """Energy charged to the requests' steps (the sum of their `energy_j`; monotone)."""
 
@@ -274,6 +277,7 @@ class Engine:
     def _check_each(self, method: str) -> None:
         """Call `method` of each replica's executor that has one (a replica being re-created has none);
         recover a replica it raises for."""
+        failed = {}
         for r, ex in enumerate(self.executors):
             check = getattr(ex, method, None)
             if check is None:
@@ -281,7 +285,9 @@ class Engine:
             try:
                 check()
             except Exception as exc:  # noqa: BLE001
-                self._recover(r, exc)
+                failed[r] = exc
+        if failed:
+            self._recover(failed)
 
     def _run(self, scheduled: SchedulerOutput) -> dict[int, RoundOutput]:
         """Every replica's plan to its executor (all sent before any is awaited); a replica whose
@@ -306,50 +312,66 @@ class Engine:
                 out[r] = future.result()
             except Exception as exc:  # noqa: BLE001
                 failed[r] = exc
-        for r, exc in failed.items():
-            self._recover(r, exc)
+        if failed:
+            self._recover(failed)
         if running:
             self.stats.num_rounds += 1
         return out
 
-    def _recover(self, replica: int, exc: Exception) -> None:
-        """A replica's round failed (a device or the switch died, or raised): fail the requests
-        on it with the cause, take it out and re-create its devices in the background (weights
-        reloaded); the other replicas keep serving."""
-        cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
-        cluster = self.cluster_fault() if self.cluster_fault is not None else None
-        if cluster:  # the cause, not its symptom (a closed link)
-            cause = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
-        message = f"{cause}; the request was stopped, retry it"
-        on_it = [q for q in self.scheduler.running if q.replica == replica]
-        again = []
-        if not cluster and devices_lost(exc):
-            # the devices died (in the race before the host read their death, the round was sent to a dead
-            # chain): a request they produced nothing for starts again on the re-created devices, as one
-            # queued after the death waits for them; once only, so a request that itself kills its
-            # devices cannot re-create them for ever; one with tokens streamed fails (no recompute here)
-            again = [q for q in on_it if not q.output_ids and q.num_fault_retries < FAULT_RETRIES]
-            on_it = [q for q in on_it if q.output_ids or q.num_fault_retries >= FAULT_RETRIES]
-            # a choice of the same API request failing (now, or before) makes its reply an error whatever
-            # the others do: its choices with nothing produced fail with it, not half the reply computed
-            # again on re-created devices for no one (while the reply waited for them)
-            doomed = {id(q.choices) for q in on_it if q.choices is not None}
-            lost = [q for q in again if q.choices is not None and (
-                id(q.choices) in doomed or any(s.finish_reason == "error" for s in q.choices))]
-            if lost:
-                again = [q for q in again if q not in lost]
-                on_it += lost
-        waits = (f"; {len(again)} request{'s' if len(again) > 1 else ''} on it with nothing produced "
-                 f"wait{'' if len(again) > 1 else 's'} for the re-created devices") if again else ""
-        self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if again
-                           else f"{cause}; no request was on it")
-        log.error("%s; re-creating the replica's devices", self.last_fault)
-        self._failed += self._fail(on_it, message)
+    def _recover(self, failed: dict[int, BaseException]) -> None:
+        """Replicas whose round failed (a device or the switch died, or raised), each with its error:
+        take them out and re-create their devices in the background (weights reloaded); the other
+        replicas keep serving. Where the devices are gone (`devices_lost`, the cluster up) the
+        requests on them are queued again, once (`FAULT_RETRIES`): one with nothing produced starts
+        over, one with tokens is recomputed as a preemption's is (its prompt and its output so far
+        prefilled again on a replica that is up, then its decoding goes on: the round that failed
+        sampled nothing, so no token is lost or repeated). Every other failure (a device's own error,
+        a hang, a lost cluster, a second death) fails them with the cause. All the replicas that
+        failed together are recovered in one call, so that their requests go back in arrival order."""
+        again: list[Request] = []
+        fails: list[tuple[int, BaseException, str, str, list[Request], list[Request]]] = []
+        for replica, exc in failed.items():
+            cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
+            cluster = self.cluster_fault() if self.cluster_fault is not None else None
+            if cluster:  # the cause, not its symptom (a closed link)
+                cause = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
+            on_it = [q for q in self.scheduler.running if q.replica == replica]
+            retry = []
+            if not cluster and devices_lost(exc):
+                # the devices died (in the race before the host read their death, the round was sent to a
+                # dead chain): the round that failed produced nothing, so each request on them goes on from
+                # what it has, as a preempted one does; once only, so that a request that itself kills its
+                # devices cannot re-create them for ever
+                retry = [q for q in on_it if q.num_fault_retries < FAULT_RETRIES]
+                on_it = [q for q in on_it if q.num_fault_retries >= FAULT_RETRIES]
+            fails.append((replica, exc, cause, f"{cause}; the request was stopped, retry it", on_it, retry))
+            again += retry
+        # a choice of the same API request failing (now, on any of these replicas, or before) makes its
+        # reply an error whatever the others do: its other choices fail with it, not half the reply
+        # computed again for no one (while the reply waited for them)
+        doomed = {id(q.choices) for *_, on_it, _ in fails for q in on_it if q.choices is not None}
+        lost = {q for q in again if q.choices is not None and (
+            id(q.choices) in doomed or any(s.finish_reason == "error" for s in q.choices))}
+        for replica, exc, cause, message, on_it, retry in fails:
+            on_it += [q for q in retry if q in lost]
+            retry = [q for q in retry if q not in lost]
+            fresh = sum(not q.output_ids for q in retry)
+            waits = "".join(f"; {n} request{'s' if n > 1 else ''} on it with {what}" for n, what in (
+                (fresh, f"nothing produced wait{'s' * (fresh == 1)} for the re-created devices"),
+                (len(retry) - fresh, f"tokens produced wait{'s' * (len(retry) - fresh == 1)} to be recomputed "
+                                     "(prompt and output so far)")) if n)
+            self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if retry
+                               else f"{cause}; no request was on it")
+            log.error("%s; re-creating the replica's devices", self.last_fault)
+            self._failed += self._fail(on_it, message)
+        again = sorted((q for q in again if q not in lost), key=lambda q: q.arrival_s)  # stable: admission order
         for q in again:
             q.num_fault_retries += 1
+        self.stats.num_fault_retries += len(again)
         self.scheduler.requeue(again)
-        self.scheduler.set_up(replica, False)
-        self.replicas.fail(replica, exc)
+        for replica, exc, *_ in fails:
+            self.scheduler.set_up(replica, False)
+            self.replicas.fail(replica, exc)
 
     def forget_finished(self) -> None:
         """Idle: tell the devices which sequences they may forget (plans with no lanes; the
@@ -550,7 +572,7 @@ class Engine:
         died since its last round) is recovered here, not reported as an error."""
         from cent_serve.executor.base import sum_terms
 
-        devices, fabrics, terms = [], [], []
+        devices, fabrics, terms, failed = [], [], [], {}
         for r, ex in enumerate(self.executors):
             if ex is None:
                 continue
@@ -559,10 +581,12 @@ class Engine:
                 split = getattr(ex, "energy_terms_j", None)  # (an executor of one's own may have none)
                 terms.append(None if split is None else split())
             except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
-                self._recover(r, exc)
+                failed[r] = exc
                 continue
             devices += [dict(d, replica=r) for d in st["devices"]]
             fabrics.append(dict(st["fabric"], replica=r))
+        if failed:
+            self._recover(failed)
         return devices, fabrics, None if not terms or None in terms else sum_terms(terms)
 
     def device_stats(self) -> list[dict]:

@@ -110,8 +110,8 @@ class Request:
     energy_j: float = 0.0
     num_preemptions: int = 0
     num_fault_retries: int = 0
-    """Times a replica's devices died under it with nothing produced for it, and it was queued
-    again (`Engine._recover`)."""
+    """Times a replica's devices died under it and it was queued again (`Engine._recover`): started
+    over, or recomputed from its prompt and output so far."""
     choices: list | None = field(default=None, repr=False)
     """The requests of the one API request this is a choice of (its n choices of each prompt; the
     same list for each), or None: one fails, the reply is an error (`Engine._recover` queues none of

@@ -383,9 +383,10 @@ class Scheduler:
         self.lanes[req.replica][req.lane].remove(req)
 
     def requeue(self, reqs: list[Request]) -> None:
-        """Running requests whose replica failed with nothing produced for them: back to the front of
-        the queue, in order, to start again on a replica that is up (their KV went with the devices).
-        A preemption's move, not counted as one."""
+        """Running requests whose replica's devices died: back to the front of the queue, in the order
+        given (the engine gives arrival order), to be recomputed from their prompt and output so far
+        on a replica that is up (their KV went with the devices). A preemption's move, not counted as
+        one (`num_preemptions` counts those for KV space, as vLLM's)."""
         for req in reversed(reqs):
             self._release(req)
             req.status = Status.WAITING

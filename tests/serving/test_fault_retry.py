@@ -1,8 +1,10 @@
-"""A replica's devices die under a round that produced nothing for its requests (the race of a round
-sent in the instant before the host read the death): those requests start again on the re-created
-devices, once; a request with tokens streamed, a device's own error, a second death and a lost
-cluster fail as before. The engine alone, with fake executors (`Breakable`, `Rebuild` from
-tests/serving/utils.py); test_faults.py kills real actors on Ray."""
+"""A replica's devices die under a round (a lost actor's closed link, Ray's word of an actor gone):
+the round produced nothing, so each request on them is queued again, once (`FAULT_RETRIES`): one
+with nothing produced starts over, one with tokens is recomputed as a preemption is (prompt and
+output so far prefilled again) and goes on as if the devices had never died. A device's own error,
+a hang, a second death and a lost cluster fail as before; the choices of one API request fail
+together. The engine alone, with fake executors (`Breakable`, `Rebuild` from tests/serving/utils.py);
+test_faults.py kills real actors on Ray."""
 from __future__ import annotations
 
 import pytest
@@ -84,51 +86,182 @@ def test_a_second_death_fails_it():
     assert req.error.startswith("the emulated devices of replica 0 failed: LinkClosed")
 
 
-def test_a_request_with_a_token_streamed_fails_as_before():
+def _engine_of(cfg):
+    """An engine of one replica of `cfg` whose devices die when told (`Dying`)."""
+    from cent_serve.engine import Engine
+    from tests.serving.utils import Rebuild
+
+    dying, rebuild = Dying(cfg), Rebuild(cfg)
+    return Engine(cfg, executors=[dying], remake=rebuild), dying, rebuild
+
+
+def _run(cfg, params, die_after: int | None):
+    """The request [1, 5, 6, 7, 9, 11] to its end on `cfg`'s engine, its devices dying under the round
+    after its `die_after`-th token (None: never); returns the engine, the request and each round's
+    output ids (a stream sends each round's ids past the last's: `EngineLoop._deliver`)."""
+    eng, dying, rebuild = _engine_of(cfg)
+    req = eng.add_request([1, 5, 6, 7, 9, 11], params)
+    seen = []
+    for _ in range(200):
+        if req.is_finished:
+            return eng, req, seen
+        if len(req.output_ids) == die_after and not req.num_fault_retries:
+            dying.broken = True
+            rebuild.plan.put(OK)
+        wait_for(eng.can_step, "a replica to run on")
+        eng.step()
+        seen.append(list(req.output_ids))
+    raise AssertionError("not finished in 200 rounds")
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(seed=7), SamplingParams(temperature=0)], ids=["seeded", "greedy"])
+@pytest.mark.parametrize("die_after", [1, 3])
+def test_a_request_with_tokens_is_recomputed_and_ends_as_without_the_fault(sampling, die_after):
+    """Timing-only: the request's prompt and output so far are prefilled again on the re-created devices
+    and its decoding goes on; its reply is the same as without the fault (the round that failed drew
+    nothing from its generator), each round's output extends the last one's (a stream sends no token
+    twice and misses none), its first token, usage and prompt count stand, and it is no preemption."""
+    from tests.serving.utils import server_cfg
+
+    params = RequestParams(max_tokens=6, ignore_eos=True, sampling=sampling, logprobs=1)
+    _, ref, _ = _run(server_cfg(devices=1, pp=1), params, None)
+    eng, req, seen = _run(server_cfg(devices=1, pp=1), params, die_after)
+    assert req.finish_reason == "length" and req.error is None and req.num_fault_retries == 1
+    assert req.output_ids == ref.output_ids and len(req.logprobs) == len(req.token_times_s) == 6
+    assert all(a == b[:len(a)] for a, b in zip(seen, seen[1:]))  # only ever extended
+    at = next(i for i, x in enumerate(seen) if len(x) == die_after)  # the round after its token: the fault's
+    assert seen[at + 1] == seen[at] and seen[at + 2] == seen[at]  # that round, then the prompt's, add nothing
+    assert req.token_times_s[:die_after] == ref.token_times_s[:die_after]
+    assert req.first_token_s == ref.first_token_s and req.timing()["ttft_s"] == ref.timing()["ttft_s"]
+    assert req.finish_s > ref.finish_s  # the recompute took its time
+    assert (eng.stats.prompt_tokens, eng.stats.generation_tokens) == (6, 6)  # usage: counted once
+    assert (eng.stats.num_failed, eng.stats.num_fault_retries, eng.scheduler.num_preemptions,
+            req.timing()["preemptions"]) == (0, 1, 0, 0)
+    assert eng.status()["num_fault_retries"] == 1
+    assert eng.last_fault.endswith("; 1 request on it with tokens produced waits to be recomputed (prompt and "
+                                   "output so far)"), eng.last_fault
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_with_full_numerics_a_recomputed_request_draws_the_same_tokens(chunk):
+    """Full numerics: the recompute prefills the prompt and output again, `chunk` tokens a round. Token
+    by token (the default `scheduler.prefill_chunk_tokens` 1) the logits are those of the decode, bit for
+    bit; in chunks of 4 they may differ in the last bits (float32 sums in another order: measured up to
+    7e-7 in a log-probability), which left this seeded request's tokens as they were."""
+    from tests.serving.utils import server_cfg
+
+    cfg = server_cfg("full", devices=1, pp=1)
+    cfg.scheduler.prefill_chunk_tokens = chunk
+    params = RequestParams(max_tokens=8, ignore_eos=True, sampling=SamplingParams(seed=3), logprobs=2)
+    _, ref, _ = _run(cfg, params, None)
+    _, req, _ = _run(cfg, params, 4)
+    assert req.num_fault_retries == 1 and req.output_ids == ref.output_ids
+    diff = max(abs(a.logprob - b.logprob) for a, b in zip(ref.logprobs, req.logprobs))
+    assert diff == 0.0 if chunk == 1 else diff < 1e-5, diff
+
+
+def test_a_request_with_tokens_dying_a_second_time_fails():
     eng, dying, rebuild = _engine()
     req = eng.add_request([1, 5, 6], PARAMS)
     while not req.output_ids:
         eng.step()
     dying.broken = True
-    assert eng.step() == [req] and req.finish_reason == "error" and req.num_fault_retries == 0
+    assert eng.step() == [] and req.num_fault_retries == 1 and req in eng.scheduler.waiting
+    rebuild.plan.put(OK)
+    wait_for(eng.can_step, "the re-created replica")
+    rebuild.made[0].__class__ = Dying
+    rebuild.made[0].broken = True
+    assert eng.step() == [req] and req.finish_reason == "error" and eng.stats.num_failed == 1
     assert eng.last_fault.endswith("the request was stopped, retry it"), eng.last_fault
 
 
-@pytest.mark.parametrize("why", ["device_error", "cluster"])
-def test_a_device_s_own_error_or_a_lost_cluster_fails_it_as_before(why):
-    """A device's error while computing (here a RuntimeError) may be the round's own doing; a lost Ray
-    head fails its requests at once (docs/serving.md)."""
+@pytest.mark.parametrize("why", ["device_error", "hang", "cluster"])
+@pytest.mark.parametrize("with_tokens", [False, True])
+def test_a_device_s_own_error_a_hang_or_a_lost_cluster_fails_it_as_before(why, with_tokens):
+    """A device's error while computing (here a RuntimeError) or a round that timed out may be the
+    round's own doing; a lost Ray head fails its requests at once (docs/serving.md)."""
     eng, dying, rebuild = _engine()
+    req = eng.add_request([1, 5, 6], PARAMS)
+    while with_tokens and not req.output_ids:
+        eng.step()
     dying.broken = True
     if why == "device_error":
         dying.error = RuntimeError("a device raised while computing")
+    elif why == "hang":
+        from cent_serve.executor.ray_executor import DevicesHung
+
+        dying.error = DevicesHung("round 3 gave no output within 300 s (server.round_timeout_s)")
     else:
         eng.cluster_fault = lambda: "the Ray cluster's head at 127.0.0.1:1 stopped answering"
-    req = eng.add_request([1, 5, 6], PARAMS)
     assert eng.step() == [req] and req.finish_reason == "error" and eng.stats.num_failed == 1
+    assert req.num_fault_retries == eng.stats.num_fault_retries == 0
 
 
-def test_a_choice_with_nothing_produced_fails_with_its_sibling_that_had_output():
+def test_a_choice_queued_again_fails_with_its_sibling_that_fails():
     """The choices of one API request (n, or a list of prompts) answer together: one that fails makes
-    the reply an error whatever the others do, so a choice with nothing produced is not queued again
-    to compute, on re-created devices, what nobody reads (the reply waited for it). A request alone,
-    on the same round, still is."""
-    cfg, _, rebuild, _ = breakable_replicas(1)
-    cfg.scheduler.max_seqs_per_stage = 3
+    the reply an error whatever the others do, so its sibling is not queued again to compute, on
+    re-created devices, what nobody reads (the reply waited for it). A request alone, on the same
+    round, still is; so are both choices when neither fails."""
+    from cent_serve.engine import FAULT_RETRIES
+
+    for first_retry_used in (False, True):
+        cfg, _, rebuild, _ = breakable_replicas(1)
+        cfg.scheduler.max_seqs_per_stage = 3
+        eng, dying, rebuild = _engine_of(cfg)
+        short, long_ = eng.add_request([1], PARAMS), eng.add_request([1, 5, 6, 7, 8], PARAMS)
+        short.choices = long_.choices = [short, long_]  # as the API queues a request's choices
+        alone = eng.add_request([1, 5, 6, 7, 9], PARAMS)
+        eng.step()  # one prompt token a round: the short prompt's choice has a token, the long one's none
+        assert short.output_ids and not long_.output_ids and not alone.output_ids
+        if first_retry_used:
+            short.num_fault_retries = FAULT_RETRIES  # as an earlier death it was recomputed after left it
+        dying.broken = True
+        failed = eng.step()
+        assert alone in eng.scheduler.waiting and alone.num_fault_retries == 1
+        if not first_retry_used:  # both go on from what they have
+            assert failed == [] and list(eng.scheduler.waiting) == [short, long_, alone]
+            assert eng.stats.num_failed == 0 and eng.stats.num_fault_retries == 3
+            continue
+        assert set(failed) == {short, long_} and long_.finish_reason == "error" and long_.num_fault_retries == 0
+        assert eng.stats.num_failed == 2 and not eng.scheduler.running and eng.stats.num_fault_retries == 1
+
+
+@pytest.mark.parametrize("erring", [0, 1])
+def test_a_choice_fails_with_its_sibling_failing_on_another_replica_in_the_same_round(erring):
+    """Two replicas fail in one round: the choice on replica `erring` with a device's own error fails, so
+    its sibling on the other, whose devices were lost, fails with it, whichever replica is looked at
+    first (replica 0's sibling was queued again when replica 1's error came second)."""
+    cfg, devices, rebuild, eng = breakable_replicas(2)
+    devices = eng.replicas.executors[:] = [Dying(cfg), Dying(cfg)]
+    a, b = eng.add_request([1, 5], PARAMS), eng.add_request([1, 5], PARAMS)
+    a.choices = b.choices = [a, b]
+    eng.step()
+    assert (a.replica, b.replica) == (0, 1)
+    devices[erring].error = RuntimeError("a device raised while computing")
+    devices[0].broken = devices[1].broken = True
+    assert set(eng.step()) == {a, b} and a.finish_reason == b.finish_reason == "error"
+    assert eng.stats.num_fault_retries == 0 and not eng.scheduler.waiting
+
+
+@pytest.mark.parametrize("with_tokens", [False, True])
+def test_two_replicas_failing_in_one_round_queue_their_requests_again_in_arrival_order(with_tokens):
+    """Each replica's requests went to the front of the queue in turn, so replica 1's ended up ahead of
+    replica 0's; they go back in arrival order (ahead of the request that was never admitted), in their
+    prompt or with tokens produced alike."""
+    cfg, _, rebuild, eng = breakable_replicas(2)
+    cfg.scheduler.max_seqs_per_stage = 2
     from cent_serve.engine import Engine
 
-    dying = Dying(cfg)
-    eng = Engine(cfg, executors=[dying], remake=rebuild)
-    short, long_ = eng.add_request([1], PARAMS), eng.add_request([1, 5, 6, 7, 8], PARAMS)
-    short.choices = long_.choices = [short, long_]  # as the API queues a request's choices
-    alone = eng.add_request([1, 5, 6, 7, 9], PARAMS)
-    eng.step()  # one prompt token a round: the short prompt's choice has a token, the long one's none
-    assert short.output_ids and not long_.output_ids and not alone.output_ids
-    dying.broken = True
-    failed = eng.step()
-    assert set(failed) == {short, long_} and long_.finish_reason == "error" and long_.num_fault_retries == 0
-    assert alone in eng.scheduler.waiting and alone.num_fault_retries == 1
-    assert eng.stats.num_failed == 2 and not eng.scheduler.running
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    reqs = [eng.add_request([1, 5, 6, 7, 8, 9], PARAMS, arrival_s=1e-9 * i) for i in range(5)]  # all in by round 2
+    while len(eng.scheduler.running) < 4 or (with_tokens and not all(q.output_ids for q in reqs[:4])):
+        eng.step()
+    assert [q.replica for q in reqs] == [0, 1, 0, 1, -1] and eng.scheduler.running == reqs[:4]
+    assert all(bool(q.output_ids) == with_tokens for q in reqs[:4])
+    devices[0].broken = devices[1].broken = True
+    assert eng.step() == []
+    assert list(eng.scheduler.waiting) == reqs and all(q.num_fault_retries == 1 for q in reqs[:4])
 
 
 class DyingAtSecondRound(Dying):
@@ -142,19 +275,77 @@ class DyingAtSecondRound(Dying):
         return super().submit(plan)
 
 
-def test_the_api_queues_a_request_s_choices_together():
-    """Over HTTP: two prompts in one completion, one with a token when the devices die, one without:
-    the reply is the device fault's 500, and the choice with nothing produced failed with it rather
-    than run again on the re-created devices (which are ready at once here)."""
+async def _stream(url: str, request: dict) -> dict:
+    """A streamed completion's choices: {index: token ids in the order their chunks came}, the usage and
+    the finish reasons."""
+    import json
+
+    import httpx
+
+    from tests.serving.utils import HANG_GUARD_S
+
+    ids, finish, usage = {}, {}, None
+    async with httpx.AsyncClient() as client:
+        async with client.stream("POST", url + "/v1/completions", json=request, timeout=HANG_GUARD_S) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                assert "error" not in chunk, chunk
+                usage = chunk.get("usage") or usage
+                for c in chunk["choices"]:
+                    ids.setdefault(c["index"], []).extend(c.get("token_ids") or [])
+                    finish[c["index"]] = c.get("finish_reason") or finish.get(c["index"])
+    return dict(ids=ids, finish=finish, usage=usage)
+
+
+def test_over_http_a_streamed_request_s_choices_go_on_after_the_devices_die():
+    """Over HTTP: two prompts in one streamed completion, one with a token when the devices die, one
+    without: both go on on the re-created devices (ready at once here), and the stream carries every
+    token once, the same as on devices that never die, with the usage."""
+    import asyncio
+
     import httpx
 
     from api.server import Server
     from cent_serve.engine import Engine
-    from tests.serving.utils import HANG_GUARD_S, OK, body, status
+    from tests.serving.utils import body, metric, status
 
-    cfg, _, rebuild, _ = breakable_replicas(1)
-    cfg.scheduler.max_seqs_per_stage = 2
-    eng = Engine(cfg, executors=[DyingAtSecondRound(cfg)], remake=rebuild)
+    request = body(prompt=[[1], [1, 5, 6, 7, 8]], stream=True, seed=11, return_token_ids=True,
+                   stream_options={"include_usage": True})
+    got = {}
+    for kind in (Breakable, DyingAtSecondRound):
+        cfg, _, rebuild, _ = breakable_replicas(1)
+        cfg.scheduler.max_seqs_per_stage = 2
+        eng = Engine(cfg, executors=[kind(cfg)], remake=rebuild)
+        rebuild.plan.put(OK)
+        with Server(cfg, "local", engine=eng) as s:
+            got[kind] = asyncio.run(_stream(s.url, request))
+            st, text = status(s.url), httpx.get(s.url + "/metrics").text
+            retries = 2 if kind is DyingAtSecondRound else 0
+            assert (st["num_failed"], st["num_fault_retries"], st["num_preemptions"]) == (0, retries, 0), st
+            assert metric(text, "cent:fault_retries_total") == retries and not metric(text, "vllm:num_preemptions_total")
+    ref, out = got[Breakable], got[DyingAtSecondRound]
+    assert out == ref and sorted(map(len, out["ids"].values())) == [4, 4], out
+    assert out["usage"]["prompt_tokens"] == 6 and out["usage"]["completion_tokens"] == 8
+
+
+def test_the_api_queues_a_request_s_choices_together():
+    """Over HTTP: two prompts in one completion on two replicas that fail in the same round, one by a
+    device's own error: the reply is the device fault's 500, and the other choice, whose devices were
+    lost, failed with it rather than run again on the re-created devices (which are ready at once here)."""
+    import httpx
+
+    from api.server import Server
+    from cent_serve.engine import Engine
+    from tests.serving.utils import HANG_GUARD_S, body, status
+
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    devices = [DyingAtSecondRound(cfg), DyingAtSecondRound(cfg)]
+    devices[0].error = RuntimeError("a device raised while computing")
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    rebuild.plan.put(OK)
     rebuild.plan.put(OK)
     with Server(cfg, "local", engine=eng) as s:
         r = httpx.post(s.url + "/v1/completions", json=body(prompt=[[1], [1, 5, 6, 7, 8]]), timeout=HANG_GUARD_S)
@@ -173,6 +364,7 @@ def test_a_choice_whose_sibling_failed_before_on_another_replica_is_not_queued_a
     short.choices = long_.choices = [short, long_]
     eng.step()
     assert (short.replica, long_.replica) == (0, 1) and short.output_ids and not long_.output_ids
+    devices[0].error = RuntimeError("a device raised while computing")  # not a death: no recompute
     devices[0].broken = True
     assert eng.step() == [short] and short.finish_reason == "error"
     devices[1].broken = True

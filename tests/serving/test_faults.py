@@ -1,9 +1,11 @@
-"""A device actor or the switch (fabric actor) dies under load: the requests on its replica end
-with an error, the rest complete, the replica is re-created and the server goes on with correct
-numerics."""
+"""A device actor or the switch (fabric actor) dies under load: the requests on its replica are
+recomputed on the re-created devices (their prompt and output so far) and complete as if nothing had
+happened, the replica is re-created and the server goes on with correct numerics; a hung device
+fails its requests."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -19,16 +21,23 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY = model_preset("tiny")
 
 
+PROMPTS = [[1, 10 + i, 6] for i in range(8)]
+"""The killing test's prompts (stream i sends prompt i % 8), greedy: each has one right answer."""
+
+
 async def _stream(client: httpx.AsyncClient, i: int, progress: list) -> dict:
-    body = {"model": "tiny", "prompt": f"stream {i}", "max_tokens": 24, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {"model": "tiny", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 24, "ignore_eos": True,
+            "temperature": 0, "stream": True, "return_token_ids": True, "stream_options": {"include_usage": True}}
     async with client.stream("POST", "/v1/completions", json=body, timeout=120) as r:
         assert r.status_code == 200
         return await read_stream(r, lambda: progress.append(1))
 
 
 @pytest.mark.parametrize("victim", ["device", "fabric"])
-def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cluster, victim):
+def test_killing_an_actor_under_decoding_requests_recomputes_them_and_the_server_recovers(ray_cluster, victim):
+    """32 greedy streams on 8 lanes, some decoding, when an actor is killed: the requests on the replica
+    are recomputed on the re-created devices (prompt and output so far) and every stream ends with the
+    reference's 24 tokens, none repeated or missing; none fails."""
     # the pure pipeline's 8 stages (8 lanes) on 4 devices, 2 blocks each: the fault path is the same
     # as on 8 (a middle device: the next one's input link closes), at half the actors to start twice
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="full")
@@ -49,24 +58,17 @@ def test_killing_an_actor_fails_its_requests_only_and_the_server_recovers(ray_cl
                 return await asyncio.gather(*tasks)
 
         results = asyncio.run(main())
-        failed = [r for r in results if r["finish"] == "error"]
-        completed = [r for r in results if r["finish"] == "length"]
-        assert len(failed) + len(completed) == 32 and all(r["done"] for r in results)  # none lost, none hung
-        assert 1 <= len(failed) <= 8  # at most the 8 lanes that were on the devices
-        assert all(r["error"].startswith("the emulated devices of replica 0 failed") and r["code"] == "device_fault"
-                   for r in failed), failed  # a code a client can tell from a bug's (null)
-        assert all(r["tokens"] == 24 for r in completed) and len(completed) >= 24
+        assert all(r["done"] and r["finish"] == "length" and r["error"] is None for r in results), results
         st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["num_failed"] == len(failed)
+        assert st["num_recoveries"] == 1 and st["num_failed"] == 0 and st["num_preemptions"] == 0, st
+        assert 1 <= st["num_fault_retries"] <= 8  # the lanes that were on the devices, queued again once
         assert st["last_fault"].startswith("the emulated devices of replica 0 failed")  # it stayed null
-        # the failed ones' words (requests on it still in their prompt, with nothing produced, waited instead)
-        assert "the request was stopped, retry it" in st["last_fault"], st["last_fault"]
+        assert re.search(r"; \d requests? on it with tokens produced waits? to be recomputed", st["last_fault"]), st
         assert httpx.get(s.url + "/health").json() == {"status": "ok"}
-        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6, 7], "max_tokens": 8,
-                                                        "temperature": 0, "ignore_eos": True,
-                                                        "return_token_ids": True}, timeout=60).json()
-    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6, 7], 8, ignore_eos=True)
-    assert r["choices"][0]["token_ids"] == ref.token_ids  # the re-created devices compute correctly
+    model = LlamaModel(TINY, load_weights(TINY))
+    refs = [generate(model, p, 24, ignore_eos=True).token_ids for p in PROMPTS]
+    for i, r in enumerate(results):  # the streamed ids, in order: none twice, none missing
+        assert r["tokens"] == 24 and r["token_ids"] == refs[i % len(PROMPTS)], (i, r)
 
 
 def _idle_check_off(monkeypatch, parallel: ParallelConfig) -> tuple[CentConfig, dict]:

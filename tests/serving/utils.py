@@ -161,9 +161,9 @@ def outcomes(url: str, headers: dict | None = None) -> dict[tuple[str, str], flo
 
 async def read_stream(r: httpx.Response, on_token=None) -> dict:
     """A streamed completion's outcome from its server-sent events: {"tokens" (the usage's),
-    "error" (an error event's message), "code" (its code), "finish", "done" ([DONE] seen)}; `on_token()` at each
-    choice chunk."""
-    out = {"tokens": 0, "error": None, "code": None, "finish": None, "done": False}
+    "error" (an error event's message), "code" (its code), "finish", "done" ([DONE] seen), "token_ids"
+    (the chunks' ids in order, with `return_token_ids`)}; `on_token()` at each choice chunk."""
+    out = {"tokens": 0, "error": None, "code": None, "finish": None, "done": False, "token_ids": []}
     async for line in r.aiter_lines():
         if line == "data: [DONE]":
             out["done"] = True
@@ -175,6 +175,7 @@ async def read_stream(r: httpx.Response, on_token=None) -> dict:
                 out["tokens"] = chunk["usage"]["completion_tokens"]
             for c in chunk.get("choices", []):
                 out["finish"] = c.get("finish_reason") or out["finish"]
+                out["token_ids"] += c.get("token_ids") or []
                 if on_token is not None:
                     on_token()
     return out
