@@ -7,9 +7,11 @@
 - faults under 16 concurrent streams, on one server in turn: a device actor killed on a worker
   host, a worker host lost (every process in its namespace killed; the replica is re-created on
   what remains, then Ray restarted there), a worker host cut off for 10 s. Every stream ends
-  (none hangs past the client's timeout), with 200 and either its tokens or the device-fault
-  error; /health says 503 with the reason while the system is short (a request sent then waits, or
-  gets 503 no_replica once no replica can come back soon); the next requests complete.
+  (none hangs past the client's timeout), with 200 and its tokens (a stream whose devices died is
+  recomputed on the re-created ones, or another replica), or an error: the device fault's (a hung
+  device), or 503 no_replica's once no replica can come back soon; /health says 503 with the reason
+  while the system is short (a request sent then waits, or gets 503 no_replica); the next requests
+  complete.
 
 One cluster for the module (2 devices a host, one CPU each), one server for the faults: a
 cluster's start and a server's are the expensive parts on a busy 2-core machine.
@@ -156,7 +158,10 @@ def _under_fault(s: Served, fault) -> tuple[dict, dict, float]:
     return first, second, time.monotonic() - t_fault - second["wall_s"]
 
 
-def _check(first: dict, second: dict, expect_failures: bool, replica: int = 0) -> None:
+def _check(first: dict, second: dict, may_fail: bool, replica: int = 0) -> None:
+    """`may_fail` False: every stream of the first load completed (those whose devices died were
+    recomputed); True: some may end with the device fault's error (a hung device) or, queued again for a
+    replica none of which can come back soon, 503 no_replica's."""
     res = first["results"]
     assert len(res) == STREAMS
     completed = [r for r in res if r["done"] and r["finish"] == "length" and r["error"] is None]
@@ -165,9 +170,10 @@ def _check(first: dict, second: dict, expect_failures: bool, replica: int = 0) -
           f"sent while short: {second['probes']}")
     assert len(completed) + len(failed) == STREAMS  # none aborted by this client, none left hanging
     assert all(r["status"] == 200 for r in res), [r["status"] for r in res]  # no 5xx for a reported fault
-    assert all(f"emulated devices of replica {replica} failed" in r["error"] for r in failed), [r["error"] for r in failed]
-    if expect_failures:
-        assert failed
+    assert all(f"emulated devices of replica {replica} failed" in r["error"]
+               or "no replica of the emulated devices can serve" in r["error"] for r in failed), [r["error"] for r in failed]
+    if not may_fail:
+        assert not failed, [r["error"] for r in failed]
     assert all(code in (200, 503) for _, code, _ in first["health"] + second["health_before"])
     # a request sent while /health said 503 waits for the devices while their first re-creation runs, or, once
     # every replica's has failed (no host left with room), is refused with 503 no_replica: never a 500
@@ -198,7 +204,7 @@ def test_device_actor_killed_on_a_worker_host(served):
         os.kill(victims[0], signal.SIGKILL)
 
     first, second, recovered_s = _under_fault(served, kill_device)
-    _check(first, second, expect_failures=True)
+    _check(first, second, may_fail=False)  # recomputed on the re-created devices
     assert served.status()["num_recoveries"] >= 1
     print(f"device killed: healthy again {recovered_s:.1f} s after; health said {_short(first, second)[-1:]}")
 
@@ -211,7 +217,7 @@ def test_worker_host_lost_then_back(served):
         assert h.kill_host(lost) > 0
 
     first, second, recovered_s = _under_fault(served, lose_host)
-    _check(first, second, expect_failures=True)
+    _check(first, second, may_fail=True)  # no_replica if the first re-creation on what remains fails
     assert _short(first, second), "health never said the system was short"
     hosts_now = {d["host"] for d in served.status()["devices"]}
     assert h.ip(lost) not in hosts_now  # re-created on what remains
@@ -232,7 +238,7 @@ def test_worker_host_partitioned_for_10_s(served):
         h.heal(cut)
 
     first, second, recovered_s = _under_fault(served, partition)
-    _check(first, second, expect_failures=False)  # late, or failed by the named check timeout
+    _check(first, second, may_fail=True)  # late, or failed by the named check timeout
     print(f"host {cut} cut off for 10 s: every stream ended; healthy {recovered_s:.1f} s after the cut")
 
 
@@ -254,7 +260,7 @@ def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
             h.start_ray(i)
 
     first, second, recovered_s = _under_fault(served, lose_both)
-    _check(first, second, expect_failures=True)
+    _check(first, second, may_fail=True)  # no_replica once the re-creation has failed
     short = [text for code, text in seen if code == 503]
     assert all(code in (200, 503) for code, _ in seen) and short, seen
     assert seen[-1][0] == 503, seen  # still waiting for the hosts when they come back
@@ -263,9 +269,10 @@ def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
           f"then {short[-1]!r}")
 
 
-def test_placement_replica_a_host_lost_fails_only_its_replica(served):
+def test_placement_replica_a_host_lost_takes_out_only_its_replica(served):
     """--placement replica: two replicas of two devices, each on a host of its own; losing one's host
-    fails only that replica's streams (the other's complete) and re-creates it on a host that has room.
+    takes that replica out (its streams are recomputed on the other replica, or the re-created one, and
+    every stream completes) and re-creates it on a host that has room.
     It runs last: it stops the module's server, whose devices would hold the units it needs."""
     h = served.h
     served.stop()
@@ -283,13 +290,11 @@ def test_placement_replica_a_host_lost_fails_only_its_replica(served):
             assert h.kill_host(lost) > 0
 
         first, second, recovered_s = _under_fault(s, lose_host)
-        _check(first, second, expect_failures=True, replica=replica)
-        completed = [r for r in first["results"] if r["error"] is None]
-        assert completed, "the other replica's streams failed too"
+        _check(first, second, may_fail=False, replica=replica)
         hosts_now = {d["host"] for d in s.status()["devices"]}
         assert h.ip(lost) not in hosts_now
-        print(f"placement replica, host {lost} lost: {len(completed)} of {STREAMS} streams completed on the other "
-              f"replica; serving again {recovered_s:.1f} s after on {sorted(hosts_now)}")
+        print(f"placement replica, host {lost} lost: the {STREAMS} streams completed; serving again "
+              f"{recovered_s:.1f} s after on {sorted(hosts_now)}")
     finally:
         s.stop()
         if lost is not None:
