@@ -15,7 +15,7 @@ from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
 from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text
 from cent_serve.timing.mapping import counted, resolve_mapping
-from cent_serve.timing.pipeline import PHASES, check_phases, period_s, phase_figures, token_figures
+from cent_serve.timing.pipeline import PHASES, check_phases, mean_rate_note, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
 
 
@@ -262,6 +262,9 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
                   f"{r['energy_per_token_mj']:>11.2f}{r['power_w']:>10.1f}{r['avg_power_w']:>10.1f}"
                   f"{'' if ratio is None else f'{ratio:>7.2f}x'}")
     print(POWER_NOTE)
+    note = mean_rate_note(phases, args.prompt, args.decode, batch * mp.replicas)
+    if note:
+        print(note)
     print(f"energy by term, end2end: {shares_text(phases['end2end']['energy_breakdown_mj'])} (--json: every term "
           "in mJ a token, each phase)")
     if not paper:

@@ -271,10 +271,15 @@ def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
     from cent_serve.paper import closed_form
     from cent_serve.timing.mapping import resolve_mapping
 
-    e2e = closed_form(cfg, prompt, decode, batch_flag=False)["end2end"]  # cent sweep has no --batch
+    from cent_serve.timing.pipeline import tokens_over_latency
+
+    phases = closed_form(cfg, prompt, decode, batch_flag=False)  # cent sweep has no --batch
+    e2e = phases["end2end"]
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
+    # not a column: the terminal's note when the artifact's mean of rates lies far above it (`mean_rate_note`)
+    done = tokens_over_latency({"end2end": e2e}, prompt, decode, phases["batch"] * mp.replicas)["end2end"]
     return dict(e2e, mode=mp.mode, parallelism=mp.parallelism, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used,
-                replicas=mp.replicas, **term_cells(e2e["energy_breakdown_mj"]))
+                replicas=mp.replicas, tokens_over_latency_tok_s=done, **term_cells(e2e["energy_breakdown_mj"]))
 
 
 def load_sweep_trace(args: argparse.Namespace, base: CentConfig) -> tuple[list, dict]:
@@ -335,6 +340,26 @@ def replay_figures(cfg: CentConfig, requests: list) -> dict:
     out.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, out["throughput_tok_s"], "end2end",
                             out["energy_per_token_mj"], cfg.device, against_paper=False))
     return out
+
+
+def _mean_rate_note(rows: list[dict], names: list[str]) -> str | None:
+    """One line when some closed-form point's throughput_tok_s (the artifact's mean of each context's
+    throughput) lies more than `MEAN_RATE_NOTE_FRACTION` above its tokens over its latency (long contexts):
+    how many, and the farthest with both figures; else None."""
+    from cent_serve.timing.pipeline import MEAN_RATE_NOTE_FRACTION
+
+    far = [(r["throughput_tok_s"] / r["tokens_over_latency_tok_s"] - 1, r) for r in rows
+           if r.get("tokens_over_latency_tok_s")]
+    far = [(over, r) for over, r in far if over > MEAN_RATE_NOTE_FRACTION]
+    if not far:
+        return None
+    over, r = max(far, key=lambda x: x[0])
+    point = ", ".join(f"{name}={r[name]}" for name in names)
+    return (f"throughput_tok_s is the artifact's mean of each context length's throughput (docs/hardware_model.md "
+            f"section 7), which weighs a long context's slow tokens as much as the fast ones: at {len(far)} of "
+            f"{len(rows)} points it is over {100 * MEAN_RATE_NOTE_FRACTION:.0f}% above the tokens over the latency "
+            f"(the farthest, {point}: {r['throughput_tok_s']:.1f} against {r['tokens_over_latency_tok_s']:.1f} tok/s, "
+            f"{100 * over:.0f}% above; cent simulate with its config prints every phase's)")
 
 
 def workload_text(args: argparse.Namespace) -> str:
@@ -439,6 +464,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{reasons_text(r['failure_reasons'], examples=True)}")
     for line in replay_fixes({k for r in ok for k in r.get("failure_reasons", {})}):  # what the flags do about them
         print(line)
+    note = _mean_rate_note(ok, [n for n, _ in vary])
+    if note:
+        print(note)
     print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
     if not args.no_plots and ok:
         from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar

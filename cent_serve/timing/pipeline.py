@@ -277,3 +277,33 @@ def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
                           energy_breakdown_mj={k: phase_mean(parts[phase], lambda L: rows[L].energy_breakdown_mj[k])
                                                for k in breakdown})
     return out
+
+
+MEAN_RATE_NOTE_FRACTION = 0.10
+"""How far a phase's tok/s (the artifact's mean of each context's throughput) may lie above its tokens
+over its latency before `cent simulate` and `cent sweep` print the latter beside it (the paper's workload
+on its mappings: at most 7%, Llama2-7B as tp 8 end to end, 1.5% for 70B on 32 devices; a 128k context on
+Llama 3.1 70B: 61%)."""
+
+
+def tokens_over_latency(phases: dict[str, dict], prompt: int, decode: int, queries: int) -> dict[str, float]:
+    """{phase: tok/s as the phase's tokens of `queries` queries (every replica's) over its latency}: the
+    rate a clock on the wall would read. `phase_figures`' `throughput_tok_s` is instead the mean over the
+    phase's context lengths of each one's throughput (the artifact's `process_throughputs`), which is at
+    least this (the mean of B / t is at least B over the mean of t) and, where a token's time grows far
+    along the phase (long contexts), well above it."""
+    counts = {"prefill": prompt, "decoding": decode, "end2end": prompt + decode}
+    return {p: queries * counts[p] / r["latency_s"] for p, r in phases.items() if p in counts and r["latency_s"] > 0}
+
+
+def mean_rate_note(phases: dict[str, dict], prompt: int, decode: int, queries: int) -> str | None:
+    """One line giving each phase's tokens over its latency (`tokens_over_latency`) when some phase's tok/s
+    lies more than MEAN_RATE_NOTE_FRACTION above it, else None."""
+    done = tokens_over_latency(phases, prompt, decode, queries)
+    over = max(phases[p]["throughput_tok_s"] / rate - 1 for p, rate in done.items())
+    if over <= MEAN_RATE_NOTE_FRACTION:
+        return None
+    return ("tok/s is the artifact's mean of each context length's throughput (docs/hardware_model.md section 7), "
+            "which weighs a long context's slow tokens as much as the fast ones; the phase's tokens over its latency: "
+            + ", ".join(f"{p} {rate:.1f}" for p, rate in done.items())
+            + f" tok/s (the mean is up to {100 * over:.0f}% above)")

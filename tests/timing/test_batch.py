@@ -119,3 +119,24 @@ def test_a_named_device_count_past_the_switch_says_to_raise_its_lanes(capsys):
     assert "or use --batch 120, 200 devices (the fewest that hold it with a 4,096-token query a stage) with --set fabric.switch_lanes=200, or" in err, err
     assert main([*args, "--devices", "200", "--set", "fabric.switch_lanes=200"]) == 0
     assert main([*args, "--devices", "199", "--set", "fabric.switch_lanes=200"]) == 2
+
+
+def test_a_long_context_s_mean_throughput_is_set_beside_its_tokens_over_its_latency(capsys):
+    """A phase's tok/s is the artifact's mean of each context's throughput (docs/hardware_model.md section
+    7), which over a 128k context weighs the slow long-context tokens as much as the fast short ones: 6.3
+    tok/s end to end where the phase's tokens over its latency are 3.9. `cent simulate` says so, with the
+    latter, when they are more than 10% apart; the paper's workload (1.5% apart) is printed as before."""
+    argv = ["simulate", "--model", "llama3.1-70b", "--devices", "32", "--prompt", "122880", "--decode", "8192",
+            "--batch", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert main(argv + ["--json"]) == 0
+    phases = json.loads(capsys.readouterr().out)
+    done = {p: 2 * n / phases[p]["latency_s"] for p, n in (("prefill", 122880), ("decoding", 8192),
+                                                             ("end2end", 131072))}
+    assert phases["end2end"]["throughput_tok_s"] > 1.5 * done["end2end"]  # 6.3 against 3.9
+    note = next(line for line in out.splitlines() if "tokens over its latency" in line)
+    for phase in done:
+        assert f"{phase} {done[phase]:.1f}" in note
+    assert main(["simulate", "--model", "llama2-70b", "--prompt", "512", "--decode", "3584"]) == 0
+    assert "tokens over its latency" not in capsys.readouterr().out
