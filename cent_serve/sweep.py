@@ -1,8 +1,8 @@
 """`cent sweep`: the CENT model over a grid of configurations, for "what if the device had X?".
 
 Every combination of the `--vary` values is a point: the config from the usual flags with those
-fields set. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`,
-the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
+fields set. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`, one query a
+pipeline stage or `--batch` in each replica, the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
 timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
 scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
 `--start-s`, `--time-scale` or `--rate`, `--prompt-scale`, `--output-scale`, `--max-prompt-tokens`,
@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(repeatable: every combination is a point)")
     p.add_argument("--prompt", type=int, help="closed form: prompt tokens of the paper's workload (default 512)")
     p.add_argument("--decode", type=int, help="closed form: generated tokens of the paper's workload (default 3584)")
+    p.add_argument("--batch", type=int, help="closed form: queries in flight in each replica, at most one per "
+                                             "pipeline stage (default: one per stage, the paper's), as cent simulate "
+                                             "--batch: a long context the devices cannot hold for every stage")
     p.add_argument("--trace", help="replay this trace (a shipped name or a file with token counts and arrival times: "
                                    "Vidur, Azure, BurstGPT, Mooncake) at every point instead")
     from cent_serve.bench.cli import add_selection_args
@@ -265,15 +268,16 @@ def follows_tp(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
     return "parallel.tp" in varied and "parallel.pp" not in varied and base.parallel.pp == 0
 
 
-def closed_form_figures(cfg: CentConfig, prompt: int, decode: int) -> dict:
-    """The paper's workload end to end, as `cent simulate --prompt --decode` computes it
-    (`cent_serve.paper.closed_form`'s `end2end`), with the mapping's shape."""
+def closed_form_figures(cfg: CentConfig, prompt: int, decode: int, batch: int | None = None) -> dict:
+    """The paper's workload end to end, as `cent simulate --prompt --decode [--batch]` computes it
+    (`cent_serve.paper.closed_form`'s `end2end`), with the mapping's shape. `batch`: queries in flight in
+    each replica (None: one a stage); more than a point's stages is its error."""
     from cent_serve.paper import closed_form
     from cent_serve.timing.mapping import resolve_mapping
 
     from cent_serve.timing.pipeline import tokens_over_latency
 
-    phases = closed_form(cfg, prompt, decode, batch_flag=False)  # cent sweep has no --batch
+    phases = closed_form(cfg, prompt, decode, batch=batch)
     e2e = phases["end2end"]
     mp = resolve_mapping(cfg.model, cfg.parallel, cfg.device)
     # not a column: the terminal's note when the artifact's mean of rates lies far above it (`mean_rate_note`)
@@ -370,6 +374,8 @@ def workload_text(args: argparse.Namespace) -> str:
     if args.trace:
         return f"trace replay of {args.trace}"
     tokens = f"prompt {args.prompt} + decode {args.decode}"
+    if args.batch is not None:
+        tokens += f", {args.batch} {'query' if args.batch == 1 else 'queries'} in flight"
     paper = (args.prompt, args.decode) == PAPER_WORKLOAD
     return f"closed form, the paper's workload: {tokens}" if paper else f"closed form, {tokens}"
 
@@ -395,6 +401,9 @@ def run(args: argparse.Namespace) -> int:
         if given:  # the trace has its own token counts: a workload beside it would be silently unused
             raise ValueError(f"--{given} sets the closed form's workload; --trace replays the trace's own prompts and "
                              f"outputs: drop --{given} (or --trace, for the closed form)")
+        if args.batch is not None:  # the scheduler fills the lanes a replay runs
+            raise ValueError("--batch sets the closed form's queries in flight; a --trace replay admits its requests "
+                             "into the lanes as they come (scheduler.max_seqs_per_stage sequences a lane): drop --batch")
         if args.num_requests is not None and args.num_requests < 1:
             raise ValueError(f"--num-requests {args.num_requests} is invalid: use a positive number of requests "
                              f"(or leave it out for {DEFAULT_TRACE_REQUESTS})")
@@ -406,6 +415,9 @@ def run(args: argparse.Namespace) -> int:
         args.prompt = PAPER_WORKLOAD[0] if args.prompt is None else args.prompt
         args.decode = PAPER_WORKLOAD[1] if args.decode is None else args.decode
         check_phases(args.prompt, args.decode, gap_flag=None)  # closed_form_figures averages every 128 tokens
+        if args.batch is not None and args.batch < 1:  # else every point would say it
+            raise ValueError(f"--batch {args.batch} is invalid: use a positive number of queries in flight (e.g. "
+                             "--batch 8), at most one per pipeline stage")
     check_vary(base, vary)
     moe = _any_moe(base, vary)
     warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
@@ -433,12 +445,14 @@ def run(args: argparse.Namespace) -> int:
             if args.trace:  # a replay point runs timing only, in this process: its config says so
                 cfg.numerics, cfg.executor = "off", "local"
             # a point that cannot run keeps its model, devices and config too: what was refused, rerunnable
-            config = (dict(config_to_dict(cfg), workload=dict(prompt=args.prompt, decode=args.decode))
+            workload = dict(prompt=args.prompt, decode=args.decode,
+                            **({} if args.batch is None else dict(batch=args.batch)))
+            config = (dict(config_to_dict(cfg), workload=workload)
                       if recorded is None else dict(config_to_dict(cfg), bench=recorded))
             row.update(model_name=cfg.model.name, devices=cfg.parallel.num_devices,
                        config=json.dumps(config, sort_keys=True))
             figs = (replay_figures(cfg, requests) if args.trace
-                    else closed_form_figures(cfg, args.prompt, args.decode))
+                    else closed_form_figures(cfg, args.prompt, args.decode, args.batch))
             row.update(figs)
         except ValueError as exc:  # this point cannot run: say why, go on
             row["error"] = " ".join(str(exc).split())

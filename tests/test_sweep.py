@@ -521,8 +521,9 @@ def test_a_workload_past_the_models_context_is_refused_as_cent_simulate_refuses_
 
 def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
     """Llama2-70B as 80 stages on 16 devices of 9.77 GiB: the weights fit, the KV of 80 queries does
-    not. `cent simulate` suggests --batch 16; the sweeps refuse or lack --batch, so their rows name
-    the devices and the context instead (they said "use --batch 16" since they called closed_form)."""
+    not. `cent simulate` suggests --batch 16; `cent simulate --sweep` refuses --batch, so its rows name
+    the devices and the context instead (they said "use --batch 16" since they called closed_form);
+    `cent sweep` takes --batch, and its row names it."""
     small = ["--model", "llama2-70b", "--devices", "16", "--numerics", "off"]
     assert main(["simulate", "--sweep", *small, "--set", "device.rows_per_bank=10000", "--json"]) == 0
     sweep_error = next(r["error"] for r in json.loads(capsys.readouterr().out)["points"] if r["pp"] == 80)
@@ -532,7 +533,8 @@ def test_a_sweep_s_kv_refusal_names_fixes_its_command_takes(tmp_path, capsys):
     row_error = next(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))["error"]
     for error in (sweep_error, row_error):
         assert "the largest batch at context 4096 is 16" in error and "27 devices (the fewest that hold it with a 4,096-token query a stage)" in error
-        assert "--batch" not in error, error
+    assert "--batch" not in sweep_error, sweep_error
+    assert "use --batch 16, 27 devices" in row_error, row_error
     assert main(["simulate", *small, "--pp", "80", "--set", "device.rows_per_bank=10000"]) == 2
     assert "use --batch 16, 27 devices" in capsys.readouterr().err  # its own flag: the fix it names
 
@@ -818,3 +820,27 @@ def test_a_long_context_sweep_says_its_throughput_is_a_mean_of_rates(tmp_path, c
     assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=32", "--out", str(tmp_path / "p"),
                  "--no-plots"]) == 0
     assert "mean of each context length's throughput" not in capsys.readouterr().out
+
+
+def test_a_sweep_takes_fewer_queries_than_stages_for_a_long_context(tmp_path, capsys):
+    """`cent sweep --batch B` runs B queries in flight as `cent simulate --batch B` does: Llama 3.1 70B's
+    32k context on 32 devices cannot hold 80 queries (the refusal names --batch now), and at --batch 8 every
+    point gives cent simulate's figures; a point with fewer stages than B says so; with --trace it is refused."""
+    argv = ["sweep", "--model", "llama3.1-70b", "--devices", "32", "--prompt", "32768", "--decode", "1024",
+            "--out", str(tmp_path), "--no-plots"]
+    assert main([*argv, "--vary", "device.num_channels=32"]) == 2
+    assert "--batch 23" in capsys.readouterr().err
+    assert main([*argv, "--batch", "8", "--vary", "device.num_channels=32,64", "--vary", "tp=1,8"]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["device.num_channels"], r["parallel.tp"], r["error"][:20]) for r in rows] == [
+        ("32", "1", ""), ("32", "8", "--batch 8 is invalid"), ("64", "1", ""), ("64", "8", "--batch 8 is invalid")]
+    assert json.loads(rows[0]["config"])["workload"] == dict(prompt=32768, decode=1024, batch=8)
+    assert main(["simulate", "--model", "llama3.1-70b", "--devices", "32", "--prompt", "32768", "--decode", "1024",
+                 "--batch", "8", "--set", "device.num_channels=64", "--json"]) == 0
+    e2e = json.loads(capsys.readouterr().out)["end2end"]
+    assert float(rows[2]["throughput_tok_s"]) == pytest.approx(e2e["throughput_tok_s"], rel=1e-12)
+    assert float(rows[2]["energy_per_token_mj"]) == pytest.approx(e2e["energy_per_token_mj"], rel=1e-12)
+    assert main(["sweep", "--model", "llama2-7b", "--trace", "sample_conv", "--batch", "4", "--vary", "devices=8",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "--batch" in capsys.readouterr().err
