@@ -428,6 +428,14 @@ def run(args: argparse.Namespace) -> int:
     warn_experts_given(args, base, moe, file_model=file_model)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
+        if "model.max_seq_len" in dict(vary):  # "what if the context were longer?" is --prompt's and --decode's
+            import logging
+            logging.getLogger("cent").warning(
+                "--vary model.max_seq_len: the closed form reads it only to check that --prompt + --decode fit it "
+                "(%d tokens here: the contexts its figures are at), so every point that holds them gives the same "
+                "figures; to see a longer context raise --prompt or --decode (with --set model.max_seq_len=N to let "
+                "them in, and --batch B if the devices cannot hold a query a stage), or replay a trace, whose "
+                "requests it admits or refuses (cent sweep --trace)", args.prompt + args.decode)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
         warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])

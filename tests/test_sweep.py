@@ -844,3 +844,26 @@ def test_a_sweep_takes_fewer_queries_than_stages_for_a_long_context(tmp_path, ca
     assert main(["sweep", "--model", "llama2-7b", "--trace", "sample_conv", "--batch", "4", "--vary", "devices=8",
                  "--out", str(tmp_path / "t")]) == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_a_varied_context_limit_says_the_closed_form_s_contexts_are_the_workload_s(tmp_path, capsys, caplog):
+    """`--vary model.max_seq_len=8192,16384` asks "what if the context were longer?", but the closed form's
+    contexts are --prompt + --decode's: the limit only lets them in, so every point gave the same figures in
+    silence. The sweep now warns and names the flags that set the context; a replay, whose requests the limit
+    admits or refuses, and a --set of the limit (to let a long workload in) are not warned of."""
+    says = "--vary model.max_seq_len: the closed form reads it only to check that --prompt + --decode fit it"
+    argv = ["sweep", "--model", "llama3.1-8b", "--devices", "8", "--vary", "model.max_seq_len=8192,16384",
+            "--out", str(tmp_path), "--no-plots"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert rows[0]["throughput_tok_s"] == rows[1]["throughput_tok_s"]  # what the warning is about
+    assert [r.getMessage() for r in caplog.records if says in r.getMessage()]
+    caplog.clear()
+    assert main(["sweep", "--model", "llama2-70b", "--prompt", "30000", "--decode", "976", "--batch", "8",
+                 "--set", "model.max_seq_len=32768", "--vary", "devices=32", "--out", str(tmp_path / "s"),
+                 "--no-plots"]) == 0
+    assert main([*argv[:5], "--vary", "model.max_seq_len=256,8192", "--trace", "sample_conv", "--num-requests",
+                 "3", "--out", str(tmp_path / "t"), "--no-plots"]) == 0
+    capsys.readouterr()
+    assert not [r for r in caplog.records if "model.max_seq_len" in r.getMessage()]
