@@ -53,7 +53,40 @@ def config_from_args(args: argparse.Namespace, experts: bool = True, closed_form
                                  cfg.on_gpus)
     if experts:
         warn_experts_given(args, cfg, cfg.model.is_moe)
+    if not cfg.on_gpus:
+        sets = [item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []]
+        how = ("--set device.bytes_per_element" if "device.bytes_per_element" in sets
+               else f"--config {args.config}" if getattr(args, "config", None) else "the config")
+        warn_narrow_dram(how, [cfg.device])
     return cfg
+
+
+PAPER_ROW_BYTES, PAPER_BURST_BYTES = 2048, 32
+"""CENT's GDDR6-AiM row and burst (docs/hardware_model.md section 1): 1024 and 16 bf16 elements."""
+
+
+def warn_narrow_dram(how: str, devices: list) -> None:
+    """One warning when a device (`DeviceConfig`) whose elements are not bf16 keeps rows or bursts of other
+    bytes than CENT's (2 KB, 32 B): device.bytes_per_element alone keeps 1024-element rows and 16-element
+    bursts, a narrower (or wider) DRAM whose rows and bursts cost that much less (more) energy and whose
+    capacity moves with it, not N-bit weights on CENT's DRAM (docs/hardware_model.md section 1, "The data
+    type"). `how`: what set it (cent sweep's `--vary device.bytes_per_element`, or the config)."""
+    import logging
+
+    odd = sorted({(d.bytes_per_element, d.row_elements * d.bytes_per_element, d.burst_elements * d.bytes_per_element)
+                  for d in devices if d.bytes_per_element != 2
+                  and (d.row_elements * d.bytes_per_element, d.burst_elements * d.bytes_per_element)
+                  != (PAPER_ROW_BYTES, PAPER_BURST_BYTES)})
+    if not odd:
+        return
+    width, row, burst = odd[0]
+    logging.getLogger("cent").warning(
+        "%s: device.bytes_per_element=%d makes rows of %d B and bursts of %d B, a DRAM %s than CENT's (2 KB rows, "
+        "32 B bursts), whose row activations and bursts cost %s energy and whose capacity moves with them; for "
+        "%d-bit weights and KV on CENT's DRAM also set device.row_elements=%d and device.burst_elements=%d "
+        "(docs/hardware_model.md section 1, \"The data type\")", how, width, row, burst,
+        "narrower" if row < PAPER_ROW_BYTES else "wider", "less" if row < PAPER_ROW_BYTES else "more",
+        8 * width, PAPER_ROW_BYTES // width, PAPER_BURST_BYTES // width)
 
 
 def warn_file_model_replaced(args: argparse.Namespace, by: str, target: str, closed_form: bool = False,

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
                                    warn_closed_form_ignores, warn_experts_given, warn_experts_unread,
-                                   warn_file_closed_form_ignores, warn_file_model_replaced)
+                                   warn_file_closed_form_ignores, warn_file_model_replaced, warn_narrow_dram)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 from cent_serve.timing.energy import term_cells, term_columns
@@ -439,6 +439,11 @@ def run(args: argparse.Namespace) -> int:
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
         warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])
+    if "device.bytes_per_element" in dict(vary):  # each width on the rows and bursts the points keep
+        widths = [apply_overrides(base, [f"device.bytes_per_element={v}"]).device
+                  for v in dict(vary)["device.bytes_per_element"]]
+        if not {"device.row_elements", "device.burst_elements"} & set(dict(vary)):  # else the combinations asked for
+            warn_narrow_dram("--vary device.bytes_per_element", widths)
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
     grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
     hybrid_pp = follows_tp(base, vary)

@@ -867,3 +867,27 @@ def test_a_varied_context_limit_says_the_closed_form_s_contexts_are_the_workload
                  "3", "--out", str(tmp_path / "t"), "--no-plots"]) == 0
     capsys.readouterr()
     assert not [r for r in caplog.records if "model.max_seq_len" in r.getMessage()]
+
+
+def test_an_element_width_alone_says_it_makes_a_narrower_dram(tmp_path, capsys, caplog):
+    """"What if the weights were 8-bit?" as --vary device.bytes_per_element=1,2 alone keeps 1024-element rows
+    and 16-element bursts, so 1 KB rows, 16 B bursts and 8 GiB devices: a DRAM narrower than CENT's, whose
+    rows and bursts cost half the energy (70B: 372 against 687 mJ a token), not 8-bit weights on CENT's DRAM
+    (docs/hardware_model.md section 1: also row_elements 2048 and burst_elements 32). It said nothing; now
+    the sweep and cent simulate say so, with the fields to set; the documented recipe is not warned of."""
+    says = "a DRAM narrower than CENT's"
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "device.bytes_per_element=1,2", "--out", str(tmp_path),
+                 "--no-plots"]) == 0
+    warned = [r.getMessage() for r in caplog.records if says in r.getMessage()]
+    assert warned and "device.row_elements=2048 and device.burst_elements=32" in warned[0], warned
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-70b", "--seqlen", "4096", "--set", "device.bytes_per_element=1"]) == 0
+    assert [r for r in caplog.records if says in r.getMessage()]
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-70b", "--seqlen", "4096", "--set", "device.bytes_per_element=1",
+                 "--set", "device.row_elements=2048", "--set", "device.burst_elements=32"]) == 0
+    assert main(["sweep", "--model", "llama2-70b", "--set", "device.row_elements=2048", "--set",
+                 "device.burst_elements=32", "--vary", "device.bytes_per_element=1", "--out", str(tmp_path / "r"),
+                 "--no-plots"]) == 0
+    capsys.readouterr()
+    assert not [r for r in caplog.records if says in r.getMessage()]
