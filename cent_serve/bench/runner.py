@@ -11,6 +11,7 @@ either is sent with 1, counted (`BenchResult.raised_to_one_token`, summary.json'
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -181,9 +182,11 @@ class ZeroTokens:
 
 @dataclass(frozen=True)
 class WorkDone:
-    """Where an in-process replay stood at `elapsed_s` wall seconds (`Progress`): request-rounds done
-    (a request advancing one engine round, one a token), output tokens of the requests the engine
-    took, requests offered to it."""
+    """Where an in-process replay stood at `elapsed_s` wall seconds (`Progress`): request-rounds run
+    (a request's step in an engine round: a prefill chunk or a decode token), request-rounds the
+    requests the engine took need in all (`request_rounds`), and what was offered to it: the
+    request-rounds of the requests offered, taken or not, when the replay's are known, else the
+    requests."""
 
     elapsed_s: float
     done: int
@@ -195,47 +198,96 @@ ETA_WINDOW_S = 10.0
 """`work_eta_s` takes the pace of the last third of the replay, at least this many wall seconds of it."""
 
 
-def work_eta_s(now: WorkDone, then: WorkDone, total: int | None) -> float | None:
-    """Wall seconds left of an in-process replay of `total` requests, from the work left at the pace
-    of the work done since `then`, not from the requests ended: a request the queue refuses (`QueueFull`)
-    ends at once and costs nothing, so under overload the request count raced ahead and tqdm's
-    estimate from it was optimistic (the whole azure_conv_2023 on llama2-70b spent ~40% of its wall time
-    on the last 4% of the requests, draining the queue). The work left is the output tokens taken and
-    not yet made, and for each request still to come as much as each offered since `then` brought
-    (refusals count none: a full queue takes few). None while nothing was done since `then` or the
-    total is not known."""
-    if total is None or now.done <= then.done or now.elapsed_s <= then.elapsed_s:
+def request_rounds(num_prompt_tokens: int, num_output_tokens: int, chunk_tokens: int) -> int:
+    """Engine rounds a request runs in: its prompt in chunks of `chunk_tokens`
+    (`Scheduler.prefill_chunk_tokens`), the last of which makes the first token, then a round per
+    other output token. A replay's wall time goes by these, not by the tokens made: a round costs
+    about the same per request in it whether it prefills or decodes, and with CENT's one-token
+    prefill chunks the prompts are most of the rounds (1500 azure_conv_2023 requests on llama2-70b:
+    1.53M request-rounds for 379k output tokens). GPUs share a chunk's budget with the decodes, so
+    theirs can take a round or two more."""
+    return -(-num_prompt_tokens // chunk_tokens) + num_output_tokens - 1
+
+
+def work_left(now: WorkDone, then: WorkDone, total: float | None) -> float | None:
+    """Request-rounds left at `now` of a replay that offers `total` in all (in `WorkDone.offered`'s
+    unit): those the requests taken still need, and of what is still to come the share the engine
+    took of what was offered since `then` (refusals take none: a full queue takes few, a prompt
+    too long for the model nothing); since the start when nothing was offered since `then`. None
+    when the total is not known."""
+    if total is None:
         return None
     offered, admitted = now.offered - then.offered, now.admitted - then.admitted
     each = admitted / offered if offered else (now.admitted / now.offered if now.offered else 0.0)
-    left = max(0, now.admitted - now.done) + max(0, total - now.offered) * each
-    return left * (now.elapsed_s - then.elapsed_s) / (now.done - then.done)
+    return max(0, now.admitted - now.done) + max(0, total - now.offered) * each
+
+
+def work_pace(points: Sequence[WorkDone]) -> float | None:
+    """Request-rounds a wall second, the median over the intervals between successive `points`
+    (oldest first): a one-off stall is one slow interval, which a median passes over where the
+    ratio of the window's sums carried it until it left the window (numba compiling its kernels
+    on a cold cache took 22 s of the first two rounds of a 48 s replay, and the time left said
+    then stayed twice the truth for the 10 s after). None while no interval ran any."""
+    paces = sorted((b.done - a.done) / (b.elapsed_s - a.elapsed_s)
+                   for a, b in itertools.pairwise(points) if b.elapsed_s > a.elapsed_s)
+    if not paces:
+        return None
+    mid = len(paces) // 2
+    pace = paces[mid] if len(paces) % 2 else (paces[mid - 1] + paces[mid]) / 2
+    return pace if pace > 0 else None
+
+
+def work_eta_s(points: Sequence[WorkDone], total: float | None) -> float | None:
+    """Wall seconds left of an in-process replay that offers `total` (`work_left`'s): `work_left` at the last of
+    `points` (since the first of them) at `work_pace`, not the requests ended: a request the queue
+    refuses (`QueueFull`) ends at once and costs nothing, so under overload the request count raced
+    ahead and tqdm's estimate from it was optimistic. None without a pace or a total."""
+    left, pace = work_left(points[-1], points[0], total), work_pace(points)
+    if left is None or pace is None:
+        return None
+    return left / pace
 
 
 class _Bar(tqdm):
-    """tqdm whose `{work_left}` is the estimate of `eta` (a callable of the elapsed seconds)."""
+    """tqdm whose fill is `progress()`'s fraction of the work, `{ended}` the requests ended (its `n`)
+    and `{work_left}` the estimate of `eta` (callables of the elapsed seconds)."""
 
     eta = None
+    progress = None
 
     @property
     def format_dict(self):
         d = super().format_dict
         left = self.eta(d["elapsed"]) if self.eta is not None else None
         d["work_left"] = "?" if left is None else self.format_interval(left)
+        d["ended"] = d["n"]
+        if self.progress is not None and d["total"]:
+            if d["rate"] is None and d["elapsed"]:  # tqdm would take the rate from `n`: the requests' instead
+                d["rate"] = (d["n"] - d["initial"]) / d["elapsed"]
+            d["n"] = d["total"] * self.progress()
         return d
 
 
 class Progress:
     """A replay's tqdm bar: one tick per request that ended, failed ones counted as `failed=N`. With
-    `by_work` (an in-process replay, which tells it `admitted` and `advanced`), the time left is
-    `work_eta_s`'s, not tqdm's from the requests ended."""
+    `by_work` (an in-process replay, which tells it `offer`s and `advanced`), the fill and the time
+    left go by request-rounds (`work_eta_s`), not by tqdm's count of the requests ended, which it
+    still shows."""
 
-    BAR_BY_WORK = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{work_left}, {rate_fmt}{postfix}]"
+    BAR_BY_WORK = ("{desc}: {percentage:3.0f}%|{bar}| {ended}/{total_fmt} [{elapsed}<{work_left}, "
+                   "{rate_fmt}{postfix}]")
 
-    def __init__(self, total: int | None, desc: str, enabled: bool = True, by_work: bool = False) -> None:
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, by_work: bool = False,
+                 total_rounds: int | None = None) -> None:
+        """`total`: the requests the replay offers; `total_rounds`: their `request_rounds` when they
+        are known before (a list of requests), else the work still to come is what each request
+        offered brought."""
         self.failed = 0
         self.total = total
+        self.total_rounds = total_rounds
         self.offered = 0
+        self.offered_work = 0
+        """What was offered in `WorkDone.offered`'s unit: request-rounds with `total_rounds`, else requests."""
         self.admitted_work = 0
         self.done_work = 0
         self._points: deque[WorkDone] = deque([WorkDone(0.0, 0, 0, 0)])
@@ -243,28 +295,42 @@ class Progress:
         self.bar = _Bar(total=total, unit="req", desc=desc, disable=not enabled, mininterval=1.0,
                         bar_format=self.BAR_BY_WORK if by_work else None)
         if by_work:
-            self.bar.eta = self.eta_s
+            self.bar.eta, self.bar.progress = self.eta_s, self.fraction_done
         self.bar.set_postfix(failed=0, refresh=False)
 
-    def offer(self, work: int | None) -> None:
-        """A request was offered to the engine: `work` its output tokens when taken, None when refused."""
+    def offer(self, work: int | None, rounds: int = 0) -> None:
+        """A request was offered to the engine: `work` the rounds it needs when taken
+        (`request_rounds`), None when refused; `rounds` its rounds as `total_rounds` counted them."""
         self.offered += 1
+        self.offered_work += rounds if self.total_rounds is not None else 1
         self.admitted_work += work or 0
 
     def advanced(self, n: int) -> None:
-        """`n` requests advanced one engine round."""
+        """`n` request-rounds ran (the requests in an engine round)."""
         self.done_work += n
 
     def eta_s(self, elapsed_s: float) -> float | None:
-        """`work_eta_s` at `elapsed_s` against the oldest of the points this has been asked at (one a
-        redraw) within the last third of the replay or ETA_WINDOW_S, whichever is longer."""
-        now = WorkDone(elapsed_s, self.done_work, self.admitted_work, self.offered)
+        """`work_eta_s` at `elapsed_s` over the points this has been asked at (one a redraw) within
+        the last third of the replay or ETA_WINDOW_S, whichever is longer, and the last before them."""
+        now = self._now(elapsed_s)
         points = self._points
         points.append(now)
         window = max(ETA_WINDOW_S, elapsed_s / 3)
         while len(points) > 2 and points[1].elapsed_s <= elapsed_s - window:
             points.popleft()
-        return work_eta_s(now, points[0], self.total)
+        return work_eta_s(points, self._total())
+
+    def _now(self, elapsed_s: float) -> WorkDone:
+        return WorkDone(elapsed_s, self.done_work, self.admitted_work, self.offered_work)
+
+    def _total(self) -> int | None:
+        return self.total_rounds if self.total_rounds is not None else self.total
+
+    def fraction_done(self) -> float:
+        """The request-rounds run of all the replay will run (`work_left` since the window's start);
+        1 when nothing is left."""
+        left = work_left(self._now(0.0), self._points[0], self._total()) or 0.0
+        return self.done_work / (self.done_work + left) if left > 0 else 1.0
 
     def done(self, rec: RequestRecord) -> None:
         if not rec.ok:
@@ -332,7 +398,11 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     samples: list[Sample] = []
     index = steps = 0
     zeros = ZeroTokens()
-    bar = Progress(total, desc, progress, by_work=True)
+    chunk_tokens = engine.scheduler.prefill_chunk_tokens
+    total_rounds = None
+    if isinstance(requests, Sequence) and len(requests) == total:  # the work to come is known
+        total_rounds = sum(_trace_rounds(tr, chunk_tokens) for tr in requests)
+    bar = Progress(total, desc, progress, by_work=True, total_rounds=total_rounds)
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -344,7 +414,8 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                 while pending is not None and pending.arrival_s <= horizon:
                     zeros.add(pending)
                     refused = _add(engine, pending, index, seed)
-                    bar.offer(None if refused is not None else max(1, pending.num_output_tokens))
+                    bar.offer(None if refused is not None else _rounds(engine, engine_id(pending)),
+                              _trace_rounds(pending, chunk_tokens))
                     if refused is not None:
                         records[refused.request_id] = refused
                         bar.done(refused)
@@ -353,13 +424,15 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                     index += 1
                     pending = next(it, None)
                 advanced = engine.step()
-                bar.advanced(len(advanced))
+                ran = engine.scheduler.num_running  # the round ran these and the requests it finished
                 for req in advanced:  # finished, failed by a fault included (nothing aborts here)
                     if req.is_finished:
+                        ran += 1
                         rec = records[req.request_id] = RequestRecord.from_request(
                             req, trace_arrivals.pop(req.request_id, None))
                         engine.forget(req.request_id)
                         bar.done(rec)
+                bar.advanced(ran)
                 st = engine.scheduler
                 last = samples[-1] if samples else None
                 steps += 1
@@ -392,6 +465,17 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
 def engine_id(tr: TraceRequest) -> str:
     """The engine's id of a trace request (requests.csv's `request_id`)."""
     return f"trace-{tr.request_id}"
+
+
+def _trace_rounds(tr: TraceRequest, chunk_tokens: int) -> int:
+    """`request_rounds` of a trace request as it is sent (`ZeroTokens`), the prompt at its trace length."""
+    return request_rounds(max(1, tr.num_prompt_tokens), max(1, tr.num_output_tokens), chunk_tokens)
+
+
+def _rounds(engine: Engine, request_id: str) -> int:
+    """`request_rounds` of a request the engine took."""
+    req = engine.requests[request_id]
+    return request_rounds(len(req.prompt_ids), req.params.max_tokens, engine.scheduler.prefill_chunk_tokens)
 
 
 def _add(engine: Engine, tr: TraceRequest, index: int, seed: int) -> RequestRecord | None:

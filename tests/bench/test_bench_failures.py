@@ -143,61 +143,6 @@ def test_the_progress_bar_counts_failures(capsys):
     assert bar.failed == 2 and "3/3" in final and "failed=2" in final, final
 
 
-def test_the_time_left_comes_from_the_work_left_not_the_requests_ended():
-    """An overloaded replay of 100 requests at 10 s: 96 offered, 90 of them refused at once (a full queue)
-    and 2 finished, so tqdm said 10 s x 8/92 = 0.9 s were left by the requests ended. The work: 6 taken
-    with 100 output tokens each, 240 of their 600 request-rounds done, 120 of them (and 12 offers, 2 taken)
-    in the last 4 s: 360 rounds left, and 4 requests to come at 200/12 rounds each, at 30 rounds a second."""
-    from cent_serve.bench.runner import WorkDone, work_eta_s
-
-    then, now = WorkDone(6.0, 120, 400, 84), WorkDone(10.0, 240, 600, 96)
-    left = work_eta_s(now, then, total=100)
-    assert left == pytest.approx((360 + 4 * 200 / 12) / 30)
-    assert left > 10 * (10.0 * (100 - 92) / 92)  # over ten times the estimate from the requests ended
-    # nothing offered since `then`: as much as each request offered so far brought
-    assert work_eta_s(WorkDone(10.0, 240, 600, 96), WorkDone(6.0, 120, 600, 96), 100) == pytest.approx(
-        (360 + 4 * 600 / 96) / 30)
-    assert work_eta_s(WorkDone(10.0, 600, 600, 100), then, 100) == 0.0  # all offered, all done
-    assert work_eta_s(now, WorkDone(6.0, 240, 400, 84), 100) is None  # no pace to go by
-    assert work_eta_s(now, then, None) is None
-    # the bar keeps the counts it is told and goes by the pace since the oldest point within its window
-    bar = Progress(100, "replay", enabled=False, by_work=True)
-    for i in range(96):
-        bar.offer(100 if i < 6 else None)
-    bar.advanced(200)
-    bar.advanced(40)
-    assert bar.eta_s(10.0) == pytest.approx(work_eta_s(now, WorkDone(0.0, 0, 0, 0), 100))
-    bar.advanced(60)
-    to_come = 4 * 600 / 96  # none offered since: as much as each offered so far
-    assert bar.eta_s(20.0) == pytest.approx((300 + to_come) * 10 / 60)  # since 10 s (the window: 10 s)
-    bar.advanced(60)
-    assert bar.eta_s(31.0) == pytest.approx((240 + to_come) * 11 / 60)  # since 20 s: the window is a third of 31 s
-
-
-def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
-    """run_in_process counts each request offered (its output tokens when taken, nothing when refused)
-    and each request-round: a queue of 1 refuses most of a burst, and at the end no work is left."""
-    from cent_serve.bench import runner
-
-    bars = []
-
-    class Kept(Progress):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(runner, "Progress", Kept)
-    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
-    cfg.scheduler.max_waiting = 1
-    reqs = [TraceRequest(str(i), 0.0, 16, 5 + i) for i in range(12)]
-    result = run_in_process(cfg, reqs, progress=False, total=len(reqs))
-    taken = [r for r in result.records if r.finish_reason != "rejected"]
-    assert 0 < len(taken) < len(reqs)
-    bar = bars[0]
-    assert bar.offered == 12 and bar.admitted_work == sum(r.num_output_tokens for r in taken)
-    assert bar.done_work >= bar.admitted_work and bar.eta_s(1.0) == 0.0
-
-
 @pytest.mark.parametrize("status, err, reason", [
     (400, {"code": "context_length_exceeded", "message": "the prompt has 9000 tokens"}, "context_exceeded"),
     (429, {"code": None, "message": "the server is overloaded"}, "queue_full"),

@@ -1,0 +1,115 @@
+"""An in-process replay's progress bar: its fill and time left go by request-rounds (a prefill chunk
+or a decode token of a request in an engine round), the requests ended are counted beside them.
+Every test feeds counts and elapsed seconds of its own (no wall clock)."""
+from __future__ import annotations
+
+import pytest
+
+from cent_serve.bench import Request as TraceRequest
+from cent_serve.bench import runner
+from cent_serve.bench.runner import Progress, RequestRecord, WorkDone, request_rounds, run_in_process, work_eta_s, \
+    work_left, work_pace
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+
+
+def test_the_time_left_comes_from_the_work_left_not_the_requests_ended():
+    """An overloaded replay of 100 requests at 10 s: 96 offered, 90 of them refused at once (a full queue)
+    and 2 finished, so tqdm said 10 s x 8/92 = 0.9 s were left by the requests ended. The work: 6 taken
+    with 100 rounds each, 240 of their 600 done, 120 of them (and 12 offers, 2 taken) in the last 4 s:
+    360 rounds left, and 4 requests to come at 200/12 rounds each, at 30 rounds a second."""
+    then, now = WorkDone(6.0, 120, 400, 84), WorkDone(10.0, 240, 600, 96)
+    left = work_eta_s([then, now], total=100)
+    assert work_left(now, then, 100) == pytest.approx(360 + 4 * 200 / 12)
+    assert left == pytest.approx((360 + 4 * 200 / 12) / 30)
+    assert left > 10 * (10.0 * (100 - 92) / 92)  # over ten times the estimate from the requests ended
+    # nothing offered since `then`: the share taken of all offered so far
+    assert work_left(WorkDone(10.0, 240, 600, 96), WorkDone(6.0, 120, 600, 96), 100) == pytest.approx(
+        360 + 4 * 600 / 96)
+    assert work_eta_s([then, WorkDone(10.0, 600, 600, 100)], 100) == 0.0  # all offered, all done
+    assert work_eta_s([WorkDone(6.0, 240, 400, 84), now], 100) is None  # no pace to go by
+    assert work_eta_s([then, now], None) is None
+    # offered in request-rounds (the replay's are known): what is to come counts at its own size, the
+    # share taken at the window's (half of the 2,400 rounds offered since `then` were taken)
+    then, now = WorkDone(6.0, 120, 400, 8_000), WorkDone(10.0, 240, 1_600, 10_400)
+    assert work_left(now, then, 20_000) == pytest.approx(1_360 + 9_600 * 0.5)
+
+
+def test_a_prompt_s_rounds_are_work_too():
+    """A request runs its prompt in chunks (CENT's default chunk is one token), the last chunk making the
+    first token, then a round per other token."""
+    assert request_rounds(1000, 250, 1) == 1249
+    assert request_rounds(1000, 250, 512) == 2 + 249
+    assert request_rounds(1, 1, 1) == 1
+
+
+def test_a_one_off_stall_does_not_set_the_pace():
+    """The first round took 20 s (numba compiling its kernels on a cold cache), the rounds after it ran at
+    100 request-rounds a second, redrawn each second: at 25 s the time left is the work left at 100 a
+    second. The ratio of the window's sums (580 rounds in 25 s) said 4.3 times that, and kept the stall
+    until it left the window."""
+    bar = Progress(10, "replay", enabled=False, by_work=True)
+    for _ in range(10):
+        bar.offer(1_000)  # all offered at once, all taken
+    assert bar.eta_s(0.0) is None  # tqdm's first draw: no pace yet
+    bar.advanced(80)
+    bar.eta_s(20.0)
+    for t in range(21, 26):
+        bar.advanced(100)
+        said = bar.eta_s(float(t))
+    assert said == pytest.approx((10_000 - 580) / 100)
+    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(20.0, 80, 0, 0), WorkDone(21.0, 180, 0, 0)]) == \
+        pytest.approx((4 + 100) / 2)  # two intervals: their mean; three or more: the middle one
+    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(1.0, 0, 0, 0)]) is None  # nothing ran: no pace
+
+
+def _record(rid: str) -> RequestRecord:
+    return RequestRecord(rid, 0.0, 8, 4, 0.0, 0.1, 0.4, "length")
+
+
+def test_the_fill_is_the_share_of_the_work_and_the_count_the_requests_ended(capsys):
+    """3 of 4 requests ended (two refused at once, one done: 100 rounds), the fourth has 100 of its 300
+    rounds run: the bar is a third full, not three quarters, and says 3/4 requests."""
+    bar = Progress(4, "replay", by_work=True, total_rounds=800)
+    bar.offer(100, 100)
+    bar.offer(None, 200)
+    bar.offer(None, 200)
+    bar.offer(300, 300)
+    bar.advanced(200)
+    for rid in "abc":
+        bar.done(_record(rid))
+    bar.bar.refresh()
+    line = capsys.readouterr().err.strip().split("\r")[-1]
+    assert " 50%|" in line and "| 3/4 [" in line, line  # 200 of the 400 rounds the taken requests run
+    bar.advanced(200)
+    bar.done(_record("d"))
+    bar.close()
+    line = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "100%|" in line and "| 4/4 [" in line and "<00:00" in line, line
+
+
+def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
+    """run_in_process counts each request offered (its rounds when taken, nothing when refused), the
+    replay's rounds up front, and each request-round as it runs: a queue of 1 refuses most of a burst,
+    and at the end the rounds run are the rounds the requests taken needed, none left."""
+    bars = []
+
+    class Kept(Progress):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(runner, "Progress", Kept)
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
+    cfg.scheduler.max_waiting = 1
+    reqs = [TraceRequest(str(i), 0.0, 16, 5 + i) for i in range(12)]
+    result = run_in_process(cfg, reqs, progress=False, total=len(reqs))
+    taken = [r for r in result.records if r.finish_reason != "rejected"]
+    assert 0 < len(taken) < len(reqs)
+    bar = bars[0]
+    assert cfg.scheduler.prefill_chunk_tokens == 1  # a round a prompt token
+    assert bar.offered == 12 and bar.admitted_work == sum(16 + r.num_output_tokens - 1 for r in taken)
+    assert bar.total_rounds == bar.offered_work == sum(16 + 5 + i - 1 for i in range(12))
+    assert bar.done_work == bar.admitted_work and bar.eta_s(1.0) == 0.0 and bar.fraction_done() == 1.0
+    # an iterator's requests are not known before: the work to come goes by the requests offered
+    run_in_process(cfg, iter(reqs), progress=False, total=len(reqs))
+    assert bars[1].total_rounds is None and bars[1].offered_work == 12
