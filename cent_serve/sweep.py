@@ -380,6 +380,11 @@ def workload_text(args: argparse.Namespace) -> str:
     return f"closed form, the paper's workload: {tokens}" if paper else f"closed form, {tokens}"
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 point', '2 points'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def run(args: argparse.Namespace) -> int:
     from cent_serve.bench.cli import selection_flags_given
     from cent_serve.bench.report import reasons_text, replay_fixes
@@ -480,8 +485,12 @@ def run(args: argparse.Namespace) -> int:
         w.writerows(rows)
     ok = [r for r in rows if "error" not in r]
     if not ok:
-        raise ValueError(f"none of the {len(rows)} points could run (the first: {rows[0]['error']}): change the "
-                         f"--vary values or the flags; every point's error is in {out / 'sweep.csv'}")
+        if len(rows) == 1:
+            why, where = f"the point could not run ({rows[0]['error']})", "its error"
+        else:
+            why = f"none of the {len(rows)} points could run (the first: {rows[0]['error']})"
+            where = "every point's error"
+        raise ValueError(f"{why}: change the --vary values or the flags; {where} is in {out / 'sweep.csv'}")
     for r in rows:  # why a point could not run, and a replay's failed requests (the CSV has their count only)
         point = ", ".join(f"{name}={r[name]}" for name, _ in vary)
         if "error" in r:  # as cent bench paper prints a mapping it skips
@@ -494,7 +503,8 @@ def run(args: argparse.Namespace) -> int:
     note = _mean_rate_note(ok, [n for n, _ in vary])
     if note:
         print(note)
-    print(f"{len(rows)} points, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: {out / 'sweep.csv'}")
+    print(f"{_count(len(rows), 'point')}, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: "
+          f"{out / 'sweep.csv'}")
     if not args.no_plots and ok:
         from cent_serve.sweep_plots import plot_figures, plot_pareto, plot_tokens_per_dollar
 

@@ -195,6 +195,17 @@ def test_a_sweep_where_no_point_runs_fails(tmp_path, capsys):
     assert all("does not fit" in r["error"] for r in csv.DictReader(open(tmp_path / "sweep.csv")))
 
 
+def test_a_sweep_of_one_point_counts_it_in_the_singular(tmp_path, capsys):
+    """'1 points' (and 'none of the 1 points could run') read wrong: one point is 'a point'."""
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "devices=8", "--out", str(tmp_path / "a"),
+                 "--no-plots"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("1 point, 1 evaluated, 0 could not run: ")
+    assert main(["sweep", "--model", "llama2-70b", "--vary", "devices=4", "--out", str(tmp_path / "b"),
+                 "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "the point could not run (" in err and "its error is in" in err and "1 points" not in err, err
+
+
 def test_a_trace_sweep_point_that_cannot_run_is_an_error_row_not_zeros(tmp_path, capsys):
     """A mapping that cannot hold the model is refused at its point as the closed form refuses it (no
     row of 0 tok/s and 0 mJ per token to sit on the Pareto front), and so is a point where no request
