@@ -196,6 +196,8 @@ class WorkDone:
 
 ETA_WINDOW_S = 10.0
 """`work_eta_s` takes the pace of the last third of the replay, at least this many wall seconds of it."""
+MIN_PACE_INTERVALS = 3
+"""`work_pace` has no pace from fewer redraw intervals: of one or two, a stall is half or more."""
 
 
 def request_rounds(num_prompt_tokens: int, num_output_tokens: int, chunk_tokens: int) -> int:
@@ -227,10 +229,11 @@ def work_pace(points: Sequence[WorkDone]) -> float | None:
     (oldest first): a one-off stall is one slow interval, which a median passes over where the
     ratio of the window's sums carried it until it left the window (numba compiling its kernels
     on a cold cache took 22 s of the first two rounds of a 48 s replay, and the time left said
-    then stayed twice the truth for the 10 s after). None while no interval ran any."""
+    then stayed twice the truth for the 10 s after). None from fewer than MIN_PACE_INTERVALS intervals
+    (the first redraws after a stall said hours) or while the median ran none."""
     paces = sorted((b.done - a.done) / (b.elapsed_s - a.elapsed_s)
                    for a, b in itertools.pairwise(points) if b.elapsed_s > a.elapsed_s)
-    if not paces:
+    if len(paces) < MIN_PACE_INTERVALS:
         return None
     mid = len(paces) // 2
     pace = paces[mid] if len(paces) % 2 else (paces[mid - 1] + paces[mid]) / 2
@@ -241,11 +244,12 @@ def work_eta_s(points: Sequence[WorkDone], total: float | None) -> float | None:
     """Wall seconds left of an in-process replay that offers `total` (`work_left`'s): `work_left` at the last of
     `points` (since the first of them) at `work_pace`, not the requests ended: a request the queue
     refuses (`QueueFull`) ends at once and costs nothing, so under overload the request count raced
-    ahead and tqdm's estimate from it was optimistic. None without a pace or a total."""
-    left, pace = work_left(points[-1], points[0], total), work_pace(points)
-    if left is None or pace is None:
-        return None
-    return left / pace
+    ahead and tqdm's estimate from it was optimistic. 0 when nothing is left; None without a pace or a total."""
+    left = work_left(points[-1], points[0], total)
+    if not left:  # None, or nothing left
+        return left
+    pace = work_pace(points)
+    return None if pace is None else left / pace
 
 
 class _Bar(tqdm):

@@ -18,16 +18,18 @@ def test_the_time_left_comes_from_the_work_left_not_the_requests_ended():
     with 100 rounds each, 240 of their 600 done, 120 of them (and 12 offers, 2 taken) in the last 4 s:
     360 rounds left, and 4 requests to come at 200/12 rounds each, at 30 rounds a second."""
     then, now = WorkDone(6.0, 120, 400, 84), WorkDone(10.0, 240, 600, 96)
-    left = work_eta_s([then, now], total=100)
+    points = [then, WorkDone(7.0, 150, 450, 87), WorkDone(8.0, 180, 500, 90), now]  # redraws: 30 rounds a second
+    left = work_eta_s(points, total=100)
     assert work_left(now, then, 100) == pytest.approx(360 + 4 * 200 / 12)
     assert left == pytest.approx((360 + 4 * 200 / 12) / 30)
     assert left > 10 * (10.0 * (100 - 92) / 92)  # over ten times the estimate from the requests ended
     # nothing offered since `then`: the share taken of all offered so far
     assert work_left(WorkDone(10.0, 240, 600, 96), WorkDone(6.0, 120, 600, 96), 100) == pytest.approx(
         360 + 4 * 600 / 96)
-    assert work_eta_s([then, WorkDone(10.0, 600, 600, 100)], 100) == 0.0  # all offered, all done
-    assert work_eta_s([WorkDone(6.0, 240, 400, 84), now], 100) is None  # no pace to go by
-    assert work_eta_s([then, now], None) is None
+    assert work_eta_s([*points[:-1], WorkDone(10.0, 600, 600, 100)], 100) == 0.0  # all offered, all done
+    assert work_eta_s([WorkDone(6.0, 240, 400, 84), WorkDone(7.0, 240, 450, 87), WorkDone(8.0, 240, 500, 90),
+                       WorkDone(10.0, 240, 600, 96)], 100) is None  # no pace to go by
+    assert work_eta_s(points, None) is None
     # offered in request-rounds (the replay's are known): what is to come counts at its own size, the
     # share taken at the window's (half of the 2,400 rounds offered since `then` were taken)
     then, now = WorkDone(6.0, 120, 400, 8_000), WorkDone(10.0, 240, 1_600, 10_400)
@@ -57,9 +59,10 @@ def test_a_one_off_stall_does_not_set_the_pace():
         bar.advanced(100)
         said = bar.eta_s(float(t))
     assert said == pytest.approx((10_000 - 580) / 100)
-    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(20.0, 80, 0, 0), WorkDone(21.0, 180, 0, 0)]) == \
-        pytest.approx((4 + 100) / 2)  # two intervals: their mean; three or more: the middle one
-    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(1.0, 0, 0, 0)]) is None  # nothing ran: no pace
+    # the first redraws after it: of one interval or two, the stall is half or more: no pace yet
+    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(20.0, 80, 0, 0), WorkDone(21.0, 180, 0, 0)]) is None
+    assert work_pace([WorkDone(0.0, 0, 0, 0), WorkDone(20.0, 80, 0, 0), WorkDone(21.0, 180, 0, 0),
+                      WorkDone(22.0, 280, 0, 0)]) == 100
 
 
 def _record(rid: str) -> RequestRecord:
