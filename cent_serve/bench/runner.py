@@ -17,14 +17,15 @@ import os
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from cent_serve.arguments import check_config, wrong
+from cent_serve.arguments import check_config, is_int, wrong
 from cent_serve.bench.prompts import prompt_ids
 from cent_serve.bench.request import Request as TraceRequest
+from cent_serve.bench.traces import MAX_ARRIVAL_S
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
 from cent_serve.request import Request, RequestParams, RequestRefused
@@ -371,6 +372,38 @@ def _check_requests(requests: object) -> None:
                                                                  if isinstance(requests, TraceRequest) else ""))
 
 
+def _checked(requests: Iterable[TraceRequest]) -> Iterator[TraceRequest]:
+    """`requests` as they are taken, each refused (ValueError naming `requests[i]`) where a trace
+    reader refuses its row (docs/serving.md, Request traces) or renames it: a request that is not a
+    Request record, a length that is not a whole number >= 0, an arrival that is not seconds from
+    the trace's start within MAX_ARRIVAL_S (NaN never arrived: the replay waited for it forever) or
+    is earlier than the one before, an id another request has (its record replaced the other's)."""
+    ids: dict[str, int] = {}
+    previous_s = 0.0
+    for i, tr in enumerate(requests):
+        if not isinstance(tr, TraceRequest):
+            raise wrong(CALL, "requests' first item" if i == 0 else f"requests[{i}]", tr, REQUESTS_FIX)
+        for name in ("num_prompt_tokens", "num_output_tokens"):
+            value = getattr(tr, name)
+            if not is_int(value) or value < 0:
+                raise wrong(CALL, f"requests[{i}].{name}", value, "give a whole number of tokens >= 0")
+        if not 0.0 <= tr.arrival_s <= MAX_ARRIVAL_S:  # NaN too
+            raise wrong(CALL, f"requests[{i}].arrival_s", tr.arrival_s,
+                        f"give seconds from the trace's start, 0 to {MAX_ARRIVAL_S:g} (simulated time is one "
+                        "float of seconds): subtract the first request's arrival, as load_trace does")
+        if tr.arrival_s < previous_s:
+            raise wrong(CALL, f"requests[{i}].arrival_s", tr.arrival_s,
+                        f"give arrivals in order: it is before requests[{i - 1}]'s ({previous_s!r}): sort the "
+                        "requests by arrival_s")
+        if tr.request_id in ids:
+            raise wrong(CALL, f"requests[{i}].request_id", tr.request_id,
+                        f"give each request its own id (requests[{ids[tr.request_id]}] has it; load_trace sends a "
+                        "file's repeats as <id>#<index>)")
+        ids[tr.request_id] = i
+        previous_s = tr.arrival_s
+        yield tr
+
+
 def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    progress: bool = True, total: int | None = None, engine: Engine | None = None,
                    warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay",
@@ -391,10 +424,8 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     if own and not checked:
         from cent_serve.preflight import check_runnable
         check_runnable(cfg)
-    it = iter(requests)
+    it = _checked(requests)
     pending = next(it, None)
-    if pending is not None and not isinstance(pending, TraceRequest):  # the rest are taken to be alike
-        raise wrong(CALL, "requests' first item", pending, REQUESTS_FIX)
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed
     records: dict[str, RequestRecord] = {}
