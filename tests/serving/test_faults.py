@@ -83,30 +83,6 @@ def _idle_check_off(monkeypatch, parallel: ParallelConfig) -> tuple[CentConfig, 
                  "return_token_ids": True}
 
 
-def test_a_request_after_an_idle_device_died_waits_for_the_re_created_devices(ray_cluster, monkeypatch):
-    """A device dies while nothing runs, before the idle check looks (kill -9 of its actor, then a
-    request within seconds): the request is not sent to the broken chain to fail with 500
-    `device_fault`; the host's links show the death, so it waits for the re-created devices."""
-    import select
-
-    cfg, body = _idle_check_off(monkeypatch, ParallelConfig(4, 0, 1))
-    with Server(cfg, "ray") as s:
-        assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
-        _idle(s)  # else its free round may find the death first and shut the executor (its output link) down
-        ex = s.loop.engine.executors[0]
-        ray.kill(ex.actors[2])
-        # the next device's error for its closed input link reaches the host with no round asked
-        wait_for(lambda: select.select([ex.output.fileno()], [], [], 0)[0], "the error at the host's link")
-        r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
-        assert r.status_code == 200, r.text
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["num_failed"] == 0
-        assert "device 3's input link from device 2 closed" in st["last_fault"], st["last_fault"]  # the device's words
-        assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]
-    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
-    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
-
-
 def _idle(s) -> None:
     """Wait until the engine has told the devices to forget the finished request (the round of no
     lanes it sends on going idle, `Engine.forget_finished`): a device killed or stopped before it would
@@ -194,8 +170,51 @@ def test_status_and_metrics_answer_while_a_replica_is_re_created(ray_cluster):
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
 
 
+@pytest.fixture(scope="module")
+def pipeline(ray_cluster):
+    """(server, request body): one tiny 4-stage pipeline on Ray with full numerics and no idle check,
+    for the idle-death and round tests below, which each kill or stop a device and see the replica
+    re-created: each starts from a served request on the idle engine and counts its own recoveries
+    and failures (`_counts`). A server's start on Ray is most of such a test's time. These tests come
+    last in the module: the idle check stays off until the module ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        cfg, body = _idle_check_off(mp, ParallelConfig(4, 0, 1))
+        with Server(cfg, "ray") as s:
+            yield s, body
+
+
+def _counts(s) -> tuple[int, int]:
+    """The server's (num_recoveries, num_failed) so far."""
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    return st["num_recoveries"], st["num_failed"]
+
+
+def test_a_request_after_an_idle_device_died_waits_for_the_re_created_devices(pipeline):
+    """A device dies while nothing runs, before the idle check looks (kill -9 of its actor, then a
+    request within seconds): the request is not sent to the broken chain to fail with 500
+    `device_fault`; the host's links show the death, so it waits for the re-created devices."""
+    import select
+
+    s, body = pipeline
+    recoveries, failed = _counts(s)
+    assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    _idle(s)  # else its free round may find the death first and shut the executor (its output link) down
+    ex = s.loop.engine.executors[0]
+    ray.kill(ex.actors[2])
+    # the next device's error for its closed input link reaches the host with no round asked
+    wait_for(lambda: select.select([ex.output.fileno()], [], [], 0)[0], "the error at the host's link")
+    r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    assert st["num_recoveries"] == recoveries + 1 and st["num_failed"] == failed
+    assert "device 3's input link from device 2 closed" in st["last_fault"], st["last_fault"]  # the device's words
+    assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]
+    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
+    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
+
+
 @pytest.mark.parametrize("victim", [0, 2, 3])
-def test_a_request_sent_to_a_device_dead_before_its_round_waits_for_the_re_created_devices(ray_cluster, monkeypatch,
+def test_a_request_sent_to_a_device_dead_before_its_round_waits_for_the_re_created_devices(pipeline, monkeypatch,
                                                                                           victim):
     """The race between a device's death and the host's reading of it: the device is dead (Ray says so,
     and the switch's word is at the host's switch link) but the engine's look at the links before the
@@ -207,28 +226,28 @@ def test_a_request_sent_to_a_device_dead_before_its_round_waits_for_the_re_creat
     the reference's tokens) instead of failing with 500 `device_fault`."""
     import select
 
-    cfg, body = _idle_check_off(monkeypatch, ParallelConfig(4, 0, 1))
-    with Server(cfg, "ray") as s:
-        assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
-        _idle(s)
-        ex = s.loop.engine.executors[0]
-        monkeypatch.setattr(ex, "check_links", lambda: None)  # held: the round goes out as before the word came
-        ray.kill(ex.actors[victim])
-        wait_for(lambda: _dead(ex.actors[victim]), f"device {victim}'s death as Ray tells it")
-        # a hang guard, not a check: the switch's word of the death is at the host's link (unread)
-        select.select([ex.switch_link.fileno()], [], [], 10.0)
-        r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
-        assert r.status_code == 200, r.text
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["num_failed"] == 0, st
-        assert "LinkClosed" in st["last_fault"], st["last_fault"]  # the round's failure: a link closed
-        assert st["last_fault"].endswith("; 1 request on it with nothing produced waits for the re-created "
-                                         "devices"), st["last_fault"]
+    s, body = pipeline
+    recoveries, failed = _counts(s)
+    assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    _idle(s)
+    ex = s.loop.engine.executors[0]
+    monkeypatch.setattr(ex, "check_links", lambda: None)  # held: the round goes out as before the word came
+    ray.kill(ex.actors[victim])
+    wait_for(lambda: _dead(ex.actors[victim]), f"device {victim}'s death as Ray tells it")
+    # a hang guard, not a check: the switch's word of the death is at the host's link (unread)
+    select.select([ex.switch_link.fileno()], [], [], 10.0)
+    r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    assert st["num_recoveries"] == recoveries + 1 and st["num_failed"] == failed, st
+    assert "LinkClosed" in st["last_fault"], st["last_fault"]  # the round's failure: a link closed
+    assert st["last_fault"].endswith("; 1 request on it with nothing produced waits for the re-created "
+                                     "devices"), st["last_fault"]
     ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
 
 
-def test_a_device_hung_mid_round_fails_its_requests_after_the_round_timeout_and_the_server_serves_on(ray_cluster,
+def test_a_device_hung_mid_round_fails_its_requests_after_the_round_timeout_and_the_server_serves_on(pipeline,
                                                                                                    monkeypatch):
     """A device whose process is alive with its links open but never answers (SIGSTOP: a paused
     process, a hung one): no link shows it, so the round sent to it waits `server.round_timeout_s`
@@ -237,28 +256,28 @@ def test_a_device_hung_mid_round_fails_its_requests_after_the_round_timeout_and_
     import os
     import signal
 
-    cfg, body = _idle_check_off(monkeypatch, ParallelConfig(4, 0, 1))
-    cfg.server.round_timeout_s = 10.0
-    with Server(cfg, "ray") as s:
-        assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
-        _idle(s)
-        ex = s.loop.engine.executors[0]
-        pid = ray.get(ex.actors[2].__ray_call__.remote(lambda actor: os.getpid()), timeout=60)
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
-        finally:
-            try:  # the replica's re-creation has killed it (SIGKILL ends a stopped process) or will
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        assert r.status_code == 500 and r.json()["error"]["cent"]["code"] == "device_fault", r.text
-        message = r.json()["error"]["message"]
-        assert message.startswith("the emulated devices of replica 0 failed: DevicesHung: round ") and \
-            "gave no output within 10 s (server.round_timeout_s)" in message, message
+    s, body = pipeline
+    recoveries, failed = _counts(s)
+    assert httpx.post(s.url + "/v1/completions", json=body, timeout=60).status_code == 200
+    _idle(s)
+    ex = s.loop.engine.executors[0]
+    monkeypatch.setattr(ex.cfg.server, "round_timeout_s", 10.0)  # read at each wait; restored after the test
+    pid = ray.get(ex.actors[2].__ray_call__.remote(lambda actor: os.getpid()), timeout=60)
+    os.kill(pid, signal.SIGSTOP)
+    try:
         r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
-        assert r.status_code == 200, r.text
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["num_failed"] == 1, st
+    finally:
+        try:  # the replica's re-creation has killed it (SIGKILL ends a stopped process) or will
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert r.status_code == 500 and r.json()["error"]["cent"]["code"] == "device_fault", r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("the emulated devices of replica 0 failed: DevicesHung: round ") and \
+        "gave no output within 10 s (server.round_timeout_s)" in message, message
+    r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    assert st["num_recoveries"] == recoveries + 1 and st["num_failed"] == failed + 1, st
     ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
