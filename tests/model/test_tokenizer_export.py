@@ -31,11 +31,18 @@ def exported(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def exported_tokenizer(exported):
+    """The exported tokenizer.json loaded once (a 32,000-token vocabulary: loading it took most of each
+    of the 200 examples below); encoding and decoding leave it as it was."""
+    return Tokenizer.from_file(str(exported / "tokenizer.json"))
+
+
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=40) | st.sampled_from(["<s>", "a</s>b", "<unk><s>", "<extra_300>", "é😀"]))
-def test_exported_tokenizer_counts_and_decodes_as_the_server(exported, text):
+def test_exported_tokenizer_counts_and_decodes_as_the_server(exported_tokenizer, text):
     server = ByteTokenizer(32000)
-    hf = Tokenizer.from_file(str(exported / "tokenizer.json"))
+    hf = exported_tokenizer
     assert hf.encode(text).ids == server.encode(text)  # the BOS first, as the server counts prompts
     assert hf.encode(text, add_special_tokens=False).ids == server.encode(text, add_bos=False)
     ids = server.encode(text)
