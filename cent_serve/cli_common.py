@@ -80,12 +80,16 @@ def warn_narrow_dram(how: str, devices: list) -> None:
     if not odd:
         return
     width, row, burst = odd[0]
+    # by both sizes: CENT's 2 KB rows with 16 B bursts are a narrower DRAM, not a wider one
+    sizes = (row - PAPER_ROW_BYTES, burst - PAPER_BURST_BYTES)
+    narrower, wider = all(d <= 0 for d in sizes), all(d >= 0 for d in sizes)
     logging.getLogger("cent").warning(
-        "%s: device.bytes_per_element=%d makes rows of %d B and bursts of %d B, a DRAM %s than CENT's (2 KB rows, "
+        "%s: device.bytes_per_element=%d makes rows of %d B and bursts of %d B, a DRAM %s CENT's (2 KB rows, "
         "32 B bursts), whose row activations and bursts cost %s energy and whose capacity moves with them; for "
         "%d-bit weights and KV on CENT's DRAM also set device.row_elements=%d and device.burst_elements=%d "
         "(docs/hardware_model.md section 1, \"The data type\")", how, width, row, burst,
-        "narrower" if row < PAPER_ROW_BYTES else "wider", "less" if row < PAPER_ROW_BYTES else "more",
+        "narrower than" if narrower else "wider than" if wider else "unlike",
+        "less" if narrower else "more" if wider else "other",
         8 * width, PAPER_ROW_BYTES // width, PAPER_BURST_BYTES // width)
 
 

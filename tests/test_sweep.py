@@ -902,3 +902,18 @@ def test_an_element_width_alone_says_it_makes_a_narrower_dram(tmp_path, capsys, 
                  "--no-plots"]) == 0
     capsys.readouterr()
     assert not [r for r in caplog.records if says in r.getMessage()]
+
+
+def test_an_element_width_with_cents_row_but_not_its_burst_is_called_narrower(caplog):
+    """device.bytes_per_element=1 with row_elements=2048 but the 16-element bursts: CENT's 2 KB rows and 16 B
+    bursts, a DRAM narrower than CENT's (its bursts cost less). The warning judged by the row alone and said
+    'wider than CENT's ... cost more energy'. On GPUs (--hardware gpu:...) the device is not read: no warning."""
+    assert main(["simulate", "--model", "llama2-70b", "--seqlen", "4096", "--set", "device.bytes_per_element=1",
+                 "--set", "device.row_elements=2048"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "device.bytes_per_element=1 makes" in r.getMessage()]
+    assert len(warned) == 1 and "bursts of 16 B, a DRAM narrower than CENT's" in warned[0], warned
+    assert "cost less energy" in warned[0] and "wider" not in warned[0], warned
+    caplog.clear()
+    assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--prompt", "512",
+                 "--decode", "512", "--set", "device.bytes_per_element=1"]) == 0
+    assert not [r for r in caplog.records if "makes rows of" in r.getMessage()]
