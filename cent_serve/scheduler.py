@@ -111,6 +111,10 @@ class Scheduler:
         self._held: dict[Request, int] = {}  # per running request, its keys' blocks reserved (ceil(n / block))
         self._next_seq_id = 0
         self.num_preemptions = 0
+        self.rounds_redone = 0
+        """Request-rounds that preemptions and fault requeues added: a request recomputed from its prompt
+        and output so far runs again the prefill chunks of what it had computed (a replay's progress
+        bar counts them as work, `cent_serve.bench.runner.request_rounds`)."""
         self.up = [True] * num_replicas
         """Replicas whose devices can run; a down one (being re-created) takes no new requests."""
 
@@ -390,14 +394,21 @@ class Scheduler:
         for req in reversed(reqs):
             self._release(req)
             req.status = Status.WAITING
-            req.num_computed = 0
+            self._recompute(req)
             self.waiting.appendleft(req)
+
+    def _recompute(self, req: Request) -> None:
+        """`req` starts over from its prompt and output so far: its rounds left grow from the chunks of
+        its tokens not computed to the chunks of all of them (`rounds_redone`)."""
+        chunk, total = self.prefill_chunk_tokens, req.num_tokens
+        self.rounds_redone += -(-total // chunk) - -(-(total - req.num_computed) // chunk)
+        req.num_computed = 0
 
     def _preempt(self, req: Request) -> None:
         """Recompute later: KV gone, back to the front of the queue with its output kept."""
         self._release(req)
         req.status = Status.WAITING
-        req.num_computed = 0
+        self._recompute(req)
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)

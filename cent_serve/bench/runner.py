@@ -310,6 +310,11 @@ class Progress:
         self.offered_work += rounds if self.total_rounds is not None else 1
         self.admitted_work += work or 0
 
+    def redone(self, n: int) -> None:
+        """The requests taken need `n` request-rounds more: preempted or requeued after a fault, they
+        prefill again what they had computed (`Scheduler.rounds_redone`)."""
+        self.admitted_work += n
+
     def advanced(self, n: int) -> None:
         """`n` request-rounds ran (the requests in an engine round)."""
         self.done_work += n
@@ -438,6 +443,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     if isinstance(requests, Sequence) and len(requests) == total:  # the work to come is known
         total_rounds = sum(_trace_rounds(tr, chunk_tokens) for tr in requests)
     bar = Progress(total, desc, progress, by_work=True, total_rounds=total_rounds)
+    redone = engine.scheduler.rounds_redone  # a given engine's before this replay
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -468,6 +474,9 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                         engine.forget(req.request_id)
                         bar.done(rec)
                 bar.advanced(ran)
+                if engine.scheduler.rounds_redone != redone:  # preempted or requeued: recomputed
+                    bar.redone(engine.scheduler.rounds_redone - redone)
+                    redone = engine.scheduler.rounds_redone
                 st = engine.scheduler
                 last = samples[-1] if samples else None
                 steps += 1

@@ -116,3 +116,32 @@ def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
     # an iterator's requests are not known before: the work to come goes by the requests offered
     run_in_process(cfg, iter(reqs), progress=False, total=len(reqs))
     assert bars[1].total_rounds is None and bars[1].offered_work == 12
+
+
+def test_a_preempted_request_s_recompute_is_work_to_do(monkeypatch):
+    """A KV cache of 16 blocks preempts requests, which prefill again (a round a token on CENT) what they
+    had computed: the rounds run (4,463 here) were counted, the work to do was not (3,955, the requests'
+    rounds as admitted), so the bar filled and the time left shrank ahead of the replay. Now each
+    preemption adds its recompute to the work (`Scheduler.rounds_redone`): at the end the two are equal."""
+    bars = []
+
+    class Kept(Progress):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(runner, "Progress", Kept)
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 0, 1), numerics="off")
+    cfg.model.max_seq_len = 256
+    cfg.scheduler.num_kv_blocks_override = 16
+    reqs = [TraceRequest(f"r{i}", 0.01 * i, 40 + 30 * (i % 5), 30 + i % 7) for i in range(30)]
+    from cent_serve.engine import Engine
+    engine = Engine(cfg)
+    try:
+        result = run_in_process(cfg, reqs, progress=False, total=len(reqs), engine=engine)
+    finally:
+        engine.shutdown()
+    assert all(r.ok for r in result.records) and engine.scheduler.num_preemptions > 0
+    bar = bars[0]
+    assert bar.admitted_work > bar.total_rounds  # the recompute is work the trace's rounds do not count
+    assert bar.done_work == bar.admitted_work and bar.fraction_done() == 1.0

@@ -138,6 +138,9 @@ def test_a_request_with_tokens_is_recomputed_and_ends_as_without_the_fault(sampl
     assert (eng.stats.num_failed, eng.stats.num_fault_retries, eng.scheduler.num_preemptions,
             req.timing()["preemptions"]) == (0, 1, 0, 0)
     assert eng.status()["num_fault_retries"] == 1
+    # a bench replay's bar counts the recompute as work: the 6 prompt tokens and die_after - 1 outputs
+    # computed before the fault, a round each again (prefill_chunk_tokens 1)
+    assert eng.scheduler.rounds_redone == 6 + die_after - 1
     assert eng.last_fault.endswith("; 1 request on it with tokens produced waits to be recomputed (prompt and "
                                    "output so far)"), eng.last_fault
 
