@@ -917,3 +917,17 @@ def test_an_element_width_with_cents_row_but_not_its_burst_is_called_narrower(ca
     assert main(["simulate", "--model", "llama2-7b", "--hardware", "gpu:a100-80gb:1", "--prompt", "512",
                  "--decode", "512", "--set", "device.bytes_per_element=1"]) == 0
     assert not [r for r in caplog.records if "makes rows of" in r.getMessage()]
+
+
+def test_a_sweep_s_mean_rate_note_counts_every_replica_s_queries(tmp_path, capsys):
+    """At 64 devices Llama 3.1 8B runs two replicas of 32 stages, 2 queries each (--batch 2): the note's
+    tokens over the latency are the four queries' (108.1 tok/s against the 197.8 mean of rates), as
+    cent simulate's are, not one replica's."""
+    assert main(["sweep", "--model", "llama3.1-8b", "--prompt", "114688", "--decode", "8192", "--batch", "2",
+                 "--vary", "devices=64", "--out", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    row = next(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert row["replicas"] == "2"
+    done = 2 * 2 * 122880 / (float(row["token_latency_ms"]) * 122880 / 1000)
+    note = next(line for line in out.splitlines() if "mean of each context length's throughput" in line)
+    assert f"{float(row['throughput_tok_s']):.1f} against {done:.1f} tok/s" in note, note

@@ -282,8 +282,8 @@ def phase_figures(timer: SystemTimer, prompt: int, decode: int, gap: int = 128,
 MEAN_RATE_NOTE_FRACTION = 0.10
 """How far a phase's tok/s (the artifact's mean of each context's throughput) may lie above its tokens
 over its latency before `cent simulate` and `cent sweep` print the latter beside it (the paper's workload
-on its mappings: at most 7%, Llama2-7B as tp 8 end to end, 1.5% for 70B on 32 devices; a 128k context on
-Llama 3.1 70B: 61%)."""
+on its mappings: at most 8.7%, Llama2-70B as tp 32 end to end (Llama 3.1 8B as tp 8: 8.9%), 1.5% for
+70B's pipeline on 32 devices; a 128k context on Llama 3.1 70B: 61%)."""
 
 
 def tokens_over_latency(phases: dict[str, dict], prompt: int, decode: int, queries: int) -> dict[str, float]:
