@@ -931,3 +931,32 @@ def test_a_sweep_s_mean_rate_note_counts_every_replica_s_queries(tmp_path, capsy
     done = 2 * 2 * 122880 / (float(row["token_latency_ms"]) * 122880 / 1000)
     note = next(line for line in out.splitlines() if "mean of each context length's throughput" in line)
     assert f"{float(row['throughput_tok_s']):.1f} against {done:.1f} tok/s" in note, note
+
+
+def test_a_sweep_s_batch_is_checked_once_and_named_in_its_titles(tmp_path, capsys):
+    """--batch 0 is refused before any point runs, in one line (else each point failed with cent simulate's
+    'use 1..N' and the sweep said none could run); the plots' titles name the queries in flight."""
+    import argparse
+
+    from cent_serve.sweep import workload_text
+
+    assert main(["sweep", "--model", "llama2-7b", "--batch", "0", "--vary", "devices=8", "--out", str(tmp_path),
+                 "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 0 is invalid: use a positive number of queries in flight" in err and "none of" not in err
+    args = argparse.Namespace(trace=None, prompt=512, decode=3584, batch=None)
+    assert workload_text(args) == "closed form, the paper's workload: prompt 512 + decode 3584"
+    args.batch = 1
+    assert workload_text(args).endswith("prompt 512 + decode 3584, 1 query in flight")
+    args.batch, args.prompt = 8, 32768
+    assert workload_text(args) == "closed form, prompt 32768 + decode 3584, 8 queries in flight"
+
+
+def test_the_element_width_warning_leaves_bf16_and_a_varied_row_or_burst_alone(tmp_path, caplog):
+    """It is about device.bytes_per_element: a bf16 device with 2048-element rows (4 KB) is a wider DRAM the
+    user set, not warned of; a sweep that varies the row or burst beside the width asks for those
+    combinations, narrow ones included."""
+    assert main(["simulate", "--model", "llama2-7b", "--seqlen", "4096", "--set", "device.row_elements=2048"]) == 0
+    assert main(["sweep", "--model", "llama2-7b", "--vary", "device.bytes_per_element=1,2", "--vary",
+                 "device.row_elements=1024,2048", "--out", str(tmp_path), "--no-plots"]) == 0
+    assert not [r for r in caplog.records if "makes rows of" in r.getMessage()]

@@ -455,3 +455,13 @@ def test_the_context_exceeded_fix_speaks_of_the_requests_whatever_made_them(tmp_
                  "--set", "model.max_seq_len=256", "--in-process", "--no-plots", "--out", str(tmp_path / "clipped")]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "clipped" / "summary.json").read_text())["failed"] == 0  # the flags named clip them
+
+
+def test_failure_rates_put_the_most_frequent_reason_first():
+    """The legend and the counts go most frequent first, whichever reason failed first."""
+    from cent_serve.bench.plots import failure_rates
+
+    records = [refused("c", 0.5, RequestRefused("context_exceeded", "y")), refused("a", 1.0, QueueFull("x")),
+               refused("b", 2.0, QueueFull("x"))]
+    _, rates, counts = failure_rates(records, 10.0, bins=4)
+    assert list(counts.items()) == [("queue_full", 2), ("context_exceeded", 1)] and list(rates) == list(counts)

@@ -145,3 +145,30 @@ def test_a_preempted_request_s_recompute_is_work_to_do(monkeypatch):
     bar = bars[0]
     assert bar.admitted_work > bar.total_rounds  # the recompute is work the trace's rounds do not count
     assert bar.done_work == bar.admitted_work and bar.fraction_done() == 1.0
+
+
+def test_the_pace_of_an_even_number_of_intervals_is_the_mean_of_the_middle_two():
+    """Four redraw intervals at 10, 20, 40 and 80 rounds a second: the median is 30, not the upper middle 40."""
+    points = [WorkDone(0.0, 0, 0, 0), WorkDone(1.0, 10, 0, 0), WorkDone(2.0, 30, 0, 0), WorkDone(3.0, 70, 0, 0),
+              WorkDone(4.0, 150, 0, 0)]
+    assert work_pace(points) == 30
+
+
+def test_the_bar_s_rate_is_the_requests_ended_a_second(capsys):
+    """The fill goes by the work, but the rate beside `n/total` is the requests ended a second: 3 ended in
+    10 s is 0.30 req/s (tqdm shows 3.33 s/req), not tqdm's rate of the fill's n (2 of 4 at half the work: 0.20) while tqdm has no
+    smoothed rate of its own (its updates came within its redraw interval). The bar's clock is set by hand."""
+    bar = Progress(4, "replay", by_work=True, total_rounds=800)
+    start = bar.bar.start_t
+    bar.bar._time, bar.bar.mininterval = (lambda: start + 10.0), float("inf")  # no update sets tqdm's rate
+    bar.offer(100, 100)
+    bar.offer(None, 200)
+    bar.offer(None, 200)
+    bar.offer(300, 300)
+    bar.advanced(200)
+    for rid in "abc":
+        bar.done(_record(rid))
+    bar.bar.refresh()
+    line = capsys.readouterr().err.strip().split("\r")[-1]
+    assert " 50%|" in line and "| 3/4 [" in line and "3.33s/req" in line, line  # 0.3 a second, shown inverted
+    bar.close()
