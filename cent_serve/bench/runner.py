@@ -315,6 +315,10 @@ class Progress:
         prefill again what they had computed (`Scheduler.rounds_redone`)."""
         self.admitted_work += n
 
+    def dropped(self, n: int) -> None:
+        """A request taken ended with `n` of its request-rounds not run (failed): they are no work to do."""
+        self.admitted_work -= n
+
     def advanced(self, n: int) -> None:
         """`n` request-rounds ran (the requests in an engine round)."""
         self.done_work += n
@@ -468,7 +472,9 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                 ran = engine.scheduler.num_running  # the round ran these and the requests it finished
                 for req in advanced:  # finished, failed by a fault included (nothing aborts here)
                     if req.is_finished:
-                        ran += 1
+                        if req.error is None:  # a failed one's round failed: it ran nothing
+                            ran += 1
+                        bar.dropped(_rounds_left(req, chunk_tokens))  # a failed one's: never run
                         rec = records[req.request_id] = RequestRecord.from_request(
                             req, trace_arrivals.pop(req.request_id, None))
                         engine.forget(req.request_id)
@@ -520,6 +526,13 @@ def _rounds(engine: Engine, request_id: str) -> int:
     """`request_rounds` of a request the engine took."""
     req = engine.requests[request_id]
     return request_rounds(len(req.prompt_ids), req.params.max_tokens, engine.scheduler.prefill_chunk_tokens)
+
+
+def _rounds_left(req, chunk_tokens: int) -> int:
+    """`request_rounds` a finished request did not run: 0 when it made all its tokens, else (failed) the
+    chunks of its tokens not computed and its tokens not made after them."""
+    left = req.num_tokens - req.num_computed
+    return max(0, -(-left // chunk_tokens) + req.params.max_tokens - len(req.output_ids) - 1)
 
 
 def _add(engine: Engine, tr: TraceRequest, index: int, seed: int) -> RequestRecord | None:

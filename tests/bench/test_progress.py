@@ -172,3 +172,39 @@ def test_the_bar_s_rate_is_the_requests_ended_a_second(capsys):
     line = capsys.readouterr().err.strip().split("\r")[-1]
     assert " 50%|" in line and "| 3/4 [" in line and "3.33s/req" in line, line  # 0.3 a second, shown inverted
     bar.close()
+
+
+def test_a_request_failed_by_a_fault_leaves_no_work_behind(monkeypatch):
+    """One replica's devices raise on the 12th round (a device's own error): the request in it fails,
+    the two others are recomputed and finish. The failed one's unrun rounds stayed work to do and its
+    failed round was counted as run: the replay ended with the bar at 90% (46 of 51 rounds) and time left
+    to go. Now its rounds not run leave the work, the round it failed in is not counted: 45 of 45."""
+    from tests.serving.utils import OK, breakable_replicas
+
+    bars = []
+
+    class Kept(Progress):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(runner, "Progress", Kept)
+    cfg, (device,), rebuild, engine = breakable_replicas(1)
+    rebuild.plan.put(OK)  # the re-created devices work
+    rounds, submit = [0], device.submit
+
+    def dies_once(plan):
+        rounds[0] += 1
+        if rounds[0] == 12:
+            raise RuntimeError("the device actor died")
+        return submit(plan)
+
+    device.submit = dies_once
+    reqs = [TraceRequest(f"r{i}", 0.0, 8, 10) for i in range(3)]
+    try:
+        result = run_in_process(cfg, reqs, progress=False, total=3, engine=engine)
+    finally:
+        engine.shutdown()
+    assert [r.ok for r in result.records] == [False, True, True]
+    bar = bars[0]
+    assert bar.done_work == bar.admitted_work == 45 and bar.fraction_done() == 1.0 and bar.eta_s(100.0) == 0.0
