@@ -90,10 +90,8 @@ def test_the_fill_is_the_share_of_the_work_and_the_count_the_requests_ended(caps
     assert "100%|" in line and "| 4/4 [" in line and "<00:00" in line, line
 
 
-def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
-    """run_in_process counts each request offered (its rounds when taken, nothing when refused), the
-    replay's rounds up front, and each request-round as it runs: a queue of 1 refuses most of a burst,
-    and at the end the rounds run are the rounds the requests taken needed, none left."""
+def _keep_bars(monkeypatch) -> list[Progress]:
+    """The bars run_in_process makes from now on, in order (its `Progress` kept as it is made)."""
     bars = []
 
     class Kept(Progress):
@@ -102,6 +100,14 @@ def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
             bars.append(self)
 
     monkeypatch.setattr(runner, "Progress", Kept)
+    return bars
+
+
+def test_an_in_process_replay_tells_the_bar_its_work(monkeypatch):
+    """run_in_process counts each request offered (its rounds when taken, nothing when refused), the
+    replay's rounds up front, and each request-round as it runs: a queue of 1 refuses most of a burst,
+    and at the end the rounds run are the rounds the requests taken needed, none left."""
+    bars = _keep_bars(monkeypatch)
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
     cfg.scheduler.max_waiting = 1
     reqs = [TraceRequest(str(i), 0.0, 16, 5 + i) for i in range(12)]
@@ -123,14 +129,7 @@ def test_a_preempted_request_s_recompute_is_work_to_do(monkeypatch):
     had computed: the rounds run (4,463 here) were counted, the work to do was not (3,955, the requests'
     rounds as admitted), so the bar filled and the time left shrank ahead of the replay. Now each
     preemption adds its recompute to the work (`Scheduler.rounds_redone`): at the end the two are equal."""
-    bars = []
-
-    class Kept(Progress):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(runner, "Progress", Kept)
+    bars = _keep_bars(monkeypatch)
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 0, 1), numerics="off")
     cfg.model.max_seq_len = 256
     cfg.scheduler.num_kv_blocks_override = 16
@@ -181,14 +180,7 @@ def test_a_request_failed_by_a_fault_leaves_no_work_behind(monkeypatch):
     to go. Now its rounds not run leave the work, the round it failed in is not counted: 45 of 45."""
     from tests.serving.utils import OK, breakable_replicas
 
-    bars = []
-
-    class Kept(Progress):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(runner, "Progress", Kept)
+    bars = _keep_bars(monkeypatch)
     cfg, (device,), rebuild, engine = breakable_replicas(1)
     rebuild.plan.put(OK)  # the re-created devices work
     rounds, submit = [0], device.submit
