@@ -462,7 +462,8 @@ class Engine:
 
     def _prompt_logprobs(self, req: Request, block, first: int) -> None:
         """Log-probabilities of the prompt tokens that the logits `block` (positions `first`, ...)
-        predict: position i's logits give prompt token i + 1's."""
+        predict: position i's logits give prompt token i + 1's (a recompute of a request that has them
+        all asks for no such rows: `scheduler.logit_rows`)."""
         p, prompt = req.params, req.prompt_ids
         if req.prompt_logprobs is None:
             req.prompt_logprobs = [None] * len(prompt)

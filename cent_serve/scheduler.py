@@ -417,7 +417,11 @@ class Scheduler:
 def logit_rows(req: Request, n: int) -> int:
     """How many of the last positions of `req`'s step of `n` tokens need logits: all of them while
     prompt tokens after the first still lack their log-probabilities (`prompt_logprobs`), else
-    the last one if the step ends the known tokens (the host samples the next), else none."""
-    if req.params.prompt_logprobs is not None and req.num_computed < len(req.prompt_ids) - 1:
+    the last one if the step ends the known tokens (the host samples the next), else none. A
+    recompute (a preemption, or `Engine._recover` after its devices died) of a request that has them
+    all asks for none: the prompt prefilled again in other chunks gives float32 sums that differ in
+    the last bits, and a stream sent the ones there were with the first token (`EngineLoop._deliver`)."""
+    if (req.params.prompt_logprobs is not None and req.num_computed < len(req.prompt_ids) - 1
+            and (req.prompt_logprobs is None or req.prompt_logprobs[-1] is None)):
         return n
     return int(req.num_computed + n == req.num_tokens)

@@ -372,3 +372,37 @@ def test_a_choice_whose_sibling_failed_before_on_another_replica_is_not_queued_a
     assert eng.step() == [short] and short.finish_reason == "error"
     devices[1].broken = True
     assert eng.step() == [long_] and long_.finish_reason == "error" and long_.num_fault_retries == 0
+
+
+def test_a_recompute_keeps_the_prompt_logprobs_it_has_and_asks_for_no_prompt_logits():
+    """Full numerics in chunks of 4, with prompt_logprobs: the prompt's log-probabilities came with its
+    first chunks (a stream sent them with the first token); the recompute after the devices died
+    prefills the prompt in other chunks ([0:4] [4:8] where they were [0:4] [4:6]), whose float32 sums
+    differed in the last bits, and overwrote the last one with another value (and asked the devices
+    for a logits row per prompt position again). It keeps them, bit for bit, and asks for the
+    sampling row alone."""
+    from tests.serving.utils import server_cfg
+
+    cfg = server_cfg("full", devices=1, pp=1)
+    cfg.scheduler.prefill_chunk_tokens = 4
+    params = RequestParams(max_tokens=6, ignore_eos=True, sampling=SamplingParams(seed=3), prompt_logprobs=2)
+    _, ref, _ = _run(cfg, params, None)
+    from cent_serve.executor import LocalExecutor
+
+    rows, submit = [], LocalExecutor.submit
+
+    def counting(self, plan):  # the devices' rounds, before the fault and on the re-created ones
+        rows.append((len(plan.token_ids), int(plan.wants_logits.sum())))
+        return submit(self, plan)
+
+    LocalExecutor.submit = counting
+    try:
+        _, req, _ = _run(cfg, params, 2)
+    finally:
+        LocalExecutor.submit = submit
+    assert req.num_fault_retries == 1 and req.output_ids == ref.output_ids
+    assert [x and (x.token_id, x.logprob) for x in req.prompt_logprobs] == \
+        [x and (x.token_id, x.logprob) for x in ref.prompt_logprobs]
+    # the prompt [0:4] (4 rows) and [4:6] (2: the first token), a decode (the second); the round after
+    # fails; the recompute [0:4] (no row, where it asked for 4) and [4:8] (the next token's row)
+    assert rows[:5] == [(4, 4), (2, 2), (1, 1), (4, 0), (4, 1)], rows
