@@ -267,6 +267,43 @@ def test_two_replicas_failing_in_one_round_queue_their_requests_again_in_arrival
     assert list(eng.scheduler.waiting) == reqs and all(q.num_fault_retries == 1 for q in reqs[:4])
 
 
+class DyingSeen(Dying):
+    """A `Dying` whose death its links show before a round (`check_links`) and a status call finds
+    (`stats`), as a lost actor's do."""
+
+    def check_links(self):
+        if self.broken:
+            raise self.error
+
+    def stats(self):
+        if self.broken:
+            raise self.error
+        return super().stats()
+
+
+@pytest.mark.parametrize("found_by", ["check_links", "stats_now"])
+def test_two_replicas_found_dead_in_one_pass_queue_their_requests_again_in_arrival_order(found_by):
+    """As a round's: replicas found dead by the link check before scheduling, or by a status call, go
+    back together in arrival order (each replica recovered in turn put replica 1's ahead of replica 0's)."""
+    cfg, _, rebuild, eng = breakable_replicas(2)
+    cfg.scheduler.max_seqs_per_stage = 2
+    from cent_serve.engine import Engine
+
+    devices = [DyingSeen(cfg), DyingSeen(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    reqs = [eng.add_request([1, 5, 6, 7, 8, 9], PARAMS, arrival_s=1e-9 * i) for i in range(5)]
+    while not all(q.output_ids for q in reqs[:4]):
+        eng.step()
+    assert [q.replica for q in reqs] == [0, 1, 0, 1, -1]
+    devices[0].broken = devices[1].broken = True
+    if found_by == "check_links":
+        eng._check_links()
+    else:
+        assert eng.stats_now()[:2] == ([], [])
+    assert list(eng.scheduler.waiting) == reqs and all(q.num_fault_retries == 1 for q in reqs[:4])
+    assert not eng.scheduler.running and eng.stats.num_fault_retries == 4
+
+
 class DyingAtSecondRound(Dying):
     """Its devices die under its second round (a lost device's closed link)."""
 
