@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 import os
 import time
 from array import array
@@ -384,10 +385,11 @@ def _check_requests(requests: object) -> None:
 def _checked(requests: Iterable[TraceRequest]) -> Iterator[TraceRequest]:
     """`requests` as they are taken, each refused (ValueError naming `requests[i]`) where a trace
     reader refuses its row (docs/serving.md, Request traces) or renames it: a request that is not a
-    Request record, a length that is not a whole number >= 0, an arrival that is not seconds from
-    the trace's start within MAX_ARRIVAL_S (NaN never arrived: the replay waited for it forever) or
-    is earlier than the one before, an id another request has (its record replaced the other's)."""
-    ids: dict[str, int] = {}
+    Request record, a length that is not a whole number >= 0, an arrival that is not a number of
+    seconds from the trace's start within MAX_ARRIVAL_S (NaN never arrived: the replay waited for it
+    forever) or is earlier than the one before, an id another request has (its record replaced the
+    other's; ids compared as the engine names them, `engine_id`: 1 and "1" are both trace-1)."""
+    ids: dict[str, tuple[int, object]] = {}
     previous_s = 0.0
     for i, tr in enumerate(requests):
         if not isinstance(tr, TraceRequest):
@@ -396,6 +398,9 @@ def _checked(requests: Iterable[TraceRequest]) -> Iterator[TraceRequest]:
             value = getattr(tr, name)
             if not is_int(value) or value < 0:
                 raise wrong(CALL, f"requests[{i}].{name}", value, "give a whole number of tokens >= 0")
+        if not isinstance(tr.arrival_s, numbers.Real) or isinstance(tr.arrival_s, bool):
+            raise wrong(CALL, f"requests[{i}].arrival_s", tr.arrival_s,
+                        "give seconds from the trace's start as a number, e.g. 0.5")
         if not 0.0 <= tr.arrival_s <= MAX_ARRIVAL_S:  # NaN too
             raise wrong(CALL, f"requests[{i}].arrival_s", tr.arrival_s,
                         f"give seconds from the trace's start, 0 to {MAX_ARRIVAL_S:g} (simulated time is one "
@@ -404,11 +409,14 @@ def _checked(requests: Iterable[TraceRequest]) -> Iterator[TraceRequest]:
             raise wrong(CALL, f"requests[{i}].arrival_s", tr.arrival_s,
                         f"give arrivals in order: it is before requests[{i - 1}]'s ({previous_s!r}): sort the "
                         "requests by arrival_s")
-        if tr.request_id in ids:
+        name = engine_id(tr)
+        if name in ids:
+            j, theirs = ids[name]
+            alike = "" if type(theirs) is type(tr.request_id) else f" as {theirs!r}, the engine's {name} too"
             raise wrong(CALL, f"requests[{i}].request_id", tr.request_id,
-                        f"give each request its own id (requests[{ids[tr.request_id]}] has it; load_trace sends a "
-                        "file's repeats as <id>#<index>)")
-        ids[tr.request_id] = i
+                        f"give each request its own id (requests[{j}] has it{alike}; load_trace sends a file's "
+                        "repeats as <id>#<index>)")
+        ids[name] = i, tr.request_id
         previous_s = tr.arrival_s
         yield tr
 
@@ -433,7 +441,12 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
     if own and not checked:
         from cent_serve.preflight import check_runnable
         check_runnable(cfg)
-    it = _checked(requests)
+    if isinstance(requests, Sequence):  # all of them before anything runs (and before their rounds are summed)
+        for _ in _checked(requests):
+            pass
+        it = iter(requests)
+    else:  # a generator (load_trace's, lazily): each as it is taken
+        it = _checked(requests)
     pending = next(it, None)
     engine = engine or Engine(cfg)
     seed = cfg.scheduler.seed

@@ -32,6 +32,13 @@ def cfg():
     ([Request("0", 0.0, 5.0, 3)], r"requests\[0\]\.num_prompt_tokens is a float \(5\.0\): give a whole number of tokens >= 0"),
     ([Request("0", 0.0, 5, -3)], r"requests\[0\]\.num_output_tokens is an int \(-3\): give a whole number of tokens >= 0"),
     ([Request("0", 0.0, 5, 3), {"arrival_s": 1.0}], r"requests\[1\] is a dict .*: give the trace's requests"),
+    # not a number: TypeError: '<=' not supported between instances of 'float' and 'str'
+    ([Request("0", "0.5", 5, 3)], r"requests\[0\]\.arrival_s is a str \('0\.5'\): give seconds from the trace's start as a number"),
+    ([Request("0", None, 5, 3)], r"requests\[0\]\.arrival_s is None: give seconds"),
+    # 1 and "1" are both the engine's trace-1: one record replaced the other (2 sent, 1 record)
+    ([Request(1, 0.0, 5, 3), Request("1", 0.1, 5, 3)],
+     r"requests\[1\]\.request_id is a str \('1'\): give each request its own id \(requests\[0\] has it as 1, the "
+     r"engine's trace-1 too; "),
 ])
 def test_a_request_the_trace_readers_would_refuse_is_refused_in_one_line(cfg, requests, says):
     with pytest.raises(ValueError, match=r"^run_in_process\(cfg, requests\): " + says) as err:
@@ -45,3 +52,21 @@ def test_requests_built_by_hand_each_get_a_record(cfg):
     result = run_in_process(cfg, reqs, progress=False)
     assert sorted(r.request_id for r in result.records) == ["trace-0", "trace-1", "trace-2"]
     assert all(r.finish_reason == "length" for r in result.records)
+
+
+def test_a_list_is_checked_whole_before_anything_runs(cfg):
+    """A list's requests are all checked first: with `total` given, its rounds were summed before its
+    second item was looked at (AttributeError: 'dict' object has no attribute 'num_prompt_tokens'),
+    and a bad last request was refused only after the ones before it had been replayed."""
+    from cent_serve.engine import Engine
+
+    with pytest.raises(ValueError, match=r"requests\[1\] is a dict"):
+        run_in_process(cfg, [Request("0", 0.0, 5, 3), {"arrival_s": 1.0}], progress=False, total=2)
+    engine = Engine(cfg)
+    try:
+        with pytest.raises(ValueError, match=r"requests\[2\]\.arrival_s is a float \(0\.5\): .*before requests\[1\]'s"):
+            run_in_process(cfg, [Request("0", 0.0, 5, 3), Request("1", 1.0, 5, 3), Request("2", 0.5, 5, 3)],
+                           progress=False, engine=engine)
+        assert not engine.requests and engine.stats.generation_tokens == 0 and engine.stats.num_rounds == 0
+    finally:
+        engine.shutdown()
