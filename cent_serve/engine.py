@@ -352,9 +352,14 @@ class Engine:
         doomed = {id(q.choices) for *_, on_it, _ in fails for q in on_it if q.choices is not None}
         lost = {q for q in again if q.choices is not None and (
             id(q.choices) in doomed or any(s.finish_reason == "error" for s in q.choices))}
+        # and a choice queued again by an earlier death, waiting for a lane, fails with its sibling failing now
+        queued = [q for q in self.scheduler.waiting
+                  if q.num_fault_retries and q.choices is not None and id(q.choices) in doomed]
         for replica, exc, cause, message, on_it, retry in fails:
             on_it += [q for q in retry if q in lost]
             retry = [q for q in retry if q not in lost]
+            mine = {id(q.choices) for q in on_it if q.choices is not None}
+            on_it += [q for q in queued if id(q.choices) in mine and not q.is_finished and q not in on_it]
             fresh = sum(not q.output_ids for q in retry)
             waits = "".join(f"; {n} request{'s' if n > 1 else ''} on it with {what}" for n, what in (
                 (fresh, f"nothing produced wait{'s' * (fresh == 1)} for the re-created devices"),

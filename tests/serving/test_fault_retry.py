@@ -443,3 +443,27 @@ def test_a_recompute_keeps_the_prompt_logprobs_it_has_and_asks_for_no_prompt_log
     # the prompt [0:4] (4 rows) and [4:6] (2: the first token), a decode (the second); the round after
     # fails; the recompute [0:4] (no row, where it asked for 4) and [4:8] (the next token's row)
     assert rows[:5] == [(4, 4), (2, 2), (1, 1), (4, 0), (4, 1)], rows
+
+
+def test_a_choice_queued_again_fails_when_its_sibling_fails_later():
+    """The other order: a choice's devices die (it is queued again, and waits for a lane), then its
+    sibling fails on another replica with a device's own error. The reply is the 500 whatever the
+    waiting choice does, so it fails with its sibling rather than be recomputed for no one (it
+    waited, then ran, while the reply waited for it)."""
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    cfg.scheduler.max_seqs_per_stage = 1
+    from cent_serve.engine import Engine
+
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    a, b = eng.add_request([1, 5], PARAMS), eng.add_request([1, 5], PARAMS)
+    a.choices = b.choices = [a, b]
+    alone = eng.add_request([1, 6], PARAMS)
+    eng.step(), eng.step()  # a prompt token a round
+    assert (a.replica, b.replica) == (0, 1) and a.output_ids and b.output_ids
+    devices[1].broken = True  # lost: b is queued again, replica 0 has no lane for it
+    assert eng.step() == [a] and b in eng.scheduler.waiting and b.num_fault_retries == 1
+    devices[0].error = RuntimeError("a device raised while computing")  # not a death: a fails
+    devices[0].broken = True
+    assert set(eng.step()) == {a, b} and a.finish_reason == b.finish_reason == "error"
+    assert b.error == a.error and list(eng.scheduler.waiting) == [alone] and eng.stats.num_failed == 2
