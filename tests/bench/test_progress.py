@@ -69,10 +69,9 @@ def _record(rid: str) -> RequestRecord:
     return RequestRecord(rid, 0.0, 8, 4, 0.0, 0.1, 0.4, "length")
 
 
-def test_the_fill_is_the_share_of_the_work_and_the_count_the_requests_ended(capsys):
-    """3 of 4 requests ended (two refused at once, one done: 100 rounds), the fourth has 100 of its 300
-    rounds run: the bar is a third full, not three quarters, and says 3/4 requests."""
-    bar = Progress(4, "replay", by_work=True, total_rounds=800)
+def _three_of_four_ended(bar: Progress) -> None:
+    """Two of four requests refused at once, one done in 100 rounds, the fourth 100 of its 300 rounds
+    in; the bar redrawn."""
     bar.offer(100, 100)
     bar.offer(None, 200)
     bar.offer(None, 200)
@@ -81,6 +80,13 @@ def test_the_fill_is_the_share_of_the_work_and_the_count_the_requests_ended(caps
     for rid in "abc":
         bar.done(_record(rid))
     bar.bar.refresh()
+
+
+def test_the_fill_is_the_share_of_the_work_and_the_count_the_requests_ended(capsys):
+    """3 of 4 requests ended (two refused at once, one done: 100 rounds), the fourth has 100 of its 300
+    rounds run: the bar is a third full, not three quarters, and says 3/4 requests."""
+    bar = Progress(4, "replay", by_work=True, total_rounds=800)
+    _three_of_four_ended(bar)
     line = capsys.readouterr().err.strip().split("\r")[-1]
     assert " 50%|" in line and "| 3/4 [" in line, line  # 200 of the 400 rounds the taken requests run
     bar.advanced(200)
@@ -160,14 +166,7 @@ def test_the_bar_s_rate_is_the_requests_ended_a_second(capsys):
     bar = Progress(4, "replay", by_work=True, total_rounds=800)
     start = bar.bar.start_t
     bar.bar._time, bar.bar.mininterval = (lambda: start + 10.0), float("inf")  # no update sets tqdm's rate
-    bar.offer(100, 100)
-    bar.offer(None, 200)
-    bar.offer(None, 200)
-    bar.offer(300, 300)
-    bar.advanced(200)
-    for rid in "abc":
-        bar.done(_record(rid))
-    bar.bar.refresh()
+    _three_of_four_ended(bar)
     line = capsys.readouterr().err.strip().split("\r")[-1]
     assert " 50%|" in line and "| 3/4 [" in line and "3.33s/req" in line, line  # 0.3 a second, shown inverted
     bar.close()
