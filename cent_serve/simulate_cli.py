@@ -13,7 +13,8 @@ from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_seqlen, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
-from cent_serve.timing.energy import GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text
+from cent_serve.timing.energy import (GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text,
+                                      tco_note, unpriced_device_changes)
 from cent_serve.timing.mapping import counted, resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, mean_rate_note, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
@@ -239,7 +240,8 @@ def _run_phases(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
     batch = phases.pop("batch")
     other, why = _other(cfg, args, (args.prompt, total), batch)
     alt = dict(phase_figures(other, args.prompt, args.decode, args.seqlen_gap, batch)["end2end"], phase="end2end")
-    if args.json:
+    if args.json:  # the text shows no tokens per dollar
+        _tco_line(cfg, "tokens_per_dollar_ratio" in phases["end2end"], json_out=True)
         print(json.dumps(dict(phases, convention=args.convention,
                               other_convention=dict(alt, convention=other.convention, why=why),
                               **_record(cfg, args, prompt=args.prompt, decode=args.decode,
@@ -347,7 +349,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
         mp = resolve_mapping(c.model, c.parallel, c.device)
         rows.append(dict(pp=pp, tp=tp, mode=mp.mode, parallelism=mp.parallelism, channels_per_block=mp.channels_per_block,
                          devices_used=mp.devices_used, **e2e))
+    has_ratio = any("tokens_per_dollar_ratio" in r for r in rows)
     if args.json:
+        _tco_line(cfg, has_ratio, json_out=True)
         print(json.dumps(dict(convention=args.convention, points=rows,
                               **_record(cfg, args, prompt=prompt, decode=decode, seqlen_gap=args.seqlen_gap)),
                          indent=2))
@@ -380,6 +384,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     print("cpb: channels a block's weights span on each of its devices; used: devices one copy of the model takes")
     if base:
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
+        _tco_line(cfg, has_ratio, json_out=False)
     elif not paper:
         _no_ratio_note(cfg.model, prompt, decode, cfg.device)
     if fits:  # cent sweep's energy_<term>_mj columns, as a table prints the split (`shares_text`)
@@ -388,6 +393,20 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
         for r in fits:
             print(f"pp {r['pp']:<{pp_w}} tp {r['tp']:<{tp_w}}  {shares_text(r['energy_breakdown_mj'])}")
     return 0
+
+
+def _tco_line(cfg: CentConfig, has_ratio: bool, json_out: bool) -> None:
+    """One line when the output has tokens per dollar against GPUs (`has_ratio`) for a device whose
+    price, channels or capacity were changed but whose TCO was not (`unpriced_device_changes`): printed
+    under the table, or with `json_out` a warning on stderr (stdout is the JSON)."""
+    import logging
+
+    changes = unpriced_device_changes(cfg.device)
+    if has_ratio and changes:
+        if json_out:
+            logging.getLogger("cent").warning(tco_note(changes))
+        else:
+            print(tco_note(changes))
 
 
 def _no_ratio_note(model, prompt: int, decode: int, dev=None) -> None:

@@ -29,8 +29,11 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
 - `pareto.png`: throughput against energy per token, the Pareto front (no other point is both
   faster and cheaper in energy) drawn and labelled;
 - `tokens_per_dollar.png`: tokens per dollar (against the paper's GPU baseline in the artifact's
-  TCO convention where the model has one, else, or when `device.unit_cost_usd` is varied, tokens
-  per second per device dollar) against the device count, or the first varied field with numbers;
+  TCO convention, `device.tco_per_device` a device, where the model has one, else, or when
+  `device.unit_cost_usd` is varied and `device.tco_per_device` is not, tokens per second per device
+  dollar) against the device count, or the first varied field with numbers; when a point's price,
+  channels or capacity differ from the paper's device but its TCO does not, the terminal says so
+  in one line (`timing.energy.tco_note`);
 - `figures.png`: throughput, latency, energy per token and average power against that field,
   one line per combination of the others (when a varied field has numbers).
 
@@ -53,7 +56,7 @@ from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_a
                                    warn_file_closed_form_ignores, warn_file_model_replaced, warn_narrow_dram)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
-from cent_serve.timing.energy import term_cells, term_columns
+from cent_serve.timing.energy import tco_note, term_cells, term_columns, unpriced_device_changes
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
@@ -456,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
         print("points of tp > 1 run devices / tp stages (CENT's hybrid mapping; at most one a block): --vary pp=... to "
               "choose them")
     rows = []
+    unpriced: set[str] = set()  # device fields of cost some point changed while its TCO stayed the paper's
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)
         try:
@@ -472,6 +476,8 @@ def run(args: argparse.Namespace) -> int:
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode, args.batch))
             row.update(figs)
+            if figs.get("tokens_per_dollar_ratio") is not None:  # priced as the paper's device though it is not
+                unpriced.update(c.split("=", 1)[0] for c in unpriced_device_changes(cfg.device))
         except ValueError as exc:  # this point cannot run: say why, go on
             row["error"] = " ".join(str(exc).split())
         rows.append(row)
@@ -503,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
     note = _mean_rate_note(ok, [n for n, _ in vary])
     if note:
         print(note)
+    if unpriced:  # tokens_per_dollar_ratio: one line, whichever points changed them
+        print(tco_note(sorted(unpriced), "--set device.tco_per_device=UNITS, or --vary it in step with them,"))
     print(f"{_count(len(rows), 'point')}, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: "
           f"{out / 'sweep.csv'}")
     if not args.no_plots and ok:

@@ -189,11 +189,12 @@ def axis_label(field: str) -> str:
 
 def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "") -> Path:
     """Tokens per dollar against the devices (or the varied field, `x_field`), one line per combination
-    of the other varied fields: against the paper's GPUs in the artifact's TCO convention, or per
-    device dollar (`device.unit_cost_usd`) when the model has no GPU figure or the price is varied
-    (the TCO convention prices every device as the paper's); `given` and `how` as `plot_pareto`'s."""
+    of the other varied fields: against the paper's GPUs in the artifact's TCO convention
+    (`device.tco_per_device` a device), or per device dollar (`device.unit_cost_usd`) when the model has
+    no GPU figure or the price is varied and the TCO is not (the ratio would price every point's device
+    alike); `given` and `how` as `plot_pareto`'s."""
     ratio = (all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
-             and "device.unit_cost_usd" not in fields)
+             and ("device.unit_cost_usd" not in fields or "device.tco_per_device" in fields))
     key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
     x = x_field(rows, fields) or "devices"  # every row has its device count
     fig = Figure(figsize=(9, 6))
@@ -201,7 +202,7 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
     _lines(ax, rows, fields, x, key)
     if x in ("parallel.num_devices", "devices"):
         ax.set_xlabel("CENT devices in the system (every replica's)")
-    ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO convention)" if ratio
+    ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO: device.tco_per_device)" if ratio
                   else "tokens/s per device dollar (device.unit_cost_usd)")
     ax.set_title(fit_title(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
     return _save(fig, [ax], path, 7)

@@ -415,6 +415,21 @@ def test_tokens_per_dollar_follow_the_device_price_when_it_is_varied(tmp_path, c
     assert float(rows[0]["tok_s_per_usd"]) == pytest.approx(2 * float(rows[1]["tok_s_per_usd"]), rel=1e-12)
 
 
+def test_a_sweep_over_channels_says_once_where_the_tco_ratio_s_prices_come_from(tmp_path, capsys):
+    """Every point's tokens_per_dollar_ratio prices its device as the paper's unless device.tco_per_device
+    says otherwise: the terminal says so in one line naming the varied field, and a TCO varied with it
+    moves the ratio (and silences the line)."""
+    common = ["sweep", "--model", "llama2-7b", "--devices", "8", "--out", str(tmp_path), "--no-plots"]
+    assert main(common + ["--vary", "device.num_channels=32,64"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "device.tco_per_device" in x]
+    assert len(lines) == 1 and "which device.num_channels does not move" in lines[0], lines
+    assert main(common + ["--vary", "device.tco_per_device=0.0228125,0.045625"]) == 0
+    assert "does not move" not in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert float(rows[1]["tokens_per_dollar_ratio"]) == pytest.approx(float(rows[0]["tokens_per_dollar_ratio"]) / 2,
+                                                                      rel=1e-12)
+
+
 def test_the_tokens_per_dollar_plot_reads_the_price_when_it_is_varied(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
@@ -428,6 +443,12 @@ def test_the_tokens_per_dollar_plot_reads_the_price_when_it_is_varied(tmp_path, 
                                                                     real(self, xs, ys, *a, **k))[1])
     plot_tokens_per_dollar(rows, ["device.unit_cost_usd"], tmp_path / "t.png")
     assert drawn == [([28.0, 56.0], [14.0, 7.0])]  # per device dollar against the price, not the TCO ratio
+    # the TCO varied with the price: the ratio prices each point's device, so it is what is drawn
+    priced = [dict(r, **{"device.tco_per_device": t}, tokens_per_dollar_ratio=q)
+              for r, t, q in zip(rows, ("0.0228", "0.0456"), (6.0, 3.0))]
+    drawn.clear()
+    plot_tokens_per_dollar(priced, ["device.unit_cost_usd", "device.tco_per_device"], tmp_path / "t.png")
+    assert drawn == [([28.0], [6.0]), ([56.0], [3.0])]  # a line for each TCO (the cross product's)
 
 
 @pytest.mark.parametrize("where", ["the path", "its parent"])

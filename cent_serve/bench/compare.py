@@ -9,7 +9,7 @@ compare_sweep.png (latency against throughput over the rates for both).
 
 Power is the run's energy over its duration (steps only: an idle GPU or device is charged
 nothing); tokens per dollar use the CENT artifact's TCO convention (docs/hardware_model.md section 9):
-throughput / (0.73 x devices / 32) for CENT, / (1.76 x GPUs / 4) for A100s.
+throughput / (device.tco_per_device x devices; 0.73 / 32 each by default) for CENT, / (1.76 x GPUs / 4) for A100s.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from cent_serve.bench.report import (compare_table, reasons_text, replay_fixes, 
 from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
 from cent_serve.preflight import check_runnable
+from cent_serve.timing.energy import tco_note, unpriced_device_changes
 
 KEPT_DICTS = ("failure_reasons", "energy_by_term_j", "energy_share_by_term")
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
@@ -139,6 +140,9 @@ def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentCo
         notes.append("CENT prefills a prompt a token at a time round its pipeline, as the paper does "
                      "(scheduler.prefill_chunk_tokens 1), where a GPU step takes a chunk of up to "
                      f"{gpu_cfg.gpu.num_batched_tokens:,} prompt tokens: its TTFT grows with the prompts and the queue")
+    changes = unpriced_device_changes(cent_cfg.device)
+    if changes:
+        notes.append(tco_note(changes))
     if sides["GPU"].get("tco") is None:
         notes.append(f"tokens per dollar: {gpu_cfg.gpu.kind} has no cost in the CENT artifact's TCO convention; "
                      "--set gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)")

@@ -192,7 +192,8 @@ a compare.json written before it was a row (its table shows "-" there)."""
 
 def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | None = None) -> dict:
     """`summarize` plus the hardware as a run's title names it, `power_w` (the run's energy over its
-    duration), `tco` (the CENT artifact's TCO units: 0.73 per 32 devices, the GPU kind's per GPU) and
+    duration), `tco` (the CENT artifact's TCO units: device.tco_per_device a device, 0.73 per 32 by default;
+    the GPU kind's per GPU) and
     `tokens_per_tco`: one side of `cent bench compare` (compare.json's `cent` and `gpu`), for a replay on
     CENT devices or on GPUs."""
     call = "side_figures(cfg, result, slos)"
@@ -206,7 +207,7 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | 
         hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
     else:
         from cent_serve.timing.energy import cent_tco
-        tco = cent_tco(cfg.parallel.num_devices)
+        tco = cent_tco(cfg.device, cfg.parallel.num_devices)
         hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
     s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
              tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)

@@ -211,8 +211,13 @@ class DeviceConfig:
     """Per device: die $2.69 + packaging $1.10 + NRE $24.38 at 1M units (section 9), for the
     paper's 32 channels: a fixed figure that does not follow `num_channels` or the bank geometry,
     so a sweep over those gets capacity and speed at the same price unless it sets this too. It
-    prices the devices (`tok_s_per_usd`); tokens per dollar against GPUs use the artifact's TCO
-    convention instead (0.73 per 32 devices, 1.76 per 4 A100s), which this does not move."""
+    prices the devices (`tok_s_per_usd`); tokens per dollar against GPUs count device.tco_per_device
+    instead, which this does not move."""
+    tco_per_device: float = 0.73 / 32
+    """A device's cost in the CENT artifact's TCO units, which tokens per dollar against GPUs count in
+    (`tokens_per_dollar_ratio`, `tokens_per_tco`; docs/hardware_model.md section 9): the paper's device,
+    0.73 per 32, against 1.76 per 4 A100s (gpu.tco_per_gpu). A positive number; it does not follow
+    unit_cost_usd, num_channels or the capacity: a device priced otherwise sets this too."""
 
     @property
     def capacity_bytes(self) -> int:
@@ -261,8 +266,11 @@ class DeviceConfig:
     _positive = frozenset({"num_channels", "banks_per_channel", "rows_per_bank", "row_elements", "burst_elements",
                            "bytes_per_element", "kv_bytes_per_element", "clock_hz", "column_cycles", "accumulator_registers",
                            "gemv_af_group_size", "acc_clock_hz", "acc_simd_lanes", "acc_riscv_cores",
-                           "dma_bytes_per_cycle"})
+                           "dma_bytes_per_cycle", "tco_per_device"})
     """Numbers that must be > 0 (every other one, the cycle, time and cost terms, >= 0: `_number_fix`)."""
+    _fixes = {"tco_per_device": "use a positive cost in TCO units (a zero cost makes tokens per dollar infinite; "
+                                "the paper's device: 0.0228125, 0.73 per 32)"}
+    """Fixes worded for their field."""
 
     def __post_init__(self) -> None:
         _check_numbers(self, "device")

@@ -50,9 +50,9 @@ GPU_BASELINES = {
     "llama2-13b": dict(gpus=2, prefill=12913.0, decoding=953.0, end2end=1077.0),
     "llama2-70b": dict(gpus=4, prefill=3110.0, decoding=917.0, end2end=1006.0),
 }
-# docs/hardware_model.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)).
+# docs/hardware_model.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)); the CENT side is
+# device.tco_per_device (0.73 / 32 by default), so a researcher pricing another device can say so.
 TCO_GPU_PER_4 = 1.76
-TCO_CENT_PER_32 = 0.73
 
 TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby", "precharge_standby",
          "sram_static", "sram_dynamic", "accelerator_static", "accelerator_dynamic", "riscv",
@@ -354,9 +354,36 @@ PAPER_WORKLOAD = (512, 3584)
 """The prompt and generated tokens of every query the paper's GPU figures (`GPU_BASELINES`) measured."""
 
 
-def cent_tco(num_devices: int) -> float:
-    """TCO units of `num_devices` CENT devices in the artifact's convention (section 9): 0.73 per 32."""
-    return TCO_CENT_PER_32 * num_devices / 32
+def cent_tco(dev: DeviceConfig, num_devices: int) -> float:
+    """TCO units of `num_devices` CENT devices in the artifact's convention (section 9):
+    `dev.tco_per_device` each (the paper's: 0.73 per 32)."""
+    return dev.tco_per_device * num_devices
+
+
+PRICED_DEVICE_FIELDS = ("unit_cost_usd", "num_channels", "banks_per_channel", "rows_per_bank", "row_elements")
+"""Device fields that plausibly change what a device costs (its price, its channels, its capacity) and
+that `device.tco_per_device`, the cost tokens per dollar against GPUs count, does not follow."""
+
+
+def unpriced_device_changes(dev: DeviceConfig) -> list[str]:
+    """`device.F=value` for each of `PRICED_DEVICE_FIELDS` changed from its default while
+    `dev.tco_per_device` is the paper's device's: tokens per dollar against GPUs still price it as that
+    device (`tco_note` says so). [] when none is, or the TCO was set."""
+    if dev.tco_per_device != DeviceConfig.tco_per_device:
+        return []
+    return [f"device.{f}={getattr(dev, f)}" for f in PRICED_DEVICE_FIELDS
+            if getattr(dev, f) != getattr(DeviceConfig, f)]
+
+
+def tco_note(changes: list[str], fix: str = "--set device.tco_per_device=UNITS") -> str:
+    """One line: where tokens per dollar against GPUs take their prices from, when `changes`
+    (`unpriced_device_changes`, or the fields a sweep varies) leave them the paper's device's; `fix`:
+    how the command gives the device its own."""
+    return (f"tokens per dollar against GPUs price every device at device.tco_per_device="
+            f"{DeviceConfig.tco_per_device:g} TCO units (the paper's device: 0.73 per 32, against 1.76 per 4 "
+            f"A100s; docs/hardware_model.md section 9), which {', '.join(changes)} "
+            f"{'does' if len(changes) == 1 else 'do'} not move: {fix} gives "
+            "this device's cost in those units")
 
 
 UNPRICED_MODEL_FIELDS = frozenset({"name", "checkpoint", "max_seq_len", "weight_dtype", "seed", "rms_norm_eps",
@@ -407,7 +434,7 @@ def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throug
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
     caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
-    tco_cent = cent_tco(num_devices)
+    tco_cent = cent_tco(dev, num_devices)
     system_usd = dev.unit_cost_usd * num_devices  # every device bought, also those a mapping leaves idle
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=system_usd,
                tok_s_per_usd=throughput_tok_s / system_usd if system_usd else None,  # follows unit_cost_usd

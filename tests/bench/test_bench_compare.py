@@ -230,17 +230,19 @@ def test_the_header_says_how_the_compared_requests_arrived(capsys, bench, says):
     assert says in capsys.readouterr().out.splitlines()[0]
 
 
-@pytest.mark.parametrize("hardware, tco", [(None, 0.73 * 8 / 32), ("gpu:a100-80gb:2", 1.76 * 2 / 4)])
-def test_a_sides_power_and_tokens_per_tco_are_its_run_s(hardware, tco):
+@pytest.mark.parametrize("hardware, tco, sets", [(None, 0.73 * 8 / 32, []), ("gpu:a100-80gb:2", 1.76 * 2 / 4, []),
+                                                (None, 0.05 * 8, ["device.tco_per_device=0.05"])])
+def test_a_sides_power_and_tokens_per_tco_are_its_run_s(hardware, tco, sets):
     """compare.json's `power_w` is the run's energy over its duration and `tokens_per_tco` its prompt and
-    output tokens a second over the artifact's TCO units (0.73 per 32 CENT devices, 1.76 per 4 A100s):
-    no test read either (half the power, or output tokens only, kept every test green)."""
+    output tokens a second over the artifact's TCO units (0.73 per 32 CENT devices unless
+    device.tco_per_device prices them, 1.76 per 4 A100s): no test read either (half the power, or output
+    tokens only, kept every test green)."""
     from cent_serve.bench import FixedLengths, synthetic_trace
     from cent_serve.bench.report import side_figures
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import build_config
 
-    cfg = build_config("tiny", devices=8, numerics="off", hardware=hardware)
+    cfg = build_config("tiny", devices=8, numerics="off", hardware=hardware, overrides=sets)
     reqs = list(synthetic_trace(6, rate=50.0, lengths=FixedLengths(20, 5), seed=0))
     s = side_figures(cfg, run_in_process(cfg, reqs, progress=False))
     assert s["completed"] == 6 and s["duration"] > 0 and s["energy_j"] > 0
@@ -371,3 +373,21 @@ def test_a_side_that_refused_requests_for_a_full_queue_did_not_keep_the_pace():
     assert _kept_pace(BenchResult(ok, [], [], 0.0, 0.0, {}), side, 94.0)  # alone: kept (the first rule)
     assert _kept_pace(BenchResult(ok + too_long, [], [], 0.0, 0.0, {}), side, 94.0)  # too long for any hardware
     assert not _kept_pace(BenchResult(ok + refused, [], [], 0.0, 0.0, {}), side, 94.0)
+
+
+def test_compare_says_where_the_cent_side_s_tco_comes_from_when_its_device_is_priced_otherwise():
+    """A CENT device with twice the channels is still priced as the paper's in tokens per TCO unit unless
+    device.tco_per_device says otherwise: a note says so, naming the field; none once the TCO is set."""
+    from cent_serve.bench.compare import compare_notes
+    from cent_serve.bench.runner import BenchResult
+    from cent_serve.config import build_config
+
+    empty = {name: BenchResult([], [], [], 0.0, 0.0, {}) for name in ("CENT", "GPU")}
+    sides = {name: dict(duration=0.0, completed=0, tco=1.0) for name in ("CENT", "GPU")}
+    gpu = build_config("tiny", hardware="gpu:a100-80gb:1", numerics="off")
+    for sets, said in ((["device.num_channels=64"], True), (["device.num_channels=64", "device.tco_per_device=0.05"],
+                                                           False)):
+        cent = build_config("tiny", devices=8, numerics="off", overrides=sets)
+        notes = [n for n in compare_notes(empty, sides, cent, gpu, swept=False) if "device.tco_per_device" in n]
+        assert len(notes) == int(said), notes
+        assert not said or "device.num_channels=64 does not move" in notes[0]

@@ -141,3 +141,44 @@ def test_fields_the_closed_form_ignores_keep_the_gpu_baseline():
         if key.startswith("model."):
             field = key[len("model."):]
             assert field in UNPRICED_MODEL_FIELDS or field == "rope_", key
+
+
+def test_the_device_s_tco_prices_tokens_per_dollar_and_defaults_to_the_paper_s():
+    """`device.tco_per_device` is the CENT side of the TCO ratio, as `gpu.tco_per_gpu` is the GPUs': its
+    default is the paper's 0.73 per 32 (the ratio bit for bit the formula's), and a device priced at twice
+    that halves the tokens per TCO unit and the ratio, as the price field alone does not."""
+    m = model_preset("llama2-13b")
+    c = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
+    assert DEV.tco_per_device == 0.73 / 32
+    assert c["tokens_per_dollar_ratio"] == (1000.0 / (0.73 * 20 / 32)) / (1077.0 / (1.76 * 2 / 4))
+    assert c["tokens_per_tco"] == 1000.0 / (0.73 * 20 / 32)
+    dear = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DeviceConfig(tco_per_device=0.73 / 16),
+                        against_paper=True)
+    assert dear["tokens_per_dollar_ratio"] == pytest.approx(c["tokens_per_dollar_ratio"] / 2, rel=1e-12)
+    assert dear["tokens_per_tco"] == pytest.approx(c["tokens_per_tco"] / 2, rel=1e-12)
+
+
+def test_a_device_priced_otherwise_but_not_its_tco_says_where_the_ratio_s_prices_come_from(capsys, caplog):
+    """More channels, another price or capacity leave the ratio the paper's device's: the output says so
+    in one line naming the fields and the knob (the JSON on stderr), and says nothing once the TCO is set
+    or nothing that prices a device changed."""
+    import json
+
+    from cent_serve.cli import main
+
+    common = ["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep"]
+    assert main(common + ["--set", "device.clock_hz=4e9"]) == 0  # a clock is not what the note is about
+    assert "device.tco_per_device" not in capsys.readouterr().out
+    assert main(common + ["--set", "device.num_channels=64", "--set", "device.rows_per_bank=8192"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "device.tco_per_device=0.0228125" in x]
+    assert len(lines) == 1, lines
+    assert "device.num_channels=64, device.rows_per_bank=8192 do not move: --set device.tco_per_device=" in lines[0]
+    assert main(common + ["--set", "device.num_channels=64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["points"]
+    said = [r.getMessage() for r in caplog.records if "device.tco_per_device" in r.getMessage()]
+    assert len(said) == 1 and "device.num_channels=64 does not move" in said[0]
+    caplog.clear()
+    assert main(common + ["--set", "device.num_channels=64", "--set", "device.tco_per_device=0.045625", "--json"]) == 0
+    priced = json.loads(capsys.readouterr().out)["points"]
+    assert not [r for r in caplog.records if "device.tco_per_device" in r.getMessage()]
+    assert priced[0]["tokens_per_dollar_ratio"] == pytest.approx(rows[0]["tokens_per_dollar_ratio"] / 2, rel=1e-12)
