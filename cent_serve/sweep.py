@@ -1,7 +1,9 @@
 """`cent sweep`: the CENT model over a grid of configurations, for "what if the device had X?".
 
 Every combination of the `--vary` values is a point: the config from the usual flags with those
-fields set. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`, one query a
+fields set. Fields named together in one `--vary` move in step (`--vary devices,pp=32:80,64:160`: a
+point takes each one's value at one index, devices 32 with pp 80, then 64 with 160), and that group's
+points are crossed with the other `--vary`s'. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`, one query a
 pipeline stage or `--batch` in each replica, the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
 timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
 scaled by `cent bench run`'s flags (`--format`, `--num-requests` (200 by default here),
@@ -89,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a config field (e.g. device.num_channels) or devices, pp, tp, model, and its values "
-                        "(repeatable: every combination is a point)")
+                        "(repeatable: every combination is a point); fields in step: F1,F2=A1:B1,A2:B2,... (e.g. "
+                        "devices,pp=32:80,64:160: two points, devices 32 with pp 80 and 64 with 160)")
     p.add_argument("--prompt", type=int, help="closed form: prompt tokens of the paper's workload (default 512)")
     p.add_argument("--decode", type=int, help="closed form: generated tokens of the paper's workload (default 3584)")
     p.add_argument("--batch", type=int, help="closed form: queries in flight in each replica, at most one per "
@@ -107,27 +110,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+IN_STEP_EXAMPLE = "--vary devices,pp=32:80,64:160"
+"""How fields varied in step are written (the errors' example)."""
+
+
 def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
-    """[(field path or 'model', [values as given])]; ValueError naming a malformed one, or a field
-    given twice (also under its short name: `devices` is `parallel.num_devices`)."""
-    out: list[tuple[str, list[str]]] = []
+    """[(field path or 'model', [values as given])], every field of every `--vary` (`parse_vary_groups`
+    flattened: a point's values of fields in step sit at the same index)."""
+    return [field for group in parse_vary_groups(items) for field in group]
+
+
+def parse_vary_groups(items: list[str]) -> list[list[tuple[str, list[str]]]]:
+    """Each `--vary` as [(field path or 'model', [values as given])]: one field (`FIELD=V1,V2,...`), or
+    fields varied in step (`F1,F2=A1:B1,A2:B2,...`: a point takes each field's value at one index; the
+    groups' points are then crossed). ValueError naming a malformed one and its fix, or a field given
+    twice (also under its short name: `devices` is `parallel.num_devices`)."""
+    out: list[list[tuple[str, list[str]]]] = []
     given: dict[str, str] = {}
     for item in items:
         name, sep, values = item.partition("=")
+        names = [n.strip() for n in name.split(",")]
         vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not name.strip() or not vals:
-            raise ValueError(f"--vary {item!r} is invalid: write FIELD=V1,V2,... (e.g. --vary devices=16,32,64)")
-        name = name.strip()
-        path = SHORT.get(name, name)
-        if path in given:
-            same = "" if given[path] == name else f" ({given[path]} and {name} are the same field)"
-            raise ValueError(f"--vary {path} is given twice{same}: give all its values in one --vary "
-                             f"{name}=V1,V2,...")
-        given[path] = name
-        out.append((path, vals))
+        if not sep or not all(names) or not vals:
+            raise ValueError(f"--vary {item!r} is invalid: write FIELD=V1,V2,... (e.g. --vary devices=16,32,64), or "
+                             f"fields in step F1,F2=A1:B1,A2:B2,... (e.g. {IN_STEP_EXAMPLE})")
+        if len(names) == 1 and names[0] != "model" and any(":" in v for v in vals):  # a path may hold a ':'
+            joined = next(v for v in vals if ":" in v)
+            raise ValueError(f"--vary {item!r}: {joined} joins the values of fields in step, but only {names[0]} is "
+                             f"named: name each of them before the '=' (e.g. {IN_STEP_EXAMPLE}), or give "
+                             f"{names[0]} one value a point ({names[0]}=V1,V2,...)")
+        points = [v.split(":") if len(names) > 1 else [v] for v in vals]
+        bad = next((v for v, p in zip(vals, points) if len(p) != len(names) or not all(x.strip() for x in p)), None)
+        if bad is not None:
+            raise ValueError(f"--vary {item!r}: the point {bad} does not give one value for each of the {len(names)} "
+                             f"fields {','.join(names)}: join a point's values with ':' in that order (e.g. "
+                             f"{IN_STEP_EXAMPLE}: devices 32 with pp 80, then 64 with 160)")
+        group = []
+        for i, name in enumerate(names):
+            path = SHORT.get(name, name)
+            if path in given:
+                same = "" if given[path] == name else f" ({given[path]} and {name} are the same field)"
+                raise ValueError(f"--vary {path} is given twice{same}: give all its values in one --vary "
+                                 f"{name}=V1,V2,..." + ("" if len(names) == 1 else " (or once among fields in step)"))
+            given[path] = name
+            group.append((path, [p[i].strip() for p in points]))
+        out.append(group)
     if not out:
         raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
     return out
+
+
+def vary_grid(groups: list[list[tuple[str, list[str]]]]) -> list[dict[str, str]]:
+    """The points: {field: value} for every combination of the groups' points (a group of fields in step
+    gives its i-th values together), in the order --vary gives them, the last changing fastest."""
+    per_group = [[dict(zip([n for n, _ in g], combo)) for combo in zip(*[v for _, v in g])] for g in groups]
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*per_group)]
+
+
+def in_step_of(groups: list[list[tuple[str, list[str]]]]) -> list[tuple[str, ...]]:
+    """The fields varied in step, a tuple a group of two or more (the plots draw them as one axis)."""
+    return [tuple(n for n, _ in g) for g in groups if len(g) > 1]
 
 
 def check_not_set_and_varied(args: argparse.Namespace, vary: list[tuple[str, list[str]]]) -> None:
@@ -144,11 +186,14 @@ def check_not_set_and_varied(args: argparse.Namespace, vary: list[tuple[str, lis
                              f"values in --vary {shown}=V1,V2,... and drop {flag.split()[0]}")
 
 
-def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
+def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]], in_step: list[tuple[str, ...]] = ()) -> None:
     """ValueError naming the first `--vary` field or value that no point could take: an unknown
     field, a value of the wrong type or against the config's rule for numbers, a model that is
-    neither a preset nor a checkpoint. Checked on its own, before any point runs (what clashes
-    with another field's value is a point's error: its row says why)."""
+    neither a preset nor a checkpoint, a value given twice (of fields in step, `in_step`: a point
+    given twice). Checked on its own, before any point runs (what clashes with another field's value
+    is a point's error: its row says why)."""
+    paired = {path for group in in_step for path in group}
+    typed_of: dict[str, list] = {}
     for path, values in vary:
         name = SHORT_OF.get(path, path)  # as most users write it: `devices`, not `parallel.num_devices`
         if name != "model":
@@ -163,10 +208,19 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]]) -> None:
                     typed = check_override(base, f"{path}={value}")
             except ValueError as exc:
                 raise ValueError(f"--vary {name}: {exc}") from None
-            if typed in seen:  # two identical points (8 and 08, 1e9 and 1000000000 alike)
+            typed_of.setdefault(path, []).append(typed)
+            if typed in seen and path not in paired:  # two identical points (8 and 08, 1e9 and 1000000000 alike)
                 same = "" if seen[typed] == value else f" ({seen[typed]} and {value} are the same)"
                 raise ValueError(f"--vary {name}: the value {value} is given twice{same}: give each value once")
             seen[typed] = value
+    for group in in_step:  # a value may recur in its field (devices 32 with pp 80, then with 40), a point may not
+        names = ",".join(SHORT_OF.get(p, p) for p in group)
+        seen_points: set = set()
+        for k, point in enumerate(zip(*[typed_of[p] for p in group])):
+            if point in seen_points:
+                shown = ":".join(dict(vary)[p][k] for p in group)
+                raise ValueError(f"--vary {names}: the point {shown} is given twice: give each point once")
+            seen_points.add(point)
 
 
 def _refuse_section(base: CentConfig, path: str, values: list[str]) -> None:
@@ -397,7 +451,8 @@ def run(args: argparse.Namespace) -> int:
     from cent_serve.timing.pipeline import check_phases
 
     out = check_out_dir(args.out)
-    vary = parse_vary(args.vary)
+    groups = parse_vary_groups(args.vary)
+    vary, in_step = [field for group in groups for field in group], in_step_of(groups)
     check_not_set_and_varied(args, vary)
     paper_defaults(args)  # `--model llama2-70b` alone: the paper's 32 devices, as `cent simulate`
     base = config_from_args(args, experts=False, closed_form=not args.trace)  # warned below, over every point's model
@@ -426,7 +481,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch is not None and args.batch < 1:  # else every point would say it
             raise ValueError(f"--batch {args.batch} is invalid: use a positive number of queries in flight (e.g. "
                              "--batch 8), at most one per pipeline stage")
-    check_vary(base, vary)
+    check_vary(base, vary, in_step)
     moe = _any_moe(base, vary)
     warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
     varies_model = any(name == "model" for name, _ in vary)
@@ -453,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         if not {"device.row_elements", "device.burst_elements"} & set(dict(vary)):  # else the combinations asked for
             warn_narrow_dram("--vary device.bytes_per_element", widths)
     requests, recorded = load_sweep_trace(args, base) if args.trace else (None, None)
-    grid = [dict(zip([n for n, _ in vary], combo)) for combo in itertools.product(*[v for _, v in vary])]
+    grid = vary_grid(groups)
     hybrid_pp = follows_tp(base, vary)
     if hybrid_pp:
         print("points of tp > 1 run devices / tp stages (CENT's hybrid mapping; at most one a block): --vary pp=... to "
@@ -520,8 +575,9 @@ def run(args: argparse.Namespace) -> int:
         # every point's, unvaried: a 4 GHz device's plots are not the paper's, nor a 16-device sweep's the default's
         given = given_overrides(args, SHARED_FLAGS)
         how = workload_text(args)  # every plot's throughput moves with it
-        plots = [plot_pareto(ok, labels, out / "pareto.png", given, how),
-                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given, how),
-                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=how, given=given)]
+        plots = [plot_pareto(ok, labels, out / "pareto.png", given, how, in_step),
+                 plot_tokens_per_dollar(ok, labels, out / "tokens_per_dollar.png", given, how, in_step),
+                 plot_figures(ok, labels, out / "figures.png", trace=bool(args.trace), how=how, given=given,
+                              in_step=in_step)]
         print(f"plots: {', '.join(str(p) for p in plots if p)}")
     return 0

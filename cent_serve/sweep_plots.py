@@ -60,15 +60,18 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return sorted(front, key=lambda r: r["throughput_tok_s"])
 
 
-def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "") -> Path:
+def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "",
+                in_step: list[tuple[str, ...]] = ()) -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
     not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled;
-    `given`: the settings every point shares, `how`: what the points ran, named in the title."""
-    fig, axes = pareto_figure(rows, fields, given, how)
+    `given`: the settings every point shares, `how`: what the points ran, named in the title; `in_step`:
+    the fields varied in step (`sweep.in_step_of`), named so in the title."""
+    fig, axes = pareto_figure(rows, fields, given, how, in_step)
     return _save(fig, axes, path, 8, below=True)  # inside, a legend of many points covered some of them
 
 
-def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str = ""):
+def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str = "",
+                  in_step: list[tuple[str, ...]] = ()):
     """`plot_pareto`'s figure and its panels, before the legends and the file."""
     models: dict[str, list[dict]] = {}
     names = _model_names(rows)
@@ -101,7 +104,7 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
         ax.ticklabel_format(useOffset=False, axis="both")  # values, not an offset and its small differences
-    title = (f"CENT design space over {', '.join(fields)}\n(front: no point of the model is both faster "
+    title = (f"CENT design space over {fields_text(fields, in_step)}\n(front: no point of the model is both faster "
              f"and cheaper in energy){_given(given, how)}")  # two lines at least: one panel is narrow
     # from its last line up, above the panels' titles however many lines it has ("tight" bounds keep it)
     fig.suptitle(fit_title(title, fig, 10), fontsize=10, va="bottom", y=0.93)
@@ -129,6 +132,32 @@ def _spots(points: list[dict]) -> dict[tuple[float, float], list[int]]:
     return spots
 
 
+def fields_text(fields: list[str], in_step: list[tuple[str, ...]] = ()) -> str:
+    """The varied fields as a title names them, those varied in step together: 'parallel.num_devices and
+    parallel.pp in step, device.clock_hz'."""
+    out, done = [], set()
+    for f in fields:
+        group = next((g for g in in_step if f in g), (f,))
+        if f not in done:
+            out.append(f if len(group) == 1 else f"{' and '.join(group)} in step")
+            done.update(group)
+    return ", ".join(out)
+
+
+def _companions(rows: list[dict], x: str, fields: list[str], in_step: list[tuple[str, ...]]) -> list[str]:
+    """The fields varied in step with `x` (`in_step`) that move with it, one value for each of x's: the line
+    plots draw them on x's axis, not a line each (a field of the group that takes two values at one of x's
+    stays a line's label)."""
+    group = next((g for g in in_step if x in g), ())
+    return [f for f in group if f != x and f in fields
+            and all(len({r[f] for r in rows if r[x] == v}) == 1 for v in {r[x] for r in rows})]
+
+
+def _in_step_text(companions: list[str]) -> str:
+    """' (pp in step)' naming the fields that move with the x axis, or ''."""
+    return f" ({', '.join(f.split('.')[-1] for f in companions)} in step)" if companions else ""
+
+
 def x_field(rows: list[dict], fields: list[str]) -> str | None:
     """The varied field the line plots put on the x axis: the device count when it varies, else the
     first varied field with numbers and more than one value; None when there is none."""
@@ -146,9 +175,11 @@ def _number(value) -> float | None:
         return None
 
 
-def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
-    """`key` against `x`, one line per combination of the other varied fields."""
-    others = [f for f in fields if f != x]
+def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: list[tuple[str, ...]] = ()) -> None:
+    """`key` against `x`, one line per combination of the other varied fields (those varied in step with
+    x and moving with it, `_companions`, on x's axis: its label names them)."""
+    companions = _companions(rows, x, fields, in_step)
+    others = [f for f in fields if f != x and f not in companions]
     groups: dict[str, list[dict]] = {}
     names = _model_names(rows) if "model" in others else {}
     for r in rows:
@@ -169,7 +200,7 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str) -> None:
     if ys and mid and max(ys) - min(ys) < FLAT_SHARE * abs(mid):
         # a spread under 1% drawn across the whole axis reads as a steep trend: show it as the flat line it is
         ax.set_ylim(mid - FLAT_SHARE * abs(mid), mid + FLAT_SHARE * abs(mid))
-    ax.set_xlabel(axis_label(x))
+    ax.set_xlabel(axis_label(x) + _in_step_text(companions))
 
 
 FLAT_SHARE = 0.01
@@ -187,21 +218,23 @@ def axis_label(field: str) -> str:
     return f"{field} ({unit})" if unit else field
 
 
-def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "") -> Path:
+def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "",
+                           in_step: list[tuple[str, ...]] = ()) -> Path:
     """Tokens per dollar against the devices (or the varied field, `x_field`), one line per combination
     of the other varied fields: against the paper's GPUs in the artifact's TCO convention
     (`device.tco_per_device` a device), or per device dollar (`device.unit_cost_usd`) when the model has
     no GPU figure or the price is varied and the TCO is not (the ratio would price every point's device
-    alike); `given` and `how` as `plot_pareto`'s."""
+    alike); `given`, `how` and `in_step` as `plot_pareto`'s."""
     ratio = (all(r.get("tokens_per_dollar_ratio") is not None for r in rows)
              and ("device.unit_cost_usd" not in fields or "device.tco_per_device" in fields))
     key = "tokens_per_dollar_ratio" if ratio else "tok_s_per_usd"
     x = x_field(rows, fields) or "devices"  # every row has its device count
     fig = Figure(figsize=(9, 6))
     ax = fig.subplots()
-    _lines(ax, rows, fields, x, key)
+    _lines(ax, rows, fields, x, key, in_step)
     if x in ("parallel.num_devices", "devices"):
-        ax.set_xlabel("CENT devices in the system (every replica's)")
+        ax.set_xlabel("CENT devices in the system (every replica's)" + _in_step_text(_companions(rows, x, fields,
+                                                                                                   in_step)))
     ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO: device.tco_per_device)" if ratio
                   else "tokens/s per device dollar (device.unit_cost_usd)")
     ax.set_title(fit_title(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
@@ -209,10 +242,10 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
 
 
 def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, how: str,
-                 given: str = "") -> Path | None:
+                 given: str = "", in_step: list[tuple[str, ...]] = ()) -> Path | None:
     """Throughput, latency, energy per token and average power against the varied field (`x_field`),
     one line per combination of the others; None when no varied field has numbers. `how`: what the
-    points ran, for the title (`sweep.workload_text`); `given` as `plot_pareto`'s."""
+    points ran, for the title (`sweep.workload_text`); `given` and `in_step` as `plot_pareto`'s."""
     x = x_field(rows, fields)
     if x is None:
         return None
@@ -223,8 +256,8 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
     fig = Figure(figsize=(12, 8))
     axes = fig.subplots(2, 2)
     for ax, (key, label) in zip(axes.flat, panels):
-        _lines(ax, rows, fields, x, key)
+        _lines(ax, rows, fields, x, key, in_step)
         ax.set_ylabel(label)
     models = ", ".join(sorted({r["model_name"] for r in rows}))
-    fig.suptitle(fit_title(f"{models}: the figures against {x} ({how}){_given(given)}", fig, 11), fontsize=11)
+    fig.suptitle(fit_title(f"{models}: the figures against {x}{_in_step_text(_companions(rows, x, fields, in_step))} ({how}){_given(given)}", fig, 11), fontsize=11)
     return _save(fig, axes.flat, path, 7)

@@ -981,3 +981,86 @@ def test_the_element_width_warning_leaves_bf16_and_a_varied_row_or_burst_alone(t
     assert main(["sweep", "--model", "llama2-7b", "--vary", "device.bytes_per_element=1,2", "--vary",
                  "device.row_elements=1024,2048", "--out", str(tmp_path), "--no-plots"]) == 0
     assert not [r for r in caplog.records if "makes rows of" in r.getMessage()]
+
+
+def test_fields_named_together_vary_in_step_and_cross_the_others():
+    """`--vary devices,pp=32:80,64:40` is two points (32 with 80, 64 with 40), crossed with the other
+    --vary's; the flat list keeps each field's values at the point's index."""
+    from cent_serve.sweep import in_step_of, parse_vary_groups, vary_grid
+
+    groups = parse_vary_groups(["devices,pp=32:80, 64:40", "device.clock_hz=1e9,2e9"])
+    assert groups == [[("parallel.num_devices", ["32", "64"]), ("parallel.pp", ["80", "40"])],
+                      [("device.clock_hz", ["1e9", "2e9"])]]
+    assert [tuple(p.values()) for p in vary_grid(groups)] == [
+        ("32", "80", "1e9"), ("32", "80", "2e9"), ("64", "40", "1e9"), ("64", "40", "2e9")]
+    assert in_step_of(groups) == [("parallel.num_devices", "parallel.pp")]
+    assert parse_vary(["devices,pp=32:80,64:40"]) == [("parallel.num_devices", ["32", "64"]), ("parallel.pp", ["80", "40"])]
+    # the cross product stays the default
+    assert len(vary_grid(parse_vary_groups(["devices=32,64", "pp=80,40"]))) == 4
+    from cent_serve.sweep_plots import fields_text  # the Pareto plot's title
+
+    assert (fields_text(["parallel.num_devices", "parallel.pp", "device.clock_hz"], in_step_of(groups))
+            == "parallel.num_devices and parallel.pp in step, device.clock_hz")
+
+
+@pytest.mark.parametrize("items, needle", [
+    (["devices,pp=32,64"], "the point 32 does not give one value for each of the 2 fields devices,pp"),
+    (["devices,pp=32:80:1"], "the point 32:80:1 does not give one value for each of the 2 fields"),
+    (["devices,pp=32:"], "the point 32: does not give one value"),
+    (["devices=32:80"], "32:80 joins the values of fields in step, but only devices is named"),
+    (["devices,,pp=1:2:3"], "is invalid: write FIELD=V1,V2,..."),
+    (["devices,parallel.num_devices=8:16"], "--vary parallel.num_devices is given twice (devices and "),
+    (["devices,pp=32:80", "pp=40"], "--vary parallel.pp is given twice"),
+])
+def test_a_malformed_in_step_vary_is_one_line_naming_the_fix(items, needle):
+    from cent_serve.sweep import parse_vary_groups
+
+    with pytest.raises(ValueError) as err:
+        parse_vary_groups(items)
+    text = str(err.value)
+    assert needle in text and "\n" not in text, text
+    assert "--vary devices,pp=32:80,64:160" in text or "given twice" in text  # the form to write
+
+
+def test_a_sweep_in_step_runs_the_paired_points_and_labels_them(tmp_path, capsys):
+    """devices with tp in step: a point each pair, its CSV row naming both (tp > 1 takes devices / tp stages,
+    as a crossed tp does); a point given twice is refused before any runs, a device count given twice
+    with another tp is not."""
+    common = ["sweep", "--model", "llama2-70b", "--out", str(tmp_path), "--no-plots"]
+    assert main(common + ["--vary", "devices,tp=32:1,64:2"]) == 0
+    assert "2 points, 2 evaluated" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["parallel.num_devices"], r["parallel.tp"], r["devices"], r["tp"], r["pp"]) for r in rows] == [
+        ("32", "1", "32", "1", "80"), ("64", "2", "64", "2", "32")]
+    assert main(common + ["--vary", "devices,tp=32:1,32:2"]) == 0  # 32 twice, each with its own tp
+    capsys.readouterr()
+    assert main(common + ["--vary", "devices,tp=32:1,32:01"]) == 2
+    err = capsys.readouterr().err
+    assert "--vary devices,tp: the point 32:01 is given twice: give each point once" in err and err.count("\n") == 1
+
+
+def test_the_line_plots_draw_fields_in_step_on_the_x_axis(tmp_path, monkeypatch):
+    """devices with pp in step: one line over the devices whose axis names pp, not a one-point line for
+    each pp; a field of the group that takes two values at one device count stays a line's label."""
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from cent_serve.sweep_plots import _lines
+
+    rows = [dict(model_name="m", **{"parallel.num_devices": d, "parallel.pp": p}, throughput_tok_s=t)
+            for d, p, t in (("32", "80", 1.0), ("64", "40", 2.0))]
+    drawn = []
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, xs, ys, *a, **k: (drawn.append((list(xs), list(ys), k.get("label"))),
+                                                                    real(self, xs, ys, *a, **k))[1])
+    fields, step = ["parallel.num_devices", "parallel.pp"], [("parallel.num_devices", "parallel.pp")]
+    ax = Figure().subplots()
+    _lines(ax, rows, fields, "parallel.num_devices", "throughput_tok_s", step)
+    assert drawn == [([32.0, 64.0], [1.0, 2.0], "all points")] and ax.get_xlabel() == "parallel.num_devices (pp in step)"
+    drawn.clear()
+    _lines(Figure().subplots(), rows, fields, "parallel.num_devices", "throughput_tok_s")  # crossed: a line a pp
+    assert [d[2] for d in drawn] == ["pp=80", "pp=40"]
+    drawn.clear()
+    twice = rows + [dict(rows[0], **{"parallel.pp": "40"}, throughput_tok_s=3.0)]
+    _lines(Figure().subplots(), twice, fields, "parallel.num_devices", "throughput_tok_s", step)
+    assert sorted(d[2] for d in drawn) == ["pp=40", "pp=80"]
