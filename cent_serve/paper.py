@@ -73,7 +73,7 @@ def closed_form(cfg: CentConfig, prompt: int = PAPER_WORKLOAD[0], decode: int = 
     runs it (the largest the GPUs hold, at most 128, unless `batch`; `gap` and `convention` unused).
     Neither reads `scheduler.num_kv_blocks_override` (it caps what a replay's scheduler admits).
     ValueError, one line, for a workload that does not fit the context or the devices (with
-    `batch_flag`, a smaller `--batch` among the fixes; False for `cent simulate --sweep`, which has no --batch)."""
+    `batch_flag`, a smaller `--batch` among the fixes; False for `cent simulate --sweep` without --batch)."""
     call = "closed_form(cfg, prompt, decode)"
     check_config(call, cfg)
     for name, value, example in (("prompt", prompt, 512), ("decode", decode, 3584), ("gap", gap, 128)):

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "stage, the paper's); the KV capacity is checked at this batch. On "
                                              "GPUs (--hardware gpu:KIND:N): the static batch, by default the "
                                              "largest that fits, at most 128")
-    p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices")
+    p.add_argument("--sweep", action="store_true", help="every mapping of the paper for --devices (with --batch B, "
+                                                         "B queries in flight in each, as cent sweep --batch B)")
     p.add_argument("--emulate", action="store_true",
                    help="run the workload through the device and fabric actors (Ray) instead of the formulas")
     p.add_argument("--local", action="store_true", help="with --emulate: all devices in this process, no Ray")
@@ -95,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         refuse_one_mapping(args, None, "cent simulate --sweep", "cent simulate without --sweep")
     cfg = config_from_args(args, closed_form=not args.emulate)
-    if args.batch is not None and (args.sweep or args.emulate):
-        raise ValueError("--batch goes with the closed form of one mapping: --sweep and --emulate run the paper's "
-                         "batch (one query per pipeline stage)")
+    if args.batch is not None and args.emulate:
+        raise ValueError("--batch goes with the closed form (one mapping, or every mapping with --sweep): --emulate "
+                         "runs the paper's batch (one query per pipeline stage); drop --batch or --emulate")
     if args.sweep and args.emulate:  # the sweep ran and --emulate went unread
         raise ValueError("--sweep and --emulate are two runs: every mapping in the closed form, or one mapping "
                          "through the devices: drop one of them")
@@ -331,7 +332,9 @@ def _run_seqlen(cfg: CentConfig, args: argparse.Namespace, timer: SystemTimer) -
 def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: int) -> int:
     """Every mapping of `sweep_mappings` in the closed form: a table, or with --json an object as
     `_run_phases`' (`convention`, `workload`, `config`, the base every point sets parallel.pp / tp of)
-    whose `points` are the rows, one a mapping, an `error` where it does not fit."""
+    whose `points` are the rows, one a mapping, an `error` where it cannot run. `--batch B`: B queries in
+    flight in each replica of every mapping, a row each as `cent simulate --pp P --tp T --batch B` (and
+    `cent sweep --batch B`) computes it; a mapping of fewer stages than B is that row's error."""
     if args.seqlen is not None:
         raise ValueError("--seqlen is the one-token form; --sweep runs the paper's phases: give --prompt and "
                          f"--decode, or neither ({PAPER_WORKLOAD[0]} + {PAPER_WORKLOAD[1]})")
@@ -341,8 +344,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     for pp, tp in sweep_mappings(cfg.parallel.num_devices, cfg.model.num_layers):
         c = _with_mapping(cfg, pp, tp)
         try:
-            e2e = closed_form(c, prompt, decode, gap=args.seqlen_gap, convention=args.convention,
-                              batch_flag=False)["end2end"]  # --sweep refuses --batch: not a fix to name
+            # a smaller --batch is a fix to name only where the user gave one (the paper's batch is one a stage)
+            e2e = closed_form(c, prompt, decode, gap=args.seqlen_gap, convention=args.convention, batch=args.batch,
+                              batch_flag=args.batch is not None)["end2end"]
         except ValueError as exc:
             rows.append(dict(pp=pp, tp=tp, error=str(exc)))
             continue
@@ -352,12 +356,14 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     has_ratio = any("tokens_per_dollar_ratio" in r for r in rows)
     if args.json:
         _tco_line(cfg, has_ratio, json_out=True)
+        batch = {} if args.batch is None else dict(batch=args.batch)
         print(json.dumps(dict(convention=args.convention, points=rows,
-                              **_record(cfg, args, prompt=prompt, decode=decode, seqlen_gap=args.seqlen_gap)),
+                              **_record(cfg, args, prompt=prompt, decode=decode, seqlen_gap=args.seqlen_gap, **batch)),
                          indent=2))
         return 0
-    print(f"{model_label(cfg.model)} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode} "
-          f"(end-to-end averages, {args.convention} convention)")
+    flight = "" if args.batch is None else f", {_queries(args.batch)} in flight in each replica"
+    print(f"{model_label(cfg.model)} on {counted(cfg.parallel.num_devices, 'device')}, prompt {prompt} + decode {decode}"
+          f"{flight} (end-to-end averages, {args.convention} convention)")
     _print_overrides(args)
     paper = paper_workload(cfg.model, prompt, decode, cfg.device)
     # a column is as wide as its default, or one more than its widest figure: at 1,024 devices tp
@@ -373,7 +379,7 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     fit_cells = iter(cells)  # the cells of the rows that fit, in their order
     for r in rows:
         if "error" in r:
-            print(f"{r['pp']:>{w[0]}}{r['tp']:>{w[1]}}  does not fit: {r['error']}")
+            print(f"{r['pp']:>{w[0]}}{r['tp']:>{w[1]}}  could not run: {r['error']}")
             continue
         ratio = r.get("throughput_ratio")
         tpd = r.get("tokens_per_dollar_ratio")

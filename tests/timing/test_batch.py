@@ -70,8 +70,41 @@ def test_phase_mode_checks_the_context(capsys):
 
 
 def test_batch_is_refused_where_it_cannot_apply(capsys):
-    assert main(["simulate", "--model", "llama2-7b", "--sweep", "--batch", "4"]) == 2
-    assert "--batch goes with the closed form" in capsys.readouterr().err
+    assert main(["simulate", "--model", "llama2-7b", "--emulate", "--local", "--batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch goes with the closed form" in err and "drop --batch or --emulate" in err and err.count("\n") == 1
+
+
+def test_sweep_with_batch_gives_each_mapping_as_simulate_and_cent_sweep_give_it(capsys):
+    """`cent simulate --sweep --batch B`: every mapping with B queries in flight in each replica, each row
+    bit for bit `cent simulate --pp P --tp T --batch B` (and `cent sweep --batch B`'s point); a mapping of
+    fewer stages than B is its row's error, in the words that mapping alone is refused with."""
+    from cent_serve.config import build_config
+    from cent_serve.sweep import closed_form_figures
+
+    work = ["--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", "3584", "--batch", "4"]
+    assert main(["simulate", "--sweep", *work, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["workload"]["batch"] == 4
+    rows = {(r["pp"], r["tp"]): r for r in out["points"]}
+    assert set(rows) == {(32, 1), (1, 8), (2, 4), (4, 2), (8, 1)}
+    for (pp, tp), r in rows.items():
+        code = main(["simulate", *work, "--pp", str(pp), "--tp", str(tp), "--json"])
+        captured = capsys.readouterr()
+        if "error" in r:
+            assert pp < 4 and code == 2 and captured.err.strip() == f"cent simulate: error: {r['error']}"
+            continue
+        one = json.loads(captured.out)["end2end"]
+        assert (r["throughput_tok_s"], r["energy_per_token_mj"]) == (one["throughput_tok_s"], one["energy_per_token_mj"])
+    swept = closed_form_figures(build_config("llama2-7b", devices=8, pp=4, tp=2), 512, 3584, 4)
+    assert swept["throughput_tok_s"] == rows[(4, 2)]["throughput_tok_s"]
+    assert main(["simulate", "--sweep", *work[:-2], "--json"]) == 0  # the paper's batch: one query a stage, 8 here
+    paper = {(r["pp"], r["tp"]): r for r in json.loads(capsys.readouterr().out)["points"]}
+    assert rows[(8, 1)]["throughput_tok_s"] < 0.75 * paper[(8, 1)]["throughput_tok_s"]  # half the queries in flight
+    assert main(["simulate", "--sweep", *work]) == 0
+    text = capsys.readouterr().out
+    assert "prompt 512 + decode 3584, 4 queries in flight in each replica" in text.splitlines()[0]
+    assert "   1   8  could not run: --batch 4 is invalid: use 1..1" in text
 
 
 def test_replicas_multiply_the_system_s_throughput_and_power():
