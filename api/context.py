@@ -73,7 +73,8 @@ class ApiContext:
     """When the server started (unix seconds): `/v1/models`' `created`."""
     sampling_defaults: dict = field(default_factory=dict)
     """The sampling a request that does not say takes: the checkpoint's generation_config.json
-    temperature, top_p and top_k, as vLLM's `--generation-config auto` (its default) takes them."""
+    temperature, top_p, top_k, repetition_penalty and min_p, as vLLM's `--generation-config auto` (its
+    default) takes them."""
 
     @classmethod
     def build(cls, loop: EngineLoop, metrics: Metrics) -> ApiContext:

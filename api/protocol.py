@@ -49,7 +49,7 @@ NULLABLE = ("n", "stream", "echo", "presence_penalty", "frequency_penalty")
 an explicit null means the default."""
 UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
                "tool_choice": ("none",), "response_format": ({"type": "text"},),
-               "repetition_penalty": (1,), "min_p": (0,), "use_beam_search": (False,),
+               "use_beam_search": (False,),
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
@@ -57,7 +57,7 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
 mean "off" (null is off too; `()`: only null; `OFF_TESTS` holds the rule where "off" is more than one
-value): `vllm bench serve` sends repetition_penalty 1.0, which passes. vLLM's structured outputs
+value). vLLM's structured outputs
 (`guided_*`, `structured_outputs`) are refused as `response_format`'s JSON is; vLLM 0.33's
 `logprob_token_ids` (those ids' logprobs instead of the top ones) and `repetition_detection` (an early
 stop) too, unless its `max_pattern_size` is 0 (or left out)."""
@@ -175,7 +175,15 @@ class _Common(BaseModel):
     min_tokens: LaxInt = 0
     return_token_ids: bool = False
     presence_penalty: float = 0.0
+    """OpenAI's, -2..2: subtracted from the logit of each token the output holds already."""
     frequency_penalty: float = 0.0
+    """OpenAI's, -2..2: subtracted from a token's logit once per time the output holds it."""
+    repetition_penalty: float | None = None
+    """vLLM's, > 0: divides a positive logit (multiplies another) of each token in the prompt or the
+    output; null: the checkpoint's generation_config.json's, else 1 (off)."""
+    min_p: float | None = None
+    """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
+    checkpoint's generation_config.json's, else 0 (off)."""
     logprobs: Union[bool, int, None] = None
     """Completions: how many alternatives per token (an integer); chat: whether to return them."""
     prompt_logprobs: LaxInt | None = None
@@ -260,9 +268,6 @@ class _Common(BaseModel):
         field the request leaves out is `sampling_defaults`' (the checkpoint's generation_config.json,
         as vLLM takes it), else the plain default."""
         given = sampling_defaults or {}
-        if self.presence_penalty or self.frequency_penalty:
-            raise ApiError("presence_penalty and frequency_penalty are not supported: leave them at 0",
-                           "presence_penalty" if self.presence_penalty else "frequency_penalty")
         logprobs, prompt_logprobs = self.logprob_counts()
         name = max_tokens_param
         if max_tokens < 1:
@@ -280,7 +285,11 @@ class _Common(BaseModel):
             sampling = SamplingParams(
                 temperature=given.get("temperature", 1.0) if self.temperature is None else self.temperature,
                 top_p=given.get("top_p", 1.0) if self.top_p is None else self.top_p,
-                top_k=given.get("top_k", -1) if self.top_k is None else self.top_k, seed=seed)
+                top_k=given.get("top_k", -1) if self.top_k is None else self.top_k, seed=seed,
+                presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                repetition_penalty=given.get("repetition_penalty", 1.0) if self.repetition_penalty is None
+                else self.repetition_penalty,
+                min_p=given.get("min_p", 0.0) if self.min_p is None else self.min_p)
         except ValueError as exc:
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),

@@ -31,7 +31,7 @@ import numpy as np
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import devices_lost
 from cent_serve.messages import RoundOutput
-from cent_serve.model.sampling import UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
+from cent_serve.model.sampling import TokenCounts, UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
@@ -443,9 +443,15 @@ class Engine:
             if p.prompt_logprobs is not None and req.prompt_logprobs is None:
                 req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
             return token
-        token = sample(self._stops_masked(row, p) if len(req.output_ids) < p.min_tokens else row, p.sampling, req.rng)
+        logits = row
+        if p.sampling.has_penalties:  # vLLM's order: the penalties before sampling, greedy too
+            if req.token_counts is None:
+                req.token_counts = TokenCounts(req.prompt_ids, len(row))
+            logits = req.token_counts.penalize(row, p.sampling, req.output_ids)
+        token = sample(self._stops_masked(logits, p) if len(req.output_ids) < p.min_tokens else logits,
+                       p.sampling, req.rng)
         if p.logprobs is not None:
-            req.logprobs.append(self._logprob(row, p, token, p.logprobs))
+            req.logprobs.append(self._logprob(row, p, token, p.logprobs, penalized=logits))
         return token
 
     def _stops_masked(self, row, p: RequestParams) -> np.ndarray:
@@ -460,10 +466,16 @@ class Engine:
         row[ids] = -np.inf
         return row
 
-    def _logprob(self, logits, p: RequestParams, token: int, n: int):
+    def _logprob(self, logits, p: RequestParams, token: int, n: int, penalized=None):
         """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
-        `scheduler.logprobs_mode` says."""
-        return token_logprob(logprobs_of(logits, p.sampling, self.cfg.scheduler.logprobs_mode), token, n)
+        `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any penalty
+        (vLLM's default mode); `processed_logprobs` the sampler's distribution over the `penalized`
+        row (the penalties' output, when they act), as vLLM's processed logprobs come after them
+        (vllm/v1/sample/sampler.py)."""
+        mode = self.cfg.scheduler.logprobs_mode
+        if penalized is not None and mode != "raw_logprobs":
+            logits = penalized
+        return token_logprob(logprobs_of(logits, p.sampling, mode), token, n)
 
     def _prompt_logprobs(self, req: Request, block, first: int) -> None:
         """Log-probabilities of the prompt tokens that the logits `block` (positions `first`, ...)

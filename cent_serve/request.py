@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cent_serve.model.sampling import SamplingParams
+from cent_serve.model.sampling import SamplingParams, TokenCounts
 from cent_serve.model.tokenizer import IncrementalText
 
 
@@ -131,6 +131,9 @@ class Request:
     prompt_logprobs: list | None = None
     """With `params.prompt_logprobs`: None for the first prompt token, then one `TokenLogprob`
     per prompt token, filled as the prompt's chunks are computed."""
+    token_counts: TokenCounts | None = field(default=None, repr=False)
+    """With penalties and full numerics: the prompt's and output's tokens as the penalties read them,
+    made at the first token sampled and kept up to date with the output (`Engine._sample`)."""
 
     def __post_init__(self) -> None:
         self.num_tokens = len(self.prompt_ids) + len(self.output_ids)

@@ -1,4 +1,8 @@
-"""Token sampling: greedy, temperature, top-k, top-p; seeded and reproducible.
+"""Token sampling: penalties, greedy, temperature, min-p, top-k, top-p; seeded and reproducible.
+
+The order is vLLM's (vllm/v1/sample/sampler.py, `Sampler`'s docstring): the penalties act on the
+logits first (`TokenCounts.penalize`), then greedy takes the argmax; otherwise the temperature
+scales them, min-p drops the unlikely tokens, top-k and top-p cut what is left, and one token is drawn.
 
 Randomness comes from numpy's PCG64 generator, whose stream is the same on
 every platform, and each draw consumes exactly one uniform number, so a
@@ -25,6 +29,16 @@ class SamplingParams:
     """Keep the k most likely tokens; -1 or 0 keeps all."""
     seed: int | None = None
     """Seed of this request's generator; None draws from the engine's seed."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token the output holds already (OpenAI's; -2..2)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time the output holds it (OpenAI's; -2..2)."""
+    repetition_penalty: float = 1.0
+    """vLLM's (> 0): the logit of a token in the prompt or the output so far is divided by it when
+    positive, multiplied by it otherwise; 1 changes nothing."""
+    min_p: float = 0.0
+    """vLLM's (0..1): after the temperature, drop the tokens less likely than min_p times the most
+    likely one; 0 drops none."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.temperature <= 2.0):
@@ -33,16 +47,31 @@ class SamplingParams:
             raise ValueError(f"top_p={self.top_p!r} is invalid: use a value in (0, 1]")
         if self.top_k < -1:
             raise ValueError(f"top_k={self.top_k!r} is invalid: use -1 or 0 (all, as in vLLM) or a positive count")
+        # the ranges are vLLM's (vllm/sampling_params.py, SamplingParams._verify_args)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: use a value in [-2, 2] (0 is off)")
+        if not 0.0 < self.repetition_penalty < float("inf"):  # (nan too; vLLM's check is > 0 alone, but an
+            # infinite one would turn a logit of 0 into nan)
+            raise ValueError(f"repetition_penalty={self.repetition_penalty!r} is invalid: use a finite value > 0 "
+                             "(1 is off)")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p={self.min_p!r} is invalid: use a value in [0, 1] (0 is off)")
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether a penalty acts: `TokenCounts.penalize` changes the logits."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
 
-GENERATION_DEFAULTS = ("temperature", "top_p", "top_k")
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_p")
 """The keys of a checkpoint's generation_config.json that set a request's sampling when it does not
-(vLLM's `--generation-config auto`, its default, reads these and the ones below)."""
-UNSAMPLED_GENERATION_KEYS = {"repetition_penalty": 1.0, "min_p": 0.0, "max_new_tokens": None}
+(vLLM's `--generation-config auto`, its default, reads these and the one below)."""
+UNSAMPLED_GENERATION_KEYS = {"max_new_tokens": None}
 """Keys vLLM also takes as defaults that this server does not apply, with the value that changes nothing."""
 
 
@@ -84,6 +113,40 @@ def checkpoint_sampling_defaults(checkpoint: str | None) -> tuple[dict, list[str
     return defaults, skipped
 
 
+class TokenCounts:
+    """One request's tokens as the penalties read them: which ids its prompt or output holds, and
+    how many times its output holds each, kept as the output grows (`penalize` brings them up to
+    date with the tokens appended since, so a step costs the new tokens, not the whole output)."""
+
+    def __init__(self, prompt_ids: list[int], vocab_size: int) -> None:
+        self.seen = np.zeros(vocab_size, dtype=bool)  # (vocab,) in the prompt or the output
+        self.seen[[t for t in prompt_ids if 0 <= t < vocab_size]] = True
+        self.output_counts = np.zeros(vocab_size, dtype=np.int64)  # (vocab,) times in the output
+        self.num_counted = 0
+        """Output tokens counted so far."""
+
+    def penalize(self, logits: np.ndarray, params: SamplingParams, output_ids: list[int]) -> np.ndarray:
+        """A float64 copy of the (vocab,) `logits` with the penalties applied as vLLM applies them
+        (vllm/model_executor/layers/utils.py `apply_penalties`): the repetition penalty over the
+        prompt and the output (a positive logit divided by it, any other multiplied), then the
+        frequency penalty times each token's count in the output and the presence penalty once for a
+        token the output holds (OpenAI's definition: over the output alone)."""
+        for t in output_ids[self.num_counted:]:
+            if 0 <= t < len(self.seen):
+                self.seen[t] = True
+                self.output_counts[t] += 1
+        self.num_counted = len(output_ids)
+        x = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab,)
+        if params.repetition_penalty != 1.0:
+            hit = x[self.seen]
+            x[self.seen] = np.where(hit > 0, hit / params.repetition_penalty, hit * params.repetition_penalty)
+        if params.frequency_penalty:
+            x -= params.frequency_penalty * self.output_counts
+        if params.presence_penalty:
+            x -= params.presence_penalty * (self.output_counts > 0)
+        return x
+
+
 def make_generator(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
@@ -101,9 +164,14 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
 
 def _candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(the logits over the temperature, the ids the sampler may draw (most likely first, ties by
-    id: top-k, then the smallest set reaching top-p), their probabilities)."""
+    id: min-p, then top-k, then the smallest set reaching top-p), their probabilities)."""
     scaled = logits / params.temperature
     order = np.argsort(-scaled, kind="stable")
+    if params.min_p > 0.0:
+        # vLLM's min-p (vllm/v1/sample/logits_processor/builtin.py, MinPLogitsProcessor), after the
+        # temperature: keep a token whose probability is at least min_p times the top one's
+        ratio = np.exp(scaled[order] - scaled[order[0]])  # p / p_max, most likely first
+        order = order[: int(np.count_nonzero(ratio >= params.min_p))]
     if params.top_k > 0:
         order = order[: params.top_k]
     kept = scaled[order]

@@ -226,9 +226,11 @@ HOSTILE = [
     ({"arrival_s": 2.0, "hold_until_s": 1.0}, 400, "hold_until_s"),
     ({"best_of": 3}, 400, "best_of"),
     ({"logit_bias": {"5": 10}}, 400, "logit_bias"),
-    ({"repetition_penalty": 1.2}, 400, "repetition_penalty"),  # vLLM's sampling extensions change the answer
-    ({"min_p": 0.1}, 400, "min_p"),
-    ({"repetition_penalty": True}, 400, "repetition_penalty"),  # true is not the 1 that means off
+    ({"repetition_penalty": 0.0}, 400, "repetition_penalty"),  # the penalties' and min_p's ranges are vLLM's
+    ({"min_p": 1.1}, 400, "min_p"),
+    ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"frequency_penalty": -2.01}, 400, "frequency_penalty"),
+    ({"repetition_penalty": True}, 400, "repetition_penalty"),  # true is not a number
     ({"stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options"),  # without stream, as vLLM refuses it
 ]

@@ -351,9 +351,9 @@ def test_stream_options_given_empty_asks_for_no_usage_chunk_as_in_vllm(off, path
 
 
 def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out(tmp_path, caplog):
-    """vLLM's default `--generation-config auto`: generation_config.json's temperature, top_p and top_k
-    are a request's defaults (a request's own values win); what this server cannot apply
-    (repetition_penalty) is named at start. Full numerics, so the sampling shows in the tokens: a
+    """vLLM's default `--generation-config auto`: generation_config.json's temperature, top_p, top_k,
+    repetition_penalty and min_p are a request's defaults (a request's own values win); what this server
+    cannot apply (max_new_tokens) is named at start. Full numerics, so the sampling shows in the tokens: a
     checkpoint that says temperature 0 is greedy for a request that does not say."""
     import logging
     import shutil
@@ -367,9 +367,11 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
     shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
     gen = json.loads((ckpt / "generation_config.json").read_text())
     (ckpt / "generation_config.json").write_text(json.dumps(dict(gen, temperature=0.0, top_p=0.8, top_k=0,
-                                                                 repetition_penalty=1.05)))
-    assert checkpoint_sampling_defaults(str(ckpt)) == (dict(temperature=0.0, top_p=0.8, top_k=-1),
-                                                       ["repetition_penalty=1.05 (not supported here)"])
+                                                                 repetition_penalty=1.05, min_p=1.0,
+                                                                 max_new_tokens=5)))
+    assert checkpoint_sampling_defaults(str(ckpt)) == (dict(temperature=0.0, top_p=0.8, top_k=-1,
+                                                            repetition_penalty=1.05, min_p=1.0),
+                                                       ["max_new_tokens=5 (not supported here)"])
     odd = tmp_path / "odd"  # JSON's other types: a float top_k failed every round that sampled with it
     odd.mkdir()
     (odd / "generation_config.json").write_text(json.dumps(dict(top_k=20.0, temperature=True, top_p="0.8")))
@@ -389,9 +391,12 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
 
         greedy = ids(temperature=0)
         assert ids() == ids(seed=1) == ids(seed=2) == greedy  # the checkpoint's temperature 0
-        assert len({tuple(ids(temperature=1.0, seed=k)) for k in range(4)}) > 1  # the request's own wins
-    assert "generation_config.json: temperature=0.0, top_p=0.8, top_k=-1" in caplog.text
-    assert "repetition_penalty=1.05 (not supported here): not applied" in caplog.text
+        # the checkpoint's min_p 1 keeps the most likely token alone: a seeded draw is the greedy one
+        assert ids(temperature=1.0, seed=3) == greedy
+        assert len({tuple(ids(temperature=1.0, seed=k, min_p=0)) for k in range(4)}) > 1  # the request's own win
+    assert ("generation_config.json: temperature=0.0, top_p=0.8, top_k=-1, repetition_penalty=1.05, min_p=1.0"
+            in caplog.text)
+    assert "max_new_tokens=5 (not supported here): not applied" in caplog.text
     assert "has no chat template" in caplog.text  # the fixture has none: chat falls back to the plain default
 
 
