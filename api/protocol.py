@@ -51,7 +51,7 @@ UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": (
                "tool_choice": ("none",), "response_format": ({"type": "text"},),
                "use_beam_search": (False,),
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
-               "structural_tag": (), "structured_outputs": (), "include_stop_str_in_output": (False,),
+               "structural_tag": (), "structured_outputs": (),
                "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
                "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
@@ -181,6 +181,8 @@ class _Common(BaseModel):
     repetition_penalty: float | None = None
     """vLLM's, > 0: divides a positive logit (multiplies another) of each token in the prompt or the
     output; null: the checkpoint's generation_config.json's, else 1 (off)."""
+    include_stop_str_in_output: bool | None = None
+    """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
     checkpoint's generation_config.json's, else 0 (off)."""
@@ -295,7 +297,8 @@ class _Common(BaseModel):
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),
                              stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
                              min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                             skip_special_tokens=self.skips_special_tokens)
+                             skip_special_tokens=self.skips_special_tokens,
+                             include_stop_str_in_output=bool(self.include_stop_str_in_output))
 
     def logprob_counts(self) -> tuple[int | None, int | None]:
         """(alternatives per generated token, per prompt token), None where none are asked for;

@@ -498,11 +498,12 @@ class Engine:
         can_stop = n >= p.min_tokens
         eos = self.cfg.model.is_eos(token)
         if can_stop and ((eos and not p.ignore_eos) or token in p.stop_token_ids):
-            req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM)
+            req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM) unless
+            # include_stop_str_in_output (vLLM's detokenizer decodes the stop token then)
             if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:
                 req.stop_reason = token  # vLLM's stop_reason: a stop id (its extra eos ids are ones), None for the eos
             if p.stop:
-                req.text = req.detok.decode(self.tokenizer, req.output_ids[:-1], p.skip_special_tokens)
+                req.text = req.detok.decode(self.tokenizer, self._text_ids(req), p.skip_special_tokens)
             self._finish(req, "stop", t)
             return
         if p.stop:  # text at each token only when stop strings need it
@@ -520,8 +521,8 @@ class Engine:
                 hits = [(i, x) for x in p.stop if (i := new.find(x, max(0, same - len(x) + 1))) >= 0]
                 if hits:
                     cut = min(i for i, _ in hits)
-                    req.stop_reason = next(x for i, x in hits if i == cut)
-                    req.text = new[:cut]
+                    req.stop_reason = hit = next(x for i, x in hits if i == cut)
+                    req.text = new[:cut + len(hit)] if p.include_stop_str_in_output else new[:cut]
                     self._finish(req, "stop", t)
                     return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
@@ -532,8 +533,15 @@ class Engine:
         """The request's output text so far (stop strings and stop tokens excluded)."""
         if req.params.stop:
             return req.text
-        ids = req.output_ids[:-1] if req.ends_with_stop_token else req.output_ids
-        return req.detok.decode(self.tokenizer, ids, req.params.skip_special_tokens)
+        return req.detok.decode(self.tokenizer, self._text_ids(req), req.params.skip_special_tokens)
+
+    @staticmethod
+    def _text_ids(req: Request) -> list[int]:
+        """The output ids the text is decoded from: all but a stop token that ended it, unless the
+        request includes it (`include_stop_str_in_output`)."""
+        if req.ends_with_stop_token and not req.params.include_stop_str_in_output:
+            return req.output_ids[:-1]
+        return req.output_ids
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
         self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan

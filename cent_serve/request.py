@@ -54,7 +54,8 @@ class RequestParams:
     """Generated tokens at most."""
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
-    """Stop strings: generation ends at the first; the string itself is not returned."""
+    """Stop strings: generation ends at the first; the string itself is not returned unless
+    `include_stop_str_in_output`."""
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     """Keep going past the end-of-sequence token (vLLM's extension; benchmarks use it)."""
@@ -69,6 +70,11 @@ class RequestParams:
     """Leave special tokens (`</s>` generated under ignore_eos, `<s>`) out of the output text, as vLLM
     does by default; False writes them, as vLLM's `skip_special_tokens: false` does. A stop token
     (the eos, a stop id) that ends the output is never in its text, either way (vLLM's too)."""
+
+    include_stop_str_in_output: bool = False
+    """vLLM's: the text keeps the stop string that ended it (up to its end), and the text of a stop
+    token (a stop id; the eos, which skip_special_tokens leaves out anyway); streams hold nothing back
+    for a possible stop string then, as vLLM's detokenizer holds none (vllm/v1/engine/detokenizer.py)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -585,7 +585,8 @@ class EngineLoop:
         text = self.engine.text(req)
         if not req.is_finished:
             partial = text.endswith("\ufffd") and self.engine.tokenizer.partial_tail(req.output_ids)
-            text = _stable(text, req.params.stop, partial)
+            # a stop string kept in the text (include_stop_str_in_output) cuts nothing streamed already
+            text = _stable(text, () if req.params.include_stop_str_in_output else req.params.stop, partial)
         delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
                       finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
                       logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason, retry_after_s=req.retry_after_s,

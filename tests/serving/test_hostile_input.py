@@ -273,7 +273,6 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     ("guided_regex", "[ab]+", None),
     ("guided_grammar", "root ::= 'a'", None),
     ("structured_outputs", {"choice": ["yes", "no"]}, None),
-    ("include_stop_str_in_output", True, False),
     ("allowed_token_ids", [5, 6], None),
     ("bad_words", ["x"], []),
     ("truncate_prompt_tokens", 2, None),
