@@ -47,12 +47,12 @@ MAX_ARRIVAL_S = 1e9
 NULLABLE = ("n", "stream", "echo", "presence_penalty", "frequency_penalty")
 """Request fields with a non-null default that OpenAI's API declares nullable (vLLM's `Optional`):
 an explicit null means the default."""
-UNSUPPORTED = {"best_of": (1,), "logit_bias": ({},), "suffix": ("",), "tools": ([],), "functions": ([],),
+UNSUPPORTED = {"best_of": (1,), "suffix": ("",), "tools": ([],), "functions": ([],),
                "tool_choice": ("none",), "response_format": ({"type": "text"},),
                "use_beam_search": (False,),
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (),
-               "allowed_token_ids": (), "bad_words": ([],), "truncate_prompt_tokens": (),
+               "bad_words": ([],), "truncate_prompt_tokens": (),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
                "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
@@ -181,6 +181,12 @@ class _Common(BaseModel):
     repetition_penalty: float | None = None
     """vLLM's, > 0: divides a positive logit (multiplies another) of each token in the prompt or the
     output; null: the checkpoint's generation_config.json's, else 1 (off)."""
+    logit_bias: dict[str, float] | None = None
+    """OpenAI's: token id (a string, as JSON keys are) -> bias added to that token's logit, clamped to
+    [-100, 100] as vLLM clamps it (vllm/sampling_params.py `from_optional`); an id outside the
+    vocabulary is a 400, as vLLM's."""
+    allowed_token_ids: list[LaxInt] | None = None
+    """vLLM's: only these ids may be generated (non-empty, in the vocabulary, as vLLM checks them)."""
     include_stop_str_in_output: bool | None = None
     """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     min_p: float | None = None
@@ -240,6 +246,12 @@ class _Common(BaseModel):
         if self.stream_interval is not None and self.stream_interval < 1:
             raise ApiError(f"stream_interval={short(self.stream_interval)} is invalid: use a number of tokens >= 1 "
                            "(or leave it unset)", "stream_interval")
+        self._check_logit_bias(vocab_size)
+        allowed = self.allowed_token_ids
+        if allowed is not None and (not allowed or not all(0 <= t < vocab_size for t in allowed)):
+            raise ApiError(f"allowed_token_ids is invalid: give at least one id in [0, {vocab_size})"
+                           + (f" (got {short(next(t for t in allowed if not 0 <= t < vocab_size))})" if allowed
+                              else " (got [])") + " or leave it unset", "allowed_token_ids")
         ids = self.stop_token_ids or []
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if len(ids) > MAX_STOP_TOKEN_IDS or bad:
@@ -253,6 +265,26 @@ class _Common(BaseModel):
         if self.hold_until_s is not None and not self.valid_hold():
             raise ApiError(f"hold_until_s={self.hold_until_s!r} is invalid: a hold is the next trace arrival, so it "
                            "needs arrival_s and cannot come before it", "hold_until_s")
+
+    def _check_logit_bias(self, vocab_size: int) -> None:
+        """Each key a token id of the vocabulary (a string Python's int() reads, as vLLM converts it),
+        each bias a finite number (clamped later, as vLLM does); a 400 naming the entry otherwise."""
+        for key, bias in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                token = None
+            if token is None or not 0 <= token < vocab_size:
+                raise ApiError(f"logit_bias key {short(key)} is invalid: use token ids in [0, {vocab_size}) "
+                               "(as strings)", "logit_bias")
+            if not math.isfinite(bias):
+                raise ApiError(f"logit_bias[{short(key)}]={bias!r} is invalid: use a number in [-100, 100]",
+                               "logit_bias")
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] (vLLM's rule; of two
+        keys of one id, "5" and "05", the later wins there too)."""
+        return tuple({int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}.items())
 
     def valid_hold(self) -> bool:
         """Whether `hold_until_s` is a hold the clock may take: the next arrival, at or after this one's
@@ -291,7 +323,9 @@ class _Common(BaseModel):
                 presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                 repetition_penalty=given.get("repetition_penalty", 1.0) if self.repetition_penalty is None
                 else self.repetition_penalty,
-                min_p=given.get("min_p", 0.0) if self.min_p is None else self.min_p)
+                min_p=given.get("min_p", 0.0) if self.min_p is None else self.min_p,
+                logit_bias=self.logit_bias_pairs(),
+                allowed_token_ids=None if self.allowed_token_ids is None else tuple(self.allowed_token_ids))
         except ValueError as exc:
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),

@@ -31,7 +31,8 @@ import numpy as np
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import devices_lost
 from cent_serve.messages import RoundOutput
-from cent_serve.model.sampling import TokenCounts, UniformLogprobs, logprobs_of, make_generator, sample, token_logprob
+from cent_serve.model.sampling import (TokenCounts, UniformLogprobs, logprobs_of, make_generator, restrict_and_bias,
+                                       sample, token_logprob)
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
@@ -433,6 +434,8 @@ class Engine:
         p = req.params
         if row is None:
             ids = self.stand_in_ids
+            if p.sampling.allowed_token_ids is not None:  # the stand-in draws only allowed ids too
+                ids = self._stand_in_allowed(p.sampling.allowed_token_ids)
             if p.stop_token_ids and len(req.output_ids) < p.min_tokens:  # as `_stops_masked` does a row
                 allowed = ids[~np.isin(ids, p.stop_token_ids)]
                 if 0 < len(allowed) < len(ids):
@@ -444,15 +447,23 @@ class Engine:
                 req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
             return token
         logits = row
+        if p.sampling.logit_bias or p.sampling.allowed_token_ids is not None:
+            logits = restrict_and_bias(row, p.sampling)
         if p.sampling.has_penalties:  # vLLM's order: the penalties before sampling, greedy too
             if req.token_counts is None:
                 req.token_counts = TokenCounts(req.prompt_ids, len(row))
-            logits = req.token_counts.penalize(row, p.sampling, req.output_ids)
+            logits = req.token_counts.penalize(logits, p.sampling, req.output_ids)
         token = sample(self._stops_masked(logits, p) if len(req.output_ids) < p.min_tokens else logits,
                        p.sampling, req.rng)
         if p.logprobs is not None:
-            req.logprobs.append(self._logprob(row, p, token, p.logprobs, penalized=logits))
+            req.logprobs.append(self._logprob(row, p, token, p.logprobs, processed=logits))
         return token
+
+    def _stand_in_allowed(self, allowed: tuple[int, ...]) -> np.ndarray:
+        """The ids the stand-in draws from under `allowed_token_ids`: its own ids that are allowed, or,
+        when none is, the allowed ids themselves (visible text or not: the request asked for them)."""
+        ids = self.stand_in_ids[np.isin(self.stand_in_ids, allowed)]
+        return ids if len(ids) else np.unique(np.asarray(allowed, dtype=self.stand_in_ids.dtype))
 
     def _stops_masked(self, row, p: RequestParams) -> np.ndarray:
         """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
@@ -466,15 +477,15 @@ class Engine:
         row[ids] = -np.inf
         return row
 
-    def _logprob(self, logits, p: RequestParams, token: int, n: int, penalized=None):
+    def _logprob(self, logits, p: RequestParams, token: int, n: int, processed=None):
         """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
-        `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any penalty
-        (vLLM's default mode); `processed_logprobs` the sampler's distribution over the `penalized`
-        row (the penalties' output, when they act), as vLLM's processed logprobs come after them
-        (vllm/v1/sample/sampler.py)."""
+        `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any bias or
+        penalty (vLLM's default mode); `processed_logprobs` the sampler's distribution over the
+        `processed` row (allowed_token_ids, logit_bias and the penalties applied, when asked for), as
+        vLLM's processed logprobs come after them (vllm/v1/sample/sampler.py)."""
         mode = self.cfg.scheduler.logprobs_mode
-        if penalized is not None and mode != "raw_logprobs":
-            logits = penalized
+        if processed is not None and mode != "raw_logprobs":
+            logits = processed
         return token_logprob(logprobs_of(logits, p.sampling, mode), token, n)
 
     def _prompt_logprobs(self, req: Request, block, first: int) -> None:

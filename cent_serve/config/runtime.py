@@ -56,8 +56,8 @@ LM_HEAD_PLACEMENTS = ("unit", "last_stage")
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 """What log-probabilities report (vLLM's `--logprobs-mode` names): the distribution the sampler
-draws from (after the penalties, temperature, min-p, top-k and top-p; the default here), or the model's own
-(log-softmax of the logits; vLLM's default)."""
+draws from (after allowed_token_ids, logit_bias, the penalties, temperature, min-p, top-k and top-p; the
+default here), or the model's own (log-softmax of the logits; vLLM's default)."""
 PLACEMENTS = ("spread", "pack", "replica")
 """`server.placement`'s values (the Ray executor's `place_devices`)."""
 
@@ -85,9 +85,10 @@ class SchedulerConfig:
     """Admit at most this many KV blocks per replica, fewer than the devices hold (vLLM's
     num_gpu_blocks_override: for tests of preemption and admission)."""
     logprobs_mode: str = "processed_logprobs"
-    """What `logprobs` report: `processed_logprobs`, the distribution tokens are drawn from
-    (after the penalties, temperature, min-p, top-k and top-p), or `raw_logprobs`, the model's own (log-softmax of the
-    logits; vLLM's default). Timing-only runs report the stand-in sampler's uniform one."""
+    """What `logprobs` report: `processed_logprobs`, the distribution tokens are drawn from (after
+    allowed_token_ids, logit_bias, the penalties, temperature, min-p, top-k and top-p), or `raw_logprobs`,
+    the model's own (log-softmax of the logits; vLLM's default). Timing-only runs report the stand-in
+    sampler's uniform one."""
 
     _positive = frozenset({"max_seqs_per_stage", "max_waiting", "prefill_chunk_tokens", "kv_block_tokens"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""

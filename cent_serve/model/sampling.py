@@ -39,6 +39,10 @@ class SamplingParams:
     min_p: float = 0.0
     """vLLM's (0..1): after the temperature, drop the tokens less likely than min_p times the most
     likely one; 0 drops none."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """OpenAI's: (token id, bias in [-100, 100]) pairs, each bias added to its token's logit."""
+    allowed_token_ids: tuple[int, ...] | None = None
+    """vLLM's: only these ids may be drawn (every other logit is -inf); None: any."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.temperature <= 2.0):
@@ -57,6 +61,12 @@ class SamplingParams:
                              "(1 is off)")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p={self.min_p!r} is invalid: use a value in [0, 1] (0 is off)")
+        bad = [(t, b) for t, b in self.logit_bias if t < 0 or not -100.0 <= b <= 100.0]
+        if bad:
+            raise ValueError(f"logit_bias={bad[0]!r} is invalid: use token ids >= 0 with biases in [-100, 100]")
+        if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
+            raise ValueError(f"allowed_token_ids={self.allowed_token_ids!r} is invalid: give at least one token "
+                             "id >= 0 (or None for any)")
 
     @property
     def has_penalties(self) -> bool:
@@ -111,6 +121,22 @@ def checkpoint_sampling_defaults(checkpoint: str | None) -> tuple[dict, list[str
     skipped += [f"{key}={gen[key]!r} (not supported here)" for key, off in UNSAMPLED_GENERATION_KEYS.items()
                 if gen.get(key) is not None and gen[key] != off]
     return defaults, skipped
+
+
+def restrict_and_bias(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """A float64 copy of the (vocab,) `logits` with vLLM's first steps applied (vllm/v1/sample/sampler.py,
+    before the penalties): every token outside `allowed_token_ids` at -inf, then each `logit_bias`
+    added to its token's logit. Ids past the row (refused by the API) are skipped."""
+    x = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab,)
+    if params.allowed_token_ids is not None:
+        ids = [t for t in params.allowed_token_ids if t < len(x)]
+        kept = np.full(x.shape, -np.inf)
+        kept[ids] = x[ids]
+        x = kept
+    for t, bias in params.logit_bias:
+        if t < len(x):
+            x[t] += bias
+    return x
 
 
 class TokenCounts:

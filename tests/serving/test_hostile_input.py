@@ -120,6 +120,8 @@ HOSTILE = {
     "hold_until_s": st.one_of(junk.filter(lambda v: not isinstance(v, (int, float)) or isinstance(v, bool)
                                           or not 0 <= v < math.inf), st.sampled_from([-1.0, math.nan, -math.inf])),
     **{name: junk for name in UNSUPPORTED},
+    **{name: junk for name in ("frequency_penalty", "repetition_penalty", "min_p", "logit_bias", "allowed_token_ids",
+                               "include_stop_str_in_output")},  # served since: fuzzed as they were when refused
 }
 valid_prompt = st.one_of(st.text(min_size=1, max_size=600), vocab_ids, st.lists(st.text(min_size=1, max_size=20),
                          min_size=1, max_size=3), st.lists(vocab_ids, min_size=1, max_size=2))
@@ -225,7 +227,10 @@ HOSTILE = [
     ({"hold_until_s": 1.0}, 400, "hold_until_s"),  # a hold needs its arrival_s
     ({"arrival_s": 2.0, "hold_until_s": 1.0}, 400, "hold_until_s"),
     ({"best_of": 3}, 400, "best_of"),
-    ({"logit_bias": {"5": 10}}, 400, "logit_bias"),
+    ({"logit_bias": {str(VOCAB): 10}}, 400, "logit_bias"),  # an id outside the vocabulary, as vLLM refuses it
+    ({"logit_bias": {"x": 10}}, 400, "logit_bias"),
+    ({"allowed_token_ids": []}, 400, "allowed_token_ids"),
+    ({"allowed_token_ids": [VOCAB]}, 400, "allowed_token_ids"),
     ({"repetition_penalty": 0.0}, 400, "repetition_penalty"),  # the penalties' and min_p's ranges are vLLM's
     ({"min_p": 1.1}, 400, "min_p"),
     ({"presence_penalty": 2.5}, 400, "presence_penalty"),
@@ -273,7 +278,6 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     ("guided_regex", "[ab]+", None),
     ("guided_grammar", "root ::= 'a'", None),
     ("structured_outputs", {"choice": ["yes", "no"]}, None),
-    ("allowed_token_ids", [5, 6], None),
     ("bad_words", ["x"], []),
     ("truncate_prompt_tokens", 2, None),
     ("return_tokens_as_token_ids", True, False),  # the logprobs' tokens as "token_id:N": not written here
