@@ -187,6 +187,9 @@ async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
         ctx.check_model(body.model)
         body.check_fields(ctx.cfg.model.vocab_size)
         prompts = endpoint.prompts(ctx, body)
+        keep = body.prompt_truncation(ctx.cfg.model.max_seq_len)
+        if keep is not None:  # vLLM's truncate_prompt_tokens: the last `keep` tokens of each prompt
+            prompts = replace(prompts, ids=[ids[-keep:] for ids in prompts.ids])
         choices = plan(ctx, body, prompts)
         reqs, q = await submit(ctx, body, choices, prompts.fields)
     except ApiError:

@@ -52,7 +52,7 @@ UNSUPPORTED = {"best_of": (1,), "suffix": ("",), "tools": ([],), "functions": ([
                "use_beam_search": (False,),
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (),
-               "bad_words": ([],), "truncate_prompt_tokens": (),
+               "bad_words": ([],),
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
                "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
@@ -188,6 +188,8 @@ class _Common(BaseModel):
     allowed_token_ids: list[LaxInt] | None = None
     """vLLM's: only these ids may be generated (non-empty, in the vocabulary, as vLLM checks them)."""
     include_stop_str_in_output: bool | None = None
+    truncate_prompt_tokens: LaxInt | None = None
+    """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context); null: all."""
     """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
@@ -285,6 +287,21 @@ class _Common(BaseModel):
         """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] (vLLM's rule; of two
         keys of one id, "5" and "05", the later wins there too)."""
         return tuple({int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}.items())
+
+    def prompt_truncation(self, max_seq_len: int) -> int | None:
+        """How many tokens of each prompt to keep (its last ones) under `truncate_prompt_tokens`, as
+        vLLM reads it (vllm/utils `_validate_truncation_size`: -1 is the model's context, more than the
+        context is refused); None: the whole prompt. 0 or below -1 is a 400 (an empty prompt, or not
+        vLLM's range)."""
+        k = self.truncate_prompt_tokens
+        if k is None:
+            return None
+        if k == -1:
+            return max_seq_len
+        if not 1 <= k <= max_seq_len:
+            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{max_seq_len} (the model's context), "
+                           "-1 for the context, or leave it unset", "truncate_prompt_tokens")
+        return k
 
     def valid_hold(self) -> bool:
         """Whether `hold_until_s` is a hold the clock may take: the next arrival, at or after this one's

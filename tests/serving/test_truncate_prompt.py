@@ -1,0 +1,64 @@
+"""vLLM's truncate_prompt_tokens: each prompt keeps its last k tokens before anything else sees it (the
+context check, the scheduler, the usage, prompt_token_ids); -1 is the model's context; 0, below -1 or
+past the context is a 400 naming it (vllm `_validate_truncation_size`)."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from api.server import Server
+from tests.serving.utils import server_cfg
+
+CONTEXT = server_cfg().model.max_seq_len
+PROMPT = [1] + [10 + i % 50 for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def off():
+    with Server(server_cfg(), "local") as s:
+        yield s
+
+
+def _complete(url: str, **body) -> dict:
+    r = httpx.post(url + "/v1/completions", json=dict(dict(model="tiny", max_tokens=6, ignore_eos=True, temperature=0,
+                                                           return_token_ids=True), **body), timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_prompt_keeps_its_last_tokens(off):
+    """Greedy timing-only draws depend on the prompt alone: the truncated request's are those of its
+    last 5 tokens sent as the prompt, and its usage and prompt_token_ids count 5."""
+    cut = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=5)
+    alone = _complete(off.url, prompt=PROMPT[-5:])
+    whole = _complete(off.url, prompt=PROMPT)
+    c = cut["choices"][0]
+    assert c["prompt_token_ids"] == PROMPT[-5:] and cut["usage"]["prompt_tokens"] == 5
+    assert c["token_ids"] == alone["choices"][0]["token_ids"] != whole["choices"][0]["token_ids"]
+    for k in (-1, len(PROMPT), CONTEXT):  # the context (or more than the prompt) keeps it whole
+        got = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=k)
+        assert got["usage"]["prompt_tokens"] == len(PROMPT) and got["choices"][0]["token_ids"] == \
+            whole["choices"][0]["token_ids"]
+    batch = _complete(off.url, prompt=[PROMPT, PROMPT[:3]], truncate_prompt_tokens=4)  # each prompt of a batch
+    assert [c["prompt_token_ids"] for c in batch["choices"]] == [PROMPT[-4:], PROMPT[:3]]
+
+
+def test_a_prompt_past_the_context_is_served_truncated(off):
+    long = [1] + [10] * (CONTEXT + 5)
+    assert _complete(off.url, prompt=long, truncate_prompt_tokens=8)["usage"]["prompt_tokens"] == 8
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt=long, max_tokens=2), timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"  # without it: refused
+
+
+def test_chat_and_the_openai_client_truncate_too_and_get_400s_naming_it(off):
+    client = openai.OpenAI(base_url=off.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "hello there, a chat prompt of some length"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                       extra_body=dict(truncate_prompt_tokens=7))
+    assert r.usage.prompt_tokens == 7
+    for k in (0, -2, CONTEXT + 1):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="tiny", prompt="hi", max_tokens=2, extra_body=dict(truncate_prompt_tokens=k))
+        e = err.value.body
+        assert e["param"] == "truncate_prompt_tokens" and e["message"].startswith(f"truncate_prompt_tokens={k} "), e
