@@ -220,7 +220,8 @@ def plan(ctx: ApiContext, body, prompts: Prompts) -> list[Choice]:
                 exc.message = f"the prompt at index {i} of {len(prompts.ids)}: {exc.message}"
                 exc.args = (exc.message,)
             raise
-    params = [body.to_params(limit, prompts.fields.max_tokens, ctx.sampling_defaults) for limit in limits]
+    params = [body.to_params(limit, prompts.fields.max_tokens, ctx.sampling_defaults, ctx.tokenizer)
+              for limit in limits]
     n, scheduler = body.n, ctx.engine.scheduler
     most = scheduler.max_admitted  # a busy server's refusal is the 429 of `submit_all`, not this
     if len(prompts.ids) * n > most:  # counted before building: a request may hold thousands of prompts

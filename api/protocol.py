@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from cent_serve.model.sampling import SamplingParams
+from cent_serve.model.sampling import SamplingParams, bad_words_token_ids
 from cent_serve.request import RequestParams
 
 LaxInt = Annotated[int, Strict(False)]
@@ -35,6 +35,9 @@ MAX_STOP_STRINGS = 4
 """OpenAI's limit on `stop`."""
 MAX_STOP_CHARS = 1024
 """Characters per stop string at most."""
+MAX_BAD_WORDS = 256
+"""Entries of `bad_words` at most: each costs a comparison per generated token (vLLM's newer releases cap
+them as well)."""
 MAX_STOP_TOKEN_IDS = 256
 """Entries of `stop_token_ids` at most."""
 MAX_LOGPROBS = 20
@@ -52,7 +55,7 @@ UNSUPPORTED = {"best_of": (1,), "suffix": ("",), "tools": ([],), "functions": ([
                "use_beam_search": (False,),
                "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (),
                "structural_tag": (), "structured_outputs": (),
-               "bad_words": ([],),
+
                "logits_processors": (), "prompt_embeds": (), "chat_template": (), "return_tokens_as_token_ids": (False,),
                "logprob_token_ids": ([],), "repetition_detection": ({"max_pattern_size": 0},)}
 """OpenAI parameters (and vLLM's sampling extensions) this server cannot honour, with the values that
@@ -187,6 +190,9 @@ class _Common(BaseModel):
     vocabulary is a 400, as vLLM's."""
     allowed_token_ids: list[LaxInt] | None = None
     """vLLM's: only these ids may be generated (non-empty, in the vocabulary, as vLLM checks them)."""
+    bad_words: list[str] | None = None
+    """vLLM's: words the output must not contain (each banned at its last token once the output ends
+    with the rest of it, at the text's start or after a space: `bad_words_token_ids`)."""
     include_stop_str_in_output: bool | None = None
     truncate_prompt_tokens: LaxInt | None = None
     """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context); null: all."""
@@ -283,6 +289,18 @@ class _Common(BaseModel):
                 raise ApiError(f"logit_bias[{short(key)}]={bias!r} is invalid: use a number in [-100, 100]",
                                "logit_bias")
 
+    def _bad_words_ids(self, tokenizer) -> tuple[tuple[int, ...], ...]:
+        if not self.bad_words:
+            return ()
+        if len(self.bad_words) > MAX_BAD_WORDS or any(len(w) > MAX_STOP_CHARS for w in self.bad_words):
+            raise ApiError(f"bad_words is invalid: give up to {MAX_BAD_WORDS} words of at most {MAX_STOP_CHARS} "
+                           "characters", "bad_words")
+        assert tokenizer is not None, "to_params needs the tokenizer to encode bad_words"
+        try:
+            return bad_words_token_ids(self.bad_words, tokenizer)
+        except ValueError as exc:
+            raise ApiError(str(exc), "bad_words") from None
+
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] (vLLM's rule; of two
         keys of one id, "5" and "05", the later wins there too)."""
@@ -311,13 +329,13 @@ class _Common(BaseModel):
                 and 0 <= arrival <= hold)
 
     def to_params(self, max_tokens: int, max_tokens_param: str = "max_tokens",
-                  sampling_defaults: dict | None = None) -> RequestParams:
+                  sampling_defaults: dict | None = None, tokenizer=None) -> RequestParams:
         """Checked options of one choice that generates at most `max_tokens` (the client's limit or
         the endpoint's default, resolved by the caller). Whether the limit fits the context the
         prompt leaves is `Engine.check_request`'s to say; `n` is `check_fields`'. Errors about the
         limit name `max_tokens_param` (chat's `max_completion_tokens` lands there). A sampling
         field the request leaves out is `sampling_defaults`' (the checkpoint's generation_config.json,
-        as vLLM takes it), else the plain default."""
+        as vLLM takes it), else the plain default. `bad_words` need the `tokenizer` (a 400 without one)."""
         given = sampling_defaults or {}
         logprobs, prompt_logprobs = self.logprob_counts()
         name = max_tokens_param
@@ -342,7 +360,8 @@ class _Common(BaseModel):
                 else self.repetition_penalty,
                 min_p=given.get("min_p", 0.0) if self.min_p is None else self.min_p,
                 logit_bias=self.logit_bias_pairs(),
-                allowed_token_ids=None if self.allowed_token_ids is None else tuple(self.allowed_token_ids))
+                allowed_token_ids=None if self.allowed_token_ids is None else tuple(self.allowed_token_ids),
+                bad_words_ids=self._bad_words_ids(tokenizer))
         except ValueError as exc:
             raise ApiError(str(exc), str(exc).split("=", 1)[0]) from None
         return RequestParams(max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),

@@ -31,8 +31,8 @@ import numpy as np
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import devices_lost
 from cent_serve.messages import RoundOutput
-from cent_serve.model.sampling import (TokenCounts, UniformLogprobs, logprobs_of, make_generator, restrict_and_bias,
-                                       sample, token_logprob)
+from cent_serve.model.sampling import (TokenCounts, UniformLogprobs, banned_ids, logprobs_of, make_generator,
+                                       restrict_and_bias, sample, token_logprob)
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
@@ -436,6 +436,9 @@ class Engine:
             ids = self.stand_in_ids
             if p.sampling.allowed_token_ids is not None:  # the stand-in draws only allowed ids too
                 ids = self._stand_in_allowed(p.sampling.allowed_token_ids)
+            if p.sampling.bad_words_ids:  # and none a bad word bars next, unless it bars them all
+                kept = ids[~np.isin(ids, banned_ids(p.sampling.bad_words_ids, req.output_ids))]
+                ids = kept if len(kept) else ids
             if p.stop_token_ids and len(req.output_ids) < p.min_tokens:  # as `_stops_masked` does a row
                 allowed = ids[~np.isin(ids, p.stop_token_ids)]
                 if 0 < len(allowed) < len(ids):
@@ -447,8 +450,8 @@ class Engine:
                 req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
             return token
         logits = row
-        if p.sampling.logit_bias or p.sampling.allowed_token_ids is not None:
-            logits = restrict_and_bias(row, p.sampling)
+        if p.sampling.logit_bias or p.sampling.allowed_token_ids is not None or p.sampling.bad_words_ids:
+            logits = restrict_and_bias(row, p.sampling, req.output_ids)
         if p.sampling.has_penalties:  # vLLM's order: the penalties before sampling, greedy too
             if req.token_counts is None:
                 req.token_counts = TokenCounts(req.prompt_ids, len(row))

@@ -43,6 +43,9 @@ class SamplingParams:
     """OpenAI's: (token id, bias in [-100, 100]) pairs, each bias added to its token's logit."""
     allowed_token_ids: tuple[int, ...] | None = None
     """vLLM's: only these ids may be drawn (every other logit is -inf); None: any."""
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
+    """vLLM's `bad_words` as token sequences (`bad_words_token_ids`): a sequence's last token is not
+    drawn where the output so far ends with the rest of it."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.temperature <= 2.0):
@@ -64,6 +67,8 @@ class SamplingParams:
         bad = [(t, b) for t, b in self.logit_bias if t < 0 or not -100.0 <= b <= 100.0]
         if bad:
             raise ValueError(f"logit_bias={bad[0]!r} is invalid: use token ids >= 0 with biases in [-100, 100]")
+        if any(not seq or min(seq) < 0 for seq in self.bad_words_ids):
+            raise ValueError(f"bad_words_ids={self.bad_words_ids!r} is invalid: give non-empty sequences of token ids >= 0")
         if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
             raise ValueError(f"allowed_token_ids={self.allowed_token_ids!r} is invalid: give at least one token "
                              "id >= 0 (or None for any)")
@@ -123,16 +128,47 @@ def checkpoint_sampling_defaults(checkpoint: str | None) -> tuple[dict, list[str
     return defaults, skipped
 
 
-def restrict_and_bias(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """A float64 copy of the (vocab,) `logits` with vLLM's first steps applied (vllm/v1/sample/sampler.py,
-    before the penalties): every token outside `allowed_token_ids` at -inf, then each `logit_bias`
-    added to its token's logit. Ids past the row (refused by the API) are skipped."""
+def bad_words_token_ids(words, tokenizer) -> tuple[tuple[int, ...], ...]:
+    """vLLM's tokenization of `bad_words` (vllm/sampling_params.py `update_from_tokenizer`): each word,
+    left-stripped, encoded without special tokens; and again after a space, kept when that makes a
+    sequence as long whose first token differs (a word-start token), so the word is banned at the
+    start of the text and inside it. Raises ValueError for a word with no token."""
+    seqs: list[tuple[int, ...]] = []
+    for word in words:
+        plain = tuple(tokenizer.encode(word.lstrip(), add_bos=False))
+        if not plain:
+            raise ValueError(f"bad_words={word!r} is invalid: give words with visible text")
+        seqs.append(plain)
+        spaced = tuple(tokenizer.encode(" " + word.lstrip(), add_bos=False))
+        if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+            seqs.append(spaced)
+    return tuple(seqs)
+
+
+def banned_ids(bad_words_ids: tuple[tuple[int, ...], ...], output_ids: list[int]) -> list[int]:
+    """The ids `bad_words_ids` bar next: each sequence's last token where the output ends with the rest
+    of it (vLLM's bad-words step, vllm/v1/sample/ops/bad_words.py: over the output alone)."""
+    out = []
+    for seq in bad_words_ids:
+        k = len(seq) - 1
+        if k <= len(output_ids) and (k == 0 or tuple(output_ids[-k:]) == seq[:-1]):
+            out.append(seq[-1])
+    return out
+
+
+def restrict_and_bias(logits: np.ndarray, params: SamplingParams, output_ids: list[int] = ()) -> np.ndarray:
+    """A float64 copy of the (vocab,) `logits` with vLLM's first steps applied, in its order
+    (vllm/v1/sample/sampler.py, before the penalties): every token outside `allowed_token_ids` at -inf,
+    the bad words' next tokens after `output_ids` at -inf, then each `logit_bias` added to its token's
+    logit. Ids past the row (refused by the API) are skipped."""
     x = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab,)
     if params.allowed_token_ids is not None:
         ids = [t for t in params.allowed_token_ids if t < len(x)]
         kept = np.full(x.shape, -np.inf)
         kept[ids] = x[ids]
         x = kept
+    if params.bad_words_ids:
+        x[[t for t in banned_ids(params.bad_words_ids, output_ids) if t < len(x)]] = -np.inf
     for t, bias in params.logit_bias:
         if t < len(x):
             x[t] += bias

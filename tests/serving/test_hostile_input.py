@@ -121,7 +121,7 @@ HOSTILE = {
                                           or not 0 <= v < math.inf), st.sampled_from([-1.0, math.nan, -math.inf])),
     **{name: junk for name in UNSUPPORTED},
     **{name: junk for name in ("frequency_penalty", "repetition_penalty", "min_p", "logit_bias", "allowed_token_ids",
-                               "include_stop_str_in_output", "truncate_prompt_tokens")},  # served since: fuzzed as they were when refused
+                               "include_stop_str_in_output", "truncate_prompt_tokens", "bad_words")},  # served since: fuzzed as they were when refused
 }
 valid_prompt = st.one_of(st.text(min_size=1, max_size=600), vocab_ids, st.lists(st.text(min_size=1, max_size=20),
                          min_size=1, max_size=3), st.lists(vocab_ids, min_size=1, max_size=2))
@@ -281,7 +281,6 @@ def test_unknown_fields_are_ignored_and_neutral_unsupported_ones_accepted(server
     ("guided_regex", "[ab]+", None),
     ("guided_grammar", "root ::= 'a'", None),
     ("structured_outputs", {"choice": ["yes", "no"]}, None),
-    ("bad_words", ["x"], []),
     ("return_tokens_as_token_ids", True, False),  # the logprobs' tokens as "token_id:N": not written here
     # vLLM 0.33 (vllm/entrypoints/openai/completion/protocol.py): the logprobs of these ids in place of the
     # top ones (an empty list is unset there), and an early stop on repeated n-grams

@@ -1,0 +1,96 @@
+"""vLLM's bad_words: tokenized as vLLM does (the word, and after a space when that starts a word token), and
+a sequence's last token barred where the output ends with the rest of it; with full numerics, the stand-in
+sampler and the openai client."""
+from __future__ import annotations
+
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.engine import Engine
+from cent_serve.model import load_weights
+from cent_serve.model.sampling import SamplingParams, bad_words_token_ids, banned_ids
+from cent_serve.model.tokenizer import ByteTokenizer
+from cent_serve.request import RequestParams
+
+TINY = model_preset("tiny")
+WEIGHTS = load_weights(TINY)
+
+
+class WordTokenizer:
+    """A word-start tokenizer: " ab" is one token (3), "ab" is one token (2), "a" (1), "b" (5)."""
+
+    VOCAB = {"ab": 2, " ab": 3, "a": 1, "b": 5, " a": 6}
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return [self.VOCAB[text]] if text in self.VOCAB else [self.VOCAB[c] for c in text]
+
+
+def test_bad_words_are_tokenized_as_vllm_does():
+    byte = ByteTokenizer()
+    a, b, space = byte.encode("ab", add_bos=False) + byte.encode(" ", add_bos=False)
+    assert bad_words_token_ids(["  ab"], byte) == ((a, b),)  # " ab" is 3 bytes: not a word-start form
+    assert bad_words_token_ids(["ab", "a"], WordTokenizer()) == ((2,), (3,), (1,), (6,))
+    with pytest.raises(ValueError, match="bad_words"):
+        bad_words_token_ids([" "], byte)
+
+
+def test_a_sequence_s_last_token_is_barred_after_the_rest_of_it():
+    seqs = ((7,), (1, 2, 3), (4, 2))
+    assert banned_ids(seqs, []) == [7]
+    assert banned_ids(seqs, [9, 1, 2]) == [7, 3]
+    assert banned_ids(seqs, [4]) == [7, 2] and banned_ids(seqs, [2]) == [7]
+
+
+def _run(numerics: str, **knobs) -> str:
+    eng = Engine(CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics=numerics),
+                 weights=WEIGHTS if numerics == "full" else None)
+    req = eng.add_request([1, 72, 73], RequestParams(max_tokens=8, ignore_eos=True, sampling=SamplingParams(**knobs)))
+    while eng.has_work():
+        eng.step()
+    return eng.text(req)
+
+
+def test_full_numerics_never_write_a_bad_word():
+    """A bias makes "A" the model's choice, then "B": a bad "AA" lets "A" follow only a "B"; a bad "A"
+    leaves "B" alone."""
+    tok = ByteTokenizer()
+    bias = ((tok.encode("A", add_bos=False)[0], 50.0), (tok.encode("B", add_bos=False)[0], 40.0))
+    greedy = dict(temperature=0.0, logit_bias=bias)
+    assert _run("full", **greedy) == "AAAAAAAA"
+    words = lambda *w: bad_words_token_ids(w, tok)  # noqa: E731
+    assert _run("full", **greedy, bad_words_ids=words("AA")) == "ABABABAB"
+    assert _run("full", **greedy, bad_words_ids=words("A")) == "BBBBBBBB"
+    sampled = _run("full", temperature=0.9, seed=3, logit_bias=bias, bad_words_ids=words("A", "B"))
+    assert len(sampled) >= 4 and "A" not in sampled and "B" not in sampled
+
+
+def test_the_stand_in_never_draws_a_bad_word_s_last_token_after_the_rest():
+    plain = _run("off", seed=6)
+    pair = plain[:2]
+    got = _run("off", seed=6, bad_words_ids=bad_words_token_ids([plain[0], pair], ByteTokenizer()))
+    assert plain[0] not in got and pair not in got
+
+
+def test_the_openai_client_sends_bad_words_and_a_bad_one_is_a_400_naming_it():
+    import openai
+
+    from api.server import Server
+    from tests.serving.utils import server_cfg
+
+    with Server(server_cfg(), "local") as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+
+        def text(**extra) -> str:
+            return client.completions.create(model="tiny", prompt="hi", max_tokens=12, seed=5,
+                                             extra_body=dict(ignore_eos=True, **extra)).choices[0].text
+
+        plain = text()
+        got = text(bad_words=[plain[1], plain[2:4]])
+        assert plain[1] not in got and plain[2:4] not in got and got != plain
+        chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=12, seed=5, extra_body=dict(bad_words=[plain[1]]))
+        assert plain[1] not in chat.choices[0].message.content
+        for bad in ([""], ["x" * 2000], ["a"] * 300):
+            with pytest.raises(openai.BadRequestError) as err:
+                text(bad_words=bad)
+            assert err.value.body["param"] == "bad_words" and "\n" not in err.value.body["message"]
