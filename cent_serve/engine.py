@@ -484,7 +484,7 @@ class Engine:
         """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
         `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any bias or
         penalty (vLLM's default mode); `processed_logprobs` the sampler's distribution over the
-        `processed` row (allowed_token_ids, logit_bias and the penalties applied, when asked for), as
+        `processed` row (allowed_token_ids, bad_words, logit_bias, the penalties, when asked for), as
         vLLM's processed logprobs come after them (vllm/v1/sample/sampler.py)."""
         mode = self.cfg.scheduler.logprobs_mode
         if processed is not None and mode != "raw_logprobs":
@@ -544,7 +544,8 @@ class Engine:
             self._finish(req, "length", t)
 
     def text(self, req: Request) -> str:
-        """The request's output text so far (stop strings and stop tokens excluded)."""
+        """The request's output text so far (stop strings and stop tokens excluded, unless
+        `include_stop_str_in_output`)."""
         if req.params.stop:
             return req.text
         return req.detok.decode(self.tokenizer, self._text_ids(req), req.params.skip_special_tokens)
