@@ -194,9 +194,9 @@ class _Common(BaseModel):
     """vLLM's: words the output must not contain (each banned at its last token once the output ends
     with the rest of it, at the text's start or after a space: `bad_words_token_ids`)."""
     include_stop_str_in_output: bool | None = None
+    """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     truncate_prompt_tokens: LaxInt | None = None
     """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context); null: all."""
-    """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
     checkpoint's generation_config.json's, else 0 (off)."""
@@ -304,7 +304,8 @@ class _Common(BaseModel):
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] (vLLM's rule; of two
         keys of one id, "5" and "05", the later wins there too)."""
-        return tuple({int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}.items())
+        clamped = {int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}
+        return tuple(clamped.items())
 
     def prompt_truncation(self, max_seq_len: int) -> int | None:
         """How many tokens of each prompt to keep (its last ones) under `truncate_prompt_tokens`, as
@@ -317,8 +318,8 @@ class _Common(BaseModel):
         if k == -1:
             return max_seq_len
         if not 1 <= k <= max_seq_len:
-            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{max_seq_len} (the model's context), "
-                           "-1 for the context, or leave it unset", "truncate_prompt_tokens")
+            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{max_seq_len} (the model's "
+                           "context), -1 for the context, or leave it unset", "truncate_prompt_tokens")
         return k
 
     def valid_hold(self) -> bool:
@@ -335,7 +336,7 @@ class _Common(BaseModel):
         prompt leaves is `Engine.check_request`'s to say; `n` is `check_fields`'. Errors about the
         limit name `max_tokens_param` (chat's `max_completion_tokens` lands there). A sampling
         field the request leaves out is `sampling_defaults`' (the checkpoint's generation_config.json,
-        as vLLM takes it), else the plain default. `bad_words` need the `tokenizer` (a 400 without one)."""
+        as vLLM takes it), else the plain default. `bad_words` need the `tokenizer` (the served model's)."""
         given = sampling_defaults or {}
         logprobs, prompt_logprobs = self.logprob_counts()
         name = max_tokens_param

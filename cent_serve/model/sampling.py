@@ -68,7 +68,8 @@ class SamplingParams:
         if bad:
             raise ValueError(f"logit_bias={bad[0]!r} is invalid: use token ids >= 0 with biases in [-100, 100]")
         if any(not seq or min(seq) < 0 for seq in self.bad_words_ids):
-            raise ValueError(f"bad_words_ids={self.bad_words_ids!r} is invalid: give non-empty sequences of token ids >= 0")
+            raise ValueError(f"bad_words_ids={self.bad_words_ids!r} is invalid: give non-empty sequences of "
+                             "token ids >= 0")
         if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
             raise ValueError(f"allowed_token_ids={self.allowed_token_ids!r} is invalid: give at least one token "
                              "id >= 0 (or None for any)")

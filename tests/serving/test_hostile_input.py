@@ -120,8 +120,9 @@ HOSTILE = {
     "hold_until_s": st.one_of(junk.filter(lambda v: not isinstance(v, (int, float)) or isinstance(v, bool)
                                           or not 0 <= v < math.inf), st.sampled_from([-1.0, math.nan, -math.inf])),
     **{name: junk for name in UNSUPPORTED},
+    # served since they were refused (and fuzzed as junk with UNSUPPORTED's names): fuzzed the same
     **{name: junk for name in ("frequency_penalty", "repetition_penalty", "min_p", "logit_bias", "allowed_token_ids",
-                               "include_stop_str_in_output", "truncate_prompt_tokens", "bad_words")},  # served since: fuzzed as they were when refused
+                               "include_stop_str_in_output", "truncate_prompt_tokens", "bad_words")},
 }
 valid_prompt = st.one_of(st.text(min_size=1, max_size=600), vocab_ids, st.lists(st.text(min_size=1, max_size=20),
                          min_size=1, max_size=3), st.lists(vocab_ids, min_size=1, max_size=2))

@@ -59,6 +59,7 @@ def test_chat_and_the_openai_client_truncate_too_and_get_400s_naming_it(off):
     assert r.usage.prompt_tokens == 7
     for k in (0, -2, CONTEXT + 1):
         with pytest.raises(openai.BadRequestError) as err:
-            client.completions.create(model="tiny", prompt="hi", max_tokens=2, extra_body=dict(truncate_prompt_tokens=k))
+            client.completions.create(model="tiny", prompt="hi", max_tokens=2,
+                                      extra_body=dict(truncate_prompt_tokens=k))
         e = err.value.body
         assert e["param"] == "truncate_prompt_tokens" and e["message"].startswith(f"truncate_prompt_tokens={k} "), e
