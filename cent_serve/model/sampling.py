@@ -17,6 +17,12 @@ import numpy as np
 from cent_serve.config import LOGPROBS_MODES
 
 
+SAMPLING_EPS = 1e-5
+"""A temperature below this is greedy, as in vLLM's sampler (vllm/v1/sample/sampler.py, `_SAMPLING_EPS`):
+logits over a temperature of 1e-310 overflow to inf, and inf - inf made the probabilities NaN (token 0
+drawn, NaN logprobs)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick the next token."""
@@ -81,7 +87,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        """A temperature below SAMPLING_EPS (0 included) or top_k 1 takes the most likely token."""
+        return self.temperature < SAMPLING_EPS or self.top_k == 1
 
 
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_p")
@@ -267,7 +274,7 @@ def logprobs_of(logits: np.ndarray, params: SamplingParams, mode: str = LOGPROBS
     greedy sampling) or the sampler's (`processed_logprobs`: the same scaling and cuts as
     `sample`); a token the sampler cannot draw has -inf."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if mode == "raw_logprobs" or params.temperature == 0.0:
+    if mode == "raw_logprobs" or params.temperature < SAMPLING_EPS:
         return _log_softmax(x)
     scaled, order, _ = _candidates(x, params)
     out = np.full(x.shape, -np.inf)
