@@ -296,8 +296,8 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | Non
         raise ValueError(why)
     if cfg.on_gpus:
         mp = check_gpus_hold(cfg, context, batch, gpu_flag)
+        check_checkpoint(cfg)  # before the memory: a config.json alone is "no weights", not "too big"
         check_host_memory(cfg, mp)
-        check_checkpoint(cfg)
         check_tokenizer(cfg)
         return mp
     mp = check_devices_hold(cfg, context, batch)
@@ -306,8 +306,8 @@ def check_runnable(cfg: CentConfig, context: int | None = None, batch: int | Non
     if cfg.resolved_numerics == "full":  # the numerics split each block's heads over a stage's devices
         from cent_serve.sharding import check_tp
         check_tp(cfg.model, mp.tp)
-    check_host_memory(cfg, mp)
     check_checkpoint(cfg)
+    check_host_memory(cfg, mp)
     check_tokenizer(cfg)
     return mp
 

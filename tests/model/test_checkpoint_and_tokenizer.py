@@ -475,3 +475,16 @@ def test_incremental_text_equals_a_whole_decode_at_every_length(name, tmp_path):
         for n in range(len(ids) + 1):
             assert inc.decode(tok, ids[:n]) == tok.decode(ids[:n]), (name, n)
         assert inc.decode(tok, ids[:5]) == tok.decode(ids[:5])
+
+
+def test_full_numerics_of_a_config_without_weights_says_no_weights_before_too_big(tmp_path, monkeypatch):
+    """`cent serve --model DIR --numerics full` with a config.json alone: the missing weights are the
+    cause, not "needs about 59.8 GiB of memory" (the memory check ran first; a new user's 8B config)."""
+    from cent_serve import preflight
+    from cent_serve.config import CentConfig
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama" / "config.json", tmp_path)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: 1)  # any model is too big for it
+    cfg = CentConfig(model=model_config_from_hf(tmp_path), numerics="full")
+    with pytest.raises(ValueError, match="has neither model.safetensors .* --numerics off"):
+        preflight.check_runnable(cfg)
