@@ -327,55 +327,55 @@ class Engine:
         over, one with tokens is recomputed as a preemption's is (its prompt and its output so far
         prefilled again on a replica that is up, then its decoding goes on: the round that failed
         sampled nothing, so no token is lost or repeated). Every other failure (a device's own error,
-        a hang, a lost cluster, a second death) fails them with the cause. All the replicas that
-        failed together are recovered in one call, so that their requests go back in arrival order."""
-        again: list[Request] = []
-        fails: list[tuple[int, BaseException, str, str, list[Request], list[Request]]] = []
+        a hang, a lost cluster, a second death) fails them with the cause. The choices of one API
+        request answer together: when one of them fails (now, or before), none of them goes again,
+        and `_fail` fails the ones waiting with it. All the replicas that failed together are
+        recovered in one call, so that their requests go back in arrival order, ties in admission
+        order."""
+        causes, gone = {}, set()  # each replica's cause; the replicas whose devices died
         for replica, exc in failed.items():
-            cause = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
             cluster = self.cluster_fault() if self.cluster_fault is not None else None
             if cluster:  # the cause, not its symptom (a closed link)
-                cause = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
-            on_it = [q for q in self.scheduler.running if q.replica == replica]
-            retry = []
-            if not cluster and devices_lost(exc):
+                causes[replica] = f"{cluster}; the emulated devices of replica {replica} went with it ({describe_fault(exc)})"
+                continue
+            causes[replica] = f"the emulated devices of replica {replica} failed: {describe_fault(exc)}"
+            if devices_lost(exc):
                 # the devices died (in the race before the host read their death, the round was sent to a
-                # dead chain): the round that failed produced nothing, so each request on them goes on from
-                # what it has, as a preempted one does; once only, so that a request that itself kills its
-                # devices cannot re-create them for ever
-                retry = [q for q in on_it if q.num_fault_retries < FAULT_RETRIES]
-                on_it = [q for q in on_it if q.num_fault_retries >= FAULT_RETRIES]
-            fails.append((replica, exc, cause, f"{cause}; the request was stopped, retry it", on_it, retry))
-            again += retry
-        # a choice of the same API request failing (now, on any of these replicas, or before) makes its
-        # reply an error whatever the others do: its other choices fail with it, not half the reply
-        # computed again for no one (while the reply waited for them)
-        doomed = {id(q.choices) for *_, on_it, _ in fails for q in on_it if q.choices is not None}
-        lost = {q for q in again if q.choices is not None and (
-            id(q.choices) in doomed or any(s.finish_reason == "error" for s in q.choices))}
-        # and a choice queued again by an earlier death, waiting for a lane, fails with its sibling failing now
-        queued = [q for q in self.scheduler.waiting
-                  if q.num_fault_retries and q.choices is not None and id(q.choices) in doomed]
-        for replica, exc, cause, message, on_it, retry in fails:
-            on_it += [q for q in retry if q in lost]
-            retry = [q for q in retry if q not in lost]
-            mine = {id(q.choices) for q in on_it if q.choices is not None}
-            on_it += [q for q in queued if id(q.choices) in mine and not q.is_finished and q not in on_it]
+                # dead chain): the round that failed produced nothing, so each request on them can go on
+                # from what it has, as a preempted one does; once only, so that a request that itself kills
+                # its devices cannot re-create them for ever
+                gone.add(replica)
+        hit = [q for q in self.scheduler.running if q.replica in failed]  # in admission order
+        may_go_again = {q for q in hit if q.replica in gone and q.num_fault_retries < FAULT_RETRIES}
+        # an API request with a choice that fails now or failed before is an error whatever its other
+        # choices do: none of them is computed again for no one (while the reply waited for it)
+        doomed = {id(q.choices) for q in hit if q.choices is not None and (
+            q not in may_go_again or any(s.finish_reason == "error" for s in q.choices))}
+        again, stopped = [], {replica: [] for replica in failed}
+        for q in hit:
+            if q in may_go_again and (q.choices is None or id(q.choices) not in doomed):
+                again.append(q)
+            else:
+                stopped[q.replica].append(q)
+        for replica in failed:
+            on_it, retry = stopped[replica], [q for q in again if q.replica == replica]
             fresh = sum(not q.output_ids for q in retry)
             waits = "".join(f"; {n} request{'s' if n > 1 else ''} on it with {what}" for n, what in (
                 (fresh, f"nothing produced wait{'s' * (fresh == 1)} for the re-created devices"),
                 (len(retry) - fresh, f"tokens produced wait{'s' * (len(retry) - fresh == 1)} to be recomputed "
                                      "(prompt and output so far)")) if n)
+            cause = causes[replica]
+            message = f"{cause}; the request was stopped, retry it"
             self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if retry
                                else f"{cause}; no request was on it")
             log.error("%s; re-creating the replica's devices", self.last_fault)
             self._failed += self._fail(on_it, message)
-        again = sorted((q for q in again if q not in lost), key=lambda q: q.arrival_s)  # stable: admission order
+        again.sort(key=lambda q: q.arrival_s)  # stable: ties stay in admission order, whatever their replica
         for q in again:
             q.num_fault_retries += 1
         self.stats.num_fault_retries += len(again)
         self.scheduler.requeue(again)
-        for replica, exc, *_ in fails:
+        for replica, exc in failed.items():
             self.scheduler.set_up(replica, False)
             self.replicas.fail(replica, exc)
 
@@ -570,6 +570,17 @@ class Engine:
         return self._fail(list(self.scheduler.running), message)
 
     def _fail(self, reqs: list[Request], message: str) -> list[Request]:
+        """Finish `reqs` with the error `message`, and with them every choice of their API requests
+        still waiting (never admitted, or queued again after its devices died): the reply is an error
+        whatever those do (`Request.choices`), so none waits and runs for it. A choice running on
+        devices that serve on is left to finish. Returns every request failed."""
+        reqs = list(reqs)
+        seen = set(reqs)
+        for req in list(reqs):
+            for q in req.choices or ():
+                if q.status is Status.WAITING and q not in seen:
+                    seen.add(q)
+                    reqs.append(q)
         for req in reqs:
             req.error = message
             self._finish(req, "error", max(self.now_s, req.ready_s))

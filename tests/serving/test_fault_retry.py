@@ -467,3 +467,72 @@ def test_a_choice_queued_again_fails_when_its_sibling_fails_later():
     devices[0].broken = True
     assert set(eng.step()) == {a, b} and a.finish_reason == b.finish_reason == "error"
     assert b.error == a.error and list(eng.scheduler.waiting) == [alone] and eng.stats.num_failed == 2
+
+
+def test_requests_of_one_arrival_time_on_two_replicas_go_back_in_admission_order():
+    """Requests that arrived together and ran on two replicas failing in one round: the sort by arrival
+    left them grouped by replica (0, 2 then 1, 3); ties go back in admission order, as they were queued."""
+    cfg, _, rebuild, eng = breakable_replicas(2)
+    cfg.scheduler.max_seqs_per_stage = 2
+    from cent_serve.engine import Engine
+
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    reqs = [eng.add_request([1, 5, 6, 7, 8, 9], PARAMS, arrival_s=0.0) for _ in range(5)]
+    eng.step()
+    assert [q.replica for q in reqs] == [0, 1, 0, 1, -1] and eng.scheduler.running == reqs[:4]
+    devices[0].broken = devices[1].broken = True
+    assert eng.step() == []
+    assert list(eng.scheduler.waiting) == reqs and all(q.num_fault_retries == 1 for q in reqs[:4])
+
+
+@pytest.mark.parametrize("why", ["device_error", "second_death"])
+def test_a_choice_never_admitted_fails_with_its_sibling(why):
+    """One lane: choice a runs, choice b of the same API request waits for the lane. a fails (a device's
+    own error, or its devices dying a second time): the reply is the 500 whatever b does, so b fails
+    with a's message rather than wait and run for no one; a request alone waiting is left waiting."""
+    from cent_serve.engine import FAULT_RETRIES
+
+    eng, dying, rebuild = _engine()
+    a, b = eng.add_request([1, 5], PARAMS), eng.add_request([1, 5], PARAMS)
+    a.choices = b.choices = [a, b]
+    alone = eng.add_request([1, 6], PARAMS)
+    eng.step()
+    assert a in eng.scheduler.running and b in eng.scheduler.waiting and b.num_fault_retries == 0
+    if why == "device_error":
+        dying.error = RuntimeError("a device raised while computing")
+    else:
+        a.num_fault_retries = FAULT_RETRIES
+    dying.broken = True
+    assert set(eng.step()) == {a, b} and a.finish_reason == b.finish_reason == "error"
+    assert b.error == a.error and list(eng.scheduler.waiting) == [alone]
+    assert eng.stats.num_failed == 2 and eng.stats.num_fault_retries == 0
+
+
+def test_a_replica_with_requests_failing_and_going_again_says_both():
+    """One death, two requests on it: one that has used its retry fails, the fresh one goes again; the
+    status's fault names the stop and the wait (what `_recover` says of each replica)."""
+    from cent_serve.engine import FAULT_RETRIES
+
+    cfg, _, rebuild, _ = breakable_replicas(1)
+    cfg.scheduler.max_seqs_per_stage = 2
+    eng, dying, rebuild = _engine_of(cfg)
+    used, fresh = eng.add_request([1, 5], PARAMS), eng.add_request([1, 6], PARAMS)
+    eng.step()
+    used.num_fault_retries = FAULT_RETRIES
+    dying.broken = True
+    assert eng.step() == [used] and used.finish_reason == "error" and list(eng.scheduler.waiting) == [fresh]
+    assert eng.last_fault.endswith("; the request was stopped, retry it; 1 request on it with nothing produced "
+                                   "waits for the re-created devices"), eng.last_fault
+
+
+def test_a_round_s_exception_fails_the_waiting_choices_of_the_requests_it_fails():
+    """`fail_running` (a round that raised, not a device fault): a choice still waiting fails with its
+    sibling that was running, as a device fault's does; a request alone waiting is left."""
+    eng, _, _ = _engine()
+    a, b = eng.add_request([1, 5], PARAMS), eng.add_request([1, 5], PARAMS)
+    a.choices = b.choices = [a, b]
+    alone = eng.add_request([1, 6], PARAMS)
+    eng.step()
+    assert set(eng.fail_running("a round raised")) == {a, b} and b.error == "a round raised"
+    assert list(eng.scheduler.waiting) == [alone] and eng.stats.num_failed == 2
