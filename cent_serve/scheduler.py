@@ -105,6 +105,9 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_waiting = max_waiting
         self.waiting: deque[Request] = deque()
+        self._requeued: set[Request] = set()
+        """Waiting requests `requeue` put back (their devices died), not admitted since: they count for
+        no place of `max_waiting` (`is_full`)."""
         self.running: list[Request] = []  # in admission order (the last is preempted first)
         self.lanes: list[list[list[Request]]] = [[[] for _ in range(lanes_per_replica)]
                                                  for _ in range(num_replicas)]
@@ -172,6 +175,11 @@ class Scheduler:
         return any(self.up)
 
     @property
+    def num_requeued(self) -> int:
+        """Waiting requests queued again after their replica's devices died (`requeue`)."""
+        return len(self._requeued)
+
+    @property
     def free_seats(self) -> int:
         """Lane places no running sequence holds on the replicas that are up: that many waiting
         requests take a lane at the next round (KV permitting), so they do not count against
@@ -188,13 +196,28 @@ class Scheduler:
     def is_full(self, n: int = 1) -> bool:
         """Whether `n` new requests (a request's choices, admitted together) would exceed the
         waiting bound: more than `max_waiting` requests would be left waiting once the free lane
-        places are taken. The one admission rule; the API's fast 429 asks it too."""
-        return len(self.waiting) + n > self.max_waiting + self.free_seats
+        places are taken. The one admission rule; the API's fast 429 asks it too. A request queued
+        again after its devices died (`requeue`) was admitted already: it counts for no place of
+        `max_waiting` (a fault does not turn new requests away), and takes a free place first (it is at
+        the front of the queue). So the waiting stay bounded: at most `max_waiting` new ones, and
+        the requeued ones, which held lane places."""
+        waiting, seats = self._counted()
+        return waiting + n > self.max_waiting + seats
+
+    def _counted(self) -> tuple[int, int]:
+        """(the waiting requests `max_waiting` counts, the free lane places left to them): the ones
+        queued again after a device fault count for none, and take the free places first."""
+        again = len(self._requeued)
+        return len(self.waiting) - again, max(0, self.free_seats - again)
 
     def queue_full(self, n: int = 1) -> QueueFull:
         """The refusal `add` raises when `is_full(n)`."""
         more = "one more" if n == 1 else f"{n} more (a request's choices are admitted together)"
-        return QueueFull(f"{len(self.waiting)} requests are waiting for {self.free_seats} free lane places; {more} "
+        waiting, seats = self._counted()
+        again = len(self._requeued)
+        first = (f" (after {again} queued again when their devices failed, which go first and are not "
+                 "counted)" if again else "")
+        return QueueFull(f"{waiting} requests are waiting for {seats} free lane places{first}; {more} "
                          f"would leave more than scheduler.max_waiting={self.max_waiting} waiting: retry later")
 
     def add(self, req: Request) -> None:
@@ -208,6 +231,7 @@ class Scheduler:
             self._release(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+            self._requeued.discard(req)
 
     @property
     def num_waiting(self) -> int:
@@ -275,6 +299,7 @@ class Scheduler:
             self._take(plan, budget, req, self._tokens_for(req, budget))
         for req in admitted:
             self.waiting.remove(req)
+            self._requeued.discard(req)
         return SchedulerOutput(self._plans(plan, now_s), now_s)
 
     def _plans(self, steps: dict[Request, int], now_s: float) -> list[ReplicaRound]:
@@ -396,6 +421,7 @@ class Scheduler:
             req.status = Status.WAITING
             self._recompute(req)
             self.waiting.appendleft(req)
+            self._requeued.add(req)
 
     def _recompute(self, req: Request) -> None:
         """`req` starts over from its prompt and output so far: its rounds left grow from the chunks of

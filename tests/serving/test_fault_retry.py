@@ -536,3 +536,31 @@ def test_a_round_s_exception_fails_the_waiting_choices_of_the_requests_it_fails(
     eng.step()
     assert set(eng.fail_running("a round raised")) == {a, b} and b.error == "a round raised"
     assert list(eng.scheduler.waiting) == [alone] and eng.stats.num_failed == 2
+
+
+def test_requests_queued_again_after_a_fault_take_no_place_of_max_waiting():
+    """Two replicas of one lane place, max_waiting 1, both running, none waiting: a new request would be
+    let in. Replica 0's devices die and its request is queued again: it was admitted already, so a new
+    request is still let in (before: 429, the requeued one filled the bound), and the bound holds for
+    the next one. Once the replica is back the requeued request takes a place first."""
+    from cent_serve.engine import Engine
+    from cent_serve.scheduler import QueueFull
+
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    cfg.scheduler.max_waiting = 1
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    a, b = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
+    eng.step()
+    assert (a.replica, b.replica) == (0, 1) and not eng.scheduler.is_full()
+    devices[0].broken = True
+    eng.step()
+    assert list(eng.scheduler.waiting) == [a] and eng.scheduler.num_requeued == 1
+    new = eng.add_request([1, 6], PARAMS)
+    with pytest.raises(QueueFull, match=r"1 requests are waiting for 0 free lane places \(after 1 queued again"):
+        eng.add_request([1, 6], PARAMS)
+    rebuild.plan.put(OK)
+    wait_for(lambda: eng.can_step() and not eng.recovering, "the re-created replica")
+    eng.step()
+    assert a.replica == 0 and a in eng.scheduler.running and list(eng.scheduler.waiting) == [new]
+    assert eng.scheduler.num_requeued == 0 and eng.scheduler.is_full()
