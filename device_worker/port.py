@@ -54,6 +54,11 @@ EXCHANGE_TIMEOUT_S = 120.0
 """Longest wait for the other ranks of a tensor-parallel exchange."""
 RANK_TIMEOUT_S = 300.0
 """Longest a unit's leader waits for another rank's output (its whole stage)."""
+# Both bound a part of a round, so neither should fire before the host's `server.round_timeout_s`
+# (300 s by default) for a round that is merely long: at the defaults the rank wait equals it and the
+# exchange wait (one layer's all-reduce, far shorter than a stage) is below it. A round_timeout_s
+# raised past 300 s for very long rounds is not followed here yet: a stage over 300 s would end as a
+# device's TimeoutError (500 device_fault, not queued again) rather than wait for the host.
 PORT_TIMEOUT_S = 60.0
 """Longest wait for a link this device needs to come up."""
 
