@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from cent_serve.executor.base import busy_fraction
 from cent_serve.request import Request
+from cent_serve.serving import PACE_LATE_FRAC
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                      7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -76,7 +77,10 @@ class _Totals:
                 ("cent:rounds", "num_rounds", "Engine rounds run."),
                 ("cent:recoveries", "num_recoveries", "Replicas re-created after a device fault."),
                 ("cent:fault_retries", "num_fault_retries", "Sequences queued again after their replica's devices "
-                 "died, to start over or be recomputed with their output so far (not preemptions)."))
+                 "died, to start over or be recomputed with their output so far (not preemptions)."),
+                ("cent:pace_late_requests", "pace_late_requests", "Paced clock: requests a token of which reached its "
+                 f"client more than {PACE_LATE_FRAC:.0%} of its paced latency late (a client's timing of it is off by "
+                 "that much)."))
 
     FABRIC = ("cent:fabric_bytes", "Bytes on the interconnect: the CXL switch (CENT devices), the tensor-parallel "
               "all-reduces over NVLink or PCIe (modelled GPUs).")
@@ -168,6 +172,8 @@ class Metrics:
         r.register(self.totals)
         self.pace_lag = Gauge("cent:pace_lag_seconds", "Paced clock: wall seconds the engine runs behind its "
                               "schedule (how late tokens reach clients; 0 on schedule).", lab, registry=r)
+        self.pace_late_max = Gauge("cent:pace_late_fraction_max", "Paced clock: the most a request's token reached "
+                                   "its client late, as a fraction of its paced latency (kept when idle).", lab, registry=r)
         self.requests = Counter("cent:requests", "Generation requests by how they ended (one count each).",
                                 lab + ["outcome", "reason"], registry=r)
         self.expert_tokens = Gauge("cent:expert_tokens", "Mixture of experts: tokens routed to each expert, over "
@@ -255,6 +261,7 @@ class Metrics:
         self.snapshot_age.labels(*k).set(status.get("snapshot_age_s", 0.0))
         self.totals.status = status
         self.pace_lag.labels(*k).set(status.get("pace_lag_s", 0.0))
+        self.pace_late_max.labels(*k).set(status.get("pace_late_frac_max", 0.0))
         for d in devices:
             self.busy.labels(*k, str(d["device_id"]), str(d["replica"])).set(busy_fraction(d, status["clock_s"]))
         self.totals.fabrics = fabrics

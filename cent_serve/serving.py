@@ -64,15 +64,24 @@ episode of lag; `cent:pace_lag_seconds` shows the lag at any time), in wall seco
 factor 1 or more, and below 1 in simulated seconds (`PaceMonitor.warn_s`): a client divides the
 wall times it measures by the pace factor, so a lag of L wall seconds is L / pace factor of error
 in its figures (0.5 wall s at pace 0.1 would be 5 s of TTFT)."""
+PACE_LATE_FRAC = 0.1
+"""Paced mode: a request is late when one of its tokens reaches its client more than this fraction
+of its paced latency (that token's simulated time from the request's arrival, times the pace factor:
+what the client's clock should read) after its time. A lag far below PACE_LAG_WARN_S can still be
+most of a short request's latency: the tiny model's 64-token completions at pace factor 10 took
+0.36 to 0.68 wall s where 10 x their 0.0146 s simulated e2e is 0.146 s, with the lag under 0.5 s."""
 
 
 class PaceMonitor:
     """How far the paced engine runs behind the wall clock, and the pace factor it could keep.
 
     `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
-    episode of lag starts when it passes `warn_s` (PACE_LAG_WARN_S) and ends when the engine is on
-    schedule again. The round that made the lag (a stall: a first round's warm-up, a busy machine) ran before
-    the episode and is not in it; the pace factor the engine could keep is measured over the episode's
+    episode of lag starts when it passes `warn_s` (PACE_LAG_WARN_S), or when a request's token
+    reaches its client more than PACE_LATE_FRAC of its paced latency late (`delivered`), and ends
+    when the engine is on schedule again. `lag_s` is 0 when idle; `num_late_requests` and
+    `late_frac_max` (the most a token was late, as a fraction of its paced latency) stay. The round
+    that made the lag (a stall: a first round's warm-up, a busy machine) ran before the episode and
+    is not in it; the pace factor the engine could keep is measured over the episode's
     rounds, as wall seconds spent per simulated second with 20% headroom, and said once
     `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run (not after one: a round after a
     stall may still be slow), or, for a shorter episode, as it ends. `needed_factor` is never below
@@ -97,6 +106,12 @@ class PaceMonitor:
         self._said: float | None = None  # the pace factor the log gave for this episode
         self.lag_s = 0.0
         self.num_episodes = 0
+        self.num_late_requests = 0
+        """Requests a token of which reached its client more than PACE_LATE_FRAC of its paced latency late."""
+        self.late_frac_max = 0.0
+        """The most any request's token was late, as a fraction of its paced latency (1.5: a client
+        timed 2.5x the simulated latency times the pace factor)."""
+        self._worst_frac = 0.0  # this episode's
         self._in_episode = self._warn_pending = False
         self._wall_s = self._sim_s = 0.0
         self._rounds = 0
@@ -109,12 +124,34 @@ class PaceMonitor:
         self.lag_s, self._in_episode = 0.0, False
 
     def behind(self, lag_s: float) -> None:
+        """The next round starts `lag_s` wall seconds after its time."""
         self.lag_s = lag_s
-        self._worst_s = max(self._worst_s, lag_s) if self._in_episode else lag_s
-        if lag_s > self.warn_s and not self._in_episode:
+        self._late(lag_s, 0.0, lag_s > self.warn_s)
+
+    def delivered(self, late_s: float, paced_s: float, counted: bool) -> bool:
+        """A request's token reached its client `late_s` wall seconds after its time, which lies
+        `paced_s` wall seconds after the request's arrival (engine thread, paced mode, once a round
+        per request with new tokens). Returns whether the request is now counted late (`counted`:
+        it was before), so that it is counted once."""
+        if late_s <= 0.0 or paced_s <= 0.0:
+            return counted
+        frac = late_s / paced_s
+        self.late_frac_max = max(self.late_frac_max, frac)
+        is_late = frac > PACE_LATE_FRAC
+        self.num_late_requests += is_late and not counted
+        self._late(late_s, frac, is_late)
+        return counted or is_late
+
+    def _late(self, late_s: float, frac: float, starts: bool) -> None:
+        """Tokens run `late_s` wall s (`frac` of a paced latency) late; `starts`: enough for an episode."""
+        if not self._in_episode:
+            if not starts:
+                return
             self._in_episode, self._wall_s, self._sim_s, self._rounds, self._said = True, 0.0, 0.0, 0, None
+            self._worst_s = self._worst_frac = 0.0
             self.num_episodes += 1
             self._warn_pending = True
+        self._worst_s, self._worst_frac = max(self._worst_s, late_s), max(self._worst_frac, frac)
 
     def stepped(self, wall_s: float, sim_s: float) -> None:
         """One round took `wall_s` of wall time and advanced the clock by `sim_s`."""
@@ -140,15 +177,18 @@ class PaceMonitor:
         unsaid = (f" ({self._unsaid} more episode{'s' if self._unsaid > 1 else ''} of lag since the last warning "
                   "went unlogged: /v1/cent/status counts them in pace_lag_episodes)") if self._unsaid else ""
         self._last_warn_at, self._last_need, self._unsaid = now, None if stall else need, 0
+        # what a client's own figures are off by: the worst token's lateness over its paced latency
+        share = (f", {self._worst_frac:.0%} of a request's paced latency: a client times it "
+                 f"{1 + self._worst_frac:.3g}x the simulated latency x pace factor") if self._worst_frac else ""
         if stall:
             log.warning("paced mode fell behind: tokens reached clients up to %.2f s late (%.3g s of simulated "
-                        "time) after a stall (a first round, a busy machine); the rounds themselves keep up at pace "
-                        "factor %g%s", self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, unsaid)
+                        "time%s) after a stall (a first round, a busy machine); the rounds themselves keep up at pace "
+                        "factor %g%s", self._worst_s, self._worst_s / self.pace_factor, share, self.pace_factor, unsaid)
             return
         log.warning("paced mode cannot keep up: tokens reach clients %.2f s late (%.3g s of simulated time at pace "
-                    "factor %g); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more%s",
-                    self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, self._wall_s / self._sim_s,
-                    need, unsaid)
+                    "factor %g%s); the rounds run at %.3g wall s per simulated s, so use --pace-factor %.3g or more%s",
+                    self._worst_s, self._worst_s / self.pace_factor, self.pace_factor, share,
+                    self._wall_s / self._sim_s, need, unsaid)
 
     def needed_factor(self) -> float | None:
         """The smallest pace factor that kept up with this episode's rounds (None before one), at
@@ -227,7 +267,8 @@ class EngineLoop:
         """Called after each round with the tokens it made: prompts whose first token it made, and
         tokens generated (engine thread, before the round's `on_tokens`)."""
         self.inbox: queue.Queue = queue.Queue()
-        # request id -> (event loop, queue, tag, [tokens, chars] sent and tokens observed, final only)
+        # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed and whether counted
+        # late (`PaceMonitor.delivered`), final only)
         self.streams: dict[str, tuple] = {}
         self._flushed_at = -math.inf  # the first round's deltas go out at once
         self._outbox: dict = {}  # event loop -> [(queue, item)] delivered since the last `_flush`
@@ -290,7 +331,8 @@ class EngineLoop:
         return dict(self.engine.status(), sim_now_s=sim_now_s, clock_mode=self.clock, pace_factor=self.pace_factor,
                     num_hold_expiries=self.num_hold_expiries, num_late_arrivals=self.num_late_arrivals,
                     pace_lag_s=self.pace.lag_s, pace_lag_episodes=self.pace.num_episodes,
-                    pace_factor_needed=self.pace.needed_factor())
+                    pace_factor_needed=self.pace.needed_factor(), pace_late_requests=self.pace.num_late_requests,
+                    pace_late_frac_max=self.pace.late_frac_max)
 
     def sim_now_s(self) -> float:
         """Paced mode: the simulated time the wall clock stands at."""
@@ -366,7 +408,7 @@ class EngineLoop:
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
         for req, (_, _, tag) in zip(reqs, choices):
-            self.streams[req.request_id] = (loop, q, tag, [0, 0, 0], final_only)
+            self.streams[req.request_id] = (loop, q, tag, [0, 0, 0, False], final_only)
         return reqs
 
     def set_hold(self, hold_until_s: float | None) -> None:
@@ -576,9 +618,13 @@ class EngineLoop:
         if entry is None:
             return
         loop, q, tag, sent, final_only = entry
-        n_tok, n_chr, observed = sent
+        n_tok, n_chr, observed, _ = sent
         if self.on_tokens is not None and len(req.output_ids) > observed:
             self.on_tokens(req, observed)  # the live metrics see each round's tokens, streamed or not
+        if self.clock == "paced" and len(req.output_ids) > observed:  # the first new token, the latest of them
+            due_s = req.token_times_s[observed]
+            sent[3] = self.pace.delivered(-self.wall_delay_s(due_s), (due_s - req.arrival_s) * self.pace_factor,
+                                          sent[3])
         sent[2] = len(req.output_ids)
         if final_only and not req.is_finished:
             return

@@ -387,6 +387,61 @@ def test_below_pace_factor_1_a_lag_is_judged_in_simulated_time_and_the_estimate_
     assert stall.needed_factor() == pytest.approx(1.2 * 0.008 / 10.8)
 
 
+def test_a_short_request_late_relative_to_its_paced_latency_is_counted_and_warned(caplog):
+    """The tiny model's 64-token completions at pace factor 10 (full numerics, a user's report): every
+    round takes ~9 ms of wall time where its 0.23 ms of simulated time is 2.3 ms paced, so the lag
+    grows 6.7 ms a round and stays under the 0.5 s episode bound for all 64 rounds, yet a client timed
+    the request ~3x its paced latency and nothing said so. Now the request is counted late once, the
+    worst fraction (its first token: 6.7 ms late on 2.3 ms) stays after the engine is idle, and the
+    log warns with the pace factor the rounds need; a second such request within QUIET_S is counted,
+    not logged again, and one a few percent late on a long latency is neither."""
+    import logging
+
+    from cent_serve.serving import PACE_LATE_FRAC, PaceMonitor
+
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    now = [0.0]
+    mon = PaceMonitor(pace_factor=10.0, clock=lambda: now[0])
+    wall_s, sim_s = 0.009, 0.00023
+
+    def request() -> None:
+        counted = False
+        for k in range(1, 65):
+            mon.behind((k - 1) * (wall_s - 10 * sim_s))
+            assert mon.lag_s < mon.warn_s  # never an episode by the absolute bound
+            mon.stepped(wall_s, sim_s)
+            counted = mon.delivered(k * (wall_s - 10 * sim_s), 10 * k * sim_s, counted)
+        mon.on_schedule()
+        now[0] += 1.0
+
+    request()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert mon.num_late_requests == 1 and mon.num_episodes == 1 and mon.lag_s == 0.0
+    assert mon.late_frac_max == pytest.approx((wall_s - 10 * sim_s) / (10 * sim_s))  # 2.91
+    assert len(msgs) == 1 and "291% of a request's paced latency" in msgs[0], msgs
+    assert f"use --pace-factor {1.2 * wall_s / sim_s:.3g} or more" in msgs[0]  # 47
+    request()
+    assert mon.num_late_requests == 2 and len(caplog.records) == 1  # within QUIET_S, nothing new: not logged
+    assert not mon.delivered(PACE_LATE_FRAC * 0.5 * 10.0, 10.0, False)  # 5% late on 10 s paced: not late
+    assert mon.num_late_requests == 2 and mon.late_frac_max == pytest.approx(2.913, abs=1e-3)
+
+
+def test_a_paced_servers_late_requests_show_after_it_is_idle():
+    """At pace factor 1e-4 no engine keeps up: after a short request the lag gauge is back to 0, but
+    the status and /metrics still count the request late, with how late (a fraction of its paced
+    latency), so a client reading them after a run learns its wall times were off."""
+    with Server(server_cfg(clock="paced", pace_factor=1e-4), "local") as s:
+        before = status(s.url)
+        assert (before["pace_late_requests"], before["pace_late_frac_max"]) == (0, 0.0)
+        assert httpx.post(s.url + "/v1/completions", json=body(), timeout=REQUEST_TIMEOUT_S).status_code == 200
+        idle = wait_for(lambda: (x := status(s.url))["pace_lag_s"] == 0.0 and x, "no lag when idle")
+        assert idle["pace_late_requests"] == 1 and idle["pace_late_frac_max"] > 0.1
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "cent:pace_late_requests_total") == 1
+        assert metric(text, "cent:pace_late_fraction_max") == idle["pace_late_frac_max"]
+        assert metric(text, "cent:pace_lag_seconds") == 0.0
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug
 def test_a_request_whose_engine_thread_fails_gets_503_saying_so(caplog):
     """A bug that ends the engine thread under a collected request: 503 engine_stopped naming the
