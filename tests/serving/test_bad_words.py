@@ -94,3 +94,32 @@ def test_the_openai_client_sends_bad_words_and_a_bad_one_is_a_400_naming_it():
             with pytest.raises(openai.BadRequestError) as err:
                 text(bad_words=bad)
             assert err.value.body["param"] == "bad_words" and "\n" not in err.value.body["message"]
+
+
+def test_the_stand_in_draws_as_before_when_the_bad_words_bar_all_its_ids():
+    """Single-token bad words over every id the stand-in draws: it keeps drawing them (it has nothing
+    else; the docs' "unless that is all of them"), the same draws as without bad words."""
+    eng = Engine(CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="off"))
+    every = tuple((int(t),) for t in eng.stand_in_ids)
+    assert _run("off", seed=2, bad_words_ids=every) == _run("off", seed=2)
+
+
+def test_bad_words_limits_are_256_words_of_1024_characters_past_them_a_one_line_400():
+    import httpx
+
+    from api.protocol import MAX_BAD_WORDS, MAX_STOP_CHARS
+    from api.server import Server
+
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="off")
+    cfg.server.port = 0
+    words = [f"w{i}" for i in range(MAX_BAD_WORDS - 1)] + ["x" * MAX_STOP_CHARS]
+    with Server(cfg, "local") as s:
+        def post(bad_words: list[str]) -> httpx.Response:
+            return httpx.post(s.url + "/v1/completions", timeout=60, json=dict(
+                model="tiny", prompt=[1, 10], max_tokens=2, bad_words=bad_words))
+
+        assert post(words).status_code == 200
+        for over in (words + ["y"], words[:-1] + ["x" * (MAX_STOP_CHARS + 1)]):
+            r = post(over)
+            e = r.json()["error"]
+            assert r.status_code == 400 and e["param"] == "bad_words" and "\n" not in e["message"], r.text

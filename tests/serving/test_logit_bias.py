@@ -121,3 +121,25 @@ def test_the_openai_client_sends_logit_bias_and_gets_a_400_for_an_id_outside_the
             ids(logit_bias={str(TINY.vocab_size): 1})
         e = err.value.body
         assert e["param"] == "logit_bias" and "[0, " in e["message"] and "\n" not in e["message"], e
+
+
+def test_a_non_finite_bias_or_an_allowed_id_past_the_vocabulary_is_a_one_line_400_naming_the_field():
+    """JSON's NaN and Infinity reach the server as Python reads them (clamped they would silently be
+    -100 and 100); allowed_token_ids' last valid id is vocab_size - 1."""
+    import httpx
+
+    from api.server import Server
+
+    cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="off")
+    cfg.server.port = 0
+    with Server(cfg, "local") as s:
+        def post(fields: str) -> httpx.Response:
+            return httpx.post(s.url + "/v1/completions", headers={"content-type": "application/json"}, timeout=60,
+                              content='{"model": "tiny", "prompt": [1, 10], "max_tokens": 2, ' + fields + "}")
+
+        assert post('"allowed_token_ids": [%d]' % (TINY.vocab_size - 1)).status_code == 200
+        for fields, param in (('"logit_bias": {"5": NaN}', "logit_bias"), ('"logit_bias": {"5": Infinity}', "logit_bias"),
+                              ('"allowed_token_ids": [%d]' % TINY.vocab_size, "allowed_token_ids")):
+            r = post(fields)
+            e = r.json()["error"]
+            assert r.status_code == 400 and e["param"] == param and "\n" not in e["message"], (fields, r.text)

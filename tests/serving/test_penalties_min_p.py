@@ -181,3 +181,59 @@ def test_the_openai_client_sends_the_penalties_and_min_p_and_gets_400s_naming_th
                 ids(**knobs)
             e = err.value.body
             assert e["param"] == field and e["message"].startswith(field + "=") and "\n" not in e["message"], e
+
+
+def test_a_repetition_penalty_alone_changes_the_engine_s_draw():
+    """repetition_penalty is a penalty on its own (no presence or frequency one with it): the prompt's
+    token 65, top at 3.0, divided by 2 falls under 66's 2.0 (with full numerics the engine samples the
+    row it is given; a row of zeros elsewhere)."""
+    eng = _engine(numerics="off")
+    row = np.zeros(TINY.vocab_size)
+    row[[65, 66]] = 3.0, 2.0
+    req = eng.add_request([1, 65], RequestParams(max_tokens=4, sampling=SamplingParams(temperature=0.0,
+                                                                                      repetition_penalty=2.0)))
+    assert eng._sample(req, row) == 66
+
+
+def test_the_logit_bias_is_added_before_the_penalties():
+    """vLLM's order (vllm/v1/sample/sampler.py: logits processors, logit_bias among them, then
+    apply_penalties): 65's 4.0 + 4.0 bias, then / 2 for being in the prompt, is 4.0 < 66's 5.0; the
+    penalty first would give 4.0 / 2 + 4.0 = 6.0 and draw 65."""
+    eng = _engine(numerics="off")
+    row = np.zeros(TINY.vocab_size)
+    row[[65, 66]] = 4.0, 5.0
+    req = eng.add_request([1, 65], RequestParams(max_tokens=4, sampling=SamplingParams(
+        temperature=0.0, repetition_penalty=2.0, logit_bias=((65, 4.0),))))
+    assert eng._sample(req, row) == 66
+
+
+def test_the_counts_are_kept_across_steps_and_a_preemption_counts_nothing_twice():
+    """One TokenCounts a request, made at its first draw and brought up to date with each new token
+    (not rebuilt from the whole output each step); a preempted request, recomputed from its prompt and
+    output, goes on with the same counts and the same tokens as one never preempted."""
+    sampling = SamplingParams(temperature=0.0, frequency_penalty=2.0, repetition_penalty=1.3)
+    prompt = [1] + [10, 20, 30] * 3
+    made = []
+    real_init = TokenCounts.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    TokenCounts.__init__ = counting_init
+    try:
+        plain = _engine()
+        whole = plain.add_request(prompt, RequestParams(max_tokens=10, ignore_eos=True, sampling=sampling))
+        _run(plain)
+        assert len(made) == 1 and made[0].num_counted == len(whole.output_ids) - 1
+        eng = _engine()
+        req = eng.add_request(prompt, RequestParams(max_tokens=10, ignore_eos=True, sampling=sampling))
+        while len(req.output_ids) < 4:
+            eng.step()
+        eng.scheduler._preempt(req)
+        _run(eng)
+    finally:
+        TokenCounts.__init__ = real_init
+    assert req.num_preemptions == 1 and req.output_ids == whole.output_ids
+    assert len(made) == 2 and req.token_counts is made[1]
+    assert made[1].output_counts.tolist() == np.bincount(req.output_ids[:-1], minlength=TINY.vocab_size).tolist()
