@@ -472,12 +472,15 @@ class Engine:
         """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
         ignore_eos) at -inf: before `min_tokens` they cannot be drawn, as vLLM 0.33's min-tokens logits
         processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); the
-        log-probabilities are the row's as it came (vLLM's default raw_logprobs are taken before it)."""
+        log-probabilities are the row's as it came (vLLM's default raw_logprobs are taken before it). Not
+        where they are all the row leaves (allowed_token_ids of stop ids alone): the argmax of all -inf
+        would be token 0, which was not allowed; the stand-in draws them then too."""
         m = self.cfg.model
         stops = set(p.stop_token_ids) | (set() if p.ignore_eos else {m.eos_token_id, *m.extra_eos_token_ids})
         row = np.array(row, dtype=np.float64).reshape(-1)
         ids = [t for t in stops if t is not None and 0 <= t < len(row)]
-        row[ids] = -np.inf
+        if np.count_nonzero(np.isfinite(row)) > np.count_nonzero(np.isfinite(row[ids])):
+            row[ids] = -np.inf
         return row
 
     def _logprob(self, logits, p: RequestParams, token: int, n: int, processed=None):

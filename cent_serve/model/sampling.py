@@ -167,8 +167,10 @@ def banned_ids(bad_words_ids: tuple[tuple[int, ...], ...], output_ids: list[int]
 def restrict_and_bias(logits: np.ndarray, params: SamplingParams, output_ids: list[int] = ()) -> np.ndarray:
     """A float64 copy of the (vocab,) `logits` with vLLM's first steps applied, in its order
     (vllm/v1/sample/sampler.py, before the penalties): every token outside `allowed_token_ids` at -inf,
-    the bad words' next tokens after `output_ids` at -inf, then each `logit_bias` added to its token's
-    logit. Ids past the row (refused by the API) are skipped."""
+    the bad words' next tokens after `output_ids` at -inf (unless that leaves no token to draw: the argmax
+    of all -inf would be token 0, allowed or not, with NaN log-probabilities; the stand-in sampler keeps
+    its ids then too), then each `logit_bias` added to its token's logit. Ids past the row (refused by
+    the API) are skipped."""
     x = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab,)
     if params.allowed_token_ids is not None:
         ids = [t for t in params.allowed_token_ids if t < len(x)]
@@ -176,7 +178,9 @@ def restrict_and_bias(logits: np.ndarray, params: SamplingParams, output_ids: li
         kept[ids] = x[ids]
         x = kept
     if params.bad_words_ids:
-        x[[t for t in banned_ids(params.bad_words_ids, output_ids) if t < len(x)]] = -np.inf
+        barred = np.unique([t for t in banned_ids(params.bad_words_ids, output_ids) if t < len(x)]).astype(np.int64)
+        if np.count_nonzero(np.isfinite(x)) > np.count_nonzero(np.isfinite(x[barred])):  # not if none would be left
+            x[barred] = -np.inf
     for t, bias in params.logit_bias:
         if t < len(x):
             x[t] += bias

@@ -123,3 +123,20 @@ def test_bad_words_limits_are_256_words_of_1024_characters_past_them_a_one_line_
             r = post(over)
             e = r.json()["error"]
             assert r.status_code == 400 and e["param"] == "bad_words" and "\n" not in e["message"], r.text
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_full_numerics_draw_an_allowed_id_when_the_bad_words_or_min_tokens_would_leave_none(temperature):
+    """allowed_token_ids (65,) with the bad word "A" (65), or allowed_token_ids the eos alone before
+    min_tokens: masking would leave no logit finite, and the argmax of all -inf was token 0 (not allowed)
+    with NaN logprobs. As the stand-in does, a mask that would leave nothing is not applied."""
+    for knobs, params in ((dict(allowed_token_ids=(65,), bad_words_ids=((65,),)), {}),
+                          (dict(allowed_token_ids=(TINY.eos_token_id,)), dict(min_tokens=3))):
+        eng = Engine(CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="full"), weights=WEIGHTS)
+        req = eng.add_request([1, 72, 73], RequestParams(max_tokens=4, ignore_eos="bad_words_ids" in knobs, logprobs=1,
+                                                         sampling=SamplingParams(temperature=temperature, seed=1,
+                                                                                 **knobs), **params))
+        while eng.has_work():
+            eng.step()
+        assert set(req.output_ids) == set(knobs["allowed_token_ids"]), (knobs, req.output_ids)
+        assert all(lp.logprob == lp.logprob for lp in req.logprobs), req.logprobs  # no NaN
