@@ -140,3 +140,25 @@ def test_full_numerics_draw_an_allowed_id_when_the_bad_words_or_min_tokens_would
             eng.step()
         assert set(req.output_ids) == set(knobs["allowed_token_ids"]), (knobs, req.output_ids)
         assert all(lp.logprob == lp.logprob for lp in req.logprobs), req.logprobs  # no NaN
+
+
+@pytest.mark.parametrize("numerics", ["full", "off"])
+def test_a_bad_word_is_not_matched_across_the_prompt_s_end(numerics):
+    """vLLM matches a bad word's first tokens against the output alone (vllm/v1/sample/ops/bad_words.py):
+    a prompt ending in "A" does not bar "B" as the first token under the bad word "AB"; after an output
+    "A" it does. Full numerics: a bias makes "B" the greedy choice; off: the stand-in's own draw."""
+    tok = ByteTokenizer()
+    a, b = tok.encode("AB", add_bos=False)
+    eng = Engine(CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics=numerics),
+                 weights=WEIGHTS if numerics == "full" else None)
+    if numerics == "off":
+        first = eng.add_request([1, 72, a], RequestParams(max_tokens=1, sampling=SamplingParams(temperature=0.0)))
+        while eng.has_work():
+            eng.step()
+        b = first.output_ids[0]  # the stand-in's greedy first token after this prompt
+    sampling = SamplingParams(temperature=0.0, logit_bias=((b, 50.0),), bad_words_ids=((a, b),))
+    req = eng.add_request([1, 72, a], RequestParams(max_tokens=1, sampling=sampling))
+    while eng.has_work():
+        eng.step()
+    assert req.output_ids == [b]
+    assert banned_ids(((a, b),), [a]) == [b]  # after an output "A", "B" is barred
