@@ -292,9 +292,12 @@ class _Common(BaseModel):
     def _bad_words_ids(self, tokenizer) -> tuple[tuple[int, ...], ...]:
         if not self.bad_words:
             return ()
-        if len(self.bad_words) > MAX_BAD_WORDS or any(len(w) > MAX_STOP_CHARS for w in self.bad_words):
-            raise ApiError(f"bad_words is invalid: give up to {MAX_BAD_WORDS} words of at most {MAX_STOP_CHARS} "
-                           "characters", "bad_words")
+        long = next((w for w in self.bad_words if len(w) > MAX_STOP_CHARS), None)
+        if len(self.bad_words) > MAX_BAD_WORDS or long is not None:
+            got = (f"{len(self.bad_words)} words" if long is None
+                   else f"a word of {len(long)} characters ({short(long)})")
+            raise ApiError(f"bad_words is invalid ({got}): give up to {MAX_BAD_WORDS} words of at most "
+                           f"{MAX_STOP_CHARS} characters", "bad_words")
         assert tokenizer is not None, "to_params needs the tokenizer to encode bad_words"
         try:
             return bad_words_token_ids(self.bad_words, tokenizer)

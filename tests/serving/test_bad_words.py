@@ -119,10 +119,12 @@ def test_bad_words_limits_are_256_words_of_1024_characters_past_them_a_one_line_
                 model="tiny", prompt=[1, 10], max_tokens=2, bad_words=bad_words))
 
         assert post(words).status_code == 200
-        for over in (words + ["y"], words[:-1] + ["x" * (MAX_STOP_CHARS + 1)]):
+        for over, value in ((words + ["y"], f"{MAX_BAD_WORDS + 1} words"),
+                            (words[:-1] + ["x" * (MAX_STOP_CHARS + 1)], f"of {MAX_STOP_CHARS + 1} characters")):
             r = post(over)
             e = r.json()["error"]
             assert r.status_code == 400 and e["param"] == "bad_words" and "\n" not in e["message"], r.text
+            assert value in e["message"] and str(MAX_BAD_WORDS) in e["message"], e  # the value, and the fix
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
