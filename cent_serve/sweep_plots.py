@@ -149,7 +149,8 @@ def _companions(rows: list[dict], x: str, fields: list[str], in_step: list[tuple
     plots draw them on x's axis, not a line each (a field of the group that takes two values at one of x's
     stays a line's label)."""
     group = next((g for g in in_step if x in g), ())
-    return [f for f in group if f != x and f in fields
+    # a model (a preset or a checkpoint path) is no point on an axis: each stays a line, named in its label
+    return [f for f in group if f != x and f != "model" and f in fields
             and all(len({r[f] for r in rows if r[x] == v}) == 1 for v in {r[x] for r in rows})]
 
 
@@ -194,6 +195,11 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: l
         ax.minorticks_off()
     elif all(v.is_integer() for v in values):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if companions:  # each x tick says the values that move with it: 32 / tp=1, not "tp in step" alone
+        ax.set_xticks(values, [f"{v:g}\n" + ", ".join(
+            f"{f.split('.')[-1]}={next(r[f] for r in rows if _number(r[x]) == v)}" for f in companions)
+            for v in values])
+        ax.minorticks_off()
     ax.ticklabel_format(useOffset=False, axis="y")
     ys = [r[key] for r in rows if r.get(key) is not None]
     mid = (max(ys) + min(ys)) / 2 if ys else 0.0

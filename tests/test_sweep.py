@@ -1064,3 +1064,30 @@ def test_the_line_plots_draw_fields_in_step_on_the_x_axis(tmp_path, monkeypatch)
     twice = rows + [dict(rows[0], **{"parallel.pp": "40"}, throughput_tok_s=3.0)]
     _lines(Figure().subplots(), twice, fields, "parallel.num_devices", "throughput_tok_s", step)
     assert sorted(d[2] for d in drawn) == ["pp=40", "pp=80"]
+
+
+def test_a_model_in_step_stays_a_line_each_and_the_ticks_say_what_moves_with_x(tmp_path, monkeypatch):
+    """A model varied in step with the devices is no point on the devices' axis: one line (and label) a model,
+    not one 'all points' line joining two models; a number in step with x is named at each tick (32 / tp=1)."""
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from cent_serve.sweep_plots import _lines
+
+    drawn = []
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, xs, ys, *a, **k: (drawn.append((list(xs), k.get("label"))),
+                                                                    real(self, xs, ys, *a, **k))[1])
+    rows = [dict(model_name=m, model=m, **{"parallel.num_devices": d}, throughput_tok_s=t)
+            for m, d, t in (("llama2-7b", "8", 1.0), ("llama2-13b", "16", 2.0))]
+    ax = Figure().subplots()
+    _lines(ax, rows, ["model", "parallel.num_devices"], "parallel.num_devices", "throughput_tok_s",
+           [("model", "parallel.num_devices")])
+    assert sorted(d[1] for d in drawn) == ["model=llama2-13b", "model=llama2-7b"], drawn
+    assert "in step" not in ax.get_xlabel()
+    rows = [dict(model_name="m", **{"parallel.num_devices": d, "parallel.tp": p}, throughput_tok_s=t)
+            for d, p, t in (("32", "1", 1.0), ("64", "2", 2.0))]
+    ax = Figure().subplots()
+    _lines(ax, rows, ["parallel.num_devices", "parallel.tp"], "parallel.num_devices", "throughput_tok_s",
+           [("parallel.num_devices", "parallel.tp")])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32\ntp=1", "64\ntp=2"]
