@@ -182,3 +182,16 @@ def test_a_device_priced_otherwise_but_not_its_tco_says_where_the_ratio_s_prices
     priced = json.loads(capsys.readouterr().out)["points"]
     assert not [r for r in caplog.records if "device.tco_per_device" in r.getMessage()]
     assert priced[0]["tokens_per_dollar_ratio"] == pytest.approx(rows[0]["tokens_per_dollar_ratio"] / 2, rel=1e-12)
+
+
+def test_the_paper_s_price_as_printed_is_the_paper_s_device():
+    """--set device.unit_cost_usd=28.17 (section 9's $2.69 + $1.10 + $24.38 as the paper sums it) is the
+    default's 28.169999...: no note that the device is priced otherwise; another price is."""
+    import dataclasses
+
+    from cent_serve.timing.energy import unpriced_device_changes
+
+    dev = DeviceConfig()
+    assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=28.17)) == []
+    assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=28.18)) == ["device.unit_cost_usd=28.18"]
+    assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=40.0, tco_per_device=0.73 / 32 * 1.5)) == []
