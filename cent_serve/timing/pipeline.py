@@ -127,8 +127,9 @@ def token_figures(timer: SystemTimer, context: int, batch: int | None = None) ->
     mp, m = timer.mapping, timer.model
     batch = mp.lanes if batch is None else batch
     if not 1 <= batch <= mp.lanes:
-        raise ValueError(f"--batch {batch} is invalid: use 1..{mp.lanes} (one query per pipeline stage at most, "
-                         f"as the paper runs them; this mapping has {mp.lanes} stages)")
+        raise ValueError(f"--batch {batch} is invalid: use {'1' if mp.lanes == 1 else f'1..{mp.lanes}'} (one query "
+                         f"per pipeline stage at most, as the paper runs them; this mapping has {mp.lanes} "
+                         f"stage{'' if mp.lanes == 1 else 's'})")
     token_s, station = period_s(timer, context, batch)
     terms = token_energy_terms_j(timer, context)
     energy_j = sum(terms.values())

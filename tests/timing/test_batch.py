@@ -104,7 +104,9 @@ def test_sweep_with_batch_gives_each_mapping_as_simulate_and_cent_sweep_give_it(
     assert main(["simulate", "--sweep", *work]) == 0
     text = capsys.readouterr().out
     assert "prompt 512 + decode 3584, 4 queries in flight in each replica" in text.splitlines()[0]
-    assert "   1   8  could not run: --batch 4 is invalid: use 1..1" in text
+    assert ("   1   8  could not run: --batch 4 is invalid: use 1 (one query per pipeline stage at most, as the paper "
+            "runs them; this mapping has 1 stage)\n") in text  # not 'use 1..1', '1 stages'
+    assert "   2   4  could not run: --batch 4 is invalid: use 1..2 (" in text
 
 
 def test_replicas_multiply_the_system_s_throughput_and_power():
@@ -191,3 +193,12 @@ def test_the_mean_rate_note_counts_every_replica_s_queries_and_spares_the_paper_
         assert main(["simulate", "--model", model, "--devices", devices, "--tp", devices, "--pp", "1",
                      "--prompt", "512", "--decode", "3584"]) == 0
         assert "tokens over its latency" not in capsys.readouterr().out
+
+
+def test_sweep_with_batch_names_a_smaller_batch_where_the_kv_does_not_hold_it(capsys):
+    """--sweep --batch B: a mapping whose devices cannot hold B queries' KV names the largest batch that fits
+    among its fixes, as that mapping alone does (the user gave a --batch to make smaller)."""
+    assert main(["simulate", "--sweep", "--model", "llama2-70b", "--devices", "32", "--prompt", "30000", "--decode",
+                 "976", "--set", "model.max_seq_len=32768", "--batch", "40"]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  80   1"))
+    assert "could not run:" in row and "or use --batch 30, " in row, row
