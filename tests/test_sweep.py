@@ -1091,3 +1091,21 @@ def test_a_model_in_step_stays_a_line_each_and_the_ticks_say_what_moves_with_x(t
     _lines(ax, rows, ["parallel.num_devices", "parallel.tp"], "parallel.num_devices", "throughput_tok_s",
            [("parallel.num_devices", "parallel.tp")])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["32\ntp=1", "64\ntp=2"]
+
+
+def test_the_vary_parser_keeps_a_model_s_colon_and_strips_names():
+    """A model is a preset or a checkpoint path, which may hold a ':' (one field: no fields in step to join);
+    names in step may be written with spaces after the commas."""
+    from cent_serve.sweep import parse_vary_groups
+
+    assert parse_vary_groups(["model=/ckpt/run:3,llama2-7b"]) == [[("model", ["/ckpt/run:3", "llama2-7b"])]]
+    assert parse_vary_groups(["devices, pp=32:80"]) == [[("parallel.num_devices", ["32"]), ("parallel.pp", ["80"])]]
+
+
+def test_a_sweep_without_a_tco_ratio_says_nothing_of_its_prices(tmp_path, capsys):
+    """The note on where the TCO ratio's prices come from goes with a ratio: a workload other than the
+    paper's has none, so a sweep over channels at --prompt 1024 says nothing of it."""
+    common = ["sweep", "--model", "llama2-7b", "--devices", "8", "--out", str(tmp_path), "--no-plots"]
+    assert main(common + ["--prompt", "1024", "--decode", "128", "--vary", "device.num_channels=32,64"]) == 0
+    out = capsys.readouterr().out
+    assert "2 evaluated" in out and "device.tco_per_device" not in out

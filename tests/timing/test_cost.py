@@ -195,3 +195,24 @@ def test_the_paper_s_price_as_printed_is_the_paper_s_device():
     assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=28.17)) == []
     assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=28.18)) == ["device.unit_cost_usd=28.18"]
     assert unpriced_device_changes(dataclasses.replace(dev, unit_cost_usd=40.0, tco_per_device=0.73 / 32 * 1.5)) == []
+
+
+@pytest.mark.parametrize("field, value", [("banks_per_channel", 32), ("row_elements", 2048), ("unit_cost_usd", 40.0),
+                                          ("num_channels", 64), ("rows_per_bank", 8192)])
+def test_each_field_that_prices_a_device_draws_the_tco_note(field, value):
+    """Every field of PRICED_DEVICE_FIELDS changed alone, its TCO not, is named by the note's trigger."""
+    import dataclasses
+
+    from cent_serve.timing.energy import unpriced_device_changes
+
+    assert unpriced_device_changes(dataclasses.replace(DeviceConfig(), **{field: value})) == [f"device.{field}={value}"]
+
+
+def test_simulate_sweep_json_without_a_ratio_warns_nothing_of_prices(capsys, caplog):
+    """--json of a workload the paper's GPUs did not run has no tokens per dollar: no warning on its prices."""
+    from cent_serve.cli import main
+
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--prompt", "1024", "--decode", "128",
+                 "--set", "device.num_channels=64", "--json"]) == 0
+    capsys.readouterr()
+    assert not [r for r in caplog.records if "device.tco_per_device" in r.getMessage()]
