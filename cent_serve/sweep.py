@@ -37,7 +37,9 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
   channels or capacity differ from the paper's device but its TCO does not, the terminal says so
   in one line (`timing.energy.tco_note`);
 - `figures.png`: throughput, latency, energy per token and average power against that field,
-  one line per combination of the others (when a varied field has numbers).
+  one line per combination of the others (when a varied field has numbers). In both line plots a
+  field varied in step with the x field shares its axis, each tick naming its value (32 over tp=1);
+  a model varied in step stays a line of its own.
 
 Each plot's title names the workload the points ran and what every point shares ('given:' the --config
 file, the config flags and --set, as `cent simulate`'s line).
