@@ -106,8 +106,9 @@ class Scheduler:
         self.max_waiting = max_waiting
         self.waiting: deque[Request] = deque()
         self._requeued: set[Request] = set()
-        """Waiting requests `requeue` put back (their devices died), not admitted since: they count for
-        no place of `max_waiting` (`is_full`)."""
+        """Waiting requests that were admitted before and are queued again, not admitted since: put back
+        by `requeue` (their devices died) or `_preempt` (KV space). They count for no place of
+        `max_waiting` (`is_full`)."""
         self.running: list[Request] = []  # in admission order (the last is preempted first)
         self.lanes: list[list[list[Request]]] = [[[] for _ in range(lanes_per_replica)]
                                                  for _ in range(num_replicas)]
@@ -176,7 +177,8 @@ class Scheduler:
 
     @property
     def num_requeued(self) -> int:
-        """Waiting requests queued again after their replica's devices died (`requeue`)."""
+        """Waiting requests queued again after they were admitted: their replica's devices died
+        (`requeue`), or they were preempted for KV space (`_preempt`)."""
         return len(self._requeued)
 
     @property
@@ -197,16 +199,19 @@ class Scheduler:
         """Whether `n` new requests (a request's choices, admitted together) would exceed the
         waiting bound: more than `max_waiting` requests would be left waiting once the free lane
         places are taken. The one admission rule; the API's fast 429 asks it too. A request queued
-        again after its devices died (`requeue`) was admitted already: it counts for no place of
-        `max_waiting` (a fault does not turn new requests away), and takes a free place first (it is at
-        the front of the queue). So the waiting stay bounded: at most `max_waiting` new ones, and
-        the requeued ones, which held lane places."""
+        again after its devices died (`requeue`) or preempted (`_preempt`) was admitted already: it
+        counts for no place of `max_waiting` (a fault does not turn new requests away), and takes a
+        free place first (it is at the front of the queue). So the waiting stay bounded: at most
+        `max_waiting` new ones, and the ones queued again, which held lane places. Without a fault a
+        preempted request leaves a free place behind, so this is the rule of waiting minus free places;
+        while requeued ones outnumber the free places, a preemption's place balances it as before."""
         waiting, seats = self._counted()
         return waiting + n > self.max_waiting + seats
 
     def _counted(self) -> tuple[int, int]:
         """(the waiting requests `max_waiting` counts, the free lane places left to them): the ones
-        queued again after a device fault count for none, and take the free places first."""
+        queued again after they were admitted (a device fault, a preemption) count for none, and take
+        the free places first."""
         again = len(self._requeued)
         return len(self.waiting) - again, max(0, self.free_seats - again)
 
@@ -215,8 +220,8 @@ class Scheduler:
         more = "one more" if n == 1 else f"{n} more (a request's choices are admitted together)"
         waiting, seats = self._counted()
         again = len(self._requeued)
-        first = (f" (after {again} queued again when their devices failed, which go first and are not "
-                 "counted)" if again else "")
+        first = (f" (after {again} queued again when their devices failed or they were preempted, which go "
+                 "first and are not counted)" if again else "")
         return QueueFull(f"{waiting} requests are waiting for {seats} free lane places{first}; {more} "
                          f"would leave more than scheduler.max_waiting={self.max_waiting} waiting: retry later")
 
@@ -438,6 +443,7 @@ class Scheduler:
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
+        self._requeued.add(req)  # admitted before: the place it leaves is its own (`is_full`)
 
 
 def logit_rows(req: Request, n: int) -> int:

@@ -70,8 +70,8 @@ class SchedulerConfig:
     """Sequences per pipeline micro-batch (the paper uses 1)."""
     max_waiting: int = 1024
     """Requests left waiting once every free lane place is taken, at most; past it requests are
-    refused (the API answers 429). Requests queued again after their devices died are not counted
-    (they were admitted, and take the first free places)."""
+    refused (the API answers 429). Requests queued again once admitted (their devices died, or
+    preempted for KV space) are not counted (they take the first free places)."""
     prefill_chunk_tokens: int = 1
     """Prompt tokens per step: 1 = token by token like the paper; larger = chunked prefill. The
     banks' GEMVs make a k-token chunk cost about k one-token steps, so on CENT a chunk shortens

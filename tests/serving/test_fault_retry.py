@@ -564,3 +564,37 @@ def test_requests_queued_again_after_a_fault_take_no_place_of_max_waiting():
     eng.step()
     assert a.replica == 0 and a in eng.scheduler.running and list(eng.scheduler.waiting) == [new]
     assert eng.scheduler.num_requeued == 0 and eng.scheduler.is_full()
+
+
+def test_a_preemption_while_requests_wait_for_a_dead_replica_takes_no_place_of_max_waiting():
+    """Two replicas of two places, max_waiting 1, two KV blocks a replica. Replica 0's devices die: its
+    two requests are queued again, replica 1 is full, a new request would still be let in. Then replica
+    1 runs out of KV and preempts one of its own: the place it leaves balances it, as a preemption's
+    always did, so a new request is still let in (it was refused: the preempted request was counted as
+    a new one, while the requeued ones were said to take the free place that it, at the front, takes).
+    The bound holds for the next one."""
+    from cent_serve.engine import Engine
+    from cent_serve.scheduler import QueueFull
+
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    cfg.scheduler.max_waiting = 1
+    cfg.scheduler.max_seqs_per_stage = 2
+    cfg.scheduler.prefill_chunk_tokens = 16
+    cfg.scheduler.num_kv_blocks_override = 2  # a block of 16 tokens each: the 17th token needs a second one
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    params = RequestParams(max_tokens=8, ignore_eos=True, sampling=SamplingParams(seed=7))
+    reqs = [eng.add_request(list(range(1, 16)), params) for _ in range(4)]  # 15 prompt tokens: one block each
+    eng.step()  # every prompt in one chunk: a first token each
+    assert [q.replica for q in reqs] == [0, 1, 0, 1] and all(len(q.output_ids) == 1 for q in reqs)
+    devices[0].broken = True
+    eng.step()  # replica 0's round fails: its two are queued again; replica 1's make their 16th token
+    assert list(eng.scheduler.waiting) == [reqs[0], reqs[2]] and eng.scheduler.num_requeued == 2
+    assert not eng.scheduler.is_full()
+    eng.step()  # replica 1's 17th tokens need a second block each: the later one is preempted
+    assert eng.scheduler.num_preemptions == 1 and list(eng.scheduler.waiting) == [reqs[3], reqs[0], reqs[2]]
+    assert not eng.scheduler.is_full()
+    new = eng.add_request([1, 6], params)
+    with pytest.raises(QueueFull):
+        eng.add_request([1, 6], params)
+    assert list(eng.scheduler.waiting) == [reqs[3], reqs[0], reqs[2], new]
