@@ -598,3 +598,96 @@ def test_a_preemption_while_requests_wait_for_a_dead_replica_takes_no_place_of_m
     with pytest.raises(QueueFull):
         eng.add_request([1, 6], params)
     assert list(eng.scheduler.waiting) == [reqs[3], reqs[0], reqs[2], new]
+
+
+def test_a_waiting_choice_of_two_failing_siblings_fails_once():
+    """Three choices, two places: a and b run, c waits. a device's own error fails a and b, and c with
+    them, once: one end for each choice, each counted once in num_failed."""
+    cfg, _, rebuild, _ = breakable_replicas(1)
+    cfg.scheduler.max_seqs_per_stage = 2
+    eng, dying, rebuild = _engine_of(cfg)
+    a, b, c = (eng.add_request([1, 5], PARAMS) for _ in range(3))
+    a.choices = b.choices = c.choices = [a, b, c]
+    eng.step()
+    assert eng.scheduler.running == [a, b] and list(eng.scheduler.waiting) == [c]
+    dying.error = RuntimeError("a device raised while computing")
+    dying.broken = True
+    failed = eng.step()
+    assert sorted(q.request_id for q in failed) == sorted(q.request_id for q in (a, b, c)), failed
+    assert eng.stats.num_failed == 3 and not eng.scheduler.waiting and c.error == a.error
+
+
+def test_requests_admitted_out_of_arrival_order_go_back_in_arrival_order():
+    """A request can be admitted after one that arrived later (here added after it, as a replica's
+    preempted request re-admitted on another does): z and a arrived before b, b was admitted before a.
+    Both replicas die: they go back in arrival order (z, a, b), not in admission order (z, b, a)."""
+    cfg, _, rebuild, eng = breakable_replicas(2)
+    cfg.scheduler.max_seqs_per_stage = 2
+    from cent_serve.engine import Engine
+
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    z = eng.add_request([1, 5, 6, 7], PARAMS, arrival_s=0.0)
+    b = eng.add_request([1, 5, 6, 7], PARAMS, arrival_s=2e-9)
+    a = eng.add_request([1, 5, 6, 7], PARAMS, arrival_s=1e-9)
+    while len(eng.scheduler.running) < 3:  # z first, alone arrived; then b, then a, in the queue's order
+        eng.step()
+    assert eng.scheduler.running == [z, b, a] and (z.replica, b.replica, a.replica) == (0, 1, 0)
+    devices[0].broken = devices[1].broken = True
+    assert eng.step() == []
+    assert list(eng.scheduler.waiting) == [z, a, b]
+
+
+@pytest.mark.parametrize("how", ["abort", "fail"])
+def test_a_requeued_request_that_ends_while_waiting_no_longer_counts_as_requeued(how):
+    """Two replicas of one place, max_waiting 1: replica 0's devices die, its request is queued again
+    and ends while waiting (its client aborts it; or no replica can serve, `fail_waiting`'s path,
+    here `_fail`). It leaves the requeued ones too: the bound is max_waiting again (one new request
+    waits, the next is refused), not one more per ended request."""
+    from cent_serve.engine import Engine
+    from cent_serve.scheduler import QueueFull
+
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    cfg.scheduler.max_waiting = 1
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    a, b = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
+    eng.step()
+    devices[0].broken = True
+    eng.step()
+    assert list(eng.scheduler.waiting) == [a] and eng.scheduler.num_requeued == 1
+    if how == "abort":
+        assert eng.abort(a.request_id) is a and eng.stats.num_aborted == 1
+    else:
+        assert eng._fail([a], "no replica") == [a] and eng.stats.num_failed == 1
+    assert not eng.scheduler.waiting and eng.scheduler.num_requeued == 0
+    new = eng.add_request([1, 6], PARAMS)
+    with pytest.raises(QueueFull):
+        eng.add_request([1, 6], PARAMS)
+    assert list(eng.scheduler.waiting) == [new]
+
+
+def test_a_requeued_request_takes_the_free_place_a_new_one_would_count_on():
+    """Two replicas of one place, max_waiting 1: replica 0's devices die and its request waits queued
+    again; replica 0 comes back with a free place, before a round. That place is the requeued
+    request's (it is at the front): one new request may wait, the next is refused (counting the
+    place for the new ones as well let two wait, past max_waiting once the requeued one took it)."""
+    from cent_serve.engine import Engine
+    from cent_serve.scheduler import QueueFull
+
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    cfg.scheduler.max_waiting = 1
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    a, b = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
+    eng.step()
+    devices[0].broken = True
+    eng.step()
+    rebuild.plan.put(OK)
+    wait_for(lambda: eng.can_step() and not eng.recovering, "the re-created replica")
+    assert eng.scheduler.free_seats == 1 and list(eng.scheduler.waiting) == [a]
+    new = eng.add_request([1, 6], PARAMS)
+    with pytest.raises(QueueFull, match=r"1 requests are waiting for 0 free lane places \(after 1 queued again"):
+        eng.add_request([1, 6], PARAMS)
+    eng.step()
+    assert a in eng.scheduler.running and list(eng.scheduler.waiting) == [new]
