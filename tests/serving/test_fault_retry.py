@@ -651,7 +651,7 @@ def test_a_requeued_request_that_ends_while_waiting_no_longer_counts_as_requeued
     cfg.scheduler.max_waiting = 1
     devices = [Dying(cfg), Dying(cfg)]
     eng = Engine(cfg, executors=devices, remake=rebuild)
-    a, b = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
+    a, _ = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
     eng.step()
     devices[0].broken = True
     eng.step()
@@ -679,7 +679,7 @@ def test_a_requeued_request_takes_the_free_place_a_new_one_would_count_on():
     cfg.scheduler.max_waiting = 1
     devices = [Dying(cfg), Dying(cfg)]
     eng = Engine(cfg, executors=devices, remake=rebuild)
-    a, b = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
+    a, _ = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
     eng.step()
     devices[0].broken = True
     eng.step()
