@@ -574,7 +574,7 @@ class Engine:
 
     def _fail(self, reqs: list[Request], message: str) -> list[Request]:
         """Finish `reqs` with the error `message`, and with them every choice of their API requests
-        still waiting (never admitted, or queued again after its devices died): the reply is an error
+        still waiting (never admitted, preempted, or queued again after its devices died): the reply is an error
         whatever those do (`Request.choices`), so none waits and runs for it. A choice running on
         devices that serve on is left to finish. Returns every request failed."""
         reqs = list(reqs)
