@@ -35,7 +35,8 @@ GENERATE = ["generate", "--prompt-ids", "1,5,6", "--max-tokens", "2"]
     (lambda data: b"", "header too small"),
     (lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 318200\n", "git lfs pull"),
 ])
-@pytest.mark.parametrize("command", [GENERATE, ["info"], ["serve"]])
+# serve on port 0: a server already on 8000 (`make run` beside the tests) must not answer first
+@pytest.mark.parametrize("command", [GENERATE, ["info"], ["serve", "--port", "0"]])
 def test_a_damaged_safetensors_file_is_named_with_the_fix(tmp_path, capsys, damage, says, command):
     """safe_open's SafetensorError went up as a traceback from every command that reads the weights
     or their headers (`cent info` and `cent serve` check the headers before anything starts)."""
