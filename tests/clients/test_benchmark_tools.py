@@ -16,6 +16,7 @@ from cent_serve.config import model_preset
 from cent_serve.model.tokenizer_export import export_tokenizer
 from tests.clients.utils import assert_close, executable, paced_server, server_means
 
+pytestmark = pytest.mark.serial  # wall clock against simulated time: no other test beside it
 PROMPTS, INPUT, OUTPUT = 4, 16, 6
 TOOL_TIMEOUT_S = 600  # a hang guard: a run takes ~30-60 s here (tool start-up ~10 s, then paced tokens)
 

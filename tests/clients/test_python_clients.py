@@ -16,6 +16,7 @@ import pytest
 from tests.clients.utils import (HF_TINY, assert_close, assert_requests_close, paced_server, server_means,
                                  stream_timing)
 
+pytestmark = pytest.mark.serial  # wall clock against simulated time: no other test beside it
 TOKENS = 6
 CONCURRENCY = 3
 
