@@ -11,22 +11,12 @@ from cent_serve.model.generate import generate
 from cent_serve.model.sampling import SamplingParams
 from cent_serve.request import RequestParams
 from cent_serve.scheduler import QueueFull, kv_room
+from tests.serving.utils import run_until_idle as _run
+from tests.serving.utils import tiny_engine as _engine
 
 TINY = model_preset("tiny")
 WEIGHTS = load_weights(TINY)
 GREEDY = SamplingParams(temperature=0.0)
-
-
-def _engine(devices=8, pp=0, tp=1, numerics="full", **sched) -> Engine:
-    cfg = CentConfig(model=TINY, parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
-    for k, v in sched.items():
-        setattr(cfg.scheduler, k, v)
-    return Engine(cfg, weights=WEIGHTS if numerics == "full" else None)
-
-
-def _run(eng: Engine) -> None:
-    while eng.has_work():
-        eng.step()
 
 
 @pytest.mark.parametrize("numerics", ["full", "off"])

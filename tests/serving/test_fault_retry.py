@@ -538,13 +538,10 @@ def test_a_round_s_exception_fails_the_waiting_choices_of_the_requests_it_fails(
     assert list(eng.scheduler.waiting) == [alone] and eng.stats.num_failed == 2
 
 
-def test_requests_queued_again_after_a_fault_take_no_place_of_max_waiting():
-    """Two replicas of one lane place, max_waiting 1, both running, none waiting: a new request would be
-    let in. Replica 0's devices die and its request is queued again: it was admitted already, so a new
-    request is still let in (before: 429, the requeued one filled the bound), and the bound holds for
-    the next one. Once the replica is back the requeued request takes a place first."""
+def _one_of_two_requeued():
+    """Two replicas of one lane place, max_waiting 1, a request running on each; replica 0's devices
+    die: its request `a` is queued again, alone in the waiting queue. (engine, a, the replica rebuilder)."""
     from cent_serve.engine import Engine
-    from cent_serve.scheduler import QueueFull
 
     cfg, _, rebuild, _ = breakable_replicas(2)
     cfg.scheduler.max_waiting = 1
@@ -556,6 +553,17 @@ def test_requests_queued_again_after_a_fault_take_no_place_of_max_waiting():
     devices[0].broken = True
     eng.step()
     assert list(eng.scheduler.waiting) == [a] and eng.scheduler.num_requeued == 1
+    return eng, a, rebuild
+
+
+def test_requests_queued_again_after_a_fault_take_no_place_of_max_waiting():
+    """Two replicas of one lane place, max_waiting 1, both running, none waiting: a new request would be
+    let in. Replica 0's devices die and its request is queued again: it was admitted already, so a new
+    request is still let in (before: 429, the requeued one filled the bound), and the bound holds for
+    the next one. Once the replica is back the requeued request takes a place first."""
+    from cent_serve.scheduler import QueueFull
+
+    eng, a, rebuild = _one_of_two_requeued()
     new = eng.add_request([1, 6], PARAMS)
     with pytest.raises(QueueFull, match=r"1 requests are waiting for 0 free lane places \(after 1 queued again"):
         eng.add_request([1, 6], PARAMS)
@@ -644,17 +652,9 @@ def test_a_requeued_request_that_ends_while_waiting_no_longer_counts_as_requeued
     and ends while waiting (its client aborts it; or no replica can serve, `fail_waiting`'s path,
     here `_fail`). It leaves the requeued ones too: the bound is max_waiting again (one new request
     waits, the next is refused), not one more per ended request."""
-    from cent_serve.engine import Engine
     from cent_serve.scheduler import QueueFull
 
-    cfg, _, rebuild, _ = breakable_replicas(2)
-    cfg.scheduler.max_waiting = 1
-    devices = [Dying(cfg), Dying(cfg)]
-    eng = Engine(cfg, executors=devices, remake=rebuild)
-    a, _ = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
-    eng.step()
-    devices[0].broken = True
-    eng.step()
+    eng, a, rebuild = _one_of_two_requeued()
     assert list(eng.scheduler.waiting) == [a] and eng.scheduler.num_requeued == 1
     if how == "abort":
         assert eng.abort(a.request_id) is a and eng.stats.num_aborted == 1
@@ -672,17 +672,9 @@ def test_a_requeued_request_takes_the_free_place_a_new_one_would_count_on():
     again; replica 0 comes back with a free place, before a round. That place is the requeued
     request's (it is at the front): one new request may wait, the next is refused (counting the
     place for the new ones as well let two wait, past max_waiting once the requeued one took it)."""
-    from cent_serve.engine import Engine
     from cent_serve.scheduler import QueueFull
 
-    cfg, _, rebuild, _ = breakable_replicas(2)
-    cfg.scheduler.max_waiting = 1
-    devices = [Dying(cfg), Dying(cfg)]
-    eng = Engine(cfg, executors=devices, remake=rebuild)
-    a, _ = eng.add_request([1, 5, 6, 7], PARAMS), eng.add_request([1, 5, 6, 7], PARAMS)
-    eng.step()
-    devices[0].broken = True
-    eng.step()
+    eng, a, rebuild = _one_of_two_requeued()
     rebuild.plan.put(OK)
     wait_for(lambda: eng.can_step() and not eng.recovering, "the re-created replica")
     assert eng.scheduler.free_seats == 1 and list(eng.scheduler.waiting) == [a]

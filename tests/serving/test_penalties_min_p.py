@@ -6,25 +6,14 @@ import numpy as np
 import pytest
 
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
-from cent_serve.engine import Engine
 from cent_serve.model import LlamaModel, load_weights
 from cent_serve.model.sampling import SamplingParams, TokenCounts, logprobs_of, make_generator, sample
 from cent_serve.request import RequestParams
+from tests.serving.utils import run_until_idle as _run
+from tests.serving.utils import tiny_engine as _engine
 
 TINY = model_preset("tiny")
 WEIGHTS = load_weights(TINY)
-
-
-def _engine(numerics="full", **sched) -> Engine:
-    cfg = CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics=numerics)
-    for k, v in sched.items():
-        setattr(cfg.scheduler, k, v)
-    return Engine(cfg, weights=WEIGHTS if numerics == "full" else None)
-
-
-def _run(eng: Engine) -> None:
-    while eng.has_work():
-        eng.step()
 
 
 def _penalized(logits, prompt, output, params: SamplingParams) -> np.ndarray:

@@ -3,6 +3,7 @@
 generation path without one."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -299,3 +300,26 @@ def breakable_replicas(num_replicas: int, retry_s: float = 3600.0):
     eng = Engine(cfg, executors=devices, remake=rebuild)
     eng.replicas.retry_s = retry_s
     return cfg, devices, rebuild, eng
+
+
+@functools.cache
+def tiny_weights():
+    """The tiny preset's seeded weights, loaded once per process."""
+    from cent_serve.model import load_weights
+    return load_weights(model_preset("tiny"))
+
+
+def tiny_engine(devices=8, pp=0, tp=1, numerics="full", **sched):
+    """An Engine of the tiny preset on the local executor (`sched`: scheduler fields to set)."""
+    from cent_serve.engine import Engine
+
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics=numerics)
+    for k, v in sched.items():
+        setattr(cfg.scheduler, k, v)
+    return Engine(cfg, weights=tiny_weights() if numerics == "full" else None)
+
+
+def run_until_idle(eng) -> None:
+    """Step `eng` until it has no work."""
+    while eng.has_work():
+        eng.step()
