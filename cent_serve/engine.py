@@ -194,9 +194,14 @@ class Engine:
         req = self.requests.get(request_id)
         if req is None or req.is_finished:
             return None
+        self._abort(req)
+        return req
+
+    def _abort(self, req: Request) -> None:
+        """End `req` as aborted now (a client gone, or a sibling choice failed: `_fail`): its lane and
+        KV blocks free for the next round, its id sent to its devices with the next plan to forget."""
         self._finish(req, "abort", max(self.now_s, req.ready_s))
         self.stats.num_aborted += 1
-        return req
 
     def next_start_s(self) -> float:
         """When the next round starts (`Scheduler.next_start_s` at the engine's clock)."""
@@ -328,10 +333,11 @@ class Engine:
         prefilled again on a replica that is up, then its decoding goes on: the round that failed
         sampled nothing, so no token is lost or repeated). Every other failure (a device's own error,
         a hang, a lost cluster, a second death) fails them with the cause. The choices of one API
-        request answer together: when one of them fails (now, or before), none of them goes again,
-        and `_fail` fails the ones waiting with it. All the replicas that failed together are
-        recovered in one call, so that their requests go back in arrival order, ties in admission
-        order."""
+        request answer together: when one of them fails, none of them goes again, and `_fail` ends
+        the others with it (the waiting failed, those running on replicas that serve on aborted, in
+        this round, so the reply's 500 waits for none of them). All the replicas that failed
+        together are recovered in one call, so that their requests go back in arrival order, ties in
+        admission order."""
         causes, gone = {}, set()  # each replica's cause; the replicas whose devices died
         for replica, exc in failed.items():
             cluster = self.cluster_fault() if self.cluster_fault is not None else None
@@ -347,16 +353,17 @@ class Engine:
                 gone.add(replica)
         hit = [q for q in self.scheduler.running if q.replica in failed]  # in admission order
         may_go_again = {q for q in hit if q.replica in gone and q.num_fault_retries < FAULT_RETRIES}
-        # an API request with a choice that fails now or failed before is an error whatever its other
-        # choices do: none of them is computed again for no one (while the reply waited for it)
-        doomed = {id(q.choices) for q in hit if q.choices is not None and (
-            q not in may_go_again or any(s.finish_reason == "error" for s in q.choices))}
+        # an API request with a choice that fails now is an error whatever its other choices do: none of
+        # them is computed again for no one (while the reply waited for it). One that failed before
+        # has none left running: `_fail` ended them all then
+        doomed = {id(q.choices) for q in hit if q.choices is not None and q not in may_go_again}
         again, stopped = [], {replica: [] for replica in failed}
         for q in hit:
             if q in may_go_again and (q.choices is None or id(q.choices) not in doomed):
                 again.append(q)
             else:
                 stopped[q.replica].append(q)
+        stopped_all = {q for on_it in stopped.values() for q in on_it}
         for replica in failed:
             on_it, retry = stopped[replica], [q for q in again if q.replica == replica]
             fresh = sum(not q.output_ids for q in retry)
@@ -369,7 +376,7 @@ class Engine:
             self.last_fault = (f"{message}{waits}" if on_it else f"{cause}{waits}" if retry
                                else f"{cause}; no request was on it")
             log.error("%s; re-creating the replica's devices", self.last_fault)
-            self._failed += self._fail(on_it, message)
+            self._failed += self._fail(on_it, message, failing=stopped_all)
         again.sort(key=lambda q: q.arrival_s)  # stable: ties stay in admission order, whatever their replica
         for q in again:
             q.num_fault_retries += 1
@@ -572,23 +579,31 @@ class Engine:
         """A fault in a round: fail the requests that were in it, keep the rest of the engine."""
         return self._fail(list(self.scheduler.running), message)
 
-    def _fail(self, reqs: list[Request], message: str) -> list[Request]:
-        """Finish `reqs` with the error `message`, and with them every choice of their API requests
-        still waiting (never admitted, preempted, or queued again after its devices died): the reply is an error
-        whatever those do (`Request.choices`), so none waits and runs for it. A choice running on
-        devices that serve on is left to finish. Returns every request failed."""
+    def _fail(self, reqs: list[Request], message: str, failing=frozenset()) -> list[Request]:
+        """Finish `reqs` with the error `message`, and with them every other choice of their API
+        requests (`Request.choices`): the reply is that error whatever those do, so none waits, runs or
+        holds KV for it. One waiting (never admitted, preempted, or queued again after its devices
+        died) fails with the message; one running on devices that serve on is aborted, as a client's
+        disconnect aborts it (`_abort`: its lane and KV blocks free for the next round, counted as
+        aborted, as vLLM counts a request it aborts), with the message as its error (a stream's
+        error event for that choice). `failing`: requests the caller fails next with a message of
+        their own (another replica's, in the same fault), left to it. Returns every request ended."""
         reqs = list(reqs)
-        seen = set(reqs)
+        seen, aborted = set(reqs) | set(failing), []
         for req in list(reqs):
             for q in req.choices or ():
-                if q.status is Status.WAITING and q not in seen:
-                    seen.add(q)
-                    reqs.append(q)
+                if q in seen or q.is_finished:
+                    continue
+                seen.add(q)
+                (reqs if q.status is Status.WAITING else aborted).append(q)
         for req in reqs:
             req.error = message
             self._finish(req, "error", max(self.now_s, req.ready_s))
             self.stats.num_failed += 1
-        return reqs
+        for q in aborted:
+            q.error = message
+            self._abort(q)
+        return reqs + aborted
 
     def forget(self, request_id: str) -> None:
         """Drop a finished request's record (the API calls this once the client has it)."""

@@ -244,6 +244,8 @@ def test_a_choice_fails_with_its_sibling_failing_on_another_replica_in_the_same_
     devices[0].broken = devices[1].broken = True
     assert set(eng.step()) == {a, b} and a.finish_reason == b.finish_reason == "error"
     assert eng.stats.num_fault_retries == 0 and not eng.scheduler.waiting
+    # each failed once, with its own replica's cause: the one failing second was not aborted by the first
+    assert (eng.stats.num_failed, eng.stats.num_aborted) == (2, 0) and "replica 1" in b.error
 
 
 @pytest.mark.parametrize("with_tokens", [False, True])
@@ -394,7 +396,11 @@ def test_the_api_queues_a_request_s_choices_together():
         assert (st["num_failed"], st["num_running"], st["num_waiting"]) == (2, 0, 0), st
 
 
-def test_a_choice_whose_sibling_failed_before_on_another_replica_is_not_queued_again():
+def test_a_choice_running_on_another_replica_is_aborted_when_its_sibling_fails():
+    """A choice fails on replica 0 with a device's own error while its sibling runs on replica 1, whose
+    devices serve on: the reply is the 500 whatever the sibling does, so it is aborted in the same
+    round (as a client's disconnect aborts it: counted aborted, its lane and KV free), with the
+    failure's message, rather than left to finish (or, its devices dying later, queued again) for no one."""
     cfg, _, rebuild, _ = breakable_replicas(2)
     from cent_serve.engine import Engine
 
@@ -406,9 +412,11 @@ def test_a_choice_whose_sibling_failed_before_on_another_replica_is_not_queued_a
     assert (short.replica, long_.replica) == (0, 1) and short.output_ids and not long_.output_ids
     devices[0].error = RuntimeError("a device raised while computing")  # not a death: no recompute
     devices[0].broken = True
-    assert eng.step() == [short] and short.finish_reason == "error"
-    devices[1].broken = True
-    assert eng.step() == [long_] and long_.finish_reason == "error" and long_.num_fault_retries == 0
+    assert eng.step() == [short, long_] and short.finish_reason == "error" and long_.finish_reason == "abort"
+    assert long_.error == short.error and long_.num_fault_retries == 0 and not eng.scheduler.running
+    assert (eng.stats.num_failed, eng.stats.num_aborted, eng.stats.num_fault_retries) == (1, 1, 0)
+    devices[1].broken = True  # nothing is on it any more: nothing to fail or queue again
+    assert eng.step() == [] and not eng.has_work() and eng.stats.num_failed == 1
 
 
 def test_a_recompute_keeps_the_prompt_logprobs_it_has_and_asks_for_no_prompt_logits():
