@@ -44,9 +44,11 @@ class DeviceActor:
         self.lock = threading.Lock()
         self.links = LinkBook()
         self.node = ray.get_runtime_context().get_node_id()
+        self.stall_s = cfg.server.peer_wait_s  # its links' sends, as its port's waits: the round timeout's
         self.listener = Listener(listen_host or ray.util.get_node_ip_address(), secret, self._admit,
-                                 f"device{place.device_id}", self.node)
-        switch = switch_address.connect({"role": "device", "device_id": place.device_id}, secret, self.node)
+                                 f"device{place.device_id}", self.node, send_stall_s=self.stall_s)
+        switch = switch_address.connect({"role": "device", "device_id": place.device_id}, secret, self.node,
+                                        send_stall_s=self.stall_s)
         self.port = DevicePort(self.worker, place, self.links, switch, self.lock)
 
     def _admit(self, link: Link, hello: dict) -> None:
@@ -70,8 +72,8 @@ class DeviceActor:
             peers, role = ([] if p.is_last else list(p.next_ids)), "hop"
         else:
             peers, role = [p.leader], "rank"
-        outputs = [addresses[d].connect({"role": role, "from": p.device_id}, self.secret, self.node)
-                   for d in peers]
+        outputs = [addresses[d].connect({"role": role, "from": p.device_id}, self.secret, self.node,
+                                        send_stall_s=self.stall_s) for d in peers]
         threading.Thread(target=self.port.serve, args=(outputs,), daemon=True,
                          name=f"device{p.device_id}-rounds").start()
 

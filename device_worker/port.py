@@ -50,15 +50,6 @@ from fabric.wire import RECV_CHUNK_BYTES, WireError, encode, error_message, regi
 
 log = logging.getLogger("cent.device")
 
-EXCHANGE_TIMEOUT_S = 120.0
-"""Longest wait for the other ranks of a tensor-parallel exchange."""
-RANK_TIMEOUT_S = 300.0
-"""Longest a unit's leader waits for another rank's output (its whole stage)."""
-# Both bound a part of a round, so neither should fire before the host's `server.round_timeout_s`
-# (300 s by default) for a round that is merely long: at the defaults the rank wait equals it and the
-# exchange wait (one layer's all-reduce, far shorter than a stage) is below it. A round_timeout_s
-# raised past 300 s for very long rounds is not followed here yet: a stage over 300 s would end as a
-# device's TimeoutError (500 device_fault, not queued again) rather than wait for the host.
 PORT_TIMEOUT_S = 60.0
 """Longest wait for a link this device needs to come up."""
 
@@ -77,6 +68,11 @@ class DevicePort:
         """This device's switch ports: the hops it sends (merged with the others' for stats)."""
         self.exchanges = worker.numerics and worker.tp > 1
         """Whether this device's rounds meet its unit's other ranks at the switch."""
+        self.wait_s = worker.cfg.server.peer_wait_s
+        """Longest wait within a round for the other ranks of an exchange, or (a leader) for another
+        rank's output: the host's `server.round_timeout_s` with a margin (`ServerConfig.peer_wait_s`),
+        so a round that is merely long ends by the host's limit, raised or lowered, not by a fixed
+        one here, and the host's timeout (which names its field) comes first for a stalled peer."""
         self.sent = np.zeros(2, dtype=np.int64)
         """Messages and bytes (frames with their headers) this device sent on its links."""
         self.fast = not worker.numerics and len(place.peers) == 1
@@ -211,7 +207,7 @@ class DevicePort:
         if not p.is_leader:
             reply = _error(result) if isinstance(result, BaseException) else {"kind": "done", **result.to_wire()}
             return encode(reply)
-        results = [result] + [_from_rank(link) for link in ranks]
+        results = [result] + [self._from_rank(d, link) for d, link in zip(p.peers[1:], ranks)]
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             real = [e for e in failed if not isinstance(e, RoundAborted)]
@@ -247,8 +243,30 @@ class DevicePort:
 
     def _exchange(self, round_id: int, tag: str, data: np.ndarray) -> tuple[str, object]:
         self.switch.send({"kind": "exchange", "round": round_id, "tag": tag, "data": data})
-        reply = self.switch.recv(EXCHANGE_TIMEOUT_S)
+        try:
+            reply = self.switch.recv(self.wait_s)
+        except TimeoutError:
+            raise TimeoutError(f"device {self.place.device_id}: the other ranks of exchange {tag!r} gave nothing "
+                               f"{self._waited()}") from None
         return ("full", reply["data"]) if reply.get("kind") == "full" else ("abort", reply.get("reason"))
+
+    def _from_rank(self, device_id: int, link: Link) -> RoundOutput | BaseException:
+        """Another rank's output for the leader (waited for up to `wait_s`), or its error."""
+        try:
+            msg = link.recv(self.wait_s)
+        except TimeoutError:
+            return TimeoutError(f"device {self.place.device_id}: no output from device {device_id} (a rank of its "
+                                f"unit) {self._waited()}")
+        except (LinkClosed, WireError) as exc:
+            return exc
+        if msg.get("kind") == "done":
+            return RoundOutput.from_wire(msg)
+        return remote_error(msg.get("error"))
+
+    def _waited(self) -> str:
+        """How long a wait that ran out was, and what sets it (a timeout's message)."""
+        return (f"within {self.wait_s:g} s (server.round_timeout_s={self.worker.cfg.server.round_timeout_s:g} "
+                "with a margin): a device stopped or hung")
 
     def _send(self, outputs: list[Link], blob: bytes) -> bool:
         """One message to every output; False once an output is gone (this device stops)."""
@@ -264,14 +282,3 @@ class DevicePort:
 
 def _error(exc: BaseException) -> dict:
     return {"kind": "error", "error": error_message(exc)}
-
-
-def _from_rank(link: Link) -> RoundOutput | BaseException:
-    """Another rank's output for the leader, or its error."""
-    try:
-        msg = link.recv(RANK_TIMEOUT_S)
-    except (LinkClosed, TimeoutError, WireError) as exc:
-        return exc
-    if msg.get("kind") == "done":
-        return RoundOutput.from_wire(msg)
-    return remote_error(msg.get("error"))

@@ -30,7 +30,8 @@ class FabricActor:
     def __init__(self, cfg: CentConfig, units: list[tuple[int, ...]], secret: bytes, host: str | None = None) -> None:
         self.relay = Relay(Fabric(cfg), units)
         self.listener = Listener(host or ray.util.get_node_ip_address(), secret, self._admit, "switch",
-                                 ray.get_runtime_context().get_node_id())
+                                 ray.get_runtime_context().get_node_id(),
+                                 send_stall_s=cfg.server.peer_wait_s)  # as the devices' (the round timeout's)
 
     def _admit(self, link: Link, hello: dict) -> None:
         role = hello.get("role")

@@ -78,8 +78,10 @@ HELLO_TIMEOUT_S = 10.0
 """Longest the server waits for a new connection to finish the handshake (an honest client answers
 in milliseconds; a peer that says nothing, or trickles bytes, is dropped after this)."""
 SEND_STALL_TIMEOUT_S = 300.0
-"""Longest a send may make no progress before the link is declared gone: a peer busy with a stage
-reads again well within this; one that never does is hung (kernel SO_SNDTIMEO, on Linux)."""
+"""Longest a send may make no progress before the link is declared gone, unless the link is made
+with its own (`send_stall_s`: the links of a run's devices, switch and host take
+`server.peer_wait_s`, which follows `server.round_timeout_s`): a peer busy with a stage reads again
+well within this; one that never does is hung (kernel SO_SNDTIMEO, on Linux)."""
 PROTOCOL = "cent-link/1"
 """Handshake protocol name and version; a peer speaking anything else is refused."""
 NONCE_BYTES = 32
@@ -126,7 +128,9 @@ def _set_send_stall_timeout(sock: socket.socket, seconds: float) -> None:
     if not hasattr(socket, "SO_SNDTIMEO") or not sys.platform.startswith("linux"):
         return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", int(seconds), 0))
+        whole = int(seconds)  # a timeval: a fraction of a second kept (0 would mean no limit at all)
+        micros = min(999_999, max(0 if whole else 1, round((seconds - whole) * 1e6)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", whole, micros))
     except OSError:
         pass
 
@@ -149,13 +153,15 @@ class Link:
 
     `Link(sock)` wraps a connected socket without authenticating it (tests, socket pairs inside
     one process); anything reachable over a network is made with `connect` / `accept`.
-    `max_frame_bytes` bounds what `recv` reads."""
+    `max_frame_bytes` bounds what `recv` reads; a send that makes no progress for `send_stall_s`
+    fails with `LinkClosed`."""
 
-    def __init__(self, sock: socket.socket, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, sock: socket.socket, max_frame_bytes: int = MAX_FRAME_BYTES, *,
+                 send_stall_s: float = SEND_STALL_TIMEOUT_S) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)  # blocking for good: deadlines are polled, never set on the socket
-        _set_send_stall_timeout(sock, SEND_STALL_TIMEOUT_S)
+        _set_send_stall_timeout(sock, send_stall_s)
         self.sock = sock
         self.peer = _peer_name(sock)
         """The other end's address, for messages and logs."""
@@ -171,11 +177,11 @@ class Link:
 
     @classmethod
     def connect(cls, address: tuple[str, int] | str, hello: dict, secret: bytes,
-                timeout_s: float = CONNECT_TIMEOUT_S) -> "Link":
+                timeout_s: float = CONNECT_TIMEOUT_S, *, send_stall_s: float = SEND_STALL_TIMEOUT_S) -> "Link":
         """Open a link to the server at `address` ((host, port) over TCP, or a str: a Unix socket's
         address), prove this end knows `secret`, check the server does too, then introduce this
         end with `hello`. Raises `LinkRefused` if the handshake fails, OSError if nothing accepts
-        the connection, within `timeout_s` in all."""
+        the connection, within `timeout_s` in all. `send_stall_s`: the link's (`Link`)."""
         _check_secret(secret)
         _hello_frame(hello)  # a hello that cannot travel fails here, before any connection
         deadline = time.monotonic() + timeout_s
@@ -189,16 +195,16 @@ class Link:
                 raise
         else:
             sock = socket.create_connection(tuple(address), timeout=timeout_s)
-        return cls.connect_socket(sock, hello, secret, max(0.0, deadline - time.monotonic()))
+        return cls.connect_socket(sock, hello, secret, max(0.0, deadline - time.monotonic()), send_stall_s=send_stall_s)
 
     @classmethod
     def connect_socket(cls, sock: socket.socket, hello: dict, secret: bytes,
-                       timeout_s: float = CONNECT_TIMEOUT_S) -> "Link":
+                       timeout_s: float = CONNECT_TIMEOUT_S, *, send_stall_s: float = SEND_STALL_TIMEOUT_S) -> "Link":
         """The client's side of the handshake on an already connected `sock` (`connect` without
         the TCP connect; e.g. one end of a socket pair)."""
         _check_secret(secret)
         hello_blob = _hello_frame(hello)
-        link = cls(sock)
+        link = cls(sock, send_stall_s=send_stall_s)
         deadline = time.monotonic() + timeout_s
         try:
             client_nonce = secrets.token_bytes(NONCE_BYTES)
@@ -223,14 +229,15 @@ class Link:
         return link
 
     @classmethod
-    def accept(cls, sock: socket.socket, secret: bytes,
-               timeout_s: float = HELLO_TIMEOUT_S) -> tuple["Link", dict]:
+    def accept(cls, sock: socket.socket, secret: bytes, timeout_s: float = HELLO_TIMEOUT_S, *,
+               send_stall_s: float = SEND_STALL_TIMEOUT_S) -> tuple["Link", dict]:
         """The server's side of the handshake on a just accepted `sock`: the client must prove it
         knows `secret` (only then does this end prove it too) and send its hello, all within
         `timeout_s`. Returns the link and the hello. On any failure the connection is closed, a
-        warning names the peer, and `LinkRefused` is raised (the accept loop goes on)."""
+        warning names the peer, and `LinkRefused` is raised (the accept loop goes on). `send_stall_s`:
+        the link's (`Link`)."""
         _check_secret(secret)
-        link = cls(sock)
+        link = cls(sock, send_stall_s=send_stall_s)
         deadline = time.monotonic() + timeout_s
         try:
             client_nonce = link._handshake_field(deadline, "nonce", proto=True)

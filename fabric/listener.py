@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from fabric.link import Link, LinkRefused
+from fabric.link import SEND_STALL_TIMEOUT_S, Link, LinkRefused
 
 log = logging.getLogger("cent.link")
 
@@ -41,18 +41,22 @@ class Address:
     def tcp(self) -> tuple[str, int]:
         return (self.host, self.port)
 
-    def connect(self, hello: dict, secret: bytes, node: str | None = None) -> Link:
+    def connect(self, hello: dict, secret: bytes, node: str | None = None, *,
+                send_stall_s: float = SEND_STALL_TIMEOUT_S) -> Link:
         """A link to this listener from a peer on `node`: over the Unix socket when on the same
-        node, else over TCP."""
+        node, else over TCP. `send_stall_s`: the link's (`fabric.link.Link`)."""
         if self.unix is not None and node is not None and node == self.node:
-            return Link.connect(self.unix, hello, secret)
-        return Link.connect(self.tcp, hello, secret)
+            return Link.connect(self.unix, hello, secret, send_stall_s=send_stall_s)
+        return Link.connect(self.tcp, hello, secret, send_stall_s=send_stall_s)
 
 
 class Listener:
+    """Accepts on its sockets; each admitted link (its sends limited by `send_stall_s`) goes to `admit`."""
+
     def __init__(self, host: str, secret: bytes, admit: Callable[[Link, dict], None], name: str,
-                 node: str | None = None) -> None:
+                 node: str | None = None, *, send_stall_s: float = SEND_STALL_TIMEOUT_S) -> None:
         self.secret, self.admit, self.name, self.node = secret, admit, name, node
+        self.send_stall_s = send_stall_s
         self.num_refused = 0
         self.servers = [socket.create_server((host, 0))]
         self.unix = None
@@ -80,7 +84,7 @@ class Listener:
 
     def _handshake(self, conn: socket.socket) -> None:
         try:
-            link, hello = Link.accept(conn, self.secret)
+            link, hello = Link.accept(conn, self.secret, send_stall_s=self.send_stall_s)
         except LinkRefused:
             self.num_refused += 1
             return

@@ -10,6 +10,12 @@ from cent_serve.config.checks import _check, _check_numbers
 
 MAX_DEVICES = 1024
 """The most CENT devices a config may name (`parallel.num_devices`)."""
+PEER_WAIT_MARGIN = 0.1
+"""`ServerConfig.peer_wait_s`'s margin over `round_timeout_s`, as a share of it: a device's wait
+begins after the host sent the round, so any margin puts the host first; this one leaves room for a
+host slow to read its link (a loaded machine)."""
+PEER_WAIT_MARGIN_S = 1.0
+"""And in seconds, on top: room for a small `round_timeout_s` (a test's) on a busy host."""
 
 
 @dataclass
@@ -152,7 +158,9 @@ class ServerConfig:
     process alive, its links open: stopped, hung, on a node that stopped answering) fails its
     replica's requests in the round with 500 `device_fault` after this, and the replica is
     re-created; the other replicas serve on. Long rounds (a long prompt on a large model, emulated
-    with full numerics) must fit in it."""
+    with full numerics) must fit in it. The devices' and the switch's own waits within a round (a
+    rank's output, an exchange, a send to a peer that stops reading) follow it with a margin
+    (`peer_wait_s`): raising it lets longer rounds run, lowering it makes the devices give up sooner."""
     pin_replica_cpu: bool = True
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other
@@ -168,6 +176,14 @@ class ServerConfig:
     so a page on another origin cannot read the API (a server on loopback is not exposed to every
     site the user's browser visits). Cookies are never allowed (vLLM's default); the API key goes
     in the Authorization header, which preflights allow."""
+
+    @property
+    def peer_wait_s(self) -> float:
+        """Longest a device, the switch or the host waits on a peer within a round (a rank's output, a
+        tensor-parallel exchange, a send to a peer that stops reading) before it gives up:
+        `round_timeout_s` with a margin over it, so that the host's round timeout, which names its
+        field and re-creates the replica, decides first. Passed to the actors in their config."""
+        return self.round_timeout_s * (1 + PEER_WAIT_MARGIN) + PEER_WAIT_MARGIN_S
 
     def origins(self) -> list[str]:
         """`allowed_origins` as the list of origins a browser sends in `Origin` (lowercase, no

@@ -522,10 +522,11 @@ class RayExecutor(Executor):
             ray.get([a.wire.remote(addresses) for a in self.actors.values()], timeout=STARTUP_TIMEOUT_S)
             first, last = self.units[0].device_ids, self.units[-1].device_ids[0]
             node = ray.get_runtime_context().get_node_id()
-            self.inputs = [addresses[d].connect({"role": "host"}, secret, node) for d in first]
+            stall_s = cfg.server.peer_wait_s  # a send to a device that stops reading: as the devices' own waits
+            self.inputs = [addresses[d].connect({"role": "host"}, secret, node, send_stall_s=stall_s) for d in first]
             self.output = (self.inputs[first.index(last)] if last in first
-                           else addresses[last].connect({"role": "host"}, secret, node))
-            self.switch_link = switch.connect({"role": "host"}, secret, node)
+                           else addresses[last].connect({"role": "host"}, secret, node, send_stall_s=stall_s))
+            self.switch_link = switch.connect({"role": "host"}, secret, node, send_stall_s=stall_s)
         except BaseException:  # a half-built executor must not keep actors or reserved devices
             self.shutdown()
             raise

@@ -247,6 +247,30 @@ def test_a_request_sent_to_a_device_dead_before_its_round_waits_for_the_re_creat
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
 
 
+def test_the_devices_wait_on_a_peer_as_long_as_the_configured_round_timeout(pipeline):
+    """The actors are made with the server's config: their waits within a round (a rank's output, an
+    exchange, a send to a peer that stops reading: each link's SO_SNDTIMEO) and the switch's and the
+    host's sends are `server.peer_wait_s`, the round timeout with a margin, not the fixed 120 s and
+    300 s they were (tests/fabric/test_peer_waits.py gives up on a stalled rank with a small one)."""
+    import socket
+    import struct
+
+    def stall(link) -> tuple[int, int]:
+        return struct.unpack("@ll", link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.calcsize("@ll")))
+
+    s, _ = pipeline
+    ex = s.loop.engine.executors[0]
+    want = ex.cfg.server.peer_wait_s
+    assert want > ex.cfg.server.round_timeout_s
+    option = (int(want), round((want - int(want)) * 1e6))
+    got = ray.get([a.__ray_call__.remote(lambda actor: (actor.port.wait_s, stall(actor.port.switch),
+                                                        actor.listener.send_stall_s)) for a in ex.actors.values()],
+                  timeout=60)
+    assert got == [(want, option, want)] * len(ex.actors), got
+    assert ray.get(ex.fabric.__ray_call__.remote(lambda f: f.listener.send_stall_s), timeout=60) == want
+    assert {stall(link) for link in [*ex.inputs, ex.output, ex.switch_link]} == {option}
+
+
 def test_a_device_hung_mid_round_fails_its_requests_after_the_round_timeout_and_the_server_serves_on(pipeline,
                                                                                                    monkeypatch):
     """A device whose process is alive with its links open but never answers (SIGSTOP: a paused

@@ -1,0 +1,102 @@
+"""The devices' own waits within a round follow `server.round_timeout_s` (`ServerConfig.peer_wait_s`:
+the round timeout with a margin over it), where they were fixed at 120 s (an exchange), 300 s (a
+leader waiting for a rank) and 300 s (a send to a peer that stops reading): a round longer than
+300 s ended as a device's TimeoutError whatever round_timeout_s said, and a lowered round timeout
+left the devices waiting minutes. On the threaded chain of test_chain.py, with a stalled rank."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from fabric.link import Link, LinkClosed
+from tests.fabric.test_chain import ThreadedChain, _plan
+
+ROUND_TIMEOUT_S = 0.3
+"""A small round timeout: the devices give up on a stalled peer after `peer_wait_s` of it (1.33 s)."""
+SLACK = 10
+"""Wall bounds below are `SLACK` times the wait they check: the point is that a device gives up
+after the configured wait and not the fixed minutes it waited before; a busy machine can stretch a
+1.33 s wait several times, not tenfold."""
+
+
+def _cfg(numerics: str, round_timeout_s: float = ROUND_TIMEOUT_S) -> CentConfig:
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(4, 2, 2), numerics=numerics)
+    cfg.server.round_timeout_s = round_timeout_s
+    return cfg
+
+
+class Stall:
+    """A device's rounds, stalled until `release` (a process alive with its links open that answers
+    nothing: stopped, or hung); counts the rounds that reached it."""
+
+    def __init__(self, worker) -> None:
+        self.run_inner, self.released, self.num_rounds = worker.run, threading.Event(), 0
+        worker.run = self.run
+
+    def run(self, plan, x):
+        self.num_rounds += 1
+        self.released.wait()
+        return self.run_inner(plan, x)
+
+
+@pytest.mark.parametrize("numerics, waits", [("off", "no output from device 3"),  # the leader, for a rank
+                                             ("full", "the other ranks of exchange")])  # an exchange at the switch
+def test_a_device_gives_up_on_a_stalled_rank_after_the_round_timeout_with_its_margin(numerics, waits):
+    cfg = _cfg(numerics)
+    wait_s = cfg.server.peer_wait_s
+    assert ROUND_TIMEOUT_S < wait_s < ROUND_TIMEOUT_S + 2
+    chain = ThreadedChain(cfg)
+    assert {p.wait_s for p in chain.ports.values()} == {wait_s}
+    stall = Stall(chain.ports[3].worker)  # a rank of the second unit (devices 2 and 3), not its leader
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"device 2: {waits}.* within {wait_s:g} s \(server.round_timeout_s=0.3 "):
+        chain.run(_plan(0, 0, [1, 5], 0))  # the host's own wait (60 s) would say 'no whole message'
+    elapsed = time.monotonic() - t0
+    stall.released.set()
+    # the error came from device 2's wait, which began after the host sent the round: no sooner than the
+    # wait, and long before the fixed 120 s / 300 s the devices waited before
+    assert stall.num_rounds == 1 and wait_s <= elapsed < SLACK * (2 * wait_s), elapsed
+
+
+def test_a_raised_round_timeout_raises_the_device_waits_past_the_old_fixed_300_s():
+    cfg = _cfg("off", round_timeout_s=1000.0)
+    chain = ThreadedChain(cfg)
+    assert {p.wait_s for p in chain.ports.values()} == {cfg.server.peer_wait_s} and cfg.server.peer_wait_s > 1000.0
+
+
+def _stall_option(link: Link) -> tuple[int, int]:
+    """The link socket's SO_SNDTIMEO as (seconds, microseconds)."""
+    return struct.unpack("@ll", link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.calcsize("@ll")))
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_SNDTIMEO"), reason="no SO_SNDTIMEO on this platform")
+def test_a_send_to_a_peer_that_stops_reading_gives_up_after_the_link_s_own_stall_limit():
+    """A fraction of a second is kept (it was truncated to whole seconds: 0.3 s became 0, which the
+    kernel reads as no limit at all, a send blocked for ever), and the send fails with LinkClosed."""
+    a, b = socket.socketpair()
+    link = Link(a, send_stall_s=ROUND_TIMEOUT_S)
+    assert _stall_option(link) == (0, 300_000) and _stall_option(Link(b, send_stall_s=1000.5)) == (1000, 500_000)
+    blob = np.zeros(1 << 22, dtype=np.uint8).tobytes()  # 4 MiB a frame: the socket buffers fill at once
+    box = {}
+
+    def send() -> None:
+        t0 = time.monotonic()
+        try:
+            for _ in range(64):  # b never reads
+                link.send_bytes(blob)
+        except LinkClosed as exc:
+            box["error"] = exc
+        box["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(SLACK * ROUND_TIMEOUT_S + 5)
+    assert isinstance(box.get("error"), LinkClosed), box
+    assert ROUND_TIMEOUT_S <= box["elapsed"] < SLACK * ROUND_TIMEOUT_S + 5, box  # + the first 4 MiB copied
+    b.close()
