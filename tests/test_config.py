@@ -53,7 +53,8 @@ def test_gemma3_presets_have_their_text_models_parameter_counts(name, tmp_path):
     back as itself."""
     import dataclasses
 
-    from cent_serve.model.hf_config import hf_config_dict, model_config_from_hf
+    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     m = model_preset(name)
     assert m.param_count() == GEMMA3_PARAMS[name]
@@ -73,7 +74,8 @@ def test_gemma2_presets_window_every_other_block_and_save_as_transformers_reads_
     its config.json without layer_types (the default pattern) or with the window left out (4096)."""
     import dataclasses
 
-    from cent_serve.model.hf_config import hf_config_dict, model_config_from_hf
+    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     m = model_preset(name)
     assert (m.max_seq_len, m.sliding_window) == (8192, 4096)
@@ -858,9 +860,9 @@ def test_layer_types_in_a_file_take_a_list(tmp_path):
 
 def test_layer_types_help_names_every_family_whose_config_json_windows_some_blocks():
     """model.layer_types' help named Qwen 2 and 3 and Ministral; a Qwen 2 MoE's, a Gemma 2's and a Gemma 3's
-    config.json are read into it too (hf_config._PER_BLOCK_WINDOWS), their presets by default."""
+    config.json are read into it too (hf_config_writer._PER_BLOCK_WINDOWS), their presets by default."""
     from cent_serve.config_doc import field_docs
-    from cent_serve.model.hf_config import _PER_BLOCK_WINDOWS
+    from cent_serve.model.hf_config_writer import _PER_BLOCK_WINDOWS
 
     said = " ".join(field_docs(ModelConfig)["layer_types"].split())
     names = {"mistral": "Ministral", "qwen2": "Qwen 2", "qwen3": "Qwen 3", "qwen2_moe": "Qwen 2 MoE", "gemma2": "Gemma 2",

@@ -1,5 +1,5 @@
 """Gemma 3's text model (`model_type` gemma3_text) in a config.json, both ways: what `hf_config` reads
-beyond the keys every family shares, and what it writes. The facts are transformers 5.25's
+beyond the keys every family shares, and what `hf_config_writer` writes. The facts are transformers 5.25's
 configuration_gemma3.py (Gemma3TextConfig) and modeling_gemma3.py."""
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from cent_serve.config import ModelConfig
 from cent_serve.model.tokenizer import ByteTokenizer, byte_alphabet, load_tokenizer
-from cent_serve.model.hf_config import hf_config_dict
+from cent_serve.model.hf_config_writer import hf_config_dict
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "config.json")
 

@@ -4,7 +4,8 @@ Weights live in `LlamaWeights` under Hugging Face's tensor names' structure,
 as float32 compute arrays whose values are exactly representable in the
 storage dtype (bf16 by default, CENT's data type). A checkpoint is read one
 tensor at a time through safetensors' memory map, so loading never holds the
-raw file and the parsed model at once. A checkpoint's config.json is `hf_config`'s.
+raw file and the parsed model at once. A checkpoint's config.json is `hf_config`'s (read)
+and `hf_config_writer`'s (written).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Iterator
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.hf_config import hf_config_dict, json_object
+from cent_serve.model.hf_config import json_object
+from cent_serve.model.hf_config_writer import hf_config_dict
 
 F32 = np.float32
 log = logging.getLogger(__name__)

@@ -583,7 +583,7 @@ def test_a_window_on_some_blocks_is_saved_as_transformers_reads_it_and_read_back
     the Qwen families), so cent reads back the same windows (a Qwen 2 MoE's windows on block 1 only:
     not its default even blocks); a family whose transformers class windows every block or none
     (Phi-3, Qwen 3 MoE) cannot say it and is refused by name."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
 
     cfg = window_mix(model_type)
@@ -605,7 +605,7 @@ def test_a_window_on_some_blocks_is_saved_as_transformers_reads_it_and_read_back
 @pytest.mark.parametrize("model_type", sorted(WINDOW_MIXES))
 def test_transformers_windows_the_blocks_the_writer_names(model_type, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     cfg = window_mix(model_type)
     (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
@@ -703,7 +703,7 @@ def test_a_saved_gemma2_config_says_what_transformers_strict_gemma2config_takes(
     """transformers 5's Gemma2Config is a strict dataclass: query_pre_attn_scalar an int (48.0 was refused
     on load), hidden_activation, the soft-caps, and without a window one of the whole context (every block
     attends to every key, as the reference model's do); no mlp_bias or hidden_act keys it does not have."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
     from tests.factories import tiny_model_config
 
     cfg = tiny_model_config(model_type="gemma2", hidden_act="gelu_pytorch_tanh", scale_embeddings=True, norm_offset=1.0,
@@ -828,7 +828,7 @@ def test_a_multimodal_gemma3_ties_its_head_by_its_own_flag(tmp_path):
 def test_a_gemma3_whose_windowed_blocks_would_take_the_rope_scaling_is_not_saved():
     """With rope_local_theta 0 the windowed blocks turn by rope_theta and the scaling, which a gemma3_text
     config.json cannot say (its sliding_attention rope is unscaled): refused in one line naming the fix."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), rope_local_theta=0.0)
     with pytest.raises(ValueError, match=r"^model.rope_local_theta=0 cannot be saved as a model_type='gemma3_text' "
@@ -875,7 +875,7 @@ def test_a_gemma3_without_q_k_norms_is_not_saved_as_one():
     """Gemma3Attention always has q_norm and k_norm (modeling_gemma3.py): a gemma3_text checkpoint saved
     without them would load in transformers with fresh norms (1 + 0: q and k still RMS-normalised) and run
     other numbers than cent's; refused as Qwen 3's is, naming the fix."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), qk_norm=False)
     with pytest.raises(ValueError, match=r"^model.model_type='gemma3_text' has q/k norms: set model.qk_norm=true"):
@@ -890,7 +890,7 @@ def test_a_gemma3_without_q_k_norms_is_not_saved_as_one():
 def test_what_a_gemma3_checkpoint_cannot_say_is_refused_by_its_own_field(change, says):
     """A gemma3_text model that caps its attention logits (Gemma3Attention does not) is refused naming
     attn_logit_softcapping, not sandwich_norms; one without the extra norms says gemma3_text has them."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
 
     cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), **change)
     with pytest.raises(ValueError, match=says) as err:
@@ -926,7 +926,7 @@ def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_pa
     create_sliding_window_causal_mask refuses a null window: a gemma3_text model with no windowed block
     is saved with a window of the whole context (it hides no key, as Gemma 2's writer does), and reads
     back with none."""
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
     from cent_serve.model.weights import random_weights, save_hf_checkpoint
     from tests.factories import tiny_model_config
 

@@ -257,7 +257,7 @@ def test_sweep_refuses_the_one_token_form(capsys):
 
 
 def test_simulate_a_hugging_face_config(tmp_path, capsys):
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
     m = ModelConfig(name="hf", hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
                     num_kv_heads=4, vocab_size=32000, max_seq_len=2048)
     (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(m)))

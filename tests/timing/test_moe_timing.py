@@ -331,7 +331,7 @@ def test_cent_info_stores_the_shared_expert_once_a_tp_stage(tmp_path, capsys):
     expert, split over them: 24 blocks x 3 x their bytes, under 1% of the model (no copies said)."""
     import json
     from cent_serve.cli import main
-    from cent_serve.model.hf_config import hf_config_dict
+    from cent_serve.model.hf_config_writer import hf_config_dict
     from cent_serve.config import ModelConfig
     (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(ModelConfig(**QWEN15_MOE))))
     stored = {}
