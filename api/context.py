@@ -22,9 +22,10 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
+from cent_serve.model.chat_template import TEMPLATE_VARIABLES, encode_chat
 from cent_serve.model.hf_config import hub_repo_id
 from cent_serve.model.sampling import checkpoint_sampling_defaults
-from cent_serve.model.tokenizer import TEMPLATE_VARIABLES, Tokenizer, encode_chat
+from cent_serve.model.tokenizer import Tokenizer
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
 

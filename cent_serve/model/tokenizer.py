@@ -1,40 +1,28 @@
-"""Tokenizers: byte-level for random-weight presets, `tokenizer.json` for checkpoints, and the
-chat template both render with.
+"""Tokenizers: byte-level for random-weight presets, `tokenizer.json` for checkpoints.
 
 Both behave as a Hugging Face fast tokenizer does, so a client that loads the same files counts
 tokens exactly as the server does (`cent tokenizer export`, cent_serve/model/tokenizer_export.py):
-special tokens written in text (`<s>`) are the special ids, `encode(text)` adds the special
-tokens the tokenizer adds (the byte tokenizer's BOS; a checkpoint's post-processor's), and chat
-prompts are the chat template rendered with Jinja the way `transformers`'
-`apply_chat_template` renders it (a sandbox, `trim_blocks`, `lstrip_blocks`), then encoded
-without another BOS (the template writes `bos_token` itself), as vLLM's chat endpoint does.
+special tokens written in text (`<s>`) are the special ids, and `encode(text)` adds the special
+tokens the tokenizer adds (the byte tokenizer's BOS; a checkpoint's post-processor's). The chat
+template both render with, and how a chat becomes ids, are `chat_template`'s.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from cent_serve.config import ModelConfig
+from cent_serve.model.chat_template import DEFAULT_CHAT_TEMPLATE, check_chat_template
 from cent_serve.model.hf_config import json_object
 
 log = logging.getLogger(__name__)
 _WARNED_NO_TOKENIZER: set[str] = set()
 """Checkpoints whose missing tokenizer.json was warned about (once each, per process)."""
-
-DEFAULT_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-"""The chat template of models without their own: one `<|role|>` line and the text per turn, then
-the assistant's cue. Exported with the tokenizer, so a client renders the same prompt."""
 
 
 class Tokenizer(Protocol):
@@ -446,102 +434,6 @@ class HFTokenizer:
             self._stand_in = np.array([i for i, p in enumerate(pieces) if p.strip() and "\ufffd" not in p
                                        and i not in added], dtype=np.int64)
         return self._stand_in
-
-
-@lru_cache(maxsize=8)
-def _compiled(template: str):
-    """A chat template compiled as `transformers` compiles it: a sandbox, `trim_blocks` and
-    `lstrip_blocks`, the `loopcontrols` extension, its `tojson` (no ASCII escaping), and the
-    globals `raise_exception` and `strftime_now`. Raises jinja2's TemplateSyntaxError."""
-    from datetime import datetime
-
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    return env.from_string(template)
-
-
-def check_chat_template(template: str, where) -> None:
-    """Raise ValueError, naming the file, if a chat template does not compile (checked when the
-    tokenizer loads, so a broken template stops the server before it starts, not a request)."""
-    from jinja2.exceptions import TemplateSyntaxError
-
-    try:
-        _compiled(template)
-    except TemplateSyntaxError as exc:
-        raise ValueError(f"the chat template in {where} does not compile (line {exc.lineno}: {exc.message}): "
-                         "fix tokenizer_config.json's chat_template") from None
-
-
-TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents", "bos_token", "eos_token")
-"""The variables `render_chat` gives a chat template itself (a request's `chat_template_kwargs` add others)."""
-
-
-def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False, variables: dict | None = None) -> str:
-    """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
-    variables `transformers` passes (no tools, no documents) and `variables` (vLLM's
-    `chat_template_kwargs`, e.g. Qwen 3's `enable_thinking`; none of TEMPLATE_VARIABLES). Raises
-    ValueError with the template's own message if it refuses them (`raise_exception`, a missing field).
-
-    `continue_final_message` (transformers' and vLLM's option, which excludes
-    `add_generation_prompt`): the text ends where the last message's content ends, without the
-    end of its turn, so the model goes on with that message (an assistant reply begun)."""
-    from jinja2.exceptions import TemplateError
-
-    if continue_final_message and add_generation_prompt:
-        raise ValueError("continue_final_message and add_generation_prompt exclude each other: set "
-                         "add_generation_prompt to false to continue the last message")
-    def render(msgs: list[dict]) -> str:
-        try:
-            return _compiled(tok.chat_template).render(**(variables or {}), messages=msgs,
-                                                       add_generation_prompt=add_generation_prompt, tools=None,
-                                                       documents=None, bos_token=tok.bos_token,
-                                                       eos_token=tok.eos_token)
-        except (TemplateError, TypeError) as exc:
-            raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
-
-    text = render(messages)
-    if not continue_final_message:
-        return text
-    final = messages[-1]["content"]
-    if not final.strip():
-        raise ValueError("continue_final_message needs text in the last message to continue: give it some")
-    # where the last message's content ends: marked by a tag no content holds (its own text may also
-    # stand in the template's closing tokens: "end" in "<|im_end|>")
-    tagged = render(messages[:-1] + [dict(messages[-1], content=final + CUT_TAG)])
-    at = tagged.rfind(CUT_TAG)
-    if at < 0:
-        raise ValueError("continue_final_message: the chat template changed the last message's text, so "
-                         "where it ends cannot be found: send it as the template renders it")
-    head = tagged[:at]
-    # a template that trims the content (`| trim`) kept its trailing space before the tag: cut after the
-    # trimmed text then, as transformers' apply_chat_template does
-    return head if text.startswith(head) else head.rstrip()
-
-
-CUT_TAG = "\u2063cent-cut\u2063"
-"""Appended to the last message to find where its content ends in the rendered chat (a name between
-invisible separators: no chat template or message holds it)."""
-
-
-def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False, variables: dict | None = None,
-                add_special_tokens: bool = False) -> list[int]:
-    """The token ids of a chat: the rendered template, with no special tokens added (the template
-    writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer adds to any
-    text (`encode`)."""
-    return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message, variables),
-                      add_bos=add_special_tokens)
 
 
 FAMILIES_WITHOUT_BOS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")

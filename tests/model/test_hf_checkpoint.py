@@ -184,7 +184,7 @@ def test_a_chat_template_s_eos_token_is_the_tokenizer_s(tmp_path, eos):
     """transformers' apply_chat_template passes the tokenizer's special tokens (Llama 3.1 Instruct's
     eos_token <|eot_id|>), not config.json's first eos id's (<|end_of_text|>): `eos_token` came from
     config.json while `bos_token` came from tokenizer_config.json. Stopping still follows the model's ids."""
-    from cent_serve.model.tokenizer import render_chat
+    from cent_serve.model.chat_template import render_chat
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, ckpt)

@@ -14,7 +14,8 @@ from tokenizers import Tokenizer
 
 from cent_serve.cli import main
 from cent_serve.config import model_preset
-from cent_serve.model.tokenizer import ByteTokenizer, encode_chat, load_tokenizer
+from cent_serve.model.chat_template import encode_chat
+from cent_serve.model.tokenizer import ByteTokenizer, load_tokenizer
 from cent_serve.model.tokenizer_export import export_tokenizer
 from cent_serve.model.hf_config import model_config_from_hf
 
@@ -174,7 +175,7 @@ def test_chat_templates_render_as_transformers_renders_them(tmp_path):
                 "{% if loop.index > 2 %}{% break %}{% endif %}{{ m['content'] | tojson }}{% endfor %}"
                 "{% if add_generation_prompt %}>{% endif %}")
     tok = load_tokenizer(model_config_from_hf(_byte_fallback_checkpoint(tmp_path, template)))
-    from cent_serve.model.tokenizer import render_chat
+    from cent_serve.model.chat_template import render_chat
     chat = [{"role": "user", "content": "é"}, {"role": "assistant", "content": "b"},
             {"role": "user", "content": "never"}]
     assert render_chat(tok, chat) == '<s>"é""b">'  # no tools, loop controls, tojson without ASCII escapes
@@ -191,7 +192,7 @@ def test_continue_final_message_cuts_where_transformers_cuts(tmp_path, template)
     """The prompt of a begun reply ends where transformers' apply_chat_template(continue_final_message=True)
     ends it, with the content's own trailing space or, under a template that trims it, without."""
     transformers = pytest.importorskip("transformers")
-    from cent_serve.model.tokenizer import render_chat
+    from cent_serve.model.chat_template import render_chat
 
     if template is None:  # the server's default template, as `cent tokenizer export` writes it
         export_tokenizer(model_preset("tiny"), tmp_path)

@@ -437,7 +437,7 @@ def test_docs_load_with_no_network(server):
 
 
 def test_a_template_that_refuses_a_role_says_so_in_its_words():
-    from cent_serve.model.tokenizer import render_chat
+    from cent_serve.model.chat_template import render_chat
 
     tok = ByteTokenizer()
     tok.chat_template = ("{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
