@@ -343,7 +343,7 @@ def check_checkpoint(cfg: CentConfig) -> None:
     shape (read from the files' headers, no weights): on Ray each device actor loads the weights, so
     a bad tensor would otherwise surface after start-up, wrapped in Ray's traceback."""
     if cfg.resolved_numerics == "full" and cfg.model.checkpoint:
-        from cent_serve.model.weights import check_hf_checkpoint
+        from cent_serve.model.hf_checkpoint import check_hf_checkpoint
         check_hf_checkpoint(cfg.model)
 
 

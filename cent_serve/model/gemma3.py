@@ -35,7 +35,7 @@ def text_config(hf: dict, cfg_file) -> dict:
     """The config.json of the multimodal Gemma 3 (model_type gemma3, Gemma3ForConditionalGeneration) read
     as its language model's: text_config as a gemma3_text config.json (Gemma3TextConfig's defaults for what it
     leaves out), with the top level's ids, dtype and tied LM head. Its vision tower is not modelled: an image
-    cannot be sent, and the tower's tensors are ignored with a warning (`weights._warn_unused`)."""
+    cannot be sent, and the tower's tensors are ignored with a warning (`hf_checkpoint._warn_unused`)."""
     text = hf.get("text_config")
     if text is None:
         text = {}

@@ -104,7 +104,7 @@ def test_bfloat16_is_imported_only_when_an_array_needs_it():
     a = np.array([1.5, -2.0, 3e38], dtype=ml_dtypes.bfloat16)
     code = f"""
 import sys
-import api.server, cent_serve.cli, cent_serve.model.weights, device_worker.actor, fabric.actor
+import api.server, cent_serve.cli, cent_serve.model.hf_checkpoint, cent_serve.model.weights, device_worker.actor, fabric.actor
 assert "ml_dtypes" not in sys.modules, "imported at start-up"
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from device_worker.worker import DeviceWorker
@@ -119,7 +119,7 @@ assert decode(encode({{"w": b}}))["w"].tobytes() == b.tobytes()
     # for the dtype by name, which only ml_dtypes' import teaches numpy)
     load = """
 import sys
-from cent_serve.model.weights import iter_checkpoint_tensors
+from cent_serve.model.hf_checkpoint import iter_checkpoint_tensors
 assert "ml_dtypes" not in sys.modules
 names = dict(iter_checkpoint_tensors("tests/data/hf_tiny_llama"))
 assert names["model.embed_tokens.weight"].dtype.name == "float32" and len(names) > 3

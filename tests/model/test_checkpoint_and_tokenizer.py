@@ -13,7 +13,7 @@ from cent_serve.model import (ByteTokenizer, LlamaModel, SamplingParams, load_to
                               load_weights, make_generator, model_config_from_hf, random_weights,
                               sample, save_hf_checkpoint)
 from cent_serve.model.generate import generate
-from cent_serve.model.weights import hf_tensor_names
+from cent_serve.model.hf_checkpoint import hf_tensor_names
 from tests.factories import tiny_model_config
 
 
@@ -254,7 +254,7 @@ def test_a_bad_checkpoint_is_refused_from_its_headers_before_any_device_starts(t
     from safetensors.numpy import save_file
 
     from cent_serve.config import CentConfig, ParallelConfig
-    from cent_serve.model import weights as weights_mod
+    from cent_serve.model import hf_checkpoint
     from cent_serve.preflight import check_runnable
     mcfg = tiny_model_config(weight_dtype="float32")
     out = save_hf_checkpoint(mcfg, random_weights(mcfg), tmp_path / "ckpt")
@@ -268,15 +268,15 @@ def test_a_bad_checkpoint_is_refused_from_its_headers_before_any_device_starts(t
     save_file(tensors, str(out / "model.safetensors"))
     cfg = CentConfig(model=model_config_from_hf(out), parallel=ParallelConfig(2, 2, 1), executor="ray")
     calls = []
-    real = weights_mod.iter_checkpoint_tensors
-    weights_mod.iter_checkpoint_tensors = lambda ckpt, shapes_only=False: calls.append(shapes_only) or \
+    real = hf_checkpoint.iter_checkpoint_tensors
+    hf_checkpoint.iter_checkpoint_tensors = lambda ckpt, shapes_only=False: calls.append(shapes_only) or \
         real(ckpt, shapes_only)
     try:
         with pytest.raises(ValueError, match=(rf"lacks tensors \['{name}'\]" if damage == "drop" else
                                               rf"{name.replace('.', chr(92) + '.')} has shape \(\d+, 64\), expected")):
             check_runnable(cfg)
     finally:
-        weights_mod.iter_checkpoint_tensors = real
+        hf_checkpoint.iter_checkpoint_tensors = real
     assert calls == [True]  # from the headers: no weight was read
 
 
@@ -302,7 +302,7 @@ def test_tensors_the_config_does_not_use_are_warned_about_once_by_count_and_exam
     conf = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**conf, "num_hidden_layers": 2}))
     cfg = CentConfig(model=model_config_from_hf(out), parallel=ParallelConfig(2, 2, 1), numerics="full")
-    with caplog.at_level("WARNING", logger="cent_serve.model.weights"):
+    with caplog.at_level("WARNING", logger="cent_serve.model.hf_checkpoint"):
         check_runnable(cfg)  # the preflight (headers), then the local executor's load: one warning
         load_weights(cfg.model)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -316,7 +316,7 @@ def test_tensors_the_config_does_not_use_are_warned_about_once_by_count_and_exam
     assert "inv_freq" not in line and "lm_head" not in line
     caplog.clear()
     fine = save_hf_checkpoint(mcfg, random_weights(mcfg), tmp_path / "fine")  # every tensor used: no warning
-    with caplog.at_level("WARNING", logger="cent_serve.model.weights"):
+    with caplog.at_level("WARNING", logger="cent_serve.model.hf_checkpoint"):
         load_weights(model_config_from_hf(fine))
     assert not caplog.records
 

@@ -407,7 +407,8 @@ def test_served_on_four_devices_as_pp2_tp2_gives_transformers_tokens(family):
          rope_local_theta=100.0, rope_type="dynamic", rope_factor=2.0, rope_original_max_position=64)],
     ids=str)
 def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
-    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from cent_serve.model.hf_checkpoint import save_hf_checkpoint
+    from cent_serve.model.weights import random_weights
     from tests.factories import tiny_model_config
 
     cfg = tiny_model_config(**fields)
@@ -423,7 +424,8 @@ def test_a_saved_checkpoint_reloads_with_every_variation(fields, tmp_path):
 def test_variations_a_family_cannot_say_are_refused(tmp_path):
     """A bias on a Llama, a q/k norm on a Mistral: not saved, and such tensors in a checkpoint whose
     config.json does not announce them are refused instead of ignored."""
-    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from cent_serve.model.hf_checkpoint import save_hf_checkpoint
+    from cent_serve.model.weights import random_weights
     from tests.factories import tiny_model_config
 
     for fields in (dict(attention_bias=True), dict(model_type="mistral", qk_norm=True)):
@@ -584,7 +586,8 @@ def test_a_window_on_some_blocks_is_saved_as_transformers_reads_it_and_read_back
     not its default even blocks); a family whose transformers class windows every block or none
     (Phi-3, Qwen 3 MoE) cannot say it and is refused by name."""
     from cent_serve.model.hf_config_writer import hf_config_dict
-    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from cent_serve.model.hf_checkpoint import save_hf_checkpoint
+    from cent_serve.model.weights import random_weights
 
     cfg = window_mix(model_type)
     save_hf_checkpoint(cfg, random_weights(cfg), tmp_path)
@@ -770,7 +773,7 @@ def test_a_multimodal_gemma3_serves_its_language_model_and_warns_once_of_its_vis
     as model.language_model.*, read under either name."""
     import shutil
 
-    from cent_serve.model.weights import text_model_name
+    from cent_serve.model.hf_checkpoint import text_model_name
 
     shutil.copytree(ROOT / "gemma3", tmp_path / "gemma3")  # a path of its own: warned once a checkpoint path
     with caplog.at_level(logging.WARNING, logger="cent"):
@@ -908,7 +911,7 @@ def test_transformers_runs_a_saved_gemma3_as_the_reference_model(change, tmp_pat
     model's (it refused the null window the writer gave the first, and ran the second's rope unscaled)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from cent_serve.model.weights import save_hf_checkpoint
+    from cent_serve.model.hf_checkpoint import save_hf_checkpoint
 
     cfg = dataclasses.replace(model_config_from_hf(ROOT / "gemma3_text"), **change)
     weights, ids = load_weights(cfg), expected("gemma3_text")[0]["prompt_ids"]
@@ -927,7 +930,8 @@ def test_a_gemma3_without_a_window_is_saved_with_one_of_the_whole_context(tmp_pa
     is saved with a window of the whole context (it hides no key, as Gemma 2's writer does), and reads
     back with none."""
     from cent_serve.model.hf_config_writer import hf_config_dict
-    from cent_serve.model.weights import random_weights, save_hf_checkpoint
+    from cent_serve.model.hf_checkpoint import save_hf_checkpoint
+    from cent_serve.model.weights import random_weights
     from tests.factories import tiny_model_config
 
     cfg = tiny_model_config(model_type="gemma3_text", hidden_act="gelu_pytorch_tanh", scale_embeddings=True,

@@ -18,7 +18,8 @@ from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
 from cent_serve.model.generate import generate
 from cent_serve.model.layers import route, softmax
 from cent_serve.model.reference import mlp
-from cent_serve.model.weights import hf_tensor_names, random_weights, save_hf_checkpoint
+from cent_serve.model.hf_checkpoint import hf_tensor_names, save_hf_checkpoint
+from cent_serve.model.weights import random_weights
 from cent_serve.sharding import experts_of, shard_layer
 from tests.factories import tiny_model_config
 

@@ -18,7 +18,8 @@ import pytest
 from cent_serve.cli import main
 from cent_serve.config import CentConfig, model_preset
 from cent_serve.model import LlamaModel, load_weights, model_config_from_hf
-from cent_serve.model.weights import iter_checkpoint_tensors, random_weights, save_hf_checkpoint, split_fused
+from cent_serve.model.hf_checkpoint import iter_checkpoint_tensors, save_hf_checkpoint, split_fused
+from cent_serve.model.weights import random_weights
 from cent_serve.preflight import check_runnable
 from tests.factories import tiny_model_config
 
