@@ -10,7 +10,8 @@ ASPLOS 2025, and its artifact) by section.
 
 The sections live in modules of their own; import from here:
 
-- `model`: `ModelConfig`, the presets (`MODEL_PRESETS`, `model_preset`), `resolve_model`
+- `model`: `ModelConfig`
+- `presets`: the presets (`MODEL_PRESETS`, `model_preset`), `model_label`, `resolve_model`
 - `hardware`: `DeviceConfig`, `EnergyConfig`, `FabricConfig`
 - `runtime`: `ParallelConfig`, `SchedulerConfig`, `ServerConfig`
 - `gpu`: `GpuConfig`, `parse_hardware`
@@ -23,9 +24,9 @@ from cent_serve.config.checks import NUMBER_RANGE
 from cent_serve.config.files import REDACTED, bench_flags, config_to_dict, load_config
 from cent_serve.config.gpu import GPU_ATTENTION_READS, GpuConfig, parse_hardware
 from cent_serve.config.hardware import DeviceConfig, EnergyConfig, FabricConfig
-from cent_serve.config.model import (MODEL_PRESETS, MODEL_TYPES, MOE_TYPES, ROPE_TYPES, ModelConfig, model_label,
-                                     model_preset, preset_changes, resolve_model)
+from cent_serve.config.model import MODEL_TYPES, MOE_TYPES, ROPE_TYPES, ModelConfig
 from cent_serve.config.overrides import apply_overrides, build_config, check_override
+from cent_serve.config.presets import MODEL_PRESETS, model_label, model_preset, preset_changes, resolve_model
 from cent_serve.config.runtime import (LM_HEAD_PLACEMENTS, LOGPROBS_MODES, MAX_DEVICES, PLACEMENTS, ParallelConfig,
                                        SchedulerConfig, ServerConfig)
 from cent_serve.config.tree import CentConfig, checkpoint_has_weights

@@ -13,7 +13,7 @@ from typing import Any
 
 from cent_serve.config.checks import _check
 from cent_serve.config.fields import _from_dict, _sections, served_context
-from cent_serve.config.model import MODEL_PRESETS
+from cent_serve.config.presets import MODEL_PRESETS
 from cent_serve.config.tree import CentConfig
 
 

@@ -11,7 +11,7 @@ from cent_serve.config.fields import (DERIVED_FIELDS, _SECTION_FIX, _coerce, _fr
                                       _sections, _typed, served_context)
 from cent_serve.config.files import load_config
 from cent_serve.config.gpu import parse_hardware
-from cent_serve.config.model import resolve_model
+from cent_serve.config.presets import resolve_model
 from cent_serve.config.tree import CentConfig
 
 
