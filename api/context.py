@@ -22,10 +22,10 @@ from api.metrics import Metrics
 from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
-from cent_serve.model.chat_template import TEMPLATE_VARIABLES, encode_chat
+from cent_serve.model.chat_template import TEMPLATE_VARIABLES
 from cent_serve.model.hf_config import hub_repo_id
 from cent_serve.model.sampling import checkpoint_sampling_defaults
-from cent_serve.model.tokenizer import Tokenizer
+from cent_serve.model.tokenizer import Tokenizer, encode_chat, encode_truncated
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
 
@@ -108,8 +108,10 @@ class ApiContext:
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
                            404, "not_found_error", "model_not_found")
 
-    def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True) -> list[list[int]]:
-        """A `prompt` (text, token ids, or a list of either) as one id list per prompt. Refuses
+    def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True, keep: int | None = None) -> list[list[int]]:
+        """A `prompt` (text, token ids, or a list of either) as one id list per prompt, each cut to
+        `keep` tokens (`truncate_prompt_tokens`; None: whole) as vLLM cuts it: token ids to their last
+        `keep`, text by `encode_truncated` (the BOS the tokenizer adds stays). Refuses
         (ApiError 400 naming `param`) no prompt at all, empty text (it would tokenize to a lone
         BOS and pass the engine's check) and text longer than the context could hold; token ids
         and lengths are the engine's to check (`check_request`)."""
@@ -121,13 +123,14 @@ class ApiContext:
             prompts = list(prompt)
         if not prompts:
             raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
-        return [self._encode(p, param, add_bos) if isinstance(p, str) else list(p) for p in prompts]
+        return [self._encode(p, param, add_bos, keep) if isinstance(p, str) else list(p)[-keep if keep else None:]
+                for p in prompts]
 
-    def _encode(self, text: str, param: str, add_bos: bool = True) -> list[int]:
+    def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None) -> list[int]:
         if not text:
             raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
         self.check_chars(len(text), param)
-        return self.tokenizer.encode(text, add_bos=add_bos)
+        return encode_truncated(self.tokenizer, text, add_bos, keep)
 
     def check_chars(self, chars: int, param: str) -> None:
         """A DoS guard: refuse text the context cannot hold without tokenizing it all."""
@@ -138,9 +141,10 @@ class ApiContext:
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
                  continue_final_message: bool = False, template_kwargs: dict | None = None,
-                 add_special_tokens: bool = False) -> list[int]:
+                 add_special_tokens: bool = False, keep: int | None = None) -> list[int]:
         """A chat's token ids: the model's chat template rendered (the template writes the BOS;
-        `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), with `template_kwargs` (vLLM's
+        `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
+        them (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
         `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
         `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
@@ -157,7 +161,7 @@ class ApiContext:
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
             return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
-                               template_kwargs, add_special_tokens)
+                               template_kwargs, add_special_tokens, keep)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
 

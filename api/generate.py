@@ -106,8 +106,9 @@ class Endpoint(ABC):
     for completions (its completion serving sets the counts alone)."""
 
     @abstractmethod
-    def prompts(self, ctx: ApiContext, body) -> Prompts:
-        """The body's prompts; raises ApiError naming the field at fault."""
+    def prompts(self, ctx: ApiContext, body, keep: int | None = None) -> Prompts:
+        """The body's prompts, each cut to `keep` tokens (`truncate_prompt_tokens`, as
+        `ApiContext.to_ids` cuts them; None: whole); raises ApiError naming the field at fault."""
         ...
 
     def opening(self, body) -> list[dict]:
@@ -186,10 +187,7 @@ async def generate(ctx: ApiContext, raw: Request, body, endpoint: Endpoint):
     try:
         ctx.check_model(body.model)
         body.check_fields(ctx.cfg.model.vocab_size)
-        prompts = endpoint.prompts(ctx, body)
-        keep = body.prompt_truncation(ctx.cfg.model.max_seq_len)
-        if keep is not None:  # vLLM's truncate_prompt_tokens: the last `keep` tokens of each prompt
-            prompts = replace(prompts, ids=[ids[-keep:] for ids in prompts.ids])
+        prompts = endpoint.prompts(ctx, body, body.prompt_truncation(ctx.cfg.model.max_seq_len))
         choices = plan(ctx, body, prompts)
         reqs, q = await submit(ctx, body, choices, prompts.fields)
     except ApiError:

@@ -37,9 +37,9 @@ class Completions(Endpoint):
     id_prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
     prompt_on_choice = True
 
-    def prompts(self, ctx: ApiContext, body: CompletionRequest) -> Prompts:
+    def prompts(self, ctx: ApiContext, body: CompletionRequest, keep: int | None = None) -> Prompts:
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
-        ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens)
+        ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens, keep=keep)
         if body.echo_only:  # the prompt's pass makes one token, which `generate` drops (vLLM's way)
             if body.min_tokens:
                 raise ApiError(f"min_tokens={body.min_tokens} is invalid with echo and max_tokens=0, which generate "
@@ -88,14 +88,15 @@ class Chat(Endpoint):
     prompt_on_choice = False
     chunk_usage_extra = {"completion_tokens_details": None}
 
-    def prompts(self, ctx: ApiContext, body: ChatCompletionRequest) -> Prompts:
+    def prompts(self, ctx: ApiContext, body: ChatCompletionRequest, keep: int | None = None) -> Prompts:
         newer = body.max_completion_tokens is not None  # OpenAI's newer name wins
         fields = FieldNames("messages", "max_completion_tokens" if newer else "max_tokens")
         # no limit given: the rest of the context, as vLLM's chat endpoint (DEFAULT_MAX_TOKENS)
         default = ctx.cfg.server.max_tokens_default or ctx.cfg.model.max_seq_len
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
-                           template_kwargs=body.chat_template_kwargs, add_special_tokens=body.add_special_tokens)
+                           template_kwargs=body.chat_template_kwargs, add_special_tokens=body.add_special_tokens,
+                           keep=keep)
         return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
     def opening(self, body: ChatCompletionRequest) -> list[dict]:

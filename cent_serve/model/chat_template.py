@@ -1,4 +1,5 @@
-"""Chat templates: a chat's messages as the prompt text of its tokenizer's template, and as token ids.
+"""Chat templates: a chat's messages as the prompt text of its tokenizer's template (`tokenizer.encode_chat`
+makes token ids of it).
 
 A chat prompt is the template rendered with Jinja the way `transformers`' `apply_chat_template`
 renders it (a sandbox, `trim_blocks`, `lstrip_blocks`), then encoded without another BOS (the
@@ -109,13 +110,3 @@ def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
 CUT_TAG = "\u2063cent-cut\u2063"
 """Appended to the last message to find where its content ends in the rendered chat (a name between
 invisible separators: no chat template or message holds it)."""
-
-
-def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                continue_final_message: bool = False, variables: dict | None = None,
-                add_special_tokens: bool = False) -> list[int]:
-    """The token ids of a chat: the rendered template, with no special tokens added (the template
-    writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer adds to any
-    text (`encode`)."""
-    return tok.encode(render_chat(tok, messages, add_generation_prompt, continue_final_message, variables),
-                      add_bos=add_special_tokens)

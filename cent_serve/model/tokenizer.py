@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.chat_template import DEFAULT_CHAT_TEMPLATE, check_chat_template
+from cent_serve.model.chat_template import DEFAULT_CHAT_TEMPLATE, check_chat_template, render_chat
 from cent_serve.model.hf_config import json_object
 
 log = logging.getLogger(__name__)
@@ -434,6 +434,35 @@ class HFTokenizer:
             self._stand_in = np.array([i for i, p in enumerate(pieces) if p.strip() and "\ufffd" not in p
                                        and i not in added], dtype=np.int64)
         return self._stand_in
+
+
+def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                continue_final_message: bool = False, variables: dict | None = None,
+                add_special_tokens: bool = False, keep: int | None = None) -> list[int]:
+    """The token ids of a chat: the rendered template (`render_chat`), with no special tokens added
+    (the template writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer
+    adds to any text (`encode`); at most `keep` of them as `encode_truncated` keeps them (None: all)."""
+    text = render_chat(tok, messages, add_generation_prompt, continue_final_message, variables)
+    return encode_truncated(tok, text, add_special_tokens, keep)
+
+
+def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int | None = None) -> list[int]:
+    """`tok.encode(text, add_bos)` cut to `keep` tokens (None: all) as vLLM's `truncate_prompt_tokens`
+    cuts a text prompt: it encodes with transformers' truncation=True, max_length=keep and its generate
+    tokenizers' truncation_side "left" (vllm/renderers/params.py `TokenizeParams.get_encode_kwargs`,
+    vllm/tokenizers/registry.py), so the special tokens the tokenizer adds (a BOS) stay and count towards
+    `keep`, and the text's own tokens keep their last ones. Without `add_bos` nothing is added: the
+    last `keep` ids. Added tokens alone past `keep` (keep 1, a BOS and an eos added) are all kept,
+    the text's none, as the tokenizers library truncates then."""
+    ids = tok.encode(text, add_bos=add_bos)
+    if keep is None or len(ids) <= keep:
+        return ids
+    plain = tok.encode(text, add_bos=False) if add_bos else ids
+    lead = next((p for p in range(len(ids) - len(plain) + 1) if ids[p:p + len(plain)] == plain), None)
+    if lead is None or plain is ids:  # nothing added (or no telling what was): the last `keep` ids
+        return ids[-keep:]
+    room = max(0, keep - (len(ids) - len(plain)))
+    return ids[:lead] + (plain[len(plain) - room:] if room else []) + ids[lead + len(plain):]
 
 
 FAMILIES_WITHOUT_BOS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")

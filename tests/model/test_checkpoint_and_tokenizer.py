@@ -178,7 +178,7 @@ def test_hf_tokenizer_json_round_trips(tmp_path):
     assert ours.encode(text) == ours.encode(text, add_bos=False) and ours.encode(text)[0] != 1
     assert ours.encode("<s>" + text)[0] == 1
     # a chat with add_special_tokens: the tokenizer's own special tokens, none for a tokenizer adding none
-    from cent_serve.model.chat_template import encode_chat
+    from cent_serve.model.tokenizer import encode_chat
     chat = [{"role": "user", "content": text}]
     for post in (True, False):
         if not post:

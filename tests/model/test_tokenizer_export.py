@@ -14,8 +14,7 @@ from tokenizers import Tokenizer
 
 from cent_serve.cli import main
 from cent_serve.config import model_preset
-from cent_serve.model.chat_template import encode_chat
-from cent_serve.model.tokenizer import ByteTokenizer, load_tokenizer
+from cent_serve.model.tokenizer import ByteTokenizer, encode_chat, load_tokenizer
 from cent_serve.model.tokenizer_export import export_tokenizer
 from cent_serve.model.hf_config import model_config_from_hf
 

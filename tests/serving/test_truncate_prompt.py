@@ -1,4 +1,4 @@
-"""vLLM's truncate_prompt_tokens: each prompt keeps its last k tokens before anything else sees it (the
+"""vLLM's truncate_prompt_tokens: each prompt keeps its last k tokens (a text prompt its BOS too) before anything else sees it (the
 context check, the scheduler, the usage, prompt_token_ids); -1 is the model's context; 0, below -1 or
 past the context is a 400 naming it (vllm `_validate_truncation_size`)."""
 from __future__ import annotations
@@ -63,3 +63,36 @@ def test_chat_and_the_openai_client_truncate_too_and_get_400s_naming_it(off):
                                       extra_body=dict(truncate_prompt_tokens=k))
         e = err.value.body
         assert e["param"] == "truncate_prompt_tokens" and e["message"].startswith(f"truncate_prompt_tokens={k} "), e
+
+
+def test_a_text_prompt_keeps_its_bos_and_its_last_text_tokens(off):
+    """vLLM encodes a text prompt with transformers' truncation (max_length=k, truncation_side left:
+    vllm/renderers/params.py, vllm/tokenizers/registry.py): the BOS the tokenizer adds stays and counts
+    towards k, the text keeps its last k - 1 tokens. Without add_special_tokens: the last k."""
+    text = "the quick brown fox"
+    plain = _complete(off.url, prompt=text)["choices"][0]["prompt_token_ids"]
+    bos = plain[0]
+    cut = _complete(off.url, prompt=text, truncate_prompt_tokens=5)
+    assert cut["choices"][0]["prompt_token_ids"] == [bos] + plain[-4:] and cut["usage"]["prompt_tokens"] == 5
+    bare = _complete(off.url, prompt=text, truncate_prompt_tokens=5, add_special_tokens=False)
+    assert bare["choices"][0]["prompt_token_ids"] == plain[-5:]
+
+
+class _Tok:
+    """A tokenizer that adds a BOS (1) and an eos (2) around one id per character."""
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = [10 + ord(c) % 50 for c in text]
+        return [1, *ids, 2] if add_bos else ids
+
+
+def test_encode_truncated_keeps_every_added_token_as_the_tokenizers_library_does():
+    from cent_serve.model.tokenizer import encode_truncated
+
+    tok, text = _Tok(), "abcdef"
+    body = tok.encode(text, add_bos=False)
+    assert encode_truncated(tok, text, True, 5) == [1, *body[-3:], 2]
+    assert encode_truncated(tok, text, True, 2) == [1, 2]  # no room for the text: the added tokens alone
+    assert encode_truncated(tok, text, True, 1) == [1, 2]
+    assert encode_truncated(tok, text, False, 4) == body[-4:]
+    assert encode_truncated(tok, text, True, 100) == encode_truncated(tok, text, True, None) == tok.encode(text)
