@@ -540,13 +540,13 @@ class Engine:
                 end = min(len(old), len(new))
                 while same < end and old[same] == new[same]:
                     same += 1
-                # each stop string ending in what is new (as vLLM searches): a shorter one wholly in
-                # old text, held back by min_tokens then, does not stop it now
-                hits = [(i, x) for x in p.stop if (i := new.find(x, max(0, same - len(x) + 1))) >= 0]
-                if hits:
-                    cut = min(i for i, _ in hits)
-                    req.stop_reason = hit = next(x for i, x in hits if i == cut)
-                    req.text = new[:cut + len(hit)] if p.include_stop_str_in_output else new[:cut]
+                # the first stop string of the list that ends in what is new, not the one earliest in
+                # the text, as vLLM takes it (vllm/v1/engine/detokenizer.py `check_stop_strings`): a
+                # shorter one wholly in old text, held back by min_tokens then, does not stop it now
+                hit = next(((i, x) for x in p.stop if (i := new.find(x, max(0, same - len(x) + 1))) >= 0), None)
+                if hit is not None:
+                    cut, req.stop_reason = hit
+                    req.text = new[:cut + len(hit[1])] if p.include_stop_str_in_output else new[:cut]
                     self._finish(req, "stop", t)
                     return
         if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len

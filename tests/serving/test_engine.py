@@ -190,6 +190,22 @@ def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
 
 
 
+@pytest.mark.parametrize("include", [False, True])
+def test_of_two_stop_strings_in_the_new_text_the_first_listed_stops_it(include):
+    """When the new text completes two stop strings ("b" and "ab" at the token "b"), vLLM takes the first
+    of the list, not the one that starts earliest (vllm/v1/engine/detokenizer.py `check_stop_strings`
+    returns the first listed that it finds); the engine took "ab" and cut the text to ""."""
+    for stop, want in ((("b", "ab"), ("b", "a")), (("ab", "b"), ("ab", ""))):
+        eng = _engine(numerics="off")
+        forced = iter(eng.tokenizer.encode("abcd", add_bos=False))
+        eng._sample = lambda req, row: next(forced)
+        req = eng.add_request([1, 72], RequestParams(max_tokens=4, ignore_eos=True, stop=stop,
+                                                     include_stop_str_in_output=include))
+        _run(eng)
+        reason, text = want
+        assert (req.finish_reason, req.stop_reason, eng.text(req)) == ("stop", reason, "ab" if include else text)
+
+
 @pytest.mark.parametrize("ignore_eos", [False, True])
 def test_min_tokens_keeps_the_stop_tokens_from_being_drawn(ignore_eos):
     """Before min_tokens, vLLM masks the tokens that would stop the request (its stop ids, the eos unless
