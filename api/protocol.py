@@ -186,8 +186,8 @@ class _Common(BaseModel):
     output; null: the checkpoint's generation_config.json's, else 1 (off)."""
     logit_bias: dict[str, float] | None = None
     """OpenAI's: token id (a string, as JSON keys are) -> bias added to that token's logit, clamped to
-    [-100, 100] as vLLM clamps it (vllm/sampling_params.py `from_optional`); an id outside the
-    vocabulary is a 400, as vLLM's."""
+    [-100, 100] as vLLM clamps it (vllm/sampling_params.py `from_optional`; NaN is -100); an id outside
+    the vocabulary is a 400, as vLLM's."""
     allowed_token_ids: list[LaxInt] | None = None
     """vLLM's: only these ids may be generated (non-empty, in the vocabulary, as vLLM checks them)."""
     bad_words: list[str] | None = None
@@ -275,8 +275,9 @@ class _Common(BaseModel):
                            "needs arrival_s and cannot come before it", "hold_until_s")
 
     def _check_logit_bias(self, vocab_size: int) -> None:
-        """Each key a token id of the vocabulary (a string Python's int() reads, as vLLM converts it),
-        each bias a finite number (clamped later, as vLLM does); a 400 naming the entry otherwise."""
+        """Each key a token id of the vocabulary (a string Python's int() reads, as vLLM converts it); a
+        400 naming the entry otherwise. Any bias passes, NaN and infinities too: `logit_bias_pairs`
+        clamps them as vLLM does."""
         for key, bias in (self.logit_bias or {}).items():
             try:
                 token = int(key)
@@ -285,9 +286,6 @@ class _Common(BaseModel):
             if token is None or not 0 <= token < vocab_size:
                 raise ApiError(f"logit_bias key {short(key)} is invalid: use token ids in [0, {vocab_size}) "
                                "(as strings)", "logit_bias")
-            if not math.isfinite(bias):
-                raise ApiError(f"logit_bias[{short(key)}]={bias!r} is invalid: use a number in [-100, 100]",
-                               "logit_bias")
 
     def _bad_words_ids(self, tokenizer) -> tuple[tuple[int, ...], ...]:
         if not self.bad_words:
@@ -305,8 +303,10 @@ class _Common(BaseModel):
             raise ApiError(str(exc), "bad_words") from None
 
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
-        """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] (vLLM's rule; of two
-        keys of one id, "5" and "05", the later wins there too)."""
+        """The checked `logit_bias` as (id, bias) pairs, each bias clamped to [-100, 100] as vLLM clamps it
+        (vllm/sampling_params.py `from_optional`, min(100, max(-100, bias))): infinity is 100, -infinity
+        -100, and NaN -100 (Python's max keeps its first argument against a NaN). Of two keys of one id,
+        "5" and "05", the later wins there too."""
         clamped = {int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}
         return tuple(clamped.items())
 

@@ -123,13 +123,20 @@ def test_the_openai_client_sends_logit_bias_and_gets_a_400_for_an_id_outside_the
         assert e["param"] == "logit_bias" and "[0, " in e["message"] and "\n" not in e["message"], e
 
 
-def test_a_non_finite_bias_or_an_allowed_id_past_the_vocabulary_is_a_one_line_400_naming_the_field():
-    """JSON's NaN and Infinity reach the server as Python reads them (clamped they would silently be
-    -100 and 100); allowed_token_ids' last valid id is vocab_size - 1."""
+def test_a_non_finite_bias_is_clamped_as_vllm_clamps_it_and_an_allowed_id_past_the_vocabulary_is_a_400():
+    """JSON's NaN and Infinity reach the server as Python reads them, and vLLM clamps them as any bias
+    (vllm/sampling_params.py `from_optional`: min(100, max(-100, bias))): Infinity is 100, -Infinity
+    and NaN -100 (Python's max keeps -100 against a NaN); they were a 400 here. allowed_token_ids' last
+    valid id is vocab_size - 1, past it a one-line 400 naming the field."""
     import httpx
 
+    from api.protocol import CompletionRequest
     from api.server import Server
 
+    body = CompletionRequest(model="tiny", prompt=[1], logit_bias={"5": float("nan"), "6": float("inf"),
+                                                                   "7": float("-inf"), "8": 1e300})
+    body.check_fields(TINY.vocab_size)
+    assert body.logit_bias_pairs() == ((5, -100.0), (6, 100.0), (7, -100.0), (8, 100.0))
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="off")
     cfg.server.port = 0
     with Server(cfg, "local") as s:
@@ -137,9 +144,9 @@ def test_a_non_finite_bias_or_an_allowed_id_past_the_vocabulary_is_a_one_line_40
             return httpx.post(s.url + "/v1/completions", headers={"content-type": "application/json"}, timeout=60,
                               content='{"model": "tiny", "prompt": [1, 10], "max_tokens": 2, ' + fields + "}")
 
-        assert post('"allowed_token_ids": [%d]' % (TINY.vocab_size - 1)).status_code == 200
-        for fields, param in (('"logit_bias": {"5": NaN}', "logit_bias"), ('"logit_bias": {"5": Infinity}', "logit_bias"),
-                              ('"allowed_token_ids": [%d]' % TINY.vocab_size, "allowed_token_ids")):
-            r = post(fields)
-            e = r.json()["error"]
-            assert r.status_code == 400 and e["param"] == param and "\n" not in e["message"], (fields, r.text)
+        for fields in ('"allowed_token_ids": [%d]' % (TINY.vocab_size - 1), '"logit_bias": {"5": NaN}',
+                       '"logit_bias": {"5": Infinity}', '"logit_bias": {"5": -Infinity}'):
+            assert post(fields).status_code == 200, fields
+        r = post('"allowed_token_ids": [%d]' % TINY.vocab_size)
+        e = r.json()["error"]
+        assert r.status_code == 400 and e["param"] == "allowed_token_ids" and "\n" not in e["message"], r.text
