@@ -463,8 +463,9 @@ class Engine:
             if req.token_counts is None:
                 req.token_counts = TokenCounts(req.prompt_ids, len(row))
             logits = req.token_counts.penalize(logits, p.sampling, req.output_ids)
-        token = sample(self._stops_masked(logits, p) if len(req.output_ids) < p.min_tokens else logits,
-                       p.sampling, req.rng)
+        if len(req.output_ids) < p.min_tokens:
+            logits = self._stops_masked(logits, p)
+        token = sample(logits, p.sampling, req.rng)
         if p.logprobs is not None:
             req.logprobs.append(self._logprob(row, p, token, p.logprobs, processed=logits))
         return token
@@ -478,8 +479,8 @@ class Engine:
     def _stops_masked(self, row, p: RequestParams) -> np.ndarray:
         """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
         ignore_eos) at -inf: before `min_tokens` they cannot be drawn, as vLLM 0.33's min-tokens logits
-        processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); the
-        log-probabilities are the row's as it came (vLLM's default raw_logprobs are taken before it). Not
+        processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); raw
+        log-probabilities are the row's as it came, processed ones see the mask (`_logprob`). Not
         where they are all the row leaves (allowed_token_ids of stop ids alone): the argmax of all -inf
         would be token 0, which was not allowed; the stand-in draws them then too."""
         m = self.cfg.model
@@ -494,8 +495,10 @@ class Engine:
         """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
         `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any bias or
         penalty (vLLM's default mode); `processed_logprobs` the sampler's distribution over the
-        `processed` row (allowed_token_ids, bad_words, logit_bias, the penalties, when asked for), as
-        vLLM's processed logprobs come after them (vllm/v1/sample/sampler.py)."""
+        `processed` row (allowed_token_ids, bad_words, logit_bias, the penalties, the min_tokens mask of
+        the stop tokens, when asked for), as vLLM's processed logprobs come after all of them
+        (vllm/v1/sample/sampler.py: its min-tokens processor runs in `apply_logits_processors`, before
+        `sample` takes them)."""
         mode = self.cfg.scheduler.logprobs_mode
         if processed is not None and mode != "raw_logprobs":
             logits = processed
