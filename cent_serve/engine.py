@@ -10,17 +10,12 @@ while a round is in flight joins at the next boundary, as in any round-based
 scheduler (vLLM admits at step boundaries); so a device never receives a
 micro-batch that is ready earlier than one it has already served.
 
-Sampling happens on the host after the LM head (`RoundOutput.sampled_s`). With full
-numerics tokens come from the logits; timing-only runs use a seeded stand-in
-sampler, uniform over the tokenizer's `stand_in_ids` (ids that decode alone to visible
-text: one printable character each for the byte tokenizer), so every streamed token is
-visible text, lengths are honoured with `ignore_eos` and a run is reproducible. A greedy
-request's draws are seeded by its prompt (`greedy_stand_in_seed`), so they depend on the
-context alone, as argmax's would.
+Sampling happens on the host after the LM head (`RoundOutput.sampled_s`): `HostSampler`
+(cent_serve/host_sampler.py) turns each sequence's logits, or timing-only nothing, into its
+token; `check_stop` (cent_serve/stop_check.py) says whether that token stops it.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
@@ -31,35 +26,19 @@ import numpy as np
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import devices_lost
 from cent_serve.messages import RoundOutput
-from cent_serve.model.sampling import (TokenCounts, UniformLogprobs, banned_ids, logprobs_of, make_generator,
-                                       restrict_and_bias, sample, token_logprob)
+from cent_serve.host_sampler import HostSampler
 from cent_serve.model.tokenizer import Tokenizer, load_tokenizer
 from cent_serve.replicas import NoReplica, Replicas, describe_fault
 from cent_serve.request import Request, RequestParams, RequestRefused, Status, prompt_too_long
-from cent_serve.scheduler import Scheduler, SchedulerOutput, kv_room
-from cent_serve.timing import SystemTimer
+from cent_serve.scheduler import Scheduler, SchedulerOutput
+from cent_serve.stop_check import check_stop, output_text
+from cent_serve.timing import hardware_timer
 
 log = logging.getLogger("cent.engine")
 
 FAULT_RETRIES = 1
 """Times a request a replica's devices died under is queued again (`Engine._recover`: started over
 with nothing produced, recomputed with its output so far) before such a death fails it."""
-
-
-def greedy_stand_in_seed(prompt_ids: list[int]) -> int:
-    """The stand-in sampler's seed for a greedy request: a stable hash of its prompt's ids (as
-    little-endian 64-bit integers, so every platform draws the same text)."""
-    return int.from_bytes(hashlib.blake2b(np.asarray(prompt_ids, dtype="<i8").tobytes(), digest_size=8).digest(),
-                          "little")
-
-
-def hardware_timer(cfg: CentConfig):
-    """The timing model of the configured hardware: CENT devices (`SystemTimer`) or GPUs
-    (`GpuTimer`); both give `.mapping` with the lanes and replicas the scheduler needs."""
-    if cfg.on_gpus:
-        from cent_serve.gpu.timing import GpuTimer
-        return GpuTimer(cfg)
-    return SystemTimer.from_config(cfg)
 
 
 @dataclass
@@ -108,20 +87,9 @@ class Engine:
         """Asked when a replica's devices fail: the cluster's part in it, if any (a Ray head gone takes
         the devices' links with it: `ClusterWatch.fault`, set by the engine loop that watches it)."""
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
-        self.stand_in_ids = None if self.full else self.tokenizer.stand_in_ids()
-        """Timing-only: the ids the stand-in sampler draws from, uniformly."""
-        self._uniform = None if self.full else UniformLogprobs(self.stand_in_ids)
-        sc = cfg.scheduler
-        if cfg.on_gpus:  # vLLM's batching: many sequences a step, chunked prefill in a token budget
-            g = cfg.gpu
-            room = self.timer.kv_room(sc.kv_block_tokens)  # the override caps it in the scheduler
-            self.scheduler = Scheduler(num_replicas, mp.lanes, g.num_seqs, room, g.num_batched_tokens,
-                                       sc.max_waiting, self.full, max_batched_tokens=g.num_batched_tokens,
-                                       kv_blocks_override=sc.num_kv_blocks_override)
-        else:
-            self.scheduler = Scheduler(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_room(cfg, mp),
-                                       sc.prefill_chunk_tokens, sc.max_waiting, self.full,
-                                       kv_blocks_override=sc.num_kv_blocks_override)
+        self.sampler = HostSampler(cfg, self.tokenizer)
+        """Turns each sequence's logits (timing-only: nothing) into its next token."""
+        self.scheduler = Scheduler.from_config(cfg, self.timer, num_replicas)
         self.requests: dict[str, Request] = {}
         self.now_s = 0.0
         self.round_start_s = 0.0
@@ -173,17 +141,11 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise RequestRefused("duplicate_id", f"request_id {rid!r} is already in use: pick another")
-        seed = params.sampling.seed
-        if seed is None:
-            seed = self.cfg.scheduler.seed * 1_000_003 + self._num_added
-        if not self.full and params.sampling.is_greedy:
-            # greedy decoding is a function of the context: the stand-in draws from the prompt alone,
-            # so a prompt gives the same text each time and its n choices agree, as argmax would
-            seed = greedy_stand_in_seed(prompt_ids)
+        rng = self.sampler.generator(prompt_ids, params, self._num_added)
         self._num_added += 1
         if arrival_s is None:
             arrival_s = self.arrival_now_s
-        req = Request(rid, list(prompt_ids), params, arrival_s, rng=make_generator(seed))
+        req = Request(rid, list(prompt_ids), params, arrival_s, rng=rng)
         req.ready_s = req.arrival_s
         self.scheduler.add(req)
         self.requests[rid] = req
@@ -423,97 +385,17 @@ class Engine:
                 req.energy_j += e
                 self.stats.energy_j += e
                 if block is not None and len(block) and req.params.prompt_logprobs is not None:
-                    self._prompt_logprobs(req, block, req.num_computed + n - len(block))
+                    self.sampler.prompt_logprobs(req, block, req.num_computed + n - len(block))
                 req.num_computed += n
                 req.ready_s = t = sampled_s[lane_of[k]]
                 if req.num_computed < req.num_tokens:
                     continue  # more prompt to go
-                self._append_token(req, self._sample(req, block[-1] if block is not None else None), t)
+                self._append_token(req, self.sampler.sample(req, block[-1] if block is not None else None), t)
                 advanced.append(req)
         failed, self._failed = self._failed, []
         return advanced + failed
 
     # ------------------------------------------------------------------ helpers
-
-    def _sample(self, req: Request, row) -> int:
-        """The next token, from the logits `row` (None: the stand-in sampler), its log-probabilities
-        recorded when the request asks for them."""
-        p = req.params
-        if row is None:
-            ids = self.stand_in_ids
-            if p.sampling.allowed_token_ids is not None:  # the stand-in draws only allowed ids too
-                ids = self._stand_in_allowed(p.sampling.allowed_token_ids)
-            if p.sampling.bad_words_ids:  # and none a bad word bars next, unless it bars them all
-                kept = ids[~np.isin(ids, banned_ids(p.sampling.bad_words_ids, req.output_ids))]
-                ids = kept if len(kept) else ids
-            if p.stop_token_ids and len(req.output_ids) < p.min_tokens:  # as `_stops_masked` does a row
-                allowed = ids[~np.isin(ids, p.stop_token_ids)]
-                if 0 < len(allowed) < len(ids):
-                    ids = allowed
-            token = int(ids[req.rng.integers(len(ids))])
-            if p.logprobs is not None:
-                req.logprobs.append(self._uniform.entry(token, p.logprobs))
-            if p.prompt_logprobs is not None and req.prompt_logprobs is None:
-                req.prompt_logprobs = [None] + [self._uniform.entry(t, p.prompt_logprobs) for t in req.prompt_ids[1:]]
-            return token
-        logits = row
-        if p.sampling.logit_bias or p.sampling.allowed_token_ids is not None or p.sampling.bad_words_ids:
-            logits = restrict_and_bias(row, p.sampling, req.output_ids)
-        if p.sampling.has_penalties:  # vLLM's order: the penalties before sampling, greedy too
-            if req.token_counts is None:
-                req.token_counts = TokenCounts(req.prompt_ids, len(row))
-            logits = req.token_counts.penalize(logits, p.sampling, req.output_ids)
-        if len(req.output_ids) < p.min_tokens:
-            logits = self._stops_masked(logits, p)
-        token = sample(logits, p.sampling, req.rng)
-        if p.logprobs is not None:
-            req.logprobs.append(self._logprob(row, p, token, p.logprobs, processed=logits))
-        return token
-
-    def _stand_in_allowed(self, allowed: tuple[int, ...]) -> np.ndarray:
-        """The ids the stand-in draws from under `allowed_token_ids`: its own ids that are allowed, or,
-        when none is, the allowed ids themselves (visible text or not: the request asked for them)."""
-        ids = self.stand_in_ids[np.isin(self.stand_in_ids, allowed)]
-        return ids if len(ids) else np.unique(np.asarray(allowed, dtype=self.stand_in_ids.dtype))
-
-    def _stops_masked(self, row, p: RequestParams) -> np.ndarray:
-        """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
-        ignore_eos) at -inf: before `min_tokens` they cannot be drawn, as vLLM 0.33's min-tokens logits
-        processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); raw
-        log-probabilities are the row's as it came, processed ones see the mask (`_logprob`). Not
-        where they are all the row leaves (allowed_token_ids of stop ids alone): the argmax of all -inf
-        would be token 0, which was not allowed; the stand-in draws them then too."""
-        m = self.cfg.model
-        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else {m.eos_token_id, *m.extra_eos_token_ids})
-        row = np.array(row, dtype=np.float64).reshape(-1)
-        ids = [t for t in stops if t is not None and 0 <= t < len(row)]
-        if np.count_nonzero(np.isfinite(row)) > np.count_nonzero(np.isfinite(row[ids])):
-            row[ids] = -np.inf
-        return row
-
-    def _logprob(self, logits, p: RequestParams, token: int, n: int, processed=None):
-        """`token`'s `TokenLogprob` (with `n` alternatives) under the logits row, as
-        `scheduler.logprobs_mode` says: `raw_logprobs` the model's row as it came, before any bias or
-        penalty (vLLM's default mode); `processed_logprobs` the sampler's distribution over the
-        `processed` row (allowed_token_ids, bad_words, logit_bias, the penalties, the min_tokens mask of
-        the stop tokens, when asked for), as vLLM's processed logprobs come after all of them
-        (vllm/v1/sample/sampler.py: its min-tokens processor runs in `apply_logits_processors`, before
-        `sample` takes them)."""
-        mode = self.cfg.scheduler.logprobs_mode
-        if processed is not None and mode != "raw_logprobs":
-            logits = processed
-        return token_logprob(logprobs_of(logits, p.sampling, mode), token, n)
-
-    def _prompt_logprobs(self, req: Request, block, first: int) -> None:
-        """Log-probabilities of the prompt tokens that the logits `block` (positions `first`, ...)
-        predict: position i's logits give prompt token i + 1's (a recompute of a request that has them
-        all asks for no such rows: `scheduler.logit_rows`)."""
-        p, prompt = req.params, req.prompt_ids
-        if req.prompt_logprobs is None:
-            req.prompt_logprobs = [None] * len(prompt)
-        for i, logits in enumerate(block, start=first):
-            if i + 1 < len(prompt):
-                req.prompt_logprobs[i + 1] = self._logprob(logits, p, prompt[i + 1], p.prompt_logprobs)
 
     def _append_token(self, req: Request, token: int, t: float) -> None:
         p = req.params
@@ -521,55 +403,15 @@ class Engine:
         self.stats.generation_tokens += 1
         if len(req.output_ids) == 1:
             self.stats.prompt_tokens += len(req.prompt_ids)
-        n = len(req.output_ids)
-        can_stop = n >= p.min_tokens
-        eos = self.cfg.model.is_eos(token)
-        if can_stop and ((eos and not p.ignore_eos) or token in p.stop_token_ids):
-            req.ends_with_stop_token = True  # eos and stop ids are not part of the text (OpenAI, vLLM) unless
-            # include_stop_str_in_output (vLLM's detokenizer decodes the stop token then)
-            if token != self.tokenizer.eos_token_id or token in p.stop_token_ids:
-                req.stop_reason = token  # vLLM's stop_reason: a stop id (its extra eos ids are ones), None for the eos
-            if p.stop:
-                req.text = req.detok.decode(self.tokenizer, self._text_ids(req), p.skip_special_tokens)
+        if check_stop(req, token, self.cfg.model, self.tokenizer):
             self._finish(req, "stop", t)
-            return
-        if p.stop:  # text at each token only when stop strings need it
-            old, same = req.text, len(req.detok.text)  # the text no later token changes: old's and new's
-            req.text = new = req.detok.decode(self.tokenizer, req.output_ids, p.skip_special_tokens)
-            if can_stop:
-                # where the new text parts from the last: the text before it was searched (and maybe
-                # streamed) already; past it, a character of several bytes that showed as U+FFFD is
-                # now whole without the text growing (the text's length would start past it)
-                end = min(len(old), len(new))
-                while same < end and old[same] == new[same]:
-                    same += 1
-                # the first stop string of the list that ends in what is new, not the one earliest in
-                # the text, as vLLM takes it (vllm/v1/engine/detokenizer.py `check_stop_strings`): a
-                # shorter one wholly in old text, held back by min_tokens then, does not stop it now
-                hit = next(((i, x) for x in p.stop if (i := new.find(x, max(0, same - len(x) + 1))) >= 0), None)
-                if hit is not None:
-                    cut, req.stop_reason = hit
-                    req.text = new[:cut + len(hit[1])] if p.include_stop_str_in_output else new[:cut]
-                    self._finish(req, "stop", t)
-                    return
-        if (n >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
-                or not self.scheduler.fits_alone(req.num_tokens + 1)):  # no room even alone
+        elif (len(req.output_ids) >= p.max_tokens or req.num_tokens >= self.cfg.model.max_seq_len
+              or not self.scheduler.fits_alone(req.num_tokens + 1)):  # no room even alone
             self._finish(req, "length", t)
 
     def text(self, req: Request) -> str:
-        """The request's output text so far (stop strings and stop tokens excluded, unless
-        `include_stop_str_in_output`)."""
-        if req.params.stop:
-            return req.text
-        return req.detok.decode(self.tokenizer, self._text_ids(req), req.params.skip_special_tokens)
-
-    @staticmethod
-    def _text_ids(req: Request) -> list[int]:
-        """The output ids the text is decoded from: all but a stop token that ended it, unless the
-        request includes it (`include_stop_str_in_output`)."""
-        if req.ends_with_stop_token and not req.params.include_stop_str_in_output:
-            return req.output_ids[:-1]
-        return req.output_ids
+        """The request's output text so far (`stop_check.output_text`)."""
+        return output_text(req, self.tokenizer)
 
     def _finish(self, req: Request, reason: str, t: float) -> None:
         self.scheduler.finish(req)  # a running sequence's id goes to its devices with the next plan

@@ -139,7 +139,7 @@ class Request:
     per prompt token, filled as the prompt's chunks are computed."""
     token_counts: TokenCounts | None = field(default=None, repr=False)
     """With penalties and full numerics: the prompt's and output's tokens as the penalties read them,
-    made at the first token sampled and kept up to date with the output (`Engine._sample`)."""
+    made at the first token sampled and kept up to date with the output (`HostSampler.sample`)."""
 
     def __post_init__(self) -> None:
         self.num_tokens = len(self.prompt_ids) + len(self.output_ids)

@@ -71,6 +71,21 @@ class SchedulerOutput:
 class Scheduler:
     """Waiting and running queues over `num_replicas` x `lanes_per_replica` lanes."""
 
+    @classmethod
+    def from_config(cls, cfg: CentConfig, timer, num_replicas: int) -> Scheduler:
+        """The scheduler of `cfg`'s hardware over `num_replicas` replicas of `timer.mapping` (the
+        engine's): on GPUs vLLM's batching, many sequences a step, chunked prefill in a token budget."""
+        mp, sc, full = timer.mapping, cfg.scheduler, cfg.resolved_numerics == "full"
+        if cfg.on_gpus:
+            g = cfg.gpu
+            room = timer.kv_room(sc.kv_block_tokens)  # the override caps it in the scheduler
+            return cls(num_replicas, mp.lanes, g.num_seqs, room, g.num_batched_tokens,
+                       sc.max_waiting, full, max_batched_tokens=g.num_batched_tokens,
+                       kv_blocks_override=sc.num_kv_blocks_override)
+        return cls(num_replicas, mp.lanes, sc.max_seqs_per_stage, kv_room(cfg, mp),
+                   sc.prefill_chunk_tokens, sc.max_waiting, full,
+                   kv_blocks_override=sc.num_kv_blocks_override)
+
     def __init__(self, num_replicas: int, lanes_per_replica: int, seqs_per_lane: int,
                  kv: KVRoom, prefill_chunk_tokens: int, max_waiting: int, with_token_ids: bool = False,
                  max_batched_tokens: int | None = None, kv_blocks_override: int | None = None) -> None:

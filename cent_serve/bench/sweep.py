@@ -76,7 +76,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
 
 def sweep_title(cfg: CentConfig, rates: list[float], bench: dict, given: str = "") -> str:
     """What the sweep replays, before its first rate: bench run's title line and the rates."""
-    from cent_serve.engine import hardware_timer
+    from cent_serve.timing import hardware_timer
 
     mp = hardware_timer(cfg).mapping
     status = dict(hardware=cfg.hardware, mapping=dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used,

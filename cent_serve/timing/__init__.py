@@ -11,5 +11,14 @@ from cent_serve.timing.mapping import Mapping, Stage, check_capacity, resolve_ma
 from cent_serve.timing.pipeline import TokenFigures, phase_figures, token_figures
 from cent_serve.timing.token import SystemTimer
 
-__all__ = ["Mapping", "Stage", "check_capacity", "resolve_mapping", "SystemTimer", "TokenFigures",
+__all__ = ["Mapping", "Stage", "check_capacity", "hardware_timer", "resolve_mapping", "SystemTimer", "TokenFigures",
            "phase_figures", "token_figures"]
+
+
+def hardware_timer(cfg):
+    """The timing model of the configured hardware (a `CentConfig`'s): CENT devices (`SystemTimer`) or
+    GPUs (`GpuTimer`); both give `.mapping` with the lanes and replicas the scheduler needs."""
+    if cfg.on_gpus:
+        from cent_serve.gpu.timing import GpuTimer
+        return GpuTimer(cfg)
+    return SystemTimer.from_config(cfg)

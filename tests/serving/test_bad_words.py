@@ -100,7 +100,7 @@ def test_the_stand_in_draws_as_before_when_the_bad_words_bar_all_its_ids():
     """Single-token bad words over every id the stand-in draws: it keeps drawing them (it has nothing
     else; the docs' "unless that is all of them"), the same draws as without bad words."""
     eng = Engine(CentConfig(model=TINY, parallel=ParallelConfig(8, 0, 1), numerics="off"))
-    every = tuple((int(t),) for t in eng.stand_in_ids)
+    every = tuple((int(t),) for t in eng.sampler.stand_in_ids)
     assert _run("off", seed=2, bad_words_ids=every) == _run("off", seed=2)
 
 

@@ -170,7 +170,7 @@ def test_a_stop_string_ending_in_a_character_of_several_bytes_stops(stop):
     missed every stop string ending in such a character (audit: "\u02a4" ran to max_tokens)."""
     eng = _engine(numerics="off")
     forced = iter(eng.tokenizer.encode(f"ab{stop}cd", add_bos=False))
-    eng._sample = lambda req, row: next(forced)
+    eng.sampler.sample = lambda req, row: next(forced)
     req = eng.add_request([1, 72], RequestParams(max_tokens=20, ignore_eos=True, stop=(stop,)))
     _run(eng)
     assert (req.finish_reason, req.stop_reason, eng.text(req)) == ("stop", stop, "ab")
@@ -183,7 +183,7 @@ def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
     for stop, want in ((("a", "xyz"), ("length", None, "abcdefgh")), (("a", "cd"), ("stop", "cd", "ab"))):
         eng = _engine(numerics="off")
         forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
-        eng._sample = lambda req, row: next(forced)
+        eng.sampler.sample = lambda req, row: next(forced)
         req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
         _run(eng)
         assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
@@ -198,7 +198,7 @@ def test_of_two_stop_strings_in_the_new_text_the_first_listed_stops_it(include):
     for stop, want in ((("b", "ab"), ("b", "a")), (("ab", "b"), ("ab", ""))):
         eng = _engine(numerics="off")
         forced = iter(eng.tokenizer.encode("abcd", add_bos=False))
-        eng._sample = lambda req, row: next(forced)
+        eng.sampler.sample = lambda req, row: next(forced)
         req = eng.add_request([1, 72], RequestParams(max_tokens=4, ignore_eos=True, stop=stop,
                                                      include_stop_str_in_output=include))
         _run(eng)
@@ -224,13 +224,13 @@ def test_min_tokens_keeps_the_stop_tokens_from_being_drawn(ignore_eos, mode):
         p = RequestParams(max_tokens=8, min_tokens=2, stop_token_ids=(stop_id,), ignore_eos=ignore_eos,
                           sampling=sampling, logprobs=1)
         req = eng.add_request([1, 72], p)
-        first = eng._sample(req, row)
+        first = eng.sampler.sample(req, row)
         assert first == (eos if ignore_eos else 65), sampling  # the stop id never; the eos only when ignored
         seen = row if mode == "raw_logprobs" else masked
         assert req.logprobs[-1] == token_logprob(logprobs_of(seen, sampling, mode), first, 1)
         assert req.logprobs[-1].top[0][0] == (eos if mode == "raw_logprobs" or ignore_eos else 65)
         req.output_ids.extend([65, 65])  # min_tokens reached: the row as it came
-        assert eng._sample(req, row) == eos
+        assert eng.sampler.sample(req, row) == eos
         assert req.logprobs[-1] == token_logprob(logprobs_of(row, sampling, mode), eos, 1)
         eng.abort(req.request_id)
 
@@ -240,7 +240,7 @@ def test_the_stand_in_sampler_draws_no_stop_id_before_min_tokens_either():
     min_tokens (it was, and stayed in the output and its text); after it, it may be and stops the
     request. A request without stop ids draws exactly as before (the seeded draws unmoved)."""
     eng = _engine(numerics="off")
-    ids = [int(i) for i in eng.stand_in_ids]
+    ids = [int(i) for i in eng.sampler.stand_in_ids]
     keep = ids[:2]
     stops = tuple(ids[2:])  # every stand-in id but two
     for seed in range(5):

@@ -81,7 +81,7 @@ def test_logprobs_are_the_model_s_in_raw_mode_and_the_biased_in_processed(mode):
     row[[65, 66]] = 5.0, 4.0
     p = RequestParams(max_tokens=8, logprobs=1, sampling=SamplingParams(temperature=0.0, logit_bias=((66, 2.0),)))
     req = eng.add_request([1, 72], p)
-    assert eng._sample(req, row) == 66
+    assert eng.sampler.sample(req, row) == 66
     expect = row if mode == "raw_logprobs" else restrict_and_bias(row, p.sampling)
     assert req.logprobs[-1].logprob == pytest.approx(logprobs_of(expect, p.sampling)[66])
 
@@ -90,7 +90,7 @@ def test_timing_only_draws_keep_to_the_allowed_ids_and_ignore_the_bias():
     """The stand-in draws among its ids that are allowed (or the allowed ids, when none of its own is);
     a bias has no logits to act on: the seeded draws are the plain ones."""
     eng = _engine(numerics="off")
-    ids = [int(i) for i in eng.stand_in_ids]
+    ids = [int(i) for i in eng.sampler.stand_in_ids]
     for seed in range(3):
         out = _run(eng, sampling=SamplingParams(seed=seed, allowed_token_ids=(ids[3], ids[9], 2)))
         assert set(out) <= {ids[3], ids[9]} and len(set(out)) == 2

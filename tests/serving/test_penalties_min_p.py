@@ -100,7 +100,7 @@ def test_logprobs_are_before_the_penalties_in_raw_mode_and_after_in_processed(mo
     p = RequestParams(max_tokens=8, logprobs=2, sampling=SamplingParams(temperature=0.0, frequency_penalty=2.0))
     req = eng.add_request([1, 72], p)
     req.output_ids.append(65)
-    assert eng._sample(req, row) == 66  # 65's 5 - 2 falls under 66's 4
+    assert eng.sampler.sample(req, row) == 66  # 65's 5 - 2 falls under 66's 4
     got = req.logprobs[-1]
     expect = row if mode == "raw_logprobs" else _penalized(row, [1, 72], [65], p.sampling)
     assert got.token_id == 66 and got.logprob == pytest.approx(logprobs_of(expect, p.sampling)[66])
@@ -181,7 +181,7 @@ def test_a_repetition_penalty_alone_changes_the_engine_s_draw():
     row[[65, 66]] = 3.0, 2.0
     req = eng.add_request([1, 65], RequestParams(max_tokens=4, sampling=SamplingParams(temperature=0.0,
                                                                                       repetition_penalty=2.0)))
-    assert eng._sample(req, row) == 66
+    assert eng.sampler.sample(req, row) == 66
 
 
 def test_the_logit_bias_is_added_before_the_penalties():
@@ -193,7 +193,7 @@ def test_the_logit_bias_is_added_before_the_penalties():
     row[[65, 66]] = 4.0, 5.0
     req = eng.add_request([1, 65], RequestParams(max_tokens=4, sampling=SamplingParams(
         temperature=0.0, repetition_penalty=2.0, logit_bias=((65, 4.0),))))
-    assert eng._sample(req, row) == 66
+    assert eng.sampler.sample(req, row) == 66
 
 
 def test_the_counts_are_kept_across_steps_and_a_preemption_counts_nothing_twice():
