@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.checks import ApiError, short
 from api.metrics import Metrics
-from api.protocol import ApiError, short
 from cent_serve.config import CentConfig
 from cent_serve.engine import Engine
 from cent_serve.model.chat_template import TEMPLATE_VARIABLES

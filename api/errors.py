@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.checks import ApiError, prompt_error, short
 from api.guard import is_generation, is_preflight, send_error
-from api.protocol import ApiError, prompt_error, schema_param, short
+from api.protocol import schema_param
 from cent_serve.serving import EngineStopped
 
 log = logging.getLogger("cent.server")

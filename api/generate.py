@@ -18,10 +18,10 @@ from typing import AsyncIterator
 
 from fastapi import Request
 
+from api.checks import ApiError
 from api.context import ApiContext, FieldNames, refusal, sse, summary, usage
 from api.logprobs import prompt_logprobs as format_prompt_logprobs, text_lengths
 from api.errors import EventStream, record, record_finished
-from api.protocol import ApiError
 from cent_serve.replicas import NO_REPLICA, NoReplica
 from cent_serve.request import Request as EngineRequest, RequestParams, RequestRefused
 from cent_serve.scheduler import QueueFull

@@ -11,7 +11,7 @@ import hmac
 import json
 from typing import Callable
 
-from api.protocol import ApiError
+from api.checks import ApiError
 
 OPEN_PATHS = frozenset({"/health", "/ping", "/docs", "/openapi.json"})
 """Paths served without the API key: the liveness probes, and the API's documentation (a browser

@@ -13,11 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.checks import ApiError
 from api.context import ApiContext, FieldNames, api_context
 from api.generate import Endpoint, Prompts, generate, with_prompt
 from api.logprobs import chat_logprobs, completion_logprobs, piece
-from api.protocol import (ApiError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse,
-                          TokenizeRequest, chat_messages)
+from api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, TokenizeRequest,
+                          chat_messages)
 from cent_serve import __version__
 from cent_serve.config import config_to_dict
 from cent_serve.model.tokenizer import ByteTokenizer

@@ -107,7 +107,7 @@ def test_the_stand_in_draws_as_before_when_the_bad_words_bar_all_its_ids():
 def test_bad_words_limits_are_256_words_of_1024_characters_past_them_a_one_line_400():
     import httpx
 
-    from api.protocol import MAX_BAD_WORDS, MAX_STOP_CHARS
+    from api.checks import MAX_BAD_WORDS, MAX_STOP_CHARS
     from api.server import Server
 
     cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="off")

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
+from api.checks import ApiError
 from api.generate import collect
-from api.protocol import ApiError
 from tests.serving.utils import FAIL_AFTER_S, FakeCtx, FakeReq, FakeStreamRaw
 
 

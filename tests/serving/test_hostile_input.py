@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from api.protocol import MAX_N, MAX_STOP_CHARS, UNSUPPORTED
+from api.checks import MAX_N, MAX_STOP_CHARS, UNSUPPORTED
 from api.server import Server
 from cent_serve.config import model_preset
 from tests.serving.utils import body, server_cfg
