@@ -304,6 +304,11 @@ GPU_CLOSED_FORM_READS = ("scheduler.kv_block_tokens",)
 hold in whole blocks (`GpuTimer.max_batch`)."""
 
 
+CENT_CLOSED_FORM_GPU_READS = ("gpu.tco_per_gpu",)
+"""`gpu.` fields the CENT closed form reads: the price of the paper's GPUs in its tokens per dollar ratio
+(`timing.energy.paper_gpu_tco`)."""
+
+
 def on_gpus_unread(path: str) -> bool:
     """Whether the GPUs' closed form leaves `path` unread for a reason `warn_closed_form_ignores` tells: not a
     `gpu.` field (the GPUs' own), nor one of CENT_ONLY_FIELDS (`warn_gpu_run` says so), nor one it reads."""
@@ -313,9 +318,10 @@ def on_gpus_unread(path: str) -> bool:
 
 def closed_form_unread(path: str, moe: bool = False, gpus: bool = False) -> tuple[str, str] | None:
     """(what `path` sets, where to see it) when the closed form does not read it (CLOSED_FORM_IGNORES, except
-    model.seed with `moe`, what it reads for capacity (CLOSED_FORM_CAPACITY_ONLY) and, with `gpus`, what
-    `on_gpus_unread` leaves out), else None."""
-    if (moe and path == "model.seed") or (gpus and not on_gpus_unread(path)) or path in CLOSED_FORM_CAPACITY_ONLY:
+    model.seed with `moe`, what it reads for capacity (CLOSED_FORM_CAPACITY_ONLY), the GPUs' price its ratio
+    reads (CENT_CLOSED_FORM_GPU_READS) and, with `gpus`, what `on_gpus_unread` leaves out), else None."""
+    if ((moe and path == "model.seed") or (gpus and not on_gpus_unread(path)) or path in CLOSED_FORM_CAPACITY_ONLY
+            or path in CENT_CLOSED_FORM_GPU_READS):
         return None
     hit = next((v for k, v in CLOSED_FORM_IGNORES.items()
                 if path == k or (k.endswith((".", "_")) and path.startswith(k))), None)

@@ -58,7 +58,8 @@ def _with_costs(cfg: CentConfig, mp, phases: dict, prompt: int, decode: int) -> 
         row = phases.get(phase)
         if row is not None:
             row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
-                                    row["energy_per_token_mj"], cfg.device, against_paper=against))
+                                    row["energy_per_token_mj"], cfg.device, against_paper=against,
+                                    tco_per_gpu=cfg.gpu.tco_per_gpu))
     return phases
 
 

@@ -389,7 +389,9 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     base = rows and rows[0].get("gpu_throughput_tok_s")
     print("cpb: channels a block's weights span on each of its devices; used: devices one copy of the model takes")
     if base:
-        print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end (docs/hardware_model.md section 9)")
+        price = "" if cfg.gpu.tco_per_gpu is None else f", priced at gpu.tco_per_gpu={cfg.gpu.tco_per_gpu:g} TCO units each"
+        print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end{price} "
+              "(docs/hardware_model.md section 9)")
         _tco_line(cfg, has_ratio, json_out=False)
     elif not paper:
         _no_ratio_note(cfg.model, prompt, decode, cfg.device)

@@ -255,9 +255,10 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    wall_s=s["wall_s"],
                    lanes=mp["lanes"] * mp["max_seqs_per_stage"])  # the queries it runs at once when full
         row["mean_in_flight"] = mean_in_flight(res.records, row["lanes"])
+        # the command's purpose: the paper's baseline beside a trace (its GPUs priced at gpu.tco_per_gpu when set)
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
-                            against_paper=True)  # the command's purpose: the paper's baseline beside a trace
+                            against_paper=True, tco_per_gpu=cfg.gpu.tco_per_gpu)
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
                     if k in cost})
         rows.append(row)

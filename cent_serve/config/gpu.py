@@ -43,7 +43,8 @@ class GpuConfig:
     link: chosen, not fitted to the 7B data (docs/gpu_model.md says how)."""
     tco_per_gpu: float | None = None
     """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices), a
-    positive number; None = the kind's own (none for the H100: tokens per dollar are then not reported)."""
+    positive number; None = the kind's own (none for the H100: tokens per dollar are then not reported).
+    It also prices the paper's A100s in CENT's tokens per dollar against them (`tokens_per_dollar_ratio`)."""
 
     _positive = frozenset({"pp", "memory_utilization", "tco_per_gpu"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""

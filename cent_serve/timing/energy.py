@@ -50,9 +50,9 @@ GPU_BASELINES = {
     "llama2-13b": dict(gpus=2, prefill=12913.0, decoding=953.0, end2end=1077.0),
     "llama2-70b": dict(gpus=4, prefill=3110.0, decoding=917.0, end2end=1006.0),
 }
-# docs/hardware_model.md section 9: TCO factor 1.76 (#GPU / 4) / (0.73 (#CENT / 32)); the CENT side is
-# device.tco_per_device (0.73 / 32 by default), so a researcher pricing another device can say so.
-TCO_GPU_PER_4 = 1.76
+PAPER_GPU_KIND = "a100-80gb"
+"""The GPUs `GPU_BASELINES` measured (the CENT artifact's A100-80GB SXM4 modules, docs/gpu_model.md section 4):
+their price in the TCO ratio is this kind's `tco_per_gpu` (1.76 per 4) unless `gpu.tco_per_gpu` is set."""
 
 TERMS = ("activate", "read", "write", "pim", "dq", "controller", "active_standby", "precharge_standby",
          "sram_static", "sram_dynamic", "accelerator_static", "accelerator_dynamic", "riscv",
@@ -354,6 +354,16 @@ PAPER_WORKLOAD = (512, 3584)
 """The prompt and generated tokens of every query the paper's GPU figures (`GPU_BASELINES`) measured."""
 
 
+def paper_gpu_tco(gpus: int, tco_per_gpu: float | None = None) -> float:
+    """TCO units of the paper's `gpus` GPUs in the artifact's convention (section 9: 1.76 per 4 A100s), each
+    priced at `tco_per_gpu` (`gpu.tco_per_gpu`, the GPUs' price wherever the config sets it) or, None, at the
+    A100's own (`PAPER_GPU_KIND`). 1.76 / 4 x gpus is 1.76 x gpus / 4 bit for bit for the 1, 2 and 4 GPUs
+    of the baselines (powers of two scale a float exactly)."""
+    from cent_serve.gpu.kinds import GPU_KINDS
+
+    return (GPU_KINDS[PAPER_GPU_KIND].tco_per_gpu if tco_per_gpu is None else tco_per_gpu) * gpus
+
+
 def cent_tco(dev: DeviceConfig, num_devices: int) -> float:
     """TCO units of `num_devices` CENT devices in the artifact's convention (section 9):
     `dev.tco_per_device` each (the paper's: 0.73 per 32)."""
@@ -434,10 +444,12 @@ def paper_workload(model: ModelConfig, prompt: int, decode: int, dev: DeviceConf
 
 
 def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throughput_tok_s: float,
-                 phase: str, energy_per_token_mj: float, dev: DeviceConfig, *, against_paper: bool) -> dict:
+                 phase: str, energy_per_token_mj: float, dev: DeviceConfig, *, against_paper: bool,
+                 tco_per_gpu: float | None = None) -> dict:
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
-    caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace)."""
+    caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace).
+    `tco_per_gpu`: the config's `gpu.tco_per_gpu`, which prices those GPUs (None: the A100's, `paper_gpu_tco`)."""
     tco_cent = cent_tco(dev, num_devices)
     system_usd = dev.unit_cost_usd * num_devices  # every device bought, also those a mapping leaves idle
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=system_usd,
@@ -448,7 +460,7 @@ def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throug
     if base is None or not against_paper:
         return out
     gpu = base[phase]
-    tco_gpu = TCO_GPU_PER_4 * base["gpus"] / 4
+    tco_gpu = paper_gpu_tco(base["gpus"], tco_per_gpu)
     out.update(gpu_throughput_tok_s=gpu, gpus=base["gpus"], throughput_ratio=throughput_tok_s / gpu,
                tokens_per_dollar_ratio=(throughput_tok_s / tco_cent) / (gpu / tco_gpu))
     return out

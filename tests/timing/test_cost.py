@@ -216,3 +216,34 @@ def test_simulate_sweep_json_without_a_ratio_warns_nothing_of_prices(capsys, cap
                  "--set", "device.num_channels=64", "--json"]) == 0
     capsys.readouterr()
     assert not [r for r in caplog.records if "device.tco_per_device" in r.getMessage()]
+
+
+def test_the_paper_s_gpus_are_priced_at_gpu_tco_per_gpu_when_it_is_set(capsys, caplog):
+    """`gpu.tco_per_gpu` prices the GPUs on `--hardware gpu:...` and in `cent bench compare`, and the paper's
+    A100s in the closed form's tokens per dollar against them too: twice an A100's price doubles the ratio
+    (the throughput ratio stays), and the closed form does not call the field unread. Unset, the GPU side is
+    section 9's 1.76 x GPUs / 4 bit for bit."""
+    import json
+
+    from cent_serve.cli import main
+    from cent_serve.timing.energy import paper_gpu_tco
+
+    assert [paper_gpu_tco(g) for g in (1, 2, 4)] == [1.76 * g / 4 for g in (1, 2, 4)]
+    m = model_preset("llama2-13b")
+    c = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
+    dear = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True, tco_per_gpu=0.88)
+    assert dear["tokens_per_dollar_ratio"] == pytest.approx(2 * c["tokens_per_dollar_ratio"], rel=1e-12)
+    assert dear["throughput_ratio"] == c["throughput_ratio"]
+    common = ["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", "3584", "--json"]
+    assert main(common) == 0
+    base = json.loads(capsys.readouterr().out)
+    caplog.clear()
+    assert main(common + ["--set", "gpu.tco_per_gpu=0.88"]) == 0
+    priced = json.loads(capsys.readouterr().out)
+    for phase in ("prefill", "decoding", "end2end"):
+        assert priced[phase]["tokens_per_dollar_ratio"] == pytest.approx(2 * base[phase]["tokens_per_dollar_ratio"],
+                                                                         rel=1e-12)
+        assert priced[phase]["throughput_ratio"] == base[phase]["throughput_ratio"]
+    assert not [r for r in caplog.records if "gpu.tco_per_gpu" in r.getMessage()]
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--set", "gpu.tco_per_gpu=0.88"]) == 0
+    assert "priced at gpu.tco_per_gpu=0.88 TCO units each" in capsys.readouterr().out
