@@ -10,6 +10,10 @@ from cent_serve.config.checks import _check, _check_numbers
 from cent_serve.config.fields import _from_dict
 
 
+PAPER_TCO_PER_DEVICE = 0.73 / 32
+"""The paper's CENT device in the artifact's TCO units: 0.73 per 32 devices (docs/hardware_model.md section 9)."""
+
+
 @dataclass
 class EnergyConfig:
     """Energy constants of one CENT device (docs/hardware_model.md section 8). Source: the CENT
@@ -213,17 +217,23 @@ class DeviceConfig:
     so a sweep over those gets capacity and speed at the same price unless it sets this too. It
     prices the devices (`tok_s_per_usd`); tokens per dollar against GPUs count device.tco_per_device
     instead, which this does not move."""
-    tco_per_device: float = 0.73 / 32
+    tco_per_device: float | None = None
     """A device's cost in the CENT artifact's TCO units, which tokens per dollar against GPUs count in
-    (`tokens_per_dollar_ratio`, `tokens_per_tco`; docs/hardware_model.md section 9): the paper's device,
-    0.73 per 32, against 1.76 per 4 A100s (gpu.tco_per_gpu). A positive number; it does not follow
-    unit_cost_usd, num_channels or the capacity: a device priced otherwise sets this too."""
+    (`tokens_per_dollar_ratio`, `tokens_per_tco`; docs/hardware_model.md section 9), against 1.76 per 4
+    A100s (gpu.tco_per_gpu); None = the paper's device, 0.73 per 32 (0.0228125). A positive number; it does
+    not follow unit_cost_usd, num_channels or the capacity: a device priced otherwise sets this too (set,
+    even to 0.0228125, it is this device's price, and no note says the ratio prices the paper's device)."""
 
     @property
     def capacity_bytes(self) -> int:
         """DRAM per device: channels x banks x rows x row size (32 x 16 x 16384 x 2 KB = 16 GiB)."""
         return (self.num_channels * self.banks_per_channel * self.rows_per_bank * self.row_elements
                 * self.bytes_per_element)
+
+    @property
+    def tco(self) -> float:
+        """A device's TCO units: tco_per_device, or the paper's device's (`PAPER_TCO_PER_DEVICE`) when unset."""
+        return PAPER_TCO_PER_DEVICE if self.tco_per_device is None else self.tco_per_device
 
     @property
     def kv_element_bytes(self) -> int:

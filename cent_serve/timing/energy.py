@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from cent_serve.config import DeviceConfig, ModelConfig, preset_changes
+from cent_serve.config.hardware import PAPER_TCO_PER_DEVICE
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
 from cent_serve.timing.accelerator import score_passes
@@ -366,8 +367,8 @@ def paper_gpu_tco(gpus: int, tco_per_gpu: float | None = None) -> float:
 
 def cent_tco(dev: DeviceConfig, num_devices: int) -> float:
     """TCO units of `num_devices` CENT devices in the artifact's convention (section 9):
-    `dev.tco_per_device` each (the paper's: 0.73 per 32)."""
-    return dev.tco_per_device * num_devices
+    `dev.tco` each (`device.tco_per_device`, unset the paper's: 0.73 per 32)."""
+    return dev.tco * num_devices
 
 
 PRICED_DEVICE_FIELDS = ("unit_cost_usd", "num_channels", "banks_per_channel", "rows_per_bank", "row_elements")
@@ -377,14 +378,15 @@ that `device.tco_per_device`, the cost tokens per dollar against GPUs count, doe
 
 def unpriced_device_changes(dev: DeviceConfig) -> list[str]:
     """`device.F=value` for each of `PRICED_DEVICE_FIELDS` changed from its default while
-    `dev.tco_per_device` is the paper's device's: tokens per dollar against GPUs still price it as that
-    device (`tco_note` says so). [] when none is, or the TCO was set."""
+    `dev.tco_per_device` is unset: tokens per dollar against GPUs still price it as the paper's device
+    (`tco_note` says so). [] when none is, or the TCO was set (to any value, the paper's 0.0228125 too:
+    the user priced this device so)."""
     import math
 
     def same(f: str) -> bool:  # 28.17 as the paper prints it is the default's 2.69 + 1.10 + 24.38 (28.169999...)
         return math.isclose(getattr(dev, f), getattr(DeviceConfig, f), rel_tol=1e-9)
 
-    if not same("tco_per_device"):
+    if dev.tco_per_device is not None:
         return []
     return [f"device.{f}={getattr(dev, f)}" for f in PRICED_DEVICE_FIELDS if not same(f)]
 
@@ -394,7 +396,7 @@ def tco_note(changes: list[str], fix: str = "--set device.tco_per_device=UNITS")
     (`unpriced_device_changes`, or the fields a sweep varies) leave them the paper's device's; `fix`:
     how the command gives the device its own."""
     return (f"tokens per dollar against GPUs price every device at device.tco_per_device="
-            f"{DeviceConfig.tco_per_device:g} TCO units (the paper's device: 0.73 per 32, against 1.76 per 4 "
+            f"{PAPER_TCO_PER_DEVICE:g} TCO units (the paper's device: 0.73 per 32, against 1.76 per 4 "
             f"A100s; docs/hardware_model.md section 9), which {', '.join(changes)} "
             f"{'does' if len(changes) == 1 else 'do'} not move: {fix} gives "
             "this device's cost in those units")

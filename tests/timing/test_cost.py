@@ -149,7 +149,7 @@ def test_the_device_s_tco_prices_tokens_per_dollar_and_defaults_to_the_paper_s()
     that halves the tokens per TCO unit and the ratio, as the price field alone does not."""
     m = model_preset("llama2-13b")
     c = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DEV, against_paper=True)
-    assert DEV.tco_per_device == 0.73 / 32
+    assert DEV.tco_per_device is None and DEV.tco == 0.73 / 32  # unset: the paper's
     assert c["tokens_per_dollar_ratio"] == (1000.0 / (0.73 * 20 / 32)) / (1077.0 / (1.76 * 2 / 4))
     assert c["tokens_per_tco"] == 1000.0 / (0.73 * 20 / 32)
     dear = cost_figures(m, 20, 20, 1000.0, "end2end", 100.0, DeviceConfig(tco_per_device=0.73 / 16),
@@ -247,3 +247,34 @@ def test_the_paper_s_gpus_are_priced_at_gpu_tco_per_gpu_when_it_is_set(capsys, c
     assert not [r for r in caplog.records if "gpu.tco_per_gpu" in r.getMessage()]
     assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--set", "gpu.tco_per_gpu=0.88"]) == 0
     assert "priced at gpu.tco_per_gpu=0.88 TCO units each" in capsys.readouterr().out
+
+
+def test_the_tco_note_follows_whether_the_device_s_tco_was_set_not_its_value(tmp_path, capsys, caplog):
+    """A device with 64 channels whose TCO is set, even to the paper's 0.0228125, is priced by the user: no
+    note. Left unset, the note comes, and again from the config the run wrote (null there), so a rerun
+    says what the run said; the figures are the same either way."""
+    import json
+
+    from cent_serve.cli import main
+    from cent_serve.timing.energy import unpriced_device_changes
+
+    assert unpriced_device_changes(DeviceConfig(num_channels=64)) == ["device.num_channels=64"]
+    assert unpriced_device_changes(DeviceConfig(num_channels=64, tco_per_device=0.73 / 32)) == []
+    common = ["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--set", "device.num_channels=64"]
+    assert main(common + ["--set", "device.tco_per_device=0.0228125"]) == 0
+    given = capsys.readouterr().out
+    assert "does not move" not in given
+    assert main(common) == 0
+    unset = capsys.readouterr().out
+    assert "which device.num_channels=64 does not move" in unset
+    assert [x for x in given.splitlines() if x.endswith("x")] == [x for x in unset.splitlines() if x.endswith("x")]
+    assert main(common + ["--json"]) == 0
+    written = json.loads(capsys.readouterr().out)["config"]
+    assert written["device"]["tco_per_device"] is None
+    (tmp_path / "c.json").write_text(json.dumps(written))
+    caplog.clear()
+    assert main(["simulate", "--config", str(tmp_path / "c.json"), "--sweep"]) == 0
+    assert "which device.num_channels=64 does not move" in capsys.readouterr().out
+    assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--set", "device.tco_per_device=0.0228125",
+                 "--vary", "device.num_channels=32,64", "--out", str(tmp_path / "s"), "--no-plots"]) == 0
+    assert "does not move" not in capsys.readouterr().out
