@@ -2,7 +2,8 @@
 
 Every combination of the `--vary` values is a point: the config from the usual flags with those
 fields set. Fields named together in one `--vary` move in step (`--vary devices,pp=32:80,64:160`: a
-point takes each one's value at one index, devices 32 with pp 80, then 64 with 160), and that group's
+point takes each one's value at one index, devices 32 with pp 80, then 64 with 160; a model among them
+keeps the ':'s of its path or name, `--vary model,devices=C:/ckpt:8`), and that group's
 points are crossed with the other `--vary`s'. A point is evaluated by the closed form (the paper's workload or `--prompt/--decode`, one query a
 pipeline stage or `--batch` in each replica, the pipeline the devices run: `cent_serve.timing.pipeline`) or, with `--trace`, by an in-process
 timing-only replay of the trace (`cent_serve.bench`), read once for every point and selected and
@@ -141,7 +142,7 @@ def parse_vary_groups(items: list[str]) -> list[list[tuple[str, list[str]]]]:
             raise ValueError(f"--vary {item!r}: {joined} joins the values of fields in step, but only {names[0]} is "
                              f"named: name each of them before the '=' (e.g. {IN_STEP_EXAMPLE}), or give "
                              f"{names[0]} one value a point ({names[0]}=V1,V2,...)")
-        points = [v.split(":") if len(names) > 1 else [v] for v in vals]
+        points = [_point_values(v, names) for v in vals]
         bad = next((v for v, p in zip(vals, points) if len(p) != len(names) or not all(x.strip() for x in p)), None)
         if bad is not None:
             raise ValueError(f"--vary {item!r}: the point {bad} does not give one value for each of the {len(names)} "
@@ -160,6 +161,21 @@ def parse_vary_groups(items: list[str]) -> list[list[tuple[str, list[str]]]]:
     if not out:
         raise ValueError("give at least one --vary FIELD=V1,V2,... (e.g. --vary device.num_channels=16,32,64)")
     return out
+
+
+def _point_values(value: str, names: list[str]) -> list[str]:
+    """One point of `--vary F1,F2=...` split into a value a field: at each ':', except that a model among
+    the fields (a checkpoint path or a name may hold ':', C:/ckpt, org/model:v2) takes the parts left over
+    once every other field has one (`--vary model,devices=C:/ckpt:8` is C:/ckpt with 8), unambiguous as no
+    other field's value holds a ':'. A count that still does not match is the caller's error."""
+    if len(names) == 1:
+        return [value]
+    parts = value.split(":")
+    extra = len(parts) - len(names)
+    if extra <= 0 or "model" not in names:
+        return parts
+    i = names.index("model")
+    return parts[:i] + [":".join(parts[i:i + extra + 1])] + parts[i + extra + 1:]
 
 
 def vary_grid(groups: list[list[tuple[str, list[str]]]]) -> list[dict[str, str]]:
@@ -209,7 +225,11 @@ def check_vary(base: CentConfig, vary: list[tuple[str, list[str]]], in_step: lis
                 else:
                     typed = check_override(base, f"{path}={value}")
             except ValueError as exc:
-                raise ValueError(f"--vary {name}: {exc}") from None
+                # a model in step took the ':'s the other fields left (`_point_values`): say so, a wrong order shows
+                joined = (f" (in step with other fields, a model takes every ':' beyond one a field: {value} here; "
+                          "give each point's values in the order the fields are named)"
+                          if name == "model" and path in paired and ":" in value else "")
+                raise ValueError(f"--vary {name}: {exc}{joined}") from None
             typed_of.setdefault(path, []).append(typed)
             if typed in seen and path not in paired:  # two identical points (8 and 08, 1e9 and 1000000000 alike)
                 same = "" if seen[typed] == value else f" ({seen[typed]} and {value} are the same)"

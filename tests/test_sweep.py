@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -1109,3 +1110,30 @@ def test_a_sweep_without_a_tco_ratio_says_nothing_of_its_prices(tmp_path, capsys
     assert main(common + ["--prompt", "1024", "--decode", "128", "--vary", "device.num_channels=32,64"]) == 0
     out = capsys.readouterr().out
     assert "2 evaluated" in out and "device.tco_per_device" not in out
+
+
+def test_a_model_in_step_keeps_the_colons_its_value_holds(tmp_path, capsys):
+    """Fields in step split a point at each ':', but a model (a checkpoint path, C:/ckpt, or a name with a
+    ':') takes every ':' left once each other field has one value, wherever it stands among them; a point
+    with too few values, or a model that is then no model, is still one line naming the fix."""
+    import shutil
+
+    from cent_serve.sweep import parse_vary_groups
+
+    assert parse_vary_groups(["model,devices=C:/x:8,llama2-7b:16"]) == [
+        [("model", ["C:/x", "llama2-7b"]), ("parallel.num_devices", ["8", "16"])]]
+    assert parse_vary_groups(["devices,model,pp=8:org/m:v2:tag:4"]) == [
+        [("parallel.num_devices", ["8"]), ("model", ["org/m:v2:tag"]), ("parallel.pp", ["4"])]]
+    with pytest.raises(ValueError, match="the point C:/x: does not give one value for each of the 2 fields"):
+        parse_vary_groups(["model,devices=C:/x:"])
+    ckpt = tmp_path / "C:" / "x"
+    ckpt.mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "hf_tiny_llama" / "config.json", ckpt)  # its config.json alone: a model to time
+    common = ["sweep", "--prompt", "128", "--decode", "128", "--out", str(tmp_path / "out"), "--no-plots"]
+    assert main(common + ["--vary", f"model,devices={ckpt}:8,{ckpt}:16"]) == 0
+    assert "2 points, 2 evaluated" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))
+    assert [(r["model"], r["parallel.num_devices"]) for r in rows] == [(str(ckpt), "8"), (str(ckpt), "16")]
+    assert main(common + ["--vary", "model,devices=llama2-7b:8:16"]) == 2  # 16 devices of model 'llama2-7b:8'
+    err = capsys.readouterr().err
+    assert "a model takes every ':' beyond one a field: llama2-7b:8 here" in err and err.count("\n") == 1, err
