@@ -95,6 +95,25 @@ def test_bench_sweep_gives_each_rates_terms(tmp_path, capsys):
         assert sum(r["energy_share_by_term"].values()) == pytest.approx(1.0, rel=1e-9)
 
 
+def test_bench_sweep_s_energy_per_token_is_the_same_at_every_rate(tmp_path, capsys):
+    """Devices draw nothing while idle (docs/hardware_model.md section 8, "Idle devices draw nothing"): the
+    standby and leakage terms are charged over the steps a device runs, whose commands and times a rate
+    does not change, so the same requests at a tenth and at ten requests a second cost the same joules,
+    term by term, over spans 100x apart; the average draw (joules over the span) is what the rate moves."""
+    out = tmp_path / "sweep"
+    assert main(["bench", "sweep", "--model", "tiny", "--devices", "8", "--numerics", "off", "--synthetic", "poisson",
+                 "--num-requests", "8", "--prompt-len", "16", "--output-len", "6", "--rates", "0.1,10",
+                 "--out", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    slow, fast = json.loads((out / "sweep.json").read_text())["rows"]
+    assert slow["completed"] == fast["completed"] == 8
+    assert slow["duration"] > 20 * fast["duration"]
+    assert slow["energy_per_token_mj"] == pytest.approx(fast["energy_per_token_mj"], rel=1e-9)
+    for term in ("active_standby", "precharge_standby", "sram_static", "accelerator_static", "device_controller"):
+        assert slow["energy_by_term_j"][term] == pytest.approx(fast["energy_by_term_j"][term], rel=1e-9), term
+        assert slow["energy_by_term_j"][term] > 0, term
+
+
 def test_bench_sweep_on_gpus_gives_null_terms(tmp_path, capsys):
     """On GPUs summary.json's split is null, which the row's scalars already carry: the sweep's row was built
     with the key twice (TypeError) until it took them apart."""
