@@ -38,9 +38,12 @@ in the CSV and a line per point on the terminal with their reasons. Written to `
   channels or capacity differ from the paper's device but its TCO does not, the terminal says so
   in one line (`timing.energy.tco_note`);
 - `figures.png`: throughput, latency, energy per token and average power against that field,
-  one line per combination of the others (when a varied field has numbers). In both line plots a
+  one line per combination of the others (when a varied field has numbers); several models, each
+  over more than one x, are a column of the four panels a model on its own scales (a 70B model's
+  figures drew a 7B's lines flat on shared ones). In both line plots a
   field varied in step with the x field shares its axis, each tick naming its value (32 over tp=1);
-  a model varied in step stays a line of its own.
+  a model varied in step stays a line of its own, and models sharing a panel get a log axis once their
+  values span 10x (`sweep_plots.LOG_SPAN`).
 
 Each plot's title names the workload the points ran and what every point shares ('given:' the --config
 file, the config flags and --set, as `cent simulate`'s line).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib import rcParams
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from cent_serve.bench.plots import fit_title
 
@@ -37,12 +37,15 @@ def _label(row: dict, fields: list[str], names: dict[str, str]) -> str:
     return ", ".join(f"{f.split('.')[-1]}={names[row[f]] if f == 'model' else row[f]}" for f in fields)
 
 
-def _save(fig, axes, path: Path, legend_size: int, below: bool = False) -> Path:
+def _save(fig, axes, path: Path, legend_size: int, below: bool = False, legends=None) -> Path:
     """Grid and legend each panel and write the figure. `below` puts each legend under its
-    panel (the file grows to hold them) for legends long enough to cover points inside."""
+    panel (the file grows to hold them) for legends long enough to cover points inside; `legends`: the
+    panels that carry one (default every panel; a column of panels drawing the same lines names them once)."""
     place = dict(loc="upper center", bbox_to_anchor=(0.5, -0.13)) if below else {}
+    axes = list(axes)  # `axes.flat` is an iterator: read twice below
     for ax in axes:
         ax.grid(alpha=0.3)
+    for ax in axes if legends is None else legends:
         ax.legend(fontsize=legend_size, **place)
     if not below:
         fig.tight_layout()
@@ -203,14 +206,29 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: l
     ax.ticklabel_format(useOffset=False, axis="y")
     ys = [r[key] for r in rows if r.get(key) is not None]
     mid = (max(ys) + min(ys)) / 2 if ys else 0.0
-    if ys and mid and max(ys) - min(ys) < FLAT_SHARE * abs(mid):
+    models = {r.get("model", r.get("model_name")) for r in rows}
+    if len(models) > 1 and ys and min(ys) > 0 and max(ys) >= LOG_SPAN * min(ys):
+        # models sharing a panel: a 70B's figures dwarf a 7B's on a linear axis (its lines drawn flat at
+        # the bottom); on a log axis each line keeps its shape, and equal ratios are equal heights
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+    elif ys and mid and max(ys) - min(ys) < FLAT_SHARE * abs(mid):
         # a spread under 1% drawn across the whole axis reads as a steep trend: show it as the flat line it is
         ax.set_ylim(mid - FLAT_SHARE * abs(mid), mid + FLAT_SHARE * abs(mid))
     ax.set_xlabel(axis_label(x) + _in_step_text(companions))
 
 
+def _ylabel(ax, label: str) -> None:
+    """Label a panel's y axis, saying so when `_lines` gave it a log scale (its ticks read 1, 2, 5, 10)."""
+    ax.set_ylabel(f"{label}, log axis" if label and ax.get_yscale() == "log" else label)
+
+
 FLAT_SHARE = 0.01
 """A figure whose points differ by less than this share of their value is drawn on an axis this wide."""
+LOG_SPAN = 10.0
+"""A panel whose lines hold several models and whose values span this factor or more has a log axis."""
 
 UNITS = {"_hz": "Hz", "_ns": "ns", "_s": "s", "_mw": "mW", "_usd": "$", "_gbps": "GiB/s a lane", "_cycles": "cycles",
          "_pj_per_bit": "pJ/bit", "_bytes": "bytes", "bytes_per_element": "bytes", "_bytes_per_cycle": "bytes a cycle",
@@ -241,8 +259,8 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
     if x in ("parallel.num_devices", "devices"):
         ax.set_xlabel("CENT devices in the system (every replica's)" + _in_step_text(_companions(rows, x, fields,
                                                                                                    in_step)))
-    ax.set_ylabel("tokens per dollar vs the paper's GPUs (TCO: device.tco_per_device)" if ratio
-                  else "tokens/s per device dollar (device.unit_cost_usd)")
+    _ylabel(ax, "tokens per dollar vs the paper's GPUs (TCO: device.tco_per_device)" if ratio
+            else "tokens/s per device dollar (device.unit_cost_usd)")
     ax.set_title(fit_title(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
     return _save(fig, [ax], path, 7)
 
@@ -250,7 +268,10 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
 def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, how: str,
                  given: str = "", in_step: list[tuple[str, ...]] = ()) -> Path | None:
     """Throughput, latency, energy per token and average power against the varied field (`x_field`),
-    one line per combination of the others; None when no varied field has numbers. `how`: what the
+    one line per combination of the others; None when no varied field has numbers. Several models, each
+    over more than one x: a column of the four panels a model, each on its own scales (a 70B model's
+    figures squashed a 7B's lines flat on shared axes), its lines named once atop it; models that share
+    panels (a model in step with x) get a log axis where their values span `LOG_SPAN`. `how`: what the
     points ran, for the title (`sweep.workload_text`); `given` and `in_step` as `plot_pareto`'s."""
     x = x_field(rows, fields)
     if x is None:
@@ -258,12 +279,30 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
     panels = [("throughput_tok_s", "throughput (prompt + generated tok/s)"),
               ("tpot_p50_ms", "TPOT p50 (ms)") if trace else ("token_latency_ms", "time between a query's tokens (ms)"),
               ("energy_per_token_mj", "energy per token (mJ)"),
-              ("avg_power_w", "average power (W): energy per token x throughput")]
+              ("avg_power_w", "average power (W):\nenergy per token x throughput")]  # two lines: a short panel's
+    names = _model_names(rows)
+    models: dict[str, list[dict]] = {}
+    for r in rows:
+        models.setdefault(names[r.get("model", r["model_name"])], []).append(r)
+    title = (f"{', '.join(sorted({r['model_name'] for r in rows}))}: the figures against {x}"
+             f"{_in_step_text(_companions(rows, x, fields, in_step))} ({how}){_given(given)}")
+    if len(models) > 1 and all(len({r[x] for r in group}) > 1 for group in models.values()):
+        own = [f for f in fields if f != "model"]  # each column is one model: its lines are the other fields'
+        fig = Figure(figsize=(min(5.5 * len(models), 22), 13))
+        axes = fig.subplots(len(panels), len(models), squeeze=False)
+        for j, (model, group) in enumerate(models.items()):
+            for i, (key, label) in enumerate(panels):
+                _lines(axes[i, j], group, own, x, key, in_step)
+                _ylabel(axes[i, j], label if j == 0 else "")
+                if i < len(panels) - 1:  # the column's x is the bottom panel's label
+                    axes[i, j].set_xlabel("")
+            axes[0, j].set_title(model, fontsize=11, fontweight="bold")
+        fig.suptitle(fit_title(title, fig, 11), fontsize=11)
+        return _save(fig, axes.flat, path, 7, legends=axes[0])
     fig = Figure(figsize=(12, 8))
     axes = fig.subplots(2, 2)
     for ax, (key, label) in zip(axes.flat, panels):
         _lines(ax, rows, fields, x, key, in_step)
-        ax.set_ylabel(label)
-    models = ", ".join(sorted({r["model_name"] for r in rows}))
-    fig.suptitle(fit_title(f"{models}: the figures against {x}{_in_step_text(_companions(rows, x, fields, in_step))} ({how}){_given(given)}", fig, 11), fontsize=11)
+        _ylabel(ax, label)
+    fig.suptitle(fit_title(title, fig, 11), fontsize=11)
     return _save(fig, axes.flat, path, 7)

@@ -1137,3 +1137,46 @@ def test_a_model_in_step_keeps_the_colons_its_value_holds(tmp_path, capsys):
     assert main(common + ["--vary", "model,devices=llama2-7b:8:16"]) == 2  # 16 devices of model 'llama2-7b:8'
     err = capsys.readouterr().err
     assert "a model takes every ':' beyond one a field: llama2-7b:8 here" in err and err.count("\n") == 1, err
+
+
+def test_figures_of_several_models_are_a_column_each_on_its_own_scales(tmp_path, monkeypatch):
+    """`--vary model=llama2-7b,llama2-70b` drew both models on four shared linear panels, where the 70B's
+    energy (about 700 mJ) and the 7B's throughput (tens of thousands of tok/s) drew the other model's lines
+    flat: each model is now a column of the four panels on its own scales, its lines (the other fields')
+    named once atop it. Models that share a panel (in step with x, or tokens per dollar) get a log axis once
+    their values span 10x; one model spanning as much keeps a linear one."""
+    from matplotlib.figure import Figure
+
+    import cent_serve.sweep_plots as plots
+
+    saved = {}
+    real = plots._save
+
+    def save(fig, axes, path, *args, **kwargs):
+        axes = list(axes)
+        saved[path.name] = (fig, axes, kwargs.get("legends"))
+        return real(fig, axes, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", save)
+    rows = [dict(model=m, model_name=m, **{"parallel.num_devices": str(d), "device.num_channels": c},
+                 throughput_tok_s=scale * d * (c / 32), token_latency_ms=scale / d, energy_per_token_mj=70.0 * scale,
+                 avg_power_w=scale * d, tokens_per_dollar_ratio=scale * c)
+            for m, scale in (("llama2-7b", 1.0), ("llama2-70b", 10.0)) for d in (16, 32, 64) for c in (32, 64)]
+    fields = ["device.num_channels", "parallel.num_devices", "model"]
+    plots.plot_figures(rows, fields, tmp_path / "figures.png", trace=False, how="closed form")
+    fig, axes, legends = saved["figures.png"]
+    assert len(axes) == 8 and [a.get_title() for a in axes[:2]] == ["llama2-7b", "llama2-70b"]
+    small, large = axes[4], axes[5]  # energy per token: 70 mJ a 7B token, 700 a 70B one
+    assert small.get_ylim()[1] < 100 and large.get_ylim()[0] > 600
+    assert [a.get_legend_handles_labels()[1] for a in legends] == [["num_channels=32", "num_channels=64"]] * 2
+    assert all(a.get_yscale() == "linear" for a in axes)
+    plots.plot_tokens_per_dollar(rows, fields, tmp_path / "tokens_per_dollar.png")
+    (ax,), _ = saved["tokens_per_dollar.png"][1:]
+    assert ax.get_yscale() == "log" and ax.get_ylabel().endswith(", log axis")
+    one = [r for r in rows if r["model"] == "llama2-7b"]
+    ax = Figure().subplots()
+    plots._lines(ax, one, fields, "parallel.num_devices", "throughput_tok_s")  # 16 to 128 tok/s: one model
+    assert ax.get_yscale() == "linear"
+    plots.plot_figures(one, fields, tmp_path / "one.png", trace=False, how="closed form")  # the 2 x 2 of one model
+    fig, axes, legends = saved["one.png"]
+    assert len(axes) == 4 and legends is None and all(a.get_legend() is not None for a in axes)
