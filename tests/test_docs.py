@@ -344,3 +344,17 @@ def test_no_help_line_splits_a_word_at_its_hyphen():
     for p in _parsers(build_parser()):
         split = [line for line in p.format_help().splitlines() if re.search(r"\w-$", line)]
         assert not split, (p.prog, split)
+
+
+def test_the_readmes_refused_openai_features_are_the_ones_the_api_refuses():
+    """README said OpenAI features the server cannot honour, "(`tools`, `logit_bias`, `best_of` > 1, ...)",
+    get 400, after `logit_bias` came to be honoured (docs/serving.md's table; a request with it is
+    answered 200): a user reading it would not send a bias the server applies. Each feature it names is
+    one api/protocol.py's UNSUPPORTED refuses."""
+    from api.protocol import UNSUPPORTED
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    listed = re.search(r"OpenAI features this server cannot honour \(([^)]*)\)", readme)
+    assert listed, "README no longer lists the refused OpenAI features"
+    names = re.findall(r"`(\w+)`", listed.group(1))
+    assert names and all(name in UNSUPPORTED for name in names), (names, sorted(UNSUPPORTED))
