@@ -186,6 +186,18 @@ def _count(value: object) -> int:
     return number
 
 
+def _time_fix(layout: CsvLayout, text: str) -> str:
+    """The fix for a time `layout` cannot read; where it is the other kind (a datetime under a column of
+    seconds, seconds under Azure's datetimes), it names the columns of the format that reads it."""
+    fix = f"use {layout.time_example}"
+    other, kind = ("vidur", "seconds") if layout.make_time_parser is _DatetimeParser else ("azure", "datetimes")
+    try:
+        CSV_LAYOUTS[other].make_time_parser()(text)
+    except ValueError:
+        return fix
+    return f"{fix}, or for {kind} name the columns {', '.join(CSV_LAYOUTS[other].columns)} (the {other} format)"
+
+
 def _bad(where: str, column: str, value: object, fix: str) -> ValueError:
     return ValueError(f"{where}: column {column!r} = {value!r} is invalid: {fix}")
 
@@ -325,7 +337,7 @@ def read_csv(path: Path, fmt: str, lengths_only: bool = False) -> Iterator[Reque
                 try:
                     whole, frac = (0, 0.0) if i_time is None else parse_time(fields[i_time])
                 except ValueError:
-                    raise _bad(where, c_time, fields[i_time], f"use {layout.time_example}") from None
+                    raise _bad(where, c_time, fields[i_time], _time_fix(layout, fields[i_time])) from None
                 try:
                     num_prompt = _count(fields[i_prompt])
                 except ValueError:
@@ -406,6 +418,10 @@ def read_mooncake(path: Path) -> Iterator[Request]:
             obj = _parse_json(line.rstrip(), path, line_no, dict, 'write one {"timestamp", '
                               '"input_length", "output_length"} object per line (a ShareGPT file is one JSON '
                               'list of conversations: read it as the sharegpt format)')
+            if "conversations" in obj and "timestamp" not in obj:
+                raise ValueError(f"{where}: a ShareGPT conversation (its 'conversations', no 'timestamp'), read as a "
+                                 "line of Mooncake's JSON-lines trace: a ShareGPT file is one JSON list of them, "
+                                 "[{...}, {...}], replayed with --rate")
             for key in MOONCAKE_KEYS:
                 if key not in obj:
                     raise ValueError(f"{where}: no {key!r} key: a JSON-lines trace is Mooncake's, every line "
@@ -464,6 +480,10 @@ def _first_exchange(turns: list, where: str) -> tuple[str, str] | None:
     return turns[0]["value"], turns[1]["value"]
 
 
+_SHAREGPT_ENTRY = '{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}'
+"""A ShareGPT entry's shape, for the errors that name it."""
+
+
 def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
                   arrivals_s: Iterable[float]) -> Iterator[Request]:
     """Requests of a ShareGPT JSON file, arrival times taken in order from `arrivals_s`.
@@ -489,9 +509,12 @@ def read_sharegpt(path: Path, count_tokens: Callable[[str], int],
             if not isinstance(turns, list):
                 if isinstance(entry, dict) and "messages" in entry:
                     raise ValueError(f"{where} has 'messages' (OpenAI's chat layout), not ShareGPT's 'conversations': "
-                                     "write each as {\"conversations\": [{\"from\": \"human\", \"value\": ...}, "
-                                     "{\"from\": \"gpt\", \"value\": ...}]}")
-                raise _bad(where, "conversations", turns, "each entry needs a list of turns")
+                                     f"write each as {_SHAREGPT_ENTRY}")
+                if isinstance(entry, dict) and "conversations" in entry:
+                    raise _bad(where, "conversations", turns, "each entry needs a list of turns")
+                what = (f"has no 'conversations' key (its keys: {', '.join(map(repr, list(entry)[:8]))})"
+                        if isinstance(entry, dict) else f"is a {type(entry).__name__}, not an object")
+                raise ValueError(f"{where} {what}: each entry is {_SHAREGPT_ENTRY}")
             exchange = _first_exchange(turns, where)
             if exchange is None:
                 skipped.append(index)

@@ -672,3 +672,53 @@ def test_a_csv_of_mooncake_s_keys_says_mooncake_is_json_lines(tmp_path):
                                'trace is JSON lines: write one {"timestamp": MS, "input_length": N, "output_length": N} '
                                "object a line (a .jsonl file), or make it vidur's columns: arrived_at (seconds: "
                                "timestamp / 1000, Mooncake's are milliseconds), num_prefill_tokens, num_decode_tokens")
+
+
+@pytest.mark.parametrize("header, value, fix", [
+    ("arrived_at,num_prefill_tokens,num_decode_tokens", "2024-05-01 12:00:00",
+     "use seconds from the trace start, e.g. 4.314579, or for datetimes name the columns TIMESTAMP, "
+     "ContextTokens, GeneratedTokens (the azure format)"),
+    ("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type", "2024-05-01 12:00:00",
+     "use seconds, e.g. 5.0, or for datetimes name the columns TIMESTAMP, ContextTokens, GeneratedTokens "
+     "(the azure format)"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens", "4.5",
+     "use a datetime, e.g. 2023-11-16 18:15:46.6805900 or 2024-05-10 00:00:00.009930+00:00, or for seconds "
+     "name the columns arrived_at, num_prefill_tokens, num_decode_tokens (the vidur format)"),
+])
+def test_a_time_of_the_other_kind_names_the_format_that_reads_it(tmp_path, header, value, fix):
+    """A CSV of datetimes under Vidur's arrived_at (a trace exported with its wall-clock times) was told
+    only to use seconds, as if the datetimes had to be converted by hand: the azure format reads them,
+    and the error now names its columns; Azure's TIMESTAMP holding seconds names Vidur's."""
+    rest = ",ChatGPT,10,5,15,Conversation log" if header.startswith("Timestamp") else ",10,5"
+    path = write(tmp_path, "t.csv", f"{header}\n{value}{rest}")
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path))
+    column = header.split(",")[0]
+    assert str(info.value) == f"{path}:2: column {column!r} = {value!r} is invalid: {fix}"
+
+
+def test_sharegpt_conversations_as_json_lines_are_told_to_make_them_a_list(tmp_path):
+    """A ShareGPT file saved as JSON lines (a conversation an object a line, as many datasets ship) is read
+    as Mooncake's and was refused for want of a 'timestamp' key, a Mooncake field the user never meant to
+    write: the error says the line is a ShareGPT conversation and a ShareGPT file is one list of them."""
+    conv = '{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}'
+    path = write(tmp_path, "sg.jsonl", conv + "\n" + conv)
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path))
+    assert str(info.value) == (f"{path}:1: a ShareGPT conversation (its 'conversations', no 'timestamp'), read as a "
+                               "line of Mooncake's JSON-lines trace: a ShareGPT file is one JSON list of them, "
+                               "[{...}, {...}], replayed with --rate")
+
+
+@pytest.mark.parametrize("entry, what", [
+    ('{"id": "a", "conversation": []}', "has no 'conversations' key (its keys: 'id', 'conversation')"),
+    ('"hello"', "is a str, not an object"),
+])
+def test_a_sharegpt_entry_without_conversations_says_what_it_has(tmp_path, entry, what):
+    """An entry whose key is misspelt was refused as "column 'conversations' = None is invalid", a value
+    the file never held: the error names the keys it has instead."""
+    path = write(tmp_path, "sg.json", f"[{entry}]")
+    with pytest.raises(ValueError) as info:
+        list(load_trace(path, count_tokens=len, arrivals_s=lambda: iter_arrival_times_s(1.0)))
+    assert str(info.value) == (f"{path}: entry 0 {what}: each entry is "
+                               '{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}')
