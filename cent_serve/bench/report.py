@@ -361,7 +361,8 @@ def print_table(summary: dict, title: str | None = None) -> None:
     per_out = summary["energy_per_output_token_mj"]
     print(f"{'energy per token':<24}{summary['energy_per_token_mj']:>12.3f} mJ (prompt + output tokens"
           + ("" if per_out is None else f"; {per_out:.3f} mJ an output token") + ")")
-    print(f"{'energy by term':<24}{summary['energy_j']:>12.4g} J: {terms_text(summary)}")
+    energy_j = summary["energy_j"]  # 4 digits below 1 kJ; whole joules above, never 1.583e+04
+    print(f"{'energy by term':<24}{energy_j:>12{',.0f' if energy_j >= 1e3 else '.4g'}} J: {terms_text(summary)}")
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

@@ -144,3 +144,15 @@ def test_bench_paper_gives_each_mappings_energy_per_token_by_term(tmp_path, caps
         terms = [float(r[f"energy_{t}_mj"]) for t in TERMS]
         assert sum(terms) == pytest.approx(float(r["energy_per_token_mj"]), rel=1e-9)
         assert float(r["energy_pim_mj"]) > 0
+
+
+@pytest.mark.parametrize("energy_j, shown", [(15830.4, "15,830 J"), (9999.7, "10,000 J"), (3.98867e6, "3,988,670 J"), (571.94, "571.9 J")])
+def test_the_tables_energy_is_a_plain_number_at_any_size(capsys, energy_j, shown):
+    """`bench run`'s table printed a run's energy with 4 significant digits, `1.583e+04 J` from 10 kJ up (a
+    dozen requests on 8 GPUs, any long CENT replay) beside `571.9 J` below: whole joules with thousands
+    separators from 1 kJ, as the throughputs beside it read."""
+    s = summarize(run_in_process(_cfg(), _trace(), progress=False))
+    s["wall_s"], s["energy_j"] = 0.0, energy_j
+    print_table(s)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("energy by term"))
+    assert line.split(": ")[0].split()[-2:] == shown.split(), line
