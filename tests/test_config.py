@@ -998,3 +998,26 @@ def test_fields_a_config_file_sets_for_one_reason_share_one_warning(tmp_path, ca
     assert server.startswith(f"--config {f} server.port, server.max_tokens_default: the closed form does not "
                              "read them (they set the HTTP server)")
     assert "scheduler.max_waiting: the closed form does not read it (it sets" in next(m for m in said if m != server)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("gpu:h100:8", "no GPU kind 'h100': "),
+    ("gpu:h100-80gb:0", "N='0' is not a whole number >= 1: "),
+    ("gpu:h100-80gb:x", "N='x' is not a whole number >= 1: "),
+    ("gpu:h100-80gb", ""),
+])
+def test_a_bad_hardware_says_which_part_is_wrong(text, why):
+    """`--hardware gpu:h100:8` and `gpu:h100-80gb:0` got the same line listing the kinds "and N GPUs", which
+    left a user to find which part was wrong (0 GPUs read as allowed). It says the part, then the form."""
+    from cent_serve.config import parse_hardware
+
+    with pytest.raises(ValueError) as info:
+        parse_hardware(text)
+    assert str(info.value) == (f"--hardware {text!r} is invalid: {why}use 'cent' or gpu:KIND:N with KIND one of "
+                               "a100-80gb, a100-80gb-pcie, h100-80gb and N >= 1 GPUs, e.g. gpu:a100-80gb:4")
+
+
+def test_compare_s_bad_gpu_says_which_part_is_wrong(capsys):
+    assert main(["bench", "compare", "--numerics", "off", "--gpu", "h100-80gb:0"]) == 2
+    assert ("--gpu 'h100-80gb:0' is invalid: N='0' is not a whole number >= 1: use KIND:N with KIND one of a100-80gb, "
+            "a100-80gb-pcie, h100-80gb and N >= 1 GPUs, e.g. --gpu a100-80gb:4") in capsys.readouterr().err

@@ -474,9 +474,12 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     try:
         kind, count = parse_hardware(f"gpu:{args.gpu}")
     except ValueError:
+        from cent_serve.config.gpu import gpu_spec_problem
         from cent_serve.gpu.kinds import GPU_KINDS
-        raise ValueError(f"--gpu {args.gpu!r} is invalid: use KIND:N with KIND one of {', '.join(GPU_KINDS)} and N "
-                         "GPUs, e.g. --gpu a100-80gb:4") from None
+        parts = args.gpu.split(":")
+        why = gpu_spec_problem(*parts) if len(parts) == 2 else ""
+        raise ValueError(f"--gpu {args.gpu!r} is invalid: {why}use KIND:N with KIND one of {', '.join(GPU_KINDS)} "
+                         "and N >= 1 GPUs, e.g. --gpu a100-80gb:4") from None
     check_out_dir(args.out)
     cent_cfg = config_from_args(args)
     if cent_cfg.on_gpus:

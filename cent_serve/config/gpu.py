@@ -107,14 +107,26 @@ class GpuConfig:
         return max(1, self.count // (self.group_tp * self.pp))
 
 
+def gpu_spec_problem(kind: str, count: str) -> str:
+    """What is wrong with a `KIND:N` (`--hardware gpu:KIND:N`, `bench compare --gpu KIND:N`), as the start
+    of its error ("no GPU kind 'h100': "), or "" when both parts are good; each caller adds the form."""
+    from cent_serve.gpu.kinds import GPU_KINDS
+    if kind not in GPU_KINDS:
+        return f"no GPU kind {kind!r}: "
+    if not count.isdigit() or int(count) < 1:
+        return f"N={count!r} is not a whole number >= 1: "
+    return ""
+
+
 def parse_hardware(text: str) -> tuple[str, int] | None:
-    """`cent` -> None; `gpu:KIND:N` -> (kind, N). ValueError naming the fix otherwise."""
+    """`cent` -> None; `gpu:KIND:N` -> (kind, N). ValueError naming the wrong part and the fix otherwise."""
     from cent_serve.gpu.kinds import GPU_KINDS
     if text == "cent":
         return None
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "gpu" or parts[1] not in GPU_KINDS or not parts[2].isdigit() \
-            or int(parts[2]) < 1:
-        raise ValueError(f"--hardware {text!r} is invalid: use 'cent' or gpu:KIND:N with KIND one of "
-                         f"{', '.join(GPU_KINDS)} and N GPUs, e.g. gpu:a100-80gb:4")
+    well_formed = len(parts) == 3 and parts[0] == "gpu"
+    why = gpu_spec_problem(parts[1], parts[2]) if well_formed else ""
+    if not well_formed or why:
+        raise ValueError(f"--hardware {text!r} is invalid: {why}use 'cent' or gpu:KIND:N with KIND one of "
+                         f"{', '.join(GPU_KINDS)} and N >= 1 GPUs, e.g. gpu:a100-80gb:4")
     return parts[1], int(parts[2])
