@@ -691,3 +691,25 @@ def test_a_requeued_request_takes_the_free_place_a_new_one_would_count_on():
         eng.add_request([1, 6], PARAMS)
     eng.step()
     assert a in eng.scheduler.running and list(eng.scheduler.waiting) == [new]
+
+
+def test_a_choice_that_ended_before_its_sibling_fails_keeps_its_end():
+    """One choice finished (its length) and one was aborted by its client before their sibling fails
+    with a device's own error: only the sibling ends now. The ended ones keep their ends and are
+    neither ended again (as aborted: a finished choice counted twice, once in num_finished and once in
+    num_aborted) nor returned again (a second end for a stream that had its last)."""
+    cfg, _, rebuild, _ = breakable_replicas(2)
+    from cent_serve.engine import Engine
+
+    devices = [Dying(cfg), Dying(cfg)]
+    eng = Engine(cfg, executors=devices, remake=rebuild)
+    done = eng.add_request([1], RequestParams(max_tokens=1, ignore_eos=True, sampling=SamplingParams(seed=7)))
+    running, gone = eng.add_request([1, 5, 6], PARAMS), eng.add_request([1], PARAMS)  # gone waits for a lane
+    done.choices = gone.choices = running.choices = [done, running, gone]
+    assert eng.step() == [done] and done.finish_reason == "length" and running.replica == 1
+    assert eng.abort(gone.request_id) is gone and not running.is_finished
+    devices[running.replica].error = RuntimeError("a device raised while computing")  # not a death: it fails
+    devices[running.replica].broken = True
+    assert eng.step() == [running] and running.finish_reason == "error"
+    assert (done.finish_reason, done.error, gone.finish_reason, gone.error) == ("length", None, "abort", None)
+    assert (eng.stats.num_finished, eng.stats.num_aborted, eng.stats.num_failed) == (1, 1, 1)
