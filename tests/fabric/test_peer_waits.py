@@ -100,3 +100,55 @@ def test_a_send_to_a_peer_that_stops_reading_gives_up_after_the_link_s_own_stall
     assert isinstance(box.get("error"), LinkClosed), box
     assert ROUND_TIMEOUT_S <= box["elapsed"] < SLACK * ROUND_TIMEOUT_S + 5, box  # + the first 4 MiB copied
     b.close()
+
+
+def test_the_default_peer_wait_is_the_documented_331_s():
+    """docs/serving.md: 300 s and its margin, 10 % of it and 1 s (the second keeps a small test's
+    round timeout clear of a busy host)."""
+    assert CentConfig().server.peer_wait_s == 331.0 and _cfg("off").server.peer_wait_s == 0.3 * 1.1 + 1
+
+
+def _total_s(option: tuple[int, int]) -> float:
+    return option[0] + option[1] / 1e6
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_SNDTIMEO"), reason="no SO_SNDTIMEO on this platform")
+@pytest.mark.parametrize("seconds", [1e-7, 2.9999999999, 330.99999999999994])
+def test_a_send_stall_limit_at_the_edges_of_a_second_is_set_not_dropped(seconds):
+    """A timeval's microseconds must be below 1,000,000 (the kernel refuses the option otherwise:
+    EDOM, dropped silently, no limit) and (0, 0) means no limit: a limit a hair under a whole second
+    or under a microsecond is still a limit, within the kernel's tick (a few ms) of the one asked."""
+    a, b = socket.socketpair()
+    try:
+        got = _total_s(_stall_option(Link(a, send_stall_s=seconds)))
+        assert got > 0 and abs(got - seconds) < 0.02, (seconds, got)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_SNDTIMEO"), reason="no SO_SNDTIMEO on this platform")
+@pytest.mark.parametrize("over", ["unix", "tcp"])
+def test_a_listener_s_links_and_links_to_it_take_the_stall_limits_given(over):
+    """Both ends of a link the way the actors make them (`Listener`, `Address.connect`, over the Unix
+    socket on the same node or TCP): the listener's end takes its `send_stall_s` (the switch's and a
+    device's sends to the host and to their peers go on accepted links), the connecting end its own."""
+    from fabric.listener import Listener
+
+    secret, admitted = b"s" * 32, []
+    listener = Listener("127.0.0.1", secret, lambda link, hello: admitted.append(link), "stall-test", "node-a",
+                        send_stall_s=ROUND_TIMEOUT_S)
+    try:
+        if over == "unix" and listener.unix is None:
+            pytest.skip("no Unix socket on this platform")
+        link = listener.address.connect({"role": "host"}, secret, "node-a" if over == "unix" else "node-b",
+                                        send_stall_s=2.5)
+        assert link.sock.family == (socket.AF_UNIX if over == "unix" else socket.AF_INET)
+        deadline = time.monotonic() + 60  # the listener admits on a thread of its own
+        while not admitted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _stall_option(link) == (2, 500_000) and _stall_option(admitted[0]) == (0, 300_000)
+        link.close()
+        admitted[0].close()
+    finally:
+        listener.close()
