@@ -82,6 +82,10 @@ SEND_STALL_TIMEOUT_S = 300.0
 with its own (`send_stall_s`: the links of a run's devices, switch and host take
 `server.peer_wait_s`, which follows `server.round_timeout_s`): a peer busy with a stage reads again
 well within this; one that never does is hung (kernel SO_SNDTIMEO, on Linux)."""
+POLL_MAX_MS = 2**31 - 1
+"""The longest slice of a wait one poll() takes: its timeout is a C int of milliseconds (24.8
+days), and a longer one raised OverflowError at once (`server.round_timeout_s` may be up to 1e15 s,
+and the host's and the devices' waits follow it). A longer wait polls again."""
 PROTOCOL = "cent-link/1"
 """Handshake protocol name and version; a peer speaking anything else is refused."""
 NONCE_BYTES = 32
@@ -358,10 +362,10 @@ class Link:
             return  # the blocking read waits
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._poll.poll(math.ceil(left * 1000)):
+            if left <= 0 or not self._poll.poll(min(math.ceil(left * 1000), POLL_MAX_MS)):
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no whole message from {self.peer} in time")
-                continue  # poll woke a little early
+                continue  # poll woke a little early, or a long wait's slice ended
             return
 
     def _read_some(self, deadline: float | None) -> None:

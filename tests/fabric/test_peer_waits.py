@@ -152,3 +152,21 @@ def test_a_listener_s_links_and_links_to_it_take_the_stall_limits_given(over):
         admitted[0].close()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("round_timeout_s", [1e7, 1e15])  # the config takes up to 1e15
+def test_a_wait_as_long_as_a_large_round_timeout_waits_for_the_message(round_timeout_s):
+    """poll() takes its timeout in int milliseconds: a wait past 2**31 ms (24.8 days) raised
+    OverflowError at once, on the host (`recv(round_timeout_s)`) and, since their waits follow it, on
+    the devices, so a server with a round timeout of 1e7 s failed every round as a device fault."""
+    wait_s = _cfg("off", round_timeout_s).server.peer_wait_s
+    a, b = socket.socketpair()
+    link, peer = Link(a), Link(b)
+    timer = threading.Timer(0.05, peer.send, args=({"kind": "done"},))
+    timer.start()
+    try:
+        assert link.recv(wait_s) == {"kind": "done"}
+    finally:
+        timer.cancel()
+        link.close()
+        peer.close()
