@@ -252,8 +252,10 @@ def test_the_devices_wait_on_a_peer_as_long_as_the_configured_round_timeout(pipe
     exchange, a send to a peer that stops reading: each link's SO_SNDTIMEO) and the switch's and the
     host's sends are `server.peer_wait_s`, the round timeout with a margin, not the fixed 120 s and
     300 s they were (tests/fabric/test_peer_waits.py gives up on a stalled rank with a small one)."""
+    import os
     import socket
     import struct
+    import types
 
     def stall(link) -> tuple[int, int]:
         return struct.unpack("@ll", link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.calcsize("@ll")))
@@ -263,10 +265,19 @@ def test_the_devices_wait_on_a_peer_as_long_as_the_configured_round_timeout(pipe
     want = ex.cfg.server.peer_wait_s
     assert want > ex.cfg.server.round_timeout_s
     option = (int(want), round((want - int(want)) * 1e6))
+    def outputs(actor) -> set:
+        """Its output links' options (the next stage's device, or, on the last, the host's accepted link)."""
+        socks = [socket.socket(fileno=os.dup(int(fd))) for fd in actor.port._out_fds]
+        try:
+            return {stall(types.SimpleNamespace(sock=sock)) for sock in socks}
+        finally:
+            for sock in socks:
+                sock.close()
+
     got = ray.get([a.__ray_call__.remote(lambda actor: (actor.port.wait_s, stall(actor.port.switch),
-                                                        actor.listener.send_stall_s)) for a in ex.actors.values()],
-                  timeout=60)
-    assert got == [(want, option, want)] * len(ex.actors), got
+                                                        actor.listener.send_stall_s, outputs(actor)))
+                   for a in ex.actors.values()], timeout=60)
+    assert got == [(want, option, want, {option})] * len(ex.actors), got
     assert ray.get(ex.fabric.__ray_call__.remote(lambda f: f.listener.send_stall_s), timeout=60) == want
     assert {stall(link) for link in [*ex.inputs, ex.output, ex.switch_link]} == {option}
 
