@@ -41,8 +41,9 @@ tiny nested containers some multiple of its size). `Link(sock)` itself authentic
 
 Threading: one thread at a time sends and one at a time receives on a link (a sender and a
 receiver may be two threads); `close` may be called from any thread and wakes a blocked `recv`.
-The socket stays blocking: receive deadlines are polled, and a send that makes no progress for
-`SEND_STALL_TIMEOUT_S` fails with `LinkClosed`.
+The socket stays blocking: receive deadlines are polled (a long one in slices, `POLL_MAX_MS`), and
+a send that makes no progress for the link's `send_stall_s` (`SEND_STALL_TIMEOUT_S` unless given; a
+run's links take `server.peer_wait_s`) fails with `LinkClosed`.
 """
 from __future__ import annotations
 
