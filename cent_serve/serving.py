@@ -59,11 +59,11 @@ RELEASE_HOLD_S = 1e18
 
 
 PACE_LAG_WARN_S = 0.5
-"""Paced mode: how far behind its schedule the engine may fall before the log warns (once per
-episode of lag; `cent:pace_lag_seconds` shows the lag at any time), in wall seconds at pace
-factor 1 or more, and below 1 in simulated seconds (`PaceMonitor.warn_s`): a client divides the
-wall times it measures by the pace factor, so a lag of L wall seconds is L / pace factor of error
-in its figures (0.5 wall s at pace 0.1 would be 5 s of TTFT)."""
+"""Paced mode: how late a token may reach its client before the log warns (once per episode of
+lag; `cent:pace_lag_seconds` shows the lag at any time), in wall seconds at pace factor 1 or more,
+and below 1 in simulated seconds (`PaceMonitor.warn_s`): a client divides the wall times it
+measures by the pace factor, so a token L wall seconds late is L / pace factor of error in its
+figures (0.5 wall s at pace 0.1 would be 5 s of TTFT)."""
 PACE_LATE_FRAC = 0.1
 """Paced mode: a request is late when one of its tokens reaches its client more than this fraction
 of its paced latency (that token's simulated time from the request's arrival, times the pace factor:
@@ -73,19 +73,26 @@ most of a short request's latency: the tiny model's 64-token completions at pace
 
 
 class PaceMonitor:
-    """How far the paced engine runs behind the wall clock, and the pace factor it could keep.
+    """How late the paced engine's tokens reach their clients, and the pace factor it could keep.
 
-    `lag_s` is in wall seconds: how late the token being computed now will reach its client. An
-    episode of lag starts when it passes `warn_s` (PACE_LAG_WARN_S), or when a request's token
-    reaches its client more than PACE_LATE_FRAC of its paced latency late (`delivered`), and ends
-    when the engine is on schedule again. `lag_s` is 0 when idle; `num_late_requests` and
-    `late_frac_max` (the most a token was late, as a fraction of its paced latency) stay. The round
-    that made the lag (a stall: a first round's warm-up, a busy machine) ran before the episode and
-    is not in it; the pace factor the engine could keep is measured over the episode's
-    rounds, as wall seconds spent per simulated second with 20% headroom, and said once
-    `ESTIMATE_ROUNDS` rounds or `ESTIMATE_WALL_S` of them have run (not after one: a round after a
-    stall may still be slow), or, for a shorter episode, as it ends. `needed_factor` is never below
-    what the log said for the episode (its later, lighter rounds do not talk it down)."""
+    Every lateness here is a token's: when the engine thread hands it to its client against when its
+    paced time says it should (the request's arrival plus the token's simulated latency times the
+    pace factor; `delivered`, once a round per request with new tokens). A round's start is not a
+    token: a long round (a 0.65 s chunked prefill at pace factor 1) leaves the engine's clock at its
+    start, so the round after it starts as late as the long one took to compute, while every token
+    of both was early. `lag_s` (wall seconds) is how late the latest tokens delivered were (the
+    latest of the last round that delivered any: its requests' first new tokens): 0 when they were
+    on time, while the engine waits for the wall clock, and once nothing is in flight
+    (`on_schedule`). An episode of lag starts when a token is more than `warn_s`
+    (PACE_LAG_WARN_S) late, or more than PACE_LATE_FRAC of its paced latency late, and ends when
+    the engine is on schedule again; `num_late_requests` and `late_frac_max` (the most a token was
+    late, as a fraction of its paced latency) stay. The round that made the lag (a stall: a first
+    round's warm-up, a busy machine) ran before its tokens were delivered and is not in the
+    episode; the pace factor the engine could keep is measured over the episode's rounds, as wall
+    seconds spent per simulated second with 20% headroom, and said once `ESTIMATE_ROUNDS` rounds or
+    `ESTIMATE_WALL_S` of them have run (not after one: a round after a stall may still be slow),
+    or, for a shorter episode, as it ends. `needed_factor` is never below what the log said for the
+    episode (its later, lighter rounds do not talk it down)."""
 
     HEADROOM = 1.2
     ESTIMATE_ROUNDS = 8
@@ -102,9 +109,11 @@ class PaceMonitor:
         self._last_need: float | None = None  # the factor the last logged warning gave (None: a stall's)
         self._unsaid = 0
         self.warn_s = PACE_LAG_WARN_S * min(1.0, pace_factor)
-        """The lag (wall s) that starts an episode: PACE_LAG_WARN_S, simulated below pace factor 1."""
+        """How late (wall s) a token may be before an episode starts: PACE_LAG_WARN_S, simulated below
+        pace factor 1."""
         self._said: float | None = None  # the pace factor the log gave for this episode
         self.lag_s = 0.0
+        self._round_delivered = False  # whether `lag_s` already holds a token of the latest round
         self.num_episodes = 0
         self.num_late_requests = 0
         """Requests a token of which reached its client more than PACE_LATE_FRAC of its paced latency late."""
@@ -118,29 +127,28 @@ class PaceMonitor:
         self._worst_s = 0.0
 
     def on_schedule(self) -> None:
-        """The engine waits for the wall clock (or is idle): no lag."""
+        """The engine waits for the wall clock, or nothing is in flight: no lag."""
         if self._warn_pending:  # a short episode: said as it ends
             self._warn()
         self.lag_s, self._in_episode = 0.0, False
 
-    def behind(self, lag_s: float) -> None:
-        """The next round starts `lag_s` wall seconds after its time."""
-        self.lag_s = lag_s
-        self._late(lag_s, 0.0, lag_s > self.warn_s)
-
-    def delivered(self, late_s: float, paced_s: float, counted: bool) -> bool:
-        """A request's token reached its client `late_s` wall seconds after its time, which lies
-        `paced_s` wall seconds after the request's arrival (engine thread, paced mode, once a round
-        per request with new tokens). Returns whether the request is now counted late (`counted`:
-        it was before), so that it is counted once."""
-        if late_s <= 0.0 or paced_s <= 0.0:
-            return counted
-        frac = late_s / paced_s
+    def delivered(self, late_s: float, paced_s: float, worst_frac: float) -> float:
+        """A request's token reached its client `late_s` wall seconds after its time (negative: early),
+        which lies `paced_s` wall seconds after the request's arrival (engine thread, paced mode, once a
+        round per request with new tokens: its first new one, the latest of them). `worst_frac`: the
+        most the request's tokens were late before, as a fraction of their paced latency; returns it
+        with this one, so that the request is counted late once, when it first passes PACE_LATE_FRAC."""
+        late = max(0.0, late_s)
+        self.lag_s = max(self.lag_s, late) if self._round_delivered else late
+        self._round_delivered = True
+        if late <= 0.0:
+            return worst_frac
+        frac = late / paced_s if paced_s > 0.0 else 0.0
         self.late_frac_max = max(self.late_frac_max, frac)
         is_late = frac > PACE_LATE_FRAC
-        self.num_late_requests += is_late and not counted
-        self._late(late_s, frac, is_late)
-        return counted or is_late
+        self.num_late_requests += is_late and worst_frac <= PACE_LATE_FRAC
+        self._late(late, frac, is_late or late > self.warn_s)
+        return max(worst_frac, frac)
 
     def _late(self, late_s: float, frac: float, starts: bool) -> None:
         """Tokens run `late_s` wall s (`frac` of a paced latency) late; `starts`: enough for an episode."""
@@ -154,7 +162,9 @@ class PaceMonitor:
         self._worst_s, self._worst_frac = max(self._worst_s, late_s), max(self._worst_frac, frac)
 
     def stepped(self, wall_s: float, sim_s: float) -> None:
-        """One round took `wall_s` of wall time and advanced the clock by `sim_s`."""
+        """One round took `wall_s` of wall time and advanced the clock by `sim_s` (before its tokens
+        are `delivered`)."""
+        self._round_delivered = False
         if not self._in_episode:
             return
         self._wall_s += wall_s
@@ -267,8 +277,8 @@ class EngineLoop:
         """Called after each round with the tokens it made: prompts whose first token it made, and
         tokens generated (engine thread, before the round's `on_tokens`)."""
         self.inbox: queue.Queue = queue.Queue()
-        # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed and whether counted
-        # late (`PaceMonitor.delivered`), final only)
+        # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed, the most a token was
+        # late as a fraction of its paced latency (`PaceMonitor.delivered`)], final only)
         self.streams: dict[str, tuple] = {}
         self._flushed_at = -math.inf  # the first round's deltas go out at once
         self._outbox: dict = {}  # event loop -> [(queue, item)] delivered since the last `_flush`
@@ -408,7 +418,7 @@ class EngineLoop:
         finally:  # the hold moves on even when the request is refused (the replayer sends the next)
             self.set_hold(hold_until_s)
         for req, (_, _, tag) in zip(reqs, choices):
-            self.streams[req.request_id] = (loop, q, tag, [0, 0, 0, False], final_only)
+            self.streams[req.request_id] = (loop, q, tag, [0, 0, 0, 0.0], final_only)
         return reqs
 
     def set_hold(self, hold_until_s: float | None) -> None:
@@ -549,7 +559,6 @@ class EngineLoop:
                     self.pace.on_schedule()
                     self._stop.wait(min(wait, PACE_SLICE_S))
                     continue
-                self.pace.behind(-wait)
             try:
                 t0, sim0, made = time.monotonic(), eng.now_s, eng.stats.prompt_tokens + eng.stats.generation_tokens
                 self.round_started = t0
@@ -641,6 +650,8 @@ class EngineLoop:
         if req.is_finished:
             delta.timing = req.timing()
             del self.streams[req.request_id]
+            if self.clock == "paced" and not self.streams:  # nothing in flight: no lag, whatever the last round's was
+                self.pace.on_schedule()
             self.engine.forget(req.request_id)
             if self.on_finish is not None:
                 self.on_finish(req)

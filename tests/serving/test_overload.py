@@ -321,9 +321,15 @@ def test_paced_mode_says_when_it_cannot_keep_pace(caplog):
     assert len(warnings) == 1 and "--pace-factor" in warnings[0], warnings
 
 
+def _late(mon, late_s: float) -> None:
+    """A round's tokens reached their clients `late_s` wall s late, on a paced latency so long (1e6 s)
+    that only the absolute bound (`warn_s`) can start an episode."""
+    mon.delivered(late_s, 1e6, 0.0)
+
+
 def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
-    """In the engine loop a stall (a warm-up round) runs, then the lag it left is seen (`behind`), then
-    the episode's rounds run (`stepped`). A slow round right after the stall, then rounds that keep up:
+    """In the engine loop a stall (a warm-up round) runs, then its tokens are delivered late (`delivered`),
+    then the episode's rounds run (`stepped`). A slow round right after the stall, then rounds that keep up:
     the warning, after 8 rounds, says it fell behind after a stall, not a pace factor ~80x too high from
     one round (the audit's 0.0518 against the 0.00066 the status gave); rounds that really are too slow
     get a factor measured over the episode, said as a short episode ends."""
@@ -334,10 +340,10 @@ def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
     caplog.set_level(logging.WARNING, logger="cent.serving")
     mon = PaceMonitor(pace_factor=0.0005)
     mon.stepped(2.0, 0.05)  # the stall: on schedule until now, no episode yet
-    mon.behind(2.0)
+    _late(mon, 2.0)
     mon.stepped(0.02, 0.5)  # still slowish: 0.04 wall s per simulated s
     for _ in range(PaceMonitor.ESTIMATE_ROUNDS - 1):
-        mon.behind(1.9)
+        _late(mon, 1.9)
         mon.stepped(0.0001, 10.0)  # then well within the pace
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "after a stall" in msgs[0] and "--pace-factor" not in msgs[0], msgs
@@ -347,7 +353,7 @@ def test_the_pace_estimate_averages_the_episode_not_its_first_round(caplog):
     slow = PaceMonitor(pace_factor=0.0005)
     slow.stepped(5.0, 0.01)  # the stall, before the episode
     for k in range(3):  # a short episode: said as it ends
-        slow.behind(1.0 + k)
+        _late(slow, 1.0 + k)
         slow.stepped(0.01, 1.0)
     slow.on_schedule()
     msgs = [r.getMessage() for r in caplog.records]
@@ -366,21 +372,21 @@ def test_below_pace_factor_1_a_lag_is_judged_in_simulated_time_and_the_estimate_
     assert PaceMonitor(10.0).warn_s == PACE_LAG_WARN_S and PaceMonitor(0.1).warn_s == pytest.approx(0.05)
     mon = PaceMonitor(pace_factor=0.1)
     for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
-        mon.behind(0.2)
+        _late(mon, 0.2)
         mon.stepped(0.02, 0.1)  # 0.2 wall s per simulated s: needs 0.24
     msgs = [r.getMessage() for r in caplog.records]
     assert mon.num_episodes == 1 and len(msgs) == 1, msgs
-    assert "0.20 s late (2 s of simulated time at pace factor 0.1)" in msgs[0] and "--pace-factor 0.24" in msgs[0]
+    assert "0.20 s late (2 s of simulated time at pace factor 0.1, " in msgs[0] and "--pace-factor 0.24" in msgs[0]
     for _ in range(50):  # lighter rounds, the lag not yet gone
-        mon.behind(0.1)
+        _late(mon, 0.1)
         mon.stepped(0.001, 0.1)
     assert mon.needed_factor() == pytest.approx(0.24)  # the running mean alone is 1.2 * 0.21 / 5.8 = 0.043
     mon.on_schedule()  # the next episode is its own: a light one reports its own figure
-    mon.behind(0.2)
+    _late(mon, 0.2)
     mon.stepped(0.001, 0.1)
     assert mon.num_episodes == 2 and mon.needed_factor() == pytest.approx(0.012)
     stall = PaceMonitor(pace_factor=0.1)  # a stall's warning gives no factor, so nothing holds the figure up
-    stall.behind(0.2)
+    _late(stall, 0.2)
     for _ in range(PaceMonitor.ESTIMATE_ROUNDS):
         stall.stepped(0.001, 0.1)
     stall.stepped(0.0, 10.0)
@@ -405,12 +411,11 @@ def test_a_short_request_late_relative_to_its_paced_latency_is_counted_and_warne
     wall_s, sim_s = 0.009, 0.00023
 
     def request() -> None:
-        counted = False
+        worst = 0.0
         for k in range(1, 65):
-            mon.behind((k - 1) * (wall_s - 10 * sim_s))
-            assert mon.lag_s < mon.warn_s  # never an episode by the absolute bound
             mon.stepped(wall_s, sim_s)
-            counted = mon.delivered(k * (wall_s - 10 * sim_s), 10 * k * sim_s, counted)
+            worst = mon.delivered(k * (wall_s - 10 * sim_s), 10 * k * sim_s, worst)
+            assert 0 < mon.lag_s < mon.warn_s  # never an episode by the absolute bound
         mon.on_schedule()
         now[0] += 1.0
 
@@ -422,7 +427,7 @@ def test_a_short_request_late_relative_to_its_paced_latency_is_counted_and_warne
     assert f"use --pace-factor {1.2 * wall_s / sim_s:.3g} or more" in msgs[0]  # 47
     request()
     assert mon.num_late_requests == 2 and len(caplog.records) == 1  # within QUIET_S, nothing new: not logged
-    assert not mon.delivered(PACE_LATE_FRAC * 0.5 * 10.0, 10.0, False)  # 5% late on 10 s paced: not late
+    assert mon.delivered(PACE_LATE_FRAC * 0.5 * 10.0, 10.0, 0.0) == pytest.approx(0.05)  # 5% late on 10 s: not late
     assert mon.num_late_requests == 2 and mon.late_frac_max == pytest.approx(2.913, abs=1e-3)
 
 
@@ -788,7 +793,7 @@ def test_lag_warnings_that_tell_nothing_new_are_counted_not_logged(caplog):
 
     def episode(wall_per_round: float) -> None:  # a short episode of 3 rounds, said as it ends
         for _ in range(3):
-            mon.behind(1.0)
+            _late(mon, 1.0)
             mon.stepped(wall_per_round, 1.0)
         mon.on_schedule()
         now[0] += 1.0

@@ -1,0 +1,100 @@
+"""The paced clock's lateness: measured on the tokens a client gets, not on the engine's rounds."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import re
+import time
+
+import httpx
+import pytest
+
+from api.server import Server
+from cent_serve.config import CentConfig, ParallelConfig, model_preset
+from cent_serve.serving import PACE_LAG_WARN_S, PACE_LATE_FRAC
+from tests.serving.utils import HANG_GUARD_S, body, server_cfg, status
+
+PROMPT_TOKENS = 512
+"""One prefill round of Llama 3.2 1B on one device (the whole prompt in one chunk): 2.74 simulated
+seconds, which the engine computes in about 0.3 wall s; a decode round after it is 7.3 ms."""
+SLOW_S = 0.7
+"""Wall seconds one chosen round is made to take on top of its own: over the old 0.5 s bound
+(PACE_LAG_WARN_S), well under the prefill's 2.74 s paced at pace factor 1, far over a decode round's."""
+
+
+def _long_prefill_server() -> Server:
+    cfg = CentConfig(model=model_preset("llama3.2-1b"), parallel=ParallelConfig(1, 0, 1), numerics="off")
+    cfg.scheduler.prefill_chunk_tokens = PROMPT_TOKENS
+    cfg.server.port, cfg.server.clock, cfg.server.pace_factor = 0, "paced", 1.0
+    return Server(cfg, "local")
+
+
+@pytest.mark.parametrize("slow_round, is_late", [(1, False), (3, True)], ids=["the prefill", "a decode round"])
+def test_lateness_is_the_tokens_not_the_rounds_start(caplog, slow_round, is_late):
+    """A 512-token prompt prefilled in one round of 2.74 simulated s at pace factor 1, made to take
+    0.7 wall s more. The prefill: its token is due 2.74 s after the arrival and handed over about
+    1 s after it, early, so nothing is late, though the round after it started 1 s after the
+    engine's clock (the prefill round's start: the old measure, which warned of 'tokens 1.00 s late
+    after a stall' of a request whose every token was early). A decode round of 7.3 ms that takes
+    0.7 s more really is a stall: its token is late by at least the 0.7 s less one round, so the
+    request is counted late once (one episode, over PACE_LATE_FRAC of the token's 2.76 s paced
+    latency), and warned of as a stall the rounds keep up with. Counts and orders, no wall bound:
+    load can only make tokens later, and the prefill's are 1.7 s early. A first request warms the engine (a cold cache's first round)."""
+    caplog.set_level(logging.WARNING, logger="cent.serving")
+    long = body(model="llama3.2-1b", prompt=[5] * PROMPT_TOKENS, max_tokens=4)
+    with _long_prefill_server() as s:
+        warm = httpx.post(s.url + "/v1/completions", json=long, timeout=HANG_GUARD_S)
+        assert warm.status_code == 200 and warm.json()["usage"]["prompt_tokens"] == PROMPT_TOKENS
+        assert warm.json()["cent"]["ttft_s"] > 2 * SLOW_S + 1  # the prefill is long enough
+        before = status(s.url)
+        caplog.clear()
+
+        step, rounds = s.loop.engine.step, []
+
+        def slow_step():  # the engine thread's round, `slow_round`th of the request slower by SLOW_S
+            out = step()
+            rounds.append(1)
+            if len(rounds) == slow_round:
+                time.sleep(SLOW_S)
+            return out
+
+        s.loop.engine.step = slow_step
+        r = httpx.post(s.url + "/v1/completions", json=long, timeout=HANG_GUARD_S)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        after = status(s.url)  # the first read after the run: nothing in flight, no lag
+    assert len(rounds) == 4  # a prefill round, then one a token
+    assert after["pace_lag_s"] == 0.0
+    warnings = [rec.getMessage() for rec in caplog.records if "paced mode" in rec.getMessage()]
+    late = after["pace_late_requests"] - before["pace_late_requests"]
+    episodes = after["pace_lag_episodes"] - before["pace_lag_episodes"]
+    if not is_late:
+        assert (late, episodes, warnings) == (0, 0, [])
+        return
+    assert (late, episodes) == (1, 1)
+    assert after["pace_late_frac_max"] > PACE_LATE_FRAC
+    assert len(warnings) == 1 and "after a stall" in warnings[0], warnings
+    said = float(re.search(r"up to ([\d.]+) s late", warnings[0]).group(1))
+    assert said > PACE_LAG_WARN_S  # the stall's 0.7 s less one 7 ms round, at least
+
+
+def test_the_first_status_after_a_run_shows_no_lag():
+    """At pace factor 1e-4 every token is late, so the lag is far above 0 while a request runs. The
+    first status read after its last token, taken by the engine thread right after that token is
+    handed over (so no wait can hide a stale figure), says 0: nothing is in flight. The late count
+    and the worst fraction stay. Before, the lag stayed until the idle engine thread next looked."""
+    with Server(server_cfg(clock="paced", pace_factor=1e-4), "local") as s:
+        loop, reads = s.loop, []
+        finish = loop.on_finish
+
+        def then_read(req):  # engine thread, as the request ends: a status read queued behind it
+            finish(req)
+            fut: cf.Future = cf.Future()
+            loop.inbox.put(("call", lambda eng: loop.status(), fut))
+            reads.append(fut)
+
+        loop.on_finish = then_read
+        r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=16), timeout=HANG_GUARD_S)
+        assert r.status_code == 200
+        first = reads[0].result(HANG_GUARD_S)
+    assert first["num_running"] == 0 and first["pace_lag_s"] == 0.0
+    assert first["pace_late_requests"] == 1 and first["pace_late_frac_max"] > PACE_LATE_FRAC
