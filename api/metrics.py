@@ -43,6 +43,9 @@ ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 81
 """`vllm:iteration_tokens_total`'s buckets, vLLM's."""
 N_BUCKETS = (1, 2, 5, 10, 20)
 """`vllm:request_params_n`'s buckets, vLLM's."""
+PACE_LATE_BUCKETS = (0.01, 0.025, 0.05, PACE_LATE_FRAC, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0)
+"""`cent:pace_late_fraction`'s buckets: a sequence's lateness as a fraction of its paced latency, one
+bound at PACE_LATE_FRAC, so the share of late sequences is one bucket's (a sequence on time observes 0)."""
 ENGINE = "0"
 """The `engine` label: vLLM's data-parallel engine index; this server has one engine (its
 data-parallel replicas share one scheduler)."""
@@ -152,6 +155,9 @@ class Metrics:
         self.n = hist("vllm:request_params_n", "Per prompt, its n.", N_BUCKETS)
         self.round_tokens = hist("vllm:iteration_tokens_total", "Tokens per engine round: prompts whose first "
                                  "token it made, and tokens generated.", ITERATION_TOKEN_BUCKETS)
+        self.pace_late = hist("cent:pace_late_fraction", "Paced clock: per sequence given a token, the most its "
+                              "tokens reached its client late, as a fraction of its paced latency (0: on time; "
+                              f"over {PACE_LATE_FRAC:g}: counted in cent:pace_late_requests_total).", PACE_LATE_BUCKETS)
         self.running = Gauge("vllm:num_requests_running", "Requests on the devices.", lab, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", lab, registry=r)
         self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = 100%).", lab, registry=r)
@@ -184,7 +190,7 @@ class Metrics:
         # series born at its first increment loses that increment to rate() and increase())
         for metric in (self.ttft, self.itl, self.tpot_iter, self.e2e, self.queue, self.prefill, self.decode,
                        self.inference, self.prefill_per_token, self.tpot, self.prompt_len, self.output_len,
-                       self.max_tokens, self.max_output_len, self.n, self.round_tokens):
+                       self.max_tokens, self.max_output_len, self.n, self.round_tokens, self.pace_late):
             metric.labels(*key)
         for reason in FINISH_REASONS:
             self.success.labels(*key, reason)
@@ -203,6 +209,12 @@ class Metrics:
         """An engine round made `tokens` (engine thread): prompts whose first token it made, and the
         tokens it generated, as vLLM counts an iteration's."""
         self.round_tokens.labels(*self.key).observe(tokens)
+
+    def observe_pace_late(self, frac: float) -> None:
+        """Paced clock: a sequence given a token ended, its tokens at most `frac` of its paced latency
+        late (engine thread, `EngineLoop.on_late`): completed or not, as cent:pace_late_requests_total
+        counts it."""
+        self.pace_late.labels(*self.key).observe(frac)
 
     def observe_prompts(self, n: int, generated: list[int]) -> None:
         """A request's prompts whose choices all came back: per prompt its `n` and the most tokens one

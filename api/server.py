@@ -142,7 +142,8 @@ def build(cfg: CentConfig, engine: Engine | None = None):
                            cache_dtype="16-bit" if cfg.on_gpus else f"{cfg.device.kv_element_bytes * 8}-bit",
                            enable_prefix_caching=False))
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
-                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round, watch=watch)
+                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round,
+                      on_late=metrics.observe_pace_late, watch=watch)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 

@@ -257,7 +257,8 @@ class EngineLoop:
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
                  on_finish: Callable[[Request], None] | None = None,
                  on_tokens: Callable[[Request, int], None] | None = None,
-                 on_round: Callable[[int], None] | None = None, watch=None) -> None:
+                 on_round: Callable[[int], None] | None = None,
+                 on_late: Callable[[float], None] | None = None, watch=None) -> None:
         self.engine = engine
         self.watch = watch
         """What the devices run on, when it can be lost (a Ray cluster: `executor.watch.ClusterWatch`,
@@ -276,6 +277,9 @@ class EngineLoop:
         self.on_round = on_round
         """Called after each round with the tokens it made: prompts whose first token it made, and
         tokens generated (engine thread, before the round's `on_tokens`)."""
+        self.on_late = on_late
+        """Paced clock: called once per ended sequence that was given a token, with the most its tokens
+        reached its client late, as a fraction of its paced latency (0: on time; engine thread)."""
         self.inbox: queue.Queue = queue.Queue()
         # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed, the most a token was
         # late as a fraction of its paced latency (`PaceMonitor.delivered`)], final only)
@@ -650,8 +654,11 @@ class EngineLoop:
         if req.is_finished:
             delta.timing = req.timing()
             del self.streams[req.request_id]
-            if self.clock == "paced" and not self.streams:  # nothing in flight: no lag, whatever the last round's was
-                self.pace.on_schedule()
+            if self.clock == "paced":
+                if self.on_late is not None and req.output_ids:
+                    self.on_late(sent[3])
+                if not self.streams:  # nothing in flight: no lag, whatever the last round's was
+                    self.pace.on_schedule()
             self.engine.forget(req.request_id)
             if self.on_finish is not None:
                 self.on_finish(req)

@@ -432,19 +432,27 @@ def test_a_short_request_late_relative_to_its_paced_latency_is_counted_and_warne
 
 
 def test_a_paced_servers_late_requests_show_after_it_is_idle():
-    """At pace factor 1e-4 no engine keeps up: after a short request the lag gauge is back to 0, but
-    the status and /metrics still count the request late, with how late (a fraction of its paced
-    latency), so a client reading them after a run learns its wall times were off."""
+    """At pace factor 1e-4 no engine keeps up: after a short request the lag gauge is back to 0 (in
+    the first read), but the status and /metrics still count the request late, with how late (a
+    fraction of its paced latency; the histogram has it above the late bound), so a client reading
+    them after a run learns its wall times were off."""
     with Server(server_cfg(clock="paced", pace_factor=1e-4), "local") as s:
         before = status(s.url)
         assert (before["pace_late_requests"], before["pace_late_frac_max"]) == (0, 0.0)
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "cent:pace_late_fraction_count") == 0  # the series is there from the start
+        assert "cent:pace_late_fraction_bucket{" in text
         assert httpx.post(s.url + "/v1/completions", json=body(), timeout=REQUEST_TIMEOUT_S).status_code == 200
-        idle = wait_for(lambda: (x := status(s.url))["pace_lag_s"] == 0.0 and x, "no lag when idle")
+        idle = status(s.url)
+        assert idle["pace_lag_s"] == 0.0
         assert idle["pace_late_requests"] == 1 and idle["pace_late_frac_max"] > 0.1
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "cent:pace_late_requests_total") == 1
         assert metric(text, "cent:pace_late_fraction_max") == idle["pace_late_frac_max"]
         assert metric(text, "cent:pace_lag_seconds") == 0.0
+        assert metric(text, "cent:pace_late_fraction_count") == 1
+        assert metric(text, "cent:pace_late_fraction_sum") == idle["pace_late_frac_max"]
+        assert metric(text, "cent:pace_late_fraction_bucket", le="0.1") == 0  # observed above the late bound
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises the bug

@@ -12,7 +12,7 @@ import pytest
 from api.server import Server
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.serving import PACE_LAG_WARN_S, PACE_LATE_FRAC
-from tests.serving.utils import HANG_GUARD_S, body, server_cfg, status
+from tests.serving.utils import HANG_GUARD_S, body, metric, server_cfg, status
 
 PROMPT_TOKENS = 512
 """One prefill round of Llama 3.2 1B on one device (the whole prompt in one chunk): 2.74 simulated
@@ -29,6 +29,13 @@ def _long_prefill_server() -> Server:
     return Server(cfg, "local")
 
 
+def _late_fractions(url: str) -> tuple[float, float]:
+    """`cent:pace_late_fraction`'s (count, observations at most PACE_LATE_FRAC)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return (metric(text, "cent:pace_late_fraction_count"),
+            metric(text, "cent:pace_late_fraction_bucket", le=str(PACE_LATE_FRAC)))
+
+
 @pytest.mark.parametrize("slow_round, is_late", [(1, False), (3, True)], ids=["the prefill", "a decode round"])
 def test_lateness_is_the_tokens_not_the_rounds_start(caplog, slow_round, is_late):
     """A 512-token prompt prefilled in one round of 2.74 simulated s at pace factor 1, made to take
@@ -38,15 +45,16 @@ def test_lateness_is_the_tokens_not_the_rounds_start(caplog, slow_round, is_late
     after a stall' of a request whose every token was early). A decode round of 7.3 ms that takes
     0.7 s more really is a stall: its token is late by at least the 0.7 s less one round, so the
     request is counted late once (one episode, over PACE_LATE_FRAC of the token's 2.76 s paced
-    latency), and warned of as a stall the rounds keep up with. Counts and orders, no wall bound:
-    load can only make tokens later, and the prefill's are 1.7 s early. A first request warms the engine (a cold cache's first round)."""
+    latency), observed above PACE_LATE_FRAC in cent:pace_late_fraction, and warned of as a stall
+    the rounds keep up with. Counts and orders, no wall bound: load can only make tokens later, and
+    the prefill's are 1.7 s early. A first request warms the engine (a cold cache's first round)."""
     caplog.set_level(logging.WARNING, logger="cent.serving")
     long = body(model="llama3.2-1b", prompt=[5] * PROMPT_TOKENS, max_tokens=4)
     with _long_prefill_server() as s:
         warm = httpx.post(s.url + "/v1/completions", json=long, timeout=HANG_GUARD_S)
         assert warm.status_code == 200 and warm.json()["usage"]["prompt_tokens"] == PROMPT_TOKENS
         assert warm.json()["cent"]["ttft_s"] > 2 * SLOW_S + 1  # the prefill is long enough
-        before = status(s.url)
+        before, hist_before = status(s.url), _late_fractions(s.url)
         caplog.clear()
 
         step, rounds = s.loop.engine.step, []
@@ -62,15 +70,18 @@ def test_lateness_is_the_tokens_not_the_rounds_start(caplog, slow_round, is_late
         r = httpx.post(s.url + "/v1/completions", json=long, timeout=HANG_GUARD_S)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
         after = status(s.url)  # the first read after the run: nothing in flight, no lag
+        count, on_time = _late_fractions(s.url)
     assert len(rounds) == 4  # a prefill round, then one a token
     assert after["pace_lag_s"] == 0.0
+    assert count == hist_before[0] + 1
     warnings = [rec.getMessage() for rec in caplog.records if "paced mode" in rec.getMessage()]
     late = after["pace_late_requests"] - before["pace_late_requests"]
     episodes = after["pace_lag_episodes"] - before["pace_lag_episodes"]
     if not is_late:
         assert (late, episodes, warnings) == (0, 0, [])
+        assert on_time == hist_before[1] + 1
         return
-    assert (late, episodes) == (1, 1)
+    assert (late, episodes, on_time) == (1, 1, hist_before[1])
     assert after["pace_late_frac_max"] > PACE_LATE_FRAC
     assert len(warnings) == 1 and "after a stall" in warnings[0], warnings
     said = float(re.search(r"up to ([\d.]+) s late", warnings[0]).group(1))
