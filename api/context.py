@@ -21,9 +21,9 @@ from fastapi import Request
 from api.checks import ApiError, short
 from api.metrics import Metrics
 from cent_serve.config import CentConfig
+from cent_serve.config.hf_config import hub_repo_id
 from cent_serve.engine import Engine
 from cent_serve.model.chat_template import TEMPLATE_VARIABLES
-from cent_serve.model.hf_config import hub_repo_id
 from cent_serve.model.sampling import checkpoint_sampling_defaults
 from cent_serve.model.tokenizer import Tokenizer, encode_chat, encode_truncated
 from cent_serve.request import RequestRefused

@@ -18,7 +18,7 @@ from functools import lru_cache
 import yaml
 
 from cent_serve.config import MODEL_PRESETS, CentConfig, model_preset
-from cent_serve.timing.mapping import size_text
+from cent_serve.config.fields import size_text
 
 __all__ = ["describe_config", "field_docs", "sections", "undocumented_fields"]
 

@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from cent_serve.config import MAX_DEVICES, CentConfig, ParallelConfig
+from cent_serve.config.fields import size_text
 from cent_serve.config.model import rope_numerics_refusal
 from cent_serve.timing.mapping import (CAPACITY_FIELDS, CapacityError, Mapping, check_capacity, counted, kv_room,
                                       resolve_mapping)
@@ -87,7 +88,6 @@ def _smaller_devices(cfg: CentConfig) -> str | None:
     adds to a KV cache that does not fit: larger devices, naming what sets the size; None at the
     default size or above (serving users are not told to change the hardware)."""
     from cent_serve.config import DeviceConfig
-    from cent_serve.timing.mapping import size_text
 
     have, default = cfg.device.capacity_bytes, DeviceConfig().capacity_bytes
     if have >= default:

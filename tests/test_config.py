@@ -53,7 +53,7 @@ def test_gemma3_presets_have_their_text_models_parameter_counts(name, tmp_path):
     back as itself."""
     import dataclasses
 
-    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.config.hf_config import model_config_from_hf
     from cent_serve.model.hf_config_writer import hf_config_dict
 
     m = model_preset(name)
@@ -74,7 +74,7 @@ def test_gemma2_presets_window_every_other_block_and_save_as_transformers_reads_
     its config.json without layer_types (the default pattern) or with the window left out (4096)."""
     import dataclasses
 
-    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.config.hf_config import model_config_from_hf
     from cent_serve.model.hf_config_writer import hf_config_dict
 
     m = model_preset(name)
@@ -418,7 +418,7 @@ def test_the_model_is_not_relabelled_by_set(override):
 
 
 def test_a_yaml_checkpoint_loads_its_model_as_model_does(tmp_path):
-    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.config.hf_config import model_config_from_hf
 
     ckpt = Path(__file__).parent / "data" / "hf_tiny_llama"
     (tmp_path / "c.yaml").write_text(f"model: {{checkpoint: {ckpt}, max_seq_len: 128}}\n")
@@ -433,7 +433,7 @@ def test_a_relative_yaml_checkpoint_is_the_config_files_directorys(tmp_path, mon
     the current directory's, and a missing one said it had no config.json)."""
     import shutil
 
-    from cent_serve.model.hf_config import model_config_from_hf
+    from cent_serve.config.hf_config import model_config_from_hf
 
     here = tmp_path / "x"
     shutil.copytree(Path(__file__).parent / "data" / "hf_tiny_llama", here / "models" / "m")

@@ -19,6 +19,8 @@ The sections live in modules of their own; import from here:
 - `overrides`: `build_config`, `apply_overrides` (`--set section.field=value`)
 - `files`: `load_config` (YAML), `config_to_dict`
 - `checks`, `fields`: what every section shares (range checks, dotted paths, typed values)
+- `hf_config` (with `families`, `gemma3`, `hf_files`): a checkpoint's config.json as a `ModelConfig`
+  (`model_config_from_hf`, which `resolve_model` and a YAML `checkpoint:` call)
 """
 from cent_serve.config.checks import NUMBER_RANGE
 from cent_serve.config.files import REDACTED, bench_flags, config_to_dict, load_config

@@ -309,6 +309,15 @@ def _number_text(value: float) -> str:
     return sci if len(sci) < len(plain) else plain
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes for a person (capacity errors, the docs' preset table): GiB with enough digits to tell
+    sizes apart, MiB under 1 GiB (a device made small by an override reads "64 MiB", not "0 GiB")."""
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    mib = nbytes / 2**20
+    return f"{mib:.3g} MiB" if mib < 999.5 else f"{mib:.0f} MiB"  # 1023 MiB, not 1.02e+03
+
+
 def _field_default(name: str) -> Any:
     """The default of the config field `name` (`section.field`), or None when it has none or is not one."""
     from cent_serve.config.tree import CentConfig  # imported here: it imports this module

@@ -13,6 +13,7 @@ from typing import Any
 
 from cent_serve.config.checks import _check
 from cent_serve.config.fields import _from_dict, _sections, served_context
+from cent_serve.config.hf_config import model_config_from_hf
 from cent_serve.config.presets import MODEL_PRESETS
 from cent_serve.config.tree import CentConfig
 
@@ -196,8 +197,6 @@ def _model_section(model: dict[str, Any], base_dir: Path, source: str = "",
     the default model."""
     name, ckpt = model.get("name"), model.get("checkpoint")
     if ckpt is not None:
-        from cent_serve.model.hf_config import model_config_from_hf
-
         where = os.path.abspath(base_dir / os.path.expanduser(str(ckpt)))  # an absolute DIR stays itself
         here = os.path.abspath(os.path.expanduser(str(ckpt)))
         if not os.path.exists(where) and here != where and os.path.exists(here):

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from cent_serve.config.hf_config import model_config_from_hf
 from cent_serve.config.model import ModelConfig
 
 
@@ -171,7 +172,6 @@ def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
     if name_or_path in MODEL_PRESETS:
         return model_preset(name_or_path)
     if name_or_path.strip() and Path(name_or_path).exists():  # Path("") is the current directory
-        from cent_serve.model.hf_config import model_config_from_hf
         return model_config_from_hf(name_or_path, **checkpoint_fields)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
                      "nor an existing checkpoint directory: nothing is downloaded; save a Hugging Face model's "

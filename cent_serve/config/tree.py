@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cent_serve.config.checks import _check
-from cent_serve.config.fields import _SECTION_FIX, _sections
+from cent_serve.config.fields import _SECTION_FIX, _sections, size_text
 from cent_serve.config.gpu import GpuConfig
 from cent_serve.config.hardware import DeviceConfig, FabricConfig
 from cent_serve.config.model import ModelConfig, rope_numerics_refusal
@@ -114,8 +114,6 @@ class CentConfig:
         if rope_numerics_refusal(self.model):  # full numerics would refuse it
             return "off", (f"auto: model.rope_type={self.model.rope_type!r} without its factors is timed, not "
                            "computed; the text is a stand-in, the times are the model's")
-        from cent_serve.timing.mapping import size_text  # imported here: it imports the config
-
         n = self.model.param_count()
         if self.model.checkpoint:  # its own weights (checked above): full numerics give the model's text
             if n <= AUTO_FULL_PARAMS:

@@ -2,7 +2,7 @@
 from cent_serve.model.reference import KVCache, LlamaModel
 from cent_serve.model.sampling import SamplingParams, make_generator, sample
 from cent_serve.model.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
-from cent_serve.model.hf_config import model_config_from_hf
+from cent_serve.config.hf_config import model_config_from_hf
 from cent_serve.model.hf_checkpoint import save_hf_checkpoint
 from cent_serve.model.weights import LlamaWeights, load_weights, random_weights
 

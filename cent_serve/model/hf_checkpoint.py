@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from cent_serve.config import ModelConfig
-from cent_serve.model.hf_config import json_object
+from cent_serve.config.hf_files import json_object
 from cent_serve.model.hf_config_writer import hf_config_dict
 from cent_serve.model.weights import F32, LayerWeights, LlamaWeights, bf16
 

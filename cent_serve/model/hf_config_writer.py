@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from cent_serve.config import ModelConfig
 from cent_serve.config.model import GEMMA_TYPES
-from cent_serve.model import gemma3
-from cent_serve.model.hf_config import ARCHITECTURES, PHI3_ROPE_TYPES, ROPE_KEYS
+from cent_serve.config import gemma3
+from cent_serve.config.hf_config import ARCHITECTURES, PHI3_ROPE_TYPES, ROPE_KEYS
 
 
 _ROPE_TYPE_KEYS = {"linear": ("factor",), "dynamic": ("factor",),

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cent_serve.config import DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from cent_serve.config.fields import size_text
 from cent_serve.kv_room import KVRoom, seq_blocks
 from cent_serve.timing.pim import BlockGeometry, cdiv
 
@@ -259,15 +260,6 @@ def check_capacity(m: ModelConfig, mp: Mapping, dev: DeviceConfig, context: int,
 
 CAPACITY_FIELDS = ("device.num_channels x banks_per_channel x rows_per_bank x row_elements x bytes_per_element")
 """What a device's capacity is made of (`DeviceConfig.capacity_bytes`), for the capacity errors."""
-
-
-def size_text(nbytes: float) -> str:
-    """Bytes for a person (capacity errors, the docs' preset table): GiB with enough digits to tell
-    sizes apart, MiB under 1 GiB (a device made small by an override reads "64 MiB", not "0 GiB")."""
-    if nbytes >= 2**30:
-        return f"{nbytes / 2**30:.2f} GiB"
-    mib = nbytes / 2**20
-    return f"{mib:.3g} MiB" if mib < 999.5 else f"{mib:.0f} MiB"  # 1023 MiB, not 1.02e+03
 
 
 def expert_placement(m: ModelConfig, mp: Mapping, element_bytes: int = 2) -> dict | None:

@@ -66,7 +66,7 @@ def test_missing_tensor_and_shape_mismatch_are_named(tmp_path):
 def test_a_directory_that_is_not_a_checkpoint_names_every_family_read(tmp_path):
     """The messages of a missing directory and of one without config.json listed the families without
     Gemma 3, which the reader takes: they name each family `ARCHITECTURES` holds."""
-    from cent_serve.model.hf_config import ARCHITECTURES, FAMILY_NAMES
+    from cent_serve.config.hf_config import ARCHITECTURES, FAMILY_NAMES
 
     assert set(FAMILY_NAMES) == set(ARCHITECTURES)
     (tmp_path / "empty").mkdir()

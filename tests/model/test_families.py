@@ -799,7 +799,7 @@ def test_gemma3_defaults_are_transformers_gemma3textconfig_s(tmp_path):
     """The Gemma3TextConfig defaults a config.json may leave out, kept together in gemma3.py, are transformers'
     (5.25's Gemma3TextConfig()); a multimodal config.json whose text_config says nothing reads as that default."""
     transformers = pytest.importorskip("transformers")
-    from cent_serve.model import gemma3
+    from cent_serve.config import gemma3
 
     ref = transformers.Gemma3TextConfig()
     assert gemma3.SIZE_DEFAULTS == {k: getattr(ref, k) for k in gemma3.SIZE_DEFAULTS}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cent_serve.model.hf_config import model_config_from_hf
+from cent_serve.config.hf_config import model_config_from_hf
 
 _LLAMA31 = dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
                 rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=[128001, 128008, 128009],

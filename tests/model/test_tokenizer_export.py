@@ -16,7 +16,7 @@ from cent_serve.cli import main
 from cent_serve.config import model_preset
 from cent_serve.model.tokenizer import ByteTokenizer, encode_chat, load_tokenizer
 from cent_serve.model.tokenizer_export import export_tokenizer
-from cent_serve.model.hf_config import model_config_from_hf
+from cent_serve.config.hf_config import model_config_from_hf
 
 HF_TINY = Path(__file__).resolve().parent.parent / "data" / "hf_tiny_llama"
 CHATS = [[{"role": "user", "content": "hi"}],

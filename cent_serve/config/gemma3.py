@@ -1,10 +1,10 @@
 """Gemma 3's text model (`model_type` gemma3_text) in a config.json, both ways: what `hf_config` reads
-beyond the keys every family shares, and what `hf_config_writer` writes. The facts are transformers 5.25's
+beyond the keys every family shares, and what `cent_serve.model.hf_config_writer` writes. The facts are transformers 5.25's
 configuration_gemma3.py (Gemma3TextConfig) and modeling_gemma3.py."""
 from __future__ import annotations
 
-from cent_serve.config import ModelConfig
-from cent_serve.model.families import refuse as _refuse
+from cent_serve.config.families import refuse as _refuse
+from cent_serve.config.model import ModelConfig
 
 KINDS = ("sliding_attention", "full_attention")
 """The layer types Gemma3TextConfig keys its rope_parameters by."""

@@ -1,20 +1,19 @@
 """A `ModelConfig` from a checkpoint's Hugging Face `config.json`, with the family's defaults transformers
 would take, and refusals of what the model cannot run. The other way, a config.json from a `ModelConfig`,
-is `hf_config_writer`'s."""
+is `cent_serve.model.hf_config_writer`'s."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from pathlib import Path
 
-from cent_serve.config import MOE_TYPES, ROPE_TYPES, ModelConfig
-from cent_serve.config.model import GEMMA_TYPES
-from cent_serve.model.families import (GELU_TANH_NAMES, activation, announced_features, dense_mlp_blocks,
-                                       gemma2_windowed_blocks, gemma_fields, unmodelled_features, windowed_blocks)
-from cent_serve.model.families import refuse as _refuse
-from cent_serve.model import gemma3
+from cent_serve.config import gemma3
+from cent_serve.config.families import (GELU_TANH_NAMES, activation, announced_features, dense_mlp_blocks,
+                                        gemma2_windowed_blocks, gemma_fields, unmodelled_features, windowed_blocks)
+from cent_serve.config.families import refuse as _refuse
+from cent_serve.config.hf_files import json_object, tokenizer_special_id
+from cent_serve.config.model import GEMMA_TYPES, MOE_TYPES, ROPE_TYPES, ModelConfig
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -102,22 +101,6 @@ def _layer_types_window(hf: dict, arch: str, num_layers: int, context: int, wind
     if not sliding or not hides:  # no block windowed, or a window that hides no key: full attention
         return dict(sliding_window=0 if not sliding else window, layer_types=())
     return dict(sliding_window=window, layer_types=_layer_types(sliding, num_layers))
-
-
-def json_object(file: Path, field: str, alternative: str) -> dict:
-    """A checkpoint's JSON file of fields: ValueError naming the file, what is wrong and the fix
-    (fix the file, `alternative`)."""
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): fix the "
-                         f"file, {alternative}") from None
-    except UnicodeDecodeError as exc:  # cut inside a character, or not text at all
-        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start}): fix the file, {alternative}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object of fields (\"{field}\": ..., ...), not a "
-                         f"{type(data).__name__}: fix the file, {alternative}")
-    return data
 
 
 def hub_repo_id(directory: str | Path) -> str | None:
@@ -478,8 +461,6 @@ def _special_ids(cfg_file: Path, key: str, ids: list[int], gen_ids: list[int],
     checks use, and a made-up id is an ordinary token of a real vocabulary (an eos that cuts replies short)."""
     if ids or gen_ids:
         return ids or gen_ids
-    from cent_serve.model.tokenizer import tokenizer_special_id  # the tokenizer module imports this one
-
     token = key.removesuffix("_id")
     found = tokenizer_special_id(cfg_file.parent, token)
     if found is not None:
