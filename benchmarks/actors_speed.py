@@ -29,7 +29,7 @@ from cent_serve.executor import make_executor
 from cent_serve.executor.generate import generate_batch
 from cent_serve.model.generate import generate
 from cent_serve.model.reference import LlamaModel
-from cent_serve.model.weights import load_weights
+from cent_serve.model.hf_checkpoint import load_weights
 
 TARGET_70B_SIM_TOK_S = 20000.0
 """The round-message issue's target for (a) on a 2-core machine (docs/architecture.md, "Where the

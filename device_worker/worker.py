@@ -97,7 +97,7 @@ class DeviceWorker:
 
     def _load_shard(self, weights) -> None:
         """Slice this device's layers (and embedding / LM head) out of the model's weights."""
-        from cent_serve.model.weights import load_weights
+        from cent_serve.model.hf_checkpoint import load_weights
 
         w = weights if weights is not None else load_weights(self.cfg.model)
         for stage in self.stages:

@@ -36,7 +36,7 @@ def executor_factory(cfg, weights=None, replicas: int = 1):
         from cent_serve.executor.ray_executor import join_cluster
         join_cluster(cfg, replicas)
     if (cfg.executor == "local" or cfg.on_gpus) and cfg.resolved_numerics == "full" and weights is None:
-        from cent_serve.model.weights import load_weights
+        from cent_serve.model.hf_checkpoint import load_weights
         weights = load_weights(cfg.model)
     first: list[LocalExecutor] = []
 

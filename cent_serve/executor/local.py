@@ -19,7 +19,7 @@ class LocalExecutor(Executor):
         self.timer = SystemTimer.from_config(cfg)
         self.units = execution_units(self.timer.mapping)
         if cfg.resolved_numerics == "full" and weights is None:
-            from cent_serve.model.weights import load_weights
+            from cent_serve.model.hf_checkpoint import load_weights
             weights = load_weights(cfg.model)
         self.workers = {d: DeviceWorker(cfg, d, self.timer, weights) for u in self.units for d in u.device_ids}
         self.fabric = Fabric(cfg)

@@ -1,8 +1,9 @@
 """Hugging Face safetensors checkpoints: the tensor names of a model's weights, reading them (checked
-against config.json), and saving `LlamaWeights` as a checkpoint.
+against config.json), and saving `LlamaWeights` as a checkpoint; `load_weights`, a model's weights from its
+checkpoint, else seeded random ones.
 
 A checkpoint is read one tensor at a time through safetensors' memory map, so loading never holds the
-raw file and the parsed model at once. A checkpoint's config.json is `hf_config`'s (read) and
+raw file and the parsed model at once. A checkpoint's config.json is `cent_serve.config.hf_config`'s (read) and
 `hf_config_writer`'s (written).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from cent_serve.config import ModelConfig
 from cent_serve.config.hf_files import json_object
 from cent_serve.model.hf_config_writer import hf_config_dict
-from cent_serve.model.weights import F32, LayerWeights, LlamaWeights, bf16
+from cent_serve.model.weights import F32, LayerWeights, LlamaWeights, bf16, random_weights
 
 log = logging.getLogger(__name__)
 _WARNED_UNUSED: set[str] = set()
@@ -213,6 +214,13 @@ def load_hf_weights(cfg: ModelConfig) -> LlamaWeights:
     layers = [LayerWeights(**parts) for parts in layer_parts]
     return LlamaWeights(embed=embed, layers=layers, final_norm=top["model.norm.weight"],
                         lm_head=lm_head, extra=extra)
+
+
+def load_weights(cfg: ModelConfig) -> LlamaWeights:
+    """The model's weights: the checkpoint when one is set, else seeded random ones."""
+    if not cfg.checkpoint:
+        return random_weights(cfg)
+    return load_hf_weights(cfg)
 
 
 def _checked_tensors(cfg: ModelConfig, shapes_only: bool) -> tuple[dict, list[dict], list[dict], dict]:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cent_serve.config import ModelConfig
+from cent_serve.model.hf_checkpoint import load_weights
 from cent_serve.model.layers import (attention, attention_scale, embed_rows, linear, model_norm, moe, out_norm,
                                      project_qkv, shared_expert, softcap, swiglu)
-from cent_serve.model.weights import LayerWeights, LlamaWeights, load_weights
+from cent_serve.model.weights import LayerWeights, LlamaWeights
 
 F32 = np.float32
 

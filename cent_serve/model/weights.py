@@ -1,9 +1,10 @@
-"""Llama weights: the `LlamaWeights` structure, seeded random weights for presets, and `load_weights`.
+"""Llama weights: the `LlamaWeights` structure and seeded random weights for presets.
 
 Weights live in `LlamaWeights` under Hugging Face's tensor names' structure,
 as float32 compute arrays whose values are exactly representable in the
 storage dtype (bf16 by default, CENT's data type). A Hugging Face safetensors
-checkpoint's are read (and saved) by `hf_checkpoint`.
+checkpoint's are read (and saved) by `hf_checkpoint`, whose `load_weights` takes a
+checkpoint's when one is set, else `random_weights`.
 """
 from __future__ import annotations
 
@@ -147,12 +148,3 @@ def random_weights(cfg: ModelConfig) -> LlamaWeights:
     final_norm = norm()
     lm_head = embed if cfg.tie_word_embeddings else mat(cfg.vocab_size, d)
     return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
-
-
-def load_weights(cfg: ModelConfig) -> LlamaWeights:
-    """The model's weights: the checkpoint when one is set, else seeded random ones."""
-    if not cfg.checkpoint:
-        return random_weights(cfg)
-    from cent_serve.model.hf_checkpoint import load_hf_weights  # it imports this module
-
-    return load_hf_weights(cfg)
