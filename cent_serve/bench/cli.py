@@ -342,7 +342,8 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
 
 def run_bench(args: argparse.Namespace) -> int:
     from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, run_title, source_text,
-                                         summarize, write_results)
+                                         summarize)
+    from cent_serve.bench.results import write_results
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict, model_label
 

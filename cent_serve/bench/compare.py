@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
                                     place_rate_labels, plain_axis, share_axis)
 from cent_serve.bench.report import (compare_table, reasons_text, replay_fixes, short_example, side_figures,
-                                     source_text, write_requests_csv)
+                                     source_text)
+from cent_serve.bench.results import write_requests_csv
 from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
 from cent_serve.preflight import check_runnable

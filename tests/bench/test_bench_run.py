@@ -83,7 +83,7 @@ def test_cli_writes_summary_requests_config_and_plots(tmp_path, capsys):
 
 def test_requests_csv_orders_equal_arrivals_by_their_ids_as_numbers(tmp_path):
     """Rows that arrive together keep a person's order (`trace-2`, `trace-10`), not the text's."""
-    from cent_serve.bench.report import write_requests_csv
+    from cent_serve.bench.results import write_requests_csv
     from cent_serve.bench.runner import RequestRecord
     ids = ["trace-10", "trace-2", "trace-1", "b", "a-7"]
     write_requests_csv(tmp_path / "r.csv", [RequestRecord(i, 0.5, 4) for i in ids]
@@ -449,7 +449,7 @@ def test_synthetic_lengths_are_fixed_uniform_or_a_trace_s_rows(tmp_path):
 def test_requests_csv_keeps_no_float_noise():
     """A trace's 1.025094 s less its first arrival (1.0) is 0.02509399999999995 as a float: the file
     writes times to the picosecond, below any simulated step, which drops the arithmetic's noise."""
-    from cent_serve.bench.report import _seconds
+    from cent_serve.bench.results import _seconds
 
     assert repr(1.025094 - 1.0) != "0.025094" and repr(_seconds(1.025094 - 1.0)) == "0.025094"
     assert repr(_seconds(4321.025094 - 1000.0)) == "3321.025094"
