@@ -61,7 +61,7 @@ def create_app(loop: EngineLoop, metrics: Metrics, api_key: str | None = None,
                            allow_headers=["*"], allow_credentials=False, expose_headers=["Retry-After"])
     app.state.loop, app.state.metrics = loop, metrics  # api/errors.py counts through app.state.metrics
     app.state.ctx = ApiContext.build(loop, metrics)  # what `api_context` hands the handlers
-    install_error_handlers(app)
+    install_error_handlers(app, router)
     app.include_router(router)
     _document_schema_errors_as_400(app)
     return app

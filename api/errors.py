@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,13 +52,12 @@ METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """The order a 405 lists the allowed methods in: reading first."""
 
 
-def allowed_methods(raw: Request) -> str:
+def allowed_methods(raw: Request, router: APIRouter) -> str:
     """Every method some route answers at the request's path, for a 405's message and its `Allow`
     header (RFC 9110 requires it). Starlette's own names the first partial match's alone: a path whose
     GET and HEAD are two routes (`api.routes.read`) told a DELETE "use HEAD", and dropped the header.
-    The API's routes are read from `api.routes.router` itself (FastAPI wraps an included router)."""
-    from api.routes import router  # api.routes imports the handlers that import this module
-
+    The API's routes are read from their `router` itself, `api.routes.router` (FastAPI wraps an included
+    router)."""
     routes = [*raw.app.router.routes, *router.routes]
     methods = {m for route in routes if getattr(route, "methods", None)
                and route.matches(raw.scope)[0] != Match.NONE for m in route.methods}
@@ -93,9 +92,10 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, router: APIRouter) -> None:
     """Every error the app raises becomes OpenAI's error JSON: 4xx for the client's mistakes
-    (the param named where there is one), 500 only for the server's own faults."""
+    (the param named where there is one), 500 only for the server's own faults. `router` holds the
+    API's routes (`api.routes.router`, which `create_app` includes), whose methods a 405 lists."""
 
     @app.exception_handler(ApiError)
     async def _api_error(raw: Request, exc: ApiError):
@@ -155,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 f"a browser page on {origin} asked to call {raw.url.path} (CORS preflight); this server allows no "
                 f"web origins (server.allowed_origins is empty): {fix}", "origin", 400))
         elif exc.status_code == 405:
-            allow = allowed_methods(raw)
+            allow = allowed_methods(raw, router)
             message = f"{raw.method} is not allowed on {raw.url.path}: " + (f"use {allow}" if allow else "see /docs")
             return error_response(raw, ApiError(message, None, 405, headers={"Allow": allow} if allow else None))
         err = ApiError(message, None, exc.status_code, "not_found_error" if exc.status_code == 404
