@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # the tokenizer module imports this one
-    from cent_serve.model.tokenizer import Tokenizer
+
+class ChatTokenizer(Protocol):
+    """What a chat's rendering reads of a tokenizer: its template, the special tokens' text the template
+    writes, and `encode` (every `tokenizer.Tokenizer` has them)."""
+
+    chat_template: str
+    bos_token: str
+    eos_token: str
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -64,7 +72,7 @@ TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents",
 """The variables `render_chat` gives a chat template itself (a request's `chat_template_kwargs` add others)."""
 
 
-def render_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt: bool = True,
                 continue_final_message: bool = False, variables: dict | None = None) -> str:
     """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
     variables `transformers` passes (no tools, no documents) and `variables` (vLLM's

@@ -19,22 +19,17 @@ import numpy as np
 from cent_serve.config import ModelConfig
 from cent_serve.config.hf_files import (SPECIAL_TOKEN_KEYS, json_object, read_tokenizer_json, special_token_text,
                                         special_tokens)
-from cent_serve.model.chat_template import DEFAULT_CHAT_TEMPLATE, check_chat_template, render_chat
+from cent_serve.model.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTokenizer, check_chat_template, render_chat
 
 log = logging.getLogger(__name__)
 _WARNED_NO_TOKENIZER: set[str] = set()
 """Checkpoints whose missing tokenizer.json was warned about (once each, per process)."""
 
 
-class Tokenizer(Protocol):
+class Tokenizer(ChatTokenizer, Protocol):
     bos_token_id: int
     eos_token_id: int
     vocab_size: int
-    bos_token: str
-    eos_token: str
-    chat_template: str
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
     @property
     def start_ids(self) -> list[int]:
