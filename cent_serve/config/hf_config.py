@@ -230,7 +230,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     if hf.get("quantization_config"):
         quant = hf["quantization_config"]
         _refuse("quantization_config", quant.get("quant_method", "?") if isinstance(quant, dict) else quant,
-                "quantized checkpoints are not supported: use the bf16 / fp16 / fp32 weights")
+                "cent runs unquantized weights; use the checkpoint's bf16 / fp16 / fp32 weights")
     act_key, act = activation(hf, arch)
     if act not in ({"gemma": GELU_TANH_NAMES, "gemma2": GELU_TANH_NAMES[:1],
                     "gemma3_text": GELU_TANH_NAMES[:1]}.get(arch, ("silu",))):

@@ -196,15 +196,17 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
             (dict(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2, mlp_only_layers=[1]),
              r"mlp_only_layers=\[1\] is not supported: 1 of its 2 blocks \(1\) would run a dense MLP"),
             (dict(model_type="gemma", hidden_act="silu"), "hidden_act='silu' is not supported: the MLP is GeGLU"),
-            (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported"),
+            (dict(quantization_config={"quant_method": "awq"}), "quantization_config='awq' is not supported: cent "
+             "runs unquantized weights; use the checkpoint's bf16 / fp16 / fp32 weights"),
             (dict(attention_bias=True), "attention_bias=True is not supported: an o_proj bias"),
             (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
             (dict(partial_rotary_factor=0.5), "partial_rotary_factor=0.5 is not supported"),
             (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25}),
              "partial_rotary_factor=0.25 is not supported")):
         (tmp_path / "config.json").write_text(json.dumps({**base, **change}))
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message) as caught:
             model_config_from_hf(tmp_path)
+        assert str(caught.value).count("not supported") == 1, caught.value  # said once, not "...: ... not supported"
 
 
 @pytest.mark.parametrize("model_type, keys, says", [
