@@ -38,6 +38,9 @@ and refuses the others)."""
 
 _REQUIRED = object()
 """The default of a config.json key every checkpoint has (`model_config_from_hf`)."""
+_WARNED_CONTEXT: set[str] = set()
+"""The config.json files whose missing max_position_embeddings was warned of: once a file, however often a
+command reads it (`_warn_default_context`)."""
 
 
 def _qwen_window(hf: dict, arch: str, num_layers: int, context: int) -> dict:
@@ -163,6 +166,7 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         raise ValueError(f"model.checkpoint={str(path)!r} has no config.json: point it at a Hugging Face "
                          f"checkpoint directory ({FAMILY_NAMES_TEXT})")
     hf = json_object(cfg_file, "hidden_size", "or point --model at a preset or another checkpoint directory")
+    context_given = "max_seq_len" in overrides  # --set model.max_seq_len: the family's default is not the context
 
     def _num(key: str, default=_REQUIRED, kind: type = int, positive: bool = True):
         """hf[key] as an int (or float), > 0 (else >= 0): ValueError naming the file, the key and the fix."""
@@ -358,6 +362,8 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
         **scaling,
         **moe,
     )
+    if not context_given and "max_position_embeddings" not in hf:
+        _warn_default_context(cfg_file, arch, family.get("max_position_embeddings", 4096))
     if ignored := announced_features(hf, arch):  # a supported family's class does not read them: nor does cent
         logging.getLogger("cent").warning(
             "model.checkpoint: %s %s not read: transformers' %s model has no such feature and cent models it as "
@@ -385,6 +391,19 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
                 _num("head_dim", None) or family.get("head_dim")):  # derived: the file has no such key
             where += f" (config.json has no head_dim: hidden_size {hidden} // num_attention_heads {heads})"
         raise ValueError(f"{cfg_file}: {exc}{where}") from None
+
+
+def _warn_default_context(cfg_file: Path, arch: str, default: int) -> None:
+    """Warn, once a file, that a config.json without max_position_embeddings (one written by hand) is read
+    with its family's transformers default as the context (`_FAMILY_DEFAULTS`: LlamaConfig's 2,048): a
+    context the model may not have, which sets what fits and what is refused."""
+    if str(cfg_file) in _WARNED_CONTEXT:
+        return
+    _WARNED_CONTEXT.add(str(cfg_file))
+    logging.getLogger("cent").warning(
+        "%s: max_position_embeddings is missing: the model's context is transformers' %s default, %s tokens; add "
+        "\"max_position_embeddings\": N (the model's context) to config.json, or give --set model.max_seq_len=N",
+        cfg_file, arch, f"{default:,}")
 
 
 _HF_KEYS = {"num_kv_heads": "num_key_value_heads", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers"}

@@ -549,6 +549,31 @@ def test_a_supported_familys_config_with_a_feature_its_class_does_not_read_is_wa
     assert "not read" not in caplog.text  # the family's own config: no word
 
 
+def test_a_config_without_max_position_embeddings_says_which_context_it_took_once(tmp_path, caplog):
+    """A hand-written Llama config.json without max_position_embeddings is served LlamaConfig's 2,048
+    tokens: one warning names the key, the context taken and the fix, once a checkpoint however often it
+    is read (cent info, simulate, serve read it more than once); none when the key or the context is given."""
+    base = json.loads((DATA / "hf_tiny_llama" / "config.json").read_text())
+    for sub, keys in (("bare", {}), ("given", dict(max_position_embeddings=256)), ("set", {}), ("cli", {})):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text(json.dumps(
+            {**{k: v for k, v in base.items() if k != "max_position_embeddings"}, **keys}))
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        assert model_config_from_hf(tmp_path / "bare").max_seq_len == 2048
+        model_config_from_hf(tmp_path / "bare")
+        model_config_from_hf(tmp_path / "given")
+        assert model_config_from_hf(tmp_path / "set", max_seq_len=512).max_seq_len == 512  # --set model.max_seq_len
+    said = [r.getMessage() for r in caplog.records if "max_position_embeddings" in r.getMessage()]
+    assert said == [f"{tmp_path / 'bare' / 'config.json'}: max_position_embeddings is missing: the model's context "
+                    "is transformers' llama default, 2,048 tokens; add \"max_position_embeddings\": N (the model's "
+                    "context) to config.json, or give --set model.max_seq_len=N"], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cent"):
+        assert main(["info", "--model", str(tmp_path / "cli")]) == 0
+        assert main(["simulate", "--model", str(tmp_path / "cli"), "--devices", "2", "--seqlen", "64"]) == 0
+    assert [r.getMessage() for r in caplog.records].count(said[0].replace("bare", "cli")) == 1
+
+
 def test_qwen2_moe_reads_its_shared_expert_key_without_a_warning(tmp_path, caplog):
     """shared_expert_intermediate_size announces a feature cent does not model for other families (a
     warning for a Qwen 3's config.json above; a refusal for Mixtral's and Qwen 3 MoE's); Qwen 2 MoE's
