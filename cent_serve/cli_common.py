@@ -211,7 +211,7 @@ REPLAYED = "replay a trace (cent bench run, cent sweep --trace)"
 CLOSED_FORM_IGNORES = {
     "scheduler.": ("the serving engine's scheduler", REPLAYED),
     "server.": ("the HTTP server", "serve it (cent serve)"),
-    "numerics": ("the numerics of a served model", SERVED_ONLY),
+    "numerics": ("the numerics of a served model; the closed form computes none and reads no weights", SERVED_ONLY),
     "executor": ("where a served model's devices run", SERVED_ONLY),
     "model.weight_dtype": ("how full numerics store the weights (the devices' element size is "
                            "device.bytes_per_element)", SERVED_ONLY),
@@ -297,6 +297,13 @@ def warn_file_closed_form_ignores(args: argparse.Namespace, cfg: CentConfig, moe
         elif section != "model" and value != default[section]:
             moved.append(section)
     warn_closed_form_ignores([p for p in moved if p not in given], f"--config {args.config}", moe, gpus)
+
+
+def numerics_asked(args: argparse.Namespace, cfg: CentConfig) -> list[str]:
+    """["numerics"] when the --numerics flag asks for numerics computed (`cfg` resolves it full), which the closed
+    form never computes, for `warn_closed_form_ignores` to say so; [] without the flag, or when it resolves off:
+    timing only, what the closed form runs anyway."""
+    return ["numerics"] if getattr(args, "numerics", None) is not None and cfg.resolved_numerics == "full" else []
 
 
 GPU_CLOSED_FORM_READS = ("scheduler.kv_block_tokens",)

@@ -7,8 +7,8 @@ import dataclasses
 import json
 import sys
 
-from cent_serve.cli_common import (add_config_args, config_from_args, given_overrides, warn_closed_form_ignores,
-                                   warn_file_closed_form_ignores)
+from cent_serve.cli_common import (add_config_args, config_from_args, given_overrides, numerics_asked,
+                                   warn_closed_form_ignores, warn_file_closed_form_ignores)
 from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_seqlen, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = cfg.on_gpus
     warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", cfg.model.is_moe, gpus)
     warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", cfg.model.is_moe, gpus)
+    warn_closed_form_ignores(numerics_asked(args, cfg), "--numerics", cfg.model.is_moe, gpus)
     warn_file_closed_form_ignores(args, cfg, cfg.model.is_moe, file_model=args.model is None, gpus=gpus)
     if cfg.on_gpus:
         return _run_gpu(cfg, args, *workload)

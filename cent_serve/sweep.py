@@ -59,7 +59,7 @@ from dataclasses import fields, replace
 
 from tqdm import tqdm
 
-from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides,
+from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides, numerics_asked,
                                    warn_closed_form_ignores, warn_experts_given, warn_experts_unread,
                                    warn_file_closed_form_ignores, warn_file_model_replaced, warn_narrow_dram)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
@@ -526,6 +526,7 @@ def run(args: argparse.Namespace) -> int:
                 "requests it admits or refuses (cent sweep --trace)", args.prompt + args.decode)
         warn_closed_form_ignores([item.split("=", 1)[0].strip() for item in args.set], "--set", moe)
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
+        warn_closed_form_ignores(numerics_asked(args, base), "--numerics", moe)
         warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])
     if "device.bytes_per_element" in dict(vary):  # each width on the rows and bursts the points keep
         widths = [apply_overrides(base, [f"device.bytes_per_element={v}"]).device

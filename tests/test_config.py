@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -593,6 +594,25 @@ def test_a_field_the_closed_form_does_not_read_is_warned_about(argv, says, caplo
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "sweep" else [])) == 0
     capsys.readouterr()
     assert [r.getMessage() for r in caplog.records if says in r.getMessage()]
+
+
+def test_numerics_asked_of_the_closed_form_is_said_to_be_computed_by_none(caplog, capsys, tmp_path):
+    """`cent simulate --numerics full` on a directory holding only config.json said nothing, so a user could
+    believe the weights were used: the closed form (simulate, sweep without --trace) computes no numerics,
+    as --set numerics=full and --seed already said. --numerics off, what it runs anyway, is not warned of."""
+    (tmp_path / "m").mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "data" / "hf_tiny_llama" / "config.json", tmp_path / "m")
+    says = ("--numerics numerics: the closed form does not read it (it sets the numerics of a served model; the "
+            "closed form computes none and reads no weights), so its figures are the same for every value")
+    model = ["--model", str(tmp_path / "m")]
+    for argv in (["simulate", *model, "--devices", "2", "--seqlen", "64"],
+                 ["sweep", *model, "--prompt", "32", "--decode", "32", "--vary", "devices=2", "--no-plots", "--out",
+                  str(tmp_path / "sweep")]):
+        for numerics, warned in (("full", 1), ("off", 0)):
+            caplog.clear()
+            assert main([*argv, "--numerics", numerics]) == 0
+            capsys.readouterr()
+            assert sum(r.getMessage().startswith(says) for r in caplog.records) == warned, (argv, numerics)
 
 
 GEMMA_NUMERICS_ONLY = {"model.hidden_act": "gelu_pytorch_tanh", "model.scale_embeddings": "true",
