@@ -528,6 +528,12 @@ def run(args: argparse.Namespace) -> int:
         warn_closed_form_ignores(["model.seed"] if args.seed is not None else [], "--seed", moe)
         warn_closed_form_ignores(numerics_asked(args, base), "--numerics", moe)
         warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])
+    elif numerics_asked(args, base):  # a replay point runs timing only (below): its config says numerics off
+        import logging
+        logging.getLogger("cent").warning(
+            "--numerics %s: cent sweep --trace replays every point timing only, in this process (the same simulated "
+            "times; no weights read, no text computed); to compute the numerics, cent bench run --numerics full",
+            args.numerics)
     if "device.bytes_per_element" in dict(vary):  # each width on the rows and bursts the points keep
         widths = [apply_overrides(base, [f"device.bytes_per_element={v}"]).device
                   for v in dict(vary)["device.bytes_per_element"]]

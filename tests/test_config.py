@@ -613,6 +613,16 @@ def test_numerics_asked_of_the_closed_form_is_said_to_be_computed_by_none(caplog
             assert main([*argv, "--numerics", numerics]) == 0
             capsys.readouterr()
             assert sum(r.getMessage().startswith(says) for r in caplog.records) == warned, (argv, numerics)
+    # a sweep's replay runs every point timing only too (its config says numerics off): said, not taken in silence
+    replay = ["sweep", *model, "--vary", "devices=2", "--trace", "sample_conv", "--num-requests", "2",
+              "--max-prompt-tokens", "64", "--max-output-tokens", "8", "--no-plots",
+              "--out", str(tmp_path / "replay")]
+    for numerics, warned in (("full", 1), ("off", 0)):
+        caplog.clear()
+        assert main([*replay, "--numerics", numerics]) == 0
+        capsys.readouterr()
+        assert sum(r.getMessage().startswith("--numerics full: cent sweep --trace replays every point timing only")
+                   for r in caplog.records) == warned, numerics
 
 
 GEMMA_NUMERICS_ONLY = {"model.hidden_act": "gelu_pytorch_tanh", "model.scale_embeddings": "true",
