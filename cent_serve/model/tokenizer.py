@@ -396,16 +396,17 @@ def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int 
     tokenizers' truncation_side "left" (vllm/renderers/params.py `TokenizeParams.get_encode_kwargs`,
     vllm/tokenizers/registry.py), so the special tokens the tokenizer adds (a BOS) stay and count towards
     `keep`, and the text's own tokens keep their last ones. Without `add_bos` nothing is added: the
-    last `keep` ids. Added tokens alone past `keep` (keep 1, a BOS and an eos added) are all kept,
-    the text's none, as the tokenizers library truncates then."""
+    last `keep` ids. With more tokens added than `keep` (keep 1, a BOS and an eos) the tokenizers
+    library does not truncate, and vLLM's cut of the ids that follows (`TokenizeParams._token_truncation`)
+    keeps their last `keep` (the eos)."""
     ids = tok.encode(text, add_bos=add_bos)
     if keep is None or len(ids) <= keep:
         return ids
     plain = tok.encode(text, add_bos=False) if add_bos else ids
     lead = next((p for p in range(len(ids) - len(plain) + 1) if ids[p:p + len(plain)] == plain), None)
-    if lead is None or plain is ids:  # nothing added (or no telling what was): the last `keep` ids
-        return ids[-keep:]
-    room = max(0, keep - (len(ids) - len(plain)))
+    room = keep - (len(ids) - len(plain))
+    if lead is None or plain is ids or room < 0:  # nothing added (or no telling what was), or more than
+        return ids[-keep:]  # `keep`: the last `keep` ids
     return ids[:lead] + (plain[len(plain) - room:] if room else []) + ids[lead + len(plain):]
 
 

@@ -93,6 +93,41 @@ def test_encode_truncated_keeps_every_added_token_as_the_tokenizers_library_does
     body = tok.encode(text, add_bos=False)
     assert encode_truncated(tok, text, True, 5) == [1, *body[-3:], 2]
     assert encode_truncated(tok, text, True, 2) == [1, 2]  # no room for the text: the added tokens alone
-    assert encode_truncated(tok, text, True, 1) == [1, 2]
     assert encode_truncated(tok, text, False, 4) == body[-4:]
     assert encode_truncated(tok, text, True, 100) == encode_truncated(tok, text, True, None) == tok.encode(text)
+
+
+class _LibTok:
+    """A tokenizers-library tokenizer of one id a character, whose post-processor adds `template`'s
+    special tokens (<s> 1, </s> 2), behind our `Tokenizer.encode`."""
+
+    def __init__(self, template: str):
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+        vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: 10 + i for i, c in enumerate("abcdefgh")}}
+        self.lib = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        self.lib.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+        if template:
+            self.lib.post_processor = processors.TemplateProcessing(single=template,
+                                                                    special_tokens=[("<s>", 1), ("</s>", 2)])
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.lib.encode(text, add_special_tokens=add_bos).ids
+
+
+@pytest.mark.parametrize("template", ["<s> $A </s>", "<s> $A", ""])
+def test_encode_truncated_is_what_vllm_makes_of_the_tokenizers_librarys_truncation(template):
+    """vLLM encodes with the tokenizers library's left truncation to k, then cuts the ids to their last k
+    (vllm/renderers/params.py `TokenizeParams._token_truncation`, run after the encode). When k is below
+    the number of tokens the post-processor adds (1 with a BOS and an eos) the library does not truncate
+    at all, so the cut leaves the last k ids ([eos]); encode_truncated kept the BOS and the eos, two
+    tokens for k = 1."""
+    from cent_serve.model.tokenizer import encode_truncated
+
+    tok, text = _LibTok(template), "abcdef"
+    for add in (True, False):
+        for k in range(1, 10):
+            tok.lib.enable_truncation(k, direction="left")
+            want = tok.lib.encode(text, add_special_tokens=add).ids[-k:]
+            tok.lib.no_truncation()
+            assert encode_truncated(tok, text, add, k) == want, (add, k)
