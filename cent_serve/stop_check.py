@@ -1,6 +1,6 @@
 """Whether a token the engine just appended stops its request: a stop token (a `stop_token_ids` id, the
-eos unless `ignore_eos`) or a stop string ending in the text it added, from `min_tokens` on, as vLLM
-checks them (vllm/v1/core/sched/utils.py `check_stop`, vllm/v1/engine/detokenizer.py
+eos unless `ignore_eos`) from `min_tokens` on, or past `min_tokens` a stop string ending in the text it
+added, as vLLM checks them (vllm/v1/core/sched/utils.py `check_stop`, vllm/v1/engine/detokenizer.py
 `check_stop_strings`). The text is decoded at each token only when stop strings need it; the length
 limits are the engine's (`Engine._append_token`)."""
 from __future__ import annotations
@@ -28,7 +28,9 @@ def check_stop(req: Request, token: int, model: ModelConfig, tokenizer: Tokenize
     if p.stop:  # text at each token only when stop strings need it
         old, same = req.text, len(req.detok.text)  # the text no later token changes: old's and new's
         req.text = new = req.detok.decode(tokenizer, req.output_ids, p.skip_special_tokens)
-        if can_stop:
+        if n > p.min_tokens:  # vLLM searches stop strings past min_tokens only, in the text of the later
+            # tokens (vllm/v1/engine/detokenizer.py `BaseIncrementalDetokenizer.update`); stop tokens
+            # count from min_tokens on (vllm/v1/core/sched/utils.py `check_stop`)
             # where the new text parts from the last: the text before it was searched (and maybe
             # streamed) already; past it, a character of several bytes that showed as U+FFFD is
             # now whole without the text growing (the text's length would start past it)

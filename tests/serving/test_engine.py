@@ -190,6 +190,21 @@ def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
 
 
 
+def test_a_stop_string_the_min_tokens_th_token_completes_does_not_stop_it():
+    """vLLM searches stop strings only once the output is longer than min_tokens, in the text of the
+    tokens after the first min_tokens (vllm/v1/engine/detokenizer.py `BaseIncrementalDetokenizer.update`:
+    `len(self.output_token_ids) > self.min_tokens`, the check offset moved past the text of those); the
+    engine searched from the min_tokens-th token on, so "bc" ended by the 3rd token of min_tokens=3
+    stopped it at "a". One straddling into that text and ended by the 4th ("cd") still stops it."""
+    for stop, want in ((("bc",), ("length", None, "abcdefgh")), (("cd",), ("stop", "cd", "ab"))):
+        eng = _engine(numerics="off")
+        forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
+        eng.sampler.sample = lambda req, row: next(forced)
+        req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
+        _run(eng)
+        assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
+
+
 @pytest.mark.parametrize("include", [False, True])
 def test_of_two_stop_strings_in_the_new_text_the_first_listed_stops_it(include):
     """When the new text completes two stop strings ("b" and "ab" at the token "b"), vLLM takes the first
