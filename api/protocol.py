@@ -287,7 +287,7 @@ class CompletionRequest(_Common):
 
     @field_validator("logprobs", mode="wrap")
     @classmethod
-    def _laxlogprob_count(cls, value, handler):
+    def _lax_count(cls, value, handler):
         """Booleans and null as sent; anything else an integer, its errors the integer's alone (the
         union's would say "a valid boolean" first)."""
         if value is None or isinstance(value, bool):
