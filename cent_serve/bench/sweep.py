@@ -17,6 +17,7 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms
 from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, reasons_text, replay_fixes,
                                      source_text, summarize)
 from cent_serve.bench.runner import run_in_process
+from cent_serve.timing import hardware_timer
 from cent_serve.timing.mapping import parallelism
 from cent_serve.config import CentConfig, config_to_dict, model_label
 from cent_serve.preflight import check_runnable
@@ -76,8 +77,6 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
 
 def sweep_title(cfg: CentConfig, rates: list[float], bench: dict, given: str = "") -> str:
     """What the sweep replays, before its first rate: bench run's title line and the rates."""
-    from cent_serve.timing import hardware_timer
-
     mp = hardware_timer(cfg).mapping
     status = dict(hardware=cfg.hardware, mapping=dict(mode=mp.mode, pp=mp.pp, tp=mp.tp, devices_used=mp.devices_used,
                                                       replicas=mp.replicas))
