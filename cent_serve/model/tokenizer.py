@@ -405,9 +405,9 @@ def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int 
     plain = tok.encode(text, add_bos=False) if add_bos else ids
     lead = next((p for p in range(len(ids) - len(plain) + 1) if ids[p:p + len(plain)] == plain), None)
     room = keep - (len(ids) - len(plain))
-    if lead is None or plain is ids or room < 0:  # nothing added (or no telling what was), or more than
-        return ids[-keep:]  # `keep`: the last `keep` ids
-    return ids[:lead] + (plain[len(plain) - room:] if room else []) + ids[lead + len(plain):]
+    if lead is None or room < 0:  # no telling what was added, or more than `keep`: the last `keep` ids
+        return ids[-keep:]
+    return ids[:lead] + plain[len(plain) - room:] + ids[lead + len(plain):]
 
 
 FAMILIES_WITHOUT_BOS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
