@@ -93,9 +93,9 @@ class SchedulerConfig:
     num_gpu_blocks_override: for tests of preemption and admission)."""
     logprobs_mode: str = "processed_logprobs"
     """What `logprobs` report: `processed_logprobs`, the distribution tokens are drawn from (after
-    allowed_token_ids, logit_bias, the penalties, temperature, min-p, top-k and top-p), or `raw_logprobs`,
-    the model's own (log-softmax of the logits; vLLM's default). Timing-only runs report the stand-in
-    sampler's uniform one."""
+    allowed_token_ids, bad_words, logit_bias, the penalties, the min_tokens mask of the stop tokens,
+    temperature, min-p, top-k and top-p), or `raw_logprobs`, the model's own (log-softmax of the logits;
+    vLLM's default). Timing-only runs report the stand-in sampler's uniform one."""
 
     _positive = frozenset({"max_seqs_per_stage", "max_waiting", "prefill_chunk_tokens", "kv_block_tokens"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
