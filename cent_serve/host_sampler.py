@@ -96,14 +96,16 @@ class HostSampler:
         return ids if len(ids) else np.unique(np.asarray(allowed, dtype=self.stand_in_ids.dtype))
 
     def stops_masked(self, row, p: RequestParams) -> np.ndarray:
-        """`row` with the tokens that would stop the request (its stop ids, and the eos ids unless
-        ignore_eos) at -inf: before `min_tokens` they cannot be drawn, as vLLM 0.33's min-tokens logits
-        processor masks them before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py); raw
+        """`row` with its stop ids and the eos ids at -inf, the eos under `ignore_eos` too: before
+        `min_tokens` they cannot be drawn, as vLLM's min-tokens logits processor masks its requests'
+        all_stop_token_ids before sampling, greedy too (vllm/v1/sample/logits_processor/builtin.py), and
+        those hold the eos ids whatever ignore_eos says (vllm/sampling_params.py
+        `update_from_generation_config`: "to support min_tokens processing"); raw
         log-probabilities are the row's as it came, processed ones see the mask (`logprob`). Not
         where they are all the row leaves (allowed_token_ids of stop ids alone): the argmax of all -inf
         would be token 0, which was not allowed; the stand-in draws them then too."""
         m = self.cfg.model
-        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else {m.eos_token_id, *m.extra_eos_token_ids})
+        stops = {*p.stop_token_ids, m.eos_token_id, *m.extra_eos_token_ids}
         row = np.array(row, dtype=np.float64).reshape(-1)
         ids = [t for t in stops if t is not None and 0 <= t < len(row)]
         if np.count_nonzero(np.isfinite(row)) > np.count_nonzero(np.isfinite(row[ids])):

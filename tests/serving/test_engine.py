@@ -224,26 +224,29 @@ def test_of_two_stop_strings_in_the_new_text_the_first_listed_stops_it(include):
 @pytest.mark.parametrize("ignore_eos", [False, True])
 @pytest.mark.parametrize("mode", ["processed_logprobs", "raw_logprobs"])
 def test_min_tokens_keeps_the_stop_tokens_from_being_drawn(ignore_eos, mode):
-    """Before min_tokens, vLLM masks the tokens that would stop the request (its stop ids, the eos unless
-    ignore_eos) before sampling, greedy too; the engine drew them and kept them in the output (a `</s>` in
-    the text with skip_special_tokens false). Raw logprobs are the row's own; processed ones see the mask,
-    as vLLM runs its min-tokens processor before it takes them (vllm/v1/sample/sampler.py, step 5a before
-    7): a masked token's is -inf and is no top alternative (they were the unmasked row's)."""
+    """Before min_tokens, vLLM masks its stop ids and the eos ids before sampling, greedy too, the eos under
+    ignore_eos as well (vllm/sampling_params.py `update_from_generation_config` puts them in
+    all_stop_token_ids whatever ignore_eos says, "to support min_tokens processing", and the min-tokens
+    processor masks those); the engine drew them and kept them in the output (a `</s>` in the text with
+    skip_special_tokens false), and under ignore_eos drew the eos. Raw logprobs are the row's own;
+    processed ones see the mask, as vLLM runs its min-tokens processor before it takes them
+    (vllm/v1/sample/sampler.py, step 5a before 7): a masked token's is -inf and is no top alternative
+    (they were the unmasked row's)."""
     eng = _engine(numerics="off", logprobs_mode=mode)
     eos, stop_id = eng.cfg.model.eos_token_id, 70
     row = np.zeros(eng.cfg.model.vocab_size)
     row[eos], row[stop_id], row[65] = 9.0, 8.0, 7.0  # the eos, then the stop id, then "A" (65) most likely
     masked = row.copy()
-    masked[[stop_id] + ([] if ignore_eos else [eos])] = -np.inf
+    masked[[stop_id, eos]] = -np.inf
     for sampling in (GREEDY, SamplingParams(temperature=0.05, seed=3)):
         p = RequestParams(max_tokens=8, min_tokens=2, stop_token_ids=(stop_id,), ignore_eos=ignore_eos,
                           sampling=sampling, logprobs=1)
         req = eng.add_request([1, 72], p)
         first = eng.sampler.sample(req, row)
-        assert first == (eos if ignore_eos else 65), sampling  # the stop id never; the eos only when ignored
+        assert first == 65, sampling  # neither the stop id nor the eos, ignore_eos or not
         seen = row if mode == "raw_logprobs" else masked
         assert req.logprobs[-1] == token_logprob(logprobs_of(seen, sampling, mode), first, 1)
-        assert req.logprobs[-1].top[0][0] == (eos if mode == "raw_logprobs" or ignore_eos else 65)
+        assert req.logprobs[-1].top[0][0] == (eos if mode == "raw_logprobs" else 65)
         req.output_ids.extend([65, 65])  # min_tokens reached: the row as it came
         assert eng.sampler.sample(req, row) == eos
         assert req.logprobs[-1] == token_logprob(logprobs_of(row, sampling, mode), eos, 1)
