@@ -313,7 +313,7 @@ hold in whole blocks (`GpuTimer.max_batch`)."""
 
 CENT_CLOSED_FORM_GPU_READS = ("gpu.tco_per_gpu",)
 """`gpu.` fields the CENT closed form reads: the price of the paper's GPUs in its tokens per dollar ratio
-(`timing.energy.paper_gpu_tco`)."""
+(`timing.energy.paper_gpu_tco`), while gpu.kind is theirs (`paper_gpu_price`)."""
 
 
 def on_gpus_unread(path: str) -> bool:

@@ -14,7 +14,7 @@ import dataclasses
 
 from cent_serve.arguments import check_config, check_int
 from cent_serve.config import CentConfig
-from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_workload
+from cent_serve.timing.energy import PAPER_WORKLOAD, cost_figures, paper_gpu_price, paper_workload
 from cent_serve.timing.pipeline import PHASES, check_phases
 
 
@@ -59,7 +59,7 @@ def _with_costs(cfg: CentConfig, mp, phases: dict, prompt: int, decode: int) -> 
         if row is not None:
             row.update(cost_figures(cfg.model, mp.devices_used, mp.num_devices, row["throughput_tok_s"], phase,
                                     row["energy_per_token_mj"], cfg.device, against_paper=against,
-                                    tco_per_gpu=cfg.gpu.tco_per_gpu))
+                                    tco_per_gpu=paper_gpu_price(cfg.gpu.kind, cfg.gpu.tco_per_gpu)))
     return phases
 
 

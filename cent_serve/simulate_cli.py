@@ -13,8 +13,8 @@ from cent_serve.config import CentConfig, model_label
 from cent_serve.paper import DEFAULT_SEQLEN, check_context, check_seqlen, check_workload, closed_form, emulate
 from cent_serve.preflight import check_devices_hold
 from cent_serve.timing.fabric import idle_lanes_note
-from cent_serve.timing.energy import (GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_workload, shares_text,
-                                      tco_note, unpriced_device_changes)
+from cent_serve.timing.energy import (GPU_BASELINES, PAPER_WORKLOAD, baseline_changes, paper_gpu_price, paper_workload,
+                                      shares_text, tco_note, unpriced_device_changes)
 from cent_serve.timing.mapping import counted, resolve_mapping
 from cent_serve.timing.pipeline import PHASES, check_phases, mean_rate_note, period_s, phase_figures, token_figures
 from cent_serve.timing.token import CONVENTIONS, SystemTimer
@@ -390,7 +390,12 @@ def _run_sweep(cfg: CentConfig, args: argparse.Namespace, prompt: int, decode: i
     base = rows and rows[0].get("gpu_throughput_tok_s")
     print("cpb: channels a block's weights span on each of its devices; used: devices one copy of the model takes")
     if base:
-        price = "" if cfg.gpu.tco_per_gpu is None else f", priced at gpu.tco_per_gpu={cfg.gpu.tco_per_gpu:g} TCO units each"
+        g = cfg.gpu
+        price = ("" if g.tco_per_gpu is None
+                 else f", priced at gpu.tco_per_gpu={g.tco_per_gpu:g} TCO units each"
+                 if paper_gpu_price(g.kind, g.tco_per_gpu) is not None
+                 else f", priced at an A100's 1.76 / 4 TCO units each (gpu.tco_per_gpu={g.tco_per_gpu:g} prices "
+                      f"gpu.kind={g.kind}, not these)")
         print(f"GPU baseline: {rows[0]['gpus']} x A100-80GB, {base:.0f} tok/s end-to-end{price} "
               "(docs/hardware_model.md section 9)")
         _tco_line(cfg, has_ratio, json_out=False)

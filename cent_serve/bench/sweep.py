@@ -224,7 +224,7 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
     options that shaped the requests, recorded in paper.json; `given`: the settings that changed the
     config (`cli_common.given_overrides`), printed and in the plot's title: a changed device is not
     the paper's, whose GPU ratios these are."""
-    from cent_serve.timing.energy import cost_figures, gpu_baseline, term_cells
+    from cent_serve.timing.energy import cost_figures, gpu_baseline, paper_gpu_price, term_cells
 
     if given:
         print(f"given: {given}")
@@ -254,10 +254,10 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    wall_s=s["wall_s"],
                    lanes=mp["lanes"] * mp["max_seqs_per_stage"])  # the queries it runs at once when full
         row["mean_in_flight"] = mean_in_flight(res.records, row["lanes"])
-        # the command's purpose: the paper's baseline beside a trace (its GPUs priced at gpu.tco_per_gpu when set)
+        # the command's purpose: the paper's baseline beside a trace (its GPUs priced at gpu.tco_per_gpu when set for theirs)
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
-                            against_paper=True, tco_per_gpu=cfg.gpu.tco_per_gpu)
+                            against_paper=True, tco_per_gpu=paper_gpu_price(cfg.gpu.kind, cfg.gpu.tco_per_gpu))
         row.update({k: cost[k] for k in ("gpu_throughput_tok_s", "throughput_ratio", "tokens_per_dollar_ratio")
                     if k in cost})
         rows.append(row)

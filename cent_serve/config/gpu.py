@@ -44,7 +44,8 @@ class GpuConfig:
     tco_per_gpu: float | None = None
     """A GPU's cost in the artifact's TCO units (A100: 1.76 / 4 against 0.73 / 32 CENT devices), a
     positive number; None = the kind's own (none for the H100: tokens per dollar are then not reported).
-    It also prices the paper's A100s in CENT's tokens per dollar against them (`tokens_per_dollar_ratio`)."""
+    With kind a100-80gb it also prices the paper's A100s in CENT's tokens per dollar against them
+    (`tokens_per_dollar_ratio`); set beside another kind it is that GPU's price, not theirs."""
 
     _positive = frozenset({"pp", "memory_utilization", "tco_per_gpu"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""

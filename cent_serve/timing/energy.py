@@ -365,6 +365,13 @@ def paper_gpu_tco(gpus: int, tco_per_gpu: float | None = None) -> float:
     return (GPU_KINDS[PAPER_GPU_KIND].tco_per_gpu if tco_per_gpu is None else tco_per_gpu) * gpus
 
 
+def paper_gpu_price(kind: str, tco_per_gpu: float | None) -> float | None:
+    """The price a config's `gpu.kind` and `gpu.tco_per_gpu` give the paper's GPUs (`paper_gpu_tco`'s
+    `tco_per_gpu`): the set price when the kind is theirs (`PAPER_GPU_KIND`), else None, their own: a price
+    set beside another kind (an H100, the A100 PCIe card) is that GPU's, not the A100-80GB SXM4's."""
+    return tco_per_gpu if kind == PAPER_GPU_KIND else None
+
+
 def cent_tco(dev: DeviceConfig, num_devices: int) -> float:
     """TCO units of `num_devices` CENT devices in the artifact's convention (section 9):
     `dev.tco` each (`device.tco_per_device`, unset the paper's: 0.73 per 32)."""
@@ -451,7 +458,8 @@ def cost_figures(model: ModelConfig, devices_used: int, num_devices: int, throug
     """Cost figures, and with `against_paper` the throughput ratio and tokens per dollar against the
     paper's GPU baseline (section 9): only meaningful for its workload (`PAPER_WORKLOAD`), which the
     caller says it ran (or, `cent bench paper`, that the user asked for the baseline beside a trace).
-    `tco_per_gpu`: the config's `gpu.tco_per_gpu`, which prices those GPUs (None: the A100's, `paper_gpu_tco`)."""
+    `tco_per_gpu`: the price of those GPUs (`paper_gpu_price` of the config's gpu.kind and gpu.tco_per_gpu;
+    None: the A100's, `paper_gpu_tco`)."""
     tco_cent = cent_tco(dev, num_devices)
     system_usd = dev.unit_cost_usd * num_devices  # every device bought, also those a mapping leaves idle
     out = dict(device_unit_cost_usd=dev.unit_cost_usd, system_device_cost_usd=system_usd,

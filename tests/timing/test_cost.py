@@ -278,3 +278,26 @@ def test_the_tco_note_follows_whether_the_device_s_tco_was_set_not_its_value(tmp
     assert main(["sweep", "--model", "llama2-7b", "--devices", "8", "--set", "device.tco_per_device=0.0228125",
                  "--vary", "device.num_channels=32,64", "--out", str(tmp_path / "s"), "--no-plots"]) == 0
     assert "does not move" not in capsys.readouterr().out
+
+
+def test_a_price_set_for_another_gpu_kind_does_not_price_the_paper_s_a100s(capsys):
+    """`gpu.tco_per_gpu` is the price of `gpu.kind` (None: that kind's own): set beside an H100 (or the A100
+    PCIe card) it is that GPU's, and the paper's A100-80GB SXM4s keep their 1.76 / 4 in the closed form's
+    tokens per dollar against them; the baseline line says why the set price is not theirs."""
+    import json
+
+    from cent_serve.cli import main
+
+    common = ["simulate", "--model", "llama2-7b", "--devices", "8", "--prompt", "512", "--decode", "3584", "--json"]
+    assert main(common) == 0
+    base = json.loads(capsys.readouterr().out)
+    for kind in ("h100-80gb", "a100-80gb-pcie"):
+        assert main(common + ["--set", f"gpu.kind={kind}", "--set", "gpu.tco_per_gpu=1.5"]) == 0
+        other = json.loads(capsys.readouterr().out)
+        for phase in ("prefill", "decoding", "end2end"):
+            assert other[phase]["tokens_per_dollar_ratio"] == base[phase]["tokens_per_dollar_ratio"], (kind, phase)
+    assert main(["simulate", "--model", "llama2-7b", "--devices", "8", "--sweep", "--set", "gpu.kind=h100-80gb",
+                 "--set", "gpu.tco_per_gpu=1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "priced at gpu.tco_per_gpu" not in out
+    assert "gpu.tco_per_gpu=1.5 prices gpu.kind=h100-80gb, not these" in out
