@@ -301,3 +301,30 @@ def test_a_price_set_for_another_gpu_kind_does_not_price_the_paper_s_a100s(capsy
     out = capsys.readouterr().out
     assert "priced at gpu.tco_per_gpu" not in out
     assert "gpu.tco_per_gpu=1.5 prices gpu.kind=h100-80gb, not these" in out
+
+
+def test_bench_paper_prices_the_paper_s_gpus_as_the_closed_form_does(tmp_path, capsys):
+    """cent bench paper's tokens per dollar against the paper's A100s take gpu.tco_per_gpu as cent simulate's
+    do (`paper_gpu_price`): twice an A100's price, twice the ratio (the throughput ratio stays); the same
+    price set beside an H100 is that GPU's and leaves the ratio as it was."""
+    import json
+
+    from cent_serve.cli import main
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n")
+
+    def rows(*sets: str) -> list[dict]:
+        out = tmp_path / f"paper{len(list(tmp_path.iterdir()))}"
+        assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off", "--trace",
+                     str(trace), "--out", str(out), "--no-plots", *[a for s in sets for a in ("--set", s)]]) == 0
+        capsys.readouterr()
+        return json.loads((out / "paper.json").read_text())["rows"]
+
+    base, dear = rows(), rows("gpu.tco_per_gpu=0.88")
+    h100 = rows("gpu.kind=h100-80gb", "gpu.tco_per_gpu=0.88")
+    assert len(base) == len(dear) == len(h100) == 5
+    for b, d, h in zip(base, dear, h100):
+        assert d["tokens_per_dollar_ratio"] == pytest.approx(2 * b["tokens_per_dollar_ratio"], rel=1e-12)
+        assert d["throughput_ratio"] == b["throughput_ratio"]
+        assert h["tokens_per_dollar_ratio"] == b["tokens_per_dollar_ratio"]
