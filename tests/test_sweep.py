@@ -1180,3 +1180,15 @@ def test_figures_of_several_models_are_a_column_each_on_its_own_scales(tmp_path,
     plots.plot_figures(one, fields, tmp_path / "one.png", trace=False, how="closed form")  # the 2 x 2 of one model
     fig, axes, legends = saved["one.png"]
     assert len(axes) == 4 and legends is None and all(a.get_legend() is not None for a in axes)
+
+
+@pytest.mark.parametrize("vary", ["model,devices=nosuch:8", "model=no:such"])
+def test_the_in_step_colon_hint_comes_only_where_the_model_took_a_colon(vary, tmp_path, capsys):
+    """A model that is no model is one line naming the fix; the hint that a model in step takes every ':'
+    beyond one a field is said only where that happened (the model in step, a ':' in what it took), never of
+    a name without one, nor of a model varied alone (`--vary model=A,B`: its value is all its own)."""
+    assert main(["sweep", "--prompt", "128", "--decode", "128", "--out", str(tmp_path), "--no-plots",
+                 "--vary", vary]) == 2
+    err = capsys.readouterr().err
+    assert "is neither a preset" in err and err.count("\n") == 1, err
+    assert "a model takes every ':'" not in err, err
