@@ -1192,3 +1192,43 @@ def test_the_in_step_colon_hint_comes_only_where_the_model_took_a_colon(vary, tm
     err = capsys.readouterr().err
     assert "is neither a preset" in err and err.count("\n") == 1, err
     assert "a model takes every ':'" not in err, err
+
+
+def test_a_log_axis_and_a_column_a_model_come_only_where_their_rules_say(tmp_path, monkeypatch):
+    """`_lines` gives a panel a log axis only when several models share it, every value is positive and
+    they span LOG_SPAN or more (exactly 10x is log, 9.99x linear; one model spanning 100x stays linear; a
+    zero among them, which a log axis cannot draw, keeps it linear). `plot_figures` makes a column a model
+    only when each model runs over more than one x: models in step with x (one x each), or one model with a
+    single x beside another with three, share the 2 x 2 panels."""
+    from matplotlib.figure import Figure
+
+    import cent_serve.sweep_plots as plots
+
+    def scale(rows: list[dict]) -> str:
+        ax = Figure().subplots()
+        plots._lines(ax, rows, ["model", "parallel.num_devices"], "parallel.num_devices", "throughput_tok_s")
+        return ax.get_yscale()
+
+    def row(model: str, devices: int, y: float) -> dict:
+        return {"model": model, "model_name": model, "parallel.num_devices": str(devices), "throughput_tok_s": y}
+
+    two = lambda low, high: [row("a", 16, low), row("a", 32, low), row("b", 16, high), row("b", 32, high)]  # noqa: E731
+    assert scale(two(1.0, 10.0)) == "log" and scale(two(1.0, 9.99)) == "linear"
+    assert scale(two(0.0, 100.0)) == "linear"
+    assert scale([row("a", 16, 1.0), row("a", 32, 100.0)]) == "linear"  # one model: its own scale says it all
+
+    saved = {}
+    real = plots._save
+
+    def save(fig, axes, path, *args, **kwargs):
+        saved[path.name] = list(axes)
+        return real(fig, saved[path.name], path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", save)
+    figures = dict(token_latency_ms=1.0, energy_per_token_mj=1.0, avg_power_w=1.0)
+    in_step = [dict(row(m, d, d), **figures) for m, d in (("a", 16), ("b", 32), ("c", 64))]
+    plots.plot_figures(in_step, ["model", "parallel.num_devices"], tmp_path / "in_step.png", trace=False, how="x",
+                       in_step=[("model", "parallel.num_devices")])
+    lone = [dict(row("a", d, d), **figures) for d in (16, 32, 64)] + [dict(row("b", 16, 5.0), **figures)]
+    plots.plot_figures(lone, ["model", "parallel.num_devices"], tmp_path / "lone.png", trace=False, how="x")
+    assert len(saved["in_step.png"]) == 4 and len(saved["lone.png"]) == 4
