@@ -1216,6 +1216,8 @@ def test_a_log_axis_and_a_column_a_model_come_only_where_their_rules_say(tmp_pat
     assert scale(two(1.0, 10.0)) == "log" and scale(two(1.0, 9.99)) == "linear"
     assert scale(two(0.0, 100.0)) == "linear"
     assert scale([row("a", 16, 1.0), row("a", 32, 100.0)]) == "linear"  # one model: its own scale says it all
+    same_name = [dict(r, model=f"runs/{r['model']}/ckpt", model_name="ckpt") for r in two(1.0, 10.0)]
+    assert scale(same_name) == "log"  # two checkpoints of one name are two models (`_model_names`)
 
     saved = {}
     real = plots._save
