@@ -181,13 +181,18 @@ def test_a_stop_string_in_text_before_min_tokens_does_not_stop_it_later():
     the request once min_tokens was reached, whose stream had sent "ab" already (review; vLLM searches
     each stop string in what is new only). A longer one ending in new text still stops it."""
     for stop, want in ((("a", "xyz"), ("length", None, "abcdefgh")), (("a", "cd"), ("stop", "cd", "ab"))):
-        eng = _engine(numerics="off")
-        forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
-        eng.sampler.sample = lambda req, row: next(forced)
-        req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
-        _run(eng)
-        assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
+        assert _forced_abcdefgh(stop, min_tokens=3) == want, stop
 
+
+def _forced_abcdefgh(stop: tuple, min_tokens: int) -> tuple:
+    """(finish_reason, stop_reason, text) of a request whose 8 output tokens are forced to spell
+    "abcdefgh" (ignore_eos), with `stop` strings and `min_tokens`."""
+    eng = _engine(numerics="off")
+    forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
+    eng.sampler.sample = lambda req, row: next(forced)
+    req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=min_tokens))
+    _run(eng)
+    return req.finish_reason, req.stop_reason, eng.text(req)
 
 
 def test_a_stop_string_the_min_tokens_th_token_completes_does_not_stop_it():
@@ -197,12 +202,7 @@ def test_a_stop_string_the_min_tokens_th_token_completes_does_not_stop_it():
     engine searched from the min_tokens-th token on, so "bc" ended by the 3rd token of min_tokens=3
     stopped it at "a". One straddling into that text and ended by the 4th ("cd") still stops it."""
     for stop, want in ((("bc",), ("length", None, "abcdefgh")), (("cd",), ("stop", "cd", "ab"))):
-        eng = _engine(numerics="off")
-        forced = iter(eng.tokenizer.encode("abcdefgh", add_bos=False))
-        eng.sampler.sample = lambda req, row: next(forced)
-        req = eng.add_request([1, 72], RequestParams(max_tokens=8, ignore_eos=True, stop=stop, min_tokens=3))
-        _run(eng)
-        assert (req.finish_reason, req.stop_reason, eng.text(req)) == want, stop
+        assert _forced_abcdefgh(stop, min_tokens=3) == want, stop
 
 
 @pytest.mark.parametrize("include", [False, True])
