@@ -54,6 +54,7 @@ import argparse
 import csv
 import itertools
 import json
+import logging
 import os
 from dataclasses import fields, replace
 
@@ -65,6 +66,8 @@ from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_a
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 from cent_serve.timing.energy import tco_note, term_cells, term_columns, unpriced_device_changes
+
+log = logging.getLogger("cent")
 
 DEFAULT_TRACE_REQUESTS = 200
 """--trace: the trace's first this many requests unless --num-requests says otherwise."""
@@ -517,8 +520,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         if "model.max_seq_len" in dict(vary):  # "what if the context were longer?" is --prompt's and --decode's
-            import logging
-            logging.getLogger("cent").warning(
+            log.warning(
                 "--vary model.max_seq_len: the closed form reads it only to check that --prompt + --decode fit it "
                 "(%d tokens here: the contexts its figures are at), so every point that holds them gives the same "
                 "figures; to see a longer context raise --prompt or --decode (with --set model.max_seq_len=N to let "
@@ -529,8 +531,7 @@ def run(args: argparse.Namespace) -> int:
         warn_closed_form_ignores(numerics_asked(args, base), "--numerics", moe)
         warn_file_closed_form_ignores(args, base, moe, file_model=file_model, exclude=[n for n, _ in vary])
     elif numerics_asked(args, base):  # a replay point runs timing only (below): its config says numerics off
-        import logging
-        logging.getLogger("cent").warning(
+        log.warning(
             "--numerics %s: cent sweep --trace replays every point timing only, in this process (the same simulated "
             "times; no weights read, no text computed); to compute the numerics, cent bench run --numerics full",
             args.numerics)
