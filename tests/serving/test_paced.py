@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import re
+import threading
 import time
 
 import httpx
@@ -11,8 +12,8 @@ import pytest
 
 from api.server import Server
 from cent_serve.config import CentConfig, ParallelConfig, model_preset
-from cent_serve.serving import PACE_LAG_WARN_S, PACE_LATE_FRAC
-from tests.serving.utils import HANG_GUARD_S, body, metric, server_cfg, status
+from cent_serve.serving import PACE_LAG_WARN_S, PACE_LATE_FRAC, PaceMonitor
+from tests.serving.utils import HANG_GUARD_S, body, metric, server_cfg, status, wait_for
 
 PROMPT_TOKENS = 512
 """One prefill round of Llama 3.2 1B on one device (the whole prompt in one chunk): 2.74 simulated
@@ -34,6 +35,17 @@ def _late_fractions(url: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     return (metric(text, "cent:pace_late_fraction_count"),
             metric(text, "cent:pace_late_fraction_bucket", le=str(PACE_LATE_FRAC)))
+
+
+def _post_in_background(url: str, json: dict) -> None:
+    """A completion request on its own thread; the server stopping under it ends it quietly."""
+    def post() -> None:
+        try:
+            httpx.post(url + "/v1/completions", json=json, timeout=HANG_GUARD_S)
+        except httpx.HTTPError:
+            pass
+
+    threading.Thread(target=post, daemon=True).start()
 
 
 @pytest.mark.parametrize("slow_round, is_late", [(1, False), (3, True)], ids=["the prefill", "a decode round"])
@@ -109,3 +121,62 @@ def test_the_first_status_after_a_run_shows_no_lag():
         first = reads[0].result(HANG_GUARD_S)
     assert first["num_running"] == 0 and first["pace_lag_s"] == 0.0
     assert first["pace_late_requests"] == 1 and first["pace_late_frac_max"] > PACE_LATE_FRAC
+
+
+def test_the_lag_is_the_last_rounds_latest_token_never_below_0_and_a_request_is_late_once():
+    """`PaceMonitor.lag_s` is how late the last round that delivered tokens handed its latest one over
+    (the most late of its requests' first new tokens), not the last request's of that round nor an
+    earlier round's; an early token is a lag of 0, not a negative one (the gauge's 'on time'); a
+    round that delivers nothing (a prefill chunk) keeps the last figure. A request whose worst token so
+    far was exactly PACE_LATE_FRAC late was not counted, so a later, later token counts it, once."""
+    mon = PaceMonitor(pace_factor=1.0)
+    mon.stepped(0.01, 0.01)
+    for late_s in (0.3, -1.0, 0.1):  # three requests' tokens in one round
+        mon.delivered(late_s, 100.0, 0.0)
+    assert mon.lag_s == 0.3
+    mon.stepped(0.01, 0.01)
+    mon.delivered(0.05, 100.0, 0.0)
+    assert mon.lag_s == 0.05  # the new round's own, not the last one's 0.3
+    mon.stepped(0.01, 0.01)
+    mon.delivered(-2.0, 100.0, 0.0)
+    assert mon.lag_s == 0.0  # early
+    mon.stepped(0.01, 0.01)
+    mon.delivered(0.2, 100.0, 0.0)
+    mon.stepped(0.01, 0.01)  # a round that delivers nothing
+    assert mon.lag_s == 0.2 and mon.num_late_requests == 0
+    worst = mon.delivered(PACE_LATE_FRAC * 10.0, 10.0, 0.0)
+    assert worst == PACE_LATE_FRAC and mon.num_late_requests == 0  # at the bound: not late
+    worst = mon.delivered(2.0, 10.0, worst)
+    assert worst == pytest.approx(0.2) and mon.num_late_requests == 1
+    mon.delivered(3.0, 10.0, worst)
+    assert mon.num_late_requests == 1  # once
+
+
+def test_the_virtual_clock_observes_no_lateness():
+    """On the virtual clock nothing is paced, so nothing is late or on time: after a request the
+    histogram cent:pace_late_fraction has no observation (it would count every sequence as on time
+    and dilute a paced server's share late) and the late counter and lag stay 0."""
+    with Server(server_cfg(), "local") as s:
+        r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=8), timeout=HANG_GUARD_S)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
+        st = status(s.url)
+        text = httpx.get(s.url + "/metrics", timeout=HANG_GUARD_S).text
+    assert st["clock_mode"] == "virtual" and metric(text, "vllm:request_success_total", finished_reason="length") == 1
+    assert metric(text, "cent:pace_late_fraction_count") == 0
+    assert (st["pace_lag_s"], st["pace_late_requests"], st["pace_lag_episodes"]) == (0.0, 0, 0)
+
+
+def test_an_episode_goes_on_when_a_request_ends_while_another_is_in_flight():
+    """At pace factor 1e-4 every token is late: one episode of lag while anything is in flight. A
+    short request sent while a long one runs arrives far past the engine's clock (10,000 simulated s
+    a wall second), so it waits until the long one ends, and is in flight then: the long one's end
+    ends neither the episode nor the lag (only the last request in flight does, `EngineLoop._deliver`);
+    ending it there would make the short one's late tokens a second episode."""
+    with Server(server_cfg(numerics="full", clock="paced", pace_factor=1e-4), "local") as s:  # full: ms a token
+        _post_in_background(s.url, body(max_tokens=3000))
+        wait_for(lambda: status(s.url)["pace_lag_episodes"] == 1, "the long request late")
+        r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=4), timeout=HANG_GUARD_S)
+        assert r.status_code == 200
+        st = status(s.url)
+    assert st["num_finished"] == 2 and st["generation_tokens"] == 3004
+    assert st["pace_lag_episodes"] == 1 and st["pace_late_requests"] == 2
