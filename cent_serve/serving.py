@@ -12,8 +12,11 @@ asyncio queue. Clock modes (docs/architecture.md):
   next request comes), so an HTTP replay equals the in-process one.
 - `paced`: simulated time is tied to the wall clock (`pace_factor` wall
   seconds per simulated second): arrivals get the wall-derived simulated
-  time, the engine does not run ahead of it, and the API releases each token
-  when the wall clock reaches its simulated time.
+  time, no round starts before the wall clock reaches its boundary
+  (`Engine.next_start_s`, where arrivals join), and the API releases each
+  token when the wall clock reaches its simulated time. A round's lanes may
+  begin later than its boundary: the round after a long one (a prefill) is
+  computed at once, ahead of the wall clock by at most that long round.
 """
 from __future__ import annotations
 

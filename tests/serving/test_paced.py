@@ -23,10 +23,10 @@ SLOW_S = 0.7
 (PACE_LAG_WARN_S), well under the prefill's 2.74 s paced at pace factor 1, far over a decode round's."""
 
 
-def _long_prefill_server() -> Server:
+def _long_prefill_server(pace_factor: float = 1.0) -> Server:
     cfg = CentConfig(model=model_preset("llama3.2-1b"), parallel=ParallelConfig(1, 0, 1), numerics="off")
     cfg.scheduler.prefill_chunk_tokens = PROMPT_TOKENS
-    cfg.server.port, cfg.server.clock, cfg.server.pace_factor = 0, "paced", 1.0
+    cfg.server.port, cfg.server.clock, cfg.server.pace_factor = 0, "paced", pace_factor
     return Server(cfg, "local")
 
 
@@ -180,3 +180,30 @@ def test_an_episode_goes_on_when_a_request_ends_while_another_is_in_flight():
         st = status(s.url)
     assert st["num_finished"] == 2 and st["generation_tokens"] == 3004
     assert st["pace_lag_episodes"] == 1 and st["pace_late_requests"] == 2
+
+
+def test_a_round_after_a_long_one_is_computed_ahead_of_the_wall_clock_and_the_next_waits():
+    """The paced engine starts a round once the wall clock reaches its boundary
+    (`Engine.next_start_s`: the latest time a lane of the last round began), not its lanes' start.
+    So the round after a long one (a 2.74 s prefill at pace factor 100: 274 wall s) is computed at
+    once, its lane starting where the prefill ends, 2.7 simulated s ahead of the wall clock; the
+    round after that waits for the wall clock. A request arriving meanwhile is admitted at the same
+    boundary as on the virtual clock (`Scheduler.schedule` admits arrivals up to it), and the API
+    holds the early tokens until they are due, so no simulated time changes: one round is computed
+    early, no more. The second request, still waiting, ends with no token as the server stops and
+    is not observed in the lateness histogram (`on_late`: sequences given a token). Counts and
+    simulated times; the one wall assumption, that 1 s of sleep passes before 270 s, has a 270x
+    margin."""
+    with _long_prefill_server(pace_factor=100.0) as s:
+        _post_in_background(s.url, body(model="llama3.2-1b", prompt=[5] * PROMPT_TOKENS, max_tokens=4))
+        ran = wait_for(lambda: (x := status(s.url))["num_rounds"] >= 2 and x, "two rounds")
+        observed = []
+        s.loop.on_late = observed.append  # called as the server stops: both requests end then
+        _post_in_background(s.url, body(model="llama3.2-1b", max_tokens=4))
+        wait_for(lambda: status(s.url)["num_waiting"] == 1, "a second request waiting for the next round")
+        time.sleep(1.0)
+        later = status(s.url)
+    assert ran["num_rounds"] == later["num_rounds"] == 2  # the prefill, one decode round, then a wait
+    assert ran["clock_s"] > later["sim_now_s"] + 2.7  # the decode round's lane starts at the prefill's end
+    assert later["clock_s"] == ran["clock_s"] and later["generation_tokens"] == 2
+    assert observed == [0.0]  # the stop aborts both: the one given no token is not observed
