@@ -23,13 +23,12 @@ from matplotlib.figure import Figure
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
                                     place_rate_labels, plain_axis, share_axis)
-from cent_serve.bench.report import (compare_table, reasons_text, replay_fixes, short_example, side_figures,
-                                     source_text)
+from cent_serve.bench.report import (compare_table, price_notes, reasons_text, replay_fixes, short_example,
+                                     side_figures, source_text)
 from cent_serve.bench.results import write_requests_csv
 from cent_serve.bench.runner import BenchResult, run_in_process
 from cent_serve.config import CentConfig, config_to_dict
 from cent_serve.preflight import check_runnable
-from cent_serve.timing.energy import tco_note, unpriced_device_changes
 
 KEPT_DICTS = ("failure_reasons", "energy_by_term_j", "energy_share_by_term")
 """The summary's dict fields compare.json keeps (per side and per rate); the per-device ones it drops."""
@@ -141,12 +140,8 @@ def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentCo
         notes.append("CENT prefills a prompt a token at a time round its pipeline, as the paper does "
                      "(scheduler.prefill_chunk_tokens 1), where a GPU step takes a chunk of up to "
                      f"{gpu_cfg.gpu.num_batched_tokens:,} prompt tokens: its TTFT grows with the prompts and the queue")
-    changes = unpriced_device_changes(cent_cfg.device)
-    if changes:
-        notes.append(tco_note(changes))
-    if sides["GPU"].get("tco") is None:
-        notes.append(f"tokens per dollar: {gpu_cfg.gpu.kind} has no cost in the CENT artifact's TCO convention; "
-                     "--set gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)")
+    for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
+        notes += price_notes(cfg, sides[name].get("tco"))
     return notes
 
 

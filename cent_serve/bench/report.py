@@ -200,16 +200,42 @@ def side_figures(cfg: CentConfig, result: BenchResult, slos: dict[str, float] | 
     _check_slos(call, slos)
     s = summarize(result, slos)
     if cfg.on_gpus:
+        hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
+    else:
+        hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
+    s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0,
+             **tco_figures(cfg, s["total_token_throughput"]))
+    return s
+
+
+def tco_figures(cfg: CentConfig, total_token_throughput: float) -> dict:
+    """`tco`: what a run's hardware costs in the CENT artifact's TCO units (docs/hardware_model.md
+    section 9: device.tco_per_device a device, 0.73 per 32 unset, times parallel.num_devices, every device
+    bought; on GPUs the kind's gpu.tco_per_gpu times the GPUs, None for a kind without a cost) and
+    `tokens_per_tco`: `total_token_throughput` (prompt and output tokens a second) over it, None without
+    a cost. The one place tokens per dollar of a replay are counted: each side of `cent bench compare`
+    (`side_figures`) and `cent bench run`'s summary.json take them from here."""
+    if cfg.on_gpus:
         from cent_serve.gpu.timing import GpuTimer
         tco = GpuTimer(cfg).tco()
-        hw = result.status['mapping']['describe']  # "4 x a100-80gb: pp 1 x tp 4"
     else:
         from cent_serve.timing.energy import cent_tco
         tco = cent_tco(cfg.device, cfg.parallel.num_devices)
-        hw = f"{cfg.parallel.num_devices} CENT devices ({result.status['mapping']['describe']})"
-    s.update(hardware=hw, power_w=s["energy_j"] / s["duration"] if s["duration"] > 0 else 0.0, tco=tco,
-             tokens_per_tco=None if tco is None else s["total_token_throughput"] / tco)
-    return s
+    return dict(tco=tco, tokens_per_tco=None if tco is None else total_token_throughput / tco)
+
+
+def price_notes(cfg: CentConfig, tco: float | None) -> list[str]:
+    """What a reader of a replay's tokens per dollar (`tco_figures`, `tco` its cost) should know of
+    their price: CENT devices changed in a way their TCO does not follow while device.tco_per_device is
+    unset (`timing.energy.tco_note`), or a GPU kind without a cost. [] when neither. `cent bench
+    compare`'s notes (each side's) and `cent bench run`'s."""
+    if cfg.on_gpus:
+        return [] if tco is not None else [
+            f"tokens per dollar: {cfg.gpu.kind} has no cost in the CENT artifact's TCO convention; "
+            "--set gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)"]
+    from cent_serve.timing.energy import tco_note, unpriced_device_changes
+    changes = unpriced_device_changes(cfg.device)
+    return [tco_note(changes)] if changes else []
 
 
 def compare_table(cent: dict, gpu: dict) -> list[dict]:
