@@ -341,8 +341,8 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cent_serve.bench.report import (client_wall_stats, parse_goodput, print_table, run_title, source_text,
-                                         summarize)
+    from cent_serve.bench.report import (client_wall_stats, parse_goodput, price_notes, print_table, run_title,
+                                         source_text, summarize, tco_figures)
     from cent_serve.bench.results import write_results
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict, model_label
@@ -383,12 +383,18 @@ def run_bench(args: argparse.Namespace) -> int:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"],
                        hold_expiries=client["hold_expiries"], late_arrivals=client["late_arrivals"])
     summary["bench"] = recorded
+    notes = ["tokens per dollar: n/a with --url: the server's devices and their price are not this command's "
+             "config's (bench run or compare in-process price them)"] if args.url else []
     if args.url:  # the server's own, not this command's defaults
         summary.update(source=source, model=result.status.get("model", client["model"]),
-                       hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"))
+                       hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"),
+                       tokens_per_tco=None)  # the note says why
     else:
+        priced = tco_figures(cfg, summary["total_token_throughput"])  # as each side of bench compare
+        notes += price_notes(cfg, priced["tco"])
         summary.update(source=source, model=cfg.model.name, hardware=cfg.hardware,
-                       devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices)
+                       devices=cfg.gpu.count if cfg.on_gpus else cfg.parallel.num_devices,
+                       tokens_per_tco=priced["tokens_per_tco"])
         if model_label(cfg.model) != cfg.model.name:  # a changed preset (or a checkpoint named like one): titles say so
             summary["model_label"] = model_label(cfg.model)
         if given_overrides(args):  # a changed device or fabric: the titles say how, as for a changed preset
@@ -403,6 +409,8 @@ def run_bench(args: argparse.Namespace) -> int:
         summary["interrupted"] = True
     write_results(out, result, summary, config, plots=not args.no_plots, detailed=args.save_detailed)
     print_table(summary, f"{run_title(result.status, summary).splitlines()[0]}; {source_text(recorded)}")
+    for note in notes:
+        print(f"note: {note}")
     if result.interrupted:  # the replay's hours are not lost to a Ctrl-C; the figures say so
         print(f"interrupted: the results of the {len(result.records)} of {len(requests)} requests that ended "
               f"before Ctrl-C are in {out}/ (partial: summary.json has \"interrupted\": true)")

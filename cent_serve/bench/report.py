@@ -334,6 +334,10 @@ def print_table(summary: dict, title: str | None = None) -> None:
           + ("" if per_out is None else f"; {per_out:.3f} mJ an output token") + ")")
     energy_j = summary["energy_j"]  # 4 digits below 1 kJ; whole joules above, never 1.583e+04
     print(f"{'energy by term':<24}{energy_j:>12{',.0f' if energy_j >= 1e3 else '.4g'}} J: {terms_text(summary)}")
+    if "tokens_per_tco" in summary:  # `tco_figures`, as bench compare's row; null: a note below says why
+        tpd = summary["tokens_per_tco"]
+        print(f"{'tokens per dollar':<24}" + (f"{'-':>12}   (no price: see the note below)" if tpd is None else
+                                             f"{tpd:>12,.1f} tok/s per TCO unit (the CENT artifact's TCO convention)"))
     print(f"{'':<10}{'mean':>13}{'median':>13}{'p90':>13}{'p99':>13}  (ms, simulated)")
     for m in ("ttft", "tpot", "itl", "e2el"):
         vals = [summary[f"{k}_{m}_ms"] for k in ("mean", "median", "p90", "p99")]

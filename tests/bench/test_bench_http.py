@@ -89,6 +89,19 @@ def test_url_takes_the_openai_base_url_the_server_logs(tmp_path):
     assert summary["completed"] == 3 and summary["model"] == "tiny"
 
 
+def test_a_url_run_prices_nothing_and_says_why(tmp_path, capsys):
+    """`tokens_per_tco` is this command's config's price (`report.tco_figures`): a --url run's devices are the
+    server's, so summary.json has it null and a note says why, rather than the defaults' price."""
+    with Server(_cfg(), "local") as s:
+        assert main(["bench", "run", "--url", s.url, "--num-requests", "3", "--max-prompt-tokens", "16",
+                     "--max-output-tokens", "4", "--no-plots", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] == 3 and "tokens_per_tco" in summary and summary["tokens_per_tco"] is None
+    assert f"{'tokens per dollar':<24}{'-':>12}   (no price: see the note below)" in printed
+    assert [line for line in printed if line.startswith("note: tokens per dollar: n/a with --url")], printed
+
+
 def test_a_paced_server_that_ran_before_reports_in_trace_time():
     """On the paced clock the server's simulated times run from its own start: the replay shifts them
     to the trace's time 0, as it does the virtual clock's, and leaves a refused request's trace arrival

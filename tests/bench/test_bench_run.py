@@ -591,3 +591,66 @@ def test_a_checkpoint_named_like_a_preset_is_titled_a_checkpoint(tmp_path, capsy
                  "--num-requests", "2", "--in-process", "--no-plots", "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["model_label"] == "llama2-7b (checkpoint)"
+
+
+TINY_TRACE = "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,16,4\n0.2,24,6\n0.5,16,8\n"
+"""Three requests the tiny model serves on either hardware in well under a second of simulated time."""
+
+
+def test_bench_run_reports_the_tokens_per_dollar_compare_reports_for_the_same_side(tmp_path, capsys):
+    """`bench run` reported no cost figure (--set device.tco_per_device was accepted and changed nothing
+    it printed): summary.json's `tokens_per_tco` is what `bench compare` reports for the same side on the
+    same trace, CENT and GPUs alike (`report.tco_figures`, one function for both), and the table prints it."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(TINY_TRACE)
+    common = ["--numerics", "off", "--trace", str(trace), "--no-plots"]
+    assert main(["bench", "compare", *common, "--gpu", "a100-80gb:1", "--out", str(tmp_path / "cmp")]) == 0
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    for side, hardware in (("cent", []), ("gpu", ["--hardware", "gpu:a100-80gb:1"])):
+        out = tmp_path / side
+        capsys.readouterr()
+        assert main(["bench", "run", *common, *hardware, "--out", str(out)]) == 0
+        s = json.loads((out / "summary.json").read_text())
+        assert s["completed"] == 3 and s["tokens_per_tco"] is not None
+        assert s["tokens_per_tco"] == compared[side]["tokens_per_tco"], side  # bit for bit: one function, one run
+        assert s["total_token_throughput"] == compared[side]["total_token_throughput"], side
+        row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tokens per dollar")]
+        assert row == [f"{'tokens per dollar':<24}{s['tokens_per_tco']:>12,.1f} tok/s per TCO unit "
+                       "(the CENT artifact's TCO convention)"], row
+    assert "tco" not in s  # the one new key: the price itself stays compare's
+
+
+def test_device_tco_per_device_moves_bench_run_s_tokens_per_dollar_by_its_ratio(tmp_path, capsys):
+    """Twice the price a device, half the tokens per dollar, on the same simulated run: 0.0456 against the
+    paper's 0.0228125 (docs/hardware_model.md section 9) is a factor 0.0228125 / 0.0456. A changed
+    unit_cost_usd leaves the figure as it is and a note says so; a set TCO draws no note."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(TINY_TRACE)
+    runs = {}
+    for name, sets in (("paper", ["--set", "device.unit_cost_usd=50"]),
+                       ("dear", ["--set", "device.unit_cost_usd=50", "--set", "device.tco_per_device=0.0456"])):
+        capsys.readouterr()
+        assert main(["bench", "run", "--numerics", "off", "--trace", str(trace), "--no-plots", *sets,
+                     "--out", str(tmp_path / name)]) == 0
+        notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text()), notes
+    (paper, paper_notes), (dear, dear_notes) = runs["paper"], runs["dear"]
+    assert paper["duration"] == dear["duration"] and paper["total_token_throughput"] == dear["total_token_throughput"]
+    assert paper["tokens_per_tco"] == pytest.approx(paper["total_token_throughput"] / (0.0228125 * 8), rel=1e-12)
+    assert dear["tokens_per_tco"] == pytest.approx(paper["tokens_per_tco"] * 0.0228125 / 0.0456, rel=1e-12)
+    assert len(paper_notes) == 1 and "device.unit_cost_usd=50.0 does not move" in paper_notes[0], paper_notes
+    assert dear_notes == []
+
+
+def test_a_gpu_kind_without_a_cost_has_no_tokens_per_dollar_and_a_note_says_how_to_give_it_one(tmp_path, capsys):
+    """h100-80gb has no price in the CENT artifact's convention: null in summary.json, '-' in the table
+    and compare's note on how to price it (`report.price_notes`)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(TINY_TRACE)
+    assert main(["bench", "run", "--numerics", "off", "--trace", str(trace), "--no-plots", "--hardware",
+                 "gpu:h100-80gb:1", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["tokens_per_tco"] is None
+    assert f"{'tokens per dollar':<24}{'-':>12}   (no price: see the note below)" in printed
+    assert ("note: tokens per dollar: h100-80gb has no cost in the CENT artifact's TCO convention; --set "
+            "gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)") in printed
