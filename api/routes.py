@@ -243,18 +243,31 @@ async def health(ctx: Ctx):
     if eng.recovering or eng.degraded:
         reason = eng.degraded or "re-creating failed devices"
         return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
-    running = loop.round_running_s()
-    if running > STALLED_ROUND_S:  # a device that stopped or hung holds the round until its timeout
-        return JSONResponse({"status": "degraded", "reason": f"a round has run {running:.0f} s: a device or the "
-                             "switch may have stopped or hung (the round's timeout re-creates its replica)"},
+    running, timeout_s = loop.round_running_s(), ctx.cfg.server.round_timeout_s
+    if running > stalled_round_s(timeout_s):  # past the wait that should have ended it
+        return JSONResponse({"status": "degraded", "reason": f"a round has run {running:.0f} s, past "
+                             f"server.round_timeout_s={timeout_s:g}: a device or the switch may have stopped or hung"},
                             status_code=503)
     return {"status": "ok"}
 
 
 STALLED_ROUND_S = 120.0
-"""A round running longer than this (wall seconds; timing-only and tiny models' rounds take
-milliseconds, full numerics on a busy machine seconds) makes /health say degraded: twice vLLM's
-engine iteration timeout, so a liveness probe does not restart a server in a long round."""
+"""The shortest run (wall seconds) after which /health calls a round stalled, whatever the round
+timeout (timing-only and tiny models' rounds take milliseconds, full numerics on a busy machine
+seconds): twice vLLM's engine iteration timeout, so a liveness probe does not restart a server in a
+long round. `stalled_round_s` gives the threshold."""
+
+
+def stalled_round_s(round_timeout_s: float) -> float:
+    """How long (wall seconds) a round runs before /health says degraded: `server.round_timeout_s`,
+    at least STALLED_ROUND_S. The timeout is what the user says a round may take (docs/serving.md:
+    keep it above the longest round), so a shorter round may be a healthy one: calling it degraded
+    (at 120 s, as /health did whatever the timeout) let a liveness probe restart the server, ending
+    every replica's requests, in a round the user expects. On Ray a device that hangs is caught by the
+    timeout itself, which fails the round and re-creates its replica (/health then says degraded while
+    it comes back); a round that runs past it outlived the wait meant to end it, and on the local
+    executor, where no timeout ends a round, one that runs this long holds the only engine."""
+    return max(STALLED_ROUND_S, round_timeout_s)
 SNAPSHOT_WAIT_S = 5.0
 """Longest a status or metrics read waits for the engine thread before it serves the last snapshot
 (Prometheus gives a scrape 10 s)."""

@@ -400,6 +400,40 @@ def test_a_checkpoint_s_generation_config_sets_the_sampling_a_request_leaves_out
     assert "has no chat template" in caplog.text  # the fixture has none: chat falls back to the plain default
 
 
+def test_health_calls_a_round_stalled_only_past_the_round_timeout_the_user_raised():
+    """A user whose rounds take minutes raises server.round_timeout_s; /health said degraded once a round
+    had run 120 s whatever the timeout, so a liveness probe could restart the server in a round the user
+    expects. Now a round is stalled past the timeout (and STALLED_ROUND_S): the round start is faked while
+    the engine thread is held in a call, which leaves it alone."""
+    import asyncio
+    import threading
+    import time
+
+    import api.routes as routes
+    from tests.serving.utils import HANG_GUARD_S
+
+    with Server(server_cfg("off", round_timeout_s=600.0), "local") as s:
+        entered, release = threading.Event(), threading.Event()
+
+        def hold(_engine) -> None:
+            entered.set()
+            release.wait(HANG_GUARD_S)
+
+        holder = threading.Thread(target=lambda: asyncio.run(s.loop.call(hold)))
+        holder.start()
+        try:
+            assert entered.wait(HANG_GUARD_S)
+            for running_s, code in ((routes.STALLED_ROUND_S + 1, 200), (500.0, 200), (601.0, 503)):
+                s.loop.round_started = time.monotonic() - running_s
+                health = httpx.get(s.url + "/health", timeout=60)
+                assert health.status_code == code, (running_s, health.text)
+            assert "past server.round_timeout_s=600:" in health.json()["reason"], health.text
+        finally:
+            s.loop.round_started = None
+            release.set()
+            holder.join(HANG_GUARD_S)
+    assert routes.stalled_round_s(10.0) == routes.STALLED_ROUND_S  # a short timeout keeps the floor
+
 def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
     """A device that stops mid-round held /metrics and /v1/cent/status until the round's timeout (5
     minutes; a Prometheus scrape gives up after 10 s): past SNAPSHOT_WAIT_S they serve the last
@@ -433,7 +467,8 @@ def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
         age = [line for line in scrape.text.splitlines() if line.startswith("cent:snapshot_age_seconds{")]
         assert scrape.status_code == 200 and len(age) == 1 and float(age[0].split()[-1]) > 0, age
         assert httpx.get(s.url + "/health", timeout=60).status_code == 200
-        s.loop.round_started = time.monotonic() - routes.STALLED_ROUND_S - 1  # a round that has run past it
+        stalled_s = routes.stalled_round_s(s.cfg.server.round_timeout_s)
+        s.loop.round_started = time.monotonic() - stalled_s - 1  # a round that has run past it
         health = httpx.get(s.url + "/health", timeout=60)
         assert health.status_code == 503 and "a round has run" in health.json()["reason"], health.text
         s.loop.round_started = None
