@@ -21,7 +21,8 @@ from api.errors import Faults, install_error_handlers
 from api.generate import DISCONNECT_POLL_S, RETRY_AFTER_S
 from api.guard import Guard
 from api.metrics import Metrics
-from api.routes import DEFAULT_MAX_TOKENS, router
+from api.protocol import DEFAULT_MAX_TOKENS
+from api.routes import router
 from cent_serve import __version__
 from cent_serve.serving import EngineLoop
 

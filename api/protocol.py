@@ -24,6 +24,13 @@ from api.checks import (INT64_RANGE, LAX_INT, MAX_ARRIVAL_S, MAX_BAD_WORDS, MAX_
 from cent_serve.model.sampling import SamplingParams, bad_words_token_ids
 from cent_serve.request import RequestParams
 
+DEFAULT_MAX_TOKENS = 16
+"""Completions without max_tokens get this many (OpenAI's completions default, vLLM's `max_tokens`
+field default), at most the context the prompt leaves. Chat without a limit gets the rest of the
+context instead, as vLLM's chat endpoint does. `server.max_tokens_default`, when set, replaces both
+defaults (not in `output_tokens_asked`, as vLLM's generation-config override is not)."""
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -72,7 +79,8 @@ class _Common(BaseModel):
     include_stop_str_in_output: bool | None = None
     """vLLM's: keep the stop string (or stop token) that ended the output in its text; null is false."""
     truncate_prompt_tokens: LaxInt | None = None
-    """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context); null: all."""
+    """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context less the
+    output tokens asked for, `prompt_truncation`); null: all."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
     checkpoint's generation_config.json's, else 0 (off)."""
@@ -186,20 +194,32 @@ class _Common(BaseModel):
         clamped = {int(k): min(100.0, max(-100.0, float(v))) for k, v in (self.logit_bias or {}).items()}
         return tuple(clamped.items())
 
+    def output_tokens_asked(self) -> int:
+        """The output tokens the request asks for as vLLM counts them against the context when it
+        truncates a prompt (each endpoint's `build_tok_params`' max_output_tokens, vllm/entrypoints/
+        openai/completion/protocol.py and chat_completion/protocol.py): max_tokens, null or absent 0;
+        each endpoint's request refines it."""
+        return self.max_tokens or 0
+
     def prompt_truncation(self, max_seq_len: int) -> int | None:
         """How many tokens of each prompt to keep (its last ones) under `truncate_prompt_tokens`, as
-        vLLM reads it (vllm/utils `_validate_truncation_size`: -1 is the model's context, more than the
-        context is refused); None: the whole prompt. 0 or below -1 is a 400 (an empty prompt, or not
-        vLLM's range)."""
+        current vLLM reads it (vllm/renderers/params.py `TokenizeParams`: -1 is `max_input_tokens`, the
+        context less `output_tokens_asked`, and a k past that is refused; vLLM's older
+        vllm/entrypoints/utils.py `_validate_truncation_size` took -1 as the whole context and refused
+        only a k past it); None: the whole prompt. 0 or below -1 is a 400 (an empty prompt, or not
+        vLLM's range). A limit that leaves no room: None, for `Engine.check_length` to refuse the limit."""
         k = self.truncate_prompt_tokens
         if k is None:
             return None
-        if k == -1:
-            return max_seq_len
-        if not 1 <= k <= max_seq_len:
-            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{max_seq_len} (the model's "
-                           "context), -1 for the context, or leave it unset", "truncate_prompt_tokens")
-        return k
+        asked = max(0, self.output_tokens_asked())  # a negative limit: its own 400 (`to_params`)
+        room = max_seq_len - asked
+        if k == 0 or k < -1 or 1 <= room < k:
+            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{room} (the model's context, "
+                           f"{max_seq_len}, less the {asked} output tokens asked for, as vLLM counts them), -1 for "
+                           "that, or leave it unset", "truncate_prompt_tokens")
+        if room < 1:
+            return None
+        return room if k == -1 else k
 
     def valid_hold(self) -> bool:
         """Whether `hold_until_s` is a hold the clock may take: the next arrival, at or after this one's
@@ -293,6 +313,10 @@ class CompletionRequest(_Common):
         if value is None or isinstance(value, bool):
             return value
         return LAX_INT.validate_python(value)
+
+    def output_tokens_asked(self) -> int:
+        """max_tokens, or 16 when absent, vLLM's field default (null: 0); `_Common.output_tokens_asked`."""
+        return (self.max_tokens or 0) if "max_tokens" in self.model_fields_set else DEFAULT_MAX_TOKENS
 
     @property
     def echo_only(self) -> bool:
@@ -388,6 +412,12 @@ class ChatCompletionRequest(_Common):
     add_special_tokens: bool = False
     """vLLM's: add the tokenizer's special tokens (a BOS for most) to the rendered chat (its templates
     write their own)."""
+
+    def output_tokens_asked(self) -> int:
+        """max_completion_tokens, else max_tokens (OpenAI's newer name wins, as in vLLM's chat
+        `build_tok_params`); null or absent 0: `_Common.output_tokens_asked`."""
+        newer = self.max_completion_tokens
+        return (self.max_tokens if newer is None else newer) or 0
 
     def reply_role(self) -> str:
         """The role of the reply: the assistant's, or without the generation prompt the last message's."""

@@ -17,16 +17,11 @@ from api.checks import ApiError
 from api.context import ApiContext, FieldNames, api_context
 from api.generate import Endpoint, Prompts, generate, with_prompt
 from api.logprobs import chat_logprobs, completion_logprobs, piece
-from api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, TokenizeRequest,
-                          chat_messages)
+from api.protocol import (DEFAULT_MAX_TOKENS, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                          ErrorResponse, TokenizeRequest, chat_messages)
 from cent_serve import __version__
 from cent_serve.config import config_to_dict
 from cent_serve.model.tokenizer import ByteTokenizer
-
-DEFAULT_MAX_TOKENS = 16
-"""Completions without max_tokens get this many (OpenAI's completions default), at most the
-context the prompt leaves. Chat without a limit gets the rest of the context instead, as vLLM's
-chat endpoint does. `server.max_tokens_default`, when set, replaces both defaults."""
 
 Ctx = Annotated[ApiContext, Depends(api_context)]
 router = APIRouter()

@@ -1,6 +1,6 @@
 """vLLM's truncate_prompt_tokens: each prompt keeps its last k tokens (a text prompt its BOS too) before anything else sees it (the
-context check, the scheduler, the usage, prompt_token_ids); -1 is the model's context; 0, below -1 or
-past the context is a 400 naming it (vllm `_validate_truncation_size`)."""
+context check, the scheduler, the usage, prompt_token_ids); -1 is the context less the output tokens asked
+for, and 0, below -1 or past that is a 400 naming it (vllm/renderers/params.py `TokenizeParams`)."""
 from __future__ import annotations
 
 import httpx
@@ -36,7 +36,7 @@ def test_a_prompt_keeps_its_last_tokens(off):
     c = cut["choices"][0]
     assert c["prompt_token_ids"] == PROMPT[-5:] and cut["usage"]["prompt_tokens"] == 5
     assert c["token_ids"] == alone["choices"][0]["token_ids"] != whole["choices"][0]["token_ids"]
-    for k in (-1, len(PROMPT), CONTEXT):  # the context (or more than the prompt) keeps it whole
+    for k in (-1, len(PROMPT), CONTEXT - 6):  # the room max_tokens=6 leaves (or more than the prompt): whole
         got = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=k)
         assert got["usage"]["prompt_tokens"] == len(PROMPT) and got["choices"][0]["token_ids"] == \
             whole["choices"][0]["token_ids"]
@@ -51,13 +51,48 @@ def test_a_prompt_past_the_context_is_served_truncated(off):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"  # without it: refused
 
 
+def test_minus_one_keeps_the_context_less_the_output_tokens_asked_as_vllm():
+    """vLLM's -1 is `TokenizeParams.max_input_tokens`, max_model_len less the output tokens the request asks
+    for (vllm/renderers/params.py; completions' max_tokens, 16 when absent, its field default; chat's
+    max_completion_tokens, else max_tokens, else 0), and a k past it is refused. -1 kept the whole
+    context, so a long prompt filled it and the request was refused for its max_tokens."""
+    from api.checks import ApiError
+    from api.protocol import ChatCompletionRequest, CompletionRequest
+
+    def keep(cls, **body):
+        return cls(model="tiny", **body).prompt_truncation(CONTEXT)
+
+    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1, max_tokens=6) == CONTEXT - 6
+    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1) == CONTEXT - 16
+    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1, max_tokens=None) == CONTEXT
+    chat = dict(messages=[{"role": "user", "content": "hi"}], truncate_prompt_tokens=-1)
+    assert keep(ChatCompletionRequest, **chat) == CONTEXT
+    assert keep(ChatCompletionRequest, **chat, max_tokens=7) == CONTEXT - 7
+    assert keep(ChatCompletionRequest, **chat, max_tokens=7, max_completion_tokens=9) == CONTEXT - 9
+    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=CONTEXT - 6, max_tokens=6) == CONTEXT - 6
+    with pytest.raises(ApiError, match=rf"truncate_prompt_tokens={CONTEXT - 5} is invalid: use 1..{CONTEXT - 6} "):
+        keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=CONTEXT - 5, max_tokens=6)
+    # a limit that fills the context leaves no room to truncate to: the limit's own 400 says so later
+    for k in (-1, 5):
+        assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=k, max_tokens=CONTEXT) is None
+
+
+def test_a_prompt_past_the_context_with_minus_one_is_served_in_the_room_its_max_tokens_leave(off):
+    long = [1] + [10] * (CONTEXT + 5)
+    got = _complete(off.url, prompt=long, truncate_prompt_tokens=-1)  # max_tokens=6
+    assert got["usage"]["prompt_tokens"] == CONTEXT - 6 and got["usage"]["completion_tokens"] == 6, got["usage"]
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt=PROMPT, max_tokens=6,
+                                                          truncate_prompt_tokens=CONTEXT - 5), timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens", r.text
+
+
 def test_chat_and_the_openai_client_truncate_too_and_get_400s_naming_it(off):
     client = openai.OpenAI(base_url=off.url + "/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "hello there, a chat prompt of some length"}]
     r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
                                        extra_body=dict(truncate_prompt_tokens=7))
     assert r.usage.prompt_tokens == 7
-    for k in (0, -2, CONTEXT + 1):
+    for k in (0, -2, CONTEXT - 1, CONTEXT + 1):  # CONTEXT - 1: past the room max_tokens=2 leaves
         with pytest.raises(openai.BadRequestError) as err:
             client.completions.create(model="tiny", prompt="hi", max_tokens=2,
                                       extra_body=dict(truncate_prompt_tokens=k))
