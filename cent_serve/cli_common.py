@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cent_serve.config import CentConfig, ModelConfig, ParallelConfig, build_config
+from cent_serve.config import CentConfig, DeviceConfig, ModelConfig, ParallelConfig, build_config
 
 
 def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: bool = False) -> None:
@@ -39,7 +39,8 @@ def config_from_args(args: argparse.Namespace, experts: bool = True, closed_form
     """Resolve the config: file, then --model/--seed/mapping flags, then --set overrides
     (`cent_serve.config.build_config`, which scripts call with the same names as keywords). `experts`:
     warn of a mixture of experts' field set on a dense model, by --set or the --config file
-    (`warn_experts_given`); cent sweep, whose points may vary the model, warns over them instead.
+    (`warn_experts_given`), and of a grouped-query attention's on a model without (`warn_gqa_given`); cent sweep,
+    whose points may vary the model, warns over them instead.
     `closed_form`: the command runs the closed form (`warn_file_model_replaced` suggests what it reads)."""
     cfg = build_config(getattr(args, "model", None), config=getattr(args, "config", None),
                        devices=getattr(args, "devices", None), pp=getattr(args, "pp", None),
@@ -53,6 +54,7 @@ def config_from_args(args: argparse.Namespace, experts: bool = True, closed_form
                                  cfg.on_gpus)
     if experts:
         warn_experts_given(args, cfg, cfg.model.is_moe)
+        warn_gqa_given(args, cfg, cfg.model.num_rep > 1)
     if not cfg.on_gpus:
         sets = [item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []]
         how = ("--set device.bytes_per_element" if "device.bytes_per_element" in sets
@@ -267,6 +269,37 @@ def warn_experts_given(args: argparse.Namespace, cfg: CentConfig, moe: bool, fil
         moved = [path for path in MOE_ONLY if path not in sets
                  and getattr(cfg.model, path.split(".")[1]) != getattr(dense, path.split(".")[1])]
         warn_experts_unread(moved, f"--config {args.config}", moe)
+
+
+GQA_ONLY = ("device.score_rep_head_cycles",)
+"""Fields that price the query heads of a grouped-query attention group after its first
+(`timing.pim.score_cycles`: num_rep - 1 of them a KV head): a model with a KV head a query head has none."""
+
+
+def warn_gqa_unread(paths: list[str], how: str, gqa: bool) -> None:
+    """One warning per field in `paths` among `GQA_ONLY` (`how`: the flag that set it) when no model of the run
+    shares a KV head among query heads (`gqa` False: num_kv_heads == num_heads, llama2-7b): every query head is
+    its group's first, priced by device.score_head_cycles, so nothing reads it, closed form, replay or devices."""
+    import logging
+
+    for path in [] if gqa else [p for p in paths if p in GQA_ONLY]:
+        logging.getLogger("cent").warning(
+            "%s %s: no model here has grouped-query attention (each query head has its own KV head), so nothing "
+            "reads it (it prices q.K^T for each further query head of a KV head's group; a group's first is "
+            "device.score_head_cycles); to see it, run a model with fewer KV heads than query heads (e.g. --model "
+            "llama2-70b)", how, path)
+
+
+def warn_gqa_given(args: argparse.Namespace, cfg: CentConfig, gqa: bool) -> None:
+    """`warn_gqa_unread` of the fields `args` set: each --set one, and each the --config file moved off its
+    default in `cfg` (the config it resolved) and no --set sets, as `warn_experts_given` does the experts'."""
+    sets = [item.split("=", 1)[0].strip() for item in getattr(args, "set", None) or []]
+    warn_gqa_unread(sets, "--set", gqa)
+    if getattr(args, "config", None):
+        default = DeviceConfig()
+        moved = [path for path in GQA_ONLY if path not in sets
+                 and getattr(cfg.device, path.split(".")[1]) != getattr(default, path.split(".")[1])]
+        warn_gqa_unread(moved, f"--config {args.config}", gqa)
 
 
 def warn_file_closed_form_ignores(args: argparse.Namespace, cfg: CentConfig, moe: bool, file_model: bool = True,

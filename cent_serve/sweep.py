@@ -62,7 +62,8 @@ from tqdm import tqdm
 
 from cent_serve.cli_common import (add_config_args, check_out_dir, config_from_args, given_overrides, numerics_asked,
                                    warn_closed_form_ignores, warn_experts_given, warn_experts_unread,
-                                   warn_file_closed_form_ignores, warn_file_model_replaced, warn_narrow_dram)
+                                   warn_file_closed_form_ignores, warn_file_model_replaced, warn_gqa_given,
+                                   warn_gqa_unread, warn_narrow_dram)
 from cent_serve.config import MODEL_PRESETS, CentConfig, apply_overrides, check_override, config_to_dict, resolve_model
 from cent_serve.config.overrides import _served_context
 from cent_serve.timing.energy import tco_note, term_cells, term_columns, unpriced_device_changes
@@ -300,15 +301,25 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
     return out + [s for s in (getattr(args, "set", None) or []) if s.split("=", 1)[0].strip().startswith("model.")]
 
 
-def _any_moe(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
-    """Whether a mixture of experts is among the sweep's models (the base's, or a varied `model`'s; one
+def _any_model(base: CentConfig, vary: list[tuple[str, list[str]]], has) -> bool:
+    """Whether `has(model)` holds for one of the sweep's models (the base's, or a varied `model`'s; one
     that cannot load says so at its point)."""
-    def is_moe(name: str) -> bool:
+    def holds(name: str) -> bool:
         try:
-            return resolve_model(name).is_moe
+            return has(resolve_model(name))
         except ValueError:
             return False
-    return base.model.is_moe or any(is_moe(v) for name, values in vary if name == "model" for v in values)
+    return has(base.model) or any(holds(v) for name, values in vary if name == "model" for v in values)
+
+
+def _any_moe(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
+    """Whether a mixture of experts is among the sweep's models (`_any_model`)."""
+    return _any_model(base, vary, lambda m: m.is_moe)
+
+
+def _any_gqa(base: CentConfig, vary: list[tuple[str, list[str]]]) -> bool:
+    """Whether a model sharing a KV head among query heads is among the sweep's models (`_any_model`)."""
+    return _any_model(base, vary, lambda m: m.num_rep > 1)
 
 
 def point_config(base: CentConfig, point: dict[str, str], model_sets: list[str] | tuple = (),
@@ -512,11 +523,14 @@ def run(args: argparse.Namespace) -> int:
     check_vary(base, vary, in_step)
     moe = _any_moe(base, vary)
     warn_experts_unread([name for name, _ in vary], "--vary", moe)  # a replay reads them no more than the closed form
+    gqa = _any_gqa(base, vary)
+    warn_gqa_unread([name for name, _ in vary], "--vary", gqa)
     varies_model = any(name == "model" for name, _ in vary)
     if varies_model:
         warn_file_model_replaced(args, "--vary model", "every varied model", not args.trace, moe)
     file_model = not varies_model and args.model is None  # else replaced: `warn_file_model_replaced` names its fields
     warn_experts_given(args, base, moe, file_model=file_model)
+    warn_gqa_given(args, base, gqa)
     if not args.trace:
         warn_closed_form_ignores([name for name, _ in vary], "--vary", moe)
         if "model.max_seq_len" in dict(vary):  # "what if the context were longer?" is --prompt's and --decode's

@@ -941,6 +941,44 @@ def test_a_mixture_of_experts_field_on_a_dense_model_is_warned_about_in_a_replay
     assert len([r for r in caplog.records if "model.expert_skew" in r.getMessage()]) == 1
 
 
+def test_a_grouped_query_attention_field_on_a_model_without_it_is_warned_about(tmp_path, caplog, capsys):
+    """--set device.score_rep_head_cycles=140 on llama2-7b (32 query heads, 32 KV heads) gave the same figures in
+    silence: it prices the query heads of a KV head's group after the first, and there each group has one.
+    cent simulate, cent bench run (and a --config file's) warn once; llama2-70b (8 query heads a KV head) reads it:
+    its figures move and nothing is said."""
+    import json
+
+    def run(model: str, *extra: str) -> tuple[dict, list[str]]:
+        caplog.clear()
+        assert main(["simulate", "--model", model, *extra, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        said = [r.getMessage() for r in caplog.records if "device.score_rep_head_cycles" in r.getMessage()]
+        return {k: out[k] for k in ("throughput_tok_s", "token_energy_mj")}, said
+
+    field = "device.score_rep_head_cycles=140"
+    base, _ = run("llama2-7b")
+    figures, said = run("llama2-7b", "--set", field)
+    assert figures == base, (figures, base)
+    assert said == ["--set device.score_rep_head_cycles: no model here has grouped-query attention (each query head "
+                    "has its own KV head), so nothing reads it (it prices q.K^T for each further query head of a KV "
+                    "head's group; a group's first is device.score_head_cycles); to see it, run a model with fewer "
+                    "KV heads than query heads (e.g. --model llama2-70b)"], said
+    base, _ = run("llama2-70b")
+    figures, said = run("llama2-70b", "--set", field)
+    assert figures != base and said == [], (figures, base, said)
+    config = tmp_path / "f.yaml"
+    config.write_text("model: {name: llama2-7b}\ndevice: {score_rep_head_cycles: 140}\n")
+    _, said = run("llama2-7b", "--config", str(config))
+    assert [m.split(":")[0] for m in said] == [f"--config {config} device.score_rep_head_cycles"], said
+    caplog.clear()
+    assert main(["bench", "run", "--model", "tiny", "--set", "model.num_kv_heads=8", "--set", field, "--numerics",
+                 "off", "--synthetic", "poisson", "--rate", "10", "--num-requests", "2", "--in-process",
+                 "--no-plots", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records if "device.score_rep_head_cycles" in r.getMessage()]
+    assert len(said) == 1 and "no model here has grouped-query attention" in said[0], said
+
+
 def test_a_mixture_of_experts_field_of_a_config_file_on_a_dense_model_is_warned_about(tmp_path, caplog, capsys):
     """--set model.expert_skew=2 on a dense model was warned of; the same field in a --config file was taken in
     silence (cent simulate --config f.yaml with `model: {name: llama2-7b, expert_skew: 2}`). The file's is warned

@@ -1234,3 +1234,31 @@ def test_a_log_axis_and_a_column_a_model_come_only_where_their_rules_say(tmp_pat
     lone = [dict(row("a", d, d), **figures) for d in (16, 32, 64)] + [dict(row("b", 16, 5.0), **figures)]
     plots.plot_figures(lone, ["model", "parallel.num_devices"], tmp_path / "lone.png", trace=False, how="x")
     assert len(saved["in_step.png"]) == 4 and len(saved["lone.png"]) == 4
+
+
+def test_varying_a_grouped_query_attention_field_on_a_model_without_it_is_warned_about(tmp_path, capsys, caplog):
+    """`cent sweep --model llama2-7b --vary device.score_rep_head_cycles=70,140` gave two identical rows in silence:
+    the field prices the query heads of a KV head's group after the first, and llama2-7b has one query head a KV
+    head. Warned once, for --vary as for --set, in the closed form and a replay; not when a varied model shares its
+    KV heads (llama2-70b), whose rows move."""
+    def run(out: str, *argv: str) -> tuple[list[dict], list[str]]:
+        caplog.clear()
+        assert main(["sweep", *argv, "--no-plots", "--out", str(tmp_path / out)]) == 0
+        capsys.readouterr()
+        said = [r.getMessage() for r in caplog.records if "no model here has grouped-query attention" in r.getMessage()]
+        return list(csv.DictReader(open(tmp_path / out / "sweep.csv"))), said
+
+    vary = ["--vary", "device.score_rep_head_cycles=70,140"]
+    rows, said = run("a", "--model", "llama2-7b", *vary)
+    assert rows[0]["energy_per_token_mj"] == rows[1]["energy_per_token_mj"]
+    assert [m.split(":")[0] for m in said] == ["--vary device.score_rep_head_cycles"], said
+    _, said = run("b", "--model", "llama2-7b", "--set", "device.score_rep_head_cycles=140", "--vary", "devices=8,16")
+    assert [m.split(":")[0] for m in said] == ["--set device.score_rep_head_cycles"], said
+    rows, said = run("c", "--devices", "32", "--vary", "model=llama2-7b,llama2-70b", *vary)
+    assert said == []
+    tok_s = {(r["model"], r["device.score_rep_head_cycles"]): r["throughput_tok_s"] for r in rows}
+    assert tok_s[("llama2-70b", "70")] != tok_s[("llama2-70b", "140")], tok_s
+    assert tok_s[("llama2-7b", "70")] == tok_s[("llama2-7b", "140")], tok_s
+    _, said = run("d", "--model", "tiny", "--set", "model.num_kv_heads=8", *vary, "--trace", "sample_conv",
+                  "--num-requests", "2")
+    assert len(said) == 1, said

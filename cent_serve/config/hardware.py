@@ -173,7 +173,8 @@ class DeviceConfig:
     the result read and two mode switches (first query head of a GQA group; 904 cycles a
     1024-element row of 128-wide heads)."""
     score_rep_head_cycles: float = 70.0
-    """q.K^T: the same for each further query head of the group (816 cycles a row)."""
+    """q.K^T: the same for each further query head of the group (816 cycles a row); unread where each query
+    head has its own KV head (llama2-7b), and the commands warn so."""
     softmax_dma_passes: int = 6
     """Times a score vector crosses the DMA in softmax."""
     softmax_fixed_cycles: float = 98.0
