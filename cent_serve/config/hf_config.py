@@ -327,6 +327,11 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
     eos = _special_ids(cfg_file, "eos_token_id", _ids("eos_token_id"), _ids("eos_token_id", gen, gen_file))
     more = eos[1:] + _ids("eos_token_id", gen, gen_file)
 
+    if "max_position_embeddings" in hf and hf["max_position_embeddings"] is None and not context_given:
+        # null is no context (transformers keeps None); missing is the family's default (`_warn_default_context`)
+        raise ValueError(f"{cfg_file}: max_position_embeddings=null is invalid: the model's context is a positive "
+                         "integer; set \"max_position_embeddings\": N (the context the model was trained for) in "
+                         "config.json, or give --set model.max_seq_len=N")
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
     fields = dict(
         name=checkpoint_name(path),

@@ -574,6 +574,23 @@ def test_a_config_without_max_position_embeddings_says_which_context_it_took_onc
     assert [r.getMessage() for r in caplog.records].count(said[0].replace("bare", "cli")) == 1
 
 
+def test_a_config_whose_max_position_embeddings_is_null_is_refused_by_its_key(tmp_path, capsys):
+    """`"max_position_embeddings": null` was refused as 'model.max_seq_len=None is invalid': cent's field, not
+    the key the file holds. The refusal names the file, the key, its null and the two fixes, in one line; with
+    --set model.max_seq_len=N the context is given and the file is read."""
+    base = json.loads((DATA / "hf_tiny_llama" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(base, max_position_embeddings=None)))
+    says = (f"{tmp_path / 'config.json'}: max_position_embeddings=null is invalid: the model's context is a "
+            "positive integer; set \"max_position_embeddings\": N (the context the model was trained for) in "
+            "config.json, or give --set model.max_seq_len=N")
+    with pytest.raises(ValueError) as refused:
+        model_config_from_hf(tmp_path)
+    assert str(refused.value) == says
+    assert main(["simulate", "--model", str(tmp_path), "--devices", "2", "--seqlen", "64"]) == 2
+    assert capsys.readouterr().err == f"cent simulate: error: {says}\n"
+    assert model_config_from_hf(tmp_path, max_seq_len=512).max_seq_len == 512  # --set model.max_seq_len
+
+
 def test_qwen2_moe_reads_its_shared_expert_key_without_a_warning(tmp_path, caplog):
     """shared_expert_intermediate_size announces a feature cent does not model for other families (a
     warning for a Qwen 3's config.json above; a refusal for Mixtral's and Qwen 3 MoE's); Qwen 2 MoE's
