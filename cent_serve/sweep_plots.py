@@ -179,9 +179,11 @@ def _number(value) -> float | None:
         return None
 
 
-def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: list[tuple[str, ...]] = ()) -> None:
+def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: list[tuple[str, ...]] = (),
+           from_zero: bool = False) -> None:
     """`key` against `x`, one line per combination of the other varied fields (those varied in step with
-    x and moving with it, `_companions`, on x's axis: its label names them)."""
+    x and moving with it, `_companions`, on x's axis: its label names them). `from_zero`: a linear y axis
+    starts at zero (`FROM_ZERO`); a log one is left as it is."""
     companions = _companions(rows, x, fields, in_step)
     others = [f for f in fields if f != x and f not in companions]
     groups: dict[str, list[dict]] = {}
@@ -214,6 +216,9 @@ def _lines(ax, rows: list[dict], fields: list[str], x: str, key: str, in_step: l
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_locator(NullLocator())
+    elif from_zero and ys and min(ys) >= 0 and max(ys) > 0:
+        # a 4% change drawn across the whole axis read as a steep trend: measured from zero it looks 4%
+        ax.set_ylim(0.0, max(ys) * (1 + ZERO_HEADROOM))
     elif ys and mid and max(ys) - min(ys) < FLAT_SHARE * abs(mid):
         # a spread under 1% drawn across the whole axis reads as a steep trend: show it as the flat line it is
         ax.set_ylim(mid - FLAT_SHARE * abs(mid), mid + FLAT_SHARE * abs(mid))
@@ -229,6 +234,10 @@ FLAT_SHARE = 0.01
 """A figure whose points differ by less than this share of their value is drawn on an axis this wide."""
 LOG_SPAN = 10.0
 """A panel whose lines hold several models and whose values span this factor or more has a log axis."""
+FROM_ZERO = ("energy_per_token_mj",)
+"""`plot_figures`' panels whose linear y axis starts at zero: a share of an energy is what a reader compares."""
+ZERO_HEADROOM = 0.05
+"""A panel from zero reaches this share above its highest point (matplotlib's default margin)."""
 
 UNITS = {"_hz": "Hz", "_ns": "ns", "_s": "s", "_mw": "mW", "_usd": "$", "_gbps": "GiB/s a lane", "_cycles": "cycles",
          "_pj_per_bit": "pJ/bit", "_bytes": "bytes", "bytes_per_element": "bytes", "_bytes_per_cycle": "bytes a cycle",
@@ -271,7 +280,8 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
     one line per combination of the others; None when no varied field has numbers. Several models, each
     over more than one x: a column of the four panels a model, each on its own scales (a 70B model's
     figures squashed a 7B's lines flat on shared axes), its lines named once atop it; models that share
-    panels (a model in step with x) get a log axis where their values span `LOG_SPAN`. `how`: what the
+    panels (a model in step with x) get a log axis where their values span `LOG_SPAN`; energy per token's
+    linear axes start at zero (`FROM_ZERO`). `how`: what the
     points ran, for the title (`sweep.workload_text`); `given` and `in_step` as `plot_pareto`'s."""
     x = x_field(rows, fields)
     if x is None:
@@ -292,7 +302,7 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
         axes = fig.subplots(len(panels), len(models), squeeze=False)
         for j, (model, group) in enumerate(models.items()):
             for i, (key, label) in enumerate(panels):
-                _lines(axes[i, j], group, own, x, key, in_step)
+                _lines(axes[i, j], group, own, x, key, in_step, from_zero=key in FROM_ZERO)
                 _ylabel(axes[i, j], label if j == 0 else "")
                 if i < len(panels) - 1:  # the column's x is the bottom panel's label
                     axes[i, j].set_xlabel("")
@@ -302,7 +312,7 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
     fig = Figure(figsize=(12, 8))
     axes = fig.subplots(2, 2)
     for ax, (key, label) in zip(axes.flat, panels):
-        _lines(ax, rows, fields, x, key, in_step)
+        _lines(ax, rows, fields, x, key, in_step, from_zero=key in FROM_ZERO)
         _ylabel(ax, label)
     fig.suptitle(fit_title(title, fig, 11), fontsize=11)
     return _save(fig, axes.flat, path, 7)

@@ -1139,6 +1139,38 @@ def test_a_model_in_step_keeps_the_colons_its_value_holds(tmp_path, capsys):
     assert "a model takes every ':' beyond one a field: llama2-7b:8 here" in err and err.count("\n") == 1, err
 
 
+def test_energy_per_token_panels_start_at_zero_on_a_linear_axis(tmp_path, monkeypatch):
+    """A 4% change of energy per token (400 to 416 mJ across 8 to 32 devices) filled its panel's height and read
+    as a steep trend: the energy panels start at zero, their top above the highest point, so a 4% change looks
+    4%. The other panels keep their fitted axes, and a log axis (models sharing a panel, 10x apart) is left
+    as it is: a log axis cannot start at zero."""
+    from matplotlib.figure import Figure
+
+    import cent_serve.sweep_plots as plots
+
+    saved = {}
+    real = plots._save
+
+    def save(fig, axes, path, *args, **kwargs):
+        saved[path.name] = list(axes)
+        return real(fig, saved[path.name], path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", save)
+    rows = [{"model": "m", "model_name": "m", "parallel.num_devices": str(d), "throughput_tok_s": 100.0 * d,
+             "token_latency_ms": 5.0, "energy_per_token_mj": e, "avg_power_w": 10.0 * d}
+            for d, e in ((8, 400.0), (16, 408.0), (32, 416.0))]
+    plots.plot_figures(rows, ["parallel.num_devices"], tmp_path / "figures.png", trace=False, how="closed form")
+    throughput, _, energy, _ = saved["figures.png"]
+    assert energy.get_yscale() == "linear" and energy.get_ylim()[0] == 0.0 and energy.get_ylim()[1] > 416.0
+    assert throughput.get_ylim()[0] > 0.0  # 800 to 3,200 tok/s: fitted, as before
+    two = [dict(r, model=m, model_name=m, energy_per_token_mj=r["energy_per_token_mj"] * k)
+           for m, k in (("a", 1.0), ("b", 10.0)) for r in rows[:2]]
+    ax = Figure().subplots()
+    plots._lines(ax, two, ["model", "parallel.num_devices"], "parallel.num_devices", "energy_per_token_mj",
+                 from_zero=True)
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] > 0.0
+
+
 def test_figures_of_several_models_are_a_column_each_on_its_own_scales(tmp_path, monkeypatch):
     """`--vary model=llama2-7b,llama2-70b` drew both models on four shared linear panels, where the 70B's
     energy (about 700 mJ) and the 7B's throughput (tens of thousands of tok/s) drew the other model's lines
@@ -1167,7 +1199,7 @@ def test_figures_of_several_models_are_a_column_each_on_its_own_scales(tmp_path,
     fig, axes, legends = saved["figures.png"]
     assert len(axes) == 8 and [a.get_title() for a in axes[:2]] == ["llama2-7b", "llama2-70b"]
     small, large = axes[4], axes[5]  # energy per token: 70 mJ a 7B token, 700 a 70B one
-    assert small.get_ylim()[1] < 100 and large.get_ylim()[0] > 600
+    assert small.get_ylim()[1] < 100 and large.get_ylim()[1] > 700  # from zero (energy): each to its own top
     assert [a.get_legend_handles_labels()[1] for a in legends] == [["num_channels=32", "num_channels=64"]] * 2
     assert all(a.get_yscale() == "linear" for a in axes)
     plots.plot_tokens_per_dollar(rows, fields, tmp_path / "tokens_per_dollar.png")
