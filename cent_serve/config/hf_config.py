@@ -294,6 +294,12 @@ def model_config_from_hf(path: str | Path, **overrides) -> ModelConfig:
             original = rope.get("original_max_position_embeddings") if rope_type == "yarn" else None
             scaling["rope_original_max_position"] = original or hf.get("max_position_embeddings",
                                                                          family.get("max_position_embeddings"))
+            if scaling["rope_original_max_position"] is None:  # "max_position_embeddings": null, nothing to scale
+                where = "rope_parameters" if "rope_parameters" in hf else "rope_scaling"
+                raise ValueError(f"{cfg_file}: max_position_embeddings=null is invalid: {where}'s {rope_type} scaling "
+                                 "multiplies the model's original context; set \"max_position_embeddings\": N (the "
+                                 "context the model was trained for) in config.json"
+                                 + (f" or {where}.original_max_position_embeddings" if rope_type == "yarn" else ""))
             overrides.setdefault("max_seq_len", int(scaling["rope_original_max_position"] * rope.get("factor", 1.0)))
         if rope_type == "longrope":  # Phi-3 128k: max_position_embeddings is the context already; transformers
             # reads the original from the config's top level (Phi3Config) and divides the two for the factor

@@ -591,6 +591,26 @@ def test_a_config_whose_max_position_embeddings_is_null_is_refused_by_its_key(tm
     assert model_config_from_hf(tmp_path, max_seq_len=512).max_seq_len == 512  # --set model.max_seq_len
 
 
+@pytest.mark.parametrize("rope", [{"rope_type": "yarn", "factor": 4.0}, {"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "dynamic", "factor": 2.0}])
+def test_a_null_max_position_embeddings_under_a_scaled_rope_is_refused_in_one_line(tmp_path, rope):
+    """yarn (without its own original_max_position_embeddings), linear and dynamic scale the original context,
+    which is max_position_embeddings: a null there raised TypeError (None * factor) from the rope block, with a
+    traceback, even with --set model.max_seq_len. The refusal names the file, the key and both fixes."""
+    base = json.loads((DATA / "hf_tiny_llama" / "config.json").read_text())
+    base = {k: v for k, v in base.items() if k != "rope_parameters"}
+    (tmp_path / "config.json").write_text(json.dumps(dict(base, max_position_embeddings=None, rope_scaling=rope)))
+    for given in ({}, {"max_seq_len": 512}):
+        with pytest.raises(ValueError, match=r"config\.json: max_position_embeddings=null is invalid: rope_scaling's "
+                           + rope["rope_type"]) as refused:
+            model_config_from_hf(tmp_path, **given)
+        assert ("original_max_position_embeddings" in str(refused.value)) == (rope["rope_type"] == "yarn")
+    (tmp_path / "config.json").write_text(json.dumps(dict(
+        base, max_position_embeddings=None, rope_scaling=dict(rope, original_max_position_embeddings=256))))
+    if rope["rope_type"] == "yarn":  # its own original: the context is given by --set, the rope by its key
+        assert model_config_from_hf(tmp_path, max_seq_len=512).max_seq_len == 512
+
+
 def test_qwen2_moe_reads_its_shared_expert_key_without_a_warning(tmp_path, caplog):
     """shared_expert_intermediate_size announces a feature cent does not model for other families (a
     warning for a Qwen 3's config.json above; a refusal for Mixtral's and Qwen 3 MoE's); Qwen 2 MoE's
