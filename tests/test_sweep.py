@@ -1139,13 +1139,8 @@ def test_a_model_in_step_keeps_the_colons_its_value_holds(tmp_path, capsys):
     assert "a model takes every ':' beyond one a field: llama2-7b:8 here" in err and err.count("\n") == 1, err
 
 
-def test_energy_per_token_panels_start_at_zero_on_a_linear_axis(tmp_path, monkeypatch):
-    """A 4% change of energy per token (400 to 416 mJ across 8 to 32 devices) filled its panel's height and read
-    as a steep trend: the energy panels start at zero, their top above the highest point, so a 4% change looks
-    4%. The other panels keep their fitted axes, and a log axis (models sharing a panel, 10x apart) is left
-    as it is: a log axis cannot start at zero."""
-    from matplotlib.figure import Figure
-
+def _saved_axes(monkeypatch) -> dict:
+    """The axes each figure of `cent_serve.sweep_plots` saves, by file name, as it saves them."""
     import cent_serve.sweep_plots as plots
 
     saved = {}
@@ -1156,6 +1151,19 @@ def test_energy_per_token_panels_start_at_zero_on_a_linear_axis(tmp_path, monkey
         return real(fig, saved[path.name], path, *args, **kwargs)
 
     monkeypatch.setattr(plots, "_save", save)
+    return saved
+
+
+def test_energy_per_token_panels_start_at_zero_on_a_linear_axis(tmp_path, monkeypatch):
+    """A 4% change of energy per token (400 to 416 mJ across 8 to 32 devices) filled its panel's height and read
+    as a steep trend: the energy panels start at zero, their top above the highest point, so a 4% change looks
+    4%. The other panels keep their fitted axes, and a log axis (models sharing a panel, 10x apart) is left
+    as it is: a log axis cannot start at zero."""
+    from matplotlib.figure import Figure
+
+    import cent_serve.sweep_plots as plots
+
+    saved = _saved_axes(monkeypatch)
     rows = [{"model": "m", "model_name": "m", "parallel.num_devices": str(d), "throughput_tok_s": 100.0 * d,
              "token_latency_ms": 5.0, "energy_per_token_mj": e, "avg_power_w": 10.0 * d}
             for d, e in ((8, 400.0), (16, 408.0), (32, 416.0))]
@@ -1251,14 +1259,7 @@ def test_a_log_axis_and_a_column_a_model_come_only_where_their_rules_say(tmp_pat
     same_name = [dict(r, model=f"runs/{r['model']}/ckpt", model_name="ckpt") for r in two(1.0, 10.0)]
     assert scale(same_name) == "log"  # two checkpoints of one name are two models (`_model_names`)
 
-    saved = {}
-    real = plots._save
-
-    def save(fig, axes, path, *args, **kwargs):
-        saved[path.name] = list(axes)
-        return real(fig, saved[path.name], path, *args, **kwargs)
-
-    monkeypatch.setattr(plots, "_save", save)
+    saved = _saved_axes(monkeypatch)
     figures = dict(token_latency_ms=1.0, energy_per_token_mj=1.0, avg_power_w=1.0)
     in_step = [dict(row(m, d, d), **figures) for m, d in (("a", 16), ("b", 32), ("c", 64))]
     plots.plot_figures(in_step, ["model", "parallel.num_devices"], tmp_path / "in_step.png", trace=False, how="x",
