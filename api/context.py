@@ -108,10 +108,12 @@ class ApiContext:
             raise ApiError(f"model {short(name)} does not exist: this server serves {self.model_name!r}", "model",
                            404, "not_found_error", "model_not_found")
 
-    def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True, keep: int | None = None) -> list[list[int]]:
+    def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True, keep: int | None = None,
+               side: str = "left") -> list[list[int]]:
         """A `prompt` (text, token ids, or a list of either) as one id list per prompt, each cut to
         `keep` tokens (`truncate_prompt_tokens`; None: whole) as vLLM cuts it: token ids to their last
-        `keep`, text by `encode_truncated` (the BOS the tokenizer adds stays). Refuses
+        `keep` (their first with `side` "right", vLLM's `truncation_side`), text by `encode_truncated`
+        (the BOS the tokenizer adds stays). Refuses
         (ApiError 400 naming `param`) no prompt at all, empty text (it would tokenize to a lone
         BOS and pass the engine's check) and text longer than the context could hold; token ids
         and lengths are the engine's to check (`check_request`)."""
@@ -123,14 +125,15 @@ class ApiContext:
             prompts = list(prompt)
         if not prompts:
             raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
-        return [self._encode(p, param, add_bos, keep) if isinstance(p, str) else list(p)[-keep if keep else None:]
+        return [self._encode(p, param, add_bos, keep, side) if isinstance(p, str) else _cut(list(p), keep, side)
                 for p in prompts]
 
-    def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None) -> list[int]:
+    def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None,
+                side: str = "left") -> list[int]:
         if not text:
             raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
         self.check_chars(len(text), param)
-        return encode_truncated(self.tokenizer, text, add_bos, keep)
+        return encode_truncated(self.tokenizer, text, add_bos, keep, side)
 
     def check_chars(self, chars: int, param: str) -> None:
         """A DoS guard: refuse text the context cannot hold without tokenizing it all."""
@@ -141,10 +144,10 @@ class ApiContext:
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
                  continue_final_message: bool = False, template_kwargs: dict | None = None,
-                 add_special_tokens: bool = False, keep: int | None = None) -> list[int]:
+                 add_special_tokens: bool = False, keep: int | None = None, side: str = "left") -> list[int]:
         """A chat's token ids: the model's chat template rendered (the template writes the BOS;
         `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
-        them (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
+        them from `side` (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
         `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
         `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
@@ -161,7 +164,7 @@ class ApiContext:
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
             return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
-                               template_kwargs, add_special_tokens, keep)
+                               template_kwargs, add_special_tokens, keep, side)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
 
@@ -195,6 +198,13 @@ class ApiContext:
         would wait for it until the hold expires)."""
         if getattr(body, "hold_until_s", None) is not None and body.valid_hold() and self.loop.clock == "virtual":
             await self.loop.call(lambda e: self.loop.set_hold(body.hold_until_s))
+
+
+def _cut(ids: list[int], keep: int | None, side: str) -> list[int]:
+    """Token ids cut to `keep` (None: all): their last ones, or their first with `side` "right"."""
+    if keep is None or len(ids) <= keep:
+        return ids
+    return ids[:keep] if side == "right" else ids[-keep:]
 
 
 def api_context(raw: Request) -> ApiContext:

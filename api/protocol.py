@@ -81,6 +81,11 @@ class _Common(BaseModel):
     truncate_prompt_tokens: LaxInt | None = None
     """vLLM's: keep only the last this many tokens of each prompt (-1: the model's context less the
     output tokens asked for, `prompt_truncation`); null: all."""
+    truncation_side: Literal["left", "right"] | None = None
+    """vLLM's (current vLLM's completions and chat, vllm-project/vllm pull request 43260; its
+    renderers' `TokenizeParams.truncation_side`): which end `truncate_prompt_tokens` cuts, "left"
+    (keep the last tokens) or "right" (keep the first); null: the tokenizer's side for generation,
+    left (vllm/tokenizers/registry.py). Read only with truncate_prompt_tokens."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
     checkpoint's generation_config.json's, else 0 (off)."""
@@ -282,6 +287,11 @@ class _Common(BaseModel):
             raise ApiError(f"logprobs={self.logprobs!r} is invalid here: completions take a number of alternatives, "
                            f"0..{MAX_LOGPROBS}", "logprobs")
         return logprob_count(self.logprobs, "logprobs")
+
+    @property
+    def cut_side(self) -> str:
+        """The end `truncate_prompt_tokens` cuts: `truncation_side`, left when unset."""
+        return self.truncation_side or "left"
 
     @property
     def skips_special_tokens(self) -> bool:

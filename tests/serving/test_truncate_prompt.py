@@ -113,6 +113,31 @@ def test_a_text_prompt_keeps_its_bos_and_its_last_text_tokens(off):
     assert bare["choices"][0]["prompt_token_ids"] == plain[-5:]
 
 
+def test_truncation_side_right_keeps_the_first_tokens_as_current_vllm(off):
+    """Current vLLM's completions and chat take `truncation_side` (vllm-project/vllm pull request 43260,
+    vllm/renderers/params.py `TokenizeParams.truncation_side`): "right" keeps the first k tokens (a text
+    prompt's BOS and its first text tokens), "left" the last, as unset. It was ignored: "right" kept the last."""
+    ids = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=5, truncation_side="right")
+    assert ids["choices"][0]["prompt_token_ids"] == PROMPT[:5] and ids["usage"]["prompt_tokens"] == 5
+    left = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=5, truncation_side="left")
+    assert left["choices"][0]["prompt_token_ids"] == PROMPT[-5:]
+    text = "the quick brown fox"
+    plain = _complete(off.url, prompt=text)["choices"][0]["prompt_token_ids"]
+    cut = _complete(off.url, prompt=text, truncate_prompt_tokens=5, truncation_side="right")
+    assert cut["choices"][0]["prompt_token_ids"] == plain[:5]  # the BOS, then the text's first 4
+    unset = _complete(off.url, prompt=PROMPT, truncation_side="right")  # read only with truncate_prompt_tokens
+    assert unset["choices"][0]["prompt_token_ids"] == PROMPT
+    chat = dict(model="tiny", messages=[{"role": "user", "content": "hello there, a chat prompt"}], max_tokens=1,
+                return_token_ids=True)
+    whole = httpx.post(off.url + "/v1/chat/completions", json=chat, timeout=60).json()["prompt_token_ids"]
+    first = httpx.post(off.url + "/v1/chat/completions", json=dict(chat, truncate_prompt_tokens=6,
+                                                                     truncation_side="right"), timeout=60).json()
+    assert first["prompt_token_ids"] == whole[:6], first
+    r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", prompt="hi", truncation_side="middle"),
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "truncation_side", r.text
+
+
 class _Tok:
     """A tokenizer that adds a BOS (1) and an eos (2) around one id per character."""
 
@@ -130,6 +155,8 @@ def test_encode_truncated_keeps_every_added_token_as_the_tokenizers_library_does
     assert encode_truncated(tok, text, True, 2) == [1, 2]  # no room for the text: the added tokens alone
     assert encode_truncated(tok, text, False, 4) == body[-4:]
     assert encode_truncated(tok, text, True, 100) == encode_truncated(tok, text, True, None) == tok.encode(text)
+    assert encode_truncated(tok, text, True, 5, "right") == [1, *body[:3], 2]  # truncation_side "right"
+    assert encode_truncated(tok, text, False, 4, "right") == body[:4]
 
 
 class _LibTok:
@@ -150,19 +177,22 @@ class _LibTok:
         return self.lib.encode(text, add_special_tokens=add_bos).ids
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("template", ["<s> $A </s>", "<s> $A", ""])
-def test_encode_truncated_is_what_vllm_makes_of_the_tokenizers_librarys_truncation(template):
+def test_encode_truncated_is_what_vllm_makes_of_the_tokenizers_librarys_truncation(template, side):
     """vLLM encodes with the tokenizers library's left truncation to k, then cuts the ids to their last k
     (vllm/renderers/params.py `TokenizeParams._token_truncation`, run after the encode). When k is below
     the number of tokens the post-processor adds (1 with a BOS and an eos) the library does not truncate
     at all, so the cut leaves the last k ids ([eos]); encode_truncated kept the BOS and the eos, two
-    tokens for k = 1."""
+    tokens for k = 1. With `truncation_side` "right" (current vLLM) the library truncates from the right
+    and the cut keeps the first k ids."""
     from cent_serve.model.tokenizer import encode_truncated
 
     tok, text = _LibTok(template), "abcdef"
     for add in (True, False):
         for k in range(1, 10):
-            tok.lib.enable_truncation(k, direction="left")
-            want = tok.lib.encode(text, add_special_tokens=add).ids[-k:]
+            tok.lib.enable_truncation(k, direction=side)
+            got = tok.lib.encode(text, add_special_tokens=add).ids
+            want = got[:k] if side == "right" else got[-k:]
             tok.lib.no_truncation()
-            assert encode_truncated(tok, text, add, k) == want, (add, k)
+            assert encode_truncated(tok, text, add, k, side) == want, (add, k)
