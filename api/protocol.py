@@ -218,6 +218,10 @@ class _Common(BaseModel):
             return None
         asked = max(0, self.output_tokens_asked())  # a negative limit: its own 400 (`to_params`)
         room = max_seq_len - asked
+        if room < 1 and (k == 0 or k < -1):  # no range to give ("use 1..0"): the limit is the fix too
+            raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use a positive number of tokens, -1, or "
+                           f"leave it unset; and the {asked} output tokens asked for fill the model's context "
+                           f"({max_seq_len}), leaving no room for a prompt: ask for fewer", "truncate_prompt_tokens")
         if k == 0 or k < -1 or 1 <= room < k:
             raise ApiError(f"truncate_prompt_tokens={short(k)} is invalid: use 1..{room} (the model's context, "
                            f"{max_seq_len}, less the {asked} output tokens asked for, as vLLM counts them), -1 for "

@@ -75,6 +75,11 @@ def test_minus_one_keeps_the_context_less_the_output_tokens_asked_as_vllm():
     # a limit that fills the context leaves no room to truncate to: the limit's own 400 says so later
     for k in (-1, 5):
         assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=k, max_tokens=CONTEXT) is None
+    for k, limit in ((0, CONTEXT), (-2, CONTEXT + 5)):  # an invalid k there: no "use 1..0" (or 1..-5) range
+        with pytest.raises(ApiError) as err:
+            keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=k, max_tokens=limit)
+        assert err.value.param == "truncate_prompt_tokens" and "1.." not in str(err.value), err.value
+        assert f"the {limit} output tokens asked for fill the model's context ({CONTEXT})" in str(err.value)
 
 
 def test_a_prompt_past_the_context_with_minus_one_is_served_in_the_room_its_max_tokens_leave(off):
