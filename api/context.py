@@ -114,10 +114,16 @@ class ApiContext:
         `keep` tokens (`truncate_prompt_tokens`; None: whole) as vLLM cuts it: token ids to their last
         `keep` (their first with `side` "right", vLLM's `truncation_side`), text by `encode_truncated`
         (the BOS the tokenizer adds stays). Refuses
-        (ApiError 400 naming `param`) no prompt at all, empty text (it would tokenize to a lone
-        BOS and pass the engine's check) and text longer than the context could hold; token ids
-        and lengths are the engine's to check (`check_request`)."""
+        (ApiError 400 naming `param`) no prompt at all, an empty string as the prompt (vLLM's
+        completions refuse `""` alone: vllm/entrypoints/openai/completion/protocol.py
+        `validate_prompt_and_prompt_embeds`) and text longer than the context could hold. An empty
+        string in a list is encoded as vLLM encodes it: a lone BOS where the tokenizer adds one (served),
+        else no token, which the engine refuses as vLLM's does ("The decoder prompt cannot be empty",
+        vllm/v1/engine/input_processor.py); token ids and lengths are the engine's to check
+        (`check_request`)."""
         if isinstance(prompt, str):
+            if not prompt:
+                raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
             prompts = [prompt]
         elif prompt and all(isinstance(p, int) for p in prompt):
             prompts = [list(prompt)]
@@ -130,8 +136,6 @@ class ApiContext:
 
     def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None,
                 side: str = "left") -> list[int]:
-        if not text:
-            raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
         self.check_chars(len(text), param)
         return encode_truncated(self.tokenizer, text, add_bos, keep, side)
 

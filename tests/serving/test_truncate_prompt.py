@@ -143,6 +143,19 @@ def test_truncation_side_right_keeps_the_first_tokens_as_current_vllm(off):
     assert r.status_code == 400 and r.json()["error"]["param"] == "truncation_side", r.text
 
 
+def test_an_empty_string_in_a_prompt_list_is_a_lone_bos_as_vllm_encodes_it(off):
+    """vLLM's completions refuse `prompt: ""` alone (vllm/entrypoints/openai/completion/protocol.py
+    `validate_prompt_and_prompt_embeds`) but encode `[""]` like any text: a lone BOS where the tokenizer
+    adds one, served; no token without it, refused by its engine ("The decoder prompt cannot be empty",
+    vllm/v1/engine/input_processor.py). `[""]` was a 400 here."""
+    bos = _complete(off.url, prompt="a")["choices"][0]["prompt_token_ids"][0]
+    got = _complete(off.url, prompt=["", "a"])
+    assert [c["prompt_token_ids"] for c in got["choices"]][0] == [bos] and got["usage"]["prompt_tokens"] == 3
+    for sent in (dict(prompt=""), dict(prompt=[""], add_special_tokens=False)):
+        r = httpx.post(off.url + "/v1/completions", json=dict(model="tiny", max_tokens=2, **sent), timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", (sent, r.text)
+
+
 class _Tok:
     """A tokenizer that adds a BOS (1) and an eos (2) around one id per character."""
 
