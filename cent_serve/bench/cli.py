@@ -342,7 +342,7 @@ def _sharegpt(path: Path, args: argparse.Namespace, cfg, options) -> list:
 
 def run_bench(args: argparse.Namespace) -> int:
     from cent_serve.bench.report import (client_wall_stats, parse_goodput, price_notes, print_table, run_title,
-                                         source_text, summarize, tco_figures)
+                                         served_price, source_text, summarize, tco_figures)
     from cent_serve.bench.results import write_results
     from cent_serve.bench.runner import run_in_process
     from cent_serve.config import config_to_dict, model_label
@@ -383,12 +383,12 @@ def run_bench(args: argparse.Namespace) -> int:
         summary.update(client_wall_stats(client), server_clock=client["server_clock"],
                        hold_expiries=client["hold_expiries"], late_arrivals=client["late_arrivals"])
     summary["bench"] = recorded
-    notes = ["tokens per dollar: n/a with --url: the server's devices and their price are not this command's "
-             "config's (bench run or compare in-process price them)"] if args.url else []
-    if args.url:  # the server's own, not this command's defaults
+    notes = []
+    if args.url:  # the server's own, not this command's defaults: its devices priced from its config
+        tokens_per_tco, notes = served_price(client["server_config"], args.url, summary["total_token_throughput"])
         summary.update(source=source, model=result.status.get("model", client["model"]),
                        hardware=result.status.get("hardware"), devices=result.status.get("mapping", {}).get("devices"),
-                       tokens_per_tco=None)  # the note says why
+                       tokens_per_tco=tokens_per_tco)
     else:
         priced = tco_figures(cfg, summary["total_token_throughput"])  # as each side of bench compare
         notes += price_notes(cfg, priced["tco"])

@@ -3,6 +3,7 @@ terminal table and the titles; `results` writes the run's files (summary.json, r
 the PNG plots)."""
 from __future__ import annotations
 
+import json
 import numbers
 from pathlib import Path
 
@@ -222,6 +223,27 @@ def tco_figures(cfg: CentConfig, total_token_throughput: float) -> dict:
         from cent_serve.timing.energy import cent_tco
         tco = cent_tco(cfg.device, cfg.parallel.num_devices)
     return dict(tco=tco, tokens_per_tco=None if tco is None else total_token_throughput / tco)
+
+
+def served_price(server_config: dict | None, url: str, total_token_throughput: float) -> tuple[float | None, list[str]]:
+    """(`tokens_per_tco`, notes) of a `cent bench run --url` replay: the price of the server's own devices
+    (or GPUs), from the config it gives at GET /v1/cent/config (what the results' config.json records of
+    it) by `tco_figures` and `price_notes`, as an in-process run of that config prices them. (None, a note
+    saying why) for a server that gives none (another server, or a cent-serve from before it served it)
+    or one this version cannot read."""
+    from cent_serve.bench.http_client import server_root
+    from cent_serve.config.files import config_from_mapping
+
+    url = server_root(url)
+    if not isinstance(server_config, dict) or not server_config:
+        return None, [f"tokens per dollar: n/a: the server at {url} does not give its config (GET /v1/cent/config), "
+                      "so its devices and their price are unknown"]
+    try:
+        cfg = config_from_mapping(json.loads(json.dumps(server_config)), f"GET {url}/v1/cent/config")
+        priced = tco_figures(cfg, total_token_throughput)
+    except ValueError as exc:
+        return None, [f"tokens per dollar: n/a: the server's config could not be read here ({exc})"]
+    return priced["tokens_per_tco"], price_notes(cfg, priced["tco"])
 
 
 def price_notes(cfg: CentConfig, tco: float | None) -> list[str]:

@@ -114,6 +114,14 @@ def load_config(path: str | Path, served: dict[str, int] | None = None) -> CentC
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections (model:, parallel:, ...) "
                          "at the top level")
+    return config_from_mapping(data, path, served)
+
+
+def config_from_mapping(data: dict[str, Any], path: str | Path, served: dict[str, int] | None = None) -> CentConfig:
+    """`load_config`'s config of a file's parsed mapping (changed in place), `path` naming it in errors and
+    giving the directory its relative paths are read from (`_paths_dir`; the current directory for a
+    name that is not a file, as the config a server gives at GET /v1/cent/config, whose checkpoint path
+    is absolute)."""
     bench = data.pop("bench", None)  # what cent bench writes beside a run's config (its trace, its executor)
     if isinstance(bench, dict) and bench.get("trace"):
         logging.getLogger("cent_serve").warning(

@@ -89,17 +89,30 @@ def test_url_takes_the_openai_base_url_the_server_logs(tmp_path):
     assert summary["completed"] == 3 and summary["model"] == "tiny"
 
 
-def test_a_url_run_prices_nothing_and_says_why(tmp_path, capsys):
-    """`tokens_per_tco` is this command's config's price (`report.tco_figures`): a --url run's devices are the
-    server's, so summary.json has it null and a note says why, rather than the defaults' price."""
-    with Server(_cfg(), "local") as s:
+def test_a_url_run_prices_the_servers_devices_from_its_config(tmp_path, capsys):
+    """`tokens_per_tco` of a --url run is the server's devices' price, from the config it gives at GET
+    /v1/cent/config (`report.served_price`: `tco_figures` of that config, as an in-process run of it), not this
+    command's defaults'. It was null with a note, though every cent-serve says its devices and price there."""
+    cfg = _cfg()
+    cfg.device.tco_per_device = 0.05  # not the default price: the figure is the server's
+    with Server(cfg, "local") as s:
         assert main(["bench", "run", "--url", s.url, "--num-requests", "3", "--max-prompt-tokens", "16",
                      "--max-output-tokens", "4", "--no-plots", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.splitlines()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["completed"] == 3 and "tokens_per_tco" in summary and summary["tokens_per_tco"] is None
-    assert f"{'tokens per dollar':<24}{'-':>12}   (no price: see the note below)" in printed
-    assert [line for line in printed if line.startswith("note: tokens per dollar: n/a with --url")], printed
+    assert summary["completed"] == 3
+    assert summary["tokens_per_tco"] == pytest.approx(summary["total_token_throughput"] / (0.05 * 8), rel=1e-12)
+    assert not [line for line in printed if line.startswith("note: tokens per dollar")], printed
+
+
+def test_a_url_run_against_a_server_without_its_config_prices_nothing_and_says_why():
+    from cent_serve.bench.report import served_price
+
+    tpd, notes = served_price(None, "http://h:1/v1", 100.0)
+    assert tpd is None and notes == ["tokens per dollar: n/a: the server at http://h:1 does not give its config "
+                                     "(GET /v1/cent/config), so its devices and their price are unknown"]
+    tpd, notes = served_price({"device": {"no_such_field": 1}}, "http://h:1", 100.0)
+    assert tpd is None and notes[0].startswith("tokens per dollar: n/a: the server's config could not be read here")
 
 
 def test_a_paced_server_that_ran_before_reports_in_trace_time():
