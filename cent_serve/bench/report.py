@@ -215,7 +215,8 @@ def tco_figures(cfg: CentConfig, total_token_throughput: float) -> dict:
     bought; on GPUs the kind's gpu.tco_per_gpu times the GPUs, None for a kind without a cost) and
     `tokens_per_tco`: `total_token_throughput` (prompt and output tokens a second) over it, None without
     a cost. The one place tokens per dollar of a replay are counted: each side of `cent bench compare`
-    (`side_figures`) and `cent bench run`'s summary.json take them from here."""
+    (`side_figures`), `cent bench run`'s summary.json and each row of `cent bench sweep` and `cent bench
+    paper` take them from here."""
     if cfg.on_gpus:
         from cent_serve.gpu.timing import GpuTimer
         tco = GpuTimer(cfg).tco()

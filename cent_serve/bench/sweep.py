@@ -14,8 +14,8 @@ from matplotlib.transforms import ScaledTranslation
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit, place_rate_labels,
                                     plain_axis, widen_if_flat)
-from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, reasons_text, replay_fixes,
-                                     source_text, summarize)
+from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, price_notes, reasons_text,
+                                     replay_fixes, source_text, summarize, tco_figures)
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing import hardware_timer
 from cent_serve.timing.mapping import parallelism
@@ -52,14 +52,18 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
                                 checked=True)
         status = result.status
         s = summarize(result, slos)
-        row = dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)})
+        priced = tco_figures(cfg, s["total_token_throughput"])  # as bench run's summary.json and bench compare
+        row = dict(rate=rate, **{k: v for k, v in s.items() if not isinstance(v, dict)},
+                   tokens_per_tco=priced["tokens_per_tco"])
         # summary.json's joules by term and their shares: dicts, or null on GPUs (then already in the row)
         row.update(failure_counts={k: v["count"] for k, v in s["failure_reasons"].items()},
                    energy_by_term_j=s["energy_by_term_j"], energy_share_by_term=s["energy_share_by_term"])
         rows.append(row)
-        print(_sweep_line(rate, s, slos))
+        print(_sweep_line(rate, dict(s, tokens_per_tco=row["tokens_per_tco"]), slos))
     for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
         print(line)
+    for note in price_notes(cfg, priced["tco"]) if rows else []:  # one price for every rate
+        print(f"note: {note}")
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),
                  model_label=model_label(cfg.model),
@@ -94,12 +98,15 @@ def write_config(out_dir: Path, cfg: CentConfig, bench: dict | None) -> None:
 
 
 def _sweep_line(rate: float, s: dict, slos: dict) -> str:
-    """The terminal line of one rate: done and failed (by reason), throughput, p99s, attainment."""
+    """The terminal line of one rate (`s`: its summary with its `tokens_per_tco`): done and failed (by
+    reason), throughput, p99s, tokens per dollar (the CENT artifact's TCO convention), attainment."""
     reasons = reasons_text(s["failure_reasons"])
     line = (f"rate {rate:>8.3f} req/s: {s['completed']} done, {s['failed']} failed"
             + (f" ({reasons})" if reasons else "")
             + f", output {s['output_throughput']:.1f} tok/s, p99 TTFT {fmt_ms(s['p99_ttft_ms'])}, "
               f"p99 TPOT {fmt_ms(s['p99_tpot_ms'])}")
+    if s.get("tokens_per_tco") is not None:  # `tco_figures`: None without a price (a note says why)
+        line += f", {s['tokens_per_tco']:,.1f} tok/s per TCO unit"
     if slos:
         line += f", SLO attainment {100 * s['slo_attainment']:.1f}% of all requests"
     return line
@@ -254,6 +261,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                    wall_s=s["wall_s"],
                    lanes=mp["lanes"] * mp["max_seqs_per_stage"])  # the queries it runs at once when full
         row["mean_in_flight"] = mean_in_flight(res.records, row["lanes"])
+        priced = tco_figures(c, s["total_token_throughput"])  # every device bought: one price for every mapping
+        row["tokens_per_tco"] = priced["tokens_per_tco"]
         # the command's purpose: the paper's baseline beside a trace (its GPUs priced at gpu.tco_per_gpu when set for theirs)
         cost = cost_figures(cfg.model, mp["devices_used"] * mp["replicas"], cfg.parallel.num_devices,
                             s["total_token_throughput"], "end2end", s["energy_per_token_mj"], cfg.device,
@@ -264,7 +273,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
         reasons = reasons_text(s["failure_reasons"])
         print(f"pp {pp:>3} tp {tp:>2}: {s['completed']} done, {s['failed']} failed"
               + (f" ({reasons})" if reasons else "") + ", "
-              f"{s['total_token_throughput']:>9.1f} tok/s, TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
+              f"{s['total_token_throughput']:>9.1f} tok/s ({row['tokens_per_tco']:,.1f} per TCO unit), "
+              f"TTFT p50 {fmt_ms(s['median_ttft_ms'])}, "
               f"TPOT p50 {fmt_ms(s['median_tpot_ms'])}, {row['mean_in_flight']:.3g} of {row['lanes']} "
               f"{'lanes' if mp['max_seqs_per_stage'] == 1 else 'places'} in flight"
               + (f", {row['throughput_ratio']:.2f}x GPU" if "throughput_ratio" in row else ""))
@@ -273,6 +283,8 @@ def run_paper(cfg: CentConfig, requests: list, mappings: list[tuple[int, int]], 
                          f"{skipped[0]['reason']}")
     if any("throughput_ratio" in r for r in rows):  # say what "x GPU" is against
         print(_paper_baseline_note(gpu_baseline(cfg.model, cfg.device)))
+    for note in price_notes(cfg, priced["tco"]):  # per TCO unit: a changed device priced as the paper's
+        print(f"note: {note}")
     if any(r["mean_in_flight"] < FULL_LANES * r["lanes"] for r in rows):
         print(LANES_NOTE)
     for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
