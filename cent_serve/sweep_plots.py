@@ -66,7 +66,8 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = "", how: str = "",
                 in_step: list[tuple[str, ...]] = ()) -> Path:
     """Throughput against energy per token, one panel per model (each on its own scales: models are
-    not compared, and a 70B model's energy would squash a 7B's points), its Pareto front labelled;
+    not compared, and a 70B model's energy would squash a 7B's points; energy from zero, as figures.png's),
+    its Pareto front labelled;
     `given`: the settings every point shares, `how`: what the points ran, named in the title; `in_step`:
     the fields varied in step (`sweep.in_step_of`), named so in the title."""
     fig, axes = pareto_figure(rows, fields, given, how, in_step)
@@ -103,6 +104,9 @@ def pareto_figure(rows: list[dict], fields: list[str], given: str = "", how: str
         for k, r in enumerate(named, 1):
             off = "" if k <= len(front) else " (off the front)"
             ax.plot([], [], " ", label=f"{k}: {_label(r, others, names)}{off}")
+        energies = [r["energy_per_token_mj"] for r in group]
+        if min(energies) >= 0 and max(energies) > 0:  # as figures.png's energy panels (`FROM_ZERO`): from zero,
+            ax.set_xlim(0.0, max(energies) * (1 + ZERO_HEADROOM))  # a 15% spread read as several-fold across the axis
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("energy per token (mJ)")
         ax.set_ylabel("throughput (prompt + generated tokens/s)")
@@ -235,7 +239,8 @@ FLAT_SHARE = 0.01
 LOG_SPAN = 10.0
 """A panel whose lines hold several models and whose values span this factor or more has a log axis."""
 FROM_ZERO = ("energy_per_token_mj",)
-"""`plot_figures`' panels whose linear y axis starts at zero: a share of an energy is what a reader compares."""
+"""`plot_figures`' panels whose linear y axis starts at zero: a share of an energy is what a reader compares
+(the Pareto plot's energy axis starts there too)."""
 ZERO_HEADROOM = 0.05
 """A panel from zero reaches this share above its highest point (matplotlib's default margin)."""
 
