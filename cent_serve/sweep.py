@@ -92,6 +92,12 @@ x throughput; the ratios to the paper's GPUs empty unless the workload is the pa
 TRACE_FIGURES = (_MAPPING + ("output_throughput_tok_s",) + _COST + ("avg_power_w",) + _PRICE
                  + ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "completed", "failed", "error"))
 """sweep.csv's figure columns for a trace replay (`avg_power_w`: the replay's energy / its simulated span)."""
+TCO_UNREAD = ("device.tco_per_device: no point has tokens per dollar against the paper's GPUs "
+              "(tokens_per_dollar_ratio: the closed form of the paper's workload, --prompt 512 --decode 3584, on a "
+              "Llama 2 preset they ran), the one figure of cent sweep it prices, so it moved nothing here: "
+              "tok_s_per_usd and tokens_per_dollar.png price device.unit_cost_usd; cent bench run, sweep, paper and "
+              "compare report tokens per TCO unit (tokens_per_tco) of any model and trace")
+"""What a sweep says when a point set device.tco_per_device and none has a ratio for it to move."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -562,6 +568,7 @@ def run(args: argparse.Namespace) -> int:
               "choose them")
     rows = []
     unpriced: set[str] = set()  # device fields of cost some point changed while its TCO stayed the paper's
+    tco_given = has_ratio = False  # a point's device.tco_per_device set; a point priced against the paper's GPUs
     for point in tqdm(grid, unit="point", desc="sweep", mininterval=1.0):
         row: dict = dict(point)
         try:
@@ -578,7 +585,9 @@ def run(args: argparse.Namespace) -> int:
             figs = (replay_figures(cfg, requests) if args.trace
                     else closed_form_figures(cfg, args.prompt, args.decode, args.batch))
             row.update(figs)
+            tco_given |= cfg.device.tco_per_device is not None
             if figs.get("tokens_per_dollar_ratio") is not None:  # priced as the paper's device though it is not
+                has_ratio = True
                 unpriced.update(c.split("=", 1)[0] for c in unpriced_device_changes(cfg.device))
         except ValueError as exc:  # this point cannot run: say why, go on
             row["error"] = " ".join(str(exc).split())
@@ -613,6 +622,8 @@ def run(args: argparse.Namespace) -> int:
         print(note)
     if unpriced:  # tokens_per_dollar_ratio: one line, whichever points changed them
         print(tco_note(sorted(unpriced), "--set device.tco_per_device=UNITS, or --vary it in step with them,"))
+    if tco_given and not has_ratio:  # its one reader here: an unread price left every figure and plot as it was
+        print(TCO_UNREAD)
     print(f"{_count(len(rows), 'point')}, {len(ok)} evaluated, {len(rows) - len(ok)} could not run: "
           f"{out / 'sweep.csv'}")
     if not args.no_plots and ok:

@@ -1312,3 +1312,26 @@ def test_the_pareto_plots_energy_axis_starts_at_zero(tmp_path, monkeypatch):
     assert small.get_xlim()[0] == 0.0 and 166.0 < small.get_xlim()[1] < 200.0
     assert large.get_xlim()[0] == 0.0 and large.get_xlim()[1] > 1660.0  # each model on its own scale
     assert small.get_ylim()[0] > 0.0  # 125 to 1,000 tok/s: fitted, as before
+
+
+@pytest.mark.parametrize("model, workload, says", [
+    ("mixtral-8x7b", [], True),  # no GPU figure for the model
+    ("llama2-7b", ["--prompt", "256", "--decode", "256"], True),  # not the paper's workload
+    ("llama2-7b", [], False),  # the ratio reads it: it moves, and nothing is said
+])
+def test_a_tco_no_point_reads_is_said_once(tmp_path, capsys, model, workload, says):
+    """`--vary device.tco_per_device=null,0.05` on a model or workload without the paper's GPU figure gave
+    identical rows and plots (tok_s_per_usd prices device.unit_cost_usd) and said nothing; one line now says
+    the price moved nothing, and where tokens per TCO unit are reported."""
+    assert main(["sweep", "--model", model, "--devices", "8", *workload, "--vary",
+                 "device.tco_per_device=null,0.05", "--out", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [r["device.tco_per_device"] for r in rows] == ["null", "0.05"] and not any(r["error"] for r in rows)
+    lines = [x for x in out.splitlines() if x.startswith("device.tco_per_device: no point has tokens per dollar")]
+    assert len(lines) == int(says), out
+    if says:
+        assert rows[0]["tokens_per_dollar_ratio"] == rows[1]["tokens_per_dollar_ratio"] == ""
+        assert "cent bench run, sweep, paper and compare report tokens per TCO unit" in lines[0]
+    else:
+        assert float(rows[0]["tokens_per_dollar_ratio"]) > float(rows[1]["tokens_per_dollar_ratio"])
