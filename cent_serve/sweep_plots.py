@@ -276,7 +276,13 @@ def plot_tokens_per_dollar(rows: list[dict], fields: list[str], path: Path, give
     _ylabel(ax, "tokens per dollar vs the paper's GPUs (TCO: device.tco_per_device)" if ratio
             else "tokens/s per device dollar (device.unit_cost_usd)")
     ax.set_title(fit_title(f"tokens per dollar against {ax.get_xlabel()}{_given(given, how)}", fig, 12))
-    return _save(fig, [ax], path, 7)
+    # the panel's lines hold every combination of models and fields: a long legend inside hid a point
+    return _save(fig, [ax], path, 7, below=len(ax.get_lines()) >= LEGEND_BELOW_LINES)
+
+
+LEGEND_BELOW_LINES = 5
+"""A tokens-per-dollar panel of this many lines or more has its legend below it: inside, the place
+matplotlib finds with the least overlap still covered a point (three models by three tp values)."""
 
 
 def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, how: str,

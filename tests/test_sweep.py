@@ -1335,3 +1335,23 @@ def test_a_tco_no_point_reads_is_said_once(tmp_path, capsys, model, workload, sa
         assert "cent bench run, sweep, paper and compare report tokens per TCO unit" in lines[0]
     else:
         assert float(rows[0]["tokens_per_dollar_ratio"]) > float(rows[1]["tokens_per_dollar_ratio"])
+
+
+def test_the_tokens_per_dollar_legend_covers_no_point(tmp_path, monkeypatch):
+    """Three mixtures of experts over devices and tp (nine lines): the legend, placed inside the panel where
+    matplotlib found the least overlap, hid DeepSeek-MoE's tp 1 point at 128 devices (19 tok/s per device
+    dollar, the panel's top right). No marker may fall inside the legend."""
+    import cent_serve.sweep_plots as plots
+
+    saved = _saved_axes(monkeypatch)
+    values = {("mixtral", 1): (7.54, 7.51, 7.44), ("mixtral", 4): (2.64, 2.47, 2.19), ("mixtral", 8): (1.38, 1.25, 1.05),
+              ("qwen3moe", 1): (7.46, 6.51, 6.49), ("qwen3moe", 4): (3.0, 2.78, 1.95), ("qwen3moe", 8): (1.54, 1.39, 1.16),
+              ("dsmoe", 1): (19.19, 19.1, 18.92), ("dsmoe", 4): (7.31, 6.59, 4.86), ("dsmoe", 8): (3.81, 3.29, 2.58)}
+    rows = [{"model": m, "model_name": m, "parallel.num_devices": str(d), "parallel.tp": str(tp), "devices": d,
+             "tok_s_per_usd": v} for (m, tp), vs in values.items() for d, v in zip((32, 64, 128), vs)]
+    plots.plot_tokens_per_dollar(rows, ["model", "parallel.num_devices", "parallel.tp"], tmp_path / "t.png")
+    (ax,) = saved["t.png"]
+    box = ax.get_legend().get_window_extent()
+    points = [ax.transData.transform(xy) for line in ax.get_lines() for xy in line.get_xydata()]
+    assert len(points) == 27
+    assert not [p for p in points if box.contains(*p)]
