@@ -16,6 +16,12 @@ UNMODELLED_FAMILIES: dict[str, str] = {
     "deepseek_v3": "multi-head latent attention (MLA: kv_lora_rank, q_lora_rank), shared experts "
                    "(n_shared_experts), dense first blocks (first_k_dense_replace) and a sigmoid router "
                    "choosing within groups of experts (n_group, topk_group)",
+    # DeepSeekMoE (deepseek-ai/deepseek-moe-16b-base, its own modeling_deepseek.py: no MLA): what stops it is
+    # the dense first block; its ungated shared experts are a Qwen 2 MoE shared expert's shape without the gate
+    "deepseek": "dense first blocks (first_k_dense_replace) among the mixture-of-experts ones, and shared experts "
+                "without a gate (n_shared_experts; Qwen 2 MoE's gated one is modelled: a qwen2_moe config.json of its shape, "
+                "shared_expert_intermediate_size = n_shared_experts x moe_intermediate_size and every block a mixture "
+                "of experts, stands in for it)",
     "qwen3_next": "Gated DeltaNet linear-attention layers, gated attention and a shared expert",
     "llama4": "a shared expert, experts in every other block (interleave_moe_layer_step), chunked "
               "attention with layers without rotary embedding, and a vision encoder",

@@ -212,6 +212,9 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path):
 @pytest.mark.parametrize("model_type, keys, says", [
     ("deepseek_v3", {}, r"multi-head latent attention \(MLA.*shared experts \(n_shared_experts\)"),
     ("deepseek_v2", {}, r"multi-head latent attention \(MLA.*shared experts"),
+    # DeepSeekMoE 16B: no MLA; it said "not modelled: shared experts" (its n_shared_experts), which Qwen 2 MoE models
+    ("deepseek", dict(n_shared_experts=2, first_k_dense_replace=1), r"not modelled: dense first blocks "
+     r"\(first_k_dense_replace\).*Qwen 2 MoE's gated one is modelled: a qwen2_moe config.json"),
     ("qwen3_next", {}, r"Gated DeltaNet linear-attention layers, gated attention and a shared expert"),
     ("gpt_oss", {}, r"attention sinks, sliding-window attention in alternate blocks"),
     ("olmoe", {}, r"q/k norms over the whole projection \(not per head"),
