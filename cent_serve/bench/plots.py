@@ -383,6 +383,7 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
         ax2.bar(range(n), pct, color="tab:orange", width=0.8)
         ax2.set_ylabel("expert banks busy, % of the run")
         ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{_percent_decimals(max(pct) / 100)}f}%"))
+        ax2.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))  # not 0.025%: "0.03%, 0.05%, 0.08%"
         ax2.grid(axis="y", alpha=0.3)
     last = axes[-1, 0]
     step = max(1, int(np.ceil(n / 40)))

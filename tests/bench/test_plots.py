@@ -108,3 +108,32 @@ def test_utilization_labels_of_a_busy_device_stay_inside_the_axes(tmp_path, monk
     for t in labels:
         assert t.get_window_extent(renderer).y1 <= top, (t.get_text(), t.get_window_extent(renderer).y1, top)
     assert ax.yaxis.get_major_formatter()(100, 0) == "100%" and max(ax.get_yticks()) <= 100 + 1e-9
+
+
+@pytest.mark.parametrize("peak", [0.0018, 0.0015, 0.012, 0.3])  # 0.18%: matplotlib ticks every 0.025%
+def test_experts_busy_ticks_read_their_values(tmp_path, monkeypatch, peak):
+    """experts.png's busy panel put ticks every 0.025% and printed them with two decimals: 0.03%, 0.05%,
+    0.08%, 0.10%, 0.12%, 0.15%, steps that read uneven (DeepSeek-MoE, 30 azure_conv_2023 requests, tp 8).
+    Each tick's label is its value, whatever the peak."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cent_serve.bench.plots import plot_experts
+    from cent_serve.bench.runner import BenchResult
+
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figs.append(fig))
+    n = 64
+    busy = [peak * (1 + e % 7) / 7 for e in range(n)]  # 1/7 of the peak to the peak
+    experts = dict(tokens=[100 + e for e in range(n)], busy_fraction=busy, top_k=6, imbalance=1.3)
+    status = dict(model="m", experts=experts, mapping=dict(devices=32, devices_used=32, replicas=1))
+    plot_experts(tmp_path / "e.png", BenchResult([], [], [], 1.0, 1.0, status), dict(completed=1, failed=0))
+    fig = figs[0]
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[1]
+    low, high = ax.get_ylim()
+    ticks = [(loc, label.get_text()) for loc, label in zip(ax.get_yticks(), ax.get_yticklabels())
+             if low - 1e-12 <= loc <= high + 1e-12]
+    assert len(ticks) >= 3
+    for loc, text in ticks:
+        assert text.endswith("%") and float(text[:-1]) == pytest.approx(loc, abs=1e-9), ticks
