@@ -305,7 +305,7 @@ def plot_figures(rows: list[dict], fields: list[str], path: Path, trace: bool, h
     models: dict[str, list[dict]] = {}
     for r in rows:
         models.setdefault(names[r.get("model", r["model_name"])], []).append(r)
-    title = (f"{', '.join(sorted({r['model_name'] for r in rows}))}: the figures against {x}"
+    title = (f"{', '.join(models)}: the figures against {x}"  # as the columns: the order of --vary model, their names
              f"{_in_step_text(_companions(rows, x, fields, in_step))} ({how}){_given(given)}")
     if len(models) > 1 and all(len({r[x] for r in group}) > 1 for group in models.values()):
         own = [f for f in fields if f != "model"]  # each column is one model: its lines are the other fields'

@@ -1355,3 +1355,27 @@ def test_the_tokens_per_dollar_legend_covers_no_point(tmp_path, monkeypatch):
     points = [ax.transData.transform(xy) for line in ax.get_lines() for xy in line.get_xydata()]
     assert len(points) == 27
     assert not [p for p in points if box.contains(*p)]
+
+
+def test_the_figures_title_names_the_models_as_the_columns_do(tmp_path, monkeypatch):
+    """figures.png's title listed the models sorted by name (dsmoe, mixtral, qwen3moe) over columns in the
+    order --vary model gave them (mixtral, qwen3moe, dsmoe), and two checkpoints sharing a name once: the
+    title names them as the columns do, in their order."""
+    import cent_serve.sweep_plots as plots
+
+    saved = {}
+    real = plots._save
+
+    def save(fig, axes, path, *args, **kwargs):
+        saved[path.name] = fig
+        return real(fig, axes, path, *args, **kwargs)
+    monkeypatch.setattr(plots, "_save", save)
+    models = (("mixtral", "mixtral"), ("qwen3moe", "qwen3moe"), ("runs/1/dsmoe", "dsmoe"), ("runs/2/dsmoe", "dsmoe"))
+    rows = [{"model": m, "model_name": name, "parallel.num_devices": str(d), "throughput_tok_s": 100.0 * d,
+             "token_latency_ms": 5.0, "energy_per_token_mj": 40.0, "avg_power_w": 4.0 * d}
+            for m, name in models for d in (32, 64)]
+    plots.plot_figures(rows, ["model", "parallel.num_devices"], tmp_path / "figures.png", trace=False, how="closed form")
+    fig = saved["figures.png"]
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["mixtral", "qwen3moe", "runs/1/dsmoe", "runs/2/dsmoe"]
+    assert fig._suptitle.get_text().replace("\n", " ").startswith(
+        "mixtral, qwen3moe, runs/1/dsmoe, runs/2/dsmoe: the figures against parallel.num_devices")
