@@ -95,6 +95,30 @@ UNKNOWN_FLAG_HINTS = {
 }
 """(command, flag) -> what to do instead, added to the error for a flag the command does not take."""
 
+_TP = ("--tp N here: CENT devices per pipeline stage (--devices the total; on modelled GPUs, --hardware gpu:KIND:N "
+       "--set gpu.tp=N)")
+_PP = "--pp N here: pipeline stages (default one a block; on modelled GPUs --set gpu.pp=N)"
+VLLM_FLAG_HINTS = {
+    # vLLM's engine flags (vllm/engine/arg_utils.py, `vllm serve --help`) and `vllm bench serve`'s
+    # (vllm/benchmarks/serve.py), which a user coming from vLLM types first: the flag or field that does it here
+    "--tensor-parallel-size": _TP, "-tp": _TP, "--pipeline-parallel-size": _PP, "-pp": _PP,
+    "--max-model-len": "--set model.max_seq_len=N here",
+    "--max-num-seqs": "--set gpu.max_num_seqs=N here on modelled GPUs (--hardware gpu:KIND:N); CENT devices run "
+                      "--pp lanes of --set scheduler.max_seqs_per_stage=N sequences",
+    "--max-num-batched-tokens": "--set gpu.max_num_batched_tokens=N here on modelled GPUs; on CENT devices --set "
+                                "scheduler.prefill_chunk_tokens=N takes N prompt tokens a step",
+    "--enable-chunked-prefill": "--set scheduler.prefill_chunk_tokens=N here (N prompt tokens a step; on modelled "
+                                "GPUs prefill is always chunked)",
+    "--gpu-memory-utilization": "--set gpu.memory_utilization=F here, with --hardware gpu:KIND:N",
+    "--dtype": "--set model.weight_dtype=bfloat16 or float32 here (the devices store bf16: device.bytes_per_element)",
+    "--served-model-name": "not taken here: the API serves the model by its --model name",
+    "--request-rate": "--rate R here", "--num-prompts": "--num-requests N here",
+    "--base-url": "--url URL here (cent bench run)", "--dataset-path": "--trace FILE here",
+    "--random-input-len": "--synthetic poisson --prompt-len N here",
+    "--random-output-len": "--synthetic poisson --output-len N here",
+}
+"""vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ...")."""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
@@ -103,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     # an error is named by the subcommand it was given to ("cent bench compare"), not by `cent` or `cent bench`
     command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None), getattr(args, "action", None))))
     if unknown:
-        hints = [UNKNOWN_FLAG_HINTS[command, flag] for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
-                 if (command, flag) in UNKNOWN_FLAG_HINTS]
+        hints = [UNKNOWN_FLAG_HINTS[command, flag] if (command, flag) in UNKNOWN_FLAG_HINTS
+                 else f"vLLM's {flag} is {VLLM_FLAG_HINTS[flag]}"
+                 for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
+                 if (command, flag) in UNKNOWN_FLAG_HINTS or flag in VLLM_FLAG_HINTS]
+        if not unknown[0].startswith("-") and hasattr(args, "model") and args.model is None:
+            # `vllm serve MODEL`'s positional model
+            hints.insert(0, f"give the model as --model {unknown[0]} (a preset or a checkpoint directory)")
         _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)"
                + "".join(f"; {hint}" for hint in hints))
         return 2

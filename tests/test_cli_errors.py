@@ -668,3 +668,39 @@ def test_a_missing_subcommand_is_named_by_its_choices(argv, says, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and says in err and "bench_command" not in err, err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--tensor-parallel-size", "4"], "unrecognized arguments: --tensor-parallel-size 4 (see cent serve "
+     "--help); vLLM's --tensor-parallel-size is --tp N here: CENT devices per pipeline stage"),
+    (["serve", "-tp", "4"], "vLLM's -tp is --tp N here"),
+    (["simulate", "--pipeline-parallel-size=2"], "vLLM's --pipeline-parallel-size is --pp N here"),
+    (["serve", "--max-model-len", "2048", "--dtype", "half"], "vLLM's --max-model-len is --set model.max_seq_len=N "
+     "here; vLLM's --dtype is --set model.weight_dtype=bfloat16 or float32 here"),
+    (["serve", "--max-num-seqs", "8"], "--set gpu.max_num_seqs=N here on modelled GPUs"),
+    (["serve", "--gpu-memory-utilization", "0.9"], "--set gpu.memory_utilization=F here"),
+    (["serve", "--served-model-name", "x"], "the API serves the model by its --model name"),
+    (["bench", "run", "--request-rate", "4", "--num-prompts", "10"], "vLLM's --request-rate is --rate R here; "
+     "vLLM's --num-prompts is --num-requests N here"),
+    # `vllm serve MODEL`'s positional model
+    (["serve", "meta-llama/Llama-2-7b-hf"], "unrecognized arguments: meta-llama/Llama-2-7b-hf (see cent serve "
+     "--help); give the model as --model meta-llama/Llama-2-7b-hf"),
+])
+def test_a_flag_from_vllm_is_told_the_flag_that_does_it_here(args, says, capsys):
+    """`cent serve --tensor-parallel-size 4`, a vLLM user's first try, said only "unrecognized arguments
+    (see cent serve --help)"; the line now names cent's flag or field for it."""
+    from cent_serve.cli import main
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
+    from cent_serve.cli import main
+    assert main(["serve", "--model", "tiny", "extra"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: extra" in err and "--model extra" not in err, err
+
