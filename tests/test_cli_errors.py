@@ -704,3 +704,21 @@ def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: extra" in err and "--model extra" not in err, err
 
+
+@pytest.mark.parametrize("given, preset", [
+    ("Llama2-70B", "llama2-70b"), ("llama-2-70b", "llama2-70b"), ("meta-llama/Llama-2-70b-hf", "llama2-70b"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"), ("mistralai/Mistral-7B-v0.1", "mistral-7b"),
+    ("google/gemma-2-9b-it", "gemma-2-9b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"),
+])
+def test_a_preset_spelled_otherwise_is_named(given, preset, capsys):
+    """`cent simulate --model Llama2-70B` (or the Hub id meta-llama/Llama-2-70b-hf) listed 22 presets
+    and left the user to find llama2-70b among them; the line now names it."""
+    from cent_serve.cli import main
+    assert main(["info", "--model", given]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the preset of its shape is --model {preset} " in err, err
+
+
+def test_a_name_near_no_preset_is_told_none():
+    from cent_serve.config.presets import _near_preset
+    assert [_near_preset(x) for x in ("no-such-model", "gpt-4", "llama3-8b", "", "/")] == [None] * 5

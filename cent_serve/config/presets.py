@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -165,6 +166,20 @@ def model_label(model: ModelConfig, most: int = 2) -> str:
     more = f" and {len(changed) - most} more" if len(changed) > most else ""
     return f"{model.name} ({', '.join(changed[:most])}{more})"
 
+def _preset_key(name: str) -> str:
+    """A model name reduced to what tells presets apart: the Hub id's name (after its organisation),
+    lower case, without a version suffix (-v0.1), the words of a release (hf, instruct, chat, it, meta) and
+    punctuation: `meta-llama/Llama-2-70b-hf`, `Llama2-70B` and `llama2-70b` are all `llama270b`."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"-v\d+(\.\d+)*", "", name.rstrip("/").rsplit("/", 1)[-1].lower()))
+    return "".join(w for w in words if w not in ("hf", "instruct", "chat", "it", "meta"))
+
+
+def _near_preset(name: str) -> str | None:
+    """The preset `name` spells differently (another case, dashes, a Hub id), or None."""
+    key = _preset_key(name)
+    return next((preset for preset in sorted(MODEL_PRESETS) if key and _preset_key(preset) == key), None)
+
+
 def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
     """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
     config.json is enough for timing, read with `checkpoint_fields` set: `--set model.max_seq_len`'s
@@ -173,7 +188,9 @@ def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
         return model_preset(name_or_path)
     if name_or_path.strip() and Path(name_or_path).exists():  # Path("") is the current directory
         return model_config_from_hf(name_or_path, **checkpoint_fields)
+    near = _near_preset(name_or_path)
+    near = f"the preset of its shape is --model {near} (seeded random weights); else " if near else ""
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
-                     "nor an existing checkpoint directory: nothing is downloaded; save a Hugging Face model's "
+                     f"nor an existing checkpoint directory: {near}nothing is downloaded; save a Hugging Face model's "
                      "config.json in a directory and give that (it alone is enough to time it: cent generate and "
                      "full numerics need the weights beside it)")
