@@ -358,3 +358,22 @@ def test_the_readmes_refused_openai_features_are_the_ones_the_api_refuses():
     assert listed, "README no longer lists the refused OpenAI features"
     names = re.findall(r"`(\w+)`", listed.group(1))
     assert names and all(name in UNSUPPORTED for name in names), (names, sorted(UNSUPPORTED))
+
+
+def test_help_names_the_trace_formats_and_the_defaults_it_leaves_out():
+    """`--format TRACE_FORMAT trace format (default: detected)` named no format a user could give, the
+    bench commands' `--num-requests` said "requests at most" without its default (every request), and
+    `cent generate --prompt` not the prompt it runs without one; info and generate had no description."""
+    from cent_serve.bench.traces import FORMATS
+
+    pages = {p.prog: " ".join(p.format_help().split()) for p in _parsers(build_parser())}
+    for prog in ("cent bench run", "cent bench sweep", "cent bench paper", "cent bench compare", "cent sweep"):
+        assert f"trace format: {', '.join(FORMATS)} (default: detected from the file)" in pages[prog], prog
+    for prog in ("cent bench run", "cent bench sweep", "cent bench paper", "cent bench compare"):
+        assert "--num-requests NUM_REQUESTS requests at most (default: every request the trace selects" in pages[prog]
+    assert "--num-requests NUM_REQUESTS requests at most (default 200)" in pages["cent sweep"]
+    assert "default 'Hello')" in pages["cent generate"]
+    from cent_serve.model.cli import DEFAULT_PROMPT
+    assert DEFAULT_PROMPT == "Hello"
+    assert "Generate tokens with the single-process numpy reference model" in pages["cent generate"]
+    assert "The resolved config, parameters, the device, KV room and whether it fits" in pages["cent info"]

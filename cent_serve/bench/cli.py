@@ -141,11 +141,16 @@ SELECTION_FLAGS = {"trace_format": ("--format", None), "num_requests": ("--num-r
 """dest -> (flag, default) of the flags `add_selection_args` adds."""
 
 
-def add_selection_args(group, num_requests_help: str = "requests at most", generated: bool = True) -> None:
+def add_selection_args(group, num_requests_help: str = "requests at most (default: every request the trace "
+                                                      "selects; --synthetic needs it)",
+                       generated: bool = True) -> None:
     """The flags that read a trace file and select and scale its requests (`SELECTION_FLAGS`):
     every `cent bench` command's, and `cent sweep --trace`'s, read by `select_requests`
     (`generated`: the command also makes arrivals, for ShareGPT and --synthetic)."""
-    helps = dict(trace_format="trace format (default: detected)", num_requests=num_requests_help,
+    from cent_serve.bench.traces import FORMATS
+
+    helps = dict(trace_format=f"trace format: {', '.join(FORMATS)} (default: detected from the file)",
+                 num_requests=num_requests_help,
                  start_s="skip requests arriving less than this many seconds after the trace's first request (not "
                          "on the file's own clock)",
                  time_scale="multiply a trace's inter-arrival times (not with --rate)",

@@ -9,9 +9,14 @@ from cent_serve.cli_common import add_config_args, config_from_args
 from cent_serve.config import config_to_dict
 
 
+DEFAULT_PROMPT = "Hello"
+"""cent generate's prompt without --prompt or --prompt-ids."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="the resolved config, parameters, the device, KV room and whether it fits; --presets, "
-                                    "--describe: every preset, every field")
+    info_help = ("the resolved config, parameters, the device, KV room and whether it fits; --presets, --describe: "
+                 "every preset, every field")
+    p = sub.add_parser("info", help=info_help, description=info_help[0].upper() + info_help[1:] + ".")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--presets", action="store_true",
@@ -21,10 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and the model presets) as Markdown: docs/config.md is this output")
     p.set_defaults(func=run_info)
 
-    g = sub.add_parser("generate", help="generate with the single-process reference model")
+    g = sub.add_parser("generate", help="generate with the single-process reference model",
+                       description="Generate tokens with the single-process numpy reference model (real weights "
+                                   "or a preset's seeded random ones; no devices, nothing timed).")
     add_config_args(g, served=False)
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--prompt", help="prompt text (tokenized with the model's tokenizer)")
+    src.add_argument("--prompt", help=f"prompt text (tokenized with the model's tokenizer; default {DEFAULT_PROMPT!r})")
     src.add_argument("--prompt-ids", help="prompt token ids, comma separated: 1,2,3")
     g.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (default 16)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -278,7 +285,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompt_ids is not None:
         prompt_ids = _parse_ids(args.prompt_ids)
     else:
-        prompt_ids = tok.encode(args.prompt if args.prompt is not None else "Hello")
+        prompt_ids = tok.encode(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
     if args.max_tokens < 1 or len(prompt_ids) + args.max_tokens > cfg.model.max_seq_len:
         raise ValueError(f"--max-tokens {args.max_tokens} is invalid with a prompt of {len(prompt_ids)} tokens in "
                          f"model.max_seq_len={cfg.model.max_seq_len}: use 1..{cfg.model.max_seq_len - len(prompt_ids)}")
