@@ -133,6 +133,11 @@ def install_error_handlers(app: FastAPI, router: APIRouter) -> None:
             err = (ApiError(f"stop.{i}: a list of stop strings holds strings only (got {short(stop[i])})", f"stop.{i}",
                             400) if i is not None else
                    ApiError(f"stop must be a string or a list of strings (got {short(stop)})", "stop", 400))
+        elif loc == ("body", "model") and first.get("type") == "missing":  # said "Field required (got {...})"
+            served = getattr(getattr(raw.app.state, "ctx", None), "model_name", None)
+            name = f"{served!r}" if served else "its id"
+            err = ApiError(f"model is required: name the model this server serves, {name} (GET /v1/models lists it)",
+                           "model", 400)
         else:
             param = schema_param(first.get("loc", ()))
             err = ApiError(f"{param or 'body'}: {first.get('msg')} (got {short(first.get('input'))})", param, 400)

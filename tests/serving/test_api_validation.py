@@ -209,3 +209,13 @@ def test_a_snapshot_of_the_hugging_face_cache_is_served_by_its_repository_id_too
         with pytest.raises(ApiError) as err:
             ApiContext.check_model(ctx, name)
         assert err.value.status == 404
+
+
+@pytest.mark.parametrize("path, sent", [("/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+                                        ("/v1/chat/completions", {k: v for k, v in CHAT.items() if k != "model"})])
+def test_a_request_without_model_is_told_the_served_model(server, path, sent):
+    """A body without "model" got `model: Field required (got {'prompt': 'Hi', 'max_tokens': 2})`: the
+    field, but not the value to give. It now names the model this server serves."""
+    got, err = _error(server, path, sent)
+    assert (got, err["param"]) == (400, "model"), err
+    assert err["message"] == "model is required: name the model this server serves, 'tiny' (GET /v1/models lists it)"
