@@ -377,3 +377,12 @@ def test_help_names_the_trace_formats_and_the_defaults_it_leaves_out():
     assert DEFAULT_PROMPT == "Hello"
     assert "Generate tokens with the single-process numpy reference model" in pages["cent generate"]
     assert "The resolved config, parameters, the device, KV room and whether it fits" in pages["cent info"]
+
+
+def test_no_help_page_prints_markdown_backticks():
+    """`cent bench --help` printed its module docstring as written, "`cent bench`: load tests ..." and
+    "- `run`: ...", and `cent tokenizer export --help` "`tokenizers`/`transformers`": Markdown's marks,
+    which a terminal shows as they are."""
+    for p in _parsers(build_parser()):
+        marked = [line for line in p.format_help().splitlines() if "`" in line]
+        assert not marked, (p.prog, marked)

@@ -21,8 +21,9 @@ log = logging.getLogger("cent.bench")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="load-test with request traces", description=__doc__,
+    p = sub.add_parser("bench", help="load-test with request traces", description=__doc__.replace("`", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # the docstring's list, as written
+    # (without its Markdown backticks, which a terminal prints as they are)
     bsub = p.add_subparsers(dest="bench_command", required=True)
     r = bsub.add_parser("run", help="replay one trace in-process, or against a running server (--url URL: "
                                     "cent serve or any OpenAI-compatible one), and write results",

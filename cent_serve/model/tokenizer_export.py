@@ -132,8 +132,8 @@ def register(sub) -> None:
     what = p.add_subparsers(dest="action", required=True)
     e = what.add_parser("export", help="write tokenizer.json, tokenizer_config.json and config.json for --model",
                         description="Write the tokenizer the server uses for --model into DIR, as Hugging Face "
-                                    "files that `tokenizers`/`transformers` load and that count tokens exactly as "
-                                    "the server does (vLLM's bench: --tokenizer DIR; guidellm: "
+                                    "files that the tokenizers and transformers packages load and that count "
+                                    "tokens exactly as the server does (vLLM's bench: --tokenizer DIR; guidellm: "
                                     "--tokenizer kind=hf_auto,model=DIR).")
     e.add_argument("dir", help="directory to write into (created if missing)")
     e.add_argument("--model", default="tiny", help="preset name or Hugging Face checkpoint directory (default: tiny)")
