@@ -340,6 +340,22 @@ def test_a_cluster_that_will_not_let_us_join_says_why(capfd):
     assert capfd.readouterr().err == "half a join\nafter\n"
 
 
+def test_a_ray_version_mismatch_names_both_versions_in_one_line():
+    """Ray refuses a driver of another Ray with "Version mismatch: The cluster was started with:" and
+    the versions on the lines after it: the first line alone named neither."""
+    import ray
+    from ray._private.utils import check_version_info
+
+    from cent_serve.executor.ray_executor import _first_line, join_refused
+
+    with pytest.raises(RuntimeError) as raised:  # Ray's own check, a cluster of another Ray
+        check_version_info({"ray_version": "2.59.0", "python_version": "3.11.7"}, "127.0.0.1")
+    err = str(join_refused("127.0.0.1:6379", "127.0.0.1:6379", _first_line(raised.value), ""))
+    assert "\n" not in err and "the cluster runs Ray 2.59.0 on Python 3.11.7" in err, err
+    assert f"this process Ray {ray.__version__}" in err and '"ray[default]==2.59.0"' in err, err
+    assert "ray status" not in err  # the fix is here, not on the cluster
+
+
 def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
     # A block on one channel of 2 banks has 2 // 4 = 0 elementwise lanes: the time model divided by
     # zero (a ZeroDivisionError traceback) instead of naming the field.

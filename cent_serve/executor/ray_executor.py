@@ -13,6 +13,7 @@ import copy
 import itertools
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -214,7 +215,28 @@ def _not_a_gcs(host: str, port: int) -> str | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
+    mismatch = _version_mismatch(text)
+    if mismatch is not None:
+        return mismatch
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _version_mismatch(text: str) -> str | None:
+    """Ray's refusal of a driver whose Ray or Python differs from the cluster's, in one line with both
+    versions (Ray's own message puts them on the lines after its first, "Version mismatch: The cluster
+    was started with:"; ray/_private/utils.py `check_version_info`), or None for another error."""
+    if not text.startswith("Version mismatch"):
+        return None
+    found = re.findall(r"Ray: (\S+)\s+Python: (\S+)", text)
+    if len(found) != 2:
+        return " ".join(text.split())
+    (ray_there, py_there), (ray_here, py_here) = found
+    return (f"{VERSION_MISMATCH} Ray {ray_there} on Python {py_there}, this process Ray {ray_here} on Python "
+            f"{py_here}: run cent serve with the cluster's (pip install \"ray[default]=={ray_there}\" in a Python "
+            f"{py_there})")
+
+
+VERSION_MISMATCH = "version mismatch: the cluster runs"
 
 
 def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError:
@@ -224,6 +246,8 @@ def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError
         why = ("the cluster uses token authentication and this process's token is missing or wrong: set "
                "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) as where "
                "`ray start` ran")
+    elif reason.startswith(VERSION_MISMATCH):
+        why = reason
     else:
         why = f"{reason}: check `ray status` where it runs"
     return ValueError(f"server.ray_address={address!r}: a Ray cluster answers at {gcs} but this process could not "

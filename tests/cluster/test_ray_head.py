@@ -42,6 +42,25 @@ def test_a_cluster_without_room_for_every_replica_is_refused_first_and_alone(hea
     assert lines[0].endswith("or use --devices 8"), lines[0]
 
 
+def test_a_driver_of_another_ray_is_refused_in_one_line_naming_both_versions(head):
+    """The driver claims Ray 2.59.0 (ray.__version__ is what Ray's join compares with the cluster's):
+    the refusal named neither version ("... could not join it: Version mismatch: The cluster was
+    started with:: check `ray status` where it runs")."""
+    code = ("import sys, ray; ray.__version__ = '2.59.0'; from cent_serve.cli import main; "
+            f"sys.exit(main(['serve', '--ray-address', '{head.address}', '--devices', '8', '--numerics', 'off', "
+            "'--port', '0']))")
+    env = dict(os.environ, **CLIENT_ENV)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=REFUSE_TIMEOUT_S, env=env)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    import ray  # this process's Ray is the cluster's
+
+    assert f"the cluster runs Ray {ray.__version__} on Python" in lines[0], lines[0]
+    assert "this process Ray 2.59.0" in lines[0] and f'"ray[default]=={ray.__version__}"' in lines[0], lines[0]
+
+
 LOST_AFTER_S = 5.0
 """`server.cluster_lost_s` for the test: the server gives the cluster up 5 s after its head stops answering."""
 HANG_GUARD_S = 90.0
