@@ -119,6 +119,27 @@ def test_launcher_config(path, ray_version):
         assert config["min_workers"] == config["max_workers"] == len(config["provider"]["worker_ips"])
 
 
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_nodes_run_the_devices_as_a_local_ray_does(path):
+    """`ray start` reads Ray's worker settings from its environment: the launcher's login shell (the
+    ~/.bashrc line) sets what `cent serve` sets for the Ray it starts itself and deploy/README.md
+    asks of every machine by hand; without them the devices ran at Ray's nice 15."""
+    from cent_serve.executor.ray_executor import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
+
+    (config,) = load_all(path)
+    (line,) = [c for c in config["setup_commands"] if "~/.bashrc" in c]
+    exported = re.findall(r"\b(RAY_\w+=\w+)", line)  # the echo's quoted export line, flattened by YAML's >-
+    assert f"{WORKER_NICENESS_ENV}=0" in exported and f"{STARTUP_CONCURRENCY_ENV}={STARTUP_CONCURRENCY}" in exported, line
+
+
+def test_the_image_runs_the_devices_as_a_local_ray_does(dockerfile):
+    """KubeRay's head and workers run `ray start` in this image: its ENV carries the same settings."""
+    from cent_serve.executor.ray_executor import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
+
+    env = re.search(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M).group(1).replace("\\\n", " ").split()
+    assert f"{WORKER_NICENESS_ENV}=0" in env and f"{STARTUP_CONCURRENCY_ENV}={STARTUP_CONCURRENCY}" in env, env
+
+
 def _break_worker_start(config):
     config["worker_start_ray_commands"][-1] = "ray start --address=$RAY_HEAD_IP:6379"
 
