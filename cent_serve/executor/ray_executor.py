@@ -348,11 +348,18 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
     `device_resource` that cannot hold `replicas` copies of `num_devices` devices, or, for
     `server.placement` replica, has no host with a replica's devices. Reads the cluster once, places
     nothing: what cannot run is refused before anything starts (`cent serve` asks before its first
-    replica, `place_devices` before each). Returns `_cluster_units` (no units: a plain Ray, which
-    places actors anywhere, nothing checked)."""
+    replica, `place_devices` before each). Returns `_cluster_units` (no units on one node: a plain
+    Ray, which places actors anywhere, nothing checked). Several nodes none of which advertises the
+    resource are refused: Ray would scatter the devices over them, one node hop per pipeline hop,
+    and `server.placement` could not be applied (deploy/README.md, "The contract")."""
     s = cfg.server
     units, summary = _cluster_units(cfg)
     total = sum(units.values())
+    if total == 0 and len(units) > 1:
+        raise PlacementError(f"the cluster's {len(units)} nodes advertise no {s.device_resource} units, so the "
+                             f"devices cannot be placed (server.placement={s.placement!r}): start each node that "
+                             f"is to host devices with ray start --resources='{{\"{s.device_resource}\": N}}' "
+                             "(deploy/README.md)")
     if total == 0:
         return units, summary
     if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for

@@ -370,3 +370,17 @@ def test_replica_placement_is_refused_up_front_when_the_hosts_cannot_each_hold_a
     for units in ({"a": 6, "b": 6}, {"a": 12, "b": 0}):
         monkeypatch.setattr(rx, "_cluster_units", lambda cfg, units=units: (units, "..."))
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
+
+
+def test_a_cluster_of_several_nodes_without_device_units_is_refused_before_anything_starts(monkeypatch):
+    """Two nodes started without --resources: the devices were placed where Ray liked, alternating
+    nodes along the pipeline, and --placement replica was silently not applied. One node (a plain
+    Ray) is still served as before."""
+    from cent_serve.executor import ray_executor as rx
+
+    monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0, "b": 0}, "A: 0, B: 0"))
+    with pytest.raises(rx.PlacementError, match=r"the cluster's 2 nodes advertise no cent_device units.*"
+                                                r"placement='replica'.*ray start --resources='\{\"cent_device\": N\}'"):
+        rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
+    monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0}, "A: 0"))
+    assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
