@@ -397,13 +397,9 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     total = sum(units.values())
     if total == 0:
         return None
-    strategy, selector = s.placement.upper(), None
+    strategy, selector, shared = s.placement.upper(), None, False
     if s.placement == "replica":
         hosts, shared = replica_hosts(units, num_devices, _replica_hosts)
-        if shared:
-            log.warning("placement replica: every host with %d %s units already holds a replica of this server, "
-                        "so this one shares a host (a host's loss fails both): add a host to keep them apart",
-                        num_devices, s.device_resource)
         strategy, selector = "STRICT_PACK", [{NODE_ID_LABEL_KEY: f"in({','.join(hosts)})"}] * num_devices
     # a name of its own per group: every replica places its devices with the same config
     pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=strategy,
@@ -419,6 +415,10 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
                              "placed so far, or another job, hold the rest (ray status): free some or add units"
                              + (f", or a host with {num_devices} free for --placement replica" if s.placement ==
                                 "replica" else "")) from None
+    if s.placement == "replica" and shared:  # said once granted: a group that is never granted shares nothing
+        log.warning("placement replica: every host with %d %s units already holds a replica of this server, "
+                    "so this one shares a host (a host's loss fails both): add a host to keep them apart",
+                    num_devices, s.device_resource)
     return pg
 
 

@@ -1,6 +1,8 @@
 """The Ray executor runs the same workers: identical tokens and identical simulated times."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -384,3 +386,37 @@ def test_a_cluster_of_several_nodes_without_device_units_is_refused_before_anyth
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0}, "A: 0"))
     assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
+
+
+@pytest.mark.parametrize("granted", [True, False])
+def test_a_replica_shares_a_host_warning_only_once_its_group_is_granted(monkeypatch, caplog, granted):
+    """Both hosts hold a replica each and the third's host is lost: re-creating it warned 'so this
+    one shares a host' every 40 s (each attempt) while no host had room and none was shared, beside
+    the placement error; now the warning comes when a shared host is granted."""
+    import importlib
+
+    import ray
+
+    from cent_serve.executor import ray_executor as rx
+
+    rpg = importlib.import_module("ray.util.placement_group")  # the module: ray.util's attribute is its function
+
+    monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 4, "b": 4}, "A: 4, B: 4"))
+    monkeypatch.setattr(rx, "_replica_hosts", {"a": 1, "b": 1})
+    monkeypatch.setattr(rpg, "placement_group", lambda *a, **k: types.SimpleNamespace(ready=lambda: None))
+    monkeypatch.setattr(rpg, "remove_placement_group", lambda pg: None)
+    monkeypatch.setattr(rx.ray, "available_resources", lambda: {"cent_device": 0})
+
+    def get(ref, timeout=None):
+        if not granted:
+            raise ray.exceptions.GetTimeoutError("not granted")
+
+    monkeypatch.setattr(rx.ray, "get", get)
+    cfg = _replica_cfg()
+    with caplog.at_level("WARNING", logger=rx.log.name):
+        if granted:
+            assert rx.place_devices(cfg, 4) is not None
+        else:
+            with pytest.raises(rx.PlacementError, match="did not grant 4 cent_device bundles"):
+                rx.place_devices(cfg, 4)
+    assert ("so this one shares a host" in caplog.text) == granted, caplog.text
