@@ -90,8 +90,12 @@ def test_a_ray_cluster_that_is_gone():
     _one_line_error(proc, dead, "ray start --head", "(--ray-address, server.ray_address in a --config file, "
                     "RAY_ADDRESS) to start a fresh local Ray")
     assert wall < REFUSE_WITHIN_S, wall
+    assert f"server.ray_address='{dead}'" in proc.stderr
     proc, _ = _cent("simulate", "--model", "llama2-7b", "--seqlen", "256", "--emulate", env={"RAY_ADDRESS": dead})
     _one_line_error(proc, dead)
+    proc, _ = _cent("serve", "--port", "0", env={"RAY_ADDRESS": dead})  # named as set: it said server.ray_address
+    _one_line_error(proc, f"RAY_ADDRESS='{dead}': no Ray cluster could be joined")
+    assert "server.ray_address=" not in proc.stderr, proc.stderr
     proc, _ = _cent("serve", "--ray-address", "not-an-address", "--port", "0")  # was "nothing answers ...: invalid
     _one_line_error(proc, "not-an-address is not HOST:PORT, e.g. 10.0.0.1:6379")  # literal for int()"
 

@@ -137,6 +137,7 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
     # workers' logs stay in Ray's log files: forwarded, raylet warnings would land in our stdout
     # (and in `--json` output); device errors still come back as exceptions
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    field = "server.ray_address" if address else "RAY_ADDRESS"  # where the user set it, for the errors
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         # Ray runs its workers at nice 15 by default; here the workers are the emulated devices,
@@ -148,7 +149,7 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
         return "started a local Ray"
     def refuse(reason: str) -> ValueError:
-        return ValueError(f"server.ray_address={address!r}: no Ray cluster could be joined ({reason}); start one "
+        return ValueError(f"{field}={address!r}: no Ray cluster could be joined ({reason}); start one "
                           "with `ray start --head`, or leave the address out (--ray-address, server.ray_address in a "
                           "--config file, RAY_ADDRESS) to start a fresh local Ray")
 
@@ -180,7 +181,7 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 held.drop()
-                raise join_refused(address, gcs, _first_line(exc), held.text) from None
+                raise join_refused(address, gcs, _first_line(exc), held.text, field) from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     where = address if address.startswith(("ray://", "local")) or gcs == address else f"{address}: {gcs}"
     return f"joined the Ray cluster at {where} ({len(nodes)} node{'s' if len(nodes) != 1 else ''})"
@@ -239,9 +240,10 @@ def _version_mismatch(text: str) -> str | None:
 VERSION_MISMATCH = "version mismatch: the cluster runs"
 
 
-def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError:
+def join_refused(address: str, gcs: str, reason: str, logged: str, field: str = "server.ray_address") -> ValueError:
     """The error for a cluster that answers at `gcs` (probed) but would not let this process join,
-    from `ray.init`'s `reason` and what Ray's core `logged` meanwhile (its auth refusals)."""
+    from `ray.init`'s `reason` and what Ray's core `logged` meanwhile (its auth refusals); `field`
+    names where the address was set (the config field, or the RAY_ADDRESS variable)."""
     if "Unauthenticated" in logged or "InvalidAuthToken" in logged:
         why = ("the cluster uses token authentication and this process's token is missing or wrong: set "
                "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) as where "
@@ -250,7 +252,7 @@ def join_refused(address: str, gcs: str, reason: str, logged: str) -> ValueError
         why = reason
     else:
         why = f"{reason}: check `ray status` where it runs"
-    return ValueError(f"server.ray_address={address!r}: a Ray cluster answers at {gcs} but this process could not "
+    return ValueError(f"{field}={address!r}: a Ray cluster answers at {gcs} but this process could not "
                       f"join it: {why}")
 
 
