@@ -109,11 +109,11 @@ class ApiContext:
                            404, "not_found_error", "model_not_found")
 
     def to_ids(self, prompt, param: str = "prompt", add_bos: bool = True, keep: int | None = None,
-               side: str = "left") -> list[list[int]]:
+               side: str | None = None) -> list[list[int]]:
         """A `prompt` (text, token ids, or a list of either) as one id list per prompt, each cut to
         `keep` tokens (`truncate_prompt_tokens`; None: whole) as vLLM cuts it: token ids to their last
         `keep` (their first with `side` "right", vLLM's `truncation_side`), text by `encode_truncated`
-        (the BOS the tokenizer adds stays). Refuses
+        (the BOS the tokenizer adds stays unless `side` is given). Refuses
         (ApiError 400 naming `param`) no prompt at all, an empty string as the prompt (vLLM's
         completions refuse `""` alone: vllm/entrypoints/openai/completion/protocol.py
         `validate_prompt_and_prompt_embeds`) and text longer than the context could hold. An empty
@@ -135,7 +135,7 @@ class ApiContext:
                 for p in prompts]
 
     def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None,
-                side: str = "left") -> list[int]:
+                side: str | None = None) -> list[int]:
         self.check_chars(len(text), param)
         return encode_truncated(self.tokenizer, text, add_bos, keep, side)
 
@@ -148,7 +148,7 @@ class ApiContext:
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
                  continue_final_message: bool = False, template_kwargs: dict | None = None,
-                 add_special_tokens: bool = False, keep: int | None = None, side: str = "left") -> list[int]:
+                 add_special_tokens: bool = False, keep: int | None = None, side: str | None = None) -> list[int]:
         """A chat's token ids: the model's chat template rendered (the template writes the BOS;
         `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
         them from `side` (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
@@ -204,8 +204,9 @@ class ApiContext:
             await self.loop.call(lambda e: self.loop.set_hold(body.hold_until_s))
 
 
-def _cut(ids: list[int], keep: int | None, side: str) -> list[int]:
-    """Token ids cut to `keep` (None: all): their last ones, or their first with `side` "right"."""
+def _cut(ids: list[int], keep: int | None, side: str | None) -> list[int]:
+    """Token ids cut to `keep` (None: all): their last ones (`side` "left" or None, the tokenizer's side for
+    generation), or their first with `side` "right"."""
     if keep is None or len(ids) <= keep:
         return ids
     return ids[:keep] if side == "right" else ids[-keep:]

@@ -85,7 +85,8 @@ class _Common(BaseModel):
     """vLLM's (current vLLM's completions and chat, vllm-project/vllm pull request 43260; its
     renderers' `TokenizeParams.truncation_side`): which end `truncate_prompt_tokens` cuts, "left"
     (keep the last tokens) or "right" (keep the first); null: the tokenizer's side for generation,
-    left (vllm/tokenizers/registry.py). Read only with truncate_prompt_tokens."""
+    left (vllm/tokenizers/registry.py), with the BOS kept. Given, a text prompt is encoded whole and cut
+    as token ids are (a BOS goes with "left"). Read only with truncate_prompt_tokens."""
     min_p: float | None = None
     """vLLM's, 0..1: drop tokens less likely than min_p times the most likely one; null: the
     checkpoint's generation_config.json's, else 0 (off)."""
@@ -291,11 +292,6 @@ class _Common(BaseModel):
             raise ApiError(f"logprobs={self.logprobs!r} is invalid here: completions take a number of alternatives, "
                            f"0..{MAX_LOGPROBS}", "logprobs")
         return logprob_count(self.logprobs, "logprobs")
-
-    @property
-    def cut_side(self) -> str:
-        """The end `truncate_prompt_tokens` cuts: `truncation_side`, left when unset."""
-        return self.truncation_side or "left"
 
     @property
     def skips_special_tokens(self) -> bool:

@@ -35,7 +35,7 @@ class Completions(Endpoint):
 
     def prompts(self, ctx: ApiContext, body: CompletionRequest, keep: int | None = None) -> Prompts:
         default = ctx.cfg.server.max_tokens_default or DEFAULT_MAX_TOKENS
-        ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens, keep=keep, side=body.cut_side)
+        ids = ctx.to_ids(body.prompt, add_bos=body.add_special_tokens, keep=keep, side=body.truncation_side)
         if body.echo_only:  # the prompt's pass makes one token, which `generate` drops (vLLM's way)
             if body.min_tokens:
                 raise ApiError(f"min_tokens={body.min_tokens} is invalid with echo and max_tokens=0, which generate "
@@ -92,7 +92,7 @@ class Chat(Endpoint):
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
                            template_kwargs=body.chat_template_kwargs, add_special_tokens=body.add_special_tokens,
-                           keep=keep, side=body.cut_side)
+                           keep=keep, side=body.truncation_side)
         return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
     def opening(self, body: ChatCompletionRequest) -> list[dict]:

@@ -382,17 +382,17 @@ class HFTokenizer:
 
 def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
                 continue_final_message: bool = False, variables: dict | None = None,
-                add_special_tokens: bool = False, keep: int | None = None, side: str = "left") -> list[int]:
+                add_special_tokens: bool = False, keep: int | None = None, side: str | None = None) -> list[int]:
     """The token ids of a chat: the rendered template (`render_chat`), with no special tokens added
     (the template writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer
-    adds to any text (`encode`); at most `keep` of them as `encode_truncated` keeps them from `side`
-    (None: all)."""
+    adds to any text (`encode`); at most `keep` of them as `encode_truncated` keeps them (None: all), from
+    `side` (vLLM's `truncation_side`; None: unset)."""
     text = render_chat(tok, messages, add_generation_prompt, continue_final_message, variables)
     return encode_truncated(tok, text, add_special_tokens, keep, side)
 
 
 def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int | None = None,
-                     side: str = "left") -> list[int]:
+                     side: str | None = None) -> list[int]:
     """`tok.encode(text, add_bos)` cut to `keep` tokens (None: all) as vLLM's `truncate_prompt_tokens`
     cuts a text prompt: it encodes with transformers' truncation=True, max_length=keep and its generate
     tokenizers' truncation_side "left" (vllm/renderers/params.py `TokenizeParams.get_encode_kwargs`,
@@ -400,20 +400,22 @@ def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int 
     `keep`, and the text's own tokens keep their last ones. Without `add_bos` nothing is added: the
     last `keep` ids. With more tokens added than `keep` (keep 1, a BOS and an eos) the tokenizers
     library does not truncate, and vLLM's cut of the ids that follows (`TokenizeParams._token_truncation`)
-    keeps their last `keep` (the eos). `side` "right" (vLLM's request field `truncation_side`, in
-    current vLLM's completions and chat, vllm-project/vllm pull request 43260) keeps the text's first
-    tokens instead, the added ones still around them, and where the library does not truncate the
-    first `keep` ids."""
+    keeps their last `keep` (the eos). A `side` given (vLLM's request field `truncation_side`, "left" or
+    "right", in current vLLM's completions and chat, vllm-project/vllm pull request 43260) is another
+    path there: `TokenizeParams.get_encode_kwargs` encodes the whole text (no library truncation, as the
+    tokenizer's side may not be the one asked for) and `_token_truncation` keeps the last `keep` ids
+    ("left": a BOS the text is longer than goes) or the first ("right": an eos after the text goes)."""
     ids = tok.encode(text, add_bos=add_bos)
     if keep is None or len(ids) <= keep:
         return ids
+    if side is not None:  # an explicit side: the whole encoding cut as token ids are
+        return ids[:keep] if side == "right" else ids[-keep:]
     plain = tok.encode(text, add_bos=False) if add_bos else ids
     lead = next((p for p in range(len(ids) - len(plain) + 1) if ids[p:p + len(plain)] == plain), None)
     room = keep - (len(ids) - len(plain))
-    if lead is None or room < 0:  # no telling what was added, or more than `keep`: `keep` ids from the side kept
-        return ids[:keep] if side == "right" else ids[-keep:]
-    kept = plain[:room] if side == "right" else plain[len(plain) - room:]
-    return ids[:lead] + kept + ids[lead + len(plain):]
+    if lead is None or room < 0:  # no telling what was added, or more than `keep`: the last `keep` ids
+        return ids[-keep:]
+    return ids[:lead] + plain[len(plain) - room:] + ids[lead + len(plain):]
 
 
 FAMILIES_WITHOUT_BOS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")

@@ -121,7 +121,9 @@ def test_a_text_prompt_keeps_its_bos_and_its_last_text_tokens(off):
 def test_truncation_side_right_keeps_the_first_tokens_as_current_vllm(off):
     """Current vLLM's completions and chat take `truncation_side` (vllm-project/vllm pull request 43260,
     vllm/renderers/params.py `TokenizeParams.truncation_side`): "right" keeps the first k tokens (a text
-    prompt's BOS and its first text tokens), "left" the last, as unset. It was ignored: "right" kept the last."""
+    prompt's BOS and its first text tokens), "left" the last; given, a text prompt is encoded whole and cut as
+    token ids are, so "left" drops its BOS where unset keeps it. It was ignored: "right" kept the last, and then
+    "left" kept the BOS."""
     ids = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=5, truncation_side="right")
     assert ids["choices"][0]["prompt_token_ids"] == PROMPT[:5] and ids["usage"]["prompt_tokens"] == 5
     left = _complete(off.url, prompt=PROMPT, truncate_prompt_tokens=5, truncation_side="left")
@@ -130,8 +132,14 @@ def test_truncation_side_right_keeps_the_first_tokens_as_current_vllm(off):
     plain = _complete(off.url, prompt=text)["choices"][0]["prompt_token_ids"]
     cut = _complete(off.url, prompt=text, truncate_prompt_tokens=5, truncation_side="right")
     assert cut["choices"][0]["prompt_token_ids"] == plain[:5]  # the BOS, then the text's first 4
-    unset = _complete(off.url, prompt=PROMPT, truncation_side="right")  # read only with truncate_prompt_tokens
-    assert unset["choices"][0]["prompt_token_ids"] == PROMPT
+    # "left" given is not unset: vLLM cuts the whole encoding's ids (get_encode_kwargs, _token_truncation),
+    # so the BOS goes; unset, the tokenizer's truncation keeps it before the text's last 4
+    given = _complete(off.url, prompt=text, truncate_prompt_tokens=5, truncation_side="left")
+    assert given["choices"][0]["prompt_token_ids"] == plain[-5:] and plain[-5] != plain[0]
+    unset = _complete(off.url, prompt=text, truncate_prompt_tokens=5)
+    assert unset["choices"][0]["prompt_token_ids"] == plain[:1] + plain[-4:]
+    whole = _complete(off.url, prompt=PROMPT, truncation_side="right")  # read only with truncate_prompt_tokens
+    assert whole["choices"][0]["prompt_token_ids"] == PROMPT
     chat = dict(model="tiny", messages=[{"role": "user", "content": "hello there, a chat prompt"}], max_tokens=1,
                 return_token_ids=True)
     whole = httpx.post(off.url + "/v1/chat/completions", json=chat, timeout=60).json()["prompt_token_ids"]
@@ -173,8 +181,11 @@ def test_encode_truncated_keeps_every_added_token_as_the_tokenizers_library_does
     assert encode_truncated(tok, text, True, 2) == [1, 2]  # no room for the text: the added tokens alone
     assert encode_truncated(tok, text, False, 4) == body[-4:]
     assert encode_truncated(tok, text, True, 100) == encode_truncated(tok, text, True, None) == tok.encode(text)
-    assert encode_truncated(tok, text, True, 5, "right") == [1, *body[:3], 2]  # truncation_side "right"
+    # a truncation_side given: vLLM encodes the whole text and cuts the ids (no library truncation)
+    assert encode_truncated(tok, text, True, 5, "right") == [1, *body[:4]]
+    assert encode_truncated(tok, text, True, 5, "left") == [*body[-4:], 2]
     assert encode_truncated(tok, text, False, 4, "right") == body[:4]
+    assert encode_truncated(tok, text, False, 4, "left") == body[-4:]
 
 
 class _LibTok:
@@ -195,21 +206,23 @@ class _LibTok:
         return self.lib.encode(text, add_special_tokens=add_bos).ids
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("side", [None, "left", "right"])
 @pytest.mark.parametrize("template", ["<s> $A </s>", "<s> $A", ""])
 def test_encode_truncated_is_what_vllm_makes_of_the_tokenizers_librarys_truncation(template, side):
     """vLLM encodes with the tokenizers library's left truncation to k, then cuts the ids to their last k
     (vllm/renderers/params.py `TokenizeParams._token_truncation`, run after the encode). When k is below
     the number of tokens the post-processor adds (1 with a BOS and an eos) the library does not truncate
     at all, so the cut leaves the last k ids ([eos]); encode_truncated kept the BOS and the eos, two
-    tokens for k = 1. With `truncation_side` "right" (current vLLM) the library truncates from the right
-    and the cut keeps the first k ids."""
+    tokens for k = 1. With `truncation_side` given (current vLLM, "left" or "right") it does not truncate
+    in the library at all (`get_encode_kwargs`: the tokenizer's side may not be the one asked for) and the
+    cut keeps the last or the first k ids of the whole encoding: "left" drops the BOS, "right" the eos."""
     from cent_serve.model.tokenizer import encode_truncated
 
     tok, text = _LibTok(template), "abcdef"
     for add in (True, False):
         for k in range(1, 10):
-            tok.lib.enable_truncation(k, direction=side)
+            if side is None:  # the tokenizer's own side for generation, left
+                tok.lib.enable_truncation(k, direction="left")
             got = tok.lib.encode(text, add_special_tokens=add).ids
             want = got[:k] if side == "right" else got[-k:]
             tok.lib.no_truncation()
