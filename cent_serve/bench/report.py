@@ -231,7 +231,9 @@ def served_price(server_config: dict | None, url: str, total_token_throughput: f
     (or GPUs), from the config it gives at GET /v1/cent/config (what the results' config.json records of
     it) by `tco_figures` and `price_notes`, as an in-process run of that config prices them. (None, a note
     saying why) for a server that gives none (another server, or a cent-serve from before it served it)
-    or one this version cannot read."""
+    or one this version cannot read. Its `server` section (the port, the API key it redacts) prices nothing
+    and is not read, nor is its model's checkpoint directory, a path on the server's host: the resolved
+    model fields it gives beside it are the model."""
     from cent_serve.bench.http_client import server_root
     from cent_serve.config.files import config_from_mapping
 
@@ -239,8 +241,12 @@ def served_price(server_config: dict | None, url: str, total_token_throughput: f
     if not isinstance(server_config, dict) or not server_config:
         return None, [f"tokens per dollar: n/a: the server at {url} does not give its config (GET /v1/cent/config), "
                       "so its devices and their price are unknown"]
+    data = json.loads(json.dumps(server_config))  # a copy: config_from_mapping changes what it reads
+    data.pop("server", None)  # read back, its redacted key warned "no key is set (give --api-key ...)"
+    if isinstance(data.get("model"), dict) and data["model"].get("checkpoint"):
+        data["model"]["checkpoint"] = None  # "does not exist" on another host: the shape beside it is the model's
     try:
-        cfg = config_from_mapping(json.loads(json.dumps(server_config)), f"GET {url}/v1/cent/config")
+        cfg = config_from_mapping(data, f"GET {url}/v1/cent/config")
         priced = tco_figures(cfg, total_token_throughput)
     except ValueError as exc:
         return None, [f"tokens per dollar: n/a: the server's config could not be read here ({exc})"]

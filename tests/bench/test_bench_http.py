@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,6 +114,34 @@ def test_a_url_run_against_a_server_without_its_config_prices_nothing_and_says_w
                                      "(GET /v1/cent/config), so its devices and their price are unknown"]
     tpd, notes = served_price({"device": {"no_such_field": 1}}, "http://h:1", 100.0)
     assert tpd is None and notes[0].startswith("tokens per dollar: n/a: the server's config could not be read here")
+    assert served_price({}, "http://h:1", 100.0) == served_price(None, "http://h:1", 100.0)  # not the defaults' price
+
+
+def test_a_url_run_prices_a_server_with_a_key_and_a_checkpoint_of_its_own_host(tmp_path, monkeypatch, caplog):
+    """The config a server gives names its checkpoint by its own host's path and redacts its API key: the price
+    of its devices reads neither (`served_price`). It said "n/a: ... model.checkpoint=...: does not exist: give
+    the checkpoint directory's path" for a server on another host, and warned of its key "no key is set (give
+    --api-key or CENT_API_KEY)" to a replay that gave one. Its notes are `price_notes`' of that config."""
+    import logging
+    import shutil
+
+    from cent_serve.bench.report import price_notes, served_price, tco_figures
+    from cent_serve.config import CentConfig, config_to_dict, resolve_model
+
+    shutil.copytree(Path(__file__).parents[1] / "data" / "hf_tiny_llama", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    cfg = CentConfig(model=resolve_model("m"))
+    cfg.server.api_key = "k"
+    cfg.device.unit_cost_usd = 99.0  # a price the TCO does not follow: the server's config's note
+    given = config_to_dict(cfg)
+    shutil.rmtree(tmp_path / "m")  # the server's host's directory, not this one's
+    sent = json.loads(json.dumps(given))
+    with caplog.at_level(logging.WARNING, logger="cent_serve"):
+        tpd, notes = served_price(given, "http://h:1/v1", 100.0)
+    priced = tco_figures(cfg, 100.0)
+    assert (tpd, notes) == (priced["tokens_per_tco"], price_notes(cfg, priced["tco"])) and notes, notes
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert given == sent  # what the results' config.json then records of the server is left as it gave it
 
 
 def test_a_paced_server_that_ran_before_reports_in_trace_time():
