@@ -325,7 +325,7 @@ def test_a_host_this_machine_does_not_have_is_refused_before_anything_starts_eve
 def test_a_cluster_that_will_not_let_us_join_says_why(capfd):
     """Ray's core logs a refused join to file descriptor 2 once a second: held back, and read for the
     reason (a token-authenticated cluster); what a join logs when it succeeds is shown as it was."""
-    from cent_serve.executor.ray_executor import _stderr_held, join_refused
+    from cent_serve.executor.ray_cluster import _stderr_held, join_refused
 
     with _stderr_held() as held:
         os.write(2, b"gcs_client.cc:210: Unauthenticated: RPC error: InvalidAuthToken: token is missing\n")
@@ -350,7 +350,7 @@ def test_a_ray_version_mismatch_names_both_versions_in_one_line():
     import ray
     from ray._private.utils import check_version_info
 
-    from cent_serve.executor.ray_executor import _first_line, join_refused
+    from cent_serve.executor.ray_cluster import _first_line, join_refused
 
     with pytest.raises(RuntimeError) as raised:  # Ray's own check, a cluster of another Ray
         check_version_info({"ray_version": "2.59.0", "python_version": "3.11.7"}, "127.0.0.1")

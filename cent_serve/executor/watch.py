@@ -3,11 +3,11 @@
 A Ray cluster's head runs its GCS, without which nothing can be placed, re-created or killed; Ray's
 core ends a driver whose GCS has not answered for `gcs_rpc_server_reconnect_timeout_s` (60 s) with
 an error line of its own, mid-request. `ClusterWatch` asks the GCS (a TCP connect, as
-`ray_executor` probes an address before joining it) every PROBE_S on a thread of its own, so
+`ray_cluster` probes an address before joining it) every PROBE_S on a thread of its own, so
 nothing waits on Ray's retries: `problem` says why while it does not answer (`/health` 503), and
 `lost` once it has not for `server.cluster_lost_s`, when the server gives the cluster up (the engine
 ends every request with that reason and `cent serve` exits 1: `api.server`). Plain Python: the
-address comes from `ray_executor.cluster_watch`.
+address comes from `ray_cluster.cluster_watch`.
 """
 from __future__ import annotations
 

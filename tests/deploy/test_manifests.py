@@ -124,7 +124,7 @@ def test_launcher_nodes_run_the_devices_as_a_local_ray_does(path):
     """`ray start` reads Ray's worker settings from its environment: the launcher's login shell (the
     ~/.bashrc line) sets what `cent serve` sets for the Ray it starts itself and deploy/README.md
     asks of every machine by hand; without them the devices ran at Ray's nice 15."""
-    from cent_serve.executor.ray_executor import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
+    from cent_serve.executor.ray_cluster import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
 
     (config,) = load_all(path)
     (line,) = [c for c in config["setup_commands"] if "~/.bashrc" in c]
@@ -134,7 +134,7 @@ def test_launcher_nodes_run_the_devices_as_a_local_ray_does(path):
 
 def test_the_image_runs_the_devices_as_a_local_ray_does(dockerfile):
     """KubeRay's head and workers run `ray start` in this image: its ENV carries the same settings."""
-    from cent_serve.executor.ray_executor import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
+    from cent_serve.executor.ray_cluster import STARTUP_CONCURRENCY, STARTUP_CONCURRENCY_ENV, WORKER_NICENESS_ENV
 
     env = re.search(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M).group(1).replace("\\\n", " ").split()
     assert f"{WORKER_NICENESS_ENV}=0" in env and f"{STARTUP_CONCURRENCY_ENV}={STARTUP_CONCURRENCY}" in env, env

@@ -249,7 +249,7 @@ def test_joining_auto_names_the_cluster_it_found(monkeypatch):
 
     import ray
 
-    from cent_serve.executor import ray_executor as rx
+    from cent_serve.executor import ray_cluster as rx
 
     class Conn:  # a GCS: it answers HTTP/2's preface with a SETTINGS frame
         def close(self):
@@ -323,7 +323,7 @@ def test_a_port_that_answers_but_not_as_a_ray_gcs_is_told_apart(monkeypatch, ans
     and ray.init then retried it for minutes with Ray's core logging each attempt (first-hour audit)."""
     import socket
 
-    from cent_serve.executor import ray_executor as rx
+    from cent_serve.executor import ray_cluster as rx
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -364,7 +364,7 @@ def test_replica_placement_is_refused_up_front_when_the_hosts_cannot_each_hold_a
     """12 units as 8 + 4 for 2 replicas of 6: the units added up, so replica 0 started, the second was
     warned it would share a host (none had room) and its placement timed out 30 s later. The hosts'
     room in whole replicas is counted before anything starts; one host holding both still passes."""
-    from cent_serve.executor import ray_executor as rx
+    from cent_serve.executor import ray_placement as rx
 
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 8, "b": 4}, "A: 8, B: 4"))
     with pytest.raises(rx.PlacementError, match=r"the hosts hold 1 of the 2 replicas \(A: 8, B: 4\).*use --devices 6"):
@@ -378,7 +378,7 @@ def test_a_cluster_of_several_nodes_without_device_units_is_refused_before_anyth
     """Two nodes started without --resources: the devices were placed where Ray liked, alternating
     nodes along the pipeline, and --placement replica was silently not applied. One node (a plain
     Ray) is still served as before."""
-    from cent_serve.executor import ray_executor as rx
+    from cent_serve.executor import ray_placement as rx
 
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0, "b": 0}, "A: 0, B: 0"))
     with pytest.raises(rx.PlacementError, match=r"the cluster's 2 nodes advertise no cent_device units.*"
@@ -397,7 +397,7 @@ def test_a_replica_shares_a_host_warning_only_once_its_group_is_granted(monkeypa
 
     import ray
 
-    from cent_serve.executor import ray_executor as rx
+    from cent_serve.executor import ray_placement as rx
 
     rpg = importlib.import_module("ray.util.placement_group")  # the module: ray.util's attribute is its function
 

@@ -1,0 +1,135 @@
+"""Where a replica's device actors go on a Ray cluster: a placement group of one `device_resource`
+bundle per device by `server.placement` (`place_devices`), a cluster that cannot hold the replicas
+refused before anything starts (`check_cluster_holds`), and the bundles in the order of the round
+chain (`chain_bundles`)."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+import ray
+
+from cent_serve.config import CentConfig
+
+log = logging.getLogger("cent_serve.executor.ray_executor")  # the name the log has always shown for its lines
+
+
+class PlacementError(ValueError):
+    """The cluster cannot host the devices (says what is missing)."""
+
+
+_replica_hosts: dict[str, int] = {}
+"""Ray node id -> how many live executors of this process hold a `replica`-placed group there."""
+
+
+def replica_hosts(units: dict[str, int], need: int, held: dict[str, int]) -> tuple[list[str], bool]:
+    """The nodes a `replica` placement may put `need` devices on (all of them on one node): those
+    with `need` units that hold none of this process's other replicas, else (the second item True)
+    every node with `need` units; from `units` (node id -> units) and `held` (`_replica_hosts`)."""
+    fits = sorted(n for n, k in units.items() if k >= need)
+    free = [n for n in fits if not held.get(n)]
+    return (free, False) if free or not fits else (fits, True)
+
+
+def _cluster_units(cfg: CentConfig) -> tuple[dict[str, int], str]:
+    """({node id: `device_resource` units} of the cluster's live nodes, a summary naming each node
+    and its units)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    units = {n["NodeID"]: int(n.get("Resources", {}).get(cfg.server.device_resource, 0)) for n in nodes}
+    names = {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes}
+    return units, ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
+
+
+def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) -> tuple[dict[str, int], str]:
+    """Refuse (PlacementError, naming the units each node has and the fix) a cluster advertising
+    `device_resource` that cannot hold `replicas` copies of `num_devices` devices, or, for
+    `server.placement` replica, has no host with a replica's devices. Reads the cluster once, places
+    nothing: what cannot run is refused before anything starts (`cent serve` asks before its first
+    replica, `place_devices` before each). Returns `_cluster_units` (no units on one node: a plain
+    Ray, which places actors anywhere, nothing checked). Several nodes none of which advertises the
+    resource are refused: Ray would scatter the devices over them, one node hop per pipeline hop,
+    and `server.placement` could not be applied (deploy/README.md, "The contract")."""
+    s = cfg.server
+    units, summary = _cluster_units(cfg)
+    total = sum(units.values())
+    if total == 0 and len(units) > 1:
+        raise PlacementError(f"the cluster's {len(units)} nodes advertise no {s.device_resource} units, so the "
+                             f"devices cannot be placed (server.placement={s.placement!r}): start each node that "
+                             f"is to host devices with ray start --resources='{{\"{s.device_resource}\": N}}' "
+                             "(deploy/README.md)")
+    if total == 0:
+        return units, summary
+    if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for
+        copies = f" ({replicas} replicas of {num_devices})" if replicas > 1 else ""
+        fewer = (total // num_devices) * num_devices
+        raise PlacementError(f"the mapping needs {num_devices * replicas} {s.device_resource} units{copies}; the "
+                             f"cluster has {total} ({summary}): add nodes started with ray start --resources="
+                             f"'{{\"{s.device_resource}\": N}}' or use --devices {fewer or total}")
+    if s.placement == "replica" and not replica_hosts(units, num_devices, {})[0]:
+        raise PlacementError(f"server.placement='replica' puts a replica's {num_devices} devices on one host; "
+                             f"no host advertises {num_devices} {s.device_resource} units ({summary}): start "
+                             f"the hosts with ray start --resources='{{\"{s.device_resource}\": "
+                             f"{num_devices}}}' or more, or use --placement spread")
+    if s.placement == "replica" and replicas > 1:  # each replica whole on one node: count the nodes' room
+        room = sum(k // num_devices for k in units.values())
+        if room < replicas:
+            raise PlacementError(f"server.placement='replica' puts each replica's {num_devices} devices on one "
+                                 f"host; the hosts hold {room} of the {replicas} replicas ({summary}): start the "
+                                 f"hosts with more {s.device_resource} units, use --devices {room * num_devices}, "
+                                 "or use --placement spread")
+    return units, summary
+
+
+def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
+    """A placement group of one `device_resource` bundle per device when the cluster advertises
+    that resource (None when it does not: a plain local Ray places actors anywhere), by
+    `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
+    this process's other replicas holds when one has room). A cluster that cannot hold the
+    `replicas` copies of `num_devices` is refused at once (`check_cluster_holds`); otherwise raises
+    PlacementError within `server.placement_timeout_s` if the group cannot be granted."""
+    from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
+
+    s = cfg.server
+    units, summary = check_cluster_holds(cfg, num_devices, replicas)
+    total = sum(units.values())
+    if total == 0:
+        return None
+    strategy, selector, shared = s.placement.upper(), None, False
+    if s.placement == "replica":
+        hosts, shared = replica_hosts(units, num_devices, _replica_hosts)
+        strategy, selector = "STRICT_PACK", [{NODE_ID_LABEL_KEY: f"in({','.join(hosts)})"}] * num_devices
+    # a name of its own per group: every replica places its devices with the same config
+    pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=strategy,
+                         name=f"cent-devices-{secrets.token_hex(6)}", bundle_label_selector=selector)
+    try:
+        ray.get(pg.ready(), timeout=s.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        free = int(ray.available_resources().get(s.device_resource, 0))
+        raise PlacementError(f"the cluster did not grant {num_devices} {s.device_resource} bundles "
+                             f"({s.placement}) within {s.placement_timeout_s:g} s: {free} of the cluster's {total} "
+                             f"units are free now (each node's, held or not: {summary}); this server's replicas "
+                             "placed so far, or another job, hold the rest (ray status): free some or add units"
+                             + (f", or a host with {num_devices} free for --placement replica" if s.placement ==
+                                "replica" else "")) from None
+    if s.placement == "replica" and shared:  # said once granted: a group that is never granted shares nothing
+        log.warning("placement replica: every host with %d %s units already holds a replica of this server, "
+                    "so this one shares a host (a host's loss fails both): add a host to keep them apart",
+                    num_devices, s.device_resource)
+    return pg
+
+
+def _bundle_nodes(pg) -> dict[int, str]:
+    """{bundle index: node id} of a granted placement group."""
+    from ray.util.placement_group import placement_group_table
+    return placement_group_table(pg)["bundles_to_node_id"]
+
+
+def chain_bundles(pg, first_node: str) -> list[int]:
+    """The placement group's bundle indices in chain order: grouped by node, the driver's node
+    first, so consecutive devices (the pipeline's neighbours, a unit's partners) share a node and
+    a round crosses between nodes once per node, not at every hop (Ray spreads bundle i and i + 1
+    over different nodes)."""
+    on = _bundle_nodes(pg)
+    nodes = sorted(set(on.values()), key=lambda n: (n != first_node, min(i for i, m in on.items() if m == n)))
+    return [i for n in nodes for i in sorted(i for i, m in on.items() if m == n)]
