@@ -42,6 +42,23 @@ DERIVED_FIELDS = {
 """Fields that were removed because they are derived from others: what to set instead."""
 
 
+_TREE: list[type] = []
+"""`tree.CentConfig`, the whole config, which `tree` hands in as it loads (`use_tree`): the dataclass
+every dotted path starts from, for a mistyped field's "did you mean" and a field's default. Handed in,
+not imported: the tree is built of sections whose modules import this one."""
+
+
+def use_tree(cls: type) -> None:
+    """Called once, by `tree`, with `CentConfig`."""
+    _TREE[:] = [cls]
+
+
+def _tree() -> type:
+    """The whole config's dataclass (`use_tree`); the package's __init__ loads `tree` before any use."""
+    assert _TREE, "cent_serve.config.tree has not handed in CentConfig"
+    return _TREE[0]
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -56,9 +73,8 @@ def _sections(cls: type) -> dict[str, type]:
 @lru_cache(maxsize=None)
 def _all_paths(cls: type = None) -> tuple[str, ...]:
     """Every field's dotted path in the config, sections' fields included (`device.energy.t_ccd_ns`)."""
-    if cls is None:  # the whole tree, which is built of these sections (imported here: it imports this module)
-        from cent_serve.config.tree import CentConfig
-        cls = CentConfig
+    if cls is None:  # the whole tree, which is built of these sections
+        cls = _tree()
     out = []
     for f in fields(cls):
         sub = _sections(cls).get(f.name)
@@ -320,8 +336,7 @@ def size_text(nbytes: float) -> str:
 
 def _field_default(name: str) -> Any:
     """The default of the config field `name` (`section.field`), or None when it has none or is not one."""
-    from cent_serve.config.tree import CentConfig  # imported here: it imports this module
-    cls, (*sections, leaf) = CentConfig, name.split(".")
+    cls, (*sections, leaf) = _tree(), name.split(".")
     for section in sections:
         cls = _sections(cls).get(section) if cls is not None else None
     return next((f.default for f in fields(cls) if f.name == leaf), None) if cls is not None else None

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cent_serve.config.checks import _check
-from cent_serve.config.fields import _SECTION_FIX, _sections, size_text
+from cent_serve.config.fields import _SECTION_FIX, _sections, size_text, use_tree
 from cent_serve.config.gpu import GpuConfig
 from cent_serve.config.hardware import DeviceConfig, FabricConfig
 from cent_serve.config.model import ModelConfig, rope_numerics_refusal
@@ -127,6 +127,9 @@ class CentConfig:
         copies = ", as each device actor holds a copy" if self.executor == "ray" and not self.on_gpus else ""
         return "off", (f"auto: {size_text(held)} of float32 random weights, over the 1 GiB auto computes{copies}; "
                        "the text is a stand-in, the times are the model's; --numerics full computes it")
+
+
+use_tree(CentConfig)  # the paths and defaults `fields` names in its errors are this tree's
 
 
 AUTO_FULL_BYTES = 2**30
