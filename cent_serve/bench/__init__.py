@@ -18,7 +18,7 @@ from cent_serve.bench.request import Request
 from cent_serve.bench.synthetic import (FixedLengths, LengthSampler, TraceLengths,
                                         UniformLengths, arrival_times_s, iter_arrival_times_s,
                                         synthetic_trace)
-from cent_serve.bench.traces import FORMATS, TraceOptions, apply_options, detect_format, load_trace
+from cent_serve.bench.traces import FORMATS, SHIPPED_TRACES, TraceOptions, apply_options, detect_format, load_trace
 
 __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", "apply_options",
            "arrival_times_s", "iter_arrival_times_s", "LengthSampler", "FixedLengths",
@@ -37,15 +37,6 @@ def sample_trace_path() -> Path:
     (`arrived_at, num_prefill_tokens, num_decode_tokens`). Installed as package data.
     """
     return Path(str(files("cent_serve.bench") / "data" / "sample_conv.csv"))
-
-
-SHIPPED_TRACES = {
-    "sample_conv": "the first 200 requests of azure_conv_2023",
-    "azure_conv_2023": "Azure LLM inference 2023, conversation: 19,366 requests over ~1 hour",
-    "azure_code_2023": "Azure LLM inference 2023, code: 8,819 requests over ~1 hour",
-}
-"""Traces shipped with the package (Vidur's CSV form of Microsoft's Azure Public Dataset traces,
-under that dataset's license), by the name `--trace` takes."""
 
 
 def resolve_trace(name_or_path: str, flag: str = "--trace") -> Path:

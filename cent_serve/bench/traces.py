@@ -57,6 +57,14 @@ __all__ = ["Request", "TraceOptions", "FORMATS", "detect_format", "load_trace", 
 FORMATS = ("vidur", "azure", "burstgpt", "mooncake", "sharegpt")
 """Trace formats `load_trace` reads (the `fmt` argument)."""
 
+SHIPPED_TRACES = {
+    "sample_conv": "the first 200 requests of azure_conv_2023",
+    "azure_conv_2023": "Azure LLM inference 2023, conversation: 19,366 requests over ~1 hour",
+    "azure_code_2023": "Azure LLM inference 2023, code: 8,819 requests over ~1 hour",
+}
+"""Traces shipped with the package (Vidur's CSV form of Microsoft's Azure Public Dataset traces,
+under that dataset's license), by the name `--trace` takes."""
+
 
 def _check(ok: bool, name: str, value: object, fix: str) -> None:
     """ParamError `{name}=value is invalid: fix` unless `ok` (`fix` may name parameters as
@@ -237,7 +245,6 @@ def load_trace(path: str | Path, fmt: str | None = None, options: TraceOptions |
     options = trace_options(options)
     path = Path(path)
     if not path.is_file():
-        from cent_serve.bench import SHIPPED_TRACES
         kind = "a directory" if path.is_dir() else "not a file"
         shipped = path.name.removesuffix(".csv") if not path.is_dir() and str(path) == path.name else None
         fix = (f"load the shipped trace by its name with load_trace(resolve_trace({shipped!r}))"
