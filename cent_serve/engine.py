@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -424,7 +424,8 @@ class Engine:
         """A fault in a round: fail the requests that were in it, keep the rest of the engine."""
         return self._fail(list(self.scheduler.running), message)
 
-    def _fail(self, reqs: list[Request], message: str, failing=frozenset()) -> list[Request]:
+    def _fail(self, reqs: list[Request], message: str,
+              failing: Collection[Request] = frozenset()) -> list[Request]:
         """Finish `reqs` with the error `message`, and with them every other choice of their API
         requests (`Request.choices`): the reply is that error whatever those do, so none waits, runs or
         holds KV for it. One waiting (never admitted, preempted, or queued again after its devices

@@ -30,8 +30,8 @@ def check_stop(req: Request, token: int, model: ModelConfig, tokenizer: Tokenize
         req.text = new = req.detok.decode(tokenizer, req.output_ids, p.skip_special_tokens)
         if n > p.min_tokens:  # vLLM searches stop strings past min_tokens only, in the text of the later
             # tokens (vllm/v1/engine/detokenizer.py `BaseIncrementalDetokenizer.update`); stop tokens
-            # count from min_tokens on (vllm/v1/core/sched/utils.py `check_stop`)
-            # where the new text parts from the last: the text before it was searched (and maybe
+            # count from min_tokens on (vllm/v1/core/sched/utils.py `check_stop`).
+            # `same`: where the new text parts from the last: the text before it was searched (and maybe
             # streamed) already; past it, a character of several bytes that showed as U+FFFD is
             # now whole without the text growing (the text's length would start past it)
             end = min(len(old), len(new))

@@ -14,14 +14,12 @@ from typing import Protocol
 
 
 class ChatTokenizer(Protocol):
-    """What a chat's rendering reads of a tokenizer: its template, the special tokens' text the template
-    writes, and `encode` (every `tokenizer.Tokenizer` has them)."""
+    """What a chat's rendering reads of a tokenizer: its template and the special tokens' text the
+    template writes (every `tokenizer.Tokenizer` has them)."""
 
     chat_template: str
     bos_token: str
     eos_token: str
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
 
 
 DEFAULT_CHAT_TEMPLATE = (

@@ -31,6 +31,11 @@ class Tokenizer(ChatTokenizer, Protocol):
     eos_token_id: int
     vocab_size: int
 
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """The ids of `text`, with the special ids the tokenizer adds before it (`start_ids`) unless
+        `add_bos` is false."""
+        ...
+
     @property
     def start_ids(self) -> list[int]:
         """The special ids `encode` puts before a text's own (the BOS for most; none for Qwen's; not an
