@@ -656,13 +656,15 @@ def test_a_gpu_kind_without_a_cost_has_no_tokens_per_dollar_and_a_note_says_how_
             "gpu.tco_per_gpu=UNITS gives it one (an A100's is 0.44, 1.76 per 4)") in printed
 
 
-@pytest.mark.parametrize("hardware, sets, tco", [
-    ([], [], 0.73 * 8 / 32),  # the paper's device, 0.73 per 32
-    ([], ["--set", "device.tco_per_device=0.05"], 0.05 * 8),
-    (["--hardware", "gpu:a100-80gb:2"], [], 1.76 * 2 / 4),  # 1.76 per 4 A100s
-    (["--hardware", "gpu:h100-80gb:1"], [], None),  # no price in the artifact's convention: a note says so
+@pytest.mark.parametrize("hardware, sets, tco, note", [
+    ([], [], 0.73 * 8 / 32, None),  # the paper's device, 0.73 per 32
+    ([], ["--set", "device.tco_per_device=0.05"], 0.05 * 8, None),
+    # a changed device priced as the paper's: bench run's note, once for every rate
+    ([], ["--set", "device.unit_cost_usd=40"], 0.73 * 8 / 32, "device.unit_cost_usd=40"),
+    (["--hardware", "gpu:a100-80gb:2"], [], 1.76 * 2 / 4, None),  # 1.76 per 4 A100s
+    (["--hardware", "gpu:h100-80gb:1"], [], None, "tokens per dollar: h100-80gb has no cost"),  # no price: said
 ])
-def test_sweep_rows_count_tokens_per_dollar_as_bench_run(tmp_path, capsys, hardware, sets, tco):
+def test_sweep_rows_count_tokens_per_dollar_as_bench_run(tmp_path, capsys, hardware, sets, tco, note):
     """Each rate's row of sweep.json has `tokens_per_tco` (`report.tco_figures`: its prompt and output tokens
     a second over the hardware's TCO units), and its terminal line says it; bench run's summary.json and
     bench compare had it, bench sweep did not."""
@@ -680,25 +682,30 @@ def test_sweep_rows_count_tokens_per_dollar_as_bench_run(tmp_path, capsys, hardw
         else:
             assert row["tokens_per_tco"] == pytest.approx(row["total_token_throughput"] / tco, rel=1e-12)
             assert f", {row['tokens_per_tco']:,.1f} tok/s per TCO unit" in line, line
-    assert ("note: tokens per dollar: h100-80gb has no cost" in printed) == (tco is None), printed
+    notes = [x for x in printed.splitlines() if x.startswith("note: ")]
+    assert len(notes) == (note is not None) and all(note in x for x in notes), printed
 
 
-def test_paper_rows_count_tokens_per_dollar_as_bench_run(tmp_path, capsys):
+@pytest.mark.parametrize("sets, tco", [
+    ([], 0.73 * 8 / 32),  # the paper's price: a changed device priced as the paper's gets bench run's note
+    (["--set", "device.tco_per_device=0.05"], 0.05 * 8),  # the user's price for it: no note
+])
+def test_paper_rows_count_tokens_per_dollar_as_bench_run(tmp_path, capsys, sets, tco):
     """Each mapping's row of paper.json and paper.csv has `tokens_per_tco` (`report.tco_figures`: every device
     bought, whichever the mapping uses), and its terminal line says it; a changed device priced as the
     paper's gets the note bench run prints."""
     out = tmp_path / "paper"
     assert main(["bench", "paper", "--model", "llama2-7b", "--devices", "8", "--numerics", "off",
                  "--num-requests", "6", "--max-prompt-tokens", "16", "--max-output-tokens", "4", "--rate", "100",
-                 "--set", "device.unit_cost_usd=40", "--out", str(out), "--no-plots"]) == 0
+                 "--set", "device.unit_cost_usd=40", *sets, "--out", str(out), "--no-plots"]) == 0
     rows = json.loads((out / "paper.json").read_text())["rows"]
     assert len(rows) == 5
     for row in rows:
-        assert row["tokens_per_tco"] == pytest.approx(row["total_token_throughput"] / (0.73 * 8 / 32), rel=1e-12)
+        assert row["tokens_per_tco"] == pytest.approx(row["total_token_throughput"] / tco, rel=1e-12)
     with open(out / "paper.csv") as f:
         table = list(csv.DictReader(f))
     assert [float(r["tokens_per_tco"]) for r in table] == pytest.approx([r["tokens_per_tco"] for r in rows], rel=1e-12)
     printed = capsys.readouterr().out
     lines = [x for x in printed.splitlines() if x.startswith("pp ")]
     assert all(f"({r['tokens_per_tco']:,.1f} per TCO unit)" in x for r, x in zip(rows, lines)), lines
-    assert sum(x.startswith("note: ") and "device.unit_cost_usd=40" in x for x in printed.splitlines()) == 1, printed
+    assert sum(x.startswith("note: ") and "device.unit_cost_usd=40" in x for x in printed.splitlines()) == (not sets), printed
