@@ -1337,6 +1337,17 @@ def test_a_tco_no_point_reads_is_said_once(tmp_path, capsys, model, workload, sa
         assert float(rows[0]["tokens_per_dollar_ratio"]) > float(rows[1]["tokens_per_dollar_ratio"])
 
 
+def test_a_sweep_that_sets_no_tco_says_nothing_of_it(tmp_path, capsys):
+    """The line of `test_a_tco_no_point_reads_is_said_once` is for a sweep that set device.tco_per_device:
+    one that varies another price field (device.unit_cost_usd, which tok_s_per_usd reads) draws no such line."""
+    assert main(["sweep", "--model", "mixtral-8x7b", "--devices", "8", "--vary", "device.unit_cost_usd=20,40",
+                 "--out", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert len(rows) == 2 and not any(r["error"] for r in rows) and rows[0]["tok_s_per_usd"] != rows[1]["tok_s_per_usd"]
+    assert "device.tco_per_device: no point" not in out, out
+
+
 def test_the_tokens_per_dollar_legend_covers_no_point(tmp_path, monkeypatch):
     """Three mixtures of experts over devices and tp (nine lines): the legend, placed inside the panel where
     matplotlib found the least overlap, hid DeepSeek-MoE's tp 1 point at 128 devices (19 tok/s per device
@@ -1370,12 +1381,13 @@ def test_the_figures_title_names_the_models_as_the_columns_do(tmp_path, monkeypa
         saved[path.name] = fig
         return real(fig, axes, path, *args, **kwargs)
     monkeypatch.setattr(plots, "_save", save)
-    models = (("mixtral", "mixtral"), ("qwen3moe", "qwen3moe"), ("runs/1/dsmoe", "dsmoe"), ("runs/2/dsmoe", "dsmoe"))
+    # not in sorted order: the columns' order is --vary model's
+    models = (("qwen3moe", "qwen3moe"), ("mixtral", "mixtral"), ("runs/2/dsmoe", "dsmoe"), ("runs/1/dsmoe", "dsmoe"))
     rows = [{"model": m, "model_name": name, "parallel.num_devices": str(d), "throughput_tok_s": 100.0 * d,
              "token_latency_ms": 5.0, "energy_per_token_mj": 40.0, "avg_power_w": 4.0 * d}
             for m, name in models for d in (32, 64)]
     plots.plot_figures(rows, ["model", "parallel.num_devices"], tmp_path / "figures.png", trace=False, how="closed form")
     fig = saved["figures.png"]
-    assert [ax.get_title() for ax in fig.axes[:4]] == ["mixtral", "qwen3moe", "runs/1/dsmoe", "runs/2/dsmoe"]
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["qwen3moe", "mixtral", "runs/2/dsmoe", "runs/1/dsmoe"]
     assert fig._suptitle.get_text().replace("\n", " ").startswith(
-        "mixtral, qwen3moe, runs/1/dsmoe, runs/2/dsmoe: the figures against parallel.num_devices")
+        "qwen3moe, mixtral, runs/2/dsmoe, runs/1/dsmoe: the figures against parallel.num_devices")
