@@ -110,7 +110,8 @@ def test_utilization_labels_of_a_busy_device_stay_inside_the_axes(tmp_path, monk
     assert ax.yaxis.get_major_formatter()(100, 0) == "100%" and max(ax.get_yticks()) <= 100 + 1e-9
 
 
-@pytest.mark.parametrize("peak", [0.0018, 0.0015, 0.012, 0.3])  # 0.18%: matplotlib ticks every 0.025%
+# 0.18%: matplotlib ticks every 0.025%; 2e-6 (0.0002%, a long trace of few tokens): ticks of 0.00005% past 4 decimals
+@pytest.mark.parametrize("peak", [0.0018, 0.0015, 0.012, 0.3, 2e-6, 3e-8])
 def test_experts_busy_ticks_read_their_values(tmp_path, monkeypatch, peak):
     """experts.png's busy panel put ticks every 0.025% and printed them with two decimals: 0.03%, 0.05%,
     0.08%, 0.10%, 0.12%, 0.15%, steps that read uneven (DeepSeek-MoE, 30 azure_conv_2023 requests, tp 8).
