@@ -384,7 +384,12 @@ def plot_experts(path: Path, result: BenchResult, summary: dict) -> None:
         pct = 100 * np.asarray(busy)
         ax2.bar(range(n), pct, color="tab:orange", width=0.8)
         ax2.set_ylabel("expert banks busy, % of the run")
-        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{_percent_decimals(max(pct) / 100)}f}%"))
+        # no bank busy (every request failed before its first token): 0 to 1%, not matplotlib's -0.05 to 0.05
+        # printed "-0%, 0%, 0%"
+        shown = max(pct) / 100 or 0.01
+        if not max(pct):
+            ax2.set_ylim(0, 100 * shown)
+        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{_percent_decimals(shown)}f}%"))
         ax2.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))  # not 0.025%: "0.03%, 0.05%, 0.08%"
         ax2.grid(axis="y", alpha=0.3)
     last = axes[-1, 0]

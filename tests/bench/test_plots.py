@@ -111,7 +111,8 @@ def test_utilization_labels_of_a_busy_device_stay_inside_the_axes(tmp_path, monk
 
 
 # 0.18%: matplotlib ticks every 0.025%; 2e-6 (0.0002%, a long trace of few tokens): ticks of 0.00005% past 4 decimals
-@pytest.mark.parametrize("peak", [0.0018, 0.0015, 0.012, 0.3, 2e-6, 3e-8])
+# 0.0: no bank busy (every request failed), drawn as "-0%, 0%, 0%" about a line at zero
+@pytest.mark.parametrize("peak", [0.0018, 0.0015, 0.012, 0.3, 2e-6, 3e-8, 0.0])
 def test_experts_busy_ticks_read_their_values(tmp_path, monkeypatch, peak):
     """experts.png's busy panel put ticks every 0.025% and printed them with two decimals: 0.03%, 0.05%,
     0.08%, 0.10%, 0.12%, 0.15%, steps that read uneven (DeepSeek-MoE, 30 azure_conv_2023 requests, tp 8).
@@ -135,6 +136,6 @@ def test_experts_busy_ticks_read_their_values(tmp_path, monkeypatch, peak):
     low, high = ax.get_ylim()
     ticks = [(loc, label.get_text()) for loc, label in zip(ax.get_yticks(), ax.get_yticklabels())
              if low - 1e-12 <= loc <= high + 1e-12]
-    assert len(ticks) >= 3
+    assert len(ticks) >= 3 and low == 0.0
     for loc, text in ticks:
         assert text.endswith("%") and float(text[:-1]) == pytest.approx(loc, abs=1e-9), ticks
