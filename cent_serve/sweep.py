@@ -95,8 +95,9 @@ TRACE_FIGURES = (_MAPPING + ("output_throughput_tok_s",) + _COST + ("avg_power_w
 TCO_UNREAD = ("device.tco_per_device: no point has tokens per dollar against the paper's GPUs "
               "(tokens_per_dollar_ratio: the closed form of the paper's workload, --prompt 512 --decode 3584, on a "
               "Llama 2 preset they ran), the one figure of cent sweep it prices, so it moved nothing here: "
-              "tok_s_per_usd and tokens_per_dollar.png price device.unit_cost_usd; cent bench run, sweep, paper and "
-              "compare report tokens per TCO unit (tokens_per_tco) of any model and trace")
+              "tok_s_per_usd and tokens_per_dollar.png price device.unit_cost_usd; cent bench run, cent bench sweep, "
+              "cent bench paper and cent bench compare report tokens per TCO unit (tokens_per_tco) of any model and "
+              "trace")
 """What a sweep says when a point set device.tco_per_device and none has a ratio for it to move."""
 
 
