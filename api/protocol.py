@@ -325,8 +325,9 @@ class CompletionRequest(_Common):
         return LAX_INT.validate_python(value)
 
     def output_tokens_asked(self) -> int:
-        """max_tokens, or 16 when absent, vLLM's field default (null: 0); `_Common.output_tokens_asked`."""
-        return (self.max_tokens or 0) if "max_tokens" in self.model_fields_set else DEFAULT_MAX_TOKENS
+        """max_tokens, or 16 when absent or null, vLLM's field default (an explicit null is the default
+        since vLLM PR 45491: completion/protocol.py `normalize_null_max_tokens`); `_Common.output_tokens_asked`."""
+        return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
     @property
     def echo_only(self) -> bool:

@@ -53,7 +53,7 @@ def test_a_prompt_past_the_context_is_served_truncated(off):
 
 def test_minus_one_keeps_the_context_less_the_output_tokens_asked_as_vllm():
     """vLLM's -1 is `TokenizeParams.max_input_tokens`, max_model_len less the output tokens the request asks
-    for (vllm/renderers/params.py; completions' max_tokens, 16 when absent, its field default; chat's
+    for (vllm/renderers/params.py; completions' max_tokens, 16 when absent or null, its field default; chat's
     max_completion_tokens, else max_tokens, else 0), and a k past it is refused. -1 kept the whole
     context, so a long prompt filled it and the request was refused for its max_tokens."""
     from api.checks import ApiError
@@ -64,7 +64,9 @@ def test_minus_one_keeps_the_context_less_the_output_tokens_asked_as_vllm():
 
     assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1, max_tokens=6) == CONTEXT - 6
     assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1) == CONTEXT - 16
-    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1, max_tokens=None) == CONTEXT
+    # an explicit null is the field default too, since vLLM PR 45491 (completion/protocol.py
+    # `normalize_null_max_tokens`); it counted 0, so -1 kept the whole context and the reply's 16 tokens had no room
+    assert keep(CompletionRequest, prompt="hi", truncate_prompt_tokens=-1, max_tokens=None) == CONTEXT - 16
     chat = dict(messages=[{"role": "user", "content": "hi"}], truncate_prompt_tokens=-1)
     assert keep(ChatCompletionRequest, **chat) == CONTEXT
     assert keep(ChatCompletionRequest, **chat, max_tokens=7) == CONTEXT - 7
