@@ -40,7 +40,11 @@ def _complete(url: str) -> None:
 
 
 def test_serve_local_starts_answers_and_stops_on_sigterm():
-    proc, url, port = _serve(["--local"])
+    """Also on port 0 (what `cent serve --port 0` does), the port the OS chose, as its log line says
+    (`_serve` reads it there), answers: this was test_serve_on_port_0_says_the_port_the_os_chose, a
+    second server start for the same check."""
+    proc, url, port = _serve(["--local"])  # --port 0: _serve reads the port from the log line
+    assert port != 0 and httpx.get(url + "/health", timeout=10).status_code == 200
     _complete(url)
     out = _stop(proc, port)
     assert "listening on" in out and "stopped" in out
@@ -181,12 +185,6 @@ def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
     out = _stop(proc, port)
     assert "listening on http://127.0.0.1:" in out and "API key is required" in out
     assert key not in out
-
-
-def test_serve_on_port_0_says_the_port_the_os_chose():
-    proc, url, port = _serve(["--local"])  # --port 0: _serve reads the port from the log line
-    assert port != 0 and httpx.get(url + "/health", timeout=10).status_code == 200
-    _stop(proc, port)
 
 
 @pytest.mark.ray
