@@ -9,22 +9,43 @@ from __future__ import annotations
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import openai
 import pytest
 
-from tests.clients.utils import (HF_TINY, assert_close, assert_requests_close, paced_server, server_means,
-                                 stream_timing)
+from tests.clients.utils import (HF_TINY, assert_close, assert_requests_close, paced_server, rebase,
+                                 server_means, stream_timing)
 
 pytestmark = pytest.mark.serial  # wall clock against simulated time: no other test beside it
 TOKENS = 6
 CONCURRENCY = 3
 
 
+@pytest.fixture(scope="module")
+def tiny_server():
+    """One paced `cent serve` of the tiny preset for the file's tests of it (a server's start is most
+    of such a test's cost, and it runs alone); each test measures from its own start (`rebase`)."""
+    with paced_server() as s:
+        yield s
+
+
+@contextmanager
+def _server(model: str, request):
+    """The shared tiny server, or a paced server of `model` for this test alone."""
+    if model == "tiny":
+        s = request.getfixturevalue("tiny_server")
+        rebase(s)
+        yield s
+    else:
+        with paced_server(model) as s:
+            yield s
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny", str(HF_TINY)], ids=["byte-preset", "hf-checkpoint"])
-def test_openai_client_measures_the_simulated_ttft_and_tpot_of_each_request(model):
-    with paced_server(model) as s:
+def test_openai_client_measures_the_simulated_ttft_and_tpot_of_each_request(model, request):
+    with _server(model, request) as s:
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
         name = client.models.list().data[0].id
 
@@ -54,9 +75,9 @@ def _check_means(server, timings, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_langchain_chat_openai_streams_every_token():
+def test_langchain_chat_openai_streams_every_token(request):
     langchain_openai = pytest.importorskip("langchain_openai")
-    with paced_server() as s:
+    with _server("tiny", request) as s:
         llm = langchain_openai.ChatOpenAI(base_url=s.url + "/v1", api_key="unused", model="tiny",
                                           max_tokens=TOKENS, max_retries=0, extra_body={"ignore_eos": True})
 
@@ -72,9 +93,9 @@ def test_langchain_chat_openai_streams_every_token():
 
 
 @pytest.mark.slow
-def test_litellm_streams_every_token():
+def test_litellm_streams_every_token(request):
     litellm = pytest.importorskip("litellm")
-    with paced_server() as s:
+    with _server("tiny", request) as s:
         def one(i: int):
             t0 = time.perf_counter()
             stream = litellm.completion(model="openai/tiny", api_base=s.url + "/v1", api_key="unused",

@@ -54,10 +54,16 @@ def paced_server(model: str = "tiny"):
         r = httpx.post(s.url + "/v1/completions", json={"model": name, "prompt": "warm up", "max_tokens": 2,
                                                         "ignore_eos": True}, timeout=120)
         assert r.status_code == 200, r.text
-        s.baseline = _sums(s.url)
+        rebase(s)
         yield s
     finally:
         s.stop()
+
+
+def rebase(server) -> None:
+    """`server_means` from now on: the requests a test sends next, not those of a test before it on a
+    server that tests share."""
+    server.baseline = _sums(server.url)
 
 
 def _sums(url: str) -> dict[str, float]:
