@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.in_process import cent_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 REFUSE_WITHIN_S = 30.0
 """A refusal comes before Ray or the model start: measured 2-4 s (mostly Python's imports) on a
@@ -162,8 +164,10 @@ def test_version():
     (["--set", "parallel.tp=8", "--set", "parallel.pp=1", "--sweep"],
      ["parallel.pp=1 parallel.tp=8 is one mapping", "the config file"]),
 ])
-def test_bad_values_end_in_one_line_not_a_traceback(args, needles):
-    proc, _ = _cent("simulate", "--model", "llama2-7b", *args)
+def test_bad_values_end_in_one_line_not_a_traceback(args, needles, capfd, caplog):
+    # in this process: the real entry point's refusals of `cent simulate` are test_malformed_yaml's,
+    # test_output_closed_early_by_a_pipe's and test_a_model_the_devices_cannot_hold_is_refused_everywhere_alike's
+    proc = cent_in_process("simulate", "--model", "llama2-7b", *args, capfd=capfd, caplog=caplog)
     _one_line_error(proc, *needles)
 
 
@@ -180,12 +184,14 @@ def test_a_yaml_section_given_a_value(tmp_path):
     (lambda hf: hf.update(hidden_size="4096"), ["hidden_size='4096' is invalid", "without quotes"]),
     (None, ["not valid JSON", "line 1"]),
 ])
-def test_a_hand_written_config_json_names_the_file_and_the_key(tmp_path, edit, needles):
+def test_a_hand_written_config_json_names_the_file_and_the_key(tmp_path, edit, needles, capfd, caplog):
     hf = json.loads((REPO / "tests" / "data" / "hf_tiny_llama" / "config.json").read_text())
     if edit:
         edit(hf)
     (tmp_path / "config.json").write_text(json.dumps(hf) if edit else "{bad json")
-    proc, _ = _cent("info", "--model", str(tmp_path))
+    # in this process: the real entry point's refusals of `cent info` are test_a_missing_config_file's,
+    # test_a_section_given_as_a_string's, test_a_field_of_the_wrong_type's and test_a_yaml_section_given_a_value's
+    proc = cent_in_process("info", "--model", str(tmp_path), capfd=capfd, caplog=caplog)
     _one_line_error(proc, str(tmp_path / "config.json"), *needles)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cent_serve.cli import main
+from tests.in_process import cent_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 300
@@ -23,6 +24,14 @@ def bench_run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """`python -m cent_serve.cli bench run ARGS --out tmp_path/out` from the repository root."""
     cmd = [sys.executable, "-m", "cent_serve.cli", "bench", "run", *args, "--out", str(tmp_path / "out")]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+
+
+@pytest.fixture
+def bench_run_here(tmp_path, capfd, caplog):
+    """`bench_run` in this process (`cent_in_process`), for a refusal: the real entry point's are
+    test_dead_server_names_the_url_and_says_to_start_cent_serve's and the ShareGPT replay's."""
+    return lambda *args: cent_in_process("bench", "run", *args, "--out", str(tmp_path / "out"), capfd=capfd,
+                                         caplog=caplog)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -59,31 +68,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unknown_format_names_the_known_formats(tmp_path):
-    line = one_error_line(bench_run("--numerics", "off", "--format", "parquet", tmp_path=tmp_path))
+def test_unknown_format_names_the_known_formats(bench_run_here):
+    line = one_error_line(bench_run_here("--numerics", "off", "--format", "parquet"))
     assert "--format 'parquet'" in line
     for fmt in ("vidur", "azure", "burstgpt", "mooncake", "sharegpt"):
         assert fmt in line
 
 
-def test_sharegpt_without_a_rate_says_to_add_rate(tmp_path):
+def test_sharegpt_without_a_rate_says_to_add_rate(tmp_path, bench_run_here):
     path = write_sharegpt(tmp_path)
-    line = one_error_line(bench_run("--numerics", "off", "--trace", str(path), tmp_path=tmp_path))
+    line = one_error_line(bench_run_here("--numerics", "off", "--trace", str(path)))
     assert str(path) in line and "--rate" in line
     assert "count_tokens" not in line  # no Python-API advice on the command line
 
 
-def test_missing_trace_file_names_the_path(tmp_path):
+def test_missing_trace_file_names_the_path(tmp_path, bench_run_here):
     missing = tmp_path / "nope.csv"
-    line = one_error_line(bench_run("--numerics", "off", "--trace", str(missing), tmp_path=tmp_path))
+    line = one_error_line(bench_run_here("--numerics", "off", "--trace", str(missing)))
     assert "--trace" in line and str(missing) in line
 
 
-def test_synthetic_arrivals_for_a_timestamped_trace_are_refused(tmp_path):
+def test_synthetic_arrivals_for_a_timestamped_trace_are_refused(tmp_path, bench_run_here):
     trace = tmp_path / "t.csv"
     trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,8,4\n0.5,8,4\n")
-    line = one_error_line(bench_run("--numerics", "off", "--trace", str(trace), "--synthetic", "poisson",
-                                    "--rate", "2", tmp_path=tmp_path))
+    line = one_error_line(bench_run_here("--numerics", "off", "--trace", str(trace), "--synthetic", "poisson",
+                                         "--rate", "2"))
     assert "--synthetic" in line and "drop" in line
 
 
@@ -93,8 +102,8 @@ def test_dead_server_names_the_url_and_says_to_start_cent_serve(tmp_path):
     assert url in line and "cent serve" in line
 
 
-def test_url_without_a_scheme_is_a_clear_error(tmp_path):
-    line = one_error_line(bench_run("--url", "127.0.0.1:8000", "--num-requests", "2", tmp_path=tmp_path))
+def test_url_without_a_scheme_is_a_clear_error(bench_run_here):
+    line = one_error_line(bench_run_here("--url", "127.0.0.1:8000", "--num-requests", "2"))
     assert "127.0.0.1:8000" in line and "http://" in line
 
 

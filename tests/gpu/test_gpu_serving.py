@@ -259,15 +259,22 @@ def test_a_windowed_static_batch_is_its_steps_each_block_in_its_window(name, pp)
     assert r["prefill_s"] == whole["prefill_s"] and r["decode_s"] < whole["decode_s"]  # the window bites late
 
 
-def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path):
+def test_compare_refuses_a_gpu_cent_side_and_names_a_bad_gpu(tmp_path, capsys):
+    """In this process (a traceback would be raised here): `cent bench compare` as a user runs it is
+    test_cli_hardware_flag_and_compare's, a subprocess."""
+    from cent_serve.cli import main
+
     for extra, msg in ((["--set", "gpu.count=2"], "gpu.count=2 makes the CENT side GPUs"),
                        (["--gpu", "v100:2"], "--gpu 'v100:2' is invalid"),
                        (["--gpu", "a100-80gb:4", "--set", "gpu.kind=h100-80gb"],  # it ran the A100s without a word
                         "gpu.kind='h100-80gb' is invalid with --gpu a100-80gb:4")):
-        r = subprocess.run([sys.executable, "-m", "cent_serve.cli", "bench", "compare", "--numerics", "off",
-                            "--num-requests", "2", "--out", str(tmp_path), *extra],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        capsys.readouterr()
+        try:
+            code = main(["bench", "compare", "--numerics", "off", "--num-requests", "2", "--out", str(tmp_path), *extra])
+        except SystemExit as exc:  # argparse's own errors exit from inside the parser
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code != 0 and msg in err and "Traceback" not in err, err
 
 
 def test_cent_flags_on_gpus_are_named_not_checked_against_the_model(caplog):
