@@ -215,7 +215,7 @@ async def version():
     return {"version": __version__}
 
 
-UNHEALTHY = {503: {"description": "engine stopped, devices down or the Ray cluster's head silent"}}
+UNHEALTHY = {503: {"description": "engine stopped, no replica up, a stalled round or the Ray cluster's head silent"}}
 
 
 @read("/ping", responses=UNHEALTHY)
@@ -227,7 +227,8 @@ async def ping(ctx: Ctx):
 
 @read("/health", responses=UNHEALTHY)
 async def health(ctx: Ctx):
-    # 503, with why, while the engine cannot serve in full (stopped, devices down or re-created)
+    # 503, with why, while the engine cannot serve (stopped, the cluster's head silent, a stalled round,
+    # no replica up); 200 "degraded" while some replicas are down and another serves (docs/serving.md)
     eng, loop = ctx.engine, ctx.loop
     if not loop.is_alive():
         return JSONResponse(dict(status="engine stopped", **({"reason": loop.stopped_by} if loop.stopped_by else {})),
@@ -235,15 +236,27 @@ async def health(ctx: Ctx):
     cluster = loop.watch.problem if loop.watch is not None else None
     if cluster:  # before the devices: a replica re-created on a cluster whose head is gone never comes back
         return JSONResponse({"status": "degraded", "reason": cluster}, status_code=503)
-    if eng.recovering or eng.degraded:
-        reason = eng.degraded or "re-creating failed devices"
-        return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
     running, timeout_s = loop.round_running_s(), ctx.cfg.server.round_timeout_s
-    if running > stalled_round_s(timeout_s):  # past the wait that should have ended it
+    if running > stalled_round_s(timeout_s):  # past the wait that should have ended it: every replica waits on it
         return JSONResponse({"status": "degraded", "reason": f"a round has run {running:.0f} s, past "
                              f"server.round_timeout_s={timeout_s:g}: a device or the switch may have stopped or hung"},
                             status_code=503)
+    if eng.recovering:
+        return replicas_down(eng.replicas)
     return {"status": "ok"}
+
+
+def replicas_down(replicas) -> JSONResponse:
+    """/health while a replica is down: "degraded" with why and the replicas that serve; 200 while one
+    does, as it serves every request (those of the down ones are queued again onto it), else 503. A
+    load balancer's or Kubernetes' probe that takes the server out of rotation, or restarts it, on a
+    non-2xx then keeps a server that serves; vLLM's /health is 200 while its engine lives, 503 once
+    it is dead (vllm/entrypoints/serve/instrumentator/health.py), and Ray Serve restarts a failed
+    replica alone while the others serve (its "Add End-to-End Fault Tolerance" guide)."""
+    serving = [r for r in range(len(replicas)) if replicas.is_up(r)]
+    reason = replicas.degraded or "re-creating failed devices"  # None if the replica came back meanwhile
+    return JSONResponse({"status": "degraded", "reason": reason, "replicas_serving": serving,
+                         "replicas": len(replicas)}, status_code=200 if serving else 503)
 
 
 STALLED_ROUND_S = 120.0

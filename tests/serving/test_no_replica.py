@@ -39,10 +39,12 @@ def _health(url: str) -> tuple[int, dict]:
 
 
 def _down_for_good(url: str, rebuild: Rebuild, replica: int) -> str:
-    """Fail replica `replica`'s next re-creation (the host is gone); returns /health's reason once it says so."""
+    """Fail replica `replica`'s next re-creation (the host is gone); returns /health's reason once it
+    says so (200 while another replica serves, else 503)."""
     rebuild.plan.put(RuntimeError(LOST))
-    return wait_for(lambda: (h := _health(url))[0] == 503 and f"replica {replica}: could not" in h[1]["reason"]
-                    and h[1]["reason"], f"replica {replica}'s re-creation failed")
+    return wait_for(lambda: (h := _health(url))[1]["status"] == "degraded"
+                    and f"replica {replica}: could not" in h[1]["reason"] and h[1]["reason"],
+                    f"replica {replica}'s re-creation failed")
 
 
 def _check_no_replica(error: dict, health_reason: str) -> None:
@@ -174,6 +176,42 @@ def test_with_a_replica_serving_nothing_is_refused_until_the_last_one_is_down_fo
         assert r.status_code == 503 and r.headers["Retry-After"] == "3600", r.text
         _check_no_replica(r.json()["error"], reason)
         assert "replica 0: could not be re-created" in reason and "replica 1: could not be re-created" in reason
+
+
+def test_health_says_degraded_with_200_while_a_replica_serves_and_503_once_none_does():
+    """Two replicas, one down: the other serves every request, so /health answers 200 "degraded" with
+    the reason and the replicas that serve (a load balancer keeps the server in rotation and a liveness
+    probe does not restart it, ending the serving replica's requests), as vLLM's /health is 200 while
+    its engine lives; 503 once no replica serves (a first re-creation running or not), and a round
+    stalled past its timeout is 503 whatever the replicas. Before, any replica down was a 503."""
+    cfg, devices, rebuild, eng = breakable_replicas(2)
+    with Server(cfg, "local", engine=eng) as s:
+        _fault(s.url, devices[0], n=2)  # a choice on each replica: replica 0 goes down
+        wait_for(lambda: rebuild.calls == 1, "its re-creation started")
+        assert _health(s.url) == (200, {"status": "degraded", "reason": "re-creating the devices of replica(s) [0]",
+                                        "replicas_serving": [1], "replicas": 2})
+        reason = _down_for_good(s.url, rebuild, 0)
+        assert _health(s.url) == (200, {"status": "degraded", "reason": reason, "replicas_serving": [1], "replicas": 2})
+        assert httpx.head(s.url + "/health", timeout=10).status_code == 200  # a probe's HEAD, as its GET
+        assert httpx.get(s.url + "/ping", timeout=10).status_code == 200
+        assert _post(s.url).status_code == 200  # it serves, as it says
+
+        real = s.loop.round_running_s
+        s.loop.round_running_s = lambda: 1e6  # a round stalled past every threshold
+        try:
+            code, h = _health(s.url)
+            assert code == 503 and h["status"] == "degraded" and "a round has run" in h["reason"], h
+        finally:
+            s.loop.round_running_s = real
+
+        _fault(s.url, devices[1])  # the last replica serving goes down: its first re-creation runs
+        wait_for(lambda: rebuild.calls == 2, "its re-creation started")
+        code, h = _health(s.url)
+        assert code == 503 and h["replicas_serving"] == [] and h["replicas"] == 2, h
+        assert h["reason"].startswith(f"replica 0: could not be re-created: RuntimeError: {LOST}"), h
+        rebuild.plan.put(OK)  # replica 1 back; replica 0 retries in an hour
+        wait_for(lambda: _health(s.url)[0] == 200, "replica 1 back")
+        assert _health(s.url) == (200, {"status": "degraded", "reason": reason, "replicas_serving": [1], "replicas": 2})
 
 
 def test_none_can_serve_only_once_every_down_replica_s_re_creation_has_failed():
