@@ -48,13 +48,14 @@ async def probe(client: httpx.AsyncClient) -> list:
 
 
 async def healthy(client: httpx.AsyncClient, timeout_s: float, seen: list, probes: list) -> float | None:
-    """Seconds until /health answers 200 (None: not within `timeout_s`); the other answers on
-    the way go to `seen`; at the first of them a completion is sent (`probes` gets its task)."""
+    """Seconds until /health answers 200 "ok" (None: not within `timeout_s`): every replica up, not
+    the 200 "degraded" of a server with one down while another serves; the other answers on the way
+    go to `seen`; at the first of them a completion is sent (`probes` gets its task)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         try:
             h = await client.get("/health", timeout=5)
-            if h.status_code == 200:
+            if h.status_code == 200 and h.json()["status"] == "ok":
                 return time.monotonic() - t0
             if not probes:
                 probes.append(asyncio.create_task(probe(client)))
