@@ -184,11 +184,6 @@ class Engine:
         """True while a replica's devices are being re-created after a fault (health: degraded)."""
         return self.replicas.recovering
 
-    @property
-    def degraded(self) -> str | None:
-        """Why the engine runs short of devices, or None."""
-        return self.replicas.degraded
-
     def unservable(self) -> str | None:
         """Why no request can be served soon, as the 503's message: no replica is up and every one's
         re-creation has failed at least once (`Replicas.none_can_serve`, its errors as /health gives
