@@ -71,8 +71,9 @@ def join_cluster(cfg: CentConfig, replicas: int | None = None) -> str:
 
 
 def cluster_watch(cfg: CentConfig):
-    """A `watch.ClusterWatch` (not started) on the GCS of the Ray this process joined or started,
-    giving it up after `server.cluster_lost_s`; None where Ray does not say where its GCS is (Ray Client)."""
+    """A `watch.ClusterWatch` (not started) on the GCS of the Ray this process joined or started, and
+    on this node's raylet, giving them up after `server.cluster_lost_s`; None where Ray does not say
+    where its GCS is (Ray Client)."""
     from cent_serve.executor.watch import ClusterWatch
 
     try:
@@ -89,7 +90,20 @@ def cluster_watch(cfg: CentConfig):
                     "or this process's RAY_gcs_rpc_server_reconnect_timeout_s; a head started with another "
                     "system config may differ): Ray's core would end this process first, with its own error; "
                     "set server.cluster_lost_s below %g", cfg.server.cluster_lost_s, ray_limit_s, ray_limit_s)
-    return ClusterWatch(address, cfg.server.cluster_lost_s, own=own)
+    return ClusterWatch(address, cfg.server.cluster_lost_s, own=own, raylet=_local_raylet())
+
+
+def _local_raylet() -> str | None:
+    """host:port of this process's node's raylet (its node manager, as `ray.nodes()` lists it), or None
+    where Ray does not say."""
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id and node.get("NodeManagerPort"):
+                return f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+    except Exception:  # noqa: BLE001 - no node known here: only the GCS is watched
+        return None
+    return None
 
 
 def ray_gcs_timeout_s() -> float:

@@ -8,6 +8,12 @@ nothing waits on Ray's retries: `problem` says why while it does not answer (`/h
 `lost` once it has not for `server.cluster_lost_s`, when the server gives the cluster up (the engine
 ends every request with that reason and `cent serve` exits 1: `api.server`). Plain Python: the
 address comes from `ray_cluster.cluster_watch`.
+
+It asks this node's raylet too (its node manager's port), while the GCS answers: a raylet that died
+alone takes the server's object store and its node's devices with it, and the GCS, answering, never
+says so (the devices' re-creation was retried every 10 s for ever, /health naming it, the requests
+failed one by one); it is given up as the head is, after `server.cluster_lost_s`. While the GCS does
+not answer, its loss is the one counted (a head's raylet goes with it).
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from the network never refuses, it stays silent)."""
 
 
 class ClusterLost(RuntimeError):
-    """The cluster's head went unanswered for `server.cluster_lost_s`: `cent serve` exits 1 with it."""
+    """The cluster's head (or this node's raylet) went unanswered for `server.cluster_lost_s`: `cent
+    serve` exits 1 with it."""
 
 
 def answers(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -41,16 +48,20 @@ def answers(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 
 class ClusterWatch:
     """`address`: the GCS's host:port; `lost_after_s`: `server.cluster_lost_s`; `own`: the cluster is
-    the local Ray this server started (the fix is then a restart of the server alone). `probe` and
-    `clock` are for tests. `check` runs one probe (the thread calls it every PROBE_S)."""
+    the local Ray this server started (the fix is then a restart of the server alone); `raylet`: this
+    node's raylet's host:port (its node manager), or None not to ask it. `probe` and `clock` are for
+    tests. `check` runs one probe (the thread calls it every PROBE_S)."""
 
     def __init__(self, address: str, lost_after_s: float, own: bool = False,
-                 probe: Callable[[str], bool] = answers, clock: Callable[[], float] = time.monotonic) -> None:
-        self.address, self.lost_after_s, self.own = address, lost_after_s, own
+                 probe: Callable[[str], bool] = answers, clock: Callable[[], float] = time.monotonic,
+                 raylet: str | None = None) -> None:
+        self.address, self.lost_after_s, self.own, self.raylet = address, lost_after_s, own, raylet
         self._probe, self._clock = probe, clock
         self._silent_since: float | None = None
+        self._raylet_silent_since: float | None = None  # counted while the GCS answers
         self._lost: str | None = None
-        self._unanswered_at: float | None = None  # when `fault`'s last probe went unanswered
+        self._raylet_lost = False  # what `_lost` names: this node's raylet, not the head
+        self._unanswered_at: dict[str, float] = {}  # address -> when `fault`'s last probe of it went unanswered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cent-cluster-watch", daemon=True)
 
@@ -71,7 +82,9 @@ class ClusterWatch:
             if self._silent_since is not None:
                 log.warning("the Ray cluster's head (its GCS at %s) answers again", self.address)
             self._silent_since = None
+            self._check_raylet()
             return
+        self._raylet_silent_since = None  # the head's silence is the one counted
         now = self._clock()
         if self._silent_since is None:
             self._silent_since = now
@@ -84,38 +97,75 @@ class ClusterWatch:
                           f"{self.lost_after_s:g} s (server.cluster_lost_s): the cluster and its devices are "
                           f"gone; {fix}")
 
+    def _check_raylet(self) -> None:
+        """`check`'s question to this node's raylet, the GCS answering."""
+        if self.raylet is None:
+            return
+        if self._probe(self.raylet):
+            if self._raylet_silent_since is not None:
+                log.warning("this node's raylet (at %s) answers again", self.raylet)
+            self._raylet_silent_since = None
+            return
+        now = self._clock()
+        if self._raylet_silent_since is None:
+            self._raylet_silent_since = now
+            log.warning("this node's raylet (at %s) does not answer; the server gives it up after %g s "
+                        "(server.cluster_lost_s)", self.raylet, self.lost_after_s)
+        if now - self._raylet_silent_since >= self.lost_after_s:
+            fix = ("restart the server (it starts a fresh local Ray)" if self.own else
+                   "start Ray on this node again (ray start), then the server")
+            self._raylet_lost = True
+            self._lost = (f"this node's raylet (at {self.raylet}) has not answered for {self.lost_after_s:g} s "
+                          f"(server.cluster_lost_s): the server's Ray node and the devices on it are gone; {fix}")
+
     def fault(self) -> str | None:
-        """After a round failed (engine thread): why, if the cluster's head is the cause: the
-        `problem` already seen, or the head not answering a probe now (a head lost mid-round fails
-        the round's links before the watch's next question)."""
+        """After a round failed (engine thread): why, if the cluster's head or this node's raylet is
+        the cause: the `problem` already seen, or one of them not answering a probe now (a head lost
+        mid-round fails the round's links before the watch's next question)."""
         if self._lost is not None:  # the server is giving the cluster up: no fix to repeat here
+            if self._raylet_lost:
+                return f"this node's raylet (at {self.raylet}) is gone"
             return f"the Ray cluster's head (its GCS at {self.address}) is gone"
         if self.problem is not None:
             return self.problem
-        # a silent host holds a probe PROBE_TIMEOUT_S on the engine thread (every other replica's round
-        # waits behind it): one unanswered probe stands for PROBE_S, however many replicas fail with
-        # the head (an answer takes microseconds, and is asked again each time)
+        if not self._answers_now(self.address):
+            return f"the Ray cluster's head (its GCS at {self.address}) does not answer"
+        if self.raylet is not None and not self._answers_now(self.raylet):
+            return f"this node's raylet (at {self.raylet}) does not answer"
+        return None
+
+    def _answers_now(self, address: str) -> bool:
+        """`fault`'s probe of `address`. A silent host holds a probe PROBE_TIMEOUT_S on the engine
+        thread (every other replica's round waits behind it): one unanswered probe stands for
+        PROBE_S, however many replicas fail with it (an answer takes microseconds, and is asked
+        again each time)."""
         now = self._clock()
-        if self._unanswered_at is None or now - self._unanswered_at >= PROBE_S:
-            if self._probe(self.address):
-                self._unanswered_at = None
-                return None
-            self._unanswered_at = self._clock()  # after the probe: it may have taken PROBE_TIMEOUT_S
-        return f"the Ray cluster's head (its GCS at {self.address}) does not answer"
+        at = self._unanswered_at.get(address)
+        if at is None or now - at >= PROBE_S:
+            if self._probe(address):
+                self._unanswered_at.pop(address, None)
+                return True
+            self._unanswered_at[address] = self._clock()  # after the probe: it may have taken PROBE_TIMEOUT_S
+        return False
 
     @property
     def problem(self) -> str | None:
-        """Why the cluster cannot be counted on now (None while its head answers)."""
+        """Why the cluster cannot be counted on now (None while its head and this node's raylet answer)."""
         if self._lost is not None:
             return self._lost
         since = self._silent_since
-        if since is None:
-            return None
-        return (f"the Ray cluster's head (its GCS at {self.address}) has not answered for "
-                f"{self._clock() - since:.0f} s; the server gives it up at {self.lost_after_s:g} s "
-                "(server.cluster_lost_s)")
+        if since is not None:
+            return (f"the Ray cluster's head (its GCS at {self.address}) has not answered for "
+                    f"{self._clock() - since:.0f} s; the server gives it up at {self.lost_after_s:g} s "
+                    "(server.cluster_lost_s)")
+        since = self._raylet_silent_since
+        if since is not None:
+            return (f"this node's raylet (at {self.raylet}) has not answered for {self._clock() - since:.0f} s; "
+                    f"the server gives it up at {self.lost_after_s:g} s (server.cluster_lost_s)")
+        return None
 
     @property
     def lost(self) -> str | None:
-        """Why the cluster was given up, once its head has not answered for `lost_after_s` (then for good)."""
+        """Why the cluster was given up, once its head (or this node's raylet) has not answered for
+        `lost_after_s` (then for good)."""
         return self._lost

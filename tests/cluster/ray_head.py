@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.processes import kill_marked, new_marker
+from tests.processes import kill_marked, kill_until_gone, marked_pids, new_marker
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 120.0
@@ -57,6 +57,21 @@ class RayHead:
     def kill(self) -> int:
         """The head lost: every process of this cluster killed at once (SIGKILL)."""
         return kill_marked(self.marker)
+
+    def kill_raylet(self) -> int:
+        """The head's raylet lost alone (SIGKILL), its GCS left running; how many were killed (1)."""
+        def raylets() -> list[int]:
+            found = []
+            for pid in marked_pids(self.marker):
+                try:
+                    argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:  # gone meanwhile
+                    continue
+                if argv0.endswith(b"/raylet"):
+                    found.append(pid)
+            return found
+
+        return kill_until_gone(raylets)
 
     def close(self) -> None:
         """Kill what is left (by process id) and remove the directory; safe twice."""

@@ -127,3 +127,68 @@ def test_a_lost_head_fails_the_requests_and_the_server_exits_in_one_line():
     assert lines[-1].startswith("cent serve: error: the Ray cluster's head (its GCS at "), out
     assert lines[-1].endswith(f"{given_up}: the cluster and its devices are gone; start the cluster's head again "
                               "(ray start --head), then the server"), out
+
+
+def test_a_lost_raylet_of_the_servers_node_fails_the_requests_and_the_server_exits_in_one_line():
+    """The raylet of the node `cent serve` runs on dies alone (the head's GCS still answers): /health
+    says 503 naming it while it is silent, a request that meets the dead devices fails naming it, and
+    once it has been silent for server.cluster_lost_s `cent serve` exits 1 with one line, as for a
+    lost head. Before, nothing asked the raylet: /health said 're-creating the devices of replica(s)
+    [0]', the re-creation failed ('The placement group corresponding to this task has been removed')
+    and was retried every 10 s for ever, each request failing with it."""
+    import threading
+    import time
+
+    import httpx
+
+    from tests.serving.utils import serve_process, stop_serve
+
+    given_up = f"has not answered for {LOST_AFTER_S:g} s (server.cluster_lost_s)"
+    with RayHead(devices=8) as head:
+        proc = serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
+                              "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+        health: list[tuple[int, str]] = []
+
+        def watch_health() -> None:  # until the server has gone
+            deadline = time.monotonic() + HANG_GUARD_S
+            while time.monotonic() < deadline:
+                try:
+                    r = httpx.get(proc.url + "/health", timeout=30)
+                except httpx.HTTPError:
+                    return
+                health.append((r.status_code, r.json().get("reason", "")))
+                time.sleep(0.1)
+
+        failed = []
+        try:
+            body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
+            assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
+            assert head.kill_raylet() == 1
+            prober = threading.Thread(target=watch_health, daemon=True)
+            prober.start()
+            deadline = time.monotonic() + HANG_GUARD_S
+            while time.monotonic() < deadline:  # the devices run on until they see their raylet gone
+                try:
+                    r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
+                except httpx.HTTPError:  # the server has given the cluster up and gone
+                    break
+                if r.status_code != 200:
+                    failed.append(r)
+                    break
+                time.sleep(0.2)
+            proc.wait(HANG_GUARD_S)
+            prober.join(HANG_GUARD_S)
+        finally:
+            out = stop_serve(proc, hang_fails=False)
+    for r in failed:  # a 500 device_fault (it ran on the dead devices) or a 503 (it waited for their re-creation)
+        error = r.json()["error"]
+        assert (r.status_code, error["cent"]["code"]) in ((500, "device_fault"), (503, "engine_stopped")), r.text
+        assert error["message"].startswith("this node's raylet (at "), r.text
+    silent = [reason for status, reason in health if status == 503 and reason.startswith(
+        "this node's raylet (at ") and reason.endswith(f"gives it up at {LOST_AFTER_S:g} s (server.cluster_lost_s)")]
+    assert silent, health
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert lines[-1].startswith("cent serve: error: this node's raylet (at "), out
+    assert lines[-1].endswith(f"{given_up}: the server's Ray node and the devices on it are gone; start Ray on this "
+                              "node again (ray start), then the server"), out

@@ -228,3 +228,86 @@ def test_replicas_failing_with_a_silent_head_wait_for_one_probe_not_one_each():
     clock.now_s += PROBE_S
     up["answers"] = True
     assert watch.fault() is None and watch.fault() is None and len(asked) == 3  # an answer is asked again
+
+
+RAYLET = "10.0.0.2:40123"
+
+
+def test_a_raylet_silent_for_cluster_lost_s_while_the_head_answers_is_lost_with_its_own_reason():
+    """This node's raylet killed alone (the head's GCS answering): before, nothing asked it, and the
+    server retried the devices' re-creation for ever (/health: 're-creating the devices of
+    replica(s) [0]'). Now it is a problem, then lost after cluster_lost_s, as a silent head is, and
+    one that answers again is not."""
+    clock, up = Clock(), {GCS: True, RAYLET: True}
+    asked = []
+
+    def probe(address: str) -> bool:
+        asked.append(address)
+        return up[address]
+
+    watch = ClusterWatch(GCS, 3.0, probe=probe, clock=clock, raylet=RAYLET)
+    watch.check()
+    assert asked == [GCS, RAYLET] and watch.problem is None and watch.lost is None
+    up[RAYLET] = False
+    watch.check()
+    clock.now_s += 2
+    watch.check()
+    assert watch.lost is None
+    assert watch.problem == (f"this node's raylet (at {RAYLET}) has not answered for 2 s; the server gives it up at "
+                             "3 s (server.cluster_lost_s)")
+    assert watch.fault() == watch.problem
+    up[RAYLET] = True
+    watch.check()
+    assert watch.problem is None and watch.lost is None
+    up[RAYLET] = False
+    watch.check()  # silent again: counted from now
+    clock.now_s += 2
+    watch.check()
+    assert watch.lost is None
+    clock.now_s += 1
+    watch.check()
+    assert watch.lost == (f"this node's raylet (at {RAYLET}) has not answered for 3 s (server.cluster_lost_s): the "
+                          "server's Ray node and the devices on it are gone; start Ray on this node again (ray start), "
+                          "then the server")
+    assert watch.problem == watch.lost and watch.fault() == f"this node's raylet (at {RAYLET}) is gone"
+    own = ClusterWatch(GCS, 1.0, own=True, probe=lambda address: address == GCS, clock=clock, raylet=RAYLET)
+    own.check()
+    clock.now_s += 1
+    own.check()
+    assert own.lost.endswith("are gone; restart the server (it starts a fresh local Ray)"), own.lost
+
+
+def test_while_the_head_is_silent_its_loss_is_counted_not_its_raylets():
+    """A head lost whole takes its raylet with it: the reason names the head, whichever went silent
+    first (the raylet is asked only while the GCS answers)."""
+    clock, up = Clock(), {GCS: True, RAYLET: False}
+    watch = ClusterWatch(GCS, 3.0, probe=lambda address: up[address], clock=clock, raylet=RAYLET)
+    watch.check()  # the raylet went first
+    clock.now_s += 1
+    up[GCS] = False
+    watch.check()
+    clock.now_s += 2.5
+    watch.check()
+    assert watch.lost is None and watch.problem.startswith(f"the Ray cluster's head (its GCS at {GCS}) has not "
+                                                           "answered for 2 s")
+    clock.now_s += 0.5
+    watch.check()
+    assert watch.lost.startswith(f"the Ray cluster's head (its GCS at {GCS}) has not answered for 3 s"), watch.lost
+
+
+def test_a_round_that_fails_as_this_nodes_raylet_goes_names_the_raylet():
+    """The round's links close as the raylet dies, before the watch's next question: the error names
+    the raylet, found by a probe then; one unanswered probe stands for PROBE_S (counted)."""
+    clock, up = Clock(), {GCS: True, RAYLET: True}
+    asked = []
+
+    def probe(address: str) -> bool:
+        asked.append(address)
+        return up[address]
+
+    watch = ClusterWatch(GCS, 30.0, probe=probe, clock=clock, raylet=RAYLET)
+    assert watch.fault() is None and asked == [GCS, RAYLET]
+    up[RAYLET] = False
+    assert watch.fault() == f"this node's raylet (at {RAYLET}) does not answer"
+    assert watch.fault() == f"this node's raylet (at {RAYLET}) does not answer"
+    assert asked == [GCS, RAYLET, GCS, RAYLET, GCS]  # the second: the GCS asked again, the raylet not
