@@ -147,8 +147,8 @@ class ServerConfig:
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
     cluster_lost_s: float = 30.0
-    """On Ray: how long (wall seconds) the cluster's head, its GCS, may go unanswered before the
-    server gives the cluster up: it fails the requests it holds with a 503 naming the cause and exits
+    """On Ray: how long (wall seconds) the cluster's head, its GCS (or the raylet of the server's own
+    node), may go unanswered before the server gives the cluster up: it fails the requests it holds with a 503 naming the cause and exits
     1, as vLLM's server exits when its engine dies (`/health` says 503 from the first unanswered
     second). Keep it below Ray's own limit (`gcs_rpc_server_reconnect_timeout_s`, 60 s), past which
     Ray's core ends the process itself (the server warns at start when it is not); a head back
