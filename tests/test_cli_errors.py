@@ -747,4 +747,6 @@ def test_a_preset_spelled_otherwise_is_named(given, preset, capsys):
 
 def test_a_name_near_no_preset_is_told_none():
     from cent_serve.config.presets import _near_preset
-    assert [_near_preset(x) for x in ("no-such-model", "gpt-4", "llama3-8b", "", "/")] == [None] * 5
+    # two numbers run together are another model: Qwen2-57B is not qwen2.5-7b, a 31B gemma not gemma-3-1b
+    names = ("no-such-model", "gpt-4", "llama3-8b", "", "/", "qwen2-57b", "gemma-31b", "llama3-18b")
+    assert [_near_preset(x) for x in names] == [None] * len(names)

@@ -169,9 +169,14 @@ def model_label(model: ModelConfig, most: int = 2) -> str:
 def _preset_key(name: str) -> str:
     """A model name reduced to what tells presets apart: the Hub id's name (after its organisation),
     lower case, without a version suffix (-v0.1), the words of a release (hf, instruct, chat, it, meta) and
-    punctuation: `meta-llama/Llama-2-70b-hf`, `Llama2-70B` and `llama2-70b` are all `llama270b`."""
+    punctuation: `meta-llama/Llama-2-70b-hf`, `Llama2-70B` and `llama2-70b` are all `llama2.70b`. Two
+    numbers stay apart (a dot between them), so that `qwen2-57b` is not `qwen2.5-7b` nor `gemma-31b`
+    `gemma-3-1b`."""
     words = re.split(r"[^a-z0-9]+", re.sub(r"-v\d+(\.\d+)*", "", name.rstrip("/").rsplit("/", 1)[-1].lower()))
-    return "".join(w for w in words if w not in ("hf", "instruct", "chat", "it", "meta"))
+    key = ""
+    for word in (w for w in words if w and w not in ("hf", "instruct", "chat", "it", "meta")):
+        key += ("." if key[-1:].isdigit() and word[0].isdigit() else "") + word
+    return key
 
 
 def _near_preset(name: str) -> str | None:
