@@ -113,22 +113,46 @@ VLLM_FLAG_HINTS = {
     "--dtype": "--set model.weight_dtype=bfloat16 or float32 here (the devices store bf16: device.bytes_per_element)",
     "--served-model-name": "not taken here: the API serves the model by its --model name",
     "--request-rate": "--rate R here", "--num-prompts": "--num-requests N here",
-    "--base-url": "--url URL here (cent bench run)", "--dataset-path": "--trace FILE here",
+    "--base-url": "--url URL here", "--dataset-path": "--trace FILE here",
     "--random-input-len": "--synthetic poisson --prompt-len N here",
     "--random-output-len": "--synthetic poisson --output-len N here",
 }
-"""vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ...")."""
+"""vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ..."); a hint
+that starts with a flag is said "here" only to a command that takes it (`_vllm_hint`)."""
+
+
+def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """(the words that name a command, its parser) for every command and subcommand under `parser`."""
+    yield words, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _commands(child, (*words, name))
+
+
+def _vllm_hint(parser: argparse.ArgumentParser, command: str, flag: str) -> str:
+    """The hint for vLLM's `flag` given to `cent command`: the flag it names is "here" when the command
+    takes it, else named with the commands that do (cent serve has no --rate: cent bench run has)."""
+    hint = VLLM_FLAG_HINTS[flag]
+    needs = hint.split()[0]
+    takes = {" ".join(words): sub._option_string_actions for words, sub in _commands(parser) if words}
+    if needs.startswith("-") and needs not in takes.get(command, {needs: None}):
+        # the commands that run something, not their groups (cent bench's run, not cent bench)
+        where = ", ".join(f"cent {c}" for c, flags in takes.items() if needs in flags)
+        hint = hint.replace(" here", f" of {where} (cent {command} takes no {needs})", 1)
+    return f"vLLM's {flag} is {hint}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one `cent` command. A user's mistake (ValueError: the config, the input, what cannot
     run; OSError: a file or address) ends in one line on stderr and exit code 2, not a traceback."""
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     # an error is named by the subcommand it was given to ("cent bench compare"), not by `cent` or `cent bench`
     command = " ".join(filter(None, (args.command, getattr(args, "bench_command", None), getattr(args, "action", None))))
     if unknown:
         hints = [UNKNOWN_FLAG_HINTS[command, flag] if (command, flag) in UNKNOWN_FLAG_HINTS
-                 else f"vLLM's {flag} is {VLLM_FLAG_HINTS[flag]}"
+                 else _vllm_hint(parser, command, flag)
                  for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
                  if (command, flag) in UNKNOWN_FLAG_HINTS or flag in VLLM_FLAG_HINTS]
         if not unknown[0].startswith("-") and hasattr(args, "model") and args.model is None:

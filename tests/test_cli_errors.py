@@ -750,3 +750,21 @@ def test_a_name_near_no_preset_is_told_none():
     # two numbers run together are another model: Qwen2-57B is not qwen2.5-7b, a 31B gemma not gemma-3-1b
     names = ("no-such-model", "gpt-4", "llama3-8b", "", "/", "qwen2-57b", "gemma-31b", "llama3-18b")
     assert [_near_preset(x) for x in names] == [None] * len(names)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--request-rate", "4"], "vLLM's --request-rate is --rate R of cent sweep, cent bench run, "
+     "cent bench sweep, cent bench paper, cent bench compare (cent serve takes no --rate)"),
+    (["generate", "-tp", "2"], "vLLM's -tp is --tp N of cent info, cent simulate, cent sweep, cent serve, "
+     "cent bench run, cent bench sweep, cent bench paper, cent bench compare (cent generate takes no --tp): "),
+    (["simulate", "--num-prompts", "5"], "(cent simulate takes no --num-requests)"),
+    (["serve", "--base-url", "x"], "vLLM's --base-url is --url URL of cent bench run (cent serve takes no --url)"),
+    (["bench", "run", "--base-url", "x"], "vLLM's --base-url is --url URL here"),
+])
+def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
+    """`cent serve --request-rate 4` was told "--rate R here", and `cent serve --rate 4` is refused too:
+    a cent flag the command does not take is named with the commands that take it."""
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
