@@ -114,8 +114,9 @@ VLLM_FLAG_HINTS = {
     "--served-model-name": "not taken here: the API serves the model by its --model name",
     "--request-rate": "--rate R here", "--num-prompts": "--num-requests N here",
     "--base-url": "--url URL here", "--dataset-path": "--trace FILE here",
-    "--random-input-len": "--synthetic poisson --prompt-len N here",
-    "--random-output-len": "--synthetic poisson --output-len N here",
+    # `cent bench run --synthetic poisson --prompt-len N` alone is refused: --synthetic needs both
+    "--random-input-len": "--synthetic poisson --prompt-len N here, with --rate R and --num-requests N",
+    "--random-output-len": "--synthetic poisson --output-len N here, with --rate R and --num-requests N",
 }
 """vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ..."); a hint
 that starts with a flag is said "here" only to a command that takes it (`_vllm_hint`)."""

@@ -760,6 +760,9 @@ def test_a_name_near_no_preset_is_told_none():
     (["simulate", "--num-prompts", "5"], "(cent simulate takes no --num-requests)"),
     (["serve", "--base-url", "x"], "vLLM's --base-url is --url URL of cent bench run (cent serve takes no --url)"),
     (["bench", "run", "--base-url", "x"], "vLLM's --base-url is --url URL here"),
+    # what --synthetic needs besides, or the command the hint gives is refused
+    (["bench", "run", "--random-input-len", "8"], "vLLM's --random-input-len is --synthetic poisson --prompt-len N "
+     "here, with --rate R and --num-requests N"),
 ])
 def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
     """`cent serve --request-rate 4` was told "--rate R here", and `cent serve --rate 4` is refused too:
