@@ -95,8 +95,9 @@ UNKNOWN_FLAG_HINTS = {
 }
 """(command, flag) -> what to do instead, added to the error for a flag the command does not take."""
 
-_TP = ("--tp N here: CENT devices per pipeline stage (--devices the total; on modelled GPUs, --hardware gpu:KIND:N "
-       "--set gpu.tp=N)")
+# --tp above 1 alone is refused ('with tp > 1 set pp explicitly'): the hint names --pp beside it
+_TP = ("--tp N here, with --pp M: CENT devices per pipeline stage, M stages (--devices N x M; on modelled GPUs, "
+       "--hardware gpu:KIND:N --set gpu.tp=N)")
 _PP = "--pp N here: pipeline stages (default one a block; on modelled GPUs --set gpu.pp=N)"
 VLLM_FLAG_HINTS = {
     # vLLM's engine flags (vllm/engine/arg_utils.py, `vllm serve --help`) and `vllm bench serve`'s

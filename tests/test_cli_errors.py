@@ -698,7 +698,8 @@ def test_a_missing_subcommand_is_named_by_its_choices(argv, says, capsys):
 
 @pytest.mark.parametrize("args, says", [
     (["serve", "--tensor-parallel-size", "4"], "unrecognized arguments: --tensor-parallel-size 4 (see cent serve "
-     "--help); vLLM's --tensor-parallel-size is --tp N here: CENT devices per pipeline stage"),
+     "--help); vLLM's --tensor-parallel-size is --tp N here, with --pp M: CENT devices per pipeline stage, M stages "
+     "(--devices N x M;"),
     (["serve", "-tp", "4"], "vLLM's -tp is --tp N here"),
     (["simulate", "--pipeline-parallel-size=2"], "vLLM's --pipeline-parallel-size is --pp N here"),
     (["serve", "--max-model-len", "2048", "--dtype", "half"], "vLLM's --max-model-len is --set model.max_seq_len=N "
@@ -756,7 +757,8 @@ def test_a_name_near_no_preset_is_told_none():
     (["serve", "--request-rate", "4"], "vLLM's --request-rate is --rate R of cent sweep, cent bench run, "
      "cent bench sweep, cent bench paper, cent bench compare (cent serve takes no --rate)"),
     (["generate", "-tp", "2"], "vLLM's -tp is --tp N of cent info, cent simulate, cent sweep, cent serve, "
-     "cent bench run, cent bench sweep, cent bench paper, cent bench compare (cent generate takes no --tp): "),
+     "cent bench run, cent bench sweep, cent bench paper, cent bench compare (cent generate takes no --tp), with "
+     "--pp M: "),
     (["simulate", "--num-prompts", "5"], "(cent simulate takes no --num-requests)"),
     (["serve", "--base-url", "x"], "vLLM's --base-url is --url URL of cent bench run (cent serve takes no --url)"),
     (["bench", "run", "--base-url", "x"], "vLLM's --base-url is --url URL here"),
