@@ -366,6 +366,18 @@ def test_a_ray_version_mismatch_names_both_versions_in_one_line():
     assert "ray status" not in err  # the fix is here, not on the cluster
 
 
+def test_another_ray_refusal_keeps_its_first_line_and_a_mismatch_of_another_form_all_its_words():
+    """Only Ray's version refusal is read past its first line: another error's later lines (Ray's
+    hints, a traceback's) stay out, and a version refusal without the two "Ray: V Python: V" pairs
+    is said whole in one line rather than cut to its first."""
+    from cent_serve.executor.ray_cluster import _first_line
+
+    assert _first_line(RuntimeError("Failed to connect to GCS\n  Ray: 2.59.0\n  Python: 3.11.7")) == \
+        "Failed to connect to GCS"
+    assert _first_line(RuntimeError("Version mismatch: The cluster was started with:\n  Ray 2.59.0")) == \
+        "Version mismatch: The cluster was started with: Ray 2.59.0"
+
+
 def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
     # A block on one channel of 2 banks has 2 // 4 = 0 elementwise lanes: the time model divided by
     # zero (a ZeroDivisionError traceback) instead of naming the field.
@@ -734,6 +746,7 @@ def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
 
 @pytest.mark.parametrize("given, preset", [
     ("Llama2-70B", "llama2-70b"), ("llama-2-70b", "llama2-70b"), ("meta-llama/Llama-2-70b-hf", "llama2-70b"),
+    ("meta-llama/Llama-2-70b-hf/", "llama2-70b"),  # a shell's completion of a directory that is not there
     ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"), ("mistralai/Mistral-7B-v0.1", "mistral-7b"),
     ("google/gemma-2-9b-it", "gemma-2-9b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"),
 ])

@@ -219,3 +219,8 @@ def test_a_request_without_model_is_told_the_served_model(server, path, sent):
     got, err = _error(server, path, sent)
     assert (got, err["param"]) == (400, "model"), err
     assert err["message"] == "model is required: name the model this server serves, 'tiny' (GET /v1/models lists it)"
+
+
+def test_a_model_of_another_type_is_not_told_it_is_missing(server):
+    got, err = _error(server, "/v1/completions", {"model": 5, "prompt": "Hi", "max_tokens": 2})
+    assert (got, err["param"]) == (400, "model") and "required" not in err["message"], err
