@@ -201,6 +201,10 @@ class ServerConfig:
                "use 'virtual' or 'paced'")
         _check(self.max_tokens_default is None or self.max_tokens_default >= 1, "server.max_tokens_default",
                self.max_tokens_default, "use a positive number of tokens, or leave it unset")
+        # no name is no resource: a cluster of several nodes would be refused for advertising '{"": N}'
+        _check(bool(self.device_resource.strip()), "server.device_resource", self.device_resource,
+               "name the Ray resource the nodes hosting devices advertise (ray start --resources), e.g. "
+               "the default 'cent_device'")
         _check(self.placement in PLACEMENTS, "server.placement", self.placement,
                "use " + " or ".join(map(repr, PLACEMENTS)))
         _check(self.placement_timeout_s > 0, "server.placement_timeout_s", self.placement_timeout_s,

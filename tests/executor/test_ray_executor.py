@@ -388,6 +388,16 @@ def test_a_cluster_of_several_nodes_without_device_units_is_refused_before_anyth
     assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
 
 
+def test_an_empty_device_resource_is_refused_naming_the_field(capsys):
+    """server.device_resource='' was taken: a cluster of several nodes was then refused for advertising no
+    '' units, the fix told ray start --resources='{"": N}'."""
+    from cent_serve.cli import main
+
+    assert main(["info", "--model", "tiny", "--set", "server.device_resource="]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "server.device_resource='' is invalid: name the Ray resource" in err, err
+
+
 @pytest.mark.parametrize("granted, held", [(True, {"a": 1, "b": 1}), (False, {"a": 1, "b": 1}), (True, {"a": 1})])
 def test_a_replica_shares_a_host_warning_only_once_its_group_is_granted(monkeypatch, caplog, granted, held):
     """Both hosts hold a replica each and the third's host is lost: re-creating it warned 'so this
