@@ -363,6 +363,7 @@ def test_a_ray_version_mismatch_names_both_versions_in_one_line():
     err = str(join_refused("127.0.0.1:6379", "127.0.0.1:6379", _first_line(raised.value), ""))
     assert "\n" not in err and "the cluster runs Ray 2.59.0 on Python 3.11.7" in err, err
     assert f"this process Ray {ray.__version__}" in err and '"ray[default]==2.59.0"' in err, err
+    assert "run cent with the cluster's" in err, err  # not "cent serve": cent bench run --ray joins too
     assert "ray status" not in err  # the fix is here, not on the cluster
 
 

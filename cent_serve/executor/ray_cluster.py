@@ -219,8 +219,9 @@ def _version_mismatch(text: str) -> str | None:
     if len(found) != 2:
         return " ".join(text.split())
     (ray_there, py_there), (ray_here, py_here) = found
+    # "cent", not "cent serve": cent simulate --emulate and cent bench run --ray join a cluster too
     return (f"{VERSION_MISMATCH} Ray {ray_there} on Python {py_there}, this process Ray {ray_here} on Python "
-            f"{py_here}: run cent serve with the cluster's (pip install \"ray[default]=={ray_there}\" in a Python "
+            f"{py_here}: run cent with the cluster's (pip install \"ray[default]=={ray_there}\" in a Python "
             f"{py_there})")
 
 
