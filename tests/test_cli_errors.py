@@ -787,3 +787,21 @@ def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+def test_every_flag_and_field_a_vllm_hint_names_exists():
+    """Each hint is a command a vLLM user types next: a field (--set SECTION.FIELD=) it names is a config
+    field, and a flag it names is taken by some cent command (a rename would leave the hint pointing
+    nowhere)."""
+    import re
+
+    from cent_serve.cli import VLLM_FLAG_HINTS, _commands, build_parser
+    from cent_serve.config.fields import _all_paths
+
+    flags = {f for _, sub in _commands(build_parser()) for f in sub._option_string_actions}
+    for vllm_flag, hint in VLLM_FLAG_HINTS.items():
+        for path in re.findall(r"--set ([a-z_]+\.[a-z_]+)=", hint) + re.findall(r"\b((?:gpu|device|model|"
+                                                                               r"scheduler|server)\.[a-z_]+)", hint):
+            assert path in _all_paths(), (vllm_flag, path)
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", hint):
+            assert flag in flags, (vllm_flag, flag)
