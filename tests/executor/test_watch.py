@@ -311,3 +311,53 @@ def test_a_round_that_fails_as_this_nodes_raylet_goes_names_the_raylet():
     assert watch.fault() == f"this node's raylet (at {RAYLET}) does not answer"
     assert watch.fault() == f"this node's raylet (at {RAYLET}) does not answer"
     assert asked == [GCS, RAYLET, GCS, RAYLET, GCS]  # the second: the GCS asked again, the raylet not
+
+
+def test_the_raylet_timer_starts_again_when_the_head_answers_again():
+    """While the GCS is silent only the head's loss is counted: a raylet silent before and after a
+    head's silence is counted from the head's answer, not from its first silence."""
+    clock, up = Clock(), {GCS: True, RAYLET: False}
+    watch = ClusterWatch(GCS, 3.0, probe=lambda address: up[address], clock=clock, raylet=RAYLET)
+    watch.check()  # the raylet silent first
+    clock.now_s += 1
+    up[GCS] = False
+    watch.check()
+    clock.now_s += 1
+    up[GCS] = True
+    watch.check()  # the head answers again: the raylet is counted from now
+    clock.now_s += 2
+    watch.check()
+    assert watch.lost is None and watch.problem.startswith(f"this node's raylet (at {RAYLET}) has not answered "
+                                                           "for 2 s"), watch.problem
+    clock.now_s += 1
+    watch.check()
+    assert watch.lost.startswith(f"this node's raylet (at {RAYLET}) has not answered for 3 s"), watch.lost
+
+
+def test_the_watched_raylet_is_the_one_of_this_process_s_node(monkeypatch):
+    """`cluster_watch` asks the raylet of the node this process runs on (ray.nodes() lists every
+    node, the head's first on a cluster joined from a worker host), none where Ray names none."""
+    import ray
+
+    from cent_serve.executor.ray_executor import cluster_watch
+
+    class Context:
+        gcs_address = GCS
+
+        @staticmethod
+        def get_node_id() -> str:
+            return "ours"
+
+    nodes = [{"NodeID": "head", "NodeManagerAddress": "10.0.0.1", "NodeManagerPort": 40100},
+             {"NodeID": "ours", "NodeManagerAddress": "10.0.0.2", "NodeManagerPort": 40123}]
+    monkeypatch.setattr(ray, "get_runtime_context", Context)
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert cluster_watch(CentConfig()).raylet == RAYLET
+    nodes.pop()  # this node not listed: only the GCS is watched
+    assert cluster_watch(CentConfig()).raylet is None
+
+    def fails():
+        raise ConnectionError("the GCS did not answer")
+
+    monkeypatch.setattr(ray, "nodes", fails)
+    assert cluster_watch(CentConfig()).raylet is None
