@@ -46,6 +46,35 @@ def answers(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     return True
 
 
+class _Silence:
+    """How long one watched address (`name` says which, in every message) has gone unanswered."""
+
+    def __init__(self, name: str, lost_after_s: float, clock: Callable[[], float]) -> None:
+        self.name, self.lost_after_s, self._clock = name, lost_after_s, clock
+        self.since: float | None = None
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.warning("%s answers again", self.name)
+        self.since = None
+
+    def unanswered(self) -> bool:
+        """Counts a silent probe; whether it has now lasted `lost_after_s`."""
+        now = self._clock()
+        if self.since is None:
+            self.since = now
+            log.warning("%s does not answer; the server gives it up after %g s (server.cluster_lost_s)",
+                        self.name, self.lost_after_s)
+        return now - self.since >= self.lost_after_s
+
+    def problem(self) -> str | None:
+        since = self.since  # once: the watch's thread may clear it meanwhile (/health reads this)
+        if since is None:
+            return None
+        return (f"{self.name} has not answered for {self._clock() - since:.0f} s; the server gives it up at "
+                f"{self.lost_after_s:g} s (server.cluster_lost_s)")
+
+
 class ClusterWatch:
     """`address`: the GCS's host:port; `lost_after_s`: `server.cluster_lost_s`; `own`: the cluster is
     the local Ray this server started (the fix is then a restart of the server alone); `raylet`: this
@@ -57,10 +86,11 @@ class ClusterWatch:
                  raylet: str | None = None) -> None:
         self.address, self.lost_after_s, self.own, self.raylet = address, lost_after_s, own, raylet
         self._probe, self._clock = probe, clock
-        self._silent_since: float | None = None
-        self._raylet_silent_since: float | None = None  # counted while the GCS answers
+        self._head = _Silence(f"the Ray cluster's head (its GCS at {address})", lost_after_s, clock)
+        # counted while the GCS answers
+        self._raylet = None if raylet is None else _Silence(f"this node's raylet (at {raylet})", lost_after_s, clock)
         self._lost: str | None = None
-        self._raylet_lost = False  # what `_lost` names: this node's raylet, not the head
+        self._lost_name = ""  # the name of what `_lost` gives up: the head or this node's raylet
         self._unanswered_at: dict[str, float] = {}  # address -> when `fault`'s last probe of it went unanswered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cent-cluster-watch", daemon=True)
@@ -78,60 +108,41 @@ class ClusterWatch:
     def check(self) -> None:
         if self._lost is not None:
             return
-        if self._probe(self.address):
-            if self._silent_since is not None:
-                log.warning("the Ray cluster's head (its GCS at %s) answers again", self.address)
-            self._silent_since = None
-            self._check_raylet()
+        if not self._probe(self.address):
+            if self._raylet is not None:
+                self._raylet.since = None  # the head's silence is the one counted
+            if self._head.unanswered():
+                self._give_up(self._head, "the cluster and its devices are gone",
+                              "start the cluster's head again (ray start --head), then the server")
             return
-        self._raylet_silent_since = None  # the head's silence is the one counted
-        now = self._clock()
-        if self._silent_since is None:
-            self._silent_since = now
-            log.warning("the Ray cluster's head (its GCS at %s) does not answer; the server gives it up after "
-                        "%g s (server.cluster_lost_s)", self.address, self.lost_after_s)
-        if now - self._silent_since >= self.lost_after_s:
-            fix = ("restart the server (it starts a fresh local Ray)" if self.own else
-                   "start the cluster's head again (ray start --head), then the server")
-            self._lost = (f"the Ray cluster's head (its GCS at {self.address}) has not answered for "
-                          f"{self.lost_after_s:g} s (server.cluster_lost_s): the cluster and its devices are "
-                          f"gone; {fix}")
-
-    def _check_raylet(self) -> None:
-        """`check`'s question to this node's raylet, the GCS answering."""
-        if self.raylet is None:
+        self._head.answered()
+        if self._raylet is None:
             return
         if self._probe(self.raylet):
-            if self._raylet_silent_since is not None:
-                log.warning("this node's raylet (at %s) answers again", self.raylet)
-            self._raylet_silent_since = None
-            return
-        now = self._clock()
-        if self._raylet_silent_since is None:
-            self._raylet_silent_since = now
-            log.warning("this node's raylet (at %s) does not answer; the server gives it up after %g s "
-                        "(server.cluster_lost_s)", self.raylet, self.lost_after_s)
-        if now - self._raylet_silent_since >= self.lost_after_s:
-            fix = ("restart the server (it starts a fresh local Ray)" if self.own else
-                   "start Ray on this node again (ray start), then the server")
-            self._raylet_lost = True
-            self._lost = (f"this node's raylet (at {self.raylet}) has not answered for {self.lost_after_s:g} s "
-                          f"(server.cluster_lost_s): the server's Ray node and the devices on it are gone; {fix}")
+            self._raylet.answered()
+        elif self._raylet.unanswered():
+            self._give_up(self._raylet, "the server's Ray node and the devices on it are gone",
+                          "start Ray on this node again (ray start), then the server")
+
+    def _give_up(self, silence: _Silence, gone: str, fix: str) -> None:
+        """`fix`: for a cluster this server joined (a restart of the server alone for its own)."""
+        fix = "restart the server (it starts a fresh local Ray)" if self.own else fix
+        self._lost_name = silence.name
+        self._lost = (f"{silence.name} has not answered for {self.lost_after_s:g} s (server.cluster_lost_s): "
+                      f"{gone}; {fix}")
 
     def fault(self) -> str | None:
         """After a round failed (engine thread): why, if the cluster's head or this node's raylet is
         the cause: the `problem` already seen, or one of them not answering a probe now (a head lost
         mid-round fails the round's links before the watch's next question)."""
         if self._lost is not None:  # the server is giving the cluster up: no fix to repeat here
-            if self._raylet_lost:
-                return f"this node's raylet (at {self.raylet}) is gone"
-            return f"the Ray cluster's head (its GCS at {self.address}) is gone"
+            return f"{self._lost_name} is gone"
         if self.problem is not None:
             return self.problem
         if not self._answers_now(self.address):
-            return f"the Ray cluster's head (its GCS at {self.address}) does not answer"
-        if self.raylet is not None and not self._answers_now(self.raylet):
-            return f"this node's raylet (at {self.raylet}) does not answer"
+            return f"{self._head.name} does not answer"
+        if self._raylet is not None and not self._answers_now(self.raylet):
+            return f"{self._raylet.name} does not answer"
         return None
 
     def _answers_now(self, address: str) -> bool:
@@ -153,16 +164,7 @@ class ClusterWatch:
         """Why the cluster cannot be counted on now (None while its head and this node's raylet answer)."""
         if self._lost is not None:
             return self._lost
-        since = self._silent_since
-        if since is not None:
-            return (f"the Ray cluster's head (its GCS at {self.address}) has not answered for "
-                    f"{self._clock() - since:.0f} s; the server gives it up at {self.lost_after_s:g} s "
-                    "(server.cluster_lost_s)")
-        since = self._raylet_silent_since
-        if since is not None:
-            return (f"this node's raylet (at {self.raylet}) has not answered for {self._clock() - since:.0f} s; "
-                    f"the server gives it up at {self.lost_after_s:g} s (server.cluster_lost_s)")
-        return None
+        return self._head.problem() or (self._raylet.problem() if self._raylet is not None else None)
 
     @property
     def lost(self) -> str | None:
