@@ -215,7 +215,8 @@ async def version():
     return {"version": __version__}
 
 
-UNHEALTHY = {503: {"description": "engine stopped, no replica up, a stalled round or the Ray cluster's head silent"}}
+UNHEALTHY = {503: {"description": "engine stopped, no replica up, a stalled round or the Ray cluster's head (or this "
+                                  "node's raylet) silent"}}
 
 
 @read("/ping", responses=UNHEALTHY)
@@ -227,14 +228,15 @@ async def ping(ctx: Ctx):
 
 @read("/health", responses=UNHEALTHY)
 async def health(ctx: Ctx):
-    # 503, with why, while the engine cannot serve (stopped, the cluster's head silent, a stalled round,
-    # no replica up); 200 "degraded" while some replicas are down and another serves (docs/serving.md)
+    # 503, with why, while the engine cannot serve (stopped, the cluster's head or this node's raylet silent, a
+    # stalled round, no replica up); 200 "degraded" while some replicas are down and another serves (docs/serving.md)
     eng, loop = ctx.engine, ctx.loop
     if not loop.is_alive():
         return JSONResponse(dict(status="engine stopped", **({"reason": loop.stopped_by} if loop.stopped_by else {})),
                             status_code=503)
     cluster = loop.watch.problem if loop.watch is not None else None
-    if cluster:  # before the devices: a replica re-created on a cluster whose head is gone never comes back
+    # before the devices: a replica re-created on a cluster whose head (or this node's raylet) is gone never comes back
+    if cluster:
         return JSONResponse({"status": "degraded", "reason": cluster}, status_code=503)
     running, timeout_s = loop.round_running_s(), ctx.cfg.server.round_timeout_s
     if running > stalled_round_s(timeout_s):  # past the wait that should have ended it: every replica waits on it
