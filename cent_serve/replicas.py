@@ -209,9 +209,11 @@ class Replicas:
             self._start(r)
         return sorted(built)
 
-    def shutdown(self, join_s: float | None = None) -> None:
-        """Stop every executor, those being re-created included: a re-creation in flight is waited
-        for up to `join_s` (default SHUTDOWN_JOIN_S), then stops what it built by itself."""
+    def stop_recreating(self, join_s: float | None = None) -> None:
+        """Start no re-creation and give up those in flight (their start-up cancelled), waiting for
+        them up to `join_s` (default SHUTDOWN_JOIN_S); each stops what it built by itself. Alone, for
+        a lost cluster, whose actors are gone with it (asking Ray to stop them would wait on its GCS):
+        no re-creating thread is left inside Ray when Ray shuts down."""
         self._stopping = True
         # one wait for them all (after a lost cluster each blocks)
         deadline = time.monotonic() + (SHUTDOWN_JOIN_S if join_s is None else join_s)
@@ -220,6 +222,11 @@ class Replicas:
             if t.is_alive():
                 log.info("replica %d is still being re-created: not waiting for it (it stops what it builds, or "
                          "Ray's teardown does)", r)
+
+    def shutdown(self, join_s: float | None = None) -> None:
+        """Stop every executor, those being re-created included: a re-creation in flight is waited
+        for up to `join_s` (default SHUTDOWN_JOIN_S), then stops what it built by itself."""
+        self.stop_recreating(join_s)
         for ex in self.executors + list(getattr(self, "_built", {}).values()):
             if ex is not None:
                 ex.shutdown()

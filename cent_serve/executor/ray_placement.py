@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
 import ray
 
 from cent_serve.config import CentConfig
+from cent_serve.executor.base import StartCancelled, check_start
 
 log = logging.getLogger("cent_serve.executor.ray_executor")  # the name the log has always shown for its lines
+
+
+PLACEMENT_CHECK_S = 0.25
+"""How often a placement wait asks whether its start-up is still wanted (`check_start`)."""
 
 
 class PlacementError(ValueError):
@@ -102,7 +108,10 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     pg = placement_group([{s.device_resource: 1}] * num_devices, strategy=strategy,
                          name=f"cent-devices-{secrets.token_hex(6)}", bundle_label_selector=selector)
     try:
-        ray.get(pg.ready(), timeout=s.placement_timeout_s)
+        _await_granted(pg, s.placement_timeout_s)
+    except StartCancelled:
+        remove_placement_group(pg)
+        raise
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
         free = int(ray.available_resources().get(s.device_resource, 0))
@@ -117,6 +126,23 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
                     "so this one shares a host (a host's loss fails both): add a host to keep them apart",
                     num_devices, s.device_resource)
     return pg
+
+
+def _await_granted(pg, timeout_s: float) -> None:
+    """Wait for `pg` to be granted: GetTimeoutError after `timeout_s`; StartCancelled within
+    PLACEMENT_CHECK_S once nobody wants the start-up (`check_start`: the server stops, or gives its
+    cluster up, while a replica is re-created; a thread left inside Ray past `ray.shutdown` ends the
+    process the moment it returns, before the server's last line)."""
+    ready, deadline = pg.ready(), time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ray.exceptions.GetTimeoutError(f"placement group not granted within {timeout_s:g} s")
+        done, _ = ray.wait([ready], timeout=min(left, PLACEMENT_CHECK_S))
+        if done:
+            ray.get(done)
+            return
+        check_start()
 
 
 def _bundle_nodes(pg) -> dict[int, str]:

@@ -417,11 +417,11 @@ def test_a_replica_shares_a_host_warning_only_once_its_group_is_granted(monkeypa
     monkeypatch.setattr(rpg, "remove_placement_group", lambda pg: None)
     monkeypatch.setattr(rx.ray, "available_resources", lambda: {"cent_device": 0})
 
-    def get(ref, timeout=None):
+    def await_granted(pg, timeout_s):
         if not granted:
             raise ray.exceptions.GetTimeoutError("not granted")
 
-    monkeypatch.setattr(rx.ray, "get", get)
+    monkeypatch.setattr(rx, "_await_granted", await_granted)
     cfg = _replica_cfg()
     with caplog.at_level("WARNING", logger=rx.log.name):
         if granted:
@@ -430,3 +430,39 @@ def test_a_replica_shares_a_host_warning_only_once_its_group_is_granted(monkeypa
             with pytest.raises(rx.PlacementError, match="did not grant 4 cent_device bundles"):
                 rx.place_devices(cfg, 4)
     assert ("so this one shares a host" in caplog.text) == (granted and len(held) == 2), caplog.text
+
+
+def test_a_placement_wait_is_given_up_when_the_start_up_is_cancelled(monkeypatch):
+    """A replica re-created while the server gives its cluster up (a lost raylet) waited in
+    ray.get(pg.ready(), timeout=placement_timeout_s), deaf to the stop: Ray shut down under it, and
+    the moment it returned Ray ended the process before the server's last line (its error). The wait
+    now asks `check_start` between short waits: cancelled, it removes its group and raises
+    StartCancelled at the first check; a group never granted still times out as a PlacementError."""
+    import importlib
+
+    import ray
+
+    from cent_serve.executor import ray_placement as rx
+    from cent_serve.executor.base import StartCancelled, cancellable_start
+
+    rpg = importlib.import_module("ray.util.placement_group")
+    removed, waits = [], []
+    monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 4}, "A: 4"))
+    monkeypatch.setattr(rpg, "placement_group", lambda *a, **k: types.SimpleNamespace(ready=lambda: "ref"))
+    monkeypatch.setattr(rpg, "remove_placement_group", removed.append)
+    monkeypatch.setattr(rx.ray, "available_resources", lambda: {"cent_device": 0})
+    monkeypatch.setattr(rx.ray, "wait", lambda refs, timeout=None: (waits.append(timeout), ([], refs))[1])
+
+    def get(ref, timeout=None):  # what a group never granted gives the old wait after its timeout
+        raise ray.exceptions.GetTimeoutError("not granted")
+
+    monkeypatch.setattr(rx.ray, "get", get)
+    cfg = _replica_cfg()
+    cfg.server.placement_timeout_s = 1e6  # never reached when cancelled
+    with cancellable_start(lambda: True), pytest.raises(StartCancelled):
+        rx.place_devices(cfg, 4)
+    assert len(waits) == 1 and waits[0] <= rx.PLACEMENT_CHECK_S and len(removed) == 1
+    cfg.server.placement_timeout_s = 0.05
+    with cancellable_start(lambda: False), pytest.raises(rx.PlacementError, match="did not grant 4"):
+        rx.place_devices(cfg, 4)
+    assert len(removed) == 2
