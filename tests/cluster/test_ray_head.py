@@ -68,6 +68,30 @@ HANG_GUARD_S = 90.0
 Ray's shutdown, about 5 s without its GCS); past Ray's own 60 s, when its core ends a driver that lost
 its GCS with an error of its own."""
 
+def _serve_on(head: RayHead):
+    """`cent serve` of 2 timing-only devices on `head`'s cluster, giving it up after LOST_AFTER_S."""
+    from tests.serving.utils import serve_process
+
+    return serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
+                          "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+
+
+def _watch_health(proc, health: list[tuple[int, str]]) -> None:
+    """/health's (status, reason) into `health` every 0.1 s until the server has gone."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(proc.url + "/health", timeout=30)
+        except httpx.HTTPError:
+            return
+        health.append((r.status_code, r.json().get("reason", "")))
+        time.sleep(0.1)
+
+
 
 def test_a_lost_head_fails_the_requests_and_the_server_exits_in_one_line():
     """The head dies (every process of the one-node cluster killed, device actors included). /health
@@ -78,33 +102,21 @@ def test_a_lost_head_fails_the_requests_and_the_server_exits_in_one_line():
     request hung until Ray's core ended the process 60 s later (an error line of Ray's, the
     connection cut)."""
     import threading
-    import time
 
     import httpx
 
-    from tests.serving.utils import serve_process, stop_serve
+    from tests.serving.utils import stop_serve
 
     given_up = f"has not answered for {LOST_AFTER_S:g} s (server.cluster_lost_s)"
     with RayHead(devices=8) as head:
-        proc = serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
-                              "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+        proc = _serve_on(head)
         health: list[tuple[int, str]] = []
-
-        def watch_health() -> None:  # until the server has gone
-            deadline = time.monotonic() + HANG_GUARD_S
-            while time.monotonic() < deadline:
-                try:
-                    r = httpx.get(proc.url + "/health", timeout=30)
-                except httpx.HTTPError:
-                    return
-                health.append((r.status_code, r.json().get("reason", "")))
-                time.sleep(0.1)
 
         try:
             body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
             assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
             head.kill()
-            prober = threading.Thread(target=watch_health, daemon=True)
+            prober = threading.Thread(target=_watch_health, args=(proc, health), daemon=True)
             prober.start()
             r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
             if r.status_code == 500:  # it ran on the dead devices (the engine had not met them yet): this one waits
@@ -141,30 +153,19 @@ def test_a_lost_raylet_of_the_servers_node_fails_the_requests_and_the_server_exi
 
     import httpx
 
-    from tests.serving.utils import serve_process, stop_serve
+    from tests.serving.utils import stop_serve
 
     given_up = f"has not answered for {LOST_AFTER_S:g} s (server.cluster_lost_s)"
     with RayHead(devices=8) as head:
-        proc = serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
-                              "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+        proc = _serve_on(head)
         health: list[tuple[int, str]] = []
-
-        def watch_health() -> None:  # until the server has gone
-            deadline = time.monotonic() + HANG_GUARD_S
-            while time.monotonic() < deadline:
-                try:
-                    r = httpx.get(proc.url + "/health", timeout=30)
-                except httpx.HTTPError:
-                    return
-                health.append((r.status_code, r.json().get("reason", "")))
-                time.sleep(0.1)
 
         failed = []
         try:
             body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
             assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
             assert head.kill_raylet() == 1
-            prober = threading.Thread(target=watch_health, daemon=True)
+            prober = threading.Thread(target=_watch_health, args=(proc, health), daemon=True)
             prober.start()
             deadline = time.monotonic() + HANG_GUARD_S
             while time.monotonic() < deadline:  # the devices run on until they see their raylet gone
