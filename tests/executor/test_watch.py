@@ -233,18 +233,24 @@ def test_replicas_failing_with_a_silent_head_wait_for_one_probe_not_one_each():
 RAYLET = "10.0.0.2:40123"
 
 
+def _recording(up: dict[str, bool]):
+    """A probe answering as `up` says for each address, and the list of the addresses it was asked."""
+    asked: list[str] = []
+
+    def probe(address: str) -> bool:
+        asked.append(address)
+        return up[address]
+
+    return probe, asked
+
+
 def test_a_raylet_silent_for_cluster_lost_s_while_the_head_answers_is_lost_with_its_own_reason():
     """This node's raylet killed alone (the head's GCS answering): before, nothing asked it, and the
     server retried the devices' re-creation for ever (/health: 're-creating the devices of
     replica(s) [0]'). Now it is a problem, then lost after cluster_lost_s, as a silent head is, and
     one that answers again is not."""
     clock, up = Clock(), {GCS: True, RAYLET: True}
-    asked = []
-
-    def probe(address: str) -> bool:
-        asked.append(address)
-        return up[address]
-
+    probe, asked = _recording(up)
     watch = ClusterWatch(GCS, 3.0, probe=probe, clock=clock, raylet=RAYLET)
     watch.check()
     assert asked == [GCS, RAYLET] and watch.problem is None and watch.lost is None
@@ -299,12 +305,7 @@ def test_a_round_that_fails_as_this_nodes_raylet_goes_names_the_raylet():
     """The round's links close as the raylet dies, before the watch's next question: the error names
     the raylet, found by a probe then; one unanswered probe stands for PROBE_S (counted)."""
     clock, up = Clock(), {GCS: True, RAYLET: True}
-    asked = []
-
-    def probe(address: str) -> bool:
-        asked.append(address)
-        return up[address]
-
+    probe, asked = _recording(up)
     watch = ClusterWatch(GCS, 30.0, probe=probe, clock=clock, raylet=RAYLET)
     assert watch.fault() is None and asked == [GCS, RAYLET]
     up[RAYLET] = False
