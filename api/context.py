@@ -25,7 +25,7 @@ from cent_serve.config.hf_config import hub_repo_id
 from cent_serve.engine import Engine
 from cent_serve.model.chat_template import TEMPLATE_VARIABLES
 from cent_serve.model.sampling import checkpoint_sampling_defaults
-from cent_serve.model.tokenizer import Tokenizer, encode_chat, encode_truncated
+from cent_serve.model.tokenizer import Tokenizer, cut_ids, encode_chat, encode_truncated
 from cent_serve.request import RequestRefused
 from cent_serve.serving import Delta, EngineLoop
 
@@ -131,7 +131,7 @@ class ApiContext:
             prompts = list(prompt)
         if not prompts:
             raise ApiError("prompt is empty: give text or token ids", param, code="invalid_prompt")
-        return [self._encode(p, param, add_bos, keep, side) if isinstance(p, str) else _cut(list(p), keep, side)
+        return [self._encode(p, param, add_bos, keep, side) if isinstance(p, str) else cut_ids(list(p), keep, side)
                 for p in prompts]
 
     def _encode(self, text: str, param: str, add_bos: bool = True, keep: int | None = None,
@@ -202,14 +202,6 @@ class ApiContext:
         would wait for it until the hold expires)."""
         if getattr(body, "hold_until_s", None) is not None and body.valid_hold() and self.loop.clock == "virtual":
             await self.loop.call(lambda e: self.loop.set_hold(body.hold_until_s))
-
-
-def _cut(ids: list[int], keep: int | None, side: str | None) -> list[int]:
-    """Token ids cut to `keep` (None: all): their last ones (`side` "left" or None, the tokenizer's side for
-    generation), or their first with `side` "right"."""
-    if keep is None or len(ids) <= keep:
-        return ids
-    return ids[:keep] if side == "right" else ids[-keep:]
 
 
 def api_context(raw: Request) -> ApiContext:

@@ -3,7 +3,7 @@ terminal table and the titles; `results` writes the run's files (summary.json, r
 the PNG plots)."""
 from __future__ import annotations
 
-import json
+import copy
 import numbers
 from pathlib import Path
 
@@ -241,7 +241,7 @@ def served_price(server_config: dict | None, url: str, total_token_throughput: f
     if not isinstance(server_config, dict) or not server_config:
         return None, [f"tokens per dollar: n/a: the server at {url} does not give its config (GET /v1/cent/config), "
                       "so its devices and their price are unknown"]
-    data = json.loads(json.dumps(server_config))  # a copy: config_from_mapping changes what it reads
+    data = copy.deepcopy(server_config)  # config_from_mapping changes what it reads
     data.pop("server", None)  # read back, its redacted key warned "no key is set (give --api-key ...)"
     if isinstance(data.get("model"), dict) and data["model"].get("checkpoint"):
         data["model"]["checkpoint"] = None  # "does not exist" on another host: the shape beside it is the model's

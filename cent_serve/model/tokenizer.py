@@ -396,6 +396,14 @@ def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: boo
     return encode_truncated(tok, text, add_special_tokens, keep, side)
 
 
+def cut_ids(ids: list[int], keep: int | None, side: str | None = None) -> list[int]:
+    """Token ids cut to `keep` (None: all): their last ones (`side` "left" or None, the tokenizer's side
+    for generation), or their first with `side` "right" (vLLM's `truncation_side`)."""
+    if keep is None or len(ids) <= keep:
+        return ids
+    return ids[:keep] if side == "right" else ids[-keep:]
+
+
 def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int | None = None,
                      side: str | None = None) -> list[int]:
     """`tok.encode(text, add_bos)` cut to `keep` tokens (None: all) as vLLM's `truncate_prompt_tokens`
@@ -414,7 +422,7 @@ def encode_truncated(tok: Tokenizer, text: str, add_bos: bool = True, keep: int 
     if keep is None or len(ids) <= keep:
         return ids
     if side is not None:  # an explicit side: the whole encoding cut as token ids are
-        return ids[:keep] if side == "right" else ids[-keep:]
+        return cut_ids(ids, keep, side)
     plain = tok.encode(text, add_bos=False) if add_bos else ids
     lead = next((p for p in range(len(ids) - len(plain) + 1) if ids[p:p + len(plain)] == plain), None)
     room = keep - (len(ids) - len(plain))
