@@ -1,0 +1,104 @@
+"""What a user coming from vLLM types first, through the real `cent` entry point: vLLM's flags
+(`VLLM_FLAG_HINTS`), `vllm serve MODEL`'s positional model and a Hub id for a preset are told cent's way
+to the same in the one-line error."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--tensor-parallel-size", "4"], "unrecognized arguments: --tensor-parallel-size 4 (see cent serve "
+     "--help); vLLM's --tensor-parallel-size is --tp N here, with --pp M: CENT devices per pipeline stage, M stages "
+     "(--devices N x M;"),
+    (["serve", "-tp", "4"], "vLLM's -tp is --tp N here"),
+    (["simulate", "--pipeline-parallel-size=2"], "vLLM's --pipeline-parallel-size is --pp N here"),
+    (["serve", "--max-model-len", "2048", "--dtype", "half"], "vLLM's --max-model-len is --set model.max_seq_len=N "
+     "here; vLLM's --dtype is --set model.weight_dtype=bfloat16 or float32 here"),
+    (["serve", "--max-num-seqs", "8"], "--set gpu.max_num_seqs=N here on modelled GPUs"),
+    (["serve", "--gpu-memory-utilization", "0.9"], "--set gpu.memory_utilization=F here"),
+    (["serve", "--served-model-name", "x"], "the API serves the model by its --model name"),
+    (["bench", "run", "--request-rate", "4", "--num-prompts", "10"], "vLLM's --request-rate is --rate R here; "
+     "vLLM's --num-prompts is --num-requests N here"),
+    # `vllm serve MODEL`'s positional model
+    (["serve", "meta-llama/Llama-2-7b-hf"], "unrecognized arguments: meta-llama/Llama-2-7b-hf (see cent serve "
+     "--help); give the model as --model meta-llama/Llama-2-7b-hf"),
+])
+def test_a_flag_from_vllm_is_told_the_flag_that_does_it_here(args, says, capsys):
+    """`cent serve --tensor-parallel-size 4`, a vLLM user's first try, said only "unrecognized arguments
+    (see cent serve --help)"; the line now names cent's flag or field for it."""
+    from cent_serve.cli import main
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
+    from cent_serve.cli import main
+    assert main(["serve", "--model", "tiny", "extra"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: extra" in err and "--model extra" not in err, err
+
+
+@pytest.mark.parametrize("given, preset", [
+    ("Llama2-70B", "llama2-70b"), ("llama-2-70b", "llama2-70b"), ("meta-llama/Llama-2-70b-hf", "llama2-70b"),
+    ("meta-llama/Llama-2-70b-hf/", "llama2-70b"),  # a shell's completion of a directory that is not there
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"), ("mistralai/Mistral-7B-v0.1", "mistral-7b"),
+    ("google/gemma-2-9b-it", "gemma-2-9b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"),
+])
+def test_a_preset_spelled_otherwise_is_named(given, preset, capsys):
+    """`cent simulate --model Llama2-70B` (or the Hub id meta-llama/Llama-2-70b-hf) listed 22 presets
+    and left the user to find llama2-70b among them; the line now names it."""
+    from cent_serve.cli import main
+    assert main(["info", "--model", given]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the preset of its shape is --model {preset} " in err, err
+
+
+def test_a_name_near_no_preset_is_told_none():
+    from cent_serve.config.presets import _near_preset
+    # two numbers run together are another model: Qwen2-57B is not qwen2.5-7b, a 31B gemma not gemma-3-1b
+    names = ("no-such-model", "gpt-4", "llama3-8b", "", "/", "qwen2-57b", "gemma-31b", "llama3-18b")
+    assert [_near_preset(x) for x in names] == [None] * len(names)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["serve", "--request-rate", "4"], "vLLM's --request-rate is --rate R of cent sweep, cent bench run, "
+     "cent bench sweep, cent bench paper, cent bench compare (cent serve takes no --rate)"),
+    (["generate", "-tp", "2"], "vLLM's -tp is --tp N of cent info, cent simulate, cent sweep, cent serve, "
+     "cent bench run, cent bench sweep, cent bench paper, cent bench compare (cent generate takes no --tp), with "
+     "--pp M: "),
+    (["simulate", "--num-prompts", "5"], "(cent simulate takes no --num-requests)"),
+    (["serve", "--base-url", "x"], "vLLM's --base-url is --url URL of cent bench run (cent serve takes no --url)"),
+    (["bench", "run", "--base-url", "x"], "vLLM's --base-url is --url URL here"),
+    # what --synthetic needs besides, or the command the hint gives is refused
+    (["bench", "run", "--random-input-len", "8"], "vLLM's --random-input-len is --synthetic poisson --prompt-len N "
+     "here, with --rate R and --num-requests N"),
+])
+def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
+    """`cent serve --request-rate 4` was told "--rate R here", and `cent serve --rate 4` is refused too:
+    a cent flag the command does not take is named with the commands that take it."""
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_every_flag_and_field_a_vllm_hint_names_exists():
+    """Each hint is a command a vLLM user types next: a field (--set SECTION.FIELD=) it names is a config
+    field, and a flag it names is taken by some cent command (a rename would leave the hint pointing
+    nowhere)."""
+    import re
+
+    from cent_serve.cli import VLLM_FLAG_HINTS, _commands, build_parser
+    from cent_serve.config.fields import _all_paths
+
+    flags = {f for _, sub in _commands(build_parser()) for f in sub._option_string_actions}
+    for vllm_flag, hint in VLLM_FLAG_HINTS.items():
+        for path in re.findall(r"--set ([a-z_]+\.[a-z_]+)=", hint) + re.findall(r"\b((?:gpu|device|model|"
+                                                                               r"scheduler|server)\.[a-z_]+)", hint):
+            assert path in _all_paths(), (vllm_flag, path)
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", hint):
+            assert flag in flags, (vllm_flag, flag)
