@@ -122,6 +122,26 @@ VLLM_FLAG_HINTS = {
 """vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ..."); a hint
 that starts with a flag is said "here" only to a command that takes it (`_vllm_hint`)."""
 
+VLLM_SWITCHES = frozenset({"--enable-chunked-prefill"})
+"""vLLM's flags that take no value (`action="store_true"` or BooleanOptionalAction, whose --no-FLAG is
+one too, in vllm/engine/arg_utils.py and vllm/benchmarks/serve.py): the word after one is not its value."""
+
+
+def _positional(unknown: list[str]) -> str | None:
+    """The first word argparse left over that no flag before it takes as its value: `vllm serve`'s
+    positional model, after vLLM's flags too (`--dtype half MODEL`). argparse leaves an unknown flag and
+    the words after it over apart, in order, not knowing which it takes: a flag is taken to take the word
+    after it unless that is a flag, it is `--flag=value`, or it is one of `VLLM_SWITCHES` (most of vLLM's
+    flags take one value)."""
+    i = 0
+    while i < len(unknown):
+        word = unknown[i]
+        if not word.startswith("-"):
+            return word
+        takes = "=" not in word and word not in VLLM_SWITCHES and not word.startswith("--no-")
+        i += 2 if takes and i + 1 < len(unknown) and not unknown[i + 1].startswith("-") else 1
+    return None
+
 
 def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
     """(the words that name a command, its parser) for every command and subcommand under `parser`."""
@@ -157,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                  else _vllm_hint(parser, command, flag)
                  for flag in dict.fromkeys(u.split("=")[0] for u in unknown)
                  if (command, flag) in UNKNOWN_FLAG_HINTS or flag in VLLM_FLAG_HINTS]
-        if not unknown[0].startswith("-") and hasattr(args, "model") and args.model is None:
-            # `vllm serve MODEL`'s positional model
-            hints.insert(0, f"give the model as --model {unknown[0]} (a preset or a checkpoint directory)")
+        model = _positional(unknown)
+        if model and hasattr(args, "model") and args.model is None:  # `vllm serve MODEL`'s positional model
+            hints.insert(0, f"give the model as --model {model} (a preset or a checkpoint directory)")
         _error(command, f"unrecognized arguments: {' '.join(unknown)} (see cent {command} --help)"
                + "".join(f"; {hint}" for hint in hints))
         return 2

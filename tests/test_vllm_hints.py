@@ -35,6 +35,32 @@ def test_a_flag_from_vllm_is_told_the_flag_that_does_it_here(args, says, capsys)
     assert code == 2 and err.count("\n") == 1 and says in err, err
 
 
+@pytest.mark.parametrize("args", [
+    ["serve", "--dtype", "half", "meta-llama/Llama-2-7b-hf"],
+    ["serve", "--dtype=half", "meta-llama/Llama-2-7b-hf"],
+    ["serve", "--max-model-len", "2048", "--devices", "8", "--dtype", "half", "meta-llama/Llama-2-7b-hf"],
+    ["serve", "--enable-chunked-prefill", "meta-llama/Llama-2-7b-hf"],  # a switch: the word after it is no value
+    ["serve", "--some-flag", "--dtype", "half", "meta-llama/Llama-2-7b-hf", "--port", "8001"],
+])
+def test_the_positional_model_after_a_vllm_flag_is_found(args, capsys):
+    """`cent serve --dtype half MODEL` (vLLM's positional model after a flag and its value) got no "give
+    --model" hint: only a first left-over word was taken for the model, and argparse leaves `--dtype`,
+    `half` and MODEL over apart, in order. The words a flag takes are skipped."""
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give the model as --model meta-llama/Llama-2-7b-hf " in err, err
+
+
+@pytest.mark.parametrize("args", [["serve", "--dtype", "half"], ["serve", "--max-num-seqs", "8", "--dtype=half"],
+                                  ["simulate", "--dtype", "half", "--max-num-seqs", "8"]])
+def test_a_flag_s_value_is_not_taken_for_the_model(args, capsys):
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: " in err and "give the model" not in err, err
+
+
 def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
     from cent_serve.cli import main
     assert main(["serve", "--model", "tiny", "extra"]) == 2
