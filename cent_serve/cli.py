@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from cent_serve import __version__
+from cent_serve.vllm_hints import VLLM_FLAG_HINTS, VLLM_SWITCHES
 
 
 class _WholeFlags:
@@ -94,37 +95,6 @@ UNKNOWN_FLAG_HINTS = {
                                 "simulate, serve and bench",
 }
 """(command, flag) -> what to do instead, added to the error for a flag the command does not take."""
-
-# --tp above 1 alone is refused ('with tp > 1 set pp explicitly'): the hint names --pp beside it
-_TP = ("--tp N here, with --pp M: CENT devices per pipeline stage, M stages (--devices N x M; on modelled GPUs, "
-       "--hardware gpu:KIND:N --set gpu.tp=N)")
-_PP = "--pp N here: pipeline stages (default one a block; on modelled GPUs --set gpu.pp=N)"
-VLLM_FLAG_HINTS = {
-    # vLLM's engine flags (vllm/engine/arg_utils.py, `vllm serve --help`) and `vllm bench serve`'s
-    # (vllm/benchmarks/serve.py), which a user coming from vLLM types first: the flag or field that does it here
-    "--tensor-parallel-size": _TP, "-tp": _TP, "--pipeline-parallel-size": _PP, "-pp": _PP,
-    "--max-model-len": "--set model.max_seq_len=N here",
-    "--max-num-seqs": "--set gpu.max_num_seqs=N here on modelled GPUs (--hardware gpu:KIND:N); CENT devices run "
-                      "--pp lanes of --set scheduler.max_seqs_per_stage=N sequences",
-    "--max-num-batched-tokens": "--set gpu.max_num_batched_tokens=N here on modelled GPUs; on CENT devices --set "
-                                "scheduler.prefill_chunk_tokens=N takes N prompt tokens a step",
-    "--enable-chunked-prefill": "--set scheduler.prefill_chunk_tokens=N here (N prompt tokens a step; on modelled "
-                                "GPUs prefill is always chunked)",
-    "--gpu-memory-utilization": "--set gpu.memory_utilization=F here, with --hardware gpu:KIND:N",
-    "--dtype": "--set model.weight_dtype=bfloat16 or float32 here (the devices store bf16: device.bytes_per_element)",
-    "--served-model-name": "not taken here: the API serves the model by its --model name",
-    "--request-rate": "--rate R here", "--num-prompts": "--num-requests N here",
-    "--base-url": "--url URL here", "--dataset-path": "--trace FILE here",
-    # `cent bench run --synthetic poisson --prompt-len N` alone is refused: --synthetic needs both
-    "--random-input-len": "--synthetic poisson --prompt-len N here, with --rate R and --num-requests N",
-    "--random-output-len": "--synthetic poisson --output-len N here, with --rate R and --num-requests N",
-}
-"""vLLM's flag -> cent's way to the same, added to the error for such a flag ("vLLM's FLAG is ..."); a hint
-that starts with a flag is said "here" only to a command that takes it (`_vllm_hint`)."""
-
-VLLM_SWITCHES = frozenset({"--enable-chunked-prefill"})
-"""vLLM's flags that take no value (`action="store_true"` or BooleanOptionalAction, whose --no-FLAG is
-one too, in vllm/engine/arg_utils.py and vllm/benchmarks/serve.py): the word after one is not its value."""
 
 
 def _positional(unknown: list[str]) -> str | None:

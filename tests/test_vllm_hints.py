@@ -112,14 +112,73 @@ def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
     assert err.count("\n") == 1 and says in err, err
 
 
+@pytest.mark.parametrize("args, says", [
+    # vllm bench serve's (vllm/benchmarks/serve.py, vllm/benchmarks/datasets/arg_utils.py)
+    (["bench", "run", "--max-concurrency", "8"], "vLLM's --max-concurrency is --concurrency N here, with --url URL"),
+    (["simulate", "--max-concurrency", "8"], "vLLM's --max-concurrency is --concurrency N of cent bench run (cent "
+     "simulate takes no --concurrency)"),
+    (["bench", "run", "--dataset-name", "sharegpt"], "vLLM's --dataset-name is --trace FILE here for sharegpt and "
+     "burstgpt"),
+    (["bench", "run", "--dataset-name", "sonnet"], "no sonnet, hf, custom or other generated dataset"),
+    (["bench", "run", "--tokenizer", "/models/x"], "vLLM's --tokenizer is --model here: the tokenizer is the model's "
+     "own"),
+    (["bench", "run", "--save-result", "--result-dir", "out"], "vLLM's --save-result is not needed here: cent bench "
+     "run always writes summary.json, requests.csv and config.json to --out DIR; vLLM's --result-dir is --out DIR here"),
+    (["bench", "run", "--host", "10.0.0.2", "--port", "8000"], "vLLM's --host is --url http://HOST:PORT here"),
+    (["bench", "run", "--ignore-eos"], "vLLM's --ignore-eos is not needed here"),
+    (["bench", "run", "--random-range-ratio", "0.5"], "vLLM's --random-range-ratio is --prompt-len LO:HI here"),
+    (["bench", "run", "--input-len", "512"], "vLLM's --input-len is --synthetic poisson --prompt-len N here"),
+    (["bench", "run", "--percentile-metrics", "ttft,tpot"], "p90 and p99"),
+    # vllm serve's (vllm/engine/arg_utils.py)
+    (["serve", "--tokenizer", "/models/x"], "cent tokenizer export DIR --model M"),
+    (["serve", "--block-size", "32"], "vLLM's --block-size is --set scheduler.kv_block_tokens=N here"),
+    (["serve", "-dp", "2"], "vLLM's -dp is --devices N here"),
+    (["serve", "--kv-cache-dtype", "fp8"], "vLLM's --kv-cache-dtype is --set device.kv_bytes_per_element=1 here"),
+    (["serve", "--enable-prefix-caching"], "vLLM's --enable-prefix-caching is not taken here: no prefix cache"),
+    (["serve", "--trust-remote-code", "meta-llama/Llama-2-7b-hf"], "give the model as --model meta-llama/Llama-2-7b-hf "
+     "(a preset or a checkpoint directory); vLLM's --trust-remote-code is not needed here"),
+])
+def test_a_vllm_user_s_first_flags_are_told_cent_s_way(args, says, capsys):
+    """`cent bench run --max-concurrency 8`, `--dataset-name`, `--tokenizer` (and most of the flags a
+    `vllm serve` or `vllm bench serve` user types) said only "unrecognized arguments": each now names
+    cent's flag or field for it, or says plainly that cent has none and what to do instead."""
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_a_vllm_hint_names_a_flag_of_the_command_its_flag_belongs_to():
+    """A hint for `vllm serve`'s flag starts with a flag `cent serve` takes, one for `vllm bench serve`'s
+    with a flag `cent bench run` takes (or says cent takes none); a command it names is a cent command,
+    and a flag that takes no value in vLLM has a hint (`_positional` reads the word after it)."""
+    import re
+
+    from cent_serve.cli import _commands, build_parser
+    from cent_serve.vllm_hints import VLLM_BENCH_HINTS, VLLM_FLAG_HINTS, VLLM_SERVE_HINTS, VLLM_SWITCHES
+
+    parsers = {" ".join(words): sub for words, sub in _commands(build_parser()) if words}
+    assert VLLM_FLAG_HINTS == {**VLLM_SERVE_HINTS, **VLLM_BENCH_HINTS} and VLLM_SWITCHES <= set(VLLM_FLAG_HINTS)
+    for hints, command in ((VLLM_SERVE_HINTS, "serve"), (VLLM_BENCH_HINTS, "bench run")):
+        for vllm_flag, hint in hints.items():
+            first = hint.split()[0]
+            assert first in parsers[command]._option_string_actions or hint.startswith("not "), (vllm_flag, hint)
+    for vllm_flag, hint in VLLM_FLAG_HINTS.items():
+        for named in re.findall(r"\bcent ([a-z]+(?: [a-z]+)?)", hint):
+            group = named.split()[0]  # `cent bench` alone is no command: its subcommand is named
+            assert named in parsers or (group in parsers and not any(p.startswith(group + " ") for p in parsers)), \
+                (vllm_flag, named)
+
+
 def test_every_flag_and_field_a_vllm_hint_names_exists():
     """Each hint is a command a vLLM user types next: a field (--set SECTION.FIELD=) it names is a config
     field, and a flag it names is taken by some cent command (a rename would leave the hint pointing
     nowhere)."""
     import re
 
-    from cent_serve.cli import VLLM_FLAG_HINTS, _commands, build_parser
+    from cent_serve.cli import _commands, build_parser
     from cent_serve.config.fields import _all_paths
+    from cent_serve.vllm_hints import VLLM_FLAG_HINTS
 
     flags = {f for _, sub in _commands(build_parser()) for f in sub._option_string_actions}
     for vllm_flag, hint in VLLM_FLAG_HINTS.items():
