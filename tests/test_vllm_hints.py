@@ -83,6 +83,47 @@ def test_a_preset_spelled_otherwise_is_named(given, preset, capsys):
     assert err.count("\n") == 1 and f"the preset of its shape is --model {preset} " in err, err
 
 
+# the published config.json of each release (huggingface.co/mistralai/Mistral-7B-Instruct-v0.2 and
+# Mistral-7B-v0.3; their model cards: v0.2 has rope_theta 1e6 and no sliding window, v0.3 adds a 32,768 vocabulary)
+_MISTRAL = dict(architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                rms_norm_eps=1e-05, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, hidden_act="silu")
+_MISTRAL_RELEASES = {"v0.2": dict(_MISTRAL, vocab_size=32000, rope_theta=1000000.0, sliding_window=None),
+                     "v0.3": dict(_MISTRAL, vocab_size=32768, rope_theta=1000000.0, sliding_window=None)}
+
+
+@pytest.mark.parametrize("given, release", [("Mistral-7B-Instruct-v0.3", "v0.3"), ("mistralai/Mistral-7B-v0.3", "v0.3"),
+                                            ("mistralai/Mistral-7B-Instruct-v0.2", "v0.2")])
+def test_a_later_release_of_a_preset_is_told_how_it_differs(given, release, capsys, tmp_path):
+    """`--model mistralai/Mistral-7B-v0.3` was told "the preset of its shape is --model mistral-7b", which
+    is v0.1's (a 32,000 vocabulary, a 4,096-token window, rope_theta 1e4): v0.3's is not that shape. The
+    line now names the preset and the --set fields that give the release's shape, and they do: the
+    preset with them is the release's config.json field for field."""
+    import dataclasses
+    import json
+    import re
+
+    from cent_serve.cli import main
+    from cent_serve.config.presets import model_preset, resolve_model
+    assert main(["info", "--model", given]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the preset of its shape" not in err, err
+    assert f"the nearest preset is --model mistral-7b, Mistral-7B-v0.1, which {release} differs from: " in err, err
+    sets = dict(re.findall(r"--set model\.([a-z_]+)=(\S+?)[ ,;)]", err))
+    (tmp_path / "config.json").write_text(json.dumps(_MISTRAL_RELEASES[release]))
+    published = dataclasses.replace(resolve_model(str(tmp_path)), name="mistral-7b", checkpoint=None)
+    preset = model_preset("mistral-7b")
+    assert sets and dataclasses.replace(preset, **{k: type(getattr(preset, k))(float(v)) for k, v in sets.items()}) \
+        == published, sets
+
+
+def test_a_release_no_preset_knows_is_told_it_may_differ(capsys):
+    from cent_serve.cli import main
+    assert main(["info", "--model", "mistralai/Mistral-7B-v0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "the nearest preset is --model mistral-7b, Mistral-7B-v0.1; v0.9 may differ from it" in err, err
+
+
 def test_a_name_near_no_preset_is_told_none():
     from cent_serve.config.presets import _near_preset
     # two numbers run together are another model: Qwen2-57B is not qwen2.5-7b, a 31B gemma not gemma-3-1b

@@ -185,6 +185,37 @@ def _near_preset(name: str) -> str | None:
     return next((preset for preset in sorted(MODEL_PRESETS) if key and _preset_key(preset) == key), None)
 
 
+_RELEASES = {
+    # mistral-7b is mistralai/Mistral-7B-v0.1's config.json. v0.2 (mistralai/Mistral-7B-Instruct-v0.2's model
+    # card and config.json): rope_theta 1e6 and no sliding window; v0.3 (mistralai/Mistral-7B-v0.3's): v0.2's
+    # with the vocabulary extended to 32,768
+    "mistral-7b": ("Mistral-7B-v0.1", "v0.1", {"v0.2": dict(rope_theta=1000000.0, sliding_window=0),
+                                               "v0.3": dict(vocab_size=32768, rope_theta=1000000.0, sliding_window=0)}),
+}
+"""A preset published in releases: (the release it is, its version, {another version: the fields in
+which that one differs}), so a Hub id of another release is not told it is the preset's shape."""
+
+
+def _near_text(name: str) -> str:
+    """What `resolve_model`'s refusal says of the preset `name` spells differently: the preset, or for
+    another release of it (`-v0.3` where the preset is v0.1) the fields that give that release's shape,
+    or that it may differ (a release `_RELEASES` does not know); "" for no such preset."""
+    near = _near_preset(name)
+    if near is None:
+        return ""
+    published, version, others = _RELEASES.get(near, (None, None, {}))
+    release = re.search(r"-(v\d+(?:\.\d+)*)", name.rstrip("/").rsplit("/", 1)[-1].lower())
+    release = release and release.group(1)
+    if published is None or release in (None, version):
+        return f"the preset of its shape is --model {near} (seeded random weights); else "
+    if release in others:
+        sets = " ".join(f"--set model.{field}={value}" for field, value in others[release].items())
+        return (f"the nearest preset is --model {near}, {published}, which {release} differs from: {sets} gives "
+                f"{release}'s shape (seeded random weights); else ")
+    return (f"the nearest preset is --model {near}, {published}; {release} may differ from it (compare its "
+            f"config.json with cent info --model {near}); else ")
+
+
 def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
     """A preset name (`tiny`, `llama2-7b`, ...) or a Hugging Face checkpoint directory (its
     config.json is enough for timing, read with `checkpoint_fields` set: `--set model.max_seq_len`'s
@@ -193,8 +224,7 @@ def resolve_model(name_or_path: str, **checkpoint_fields: Any) -> ModelConfig:
         return model_preset(name_or_path)
     if name_or_path.strip() and Path(name_or_path).exists():  # Path("") is the current directory
         return model_config_from_hf(name_or_path, **checkpoint_fields)
-    near = _near_preset(name_or_path)
-    near = f"the preset of its shape is --model {near} (seeded random weights); else " if near else ""
+    near = _near_text(name_or_path)
     raise ValueError(f"--model {name_or_path!r} is neither a preset ({', '.join(sorted(MODEL_PRESETS))}) "
                      f"nor an existing checkpoint directory: {near}nothing is downloaded; save a Hugging Face model's "
                      "config.json in a directory and give that (it alone is enough to time it: cent generate and "
