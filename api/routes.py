@@ -13,12 +13,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from api.chat import chat_messages
 from api.checks import ApiError
 from api.context import ApiContext, FieldNames, api_context
 from api.generate import Endpoint, Prompts, generate, with_prompt
 from api.logprobs import chat_logprobs, completion_logprobs, piece
 from api.protocol import (DEFAULT_MAX_TOKENS, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                          ErrorResponse, TokenizeRequest, chat_messages)
+                          ErrorResponse, TokenizeRequest)
 from cent_serve import __version__
 from cent_serve.config import config_to_dict
 from cent_serve.model.tokenizer import ByteTokenizer
