@@ -2,9 +2,10 @@
 reads them (`chat_messages`), for `/v1/chat/completions` and `/tokenize` (api/protocol.py)."""
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
@@ -21,6 +22,10 @@ class ContentPart(BaseModel):
     text: str
 
 
+CALL_EXAMPLE = '{"id": "call_1", "type": "function", "function": {"name": "...", "arguments": "{...}"}}'
+"""An assistant's tool call as OpenAI's API writes it, for the error of a malformed one."""
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -29,6 +34,50 @@ class ChatMessage(BaseModel):
     developer; also OpenAI's older `function`, Llama 3.1's `ipython`): a template that does not
     know it says so, a 400."""
     content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+    """OpenAI's participant name, given to the template with the message (vLLM passes it to any role's)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant's calls, OpenAI's `[{id, type, function: {name, arguments}}]`: given to the template
+    with each `arguments` JSON string parsed (`_calls_for_template`), as vLLM gives them (this server
+    makes no calls itself, but a conversation may hold some: their text counts in the prompt)."""
+    tool_call_id: str | None = None
+    """A `tool` message's answer to that call, given to the template as vLLM gives it."""
+    reasoning: str | None = None
+    """An assistant's reasoning of an earlier turn (vLLM's; `reasoning_content`, its older name, is read
+    as it), given to the template under both names as vLLM gives it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_reasoning_name(cls, data: Any) -> Any:
+        """`reasoning_content` as `reasoning` when that is unset (vLLM renames it so)."""
+        if isinstance(data, dict) and data.get("reasoning_content") is not None and data.get("reasoning") is None:
+            data = {k: v for k, v in data.items() if k != "reasoning_content"} | {"reasoning": data["reasoning_content"]}
+        return data
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_for_template(cls, calls: list[dict] | None) -> list[dict] | None:
+        """Each call's `function` needs a string `name`; its `arguments`, a JSON string (OpenAI's form),
+        are parsed, as vLLM parses them for the templates (vllm/entrypoints/chat_utils.py
+        `_postprocess_messages`: transformers' tool-use templates read them as a mapping); an object is
+        kept, null or "" is {}. An empty list is no calls (vLLM drops it)."""
+        out = []
+        for i, call in enumerate(calls or ()):
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise PydanticCustomError("tool_call", "call {i} has no function name; send {example}",
+                                          {"i": i, "example": CALL_EXAMPLE})
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    raise PydanticCustomError("tool_call", "call {i}'s function.arguments is not JSON: send the "
+                                              "arguments as a JSON object in a string", {"i": i}) from None
+            elif not arguments:
+                arguments = {}
+            out.append(dict(call, function=dict(function, arguments=arguments)))
+        return out or None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -68,5 +117,20 @@ class ChatMessage(BaseModel):
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict]:
-    """The messages as a chat template reads them: role and content text (text parts joined)."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    """The messages as a chat template reads them, as vLLM gives them (vllm/entrypoints/chat_utils.py
+    `_parse_chat_message_content`): role and content text (text parts joined), any message's `name`, an
+    assistant's `tool_calls` (arguments parsed) and `reasoning` (also as `reasoning_content`), a tool
+    message's `tool_call_id`; each only when set. A template that reads none of them renders as before."""
+    out = []
+    for m in messages:
+        msg = {"role": m.role, "content": m.text()}
+        if m.role == "assistant" and m.tool_calls:
+            msg["tool_calls"] = m.tool_calls
+        if m.role == "assistant" and m.reasoning is not None:
+            msg["reasoning"] = msg["reasoning_content"] = m.reasoning
+        if m.role == "tool" and m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            msg["name"] = m.name
+        out.append(msg)
+    return out

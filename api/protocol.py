@@ -363,12 +363,27 @@ class ChatCompletionRequest(_Common):
     add_special_tokens: bool = False
     """vLLM's: add the tokenizer's special tokens (a BOS for most) to the rendered chat (its templates
     write their own)."""
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    """OpenAI's, as vLLM takes it (vllm/entrypoints/openai/chat_completion/protocol.py: these values, any other
+    a 400; `build_chat_params`): a chat template variable, `reasoning_effort`, and unless
+    `chat_template_kwargs` sets it, `enable_thinking` (false for "none", else true), which Qwen 3's
+    template reads; a template that reads neither renders as without it (`template_variables`)."""
 
     def output_tokens_asked(self) -> int:
         """max_completion_tokens, else max_tokens (OpenAI's newer name wins, as in vLLM's chat
         `build_tok_params`); null or absent 0: `_Common.output_tokens_asked`."""
         newer = self.max_completion_tokens
         return (self.max_tokens if newer is None else newer) or 0
+
+    def template_variables(self) -> dict[str, Any] | None:
+        """The chat template's variables beyond the messages: `chat_template_kwargs`, with
+        `reasoning_effort` (and from it `enable_thinking`, unless the kwargs set it) as vLLM's
+        `build_chat_params` adds them; None when there are none."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("enable_thinking", self.reasoning_effort != "none")
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs or None
 
     def reply_role(self) -> str:
         """The role of the reply: the assistant's, or without the generation prompt the last message's."""

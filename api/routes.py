@@ -92,7 +92,7 @@ class Chat(Endpoint):
         default = ctx.cfg.server.max_tokens_default or ctx.cfg.model.max_seq_len
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
-                           template_kwargs=body.chat_template_kwargs, add_special_tokens=body.add_special_tokens,
+                           template_kwargs=body.template_variables(), add_special_tokens=body.add_special_tokens,
                            keep=keep, side=body.truncation_side)
         return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 

@@ -1,0 +1,132 @@
+"""What an application written against vLLM with the official `openai` SDK sees from this server: the chat
+fields a conversation carries reach the chat template as vLLM gives them (tool calls of earlier turns,
+names, reasoning, `reasoning_effort`), every refusal parses into the SDK's exception with its
+`message`, `param` and `code`, and an API vLLM serves and this server does not is a 404 that says so.
+One timing-only server of a checkpoint copy whose chat template prints what it is given."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from api.server import Server
+
+SHOWING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
+           "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
+           "{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}"
+           "<call {{ c.function.name }}({{ c.function.arguments.city }})>{% endfor %}{% endif %}"
+           "{% if m.tool_call_id is defined %}<for {{ m.tool_call_id }}>{% endif %}\n{% endfor %}"
+           "{% if add_generation_prompt %}<|assistant|>{% if reasoning_effort is defined %}<effort "
+           "{{ reasoning_effort }}>{% endif %}{% if enable_thinking is defined and not enable_thinking %}"
+           "<think></think>{% endif %}{% endif %}")
+"""A chat template that writes every message field and variable vLLM gives a template (Llama 3.1's and
+Qwen 3's templates read these), so a prompt's text shows what reached it."""
+
+TOOL_TURNS = [
+    {"role": "user", "content": "Weather in Paris?", "name": "bob"},
+    {"role": "assistant", "content": None, "reasoning_content": "ask the tool",
+     "tool_calls": [{"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+"""An agent's conversation: a call an earlier turn made, and its answer."""
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from cent_serve.config import CentConfig, ParallelConfig
+    from cent_serve.model import model_config_from_hf
+
+    ckpt = tmp_path_factory.mktemp("sdk") / "m"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
+    conf = json.loads((ckpt / "tokenizer_config.json").read_text())
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(conf, chat_template=SHOWING)))
+    model = model_config_from_hf(ckpt)
+    cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="off")
+    cfg.server.port = 0
+    with Server(cfg, "local") as s:
+        s.model = model.name
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def prompt_text(server, client, extra_body: dict | None = None, **request) -> str:
+    """The chat prompt the server rendered for `request`, as text (its ids back through /detokenize)."""
+    r = client.chat.completions.create(model=server.model, max_tokens=1,
+                                       extra_body=dict(extra_body or {}, return_token_ids=True), **request)
+    ids = r.model_extra["prompt_token_ids"]
+    return httpx.post(server.url + "/detokenize", json={"tokens": ids}, timeout=60).json()["prompt"]
+
+
+def test_a_conversation_s_tool_calls_names_and_reasoning_reach_the_template_as_vllm_gives_them(server, client):
+    """vLLM gives a template an assistant's `tool_calls` (arguments parsed from their JSON string) and
+    `reasoning` (also as `reasoning_content`), a tool message's `tool_call_id` and any `name`; they were
+    dropped, so the prompt (and its prefill time) lacked the calls an agent's history holds."""
+    text = prompt_text(server, client, messages=TOOL_TURNS)
+    assert "<|user bob|>Weather in Paris?" in text
+    assert "<|assistant|><think>ask the tool</think><call get_weather(Paris)>" in text
+    assert "<|tool|>sunny<for call_1>" in text
+
+
+@pytest.mark.parametrize("arguments", ["", None, {"city": "Oslo"}])
+def test_a_tool_call_s_arguments_may_be_empty_or_an_object_as_vllm_takes_them(server, client, arguments):
+    turns = [HI[0], dict(TOOL_TURNS[1], tool_calls=[{"id": "c", "type": "function",
+                                                      "function": {"name": "f", "arguments": arguments}}])]
+    assert f"<call f({'Oslo' if arguments else ''})>" in prompt_text(server, client, messages=turns)
+
+
+@pytest.mark.parametrize("call, why", [({"id": "c", "type": "function", "function": {"arguments": "{}"}},
+                                        "has no function name"),
+                                       ({"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}},
+                                        "is not JSON")])
+def test_a_malformed_tool_call_is_a_400_naming_it(server, client, call, why):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, max_tokens=1,
+                                       messages=[HI[0], dict(TOOL_TURNS[1], tool_calls=[call])])
+    assert err.value.param == "messages.1.tool_calls" and why in err.value.message
+
+
+def test_reasoning_effort_reaches_the_template_as_vllm_gives_it(server, client):
+    """vLLM's `build_chat_params`: `reasoning_effort` is a template variable and sets `enable_thinking`
+    (false for "none") unless `chat_template_kwargs` does; it was accepted and ignored."""
+    assert prompt_text(server, client, messages=HI).endswith("<|assistant|>")
+    assert prompt_text(server, client, messages=HI, reasoning_effort="none").endswith(
+        "<|assistant|><effort none><think></think>")
+    assert prompt_text(server, client, messages=HI, reasoning_effort="low").endswith("<|assistant|><effort low>")
+    assert prompt_text(server, client, messages=HI, reasoning_effort="high",
+                       extra_body={"chat_template_kwargs": {"enable_thinking": False}}).endswith(
+        "<effort high><think></think>")
+
+
+def test_a_reasoning_effort_vllm_does_not_know_is_a_400_naming_it(server, client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, reasoning_effort="bogus")
+    assert err.value.param == "reasoning_effort" and "'bogus'" in err.value.message
+
+
+@pytest.mark.parametrize("request_, param", [
+    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}),
+     "response_format"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]), "tools"),
+    (dict(tool_choice="required"), "tool_choice"),
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
+     "messages.0.content"),
+    (dict(presence_penalty=3.0), "presence_penalty")])
+def test_every_refusal_parses_into_the_sdk_s_exception_as_vllm_s_error_body(server, client, request_, param):
+    """The body is vLLM's ErrorResponse ({"error": {message, type, param, code: the status}}): the SDK's
+    BadRequestError carries the message after "Error code: 400 - ", the param, and the code as "400"."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**dict(dict(model=server.model, messages=HI, max_tokens=1), **request_))
+    e = err.value
+    assert (e.param, e.code, e.type) == (param, "400", "invalid_request_error")
+    assert e.message.startswith("Error code: 400 - ") and param.split(".")[0] in e.message
+
