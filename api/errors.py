@@ -52,6 +52,35 @@ METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """The order a 405 lists the allowed methods in: reading first."""
 
 
+NOT_SERVED = {
+    "/v1/responses": "OpenAI's Responses API, which vLLM also serves",
+    "/v1/messages": "Anthropic's Messages API, which vLLM also serves",
+    "/v1/embeddings": "embeddings, which vLLM serves for pooling models only",
+    "/v1/audio": "OpenAI's audio API", "/v1/images": "OpenAI's images API", "/v1/moderations": "moderation",
+    "/v1/files": "OpenAI's files API", "/v1/batches": "OpenAI's batch API", "/v1/fine_tuning": "fine-tuning",
+    "/v1/assistants": "OpenAI's Assistants API", "/v1/threads": "OpenAI's Assistants API",
+    "/v1/vector_stores": "OpenAI's vector stores", "/v1/realtime": "OpenAI's Realtime API",
+    "/v1/chat/completions/": "OpenAI's stored chat completions"}
+"""The paths (with what lies below them; a trailing slash: below it only) of OpenAI's and vLLM's APIs this server does not serve, with what
+they are, for a 404 that names them (vLLM registers /v1/responses and /v1/messages for every generative
+model, /v1/embeddings for pooling ones: vllm/entrypoints/generate/api_router.py
+`register_generate_api_routers`). A 404, as a path no route answers: a client's SDK retries a 5xx (the
+`openai` client's `_should_retry`), so 501 would resend the request twice before failing."""
+
+
+def not_served(method: str, path: str) -> str:
+    """The 404 message of a path no route answers: an API of OpenAI's or vLLM's named, with what this
+    server does serve (the chat endpoint takes what the Responses API would: a conversation)."""
+    served = "/v1/completions, /v1/chat/completions, /v1/models; every path: /docs"
+    what = next((w for p, w in NOT_SERVED.items()  # "/v1/x" is itself and below it; "/v1/x/" below it only
+                 if path.startswith(p if p.endswith("/") else p + "/") or path == p), None)
+    if what is None:
+        return f"{method} {path} is not a path of this server: the OpenAI API is under /v1 ({served})"
+    return (f"{method} {path} is not served here ({what}): this server serves text generation only ({served})"
+            + ("; send the conversation as messages to /v1/chat/completions"
+               if path.startswith(("/v1/responses", "/v1/messages")) else ""))
+
+
 def allowed_methods(raw: Request, router: APIRouter) -> str:
     """Every method some route answers at the request's path, for a 405's message and its `Allow`
     header (RFC 9110 requires it). Starlette's own names the first partial match's alone: a path whose
@@ -147,8 +176,7 @@ def install_error_handlers(app: FastAPI, router: APIRouter) -> None:
     async def _http_error(raw: Request, exc: StarletteHTTPException):
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":  # no route: say which path, and where the API is
-            message = (f"{raw.method} {raw.url.path} is not a path of this server: the OpenAI API is under /v1 "
-                       "(/v1/completions, /v1/chat/completions, /v1/models; every path: /docs)")
+            message = not_served(raw.method, raw.url.path)
         elif exc.status_code == 405 and is_preflight(raw.scope):
             # a browser's CORS preflight reaches the routes only when no origin is allowed (the CORS
             # middleware answers it otherwise): a 400 as the middleware's for an origin not allowed

@@ -130,3 +130,14 @@ def test_every_refusal_parses_into_the_sdk_s_exception_as_vllm_s_error_body(serv
     assert (e.param, e.code, e.type) == (param, "400", "invalid_request_error")
     assert e.message.startswith("Error code: 400 - ") and param.split(".")[0] in e.message
 
+
+def test_the_responses_and_embeddings_apis_are_a_404_that_names_them_and_what_to_use(server, client):
+    """vLLM serves /v1/responses for a generative model (and /v1/embeddings for a pooling one): an app
+    switching from it is told which API this server lacks, and where its conversation goes instead; the
+    404 said "the OpenAI API is under /v1" of a path under /v1. A 404: the SDK does not resend it."""
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(model=server.model, input="hi", max_output_tokens=4)
+    assert "Responses API" in err.value.message and "/v1/chat/completions" in err.value.message
+    with pytest.raises(openai.NotFoundError) as err:
+        client.embeddings.create(model=server.model, input="hi")
+    assert "embeddings" in err.value.message and "under /v1" not in err.value.message
