@@ -52,6 +52,18 @@ value). vLLM's structured outputs (`guided_*`, `structured_outputs`) are refused
 JSON is; vLLM 0.33's `logprob_token_ids` (those ids' logprobs instead of the top ones) and
 `repetition_detection` (an early stop) too, unless its `max_pattern_size` is 0 (or left out)."""
 
+_NO_TOOLS = ("which makes no tool calls (it has no tool-call parser)", "")
+_NO_STRUCTURE = ("which enforces no structured output (JSON mode, a schema, a regex, a choice or a grammar)",
+                 " and ask for the format in the prompt")
+UNSUPPORTED_WHY = {"tools": _NO_TOOLS, "functions": _NO_TOOLS, "tool_choice": _NO_TOOLS,
+                   "response_format": _NO_STRUCTURE, "structured_outputs": _NO_STRUCTURE,
+                   "structural_tag": _NO_STRUCTURE,
+                   **{f"guided_{k}": _NO_STRUCTURE for k in ("json", "regex", "choice", "grammar")},
+                   "best_of": ("which samples each choice on its own", ""),
+                   "use_beam_search": ("which has no beam search", "")}
+"""What a refusal of an `UNSUPPORTED` parameter says this server lacks, and what to do besides leaving it
+unset (an app that relies on the field learns why, not only that)."""
+
 
 class ApiError(Exception):
     """A client mistake (or a server fault): becomes `{"error": {...}}` with `status`. `code` is

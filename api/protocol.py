@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from api.chat import ChatMessage, ContentPart
 from api.checks import (INT64_RANGE, LAX_INT, MAX_ARRIVAL_S, MAX_BAD_WORDS, MAX_LOGPROBS, MAX_N, MAX_STOP_CHARS,
-                        MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, NULLABLE, OFF_TESTS, UNSUPPORTED, ApiError, LaxInt,
-                        check_unicode, logprob_count, null_is_default, short)
+                        MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, NULLABLE, OFF_TESTS, UNSUPPORTED, UNSUPPORTED_WHY,
+                        ApiError, LaxInt, check_unicode, logprob_count, null_is_default, short)
 from cent_serve.model.sampling import SamplingParams, bad_words_token_ids
 from cent_serve.request import RequestParams
 
@@ -129,8 +129,9 @@ class _Common(BaseModel):
                 continue
             if not any(value == v and isinstance(value, bool) == isinstance(v, bool)
                        for v in neutral):  # true is not the 1 that means off
-                raise ApiError(f"{name}={short(value)} is not supported by this server: leave it unset"
-                               + (f" (or {json.dumps(neutral[0])})" if neutral else ""), name)
+                why, fix = UNSUPPORTED_WHY.get(name, ("", ""))
+                raise ApiError(f"{name}={short(value)} is not supported by this server{why and ', ' + why}: leave it "
+                               "unset" + (f" (or {json.dumps(neutral[0])})" if neutral else "") + fix, name)
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:
             # vLLM's rule (an empty {} passes, as its truthiness test lets it)
             raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",

@@ -131,6 +131,15 @@ def test_every_refusal_parses_into_the_sdk_s_exception_as_vllm_s_error_body(serv
     assert e.message.startswith("Error code: 400 - ") and param.split(".")[0] in e.message
 
 
+@pytest.mark.parametrize("request_, lacks", [(dict(response_format={"type": "json_object"}), "no structured output"),
+                                             (dict(tool_choice="auto"), "no tool calls")])
+def test_a_refused_feature_says_what_this_server_lacks(server, client, request_, lacks):
+    """The app that relies on JSON mode or tools learns why it is refused, not only that."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, **request_)
+    assert lacks in err.value.message and "leave it unset" in err.value.message
+
+
 def test_the_responses_and_embeddings_apis_are_a_404_that_names_them_and_what_to_use(server, client):
     """vLLM serves /v1/responses for a generative model (and /v1/embeddings for a pooling one): an app
     switching from it is told which API this server lacks, and where its conversation goes instead; the
