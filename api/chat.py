@@ -8,6 +8,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from api.checks import ApiError, check_unicode, short
+
 TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
                   "thinking": "thinking"}
 """The content parts vLLM's chat reads as text, and the field that holds it (vLLM's chat_utils)."""
@@ -24,6 +26,8 @@ class ContentPart(BaseModel):
 
 CALL_EXAMPLE = '{"id": "call_1", "type": "function", "function": {"name": "...", "arguments": "{...}"}}'
 """An assistant's tool call as OpenAI's API writes it, for the error of a malformed one."""
+TOOL_EXAMPLE = '{"type": "function", "function": {"name": "...", "parameters": {...}}}'
+"""A tool definition as OpenAI's API writes it, for the error of a malformed one."""
 
 
 class ChatMessage(BaseModel):
@@ -134,3 +138,20 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
             msg["name"] = m.name
         out.append(msg)
     return out
+
+
+def tool_definitions(tools) -> list[dict] | None:
+    """A request's `tools` as the chat template is given them (transformers' and vLLM's `tools`): each
+    OpenAI's `{"type": "function", "function": {"name", ...}}`, checked as vLLM's `ChatCompletionToolsParam`
+    checks it (ApiError 400 naming `tools.N` otherwise); None for none."""
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise ApiError(f"tools={short(tools)} is invalid: send a list of tools", "tools")
+    check_unicode(tools, "tools")  # an extra field of the request: its `_valid_unicode` reads the declared ones
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type", "function") != "function" \
+                or not isinstance(function.get("name"), str):
+            raise ApiError(f"tools.{i} is invalid: send {TOOL_EXAMPLE}", f"tools.{i}")
+    return tools

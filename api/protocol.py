@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from api.chat import ChatMessage, ContentPart
+from api.chat import ChatMessage, ContentPart, tool_definitions
 from api.checks import (INT64_RANGE, LAX_INT, MAX_ARRIVAL_S, MAX_BAD_WORDS, MAX_LOGPROBS, MAX_N, MAX_STOP_CHARS,
                         MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, NULLABLE, OFF_TESTS, UNSUPPORTED, UNSUPPORTED_WHY,
                         ApiError, LaxInt, check_unicode, logprob_count, null_is_default, short)
@@ -125,7 +125,7 @@ class _Common(BaseModel):
         """Per-field checks that need no prompt (raise ApiError 400 naming the field)."""
         for name, neutral in UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
-            if value is None or (name in OFF_TESTS and OFF_TESTS[name](value)):
+            if value is None or (name in OFF_TESTS and OFF_TESTS[name](value)) or self.serves(name):
                 continue
             if not any(value == v and isinstance(value, bool) == isinstance(v, bool)
                        for v in neutral):  # true is not the 1 that means off
@@ -164,6 +164,11 @@ class _Common(BaseModel):
         if self.hold_until_s is not None and not self.valid_hold():
             raise ApiError(f"hold_until_s={self.hold_until_s!r} is invalid: a hold is the next trace arrival, so it "
                            "needs arrival_s and cannot come before it", "hold_until_s")
+
+    def serves(self, name: str) -> bool:
+        """Whether an `UNSUPPORTED` parameter that is not off is served by this request all the same (chat's
+        `tools` beside `tool_choice` "none"); none is here."""
+        return False
 
     def _check_logit_bias(self, vocab_size: int) -> None:
         """Each key a token id of the vocabulary (a string Python's int() reads, as vLLM converts it); a
@@ -385,6 +390,17 @@ class ChatCompletionRequest(_Common):
             kwargs.setdefault("enable_thinking", self.reasoning_effort != "none")
             kwargs["reasoning_effort"] = self.reasoning_effort
         return kwargs or None
+
+    def serves(self, name: str) -> bool:
+        """`tools` with `tool_choice` "none": no call is asked for, and the tools are given to the chat template
+        (`template_tools`), as vLLM gives them by default (its --exclude-tools-when-tool-choice-none is off:
+        vllm/entrypoints/openai/chat_completion/serving.py), so a template that lists them counts them in the
+        prompt. Without tool_choice, tools mean "auto" (vLLM's `check_tool_usage`), which makes calls: refused."""
+        return name == "tools" and (self.model_extra or {}).get("tool_choice") == "none"
+
+    def template_tools(self) -> list[dict] | None:
+        """The `tools` the chat template is given (`serves`; checked by `tool_definitions`), else None."""
+        return tool_definitions((self.model_extra or {}).get("tools")) if self.serves("tools") else None
 
     def reply_role(self) -> str:
         """The role of the reply: the assistant's, or without the generation prompt the last message's."""

@@ -15,7 +15,8 @@ import pytest
 
 from api.server import Server
 
-SHOWING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
+SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.function.name }}{% endfor %}>\n{% endif %}"
+           "{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
            "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
            "{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}"
            "<call {{ c.function.name }}({{ c.function.arguments.city }})>{% endfor %}{% endif %}"
@@ -23,7 +24,7 @@ SHOWING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}{% if m.name is 
            "{% if add_generation_prompt %}<|assistant|>{% if reasoning_effort is defined %}<effort "
            "{{ reasoning_effort }}>{% endif %}{% if enable_thinking is defined and not enable_thinking %}"
            "<think></think>{% endif %}{% endif %}")
-"""A chat template that writes every message field and variable vLLM gives a template (Llama 3.1's and
+"""A chat template that writes the tools, every message field and variable vLLM gives a template (Llama 3.1's and
 Qwen 3's templates read these), so a prompt's text shows what reached it."""
 
 TOOL_TURNS = [
@@ -74,6 +75,26 @@ def test_a_conversation_s_tool_calls_names_and_reasoning_reach_the_template_as_v
     assert "<|user bob|>Weather in Paris?" in text
     assert "<|assistant|><think>ask the tool</think><call get_weather(Paris)>" in text
     assert "<|tool|>sunny<for call_1>" in text
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(server, client):
+    """vLLM gives the template the request's tools whatever tool_choice says (its
+    --exclude-tools-when-tool-choice-none is off by default); with "none" no call is asked for, so this server,
+    which makes none, serves it: they were refused. Tools without tool_choice ("auto") stay refused."""
+    text = prompt_text(server, client, messages=TOOL_TURNS, tools=[WEATHER], tool_choice="none")
+    assert text.startswith("<s><tools get_weather>\n") and "<call get_weather(Paris)>" in text
+    for choice in ({}, {"tool_choice": "auto"}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tools=[WEATHER], **choice)
+        assert err.value.param == "tools" and 'tool_choice "none"' in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tool_choice="none",
+                                       tools=[{"type": "function", "function": {"description": "no name"}}])
+    assert err.value.param == "tools.0"
 
 
 @pytest.mark.parametrize("arguments", ["", None, {"city": "Oslo"}])
