@@ -55,7 +55,8 @@ class ChatMessage(BaseModel):
     def _older_reasoning_name(cls, data: Any) -> Any:
         """`reasoning_content` as `reasoning` when that is unset (vLLM renames it so)."""
         if isinstance(data, dict) and data.get("reasoning_content") is not None and data.get("reasoning") is None:
-            data = {k: v for k, v in data.items() if k != "reasoning_content"} | {"reasoning": data["reasoning_content"]}
+            data = {k: v for k, v in data.items() if k != "reasoning_content"} | {
+                "reasoning": data["reasoning_content"]}
         return data
 
     @field_validator("tool_calls")

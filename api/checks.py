@@ -56,7 +56,8 @@ _NO_TOOLS = ("which makes no tool calls (it has no tool-call parser)", "")
 _NO_STRUCTURE = ("which enforces no structured output (JSON mode, a schema, a regex, a choice or a grammar)",
                  " and ask for the format in the prompt")
 UNSUPPORTED_WHY = {"tools": (_NO_TOOLS[0], "; with tool_choice \"none\" the chat template is given them, as vLLM "
-                                          "gives them, and no call is made"), "functions": _NO_TOOLS, "tool_choice": _NO_TOOLS,
+                                          "gives them, and no call is made"),
+                   "functions": _NO_TOOLS, "tool_choice": _NO_TOOLS,
                    "response_format": _NO_STRUCTURE, "structured_outputs": _NO_STRUCTURE,
                    "structural_tag": _NO_STRUCTURE,
                    **{f"guided_{k}": _NO_STRUCTURE for k in ("json", "regex", "choice", "grammar")},

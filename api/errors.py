@@ -61,9 +61,9 @@ NOT_SERVED = {
     "/v1/assistants": "OpenAI's Assistants API", "/v1/threads": "OpenAI's Assistants API",
     "/v1/vector_stores": "OpenAI's vector stores", "/v1/realtime": "OpenAI's Realtime API",
     "/v1/chat/completions/": "OpenAI's stored chat completions"}
-"""The paths (with what lies below them; a trailing slash: below it only) of OpenAI's and vLLM's APIs this server does not serve, with what
-they are, for a 404 that names them (vLLM registers /v1/responses and /v1/messages for every generative
-model, /v1/embeddings for pooling ones: vllm/entrypoints/generate/api_router.py
+"""The paths (with what lies below them; a trailing slash: below it only) of OpenAI's and vLLM's APIs this
+server does not serve, with what they are, for a 404 that names them (vLLM registers /v1/responses and
+/v1/messages for every generative model, /v1/embeddings for pooling ones: vllm/entrypoints/generate/api_router.py
 `register_generate_api_routers`). A 404, as a path no route answers: a client's SDK retries a 5xx (the
 `openai` client's `_should_retry`), so 501 would resend the request twice before failing."""
 

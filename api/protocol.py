@@ -395,7 +395,8 @@ class ChatCompletionRequest(_Common):
         """`tools` with `tool_choice` "none": no call is asked for, and the tools are given to the chat template
         (`template_tools`), as vLLM gives them by default (it drops them only with
         --exclude-tools-when-tool-choice-none, off by default: vllm/entrypoints/openai/cli_args.py), so a
-        template that lists them counts them in the prompt. Without tool_choice, tools mean "auto" (vLLM's `check_tool_usage`), which makes calls: refused."""
+        template that lists them counts them in the prompt. Without tool_choice, tools mean "auto" (vLLM's
+        `check_tool_usage`), which makes calls: refused."""
         return name == "tools" and (self.model_extra or {}).get("tool_choice") == "none"
 
     def template_tools(self) -> list[dict] | None:

@@ -77,8 +77,9 @@ def test_a_conversation_s_tool_calls_names_and_reasoning_reach_the_template_as_v
     assert "<|tool|>sunny<for call_1>" in text
 
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(server, client):
@@ -196,7 +197,8 @@ def test_a_full_server_s_429_is_resent_by_the_sdk_after_its_retry_after_then_rai
         for t in holders:
             t.start()
         try:
-            wait_for(lambda: (st := status(s.url))["num_running"] == 1 and st["num_waiting"] == 1, "lane and queue full")
+            wait_for(lambda: (st := status(s.url))["num_running"] == 1 and st["num_waiting"] == 1,
+                     "the lane and the queue full")
             client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=2, timeout=60)
             with pytest.raises(openai.RateLimitError) as err:
                 client.chat.completions.create(model="tiny", messages=HI, max_tokens=1)
