@@ -149,9 +149,9 @@ class ApiContext:
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True, param: str = "messages",
                  continue_final_message: bool = False, template_kwargs: dict | None = None,
                  add_special_tokens: bool = False, keep: int | None = None, side: str | None = None,
-                 tools: list[dict] | None = None) -> list[int]:
-        """A chat's token ids: the model's chat template rendered (given `tools`; the template writes the BOS;
-        `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
+                 tools: list[dict] | None = None, documents: list[dict] | None = None) -> list[int]:
+        """A chat's token ids: the model's chat template rendered (given `tools` and `documents`; the template
+        writes the BOS; `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
         them from `side` (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
         `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
@@ -169,7 +169,7 @@ class ApiContext:
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
             return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
-                               template_kwargs, add_special_tokens, keep, side, tools)
+                               template_kwargs, add_special_tokens, keep, side, tools, documents)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
 

@@ -369,6 +369,10 @@ class ChatCompletionRequest(_Common):
     add_special_tokens: bool = False
     """vLLM's: add the tokenizer's special tokens (a BOS for most) to the rendered chat (its templates
     write their own)."""
+    documents: list[dict[str, str]] | None = None
+    """vLLM's: documents for retrieval-augmented generation (each best a `title` and a `text`), given to the
+    chat template as `documents` (vllm/entrypoints/openai/chat_completion/protocol.py `build_chat_params`);
+    a template that does not read them renders as without them."""
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     """OpenAI's, as vLLM takes it (vllm/entrypoints/openai/chat_completion/protocol.py: these values, any other
     a 400; `build_chat_params`): a chat template variable, `reasoning_effort`, and unless

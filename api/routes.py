@@ -93,7 +93,8 @@ class Chat(Endpoint):
         ids = ctx.chat_ids(chat_messages(body.messages), body.add_generation_prompt,
                            continue_final_message=body.continue_final_message,
                            template_kwargs=body.template_variables(), add_special_tokens=body.add_special_tokens,
-                           keep=keep, side=body.truncation_side, tools=body.template_tools())
+                           keep=keep, side=body.truncation_side, tools=body.template_tools(),
+                           documents=body.documents)
         return Prompts([ids], body.max_completion_tokens if newer else body.max_tokens, default, fields)
 
     def opening(self, body: ChatCompletionRequest) -> list[dict]:

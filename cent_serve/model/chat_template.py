@@ -72,9 +72,10 @@ TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents",
 
 def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt: bool = True,
                 continue_final_message: bool = False, variables: dict | None = None,
-                tools: list[dict] | None = None) -> str:
+                tools: list[dict] | None = None, documents: list[dict] | None = None) -> str:
     """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
-    variables `transformers` passes (`tools`, OpenAI's tool definitions, or none; no documents) and `variables` (vLLM's
+    variables `transformers` passes (`tools`, OpenAI's tool definitions, and `documents`, for retrieval;
+    or none) and `variables` (vLLM's
     `chat_template_kwargs`, e.g. Qwen 3's `enable_thinking`; none of TEMPLATE_VARIABLES). Raises
     ValueError with the template's own message if it refuses them (`raise_exception`, a missing field).
 
@@ -90,7 +91,7 @@ def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt:
         try:
             return _compiled(tok.chat_template).render(**(variables or {}), messages=msgs,
                                                        add_generation_prompt=add_generation_prompt, tools=tools,
-                                                       documents=None, bos_token=tok.bos_token,
+                                                       documents=documents, bos_token=tok.bos_token,
                                                        eos_token=tok.eos_token)
         except (TemplateError, TypeError) as exc:
             raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None

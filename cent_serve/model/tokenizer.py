@@ -388,12 +388,13 @@ class HFTokenizer:
 def encode_chat(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
                 continue_final_message: bool = False, variables: dict | None = None,
                 add_special_tokens: bool = False, keep: int | None = None, side: str | None = None,
-                tools: list[dict] | None = None) -> list[int]:
-    """The token ids of a chat: the rendered template (`render_chat`, given `tools`), with no special tokens added
+                tools: list[dict] | None = None, documents: list[dict] | None = None) -> list[int]:
+    """The token ids of a chat: the rendered template (`render_chat`, given `tools` and `documents`), with no
+    special tokens added
     (the template writes the BOS), or with `add_special_tokens` (vLLM's option) those the tokenizer
     adds to any text (`encode`); at most `keep` of them as `encode_truncated` keeps them (None: all), from
     `side` (vLLM's `truncation_side`; None: unset)."""
-    text = render_chat(tok, messages, add_generation_prompt, continue_final_message, variables, tools)
+    text = render_chat(tok, messages, add_generation_prompt, continue_final_message, variables, tools, documents)
     return encode_truncated(tok, text, add_special_tokens, keep, side)
 
 

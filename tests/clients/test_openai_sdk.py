@@ -16,6 +16,7 @@ import pytest
 from api.server import Server
 
 SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.function.name }}{% endfor %}>\n{% endif %}"
+           "{% for d in documents or [] %}<doc {{ d.title }}: {{ d.text }}>\n{% endfor %}"
            "{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
            "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
            "{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}"
@@ -24,7 +25,7 @@ SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.functio
            "{% if add_generation_prompt %}<|assistant|>{% if reasoning_effort is defined %}<effort "
            "{{ reasoning_effort }}>{% endif %}{% if enable_thinking is defined and not enable_thinking %}"
            "<think></think>{% endif %}{% endif %}")
-"""A chat template that writes the tools, every message field and variable vLLM gives a template (Llama 3.1's and
+"""A chat template that writes the tools, the documents, every message field and variable vLLM gives a template (Llama 3.1's and
 Qwen 3's templates read these), so a prompt's text shows what reached it."""
 
 TOOL_TURNS = [
@@ -97,6 +98,15 @@ def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(serv
                                        tools=[{"type": "function", "function": {"description": "no name"}}])
     assert err.value.param == "tools.0"
 
+
+def test_documents_reach_the_template_as_vllm_gives_them(server, client):
+    """vLLM's `documents` (retrieval-augmented generation: Command-R's and Granite's templates read them) are
+    the template's `documents`; they were ignored, the prompt rendered without them."""
+    text = prompt_text(server, client, messages=HI, extra_body={"documents": [{"title": "Paris", "text": "sunny"}]})
+    assert text.startswith("<s><doc Paris: sunny>\n<|user|>hi")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, extra_body={"documents": ["x"]})
+    assert err.value.param == "documents.0"
 
 @pytest.mark.parametrize("arguments", ["", None, {"city": "Oslo"}])
 def test_a_tool_call_s_arguments_may_be_empty_or_an_object_as_vllm_takes_them(server, client, arguments):
