@@ -159,7 +159,8 @@ class ApiContext:
         taken = sorted(set(template_kwargs or ()) & {*TEMPLATE_VARIABLES, "chat_template"})  # vLLM refuses the last
         if taken:
             raise ApiError(f"chat_template_kwargs sets {', '.join(taken)}, which the server sets itself: use the "
-                           "request's own fields (messages, add_generation_prompt) and drop them here",
+                           "request's own fields (messages, add_generation_prompt, tools, documents) and drop them "
+                           "here",
                            "chat_template_kwargs")
         if not messages:
             raise ApiError(f"{param} is empty: give at least one message", param)

@@ -107,6 +107,10 @@ def test_documents_reach_the_template_as_vllm_gives_them(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, extra_body={"documents": ["x"]})
     assert err.value.param == "documents.0"
+    with pytest.raises(openai.BadRequestError) as err:  # the request's own field, not a template kwarg
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1,
+                                       extra_body={"chat_template_kwargs": {"documents": []}})
+    assert err.value.param == "chat_template_kwargs" and "tools, documents)" in err.value.message
 
 @pytest.mark.parametrize("arguments", ["", None, {"city": "Oslo"}])
 def test_a_tool_call_s_arguments_may_be_empty_or_an_object_as_vllm_takes_them(server, client, arguments):
