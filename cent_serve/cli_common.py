@@ -28,7 +28,8 @@ def add_config_args(p: argparse.ArgumentParser, served: bool = True, requests: b
                         "weights up to 1 GiB of float32 (about 268M parameters), else off")
     p.add_argument("--hardware", default=None, metavar="cent|gpu:KIND:N",
                    help="what serves: 'cent' (the default: emulated CENT devices) or N modelled GPUs, e.g. "
-                        "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb; --set gpu.tp=, gpu.pp=)")
+                        "gpu:a100-80gb:4 (kinds: a100-80gb, a100-80gb-pcie, h100-80gb, or your own described in "
+                        "gpu.custom; --set gpu.tp=, gpu.pp=)")
     par = ParallelConfig()  # the defaults a flag left out keeps (a --config file's when given)
     p.add_argument("--devices", type=int, help=f"emulated CENT devices (default {par.num_devices})")
     p.add_argument("--pp", type=int, help=f"pipeline stages (default {par.pp}: one per block)")
@@ -158,7 +159,7 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
     efficiency constants are borrowed."""
     import logging
 
-    from cent_serve.gpu.kinds import gpu_kind
+    from cent_serve.gpu.kinds import borrowed_note
 
     log = logging.getLogger("cent")
     if args is not None:
@@ -172,10 +173,9 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
             log.warning("%s: CENT's, not read on --hardware %s (the GPUs' mapping is gpu.tp and gpu.pp, their "
                         "batching gpu.max_num_seqs and gpu.max_num_batched_tokens: --set gpu.F=V)",
                         ", ".join(given), cfg.hardware)
-    kind = gpu_kind(cfg.gpu.kind)
-    if not kind.calibrated:
-        log.warning("%s's efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements): "
-                    "none of this kind to set them from (docs/gpu_model.md)", kind.name)
+    note = borrowed_note(cfg.gpu.spec, cfg.gpu.is_custom)
+    if note:
+        log.warning("%s", note)
 
 
 def check_out_dir(out: str, flag: str = "--out") -> Path:

@@ -1082,10 +1082,12 @@ def test_a_bad_hardware_says_which_part_is_wrong(text, why):
     with pytest.raises(ValueError) as info:
         parse_hardware(text)
     assert str(info.value) == (f"--hardware {text!r} is invalid: {why}use 'cent' or gpu:KIND:N with KIND one of "
-                               "a100-80gb, a100-80gb-pcie, h100-80gb and N >= 1 GPUs, e.g. gpu:a100-80gb:4")
+                               "a100-80gb, a100-80gb-pcie, h100-80gb, or a kind of one's own described in gpu.custom "
+                               "(docs/gpu_model.md) and N >= 1 GPUs, e.g. gpu:a100-80gb:4")
 
 
 def test_compare_s_bad_gpu_says_which_part_is_wrong(capsys):
     assert main(["bench", "compare", "--numerics", "off", "--gpu", "h100-80gb:0"]) == 2
     assert ("--gpu 'h100-80gb:0' is invalid: N='0' is not a whole number >= 1: use KIND:N with KIND one of a100-80gb, "
-            "a100-80gb-pcie, h100-80gb and N >= 1 GPUs, e.g. --gpu a100-80gb:4") in capsys.readouterr().err
+            "a100-80gb-pcie, h100-80gb, or a kind of one's own described in gpu.custom (docs/gpu_model.md) and N >= 1 "
+            "GPUs, e.g. --gpu a100-80gb:4") in capsys.readouterr().err

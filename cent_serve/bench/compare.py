@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit,
                                     place_rate_labels, plain_axis, share_axis)
-from cent_serve.bench.report import (compare_table, price_notes, reasons_text, replay_fixes, short_example,
+from cent_serve.bench.report import (compare_table, kind_notes, price_notes, reasons_text, replay_fixes, short_example,
                                      side_figures, source_text)
 from cent_serve.bench.results import write_requests_csv
 from cent_serve.bench.runner import BenchResult, run_in_process
@@ -142,7 +142,7 @@ def compare_notes(results: dict[str, BenchResult], sides: dict, cent_cfg: CentCo
                      f"{gpu_cfg.gpu.num_batched_tokens:,} prompt tokens: its TTFT grows with the prompts and the queue")
     for name, cfg in (("CENT", cent_cfg), ("GPU", gpu_cfg)):
         notes += price_notes(cfg, sides[name].get("tco"))
-    return notes
+    return notes + kind_notes(gpu_cfg)
 
 
 def _kept_pace(result: BenchResult, side: dict, span: float) -> bool:

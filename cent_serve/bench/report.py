@@ -267,6 +267,17 @@ def price_notes(cfg: CentConfig, tco: float | None) -> list[str]:
     return [tco_note(changes)] if changes else []
 
 
+def kind_notes(cfg: CentConfig) -> list[str]:
+    """On a GPU kind of one's own (gpu.custom), the line saying what it borrows from the A100 SXM4
+    (`gpu.kinds.borrowed_note`): its figures are the user's, its constants calibrated on another GPU.
+    [] otherwise (a shipped kind's borrowing is logged by every command that runs it). `cent bench run`'s,
+    `cent bench compare`'s and `cent bench sweep`'s notes."""
+    if not (cfg.on_gpus and cfg.gpu.is_custom):
+        return []
+    from cent_serve.gpu.kinds import borrowed_note
+    return [borrowed_note(cfg.gpu.spec, custom=True)]
+
+
 def compare_table(cent: dict, gpu: dict) -> list[dict]:
     """compare.json's `table`: a row per figure of `ROWS` (`metric`, `unit`, `cent`, `gpu`,
     `cent_over_gpu`, `better`: which way is better) from two sides' `side_figures` (or compare.json's

@@ -14,8 +14,8 @@ from matplotlib.transforms import ScaledTranslation
 
 from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms, latency_unit, place_rate_labels,
                                     plain_axis, widen_if_flat)
-from cent_serve.bench.report import (hardware_text, mapping_text, per_token_terms_mj, price_notes, reasons_text,
-                                     replay_fixes, source_text, summarize, tco_figures)
+from cent_serve.bench.report import (hardware_text, kind_notes, mapping_text, per_token_terms_mj, price_notes,
+                                     reasons_text, replay_fixes, source_text, summarize, tco_figures)
 from cent_serve.bench.runner import run_in_process
 from cent_serve.timing import hardware_timer
 from cent_serve.timing.mapping import parallelism
@@ -62,7 +62,7 @@ def run_sweep(cfg: CentConfig, requests_at: Callable[[float], list], rates: list
         print(_sweep_line(rate, dict(s, tokens_per_tco=row["tokens_per_tco"]), slos))
     for line in replay_fixes({k for r in rows for k in r["failure_counts"]}):  # what the flags do about them
         print(line)
-    for note in price_notes(cfg, priced["tco"]) if rows else []:  # one price for every rate
+    for note in price_notes(cfg, priced["tco"]) + kind_notes(cfg) if rows else []:  # one price for every rate
         print(f"note: {note}")
     ok = [r["rate"] for r in rows if slos and r.get("slo_attainment", 0.0) >= DISTSERVE_ATTAINMENT]
     sweep = dict(rates=rates, slos_ms=slos, rows=rows, model=status.get("model", cfg.model.name),

@@ -97,19 +97,31 @@ def build_config(model: str | None = None, *, config: str | Path | None = None, 
         p = cfg.parallel  # these replace their fields; the rest (lm_head) is the config's
         cfg.parallel = dataclasses.replace(p, num_devices=p.num_devices if devices is None else devices,
                                            pp=p.pp if pp is None else pp, tp=p.tp if tp is None else tp)
+    overrides = list(overrides or ())
     if hardware is not None:
-        gpu = parse_hardware(hardware)
-        cfg.gpu = dataclasses.replace(cfg.gpu, kind=gpu[0], count=gpu[1]) if gpu else dataclasses.replace(cfg.gpu, count=0)
-    cfg = apply_overrides(cfg, list(overrides or ()))
+        gpu = parse_hardware(hardware, _custom_name(cfg, overrides))
+        if gpu is None:
+            cfg.gpu = dataclasses.replace(cfg.gpu, count=0)
+        else:  # set as the first overrides: a kind of one's own may be described by the --set items after it
+            overrides = [f"gpu.kind={gpu[0]}", f"gpu.count={gpu[1]}", *overrides]
+    cfg = apply_overrides(cfg, overrides)
     if hardware is not None:
         _check_hardware(hardware, cfg)
     return cfg
 
 
+def _custom_name(cfg: CentConfig, overrides: list[str]) -> str:
+    """gpu.custom.name as the config will have it: the last `--set gpu.custom.name=` of `overrides`, else
+    the config file's (`--hardware gpu:NAME:N` may name the kind a --set describes)."""
+    given = [item.split("=", 1)[1].strip() for item in overrides
+             if "=" in item and item.split("=", 1)[0].strip() == "gpu.custom.name"]
+    return given[-1] if given else cfg.gpu.custom.name
+
+
 def _check_hardware(hw: str, cfg: CentConfig) -> None:
     """`--hardware` says what serves; a `--set gpu.count` or `gpu.kind` that contradicts it (e.g.
     `--hardware gpu:a100-80gb:4 --set gpu.count=0`, which would quietly run CENT) is refused."""
-    gpu = parse_hardware(hw)
+    gpu = parse_hardware(hw, cfg.gpu.custom.name)
     if gpu is None:
         wrong = "gpu.count" if cfg.on_gpus else None
     else:

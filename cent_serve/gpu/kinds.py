@@ -19,6 +19,8 @@ are over the PCIe card's 300 W, up to 387 W); the H100 takes the A100 SXM's shar
 293 / 400. `tco_per_gpu`: a GPU's share of the artifact's TCO convention (1.76 per 4 A100s against
 0.73 per 32 CENT devices; docs/hardware_model.md section 9); None where the convention has no
 figure (tokens per dollar are then not reported).
+
+A kind of one's own (`gpu.custom`, `custom_kind`) gives the datasheet figures and borrows the rest.
 """
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ A100_COMPUTE_EFFICIENCY = 0.526
 # GPUs under 70 GiB, and on the larger ones (H100, H200, MI300X).
 VLLM_A100_BATCH = (256, 2048)
 VLLM_LARGE_BATCH = (1024, 8192)
+VLLM_LARGE_MEMORY_BYTES = 70 * 2**30
+"""vLLM's line between the two (vllm/engine/arg_utils.py: `device_memory >= 70 * GiB_bytes and "a100"
+not in device_name` takes the larger defaults), which a kind of one's own is put on (`custom_kind`)."""
+
+A100_POWER_SHARE = 293.0 / 400.0
+"""The measured 293 W of the A100 SXM4 over its 400 W TDP: the share a kind without a measurement of its
+own draws (the H100, a kind of one's own without `gpu.custom.serving_power_w`)."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,11 @@ class GpuKind:
 
 GPU_KINDS: dict[str, GpuKind] = {k.name: k for k in (
     GpuKind("a100-80gb", 2.039e12, 312e12, 80e9, 300e9, "NVLink 3", 400.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, 1.76 / 4, True, *VLLM_A100_BATCH),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, A100_POWER_SHARE, 1.76 / 4, True, *VLLM_A100_BATCH),
     GpuKind("a100-80gb-pcie", 1.935e12, 312e12, 80e9, 32e9, "PCIe 4.0 x16", 300.0,
             A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 300.0, 1.76 / 4, False, *VLLM_A100_BATCH),
     GpuKind("h100-80gb", 3.35e12, 989.4e12, 80e9, 450e9, "NVLink 4", 700.0,
-            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, 293.0 / 400.0, None, False, *VLLM_LARGE_BATCH),
+            A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, A100_POWER_SHARE, None, False, *VLLM_LARGE_BATCH),
 )}
 """`a100-80gb` is the SXM4 module, `h100-80gb` the SXM5 one."""
 
@@ -80,3 +89,30 @@ def gpu_kind(name: str) -> GpuKind:
         return GPU_KINDS[name]
     except KeyError:
         raise ValueError(f"GPU kind {name!r} is unknown: use one of {', '.join(GPU_KINDS)}") from None
+
+
+def custom_kind(name: str, hbm_bytes_per_s: float, peak_flops: float, memory_bytes: float, link_bytes_per_s: float,
+                link: str, board_power_w: float, serving_power_w: float = 0.0) -> GpuKind:
+    """A kind of one's own (`gpu.custom`, checked there): the figures given, and what no figure of it sets,
+    borrowed: the A100 SXM4's efficiency constants (`calibrated` False), its share of the TDP when no
+    serving power is given (`A100_POWER_SHARE`), no TCO figure, and vLLM's batching defaults by vLLM's own
+    rule on the memory and the name (`VLLM_LARGE_MEMORY_BYTES`)."""
+    share = serving_power_w / board_power_w if serving_power_w else A100_POWER_SHARE
+    large = memory_bytes >= VLLM_LARGE_MEMORY_BYTES and "a100" not in name.lower()
+    return GpuKind(name, hbm_bytes_per_s, peak_flops, memory_bytes, link_bytes_per_s, link, board_power_w,
+                   A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, share, None, False,
+                   *(VLLM_LARGE_BATCH if large else VLLM_A100_BATCH))
+
+
+def borrowed_note(kind: GpuKind, custom: bool) -> str | None:
+    """One line on what `kind` borrows from the A100 SXM4 (None for the A100 SXM4 itself): the warning
+    every command running it logs (`cli_common.warn_gpu_run`) and, for a kind of one's own (`custom`),
+    a note of the results it makes (`bench.report.kind_notes`)."""
+    if kind.calibrated:
+        return None
+    head = f"{kind.name}'s efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements)"
+    if not custom:
+        return f"{head}: none of this kind to set them from (docs/gpu_model.md)"
+    return (f"{head}, and so are the host's gpu.layer_overhead_s and gpu.allreduce_latency_s: {kind.name} is a kind "
+            "of one's own (gpu.custom), its datasheet figures as given, not validated against any measurement "
+            "(docs/gpu_model.md section 6)")

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cent_serve.config import CentConfig
-from cent_serve.gpu.kinds import gpu_kind
 from cent_serve.kv_room import KVRoom
 
 BYTES = 2  # bf16 weights, activations and KV
@@ -95,7 +94,7 @@ class GpuTimer:
         """`gpu_flag`: how the command the user ran names the GPUs, before `KIND:N`, for the fixes
         its refusals give (`cent bench compare`: `--gpu `)."""
         g, m = cfg.gpu, cfg.model
-        self.cfg, self.model, self.kind = cfg, m, gpu_kind(g.kind)
+        self.cfg, self.model, self.kind = cfg, m, g.spec
         self.gpu, self.gpu_flag = g, gpu_flag
         self.tp, self.pp = g.group_tp, g.pp
         if self.pp > m.num_layers:

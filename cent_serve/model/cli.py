@@ -202,6 +202,11 @@ def _print_info(cfg, out: dict) -> None:
               f"(tp={tp} over {heads} KV heads: {held})")
     if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
         from cent_serve.gpu.timing import GpuTimer
+        k = cfg.gpu.spec  # its figures, as the device line gives a CENT device's
+        borrowed = ("; a kind of one's own (gpu.custom): these and the host's times are a100-80gb's, not validated"
+                    if cfg.gpu.is_custom else "" if k.calibrated else "; a100-80gb's")
+        print(f"gpu          {k.describe()}; {k.board_power_w * k.power_fraction:.0f} W serving; efficiency "
+              f"{k.mem_efficiency:g} of HBM, {k.compute_efficiency:g} of the peak{borrowed}")
         try:
             gt = GpuTimer(cfg)
             fit = gt.kv_room(cfg.scheduler.kv_block_tokens).capped(cfg.scheduler.num_kv_blocks_override)
