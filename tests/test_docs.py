@@ -89,6 +89,7 @@ EXAMPLES = {
     "paper-70b.yaml": (512 + 3584, dict(mode="pipeline", devices_used=27, clock="virtual")),
     "serve-70b.yaml": (4096, dict(mode="pipeline", devices_used=27, clock="paced")),
     "cluster.yaml": (4096, dict(mode="pipeline", devices_used=27, clock="virtual")),
+    "h200-compare.yaml": (512 + 3584, dict(mode="pipeline", devices_used=27, clock="virtual")),
 }
 
 
