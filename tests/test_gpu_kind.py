@@ -132,8 +132,8 @@ def h200_yaml(tmp_path) -> str:
 
 
 def test_commands_run_it_and_say_what_it_borrows(h200_yaml, tmp_path, capsys, caplog):
-    """cent info shows the kind's figures, cent simulate, bench run and bench compare run it, each logging
-    the line on what it borrows, which bench run and compare also give as a note of their results."""
+    """cent info shows the kind's figures, cent simulate, bench run, compare and sweep run it, each logging
+    the line on what it borrows, which the bench commands also give as a note of their results."""
     borrowed = ("h200-141gb's efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 "
                 "measurements), and so are the host's gpu.layer_overhead_s and gpu.allreduce_latency_s: h200-141gb "
                 "is a kind of one's own (gpu.custom)")
@@ -155,6 +155,10 @@ def test_commands_run_it_and_say_what_it_borrows(h200_yaml, tmp_path, capsys, ca
     assert main(["bench", "compare", *common, *bench, "--gpu", "h200-141gb:1", "--out", str(tmp_path / "c")]) == 0
     notes = json.loads((tmp_path / "c" / "compare.json").read_text())["notes"]
     assert [n for n in notes if n.startswith(borrowed)] and borrowed in caplog.text
+    assert f"note: {borrowed}" in capsys.readouterr().out
+    assert main(["bench", "sweep", *common, *bench, "--rates", "1", "--hardware", "gpu:h200-141gb:1",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert f"note: {borrowed}" in capsys.readouterr().out
     assert main(["bench", "compare", *common, *bench, "--gpu", "h201:1", "--out", str(tmp_path / "d")]) == 2
     assert ("--gpu 'h201:1' is invalid: no GPU kind 'h201' (gpu.custom.name is 'h200-141gb'): use KIND:N"
             in capsys.readouterr().err)
