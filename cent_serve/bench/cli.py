@@ -475,35 +475,22 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gpu_spec(text: str, custom: str | None) -> tuple[str, int]:
-    """`--gpu KIND:N` as (kind, N): ValueError naming the wrong part and the fix. `custom`: the config's
-    gpu.custom.name ("" none), or None to check the form and N alone (the config is not read yet)."""
-    from cent_serve.config.gpu import KINDS_TEXT, gpu_spec_problem
-
-    parts = text.split(":")
-    why = gpu_spec_problem(parts[0] if custom is not None else "a100-80gb", parts[1], custom or "") \
-        if len(parts) == 2 else ""
-    if len(parts) != 2 or why:
-        raise ValueError(f"--gpu {text!r} is invalid: {why}use KIND:N with KIND {KINDS_TEXT} "
-                         "and N >= 1 GPUs, e.g. --gpu a100-80gb:4")
-    return parts[0], int(parts[1])
-
-
 def run_compare_cmd(args: argparse.Namespace) -> int:
     import dataclasses
 
     from cent_serve.bench.compare import print_compare, run_compare
     from cent_serve.bench.report import parse_goodput
     from cent_serve.config import GpuConfig
+    from cent_serve.config.gpu import parse_gpu_flag
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if args.hardware not in (None, "cent"):
         raise ValueError("--hardware does not apply to compare: the CENT side comes from --devices/--pp/--tp, "
                          "the GPU side from --gpu KIND:N")
-    _gpu_spec(args.gpu, None)  # the form, before anything is read; the kind once the config is
+    parse_gpu_flag(args.gpu, None)  # the form, before anything is read; the kind once the config is
     check_out_dir(args.out)
     cent_cfg = config_from_args(args)
-    kind, count = _gpu_spec(args.gpu, cent_cfg.gpu.custom.name)
+    kind, count = parse_gpu_flag(args.gpu, cent_cfg.gpu.custom.name)
     if cent_cfg.on_gpus:
         raise ValueError(f"gpu.count={cent_cfg.gpu.count} makes the CENT side GPUs: drop it (--set gpu.count / the "
                          "config file); compare takes the GPUs from --gpu KIND:N")

@@ -236,3 +236,15 @@ def parse_hardware(text: str, custom: str = "") -> tuple[str, int] | None:
         raise ValueError(f"--hardware {text!r} is invalid: {why}use 'cent' or gpu:KIND:N with KIND {KINDS_TEXT} "
                          "and N >= 1 GPUs, e.g. gpu:a100-80gb:4")
     return parts[1], int(parts[2])
+
+
+def parse_gpu_flag(text: str, custom: str | None) -> tuple[str, int]:
+    """`cent bench compare --gpu KIND:N` as (kind, N): ValueError naming the wrong part and the fix. `custom`:
+    the config's gpu.custom.name ("" none), or None to check the form and N alone (the config not read yet)."""
+    parts = text.split(":")
+    why = gpu_spec_problem(parts[0] if custom is not None else "a100-80gb", parts[1], custom or "") \
+        if len(parts) == 2 else ""
+    if len(parts) != 2 or why:
+        raise ValueError(f"--gpu {text!r} is invalid: {why}use KIND:N with KIND {KINDS_TEXT} "
+                         "and N >= 1 GPUs, e.g. --gpu a100-80gb:4")
+    return parts[0], int(parts[1])
