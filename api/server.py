@@ -26,6 +26,7 @@ from cent_serve.executor.watch import ClusterLost
 from cent_serve.replicas import EXIT_JOIN_S
 from cent_serve.preflight import bind_listen_socket, start_listening
 from cent_serve.serving import EngineLoop
+from cent_serve.stats_log import StatsLog, engine_reader
 
 log = logging.getLogger("cent.server")
 STARTUP_TIMEOUT_S = 60.0
@@ -141,8 +142,14 @@ def build(cfg: CentConfig, engine: Engine | None = None):
                       dict(block_size=sched.block_tokens, num_gpu_blocks=sched.kv_blocks * engine.num_replicas,
                            cache_dtype="16-bit" if cfg.on_gpus else f"{cfg.device.kv_element_bytes * 8}-bit",
                            enable_prefix_caching=False))
+    stats_log = StatsLog(engine_reader(engine))  # the log's line every LOG_STATS_S under load
+
+    def on_round(tokens: int) -> None:
+        metrics.observe_round(tokens)
+        stats_log.on_round(tokens)
+
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
-                      on_tokens=metrics.observe_tokens, on_round=metrics.observe_round,
+                      on_tokens=metrics.observe_tokens, on_round=on_round,
                       on_late=metrics.observe_pace_late, watch=watch)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
