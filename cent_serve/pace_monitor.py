@@ -51,14 +51,14 @@ class PaceMonitor:
     ESTIMATE_WALL_S = 1.0
     QUIET_S = 30.0
     """Wall seconds after a warning in which one that tells nothing new (a stall again, or a pace factor
-    no higher than the last said) is counted, not logged: the next warning says how many were not. A
+    no higher than the highest said so far) is counted, not logged: the next warning says how many were not. A
     busy machine stalls a low pace factor's rounds often (the soak audit: 63 lines in 47 s at 0.02)."""
 
     def __init__(self, pace_factor: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.pace_factor = pace_factor
         self._clock = clock
         self._last_warn_at: float | None = None
-        self._last_need: float | None = None  # the factor the last logged warning gave (None: a stall's)
+        self._last_need: float | None = None  # the highest factor a logged warning gave (None: none yet)
         self._unsaid = 0
         self.warn_s = PACE_LAG_WARN_S * min(1.0, pace_factor)
         """How late (wall s) a token may be before an episode starts: PACE_LAG_WARN_S, simulated below
@@ -138,7 +138,12 @@ class PaceMonitor:
             return
         unsaid = (f" ({self._unsaid} more episode{'s' if self._unsaid > 1 else ''} of lag since the last warning "
                   "went unlogged: /v1/cent/status counts them in pace_lag_episodes)") if self._unsaid else ""
-        self._last_warn_at, self._last_need, self._unsaid = now, None if stall else need, 0
+        # the highest factor said stays the bar for news: after the quiet time a lighter episode's lower
+        # factor is logged, but it must not let every climb back to the figure said before be news again
+        # (a 7-minute soak at pace 0.5 logged 2.76, 4.05, 10.8 and 25.2 within 1.2 s that way)
+        self._last_warn_at, self._unsaid = now, 0
+        if news:
+            self._last_need = need
         # what a client's own figures are off by: the worst token's lateness over its paced latency
         share = (f", {self._worst_frac:.0%} of a request's paced latency: a client times it "
                  f"{1 + self._worst_frac:.3g}x the simulated latency x pace factor") if self._worst_frac else ""
