@@ -19,7 +19,7 @@ asyncio queue. Clock modes (docs/architecture.md):
   computed at once, ahead of the wall clock by at most that long round.
 
 The paced clock's lateness is measured by `pace_monitor.PaceMonitor`; a request's stream receives
-`delta.Delta`s.
+`delta.Delta`s, which the engine thread makes and hands to the event loops (`streams.StreamDelivery`).
 """
 from __future__ import annotations
 
@@ -39,24 +39,17 @@ from cent_serve.delta import Delta, _put_all, _stable
 from cent_serve.engine import Engine
 from cent_serve.pace_monitor import PACE_LAG_WARN_S, PACE_LATE_FRAC, PaceMonitor
 from cent_serve.request import Request, RequestParams
+from cent_serve.streams import FLUSH_EVERY_S, StreamDelivery
 
 __all__ = ["EngineLoop", "EngineStopped", "Delta", "PaceMonitor", "ENGINE_THREAD_FAILED", "RELEASE_HOLD_S",
-           "HOLD_EXPIRY_S", "PACE_LAG_WARN_S", "PACE_LATE_FRAC"]
+           "HOLD_EXPIRY_S", "PACE_LAG_WARN_S", "PACE_LATE_FRAC", "StreamDelivery", "FLUSH_EVERY_S",
+           "_put_all", "_stable"]  # StreamDelivery, FLUSH_EVERY_S: streams.py's; _put_all, _stable: delta.py's
 
 log = logging.getLogger("cent.serving")
 ENGINE_THREAD_FAILED = "the engine thread failed"
 """`Engine.last_fault` after a bug ended the engine thread."""
 IDLE_POLL_S = 0.05
 """Wall seconds the idle engine thread waits for a command before looking again."""
-FLUSH_EVERY_S = 0.005
-"""Virtual clock: the engine thread hands its rounds' deltas to the event loop at most this often
-(wall seconds) while it keeps stepping, and always before it waits and after it takes a command (an
-abort's end). A round of a fast virtual clock takes about a millisecond; a wake-up per round had
-the event loop write each stream one token at a time, each write giving the GIL up behind the
-engine thread. A delta waits at most this long plus one round: rounds that each take longer hand
-theirs over every round, but one that runs long after fast ones (a stalled device, a collection
-pause) holds the last few milliseconds' deltas until it ends. The paced clock hands every round's
-at once (its tokens are due at their times)."""
 PACE_SLICE_S = 0.005
 """Longest wall sleep in paced mode before the inbox is looked at again."""
 HEALTH_CHECK_S = 5.0
@@ -72,7 +65,7 @@ class EngineStopped(RuntimeError):
     """The engine thread is gone; the API answers 503."""
 
 
-class EngineLoop:
+class EngineLoop(StreamDelivery):
     """Runs `engine.step()` on a thread; `submit_all`/`abort`/`call` are safe from any thread."""
 
     def __init__(self, engine: Engine, clock: str = "virtual", pace_factor: float = 1.0,
@@ -446,60 +439,3 @@ class EngineLoop:
         for fut in pending:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(EngineStopped(f"the engine stopped before it could take this{why}"))
-
-    def _deliver(self, req: Request) -> None:
-        entry = self.streams.get(req.request_id)
-        if entry is None:
-            return
-        loop, q, tag, sent, final_only = entry
-        n_tok, n_chr, observed, _ = sent
-        if self.on_tokens is not None and len(req.output_ids) > observed:
-            self.on_tokens(req, observed)  # the live metrics see each round's tokens, streamed or not
-        if self.clock == "paced" and len(req.output_ids) > observed:  # the first new token, the latest of them
-            due_s = req.token_times_s[observed]
-            sent[3] = self.pace.delivered(-self.wall_delay_s(due_s), (due_s - req.arrival_s) * self.pace_factor,
-                                          sent[3])
-        sent[2] = len(req.output_ids)
-        if final_only and not req.is_finished:
-            return
-        text = self.engine.text(req)
-        if not req.is_finished:
-            partial = text.endswith("\ufffd") and self.engine.tokenizer.partial_tail(req.output_ids)
-            # a stop string kept in the text (include_stop_str_in_output) cuts nothing streamed already
-            text = _stable(text, () if req.params.include_stop_str_in_output else req.params.stop, partial)
-        delta = Delta(req.output_ids[n_tok:], req.token_times_s[n_tok:], text[n_chr:] if len(text) > n_chr else "",
-                      finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
-                      logprobs=req.logprobs[n_tok:], stop_reason=req.stop_reason, retry_after_s=req.retry_after_s,
-                      prompt_logprobs=req.prompt_logprobs if n_tok == 0 and req.output_ids else None)
-        sent[0], sent[1] = len(req.output_ids), max(n_chr, len(text))
-        if req.is_finished:
-            delta.timing = req.timing()
-            del self.streams[req.request_id]
-            if self.clock == "paced":
-                if self.on_late is not None and req.output_ids:
-                    self.on_late(sent[3])
-                if not self.streams:  # nothing in flight: no lag, whatever the last round's was
-                    self.pace.on_schedule()
-            self.engine.forget(req.request_id)
-            if self.on_finish is not None:
-                self.on_finish(req)
-        self._outbox.setdefault(loop, []).append((q, (tag, delta)))
-
-    def _flush(self, force: bool = True) -> None:
-        """Hand the deltas delivered since the last flush to their event loops: one wake-up per loop
-        for a whole round's (or, not `force`d on the virtual clock, the rounds' of the last
-        FLUSH_EVERY_S), not one per sequence and token. An event loop woken for each delta of a
-        fast round (a virtual clock, many sequences) fell behind the engine thread, and a /health
-        behind that backlog waited 14 s (8 sequences of 4,000 tokens, llama2-70b timing-only)."""
-        if not self._outbox:
-            return
-        now = time.monotonic()
-        if not force and self.clock == "virtual" and now - self._flushed_at < FLUSH_EVERY_S:
-            return
-        self._flushed_at = now
-        outbox, self._outbox = self._outbox, {}
-        for loop, items in outbox.items():
-            try:  # never blocks: the queues are unbounded and a slow client only delays its own handler
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the server's event loop is closed (shutdown): nobody is listening
-                log.debug("event loop closed: %d deltas dropped", len(items))

@@ -649,13 +649,13 @@ def test_the_virtual_clock_wakes_the_event_loop_once_per_flush_interval_not_per_
     the interval is an hour, so the only wake-ups are the first (nothing was handed yet) and when the engine runs out of work, with every
     delta of the run after the first round's, in order. The paced clock still wakes the loop every round (its tokens are
     due at their times)."""
-    from cent_serve import serving
+    from cent_serve import serving, streams
     from cent_serve.config import CentConfig
     from cent_serve.engine import Engine
     from cent_serve.request import RequestParams
     from cent_serve.serving import EngineLoop
 
-    monkeypatch.setattr(serving, "FLUSH_EVERY_S", 3600.0)
+    monkeypatch.setattr(streams, "FLUSH_EVERY_S", 3600.0)  # read by StreamDelivery._flush, in streams.py
     tokens, streams = 40, 3
     loop = EngineLoop(Engine(CentConfig(numerics="off")), clock=clock, pace_factor=1e-3)
     rounds = []
@@ -699,13 +699,13 @@ def test_an_aborts_end_is_handed_over_at_once_under_the_flush_interval(monkeypat
     FLUSH_EVERY_S (an hour here): the aborted stream's end reaches its handler while the other
     stream still runs, not when the engine next waits. Checked on the engine thread as it hands the
     end over (so no race): the other request has not finished then."""
-    from cent_serve import serving
+    from cent_serve import serving, streams
     from cent_serve.config import CentConfig
     from cent_serve.engine import Engine
     from cent_serve.request import RequestParams
     from cent_serve.serving import EngineLoop
 
-    monkeypatch.setattr(serving, "FLUSH_EVERY_S", 3600.0)
+    monkeypatch.setattr(streams, "FLUSH_EVERY_S", 3600.0)  # read by StreamDelivery._flush, in streams.py
     engine = Engine(CentConfig(numerics="off"))
     # the rounds after the first tokens wait for the abort: on a busy machine the engine thread ran all
     # 2,000 tokens of both before this thread got to abort one (the check below met an unset request)
