@@ -69,7 +69,7 @@ def plot_pareto(rows: list[dict], fields: list[str], path: Path, given: str = ""
     not compared, and a 70B model's energy would squash a 7B's points; energy from zero, as figures.png's),
     its Pareto front labelled;
     `given`: the settings every point shares, `how`: what the points ran, named in the title; `in_step`:
-    the fields varied in step (`sweep.in_step_of`), named so in the title."""
+    the fields varied in step (`sweep_grid.in_step_of`), named so in the title."""
     fig, axes = pareto_figure(rows, fields, given, how, in_step)
     return _save(fig, axes, path, 8, below=True)  # inside, a legend of many points covered some of them
 
