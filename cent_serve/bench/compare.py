@@ -25,8 +25,9 @@ from cent_serve.bench.plots import (DPI, SLO_OFF_AXIS, fit_title, fmt_in, fmt_ms
                                     place_rate_labels, plain_axis, share_axis)
 from cent_serve.bench.report import (compare_table, kind_notes, price_notes, reasons_text, replay_fixes, short_example,
                                      side_figures, source_text)
+from cent_serve.bench.records import BenchResult
 from cent_serve.bench.results import write_requests_csv
-from cent_serve.bench.runner import BenchResult, run_in_process
+from cent_serve.bench.runner import run_in_process
 from cent_serve.config import CentConfig, config_to_dict
 from cent_serve.preflight import check_runnable
 

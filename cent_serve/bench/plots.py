@@ -18,7 +18,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter, ScalarFormatter
 
 from cent_serve.bench.report import run_title
-from cent_serve.bench.runner import BenchResult
+from cent_serve.bench.records import BenchResult
 from cent_serve.executor.base import busy_fraction
 
 SECONDS_FROM_MS = 5000.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cent_serve.arguments import check_config, wrong
-from cent_serve.bench.runner import BenchResult, RequestRecord
+from cent_serve.bench.records import BenchResult, RequestRecord
 from cent_serve.config import CentConfig
 from cent_serve.executor.base import busy_fraction
 from cent_serve.timing.mapping import parallelism

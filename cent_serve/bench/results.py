@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from cent_serve.bench.runner import BenchResult
+from cent_serve.bench.records import BenchResult
 
 
 CSV_FIELDS = ("request_id", "arrival_s", "trace_arrival_s", "scheduled_s", "first_token_s", "finish_s", "queued_s", "ttft_s",
