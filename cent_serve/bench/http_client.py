@@ -12,6 +12,9 @@ and E2E. Against cent-serve it also collects the server's simulated times
 - `paced` (cent-serve) or any other OpenAI-compatible server: each request is
   sent when the wall clock reaches its arrival (x the pace factor), with at
   most `concurrency` in flight.
+
+What the replay learns of the server before it starts is `http_server`'s; how a failed answer is
+named, `http_failures`'.
 """
 from __future__ import annotations
 
@@ -21,21 +24,29 @@ import functools
 import json
 import logging
 import time
-import urllib.parse
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
+from cent_serve.bench.http_failures import (BAD_REQUEST, CONNECTION_ERROR, ERROR_CODES, SERVER_ERROR, error_code,
+                                            event_reason, failure_reason)
+from cent_serve.bench.http_server import _bos, _probe, _Server, _server, _tokens, server_root
+from cent_serve.bench.progress import Progress
 from cent_serve.bench.prompts import prompt_ids
+from cent_serve.bench.records import BenchResult, RequestRecord, Sample
 from cent_serve.bench.request import Request as TraceRequest
-from cent_serve.bench.runner import (DEVICE_FAULT, BenchResult, Progress, RequestRecord, Sample, ZeroTokens,
-                                     engine_id)
-from cent_serve.replicas import NO_REPLICA
-from cent_serve.request import REFUSAL_REASONS, prompt_too_long
+from cent_serve.bench.runner import ZeroTokens, engine_id
+from cent_serve.request import prompt_too_long
 from cent_serve.serving import HOLD_EXPIRY_S, RELEASE_HOLD_S  # RELEASE_HOLD_S: the last request's hold, released
+
+__all__ = ["replay_http", "release_free_heap", "WallTimes", "REQUEST_TIMEOUT_S", "STATUS_POLL_S",
+           "RELEASE_EVERY_REQUESTS",
+           # http_failures.py's and http_server.py's, still reached here (the private ones by tests)
+           "SERVER_ERROR", "ERROR_CODES", "CONNECTION_ERROR", "BAD_REQUEST", "error_code", "failure_reason",
+           "event_reason", "server_root", "_Server", "_server", "_probe", "_tokens", "_bos"]
 
 log = logging.getLogger("cent.bench")
 REQUEST_TIMEOUT_S = 600.0
@@ -44,65 +55,6 @@ STATUS_POLL_S = 0.25
 """Wall seconds between samples of the server's queues."""
 RELEASE_EVERY_REQUESTS = 64
 """Requests ended between two `release_free_heap` calls of a replay."""
-
-
-SERVER_ERROR = "server_error"
-"""The reason of a 5xx answer: the server failed, not the request and not (knowingly) a device."""
-ERROR_CODES = {"context_length_exceeded": "context_exceeded", DEVICE_FAULT: DEVICE_FAULT, NO_REPLICA: SERVER_ERROR}
-"""Error codes (`error_code`) that name a refusal reason differently, cent-serve's for a
-request its devices failed (a 500, not a bug's) and for one no replica could serve (a 503, answered or
-as a stream's error event, `event_reason`, while every replica is down and none comes back soon); the reason codes
-themselves (`REFUSAL_REASONS`) map to themselves."""
-CONNECTION_ERROR = "connection_error"
-"""The reason of a request whose connection failed (timeout, reset)."""
-BAD_REQUEST = "bad_request"
-"""The reason of a 4xx answer that names none of the refusal reasons."""
-
-
-def error_code(err: dict) -> str | None:
-    """The machine-readable reason of OpenAI's `error` object: cent-serve's `cent.code` (its `code` is
-    the HTTP status, as vLLM's is), else a string `code` (OpenAI's, an older cent-serve's); None for
-    a server that names none (vLLM: only the status)."""
-    cent = err.get("cent")
-    if isinstance(cent, dict) and isinstance(cent.get("code"), str):
-        return cent["code"]
-    code = err.get("code")
-    return code if isinstance(code, str) else None
-
-
-def failure_reason(status: int, err: dict) -> str:
-    """The bench failure reason of an HTTP error answer (`err` is OpenAI's `error` object),
-    in the engine's refusal names so HTTP and in-process runs group failures alike.
-
-    The error code decides; without one (servers that do not set it, vLLM's context error),
-    the status, then the message and param, which is the best such servers give.
-    """
-    code = error_code(err)
-    if status == 429 or code == "queue_full":
-        return "queue_full"
-    if code in REFUSAL_REASONS:
-        return code
-    if code in ERROR_CODES:
-        return ERROR_CODES[code]
-    if status >= 500:
-        return SERVER_ERROR
-    message = str(err.get("message", "")).lower()
-    if "context" in message:  # "... the model's context is 4096", vLLM's "maximum context length"
-        return "context_exceeded"
-    if "kv blocks" in message:
-        return "kv_capacity"
-    return "invalid_prompt" if err.get("param") == "prompt" else BAD_REQUEST
-
-
-def event_reason(err: dict) -> str:
-    """The bench failure reason of a stream's error event (`err`: its `error` object), as
-    `failure_reason` gives for the same error answered before the stream began: its status is the
-    integer `code` (cent-serve's and vLLM 0.33's, `ErrorInfo.code`), else 500 (the stream was cut
-    under way: the server's failure). cent-serve's device fault stays `device_fault` by its
-    `cent.code`; a vLLM server's 500 is a `server_error`, never a device's."""
-    code = err.get("code")
-    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else 500
-    return failure_reason(status, err)
 
 
 @dataclass
@@ -209,104 +161,6 @@ def release_free_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-async def _probe(client: httpx.AsyncClient, url: str) -> tuple[str, int | None]:
-    """The served model's id and context (`max_model_len`, as vLLM and cent-serve list it; None
-    when the server does not say); ValueError naming `url` and the fix when nothing answers there."""
-    try:
-        r = await client.get("/v1/models")
-    except httpx.UnsupportedProtocol:
-        raise ValueError(f"--url {url!r} is invalid: give http://HOST:PORT, e.g. http://127.0.0.1:8000") from None
-    except httpx.HTTPError as exc:
-        raise ValueError(f"--url {url}: cannot connect ({type(exc).__name__}: {exc}): start `cent serve` "
-                         "there or fix --url") from None
-    try:
-        model = r.json()["data"][0]
-        context = model.get("max_model_len")
-        return model["id"], context if isinstance(context, int) and not isinstance(context, bool) else None
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError(f"--url {url}: GET /v1/models answered {r.status_code} without a model list: "
-                         "point --url at an OpenAI-compatible server (e.g. `cent serve`): http://HOST:PORT, or its /v1") from None
-
-
-@dataclass
-class _Server:
-    """What the replay needs to know of the server before it starts."""
-
-    model: str
-    status: dict
-    """`/v1/cent/status` at the start ({} when the server is not cent-serve)."""
-    max_model_len: int | None = None
-    """The served model's context, when /v1/models says it."""
-    bos: list[int] = field(default_factory=lambda: [1])
-    """What the server's tokenizer puts before a prompt (`POST /tokenize`, as vLLM and cent-serve
-    answer it: Llama 3's 128000, none for Qwen); the byte-level preset's BOS (1) when the server
-    does not say."""
-    config: dict | None = None
-    """`/v1/cent/config`: the server's resolved config (None when it has none: another server)."""
-
-    @property
-    def cent(self) -> bool:
-        return bool(self.status)
-
-    @property
-    def virtual(self) -> bool:
-        return self.status.get("clock_mode") == "virtual"
-
-    @property
-    def offset(self) -> float:
-        """Simulated seconds the server's clock stands at when the replay starts, trace time 0: where
-        a request sent now arrives (`sim_now_s`: on the virtual clock the engine's clock or its last
-        finish when later, so a replay does not start under the last round's work; on the paced one
-        the wall clock's simulated time). 0 for a server without simulated times."""
-        if not self.cent:
-            return 0.0
-        return self.status.get("sim_now_s", self.status.get("clock_s", 0.0))
-
-    @property
-    def pace(self) -> float:
-        return self.status.get("pace_factor", 1.0)
-
-
-async def _server(client: httpx.AsyncClient, url: str) -> _Server:
-    model, context = await _probe(client, url)
-    st = await client.get("/v1/cent/status")
-    status = st.json() if st.status_code == 200 else {}
-    config = None
-    if status:
-        got = await client.get("/v1/cent/config")
-        config = got.json() if got.status_code == 200 else None  # a cent-serve from before it was served
-    return _Server(model, status, context, await _bos(client, model), config=config)
-
-
-async def _tokens(client: httpx.AsyncClient, model: str, prompt: str, special: bool) -> list[int] | None:
-    """The server's `POST /tokenize` of `prompt` (None when it has none or answers something else)."""
-    try:
-        r = await client.post("/tokenize", json={"model": model, "prompt": prompt, "add_special_tokens": special})
-        ids = r.json()["tokens"] if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-    ok = isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
-    return ids if ok else None
-
-
-async def _bos(client: httpx.AsyncClient, model: str) -> list[int]:
-    """The ids the server's tokenizer starts a prompt with: `/tokenize` of a text with and without the
-    special tokens (vLLM's and cent-serve's `add_special_tokens`), what the first has before the
-    second's ids. A server that answers both alike (it may ignore the flag) or not at all is asked
-    for an empty text's ids (one at most: a BOS, or none); [1], the byte-level preset's BOS, when
-    it has no `/tokenize`."""
-    from cent_serve.model.tokenizer import START_PROBE, leading_special_ids
-
-    with_special = await _tokens(client, model, START_PROBE, True)
-    without = await _tokens(client, model, START_PROBE, False)
-    if with_special is not None and without is not None and with_special != without:
-        start = leading_special_ids(with_special, without)
-        if start is not None:
-            return start
-    empty = await _tokens(client, model, "", True)
-    return empty if empty is not None and len(empty) <= 1 else [1]
 
 
 class _Replay:
@@ -485,15 +339,6 @@ def _terms_over_replay(start: dict | None, end: dict | None) -> dict[str, float]
     if start is None or end is None:
         return None
     return {k: v - start.get(k, 0.0) for k, v in end.items()}
-
-
-def server_root(url: str) -> str:
-    """The server's root, which the replay's paths (`/v1/completions`, `/tokenize`) follow: `url` without
-    a trailing slash, nor a trailing `/v1`, the OpenAI client's `base_url` form that `cent serve` logs
-    ("listening on http://HOST:PORT/v1"), so that URL copied to --url is the server it names."""
-    root = url.rstrip("/")
-    path = urllib.parse.urlsplit(root).path  # only the path's /v1: a host named v1 (http://v1) is the server's
-    return root.removesuffix("/v1").rstrip("/") if path.endswith("/v1") else root
 
 
 async def replay_http(url: str, requests: list[TraceRequest], concurrency: int = 256, seed: int = 0,

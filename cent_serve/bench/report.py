@@ -234,7 +234,7 @@ def served_price(server_config: dict | None, url: str, total_token_throughput: f
     or one this version cannot read. Its `server` section (the port, the API key it redacts) prices nothing
     and is not read, nor is its model's checkpoint directory, a path on the server's host: the resolved
     model fields it gives beside it are the model."""
-    from cent_serve.bench.http_client import server_root
+    from cent_serve.bench.http_server import server_root
     from cent_serve.config.files import config_from_mapping
 
     url = server_root(url)
