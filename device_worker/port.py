@@ -44,7 +44,7 @@ from device_worker.steady import CROSSED, NEED, SEND_FAILED, buffers, steady_loo
 from device_worker.worker import DeviceWorker
 from fabric.link import HEADER, Link, LinkClosed
 from fabric.listener import LinkBook
-from fabric.rounds import Place, RoundAborted, chain_message, combine, hand_on, tick_message
+from fabric.rounds import STOP_MESSAGE, Place, RoundAborted, chain_message, combine, hand_on, tick_message
 from fabric.switch import Fabric
 from fabric.wire import RECV_CHUNK_BYTES, WireError, encode, error_message, register_error, remote_error
 
@@ -110,6 +110,10 @@ class DevicePort:
             except WireError as exc:
                 msg = _error(exc)
             kind = msg.get("kind")
+            if kind == "stop":  # the executor shuts down (`HostEnd.stop`): hand it on and end, no warning
+                if p.is_leader:
+                    self._send(outputs, STOP_MESSAGE, quiet=True)
+                return
             if kind in ("run", "tick"):
                 try:
                     out = self._round(msg, ranks)
@@ -268,14 +272,16 @@ class DevicePort:
         return (f"within {self.wait_s:g} s (server.round_timeout_s={self.worker.cfg.server.round_timeout_s:g} "
                 "with a margin): a device stopped or hung")
 
-    def _send(self, outputs: list[Link], blob: bytes) -> bool:
-        """One message to every output; False once an output is gone (this device stops)."""
+    def _send(self, outputs: list[Link], blob: bytes, quiet: bool = False) -> bool:
+        """One message to every output; False once an output is gone (this device stops, with a
+        warning unless `quiet`: the chain is stopping, its next devices may be gone already)."""
         try:
             for link in outputs:
                 self.sent += (1, HEADER.size + len(blob))  # counted first: a reader of stats after the round sees it
                 link.send_bytes(blob)
         except LinkClosed as exc:
-            log.warning("device %d stops: %s", self.place.device_id, exc)
+            if not quiet:
+                log.warning("device %d stops: %s", self.place.device_id, exc)
             return False
         return True
 

@@ -410,6 +410,10 @@ def tick_message(round_id: int, x: np.ndarray) -> bytes:
     return msgpack.packb({"kind": "tick", "round": round_id, "x": x.tobytes()})
 
 
+STOP_MESSAGE = encode({"kind": "stop"})
+"""What the host sends down the chain when its executor shuts down (`HostEnd.stop`)."""
+
+
 class HostEnd:
     """The host's end of a replica's chain: the message the first unit's devices get for a plan
     (a tick when the plan brings them nothing but times), and the round's output from the last
@@ -425,6 +429,18 @@ class HostEnd:
                 and plan.wants_logits is None and (layout is last or layout == last)):
             return tick_message(plan.round_id, np.concatenate([plan.ready_s, np.zeros(len(layout.seq_ids))]))
         return encode(chain_message(plan, None, last))
+
+    @staticmethod
+    def stop(inputs: list) -> None:
+        """Tell the first unit's devices, on the host's `inputs` links, that the chain stops (its
+        executor shuts down): each device hands it on down the chain and ends without a warning
+        (`DevicePort.serve`), where a closed input link alone reads as a failure. Best effort: a
+        device already gone is no error here."""
+        for link in inputs:
+            try:
+                link.send_bytes(STOP_MESSAGE)
+            except OSError:  # LinkClosed among them: that device has stopped already
+                pass
 
     @staticmethod
     def output(msg: dict, layout: Layout) -> RoundOutput:

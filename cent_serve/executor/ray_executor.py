@@ -312,6 +312,7 @@ class RayExecutor(Executor):
         if getattr(self, "replica_host", None) is not None:
             _replica_hosts[self.replica_host] -= 1
             self.replica_host = None
+        HostEnd.stop(getattr(self, "inputs", []))  # the devices end quietly, not as after a failure
         for link in [*getattr(self, "inputs", []), getattr(self, "output", None), getattr(self, "switch_link", None)]:
             if link is not None:
                 link.close()
