@@ -166,7 +166,9 @@ class ServerConfig:
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other
     processor (measured on a 2-core VM: about 20 us a hop instead of 50). Not applied where
-    tensor-parallel ranks compute full numerics: those run at the same time."""
+    tensor-parallel ranks compute full numerics: those run at the same time; nor where the executor
+    is built inside a Ray task or actor (a Ray program's fanned-out sweep), whose processes would
+    each take the node's first CPU."""
     max_tokens_default: int | None = None
     """Tokens a request gets when it names no limit (clamped to the context the prompt leaves).
     None: OpenAI's defaults, 16 for completions and the rest of the context for chat (vLLM's

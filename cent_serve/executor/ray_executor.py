@@ -108,6 +108,14 @@ _cpu_slots = itertools.count()
 """Each new replica's CPU slot (`server.pin_replica_cpu`): replicas take a node's CPUs in turn."""
 
 
+def _in_driver() -> bool:
+    """Whether this process is a Ray driver, not a task's or an actor's worker. Only a driver pins its
+    replicas' devices (`server.pin_replica_cpu`): processes a Ray program fans out (a sweep over
+    `ray.remote` tasks) each count from the node's first CPU, unaware of the others, and pinned,
+    all their devices would share that one CPU while the node's others idle."""
+    return ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE
+
+
 class SwitchGone(DevicesLost):
     """The fabric actor (the CXL switch) is gone: no round can run on this replica."""
 
@@ -160,7 +168,7 @@ class RayExecutor(Executor):
             # the cost model's table by context, filled once here for every device
             self.timer.fill_contexts(np.arange(1, min(cfg.model.max_seq_len, PRELOAD_CONTEXTS) + 1))
             table = ray.put(self.timer.context_table())
-            slot = next(_cpu_slots) if cfg.server.pin_replica_cpu and not (
+            slot = next(_cpu_slots) if cfg.server.pin_replica_cpu and _in_driver() and not (
                 cfg.resolved_numerics == "full" and self.timer.mapping.tp > 1) else None
             bundles = chain_bundles(self.pg, ray.get_runtime_context().get_node_id()) if self.pg is not None else None
             for i, d in enumerate(device_ids):

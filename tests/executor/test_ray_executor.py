@@ -122,6 +122,26 @@ def test_a_replicas_devices_share_one_cpu_unless_tensor_ranks_compute_together(r
             assert all(set(c) == os.sched_getaffinity(0) for c in cpus), (numerics, pp, tp, cpus)
 
 
+def test_an_executor_built_inside_a_ray_task_leaves_its_devices_unpinned(ray_cluster):
+    """A Ray user's sweep fanned out over tasks: each task's process counts its replicas' CPUs from
+    the first, so pinned, every task's devices would share the node's first CPU while the others idle."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def build() -> list:
+        ex = make_executor(CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="off"),
+                           "ray")
+        try:
+            return ray.get([a.cpus.remote() for a in ex.actors.values()])
+        finally:
+            ex.shutdown()
+
+    cpus = ray.get(build.remote(), timeout=600)
+    assert all(set(c) == os.sched_getaffinity(0) for c in cpus), cpus
+
+
 class _Plant:
     """Unpickling this runs code: it creates a file (what an attacker's payload would do)."""
 
