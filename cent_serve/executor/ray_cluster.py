@@ -128,12 +128,19 @@ def _start_or_join(address: str | None, num_cpus: int | None) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         # Ray runs its workers at nice 15 by default; here the workers are the emulated devices,
-        # the whole job, and at nice 15 any other busy process on the machine starves them
-        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+        # the whole job, and at nice 15 any other busy process on the machine starves them.
         # Ray warns when more workers start at once than it expects (its CPUs): a replica's devices
-        # all start together, and the warning comes on the driver's stdout (into `--json` output)
+        # all start together, and the warning comes on the driver's stdout (into `--json` output).
+        # Both are read by the raylet ray.init starts, then taken out of this process's environment:
+        # a Ray the user starts here later gets Ray's defaults (docs/python_api.md)
+        ours = [n for n in (WORKER_NICENESS_ENV, STARTUP_CONCURRENCY_ENV) if n not in os.environ]
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        finally:
+            for name in ours:
+                os.environ.pop(name, None)
         return "started a local Ray"
     def refuse(reason: str) -> ValueError:
         return ValueError(f"{field}={address!r}: no Ray cluster could be joined ({reason}); start one "

@@ -263,6 +263,28 @@ def test_startup_wait_logs_progress_and_raises_early(ray_cluster, caplog):
         await_started([answer.remote(4, 5.0)], 0.3, every_s=0.1)
 
 
+def test_a_local_ray_started_for_the_user_leaves_their_environment_as_it_was(monkeypatch):
+    """The settings a fresh local Ray is started with (its workers' niceness, their start-up
+    concurrency) are the raylet's, read when `ray.init` starts it: a Ray the user starts later in the
+    same process (after `ray.shutdown()`) gets Ray's defaults, not ours, unless they set them."""
+    import os
+
+    from cent_serve.executor import ray_cluster as rx
+
+    names = (rx.WORKER_NICENESS_ENV, rx.STARTUP_CONCURRENCY_ENV)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    seen = {}
+    monkeypatch.setattr(rx.ray, "init", lambda **kw: seen.update({n: os.environ.get(n) for n in names}))
+    assert rx._start_or_join(None, 1) == "started a local Ray"
+    assert seen == {rx.WORKER_NICENESS_ENV: "0", rx.STARTUP_CONCURRENCY_ENV: str(rx.STARTUP_CONCURRENCY)}
+    assert [os.environ.get(n) for n in names] == [None, None]
+    monkeypatch.setenv(rx.WORKER_NICENESS_ENV, "15")  # the user's own setting is theirs, kept
+    rx._start_or_join(None, 1)
+    assert seen[rx.WORKER_NICENESS_ENV] == "15" and os.environ[rx.WORKER_NICENESS_ENV] == "15"
+
+
 def test_joining_auto_names_the_cluster_it_found(monkeypatch):
     """`--ray-address auto` may find any cluster on the machine: the start-up line names its GCS."""
     import socket
