@@ -300,6 +300,21 @@ class Link:
                             f"{self.max_frame_bytes}-byte frame limit (MAX_FRAME_BYTES)")
         self._send_frame(blob)
 
+    def send_if_room(self, blob: bytes) -> bool:
+        """Send one small frame only if the socket takes it whole at once, never waiting: a last word
+        on a link about to close (`HostEnd.stop`), which a hung peer must not hold up. False if it
+        did not go (the link closed if part of it went: the stream is no longer in step)."""
+        if self._closed:
+            return False
+        frame = HEADER.pack(len(blob)) + blob
+        try:
+            sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError (no room) among them
+            return False
+        if sent != len(frame):
+            self.close()
+        return sent == len(frame)
+
     def _send_frame(self, blob: bytes) -> None:
         if self._closed:
             raise LinkClosed(f"the link to {self.peer} is closed")

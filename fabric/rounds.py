@@ -434,13 +434,10 @@ class HostEnd:
     def stop(inputs: list) -> None:
         """Tell the first unit's devices, on the host's `inputs` links, that the chain stops (its
         executor shuts down): each device hands it on down the chain and ends without a warning
-        (`DevicePort.serve`), where a closed input link alone reads as a failure. Best effort: a
-        device already gone is no error here."""
+        (`DevicePort.serve`), where a closed input link alone reads as a failure. Best effort, never
+        waiting (`Link.send_if_room`): a device gone or hung is no error here, and holds nothing up."""
         for link in inputs:
-            try:
-                link.send_bytes(STOP_MESSAGE)
-            except OSError:  # LinkClosed among them: that device has stopped already
-                pass
+            link.send_if_room(STOP_MESSAGE)
 
     @staticmethod
     def output(msg: dict, layout: Layout) -> RoundOutput:

@@ -245,6 +245,25 @@ def test_a_chain_shut_down_ends_every_device_without_a_warning(caplog, devices, 
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_a_stop_to_a_device_that_reads_nothing_does_not_wait_for_it():
+    """A shutdown after a device hung (its input unread, the link's buffer full) tells the others and
+    returns: the stop is sent only where it goes at once, not after the link's send stall limit."""
+    host, device = _pair()
+    host.sock.setblocking(False)
+    try:
+        while True:
+            host.sock.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    host.sock.setblocking(True)
+    ended = threading.Thread(target=HostEnd.stop, args=([host],), daemon=True)
+    ended.start()
+    ended.join(STOP_JOIN_S)  # a blocking send would wait the link's stall limit, 300 s by default
+    assert not ended.is_alive()
+    host.close()
+    device.close()
+
+
 def test_a_device_whose_input_link_breaks_says_so_down_the_chain():
     cfg = _cfg(8, 0, 1, "off")
     chain = ThreadedChain(cfg)
