@@ -46,23 +46,41 @@ def _cluster_units(cfg: CentConfig) -> tuple[dict[str, int], str]:
     return units, ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
 
 
+def _own_ray() -> bool:
+    """Whether this process started the Ray it is connected to (`ensure_ray`'s fresh local Ray, or a
+    caller's own `ray.init()` without an address), as Ray records it: `ray.init` makes the node it
+    starts a head, and a node it merely connects to not (ray/_private/worker.py `init`: `Node(head=True,
+    ...)` against `Node(head=False, connect_only=True)`; Ray Client keeps no node: False)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
 def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) -> tuple[dict[str, int], str]:
     """Refuse (PlacementError, naming the units each node has and the fix) a cluster advertising
     `device_resource` that cannot hold `replicas` copies of `num_devices` devices, or, for
     `server.placement` replica, has no host with a replica's devices. Reads the cluster once, places
     nothing: what cannot run is refused before anything starts (`cent serve` asks before its first
-    replica, `place_devices` before each). Returns `_cluster_units` (no units on one node: a plain
-    Ray, which places actors anywhere, nothing checked). Several nodes none of which advertises the
-    resource are refused: Ray would scatter the devices over them, one node hop per pipeline hop,
-    and `server.placement` could not be applied (deploy/README.md, "The contract")."""
+    replica, `place_devices` before each, a re-created replica's included: one rule for both).
+    Returns `_cluster_units` (no units on the one-node Ray this process started: a plain local Ray,
+    which places actors anywhere, nothing checked).
+
+    A cluster this process joined whose live nodes advertise no units is refused, however many nodes
+    it has: a node without units is one its operator keeps free of devices (a head kept for the
+    engine, deploy/README.md "The contract"), and Ray would put the devices anywhere, scattered over
+    several nodes one node hop per pipeline hop, `server.placement` not applied. At a re-creation
+    (the last node with units lost, the head without) the refusal is the replica's reason to wait:
+    `Replicas` retries it every RETRY_S, /health naming it, until a node with units joins. Before,
+    one such node was taken for a plain Ray, and a lost worker's replica came back on the head."""
     s = cfg.server
     units, summary = _cluster_units(cfg)
     total = sum(units.values())
-    if total == 0 and len(units) > 1:
-        raise PlacementError(f"the cluster's {len(units)} nodes advertise no {s.device_resource} units, so the "
-                             f"devices cannot be placed (server.placement={s.placement!r}): start each node that "
-                             f"is to host devices with ray start --resources='{{\"{s.device_resource}\": N}}' "
-                             "(deploy/README.md)")
+    if total == 0 and not (len(units) == 1 and _own_ray()):
+        one = len(units) == 1
+        has = ("the cluster has no live node" if not units else f"the cluster's {len(units)} node{'' if one else 's'} "
+               f"advertise{'s' if one else ''} no {s.device_resource} units ({summary})")
+        raise PlacementError(f"{has}, so the devices cannot be placed "
+                             f"(server.placement={s.placement!r}): start each node that is to host devices with "
+                             f"ray start --resources='{{\"{s.device_resource}\": N}}' (deploy/README.md)")
     if total == 0:
         return units, summary
     if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for
@@ -88,7 +106,8 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
 
 def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     """A placement group of one `device_resource` bundle per device when the cluster advertises
-    that resource (None when it does not: a plain local Ray places actors anywhere), by
+    that resource (None on the local Ray this process started, advertising none: it places actors
+    anywhere; a joined cluster advertising none is refused, `check_cluster_holds`), by
     `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
     this process's other replicas holds when one has room). A cluster that cannot hold the
     `replicas` copies of `num_devices` is refused at once (`check_cluster_holds`); otherwise raises

@@ -193,3 +193,72 @@ def test_a_lost_raylet_of_the_servers_node_fails_the_requests_and_the_server_exi
     assert lines[-1].startswith("cent serve: error: this node's raylet (at "), out
     assert lines[-1].endswith(f"{given_up}: the server's Ray node and the devices on it are gone; start Ray on this "
                               "node again (ray start), then the server"), out
+
+
+NO_UNITS = "the cluster's 1 node advertises no cent_device units"
+"""The reason a replica waits while only the head, which advertises no units, is left."""
+
+
+def _status_nodes(url: str) -> tuple[set[str], str]:
+    """(the Ray node ids the devices run on, the switch's: the server's node) from /v1/cent/status."""
+    import httpx
+
+    st = httpx.get(url + "/v1/cent/status", timeout=30).json()
+    return {d["node_id"] for d in st["devices"]}, st["fabric"][0]["node_id"]
+
+
+def _until(check, what: str):
+    """Ask `check()` every 0.5 s until it returns something true (returned), at most HANG_GUARD_S."""
+    import time
+
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"not within the hang guard: {what}")
+
+
+def test_a_lost_worker_with_the_units_is_waited_for_never_replaced_on_a_head_without_units():
+    """The head advertises no cent_device units, its one worker 2; the server's replica runs on the
+    worker, which is lost. The replica was re-created on the head at once, its devices placed with
+    no placement group (a one-node cluster without units was taken for a plain Ray), silently. Now
+    it waits for units: /health 503 naming them, a request 503 no_replica; once a worker with units
+    joins, the replica comes back there and serves."""
+    import httpx
+
+    from tests.serving.utils import stop_serve
+
+    body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
+    with RayHead(devices=0) as head:
+        head.add_worker(2)
+        proc = _serve_on(head)
+        try:
+            assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
+            devices, server = _status_nodes(proc.url)
+            assert server not in devices and len(devices) == 1, (devices, server)  # on the worker
+            assert head.kill_worker(0) > 0
+            # one that meets the dead devices (500 device_fault), or waits for their re-creation
+            first = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
+
+            def waiting_or_back():
+                r = httpx.get(proc.url + "/health", timeout=30)
+                if r.status_code == 503 and NO_UNITS in r.json().get("reason", ""):
+                    return "waiting"
+                st = httpx.get(proc.url + "/v1/cent/status", timeout=30).json()
+                return "back" if st["num_recoveries"] else None
+
+            assert _until(waiting_or_back, "the replica neither waited for units nor came back") == "waiting", \
+                (first.status_code, _status_nodes(proc.url), "".join(proc.log[-20:]))  # back: on the head
+            r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
+            error = r.json()["error"]
+            assert (r.status_code, error["cent"]["code"]) == (503, "no_replica") and NO_UNITS in error["message"], r.text
+            head.add_worker(2)
+            _until(lambda: httpx.get(proc.url + "/health", timeout=30).status_code == 200, "the replica came back")
+            assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
+            devices, server = _status_nodes(proc.url)
+            assert server not in devices, (devices, server)  # on the new worker, never the head
+        finally:
+            out = stop_serve(proc, hang_fails=False)
+    assert proc.returncode == 0 and "Traceback" not in out, out

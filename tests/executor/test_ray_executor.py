@@ -416,18 +416,39 @@ def test_replica_placement_is_refused_up_front_when_the_hosts_cannot_each_hold_a
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
 
 
-def test_a_cluster_of_several_nodes_without_device_units_is_refused_before_anything_starts(monkeypatch):
+@pytest.mark.parametrize("own", [True, False])
+def test_a_cluster_without_device_units_is_refused_unless_it_is_the_local_ray_this_process_started(monkeypatch,
+                                                                                                   own):
     """Two nodes started without --resources: the devices were placed where Ray liked, alternating
-    nodes along the pipeline, and --placement replica was silently not applied. One node (a plain
-    Ray) is still served as before."""
+    nodes along the pipeline, and --placement replica was silently not applied. One node was taken for
+    a plain Ray whoever started it: a joined cluster's head without units, its worker with them lost,
+    had the worker's replica re-created on the head, silently. Now only the local Ray this process
+    started (`_own_ray`) places the devices anywhere; the rule is the same at a re-creation, which
+    asks it again (`place_devices`)."""
     from cent_serve.executor import ray_placement as rx
 
+    monkeypatch.setattr(rx, "_own_ray", lambda: own)
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0, "b": 0}, "A: 0, B: 0"))
     with pytest.raises(rx.PlacementError, match=r"the cluster's 2 nodes advertise no cent_device units.*"
                                                 r"placement='replica'.*ray start --resources='\{\"cent_device\": N\}'"):
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0}, "A: 0"))
-    assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
+    if own:
+        assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
+        assert rx.place_devices(_replica_cfg(), 6) is None
+    else:
+        for ask in (lambda: rx.check_cluster_holds(_replica_cfg(), 6, replicas=2),
+                    lambda: rx.place_devices(_replica_cfg(), 6)):
+            with pytest.raises(rx.PlacementError, match=r"^the cluster's 1 node advertises no cent_device units "
+                                                        r"\(A: 0\), so the devices cannot be placed"):
+                ask()
+
+
+def test_own_ray_is_true_for_a_ray_this_process_started(ray_cluster):
+    """The session's Ray is `ensure_ray`'s fresh local one (tests/conftest.py)."""
+    from cent_serve.executor import ray_placement as rx
+
+    assert rx._own_ray()
 
 
 def test_an_empty_device_resource_is_refused_naming_the_field(capsys):
