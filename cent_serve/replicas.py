@@ -213,7 +213,10 @@ class Replicas:
         """Start no re-creation and give up those in flight (their start-up cancelled), waiting for
         them up to `join_s` (default SHUTDOWN_JOIN_S); each stops what it built by itself. Alone, for
         a lost cluster, whose actors are gone with it (asking Ray to stop them would wait on its GCS):
-        no re-creating thread is left inside Ray when Ray shuts down."""
+        a re-creation waiting for its placement or its devices hears the stop within a fraction of a
+        second and leaves Ray; one inside a call on the dead GCS (the removal of the placement group it
+        gives up, an old executor's shutdown) stays there past `join_s`, parked through `ray.shutdown`
+        without ending the process (Ray 2.60: tests/cluster/test_ray_head.py, the lost-head removal)."""
         self._stopping = True
         # one wait for them all (after a lost cluster each blocks)
         deadline = time.monotonic() + (SHUTDOWN_JOIN_S if join_s is None else join_s)

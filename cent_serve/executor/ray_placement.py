@@ -150,8 +150,8 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
 def _await_granted(pg, timeout_s: float) -> None:
     """Wait for `pg` to be granted: GetTimeoutError after `timeout_s`; StartCancelled within
     PLACEMENT_CHECK_S once nobody wants the start-up (`check_start`: the server stops, or gives its
-    cluster up, while a replica is re-created; a thread left inside Ray past `ray.shutdown` ends the
-    process the moment it returns, before the server's last line)."""
+    cluster up, while a replica is re-created; a `ray.get` left waiting past `ray.shutdown` ended the
+    process the moment it returned, before the server's last line)."""
     ready, deadline = pg.ready(), time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
