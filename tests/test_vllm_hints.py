@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from cent_serve.vllm_hints import VLLM_FLAG_HINTS
+
 
 @pytest.mark.parametrize("args, says", [
     (["serve", "--tensor-parallel-size", "4"], "unrecognized arguments: --tensor-parallel-size 4 (see cent serve "
@@ -61,6 +63,35 @@ def test_a_flag_s_value_is_not_taken_for_the_model(args, capsys):
     assert "unrecognized arguments: " in err and "give the model" not in err, err
 
 
+# the flags with a hint that take no value in vLLM: bool fields, which vllm/engine/arg_utils.py's get_kwargs
+# makes argparse.BooleanOptionalAction switches (also --no-FLAG), and vllm/benchmarks/serve.py's store_true ones
+_VLLM_TAKES_NONE = {"--enable-chunked-prefill", "--enable-prefix-caching", "--enforce-eager", "--trust-remote-code",
+                    "--save-result", "--ignore-eos"}
+
+
+@pytest.mark.parametrize("flag", sorted(VLLM_FLAG_HINTS))
+def test_the_word_after_a_vllm_flag_is_its_value_as_in_vllm(flag, capsys):
+    """`_positional` reads the word after a vLLM flag as vLLM does: a switch's next word is the model,
+    any other flag's is its value (a flag wrongly taken for a switch would name its value as the model)."""
+    from cent_serve.cli import main
+    assert main(["info", flag, "meta-llama/Llama-2-7b-hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("give the model as --model meta-llama/Llama-2-7b-hf " in err) \
+        == (flag in _VLLM_TAKES_NONE), err
+    if flag in _VLLM_TAKES_NONE and flag.startswith("--enable-"):  # BooleanOptionalAction's --no-FLAG is one too
+        assert main(["info", "--no-" + flag[2:], "meta-llama/Llama-2-7b-hf"]) == 2
+        assert "give the model as --model meta-llama/Llama-2-7b-hf " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["serve", "--dtype"], ["info", "--max-num-seqs", "8", "-dp"]])
+def test_a_vllm_flag_missing_its_value_is_one_line(args, capsys):
+    """A flag that takes a value, last with none: no word after it to skip, and no model."""
+    from cent_serve.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments: " in err and "give the model" not in err, err
+
+
 def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
     from cent_serve.cli import main
     assert main(["serve", "--model", "tiny", "extra"]) == 2
@@ -71,6 +102,7 @@ def test_a_stray_word_after_the_model_is_not_taken_for_the_model(capsys):
 @pytest.mark.parametrize("given, preset", [
     ("Llama2-70B", "llama2-70b"), ("llama-2-70b", "llama2-70b"), ("meta-llama/Llama-2-70b-hf", "llama2-70b"),
     ("meta-llama/Llama-2-70b-hf/", "llama2-70b"),  # a shell's completion of a directory that is not there
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"),  # a release of a preset _RELEASES does not list
     ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"), ("mistralai/Mistral-7B-v0.1", "mistral-7b"),
     ("google/gemma-2-9b-it", "gemma-2-9b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"),
 ])
@@ -93,7 +125,8 @@ _MISTRAL_RELEASES = {"v0.2": dict(_MISTRAL, vocab_size=32000, rope_theta=1000000
 
 
 @pytest.mark.parametrize("given, release", [("Mistral-7B-Instruct-v0.3", "v0.3"), ("mistralai/Mistral-7B-v0.3", "v0.3"),
-                                            ("mistralai/Mistral-7B-Instruct-v0.2", "v0.2")])
+                                            ("mistralai/Mistral-7B-Instruct-v0.2", "v0.2"),
+                                            ("mistralai/Mistral-7B-v0.3/", "v0.3")])
 def test_a_later_release_of_a_preset_is_told_how_it_differs(given, release, capsys, tmp_path):
     """`--model mistralai/Mistral-7B-v0.3` was told "the preset of its shape is --model mistral-7b", which
     is v0.1's (a 32,000 vocabulary, a 4,096-token window, rope_theta 1e4): v0.3's is not that shape. The
