@@ -78,9 +78,10 @@ VLLM_BENCH_HINTS = {
     "--result-dir": "--out DIR here",
     "--result-filename": "not taken here: the files' names are fixed (summary.json, requests.csv, config.json): give "
                          "each run its own --out DIR",
-    # bench/runner.py and bench/http_client.py send each request's output length as max_tokens with ignore_eos
-    "--ignore-eos": "not needed here: every request generates its trace's output length (ignore_eos, as vLLM's "
-                    "benchmark sends trace requests)",
+    # bench/runner.py and bench/http_client.py send each request's output length as max_tokens with ignore_eos;
+    # vLLM's bench sends it with --ignore-eos, and unasked only for its random datasets (vllm/benchmarks/serve.py)
+    "--ignore-eos": "not needed here: every request generates its trace's output length (each is sent with "
+                    "ignore_eos, as vLLM's benchmark sends them with --ignore-eos)",
     "--percentile-metrics": "not taken here: summary.json holds the mean, std, median, p90 and p99 of TTFT, TPOT, "
                             "ITL and E2E latency (bench/report.py), requests.csv each request's",
     "--metric-percentiles": "not taken here: summary.json holds the mean, std, median, p90 and p99 of TTFT, TPOT, "

@@ -138,7 +138,7 @@ def run_in_process(cfg: CentConfig, requests: Iterable[TraceRequest],
                    warn: bool = True, keep_on_interrupt: bool = False, desc: str = "replay",
                    checked: bool = False) -> BenchResult:
     """Replay `requests` (arrival-ordered) in virtual time; every request gets max_tokens =
-    its output length with ignore_eos, as vLLM's benchmark sends trace requests. `warn`: log
+    its output length with ignore_eos (as vLLM's benchmark with --ignore-eos sends them). `warn`: log
     the warning for requests raised to 1 token (False: the caller warns once for several
     replays of one trace). `keep_on_interrupt`: Ctrl-C ends the replay with the records of the
     requests that ended before it (`BenchResult.interrupted`) rather than raising. Without `engine`,
