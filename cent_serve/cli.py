@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from cent_serve import __version__
-from cent_serve.vllm_hints import VLLM_FLAG_HINTS, VLLM_SWITCHES
+from cent_serve.vllm_hints import VLLM_FLAG_HINTS, VLLM_SWITCH_PREFIXES, VLLM_SWITCHES
 
 
 class _WholeFlags:
@@ -101,14 +101,14 @@ def _positional(unknown: list[str]) -> str | None:
     """The first word argparse left over that no flag before it takes as its value: `vllm serve`'s
     positional model, after vLLM's flags too (`--dtype half MODEL`). argparse leaves an unknown flag and
     the words after it over apart, in order, not knowing which it takes: a flag is taken to take the word
-    after it unless that is a flag, it is `--flag=value`, or it is one of `VLLM_SWITCHES` (most of vLLM's
-    flags take one value)."""
+    after it unless that is a flag, it is `--flag=value`, or it is one of `VLLM_SWITCHES` or starts with one
+    of `VLLM_SWITCH_PREFIXES` (most of vLLM's flags take one value)."""
     i = 0
     while i < len(unknown):
         word = unknown[i]
         if not word.startswith("-"):
             return word
-        takes = "=" not in word and word not in VLLM_SWITCHES and not word.startswith("--no-")
+        takes = "=" not in word and word not in VLLM_SWITCHES and not word.startswith(VLLM_SWITCH_PREFIXES)
         i += 2 if takes and i + 1 < len(unknown) and not unknown[i + 1].startswith("-") else 1
     return None
 

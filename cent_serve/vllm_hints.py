@@ -95,8 +95,13 @@ starts with one `cent bench run` takes."""
 VLLM_FLAG_HINTS = {**VLLM_SERVE_HINTS, **VLLM_BENCH_HINTS}
 """Every vLLM flag with a hint (`cli._vllm_hint`)."""
 
-VLLM_SWITCHES = frozenset({"--enable-chunked-prefill", "--enable-prefix-caching", "--enforce-eager",
-                           "--trust-remote-code", "--save-result", "--ignore-eos"})
-"""vLLM's flags that take no value (`action="store_true"` or BooleanOptionalAction, whose --no-FLAG is
-one too, in vllm/engine/arg_utils.py and vllm/benchmarks/serve.py): the word after one is not its value
-(`cli._positional`)."""
+VLLM_SWITCHES = frozenset({"--enforce-eager", "--trust-remote-code", "--save-result", "--ignore-eos"})
+"""vLLM's flags with a hint that take no value (`action="store_true"` or BooleanOptionalAction, in
+vllm/engine/arg_utils.py and vllm/benchmarks/serve.py), besides those `VLLM_SWITCH_PREFIXES` covers: the word after
+one is not its value (`cli._positional`)."""
+
+VLLM_SWITCH_PREFIXES = ("--no-", "--enable-", "--disable-")
+"""How every other vLLM flag that takes no value starts: BooleanOptionalAction's --no-FLAG, and each
+--enable-*/--disable-* flag of `vllm serve` and `vllm bench serve` is a bool field or store_true
+(vllm/engine/arg_utils.py get_kwargs, vllm/entrypoints/openai/cli_args.py FrontendArgs,
+vllm/benchmarks/datasets/arg_utils.py), with or without a hint here (--disable-log-requests MODEL)."""

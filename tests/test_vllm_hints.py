@@ -43,6 +43,9 @@ def test_a_flag_from_vllm_is_told_the_flag_that_does_it_here(args, says, capsys)
     ["serve", "--max-model-len", "2048", "--devices", "8", "--dtype", "half", "meta-llama/Llama-2-7b-hf"],
     ["serve", "--enable-chunked-prefill", "meta-llama/Llama-2-7b-hf"],  # a switch: the word after it is no value
     ["serve", "--some-flag", "--dtype", "half", "meta-llama/Llama-2-7b-hf", "--port", "8001"],
+    # vLLM switches with no hint: each of vLLM's --enable-*/--disable-* flags takes no value
+    ["serve", "--disable-log-requests", "meta-llama/Llama-2-7b-hf"],
+    ["serve", "--enable-lora", "meta-llama/Llama-2-7b-hf", "--max-loras", "4"],
 ])
 def test_the_positional_model_after_a_vllm_flag_is_found(args, capsys):
     """`cent serve --dtype half MODEL` (vLLM's positional model after a flag and its value) got no "give
