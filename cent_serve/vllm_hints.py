@@ -11,6 +11,8 @@ _DP = ("--devices N here: N devices hold N // (the devices one replica's mapping
        "(cent info prints how many); on modelled GPUs --hardware gpu:KIND:N holds N / (gpu.tp x gpu.pp) of them")
 _NO_CODE = ("not needed here: a checkpoint's config.json, tokenizer files and weights are read, none of its code "
             "is run")
+_QUANT = ("not taken here: weights are bfloat16 or float32 (--set model.weight_dtype=...); an 8-bit KV cache is --set "
+          "device.kv_bytes_per_element=1")
 
 VLLM_SERVE_HINTS = {
     # `vllm serve`'s engine flags (vllm/engine/arg_utils.py; --chat-template its server's,
@@ -30,11 +32,12 @@ VLLM_SERVE_HINTS = {
     # the GPU model times a 16-bit KV cache (gpu/timing.py BYTES)
     "--kv-cache-dtype": "--set device.kv_bytes_per_element=1 here for an 8-bit KV cache on CENT devices (as "
                         "vLLM's fp8; 2 is 16-bit); modelled GPUs time a bf16 one",
-    "--quantization": "not taken here: weights are bfloat16 or float32 (--set model.weight_dtype=...); an 8-bit KV "
-                      "cache is --set device.kv_bytes_per_element=1",
+    "--quantization": _QUANT, "-q": _QUANT,  # -q: arg_utils.py adds --quantization as "--quantization", "-q"
     # docs/serving.md: usage's cached tokens, the mooncake trace's hash_ids
     "--enable-prefix-caching": "not taken here: no prefix cache is modelled, every request prefills its whole "
                                "prompt (as vLLM's with it off)",
+    "--no-enable-prefix-caching": "not needed here: no prefix cache is modelled, every request prefills its whole "
+                                  "prompt",
     "--enforce-eager": "not needed here: nothing is compiled or captured as CUDA graphs",
     "--trust-remote-code": _NO_CODE,
     "--tokenizer": "--model here: the tokenizer is the model's own (a checkpoint directory's tokenizer.json, a "

@@ -68,8 +68,8 @@ def test_a_flag_s_value_is_not_taken_for_the_model(args, capsys):
 
 # the flags with a hint that take no value in vLLM: bool fields, which vllm/engine/arg_utils.py's get_kwargs
 # makes argparse.BooleanOptionalAction switches (also --no-FLAG), and vllm/benchmarks/serve.py's store_true ones
-_VLLM_TAKES_NONE = {"--enable-chunked-prefill", "--enable-prefix-caching", "--enforce-eager", "--trust-remote-code",
-                    "--save-result", "--ignore-eos"}
+_VLLM_TAKES_NONE = {"--enable-chunked-prefill", "--enable-prefix-caching", "--no-enable-prefix-caching",
+                    "--enforce-eager", "--trust-remote-code", "--save-result", "--ignore-eos"}
 
 
 @pytest.mark.parametrize("flag", sorted(VLLM_FLAG_HINTS))
@@ -215,6 +215,11 @@ def test_a_vllm_flag_is_not_told_a_flag_its_command_lacks(args, says, capsys):
     (["serve", "-dp", "2"], "vLLM's -dp is --devices N here"),
     (["serve", "--kv-cache-dtype", "fp8"], "vLLM's --kv-cache-dtype is --set device.kv_bytes_per_element=1 here"),
     (["serve", "--enable-prefix-caching"], "vLLM's --enable-prefix-caching is not taken here: no prefix cache"),
+    # vLLM's --quantization is -q too, and benchmark recipes turn prefix caching off with --no-enable-prefix-caching
+    (["serve", "-q", "awq", "meta-llama/Llama-2-7b-hf"], "give the model as --model meta-llama/Llama-2-7b-hf (a preset "
+     "or a checkpoint directory); vLLM's -q is not taken here: weights are bfloat16 or float32"),
+    (["serve", "--no-enable-prefix-caching"], "vLLM's --no-enable-prefix-caching is not needed here: no prefix cache "
+     "is modelled"),
     (["serve", "--trust-remote-code", "meta-llama/Llama-2-7b-hf"], "give the model as --model meta-llama/Llama-2-7b-hf "
      "(a preset or a checkpoint directory); vLLM's --trust-remote-code is not needed here"),
 ])
