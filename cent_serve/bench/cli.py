@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "RAY_ADDRESS or a local Ray)")
     r.add_argument("--placement", choices=PLACEMENTS, help="--ray on a cluster: spread devices, pack "
                    "them, or a node per replica")
-    r.add_argument("--concurrency", type=int, default=256, help="--url: requests in flight at most "
-                                                                "(paced or non-cent servers)")
+    r.add_argument("--concurrency", type=int, help="--url: requests in flight at most (paced or non-cent "
+                                                   "servers; default 256)")
     r.add_argument("--api-key", help="--url: bearer key")
     r.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS",
                    help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:10000")
@@ -355,6 +355,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request under the progress bar
+    # --url's own flags would change nothing in process, silently
+    if args.concurrency is not None and not args.url:
+        raise ValueError(f"--concurrency {args.concurrency} limits the requests in flight of a --url replay; in "
+                         "process the engine admits what its lanes and KV room hold: add --url URL or drop --concurrency")
+    if args.api_key is not None and not args.url:
+        raise ValueError("--api-key is the bearer key of a --url server: add --url URL or drop --api-key")
+    if args.concurrency is not None and args.concurrency < 1:  # 0 would hold every request back for ever
+        raise ValueError(f"--concurrency {args.concurrency} is invalid: give 1 or more requests in flight")
     check_out_dir(args.out)
     cfg = config_from_args(args)
     slos = parse_goodput(args.goodput)
@@ -367,8 +375,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
         from cent_serve.bench.http_client import replay_http
         kind = f"http {args.url}"
-        result, client = asyncio.run(replay_http(args.url, requests, args.concurrency, cfg.scheduler.seed,
-                                                 args.api_key))
+        limit = {} if args.concurrency is None else {"concurrency": args.concurrency}  # else replay_http's 256
+        result, client = asyncio.run(replay_http(args.url, requests, seed=cfg.scheduler.seed, api_key=args.api_key,
+                                                 **limit))
         served = result.status.get("model", client["model"])
         ignored = [f"--{name}" for name in ("model", "hardware", "devices", "pp", "tp", "numerics", "config")
                    if getattr(args, name, None) is not None and not (name == "model" and args.model == served)]

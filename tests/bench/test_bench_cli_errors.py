@@ -216,6 +216,14 @@ PYTHON_NAMES = ("fmt", "num_requests", "request_rate", "time_scale", "max_prompt
     ("run", ["--trace", "one.csv", "--output-scale", "0"], "--output-scale=0.0 is invalid: use a finite factor > 0"),
     ("sweep", ["--trace", "two.jsonl", "--rate", "3", "--rates", "1,2"],
      "--rate 3 is one rate; bench sweep replays the trace at each of --rates: drop --rate"),
+    # --url's flags in process changed nothing, silently (vLLM's --max-concurrency hint names --concurrency), and
+    # --concurrency 0 held every request back for ever
+    ("run", ["--trace", "one.csv", "--concurrency", "8"], "--concurrency 8 limits the requests in flight of a --url "
+     "replay; in process the engine admits what its lanes and KV room hold: add --url URL or drop --concurrency"),
+    ("run", ["--trace", "one.csv", "--api-key", "k"], "--api-key is the bearer key of a --url server: add --url URL "
+     "or drop --api-key"),
+    ("run", ["--trace", "one.csv", "--url", "http://127.0.0.1:9", "--concurrency", "0"], "--concurrency 0 is "
+     "invalid: give 1 or more requests in flight"),
 ])
 def test_trace_and_flag_errors_name_the_file_or_the_flag(tmp_path, capsys, command, args, expected):
     for name, text in TRACES.items():
