@@ -146,11 +146,11 @@ def build(cfg: CentConfig, engine: Engine | None = None):
 
     def on_round(tokens: int) -> None:
         metrics.observe_round(tokens)
-        stats_log.on_round(tokens)
+        stats_log.tick()
 
     loop = EngineLoop(engine, cfg.server.clock, cfg.server.pace_factor, on_finish=metrics.observe_finished,
                       on_tokens=metrics.observe_tokens, on_round=on_round,
-                      on_late=metrics.observe_pace_late, watch=watch)
+                      on_late=metrics.observe_pace_late, on_idle=stats_log.tick, watch=watch)
     loop.start()
     return create_app(loop, metrics, cfg.server.api_key, cfg.server.max_body_bytes, cfg.server.origins()), loop
 

@@ -72,7 +72,8 @@ class EngineLoop(StreamDelivery):
                  on_finish: Callable[[Request], None] | None = None,
                  on_tokens: Callable[[Request, int], None] | None = None,
                  on_round: Callable[[int], None] | None = None,
-                 on_late: Callable[[float], None] | None = None, watch=None) -> None:
+                 on_late: Callable[[float], None] | None = None, on_idle: Callable[[], None] | None = None,
+                 watch=None) -> None:
         self.engine = engine
         self.watch = watch
         """What the devices run on, when it can be lost (a Ray cluster: `executor.watch.ClusterWatch`,
@@ -94,6 +95,9 @@ class EngineLoop(StreamDelivery):
         self.on_late = on_late
         """Paced clock: called once per ended sequence that was given a token, with the most its tokens
         reached its client late, as a fraction of its paced latency (0: on time; engine thread)."""
+        self.on_idle = on_idle
+        """Called when the thread finds no round to run (idle or held; engine thread, at most about every
+        IDLE_POLL_S): what runs on a timer while no round does (the stats line's last interval)."""
         self.inbox: queue.Queue = queue.Queue()
         # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed, the most a token was
         # late as a fraction of its paced latency (`PaceMonitor.delivered`)], final only)
@@ -363,6 +367,11 @@ class EngineLoop(StreamDelivery):
             # would reach (the first of a burst of one arrival time, which found the engine unheld)
             if held or self._held(eng) or not eng.can_step():  # idle, held, or waiting for a replica to come back
                 self.pace.on_schedule()
+                if self.on_idle is not None:
+                    try:
+                        self.on_idle()
+                    except Exception:  # noqa: BLE001 - a log's tick must not end the engine thread
+                        log.exception("the idle callback failed")
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S
                     try:

@@ -19,8 +19,10 @@ LOG_STATS_S = 10.0
 
 
 class StatsLog:
-    """Called by the engine thread after each round (`EngineLoop.on_round`); logs when LOG_STATS_S
-    has passed since the last line. `read()` gives the engine's (prompt tokens, generation tokens,
+    """Ticked by the engine thread after each round (`EngineLoop.on_round`) and while it idles
+    (`EngineLoop.on_idle`, about every IDLE_POLL_S), as vLLM's log runs on a timer: logs when LOG_STATS_S
+    has passed since the last line, so the load's last interval gets its line when the load stops, and
+    an idle interval (no line) starts the next one afresh. `read()` gives the engine's (prompt tokens, generation tokens,
     simulated clock s, running, waiting, KV usage as a fraction): totals since start, and gauges now."""
 
     def __init__(self, read: Callable[[], tuple[int, int, float, int, int, float]], interval_s: float = LOG_STATS_S,
@@ -29,7 +31,8 @@ class StatsLog:
         self._last_wall_s = clock()
         self._last = read()
 
-    def on_round(self, tokens: int = 0) -> None:
+    def tick(self) -> None:
+        """A clock read and a compare, unless a line is due (then `read()` once)."""
         now = self.clock()
         wall_s = now - self._last_wall_s
         if wall_s < self.interval_s:

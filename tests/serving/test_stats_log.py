@@ -31,16 +31,16 @@ def test_a_line_per_interval_under_load_with_the_intervals_throughput(caplog):
     for i in range(1, 50):  # many rounds within one interval: no line
         fake.now += (LOG_STATS_S - 0.1) / 50
         fake.state = (10 * i, 40 * i, 0.01 * i, 3, 2, 0.25)
-        stats.on_round()
+        stats.tick()
     assert caplog.records == []
     fake.now, fake.state = 100.0 + LOG_STATS_S, (1000, 4000, 2.0, 3, 2, 0.25)
-    stats.on_round()
+    stats.tick()
     (line,) = [r.getMessage() for r in caplog.records]
     assert line == ("throughput: 100.0 prompt + 400.0 generation tok/s over 10 wall s (simulated 500.0 prompt "
                     "+ 2000.0 generation tok/s over 2 s); running 3, waiting 2; KV cache 25.0%")
     fake.now += LOG_STATS_S  # the next interval counts from the last line
     fake.state = (1100, 4100, 2.5, 1, 0, 0.5)
-    stats.on_round()
+    stats.tick()
     assert caplog.records[-1].getMessage().startswith("throughput: 10.0 prompt + 10.0 generation tok/s over 10 wall s "
                                                       "(simulated 200.0 prompt + 200.0 generation tok/s over 0.5 s)")
 
@@ -56,7 +56,7 @@ def test_no_line_while_idle():
     try:
         for _ in range(5):  # the idle engine's rounds that only free sequences: nothing made, nothing queued
             fake.now += 2 * LOG_STATS_S
-            stats.on_round()
+            stats.tick()
     finally:
         logging.getLogger("cent.stats").removeHandler(handler)
     assert lines == []
@@ -75,3 +75,50 @@ def test_a_server_logs_no_line_per_request(caplog):
         # the server's loggers (cent.*, uvicorn's, the API's), not this test's client (httpx logs each request)
         lines = [r.getMessage() for r in caplog.records[before:] if not r.name.startswith(("httpx", "httpcore"))]
     assert len([m for m in lines if not m.startswith("throughput: ")]) == 0, lines[:5]
+
+
+def test_the_last_intervals_line_comes_when_the_load_stops_and_an_idle_gap_starts_a_new_one(caplog):
+    """As vLLM's timer-driven `LoggingStatLogger.log` (vllm/v1/metrics/loggers.py): the tokens of the load's
+    last interval get their line once the interval is over though no round follows, and the first line
+    of the next load counts from then, not over the idle hours (`EngineLoop.on_idle` ticks the log).
+    Before, only rounds ticked it: the tail went unlogged, then was averaged into a line over 3600 s."""
+    import asyncio
+
+    from cent_serve.model.sampling import SamplingParams
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+    from cent_serve.stats_log import engine_reader
+    from tests.serving.utils import tiny_engine, wait_for
+
+    caplog.set_level(logging.INFO, logger="cent.stats")
+    eng = tiny_engine(numerics="off")
+    fake = _Fake()
+    stats = StatsLog(engine_reader(eng), clock=fake.clock)
+    loop = EngineLoop(eng, on_round=lambda tokens: stats.tick(), on_idle=stats.tick)
+    loop.start()
+
+    async def serve(n: int) -> None:
+        q: asyncio.Queue = asyncio.Queue()
+        params = RequestParams(max_tokens=4, ignore_eos=True, sampling=SamplingParams(temperature=0.0))
+        await loop.submit_all([([5, 6, 7], params, i) for i in range(n)], q)
+        ended = 0
+        while ended < n:
+            ended += (await asyncio.wait_for(q.get(), HANG_GUARD_S))[1].finished
+
+    try:
+        asyncio.run(serve(3))  # within the first interval of the fake clock: no line yet
+        assert caplog.records == []
+        fake.now += LOG_STATS_S  # the interval ends while the engine idles
+        wait_for(lambda: caplog.records, "the load's last line")
+        (line,) = [r.getMessage() for r in caplog.records]
+        # 3 prompts of 3 tokens and 3 x 4 tokens generated, over the fake clock's 10 s
+        assert line.startswith("throughput: 0.9 prompt + 1.2 generation tok/s over 10 wall s"), line
+        assert "running 0, waiting 0; KV cache 0.0%" in line
+        fake.now += 3600.0  # an idle hour: its tick starts a new interval, with no line
+        wait_for(lambda: stats._last_wall_s == fake.now, "the idle engine's tick after the idle hour")
+        asyncio.run(serve(1))
+        fake.now += LOG_STATS_S
+        wait_for(lambda: len(caplog.records) == 2, "the next load's line")
+        assert caplog.records[1].getMessage().startswith("throughput: 0.3 prompt + 0.4 generation tok/s over 10 wall s")
+    finally:
+        loop.stop()
