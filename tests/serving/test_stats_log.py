@@ -122,3 +122,23 @@ def test_the_last_intervals_line_comes_when_the_load_stops_and_an_idle_gap_start
         assert caplog.records[1].getMessage().startswith("throughput: 0.3 prompt + 0.4 generation tok/s over 10 wall s")
     finally:
         loop.stop()
+
+
+def test_the_engine_reader_gives_the_engines_totals_and_queues():
+    from cent_serve.request import RequestParams
+    from cent_serve.stats_log import engine_reader
+    from tests.serving.utils import run_until_idle, tiny_engine
+
+    eng = tiny_engine(numerics="off")
+    read = engine_reader(eng)
+    assert read() == (0, 0, 0.0, 0, 0, 0.0)
+    for _ in range(3):
+        eng.add_request([5, 6, 7], RequestParams(max_tokens=4, ignore_eos=True))
+    assert read()[3:5] == (0, 3)  # queued, not yet scheduled: waiting
+    for _ in range(3):  # the first tokens come back a round or two after the prompts went out
+        eng.step()
+    prompt, generated, now_s, running, waiting, kv_usage = read()
+    assert (running, waiting) == (3, 0) and 0.0 < kv_usage < 1.0
+    assert (prompt, generated, now_s) == (9, 3, eng.now_s) and now_s > 0.0
+    run_until_idle(eng)
+    assert read()[:2] == (9, 12) and read()[3:] == (0, 0, 0.0)
