@@ -289,7 +289,7 @@ def _read_snapshot(loop, engine) -> tuple[dict, list[dict], list[dict]]:
     """(loop status with the devices' joules by term, device stats, fabric stats) on the engine thread:
     one stats call a replica (`Engine.stats_now`), then the status, which counts a replica that call
     found gone."""
-    devices, fabrics, terms = engine.stats_now()
+    devices, fabrics, terms = engine.stats_now(scrape=True)
     return dict(loop.status(), energy_by_term_j=terms), devices, fabrics
 
 

@@ -352,7 +352,7 @@ class Engine:
 
     def check_devices(self) -> list[Request]:
         """Look for dead devices between rounds (executors that can tell) and recover them;
-        returns the requests that failed with them."""
+        returns the requests that failed with them (on Ray, hung: silent for a round's timeout)."""
         self._poll_replicas()
         self._check_each("check")
         failed, self._failed = self._failed, []
@@ -476,11 +476,12 @@ class Engine:
                     **({} if self.expert_load is None else
                        dict(experts=self.expert_load.figures(self.now_s, self.num_replicas))))
 
-    def stats_now(self) -> tuple[list[dict], list[dict], dict[str, float] | None]:
+    def stats_now(self, scrape: bool = False) -> tuple[list[dict], list[dict], dict[str, float] | None]:
         """(device stats, fabric stats, the devices' joules by term added) of the replicas that are up,
         read in one pass over them, so the three describe the same moment. The terms are None when the
         hardware has no split (GPUs: `Executor.energy_terms_j`). A replica that cannot answer (an actor
-        died since its last round) is recovered here, not reported as an error."""
+        died, or silent for `server.round_timeout_s`) is recovered here, not reported as an error.
+        `scrape` (the API's reads): slow Ray devices give their last figures (`RayExecutor.stats_and_terms`)."""
         from cent_serve.executor.base import sum_terms
 
         devices, fabrics, terms, failed = [], [], [], {}
@@ -488,9 +489,10 @@ class Engine:
             if ex is None:
                 continue
             try:
-                st = ex.stats()
+                both = getattr(ex, "stats_and_terms", None)  # Ray: one call for both
                 split = getattr(ex, "energy_terms_j", None)  # (an executor of one's own may have none)
-                terms.append(None if split is None else split())
+                st, split_j = both(scrape) if both is not None else (ex.stats(), split and split())
+                terms.append(split_j)
             except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
                 failed[r] = exc
                 continue

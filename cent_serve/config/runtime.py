@@ -161,7 +161,8 @@ class ServerConfig:
     with full numerics) must fit in it. The devices' and the switch's own waits within a round (a
     rank's output, an exchange, a send to a peer that stops reading) follow it with a margin
     (`peer_wait_s`): raising it lets longer rounds run, lowering it makes the devices give up sooner.
-    `/health` calls a round that runs longer than this (and 120 s) stalled, on the local executor too."""
+    Between rounds it is the idle check's bar too: a device that leaves the check (or a stats call)
+    unanswered this long is hung and its replica re-created (docs/serving.md). `/health` calls a round that runs longer than this (and 120 s) stalled, on the local executor too."""
     pin_replica_cpu: bool = True
     """Run each replica's device actors on one CPU of their node (replicas take the CPUs in turn).
     A round visits the devices one after the other, and on one CPU handing it on wakes no other

@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import ray
@@ -45,8 +46,14 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 300.0
 """Longest wait for every actor to come up (weights loaded)."""
-CHECK_TIMEOUT_S = 10.0
-"""Longest wait for the actors to answer a health check."""
+CHECK_WAIT_S = 0.5
+"""Longest one idle check, or one /metrics scrape's stats read, holds the engine thread waiting for the
+actors' answers. An answer not in yet is not a hang: the call stays pending (`_Asked`), read again at
+the next check, and only a call unanswered for `server.round_timeout_s` (a round's own bar) calls the
+replica hung. A loaded host (a load average of 32 on 2 cores) answers a `ready` in seconds; a 10 s bar
+there re-created healthy replicas, their KV caches with them. Ray Serve's own rule for comparison: a
+replica's `check_health` every `health_check_period_s` (10 s by default), failed after
+`health_check_timeout_s` (30 s by default; docs.ray.io serve/production-guide/fault-tolerance.html)."""
 STRAY_REPLY_S = 1.0
 """Longest wait for the rest of a message the last device sent with no round asked (a device's error,
 one small frame, is whole at once), or of the switch's word of a device gone (as small)."""
@@ -89,6 +96,16 @@ def await_started(refs: list, timeout_s: float, every_s: float = STARTUP_PROGRES
                      time.monotonic() - t0)
             next_log = time.monotonic() + every_s
     return ray.get(refs, timeout=max(0.0, timeout_s - (time.monotonic() - t0)))
+
+
+class _Asked:
+    """One call of a method to every actor of a replica (the device actors', then the switch's), sent at
+    `sent_s` (the executor's clock) and answered over one or more polls."""
+
+    def __init__(self, names: list[str], refs: list, sent_s: float) -> None:
+        self.names, self.refs, self.sent_s = names, refs, sent_s
+        self.pending = list(refs)
+        self.is_logged = False  # a scrape served older figures for it: said once
 
 
 class RoundFuture:
@@ -147,6 +164,9 @@ class RayExecutor(Executor):
         self.actors, self.pg, self.fabric, self.replica_host = {}, None, None, None
         self.inputs: list[Link] = []
         self.output = self.switch_link = None
+        self.clock: Callable[[], float] = time.monotonic
+        """The wall seconds an unanswered check or stats call is aged by (a test sets a fake)."""
+        self._asked: dict[str, _Asked] = {}  # method -> its call to the actors still unanswered
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
             # `replicas`: the copies of the mapping its caller builds (the engine: every one; one for
@@ -188,6 +208,9 @@ class RayExecutor(Executor):
             self.output = (self.inputs[first.index(last)] if last in first
                            else addresses[last].connect({"role": "host"}, secret, node, send_stall_s=stall_s))
             self.switch_link = switch.connect({"role": "host"}, secret, node, send_stall_s=stall_s)
+            # (when, the answers) of the last stats call answered: a scrape the devices are slow to answer
+            # serves these (`_stats_answers`), so there are always some
+            self._figures = (self.clock(), await_started(self._send("stats").refs, STARTUP_TIMEOUT_S))
         except BaseException:  # a half-built executor must not keep actors or reserved devices
             self.shutdown()
             raise
@@ -278,42 +301,92 @@ class RayExecutor(Executor):
             raise DevicesGone(f"device {msg.get('device_id')} is gone: its link to the switch closed")
         raise DevicesGone(f"the switch sent the host an unexpected message ({msg!r:.120})")
 
-    def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
-        """Raise if a device actor or the switch is gone (a named timeout: nothing hangs)."""
+    def check(self) -> None:
+        """The idle check (engine thread, every few seconds between rounds): raise if a device actor or
+        the switch is gone (Ray reports a dead actor's error at once) or has left a `ready` unanswered
+        for `server.round_timeout_s` (DevicesHung: the bar a round has). Holds the thread for at most
+        CHECK_WAIT_S; a call still unanswered is read again at the next check."""
         self._check_open()
-        self._ask("ready", "a health check", timeout_s)
+        self._poll("ready", "a health check", CHECK_WAIT_S)
 
-    def _ask(self, method: str, what: str, timeout_s: float) -> list:
-        """Every device actor's `method`, then the switch's: their answers, or DevicesHung naming the
-        ones that gave none within `timeout_s` (stopped or hung: a dead one raises its own error)."""
+    def _send(self, method: str) -> _Asked:
         names = [f"device {d}" for d in self.actors] + ["the switch"]
         refs = [getattr(a, method).remote() for a in self.actors.values()] + [getattr(self.fabric, method).remote()]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        if len(ready) < len(refs):
-            done = set(ready)
-            silent = [name for name, ref in zip(names, refs) if ref not in done]
+        return _Asked(names, refs, self.clock())
+
+    def _poll(self, method: str, what: str, wait_s: float) -> list | None:
+        """Every device actor's `method`, then the switch's: their answers once all came, else None
+        (the call, sent once, stays pending for the next poll). Waits up to `wait_s` for them. An
+        actor that died raises its own error as soon as Ray reports it; DevicesHung names the ones
+        that left the call unanswered for longer than `server.round_timeout_s`."""
+        asked = self._asked.get(method)
+        if asked is None:
+            asked = self._asked[method] = self._send(method)
+        try:
+            ready, asked.pending = ray.wait(asked.pending, num_returns=len(asked.pending), timeout=wait_s)
+            ray.get(ready)  # an actor that died: its error now
+        except BaseException:
+            self._asked.pop(method, None)
+            raise
+        if not asked.pending:
+            del self._asked[method]
+            return ray.get(asked.refs)
+        limit_s, silent_s = self.cfg.server.round_timeout_s, self.clock() - asked.sent_s
+        if silent_s > limit_s:
+            del self._asked[method]
+            pending = set(asked.pending)
+            silent = [name for name, ref in zip(asked.names, asked.refs) if ref in pending]
             raise DevicesHung(f"{', '.join(silent[:8])}{' ...' if len(silent) > 8 else ''} gave no answer to {what} "
-                              f"within {timeout_s:g} s: stopped or hung (a process paused, a node that stopped "
-                              "answering)")
-        return ray.get(refs)
+                              f"within {limit_s:g} s (server.round_timeout_s): stopped or hung (a process paused, a "
+                              "node that stopped answering)")
+        return None
+
+    def _answers(self, method: str, what: str) -> list:
+        """`method`'s answers from a call sent now (not one a scrape left pending, asked before the last
+        rounds), waited for as long as a round is (`server.round_timeout_s`), then DevicesHung."""
+        self._asked.pop(method, None)
+        while True:
+            got = self._poll(method, what, CHECK_WAIT_S)
+            if got is not None:
+                return got
+
+    def _stats_answers(self, scrape: bool) -> list:
+        """The actors' stats answers: fresh ones (`_answers`), or for a scrape (`scrape`) those that came
+        within CHECK_WAIT_S, else the last ones answered (logged once per call; a call unanswered for
+        `server.round_timeout_s` raises DevicesHung), so a scrape holds the engine thread briefly and a
+        slow host's replica is not re-created for it."""
+        got = self._poll("stats", "a stats call", CHECK_WAIT_S) if scrape else self._answers("stats", "a stats call")
+        if got is None:
+            asked, (at_s, got) = self._asked["stats"], self._figures
+            if not asked.is_logged:
+                asked.is_logged = True
+                log.warning("the devices have not answered a stats call in %.1f s (a loaded host?): a scrape "
+                            "serves their figures of %.1f s ago", self.clock() - asked.sent_s, self.clock() - at_s)
+            return got
+        self._figures = (self.clock(), got)
+        return got
+
+    def stats_and_terms(self, scrape: bool = False) -> tuple[dict, dict[str, float]]:
+        """(`stats`, `energy_terms_j`) from one stats call, so the two describe the same moment. Fresh
+        figures, waited for as a round is; `scrape` (a /metrics or status read, on the engine thread):
+        the last figures answered while the devices are slow to answer (`_stats_answers`)."""
+        self._check_open()
+        got = self._stats_answers(scrape)
+        views = [g["fabric"] for g in got[:-1]] + [got[-1]]
+        sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
+        return (dict(devices=[g["device"] for g in got[:-1]], fabric=dict(merge_stats(views), **self.switch_where),
+                     links=dict(messages=int(sent[0]), bytes=int(sent[1]))),
+                sum_terms(g["energy_terms_j"] for g in got[:-1]))
 
     def stats(self) -> dict:
         """The devices' counters, and the switch's: its ports as the devices clock them merged with
         the exchanges it relayed (`fabric.switch.merge_stats`); and "links": the messages and bytes
-        the host and the devices sent each other (the rounds' real traffic). A health check's wait:
-        a scrape of /metrics does not wait a round's."""
-        self._check_open()
-        got = self._ask("stats", "a stats call", CHECK_TIMEOUT_S)
-        views = [g["fabric"] for g in got[:-1]] + [got[-1]]
-        sent = self.sent + np.sum([g["sent"] for g in got[:-1]], axis=0)
-        return dict(devices=[g["device"] for g in got[:-1]], fabric=dict(merge_stats(views), **self.switch_where),
-                    links=dict(messages=int(sent[0]), bytes=int(sent[1])))
+        the host and the devices sent each other (the rounds' real traffic). Fresh (`stats_and_terms`)."""
+        return self.stats_and_terms()[0]
 
     def energy_terms_j(self) -> dict[str, float]:
-        """The devices' joules by term (`Executor.energy_terms_j`), from their stats answers."""
-        self._check_open()
-        got = self._ask("stats", "a stats call", CHECK_TIMEOUT_S)
-        return sum_terms(g["energy_terms_j"] for g in got[:-1])
+        """The devices' joules by term (`Executor.energy_terms_j`), from their stats answers (fresh)."""
+        return self.stats_and_terms()[1]
 
     def shutdown(self) -> None:
         """Kill the actors and give the devices back; safe to call twice or half-built."""
