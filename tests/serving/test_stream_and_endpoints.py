@@ -448,9 +448,9 @@ def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
         eng, release = s.loop.engine, threading.Event()
         real = eng.stats_now  # what a snapshot reads on the engine thread
 
-        def held() -> tuple:  # the engine thread, kept as a stopped device keeps it
+        def held(**kw) -> tuple:  # the engine thread, kept as a stopped device keeps it
             release.wait(60)
-            return real()
+            return real(**kw)
 
         monkeypatch.setattr(eng, "stats_now", held)
         first = httpx.get(s.url + "/metrics", timeout=60)
