@@ -5,6 +5,7 @@ whole timeout pass on a fake clock until the actors' answers are due."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.ray
 
 ANSWER_WAIT_S = 60.0
 """Longest real wait for answers that are due (the actors are healthy: they come at once)."""
+DEATH_POLLS = 600
+"""Calls a killed actor may still answer before Ray ends it (in practice one or two)."""
 
 
 class SlowHost:
@@ -121,7 +124,16 @@ def test_a_dead_device_fails_the_first_idle_check(executor, monkeypatch):
     import ray
 
     eng, slow, recreated = _engine(executor, monkeypatch, 0.0)
-    ray.kill(executor.actors[1])
+    victim = executor.actors[1]
+    ray.kill(victim)
+    for _ in range(DEATH_POLLS):  # ray.kill is asynchronous: a call may still be answered until it lands
+        try:
+            ray.get(victim.ready.remote(), timeout=ANSWER_WAIT_S)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"device 1's actor still answers after {DEATH_POLLS} calls")
     _idle_check(eng, slow)
     [(replica, exc)] = recreated
     assert replica == 0 and isinstance(exc, ray.exceptions.RayActorError)
