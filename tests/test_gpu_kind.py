@@ -69,6 +69,22 @@ def test_batch_1_decode_step_by_hand():
     assert on(GpuKindConfig(**H200, serving_power_w=600.0), "h200").step_energy_j(1.0) == pytest.approx(600.0)
 
 
+def test_tensor_parallel_2_decode_step_by_hand_crosses_the_custom_link():
+    """The same step on two such H200s (tp 2), from docs/gpu_model.md section 2: each GPU reads half the
+    weights, the LM head and the KV (32 KV heads split over tp), and a layer's two ring all-reduces each take
+    gpu.allreduce_latency_s + 2 (tp-1)/tp x the token's activations (D bf16 values) over gpu.custom's link,
+    one direction; a slower link (PCIe 5.0 x16, 64 GB/s) changes only that term."""
+    D, F, V, c, tp = 4096, 11008, 32000, 1000, 2
+    block = 4 * D * D + 3 * D * F + 2 * D
+    kv_token_layer = 2 * D * 2
+    per_gpu = (32 * block * 2 + V * D * 2 + 32 * ((c + 1) * kv_token_layer + kv_token_layer)) / tp
+    memory_s = per_gpu / (4.8e12 * A100_MEM_EFFICIENCY)
+    for link in (450e9, 64e9):
+        allreduces = 32 * 2 * (30e-6 + 2 * (tp - 1) / tp * (D * 2) / link)
+        t = on(GpuKindConfig(**dict(H200, link_bytes_per_s=link)), "h200", count=tp)
+        assert t.step_s(0, [1], [c], logit_rows=1) == pytest.approx(memory_s + 32 * 143e-6 + allreduces, rel=1e-12)
+
+
 @pytest.mark.parametrize("name, memory, batch", [
     ("h200", 141e9, (1024, 8192)),      # 70 GiB and more, not an A100: vLLM's larger defaults
     ("l40s", 48e9, (256, 2048)),        # under 70 GiB
