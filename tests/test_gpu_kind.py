@@ -89,6 +89,9 @@ def test_tensor_parallel_2_decode_step_by_hand_crosses_the_custom_link():
     ("h200", 141e9, (1024, 8192)),      # 70 GiB and more, not an A100: vLLM's larger defaults
     ("l40s", 48e9, (256, 2048)),        # under 70 GiB
     ("a100-80gb-mine", 80e9, (256, 2048)),  # vLLM's name check: an A100 keeps the smaller ones
+    ("A100-Mine", 80e9, (256, 2048)),   # vLLM lowers the device's name before it looks for "a100"
+    ("gpu-72gb", 72e9, (256, 2048)),    # 67 GiB: vLLM's line is 70 GiB, not 70 GB
+    ("gpu-76gb", 76e9, (1024, 8192)),   # 70.8 GiB
 ])
 def test_batching_defaults_follow_vllms_rule(name, memory, batch):
     g = GpuConfig(kind=name, count=1, custom=GpuKindConfig(**dict(H200, name=name, memory_bytes=memory)))
@@ -126,6 +129,39 @@ def test_hardware_names_the_custom_kind_set_after_it():
         build_config("llama2-7b", hardware="gpu:h201:2", overrides=custom_sets(H200))
     with pytest.raises(ValueError, match="gpu.kind='h201' is invalid: use one of a100-80gb"):
         build_config("llama2-7b", overrides=custom_sets(H200) + ["gpu.kind=h201"])
+    # a --set kind other than the custom one --hardware names is the contradiction it is with a shipped kind
+    with pytest.raises(ValueError, match=r"gpu.kind='a100-80gb' is invalid with --hardware gpu:h200:2, which sets"):
+        build_config("llama2-7b", hardware="gpu:h200:2", overrides=custom_sets(H200) + ["gpu.kind=a100-80gb"])
+    # a shipped kind run with a custom one described beside it is the shipped kind, said as such
+    shipped = build_config("llama2-7b", hardware="gpu:h100-80gb:1", overrides=custom_sets(H200))
+    assert not shipped.gpu.is_custom and shipped.gpu.spec == GPU_KINDS["h100-80gb"]
+    from cent_serve.bench.report import kind_notes
+    assert kind_notes(shipped) == []
+    # the last --set of the name is the one the config has, and so the one --hardware may name
+    renamed = build_config("llama2-7b", hardware="gpu:h201:1", overrides=custom_sets(H200) + ["gpu.custom.name=h201"])
+    assert renamed.gpu.is_custom and renamed.gpu.custom.name == "h201"
+
+
+def test_hardware_read_as_the_first_set_items_keeps_what_a_set_after_it_means(tmp_path):
+    """--hardware is applied as the first --set items (so a --set after it may describe the kind): a --set
+    contradicting it is still refused, one agreeing with it still taken, and only the whole config is checked,
+    so a --set may now correct a config file's field that the --hardware alone makes wrong (it was refused:
+    the file's tp 4 checked against --hardware's 2 GPUs before the --set was read)."""
+    with pytest.raises(ValueError, match=r"gpu.kind='h100-80gb' is invalid with --hardware gpu:a100-80gb:4"):
+        build_config("tiny", hardware="gpu:a100-80gb:4", overrides=["gpu.kind=h100-80gb"])
+    with pytest.raises(ValueError, match=r"gpu.count=2 is invalid with --hardware gpu:a100-80gb:4"):
+        build_config("tiny", hardware="gpu:a100-80gb:4", overrides=["gpu.count=2"])
+    with pytest.raises(ValueError, match=r"gpu.kind='h200' is invalid with --hardware gpu:a100-80gb:4"):
+        build_config("tiny", hardware="gpu:a100-80gb:4", overrides=[*custom_sets(H200), "gpu.kind=h200"])
+    assert build_config("tiny", hardware="gpu:a100-80gb:4", overrides=["gpu.kind=a100-80gb"]).hardware == \
+        "gpu:a100-80gb:4"
+    path = tmp_path / "tp4.yaml"
+    path.write_text("gpu:\n  kind: h100-80gb\n  count: 4\n  tp: 4\n")
+    cfg = build_config("tiny", config=path, hardware="gpu:a100-80gb:2", overrides=["gpu.tp=2"])
+    assert (cfg.hardware, cfg.gpu.tp) == ("gpu:a100-80gb:2", 2)
+    with pytest.raises(ValueError, match=r"gpu.tp=4 is invalid: tp x pp = 4 must divide gpu.count=2"):
+        build_config("tiny", config=path, hardware="gpu:a100-80gb:2")
+    assert build_config("tiny", config=path, hardware="cent").hardware == "cent"
 
 
 EXAMPLE = ROOT / "docs" / "examples" / "h200-compare.yaml"
