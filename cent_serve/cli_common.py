@@ -159,7 +159,6 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
     efficiency constants are borrowed."""
     import logging
 
-    from cent_serve.gpu.kinds import borrowed_note
 
     log = logging.getLogger("cent")
     if args is not None:
@@ -173,7 +172,7 @@ def warn_gpu_run(cfg: CentConfig, args: argparse.Namespace | None = None) -> Non
             log.warning("%s: CENT's, not read on --hardware %s (the GPUs' mapping is gpu.tp and gpu.pp, their "
                         "batching gpu.max_num_seqs and gpu.max_num_batched_tokens: --set gpu.F=V)",
                         ", ".join(given), cfg.hardware)
-    note = borrowed_note(cfg.gpu.spec, cfg.gpu.is_custom)
+    note = cfg.gpu.borrowed_note
     if note:
         log.warning("%s", note)
 

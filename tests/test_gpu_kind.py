@@ -164,6 +164,25 @@ def test_hardware_read_as_the_first_set_items_keeps_what_a_set_after_it_means(tm
     assert build_config("tiny", config=path, hardware="cent").hardware == "cent"
 
 
+def test_the_borrowed_power_share_is_said_where_the_borrowing_is(capsys):
+    """Without gpu.custom.serving_power_w a kind of one's own draws the A100 SXM4's 293 / 400 of its TDP: its
+    energy figures rest on it, so the line every command logs (and the bench commands' note) and cent info's
+    gpu line say so; with a measured draw they do not."""
+    from cent_serve.bench.report import kind_notes
+
+    share = "its serving power too is the A100 SXM4's share of its TDP, 293 / 400 of 700 W"
+    borrowed = build_config("tiny", hardware="gpu:h200:1", overrides=custom_sets(H200))
+    measured = build_config("tiny", hardware="gpu:h200:1", overrides=custom_sets(dict(H200, serving_power_w=600)))
+    assert share in kind_notes(borrowed)[0] and share not in kind_notes(measured)[0]
+    assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1", *sum(
+        (["--set", item] for item in custom_sets(H200)), [])]) == 0
+    assert "513 W serving (293 / 400 of the TDP, the A100 SXM4's share)" in capsys.readouterr().out
+    assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1", *sum(
+        (["--set", item] for item in custom_sets(dict(H200, serving_power_w=600))), [])]) == 0
+    out = capsys.readouterr().out
+    assert "600 W serving;" in out and "293 / 400" not in out
+
+
 EXAMPLE = ROOT / "docs" / "examples" / "h200-compare.yaml"
 """The H200 docs/gpu_model.md section 6 gives."""
 
@@ -193,7 +212,8 @@ def test_commands_run_it_and_say_what_it_borrows(h200_yaml, tmp_path, capsys, ca
     assert main(["info", *common, "--hardware", "gpu:h200-141gb:2"]) == 0
     out = capsys.readouterr().out
     assert ("gpu          h200-141gb: 4.8 TB/s HBM, 990 TFLOP/s bf16, 141 GB, NVLink 4 450 GB/s a direction, 700 W; "
-            "513 W serving; efficiency 0.955 of HBM, 0.526 of the peak; a kind of one's own") in out
+            "513 W serving (293 / 400 of the TDP, the A100 SXM4's share); efficiency 0.955 of HBM, 0.526 of the peak; a kind "
+            "of one's own") in out
     assert "hardware     2 x h200-141gb: pp 1 x tp 2" in out
     caplog.clear()
     assert main(["simulate", *common, "--hardware", "gpu:h200-141gb:1", "--prompt", "16", "--decode", "4"]) == 0

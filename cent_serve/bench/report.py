@@ -274,8 +274,7 @@ def kind_notes(cfg: CentConfig) -> list[str]:
     `cent bench compare`'s and `cent bench sweep`'s notes."""
     if not (cfg.on_gpus and cfg.gpu.is_custom):
         return []
-    from cent_serve.gpu.kinds import borrowed_note
-    return [borrowed_note(cfg.gpu.spec, custom=True)]
+    return [cfg.gpu.borrowed_note]
 
 
 def compare_table(cent: dict, gpu: dict) -> list[dict]:

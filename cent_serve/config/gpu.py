@@ -176,6 +176,13 @@ class GpuConfig:
         return bool(self.custom.name) and self.kind == self.custom.name
 
     @property
+    def borrowed_note(self) -> str | None:
+        """The line on what the kind borrows from the A100 SXM4 (`cent_serve.gpu.kinds.borrowed_note`), None
+        for the A100 SXM4 itself."""
+        from cent_serve.gpu.kinds import borrowed_note
+        return borrowed_note(self.spec, self.is_custom, self.is_custom and not self.custom.serving_power_w)
+
+    @property
     def num_seqs(self) -> int:
         """`max_num_seqs`, resolved (0: vLLM's default for the kind)."""
         return self.max_num_seqs or self.spec.max_num_seqs

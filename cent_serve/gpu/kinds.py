@@ -104,15 +104,18 @@ def custom_kind(name: str, hbm_bytes_per_s: float, peak_flops: float, memory_byt
                    *(VLLM_LARGE_BATCH if large else VLLM_A100_BATCH))
 
 
-def borrowed_note(kind: GpuKind, custom: bool) -> str | None:
+def borrowed_note(kind: GpuKind, custom: bool, power_borrowed: bool = False) -> str | None:
     """One line on what `kind` borrows from the A100 SXM4 (None for the A100 SXM4 itself): the warning
     every command running it logs (`cli_common.warn_gpu_run`) and, for a kind of one's own (`custom`),
-    a note of the results it makes (`bench.report.kind_notes`)."""
+    a note of the results it makes (`bench.report.kind_notes`); `power_borrowed`: its serving power is
+    the A100 SXM4's share of its TDP (no gpu.custom.serving_power_w), which its energy figures rest on."""
     if kind.calibrated:
         return None
     head = f"{kind.name}'s efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements)"
     if not custom:
         return f"{head}: none of this kind to set them from (docs/gpu_model.md)"
+    power = (f"; its serving power too is the A100 SXM4's share of its TDP, 293 / 400 of {kind.board_power_w:g} W "
+             "(gpu.custom.serving_power_w gives a measured draw)") if power_borrowed else ""
     return (f"{head}, and so are the host's gpu.layer_overhead_s and gpu.allreduce_latency_s: {kind.name} is a kind "
             "of one's own (gpu.custom), its datasheet figures as given, not validated against any measurement "
-            "(docs/gpu_model.md section 6)")
+            f"(docs/gpu_model.md section 6){power}")

@@ -205,7 +205,9 @@ def _print_info(cfg, out: dict) -> None:
         k = cfg.gpu.spec  # its figures, as the device line gives a CENT device's
         borrowed = ("; a kind of one's own (gpu.custom): these and the host's times are a100-80gb's, not validated"
                     if cfg.gpu.is_custom else "" if k.calibrated else "; a100-80gb's")
-        print(f"gpu          {k.describe()}; {k.board_power_w * k.power_fraction:.0f} W serving; efficiency "
+        share = (" (293 / 400 of the TDP, the A100 SXM4's share)"
+                 if cfg.gpu.is_custom and not cfg.gpu.custom.serving_power_w else "")
+        print(f"gpu          {k.describe()}; {k.board_power_w * k.power_fraction:.0f} W serving{share}; efficiency "
               f"{k.mem_efficiency:g} of HBM, {k.compute_efficiency:g} of the peak{borrowed}")
         try:
             gt = GpuTimer(cfg)
