@@ -183,6 +183,15 @@ def test_the_borrowed_power_share_is_said_where_the_borrowing_is(capsys):
     assert "600 W serving;" in out and "293 / 400" not in out
 
 
+def test_a_number_for_a_name_in_a_config_file_is_told_to_be_quoted(tmp_path):
+    """`name: 4090` (an RTX 4090 described as one's own) is read by YAML as a number: the refusal says to quote it."""
+    path = tmp_path / "rtx.yaml"
+    path.write_text("gpu:\n  custom:\n    name: 4090\n")
+    with pytest.raises(ValueError, match=r"gpu.custom.name=4090 is invalid: expected a string: YAML reads an unquoted "
+                                         r"4090 as a number, so quote it \(name: \"4090\"\)"):
+        build_config("tiny", config=path)
+
+
 EXAMPLE = ROOT / "docs" / "examples" / "h200-compare.yaml"
 """The H200 docs/gpu_model.md section 6 gives."""
 

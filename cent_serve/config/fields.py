@@ -265,7 +265,9 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     if hint is str and not isinstance(value, str):
         quote = (f": YAML reads an unquoted {'on, yes or true' if value else 'off, no or false'} as {str(value).lower()}, "
                  f"so quote the word ({name.rsplit('.', 1)[-1]}: \"{'on' if value else 'off'}\")"
-                 if isinstance(value, bool) else "")
+                 if isinstance(value, bool) else
+                 f": YAML reads an unquoted {value} as a number, so quote it ({name.rsplit('.', 1)[-1]}: \"{value}\")"
+                 if isinstance(value, (int, float)) else "")
         raise ValueError(f"{name}={value!r} is invalid: expected a string{quote}")
     if getattr(hint, "__origin__", None) is tuple:  # by the element type: words, factors (longrope's) or ids
         read = {str: _words_text, float: _factors_text}.get(hint.__args__[0], _ids_text)
