@@ -174,6 +174,8 @@ def test_the_borrowed_power_share_is_said_where_the_borrowing_is(capsys):
     borrowed = build_config("tiny", hardware="gpu:h200:1", overrides=custom_sets(H200))
     measured = build_config("tiny", hardware="gpu:h200:1", overrides=custom_sets(dict(H200, serving_power_w=600)))
     assert share in kind_notes(borrowed)[0] and share not in kind_notes(measured)[0]
+    smaller = build_config("tiny", hardware="gpu:h200:1", overrides=custom_sets(dict(H200, board_power_w=600)))
+    assert "293 / 400 of 600 W" in kind_notes(smaller)[0]
     assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1", *sum(
         (["--set", item] for item in custom_sets(H200)), [])]) == 0
     assert "513 W serving (293 / 400 of the TDP, the A100 SXM4's share)" in capsys.readouterr().out
