@@ -3,12 +3,15 @@ reads them (`chat_messages`), for `/v1/chat/completions` and `/tokenize` (api/pr
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from api.checks import ApiError, check_unicode, short
+
+log = logging.getLogger("cent.server")
 
 TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
                   "thinking": "thinking"}
@@ -30,6 +33,21 @@ TOOL_EXAMPLE = '{"type": "function", "function": {"name": "...", "parameters": {
 """A tool definition as OpenAI's API writes it, for the error of a malformed one."""
 
 
+def _arguments_object(function: dict) -> dict:
+    """A call's `arguments` JSON string as the object a template reads; {} for one that is empty, not JSON or
+    not an object, logged, as vLLM's `_postprocess_messages` takes it."""
+    text = function["arguments"]
+    try:
+        arguments = json.loads(text) if text else {}
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+        arguments = None
+    if not isinstance(arguments, dict):
+        log.warning("tool call %r's arguments are not a JSON object (%d characters): given to the chat template "
+                    "as {}, as vLLM gives them", function["name"][:80], len(text))
+        arguments = {}
+    return arguments
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -42,7 +60,7 @@ class ChatMessage(BaseModel):
     """OpenAI's participant name, given to the template with the message (vLLM passes it to any role's)."""
     tool_calls: list[dict[str, Any]] | None = None
     """An assistant's calls, OpenAI's `[{id, type, function: {name, arguments}}]`: given to the template
-    with each `arguments` JSON string parsed (`_calls_for_template`), as vLLM gives them (this server
+    with each `arguments` JSON string parsed into an object (`_calls_for_template`), as vLLM gives them (this server
     makes no calls itself, but a conversation may hold some: their text counts in the prompt)."""
     tool_call_id: str | None = None
     """A `tool` message's answer to that call, given to the template as vLLM gives it."""
@@ -62,26 +80,25 @@ class ChatMessage(BaseModel):
     @field_validator("tool_calls")
     @classmethod
     def _calls_for_template(cls, calls: list[dict] | None) -> list[dict] | None:
-        """Each call's `function` needs a string `name`; its `arguments`, a JSON string (OpenAI's form),
-        are parsed, as vLLM parses them for the templates (vllm/entrypoints/chat_utils.py
-        `_postprocess_messages`: transformers' tool-use templates read them as a mapping); an object is
-        kept, null or "" is {}. An empty list is no calls (vLLM drops it)."""
+        """Each call in OpenAI's form, as vLLM's request schema takes it (openai's
+        `ChatCompletionMessageFunctionToolCallParam`: a string `id`, `type` "function", a `function` with a
+        string `name` and a string `arguments`), else a 400 naming the field; its `arguments` parsed for the
+        template, as vLLM parses them (vllm/renderers/chat_utils/parse_chat_message.py `_postprocess_messages`:
+        transformers' tool-use templates read them as a mapping), one that is empty, not JSON or not a JSON
+        object as {} with a warning, as vLLM takes it (refused, it would fail every later turn of that
+        conversation). An empty list is no calls (vLLM drops it)."""
         out = []
         for i, call in enumerate(calls or ()):
             function = call.get("function")
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise PydanticCustomError("tool_call", "call {i} has no function name; send {example}",
-                                          {"i": i, "example": CALL_EXAMPLE})
-            arguments = function.get("arguments")
-            if isinstance(arguments, str) and arguments:
-                try:
-                    arguments = json.loads(arguments)
-                except ValueError:
-                    raise PydanticCustomError("tool_call", "call {i}'s function.arguments is not JSON: send the "
-                                              "arguments as a JSON object in a string", {"i": i}) from None
-            elif not arguments:
-                arguments = {}
-            out.append(dict(call, function=dict(function, arguments=arguments)))
+            why = ("id" if not isinstance(call.get("id"), str) else
+                   "type" if call.get("type") != "function" else
+                   "function" if not isinstance(function, dict) else
+                   "function.name" if not isinstance(function.get("name"), str) else
+                   "function.arguments" if not isinstance(function.get("arguments"), str) else None)
+            if why is not None:
+                raise PydanticCustomError("tool_call", "call {i}'s {why} is missing or invalid; send {example}",
+                                          {"i": i, "why": why, "example": CALL_EXAMPLE})
+            out.append(dict(call, function=dict(function, arguments=_arguments_object(function))))
         return out or None
 
     @field_validator("content", mode="before")

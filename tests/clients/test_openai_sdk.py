@@ -20,7 +20,8 @@ SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.functio
            "{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
            "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
            "{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}"
-           "<call {{ c.function.name }}({{ c.function.arguments.city }})>{% endfor %}{% endif %}"
+           "<call {{ c.function.name }}({% if c.function.arguments is mapping %}{{ c.function.arguments.city }}"
+           "{% else %}{{ c.function.arguments }}{% endif %})>{% endfor %}{% endif %}"
            "{% if m.tool_call_id is defined %}<for {{ m.tool_call_id }}>{% endif %}\n{% endfor %}"
            "{% if add_generation_prompt %}<|assistant|>{% if reasoning_effort is defined %}<effort "
            "{{ reasoning_effort }}>{% endif %}{% if enable_thinking is defined and not enable_thinking %}"
@@ -112,21 +113,36 @@ def test_documents_reach_the_template_as_vllm_gives_them(server, client):
                                        extra_body={"chat_template_kwargs": {"documents": []}})
     assert err.value.param == "chat_template_kwargs" and "tools, documents)" in err.value.message
 
-@pytest.mark.parametrize("arguments", ["", None, {"city": "Oslo"}])
-def test_a_tool_call_s_arguments_may_be_empty_or_an_object_as_vllm_takes_them(server, client, arguments):
-    turns = [HI[0], dict(TOOL_TURNS[1], tool_calls=[{"id": "c", "type": "function",
-                                                      "function": {"name": "f", "arguments": arguments}}])]
-    assert f"<call f({'Oslo' if arguments else ''})>" in prompt_text(server, client, messages=turns)
+def _call(**fields) -> dict:
+    """An assistant's turn holding one tool call of `fields` (OpenAI's form by default)."""
+    return dict(TOOL_TURNS[1], tool_calls=[dict({"id": "c", "type": "function",
+                                                 "function": {"name": "f", "arguments": "{}"}}, **fields)])
 
 
-@pytest.mark.parametrize("call, why", [({"id": "c", "type": "function", "function": {"arguments": "{}"}},
-                                        "has no function name"),
-                                       ({"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}},
-                                        "is not JSON")])
-def test_a_malformed_tool_call_is_a_400_naming_it(server, client, call, why):
+@pytest.mark.parametrize("arguments, shown", [("", ""), ('{"city": "Oslo"}', "Oslo"), ("{x", ""), ("[1]", ""),
+                                              ("42", "")])
+def test_a_tool_call_s_arguments_reach_the_template_as_an_object_as_vllm_gives_them(server, client, arguments,
+                                                                                    shown):
+    """vLLM's `_postprocess_messages` (vllm/renderers/chat_utils/parse_chat_message.py) parses each call's
+    `arguments` string, and takes one that is empty, not JSON or not a JSON object as {} (with a warning): a
+    conversation that holds a malformed call stays servable. Such a call was a 400 here, every later turn too."""
+    turns = [HI[0], _call(function={"name": "f", "arguments": arguments})]
+    assert f"<call f({shown})>" in prompt_text(server, client, messages=turns)
+
+
+@pytest.mark.parametrize("call, why", [
+    (dict(function={"arguments": "{}"}), "function.name"),
+    (dict(function={"name": "f", "arguments": {"city": "Oslo"}}), "function.arguments"),
+    (dict(function={"name": "f", "arguments": None}), "function.arguments"),
+    (dict(function={"name": "f"}), "function.arguments"),
+    (dict(id=None), "id"),
+    (dict(type="custom"), "type")])
+def test_a_tool_call_not_of_openai_s_form_is_a_400_naming_it_as_vllm_s(server, client, call, why):
+    """vLLM's request schema takes an assistant's calls as OpenAI's `ChatCompletionMessageFunctionToolCallParam`
+    (a string `id`, `type` "function", a `function` with a string `name` and a string `arguments`), else a 400;
+    an object or null `arguments` was taken here."""
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=server.model, max_tokens=1,
-                                       messages=[HI[0], dict(TOOL_TURNS[1], tool_calls=[call])])
+        client.chat.completions.create(model=server.model, max_tokens=1, messages=[HI[0], _call(**call)])
     assert err.value.param == "messages.1.tool_calls" and why in err.value.message
 
 
