@@ -395,13 +395,22 @@ class ChatCompletionRequest(_Common):
             kwargs["reasoning_effort"] = self.reasoning_effort
         return kwargs or None
 
+    def check_fields(self, vocab_size: int) -> None:
+        """`_Common`'s, and an empty `tools` refused, as vLLM's `check_tool_usage` refuses it
+        (vllm/entrypoints/openai/chat_completion/protocol.py)."""
+        if (self.model_extra or {}).get("tools") == []:
+            raise ApiError("tools=[] is empty: give at least one tool or leave tools out (vLLM refuses an empty "
+                           "list)", "tools")
+        super().check_fields(vocab_size)
+
     def serves(self, name: str) -> bool:
-        """`tools` with `tool_choice` "none": no call is asked for, and the tools are given to the chat template
-        (`template_tools`), as vLLM gives them by default (it drops them only with
-        --exclude-tools-when-tool-choice-none, off by default: vllm/entrypoints/openai/cli_args.py), so a
-        template that lists them counts them in the prompt. Without tool_choice, tools mean "auto" (vLLM's
-        `check_tool_usage`), which makes calls: refused."""
-        return name == "tools" and (self.model_extra or {}).get("tool_choice") == "none"
+        """`tools` with `tool_choice` "none" or an explicit null: no call is asked for, and the tools are given
+        to the chat template (`template_tools`), as vLLM gives them by default (it drops them only under "none"
+        with --exclude-tools-when-tool-choice-none, off by default: vllm/entrypoints/openai/cli_args.py;
+        vllm/renderers/online_renderer.py `render_chat`), so a template that lists them counts them in the
+        prompt. Without tool_choice, tools mean "auto" (vLLM's `check_tool_usage`), which makes calls: refused."""
+        extra = self.model_extra or {}
+        return name == "tools" and "tool_choice" in extra and extra["tool_choice"] in (None, "none")
 
     def template_tools(self) -> list[dict] | None:
         """The `tools` the chat template is given (`serves`; checked by `tool_definitions`), else None."""

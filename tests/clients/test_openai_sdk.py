@@ -100,6 +100,17 @@ def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(serv
     assert err.value.param == "tools.0"
 
 
+def test_tools_with_a_null_tool_choice_reach_the_template_and_no_tools_is_a_400_as_vllm_s(server, client):
+    """vLLM's `check_tool_usage` makes tools without tool_choice "auto", but leaves an explicit null as it is, which
+    asks for no call and gives the template the tools as "none" does (vllm/renderers/online_renderer.py
+    `render_chat`); they were refused here. An empty `tools` is vLLM's 400 naming tools; it was accepted."""
+    text = prompt_text(server, client, messages=HI, tools=[WEATHER], extra_body={"tool_choice": None})
+    assert text.startswith("<s><tools get_weather>\n")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tools=[], tool_choice="none")
+    assert err.value.param == "tools" and "empty" in err.value.message
+
+
 def test_documents_reach_the_template_as_vllm_gives_them(server, client):
     """vLLM's `documents` (retrieval-augmented generation: Command-R's and Granite's templates read them) are
     the template's `documents`; they were ignored, the prompt rendered without them."""
