@@ -79,6 +79,13 @@ def test_a_conversation_s_tool_calls_names_and_reasoning_reach_the_template_as_v
     assert "<|tool|>sunny<for call_1>" in text
 
 
+def test_only_an_assistant_s_reasoning_and_tool_calls_reach_the_template_as_vllm_gives_them(server, client):
+    """vLLM's `_parse_chat_message_content` gives a template `tool_calls` and `reasoning` of an assistant's message
+    only (and `tool_call_id` of a tool's): a user's that carries them renders without them."""
+    user = dict(TOOL_TURNS[1], role="user", content="hi")
+    assert prompt_text(server, client, messages=[user]) == "<s><|user|>hi<|assistant|>"
+
+
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -98,6 +105,15 @@ def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(serv
         client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tool_choice="none",
                                        tools=[{"type": "function", "function": {"description": "no name"}}])
     assert err.value.param == "tools.0"
+    with pytest.raises(openai.BadRequestError) as err:  # vLLM's ChatCompletionToolsParam: type "function" only
+        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tool_choice="none",
+                                       tools=[dict(WEATHER, type="custom")])
+    assert err.value.param == "tools.0"
+    lone = dict(WEATHER, function=dict(WEATHER["function"], description="\ud800"))  # a lone surrogate: not text
+    body = {"model": server.model, "messages": HI, "max_tokens": 1, "tool_choice": "none", "tools": [lone]}
+    r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body), timeout=60,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
 
 
 def test_tools_with_a_null_tool_choice_reach_the_template_and_no_tools_is_a_400_as_vllm_s(server, client):
@@ -167,6 +183,8 @@ def test_reasoning_effort_reaches_the_template_as_vllm_gives_it(server, client):
     assert prompt_text(server, client, messages=HI, reasoning_effort="high",
                        extra_body={"chat_template_kwargs": {"enable_thinking": False}}).endswith(
         "<effort high><think></think>")
+    assert prompt_text(server, client, messages=HI, reasoning_effort="low",  # vLLM's merge_kwargs: the request's wins
+                       extra_body={"chat_template_kwargs": {"reasoning_effort": "high"}}).endswith("<effort low>")
 
 
 def test_a_reasoning_effort_vllm_does_not_know_is_a_400_naming_it(server, client):
@@ -209,10 +227,15 @@ def test_the_responses_and_embeddings_apis_are_a_404_that_names_them_and_what_to
     404 said "the OpenAI API is under /v1" of a path under /v1. A 404: the SDK does not resend it."""
     with pytest.raises(openai.NotFoundError) as err:
         client.responses.create(model=server.model, input="hi", max_output_tokens=4)
-    assert "Responses API" in err.value.message and "/v1/chat/completions" in err.value.message
+    assert "Responses API" in err.value.message and "send the conversation as messages" in err.value.message
     with pytest.raises(openai.NotFoundError) as err:
         client.embeddings.create(model=server.model, input="hi")
     assert "embeddings" in err.value.message and "under /v1" not in err.value.message
+    for method, path, named in [("GET", "/v1/chat/completions/chatcmpl-1", "stored chat completions"),
+                                ("POST", "/v1/audio/speech", "audio API"),  # what lies below a path named
+                                ("POST", "/v1/embeddingsx", "not a path of this server")]:  # a path's own only
+        r = httpx.request(method, server.url + path, json={}, timeout=60)
+        assert r.status_code == 404 and named in r.json()["error"]["message"], (path, r.text)
 
 
 def test_a_full_server_s_429_is_resent_by_the_sdk_after_its_retry_after_then_raised_readable():
