@@ -31,6 +31,8 @@ CALL_EXAMPLE = '{"id": "call_1", "type": "function", "function": {"name": "...",
 """An assistant's tool call as OpenAI's API writes it, for the error of a malformed one."""
 TOOL_EXAMPLE = '{"type": "function", "function": {"name": "...", "parameters": {...}}}'
 """A tool definition as OpenAI's API writes it, for the error of a malformed one."""
+_FUNCTION_FIELDS = (("description", str), ("parameters", dict), ("strict", bool), ("defer_loading", bool))
+"""A tool's `function` fields besides its name, and their type when set (vLLM's `FunctionDefinition`)."""
 
 
 def _arguments_object(function: dict) -> dict:
@@ -159,17 +161,29 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
 
 
 def tool_definitions(tools) -> list[dict] | None:
-    """A request's `tools` as the chat template is given them (transformers' and vLLM's `tools`): each
-    OpenAI's `{"type": "function", "function": {"name", ...}}`, checked as vLLM's `ChatCompletionToolsParam`
-    checks it (ApiError 400 naming `tools.N` otherwise); None for none."""
+    """A request's `tools` as the chat template is given them (transformers' and vLLM's `tools`), in the shape
+    vLLM gives them (its `ChatCompletionToolsParam.model_dump()`, vllm/entrypoints/generate/base/protocol.py
+    `FunctionDefinition`): `{"type": "function", "function": {name, description, parameters}}`, the last two
+    null when left out, `strict` and `defer_loading` only when set (a tool's `defer_loading` its function's
+    too), other keys dropped, so a template that writes a tool as JSON renders vLLM's text. Checked as vLLM
+    checks them (ApiError 400 naming `tools.N` otherwise); None for none."""
     if not tools:
         return None
     if not isinstance(tools, list):
         raise ApiError(f"tools={short(tools)} is invalid: send a list of tools", "tools")
     check_unicode(tools, "tools")  # an extra field of the request: its `_valid_unicode` reads the declared ones
+    out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type", "function") != "function" \
-                or not isinstance(function.get("name"), str):
+                or not isinstance(function.get("name"), str) \
+                or not all(isinstance(function.get(k), (kind, type(None))) for k, kind in _FUNCTION_FIELDS) \
+                or not isinstance(tool.get("defer_loading"), (bool, type(None))):
             raise ApiError(f"tools.{i} is invalid: send {TOOL_EXAMPLE}", f"tools.{i}")
-    return tools
+        defer = tool.get("defer_loading") if function.get("defer_loading") is None else function["defer_loading"]
+        shaped = {"name": function["name"], "description": function.get("description"),
+                  "parameters": function.get("parameters")}
+        shaped |= {k: v for k, v in (("strict", function.get("strict")), ("defer_loading", defer)) if v is not None}
+        out.append({"type": "function", "function": shaped}
+                   | ({"defer_loading": tool["defer_loading"]} if tool.get("defer_loading") is not None else {}))
+    return out

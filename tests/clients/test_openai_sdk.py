@@ -26,8 +26,8 @@ SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.functio
            "{% if add_generation_prompt %}<|assistant|>{% if reasoning_effort is defined %}<effort "
            "{{ reasoning_effort }}>{% endif %}{% if enable_thinking is defined and not enable_thinking %}"
            "<think></think>{% endif %}{% endif %}")
-"""A chat template that writes the tools, the documents, every message field and variable vLLM gives a template (Llama 3.1's and
-Qwen 3's templates read these), so a prompt's text shows what reached it."""
+"""A chat template that writes the tools, the documents, every message field and variable vLLM gives a template
+(Llama 3.1's and Qwen 3's templates read these), so a prompt's text shows what reached it."""
 
 TOOL_TURNS = [
     {"role": "user", "content": "Weather in Paris?", "name": "bob"},
@@ -114,6 +114,26 @@ def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(serv
     r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body), timeout=60,
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+def test_tools_reach_the_template_in_vllm_s_shape():
+    """vLLM gives a template each tool as its `ChatCompletionToolsParam.model_dump()`
+    (vllm/entrypoints/generate/base/protocol.py `FunctionDefinition`): `type`, then `function` with `name`,
+    `description` and `parameters` (null when left out), `strict` and `defer_loading` only when set, other keys
+    dropped, so a template that writes a tool as JSON (Llama 3.1's `tojson`) renders vLLM's text; the tool was
+    given as sent. A field of the wrong type is vLLM's 400 naming the tool."""
+    from api.chat import tool_definitions
+    from api.checks import ApiError
+
+    sent = {"function": {"parameters": {"type": "object"}, "name": "f", "x": 1, "defer_loading": None},
+            "defer_loading": True, "y": 2}
+    assert json.dumps(tool_definitions([sent])) == json.dumps([{"type": "function", "function": {
+        "name": "f", "description": None, "parameters": {"type": "object"}, "defer_loading": True},
+        "defer_loading": True}])  # the tool's defer_loading is its function's too, as vLLM propagates it
+    for bad in ({"description": 1}, {"parameters": "{}"}, {"strict": "yes"}):
+        with pytest.raises(ApiError) as err:
+            tool_definitions([WEATHER, {"type": "function", "function": dict({"name": "f"}, **bad)}])
+        assert err.value.param == "tools.1"
 
 
 def test_tools_with_a_null_tool_choice_reach_the_template_and_no_tools_is_a_400_as_vllm_s(server, client):
