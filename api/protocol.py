@@ -396,11 +396,9 @@ class ChatCompletionRequest(_Common):
         return kwargs or None
 
     def check_fields(self, vocab_size: int) -> None:
-        """`_Common`'s, and an empty `tools` refused, as vLLM's `check_tool_usage` refuses it
-        (vllm/entrypoints/openai/chat_completion/protocol.py)."""
+        """`_Common`'s, and an empty `tools` refused, as vLLM's `check_tool_usage` refuses it."""
         if (self.model_extra or {}).get("tools") == []:
-            raise ApiError("tools=[] is empty: give at least one tool or leave tools out (vLLM refuses an empty "
-                           "list)", "tools")
+            raise ApiError("tools=[] is empty, which vLLM refuses: give at least one tool or leave tools out", "tools")
         super().check_fields(vocab_size)
 
     def serves(self, name: str) -> bool:
