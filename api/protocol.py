@@ -131,7 +131,8 @@ class _Common(BaseModel):
                        for v in neutral):  # true is not the 1 that means off
                 why, fix = UNSUPPORTED_WHY.get(name, ("", ""))
                 raise ApiError(f"{name}={short(value)} is not supported by this server{why and ', ' + why}: leave it "
-                               "unset" + (f" (or {json.dumps(neutral[0])})" if neutral else "") + fix, name)
+                               "unset" + (f" (or {json.dumps(neutral[0])})" if neutral and neutral[0] != [] else "")
+                               + fix, name)  # an empty list is no fix: vLLM's chat refuses `tools: []`
         if self.stream_options is not None and self.stream_options.model_fields_set and not self.stream:
             # vLLM's rule (an empty {} passes, as its truthiness test lets it)
             raise ApiError("stream_options is only allowed with stream=true: set stream or drop stream_options",

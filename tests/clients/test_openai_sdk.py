@@ -101,6 +101,7 @@ def test_tools_with_tool_choice_none_reach_the_template_and_no_call_is_made(serv
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tools=[WEATHER], **choice)
         assert err.value.param == "tools" and 'tool_choice "none"' in err.value.message
+        assert "(or [])" not in err.value.message  # vLLM refuses an empty tools: no fix to suggest
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, tool_choice="none",
                                        tools=[{"type": "function", "function": {"description": "no name"}}])
