@@ -6,14 +6,13 @@ One timing-only server of a checkpoint copy whose chat template prints what it i
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from api.server import Server
+from tests.serving.utils import templated_tiny_llama_cfg
 
 SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.function.name }}{% endfor %}>\n{% endif %}"
            "{% for d in documents or [] %}<doc {{ d.title }}: {{ d.text }}>\n{% endfor %}"
@@ -41,18 +40,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from cent_serve.config import CentConfig, ParallelConfig
-    from cent_serve.model import model_config_from_hf
-
-    ckpt = tmp_path_factory.mktemp("sdk") / "m"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
-    conf = json.loads((ckpt / "tokenizer_config.json").read_text())
-    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(conf, chat_template=SHOWING)))
-    model = model_config_from_hf(ckpt)
-    cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="off")
-    cfg.server.port = 0
+    cfg = templated_tiny_llama_cfg(tmp_path_factory.mktemp("sdk") / "m", SHOWING)
     with Server(cfg, "local") as s:
-        s.model = model.name
+        s.model = cfg.model.name
         yield s
 
 

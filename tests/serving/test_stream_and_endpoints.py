@@ -295,19 +295,10 @@ def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path, c
     """vLLM's `chat_template_kwargs` (Qwen 3's `{"enable_thinking": false}`) are the template's variables
     (they were ignored: the same prompt either way); chat's `add_special_tokens` puts a BOS first; a
     request's own template, or a kwarg the server sets itself, is a 400 naming it."""
-    import shutil
-    from pathlib import Path
+    from tests.serving.utils import templated_tiny_llama_cfg
 
-    from cent_serve.config import CentConfig, ParallelConfig
-    from cent_serve.model import model_config_from_hf
-
-    ckpt = tmp_path / "m"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", ckpt)
-    conf = json.loads((ckpt / "tokenizer_config.json").read_text())
-    (ckpt / "tokenizer_config.json").write_text(json.dumps(dict(conf, chat_template=THINKING)))
-    model = model_config_from_hf(ckpt)
-    cfg = CentConfig(model=model, parallel=ParallelConfig(1, 1, 1), numerics="off")
-    cfg.server.port = 0
+    cfg = templated_tiny_llama_cfg(tmp_path / "m", THINKING)
+    model = cfg.model
     with Server(cfg, "local") as s:
         def tokens(**body) -> list[int]:
             r = httpx.post(s.url + "/tokenize", json=dict(messages=CHAT, **body))

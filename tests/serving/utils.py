@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0, hang_fails: bool
     finally:
         proc.reader.join(10)
     return "".join(proc.log)
+
+
+def templated_tiny_llama_cfg(where: Path, chat_template: str) -> CentConfig:
+    """The tests' HF tiny Llama checkpoint copied to `where` with `chat_template` as its own, served
+    timing-only on one device, port 0 (tests of what a request's chat reaches the template as)."""
+    from cent_serve.model import model_config_from_hf
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama", where)
+    conf = json.loads((where / "tokenizer_config.json").read_text())
+    (where / "tokenizer_config.json").write_text(json.dumps(dict(conf, chat_template=chat_template)))
+    cfg = CentConfig(model=model_config_from_hf(where), parallel=ParallelConfig(1, 1, 1), numerics="off")
+    cfg.server.port = 0
+    return cfg
 
 
 def server_cfg(numerics: str = "off", devices: int = 8, pp: int = 0, max_waiting: int = 1024,
