@@ -37,22 +37,48 @@ def replica_hosts(units: dict[str, int], need: int, held: dict[str, int]) -> tup
     return (free, False) if free or not fits else (fits, True)
 
 
+_units_seen: dict[str, int] = {}
+"""Ray node id -> the `device_resource` units it advertised when this process last saw it alive (a node
+id is unique across clusters): how a lost node's units are named (`_lost_units`)."""
+
+
 def _cluster_units(cfg: CentConfig) -> tuple[dict[str, int], str]:
     """({node id: `device_resource` units} of the cluster's live nodes, a summary naming each node
-    and its units)."""
+    and its units); a node advertising units is remembered in `_units_seen`."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     units = {n["NodeID"]: int(n.get("Resources", {}).get(cfg.server.device_resource, 0)) for n in nodes}
     names = {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in nodes}
+    _units_seen.update((n, k) for n, k in units.items() if k)
     return units, ", ".join(f"{names[n]}: {k}" for n, k in sorted(units.items(), key=lambda nk: names[nk[0]]))
 
 
-def _own_ray() -> bool:
-    """Whether this process started the Ray it is connected to (`ensure_ray`'s fresh local Ray, or a
-    caller's own `ray.init()` without an address), as Ray records it: `ray.init` makes the node it
-    starts a head, and a node it merely connects to not (ray/_private/worker.py `init`: `Node(head=True,
-    ...)` against `Node(head=False, connect_only=True)`; Ray Client keeps no node: False)."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    return bool(getattr(node, "head", False))
+def _lost_units(cfg: CentConfig) -> str:
+    """The cluster's nodes no longer alive that advertised `device_resource` units, each named with its
+    units; "" when the cluster has no such history (a plain Ray). Called when no live node advertises
+    units.
+
+    Ray keeps a dead node in `ray.nodes()` ("Alive": False) but not its resources: on Ray 2.60 its
+    "Resources" came back {} (ray/_private/state.py `node_table`, the GCS's node table). So the history
+    is read from the record the cluster does keep: its placement group table (`placement_group_table`,
+    every group the GCS has seen, removed ones included, whoever made them) holds a group of
+    `device_resource` bundles that was granted once (its `end_to_end_creation_latency_ms` set): units
+    were there, and no live node has them now. A later server joining the cluster reads it too. The
+    units of each lost node are named from `_units_seen` where this process saw it alive."""
+    from ray.util.placement_group import placement_group_table
+
+    res = cfg.server.device_resource
+    dead = [n for n in ray.nodes() if not n.get("Alive")]
+    seen = [n for n in dead if n["NodeID"] in _units_seen]
+    granted = any(pg.get("stats", {}).get("end_to_end_creation_latency_ms", 0) > 0
+                  and any(res in b for b in pg.get("bundles", {}).values())
+                  for pg in placement_group_table().values())
+    if not (seen or granted):
+        return ""
+    if seen:
+        return ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]}): {_units_seen[n['NodeID']]}" for n in seen)
+    names = ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in dead) or "no longer listed"
+    return (f"{names} (units not seen by this server: the cluster granted a placement group of {res} bundles "
+            "before it joined)")
 
 
 def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) -> tuple[dict[str, int], str]:
@@ -61,26 +87,30 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
     `server.placement` replica, has no host with a replica's devices. Reads the cluster once, places
     nothing: what cannot run is refused before anything starts (`cent serve` asks before its first
     replica, `place_devices` before each, a re-created replica's included: one rule for both).
-    Returns `_cluster_units` (no units on the one-node Ray this process started: a plain local Ray,
-    which places actors anywhere, nothing checked).
+    Returns `_cluster_units`.
 
-    A cluster this process joined whose live nodes advertise no units is refused, however many nodes
-    it has: a node without units is one its operator keeps free of devices (a head kept for the
-    engine, deploy/README.md "The contract"), and Ray would put the devices anywhere, scattered over
-    several nodes one node hop per pipeline hop, `server.placement` not applied. At a re-creation
-    (the last node with units lost, the head without) the refusal is the replica's reason to wait:
-    `Replicas` retries it every RETRY_S, /health naming it, until a node with units joins. Before,
-    one such node was taken for a plain Ray, and a lost worker's replica came back on the head."""
+    A cluster whose live nodes advertise no units is a plain Ray, which places actors anywhere,
+    nothing checked (a local Ray, this process's or one it joined, a `ray.remote` task's), unless
+    - it has several live nodes (or none): Ray would scatter the devices over them, one node hop per
+      pipeline hop, and `server.placement` could not be applied; or
+    - nodes of it that advertised units are gone (`_lost_units`: the cluster's own history, not who
+      started its head): a head kept free of devices (deploy/README.md, "The contract") whose last
+      node with units was lost. The refusal names those nodes and their units; at a re-creation it is
+      the replica's reason to wait: `Replicas` retries it every RETRY_S, /health naming it, until a
+      node with units joins. Before, the replica came back on the head, its devices placed anywhere."""
     s = cfg.server
     units, summary = _cluster_units(cfg)
     total = sum(units.values())
-    if total == 0 and not (len(units) == 1 and _own_ray()):
-        one = len(units) == 1
-        has = ("the cluster has no live node" if not units else f"the cluster's {len(units)} node{'' if one else 's'} "
-               f"advertise{'s' if one else ''} no {s.device_resource} units ({summary})")
-        raise PlacementError(f"{has}, so the devices cannot be placed "
-                             f"(server.placement={s.placement!r}): start each node that is to host devices with "
-                             f"ray start --resources='{{\"{s.device_resource}\": N}}' (deploy/README.md)")
+    lost = _lost_units(cfg) if total == 0 else ""
+    fix = f"ray start --resources='{{\"{s.device_resource}\": N}}' (deploy/README.md)"
+    if lost:
+        raise PlacementError(f"the node(s) that advertised {s.device_resource} units are gone: {lost}, and the live "
+                             f"node(s) advertise none ({summary}); start a node with units: {fix}")
+    if total == 0 and len(units) != 1:
+        has = "the cluster has no live node" if not units else (f"the cluster's {len(units)} nodes advertise no "
+                                                                f"{s.device_resource} units ({summary})")
+        raise PlacementError(f"{has}, so the devices cannot be placed (server.placement={s.placement!r}): start each "
+                             f"node that is to host devices with {fix}")
     if total == 0:
         return units, summary
     if total < num_devices * replicas:  # every replica's, not one's: the first would hold what the last waits for
@@ -106,8 +136,8 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
 
 def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     """A placement group of one `device_resource` bundle per device when the cluster advertises
-    that resource (None on the local Ray this process started, advertising none: it places actors
-    anywhere; a joined cluster advertising none is refused, `check_cluster_holds`), by
+    that resource (None on a one-node Ray advertising none that never lost a node with units: it places
+    actors anywhere; other clusters advertising none are refused, `check_cluster_holds`), by
     `server.placement`: `spread`, `pack`, or `replica` (every device on one node, a node none of
     this process's other replicas holds when one has room). A cluster that cannot hold the
     `replicas` copies of `num_devices` is refused at once (`check_cluster_holds`); otherwise raises

@@ -195,7 +195,7 @@ def test_a_lost_raylet_of_the_servers_node_fails_the_requests_and_the_server_exi
                               "node again (ray start), then the server"), out
 
 
-NO_UNITS = "the cluster's 1 node advertises no cent_device units"
+NO_UNITS = "the node(s) that advertised cent_device units are gone: "
 """The reason a replica waits while only the head, which advertises no units, is left."""
 
 
@@ -254,6 +254,12 @@ def test_a_lost_worker_with_the_units_is_waited_for_never_replaced_on_a_head_wit
             r = httpx.post(proc.url + "/v1/completions", json=body, timeout=HANG_GUARD_S)
             error = r.json()["error"]
             assert (r.status_code, error["cent"]["code"]) == (503, "no_replica") and NO_UNITS in error["message"], r.text
+            lost = _cent("serve", "--ray-address", head.address, "--devices", "2", "--numerics", "off", "--port", "0")
+            # a second server joining now reads the cluster's own record (the group granted, its node dead)
+            refusal = [x for x in lost.stderr.splitlines() if x.strip()]
+            assert proc.poll() is None and lost.returncode == 2 and len(refusal) == 1, lost.stderr
+            assert refusal[0].startswith(f"cent serve: error: {NO_UNITS}") and "units not seen by this server" in \
+                refusal[0], refusal[0]
             head.add_worker(2)
             _until(lambda: httpx.get(proc.url + "/health", timeout=30).status_code == 200, "the replica came back")
             assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
@@ -279,3 +285,25 @@ def test_a_removal_blocked_on_a_lost_head_does_not_end_the_process_after_ray_shu
     steps = [x for x in proc.stdout.splitlines() if x in ("removing blocked", "removed", "shut down", "last line")]
     assert proc.returncode == 0 and "shut down" in steps and steps[-1] == "last line", (
         proc.returncode, proc.stdout, proc.stderr[-3000:])
+
+
+def test_a_joined_one_node_cluster_without_units_places_the_devices_anywhere():
+    """A driver joining a one-node `ray start --head` started without --resources (`--ray-address`,
+    `ray job submit`): a plain Ray, as on one machine, never a node with units lost. It was refused
+    ("the cluster's 1 node advertises no cent_device units") since only a Ray this process started
+    was taken for a plain one; now it serves as before."""
+    import httpx
+
+    from tests.serving.utils import stop_serve
+
+    body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
+    with RayHead(devices=0) as head:
+        proc = _serve_on(head)
+        try:
+            r = httpx.post(proc.url + "/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, (r.text, "".join(proc.log[-20:]))
+            devices, server = _status_nodes(proc.url)
+            assert devices == {server}, (devices, server)  # the head's node, the only one
+        finally:
+            out = stop_serve(proc, hang_fails=False)
+    assert proc.returncode == 0 and "Traceback" not in out, out

@@ -416,39 +416,55 @@ def test_replica_placement_is_refused_up_front_when_the_hosts_cannot_each_hold_a
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
 
 
-@pytest.mark.parametrize("own", [True, False])
-def test_a_cluster_without_device_units_is_refused_unless_it_is_the_local_ray_this_process_started(monkeypatch,
-                                                                                                   own):
+@pytest.mark.parametrize("lost", ["", "10.0.0.2 (0badc0de): 2"])
+def test_a_cluster_without_device_units_is_refused_when_several_nodes_or_lost_nodes_had_units(monkeypatch, lost):
     """Two nodes started without --resources: the devices were placed where Ray liked, alternating
-    nodes along the pipeline, and --placement replica was silently not applied. One node was taken for
-    a plain Ray whoever started it: a joined cluster's head without units, its worker with them lost,
-    had the worker's replica re-created on the head, silently. Now only the local Ray this process
-    started (`_own_ray`) places the devices anywhere; the rule is the same at a re-creation, which
-    asks it again (`place_devices`)."""
+    nodes along the pipeline, and --placement replica was silently not applied: refused. One node
+    without units is a plain Ray (a local one, joined or not, a `ray.remote` task's), served as
+    before, unless nodes of the cluster that advertised units are gone (`_lost_units`): a head kept
+    free of devices whose worker with the units was lost had the worker's replica re-created on the
+    head, silently. Then it is refused naming the lost nodes, at a re-creation too, which asks again
+    (`place_devices`)."""
     from cent_serve.executor import ray_placement as rx
 
-    monkeypatch.setattr(rx, "_own_ray", lambda: own)
+    monkeypatch.setattr(rx, "_lost_units", lambda cfg: lost)
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0, "b": 0}, "A: 0, B: 0"))
     with pytest.raises(rx.PlacementError, match=r"the cluster's 2 nodes advertise no cent_device units.*"
-                                                r"placement='replica'.*ray start --resources='\{\"cent_device\": N\}'"):
+                                                r"placement='replica'.*ray start --resources='\{\"cent_device\": N\}'"
+                       if not lost else r"^the node\(s\) that advertised cent_device units are gone: 10\.0\.0\.2 "):
         rx.check_cluster_holds(_replica_cfg(), 6, replicas=2)
     monkeypatch.setattr(rx, "_cluster_units", lambda cfg: ({"a": 0}, "A: 0"))
-    if own:
+    if not lost:
         assert rx.check_cluster_holds(_replica_cfg(), 6, replicas=2) == ({"a": 0}, "A: 0")
         assert rx.place_devices(_replica_cfg(), 6) is None
-    else:
-        for ask in (lambda: rx.check_cluster_holds(_replica_cfg(), 6, replicas=2),
-                    lambda: rx.place_devices(_replica_cfg(), 6)):
-            with pytest.raises(rx.PlacementError, match=r"^the cluster's 1 node advertises no cent_device units "
-                                                        r"\(A: 0\), so the devices cannot be placed"):
-                ask()
+        return
+    for ask in (lambda: rx.check_cluster_holds(_replica_cfg(), 6, replicas=2),
+                lambda: rx.place_devices(_replica_cfg(), 6)):
+        with pytest.raises(rx.PlacementError) as e:
+            ask()
+        assert str(e.value) == ("the node(s) that advertised cent_device units are gone: 10.0.0.2 (0badc0de): 2, and "
+                                "the live node(s) advertise none (A: 0); start a node with units: ray start "
+                                "--resources='{\"cent_device\": N}' (deploy/README.md)"), e.value
 
 
-def test_own_ray_is_true_for_a_ray_this_process_started(ray_cluster):
-    """The session's Ray is `ensure_ray`'s fresh local one (tests/conftest.py)."""
+def test_a_local_ray_without_units_has_no_lost_units_even_after_a_group_that_was_never_granted(ray_cluster):
+    """The session's local Ray advertises no units: nothing was lost, so its devices are placed anywhere.
+    A group of cent_device bundles it could never grant (pending, then removed) stays in the cluster's
+    placement group table; it is no sign that units were there."""
+    import os
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
     from cent_serve.executor import ray_placement as rx
 
-    assert rx._own_ray()
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="off", executor="ray")
+    assert not ray.cluster_resources().get(cfg.server.device_resource)
+    pg = placement_group([{cfg.server.device_resource: 1}], name=f"never-granted-{os.getpid()}")
+    remove_placement_group(pg)
+    assert rx._lost_units(cfg) == ""
+    units, _ = rx.check_cluster_holds(cfg, 2)
+    assert len(units) == 1 and rx.place_devices(cfg, 2) is None
 
 
 def test_an_empty_device_resource_is_refused_naming_the_field(capsys):
