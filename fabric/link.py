@@ -40,7 +40,8 @@ tiny nested containers some multiple of its size). `Link(sock)` itself authentic
 (for socket pairs inside one process and tests).
 
 Threading: one thread at a time sends and one at a time receives on a link (a sender and a
-receiver may be two threads); `close` may be called from any thread and wakes a blocked `recv`.
+receiver may be two threads); `close` may be called from any thread and wakes a blocked `recv`,
+and `send_if_room` too (it sends nothing while another thread's frame is under way).
 The socket stays blocking: receive deadlines are polled (a long one in slices, `POLL_MAX_MS`), and
 a send that makes no progress for the link's `send_stall_s` (`SEND_STALL_TIMEOUT_S` unless given; a
 run's links take `server.peer_wait_s`) fails with `LinkClosed`.
@@ -56,6 +57,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
 
 from fabric.wire import RECV_CHUNK_BYTES, WireError, decode, encode, pack, thread_packer
@@ -177,6 +179,7 @@ class Link:
         self._body: bytearray | None = None  # a large frame being read into its own buffer
         self._have = 0  # bytes of `_body` read so far
         self._closed = False
+        self._sending = threading.Lock()  # held while a frame goes out: `send_if_room` cuts into none
 
     # -- handshake --
 
@@ -303,27 +306,32 @@ class Link:
     def send_if_room(self, blob: bytes) -> bool:
         """Send one small frame only if the socket takes it whole at once, never waiting: a last word
         on a link about to close (`HostEnd.stop`), which a hung peer must not hold up. False if it
-        did not go (the link closed if part of it went: the stream is no longer in step)."""
-        if self._closed:
+        did not go (the link closed if part of it went: the stream is no longer in step). From any
+        thread: while another thread's frame is going out, nothing is sent (it would land inside it)."""
+        if self._closed or not self._sending.acquire(blocking=False):
             return False
-        frame = HEADER.pack(len(blob)) + blob
         try:
-            sent = self.sock.send(frame, socket.MSG_DONTWAIT)
-        except OSError:  # BlockingIOError (no room) among them
-            return False
-        if sent != len(frame):
-            self.close()
-        return sent == len(frame)
+            frame = HEADER.pack(len(blob)) + blob
+            try:
+                sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError (no room) among them
+                return False
+            if sent != len(frame):
+                self.close()
+            return sent == len(frame)
+        finally:
+            self._sending.release()
 
     def _send_frame(self, blob: bytes) -> None:
         if self._closed:
             raise LinkClosed(f"the link to {self.peer} is closed")
         try:
-            if len(blob) <= RECV_CHUNK_BYTES:
-                self.sock.sendall(HEADER.pack(len(blob)) + blob)
-            else:  # no copy of a large body to prepend the header
-                self.sock.sendall(HEADER.pack(len(blob)))
-                self.sock.sendall(blob)
+            with self._sending:
+                if len(blob) <= RECV_CHUNK_BYTES:
+                    self.sock.sendall(HEADER.pack(len(blob)) + blob)
+                else:  # no copy of a large body to prepend the header
+                    self.sock.sendall(HEADER.pack(len(blob)))
+                    self.sock.sendall(blob)
         except OSError as e:  # a send stalled past its timeout included: the stream is lost
             self.close()
             raise LinkClosed(f"link to {self.peer} closed while sending: {e}") from e

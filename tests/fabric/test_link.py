@@ -306,6 +306,69 @@ def test_an_invalid_frame_is_refused_and_the_link_stays_in_step():
     assert link.recv(5.0) == {"ok": True}
 
 
+class _Sock:
+    """A link's socket whose sends a test holds: `send` lets through at most `room` bytes (a socket
+    buffer nearly full); `sendall` sends its first half, then waits for `go` (a send under way)."""
+
+    def __init__(self, sock: socket.socket, room: int = 1 << 20) -> None:
+        self.sock, self.room = sock, room
+        self.halfway, self.go = threading.Event(), threading.Event()
+
+    def send(self, data, flags=0):
+        return self.sock.send(bytes(data)[:self.room], flags)
+
+    def sendall(self, data):
+        data = bytes(data)
+        self.sock.sendall(data[:len(data) // 2])
+        self.halfway.set()
+        self.go.wait(JOIN_S)
+        self.sock.sendall(data[len(data) // 2:])
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_send_if_room_sends_a_whole_frame_or_closes_the_link():
+    """A last word (`HostEnd.stop`) the socket took only part of: the link closes, so its reader sees
+    the stream end (LinkClosed), never a frame cut short followed by whatever comes next."""
+    a, b = _pair()
+    assert a.send_if_room(encode({"kind": "stop"})) and b.recv(JOIN_S) == {"kind": "stop"}
+    a.sock = _Sock(a.sock, room=5)
+    assert a.send_if_room(encode({"kind": "stop"})) is False
+    with pytest.raises(LinkClosed):
+        a.send({"x": 1})
+    with pytest.raises(LinkClosed):
+        b.recv(JOIN_S)
+
+
+def test_send_if_room_to_a_peer_gone_is_false_not_an_error():
+    """A device already dead when its executor shuts down: the stop is not sent, and nothing raises."""
+    a, b = _pair()
+    b.close()
+    assert a.send_if_room(encode({"kind": "stop"})) is False
+    a.close()
+    assert a.send_if_room(encode({"kind": "stop"})) is False
+
+
+def test_send_if_room_sends_nothing_while_another_thread_is_sending_a_frame():
+    """An executor shut down from another thread (`Server.stop` after its engine thread's join gave up)
+    while a round is being sent: the stop must not land inside that round's frame (the reader would
+    take it for part of the round, and the stream after it for frames)."""
+    a, b = _pair()
+    held = _Sock(a.sock)
+    a.sock = held
+    body = {"kind": "run", "hidden": np.arange(64, dtype=np.float64)}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(a.send, body)
+        assert held.halfway.wait(JOIN_S)
+        sent_stop = a.send_if_room(encode({"kind": "stop"}))
+        held.go.set()
+        sending.result(JOIN_S)
+    got = b.recv(JOIN_S)
+    assert got["kind"] == "run" and np.array_equal(got["hidden"], body["hidden"])
+    assert sent_stop is False
+
+
 def test_close_wakes_a_thread_blocked_receiving():
     a, b = _pair()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
