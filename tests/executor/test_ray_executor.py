@@ -545,3 +545,25 @@ def test_a_placement_wait_is_given_up_when_the_start_up_is_cancelled(monkeypatch
     with cancellable_start(lambda: False), pytest.raises(rx.PlacementError, match="did not grant 4"):
         rx.place_devices(cfg, 4)
     assert len(removed) == 2
+
+
+def test_shutting_an_executor_down_tells_its_first_devices_the_chain_stops():
+    """`RayExecutor.shutdown` sends the stop on every host input link before closing them (the devices
+    end quietly, `HostEnd.stop`), and goes on past a link whose device is gone already."""
+    import socket
+
+    from cent_serve.executor.ray_executor import RayExecutor
+    from fabric.link import Link, LinkClosed
+
+    pairs = [tuple(map(Link, socket.socketpair())) for _ in range(3)]
+    pairs[1][1].close()  # that device is gone
+    ex = RayExecutor.__new__(RayExecutor)
+    ex.inputs, ex.output, ex.switch_link = [host for host, _ in pairs], None, None
+    ex.actors, ex.fabric, ex.pg = {}, None, None
+    ex.shutdown()
+    assert ex.inputs == [] and all(host.sock.fileno() == -1 for host, _ in pairs)
+    for i in (0, 2):
+        device = pairs[i][1]
+        assert device.recv(30.0) == {"kind": "stop"}
+        with pytest.raises(LinkClosed):
+            device.recv(30.0)
