@@ -567,3 +567,19 @@ def test_shutting_an_executor_down_tells_its_first_devices_the_chain_stops():
         assert device.recv(30.0) == {"kind": "stop"}
         with pytest.raises(LinkClosed):
             device.recv(30.0)
+
+
+def test_the_local_ray_gets_the_settings_its_raylet_needs_and_the_driver_keeps_none(ray_cluster):
+    """The local Ray cent starts reads its start-up settings when `ray.init` starts its raylet (its
+    workers inherit them); this process's environment keeps only what the user set."""
+    import os
+
+    from cent_serve.executor import ray_cluster as rx
+
+    ours = {rx.WORKER_NICENESS_ENV: "0", rx.STARTUP_CONCURRENCY_ENV: str(rx.STARTUP_CONCURRENCY)}
+
+    @ray_cluster.remote(num_cpus=0)
+    def settings() -> dict:
+        return {name: os.environ.get(name) for name in ours}
+
+    assert ray_cluster.get(settings.remote(), timeout=60) == {n: os.environ.get(n, v) for n, v in ours.items()}
