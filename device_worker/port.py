@@ -20,6 +20,8 @@ path, which every other round takes.
 
   host or previous leader -> device: {"kind": "run", plan fields, "ready", "energy"?, "hidden"?}
                                      | {"kind": "tick", "round", "x"} | {"kind": "error", "error"}
+                                     | {"kind": "stop"}: the executor shuts down (`HostEnd.stop`);
+                                       a leader hands it on, and the device ends without a warning
   rank -> its leader: {"kind": "done", `RoundOutput.to_wire`} | {"kind": "error", "error"}
   last leader -> host: the same, or {"kind": "tick", "round", "x": [ready | joules | sampled]}
 
@@ -82,7 +84,7 @@ class DevicePort:
                                    self.fabric.port.flit_bytes)
 
     def serve(self, outputs: list[Link]) -> None:
-        """Answer rounds until the input link closes. `outputs`: where this device's results go
+        """Answer rounds until the input link closes or a stop comes. `outputs`: where this device's results go
         (the next unit's devices, its unit's leader, or the host)."""
         p = self.place
         try:
