@@ -245,6 +245,29 @@ def test_a_chain_shut_down_ends_every_device_without_a_warning(caplog, devices, 
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+@pytest.mark.parametrize("devices, pp, tp", [(4, 0, 1), (8, 2, 4)])
+def test_a_stop_behind_a_round_the_host_gave_up_on_ends_the_chain_after_that_round(caplog, devices, pp, tp):
+    """A shutdown after a round timeout: the round is still on its way down the chain when the stop
+    follows it. Each device runs the round, then takes the stop as the end, not as a round (the
+    last unit answers the round, then hands the stop to the host), and none logs a warning."""
+    chain = ThreadedChain(_cfg(devices, pp, tp))
+    _made.remove(chain)
+    plan = _plan(0, 0, [1, 9, 8], 0)
+    blob = chain.host.message(plan)
+    with caplog.at_level(logging.WARNING):
+        for link in chain.inputs:
+            link.send_bytes(blob)  # sent, its answer never read: the host's wait timed out
+        chain.host.stop(chain.inputs)
+        for t in chain.threads:
+            t.join(STOP_JOIN_S)
+        assert [t.is_alive() for t in chain.threads] == [False] * devices
+        answer = chain.output.recv(STOP_JOIN_S)
+        assert chain.output.recv(STOP_JOIN_S) == {"kind": "stop"}
+        chain.shutdown()
+    assert chain.host.output(answer, plan.layout).logits.shape == (1, 259)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_stop_to_a_device_that_reads_nothing_does_not_wait_for_it():
     """A shutdown after a device hung (its input unread, the link's buffer full) tells the others and
     returns: the stop is sent only where it goes at once, not after the link's send stall limit."""
