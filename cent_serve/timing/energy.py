@@ -41,6 +41,7 @@ from cent_serve.config.hardware import PAPER_TCO_PER_DEVICE
 from cent_serve.timing.commands import (BLOCK_OPS, FIELDS, IDX, attention_commands, head_commands,
                                         partner_commands, static_commands)
 from cent_serve.timing.accelerator import score_passes
+from cent_serve.timing.memo import ContextMemo
 from cent_serve.timing.pim import (attended, cdiv, expert_cycles, ffn_cycles, norms_per_block, qkvo_cycles,
                                    router_cycles, shared_expert_cycles)
 
@@ -166,7 +167,7 @@ class EnergyModel:
             # (docs/hardware_model.md section 1, "The data type")
             self.pcie[T["pcie"]] = values * timer.fabric.activation_bytes * 8 * dev.energy.pcie_pj_per_bit * 1e-12
         self.head: np.ndarray | None = None
-        self._blocks: dict[int, np.ndarray] = {}
+        self._blocks = ContextMemo(len(TERMS), m.max_seq_len + 1)  # `block`'s terms by context
 
     # ------------------------------------------------------------------ one step
 
@@ -221,7 +222,7 @@ class EnergyModel:
     def block(self, context: int) -> np.ndarray:
         """Terms of one block's step for one token at `context`, over all tp devices."""
         hit = self._blocks.get(context)
-        if hit is None:
+        if hit is None:  # a read-only row of the memo once kept
             g = self.geometry
             counts = self.static + sum(attention_commands(self.model, g, self.dev, context).values())
             step = self.matrix @ counts + self._over_time(counts, self.timer.pim.cycles(context) + self.expert_cycles)
@@ -232,7 +233,7 @@ class EnergyModel:
                 hit = step / g.tb if self.pipeline else step + (g.tp - 1) * (self.partner + acc + self.pcie)
             else:  # each block's own accelerator work, on its first device; the partners' GEMVs
                 hit = (step / g.tb if self.pipeline else step + (g.tp - 1) * self.partner) + acc + self.pcie
-            self._blocks[context] = hit
+            hit = self._blocks.put(context, hit)
         return hit
 
     def head_terms(self) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from cent_serve.config import DeviceConfig, ModelConfig
+from cent_serve.timing.memo import ContextMemo
 
 
 BANK_GROUPS = 4
@@ -306,7 +307,8 @@ class BlockTimer:
     """PIM cycles of one block on one geometry; static ops precomputed, context ops memoised.
 
     Built once per (model, geometry) by the mapping and the device workers;
-    `breakdown(L)` is then a dictionary lookup on the hot path.
+    `cycles(L)` is then a lookup on the hot path: the total is kept by context, a number a context
+    (`memo.ContextMemo`); `breakdown(L)`, which reports read, is evaluated each time.
     """
 
     def __init__(self, m: ModelConfig, g: BlockGeometry, dev: DeviceConfig) -> None:
@@ -317,22 +319,21 @@ class BlockTimer:
                             router=router_cycles(m, g, dev),
                             experts=m.num_experts_per_tok * expert_cycles(m, g, dev) if g.tp == 1 else 0.0,
                             shared=shared_expert_cycles(m, g, dev))
-        self._by_context: dict[int, BlockBreakdown] = {}
+        self._total = ContextMemo(1, m.max_seq_len + 1)  # `cycles` by context
 
     def breakdown(self, context: int) -> BlockBreakdown:
         """All PIM operations of one block for one token whose context is `context` tokens."""
-        hit = self._by_context.get(context)
-        if hit is None:
-            assert context >= 1, context
-            m, g, dev = self.model, self.geometry, self.device
-            hit = BlockBreakdown(score=score_cycles(m, g, dev, context),
-                                 softmax=softmax_cycles(m, g, dev, context),
-                                 sv=score_v_cycles(m, g, dev, context), **self._static)
-            self._by_context[context] = hit
-        return hit
+        assert context >= 1, context
+        m, g, dev = self.model, self.geometry, self.device
+        return BlockBreakdown(score=score_cycles(m, g, dev, context), softmax=softmax_cycles(m, g, dev, context),
+                              sv=score_v_cycles(m, g, dev, context), **self._static)
 
     def cycles(self, context: int) -> float:
-        return self.breakdown(context).total
+        """`breakdown(context).total`, kept by context."""
+        hit = self._total.get(context)
+        if hit is None:
+            hit = self._total.put(context, self.breakdown(context).total)
+        return float(hit[0])
 
 
 def block_pim_breakdown(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> BlockBreakdown:

@@ -16,6 +16,7 @@ from cent_serve.timing.accelerator import accelerator_cycles
 from cent_serve.timing.energy import TERMS, energy_model
 from cent_serve.timing.fabric import hop_size, moe_collectives_s, pipeline_block_s, port_model, tensor_collectives_s
 from cent_serve.timing.mapping import Mapping, resolve_mapping
+from cent_serve.timing.memo import ContextMemo
 from cent_serve.timing.pim import (BlockTimer, embed_lookup_cycles, expert_cycles, gemv_cycles, lm_head_cycles,
                                    timed_windows, window_keys)
 
@@ -139,10 +140,9 @@ class SystemTimer:
         self._routing = None
         self._moe_expected: float | None = None
         self._moe_lanes: dict[tuple, tuple] = {}  # blocks -> (layout, starts, plan): moe_lane_plan's last
-        self._acc: dict[int, float] = {}
+        self._acc = ContextMemo(1, model.max_seq_len + 1)  # a block's own accelerator s by context
         self._hop: dict[int, float] = {}
         self._coll: dict[int, float] = {}
-        self._block: dict[int, tuple[float, float, float]] = {}
         self._table = ContextTable()  # see context_table
         self._plan: tuple[object, LanePlan] | None = None  # the last layout's, see lane_plan
 
@@ -184,18 +184,16 @@ class SystemTimer:
     def _acc_s(self, keys: int) -> float:
         hit = self._acc.get(keys)
         if hit is None:
-            hit = self._acc[keys] = accelerator_cycles(self.cost_model, self.device, keys) / self.device.acc_clock_hz
-        return hit
+            hit = self._acc.put(keys, accelerator_cycles(self.cost_model, self.device, keys) / self.device.acc_clock_hz)
+        return float(hit[0])
 
     def block_cost(self, context: int) -> tuple[float, float, float]:
         """(PIM s, own accelerator s, joules on one tp device) of one block of `cost_model` for one
-        token at `context` (a windowed block of a model windowing some reads it at `key_groups`')."""
-        hit = self._block.get(context)
-        if hit is None:
-            from cent_serve.timing.energy import block_energy_j
-            hit = self._block[context] = (self.pim.cycles(context) / self.device.clock_hz, self._acc_s(context),
-                                          block_energy_j(self, context) / self.mapping.tp)
-        return hit
+        token at `context` (a windowed block of a model windowing some reads it at `key_groups`'). Not kept:
+        its parts are (`BlockTimer.cycles`, `_acc_s`, `EnergyModel.block`), and the context table."""
+        from cent_serve.timing.energy import block_energy_j
+        return (self.pim.cycles(context) / self.device.clock_hz, self._acc_s(context),
+                block_energy_j(self, context) / self.mapping.tp)
 
     def hop_s(self, tokens: int) -> float:
         """A block's output (tokens x D) moving to the next block on other devices: t(flits(tokens D)),
