@@ -220,9 +220,10 @@ class EnergyModel:
     # ------------------------------------------------------------------ blocks and tokens
 
     def block(self, context: int) -> np.ndarray:
-        """Terms of one block's step for one token at `context`, over all tp devices."""
+        """Terms of one block's step for one token at `context`, over all tp devices: (len(TERMS),)
+        a read-only row of the memo that keeps them by context."""
         hit = self._blocks.get(context)
-        if hit is None:  # a read-only row of the memo once kept
+        if hit is None:
             g = self.geometry
             counts = self.static + sum(attention_commands(self.model, g, self.dev, context).values())
             step = self.matrix @ counts + self._over_time(counts, self.timer.pim.cycles(context) + self.expert_cycles)

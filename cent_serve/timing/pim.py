@@ -338,5 +338,5 @@ class BlockTimer:
 
 def block_pim_breakdown(m: ModelConfig, g: BlockGeometry, dev: DeviceConfig, context: int) -> BlockBreakdown:
     """PIM cycles of each operation of one block's decode step at `context` (no caching;
-    device code should hold a `BlockTimer`, which memoises this per context)."""
+    device code should hold a `BlockTimer`, which keeps its total per context: `BlockTimer.cycles`)."""
     return BlockTimer(m, g, dev).breakdown(context)
