@@ -5,7 +5,7 @@ A `SystemTimer` of `--model` (default llama3.1-8b, 131,072 tokens of context; 32
 is asked for contexts 1..N one at a time, as decoding asks a device for one new context a round
 (`SystemTimer.fill_contexts`, which fills `TABLE_AHEAD` past it in the same pass), for each N of
 `--contexts`. Printed: the bytes tracemalloc sees the timer hold after the charges (its context
-table, `ContextTable`, counted apart: what the devices read), per context, and the microseconds
+table, `ContextTable`, counted apart: what the devices read), per context, and the CPU microseconds
 a charge takes on average (tracemalloc off while timed). With `--against REF` the same runs in a
 temporary git worktree of REF, in a process of its own with this checkout's interpreter, and the
 old/new ratios follow. Standard library and numpy only.
@@ -59,9 +59,9 @@ def measure(model: str, devices: int, n: int) -> dict:
     table_bytes = table.nbytes + filled.nbytes
     fresh = _timer(model, devices)
     fresh.fill_contexts(np.array([1], dtype=np.int64))
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: they move less than wall time with the machine's other work
     _charge(fresh, n)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     return dict(contexts=n, held_bytes=held, table_bytes=table_bytes, memo_bytes=held - table_bytes,
                 charge_us=seconds / n * 1e6)
 
