@@ -70,6 +70,15 @@ def _idle_check(eng: Engine, slow: SlowHost) -> None:
     eng.check_devices()
 
 
+def test_a_scrape_before_any_stats_answer_serves_the_figures_the_executor_started_with(executor, monkeypatch):
+    # first in the module: no stats call but the executor's own (at its start) was answered yet
+    eng, slow, recreated = _engine(executor, monkeypatch, float("inf"))
+    devices, fabrics, terms = eng.stats_now(scrape=True)
+    assert [d["device_id"] for d in devices] == [0, 1] and len(fabrics) == 1 and terms is not None
+    assert slow.waits_s == [ray_executor.CHECK_WAIT_S] and recreated == []
+    executor._asked.clear()  # the scrape's call, never to be answered on this fake host
+
+
 def test_devices_answering_an_idle_check_late_but_within_the_round_timeout_are_not_re_created(executor,
                                                                                                 monkeypatch):
     timeout_s = executor.cfg.server.round_timeout_s
@@ -89,9 +98,11 @@ def test_devices_silent_for_the_round_timeout_are_hung_at_the_first_check_past_i
     eng, slow, recreated = _engine(executor, monkeypatch, float("inf"))
     _idle_check(eng, slow)
     sent_s = slow.now_s - slow.waits_s[0]  # the check's call went out as it began
-    while not recreated:
+    for _ in range(int(timeout_s / HEALTH_CHECK_S) + 2):  # bounded: a check that never fails must not hang the test
         before_s = slow.now_s
         _idle_check(eng, slow)
+        if recreated:
+            break
     assert before_s - sent_s <= timeout_s < slow.now_s - sent_s  # not one check earlier
     assert max(slow.waits_s) <= ray_executor.CHECK_WAIT_S
     [(replica, exc)] = recreated
@@ -120,6 +131,23 @@ def test_a_scrape_serves_the_last_figures_while_the_devices_are_slow_and_results
     assert recreated == [] and not executor._asked
 
 
+def test_results_never_take_the_answers_of_a_call_a_scrape_left_pending(executor, monkeypatch):
+    eng, slow, recreated = _engine(executor, monkeypatch, 30.0)
+    sent = []
+    real_send = executor._send
+    monkeypatch.setattr(executor, "_send", lambda method: sent.append((method, slow.now_s)) or real_send(method))
+    slow.now_s = 10.0
+    eng.stats_now(scrape=True)  # left pending: sent at 10 s
+    slow.now_s = 20.0
+    assert executor.stats()["devices"] and slow.now_s == 30.0  # cent simulate's figures: waited for
+    assert sent == [("stats", 10.0), ("stats", 20.0)]  # from a call sent when asked, not the one pending since 10 s
+    assert max(slow.waits_s) <= ray_executor.CHECK_WAIT_S and not executor._asked
+    slow.answer_at_s = 80.0
+    slow.now_s = 50.0
+    assert executor.energy_terms_j() and slow.now_s == 80.0  # (the other result's read) fresh too
+    assert sent[-1] == ("stats", 50.0) and recreated == []
+
+
 def test_a_dead_device_fails_the_first_idle_check(executor, monkeypatch):
     import ray
 
@@ -134,6 +162,26 @@ def test_a_dead_device_fails_the_first_idle_check(executor, monkeypatch):
         time.sleep(0.1)
     else:
         raise AssertionError(f"device 1's actor still answers after {DEATH_POLLS} calls")
+    # the other actors slow (their answers not in): the dead one's error still fails this check
+    refs_of = {}
+    real_send = executor._send
+
+    def send(method):
+        asked = real_send(method)
+        refs_of[method] = asked.refs
+        return asked
+
+    def wait(refs, num_returns=1, timeout=None, **kw):
+        slow.now_s += timeout
+        dead = refs_of["ready"][1]  # device 1's (actors in device order, then the switch)
+        return [r for r in refs if r == dead], [r for r in refs if r != dead]
+
+    monkeypatch.setattr(executor, "_send", send)
+    monkeypatch.setattr(ray_executor.ray, "wait", wait)
     _idle_check(eng, slow)
     [(replica, exc)] = recreated
     assert replica == 0 and isinstance(exc, ray.exceptions.RayActorError)
+    assert not executor._asked  # the failed call is not read again
+    monkeypatch.setattr(ray_executor.ray, "wait", slow.wait)  # every answer in: the dead one's error again
+    _idle_check(eng, slow)
+    assert len(recreated) == 2 and isinstance(recreated[1][1], ray.exceptions.RayActorError)
