@@ -169,7 +169,8 @@ class Metrics:
                                registry=r)
         self.clock = Gauge("cent:simulated_clock_seconds", "The engine's simulated clock.", lab, registry=r)
         self.snapshot_age = Gauge("cent:snapshot_age_seconds", "Wall seconds since the engine's gauges here were "
-                                  "read: 0, or while a round holds the engine thread, the last reading's age.",
+                                  "read: 0, or while a round holds the engine thread, the last reading's age; while Ray "
+                                  "devices are slow to answer a stats call, their figures' age.",
                                   lab, registry=r)
         self.busy = Gauge("cent:device_busy_fraction", "Busiest resource's busy time / the simulated run (to the "
                           "device's last work when later than the clock).",

@@ -288,9 +288,11 @@ SNAPSHOT_WAIT_S = 5.0
 def _read_snapshot(loop, engine) -> tuple[dict, list[dict], list[dict]]:
     """(loop status with the devices' joules by term, device stats, fabric stats) on the engine thread:
     one stats call a replica (`Engine.stats_now`), then the status, which counts a replica that call
-    found gone."""
+    found gone. Its `snapshot_age_s`: 0, or while a replica's Ray devices are slow to answer, the age
+    of the oldest figures served for them (`RayExecutor.figures_age_s`)."""
     devices, fabrics, terms = engine.stats_now(scrape=True)
-    return dict(loop.status(), energy_by_term_j=terms), devices, fabrics
+    age_s = max([getattr(ex, "figures_age_s", 0.0) for ex in engine.executors if ex is not None], default=0.0)
+    return dict(loop.status(), energy_by_term_j=terms, snapshot_age_s=round(age_s, 1)), devices, fabrics
 
 
 async def _snapshot(ctx: ApiContext):
@@ -308,7 +310,7 @@ async def _snapshot(ctx: ApiContext):
         loop.snapshot_task.add_done_callback(lambda t: t.cancelled() or t.exception())
     try:
         st, devices, fabrics = await asyncio.wait_for(asyncio.shield(loop.snapshot_task), SNAPSHOT_WAIT_S)
-        return dict(st, snapshot_age_s=0.0), devices, fabrics
+        return st, devices, fabrics
     except asyncio.TimeoutError:
         running = loop.round_running_s()
         held = f"in a round for {running:.0f} s" if running else "busy (between rounds: a device check)"
@@ -316,7 +318,7 @@ async def _snapshot(ctx: ApiContext):
             raise ApiError(f"the engine thread is {held} and there is no earlier snapshot: retry (a device may have "
                            "stopped or hung; /health says)", None, 503, "server_error", "engine_busy") from None
         at, (st, devices, fabrics) = loop.snapshot
-        return dict(st, snapshot_age_s=round(time.monotonic() - at, 1)), devices, fabrics
+        return dict(st, snapshot_age_s=round(time.monotonic() - at + st["snapshot_age_s"], 1)), devices, fabrics
 
 
 @read("/v1/cent/status", responses=errors(401, 503))

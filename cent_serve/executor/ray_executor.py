@@ -167,6 +167,9 @@ class RayExecutor(Executor):
         self.clock: Callable[[], float] = time.monotonic
         """The wall seconds an unanswered check or stats call is aged by (a test sets a fake)."""
         self._asked: dict[str, _Asked] = {}  # method -> its call to the actors still unanswered
+        self.figures_age_s = 0.0
+        """Wall seconds since the figures the last stats read gave were answered: 0, or after a scrape
+        that served older ones (`_stats_answers`), their age (the API's `snapshot_age_s`)."""
         try:
             device_ids = [d for u in self.units for d in u.device_ids]
             # `replicas`: the copies of the mapping its caller builds (the engine: every one; one for
@@ -362,8 +365,9 @@ class RayExecutor(Executor):
                 asked.is_logged = True
                 log.warning("the devices have not answered a stats call in %.1f s (a loaded host?): a scrape "
                             "serves their figures of %.1f s ago", self.clock() - asked.sent_s, self.clock() - at_s)
+            self.figures_age_s = self.clock() - at_s
             return got
-        self._figures = (self.clock(), got)
+        self._figures, self.figures_age_s = (self.clock(), got), 0.0
         return got
 
     def stats_and_terms(self, scrape: bool = False) -> tuple[dict, dict[str, float]]:

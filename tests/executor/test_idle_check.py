@@ -122,12 +122,14 @@ def test_a_scrape_serves_the_last_figures_while_the_devices_are_slow_and_results
         for _ in range(3):  # three scrapes, 5 s apart, before the devices answer
             slow.now_s += 5.0
             assert eng.stats_now(scrape=True) == fresh  # the last figures answered
+            assert executor.figures_age_s == slow.now_s - 40.0  # and how old they are (the status says it)
     assert len(slow.waits_s) == num_waits + 3 and max(slow.waits_s[num_waits:]) <= ray_executor.CHECK_WAIT_S
     stale = [r.getMessage() for r in caplog.records if "stats call" in r.getMessage()]
     assert stale == ["the devices have not answered a stats call in 0.5 s (a loaded host?): a scrape serves "
                      "their figures of 5.5 s ago"]  # once for the call, not at every scrape
     slow.now_s = 100.0
     assert eng.stats_now(scrape=True) == fresh  # the pending call's answers (nothing ran since)
+    assert executor.figures_age_s == 0.0
     assert recreated == [] and not executor._asked
 
 

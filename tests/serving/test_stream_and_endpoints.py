@@ -470,3 +470,22 @@ def test_status_and_metrics_answer_while_the_engine_thread_is_held(monkeypatch):
         deadline = time.monotonic() + 60
         while (fresh := httpx.get(s.url + "/v1/cent/status", timeout=60).json()).get("snapshot_age_s") != 0.0:
             assert time.monotonic() < deadline, fresh  # a fresh reading says 0
+
+
+def test_metrics_and_status_say_how_old_the_devices_figures_are():
+    """A read while Ray devices are slow to answer serves their last figures (`RayExecutor.stats_and_terms`):
+    `snapshot_age_s` (cent:snapshot_age_seconds) is their age, not 0, so stale device figures are labelled."""
+    import types
+
+    import api.routes as routes
+
+    figures = [{"device_id": 0, "busy_s": {}}]
+    slow = types.SimpleNamespace(figures_age_s=12.5)
+    engine = types.SimpleNamespace(stats_now=lambda scrape: (figures, [], None), executors=[None, slow])
+    loop = types.SimpleNamespace(status=lambda: {"clock_s": 1.0})
+    st, devices, _ = routes._read_snapshot(loop, engine)
+    assert st["snapshot_age_s"] == 12.5 and devices == figures
+    slow.figures_age_s = 0.0
+    assert routes._read_snapshot(loop, engine)[0]["snapshot_age_s"] == 0.0
+    engine.executors = [object()]  # an executor that never serves older figures (local, GPU)
+    assert routes._read_snapshot(loop, engine)[0]["snapshot_age_s"] == 0.0
