@@ -229,7 +229,9 @@ def test_echo_with_no_tokens_scores_the_prompt(full, reference):
     assert len(chunks) == 1 and chunks[0]["choices"][0]["text"] == c["text"]
     assert chunks[0]["choices"][0]["logprobs"] == got and chunks[0]["choices"][0]["finish_reason"] == "length"
     client = openai.OpenAI(base_url=full.url + "/v1", api_key="none")
-    scored = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
+    # the same sampling as `req` (temperature 0): at the default temperature the processed log-probabilities
+    # are summed over the sampler's candidates in their order, which may differ from greedy's in the last bit
+    scored = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0, temperature=0)
     assert scored.choices[0].logprobs.token_logprobs == got["token_logprobs"]
     bad = httpx.post(full.url + "/v1/completions", json=dict(req, echo=False), timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
