@@ -112,6 +112,18 @@ class ThreadedChain(Executor):
             port.links.close()
             port.switch.close()
 
+    def kill(self) -> None:
+        """As `ray.kill` of every device after a fault: every link closes first, so a device waiting on an
+        upstream that is gone ends too (a stop cannot reach it), then the threads are joined."""
+        links = [*self.inputs, self.output, *(x for outs in self.outputs.values() for x in outs)]
+        for link in links:
+            link.close()
+        for port in self.ports.values():
+            port.links.close()
+            port.switch.close()
+        for t in self.threads:
+            t.join(STOP_JOIN_S)
+
     def stats(self) -> dict:
         return dict(devices=[p.worker.stats() for p in self.ports.values()],
                     fabric=merge_stats([p.fabric.stats() for p in self.ports.values()] + [self.relay.fabric.stats()]))
@@ -290,7 +302,13 @@ def test_a_stop_to_a_device_that_reads_nothing_does_not_wait_for_it():
 def test_a_device_whose_input_link_breaks_says_so_down_the_chain():
     cfg = _cfg(8, 0, 1, "off")
     chain = ThreadedChain(cfg)
-    chain.run(_plan(0, 0, [1, 5], 0))
-    chain.outputs[3][0].close()  # device 3's link to device 4 breaks (device 3 is gone)
-    with pytest.raises(LinkClosed, match=r"device 4.s input link from device 3 closed \(device 3 or the link is gone\)"):
-        chain.run(_plan(1, 1, [1, 6], 1))
+    _made.remove(chain)
+    try:
+        chain.run(_plan(0, 0, [1, 5], 0))
+        chain.outputs[3][0].close()  # device 3's link to device 4 breaks (device 3 is gone)
+        with pytest.raises(LinkClosed, match=r"device 4.s input link from device 3 closed \(device 3 or the link is gone\)"):
+            chain.run(_plan(1, 1, [1, 6], 1))
+    finally:
+        # devices 5-7 wait on device 4, which ended: a stop cannot reach them (30 s a thread to find out)
+        chain.kill()
+    assert [t.is_alive() for t in chain.threads] == [False] * len(chain.threads)
