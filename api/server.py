@@ -219,8 +219,8 @@ def run_server(cfg: CentConfig, sock: socket.socket | None = None) -> None:
         loop.stop()
         if not lost:  # a lost cluster's actors are gone with it; Ray would wait on its GCS to kill them
             loop.engine.shutdown(EXIT_JOIN_S)  # the process ends next: a replica's start-up is not waited out
-        else:  # but a re-creation still inside Ray at ray.shutdown ends the process before the last line
-            loop.engine.replicas.stop_recreating(EXIT_JOIN_S)
+        else:  # nor by a re-creation in flight, which leaves Ray first (inside it at ray.shutdown, it ended the
+            loop.engine.replicas.give_up_cluster()  # process before the last line), asking it nothing more
         if cfg.executor == "ray":
             import ray
             reaped = stop_and_reap(ray.shutdown)  # a local Ray's workers still starting outlive its raylet

@@ -30,6 +30,13 @@ its devices' start-up up within a fraction of a second of the stop (`cancellable
 server took 19 s waiting for it); one still busy after this (a placement, a switch) is left, its
 actors going with the Ray the server started or, on a cluster of its own, with the driver (Ray ends
 a job's actors when its driver leaves)."""
+LOST_JOIN_S = 2.0
+"""The same wait when the server gives its Ray cluster up (`give_up_cluster`). A re-creation waiting
+for its placement or its devices hears the stop within a quarter second (`ray_placement.PLACEMENT_CHECK_S`,
+`ray_executor.STARTUP_CHECK_S`; 8x that here for a loaded host) and leaves without a Ray call; one
+inside a call on the dead GCS, begun before the loss was known, does not return, and every second
+waited for it is one less before Ray's core ends the process (its 60 s without a GCS) ahead of the
+server's last line."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -51,10 +58,11 @@ class NoReplica(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def _shut_down(executor, replica: int) -> None:
+def _shut_down(executor, replica: int, cluster_lost: bool = False) -> None:
     """Shut a failed replica's executor down (None: nothing to do); it is broken already, so an
-    error doing so is logged, not raised (its actors are killed anyway)."""
-    if executor is None:
+    error doing so is logged, not raised (its actors are killed anyway). `cluster_lost`: nothing to
+    do either, its actors went with the cluster (Ray's kill would wait on its dead GCS)."""
+    if executor is None or cluster_lost:
         return
     try:
         executor.shutdown()
@@ -110,6 +118,7 @@ class Replicas:
         self._threads: dict[int, threading.Thread] = {}
         self._retry_at: dict[int, float] = {}
         self._stopping = False
+        self._cluster_lost = False  # set before `_stopping` (`give_up_cluster`): a stopped re-creation reads both
         self.num_recoveries = 0
 
     def __len__(self) -> int:
@@ -153,7 +162,7 @@ class Replicas:
         the requests that failed wait for the engine thread to be answered)."""
         old, self.executors[replica] = self.executors[replica], None
         if not self._start(replica, old):  # no new thread took it (stopping, or one re-creating already)
-            _shut_down(old, replica)
+            _shut_down(old, replica, self._cluster_lost)
 
     def _start(self, replica: int, old=None) -> bool:
         """Start re-creating `replica` on a thread, which first shuts `old` down; False (nothing
@@ -162,15 +171,18 @@ class Replicas:
             return False
 
         def build() -> None:
-            _shut_down(old, replica)  # first: its devices' units go back before new ones are asked for
+            # first: its devices' units go back before new ones are asked for
+            _shut_down(old, replica, self._cluster_lost)
             if self._stopping:  # the server stopped meanwhile (a shutdown that blocked): build nothing
                 return
             log.info("re-creating replica %d", replica)
             try:
-                with cancellable_start(lambda: self._stopping):  # a stop ends its devices' start-up
+                # a stop ends its devices' start-up; a lost cluster's, with no clean-up asked of Ray
+                with cancellable_start(lambda: self._stopping, lambda: self._cluster_lost):
                     ex = self._remake()
             except StartCancelled:
-                log.info("replica %d: its re-creation was given up (the server is stopping)", replica)
+                log.info("replica %d: its re-creation was given up (%s)", replica,
+                         "the Ray cluster is lost" if self._cluster_lost else "the server is stopping")
                 return
             except Exception as exc:  # noqa: BLE001 - kept as the degraded reason, retried
                 reason = f"could not be re-created: {describe_fault(exc)}"
@@ -181,7 +193,8 @@ class Replicas:
                 return
             with self._lock:
                 if self._stopping:
-                    ex.shutdown()
+                    if not self._cluster_lost:  # a lost cluster's actors went with it
+                        ex.shutdown()
                     return
                 self._built[replica] = ex
                 self._errors.pop(replica, None)
@@ -211,20 +224,29 @@ class Replicas:
 
     def stop_recreating(self, join_s: float | None = None) -> None:
         """Start no re-creation and give up those in flight (their start-up cancelled), waiting for
-        them up to `join_s` (default SHUTDOWN_JOIN_S); each stops what it built by itself. Alone, for
-        a lost cluster, whose actors are gone with it (asking Ray to stop them would wait on its GCS):
-        a re-creation waiting for its placement or its devices hears the stop within a fraction of a
-        second and leaves Ray; one inside a call on the dead GCS (the removal of the placement group it
-        gives up, an old executor's shutdown) stays there past `join_s`, parked through `ray.shutdown`
-        without ending the process (Ray 2.60: tests/cluster/test_ray_head.py, the lost-head removal)."""
+        them up to `join_s` (default SHUTDOWN_JOIN_S); each stops what it built by itself. A lost
+        cluster's are given up by `give_up_cluster`, which asks Ray nothing more. One inside a call that
+        does not hear the stop stays there past `join_s`."""
         self._stopping = True
-        # one wait for them all (after a lost cluster each blocks)
+        # one wait for them all
         deadline = time.monotonic() + (SHUTDOWN_JOIN_S if join_s is None else join_s)
         for r, t in list(getattr(self, "_threads", {}).items()):
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 log.info("replica %d is still being re-created: not waiting for it (it stops what it builds, or "
                          "Ray's teardown does)", r)
+
+    def give_up_cluster(self, join_s: float = LOST_JOIN_S) -> None:
+        """The server gives its Ray cluster up (`server.cluster_lost_s`; `api.server.run_server`, on the
+        way out): as `stop_recreating`, but a re-creation in flight asks Ray nothing more, its executors,
+        placement group and actors gone with the cluster (a failed replica's shutdown not begun, a
+        group's removal, a half-built or a built executor's kill: `executor.base.cluster_gone`). Each of
+        those calls waited on the dead GCS, so the re-creation never left and Ray's core could end the
+        process (its 60 s without a GCS) before the server's last line. Waits up to `join_s`
+        (LOST_JOIN_S) for those still inside Ray; the executors are not shut down (`shutdown` would
+        ask Ray)."""
+        self._cluster_lost = True  # first: a re-creation that hears the stop reads it
+        self.stop_recreating(join_s)
 
     def shutdown(self, join_s: float | None = None) -> None:
         """Stop every executor, those being re-created included: a re-creation in flight is waited

@@ -108,18 +108,28 @@ _start = threading.local()
 
 
 @contextmanager
-def cancellable_start(cancelled: Callable[[], bool]) -> Iterator[None]:
+def cancellable_start(cancelled: Callable[[], bool], lost: Callable[[], bool] | None = None) -> Iterator[None]:
     """Executors built on this thread inside the block may give their start-up up (`StartCancelled`)
-    once `cancelled()` is true; a Ray replica's devices take tens of seconds to start."""
-    _start.cancelled = cancelled
+    once `cancelled()` is true; a Ray replica's devices take tens of seconds to start. `lost()` true:
+    the start-up is given up with its cluster, and what it built went with it (`cluster_gone`)."""
+    _start.cancelled, _start.lost = cancelled, lost
     try:
         yield
     finally:
-        _start.cancelled = None
+        _start.cancelled = _start.lost = None
 
 
 def check_start() -> None:
     """Raise StartCancelled if this thread's start-up is no longer wanted (`cancellable_start`)."""
     cancelled = getattr(_start, "cancelled", None)
-    if cancelled is not None and cancelled():
+    if (cancelled is not None and cancelled()) or cluster_gone():
         raise StartCancelled("the start-up was given up: the server is stopping")
+
+
+def cluster_gone() -> bool:
+    """Whether this thread's start-up was given up with its cluster (`cancellable_start`'s `lost`: the
+    server gave the Ray cluster up, its head or this node's raylet silent). Its actors and placement
+    group went with the cluster, and every Ray call about them (a kill, a group's removal, a get)
+    waits on the dead GCS, so its clean-up asks Ray nothing: the start-up just leaves."""
+    lost = getattr(_start, "lost", None)
+    return lost is not None and lost()

@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import DevicesLost, Executor, check_start, sum_terms
+from cent_serve.executor.base import DevicesLost, Executor, check_start, cluster_gone, sum_terms
 from cent_serve.executor.ray_cluster import (WORKER_NICENESS_ENV, _single_node, cluster_watch, ensure_ray,
                                              join_cluster)
 from cent_serve.executor.ray_placement import (PlacementError, _bundle_nodes, _replica_hosts, chain_bundles,
@@ -393,7 +393,8 @@ class RayExecutor(Executor):
         return self.stats_and_terms()[1]
 
     def shutdown(self) -> None:
-        """Kill the actors and give the devices back; safe to call twice or half-built."""
+        """Kill the actors and give the devices back; safe to call twice or half-built. On a thread whose
+        start-up was given up with its cluster (`cluster_gone`) they are forgotten, Ray not asked."""
         if getattr(self, "replica_host", None) is not None:
             _replica_hosts[self.replica_host] -= 1
             self.replica_host = None
@@ -402,6 +403,9 @@ class RayExecutor(Executor):
             if link is not None:
                 link.close()
         self.inputs, self.output, self.switch_link = [], None, None
+        if cluster_gone():  # a start-up given up with its cluster: the actors and the group went with it, and
+            self.actors, self.fabric, self.pg = {}, None, None  # Ray's kill and removal would wait on its dead GCS
+            return
         for a in [*self.actors.values(), *([self.fabric] if self.fabric is not None else [])]:
             ray.kill(a)
         self.actors, self.fabric = {}, None

@@ -11,7 +11,7 @@ import time
 import ray
 
 from cent_serve.config import CentConfig
-from cent_serve.executor.base import StartCancelled, check_start
+from cent_serve.executor.base import StartCancelled, check_start, cluster_gone
 
 log = logging.getLogger("cent_serve.executor.ray_executor")  # the name the log has always shown for its lines
 
@@ -159,7 +159,8 @@ def place_devices(cfg: CentConfig, num_devices: int, replicas: int = 1):
     try:
         _await_granted(pg, s.placement_timeout_s)
     except StartCancelled:
-        remove_placement_group(pg)
+        if not cluster_gone():  # a lost cluster's group went with it: its removal would wait on the dead GCS
+            remove_placement_group(pg)
         raise
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
