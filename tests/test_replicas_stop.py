@@ -1,7 +1,7 @@
-"""`Replicas.stop_recreating` with a re-creation that does not hear the stop: one blocked inside Ray, as
-a re-creation given up on a lost head is while it removes its placement group (the call waits on the
-dead GCS: tests/cluster/test_ray_head.py, the lost-head removal test). No Ray here: the re-creation is a
-fake that blocks until the test lets it go."""
+"""`Replicas.stop_recreating` with a re-creation that does not hear the stop: one blocked inside a Ray
+call that does not ask `check_start` (a lost cluster's are given up without asking Ray more:
+tests/test_replicas_cluster_lost.py). No Ray here: the re-creation is a fake that blocks until the
+test lets it go."""
 from __future__ import annotations
 
 import threading
