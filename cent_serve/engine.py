@@ -478,10 +478,12 @@ class Engine:
 
     def stats_now(self, scrape: bool = False) -> tuple[list[dict], list[dict], dict[str, float] | None]:
         """(device stats, fabric stats, the devices' joules by term added) of the replicas that are up,
-        read in one pass over them, so the three describe the same moment. The terms are None when the
-        hardware has no split (GPUs: `Executor.energy_terms_j`). A replica that cannot answer (an actor
-        died, or silent for `server.round_timeout_s`) is recovered here, not reported as an error.
-        `scrape` (the API's reads): slow Ray devices give their last figures (`RayExecutor.stats_and_terms`)."""
+        read in one pass over them, so the three describe the same moment; the fabrics' byte totals count
+        from the server's start, a re-created replica's old devices included (`Replicas.fabric_totals`).
+        The terms are None when the hardware has no split (GPUs: `Executor.energy_terms_j`). A replica
+        that cannot answer (an actor died, or silent for `server.round_timeout_s`) is recovered here, not
+        reported as an error. `scrape` (the API's reads): slow Ray devices give their last figures
+        (`RayExecutor.stats_and_terms`)."""
         from cent_serve.executor.base import sum_terms
 
         devices, fabrics, terms, failed = [], [], [], {}
@@ -497,7 +499,7 @@ class Engine:
                 failed[r] = exc
                 continue
             devices += [dict(d, replica=r) for d in st["devices"]]
-            fabrics.append(dict(st["fabric"], replica=r))
+            fabrics.append(dict(self.replicas.fabric_totals(r, st["fabric"]), replica=r))
         if failed:
             self._recover(failed)
         return devices, fabrics, None if not terms or None in terms else sum_terms(terms)

@@ -44,6 +44,11 @@ FAULT_TEXT_MAX = 600
 """Longest fault description kept (characters): Ray's errors carry pages of advice."""
 
 
+CARRIED_FABRIC = ("wire_bytes", "framed_bytes")
+"""A replica's fabric totals counted from the server's start (`Replicas.fabric_totals`): a re-created
+replica's go on from its old devices' last figures, so `cent:fabric_bytes_total` never goes back (a
+Prometheus counter that drops reads as a reset, and rate() across it is wrong)."""
+
 NO_REPLICA = "no_replica"
 """The error body's `cent.code` of a request no replica can serve soon (the API's 503, a stream's error event; a
 `cent bench` HTTP run counts it as a `server_error`)."""
@@ -120,6 +125,10 @@ class Replicas:
         self._stopping = False
         self._cluster_lost = False  # set before `_stopping` (`give_up_cluster`): a stopped re-creation reads both
         self.num_recoveries = 0
+        # replica -> the CARRIED_FABRIC totals of its executors before the one it has, and the last figures
+        # read from that one (`fabric_totals`), added to the former when it fails
+        self._fabric_base = [dict.fromkeys(CARRIED_FABRIC, 0) for _ in range(num_replicas)]
+        self._fabric_seen = [dict.fromkeys(CARRIED_FABRIC, 0) for _ in range(num_replicas)]
 
     def __len__(self) -> int:
         return len(self.executors)
@@ -161,8 +170,21 @@ class Replicas:
         re-creating thread, not the engine's (Ray's kill blocks while its cluster's head is gone, and
         the requests that failed wait for the engine thread to be answered)."""
         old, self.executors[replica] = self.executors[replica], None
+        base, seen = self._fabric_base[replica], self._fabric_seen[replica]
+        self._fabric_base[replica] = {k: base[k] + seen[k] for k in CARRIED_FABRIC}
+        self._fabric_seen[replica] = dict.fromkeys(CARRIED_FABRIC, 0)
         if not self._start(replica, old):  # no new thread took it (stopping, or one re-creating already)
             _shut_down(old, replica, self._cluster_lost)
+
+    def fabric_totals(self, replica: int, fabric: dict) -> dict:
+        """`fabric` (replica `replica`'s executor's `stats()["fabric"]`, just read) with its
+        CARRIED_FABRIC totals counted from the server's start: the executor's own plus, for a
+        re-created replica, the last figures read from the executors before it (the bytes a failed
+        one moved after its last reading are not counted: its devices may not answer). Its `ports`
+        stay the executor's own. Engine thread (`Engine.stats_now`)."""
+        self._fabric_seen[replica] = seen = {k: fabric.get(k, 0) for k in CARRIED_FABRIC}
+        base = self._fabric_base[replica]
+        return dict(fabric, **{k: base[k] + seen[k] for k in CARRIED_FABRIC if k in fabric})
 
     def _start(self, replica: int, old=None) -> bool:
         """Start re-creating `replica` on a thread, which first shuts `old` down; False (nothing

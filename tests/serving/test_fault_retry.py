@@ -713,3 +713,30 @@ def test_a_choice_that_ended_before_its_sibling_fails_keeps_its_end():
     assert eng.step() == [running] and running.finish_reason == "error"
     assert (done.finish_reason, done.error, gone.finish_reason, gone.error) == ("length", None, "abort", None)
     assert (eng.stats.num_finished, eng.stats.num_aborted, eng.stats.num_failed) == (1, 1, 1)
+
+
+def test_the_fabric_bytes_counter_goes_on_from_the_old_devices_after_a_re_creation():
+    """`cent:fabric_bytes_total{replica}` counts from the server's start: a re-created replica's new
+    switch starts at 0, and the counter went back to it (Prometheus reads a drop as a reset, so rate()
+    and increase() across it were wrong). Now the old devices' last figures read are carried forward."""
+    from api.metrics import Metrics
+    from tests.serving.utils import metric, server_cfg
+
+    eng, dying, rebuild = _engine_of(server_cfg(devices=2, pp=2))  # two stages: the switch carries the hop
+    metrics = Metrics("tiny")
+
+    def scraped() -> float:
+        devices, fabrics, _ = eng.stats_now(scrape=True)
+        text = metrics.render(eng.status(), devices, fabrics).decode()
+        return metric(text, "cent:fabric_bytes_total", replica="0")
+
+    _until_done(eng, eng.add_request([1, 5, 6], PARAMS))
+    before = scraped()
+    assert before > 0
+    dying.broken = True
+    rebuild.plan.put(OK)
+    req = eng.add_request([1, 5, 6], PARAMS)
+    _until_done(eng, req)  # its first round dies with the devices; it runs again on the re-created ones
+    assert req.num_fault_retries == 1 and eng.replicas.num_recoveries == 1
+    moved = rebuild.made[0].stats()["fabric"]["wire_bytes"]  # the new switch's own count
+    assert moved > 0 and scraped() == before + moved
