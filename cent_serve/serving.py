@@ -90,14 +90,17 @@ class EngineLoop(StreamDelivery):
         """Called with a sequence and how many of its tokens were delivered before, when new ones are
         (engine thread, before `on_finish`)."""
         self.on_round = on_round
-        """Called after each round with the tokens it made: prompts whose first token it made, and
-        tokens generated (engine thread, before the round's `on_tokens`)."""
+        """Called after each round that ran with the tokens it made: prompts whose first token it made,
+        and tokens generated (engine thread, before the round's `on_tokens`; one that raises is logged,
+        `_observe`)."""
         self.on_late = on_late
         """Paced clock: called once per ended sequence that was given a token, with the most its tokens
         reached its client late, as a fraction of its paced latency (0: on time; engine thread)."""
         self.on_idle = on_idle
         """Called when the thread finds no round to run (idle or held; engine thread, at most about every
-        IDLE_POLL_S): what runs on a timer while no round does (the stats line's last interval)."""
+        IDLE_POLL_S): what runs on a timer while no round does (the stats line's last interval; one that
+        raises is logged, `_observe`)."""
+        self._observer_failures: dict[str, int] = {}  # callback name -> times it raised (`_observe`)
         self.inbox: queue.Queue = queue.Queue()
         # request id -> (event loop, queue, tag, [tokens, chars] sent, tokens observed, the most a token was
         # late as a fraction of its paced latency (`PaceMonitor.delivered`)], final only)
@@ -368,10 +371,7 @@ class EngineLoop(StreamDelivery):
             if held or self._held(eng) or not eng.can_step():  # idle, held, or waiting for a replica to come back
                 self.pace.on_schedule()
                 if self.on_idle is not None:
-                    try:
-                        self.on_idle()
-                    except Exception:  # noqa: BLE001 - a log's tick must not end the engine thread
-                        log.exception("the idle callback failed")
+                    self._observe("on_idle", self.on_idle)
                 if time.monotonic() >= self._next_check:  # idle: look for dead devices now and then
                     self._next_check = time.monotonic() + HEALTH_CHECK_S
                     try:
@@ -394,16 +394,35 @@ class EngineLoop(StreamDelivery):
                 finally:
                     self.round_started = None
                 self.pace.stepped(time.monotonic() - t0, eng.now_s - sim0)
-                if self.on_round is not None:
-                    self.on_round(eng.stats.prompt_tokens + eng.stats.generation_tokens - made)
             except Exception as exc:  # a fault fails the requests of the round, not the server
                 log.exception("round failed")
                 eng.last_fault = f"{type(exc).__name__}: {exc}"
                 eng.fail_running(f"the emulated devices failed this round: {eng.last_fault}")
                 # everything that finished in this round, failed or not, still owes its client an end
                 advanced = [r for r in (eng.requests.get(rid) for rid in list(self.streams)) if r and r.is_finished]
+            else:  # outside the fault handling: an observer's bug is no device fault (`_observe`)
+                if self.on_round is not None:
+                    self._observe("on_round", self.on_round,
+                                  eng.stats.prompt_tokens + eng.stats.generation_tokens - made)
             for req in advanced:
                 self._deliver(req)
+
+    def _observe(self, name: str, callback: Callable, *args) -> None:
+        """Call an observer (`on_round`, `on_idle`: the metrics, the stats line) on the engine thread.
+        One that raises is a bug of ours, not a device's fault nor a client's error: it is logged, its
+        first failure with its traceback, then at its 10th, 100th, ... failure one line with the count
+        (it may fail every round), and the engine goes on: the round it observed stands and its
+        requests are delivered. Its figures may then be short; that costs no client a request (vLLM's
+        output handler, which feeds its stat loggers, ends its engine instead)."""
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - logged; an observer's bug must not end requests
+            n = self._observer_failures[name] = self._observer_failures.get(name, 0) + 1
+            if n == 1:
+                log.exception("the %s callback failed (a bug; the engine goes on, and logs further failures "
+                              "at the 10th, 100th, ...)", name)
+            elif n == 10 ** (len(str(n)) - 1):
+                log.error("the %s callback has failed %d times (the last: %s: %s)", name, n, type(exc).__name__, exc)
 
     def _close(self) -> None:
         """Stopping: end every stream and every pending command, so nobody waits forever (also when

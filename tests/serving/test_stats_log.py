@@ -146,3 +146,51 @@ def test_the_engine_reader_gives_the_engines_totals_and_queues():
     assert (prompt, generated, now_s) == (9, 3, eng.now_s) and now_s > 0.0
     run_until_idle(eng)
     assert read()[:2] == (9, 12) and read()[3:] == (0, 0, 0.0)
+
+
+def test_an_observer_that_raises_is_logged_and_fails_no_request(caplog):
+    """`on_round` (the metrics, the stats line) ran inside the round's fault handling: a bug in it was
+    taken for the devices failing the round (the requests in it failed, `last_fault` set). Now it runs
+    after, and an observer that raises (`on_round` every round, `on_idle` every idle pass) is logged:
+    its first failure with its traceback, then one line at its 10th (not a traceback a round)."""
+    import asyncio
+
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+    from tests.serving.utils import tiny_engine, wait_for
+
+    calls = {"on_round": 0, "on_idle": 0}
+
+    def broken(name):
+        def observe(*args):
+            calls[name] += 1
+            raise ZeroDivisionError(f"{name}'s bug")
+        return observe
+
+    caplog.set_level(logging.INFO, logger="cent.serving")
+    eng = tiny_engine(numerics="off")
+    loop = EngineLoop(eng, on_round=broken("on_round"), on_idle=broken("on_idle"))
+    loop.start()
+
+    async def serve() -> list:
+        q: asyncio.Queue = asyncio.Queue()
+        await loop.submit_all([([5, 6, 7], RequestParams(max_tokens=12, ignore_eos=True), 0)], q)
+        deltas = [(await asyncio.wait_for(q.get(), HANG_GUARD_S))[1]]
+        while not deltas[-1].finished:
+            deltas.append((await asyncio.wait_for(q.get(), HANG_GUARD_S))[1])
+        return deltas
+
+    try:
+        deltas = asyncio.run(serve())
+        wait_for(lambda: calls["on_idle"] >= 10, "ten idle passes")
+    finally:
+        loop.stop()
+    assert deltas[-1].finish_reason == "length" and deltas[-1].error is None
+    assert sum(len(d.token_ids) for d in deltas) == 12
+    assert eng.last_fault is None and eng.stats.num_failed == 0
+    assert calls["on_round"] == eng.stats.num_rounds >= 10  # every round observed
+    for name in calls:
+        mine = [r for r in caplog.records if f"the {name} callback" in r.getMessage()]
+        assert [r.exc_info is not None for r in mine] == [True, False], [r.getMessage() for r in mine]
+        assert "ZeroDivisionError" in mine[1].getMessage() and "10 times" in mine[1].getMessage()
+    assert not [r for r in caplog.records if r.getMessage() == "round failed"]
