@@ -6,8 +6,9 @@ import json
 import logging
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from typing_extensions import Required, TypedDict
 
 from api.checks import ApiError, check_unicode, short
 
@@ -33,6 +34,45 @@ TOOL_EXAMPLE = '{"type": "function", "function": {"name": "...", "parameters": {
 """A tool definition as OpenAI's API writes it, for the error of a malformed one."""
 _FUNCTION_FIELDS = (("description", str), ("parameters", dict), ("strict", bool), ("defer_loading", bool))
 """A tool's `function` fields besides its name, and their type when set (vLLM's `FunctionDefinition`)."""
+
+
+class _DeveloperFunction(TypedDict, total=False):
+    """A developer message's tool's `function`, as openai's `FunctionDefinition` types it."""
+
+    name: Required[str]
+    description: str
+    parameters: dict[str, object]
+    strict: Union[bool, None]
+
+
+class _DeveloperTool(TypedDict, total=False):
+    """A developer message's tool, as openai's `ChatCompletionFunctionToolParam` types it."""
+
+    function: Required[_DeveloperFunction]
+    type: Required[Literal["function"]]
+
+
+_DEVELOPER_TOOLS = TypeAdapter(list[_DeveloperTool])
+"""A developer message's `tools` as vLLM's request schema reads them (its `CustomChatCompletionMessageParam.tools`,
+vllm/renderers/chat_utils/types.py): pydantic's lax mode, each rebuilt in the types' key order (`function` first),
+keys they do not name dropped."""
+
+
+def _developer_tools(extra: dict | None) -> list[dict] | None:
+    """A developer message's `tools` as vLLM gives them to the chat template (`_parse_chat_message_content`,
+    vllm/renderers/chat_utils/parse_chat_message_content.py, sets a developer message's `tools` to its own):
+    checked and shaped by `_DEVELOPER_TOOLS`. None when unset or null (vLLM's null is dropped by transformers'
+    apply_chat_template, which drops every null message key), or when they do not match those types: vLLM's
+    message union then takes the message as openai's plain developer message, which has no `tools`."""
+    tools = (extra or {}).get("tools")
+    if tools is None:
+        return None
+    try:
+        return _DEVELOPER_TOOLS.validate_python(tools)
+    except ValidationError:
+        log.warning("a developer message's tools are not OpenAI function tools: the chat template is not given "
+                    "them, as vLLM does not give them")
+        return None
 
 
 def _arguments_object(function: dict) -> dict:
@@ -65,7 +105,8 @@ class ChatMessage(BaseModel):
     with each `arguments` JSON string parsed into an object (`_calls_for_template`), as vLLM gives them (this server
     makes no calls itself, but a conversation may hold some: their text counts in the prompt)."""
     tool_call_id: str | None = None
-    """A `tool` message's answer to that call, given to the template as vLLM gives it."""
+    """A `tool` message's answer to that call, given to the template as vLLM gives it (a null one not:
+    `chat_messages`)."""
     reasoning: str | None = None
     """An assistant's reasoning of an earlier turn (vLLM's; `reasoning_content`, its older name, is read
     as it), given to the template under both names as vLLM gives it."""
@@ -141,10 +182,14 @@ class ChatMessage(BaseModel):
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict]:
-    """The messages as a chat template reads them, as vLLM gives them (vllm/entrypoints/chat_utils.py
-    `_parse_chat_message_content`): role and content text (text parts joined), any message's `name`, an
-    assistant's `tool_calls` (arguments parsed) and `reasoning` (also as `reasoning_content`), a tool
-    message's `tool_call_id`; each only when set. A template that reads none of them renders as before."""
+    """The messages as a chat template reads them, as vLLM gives them (vllm/renderers/chat_utils/
+    parse_chat_message_content.py `_parse_chat_message_content`): role and content text (text parts joined), any
+    message's `name`, an assistant's `tool_calls` (arguments parsed) and `reasoning` (also as
+    `reasoning_content`), a tool message's `tool_call_id`, a developer message's `tools` (`_developer_tools`);
+    each only when set and not null. vLLM gives a null `tool_call_id` (and a developer message without tools a
+    null `tools`), but the apply_chat_template of transformers 5.25 (the one installed beside this server;
+    transformers 4's kept them) drops every null key of a message before the template reads it, so a template
+    never sees them. A template that reads none of them renders as before."""
     out = []
     for m in messages:
         msg = {"role": m.role, "content": m.text()}
@@ -156,6 +201,8 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
             msg["tool_call_id"] = m.tool_call_id
         if m.name is not None:
             msg["name"] = m.name
+        if m.role == "developer" and (tools := _developer_tools(m.model_extra)) is not None:
+            msg["tools"] = tools
         out.append(msg)
     return out
 
@@ -187,3 +234,4 @@ def tool_definitions(tools) -> list[dict] | None:
         out.append({"type": "function", "function": shaped}
                    | ({"defer_loading": tool["defer_loading"]} if tool.get("defer_loading") is not None else {}))
     return out
+

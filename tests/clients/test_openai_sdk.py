@@ -17,6 +17,7 @@ from tests.serving.utils import templated_tiny_llama_cfg
 SHOWING = ("{{ bos_token }}{% if tools %}<tools{% for t in tools %} {{ t.function.name }}{% endfor %}>\n{% endif %}"
            "{% for d in documents or [] %}<doc {{ d.title }}: {{ d.text }}>\n{% endfor %}"
            "{% for m in messages %}<|{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}|>"
+           "{% if m.tools is defined %}<own tools {{ m.tools | tojson }}>{% endif %}"
            "{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}"
            "{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}"
            "<call {{ c.function.name }}({% if c.function.arguments is mapping %}{{ c.function.arguments.city }}"
@@ -150,6 +151,22 @@ def test_documents_reach_the_template_as_vllm_gives_them(server, client):
         client.chat.completions.create(model=server.model, messages=HI, max_tokens=1,
                                        extra_body={"chat_template_kwargs": {"documents": []}})
     assert err.value.param == "chat_template_kwargs" and "tools, documents)" in err.value.message
+
+
+def test_a_developer_message_s_tools_reach_the_template_as_vllm_gives_them(server, client):
+    """vLLM's `_parse_chat_message_content` gives a developer message's `tools` to the template (its request schema,
+    `CustomChatCompletionMessageParam`, takes them as openai's function tools: unknown keys dropped, `function`
+    first); they were dropped. Tools not of that form, and another role's, are not given (vLLM's message union
+    falls back to openai's developer message, which has none)."""
+    sent = dict(WEATHER, extra=1)
+    text = prompt_text(server, client, messages=[{"role": "developer", "content": "rules", "tools": [sent]}, HI[0]])
+    want = [{"function": WEATHER["function"], "type": "function"}]
+    assert text.startswith(f"<s><|developer|><own tools {json.dumps(want)}>rules<|user|>hi")
+    for message in ({"role": "developer", "content": "rules", "tools": [{"type": "function", "function": {}}]},
+                    {"role": "developer", "content": "rules", "tools": None},
+                    {"role": "system", "content": "rules", "tools": [WEATHER]}):
+        assert "<own tools" not in prompt_text(server, client, messages=[message, HI[0]])
+
 
 def _call(**fields) -> dict:
     """An assistant's turn holding one tool call of `fields` (OpenAI's form by default)."""
