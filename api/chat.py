@@ -235,3 +235,36 @@ def tool_definitions(tools) -> list[dict] | None:
                    | ({"defer_loading": tool["defer_loading"]} if tool.get("defer_loading") is not None else {}))
     return out
 
+
+UNSET_KWARG_VALUES = (None, "auto")
+"""`chat_template_kwargs` values vLLM's `merge_kwargs` (vllm/renderers/params.py) takes as unset: the template
+is not given them."""
+
+
+def _template_objects(value: Any, name: str) -> Any:
+    """A `chat_template_kwargs` `tools` or `documents` as transformers' apply_chat_template takes them: iterated,
+    each item an object (a string or an object iterates to its characters or keys, so only an empty one
+    passes), else a 400 naming it, as vLLM answers the template's refusal."""
+    if not isinstance(value, (list, str, dict)) or not all(isinstance(x, dict) for x in value):
+        raise ApiError(f"chat_template_kwargs.{name}={short(value)} is invalid: send a list of objects",
+                       f"chat_template_kwargs.{name}")
+    return value
+
+
+def template_inputs(kwargs: dict | None, tools: list[dict] | None,
+                    documents: list[dict] | None) -> tuple[dict | None, list[dict] | None, Any]:
+    """The chat template's variables, tools and documents from a request's `chat_template_kwargs` (with what
+    the request adds to them: `ChatCompletionRequest.template_variables`), its own `tools` (checked and shaped:
+    `tool_definitions`) and `documents`, merged as vLLM merges them: `ChatCompletionRequest.build_chat_params`
+    (vllm/entrypoints/openai/chat_completion/protocol.py) lets the request's `documents` replace the kwargs'
+    when set, and vllm/renderers/online_renderer.py `preprocess_chat` (`ChatParams.with_defaults`) lets the
+    kwargs' `tools` replace the request's; a kwarg set to null or "auto" is dropped (`UNSET_KWARG_VALUES`). The
+    kwargs' tools go to the template as sent (vLLM does not shape them), a list of objects
+    (`_template_objects`), and so do their documents."""
+    kwargs = {k: v for k, v in (kwargs or {}).items() if v not in UNSET_KWARG_VALUES}
+    if "tools" in kwargs:
+        tools = list(_template_objects(kwargs.pop("tools"), "tools"))
+    given = kwargs.pop("documents", None)
+    if documents is None and given is not None:
+        documents = _template_objects(given, "documents")
+    return kwargs or None, tools, documents

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.chat import template_inputs
 from api.checks import ApiError, short
 from api.metrics import Metrics
 from cent_serve.config import CentConfig
@@ -153,14 +154,15 @@ class ApiContext:
         """A chat's token ids: the model's chat template rendered (given `tools` and `documents`; the template
         writes the BOS; `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
         them from `side` (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
-        `chat_template_kwargs`) as more template variables, then encoded (tokenizer.py). A template
+        `chat_template_kwargs`) as more template variables, merged with `tools` and `documents` as vLLM merges
+        them (`template_inputs`), then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
         `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
+        template_kwargs, tools, documents = template_inputs(template_kwargs, tools, documents)
         taken = sorted(set(template_kwargs or ()) & {*TEMPLATE_VARIABLES, "chat_template"})  # vLLM refuses the last
         if taken:
             raise ApiError(f"chat_template_kwargs sets {', '.join(taken)}, which the server sets itself: use the "
-                           "request's own fields (messages, add_generation_prompt, tools, documents) and drop them "
-                           "here",
+                           "request's own fields (messages, add_generation_prompt) and drop them here",
                            "chat_template_kwargs")
         if not messages:
             raise ApiError(f"{param} is empty: give at least one message", param)

@@ -147,10 +147,34 @@ def test_documents_reach_the_template_as_vllm_gives_them(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=server.model, messages=HI, max_tokens=1, extra_body={"documents": ["x"]})
     assert err.value.param == "documents.0"
-    with pytest.raises(openai.BadRequestError) as err:  # the request's own field, not a template kwarg
-        client.chat.completions.create(model=server.model, messages=HI, max_tokens=1,
-                                       extra_body={"chat_template_kwargs": {"documents": []}})
-    assert err.value.param == "chat_template_kwargs" and "tools, documents)" in err.value.message
+
+
+def test_chat_template_kwargs_tools_and_documents_merge_with_the_request_s_as_vllm_merges_them(server, client):
+    """vLLM merges `chat_template_kwargs` with the request (vllm/renderers/params.py `merge_kwargs`): the kwargs'
+    `tools` replace the request's (vllm/renderers/online_renderer.py `preprocess_chat`), the request's
+    `documents` replace the kwargs' (`build_chat_params`), a null or "auto" kwarg is dropped; they were a 400."""
+    other = {"type": "function", "function": {"name": "other"}}
+
+    def shown(**extra) -> str:
+        return prompt_text(server, client, messages=HI, extra_body=extra)
+
+    assert shown(chat_template_kwargs={"tools": [other]}).startswith("<s><tools other>\n<|user|>hi")
+    assert prompt_text(server, client, messages=HI, tools=[WEATHER], tool_choice="none",
+                       extra_body={"chat_template_kwargs": {"tools": [other]}}).startswith("<s><tools other>\n")
+    assert prompt_text(server, client, messages=HI, tools=[WEATHER], tool_choice="none",  # null: the request's
+                       extra_body={"chat_template_kwargs": {"tools": None}}).startswith("<s><tools get_weather>\n")
+    kwargs_doc = {"chat_template_kwargs": {"documents": [{"title": "Oslo", "text": "rain"}]}}
+    assert shown(**kwargs_doc).startswith("<s><doc Oslo: rain>\n<|user|>hi")
+    assert shown(documents=[{"title": "Paris", "text": "sunny"}], **kwargs_doc).startswith(
+        "<s><doc Paris: sunny>\n<|user|>hi")
+    assert shown(chat_template_kwargs={"documents": "auto", "enable_thinking": None}) == "<s><|user|>hi<|assistant|>"
+    for bad in ({"tools": 5}, {"tools": ["f"]}, {"documents": [1]}):  # transformers refuses them: vLLM's 400
+        with pytest.raises(openai.BadRequestError) as err:
+            shown(chat_template_kwargs=bad)
+        assert err.value.param == f"chat_template_kwargs.{next(iter(bad))}"
+    with pytest.raises(openai.BadRequestError) as err:  # still refused: a chat's own variable
+        shown(chat_template_kwargs={"messages": []})
+    assert err.value.param == "chat_template_kwargs"
 
 
 def test_a_developer_message_s_tools_reach_the_template_as_vllm_gives_them(server, client):
