@@ -192,6 +192,27 @@ def test_a_developer_message_s_tools_reach_the_template_as_vllm_gives_them(serve
         assert "<own tools" not in prompt_text(server, client, messages=[message, HI[0]])
 
 
+def test_null_message_fields_reach_the_template_as_transformers_gives_vllm_s_conversation(server, client):
+    """vLLM's conversation holds a tool message's explicit null `tool_call_id`, and a null `tools` on every developer
+    message; transformers' apply_chat_template (the version installed here) drops null message keys before the
+    template reads them, so the prompt is what transformers renders of that conversation, without them."""
+    transformers = pytest.importorskip("transformers")
+    from pathlib import Path
+
+    sent = [{"role": "developer", "content": "rules"}, TOOL_TURNS[1], dict(TOOL_TURNS[2], tool_call_id=None)]
+    text = prompt_text(server, client, messages=sent)
+    assert "<|tool|>sunny<|assistant|>" in text and "<for" not in text and "<own tools" not in text
+    checkpoint = Path(__file__).resolve().parents[1] / "data" / "hf_tiny_llama"
+    tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    conversation = [{"role": "developer", "content": "rules", "tools": None},  # as vLLM's parser leaves them
+                    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+                     "reasoning": "ask the tool", "reasoning_content": "ask the tool"},
+                    {"role": "tool", "content": "sunny", "tool_call_id": None}]
+    assert tok.apply_chat_template(conversation, chat_template=SHOWING, tokenize=False,
+                                   add_generation_prompt=True) == text
+
+
 def _call(**fields) -> dict:
     """An assistant's turn holding one tool call of `fields` (OpenAI's form by default)."""
     return dict(TOOL_TURNS[1], tool_calls=[dict({"id": "c", "type": "function",
