@@ -192,6 +192,29 @@ def test_a_developer_message_s_tools_reach_the_template_as_vllm_gives_them(serve
         assert "<own tools" not in prompt_text(server, client, messages=[message, HI[0]])
 
 
+def test_a_developer_message_s_tools_are_checked_and_shaped_as_openai_s_types_do_for_vllm():
+    """vLLM reads a developer message's tools with openai's `ChatCompletionFunctionToolParam` (pydantic's lax mode):
+    the template is given what that gives, and nothing where that refuses them."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from api.chat import ChatMessage, chat_messages
+
+    theirs = TypeAdapter(list[openai.types.chat.ChatCompletionFunctionToolParam])
+
+    def given(tools):
+        return chat_messages([ChatMessage.model_validate({"role": "developer", "content": "", "tools": tools})])[0]
+
+    for tools in ([dict(WEATHER, extra=1)], [{"function": {"strict": None, "description": "d", "x": 2, "name": "f"},
+                                              "type": "function"}], [{"type": "function",
+                                                                      "function": {"name": "f", "strict": "true"}}]):
+        assert json.dumps(given(tools)["tools"]) == json.dumps(theirs.validate_python(tools))
+    for tools in ([{"type": "function", "function": {}}], [dict(WEATHER, type="custom")], "x", [{"function": {
+            "name": "f", "parameters": "{}"}, "type": "function"}]):
+        with pytest.raises(ValidationError):
+            theirs.validate_python(tools)
+        assert "tools" not in given(tools)
+
+
 def test_null_message_fields_reach_the_template_as_transformers_gives_vllm_s_conversation(server, client):
     """vLLM's conversation holds a tool message's explicit null `tool_call_id`, and a null `tools` on every developer
     message; transformers' apply_chat_template (the version installed here) drops null message keys before the
