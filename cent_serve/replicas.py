@@ -27,16 +27,16 @@ SHUTDOWN_JOIN_S = 60.0
 EXIT_JOIN_S = 5.0
 """The same wait when the process exits next (`cent serve` stopped by a signal). A re-creation gives
 its devices' start-up up within a fraction of a second of the stop (`cancellable_start`; a stopped
-server took 19 s waiting for it); one still busy after this (a placement, a switch) is left, its
-actors going with the Ray the server started or, on a cluster of its own, with the driver (Ray ends
-a job's actors when its driver leaves)."""
+server took 19 s waiting for it); one still busy after this (in a Ray call that does not ask
+`check_start`) is left, its actors going with the Ray the server started or, on a cluster of its
+own, with the driver (Ray ends a job's actors when its driver leaves)."""
 LOST_JOIN_S = 2.0
 """The same wait when the server gives its Ray cluster up (`give_up_cluster`). A re-creation waiting
-for its placement or its devices hears the stop within a quarter second (`ray_placement.PLACEMENT_CHECK_S`,
-`ray_executor.STARTUP_CHECK_S`; 8x that here for a loaded host) and leaves without a Ray call; one
-inside a call on the dead GCS, begun before the loss was known, does not return, and every second
-waited for it is one less before Ray's core ends the process (its 60 s without a GCS) ahead of the
-server's last line."""
+for its placement, its switch or its devices hears the stop within a quarter second
+(`ray_placement.PLACEMENT_CHECK_S`, `ray_executor.STARTUP_CHECK_S`; 8x that here for a loaded host)
+and leaves without a Ray call; one inside a call on the dead GCS, begun before the loss was known,
+does not return, and every second waited for it is one less before Ray's core ends the process (its
+60 s without a GCS) ahead of the server's last line."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

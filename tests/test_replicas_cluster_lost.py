@@ -31,7 +31,8 @@ class _Executor:
 class _DeadRay:
     """The Ray calls a re-creation makes, on a cluster whose head is gone: a placement never granted,
     devices that never answer, and a kill or a group's removal that blocks (recorded in `asked`) until
-    `revive`. `waiting` is set once the re-creation waits for its placement or its devices."""
+    `revive`. `waiting` is set once the re-creation waits for its placement, its switch or its devices
+    (or is inside a call that blocks)."""
 
     def __init__(self, monkeypatch) -> None:
         self.asked: list[tuple] = []
@@ -43,10 +44,12 @@ class _DeadRay:
         monkeypatch.setattr(rpg, "remove_placement_group", lambda pg: self._blocked("remove_placement_group", pg))
         monkeypatch.setattr(ray, "kill", lambda actor: self._blocked("kill", actor))
         monkeypatch.setattr(ray, "wait", self._wait)
-        monkeypatch.setattr(ray, "get", lambda refs, timeout=None: [])  # only ever of nothing ready here
+        # of nothing ready: nothing; of an answer asked after the loss (a switch's): it never comes
+        monkeypatch.setattr(ray, "get", lambda refs, timeout=None: self._blocked("get", refs) if refs else [])
 
     def _blocked(self, call: str, what) -> None:
         self.asked.append((call, what))
+        self.waiting.set()
         assert self._gcs.wait(HANG_GUARD_S)
 
     def _wait(self, refs, num_returns=1, timeout=None):
@@ -78,16 +81,37 @@ def _starting() -> None:
         raise
 
 
-@pytest.mark.parametrize("remake", [_placing, _starting], ids=["placing", "starting"])
+def _switching(monkeypatch):
+    """A re-creation waiting for its switch to answer (`RayExecutor.__init__`, its devices placed): a
+    switch actor created after the loss never starts."""
+    import fabric.actor
+
+    from cent_serve.executor import ray_executor as rx
+
+    switch = types.SimpleNamespace(address=types.SimpleNamespace(remote=lambda: "the switch's address"),
+                                   where=types.SimpleNamespace(remote=lambda: "the switch's node"))
+    options = types.SimpleNamespace(remote=lambda *a: switch)
+    monkeypatch.setattr(fabric.actor, "FabricActor", types.SimpleNamespace(options=lambda **k: options))
+    for name, fake in [("ensure_ray", lambda address: None), ("warm", lambda: None), ("warm_steady", lambda: None),
+                       ("place_devices", lambda *a: None), ("_single_node", lambda: True)]:
+        monkeypatch.setattr(rx, name, fake)
+    monkeypatch.setattr(rx.ray, "get_runtime_context", lambda: types.SimpleNamespace(get_node_id=lambda: "ab" * 28))
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(4, 4, 1), numerics="off", executor="ray")
+    return lambda: RayExecutor(cfg)
+
+
+@pytest.mark.parametrize("remake", [lambda mp: _placing, lambda mp: _starting, _switching],
+                         ids=["placing", "starting", "switching"])
 def test_a_recreation_given_up_with_its_cluster_asks_ray_nothing_and_is_not_waited_for(monkeypatch, caplog, remake):
     """Given up, the re-creation removed its placement group, or killed its actors and removed their
-    group, each call waiting on the dead GCS: `run_server` waited its join bound for it, and Ray's core
+    group, each call waiting on the dead GCS, or it waited up to STARTUP_TIMEOUT_S for a switch that
+    never starts, deaf to the stop: `run_server` waited its join bound for it, and Ray's core
     could end the process (60 s without a GCS) before the server's one-line exit. Now it asks Ray
     nothing and leaves at its next check, so the wait ends with it, long before the bound (a hang guard
     here), and nothing it built is shut down or swapped in."""
     dead = _DeadRay(monkeypatch)
     shut: list = []
-    replicas = Replicas(lambda: _Executor(shut), 1, remake=remake)
+    replicas = Replicas(lambda: _Executor(shut), 1, remake=remake(monkeypatch))
     old = replicas.executors[0]
     try:
         replicas.fail(0, RuntimeError("the Ray cluster's head (its GCS at 10.0.0.1:6379) does not answer"))

@@ -185,8 +185,10 @@ class RayExecutor(Executor):
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self.fabric = FabricActor.options(scheduling_strategy=here).remote(
                 cfg, [u.device_ids for u in self.units], secret, listen)
-            switch = ray.get(self.fabric.address.remote(), timeout=STARTUP_TIMEOUT_S)
-            self.switch_where = ray.get(self.fabric.where.remote(), timeout=STARTUP_TIMEOUT_S)
+            # given up as the devices' start-up is (a switch created after its cluster was lost never starts,
+            # and a plain ray.get waited STARTUP_TIMEOUT_S deaf to the stop); one actor: no progress line
+            switch, self.switch_where = await_started([self.fabric.address.remote(), self.fabric.where.remote()],
+                                                      STARTUP_TIMEOUT_S, every_s=STARTUP_TIMEOUT_S)
             places = chain_places(self.units)
             # the cost model's table by context, filled once here for every device
             self.timer.fill_contexts(np.arange(1, min(cfg.model.max_seq_len, PRELOAD_CONTEXTS) + 1))
