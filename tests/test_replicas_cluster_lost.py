@@ -181,3 +181,20 @@ def test_an_executor_built_after_the_cluster_was_given_up_is_not_shut_down():
     thread.join(HANG_GUARD_S)
     assert not thread.is_alive() and shut == [old]  # only the failed one, at the fault
     assert replicas.poll() == [] and replicas.executors == [None]
+
+
+def test_a_cluster_given_up_is_known_only_inside_its_thread_s_start_up():
+    """`cluster_gone` is true only inside the `cancellable_start` block of the thread given up with its
+    cluster: after it (a later shutdown on that thread, the next test on pytest's) and on any other
+    thread (the engine's, another server's re-creation), `RayExecutor.shutdown` kills its actors and
+    removes their group as ever; a flag left behind would leave them running on a live cluster."""
+    from cent_serve.executor.base import cancellable_start, check_start, cluster_gone
+
+    elsewhere: list = []
+    with cancellable_start(lambda: False, lambda: True):
+        assert cluster_gone()
+        other = threading.Thread(target=lambda: elsewhere.append(cluster_gone()))
+        other.start()
+        other.join(HANG_GUARD_S)
+    assert elsewhere == [False] and not cluster_gone()
+    check_start()  # wanted again: nothing raised
