@@ -740,3 +740,43 @@ def test_the_fabric_bytes_counter_goes_on_from_the_old_devices_after_a_re_creati
     assert req.num_fault_retries == 1 and eng.replicas.num_recoveries == 1
     moved = rebuild.made[0].stats()["fabric"]["wire_bytes"]  # the new switch's own count
     assert moved > 0 and scraped() == before + moved
+
+
+class _Switch:
+    """An executor whose switch has moved `wire_bytes` (and half as many framed), as `stats()` says."""
+
+    def __init__(self, wire_bytes: int) -> None:
+        self.wire_bytes = wire_bytes
+
+    def stats(self) -> dict:
+        return {"devices": [], "fabric": {"wire_bytes": self.wire_bytes, "framed_bytes": self.wire_bytes // 2,
+                                          "ports": [{"bytes_out": self.wire_bytes}]}}
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_replica_that_fails_twice_between_readings_carries_its_bytes_once():
+    """`Replicas.fabric_totals` carries a failed executor's last figures read into its replica's totals, both
+    of them (`framed_bytes` too), once: a re-created executor that fails before any reading (two faults
+    within one scrape interval) adds nothing, not its predecessor's figures a second time. The ports stay
+    the executor's own."""
+    from cent_serve.replicas import Replicas
+
+    made = [_Switch(0), _Switch(7)]
+    replicas = Replicas(lambda: _Switch(100), 1, remake=made.pop)
+
+    def read() -> dict:
+        return replicas.fabric_totals(0, replicas.executors[0].stats()["fabric"])
+
+    def recreate() -> None:
+        replicas.fail(0, RuntimeError("the device actor died"))
+        wait_for(lambda: replicas.poll(), "the re-created replica")
+
+    assert read()["wire_bytes"] == 100
+    recreate()  # _Switch(7) comes up, and fails before the next reading
+    recreate()  # _Switch(0)
+    replicas.executors[0].wire_bytes = 10
+    totals = read()
+    assert (totals["wire_bytes"], totals["framed_bytes"], totals["ports"]) == (110, 55, [{"bytes_out": 10}])
+    replicas.shutdown()
