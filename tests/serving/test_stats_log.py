@@ -194,3 +194,24 @@ def test_an_observer_that_raises_is_logged_and_fails_no_request(caplog):
         assert [r.exc_info is not None for r in mine] == [True, False], [r.getMessage() for r in mine]
         assert "ZeroDivisionError" in mine[1].getMessage() and "10 times" in mine[1].getMessage()
     assert not [r for r in caplog.records if r.getMessage() == "round failed"]
+
+
+def test_an_observer_s_failures_are_logged_at_the_1st_10th_100th_and_1000th_each(caplog):
+    """`EngineLoop._observe` logs an observer's first failure with its traceback, then one line at its 10th,
+    100th, 1000th, ... failure, nothing between (one failing every round must not fill the log), counting each
+    observer by itself: another's first failure has its traceback."""
+    from cent_serve.serving import EngineLoop
+    from tests.serving.utils import tiny_engine
+
+    def broken():
+        raise ZeroDivisionError("a bug")
+
+    caplog.set_level(logging.INFO, logger="cent.serving")
+    loop = EngineLoop(tiny_engine(numerics="off"), on_round=broken)  # not started: called here, as the thread does
+    for _ in range(1000):
+        loop._observe("on_round", broken)
+    loop._observe("on_idle", broken)
+    logged = [(r.getMessage(), r.exc_info is not None) for r in caplog.records if "callback" in r.getMessage()]
+    assert [traced for _, traced in logged] == [True, False, False, False, True], logged
+    assert [n for n in (10, 100, 1000) if any(f"failed {n} times" in m for m, _ in logged)] == [10, 100, 1000]
+    assert "on_idle" in logged[-1][0]
