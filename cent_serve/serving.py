@@ -85,7 +85,8 @@ class EngineLoop(StreamDelivery):
         it ended and /health; None for a stop it was asked for."""
         self.clock, self.pace_factor = clock, pace_factor
         self.on_finish = on_finish
-        """Called once per ended sequence (engine thread)."""
+        """Called once per ended sequence (engine thread; one that raises is logged, `_observe`, as
+        `on_tokens` and `on_late` are)."""
         self.on_tokens = on_tokens
         """Called with a sequence and how many of its tokens were delivered before, when new ones are
         (engine thread, before `on_finish`)."""
@@ -408,7 +409,8 @@ class EngineLoop(StreamDelivery):
                 self._deliver(req)
 
     def _observe(self, name: str, callback: Callable, *args) -> None:
-        """Call an observer (`on_round`, `on_idle`: the metrics, the stats line) on the engine thread.
+        """Call an observer (`on_round`, `on_idle`, and in `_deliver` `on_tokens`, `on_late`, `on_finish`: the
+        metrics, the stats line) on the engine thread.
         One that raises is a bug of ours, not a device's fault nor a client's error: it is logged, its
         first failure with its traceback, then at its 10th, 100th, ... failure one line with the count
         (it may fail every round), and the engine goes on: the round it observed stands and its

@@ -29,8 +29,9 @@ at once (its tokens are due at their times)."""
 class StreamDelivery:
     """`EngineLoop`'s delivery to the streams. The loop holds what it reads: `engine`, `clock`,
     `pace_factor`, `pace` (`PaceMonitor`), `wall_delay_s`, the callbacks `on_tokens`, `on_late` and
-    `on_finish`, `streams` (request id -> its stream), `_outbox` (event loop -> items delivered
-    since the last flush) and `_flushed_at`."""
+    `on_finish` (called through `_observe`: one that raises is logged, and the delivery goes on),
+    `streams` (request id -> its stream), `_outbox` (event loop -> items delivered since the last
+    flush) and `_flushed_at`."""
 
     def _deliver(self, req: Request) -> None:
         entry = self.streams.get(req.request_id)
@@ -39,7 +40,8 @@ class StreamDelivery:
         loop, q, tag, sent, final_only = entry
         n_tok, n_chr, observed, _ = sent
         if self.on_tokens is not None and len(req.output_ids) > observed:
-            self.on_tokens(req, observed)  # the live metrics see each round's tokens, streamed or not
+            # the live metrics see each round's tokens, streamed or not
+            self._observe("on_tokens", self.on_tokens, req, observed)
         if self.clock == "paced" and len(req.output_ids) > observed:  # the first new token, the latest of them
             due_s = req.token_times_s[observed]
             sent[3] = self.pace.delivered(-self.wall_delay_s(due_s), (due_s - req.arrival_s) * self.pace_factor,
@@ -62,12 +64,12 @@ class StreamDelivery:
             del self.streams[req.request_id]
             if self.clock == "paced":
                 if self.on_late is not None and req.output_ids:
-                    self.on_late(sent[3])
+                    self._observe("on_late", self.on_late, sent[3])
                 if not self.streams:  # nothing in flight: no lag, whatever the last round's was
                     self.pace.on_schedule()
             self.engine.forget(req.request_id)
             if self.on_finish is not None:
-                self.on_finish(req)
+                self._observe("on_finish", self.on_finish, req)
         self._outbox.setdefault(loop, []).append((q, (tag, delta)))
 
     def _flush(self, force: bool = True) -> None:

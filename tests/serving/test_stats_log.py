@@ -215,3 +215,44 @@ def test_an_observer_s_failures_are_logged_at_the_1st_10th_100th_and_1000th_each
     assert [traced for _, traced in logged] == [True, False, False, False, True], logged
     assert [n for n in (10, 100, 1000) if any(f"failed {n} times" in m for m, _ in logged)] == [10, 100, 1000]
     assert "on_idle" in logged[-1][0]
+
+
+def test_a_delivery_observer_that_raises_is_logged_and_ends_no_request(caplog):
+    """`on_tokens`, `on_finish` and `on_late` (the live metrics) observe as `on_round` does: they ran bare in
+    `_deliver`, outside any fault handling, so a bug in one ended the engine thread (every request ended, the
+    server dead). Now they go through `EngineLoop._observe`: logged, and each request ends as it would."""
+    import asyncio
+
+    from cent_serve.request import RequestParams
+    from cent_serve.serving import EngineLoop
+    from tests.serving.utils import tiny_engine
+
+    calls = {"on_tokens": 0, "on_finish": 0, "on_late": 0}
+
+    def broken(name):
+        def observe(*args):
+            calls[name] += 1
+            raise ZeroDivisionError(f"{name}'s bug")
+        return observe
+
+    caplog.set_level(logging.INFO, logger="cent.serving")
+    eng = tiny_engine(numerics="off")
+    loop = EngineLoop(eng, clock="paced", pace_factor=1e-6, **{name: broken(name) for name in calls})
+    loop.start()
+
+    async def serve() -> list:
+        q: asyncio.Queue = asyncio.Queue()
+        await loop.submit_all([([5, 6, 7], RequestParams(max_tokens=3, ignore_eos=True), 0)], q)
+        deltas = [(await asyncio.wait_for(q.get(), HANG_GUARD_S))[1]]
+        while not deltas[-1].finished:
+            deltas.append((await asyncio.wait_for(q.get(), HANG_GUARD_S))[1])
+        return deltas
+
+    try:
+        ends = [asyncio.run(serve())[-1] for _ in range(2)]  # the second: the engine thread still serves
+    finally:
+        loop.stop()
+    assert [(d.finish_reason, d.error) for d in ends] == [("length", None)] * 2
+    assert eng.last_fault is None and calls["on_finish"] == calls["on_late"] == 2 and calls["on_tokens"] >= 2
+    for name in calls:
+        assert [r for r in caplog.records if f"the {name} callback failed" in r.getMessage()], name
