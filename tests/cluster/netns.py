@@ -4,7 +4,8 @@
 private address of 10.231.S.0/24 (S from the process id, so two runs on one machine do not meet;
 no other address is touched), starts a Ray head on host 1 and workers on the others with
 `ray start` and token authentication (a token generated for the run, in the run's own HOME), each
-advertising `cent_device` units. Everything crossing hosts crosses the veths: the links between
+advertising `cent_device` units (the head with the test clusters' health-check period,
+`tests.cluster.ray_head.HEAD_ENV`). Everything crossing hosts crosses the veths: the links between
 device actors, Ray's own traffic.
 
 Faults as a cluster has them: `kill_host(i)` kills every process in host i's namespace
@@ -22,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.cluster.ray_head import HEAD_ENV
 from tests.processes import kill_until_gone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,14 +105,15 @@ class Hosts:
                 "--resources", f'{{"cent_device": {self.devices_per_host}}}', "--temp-dir",
                 f"{self.home}/ray{i}"]
         args = ["--head", "--port", str(PORT), *args] if i == 1 else ["--address", self.address, *args]
-        r = self.run(i, [RAY, "start", *args], timeout=START_TIMEOUT_S)
+        r = self.run(i, [RAY, "start", *args], timeout=START_TIMEOUT_S, env=HEAD_ENV if i == 1 else {})
         if r.returncode != 0:
             raise RuntimeError(f"ray start on host {i} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
-    def run(self, i: int, cmd: list[str], timeout: float = 300.0) -> subprocess.CompletedProcess:
-        """Run `cmd` on host i to its end."""
-        return subprocess.run(["ip", "netns", "exec", self.ns(i), *cmd], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
+    def run(self, i: int, cmd: list[str], timeout: float = 300.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run `cmd` on host i to its end (`env`: entries added to the hosts' environment)."""
+        return subprocess.run(["ip", "netns", "exec", self.ns(i), *cmd], env=dict(self.env, **(env or {})),
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
     def spawn(self, i: int, cmd: list[str], **kwargs) -> subprocess.Popen:
         """Start `cmd` on host i in its own process group."""
