@@ -1,5 +1,7 @@
 """Driver for test_multinode.py, run in its own process: a two-node Ray cluster on this machine
-(`ray.cluster_utils.Cluster`), each node advertising `cent_device`; prints JSON results."""
+(`ray.cluster_utils.Cluster`), each node advertising `cent_device`; prints JSON results.
+Arguments: devices, pp, tp, and `tokens` (generate on the devices spread over both nodes) or
+`placement` (only the placements and their refusals)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,7 @@ PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
 
 def main() -> None:
     devices, pp, tp = (int(x) for x in sys.argv[1:4])
+    tokens = sys.argv[4] == "tokens"
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as ensure_ray's local Ray: devices not starved
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, resources={"cent_device": 4}))
     cluster.add_node(num_cpus=1, resources={"cent_device": 4})
@@ -26,14 +29,15 @@ def main() -> None:
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     out = {}
     try:
-        cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
-        ex = RayExecutor(cfg)
-        try:
-            gen = generate_batch(ex, PROMPTS, 8)
-            out.update(tokens=gen.token_ids, times=gen.token_times_s,
-                       nodes=sorted(set(ex.placement().values())))
-        finally:
-            ex.shutdown()
+        if tokens:
+            cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
+            ex = RayExecutor(cfg)
+            try:
+                gen = generate_batch(ex, PROMPTS, 8)
+                out.update(tokens=gen.token_ids, times=gen.token_times_s,
+                           nodes=sorted(set(ex.placement().values())))
+            finally:
+                ex.shutdown()
         pair = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(4, 2, 2), numerics="off")
         replicas = []
         try:  # two replicas of one config, as the engine places them: each its own placement group
