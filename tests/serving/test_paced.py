@@ -166,21 +166,35 @@ def test_the_virtual_clock_observes_no_lateness():
     assert (st["pace_lag_s"], st["pace_late_requests"], st["pace_lag_episodes"]) == (0.0, 0, 0)
 
 
+LONG_TOKENS = 16
+"""The long request's tokens: any number over 1 will do, as its last round waits for the short one."""
+
+
 def test_an_episode_goes_on_when_a_request_ends_while_another_is_in_flight():
     """At pace factor 1e-4 every token is late: one episode of lag while anything is in flight. A
     short request sent while a long one runs arrives far past the engine's clock (10,000 simulated s
     a wall second), so it waits until the long one ends, and is in flight then: the long one's end
     ends neither the episode nor the lag (only the last request in flight does, `EngineLoop._deliver`);
-    ending it there would make the short one's late tokens a second episode. The long one's 1,000
-    tokens (1 ms or more each: 15 s in all on a loaded 2-core machine) outlast the short one's trip to
-    the server (~10 ms) 100x over; the 3,000 it had took 41 s there, near the client's HANG_GUARD_S."""
-    with Server(server_cfg(numerics="full", clock="paced", pace_factor=1e-4), "local") as s:  # full: ms a token
-        _post_in_background(s.url, body(max_tokens=1000))
+    ending it there would make the short one's late tokens a second episode. The long one's last
+    round waits (the engine thread passes its turns, taking commands between) until the short one is
+    in the engine, so the short one is in flight at the long one's end however loaded the machine:
+    before, a 1,000-token request was to outlast the short one's trip, which load made a race."""
+    with Server(server_cfg(clock="paced", pace_factor=1e-4), "local") as s:
+        eng, step = s.loop.engine, s.loop.engine.step
+
+        def last_round_after_the_short_one_arrives():  # the engine thread's round
+            if eng.stats.generation_tokens == LONG_TOKENS - 1 and len(eng.requests) == 1:
+                time.sleep(0.001)
+                return []  # no round: the loop takes its commands (the short one's arrival) and comes back
+            return step()
+
+        eng.step = last_round_after_the_short_one_arrives
+        _post_in_background(s.url, body(max_tokens=LONG_TOKENS))
         wait_for(lambda: status(s.url)["pace_lag_episodes"] == 1, "the long request late")
         r = httpx.post(s.url + "/v1/completions", json=body(max_tokens=4), timeout=HANG_GUARD_S)
         assert r.status_code == 200
         st = status(s.url)
-    assert st["num_finished"] == 2 and st["generation_tokens"] == 1004
+    assert st["num_finished"] == 2 and st["generation_tokens"] == LONG_TOKENS + 4
     assert st["pace_lag_episodes"] == 1 and st["pace_late_requests"] == 2
 
 
