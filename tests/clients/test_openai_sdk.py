@@ -344,29 +344,28 @@ def test_a_full_server_s_429_is_resent_by_the_sdk_after_its_retry_after_then_rai
 
     cfg = server_cfg(devices=1, pp=1, max_waiting=1, clock="paced", pace_factor=1e4)  # one lane, one wait
     with Server(cfg, "local") as s:
-        hang_up = threading.Event()
-
-        def hold() -> None:  # a request that runs for minutes of wall time, until the test hangs up
-            with httpx.stream("POST", s.url + "/v1/completions", json=body(max_tokens=400, stream=True),
-                              timeout=120) as r:
-                for _ in r.iter_lines():
-                    if hang_up.is_set():
-                        return
+        def hold() -> None:  # a request that runs for minutes of wall time, until the server stops (aborted)
+            try:
+                with httpx.stream("POST", s.url + "/v1/completions", json=body(max_tokens=400, stream=True),
+                                  timeout=120) as r:
+                    for _ in r.iter_lines():
+                        pass
+            except httpx.HTTPError:
+                pass
 
         holders = [threading.Thread(target=hold, daemon=True) for _ in range(2)]
         for t in holders:
             t.start()
-        try:
-            wait_for(lambda: (st := status(s.url))["num_running"] == 1 and st["num_waiting"] == 1,
-                     "the lane and the queue full")
-            client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=2, timeout=60)
-            with pytest.raises(openai.RateLimitError) as err:
-                client.chat.completions.create(model="tiny", messages=HI, max_tokens=1)
-        finally:
-            hang_up.set()
-            for t in holders:
-                t.join(60)
-        e = err.value
-        assert e.response.headers["retry-after"] == "1" and e.type == "rate_limit_error" and e.code == "429"
-        assert "scheduler.max_waiting=1" in e.message and e.body["cent"]["code"] == "queue_full"
-        assert outcomes(s.url)[("rejected", "queue_full")] == 3  # the request and the SDK's two resends
+        wait_for(lambda: (st := status(s.url))["num_running"] == 1 and st["num_waiting"] == 1,
+                 "the lane and the queue full")
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=2, timeout=60)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model="tiny", messages=HI, max_tokens=1)
+        refused = outcomes(s.url)[("rejected", "queue_full")]
+    # the stop aborted both holders: no wait for the queued one's first token (~15 s paced), as hanging up did
+    for t in holders:
+        t.join(60)
+    e = err.value
+    assert e.response.headers["retry-after"] == "1" and e.type == "rate_limit_error" and e.code == "429"
+    assert "scheduler.max_waiting=1" in e.message and e.body["cent"]["code"] == "queue_full"
+    assert refused == 3  # the request and the SDK's two resends
