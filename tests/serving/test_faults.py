@@ -33,44 +33,6 @@ async def _stream(client: httpx.AsyncClient, i: int, progress: list) -> dict:
         return await read_stream(r, lambda: progress.append(1))
 
 
-@pytest.mark.parametrize("victim", ["device", "fabric"])
-def test_killing_an_actor_under_decoding_requests_recomputes_them_and_the_server_recovers(ray_cluster, victim):
-    """32 greedy streams on 8 lanes, some decoding, when an actor is killed: the requests on the replica
-    are recomputed on the re-created devices (prompt and output so far) and every stream ends with the
-    reference's 24 tokens, none repeated or missing; none fails."""
-    # the pure pipeline's 8 stages (8 lanes) on 4 devices, 2 blocks each: the fault path is the same
-    # as on 8 (a middle device: the next one's input link closes), at half the actors to start twice
-    cfg = CentConfig(model=TINY, parallel=ParallelConfig(4, 0, 1), numerics="full")
-    cfg.server.port = 0
-    with Server(cfg, "ray") as s:
-        engine = s.loop.engine
-        ex = engine.executors[0]
-        assert engine.scheduler.lanes_per_replica == 8 and len(ex.actors) == 4
-        victim = ex.actors[2] if victim == "device" else ex.fabric
-
-        async def main():
-            progress: list = []
-            async with httpx.AsyncClient(base_url=s.url, limits=httpx.Limits(max_connections=64)) as client:
-                tasks = [asyncio.create_task(_stream(client, i, progress)) for i in range(32)]
-                while len(progress) < 16:  # the first lanes are decoding
-                    await asyncio.sleep(0.01)
-                ray.kill(victim)
-                return await asyncio.gather(*tasks)
-
-        results = asyncio.run(main())
-        assert all(r["done"] and r["finish"] == "length" and r["error"] is None for r in results), results
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["num_failed"] == 0 and st["num_preemptions"] == 0, st
-        assert 1 <= st["num_fault_retries"] <= 8  # the lanes that were on the devices, queued again once
-        assert st["last_fault"].startswith("the emulated devices of replica 0 failed")  # it stayed null
-        assert re.search(r"; \d requests? on it with tokens produced waits? to be recomputed", st["last_fault"]), st
-        assert httpx.get(s.url + "/health").json() == {"status": "ok"}
-    model = LlamaModel(TINY, load_weights(TINY))
-    refs = [generate(model, p, 24, ignore_eos=True).token_ids for p in PROMPTS]
-    for i, r in enumerate(results):  # the streamed ids, in order: none twice, none missing
-        assert r["tokens"] == 24 and r["token_ids"] == refs[i % len(PROMPTS)], (i, r)
-
-
 def _idle_check_off(monkeypatch, parallel: ParallelConfig) -> tuple[CentConfig, dict]:
     """tiny on `parallel` with full numerics, and the idle check that never comes (the links must tell
     of a death), with the greedy request the idle-death tests send."""
@@ -129,54 +91,13 @@ def test_a_request_after_an_idle_tensor_rank_died_waits_for_the_re_created_devic
     assert r.json()["choices"][0]["token_ids"] == ref.token_ids
 
 
-def test_status_and_metrics_answer_while_a_replica_is_re_created(ray_cluster):
-    """An actor dies between rounds (as when Ray's memory monitor takes it): the next /metrics
-    notices, the replica is re-created in the background, and /metrics and /v1/cent/status keep
-    answering 200 meanwhile; a request then gets served by the new devices."""
-    import threading
-
-    cfg = CentConfig(model=TINY, parallel=ParallelConfig(2, 2, 1), numerics="full")
-    cfg.server.port = 0
-    with Server(cfg, "ray") as s:
-        assert httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2},
-                          timeout=60).status_code == 200
-        codes, stop = [], threading.Event()
-
-        def poll():
-            with httpx.Client(base_url=s.url, timeout=60) as h:
-                while not stop.is_set():
-                    codes.append(h.get("/metrics").status_code)
-                    codes.append(h.get("/v1/cent/status").status_code)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
-        try:
-            ray.kill(s.loop.engine.executors[0].actors[1])
-            health = wait_for(lambda: (h := httpx.get(s.url + "/health", timeout=10)).status_code == 503 and h,
-                              "health degraded while re-creating")
-            assert health.json()["status"] == "degraded" and "replica" in health.json()["reason"]
-            wait_for(lambda: httpx.get(s.url + "/health", timeout=10).status_code == 200, "the replica back")
-        finally:
-            stop.set()
-            poller.join()
-        assert codes and set(codes) == {200}, codes
-        st = httpx.get(s.url + "/v1/cent/status").json()
-        assert st["num_recoveries"] == 1 and st["replicas_up"] == 1 and len(st["devices"]) == 2
-        assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]  # found between rounds
-        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6], "max_tokens": 4,
-                                                        "temperature": 0, "ignore_eos": True,
-                                                        "return_token_ids": True}, timeout=60)
-    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
-    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
-
-
 @pytest.fixture(scope="module")
 def pipeline(ray_cluster):
     """(server, request body): one tiny 4-stage pipeline on Ray with full numerics and no idle check,
-    for the idle-death and round tests below, which each kill or stop a device and see the replica
-    re-created: each starts from a served request on the idle engine and counts its own recoveries
-    and failures (`_counts`). A server's start on Ray is most of such a test's time. These tests come
-    last in the module: the idle check stays off until the module ends."""
+    for the killing, idle-death and round tests below, which each kill or stop an actor and see the
+    replica re-created: each counts its own recoveries and failures (`_counts`) on the idle engine.
+    A server's start on Ray is most of such a test's time. These tests come last in the module: the
+    idle check stays off until the module ends."""
     with pytest.MonkeyPatch.context() as mp:
         cfg, body = _idle_check_off(mp, ParallelConfig(4, 0, 1))
         with Server(cfg, "ray") as s:
@@ -187,6 +108,90 @@ def _counts(s) -> tuple[int, int]:
     """The server's (num_recoveries, num_failed) so far."""
     st = httpx.get(s.url + "/v1/cent/status").json()
     return st["num_recoveries"], st["num_failed"]
+
+
+@pytest.mark.parametrize("victim", ["device", "fabric"])
+def test_killing_an_actor_under_decoding_requests_recomputes_them_and_the_server_recovers(pipeline, victim):
+    """32 greedy streams on 8 lanes, some decoding, when an actor is killed: the requests on the replica
+    are recomputed on the re-created devices (prompt and output so far) and every stream ends with the
+    reference's 24 tokens, none repeated or missing; none fails."""
+    # the pure pipeline's 8 stages (8 lanes) on 4 devices, 2 blocks each: the fault path is the same
+    # as on 8 (a middle device: the next one's input link closes), at half the actors to start
+    s, _ = pipeline
+    before = httpx.get(s.url + "/v1/cent/status").json()
+    engine = s.loop.engine
+    ex = engine.executors[0]
+    assert engine.scheduler.lanes_per_replica == 8 and len(ex.actors) == 4
+    victim = ex.actors[2] if victim == "device" else ex.fabric
+
+    async def main():
+        progress: list = []
+        async with httpx.AsyncClient(base_url=s.url, limits=httpx.Limits(max_connections=64)) as client:
+            tasks = [asyncio.create_task(_stream(client, i, progress)) for i in range(32)]
+            while len(progress) < 16:  # the first lanes are decoding
+                await asyncio.sleep(0.01)
+            ray.kill(victim)
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert all(r["done"] and r["finish"] == "length" and r["error"] is None for r in results), results
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    assert st["num_recoveries"] == before["num_recoveries"] + 1 and st["num_failed"] == before["num_failed"] \
+        and st["num_preemptions"] == before["num_preemptions"], st
+    # the lanes that were on the devices, queued again once
+    assert 1 <= st["num_fault_retries"] - before["num_fault_retries"] <= 8, (before, st)
+    assert st["last_fault"].startswith("the emulated devices of replica 0 failed")  # it stayed null
+    assert re.search(r"; \d requests? on it with tokens produced waits? to be recomputed", st["last_fault"]), st
+    assert httpx.get(s.url + "/health").json() == {"status": "ok"}
+    model = LlamaModel(TINY, load_weights(TINY))
+    refs = [generate(model, p, 24, ignore_eos=True).token_ids for p in PROMPTS]
+    for i, r in enumerate(results):  # the streamed ids, in order: none twice, none missing
+        assert r["tokens"] == 24 and r["token_ids"] == refs[i % len(PROMPTS)], (i, r)
+
+
+def test_status_and_metrics_answer_while_a_replica_is_re_created(pipeline):
+    """An actor dies between rounds (as when Ray's memory monitor takes it): the next /metrics
+    notices (the idle check is off here: nothing else looks), the replica is re-created in the
+    background, and /metrics and /v1/cent/status keep answering 200 meanwhile; a request then gets
+    served by the new devices."""
+    import threading
+
+    s, _ = pipeline
+    recoveries, _ = _counts(s)
+    assert httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2},
+                      timeout=60).status_code == 200
+    _idle(s)  # else its free round may find the death first
+    ex = s.loop.engine.executors[0]
+    num_devices = len(ex.actors)
+    codes, stop = [], threading.Event()
+
+    def poll():
+        with httpx.Client(base_url=s.url, timeout=60) as h:
+            while not stop.is_set():
+                codes.append(h.get("/metrics").status_code)
+                codes.append(h.get("/v1/cent/status").status_code)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        ray.kill(ex.actors[1])
+        health = wait_for(lambda: (h := httpx.get(s.url + "/health", timeout=10)).status_code == 503 and h,
+                          "health degraded while re-creating")
+        assert health.json()["status"] == "degraded" and "replica" in health.json()["reason"]
+        wait_for(lambda: httpx.get(s.url + "/health", timeout=10).status_code == 200, "the replica back")
+    finally:
+        stop.set()
+        poller.join()
+    assert codes and set(codes) == {200}, codes
+    st = httpx.get(s.url + "/v1/cent/status").json()
+    assert st["num_recoveries"] == recoveries + 1 and st["replicas_up"] == 1
+    assert len(st["devices"]) == num_devices
+    assert st["last_fault"].endswith("; no request was on it"), st["last_fault"]  # found between rounds
+    r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": [1, 5, 6], "max_tokens": 4,
+                                                    "temperature": 0, "ignore_eos": True,
+                                                    "return_token_ids": True}, timeout=60)
+    ref = generate(LlamaModel(TINY, load_weights(TINY)), [1, 5, 6], 4, ignore_eos=True)
+    assert r.json()["choices"][0]["token_ids"] == ref.token_ids
 
 
 def test_a_request_after_an_idle_device_died_waits_for_the_re_created_devices(pipeline):
