@@ -14,7 +14,7 @@ from cent_serve.messages import Layout, RoundPlan
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("devices, pp, tp", [(8, 0, 1), (4, 2, 2)])
+@pytest.mark.parametrize("devices, pp, tp", [(4, 0, 1), (4, 2, 2)])  # a pure pipeline (2 blocks a device), pp x tp
 def test_ray_equals_local_executor(ray_cluster, devices, pp, tp):
     cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(devices, pp, tp), numerics="full")
     prompts = [[1, 9, 8, 7], [1, 50]]
@@ -34,8 +34,8 @@ def test_ray_equals_local_executor(ray_cluster, devices, pp, tp):
     assert sum(terms.values()) == pytest.approx(sum(d["energy_j"] for d in stats["devices"]), rel=1e-9)
     assert len(stats["devices"]) == devices
     assert sum(d["tokens"] for d in stats["devices"]) > 0
-    if devices == 8:  # pipeline: activations crossed the switch between all 8 devices
-        assert stats["fabric"]["wire_bytes"] > 0 and len(stats["fabric"]["ports"]) == 8
+    if pp == 0:  # pipeline: activations crossed the switch between all the devices
+        assert stats["fabric"]["wire_bytes"] > 0 and len(stats["fabric"]["ports"]) == devices
 
 
 def _round(r: int) -> RoundPlan:
@@ -47,22 +47,30 @@ def _round(r: int) -> RoundPlan:
                      np.array(ids, dtype=np.int64), np.ones(4, bool))
 
 
-def test_ray_rounds_in_flight_and_errors(ray_cluster):
-    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="full")
+@pytest.fixture(scope="module")
+def auto_executor(ray_cluster):
+    """(config, executor): a tiny 2-stage pipeline on Ray built from a config with numerics `auto` (full:
+    the checkpoint is here), shared by the tests that run rounds on it or connect to its listeners and
+    leave it working (a Ray executor's start is most of such a test's time)."""
+    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1))
+    ex = make_executor(cfg, "ray")
+    yield cfg, ex
+    ex.shutdown()
+
+
+def test_ray_rounds_in_flight_and_errors(auto_executor):
+    cfg, ex = auto_executor
+    assert cfg.resolved_numerics == "full"
     local = LocalExecutor(cfg)
     want = [local.run(_round(r)) for r in range(3)]
-    ex = make_executor(cfg, "ray")
-    try:
-        futures = [ex.submit(_round(r)) for r in range(3)]  # all sent before any is awaited
-        got = [f.result() for f in reversed(futures)][::-1]
-        bad = RoundPlan(Layout((7,), (((70, 1),),)), np.zeros(1), 3, {70: 0}, (), np.array([10_000]),
-                        np.ones(1, bool))
-        with pytest.raises(ValueError, match="vocabulary"):
-            ex.run(bad)
-        after = ex.run(RoundPlan(Layout((8,), (((80, 1),),)), np.zeros(1), 4, {80: 0}, (), np.array([4]),
-                                 np.ones(1, bool)))
-    finally:
-        ex.shutdown()
+    futures = [ex.submit(_round(r)) for r in range(3)]  # all sent before any is awaited
+    got = [f.result() for f in reversed(futures)][::-1]
+    bad = RoundPlan(Layout((7,), (((70, 1),),)), np.zeros(1), 3, {70: 0}, (), np.array([10_000]),
+                    np.ones(1, bool))
+    with pytest.raises(ValueError, match="vocabulary"):
+        ex.run(bad)
+    after = ex.run(RoundPlan(Layout((8,), (((80, 1),),)), np.zeros(1), 4, {80: 0}, (), np.array([4]),
+                             np.ones(1, bool)))
     for g, w in zip(got, want):
         assert g.ready_s.tolist() == w.ready_s.tolist()
         assert (g.logits.argmax(-1) == w.logits.argmax(-1)).all()
@@ -76,8 +84,8 @@ def test_steady_rounds_move_only_times_one_tick_per_unit(ray_cluster):
     from fabric.link import HEADER
     from fabric.rounds import tick_message
 
-    cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(8, 0, 1), numerics="off")
-    lanes, units = 32, 8  # 32 blocks on 8 devices: one query per stage, 4 stages per device
+    cfg = CentConfig(model=model_preset("llama2-7b"), parallel=ParallelConfig(4, 0, 1), numerics="off")
+    lanes, units = 32, 4  # 32 blocks on 4 devices: one query per stage, 8 stages per device
     layout = Layout(tuple(range(lanes)), tuple(((q, 1),) for q in range(lanes)))
 
     def rounds(ex, n: int):
@@ -152,7 +160,7 @@ class _Plant:
         return (open, (self.path, "w"))
 
 
-def test_no_listener_trusts_a_link_without_the_runs_secret(ray_cluster, tmp_path):
+def test_no_listener_trusts_a_link_without_the_runs_secret(auto_executor, tmp_path):
     """Connections to the switch's and a device's listeners (TCP and Unix socket) without the
     secret, sending a payload whose unpickling would create a file: nothing runs, each
     connection is refused and counted, rounds go on."""
@@ -163,37 +171,34 @@ def test_no_listener_trusts_a_link_without_the_runs_secret(ray_cluster, tmp_path
 
     import ray
 
-    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1), numerics="off")
-    ex = make_executor(cfg, "ray")
-    try:
-        device = ex.actors[1]
-        targets = {"switch": ex.fabric, "device": device}
-        planted = tmp_path / "pwned"
-        blob = pickle.dumps(("device", 0, _Plant(str(planted))))
-        for name, actor in targets.items():
-            addr = ray.get(actor.address.remote())
-            assert addr.host == "127.0.0.1"  # one node: TCP on loopback only
-            ends = [(socket.AF_INET, addr.tcp)] + ([(socket.AF_UNIX, addr.unix)] if addr.unix else [])
-            for family, where in ends:
-                for payload in (struct.pack("<Q", len(blob)) + blob, blob, b"\x00" * 64):
-                    with socket.socket(family, socket.SOCK_STREAM) as s:
-                        s.settimeout(10)
-                        s.connect(where)
-                        s.sendall(payload)
-                        try:
-                            while s.recv(4096):  # the listener closes the connection
-                                pass
-                        except (ConnectionError, socket.timeout):
+    _, ex = auto_executor
+    device = ex.actors[1]
+    targets = {"switch": ex.fabric, "device": device}
+    planted = tmp_path / "pwned"
+    blob = pickle.dumps(("device", 0, _Plant(str(planted))))
+    for name, actor in targets.items():
+        addr = ray.get(actor.address.remote())
+        assert addr.host == "127.0.0.1"  # one node: TCP on loopback only
+        ends = [(socket.AF_INET, addr.tcp)] + ([(socket.AF_UNIX, addr.unix)] if addr.unix else [])
+        for family, where in ends:
+            for payload in (struct.pack("<Q", len(blob)) + blob, blob, b"\x00" * 64):
+                with socket.socket(family, socket.SOCK_STREAM) as s:
+                    s.settimeout(10)
+                    s.connect(where)
+                    s.sendall(payload)
+                    try:
+                        while s.recv(4096):  # the listener closes the connection
                             pass
-            deadline = time.monotonic() + 60
-            while ray.get(actor.refused.remote()) < 3 * len(ends):
-                assert time.monotonic() < deadline, f"the {name} did not refuse the connections"
-                time.sleep(0.1)
-        assert not planted.exists()
-        out = ex.run(RoundPlan(Layout((0,), (((1, 3),),)), np.zeros(1), 0, {1: 0}))
-        assert out.ready_s[0] > 0  # the round still runs on the authenticated links
-    finally:
-        ex.shutdown()
+                    except (ConnectionError, socket.timeout):
+                        pass
+        deadline = time.monotonic() + 60
+        while ray.get(actor.refused.remote()) < 3 * len(ends):
+            assert time.monotonic() < deadline, f"the {name} did not refuse the connections"
+            time.sleep(0.1)
+    assert not planted.exists()
+    out = ex.run(RoundPlan(Layout((0,), (((90, 3),),)), np.zeros(1), 5, {90: 0}, (), np.array([1, 5, 6]),
+                           np.ones(1, bool)))
+    assert out.ready_s[0] > 0  # the round still runs on the authenticated links
 
 
 def test_the_local_ray_runs_its_workers_at_normal_priority(ray_cluster):
@@ -208,17 +213,13 @@ def test_the_local_ray_runs_its_workers_at_normal_priority(ray_cluster):
     assert ray_cluster.get(niceness.remote(), timeout=60) == os.nice(0)
 
 
-def test_numerics_auto_is_resolved_once_on_the_driver_for_every_actor(ray_cluster):
+def test_numerics_auto_is_resolved_once_on_the_driver_for_every_actor(auto_executor):
     """`auto` looks at the checkpoint's files; an actor on a node without them would resolve it to
     timing-only beside a driver computing full numerics. The actors get the driver's answer."""
-    cfg = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(2, 2, 1))
+    cfg, ex = auto_executor
     assert cfg.numerics == "auto" and cfg.resolved_numerics == "full"
-    ex = make_executor(cfg, "ray")
-    try:
-        assert ex.cfg.numerics == "full"  # the config the device and fabric actors were built with
-        assert ex.cfg.resolved_numerics == "full" and cfg.numerics == "auto"  # the caller's is left as given
-    finally:
-        ex.shutdown()
+    assert ex.cfg.numerics == "full"  # the config the device and fabric actors were built with
+    assert ex.cfg.resolved_numerics == "full" and cfg.numerics == "auto"  # the caller's is left as given
 
 
 def test_placement_replica_picks_a_node_no_other_replica_holds_while_one_fits():
