@@ -46,6 +46,7 @@ def _free_port() -> int:
 
 
 def test_a_missing_config_file(tmp_path):
+    """Through the real entry point; the other refusals of a config file run in this process."""
     proc, _ = _cent("info", "--config", str(tmp_path / "nope.yaml"))
     _one_line_error(proc, "nope.yaml", "cannot be read")
 
@@ -57,17 +58,17 @@ def test_malformed_yaml(tmp_path):
     _one_line_error(proc, "not valid YAML", "line")
 
 
-def test_a_section_given_as_a_string(tmp_path):
+def test_a_section_given_as_a_string(tmp_path, capfd, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: llama2-7b\n")
-    proc, _ = _cent("info", "--config", str(bad))
+    proc = cent_in_process("info", "--config", str(bad), capfd=capfd, caplog=caplog)
     _one_line_error(proc, "model='llama2-7b'", "model: {name: llama2-7b}")
 
 
-def test_a_field_of_the_wrong_type(tmp_path):
+def test_a_field_of_the_wrong_type(tmp_path, capfd, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text("parallel:\n  num_devices: eight\n")
-    proc, _ = _cent("info", "--config", str(bad))
+    proc = cent_in_process("info", "--config", str(bad), capfd=capfd, caplog=caplog)
     _one_line_error(proc, "parallel.num_devices", "integer")
 
 
@@ -83,8 +84,9 @@ def test_output_closed_early_by_a_pipe():
     assert proc.returncode == 141 and proc.stderr.strip() == "", proc.stderr
 
 
-def test_a_ray_cluster_that_is_gone():
-    """An address (flag or RAY_ADDRESS) where no cluster answers: refused at once, with the fix."""
+def test_a_ray_cluster_that_is_gone(monkeypatch, capfd, caplog):
+    """An address (flag or RAY_ADDRESS) where no cluster answers: refused at once, with the fix. The
+    first through the real entry point, the others in this process (refused by the probe before Ray)."""
     dead = f"127.0.0.1:{_free_port()}"
     proc, wall = _cent("serve", "--ray-address", dead, "--port", "0")
     # the address may come from a --config file's server.ray_address (docs/examples/cluster.yaml's auto): the
@@ -93,12 +95,16 @@ def test_a_ray_cluster_that_is_gone():
                     "RAY_ADDRESS) to start a fresh local Ray")
     assert wall < REFUSE_WITHIN_S, wall
     assert f"server.ray_address='{dead}'" in proc.stderr
-    proc, _ = _cent("simulate", "--model", "llama2-7b", "--seqlen", "256", "--emulate", env={"RAY_ADDRESS": dead})
+    monkeypatch.setenv("RAY_ADDRESS", dead)
+    proc = cent_in_process("simulate", "--model", "llama2-7b", "--seqlen", "256", "--emulate", capfd=capfd,
+                           caplog=caplog)
     _one_line_error(proc, dead)
-    proc, _ = _cent("serve", "--port", "0", env={"RAY_ADDRESS": dead})  # named as set: it said server.ray_address
+    proc = cent_in_process("serve", "--port", "0", capfd=capfd, caplog=caplog)  # named as set: it said server.ray_address
     _one_line_error(proc, f"RAY_ADDRESS='{dead}': no Ray cluster could be joined")
     assert "server.ray_address=" not in proc.stderr, proc.stderr
-    proc, _ = _cent("serve", "--ray-address", "not-an-address", "--port", "0")  # was "nothing answers ...: invalid
+    monkeypatch.delenv("RAY_ADDRESS")
+    proc = cent_in_process("serve", "--ray-address", "not-an-address", "--port", "0",  # was "nothing answers ...: invalid
+                           capfd=capfd, caplog=caplog)
     _one_line_error(proc, "not-an-address is not HOST:PORT, e.g. 10.0.0.1:6379")  # literal for int()"
 
 
@@ -171,10 +177,10 @@ def test_bad_values_end_in_one_line_not_a_traceback(args, needles, capfd, caplog
     _one_line_error(proc, *needles)
 
 
-def test_a_yaml_section_given_a_value(tmp_path):
+def test_a_yaml_section_given_a_value(tmp_path, capfd, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text("gpu: 5\n")
-    proc, _ = _cent("info", "--config", str(bad))
+    proc = cent_in_process("info", "--config", str(bad), capfd=capfd, caplog=caplog)
     _one_line_error(proc, "bad.yaml", "gpu=5", "section")
 
 
@@ -189,8 +195,7 @@ def test_a_hand_written_config_json_names_the_file_and_the_key(tmp_path, edit, n
     if edit:
         edit(hf)
     (tmp_path / "config.json").write_text(json.dumps(hf) if edit else "{bad json")
-    # in this process: the real entry point's refusals of `cent info` are test_a_missing_config_file's,
-    # test_a_section_given_as_a_string's, test_a_field_of_the_wrong_type's and test_a_yaml_section_given_a_value's
+    # in this process: the real entry point's refusal of a `cent info` config is test_a_missing_config_file's
     proc = cent_in_process("info", "--model", str(tmp_path), capfd=capfd, caplog=caplog)
     _one_line_error(proc, str(tmp_path / "config.json"), *needles)
 
@@ -379,37 +384,38 @@ def test_another_ray_refusal_keeps_its_first_line_and_a_mismatch_of_another_form
         "Version mismatch: The cluster was started with: Ray 2.59.0"
 
 
-def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero():
+def test_fewer_banks_than_the_bank_groups_is_refused_not_a_division_by_zero(capfd, caplog):
     # A block on one channel of 2 banks has 2 // 4 = 0 elementwise lanes: the time model divided by
     # zero (a ZeroDivisionError traceback) instead of naming the field.
-    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
-                    "--set", "device.num_channels=8", "--set", "device.banks_per_channel=2")
+    proc = cent_in_process("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                           "--set", "device.num_channels=8", "--set", "device.banks_per_channel=2",
+                           capfd=capfd, caplog=caplog)
     _one_line_error(proc, "device.banks_per_channel=2", "multiple of 4")
     assert proc.returncode == 2
 
 
-def test_an_activation_group_larger_than_the_accumulator_registers_is_refused():
-    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
-                    "--set", "device.gemv_af_group_size=64")
+def test_an_activation_group_larger_than_the_accumulator_registers_is_refused(capfd, caplog):
+    proc = cent_in_process("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                           "--set", "device.gemv_af_group_size=64", capfd=capfd, caplog=caplog)
     _one_line_error(proc, "device.gemv_af_group_size=64", "at most device.accumulator_registers=32")
     assert proc.returncode == 2
 
 
-def test_a_controller_of_a_fraction_of_the_channels_is_refused():
+def test_a_controller_of_a_fraction_of_the_channels_is_refused(capfd, caplog):
     # 32 channels at 3 a controller would be 10 2/3 controllers: it was accepted, each command charged
     # a third of a controller's power.
-    proc, _ = _cent("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
-                    "--set", "device.energy.channels_per_controller=3")
+    proc = cent_in_process("simulate", "--model", "tiny", "--devices", "1", "--seqlen", "1024",
+                           "--set", "device.energy.channels_per_controller=3", capfd=capfd, caplog=caplog)
     _one_line_error(proc, "device.energy.channels_per_controller=3", "does not divide device.num_channels=32",
                     "set device.num_channels to a multiple of 3 (30 or 33) or device.energy.channels_per_controller "
                     "to a divisor of 32 (2 or 4)")
     assert proc.returncode == 2
 
 
-def test_channels_a_controller_cannot_share_name_the_channels_changed_and_both_fixes():
+def test_channels_a_controller_cannot_share_name_the_channels_changed_and_both_fixes(capfd, caplog):
     # --set device.num_channels=33 blamed channels_per_controller=2 (left at its default) and offered
     # only a divisor of 33: the user changed num_channels, so it is named, with both ways out.
-    proc, _ = _cent("info", "--set", "device.num_channels=33")
+    proc = cent_in_process("info", "--set", "device.num_channels=33", capfd=capfd, caplog=caplog)
     _one_line_error(proc, "device.num_channels=33 is invalid: device.energy.channels_per_controller=2 does not "
                     "divide it", "set device.num_channels to a multiple of 2 (32 or 34) or "
                     "device.energy.channels_per_controller to a divisor of 33 (1 or 3)")
@@ -418,12 +424,12 @@ def test_channels_a_controller_cannot_share_name_the_channels_changed_and_both_f
 
 @pytest.mark.parametrize("command", [["bench", "run"], ["bench", "sweep", "--rates", "1"], ["bench", "paper"],
                                      ["bench", "compare", "--gpu", "a100-80gb:1"]])
-def test_an_out_that_is_a_file_is_refused_before_the_replay(tmp_path, command):
+def test_an_out_that_is_a_file_is_refused_before_the_replay(tmp_path, command, capfd, caplog):
     """The results directory is checked first: a replay's hours are not lost to a path it cannot write."""
     taken = tmp_path / "taken"
     taken.write_text("not a directory")
-    proc, _ = _cent(*command, "--model", "tiny", "--numerics", "off", "--num-requests", "3",
-                    "--out", str(taken / "results"))
+    proc = cent_in_process(*command, "--model", "tiny", "--numerics", "off", "--num-requests", "3",
+                           "--out", str(taken / "results"), capfd=capfd, caplog=caplog)
     _one_line_error(proc, "--out", "a file")
     assert "requests/s" not in proc.stdout and taken.read_text() == "not a directory"
 
@@ -441,21 +447,24 @@ def test_simulate_s_capacity_fix_names_the_flag_that_set_the_context(capsys, con
     assert "does not fit" in err and fix in err and "model.max_seq_len=N" not in err
 
 
-def test_info_says_a_full_numerics_mapping_that_splits_a_head_does_not_run():
+def test_info_says_a_full_numerics_mapping_that_splits_a_head_does_not_run(capfd, caplog):
     """`cent info` said "runs yes" for tp 3 on a 4-head checkpoint that `cent serve` then refused:
     full numerics split each block's heads over a stage's devices. Timing-only runs it."""
     ckpt = str(REPO / "tests" / "data" / "hf_tiny_llama")
-    proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3")
+    proc = cent_in_process("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3",
+                           capfd=capfd, caplog=caplog)
     # the reason on the runs line, not only after the config's 170 lines (first-hour audit)
     assert proc.returncode != 0 and "runs         no: parallel.tp=3 does not divide" in proc.stdout, proc.stdout
     _one_line_error(proc, "parallel.tp=3 does not divide model.num_heads=4", "--numerics off")
-    proc, _ = _cent("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3", "--numerics", "off")
+    proc = cent_in_process("info", "--model", ckpt, "--devices", "6", "--pp", "2", "--tp", "3", "--numerics", "off",
+                           capfd=capfd, caplog=caplog)
     assert proc.returncode == 0 and "runs         yes" in proc.stdout, proc.stderr
 
 
-def test_bench_paper_refuses_one_mapping():
+def test_bench_paper_refuses_one_mapping(capfd, caplog):
     """bench paper runs every mapping the paper evaluates: its --tp was dropped without a word."""
-    proc, _ = _cent("bench", "paper", "--model", "llama2-7b", "--devices", "8", "--tp", "8", "--numerics", "off")
+    proc = cent_in_process("bench", "paper", "--model", "llama2-7b", "--devices", "8", "--tp", "8", "--numerics", "off",
+                           capfd=capfd, caplog=caplog)
     _one_line_error(proc, "--tp 8 is one mapping", "cent bench paper", "cent bench run")
 
 
