@@ -430,7 +430,7 @@ def test_synthetic_lengths_are_fixed_uniform_or_a_trace_s_rows(tmp_path):
     trace's (prompt, output) rows drawn whole; every draw seeded, the arrivals the same whichever."""
     def run(name, *flags):
         assert main(["bench", "run", "--numerics", "off", "--no-plots", "--synthetic", "poisson", "--rate", "2",
-                     "--num-requests", "40", *flags, "--out", str(tmp_path / name)]) == 0
+                     "--num-requests", "20", *flags, "--out", str(tmp_path / name)]) == 0
         rows = list(csv.DictReader(open(tmp_path / name / "requests.csv")))
         return [(int(r["num_prompt_tokens"]), int(r["num_output_tokens"])) for r in rows], [r["arrival_s"] for r in rows]
 
