@@ -32,8 +32,8 @@ def _stop(proc, port) -> str:
     return out
 
 
-def _complete(url: str) -> None:
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+def _complete(url: str, api_key: str = "unused") -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0)
     r = client.completions.create(model=client.models.list().data[0].id, prompt="CENT", max_tokens=5,
                                   extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 5
@@ -42,12 +42,22 @@ def _complete(url: str) -> None:
 def test_serve_local_starts_answers_and_stops_on_sigterm():
     """Also on port 0 (what `cent serve --port 0` does), the port the OS chose, as its log line says
     (`_serve` reads it there), answers: this was test_serve_on_port_0_says_the_port_the_os_chose, a
-    second server start for the same check."""
-    proc, url, port = _serve(["--local"])  # --port 0: _serve reads the port from the log line
+    second server start for the same check. The same server takes its API key from the environment
+    and never prints it (this was test_serve_takes_the_key_from_the_environment_and_never_prints_it,
+    a third start); /health needs no key."""
+    key = "sk-from-env-5b1d2e8f9a"
+    proc, url, port = _serve(["--local"], CENT_API_KEY=key)  # --port 0: _serve reads the port from the log line
     assert port != 0 and httpx.get(url + "/health", timeout=10).status_code == 200
-    _complete(url)
+    assert httpx.get(url + "/v1/models").status_code == 401
+    assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}-not"}).status_code == 401
+    ok = httpx.post(url + "/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "tiny", "prompt": "CENT", "max_tokens": 2})
+    assert ok.status_code == 200
+    _complete(url, api_key=key)
     out = _stop(proc, port)
     assert "listening on" in out and "stopped" in out
+    assert "listening on http://127.0.0.1:" in out and "API key is required" in out
+    assert key not in out
 
 
 def test_sigterm_aborts_running_generations_at_once_and_the_server_exits():
@@ -172,19 +182,6 @@ def test_a_response_cancelled_at_the_end_of_the_grace_is_one_line(uvicorn_log):
     assert cancelled.getMessage() == ("a response still being written was cancelled at shutdown (its client stopped "
                                       "reading within the 10 s for open responses, or a second signal)")
     assert other.levelno == logging.ERROR and other.exc_info[0] is RuntimeError
-
-
-def test_serve_takes_the_key_from_the_environment_and_never_prints_it():
-    key = "sk-from-env-5b1d2e8f9a"
-    proc, url, port = _serve(["--local"], CENT_API_KEY=key)
-    assert httpx.get(url + "/v1/models").status_code == 401
-    assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}-not"}).status_code == 401
-    ok = httpx.post(url + "/v1/completions", headers={"Authorization": f"Bearer {key}"},
-                    json={"model": "tiny", "prompt": "CENT", "max_tokens": 2})
-    assert ok.status_code == 200
-    out = _stop(proc, port)
-    assert "listening on http://127.0.0.1:" in out and "API key is required" in out
-    assert key not in out
 
 
 @pytest.mark.ray
@@ -394,12 +391,14 @@ def test_a_second_server_that_listens_first_is_named_by_port():
 @pytest.mark.slow
 def test_sigterm_while_the_devices_start_ends_as_ctrl_c_does():
     """A SIGTERM while the device actors start (a pod deleted during start-up) met Ray's core's handler:
-    a C++ stack dump and an abort, its half-started workers left behind. It ends as Ctrl-C does."""
+    a C++ stack dump and an abort, its half-started workers left behind. It ends as Ctrl-C does. Two
+    device actors, not the default 8: the signal is sent as they begin to start, whatever their number."""
     import subprocess
 
     from tests.serving.utils import REPO
 
-    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", "--numerics", "off"],
+    proc = subprocess.Popen([sys.executable, "-m", "cent_serve.cli", "serve", "--port", "0", "--devices", "2",
+                             "--numerics", "off"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(300, proc.kill)
     watchdog.start()
