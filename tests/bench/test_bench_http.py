@@ -231,7 +231,7 @@ def test_http_replay_equals_in_process_when_the_queue_overflows():
     refuses the same requests over HTTP as in-process (the refusals move later requests' times)."""
     cfg = _cfg()
     cfg.scheduler.max_waiting = 6
-    reqs = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=60, request_rate=400.0,
+    reqs = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=30, request_rate=400.0,
                                                                      max_prompt_tokens=1024)))
     local = summarize(run_in_process(cfg, reqs, progress=False))
     with Server(cfg, "local") as s:
@@ -267,7 +267,7 @@ def test_the_last_replay_request_releases_the_hold(monkeypatch):
 
 def test_a_second_replay_on_the_same_server_counts_its_own_device_time():
     """A reused server's devices count busy time from its start; the replay's busy fractions are its own."""
-    heavy = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=30, max_output_tokens=64,
+    heavy = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=8, max_output_tokens=16,
                                                                       time_scale=0.01)))
     light = list(load_trace(sample_trace_path(), options=TraceOptions(num_requests=3, max_prompt_tokens=8,
                                                                       max_output_tokens=4, time_scale=5)))
