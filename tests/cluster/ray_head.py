@@ -29,12 +29,13 @@ START_ATTEMPTS = 2
 CLIENT_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 """What a process joining the head needs in its environment (the head runs without token auth)."""
 HEAD_ENV = {"RAY_health_check_period_ms": "1000"}
-"""The test clusters' head only (its GCS runs the nodes' health checks): Ray's system config
-`health_check_period_ms` (src/ray/common/ray_config_def.h; every field is read from `RAY_<name>`),
-3000 by default. A node whose raylet was killed fails its checks at once, so it is marked dead after
-`health_check_failure_threshold` (5) of them 1 s apart: 5 s, not 15 s, of every lost-node test's
-wait. A check still waits `health_check_timeout_ms` (10 s) for an answer, so a busy node has as long
-to answer as by default, and a node cut off for 10 s (tests/cluster/test_hosts.py) is not marked dead."""
+"""A test cluster's head only (its GCS runs the nodes' health checks; `RayHead(fast_health_check=True)`,
+netns.py's hosts): Ray's system config `health_check_period_ms` (src/ray/common/ray_config_def.h; every
+field is read from `RAY_<name>`), 3000 by default. A node whose raylet was killed fails its checks at
+once, so it is marked dead after `health_check_failure_threshold` (5) of them 1 s apart: 5 s, not 15 s,
+of a lost-node test's wait. A check still waits `health_check_timeout_ms` (10 s) for an answer, so a
+busy node has as long to answer as by default, and a node cut off for 10 s (tests/cluster/test_hosts.py)
+is not marked dead."""
 
 
 def free_port() -> int:
@@ -51,15 +52,20 @@ def _node_ports() -> list[str]:
 
 
 class RayHead:
-    def __init__(self, devices: int = 8) -> None:
+    def __init__(self, devices: int = 8, fast_health_check: bool = False) -> None:
+        """`fast_health_check`: the head's GCS checks nodes every second (HEAD_ENV), for a test that waits
+        for a worker node's death. Not for one that kills the raylet of the server's own node: there the
+        GCS marks that node dead (its placement group removed, a re-creation failing with it) before the
+        server's own watch (server.cluster_lost_s) has named the raylet."""
         self.marker = new_marker()
         self.dir = tempfile.mkdtemp(prefix="cent-rh-")  # short: Ray's socket paths must fit 107 bytes
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.workers: list[dict[str, str]] = []  # each worker node's marker
         try:
-            self._start(dict(self.marker, **HEAD_ENV), ["--head", f"--port={self.port}", "--include-dashboard=false",
-                                                         f"--dashboard-port={free_port()}"], devices)
+            env = dict(self.marker, **(HEAD_ENV if fast_health_check else {}))
+            self._start(env, ["--head", f"--port={self.port}", "--include-dashboard=false",
+                              f"--dashboard-port={free_port()}"], devices)
         except BaseException:
             self.close()
             raise

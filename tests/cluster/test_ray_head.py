@@ -231,7 +231,7 @@ def test_a_lost_worker_with_the_units_is_waited_for_never_replaced_on_a_head_wit
     from tests.serving.utils import stop_serve
 
     body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
-    with RayHead(devices=0) as head:
+    with RayHead(devices=0, fast_health_check=True) as head:
         head.add_worker(2)
         proc = _serve_on(head)
         try:
