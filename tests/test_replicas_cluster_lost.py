@@ -15,17 +15,7 @@ from cent_serve.config import CentConfig, ParallelConfig, model_preset
 from cent_serve.executor import ray_placement
 from cent_serve.executor.ray_executor import STARTUP_TIMEOUT_S, RayExecutor, await_started
 from cent_serve.replicas import Replicas
-
-HANG_GUARD_S = 60.0
-"""Hang guards only: every wait here ends as soon as the thread it waits for does."""
-
-
-class _Executor:
-    def __init__(self, shut: list) -> None:
-        self.shut = shut
-
-    def shutdown(self) -> None:
-        self.shut.append(self)
+from tests.test_replicas_stop import HANG_GUARD_S, _Executor
 
 
 class _DeadRay:

@@ -148,6 +148,14 @@ def test_the_engine_reader_gives_the_engines_totals_and_queues():
     assert read()[:2] == (9, 12) and read()[3:] == (0, 0, 0.0)
 
 
+def _broken(calls: dict, name: str):
+    """An observer that counts its calls in `calls[name]` and raises every time (a bug in the metrics)."""
+    def observe(*args):
+        calls[name] += 1
+        raise ZeroDivisionError(f"{name}'s bug")
+    return observe
+
+
 def test_an_observer_that_raises_is_logged_and_fails_no_request(caplog):
     """`on_round` (the metrics, the stats line) ran inside the round's fault handling: a bug in it was
     taken for the devices failing the round (the requests in it failed, `last_fault` set). Now it runs
@@ -161,15 +169,10 @@ def test_an_observer_that_raises_is_logged_and_fails_no_request(caplog):
 
     calls = {"on_round": 0, "on_idle": 0}
 
-    def broken(name):
-        def observe(*args):
-            calls[name] += 1
-            raise ZeroDivisionError(f"{name}'s bug")
-        return observe
 
     caplog.set_level(logging.INFO, logger="cent.serving")
     eng = tiny_engine(numerics="off")
-    loop = EngineLoop(eng, on_round=broken("on_round"), on_idle=broken("on_idle"))
+    loop = EngineLoop(eng, on_round=_broken(calls, "on_round"), on_idle=_broken(calls, "on_idle"))
     loop.start()
 
     async def serve() -> list:
@@ -229,15 +232,10 @@ def test_a_delivery_observer_that_raises_is_logged_and_ends_no_request(caplog):
 
     calls = {"on_tokens": 0, "on_finish": 0, "on_late": 0}
 
-    def broken(name):
-        def observe(*args):
-            calls[name] += 1
-            raise ZeroDivisionError(f"{name}'s bug")
-        return observe
 
     caplog.set_level(logging.INFO, logger="cent.serving")
     eng = tiny_engine(numerics="off")
-    loop = EngineLoop(eng, clock="paced", pace_factor=1e-6, **{name: broken(name) for name in calls})
+    loop = EngineLoop(eng, clock="paced", pace_factor=1e-6, **{name: _broken(calls, name) for name in calls})
     loop.start()
 
     async def serve() -> list:
