@@ -84,8 +84,9 @@ class Engine:
         self.last_fault: str | None = None
         """The latest fault the engine met (a replica's devices, a round), for the status; None if none."""
         self.cluster_fault: Callable[[], str | None] | None = None
-        """Asked when a replica's devices fail: the cluster's part in it, if any (a Ray head gone takes
-        the devices' links with it: `ClusterWatch.fault`, set by the engine loop that watches it)."""
+        """Asked when a replica's devices fail, and when no replica can serve (`unservable`): the
+        cluster's part in it, if any (a Ray head gone takes the devices' links with it:
+        `ClusterWatch.fault`, set by the engine loop that watches it)."""
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         self.sampler = HostSampler(cfg, self.tokenizer)
         """Turns each sequence's logits (timing-only: nothing) into its next token."""
@@ -187,11 +188,17 @@ class Engine:
     def unservable(self) -> str | None:
         """Why no request can be served soon, as the 503's message: no replica is up and every one's
         re-creation has failed at least once (`Replicas.none_can_serve`, its errors as /health gives
-        them); None otherwise, also while a first re-creation is in flight. Engine thread."""
+        them); None otherwise, also while a first re-creation is in flight. Engine thread.
+        The cluster's fault first when it has one (`cluster_fault`: its head or this node's raylet
+        silent), as a failed round names it: the re-creations' errors are its symptom (Ray's GCS may
+        mark a node whose raylet died dead, its placement group removed, before the server gives the
+        raylet up)."""
         why = self.replicas.none_can_serve()
         if why is None:
             return None
-        return (f"no replica of the emulated devices can serve: {why}; the re-creation is retried every "
+        cluster = self.cluster_fault() if self.cluster_fault is not None else None
+        cause = f"{cluster}; " if cluster else ""
+        return (f"{cause}no replica of the emulated devices can serve: {why}; the re-creation is retried every "
                 f"{self.replicas.retry_s:g} s: retry later")
 
     def check_serving(self) -> None:

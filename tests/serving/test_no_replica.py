@@ -257,3 +257,40 @@ def test_none_can_serve_only_once_every_down_replica_s_re_creation_has_failed():
     assert sum(ex is not None for ex in reps.executors) == 1 and reps.none_can_serve() is None
     plan.put(RuntimeError(LOST))  # the other retry ends
     reps.shutdown()
+
+
+def test_a_silent_cluster_is_named_before_the_re_creation_errors_it_causes():
+    """While the cluster has a fault (`Engine.cluster_fault`: this node's raylet silent), the 503's
+    message (a new request refused, the waiting failed) names it first, as a failed round does: Ray's
+    GCS may mark the dead raylet's node dead, its placement group removed, before the server gives the
+    raylet up, and the re-creation's "placement group removed" is only its symptom. Without one, the
+    message is as before."""
+    from cent_serve.replicas import NoReplica
+    from cent_serve.request import RequestParams
+
+    raylet = "this node's raylet (at 127.0.0.1:1) does not answer"
+    removed = "TaskPlacementGroupRemoved: the placement group of this task has been removed"
+    cfg, (device,), rebuild, eng = breakable_replicas(1)
+    try:
+        device.broken = True
+        eng.add_request([1, 5, 6], RequestParams(max_tokens=4, ignore_eos=True))
+        eng.step()  # its round fails: the replica goes down, its re-creation starts
+        rebuild.plan.put(RuntimeError(removed))
+        wait_for(lambda: eng.replicas.none_can_serve(), "the re-creation failed")
+        no_replica = (f"no replica of the emulated devices can serve: replica 0: could not be re-created: "
+                      f"RuntimeError: {removed}; the re-creation is retried every 3600 s: retry later")
+        with pytest.raises(NoReplica) as refused:
+            eng.check_serving()
+        assert str(refused.value) == no_replica
+        eng.cluster_fault = lambda: raylet
+        with pytest.raises(NoReplica) as refused:
+            eng.check_serving()
+        assert str(refused.value) == f"{raylet}; {no_replica}"
+        waiting = eng.add_request([1, 5, 6], RequestParams(max_tokens=4, ignore_eos=True))
+        assert eng.fail_waiting() == [waiting] and waiting.error == f"{raylet}; {no_replica}"
+        eng.cluster_fault = lambda: None  # the cluster answers: the re-creation's error alone
+        with pytest.raises(NoReplica) as refused:
+            eng.check_serving()
+        assert str(refused.value) == no_replica
+    finally:
+        eng.replicas.shutdown()
