@@ -253,7 +253,8 @@ def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
         for i in (2, 3):
             assert h.kill_host(i) > 0
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 20.0:  # longer than a re-creation attempt: the engine must say it waits
+        while time.monotonic() - t0 < 20.0:  # the re-creation waits for room (up to server.placement_timeout_s, 30 s):
+            # /health must say all along that the system is short, and why
             seen.append(served.health())
             time.sleep(1.0)
         for i in (2, 3):
