@@ -485,15 +485,14 @@ class Engine:
 
     def stats_now(self, scrape: bool = False) -> tuple[list[dict], list[dict], dict[str, float] | None]:
         """(device stats, fabric stats, the devices' joules by term added) of the replicas that are up,
-        read in one pass over them, so the three describe the same moment; the fabrics' byte totals count
-        from the server's start, a re-created replica's old devices included (`Replicas.fabric_totals`).
-        The terms are None when the hardware has no split (GPUs: `Executor.energy_terms_j`). A replica
+        read in one pass over them, so the three describe the same moment; the fabrics' byte totals and
+        the terms count from the server's start, a re-created replica's old devices included, and the
+        terms a down replica's too (`Replicas.fabric_totals`, `Replicas.energy_terms_j`). The terms are
+        None when the hardware has no split (GPUs: `Executor.energy_terms_j`). A replica
         that cannot answer (an actor died, or silent for `server.round_timeout_s`) is recovered here, not
         reported as an error. `scrape` (the API's reads): slow Ray devices give their last figures
         (`RayExecutor.stats_and_terms`)."""
-        from cent_serve.executor.base import sum_terms
-
-        devices, fabrics, terms, failed = [], [], [], {}
+        devices, fabrics, terms, failed = [], [], {}, {}
         for r, ex in enumerate(self.executors):
             if ex is None:
                 continue
@@ -501,15 +500,16 @@ class Engine:
                 both = getattr(ex, "stats_and_terms", None)  # Ray: one call for both
                 split = getattr(ex, "energy_terms_j", None)  # (an executor of one's own may have none)
                 st, split_j = both(scrape) if both is not None else (ex.stats(), split and split())
-                terms.append(split_j)
+                terms[r] = split_j
             except Exception as exc:  # noqa: BLE001 - a device fault, found by a status call
                 failed[r] = exc
                 continue
             devices += [dict(d, replica=r) for d in st["devices"]]
             fabrics.append(dict(self.replicas.fabric_totals(r, st["fabric"]), replica=r))
+        terms_j = self.replicas.energy_terms_j(terms)  # (a replica failed here keeps its last terms read)
         if failed:
             self._recover(failed)
-        return devices, fabrics, None if not terms or None in terms else sum_terms(terms)
+        return devices, fabrics, terms_j
 
     def device_stats(self) -> list[dict]:
         return self.stats_now()[0]

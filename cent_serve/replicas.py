@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from cent_serve.executor.base import StartCancelled, cancellable_start
+from cent_serve.executor.base import StartCancelled, cancellable_start, sum_terms
 
 log = logging.getLogger("cent.replicas")
 RETRY_S = 10.0
@@ -48,6 +48,37 @@ CARRIED_FABRIC = ("wire_bytes", "framed_bytes")
 """A replica's fabric totals counted from the server's start (`Replicas.fabric_totals`): a re-created
 replica's go on from its old devices' last figures, so `cent:fabric_bytes_total` never goes back (a
 Prometheus counter that drops reads as a reset, and rate() across it is wrong)."""
+
+
+def _added(a: dict, b: dict) -> dict:
+    """`a` with `b`'s figures added to it, key by key (a's keys first, then b's new ones)."""
+    return dict(a, **{k: a.get(k, 0) + v for k, v in b.items()})
+
+
+class Carried:
+    """Totals of each replica counted from the server's start, across its executor's re-creations: the
+    last figures read from the executors it had before (`fail` adds them in) plus those last read from
+    the one it has (`read`). What a failed executor counted after its last reading is lost with it (its
+    devices may not answer), and one that fails before any reading adds nothing. Engine thread."""
+
+    def __init__(self, num_replicas: int) -> None:
+        self._before = [{} for _ in range(num_replicas)]
+        self._seen = [{} for _ in range(num_replicas)]
+
+    def read(self, replica: int, figures: dict) -> dict:
+        """`figures` (replica `replica`'s executor's own totals, just read) counted from the server's start."""
+        self._seen[replica] = dict(figures)
+        return self.total(replica)
+
+    def total(self, replica: int) -> dict:
+        """Replica `replica`'s totals at the last reading, its executors before included (while it is down,
+        those of the executors it had)."""
+        return _added(self._before[replica], self._seen[replica])
+
+    def fail(self, replica: int) -> None:
+        """Replica `replica`'s executor failed: its last figures read go into those carried."""
+        self._before[replica], self._seen[replica] = self.total(replica), {}
+
 
 NO_REPLICA = "no_replica"
 """The error body's `cent.code` of a request no replica can serve soon (the API's 503, a stream's error event; a
@@ -125,10 +156,8 @@ class Replicas:
         self._stopping = False
         self._cluster_lost = False  # set before `_stopping` (`give_up_cluster`): a stopped re-creation reads both
         self.num_recoveries = 0
-        # replica -> the CARRIED_FABRIC totals of its executors before the one it has, and the last figures
-        # read from that one (`fabric_totals`), added to the former when it fails
-        self._fabric_base = [dict.fromkeys(CARRIED_FABRIC, 0) for _ in range(num_replicas)]
-        self._fabric_seen = [dict.fromkeys(CARRIED_FABRIC, 0) for _ in range(num_replicas)]
+        self._fabric = Carried(num_replicas)  # the CARRIED_FABRIC totals (`fabric_totals`)
+        self._energy_terms = Carried(num_replicas)  # the devices' joules by term (`energy_terms_j`)
 
     def __len__(self) -> int:
         return len(self.executors)
@@ -170,9 +199,8 @@ class Replicas:
         re-creating thread, not the engine's (Ray's kill blocks while its cluster's head is gone, and
         the requests that failed wait for the engine thread to be answered)."""
         old, self.executors[replica] = self.executors[replica], None
-        base, seen = self._fabric_base[replica], self._fabric_seen[replica]
-        self._fabric_base[replica] = {k: base[k] + seen[k] for k in CARRIED_FABRIC}
-        self._fabric_seen[replica] = dict.fromkeys(CARRIED_FABRIC, 0)
+        self._fabric.fail(replica)
+        self._energy_terms.fail(replica)
         if not self._start(replica, old):  # no new thread took it (stopping, or one re-creating already)
             _shut_down(old, replica, self._cluster_lost)
 
@@ -180,11 +208,22 @@ class Replicas:
         """`fabric` (replica `replica`'s executor's `stats()["fabric"]`, just read) with its
         CARRIED_FABRIC totals counted from the server's start: the executor's own plus, for a
         re-created replica, the last figures read from the executors before it (the bytes a failed
-        one moved after its last reading are not counted: its devices may not answer). Its `ports`
-        stay the executor's own. Engine thread (`Engine.stats_now`)."""
-        self._fabric_seen[replica] = seen = {k: fabric.get(k, 0) for k in CARRIED_FABRIC}
-        base = self._fabric_base[replica]
-        return dict(fabric, **{k: base[k] + seen[k] for k in CARRIED_FABRIC if k in fabric})
+        one moved after its last reading are not counted: `Carried`). Its `ports` stay the
+        executor's own. Engine thread (`Engine.stats_now`)."""
+        return dict(fabric, **self._fabric.read(replica, {k: fabric[k] for k in CARRIED_FABRIC if k in fabric}))
+
+    def energy_terms_j(self, read: dict[int, dict | None]) -> dict[str, float] | None:
+        """Every replica's devices' joules by term counted from the server's start, added replica by
+        replica: `read` maps the replicas that answered to their executor's own terms, just read; a down
+        replica counts its old devices' last terms read, a re-created one goes on from them (those
+        charged after that reading are not counted: `Carried`), so the sum never goes back. None when
+        a replica has no split (GPUs: `Executor.energy_terms_j` None), or none has answered yet. Engine
+        thread (`Engine.stats_now`)."""
+        if None in read.values():
+            return None
+        for r, terms in read.items():
+            self._energy_terms.read(r, terms)
+        return sum_terms(self._energy_terms.total(r) for r in range(len(self))) or None
 
     def _start(self, replica: int, old=None) -> bool:
         """Start re-creating `replica` on a thread, which first shuts `old` down; False (nothing

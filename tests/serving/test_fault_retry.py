@@ -780,3 +780,61 @@ def test_a_replica_that_fails_twice_between_readings_carries_its_bytes_once():
     totals = read()
     assert (totals["wire_bytes"], totals["framed_bytes"], totals["ports"]) == (110, 55, [{"bytes_out": 10}])
     replicas.shutdown()
+
+
+def test_the_energy_terms_go_on_from_the_old_devices_while_down_and_after_a_re_creation():
+    """The status's `energy_by_term_j` counts the devices' joules from the server's start, and `cent bench
+    run --url` takes a replay's split as its end's less its start's: a failed replica's joules left the
+    sum while it was re-created (here, with no other replica up, the sum was null) and the new devices'
+    counted from 0, so the figure went back (a replay with a fault got smaller, even negative, terms). Now
+    the old devices' last terms read are carried, as the fabric's bytes are."""
+    eng, dying, rebuild = _engine()
+
+    def terms() -> dict:
+        return eng.stats_now(scrape=True)[2]
+
+    _until_done(eng, eng.add_request([1, 5, 6], PARAMS))
+    before = terms()
+    assert sum(before.values()) > 0
+    dying.broken = True
+    req = eng.add_request([1, 5, 6], PARAMS)
+    assert eng.step() == [] and not eng.replicas.is_up(0)  # its round died with the devices
+    assert terms() == before
+    rebuild.plan.put(OK)
+    _until_done(eng, req)  # on the re-created devices
+    own = rebuild.made[0].energy_terms_j()
+    assert sum(own.values()) > 0 and terms() == {t: before[t] + own[t] for t in before}
+
+
+def test_a_down_replica_s_joules_stay_in_the_sum_and_a_twice_failed_one_carries_them_once():
+    """`Replicas.energy_terms_j` adds every replica's joules by term from the server's start: one that is
+    down counts its devices' last terms read, a re-created one goes on from them, and one re-created
+    executor that fails before any reading adds nothing (not its predecessor's terms a second time)."""
+    from cent_serve.replicas import Replicas
+
+    made = [_Switch(0), _Switch(0)]
+    replicas = Replicas(lambda: _Switch(0), 2, remake=made.pop)
+
+    def recreate() -> None:
+        replicas.fail(1, RuntimeError("the device actor died"))
+        wait_for(lambda: replicas.poll(), "the re-created replica")
+
+    assert replicas.energy_terms_j({0: {"pim": 1.0, "dq": 2.0}, 1: {"pim": 8.0, "dq": 16.0}}) == {"pim": 9.0, "dq": 18.0}
+    replicas.fail(1, RuntimeError("the device actor died"))
+    assert replicas.energy_terms_j({0: {"pim": 2.0, "dq": 4.0}}) == {"pim": 10.0, "dq": 20.0}  # 1 is down
+    wait_for(lambda: replicas.poll(), "the re-created replica")
+    recreate()  # the re-created executor fails before the next reading
+    assert replicas.energy_terms_j({0: {"pim": 2.0, "dq": 4.0}, 1: {"pim": 0.5, "dq": 0.25}}) == {"pim": 10.5,
+                                                                                                  "dq": 20.25}
+    replicas.shutdown()
+
+
+def test_the_energy_terms_stay_null_without_a_split():
+    """GPUs' devices have no split (`Executor.energy_terms_j` None): the sum is None, as it is before any
+    replica has answered (every one down since the start)."""
+    from cent_serve.replicas import Replicas
+
+    replicas = Replicas(lambda: _Switch(0), 2)
+    assert replicas.energy_terms_j({}) is None
+    assert replicas.energy_terms_j({0: None, 1: None}) is None
+    replicas.shutdown()

@@ -272,6 +272,9 @@ class Breakable:
     def stats(self) -> dict:
         return self.inner.stats()
 
+    def energy_terms_j(self) -> dict[str, float]:
+        return self.inner.energy_terms_j()
+
     def shutdown(self) -> None:
         self.inner.shutdown()
 
