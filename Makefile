@@ -23,7 +23,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cent serve $(ARGS)
 
-# test: pytest-xdist workers, one a CPU (2 to 4: tests/conftest.py), a file's tests on one worker (its
+# test: pytest-xdist workers, one a CPU and one more (2 to 4: tests/conftest.py), a file's tests on one worker (its
 # module's server or cluster starts once), files in the order tests/conftest.py gives (longest first)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
