@@ -23,9 +23,9 @@ class GpuKindConfig:
     """A GPU kind of one's own, which `--hardware gpu:NAME:N` (`cent bench compare --gpu NAME:N`) runs
     beside the shipped kinds: the datasheet figures the model reads, every one required once `name` is
     set. What no figure sets is borrowed from the A100 SXM4 (docs/gpu_model.md section 6): the two
-    efficiency constants and the host's times (`gpu.layer_overhead_s`, `gpu.allreduce_latency_s`), which
-    were set from the CENT artifact's A100 runs; every run of the kind says so. Its cost is
-    `gpu.tco_per_gpu`'s."""
+    efficiency constants unless `mem_efficiency` / `compute_efficiency` give them, and the host's times
+    (`gpu.layer_overhead_s`, `gpu.allreduce_latency_s`), which were set from the CENT artifact's A100 runs;
+    every run of the kind says what it borrows. Its cost is `gpu.tco_per_gpu`'s."""
 
     name: str = ""
     """The kind's name, as `--hardware gpu:NAME:N` gives it (letters, digits, `.`, `_`, `-`; not a
@@ -47,9 +47,19 @@ class GpuKindConfig:
     serving_power_w: float = 0.0
     """The board's draw while serving, W, if measured (at most board_power_w); 0 = the A100 SXM4's measured
     share of its TDP, 293 / 400 of board_power_w."""
+    mem_efficiency: float = 0.0
+    """The share of hbm_bytes_per_s the kernels reach, in (0, 1] (0.8 for 80%), measured on this GPU or
+    assumed (a run's figures then rest on the assumption); 0 = the A100 SXM4's, 0.955."""
+    compute_efficiency: float = 0.0
+    """The share of peak_flops the kernels reach, in (0, 1], measured on this GPU or assumed; 0 = the
+    A100 SXM4's, 0.526."""
+
+    _fixes = {k: f"use a share in (0, 1] of the {peak} the kernels reach (0.8 for 80%), or 0 for the A100 SXM4's"
+              for k, peak in (("mem_efficiency", "HBM bandwidth"), ("compute_efficiency", "bf16 peak"))}
+    """Fixes worded for their field (`_number_fix`)."""
 
     def __post_init__(self) -> None:
-        from cent_serve.gpu.kinds import GPU_KINDS
+        from cent_serve.gpu.kinds import EFFICIENCIES, GPU_KINDS
         _check_numbers(self, "gpu.custom")
         figures = [f.name for f in fields(self) if f.name != "name"]
         if not self.name:
@@ -69,6 +79,8 @@ class GpuKindConfig:
                 _check(value <= self.board_power_w, f"gpu.custom.{key}", value,
                        f"use at most gpu.custom.board_power_w={self.board_power_w:g} (the board's TDP), or 0 for "
                        "the A100 SXM4's share of it")
+            elif key in EFFICIENCIES:  # optional: 0 borrows the A100 SXM4's
+                _check(value <= 1, f"gpu.custom.{key}", value, self._fixes[key])
             elif key == "link":
                 _check(bool(value.strip()), f"gpu.custom.{key}", value,
                        f"name the link tensor-parallel all-reduces cross for {self.name} (e.g. NVLink 4, PCIe 5.0 x16)")
@@ -82,7 +94,14 @@ class GpuKindConfig:
         """The `GpuKind` these figures make (`cent_serve.gpu.kinds.custom_kind`)."""
         from cent_serve.gpu.kinds import custom_kind
         return custom_kind(self.name, self.hbm_bytes_per_s, self.peak_flops, self.memory_bytes,
-                           self.link_bytes_per_s, self.link, self.board_power_w, self.serving_power_w)
+                           self.link_bytes_per_s, self.link, self.board_power_w, self.serving_power_w,
+                           self.mem_efficiency, self.compute_efficiency)
+
+    @property
+    def borrowed_efficiencies(self) -> tuple[str, ...]:
+        """The efficiency constants (`gpu.kinds.EFFICIENCIES`' keys) not given here: the kind borrows the A100 SXM4's."""
+        from cent_serve.gpu.kinds import EFFICIENCIES
+        return tuple(k for k in EFFICIENCIES if not getattr(self, k))
 
 
 @dataclass
@@ -180,7 +199,9 @@ class GpuConfig:
         """The line on what the kind borrows from the A100 SXM4 (`cent_serve.gpu.kinds.borrowed_note`), None
         for the A100 SXM4 itself."""
         from cent_serve.gpu.kinds import borrowed_note
-        return borrowed_note(self.spec, self.is_custom, self.is_custom and not self.custom.serving_power_w)
+        if not self.is_custom:
+            return borrowed_note(self.spec, False)
+        return borrowed_note(self.spec, True, not self.custom.serving_power_w, self.custom.borrowed_efficiencies)
 
     @property
     def num_seqs(self) -> int:

@@ -20,7 +20,8 @@ are over the PCIe card's 300 W, up to 387 W); the H100 takes the A100 SXM's shar
 0.73 per 32 CENT devices; docs/hardware_model.md section 9); None where the convention has no
 figure (tokens per dollar are then not reported).
 
-A kind of one's own (`gpu.custom`, `custom_kind`) gives the datasheet figures and borrows the rest.
+A kind of one's own (`gpu.custom`, `custom_kind`) gives the datasheet figures, and the efficiency
+constants if it has them (measured or assumed), and borrows the rest.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class GpuKind:
     power_fraction: float
     tco_per_gpu: float | None
     calibrated: bool
-    """Whether the efficiency constants were set from this kind's own measurements."""
+    """Whether the efficiency constants were set from this kind's own measurements (the A100 SXM4 alone; a kind
+    of one's own's given in gpu.custom may be measured or assumed, which the model cannot tell: False)."""
     max_num_seqs: int
     """vLLM's default for its OpenAI server on this kind (`gpu.max_num_seqs` 0 takes it)."""
     max_num_batched_tokens: int
@@ -92,30 +94,51 @@ def gpu_kind(name: str) -> GpuKind:
 
 
 def custom_kind(name: str, hbm_bytes_per_s: float, peak_flops: float, memory_bytes: float, link_bytes_per_s: float,
-                link: str, board_power_w: float, serving_power_w: float = 0.0) -> GpuKind:
+                link: str, board_power_w: float, serving_power_w: float = 0.0, mem_efficiency: float = 0.0,
+                compute_efficiency: float = 0.0) -> GpuKind:
     """A kind of one's own (`gpu.custom`, checked there): the figures given, and what no figure of it sets,
-    borrowed: the A100 SXM4's efficiency constants (`calibrated` False), its share of the TDP when no
-    serving power is given (`A100_POWER_SHARE`), no TCO figure, and vLLM's batching defaults by vLLM's own
-    rule on the memory and the name (`VLLM_LARGE_MEMORY_BYTES`)."""
+    borrowed: the A100 SXM4's efficiency constants where `mem_efficiency` / `compute_efficiency` are 0
+    (`calibrated` False either way), its share of the TDP when no serving power is given
+    (`A100_POWER_SHARE`), no TCO figure, and vLLM's batching defaults by vLLM's own rule on the memory and
+    the name (`VLLM_LARGE_MEMORY_BYTES`)."""
     share = serving_power_w / board_power_w if serving_power_w else A100_POWER_SHARE
     large = memory_bytes >= VLLM_LARGE_MEMORY_BYTES and "a100" not in name.lower()
     return GpuKind(name, hbm_bytes_per_s, peak_flops, memory_bytes, link_bytes_per_s, link, board_power_w,
-                   A100_MEM_EFFICIENCY, A100_COMPUTE_EFFICIENCY, share, None, False,
-                   *(VLLM_LARGE_BATCH if large else VLLM_A100_BATCH))
+                   mem_efficiency or A100_MEM_EFFICIENCY, compute_efficiency or A100_COMPUTE_EFFICIENCY, share, None,
+                   False, *(VLLM_LARGE_BATCH if large else VLLM_A100_BATCH))
 
 
-def borrowed_note(kind: GpuKind, custom: bool, power_borrowed: bool = False) -> str | None:
+EFFICIENCIES = {"mem_efficiency": "memory efficiency", "compute_efficiency": "compute efficiency"}
+"""The efficiency constants, which a kind of one's own may give (gpu.custom; 0 borrows the A100 SXM4's), and
+their names in `borrowed_note`'s line."""
+
+
+def borrowed_note(kind: GpuKind, custom: bool, power_borrowed: bool = False,
+                  efficiencies: tuple[str, ...] = tuple(EFFICIENCIES)) -> str | None:
     """One line on what `kind` borrows from the A100 SXM4 (None for the A100 SXM4 itself): the warning
     every command running it logs (`cli_common.warn_gpu_run`) and, for a kind of one's own (`custom`),
     a note of the results it makes (`bench.report.kind_notes`); `power_borrowed`: its serving power is
-    the A100 SXM4's share of its TDP (no gpu.custom.serving_power_w), which its energy figures rest on."""
+    the A100 SXM4's share of its TDP (no gpu.custom.serving_power_w), which its energy figures rest on;
+    `efficiencies`: the efficiency constants (`EFFICIENCIES`' keys) it borrows (a shipped kind: both;
+    a kind of one's own: those gpu.custom does not give). A kind of one's own always borrows the host's
+    times, so it always has a line."""
     if kind.calibrated:
         return None
-    head = f"{kind.name}'s efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements)"
+    source = "(set from the CENT artifact's A100 SXM4 measurements)"
+    host = "gpu.layer_overhead_s and gpu.allreduce_latency_s"
+    if len(efficiencies) == 2:
+        head = f"{kind.name}'s efficiency constants are a100-80gb's {source}"
+    elif efficiencies:
+        key, = efficiencies
+        head = f"{kind.name}'s {EFFICIENCIES[key]}, {getattr(kind, key):g}, is a100-80gb's {source}"
+    else:
+        head = f"{kind.name}'s host times, {host}, are a100-80gb's {source}"
     if not custom:
         return f"{head}: none of this kind to set them from (docs/gpu_model.md)"
+    own = [words for key, words in EFFICIENCIES.items() if key not in efficiencies]
+    given = "" if not own else " and efficiency constants" if len(own) == 2 else f" and {own[0]}"
     power = (f"; its serving power too is the A100 SXM4's share of its TDP, 293 / 400 of {kind.board_power_w:g} W "
              "(gpu.custom.serving_power_w gives a measured draw)") if power_borrowed else ""
-    return (f"{head}, and so are the host's gpu.layer_overhead_s and gpu.allreduce_latency_s: {kind.name} is a kind "
-            "of one's own (gpu.custom), its datasheet figures as given, not validated against any measurement "
-            f"(docs/gpu_model.md section 6){power}")
+    also = f", and so are the host's {host}" if efficiencies else ""
+    return (f"{head}{also}: {kind.name} is a kind of one's own (gpu.custom), its datasheet figures{given} as "
+            f"given, not validated against any measurement (docs/gpu_model.md section 6){power}")

@@ -203,8 +203,14 @@ def _print_info(cfg, out: dict) -> None:
     if cfg.on_gpus:  # the modelled GPUs, not the CENT mapping the parallel section would make
         from cent_serve.gpu.timing import GpuTimer
         k = cfg.gpu.spec  # its figures, as the device line gives a CENT device's
-        borrowed = ("; a kind of one's own (gpu.custom): these and the host's times are a100-80gb's, not validated"
-                    if cfg.gpu.is_custom else "" if k.calibrated else "; a100-80gb's")
+        borrowed = "" if k.calibrated else "; a100-80gb's"
+        if cfg.gpu.is_custom:  # the constants gpu.custom gives are its own; the others and the host's times borrowed
+            lent = [{"mem_efficiency": "the HBM's", "compute_efficiency": "the peak's"}[key]
+                    for key in cfg.gpu.custom.borrowed_efficiencies]
+            these = "these" if len(lent) == 2 else "".join(lent)
+            borrowed = "; a kind of one's own (gpu.custom): " + (
+                f"{these} and the host's times are a100-80gb's" if these else
+                "these as given, the host's times a100-80gb's") + ", not validated"
         share = (" (293 / 400 of the TDP, the A100 SXM4's share)"
                  if cfg.gpu.is_custom and not cfg.gpu.custom.serving_power_w else "")
         print(f"gpu          {k.describe()}; {k.board_power_w * k.power_fraction:.0f} W serving{share}; efficiency "
