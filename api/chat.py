@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -239,6 +240,9 @@ def tool_definitions(tools) -> list[dict] | None:
 UNSET_KWARG_VALUES = (None, "auto")
 """`chat_template_kwargs` values vLLM's `merge_kwargs` (vllm/renderers/params.py) takes as unset: the template
 is not given them."""
+REQUEST_FIELD_KWARGS = ("add_generation_prompt", "continue_final_message")
+"""`chat_template_kwargs` the request's own fields of those names replace (vLLM's `build_chat_params` merges
+the kwargs under them, and both fields always have a value): the kwargs' are dropped."""
 
 
 def _template_objects(value: Any, name: str) -> Any:
@@ -251,20 +255,54 @@ def _template_objects(value: Any, name: str) -> Any:
     return value
 
 
-def template_inputs(kwargs: dict | None, tools: list[dict] | None,
-                    documents: list[dict] | None) -> tuple[dict | None, list[dict] | None, Any]:
+@dataclass(frozen=True)
+class TemplateInputs:
+    """What a chat's template is rendered with and how its text is encoded (`template_inputs`)."""
+
+    variables: dict | None
+    """The template's variables beyond the messages, tools and documents; None for none."""
+    tools: list[dict] | None
+    documents: Any
+    add_special_tokens: bool
+    """Add the tokenizer's special tokens to the rendered text (the request's `add_special_tokens`)."""
+
+
+def template_inputs(kwargs: dict | None, tools: list[dict] | None, documents: list[dict] | None,
+                    add_special_tokens: bool = False) -> TemplateInputs:
     """The chat template's variables, tools and documents from a request's `chat_template_kwargs` (with what
     the request adds to them: `ChatCompletionRequest.template_variables`), its own `tools` (checked and shaped:
     `tool_definitions`) and `documents`, merged as vLLM merges them: `ChatCompletionRequest.build_chat_params`
-    (vllm/entrypoints/openai/chat_completion/protocol.py) lets the request's `documents` replace the kwargs'
-    when set, and vllm/renderers/online_renderer.py `preprocess_chat` (`ChatParams.with_defaults`) lets the
-    kwargs' `tools` replace the request's; a kwarg set to null or "auto" is dropped (`UNSET_KWARG_VALUES`). The
-    kwargs' tools go to the template as sent (vLLM does not shape them), a list of objects
-    (`_template_objects`), and so do their documents."""
-    kwargs = {k: v for k, v in (kwargs or {}).items() if v not in UNSET_KWARG_VALUES}
+    (vllm/entrypoints/openai/chat_completion/protocol.py) lets the request's `documents`,
+    `add_generation_prompt` and `continue_final_message` replace the kwargs' (the last two always:
+    `REQUEST_FIELD_KWARGS`), and vllm/renderers/online_renderer.py `preprocess_chat` (`ChatParams.with_defaults`)
+    lets the kwargs' `tools` replace the request's; a kwarg set to null or "auto" is dropped
+    (`UNSET_KWARG_VALUES`). The kwargs' tools go to the template as sent (vLLM does not shape them), a list of
+    objects (`_template_objects`), and so do their documents. Their `bos_token` and `eos_token` stay variables,
+    which transformers' apply_chat_template puts over the tokenizer's (`render_chat`). Their `tokenize` is not
+    a variable: vllm/renderers/hf.py `safe_apply_chat_template` passes it to apply_chat_template, which when it
+    is true encodes the text with no special tokens added, so `add_special_tokens` is then false.
+
+    Raises ApiError 400 where vLLM fails the request: a `chat_template` not null (even "auto": vLLM refuses a
+    request's template unless started with --trust-request-chat-template, vllm/renderers/online_renderer.py
+    `validate_chat_template`; this server takes none), and `messages` (apply_chat_template gives the template
+    the request's messages and the kwargs to one call, which raises on the two)."""
+    kwargs = dict(kwargs or {})
+    if kwargs.get("chat_template") is not None:
+        raise ApiError("chat_template_kwargs.chat_template sets a chat template, which vLLM refuses unless started "
+                       "with --trust-request-chat-template (this server takes none): drop it to use the model's "
+                       "template", "chat_template_kwargs.chat_template")
+    kwargs = {k: v for k, v in kwargs.items() if v not in UNSET_KWARG_VALUES}
+    if "messages" in kwargs:
+        raise ApiError("chat_template_kwargs.messages is refused, as vLLM fails it (the template is given the "
+                       "request's messages, and transformers refuses a second): send them in the request's messages "
+                       "and drop chat_template_kwargs.messages", "chat_template_kwargs.messages")
+    for name in REQUEST_FIELD_KWARGS:
+        kwargs.pop(name, None)
+    if kwargs.pop("tokenize", False):
+        add_special_tokens = False
     if "tools" in kwargs:
         tools = list(_template_objects(kwargs.pop("tools"), "tools"))
     given = kwargs.pop("documents", None)
     if documents is None and given is not None:
         documents = _template_objects(given, "documents")
-    return kwargs or None, tools, documents
+    return TemplateInputs(kwargs or None, tools, documents, add_special_tokens)

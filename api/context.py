@@ -24,7 +24,6 @@ from api.metrics import Metrics
 from cent_serve.config import CentConfig
 from cent_serve.config.hf_config import hub_repo_id
 from cent_serve.engine import Engine
-from cent_serve.model.chat_template import TEMPLATE_VARIABLES
 from cent_serve.model.sampling import checkpoint_sampling_defaults
 from cent_serve.model.tokenizer import Tokenizer, cut_ids, encode_chat, encode_truncated
 from cent_serve.request import RequestRefused
@@ -154,16 +153,11 @@ class ApiContext:
         """A chat's token ids: the model's chat template rendered (given `tools` and `documents`; the template
         writes the BOS; `add_special_tokens`, vLLM's, adds those the tokenizer adds to any text), at most `keep` of
         them from `side` (`encode_truncated`; None: all), with `template_kwargs` (vLLM's
-        `chat_template_kwargs`) as more template variables, merged with `tools` and `documents` as vLLM merges
-        them (`template_inputs`), then encoded (tokenizer.py). A template
+        `chat_template_kwargs`) as more template variables, merged with the request's fields as vLLM merges
+        them (`template_inputs`, which refuses the kwargs vLLM fails), then encoded (tokenizer.py). A template
         that refuses the messages is a 400 naming `param`; `continue_final_message` with
-        `add_generation_prompt` a 400 naming the first; a kwarg the server sets itself one naming them."""
-        template_kwargs, tools, documents = template_inputs(template_kwargs, tools, documents)
-        taken = sorted(set(template_kwargs or ()) & {*TEMPLATE_VARIABLES, "chat_template"})  # vLLM refuses the last
-        if taken:
-            raise ApiError(f"chat_template_kwargs sets {', '.join(taken)}, which the server sets itself: use the "
-                           "request's own fields (messages, add_generation_prompt) and drop them here",
-                           "chat_template_kwargs")
+        `add_generation_prompt` a 400 naming the first."""
+        given = template_inputs(template_kwargs, tools, documents, add_special_tokens)
         if not messages:
             raise ApiError(f"{param} is empty: give at least one message", param)
         if continue_final_message and add_generation_prompt:
@@ -172,7 +166,7 @@ class ApiContext:
         self.check_chars(sum(len(m["content"]) for m in messages), param)
         try:
             return encode_chat(self.tokenizer, messages, add_generation_prompt, continue_final_message,
-                               template_kwargs, add_special_tokens, keep, side, tools, documents)
+                               given.variables, given.add_special_tokens, keep, side, given.tools, given.documents)
         except ValueError as exc:
             raise ApiError(str(exc), param) from None
 

@@ -66,8 +66,9 @@ def check_chat_template(template: str, where) -> None:
                          "fix tokenizer_config.json's chat_template") from None
 
 
-TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents", "bos_token", "eos_token")
-"""The variables `render_chat` gives a chat template itself (a request's `chat_template_kwargs` add others)."""
+TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "documents")
+"""The variables `render_chat` gives a chat template itself, which its `variables` may not hold (a request's
+`chat_template_kwargs` add others; the tokenizer's `bos_token` and `eos_token` they may replace)."""
 
 
 def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt: bool = True,
@@ -76,8 +77,9 @@ def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt:
     """`messages` ({role, content: str}) as the prompt text of `tok`'s chat template, with the
     variables `transformers` passes (`tools`, OpenAI's tool definitions, and `documents`, for retrieval;
     or none) and `variables` (vLLM's
-    `chat_template_kwargs`, e.g. Qwen 3's `enable_thinking`; none of TEMPLATE_VARIABLES). Raises
-    ValueError with the template's own message if it refuses them (`raise_exception`, a missing field).
+    `chat_template_kwargs`, e.g. Qwen 3's `enable_thinking`; none of TEMPLATE_VARIABLES), over the tokenizer's
+    `bos_token` and `eos_token` (a variable of those names replaces them, as in transformers' apply_chat_template).
+    Raises ValueError with the template's own message if it refuses them (`raise_exception`, a missing field).
 
     `continue_final_message` (transformers' and vLLM's option, which excludes
     `add_generation_prompt`): the text ends where the last message's content ends, without the
@@ -87,12 +89,14 @@ def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt:
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt exclude each other: set "
                          "add_generation_prompt to false to continue the last message")
+    given = {"bos_token": tok.bos_token, "eos_token": tok.eos_token, **(variables or {})}
+    assert not given.keys() & set(TEMPLATE_VARIABLES), sorted(given.keys() & set(TEMPLATE_VARIABLES))
+
     def render(msgs: list[dict]) -> str:
         try:
-            return _compiled(tok.chat_template).render(**(variables or {}), messages=msgs,
+            return _compiled(tok.chat_template).render(**given, messages=msgs,
                                                        add_generation_prompt=add_generation_prompt, tools=tools,
-                                                       documents=documents, bos_token=tok.bos_token,
-                                                       eos_token=tok.eos_token)
+                                                       documents=documents)
         except (TemplateError, TypeError) as exc:
             raise ValueError(f"the chat template refused these messages: {exc}: change the messages") from None
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from api.server import Server
-from tests.serving.utils import server_cfg
+from tests.serving.utils import server_cfg, templated_tiny_llama_cfg
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -287,15 +287,15 @@ def test_completions_add_special_tokens_false_sends_the_text_without_its_bos_as_
 
 THINKING = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% if enable_thinking is defined and not enable_thinking %}"
-            "<think></think>\n{% endif %}{% endif %}")
-"""A chat template with Qwen 3's switch: `enable_thinking` false opens the reply with an empty think."""
+            "<think></think>\n{% endif %}{% else %}{{ eos_token }}{% endif %}")
+"""A chat template with Qwen 3's switch: `enable_thinking` false opens the reply with an empty think; without
+the generation prompt it closes with the eos."""
 
 
 def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path, caplog):
     """vLLM's `chat_template_kwargs` (Qwen 3's `{"enable_thinking": false}`) are the template's variables
     (they were ignored: the same prompt either way); chat's `add_special_tokens` puts a BOS first; a
-    request's own template, or a kwarg the server sets itself, is a 400 naming it."""
-    from tests.serving.utils import templated_tiny_llama_cfg
+    request's own template, in its field or its kwargs, is a 400 naming it."""
 
     cfg = templated_tiny_llama_cfg(tmp_path / "m", THINKING)
     model = cfg.model
@@ -318,10 +318,52 @@ def test_chat_template_kwargs_reach_the_template_as_vllm_passes_them(tmp_path, c
         assert with_bos["prompt_token_ids"] == [model.bos_token_id, *plain]
         assert "has no chat template" not in caplog.text  # it has its own
         for body, param in ((dict(chat_template="{{ messages }}"), "chat_template"),
-                            (dict(chat_template_kwargs={"chat_template": "x"}), "chat_template_kwargs"),
-                            (dict(chat_template_kwargs={"add_generation_prompt": False}), "chat_template_kwargs")):
+                            (dict(chat_template_kwargs={"chat_template": "x"}), "chat_template_kwargs.chat_template")):
             r = chat(**body)
             assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_chat_template_kwargs_of_the_server_s_own_variables_are_taken_as_vllm_takes_them(tmp_path):
+    """vLLM merges a request's `chat_template_kwargs` under its own fields (vllm/entrypoints/openai/
+    chat_completion/protocol.py `build_chat_params`, vllm/renderers/params.py `merge_kwargs`), so the request's
+    `add_generation_prompt` and `continue_final_message` win over the kwargs'; transformers' apply_chat_template
+    lets kwargs replace the tokenizer's `bos_token` and `eos_token`; a kwargs' `tokenize` makes it encode the text
+    with no special tokens added (vllm/renderers/hf.py `safe_apply_chat_template`). All were a 400. Still a 400
+    as in vLLM: `messages` (the template is given two) and a template (`chat_template`, even "auto")."""
+    cfg = templated_tiny_llama_cfg(tmp_path / "m", THINKING)
+    with Server(cfg, "local") as s:
+        def tokens(**body) -> list[int]:
+            r = httpx.post(s.url + "/tokenize", json=dict(messages=CHAT, **body), timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["tokens"]
+
+        def text(**body) -> str:
+            ids = tokens(**body)
+            return httpx.post(s.url + "/detokenize", json={"tokens": ids}, timeout=60).json()["prompt"]
+
+        def chat(**body) -> httpx.Response:
+            return httpx.post(s.url + "/v1/chat/completions", json=dict(model=cfg.model.name, messages=CHAT,
+                                                                        max_tokens=1, **body), timeout=60)
+
+        plain, closed = text(), text(add_generation_prompt=False)
+        assert plain == "<s><|user|>\nhi\n<|assistant|>\n" and closed == "<s><|user|>\nhi\n</s>"
+        assert text(chat_template_kwargs={"add_generation_prompt": False, "continue_final_message": True}) == plain
+        assert text(add_generation_prompt=False, chat_template_kwargs={"add_generation_prompt": True}) == closed
+        assert text(add_generation_prompt=False,
+                    chat_template_kwargs={"bos_token": "[", "eos_token": "]"}) == "[<|user|>\nhi\n]"
+        quiet = chat(chat_template_kwargs={"bos_token": ""}, return_token_ids=True).json()
+        assert quiet["prompt_token_ids"] == tokens()[1:]  # "" for the BOS: the template writes none
+        assert tokens(add_special_tokens=True) == [cfg.model.bos_token_id, *tokens()]  # the template's and one more
+        assert tokens(add_special_tokens=True, chat_template_kwargs={"tokenize": True}) == tokens()
+        with_bos = chat(add_special_tokens=True, chat_template_kwargs={"tokenize": True}, return_token_ids=True)
+        assert with_bos.json()["prompt_token_ids"] == tokens()
+        for kwargs in ({"messages": []}, {"messages": CHAT}, {"chat_template": "auto"}):
+            for r in (chat(chat_template_kwargs=kwargs),
+                      httpx.post(s.url + "/tokenize", json=dict(messages=CHAT, chat_template_kwargs=kwargs))):
+                name = next(iter(kwargs))
+                assert r.status_code == 400 and r.json()["error"]["param"] == f"chat_template_kwargs.{name}", r.text
+                assert f"chat_template_kwargs.{name}" in r.json()["error"]["message"]
+        assert text(chat_template_kwargs={"messages": None, "chat_template": None}) == plain  # null: unset
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
