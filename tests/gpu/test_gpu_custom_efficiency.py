@@ -132,3 +132,12 @@ def test_the_note_names_only_what_is_still_borrowed(own, note, info, capsys, cap
     assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1",
                  *sum((["--set", s] for s in sets), [])]) == 0
     assert info in capsys.readouterr().out and note in caplog.text
+
+
+@pytest.mark.parametrize("key", ["mem_efficiency", "compute_efficiency"])
+def test_a_constant_without_a_name_is_refused_not_ignored(key):
+    """An efficiency constant applies to a kind of one's own only: given for a shipped kind (no gpu.custom.name)
+    it would change nothing, so it is refused naming it, as any gpu.custom figure set without a name is."""
+    with pytest.raises(ValueError) as info:
+        build_config("llama2-7b", hardware="gpu:h100-80gb:1", overrides=[f"gpu.custom.{key}=0.8"])
+    assert str(info.value).startswith(f"gpu.custom.name='' is invalid: gpu.custom.{key} set without a name: ")
