@@ -355,9 +355,11 @@ def test_chat_template_kwargs_of_the_server_s_own_variables_are_taken_as_vllm_ta
         assert quiet["prompt_token_ids"] == tokens()[1:]  # "" for the BOS: the template writes none
         assert tokens(add_special_tokens=True) == [cfg.model.bos_token_id, *tokens()]  # the template's and one more
         assert tokens(add_special_tokens=True, chat_template_kwargs={"tokenize": True}) == tokens()
+        assert tokens(add_special_tokens=True, chat_template_kwargs={"tokenize": False}) == [cfg.model.bos_token_id,
+                                                                                          *tokens()]  # as unset
         with_bos = chat(add_special_tokens=True, chat_template_kwargs={"tokenize": True}, return_token_ids=True)
         assert with_bos.json()["prompt_token_ids"] == tokens()
-        for kwargs in ({"messages": []}, {"messages": CHAT}, {"chat_template": "auto"}):
+        for kwargs in ({"messages": []}, {"messages": CHAT}, {"chat_template": "auto"}, {"chat_template": ""}):
             for r in (chat(chat_template_kwargs=kwargs),
                       httpx.post(s.url + "/tokenize", json=dict(messages=CHAT, chat_template_kwargs=kwargs))):
                 name = next(iter(kwargs))
