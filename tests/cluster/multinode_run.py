@@ -17,6 +17,11 @@ from cent_serve.executor.generate import generate_batch
 from cent_serve.executor.ray_executor import WORKER_NICENESS_ENV, PlacementError, RayExecutor, _replica_hosts
 
 PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
+REFUSAL_WAIT_S = 600.0
+"""`server.placement_timeout_s` of the configs that must be refused before any wait for room: a refusal that
+waited for the group would take this long (test_multinode bounds each refusal at a tenth of it)."""
+HELD_WAIT_S = 3.0
+"""`server.placement_timeout_s` of the config whose group cannot be granted while another job holds the units."""
 
 
 def main() -> None:
@@ -61,18 +66,21 @@ def main() -> None:
         out["replica_hosts_held"] = sum(_replica_hosts.values())
         whole = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(6, 6, 1), numerics="off")
         whole.server.placement = "replica"
+        whole.server.placement_timeout_s = REFUSAL_WAIT_S
         t0 = time.monotonic()
         try:
             RayExecutor(whole)
         except PlacementError as exc:
             out["whole_error"], out["whole_s"] = str(exc), time.monotonic() - t0
         too_many = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 2, 8), numerics="off")
+        too_many.server.placement_timeout_s = REFUSAL_WAIT_S
         t0 = time.monotonic()
         try:
             RayExecutor(too_many)
         except PlacementError as exc:
             out["too_many_error"], out["too_many_s"] = str(exc), time.monotonic() - t0
         copies = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(16, 8, 1), numerics="off")
+        copies.server.placement_timeout_s = REFUSAL_WAIT_S
         t0 = time.monotonic()
         try:  # two replicas of 8 (the engine builds both): the first fits, so it is the whole system's 16 that
             RayExecutor(copies, replicas=2)  # must be refused
@@ -81,7 +89,7 @@ def main() -> None:
         hog = ray.util.placement_group([{"cent_device": 1}] * 6)  # another job holds 6 of the 8 units
         ray.get(hog.ready(), timeout=60)
         held = CentConfig(model=model_preset("tiny"), parallel=ParallelConfig(8, 0, 1), numerics="off")
-        held.server.placement_timeout_s = 3.0
+        held.server.placement_timeout_s = HELD_WAIT_S
         t0 = time.monotonic()
         try:
             RayExecutor(held)
