@@ -270,7 +270,7 @@ def price_notes(cfg: CentConfig, tco: float | None) -> list[str]:
 def kind_notes(cfg: CentConfig) -> list[str]:
     """On a GPU kind of one's own (gpu.custom), the line saying what it borrows from the A100 SXM4
     (`gpu.kinds.borrowed_note`): its figures are the user's, the efficiency constants it does not give and the
-    host's times calibrated on another GPU.
+    host's times left unset calibrated on another GPU.
     [] otherwise (a shipped kind's borrowing is logged by every command that runs it). `cent bench run`'s,
     `cent bench compare`'s and `cent bench sweep`'s notes."""
     if not (cfg.on_gpus and cfg.gpu.is_custom):

@@ -24,7 +24,7 @@ class GpuKindConfig:
     beside the shipped kinds: the datasheet figures the model reads, every one required once `name` is
     set. What no figure sets is borrowed from the A100 SXM4 (docs/gpu_model.md section 6): the two
     efficiency constants unless `mem_efficiency` / `compute_efficiency` give them, and the host's times
-    (`gpu.layer_overhead_s`, `gpu.allreduce_latency_s`), which were set from the CENT artifact's A100 runs;
+    (`gpu.layer_overhead_s`, `gpu.allreduce_latency_s`, set from the CENT artifact's A100 runs) unless set;
     every run of the kind says what it borrows. Its cost is `gpu.tco_per_gpu`'s."""
 
     name: str = ""
@@ -201,7 +201,15 @@ class GpuConfig:
         from cent_serve.gpu.kinds import borrowed_note
         if not self.is_custom:
             return borrowed_note(self.spec, False)
-        return borrowed_note(self.spec, True, not self.custom.serving_power_w, self.custom.borrowed_efficiencies)
+        return borrowed_note(self.spec, True, not self.custom.serving_power_w, self.custom.borrowed_efficiencies,
+                             self.borrowed_host_times)
+
+    @property
+    def borrowed_host_times(self) -> tuple[str, ...]:
+        """The host's times (`gpu.kinds.HOST_TIMES`) left at their default, the A100 SXM4's: what a kind of one's
+        own borrows of them (a value set equal to the default is the A100 SXM4's too)."""
+        from cent_serve.gpu.kinds import HOST_TIMES
+        return tuple(f.name for f in fields(self) if f.name in HOST_TIMES and getattr(self, f.name) == f.default)
 
     @property
     def num_seqs(self) -> int:

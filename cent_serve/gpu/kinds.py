@@ -113,32 +113,48 @@ EFFICIENCIES = {"mem_efficiency": "memory efficiency", "compute_efficiency": "co
 their names in `borrowed_note`'s line."""
 
 
+HOST_TIMES = ("layer_overhead_s", "allreduce_latency_s")
+"""The host's times (`GpuConfig` fields), set from the CENT artifact's A100 SXM4 runs: a kind of one's own
+borrows each left at its default (`GpuConfig.borrowed_host_times`)."""
+
+
 def borrowed_note(kind: GpuKind, custom: bool, power_borrowed: bool = False,
-                  efficiencies: tuple[str, ...] = tuple(EFFICIENCIES)) -> str | None:
+                  efficiencies: tuple[str, ...] = tuple(EFFICIENCIES),
+                  host_times: tuple[str, ...] = HOST_TIMES) -> str | None:
     """One line on what `kind` borrows from the A100 SXM4 (None for the A100 SXM4 itself): the warning
     every command running it logs (`cli_common.warn_gpu_run`) and, for a kind of one's own (`custom`),
     a note of the results it makes (`bench.report.kind_notes`); `power_borrowed`: its serving power is
     the A100 SXM4's share of its TDP (no gpu.custom.serving_power_w), which its energy figures rest on;
     `efficiencies`: the efficiency constants (`EFFICIENCIES`' keys) it borrows (a shipped kind: both;
-    a kind of one's own: those gpu.custom does not give). A kind of one's own always borrows the host's
-    times, so it always has a line."""
+    a kind of one's own: those gpu.custom does not give); `host_times`: the host's times (`HOST_TIMES`) a
+    kind of one's own borrows, those not set (a shipped kind's line does not name them). A kind of one's
+    own always has a line: one that borrows nothing says so, and that it is not validated."""
     if kind.calibrated:
         return None
     source = "(set from the CENT artifact's A100 SXM4 measurements)"
-    host = "gpu.layer_overhead_s and gpu.allreduce_latency_s"
+    host = " and ".join(f"gpu.{key}" for key in host_times)
+    verb = "are" if len(host_times) == 2 else "is"
     if len(efficiencies) == 2:
         head = f"{kind.name}'s efficiency constants are a100-80gb's {source}"
     elif efficiencies:
         key, = efficiencies
         head = f"{kind.name}'s {EFFICIENCIES[key]}, {getattr(kind, key):g}, is a100-80gb's {source}"
+    elif host_times:
+        head = f"{kind.name}'s host time{'s' if len(host_times) == 2 else ''}, {host}, {verb} a100-80gb's {source}"
     else:
-        head = f"{kind.name}'s host times, {host}, are a100-80gb's {source}"
+        head = f"{kind.name} borrows nothing of the A100 SXM4's" + (" apart from its serving power"
+                                                                     if power_borrowed else "")
     if not custom:
         return f"{head}: none of this kind to set them from (docs/gpu_model.md)"
-    own = [words for key, words in EFFICIENCIES.items() if key not in efficiencies]
-    given = "" if not own else " and efficiency constants" if len(own) == 2 else f" and {own[0]}"
-    power = (f"; its serving power too is the A100 SXM4's share of its TDP, 293 / 400 of {kind.board_power_w:g} W "
+    own_efficiencies = [words for key, words in EFFICIENCIES.items() if key not in efficiencies]
+    own_host = [f"gpu.{key}" for key in HOST_TIMES if key not in host_times]
+    given = ["datasheet figures", *(["efficiency constants"] if len(own_efficiencies) == 2 else own_efficiencies),
+             *(["host times"] if len(own_host) == 2 else own_host)]
+    *rest, last = given
+    given_text = f"{', '.join(rest)} and {last}" if rest else last
+    too = " too" if efficiencies or host_times else ""
+    power = (f"; its serving power{too} is the A100 SXM4's share of its TDP, 293 / 400 of {kind.board_power_w:g} W "
              "(gpu.custom.serving_power_w gives a measured draw)") if power_borrowed else ""
-    also = f", and so are the host's {host}" if efficiencies else ""
-    return (f"{head}{also}: {kind.name} is a kind of one's own (gpu.custom), its datasheet figures{given} as "
+    also = f", and so {verb} the host's {host}" if efficiencies and host_times else ""
+    return (f"{head}{also}: {kind.name} is a kind of one's own (gpu.custom), its {given_text} as "
             f"given, not validated against any measurement (docs/gpu_model.md section 6){power}")

@@ -204,13 +204,20 @@ def _print_info(cfg, out: dict) -> None:
         from cent_serve.gpu.timing import GpuTimer
         k = cfg.gpu.spec  # its figures, as the device line gives a CENT device's
         borrowed = "" if k.calibrated else "; a100-80gb's"
-        if cfg.gpu.is_custom:  # the constants gpu.custom gives are its own; the others and the host's times borrowed
+        if cfg.gpu.is_custom:  # the constants gpu.custom gives are its own, the host's times set too; the rest borrowed
             lent = [{"mem_efficiency": "the HBM's", "compute_efficiency": "the peak's"}[key]
                     for key in cfg.gpu.custom.borrowed_efficiencies]
             these = "these" if len(lent) == 2 else "".join(lent)
-            borrowed = "; a kind of one's own (gpu.custom): " + (
-                f"{these} and the host's times are a100-80gb's" if these else
-                "these as given, the host's times a100-80gb's") + ", not validated"
+            host_times = cfg.gpu.borrowed_host_times
+            host = ("the host's times" if len(host_times) == 2 else
+                    "".join(f"the host's gpu.{key}" for key in host_times))
+            if these and host:
+                lent_text = f"{these} and {host} are a100-80gb's"
+            elif these:
+                lent_text = f"{these} {'are' if len(lent) == 2 else 'is'} a100-80gb's, the host's times as given"
+            else:
+                lent_text = f"these as given, {host} a100-80gb's" if host else "these and the host's times as given"
+            borrowed = f"; a kind of one's own (gpu.custom): {lent_text}, not validated"
         share = (" (293 / 400 of the TDP, the A100 SXM4's share)"
                  if cfg.gpu.is_custom and not cfg.gpu.custom.serving_power_w else "")
         print(f"gpu          {k.describe()}; {k.board_power_w * k.power_fraction:.0f} W serving{share}; efficiency "

@@ -125,13 +125,77 @@ POWER = ("; its serving power too is the A100 SXM4's share of its TDP, 293 / 400
 ])
 def test_the_note_names_only_what_is_still_borrowed(own, note, info, capsys, caplog):
     """The line every command logs and the bench commands give as a note (`borrowed_note`), and cent info's gpu
-    line: an efficiency constant gpu.custom gives is no longer called a100-80gb's; the host's times always are."""
+    line: an efficiency constant gpu.custom gives is no longer called a100-80gb's; the host's times, left at their
+    default here, are (set, they are not: below)."""
     sets = custom_sets(dict(H200, **own))
     assert kind_notes(build_config("tiny", hardware="gpu:h200:1", overrides=sets)) == [note]
     caplog.clear()
     assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1",
                  *sum((["--set", s] for s in sets), [])]) == 0
     assert info in capsys.readouterr().out and note in caplog.text
+
+
+LAYER, ALLREDUCE = "gpu.layer_overhead_s=2e-05", "gpu.allreduce_latency_s=1e-05"  # a vLLM host's, say
+
+
+@pytest.mark.parametrize("own, host, note, info", [
+    ({}, [LAYER, ALLREDUCE],
+     f"h200's efficiency constants are a100-80gb's {SOURCE}: h200 is a kind of one's own (gpu.custom), its datasheet "
+     f"figures and host times {TAIL}{POWER}",
+     "these are a100-80gb's, the host's times as given, not validated"),
+    ({}, [LAYER],
+     f"h200's efficiency constants are a100-80gb's {SOURCE}, and so is the host's gpu.allreduce_latency_s: h200 is a "
+     f"kind of one's own (gpu.custom), its datasheet figures and gpu.layer_overhead_s {TAIL}{POWER}",
+     "these and the host's gpu.allreduce_latency_s are a100-80gb's, not validated"),
+    (dict(mem_efficiency=0.8), [ALLREDUCE],
+     f"h200's compute efficiency, 0.526, is a100-80gb's {SOURCE}, and so is the host's gpu.layer_overhead_s: h200 is "
+     f"a kind of one's own (gpu.custom), its datasheet figures, memory efficiency and gpu.allreduce_latency_s "
+     f"{TAIL}{POWER}",
+     "the peak's and the host's gpu.layer_overhead_s are a100-80gb's, not validated"),
+    (dict(compute_efficiency=0.6), [LAYER, ALLREDUCE],
+     f"h200's memory efficiency, 0.955, is a100-80gb's {SOURCE}: h200 is a kind of one's own (gpu.custom), its "
+     f"datasheet figures, compute efficiency and host times {TAIL}{POWER}",
+     "the HBM's is a100-80gb's, the host's times as given, not validated"),
+    (dict(mem_efficiency=0.8, compute_efficiency=0.6), [LAYER],
+     f"h200's host time, gpu.allreduce_latency_s, is a100-80gb's {SOURCE}: h200 is a kind of one's own (gpu.custom), "
+     f"its datasheet figures, efficiency constants and gpu.layer_overhead_s {TAIL}{POWER}",
+     "these as given, the host's gpu.allreduce_latency_s a100-80gb's, not validated"),
+    (dict(mem_efficiency=0.8, compute_efficiency=0.6), [LAYER, ALLREDUCE],
+     f"h200 borrows nothing of the A100 SXM4's apart from its serving power: h200 is a kind of one's own "
+     f"(gpu.custom), its datasheet figures, efficiency constants and host times {TAIL}"
+     f"{POWER.replace('power too is', 'power is')}",
+     "these and the host's times as given, not validated"),
+    (dict(mem_efficiency=0.8, compute_efficiency=0.6, serving_power_w=600), [LAYER, ALLREDUCE],
+     f"h200 borrows nothing of the A100 SXM4's: h200 is a kind of one's own (gpu.custom), its datasheet figures, "
+     f"efficiency constants and host times {TAIL}",
+     "these and the host's times as given, not validated"),
+], ids=["host-times-set", "layer-set", "mem-eff-allreduce-set", "compute-eff-host-times-set",
+        "both-eff-layer-set", "all-set", "all-set-power-given"])
+def test_a_host_time_set_is_not_called_borrowed(own, host, note, info, capsys, caplog):
+    """`--set gpu.layer_overhead_s` / `gpu.allreduce_latency_s` (a vLLM host's times): the line every command logs,
+    the bench commands' note and cent info's gpu line name only the host time still at its default, the A100
+    SXM4's; a kind that borrows nothing says so, and still that it is not validated."""
+    sets = custom_sets(dict(H200, **own)) + host
+    assert kind_notes(build_config("tiny", hardware="gpu:h200:1", overrides=sets)) == [note]
+    caplog.clear()
+    assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h200:1",
+                 *sum((["--set", s] for s in sets), [])]) == 0
+    gpu_line, = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gpu ")]
+    assert gpu_line.endswith(f"; a kind of one's own (gpu.custom): {info}") and note in caplog.text
+
+
+def test_a_shipped_kind_s_line_is_the_same_with_the_host_s_times_set(capsys, caplog):
+    """An H100's line names its efficiency constants alone, the host's times set or not (no measurement of an
+    H100 to set them from either way): unchanged by the host times."""
+    line = ("h100-80gb's efficiency constants are a100-80gb's (set from the CENT artifact's A100 SXM4 measurements): "
+            "none of this kind to set them from (docs/gpu_model.md)")
+    for host in ([], [LAYER, ALLREDUCE]):
+        assert build_config("tiny", hardware="gpu:h100-80gb:1", overrides=host).gpu.borrowed_note == line
+        caplog.clear()
+        assert main(["info", "--model", "tiny", "--numerics", "off", "--hardware", "gpu:h100-80gb:1",
+                     *sum((["--set", s] for s in host), [])]) == 0
+        gpu_line, = [g for g in capsys.readouterr().out.splitlines() if g.startswith("gpu ")]
+        assert gpu_line.endswith("of the peak; a100-80gb's") and line in caplog.text
 
 
 @pytest.mark.parametrize("key", ["mem_efficiency", "compute_efficiency"])
