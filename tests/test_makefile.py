@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 STAND_IN = """#!/bin/sh
 echo "$*" >> "$(dirname "$0")/../calls"
 case "$*" in *"uv pip install"*) [ -n "$FAIL_UV" ] && exit 1;; esac
+case "$*" in "-m pip install -e"*) [ -n "$FAIL_PIP" ] && exit 1;; esac
 exit 0
 """
-"""What `.venv/bin/python` is here: it notes each call's arguments; `-m uv pip install` fails when FAIL_UV is set."""
+"""What `.venv/bin/python` is here: it notes each call's arguments; `-m uv pip install` fails when FAIL_UV is set,
+pip's install of the project when FAIL_PIP is."""
 PIP = "-m pip install -e .[test]"
 UV = ["-m pip install -q uv", "-m uv pip install --compile-bytecode --python .venv/bin/python -e .[test]"]
 
@@ -55,6 +57,16 @@ def test_installer_pip_uses_pip_alone(tmp_path):
     run, calls = _install(tmp_path, "INSTALLER=pip")
     assert run.returncode == 0, run.stderr
     assert calls == [PIP]
+
+
+@pytest.mark.parametrize("args, env, want", [((), dict(FAIL_UV="1", FAIL_PIP="1"), [*UV, PIP]),
+                                             (("INSTALLER=pip",), dict(FAIL_PIP="1"), [PIP])],
+                         ids=["uv-then-pip", "pip"])
+def test_a_failing_pip_fails_make_and_leaves_nothing_marked_installed(tmp_path, args, env, want):
+    """The last installer's failure is make's: no stamp, so the next `make run` / `make test` installs again
+    rather than running on a half-installed .venv."""
+    run, calls = _install(tmp_path, *args, **env)
+    assert run.returncode != 0 and calls == want and not (tmp_path / ".venv" / ".installed").exists()
 
 
 def test_an_unknown_installer_is_refused_before_anything_runs(tmp_path):
