@@ -17,9 +17,10 @@ from cent_serve.executor.generate import generate_batch
 from cent_serve.executor.ray_executor import WORKER_NICENESS_ENV, PlacementError, RayExecutor, _replica_hosts
 
 PROMPTS = [[1, 9, 8, 7], [1, 50, 60]]
-REFUSAL_WAIT_S = 600.0
+REFUSAL_WAIT_S = 60.0
 """`server.placement_timeout_s` of the configs that must be refused before any wait for room: a refusal that
-waited for the group would take this long (test_multinode bounds each refusal at a tenth of it)."""
+waited for the group would take this long (test_multinode bounds each refusal at a tenth of it), and would still
+fail inside the driver's 300 s timeout, its cleanup run."""
 HELD_WAIT_S = 3.0
 """`server.placement_timeout_s` of the config whose group cannot be granted while another job holds the units."""
 

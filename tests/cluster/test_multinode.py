@@ -43,8 +43,8 @@ def test_two_node_cluster_equals_one_process(devices, pp, tp):
         assert out["tokens"] == local.token_ids
         assert out["times"] == local.token_times_s  # bit-identical simulated time across nodes
         assert len(out["nodes"]) == 2  # spread: the stages span both nodes
-    # refused at once, not after waiting for room: a wait would last REFUSAL_WAIT_S (600 s); a refusal takes well
-    # under a second here, so a tenth of the wait leaves load a 10x margin and still tells the two apart
+    # refused at once, not after waiting for room: a wait would last REFUSAL_WAIT_S (60 s); a refusal takes under
+    # 0.03 s here, so a tenth of the wait (6 s) leaves load a 200x margin and still tells the two apart
     refused_by = REFUSAL_WAIT_S / 10
     assert "needs 16 cent_device units; the cluster has 8" in out["too_many_error"]
     assert out["too_many_s"] < refused_by, out["too_many_s"]
