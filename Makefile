@@ -20,9 +20,9 @@ $(BIN)/python:
 # not read pip's configuration: with a pip set up for a private index, `make install INSTALLER=pip`.
 INSTALLER ?= uv
 $(STAMP): $(BIN)/python pyproject.toml
-	@if [ "$(INSTALLER)" = uv ] && $(BIN)/python -m pip install -q uv \
+	@if [ "$(INSTALLER)" = uv ] && $(BIN)/python -m pip install -q --only-binary uv uv \
 		&& $(BIN)/python -m uv pip install --compile-bytecode --python $(BIN)/python -e '.[test]'; then :; \
-	elif [ "$(INSTALLER)" = uv ]; then echo "make: uv could not install the project; installing with pip" >&2; \
+	elif [ "$(INSTALLER)" = uv ]; then echo "make: uv did not install the project (pip could not install uv, or uv failed); installing with pip" >&2; \
 		$(BIN)/python -m pip install -e '.[test]'; \
 	elif [ "$(INSTALLER)" = pip ]; then $(BIN)/python -m pip install -e '.[test]'; \
 	else echo "make: INSTALLER=$(INSTALLER) is neither uv nor pip: set INSTALLER=uv (the default) or INSTALLER=pip" >&2; \

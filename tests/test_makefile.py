@@ -21,7 +21,7 @@ exit 0
 """What `.venv/bin/python` is here: it notes each call's arguments; `-m uv pip install` fails when FAIL_UV is set,
 pip's install of the project when FAIL_PIP is."""
 PIP = "-m pip install -e .[test]"
-UV = ["-m pip install -q uv", "-m uv pip install --compile-bytecode --python .venv/bin/python -e .[test]"]
+UV = ["-m pip install -q --only-binary uv uv", "-m uv pip install --compile-bytecode --python .venv/bin/python -e .[test]"]
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 
@@ -50,7 +50,7 @@ def test_pip_installs_it_when_uv_fails_and_says_so(tmp_path):
     run, calls = _install(tmp_path, FAIL_UV="1")
     assert run.returncode == 0, run.stderr
     assert calls == [*UV, PIP]
-    assert "make: uv could not install the project; installing with pip" in run.stderr
+    assert "make: uv did not install the project (pip could not install uv, or uv failed); installing with pip" in run.stderr
 
 
 def test_installer_pip_uses_pip_alone(tmp_path):
