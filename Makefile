@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 
 # The install: uv (pip puts it into .venv first; it resolves the same versions as pip and, downloading and
-# unpacking in parallel, installs in about 40 s where pip takes 65-95 on two cores; --compile-bytecode: as pip
+# unpacking in parallel, installs in 40-55 s where pip takes 65-95 on two cores; --compile-bytecode: as pip
 # does, else every process compiles Ray where PYTHONDONTWRITEBYTECODE is set) and, if uv fails, pip. uv does
 # not read pip's configuration: with a pip set up for a private index, `make install INSTALLER=pip`.
 INSTALLER ?= uv
