@@ -17,6 +17,7 @@ from cent_serve.emulate import run_workload
 from cent_serve.executor import LocalExecutor
 from cent_serve.executor.base import Done, Executor
 from cent_serve.executor.generate import generate_batch
+from cent_serve.model.hf_checkpoint import load_weights
 from cent_serve.messages import Layout, RoundPlan
 from cent_serve.timing import SystemTimer
 from device_worker.port import DevicePort
@@ -56,7 +57,10 @@ class ThreadedChain(Executor):
     `RayExecutor` wires its actors."""
 
     def __init__(self, cfg: CentConfig) -> None:
-        local = LocalExecutor(cfg)  # for one load of the weights
+        # one load of the weights; a timer for each device, as each actor has its own: threads sharing one
+        # (a LocalExecutor's devices do, run one at a time) raced on its memos (a context's row written while
+        # another thread grew them)
+        weights = load_weights(cfg.model) if cfg.resolved_numerics == "full" else None
         self.timer = SystemTimer.from_config(cfg)
         units = execution_units(self.timer.mapping)
         places = chain_places(units)
@@ -64,7 +68,7 @@ class ThreadedChain(Executor):
         books = {d: LinkBook() for d in places}
         self.ports = {}
         for d, p in places.items():
-            worker = DeviceWorker(cfg, d, weights=None) if cfg.resolved_numerics == "off" else local.workers[d]
+            worker = DeviceWorker(cfg, d, weights=weights)
             to_switch, at_switch = _pair()
             self.relay.attach(d, at_switch)
             self.ports[d] = DevicePort(worker, p, books[d], to_switch, threading.Lock())
