@@ -78,7 +78,7 @@ class Engine:
         # the first build places every replica (a cluster too small for them all is refused at once);
         # a re-created one asks for its own devices alone (the others hold theirs)
         self.replicas = Replicas(lambda: next(given, None) or make(num_replicas), num_replicas,
-                                 remake=remake or (lambda: make(1)))
+                                 retry_s=cfg.server.replica_retry_s, remake=remake or (lambda: make(1)))
         self.num_replicas = num_replicas
         self._failed: list[Request] = []  # failed by a fault since the last step returned
         self.last_fault: str | None = None

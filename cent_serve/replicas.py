@@ -4,7 +4,7 @@ A replica whose round failed (a device actor or the switch died, or raised) is t
 and re-created on a background thread, so the engine goes on serving the other replicas and
 answering status calls while new actors start and load their weights (tens of seconds on Ray).
 The engine swaps the new executor in between rounds (`poll`). A re-creation that fails is retried
-every `RETRY_S`; meanwhile `degraded` says why the system runs short. When no replica is up and
+every `retry_s` (`server.replica_retry_s`); meanwhile `degraded` says why the system runs short. When no replica is up and
 every down one's re-creation has failed at least once (a lost worker host: each waits to retry,
 known not to come back soon), `none_can_serve` says why, and the engine fails the requests waiting
 for a replica rather than have them wait with no limit (`NoReplica`, a 503 at the API).
@@ -21,7 +21,8 @@ from cent_serve.executor.base import StartCancelled, cancellable_start, sum_term
 
 log = logging.getLogger("cent.replicas")
 RETRY_S = 10.0
-"""Wall seconds between attempts to re-create a replica whose re-creation failed."""
+"""Wall seconds between attempts to re-create a replica whose re-creation failed (`server.replica_retry_s`'s
+default; the engine passes the configured one)."""
 SHUTDOWN_JOIN_S = 60.0
 """Longest wait, at shutdown, for a re-creation in flight (its actors are then stopped too)."""
 EXIT_JOIN_S = 5.0

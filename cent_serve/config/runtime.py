@@ -146,6 +146,11 @@ class ServerConfig:
     has room, so a node's loss fails only its replicas (deploy/README.md, faults)."""
     placement_timeout_s: float = 30.0
     """Longest wait for the cluster to grant the devices before a clear error."""
+    replica_retry_s: float = 10.0
+    """Wall seconds between attempts to re-create a replica whose re-creation failed (a lost host left
+    too little room, or the nodes with units are gone): how soon capacity that comes back is used,
+    and the `Retry-After` of a 503 `no_replica` while no replica can serve. Each attempt asks the
+    cluster for its units once, then waits for its placement up to `placement_timeout_s`."""
     cluster_lost_s: float = 30.0
     """On Ray: how long (wall seconds) the cluster's head, its GCS (or the raylet of the server's own
     node), may go unanswered before the server gives the cluster up: it fails the requests it holds with a 503 naming the cause and exits
@@ -195,7 +200,7 @@ class ServerConfig:
         given = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
         return [web_origin(o) or o for o in given]
 
-    _positive = frozenset({"pace_factor", "placement_timeout_s", "cluster_lost_s", "round_timeout_s", "max_body_bytes",
+    _positive = frozenset({"pace_factor", "placement_timeout_s", "replica_retry_s", "cluster_lost_s", "round_timeout_s", "max_body_bytes",
                            "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 

@@ -102,6 +102,7 @@ def test_a_new_request_gets_503_at_once_while_no_replica_can_come_back():
             r = _post(s.url, **fields)
             assert r.status_code == 503 and r.headers["Retry-After"] == "3", (fields, r.text)  # 2.5 s, whole
             _check_no_replica(r.json()["error"], reason)
+            assert r.json()["error"]["message"].endswith("the re-creation is retried every 2.5 s: retry later"), r.text
         st = status(s.url)
         assert st["num_waiting"] == 0 and st["num_failed"] == 1  # none queued: only the fault's failed in the engine
         assert outcomes(s.url) == {("failed", "engine_error"): 4}

@@ -309,14 +309,13 @@ class Rebuild:
 
 def breakable_replicas(num_replicas: int, retry_s: float = 3600.0):
     """(server config, devices, re-creation, engine): `num_replicas` replicas of one device and lane
-    each, none started yet; a failed re-creation is retried every `retry_s`."""
+    each, none started yet; a failed re-creation is retried every `retry_s` (`server.replica_retry_s`)."""
     from cent_serve.engine import Engine
 
-    cfg = server_cfg(devices=num_replicas, pp=1)
+    cfg = server_cfg(devices=num_replicas, pp=1, replica_retry_s=retry_s)
     devices = [Breakable(cfg) for _ in range(num_replicas)]
     rebuild = Rebuild(cfg)
     eng = Engine(cfg, executors=devices, remake=rebuild)
-    eng.replicas.retry_s = retry_s
     return cfg, devices, rebuild, eng
 
 
