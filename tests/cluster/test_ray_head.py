@@ -68,12 +68,14 @@ HANG_GUARD_S = 90.0
 Ray's shutdown, about 5 s without its GCS); past Ray's own 60 s, when its core ends a driver that lost
 its GCS with an error of its own."""
 
-def _serve_on(head: RayHead):
-    """`cent serve` of 2 timing-only devices on `head`'s cluster, giving it up after LOST_AFTER_S."""
+def _serve_on(head: RayHead, *sets: str):
+    """`cent serve` of 2 timing-only devices on `head`'s cluster, giving it up after LOST_AFTER_S
+    (`sets`: more config fields, `name=value`)."""
     from tests.serving.utils import serve_process
 
     return serve_process(["--ray-address", head.address, "--devices", "2", "--numerics", "off",
-                          "--set", f"server.cluster_lost_s={LOST_AFTER_S:g}"], **CLIENT_ENV)
+                          *(x for kv in (f"server.cluster_lost_s={LOST_AFTER_S:g}", *sets) for x in ("--set", kv))],
+                         **CLIENT_ENV)
 
 
 def _watch_health(proc, health: list[tuple[int, str]]) -> None:
@@ -197,6 +199,9 @@ def test_a_lost_raylet_of_the_servers_node_fails_the_requests_and_the_server_exi
                               "node again (ray start), then the server"), out
 
 
+FAST_RETRY = ("server.replica_retry_s=2", "server.placement_timeout_s=10")
+"""A re-creation retried every 2 s, its placement given up after 10 s: the replica waits for units the
+same way, without waiting out the defaults (10 s and 30 s): the test took 42 s here alone, not 71 s."""
 NO_UNITS = "the node(s) that advertised cent_device units are gone: "
 """The reason a replica waits while only the head, which advertises no units, is left."""
 
@@ -235,7 +240,7 @@ def test_a_lost_worker_with_the_units_is_waited_for_never_replaced_on_a_head_wit
     body = {"model": "tiny", "prompt": "CENT", "max_tokens": 4, "ignore_eos": True}
     with RayHead(devices=0, fast_health_check=True) as head:
         head.add_worker(2)
-        proc = _serve_on(head)
+        proc = _serve_on(head, *FAST_RETRY)
         try:
             assert httpx.post(proc.url + "/v1/completions", json=body, timeout=60).status_code == 200
             devices, server = _status_nodes(proc.url)
