@@ -279,6 +279,16 @@ def test_counts_clocks_and_divisors_refuse_zero(path):
         apply_overrides(CentConfig(), [f"{path}=0"])
 
 
+def test_a_replica_retry_of_zero_is_refused_from_a_file_and_by_set(tmp_path):
+    """0 s between re-creations would ask the cluster for a replica's units again on every pass of the
+    engine loop while none can be granted; a file and `--set` reach the field, and refuse 0 by its name."""
+    (tmp_path / "c.yaml").write_text("server: {replica_retry_s: 2.5}\n")
+    assert load_config(tmp_path / "c.yaml").server.replica_retry_s == 2.5
+    assert apply_overrides(CentConfig(), ["server.replica_retry_s=0.5"]).server.replica_retry_s == 0.5
+    with pytest.raises(ValueError, match=r"server\.replica_retry_s=0(\.0)? is invalid: use a finite positive"):
+        apply_overrides(CentConfig(), ["server.replica_retry_s=0"])
+
+
 @pytest.mark.parametrize("path", _numeric_paths(positive=False))
 def test_other_numbers_take_zero(path):
     assert apply_overrides(CentConfig(), [f"{path}=0"]) is not None
