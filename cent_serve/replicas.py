@@ -17,12 +17,13 @@ import threading
 import time
 from typing import Callable
 
+from cent_serve.config.runtime import ServerConfig
 from cent_serve.executor.base import StartCancelled, cancellable_start, sum_terms
 
 log = logging.getLogger("cent.replicas")
-RETRY_S = 10.0
-"""Wall seconds between attempts to re-create a replica whose re-creation failed (`server.replica_retry_s`'s
-default; the engine passes the configured one)."""
+RETRY_S = ServerConfig.replica_retry_s
+"""Wall seconds between attempts to re-create a replica whose re-creation failed: `server.replica_retry_s`'s
+default (the engine passes the configured one)."""
 SHUTDOWN_JOIN_S = 60.0
 """Longest wait, at shutdown, for a re-creation in flight (its actors are then stopped too)."""
 EXIT_JOIN_S = 5.0

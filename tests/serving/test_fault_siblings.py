@@ -50,10 +50,9 @@ def _server(fail_at: int | None):
     from api.server import Server
     from cent_serve.engine import Engine
 
-    cfg = server_cfg("full", devices=2, pp=1)
+    cfg = server_cfg("full", devices=2, pp=1, replica_retry_s=3600.0)
     eng = Engine(cfg, executors=[FailingAt(cfg, None), FailingAt(cfg, fail_at)], remake=Rebuild(cfg),
                  weights=tiny_weights())
-    eng.replicas.retry_s = 3600.0
     return Server(cfg, "local", engine=eng)
 
 
