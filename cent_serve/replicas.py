@@ -4,10 +4,11 @@ A replica whose round failed (a device actor or the switch died, or raised) is t
 and re-created on a background thread, so the engine goes on serving the other replicas and
 answering status calls while new actors start and load their weights (tens of seconds on Ray).
 The engine swaps the new executor in between rounds (`poll`). A re-creation that fails is retried
-every `retry_s` (`server.replica_retry_s`); meanwhile `degraded` says why the system runs short. When no replica is up and
-every down one's re-creation has failed at least once (a lost worker host: each waits to retry,
-known not to come back soon), `none_can_serve` says why, and the engine fails the requests waiting
-for a replica rather than have them wait with no limit (`NoReplica`, a 503 at the API).
+every `retry_s` (`server.replica_retry_s`); meanwhile `degraded` says why the system runs short.
+When no replica is up and every down one's re-creation has failed at least once (a lost worker
+host: each waits to retry, known not to come back soon), `none_can_serve` says why, and the engine
+fails the requests waiting for a replica rather than have them wait with no limit (`NoReplica`, a
+503 at the API).
 """
 from __future__ import annotations
 

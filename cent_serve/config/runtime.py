@@ -200,8 +200,8 @@ class ServerConfig:
         given = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
         return [web_origin(o) or o for o in given]
 
-    _positive = frozenset({"pace_factor", "placement_timeout_s", "replica_retry_s", "cluster_lost_s", "round_timeout_s", "max_body_bytes",
-                           "max_tokens_default"})
+    _positive = frozenset({"pace_factor", "placement_timeout_s", "replica_retry_s", "cluster_lost_s", "round_timeout_s",
+                           "max_body_bytes", "max_tokens_default"})
     """Numbers that must be > 0 (every other one >= 0: `_number_fix`)."""
 
     def __post_init__(self) -> None:

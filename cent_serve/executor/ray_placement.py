@@ -96,8 +96,8 @@ def check_cluster_holds(cfg: CentConfig, num_devices: int, replicas: int = 1) ->
     - nodes of it that advertised units are gone (`_lost_units`: the cluster's own history, not who
       started its head): a head kept free of devices (deploy/README.md, "The contract") whose last
       node with units was lost. The refusal names those nodes and their units; at a re-creation it is
-      the replica's reason to wait: `Replicas` retries it every server.replica_retry_s, /health naming it, until a
-      node with units joins. Before, the replica came back on the head, its devices placed anywhere."""
+      the replica's reason to wait: `Replicas` retries it every `server.replica_retry_s`, /health
+      naming it, until a node with units joins. Before, the replica came back on the head, its devices placed anywhere."""
     s = cfg.server
     units, summary = _cluster_units(cfg)
     total = sum(units.values())

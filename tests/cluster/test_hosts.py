@@ -244,7 +244,7 @@ def test_worker_host_partitioned_for_10_s(served):
 
 DOWN_S = 10.0
 """How long both worker hosts stay lost: within the re-creation's wait for room (server.placement_timeout_s,
-30 s), so the replica comes back by that wait, not a retry (20 s before; 10 s saves as much of the test)."""
+30 s), so the replica comes back by that wait, not a retry. It was 20 s: 10 s shortens the test by as much."""
 
 
 def test_too_few_hosts_left_waits_for_capacity_then_recovers(served):
